@@ -1,0 +1,166 @@
+"""The storage-engine interface: one partition's log of record batches.
+
+An engine stores whole batches (``engines.batch``) in offset order and never unpacks their
+payload. Offsets are logical record numbers; byte positions are never called offsets.
+
+Thread-safety: an engine instance is NOT thread-safe; one owner (the broker's reactor thread)
+calls it. Different instances (different partitions / directories) are independent.
+
+Errors: every failure an operator can cause (bad input, full disk, corrupt files, offsets out
+of range) raises a subclass of ``EngineError``; third-party errors are translated at the
+boundary (``raise EngineError(...) from e``). Programmer errors (calling after close) may
+raise AssertionError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+FSYNC_ALWAYS = "always"
+FSYNC_INTERVAL = "interval"
+FSYNC_NEVER = "never"
+FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
+
+
+class EngineError(Exception):
+    """Root of every error raised by an engine."""
+
+
+class OffsetOutOfRange(EngineError):
+    """The offset is below log_start_offset or above log_end_offset."""
+
+    def __init__(self, offset: int, log_start_offset: int, log_end_offset: int) -> None:
+        super().__init__(
+            f"offset {offset} out of range [{log_start_offset}, {log_end_offset}]"
+        )
+        self.offset = offset
+        self.log_start_offset = log_start_offset
+        self.log_end_offset = log_end_offset
+
+
+class CorruptBatch(EngineError):
+    """A stored or offered batch failed validation (bad header, length or CRC)."""
+
+
+class BatchTooLarge(CorruptBatch):
+    """An offered batch is larger than ``EngineConfig.batch_bytes_max`` (Kafka's
+    MESSAGE_TOO_LARGE). A subclass of CorruptBatch so callers that only know that still
+    reject it."""
+
+
+class StorageFull(EngineError):
+    """The disk (or the LMDB map, past its growth limit) is full; the log stays readable."""
+
+
+class EngineClosed(EngineError):
+    """The engine was used after close()."""
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Settings for one partition log. Units are in the names.
+
+    ``options`` carries engine-specific settings (e.g. ``map_size_bytes`` for lmdb) as given
+    in the YAML ``storage.options`` mapping.
+    """
+
+    fsync: str = FSYNC_INTERVAL
+    fsync_interval_ms: int = 1000
+    segment_bytes_max: int = 128 * 1024 * 1024
+    segment_ms_max: int = 7 * 24 * 3600 * 1000
+    index_interval_bytes: int = 4096
+    retention_ms: int = -1  # -1: keep forever
+    retention_bytes: int = -1  # -1: no size limit
+    batch_bytes_max: int = 16 * 1024 * 1024
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.fsync not in FSYNC_POLICIES:
+            raise EngineError(f"fsync must be one of {FSYNC_POLICIES}, not {self.fsync!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What open() found and did. ``truncated_bytes`` > 0 means a torn or corrupt tail was cut."""
+
+    batches_scanned: int = 0
+    truncated_bytes: int = 0
+    rebuilt_indexes: int = 0
+    message: str = ""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One partition's log. Constructed as ``EngineClass(directory: str, config: EngineConfig)``;
+    the constructor opens (creating if needed) and recovers the log, and records what it did
+    in ``recovery``."""
+
+    name: str
+    recovery: RecoveryReport
+
+    @property
+    def log_start_offset(self) -> int:
+        """First offset still stored (0 for a new log; moves up with retention)."""
+        ...
+
+    @property
+    def log_end_offset(self) -> int:
+        """The offset the next appended record gets (one past the last stored record)."""
+        ...
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of batches stored (what retention by size counts)."""
+        ...
+
+    def append(self, batch: bytes | bytearray | memoryview) -> int:
+        """Validate the batch (header, length, CRC; raises CorruptBatch), stamp its base offset
+        with log_end_offset, store it and return that base offset. Under fsync ``always`` the
+        data is durable on return; otherwise after the next flush()."""
+        ...
+
+    def append_many(self, batches: list[bytes | bytearray | memoryview]) -> list[int]:
+        """Append several batches with one durability point (one fsync under ``always``):
+        group commit. Returns their base offsets. All-or-nothing on validation failure."""
+        ...
+
+    def read(self, offset: int, max_bytes: int) -> bytes:
+        """Whole batches, concatenated, starting with the batch that contains ``offset``, up to
+        ``max_bytes`` -- but always at least one batch when offset < log_end_offset, even if
+        it is larger than max_bytes. Empty bytes when offset == log_end_offset. Raises
+        OffsetOutOfRange when offset < log_start_offset or offset > log_end_offset."""
+        ...
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop every batch at and after ``offset``. ``offset`` must be a batch boundary or
+        inside a batch (the whole batch containing it is dropped, so log_end_offset becomes
+        that batch's base offset). No-op if offset >= log_end_offset."""
+        ...
+
+    def delete_before(self, offset: int) -> int:
+        """Retention: drop whole batches (segment engine: whole segments) that end before
+        ``offset``; returns the new log_start_offset. Never removes the active segment's last
+        batch, so log_end_offset is unchanged."""
+        ...
+
+    def apply_retention(self, now_ms: int) -> int:
+        """Delete what retention_ms / retention_bytes allow; returns the bytes deleted."""
+        ...
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """Base offset of the first batch whose last_timestamp_ms >= timestamp_ms, or None."""
+        ...
+
+    def flush(self) -> None:
+        """Make everything appended so far durable (fsync)."""
+        ...
+
+    def maybe_flush(self, now_ms: int) -> bool:
+        """Under fsync ``interval``: flush if the interval has passed since the last flush and
+        there is unflushed data. Returns whether it flushed. No-op for other policies."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release files. Idempotent."""
+        ...

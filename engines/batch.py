@@ -1,0 +1,176 @@
+"""The record-batch header: the unit that travels between nodes and is stored by engines.
+
+A batch is ``HEADER + payload``. Engines and brokers look only at the header; the payload (the
+packed records, see ``fabric.records``) is opaque to them. All integers are big-endian.
+
+    offset  size  field
+    0       8     base_offset          assigned by the leader (engines stamp their log end)
+    8       4     batch_length         bytes that follow this field (total size - 12)
+    12      4     leader_epoch         stamped by the leader at append
+    16      1     magic                BATCH_MAGIC
+    17      4     crc                  CRC32C of every byte from offset 21 to the end
+    21      2     attributes           low 3 bits: compression codec
+    23      4     record_count
+    27      8     first_timestamp_ms
+    35      8     last_timestamp_ms
+    43      8     producer_id          -1 when not idempotent
+    51      2     producer_epoch
+    53      4     base_sequence        -1 when not idempotent
+    57      ...   payload
+
+As in Kafka, the CRC leaves out the two fields the leader assigns (base offset and leader
+epoch), so stamping them never needs a CRC recomputation. Functions here are pure and
+thread-safe.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+import crc32c as _crc32c
+
+BATCH_MAGIC = 1
+HEADER = struct.Struct(">qiibIhiqqqhi")
+HEADER_BYTES = HEADER.size  # 57
+LENGTH_PREFIX_BYTES = 12  # base_offset + batch_length: what one must read to learn a batch's size
+CRC_START = 21
+BATCH_BYTES_MAX = 64 * 1024 * 1024  # hard ceiling; configs set lower limits
+
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+COMPRESSION_LZ4 = 2
+COMPRESSION_MASK = 0x07
+
+_BASE_OFFSET = struct.Struct(">q")
+_LEADER_EPOCH = struct.Struct(">i")
+_PREFIX = struct.Struct(">qi")
+
+
+class BatchError(ValueError):
+    """A batch is malformed or its CRC does not match (an operating error: reject or cut it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    base_offset: int
+    batch_length: int
+    leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    record_count: int
+    first_timestamp_ms: int
+    last_timestamp_ms: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+
+    @property
+    def size_bytes(self) -> int:
+        return self.batch_length + LENGTH_PREFIX_BYTES
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.record_count - 1
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.record_count
+
+    @property
+    def compression(self) -> int:
+        return self.attributes & COMPRESSION_MASK
+
+
+def crc32c(data: bytes | bytearray | memoryview) -> int:
+    return _crc32c.crc32c(data)
+
+
+def build(
+    payload: bytes,
+    record_count: int,
+    first_timestamp_ms: int,
+    last_timestamp_ms: int,
+    *,
+    attributes: int = 0,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    base_offset: int = 0,
+    leader_epoch: int = -1,
+) -> bytes:
+    """Return a complete batch (header + payload) with its CRC computed."""
+    if record_count < 1:
+        raise BatchError("a batch holds at least one record")
+    tail = struct.pack(
+        ">hiqqqhi", attributes, record_count, first_timestamp_ms, last_timestamp_ms,
+        producer_id, producer_epoch, base_sequence,
+    ) + payload
+    crc = _crc32c.crc32c(tail)
+    batch_length = HEADER_BYTES - LENGTH_PREFIX_BYTES + len(payload)
+    head = struct.pack(">qiibI", base_offset, batch_length, leader_epoch, BATCH_MAGIC, crc)
+    return head + tail
+
+
+def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+    """Parse the header at ``pos``. Raises BatchError if fewer than HEADER_BYTES remain or the
+    magic or lengths are wrong. Does not check the CRC (see ``verify``)."""
+    if len(buf) - pos < HEADER_BYTES:
+        raise BatchError(f"truncated batch header: {len(buf) - pos} bytes, need {HEADER_BYTES}")
+    h = BatchHeader(*HEADER.unpack_from(buf, pos))
+    if h.magic != BATCH_MAGIC:
+        raise BatchError(f"bad batch magic {h.magic}")
+    if h.batch_length < HEADER_BYTES - LENGTH_PREFIX_BYTES or h.size_bytes > BATCH_BYTES_MAX:
+        raise BatchError(f"bad batch length {h.batch_length}")
+    if h.record_count < 1:
+        raise BatchError(f"bad record count {h.record_count}")
+    return h
+
+
+def verify(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+    """Parse the header at ``pos`` and check that the whole batch is present and its CRC
+    matches. Returns the header; raises BatchError otherwise."""
+    h = parse_header(buf, pos)
+    end = pos + h.size_bytes
+    if end > len(buf):
+        raise BatchError(f"truncated batch: {len(buf) - pos} of {h.size_bytes} bytes")
+    actual = _crc32c.crc32c(memoryview(buf)[pos + CRC_START:end])
+    if actual != h.crc:
+        raise BatchError(f"batch at offset {h.base_offset}: crc mismatch")
+    return h
+
+
+def peek_size(buf: bytes | bytearray | memoryview, pos: int = 0) -> int:
+    """Total bytes of the batch starting at ``pos`` (needs LENGTH_PREFIX_BYTES available)."""
+    return _PREFIX.unpack_from(buf, pos)[1] + LENGTH_PREFIX_BYTES
+
+
+def set_base_offset(batch: bytearray | memoryview, base_offset: int, pos: int = 0) -> None:
+    _BASE_OFFSET.pack_into(batch, pos, base_offset)
+
+
+def set_leader_epoch(batch: bytearray | memoryview, leader_epoch: int, pos: int = 0) -> None:
+    _LEADER_EPOCH.pack_into(batch, pos + 12, leader_epoch)
+
+
+def iter_batches(buf: bytes | bytearray | memoryview, check_crc: bool = False) -> Iterator[tuple[BatchHeader, memoryview]]:
+    """Yield (header, batch view) for each whole batch in ``buf``; stops at a partial tail."""
+    view = memoryview(buf)
+    pos = 0
+    n = len(view)
+    while n - pos >= HEADER_BYTES:
+        h = parse_header(view, pos)
+        end = pos + h.size_bytes
+        if end > n:
+            return  # a partial tail is not an error here, with or without check_crc
+        if check_crc:
+            verify(view, pos)
+        yield h, view[pos:end]
+        pos = end
+
+
+def split_headers(buf: bytes | bytearray | memoryview) -> list[BatchHeader]:
+    """Headers of every whole batch in ``buf`` (no CRC check)."""
+    return [h for h, _ in iter_batches(buf)]

@@ -1,0 +1,78 @@
+"""Validation and small helpers shared by every engine.
+
+Pure functions, thread-safe. Each engine validates an offered batch the same way, so the
+conformance suite sees the same errors whatever the engine.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from engines.api import BatchTooLarge, CorruptBatch, EngineError, OffsetOutOfRange, StorageFull
+from engines.batch import (
+    HEADER_BYTES,
+    LENGTH_PREFIX_BYTES,
+    BatchError,
+    BatchHeader,
+    verify,
+)
+
+BASE_OFFSET = struct.Struct(">q")
+# base_offset, batch_length, (skip leader_epoch..attributes), record_count: the 27 bytes that
+# tell where a batch is and which offsets it holds.
+OFFSET_SPAN = struct.Struct(">qi11xi")
+OFFSET_SPAN_BYTES = OFFSET_SPAN.size  # 27
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def validate_batch(batch: bytes | bytearray | memoryview, batch_bytes_max: int) -> BatchHeader:
+    """Check an offered batch: exactly one whole batch, length and CRC right, not over
+    ``batch_bytes_max`` bytes. Returns its header. Raises CorruptBatch / BatchTooLarge."""
+    size_bytes = len(batch)
+    if size_bytes > batch_bytes_max:
+        raise BatchTooLarge(f"batch of {size_bytes} bytes exceeds batch_bytes_max {batch_bytes_max}")
+    try:
+        header = verify(batch)
+    except BatchError as e:
+        raise CorruptBatch(str(e)) from e
+    if header.size_bytes != size_bytes:
+        raise CorruptBatch(
+            f"buffer holds {size_bytes} bytes but the batch header says {header.size_bytes}"
+        )
+    return header
+
+
+def check_read_range(offset: int, log_start_offset: int, log_end_offset: int) -> None:
+    """Raise OffsetOutOfRange unless log_start_offset <= offset <= log_end_offset."""
+    if offset < log_start_offset or offset > log_end_offset:
+        raise OffsetOutOfRange(offset, log_start_offset, log_end_offset)
+
+
+def whole_batches_end(buf: bytes | bytearray | memoryview, base_offset: int = -1) -> tuple[int, int]:
+    """Walk the length prefixes in ``buf``; return (bytes of whole batches, position of the last
+    whole batch). Only length prefixes are read (per-batch cost, no CRC). Raises CorruptBatch
+    on an impossible length (stored data damaged after recovery)."""
+    n = len(buf)
+    pos = 0
+    last_pos = -1
+    while n - pos >= LENGTH_PREFIX_BYTES:
+        _, batch_length = _PREFIX.unpack_from(buf, pos)
+        size = batch_length + LENGTH_PREFIX_BYTES
+        if size < HEADER_BYTES:
+            raise CorruptBatch(f"stored batch near offset {base_offset} has bad length {batch_length}")
+        if pos + size > n:
+            break
+        last_pos = pos
+        pos += size
+    return pos, last_pos
+
+
+_PREFIX = struct.Struct(">qi")
+
+
+def translate_os_error(e: OSError, what: str) -> EngineError:
+    """Map an OSError to StorageFull (disk full / quota) or EngineError."""
+    if e.errno in _DISK_FULL_ERRNOS:
+        return StorageFull(f"{what}: {e.strerror}")
+    return EngineError(f"{what}: {e}")

@@ -1,0 +1,451 @@
+"""The engine conformance suite: every engine must pass it (huey-style contract tests).
+
+Use it from pytest by subclassing with a ``Test`` name and saying how to build your engine::
+
+    from engines.conformance import EngineConformance
+    from my_pkg import RocksEngine
+
+    class TestRocksEngine(EngineConformance):
+        engine_class = RocksEngine
+        persistent = True      # reopen / crash tests run
+        segments = False       # roll tests need a `segment_count` property
+
+Capability flags: ``persistent`` (data survives close/reopen and kill -9), ``segments``
+(rolls files by size/time and exposes ``segment_count``). Hooks to override for the
+fault tests (they skip by default): ``corrupt_last_batch(directory)`` and
+``disk_full(engine)``.
+
+Only stdlib + engines: skips raise ``unittest.SkipTest`` (pytest honours it); each test gets a
+fresh temp directory in ``setup_method`` and every engine opened through ``open_engine`` is
+closed, and the directory removed, in ``teardown_method``. The kill -9 test runs this module
+as a writer process (``python -c ...crash_writer_main()``) with the engine named by
+``engine_spec()`` ("module:Class").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import queue
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from typing import Any
+
+from engines.api import (
+    FSYNC_ALWAYS,
+    FSYNC_INTERVAL,
+    FSYNC_NEVER,
+    BatchTooLarge,
+    CorruptBatch,
+    Engine,
+    EngineClosed,
+    EngineConfig,
+    OffsetOutOfRange,
+    StorageFull,
+)
+from engines.batch import BatchHeader, build, iter_batches, verify
+
+CRASH_DEADLINE_S = 20.0  # the writer must report this many flushes before this deadline
+CRASH_FLUSHES_BEFORE_KILL = 5
+WRITER_BATCHES_MAX = 200_000
+WRITER_SECONDS_MAX = 60.0
+
+
+def make_batch(index: int, record_count: int = 3, payload_bytes: int = 100,
+               timestamp_ms: int | None = None) -> bytes:
+    """A valid batch whose payload encodes ``index`` (so tests can check what they read)."""
+    ts = index * 1000 if timestamp_ms is None else timestamp_ms
+    payload = struct.pack(">q", index) * max(payload_bytes // 8, 1)
+    return build(payload, record_count, ts, ts + 10, base_offset=123456)
+
+
+def batch_index(header_view: memoryview) -> int:
+    return struct.unpack_from(">q", header_view, 57)[0]
+
+
+def read_all(engine: Engine, start: int | None = None, max_bytes: int = 64 * 1024) -> list[tuple[BatchHeader, bytes]]:
+    """Every batch from ``start`` (default log_start_offset) to the end, CRC-checked, via
+    sequential reads. Asserts offsets are contiguous."""
+    offset = engine.log_start_offset if start is None else start
+    out = []
+    for _ in range(1_000_000):
+        if offset >= engine.log_end_offset:
+            break
+        data = engine.read(offset, max_bytes)
+        assert data, f"empty read at {offset} < log_end_offset {engine.log_end_offset}"
+        for header, view in iter_batches(data, check_crc=True):
+            assert header.base_offset <= offset < header.next_offset or header.base_offset == offset
+            out.append((header, bytes(view)))
+            offset = header.next_offset
+    assert offset == engine.log_end_offset
+    return out
+
+
+class EngineConformance:
+    """The contract tests. Subclass (name it Test...) and set ``engine_class``."""
+
+    engine_class: Any = None
+    persistent = True
+    segments = False
+
+    # -- fixtures and hooks -------------------------------------------------------------------
+    def setup_method(self, method: Any = None) -> None:
+        if self.engine_class is None:
+            raise unittest.SkipTest("EngineConformance subclass sets no engine_class")
+        self.tmp_dir = tempfile.mkdtemp(prefix="loom-engine-")
+        self.directory = os.path.join(self.tmp_dir, "p0")
+        self._opened: list[Engine] = []
+
+    def teardown_method(self, method: Any = None) -> None:
+        for engine in self._opened:
+            with contextlib.suppress(Exception):
+                engine.close()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def make_config(self, **overrides: Any) -> EngineConfig:
+        """Small segments and a dense index so that a few hundred KiB exercise rolls."""
+        base = dict(fsync=FSYNC_NEVER, segment_bytes_max=16 * 1024, index_interval_bytes=512)
+        base.update(overrides)
+        return EngineConfig(**base)
+
+    def open_engine(self, directory: str | None = None, **overrides: Any) -> Engine:
+        engine = self.engine_class(directory or self.directory, self.make_config(**overrides))
+        self._opened.append(engine)
+        return engine
+
+    def engine_spec(self) -> str:
+        return f"{self.engine_class.__module__}:{self.engine_class.__qualname__}"
+
+    def corrupt_last_batch(self, directory: str) -> None:
+        """Flip bytes inside the last stored batch's payload (engine closed). Override."""
+        raise unittest.SkipTest("engine provides no corrupt_last_batch hook")
+
+    def disk_full(self, engine: Engine) -> contextlib.AbstractContextManager:
+        """A context in which the engine's writes fail with ENOSPC. Override."""
+        raise unittest.SkipTest("engine provides no disk_full hook")
+
+    def require(self, flag: str) -> None:
+        if not getattr(self, flag):
+            raise unittest.SkipTest(f"engine is not {flag}")
+
+    def fill(self, engine: Engine, count: int, **kw: Any) -> list[int]:
+        return [engine.append(make_batch(i, record_count=1 + i % 4, **kw)) for i in range(count)]
+
+    # -- basics ---------------------------------------------------------------------------
+    def test_new_log_is_empty(self) -> None:
+        e = self.open_engine()
+        assert isinstance(e, Engine)
+        assert (e.log_start_offset, e.log_end_offset, e.size_bytes) == (0, 0, 0)
+        assert e.read(0, 1024) == b""
+        assert e.offset_for_timestamp(0) is None
+
+    def test_append_stamps_log_end_offset(self) -> None:
+        e = self.open_engine()
+        offsets = self.fill(e, 10)
+        expected, next_offset = [], 0
+        for i in range(10):
+            expected.append(next_offset)
+            next_offset += 1 + i % 4
+        assert offsets == expected and e.log_end_offset == next_offset
+        batches = read_all(e)
+        assert [h.base_offset for h, _ in batches] == expected
+        assert e.size_bytes == sum(len(b) for _, b in batches)
+
+    def test_round_trip_across_segments(self) -> None:
+        e = self.open_engine()
+        sizes = [50, 3000, 10, 7000, 200]
+        for i in range(120):
+            e.append(make_batch(i, record_count=1 + i % 7, payload_bytes=sizes[i % 5]))
+        if self.segments:
+            assert e.segment_count > 3
+        for max_bytes in (1, 4000, 1 << 20):
+            batches = read_all(e, max_bytes=max_bytes)
+            assert [batch_index(memoryview(b)) for _, b in batches] == list(range(120))
+
+    def test_read_inside_batch_returns_containing_batch(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 40, payload_bytes=700)
+        for offset in range(e.log_end_offset):
+            data = e.read(offset, 1)
+            header = verify(data)
+            assert header.base_offset <= offset < header.next_offset
+            assert len(data) == header.size_bytes
+
+    def test_max_bytes_bounds_read_but_returns_one_batch(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 10, payload_bytes=1000)
+        one = len(make_batch(0, payload_bytes=1000))
+        assert len(list(iter_batches(e.read(0, 0)))) == 1
+        assert len(list(iter_batches(e.read(0, one - 1)))) == 1
+        data = e.read(0, int(2.5 * one))
+        assert len(data) <= 2.5 * one and len(list(iter_batches(data))) == 2
+
+    def test_out_of_range(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 5)
+        end = e.log_end_offset
+        assert e.read(end, 100) == b""
+        for bad in (-1, end + 1, end + 1000):
+            try:
+                e.read(bad, 100)
+            except OffsetOutOfRange as err:
+                assert err.offset == bad and err.log_end_offset == end
+            else:
+                raise AssertionError(f"read({bad}) did not raise OffsetOutOfRange")
+
+    def test_corrupt_batch_rejected_log_unchanged(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 3)
+        before = (e.log_end_offset, e.size_bytes, e.read(0, 1 << 20))
+        good = make_batch(9)
+        flipped = bytearray(good)
+        flipped[-1] ^= 0xFF
+        bad_cases = [bytes(flipped), good[:-1], good[:30], good + good, b"", b"x" * 100]
+        for bad in bad_cases:
+            with _raises(CorruptBatch):
+                e.append(bad)
+        with _raises(CorruptBatch):
+            e.append_many([good, bytes(flipped)])
+        assert (e.log_end_offset, e.size_bytes, e.read(0, 1 << 20)) == before
+
+    def test_batch_too_large(self) -> None:
+        e = self.open_engine(batch_bytes_max=1000)
+        with _raises(BatchTooLarge):
+            e.append(make_batch(0, payload_bytes=2000))
+        assert e.log_end_offset == 0
+
+    def test_append_many(self) -> None:
+        e = self.open_engine(fsync=FSYNC_ALWAYS)
+        offsets = e.append_many([make_batch(i, record_count=2) for i in range(50)])
+        assert offsets == list(range(0, 100, 2)) and e.append_many([]) == []
+        assert [batch_index(memoryview(b)) for _, b in read_all(e)] == list(range(50))
+
+    def test_closed_engine_raises(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 2)
+        e.close()
+        e.close()  # idempotent
+        for call in (lambda: e.append(make_batch(0)), lambda: e.read(0, 10), e.flush):
+            with _raises(EngineClosed):
+                call()
+
+    # -- truncation and retention -------------------------------------------------------------
+    def test_truncate_mid_segment_then_append(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 100, payload_bytes=400)
+        batches = read_all(e)
+        target = batches[61][0]
+        e.truncate_to(target.base_offset + target.record_count - 1)  # inside the batch
+        assert e.log_end_offset == target.base_offset
+        assert [h.base_offset for h, _ in read_all(e)] == [h.base_offset for h, _ in batches[:61]]
+        assert e.append(make_batch(1000)) == target.base_offset
+        e.truncate_to(e.log_end_offset + 5)  # no-op
+        tail = read_all(e)
+        assert batch_index(memoryview(tail[-1][1])) == 1000 and len(tail) == 62
+        if self.persistent:
+            e.close()
+            e2 = self.open_engine()
+            assert [(h, b) for h, b in read_all(e2)] == tail
+
+    def test_truncate_everything(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 20)
+        e.truncate_to(0)
+        assert (e.log_start_offset, e.log_end_offset, e.size_bytes) == (0, 0, 0)
+        assert e.append(make_batch(5)) == 0
+
+    def test_delete_before(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 100, payload_bytes=400)
+        end, mid = e.log_end_offset, e.log_end_offset // 2
+        start = e.delete_before(mid)
+        assert 0 < start <= mid and start == e.log_start_offset and e.log_end_offset == end
+        with _raises(OffsetOutOfRange):
+            e.read(start - 1, 10)
+        assert read_all(e)[0][0].base_offset == start
+        assert e.delete_before(end + 100) <= e.log_end_offset and e.log_end_offset == end
+        assert read_all(e), "the last batch must survive delete_before"
+        if self.persistent:
+            e.close()
+            e2 = self.open_engine()
+            assert (e2.log_start_offset, e2.log_end_offset) == (e.log_start_offset, end)
+
+    def test_retention_by_size(self) -> None:
+        e = self.open_engine(retention_bytes=20_000)
+        self.fill(e, 200, payload_bytes=400)
+        end, before = e.log_end_offset, e.size_bytes
+        unit = 16 * 1024 + 1000 if self.segments else 1000
+        freed = e.apply_retention(now_ms=0)
+        assert freed == before - e.size_bytes and freed > 0
+        assert 20_000 <= e.size_bytes <= 20_000 + unit
+        assert e.log_end_offset == end and read_all(e)
+
+    def test_retention_by_time(self) -> None:
+        e = self.open_engine(retention_ms=50_000)
+        self.fill(e, 200, payload_bytes=400)  # batch i has timestamps i*1000 .. i*1000+10
+        now_ms = 150_000
+        assert e.apply_retention(now_ms) > 0
+        remaining = read_all(e)
+        first = remaining[0][0]
+        assert first.base_offset == e.log_start_offset > 0
+        # nothing younger than the cut-off was deleted
+        assert batch_index(memoryview(remaining[0][1])) <= 100
+        assert first.last_timestamp_ms >= now_ms - 50_000 or self.segments
+        assert len(remaining) >= 100
+
+    def test_offset_for_timestamp(self) -> None:
+        e = self.open_engine()
+        offsets = self.fill(e, 60, payload_bytes=500)
+        assert e.offset_for_timestamp(-5) == 0
+        assert e.offset_for_timestamp(30_005) == offsets[30]
+        assert e.offset_for_timestamp(30_011) == offsets[31]
+        assert e.offset_for_timestamp(10**9) is None
+
+    # -- durability -----------------------------------------------------------------------------
+    def test_fsync_policies(self) -> None:
+        for policy in (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER):
+            e = self.open_engine(os.path.join(self.tmp_dir, policy), fsync=policy, fsync_interval_ms=100)
+            self.fill(e, 3)
+            flushed = e.maybe_flush(10_000)
+            assert flushed == (policy == FSYNC_INTERVAL and self.persistent) or (
+                not self.persistent and flushed is False)
+            assert e.maybe_flush(10_050) is False  # interval not yet passed / nothing to do
+            e.flush()
+            e.close()
+
+    def test_reopen_after_clean_close(self) -> None:
+        self.require("persistent")
+        e = self.open_engine()
+        self.fill(e, 150, payload_bytes=300)
+        e.delete_before(20)
+        before = read_all(e)
+        state = (e.log_start_offset, e.log_end_offset, e.size_bytes)
+        e.close()
+        e2 = self.open_engine()
+        assert e2.recovery.truncated_bytes == 0
+        assert (e2.log_start_offset, e2.log_end_offset, e2.size_bytes) == state
+        assert read_all(e2) == before
+        assert e2.append(make_batch(999)) == state[1]
+
+    def test_corrupt_tail_is_cut(self) -> None:
+        self.require("persistent")
+        e = self.open_engine()
+        self.fill(e, 50, payload_bytes=300)
+        batches = read_all(e)
+        e.close()
+        self.corrupt_last_batch(self.directory)
+        e2 = self.open_engine()
+        assert e2.recovery.truncated_bytes > 0, e2.recovery
+        assert e2.log_end_offset == batches[-1][0].base_offset
+        assert read_all(e2) == batches[:-1]
+        assert e2.append(make_batch(7)) == batches[-1][0].base_offset
+
+    def test_disk_full_raises_storage_full_log_readable(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 10)
+        before = read_all(e)
+        with self.disk_full(e):
+            with _raises(StorageFull):
+                for i in range(10_000):  # bounded: the hook makes writes fail soon
+                    e.append(make_batch(i, payload_bytes=4000))
+            assert read_all(e)[: len(before)] == before
+        after = read_all(e)
+        assert e.append(make_batch(77)) == after[-1][0].next_offset
+
+    def test_kill9_writer_loses_nothing_flushed(self) -> None:
+        self.require("persistent")
+        flushed, stderr = _run_and_kill_writer(self.engine_spec(), self.directory,
+                                               self.make_config(fsync=FSYNC_NEVER, segment_bytes_max=256 * 1024))
+        e = self.open_engine(segment_bytes_max=256 * 1024)
+        assert e.log_end_offset >= flushed, (flushed, e.recovery, stderr)
+        batches = read_all(e, max_bytes=1 << 20)
+        assert [batch_index(memoryview(b)) for _, b in batches] == list(range(len(batches)))
+        assert e.append(make_batch(len(batches))) == e.log_end_offset - 3
+
+
+class _raises:
+    """Minimal stdlib stand-in for pytest.raises."""
+
+    def __init__(self, error: type[BaseException]) -> None:
+        self.error = error
+
+    def __enter__(self) -> "_raises":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is None:
+            raise AssertionError(f"{self.error.__name__} not raised")
+        return issubclass(exc_type, self.error)
+
+
+# -- the kill -9 writer --------------------------------------------------------------------------
+
+def _run_and_kill_writer(spec: str, directory: str, config: EngineConfig) -> tuple[int, str]:
+    """Start a writer process, wait (with a deadline) for CRASH_FLUSHES_BEFORE_KILL flush
+    reports, SIGKILL it while it is appending, and return the highest flushed log end."""
+    cfg = {k: getattr(config, k) for k in config.__dataclass_fields__}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from engines.conformance import crash_writer_main; crash_writer_main()",
+         spec, directory, json.dumps(cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    lines: queue.Queue[str | None] = queue.Queue(maxsize=100_000)
+
+    def pump() -> None:
+        for line in proc.stdout:  # ends when the process dies
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    flushed, reports = -1, 0
+    deadline = time.monotonic() + CRASH_DEADLINE_S
+    try:
+        while reports < CRASH_FLUSHES_BEFORE_KILL:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            assert line is not None, f"writer exited early: {proc.stderr.read()}"
+            if line.startswith("flushed "):
+                flushed, reports = int(line.split()[1]), reports + 1
+    except queue.Empty:
+        raise AssertionError("writer reported no flush before the deadline") from None
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    # lines written before the kill may still be in the pipe: the last flush report counts
+    while True:
+        try:
+            line = lines.get(timeout=5)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        if line.startswith("flushed "):
+            flushed = max(flushed, int(line.split()[1]))
+    return flushed, proc.stderr.read()
+
+
+def crash_writer_main() -> None:
+    """argv: engine spec ("module:Class"), directory, EngineConfig as JSON. Appends batches
+    (payload = batch index) forever-but-bounded, flushes every 20 batches and prints
+    "flushed <log_end_offset>" after each flush."""
+    spec, directory, config_json = sys.argv[1:4]
+    module_name, _, attr = spec.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    engine = cls(directory, EngineConfig(**json.loads(config_json)))
+    deadline = time.monotonic() + WRITER_SECONDS_MAX
+    for i in range(WRITER_BATCHES_MAX):
+        if time.monotonic() > deadline:
+            break
+        engine.append(make_batch(i, payload_bytes=8000))
+        if i % 20 == 19:
+            engine.flush()
+            print(f"flushed {engine.log_end_offset}", flush=True)
+    engine.close()

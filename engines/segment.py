@@ -1,0 +1,372 @@
+"""The segment engine (Kafka's Log): an ordered list of LogSegments in one partition
+directory, with roll, retention, truncation, flush and recovery.
+
+Files: ``{base_offset:020d}.log`` / ``.index`` per segment and ``recovery.checkpoint``
+(see ``engines.segment_recovery``). Memory: O(#segments + index entries); file descriptors:
+the active segment plus at most OPEN_SEGMENTS_MAX older ones (LRU).
+
+Durability: fsync ``always`` = one fdatasync at the end of append/append_many (group commit);
+``interval`` = maybe_flush(now_ms); ``never`` = only flush()/close(). A flush fsyncs the dirty
+segments and indexes and moves the recovery checkpoint.
+
+Retention and delete_before work on whole segments and never delete the active one.
+offset_for_timestamp assumes batch timestamps do not go down from one segment to the next.
+
+Not thread-safe: one owner (the broker reactor) calls it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from collections import OrderedDict
+
+from engines.api import CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS, FSYNC_INTERVAL
+from engines.batch import BatchHeader
+from engines.checks import BASE_OFFSET, check_read_range, translate_os_error, validate_batch
+from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
+from engines.segment_file import LogSegment
+from engines.segment_recovery import Checkpoint, recover, write_checkpoint
+
+OPEN_SEGMENTS_MAX = 16  # older segments kept open for reads (LRU); the active one always is
+log = logging.getLogger(__name__)
+
+
+class SegmentEngine:
+    """One partition's log as segment files. See ``engines.api.Engine`` for the contract."""
+
+    name = "segment"
+
+    def __init__(self, directory: str, config: EngineConfig) -> None:
+        if not 0 < config.segment_bytes_max <= POSITION_MAX:
+            raise EngineError(f"segment_bytes_max must be in (0, {POSITION_MAX}]")
+        if config.index_interval_bytes <= 0:
+            raise EngineError("index_interval_bytes must be > 0")
+        self.directory = directory
+        self.config = config
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._dir_fd = os.open(directory, os.O_RDONLY)
+        except OSError as e:
+            raise translate_os_error(e, f"open {directory}") from e
+        self._closed = False
+        self._segments, self.recovery, needs_flush = recover(directory, config)
+        self._bases = [s.base_offset for s in self._segments]
+        self._size_bytes = sum(s.size_bytes for s in self._segments)
+        self._readers: OrderedDict[int, LogSegment] = OrderedDict()  # LRU by base offset
+        self._read_hint: tuple[int, LogSegment, int] | None = None  # (offset, segment, position)
+        self._unsynced: list[LogSegment] = []  # rolled segments not yet fsynced
+        self._dir_dirty = needs_flush
+        self._checkpoint: Checkpoint | None = None
+        self._checkpoint_base = -1 if needs_flush else self._segments[-1].base_offset
+        self._last_flush_ms = 0
+        if needs_flush:
+            self._unsynced = [s for s in self._segments[:-1]]
+            self._active.dirty = True
+            self.flush()
+        log.debug("opened %s: %s", directory, self.recovery)
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def _active(self) -> LogSegment:
+        return self._segments[-1]
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._segments[0].base_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._active.next_offset
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size_bytes
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosed(f"segment engine {self.directory} is closed")
+
+    # -- append -------------------------------------------------------------------------------
+    def append(self, batch: bytes | bytearray | memoryview) -> int:
+        """Raises CorruptBatch / BatchTooLarge / StorageFull / EngineClosed."""
+        return self.append_many([batch])[0]
+
+    def append_many(self, batches: list[bytes | bytearray | memoryview]) -> list[int]:
+        """Validate all, then write all, then (fsync always) one fdatasync. On StorageFull the
+        batches of this call already written are cut again, so the log is unchanged."""
+        self._check_open()
+        headers = [validate_batch(b, self.config.batch_bytes_max) for b in batches]
+        start_offset = self.log_end_offset
+        offsets = []
+        try:
+            for batch, header in zip(batches, headers):
+                offsets.append(self._append_one(memoryview(batch), header))
+            if self.config.fsync == FSYNC_ALWAYS and offsets:
+                self._active.sync()
+        except EngineError:
+            if self.log_end_offset > start_offset:
+                self._truncate(start_offset)
+            raise
+        return offsets
+
+    def _append_one(self, batch: memoryview, header: BatchHeader) -> int:
+        offset = self._active.next_offset
+        if self._should_roll(header, offset):
+            self._roll(offset)
+        active = self._active
+        before = active.size_bytes
+        active.append(batch, header, BASE_OFFSET.pack(offset), offset)
+        self._size_bytes += active.size_bytes - before
+        return offset
+
+    def _should_roll(self, header: BatchHeader, offset: int) -> bool:
+        active = self._active
+        if active.size_bytes == 0:
+            return False
+        return (active.size_bytes + header.size_bytes > self.config.segment_bytes_max
+                or header.last_timestamp_ms - (active.first_timestamp_ms or 0) >= self.config.segment_ms_max
+                or offset + header.record_count - active.base_offset > RELATIVE_OFFSET_MAX)
+
+    def _roll(self, offset: int) -> None:
+        """Close the active segment for appends and start a new one at ``offset``."""
+        old = self._active
+        if self.config.fsync == FSYNC_ALWAYS:
+            self.flush()
+        else:
+            try:
+                old.index.write_pending(sync=False)
+            except OSError as e:
+                raise translate_os_error(e, f"write {old.index.path}") from e
+            if old.dirty:
+                self._unsynced.append(old)
+        new = LogSegment(self.directory, offset, self.config.index_interval_bytes)
+        new.index.reset()
+        new.fd  # create the file
+        self._segments.append(new)
+        self._bases.append(offset)
+        self._dir_dirty = True
+        self._touch(old)
+        if self.config.fsync == FSYNC_ALWAYS:
+            self._fsync_dir()
+        log.debug("rolled %s at offset %d", self.directory, offset)
+
+    # -- reads --------------------------------------------------------------------------------
+    def read(self, offset: int, max_bytes: int) -> bytes:
+        """Whole batches from one segment (see Engine.read). Sequential reads resume from the
+        previous read's end position without an index lookup. Raises OffsetOutOfRange /
+        CorruptBatch / EngineClosed."""
+        self._check_open()
+        check_read_range(offset, self.log_start_offset, self.log_end_offset)
+        if offset == self.log_end_offset:
+            return b""
+        hint = self._read_hint
+        if hint is not None and hint[0] == offset and hint[2] < hint[1].size_bytes:
+            _, seg, position = hint
+        else:
+            seg = self._segment_for(offset)
+            position = self._find(seg, offset)[0]
+        self._touch(seg)
+        data, next_offset = seg.read(position, max_bytes)
+        end_position = position + len(data)
+        if end_position >= seg.size_bytes and seg is not self._active:
+            seg, end_position = self._segment_for(next_offset), 0
+        self._read_hint = (next_offset, seg, end_position)
+        return data
+
+    def _segment_for(self, offset: int) -> LogSegment:
+        return self._segments[max(bisect.bisect_right(self._bases, offset) - 1, 0)]
+
+    def _find(self, seg: LogSegment, offset: int) -> tuple[int, BatchHeader]:
+        self._ensure_index(seg)
+        try:
+            return seg.find_position(offset)
+        except IndexDamaged as e:
+            log.warning("rebuilding damaged index %s: %s", seg.index.path, e)
+            self._rebuild_index(seg)
+            return seg.find_position(offset)
+
+    def _ensure_index(self, seg: LogSegment) -> None:
+        if not seg.index.loaded and not seg.index.load(seg.size_bytes):
+            log.warning("rebuilding missing or damaged index %s", seg.index.path)
+            self._rebuild_index(seg)
+
+    def _rebuild_index(self, seg: LogSegment) -> None:
+        """Rebuild a (non-active) segment's index by a full CRC scan of it."""
+        seg.index.reset()
+        result = seg.scan(0, seg.base_offset, seg.size_bytes)
+        if result.error is not None or result.next_offset != seg.next_offset:
+            raise CorruptBatch(f"segment {seg.log_path} is damaged: {result.error or 'offset gap'}")
+        seg.last_timestamp_ms = result.last_timestamp_ms
+        try:
+            seg.index.write_pending(sync=False)
+        except OSError as e:
+            raise translate_os_error(e, f"write {seg.index.path}") from e
+
+    def _touch(self, seg: LogSegment) -> None:
+        """Mark an older segment recently used; close the least recently used fds past
+        OPEN_SEGMENTS_MAX."""
+        if seg is self._active:
+            return
+        self._readers[seg.base_offset] = seg
+        self._readers.move_to_end(seg.base_offset)
+        while len(self._readers) > OPEN_SEGMENTS_MAX:
+            _, old = self._readers.popitem(last=False)
+            if old is not self._active:
+                old.close_fd()
+
+    def _last_timestamp_ms(self, seg: LogSegment) -> int | None:
+        if seg.last_timestamp_ms is None and seg.size_bytes:
+            self._ensure_index(seg)
+            seg.load_tail()
+        return seg.last_timestamp_ms
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """Base offset of the first batch with last_timestamp_ms >= timestamp_ms, or None.
+        Cost: one summary per segment plus a header walk of the one segment that matches."""
+        self._check_open()
+        for seg in self._segments:
+            last = self._last_timestamp_ms(seg)
+            if last is None or last < timestamp_ms:
+                continue
+            self._touch(seg)
+            for _, header in seg.iter_headers(0, seg.base_offset):
+                if header.last_timestamp_ms >= timestamp_ms:
+                    return header.base_offset
+        return None
+
+    # -- truncation and retention -------------------------------------------------------------
+    def truncate_to(self, offset: int) -> None:
+        """See Engine.truncate_to; below log_start_offset everything is dropped. The new end is
+        flushed (and checkpointed) before returning. Raises StorageFull / EngineError."""
+        self._check_open()
+        if offset >= self.log_end_offset:
+            return
+        self._truncate(max(offset, self.log_start_offset))
+        self.flush()
+
+    def _truncate(self, offset: int) -> None:
+        self._read_hint = None
+        i = bisect.bisect_right(self._bases, offset) - 1
+        for seg in self._segments[i + 1:]:
+            self._delete_segment(seg)
+        del self._segments[i + 1:], self._bases[i + 1:]
+        seg = self._segments[i]
+        position, header = self._find(seg, offset)
+        seg.truncate_to_position(position)
+        seg.next_offset = header.base_offset
+        if position == 0 and i > 0:
+            self._delete_segment(seg)
+            del self._segments[i], self._bases[i]
+        active = self._active
+        self._readers.pop(active.base_offset, None)
+        self._ensure_index(active)
+        active.load_tail()
+        active.dirty = True
+        self._size_bytes = sum(s.size_bytes for s in self._segments)
+
+    def _delete_segment(self, seg: LogSegment) -> None:
+        self._readers.pop(seg.base_offset, None)
+        if seg in self._unsynced:
+            self._unsynced.remove(seg)
+        seg.delete()
+
+    def _delete_first(self, count: int) -> int:
+        """Delete the first ``count`` segments (never the active one); returns bytes freed."""
+        count = min(count, len(self._segments) - 1)
+        freed = 0
+        for seg in self._segments[:count]:
+            freed += seg.size_bytes
+            self._delete_segment(seg)
+        del self._segments[:count], self._bases[:count]
+        self._size_bytes -= freed
+        if count:
+            self._read_hint = None
+            if self._checkpoint_base < self.log_start_offset:
+                self.flush()  # the checkpoint named a deleted segment
+        return freed
+
+    def delete_before(self, offset: int) -> int:
+        """Delete whole segments whose records all lie before ``offset``; returns the new
+        log_start_offset."""
+        self._check_open()
+        count = 0
+        while count < len(self._segments) - 1 and self._segments[count].next_offset <= offset:
+            count += 1
+        self._delete_first(count)
+        return self.log_start_offset
+
+    def apply_retention(self, now_ms: int) -> int:
+        """Delete the oldest segments past retention_ms (by their last batch's
+        last_timestamp_ms) or past retention_bytes; returns bytes deleted."""
+        self._check_open()
+        retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
+        count, size_bytes = 0, self._size_bytes
+        while count < len(self._segments) - 1:
+            seg = self._segments[count]
+            last = self._last_timestamp_ms(seg)
+            expired = retention_ms >= 0 and last is not None and last < now_ms - retention_ms
+            oversize = retention_bytes >= 0 and size_bytes - seg.size_bytes >= retention_bytes
+            if not (expired or oversize):
+                break
+            size_bytes -= seg.size_bytes
+            count += 1
+        return self._delete_first(count)
+
+    # -- durability ---------------------------------------------------------------------------
+    def _fsync_dir(self) -> None:
+        try:
+            os.fsync(self._dir_fd)
+        except OSError as e:
+            raise translate_os_error(e, f"fsync {self.directory}") from e
+        self._dir_dirty = False
+
+    def flush(self, clean: bool = False) -> None:
+        """fsync every dirty segment and index, then move the recovery checkpoint to the log
+        end. Raises StorageFull / EngineError / EngineClosed."""
+        self._check_open()
+        for seg in self._unsynced + [self._active]:
+            try:
+                seg.index.write_pending(sync=seg.dirty)
+            except OSError as e:
+                raise translate_os_error(e, f"write {seg.index.path}") from e
+            if seg.dirty:
+                seg.sync()
+        self._unsynced = []
+        if self._dir_dirty:
+            self._fsync_dir()
+        active = self._active
+        checkpoint = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, clean)
+        if checkpoint != self._checkpoint:
+            write_checkpoint(self.directory, self._dir_fd, checkpoint)
+            self._checkpoint = checkpoint
+            self._checkpoint_base = active.base_offset
+
+    def maybe_flush(self, now_ms: int) -> bool:
+        self._check_open()
+        if self.config.fsync != FSYNC_INTERVAL:
+            return False
+        if now_ms - self._last_flush_ms < self.config.fsync_interval_ms:
+            return False
+        self._last_flush_ms = now_ms
+        if not (self._active.dirty or self._unsynced):
+            return False
+        self.flush()
+        return True
+
+    def close(self) -> None:
+        """Flush (marking the checkpoint clean) and close every file. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush(clean=True)
+        finally:
+            self._closed = True
+            for seg in self._segments:
+                seg.close_fd()
+            os.close(self._dir_fd)

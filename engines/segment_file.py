@@ -1,0 +1,294 @@
+"""One log segment (Kafka's LogSegment): ``{base_offset:020d}.log`` plus its sparse
+``.index``.
+
+The .log file is whole batches back to back; ``size_bytes`` is the end of the last valid batch
+(bytes past it, e.g. a torn write, are never read and are cut by recovery). Writes use
+``os.pwritev`` at an explicit position with the 8-byte base offset as its own buffer, so
+stamping a batch never copies it. Reads use ``os.pread``. Only the segment's summary and its
+sparse index are kept in memory.
+
+Not thread-safe. OSError is translated to StorageFull / EngineError for writes; reads of
+damaged stored data raise CorruptBatch.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+from engines.api import CorruptBatch
+from engines.batch import (
+    BATCH_BYTES_MAX,
+    HEADER_BYTES,
+    LENGTH_PREFIX_BYTES,
+    BatchError,
+    BatchHeader,
+    parse_header,
+    verify,
+)
+from engines.checks import OFFSET_SPAN, OFFSET_SPAN_BYTES, translate_os_error, whole_batches_end
+from engines.offset_index import IndexDamaged, OffsetIndex
+
+_PREFIX = struct.Struct(">qi")
+WALK_BATCH_BYTES_MIN = 32 * 1024  # batches this large are read by walking their headers
+WALK_PREADS_MAX = 64  # header preads per read at most (a read may return less than max_bytes)
+FIND_CHUNK_BYTES = 64 * 1024  # read size when walking from an index entry to a batch
+SCAN_CHUNK_BYTES = 4 * 1024 * 1024  # read size for recovery scans (memory bound of a scan)
+
+
+def log_file_name(base_offset: int) -> str:
+    return f"{base_offset:020d}.log"
+
+
+def index_file_name(base_offset: int) -> str:
+    return f"{base_offset:020d}.index"
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What a recovery scan of [start, end) found. ``error`` is None when every byte was whole
+    valid batches; otherwise ``end_position`` is where the first bad batch starts."""
+
+    end_position: int
+    next_offset: int
+    batches: int
+    last_timestamp_ms: int | None
+    error: str | None
+
+
+class LogSegment:
+    """One segment file and its index. ``next_offset`` is one past the last stored record."""
+
+    def __init__(self, directory: str, base_offset: int, index_interval_bytes: int) -> None:
+        self.base_offset = base_offset
+        self.log_path = os.path.join(directory, log_file_name(base_offset))
+        self.index = OffsetIndex(os.path.join(directory, index_file_name(base_offset)), base_offset)
+        self.index_interval_bytes = index_interval_bytes
+        self.size_bytes = 0
+        self.next_offset = base_offset
+        self.first_timestamp_ms: int | None = None  # first batch's; None: not read yet
+        self.last_timestamp_ms: int | None = None  # last batch's; None: not read yet
+        self.dirty = False  # holds data not yet fsynced
+        self._bytes_since_index_entry = 0
+        self._fd = -1
+
+    # -- file handle --------------------------------------------------------------------------
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self.log_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise translate_os_error(e, f"open {self.log_path}") from e
+        return self._fd
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
+
+    def close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def file_size_bytes(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    # -- append -------------------------------------------------------------------------------
+    def append(self, batch: memoryview, header: BatchHeader, base_offset: bytes, offset: int) -> None:
+        """Write ``batch`` at the end with its first 8 bytes replaced by ``base_offset`` (the
+        packed ``offset``). On a write error the file is cut back to its previous size and
+        StorageFull / EngineError is raised; the segment is unchanged."""
+        position = self.size_bytes
+        total = len(batch)
+        try:
+            written = os.pwritev(self.fd, [base_offset, batch[8:]], position)
+            if written != total:  # a short write to a regular file: almost surely disk full
+                rest = (base_offset + bytes(batch[8:]))[written:]
+                if os.pwrite(self.fd, rest, position + written) != len(rest):
+                    raise OSError(28, "No space left on device (short write)")
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, position)
+            except OSError:
+                pass  # recovery cuts the torn bytes; size_bytes already excludes them
+            raise translate_os_error(e, f"append to {self.log_path}") from e
+        if self._bytes_since_index_entry >= self.index_interval_bytes:
+            self.index.append(offset, position)
+            self._bytes_since_index_entry = 0
+        self._bytes_since_index_entry += total
+        if position == 0:
+            self.first_timestamp_ms = header.first_timestamp_ms
+        self.size_bytes = position + total
+        self.next_offset = offset + header.record_count
+        self.last_timestamp_ms = header.last_timestamp_ms
+        self.dirty = True
+
+    def sync(self) -> None:
+        """fdatasync the log (data and size). Raises StorageFull / EngineError."""
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise translate_os_error(e, f"fsync {self.log_path}") from e
+        self.dirty = False
+
+    # -- reads --------------------------------------------------------------------------------
+    def read(self, position: int, max_bytes: int) -> tuple[bytes, int]:
+        """Whole batches from byte ``position`` (a batch start), at most ``max_bytes`` but at
+        least one batch. Returns (data, next offset after the last returned batch).
+
+        Large batches (>= WALK_BATCH_BYTES_MIN): walk their 27-byte headers with small preads
+        (at most WALK_PREADS_MAX) and then read exactly the whole batches, so the data is
+        copied once. Small batches: one read of max_bytes, cut at the last whole batch."""
+        remaining = self.size_bytes - position
+        assert remaining > 0
+        limit = min(max_bytes, remaining)
+        base, length, count = OFFSET_SPAN.unpack(self._pread(OFFSET_SPAN_BYTES, position))
+        size = length + LENGTH_PREFIX_BYTES
+        if size < HEADER_BYTES or size > remaining:
+            raise CorruptBatch(f"{self.log_path}: bad batch length {length} at byte {position}")
+        if size < WALK_BATCH_BYTES_MIN and size < limit:
+            return self._read_small_batches(position, limit)
+        end, next_offset = size, base + count
+        for _ in range(WALK_PREADS_MAX):
+            if end >= limit:
+                break
+            base, length, count = OFFSET_SPAN.unpack(self._pread(OFFSET_SPAN_BYTES, position + end))
+            size = length + LENGTH_PREFIX_BYTES
+            if size < HEADER_BYTES or end + size > limit:
+                break
+            end, next_offset = end + size, base + count
+        return self._pread(end, position), next_offset
+
+    def _read_small_batches(self, position: int, limit: int) -> tuple[bytes, int]:
+        data = self._pread(limit, position)
+        end, last = whole_batches_end(data, self.base_offset)
+        if end < len(data):
+            data = data[:end]
+        base, _, count = OFFSET_SPAN.unpack_from(data, last)
+        return data, base + count
+
+    def _pread(self, size: int, position: int) -> bytes:
+        data = os.pread(self.fd, size, position)
+        if len(data) != size:
+            raise CorruptBatch(f"{self.log_path}: short read of {len(data)}/{size} bytes at {position}")
+        return data
+
+    def read_header(self, position: int) -> BatchHeader:
+        try:
+            return parse_header(os.pread(self.fd, HEADER_BYTES, position))
+        except BatchError as e:
+            raise CorruptBatch(f"{self.log_path} at byte {position}: {e}") from e
+
+    def iter_headers(self, position: int, offset: int) -> Iterator[tuple[int, BatchHeader]]:
+        """Yield (position, header) of each batch from ``position`` (where the batch with base
+        ``offset`` starts) to the end. Raises IndexDamaged if the first batch is not ``offset``
+        and CorruptBatch on a damaged header."""
+        chunk_start, chunk = position, b""
+        first = True
+        while position < self.size_bytes:
+            rel = position - chunk_start
+            if rel + HEADER_BYTES > len(chunk):
+                chunk_start, rel = position, 0
+                chunk = os.pread(self.fd, min(FIND_CHUNK_BYTES, self.size_bytes - position), position)
+            try:
+                header = parse_header(chunk, rel)
+            except BatchError as e:
+                if first:
+                    raise IndexDamaged(str(e)) from e
+                raise CorruptBatch(f"{self.log_path} at byte {position}: {e}") from e
+            if first and header.base_offset != offset:
+                raise IndexDamaged(f"{self.index.path}: entry for {offset} finds {header.base_offset}")
+            first = False
+            yield position, header
+            position += header.size_bytes
+
+    def find_position(self, offset: int) -> tuple[int, BatchHeader]:
+        """(position, header) of the batch containing ``offset`` (which must be in this
+        segment). Cost: one index lookup plus a walk of at most index_interval_bytes + one
+        batch. Raises IndexDamaged / CorruptBatch."""
+        entry_offset, position = self.index.lookup(offset)
+        for position, header in self.iter_headers(position, entry_offset):
+            if offset < header.next_offset:
+                return position, header
+        raise CorruptBatch(f"{self.log_path}: offset {offset} not found before the segment end")
+
+    def load_tail(self) -> None:
+        """Set next_offset / last_timestamp_ms / the index cadence from the batches after the
+        last index entry (a header walk of about index_interval_bytes)."""
+        offset, position = self.index.last_entry()
+        self.next_offset = self.base_offset
+        self._bytes_since_index_entry = 0
+        for position, header in self.iter_headers(position, offset):
+            self.next_offset = header.next_offset
+            self.last_timestamp_ms = header.last_timestamp_ms
+            self._bytes_since_index_entry = self.size_bytes - self.index.last_entry()[1]
+        if self.size_bytes and self.first_timestamp_ms is None:
+            self.first_timestamp_ms = self.read_header(0).first_timestamp_ms
+
+    # -- recovery -----------------------------------------------------------------------------
+    def scan(self, position: int, offset: int, limit_bytes: int) -> ScanResult:
+        """Validate batches (header, CRC, offset continuity) from byte ``position``, where the
+        batch with base ``offset`` should start, to the file end, adding index entries.
+        Memory: one chunk of SCAN_CHUNK_BYTES (or one batch if larger)."""
+        file_end = min(self.file_size_bytes(), limit_bytes)
+        result = ScanResult(position, offset, 0, self.last_timestamp_ms, None)
+        self._bytes_since_index_entry = 0  # a scan starts at byte 0 or at an index entry
+        chunk_start, chunk = position, b""
+        while position < file_end:
+            rel = position - chunk_start
+            if rel + LENGTH_PREFIX_BYTES > len(chunk) or rel + _size_at(chunk, rel) > len(chunk):
+                want = SCAN_CHUNK_BYTES
+                if rel + LENGTH_PREFIX_BYTES <= len(chunk):
+                    want = max(want, _size_at(chunk, rel))
+                chunk_start, rel = position, 0
+                chunk = os.pread(self.fd, min(want, file_end - position), position)
+            try:
+                header = verify(chunk, rel)
+            except BatchError as e:
+                result.error = f"byte {position}: {e}"
+                break
+            if header.base_offset != result.next_offset:
+                result.error = f"byte {position}: base offset {header.base_offset}, expected {result.next_offset}"
+                break
+            if position and self._bytes_since_index_entry >= self.index_interval_bytes:
+                self.index.append(header.base_offset, position)
+                self._bytes_since_index_entry = 0
+            self._bytes_since_index_entry += header.size_bytes
+            if position == 0:
+                self.first_timestamp_ms = header.first_timestamp_ms
+            position += header.size_bytes
+            result.end_position, result.next_offset = position, header.next_offset
+            result.last_timestamp_ms = header.last_timestamp_ms
+            result.batches += 1
+        if result.error is None and result.end_position < self.file_size_bytes():
+            result.error = f"byte {result.end_position}: torn tail"
+        return result
+
+    def truncate_to_position(self, position: int) -> int:
+        """Cut the file (and index) at byte ``position``; returns the bytes removed."""
+        file_size = self.file_size_bytes()
+        try:
+            os.ftruncate(self.fd, position)
+        except OSError as e:
+            raise translate_os_error(e, f"truncate {self.log_path}") from e
+        self.index.truncate_to_position(position)
+        self.size_bytes = min(self.size_bytes, position)
+        self.dirty = True
+        return max(file_size - position, 0)
+
+    def delete(self) -> None:
+        self.close_fd()
+        for path in (self.log_path, self.index.path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _size_at(chunk: bytes, rel: int) -> int:
+    """Total size the length prefix at ``rel`` claims, capped at BATCH_BYTES_MAX so a garbage
+    length never makes a scan allocate more than that (verify rejects it anyway)."""
+    return min(_PREFIX.unpack_from(chunk, rel)[1] + LENGTH_PREFIX_BYTES, BATCH_BYTES_MAX)

@@ -1,0 +1,211 @@
+"""Recovery of a segment log on open, and its recovery checkpoint.
+
+The checkpoint file ``recovery.checkpoint`` (JSON, replaced atomically at every flush) names
+the active segment, the byte position up to which it was fsynced and the log end offset then.
+Everything before that point is trusted: segments before the checkpoint segment are not
+read at all (their indexes load lazily). Recovery re-validates only:
+
+* the checkpoint segment from its last index entry at or before the flushed position (so the
+  last batches are always CRC-checked, even after a clean close), and
+* every byte after the flushed position, including later segments.
+
+After a clean close the flushed position is the log end, so reopening costs
+O(#segments + index_interval_bytes). The first invalid batch (bad header, CRC, offset gap, torn
+tail) and everything after it is cut. Missing or damaged indexes are rebuilt. Not thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+from engines.api import EngineConfig, EngineError, RecoveryReport
+from engines.checks import translate_os_error
+from engines.segment_file import LogSegment, ScanResult
+
+CHECKPOINT_FILE = "recovery.checkpoint"
+CHECKPOINT_VERSION = 1
+_LOG_NAME = re.compile(r"^(\d{20})\.log$")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    segment_base_offset: int
+    position: int  # bytes of that segment known durable and valid
+    next_offset: int  # log_end_offset at that position
+    clean: bool  # written by close()
+
+
+def read_checkpoint(directory: str) -> Checkpoint | None:
+    """The checkpoint, or None when missing or unreadable (recovery then scans everything)."""
+    try:
+        with open(os.path.join(directory, CHECKPOINT_FILE), "rb") as f:
+            raw = json.loads(f.read(4096))
+        if raw.get("version") != CHECKPOINT_VERSION:
+            return None
+        return Checkpoint(int(raw["segment_base_offset"]), int(raw["position"]),
+                          int(raw["next_offset"]), bool(raw["clean"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def write_checkpoint(directory: str, dir_fd: int, checkpoint: Checkpoint) -> None:
+    """Atomically replace the checkpoint (write temp, fsync, rename, fsync directory).
+    Raises StorageFull / EngineError."""
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    tmp = path + ".tmp"
+    body = json.dumps({"version": CHECKPOINT_VERSION, "segment_base_offset": checkpoint.segment_base_offset,
+                       "position": checkpoint.position, "next_offset": checkpoint.next_offset,
+                       "clean": checkpoint.clean}).encode()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        os.fsync(dir_fd)
+    except OSError as e:
+        raise translate_os_error(e, f"write {path}") from e
+
+
+def list_segment_bases(directory: str) -> list[int]:
+    """Base offsets of the .log files, ascending. Removes stray temp files and orphan indexes."""
+    bases = []
+    names = os.listdir(directory)
+    for name in names:
+        m = _LOG_NAME.match(name)
+        if m:
+            bases.append(int(m.group(1)))
+    logs = {f"{b:020d}" for b in bases}
+    for name in names:
+        stem, _, ext = name.partition(".")
+        if (ext == "index" and stem not in logs) or name.endswith(".tmp"):
+            os.unlink(os.path.join(directory, name))
+    return sorted(bases)
+
+
+class _Recovery:
+    """One run of recovery; collects what it did for the RecoveryReport."""
+
+    def __init__(self, directory: str, config: EngineConfig) -> None:
+        self.directory = directory
+        self.config = config
+        self.batches_scanned = 0
+        self.truncated_bytes = 0
+        self.rebuilt_indexes = 0
+        self.notes: list[str] = []
+
+    def run(self) -> tuple[list[LogSegment], RecoveryReport, bool]:
+        try:
+            return self._run()
+        except OSError as e:
+            raise EngineError(f"recovery of {self.directory} failed: {e}") from e
+
+    def _run(self) -> tuple[list[LogSegment], RecoveryReport, bool]:
+        checkpoint = read_checkpoint(self.directory)
+        bases = list_segment_bases(self.directory)
+        interval = self.config.index_interval_bytes
+        segments = [LogSegment(self.directory, b, interval) for b in bases]
+        if not segments:
+            start = checkpoint.next_offset if checkpoint else 0
+            segments = [LogSegment(self.directory, start, interval)]
+            segments[0].index.reset()
+            segments[0].fd  # create the file
+            return segments, RecoveryReport(message="new log"), True
+        for s in segments:
+            s.size_bytes = os.stat(s.log_path).st_size
+        k, trusted_position = self._checkpoint_segment(checkpoint, bases, segments)
+        for i in range(k):  # trusted: not read, indexes load lazily
+            segments[i].next_offset = segments[i + 1].base_offset
+            if not os.path.exists(segments[i].index.path):
+                self.notes.append(f"index of segment {bases[i]} missing (rebuilt when first read)")
+        segments, dirty = self._scan_from(segments, k, trusted_position)
+        report = RecoveryReport(self.batches_scanned, self.truncated_bytes, self.rebuilt_indexes,
+                                "; ".join(self.notes))
+        return segments, report, dirty
+
+    def _checkpoint_segment(self, checkpoint: Checkpoint | None, bases: list[int],
+                            segments: list[LogSegment]) -> tuple[int, int]:
+        """(index of the checkpoint segment, its trusted bytes); (0, 0) for a full scan."""
+        if checkpoint is None:
+            self.notes.append("no recovery checkpoint: full scan")
+            return 0, 0
+        if checkpoint.segment_base_offset not in bases:
+            self.notes.append(f"checkpoint segment {checkpoint.segment_base_offset} missing: full scan")
+            return 0, 0
+        k = bases.index(checkpoint.segment_base_offset)
+        if checkpoint.position > segments[k].size_bytes:
+            self.notes.append(f"checkpoint position {checkpoint.position} past the end of segment "
+                              f"{checkpoint.segment_base_offset}: full scan")
+            return 0, 0
+        return k, checkpoint.position
+
+    def _scan_from(self, segments: list[LogSegment], k: int,
+                   trusted_position: int) -> tuple[list[LogSegment], bool]:
+        """Validate segment k from its last trusted index entry, then every later segment."""
+        first = segments[k]
+        if trusted_position and first.index.load(first.size_bytes):
+            first.index.truncate_to_position(trusted_position)
+        else:
+            self._note_rebuild(first)
+        offset, position = first.index.last_entry()
+        first.index.truncate_to_position(position + 1)
+        expected = offset
+        for j in range(k, len(segments)):
+            seg = segments[j]
+            if j > k and seg.base_offset != expected:
+                self.notes.append(f"segment {seg.base_offset} does not follow offset {expected}")
+                return self._cut(segments, j, 0, ScanResult(0, expected, 0, None, "gap")), True
+            if j > k:
+                self._note_rebuild(seg)
+                position = 0
+            result = seg.scan(position, expected if j > k else offset, seg.size_bytes)
+            self.batches_scanned += result.batches
+            seg.size_bytes, seg.next_offset = result.end_position, result.next_offset
+            seg.last_timestamp_ms = result.last_timestamp_ms
+            if result.error is not None:
+                self.notes.append(f"segment {seg.base_offset}: {result.error}; cut")
+                return self._cut(segments, j, result.end_position, result), True
+            expected = seg.next_offset
+        active = segments[-1]
+        active.load_tail()
+        clean = len(segments) == k + 1 and active.size_bytes == trusted_position
+        if clean:
+            self.notes.append(f"clean: verified {self.batches_scanned} tail batches")
+        else:
+            self.notes.append(f"scanned {self.batches_scanned} batches from the recovery checkpoint")
+        return segments, not clean
+
+    def _note_rebuild(self, seg: LogSegment) -> None:
+        seg.index.reset()
+        self.rebuilt_indexes += 1
+
+    def _cut(self, segments: list[LogSegment], j: int, position: int,
+             result: ScanResult) -> list[LogSegment]:
+        seg = segments[j]
+        self.truncated_bytes += seg.truncate_to_position(position)
+        seg.next_offset = result.next_offset
+        for later in segments[j + 1:]:
+            self.truncated_bytes += os.stat(later.log_path).st_size
+            later.delete()
+        del segments[j + 1:]
+        if seg.size_bytes == 0 and j > 0 and seg.base_offset != segments[j - 1].next_offset:
+            seg.delete()
+            del segments[j]
+        active = segments[-1]
+        if not active.index.loaded:
+            if not active.index.load(active.size_bytes):
+                active.index.reset()
+                active.scan(0, active.base_offset, active.size_bytes)
+        active.load_tail()
+        return segments
+
+
+def recover(directory: str, config: EngineConfig) -> tuple[list[LogSegment], RecoveryReport, bool]:
+    """Open and recover the segments in ``directory``. Returns (segments ascending by base
+    offset, report, whether the caller must flush to record a new checkpoint)."""
+    return _Recovery(directory, config).run()

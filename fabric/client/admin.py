@@ -1,0 +1,116 @@
+"""Admin client: topics, metadata, offsets. Blocking; not thread-safe (one per thread)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from fabric import protocol as P
+from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
+from fabric.errors import FabricError, RemoteError
+from fabric.metadata import ClusterMetadata
+from fabric.rpc import BlockingClient
+
+EARLIEST = -2
+LATEST = -1
+
+
+class Admin:
+    def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
+                 timeout_ms: int = 10_000) -> None:
+        self.ctx = zmq.Context.instance()
+        self.endpoints = parse_bootstrap(bootstrap, config_path)
+        self.timeout_ms = timeout_ms
+        self._clients: dict[str, BlockingClient] = {}
+        self._metadata: ClusterMetadata | None = None
+
+    def _client(self, endpoint: str) -> BlockingClient:
+        c = self._clients.get(endpoint)
+        if c is None:
+            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="admin")
+        return c
+
+    def metadata(self, refresh: bool = True) -> ClusterMetadata:
+        if refresh or self._metadata is None:
+            self._metadata, _ = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, 3000))
+        return self._metadata
+
+    def coordinator_endpoint(self) -> str:
+        """The coordinator is the first bootstrap endpoint that answers as one."""
+        for ep in self.endpoints:
+            try:
+                h, _ = self._client(ep).call(P.PING, timeout_ms=min(self.timeout_ms, 2000))
+            except RemoteError:
+                continue
+            if h.get("role") == "coordinator":
+                return ep
+        raise FabricError("no coordinator among the bootstrap endpoints")
+
+    def call_coordinator(self, command: bytes, header: dict, retries: int = 3) -> dict:
+        h, _ = self._client(self.coordinator_endpoint()).call(command, header, timeout_ms=self.timeout_ms, retries=retries)
+        return h
+
+    # -- topics ------------------------------------------------------------------------------
+    def create_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
+                     configs: dict[str, Any] | None = None) -> dict:
+        header: dict[str, Any] = {"topic": name}
+        if partitions is not None:
+            header["partitions"] = partitions
+        if replication_factor is not None:
+            header["replication_factor"] = replication_factor
+        if configs:
+            header["configs"] = configs
+        return self.call_coordinator(P.CREATE_TOPIC, header, retries=0)
+
+    def delete_topic(self, name: str) -> dict:
+        return self.call_coordinator(P.DELETE_TOPIC, {"topic": name}, retries=0)
+
+    def alter_topic(self, name: str, partitions: int | None = None, configs: dict | None = None) -> dict:
+        header: dict[str, Any] = {"topic": name}
+        if partitions is not None:
+            header["partitions"] = partitions
+        if configs:
+            header["configs"] = configs
+        return self.call_coordinator(P.ALTER_TOPIC, header, retries=0)
+
+    def list_topics(self) -> list[str]:
+        return sorted(t for t in self.metadata().topics if not t.startswith("__"))
+
+    # -- offsets ------------------------------------------------------------------------------
+    def list_offsets(self, topic: str, spec: int = LATEST) -> dict[int, int]:
+        """partition -> offset: spec EARLIEST (-2), LATEST (-1: the high watermark) or a
+        timestamp in ms (first offset at or after it)."""
+        md = self.metadata()
+        t = md.topics.get(topic)
+        if t is None:
+            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {topic!r}")
+        by_leader: dict[int, list] = {}
+        for p in t.partitions:
+            if p.leader < 0:
+                raise RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p.partition} has no leader")
+            by_leader.setdefault(p.leader, []).append([topic, p.partition, spec])
+        out: dict[int, int] = {}
+        for leader, parts in by_leader.items():
+            h, _ = self._client(md.brokers[leader].endpoint).call(P.LIST_OFFSETS, {"parts": parts}, timeout_ms=self.timeout_ms, retries=2)
+            for _, p, code, offset in h["parts"]:
+                if code:
+                    raise RemoteError(code, f"{topic}-{p}")
+                out[p] = offset
+        return out
+
+    def broker_stats(self, broker_id: int) -> dict:
+        md = self.metadata(refresh=self._metadata is None)
+        h, _ = self._client(md.brokers[broker_id].endpoint).call(P.STATS, timeout_ms=min(self.timeout_ms, 3000))
+        return h
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+
+    def __enter__(self) -> "Admin":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,281 @@
+"""The producer's I/O thread: a reactor that packs closed batches, sends them to partition
+leaders, handles replies and retries, and keeps the metadata cache fresh.
+
+Per partition, at most one PRODUCE request is in flight; it carries every batch queued for the
+partition (in sequence order), and batches for all partitions led by one broker share one
+request. A retriable failure puts the batches back at the head of their queue, so order and
+sequence numbers hold across retries.
+
+Thread-safety: ``wake``, ``partition_count`` and ``metadata`` may be called from any thread;
+everything else runs on the I/O thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from typing import TYPE_CHECKING
+
+import zmq
+
+from fabric import protocol as P
+from fabric.clock import Clock
+from fabric.errors import FabricError, RemoteError
+from fabric.metadata import ClusterMetadata
+from fabric.reactor import Reactor
+from fabric.records import build_batch
+from fabric.rpc import RpcClient
+
+if TYPE_CHECKING:
+    from fabric.client.producer import BatchState, Producer
+
+log = logging.getLogger(__name__)
+
+REQUEST_BYTES_TARGET = 8 * 1024 * 1024
+METADATA_TIMEOUT_MS = 3000
+METADATA_RETRY_MS = 100
+_wake_ids = itertools.count()
+
+
+class Sender(threading.Thread):
+    def __init__(self, producer: "Producer", endpoints: list[str], *, idempotent: bool,
+                 delivery_timeout_ms: int, request_timeout_ms: int) -> None:
+        super().__init__(name="loom-producer-io", daemon=True)
+        self.producer = producer
+        self.endpoints = endpoints
+        self.idempotent = idempotent
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.request_timeout_ms = request_timeout_ms
+        self.clock = Clock()
+        self.ctx = zmq.Context.instance()
+        addr = f"inproc://loom-producer-wake-{id(self)}-{next(_wake_ids)}"
+        self._wake_pull = self.ctx.socket(zmq.PULL)
+        self._wake_pull.bind(addr)
+        self._wake_push = self.ctx.socket(zmq.PUSH)
+        self._wake_push.setsockopt(zmq.SNDHWM, 1)
+        self._wake_push.connect(addr)
+        self._wake_lock = threading.Lock()
+        self._md_cond = threading.Condition()
+        self.metadata = ClusterMetadata.empty()
+        self._md_wanted = True
+        self._md_in_flight = False
+        self._md_endpoint_index = 0
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self._pid_in_flight = False
+        self._sequences: dict[tuple[str, int], int] = defaultdict(int)
+        self._queues: dict[tuple[str, int], deque[BatchState]] = defaultdict(deque)
+        self._in_flight: set[tuple[str, int]] = set()
+        self._clients: dict[str, RpcClient] = {}
+        self._stopping = False
+        self.reactor: Reactor | None = None
+
+    # -- any thread ------------------------------------------------------------------------
+    def wake(self) -> None:
+        with self._wake_lock:
+            try:
+                self._wake_push.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a wake-up is already pending
+
+    def partition_count(self, topic: str, max_block_ms: int) -> int:
+        """Partitions of ``topic``; waits for metadata (up to max_block_ms) if unknown."""
+        t = self.metadata.topics.get(topic)
+        if t is not None:
+            return len(t.partitions)
+        deadline = time.monotonic() + max_block_ms / 1000
+        with self._md_cond:
+            self._md_wanted = True
+            self.wake()
+            while True:
+                t = self.metadata.topics.get(topic)
+                if t is not None:
+                    return len(t.partitions)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} not found in the cluster metadata")
+                self._md_cond.wait(min(left, 0.2))
+                self._md_wanted = True
+                self.wake()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+        self.join(timeout=5)
+
+    # -- the I/O thread ---------------------------------------------------------------------
+    def run(self) -> None:
+        self.reactor = Reactor(self.clock)
+        self.reactor.add_socket(self._wake_pull, lambda frames: None)
+        self.reactor.after_pass(self._pass)
+        self.reactor.call_every(max(1, self.producer.linger_ms), lambda: None)
+        try:
+            while not self._stopping:
+                self.reactor.run_once(100)
+        finally:
+            self._fail_everything(FabricError("producer closed"))
+            for c in self._clients.values():
+                c.close()
+            self._wake_pull.close(0)
+            with self._wake_lock:
+                self._wake_push.close(0)
+
+    def _client(self, endpoint: str) -> RpcClient:
+        c = self._clients.get(endpoint)
+        if c is None:
+            assert self.reactor is not None
+            c = self._clients[endpoint] = RpcClient(self.ctx, self.reactor, endpoint, identity="producer")
+        return c
+
+    def _pass(self) -> None:
+        now = self.clock.now_ms()
+        if self._md_wanted:
+            self._refresh_metadata()
+        if self.idempotent and self.producer_id < 0:
+            self._init_producer_id()
+        for b in self.producer.take_ready(now):
+            b.deadline_ms = now + self.delivery_timeout_ms
+            self._queues[(b.topic, b.partition)].append(b)
+        if self.idempotent and self.producer_id < 0:
+            return  # batches wait for the producer id
+        self._expire(now)
+        self._send_ready()
+
+    def _expire(self, now_ms: int) -> None:
+        for tp, q in self._queues.items():
+            while q and tp not in self._in_flight and q[0].deadline_ms <= now_ms:
+                self._finish(q.popleft(), -1, RemoteError(P.REQUEST_TIMED_OUT, f"{tp[0]}-{tp[1]}: not delivered within delivery_timeout_ms"))
+
+    def _pack(self, b: "BatchState", tp: tuple[str, int]) -> bytes:
+        if b.data is None:
+            seq = -1
+            if self.idempotent:
+                seq = self._sequences[tp]
+                self._sequences[tp] = (seq + len(b.records)) & 0x7FFFFFFF
+            b.sequence = seq
+            b.data = build_batch(b.records, compression=self.producer.compression,
+                                 producer_id=self.producer_id if self.idempotent else -1,
+                                 producer_epoch=self.producer_epoch if self.idempotent else -1,
+                                 base_sequence=seq)
+        return b.data
+
+    def _send_ready(self) -> None:
+        by_broker: dict[str, list[tuple[tuple[str, int], list[BatchState]]]] = defaultdict(list)
+        for tp, q in self._queues.items():
+            if not q or tp in self._in_flight:
+                continue
+            endpoint = self.metadata.leader_endpoint(*tp)
+            if endpoint is None:
+                self._md_wanted = True
+                continue
+            take, size = [], 0
+            while q and (not take or size + len(self._pack(q[0], tp)) <= REQUEST_BYTES_TARGET):
+                b = q.popleft()
+                take.append(b)
+                size += len(self._pack(b, tp))
+            self._in_flight.add(tp)
+            by_broker[endpoint].append((tp, take))
+        for endpoint, groups in by_broker.items():
+            self._send_request(endpoint, groups)
+
+    def _send_request(self, endpoint: str, groups: list) -> None:
+        parts, payloads, batches = [], [], []
+        for tp, take in groups:
+            for b in take:
+                parts.append([tp[0], tp[1]])
+                payloads.append(b.data)
+                batches.append(b)
+                b.attempts += 1
+        acks = self.producer.acks
+        header = {"acks": acks, "timeout_ms": self.request_timeout_ms, "parts": parts}
+        if acks == 0:
+            self._client(endpoint).send_oneway(P.PRODUCE, header, payloads)
+            for tp, _ in groups:
+                self._in_flight.discard(tp)
+            for b in batches:
+                self._finish(b, -1, None)
+            return
+
+        def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            self._on_reply(groups, batches, h, err)
+        self._client(endpoint).request(P.PRODUCE, header, payloads, callback=on_reply,
+                                       timeout_ms=self.request_timeout_ms + 2000)
+
+    def _on_reply(self, groups: list, batches: list, header: dict | None, err: RemoteError | None) -> None:
+        for tp, _ in groups:
+            self._in_flight.discard(tp)
+        results = header.get("results", []) if header is not None else []
+        retry: dict[tuple[str, int], list] = defaultdict(list)
+        for i, b in enumerate(batches):
+            tp = (b.topic, b.partition)
+            if header is None or i >= len(results):
+                code, msg, base = (err.code if err else P.UNKNOWN), (err.message if err else "no result"), -1
+            else:
+                base, code, msg = results[i][0], results[i][1], results[i][2]
+            if code == 0 or code == P.DUPLICATE_SEQUENCE:
+                self._finish(b, base, None)
+            elif code in P.RETRIABLE or (code == P.OUT_OF_ORDER_SEQUENCE and retry.get(tp)) or header is None:
+                retry[tp].append(b)
+                if code not in (P.REQUEST_TIMED_OUT, P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
+                    self._md_wanted = True
+            else:
+                self._finish(b, -1, RemoteError(code, msg))
+        for tp, bs in retry.items():
+            self._queues[tp].extendleft(reversed(bs))
+        if retry:
+            # give the cluster a moment (failover) before the retry goes out
+            assert self.reactor is not None
+            self.reactor.call_later(50, self.wake)
+
+    def _finish(self, b: "BatchState", base_offset: int, error: Exception | None) -> None:
+        b.complete(base_offset, error)
+        self.producer.release(b)
+
+    def _fail_everything(self, error: Exception) -> None:
+        for q in self._queues.values():
+            while q:
+                self._finish(q.popleft(), -1, error)
+        for b in self.producer.take_ready(1 << 62):
+            self._finish(b, -1, error)
+
+    # -- metadata and producer id ---------------------------------------------------------------
+    def _refresh_metadata(self) -> None:
+        if self._md_in_flight:
+            return
+        self._md_wanted = False
+        self._md_in_flight = True
+        endpoint = self.endpoints[self._md_endpoint_index % len(self.endpoints)]
+
+        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            self._md_in_flight = False
+            if h is not None:
+                md = ClusterMetadata.from_wire(h["metadata"])
+                if md.version >= self.metadata.version:
+                    with self._md_cond:
+                        self.metadata = md
+                        self._md_cond.notify_all()
+            else:
+                self._md_endpoint_index += 1
+                self._md_wanted = True
+                assert self.reactor is not None
+                self.reactor.call_later(METADATA_RETRY_MS, self.wake)
+        self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
+
+    def _init_producer_id(self) -> None:
+        if self._pid_in_flight or not self.metadata.coordinator:
+            self._md_wanted = self._md_wanted or not self.metadata.coordinator
+            return
+        self._pid_in_flight = True
+
+        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            self._pid_in_flight = False
+            if h is not None:
+                self.producer_id, self.producer_epoch = h["producer_id"], h["producer_epoch"]
+                self.wake()
+            else:
+                assert self.reactor is not None
+                self.reactor.call_later(METADATA_RETRY_MS, self.wake)
+        self._client(self.metadata.coordinator).request(P.INIT_PRODUCER_ID, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)

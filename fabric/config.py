@@ -1,0 +1,299 @@
+"""Cluster configuration: the YAML file, validated by pydantic, with ``LOOM_*`` overrides.
+
+Every error names the file and the field (``ConfigError``). Unknown keys are rejected.
+Environment overrides use ``__`` between levels, e.g. ``LOOM_STORAGE__ENGINE=lmdb`` or
+``LOOM_LIVENESS__SESSION_TIMEOUT_MS=2000``; values are parsed as YAML scalars.
+
+Thread-safety: models are immutable after load; share freely.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engines.api import EngineConfig
+
+DEFAULT_CONFIG_PATH = "config/cluster.yaml"
+ENV_PREFIX = "LOOM_"
+Role = Literal["broker", "coordinator", "producer", "consumer", "gateway", "monitor"]
+ZMQ_ROLES = ("broker", "coordinator", "producer", "consumer", "monitor")
+
+
+class ConfigError(Exception):
+    """A configuration file or override is invalid; the message names the file and field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Model):
+    engine: str = "segment"
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval_ms: int = Field(1000, ge=1)
+    segment_bytes_max: int = Field(128 * 1024 * 1024, ge=4096)
+    segment_ms_max: int = Field(7 * 24 * 3600 * 1000, ge=1000)
+    index_interval_bytes: int = Field(4096, ge=64)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def engine_config(self, retention_ms: int, retention_bytes: int, batch_bytes_max: int) -> EngineConfig:
+        return EngineConfig(
+            fsync=self.fsync,
+            fsync_interval_ms=self.fsync_interval_ms,
+            segment_bytes_max=self.segment_bytes_max,
+            segment_ms_max=self.segment_ms_max,
+            index_interval_bytes=self.index_interval_bytes,
+            retention_ms=retention_ms,
+            retention_bytes=retention_bytes,
+            batch_bytes_max=batch_bytes_max,
+            options=dict(self.options),
+        )
+
+
+class StorageOverride(_Model):
+    """Per-broker override of the cluster-wide storage settings (only what is set)."""
+
+    engine: str | None = None
+    fsync: Literal["always", "interval", "never"] | None = None
+    fsync_interval_ms: int | None = Field(None, ge=1)
+    segment_bytes_max: int | None = Field(None, ge=4096)
+    options: dict[str, Any] | None = None
+
+
+class NodeConfig(_Model):
+    role: Role
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    pub_port: int | None = Field(None, ge=1, le=65535)
+    broker_id: int | None = Field(None, ge=1)
+    dashboard_port: int | None = Field(None, ge=1, le=65535)
+    storage: StorageOverride | None = None
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> "NodeConfig":
+        if self.role == "broker" and self.broker_id is None:
+            raise ValueError("a broker needs broker_id")
+        if self.role != "broker" and self.storage is not None:
+            raise ValueError("only brokers have storage overrides")
+        return self
+
+    @property
+    def publish_port(self) -> int:
+        return self.pub_port if self.pub_port is not None else self.port + 100
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    @property
+    def pub_endpoint(self) -> str:
+        return f"tcp://{self.host}:{self.publish_port}"
+
+
+class ClusterSection(_Model):
+    name: str = "loom"
+    data_dir: str = "./data"
+
+
+class TopicDefaults(_Model):
+    partitions: int = Field(3, ge=1, le=10_000)
+    replication_factor: int = Field(3, ge=1, le=16)
+    min_insync_replicas: int = Field(2, ge=1, le=16)
+    retention_ms: int = Field(-1, ge=-1)
+    retention_bytes: int = Field(-1, ge=-1)
+    auto_create: bool = False
+
+
+class ReplicationConfig(_Model):
+    replica_lag_time_max_ms: int = Field(10_000, ge=100)
+    unclean_leader_election: bool = False
+    replica_fetch_wait_ms: int = Field(200, ge=1)
+    replica_fetch_bytes_max: int = Field(8 * 1024 * 1024, ge=1024)
+
+
+class LivenessConfig(_Model):
+    heartbeat_interval_ms: int = Field(300, ge=10)
+    session_timeout_ms: int = Field(3000, ge=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> "LivenessConfig":
+        if self.session_timeout_ms < 2 * self.heartbeat_interval_ms:
+            raise ValueError("session_timeout_ms must be at least twice heartbeat_interval_ms")
+        return self
+
+
+class LimitsConfig(_Model):
+    message_bytes_max: int = Field(1024 * 1024, ge=1024)
+    batch_bytes_max: int = Field(16 * 1024 * 1024, ge=1024)
+    fetch_bytes_max: int = Field(16 * 1024 * 1024, ge=1024)
+    fetch_wait_ms_max: int = Field(30_000, ge=0)
+
+
+class ApiKey(_Model):
+    key: str = Field(min_length=8)
+    name: str
+    roles: list[Literal["admin", "produce", "consume", "read"]]
+
+
+class SecurityConfig(_Model):
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    rate_limit_per_s: float = Field(1000.0, gt=0)
+    rate_limit_burst: int = Field(2000, ge=1)
+
+
+class MonitorConfig(_Model):
+    health_interval_ms: int = Field(1000, ge=100)
+    unresponsive_after_ms: int = Field(10_000, ge=500)
+    consumer_lag_alert: int = Field(10_000, ge=0)
+    disk_usage_alert_percent: float = Field(90.0, gt=0, le=100)
+
+
+class SupervisorConfig(_Model):
+    restart: bool = True
+    restart_backoff_ms: int = Field(500, ge=10)
+    restart_backoff_max_ms: int = Field(30_000, ge=10)
+    startup_timeout_ms: int = Field(30_000, ge=1000)
+
+
+class FaultsConfig(_Model):
+    """Test-only fault injection in the fabric: drop traffic between named nodes."""
+
+    enabled: bool = False
+    drop: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class LoomConfig(_Model):
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    nodes: dict[str, NodeConfig]
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    topics: TopicDefaults = Field(default_factory=TopicDefaults)
+    replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    source: str = ""
+
+    @field_validator("nodes")
+    @classmethod
+    def _check_nodes(cls, nodes: dict[str, NodeConfig]) -> dict[str, NodeConfig]:
+        roles = [n.role for n in nodes.values()]
+        if roles.count("coordinator") != 1:
+            raise ValueError("exactly one node must have role coordinator")
+        if roles.count("broker") < 1:
+            raise ValueError("at least one broker is needed")
+        ids = [n.broker_id for n in nodes.values() if n.role == "broker"]
+        if len(set(ids)) != len(ids):
+            raise ValueError("broker_id values must be unique")
+        seen: dict[tuple[str, int], str] = {}
+        for name, n in nodes.items():
+            ports = [n.port] + ([n.publish_port] if n.role in ZMQ_ROLES else [])
+            ports += [n.dashboard_port] if n.dashboard_port else []
+            for p in ports:
+                if (n.host, p) in seen:
+                    raise ValueError(f"port {p} of {name} is also used by {seen[(n.host, p)]}")
+                seen[(n.host, p)] = name
+        return nodes
+
+    # -- lookups -------------------------------------------------------------------------
+    def node(self, name: str) -> NodeConfig:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise ConfigError(f"{self.source}: no node named {name!r} (have {', '.join(self.nodes)})") from None
+
+    def nodes_with_role(self, role: str) -> dict[str, NodeConfig]:
+        return {k: v for k, v in self.nodes.items() if v.role == role}
+
+    @property
+    def coordinator_name(self) -> str:
+        return next(iter(self.nodes_with_role("coordinator")))
+
+    @property
+    def coordinator(self) -> NodeConfig:
+        return self.nodes[self.coordinator_name]
+
+    def brokers(self) -> dict[int, tuple[str, NodeConfig]]:
+        """broker_id -> (node name, node config)."""
+        return {n.broker_id: (k, n) for k, n in self.nodes.items() if n.role == "broker"}  # type: ignore[misc]
+
+    def storage_for(self, node_name: str) -> StorageConfig:
+        override = self.node(node_name).storage
+        if override is None:
+            return self.storage
+        changes = {k: v for k, v in override.model_dump().items() if v is not None}
+        return self.storage.model_copy(update=changes)
+
+    def data_dir_for(self, node_name: str) -> Path:
+        return Path(self.cluster.data_dir) / node_name
+
+    def bootstrap(self) -> list[str]:
+        """Endpoints a client may bootstrap from: the coordinator first, then brokers."""
+        eps = [self.coordinator.endpoint]
+        eps += [n.endpoint for _, (_, n) in sorted(self.brokers().items())]
+        return eps
+
+
+# -- loading -------------------------------------------------------------------------------
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Apply ``LOOM_A__B=value`` overrides to the raw mapping (returns it)."""
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue  # LOOM_CONFIG and the like are not overrides
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {part} is not a section")
+        node[path[-1]] = _parse_scalar(value)
+    return raw
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{source}: {field}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = "<config>", environ: dict[str, str] | None = None) -> LoomConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    raw = apply_env_overrides(dict(raw), environ)
+    raw["source"] = source
+    try:
+        return LoomConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e)) from e
+
+
+def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> LoomConfig:
+    """Load and validate a YAML config (default: $LOOM_CONFIG, then config/cluster.yaml)."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("LOOM_CONFIG") or DEFAULT_CONFIG_PATH
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return parse_config(raw, str(path), env)

@@ -1,0 +1,137 @@
+"""Every wire constant of Loom in one place: version, commands, error codes, limits.
+
+A request on a DEALER socket is ``[b"", VERSION, command, header, payload...]``; a ROUTER sees
+the peer identity in front. ``header`` is a msgpack map that always has ``id`` (the request
+id, unique per client socket). The reply is ``[b"", VERSION, REPLY, header, payload...]`` with
+the same ``id`` and either the result fields or ``error`` (a code below) and ``message``.
+Payload frames (record batches) travel as raw bytes, never inside msgpack.
+
+PUB/SUB messages are ``[topic-prefix, VERSION, kind, header, payload...]``.
+"""
+
+from __future__ import annotations
+
+VERSION = b"\x01"
+
+# -- request commands (ROUTER/DEALER) --------------------------------------------------------
+REPLY = b"REPLY"
+PING = b"PING"                    # any node: liveness + role + stats
+METADATA = b"METADATA"            # coordinator or broker: cluster metadata
+CREATE_TOPIC = b"CREATE_TOPIC"    # coordinator
+DELETE_TOPIC = b"DELETE_TOPIC"    # coordinator
+ALTER_TOPIC = b"ALTER_TOPIC"      # coordinator: add partitions, change configs
+ALTER_ISR = b"ALTER_ISR"          # leader -> coordinator: shrink/expand an ISR
+BROKER_REGISTER = b"REGISTER"     # broker -> coordinator: I am here, my partitions' LEOs
+PRODUCE = b"PRODUCE"              # broker
+FETCH = b"FETCH"                  # broker: consumers and follower replicas
+LIST_OFFSETS = b"LIST_OFFSETS"    # broker
+INIT_PRODUCER_ID = b"INIT_PID"    # coordinator: allocate an idempotent producer id
+EPOCH_END_OFFSET = b"EPOCH_END"   # broker: end offset of a leader epoch (KIP-101)
+STATS = b"STATS"                  # any node: metrics snapshot
+
+REQUEST_COMMANDS = frozenset({
+    PING, METADATA, CREATE_TOPIC, DELETE_TOPIC, ALTER_TOPIC, ALTER_ISR, BROKER_REGISTER,
+    PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID, EPOCH_END_OFFSET, STATS,
+})
+
+# -- PUB/SUB kinds ---------------------------------------------------------------------------
+PUB_HEARTBEAT = b"HB"           # topic b"hb"; header {node, role, ts_ms, ...}
+PUB_METADATA = b"MD"            # topic b"md"; header = full metadata (coordinator)
+PUB_REPLICA = b"RB"             # topic b"r/<topic>/<partition>"; payload = batches
+TOPIC_HEARTBEAT = b"hb"
+TOPIC_METADATA = b"md"
+
+
+def replica_topic(topic: str, partition: int) -> bytes:
+    """PUB prefix for one partition's replication stream (terminated so p1 != p10)."""
+    return f"r/{topic}/{partition}|".encode()
+
+
+# -- error codes: one table --------------------------------------------------------------------
+NONE = 0
+UNKNOWN = 1
+MALFORMED_REQUEST = 2
+UNSUPPORTED_VERSION = 3
+UNKNOWN_COMMAND = 4
+REQUEST_TOO_LARGE = 5
+UNKNOWN_TOPIC_OR_PARTITION = 10
+TOPIC_ALREADY_EXISTS = 11
+INVALID_TOPIC = 12
+INVALID_PARTITIONS = 13
+INVALID_REPLICATION_FACTOR = 14
+INVALID_CONFIG = 15
+NOT_LEADER = 20
+NOT_ENOUGH_REPLICAS = 21
+NOT_ENOUGH_REPLICAS_AFTER_APPEND = 22
+FENCED_LEADER_EPOCH = 23
+UNKNOWN_LEADER_EPOCH = 24
+NOT_COORDINATOR = 25
+LEADER_NOT_AVAILABLE = 26
+RECORD_TOO_LARGE = 30
+CORRUPT_MESSAGE = 31
+OFFSET_OUT_OF_RANGE = 32
+INVALID_RECORD = 33
+OUT_OF_ORDER_SEQUENCE = 40
+DUPLICATE_SEQUENCE = 41
+INVALID_PRODUCER_EPOCH = 42
+UNKNOWN_PRODUCER_ID = 43
+REQUEST_TIMED_OUT = 50
+STORAGE_ERROR = 51
+BUFFER_FULL = 52
+THROTTLED = 53
+UNKNOWN_GROUP = 60
+ILLEGAL_GENERATION = 61
+UNKNOWN_MEMBER = 62
+REBALANCE_IN_PROGRESS = 63
+INVALID_COMMIT_OFFSET = 64
+
+ERROR_NAMES: dict[int, str] = {
+    NONE: "none", UNKNOWN: "unknown", MALFORMED_REQUEST: "malformed_request",
+    UNSUPPORTED_VERSION: "unsupported_version", UNKNOWN_COMMAND: "unknown_command",
+    REQUEST_TOO_LARGE: "request_too_large",
+    UNKNOWN_TOPIC_OR_PARTITION: "unknown_topic_or_partition",
+    TOPIC_ALREADY_EXISTS: "topic_already_exists", INVALID_TOPIC: "invalid_topic",
+    INVALID_PARTITIONS: "invalid_partitions",
+    INVALID_REPLICATION_FACTOR: "invalid_replication_factor", INVALID_CONFIG: "invalid_config",
+    NOT_LEADER: "not_leader", NOT_ENOUGH_REPLICAS: "not_enough_replicas",
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND: "not_enough_replicas_after_append",
+    FENCED_LEADER_EPOCH: "fenced_leader_epoch", UNKNOWN_LEADER_EPOCH: "unknown_leader_epoch",
+    NOT_COORDINATOR: "not_coordinator", LEADER_NOT_AVAILABLE: "leader_not_available",
+    RECORD_TOO_LARGE: "record_too_large", CORRUPT_MESSAGE: "corrupt_message",
+    OFFSET_OUT_OF_RANGE: "offset_out_of_range", INVALID_RECORD: "invalid_record",
+    OUT_OF_ORDER_SEQUENCE: "out_of_order_sequence", DUPLICATE_SEQUENCE: "duplicate_sequence",
+    INVALID_PRODUCER_EPOCH: "invalid_producer_epoch", UNKNOWN_PRODUCER_ID: "unknown_producer_id",
+    REQUEST_TIMED_OUT: "request_timed_out", STORAGE_ERROR: "storage_error",
+    BUFFER_FULL: "buffer_full", THROTTLED: "throttled",
+    UNKNOWN_GROUP: "unknown_group", ILLEGAL_GENERATION: "illegal_generation",
+    UNKNOWN_MEMBER: "unknown_member", REBALANCE_IN_PROGRESS: "rebalance_in_progress",
+    INVALID_COMMIT_OFFSET: "invalid_commit_offset",
+}
+
+# Errors after which a client refreshes metadata and retries (the write was not applied).
+RETRIABLE = frozenset({
+    NOT_LEADER, LEADER_NOT_AVAILABLE, NOT_ENOUGH_REPLICAS, REQUEST_TIMED_OUT,
+    FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH, NOT_COORDINATOR, UNKNOWN_TOPIC_OR_PARTITION,
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND, BUFFER_FULL, THROTTLED,
+})
+
+# -- limits: every bound of the fabric, named once -------------------------------------------
+FRAMES_MAX = 4 + 1024                 # identity + delimiter + version/command/header + payloads
+HEADER_BYTES_MAX = 1024 * 1024        # msgpack header frame
+MSGPACK_ARRAY_LEN_MAX = 100_000
+MSGPACK_MAP_LEN_MAX = 100_000
+REQUEST_BYTES_MAX = 64 * 1024 * 1024  # sum of all frames of one request
+DRAIN_MESSAGES_MAX = 512              # messages read from one socket per reactor pass
+TIMERS_MAX = 10_000
+IN_FLIGHT_REQUESTS_MAX = 1024         # per RPC client socket
+PARKED_REQUESTS_MAX = 10_000          # long-poll fetches / acks=all produces waiting on a broker
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 5000
+SNDHWM = 10_000
+RCVHWM = 10_000
+TOPIC_NAME_LEN_MAX = 249
+PARTITIONS_MAX = 10_000
+
+
+def error_name(code: int) -> str:
+    return ERROR_NAMES.get(code, f"error_{code}")

@@ -1,0 +1,249 @@
+"""Request/reply over ROUTER/DEALER.
+
+``RpcServer`` binds a ROUTER, decodes every request, and dispatches by command to a handler.
+A handler returns ``(header, payloads)`` to answer now, or ``DEFER`` to answer later with
+``server.reply`` (long-poll fetch, acks=all). Malformed input is answered with an error where
+the peer can be addressed, otherwise dropped, and always counted; the node keeps serving.
+
+``RpcClient`` is the reactor-driven DEALER side: many requests in flight on one socket,
+matched by request id, each with a deadline. ``BlockingClient`` is the same for a simple
+caller (CLI, admin), with retries and capped exponential backoff for idempotent requests.
+
+Thread-safety: none; each object belongs to its reactor's (or caller's) thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import zmq
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.errors import MalformedFrame, RemoteError, RequestTimeout
+from fabric.reactor import Reactor, Timer
+
+log = logging.getLogger(__name__)
+
+DEFER = object()
+Handler = Callable[[wire.Request], Any]
+ReplyCallback = Callable[[dict | None, list[bytes], RemoteError | None], None]
+
+
+def make_socket(ctx: zmq.Context, kind: int, identity: str | None = None) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, P.SNDHWM)
+    sock.setsockopt(zmq.RCVHWM, P.RCVHWM)
+    sock.setsockopt(zmq.RECONNECT_IVL, P.RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, P.RECONNECT_IVL_MAX_MS)
+    sock.setsockopt(zmq.MAXMSGSIZE, P.REQUEST_BYTES_MAX)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, f"{identity}/{os.getpid()}/{os.urandom(3).hex()}".encode())
+    return sock
+
+
+class RpcServer:
+    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str) -> None:
+        self.reactor = reactor
+        self.sock = make_socket(ctx, zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.sock.bind(endpoint)
+        self.handlers: dict[bytes, Handler] = {}
+        self.counters: Counter[str] = Counter()
+        reactor.add_socket(self.sock, self._on_message)
+
+    def route(self, command: bytes, handler: Handler) -> None:
+        self.handlers[command] = handler
+
+    def reply(self, req: wire.Request, header: dict | None = None, payloads: list | tuple = ()) -> None:
+        h = {"id": req.id}
+        if header:
+            h.update(header)
+        self._send(wire.encode_reply(req.identity, h, payloads))
+
+    def reply_error(self, req: wire.Request, code: int, message: str, **extra: Any) -> None:
+        self.counters[f"error_{P.error_name(code)}"] += 1
+        self._send(wire.encode_reply(req.identity, wire.error_header(req.id, code, message, **extra)))
+
+    def _send(self, frames: list) -> None:
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.counters["reply_dropped_hwm"] += 1  # peer not reading: it will time out
+        except zmq.ZMQError as e:
+            self.counters["reply_dropped"] += 1
+            log.debug("reply dropped: %s", e)
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        try:
+            req = wire.decode_request(frames, self.reactor.clock.now_ms())
+        except MalformedFrame as e:
+            self.counters["malformed"] += 1
+            self._answer_malformed(frames, e)
+            return
+        handler = self.handlers.get(req.command)
+        if handler is None:
+            self.counters["malformed"] += 1
+            self.reply_error(req, P.UNKNOWN_COMMAND, f"unknown command {req.command[:32]!r}")
+            return
+        self.counters["requests"] += 1
+        try:
+            result = handler(req)
+        except RemoteError as e:
+            self.reply_error(req, e.code, e.message, **e.details)
+            return
+        except MalformedFrame as e:
+            self.counters["malformed"] += 1
+            self.reply_error(req, e.code, str(e))
+            return
+        except Exception as e:  # a handler bug must not take the node down
+            log.exception("handler for %r failed", req.command)
+            self.reply_error(req, P.UNKNOWN, f"internal error: {type(e).__name__}: {e}")
+            return
+        if result is DEFER:
+            return
+        header, payloads = result if isinstance(result, tuple) else (result, ())
+        self.reply(req, header, payloads)
+
+    def _answer_malformed(self, frames: list[bytes], e: MalformedFrame) -> None:
+        try:
+            identity, _ = wire.split_router_frames(frames)
+        except MalformedFrame:
+            identity = frames[:1]  # ROUTER always prepends one identity frame
+        if identity:
+            self._send(wire.encode_reply(identity, wire.error_header(0, e.code, str(e))))
+
+    def close(self) -> None:
+        self.reactor.remove_socket(self.sock)
+        self.sock.close(0)
+
+
+class RpcClient:
+    """Reactor-driven DEALER to one endpoint, many requests in flight."""
+
+    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None) -> None:
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.sock = make_socket(ctx, zmq.DEALER, identity)
+        self.sock.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[ReplyCallback, Timer]] = {}
+        self.counters: Counter[str] = Counter()
+        reactor.add_socket(self.sock, self._on_message)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def request(self, command: bytes, header: dict, payloads: list | tuple = (), *,
+                callback: ReplyCallback, timeout_ms: int) -> int:
+        if len(self._pending) >= P.IN_FLIGHT_REQUESTS_MAX:
+            callback(None, [], RemoteError(P.BUFFER_FULL, "too many requests in flight"))
+            return 0
+        rid = next(self._ids)
+        header = dict(header, id=rid)
+        try:
+            self.sock.send_multipart(wire.encode_request(command, header, payloads), zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            callback(None, [], RemoteError(P.BUFFER_FULL, f"send queue to {self.endpoint} is full"))
+            return 0
+        timer = self.reactor.call_later(timeout_ms, lambda: self._expire(rid))
+        self._pending[rid] = (callback, timer)
+        return rid
+
+    def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = ()) -> None:
+        """Fire and forget (the reply, if any, is ignored)."""
+        try:
+            self.sock.send_multipart(wire.encode_request(command, dict(header, id=0), payloads), zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.counters["oneway_dropped"] += 1
+
+    def _expire(self, rid: int) -> None:
+        entry = self._pending.pop(rid, None)
+        if entry is not None:
+            entry[0](None, [], RequestTimeout(f"no reply from {self.endpoint}"))
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        try:
+            header, payloads = wire.decode_reply(frames)
+        except MalformedFrame:
+            self.counters["malformed"] += 1
+            return
+        entry = self._pending.pop(header.get("id", -1), None)
+        if entry is None:
+            return  # late reply to a request that timed out, or a one-way ack
+        callback, timer = entry
+        timer.cancel()
+        code = header.get("error", 0)
+        if code:
+            callback(None, payloads, RemoteError(code, header.get("message", ""), **_details(header)))
+        else:
+            callback(header, payloads, None)
+
+    def fail_all(self, error: RemoteError) -> None:
+        pending, self._pending = self._pending, {}
+        for callback, timer in pending.values():
+            timer.cancel()
+            callback(None, [], error)
+
+    def close(self) -> None:
+        self.reactor.remove_socket(self.sock)
+        self.sock.close(0)
+
+
+def _details(header: dict) -> dict:
+    return {k: v for k, v in header.items() if k not in ("id", "error", "message")}
+
+
+class BlockingClient:
+    """A synchronous DEALER for simple callers. Retries idempotent requests with capped
+    exponential backoff. Not thread-safe."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, identity: str | None = "client") -> None:
+        self.endpoint = endpoint
+        self.sock = make_socket(ctx, zmq.DEALER, identity)
+        self.sock.connect(endpoint)
+        self._ids = itertools.count(1)
+
+    def call(self, command: bytes, header: dict | None = None, payloads: list | tuple = (), *,
+             timeout_ms: int = 5000, retries: int = 0, backoff_ms: int = 100) -> tuple[dict, list[bytes]]:
+        """Send and wait for the reply. Raises RemoteError (RequestTimeout after the last try)."""
+        attempt = 0
+        while True:
+            try:
+                return self._call_once(command, header or {}, payloads, timeout_ms)
+            except RemoteError as e:
+                if attempt >= retries or not e.retriable:
+                    raise
+                attempt += 1
+                zmq.Poller().poll(min(backoff_ms * 2 ** (attempt - 1), P.RECONNECT_IVL_MAX_MS))
+
+    def _call_once(self, command: bytes, header: dict, payloads: list | tuple, timeout_ms: int) -> tuple[dict, list[bytes]]:
+        rid = next(self._ids)
+        self.sock.send_multipart(wire.encode_request(command, dict(header, id=rid), payloads), copy=False)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not poller.poll(left_ms):
+                raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
+            try:
+                reply, payloads_in = wire.decode_reply(self.sock.recv_multipart())
+            except MalformedFrame:
+                continue
+            if reply.get("id") != rid:
+                continue  # a late reply to an earlier, timed-out attempt
+            code = reply.get("error", 0)
+            if code:
+                raise RemoteError(code, reply.get("message", ""), **_details(reply))
+            return reply, payloads_in
+
+    def close(self) -> None:
+        self.sock.close(0)

@@ -1,0 +1,96 @@
+"""What every ZeroMQ node has: a context, one reactor, a ROUTER for requests, a PUB socket
+for heartbeats (and whatever else the role publishes), PING and STATS, and a clean stop on
+SIGTERM/SIGINT. A role subclasses ``Node`` and adds routes, sockets and timers.
+
+Not thread-safe: everything runs on the reactor's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import zmq
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.clock import Clock
+from fabric.config import LoomConfig
+from fabric.reactor import Reactor
+from fabric.rpc import RpcServer, make_socket
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    role = "node"
+
+    def __init__(self, config: LoomConfig, name: str, clock: Clock | None = None) -> None:
+        self.config = config
+        self.name = name
+        self.node_config = config.node(name)
+        self.clock = clock or Clock()
+        self.ctx = zmq.Context.instance()
+        self.reactor = Reactor(self.clock)
+        self.started_ms = self.clock.now_ms()
+        self.counters: Counter[str] = Counter()
+        self.server = RpcServer(self.ctx, self.reactor, f"tcp://{self.node_config.host}:{self.node_config.port}")
+        self.server.route(P.PING, self._on_ping)
+        self.server.route(P.STATS, self._on_stats)
+        self.pub = make_socket(self.ctx, zmq.PUB)
+        self.pub.bind(f"tcp://{self.node_config.host}:{self.node_config.publish_port}")
+        self.reactor.call_every(config.liveness.heartbeat_interval_ms, self._heartbeat)
+
+    # -- publishing ------------------------------------------------------------------------
+    def publish(self, topic: bytes, kind: bytes, header: dict, payloads: list | tuple = ()) -> None:
+        try:
+            self.pub.send_multipart([topic, P.VERSION, kind, wire.pack(header), *payloads], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.counters["pub_dropped"] += 1
+
+    def _heartbeat(self) -> None:
+        self.publish(P.TOPIC_HEARTBEAT, P.PUB_HEARTBEAT, self.heartbeat_fields())
+
+    def heartbeat_fields(self) -> dict[str, Any]:
+        return {"node": self.name, "role": self.role, "pid": os.getpid(), "ts_ms": self.clock.wall_ms()}
+
+    # -- PING / STATS ----------------------------------------------------------------------
+    def _on_ping(self, req: wire.Request) -> dict:
+        return {"node": self.name, "role": self.role, "pid": os.getpid(),
+                "uptime_ms": self.clock.now_ms() - self.started_ms}
+
+    def _on_stats(self, req: wire.Request) -> dict:
+        counters = dict(self.counters)
+        counters.update({f"rpc_{k}": v for k, v in self.server.counters.items()})
+        return {"node": self.name, "role": self.role, "counters": counters, **self.stats()}
+
+    def stats(self) -> dict[str, Any]:
+        """Role-specific metrics for STATS (override)."""
+        return {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT, then close."""
+        def _stop(signum: int, frame: Any) -> None:
+            self.reactor.stop()
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        log.info("%s (%s) serving on %s:%d pid %d", self.name, self.role, self.node_config.host,
+                 self.node_config.port, os.getpid())
+        try:
+            self.reactor.run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.server.close()
+        self.pub.close(0)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.Formatter.converter = time.gmtime

@@ -1,0 +1,428 @@
+"""The broker: many partition replicas (Kafka's ReplicaManager role).
+
+Requests: PRODUCE, FETCH (consumers and follower replicas), LIST_OFFSETS, METADATA (its cached
+copy). Produce requests of one reactor pass are appended together, per partition, with one
+durability point (group commit), then answered -- or parked until the high watermark covers
+them (acks=all). Fetches with nothing to return are parked until data arrives or their wait
+ends. Metadata comes from the coordinator (PUB/SUB push, plus a request at start).
+
+Not thread-safe: everything runs on the reactor's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from engines.api import EngineError, OffsetOutOfRange
+from engines.registry import open_engine
+from fabric import protocol as P
+from fabric import wire
+from fabric.config import LoomConfig
+from fabric.errors import RemoteError
+from fabric.metadata import ClusterMetadata, PartitionInfo
+from fabric.rpc import DEFER, RpcClient, make_socket
+from nodes.base import Node
+from nodes.broker.fetcher import ReplicaFetcher
+from nodes.broker.parking import ParkedFetch, ParkedProduce, ParkingLot
+from nodes.broker.partition import Partition
+
+log = logging.getLogger(__name__)
+
+ISR_CHECK_INTERVAL_MS = 250
+RETENTION_CHECK_INTERVAL_MS = 30_000
+METADATA_REQUEST_TIMEOUT_MS = 2000
+
+
+class Broker(Node):
+    role = "broker"
+
+    def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
+        super().__init__(config, name, **kw)
+        self.broker_id: int = self.node_config.broker_id  # type: ignore[assignment]
+        self.data_dir = config.data_dir_for(name)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = config.storage_for(name)
+        self.limits = config.limits
+        self.metadata = ClusterMetadata.empty()
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        self.parking = ParkingLot()
+        self._produce_queue: list[wire.Request] = []
+        self._dirty = False  # something appended or a HW moved this pass
+        for cmd, fn in ((P.PRODUCE, self._on_produce), (P.FETCH, self._on_fetch),
+                        (P.LIST_OFFSETS, self._on_list_offsets), (P.METADATA, self._on_metadata_request)):
+            self.server.route(cmd, fn)
+        self.coordinator = RpcClient(self.ctx, self.reactor, config.coordinator.endpoint, identity=name)
+        self.sub = make_socket(self.ctx, zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)
+        self.sub.connect(config.coordinator.pub_endpoint)
+        self.reactor.add_socket(self.sub, self._on_sub)
+        self.fetchers: dict[int, ReplicaFetcher] = {}
+        self._open_existing_partitions()
+        self.reactor.after_pass(self._after_pass)
+        self.reactor.call_every(ISR_CHECK_INTERVAL_MS, self._check_isr)
+        self.reactor.call_every(RETENTION_CHECK_INTERVAL_MS, self._apply_retention)
+        if self.storage.fsync == "interval":
+            self.reactor.call_every(self.storage.fsync_interval_ms, self._flush_due)
+        self.reactor.call_later(0, self._request_metadata)
+
+    # -- partitions on disk --------------------------------------------------------------------
+    def _partition_dir(self, topic: str, partition: int) -> Path:
+        return self.data_dir / f"{topic}-{partition}"
+
+    def _open_existing_partitions(self) -> None:
+        for d in sorted(self.data_dir.iterdir()):
+            topic, _, p = d.name.rpartition("-")
+            if d.is_dir() and topic and p.isdigit():
+                self._open_partition(topic, int(p), {})
+
+    def _open_partition(self, topic: str, partition: int, configs: dict) -> Partition:
+        key = (topic, partition)
+        part = self.partitions.get(key)
+        if part is not None:
+            return part
+        d = self._partition_dir(topic, partition)
+        d.mkdir(parents=True, exist_ok=True)
+        engine_config = self.storage.engine_config(
+            int(configs.get("retention.ms", -1)), int(configs.get("retention.bytes", -1)),
+            self.limits.batch_bytes_max)
+        engine = open_engine(self.storage.engine, str(d / "log"), engine_config)
+        if engine.recovery.truncated_bytes:
+            log.warning("%s-%d: recovery cut %d bytes: %s", topic, partition,
+                        engine.recovery.truncated_bytes, engine.recovery.message)
+        part = Partition(topic, partition, self.broker_id, engine, str(d))
+        self.partitions[key] = part
+        return part
+
+    def _drop_partition(self, key: tuple[str, int]) -> None:
+        part = self.partitions.pop(key)
+        part.close()
+        shutil.rmtree(self._partition_dir(*key), ignore_errors=True)
+
+    # -- metadata ---------------------------------------------------------------------------
+    def _request_metadata(self) -> None:
+        def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
+            if header is not None:
+                self.apply_metadata(header["metadata"])
+            elif self.metadata.version < 0:
+                self.reactor.call_later(200, self._request_metadata)
+        self.coordinator.request(P.METADATA, {"broker_id": self.broker_id}, callback=done,
+                                 timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
+
+    def _on_sub(self, frames: list[bytes]) -> None:
+        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] != P.PUB_METADATA:
+            self.counters["sub_malformed"] += 1
+            return
+        try:
+            self.apply_metadata(wire.unpack(frames[3]))
+        except Exception:
+            self.counters["sub_malformed"] += 1
+            log.exception("bad metadata push")
+
+    def apply_metadata(self, raw: dict) -> None:
+        md = ClusterMetadata.from_wire(raw)
+        if md.version <= self.metadata.version:
+            return
+        self.metadata = md
+        now = self.clock.now_ms()
+        mine: set[tuple[str, int]] = set()
+        for info in md.partitions():
+            if self.broker_id not in info.replicas:
+                continue
+            mine.add((info.topic, info.partition))
+            part = self._open_partition(info.topic, info.partition, md.topics[info.topic].configs)
+            self._apply_partition_state(part, info, now)
+        for key in [k for k in self.partitions if k not in mine and k[0] not in md.topics]:
+            self._drop_partition(key)
+        self._sync_fetchers()
+        self._dirty = True
+
+    def _apply_partition_state(self, part: Partition, info: PartitionInfo, now_ms: int) -> None:
+        if info.leader_epoch < part.leader_epoch:
+            return  # stale
+        if info.leader == self.broker_id:
+            if not part.is_leader or info.leader_epoch > part.leader_epoch:
+                log.info("%s-%d: leader at epoch %d", info.topic, info.partition, info.leader_epoch)
+                part.become_leader(info.leader_epoch, info.replicas, info.isr, now_ms)
+            elif set(info.isr) != part.isr:
+                part.update_isr(info.isr)
+        elif part.role != "follower" or info.leader_epoch > part.leader_epoch or info.leader != part.leader_id:
+            self.parking.fail_partition((info.topic, info.partition), P.NOT_LEADER, self.server)
+            part.become_follower(info.leader, info.leader_epoch, info.replicas, info.isr)
+        else:
+            part.isr = set(info.isr)
+
+    def _sync_fetchers(self) -> None:
+        wanted: dict[int, list[Partition]] = defaultdict(list)
+        for part in self.partitions.values():
+            if part.role == "follower" and part.leader_id >= 0:
+                wanted[part.leader_id].append(part)
+        for leader_id in list(self.fetchers):
+            if leader_id not in wanted or leader_id not in self.metadata.brokers:
+                self.fetchers.pop(leader_id).close()
+        for leader_id, parts in wanted.items():
+            b = self.metadata.brokers.get(leader_id)
+            if b is None:
+                continue
+            f = self.fetchers.get(leader_id)
+            if f is None or f.endpoint != b.endpoint:
+                if f is not None:
+                    f.close()
+                f = self.fetchers[leader_id] = ReplicaFetcher(self, leader_id, b.endpoint)
+            f.set_partitions(parts)
+
+    def _on_metadata_request(self, req: wire.Request) -> dict:
+        return {"metadata": self.metadata.to_wire()}
+
+    # -- produce -----------------------------------------------------------------------------
+    def _on_produce(self, req: wire.Request) -> Any:
+        parts = req.get("parts", list)
+        acks = req.get("acks", int, 1)
+        if acks not in (0, 1, -1):
+            raise RemoteError(P.MALFORMED_REQUEST, "acks must be 0, 1 or -1 (all)")
+        if len(parts) != len(req.payloads):
+            raise RemoteError(P.MALFORMED_REQUEST, f"{len(parts)} parts but {len(req.payloads)} payload frames")
+        self._produce_queue.append(req)
+        return DEFER
+
+    def _process_produces(self) -> None:
+        """Group commit: every produce of this pass, appended per partition in one call."""
+        queue, self._produce_queue = self._produce_queue, []
+        by_partition: dict[tuple[str, int], list[tuple[int, int, bytes]]] = defaultdict(list)
+        results: list[list] = []
+        for ri, req in enumerate(queue):
+            res: list = [None] * len(req.payloads)
+            results.append(res)
+            for pi, (tp, data) in enumerate(zip(req.header["parts"], req.payloads)):
+                err = self._produce_precheck(tp, req.header.get("acks", 1))
+                if err is not None:
+                    res[pi] = err
+                else:
+                    by_partition[(tp[0], tp[1])].append((ri, pi, data))
+        for key, items in by_partition.items():
+            part = self.partitions[key]
+            out = part.append_as_leader([d for _, _, d in items], self.limits.batch_bytes_max)
+            for (ri, pi, _), r in zip(items, out):
+                results[ri][pi] = [r[0], r[1], r[2]] + ([part.leader_epoch] if not r[1] else [])
+            self._dirty = True
+        if self.storage.fsync == "always":
+            pass  # engines flushed inside append_many
+        now = self.clock.now_ms()
+        for req, res in zip(queue, results):
+            self._finish_produce(req, res, now)
+
+    def _produce_precheck(self, tp: Any, acks: int) -> list | None:
+        if not (isinstance(tp, (list, tuple)) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)):
+            return [-1, P.MALFORMED_REQUEST, "each part is [topic, partition]"]
+        part = self.partitions.get((tp[0], tp[1]))
+        if part is None or tp[0] not in self.metadata.topics:
+            return [-1, P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]} is not on this broker"]
+        if not part.is_leader:
+            return [-1, P.NOT_LEADER, f"leader is broker {part.leader_id}"]
+        if acks == -1:
+            min_isr = int(self.metadata.topics[tp[0]].configs.get("min.insync.replicas", self.config.topics.min_insync_replicas))
+            if len(part.isr) < min_isr:
+                return [-1, P.NOT_ENOUGH_REPLICAS, f"isr {sorted(part.isr)} is smaller than min.insync.replicas={min_isr}"]
+        return None
+
+    def _finish_produce(self, req: wire.Request, res: list, now_ms: int) -> None:
+        acks = req.header.get("acks", 1)
+        if acks != -1 or all(r[1] != 0 or r[0] < 0 for r in res):
+            self.server.reply(req, {"results": res})
+            return
+        waits = []
+        for (tp, data), r in zip(zip(req.header["parts"], req.payloads), res):
+            if r[1] == 0:
+                from engines.batch import parse_header
+                waits.append(((tp[0], tp[1]), r[0] + parse_header(data).record_count))
+        timeout = min(max(int(req.header.get("timeout_ms", 30_000)), 0), 300_000)
+        self.parking.park_produce(ParkedProduce(req, res, waits, now_ms + timeout), self.server)
+
+    # -- fetch -------------------------------------------------------------------------------
+    def _on_fetch(self, req: wire.Request) -> Any:
+        parts = req.get("parts", list)
+        if len(parts) > P.PARTITIONS_MAX:
+            raise RemoteError(P.REQUEST_TOO_LARGE, "too many partitions in one fetch")
+        replica_id = req.get("replica_id", int, -1)
+        wait_ms = min(max(req.get("wait_ms", int, 0), 0), self.limits.fetch_wait_ms_max)
+        now = self.clock.now_ms()
+        header, payloads, nbytes = self.build_fetch_reply(req, replica_id, now)
+        if nbytes > 0 or wait_ms == 0:
+            return header, payloads
+        self.parking.park_fetch(ParkedFetch(req, replica_id, now + wait_ms), self.server)
+        return DEFER
+
+    def build_fetch_reply(self, req: wire.Request, replica_id: int, now_ms: int) -> tuple[dict, list, int]:
+        budget = min(max(req.header.get("max_bytes", self.limits.fetch_bytes_max), 1), self.limits.fetch_bytes_max)
+        out, payloads, total = [], [], 0
+        for tp in req.header["parts"]:
+            entry, data = self._fetch_one(tp, replica_id, now_ms, budget - total)
+            out.append(entry)
+            payloads.append(data)
+            total += len(data)
+        return {"parts": out}, payloads, total
+
+    def _fetch_one(self, tp: Any, replica_id: int, now_ms: int, budget: int) -> tuple[list, bytes]:
+        if not (isinstance(tp, (list, tuple)) and len(tp) >= 3 and isinstance(tp[0], str)
+                and isinstance(tp[1], int) and isinstance(tp[2], int)):
+            return [None, None, P.MALFORMED_REQUEST, -1, -1, -1, None], b""
+        topic, p, offset = tp[0], tp[1], tp[2]
+        part = self.partitions.get((topic, p))
+        if part is None:
+            return [topic, p, P.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1, None], b""
+        if not part.is_leader:
+            return [topic, p, P.NOT_LEADER, -1, -1, -1, None], b""
+        max_bytes = min(tp[3] if len(tp) > 3 and isinstance(tp[3], int) else budget, budget)
+        diverging = None
+        if replica_id >= 0:
+            current_epoch = tp[4] if len(tp) > 4 else -1
+            if isinstance(current_epoch, int) and current_epoch > part.leader_epoch:
+                return [topic, p, P.FENCED_LEADER_EPOCH, -1, -1, -1, None], b""
+            last_epoch = tp[5] if len(tp) > 5 and isinstance(tp[5], int) else -1
+            diverging = self._diverging(part, offset, last_epoch)
+            if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):
+                self._dirty = True
+        upto = part.log_end_offset if replica_id >= 0 else part.high_watermark
+        head = [topic, p, 0, part.high_watermark, part.log_end_offset, part.log_start_offset, diverging]
+        if diverging is not None or max_bytes <= 0:
+            return head, b""
+        try:
+            data = part.read(offset, max_bytes, upto)
+        except OffsetOutOfRange as e:
+            head[2] = P.OFFSET_OUT_OF_RANGE
+            return head, b""
+        except EngineError as e:
+            log.error("%s-%d read failed: %s", topic, p, e)
+            head[2] = P.STORAGE_ERROR
+            return head, b""
+        return head, data
+
+    @staticmethod
+    def _diverging(part: Partition, fetch_offset: int, last_epoch: int) -> list | None:
+        """KIP-320: if the follower's last epoch ended earlier in our log than its fetch
+        offset, tell it where to truncate."""
+        if last_epoch < 0:
+            return None
+        epoch, end = part.epochs.end_offset_for(last_epoch, part.log_end_offset)
+        if epoch == last_epoch and end >= fetch_offset:
+            return None
+        if epoch < 0:
+            return [-1, part.log_start_offset]
+        return [epoch, end]
+
+    # -- list offsets --------------------------------------------------------------------------
+    def _on_list_offsets(self, req: wire.Request) -> dict:
+        """parts: [[topic, partition, spec]] with spec -2 earliest, -1 latest, >=0 timestamp."""
+        out = []
+        for tp in req.get("parts", list):
+            if not (isinstance(tp, (list, tuple)) and len(tp) == 3):
+                out.append([None, None, P.MALFORMED_REQUEST, -1])
+                continue
+            part = self.partitions.get((tp[0], tp[1]))
+            if part is None:
+                out.append([tp[0], tp[1], P.UNKNOWN_TOPIC_OR_PARTITION, -1])
+            elif not part.is_leader:
+                out.append([tp[0], tp[1], P.NOT_LEADER, -1])
+            elif tp[2] == -2:
+                out.append([tp[0], tp[1], 0, part.log_start_offset])
+            elif tp[2] == -1:
+                out.append([tp[0], tp[1], 0, part.high_watermark])
+            else:
+                off = part.engine.offset_for_timestamp(int(tp[2]))
+                out.append([tp[0], tp[1], 0, part.high_watermark if off is None else min(off, part.high_watermark)])
+        return {"parts": out}
+
+    # -- the per-pass hook and timers ------------------------------------------------------------
+    def _after_pass(self) -> None:
+        if self._produce_queue:
+            self._process_produces()
+        if self._dirty or self.parking.has_due(self.clock.now_ms()):
+            self._dirty = False
+            self.parking.service(self, self.clock.now_ms())
+
+    def _check_isr(self) -> None:
+        now = self.clock.now_ms()
+        lag = self.config.replication.replica_lag_time_max_ms
+        for part in self.partitions.values():
+            new = part.isr_changes(now, lag)
+            if new is not None:
+                self._propose_isr(part, new)
+
+    def _propose_isr(self, part: Partition, new_isr: set[int]) -> None:
+        part.pending_isr = new_isr
+        epoch = part.leader_epoch
+
+        def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
+            if part.leader_epoch != epoch or part.pending_isr != new_isr:
+                return
+            if header is not None:
+                part.update_isr(header["isr"])
+                self._dirty = True
+            else:
+                part.pending_isr = None
+                if err is not None and err.code == P.FENCED_LEADER_EPOCH:
+                    self._request_metadata_now()
+        log.info("%s-%d: proposing isr %s (was %s)", part.topic, part.partition, sorted(new_isr), sorted(part.isr))
+        self.coordinator.request(P.ALTER_ISR, {"topic": part.topic, "partition": part.partition,
+                                               "leader_epoch": epoch, "broker_id": self.broker_id,
+                                               "isr": sorted(new_isr)}, callback=done, timeout_ms=3000)
+
+    def _request_metadata_now(self) -> None:
+        self.reactor.call_later(0, self._request_metadata)
+
+    def _apply_retention(self) -> None:
+        now = self.clock.wall_ms()
+        for key, part in list(self.partitions.items()):
+            try:
+                part.engine.apply_retention(now)
+                part.epochs.truncate_from_start(part.log_start_offset)
+            except EngineError as e:
+                log.error("%s-%d retention failed: %s", key[0], key[1], e)
+
+    def _flush_due(self) -> None:
+        now = self.clock.now_ms()
+        for part in self.partitions.values():
+            try:
+                part.engine.maybe_flush(now)
+            except EngineError as e:
+                log.error("%s-%d flush failed: %s", part.topic, part.partition, e)
+
+    # -- stats / lifecycle ------------------------------------------------------------------
+    def heartbeat_fields(self) -> dict[str, Any]:
+        return dict(super().heartbeat_fields(), broker_id=self.broker_id, metadata_version=self.metadata.version)
+
+    def stats(self) -> dict[str, Any]:
+        parts = []
+        for (t, p), part in sorted(self.partitions.items()):
+            parts.append({"topic": t, "partition": p, "role": part.role, "leader_epoch": part.leader_epoch,
+                          "log_start_offset": part.log_start_offset, "log_end_offset": part.log_end_offset,
+                          "high_watermark": part.high_watermark, "isr": sorted(part.isr),
+                          "size_bytes": part.engine.size_bytes})
+        return {"broker_id": self.broker_id, "engine": self.storage.engine, "partitions": parts,
+                "parked": self.parking.size, "metadata_version": self.metadata.version,
+                "disk": _disk_usage(self.data_dir)}
+
+    def close(self) -> None:
+        for f in self.fetchers.values():
+            f.close()
+        for part in self.partitions.values():
+            try:
+                part.close()
+            except EngineError as e:
+                log.error("close %s-%d: %s", part.topic, part.partition, e)
+        self.coordinator.close()
+        self.sub.close(0)
+        super().close()
+
+
+def _disk_usage(path: Path) -> dict:
+    st = os.statvfs(path)
+    total = st.f_blocks * st.f_frsize
+    free = st.f_bavail * st.f_frsize
+    return {"total_bytes": total, "free_bytes": free, "used_percent": round(100 * (1 - free / total), 1) if total else 0}

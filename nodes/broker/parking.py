@@ -1,0 +1,111 @@
+"""Requests a broker answers later: acks=all produces waiting for the high watermark, and
+long-poll fetches waiting for data. Bounded (PARKED_REQUESTS_MAX); each has a deadline.
+
+Not thread-safe: owned by the broker's reactor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.rpc import RpcServer
+
+if TYPE_CHECKING:
+    from nodes.broker.node import Broker
+
+
+@dataclass(slots=True)
+class ParkedProduce:
+    req: wire.Request
+    results: list  # per part: [base_offset, error, message, ...]
+    waits: list[tuple[tuple[str, int], int]]  # (partition key, offset the HW must reach)
+    deadline_ms: int
+
+
+@dataclass(slots=True)
+class ParkedFetch:
+    req: wire.Request
+    replica_id: int
+    deadline_ms: int
+
+
+class ParkingLot:
+    def __init__(self) -> None:
+        self.produces: list[ParkedProduce] = []
+        self.fetches: list[ParkedFetch] = []
+        self._next_deadline_ms = 1 << 62
+
+    @property
+    def size(self) -> int:
+        return len(self.produces) + len(self.fetches)
+
+    def has_due(self, now_ms: int) -> bool:
+        return now_ms >= self._next_deadline_ms
+
+    def park_produce(self, item: ParkedProduce, server: RpcServer) -> None:
+        if self.size >= P.PARKED_REQUESTS_MAX:
+            server.reply_error(item.req, P.BUFFER_FULL, "too many requests waiting on this broker")
+            return
+        self.produces.append(item)
+        self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
+
+    def park_fetch(self, item: ParkedFetch, server: RpcServer) -> None:
+        if self.size >= P.PARKED_REQUESTS_MAX:
+            server.reply(item.req, {"parts": []})
+            return
+        self.fetches.append(item)
+        self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
+
+    def service(self, broker: "Broker", now_ms: int) -> None:
+        """Answer every parked request that is satisfied or past its deadline."""
+        self._next_deadline_ms = 1 << 62
+        keep_p = []
+        for item in self.produces:
+            if self._produce_done(item, broker):
+                broker.server.reply(item.req, {"results": item.results})
+            elif now_ms >= item.deadline_ms:
+                for r in item.results:
+                    if r[1] == 0:
+                        r[1], r[2] = P.REQUEST_TIMED_OUT, "not replicated to the ISR in time"
+                broker.server.reply(item.req, {"results": item.results})
+            else:
+                keep_p.append(item)
+                self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
+        self.produces = keep_p
+        keep_f = []
+        for item in self.fetches:
+            header, payloads, nbytes = broker.build_fetch_reply(item.req, item.replica_id, now_ms)
+            if nbytes > 0 or now_ms >= item.deadline_ms:
+                broker.server.reply(item.req, header, payloads)
+            else:
+                keep_f.append(item)
+                self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
+        self.fetches = keep_f
+
+    @staticmethod
+    def _produce_done(item: ParkedProduce, broker: "Broker") -> bool:
+        for key, needed in item.waits:
+            part = broker.partitions.get(key)
+            if part is None or not part.is_leader:
+                continue  # answered by fail_partition
+            if part.high_watermark < needed:
+                return False
+        return True
+
+    def fail_partition(self, key: tuple[str, int], code: int, server: RpcServer) -> None:
+        """Leadership of ``key`` moved away: parked acks=all writes on it are not acknowledged."""
+        keep = []
+        for item in self.produces:
+            if any(k == key for k, _ in item.waits):
+                for (tp, r) in zip(item.req.header["parts"], item.results):
+                    if (tp[0], tp[1]) == key and r[1] == 0:
+                        r[1], r[2] = code, "leadership changed before the write was replicated"
+                item.waits = [(k, o) for k, o in item.waits if k != key]
+                if not item.waits:
+                    server.reply(item.req, {"results": item.results})
+                    continue
+            keep.append(item)
+        self.produces = keep

@@ -1,0 +1,265 @@
+"""One partition replica on a broker: the log (an engine), leader/follower state, the high
+watermark, the ISR view, the leader-epoch cache and idempotent-producer state.
+
+The leader advances the high watermark (HW) to the smallest log end offset (LEO) among the ISR
+members; followers report their LEO in every replica fetch. Reads for consumers stop at the HW.
+Not thread-safe: owned by the broker's reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from engines import batch as B
+from engines.api import CorruptBatch, Engine, EngineError, StorageFull
+from fabric import protocol as P
+from fabric.errors import RemoteError
+from nodes.broker.epochs import EpochCache
+from nodes.broker.producers import ProducerStateTable
+
+log = logging.getLogger(__name__)
+
+LEADER = "leader"
+FOLLOWER = "follower"
+PRODUCER_STATE_SCAN_RECORDS_MAX = 500_000  # rebuild idempotence state from this much tail
+READ_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class FollowerState:
+    log_end_offset: int = -1
+    last_caught_up_ms: int = 0
+    last_fetch_ms: int = 0
+    leo_at_last_fetch: int = 0  # the leader's LEO when this follower last fetched
+
+
+class Partition:
+    def __init__(self, topic: str, partition: int, broker_id: int, engine: Engine, directory: str | None) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.broker_id = broker_id
+        self.engine = engine
+        self.epochs = EpochCache(directory)
+        self.producers = ProducerStateTable()
+        self.role: str | None = None
+        self.leader_id = -1
+        self.leader_epoch = -1
+        self.replicas: list[int] = []
+        self.isr: set[int] = set()
+        self.pending_isr: set[int] | None = None  # proposed to the coordinator, not yet applied
+        self.followers: dict[int, FollowerState] = {}
+        self.high_watermark = 0
+        self._rebuild_producer_state()
+
+    # -- offsets ---------------------------------------------------------------------------
+    @property
+    def log_end_offset(self) -> int:
+        return self.engine.log_end_offset
+
+    @property
+    def log_start_offset(self) -> int:
+        return self.engine.log_start_offset
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == LEADER
+
+    # -- role changes --------------------------------------------------------------------------
+    def become_leader(self, epoch: int, replicas: list[int], isr: list[int], now_ms: int) -> None:
+        self.role = LEADER
+        self.leader_id = self.broker_id
+        self.leader_epoch = epoch
+        self.replicas = list(replicas)
+        self.isr = set(isr)
+        self.pending_isr = None
+        self.epochs.assign(epoch, self.log_end_offset)
+        self.followers = {r: FollowerState(last_caught_up_ms=now_ms) for r in replicas if r != self.broker_id}
+        self.high_watermark = min(max(self.high_watermark, self.log_start_offset), self.log_end_offset)
+        self.maybe_advance_high_watermark()
+
+    def become_follower(self, leader_id: int, epoch: int, replicas: list[int], isr: list[int]) -> None:
+        self.role = FOLLOWER
+        self.leader_id = leader_id
+        self.leader_epoch = epoch
+        self.replicas = list(replicas)
+        self.isr = set(isr)
+        self.pending_isr = None
+        self.followers = {}
+        self.high_watermark = min(self.high_watermark, self.log_end_offset)
+
+    def update_isr(self, isr: list[int]) -> None:
+        """The coordinator applied an ISR change for the current epoch."""
+        self.isr = set(isr)
+        self.pending_isr = None
+        self.maybe_advance_high_watermark()
+
+    # -- leader: appends ---------------------------------------------------------------------
+    def append_as_leader(self, batches: list[bytes], batch_bytes_max: int) -> list[tuple[int, int, str]]:
+        """Validate and append batches (one durability point). Returns per batch
+        (base_offset, error_code, message); error batches are not written."""
+        results: list[tuple[int, int, str]] = []
+        to_write: list[bytearray] = []
+        headers: list[B.BatchHeader] = []
+        slots: list[int] = []
+        for data in batches:
+            try:
+                h = self._validate(data, batch_bytes_max)
+                dup = self.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
+            except RemoteError as e:
+                results.append((-1, e.code, e.message))
+                continue
+            if dup is not None:
+                results.append((dup, 0, "duplicate"))
+                continue
+            buf = bytearray(data)
+            B.set_leader_epoch(buf, self.leader_epoch)
+            to_write.append(buf)
+            headers.append(h)
+            slots.append(len(results))
+            results.append((-1, 0, ""))
+            # producer state must see in-request ordering before the write (several batches of
+            # one producer in one request)
+            self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
+                                  self.log_end_offset + sum(x.record_count for x in headers[:-1]))
+        if not to_write:
+            return results
+        try:
+            offsets = self.engine.append_many(to_write)
+        except (StorageFull, EngineError) as e:
+            self._rebuild_producer_state()
+            for i in slots:
+                results[i] = (-1, P.STORAGE_ERROR, str(e))
+            return results
+        for i, off in zip(slots, offsets):
+            results[i] = (off, 0, "")
+        self.maybe_advance_high_watermark()
+        return results
+
+    def _validate(self, data: bytes, batch_bytes_max: int) -> B.BatchHeader:
+        if len(data) > batch_bytes_max:
+            raise RemoteError(P.RECORD_TOO_LARGE, f"batch of {len(data)} bytes is over {batch_bytes_max}")
+        try:
+            h = B.verify(data)
+        except B.BatchError as e:
+            raise RemoteError(P.CORRUPT_MESSAGE, str(e)) from e
+        if h.size_bytes != len(data):
+            raise RemoteError(P.CORRUPT_MESSAGE, f"frame holds {len(data)} bytes, batch says {h.size_bytes}")
+        return h
+
+    # -- follower: replication ----------------------------------------------------------------
+    def append_as_follower(self, data: bytes) -> int:
+        """Append the leader's batches that continue our log; skip what we already have.
+        Returns the number of batches appended. Raises CorruptBatch on a bad batch."""
+        fresh: list[memoryview] = []
+        end = self.log_end_offset
+        for h, view in B.iter_batches(data, check_crc=True):
+            if h.next_offset <= end:
+                continue  # already have it
+            if h.base_offset != end:
+                break  # a gap: the next fetch repairs it
+            fresh.append(view)
+            self.epochs.assign(h.leader_epoch, h.base_offset)
+            self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
+            end = h.next_offset
+        if fresh:
+            self.engine.append_many(fresh)
+        return len(fresh)
+
+    def truncate_to(self, offset: int) -> None:
+        """Cut the log at ``offset`` (divergence found via the epoch cache)."""
+        if offset >= self.log_end_offset:
+            return
+        log.warning("%s-%d: truncating from %d to %d", self.topic, self.partition, self.log_end_offset, offset)
+        self.engine.truncate_to(offset)
+        self.epochs.truncate_from_end(self.log_end_offset)
+        self.high_watermark = min(self.high_watermark, self.log_end_offset)
+        self._rebuild_producer_state()
+
+    def set_high_watermark_from_leader(self, leader_hw: int) -> None:
+        self.high_watermark = max(self.high_watermark, min(leader_hw, self.log_end_offset))
+
+    # -- leader: follower tracking, HW, ISR -----------------------------------------------------
+    def record_follower_fetch(self, follower_id: int, fetch_offset: int, now_ms: int) -> bool:
+        """A follower fetched from ``fetch_offset`` (= its LEO). Returns True if the HW moved."""
+        st = self.followers.get(follower_id)
+        if st is None:
+            return False
+        leo = self.log_end_offset
+        if fetch_offset >= leo:
+            st.last_caught_up_ms = now_ms
+        elif fetch_offset >= st.leo_at_last_fetch:
+            st.last_caught_up_ms = max(st.last_caught_up_ms, st.last_fetch_ms)
+        st.log_end_offset = fetch_offset
+        st.last_fetch_ms = now_ms
+        st.leo_at_last_fetch = leo
+        return self.maybe_advance_high_watermark()
+
+    def _hw_members(self) -> set[int]:
+        # while an expansion is pending, count the larger set (Kafka's "maximal ISR")
+        return self.isr | self.pending_isr if self.pending_isr else set(self.isr)
+
+    def maybe_advance_high_watermark(self) -> bool:
+        if not self.is_leader:
+            return False
+        hw = self.log_end_offset
+        for r in self._hw_members():
+            if r == self.broker_id:
+                continue
+            st = self.followers.get(r)
+            hw = min(hw, st.log_end_offset if st else -1)
+        if hw > self.high_watermark:
+            self.high_watermark = hw
+            return True
+        return False
+
+    def isr_changes(self, now_ms: int, lag_time_max_ms: int) -> set[int] | None:
+        """The ISR the leader should propose now, or None when no change is due."""
+        if not self.is_leader or self.pending_isr is not None:
+            return None
+        new = set(self.isr) | {self.broker_id}
+        for r, st in self.followers.items():
+            lagging = now_ms - st.last_caught_up_ms > lag_time_max_ms
+            if r in new and lagging:
+                new.discard(r)
+            elif r not in new and not lagging and st.log_end_offset >= self.high_watermark \
+                    and st.log_end_offset >= self._current_epoch_start():
+                new.add(r)
+        return new if new != self.isr else None
+
+    def _current_epoch_start(self) -> int:
+        return self.epochs.entries[-1][1] if self.epochs.entries else 0
+
+    # -- reads ------------------------------------------------------------------------------
+    def read(self, offset: int, max_bytes: int, upto_offset: int) -> bytes:
+        """Whole batches from ``offset`` that end at or before ``upto_offset`` (the HW for
+        consumers, the LEO for followers)."""
+        if offset >= upto_offset:
+            return b""
+        data = self.engine.read(offset, max_bytes)
+        if upto_offset >= self.log_end_offset:
+            return data
+        cut = 0
+        for h, view in B.iter_batches(data):
+            if h.next_offset > upto_offset:
+                break
+            cut += len(view)
+        return data[:cut]
+
+    # -- recovery ---------------------------------------------------------------------------
+    def _rebuild_producer_state(self) -> None:
+        self.producers.truncate()
+        start = max(self.log_start_offset, self.log_end_offset - PRODUCER_STATE_SCAN_RECORDS_MAX)
+        offset = start
+        end = self.log_end_offset
+        while offset < end:
+            data = self.engine.read(offset, READ_CHUNK_BYTES)
+            if not data:
+                break
+            for h, _ in B.iter_batches(data):
+                self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
+                self.epochs.assign(h.leader_epoch, h.base_offset)
+                offset = h.next_offset
+
+    def close(self) -> None:
+        self.engine.close()

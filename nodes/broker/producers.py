@@ -1,0 +1,75 @@
+"""Idempotent-producer state of one partition replica.
+
+Per producer id: its epoch and the last few batches it wrote (sequence range and offsets), so
+a broker recognises a retried batch and answers with the original offsets instead of writing
+it twice, and rejects a sequence that skips ahead. Rebuilt from the log's batch headers on
+open; replicated implicitly (followers apply the same headers). Not thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from fabric import protocol as P
+from fabric.errors import RemoteError
+
+BATCHES_REMEMBERED = 5  # like Kafka: up to 5 in-flight batches per producer can be retried
+PRODUCERS_MAX = 100_000
+
+
+@dataclass(slots=True)
+class _Entry:
+    epoch: int
+    # (base_sequence, last_sequence, base_offset)
+    batches: deque = field(default_factory=lambda: deque(maxlen=BATCHES_REMEMBERED))
+
+
+class ProducerStateTable:
+    def __init__(self) -> None:
+        self._producers: dict[int, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._producers)
+
+    def check(self, producer_id: int, epoch: int, base_sequence: int, record_count: int) -> int | None:
+        """Before appending: return the base offset of an identical earlier batch (a retry:
+        do not append), or None to append. Raises RemoteError on a fenced epoch or a gap."""
+        if producer_id < 0:
+            return None
+        entry = self._producers.get(producer_id)
+        if entry is None:
+            return None  # first batch we see from it (or state expired): accept any sequence
+        if epoch < entry.epoch:
+            raise RemoteError(P.INVALID_PRODUCER_EPOCH, f"producer {producer_id} epoch {epoch} is older than {entry.epoch}")
+        if epoch > entry.epoch:
+            return None if base_sequence == 0 else _gap(producer_id, base_sequence, 0)
+        last_seq = base_sequence + record_count - 1
+        for b_first, b_last, b_offset in entry.batches:
+            if b_first == base_sequence and b_last == last_seq:
+                return b_offset
+        expected = entry.batches[-1][1] + 1 if entry.batches else 0
+        if base_sequence != expected:
+            if base_sequence < expected:
+                raise RemoteError(P.DUPLICATE_SEQUENCE, f"producer {producer_id}: sequence {base_sequence} is an old duplicate")
+            _gap(producer_id, base_sequence, expected)
+        return None
+
+    def update(self, producer_id: int, epoch: int, base_sequence: int, record_count: int, base_offset: int) -> None:
+        """After appending (leader) or replicating (follower) a batch."""
+        if producer_id < 0 or base_sequence < 0:
+            return
+        entry = self._producers.get(producer_id)
+        if entry is None or epoch > entry.epoch:
+            if entry is None and len(self._producers) >= PRODUCERS_MAX:
+                self._producers.pop(next(iter(self._producers)))  # evict the oldest
+            entry = self._producers[producer_id] = _Entry(epoch)
+        entry.batches.append((base_sequence, base_sequence + record_count - 1, base_offset))
+
+    def truncate(self) -> None:
+        """After a log truncation the state is rebuilt by the caller from the remaining log."""
+        self._producers.clear()
+
+
+def _gap(producer_id: int, got: int, expected: int) -> None:
+    raise RemoteError(P.OUT_OF_ORDER_SEQUENCE, f"producer {producer_id}: sequence {got}, expected {expected}")

@@ -1,0 +1,287 @@
+"""The coordinator: cluster metadata, broker liveness, leader election.
+
+Brokers prove they are alive by heartbeats on their PUB sockets (any heartbeat resets the
+session). A broker silent for ``session_timeout_ms`` is dead: it leaves every ISR (unless it is
+the last member, which keeps the partition offline rather than lose track of who has the
+data), and partitions it led get a new leader from the remaining ISR with the leader epoch
+bumped. Every change bumps the metadata version, is written durably, and is published.
+
+Not thread-safe: everything runs on the reactor's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import zmq
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.config import LoomConfig
+from fabric.errors import RemoteError
+from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
+from fabric.rpc import make_socket
+from nodes.base import Node
+from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
+from nodes.coordinator.topics import place_replicas, validate_configs, validate_topic_name
+
+log = logging.getLogger(__name__)
+
+REPUBLISH_INTERVAL_MS = 1000
+PREFERRED_LEADER_CHECK_MS = 5000
+
+
+class Coordinator(Node):
+    role = "coordinator"
+
+    def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
+        super().__init__(config, name, **kw)
+        self.store = StateStore(config.data_dir_for(name))
+        self.state: ClusterState = self.store.load()
+        self.brokers = {bid: BrokerInfo(bid, n.host, n.port, n.publish_port) for bid, (_, n) in config.brokers().items()}
+        now = self.clock.now_ms()
+        # after a restart every broker gets one session to show up before it is judged
+        self.last_seen_ms: dict[int, int] = {bid: now for bid in self.brokers}
+        self.alive: set[int] = set(self.brokers)
+        self._heard: set[int] = set()
+        self._metadata_cache: dict | None = None
+        self.sub = make_socket(self.ctx, zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_HEARTBEAT)
+        for b in self.brokers.values():
+            self.sub.connect(b.pub_endpoint)
+        self.reactor.add_socket(self.sub, self._on_heartbeat)
+        for cmd, fn in ((P.METADATA, self._on_metadata), (P.CREATE_TOPIC, self._on_create_topic),
+                        (P.DELETE_TOPIC, self._on_delete_topic), (P.ALTER_TOPIC, self._on_alter_topic),
+                        (P.ALTER_ISR, self._on_alter_isr), (P.INIT_PRODUCER_ID, self._on_init_producer_id)):
+            self.server.route(cmd, fn)
+        self.reactor.call_every(max(50, config.liveness.heartbeat_interval_ms // 2), self._check_liveness)
+        self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
+        self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
+        self.extensions: list[Any] = []  # group coordinator etc. plug in here
+
+    # -- metadata ------------------------------------------------------------------------------
+    def metadata(self) -> ClusterMetadata:
+        brokers = {bid: BrokerInfo(b.broker_id, b.host, b.port, b.pub_port, bid in self.alive)
+                   for bid, b in self.brokers.items()}
+        topics = {name: TopicInfo(name, tuple(PartitionInfo(name, i, p.leader, p.leader_epoch, tuple(p.replicas), tuple(p.isr))
+                                              for i, p in enumerate(t.partitions)), dict(t.configs))
+                  for name, t in self.state.topics.items()}
+        return ClusterMetadata(self.state.version, self.config.cluster.name, brokers, topics, self.config.coordinator.endpoint)
+
+    def metadata_wire(self) -> dict:
+        if self._metadata_cache is None:
+            self._metadata_cache = self.metadata().to_wire()
+        return self._metadata_cache
+
+    def commit(self) -> None:
+        """Bump the version, persist, publish."""
+        self.state.version += 1
+        self.store.save(self.state)
+        self._metadata_cache = None
+        self._publish_metadata()
+
+    def _publish_metadata(self) -> None:
+        self.publish(P.TOPIC_METADATA, P.PUB_METADATA, self.metadata_wire())
+
+    def _on_metadata(self, req: wire.Request) -> dict:
+        return {"metadata": self.metadata_wire()}
+
+    # -- topics ----------------------------------------------------------------------------------
+    def _on_create_topic(self, req: wire.Request) -> dict:
+        name = validate_topic_name(req.header.get("topic"), bool(req.header.get("internal")))
+        if name in self.state.topics:
+            raise RemoteError(P.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+        defaults = self.config.topics
+        partitions = req.header.get("partitions", defaults.partitions)
+        rf = req.header.get("replication_factor", defaults.replication_factor)
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or not 1 <= partitions <= P.PARTITIONS_MAX:
+            raise RemoteError(P.INVALID_PARTITIONS, f"partitions must be an integer from 1 to {P.PARTITIONS_MAX}, not {partitions!r}")
+        alive = sorted(self.alive)
+        if not isinstance(rf, int) or isinstance(rf, bool) or rf < 1:
+            raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"replication factor must be a positive integer, not {rf!r}")
+        if rf > len(alive):
+            raise RemoteError(P.INVALID_REPLICATION_FACTOR,
+                              f"replication factor {rf} is larger than the {len(alive)} live brokers")
+        configs = validate_configs(req.header.get("configs"), rf)
+        configs.setdefault("min.insync.replicas", min(defaults.min_insync_replicas, rf))
+        start = len(self.state.topics) % len(alive)
+        placement = place_replicas(alive, partitions, rf, start)
+        self.state.topics[name] = TopicState([PartitionState(r[0], 0, r, list(r)) for r in placement], configs)
+        self.commit()
+        log.info("created topic %s: %d partitions, rf %d", name, partitions, rf)
+        return {"topic": name, "partitions": partitions, "replication_factor": rf, "configs": configs}
+
+    def _on_delete_topic(self, req: wire.Request) -> dict:
+        name = req.header.get("topic")
+        if name not in self.state.topics:
+            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        if isinstance(name, str) and name.startswith("__") and not req.header.get("internal"):
+            raise RemoteError(P.INVALID_TOPIC, "internal topics cannot be deleted")
+        del self.state.topics[name]
+        self.commit()
+        return {"topic": name}
+
+    def _on_alter_topic(self, req: wire.Request) -> dict:
+        name = req.header.get("topic")
+        topic = self.state.topics.get(name)  # type: ignore[arg-type]
+        if topic is None:
+            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        rf = len(topic.partitions[0].replicas)
+        new_configs = req.header.get("configs")
+        if new_configs is not None:
+            merged = dict(topic.configs)
+            merged.update(validate_configs(new_configs, rf))
+            topic.configs = merged
+        partitions = req.header.get("partitions")
+        if partitions is not None:
+            current = len(topic.partitions)
+            if not isinstance(partitions, int) or partitions <= current or partitions > P.PARTITIONS_MAX:
+                raise RemoteError(P.INVALID_PARTITIONS, f"partitions can only grow: {name} has {current}, asked for {partitions!r}")
+            alive = sorted(self.alive)
+            if rf > len(alive):
+                raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"only {len(alive)} live brokers for replication factor {rf}")
+            placement = place_replicas(alive, partitions - current, rf, current % len(alive), current)
+            topic.partitions += [PartitionState(r[0], 0, r, list(r)) for r in placement]
+        self.commit()
+        return {"topic": name, "partitions": len(topic.partitions), "configs": topic.configs}
+
+    def _on_init_producer_id(self, req: wire.Request) -> dict:
+        pid = self.state.next_producer_id
+        self.state.next_producer_id += 1
+        self.store.save(self.state)
+        return {"producer_id": pid, "producer_epoch": 0}
+
+    # -- ISR changes from leaders -------------------------------------------------------------
+    def _on_alter_isr(self, req: wire.Request) -> dict:
+        topic = self.state.topics.get(req.get("topic", str))
+        p = req.get("partition", int)
+        if topic is None or not 0 <= p < len(topic.partitions):
+            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, "no such partition")
+        ps = topic.partitions[p]
+        if req.get("broker_id", int) != ps.leader or req.get("leader_epoch", int) != ps.leader_epoch:
+            raise RemoteError(P.FENCED_LEADER_EPOCH, f"leader is {ps.leader} at epoch {ps.leader_epoch}")
+        isr = [b for b in req.get("isr", list) if isinstance(b, int) and b in ps.replicas]
+        grown = set(isr) - set(ps.isr)
+        if ps.leader not in isr or any(b not in self.alive for b in grown):
+            raise RemoteError(P.INVALID_CONFIG, "the ISR must contain the leader and only live brokers")
+        if sorted(isr) != sorted(ps.isr):
+            log.info("%s-%d isr %s -> %s", req.header["topic"], p, ps.isr, isr)
+            ps.isr = sorted(isr)
+            self.commit()
+        return {"isr": ps.isr}
+
+    # -- liveness and elections -----------------------------------------------------------------
+    def _on_heartbeat(self, frames: list[bytes]) -> None:
+        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] != P.PUB_HEARTBEAT:
+            self.counters["sub_malformed"] += 1
+            return
+        try:
+            hb = wire.unpack(frames[3])
+            bid = hb.get("broker_id") if isinstance(hb, dict) else None
+        except Exception:
+            self.counters["sub_malformed"] += 1
+            return
+        if bid not in self.brokers:
+            return
+        self.last_seen_ms[bid] = self.clock.now_ms()
+        self._heard.add(bid)
+        if bid not in self.alive:
+            log.info("broker %d is alive", bid)
+            self.alive.add(bid)
+            self._on_broker_up(bid)
+
+    def _check_liveness(self) -> None:
+        now = self.clock.now_ms()
+        timeout = self.config.liveness.session_timeout_ms
+        for bid in sorted(self.alive):
+            if now - self.last_seen_ms[bid] > timeout:
+                log.warning("broker %d missed its session (%d ms): dead", bid, now - self.last_seen_ms[bid])
+                self.alive.discard(bid)
+                self._on_broker_down(bid)
+
+    def _on_broker_down(self, bid: int) -> None:
+        changed = False
+        for name, topic in self.state.topics.items():
+            for i, ps in enumerate(topic.partitions):
+                if bid not in ps.isr and ps.leader != bid:
+                    continue
+                live_isr = [b for b in ps.isr if b in self.alive]
+                if ps.leader == bid:
+                    changed |= self._elect(name, i, ps, live_isr)
+                elif live_isr and bid in ps.isr:
+                    ps.isr = live_isr
+                    changed = True
+        if changed:
+            self.commit()
+        else:
+            self._metadata_cache = None
+            self._publish_metadata()
+
+    def _elect(self, topic: str, p: int, ps: PartitionState, live_isr: list[int]) -> bool:
+        if live_isr:
+            leader = next((r for r in ps.replicas if r in live_isr), live_isr[0])
+            ps.isr = live_isr
+        elif self.config.replication.unclean_leader_election:
+            live = [r for r in ps.replicas if r in self.alive]
+            if not live:
+                return self._set_offline(topic, p, ps)
+            leader = live[0]
+            ps.isr = [leader]
+            log.warning("%s-%d: UNCLEAN election of broker %d (data may be lost)", topic, p, leader)
+        else:
+            return self._set_offline(topic, p, ps)
+        ps.leader = leader
+        ps.leader_epoch += 1
+        log.info("%s-%d: leader %d at epoch %d, isr %s", topic, p, leader, ps.leader_epoch, ps.isr)
+        return True
+
+    def _set_offline(self, topic: str, p: int, ps: PartitionState) -> bool:
+        if ps.leader < 0:
+            return False
+        ps.leader = -1
+        ps.leader_epoch += 1
+        log.warning("%s-%d is offline: no live in-sync replica", topic, p)
+        return True
+
+    def _on_broker_up(self, bid: int) -> None:
+        changed = False
+        for name, topic in self.state.topics.items():
+            for i, ps in enumerate(topic.partitions):
+                if ps.leader >= 0 or bid not in ps.replicas:
+                    continue
+                live_isr = [b for b in ps.isr if b in self.alive]
+                if live_isr or self.config.replication.unclean_leader_election:
+                    changed |= self._elect(name, i, ps, live_isr)
+        if changed:
+            self.commit()
+        else:
+            self._metadata_cache = None
+            self._publish_metadata()
+
+    def _restore_preferred_leaders(self) -> None:
+        """Move leadership back to each partition's first replica once it is alive and in
+        sync (Kafka's auto leader rebalance), so load spreads again after a restart."""
+        changed = False
+        for name, topic in self.state.topics.items():
+            for i, ps in enumerate(topic.partitions):
+                pref = ps.replicas[0]
+                if ps.leader != pref and pref in self.alive and pref in ps.isr and ps.leader >= 0:
+                    ps.leader = pref
+                    ps.leader_epoch += 1
+                    changed = True
+                    log.info("%s-%d: preferred leader %d restored at epoch %d", name, i, pref, ps.leader_epoch)
+        if changed:
+            self.commit()
+
+    # -- stats ------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        md = self.metadata()
+        parts = list(md.partitions())
+        return {"metadata_version": md.version, "brokers_alive": sorted(self.alive), "topics": len(md.topics),
+                "partitions": len(parts), "under_replicated": sum(p.under_replicated for p in parts),
+                "offline": sum(p.offline for p in parts)}
+
+    def close(self) -> None:
+        self.sub.close(0)
+        super().close()

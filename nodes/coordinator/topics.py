@@ -1,0 +1,68 @@
+"""Topic rules: name and config validation, and replica placement.
+
+Pure functions; thread-safe.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fabric import protocol as P
+from fabric.errors import RemoteError
+
+TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+INTERNAL_PREFIX = "__"
+
+# topic config key -> (parser, check, description)
+_CONFIGS: dict[str, tuple[Any, Any, str]] = {
+    "retention.ms": (int, lambda v: v >= -1, "an integer >= -1 (milliseconds, -1 = forever)"),
+    "retention.bytes": (int, lambda v: v >= -1, "an integer >= -1 (bytes, -1 = unlimited)"),
+    "min.insync.replicas": (int, lambda v: v >= 1, "an integer >= 1"),
+    "max.message.bytes": (int, lambda v: v >= 1024, "an integer >= 1024"),
+    "cleanup.policy": (str, lambda v: v == "delete", "'delete'"),
+}
+
+
+def validate_topic_name(name: Any, allow_internal: bool = False) -> str:
+    if not isinstance(name, str) or not TOPIC_NAME_RE.match(name):
+        raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {name!r}: use 1-249 characters of [A-Za-z0-9._-]")
+    if name in (".", ".."):
+        raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {name!r}")
+    if name.startswith(INTERNAL_PREFIX) and not allow_internal:
+        raise RemoteError(P.INVALID_TOPIC, f"topic names starting with {INTERNAL_PREFIX!r} are reserved for internal topics")
+    return name
+
+
+def validate_configs(configs: Any, replication_factor: int) -> dict:
+    if configs is None:
+        return {}
+    if not isinstance(configs, dict):
+        raise RemoteError(P.INVALID_CONFIG, "configs must be a map of name to value")
+    out = {}
+    for key, value in configs.items():
+        spec = _CONFIGS.get(key)
+        if spec is None:
+            raise RemoteError(P.INVALID_CONFIG, f"unknown topic config {key!r} (known: {', '.join(sorted(_CONFIGS))})")
+        parse, check, desc = spec
+        try:
+            parsed = parse(value)
+        except (TypeError, ValueError):
+            raise RemoteError(P.INVALID_CONFIG, f"{key} must be {desc}, not {value!r}") from None
+        if not check(parsed):
+            raise RemoteError(P.INVALID_CONFIG, f"{key} must be {desc}, not {value!r}")
+        out[key] = parsed
+    if out.get("min.insync.replicas", 1) > replication_factor:
+        raise RemoteError(P.INVALID_CONFIG, f"min.insync.replicas {out['min.insync.replicas']} is larger than the replication factor {replication_factor}")
+    return out
+
+
+def place_replicas(broker_ids: list[int], partitions: int, replication_factor: int, start: int,
+                   first_partition: int = 0) -> list[list[int]]:
+    """Leaders round-robin over the brokers from ``start``; each partition's followers are the
+    next brokers in the ring, so no broker holds two replicas of one partition."""
+    ids = sorted(broker_ids)
+    n = len(ids)
+    assert 1 <= replication_factor <= n
+    return [[ids[(start + p + j) % n] for j in range(replication_factor)]
+            for p in range(first_partition, first_partition + partitions)]
