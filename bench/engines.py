@@ -79,6 +79,7 @@ def _bench_engine(name: str, fsync: str, batch: bytes, records: int, count_max: 
     """Append up to count_max batches (or for seconds_max), then read them all back
     sequentially. Returns (batches, append seconds, read seconds, bytes read)."""
     engine = registry.open_engine(name, directory, _config(fsync))
+    os.sync()  # start each timed phase with no writeback pending from the previous one
     try:
         interval = fsync == "interval"
         start = time.perf_counter()
@@ -111,6 +112,7 @@ def _bench_engine(name: str, fsync: str, batch: bytes, records: int, count_max: 
 def _bench_baseline(fsync: str, batch: bytes, count: int, path: str) -> tuple[float, float]:
     """Plain buffered file writes of the same bytes (fsync per write under always, every
     100 ms under interval), then reads in READ_MAX_BYTES chunks. Returns (append s, read s)."""
+    os.sync()
     start = time.perf_counter()
     last_sync_ms = _now_ms()
     with open(path, "wb") as f:

@@ -8,6 +8,7 @@ Not thread-safe: one owner calls it. Retention and truncation work per batch.
 from __future__ import annotations
 
 import bisect
+import itertools
 
 from engines.api import EngineClosed, EngineConfig, RecoveryReport
 from engines.batch import BatchHeader, parse_header
@@ -84,7 +85,7 @@ class MemoryEngine:
         i = self._index_containing(offset)
         out = [self._batches[i]]
         total = len(self._batches[i])
-        for b in self._batches[i + 1:]:
+        for b in itertools.islice(self._batches, i + 1, None):
             if total + len(b) > max_bytes:
                 break
             out.append(b)

@@ -177,7 +177,7 @@ class _Recovery:
         if clean:
             self.notes.append(f"clean: verified {self.batches_scanned} tail batches")
         else:
-            self.notes.append(f"scanned {self.batches_scanned} batches from the recovery checkpoint")
+            self.notes.append(f"scanned {self.batches_scanned} batches")
         return segments, not clean
 
     def _note_rebuild(self, seg: LogSegment) -> None:

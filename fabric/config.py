@@ -110,6 +110,9 @@ class TopicDefaults(_Model):
 
 
 class ReplicationConfig(_Model):
+    # pubsub: leaders publish appends, followers repair gaps by fetching (the default);
+    # fetch: followers long-poll the leader only (Kafka's way) -- for experiments.
+    transport: Literal["pubsub", "fetch"] = "pubsub"
     replica_lag_time_max_ms: int = Field(10_000, ge=100)
     unclean_leader_election: bool = False
     replica_fetch_wait_ms: int = Field(200, ge=1)
@@ -160,6 +163,15 @@ class SupervisorConfig(_Model):
     startup_timeout_ms: int = Field(30_000, ge=1000)
 
 
+class ServicesConfig(_Model):
+    """The producer service and the consumer services (nodes/producer.py, nodes/consumer.py)."""
+
+    producer_linger_ms: int = Field(5, ge=0, le=10_000)
+    producer_buffer_bytes_max: int = Field(32 * 1024 * 1024, ge=1024)
+    consumer_instances_max: int = Field(256, ge=1, le=10_000)
+    consumer_instance_idle_timeout_ms: int = Field(300_000, ge=100)
+
+
 class FaultsConfig(_Model):
     """Test-only fault injection in the fabric: drop traffic between named nodes."""
 
@@ -179,6 +191,7 @@ class LoomConfig(_Model):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    services: ServicesConfig = Field(default_factory=ServicesConfig)
     source: str = ""
 
     @field_validator("nodes")

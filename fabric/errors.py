@@ -16,9 +16,10 @@ class FabricError(Exception):
 class MalformedFrame(FabricError):
     """A peer sent frames that do not follow the wire rules (dropped and counted)."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, request: object = None) -> None:
         super().__init__(message)
         self.code = code
+        self.request = request  # the decoded request when the fault was found after decoding
 
 
 class RemoteError(FabricError):

@@ -28,10 +28,35 @@ LIST_OFFSETS = b"LIST_OFFSETS"    # broker
 INIT_PRODUCER_ID = b"INIT_PID"    # coordinator: allocate an idempotent producer id
 EPOCH_END_OFFSET = b"EPOCH_END"   # broker: end offset of a leader epoch (KIP-101)
 STATS = b"STATS"                  # any node: metrics snapshot
+# consumer groups (coordinator); see nodes/coordinator/groups.py for the header shapes
+JOIN_GROUP = b"JOIN_GROUP"
+SYNC_GROUP = b"SYNC_GROUP"
+HEARTBEAT = b"HEARTBEAT"
+LEAVE_GROUP = b"LEAVE_GROUP"
+OFFSET_COMMIT = b"OFFSET_COMMIT"
+OFFSET_FETCH = b"OFFSET_FETCH"
+LIST_GROUPS = b"LIST_GROUPS"
+DESCRIBE_GROUPS = b"DESCRIBE_GROUPS"
+DELETE_GROUP = b"DELETE_GROUP"
+# producer service (nodes/producer.py)
+SERVICE_PRODUCE = b"SVC_PRODUCE"
+# consumer services (nodes/consumer.py): instances hosted for the gateway
+CONSUMER_CREATE = b"CI_CREATE"
+CONSUMER_SUBSCRIBE = b"CI_SUBSCRIBE"
+CONSUMER_SUBSCRIPTION = b"CI_SUBSCRIPTION"
+CONSUMER_FETCH = b"CI_FETCH"
+CONSUMER_COMMIT = b"CI_COMMIT"
+CONSUMER_COMMITTED = b"CI_COMMITTED"
+CONSUMER_SEEK = b"CI_SEEK"
+CONSUMER_ASSIGNMENT = b"CI_ASSIGNMENT"
+CONSUMER_DELETE = b"CI_DELETE"
+CONSUMER_LIST = b"CI_LIST"
+REPLICA_ACK = b"REPLICA_ACK"      # follower -> leader, one-way (no reply): my log end offset
+FAULTS = b"FAULTS"                # any node, test configs only: set fault-injection rules
 
 REQUEST_COMMANDS = frozenset({
     PING, METADATA, CREATE_TOPIC, DELETE_TOPIC, ALTER_TOPIC, ALTER_ISR, BROKER_REGISTER,
-    PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID, EPOCH_END_OFFSET, STATS,
+    PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID, EPOCH_END_OFFSET, STATS, REPLICA_ACK, FAULTS,
 })
 
 # -- PUB/SUB kinds ---------------------------------------------------------------------------
@@ -84,6 +109,11 @@ ILLEGAL_GENERATION = 61
 UNKNOWN_MEMBER = 62
 REBALANCE_IN_PROGRESS = 63
 INVALID_COMMIT_OFFSET = 64
+PARTITION_NOT_ASSIGNED = 65      # a commit for a partition the member does not own
+NON_EMPTY_GROUP = 66             # reset/delete needs a group without active members
+INCONSISTENT_GROUP_PROTOCOL = 67  # a member asks for another assignor than the group's
+UNKNOWN_CONSUMER_INSTANCE = 68   # consumer service: no such instance (expired or never made)
+CONSUMER_INSTANCE_EXISTS = 69
 
 ERROR_NAMES: dict[int, str] = {
     NONE: "none", UNKNOWN: "unknown", MALFORMED_REQUEST: "malformed_request",
@@ -106,6 +136,10 @@ ERROR_NAMES: dict[int, str] = {
     UNKNOWN_GROUP: "unknown_group", ILLEGAL_GENERATION: "illegal_generation",
     UNKNOWN_MEMBER: "unknown_member", REBALANCE_IN_PROGRESS: "rebalance_in_progress",
     INVALID_COMMIT_OFFSET: "invalid_commit_offset",
+    PARTITION_NOT_ASSIGNED: "partition_not_assigned", NON_EMPTY_GROUP: "non_empty_group",
+    INCONSISTENT_GROUP_PROTOCOL: "inconsistent_group_protocol",
+    UNKNOWN_CONSUMER_INSTANCE: "unknown_consumer_instance",
+    CONSUMER_INSTANCE_EXISTS: "consumer_instance_exists",
 }
 
 # Errors after which a client refreshes metadata and retries (the write was not applied).
@@ -129,8 +163,17 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 5000
 SNDHWM = 10_000
 RCVHWM = 10_000
+# Frames smaller than this are copied on send; larger ones go zero-copy. pyzmq's default (64 KiB)
+# sends every ~100 KB record batch zero-copy, and each such frame costs a round trip through
+# pyzmq's Python garbage-collector thread (GIL time) that is dearer than the copy.
+ZERO_COPY_BYTES_MIN = 4 * 1024 * 1024
 TOPIC_NAME_LEN_MAX = 249
 PARTITIONS_MAX = 10_000
+GROUPS_MAX = 10_000                   # consumer groups one coordinator holds
+GROUP_MEMBERS_MAX = 1000              # members of one group
+GROUP_ID_LEN_MAX = 249
+PENDING_COMMITS_MAX = 10_000          # offset commits waiting for their replicated append
+SERVICE_RECORDS_PER_REQUEST_MAX = 10_000
 
 
 def error_name(code: int) -> str:

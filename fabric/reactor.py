@@ -90,7 +90,10 @@ class Reactor:
         for sock, _ in events:
             self._drain(sock)
         for fn in self._after_pass:
-            fn()
+            try:
+                fn()
+            except Exception:  # like a timer: a bug in a hook must not take the node down
+                log.exception("after-pass hook %r failed", fn)
         self._run_timers()
 
     def _timeout_ms(self, timeout_ms_max: int) -> int:

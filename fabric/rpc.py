@@ -43,6 +43,7 @@ def make_socket(ctx: zmq.Context, kind: int, identity: str | None = None) -> zmq
     sock.setsockopt(zmq.RECONNECT_IVL, P.RECONNECT_IVL_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, P.RECONNECT_IVL_MAX_MS)
     sock.setsockopt(zmq.MAXMSGSIZE, P.REQUEST_BYTES_MAX)
+    sock.copy_threshold = P.ZERO_COPY_BYTES_MIN
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, f"{identity}/{os.getpid()}/{os.urandom(3).hex()}".encode())
     return sock
@@ -56,6 +57,7 @@ class RpcServer:
         self.sock.bind(endpoint)
         self.handlers: dict[bytes, Handler] = {}
         self.counters: Counter[str] = Counter()
+        self.drop_from: Callable[[bytes], bool] | None = None  # fault injection: by identity
         reactor.add_socket(self.sock, self._on_message)
 
     def route(self, command: bytes, handler: Handler) -> None:
@@ -81,11 +83,16 @@ class RpcServer:
             log.debug("reply dropped: %s", e)
 
     def _on_message(self, frames: list[bytes]) -> None:
+        if self.drop_from is not None and self.drop_from(frames[0]):
+            return
         try:
             req = wire.decode_request(frames, self.reactor.clock.now_ms())
         except MalformedFrame as e:
             self.counters["malformed"] += 1
-            self._answer_malformed(frames, e)
+            if e.request is not None:
+                self.reply_error(e.request, e.code, str(e))  # type: ignore[arg-type]
+            else:
+                self._answer_malformed(frames, e)
             return
         handler = self.handlers.get(req.command)
         if handler is None:
@@ -135,6 +142,7 @@ class RpcClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[ReplyCallback, Timer]] = {}
         self.counters: Counter[str] = Counter()
+        self.drop_replies: Callable[[], bool] | None = None  # fault injection
         reactor.add_socket(self.sock, self._on_message)
 
     @property
@@ -170,6 +178,8 @@ class RpcClient:
             entry[0](None, [], RequestTimeout(f"no reply from {self.endpoint}"))
 
     def _on_message(self, frames: list[bytes]) -> None:
+        if self.drop_replies is not None and self.drop_replies():
+            return
         try:
             header, payloads = wire.decode_reply(frames)
         except MalformedFrame:

@@ -70,9 +70,8 @@ def split_router_frames(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 def decode_request(frames: list[bytes], received_ms: int = 0) -> Request:
     """Decode a ROUTER message. Raises MalformedFrame; the caller answers (identity permitting)
     and counts it."""
-    if len(frames) > P.FRAMES_MAX:
-        raise MalformedFrame(P.REQUEST_TOO_LARGE, f"{len(frames)} frames is over {P.FRAMES_MAX}")
-    identity, body = split_router_frames(frames)
+    identity, _ = split_router_frames(frames[:8])  # the delimiter is near the front
+    body = frames[len(identity) + 1:]
     if not identity:
         raise MalformedFrame(P.MALFORMED_REQUEST, "no identity")
     if len(body) < 3:
@@ -85,7 +84,14 @@ def decode_request(frames: list[bytes], received_ms: int = 0) -> Request:
     rid = header.get("id", 0)
     if not isinstance(rid, int) or isinstance(rid, bool):
         raise MalformedFrame(P.MALFORMED_REQUEST, "field 'id' must be int")
-    return Request(identity, body[1], header, body[3:], received_ms)
+    req = Request(identity, body[1], header, body[3:], received_ms)
+    # limits checked after the header so that the error reply can name the request id
+    if len(frames) > P.FRAMES_MAX:
+        raise MalformedFrame(P.REQUEST_TOO_LARGE, f"{len(frames)} frames is over {P.FRAMES_MAX}", req)
+    total_bytes = sum(map(len, frames))
+    if total_bytes > P.REQUEST_BYTES_MAX:
+        raise MalformedFrame(P.REQUEST_TOO_LARGE, f"request of {total_bytes} bytes is over {P.REQUEST_BYTES_MAX}", req)
+    return req
 
 
 def encode_reply(identity: list[bytes], header: dict, payloads: list[bytes] | tuple = ()) -> list[bytes]:

@@ -20,6 +20,8 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.clock import Clock
 from fabric.config import LoomConfig
+from fabric.errors import RemoteError
+from fabric.faults import FaultRules
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer, make_socket
 
@@ -41,6 +43,9 @@ class Node:
         self.server = RpcServer(self.ctx, self.reactor, f"tcp://{self.node_config.host}:{self.node_config.port}")
         self.server.route(P.PING, self._on_ping)
         self.server.route(P.STATS, self._on_stats)
+        self.server.route(P.FAULTS, self._on_faults)
+        self.faults = FaultRules(config.faults.enabled, {bid: n for bid, (n, _) in config.brokers().items()})
+        self.server.drop_from = self.faults.blocks_identity
         self.pub = make_socket(self.ctx, zmq.PUB)
         self.pub.bind(f"tcp://{self.node_config.host}:{self.node_config.publish_port}")
         self.reactor.call_every(config.liveness.heartbeat_interval_ms, self._heartbeat)
@@ -67,6 +72,14 @@ class Node:
         counters = dict(self.counters)
         counters.update({f"rpc_{k}": v for k, v in self.server.counters.items()})
         return {"node": self.name, "role": self.role, "counters": counters, **self.stats()}
+
+    def _on_faults(self, req: wire.Request) -> dict:
+        if not self.faults.enabled:
+            raise RemoteError(P.INVALID_CONFIG, "fault injection is off (faults.enabled in the config)")
+        names = req.get("block", list)
+        self.faults.set_blocked([n for n in names if isinstance(n, str)])
+        log.warning("fault injection: dropping traffic from %s", sorted(self.faults.blocked) or "nobody")
+        return {"blocked": sorted(self.faults.blocked)}
 
     def stats(self) -> dict[str, Any]:
         """Role-specific metrics for STATS (override)."""

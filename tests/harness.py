@@ -71,7 +71,7 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
         "nodes": nodes,
         "storage": {"engine": engine, "fsync": fsync, "fsync_interval_ms": 50},
         "topics": {"partitions": 3, "replication_factor": min(3, brokers), "min_insync_replicas": min(2, brokers)},
-        "liveness": {"heartbeat_interval_ms": 100, "session_timeout_ms": 1500},
+        "liveness": {"heartbeat_interval_ms": 200, "session_timeout_ms": 3000},
         "replication": {"replica_lag_time_max_ms": 2000},
         "security": {"api_keys": [{"key": "test-admin-key", "name": "test", "roles": ["admin", "produce", "consume", "read"]}]},
     }

@@ -62,7 +62,10 @@ class Consumer:
         self._reset_specs: dict[TopicPartition, int] = {}
         self.buffered_records_max = 200_000
         self.high_watermarks: dict[TopicPartition, int] = {}
-        self._buffer: deque[Record] = deque()
+        # fetched records not yet returned: runs of one partition in offset order (per-run, not
+        # per-record, bookkeeping keeps poll() cheap)
+        self._buffer: deque[list[Record]] = deque()
+        self._buffered_records = 0
         self._fetching: set[str] = set()  # endpoints with a fetch in flight
         self._resetting: set[TopicPartition] = set()
         self._closed = False
@@ -73,7 +76,7 @@ class Consumer:
         keep = {tp: self.positions.get(tp) for tp in partitions}
         self.positions = keep
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
-        self._buffer = deque(r for r in self._buffer if (r.topic, r.partition) in keep)
+        self._keep_buffered(lambda tp: tp in keep)
 
     def assignment(self) -> list[TopicPartition]:
         return sorted(self.positions)
@@ -94,8 +97,12 @@ class Consumer:
         return self.positions.get(tp)
 
     def _drop_buffered(self, tp: TopicPartition) -> None:
-        self._buffer = deque(r for r in self._buffer if (r.topic, r.partition) != tp)
+        self._keep_buffered(lambda other: other != tp)
         self._fetch_positions.pop(tp, None)
+
+    def _keep_buffered(self, keep: Any) -> None:
+        self._buffer = deque(run for run in self._buffer if keep((run[0].topic, run[0].partition)))
+        self._buffered_records = sum(map(len, self._buffer))
 
     def _reset(self, tps: list[TopicPartition] | None, spec: int) -> None:
         for tp in tps or list(self.positions):
@@ -120,12 +127,19 @@ class Consumer:
             self.reactor.run_once(min(left, 100))
 
     def _take(self, max_records: int) -> list[Record]:
-        n = min(max_records, len(self._buffer))
-        buf = self._buffer
-        out = [buf.popleft() for _ in range(n)]
-        positions = self.positions
-        for r in out:
-            positions[(r.topic, r.partition)] = r.offset + 1
+        buf, positions = self._buffer, self.positions
+        out: list[Record] = []
+        left = max(1, max_records)
+        while buf and left > 0:
+            run = buf.popleft()
+            if len(run) > left:
+                buf.appendleft(run[left:])
+                run = run[:left]
+            out += run
+            left -= len(run)
+            last = run[-1]
+            positions[(last.topic, last.partition)] = last.offset + 1
+        self._buffered_records -= len(out)
         self.reactor.run_once(0)  # let replies of prefetches in flight land
         return out
 
@@ -148,7 +162,7 @@ class Consumer:
             if endpoint is None:
                 self._refresh_metadata()
                 continue
-            if endpoint in self._fetching or len(self._buffer) >= self.buffered_records_max:
+            if endpoint in self._fetching or self._buffered_records >= self.buffered_records_max:
                 continue
             fetch_pos = self._fetch_positions.setdefault(tp, pos)
             by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max])
@@ -157,7 +171,10 @@ class Consumer:
 
             def done(h: dict | None, payloads: list, err: RemoteError | None, endpoint: str = endpoint) -> None:
                 self._fetching.discard(endpoint)
+                before = self._buffered_records
                 self._on_fetch(h, payloads, err)
+                if self._buffered_records > before and not self._closed:
+                    self._send_fetches()  # prefetch: the broker reads the next chunk while the app works
             self._client(endpoint).request(P.FETCH, {"replica_id": -1, "wait_ms": self.fetch_wait_ms,
                                                      "max_bytes": self.fetch_bytes_max, "parts": parts},
                                            callback=done, timeout_ms=self.fetch_wait_ms + self.request_timeout_ms)
@@ -182,7 +199,8 @@ class Consumer:
             if data:
                 records = decode_batches(topic, partition, data, start_offset=pos, end_offset=hw)
                 if records and records[0].offset == pos:  # else: a stale reply from before a seek
-                    self._buffer.extend(records)
+                    self._buffer.append(records)
+                    self._buffered_records += len(records)
                     self._fetch_positions[tp] = records[-1].offset + 1
 
     def _out_of_range(self, tp: TopicPartition) -> None:

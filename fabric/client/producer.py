@@ -146,39 +146,62 @@ class Producer:
              on_delivery: Callable[[RecordMetadata | None, Exception | None], None] | None = None) -> RecordFuture:
         """Queue one record. Blocks (up to max_block_ms) while the buffer is full, then raises
         RemoteError(buffer_full). Raises RemoteError(record_too_large) for an oversized record."""
-        if not isinstance(value, (bytes, bytearray)):
+        # the hot path of every application: kept to a few dict and attribute operations
+        if value.__class__ is not bytes and not isinstance(value, (bytes, bytearray)):
             raise FabricError("value must be bytes")
-        size = len(value) + (len(key) if key else 0) + RECORD_OVERHEAD_BYTES
+        size = len(value) + RECORD_OVERHEAD_BYTES if key is None else len(value) + len(key) + RECORD_OVERHEAD_BYTES
         if size > self.record_bytes_max:
             raise RemoteError(P.RECORD_TOO_LARGE, f"record of {size} bytes is over {self.record_bytes_max}")
         if self._closed:
             raise FabricError("producer is closed")
-        nparts = self.sender.partition_count(topic, self.max_block_ms)
-        if partition is None:
-            partition = partition_for_key(key, nparts) if key is not None else self._sticky_partition(topic, nparts)
-        elif not 0 <= partition < nparts:
-            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"{topic} has no partition {partition}")
+        if partition is None and key is None:
+            # sticky: valid until the open batch closes (a racing close only starts a new batch)
+            partition = self._sticky.get(topic)
+            if partition is None:
+                partition = self._sticky_partition(topic, self._partition_count(topic))
+        else:
+            nparts = self._partition_count(topic)
+            if partition is None:
+                partition = partition_for_key(key, nparts)  # type: ignore[arg-type]
+            elif not 0 <= partition < nparts:
+                raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"{topic} has no partition {partition}")
         ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
         with self._lock:
             if self._buffered_bytes + size > self.buffer_bytes_max:
                 self._wait_for_space(size)
-            tp = (topic, partition)
-            b = self._open.get(tp)
+            b = self._open.get((topic, partition))
             if b is None:
-                b = self._open[tp] = BatchState(topic, partition, self.sender.clock.now_ms())
-                self._unfinished.add(b)
-            index = len(b.records)
-            b.records.append((ts, key, value, headers))
+                b = self._open_batch(topic, partition)
+            records = b.records
+            index = len(records)
+            records.append((ts, key, value, headers))
             b.size_bytes += size
             self._buffered_bytes += size
             if on_delivery is not None:
                 (b.callbacks if b.callbacks is not None else _init_callbacks(b)).append((index, on_delivery))
-            if index + 1 >= self.batch_records_max or b.size_bytes >= self.batch_bytes_max:
-                del self._open[tp]
-                self._closed_batches.append(b)
-                self._sticky.pop(topic, None)
-                self.sender.wake()
+            full = index + 1 >= self.batch_records_max or b.size_bytes >= self.batch_bytes_max
+            if full:
+                self._close_batch(b)
+        if full:
+            self.sender.wake()  # outside the lock: the woken I/O thread takes it at once
         return RecordFuture(b, index)
+
+    def _partition_count(self, topic: str) -> int:
+        t = self.sender.metadata.topics.get(topic)
+        return len(t.partitions) if t is not None else self.sender.partition_count(topic, self.max_block_ms)
+
+    def _open_batch(self, topic: str, partition: int) -> BatchState:
+        """Caller holds the lock."""
+        b = self._open[(topic, partition)] = BatchState(topic, partition, self.sender.clock.now_ms())
+        self._unfinished.add(b)
+        return b
+
+    def _close_batch(self, b: BatchState) -> None:
+        """The batch is full: hand it to the sender. Caller holds the lock."""
+        del self._open[(b.topic, b.partition)]
+        self._closed_batches.append(b)
+        if self._sticky.get(b.topic) == b.partition:
+            del self._sticky[b.topic]
 
     def _sticky_partition(self, topic: str, nparts: int) -> int:
         """Keyless records stick to one partition until its batch closes (Kafka's sticky

@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from typing import TYPE_CHECKING
 
 import zmq
@@ -35,8 +35,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUEST_BYTES_TARGET = 8 * 1024 * 1024
+REQUEST_BATCHES_MAX = 512  # payload frames per request (the wire allows P.FRAMES_MAX)
+PARTITION_BATCHES_MAX = 32  # batches of one partition per request: the broker remembers as many
+                            # per producer (nodes.broker.producers) to recognise a retry
 METADATA_TIMEOUT_MS = 3000
 METADATA_RETRY_MS = 100
+METADATA_MAX_AGE_MS = 5000   # refresh at least this often (new partitions, moved leaders)
+REQUEST_STALL_MS = 800       # a request unanswered this long makes us look for a new leader
 _wake_ids = itertools.count()
 
 
@@ -68,10 +73,11 @@ class Sender(threading.Thread):
         self._pid_in_flight = False
         self._sequences: dict[tuple[str, int], int] = defaultdict(int)
         self._queues: dict[tuple[str, int], deque[BatchState]] = defaultdict(deque)
-        self._in_flight: set[tuple[str, int]] = set()
+        self._in_flight: dict[tuple[str, int], tuple[str, int]] = {}  # tp -> (endpoint, sent_ms)
         self._clients: dict[str, RpcClient] = {}
         self._stopping = False
         self.reactor: Reactor | None = None
+        self.errors: Counter[str] = Counter()  # error name -> batches that got it (retried or not)
 
     # -- any thread ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -112,6 +118,8 @@ class Sender(threading.Thread):
         self.reactor.add_socket(self._wake_pull, lambda frames: None)
         self.reactor.after_pass(self._pass)
         self.reactor.call_every(max(1, self.producer.linger_ms), lambda: None)
+        self.reactor.call_every(METADATA_MAX_AGE_MS, self._want_metadata)
+        self.reactor.call_every(REQUEST_STALL_MS // 4, self._check_stalls)
         try:
             while not self._stopping:
                 self.reactor.run_once(100)
@@ -164,6 +172,7 @@ class Sender(threading.Thread):
 
     def _send_ready(self) -> None:
         by_broker: dict[str, list[tuple[tuple[str, int], list[BatchState]]]] = defaultdict(list)
+        frames: dict[str, int] = defaultdict(int)
         for tp, q in self._queues.items():
             if not q or tp in self._in_flight:
                 continue
@@ -171,12 +180,16 @@ class Sender(threading.Thread):
             if endpoint is None:
                 self._md_wanted = True
                 continue
+            if frames[endpoint] >= REQUEST_BATCHES_MAX:
+                continue  # next request to that broker
             take, size = [], 0
-            while q and (not take or size + len(self._pack(q[0], tp)) <= REQUEST_BYTES_TARGET):
+            while q and frames[endpoint] < REQUEST_BATCHES_MAX and len(take) < PARTITION_BATCHES_MAX and (
+                    not take or size + len(self._pack(q[0], tp)) <= REQUEST_BYTES_TARGET):
                 b = q.popleft()
                 take.append(b)
                 size += len(self._pack(b, tp))
-            self._in_flight.add(tp)
+                frames[endpoint] += 1
+            self._in_flight[tp] = (endpoint, self.clock.now_ms())
             by_broker[endpoint].append((tp, take))
         for endpoint, groups in by_broker.items():
             self._send_request(endpoint, groups)
@@ -194,7 +207,7 @@ class Sender(threading.Thread):
         if acks == 0:
             self._client(endpoint).send_oneway(P.PRODUCE, header, payloads)
             for tp, _ in groups:
-                self._in_flight.discard(tp)
+                self._in_flight.pop(tp, None)
             for b in batches:
                 self._finish(b, -1, None)
             return
@@ -206,7 +219,7 @@ class Sender(threading.Thread):
 
     def _on_reply(self, groups: list, batches: list, header: dict | None, err: RemoteError | None) -> None:
         for tp, _ in groups:
-            self._in_flight.discard(tp)
+            self._in_flight.pop(tp, None)
         results = header.get("results", []) if header is not None else []
         retry: dict[tuple[str, int], list] = defaultdict(list)
         for i, b in enumerate(batches):
@@ -215,12 +228,14 @@ class Sender(threading.Thread):
                 code, msg, base = (err.code if err else P.UNKNOWN), (err.message if err else "no result"), -1
             else:
                 base, code, msg = results[i][0], results[i][1], results[i][2]
+            if code:
+                self.errors[P.error_name(code)] += 1
             if code == 0 or code == P.DUPLICATE_SEQUENCE:
                 self._finish(b, base, None)
             elif code in P.RETRIABLE or (code == P.OUT_OF_ORDER_SEQUENCE and retry.get(tp)) or header is None:
                 retry[tp].append(b)
-                if code not in (P.REQUEST_TIMED_OUT, P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
-                    self._md_wanted = True
+                if header is None or code not in (P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
+                    self._md_wanted = True  # the leader may have moved (or died)
             else:
                 self._finish(b, -1, RemoteError(code, msg))
         for tp, bs in retry.items():
@@ -242,6 +257,21 @@ class Sender(threading.Thread):
             self._finish(b, -1, error)
 
     # -- metadata and producer id ---------------------------------------------------------------
+    def _want_metadata(self) -> None:
+        self._md_wanted = True
+
+    def _check_stalls(self) -> None:
+        now = self.clock.now_ms()
+        if any(now - sent >= REQUEST_STALL_MS for _, sent in self._in_flight.values()):
+            self._md_wanted = True
+
+    def _reroute_in_flight(self) -> None:
+        """Requests in flight to a broker that no longer leads their partition will not be
+        answered usefully: fail them now (retriable) so the batches go to the new leader."""
+        stale = {ep for tp, (ep, _) in self._in_flight.items() if self.metadata.leader_endpoint(*tp) != ep}
+        for ep in stale:
+            self._client(ep).fail_all(RemoteError(P.NOT_LEADER, "leadership moved"))
+
     def _refresh_metadata(self) -> None:
         if self._md_in_flight:
             return
@@ -257,6 +287,7 @@ class Sender(threading.Thread):
                     with self._md_cond:
                         self.metadata = md
                         self._md_cond.notify_all()
+                    self._reroute_in_flight()
             else:
                 self._md_endpoint_index += 1
                 self._md_wanted = True

@@ -32,6 +32,7 @@ from nodes.base import Node
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.parking import ParkedFetch, ParkedProduce, ParkingLot
 from nodes.broker.partition import Partition
+from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,17 @@ class Broker(Node):
         self._produce_queue: list[wire.Request] = []
         self._dirty = False  # something appended or a HW moved this pass
         for cmd, fn in ((P.PRODUCE, self._on_produce), (P.FETCH, self._on_fetch),
-                        (P.LIST_OFFSETS, self._on_list_offsets), (P.METADATA, self._on_metadata_request)):
+                        (P.LIST_OFFSETS, self._on_list_offsets), (P.METADATA, self._on_metadata_request),
+                        (P.REPLICA_ACK, self._on_replica_ack)):
             self.server.route(cmd, fn)
         self.coordinator = RpcClient(self.ctx, self.reactor, config.coordinator.endpoint, identity=name)
+        coordinator_name = config.coordinator_name
+        self.coordinator.drop_replies = lambda: self.faults.blocks(coordinator_name)
+        self.pubsub = config.replication.transport == "pubsub"
+        self.repl_pub = ReplicationPublisher(self)
+        self.repl_sub = ReplicationSubscriber(self)
+        if self.pubsub:
+            self.reactor.call_every(REPLICA_HEARTBEAT_INTERVAL_MS, self.repl_pub.heartbeat)
         self.sub = make_socket(self.ctx, zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)
         self.sub.connect(config.coordinator.pub_endpoint)
@@ -119,6 +128,8 @@ class Broker(Node):
         if len(frames) < 4 or frames[1] != P.VERSION or frames[2] != P.PUB_METADATA:
             self.counters["sub_malformed"] += 1
             return
+        if self.faults.blocks(self.config.coordinator_name):
+            return
         try:
             self.apply_metadata(wire.unpack(frames[3]))
         except Exception:
@@ -141,6 +152,7 @@ class Broker(Node):
         for key in [k for k in self.partitions if k not in mine and k[0] not in md.topics]:
             self._drop_partition(key)
         self._sync_fetchers()
+        self.repl_sub.sync()
         self._dirty = True
 
     def _apply_partition_state(self, part: Partition, info: PartitionInfo, now_ms: int) -> None:
@@ -154,6 +166,7 @@ class Broker(Node):
                 part.update_isr(info.isr)
         elif part.role != "follower" or info.leader_epoch > part.leader_epoch or info.leader != part.leader_id:
             self.parking.fail_partition((info.topic, info.partition), P.NOT_LEADER, self.server)
+            log.info("%s-%d: follower of broker %d at epoch %d", info.topic, info.partition, info.leader, info.leader_epoch)
             part.become_follower(info.leader, info.leader_epoch, info.replicas, info.isr)
         else:
             part.isr = set(info.isr)
@@ -186,6 +199,7 @@ class Broker(Node):
         acks = req.get("acks", int, 1)
         if acks not in (0, 1, -1):
             raise RemoteError(P.MALFORMED_REQUEST, "acks must be 0, 1 or -1 (all)")
+        req.get("timeout_ms", int, 0)  # checked here: the group commit after the pass must not fail on it
         if len(parts) != len(req.payloads):
             raise RemoteError(P.MALFORMED_REQUEST, f"{len(parts)} parts but {len(req.payloads)} payload frames")
         self._produce_queue.append(req)
@@ -207,12 +221,12 @@ class Broker(Node):
                     by_partition[(tp[0], tp[1])].append((ri, pi, data))
         for key, items in by_partition.items():
             part = self.partitions[key]
-            out = part.append_as_leader([d for _, _, d in items], self.limits.batch_bytes_max)
+            out, written = part.append_as_leader([d for _, _, d in items], self.limits.batch_bytes_max)
             for (ri, pi, _), r in zip(items, out):
                 results[ri][pi] = [r[0], r[1], r[2]] + ([part.leader_epoch] if not r[1] else [])
+            if written and self.pubsub and len(part.replicas) > 1:
+                self.repl_pub.publish_appended(part, written, [r[0] for r in out if r[1] == 0 and r[2] != "duplicate"])
             self._dirty = True
-        if self.storage.fsync == "always":
-            pass  # engines flushed inside append_many
         now = self.clock.now_ms()
         for req, res in zip(queue, results):
             self._finish_produce(req, res, now)
@@ -250,6 +264,7 @@ class Broker(Node):
         if len(parts) > P.PARTITIONS_MAX:
             raise RemoteError(P.REQUEST_TOO_LARGE, "too many partitions in one fetch")
         replica_id = req.get("replica_id", int, -1)
+        req.get("max_bytes", int, 0)  # checked here: parked fetches re-read it later
         wait_ms = min(max(req.get("wait_ms", int, 0), 0), self.limits.fetch_wait_ms_max)
         now = self.clock.now_ms()
         header, payloads, nbytes = self.build_fetch_reply(req, replica_id, now)
@@ -289,6 +304,10 @@ class Broker(Node):
             if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):
                 self._dirty = True
         upto = part.log_end_offset if replica_id >= 0 else part.high_watermark
+        if replica_id < 0 and not part.log_start_offset <= offset <= part.log_end_offset:
+            # a consumer past the log end (e.g. after an unclean election) must reset, not wait forever
+            return [topic, p, P.OFFSET_OUT_OF_RANGE, part.high_watermark, part.log_end_offset,
+                    part.log_start_offset, None], b""
         head = [topic, p, 0, part.high_watermark, part.log_end_offset, part.log_start_offset, diverging]
         if diverging is not None or max_bytes <= 0:
             return head, b""
@@ -316,12 +335,32 @@ class Broker(Node):
             return [-1, part.log_start_offset]
         return [epoch, end]
 
+    def _on_replica_ack(self, req: wire.Request) -> Any:
+        """One-way from a follower: its log end offset after appending from the stream."""
+        follower = req.header.get("broker_id")
+        parts = req.header.get("parts")
+        if isinstance(follower, int) and isinstance(parts, list):
+            now = self.clock.now_ms()
+            for entry in parts[:P.PARTITIONS_MAX]:
+                if not (isinstance(entry, list) and len(entry) == 4):
+                    continue
+                part = self.partitions.get((entry[0], entry[1]))
+                if part is not None and part.is_leader and entry[3] == part.leader_epoch and isinstance(entry[2], int):
+                    if part.record_follower_fetch(follower, entry[2], now):
+                        self._dirty = True
+        return DEFER  # one-way: no reply
+
+    def mark_dirty(self) -> None:
+        """Something was appended or a high watermark moved: re-check parked requests."""
+        self._dirty = True
+
     # -- list offsets --------------------------------------------------------------------------
     def _on_list_offsets(self, req: wire.Request) -> dict:
         """parts: [[topic, partition, spec]] with spec -2 earliest, -1 latest, >=0 timestamp."""
         out = []
         for tp in req.get("parts", list):
-            if not (isinstance(tp, (list, tuple)) and len(tp) == 3):
+            if not (isinstance(tp, (list, tuple)) and len(tp) == 3 and isinstance(tp[0], str)
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in tp[1:])):
                 out.append([None, None, P.MALFORMED_REQUEST, -1])
                 continue
             part = self.partitions.get((tp[0], tp[1]))
@@ -406,11 +445,13 @@ class Broker(Node):
                           "size_bytes": part.engine.size_bytes})
         return {"broker_id": self.broker_id, "engine": self.storage.engine, "partitions": parts,
                 "parked": self.parking.size, "metadata_version": self.metadata.version,
+                "fetchers": [f.stats() for f in self.fetchers.values()],
                 "disk": _disk_usage(self.data_dir)}
 
     def close(self) -> None:
         for f in self.fetchers.values():
             f.close()
+        self.repl_sub.close()
         for part in self.partitions.values():
             try:
                 part.close()

@@ -95,9 +95,11 @@ class Partition:
         self.maybe_advance_high_watermark()
 
     # -- leader: appends ---------------------------------------------------------------------
-    def append_as_leader(self, batches: list[bytes], batch_bytes_max: int) -> list[tuple[int, int, str]]:
+    def append_as_leader(self, batches: list[bytes], batch_bytes_max: int) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
         """Validate and append batches (one durability point). Returns per batch
-        (base_offset, error_code, message); error batches are not written."""
+        (base_offset, error_code, message) -- error batches are not written, retried duplicates
+        answer with their original offset and message "duplicate" -- and the batches written
+        (for the replication stream)."""
         results: list[tuple[int, int, str]] = []
         to_write: list[bytearray] = []
         headers: list[B.BatchHeader] = []
@@ -123,18 +125,18 @@ class Partition:
             self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
                                   self.log_end_offset + sum(x.record_count for x in headers[:-1]))
         if not to_write:
-            return results
+            return results, []
         try:
             offsets = self.engine.append_many(to_write)
         except (StorageFull, EngineError) as e:
             self._rebuild_producer_state()
             for i in slots:
                 results[i] = (-1, P.STORAGE_ERROR, str(e))
-            return results
+            return results, []
         for i, off in zip(slots, offsets):
             results[i] = (off, 0, "")
         self.maybe_advance_high_watermark()
-        return results
+        return results, to_write
 
     def _validate(self, data: bytes, batch_bytes_max: int) -> B.BatchHeader:
         if len(data) > batch_bytes_max:
@@ -169,6 +171,9 @@ class Partition:
     def truncate_to(self, offset: int) -> None:
         """Cut the log at ``offset`` (divergence found via the epoch cache)."""
         if offset >= self.log_end_offset:
+            # nothing to cut, but an epoch we started with no batch in it (we led briefly and
+            # wrote nothing) must go, or we would keep naming it as our last fetched epoch
+            self.epochs.truncate_from_end(offset)
             return
         log.warning("%s-%d: truncating from %d to %d", self.topic, self.partition, self.log_end_offset, offset)
         self.engine.truncate_to(offset)

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from fabric import protocol as P
 from fabric.errors import RemoteError
 
-BATCHES_REMEMBERED = 5  # like Kafka: up to 5 in-flight batches per producer can be retried
-PRODUCERS_MAX = 100_000
+# A retried request can hold up to this many batches of one partition (the client caps it at
+# fabric.client.sender.PARTITION_BATCHES_MAX), so that many must be recognisable as duplicates.
+BATCHES_REMEMBERED = 32
+PRODUCERS_MAX = 10_000
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from fabric.errors import RemoteError
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from fabric.rpc import make_socket
 from nodes.base import Node
+from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
 from nodes.coordinator.topics import place_replicas, validate_configs, validate_topic_name
 
@@ -59,6 +60,9 @@ class Coordinator(Node):
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
         self.extensions: list[Any] = []  # group coordinator etc. plug in here
+        self.groups = GroupCoordinator(self)
+        self.groups.install()
+        self.extensions.append(self.groups)
 
     # -- metadata ------------------------------------------------------------------------------
     def metadata(self) -> ClusterMetadata:
@@ -114,7 +118,7 @@ class Coordinator(Node):
 
     def _on_delete_topic(self, req: wire.Request) -> dict:
         name = req.header.get("topic")
-        if name not in self.state.topics:
+        if not isinstance(name, str) or name not in self.state.topics:
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
         if isinstance(name, str) and name.startswith("__") and not req.header.get("internal"):
             raise RemoteError(P.INVALID_TOPIC, "internal topics cannot be deleted")
@@ -124,7 +128,7 @@ class Coordinator(Node):
 
     def _on_alter_topic(self, req: wire.Request) -> dict:
         name = req.header.get("topic")
-        topic = self.state.topics.get(name)  # type: ignore[arg-type]
+        topic = self.state.topics.get(name) if isinstance(name, str) else None
         if topic is None:
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
         rf = len(topic.partitions[0].replicas)
@@ -182,7 +186,7 @@ class Coordinator(Node):
         except Exception:
             self.counters["sub_malformed"] += 1
             return
-        if bid not in self.brokers:
+        if bid not in self.brokers or self.faults.blocks(hb.get("node")):
             return
         self.last_seen_ms[bid] = self.clock.now_ms()
         self._heard.add(bid)
@@ -194,11 +198,12 @@ class Coordinator(Node):
     def _check_liveness(self) -> None:
         now = self.clock.now_ms()
         timeout = self.config.liveness.session_timeout_ms
-        for bid in sorted(self.alive):
-            if now - self.last_seen_ms[bid] > timeout:
-                log.warning("broker %d missed its session (%d ms): dead", bid, now - self.last_seen_ms[bid])
-                self.alive.discard(bid)
-                self._on_broker_down(bid)
+        dead = [bid for bid in sorted(self.alive) if now - self.last_seen_ms[bid] > timeout]
+        for bid in dead:  # all at once: brokers that died together are all out of the ISRs
+            log.warning("broker %d missed its session (%d ms): dead", bid, now - self.last_seen_ms[bid])
+            self.alive.discard(bid)
+        for bid in dead:
+            self._on_broker_down(bid)
 
     def _on_broker_down(self, bid: int) -> None:
         changed = False
@@ -280,8 +285,9 @@ class Coordinator(Node):
         parts = list(md.partitions())
         return {"metadata_version": md.version, "brokers_alive": sorted(self.alive), "topics": len(md.topics),
                 "partitions": len(parts), "under_replicated": sum(p.under_replicated for p in parts),
-                "offline": sum(p.offline for p in parts)}
+                "offline": sum(p.offline for p in parts), **self.groups.stats()}
 
     def close(self) -> None:
+        self.groups.close()
         self.sub.close(0)
         super().close()

@@ -1,0 +1,51 @@
+"""``loom bench engines|cluster``: the benchmarks behind the CLI.
+
+Each subcommand hands its arguments unchanged to the benchmark module's own parser, so
+``loom bench cluster --records 100000 --runs 3 --json out.json`` is exactly
+``python -m bench.cluster --records 100000 --runs 3 --json out.json`` (and ``--help`` shows
+that parser's help).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+def _run(module: str, args: list[str]) -> None:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise click.ClickException(f"{module} is not available in this installation") from None
+    main = getattr(mod, "main", None)
+    if main is None:
+        raise click.ClickException(f"{module} has no main()")
+    sys.exit(main(list(args)) or 0)
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: storage engines and a whole cluster (results in bench/RESULTS.md)."""
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def engines(args: tuple[str, ...]) -> None:
+    """Append/read throughput per engine and fsync mode (python -m bench.engines)."""
+    _run("bench.engines", list(args))
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def cluster(args: tuple[str, ...]) -> None:
+    """Produce/consume throughput of a 3-broker cluster on loopback (python -m bench.cluster)."""
+    _run("bench.cluster", list(args))
+
+
+COMMANDS = [bench]

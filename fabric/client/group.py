@@ -1,0 +1,375 @@
+"""The group consumer: ``subscribe``, ``poll``, ``commit`` -- Kafka's consumer-group API.
+
+    c = Consumer(bootstrap, group_id="billing", auto_offset_reset="earliest",
+                 on_assign=lambda tps: ..., on_revoke=lambda tps: ...)
+    c.subscribe(["orders"])
+    while running:
+        for r in c.poll(1000):
+            handle(r)
+    c.close()                      # commits (auto-commit), leaves the group at once
+
+Delivery is at least once: a member that takes over a partition starts at the committed
+offset, so nothing is skipped and at most the uncommitted tail is delivered again. With
+``enable_auto_commit`` the positions of records returned by earlier polls are committed every
+``auto_commit_interval_ms`` (asynchronously, at the start of ``poll``), and synchronously
+before partitions are given up in a rebalance and at ``close``.
+
+A background thread (own DEALER socket) sends heartbeats every ``heartbeat_interval_ms``, so
+the member stays in the group while the application works between polls. A rebalance,
+though, happens inside ``poll``: when one starts, the other members wait up to
+``rebalance_timeout_ms`` for this one to call ``poll`` again.
+
+Thread-safety: like ``fabric.client.Consumer``, one thread uses a consumer; the heartbeat
+thread shares only a few fields under a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any, Callable
+
+from fabric import protocol as P
+from fabric.client.admin import EARLIEST, LATEST
+from fabric.client.consumer import Consumer as _AssignConsumer
+from fabric.client.consumer import TopicPartition
+from fabric.errors import FabricError, RemoteError, RequestTimeout
+from fabric.records import Record
+from fabric.rpc import BlockingClient, RpcClient
+
+log = logging.getLogger(__name__)
+
+PartitionsCallback = Callable[[list[TopicPartition]], None]
+CommitCallback = Callable[[dict[TopicPartition, int], Exception | None], None]
+COORDINATOR_CALL_TIMEOUT_MS = 10_000
+COMMIT_TIMEOUT_MS = 20_000       # a sync commit retries retriable errors this long
+RETRY_BACKOFF_MS = 200
+POLL_SLICE_MS = 200              # how often a waiting poll looks for a pending rebalance
+REJOIN_ERRORS = frozenset({P.UNKNOWN_MEMBER, P.ILLEGAL_GENERATION, P.UNKNOWN_GROUP, P.REBALANCE_IN_PROGRESS})
+
+
+class CommitFailed(RemoteError):
+    """The commit was refused because this member no longer owns the partitions."""
+
+
+class GroupConsumer(_AssignConsumer):
+    def __init__(self, bootstrap: str | list[str] | None = None, *, group_id: str, config_path: str | None = None,
+                 auto_offset_reset: str = "latest", enable_auto_commit: bool = True,
+                 auto_commit_interval_ms: int = 5000, session_timeout_ms: int = 10_000,
+                 heartbeat_interval_ms: int | None = None, rebalance_timeout_ms: int = 30_000,
+                 assignor: str = "range", client_id: str = "loom-consumer",
+                 on_assign: PartitionsCallback | None = None, on_revoke: PartitionsCallback | None = None,
+                 on_commit: CommitCallback | None = None, **kw: Any) -> None:
+        super().__init__(bootstrap, config_path=config_path, auto_offset_reset=auto_offset_reset, **kw)
+        if not group_id:
+            raise FabricError("group_id is required for a group consumer")
+        self.group_id = group_id
+        self.enable_auto_commit = enable_auto_commit
+        self.auto_commit_interval_ms = auto_commit_interval_ms
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms or max(50, session_timeout_ms // 3)
+        self.rebalance_timeout_ms = rebalance_timeout_ms
+        self.assignor = assignor
+        self.client_id = client_id
+        self.on_assign, self.on_revoke, self.on_commit = on_assign, on_revoke, on_commit
+        self.subscription: list[str] = []
+        self.member_id = ""
+        self.generation = -1
+        self._lock = threading.Lock()
+        self._active = False          # joined and synced: heartbeats flow
+        self._rejoin_needed = False
+        self._last_committed: dict[TopicPartition, int] = {}
+        self._next_auto_commit_ms = 0
+        self._async_commits_in_flight = 0
+        self._coordinator: RpcClient | None = None
+        self._heartbeat: _Heartbeat | None = None
+
+    # -- subscription ----------------------------------------------------------------------------
+    def subscribe(self, topics: list[str]) -> None:
+        """Join the group for these topics (the join itself happens in the next ``poll``)."""
+        if not topics or not all(isinstance(t, str) and t for t in topics):
+            raise FabricError("subscribe needs a list of topic names")
+        self.subscription = sorted(set(topics))
+        with self._lock:
+            self._rejoin_needed = True
+
+    def unsubscribe(self) -> None:
+        self._revoke()
+        self._leave()
+        self.subscription = []
+
+    # -- polling ---------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
+        """Records of the assigned partitions. Joins, rebalances and auto-commits happen here."""
+        if not self.subscription:
+            return super().poll(timeout_ms, max_records)
+        deadline = self.clock.now_ms() + timeout_ms
+        while True:
+            with self._lock:
+                rejoin = self._rejoin_needed
+            if rejoin:
+                self._rejoin()
+            self._maybe_auto_commit()
+            left = deadline - self.clock.now_ms()
+            records = super().poll(max(0, min(left, POLL_SLICE_MS)), max_records)
+            if records or self.clock.now_ms() >= deadline:
+                return records
+
+    def maintain(self) -> None:
+        """Do a pending join or rebalance and the auto-commit without taking records: for a
+        host (the consumer service) that polls only when its own client asks for records."""
+        if not self.subscription or self._closed:
+            return
+        with self._lock:
+            rejoin = self._rejoin_needed
+        if rejoin:
+            self._rejoin()
+        self._maybe_auto_commit()
+        self.reactor.run_once(0)
+
+    def _maybe_auto_commit(self) -> None:
+        if not self.enable_auto_commit or not self._active or self.clock.now_ms() < self._next_auto_commit_ms:
+            return
+        if self._async_commits_in_flight:
+            return  # the coordinator is slow or away: do not pile commits up behind it
+        self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
+        self.commit(asynchronous=True)
+
+    # -- the rebalance ---------------------------------------------------------------------------
+    def _revoke(self) -> None:
+        """Give up the current partitions: commit (auto-commit), tell the application."""
+        owned = self.assignment()
+        if owned and self.enable_auto_commit and self.member_id and self.generation >= 0:
+            # still a member of the generation that owns them (the heartbeat thread may have
+            # paused heartbeats already): commits are accepted until the rebalance completes
+            try:
+                self.commit()
+            except RemoteError as e:
+                log.warning("group %s: commit before revocation failed: %s", self.group_id, e)
+        with self._lock:
+            self._active = False
+        if owned and self.on_revoke is not None:
+            self.on_revoke(owned)
+        self.assign([])
+
+    def _rejoin(self) -> None:
+        self._revoke()
+        self._ensure_heartbeat()
+        while not self._closed:
+            with self._lock:
+                self._rejoin_needed = False
+            try:
+                joined = self._call(P.JOIN_GROUP, {
+                    "group": self.group_id, "member_id": self.member_id, "generation": self.generation,
+                    "client_id": self.client_id, "client_host": socket.gethostname(), "topics": self.subscription,
+                    "session_timeout_ms": self.session_timeout_ms, "rebalance_timeout_ms": self.rebalance_timeout_ms,
+                    "assignor": self.assignor}, timeout_ms=self.rebalance_timeout_ms + 5000)
+                self.member_id, self.generation = joined["member_id"], joined["generation"]
+                synced = self._call(P.SYNC_GROUP, {"group": self.group_id, "member_id": self.member_id,
+                                                   "generation": self.generation})
+                assignment = sorted((t, p) for t, p in synced["assignment"])
+                fetched = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in assignment]})
+            except RemoteError as e:
+                self._on_group_error(e)
+                if e.code not in REJOIN_ERRORS:
+                    self.reactor.run_once(RETRY_BACKOFF_MS)
+                continue
+            self._take_assignment(assignment, fetched["offsets"])
+            return
+
+    def _take_assignment(self, assignment: list[TopicPartition], offsets: list) -> None:
+        self.assign(assignment)
+        committed = {(t, p): o for t, p, o, _ in offsets}
+        for tp in assignment:
+            off = committed.get(tp, -1)
+            if off >= 0:
+                self.positions[tp] = off
+                self._last_committed[tp] = off
+            else:
+                self._reset([tp], EARLIEST if self.auto_offset_reset == "earliest" else LATEST)
+        self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
+        with self._lock:
+            self._active = True
+        log.info("group %s: %s generation %d assigned %s", self.group_id, self.member_id, self.generation, assignment)
+        if self.on_assign is not None:
+            self.on_assign(list(assignment))
+
+    def _on_group_error(self, e: RemoteError, generation: int | None = None) -> None:
+        """Coordinator errors that mean "join again" (and, for unknown_member, as new).
+        An error about an older generation than ours (a late reply) is ignored."""
+        if generation is not None and generation != self.generation:
+            return
+        if e.code in (P.UNKNOWN_MEMBER, P.UNKNOWN_GROUP):
+            self.member_id = ""
+        if e.code in REJOIN_ERRORS:
+            with self._lock:
+                self._rejoin_needed = True
+                self._active = False
+
+    # -- commits ---------------------------------------------------------------------------------
+    def commit(self, offsets: dict[TopicPartition, int] | None = None, asynchronous: bool = False) -> None:
+        """Commit ``offsets`` (the next offset to read, per partition) or the current
+        positions. Sync: returns once replicated; raises CommitFailed when this member lost
+        the partitions (a rebalance), RemoteError for other refusals. Async: the result goes
+        to ``on_commit(offsets, error)``."""
+        if offsets is None:
+            offsets = {tp: pos for tp, pos in self.positions.items()
+                       if pos is not None and self._last_committed.get(tp) != pos}
+        if not offsets:
+            return
+        header = {"group": self.group_id, "member_id": self.member_id, "generation": self.generation,
+                  "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())]}
+        if asynchronous:
+            generation = self.generation
+
+            def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+                self._async_commits_in_flight -= 1
+                if err is None:
+                    self._committed(offsets)
+                else:
+                    self._on_group_error(err, generation)
+                    log.warning("group %s: async commit failed: %s", self.group_id, err)
+                if self.on_commit is not None:
+                    self.on_commit(dict(offsets), err)
+            self._async_commits_in_flight += 1
+            self._coordinator_client().request(P.OFFSET_COMMIT, header, callback=done, timeout_ms=COMMIT_TIMEOUT_MS)
+            return
+        try:
+            self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS)
+        except RemoteError as e:
+            self._on_group_error(e)
+            if e.code in REJOIN_ERRORS:
+                raise CommitFailed(e.code, e.message) from e
+            raise
+        self._committed(offsets)
+
+    def _committed(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, o in offsets.items():
+            if o > self._last_committed.get(tp, -1):
+                self._last_committed[tp] = o
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp`` (None: nothing committed)."""
+        h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp)]})
+        off = h["offsets"][0][2]
+        return off if off >= 0 else None
+
+    # -- talking to the coordinator --------------------------------------------------------------
+    def _coordinator_endpoint(self) -> str:
+        deadline = self.clock.now_ms() + COORDINATOR_CALL_TIMEOUT_MS
+        while not self.metadata.coordinator:
+            if self.clock.now_ms() >= deadline:
+                raise RequestTimeout("no metadata: cannot find the coordinator")
+            self._refresh_metadata()
+            self.reactor.run_once(100)
+        return self.metadata.coordinator
+
+    def _coordinator_client(self) -> RpcClient:
+        if self._coordinator is None:
+            self._coordinator = RpcClient(self.ctx, self.reactor, self._coordinator_endpoint(), identity=self.client_id)
+        return self._coordinator
+
+    def _call(self, command: bytes, header: dict, *, timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS,
+              retry_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> dict:
+        """A request to the coordinator, waited for while the reactor runs (fetch replies keep
+        landing). Retriable errors (not_coordinator while it loads, timeouts) are retried
+        for ``retry_ms``."""
+        deadline = self.clock.now_ms() + retry_ms
+        while True:
+            box: dict[str, Any] = {}
+
+            def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+                box["reply"] = (h, err)
+            self._coordinator_client().request(command, header, callback=done, timeout_ms=timeout_ms)
+            while "reply" not in box:
+                self.reactor.run_once(100)
+            h, err = box["reply"]
+            if err is None:
+                return h
+            if not err.retriable or self.clock.now_ms() >= deadline or self._closed:
+                raise err
+            self.reactor.run_once(RETRY_BACKOFF_MS)
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = _Heartbeat(self, self._coordinator_endpoint())
+            self._heartbeat.start()
+
+    def heartbeat_state(self) -> tuple[bool, str, int]:
+        """(active, member_id, generation) for the heartbeat thread."""
+        with self._lock:
+            return self._active, self.member_id, self.generation
+
+    def request_rejoin(self, generation: int, reset_member: bool) -> None:
+        """Called by the heartbeat thread about its heartbeat of ``generation``."""
+        with self._lock:
+            if generation != self.generation or not self._active:
+                return  # a late answer about an older generation, or a rejoin is under way
+            self._rejoin_needed = True
+            self._active = False
+            if reset_member:
+                self.member_id = ""
+
+    # -- leaving ---------------------------------------------------------------------------------
+    def _leave(self) -> None:
+        with self._lock:
+            self._active = False
+            mid = self.member_id
+        if mid and self._coordinator is not None:
+            try:
+                self._call(P.LEAVE_GROUP, {"group": self.group_id, "member_id": mid}, timeout_ms=2000, retry_ms=0)
+            except RemoteError as e:
+                log.debug("leave failed: %s", e)
+        self.member_id, self.generation = "", -1
+
+    def close(self) -> None:
+        """Commit (with auto-commit), revoke, leave the group at once, release everything."""
+        if self._closed:
+            return
+        try:
+            if self.subscription:
+                self._revoke()
+                self._leave()
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+            if self._coordinator is not None:
+                self._coordinator.close()
+            super().close()
+
+
+Consumer = GroupConsumer
+
+
+class _Heartbeat(threading.Thread):
+    """Sends HEARTBEAT while the member is active; flags a rejoin when the coordinator says
+    the group is rebalancing or no longer knows the member. Owns its own DEALER socket."""
+
+    def __init__(self, consumer: GroupConsumer, endpoint: str) -> None:
+        super().__init__(name=f"loom-heartbeat-{consumer.group_id}", daemon=True)
+        self.consumer = consumer
+        self.endpoint = endpoint
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        c = self.consumer
+        client = BlockingClient(c.ctx, self.endpoint, identity=f"{c.client_id}-hb")
+        try:
+            while not self._stop_event.wait(c.heartbeat_interval_ms / 1000):
+                active, mid, gen = c.heartbeat_state()
+                if not active:
+                    continue
+                try:
+                    client.call(P.HEARTBEAT, {"group": c.group_id, "member_id": mid, "generation": gen},
+                                timeout_ms=max(100, min(c.heartbeat_interval_ms * 2, c.session_timeout_ms)))
+                except RemoteError as e:
+                    if e.code in REJOIN_ERRORS:
+                        c.request_rejoin(gen, reset_member=e.code in (P.UNKNOWN_MEMBER, P.UNKNOWN_GROUP))
+                    # timeouts / not_coordinator: keep trying; the session decides
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)

@@ -1,0 +1,114 @@
+"""Consumer-group administration: list, describe with lag, reset offsets, delete.
+
+Used by ``loom group`` and the gateway. Blocking; not thread-safe (one per thread).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fabric import protocol as P
+from fabric.client.admin import EARLIEST, LATEST, Admin
+from fabric.errors import FabricError, RemoteError
+
+
+@dataclass(frozen=True)
+class LagRow:
+    """One line of ``loom group describe``. current_offset -1: nothing committed."""
+
+    group: str
+    topic: str
+    partition: int
+    current_offset: int
+    log_end_offset: int
+    lag: int | None
+    consumer_id: str
+    host: str
+    client_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class GroupAdmin:
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def _call(self, command: bytes, header: dict, retries: int = 3) -> dict:
+        return self.admin.call_coordinator(command, header, retries=retries)
+
+    def list_groups(self) -> list[dict]:
+        """[{group, state, generation, assignor, members}] (members: a count)."""
+        return self._call(P.LIST_GROUPS, {})["groups"]
+
+    def describe(self, group: str) -> dict:
+        """{group, state, generation, assignor, leader, members: [...], offsets: [[t, p, o]]};
+        state "Dead" for a group the coordinator does not know."""
+        return self._call(P.DESCRIBE_GROUPS, {"groups": [group]})["groups"][0]
+
+    def committed(self, group: str) -> dict[tuple[str, int], int]:
+        return {(t, p): o for t, p, o, _ in self._call(P.OFFSET_FETCH, {"group": group, "partitions": None})["offsets"]}
+
+    def lag(self, group: str) -> list[LagRow]:
+        """Per partition the group owns or has committed: committed offset, log end (high
+        watermark), lag = log end - committed, and the member that owns it."""
+        d = self.describe(group)
+        owners: dict[tuple[str, int], dict] = {}
+        for m in d["members"]:
+            for t, p in m["assignment"]:
+                owners[(t, p)] = m
+        committed = {(t, p): o for t, p, o in d["offsets"]}
+        ends: dict[str, dict[int, int]] = {}
+        rows = []
+        for tp in sorted(set(owners) | set(committed)):
+            if tp[0] not in ends:
+                try:
+                    ends[tp[0]] = self.admin.list_offsets(tp[0], LATEST)
+                except RemoteError:
+                    ends[tp[0]] = {}
+            end = ends[tp[0]].get(tp[1], -1)
+            cur = committed.get(tp, -1)
+            m = owners.get(tp, {})
+            lag = end - cur if cur >= 0 and end >= 0 else None
+            rows.append(LagRow(group, tp[0], tp[1], cur, end, lag, m.get("member_id", "-"), m.get("host", "-"),
+                               m.get("client_id", "-")))
+        return rows
+
+    def plan_reset(self, group: str, topic: str, *, to_earliest: bool = False, to_latest: bool = False,
+                   to_offset: int | None = None, to_datetime_ms: int | None = None,
+                   shift_by: int | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+        """(topic, partition) -> (current committed or -1, new offset), clamped to each
+        partition's [log start, log end] as Kafka does. Exactly one target must be given."""
+        chosen = [to_earliest, to_latest, to_offset is not None, to_datetime_ms is not None, shift_by is not None]
+        if sum(bool(c) for c in chosen) != 1:
+            raise FabricError("give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by")
+        starts = self.admin.list_offsets(topic, EARLIEST)
+        ends = self.admin.list_offsets(topic, LATEST)
+        committed = self.committed(group)
+        when = self.admin.list_offsets(topic, to_datetime_ms) if to_datetime_ms is not None else {}
+        plan = {}
+        for p in sorted(ends):
+            cur = committed.get((topic, p), -1)
+            if to_earliest:
+                new = starts[p]
+            elif to_latest:
+                new = ends[p]
+            elif to_offset is not None:
+                new = to_offset
+            elif to_datetime_ms is not None:
+                new = when[p]
+            else:
+                assert shift_by is not None
+                new = (cur if cur >= 0 else starts[p]) + shift_by
+            plan[(topic, p)] = (cur, min(max(new, starts[p]), ends[p]))
+        return plan
+
+    def execute_reset(self, group: str, plan: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Apply a plan. Raises RemoteError(non_empty_group) while the group has members."""
+        offsets = [[t, p, new] for (t, p), (_, new) in sorted(plan.items())]
+        if offsets:
+            self._call(P.OFFSET_COMMIT, {"group": group, "generation": -1, "member_id": "", "offsets": offsets}, retries=0)
+
+    def delete(self, group: str) -> None:
+        self._call(P.DELETE_GROUP, {"group": group}, retries=0)

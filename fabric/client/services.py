@@ -1,0 +1,229 @@
+"""Blocking clients of the producer service and the consumer services (for the gateway and
+thin clients). See nodes/producer.py and nodes/consumer.py for the wire shapes.
+
+    sp = ServiceProducer(service_endpoints(config, "producer"))
+    sp.produce("orders", [ServiceRecord(b"v", key=b"k")], acks="all") -> [ProduceResult...]
+
+    sc = ServiceConsumer(service_endpoints(config, "consumer"))
+    inst = sc.create("billing", config={"auto_offset_reset": "earliest"})
+    inst.subscribe(["orders"]); inst.fetch(timeout_ms=1000); inst.commit(); inst.delete()
+
+Instances are spread over the consumer services (by a hash of group and instance name, the
+next service when one does not answer); an instance lives on the service that created it
+(``inst.endpoint``), like a REST proxy's base URI.
+
+Thread-safety: not thread-safe; one client per thread.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from fabric import protocol as P
+from fabric.config import LoomConfig
+from fabric.errors import FabricError, RemoteError, RequestTimeout
+from fabric.records import Record
+from fabric.rpc import BlockingClient
+
+PRODUCE_TIMEOUT_MS = 40_000   # above the service's delivery timeout
+CALL_TIMEOUT_MS = 10_000
+CREATE_TIMEOUT_MS = 5_000
+
+
+def service_endpoints(config: LoomConfig, role: str) -> list[str]:
+    """Endpoints of every node of ``role`` ("producer" or "consumer"), by node name."""
+    return [n.endpoint for _, n in sorted(config.nodes_with_role(role).items())]
+
+
+@dataclass
+class ServiceRecord:
+    value: bytes
+    key: bytes | None = None
+    headers: list | None = None
+    partition: int | None = None
+
+    def to_wire(self) -> list:
+        return [self.key, self.value, self.headers, self.partition]
+
+
+@dataclass(frozen=True)
+class ProduceResult:
+    partition: int
+    offset: int         # -1 with acks=0 or on error
+    error: int = 0
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error == 0
+
+
+class ServiceProducer:
+    def __init__(self, endpoints: str | list[str], timeout_ms: int = PRODUCE_TIMEOUT_MS) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self.endpoints:
+            raise FabricError("no producer service endpoint")
+        self.timeout_ms = timeout_ms
+        self.ctx = zmq.Context.instance()
+        self._clients: dict[str, BlockingClient] = {}
+
+    def _client(self, endpoint: str) -> BlockingClient:
+        c = self._clients.get(endpoint)
+        if c is None:
+            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-producer")
+        return c
+
+    def produce(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all") -> list[ProduceResult]:
+        """One result per record, in order. Raises RemoteError for a refused request
+        (buffer_full: retry later; invalid_record; malformed_request) or a timeout."""
+        wire_records = [r.to_wire() if isinstance(r, ServiceRecord) else list(r) for r in records]
+        header = {"topic": topic, "acks": acks, "records": wire_records}
+        last: RemoteError | None = None
+        for endpoint in self.endpoints:
+            try:
+                h, _ = self._client(endpoint).call(P.SERVICE_PRODUCE, header, timeout_ms=self.timeout_ms)
+            except RequestTimeout as e:
+                last = e  # the service may be down: the next one (a retry could duplicate)
+                self._drop(endpoint)
+                continue
+            return [ProduceResult(*r) for r in h["results"]]
+        assert last is not None
+        raise last
+
+    def _drop(self, endpoint: str) -> None:
+        c = self._clients.pop(endpoint, None)
+        if c is not None:
+            c.close()
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+
+
+@dataclass
+class ConsumerInstance:
+    """A consumer instance living in one consumer service."""
+
+    client: "ServiceConsumer"
+    group: str
+    name: str
+    endpoint: str
+    node: str = ""
+    _base: dict = field(default_factory=dict)
+
+    def _call(self, command: bytes, header: dict | None = None, timeout_ms: int = CALL_TIMEOUT_MS) -> dict:
+        h = {"group": self.group, "instance": self.name, **(header or {})}
+        return self.client.call(self.endpoint, command, h, timeout_ms)
+
+    def subscribe(self, topics: list[str]) -> None:
+        self._call(P.CONSUMER_SUBSCRIBE, {"topics": list(topics)})
+
+    def unsubscribe(self) -> None:
+        self._call(P.CONSUMER_SUBSCRIBE, {"topics": []})
+
+    def subscription(self) -> list[str]:
+        return self._call(P.CONSUMER_SUBSCRIPTION)["topics"]
+
+    def fetch(self, timeout_ms: int = 1000, max_bytes: int = 1024 * 1024, max_records: int = 500) -> list[Record]:
+        """Records after the instance's positions (which advance); waits up to timeout_ms."""
+        h = self._call(P.CONSUMER_FETCH, {"timeout_ms": timeout_ms, "max_bytes": max_bytes, "max_records": max_records},
+                       timeout_ms=timeout_ms + CALL_TIMEOUT_MS)
+        return [Record(*r) for r in h["records"]]
+
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """Commit these offsets (next offset to read) or, with None, the current positions."""
+        body = None if offsets is None else [[t, p, o] for (t, p), o in sorted(offsets.items())]
+        self._call(P.CONSUMER_COMMIT, {"offsets": body}, timeout_ms=30_000)
+
+    def committed(self, partitions: list[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
+        """Committed offsets (-1: none) of these partitions, or of the assigned ones."""
+        body = None if partitions is None else [list(tp) for tp in partitions]
+        return {(t, p): o for t, p, o in self._call(P.CONSUMER_COMMITTED, {"partitions": body})["offsets"]}
+
+    def seek_to_beginning(self, partitions: list[tuple[str, int]] | None = None) -> None:
+        self._call(P.CONSUMER_SEEK, {"to": "beginning", "partitions": [list(tp) for tp in partitions or []]})
+
+    def seek_to_end(self, partitions: list[tuple[str, int]] | None = None) -> None:
+        self._call(P.CONSUMER_SEEK, {"to": "end", "partitions": [list(tp) for tp in partitions or []]})
+
+    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+        self._call(P.CONSUMER_SEEK, {"to": "offsets", "offsets": [[t, p, o] for (t, p), o in offsets.items()]})
+
+    def assignment(self) -> list[tuple[str, int]]:
+        return [(t, p) for t, p in self._call(P.CONSUMER_ASSIGNMENT)["partitions"]]
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        return {(t, p): o for t, p, o in self._call(P.CONSUMER_ASSIGNMENT)["positions"]}
+
+    def delete(self) -> None:
+        """Close the instance: it commits (auto-commit) and leaves its group at once."""
+        self._call(P.CONSUMER_DELETE)
+
+
+class ServiceConsumer:
+    def __init__(self, endpoints: str | list[str]) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self.endpoints:
+            raise FabricError("no consumer service endpoint")
+        self.ctx = zmq.Context.instance()
+        self._clients: dict[str, BlockingClient] = {}
+        self._round_robin = 0
+
+    def call(self, endpoint: str, command: bytes, header: dict, timeout_ms: int = CALL_TIMEOUT_MS) -> dict:
+        c = self._clients.get(endpoint)
+        if c is None:
+            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-consumer")
+        try:
+            return c.call(command, header, timeout_ms=timeout_ms)[0]
+        except RequestTimeout:
+            self._clients.pop(endpoint, None)
+            c.close()  # a fresh socket next time: no late replies to sort out
+            raise
+
+    def create(self, group: str, name: str | None = None, config: dict[str, Any] | None = None) -> ConsumerInstance:
+        """Create an instance on one of the services (spread by name; the next on timeout).
+        Raises RemoteError(consumer_instance_exists) if the name is taken there."""
+        n = len(self.endpoints)
+        if name:
+            start = zlib.crc32(f"{group}/{name}".encode()) % n
+        else:
+            self._round_robin += 1
+            start = self._round_robin % n
+        last: RemoteError | None = None
+        for i in range(n):
+            endpoint = self.endpoints[(start + i) % n]
+            header: dict[str, Any] = {"group": group, "config": dict(config or {})}
+            if name:
+                header["instance"] = name
+            try:
+                h = self.call(endpoint, P.CONSUMER_CREATE, header, timeout_ms=CREATE_TIMEOUT_MS)
+            except RequestTimeout as e:
+                last = e
+                continue
+            return ConsumerInstance(self, h["group"], h["instance"], endpoint, h.get("node", ""))
+        assert last is not None
+        raise last
+
+    def instance(self, group: str, name: str, endpoint: str) -> ConsumerInstance:
+        """A handle on an existing instance (e.g. remembered by the gateway)."""
+        return ConsumerInstance(self, group, name, endpoint)
+
+    def list_instances(self) -> dict[str, list[dict]]:
+        """endpoint -> instances hosted there (services that do not answer are left out)."""
+        out = {}
+        for ep in self.endpoints:
+            try:
+                out[ep] = self.call(ep, P.CONSUMER_LIST, {}, timeout_ms=2000)["instances"]
+            except RemoteError:
+                continue
+        return out
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()

@@ -1,0 +1,5 @@
+"""``python -m nodes``: the ``loom`` command."""
+
+from nodes.cli import main
+
+main()

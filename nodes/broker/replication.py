@@ -1,0 +1,151 @@
+"""Replication over PUB/SUB: the fast path (the zguide's Clone pattern with durable logs).
+
+Leader side: every appended batch is published on the broker's PUB socket under the
+partition's prefix (``fabric.protocol.replica_topic``); when idle, a heartbeat on the same
+prefix carries the partition's log end offset (LEO), high watermark and leader epoch.
+
+Follower side: a SUB socket subscribed to the prefixes of the partitions it follows on each
+leader. A batch that continues the log is appended at once and acknowledged to the leader with
+a one-way REPLICA_ACK carrying the new LEO (which advances the leader's high watermark). A
+batch past the log end is a gap, and a heartbeat showing a LEO beyond ours means something was
+dropped: both make the ReplicaFetcher fetch over ROUTER/DEALER, which alone is enough for
+correctness (PUB drops messages for slow or late subscribers). Messages from a leader epoch
+other than the one in our metadata are ignored.
+
+Not thread-safe: owned by the broker's reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import zmq
+
+from engines import batch as B
+from engines.api import EngineError
+from fabric import protocol as P
+from fabric import wire
+from fabric.rpc import make_socket
+
+if TYPE_CHECKING:
+    from nodes.broker.node import Broker
+    from nodes.broker.partition import Partition
+
+log = logging.getLogger(__name__)
+
+REPLICA_HEARTBEAT_INTERVAL_MS = 100
+
+
+class ReplicationPublisher:
+    """Leader side: publish appends and idle heartbeats."""
+
+    def __init__(self, broker: "Broker") -> None:
+        self.broker = broker
+        self._published_leo: dict[tuple[str, int], int] = {}
+
+    def publish_appended(self, part: "Partition", batches: list[bytearray], base_offsets: list[int]) -> None:
+        for buf, off in zip(batches, base_offsets):
+            B.set_base_offset(buf, off)
+        header = {"node": self.broker.name, "topic": part.topic, "partition": part.partition,
+                  "epoch": part.leader_epoch, "hw": part.high_watermark, "leo": part.log_end_offset}
+        self.broker.publish(P.replica_topic(part.topic, part.partition), P.PUB_REPLICA, header, batches)
+        self._published_leo[(part.topic, part.partition)] = part.log_end_offset
+
+    def heartbeat(self) -> None:
+        for key, part in self.broker.partitions.items():
+            if not part.is_leader or len(part.replicas) < 2:
+                continue
+            header = {"node": self.broker.name, "topic": part.topic, "partition": part.partition,
+                      "epoch": part.leader_epoch, "hw": part.high_watermark, "leo": part.log_end_offset}
+            self.broker.publish(P.replica_topic(*key), P.PUB_REPLICA, header)
+
+
+class ReplicationSubscriber:
+    """Follower side: one SUB socket, connected to every leader we follow."""
+
+    def __init__(self, broker: "Broker") -> None:
+        self.broker = broker
+        self.sock = make_socket(broker.ctx, zmq.SUB)
+        broker.reactor.add_socket(self.sock, self._on_message)
+        self._connected: set[str] = set()
+        self._subscribed: set[bytes] = set()
+        self.counters = broker.counters
+
+    def sync(self) -> None:
+        """Follow the partitions the broker now follows (call after every metadata change)."""
+        wanted_eps: set[str] = set()
+        wanted_topics: set[bytes] = set()
+        for part in self.broker.partitions.values():
+            if part.role != "follower" or part.leader_id < 0:
+                continue
+            b = self.broker.metadata.brokers.get(part.leader_id)
+            if b is None:
+                continue
+            wanted_eps.add(b.pub_endpoint)
+            wanted_topics.add(P.replica_topic(part.topic, part.partition))
+        for ep in wanted_eps - self._connected:
+            self.sock.connect(ep)
+        for ep in self._connected - wanted_eps:
+            self.sock.disconnect(ep)
+        for t in wanted_topics - self._subscribed:
+            self.sock.setsockopt(zmq.SUBSCRIBE, t)
+        for t in self._subscribed - wanted_topics:
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, t)
+        self._connected, self._subscribed = wanted_eps, wanted_topics
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] != P.PUB_REPLICA:
+            self.counters["repl_malformed"] += 1
+            return
+        try:
+            h = wire.unpack(frames[3])
+            key = (h["topic"], h["partition"])
+            epoch, hw, leo = h["epoch"], h["hw"], h["leo"]
+            sender = h.get("node", "")
+        except Exception:
+            self.counters["repl_malformed"] += 1
+            return
+        if self.broker.faults.blocks(sender):
+            return
+        part = self.broker.partitions.get(key)
+        if part is None or part.role != "follower" or epoch != part.leader_epoch:
+            return  # not ours, or a stale (or not yet known) epoch
+        fetcher = self.broker.fetchers.get(part.leader_id)
+        if fetcher is None:
+            return
+        if len(frames) > 4:
+            if not fetcher.stream_ready(key):
+                fetcher.trigger()  # the log is not yet checked against this leader's
+                return
+            self._apply(part, frames[4:], fetcher)
+        if part.log_end_offset < leo:
+            fetcher.trigger()  # we missed something: repair over the fetch path
+        elif len(frames) == 4:
+            fetcher.ack(part)  # idle heartbeat: tell the leader we are caught up
+        part.set_high_watermark_from_leader(hw)
+
+    def _apply(self, part: "Partition", payloads: list[bytes], fetcher) -> None:  # noqa: ANN001
+        appended = 0
+        for data in payloads:
+            if len(data) < B.HEADER_BYTES:
+                self.counters["repl_malformed"] += 1
+                return
+            base = B.parse_header(data).base_offset
+            if base > part.log_end_offset:
+                fetcher.trigger()  # a gap
+                return
+            try:
+                appended += part.append_as_follower(data)
+            except (EngineError, B.BatchError) as e:
+                log.error("%s-%d: replicated batch rejected: %s", part.topic, part.partition, e)
+                fetcher.trigger()
+                return
+        if appended:
+            self.counters["repl_batches"] += appended
+            fetcher.ack(part)
+            self.broker.mark_dirty()
+
+    def close(self) -> None:
+        self.broker.reactor.remove_socket(self.sock)
+        self.sock.close(0)

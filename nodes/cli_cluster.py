@@ -1,0 +1,210 @@
+"""``loom up``, ``loom down``, ``loom status``: start, stop and inspect a cluster.
+
+``up`` runs the supervisor (nodes/launcher.py) in the foreground: it prints a summary once
+every node answers PING and keeps the nodes running until Ctrl-C or ``loom down``.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import click
+import zmq
+from rich.console import Console
+from rich.table import Table
+
+from fabric.config import ConfigError, LoomConfig, NodeConfig, load_config
+from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
+from fabric.errors import FabricError
+from fabric.metadata import ClusterMetadata
+from nodes import launcher
+from nodes.cli import target_options
+
+PING_THREADS_MAX = 16
+LEADS_SHOWN_MAX = 6
+PIPE_WIDTH_CHARS = 200
+METADATA_TIMEOUT_MS = 2000
+
+
+def _stdout() -> Console:
+    # Piped output keeps whole rows (scripts and tests read it); a terminal wraps to its width.
+    width = None if sys.stdout.isatty() else PIPE_WIDTH_CHARS
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
+
+
+def _stderr_progress() -> Console | None:
+    """A console for progress on stderr, only when stderr is a terminal."""
+    return Console(file=sys.stderr) if sys.stderr.isatty() else None
+
+
+def format_uptime(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    s = ms // 1000
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+# -- up -------------------------------------------------------------------------------------
+@click.command()
+@target_options
+@click.option("--node", "node_name", default=None, help="run only this node, in the foreground")
+def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None:
+    """Start every node of the config, supervised (or one node with --node)."""
+    cfg = load_config(config)
+    if node_name is not None:
+        _run_one(cfg, node_name)
+        return
+    sup = launcher.Supervisor(cfg, cfg.source)
+    progress = _stderr_progress()
+    try:
+        if progress is not None:
+            with progress.status(f"starting {len(sup.children)} nodes of {cfg.cluster.name}..."):
+                sup.start_all()
+        else:
+            sup.start_all()
+    except KeyboardInterrupt:
+        sup.stop_all()
+        raise
+    print_summary(cfg, sup)
+    sup.run()
+    click.echo("loom: every node stopped", err=True)
+
+
+def _run_one(cfg: LoomConfig, name: str) -> None:
+    node = cfg.node(name)
+    if not launcher.role_available(node.role):
+        raise FabricError(f"{name}: role {node.role} is {launcher.NOT_AVAILABLE}")
+    from nodes.run import main as run_node
+    sys.exit(run_node(["-c", cfg.source, "--node", name]))
+
+
+def print_summary(cfg: LoomConfig, sup: launcher.Supervisor) -> None:
+    table = Table(title=f"Loom cluster {cfg.cluster.name!r}", title_justify="left", box=None, pad_edge=False)
+    for col in ("NODE", "ROLE", "PORT", "PID", "STATE"):
+        table.add_column(col)
+    for name, node in cfg.nodes.items():
+        child = sup.children.get(name)
+        if child is None:
+            table.add_row(name, node.role, str(node.port), "-", launcher.NOT_AVAILABLE)
+        else:
+            table.add_row(name, node.role, str(node.port), str(child.pid or "-"), "up" if child.healthy else "starting")
+    out = _stdout()
+    out.print(table)
+    out.print(f"{len(sup.children)} nodes running, {len(sup.unavailable)} {launcher.NOT_AVAILABLE}")
+    gateways = cfg.nodes_with_role("gateway")
+    for name, node in gateways.items():
+        url = f"http://{node.host}:{node.dashboard_port or node.port}/"
+        note = "" if name in sup.children else "  (not yet running: no gateway in this build)"
+        out.print(f"dashboard: {url}{note}")
+    if cfg.security.api_keys:
+        key = cfg.security.api_keys[0]
+        out.print(f"API key:   {key.key}  ({key.name}: {', '.join(key.roles)})")
+    out.print(f"logs:      {launcher.log_path(cfg, 'NODE').parent}/NODE.log")
+    out.print(f"stop:      Ctrl-C, or `loom down -c {cfg.source}`")
+    sys.stdout.flush()
+
+
+# -- down -----------------------------------------------------------------------------------
+@click.command()
+@target_options
+@click.option("--timeout-s", default=30.0, show_default=True, help="grace before killing")
+def down(config: str | None, bootstrap: str | None, timeout_s: float) -> None:
+    """Stop the cluster that `loom up` started from this config."""
+    cfg = load_config(config)
+    if not launcher.stop_cluster(cfg, timeout_s, emit=lambda line: click.echo(line, err=True)):
+        raise FabricError(f"no running cluster found (no live supervisor in {launcher.pid_file_path(cfg)})")
+    click.echo("stopped")
+
+
+# -- status ---------------------------------------------------------------------------------
+def _metadata(endpoints: list[str]) -> ClusterMetadata | None:
+    if not endpoints:
+        return None
+    try:
+        md, _ = fetch_metadata(zmq.Context.instance(), endpoints, METADATA_TIMEOUT_MS)
+        return md
+    except FabricError:
+        return None
+
+
+def _leads(md: ClusterMetadata | None, broker_id: int | None) -> str:
+    if md is None or broker_id is None:
+        return "-"
+    led = [f"{p.topic}-{p.partition}" for p in md.partitions() if p.leader == broker_id and not p.topic.startswith("__")]
+    shown = " ".join(led[:LEADS_SHOWN_MAX]) + (f" +{len(led) - LEADS_SHOWN_MAX} more" if len(led) > LEADS_SHOWN_MAX else "")
+    return f"{len(led)}" + (f" ({shown})" if led else "")
+
+
+def _status_nodes(config: str | None, bootstrap: str | None) -> tuple[dict[str, NodeConfig], ClusterMetadata | None]:
+    """The nodes to show: the config's; with only --bootstrap, the brokers in the metadata."""
+    try:
+        return load_config(config).nodes, None
+    except ConfigError:
+        if not bootstrap:
+            raise
+    md = _metadata(parse_bootstrap(bootstrap))
+    brokers = md.brokers.values() if md else ()
+    return {f"broker-{b.broker_id}": NodeConfig(role="broker", host=b.host, port=b.port, broker_id=b.broker_id)
+            for b in brokers}, md
+
+
+@click.command()
+@target_options
+def status(config: str | None, bootstrap: str | None) -> None:
+    """Health of every node, the partitions each broker leads, and the partition summary.
+    Exits 1 when a node that should run is down."""
+    nodes, md = _status_nodes(config, bootstrap)
+    available = {n: c for n, c in nodes.items() if launcher.role_available(c.role)}
+    with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, max(1, len(available)))) as pool:
+        replies = dict(zip(available, pool.map(launcher.ping, available.values())))
+    if md is None:  # ask only nodes that answered PING: a down node would cost a timeout each
+        live = [c.endpoint for n, c in sorted(available.items(), key=lambda i: i[1].role != "coordinator")
+                if replies[n] and c.role in ("coordinator", "broker")]
+        md = _metadata(parse_bootstrap(bootstrap) if bootstrap else live)
+    table = Table(box=None, pad_edge=False)
+    for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS"):
+        table.add_column(col)
+    down_count = 0
+    for name, node in nodes.items():
+        if name not in available:
+            table.add_row(name, node.role, f"{node.host}:{node.port}", launcher.NOT_AVAILABLE, "-", "-", "-")
+            continue
+        r = replies[name]
+        down_count += r is None
+        leads = _leads(md, node.broker_id) if node.role == "broker" else ""
+        table.add_row(name, node.role, f"{node.host}:{node.port}", "up" if r else "down",
+                      str(r["pid"]) if r else "-", format_uptime(r.get("uptime_ms")) if r else "-", leads)
+    out = _stdout()
+    out.print(table)
+    if md is None:
+        out.print("partitions: unknown (no metadata: is the coordinator up?)")
+    else:
+        parts = [p for p in md.partitions() if not p.topic.startswith("__")]
+        out.print(f"topics: {sum(1 for t in md.topics if not t.startswith('__'))}, partitions: {len(parts)}, "
+                  f"under-replicated: {sum(p.under_replicated for p in parts)}, "
+                  f"offline: {sum(p.offline for p in parts)}")
+    _print_supervisor(out, config)
+    sys.stdout.flush()
+    if down_count:
+        sys.exit(1)
+
+
+def _print_supervisor(out: Console, config: str | None) -> None:
+    try:
+        cfg = load_config(config)
+    except ConfigError:
+        return
+    info = launcher.read_pid_file(cfg)
+    pid = info.get("pid") if info else None
+    if isinstance(pid, int) and launcher.pid_alive(pid):
+        out.print(f"supervisor: pid {pid} ({launcher.pid_file_path(cfg)})")
+    else:
+        out.print("supervisor: not running")
+
+
+COMMANDS = [up, down, status]

@@ -1,0 +1,279 @@
+"""``loom produce TOPIC`` and ``loom consume TOPIC`` (Kafka console producer/consumer).
+
+produce: one record per stdin line (the newline is not part of the value). With
+``--key-separator SEP`` the text before the first SEP is the key (lines without it get a
+null key). ``--print-offsets`` prints one JSON line per acknowledged record, in input order:
+``{"topic", "partition", "offset", "key"}``.
+
+consume: ``--format json`` prints one JSON object per record: ``topic, partition, offset,
+timestamp_ms, key, value, headers``; a key, value or header value that is not UTF-8 is given
+in base64 with ``"key_encoding"`` / ``"value_encoding": "base64"`` next to it. ``text``
+prints the raw value (``--print-key`` puts the key and ``--key-separator`` in front).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import os
+import sys
+import time
+from collections import deque
+from typing import Any, BinaryIO
+
+import click
+from rich.console import Console
+
+from fabric import protocol as P
+from fabric.client import Consumer, Producer
+from fabric.errors import FabricError, RemoteError
+from fabric.records import Record
+from nodes.cli import Target, target_options
+
+PENDING_RECORDS_MAX = 10_000   # unacknowledged records produce keeps before it waits
+POLL_RECORDS_MAX = 10_000
+POLL_WAIT_MS_MAX = 500
+PRODUCE_MAX_BLOCK_MS = 10_000
+PRODUCE_DELIVERY_TIMEOUT_MS = 60_000
+TOPIC_LOOKUP_TIMEOUT_MS = 5_000
+GROUPS_UNAVAILABLE = "consumer groups are not available in this build"
+
+
+def encode_bytes(data: bytes | str | None) -> tuple[str | None, bool]:
+    """(text, is_base64): UTF-8 text when ``data`` decodes, else base64."""
+    if data is None or isinstance(data, str):
+        return data, False
+    try:
+        return bytes(data).decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), True
+
+
+def _put(out: dict, field: str, data: bytes | str | None) -> None:
+    text, b64 = encode_bytes(data)
+    out[field] = text
+    if b64:
+        out[f"{field}_encoding"] = "base64"
+
+
+def record_json(r: Record) -> dict[str, Any]:
+    out: dict[str, Any] = {"topic": r.topic, "partition": r.partition, "offset": r.offset, "timestamp_ms": r.timestamp_ms}
+    _put(out, "key", r.key)
+    _put(out, "value", r.value)
+    headers = []
+    for name, value in r.headers or ():
+        h: dict[str, Any] = {"name": name.decode("utf-8", "replace") if isinstance(name, bytes) else name}
+        _put(h, "value", value)
+        headers.append(h)
+    out["headers"] = headers
+    return out
+
+
+def parse_headers(items: tuple[str, ...]) -> list[list] | None:
+    headers = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected name=value, not {item!r}", param_hint="--header")
+        headers.append([name, value.encode()])
+    return headers or None
+
+
+def _check_partition(target: Target, topic: str, partition: int | None) -> None:
+    """Fail fast, with one line, on an unknown topic or partition (instead of blocking)."""
+    with target.admin() as admin:
+        t = admin.metadata().topics.get(topic)
+    if t is None:
+        raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {topic!r}")
+    if partition is not None and not 0 <= partition < len(t.partitions):
+        raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"{topic} has no partition {partition} (it has {len(t.partitions)})")
+
+
+# -- produce ---------------------------------------------------------------------------------
+@click.command()
+@target_options
+@click.argument("topic")
+@click.option("--key-separator", default=None, help="split each line into key SEP value (no SEP: null key)")
+@click.option("--acks", type=click.Choice(["0", "1", "all"]), default="all", show_default=True)
+@click.option("--partition", type=click.IntRange(0), default=None, help="write every record to this partition")
+@click.option("--header", "headers", multiple=True, metavar="K=V", help="header for every record, repeatable")
+@click.option("--print-offsets", is_flag=True, help="print one JSON line per acknowledged record")
+@click.option("--compression", type=click.Choice(["none", "zstd", "lz4"]), default="none", show_default=True)
+def produce(config: str | None, bootstrap: str | None, topic: str, key_separator: str | None, acks: str,
+            partition: int | None, headers: tuple[str, ...], print_offsets: bool, compression: str) -> None:
+    """Write stdin lines as records to TOPIC."""
+    header_list = parse_headers(headers)
+    target = Target(config, bootstrap)
+    _check_partition(target, topic, partition)
+    sep = key_separator.encode() if key_separator else None
+    producer = Producer(bootstrap, config_path=config, acks=acks, compression=compression,
+                        max_block_ms=PRODUCE_MAX_BLOCK_MS, delivery_timeout_ms=PRODUCE_DELIVERY_TIMEOUT_MS)
+    pending: deque = deque()
+    progress = _Progress("produced")
+    count = 0
+    try:
+        for line in _lines(sys.stdin.buffer):
+            key, value = (None, line)
+            if sep is not None and sep in line:
+                key, value = line.split(sep, 1)
+            pending.append((producer.send(topic, value, key=key, headers=header_list, partition=partition), key))
+            count += 1
+            while pending and (pending[0][0].done() or len(pending) > PENDING_RECORDS_MAX):
+                _acknowledged(pending.popleft(), print_offsets, acks)
+            progress.update(count)
+        producer.flush(PRODUCE_DELIVERY_TIMEOUT_MS / 1000)
+        while pending:
+            _acknowledged(pending.popleft(), print_offsets, acks)
+    finally:
+        progress.stop()
+        producer.close(timeout=5)
+    if sys.stderr.isatty():
+        click.echo(f"produced {count} records to {topic}", err=True)
+
+
+def _lines(stream: BinaryIO):  # noqa: ANN202 - a generator of bytes
+    for raw in stream:
+        yield raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+
+
+def _acknowledged(item: tuple, print_offsets: bool, acks: str) -> None:
+    future, key = item
+    md = future.result()  # raises the record's error (one line via LoomGroup)
+    if print_offsets:
+        out = {"topic": md.topic, "partition": md.partition, "offset": md.offset if acks != "0" else -1}
+        _put(out, "key", key)
+        _write_line(json.dumps(out).encode())
+
+
+class _Progress:
+    """A record counter on stderr, only when stderr is a terminal."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.status = Console(file=sys.stderr).status(f"{verb} 0 records") if sys.stderr.isatty() else None
+        self.last_s = 0.0
+        if self.status:
+            self.status.start()
+
+    def update(self, count: int) -> None:
+        now = time.monotonic()
+        if self.status and now - self.last_s > 0.2:
+            self.last_s = now
+            self.status.update(f"{self.verb} {count} records")
+
+    def stop(self) -> None:
+        if self.status:
+            self.status.stop()
+
+
+def _write_line(data: bytes) -> None:
+    sys.stdout.buffer.write(data + b"\n")
+
+
+# -- consume ---------------------------------------------------------------------------------
+@click.command()
+@target_options
+@click.argument("topic")
+@click.option("--group", default=None, help="consume as a member of this consumer group")
+@click.option("--from-beginning", is_flag=True, help="start at the earliest offset (default: the end)")
+@click.option("--partition", type=click.IntRange(0), default=None, help="read only this partition")
+@click.option("--offset", default=None, help="earliest, latest or an offset (needs --partition)")
+@click.option("--max-messages", type=click.IntRange(1), default=None, help="exit after this many records")
+@click.option("--timeout-ms", type=click.IntRange(1), default=None, help="exit when no record arrived for this long")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--print-key", is_flag=True, help="text format: print the key before the value")
+@click.option("--key-separator", default="\t", show_default=r"\t", help="text format: between key and value")
+def consume(config: str | None, bootstrap: str | None, topic: str, group: str | None, from_beginning: bool,
+            partition: int | None, offset: str | None, max_messages: int | None, timeout_ms: int | None,
+            fmt: str, print_key: bool, key_separator: str) -> None:
+    """Print records of TOPIC as they arrive."""
+    if offset is not None and partition is None:
+        raise click.UsageError("--offset needs --partition")
+    if group is not None and (partition is not None or offset is not None):
+        raise click.UsageError("--group cannot be combined with --partition or --offset")
+    target = Target(config, bootstrap)
+    _check_partition(target, topic, partition)
+    reset = "earliest" if from_beginning else "latest"
+    consumer = _group_consumer(target, group, topic, reset) if group else _assigned_consumer(
+        target, topic, partition, offset, reset)
+    count = 0
+    try:
+        count = _consume_loop(consumer, max_messages, timeout_ms,
+                              lambda r: _write_line(_format_record(r, fmt, print_key, key_separator)))
+    except BrokenPipeError:  # `loom consume … | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        consumer.close()
+        click.echo(f"Processed a total of {count} messages", err=True)
+
+
+def _consume_loop(consumer: Any, max_messages: int | None, timeout_ms: int | None, emit: Any) -> int:
+    count = 0
+    last_record_s = time.monotonic()
+    while max_messages is None or count < max_messages:
+        wait_ms = POLL_WAIT_MS_MAX
+        if timeout_ms is not None:
+            left_ms = timeout_ms - (time.monotonic() - last_record_s) * 1000
+            if left_ms <= 0:
+                break
+            wait_ms = max(1, min(wait_ms, int(left_ms)))
+        want = POLL_RECORDS_MAX if max_messages is None else min(POLL_RECORDS_MAX, max_messages - count)
+        records = consumer.poll(wait_ms, max_records=want)
+        for r in records:
+            emit(r)
+        if records:
+            count += len(records)
+            last_record_s = time.monotonic()
+            sys.stdout.flush()
+    return count
+
+
+def _format_record(r: Record, fmt: str, print_key: bool, key_separator: str) -> bytes:
+    if fmt == "json":
+        return json.dumps(record_json(r), ensure_ascii=False).encode()
+    if not print_key:
+        return bytes(r.value)
+    key = b"null" if r.key is None else bytes(r.key)
+    return key + key_separator.encode() + bytes(r.value)
+
+
+def _assigned_consumer(target: Target, topic: str, partition: int | None, offset: str | None, reset: str) -> Consumer:
+    consumer = Consumer(target.bootstrap, config_path=target.config, auto_offset_reset=reset)
+    try:
+        parts = consumer.partitions_for(topic, TOPIC_LOOKUP_TIMEOUT_MS) if partition is None else [partition]
+        tps = [(topic, p) for p in parts]
+        consumer.assign(tps)
+        if offset is None:
+            consumer.seek_to_beginning(tps) if reset == "earliest" else consumer.seek_to_end(tps)
+        elif offset in ("earliest", "latest"):
+            consumer.seek_to_beginning(tps) if offset == "earliest" else consumer.seek_to_end(tps)
+        else:
+            try:
+                consumer.seek(tps[0], int(offset))
+            except ValueError:
+                raise click.BadParameter(f"expected earliest, latest or an offset, not {offset!r}", param_hint="--offset") from None
+    except BaseException:
+        consumer.close()
+        raise
+    return consumer
+
+
+def _group_consumer(target: Target, group: str, topic: str, reset: str) -> Any:
+    """The hook for consumer groups: ``fabric.client.group.GroupConsumer`` (a Consumer with
+    ``subscribe`` and auto-commit; ``close`` commits what was printed), when this build has it."""
+    try:
+        mod = importlib.import_module("fabric.client.group")
+    except ModuleNotFoundError as e:
+        if e.name == "fabric.client.group":
+            raise FabricError(GROUPS_UNAVAILABLE) from None
+        raise
+    cls = getattr(mod, "GroupConsumer", None)
+    if cls is None:
+        raise FabricError(GROUPS_UNAVAILABLE)
+    consumer = cls(target.bootstrap, config_path=target.config, group_id=group, auto_offset_reset=reset)
+    consumer.subscribe([topic])
+    return consumer
+
+
+COMMANDS = [produce, consume]

@@ -1,0 +1,333 @@
+"""A consumer service: consumer-group members hosted for the gateway (a REST consumer
+instance or a WebSocket stream is one instance here).
+
+Requests (every one names ``group`` and ``instance``, except CREATE without a name and LIST):
+
+    CONSUMER_CREATE        {group, instance?, config?}  -> {group, instance, node}
+        config: auto_offset_reset (earliest|latest), enable_auto_commit, auto_commit_interval_ms,
+                session_timeout_ms, heartbeat_interval_ms, rebalance_timeout_ms, assignor,
+                client_id, idle_timeout_ms
+    CONSUMER_SUBSCRIBE     {topics: [...]}  ([] unsubscribes)        -> {}
+    CONSUMER_SUBSCRIPTION  {}                                         -> {topics}
+    CONSUMER_FETCH         {timeout_ms?, max_bytes?, max_records?}    -> {records: [[topic, partition,
+                                                   offset, timestamp_ms, key, value, headers], ...]}
+    CONSUMER_COMMIT        {offsets: [[topic, partition, offset]...] | null (= current positions)} -> {}
+    CONSUMER_COMMITTED     {partitions: [[topic, partition]...]}      -> {offsets: [[t, p, offset|-1]]}
+    CONSUMER_SEEK          {to: beginning|end|offsets, partitions?, offsets?} -> {}
+    CONSUMER_ASSIGNMENT    {}                                         -> {partitions, positions: [[t, p, o|-1]]}
+    CONSUMER_DELETE        {}  (commits with auto-commit, leaves the group at once) -> {}
+    CONSUMER_LIST          {}                                         -> {instances: [{group, instance, ...}]}
+
+Each instance is a ``fabric.client.group.GroupConsumer`` driven by its own thread (its poll
+blocks); the reactor hands it commands through a bounded queue and gets answers back through
+a deque and an inproc wake-up socket. An instance idle for its ``idle_timeout_ms`` (default
+``services.consumer_instance_idle_timeout_ms``) is closed, which leaves its group at once.
+If this whole service dies, its members stop heartbeating and the coordinator hands their
+partitions to the members living elsewhere after their session timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+import zmq
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.client.group import GroupConsumer
+from fabric.config import LoomConfig
+from fabric.errors import FabricError, RemoteError
+from fabric.rpc import DEFER
+from nodes.base import Node
+
+log = logging.getLogger(__name__)
+
+COMMANDS_PER_INSTANCE_MAX = 64
+IDLE_CHECK_INTERVAL_MS = 500
+FETCH_TIMEOUT_MS_MAX = 30_000
+FETCH_RECORDS_MAX = 10_000
+FETCH_BYTES_MAX = 16 * 1024 * 1024
+MAINTAIN_INTERVAL_S = 0.1          # an idle instance still joins, rebalances and auto-commits
+CONFIG_TYPES: dict[str, type] = {
+    "auto_offset_reset": str, "enable_auto_commit": bool, "auto_commit_interval_ms": int,
+    "session_timeout_ms": int, "heartbeat_interval_ms": int, "rebalance_timeout_ms": int,
+    "assignor": str, "client_id": str, "idle_timeout_ms": int,
+}
+
+Answer = Callable[[dict | None, RemoteError | None], None]
+
+
+class Instance(threading.Thread):
+    """One hosted group member and the thread that drives it."""
+
+    def __init__(self, service: "ConsumerService", group: str, name: str, config: dict, now_ms: int) -> None:
+        super().__init__(name=f"loom-instance-{group}-{name}", daemon=True)
+        self.service, self.group, self.instance_name, self.config = service, group, name, config
+        self.idle_timeout_ms = config.pop("idle_timeout_ms", service.config.services.consumer_instance_idle_timeout_ms)
+        self.last_used_ms = now_ms
+        self.commands: queue.Queue[tuple[str, dict, Answer] | None] = queue.Queue(COMMANDS_PER_INSTANCE_MAX)
+        self.consumer: GroupConsumer | None = None
+
+    def submit(self, op: str, header: dict, answer: Answer) -> None:
+        try:
+            self.commands.put_nowait((op, header, answer))
+        except queue.Full:
+            raise RemoteError(P.BUFFER_FULL, f"instance {self.instance_name} has {COMMANDS_PER_INSTANCE_MAX} requests waiting") from None
+
+    def run(self) -> None:
+        next_maintain = time.monotonic()
+        while True:
+            if time.monotonic() >= next_maintain:  # also when requests keep coming
+                self._maintain()
+                next_maintain = time.monotonic() + MAINTAIN_INTERVAL_S
+            try:
+                item = self.commands.get(timeout=max(0.0, next_maintain - time.monotonic()))
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            op, header, answer = item
+            try:
+                answer(self._do(op, header), None)
+            except RemoteError as e:
+                answer(None, e)
+            except FabricError as e:
+                answer(None, RemoteError(P.INVALID_CONFIG, str(e)))
+            except Exception as e:
+                log.exception("instance %s/%s: %s failed", self.group, self.instance_name, op)
+                answer(None, RemoteError(P.UNKNOWN, f"internal error: {type(e).__name__}: {e}"))
+            if op == "delete":
+                break
+        self._close()
+
+    def _maintain(self) -> None:
+        if self.consumer is None:
+            return
+        try:
+            self.consumer.maintain()
+        except RemoteError as e:
+            log.warning("instance %s/%s: %s", self.group, self.instance_name, e)
+
+    def _close(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except Exception as e:  # closing is best effort: the session timeout covers the rest
+                log.warning("instance %s/%s close: %s", self.group, self.instance_name, e)
+            self.consumer = None
+
+    def _do(self, op: str, h: dict) -> dict:
+        if op == "create":
+            self.consumer = GroupConsumer(self.service.config.bootstrap(), group_id=self.group, **self.config)
+            return {"group": self.group, "instance": self.instance_name, "node": self.service.name}
+        c = self.consumer
+        if c is None:
+            raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {self.instance_name} did not start")
+        if op == "subscribe":
+            topics = h.get("topics")
+            if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
+                raise RemoteError(P.MALFORMED_REQUEST, "topics must be a list of topic names")
+            c.unsubscribe() if not topics else c.subscribe(topics)
+            return {}
+        if op == "subscription":
+            return {"topics": list(c.subscription)}
+        if op == "fetch":
+            return {"records": self._fetch(c, h)}
+        if op == "commit":
+            offsets = h.get("offsets")
+            c.commit({(o[0], o[1]): o[2] for o in offsets} if offsets else None)
+            return {}
+        if op == "committed":
+            out = []
+            for t, p in h.get("partitions") or c.assignment():
+                committed = c.committed((t, p))
+                out.append([t, p, -1 if committed is None else committed])
+            return {"offsets": out}
+        if op == "seek":
+            return self._seek(c, h)
+        if op == "assignment":
+            return {"partitions": [list(tp) for tp in c.assignment()],
+                    "positions": [[t, p, -1 if c.position((t, p)) is None else c.position((t, p))] for t, p in c.assignment()]}
+        if op == "delete":
+            return {}
+        raise RemoteError(P.UNKNOWN_COMMAND, f"unknown instance operation {op}")
+
+    @staticmethod
+    def _fetch(c: GroupConsumer, h: dict) -> list:
+        timeout_ms = min(max(int(h.get("timeout_ms", 1000)), 0), FETCH_TIMEOUT_MS_MAX)
+        max_records = min(max(int(h.get("max_records", 500)), 1), FETCH_RECORDS_MAX)
+        max_bytes = min(max(int(h.get("max_bytes", 1024 * 1024)), 1), FETCH_BYTES_MAX)
+        records = c.poll(timeout_ms, max_records=max_records)
+        out, size = [], 0
+        for i, r in enumerate(records):
+            size += len(r.value) + len(r.key or b"")
+            if out and size > max_bytes:
+                # give back what does not fit: the positions move to the first record not returned
+                first: dict[tuple[str, int], int] = {}
+                for rest in records[i:]:
+                    first.setdefault((rest.topic, rest.partition), rest.offset)
+                for tp, offset in first.items():
+                    c.seek(tp, offset)
+                break
+            out.append([r.topic, r.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers])
+        return out
+
+    @staticmethod
+    def _seek(c: GroupConsumer, h: dict) -> dict:
+        to = h.get("to")
+        tps = [(t, p) for t, p in h.get("partitions") or []] or None
+        try:
+            if to == "beginning":
+                c.seek_to_beginning(tps)
+            elif to == "end":
+                c.seek_to_end(tps)
+            elif to == "offsets":
+                for t, p, o in h.get("offsets") or []:
+                    c.seek((t, p), o)
+            else:
+                raise RemoteError(P.MALFORMED_REQUEST, "to must be beginning, end or offsets")
+        except FabricError as e:
+            if isinstance(e, RemoteError):
+                raise
+            raise RemoteError(P.PARTITION_NOT_ASSIGNED, str(e)) from e
+        return {}
+
+    def stop(self) -> None:
+        try:
+            self.commands.put_nowait(None)
+        except queue.Full:
+            self.commands.put(None, timeout=5)
+
+
+OPS = {
+    P.CONSUMER_SUBSCRIBE: "subscribe", P.CONSUMER_SUBSCRIPTION: "subscription", P.CONSUMER_FETCH: "fetch",
+    P.CONSUMER_COMMIT: "commit", P.CONSUMER_COMMITTED: "committed", P.CONSUMER_SEEK: "seek",
+    P.CONSUMER_ASSIGNMENT: "assignment", P.CONSUMER_DELETE: "delete",
+}
+
+
+class ConsumerService(Node):
+    role = "consumer"
+
+    def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
+        super().__init__(config, name, **kw)
+        self.instances: dict[tuple[str, str], Instance] = {}
+        self._done: deque[tuple[wire.Request, dict | None, RemoteError | None]] = deque()
+        wake_addr = f"inproc://loom-consumer-service-{id(self)}"
+        self._wake_pull = self.ctx.socket(zmq.PULL)
+        self._wake_pull.bind(wake_addr)
+        self._wake_push = self.ctx.socket(zmq.PUSH)
+        self._wake_push.setsockopt(zmq.SNDHWM, 1)
+        self._wake_push.connect(wake_addr)
+        self._wake_lock = threading.Lock()
+        self.reactor.add_socket(self._wake_pull, self._on_wake)
+        self.server.route(P.CONSUMER_CREATE, self._on_create)
+        self.server.route(P.CONSUMER_LIST, self._on_list)
+        for cmd in OPS:
+            self.server.route(cmd, self._on_op)
+        self.reactor.call_every(IDLE_CHECK_INTERVAL_MS, self._expire_idle)
+
+    # -- answers from instance threads ---------------------------------------------------------
+    def _answer(self, req: wire.Request) -> Answer:
+        def answer(header: dict | None, err: RemoteError | None) -> None:
+            self._done.append((req, header, err))
+            with self._wake_lock:
+                try:
+                    self._wake_push.send(b"", zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # a wake-up is already pending (or the service is closing)
+        return answer
+
+    def _on_wake(self, frames: list[bytes]) -> None:
+        while self._done:
+            req, header, err = self._done.popleft()
+            if err is None:
+                self.server.reply(req, header)
+            else:
+                self.server.reply_error(req, err.code, err.message)
+
+    # -- requests ----------------------------------------------------------------------------------
+    def _on_create(self, req: wire.Request) -> Any:
+        group = req.get("group", str)
+        name = req.get("instance", str, "") or f"{self.name}-{os.urandom(6).hex()}"
+        if not 1 <= len(group) <= P.GROUP_ID_LEN_MAX or len(name) > P.GROUP_ID_LEN_MAX:
+            raise RemoteError(P.MALFORMED_REQUEST, f"group and instance names have 1 to {P.GROUP_ID_LEN_MAX} characters")
+        if (group, name) in self.instances:
+            raise RemoteError(P.CONSUMER_INSTANCE_EXISTS, f"instance {name!r} of group {group!r} already exists")
+        if len(self.instances) >= self.config.services.consumer_instances_max:
+            raise RemoteError(P.BUFFER_FULL, f"{self.name} already hosts {len(self.instances)} instances")
+        config = dict(req.get("config", dict, {}))
+        for key, value in config.items():
+            kind = CONFIG_TYPES.get(key)
+            if kind is None:
+                raise RemoteError(P.INVALID_CONFIG, f"unknown consumer config {key!r} (known: {', '.join(sorted(CONFIG_TYPES))})")
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise RemoteError(P.INVALID_CONFIG, f"consumer config {key} must be {kind.__name__}")
+        config.setdefault("client_id", name)
+        inst = Instance(self, group, name, config, self.clock.now_ms())
+        self.instances[(group, name)] = inst
+        inst.start()
+        inst.submit("create", {}, self._created(req, group, name))
+        return DEFER
+
+    def _created(self, req: wire.Request, group: str, name: str) -> Answer:
+        inner = self._answer(req)
+
+        def answer(header: dict | None, err: RemoteError | None) -> None:
+            if err is not None:  # the instance could not start: forget it (on the reactor)
+                self.reactor.call_later(0, lambda: self._forget(group, name))
+            inner(header, err)
+        return answer
+
+    def _forget(self, group: str, name: str) -> None:
+        inst = self.instances.pop((group, name), None)
+        if inst is not None:
+            inst.stop()
+
+    def _on_op(self, req: wire.Request) -> Any:
+        key = (req.get("group", str), req.get("instance", str))
+        inst = self.instances.get(key)
+        if inst is None:
+            raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"no consumer instance {key[1]!r} in group {key[0]!r} on {self.name}")
+        op = OPS[req.command]
+        inst.last_used_ms = self.clock.now_ms()
+        inst.submit(op, req.header, self._answer(req))
+        if op == "delete":
+            del self.instances[key]
+        self.counters[f"instance_{op}"] += 1
+        return DEFER
+
+    def _on_list(self, req: wire.Request) -> dict:
+        now = self.clock.now_ms()
+        return {"instances": [{"group": g, "instance": n, "idle_ms": now - i.last_used_ms,
+                               "idle_timeout_ms": i.idle_timeout_ms} for (g, n), i in sorted(self.instances.items())]}
+
+    def _expire_idle(self) -> None:
+        now = self.clock.now_ms()
+        for key, inst in list(self.instances.items()):
+            if now - inst.last_used_ms > inst.idle_timeout_ms:
+                log.info("consumer instance %s/%s idle for %d ms: closed", key[0], key[1], now - inst.last_used_ms)
+                del self.instances[key]
+                inst.stop()
+                self.counters["instances_expired"] += 1
+
+    # -- stats / lifecycle ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {"instances": len(self.instances), "instances_max": self.config.services.consumer_instances_max}
+
+    def close(self) -> None:
+        for inst in self.instances.values():
+            inst.stop()
+        for inst in self.instances.values():
+            inst.join(timeout=5)
+        with self._wake_lock:
+            self._wake_push.close(0)
+        self.reactor.remove_socket(self._wake_pull)
+        self._wake_pull.close(0)
+        super().close()

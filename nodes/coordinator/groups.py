@@ -1,0 +1,391 @@
+"""The group coordinator: consumer-group membership, rebalances, committed offsets.
+
+Kafka's eager protocol with coordinator-side assignment:
+
+- JOIN_GROUP ``{group, member_id ("" for a new member), client_id, client_host, topics,
+  session_timeout_ms, rebalance_timeout_ms, assignor}`` is parked until every known member
+  has (re)joined or the rebalance timeout passes (members that did not rejoin are dropped);
+  then the generation is bumped, the assignor runs, and every parked join is answered with
+  ``{member_id, generation, leader, assignor, members}``.
+- SYNC_GROUP ``{group, member_id, generation}`` -> ``{generation, assignment: [[topic, p]...]}``.
+- HEARTBEAT ``{group, member_id, generation}`` -> ``{}``; ``rebalance_in_progress`` tells the
+  member to give up its partitions (commit, revoke) and JOIN again.
+- LEAVE_GROUP ``{group, member_id}``: the member goes at once and the others rebalance.
+- A member silent for its session timeout is dropped and the others rebalance.
+- OFFSET_COMMIT ``{group, member_id, generation, offsets: [[topic, p, offset, metadata?]...]}``:
+  only a member of the current generation, only for partitions it owns, offsets from 0 up to
+  the partition's high watermark, never below the committed offset. With ``generation: -1``
+  it is an administrative commit (reset-offsets): only for a group without active members,
+  and it may move offsets backward. A rejected commit changes nothing.
+- OFFSET_FETCH ``{group, partitions: [[topic, p]...] | null}`` -> ``{offsets: [[topic, p, offset, metadata]]}``
+  (offset -1: nothing committed).
+- LIST_GROUPS -> ``{groups: [{group, state, generation, assignor, members}]}``;
+  DESCRIBE_GROUPS ``{groups: [...]}`` -> ``{groups: [{group, state, generation, assignor,
+  leader, members: [{member_id, client_id, host, topics, assignment}], offsets: [[t, p, o]]}]}``;
+  DELETE_GROUP ``{group}`` (only without active members; its offsets are deleted).
+
+Membership lives in memory: after a coordinator restart members get ``unknown_member`` and
+join again. Offsets live in ``nodes.coordinator.offsets``.
+
+Not thread-safe: runs on the coordinator's reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.errors import RemoteError
+from fabric.rpc import DEFER
+from nodes.coordinator.assignors import ASSIGNORS, DEFAULT_ASSIGNOR, assign
+from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore
+
+if TYPE_CHECKING:
+    from nodes.coordinator.node import Coordinator
+
+log = logging.getLogger(__name__)
+
+TICK_INTERVAL_MS = 100
+SESSION_TIMEOUT_MS_MIN = 300
+SESSION_TIMEOUT_MS_MAX = 300_000
+REBALANCE_TIMEOUT_MS_MAX = 600_000
+TOPICS_PER_MEMBER_MAX = 1000
+EMPTY, PREPARING, STABLE, DEAD = "Empty", "PreparingRebalance", "Stable", "Dead"
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass
+class Member:
+    member_id: str
+    client_id: str
+    host: str
+    topics: list[str]
+    session_timeout_ms: int
+    rebalance_timeout_ms: int
+    last_seen_ms: int
+    join_req: wire.Request | None = None
+    assignment: list[TopicPartition] = field(default_factory=list)
+
+
+@dataclass
+class Group:
+    group_id: str
+    state: str = EMPTY
+    generation: int = 0
+    assignor: str = DEFAULT_ASSIGNOR
+    leader: str | None = None
+    members: dict[str, Member] = field(default_factory=dict)
+    rebalance_deadline_ms: int = 0
+    partition_counts: dict[str, int] = field(default_factory=dict)  # as of the last assignment
+
+
+class GroupCoordinator:
+    def __init__(self, coord: "Coordinator") -> None:
+        self.coord = coord
+        self.server = coord.server
+        self.clock = coord.clock
+        self.groups: dict[str, Group] = {}
+        self.offsets = OffsetStore(coord)
+
+    def install(self) -> None:
+        """Register routes and timers on the coordinator and start loading offsets."""
+        for cmd, fn in ((P.JOIN_GROUP, self._on_join), (P.SYNC_GROUP, self._on_sync),
+                        (P.HEARTBEAT, self._on_heartbeat), (P.LEAVE_GROUP, self._on_leave),
+                        (P.OFFSET_COMMIT, self._on_offset_commit), (P.OFFSET_FETCH, self._on_offset_fetch),
+                        (P.LIST_GROUPS, self._on_list_groups), (P.DESCRIBE_GROUPS, self._on_describe_groups),
+                        (P.DELETE_GROUP, self._on_delete_group)):
+            self.server.route(cmd, fn)
+        self.coord.reactor.call_every(TICK_INTERVAL_MS, self.tick)
+        self.coord.reactor.call_later(0, self.offsets.start_loading)
+
+    # -- request helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _group_id(req: wire.Request) -> str:
+        g = req.get("group", str)
+        if not 1 <= len(g) <= P.GROUP_ID_LEN_MAX:
+            raise RemoteError(P.MALFORMED_REQUEST, f"group id must have 1 to {P.GROUP_ID_LEN_MAX} characters")
+        return g
+
+    def _member(self, req: wire.Request, check_generation: bool = True) -> tuple[Group, Member]:
+        gid = self._group_id(req)
+        group = self.groups.get(gid)
+        if group is None:
+            raise RemoteError(P.UNKNOWN_GROUP, f"no active group {gid!r}")
+        mid = req.get("member_id", str)
+        member = group.members.get(mid)
+        if member is None:
+            raise RemoteError(P.UNKNOWN_MEMBER, f"{mid!r} is not a member of {gid!r}: join again")
+        member.last_seen_ms = self.clock.now_ms()
+        if check_generation:
+            gen = req.get("generation", int)
+            if gen != group.generation:
+                raise RemoteError(P.ILLEGAL_GENERATION, f"generation {gen} is not the current {group.generation} of {gid!r}")
+        return group, member
+
+    # -- membership --------------------------------------------------------------------------------
+    def _on_join(self, req: wire.Request) -> Any:
+        gid = self._group_id(req)
+        topics = req.get("topics", list)
+        if not topics or len(topics) > TOPICS_PER_MEMBER_MAX or not all(isinstance(t, str) for t in topics):
+            raise RemoteError(P.MALFORMED_REQUEST, f"topics must be a list of 1 to {TOPICS_PER_MEMBER_MAX} names")
+        session = req.get("session_timeout_ms", int, 10_000)
+        if not SESSION_TIMEOUT_MS_MIN <= session <= SESSION_TIMEOUT_MS_MAX:
+            raise RemoteError(P.INVALID_CONFIG, f"session_timeout_ms must be {SESSION_TIMEOUT_MS_MIN}..{SESSION_TIMEOUT_MS_MAX}")
+        rebalance = min(max(req.get("rebalance_timeout_ms", int, session), session), REBALANCE_TIMEOUT_MS_MAX)
+        assignor = req.get("assignor", str, DEFAULT_ASSIGNOR)
+        if assignor not in ASSIGNORS:
+            raise RemoteError(P.INVALID_CONFIG, f"unknown assignor {assignor!r} (known: range, round-robin, sticky)")
+        group = self.groups.get(gid)
+        if group is None:
+            if len(self.groups) >= P.GROUPS_MAX:
+                raise RemoteError(P.BUFFER_FULL, f"the coordinator already holds {P.GROUPS_MAX} groups")
+            group = self.groups[gid] = Group(gid, assignor=assignor)
+        if group.members and assignor != group.assignor:
+            raise RemoteError(P.INCONSISTENT_GROUP_PROTOCOL, f"group {gid!r} uses the {group.assignor} assignor, not {assignor}")
+        group.assignor = assignor
+        mid = req.get("member_id", str, "")
+        now = self.clock.now_ms()
+        if not mid:
+            if len(group.members) >= P.GROUP_MEMBERS_MAX:
+                raise RemoteError(P.BUFFER_FULL, f"group {gid!r} has {P.GROUP_MEMBERS_MAX} members")
+            client_id = req.get("client_id", str, "consumer")[:100] or "consumer"
+            mid = f"{client_id}-{os.urandom(6).hex()}"
+            member = group.members[mid] = Member(mid, client_id, req.get("client_host", str, "")[:100], list(topics),
+                                                 session, rebalance, now)
+            reason = f"{mid} joined"
+        else:
+            member = group.members.get(mid)
+            if member is None:
+                raise RemoteError(P.UNKNOWN_MEMBER, f"{mid!r} is not a member of {gid!r}: join with an empty member id")
+            unchanged = sorted(member.topics) == sorted(topics)
+            member.topics, member.session_timeout_ms, member.rebalance_timeout_ms = list(topics), session, rebalance
+            member.last_seen_ms = now
+            if group.state == STABLE and unchanged and req.header.get("generation") == group.generation:
+                return self._join_result(group, member)  # nothing changed: stay in this generation
+            reason = f"{mid} rejoined"
+        if member.join_req is not None:
+            self.coord.counters["group_join_replaced"] += 1  # the client retried; answer the newest
+        member.join_req = req
+        if group.state != PREPARING:
+            self._prepare_rebalance(group, reason)
+        self._maybe_complete(group)
+        return DEFER
+
+    def _join_result(self, group: Group, member: Member) -> dict:
+        return {"group": group.group_id, "member_id": member.member_id, "generation": group.generation,
+                "leader": group.leader, "assignor": group.assignor, "members": sorted(group.members)}
+
+    def _prepare_rebalance(self, group: Group, reason: str) -> None:
+        group.state = PREPARING
+        group.rebalance_deadline_ms = self.clock.now_ms() + max(
+            (m.rebalance_timeout_ms for m in group.members.values()), default=0)
+        log.info("group %s: rebalancing (generation %d): %s", group.group_id, group.generation, reason)
+
+    def _maybe_complete(self, group: Group) -> None:
+        if group.state != PREPARING:
+            return
+        if all(m.join_req is not None for m in group.members.values()) or \
+                self.clock.now_ms() >= group.rebalance_deadline_ms:
+            self._complete_rebalance(group)
+
+    def _complete_rebalance(self, group: Group) -> None:
+        for mid in [m.member_id for m in group.members.values() if m.join_req is None]:
+            log.info("group %s: %s did not rejoin in time: removed", group.group_id, mid)
+            del group.members[mid]
+        group.generation += 1
+        if not group.members:
+            group.state, group.leader, group.partition_counts = EMPTY, None, {}
+            return
+        topics = sorted({t for m in group.members.values() for t in m.topics})
+        counts = {t: len(self.coord.state.topics[t].partitions) for t in topics if t in self.coord.state.topics}
+        subs = {m.member_id: m.topics for m in group.members.values()}
+        result = assign(group.assignor, subs, counts, {m.member_id: m.assignment for m in group.members.values()})
+        group.partition_counts = counts
+        if group.leader not in group.members:
+            group.leader = next(iter(group.members))
+        group.state = STABLE
+        now = self.clock.now_ms()
+        for m in group.members.values():
+            m.assignment = result.get(m.member_id, [])
+            m.last_seen_ms = now
+            req, m.join_req = m.join_req, None
+            assert req is not None
+            self.server.reply(req, self._join_result(group, m))
+        log.info("group %s: generation %d with %d members: %s", group.group_id, group.generation, len(group.members),
+                 {m.member_id: len(m.assignment) for m in group.members.values()})
+
+    def _remove_member(self, group: Group, mid: str, reason: str) -> None:
+        member = group.members.pop(mid)
+        if member.join_req is not None:
+            self.server.reply_error(member.join_req, P.UNKNOWN_MEMBER, f"{mid} left the group")
+        if not group.members:
+            group.state, group.leader, group.partition_counts = EMPTY, None, {}
+            group.generation += 1
+            log.info("group %s: %s; the group is empty (generation %d)", group.group_id, reason, group.generation)
+            return
+        if group.state != PREPARING:
+            self._prepare_rebalance(group, reason)
+        self._maybe_complete(group)
+
+    def _on_sync(self, req: wire.Request) -> dict:
+        group, member = self._member(req)
+        if group.state == PREPARING:
+            raise RemoteError(P.REBALANCE_IN_PROGRESS, f"group {group.group_id!r} is rebalancing: join again")
+        return {"generation": group.generation, "assignment": [list(tp) for tp in member.assignment]}
+
+    def _on_heartbeat(self, req: wire.Request) -> dict:
+        group, _ = self._member(req)
+        if group.state == PREPARING:
+            raise RemoteError(P.REBALANCE_IN_PROGRESS, f"group {group.group_id!r} is rebalancing: join again")
+        return {}
+
+    def _on_leave(self, req: wire.Request) -> dict:
+        group, member = self._member(req, check_generation=False)
+        self._remove_member(group, member.member_id, f"{member.member_id} left")
+        return {}
+
+    def tick(self) -> None:
+        """Session expiries, rebalance deadlines, partition-count changes, empty groups."""
+        now = self.clock.now_ms()
+        for gid, group in list(self.groups.items()):
+            for m in list(group.members.values()):
+                if m.join_req is None and now - m.last_seen_ms > m.session_timeout_ms:
+                    log.warning("group %s: %s missed its session (%d ms)", gid, m.member_id, now - m.last_seen_ms)
+                    self._remove_member(group, m.member_id, f"{m.member_id} session expired")
+            self._maybe_complete(group)
+            if group.state == STABLE and self._partition_counts_changed(group):
+                self._prepare_rebalance(group, "partitions of a subscribed topic changed")
+            if group.state == EMPTY and not group.members and not self.offsets.offsets_for(gid):
+                del self.groups[gid]
+
+    def _partition_counts_changed(self, group: Group) -> bool:
+        topics = {t for m in group.members.values() for t in m.topics}
+        now = {t: len(self.coord.state.topics[t].partitions) for t in topics if t in self.coord.state.topics}
+        return now != group.partition_counts
+
+    # -- offsets ------------------------------------------------------------------------------------
+    def _require_loaded(self) -> None:
+        if not self.offsets.loaded:
+            raise RemoteError(P.NOT_COORDINATOR, "the coordinator is still loading committed offsets; retry")
+
+    def _on_offset_commit(self, req: wire.Request) -> Any:
+        gid = self._group_id(req)
+        raw = req.get("offsets", list)
+        if not raw or len(raw) > P.PARTITIONS_MAX:
+            raise RemoteError(P.MALFORMED_REQUEST, "offsets must be a non-empty list of [topic, partition, offset]")
+        entries = []
+        for e in raw:
+            if not (isinstance(e, (list, tuple)) and 3 <= len(e) <= 4 and isinstance(e[0], str)
+                    and isinstance(e[1], int) and isinstance(e[2], int)):
+                raise RemoteError(P.MALFORMED_REQUEST, "each offset is [topic, partition, offset, metadata?]")
+            if e[2] < 0:
+                raise RemoteError(P.INVALID_COMMIT_OFFSET, f"offset {e[2]} for {e[0]}-{e[1]} is negative")
+            t = self.coord.state.topics.get(e[0])
+            if t is None or not 0 <= e[1] < len(t.partitions) or e[0] == OFFSETS_TOPIC:
+                raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no partition {e[0]}-{e[1]}")
+            entries.append((e[0], e[1], e[2], str(e[3])[:4096] if len(e) > 3 and e[3] is not None else ""))
+        self._require_loaded()
+        generation = req.get("generation", int, -1)
+        if generation >= 0:
+            group, member = self._member(req)
+            owned = set(member.assignment)
+            for t, p, _, _ in entries:
+                if (t, p) not in owned:
+                    raise RemoteError(P.PARTITION_NOT_ASSIGNED, f"{t}-{p} is not assigned to {member.member_id} in generation {group.generation}")
+        else:
+            group = self.groups.get(gid)
+            if group is not None and group.members:
+                raise RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has active members: only they may commit")
+
+        def done(err: RemoteError | None) -> None:
+            if err is None:
+                self.server.reply(req, {"group": gid, "committed": len(entries)})
+            else:
+                self.server.reply_error(req, err.code, err.message)
+        self.offsets.commit(gid, entries, allow_backward=generation < 0, check_log_end=True, done=done)
+        return DEFER
+
+    def _on_offset_fetch(self, req: wire.Request) -> dict:
+        gid = self._group_id(req)
+        self._require_loaded()
+        table = self.offsets.offsets_for(gid)
+        wanted = req.header.get("partitions")
+        if wanted is None:
+            keys = sorted(table)
+        elif isinstance(wanted, list) and all(isinstance(w, (list, tuple)) and len(w) == 2 for w in wanted):
+            keys = [(w[0], w[1]) for w in wanted]
+        else:
+            raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition] or null")
+        out = []
+        for tp in keys:
+            c = table.get(tp)
+            out.append([tp[0], tp[1], c.offset if c else -1, c.metadata if c else ""])
+        return {"group": gid, "offsets": out}
+
+    # -- administration --------------------------------------------------------------------------------
+    def _summary(self, gid: str) -> dict:
+        g = self.groups.get(gid)
+        if g is None:
+            return {"group": gid, "state": EMPTY if self.offsets.offsets_for(gid) else DEAD, "generation": 0,
+                    "assignor": "", "members": 0}
+        return {"group": gid, "state": g.state, "generation": g.generation, "assignor": g.assignor,
+                "members": len(g.members)}
+
+    def _on_list_groups(self, req: wire.Request) -> dict:
+        self._require_loaded()
+        names = sorted(set(self.groups) | set(self.offsets.groups()))
+        return {"groups": [self._summary(g) for g in names]}
+
+    def _on_describe_groups(self, req: wire.Request) -> dict:
+        self._require_loaded()
+        names = req.get("groups", list)
+        if len(names) > P.GROUPS_MAX or not all(isinstance(n, str) for n in names):
+            raise RemoteError(P.MALFORMED_REQUEST, "groups must be a list of group ids")
+        out = []
+        for gid in names:
+            d = self._summary(gid)
+            g = self.groups.get(gid)
+            d["leader"] = g.leader if g else None
+            d["members"] = [{"member_id": m.member_id, "client_id": m.client_id, "host": m.host, "topics": m.topics,
+                             "assignment": [list(tp) for tp in m.assignment]}
+                            for m in (g.members.values() if g else ())]
+            d["offsets"] = [[t, p, c.offset] for (t, p), c in sorted(self.offsets.offsets_for(gid).items())]
+            out.append(d)
+        return {"groups": out}
+
+    def _on_delete_group(self, req: wire.Request) -> Any:
+        gid = self._group_id(req)
+        self._require_loaded()
+        g = self.groups.get(gid)
+        if g is not None and g.members:
+            raise RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has {len(g.members)} active members")
+        table = self.offsets.offsets_for(gid)
+        if g is None and not table:
+            raise RemoteError(P.UNKNOWN_GROUP, f"no group {gid!r}")
+
+        def done(err: RemoteError | None) -> None:
+            if err is not None:
+                self.server.reply_error(req, err.code, err.message)
+                return
+            group = self.groups.get(gid)
+            if group is not None and not group.members:
+                del self.groups[gid]
+            self.server.reply(req, {"group": gid, "deleted": True})
+        if not table:
+            done(None)
+            return DEFER
+        entries = [(t, p, None, "") for (t, p) in sorted(table)]
+        self.offsets.commit(gid, entries, allow_backward=True, check_log_end=False, done=done)
+        return DEFER
+
+    def stats(self) -> dict:
+        return {"groups": len(self.groups), "group_members": sum(len(g.members) for g in self.groups.values()),
+                "offsets_loaded": self.offsets.loaded}
+
+    def close(self) -> None:
+        self.offsets.close()

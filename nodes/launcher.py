@@ -1,0 +1,365 @@
+"""The supervisor behind ``loom up``: one child process per node, restarted with backoff.
+
+Every node of the config runs as ``python -m nodes.run -c CONFIG --node NAME`` with its output
+in ``<data_dir>/logs/NAME.log``. Roles whose implementation module is not part of this build
+are listed but never started. The supervisor writes ``<data_dir>/loom.pid`` (JSON: its own pid
+and its children's) so that ``loom down`` can find it; SIGTERM or SIGINT stop every child by
+pid (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``).
+
+Children run in their own session, so Ctrl-C reaches only the supervisor, which then stops
+them in order (the coordinator last, so brokers do not see it vanish first).
+
+Thread-safety: a ``Supervisor`` belongs to the thread that calls ``run``; its signal handlers
+only set a flag.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import zmq
+
+from fabric import protocol as P
+from fabric.config import LoomConfig, NodeConfig
+from fabric.errors import FabricError, RemoteError
+from fabric.rpc import BlockingClient
+
+ROOT = Path(__file__).resolve().parent.parent
+# The module that implements each role (mirrors nodes/run.py:node_class).
+ROLE_MODULES = {
+    "broker": "nodes.broker.node",
+    "coordinator": "nodes.coordinator.node",
+    "producer": "nodes.producer",
+    "consumer": "nodes.consumer",
+    "monitor": "nodes.monitor",
+    "gateway": "nodes.gateway",
+}
+PID_FILE_NAME = "loom.pid"
+LOG_DIR_NAME = "logs"
+PING_TIMEOUT_MS = 500
+LOOP_INTERVAL_MS = 200           # how often the supervisor looks at its children
+STABLE_RUN_MS = 10_000          # a child that ran this long resets its backoff
+STOP_TIMEOUT_S = 15.0           # SIGTERM grace before SIGKILL
+LOG_TAIL_LINES_MAX = 5
+NOT_AVAILABLE = "not available in this build"
+
+
+def role_available(role: str) -> bool:
+    """Is the implementation of ``role`` importable in this build? (No import happens.)"""
+    module = ROLE_MODULES.get(role)
+    if module is None:
+        return False
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def pid_file_path(config: LoomConfig) -> Path:
+    return Path(config.cluster.data_dir) / PID_FILE_NAME
+
+
+def log_path(config: LoomConfig, name: str) -> Path:
+    return Path(config.cluster.data_dir) / LOG_DIR_NAME / f"{name}.log"
+
+
+def read_pid_file(config: LoomConfig) -> dict | None:
+    """The supervisor's pid file, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads(pid_file_path(config).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a running process? A zombie (exited, not yet reaped by its parent) is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+
+
+def is_loom_process(pid: int) -> bool:
+    """True when ``pid`` runs Loom (guards against signalling a reused pid). Without /proc
+    the answer is whether the pid is alive."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return pid_alive(pid) and not Path("/proc/self").exists()
+    except OSError:
+        return pid_alive(pid)
+    return b"nodes.run" in cmdline or b"loom" in cmdline or b"nodes.cli" in cmdline
+
+
+def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
+    """PING a node over the fabric: its reply (node, role, pid, uptime_ms) or None."""
+    client = BlockingClient(zmq.Context.instance(), node.endpoint, identity=None)
+    try:
+        return client.call(P.PING, timeout_ms=timeout_ms)[0]
+    except RemoteError:
+        return None
+    finally:
+        client.close()
+
+
+@dataclass
+class Child:
+    """One supervised node: its process, crash count and restart schedule."""
+
+    name: str
+    node: NodeConfig
+    proc: subprocess.Popen | None = None
+    started_ms: int = 0
+    restarts: int = 0
+    backoff_ms: int = 0
+    restart_at_ms: int | None = None
+    last_exit: int | None = None
+    healthy: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class Supervisor:
+    """Starts every available node of ``config``, restarts crashed ones with exponential
+    backoff, stops them all on SIGTERM/SIGINT. ``emit`` receives progress lines."""
+
+    def __init__(self, config: LoomConfig, config_path: str, emit: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.config_path = str(Path(config_path).resolve())
+        self.emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.data_dir = Path(config.cluster.data_dir)
+        self.children: dict[str, Child] = {}
+        self.unavailable: dict[str, NodeConfig] = {}
+        for name, node in config.nodes.items():
+            if role_available(node.role):
+                self.children[name] = Child(name, node)
+            else:
+                self.unavailable[name] = node
+        self._stopping = False
+
+    # -- start ------------------------------------------------------------------------------
+    def check_not_running(self) -> None:
+        """Raises FabricError when another supervisor of this data dir is alive."""
+        info = read_pid_file(self.config)
+        if info and isinstance(info.get("pid"), int) and info["pid"] != os.getpid() \
+                and pid_alive(info["pid"]) and is_loom_process(info["pid"]):
+            raise FabricError(f"a cluster is already running from {self.data_dir} (supervisor pid {info['pid']}); "
+                              "run `loom down` first")
+        orphans = [p for p in ((info or {}).get("children") or {}).values()
+                   if isinstance(p, int) and pid_alive(p) and is_loom_process(p)]
+        if orphans:
+            raise FabricError(f"nodes of an earlier run are still alive (pids {', '.join(map(str, orphans))}); "
+                              "run `loom down` first")
+
+    def start_all(self) -> None:
+        """Start the coordinator, wait for it, then every other node; wait until all answer
+        PING. Raises FabricError (after stopping what it started) when a node does not come
+        up within supervisor.startup_timeout_ms."""
+        self.check_not_running()
+        (self.data_dir / LOG_DIR_NAME).mkdir(parents=True, exist_ok=True)
+        self.install_signal_handlers()
+        first = [n for n, c in self.children.items() if c.node.role == "coordinator"]
+        rest = [n for n in self.children if n not in first]
+        deadline_ms = _now_ms() + self.config.supervisor.startup_timeout_ms
+        for group in (first, rest):
+            for name in group:
+                self._spawn(self.children[name])
+            self._write_pid_file()
+            self._wait_healthy(group, deadline_ms)
+
+    def _spawn(self, child: Child) -> None:
+        path = log_path(self.config, child.name)
+        handle = open(path, "ab")  # noqa: SIM115 - the child owns it until it exits
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        child.proc = subprocess.Popen(
+            [sys.executable, "-m", "nodes.run", "-c", self.config_path, "--node", child.name],
+            stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=os.getcwd(), env=env, start_new_session=True)
+        handle.close()  # the child holds its own descriptor
+        child.started_ms = _now_ms()
+        child.restart_at_ms = None
+        child.healthy = False
+
+    def _wait_healthy(self, names: list[str], deadline_ms: int) -> None:
+        pending = set(names)
+        while pending:
+            if self._stopping:
+                raise KeyboardInterrupt
+            for name in sorted(pending):
+                child = self.children[name]
+                if child.proc is not None and child.proc.poll() is not None:
+                    self._fail_start(f"{name} exited with code {child.proc.returncode} while starting", name)
+                reply = ping(child.node)
+                if reply and reply.get("node") == name and reply.get("pid") == child.pid:
+                    child.healthy = True
+                    pending.discard(name)
+            if pending and _now_ms() >= deadline_ms:
+                self._fail_start(f"{', '.join(sorted(pending))} did not answer PING within "
+                                 f"{self.config.supervisor.startup_timeout_ms} ms", sorted(pending)[0])
+            if pending:
+                time.sleep(0.1)
+
+    def _fail_start(self, message: str, name: str) -> None:
+        tail = log_tail(log_path(self.config, name))
+        self.stop_all()
+        detail = f"; last log line: {tail[-1]}" if tail else ""
+        raise FabricError(f"{message} (log: {log_path(self.config, name)}{detail})")
+
+    # -- supervise ---------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def _stop(signum: int, frame: object) -> None:
+            self._stopping = True
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def run(self) -> None:
+        """Supervise until SIGTERM/SIGINT, then stop every child."""
+        try:
+            while not self._stopping:
+                self.tick(_now_ms())
+                time.sleep(LOOP_INTERVAL_MS / 1000)
+        finally:
+            self.stop_all()
+
+    def tick(self, now_ms: int) -> None:
+        """Notice exits, schedule restarts with backoff, start what is due."""
+        sup = self.config.supervisor
+        changed = False
+        for child in self.children.values():
+            proc = child.proc
+            if proc is not None and proc.poll() is not None and child.restart_at_ms is None:
+                child.last_exit = proc.returncode
+                ran_ms = now_ms - child.started_ms
+                if not sup.restart:
+                    self.emit(f"loom: {child.name} exited with code {proc.returncode} (restart is off)")
+                    child.proc = None
+                    changed = True
+                    continue
+                if ran_ms >= STABLE_RUN_MS or child.backoff_ms == 0:
+                    child.backoff_ms = sup.restart_backoff_ms
+                else:
+                    child.backoff_ms = min(child.backoff_ms * 2, sup.restart_backoff_max_ms)
+                child.restart_at_ms = now_ms + child.backoff_ms
+                self.emit(f"loom: {child.name} (pid {proc.pid}) exited with code {proc.returncode}; "
+                          f"restarting in {child.backoff_ms} ms (log: {log_path(self.config, child.name)})")
+            if child.restart_at_ms is not None and now_ms >= child.restart_at_ms:
+                self._spawn(child)
+                child.restarts += 1
+                changed = True
+                self.emit(f"loom: restarted {child.name} as pid {child.proc.pid}")
+        if changed:
+            self._write_pid_file()
+
+    # -- stop -----------------------------------------------------------------------------
+    def stop_all(self) -> None:
+        """SIGTERM every child (the coordinator last), wait, SIGKILL the stragglers."""
+        self._stopping = True
+        order = sorted(self.children.values(), key=lambda c: c.node.role == "coordinator")
+        for group in ([c for c in order if c.node.role != "coordinator"],
+                      [c for c in order if c.node.role == "coordinator"]):
+            procs = [c.proc for c in group if c.proc is not None and c.proc.poll() is None]
+            terminate_and_wait([p.pid for p in procs], STOP_TIMEOUT_S, procs)
+        pid_file = pid_file_path(self.config)
+        info = read_pid_file(self.config)
+        if info and info.get("pid") == os.getpid():
+            pid_file.unlink(missing_ok=True)
+
+    def _write_pid_file(self) -> None:
+        info = {"pid": os.getpid(), "config": self.config_path,
+                "children": {n: c.pid for n, c in self.children.items() if c.pid is not None}}
+        path = pid_file_path(self.config)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, path)  # atomic: `loom down` never reads half a file
+
+
+def terminate_and_wait(pids: list[int], timeout_s: float, procs: list[subprocess.Popen] | None = None) -> list[int]:
+    """SIGTERM ``pids``, wait up to ``timeout_s`` for them to exit, SIGKILL the rest.
+    Returns the pids that needed SIGKILL. ``procs`` (our own children) are reaped."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    by_pid = {p.pid: p for p in procs or ()}
+
+    def alive(pid: int) -> bool:
+        proc = by_pid.get(pid)
+        return proc.poll() is None if proc is not None else pid_alive(pid)
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = [p for p in pids if alive(p)]
+    for pid in killed:
+        _signal(pid, signal.SIGKILL)
+    for proc in by_pid.values():
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    return killed
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def log_tail(path: Path, lines_max: int = LOG_TAIL_LINES_MAX) -> list[str]:
+    """The last non-empty lines of a log file (bounded read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][-lines_max:]
+
+
+def stop_cluster(config: LoomConfig, timeout_s: float = 30.0, emit: Callable[[str], None] = print) -> bool:
+    """``loom down``: SIGTERM the supervisor named in the pid file and wait for it and its
+    children to exit; kill what is left. Returns False when no cluster was running."""
+    info = read_pid_file(config)
+    if not info:
+        return False
+    sup_pid = info.get("pid")
+    children = [p for p in (info.get("children") or {}).values() if isinstance(p, int)]
+    live_children = [p for p in children if pid_alive(p) and is_loom_process(p)]
+    if isinstance(sup_pid, int) and pid_alive(sup_pid) and is_loom_process(sup_pid):
+        emit(f"stopping the supervisor (pid {sup_pid}) and {len(live_children)} nodes")
+        killed = terminate_and_wait([sup_pid], timeout_s)
+        if killed:
+            emit(f"the supervisor did not stop within {timeout_s:.0f} s: killed it")
+    elif not live_children:
+        pid_file_path(config).unlink(missing_ok=True)
+        return False
+    # Children the supervisor could not stop (or orphans of a killed supervisor).
+    left = [p for p in children if pid_alive(p) and is_loom_process(p)]
+    if left:
+        emit(f"stopping {len(left)} nodes left behind: {', '.join(map(str, left))}")
+        terminate_and_wait(left, STOP_TIMEOUT_S)
+    pid_file_path(config).unlink(missing_ok=True)
+    return True

@@ -1,0 +1,243 @@
+"""The fault suite's workload, nemesis helpers and checker.
+
+Workload: one idempotent producer with acks=all writes unique values (``v<seq>``) keyed over a
+3-partition RF 3 topic at a bounded rate, for a bounded count and time, recording every
+acknowledgement. Observer: a thread that polls metadata and records which broker led each
+(partition, epoch). Checker: after healing, every replica's log is read from disk and checked:
+
+- every acknowledged value is present exactly once, at the acknowledged offset;
+- the producer's order per partition is preserved;
+- one value per (partition, offset) across all replicas: replicas byte-identical up to the HW;
+- at most one leader per (partition, epoch);
+- no value that was never sent.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engines import batch as B
+from engines.api import EngineConfig
+from engines.registry import open_engine
+from fabric.client import Admin, Producer
+from fabric.records import decode_batches
+from tests.harness import Cluster, wait_until
+
+TOPIC = "jepsen"
+PARTITIONS = 3
+
+
+@dataclass
+class Workload:
+    bootstrap: str
+    rate_per_s: int = 1500
+    count_max: int = 200_000
+    acked: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # value -> (partition, offset)
+    failed: dict[bytes, str] = field(default_factory=dict)
+    sent: set[bytes] = field(default_factory=set)
+    ack_times: list[float] = field(default_factory=list)
+    _halt: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> "Workload":
+        self.producer = Producer(self.bootstrap, acks="all", linger_ms=2, delivery_timeout_ms=60_000,
+                                 request_timeout_ms=3000, max_block_ms=10_000)
+        self._thread = threading.Thread(target=self._run, name="workload", daemon=True)
+        self._thread.start()
+        return self
+
+    def _on_delivery(self, value: bytes):  # noqa: ANN202
+        def cb(md, err) -> None:  # noqa: ANN001
+            with self._lock:
+                if err is None:
+                    self.acked[value] = (md.partition, md.offset)
+                    self.ack_times.append(time.monotonic())
+                else:
+                    self.failed[value] = str(err)
+        return cb
+
+    def _run(self) -> None:
+        seq = 0
+        t0 = time.monotonic()
+        while not self._halt.is_set() and seq < self.count_max:
+            value = b"v%09d" % seq
+            key = b"k%d" % (seq % 30)
+            with self._lock:
+                self.sent.add(value)
+            try:
+                self.producer.send(TOPIC, value, key=key, on_delivery=self._on_delivery(value))
+            except Exception as e:  # buffer full during a long outage: counted, not fatal
+                with self._lock:
+                    self.failed[value] = str(e)
+            seq += 1
+            ahead = seq / self.rate_per_s - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(min(ahead, 0.05))  # pacing the offered load, not synchronisation
+
+    def wait_acks(self, n: int, timeout_s: float = 30) -> None:
+        start = len(self.acked)
+        wait_until(lambda: len(self.acked) >= start + n, timeout_s, what=f"{n} more acknowledgements")
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.producer.flush(90)
+        self.producer.close()
+
+    def unavailable_s(self) -> float:
+        """The longest gap between two acknowledgements."""
+        t = sorted(self.ack_times)
+        return max((b - a for a, b in zip(t, t[1:])), default=0.0)
+
+
+class LeaderObserver(threading.Thread):
+    """Polls metadata; records the leader of each (partition, epoch)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(name="observer", daemon=True)
+        self.admin = Admin(bootstrap, timeout_ms=1000)
+        self.leaders: dict[tuple[int, int], set[int]] = defaultdict(set)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.05):
+            try:
+                md = self.admin.metadata()
+            except Exception:
+                continue
+            t = md.topics.get(TOPIC)
+            for p in t.partitions if t else ():
+                if p.leader >= 0:
+                    self.leaders[(p.partition, p.leader_epoch)].add(p.leader)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+        self.admin.close()
+
+
+def setup(cluster: Cluster) -> tuple[Admin, Workload, LeaderObserver]:
+    admin = Admin(cluster.bootstrap)
+    admin.create_topic(TOPIC, PARTITIONS, 3)
+    cluster.wait_topic_ready(admin, TOPIC)
+    observer = LeaderObserver(cluster.bootstrap)
+    observer.start()
+    workload = Workload(cluster.bootstrap).start()
+    workload.wait_acks(300)
+    return admin, workload, observer
+
+
+def leader_name(admin: Admin, partition: int) -> str:
+    def find() -> str | None:
+        p = admin.metadata().topics[TOPIC].partitions[partition]
+        return f"broker-{p.leader}" if p.leader >= 0 else None
+    return wait_until(find, 20, what=f"a leader for partition {partition}")
+
+
+def follower_name(admin: Admin, partition: int) -> str:
+    p = admin.metadata().topics[TOPIC].partitions[partition]
+    return f"broker-{[r for r in p.replicas if r != p.leader][0]}"
+
+
+def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45) -> dict[int, int]:
+    """Every partition led, full ISR, every replica at the leader's LEO; returns HW per partition."""
+    def healed() -> dict[int, int] | None:
+        md = admin.metadata()
+        hws: dict[int, int] = {}
+        stats = {b: cluster.stats(b) for b in cluster.broker_names()}
+        for p in md.topics[TOPIC].partitions:
+            if p.leader < 0 or len(p.isr) < len(p.replicas):
+                return None
+            rows = [r for s in stats.values() for r in s["partitions"] if r["topic"] == TOPIC and r["partition"] == p.partition]
+            leos = {r["log_end_offset"] for r in rows}
+            lead = [r for r in rows if r["role"] == "leader"]
+            if len(rows) != len(p.replicas) or len(leos) != 1 or len(lead) != 1 or lead[0]["high_watermark"] != leos.pop():
+                return None
+            hws[p.partition] = lead[0]["high_watermark"]
+        return hws
+    return wait_until(healed, timeout_s, interval_s=0.25, what="the cluster to heal")
+
+
+def read_replica(cluster: Cluster, broker: str, partition: int) -> tuple[bytes, list]:
+    """(raw batch bytes, records) of one replica, read from disk (the broker must be stopped)."""
+    raw = cluster.raw
+    d = Path(raw["cluster"]["data_dir"]) / broker / f"{TOPIC}-{partition}" / "log"
+    engine = open_engine(raw["storage"]["engine"], str(d), EngineConfig(fsync="never"))
+    try:
+        chunks, offset = [], engine.log_start_offset
+        while offset < engine.log_end_offset:
+            data = engine.read(offset, 1 << 22)
+            chunks.append(data)
+            offset = B.split_headers(data)[-1].next_offset
+        data = b"".join(chunks)
+        return data, decode_batches(TOPIC, partition, data)
+    finally:
+        engine.close()
+
+
+def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: dict[int, int]) -> dict:
+    """Stop the brokers, read every replica, assert the invariants; returns the counts."""
+    for b in cluster.broker_names():
+        cluster.stop(b)
+    report = {"acknowledged": len(workload.acked), "failed": len(workload.failed), "lost": 0,
+              "duplicated": 0, "unavailable_s": round(workload.unavailable_s(), 2)}
+    seen: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
+    for p in range(PARTITIONS):
+        hw = hws[p]
+        replicas = {b: read_replica(cluster, b, p) for b in cluster.broker_names()}
+        ref_name, (ref_raw, ref_records) = next(iter(replicas.items()))
+        prefix = [r for r in ref_records if r.offset < hw]
+        cut = sum(h.size_bytes for h in B.split_headers(ref_raw) if h.next_offset <= hw)
+        for name, (raw, records) in replicas.items():
+            assert raw[:cut] == ref_raw[:cut], f"partition {p}: {name} differs from {ref_name} below the HW {hw}"
+        offsets = [r.offset for r in prefix]
+        assert offsets == list(range(prefix[0].offset if prefix else 0, hw)), f"partition {p}: offsets not contiguous"
+        last_seq = -1
+        for r in prefix:
+            assert r.value in workload.sent, f"partition {p} offset {r.offset}: value {r.value!r} was never sent"
+            seen[r.value].append((p, r.offset))
+            seq = int(r.value[1:])
+            assert seq > last_seq, f"partition {p}: order broken at offset {r.offset} ({seq} after {last_seq})"
+            last_seq = seq
+    for value, (p, offset) in workload.acked.items():
+        where = seen.get(value, [])
+        if not where:
+            report["lost"] += 1
+        elif len(where) > 1:
+            report["duplicated"] += 1
+        elif offset >= 0 and where[0] != (p, offset):  # -1: acknowledged as a duplicate retry
+            raise AssertionError(f"{value!r} acknowledged at {(p, offset)} but found at {where[0]}")
+    report["duplicated"] += sum(1 for v, w in seen.items() if len(w) > 1 and v not in workload.acked)
+    multi = {k: v for k, v in observer.leaders.items() if len(v) > 1}
+    report["epochs_with_two_leaders"] = len(multi)
+    print(f"\nfault report: {report}")
+    assert report["lost"] == 0, report
+    assert report["duplicated"] == 0, report
+    assert not multi, f"more than one leader in an epoch: {multi}"
+    return report
+
+
+def flip_tail_bytes(cluster: Cluster, broker: str, partition: int, seed: int) -> None:
+    """Corrupt a few bytes inside the last batch of the replica's newest segment file."""
+    d = Path(cluster.raw["cluster"]["data_dir"]) / broker / f"{TOPIC}-{partition}" / "log"
+    seg = sorted(d.glob("*.log"))[-1]
+    size = seg.stat().st_size
+    assert size > 200, f"{seg} is too small to corrupt"
+    rng = random.Random(seed)
+    with open(seg, "r+b") as f:
+        for _ in range(4):
+            pos = rng.randrange(max(0, size - 100), size)
+            f.seek(pos)
+            byte = f.read(1)
+            f.seek(pos)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        f.flush()
+        os.fsync(f.fileno())

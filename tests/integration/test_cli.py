@@ -1,0 +1,169 @@
+"""The ``loom`` CLI against a real cluster, run as a user runs it: a subprocess per command.
+
+The tour of README.md is executed as written (its ``sh`` block, with ``LOOM_CONFIG`` pointing
+at the test cluster), and so is its client-library snippet. Then the details the README only
+mentions: base64 for non-UTF-8 bytes, --timeout-ms, --partition/--offset, headers, and the
+one-line errors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT, Cluster
+
+pytestmark = pytest.mark.timeout(90)
+
+README = ROOT / "README.md"
+COMMAND_TIMEOUT_S = 30
+
+
+def readme_block(marker: str, lang: str) -> str:
+    """The first ```lang block after ``marker`` in README.md."""
+    text = README.read_text()
+    start = text.index(marker)
+    m = re.compile(rf"```{lang}\n(.*?)```", re.S).search(text, start)
+    assert m, f"no {lang} block after {marker!r} in README.md"
+    return m.group(1)
+
+
+@pytest.fixture
+def loom_env(tmp_path: Path):  # noqa: ANN201
+    """A PATH with a ``loom`` that runs this checkout's CLI, and LOOM_CONFIG unset."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "loom"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m nodes.cli "$@"\n')
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(ROOT))
+    return env
+
+
+def sh(env: dict, command: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["/bin/sh", "-c", command], input=stdin, capture_output=True, env=env,
+                          cwd=str(ROOT), timeout=COMMAND_TIMEOUT_S)
+
+
+def loom(env: dict, cluster: Cluster, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nodes.cli", *args, "--bootstrap", cluster.bootstrap],
+                          input=stdin, capture_output=True, env=env, cwd=str(ROOT), timeout=COMMAND_TIMEOUT_S)
+
+
+def ok(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr.decode()}"
+    return p.stdout.decode("utf-8", "replace")
+
+
+def test_readme_tour_runs_as_written(cluster_factory, loom_env) -> None:
+    cluster = cluster_factory(3)
+    env = dict(loom_env, LOOM_CONFIG=str(cluster.config_path))
+    commands = [ln for ln in readme_block("<!-- tour:", "sh").splitlines() if ln.strip()]
+    assert len(commands) >= 5
+    outputs = {}
+    for command in commands:
+        words = command.split("|")[-1].split()
+        outputs[" ".join(words[1:3]) if words[1] == "topic" else words[1]] = ok(sh(env, command))
+
+    assert outputs["topic create"].strip() == "Created topic orders."
+    acked = [json.loads(line) for line in outputs["produce"].splitlines()]
+    assert [a["key"] for a in acked] == ["alice", "bob"]
+    assert all(a["topic"] == "orders" and a["offset"] >= 0 and 0 <= a["partition"] < 3 for a in acked)
+
+    consumed = [json.loads(line) for line in outputs["consume"].splitlines()]
+    assert sorted((r["key"], r["value"]) for r in consumed) == [("alice", '{"item":"book"}'), ("bob", '{"item":"pen"}')]
+    for r in consumed:
+        assert set(r) == {"topic", "partition", "offset", "timestamp_ms", "key", "value", "headers"}
+        assert (r["partition"], r["offset"]) in {(a["partition"], a["offset"]) for a in acked}
+
+    summary, *parts = outputs["topic describe"].splitlines()
+    assert summary == ("Topic: orders\tPartitionCount: 3\tReplicationFactor: 3\t"
+                       "Configs: min.insync.replicas=2,retention.ms=604800000")
+    assert len(parts) == 3
+    for i, line in enumerate(parts):
+        m = re.fullmatch(rf"\tTopic: orders\tPartition: {i}\tLeader: (\d)\tReplicas: ([\d,]+)\tIsr: ([\d,]+)", line)
+        assert m, line
+        assert m.group(1) in m.group(2).split(",") and sorted(m.group(2)) == sorted(m.group(3)) == sorted("1,2,3")
+
+    status = outputs["status"]
+    for name in cluster.node_names:
+        assert re.search(rf"^{name}\s.*\bup\b", status, re.M), status
+    assert "under-replicated: 0, offline: 0" in status
+
+
+def test_readme_client_snippet_runs(cluster_factory) -> None:
+    cluster = cluster_factory(3)
+    snippet = readme_block("## The client library", "python").replace("127.0.0.1:19004", cluster.bootstrap)
+    p = subprocess.run([sys.executable, "-c", snippet], capture_output=True, cwd=str(ROOT), timeout=COMMAND_TIMEOUT_S,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 0, p.stderr.decode()
+    assert "clicks" in p.stdout.decode() and "user-7" in p.stdout.decode()
+
+
+def test_cli_details_and_errors(cluster_factory, loom_env) -> None:
+    cluster = cluster_factory(3)
+    env = loom_env
+    assert ok(loom(env, cluster, "topic", "create", "--topic", "raw", "--partitions", "2")).strip() == "Created topic raw."
+    assert ok(loom(env, cluster, "topic", "list")).split() == ["raw"]
+
+    # Bytes that are not UTF-8 come back as base64, flagged; headers travel; partition/offset pin the read.
+    ok(loom(env, cluster, "produce", "raw", "--partition", "1", "--header", "source=test", stdin=b"\xff\xfe\x00bin\ntext\n"))
+    out = ok(loom(env, cluster, "consume", "raw", "--partition", "1", "--offset", "0", "--max-messages", "2", "--format", "json"))
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["value_encoding"] == "base64" and first["value"] == "//4AYmlu" and first["key"] is None
+    assert first["headers"] == [{"name": "source", "value": "test"}]
+    assert (first["partition"], first["offset"], second["offset"], second["value"]) == (1, 0, 1, "text")
+    assert "value_encoding" not in second
+    out = ok(loom(env, cluster, "consume", "raw", "--partition", "1", "--offset", "1", "--max-messages", "1"))
+    assert out == "text\n"
+
+    # --timeout-ms: every record, then exit once nothing arrived for that long.
+    t0 = time.monotonic()
+    p = loom(env, cluster, "consume", "raw", "--from-beginning", "--timeout-ms", "1500", "--print-key", "--key-separator", "=")
+    assert p.returncode == 0 and p.stdout == b"null=\xff\xfe\x00bin\nnull=text\n"  # text format: raw bytes
+    assert "Processed a total of 2 messages" in p.stderr.decode()
+    assert time.monotonic() - t0 < 15
+
+    # --max-messages stops early even when more records are there.
+    ok(loom(env, cluster, "produce", "raw", "--acks", "1", stdin=b"".join(b"m%d\n" % i for i in range(20))))
+    assert len(ok(loom(env, cluster, "consume", "raw", "--from-beginning", "--max-messages", "5")).splitlines()) == 5
+
+    # --group (when this build has consumer groups): a second run starts at the committed offset.
+    if importlib.util.find_spec("fabric.client.group") is not None:
+        first_run = loom(env, cluster, "consume", "raw", "--group", "g1", "--from-beginning", "--max-messages", "3")
+        assert len(first_run.stdout.splitlines()) == 3, first_run.stderr
+        rest = loom(env, cluster, "consume", "raw", "--group", "g1", "--from-beginning", "--timeout-ms", "2000")
+        assert len(rest.stdout.splitlines()) == 22 - 3, rest.stderr
+
+    # Alter; the under-replicated filter (none here).
+    assert "3 partitions" in ok(loom(env, cluster, "topic", "alter", "raw", "--partitions", "3"))
+    assert ok(loom(env, cluster, "topic", "describe", "raw", "--under-replicated-partitions")) == ""
+
+    errors = {
+        ("topic", "create", "bad/name"): "invalid topic name",
+        ("topic", "create", "wide", "--replication-factor", "4"): "replication factor 4 is larger than the 3 live brokers",
+        ("topic", "describe", "missing"): "no topic 'missing'",
+        ("consume", "missing", "--max-messages", "1"): "no topic 'missing'",
+        ("produce", "missing"): "no topic 'missing'",
+        ("topic", "create", "raw"): "topic 'raw' already exists",
+    }
+    if importlib.util.find_spec("fabric.client.group") is None:
+        errors[("consume", "raw", "--group", "g", "--max-messages", "1")] = "consumer groups are not available in this build"
+    for args, message in errors.items():
+        p = loom(env, cluster, *args, stdin=b"x\n")
+        lines = p.stderr.decode().strip().splitlines()
+        assert p.returncode != 0 and len(lines) == 1 and lines[0].startswith("loom: error: "), (args, p.stderr)
+        if message:
+            assert message in lines[0], (args, lines[0])
+
+    assert ok(loom(env, cluster, "topic", "delete", "raw")).strip() == "Deleted topic raw."
+    assert ok(loom(env, cluster, "topic", "list")) == ""

@@ -1,0 +1,94 @@
+"""Config validation: every shipped file loads; every error names the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fabric.config import ConfigError, load_config
+from tests.harness import ROOT
+
+CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
+MINIMAL = {
+    "nodes": {
+        "coordinator": {"role": "coordinator", "port": 19004},
+        "broker-1": {"role": "broker", "broker_id": 1, "port": 19001},
+    },
+}
+
+
+def write(tmp_path: Path, raw: object, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_config(path, environ={})
+    assert cfg.source == str(path)
+    assert cfg.coordinator.role == "coordinator" and cfg.brokers()
+    assert cfg.topics.replication_factor <= len(cfg.brokers())
+
+
+def test_the_shipped_configs_are_there() -> None:
+    assert {"cluster.yaml", "lmdb.yaml", "single-node.yaml", "five-brokers.yaml"} <= {p.name for p in CONFIGS}
+    assert load_config(ROOT / "config/lmdb.yaml", environ={}).storage.engine == "lmdb"
+
+
+def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL), environ={})
+    assert cfg.storage.engine == "segment" and cfg.node("broker-1").publish_port == 19101
+    assert cfg.bootstrap() == ["tcp://127.0.0.1:19004", "tcp://127.0.0.1:19001"]
+
+
+def test_unknown_key_is_rejected_with_file_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, {**MINIMAL, "storage": {"engin": "lmdb"}})
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={})
+    assert str(path) in str(e.value) and "storage.engin" in str(e.value)
+    with pytest.raises(ConfigError, match="surprise"):
+        load_config(write(tmp_path, {**MINIMAL, "surprise": 1}, "top.yaml"), environ={})
+
+
+def test_broker_without_broker_id(tmp_path: Path) -> None:
+    raw = {"nodes": {**MINIMAL["nodes"], "broker-2": {"role": "broker", "port": 19002}}}
+    path = write(tmp_path, raw)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={})
+    assert str(path) in str(e.value) and "nodes.broker-2" in str(e.value) and "broker_id" in str(e.value)
+
+
+def test_duplicate_ports(tmp_path: Path) -> None:
+    raw = {"nodes": {**MINIMAL["nodes"], "broker-2": {"role": "broker", "broker_id": 2, "port": 19001}}}
+    with pytest.raises(ConfigError, match=r"port 19001 of broker-2 is also used by broker-1"):
+        load_config(write(tmp_path, raw), environ={})
+    # a PUB port (port + 100) collides too
+    raw = {"nodes": {**MINIMAL["nodes"], "broker-2": {"role": "broker", "broker_id": 2, "port": 19101}}}
+    with pytest.raises(ConfigError, match=r"port 19101"):
+        load_config(write(tmp_path, raw), environ={})
+
+
+def test_env_override(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    cfg = load_config(path, environ={"LOOM_STORAGE__ENGINE": "lmdb", "LOOM_LIVENESS__SESSION_TIMEOUT_MS": "5000"})
+    assert cfg.storage.engine == "lmdb" and cfg.liveness.session_timeout_ms == 5000
+    with pytest.raises(ConfigError, match="storage.fsync"):
+        load_config(path, environ={"LOOM_STORAGE__FSYNC": "sometimes"})
+
+
+def test_loom_config_env_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    assert load_config(None, environ={"LOOM_CONFIG": str(path)}).source == str(path)
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "nodes: {broker-1: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{path}: not valid YAML"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml", environ={})
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n", "list.yaml"), environ={})
