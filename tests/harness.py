@@ -79,7 +79,7 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
         section = cfg.setdefault(key, {})
         section.update(value) if isinstance(value, dict) else cfg.__setitem__(key, value)
     path = tmp / "cluster.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 

@@ -33,7 +33,8 @@ class Admin:
 
     def metadata(self, refresh: bool = True) -> ClusterMetadata:
         if refresh or self._metadata is None:
-            self._metadata, _ = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, 3000))
+            prefer = self._metadata.coordinator if self._metadata is not None else None
+            self._metadata, _ = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, 3000), prefer)
         return self._metadata
 
     def coordinator_endpoint(self) -> str:

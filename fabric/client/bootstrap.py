@@ -38,10 +38,23 @@ def parse_bootstrap(bootstrap: str | list[str] | None = None, config_path: str |
     return load_config(config_path).bootstrap()
 
 
-def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 3000) -> tuple[ClusterMetadata, str]:
-    """Ask each endpoint in turn; return (metadata, coordinator-or-broker endpoint that answered)."""
+def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int) -> str:
+    """Where to ask for metadata on the ``attempt``-th try. The coordinator is the source of
+    truth (a broker cut off from it serves a stale copy), so once it is known it gets every
+    other try; the bootstrap endpoints take the rest in turn."""
+    if metadata.coordinator:
+        if attempt % 2 == 0:
+            return metadata.coordinator
+        attempt //= 2
+    return endpoints[attempt % len(endpoints)]
+
+
+def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 3000,
+                   prefer: str | None = None) -> tuple[ClusterMetadata, str]:
+    """Ask ``prefer`` (the coordinator, once known) and then each endpoint in turn; return
+    (metadata, endpoint that answered)."""
     last: Exception | None = None
-    for ep in endpoints:
+    for ep in ([prefer] if prefer else []) + [e for e in endpoints if e != prefer]:
         client = BlockingClient(ctx, ep)
         try:
             header, _ = client.call(P.METADATA, {}, timeout_ms=timeout_ms)

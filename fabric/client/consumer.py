@@ -22,7 +22,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
-from fabric.client.bootstrap import parse_bootstrap
+from fabric.client.bootstrap import metadata_endpoint, parse_bootstrap
 from fabric.clock import Clock
 from fabric.errors import FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
@@ -233,7 +233,7 @@ class Consumer:
         if self._md_in_flight:
             return
         self._md_in_flight = True
-        endpoint = self.endpoints[self._md_index % len(self.endpoints)]
+        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index)
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             if h is not None:

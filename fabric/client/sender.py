@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from fabric import protocol as P
+from fabric.client.bootstrap import metadata_endpoint
 from fabric.clock import Clock
 from fabric.errors import FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
@@ -277,7 +278,7 @@ class Sender(threading.Thread):
             return
         self._md_wanted = False
         self._md_in_flight = True
-        endpoint = self.endpoints[self._md_endpoint_index % len(self.endpoints)]
+        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_endpoint_index)
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False

@@ -41,7 +41,7 @@ class Workload:
     acked: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # value -> (partition, offset)
     failed: dict[bytes, str] = field(default_factory=dict)
     sent: set[bytes] = field(default_factory=set)
-    ack_times: list[float] = field(default_factory=list)
+    ack_times: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # partition -> times
     _halt: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
@@ -58,7 +58,7 @@ class Workload:
             with self._lock:
                 if err is None:
                     self.acked[value] = (md.partition, md.offset)
-                    self.ack_times.append(time.monotonic())
+                    self.ack_times[md.partition].append(time.monotonic())
                 else:
                     self.failed[value] = str(err)
         return cb
@@ -93,9 +93,12 @@ class Workload:
         self.producer.close()
 
     def unavailable_s(self) -> float:
-        """The longest gap between two acknowledgements."""
-        t = sorted(self.ack_times)
-        return max((b - a for a, b in zip(t, t[1:])), default=0.0)
+        """The longest gap between two acknowledgements of one partition."""
+        gaps = [0.0]
+        for times in self.ack_times.values():
+            t = sorted(times)
+            gaps += [b - a for a, b in zip(t, t[1:])]
+        return max(gaps)
 
 
 class LeaderObserver(threading.Thread):
