@@ -2,7 +2,8 @@
 
 from fabric.client.admin import EARLIEST, LATEST, Admin
 from fabric.client.consumer import Consumer
+from fabric.client.group import GroupConsumer
 from fabric.client.producer import Producer, RecordFuture, RecordMetadata
 from fabric.records import Record
 
-__all__ = ["Admin", "Consumer", "Producer", "RecordFuture", "RecordMetadata", "Record", "EARLIEST", "LATEST"]
+__all__ = ["Admin", "Consumer", "GroupConsumer", "Producer", "RecordFuture", "RecordMetadata", "Record", "EARLIEST", "LATEST"]

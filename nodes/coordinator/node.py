@@ -93,7 +93,8 @@ class Coordinator(Node):
 
     # -- topics ----------------------------------------------------------------------------------
     def _on_create_topic(self, req: wire.Request) -> dict:
-        name = validate_topic_name(req.header.get("topic"), bool(req.header.get("internal")))
+        # internal topics (``__…``) are made by the coordinator itself, never over the wire
+        name = validate_topic_name(req.header.get("topic"))
         if name in self.state.topics:
             raise RemoteError(P.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         defaults = self.config.topics
@@ -120,7 +121,7 @@ class Coordinator(Node):
         name = req.header.get("topic")
         if not isinstance(name, str) or name not in self.state.topics:
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
-        if isinstance(name, str) and name.startswith("__") and not req.header.get("internal"):
+        if isinstance(name, str) and name.startswith("__"):
             raise RemoteError(P.INVALID_TOPIC, "internal topics cannot be deleted")
         del self.state.topics[name]
         self.commit()
