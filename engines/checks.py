@@ -15,7 +15,7 @@ from engines.batch import (
     LENGTH_PREFIX_BYTES,
     BatchError,
     BatchHeader,
-    verify,
+    verify_fields,
 )
 
 BASE_OFFSET = struct.Struct(">q")
@@ -26,21 +26,28 @@ OFFSET_SPAN_BYTES = OFFSET_SPAN.size  # 27
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def validate_batch(batch: bytes | bytearray | memoryview, batch_bytes_max: int) -> BatchHeader:
+def validate_batch_fields(batch: bytes | bytearray | memoryview, batch_bytes_max: int) -> tuple:
     """Check an offered batch: exactly one whole batch, length and CRC right, not over
-    ``batch_bytes_max`` bytes. Returns its header. Raises CorruptBatch / BatchTooLarge."""
+    ``batch_bytes_max`` bytes. Returns its raw header fields (``engines.batch.verify_fields``:
+    a tuple in BatchHeader field order, no BatchHeader built; for append hot paths).
+    Raises CorruptBatch / BatchTooLarge."""
     size_bytes = len(batch)
     if size_bytes > batch_bytes_max:
         raise BatchTooLarge(f"batch of {size_bytes} bytes exceeds batch_bytes_max {batch_bytes_max}")
     try:
-        header = verify(batch)
+        fields = verify_fields(batch)
     except BatchError as e:
         raise CorruptBatch(str(e)) from e
-    if header.size_bytes != size_bytes:
+    if fields[1] + LENGTH_PREFIX_BYTES != size_bytes:
         raise CorruptBatch(
-            f"buffer holds {size_bytes} bytes but the batch header says {header.size_bytes}"
+            f"buffer holds {size_bytes} bytes but the batch header says {fields[1] + LENGTH_PREFIX_BYTES}"
         )
-    return header
+    return fields
+
+
+def validate_batch(batch: bytes | bytearray | memoryview, batch_bytes_max: int) -> BatchHeader:
+    """``validate_batch_fields`` returning a BatchHeader. Raises CorruptBatch / BatchTooLarge."""
+    return BatchHeader(*validate_batch_fields(batch, batch_bytes_max))
 
 
 def check_read_range(offset: int, log_start_offset: int, log_end_offset: int) -> None:

@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 from engines.api import CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS, FSYNC_INTERVAL
 from engines.batch import BatchHeader
-from engines.checks import BASE_OFFSET, check_read_range, translate_os_error, validate_batch
+from engines.checks import check_read_range, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
 from engines.segment_file import LogSegment
 from engines.segment_recovery import Checkpoint, recover, write_checkpoint
@@ -95,13 +95,14 @@ class SegmentEngine:
     # -- append -------------------------------------------------------------------------------
     def append(self, batch: bytes | bytearray | memoryview) -> int:
         """Raises CorruptBatch / BatchTooLarge / StorageFull / EngineClosed. The hot path: one
-        CRC, one pwritev, (fsync always) one fdatasync."""
-        self._check_open()
-        header = validate_batch(batch, self.config.batch_bytes_max)
-        offset = self._append_one(memoryview(batch), header)
-        if self.config.fsync == FSYNC_ALWAYS:
+        CRC, one pwritev, (fsync always) one fdatasync; no BatchHeader is built."""
+        if self._closed:
+            raise EngineClosed(f"segment engine {self.directory} is closed")
+        config = self.config
+        offset = self._append_one(batch, validate_batch_fields(batch, config.batch_bytes_max))
+        if config.fsync == FSYNC_ALWAYS:
             try:
-                self._active.sync()
+                self._segments[-1].sync()
             except EngineError:
                 self._truncate(offset)
                 raise
@@ -111,12 +112,13 @@ class SegmentEngine:
         """Validate all, then write all, then (fsync always) one fdatasync. On StorageFull the
         batches of this call already written are cut again, so the log is unchanged."""
         self._check_open()
-        headers = [validate_batch(b, self.config.batch_bytes_max) for b in batches]
+        batch_bytes_max = self.config.batch_bytes_max
+        headers = [validate_batch_fields(b, batch_bytes_max) for b in batches]
         start_offset = self.log_end_offset
         offsets = []
         try:
-            for batch, header in zip(batches, headers):
-                offsets.append(self._append_one(memoryview(batch), header))
+            for batch, fields in zip(batches, headers):
+                offsets.append(self._append_one(batch, fields))
             if self.config.fsync == FSYNC_ALWAYS and offsets:
                 self._active.sync()
         except EngineError:
@@ -125,23 +127,24 @@ class SegmentEngine:
             raise
         return offsets
 
-    def _append_one(self, batch: memoryview, header: BatchHeader) -> int:
-        offset = self._active.next_offset
-        if self._should_roll(header, offset):
+    def _append_one(self, batch: bytes | bytearray | memoryview, fields: tuple) -> int:
+        """Write one validated batch (``fields``: its raw header, see batch.verify_fields),
+        rolling first if it would not fit the active segment's size, age or offset range."""
+        _, _, _, _, _, _, record_count, first_timestamp_ms, last_timestamp_ms, _, _, _ = fields
+        active = self._segments[-1]
+        offset = active.next_offset
+        size_bytes = active.size_bytes
+        # Roll by age compares batch timestamps, so no clock is read per append.
+        if size_bytes and (
+            size_bytes + len(batch) > self.config.segment_bytes_max
+            or last_timestamp_ms - (active.first_timestamp_ms or 0) >= self.config.segment_ms_max
+            or offset + record_count - active.base_offset > RELATIVE_OFFSET_MAX
+        ):
             self._roll(offset)
-        active = self._active
-        before = active.size_bytes
-        active.append(batch, header, BASE_OFFSET.pack(offset), offset)
-        self._size_bytes += active.size_bytes - before
+            active = self._segments[-1]
+        active.append(batch, offset, record_count, first_timestamp_ms, last_timestamp_ms)
+        self._size_bytes += len(batch)
         return offset
-
-    def _should_roll(self, header: BatchHeader, offset: int) -> bool:
-        active = self._active
-        if active.size_bytes == 0:
-            return False
-        return (active.size_bytes + header.size_bytes > self.config.segment_bytes_max
-                or header.last_timestamp_ms - (active.first_timestamp_ms or 0) >= self.config.segment_ms_max
-                or offset + header.record_count - active.base_offset > RELATIVE_OFFSET_MAX)
 
     def _roll(self, offset: int) -> None:
         """Close the active segment for appends and start a new one at ``offset``."""

@@ -32,6 +32,7 @@ from engines.checks import OFFSET_SPAN, OFFSET_SPAN_BYTES, translate_os_error, w
 from engines.offset_index import IndexDamaged, OffsetIndex
 
 _PREFIX = struct.Struct(">qi")
+_BASE_OFFSET = struct.Struct(">q")
 WALK_BATCH_BYTES_MIN = 32 * 1024  # batches this large are read by walking their headers
 WALK_PREADS_MAX = 64  # header preads per read at most (a read may return less than max_bytes)
 FIND_CHUNK_BYTES = 64 * 1024  # read size when walking from an index entry to a batch
@@ -97,33 +98,38 @@ class LogSegment:
         return os.fstat(self.fd).st_size
 
     # -- append -------------------------------------------------------------------------------
-    def append(self, batch: memoryview, header: BatchHeader, base_offset: bytes, offset: int) -> None:
-        """Write ``batch`` at the end with its first 8 bytes replaced by ``base_offset`` (the
-        packed ``offset``). On a write error the file is cut back to its previous size and
-        StorageFull / EngineError is raised; the segment is unchanged."""
+    def append(self, batch: bytes | bytearray | memoryview, offset: int, record_count: int,
+               first_timestamp_ms: int, last_timestamp_ms: int) -> None:
+        """Write the (already validated) ``batch`` at the end with its first 8 bytes replaced
+        by ``offset``; the other arguments are its header fields. On a write error the file is
+        cut back to its previous size and StorageFull / EngineError is raised; the segment is
+        unchanged. The hot path: one pwritev, no copy of the batch, no header parsing."""
         position = self.size_bytes
         total = len(batch)
+        fd = self._fd if self._fd >= 0 else self.fd
+        base_offset = _BASE_OFFSET.pack(offset)
         try:
-            written = os.pwritev(self.fd, [base_offset, batch[8:]], position)
+            written = os.pwritev(fd, (base_offset, memoryview(batch)[8:]), position)
             if written != total:  # a short write to a regular file: almost surely disk full
-                rest = (base_offset + bytes(batch[8:]))[written:]
-                if os.pwrite(self.fd, rest, position + written) != len(rest):
+                rest = (base_offset + bytes(memoryview(batch)[8:]))[written:]
+                if os.pwrite(fd, rest, position + written) != len(rest):
                     raise OSError(28, "No space left on device (short write)")
         except OSError as e:
             try:
-                os.ftruncate(self.fd, position)
+                os.ftruncate(fd, position)
             except OSError:
                 pass  # recovery cuts the torn bytes; size_bytes already excludes them
             raise translate_os_error(e, f"append to {self.log_path}") from e
         if self._bytes_since_index_entry >= self.index_interval_bytes:
             self.index.append(offset, position)
-            self._bytes_since_index_entry = 0
-        self._bytes_since_index_entry += total
+            self._bytes_since_index_entry = total
+        else:
+            self._bytes_since_index_entry += total
         if position == 0:
-            self.first_timestamp_ms = header.first_timestamp_ms
+            self.first_timestamp_ms = first_timestamp_ms
         self.size_bytes = position + total
-        self.next_offset = offset + header.record_count
-        self.last_timestamp_ms = header.last_timestamp_ms
+        self.next_offset = offset + record_count
+        self.last_timestamp_ms = last_timestamp_ms
         self.dirty = True
 
     def sync(self) -> None:

@@ -36,13 +36,13 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-import zmq
 
 from fabric import protocol as P
 from fabric import wire
 from fabric.client.group import GroupConsumer
 from fabric.config import LoomConfig
 from fabric.errors import FabricError, RemoteError
+from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
 
@@ -219,14 +219,8 @@ class ConsumerService(Node):
         super().__init__(config, name, **kw)
         self.instances: dict[tuple[str, str], Instance] = {}
         self._done: deque[tuple[wire.Request, dict | None, RemoteError | None]] = deque()
-        wake_addr = f"inproc://loom-consumer-service-{id(self)}"
-        self._wake_pull = self.ctx.socket(zmq.PULL)
-        self._wake_pull.bind(wake_addr)
-        self._wake_push = self.ctx.socket(zmq.PUSH)
-        self._wake_push.setsockopt(zmq.SNDHWM, 1)
-        self._wake_push.connect(wake_addr)
-        self._wake_lock = threading.Lock()
-        self.reactor.add_socket(self._wake_pull, self._on_wake)
+        self._waker = Waker(self.ctx, "consumer-service")
+        self.reactor.add_socket(self._waker.sock, self._on_wake)
         self.server.route(P.CONSUMER_CREATE, self._on_create)
         self.server.route(P.CONSUMER_LIST, self._on_list)
         for cmd in OPS:
@@ -237,11 +231,7 @@ class ConsumerService(Node):
     def _answer(self, req: wire.Request) -> Answer:
         def answer(header: dict | None, err: RemoteError | None) -> None:
             self._done.append((req, header, err))
-            with self._wake_lock:
-                try:
-                    self._wake_push.send(b"", zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass  # a wake-up is already pending (or the service is closing)
+            self._waker.wake()
         return answer
 
     def _on_wake(self, frames: list[bytes]) -> None:
@@ -326,8 +316,6 @@ class ConsumerService(Node):
             inst.stop()
         for inst in self.instances.values():
             inst.join(timeout=5)
-        with self._wake_lock:
-            self._wake_push.close(0)
-        self.reactor.remove_socket(self._wake_pull)
-        self._wake_pull.close(0)
+        self.reactor.remove_socket(self._waker.sock)
+        self._waker.close()
         super().close()

@@ -27,13 +27,13 @@ import threading
 from collections import deque
 from typing import Any
 
-import zmq
 
 from fabric import protocol as P
 from fabric import wire
 from fabric.client.producer import ACKS, RECORD_OVERHEAD_BYTES, Producer
 from fabric.config import LoomConfig
 from fabric.errors import FabricError, RemoteError
+from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
 
@@ -76,14 +76,8 @@ class ProducerService(Node):
         self._done: deque[_Job] = deque()
         self._producers: dict[int, Producer] = {}
         self._stopping = False
-        wake_addr = f"inproc://loom-producer-service-{id(self)}"
-        self._wake_pull = self.ctx.socket(zmq.PULL)
-        self._wake_pull.bind(wake_addr)
-        self._wake_push = self.ctx.socket(zmq.PUSH)
-        self._wake_push.setsockopt(zmq.SNDHWM, 1)
-        self._wake_push.connect(wake_addr)
-        self._wake_lock = threading.Lock()
-        self.reactor.add_socket(self._wake_pull, self._on_wake)
+        self._waker = Waker(self.ctx, "producer-service")
+        self.reactor.add_socket(self._waker.sock, self._on_wake)
         self.server.route(P.SERVICE_PRODUCE, self._on_produce)
         self._worker = threading.Thread(target=self._work, name="loom-producer-service", daemon=True)
         self._worker.start()
@@ -127,15 +121,8 @@ class ProducerService(Node):
             self.server.reply(job.req, {"topic": job.topic, "results": job.results})
 
     def _wake(self) -> None:
-        with self._wake_lock:
-            try:
-                self._wake_push.send(b"", zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # a wake-up is already pending
-            except zmq.ZMQError:
-                pass  # closing
+        self._waker.wake()
 
-    # -- worker thread ----------------------------------------------------------------------------
     def _producer(self, acks: int) -> Producer:
         p = self._producers.get(acks)
         if p is None:
@@ -202,10 +189,8 @@ class ProducerService(Node):
                 p.close(timeout=5)
             except RemoteError as e:
                 log.warning("producer close: %s", e)
-        with self._wake_lock:
-            self._wake_push.close(0)
-        self.reactor.remove_socket(self._wake_pull)
-        self._wake_pull.close(0)
+        self.reactor.remove_socket(self._waker.sock)
+        self._waker.close()
         super().close()
 
 

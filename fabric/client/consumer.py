@@ -14,7 +14,6 @@ Thread-safety: not thread-safe; use one Consumer per thread.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from typing import Any
 

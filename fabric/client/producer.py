@@ -20,7 +20,6 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-import zmq
 
 from fabric import protocol as P
 from fabric.client.bootstrap import parse_bootstrap

@@ -12,7 +12,6 @@ everything else runs on the I/O thread.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -29,6 +28,7 @@ from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.records import build_batch
 from fabric.rpc import RpcClient
+from fabric.waker import Waker
 
 if TYPE_CHECKING:
     from fabric.client.producer import BatchState, Producer
@@ -43,7 +43,6 @@ METADATA_TIMEOUT_MS = 3000
 METADATA_RETRY_MS = 100
 METADATA_MAX_AGE_MS = 5000   # refresh at least this often (new partitions, moved leaders)
 REQUEST_STALL_MS = 800       # a request unanswered this long makes us look for a new leader
-_wake_ids = itertools.count()
 
 
 class Sender(threading.Thread):
@@ -57,13 +56,7 @@ class Sender(threading.Thread):
         self.request_timeout_ms = request_timeout_ms
         self.clock = Clock()
         self.ctx = zmq.Context.instance()
-        addr = f"inproc://loom-producer-wake-{id(self)}-{next(_wake_ids)}"
-        self._wake_pull = self.ctx.socket(zmq.PULL)
-        self._wake_pull.bind(addr)
-        self._wake_push = self.ctx.socket(zmq.PUSH)
-        self._wake_push.setsockopt(zmq.SNDHWM, 1)
-        self._wake_push.connect(addr)
-        self._wake_lock = threading.Lock()
+        self._waker = Waker(self.ctx, "producer")
         self._md_cond = threading.Condition()
         self.metadata = ClusterMetadata.empty()
         self._md_wanted = True
@@ -82,11 +75,7 @@ class Sender(threading.Thread):
 
     # -- any thread ------------------------------------------------------------------------
     def wake(self) -> None:
-        with self._wake_lock:
-            try:
-                self._wake_push.send(b"", zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # a wake-up is already pending
+        self._waker.wake()
 
     def partition_count(self, topic: str, max_block_ms: int) -> int:
         """Partitions of ``topic``; waits for metadata (up to max_block_ms) if unknown."""
@@ -116,7 +105,7 @@ class Sender(threading.Thread):
     # -- the I/O thread ---------------------------------------------------------------------
     def run(self) -> None:
         self.reactor = Reactor(self.clock)
-        self.reactor.add_socket(self._wake_pull, lambda frames: None)
+        self.reactor.add_socket(self._waker.sock, lambda frames: None)
         self.reactor.after_pass(self._pass)
         self.reactor.call_every(max(1, self.producer.linger_ms), lambda: None)
         self.reactor.call_every(METADATA_MAX_AGE_MS, self._want_metadata)
@@ -128,9 +117,7 @@ class Sender(threading.Thread):
             self._fail_everything(FabricError("producer closed"))
             for c in self._clients.values():
                 c.close()
-            self._wake_pull.close(0)
-            with self._wake_lock:
-                self._wake_push.close(0)
+            self._waker.close()
 
     def _client(self, endpoint: str) -> RpcClient:
         c = self._clients.get(endpoint)

@@ -313,7 +313,7 @@ class Broker(Node):
             return head, b""
         try:
             data = part.read(offset, max_bytes, upto)
-        except OffsetOutOfRange as e:
+        except OffsetOutOfRange:
             head[2] = P.OFFSET_OUT_OF_RANGE
             return head, b""
         except EngineError as e:

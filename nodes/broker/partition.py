@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from engines import batch as B
-from engines.api import CorruptBatch, Engine, EngineError, StorageFull
+from engines.api import Engine, EngineError, StorageFull
 from fabric import protocol as P
 from fabric.errors import RemoteError
 from nodes.broker.epochs import EpochCache
