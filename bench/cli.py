@@ -1,4 +1,4 @@
-"""``loom bench engines|cluster``: the benchmarks behind the CLI.
+"""``loom bench engines|cluster|failover``: the benchmarks behind the CLI.
 
 Each subcommand hands its arguments unchanged to the benchmark module's own parser, so
 ``loom bench cluster --records 100000 --runs 3 --json out.json`` is exactly
@@ -31,7 +31,7 @@ def _run(module: str, args: list[str]) -> None:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: storage engines and a whole cluster (results in bench/RESULTS.md)."""
+    """Benchmarks: storage engines, a whole cluster, failover (results in bench/RESULTS.md)."""
 
 
 @bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
@@ -46,6 +46,13 @@ def engines(args: tuple[str, ...]) -> None:
 def cluster(args: tuple[str, ...]) -> None:
     """Produce/consume throughput of a 3-broker cluster on loopback (python -m bench.cluster)."""
     _run("bench.cluster", list(args))
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def failover(args: tuple[str, ...]) -> None:
+    """Time from a leader's SIGKILL to the first acks=all write on the new leader (python -m bench.failover)."""
+    _run("bench.failover", list(args))
 
 
 COMMANDS = [bench]

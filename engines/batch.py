@@ -123,7 +123,7 @@ def _unpack_checked(buf: bytes | bytearray | memoryview, pos: int) -> tuple:
     if fields[3] != BATCH_MAGIC:
         raise BatchError(f"bad batch magic {fields[3]}")
     batch_length = fields[1]
-    if batch_length < HEADER_BYTES - LENGTH_PREFIX_BYTES or batch_length + LENGTH_PREFIX_BYTES > BATCH_BYTES_MAX:
+    if not HEADER_BYTES - LENGTH_PREFIX_BYTES <= batch_length <= BATCH_BYTES_MAX - LENGTH_PREFIX_BYTES:
         raise BatchError(f"bad batch length {batch_length}")
     if fields[6] < 1:
         raise BatchError(f"bad record count {fields[6]}")

@@ -164,7 +164,9 @@ class Consumer:
             if endpoint in self._fetching or self._buffered_records >= self.buffered_records_max:
                 continue
             fetch_pos = self._fetch_positions.setdefault(tp, pos)
-            by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max])
+            info = self.metadata.partition(*tp)
+            by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max,
+                                                       info.leader_epoch if info is not None else -1])
         for endpoint, parts in by_leader.items():
             self._fetching.add(endpoint)
 

@@ -76,7 +76,7 @@ class BatchState:
         if self.callbacks:
             for index, cb in self.callbacks:
                 try:
-                    cb(None if error else RecordMetadata(self.topic, self.partition, base_offset + index), error)
+                    cb(None if error else RecordMetadata(self.topic, self.partition, _offset(base_offset, index)), error)
                 except Exception:
                     log.exception("delivery callback failed")
 
@@ -99,7 +99,7 @@ class RecordFuture:
             raise RemoteError(P.REQUEST_TIMED_OUT, "no acknowledgement yet")
         if b.error is not None:
             raise b.error
-        return RecordMetadata(b.topic, b.partition, b.base_offset + self._index)
+        return RecordMetadata(b.topic, b.partition, _offset(b.base_offset, self._index))
 
     def exception(self, timeout: float | None = None) -> Exception | None:
         self._batch.event.wait(timeout)
@@ -272,6 +272,11 @@ class Producer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _offset(base_offset: int, index: int) -> int:
+    """-1 when the broker could not say (an old duplicate it no longer remembers)."""
+    return base_offset + index if base_offset >= 0 else -1
 
 
 def _init_callbacks(b: BatchState) -> list:

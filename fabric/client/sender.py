@@ -185,8 +185,10 @@ class Sender(threading.Thread):
     def _send_request(self, endpoint: str, groups: list) -> None:
         parts, payloads, batches = [], [], []
         for tp, take in groups:
+            info = self.metadata.partition(*tp)
+            epoch = info.leader_epoch if info is not None else -1
             for b in take:
-                parts.append([tp[0], tp[1]])
+                parts.append([tp[0], tp[1], epoch])  # a deposed leader refuses it (fenced)
                 payloads.append(b.data)
                 batches.append(b)
                 b.attempts += 1
@@ -234,8 +236,22 @@ class Sender(threading.Thread):
             self.reactor.call_later(50, self.wake)
 
     def _finish(self, b: "BatchState", base_offset: int, error: Exception | None) -> None:
+        if error is not None and b.sequence >= 0 and not self._stopping:
+            self._reset_producer_id()
         b.complete(base_offset, error)
         self.producer.release(b)
+
+    def _reset_producer_id(self) -> None:
+        """A numbered batch failed for good: the broker still expects its sequence, so every
+        later batch of the partition would fail out of order, forever. Start over under a new
+        producer id (Kafka's producer-id reset). Batches never sent are renumbered; batches sent
+        before keep their numbers so that a retry is still recognised as one."""
+        self.producer_id = self.producer_epoch = -1
+        self._sequences.clear()
+        for q in self._queues.values():
+            for b in q:
+                if b.attempts == 0:
+                    b.data, b.sequence = None, -1
 
     def _fail_everything(self, error: Exception) -> None:
         for q in self._queues.values():

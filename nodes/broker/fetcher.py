@@ -84,11 +84,16 @@ class ReplicaFetcher:
         self._in_flight = True
         self.fetches += 1
         wait_ms = cfg.replica_fetch_wait_ms if self.long_poll else 0
+        # the answer is only good for the leader epochs it was asked in (leadership may move
+        # away and back to this leader while it is in flight)
+        asked = {(p[0], p[1]): p[4] for p in parts}
         self.client.request(P.FETCH, {"replica_id": self.broker.broker_id, "wait_ms": wait_ms,
                                       "max_bytes": cfg.replica_fetch_bytes_max, "parts": parts},
-                            callback=self._on_reply, timeout_ms=cfg.replica_fetch_wait_ms + 2000)
+                            callback=lambda h, pl, e: self._on_reply(h, pl, e, asked),
+                            timeout_ms=cfg.replica_fetch_wait_ms + 2000)
 
-    def _on_reply(self, header: dict | None, payloads: list, err: RemoteError | None) -> None:
+    def _on_reply(self, header: dict | None, payloads: list, err: RemoteError | None,
+                  asked: dict[tuple[str, int], int]) -> None:
         self._in_flight = False
         if self._closed:
             return
@@ -98,9 +103,12 @@ class ReplicaFetcher:
         progressed = False
         for entry, data in zip(header.get("parts", []), payloads):
             try:
-                progressed |= self._apply(entry, data)
+                progressed |= self._apply(entry, data, asked)
             except (EngineError, BatchError) as e:
                 log.error("replica fetch from broker %d: %s", self.leader_id, e)
+            except (TypeError, ValueError, IndexError) as e:  # a malformed answer: drop it
+                self.broker.counters["repl_malformed"] += 1
+                log.error("malformed replica fetch answer from broker %d: %s", self.leader_id, e)
         self._backoff_ms = RETRY_BACKOFF_MS
         if progressed:
             self.broker.mark_dirty()
@@ -110,10 +118,10 @@ class ReplicaFetcher:
     def _all_stream_ready(self) -> bool:
         return all(self.stream_ready(k) for k in self.partitions)
 
-    def _apply(self, entry: list, data: bytes) -> bool:
+    def _apply(self, entry: list, data: bytes, asked: dict[tuple[str, int], int]) -> bool:
         topic, partition, code, hw, _leo, _start, diverging = entry[:7]
         part = self.partitions.get((topic, partition))
-        if part is None or part.role != "follower":
+        if part is None or part.role != "follower" or asked.get((topic, partition)) != part.leader_epoch:
             return False
         if code != 0:
             self.last_error = P.error_name(code)

@@ -232,18 +232,27 @@ class Broker(Node):
             self._finish_produce(req, res, now)
 
     def _produce_precheck(self, tp: Any, acks: int) -> list | None:
-        if not (isinstance(tp, (list, tuple)) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)):
-            return [-1, P.MALFORMED_REQUEST, "each part is [topic, partition]"]
+        if not (isinstance(tp, (list, tuple)) and len(tp) in (2, 3) and isinstance(tp[0], str)
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in tp[1:])):
+            return [-1, P.MALFORMED_REQUEST, "each part is [topic, partition] or [topic, partition, leader_epoch]"]
         part = self.partitions.get((tp[0], tp[1]))
         if part is None or tp[0] not in self.metadata.topics:
             return [-1, P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]} is not on this broker"]
         if not part.is_leader:
             return [-1, P.NOT_LEADER, f"leader is broker {part.leader_id}"]
+        if len(tp) == 3 and tp[2] > part.leader_epoch:
+            # the client knows a newer epoch than ours: we are a deposed leader that has not
+            # heard yet, and must not take the write
+            return [-1, P.FENCED_LEADER_EPOCH, f"leader epoch {part.leader_epoch} is older than the client's {tp[2]}"]
         if acks == -1:
-            min_isr = int(self.metadata.topics[tp[0]].configs.get("min.insync.replicas", self.config.topics.min_insync_replicas))
+            min_isr = self.min_insync_replicas(tp[0])
             if len(part.isr) < min_isr:
                 return [-1, P.NOT_ENOUGH_REPLICAS, f"isr {sorted(part.isr)} is smaller than min.insync.replicas={min_isr}"]
         return None
+
+    def min_insync_replicas(self, topic: str) -> int:
+        t = self.metadata.topics.get(topic)
+        return int((t.configs if t is not None else {}).get("min.insync.replicas", self.config.topics.min_insync_replicas))
 
     def _finish_produce(self, req: wire.Request, res: list, now_ms: int) -> None:
         acks = req.header.get("acks", 1)
@@ -295,10 +304,10 @@ class Broker(Node):
             return [topic, p, P.NOT_LEADER, -1, -1, -1, None], b""
         max_bytes = min(tp[3] if len(tp) > 3 and isinstance(tp[3], int) else budget, budget)
         diverging = None
+        current_epoch = tp[4] if len(tp) > 4 else -1
+        if isinstance(current_epoch, int) and current_epoch > part.leader_epoch:
+            return [topic, p, P.FENCED_LEADER_EPOCH, -1, -1, -1, None], b""  # we are deposed
         if replica_id >= 0:
-            current_epoch = tp[4] if len(tp) > 4 else -1
-            if isinstance(current_epoch, int) and current_epoch > part.leader_epoch:
-                return [topic, p, P.FENCED_LEADER_EPOCH, -1, -1, -1, None], b""
             last_epoch = tp[5] if len(tp) > 5 and isinstance(tp[5], int) else -1
             diverging = self._diverging(part, offset, last_epoch)
             if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):
@@ -345,7 +354,9 @@ class Broker(Node):
                 if not (isinstance(entry, list) and len(entry) == 4):
                     continue
                 part = self.partitions.get((entry[0], entry[1]))
-                if part is not None and part.is_leader and entry[3] == part.leader_epoch and isinstance(entry[2], int):
+                # past our log end it cannot be our data (a divergent tail): not progress
+                if part is not None and part.is_leader and entry[3] == part.leader_epoch and isinstance(entry[2], int) \
+                        and entry[2] <= part.log_end_offset:
                     if part.record_follower_fetch(follower, entry[2], now):
                         self._dirty = True
         return DEFER  # one-way: no reply
@@ -403,14 +414,24 @@ class Broker(Node):
             if header is not None:
                 part.update_isr(header["isr"])
                 self._dirty = True
+            elif err is None or err.code == P.REQUEST_TIMED_OUT:
+                # no answer: the coordinator may have applied it (and may elect a member we
+                # added), so keep counting the maximal ISR for the HW and ask again
+                self.reactor.call_later(ISR_CHECK_INTERVAL_MS, retry)
             else:
                 part.pending_isr = None
                 if err is not None and err.code == P.FENCED_LEADER_EPOCH:
                     self._request_metadata_now()
+
+        def retry() -> None:
+            if part.is_leader and part.leader_epoch == epoch and part.pending_isr == new_isr:
+                self._propose_isr(part, new_isr)
         log.info("%s-%d: proposing isr %s (was %s)", part.topic, part.partition, sorted(new_isr), sorted(part.isr))
+        # isr_from: the coordinator refuses a change computed from an ISR it has since changed
         self.coordinator.request(P.ALTER_ISR, {"topic": part.topic, "partition": part.partition,
                                                "leader_epoch": epoch, "broker_id": self.broker_id,
-                                               "isr": sorted(new_isr)}, callback=done, timeout_ms=3000)
+                                               "isr": sorted(new_isr), "isr_from": sorted(part.isr)},
+                                 callback=done, timeout_ms=3000)
 
     def _request_metadata_now(self) -> None:
         self.reactor.call_later(0, self._request_metadata)

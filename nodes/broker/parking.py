@@ -93,6 +93,13 @@ class ParkingLot:
                 continue  # answered by fail_partition
             if part.high_watermark < needed:
                 return False
+        # the HW is there, but an ISR that shrank below min.insync.replicas meanwhile holds
+        # fewer copies than acks=all promised (Kafka: not_enough_replicas_after_append)
+        for tp, r in zip(item.req.header["parts"], item.results):
+            part = broker.partitions.get((tp[0], tp[1]))
+            if r[1] == 0 and part is not None and part.is_leader \
+                    and len(part.isr) < broker.min_insync_replicas(tp[0]):
+                r[1], r[2] = P.NOT_ENOUGH_REPLICAS_AFTER_APPEND, f"isr {sorted(part.isr)} shrank below min.insync.replicas"
         return True
 
     def fail_partition(self, key: tuple[str, int], code: int, server: RpcServer) -> None:

@@ -50,6 +50,10 @@ class Partition:
         self.pending_isr: set[int] | None = None  # proposed to the coordinator, not yet applied
         self.followers: dict[int, FollowerState] = {}
         self.high_watermark = 0
+        # recovery may have cut a tail the checkpoint already named (an epoch written down just
+        # before its first batch, or a batch that was not durable): forget such epochs, or a
+        # returning replica would keep records the leader has overwritten (Kafka does the same)
+        self.epochs.truncate_from_end(self.log_end_offset)
         self._rebuild_producer_state()
 
     # -- offsets ---------------------------------------------------------------------------

@@ -103,6 +103,8 @@ class ReplicationSubscriber:
             key = (h["topic"], h["partition"])
             epoch, hw, leo = h["epoch"], h["hw"], h["leo"]
             sender = h.get("node", "")
+            if not (isinstance(key[0], str) and all(isinstance(v, int) for v in (key[1], epoch, hw, leo))):
+                raise TypeError("replication header fields have the wrong types")
         except Exception:
             self.counters["repl_malformed"] += 1
             return
@@ -119,11 +121,15 @@ class ReplicationSubscriber:
                 fetcher.trigger()  # the log is not yet checked against this leader's
                 return
             self._apply(part, frames[4:], fetcher)
+        # until a fetch has checked our log against this leader's, our log end may count records
+        # of an older epoch the leader does not have: neither report it nor take the leader's HW
+        ready = fetcher.stream_ready(key)
         if part.log_end_offset < leo:
             fetcher.trigger()  # we missed something: repair over the fetch path
-        elif len(frames) == 4:
+        elif len(frames) == 4 and ready:
             fetcher.ack(part)  # idle heartbeat: tell the leader we are caught up
-        part.set_high_watermark_from_leader(hw)
+        if ready:
+            part.set_high_watermark_from_leader(hw)
 
     def _apply(self, part: "Partition", payloads: list[bytes], fetcher) -> None:  # noqa: ANN001
         appended = 0

@@ -170,6 +170,11 @@ class Coordinator(Node):
         grown = set(isr) - set(ps.isr)
         if ps.leader not in isr or any(b not in self.alive for b in grown):
             raise RemoteError(P.INVALID_CONFIG, "the ISR must contain the leader and only live brokers")
+        # compare-and-set: a change computed from an ISR we have changed since (a dead broker
+        # dropped) could re-admit a broker that is behind; the leader refreshes and recomputes
+        isr_from = req.header.get("isr_from")
+        if sorted(isr) != sorted(ps.isr) and isinstance(isr_from, list) and sorted(map(str, isr_from)) != sorted(map(str, ps.isr)):
+            raise RemoteError(P.FENCED_LEADER_EPOCH, f"stale isr {isr_from}: the isr is {ps.isr}")
         if sorted(isr) != sorted(ps.isr):
             log.info("%s-%d isr %s -> %s", req.header["topic"], p, ps.isr, isr)
             ps.isr = sorted(isr)
@@ -187,7 +192,7 @@ class Coordinator(Node):
         except Exception:
             self.counters["sub_malformed"] += 1
             return
-        if bid not in self.brokers or self.faults.blocks(hb.get("node")):
+        if not isinstance(bid, int) or bid not in self.brokers or self.faults.blocks(hb.get("node")):
             return
         self.last_seen_ms[bid] = self.clock.now_ms()
         self._heard.add(bid)
