@@ -21,6 +21,7 @@ FSYNC_ALWAYS = "always"
 FSYNC_INTERVAL = "interval"
 FSYNC_NEVER = "never"
 FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
+OFFSET_LIMIT = 1 << 63  # offsets are signed 64-bit in the batch header: 0 <= offset < this
 
 
 class EngineError(Exception):
@@ -136,6 +137,16 @@ class Engine(Protocol):
         """Drop every batch at and after ``offset``. ``offset`` must be a batch boundary or
         inside a batch (the whole batch containing it is dropped, so log_end_offset becomes
         that batch's base offset). No-op if offset >= log_end_offset."""
+        ...
+
+    def reset_to(self, offset: int) -> None:
+        """Drop every batch and make the log empty, starting at ``offset``: afterwards
+        log_start_offset == log_end_offset == offset, and the next append gets base offset
+        ``offset``. ``offset`` may be below, at or above the current log_end_offset (a
+        follower behind the leader's log start restarts there: Kafka's
+        truncateFullyAndStartAt). Durable on return (survives a crash and reopen) whatever
+        the fsync policy. Raises EngineError for offset < 0, StorageFull / EngineError on
+        I/O failure."""
         ...
 
     def delete_before(self, offset: int) -> int:

@@ -49,6 +49,7 @@ from engines.api import (
     Engine,
     EngineClosed,
     EngineConfig,
+    EngineError,
     OffsetOutOfRange,
     StorageFull,
 )
@@ -310,6 +311,128 @@ class EngineConformance:
         assert e.offset_for_timestamp(30_011) == offsets[31]
         assert e.offset_for_timestamp(10**9) is None
 
+    # -- reset_to -------------------------------------------------------------------------------
+    def check_reset(self, e: Engine, offset: int) -> None:
+        """After e.reset_to(offset): empty at ``offset``, nothing readable below or above it."""
+        assert (e.log_start_offset, e.log_end_offset, e.size_bytes) == (offset, offset, 0)
+        assert e.read(offset, 1024) == b""
+        assert e.offset_for_timestamp(0) is None
+        for bad in (offset - 1, offset + 1, 0, offset + 1000):
+            if bad == offset:
+                continue
+            with _raises(OffsetOutOfRange):
+                e.read(bad, 1024)
+
+    def test_reset_empty_log(self) -> None:
+        e = self.open_engine()
+        e.reset_to(0)
+        self.check_reset(e, 0)
+        e.reset_to(37)
+        self.check_reset(e, 37)
+        assert e.append(make_batch(0, record_count=2)) == 37
+        assert e.append(make_batch(1)) == 39 and e.log_end_offset == 42
+        assert [h.base_offset for h, _ in read_all(e)] == [37, 39]
+
+    def test_reset_below_end(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 100, payload_bytes=400)
+        mid = read_all(e)[40][0].base_offset + 1  # inside a batch: reset does not care
+        e.reset_to(mid)
+        self.check_reset(e, mid)
+        assert e.append(make_batch(500, record_count=2)) == mid
+        assert e.append(make_batch(501)) == mid + 2
+        batches = read_all(e)
+        assert [batch_index(memoryview(b)) for _, b in batches] == [500, 501]
+        assert e.size_bytes == sum(len(b) for _, b in batches)
+        assert e.offset_for_timestamp(0) == mid
+
+    def test_reset_above_end_and_below_start(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 60, payload_bytes=400)
+        end = e.log_end_offset
+        e.reset_to(end + 1000)  # a follower far behind the leader's log start
+        self.check_reset(e, end + 1000)
+        self.fill(e, 60, payload_bytes=400)
+        start = e.delete_before(e.log_end_offset - 20)
+        assert start > end + 1000
+        e.reset_to(5)  # below the current log start
+        self.check_reset(e, 5)
+        assert e.append(make_batch(9)) == 5 and len(read_all(e)) == 1
+
+    def test_reset_at_end_drops_everything(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 30, payload_bytes=400)
+        end = e.log_end_offset
+        e.reset_to(end)
+        self.check_reset(e, end)
+        assert e.append(make_batch(3)) == end
+
+    def test_log_works_after_reset(self) -> None:
+        e = self.open_engine(retention_bytes=8_000)
+        self.fill(e, 20, payload_bytes=400)
+        e.reset_to(1000)
+        offsets = [e.append(make_batch(i, record_count=2, payload_bytes=400)) for i in range(100)]
+        assert offsets == list(range(1000, 1200, 2))
+        if self.segments:
+            assert e.segment_count > 1
+        assert [batch_index(memoryview(b)) for _, b in read_all(e, max_bytes=3000)] == list(range(100))
+        e.truncate_to(1101)  # inside the batch at 1100
+        assert e.log_end_offset == 1100 and e.log_start_offset == 1000
+        e.truncate_to(3)  # below the start: everything goes, the start stays
+        assert (e.log_start_offset, e.log_end_offset) == (1000, 1000)
+        self.fill(e, 100, payload_bytes=400)
+        assert e.apply_retention(now_ms=0) > 0 and e.log_start_offset > 1000
+        assert read_all(e)[0][0].base_offset == e.log_start_offset
+
+    def test_reset_to_negative_offset_rejected(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 3)
+        before = (e.log_start_offset, e.log_end_offset, e.size_bytes)
+        with _raises(EngineError):
+            e.reset_to(-1)
+        assert (e.log_start_offset, e.log_end_offset, e.size_bytes) == before
+
+    def test_reset_on_closed_engine_raises(self) -> None:
+        e = self.open_engine()
+        e.close()
+        with _raises(EngineClosed):
+            e.reset_to(5)
+
+    def test_reopen_after_reset(self) -> None:
+        self.require("persistent")
+        for fsync in (FSYNC_NEVER, FSYNC_ALWAYS):
+            directory = os.path.join(self.tmp_dir, fsync)
+            e = self.open_engine(directory, fsync=fsync)
+            self.fill(e, 80, payload_bytes=400)
+            e.reset_to(5000)
+            e.close()
+            e2 = self.open_engine(directory, fsync=fsync)
+            assert e2.recovery.truncated_bytes == 0, e2.recovery
+            self.check_reset(e2, 5000)
+            assert e2.append(make_batch(1, record_count=2)) == 5000
+            e2.close()
+            e3 = self.open_engine(directory, fsync=fsync)
+            assert (e3.log_start_offset, e3.log_end_offset) == (5000, 5002)
+            assert [batch_index(memoryview(b)) for _, b in read_all(e3)] == [1]
+            e3.reset_to(7)  # below: the old files must not come back
+            e3.close()
+            e4 = self.open_engine(directory, fsync=fsync)
+            self.check_reset(e4, 7)
+            e4.close()
+
+    def test_kill9_after_reset_keeps_the_reset(self) -> None:
+        self.require("persistent")
+        reset_offset = 1_000_000
+        flushed, stderr = _run_and_kill_writer(
+            self.engine_spec(), self.directory, self.make_config(fsync=FSYNC_NEVER, segment_bytes_max=256 * 1024),
+            main="crash_reset_writer_main", extra_args=(str(reset_offset),))
+        e = self.open_engine(segment_bytes_max=256 * 1024)
+        assert e.log_start_offset == reset_offset, (e.recovery, stderr)
+        assert e.log_end_offset >= flushed >= reset_offset, (flushed, e.recovery, stderr)
+        batches = read_all(e, max_bytes=1 << 20)
+        assert [batch_index(memoryview(b)) for _, b in batches] == list(range(len(batches)))
+        assert e.append(make_batch(len(batches))) == e.log_end_offset - 3
+
     # -- durability -----------------------------------------------------------------------------
     def test_fsync_policies(self) -> None:
         for policy in (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER):
@@ -389,14 +512,16 @@ class _raises:
 
 # -- the kill -9 writer --------------------------------------------------------------------------
 
-def _run_and_kill_writer(spec: str, directory: str, config: EngineConfig) -> tuple[int, str]:
-    """Start a writer process, wait (with a deadline) for CRASH_FLUSHES_BEFORE_KILL flush
-    reports, SIGKILL it while it is appending, and return the highest flushed log end."""
+def _run_and_kill_writer(spec: str, directory: str, config: EngineConfig, main: str = "crash_writer_main",
+                        extra_args: tuple[str, ...] = ()) -> tuple[int, str]:
+    """Start a writer process (``main``: a function of this module), wait (with a deadline)
+    for CRASH_FLUSHES_BEFORE_KILL flush reports, SIGKILL it while it is appending, and return
+    the highest flushed log end."""
     cfg = {k: getattr(config, k) for k in config.__dataclass_fields__}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from engines.conformance import crash_writer_main; crash_writer_main()",
-         spec, directory, json.dumps(cfg)],
+        [sys.executable, "-c", f"from engines.conformance import {main}; {main}()",
+         spec, directory, json.dumps(cfg), *extra_args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     lines: queue.Queue[str | None] = queue.Queue(maxsize=100_000)
 
@@ -432,14 +557,34 @@ def _run_and_kill_writer(spec: str, directory: str, config: EngineConfig) -> tup
     return flushed, proc.stderr.read()
 
 
+def _open_writer_engine() -> Engine:
+    """The engine named by argv: spec ("module:Class"), directory, EngineConfig as JSON."""
+    spec, directory, config_json = sys.argv[1:4]
+    module_name, _, attr = spec.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    return cls(directory, EngineConfig(**json.loads(config_json)))
+
+
 def crash_writer_main() -> None:
     """argv: engine spec ("module:Class"), directory, EngineConfig as JSON. Appends batches
     (payload = batch index) forever-but-bounded, flushes every 20 batches and prints
     "flushed <log_end_offset>" after each flush."""
-    spec, directory, config_json = sys.argv[1:4]
-    module_name, _, attr = spec.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    engine = cls(directory, EngineConfig(**json.loads(config_json)))
+    _write_until_killed(_open_writer_engine())
+
+
+def crash_reset_writer_main() -> None:
+    """argv as crash_writer_main, then the reset offset. Appends 30 batches without flushing,
+    resets the log to that offset (durable on return: reported as a flush), then writes as
+    crash_writer_main does."""
+    engine = _open_writer_engine()
+    for i in range(30):
+        engine.append(make_batch(10_000 + i, payload_bytes=8000))
+    engine.reset_to(int(sys.argv[4]))
+    print(f"flushed {engine.log_end_offset}", flush=True)
+    _write_until_killed(engine)
+
+
+def _write_until_killed(engine: Engine) -> None:
     deadline = time.monotonic() + WRITER_SECONDS_MAX
     for i in range(WRITER_BATCHES_MAX):
         if time.monotonic() > deadline:

@@ -3,7 +3,8 @@
 Database ``batches``: key = base offset as 8-byte big-endian, value = the stored batch (base
 offset stamped). Database ``meta``: key ``state`` = (log_start_offset, log_end_offset,
 size_bytes), updated in the same transaction as every change, so the three are always
-consistent with the batches (LMDB transactions are atomic).
+consistent with the batches (LMDB transactions are atomic). When ``batches`` is empty the
+state is what says where the log starts (after reset_to).
 
 One write transaction per append; append_many uses one for all its batches. The map starts
 at ``options.map_size_bytes`` (default 64 MiB) and doubles on MapFullError up to
@@ -24,6 +25,7 @@ from typing import Callable, TypeVar
 import lmdb
 
 from engines.api import (
+    OFFSET_LIMIT,
     FSYNC_ALWAYS,
     FSYNC_INTERVAL,
     EngineClosed,
@@ -219,6 +221,22 @@ class LmdbEngine:
             return new_end, self._size_bytes - freed
 
         self._log_end_offset, self._size_bytes = self._write(body)
+        self.flush()
+
+    def reset_to(self, offset: int) -> None:
+        """See Engine.reset_to. One write transaction empties ``batches`` and records
+        (offset, offset, 0) in ``meta``: recovery of an empty log takes its start from there."""
+        self._check_open()
+        if not 0 <= offset < OFFSET_LIMIT:
+            raise EngineError(f"cannot reset the log to offset {offset}")
+
+        def body(txn: lmdb.Transaction) -> None:
+            txn.drop(self._batches, delete=False)
+            self._put_state(txn, offset, offset, 0)
+
+        self._write(body)
+        self._log_start_offset = self._log_end_offset = offset
+        self._size_bytes = 0
         self.flush()
 
     def _delete_first_where(self, should_delete: Callable[[BatchHeader, int], bool]) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 
-from engines.api import EngineClosed, EngineConfig, RecoveryReport
+from engines.api import OFFSET_LIMIT, EngineClosed, EngineConfig, EngineError, RecoveryReport
 from engines.batch import BatchHeader, parse_header
 from engines.checks import BASE_OFFSET, check_read_range, validate_batch
 
@@ -113,6 +113,15 @@ class MemoryEngine:
         self._size_bytes -= sum(len(b) for b in self._batches[i:])
         del self._batches[i:], self._headers[i:], self._base_offsets[i:]
         self._log_end_offset = new_end
+
+    def reset_to(self, offset: int) -> None:
+        """Raises EngineError for offset < 0 / EngineClosed."""
+        self._check_open()
+        if not 0 <= offset < OFFSET_LIMIT:
+            raise EngineError(f"cannot reset the log to offset {offset}")
+        self._batches, self._headers, self._base_offsets = [], [], []
+        self._log_start_offset = self._log_end_offset = offset
+        self._size_bytes = 0
 
     def _drop_first(self, count: int) -> int:
         dropped = sum(len(b) for b in self._batches[:count])

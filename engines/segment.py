@@ -22,7 +22,7 @@ import logging
 import os
 from collections import OrderedDict
 
-from engines.api import CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS, FSYNC_INTERVAL
+from engines.api import OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS, FSYNC_INTERVAL
 from engines.batch import BatchHeader
 from engines.checks import check_read_range, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
@@ -282,6 +282,33 @@ class SegmentEngine:
         active.load_tail()
         active.dirty = True
         self._size_bytes = sum(s.size_bytes for s in self._segments)
+
+    def reset_to(self, offset: int) -> None:
+        """See Engine.reset_to (Kafka's truncateFullyAndStartAt). Crash-safe order: the
+        checkpoint names the new empty segment first (an old log beside it is then fully
+        scanned on open), the old segments go newest first (a crash leaves a prefix of the old
+        log: a valid truncation), and the new segment is created last (an empty directory
+        recovers at the checkpoint's offset). Raises EngineError / StorageFull."""
+        self._check_open()
+        if not 0 <= offset < OFFSET_LIMIT:
+            raise EngineError(f"cannot reset the log to offset {offset}")
+        checkpoint = Checkpoint(offset, 0, offset, False)
+        write_checkpoint(self.directory, self._dir_fd, checkpoint)
+        self._checkpoint = checkpoint
+        self._checkpoint_base = offset
+        for seg in reversed(self._segments):
+            self._delete_segment(seg)
+        self._readers.clear()
+        self._unsynced = []
+        self._read_hint = None
+        new = LogSegment(self.directory, offset, self.config.index_interval_bytes)
+        new.index.reset()
+        new.fd  # create the file
+        new.dirty = True
+        self._segments, self._bases, self._size_bytes = [new], [offset], 0
+        self._dir_dirty = True
+        self.flush()
+        log.info("reset %s to offset %d", self.directory, offset)
 
     def _delete_segment(self, seg: LogSegment) -> None:
         self._readers.pop(seg.base_offset, None)

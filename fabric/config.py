@@ -106,6 +106,9 @@ class TopicDefaults(_Model):
     min_insync_replicas: int = Field(2, ge=1, le=16)
     retention_ms: int = Field(-1, ge=-1)
     retention_bytes: int = Field(-1, ge=-1)
+    # how often each broker applies retention to its logs (Kafka's
+    # log.retention.check.interval.ms): a broker-wide timer, kept beside the retention defaults
+    retention_check_interval_ms: int = Field(30_000, ge=10)
     auto_create: bool = False
 
 

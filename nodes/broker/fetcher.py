@@ -126,9 +126,13 @@ class ReplicaFetcher:
         if code != 0:
             self.last_error = P.error_name(code)
             if code == P.OFFSET_OUT_OF_RANGE and part.log_end_offset < _start:
-                part.truncate_to(0)  # behind the leader's log start: start over (retention)
+                part.reset_to(_start)  # behind the leader's log start (retention): start there
+                return True
             return False
         if diverging is not None:
+            if part.log_end_offset < _start:  # the leader deleted every epoch we share with it
+                part.reset_to(_start)
+                return True
             part.truncate_to(self._divergence_point(part, diverging[0], diverging[1]))
             return True
         n = part.append_as_follower(data) if data else 0

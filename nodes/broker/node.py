@@ -37,7 +37,6 @@ from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationP
 log = logging.getLogger(__name__)
 
 ISR_CHECK_INTERVAL_MS = 250
-RETENTION_CHECK_INTERVAL_MS = 30_000
 METADATA_REQUEST_TIMEOUT_MS = 2000
 
 
@@ -76,10 +75,14 @@ class Broker(Node):
         self._open_existing_partitions()
         self.reactor.after_pass(self._after_pass)
         self.reactor.call_every(ISR_CHECK_INTERVAL_MS, self._check_isr)
-        self.reactor.call_every(RETENTION_CHECK_INTERVAL_MS, self._apply_retention)
+        self.reactor.call_every(config.topics.retention_check_interval_ms, self._apply_retention)
         if self.storage.fsync == "interval":
             self.reactor.call_every(self.storage.fsync_interval_ms, self._flush_due)
-        self.reactor.call_later(0, self._request_metadata)
+        # a random id per process: the coordinator treats a new one as a restart and moves
+        # leadership away from epochs this process may not have all the data of
+        self.incarnation = os.urandom(8).hex()
+        self._registered = False
+        self.reactor.call_later(0, self._register)
 
     # -- partitions on disk --------------------------------------------------------------------
     def _partition_dir(self, topic: str, partition: int) -> Path:
@@ -115,6 +118,19 @@ class Broker(Node):
         shutil.rmtree(self._partition_dir(*key), ignore_errors=True)
 
     # -- metadata ---------------------------------------------------------------------------
+    def _register(self) -> None:
+        """Announce this process to the coordinator; its answer (metadata in which a restart of
+        ours is already accounted for) is the first metadata we act on."""
+        def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
+            if header is None:
+                self.reactor.call_later(200, self._register)
+                return
+            self._registered = True
+            log.info("registered with the coordinator as broker %d (incarnation %s)", self.broker_id, self.incarnation)
+            self.apply_metadata(header["metadata"])
+        self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation},
+                                 callback=done, timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
+
     def _request_metadata(self) -> None:
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
             if header is not None:
@@ -128,7 +144,7 @@ class Broker(Node):
         if len(frames) < 4 or frames[1] != P.VERSION or frames[2] != P.PUB_METADATA:
             self.counters["sub_malformed"] += 1
             return
-        if self.faults.blocks(self.config.coordinator_name):
+        if not self._registered or self.faults.blocks(self.config.coordinator_name):
             return
         try:
             self.apply_metadata(wire.unpack(frames[3]))
@@ -434,7 +450,11 @@ class Broker(Node):
                                  callback=done, timeout_ms=3000)
 
     def _request_metadata_now(self) -> None:
-        self.reactor.call_later(0, self._request_metadata)
+        # a random id per process: the coordinator treats a new one as a restart and moves
+        # leadership away from epochs this process may not have all the data of
+        self.incarnation = os.urandom(8).hex()
+        self._registered = False
+        self.reactor.call_later(0, self._register)
 
     def _apply_retention(self) -> None:
         now = self.clock.wall_ms()
@@ -455,7 +475,8 @@ class Broker(Node):
 
     # -- stats / lifecycle ------------------------------------------------------------------
     def heartbeat_fields(self) -> dict[str, Any]:
-        return dict(super().heartbeat_fields(), broker_id=self.broker_id, metadata_version=self.metadata.version)
+        return dict(super().heartbeat_fields(), broker_id=self.broker_id, incarnation=self.incarnation,
+                    metadata_version=self.metadata.version)
 
     def stats(self) -> dict[str, Any]:
         parts = []

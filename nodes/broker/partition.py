@@ -185,6 +185,22 @@ class Partition:
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
         self._rebuild_producer_state()
 
+    def reset_to(self, offset: int) -> None:
+        """Drop the whole log and restart it empty at ``offset`` (a follower whose log end is
+        below the leader's log start after retention: Kafka's truncateFullyAndStartAt).
+        Durable on return. Raises EngineError (the log is then unchanged or a prefix of it)."""
+        log.warning("%s-%d: resetting the log [%d, %d) to start at %d", self.topic, self.partition,
+                    self.log_start_offset, self.log_end_offset, offset)
+        self.engine.reset_to(offset)
+        # An empty log has no epochs: any entry kept (even the one covering ``offset``, which
+        # truncate_from_start would keep) would be sent as our last fetched epoch, and a leader
+        # that no longer knows it answers with a divergence we cannot truncate away. Every
+        # entry starts at an offset >= 0, so truncating from 0 clears the cache; the next
+        # fetched batches assign their epochs from ``offset`` on.
+        self.epochs.truncate_from_end(0)
+        self.high_watermark = offset
+        self.producers.truncate()
+
     def set_high_watermark_from_leader(self, leader_hw: int) -> None:
         self.high_watermark = max(self.high_watermark, min(leader_hw, self.log_end_offset))
 

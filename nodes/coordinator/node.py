@@ -54,7 +54,8 @@ class Coordinator(Node):
         self.reactor.add_socket(self.sub, self._on_heartbeat)
         for cmd, fn in ((P.METADATA, self._on_metadata), (P.CREATE_TOPIC, self._on_create_topic),
                         (P.DELETE_TOPIC, self._on_delete_topic), (P.ALTER_TOPIC, self._on_alter_topic),
-                        (P.ALTER_ISR, self._on_alter_isr), (P.INIT_PRODUCER_ID, self._on_init_producer_id)):
+                        (P.ALTER_ISR, self._on_alter_isr), (P.INIT_PRODUCER_ID, self._on_init_producer_id),
+                        (P.BROKER_REGISTER, self._on_register)):
             self.server.route(cmd, fn)
         self.reactor.call_every(max(50, config.liveness.heartbeat_interval_ms // 2), self._check_liveness)
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
@@ -194,6 +195,38 @@ class Coordinator(Node):
             return
         if not isinstance(bid, int) or bid not in self.brokers or self.faults.blocks(hb.get("node")):
             return
+        incarnation = hb.get("incarnation")
+        if isinstance(incarnation, str) and incarnation != self.state.incarnations.get(bid):
+            self._observe_incarnation(bid, incarnation)
+            return
+        self.last_seen_ms[bid] = self.clock.now_ms()
+        self._heard.add(bid)
+        if bid not in self.alive:
+            log.info("broker %d is alive", bid)
+            self.alive.add(bid)
+            self._on_broker_up(bid)
+
+    def _on_register(self, req: wire.Request) -> dict:
+        bid = req.get("broker_id", int)
+        if bid not in self.brokers:
+            raise RemoteError(P.INVALID_CONFIG, f"broker {bid} is not in the cluster config")
+        self._observe_incarnation(bid, req.get("incarnation", str))
+        return {"metadata": self.metadata_wire()}
+
+    def _observe_incarnation(self, bid: int, incarnation: str) -> None:
+        """A broker process announced itself. A new process of a broker we knew is a restart:
+        it may have lost an unflushed tail, so it is treated as down (out of every ISR, its
+        partitions re-elected with new epochs) and then up, before it acts on any metadata."""
+        known = self.state.incarnations.get(bid)
+        if known == incarnation:
+            self.last_seen_ms[bid] = self.clock.now_ms()
+            return
+        self.state.incarnations[bid] = incarnation
+        if known is not None:
+            log.warning("broker %d restarted (new process): fencing the epochs it led", bid)
+            self.alive.discard(bid)
+            self._on_broker_down(bid)
+        self.store.save(self.state)
         self.last_seen_ms[bid] = self.clock.now_ms()
         self._heard.add(bid)
         if bid not in self.alive:

@@ -37,6 +37,8 @@ class ClusterState:
     version: int = 0
     next_producer_id: int = 1
     topics: dict[str, TopicState] = field(default_factory=dict)
+    # broker id -> the random id of its current process: a new one means it restarted
+    incarnations: dict[int, str] = field(default_factory=dict)
 
 
 class StateStore:
@@ -53,12 +55,14 @@ class StateStore:
             name: TopicState([PartitionState(*p) for p in t["partitions"]], t.get("configs", {}))
             for name, t in raw.get("topics", {}).items()
         }
-        return ClusterState(raw.get("version", 0), raw.get("next_producer_id", 1), topics)
+        incarnations = {int(k): str(v) for k, v in raw.get("incarnations", {}).items()}
+        return ClusterState(raw.get("version", 0), raw.get("next_producer_id", 1), topics, incarnations)
 
     def save(self, state: ClusterState) -> None:
         raw = {
             "version": state.version,
             "next_producer_id": state.next_producer_id,
+            "incarnations": {str(k): v for k, v in state.incarnations.items()},
             "topics": {n: {"configs": t.configs, "partitions": [p.to_list() for p in t.partitions]}
                        for n, t in state.topics.items()},
         }

@@ -120,6 +120,64 @@ class TestSegmentEngine(EngineConformance):
         assert names[0] == f"{0:020d}.log" and len(names) == e.segment_count
 
 
+    # -- reset_to: files and crashes part-way ---------------------------------------------------
+    def test_reset_leaves_one_segment_named_by_offset(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 100, payload_bytes=500)
+        assert e.segment_count > 3
+        for offset in (0, 12345):  # 0: the new segment has the name of an old one
+            e.reset_to(offset)
+            names = set(os.listdir(self.directory)) - {f"{offset:020d}.index"}
+            assert names == {f"{offset:020d}.log", "recovery.checkpoint"}
+        self.fill(e, 100, payload_bytes=500)
+        names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(self.directory, "*.log")))
+        assert names[0] == f"{12345:020d}.log" and len(names) == e.segment_count > 3
+
+    def test_reset_without_close_is_what_a_crash_leaves(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 100, payload_bytes=500)
+        e.reset_to(777)
+        self.fill(e, 5, payload_bytes=500)
+        e.flush()
+        expected = read_all(e)
+        e2 = self.open_engine()  # a second owner reading the files as a crash leaves them
+        assert (e2.log_start_offset, e2.log_end_offset) == (777, e.log_end_offset)
+        assert read_all(e2) == expected
+
+    @pytest.mark.parametrize("deleted", [0, 2])
+    def test_crash_while_deleting_old_segments_leaves_a_prefix(self, deleted: int) -> None:
+        e = self.open_engine()
+        self.fill(e, 100, payload_bytes=500)
+        e.flush()
+        before = read_all(e)
+        real_delete, calls = SegmentEngine._delete_segment, []
+
+        def crash_after_some(engine: SegmentEngine, seg: object) -> None:
+            if len(calls) == deleted:
+                raise EngineError("simulated crash")
+            calls.append(seg)
+            real_delete(engine, seg)
+
+        with mock.patch.object(SegmentEngine, "_delete_segment", crash_after_some):
+            with pytest.raises(EngineError):
+                e.reset_to(50_000)
+        e2 = self.open_engine()
+        after = read_all(e2)
+        assert e2.log_start_offset == 0 and after == before[: len(after)]
+        assert len(after) == len(before) if deleted == 0 else 0 < len(after) < len(before)
+
+    def test_crash_before_new_segment_recovers_empty_at_offset(self) -> None:
+        e = self.open_engine()
+        self.fill(e, 100, payload_bytes=500)
+        with mock.patch("engines.segment.LogSegment", side_effect=EngineError("simulated crash")):
+            with pytest.raises(EngineError):
+                e.reset_to(50_000)
+        assert not glob.glob(os.path.join(self.directory, "*.log"))
+        e2 = self.open_engine()
+        assert (e2.log_start_offset, e2.log_end_offset, e2.size_bytes) == (50_000, 50_000, 0)
+        assert e2.append(make_batch(1)) == 50_000
+
+
 class TestLmdbEngine(EngineConformance):
     engine_class = LmdbEngine
 
