@@ -40,6 +40,11 @@ class EpochCache:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path)
+        fd = os.open(self._path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself must survive a crash
+        finally:
+            os.close(fd)
 
     @property
     def latest_epoch(self) -> int:

@@ -54,6 +54,7 @@ class ReplicaFetcher:
 
     def set_partitions(self, parts: list["Partition"]) -> None:
         self.partitions = {(p.topic, p.partition): p for p in parts}
+        self._stream_ready = {k: e for k, e in self._stream_ready.items() if k in self.partitions}
         self.trigger()
 
     def stream_ready(self, key: tuple[str, int]) -> bool:

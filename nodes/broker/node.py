@@ -113,6 +113,7 @@ class Broker(Node):
         return part
 
     def _drop_partition(self, key: tuple[str, int]) -> None:
+        self.parking.fail_partition(key, P.UNKNOWN_TOPIC_OR_PARTITION, self.server)  # topic deleted
         part = self.partitions.pop(key)
         part.close()
         shutil.rmtree(self._partition_dir(*key), ignore_errors=True)
@@ -324,6 +325,8 @@ class Broker(Node):
         if isinstance(current_epoch, int) and current_epoch > part.leader_epoch:
             return [topic, p, P.FENCED_LEADER_EPOCH, -1, -1, -1, None], b""  # we are deposed
         if replica_id >= 0:
+            if replica_id not in part.replicas or replica_id == self.broker_id:
+                return [topic, p, P.NOT_LEADER, -1, -1, -1, None], b""  # only followers replicate
             last_epoch = tp[5] if len(tp) > 5 and isinstance(tp[5], int) else -1
             diverging = self._diverging(part, offset, last_epoch)
             if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):

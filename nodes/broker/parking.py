@@ -103,7 +103,8 @@ class ParkingLot:
         return True
 
     def fail_partition(self, key: tuple[str, int], code: int, server: RpcServer) -> None:
-        """Leadership of ``key`` moved away: parked acks=all writes on it are not acknowledged."""
+        """Leadership of ``key`` moved away (or the partition is gone): parked acks=all writes
+        on it are not acknowledged."""
         keep = []
         for item in self.produces:
             if any(k == key for k, _ in item.waits):

@@ -42,7 +42,6 @@ class ReplicationPublisher:
 
     def __init__(self, broker: "Broker") -> None:
         self.broker = broker
-        self._published_leo: dict[tuple[str, int], int] = {}
 
     def publish_appended(self, part: "Partition", batches: list[bytearray], base_offsets: list[int]) -> None:
         for buf, off in zip(batches, base_offsets):
@@ -50,7 +49,6 @@ class ReplicationPublisher:
         header = {"node": self.broker.name, "topic": part.topic, "partition": part.partition,
                   "epoch": part.leader_epoch, "hw": part.high_watermark, "leo": part.log_end_offset}
         self.broker.publish(P.replica_topic(part.topic, part.partition), P.PUB_REPLICA, header, batches)
-        self._published_leo[(part.topic, part.partition)] = part.log_end_offset
 
     def heartbeat(self) -> None:
         for key, part in self.broker.partitions.items():
