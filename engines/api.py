@@ -99,6 +99,10 @@ class Engine(Protocol):
 
     name: str
     recovery: RecoveryReport
+    # The settings the engine was opened with. Retention (``retention_ms``,
+    # ``retention_bytes``) is read from here at every apply_retention(), so the owner may
+    # change those two fields at run time (topic configs altered); the rest are fixed.
+    config: EngineConfig
 
     @property
     def log_start_offset(self) -> int:

@@ -101,9 +101,7 @@ class Broker(Node):
             return part
         d = self._partition_dir(topic, partition)
         d.mkdir(parents=True, exist_ok=True)
-        engine_config = self.storage.engine_config(
-            int(configs.get("retention.ms", -1)), int(configs.get("retention.bytes", -1)),
-            self.limits.batch_bytes_max)
+        engine_config = self.storage.engine_config(*self._retention(configs), self.limits.batch_bytes_max)
         engine = open_engine(self.storage.engine, str(d / "log"), engine_config)
         if engine.recovery.truncated_bytes:
             log.warning("%s-%d: recovery cut %d bytes: %s", topic, partition,
@@ -111,6 +109,17 @@ class Broker(Node):
         part = Partition(topic, partition, self.broker_id, engine, str(d))
         self.partitions[key] = part
         return part
+
+    def _retention(self, configs: dict) -> tuple[int, int]:
+        """(retention_ms, retention_bytes) of a topic: its configs, else the cluster defaults."""
+        defaults = self.config.topics
+        return (int(configs.get("retention.ms", defaults.retention_ms)),
+                int(configs.get("retention.bytes", defaults.retention_bytes)))
+
+    def _apply_topic_configs(self, part: Partition, configs: dict) -> None:
+        """Topic configs change at run time (``loom topic alter``), and partitions opened from
+        disk at start-up did not know them yet: engines read retention from their config."""
+        part.engine.config.retention_ms, part.engine.config.retention_bytes = self._retention(configs)
 
     def _drop_partition(self, key: tuple[str, int]) -> None:
         self.parking.fail_partition(key, P.UNKNOWN_TOPIC_OR_PARTITION, self.server)  # topic deleted
@@ -165,6 +174,7 @@ class Broker(Node):
                 continue
             mine.add((info.topic, info.partition))
             part = self._open_partition(info.topic, info.partition, md.topics[info.topic].configs)
+            self._apply_topic_configs(part, md.topics[info.topic].configs)
             self._apply_partition_state(part, info, now)
         for key in [k for k in self.partitions if k not in mine and k[0] not in md.topics]:
             self._drop_partition(key)
