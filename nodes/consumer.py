@@ -73,6 +73,7 @@ class Instance(threading.Thread):
         self.last_used_ms = now_ms
         self.commands: queue.Queue[tuple[str, dict, Answer] | None] = queue.Queue(COMMANDS_PER_INSTANCE_MAX)
         self.consumer: GroupConsumer | None = None
+        self._stop_requested = threading.Event()
 
     def submit(self, op: str, header: dict, answer: Answer) -> None:
         try:
@@ -82,7 +83,7 @@ class Instance(threading.Thread):
 
     def run(self) -> None:
         next_maintain = time.monotonic()
-        while True:
+        while not self._stop_requested.is_set():
             if time.monotonic() >= next_maintain:  # also when requests keep coming
                 self._maintain()
                 next_maintain = time.monotonic() + MAINTAIN_INTERVAL_S
@@ -105,6 +106,17 @@ class Instance(threading.Thread):
             if op == "delete":
                 break
         self._close()
+        self._refuse_waiting()
+
+    def _refuse_waiting(self) -> None:
+        """Answer what was still queued when the instance stopped (instead of never)."""
+        while True:
+            try:
+                item = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item[2](None, RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {self.instance_name} was closed"))
 
     def _maintain(self) -> None:
         if self.consumer is None:
@@ -199,10 +211,13 @@ class Instance(threading.Thread):
         return {}
 
     def stop(self) -> None:
+        """Ask the thread to close the instance. Never blocks (the caller is the reactor): the
+        event is seen even when the command queue is full; the None only wakes the thread."""
+        self._stop_requested.set()
         try:
             self.commands.put_nowait(None)
         except queue.Full:
-            self.commands.put(None, timeout=5)
+            pass  # the thread takes a queued command within MAINTAIN_INTERVAL_S and sees the event
 
 
 OPS = {

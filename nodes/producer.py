@@ -98,7 +98,9 @@ class ProducerService(Node):
                     and (r[3] is None or (isinstance(r[3], int) and not isinstance(r[3], bool)))):
                 raise RemoteError(P.INVALID_RECORD, f"record {i} must be [key bytes|null, value bytes, "
                                                     "headers [[name, bytes]...]|null, partition int|null]")
-            size += len(r[1]) + len(r[0] or b"") + RECORD_OVERHEAD_BYTES
+            # headers count too: a request of small values with large headers must not slip
+            # past the bound
+            size += len(r[1]) + len(r[0] or b"") + RECORD_OVERHEAD_BYTES + _headers_bytes(r[2])
         if self._buffered_bytes + size > self.services.producer_buffer_bytes_max:
             self.counters["buffer_full"] += 1
             raise RemoteError(P.BUFFER_FULL, f"the producer service buffer ({self.services.producer_buffer_bytes_max} "
@@ -198,3 +200,7 @@ def _valid_headers(headers: Any) -> bool:
     return isinstance(headers, list) and len(headers) <= 1000 and all(
         isinstance(h, (list, tuple)) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], (bytes, type(None)))
         for h in headers)
+
+
+def _headers_bytes(headers: list | None) -> int:
+    return sum(len(name) + len(value or b"") for name, value in headers or ())

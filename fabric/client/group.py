@@ -64,6 +64,10 @@ class GroupConsumer(_AssignConsumer):
         super().__init__(bootstrap, config_path=config_path, auto_offset_reset=auto_offset_reset, **kw)
         if not group_id:
             raise FabricError("group_id is required for a group consumer")
+        if session_timeout_ms <= 0 or (heartbeat_interval_ms is not None and not 0 < heartbeat_interval_ms < session_timeout_ms):
+            # a heartbeat interval <= 0 would spin the heartbeat thread; one >= the session
+            # would let the member expire between two heartbeats
+            raise FabricError("session_timeout_ms must be > 0 and heartbeat_interval_ms between 0 and it")
         self.group_id = group_id
         self.enable_auto_commit = enable_auto_commit
         self.auto_commit_interval_ms = auto_commit_interval_ms
@@ -109,7 +113,7 @@ class GroupConsumer(_AssignConsumer):
             with self._lock:
                 rejoin = self._rejoin_needed
             if rejoin:
-                self._rejoin()
+                self._rejoin(deadline)
             self._maybe_auto_commit()
             left = deadline - self.clock.now_ms()
             records = super().poll(max(0, min(left, POLL_SLICE_MS)), max_records)
@@ -124,7 +128,7 @@ class GroupConsumer(_AssignConsumer):
         with self._lock:
             rejoin = self._rejoin_needed
         if rejoin:
-            self._rejoin()
+            self._rejoin(self.clock.now_ms())  # one attempt: the host's other requests wait meanwhile
         self._maybe_auto_commit()
         self.reactor.run_once(0)
 
@@ -153,7 +157,10 @@ class GroupConsumer(_AssignConsumer):
             self.on_revoke(owned)
         self.assign([])
 
-    def _rejoin(self) -> None:
+    def _rejoin(self, deadline_ms: int | None = None) -> None:
+        """Join and sync. Errors that retrying cannot cure (an assignor the group does not
+        use, a session timeout out of range) are raised; others are retried, but only until
+        ``deadline_ms`` -- then the rejoin is left for the next ``poll``."""
         self._revoke()
         self._ensure_heartbeat()
         while not self._closed:
@@ -173,6 +180,14 @@ class GroupConsumer(_AssignConsumer):
             except RemoteError as e:
                 self._on_group_error(e)
                 if e.code not in REJOIN_ERRORS:
+                    if not e.retriable:
+                        with self._lock:
+                            self._rejoin_needed = True
+                        raise
+                    if deadline_ms is not None and self.clock.now_ms() >= deadline_ms:
+                        with self._lock:
+                            self._rejoin_needed = True
+                        return
                     self.reactor.run_once(RETRY_BACKOFF_MS)
                 continue
             self._take_assignment(assignment, fetched["offsets"])
@@ -180,6 +195,7 @@ class GroupConsumer(_AssignConsumer):
 
     def _take_assignment(self, assignment: list[TopicPartition], offsets: list) -> None:
         self.assign(assignment)
+        self._last_committed = {}  # what an earlier ownership committed says nothing now
         committed = {(t, p): o for t, p, o, _ in offsets}
         for tp in assignment:
             off = committed.get(tp, -1)

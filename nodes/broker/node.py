@@ -338,7 +338,7 @@ class Broker(Node):
             if replica_id not in part.replicas or replica_id == self.broker_id:
                 return [topic, p, P.NOT_LEADER, -1, -1, -1, None], b""  # only followers replicate
             last_epoch = tp[5] if len(tp) > 5 and isinstance(tp[5], int) else -1
-            diverging = self._diverging(part, offset, last_epoch)
+            diverging = part.divergence(offset, last_epoch)
             if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):
                 self._dirty = True
         upto = part.log_end_offset if replica_id >= 0 else part.high_watermark
@@ -359,19 +359,6 @@ class Broker(Node):
             head[2] = P.STORAGE_ERROR
             return head, b""
         return head, data
-
-    @staticmethod
-    def _diverging(part: Partition, fetch_offset: int, last_epoch: int) -> list | None:
-        """KIP-320: if the follower's last epoch ended earlier in our log than its fetch
-        offset, tell it where to truncate."""
-        if last_epoch < 0:
-            return None
-        epoch, end = part.epochs.end_offset_for(last_epoch, part.log_end_offset)
-        if epoch == last_epoch and end >= fetch_offset:
-            return None
-        if epoch < 0:
-            return [-1, part.log_start_offset]
-        return [epoch, end]
 
     def _on_replica_ack(self, req: wire.Request) -> Any:
         """One-way from a follower: its log end offset after appending from the stream."""
@@ -408,13 +395,8 @@ class Broker(Node):
                 out.append([tp[0], tp[1], P.UNKNOWN_TOPIC_OR_PARTITION, -1])
             elif not part.is_leader:
                 out.append([tp[0], tp[1], P.NOT_LEADER, -1])
-            elif tp[2] == -2:
-                out.append([tp[0], tp[1], 0, part.log_start_offset])
-            elif tp[2] == -1:
-                out.append([tp[0], tp[1], 0, part.high_watermark])
             else:
-                off = part.engine.offset_for_timestamp(int(tp[2]))
-                out.append([tp[0], tp[1], 0, part.high_watermark if off is None else min(off, part.high_watermark)])
+                out.append([tp[0], tp[1], 0, part.offset_for_spec(tp[2])])
         return {"parts": out}
 
     # -- the per-pass hook and timers ------------------------------------------------------------

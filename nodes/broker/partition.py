@@ -255,7 +255,29 @@ class Partition:
     def _current_epoch_start(self) -> int:
         return self.epochs.entries[-1][1] if self.epochs.entries else 0
 
+    def divergence(self, fetch_offset: int, last_epoch: int) -> list | None:
+        """Leader side of KIP-320: if a follower's last epoch ended earlier in our log than its
+        fetch offset, [epoch, end offset] tells it where our logs part; else None."""
+        if last_epoch < 0:
+            return None
+        epoch, end = self.epochs.end_offset_for(last_epoch, self.log_end_offset)
+        if epoch == last_epoch and end >= fetch_offset:
+            return None
+        if epoch < 0:
+            return [-1, self.log_start_offset]
+        return [epoch, end]
+
     # -- reads ------------------------------------------------------------------------------
+    def offset_for_spec(self, spec: int) -> int:
+        """LIST_OFFSETS: -2 the log start, -1 the high watermark (the end consumers see), else
+        the first offset at or after timestamp ``spec`` (the HW when there is none)."""
+        if spec == -2:
+            return self.log_start_offset
+        if spec == -1:
+            return self.high_watermark
+        offset = self.engine.offset_for_timestamp(spec)
+        return self.high_watermark if offset is None else min(offset, self.high_watermark)
+
     def read(self, offset: int, max_bytes: int, upto_offset: int) -> bytes:
         """Whole batches from ``offset`` that end at or before ``upto_offset`` (the HW for
         consumers, the LEO for followers)."""

@@ -292,23 +292,41 @@ class GroupCoordinator:
         self._require_loaded()
         generation = req.get("generation", int, -1)
         if generation >= 0:
-            group, member = self._member(req)
-            owned = set(member.assignment)
-            for t, p, _, _ in entries:
-                if (t, p) not in owned:
-                    raise RemoteError(P.PARTITION_NOT_ASSIGNED, f"{t}-{p} is not assigned to {member.member_id} in generation {group.generation}")
-        else:
-            group = self.groups.get(gid)
-            if group is not None and group.members:
-                raise RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has active members: only they may commit")
+            self._member(req)
+        mid = req.header.get("member_id")
+        err = self._commit_refusal(gid, mid, generation, entries)
+        if err is not None:
+            raise err
 
         def done(err: RemoteError | None) -> None:
             if err is None:
                 self.server.reply(req, {"group": gid, "committed": len(entries)})
             else:
                 self.server.reply_error(req, err.code, err.message)
-        self.offsets.commit(gid, entries, allow_backward=generation < 0, check_log_end=True, done=done)
+        # validated again just before the append: the log-end lookup and the offsets
+        # partition's queue take time, and a rebalance may hand the partitions on meanwhile
+        self.offsets.commit(gid, entries, allow_backward=generation < 0, check_log_end=True, done=done,
+                            recheck=lambda: self._commit_refusal(gid, mid, generation, entries))
         return DEFER
+
+    def _commit_refusal(self, gid: str, mid: Any, generation: int,
+                        entries: list[tuple[str, int, int, str]]) -> RemoteError | None:
+        """Why this commit may not be applied now (None: it may)."""
+        group = self.groups.get(gid)
+        if generation < 0:
+            if group is not None and group.members:
+                return RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has active members: only they may commit")
+            return None
+        member = group.members.get(mid) if group is not None and isinstance(mid, str) else None
+        if group is None or member is None:
+            return RemoteError(P.UNKNOWN_MEMBER, f"{mid!r} is not a member of {gid!r}: join again")
+        if generation != group.generation:
+            return RemoteError(P.ILLEGAL_GENERATION, f"generation {generation} is not the current {group.generation} of {gid!r}")
+        owned = set(member.assignment)
+        for t, p, _, _ in entries:
+            if (t, p) not in owned:
+                return RemoteError(P.PARTITION_NOT_ASSIGNED, f"{t}-{p} is not assigned to {member.member_id} in generation {group.generation}")
+        return None
 
     def _on_offset_fetch(self, req: wire.Request) -> dict:
         gid = self._group_id(req)
@@ -317,7 +335,9 @@ class GroupCoordinator:
         wanted = req.header.get("partitions")
         if wanted is None:
             keys = sorted(table)
-        elif isinstance(wanted, list) and all(isinstance(w, (list, tuple)) and len(w) == 2 for w in wanted):
+        elif isinstance(wanted, list) and len(wanted) <= P.PARTITIONS_MAX and all(
+                isinstance(w, (list, tuple)) and len(w) == 2 and isinstance(w[0], str) and isinstance(w[1], int)
+                for w in wanted):
             keys = [(w[0], w[1]) for w in wanted]
         else:
             raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition] or null")

@@ -64,6 +64,9 @@ class PendingCommit:
     deadline_ms: int
     ready: bool = True      # False while the log-end check is still out
     finished: bool = False
+    # re-checked just before the append: a commit validated for a generation that a rebalance
+    # has since ended must not land after the partition's new owner read the committed offsets
+    recheck: Callable[[], RemoteError | None] | None = None
     error: RemoteError | None = None
 
 
@@ -128,28 +131,38 @@ class OffsetStore:
 
     # -- the offsets topic ---------------------------------------------------------------------
     def ensure_topic(self) -> None:
-        """Create ``__consumer_offsets`` (RF = min(3, live brokers), min ISR = min(2, RF))."""
+        """Create ``__consumer_offsets`` (RF = min(3, configured brokers), min ISR = min(2, RF),
+        kept forever). Like Kafka it waits (retriable not_enough_replicas) until that many
+        brokers are alive: a topic made with fewer replicas would stay under-replicated for
+        good, and the loss of one broker could then lose every committed offset."""
         if OFFSETS_TOPIC in self.coord.state.topics:
             return
         alive = sorted(self.coord.alive)
-        if not alive:
-            raise RemoteError(P.NOT_ENOUGH_REPLICAS, "no live broker to hold the offsets topic")
-        rf = min(OFFSETS_REPLICATION_FACTOR_MAX, len(alive))
+        rf = min(OFFSETS_REPLICATION_FACTOR_MAX, len(self.coord.brokers))
+        if rf < 1 or len(alive) < rf:
+            raise RemoteError(P.NOT_ENOUGH_REPLICAS, f"the offsets topic needs {rf} live brokers, "
+                                                     f"{len(alive)} are alive: retry later")
         placement = place_replicas(alive, OFFSETS_PARTITIONS, rf, 0)
+        # retention never applies here: a cluster-wide retention default would otherwise
+        # delete the commit records of a group that has not moved, and its offsets with them
+        configs = {"min.insync.replicas": min(2, rf), "retention.ms": -1, "retention.bytes": -1}
         self.coord.state.topics[OFFSETS_TOPIC] = TopicState(
-            [PartitionState(r[0], 0, r, list(r)) for r in placement], {"min.insync.replicas": min(2, rf)})
+            [PartitionState(r[0], 0, r, list(r)) for r in placement], configs)
         self.coord.commit()
         log.info("created %s: %d partitions, rf %d", OFFSETS_TOPIC, OFFSETS_PARTITIONS, rf)
 
     # -- commits ---------------------------------------------------------------------------------
     def commit(self, group: str, entries: list[tuple[str, int, int | None, str]], *, allow_backward: bool,
-               check_log_end: bool, done: DoneCallback) -> None:
+               check_log_end: bool, done: DoneCallback,
+               recheck: Callable[[], RemoteError | None] | None = None) -> None:
         """Queue a commit; ``done(None)`` once it is replicated and applied, ``done(error)``
-        when it is rejected (nothing changed) or could not be appended in time."""
+        when it is rejected (nothing changed) or could not be appended in time. ``recheck``
+        runs again just before the append; an error it returns rejects the commit."""
         if self._pending_count >= P.PENDING_COMMITS_MAX:
             raise RemoteError(P.BUFFER_FULL, "too many offset commits waiting; retry later")
         self.ensure_topic()
-        pc = PendingCommit(group, entries, allow_backward, done, self.reactor.clock.now_ms() + COMMIT_TIMEOUT_MS)
+        pc = PendingCommit(group, entries, allow_backward, done, self.reactor.clock.now_ms() + COMMIT_TIMEOUT_MS,
+                           recheck=recheck)
         self._queues[self.partition_for_group(group)].items.append(pc)
         self._pending_count += 1
         if check_log_end:
@@ -247,7 +260,7 @@ class OffsetStore:
             if not pc.ready:
                 break  # later commits of this partition wait: order is kept
             queue.items.popleft()
-            err = self._check_not_backward(pc, overlay)
+            err = (pc.recheck() if pc.recheck is not None else None) or self._check_not_backward(pc, overlay)
             if err is not None:
                 self._finish(pc, err)
                 continue

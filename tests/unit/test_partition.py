@@ -13,7 +13,6 @@ from engines.memory import MemoryEngine
 from fabric import protocol as P
 from fabric.records import build_batch, decode_batches
 from nodes.broker.epochs import EpochCache
-from nodes.broker.node import Broker
 from nodes.broker.partition import Partition
 from nodes.broker.producers import BATCHES_REMEMBERED, ProducerStateTable
 
@@ -290,10 +289,10 @@ def test_diverging_offset_for_a_returning_replica() -> None:
     _append(leader, [_batch(4)], BATCH_MAX)
     assert leader.epochs.entries == [(1, 0), (2, 4)]
     # a follower that wrote 6 records under epoch 1 must cut back to 4
-    assert Broker._diverging(leader, 6, 1) == [1, 4]
-    assert Broker._diverging(leader, 3, 1) is None
-    assert Broker._diverging(leader, 8, 2) is None
-    assert Broker._diverging(leader, 2, -1) is None
+    assert leader.divergence(6, 1) == [1, 4]
+    assert leader.divergence(3, 1) is None
+    assert leader.divergence(8, 2) is None
+    assert leader.divergence(2, -1) is None
 
 
 def test_truncate_to_rebuilds_producer_state_and_epochs(tmp_path: Path) -> None:

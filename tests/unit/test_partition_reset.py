@@ -161,7 +161,7 @@ def _fetcher(part: Partition) -> ReplicaFetcher:
 def _leader_answer(leader: Partition, follower: Partition) -> tuple[list, bytes]:
     """The leader's answer to one replica fetch by ``follower`` (Broker._fetch_one)."""
     broker = SimpleNamespace(broker_id=leader.broker_id, partitions={(leader.topic, leader.partition): leader},
-                             _diverging=Broker._diverging, _dirty=False)
+                             _dirty=False)
     tp = [follower.topic, follower.partition, follower.log_end_offset, 64 * 1024,
           follower.leader_epoch, follower.epochs.latest_epoch]
     return Broker._fetch_one(broker, tp, FOLLOWER, now_ms=1000, budget=64 * 1024)
