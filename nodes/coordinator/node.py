@@ -133,6 +133,8 @@ class Coordinator(Node):
         topic = self.state.topics.get(name) if isinstance(name, str) else None
         if topic is None:
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        if name.startswith("__"):  # type: ignore[union-attr]
+            raise RemoteError(P.INVALID_TOPIC, "internal topics are configured by the coordinator")
         rf = len(topic.partitions[0].replicas)
         new_configs = req.header.get("configs")
         if new_configs is not None:
@@ -196,15 +198,10 @@ class Coordinator(Node):
         if not isinstance(bid, int) or bid not in self.brokers or self.faults.blocks(hb.get("node")):
             return
         incarnation = hb.get("incarnation")
-        if isinstance(incarnation, str) and incarnation != self.state.incarnations.get(bid):
+        if isinstance(incarnation, str):
             self._observe_incarnation(bid, incarnation)
-            return
-        self.last_seen_ms[bid] = self.clock.now_ms()
-        self._heard.add(bid)
-        if bid not in self.alive:
-            log.info("broker %d is alive", bid)
-            self.alive.add(bid)
-            self._on_broker_up(bid)
+        else:
+            self._seen(bid)
 
     def _on_register(self, req: wire.Request) -> dict:
         bid = req.get("broker_id", int)
@@ -218,15 +215,17 @@ class Coordinator(Node):
         it may have lost an unflushed tail, so it is treated as down (out of every ISR, its
         partitions re-elected with new epochs) and then up, before it acts on any metadata."""
         known = self.state.incarnations.get(bid)
-        if known == incarnation:
-            self.last_seen_ms[bid] = self.clock.now_ms()
-            return
-        self.state.incarnations[bid] = incarnation
-        if known is not None:
-            log.warning("broker %d restarted (new process): fencing the epochs it led", bid)
-            self.alive.discard(bid)
-            self._on_broker_down(bid)
-        self.store.save(self.state)
+        if known != incarnation:
+            self.state.incarnations[bid] = incarnation
+            if known is not None:
+                log.warning("broker %d restarted (new process): fencing the epochs it led", bid)
+                self.alive.discard(bid)
+                self._on_broker_down(bid)
+            self.store.save(self.state)
+        self._seen(bid)
+
+    def _seen(self, bid: int) -> None:
+        """Any sign of life renews the broker's session (and brings a dead one back)."""
         self.last_seen_ms[bid] = self.clock.now_ms()
         self._heard.add(bid)
         if bid not in self.alive:

@@ -228,6 +228,13 @@ def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: d
     return report
 
 
+def finish(cluster: Cluster, admin: Admin, workload: Workload, observer: LeaderObserver) -> dict:
+    """Stop the load, wait for the cluster to heal, check every invariant."""
+    workload.stop()
+    observer.stop()
+    return check(cluster, workload, observer, wait_healed(cluster, admin))
+
+
 def flip_tail_bytes(cluster: Cluster, broker: str, partition: int, seed: int) -> None:
     """Corrupt a few bytes inside the last batch of the replica's newest segment file."""
     d = Path(cluster.raw["cluster"]["data_dir"]) / broker / f"{TOPIC}-{partition}" / "log"

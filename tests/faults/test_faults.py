@@ -31,9 +31,7 @@ def test_kill_leader_five_times(cluster_factory) -> None:
         w.wait_acks(200, timeout_s=30)  # writes go on while it is down
         c.start_node(victim)
         w.wait_acks(200, timeout_s=30)
-    w.stop()
-    obs.stop()
-    J.check(c, w, obs, J.wait_healed(c, admin))
+    J.finish(c, admin, w, obs)
 
 
 def test_zombie_leader_paused_past_session(cluster_factory) -> None:
@@ -46,9 +44,7 @@ def test_zombie_leader_paused_past_session(cluster_factory) -> None:
     w.wait_acks(500, timeout_s=30)
     c.kill(victim, signal.SIGCONT)
     w.wait_acks(300, timeout_s=30)
-    w.stop()
-    obs.stop()
-    J.check(c, w, obs, J.wait_healed(c, admin))
+    J.finish(c, admin, w, obs)
 
 
 def test_kill_all_brokers_at_once(cluster_factory) -> None:
@@ -61,9 +57,7 @@ def test_kill_all_brokers_at_once(cluster_factory) -> None:
     for b in c.broker_names():
         c.wait_ready(b)
     w.wait_acks(500, timeout_s=45)
-    w.stop()
-    obs.stop()
-    J.check(c, w, obs, J.wait_healed(c, admin))
+    J.finish(c, admin, w, obs)
 
 
 def test_follower_catches_up_after_restart(cluster_factory) -> None:
@@ -74,9 +68,7 @@ def test_follower_catches_up_after_restart(cluster_factory) -> None:
     w.wait_acks(2000, timeout_s=30)
     c.start_node(victim)
     w.wait_acks(300, timeout_s=30)
-    w.stop()
-    obs.stop()
-    J.check(c, w, obs, J.wait_healed(c, admin))
+    J.finish(c, admin, w, obs)
 
 
 def test_corrupted_follower_tail_is_cut_and_refetched(cluster_factory) -> None:
@@ -88,9 +80,7 @@ def test_corrupted_follower_tail_is_cut_and_refetched(cluster_factory) -> None:
     J.flip_tail_bytes(c, victim, 0, SEED)
     c.start_node(victim)
     w.wait_acks(500, timeout_s=30)
-    w.stop()
-    obs.stop()
-    J.check(c, w, obs, J.wait_healed(c, admin))
+    J.finish(c, admin, w, obs)
 
 
 def _block(c, node: str, names: list[str]) -> None:  # noqa: ANN001
@@ -108,9 +98,7 @@ def test_cut_leader_from_coordinator(cluster_factory) -> None:
     _block(c, victim, [])
     _block(c, "coordinator", [])
     w.wait_acks(300, timeout_s=30)
-    w.stop()
-    obs.stop()
-    J.check(c, w, obs, J.wait_healed(c, admin))
+    J.finish(c, admin, w, obs)
 
 
 def test_cut_follower_from_leader(cluster_factory) -> None:
@@ -126,6 +114,4 @@ def test_cut_follower_from_leader(cluster_factory) -> None:
     _block(c, leader, [])
     _block(c, follower, [])
     w.wait_acks(300, timeout_s=30)
-    w.stop()
-    obs.stop()
-    J.check(c, w, obs, J.wait_healed(c, admin))
+    J.finish(c, admin, w, obs)

@@ -372,3 +372,26 @@ def test_committed_offsets_survive_coordinator_restart_and_broker_kill(tmp_path:
         for a in admins:
             a.close()
         cluster.stop_all()
+
+
+def test_internal_offsets_topic_cannot_be_altered_or_deleted_by_clients(cluster: Cluster, admin: Admin) -> None:
+    make_topic(cluster, admin, "g-internal", 1)
+    produce(cluster, "g-internal", 3)
+    c = Consumer(cluster.bootstrap, group_id="g-internal", auto_offset_reset="earliest")
+    try:
+        c.subscribe(["g-internal"])
+        wait_until(lambda: c.poll(200), 20, what="records for the group")
+        c.commit()
+    finally:
+        c.close()
+    assert "__consumer_offsets" in admin.metadata().topics
+    before = admin.metadata().topics["__consumer_offsets"]
+    for call in (lambda: admin.alter_topic("__consumer_offsets", configs={"min.insync.replicas": 1}),
+                 lambda: admin.alter_topic("__consumer_offsets", partitions=100),
+                 lambda: admin.delete_topic("__consumer_offsets"),
+                 lambda: admin.create_topic("__mine", 1, 1)):
+        with pytest.raises(RemoteError) as e:
+            call()
+        assert e.value.code == P.INVALID_TOPIC
+    after = admin.metadata().topics["__consumer_offsets"]
+    assert (after.configs, len(after.partitions)) == (before.configs, len(before.partitions))
