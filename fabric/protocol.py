@@ -114,6 +114,7 @@ NON_EMPTY_GROUP = 66             # reset/delete needs a group without active mem
 INCONSISTENT_GROUP_PROTOCOL = 67  # a member asks for another assignor than the group's
 UNKNOWN_CONSUMER_INSTANCE = 68   # consumer service: no such instance (expired or never made)
 CONSUMER_INSTANCE_EXISTS = 69
+UNSTABLE_OFFSET_COMMIT = 70      # OFFSET_FETCH while a commit of that partition is being written
 
 ERROR_NAMES: dict[int, str] = {
     NONE: "none", UNKNOWN: "unknown", MALFORMED_REQUEST: "malformed_request",
@@ -140,13 +141,14 @@ ERROR_NAMES: dict[int, str] = {
     INCONSISTENT_GROUP_PROTOCOL: "inconsistent_group_protocol",
     UNKNOWN_CONSUMER_INSTANCE: "unknown_consumer_instance",
     CONSUMER_INSTANCE_EXISTS: "consumer_instance_exists",
+    UNSTABLE_OFFSET_COMMIT: "unstable_offset_commit",
 }
 
 # Errors after which a client refreshes metadata and retries (the write was not applied).
 RETRIABLE = frozenset({
     NOT_LEADER, LEADER_NOT_AVAILABLE, NOT_ENOUGH_REPLICAS, REQUEST_TIMED_OUT,
     FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH, NOT_COORDINATOR, UNKNOWN_TOPIC_OR_PARTITION,
-    NOT_ENOUGH_REPLICAS_AFTER_APPEND, BUFFER_FULL, THROTTLED,
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND, BUFFER_FULL, THROTTLED, UNSTABLE_OFFSET_COMMIT,
 })
 
 # -- limits: every bound of the fabric, named once -------------------------------------------

@@ -17,7 +17,13 @@ before partitions are given up in a rebalance and at ``close``.
 A background thread (own DEALER socket) sends heartbeats every ``heartbeat_interval_ms``, so
 the member stays in the group while the application works between polls. A rebalance,
 though, happens inside ``poll``: when one starts, the other members wait up to
-``rebalance_timeout_ms`` for this one to call ``poll`` again.
+``rebalance_timeout_ms`` for this one to call ``poll`` again. An application that has not
+called ``poll`` for ``max_poll_interval_ms`` is taken to be stuck: the heartbeat thread stops
+heartbeating and leaves the group, so its partitions go to the others; the next ``poll``
+joins again as a new member (Kafka's ``max.poll.interval.ms``).
+
+A new member asks the coordinator for its member id first and then joins with it (KIP-394),
+so a join retried after a lost reply never leaves a ghost member holding partitions.
 
 Thread-safety: like ``fabric.client.Consumer``, one thread uses a consumer; the heartbeat
 thread shares only a few fields under a lock.
@@ -58,6 +64,7 @@ class GroupConsumer(_AssignConsumer):
                  auto_offset_reset: str = "latest", enable_auto_commit: bool = True,
                  auto_commit_interval_ms: int = 5000, session_timeout_ms: int = 10_000,
                  heartbeat_interval_ms: int | None = None, rebalance_timeout_ms: int = 30_000,
+                 max_poll_interval_ms: int = 300_000,
                  assignor: str = "range", client_id: str = "loom-consumer",
                  on_assign: PartitionsCallback | None = None, on_revoke: PartitionsCallback | None = None,
                  on_commit: CommitCallback | None = None, **kw: Any) -> None:
@@ -68,12 +75,15 @@ class GroupConsumer(_AssignConsumer):
             # a heartbeat interval <= 0 would spin the heartbeat thread; one >= the session
             # would let the member expire between two heartbeats
             raise FabricError("session_timeout_ms must be > 0 and heartbeat_interval_ms between 0 and it")
+        if max_poll_interval_ms <= 0:
+            raise FabricError("max_poll_interval_ms must be > 0")
         self.group_id = group_id
         self.enable_auto_commit = enable_auto_commit
         self.auto_commit_interval_ms = auto_commit_interval_ms
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms or max(50, session_timeout_ms // 3)
         self.rebalance_timeout_ms = rebalance_timeout_ms
+        self.max_poll_interval_ms = max_poll_interval_ms
         self.assignor = assignor
         self.client_id = client_id
         self.on_assign, self.on_revoke, self.on_commit = on_assign, on_revoke, on_commit
@@ -82,6 +92,7 @@ class GroupConsumer(_AssignConsumer):
         self.generation = -1
         self._lock = threading.Lock()
         self._active = False          # joined and synced: heartbeats flow
+        self._last_poll_ms = self.clock.now_ms()  # read by the heartbeat thread (an int: atomic)
         self._rejoin_needed = False
         self._last_committed: dict[TopicPartition, int] = {}
         self._next_auto_commit_ms = 0
@@ -108,6 +119,7 @@ class GroupConsumer(_AssignConsumer):
         """Records of the assigned partitions. Joins, rebalances and auto-commits happen here."""
         if not self.subscription:
             return super().poll(timeout_ms, max_records)
+        self._last_poll_ms = self.clock.now_ms()
         deadline = self.clock.now_ms() + timeout_ms
         while True:
             with self._lock:
@@ -115,6 +127,7 @@ class GroupConsumer(_AssignConsumer):
             if rejoin:
                 self._rejoin(deadline)
             self._maybe_auto_commit()
+            self._last_poll_ms = self.clock.now_ms()  # time spent inside poll (a join) is polling
             left = deadline - self.clock.now_ms()
             records = super().poll(max(0, min(left, POLL_SLICE_MS)), max_records)
             if records or self.clock.now_ms() >= deadline:
@@ -125,6 +138,7 @@ class GroupConsumer(_AssignConsumer):
         host (the consumer service) that polls only when its own client asks for records."""
         if not self.subscription or self._closed:
             return
+        self._last_poll_ms = self.clock.now_ms()  # the host is alive and drives the member
         with self._lock:
             rejoin = self._rejoin_needed
         if rejoin:
@@ -171,7 +185,10 @@ class GroupConsumer(_AssignConsumer):
                     "group": self.group_id, "member_id": self.member_id, "generation": self.generation,
                     "client_id": self.client_id, "client_host": socket.gethostname(), "topics": self.subscription,
                     "session_timeout_ms": self.session_timeout_ms, "rebalance_timeout_ms": self.rebalance_timeout_ms,
-                    "assignor": self.assignor}, timeout_ms=self.rebalance_timeout_ms + 5000)
+                    "assignor": self.assignor, "require_member_id": True}, timeout_ms=self.rebalance_timeout_ms + 5000)
+                if joined.get("member_id_required"):
+                    self.member_id = joined["member_id"]  # join again, now under that id
+                    continue
                 self.member_id, self.generation = joined["member_id"], joined["generation"]
                 synced = self._call(P.SYNC_GROUP, {"group": self.group_id, "member_id": self.member_id,
                                                    "generation": self.generation})
@@ -317,6 +334,21 @@ class GroupConsumer(_AssignConsumer):
         with self._lock:
             return self._active, self.member_id, self.generation
 
+    def leave_if_poll_expired(self) -> str | None:
+        """Called by the heartbeat thread: if the application has not called ``poll`` for
+        ``max_poll_interval_ms``, stop being an active member (the next ``poll`` joins again
+        as a new member) and return the member id to leave the group with; else None."""
+        with self._lock:
+            idle_ms = self.clock.now_ms() - self._last_poll_ms
+            if not self._active or not self.member_id or idle_ms <= self.max_poll_interval_ms:
+                return None
+            mid = self.member_id
+            self._active, self._rejoin_needed = False, True
+            self.member_id, self.generation = "", -1
+        log.warning("group %s: poll() not called for %d ms (max_poll_interval_ms %d): leaving the group",
+                    self.group_id, idle_ms, self.max_poll_interval_ms)
+        return mid
+
     def request_rejoin(self, generation: int, reset_member: bool) -> None:
         """Called by the heartbeat thread about its heartbeat of ``generation``."""
         with self._lock:
@@ -373,18 +405,30 @@ class _Heartbeat(threading.Thread):
         client = BlockingClient(c.ctx, self.endpoint, identity=f"{c.client_id}-hb")
         try:
             while not self._stop_event.wait(c.heartbeat_interval_ms / 1000):
-                active, mid, gen = c.heartbeat_state()
-                if not active:
-                    continue
-                try:
-                    client.call(P.HEARTBEAT, {"group": c.group_id, "member_id": mid, "generation": gen},
-                                timeout_ms=max(100, min(c.heartbeat_interval_ms * 2, c.session_timeout_ms)))
-                except RemoteError as e:
-                    if e.code in REJOIN_ERRORS:
-                        c.request_rejoin(gen, reset_member=e.code in (P.UNKNOWN_MEMBER, P.UNKNOWN_GROUP))
-                    # timeouts / not_coordinator: keep trying; the session decides
+                self.beat(client)
         finally:
             client.close()
+
+    def beat(self, client: Any) -> None:
+        """One heartbeat (or, for an application that stopped polling, the leave)."""
+        c = self.consumer
+        timeout_ms = max(100, min(c.heartbeat_interval_ms * 2, c.session_timeout_ms))
+        leaving = c.leave_if_poll_expired()
+        if leaving is not None:
+            try:
+                client.call(P.LEAVE_GROUP, {"group": c.group_id, "member_id": leaving}, timeout_ms=timeout_ms)
+            except RemoteError as e:  # the session expiry removes it anyway
+                log.debug("leave failed: %s", e)
+            return
+        active, mid, gen = c.heartbeat_state()
+        if not active:
+            return
+        try:
+            client.call(P.HEARTBEAT, {"group": c.group_id, "member_id": mid, "generation": gen}, timeout_ms=timeout_ms)
+        except RemoteError as e:
+            if e.code in REJOIN_ERRORS:
+                c.request_rejoin(gen, reset_member=e.code in (P.UNKNOWN_MEMBER, P.UNKNOWN_GROUP))
+            # timeouts / not_coordinator: keep trying; the session decides
 
     def stop(self) -> None:
         self._stop_event.set()

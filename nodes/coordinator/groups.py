@@ -6,7 +6,11 @@ Kafka's eager protocol with coordinator-side assignment:
   session_timeout_ms, rebalance_timeout_ms, assignor}`` is parked until every known member
   has (re)joined or the rebalance timeout passes (members that did not rejoin are dropped);
   then the generation is bumped, the assignor runs, and every parked join is answered with
-  ``{member_id, generation, leader, assignor, members}``.
+  ``{member_id, generation, leader, assignor, members}``. With ``require_member_id: true`` a
+  new member (empty member id) is answered at once with ``{group, member_id,
+  member_id_required: true}`` and joins again with that id (Kafka's KIP-394): a join retried
+  after a lost reply then carries the id, and never leaves a ghost member behind. An id handed
+  out but not used within the session timeout expires.
 - SYNC_GROUP ``{group, member_id, generation}`` -> ``{generation, assignment: [[topic, p]...]}``.
 - HEARTBEAT ``{group, member_id, generation}`` -> ``{}``; ``rebalance_in_progress`` tells the
   member to give up its partitions (commit, revoke) and JOIN again.
@@ -18,7 +22,10 @@ Kafka's eager protocol with coordinator-side assignment:
   it is an administrative commit (reset-offsets): only for a group without active members,
   and it may move offsets backward. A rejected commit changes nothing.
 - OFFSET_FETCH ``{group, partitions: [[topic, p]...] | null}`` -> ``{offsets: [[topic, p, offset, metadata]]}``
-  (offset -1: nothing committed).
+  (offset -1: nothing committed); ``unstable_offset_commit`` (retriable) while a commit of one
+  of those partitions is queued or being written.
+- At most ``GROUPS_MAX`` groups (with members or only committed offsets); a join or an
+  administrative commit that would make one more gets ``buffer_full``.
 - LIST_GROUPS -> ``{groups: [{group, state, generation, assignor, members}]}``;
   DESCRIBE_GROUPS ``{groups: [...]}`` -> ``{groups: [{group, state, generation, assignor,
   leader, members: [{member_id, client_id, host, topics, assignment}], offsets: [[t, p, o]]}]}``;
@@ -82,6 +89,7 @@ class Group:
     members: dict[str, Member] = field(default_factory=dict)
     rebalance_deadline_ms: int = 0
     partition_counts: dict[str, int] = field(default_factory=dict)  # as of the last assignment
+    pending_members: dict[str, int] = field(default_factory=dict)   # member id handed out -> expiry (ms)
 
 
 class GroupCoordinator:
@@ -142,19 +150,23 @@ class GroupCoordinator:
             raise RemoteError(P.INVALID_CONFIG, f"unknown assignor {assignor!r} (known: range, round-robin, sticky)")
         group = self.groups.get(gid)
         if group is None:
-            if len(self.groups) >= P.GROUPS_MAX:
-                raise RemoteError(P.BUFFER_FULL, f"the coordinator already holds {P.GROUPS_MAX} groups")
+            self._check_room_for_group(gid)
             group = self.groups[gid] = Group(gid, assignor=assignor)
         if group.members and assignor != group.assignor:
             raise RemoteError(P.INCONSISTENT_GROUP_PROTOCOL, f"group {gid!r} uses the {group.assignor} assignor, not {assignor}")
         group.assignor = assignor
         mid = req.get("member_id", str, "")
         now = self.clock.now_ms()
-        if not mid:
-            if len(group.members) >= P.GROUP_MEMBERS_MAX:
+        if not mid or mid in group.pending_members:
+            if len(group.members) + len(group.pending_members) >= P.GROUP_MEMBERS_MAX + (1 if mid else 0):
                 raise RemoteError(P.BUFFER_FULL, f"group {gid!r} has {P.GROUP_MEMBERS_MAX} members")
             client_id = req.get("client_id", str, "consumer")[:100] or "consumer"
-            mid = f"{client_id}-{os.urandom(6).hex()}"
+            if not mid:
+                mid = f"{client_id}-{os.urandom(6).hex()}"
+                if req.header.get("require_member_id") is True:
+                    group.pending_members[mid] = now + session
+                    return {"group": gid, "member_id": mid, "member_id_required": True}
+            group.pending_members.pop(mid, None)
             member = group.members[mid] = Member(mid, client_id, req.get("client_host", str, "")[:100], list(topics),
                                                  session, rebalance, now)
             reason = f"{mid} joined"
@@ -250,9 +262,13 @@ class GroupCoordinator:
         return {}
 
     def tick(self) -> None:
-        """Session expiries, rebalance deadlines, partition-count changes, empty groups."""
+        """Session expiries, rebalance deadlines, partition-count changes, empty groups,
+        offsets snapshots."""
         now = self.clock.now_ms()
+        self.offsets.tick()
         for gid, group in list(self.groups.items()):
+            for mid in [mid for mid, expiry_ms in group.pending_members.items() if expiry_ms <= now]:
+                del group.pending_members[mid]  # handed out, never used to join
             for m in list(group.members.values()):
                 if m.join_req is None and now - m.last_seen_ms > m.session_timeout_ms:
                     log.warning("group %s: %s missed its session (%d ms)", gid, m.member_id, now - m.last_seen_ms)
@@ -260,13 +276,28 @@ class GroupCoordinator:
             self._maybe_complete(group)
             if group.state == STABLE and self._partition_counts_changed(group):
                 self._prepare_rebalance(group, "partitions of a subscribed topic changed")
-            if group.state == EMPTY and not group.members and not self.offsets.offsets_for(gid):
+            if group.state == EMPTY and not group.members and not group.pending_members \
+                    and not self.offsets.offsets_for(gid) and not self.offsets.has_in_flight(gid):
                 del self.groups[gid]
 
     def _partition_counts_changed(self, group: Group) -> bool:
         topics = {t for m in group.members.values() for t in m.topics}
         now = {t: len(self.coord.state.topics[t].partitions) for t in topics if t in self.coord.state.topics}
         return now != group.partition_counts
+
+    def _check_room_for_group(self, gid: str) -> None:
+        """Raise buffer_full if ``gid`` would be one group more than ``GROUPS_MAX`` (groups with
+        members and groups that only have committed offsets count alike)."""
+        offsets = self.offsets
+        if gid in self.groups or offsets.offsets_for(gid) or offsets.has_in_flight(gid):
+            return
+        held = len(self.groups) + sum(1 for g in offsets.table if g not in self.groups)
+        if held >= P.GROUPS_MAX:
+            raise RemoteError(P.BUFFER_FULL, f"the coordinator already holds {P.GROUPS_MAX} groups")
+
+    def topic_deleted(self, topic: str) -> None:
+        """Called by the coordinator when a topic is deleted."""
+        self.offsets.forget_topic(topic)
 
     # -- offsets ------------------------------------------------------------------------------------
     def _require_loaded(self) -> None:
@@ -293,6 +324,8 @@ class GroupCoordinator:
         generation = req.get("generation", int, -1)
         if generation >= 0:
             self._member(req)
+        else:
+            self._check_room_for_group(gid)
         mid = req.header.get("member_id")
         err = self._commit_refusal(gid, mid, generation, entries)
         if err is not None:
@@ -341,6 +374,12 @@ class GroupCoordinator:
             keys = [(w[0], w[1]) for w in wanted]
         else:
             raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition] or null")
+        unstable = self.offsets.unstable(gid, None if wanted is None else keys)
+        if unstable:
+            # the commit in flight may replace these offsets: whoever starts from them now could
+            # read records twice, and its own later commit would be refused as going backward
+            raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"a commit of {unstable[0][0]}-{unstable[0][1]} "
+                                                        f"for group {gid!r} is being written; retry")
         out = []
         for tp in keys:
             c = table.get(tp)

@@ -126,6 +126,7 @@ class Coordinator(Node):
             raise RemoteError(P.INVALID_TOPIC, "internal topics cannot be deleted")
         del self.state.topics[name]
         self.commit()
+        self.groups.topic_deleted(name)
         return {"topic": name}
 
     def _on_alter_topic(self, req: wire.Request) -> dict:

@@ -10,10 +10,20 @@ has at most one append in flight: commits of one group are applied in the order 
 Record format: key = msgpack ``[group, topic, partition]``; value = msgpack
 ``[offset, metadata, commit_ts_ms]``, or empty bytes for a deletion (tombstone).
 
+Snapshots (``nodes.coordinator.snapshots``): now and then each offsets partition gets a
+snapshot of its groups' committed offsets, through the same queue as the commits, and its
+start offset is remembered in the coordinator's state file. The topic has a time retention
+(``OFFSETS_RETENTION_MS``) that the snapshot schedule keeps safe.
+
 On start the coordinator rebuilds the table by reading every offsets partition from its
-leader up to the leader's log end as seen at the first read, waiting until the high
-watermark covers it (an acknowledged commit is always below a leader's log end, and
+latest snapshot (from the log start if there is none, or the remembered offset holds no
+such snapshot any more) up to the leader's log end as seen at the first read, waiting until
+the high watermark covers it (an acknowledged commit is always below a leader's log end, and
 waiting for the HW means a record that could still be truncated is never relied upon).
+
+While a commit is queued or being written, OFFSET_FETCH of its partitions answers
+``unstable_offset_commit`` (retriable), so a member never starts from an offset that the
+commit in flight is about to replace.
 
 Not thread-safe: runs on the coordinator's reactor.
 """
@@ -21,7 +31,7 @@ Not thread-safe: runs on the coordinator's reactor.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -29,8 +39,11 @@ import msgpack
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from fabric.records import build_batch, decode_batches, partition_for_key
+from fabric.records import build_batch, partition_for_key
 from fabric.rpc import RpcClient
+from nodes.coordinator import snapshots as S
+from nodes.coordinator.offsets_loader import OffsetsLoader
+from nodes.coordinator.snapshots import SnapshotJob
 from nodes.coordinator.store import PartitionState, TopicState
 from nodes.coordinator.topics import place_replicas
 
@@ -44,10 +57,10 @@ OFFSETS_PARTITIONS = 3
 OFFSETS_REPLICATION_FACTOR_MAX = 3
 APPEND_TIMEOUT_MS = 5000           # one acks=all PRODUCE of a commit batch
 COMMIT_TIMEOUT_MS = 15_000         # a commit not appended by then fails (request_timed_out)
-RETRY_MS = 200                     # pause before retrying an append or a load read
-LOAD_FETCH_BYTES_MAX = 4 * 1024 * 1024
+RETRY_MS = 200                     # pause before retrying an append
 COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch
 HW_LOOKUP_TIMEOUT_MS = 3000
+HW_PRUNE_INTERVAL_MS = 10_000      # forget cached log ends of deleted topics at least this often
 
 TopicPartition = tuple[str, int]
 DoneCallback = Callable[[RemoteError | None], None]
@@ -71,14 +84,6 @@ class PendingCommit:
 
 
 @dataclass
-class LoadState:
-    offset: int = 0
-    target: int | None = None
-    endpoint: str | None = None
-    done: bool = False
-
-
-@dataclass
 class Committed:
     offset: int
     metadata: str = ""
@@ -87,8 +92,11 @@ class Committed:
 
 @dataclass
 class _Queue:
-    items: deque[PendingCommit] = field(default_factory=deque)
+    items: deque[PendingCommit | SnapshotJob] = field(default_factory=deque)
     busy: bool = False      # an append (or its retry pause) is outstanding
+    records_since_snapshot: int = 0
+    last_snapshot_ms: int = 0           # monotonic
+    snapshot_queued: bool = False
 
 
 class OffsetStore:
@@ -100,9 +108,12 @@ class OffsetStore:
         self._pending_count = 0
         self._clients: dict[str, RpcClient] = {}
         self._hw_seen: dict[TopicPartition, int] = {}
-        self._load: dict[int, LoadState] = {}
+        self._hw_pruned_ms = 0
+        self.loader = OffsetsLoader(self, OFFSETS_TOPIC)
         self.loaded = False
         self.counters = coord.counters
+        # group -> (topic, partition) -> commits queued or being written
+        self._in_flight: dict[str, Counter[TopicPartition]] = {}
 
     # -- lookups -----------------------------------------------------------------------------
     def offsets_for(self, group: str) -> dict[TopicPartition, Committed]:
@@ -110,6 +121,21 @@ class OffsetStore:
 
     def groups(self) -> list[str]:
         return sorted(g for g, t in self.table.items() if t)
+
+    def has_in_flight(self, group: str) -> bool:
+        return group in self._in_flight
+
+    def unstable(self, group: str, partitions: list[TopicPartition] | None) -> list[TopicPartition]:
+        """The partitions (all of the group's with None) that a commit in flight may change."""
+        pending = self._in_flight.get(group)
+        if not pending:
+            return []
+        return sorted(pending) if partitions is None else [tp for tp in partitions if tp in pending]
+
+    def forget_topic(self, topic: str) -> None:
+        """A topic was deleted: its cached log ends must not vouch for a new topic of that name."""
+        for tp in [tp for tp in self._hw_seen if tp[0] == topic]:
+            del self._hw_seen[tp]
 
     @staticmethod
     def partition_for_group(group: str) -> int:
@@ -132,7 +158,7 @@ class OffsetStore:
     # -- the offsets topic ---------------------------------------------------------------------
     def ensure_topic(self) -> None:
         """Create ``__consumer_offsets`` (RF = min(3, configured brokers), min ISR = min(2, RF),
-        kept forever). Like Kafka it waits (retriable not_enough_replicas) until that many
+        retention ``OFFSETS_RETENTION_MS``). Like Kafka it waits (retriable not_enough_replicas) until that many
         brokers are alive: a topic made with fewer replicas would stay under-replicated for
         good, and the loss of one broker could then lose every committed offset."""
         if OFFSETS_TOPIC in self.coord.state.topics:
@@ -143,9 +169,9 @@ class OffsetStore:
             raise RemoteError(P.NOT_ENOUGH_REPLICAS, f"the offsets topic needs {rf} live brokers, "
                                                      f"{len(alive)} are alive: retry later")
         placement = place_replicas(alive, OFFSETS_PARTITIONS, rf, 0)
-        # retention never applies here: a cluster-wide retention default would otherwise
-        # delete the commit records of a group that has not moved, and its offsets with them
-        configs = {"min.insync.replicas": min(2, rf), "retention.ms": -1, "retention.bytes": -1}
+        # a time retention far longer than the snapshot refresh: a group that has not moved
+        # keeps its offsets in every snapshot; no size retention (it could reach the snapshot)
+        configs = {"min.insync.replicas": min(2, rf), "retention.ms": S.OFFSETS_RETENTION_MS, "retention.bytes": -1}
         self.coord.state.topics[OFFSETS_TOPIC] = TopicState(
             [PartitionState(r[0], 0, r, list(r)) for r in placement], configs)
         self.coord.commit()
@@ -165,6 +191,7 @@ class OffsetStore:
                            recheck=recheck)
         self._queues[self.partition_for_group(group)].items.append(pc)
         self._pending_count += 1
+        self._in_flight.setdefault(group, Counter()).update((t, p) for t, p, _, _ in entries)
         if check_log_end:
             pc.ready = False
             self._check_log_end(pc)
@@ -176,6 +203,12 @@ class OffsetStore:
             return
         pc.finished = True
         self._pending_count -= 1
+        pending = self._in_flight[pc.group]
+        pending.subtract((t, p) for t, p, _, _ in pc.entries)
+        for tp in [tp for tp, n in pending.items() if n <= 0]:
+            del pending[tp]
+        if not pending:
+            del self._in_flight[pc.group]
         try:
             pc.done(error)
         except Exception:
@@ -250,6 +283,11 @@ class OffsetStore:
         overlay: dict[tuple[str, str, int], int | None] = {}
         while queue.items and len(take) < COMMITS_PER_APPEND_MAX:
             pc = queue.items[0]
+            if isinstance(pc, SnapshotJob):
+                if take:
+                    break  # the commits before it go first, and are in it
+                self._snapshot_step(q, pc)
+                return
             if pc.finished:
                 queue.items.popleft()
                 continue
@@ -290,8 +328,9 @@ class OffsetStore:
             code = res[1] if res is not None else (err.code if err else P.UNKNOWN)
             if code == 0:
                 queue.busy = False
+                queue.records_since_snapshot += len(records)
                 for pc in take:
-                    self._apply(pc.group, pc.entries, ts)
+                    self.apply(pc.group, pc.entries, ts)
                     self._finish(pc, None)
                 self.counters["offset_commits"] += len(take)
                 self._pump(q)
@@ -310,16 +349,11 @@ class OffsetStore:
     def _retry_later(self, q: int, take: list[PendingCommit]) -> None:
         """Put the batch back at the front (order kept) and try again after a pause; a
         failover or a still-starting topic usually clears within a few retries."""
-        queue = self._queues[q]
-        queue.busy = True
-        queue.items.extendleft(reversed(take))
+        self._queues[q].items.extendleft(reversed(take))
+        self._pause(q)
 
-        def again() -> None:
-            queue.busy = False
-            self._pump(q)
-        self.reactor.call_later(RETRY_MS, again)
-
-    def _apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int) -> None:
+    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int) -> None:
+        """Apply acknowledged changes (offset None: deleted) to the table."""
         table = self.table.setdefault(group, {})
         for topic, p, offset, metadata in entries:
             if offset is None:
@@ -329,65 +363,147 @@ class OffsetStore:
         if not table:
             del self.table[group]
 
-    # -- rebuilding the table on start -------------------------------------------------------------
+    # -- snapshots ------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Queue the snapshots that are due; forget log ends of deleted topics now and then."""
+        if not self.loaded:
+            return
+        now, wall = self.reactor.clock.now_ms(), self.reactor.clock.wall_ms()
+        for q, queue in self._queues.items():
+            if queue.snapshot_queued:
+                continue
+            since = queue.records_since_snapshot
+            pointer = self.coord.state.offsets_snapshots.get(q)
+            changed_long_ago = since > 0 and now - queue.last_snapshot_ms >= S.SNAPSHOT_INTERVAL_MS
+            # the refresh keeps the latest snapshot (and so every group) far inside the retention
+            stale = pointer is not None and wall - pointer[2] >= S.SNAPSHOT_REFRESH_MS
+            if since >= S.SNAPSHOT_COMMIT_RECORDS or changed_long_ago or stale:
+                self.snapshot(q)
+        if now - self._hw_pruned_ms >= HW_PRUNE_INTERVAL_MS:
+            self._hw_pruned_ms = now
+            topics = self.coord.state.topics
+            for tp in [tp for tp in self._hw_seen if tp[0] not in topics]:
+                del self._hw_seen[tp]
+
+    def snapshot(self, q: int) -> None:
+        """Queue a snapshot of offsets partition ``q`` behind the commits already queued."""
+        queue = self._queues[q]
+        if queue.snapshot_queued or OFFSETS_TOPIC not in self.coord.state.topics:
+            return
+        queue.snapshot_queued = True
+        queue.items.append(SnapshotJob(q, self.reactor.clock.now_ms() + S.SNAPSHOT_TIMEOUT_MS))
+        self._pump(q)
+
+    def _snapshot_step(self, q: int, job: SnapshotJob) -> None:
+        """Append the snapshot's next record. Called with the job at the front of the queue and
+        no append outstanding; the queue stays busy until the job ends, so nothing overtakes it."""
+        queue = self._queues[q]
+        if job.records is None:  # captured now: every commit queued before it is applied
+            job.snapshot_id = S.new_snapshot_id()
+            job.records = S.snapshot_records(job.snapshot_id, (
+                (g, t, p, c.offset, c.metadata, c.commit_ts_ms)
+                for g, table in sorted(self.table.items()) if self.partition_for_group(g) == q
+                for (t, p), c in sorted(table.items())))
+        if self.reactor.clock.now_ms() >= job.deadline_ms:
+            self._end_snapshot(q, job, ok=False)
+            return
+        endpoint = self._leader_endpoint(OFFSETS_TOPIC, q)
+        queue.busy = True
+        if endpoint is None:
+            self._pause(q)
+            return
+        ts = self.reactor.clock.wall_ms()
+        key, value = job.records[job.next_index]
+
+        def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            res = h["results"][0] if h is not None and h.get("results") else None
+            code = res[1] if res is not None else (err.code if err else P.UNKNOWN)
+            if code == 0:
+                if job.next_index == 0:
+                    job.start_offset = res[0]
+                job.next_index += 1
+                if job.next_index < len(job.records):
+                    self._snapshot_step(q, job)
+                else:
+                    self._end_snapshot(q, job, ok=True)
+            elif code in P.RETRIABLE or res is None:
+                self.counters["offsets_snapshot_retries"] += 1
+                self._pause(q)
+            else:
+                log.warning("%s-%d snapshot failed: %s", OFFSETS_TOPIC, q, res[2])
+                self._end_snapshot(q, job, ok=False)
+        self._client(endpoint).request(P.PRODUCE, {"acks": -1, "timeout_ms": APPEND_TIMEOUT_MS,
+                                                   "parts": [[OFFSETS_TOPIC, q]]},
+                                       [build_batch([(ts, key, value, None)])], callback=on_reply,
+                                       timeout_ms=APPEND_TIMEOUT_MS + 1000)
+
+    def _end_snapshot(self, q: int, job: SnapshotJob, ok: bool) -> None:
+        queue = self._queues[q]
+        assert queue.items and queue.items[0] is job
+        queue.items.popleft()
+        queue.busy, queue.snapshot_queued, job.finished = False, False, True
+        if ok:
+            # remembered only once every record is acknowledged: a load never starts at a
+            # snapshot that is not whole
+            self.coord.state.offsets_snapshots[q] = [job.start_offset, job.snapshot_id, self.reactor.clock.wall_ms()]
+            self.coord.store.save(self.coord.state)
+            queue.records_since_snapshot = 0  # nothing was appended meanwhile: the queue was busy
+            queue.last_snapshot_ms = self.reactor.clock.now_ms()
+            self.counters["offsets_snapshots"] += 1
+            log.info("%s-%d snapshot %s at offset %d (%d records)", OFFSETS_TOPIC, q, job.snapshot_id,
+                     job.start_offset, len(job.records or ()))
+            self._maybe_enable_retention()
+        else:
+            self.counters["offsets_snapshots_abandoned"] += 1
+        self._pump(q)
+
+    def _maybe_enable_retention(self) -> None:
+        """An offsets topic made before snapshots existed is kept forever; once every partition
+        has a snapshot it gets the time retention."""
+        topic = self.coord.state.topics.get(OFFSETS_TOPIC)
+        if topic is None or topic.configs.get("retention.ms", -1) != -1:
+            return
+        if all(q in self.coord.state.offsets_snapshots for q in range(len(topic.partitions))):
+            topic.configs = dict(topic.configs, **{"retention.ms": S.OFFSETS_RETENTION_MS})
+            log.info("%s: every partition has a snapshot; retention.ms=%d", OFFSETS_TOPIC, S.OFFSETS_RETENTION_MS)
+            self.coord.commit()
+
+    def _pause(self, q: int) -> None:
+        """Keep the queue busy for RETRY_MS, then pump again (the front item is retried)."""
+        queue = self._queues[q]
+        queue.busy = True
+
+        def again() -> None:
+            queue.busy = False
+            self._pump(q)
+        self.reactor.call_later(RETRY_MS, again)
+
+    # -- rebuilding the table on start (nodes.coordinator.offsets_loader) ---------------------------
     def start_loading(self) -> None:
         if OFFSETS_TOPIC not in self.coord.state.topics:
             self._loaded()
             return
-        for q in range(len(self.coord.state.topics[OFFSETS_TOPIC].partitions)):
-            self._load[q] = LoadState()
-            self._load_step(q)
+        self.loader.start(len(self.coord.state.topics[OFFSETS_TOPIC].partitions))
 
-    def _load_step(self, q: int) -> None:
-        st = self._load[q]
-        endpoint = self._leader_endpoint(OFFSETS_TOPIC, q)
-        if endpoint is None:
-            self.reactor.call_later(RETRY_MS, lambda: self._load_step(q))
-            return
-        if endpoint != st.endpoint:
-            st.endpoint, st.target = endpoint, None  # a new leader: learn its log end again
-
-        def on_reply(h: dict | None, payloads: list, err: RemoteError | None) -> None:
-            entry = h["parts"][0] if h is not None and h.get("parts") else None
-            if entry is None or entry[2]:
-                if entry is not None and entry[2] == P.OFFSET_OUT_OF_RANGE and entry[5] >= 0:
-                    st.offset = entry[5]
-                st.endpoint = None
-                self.reactor.call_later(RETRY_MS, lambda: self._load_step(q))
-                return
-            hw, leo = entry[3], entry[4]
-            if st.target is None:
-                st.target = leo
-            records = decode_batches(OFFSETS_TOPIC, q, payloads[0], st.offset, hw) if payloads and payloads[0] else []
-            for r in records:
-                self._apply_record(r.key, r.value)
-            if records:
-                st.offset = records[-1].offset + 1
-            if st.offset >= st.target:
-                log.info("%s-%d loaded up to offset %d", OFFSETS_TOPIC, q, st.offset)
-                st.done = True
-                if all(s.done for s in self._load.values()):
-                    self._loaded()
-            else:
-                self.reactor.call_later(0 if records else RETRY_MS, lambda: self._load_step(q))
-        self._client(endpoint).request(P.FETCH, {"replica_id": -1, "wait_ms": 0, "max_bytes": LOAD_FETCH_BYTES_MAX,
-                                                 "parts": [[OFFSETS_TOPIC, q, st.offset, LOAD_FETCH_BYTES_MAX]]},
-                                       callback=on_reply, timeout_ms=HW_LOOKUP_TIMEOUT_MS)
-
-    def _apply_record(self, key: bytes | None, value: bytes) -> None:
-        try:
-            group, topic, p = msgpack.unpackb(key, raw=False)
-            if value:
-                offset, metadata, ts = msgpack.unpackb(value, raw=False)
-                self._apply(group, [(topic, p, offset, metadata)], ts)
-            else:
-                self._apply(group, [(topic, p, None, "")], 0)
-        except Exception:  # a record we cannot read must not stop the load
-            self.counters["offsets_bad_records"] += 1
+    def loaded_all(self) -> None:
+        """The loader read every offsets partition: take commits from now on."""
+        self._loaded()
 
     def _loaded(self) -> None:
         self.loaded = True
         log.info("committed offsets loaded: %d groups", len(self.table))
+        now = self.reactor.clock.now_ms()
+        for q, queue in self._queues.items():
+            st = self.loader.states.get(q)
+            queue.records_since_snapshot = st.records_read if st is not None else 0
+            if q not in self.coord.state.offsets_snapshots:
+                # read without a snapshot: it gets its first one at once (an empty one too, so
+                # that an offsets topic from before snapshots can get its retention)
+                queue.last_snapshot_ms = now - S.SNAPSHOT_INTERVAL_MS
+                if st is not None:
+                    queue.records_since_snapshot = max(1, st.records_read)
+            else:
+                queue.last_snapshot_ms = now
         for q in self._queues:
             self._pump(q)
 

@@ -1,6 +1,7 @@
 """The coordinator's durable state: topics, placement, leaders, ISRs, epochs, the metadata
-version and the next producer id. One JSON file replaced atomically (write, fsync, rename,
-fsync the directory) on every change, so a coordinator restart loses nothing.
+version, the next producer id and where each offsets partition's latest snapshot starts. One
+JSON file replaced atomically (write, fsync, rename, fsync the directory) on every change, so
+a coordinator restart loses nothing.
 
 Not thread-safe: owned by the coordinator's reactor.
 """
@@ -39,6 +40,8 @@ class ClusterState:
     topics: dict[str, TopicState] = field(default_factory=dict)
     # broker id -> the random id of its current process: a new one means it restarted
     incarnations: dict[int, str] = field(default_factory=dict)
+    # offsets partition -> [start offset, snapshot id, wall ms] of its latest complete snapshot
+    offsets_snapshots: dict[int, list] = field(default_factory=dict)
 
 
 class StateStore:
@@ -56,13 +59,15 @@ class StateStore:
             for name, t in raw.get("topics", {}).items()
         }
         incarnations = {int(k): str(v) for k, v in raw.get("incarnations", {}).items()}
-        return ClusterState(raw.get("version", 0), raw.get("next_producer_id", 1), topics, incarnations)
+        snapshots = {int(k): list(v) for k, v in raw.get("offsets_snapshots", {}).items()}
+        return ClusterState(raw.get("version", 0), raw.get("next_producer_id", 1), topics, incarnations, snapshots)
 
     def save(self, state: ClusterState) -> None:
         raw = {
             "version": state.version,
             "next_producer_id": state.next_producer_id,
             "incarnations": {str(k): v for k, v in state.incarnations.items()},
+            "offsets_snapshots": {str(k): v for k, v in state.offsets_snapshots.items()},
             "topics": {n: {"configs": t.configs, "partitions": [p.to_list() for p in t.partitions]}
                        for n, t in state.topics.items()},
         }

@@ -126,7 +126,8 @@ def test_commit_of_a_partition_handed_on_by_a_rebalance_is_not_applied() -> None
     assert gc.offsets.offsets_for("g")[("t", 1)].offset == 7
 
 
-# -- 2. the offsets topic: full replication factor, never subject to retention -----------------
+# -- 2. the offsets topic: full replication factor, no size retention (time retention: see
+# test_groups_followups, which snapshots make safe) --------------------------------------------
 def test_offsets_topic_waits_for_its_replication_factor_and_keeps_records_forever() -> None:
     gc, coord, _ = _group_coordinator(alive=(1,))
     with pytest.raises(RemoteError) as e:
@@ -138,7 +139,7 @@ def test_offsets_topic_waits_for_its_replication_factor_and_keeps_records_foreve
     topic = coord.state.topics[OFFSETS_TOPIC]
     assert all(len(p.replicas) == 3 for p in topic.partitions)
     assert topic.configs["min.insync.replicas"] == 2
-    assert topic.configs["retention.ms"] == -1 and topic.configs["retention.bytes"] == -1
+    assert topic.configs["retention.bytes"] == -1
 
 
 # -- 3. bad input gets a clear error, not an internal one ----------------------------------------

@@ -1,0 +1,144 @@
+"""Rebuilding the committed-offsets table when the coordinator starts.
+
+Each offsets partition is read from its leader, from the start offset of its latest snapshot
+(remembered in the coordinator's state file) up to the leader's log end as seen at the first
+read, waiting until the high watermark covers it: an acknowledged commit is always below a
+leader's log end, and waiting for the HW means a record that could still be truncated is
+never relied upon.
+
+The first record read at a remembered offset must be the first record of that snapshot. If
+it is not (the log was truncated or rewritten), or the offset is below the log start
+(retention) or beyond the log end, the partition is read from its log start instead: nothing
+of it was applied yet, and a replay from there is correct, only slower -- every record is an
+upsert or a deletion in log order, and a snapshot in the log is the whole state as of its
+position.
+
+Not thread-safe: runs on the coordinator's reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgpack
+
+from fabric import protocol as P
+from fabric.errors import RemoteError
+from fabric.records import decode_batches
+from nodes.coordinator import snapshots as S
+
+if TYPE_CHECKING:
+    from nodes.coordinator.offsets import OffsetStore
+
+log = logging.getLogger(__name__)
+
+LOAD_FETCH_BYTES_MAX = 4 * 1024 * 1024
+LOAD_FETCH_TIMEOUT_MS = 3000
+LOAD_RETRY_MS = 200
+
+
+@dataclass
+class LoadState:
+    offset: int = 0
+    target: int | None = None
+    endpoint: str | None = None
+    done: bool = False
+    snapshot_id: str | None = None   # the first record read must start this snapshot
+    records_read: int = 0
+
+
+class OffsetsLoader:
+    def __init__(self, store: "OffsetStore", topic: str) -> None:
+        self.store = store
+        self.topic = topic
+        self.coord = store.coord
+        self.reactor = store.reactor
+        self.states: dict[int, LoadState] = {}
+
+    def start(self, partitions: int) -> None:
+        """Read every partition; ``store.loaded_all()`` once all are read."""
+        for q in range(partitions):
+            pointer = self.coord.state.offsets_snapshots.get(q)
+            self.states[q] = LoadState(pointer[0], snapshot_id=pointer[1]) if pointer else LoadState()
+            self._step(q)
+
+    def _later(self, q: int, delay_ms: int) -> None:
+        self.reactor.call_later(delay_ms, lambda: self._step(q))
+
+    def _step(self, q: int) -> None:
+        st = self.states[q]
+        endpoint = self.store._leader_endpoint(self.topic, q)
+        if endpoint is None:
+            self._later(q, LOAD_RETRY_MS)
+            return
+        if endpoint != st.endpoint:
+            st.endpoint, st.target = endpoint, None  # a new leader: learn its log end again
+
+        def on_reply(h: dict | None, payloads: list, err: RemoteError | None) -> None:
+            entry = h["parts"][0] if h is not None and h.get("parts") else None
+            if entry is None or entry[2]:
+                if entry is not None and entry[2] == P.OFFSET_OUT_OF_RANGE and entry[5] >= 0:
+                    self._snapshot_missing(q, st, entry[5])  # below the log start or beyond its end
+                st.endpoint = None
+                self._later(q, LOAD_RETRY_MS)
+                return
+            hw, leo = entry[3], entry[4]
+            if st.target is None:
+                st.target = leo
+            if st.snapshot_id is not None and st.offset >= st.target:
+                self._snapshot_missing(q, st, 0)
+                self._later(q, 0)
+                return
+            records = decode_batches(self.topic, q, payloads[0], st.offset, hw) if payloads and payloads[0] else []
+            if records and st.snapshot_id is not None:
+                found = S.parse_key(records[0].key)
+                if records[0].offset != st.offset or found is None or found[:2] != (st.snapshot_id, 0):
+                    self._snapshot_missing(q, st, 0)
+                    self._later(q, 0)
+                    return
+                st.snapshot_id = None  # it is there: read on from it
+            for r in records:
+                self.apply_record(r.key, r.value)
+            if records:
+                st.offset = records[-1].offset + 1
+                st.records_read += len(records)
+            if st.offset >= st.target:
+                log.info("%s-%d loaded up to offset %d", self.topic, q, st.offset)
+                st.done = True
+                if all(s.done for s in self.states.values()):
+                    self.store.loaded_all()
+            else:
+                self._later(q, 0 if records else LOAD_RETRY_MS)
+        self.store._client(endpoint).request(
+            P.FETCH, {"replica_id": -1, "wait_ms": 0, "max_bytes": LOAD_FETCH_BYTES_MAX,
+                      "parts": [[self.topic, q, st.offset, LOAD_FETCH_BYTES_MAX]]},
+            callback=on_reply, timeout_ms=LOAD_FETCH_TIMEOUT_MS)
+
+    def apply_record(self, key: bytes | None, value: bytes) -> None:
+        """Apply one record of the offsets topic (a commit, a tombstone or a snapshot record)."""
+        try:
+            if S.parse_key(key) is not None:
+                for group, topic, p, offset, metadata, ts in S.decode_entries(value):
+                    self.store.apply(group, [(topic, p, offset, metadata)], ts)
+                return
+            group, topic, p = msgpack.unpackb(key, raw=False)
+            if value:
+                offset, metadata, ts = msgpack.unpackb(value, raw=False)
+                self.store.apply(group, [(topic, p, offset, metadata)], ts)
+            else:
+                self.store.apply(group, [(topic, p, None, "")], 0)
+        except Exception:  # a record we cannot read must not stop the load
+            self.coord.counters["offsets_bad_records"] += 1
+
+    def _snapshot_missing(self, q: int, st: LoadState, log_start_offset: int) -> None:
+        """Read from ``log_start_offset`` instead (0: the leader says where the log starts)."""
+        if st.snapshot_id is not None:
+            log.warning("%s-%d: no snapshot %s at offset %d; loading from the log start", self.topic, q,
+                        st.snapshot_id, st.offset)
+            self.coord.counters["offsets_snapshot_missing"] += 1
+            # forgotten (saved with the next snapshot): this partition gets a new one soon
+            self.coord.state.offsets_snapshots.pop(q, None)
+        st.snapshot_id = None
+        st.offset = log_start_offset

@@ -1,0 +1,117 @@
+"""Snapshots of the committed offsets in ``__consumer_offsets``: the record format and limits.
+
+Per offsets partition the coordinator appends now and then (``SNAPSHOT_COMMIT_RECORDS``
+commit records after the last snapshot, or ``SNAPSHOT_INTERVAL_MS`` after it if anything
+changed, and in any case every ``SNAPSHOT_REFRESH_MS``) a snapshot: every committed offset of
+the groups that hash to that partition. Once every record of it is acknowledged (acks=all),
+its start offset is remembered in the coordinator's state file, and a restarted coordinator
+reads that partition from there instead of from 0.
+
+A snapshot goes through the partition's commit queue like a commit: it is captured when it
+reaches the front with no append outstanding, so every commit before it is in it, and the
+commits that arrive while it is written queue behind it and land after it in the log.
+
+Replaying a partition from any offset at or before a complete snapshot gives the committed
+offsets (a snapshot is the whole state as of its position), which is what makes a time
+retention on the topic safe: the latest snapshot is never older than ``SNAPSHOT_REFRESH_MS``
+while the coordinator runs, far inside ``OFFSETS_RETENTION_MS``, and everything after it is
+younger still. (A coordinator down for longer than the retention would lose the offsets --
+as Kafka expires offsets after ``offsets.retention.minutes``.)
+
+Record format: key = msgpack ``["snapshot", snapshot_id, index, last]`` (4 elements, where a
+commit key has 3); value = msgpack ``[[group, topic, partition, offset, metadata,
+commit_ts_ms], ...]``. A snapshot larger than ``SNAPSHOT_RECORD_BYTES_MAX`` is split into
+several records, one append each; ``last`` marks the final one.
+
+Not thread-safe (pure functions and plain data).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import msgpack
+
+SNAPSHOT_KEY_TAG = "snapshot"
+SNAPSHOT_COMMIT_RECORDS = 10_000          # commit records after the last snapshot that call for a new one
+SNAPSHOT_INTERVAL_MS = 10 * 60 * 1000     # ... or this long after it, if anything changed
+SNAPSHOT_REFRESH_MS = 24 * 3600 * 1000    # ... and this long after it in any case
+SNAPSHOT_RECORD_BYTES_MAX = 512 * 1024    # one snapshot record (one append)
+SNAPSHOT_TIMEOUT_MS = 60_000              # a snapshot not written by then is abandoned (no pointer)
+OFFSETS_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+# the retention must never reach the latest snapshot of a running coordinator
+assert OFFSETS_RETENTION_MS >= 5 * SNAPSHOT_REFRESH_MS >= 5 * SNAPSHOT_INTERVAL_MS
+
+Entry = tuple[str, str, int, int, str, int]   # group, topic, partition, offset, metadata, commit_ts_ms
+
+
+@dataclass
+class SnapshotJob:
+    """A snapshot waiting in (or at the front of) its offsets partition's commit queue."""
+
+    partition: int
+    deadline_ms: int
+    snapshot_id: str = ""
+    records: list[tuple[bytes, bytes]] | None = None   # captured when it reaches the front
+    next_index: int = 0
+    start_offset: int = -1
+    finished: bool = False
+
+
+def new_snapshot_id() -> str:
+    return os.urandom(6).hex()
+
+
+def snapshot_records(snapshot_id: str, entries: Iterable[Entry]) -> list[tuple[bytes, bytes]]:
+    """(key, value) records holding ``entries``, each value at most ``SNAPSHOT_RECORD_BYTES_MAX``
+    bytes (an entry is a few KiB at most); at least one record, so an empty snapshot says
+    "nothing is committed here"."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for e in entries:
+        packed = msgpack.packb(list(e), use_bin_type=True)
+        if chunks[-1] and size + len(packed) + 5 > SNAPSHOT_RECORD_BYTES_MAX:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(packed)
+        size += len(packed)
+    out = []
+    for i, chunk in enumerate(chunks):
+        key = msgpack.packb([SNAPSHOT_KEY_TAG, snapshot_id, i, i == len(chunks) - 1], use_bin_type=True)
+        # an array header (at most 5 bytes) followed by the packed entries is a msgpack array
+        n = len(chunk)
+        head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 65536
+                                                    else b"\xdd" + n.to_bytes(4, "big"))
+        out.append((key, head + b"".join(chunk)))
+    return out
+
+
+def parse_key(key: bytes | None) -> tuple[str, int, bool] | None:
+    """(snapshot_id, index, last) of a snapshot record's key; None for any other key."""
+    if not key:
+        return None
+    try:
+        k = msgpack.unpackb(key, raw=False)
+    except Exception:
+        return None
+    if isinstance(k, list) and len(k) == 4 and k[0] == SNAPSHOT_KEY_TAG and isinstance(k[1], str) \
+            and isinstance(k[2], int) and isinstance(k[3], bool):
+        return k[1], k[2], k[3]
+    return None
+
+
+def decode_entries(value: bytes) -> list[Entry]:
+    """The entries of a snapshot record. Raises ValueError for a value that is not one."""
+    raw = msgpack.unpackb(value, raw=False)
+    if not isinstance(raw, list):
+        raise ValueError("a snapshot value is a list of entries")
+    out = []
+    for e in raw:
+        if not (isinstance(e, list) and len(e) == 6 and isinstance(e[0], str) and isinstance(e[1], str)
+                and isinstance(e[2], int) and isinstance(e[3], int)):
+            raise ValueError(f"bad snapshot entry {e!r}")
+        out.append((e[0], e[1], e[2], e[3], str(e[4]), int(e[5])))
+    return out
