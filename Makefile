@@ -6,16 +6,25 @@ CONFIG ?= config/cluster.yaml
 
 .PHONY: up down status test test-fast install dev bench clean
 
+# A failed step removes what it half made (a venv without pip, a stale stamp), so that the
+# next `make` starts over instead of failing on it.
+.DELETE_ON_ERROR:
+
+PY_OK := import sys; sys.exit(sys.version_info < (3, 11))
+
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	@rm -rf $(VENV)
+	( $(PYTHON) -c '$(PY_OK)' 2>/dev/null && $(PYTHON) -m venv $(VENV) ) \
+	  || ( rm -rf $(VENV) && python3 -c '$(PY_OK)' 2>/dev/null && python3 -m venv $(VENV) ) \
+	  || { rm -rf $(VENV); echo "make: need Python 3.11+ with venv (tried $(PYTHON) and python3; try PYTHON=python3.12)" >&2; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed

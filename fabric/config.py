@@ -305,11 +305,21 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
     env = os.environ if environ is None else environ
     path = path or env.get("LOOM_CONFIG") or DEFAULT_CONFIG_PATH
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from e
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_error_line(e)}") from e
     return parse_config(raw, str(path), env)
+
+
+def _yaml_error_line(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where (1-based line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or " ".join(str(e).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"

@@ -25,26 +25,43 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[list[bytes]], None]
 
 
+# Cancelled timers stay in the heap until they reach its top, and a periodic timer due sooner
+# (a heartbeat) keeps them from ever getting there: every RPC request arms a timeout that its
+# reply cancels, so they would fill the table. The heap is rebuilt without them once they are
+# at least this many and make up half of it (amortised O(1) per cancel, like asyncio's loop).
+CANCELLED_TIMERS_COMPACT_MIN = 256
+
+
 class Timer:
-    __slots__ = ("deadline_ms", "fn", "interval_ms", "cancelled")
+    __slots__ = ("deadline_ms", "fn", "interval_ms", "cancelled", "_reactor")
 
     def __init__(self, deadline_ms: int, fn: Callable[[], None], interval_ms: int | None) -> None:
         self.deadline_ms = deadline_ms
         self.fn = fn
         self.interval_ms = interval_ms
         self.cancelled = False
+        self._reactor: Reactor | None = None  # set while the timer sits in that reactor's heap
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        if self._reactor is not None:
+            self._reactor._timer_cancelled()
 
 
 class Reactor:
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *, contain_handler_errors: bool = False) -> None:
+        """``contain_handler_errors``: a node's reactor logs an exception raised by a message
+        handler (a reply callback, a subscriber) and goes on serving; a client's reactor lets
+        it reach the caller (e.g. ``offset_out_of_range`` out of ``Consumer.poll``)."""
+        self.contain_handler_errors = contain_handler_errors
         self.clock = clock or Clock()
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, MessageHandler] = {}
         self._timers: list[tuple[int, int, Timer]] = []
         self._seq = itertools.count()
+        self._cancelled_in_heap = 0
         self._after_pass: list[Callable[[], None]] = []
         self._stopped = False
 
@@ -70,10 +87,33 @@ class Reactor:
         assert interval_ms > 0
         return self._push(Timer(self.clock.now_ms() + interval_ms, fn, interval_ms))
 
+    @property
+    def timers_live(self) -> int:
+        """Timers that will still fire (cancelled ones waiting in the heap not counted)."""
+        return len(self._timers) - self._cancelled_in_heap
+
     def _push(self, t: Timer) -> Timer:
-        assert len(self._timers) < P.TIMERS_MAX, "timer table full"
+        assert self.timers_live < P.TIMERS_MAX, "timer table full"
+        t._reactor = self
         heapq.heappush(self._timers, (t.deadline_ms, next(self._seq), t))
         return t
+
+    def _pop(self) -> Timer:
+        t = heapq.heappop(self._timers)[2]
+        t._reactor = None
+        if t.cancelled:
+            self._cancelled_in_heap -= 1
+        return t
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled_in_heap += 1
+        if self._cancelled_in_heap >= CANCELLED_TIMERS_COMPACT_MIN and 2 * self._cancelled_in_heap >= len(self._timers):
+            for entry in self._timers:
+                if entry[2].cancelled:
+                    entry[2]._reactor = None
+            self._timers[:] = [e for e in self._timers if not e[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled_in_heap = 0
 
     # -- the loop ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -98,7 +138,7 @@ class Reactor:
 
     def _timeout_ms(self, timeout_ms_max: int) -> int:
         while self._timers and self._timers[0][2].cancelled:
-            heapq.heappop(self._timers)
+            self._pop()
         if not self._timers:
             return timeout_ms_max
         return max(0, min(timeout_ms_max, self._timers[0][0] - self.clock.now_ms()))
@@ -112,12 +152,18 @@ class Reactor:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
-            handler(frames)
+            if not self.contain_handler_errors:
+                handler(frames)
+                continue
+            try:
+                handler(frames)
+            except Exception:  # a bug in one handler must not take the node down
+                log.exception("handler %r failed", handler)
 
     def _run_timers(self) -> None:
         now = self.clock.now_ms()
         while self._timers and self._timers[0][0] <= now:
-            _, _, t = heapq.heappop(self._timers)
+            t = self._pop()
             if t.cancelled:
                 continue
             try:

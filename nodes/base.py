@@ -37,7 +37,7 @@ class Node:
         self.node_config = config.node(name)
         self.clock = clock or Clock()
         self.ctx = zmq.Context.instance()
-        self.reactor = Reactor(self.clock)
+        self.reactor = Reactor(self.clock, contain_handler_errors=True)
         self.started_ms = self.clock.now_ms()
         self.counters: Counter[str] = Counter()
         self.server = RpcServer(self.ctx, self.reactor, f"tcp://{self.node_config.host}:{self.node_config.port}")

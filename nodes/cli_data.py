@@ -36,6 +36,7 @@ POLL_RECORDS_MAX = 10_000
 POLL_WAIT_MS_MAX = 500
 PRODUCE_MAX_BLOCK_MS = 10_000
 PRODUCE_DELIVERY_TIMEOUT_MS = 60_000
+INTERRUPT_FLUSH_TIMEOUT_S = 5.0  # after Ctrl-C, how long produce waits for what it already read
 TOPIC_LOOKUP_TIMEOUT_MS = 5_000
 GROUPS_UNAVAILABLE = "consumer groups are not available in this build"
 
@@ -112,6 +113,7 @@ def produce(config: str | None, bootstrap: str | None, topic: str, key_separator
     pending: deque = deque()
     progress = _Progress("produced")
     count = 0
+    typed = sys.stdin.isatty()
     try:
         for line in _lines(sys.stdin.buffer):
             key, value = (None, line)
@@ -119,12 +121,25 @@ def produce(config: str | None, bootstrap: str | None, topic: str, key_separator
                 key, value = line.split(sep, 1)
             pending.append((producer.send(topic, value, key=key, headers=header_list, partition=partition), key))
             count += 1
+            if typed:  # a person typing: answer this line now, not once the next one is read
+                producer.flush(PRODUCE_DELIVERY_TIMEOUT_MS / 1000)
             while pending and (pending[0][0].done() or len(pending) > PENDING_RECORDS_MAX):
                 _acknowledged(pending.popleft(), print_offsets, acks)
             progress.update(count)
         producer.flush(PRODUCE_DELIVERY_TIMEOUT_MS / 1000)
         while pending:
             _acknowledged(pending.popleft(), print_offsets, acks)
+    except KeyboardInterrupt:
+        # Ctrl-C ends the input. The lines already read are still delivered (close() flushes
+        # them anyway), so report their offsets as promised instead of dropping the answers.
+        try:
+            producer.flush(INTERRUPT_FLUSH_TIMEOUT_S)
+        except RemoteError:
+            pass
+        while pending and pending[0][0].done() and pending[0][0].exception() is None:
+            _acknowledged(pending.popleft(), print_offsets, acks)
+        sys.stdout.flush()
+        raise
     finally:
         progress.stop()
         producer.close(timeout=5)
@@ -192,20 +207,26 @@ def consume(config: str | None, bootstrap: str | None, topic: str, group: str | 
         raise click.UsageError("--offset needs --partition")
     if group is not None and (partition is not None or offset is not None):
         raise click.UsageError("--group cannot be combined with --partition or --offset")
+    if offset is not None and offset not in ("earliest", "latest") and not offset.isdigit():
+        # before any network call; a negative offset would silently become auto_offset_reset
+        raise click.BadParameter(f"expected earliest, latest or an offset >= 0, not {offset!r}", param_hint="--offset")
     target = Target(config, bootstrap)
     _check_partition(target, topic, partition)
     reset = "earliest" if from_beginning else "latest"
     consumer = _group_consumer(target, group, topic, reset) if group else _assigned_consumer(
         target, topic, partition, offset, reset)
-    count = 0
+    printed = [0]  # counted as written, so that Ctrl-C in the middle reports the true total
+
+    def emit(r: Record) -> None:
+        _write_line(_format_record(r, fmt, print_key, key_separator))
+        printed[0] += 1
     try:
-        count = _consume_loop(consumer, max_messages, timeout_ms,
-                              lambda r: _write_line(_format_record(r, fmt, print_key, key_separator)))
+        _consume_loop(consumer, max_messages, timeout_ms, emit)
     except BrokenPipeError:  # `loom consume … | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         consumer.close()
-        click.echo(f"Processed a total of {count} messages", err=True)
+        click.echo(f"Processed a total of {printed[0]} messages", err=True)
 
 
 def _consume_loop(consumer: Any, max_messages: int | None, timeout_ms: int | None, emit: Any) -> int:

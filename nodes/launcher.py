@@ -9,12 +9,19 @@ pid (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``).
 Children run in their own session, so Ctrl-C reaches only the supervisor, which then stops
 them in order (the coordinator last, so brokers do not see it vanish first).
 
+One supervisor per data dir: ``<data_dir>/loom.lock`` is held (``flock``) for the supervisor's
+life, so two ``loom up`` started together cannot both pass the pid-file check; the kernel
+drops the lock when the supervisor dies, even by SIGKILL. A child that exits with
+``EXIT_CONFIG_ERROR`` (its config no longer loads, or its host is not this machine) is not
+restarted: the supervisor says why and keeps the others running.
+
 Thread-safety: a ``Supervisor`` belongs to the thread that calls ``run``; its signal handlers
 only set a flag.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -32,6 +39,7 @@ from fabric import protocol as P
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import FabricError, RemoteError
 from fabric.rpc import BlockingClient
+from nodes.run import EXIT_BIND_ERROR, EXIT_CONFIG_ERROR  # noqa: F401 - EXIT_BIND_ERROR re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
 # The module that implements each role (mirrors nodes/run.py:node_class).
@@ -44,6 +52,7 @@ ROLE_MODULES = {
     "gateway": "nodes.gateway",
 }
 PID_FILE_NAME = "loom.pid"
+LOCK_FILE_NAME = "loom.lock"
 LOG_DIR_NAME = "logs"
 PING_TIMEOUT_MS = 500
 LOOP_INTERVAL_MS = 200           # how often the supervisor looks at its children
@@ -96,15 +105,21 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_loom_process(pid: int) -> bool:
-    """True when ``pid`` runs Loom (guards against signalling a reused pid). Without /proc
-    the answer is whether the pid is alive."""
+    """True when ``pid`` runs Loom: a node (``-m nodes.run``), the CLI (``-m nodes.cli``) or
+    the ``loom`` script. Guards against signalling a reused pid, so an argument that merely
+    contains "loom" (an editor on loom.yaml) does not count. Without /proc the answer is
+    whether the pid is alive."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return pid_alive(pid) and not Path("/proc/self").exists()
     except OSError:
         return pid_alive(pid)
-    return b"nodes.run" in cmdline or b"loom" in cmdline or b"nodes.cli" in cmdline
+    args = cmdline.split(b"\0")
+    if b"nodes.run" in args or b"nodes.cli" in args:
+        return True
+    # the console script: `python …/bin/loom up` (or `loom up` run directly)
+    return any(os.path.basename(a) == b"loom" for a in args[:2])
 
 
 def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
@@ -158,20 +173,45 @@ class Supervisor:
             else:
                 self.unavailable[name] = node
         self._stopping = False
+        self._lock_fd: int | None = None
 
     # -- start ------------------------------------------------------------------------------
     def check_not_running(self) -> None:
-        """Raises FabricError when another supervisor of this data dir is alive."""
+        """Take the data dir's lock; raises FabricError when another supervisor of this data
+        dir is alive or nodes of an earlier run still are."""
+        self._take_lock()
         info = read_pid_file(self.config)
         if info and isinstance(info.get("pid"), int) and info["pid"] != os.getpid() \
                 and pid_alive(info["pid"]) and is_loom_process(info["pid"]):
+            self.release_lock()  # a supervisor of an older build, which held no lock
             raise FabricError(f"a cluster is already running from {self.data_dir} (supervisor pid {info['pid']}); "
                               "run `loom down` first")
         orphans = [p for p in ((info or {}).get("children") or {}).values()
                    if isinstance(p, int) and pid_alive(p) and is_loom_process(p)]
         if orphans:
+            self.release_lock()
             raise FabricError(f"nodes of an earlier run are still alive (pids {', '.join(map(str, orphans))}); "
                               "run `loom down` first")
+
+    def _take_lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            info = read_pid_file(self.config) or {}
+            raise FabricError(f"a cluster is already running from {self.data_dir} (supervisor pid "
+                              f"{info.get('pid', '?')}); run `loom down` first") from None
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        """Let another supervisor use the data dir (at the end of ``stop_all``)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the only descriptor drops the flock
+            self._lock_fd = None
 
     def start_all(self) -> None:
         """Start the coordinator, wait for it, then every other node; wait until all answer
@@ -191,6 +231,7 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         path = log_path(self.config, child.name)
+        path.parent.mkdir(parents=True, exist_ok=True)  # `make clean` may have removed it meanwhile
         handle = open(path, "ab")  # noqa: SIM115 - the child owns it until it exits
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -253,8 +294,16 @@ class Supervisor:
             if proc is not None and proc.poll() is not None and child.restart_at_ms is None:
                 child.last_exit = proc.returncode
                 ran_ms = now_ms - child.started_ms
+                why = self._exit_reason(child.name, proc.returncode)
+                if proc.returncode == EXIT_CONFIG_ERROR:
+                    self.emit(f"loom: {child.name} (pid {proc.pid}) cannot start: {why or 'configuration error'}; "
+                              "not restarting it: fix the config, then restart the cluster")
+                    child.proc = None
+                    changed = True
+                    continue
                 if not sup.restart:
-                    self.emit(f"loom: {child.name} exited with code {proc.returncode} (restart is off)")
+                    self.emit(f"loom: {child.name} exited with code {proc.returncode} (restart is off)"
+                              + (f": {why}" if why else ""))
                     child.proc = None
                     changed = True
                     continue
@@ -264,7 +313,8 @@ class Supervisor:
                     child.backoff_ms = min(child.backoff_ms * 2, sup.restart_backoff_max_ms)
                 child.restart_at_ms = now_ms + child.backoff_ms
                 self.emit(f"loom: {child.name} (pid {proc.pid}) exited with code {proc.returncode}; "
-                          f"restarting in {child.backoff_ms} ms (log: {log_path(self.config, child.name)})")
+                          f"restarting in {child.backoff_ms} ms (log: {log_path(self.config, child.name)}"
+                          + (f"; {why})" if why else ")"))
             if child.restart_at_ms is not None and now_ms >= child.restart_at_ms:
                 self._spawn(child)
                 child.restarts += 1
@@ -272,6 +322,16 @@ class Supervisor:
                 self.emit(f"loom: restarted {child.name} as pid {child.proc.pid}")
         if changed:
             self._write_pid_file()
+
+    def _exit_reason(self, name: str, returncode: int) -> str:
+        """A signal's name, or the child's last log line (its error, when it failed)."""
+        if returncode < 0:
+            try:
+                return f"killed by {signal.Signals(-returncode).name}"
+            except ValueError:
+                return f"killed by signal {-returncode}"
+        tail = log_tail(log_path(self.config, name), 1)
+        return f"last line: {tail[-1].strip()}" if tail else ""
 
     # -- stop -----------------------------------------------------------------------------
     def stop_all(self) -> None:
@@ -286,6 +346,7 @@ class Supervisor:
         info = read_pid_file(self.config)
         if info and info.get("pid") == os.getpid():
             pid_file.unlink(missing_ok=True)
+        self.release_lock()
 
     def _write_pid_file(self) -> None:
         info = {"pid": os.getpid(), "config": self.config_path,

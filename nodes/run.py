@@ -4,13 +4,20 @@ this way; ``loom up --node NAME`` does the same in the foreground."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+
+import zmq
 
 from fabric.config import ConfigError, load_config
 from nodes.base import setup_logging
 
 log = logging.getLogger("loom.run")
+
+# Exit codes the supervisor (nodes/launcher.py) acts on.
+EXIT_CONFIG_ERROR = 2  # the config (file, node name, host) is wrong: restarting cannot help
+EXIT_BIND_ERROR = 3    # the node's port is taken: restarted with backoff, it may be freed
 
 
 def node_class(role: str) -> type:
@@ -49,7 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         node = cls(config, args.node)
     except ConfigError as e:
         print(f"loom: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG_ERROR
+    except zmq.ZMQError as e:  # binding the ROUTER or PUB port
+        if e.errno == errno.EADDRINUSE:
+            print(f"loom: {args.node}: cannot listen: {e} (is another process using the port?)", file=sys.stderr)
+            return EXIT_BIND_ERROR
+        if e.errno == errno.EADDRNOTAVAIL:
+            print(f"loom: {args.node}: cannot listen: {e} (the node's host is not an address of this machine)",
+                  file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        raise
     node.run()
     return 0
 
