@@ -39,18 +39,11 @@ from fabric import protocol as P
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import FabricError, RemoteError
 from fabric.rpc import BlockingClient
-from nodes.run import EXIT_BIND_ERROR, EXIT_CONFIG_ERROR  # noqa: F401 - EXIT_BIND_ERROR re-exported
+from nodes.run import EXIT_CONFIG_ERROR, ROLE_CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
-# The module that implements each role (mirrors nodes/run.py:node_class).
-ROLE_MODULES = {
-    "broker": "nodes.broker.node",
-    "coordinator": "nodes.coordinator.node",
-    "producer": "nodes.producer",
-    "consumer": "nodes.consumer",
-    "monitor": "nodes.monitor",
-    "gateway": "nodes.gateway",
-}
+# The module that implements each role (nodes/run.py's table).
+ROLE_MODULES = {role: spec.partition(":")[0] for role, spec in ROLE_CLASSES.items()}
 PID_FILE_NAME = "loom.pid"
 LOCK_FILE_NAME = "loom.lock"
 LOG_DIR_NAME = "logs"

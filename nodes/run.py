@@ -4,6 +4,7 @@ this way; ``loom up --node NAME`` does the same in the foreground."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import errno
 import logging
 import sys
@@ -20,26 +21,29 @@ EXIT_CONFIG_ERROR = 2  # the config (file, node name, host) is wrong: restarting
 EXIT_BIND_ERROR = 3    # the node's port is taken: restarted with backoff, it may be freed
 
 
+# The class that implements each role, imported only when that role runs (the launcher also
+# reads this table to tell which roles this build has).
+ROLE_CLASSES: dict[str, str] = {
+    "broker": "nodes.broker.node:Broker",
+    "coordinator": "nodes.coordinator.node:Coordinator",
+    "producer": "nodes.producer:ProducerService",
+    "consumer": "nodes.consumer:ConsumerService",
+    "monitor": "nodes.monitor:Monitor",
+    "gateway": "nodes.gateway:Gateway",
+}
+
+
 def node_class(role: str) -> type:
-    if role == "broker":
-        from nodes.broker.node import Broker
-        return Broker
-    if role == "coordinator":
-        from nodes.coordinator.node import Coordinator
-        return Coordinator
-    if role == "producer":
-        from nodes.producer import ProducerService
-        return ProducerService
-    if role == "consumer":
-        from nodes.consumer import ConsumerService
-        return ConsumerService
-    if role == "monitor":
-        from nodes.monitor import Monitor
-        return Monitor
-    if role == "gateway":
-        from nodes.gateway import Gateway
-        return Gateway
-    raise ConfigError(f"no node implementation for role {role!r}")
+    spec = ROLE_CLASSES.get(role)
+    if spec is None:
+        raise ConfigError(f"no node implementation for role {role!r}")
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise ConfigError(f"role {role!r} is not available in this build") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from fabric.errors import FabricError
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient, RpcServer
 from nodes import launcher
+from nodes.run import EXIT_BIND_ERROR
 from tests.harness import ROOT, make_config
 
 
@@ -192,7 +193,7 @@ def test_node_with_its_port_taken_exits_with_one_line(tmp_path: Path) -> None:
                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
     finally:
         blocker.close(0)
-    assert run.returncode == launcher.EXIT_BIND_ERROR, run.stderr
+    assert run.returncode == EXIT_BIND_ERROR, run.stderr
     errors = [ln for ln in run.stderr.splitlines() if ln.startswith("loom:")]
     assert "Traceback" not in run.stderr and len(errors) == 1, run.stderr
     assert f"127.0.0.1:{cfg.node('coordinator').port}" in errors[0] and "in use" in errors[0]
