@@ -208,14 +208,42 @@ def _print_table(rows: list[Row], recovery: list[dict]) -> None:
               f"{rec['clean_reopen_s']:.3f} s{extra}")
 
 
+CHART_BAR_PX = 14
+CHART_WIDTH_PX = 520
+
+
+def _svg_chart(rows: list[Row], metric: str, title: str) -> str:
+    """A horizontal bar chart (inline SVG, no dependencies) of ``metric`` (MB/s) per row, with
+    the same-run plain-file baseline drawn as a tick on each bar's line."""
+    base_metric = "baseline_" + metric
+    top = max([getattr(r, metric) for r in rows] + [getattr(r, base_metric) for r in rows] + [1e-9])
+    label_px, lines = 260, []
+    for i, r in enumerate(rows):
+        y = 24 + i * (CHART_BAR_PX + 6)
+        w = CHART_WIDTH_PX * getattr(r, metric) / top
+        bx = label_px + CHART_WIDTH_PX * getattr(r, base_metric) / top
+        label = f"{r.engine} {r.fsync} {r.records_per_batch}x{r.record_bytes}B"
+        lines.append(
+            f'<text x="{label_px - 6}" y="{y + CHART_BAR_PX - 3}" text-anchor="end">{html.escape(label)}</text>'
+            f'<rect x="{label_px}" y="{y}" width="{w:.1f}" height="{CHART_BAR_PX}" fill="#4a7bd0"/>'
+            f'<line x1="{bx:.1f}" x2="{bx:.1f}" y1="{y - 2}" y2="{y + CHART_BAR_PX + 2}" stroke="#d04a4a" stroke-width="2"/>'
+            f'<text x="{label_px + w + 4:.1f}" y="{y + CHART_BAR_PX - 3}">{getattr(r, metric):.0f}</text>')
+    height = 34 + len(rows) * (CHART_BAR_PX + 6)
+    return (f'<h2>{html.escape(title)}</h2><svg xmlns="http://www.w3.org/2000/svg" width="{label_px + CHART_WIDTH_PX + 80}" '
+            f'height="{height}" font-family="sans-serif" font-size="11"><text x="{label_px}" y="12">MB/s '
+            f'(red tick: plain file I/O in the same run)</text>{"".join(lines)}</svg>')
+
+
 def _write_html(path: str, rows: list[Row], recovery: list[dict], meta: dict) -> None:
     cols = list(asdict(rows[0]).keys()) if rows else []
     body = "".join("<tr>" + "".join(f"<td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td>"
                                     for v in asdict(r).values()) + "</tr>" for r in rows)
     rec = "".join(f"<li>{html.escape(json.dumps(x))}</li>" for x in recovery)
+    charts = (_svg_chart(rows, "append_mb_per_s", "Append throughput")
+              + _svg_chart(rows, "read_mb_per_s", "Sequential read throughput")) if rows else ""
     with open(path, "w") as f:
         f.write(f"<!doctype html><meta charset=utf-8><title>Loom engine bench</title>"
-                f"<pre>{html.escape(json.dumps(meta, indent=1))}</pre><table border=1><tr>"
+                f"<pre>{html.escape(json.dumps(meta, indent=1))}</pre>{charts}<h2>All rows</h2><table border=1><tr>"
                 + "".join(f"<th>{c}</th>" for c in cols) + f"</tr>{body}</table><ul>{rec}</ul>")
 
 
@@ -223,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
     p.add_argument("--json", help="write results as JSON to this file")
-    p.add_argument("--html", help="write results as an HTML table to this file")
+    p.add_argument("--html", help="write the results as an HTML page with bar charts to this file")
     p.add_argument("--repeat", type=int, default=3, help="runs of the key rows (median reported)")
     p.add_argument("--engines", default="segment,lmdb,memory")
     p.add_argument("--fsync", default="never,interval,always")
