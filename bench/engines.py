@@ -19,13 +19,15 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 
 from engines import registry
 from engines.api import EngineConfig
-from engines.batch import build
+from engines.batch import build, split_headers
 
 READ_MAX_BYTES = 1024 * 1024
 RECORD_SIZES_BYTES = (100, 1024)
@@ -182,6 +184,7 @@ def bench_recovery(name: str, log_bytes: int, work: str) -> dict:
     result["clean_reopen_s"] = time.perf_counter() - start
     result["clean_report"] = str(engine.recovery)
     engine.close()
+    result.update(_read_memory(name, directory))
     if name == "segment":
         os.unlink(os.path.join(directory, "recovery.checkpoint"))
         start = time.perf_counter()
@@ -191,6 +194,49 @@ def bench_recovery(name: str, log_bytes: int, work: str) -> dict:
         engine.close()
     shutil.rmtree(directory, ignore_errors=True)
     return result
+
+
+def _rss_anon_bytes() -> int:
+    """Anonymous resident memory of this process (Linux): heap and buffers, not page cache or
+    file-backed mmap pages (LMDB's reads show up there and are reclaimable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return -1
+
+
+def read_whole_log(name: str, directory: str) -> dict:
+    """Read every batch of the log in READ_MAX_BYTES chunks, sampling anonymous memory: the
+    target is that reading a 1 GiB log does not load it into memory."""
+    engine = registry.open_engine(name, directory, EngineConfig(fsync="never", options={"map_size_bytes": 256 * 1024**2}))
+    before = peak = _rss_anon_bytes()
+    offset, read_bytes = engine.log_start_offset, 0
+    try:
+        while offset < engine.log_end_offset:
+            data = engine.read(offset, READ_MAX_BYTES)
+            read_bytes += len(data)
+            offset = split_headers(data)[-1].next_offset
+            peak = max(peak, _rss_anon_bytes())
+    finally:
+        engine.close()
+    return {"read_bytes": read_bytes, "rss_anon_before_bytes": before, "rss_anon_peak_bytes": peak}
+
+
+def _read_memory(name: str, directory: str) -> dict:
+    """Run read_whole_log in a fresh process, so earlier rows' allocations do not count."""
+    code = ("import json,sys; from bench.engines import read_whole_log; "
+            "print(json.dumps(read_whole_log(sys.argv[1], sys.argv[2])))")
+    out = subprocess.run([sys.executable, "-c", code, name, directory], capture_output=True, text=True,
+                         timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if out.returncode != 0:
+        return {"read_memory_error": out.stderr.strip().splitlines()[-1:]}
+    r = json.loads(out.stdout)
+    r["read_rss_growth_bytes"] = r["rss_anon_peak_bytes"] - r["rss_anon_before_bytes"]
+    return r
 
 
 def _print_table(rows: list[Row], recovery: list[dict]) -> None:
@@ -206,6 +252,9 @@ def _print_table(rows: list[Row], recovery: list[dict]) -> None:
         extra = f", full scan {rec['full_scan_reopen_s']:.3f} s" if "full_scan_reopen_s" in rec else ""
         print(f"recovery {rec['engine']}: {rec['log_bytes'] / 1024**2:.0f} MiB, clean reopen "
               f"{rec['clean_reopen_s']:.3f} s{extra}")
+        if "read_rss_growth_bytes" in rec:
+            print(f"read all {rec['engine']}: {rec['read_bytes'] / 1024**2:.0f} MiB read, anonymous memory "
+                  f"grew {rec['read_rss_growth_bytes'] / 1024**2:.1f} MiB (peak {rec['rss_anon_peak_bytes'] / 1024**2:.1f} MiB)")
 
 
 CHART_BAR_PX = 14
