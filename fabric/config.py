@@ -125,6 +125,9 @@ class ReplicationConfig(_Model):
 class LivenessConfig(_Model):
     heartbeat_interval_ms: int = Field(300, ge=10)
     session_timeout_ms: int = Field(3000, ge=100)
+    # a broker whose connection closed and that stays silent for two heartbeat intervals is
+    # dead at once (a crash); paused or partitioned brokers still wait out the session
+    crash_detection: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> "LivenessConfig":

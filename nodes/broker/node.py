@@ -68,6 +68,7 @@ class Broker(Node):
         if self.pubsub:
             self.reactor.call_every(REPLICA_HEARTBEAT_INTERVAL_MS, self.repl_pub.heartbeat)
         self.sub = make_socket(self.ctx, zmq.SUB)
+        self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, config.liveness.heartbeat_interval_ms)
         self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)
         self.sub.connect(config.coordinator.pub_endpoint)
         self.reactor.add_socket(self.sub, self._on_sub)

@@ -65,6 +65,8 @@ class ReplicationSubscriber:
     def __init__(self, broker: "Broker") -> None:
         self.broker = broker
         self.sock = make_socket(broker.ctx, zmq.SUB)
+        # a new leader's stream should start flowing within a heartbeat, not a backoff cap
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, broker.config.liveness.heartbeat_interval_ms)
         broker.reactor.add_socket(self.sock, self._on_message)
         self._connected: set[str] = set()
         self._subscribed: set[bytes] = set()

@@ -24,6 +24,7 @@ from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInf
 from fabric.rpc import make_socket
 from nodes.base import Node
 from nodes.coordinator.groups import GroupCoordinator
+from nodes.coordinator.liveness import DisconnectWatch
 from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
 from nodes.coordinator.topics import place_replicas, validate_configs, validate_topic_name
 
@@ -46,12 +47,19 @@ class Coordinator(Node):
         self.last_seen_ms: dict[int, int] = {bid: now for bid in self.brokers}
         self.alive: set[int] = set(self.brokers)
         self._heard: set[int] = set()
+        self.heartbeats_from: set[int] = set()  # brokers whose heartbeats reached us since start
         self._metadata_cache: dict | None = None
         self.sub = make_socket(self.ctx, zmq.SUB)
+        # a restarted broker must be heard again within its session, so reconnects here may
+        # not back off past a heartbeat interval
+        self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, config.liveness.heartbeat_interval_ms)
         self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_HEARTBEAT)
         for b in self.brokers.values():
             self.sub.connect(b.pub_endpoint)
         self.reactor.add_socket(self.sub, self._on_heartbeat)
+        self.disconnects = DisconnectWatch(self.sub, self.reactor, {b.pub_endpoint: bid for bid, b in self.brokers.items()},
+                                           config.liveness.heartbeat_interval_ms) \
+            if config.liveness.crash_detection else None
         for cmd, fn in ((P.METADATA, self._on_metadata), (P.CREATE_TOPIC, self._on_create_topic),
                         (P.DELETE_TOPIC, self._on_delete_topic), (P.ALTER_TOPIC, self._on_alter_topic),
                         (P.ALTER_ISR, self._on_alter_isr), (P.INIT_PRODUCER_ID, self._on_init_producer_id),
@@ -198,6 +206,7 @@ class Coordinator(Node):
             return
         if not isinstance(bid, int) or bid not in self.brokers or self.faults.blocks(hb.get("node")):
             return
+        self.heartbeats_from.add(bid)
         incarnation = hb.get("incarnation")
         if isinstance(incarnation, str):
             self._observe_incarnation(bid, incarnation)
@@ -228,6 +237,8 @@ class Coordinator(Node):
     def _seen(self, bid: int) -> None:
         """Any sign of life renews the broker's session (and brings a dead one back)."""
         self.last_seen_ms[bid] = self.clock.now_ms()
+        if self.disconnects is not None:
+            self.disconnects.heard(bid)
         self._heard.add(bid)
         if bid not in self.alive:
             log.info("broker %d is alive", bid)
@@ -237,10 +248,15 @@ class Coordinator(Node):
     def _check_liveness(self) -> None:
         now = self.clock.now_ms()
         timeout = self.config.liveness.session_timeout_ms
-        dead = [bid for bid in sorted(self.alive) if now - self.last_seen_ms[bid] > timeout]
+        crashed = self.disconnects.crashed if self.disconnects is not None else lambda bid, now: False
+        dead = [bid for bid in sorted(self.alive) if now - self.last_seen_ms[bid] > timeout or crashed(bid, now)]
         for bid in dead:  # all at once: brokers that died together are all out of the ISRs
-            log.warning("broker %d missed its session (%d ms): dead", bid, now - self.last_seen_ms[bid])
+            log.warning("broker %d %s (silent %d ms): dead", bid,
+                        "missed its session" if now - self.last_seen_ms[bid] > timeout else "disconnected",
+                        now - self.last_seen_ms[bid])
             self.alive.discard(bid)
+            if self.disconnects is not None:
+                self.disconnects.forget(bid)
         for bid in dead:
             self._on_broker_down(bid)
 
@@ -322,11 +338,14 @@ class Coordinator(Node):
     def stats(self) -> dict[str, Any]:
         md = self.metadata()
         parts = list(md.partitions())
-        return {"metadata_version": md.version, "brokers_alive": sorted(self.alive), "topics": len(md.topics),
+        return {"metadata_version": md.version, "brokers_alive": sorted(self.alive),
+                "heartbeats_from": sorted(self.heartbeats_from), "topics": len(md.topics),
                 "partitions": len(parts), "under_replicated": sum(p.under_replicated for p in parts),
                 "offline": sum(p.offline for p in parts), **self.groups.stats()}
 
     def close(self) -> None:
+        if self.disconnects is not None:
+            self.disconnects.close()
         self.groups.close()
         self.sub.close(0)
         super().close()
