@@ -152,16 +152,16 @@ class Run:
 _LOG_TIME = re.compile(r"^(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d),(\d{3}) ")
 
 
-def log_time_s(path: Path, needle: str, after_wall_s: float) -> float | None:
-    """Wall-clock time of the first line of ``path`` containing ``needle`` at or after
-    ``after_wall_s`` (one read of the file; None when absent)."""
+def log_time_s(path: Path, needle: str, after_wall_s: float, suffix: str = "") -> float | None:
+    """Wall-clock time of the first line of ``path`` containing ``needle`` (and ending with
+    ``suffix``) at or after ``after_wall_s`` (one read of the file; None when absent)."""
     try:
         lines = path.read_text(errors="replace").splitlines()[-20_000:]
     except OSError:
         return None
     for line in lines:
         m = _LOG_TIME.match(line)
-        if m is None or needle not in line:
+        if m is None or needle not in line or not line.endswith(suffix):
             continue
         y, mo, d, h, mi, s, ms = (int(g) for g in m.groups())
         t = calendar.timegm((y, mo, d, h, mi, s)) + ms / 1000
@@ -240,7 +240,8 @@ def one_run(cluster: Cluster, admin: Admin, run: int, rate_per_s: int) -> Run:
     r.acknowledged_records = sum(len(a) for a in w.acks.values())
     # log lines are written with millisecond wall-clock stamps: convert to ms after the kill
     logs = cluster.log_dir
-    dead = log_time_s(logs / "coordinator.log", f"broker {victim_id} missed its session", wall_kill)
+    # "broker N missed its session (…): dead" or, with crash detection, "broker N disconnected (…): dead"
+    dead = log_time_s(logs / "coordinator.log", f"broker {victim_id} ", wall_kill, suffix="): dead")
     took = log_time_s(logs / f"{r.new_leader}.log", f"{TOPIC}-{partition}: leader at epoch", wall_kill) if r.new_leader else None
     r.coordinator_declared_dead_ms = _ms(dead, wall_kill)
     r.new_leader_took_over_ms = _ms(took, wall_kill)

@@ -42,7 +42,7 @@ PARTITION_BATCHES_MAX = 32  # batches of one partition per request: the broker r
 METADATA_TIMEOUT_MS = 3000
 METADATA_RETRY_MS = 100
 METADATA_MAX_AGE_MS = 5000   # refresh at least this often (new partitions, moved leaders)
-REQUEST_STALL_MS = 800       # a request unanswered this long makes us look for a new leader
+REQUEST_STALL_MS = 400       # a request unanswered this long makes us look for a new leader
 
 
 class Sender(threading.Thread):
