@@ -21,12 +21,11 @@ CREATE_TOPIC = b"CREATE_TOPIC"    # coordinator
 DELETE_TOPIC = b"DELETE_TOPIC"    # coordinator
 ALTER_TOPIC = b"ALTER_TOPIC"      # coordinator: add partitions, change configs
 ALTER_ISR = b"ALTER_ISR"          # leader -> coordinator: shrink/expand an ISR
-BROKER_REGISTER = b"REGISTER"     # broker -> coordinator: I am here, my partitions' LEOs
+BROKER_REGISTER = b"REGISTER"     # broker -> coordinator at start: my id and process incarnation
 PRODUCE = b"PRODUCE"              # broker
 FETCH = b"FETCH"                  # broker: consumers and follower replicas
 LIST_OFFSETS = b"LIST_OFFSETS"    # broker
 INIT_PRODUCER_ID = b"INIT_PID"    # coordinator: allocate an idempotent producer id
-EPOCH_END_OFFSET = b"EPOCH_END"   # broker: end offset of a leader epoch (KIP-101)
 STATS = b"STATS"                  # any node: metrics snapshot
 # consumer groups (coordinator); see nodes/coordinator/groups.py for the header shapes
 JOIN_GROUP = b"JOIN_GROUP"
@@ -56,7 +55,7 @@ FAULTS = b"FAULTS"                # any node, test configs only: set fault-injec
 
 REQUEST_COMMANDS = frozenset({
     PING, METADATA, CREATE_TOPIC, DELETE_TOPIC, ALTER_TOPIC, ALTER_ISR, BROKER_REGISTER,
-    PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID, EPOCH_END_OFFSET, STATS, REPLICA_ACK, FAULTS,
+    PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID, STATS, REPLICA_ACK, FAULTS,
 })
 
 # -- PUB/SUB kinds ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import yaml
 import zmq
@@ -81,6 +82,17 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
     path = tmp / "cluster.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+@contextmanager
+def running_cluster(directory: Path, brokers: int = 3, **config: Any) -> Iterator["Cluster"]:
+    """A started cluster in ``directory`` (for module-scoped fixtures), stopped on exit."""
+    c = Cluster(make_config(directory, brokers, **config))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop_all()
 
 
 class Cluster:

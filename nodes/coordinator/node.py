@@ -46,7 +46,6 @@ class Coordinator(Node):
         # after a restart every broker gets one session to show up before it is judged
         self.last_seen_ms: dict[int, int] = {bid: now for bid in self.brokers}
         self.alive: set[int] = set(self.brokers)
-        self._heard: set[int] = set()
         self.heartbeats_from: set[int] = set()  # brokers whose heartbeats reached us since start
         self._metadata_cache: dict | None = None
         self.sub = make_socket(self.ctx, zmq.SUB)
@@ -239,7 +238,6 @@ class Coordinator(Node):
         self.last_seen_ms[bid] = self.clock.now_ms()
         if self.disconnects is not None:
             self.disconnects.heard(bid)
-        self._heard.add(bid)
         if bid not in self.alive:
             log.info("broker %d is alive", bid)
             self.alive.add(bid)

@@ -21,7 +21,7 @@ from fabric.client.group import Consumer
 from fabric.client.group_admin import GroupAdmin
 from fabric.errors import RemoteError
 from fabric.rpc import BlockingClient
-from tests.harness import ROOT, Cluster, make_config, wait_until
+from tests.harness import ROOT, Cluster, make_config, running_cluster, wait_until
 
 SESSION_MS = 1500
 HEARTBEAT_MS = 200
@@ -29,19 +29,14 @@ HEARTBEAT_MS = 200
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(make_config(tmp_path_factory.mktemp("groups"), 3))
-    try:
-        c.start()
+    with running_cluster(tmp_path_factory.mktemp("groups")) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 @pytest.fixture(scope="module")
 def admin(cluster: Cluster) -> Iterator[Admin]:
-    a = Admin(cluster.bootstrap)
-    yield a
-    a.close()
+    with Admin(cluster.bootstrap) as a:
+        yield a
 
 
 def make_topic(cluster: Cluster, admin: Admin, name: str, partitions: int = 3) -> None:

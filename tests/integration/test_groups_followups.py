@@ -14,25 +14,20 @@ from fabric.client import Admin
 from fabric.client.group import Consumer
 from fabric.client.group_admin import GroupAdmin
 from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore
-from tests.harness import Cluster, make_config, wait_until
+from tests.harness import Cluster, running_cluster, wait_until
 from tests.integration.test_groups import HEARTBEAT_MS, SESSION_MS, Member, make_topic, produce
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(make_config(tmp_path_factory.mktemp("groups-followups"), 3))
-    try:
-        c.start()
+    with running_cluster(tmp_path_factory.mktemp("groups-followups")) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 @pytest.fixture(scope="module")
 def admin(cluster: Cluster) -> Iterator[Admin]:
-    a = Admin(cluster.bootstrap, timeout_ms=3000)
-    yield a
-    a.close()
+    with Admin(cluster.bootstrap, timeout_ms=3000) as a:
+        yield a
 
 
 def test_member_that_stops_polling_is_rebalanced_out_and_rejoins(cluster: Cluster, admin: Admin) -> None:
