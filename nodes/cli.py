@@ -12,37 +12,14 @@ Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,â
 
 from __future__ import annotations
 
-import importlib
 import sys
-from dataclasses import dataclass
 
 import click
 
+from bench import cli as cli_bench
 from fabric.config import ConfigError
 from fabric.errors import FabricError
-
-SUBCOMMAND_MODULES = ("nodes.cli_cluster", "nodes.cli_topic", "nodes.cli_data", "nodes.cli_group", "bench.cli")
-
-
-@dataclass
-class Target:
-    """Where the cluster is: a config path and/or bootstrap endpoints."""
-
-    config: str | None
-    bootstrap: str | None
-
-    def admin(self):  # noqa: ANN201 - imported lazily to keep `loom --help` fast
-        from fabric.client import Admin
-        return Admin(self.bootstrap, config_path=self.config)
-
-
-def target_options(fn):  # noqa: ANN001, ANN201
-    """-c/--config and --bootstrap on every command (Kafka tools take them per command)."""
-    fn = click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG",
-                      help="cluster config YAML (default: $LOOM_CONFIG, then config/cluster.yaml)")(fn)
-    fn = click.option("--bootstrap", "bootstrap", default=None,
-                      help="host:port[,host:port...] of the coordinator or brokers")(fn)
-    return fn
+from nodes import cli_cluster, cli_data, cli_group, cli_topic
 
 
 class LoomGroup(click.Group):
@@ -64,14 +41,10 @@ def main() -> None:
     """Loom: a replicated, partitioned message log on ZeroMQ."""
 
 
-for _mod in SUBCOMMAND_MODULES:
-    try:
-        _m = importlib.import_module(_mod)
-    except ModuleNotFoundError as _e:
-        if _e.name != _mod:
-            raise
-        continue
-    for _cmd in getattr(_m, "COMMANDS", ()):
+# Registered explicitly: a subcommand module that fails to import is an error, not a command
+# that silently goes missing.
+for _module in (cli_cluster, cli_topic, cli_data, cli_group, cli_bench):
+    for _cmd in _module.COMMANDS:
         main.add_command(_cmd)
 
 

@@ -19,7 +19,7 @@ from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
 from fabric.errors import FabricError
 from fabric.metadata import ClusterMetadata
 from nodes import launcher
-from nodes.cli import target_options
+from nodes.cli_common import target_options
 
 PING_THREADS_MAX = 16
 LEADS_SHOWN_MAX = 6

@@ -14,7 +14,6 @@ prints the raw value (``--print-key`` puts the key and ``--key-separator`` in fr
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import os
 import sys
@@ -29,7 +28,7 @@ from fabric import protocol as P
 from fabric.client import Consumer, Producer
 from fabric.errors import FabricError, RemoteError
 from fabric.records import Record
-from nodes.cli import Target, target_options
+from nodes.cli_common import Target, target_options
 
 PENDING_RECORDS_MAX = 10_000   # unacknowledged records produce keeps before it waits
 POLL_RECORDS_MAX = 10_000
@@ -38,7 +37,6 @@ PRODUCE_MAX_BLOCK_MS = 10_000
 PRODUCE_DELIVERY_TIMEOUT_MS = 60_000
 INTERRUPT_FLUSH_TIMEOUT_S = 5.0  # after Ctrl-C, how long produce waits for what it already read
 TOPIC_LOOKUP_TIMEOUT_MS = 5_000
-GROUPS_UNAVAILABLE = "consumer groups are not available in this build"
 
 
 def encode_bytes(data: bytes | str | None) -> tuple[str | None, bool]:
@@ -281,18 +279,9 @@ def _assigned_consumer(target: Target, topic: str, partition: int | None, offset
 
 
 def _group_consumer(target: Target, group: str, topic: str, reset: str) -> Any:
-    """The hook for consumer groups: ``fabric.client.group.GroupConsumer`` (a Consumer with
-    ``subscribe`` and auto-commit; ``close`` commits what was printed), when this build has it."""
-    try:
-        mod = importlib.import_module("fabric.client.group")
-    except ModuleNotFoundError as e:
-        if e.name == "fabric.client.group":
-            raise FabricError(GROUPS_UNAVAILABLE) from None
-        raise
-    cls = getattr(mod, "GroupConsumer", None)
-    if cls is None:
-        raise FabricError(GROUPS_UNAVAILABLE)
-    consumer = cls(target.bootstrap, config_path=target.config, group_id=group, auto_offset_reset=reset)
+    """A GroupConsumer subscribed to ``topic`` (auto-commit; ``close`` commits what was printed)."""
+    from fabric.client.group import GroupConsumer  # lazy: keeps `loom produce` start-up light
+    consumer = GroupConsumer(target.bootstrap, config_path=target.config, group_id=group, auto_offset_reset=reset)
     consumer.subscribe([topic])
     return consumer
 

@@ -19,7 +19,7 @@ from fabric import protocol as P
 from fabric.client import Admin
 from fabric.errors import RemoteError
 from fabric.metadata import PartitionInfo, TopicInfo
-from nodes.cli import Target
+from nodes.cli_common import Target
 
 READY_WAIT_S = 15.0  # create/alter wait this long for every new partition to have a leader
 
