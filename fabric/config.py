@@ -292,10 +292,19 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(raw: Any, source: str = "<config>", environ: dict[str, str] | None = None) -> LoomConfig:
+def parse_config(raw: Any, source: str = "<config>", environ: dict[str, str] | None = None,
+                 base_dir: Path | None = None) -> LoomConfig:
+    """Validate a parsed config. A relative ``cluster.data_dir`` is taken relative to
+    ``base_dir`` (the config file's directory), so that ``loom down -c PATH`` finds the same
+    cluster from any directory."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     raw = apply_env_overrides(dict(raw), environ)
+    cluster = raw.get("cluster", {})
+    if base_dir is not None and isinstance(cluster, dict):
+        data_dir = cluster.get("data_dir", ClusterSection.model_fields["data_dir"].default)
+        if isinstance(data_dir, str) and not os.path.isabs(data_dir):
+            raw["cluster"] = dict(cluster, data_dir=os.path.normpath(base_dir / data_dir))
     raw["source"] = source
     try:
         return LoomConfig.model_validate(raw)
@@ -317,7 +326,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_error_line(e)}") from e
-    return parse_config(raw, str(path), env)
+    return parse_config(raw, str(path), env, base_dir=Path(path).resolve().parent)
 
 
 def _yaml_error_line(e: yaml.YAMLError) -> str:

@@ -23,7 +23,24 @@ from nodes import cli_cluster, cli_data, cli_group, cli_topic
 
 
 class LoomGroup(click.Group):
-    """Turns Loom's operating errors into one line on stderr and exit code 1."""
+    """Turns Loom's operating errors into one line on stderr and exit code 1, and usage errors
+    into one line (``loom: error: …``, pointing at ``--help``) and exit code 2."""
+
+    def main(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        if not kwargs.pop("standalone_mode", True):
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+            return rv if isinstance(rv, int) else None  # the exit status of `loom`
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"loom: error: {e.format_message()}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"loom: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            sys.exit(130)
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201
         try:

@@ -47,3 +47,20 @@ def test_loom_bench_help_works_from_any_directory(tmp_path: Path, bench: str) ->
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert f"bench.{bench}" in p.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["produce"], "Missing argument 'TOPIC'"),
+    (["bogus"], "No such command 'bogus'"),
+    (["topic", "list", "--config", "config/cluster.yaml"], "-c/--cluster-config"),
+    (["topic", "describe", "x", "--config", "config/cluster.yaml"], "-c/--cluster-config"),
+    (["topic", "create", "x", "--config", "config/cluster.yaml"], "-c/--cluster-config"),
+])
+def test_usage_errors_are_one_line(args: list[str], says: str) -> None:
+    from click.testing import CliRunner
+
+    from nodes.cli import main
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("loom: error: ") and says in lines[0], result.output
