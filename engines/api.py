@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from engines.errors import LoomError
+
 FSYNC_ALWAYS = "always"
 FSYNC_INTERVAL = "interval"
 FSYNC_NEVER = "never"
@@ -24,7 +26,7 @@ FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
 OFFSET_LIMIT = 1 << 63  # offsets are signed 64-bit in the batch header: 0 <= offset < this
 
 
-class EngineError(Exception):
+class EngineError(LoomError):
     """Root of every error raised by an engine."""
 
 

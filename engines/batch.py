@@ -31,6 +31,8 @@ from typing import Iterator
 
 import crc32c as _crc32c
 
+from engines.errors import LoomError
+
 BATCH_MAGIC = 1
 HEADER = struct.Struct(">qiibIhiqqqhi")
 HEADER_BYTES = HEADER.size  # 57
@@ -48,7 +50,7 @@ _LEADER_EPOCH = struct.Struct(">i")
 _PREFIX = struct.Struct(">qi")
 
 
-class BatchError(ValueError):
+class BatchError(LoomError, ValueError):
     """A batch is malformed or its CRC does not match (an operating error: reject or cut it)."""
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.api import EngineConfig
+from engines.errors import LoomError
 
 DEFAULT_CONFIG_PATH = "config/cluster.yaml"
 ENV_PREFIX = "LOOM_"
@@ -24,7 +25,7 @@ Role = Literal["broker", "coordinator", "producer", "consumer", "gateway", "moni
 ZMQ_ROLES = ("broker", "coordinator", "producer", "consumer", "monitor")
 
 
-class ConfigError(Exception):
+class ConfigError(LoomError):
     """A configuration file or override is invalid; the message names the file and field."""
 
 
