@@ -12,12 +12,18 @@ from fabric.errors import RemoteError, RequestTimeout
 from tests.unit.test_groups_followups import _loaded, _records
 
 
-def test_a_retried_append_is_not_rechecked_after_a_rebalance(tmp_path: Path) -> None:
+def _commit_with_a_recheck(tmp_path: Path):  # noqa: ANN202 - (coordinator, client, refusal, results)
+    """A commit of t-0 offset 7 whose recheck answers ``refusal[0]``; its first append is sent."""
     gc, coord, client = _loaded(tmp_path)
     refusal: list[RemoteError | None] = [None]
     results: list[RemoteError | None] = []
     gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False,
                       done=results.append, recheck=lambda: refusal[0])
+    return gc, coord, client, refusal, results
+
+
+def test_a_retried_append_is_not_rechecked_after_a_rebalance(tmp_path: Path) -> None:
+    gc, coord, client, refusal, results = _commit_with_a_recheck(tmp_path)
     (first,) = client.of(P.PRODUCE)
     first[3](None, [], RequestTimeout("no reply"))  # the append may or may not have landed
     assert results == []
@@ -44,11 +50,7 @@ def test_a_commit_not_yet_sent_is_still_rechecked(tmp_path: Path) -> None:
 
 
 def test_an_append_the_broker_refused_is_rechecked_before_the_retry(tmp_path: Path) -> None:
-    gc, coord, client = _loaded(tmp_path)
-    refusal: list[RemoteError | None] = [None]
-    results: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False,
-                      done=results.append, recheck=lambda: refusal[0])
+    gc, coord, client, refusal, results = _commit_with_a_recheck(tmp_path)
     (first,) = client.of(P.PRODUCE)
     first[3]({"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr [1]"]]}, [], None)  # not written
     refusal[0] = RemoteError(P.ILLEGAL_GENERATION, "generation 1 is over")
