@@ -99,7 +99,7 @@ class _Connection:
     """One peer's ZMTP state: handshake, then at most one message being received."""
 
     __slots__ = ("conn_id", "identity", "buf", "greeted", "ready", "frames", "message_bytes",
-                 "skip_bytes", "discarding", "discard_request_id")
+                 "skip_bytes", "discarding", "discard_request_id", "need_bytes")
 
     def __init__(self, conn_id: bytes) -> None:
         self.conn_id = conn_id
@@ -112,6 +112,7 @@ class _Connection:
         self.skip_bytes = 0        # body bytes of an oversized message still to discard
         self.discarding = False    # the message in progress is over a limit
         self.discard_request_id = 0
+        self.need_bytes = 0        # buf cannot be parsed before it holds this many bytes
 
 
 class ZmtpServer:
@@ -172,6 +173,9 @@ class ZmtpServer:
             conn.skip_bytes = 0
         buf = conn.buf
         buf += data
+        if len(buf) < conn.need_bytes:
+            return  # the rest of a large frame's body: nothing to parse yet (8 KiB chunks)
+        conn.need_bytes = 0
         pos = 0
         while True:
             used = self._parse_one(conn, buf, pos)
@@ -230,6 +234,7 @@ class ZmtpServer:
                 self._answer_too_large(conn)
             return head
         if avail < head + size:
+            conn.need_bytes = head + size  # buf starts at this frame once this feed is done
             return 0
         with memoryview(buf) as view:  # one copy, and released before the buffer shrinks
             frame = bytes(view[pos + head:pos + head + size])
