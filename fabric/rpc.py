@@ -1,6 +1,7 @@
 """Request/reply over ROUTER/DEALER.
 
-``RpcServer`` binds a ROUTER, decodes every request, and dispatches by command to a handler.
+``RpcServer`` binds the node's request port (``fabric.zmtp.ZmtpServer``: ROUTER semantics,
+each request bounded as it arrives), decodes every request, and dispatches by command to a handler.
 A handler returns ``(header, payloads)`` to answer now, or ``DEFER`` to answer later with
 ``server.reply`` (long-poll fetch, acks=all). Malformed input is answered with an error where
 the peer can be addressed, otherwise dropped, and always counted; the node keeps serving.
