@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engines import registry as engine_registry
 from engines.api import EngineConfig
 from engines.errors import LoomError
 
@@ -33,6 +34,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _known_engine(name: str | None) -> str | None:
+    """An engine name must be one the registry opens (checked at load, not at first open)."""
+    known = engine_registry.available()
+    if name is not None and name not in known:
+        raise ValueError(f"unknown storage engine {name!r}; known engines: {', '.join(known)}")
+    return name
+
+
 class StorageConfig(_Model):
     engine: str = "segment"
     fsync: Literal["always", "interval", "never"] = "interval"
@@ -41,6 +50,8 @@ class StorageConfig(_Model):
     segment_ms_max: int = Field(7 * 24 * 3600 * 1000, ge=1000)
     index_interval_bytes: int = Field(4096, ge=64)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    _check_engine = field_validator("engine")(_known_engine)
 
     def engine_config(self, retention_ms: int, retention_bytes: int, batch_bytes_max: int) -> EngineConfig:
         return EngineConfig(
@@ -64,6 +75,8 @@ class StorageOverride(_Model):
     fsync_interval_ms: int | None = Field(None, ge=1)
     segment_bytes_max: int | None = Field(None, ge=4096)
     options: dict[str, Any] | None = None
+
+    _check_engine = field_validator("engine")(_known_engine)
 
 
 class NodeConfig(_Model):

@@ -27,10 +27,18 @@ PIPE_WIDTH_CHARS = 200
 METADATA_TIMEOUT_MS = 2000
 
 
+class _StdoutConsole(Console):
+    """rich ends the process (SystemExit) when stdout's reader has gone; a supervisor must
+    live on, so the broken pipe is raised to the caller instead."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError("stdout is closed")
+
+
 def _stdout() -> Console:
     # Piped output keeps whole rows (scripts and tests read it); a terminal wraps to its width.
     width = None if sys.stdout.isatty() else PIPE_WIDTH_CHARS
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
+    return _StdoutConsole(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
 
 
 def _stderr_progress() -> Console | None:
@@ -70,9 +78,15 @@ def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None
     except KeyboardInterrupt:
         sup.stop_all()
         raise
-    print_summary(cfg, sup)
+    try:
+        print_summary(cfg, sup)
+    except OSError:  # `loom up | head`: the reader left; the nodes still need their supervisor
+        launcher.silence_stream(sys.stdout)
     sup.run()
-    click.echo("loom: every node stopped", err=True)
+    try:
+        click.echo("loom: every node stopped", err=True)
+    except OSError:
+        launcher.silence_stream(sys.stderr)
 
 
 def _run_one(cfg: LoomConfig, name: str) -> None:

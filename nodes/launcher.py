@@ -4,7 +4,9 @@ Every node of the config runs as ``python -m nodes.run -c CONFIG --node NAME`` w
 in ``<data_dir>/logs/NAME.log``. Roles whose implementation module is not part of this build
 are listed but never started. The supervisor writes ``<data_dir>/loom.pid`` (JSON: its own pid
 and its children's) so that ``loom down`` can find it; SIGTERM or SIGINT stop every child by
-pid (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``).
+pid (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``). SIGHUP (the terminal closed) does the
+same, and a closed stdout or stderr (``loom up | head``, a vanished terminal) never kills the
+supervisor: its output goes to /dev/null from then on, and the nodes keep being supervised.
 
 Children run in their own session, so Ctrl-C reaches only the supervisor, which then stops
 them in order (the coordinator last, so brokers do not see it vanish first).
@@ -53,6 +55,26 @@ STABLE_RUN_MS = 10_000          # a child that ran this long resets its backoff
 STOP_TIMEOUT_S = 15.0           # SIGTERM grace before SIGKILL
 LOG_TAIL_LINES_MAX = 5
 NOT_AVAILABLE = "not available in this build"
+# Each stops every node as Ctrl-C does; SIGHUP's default (exit) would orphan them all.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def silence_stream(stream: "object") -> None:
+    """Point a stream whose reader is gone (EPIPE, EIO) at /dev/null, so that later writes --
+    and the flush at interpreter exit -- succeed instead of raising."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())  # type: ignore[attr-defined]
+    finally:
+        os.close(devnull)
+
+
+def _emit_to_stderr(line: str) -> None:
+    """The supervisor's progress line; a closed stderr must not stop the supervision."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        silence_stream(sys.stderr)
 
 
 def role_available(role: str) -> bool:
@@ -156,7 +178,7 @@ class Supervisor:
     def __init__(self, config: LoomConfig, config_path: str, emit: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.config_path = str(Path(config_path).resolve())
-        self.emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.emit = emit or _emit_to_stderr
         self.data_dir = Path(config.cluster.data_dir)
         self.children: dict[str, Child] = {}
         self.unavailable: dict[str, NodeConfig] = {}
@@ -266,8 +288,8 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, frame: object) -> None:
             self._stopping = True
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _stop)
 
     def run(self) -> None:
         """Supervise until SIGTERM/SIGINT, then stop every child."""

@@ -7,6 +7,8 @@ import types
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from engines import batch as B
 from engines.api import EngineConfig
 from engines.memory import MemoryEngine
@@ -304,7 +306,9 @@ def test_terminal_failure_of_a_sequenced_batch_does_not_wedge_the_partition() ->
     s._waker.close()
 
 
-def test_duplicate_sequence_reports_an_unknown_offset_not_a_made_up_one() -> None:
+def test_duplicate_sequence_is_an_error_not_a_delivery_with_a_made_up_offset() -> None:
+    # an unremembered old duplicate is not proof that this batch is in the log (before the
+    # sequence wrap fix, every batch after 2**31 records got this answer and was dropped)
     s = _sender()
     s.producer_id, s.producer_epoch = 7, 0
     tp = ("t", 0)
@@ -313,5 +317,7 @@ def test_duplicate_sequence_reports_an_unknown_offset_not_a_made_up_one() -> Non
     from fabric.client.producer import RecordFuture
     fut = RecordFuture(b, 1)
     s._on_reply([(tp, [b])], [b], {"results": [[-1, P.DUPLICATE_SEQUENCE, "old duplicate"]]}, None)
-    assert fut.result(0).offset == -1
+    with pytest.raises(RemoteError) as e:
+        fut.result(0)
+    assert e.value.code == P.DUPLICATE_SEQUENCE
     s._waker.close()
