@@ -131,7 +131,11 @@ class ReplicaFetcher:
                 return True
             return False
         if diverging is not None:
-            if part.log_end_offset < _start:  # the leader deleted every epoch we share with it
+            if diverging[0] < 0 or part.log_end_offset < _start:
+                # the leader no longer has any epoch we share with it (retention removed them):
+                # nothing in our log can be checked against its log, and truncating to its log
+                # start would keep our old epoch entry and bring the same answer back at once.
+                # Start over empty at its log start (Kafka's truncateFullyAndStartAt).
                 part.reset_to(_start)
                 return True
             part.truncate_to(self._divergence_point(part, diverging[0], diverging[1]))
@@ -144,9 +148,8 @@ class ReplicaFetcher:
     @staticmethod
     def _divergence_point(part: "Partition", leader_epoch: int, leader_end: int) -> int:
         """Where our log stops agreeing with the leader's: the end of the last epoch we share,
-        by both logs' reckoning (KIP-101/KIP-279: the smaller of the two end offsets)."""
-        if leader_epoch < 0:
-            return max(0, leader_end) if part.log_start_offset <= 0 else part.log_start_offset
+        by both logs' reckoning (KIP-101/KIP-279: the smaller of the two end offsets).
+        ``leader_epoch`` >= 0 (an unknown epoch resets the log instead, see _apply)."""
         own_epoch, own_end = part.epochs.end_offset_for(leader_epoch, part.log_end_offset)
         if own_epoch < 0:
             return part.log_start_offset

@@ -156,21 +156,39 @@ class Partition:
     # -- follower: replication ----------------------------------------------------------------
     def append_as_follower(self, data: bytes) -> int:
         """Append the leader's batches that continue our log; skip what we already have.
-        Returns the number of batches appended. Raises CorruptBatch on a bad batch."""
+        Returns the number of batches appended. A bad batch (CRC, or a leader epoch older than
+        one we already hold) raises BatchError and nothing of ``data`` is appended;
+        StorageFull / EngineError from the engine leave the log unchanged.
+
+        Producer and epoch state are recorded only after the engine stored the batches they
+        describe, so a failed write leaves no state naming offsets the log does not hold."""
         fresh: list[memoryview] = []
+        headers: list[B.BatchHeader] = []
         end = self.log_end_offset
+        last_epoch = self.epochs.latest_epoch
         for h, view in B.iter_batches(data, check_crc=True):
             if h.next_offset <= end:
                 continue  # already have it
             if h.base_offset != end:
                 break  # a gap: the next fetch repairs it
+            if h.leader_epoch < last_epoch:
+                # epochs never go down along a log: a damaged header, or not our leader's
+                raise B.BatchError(f"batch at offset {h.base_offset} has leader epoch {h.leader_epoch}, "
+                                   f"older than {last_epoch} before it")
+            last_epoch = h.leader_epoch
             fresh.append(view)
-            self.epochs.assign(h.leader_epoch, h.base_offset)
-            self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
+            headers.append(h)
             end = h.next_offset
         if fresh:
             self.engine.append_many(fresh)
+            self._record_appended(headers)
         return len(fresh)
+
+    def _record_appended(self, headers: list[B.BatchHeader]) -> None:
+        """Producer and epoch state of batches the engine has stored."""
+        for h in headers:
+            self.epochs.assign(h.leader_epoch, h.base_offset)
+            self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
 
     def truncate_to(self, offset: int) -> None:
         """Cut the log at ``offset`` (divergence found via the epoch cache)."""
