@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Iterator
 
 from engines import batch as B
 from engines.api import Engine, EngineError, StorageFull
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from nodes.broker.epochs import EpochCache
+from nodes.broker.epochs import EpochCache, epoch_contradiction
 from nodes.broker.producers import ProducerStateTable
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Partition:
         # before its first batch, or a batch that was not durable): forget such epochs, or a
         # returning replica would keep records the leader has overwritten (Kafka does the same)
         self.epochs.truncate_from_end(self.log_end_offset)
-        self._rebuild_producer_state()
+        self._recover_tail()
 
     # -- offsets ---------------------------------------------------------------------------
     @property
@@ -133,7 +134,7 @@ class Partition:
         try:
             offsets = self.engine.append_many(to_write)
         except (StorageFull, EngineError) as e:
-            self._rebuild_producer_state()
+            self.producers.truncate_from(self.log_end_offset)  # the failed write left the log as it was
             for i in slots:
                 results[i] = (-1, P.STORAGE_ERROR, str(e))
             return results, []
@@ -201,7 +202,7 @@ class Partition:
         self.engine.truncate_to(offset)
         self.epochs.truncate_from_end(self.log_end_offset)
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
-        self._rebuild_producer_state()
+        self.producers.truncate_from(self.log_end_offset)
 
     def reset_to(self, offset: int) -> None:
         """Drop the whole log and restart it empty at ``offset`` (a follower whose log end is
@@ -312,19 +313,36 @@ class Partition:
         return data[:cut]
 
     # -- recovery ---------------------------------------------------------------------------
-    def _rebuild_producer_state(self) -> None:
-        self.producers.truncate()
-        start = max(self.log_start_offset, self.log_end_offset - PRODUCER_STATE_SCAN_RECORDS_MAX)
-        offset = start
+    def _tail_headers(self) -> Iterator[B.BatchHeader]:
+        """Headers of the last PRODUCER_STATE_SCAN_RECORDS_MAX records' batches, oldest first."""
+        offset = max(self.log_start_offset, self.log_end_offset - PRODUCER_STATE_SCAN_RECORDS_MAX)
         end = self.log_end_offset
         while offset < end:
             data = self.engine.read(offset, READ_CHUNK_BYTES)
             if not data:
-                break
+                return
             for h, _ in B.iter_batches(data):
-                self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
-                self.epochs.assign(h.leader_epoch, h.base_offset)
+                yield h
                 offset = h.next_offset
+
+    def _recover_tail(self) -> None:
+        """At open: rebuild producer state from the log's tail, checking each batch's leader
+        epoch against the epoch checkpoint (``epochs.epoch_contradiction``). The log is cut at
+        the first batch whose epoch cannot be right, as recovery cuts a batch whose CRC fails.
+        Raises EngineError."""
+        self.producers.truncate()
+        checkpoint = list(self.epochs.entries)
+        previous = -1
+        for h in self._tail_headers():
+            problem = epoch_contradiction(checkpoint, h.leader_epoch, h.base_offset, previous)
+            if problem is not None:
+                log.warning("%s-%d: recovery cuts the log at offset %d (was %d): %s", self.topic,
+                            self.partition, h.base_offset, self.log_end_offset, problem)
+                self.engine.truncate_to(h.base_offset)
+                self.epochs.truncate_from_end(self.log_end_offset)
+                break
+            previous = h.leader_epoch
+            self._record_appended([h])
 
     def close(self) -> None:
         self.engine.close()
