@@ -340,6 +340,11 @@ class Broker(Node):
                 return [topic, p, P.NOT_LEADER, -1, -1, -1, None], b""  # only followers replicate
             last_epoch = tp[5] if len(tp) > 5 and isinstance(tp[5], int) else -1
             diverging = part.divergence(offset, last_epoch)
+            if diverging is None and offset > part.log_end_offset:
+                # past our log end it cannot be our data (a follower that sent no epoch): not
+                # progress, as on the REPLICA_ACK path
+                return [topic, p, P.OFFSET_OUT_OF_RANGE, part.high_watermark, part.log_end_offset,
+                        part.log_start_offset, None], b""
             if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):
                 self._dirty = True
         upto = part.log_end_offset if replica_id >= 0 else part.high_watermark
