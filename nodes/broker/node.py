@@ -31,7 +31,7 @@ from fabric.rpc import DEFER, RpcClient, make_socket
 from nodes.base import Node
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.parking import ParkedFetch, ParkedProduce, ParkingLot
-from nodes.broker.partition import Partition
+from nodes.broker.partition import HW_CHECKPOINT_INTERVAL_MS, Partition
 from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class Broker(Node):
         self.reactor.call_every(config.topics.retention_check_interval_ms, self._apply_retention)
         if self.storage.fsync == "interval":
             self.reactor.call_every(self.storage.fsync_interval_ms, self._flush_due)
+        self.reactor.call_every(HW_CHECKPOINT_INTERVAL_MS, self._checkpoint_high_watermarks)
         # a random id per process: the coordinator treats a new one as a restart and moves
         # leadership away from epochs this process may not have all the data of
         self.incarnation = os.urandom(8).hex()
@@ -473,6 +474,11 @@ class Broker(Node):
                 part.engine.maybe_flush(now)
             except EngineError as e:
                 log.error("%s-%d flush failed: %s", part.topic, part.partition, e)
+
+    def _checkpoint_high_watermarks(self) -> None:
+        """Write each partition's HW if it moved: a restarted leader serves it at once."""
+        for part in self.partitions.values():
+            part.checkpoint_high_watermark()
 
     # -- stats / lifecycle ------------------------------------------------------------------
     def heartbeat_fields(self) -> dict[str, Any]:

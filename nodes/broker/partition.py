@@ -9,6 +9,7 @@ Not thread-safe: owned by the broker's reactor.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -25,6 +26,8 @@ LEADER = "leader"
 FOLLOWER = "follower"
 PRODUCER_STATE_SCAN_RECORDS_MAX = 500_000  # rebuild idempotence state from this much tail
 READ_CHUNK_BYTES = 4 * 1024 * 1024
+HW_CHECKPOINT_FILE = "high-watermark-checkpoint"  # Kafka's replication-offset-checkpoint, per partition
+HW_CHECKPOINT_INTERVAL_MS = 5000  # the broker writes moved HWs this often (and at close)
 
 
 @dataclass(slots=True)
@@ -50,12 +53,15 @@ class Partition:
         self.isr: set[int] = set()
         self.pending_isr: set[int] | None = None  # proposed to the coordinator, not yet applied
         self.followers: dict[int, FollowerState] = {}
+        self._hw_path = os.path.join(directory, HW_CHECKPOINT_FILE) if directory is not None else None
         self.high_watermark = 0
+        self._hw_checkpointed = 0
         # recovery may have cut a tail the checkpoint already named (an epoch written down just
         # before its first batch, or a batch that was not durable): forget such epochs, or a
         # returning replica would keep records the leader has overwritten (Kafka does the same)
         self.epochs.truncate_from_end(self.log_end_offset)
         self._recover_tail()
+        self._load_high_watermark()
 
     # -- offsets ---------------------------------------------------------------------------
     @property
@@ -344,5 +350,32 @@ class Partition:
             previous = h.leader_epoch
             self._record_appended([h])
 
+    def _load_high_watermark(self) -> None:
+        """Start from the checkpointed HW, capped by the log (a crash may have cut an
+        unflushed tail). A missing or unreadable file means 0, as before checkpoints."""
+        try:
+            with open(self._hw_path, "rb") as f:  # type: ignore[arg-type]
+                saved = int(f.read(64).split()[0])
+        except (TypeError, OSError, ValueError, IndexError):
+            return
+        self.high_watermark = self._hw_checkpointed = max(0, min(saved, self.log_end_offset))
+
+    def checkpoint_high_watermark(self) -> None:
+        """Write the HW to the partition directory if it moved since the last write. Not
+        fsynced: a stale or lost file only makes a restart start from a lower HW, which the
+        followers' next fetches raise again. Raises nothing: a failed write is logged."""
+        if self._hw_path is None or self.high_watermark == self._hw_checkpointed:
+            return
+        tmp = self._hw_path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{self.high_watermark}\n")
+            os.replace(tmp, self._hw_path)
+        except OSError as e:
+            log.error("%s-%d: cannot checkpoint the high watermark: %s", self.topic, self.partition, e)
+            return
+        self._hw_checkpointed = self.high_watermark
+
     def close(self) -> None:
+        self.checkpoint_high_watermark()
         self.engine.close()
