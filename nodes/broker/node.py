@@ -250,7 +250,7 @@ class Broker(Node):
                     by_partition[(tp[0], tp[1])].append((ri, pi, data))
         for key, items in by_partition.items():
             part = self.partitions[key]
-            out, written = part.append_as_leader([d for _, _, d in items], self.limits.batch_bytes_max)
+            out, written = part.append_as_leader([d for _, _, d in items], self.batch_bytes_max(key[0]))
             for (ri, pi, _), r in zip(items, out):
                 results[ri][pi] = [r[0], r[1], r[2]] + ([part.leader_epoch] if not r[1] else [])
             if written and self.pubsub and len(part.replicas) > 1:
@@ -278,6 +278,13 @@ class Broker(Node):
             if len(part.isr) < min_isr:
                 return [-1, P.NOT_ENOUGH_REPLICAS, f"isr {sorted(part.isr)} is smaller than min.insync.replicas={min_isr}"]
         return None
+
+    def batch_bytes_max(self, topic: str) -> int:
+        """The largest batch the leader takes for ``topic``: its ``max.message.bytes`` (as
+        Kafka's, the largest record batch), never above the broker's batch limit."""
+        t = self.metadata.topics.get(topic)
+        configured = (t.configs if t is not None else {}).get("max.message.bytes")
+        return self.limits.batch_bytes_max if configured is None else min(int(configured), self.limits.batch_bytes_max)
 
     def min_insync_replicas(self, topic: str) -> int:
         t = self.metadata.topics.get(topic)
