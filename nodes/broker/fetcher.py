@@ -104,15 +104,15 @@ class ReplicaFetcher:
         progressed = False
         for entry, data in zip(header.get("parts", []), payloads):
             try:
-                progressed |= self._apply(entry, data, asked)
+                if self._apply(entry, data, asked):
+                    progressed = True
+                    self.broker.mark_dirty((entry[0], entry[1]))
             except (EngineError, BatchError) as e:
                 log.error("replica fetch from broker %d: %s", self.leader_id, e)
             except (TypeError, ValueError, IndexError) as e:  # a malformed answer: drop it
                 self.broker.counters["repl_malformed"] += 1
                 log.error("malformed replica fetch answer from broker %d: %s", self.leader_id, e)
         self._backoff_ms = RETRY_BACKOFF_MS
-        if progressed:
-            self.broker.mark_dirty()
         if self.long_poll or progressed or self._again or not self._all_stream_ready():
             self.broker.reactor.call_later(0 if (progressed or self._again) else RETRY_BACKOFF_MS, self._fetch)
 

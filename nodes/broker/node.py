@@ -255,7 +255,7 @@ class Broker(Node):
                 results[ri][pi] = [r[0], r[1], r[2]] + ([part.leader_epoch] if not r[1] else [])
             if written and self.pubsub and len(part.replicas) > 1:
                 self.repl_pub.publish_appended(part, written, [r[0] for r in out if r[1] == 0 and r[2] != "duplicate"])
-            self._dirty = True
+            self.parking.note_changed(key)
         now = self.clock.now_ms()
         for req, res in zip(queue, results):
             self._finish_produce(req, res, now)
@@ -354,7 +354,7 @@ class Broker(Node):
                 return [topic, p, P.OFFSET_OUT_OF_RANGE, part.high_watermark, part.log_end_offset,
                         part.log_start_offset, None], b""
             if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):
-                self._dirty = True
+                self.parking.note_changed((topic, p))
         upto = part.log_end_offset if replica_id >= 0 else part.high_watermark
         if replica_id < 0 and not part.log_start_offset <= offset <= part.log_end_offset:
             # a consumer past the log end (e.g. after an unclean election) must reset, not wait forever
@@ -388,12 +388,16 @@ class Broker(Node):
                 if part is not None and part.is_leader and entry[3] == part.leader_epoch and isinstance(entry[2], int) \
                         and entry[2] <= part.log_end_offset:
                     if part.record_follower_fetch(follower, entry[2], now):
-                        self._dirty = True
+                        self.parking.note_changed((entry[0], entry[1]))
         return DEFER  # one-way: no reply
 
-    def mark_dirty(self) -> None:
-        """Something was appended or a high watermark moved: re-check parked requests."""
-        self._dirty = True
+    def mark_dirty(self, key: tuple[str, int] | None = None) -> None:
+        """Something was appended or a high watermark moved (of partition ``key``; None: of
+        any): re-check parked requests."""
+        if key is None:
+            self._dirty = True
+        else:
+            self.parking.note_changed(key)
 
     # -- list offsets --------------------------------------------------------------------------
     def _on_list_offsets(self, req: wire.Request) -> dict:
@@ -417,7 +421,9 @@ class Broker(Node):
     def _after_pass(self) -> None:
         if self._produce_queue:
             self._process_produces()
-        if self._dirty or self.parking.has_due(self.clock.now_ms()):
+        if self._dirty or self.parking.has_changes() or self.parking.has_due(self.clock.now_ms()):
+            if self._dirty:
+                self.parking.note_all_changed()
             self._dirty = False
             self.parking.service(self, self.clock.now_ms())
 

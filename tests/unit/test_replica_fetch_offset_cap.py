@@ -12,6 +12,7 @@ from engines.memory import MemoryEngine
 from fabric import protocol as P
 from fabric.records import build_batch
 from nodes.broker.node import Broker
+from nodes.broker.parking import ParkingLot
 from nodes.broker.partition import Partition
 
 BATCH_MAX = 1024 * 1024
@@ -27,7 +28,7 @@ def _leader() -> Partition:
 
 
 def _fetch(leader: Partition, offset: int, last_epoch: int) -> list:
-    broker = SimpleNamespace(broker_id=LEADER, partitions={("t", 0): leader}, _dirty=False)
+    broker = SimpleNamespace(broker_id=LEADER, partitions={("t", 0): leader}, parking=ParkingLot())
     tp = ["t", 0, offset, 64 * 1024, leader.leader_epoch, last_epoch]
     head, _ = Broker._fetch_one(broker, tp, FOLLOWER, now_ms=1000, budget=64 * 1024)
     return head
