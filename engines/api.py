@@ -162,11 +162,14 @@ class Engine(Protocol):
         ...
 
     def apply_retention(self, now_ms: int) -> int:
-        """Delete what retention_ms / retention_bytes allow; returns the bytes deleted."""
+        """Delete what retention_ms / retention_bytes allow; returns the bytes deleted. Time
+        retention judges a batch (segment engine: a segment) by the largest timestamp it
+        holds, never by its last one: timestamps may go down along a log."""
         ...
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
-        """Base offset of the first batch whose last_timestamp_ms >= timestamp_ms, or None."""
+        """Base offset of the first batch whose largest timestamp (``BatchHeader.max_timestamp_ms``,
+        the larger of its first and last) is >= timestamp_ms, or None."""
         ...
 
     def flush(self) -> None:

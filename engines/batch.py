@@ -82,6 +82,12 @@ class BatchHeader:
         return self.base_offset + self.record_count
 
     @property
+    def max_timestamp_ms(self) -> int:
+        """The largest timestamp the header shows (records may be out of order: a late or
+        clock-skewed record can end a batch). Retention and timestamp lookups use this."""
+        return max(self.first_timestamp_ms, self.last_timestamp_ms)
+
+    @property
     def compression(self) -> int:
         return self.attributes & COMPRESSION_MASK
 

@@ -31,7 +31,7 @@ from fabric.rpc import DEFER, RpcClient, make_socket
 from nodes.base import Node
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.parking import ParkedFetch, ParkedProduce, ParkingLot
-from nodes.broker.partition import Partition
+from nodes.broker.partition import HW_CHECKPOINT_INTERVAL_MS, Partition
 from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class Broker(Node):
         self.reactor.call_every(config.topics.retention_check_interval_ms, self._apply_retention)
         if self.storage.fsync == "interval":
             self.reactor.call_every(self.storage.fsync_interval_ms, self._flush_due)
+        self.reactor.call_every(HW_CHECKPOINT_INTERVAL_MS, self._checkpoint_high_watermarks)
         # a random id per process: the coordinator treats a new one as a restart and moves
         # leadership away from epochs this process may not have all the data of
         self.incarnation = os.urandom(8).hex()
@@ -249,12 +250,12 @@ class Broker(Node):
                     by_partition[(tp[0], tp[1])].append((ri, pi, data))
         for key, items in by_partition.items():
             part = self.partitions[key]
-            out, written = part.append_as_leader([d for _, _, d in items], self.limits.batch_bytes_max)
+            out, written = part.append_as_leader([d for _, _, d in items], self.batch_bytes_max(key[0]))
             for (ri, pi, _), r in zip(items, out):
                 results[ri][pi] = [r[0], r[1], r[2]] + ([part.leader_epoch] if not r[1] else [])
             if written and self.pubsub and len(part.replicas) > 1:
                 self.repl_pub.publish_appended(part, written, [r[0] for r in out if r[1] == 0 and r[2] != "duplicate"])
-            self._dirty = True
+            self.parking.note_changed(key)
         now = self.clock.now_ms()
         for req, res in zip(queue, results):
             self._finish_produce(req, res, now)
@@ -277,6 +278,13 @@ class Broker(Node):
             if len(part.isr) < min_isr:
                 return [-1, P.NOT_ENOUGH_REPLICAS, f"isr {sorted(part.isr)} is smaller than min.insync.replicas={min_isr}"]
         return None
+
+    def batch_bytes_max(self, topic: str) -> int:
+        """The largest batch the leader takes for ``topic``: its ``max.message.bytes`` (as
+        Kafka's, the largest record batch), never above the broker's batch limit."""
+        t = self.metadata.topics.get(topic)
+        configured = (t.configs if t is not None else {}).get("max.message.bytes")
+        return self.limits.batch_bytes_max if configured is None else min(int(configured), self.limits.batch_bytes_max)
 
     def min_insync_replicas(self, topic: str) -> int:
         t = self.metadata.topics.get(topic)
@@ -340,8 +348,13 @@ class Broker(Node):
                 return [topic, p, P.NOT_LEADER, -1, -1, -1, None], b""  # only followers replicate
             last_epoch = tp[5] if len(tp) > 5 and isinstance(tp[5], int) else -1
             diverging = part.divergence(offset, last_epoch)
+            if diverging is None and offset > part.log_end_offset:
+                # past our log end it cannot be our data (a follower that sent no epoch): not
+                # progress, as on the REPLICA_ACK path
+                return [topic, p, P.OFFSET_OUT_OF_RANGE, part.high_watermark, part.log_end_offset,
+                        part.log_start_offset, None], b""
             if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):
-                self._dirty = True
+                self.parking.note_changed((topic, p))
         upto = part.log_end_offset if replica_id >= 0 else part.high_watermark
         if replica_id < 0 and not part.log_start_offset <= offset <= part.log_end_offset:
             # a consumer past the log end (e.g. after an unclean election) must reset, not wait forever
@@ -375,12 +388,16 @@ class Broker(Node):
                 if part is not None and part.is_leader and entry[3] == part.leader_epoch and isinstance(entry[2], int) \
                         and entry[2] <= part.log_end_offset:
                     if part.record_follower_fetch(follower, entry[2], now):
-                        self._dirty = True
+                        self.parking.note_changed((entry[0], entry[1]))
         return DEFER  # one-way: no reply
 
-    def mark_dirty(self) -> None:
-        """Something was appended or a high watermark moved: re-check parked requests."""
-        self._dirty = True
+    def mark_dirty(self, key: tuple[str, int] | None = None) -> None:
+        """Something was appended or a high watermark moved (of partition ``key``; None: of
+        any): re-check parked requests."""
+        if key is None:
+            self._dirty = True
+        else:
+            self.parking.note_changed(key)
 
     # -- list offsets --------------------------------------------------------------------------
     def _on_list_offsets(self, req: wire.Request) -> dict:
@@ -404,7 +421,9 @@ class Broker(Node):
     def _after_pass(self) -> None:
         if self._produce_queue:
             self._process_produces()
-        if self._dirty or self.parking.has_due(self.clock.now_ms()):
+        if self._dirty or self.parking.has_changes() or self.parking.has_due(self.clock.now_ms()):
+            if self._dirty:
+                self.parking.note_all_changed()
             self._dirty = False
             self.parking.service(self, self.clock.now_ms())
 
@@ -468,6 +487,11 @@ class Broker(Node):
                 part.engine.maybe_flush(now)
             except EngineError as e:
                 log.error("%s-%d flush failed: %s", part.topic, part.partition, e)
+
+    def _checkpoint_high_watermarks(self) -> None:
+        """Write each partition's HW if it moved: a restarted leader serves it at once."""
+        for part in self.partitions.values():
+            part.checkpoint_high_watermark()
 
     # -- stats / lifecycle ------------------------------------------------------------------
     def heartbeat_fields(self) -> dict[str, Any]:

@@ -150,7 +150,7 @@ class ReplicationSubscriber:
         if appended:
             self.counters["repl_batches"] += appended
             fetcher.ack(part)
-            self.broker.mark_dirty()
+            self.broker.mark_dirty((part.topic, part.partition))
 
     def close(self) -> None:
         self.broker.reactor.remove_socket(self.sock)
