@@ -12,7 +12,7 @@ packed records, see ``fabric.records``) is opaque to them. All integers are big-
     21      2     attributes           low 3 bits: compression codec
     23      4     record_count
     27      8     first_timestamp_ms
-    35      8     last_timestamp_ms
+    35      8     last_timestamp_ms    the batch's largest timestamp (Loom's client writes Kafka's maxTimestamp)
     43      8     producer_id          -1 when not idempotent
     51      2     producer_epoch
     53      4     base_sequence        -1 when not idempotent

@@ -91,3 +91,11 @@ def test_segment_max_timestamp_is_known_after_reopen(tmp_path: Path) -> None:
         assert engine.log_start_offset > 0
     finally:
         engine.close()
+
+
+def test_client_batch_header_carries_the_largest_timestamp_not_the_last() -> None:
+    from engines.batch import parse_header
+    from fabric.records import build_batch
+    t0 = 1_700_000_000_000
+    h = parse_header(build_batch([(t0, None, b"a", None), (t0 + 3_600_000, None, b"late", None), (t0 + 5, None, b"c", None)]))
+    assert h.first_timestamp_ms == t0 and h.max_timestamp_ms == t0 + 3_600_000
