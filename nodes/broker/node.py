@@ -28,6 +28,7 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata, PartitionInfo
 from fabric.rpc import DEFER, RpcClient, make_socket
+from fabric.stall import StallWatch
 from nodes.base import Node
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.isr import ALTER_ISR_TIMEOUT_MS, IsrProposer
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
+STALL_THRESHOLD_MS = 2000  # a reactor pass gap over this means this broker did not run
 METADATA_PUSH_KINDS = (P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 
 
@@ -80,6 +82,9 @@ class Broker(Node):
         self.isr_proposer = IsrProposer(self.broker_id, self._send_alter_isr, refresh_metadata=self._refresh_metadata,
                                         on_fenced=self._reregister_as_new_incarnation, mark_dirty=self.mark_dirty)
         self._refresh_in_flight = False
+        # a leader that did not run (SIGSTOP, a frozen host) did not hear its followers either
+        self.stall_watch = StallWatch(self.clock, STALL_THRESHOLD_MS, self._resume_after_stall)
+        self.reactor.after_pass(self.stall_watch.tick)
         self.reactor.call_every(ISR_CHECK_INTERVAL_MS, self._check_isr)
         self.reactor.call_every(config.topics.retention_check_interval_ms, self._apply_retention)
         if self.storage.fsync == "interval":
@@ -453,6 +458,12 @@ class Broker(Node):
     def _check_isr(self) -> None:
         self.isr_proposer.check(self.partitions.values(), self.clock.now_ms(),
                                 self.config.replication.replica_lag_time_max_ms)
+
+    def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
+        """Followers' lag clocks restart from now: silence we did not listen to drops nobody."""
+        for part in self.partitions.values():
+            for st in part.followers.values():
+                st.last_caught_up_ms = max(st.last_caught_up_ms, now_ms)
 
     def _send_alter_isr(self, header: dict, callback: Any) -> None:
         self.coordinator.request(P.ALTER_ISR, header, callback=callback, timeout_ms=ALTER_ISR_TIMEOUT_MS)

@@ -22,6 +22,7 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from fabric.rpc import make_socket
+from fabric.stall import StallWatch
 from nodes.base import Node
 from nodes.coordinator.alter_isr import IsrChange, judge
 from nodes.coordinator.alter_isr import result as alter_isr_result
@@ -33,6 +34,8 @@ from nodes.coordinator.topics import place_replicas, validate_configs, validate_
 log = logging.getLogger(__name__)
 
 REPUBLISH_INTERVAL_MS = 1000
+# a pass gap over this (or over half the session timeout, if longer) is a stall of our own
+STALL_THRESHOLD_MS_MIN = 2000
 PREFERRED_LEADER_CHECK_MS = 5000
 
 
@@ -67,6 +70,9 @@ class Coordinator(Node):
                         (P.ALTER_ISR, self._on_alter_isr), (P.INIT_PRODUCER_ID, self._on_init_producer_id),
                         (P.BROKER_REGISTER, self._on_register)):
             self.server.route(cmd, fn)
+        self.stall_watch = StallWatch(self.clock, max(STALL_THRESHOLD_MS_MIN, config.liveness.session_timeout_ms // 2),
+                                      self._resume_after_stall)
+        self.reactor.after_pass(self.stall_watch.tick)  # before the timers that judge liveness
         self.reactor.call_every(max(50, config.liveness.heartbeat_interval_ms // 2), self._check_liveness)
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
@@ -261,7 +267,18 @@ class Coordinator(Node):
             self.alive.add(bid)
             self._on_broker_up(bid)
 
+    def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
+        """We did not run for ``stalled_ms``: nobody's silence in that time counts. Every broker
+        and group member gets a full session from now (heartbeats queued meanwhile arrive soon)."""
+        for bid in self.brokers:
+            self.last_seen_ms[bid] = max(self.last_seen_ms[bid], now_ms)
+        self.groups.resume_after_stall(now_ms, stalled_ms)
+
     def _check_liveness(self) -> None:
+        # heartbeats that arrived while we were busy are news from before this verdict: read
+        # (and timestamp) them first, so that work never makes a live broker look silent
+        self.reactor.drain(self.sub, P.HEARTBEATS_DRAIN_MAX)
+        self.stall_watch.tick()
         now = self.clock.now_ms()
         timeout = self.config.liveness.session_timeout_ms
         crashed = self.disconnects.crashed if self.disconnects is not None else lambda bid, now: False
@@ -357,7 +374,7 @@ class Coordinator(Node):
         return {"metadata_version": md.version, "brokers_alive": sorted(self.alive),
                 "heartbeats_from": sorted(self.heartbeats_from), "topics": len(md.topics),
                 "partitions": len(parts), "under_replicated": sum(p.under_replicated for p in parts),
-                "offline": sum(p.offline for p in parts), **self.groups.stats()}
+                "offline": sum(p.offline for p in parts), "stalls": self.stall_watch.stalls, **self.groups.stats()}
 
     def close(self) -> None:
         if self.disconnects is not None:
