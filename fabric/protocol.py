@@ -72,6 +72,11 @@ PUB_METADATA_DELTA = b"MDD"
 # delta notices the gap and asks for a snapshot
 PUB_METADATA_VERSION = b"MDV"
 PUB_REPLICA = b"RB"             # topic b"r/<topic>/<partition>"; payload = batches
+# topic REPLICA_HEARTBEAT_TOPIC; header {node, parts: [[topic, partition, leader_epoch, hw, leo],
+# ...]}: a leader's idle heartbeat for many partitions at once (those whose state changed since
+# the last one, and every partition it leads once per REPLICA_HEARTBEAT_FULL_INTERVAL_MS)
+PUB_REPLICA_HEARTBEAT = b"RH"
+REPLICA_HEARTBEAT_TOPIC = b"rh|"
 TOPIC_HEARTBEAT = b"hb"
 TOPIC_METADATA = b"md"
 
@@ -183,6 +188,7 @@ ZERO_COPY_BYTES_MIN = 4 * 1024 * 1024
 TOPIC_NAME_LEN_MAX = 249
 PARTITIONS_MAX = 10_000
 ALTER_ISR_PARTITIONS_MAX = 2000       # ISR changes in one ALTER_ISR request
+REPLICA_HEARTBEAT_PARTITIONS_MAX = 5000  # partitions in one replica heartbeat message
 HEARTBEATS_DRAIN_MAX = 4096           # heartbeats the coordinator reads before a liveness verdict
 GROUPS_MAX = 10_000                   # consumer groups one coordinator holds
 GROUP_MEMBERS_MAX = 1000              # members of one group

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
+PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each costs fsyncs)
+UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
 STALL_THRESHOLD_MS = 2000  # a reactor pass gap over this means this broker did not run
 METADATA_PUSH_KINDS = (P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 
@@ -82,11 +84,15 @@ class Broker(Node):
         self.isr_proposer = IsrProposer(self.broker_id, self._send_alter_isr, refresh_metadata=self._refresh_metadata,
                                         on_fenced=self._reregister_as_new_incarnation, mark_dirty=self.mark_dirty)
         self._refresh_in_flight = False
+        self._to_open: dict[tuple[str, int], PartitionInfo] = {}  # in metadata, not yet opened here
+        self._open_scheduled = False
+        self.led_partitions: list[Partition] = []
         # a leader that did not run (SIGSTOP, a frozen host) did not hear its followers either
         self.stall_watch = StallWatch(self.clock, STALL_THRESHOLD_MS, self._resume_after_stall)
         self.reactor.after_pass(self.stall_watch.tick)
         self.reactor.call_every(ISR_CHECK_INTERVAL_MS, self._check_isr)
         self.reactor.call_every(config.topics.retention_check_interval_ms, self._apply_retention)
+        self._unflushed: dict[tuple[str, int], int] = {}  # partition -> its latest append (ms)
         if self.storage.fsync == "interval":
             self.reactor.call_every(self.storage.fsync_interval_ms, self._flush_due)
         # a random id per process: the coordinator treats a new one as a restart and moves
@@ -209,22 +215,50 @@ class Broker(Node):
         self._install_metadata(md, list(md.partitions()))
 
     def _install_metadata(self, md: ClusterMetadata, changed: list[PartitionInfo]) -> None:
-        """Take ``md`` as our metadata and apply the partition states in ``changed``."""
+        """Take ``md`` as our metadata and apply the partition states in ``changed``. Partitions
+        new to this broker are opened a bounded number per reactor pass (``_open_pending``):
+        each costs file creation and fsyncs, and a 1,000-partition topic opened in one pass
+        kept the broker from hearing anyone for seconds."""
         self.metadata = md
         now = self.clock.now_ms()
         for info in changed:
             if self.broker_id in info.replicas:
-                part = self._open_partition(info.topic, info.partition, md.topics[info.topic].configs)
-                self._apply_partition_state(part, info, now)
+                key = (info.topic, info.partition)
+                part = self.partitions.get(key)
+                if part is None:
+                    self._to_open[key] = info  # the newest state wins
+                else:
+                    self._apply_partition_state(part, info, now)
+        for key in [k for k in self._to_open if k[0] not in md.topics]:
+            del self._to_open[key]
         for key, part in list(self.partitions.items()):
             topic = md.topics.get(key[0])
             if topic is None:
                 self._drop_partition(key)
             else:
                 self._apply_topic_configs(part, topic.configs)
+        self._open_pending()
+
+    def _open_pending(self) -> None:
+        """Open up to PARTITION_OPENS_PER_PASS_MAX partitions that metadata gave us, apply their
+        state, and come back in the next pass for the rest."""
+        now = self.clock.now_ms()
+        for key in list(self._to_open)[:PARTITION_OPENS_PER_PASS_MAX]:
+            info = self._to_open.pop(key)
+            part = self._open_partition(info.topic, info.partition, self.metadata.topics[info.topic].configs)
+            self._apply_partition_state(part, info, now)
+        if self._to_open and not self._open_scheduled:
+            self._open_scheduled = True
+            self.reactor.call_later(0, self._open_pending_later)
+        # periodic leader work (ISR checks, replica heartbeats) walks only these
+        self.led_partitions = [p for p in self.partitions.values() if p.is_leader]
         self._sync_fetchers()
         self.repl_sub.sync()
         self._dirty = True
+
+    def _open_pending_later(self) -> None:
+        self._open_scheduled = False
+        self._open_pending()
 
     def _apply_partition_state(self, part: Partition, info: PartitionInfo, now_ms: int) -> None:
         if info.leader_epoch < part.leader_epoch or info.partition_epoch < part.partition_epoch:
@@ -299,6 +333,8 @@ class Broker(Node):
             out, written = part.append_as_leader([d for _, _, d in items], self.limits.batch_bytes_max)
             for (ri, pi, _), r in zip(items, out):
                 results[ri][pi] = [r[0], r[1], r[2]] + ([part.leader_epoch] if not r[1] else [])
+            if written:
+                self.note_appended(part)
             if written and self.pubsub and len(part.replicas) > 1:
                 self.repl_pub.publish_appended(part, written, [r[0] for r in out if r[1] == 0 and r[2] != "duplicate"])
             self._dirty = True
@@ -456,7 +492,7 @@ class Broker(Node):
             self.parking.service(self, self.clock.now_ms())
 
     def _check_isr(self) -> None:
-        self.isr_proposer.check(self.partitions.values(), self.clock.now_ms(),
+        self.isr_proposer.check(self.led_partitions, self.clock.now_ms(),
                                 self.config.replication.replica_lag_time_max_ms)
 
     def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
@@ -486,13 +522,24 @@ class Broker(Node):
             except EngineError as e:
                 log.error("%s-%d retention failed: %s", key[0], key[1], e)
 
+    def note_appended(self, part: Partition) -> None:
+        """Something was appended to ``part``: the fsync-interval timer looks at it (and, so that
+        idle partitions cost nothing, only at partitions appended to lately)."""
+        self._unflushed[(part.topic, part.partition)] = self.clock.now_ms()
+
     def _flush_due(self) -> None:
         now = self.clock.now_ms()
-        for part in self.partitions.values():
+        # a partition silent for a few intervals has had a call with its interval passed: flushed
+        settled_ms = UNFLUSHED_INTERVALS_MAX * self.storage.fsync_interval_ms
+        for key, appended_ms in list(self._unflushed.items()):
+            part = self.partitions.get(key)
             try:
-                part.engine.maybe_flush(now)
+                flushed = part is not None and part.engine.maybe_flush(now)
             except EngineError as e:
-                log.error("%s-%d flush failed: %s", part.topic, part.partition, e)
+                log.error("%s-%d flush failed: %s", key[0], key[1], e)
+                continue
+            if part is None or flushed or now - appended_ms >= settled_ms:
+                del self._unflushed[key]
 
     # -- stats / lifecycle ------------------------------------------------------------------
     def heartbeat_fields(self) -> dict[str, Any]:

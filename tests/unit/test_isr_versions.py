@@ -17,7 +17,7 @@ from fabric import wire
 from fabric.config import load_config
 from fabric.errors import RemoteError
 from fabric.records import build_batch
-from nodes.broker.node import Broker
+from nodes.broker.node import PARTITION_OPENS_PER_PASS_MAX, Broker
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
@@ -77,7 +77,7 @@ class Loopback:
         ...) and push, in order, until nothing is left."""
         for _ in range(rounds):
             self.broker.reactor.run_once(0)
-            if not self.requests and not self.pushes:
+            if not self.requests and not self.pushes and not self.broker._to_open:
                 return
             self.deliver(self.serve())
             for frames in self.take_pushes():
@@ -240,3 +240,19 @@ def test_alter_isr_from_a_deposed_leader_is_fenced_and_the_broker_reregisters(no
     loop.deliver(answers)
     loop.run_until_idle()
     assert broker.incarnation != incarnation and not broker.partitions[("t", 0)].is_leader
+
+
+# -- defect 10: metadata for many new partitions is applied in bounded steps ---------------------
+def test_new_partitions_are_opened_a_bounded_number_per_reactor_pass(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    coord.state.topics["big"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3]) for _ in range(200)])
+    coord.commit()
+    broker._register()
+    loop.deliver(loop.serve())  # the registration answer holds all 200
+    assert len(broker.partitions) == PARTITION_OPENS_PER_PASS_MAX
+    passes = 0
+    while broker._to_open:
+        broker.reactor.run_once(0)
+        passes += 1
+        assert len(broker.partitions) <= PARTITION_OPENS_PER_PASS_MAX * (passes + 1)
+    assert all(broker.partitions[("big", p)].is_leader for p in range(200))

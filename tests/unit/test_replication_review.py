@@ -74,6 +74,9 @@ class _FakeFetcher:
     def ack(self, part) -> None:  # noqa: ANN001
         self.acks += 1
 
+    def ack_parts(self, parts) -> None:  # noqa: ANN001
+        self.acks += len(parts)
+
 
 def _subscriber(part: Partition, fetcher: _FakeFetcher) -> ReplicationSubscriber:
     sub = ReplicationSubscriber.__new__(ReplicationSubscriber)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fabric.clock import ManualClock
 from fabric.config import load_config
+from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
 from nodes.broker.node import Broker
 from nodes.coordinator.groups import STABLE, Group, Member
 from nodes.coordinator.node import Coordinator
@@ -54,9 +55,9 @@ def test_stalled_leader_does_not_shrink_the_isr_by_silence_it_did_not_hear(tmp_p
     sent: list[dict] = []
     broker.coordinator.request = lambda cmd, header, payloads=(), *, callback, timeout_ms: sent.append(header)  # type: ignore[method-assign]
     try:
-        part = broker._open_partition("t", 0, {})
-        part.become_leader(1, [1, 2, 3], [1, 2, 3], clock.now_ms())
-        part.partition_epoch = 1
+        info = PartitionInfo("t", 0, 1, 1, (1, 2, 3), (1, 2, 3), 1)
+        broker.apply_metadata(ClusterMetadata(1, "test", {}, {"t": TopicInfo("t", (info,), {})}).to_wire())
+        assert broker.partitions[("t", 0)].is_leader
         lag_ms = config.replication.replica_lag_time_max_ms
         clock.advance(lag_ms + STALL_MS)
         broker.reactor.run_once(0)
