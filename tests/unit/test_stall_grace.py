@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import zmq
+
+from fabric import protocol as P
+from fabric import wire
 from fabric.clock import ManualClock
 from fabric.config import load_config
 from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
 from nodes.broker.node import Broker
 from nodes.coordinator.groups import STABLE, Group, Member
 from nodes.coordinator.node import Coordinator
-from tests.harness import make_config
+from tests.harness import make_config, wait_until
 
 STALL_MS = 10_000
 
@@ -68,3 +72,29 @@ def test_stalled_leader_does_not_shrink_the_isr_by_silence_it_did_not_hear(tmp_p
         assert [h["parts"][0]["isr"] for h in sent if "parts" in h] == [[1]]
     finally:
         broker.close()
+
+
+def test_heartbeats_waiting_in_the_socket_are_read_before_a_liveness_verdict(tmp_path: Path) -> None:
+    # the coordinator was busy (passes that did not read its SUB socket) for longer than the
+    # session while broker 1's heartbeats queued up: they count, they are not silence
+    config = load_config(make_config(tmp_path, 3, engine="memory"))
+    clock = ManualClock(start_ms=1_000_000)
+    coord = Coordinator(config, "coordinator", clock=clock)
+    node = config.node("broker-1")
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(f"tcp://{node.host}:{node.publish_port}")
+    try:
+        for bid in (1, 2, 3):
+            coord._seen(bid)
+        step_ms = coord.stall_watch.threshold_ms // 2
+        for _ in range(config.liveness.session_timeout_ms // step_ms + 1):
+            clock.advance(step_ms)
+            coord.stall_watch.tick()  # busy passes, no stall, nothing read
+        header = wire.pack({"node": "broker-1", "broker_id": 1})
+        wait_until(lambda: pub.send_multipart([P.TOPIC_HEARTBEAT, P.VERSION, P.PUB_HEARTBEAT, header])
+                   or coord.sub.poll(0), 10, what="a heartbeat waiting on the coordinator's SUB socket")
+        coord._check_liveness()
+        assert 1 in coord.alive and 2 not in coord.alive
+    finally:
+        pub.close(0)
+        coord.close()
