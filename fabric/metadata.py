@@ -146,7 +146,8 @@ class ClusterMetadata:
         KeyError/TypeError/IndexError on a malformed delta."""
         if int(raw["base_version"]) != self.version:
             raise ValueError(f"delta from version {raw['base_version']} does not apply to version {self.version}")
-        topics = {n: t for n, t in self.topics.items() if n not in set(raw.get("deleted", ()))}
+        deleted = set(raw.get("deleted", ()))
+        topics = {n: t for n, t in self.topics.items() if n not in deleted}
         changed: list[PartitionInfo] = []
         for name, t in raw.get("topics", {}).items():
             old = topics.get(name)
