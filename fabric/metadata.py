@@ -5,7 +5,20 @@ Wire form (msgpack):
     {"version": int, "cluster": str,
      "coordinator": "tcp://host:port",
      "brokers": [[broker_id, host, port, pub_port, alive], ...],
-     "topics": {name: {"configs": {k: v}, "partitions": [[leader, leader_epoch, replicas, isr], ...]}}}
+     "topics": {name: {"configs": {k: v}, "partitions": [[leader, leader_epoch, replicas, isr, partition_epoch], ...]}}}
+
+``partition_epoch`` (Kafka's partition epoch, KIP-497) grows at every change of a partition's
+leader, leader epoch or ISR; a receiver never applies a partition state whose partition epoch
+is older than the one it holds, whichever path (push, reply, snapshot) it came by. Entries of
+four elements (no partition epoch) read as partition epoch 0.
+
+Deltas (``MetadataDelta``, pushed by the coordinator at every commit):
+    {"version": int, "base_version": int, "cluster": str, "coordinator": str,
+     "brokers": [...as above...], "deleted": [topic, ...],
+     "topics": {name: {"configs": {k: v}, "partition_count": int,
+                       "changed": [[partition, leader, leader_epoch, replicas, isr, partition_epoch], ...]}}}
+A delta applies only on top of metadata at exactly ``base_version``; a receiver at another
+version asks for a full snapshot instead.
 
 Immutable snapshots; thread-safe to share.
 """
@@ -41,6 +54,14 @@ class PartitionInfo:
     leader_epoch: int
     replicas: tuple[int, ...]
     isr: tuple[int, ...]
+    partition_epoch: int = 0  # grows at every leader/epoch/ISR change of this partition
+
+    def to_wire(self) -> list:
+        return [self.leader, self.leader_epoch, list(self.replicas), list(self.isr), self.partition_epoch]
+
+    @classmethod
+    def from_wire(cls, topic: str, partition: int, p: list) -> "PartitionInfo":
+        return cls(topic, partition, p[0], p[1], tuple(p[2]), tuple(p[3]), int(p[4]) if len(p) > 4 else 0)
 
     @property
     def under_replicated(self) -> bool:
@@ -91,8 +112,7 @@ class ClusterMetadata:
         brokers = {b[0]: BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4])) for b in raw.get("brokers", [])}
         topics = {}
         for name, t in raw.get("topics", {}).items():
-            parts = tuple(PartitionInfo(name, i, p[0], p[1], tuple(p[2]), tuple(p[3]))
-                          for i, p in enumerate(t["partitions"]))
+            parts = tuple(PartitionInfo.from_wire(name, i, p) for i, p in enumerate(t["partitions"]))
             topics[name] = TopicInfo(name, parts, dict(t.get("configs", {})))
         return cls(int(raw["version"]), raw.get("cluster", ""), brokers, topics, raw.get("coordinator", ""))
 
@@ -101,6 +121,49 @@ class ClusterMetadata:
             "version": self.version, "cluster": self.cluster, "coordinator": self.coordinator,
             "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in self.brokers.values()],
             "topics": {n: {"configs": t.configs,
-                           "partitions": [[p.leader, p.leader_epoch, list(p.replicas), list(p.isr)] for p in t.partitions]}
+                           "partitions": [p.to_wire() for p in t.partitions]}
                        for n, t in self.topics.items()},
         }
+
+    def delta_to(self, new: "ClusterMetadata") -> dict:
+        """The delta (wire form, see the module docstring) that turns this metadata into ``new``."""
+        topics: dict[str, dict] = {}
+        for name, t in new.topics.items():
+            old = self.topics.get(name)
+            old_parts = old.partitions if old is not None else ()
+            changed = [[i, *p.to_wire()] for i, p in enumerate(t.partitions)
+                       if i >= len(old_parts) or old_parts[i] != p]
+            if changed or old is None or old.configs != t.configs:
+                topics[name] = {"configs": t.configs, "partition_count": len(t.partitions), "changed": changed}
+        return {"version": new.version, "base_version": self.version, "cluster": new.cluster,
+                "coordinator": new.coordinator,
+                "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in new.brokers.values()],
+                "deleted": [n for n in self.topics if n not in new.topics], "topics": topics}
+
+    def apply_delta(self, raw: dict) -> tuple["ClusterMetadata", list[PartitionInfo]]:
+        """This metadata with a delta applied, and the partitions the delta changed. Raises
+        ValueError when the delta does not start at this version (ask for a snapshot) and
+        KeyError/TypeError/IndexError on a malformed delta."""
+        if int(raw["base_version"]) != self.version:
+            raise ValueError(f"delta from version {raw['base_version']} does not apply to version {self.version}")
+        deleted = set(raw.get("deleted", ()))
+        topics = {n: t for n, t in self.topics.items() if n not in deleted}
+        changed: list[PartitionInfo] = []
+        for name, t in raw.get("topics", {}).items():
+            old = topics.get(name)
+            parts = list(old.partitions if old is not None else ())[:int(t["partition_count"])]
+            for entry in t.get("changed", ()):
+                i = int(entry[0])
+                info = PartitionInfo.from_wire(name, i, entry[1:])
+                if i == len(parts):
+                    parts.append(info)
+                else:
+                    parts[i] = info
+                changed.append(info)
+            if len(parts) != int(t["partition_count"]):
+                raise IndexError(f"delta leaves topic {name!r} with a hole in its partitions")
+            topics[name] = TopicInfo(name, tuple(parts), dict(t.get("configs", {})))
+        brokers = {b[0]: BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4])) for b in raw.get("brokers", [])}
+        md = ClusterMetadata(int(raw["version"]), raw.get("cluster", self.cluster), brokers, topics,
+                             raw.get("coordinator", self.coordinator))
+        return md, changed

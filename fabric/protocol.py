@@ -20,7 +20,11 @@ METADATA = b"METADATA"            # coordinator or broker: cluster metadata
 CREATE_TOPIC = b"CREATE_TOPIC"    # coordinator
 DELETE_TOPIC = b"DELETE_TOPIC"    # coordinator
 ALTER_TOPIC = b"ALTER_TOPIC"      # coordinator: add partitions, change configs
-ALTER_ISR = b"ALTER_ISR"          # leader -> coordinator: shrink/expand an ISR
+# leader -> coordinator: shrink/expand the ISRs of many partitions in one request (Kafka's
+# AlterPartition); header {broker_id, parts: [{topic, partition, leader_epoch, partition_epoch,
+# isr}]}, reply {parts: [{topic, partition, error, message, leader, leader_epoch,
+# partition_epoch, isr}]}: see nodes/coordinator/alter_isr.py
+ALTER_ISR = b"ALTER_ISR"
 BROKER_REGISTER = b"REGISTER"     # broker -> coordinator at start: my id and process incarnation
 PRODUCE = b"PRODUCE"              # broker
 FETCH = b"FETCH"                  # broker: consumers and follower replicas
@@ -61,7 +65,18 @@ REQUEST_COMMANDS = frozenset({
 # -- PUB/SUB kinds ---------------------------------------------------------------------------
 PUB_HEARTBEAT = b"HB"           # topic b"hb"; header {node, role, ts_ms, ...}
 PUB_METADATA = b"MD"            # topic b"md"; header = full metadata (coordinator)
+# topic b"md"; header = a MetadataDelta (fabric/metadata.py) from base_version to version,
+# published at every commit; a subscriber not at base_version asks for a snapshot (METADATA)
+PUB_METADATA_DELTA = b"MDD"
+# topic b"md"; header {version}: published periodically so that a subscriber that missed a
+# delta notices the gap and asks for a snapshot
+PUB_METADATA_VERSION = b"MDV"
 PUB_REPLICA = b"RB"             # topic b"r/<topic>/<partition>"; payload = batches
+# topic REPLICA_HEARTBEAT_TOPIC; header {node, parts: [[topic, partition, leader_epoch, hw, leo],
+# ...]}: a leader's idle heartbeat for many partitions at once (those whose state changed since
+# the last one, and every partition it leads once per REPLICA_HEARTBEAT_FULL_INTERVAL_MS)
+PUB_REPLICA_HEARTBEAT = b"RH"
+REPLICA_HEARTBEAT_TOPIC = b"rh|"
 TOPIC_HEARTBEAT = b"hb"
 TOPIC_METADATA = b"md"
 
@@ -91,6 +106,7 @@ FENCED_LEADER_EPOCH = 23
 UNKNOWN_LEADER_EPOCH = 24
 NOT_COORDINATOR = 25
 LEADER_NOT_AVAILABLE = 26
+STALE_ISR = 27                   # ALTER_ISR computed from an older partition state: refresh, recompute
 RECORD_TOO_LARGE = 30
 CORRUPT_MESSAGE = 31
 OFFSET_OUT_OF_RANGE = 32
@@ -127,6 +143,7 @@ ERROR_NAMES: dict[int, str] = {
     NOT_ENOUGH_REPLICAS_AFTER_APPEND: "not_enough_replicas_after_append",
     FENCED_LEADER_EPOCH: "fenced_leader_epoch", UNKNOWN_LEADER_EPOCH: "unknown_leader_epoch",
     NOT_COORDINATOR: "not_coordinator", LEADER_NOT_AVAILABLE: "leader_not_available",
+    STALE_ISR: "stale_isr",
     RECORD_TOO_LARGE: "record_too_large", CORRUPT_MESSAGE: "corrupt_message",
     OFFSET_OUT_OF_RANGE: "offset_out_of_range", INVALID_RECORD: "invalid_record",
     OUT_OF_ORDER_SEQUENCE: "out_of_order_sequence", DUPLICATE_SEQUENCE: "duplicate_sequence",
@@ -170,6 +187,9 @@ RCVHWM = 10_000
 ZERO_COPY_BYTES_MIN = 4 * 1024 * 1024
 TOPIC_NAME_LEN_MAX = 249
 PARTITIONS_MAX = 10_000
+ALTER_ISR_PARTITIONS_MAX = 2000       # ISR changes in one ALTER_ISR request
+REPLICA_HEARTBEAT_PARTITIONS_MAX = 5000  # partitions in one replica heartbeat message
+HEARTBEATS_DRAIN_MAX = 4096           # heartbeats the coordinator reads before a liveness verdict
 GROUPS_MAX = 10_000                   # consumer groups one coordinator holds
 GROUP_MEMBERS_MAX = 1000              # members of one group
 GROUP_ID_LEN_MAX = 249

@@ -70,10 +70,15 @@ class ReplicaFetcher:
 
     def ack(self, part: "Partition") -> None:
         """One-way: tell the leader our log end offset (advances its high watermark)."""
+        self.ack_parts([part])
+
+    def ack_parts(self, parts: list["Partition"]) -> None:
+        """``ack`` for many partitions, in messages of at most ``PARTITIONS_MAX`` parts."""
         if self.broker.faults.blocks_broker(self.leader_id):
             return
-        self.client.send_oneway(P.REPLICA_ACK, {"broker_id": self.broker.broker_id, "parts": [
-            [part.topic, part.partition, part.log_end_offset, part.leader_epoch]]})
+        for i in range(0, len(parts), P.PARTITIONS_MAX):
+            self.client.send_oneway(P.REPLICA_ACK, {"broker_id": self.broker.broker_id, "parts": [
+                [p.topic, p.partition, p.log_end_offset, p.leader_epoch] for p in parts[i:i + P.PARTITIONS_MAX]]})
 
     def _fetch(self) -> None:
         if self._closed or self._in_flight or not self.partitions:
@@ -106,7 +111,9 @@ class ReplicaFetcher:
             try:
                 if self._apply(entry, data, asked):
                     progressed = True
-                    self.broker.mark_dirty((entry[0], entry[1]))
+                    key = (entry[0], entry[1])
+                    self.broker.mark_dirty(key)
+                    self.broker.note_appended(self.partitions[key])
             except (EngineError, BatchError) as e:
                 log.error("replica fetch from broker %d: %s", self.leader_id, e)
             except (TypeError, ValueError, IndexError) as e:  # a malformed answer: drop it

@@ -28,8 +28,10 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata, PartitionInfo
 from fabric.rpc import DEFER, RpcClient, make_socket
+from fabric.stall import StallWatch
 from nodes.base import Node
 from nodes.broker.fetcher import ReplicaFetcher
+from nodes.broker.isr import ALTER_ISR_TIMEOUT_MS, IsrProposer
 from nodes.broker.parking import ParkedFetch, ParkedProduce, ParkingLot
 from nodes.broker.partition import HW_CHECKPOINT_INTERVAL_MS, Partition
 from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 
 ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
+PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each costs fsyncs)
+UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
+STALL_THRESHOLD_MS = 2000  # a reactor pass gap over this means this broker did not run
+METADATA_PUSH_KINDS = (P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 
 
 class Broker(Node):
@@ -75,8 +81,18 @@ class Broker(Node):
         self.fetchers: dict[int, ReplicaFetcher] = {}
         self._open_existing_partitions()
         self.reactor.after_pass(self._after_pass)
+        self.isr_proposer = IsrProposer(self.broker_id, self._send_alter_isr, refresh_metadata=self._refresh_metadata,
+                                        on_fenced=self._reregister_as_new_incarnation, mark_dirty=self.mark_dirty)
+        self._refresh_in_flight = False
+        self._to_open: dict[tuple[str, int], PartitionInfo] = {}  # in metadata, not yet opened here
+        self._open_scheduled = False
+        self.led_partitions: list[Partition] = []
+        # a leader that did not run (SIGSTOP, a frozen host) did not hear its followers either
+        self.stall_watch = StallWatch(self.clock, STALL_THRESHOLD_MS, self._resume_after_stall)
+        self.reactor.after_pass(self.stall_watch.tick)
         self.reactor.call_every(ISR_CHECK_INTERVAL_MS, self._check_isr)
         self.reactor.call_every(config.topics.retention_check_interval_ms, self._apply_retention)
+        self._unflushed: dict[tuple[str, int], int] = {}  # partition -> its latest append (ms)
         if self.storage.fsync == "interval":
             self.reactor.call_every(self.storage.fsync_interval_ms, self._flush_due)
         self.reactor.call_every(HW_CHECKPOINT_INTERVAL_MS, self._checkpoint_high_watermarks)
@@ -139,54 +155,118 @@ class Broker(Node):
                 return
             self._registered = True
             log.info("registered with the coordinator as broker %d (incarnation %s)", self.broker_id, self.incarnation)
-            self.apply_metadata(header["metadata"])
+            self.apply_metadata(header["metadata"], same_version=True)
         self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation},
                                  callback=done, timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 
-    def _request_metadata(self) -> None:
+    def _refresh_metadata(self) -> None:
+        """Ask the coordinator for a full snapshot (after a gap in the deltas, or a STALE_ISR
+        refusal); one request at a time. Partition states in it are applied by partition epoch,
+        so a snapshot at our own version is applied too (it cannot move anything back)."""
+        if self._refresh_in_flight:
+            return
+        self._refresh_in_flight = True
+
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
+            self._refresh_in_flight = False
             if header is not None:
-                self.apply_metadata(header["metadata"])
+                self.apply_metadata(header["metadata"], same_version=True)
             elif self.metadata.version < 0:
-                self.reactor.call_later(200, self._request_metadata)
+                self.reactor.call_later(200, self._refresh_metadata)
         self.coordinator.request(P.METADATA, {"broker_id": self.broker_id}, callback=done,
                                  timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 
     def _on_sub(self, frames: list[bytes]) -> None:
-        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] != P.PUB_METADATA:
+        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] not in METADATA_PUSH_KINDS:
             self.counters["sub_malformed"] += 1
             return
         if not self._registered or self.faults.blocks(self.config.coordinator_name):
             return
         try:
-            self.apply_metadata(wire.unpack(frames[3]))
+            raw = wire.unpack(frames[3])
+            version = raw["version"]
+            if not isinstance(version, int):
+                raise TypeError("version must be an integer")
+            if frames[2] == P.PUB_METADATA_VERSION:
+                if version > self.metadata.version:
+                    self._refresh_metadata()  # we missed a delta
+            elif frames[2] == P.PUB_METADATA_DELTA:
+                self._apply_delta(raw)
+            else:
+                self.apply_metadata(raw)
         except Exception:
             self.counters["sub_malformed"] += 1
             log.exception("bad metadata push")
 
-    def apply_metadata(self, raw: dict) -> None:
-        md = ClusterMetadata.from_wire(raw)
-        if md.version <= self.metadata.version:
+    def _apply_delta(self, raw: dict) -> None:
+        if raw["version"] <= self.metadata.version:
             return
+        try:
+            md, changed = self.metadata.apply_delta(raw)
+        except ValueError:
+            self._refresh_metadata()  # a gap: the delta does not start at our version
+            return
+        self._install_metadata(md, changed)
+
+    def apply_metadata(self, raw: dict, *, same_version: bool = False) -> None:
+        """Apply a full snapshot newer than ours (or as new, with ``same_version``)."""
+        md = ClusterMetadata.from_wire(raw)
+        if md.version < self.metadata.version or (md.version == self.metadata.version and not same_version):
+            return
+        self._install_metadata(md, list(md.partitions()))
+
+    def _install_metadata(self, md: ClusterMetadata, changed: list[PartitionInfo]) -> None:
+        """Take ``md`` as our metadata and apply the partition states in ``changed``. Partitions
+        new to this broker are opened a bounded number per reactor pass (``_open_pending``):
+        each costs file creation and fsyncs, and a 1,000-partition topic opened in one pass
+        kept the broker from hearing anyone for seconds."""
         self.metadata = md
         now = self.clock.now_ms()
-        mine: set[tuple[str, int]] = set()
-        for info in md.partitions():
-            if self.broker_id not in info.replicas:
-                continue
-            mine.add((info.topic, info.partition))
-            part = self._open_partition(info.topic, info.partition, md.topics[info.topic].configs)
-            self._apply_topic_configs(part, md.topics[info.topic].configs)
+        for info in changed:
+            if self.broker_id in info.replicas:
+                key = (info.topic, info.partition)
+                part = self.partitions.get(key)
+                if part is None:
+                    self._to_open[key] = info  # the newest state wins
+                else:
+                    self._apply_partition_state(part, info, now)
+        for key in [k for k in self._to_open if k[0] not in md.topics]:
+            del self._to_open[key]
+        for key, part in list(self.partitions.items()):
+            topic = md.topics.get(key[0])
+            if topic is None:
+                self._drop_partition(key)
+            else:
+                self._apply_topic_configs(part, topic.configs)
+        self._open_pending()
+
+    def _open_pending(self) -> None:
+        """Open up to PARTITION_OPENS_PER_PASS_MAX partitions that metadata gave us, apply their
+        state, and come back in the next pass for the rest."""
+        now = self.clock.now_ms()
+        for key in list(self._to_open)[:PARTITION_OPENS_PER_PASS_MAX]:
+            info = self._to_open.pop(key)
+            part = self._open_partition(info.topic, info.partition, self.metadata.topics[info.topic].configs)
             self._apply_partition_state(part, info, now)
-        for key in [k for k in self.partitions if k not in mine and k[0] not in md.topics]:
-            self._drop_partition(key)
+        if self._to_open and not self._open_scheduled:
+            self._open_scheduled = True
+            self.reactor.call_later(0, self._open_pending_later)
+        # periodic leader work (ISR checks, replica heartbeats) walks only these
+        self.led_partitions = [p for p in self.partitions.values() if p.is_leader]
         self._sync_fetchers()
         self.repl_sub.sync()
         self._dirty = True
 
+    def _open_pending_later(self) -> None:
+        self._open_scheduled = False
+        self._open_pending()
+
     def _apply_partition_state(self, part: Partition, info: PartitionInfo, now_ms: int) -> None:
-        if info.leader_epoch < part.leader_epoch:
-            return  # stale
+        if info.leader_epoch < part.leader_epoch or info.partition_epoch < part.partition_epoch:
+            return  # older than what we hold (a push that lost the race with a reply): never go back
+        if info.partition_epoch == part.partition_epoch and info.leader_epoch == part.leader_epoch \
+                and part.role is not None:
+            return  # already applied
         if info.leader == self.broker_id:
             if not part.is_leader or info.leader_epoch > part.leader_epoch:
                 log.info("%s-%d: leader at epoch %d", info.topic, info.partition, info.leader_epoch)
@@ -199,6 +279,7 @@ class Broker(Node):
             part.become_follower(info.leader, info.leader_epoch, info.replicas, info.isr)
         else:
             part.isr = set(info.isr)
+        part.partition_epoch = info.partition_epoch
 
     def _sync_fetchers(self) -> None:
         wanted: dict[int, list[Partition]] = defaultdict(list)
@@ -253,6 +334,8 @@ class Broker(Node):
             out, written = part.append_as_leader([d for _, _, d in items], self.batch_bytes_max(key[0]))
             for (ri, pi, _), r in zip(items, out):
                 results[ri][pi] = [r[0], r[1], r[2]] + ([part.leader_epoch] if not r[1] else [])
+            if written:
+                self.note_appended(part)
             if written and self.pubsub and len(part.replicas) > 1:
                 self.repl_pub.publish_appended(part, written, [r[0] for r in out if r[1] == 0 and r[2] != "duplicate"])
             self.parking.note_changed(key)
@@ -428,45 +511,23 @@ class Broker(Node):
             self.parking.service(self, self.clock.now_ms())
 
     def _check_isr(self) -> None:
-        now = self.clock.now_ms()
-        lag = self.config.replication.replica_lag_time_max_ms
+        self.isr_proposer.check(self.led_partitions, self.clock.now_ms(),
+                                self.config.replication.replica_lag_time_max_ms)
+
+    def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
+        """Followers' lag clocks restart from now: silence we did not listen to drops nobody."""
         for part in self.partitions.values():
-            new = part.isr_changes(now, lag)
-            if new is not None:
-                self._propose_isr(part, new)
+            for st in part.followers.values():
+                st.last_caught_up_ms = max(st.last_caught_up_ms, now_ms)
 
-    def _propose_isr(self, part: Partition, new_isr: set[int]) -> None:
-        part.pending_isr = new_isr
-        epoch = part.leader_epoch
+    def _send_alter_isr(self, header: dict, callback: Any) -> None:
+        self.coordinator.request(P.ALTER_ISR, header, callback=callback, timeout_ms=ALTER_ISR_TIMEOUT_MS)
 
-        def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
-            if part.leader_epoch != epoch or part.pending_isr != new_isr:
-                return
-            if header is not None:
-                part.update_isr(header["isr"])
-                self._dirty = True
-            elif err is None or err.code == P.REQUEST_TIMED_OUT:
-                # no answer: the coordinator may have applied it (and may elect a member we
-                # added), so keep counting the maximal ISR for the HW and ask again
-                self.reactor.call_later(ISR_CHECK_INTERVAL_MS, retry)
-            else:
-                part.pending_isr = None
-                if err is not None and err.code == P.FENCED_LEADER_EPOCH:
-                    self._request_metadata_now()
-
-        def retry() -> None:
-            if part.is_leader and part.leader_epoch == epoch and part.pending_isr == new_isr:
-                self._propose_isr(part, new_isr)
-        log.info("%s-%d: proposing isr %s (was %s)", part.topic, part.partition, sorted(new_isr), sorted(part.isr))
-        # isr_from: the coordinator refuses a change computed from an ISR it has since changed
-        self.coordinator.request(P.ALTER_ISR, {"topic": part.topic, "partition": part.partition,
-                                               "leader_epoch": epoch, "broker_id": self.broker_id,
-                                               "isr": sorted(new_isr), "isr_from": sorted(part.isr)},
-                                 callback=done, timeout_ms=3000)
-
-    def _request_metadata_now(self) -> None:
-        # a random id per process: the coordinator treats a new one as a restart and moves
-        # leadership away from epochs this process may not have all the data of
+    def _reregister_as_new_incarnation(self) -> None:
+        """We were fenced (another broker leads a partition we thought ours): announce a new
+        process incarnation, which the coordinator treats as a restart -- it moves leadership
+        away from epochs this process may not have all the data of -- and start over from the
+        metadata it answers with. Only for real fencing: a stale ISR view just refreshes."""
         self.incarnation = os.urandom(8).hex()
         self._registered = False
         self.reactor.call_later(0, self._register)
@@ -480,13 +541,24 @@ class Broker(Node):
             except EngineError as e:
                 log.error("%s-%d retention failed: %s", key[0], key[1], e)
 
+    def note_appended(self, part: Partition) -> None:
+        """Something was appended to ``part``: the fsync-interval timer looks at it (and, so that
+        idle partitions cost nothing, only at partitions appended to lately)."""
+        self._unflushed[(part.topic, part.partition)] = self.clock.now_ms()
+
     def _flush_due(self) -> None:
         now = self.clock.now_ms()
-        for part in self.partitions.values():
+        # a partition silent for a few intervals has had a call with its interval passed: flushed
+        settled_ms = UNFLUSHED_INTERVALS_MAX * self.storage.fsync_interval_ms
+        for key, appended_ms in list(self._unflushed.items()):
+            part = self.partitions.get(key)
             try:
-                part.engine.maybe_flush(now)
+                flushed = part is not None and part.engine.maybe_flush(now)
             except EngineError as e:
-                log.error("%s-%d flush failed: %s", part.topic, part.partition, e)
+                log.error("%s-%d flush failed: %s", key[0], key[1], e)
+                continue
+            if part is None or flushed or now - appended_ms >= settled_ms:
+                del self._unflushed[key]
 
     def _checkpoint_high_watermarks(self) -> None:
         """Write each partition's HW if it moved: a restarted leader serves it at once."""

@@ -56,6 +56,9 @@ class Partition:
         self.replicas: list[int] = []
         self.isr: set[int] = set()
         self.pending_isr: set[int] | None = None  # proposed to the coordinator, not yet applied
+        # the coordinator's partition epoch of the leader/ISR state applied here (-1: none yet);
+        # the broker applies no state older than this, by push or by reply
+        self.partition_epoch = -1
         self.followers: dict[int, FollowerState] = {}
         self._hw_path = os.path.join(directory, HW_CHECKPOINT_FILE) if directory is not None else None
         self.high_watermark = 0
@@ -103,10 +106,12 @@ class Partition:
         self.followers = {}
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
 
-    def update_isr(self, isr: list[int]) -> None:
-        """The coordinator applied an ISR change for the current epoch."""
+    def update_isr(self, isr: list[int], partition_epoch: int | None = None) -> None:
+        """The coordinator applied an ISR change for the current epoch (at ``partition_epoch``)."""
         self.isr = set(isr)
         self.pending_isr = None
+        if partition_epoch is not None:
+            self.partition_epoch = partition_epoch
         self.maybe_advance_high_watermark()
 
     # -- leader: appends ---------------------------------------------------------------------

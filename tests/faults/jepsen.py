@@ -42,6 +42,7 @@ PARTITIONS = 3
 class Workload:
     bootstrap: str
     rate_per_s: int = 1500
+    keys: int = 30  # distinct keys: how many partitions get data
     count_max: int = 200_000
     acked: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # value -> (partition, offset)
     failed: dict[bytes, str] = field(default_factory=dict)
@@ -79,7 +80,7 @@ class Workload:
                 t0 += 0.05  # paused: the rate counts from the resume
                 continue
             value = b"v%09d" % seq
-            key = b"k%d" % (seq % 30)
+            key = b"k%d" % (seq % self.keys)
             with self._lock:
                 self.sent.add(value)
             try:
@@ -146,11 +147,12 @@ class LeaderObserver(threading.Thread):
         self.admin.close()
 
 
-def setup(cluster: Cluster, configs: dict | None = None, **workload_fields: object) -> tuple[Admin, Workload, LeaderObserver]:
-    """Create the topic (with topic ``configs``), start the observer and the workload (fields
-    of Workload as keyword arguments) and wait for its first acknowledgements."""
+def setup(cluster: Cluster, configs: dict | None = None, partitions: int = PARTITIONS,
+          **workload_fields: object) -> tuple[Admin, Workload, LeaderObserver]:
+    """Create the topic (``partitions``, topic ``configs``), start the observer and the workload
+    (fields of Workload as keyword arguments, e.g. ``keys``) and wait for its first acknowledgements."""
     admin = Admin(cluster.bootstrap)
-    admin.create_topic(TOPIC, PARTITIONS, 3, configs=configs)
+    admin.create_topic(TOPIC, partitions, 3, configs=configs)
     cluster.wait_topic_ready(admin, TOPIC)
     observer = LeaderObserver(cluster.bootstrap)
     observer.start()
@@ -176,11 +178,15 @@ def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45) -> dict[i
     def healed() -> dict[int, int] | None:
         md = admin.metadata()
         hws: dict[int, int] = {}
-        stats = {b: cluster.stats(b) for b in cluster.broker_names()}
+        by_partition: dict[int, list[dict]] = defaultdict(list)
+        for b in cluster.broker_names():
+            for r in cluster.stats(b)["partitions"]:
+                if r["topic"] == TOPIC:
+                    by_partition[r["partition"]].append(r)
         for p in md.topics[TOPIC].partitions:
             if p.leader < 0 or len(p.isr) < len(p.replicas):
                 return None
-            rows = [r for s in stats.values() for r in s["partitions"] if r["topic"] == TOPIC and r["partition"] == p.partition]
+            rows = by_partition[p.partition]
             leos = {r["log_end_offset"] for r in rows}
             lead = [r for r in rows if r["role"] == "leader"]
             if len(rows) != len(p.replicas) or len(leos) != 1 or len(lead) != 1 or lead[0]["high_watermark"] != leos.pop():
@@ -228,7 +234,7 @@ def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: d
               "retained": 0, "duplicated": 0, "unavailable_s": round(workload.unavailable_s(), 2)}
     seen: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
     starts: dict[int, int] = {}
-    for p in range(PARTITIONS):
+    for p in sorted(hws):
         hw = hws[p]
         replicas = {b: read_replica(cluster, b, p) for b in cluster.broker_names()}
         start = starts[p] = max((records[0].offset if records else hw) for _, records in replicas.values())
