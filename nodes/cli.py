@@ -4,6 +4,7 @@
     nodes/cli_topic.py    topic create|list|describe|alter|delete
     nodes/cli_data.py     produce, consume
     nodes/cli_group.py    group list|describe|reset-offsets|delete
+    nodes/cli_monitor.py  alerts (and the monitor's view in status)
     bench (loom bench)    in bench/cli.py
 
 Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,…``,
@@ -21,7 +22,8 @@ import click
 from fabric.config import ConfigError
 from fabric.errors import FabricError
 
-SUBCOMMAND_MODULES = ("nodes.cli_cluster", "nodes.cli_topic", "nodes.cli_data", "nodes.cli_group", "bench.cli")
+SUBCOMMAND_MODULES = ("nodes.cli_cluster", "nodes.cli_topic", "nodes.cli_data", "nodes.cli_group", "bench.cli",
+                      "nodes.cli_monitor")
 
 
 @dataclass

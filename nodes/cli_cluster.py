@@ -157,7 +157,9 @@ def _status_nodes(config: str | None, bootstrap: str | None) -> tuple[dict[str, 
 @target_options
 def status(config: str | None, bootstrap: str | None) -> None:
     """Health of every node, the partitions each broker leads, and the partition summary.
-    Exits 1 when a node that should run is down."""
+    Exits 1 when a node that should run is down. When the monitor answers, its view is shown."""
+    if _monitor_view(config):
+        return
     nodes, md = _status_nodes(config, bootstrap)
     available = {n: c for n, c in nodes.items() if launcher.role_available(c.role)}
     with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, max(1, len(available)))) as pool:
@@ -192,6 +194,24 @@ def status(config: str | None, bootstrap: str | None) -> None:
     sys.stdout.flush()
     if down_count:
         sys.exit(1)
+
+
+def _monitor_view(config: str | None) -> bool:
+    """Print the monitor's view of the cluster; False when there is no monitor to ask."""
+    from nodes.cli_monitor import print_monitor_status
+    try:
+        cfg = load_config(config)
+    except ConfigError:
+        return False
+    out = _stdout()
+    bad = print_monitor_status(cfg, out)
+    if bad is None:
+        return False
+    _print_supervisor(out, config)
+    sys.stdout.flush()
+    if bad:
+        sys.exit(1)
+    return True
 
 
 def _print_supervisor(out: Console, config: str | None) -> None:
