@@ -66,16 +66,22 @@ def _records_in(port: int, topic: str) -> float:
     return sum(s.value for s in fam.samples if s.labels.get("topic") == topic) if fam else 0.0
 
 
-def test_metrics_parse_and_produce_counters_add_up(env: tuple[Cluster, int, MonitorClient]) -> None:
-    cluster, port, client = env
+def _topic_with_records(cluster: Cluster, topic: str, partitions: int, records: int) -> Admin:
+    """Create ``topic`` and produce ``records`` with acks=all; returns an open Admin."""
     admin = Admin(cluster.bootstrap)
-    admin.create_topic("counted", partitions=3)
-    cluster.wait_topic_ready(admin, "counted")
+    admin.create_topic(topic, partitions=partitions)
+    cluster.wait_topic_ready(admin, topic)
     producer = Producer(cluster.bootstrap, acks=-1)
-    for i in range(RECORDS):
-        producer.send("counted", b"value-%d" % i, key=b"k%d" % (i % 11))
+    for i in range(records):
+        producer.send(topic, b"value-%d" % i, key=b"k%d" % (i % 11))
     producer.flush()
     producer.close()
+    return admin
+
+
+def test_metrics_parse_and_produce_counters_add_up(env: tuple[Cluster, int, MonitorClient]) -> None:
+    cluster, port, client = env
+    admin = _topic_with_records(cluster, "counted", 3, RECORDS)
     wait_until(lambda: _records_in(port, "counted") == RECORDS, 15, what=f"{RECORDS} records in /metrics")
     families = scrape(port)
     produce = [s for s in families["loom_request_duration_seconds"].samples
@@ -92,14 +98,7 @@ def test_metrics_parse_and_produce_counters_add_up(env: tuple[Cluster, int, Moni
 
 def test_consumer_lag_alert_fires_and_resolves(env: tuple[Cluster, int, MonitorClient]) -> None:
     cluster, port, client = env
-    admin = Admin(cluster.bootstrap)
-    admin.create_topic("lagged", partitions=1)
-    cluster.wait_topic_ready(admin, "lagged")
-    producer = Producer(cluster.bootstrap, acks=-1)
-    for i in range(2 * LAG_THRESHOLD):
-        producer.send("lagged", b"x%d" % i)
-    producer.flush()
-    producer.close()
+    admin = _topic_with_records(cluster, "lagged", 1, 2 * LAG_THRESHOLD)
     groups = GroupAdmin(admin)
     # the group consumed nothing past offset 0 and stopped: it lags by everything produced
     groups.execute_reset("slow-group", groups.plan_reset("slow-group", "lagged", to_earliest=True))
