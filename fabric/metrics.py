@@ -20,6 +20,8 @@ import os
 import resource
 from typing import Callable, Iterable, NamedTuple
 
+from engines.batch import iter_batches
+
 COUNTER = "counter"
 GAUGE = "gauge"
 HISTOGRAM = "histogram"
@@ -230,5 +232,4 @@ def process_samples() -> Iterable[tuple[str, tuple, float]]:
 
 def batch_records(data: bytes | memoryview) -> int:
     """Records in a buffer of whole batches, from their headers (per batch, never per record)."""
-    from engines.batch import iter_batches
     return sum(h.record_count for h, _ in iter_batches(data))

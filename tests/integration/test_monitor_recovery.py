@@ -98,6 +98,37 @@ def test_killed_broker_alert_fires_restart_resolves(sup: Supervised) -> None:
     assert sup.events(kind="recovery", action="restarted", node="broker-2")
 
 
+def _loom(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nodes.cli", *args], capture_output=True, text=True, cwd=str(ROOT),
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=30)
+
+
+def test_status_and_alerts_show_the_monitors_view(sup: Supervised) -> None:
+    # after the restart above a broker is degraded until its followers are back in its ISR
+    wait_until(lambda: sup.monitor.status()["cluster"]["state"] == "healthy", 20, what="a healthy cluster again")
+    status = _loom("status", "-c", sup.cfg.source)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "view of the monitor" in status.stdout and "cluster: healthy" in status.stdout, status.stdout
+    for name in ("broker-1", "broker-2", "consumer-1", "coordinator", "monitor"):
+        assert f"\n{name} " in status.stdout and "healthy" in status.stdout.split(f"\n{name} ")[1].splitlines()[0]
+    alerts = _loom("alerts", "--all", "-c", sup.cfg.source)
+    assert alerts.returncode == 0 and "node_down" in alerts.stdout and "resolved" in alerts.stdout, alerts.stdout
+    events = _loom("alerts", "--events", "--json", "-c", sup.cfg.source)
+    rows = [json.loads(line) for line in events.stdout.splitlines()]
+    assert any(r.get("action") == "restarted" and r.get("node") == "broker-2" for r in rows)
+
+
+def test_monitor_restart_keeps_the_alert_history(sup: Supervised) -> None:
+    resolved_before = [a for a in sup.monitor.alerts(True) if a["state"] == "resolved"]
+    old = sup.pid("monitor")
+    os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
+    wait_until(lambda: (sup.pid("monitor") or old) != old, 15, what="the supervisor to restart the monitor")
+    after = wait_until(lambda: sup.monitor.alerts(True), 15, what="the new monitor to answer")
+    assert [a for a in after if a["state"] == "resolved"][:len(resolved_before)] == resolved_before
+    events = sup.monitor.events()["events"]
+    assert any(e.get("action") == "restarted" and e.get("node") == "broker-2" for e in events)
+
+
 def test_stopped_consumer_service_is_restarted_by_the_monitor(sup: Supervised) -> None:
     old = sup.pid("consumer-1")
     assert old is not None
