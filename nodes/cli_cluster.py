@@ -104,6 +104,9 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor) -> None:
     if cfg.security.api_keys:
         key = cfg.security.api_keys[0]
         out.print(f"API key:   {key.key}  ({key.name}: {', '.join(key.roles)})")
+    for name, node in cfg.nodes_with_role("monitor").items():
+        if name in sup.children:
+            out.print(f"metrics:   http://{node.host}:{node.http_metrics_port}/metrics  (`loom alerts` for alerts)")
     out.print(f"logs:      {launcher.log_path(cfg, 'NODE').parent}/NODE.log")
     out.print(f"stop:      Ctrl-C, or `loom down -c {cfg.source}`")
     sys.stdout.flush()

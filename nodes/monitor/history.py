@@ -30,7 +30,9 @@ class History:
         self.times[slot] = wall_ms
         for key, ring in self.series.items():
             ring[slot] = values.get(key, math.nan)
-        for key in values.keys() - self.series.keys():
+        for key in values:  # new series, in the caller's order (the first ones win the slots)
+            if key in self.series:
+                continue
             if len(self.series) >= self.series_max:
                 self.series_dropped += 1
                 continue

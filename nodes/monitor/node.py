@@ -29,18 +29,19 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.config import LoomConfig
+from fabric.config import ZMQ_ROLES, LoomConfig
 from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata
 from fabric.metrics import Sample, decode_samples
 from fabric.rpc import RpcClient, make_socket
 from nodes.base import Node
-from nodes.launcher import pid_alive
+from nodes.launcher import pid_alive, role_available
 from nodes.monitor import health as H
 from nodes.monitor.alerts import FIRING, Alert, AlertBook
 from nodes.monitor.cluster import ClusterFacts
 from nodes.monitor.exposition import CONTENT_TYPE, Exposition, make_registry, render_text, serve_http
 from nodes.monitor.history import History
+from nodes.monitor.probe import HttpProbe
 from nodes.monitor.recovery import Recovery
 from nodes.monitor.rules import alert_conditions, rule_for_ms
 from nodes.monitor.webhook import WebhookSender
@@ -63,7 +64,9 @@ class Monitor(Node):
         self.data_dir = config.data_dir_for(name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         now = self.clock.now_ms()
-        self.views = {n: H.NodeView(n, c, since_ms=self.clock.wall_ms()) for n, c in config.nodes.items() if n != name}
+        # roles this build lacks are never started by `loom up`: nothing to watch
+        self.views = {n: H.NodeView(n, c, since_ms=self.clock.wall_ms()) for n, c in config.nodes.items()
+                      if n != name and role_available(c.role)}
         self.facts = ClusterFacts()
         self.history = History()
         self.checks = 0
@@ -80,10 +83,12 @@ class Monitor(Node):
         self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)
         self.stats_clients: dict[str, RpcClient] = {}
         for n, c in config.nodes.items():
-            if n != name and c.role in ("broker", "coordinator", "producer", "consumer", "monitor"):
+            if n in self.views and c.role in ZMQ_ROLES:
                 self.sub.connect(c.pub_endpoint)
                 self.stats_clients[n] = RpcClient(self.ctx, self.reactor, c.endpoint, identity=name)
         self.reactor.add_socket(self.sub, self._on_sub)
+        self.probe = HttpProbe({n: v.node for n, v in self.views.items() if v.role not in ZMQ_ROLES},
+                               mon.health_interval_ms, mon.slow_response_ms * 2)
         self.coordinator = self.stats_clients[config.coordinator_name]
         self._in_flight: set[str] = set()
         self.recovery = Recovery(self.ctx, self.reactor, config, name, self._emit, list(self.events))
@@ -92,7 +97,10 @@ class Monitor(Node):
                         (P.MONITOR_METRICS, self._on_metrics), (P.MONITOR_REPORT, self._on_report)):
             self.server.route(cmd, fn)
         self.registry = make_registry(lambda: self.exposition)
-        self.http = serve_http(self.node_config.host, self.node_config.http_metrics_port, self.registry)
+        try:
+            self.http = serve_http(self.node_config.host, self.node_config.http_metrics_port, self.registry)
+        except OSError as e:  # reported like a taken ROUTER port (nodes/run.py)
+            raise zmq.ZMQError(e.errno, f"metrics_port {self.node_config.http_metrics_port}: {e.strerror}") from e
         self.started_check_ms = now
         self.reactor.call_every(mon.health_interval_ms, self._check)
 
@@ -153,6 +161,14 @@ class Monitor(Node):
         self._take_samples(view, decode_samples(req.header.get("metrics")), now)
         return {}
 
+    def _take_probes(self, now_ms: int) -> None:
+        while self.probe.results:
+            name, status, rtt_ms = self.probe.results.popleft()
+            view = self.views[name]
+            if status is not None:
+                view.heard(now_ms, None)
+                view.stats_rtt_ms, view.stats_failed = rtt_ms, status >= 500
+
     def _poll_groups(self) -> None:
         if "__groups" in self._in_flight:
             return
@@ -188,6 +204,7 @@ class Monitor(Node):
         for name in self.stats_clients:
             self._poll(name)
         self._poll_groups()
+        self._take_probes(now)
         self.recovery.poll(self.views)
         for view in self.views.values():
             alive = pid_alive(view.pid) if view.pid and H.is_local(view.node) else None
@@ -325,6 +342,7 @@ class Monitor(Node):
 
     def close(self) -> None:
         self.http.shutdown()  # type: ignore[attr-defined]
+        self.probe.close()
         for w in self.webhooks:
             w.close()
         for c in self.stats_clients.values():

@@ -142,3 +142,33 @@ def test_supervisor_gives_up_on_a_crash_loop(tmp_path: Path) -> None:
     actions = [e["action"] for e in sup.events.since(0)]
     assert actions.count("exited") == 4 and actions.count("restarted") == 3 and actions[-1] == "gave_up"
     assert any("giving up on broker-1" in ln for ln in lines)
+
+
+def test_history_is_bounded_in_points_and_series() -> None:
+    from nodes.monitor.history import History
+    h = History(points_max=5, series_max=2)
+    for i in range(8):
+        h.append(1000 * i, {"a": i, "b": 2 * i, "c": 3 * i} if i != 6 else {"a": i})
+    q = h.query()
+    assert q["t"] == [3000, 4000, 5000, 6000, 7000]
+    assert q["series"] == {"a": [3, 4, 5, 6, 7], "b": [6, 8, 10, None, 14]}
+    assert h.series_dropped > 0
+    assert h.query(["b"], since_wall_ms=5000) == {"t": [6000, 7000], "series": {"b": [None, 14]}}
+
+
+def test_cluster_facts_count_isr_changes_elections_and_lag() -> None:
+    from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
+    from nodes.monitor.cluster import ClusterFacts
+
+    def md(version: int, leader: int, epoch: int, isr: tuple[int, ...]) -> ClusterMetadata:
+        part = PartitionInfo("t", 0, leader, epoch, (1, 2, 3), isr)
+        return ClusterMetadata(version, "c", {1: BrokerInfo(1, "h", 1, 2)}, {"t": TopicInfo("t", (part,))})
+    facts = ClusterFacts()
+    facts.apply_metadata(md(1, 1, 0, (1, 2, 3)))
+    facts.apply_metadata(md(2, 2, 1, (2, 3)))      # broker 1 died: shrink and election
+    facts.apply_metadata(md(2, 3, 5, (3,)))        # not newer: ignored
+    facts.apply_metadata(md(3, 2, 1, (1, 2, 3)))   # it is back in sync
+    assert (facts.isr_shrinks["t"], facts.isr_expands["t"], facts.elections["t"]) == (1, 1, 1)
+    assert facts.partition_counts()["under_replicated"] == 0
+    facts.apply_groups([{"group": "g", "offsets": [["t", 0, 40], ["t", 9, 1]]}, "junk"], {("t", 0): 100.0})
+    assert facts.lag == {("g", "t", 0): 60} and facts.group_lag() == {"g": 60}
