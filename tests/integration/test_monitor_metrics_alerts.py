@@ -5,6 +5,8 @@ firing and resolved alerts while a webhook that never answers delays nothing."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -13,7 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import zmq
 
+from fabric import protocol as P
+from fabric import wire
 from fabric.client import Admin, Producer
 from fabric.client.group_admin import GroupAdmin
 from fabric.client.monitor import MonitorClient
@@ -47,7 +52,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, int
     black_hole.listen(16)
     webhooks = [{"url": f"http://127.0.0.1:{black_hole.getsockname()[1]}/hook", "timeout_ms": 30_000, "retries": 5},
                 {"url": f"http://127.0.0.1:{receiver.server_port}/hook", "timeout_ms": 2000}]
-    path, port = monitor_config(tmp_path_factory.mktemp("monitor"), monitor={
+    path, port = monitor_config(tmp_path_factory.mktemp("monitor"), extra_nodes=("producer",), monitor={
         "webhooks": webhooks, "alerts": {"consumer_lag": {"threshold": LAG_THRESHOLD, "for_ms": 1000}}})
     cluster = Cluster(path)
     client = MonitorClient(cluster.endpoint("monitor"))
@@ -114,6 +119,9 @@ def test_consumer_lag_alert_fires_and_resolves(env: tuple[Cluster, int, MonitorC
 def test_webhooks_get_firing_and_resolved_and_a_dead_one_delays_nothing(env: tuple[Cluster, int, MonitorClient]) -> None:
     cluster, port, client = env
     interval_s = 0.3
+    sub = zmq.Context.instance().socket(zmq.SUB)  # what the gateway's /ws/events listens to
+    sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_EVENT)
+    sub.connect(f"tcp://127.0.0.1:{cluster.raw['nodes']['monitor']['pub_port']}")
     before = client.status()["checks"]
     t0 = time.monotonic()
     cluster.kill("broker-3")  # no supervisor here: the monitor reports it, nobody restarts it
@@ -133,3 +141,27 @@ def test_webhooks_get_firing_and_resolved_and_a_dead_one_delays_nothing(env: tup
     wait_until(lambda: delivered("firing") and delivered("resolved"), 10, what="webhook deliveries")
     hooks = cluster.stats("monitor")["webhooks"]
     assert hooks[0]["delivered"] == 0 and hooks[1]["delivered"] >= 2
+    published = []
+    while sub.poll(0):
+        frames = sub.recv_multipart()
+        assert frames[0] == P.TOPIC_EVENT and frames[2] == P.PUB_EVENT
+        published.append(wire.unpack(frames[3]))
+    sub.close(0)
+    assert any(e.get("rule") == "node_down" and e.get("subject") == "broker-3" and e.get("state") == "firing"
+               for e in published)
+
+
+def test_a_node_no_supervisor_runs_is_reported_never_killed(env: tuple[Cluster, int, MonitorClient]) -> None:
+    cluster, port, client = env
+    pid = cluster.procs["producer"].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: alert(client, "node_unresponsive", "producer", "firing"), 15, what="unresponsive alert")
+        event = wait_until(lambda: [e for e in client.events()["events"]
+                                    if e.get("action") == "not_restarted" and e.get("node") == "producer"], 10,
+                           what="the monitor to report it")[0]
+        assert "no supervisor runs it" in event["reason"]
+        assert cluster.procs["producer"].poll() is None  # still there, still stopped
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: alert(client, "node_unresponsive", "producer", "resolved"), 15, what="the alert to resolve")
