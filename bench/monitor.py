@@ -9,6 +9,9 @@
 2. The monitor's resident memory (VmRSS, peak over ``--watch-s``) once the cluster has a topic
    of ``--partitions`` partitions (rf 3) and the monitor has polled it for a while. Target:
    under 150 MB with 1,000 partitions.
+3. On that idle cluster, the brokers' CPU over ``--watch-s`` with the monitor running and then
+   stopped: what answering its STATS polls costs them (a share of one core), and the monitor's
+   own CPU. Unlike (1) this is not drowned by run-to-run noise on a shared machine.
 
 Every loop is bounded by a count and a time limit; every process is stopped by its pid; the
 data lives in a temp directory removed at the end.
@@ -27,7 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.cluster import produce
+from bench.cluster import process_cpu_s, produce
+from fabric import protocol as P
 from fabric.client import Admin
 from fabric.client.monitor import MonitorClient
 from tests.harness import Cluster, free_ports, make_config, wait_until
@@ -41,6 +45,17 @@ def _rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def _stats_rtt_ms(cluster: Cluster, broker: str, samples: int = 21) -> float:
+    """Median round trip of the monitor's poll (STATS, metrics only) to ``broker``: an upper
+    bound on the broker reactor time one poll takes (the monitor polls once per second)."""
+    rtts = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        cluster.call(broker, P.STATS, {"metrics_only": True})
+        rtts.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(rtts)
 
 
 def _config(work: Path) -> Path:
@@ -91,16 +106,26 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.start_node("monitor")
             admin.create_topic("bench-monitor-wide", partitions=args.partitions, replication_factor=3)
             cluster.wait_topic_ready(admin, "bench-monitor-wide", timeout_s=300, full_isr=False)
+        stats_ms = _stats_rtt_ms(cluster, "broker-1")
         mon = MonitorClient(cluster.endpoint("monitor"))
         wait_until(lambda: mon.status()["cluster"].get("partitions", 0) >= args.partitions, 60,
                    what="the monitor to see every partition")
         pid, peak, checks0 = cluster.procs["monitor"].pid, 0, mon.status()["checks"]
-        deadline = time.monotonic() + args.watch_s
-        while time.monotonic() < deadline:
+        brokers = [cluster.procs[n].pid for n in cluster.broker_names()]
+        cpu0, mon_cpu0, t0 = process_cpu_s(brokers), process_cpu_s([pid]), time.monotonic()
+        while time.monotonic() < t0 + args.watch_s:
             peak = max(peak, _rss_bytes(pid))
             time.sleep(RSS_SAMPLE_INTERVAL_S)
+        watched_s = time.monotonic() - t0
+        brokers_with = (process_cpu_s(brokers) - cpu0) / watched_s
+        monitor_cpu = (process_cpu_s([pid]) - mon_cpu0) / watched_s
         checks = mon.status()["checks"] - checks0
         mon.close()
+        cluster.stop("monitor")
+        cpu0, t0 = process_cpu_s(brokers), time.monotonic()
+        while time.monotonic() < t0 + args.watch_s:
+            time.sleep(RSS_SAMPLE_INTERVAL_S)
+        brokers_without = (process_cpu_s(brokers) - cpu0) / (time.monotonic() - t0)
     finally:
         cluster.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -112,9 +137,14 @@ def main(argv: list[str] | None = None) -> int:
           f"nodes' CPU per record {cpu_without:.2f} us without, {cpu_with:.2f} us with (the monitor's own included)")
     print(f"monitor RSS with {args.partitions} partitions: peak {peak / 2**20:.1f} MiB over {args.watch_s:.0f} s "
           f"({checks} checks; target < 150 MB)")
+    print(f"idle cluster with {args.partitions} partitions: brokers' CPU {100 * brokers_with:.1f}% of a core with the "
+          f"monitor, {100 * brokers_without:.1f}% without; the monitor itself {100 * monitor_cpu:.1f}%; one STATS poll "
+          f"of a broker takes {stats_ms:.1f} ms round trip (once a second: {stats_ms / 10:.2f}% of its reactor at most)")
     if args.json:
         Path(args.json).write_text(json.dumps({"rates": rates, "cpu_us_per_record": cpu, "cost_percent": cost, "rss_peak_bytes": peak,
-                                               "partitions": args.partitions, "checks": checks}, indent=2))
+                                               "partitions": args.partitions, "checks": checks,
+                                               "brokers_cpu_with": brokers_with, "brokers_cpu_without": brokers_without,
+                                               "monitor_cpu": monitor_cpu, "stats_rtt_ms": stats_ms}, indent=2))
     return 0
 
 

@@ -42,7 +42,11 @@ class Recovery:
         self._in_flight = False
         self._instance = ""
         self._seq = 0
-        self._taken = {(e.get("sup_instance"), e.get("sup_seq")) for e in saved_events if "sup_seq" in e}
+        # per supervisor instance, the last of its events already recorded (before a restart)
+        self._taken_upto: dict[str, int] = {}
+        for e in saved_events:
+            if isinstance(e.get("sup_seq"), int) and isinstance(e.get("sup_instance"), str):
+                self._taken_upto[e["sup_instance"]] = max(self._taken_upto.get(e["sup_instance"], 0), e["sup_seq"])
         self._not_restarted_ms: dict[str, int] = {}
 
     def supervises(self, node: str) -> bool:
@@ -85,9 +89,9 @@ class Recovery:
             view.exited_pid, view.exit_reason = ev["pid"], str(ev.get("reason", ""))
             if view.pid is None:
                 view.pid = ev["pid"]
-        if (self._instance, ev["seq"]) in self._taken:
+        if ev["seq"] <= self._taken_upto.get(self._instance, 0):
             return
-        self._taken.add((self._instance, ev["seq"]))
+        self._taken_upto = {self._instance: ev["seq"]}  # older instances' events never come back
         fields = {k: v for k, v in ev.items() if k not in ("seq", "ts_ms")}
         self.emit({"kind": "recovery", "source": "supervisor", **fields, "sup_instance": self._instance,
                    "sup_seq": ev["seq"], "sup_ts_ms": ev.get("ts_ms")})
