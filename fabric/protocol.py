@@ -58,7 +58,6 @@ MONITOR_HISTORY = b"MON_HISTORY"
 MONITOR_ALERTS = b"MON_ALERTS"
 MONITOR_EVENTS = b"MON_EVENTS"
 MONITOR_METRICS = b"MON_METRICS"  # reply payload: the Prometheus text exposition
-MONITOR_REPORT = b"MON_REPORT"    # a node without a PUB socket (the gateway): its liveness and metrics
 # supervisor control socket (nodes/launcher.py), ipc:// under the data dir: local only
 SUPERVISOR_STATUS = b"SUP_STATUS"
 SUPERVISOR_RESTART = b"SUP_RESTART"

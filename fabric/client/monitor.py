@@ -6,8 +6,6 @@ and the gateway (``/metrics``, ``/ws/events``, the dashboard's charts).
     alerts(all)         firing and pending alerts (and resolved ones with all=True)
     events(since_seq)   ({events: [...], seq}): alert, health and recovery events, oldest first
     metrics_text()      the Prometheus text exposition (bytes) and its content type
-    report(node, pid, samples)  a node without a PUB socket (the gateway) reports its metrics;
-                        send it at least once per heartbeat interval: it is also its liveness
 
 Raises RemoteError (RequestTimeout when the monitor does not answer). Not thread-safe: one
 client per thread.
@@ -15,13 +13,11 @@ client per thread.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import zmq
 
 from fabric import protocol as P
-from fabric.metrics import MetricsRegistry
 from fabric.rpc import BlockingClient
 
 TIMEOUT_MS = 2000
@@ -50,9 +46,6 @@ class MonitorClient:
     def metrics_text(self) -> tuple[bytes, str]:
         header, payloads = self._call(P.MONITOR_METRICS)
         return (bytes(payloads[0]) if payloads else b""), header.get("content_type", "text/plain")
-
-    def report(self, node: str, registry: MetricsRegistry, pid: int | None = None) -> None:
-        self._call(P.MONITOR_REPORT, {"node": node, "pid": pid or os.getpid(), "metrics": registry.encode()})
 
     def close(self) -> None:
         self.client.close()

@@ -8,8 +8,8 @@ derives the cluster's facts (nodes/monitor/cluster.py), evaluates the alert rule
 (nodes/monitor/recovery.py), appends a point to the history, and swaps in the snapshot that
 ``GET /metrics`` on ``metrics_port`` serves (nodes/monitor/exposition.py).
 
-Requests: MONITOR_STATUS, MONITOR_HISTORY, MONITOR_ALERTS, MONITOR_EVENTS, MONITOR_METRICS,
-MONITOR_REPORT (see fabric/client/monitor.py). Events (alerts firing and resolving, health
+Requests: MONITOR_STATUS, MONITOR_HISTORY, MONITOR_ALERTS, MONITOR_EVENTS, MONITOR_METRICS (see
+fabric/client/monitor.py). Events (alerts firing and resolving, health
 changes, recovery actions) are published on the PUB socket (topic ``ev``), and the cluster
 status once per check (topic ``st``).
 
@@ -29,7 +29,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.config import ZMQ_ROLES, LoomConfig
+from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata
 from fabric.metrics import Sample, decode_samples
@@ -41,7 +41,6 @@ from nodes.monitor.alerts import FIRING, Alert, AlertBook
 from nodes.monitor.cluster import ClusterFacts
 from nodes.monitor.exposition import CONTENT_TYPE, Exposition, make_registry, render_text, serve_http
 from nodes.monitor.history import History
-from nodes.monitor.probe import HttpProbe
 from nodes.monitor.recovery import Recovery
 from nodes.monitor.rules import alert_conditions, rule_for_ms
 from nodes.monitor.webhook import WebhookSender
@@ -52,6 +51,7 @@ RATE_METRICS = frozenset({"loom_broker_records_in_total", "loom_broker_bytes_in_
                           "loom_broker_bytes_out_total", "loom_process_cpu_seconds_total",
                           "loom_gateway_http_requests_total"})
 EVENTS_REPLY_MAX = 1000
+EVENT_TYPES = {"health": "node", "alert": "alert", "recovery": "recovery"}
 
 
 class Monitor(Node):
@@ -83,18 +83,16 @@ class Monitor(Node):
         self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)
         self.stats_clients: dict[str, RpcClient] = {}
         for n, c in config.nodes.items():
-            if n in self.views and c.role in ZMQ_ROLES:
+            if n in self.views:  # every role heartbeats on PUB and answers STATS (the gateway on its rpc port)
                 self.sub.connect(c.pub_endpoint)
                 self.stats_clients[n] = RpcClient(self.ctx, self.reactor, c.endpoint, identity=name)
         self.reactor.add_socket(self.sub, self._on_sub)
-        self.probe = HttpProbe({n: v.node for n, v in self.views.items() if v.role not in ZMQ_ROLES},
-                               mon.health_interval_ms, mon.slow_response_ms * 2)
         self.coordinator = self.stats_clients[config.coordinator_name]
         self._in_flight: set[str] = set()
         self.recovery = Recovery(self.ctx, self.reactor, config, name, self._emit, list(self.events))
         for cmd, fn in ((P.MONITOR_STATUS, self._on_status), (P.MONITOR_HISTORY, self._on_history),
                         (P.MONITOR_ALERTS, self._on_alerts), (P.MONITOR_EVENTS, self._on_events),
-                        (P.MONITOR_METRICS, self._on_metrics), (P.MONITOR_REPORT, self._on_report)):
+                        (P.MONITOR_METRICS, self._on_metrics)):
             self.server.route(cmd, fn)
         self.registry = make_registry(lambda: self.exposition)
         try:
@@ -150,25 +148,6 @@ class Monitor(Node):
         view.counters_at = (now_ms, counters)
         view.samples = tuple(samples)
 
-    def _on_report(self, req: wire.Request) -> dict:
-        """A node without a PUB socket (the gateway) reports its liveness and metrics."""
-        view = self.views.get(req.get("node", str))
-        if view is None:
-            raise RemoteError(P.INVALID_CONFIG, f"no node {req.header.get('node')!r} in the monitor's config")
-        now = self.clock.now_ms()
-        view.heard(now, req.header.get("pid"))
-        view.stats_rtt_ms, view.stats_failed = 0, False
-        self._take_samples(view, decode_samples(req.header.get("metrics")), now)
-        return {}
-
-    def _take_probes(self, now_ms: int) -> None:
-        while self.probe.results:
-            name, status, rtt_ms = self.probe.results.popleft()
-            view = self.views[name]
-            if status is not None:
-                view.heard(now_ms, None)
-                view.stats_rtt_ms, view.stats_failed = rtt_ms, status >= 500
-
     def _poll_groups(self) -> None:
         if "__groups" in self._in_flight:
             return
@@ -204,7 +183,6 @@ class Monitor(Node):
         for name in self.stats_clients:
             self._poll(name)
         self._poll_groups()
-        self._take_probes(now)
         self.recovery.poll(self.views)
         for view in self.views.values():
             alive = pid_alive(view.pid) if view.pid and H.is_local(view.node) else None
@@ -266,7 +244,10 @@ class Monitor(Node):
     def _emit(self, event: dict) -> dict:
         """Record and publish one event; returns it with its ``seq`` and ``ts_ms``."""
         self.event_seq += 1
-        event = dict(event, seq=self.event_seq, ts_ms=self.clock.wall_ms())
+        # ``type`` (and ``name`` for alerts) as the gateway's event hub (webui/events.py) keys them
+        event = dict(event, seq=self.event_seq, ts_ms=self.clock.wall_ms(), type=EVENT_TYPES[event["kind"]])
+        if event["kind"] == "alert":
+            event["name"] = f"{event['rule']}/{event['subject']}"
         self.events.append(event)
         self.publish(P.TOPIC_EVENT, P.PUB_EVENT, event)
         if event["kind"] == "recovery":
@@ -342,7 +323,6 @@ class Monitor(Node):
 
     def close(self) -> None:
         self.http.shutdown()  # type: ignore[attr-defined]
-        self.probe.close()
         for w in self.webhooks:
             w.close()
         for c in self.stats_clients.values():

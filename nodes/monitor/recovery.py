@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import zmq
 
 from fabric import protocol as P
-from fabric.config import ZMQ_ROLES, LoomConfig
+from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient
@@ -75,8 +75,7 @@ class Recovery:
                     continue
                 if isinstance(c.get("restarts"), int):
                     view.restarts = c["restarts"]
-                # nodes without heartbeats (the gateway) learn their pid from the supervisor
-                if isinstance(c.get("pid"), int) and (view.pid is None or view.role not in ZMQ_ROLES):
+                if isinstance(c.get("pid"), int) and view.pid is None:  # before its first heartbeat
                     view.pid = c["pid"]
         self.client.request(P.SUPERVISOR_STATUS, {"since_seq": self._seq}, callback=done, timeout_ms=STATUS_TIMEOUT_MS)
 
