@@ -281,6 +281,10 @@ class Supervisor:
             child.proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise RemoteError(P.REQUEST_TIMED_OUT, f"{name} (pid {old}) did not die on SIGKILL") from None
+        child.last_exit = child.proc.returncode
+        if self._crash_loop(child, _now_ms()):  # a node that keeps hanging loops too
+            self._write_pid_file()
+            raise RemoteError(P.INVALID_CONFIG, f"{name} was given up on: {child.given_up}")
         self._spawn(child)
         child.restarts += 1
         self.events.add("restarted", name, reason, pid=child.proc.pid, old_pid=old)  # type: ignore[union-attr]
@@ -378,7 +382,8 @@ class Supervisor:
             self._write_pid_file()
 
     def _crash_loop(self, child: Child, now_ms: int) -> bool:
-        """Count an exit; True (and the child given up on) when it is over the crash-loop limit."""
+        """Count an exit (a crash, or a kill the monitor asked for); True (and the child given
+        up on) when it is over the crash-loop limit."""
         sup = self.config.supervisor
         child.exits_ms.append(now_ms)
         while child.exits_ms and now_ms - child.exits_ms[0] > sup.crash_loop_window_ms:

@@ -172,3 +172,37 @@ def test_cluster_facts_count_isr_changes_elections_and_lag() -> None:
     assert facts.partition_counts()["under_replicated"] == 0
     facts.apply_groups([{"group": "g", "offsets": [["t", 0, 40], ["t", 9, 1]]}, "junk"], {("t", 0): 100.0})
     assert facts.lag == {("g", "t", 0): 60} and facts.group_lag() == {"g": 60}
+
+
+def test_restart_requests_kill_respawn_and_count_toward_the_crash_loop(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from fabric.errors import RemoteError
+    cfg = _config(tmp_path, supervisor={"crash_loop_restarts_max": 2, "crash_loop_window_ms": 60_000})
+    sup = launcher.Supervisor(cfg, str(tmp_path / "c.yaml"), emit=lambda line: None)
+    procs: list[subprocess.Popen] = []
+
+    def spawn(child: launcher.Child) -> None:  # a stand-in process that would run forever
+        procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        child.proc = procs[-1]
+    sup._spawn = spawn  # type: ignore[method-assign]
+    child = sup.children["broker-1"]
+    spawn(child)
+    try:
+        with pytest.raises(RemoteError, match="not running as pid 1"):
+            sup.restart_now("broker-1", "test", pid=1)  # a stale request never kills the new process
+        first = child.proc.pid  # type: ignore[union-attr]
+        assert sup.restart_now("broker-1", "hung", pid=first) != first
+        assert procs[0].poll() is not None and child.restarts == 1
+        sup.restart_now("broker-1", "hung again")
+        with pytest.raises(RemoteError, match="given up"):
+            sup.restart_now("broker-1", "and again")  # the third kill within the window
+        assert child.given_up and child.proc is None
+        assert [e["action"] for e in sup.events.since(0)] == ["restarted", "restarted", "gave_up"]
+        with pytest.raises(RemoteError, match="not supervised"):
+            sup.restart_now("nobody", "x")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
