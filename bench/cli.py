@@ -47,4 +47,11 @@ def failover(args: tuple[str, ...]) -> None:
     _run("bench.failover", list(args))
 
 
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def monitor(args: tuple[str, ...]) -> None:
+    """Produce throughput with and without the monitor, and its RSS (python -m bench.monitor)."""
+    _run("bench.monitor", list(args))
+
+
 COMMANDS = [bench]

@@ -86,6 +86,7 @@ class NodeConfig(_Model):
     pub_port: int | None = Field(None, ge=1, le=65535)
     broker_id: int | None = Field(None, ge=1)
     dashboard_port: int | None = Field(None, ge=1, le=65535)
+    metrics_port: int | None = Field(None, ge=1, le=65535)  # monitor: Prometheus /metrics (default port + 1)
     storage: StorageOverride | None = None
 
     @model_validator(mode="after")
@@ -99,6 +100,10 @@ class NodeConfig(_Model):
     @property
     def publish_port(self) -> int:
         return self.pub_port if self.pub_port is not None else self.port + 100
+
+    @property
+    def http_metrics_port(self) -> int:
+        return self.metrics_port if self.metrics_port is not None else self.port + 1
 
     @property
     def endpoint(self) -> str:
@@ -169,11 +174,46 @@ class SecurityConfig(_Model):
     rate_limit_burst: int = Field(2000, ge=1)
 
 
+class AlertRuleConfig(_Model):
+    """One alert rule: off or on, how long its condition must hold before it fires, and
+    (for threshold rules) the threshold; None takes the monitor section's default."""
+
+    enabled: bool = True
+    for_ms: int = Field(0, ge=0)
+    threshold: float | None = Field(None, ge=0)
+
+
+class AlertsConfig(_Model):
+    node_down: AlertRuleConfig = Field(default_factory=AlertRuleConfig)
+    node_unresponsive: AlertRuleConfig = Field(default_factory=AlertRuleConfig)
+    under_replicated: AlertRuleConfig = Field(default_factory=lambda: AlertRuleConfig(for_ms=30_000))
+    offline_partitions: AlertRuleConfig = Field(default_factory=AlertRuleConfig)
+    consumer_lag: AlertRuleConfig = Field(default_factory=lambda: AlertRuleConfig(for_ms=30_000))  # records
+    disk_usage: AlertRuleConfig = Field(default_factory=AlertRuleConfig)  # percent used
+    crash_loop: AlertRuleConfig = Field(default_factory=AlertRuleConfig)
+    gateway_5xx: AlertRuleConfig = Field(default_factory=lambda: AlertRuleConfig(for_ms=60_000, threshold=1.0))  # per s
+
+
+class WebhookConfig(_Model):
+    """Alerts are POSTed as JSON to ``url``; each webhook has its own queue and thread."""
+
+    url: str = Field(pattern=r"^https?://")
+    timeout_ms: int = Field(2000, ge=10, le=60_000)
+    retries: int = Field(3, ge=0, le=20)
+    retry_backoff_ms: int = Field(500, ge=0, le=60_000)
+
+
 class MonitorConfig(_Model):
     health_interval_ms: int = Field(1000, ge=100)
     unresponsive_after_ms: int = Field(10_000, ge=500)
     consumer_lag_alert: int = Field(10_000, ge=0)
     disk_usage_alert_percent: float = Field(90.0, gt=0, le=100)
+    slow_response_ms: int = Field(1000, ge=10)  # a STATS answer slower than this: degraded
+    # ask the supervisor to restart an unresponsive node, at most once per node per backoff
+    restart_unresponsive: bool = True
+    restart_backoff_ms: int = Field(30_000, ge=100)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    webhooks: list[WebhookConfig] = Field(default_factory=list, max_length=16)
 
 
 class SupervisorConfig(_Model):
@@ -181,6 +221,9 @@ class SupervisorConfig(_Model):
     restart_backoff_ms: int = Field(500, ge=10)
     restart_backoff_max_ms: int = Field(30_000, ge=10)
     startup_timeout_ms: int = Field(30_000, ge=1000)
+    # a node that exits more than this many times within the window is given up on (an alert)
+    crash_loop_restarts_max: int = Field(5, ge=1, le=1000)
+    crash_loop_window_ms: int = Field(60_000, ge=1000)
 
 
 class ServicesConfig(_Model):
@@ -229,6 +272,7 @@ class LoomConfig(_Model):
         for name, n in nodes.items():
             ports = [n.port] + ([n.publish_port] if n.role in ZMQ_ROLES else [])
             ports += [n.dashboard_port] if n.dashboard_port else []
+            ports += [n.http_metrics_port] if n.role == "monitor" else []
             for p in ports:
                 if (n.host, p) in seen:
                     raise ValueError(f"port {p} of {name} is also used by {seen[(n.host, p)]}")

@@ -56,6 +56,15 @@ CONSUMER_DELETE = b"CI_DELETE"
 CONSUMER_LIST = b"CI_LIST"
 REPLICA_ACK = b"REPLICA_ACK"      # follower -> leader, one-way (no reply): my log end offset
 FAULTS = b"FAULTS"                # any node, test configs only: set fault-injection rules
+# monitor (nodes/monitor/): health, history, alerts, events, Prometheus text
+MONITOR_STATUS = b"MON_STATUS"
+MONITOR_HISTORY = b"MON_HISTORY"
+MONITOR_ALERTS = b"MON_ALERTS"
+MONITOR_EVENTS = b"MON_EVENTS"
+MONITOR_METRICS = b"MON_METRICS"  # reply payload: the Prometheus text exposition
+# supervisor control socket (nodes/launcher.py), ipc:// under the data dir: local only
+SUPERVISOR_STATUS = b"SUP_STATUS"
+SUPERVISOR_RESTART = b"SUP_RESTART"
 
 REQUEST_COMMANDS = frozenset({
     PING, METADATA, CREATE_TOPIC, DELETE_TOPIC, ALTER_TOPIC, ALTER_ISR, BROKER_REGISTER,
@@ -79,6 +88,10 @@ PUB_REPLICA_HEARTBEAT = b"RH"
 REPLICA_HEARTBEAT_TOPIC = b"rh|"
 TOPIC_HEARTBEAT = b"hb"
 TOPIC_METADATA = b"md"
+PUB_EVENT = b"EV"               # topic b"ev" (monitor): an alert, health or recovery event
+PUB_STATUS = b"ST"              # topic b"st" (monitor): the cluster's health, once per check
+TOPIC_EVENT = b"ev"
+TOPIC_STATUS = b"st"
 
 
 def replica_topic(topic: str, partition: int) -> bytes:
@@ -195,6 +208,12 @@ GROUP_MEMBERS_MAX = 1000              # members of one group
 GROUP_ID_LEN_MAX = 249
 PENDING_COMMITS_MAX = 10_000          # offset commits waiting for their replicated append
 SERVICE_RECORDS_PER_REQUEST_MAX = 10_000
+HISTORY_POINTS_MAX = 1000             # monitor history: one point per second, 16.7 minutes
+HISTORY_SERIES_MAX = 2000             # series the monitor keeps history for
+EVENTS_MAX = 1000                     # monitor and supervisor event logs (oldest dropped)
+ALERT_HISTORY_MAX = 1000              # resolved alerts kept (and persisted) by the monitor
+WEBHOOK_QUEUE_MAX = 1000              # alert notifications waiting per webhook (oldest dropped)
+MONITORED_GROUPS_MAX = 1000           # consumer groups whose lag the monitor tracks
 
 
 def error_name(code: int) -> str:

@@ -27,6 +27,7 @@ import zmq
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import MalformedFrame, RemoteError, RequestTimeout
+from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmtp import ZmtpServer
 
@@ -49,6 +50,17 @@ def make_socket(ctx: zmq.Context, kind: int, identity: str | None = None) -> zmq
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, f"{identity}/{os.getpid()}/{os.urandom(3).hex()}".encode())
     return sock
+
+
+_COMMAND_LABELS: dict[bytes, str] = {}
+
+
+def command_label(command: bytes) -> str:
+    """A command as a metric label (cached: only routed commands get here, a bounded set)."""
+    label = _COMMAND_LABELS.get(command)
+    if label is None:
+        label = _COMMAND_LABELS[command] = command.decode("ascii", "replace")
+    return label
 
 
 class _RouterPort:
@@ -93,6 +105,7 @@ class RpcServer:
         else:  # inproc/ipc (tests, one process): no remote peer; libzmq's STREAM is TCP only
             self.port = _RouterPort(ctx, reactor, endpoint, self._on_message, self.counters)
         self.sock = self.port.sock
+        self.metrics: MetricsRegistry | None = None  # the node's registry: requests, errors, latency
 
     def route(self, command: bytes, handler: Handler) -> None:
         self.handlers[command] = handler
@@ -101,11 +114,21 @@ class RpcServer:
         h = {"id": req.id}
         if header:
             h.update(header)
+        if self.metrics is not None:
+            self._observe(req)
         self._send(wire.encode_reply(req.identity, h, payloads))
 
     def reply_error(self, req: wire.Request, code: int, message: str, **extra: Any) -> None:
         self.counters[f"error_{P.error_name(code)}"] += 1
+        if self.metrics is not None and req.command in self.handlers:
+            self._observe(req)
+            self.metrics.inc("loom_request_errors_total", (command_label(req.command), P.error_name(code)))
         self._send(wire.encode_reply(req.identity, wire.error_header(req.id, code, message, **extra)))
+
+    def _observe(self, req: wire.Request) -> None:
+        if req.received_ms:
+            elapsed_s = (self.reactor.clock.now_ms() - req.received_ms) / 1000
+            self.metrics.observe("loom_request_duration_seconds", (command_label(req.command),), elapsed_s)  # type: ignore[union-attr]
 
     def _send(self, frames: list) -> None:
         self.port.send(frames)
@@ -128,6 +151,8 @@ class RpcServer:
             self.reply_error(req, P.UNKNOWN_COMMAND, f"unknown command {req.command[:32]!r}")
             return
         self.counters["requests"] += 1
+        if self.metrics is not None:
+            self.metrics.inc("loom_requests_total", (command_label(req.command),))
         try:
             result = handler(req)
         except RemoteError as e:

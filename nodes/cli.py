@@ -4,6 +4,7 @@
     nodes/cli_topic.py    topic create|list|describe|alter|delete
     nodes/cli_data.py     produce, consume
     nodes/cli_group.py    group list|describe|reset-offsets|delete
+    nodes/cli_monitor.py  alerts (and the monitor's view in status)
     bench (loom bench)    in bench/cli.py
 
 Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,…``,
@@ -19,7 +20,7 @@ import click
 from bench import cli as cli_bench
 from fabric.config import ConfigError
 from fabric.errors import FabricError
-from nodes import cli_cluster, cli_data, cli_group, cli_topic
+from nodes import cli_cluster, cli_data, cli_group, cli_monitor, cli_topic
 
 
 class LoomGroup(click.Group):
@@ -60,7 +61,7 @@ def main() -> None:
 
 # Registered explicitly: a subcommand module that fails to import is an error, not a command
 # that silently goes missing.
-for _module in (cli_cluster, cli_topic, cli_data, cli_group, cli_bench):
+for _module in (cli_cluster, cli_topic, cli_data, cli_group, cli_monitor, cli_bench):
     for _cmd in _module.COMMANDS:
         main.add_command(_cmd)
 

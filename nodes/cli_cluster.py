@@ -118,6 +118,9 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor) -> None:
     if cfg.security.api_keys:
         key = cfg.security.api_keys[0]
         out.print(f"API key:   {key.key}  ({key.name}: {', '.join(key.roles)})")
+    for name, node in cfg.nodes_with_role("monitor").items():
+        if name in sup.children:
+            out.print(f"metrics:   http://{node.host}:{node.http_metrics_port}/metrics  (`loom alerts` for alerts)")
     out.print(f"logs:      {launcher.log_path(cfg, 'NODE').parent}/NODE.log")
     out.print(f"stop:      Ctrl-C, or `loom down -c {cfg.source}`")
     sys.stdout.flush()
@@ -171,7 +174,9 @@ def _status_nodes(config: str | None, bootstrap: str | None) -> tuple[dict[str, 
 @target_options
 def status(config: str | None, bootstrap: str | None) -> None:
     """Health of every node, the partitions each broker leads, and the partition summary.
-    Exits 1 when a node that should run is down."""
+    Exits 1 when a node that should run is down. When the monitor answers, its view is shown."""
+    if _monitor_view(config):
+        return
     nodes, md = _status_nodes(config, bootstrap)
     available = {n: c for n, c in nodes.items() if launcher.role_available(c.role)}
     with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, max(1, len(available)))) as pool:
@@ -206,6 +211,24 @@ def status(config: str | None, bootstrap: str | None) -> None:
     sys.stdout.flush()
     if down_count:
         sys.exit(1)
+
+
+def _monitor_view(config: str | None) -> bool:
+    """Print the monitor's view of the cluster; False when there is no monitor to ask."""
+    from nodes.cli_monitor import print_monitor_status
+    try:
+        cfg = load_config(config)
+    except ConfigError:
+        return False
+    out = _stdout()
+    bad = print_monitor_status(cfg, out)
+    if bad is None:
+        return False
+    _print_supervisor(out, config)
+    sys.stdout.flush()
+    if bad:
+        sys.exit(1)
+    return True
 
 
 def _print_supervisor(out: Console, config: str | None) -> None:

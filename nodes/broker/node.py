@@ -32,6 +32,7 @@ from fabric.stall import StallWatch
 from nodes.base import Node
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.isr import ALTER_ISR_TIMEOUT_MS, IsrProposer
+from nodes.broker.meter import BrokerMeter
 from nodes.broker.parking import ParkedFetch, ParkedProduce, ParkingLot
 from nodes.broker.partition import HW_CHECKPOINT_INTERVAL_MS, Partition
 from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
@@ -79,6 +80,7 @@ class Broker(Node):
         self.sub.connect(config.coordinator.pub_endpoint)
         self.reactor.add_socket(self.sub, self._on_sub)
         self.fetchers: dict[int, ReplicaFetcher] = {}
+        self.meter = BrokerMeter(self.metrics, self.partitions, self.storage.engine, self.data_dir, lambda: self.parking.size)
         self._open_existing_partitions()
         self.reactor.after_pass(self._after_pass)
         self.isr_proposer = IsrProposer(self.broker_id, self._send_alter_isr, refresh_metadata=self._refresh_metadata,
@@ -331,7 +333,10 @@ class Broker(Node):
                     by_partition[(tp[0], tp[1])].append((ri, pi, data))
         for key, items in by_partition.items():
             part = self.partitions[key]
+            log_end_before = part.log_end_offset
             out, written = part.append_as_leader([d for _, _, d in items], self.batch_bytes_max(key[0]))
+            if written:
+                self.meter.appended(key[0], part.log_end_offset - log_end_before, written)
             for (ri, pi, _), r in zip(items, out):
                 results[ri][pi] = [r[0], r[1], r[2]] + ([part.leader_epoch] if not r[1] else [])
             if written:
@@ -455,6 +460,8 @@ class Broker(Node):
             log.error("%s-%d read failed: %s", topic, p, e)
             head[2] = P.STORAGE_ERROR
             return head, b""
+        if replica_id < 0 and data:
+            self.meter.fetched(topic, data)
         return head, data
 
     def _on_replica_ack(self, req: wire.Request) -> Any:

@@ -40,7 +40,7 @@ def _broker() -> SimpleNamespace:
     broker = SimpleNamespace(broker_id=LEADER, partitions=parts, parking=ParkingLot(), server=_Server(),
                              clock=SimpleNamespace(now_ms=lambda: NOW_MS), _produce_queue=[], _dirty=False,
                              limits=SimpleNamespace(fetch_bytes_max=1 << 20, fetch_wait_ms_max=30_000),
-                             builds=0)
+                             meter=SimpleNamespace(fetched=lambda topic, data: None), builds=0)
 
     def build_fetch_reply(req, replica_id, now_ms):  # noqa: ANN001, ANN202
         broker.builds += 1
