@@ -51,6 +51,7 @@ RATE_METRICS = frozenset({"loom_broker_records_in_total", "loom_broker_bytes_in_
                           "loom_broker_bytes_out_total", "loom_process_cpu_seconds_total",
                           "loom_gateway_http_requests_total"})
 EVENTS_REPLY_MAX = 1000
+METADATA_RETRY_MS = 500
 EVENT_TYPES = {"health": "node", "alert": "alert", "recovery": "recovery"}
 
 
@@ -89,6 +90,8 @@ class Monitor(Node):
         self.reactor.add_socket(self.sub, self._on_sub)
         self.coordinator = self.stats_clients[config.coordinator_name]
         self._in_flight: set[str] = set()
+        self._metadata_in_flight = False
+        self.reactor.call_later(0, self._refresh_metadata)
         self.recovery = Recovery(self.ctx, self.reactor, config, name, self._emit, list(self.events))
         for cmd, fn in ((P.MONITOR_STATUS, self._on_status), (P.MONITOR_HISTORY, self._on_history),
                         (P.MONITOR_ALERTS, self._on_alerts), (P.MONITOR_EVENTS, self._on_events),
@@ -115,8 +118,45 @@ class Monitor(Node):
                     view.heard(self.clock.now_ms(), header.get("pid"))
             elif frames[2] == P.PUB_METADATA and isinstance(header, dict):
                 self.facts.apply_metadata(ClusterMetadata.from_wire(header))
+            elif frames[2] == P.PUB_METADATA_DELTA and isinstance(header, dict):
+                self._apply_metadata_delta(header)
+            elif frames[2] == P.PUB_METADATA_VERSION and isinstance(header, dict):
+                if int(header["version"]) > self._metadata_version():
+                    self._refresh_metadata()  # a delta went missing
         except Exception:  # a peer's bad input: count and drop
             self.counters["sub_malformed"] += 1
+
+    # -- the coordinator's metadata: a snapshot, then its deltas ---------------------------------
+    def _metadata_version(self) -> int:
+        return self.facts.metadata.version if self.facts.metadata is not None else -1
+
+    def _apply_metadata_delta(self, raw: dict) -> None:
+        md = self.facts.metadata
+        if md is None:
+            self._refresh_metadata()
+            return
+        if int(raw["version"]) <= md.version:
+            return
+        try:
+            new, _changed = md.apply_delta(raw)
+        except ValueError:  # it does not start at our version: we missed one
+            self._refresh_metadata()
+            return
+        self.facts.apply_metadata(new)
+
+    def _refresh_metadata(self) -> None:
+        """Ask the coordinator for a full snapshot (at start and after a gap); one at a time."""
+        if self._metadata_in_flight:
+            return
+        self._metadata_in_flight = True
+
+        def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
+            self._metadata_in_flight = False
+            if header is not None and isinstance(header.get("metadata"), dict):
+                self.facts.apply_metadata(ClusterMetadata.from_wire(header["metadata"]))
+            elif self.facts.metadata is None:
+                self.reactor.call_later(METADATA_RETRY_MS, self._refresh_metadata)
+        self.coordinator.request(P.METADATA, {}, callback=done, timeout_ms=METADATA_RETRY_MS * 5)
 
     def _poll(self, name: str) -> None:
         if name in self._in_flight:
