@@ -5,6 +5,10 @@ each request bounded as it arrives), decodes every request, and dispatches by co
 A handler returns ``(header, payloads)`` to answer now, or ``DEFER`` to answer later with
 ``server.reply`` (long-poll fetch, acks=all). Malformed input is answered with an error where
 the peer can be addressed, otherwise dropped, and always counted; the node keeps serving.
+A handler refuses a request by raising ``RemoteError`` (or ``MalformedFrame``), answered with
+its code; another operating error (a ``LoomError``, e.g. a full disk) is answered with
+``unknown`` and logged. Any other exception is a bug: it is not answered but leaves the
+reactor, which stops the node (``nodes.run``) so that it restarts from disk.
 
 ``RpcClient`` is the reactor-driven DEALER side: many requests in flight on one socket,
 matched by request id, each with a deadline. ``BlockingClient`` is the same for a simple
@@ -26,7 +30,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import MalformedFrame, RemoteError, RequestTimeout
+from fabric.errors import LoomError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.reactor import Reactor, Timer
 from fabric.zmtp import ZmtpServer
 
@@ -137,9 +141,9 @@ class RpcServer:
             self.counters["malformed"] += 1
             self.reply_error(req, e.code, str(e))
             return
-        except Exception as e:  # a handler bug must not take the node down
+        except LoomError as e:  # an operating error (disk full…): answered; a bug is not caught
             log.exception("handler for %r failed", req.command)
-            self.reply_error(req, P.UNKNOWN, f"internal error: {type(e).__name__}: {e}")
+            self.reply_error(req, P.UNKNOWN, f"{type(e).__name__}: {e}")
             return
         if result is DEFER:
             return

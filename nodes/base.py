@@ -2,6 +2,10 @@
 for heartbeats (and whatever else the role publishes), PING and STATS, and a clean stop on
 SIGTERM/SIGINT. A role subclasses ``Node`` and adds routes, sockets and timers.
 
+A programmer error on the reactor thread (see ``fabric.reactor``) leaves ``run`` without the
+clean close -- a close could persist the broken state -- and ``nodes.run`` exits with
+``EXIT_PROGRAMMER_ERROR`` so that the supervisor restarts the node from disk.
+
 Not thread-safe: everything runs on the reactor's thread.
 """
 
@@ -76,6 +80,9 @@ class Node:
     def _on_faults(self, req: wire.Request) -> dict:
         if not self.faults.enabled:
             raise RemoteError(P.INVALID_CONFIG, "fault injection is off (faults.enabled in the config)")
+        if req.header.get("programmer_error") is True:
+            # the test hook for the crash path: a bug in a handler must stop the node
+            raise TypeError("fault injection: a programmer error in the FAULTS handler")
         names = req.get("block", list)
         self.faults.set_blocked([n for n in names if isinstance(n, str)])
         log.warning("fault injection: dropping traffic from %s", sorted(self.faults.blocked) or "nobody")
@@ -94,10 +101,8 @@ class Node:
         signal.signal(signal.SIGINT, _stop)
         log.info("%s (%s) serving on %s:%d pid %d", self.name, self.role, self.node_config.host,
                  self.node_config.port, os.getpid())
-        try:
-            self.reactor.run()
-        finally:
-            self.close()
+        self.reactor.run()  # a programmer error propagates: no clean close of a broken state
+        self.close()
 
     def close(self) -> None:
         self.server.close()
