@@ -17,7 +17,7 @@ from rich.console import Console
 
 from fabric import protocol as P
 from fabric.client import Admin
-from fabric.errors import RemoteError
+from fabric.errors import RemoteError, TopicNotInMetadataError
 from fabric.metadata import PartitionInfo, TopicInfo
 from nodes.cli_common import Target
 
@@ -163,7 +163,7 @@ def describe(config: str | None, bootstrap: str | None, name: str | None, topic:
     with Target(config, bootstrap).admin() as admin:
         md = admin.metadata()
     if name is not None and name not in md.topics:
-        raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        raise TopicNotInMetadataError(f"no topic {name!r}")
     names = [name] if name else sorted(t for t in md.topics if not t.startswith("__"))
     filtered = under_replicated or unavailable
     for n in names:

@@ -41,7 +41,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.client.group import GroupConsumer
 from fabric.config import LoomConfig
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
@@ -96,8 +96,8 @@ class Instance(threading.Thread):
             op, header, answer = item
             try:
                 answer(self._do(op, header), None)
-            except RemoteError as e:
-                answer(None, e)
+            except CodedError as e:  # a node's answer, or the client library's own condition
+                answer(None, e if isinstance(e, RemoteError) else RemoteError(e.code, e.message))
             except FabricError as e:
                 answer(None, RemoteError(P.INVALID_CONFIG, str(e)))
             except Exception as e:
@@ -123,7 +123,7 @@ class Instance(threading.Thread):
             return
         try:
             self.consumer.maintain()
-        except RemoteError as e:
+        except CodedError as e:
             log.warning("instance %s/%s: %s", self.group, self.instance_name, e)
 
     def _close(self) -> None:
@@ -205,7 +205,7 @@ class Instance(threading.Thread):
             else:
                 raise RemoteError(P.MALFORMED_REQUEST, "to must be beginning, end or offsets")
         except FabricError as e:
-            if isinstance(e, RemoteError):
+            if isinstance(e, CodedError):
                 raise
             raise RemoteError(P.PARTITION_NOT_ASSIGNED, str(e)) from e
         return {}

@@ -32,7 +32,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.client.producer import ACKS, RECORD_OVERHEAD_BYTES, Producer
 from fabric.config import LoomConfig
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
@@ -162,11 +162,11 @@ class ProducerService(Node):
                 if err is None:
                     self._finish(job, i, [md.partition, md.offset if job.acks != 0 else -1, 0, ""])
                 else:
-                    code = err.code if isinstance(err, RemoteError) else P.UNKNOWN
+                    code = err.code if isinstance(err, CodedError) else P.UNKNOWN
                     self._finish(job, i, [-1, -1, code, str(err)])
             try:
                 producer.send(job.topic, value, key=key, headers=headers, partition=partition, on_delivery=delivered)
-            except RemoteError as e:
+            except CodedError as e:  # a broker's answer, or the client's own (buffer full, unknown topic…)
                 self._finish(job, i, [-1, -1, e.code, e.message])
                 if e.code in (P.UNKNOWN_TOPIC_OR_PARTITION, P.BUFFER_FULL) and partition is None:
                     fatal = e
@@ -189,7 +189,7 @@ class ProducerService(Node):
         for p in self._producers.values():
             try:
                 p.close(timeout=5)
-            except RemoteError as e:
+            except CodedError as e:
                 log.warning("producer close: %s", e)
         self.reactor.remove_socket(self._waker.sock)
         self._waker.close()

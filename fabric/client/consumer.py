@@ -23,7 +23,7 @@ from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.bootstrap import metadata_endpoint, parse_bootstrap
 from fabric.clock import Clock
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import FabricError, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.records import Record, decode_batches
@@ -251,14 +251,15 @@ class Consumer:
         self._md_in_flight = False
 
     def partitions_for(self, topic: str, timeout_ms: int = 5000) -> list[int]:
-        """Partition numbers of ``topic`` (waits for metadata)."""
+        """Partition numbers of ``topic`` (waits up to ``timeout_ms`` for metadata that has it).
+        Raises ``TopicNotInMetadataError``."""
         deadline = self.clock.now_ms() + timeout_ms
         while True:
             t = self.metadata.topics.get(topic)
             if t is not None:
                 return [p.partition for p in t.partitions]
             if self.clock.now_ms() >= deadline:
-                raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} not found")
+                raise TopicNotInMetadataError(f"topic {topic!r} not found")
             self._refresh_metadata()
             self.reactor.run_once(100)
 

@@ -109,18 +109,33 @@ class RecordingClient:
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, dict, list, Callable]] = []
+        self.oneway: list[tuple[bytes, dict, list]] = []
+        self.unanswered: list[int] = []  # indexes into ``sent``
         self.closed = False
 
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
                 timeout_ms: int = 0) -> None:
+        self.unanswered.append(len(self.sent))
         self.sent.append((command, header, list(payloads), callback))
+
+    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> None:
+        self.oneway.append((command, header, list(payloads)))
+
+    def fail_all(self, error: Any) -> None:
+        """Answer every request not yet answered with ``error`` (as RpcClient.fail_all)."""
+        pending, self.unanswered = self.unanswered, []
+        for i in pending:
+            self.sent[i][3](None, [], error)
 
     def of(self, command: bytes) -> list[tuple[bytes, dict, list, Callable]]:
         return [s for s in self.sent if s[0] == command]
 
     def answer_last(self, command: bytes, header: dict | None, payloads: list | None = None, err: Any = None) -> None:
         """Call the callback of the last ``command`` sent, as a reply (or an error) would."""
-        self.of(command)[-1][3](header, payloads or [], err)
+        i = max(i for i, s in enumerate(self.sent) if s[0] == command)
+        if i in self.unanswered:
+            self.unanswered.remove(i)
+        self.sent[i][3](header, payloads or [], err)
 
     def close(self) -> None:
         self.closed = True
