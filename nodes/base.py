@@ -57,7 +57,7 @@ class Node:
     # -- publishing ------------------------------------------------------------------------
     def publish(self, topic: bytes, kind: bytes, header: dict, payloads: list | tuple = ()) -> None:
         try:
-            self.pub.send_multipart([topic, P.VERSION, kind, wire.pack(header), *payloads], zmq.NOBLOCK, copy=False)
+            self.pub.send_multipart(wire.encode_pub(topic, kind, header, payloads), zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.counters["pub_dropped"] += 1
 
@@ -65,6 +65,7 @@ class Node:
         self.publish(P.TOPIC_HEARTBEAT, P.PUB_HEARTBEAT, self.heartbeat_fields())
 
     def heartbeat_fields(self) -> dict[str, Any]:
+        """The heartbeat's header: the fields of ``fabric.wire.Heartbeat`` (a role adds its own)."""
         return {"node": self.name, "role": self.role, "pid": os.getpid(), "ts_ms": self.clock.wall_ms()}
 
     # -- PING / STATS ----------------------------------------------------------------------
