@@ -2,8 +2,8 @@
 for heartbeats (and whatever else the role publishes), PING and STATS, and a clean stop on
 SIGTERM/SIGINT. A role subclasses ``Node`` and adds routes, sockets and timers.
 
-A programmer error on the reactor thread (see ``fabric.reactor``) leaves ``run`` without the
-clean close -- a close could persist the broken state -- and ``nodes.run`` exits with
+A programmer error on the reactor thread (see ``fabric.reactor``), or one a worker thread
+hands over with ``fail_from_thread``, leaves ``run`` without the clean close -- a close could persist the broken state -- and ``nodes.run`` exits with
 ``EXIT_PROGRAMMER_ERROR`` so that the supervisor restarts the node from disk.
 
 Not thread-safe: everything runs on the reactor's thread.
@@ -53,6 +53,17 @@ class Node:
         self.pub = make_socket(self.ctx, zmq.PUB)
         self.pub.bind(f"tcp://{self.node_config.host}:{self.node_config.publish_port}")
         self.reactor.call_every(config.liveness.heartbeat_interval_ms, self._heartbeat)
+        self._thread_error: BaseException | None = None
+        self.reactor.after_pass(self._raise_thread_error)
+
+    def fail_from_thread(self, error: BaseException) -> None:
+        """A worker thread met a programmer error: the reactor raises it at its next pass (within
+        a poll timeout), which stops the node as a bug on the reactor thread would. Thread-safe."""
+        self._thread_error = error
+
+    def _raise_thread_error(self) -> None:
+        if self._thread_error is not None:
+            raise self._thread_error
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, topic: bytes, kind: bytes, header: dict, payloads: list | tuple = ()) -> None:

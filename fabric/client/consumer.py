@@ -40,7 +40,8 @@ class Consumer:
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
                  auto_offset_reset: str = "latest", fetch_bytes_max: int = 8 * 1024 * 1024,
                  partition_fetch_bytes_max: int = 4 * 1024 * 1024, fetch_wait_ms: int = FETCH_WAIT_MS,
-                 request_timeout_ms: int = 10_000) -> None:
+                 request_timeout_ms: int = 10_000, clock: Clock | None = None) -> None:
+        """``clock``: the consumer's monotonic clock (a test passes a ``ManualClock``)."""
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise FabricError("auto_offset_reset must be earliest, latest or none")
         self.endpoints = parse_bootstrap(bootstrap, config_path)
@@ -50,7 +51,7 @@ class Consumer:
         self.fetch_wait_ms = fetch_wait_ms
         self.request_timeout_ms = request_timeout_ms
         self.ctx = zmq.Context.instance()
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self.reactor = Reactor(self.clock)
         self.metadata = ClusterMetadata.empty()
         self._md_in_flight = False

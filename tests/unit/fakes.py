@@ -80,6 +80,11 @@ class FakeReactor:
         self.clock.advance(ms)
         return self.run_due()
 
+    def run_once(self, timeout_ms_max: int = 1000) -> None:
+        """A pass that found no message: waits its whole timeout (the clock advances) and runs
+        the timers that fell due."""
+        self.advance(timeout_ms_max)
+
 
 class RecordingServer:
     """Stands in for an RpcServer: records routes and every reply."""
@@ -144,3 +149,42 @@ class RecordingClient:
 def request(command: bytes, payloads: list[bytes] | None = None, **header: Any) -> wire.Request:
     """A decoded request as a handler receives it (from a client identity b"client")."""
     return wire.Request([b"client"], command, header, payloads or [])
+
+
+class ScriptedCoordinatorLink:
+    """Stands in for a group consumer's ``CoordinatorLink``: ``answer(command, header)`` returns
+    the reply header or raises (a ``RemoteError``); every call is kept in ``calls``."""
+
+    def __init__(self, answer: Callable[[bytes, dict], dict]) -> None:
+        self.answer = answer
+        self.calls: list[tuple[bytes, dict]] = []
+        self.connected = True
+
+    def call(self, command: bytes, header: dict, **_timeouts: int) -> dict:
+        self.calls.append((command, dict(header)))
+        return self.answer(command, header)
+
+    def request(self, command: bytes, header: dict, *, callback: Callable, timeout_ms: int = 0) -> None:
+        try:
+            reply = self.call(command, header)
+        except Exception as e:  # the scripted error goes to the callback, as a reply would
+            callback(None, [], e)
+        else:
+            callback(reply, [], None)
+
+    def commands(self) -> list[bytes]:
+        return [c for c, _ in self.calls]
+
+    def close(self) -> None:
+        self.connected = False
+
+
+class NoHeartbeat:
+    """A group consumer's heartbeat thread that never runs (``heartbeat_factory=NoHeartbeat.make``)."""
+
+    @classmethod
+    def make(cls, member: Any, settings: Any, endpoint: Callable[[], str]) -> "NoHeartbeat":
+        return cls()
+
+    def stop(self) -> None:
+        pass

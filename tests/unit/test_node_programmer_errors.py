@@ -178,3 +178,21 @@ def test_bad_input_gets_a_typed_error_reply_and_the_port_keeps_serving(served, e
     assert _reply(reactor, dealer)["error"] == P.MALFORMED_REQUEST
     dealer.send_multipart(wire.encode_request(P.PING, {"id": 2}))
     assert _reply(reactor, dealer) == {"id": 2, "pong": True}
+
+
+def test_a_worker_threads_programmer_error_stops_the_node_at_its_next_pass(tmp_path) -> None:  # noqa: ANN001
+    import threading
+
+    from fabric.config import load_config
+    from nodes.base import Node
+    from tests.harness import make_config
+    node = Node(load_config(make_config(tmp_path, 1), environ={}), "coordinator")
+    try:
+        node.reactor.run_once(0)
+        worker = threading.Thread(target=node.fail_from_thread, args=(TypeError("bug in a worker"),))
+        worker.start()
+        worker.join()
+        with pytest.raises(TypeError, match="bug in a worker"):
+            node.reactor.run_once(0)
+    finally:
+        node.close()
