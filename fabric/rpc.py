@@ -277,7 +277,8 @@ class BlockingClient:
                 raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
             try:
                 reply, payloads_in = wire.decode_reply(self.sock.recv_multipart())
-            except MalformedFrame:
+            except MalformedFrame as e:  # dropped: the reply we wait for may still come
+                log.debug("malformed reply from %s dropped: %s", self.endpoint, e)
                 continue
             if reply.get("id") != rid:
                 continue  # a late reply to an earlier, timed-out attempt
