@@ -126,7 +126,9 @@ class RecordAccumulator:
         self._open: dict[tuple[str, int], BatchState] = {}
         self._closed_batches: deque[BatchState] = deque()
         self._buffered_bytes = 0
-        self._sticky: dict[str, int] = {}
+        # topic -> partition of its keyless records; read without the lock on the hot path (a
+        # stale read only starts a new batch), written under it
+        self.sticky: dict[str, int] = {}
         self._round_robin = 0
         self._unfinished: set[BatchState] = set()
         self._closed = False
@@ -136,14 +138,15 @@ class RecordAccumulator:
         return self._buffered_bytes
 
     def sticky_partition(self, topic: str, partition_count: int) -> int:
-        """The partition keyless records of ``topic`` go to now: kept until its batch closes."""
-        p = self._sticky.get(topic)
+        """The partition keyless records of ``topic`` go to now: kept until its batch closes
+        (``sticky.get(topic)`` first is the cheap path when the count is not needed)."""
+        p = self.sticky.get(topic)
         if p is None or p >= partition_count:
             with self._lock:
-                p = self._sticky.get(topic)
+                p = self.sticky.get(topic)
                 if p is None or p >= partition_count:
                     self._round_robin += 1
-                    p = self._sticky[topic] = self._round_robin % partition_count
+                    p = self.sticky[topic] = self._round_robin % partition_count
         return p
 
     def append(self, topic: str, partition: int, timestamp_ms: int, key: bytes | None, value: bytes,
@@ -178,8 +181,8 @@ class RecordAccumulator:
         """The batch is full: ready for the sender. Caller holds the lock."""
         del self._open[(b.topic, b.partition)]
         self._closed_batches.append(b)
-        if self._sticky.get(b.topic) == b.partition:
-            del self._sticky[b.topic]
+        if self.sticky.get(b.topic) == b.partition:
+            del self.sticky[b.topic]
 
     def _wait_for_space(self, size_bytes: int) -> None:
         """Caller holds the lock."""
@@ -196,7 +199,7 @@ class RecordAccumulator:
         with self._lock:
             self._closed_batches.extend(self._open.values())
             self._open.clear()
-            self._sticky.clear()
+            self.sticky.clear()
             return list(self._unfinished)
 
     def take_ready(self, now_ms: int) -> list[BatchState]:
@@ -206,7 +209,7 @@ class RecordAccumulator:
                 if now_ms - b.created_ms >= self.settings.linger_ms or self._closed:
                     del self._open[tp]
                     self._closed_batches.append(b)
-                    self._sticky.pop(tp[0], None)
+                    self.sticky.pop(tp[0], None)
             out = list(self._closed_batches)
             self._closed_batches.clear()
         return out

@@ -84,7 +84,10 @@ class Producer:
         if self._closed:
             raise FabricError("producer is closed")
         if partition is None and key is None:
-            partition = self.accumulator.sticky_partition(topic, self._partition_count(topic))
+            # sticky: valid until the open batch closes (a racing close only starts a new batch)
+            partition = self.accumulator.sticky.get(topic)
+            if partition is None:
+                partition = self.accumulator.sticky_partition(topic, self._partition_count(topic))
         else:
             nparts = self._partition_count(topic)
             if partition is None:
