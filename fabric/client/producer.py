@@ -83,6 +83,8 @@ class Producer:
             raise RecordSizeExceededError(f"record of {size} bytes is over {self.record_bytes_max}")
         if self._closed:
             raise FabricError("producer is closed")
+        if self.sender.failure is not None:
+            raise self.sender.failure
         if partition is None and key is None:
             # sticky: valid until the open batch closes (a racing close only starts a new batch)
             partition = self.accumulator.sticky.get(topic)

@@ -110,6 +110,7 @@ class Sender(threading.Thread):
         self._shut = False
         self.reactor: Any = None  # a fabric.reactor.Reactor (or a test's fake), set by attach()
         self.errors: Counter[str] = Counter()  # error name -> batches that got it (retried or not)
+        self.failure: FabricError | None = None  # set if a programmer error stopped the I/O thread
 
     # -- any thread ------------------------------------------------------------------------
     @property
@@ -149,6 +150,11 @@ class Sender(threading.Thread):
         try:
             while not self._stopping:
                 reactor.run_once(100)
+        except Exception as e:  # a bug: every waiting record and every later send fails with it
+            log.critical("the producer's I/O thread stopped on a programmer error", exc_info=True)
+            self.failure = FabricError(f"the producer's I/O thread stopped: {type(e).__name__}: {e}")
+            self.failure.__cause__ = e
+            raise
         finally:
             self._shut_down()
 
@@ -162,7 +168,7 @@ class Sender(threading.Thread):
 
     def _shut_down(self) -> None:
         self._shut = True
-        self._fail_everything(FabricError("producer closed"))
+        self._fail_everything(self.failure or FabricError("producer closed"))
         for c in self._clients.values():
             c.close()
         self._clients.clear()

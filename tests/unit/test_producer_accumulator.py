@@ -133,3 +133,28 @@ def test_send_raises_local_errors_for_what_the_client_finds_itself() -> None:
             p.send("t", b"x", partition=7)
     for cls in (RecordSizeExceededError, TopicNotInMetadataError, BufferExhaustedError, ClientTimeoutError):
         assert issubclass(cls, ClientError) and not issubclass(cls, RemoteError)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread dies loudly
+def test_a_bug_on_the_io_thread_fails_the_waiting_records_and_every_later_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabric.errors import FabricError
+    bug = TypeError("a bug in the I/O thread's pass")
+    real_take_ready = RecordAccumulator.take_ready
+    calls = [0]
+
+    def take_ready_once_broken(self: RecordAccumulator, now_ms: int) -> list:
+        calls[0] += 1
+        if calls[0] == 1:  # the I/O thread's next pass meets the bug; its shutdown then takes the rest
+            raise bug
+        return real_take_ready(self, now_ms)
+    with Producer(NOWHERE, max_block_ms=100, linger_ms=60_000) as p:
+        p.metadata.update(_md(1))
+        future = p.send("t", b"x", partition=0)
+        monkeypatch.setattr(RecordAccumulator, "take_ready", take_ready_once_broken)
+        p.sender.wake()
+        with pytest.raises(FabricError) as e:
+            future.result(5)
+        assert e.value.__cause__ is bug and "I/O thread" in str(e.value)
+        with pytest.raises(FabricError) as later:
+            p.send("t", b"y", partition=0)
+        assert later.value.__cause__ is bug
