@@ -42,7 +42,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.client.group import GroupConsumer
 from fabric.config import LoomConfig
-from fabric.errors import CodedError, FabricError, RemoteError
+from fabric.errors import CodedError, FabricError, LoomError, RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
@@ -71,6 +71,7 @@ class InstanceHost:
     node_name: str                # answered to CONSUMER_CREATE
     bootstrap: list[str]          # where its GroupConsumer finds the cluster
     idle_timeout_ms: int          # the default of the instance's idle_timeout_ms
+    fail: Callable[[BaseException], None]  # a programmer error on the instance's thread
 
 
 class Instance(threading.Thread):
@@ -110,11 +111,12 @@ class Instance(threading.Thread):
                 answer(None, e if isinstance(e, RemoteError) else RemoteError(e.code, e.message))
             except FabricError as e:
                 answer(None, RemoteError(P.INVALID_CONFIG, str(e)))
-            except Exception as e:
-                # a bug should stop the node (as in the producer service), but the ops' headers
-                # are not validated on the reactor yet: a mistyped field raises here too
+            except LoomError as e:  # an operating error (a corrupt batch…): answered, logged
                 log.exception("instance %s/%s: %s failed", self.group, self.instance_name, op)
-                answer(None, RemoteError(P.UNKNOWN, f"internal error: {type(e).__name__}: {e}"))
+                answer(None, RemoteError(P.UNKNOWN, f"{type(e).__name__}: {e}"))
+            except Exception as e:  # a bug (the headers were checked on the reactor): stop the node
+                self.host.fail(e)
+                return
             if op == "delete":
                 break
         self._close()
@@ -239,12 +241,41 @@ OPS = {
 }
 
 
+def check_op_header(op: str, h: dict) -> None:
+    """Refuse, on the reactor, an instance op whose header fields the instance thread could not
+    read. Raises RemoteError(malformed_request) naming the field."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def partition_list(name: str, width: int) -> None:  # [[topic, partition(, offset)], ...] or null
+        v = h.get(name)
+        if v is None:
+            return
+        if not isinstance(v, list) or not all(
+                isinstance(e, (list, tuple)) and len(e) == width and isinstance(e[0], str) and all(map(is_int, e[1:]))
+                for e in v):
+            fields = "topic, partition" + (", offset" if width == 3 else "")
+            raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a list of [{fields}]")
+    if op == "fetch":
+        for name in ("timeout_ms", "max_records", "max_bytes"):
+            if name in h and not is_int(h[name]):
+                raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be int")
+    elif op == "commit":
+        partition_list("offsets", 3)
+    elif op == "committed":
+        partition_list("partitions", 2)
+    elif op == "seek":
+        partition_list("partitions", 2)
+        partition_list("offsets", 3)
+
+
 class ConsumerService(Node):
     role = "consumer"
 
     def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
         super().__init__(config, name, **kw)
-        self.instance_host = InstanceHost(name, config.bootstrap(), config.services.consumer_instance_idle_timeout_ms)
+        self.instance_host = InstanceHost(name, config.bootstrap(), config.services.consumer_instance_idle_timeout_ms,
+                                          self.fail_from_thread)
         self.instances: dict[tuple[str, str], Instance] = {}
         self._done: deque[tuple[wire.Request, dict | None, RemoteError | None]] = deque()
         self._waker = Waker(self.ctx, "consumer-service")
@@ -314,6 +345,7 @@ class ConsumerService(Node):
         if inst is None:
             raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"no consumer instance {key[1]!r} in group {key[0]!r} on {self.name}")
         op = OPS[req.command]
+        check_op_header(op, req.header)
         inst.last_used_ms = self.clock.now_ms()
         inst.submit(op, req.header, self._answer(req))
         if op == "delete":
