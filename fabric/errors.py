@@ -7,6 +7,13 @@ operating errors; ``ConfigError``, ``EngineError`` and ``BatchError`` sit under 
 whether a client may refresh metadata and try again. Constructing ``RemoteError(code, …)``
 gives the subclass registered for that code (``NotLeaderError`` for ``NOT_LEADER``, …), so
 callers can catch the common cases by type and everything else by ``.code``.
+
+``ClientError`` is the other kind of coded error: a condition the client library finds itself,
+without asking a node (its buffer is full, a record is over its limit, a delivery or a flush
+timed out, a topic is not in its metadata). It is not a ``RemoteError``; it carries the
+protocol code of the condition so that a service hosting the client (the producer and consumer
+services) relays it to its own caller unchanged on the wire. ``CodedError`` is the common base
+of both: catch it to relay any error that has a code.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from typing import Any, ClassVar
 from engines.errors import LoomError
 from fabric import protocol as P
 
-__all__ = ["LoomError", "FabricError", "MalformedFrame", "RemoteError", "RequestTimeout"]
+__all__ = ["LoomError", "FabricError", "MalformedFrame", "CodedError", "RemoteError", "RequestTimeout",
+           "ClientError", "BufferExhaustedError", "RecordSizeExceededError", "ClientTimeoutError",
+           "DeliveryTimeoutError", "TopicNotInMetadataError"]
 
 
 class FabricError(LoomError):
@@ -32,7 +41,23 @@ class MalformedFrame(FabricError):
         self.request = request  # the decoded request when the fault was found after decoding
 
 
-class RemoteError(FabricError):
+class CodedError(FabricError):
+    """An error with a code from the protocol's error table (``.code``, ``.message``), found by
+    a node (``RemoteError``) or by the client library itself (``ClientError``)."""
+
+    code: int
+    message: str
+
+    @property
+    def name(self) -> str:
+        return P.error_name(self.code)
+
+    @property
+    def retriable(self) -> bool:
+        return self.code in P.RETRIABLE
+
+
+class RemoteError(CodedError):
     """A node answered a request with an error (``code`` from the protocol's error table)."""
 
     _by_code: ClassVar[dict[int, type["RemoteError"]]] = {}
@@ -56,14 +81,6 @@ class RemoteError(FabricError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.code, self.message), {"details": self.details})
-
-    @property
-    def name(self) -> str:
-        return P.error_name(self.code)
-
-    @property
-    def retriable(self) -> bool:
-        return self.code in P.RETRIABLE
 
 
 def _coded(name: str, code: int, doc: str) -> type[RemoteError]:
@@ -101,3 +118,56 @@ class RequestTimeout(RemoteError):
 
     def __reduce__(self) -> tuple:
         return (RequestTimeout, (self.message,))
+
+
+class ClientError(CodedError):
+    """A condition the client library found itself (nothing was asked of a node). Subclasses
+    fix ``code_for_class``; ``message`` says what happened."""
+
+    code_for_class: ClassVar[int] = P.UNKNOWN
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        self.code = self.code_for_class if code is None else code
+        self.message = message
+        super().__init__(f"{P.error_name(self.code)}: {message}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.message, self.code))
+
+
+class BufferExhaustedError(ClientError):
+    """The producer's buffer stayed full for ``max_block_ms`` (code ``buffer_full``)."""
+
+    code_for_class = P.BUFFER_FULL
+
+
+class RecordSizeExceededError(ClientError):
+    """A record is over the producer's ``record_bytes_max`` (code ``record_too_large``)."""
+
+    code_for_class = P.RECORD_TOO_LARGE
+
+
+class ClientTimeoutError(ClientError):
+    """A wait in the client (``flush``, ``RecordFuture.result``) ended before the outcome was
+    known; the records may still be delivered (code ``request_timed_out``)."""
+
+    code_for_class = P.REQUEST_TIMED_OUT
+
+
+class DeliveryTimeoutError(ClientError):
+    """A batch was not acknowledged within ``delivery_timeout_ms``. ``code`` is that of the last
+    retriable error it got (``not_enough_replicas``, ``not_leader``…), else ``request_timed_out``;
+    ``last_error`` is that error, if any."""
+
+    code_for_class = P.REQUEST_TIMED_OUT
+
+    def __init__(self, message: str, code: int | None = None, last_error: RemoteError | None = None) -> None:
+        super().__init__(message, code)
+        self.last_error = last_error
+
+
+class TopicNotInMetadataError(ClientError):
+    """The topic (or the partition) is not in the client's metadata, even after a refresh
+    (code ``unknown_topic_or_partition``)."""
+
+    code_for_class = P.UNKNOWN_TOPIC_OR_PARTITION

@@ -5,6 +5,12 @@ ready socket (at most ``DRAIN_MESSAGES_MAX`` messages, so one busy peer cannot s
 rest), runs the per-pass hooks (group commit, parked-request checks), then due timers in
 deadline order.
 
+Errors: an operating error (a ``LoomError``: a refused request, a peer's bad message, a full
+disk) raised by a timer or a hook is logged and the loop goes on; so is one raised by a message
+handler of a node's reactor (``contain_handler_errors``). Anything else is a programmer error
+(an ``AssertionError``, a ``TypeError``…): it leaves ``run_once`` so that the node stops and is
+restarted from disk rather than serving on with broken state.
+
 Thread-safety: a Reactor and the sockets it owns belong to the thread that runs it.
 """
 
@@ -19,6 +25,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.clock import Clock
+from fabric.errors import LoomError
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +59,10 @@ class Timer:
 
 class Reactor:
     def __init__(self, clock: Clock | None = None, *, contain_handler_errors: bool = False) -> None:
-        """``contain_handler_errors``: a node's reactor logs an exception raised by a message
-        handler (a reply callback, a subscriber) and goes on serving; a client's reactor lets
-        it reach the caller (e.g. ``offset_out_of_range`` out of ``Consumer.poll``)."""
+        """``contain_handler_errors``: a node's reactor logs an operating error (``LoomError``)
+        raised by a message handler (a reply callback, a subscriber) and goes on serving; a
+        client's reactor lets it reach the caller (e.g. ``offset_out_of_range`` out of
+        ``Consumer.poll``). Programmer errors reach the caller of ``run_once`` either way."""
         self.contain_handler_errors = contain_handler_errors
         self.clock = clock or Clock()
         self.poller = zmq.Poller()
@@ -132,7 +140,7 @@ class Reactor:
         for fn in self._after_pass:
             try:
                 fn()
-            except Exception:  # like a timer: a bug in a hook must not take the node down
+            except LoomError:  # an operating error; a bug (anything else) stops the loop
                 log.exception("after-pass hook %r failed", fn)
         self._run_timers()
 
@@ -162,7 +170,7 @@ class Reactor:
                 continue
             try:
                 handler(frames)
-            except Exception:  # a bug in one handler must not take the node down
+            except LoomError:  # an operating error; a bug (anything else) stops the node
                 log.exception("handler %r failed", handler)
 
     def _run_timers(self) -> None:
@@ -173,7 +181,7 @@ class Reactor:
                 continue
             try:
                 t.fn()
-            except Exception:  # a failing timer must not kill the node; it is a bug to log
+            except LoomError:  # an operating error; a bug (anything else) stops the loop
                 log.exception("timer %r failed", t.fn)
             if t.interval_ms is not None and not t.cancelled:
                 t.deadline_ms = max(t.deadline_ms + t.interval_ms, now)

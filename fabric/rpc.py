@@ -5,6 +5,10 @@ each request bounded as it arrives), decodes every request, and dispatches by co
 A handler returns ``(header, payloads)`` to answer now, or ``DEFER`` to answer later with
 ``server.reply`` (long-poll fetch, acks=all). Malformed input is answered with an error where
 the peer can be addressed, otherwise dropped, and always counted; the node keeps serving.
+A handler refuses a request by raising ``RemoteError`` (or ``MalformedFrame``), answered with
+its code; another operating error (a ``LoomError``, e.g. a full disk) is answered with
+``unknown`` and logged. Any other exception is a bug: it is not answered but leaves the
+reactor, which stops the node (``nodes.run``) so that it restarts from disk.
 
 ``RpcClient`` is the reactor-driven DEALER side: many requests in flight on one socket,
 matched by request id, each with a deadline. ``BlockingClient`` is the same for a simple
@@ -26,7 +30,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import MalformedFrame, RemoteError, RequestTimeout
+from fabric.errors import LoomError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmtp import ZmtpServer
@@ -162,9 +166,9 @@ class RpcServer:
             self.counters["malformed"] += 1
             self.reply_error(req, e.code, str(e))
             return
-        except Exception as e:  # a handler bug must not take the node down
+        except LoomError as e:  # an operating error (disk full…): answered; a bug is not caught
             log.exception("handler for %r failed", req.command)
-            self.reply_error(req, P.UNKNOWN, f"internal error: {type(e).__name__}: {e}")
+            self.reply_error(req, P.UNKNOWN, f"{type(e).__name__}: {e}")
             return
         if result is DEFER:
             return
@@ -298,7 +302,8 @@ class BlockingClient:
                 raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
             try:
                 reply, payloads_in = wire.decode_reply(self.sock.recv_multipart())
-            except MalformedFrame:
+            except MalformedFrame as e:  # dropped: the reply we wait for may still come
+                log.debug("malformed reply from %s dropped: %s", self.endpoint, e)
                 continue
             if reply.get("id") != rid:
                 continue  # a late reply to an earlier, timed-out attempt

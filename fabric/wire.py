@@ -6,7 +6,7 @@ is done, and every failure is a ``MalformedFrame`` with an error code to answer 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -115,3 +115,118 @@ def decode_reply(frames: list[bytes]) -> tuple[dict, list[bytes]]:
     if not isinstance(header, dict):
         raise MalformedFrame(P.MALFORMED_REQUEST, "reply header must be a map")
     return header, frames[4:]
+
+
+# -- PUB/SUB messages: ``[topic-prefix, VERSION, kind, header, payload...]`` --------------------
+class PubMessage(NamedTuple):
+    """One PUB/SUB message; ``payloads`` are raw frames (replicated batches)."""
+
+    topic: bytes
+    kind: bytes
+    header: dict
+    payloads: list[bytes]
+
+
+def encode_pub(topic: bytes, kind: bytes, header: dict, payloads: list | tuple = ()) -> list:
+    """The frames of a PUB message (``fabric.protocol``'s ``PUB_*`` kinds)."""
+    return [topic, P.VERSION, kind, pack(header), *payloads]
+
+
+def decode_pub(frames: list[bytes], kind: bytes) -> PubMessage:
+    """A SUB side's message of ``kind``. Raises MalformedFrame (a subscriber counts and drops it:
+    there is no one to answer)."""
+    if len(frames) < 4:
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"a PUB message has at least 4 frames, not {len(frames)}")
+    if frames[1] != P.VERSION:
+        raise MalformedFrame(P.UNSUPPORTED_VERSION, f"protocol version {frames[1][:8]!r} is not {P.VERSION!r}")
+    if frames[2] != kind:
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"PUB kind {frames[2][:8]!r} where {kind!r} was expected")
+    header = unpack(frames[3])
+    if not isinstance(header, dict):
+        raise MalformedFrame(P.MALFORMED_REQUEST, "PUB header must be a map")
+    return PubMessage(frames[0], kind, header, frames[4:])
+
+
+def _field(header: dict, name: str, kind: type, optional: bool = False) -> Any:
+    value = header.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"PUB field {name!r} must be {kind.__name__}")
+    return value
+
+
+class Heartbeat(NamedTuple):
+    """``PUB_HEARTBEAT`` on ``TOPIC_HEARTBEAT``: every node, every heartbeat interval; brokers add
+    their id, incarnation and metadata version (the coordinator's liveness input)."""
+
+    node: str
+    role: str
+    pid: int
+    ts_ms: int                          # the sender's wall clock, ms
+    broker_id: int | None = None
+    incarnation: str | None = None
+    metadata_version: int | None = None
+
+    def to_header(self) -> dict:
+        return {k: v for k, v in self._asdict().items() if v is not None}
+
+    @classmethod
+    def from_header(cls, h: dict) -> "Heartbeat":
+        return cls(_field(h, "node", str), _field(h, "role", str), _field(h, "pid", int), _field(h, "ts_ms", int),
+                   _field(h, "broker_id", int, True), _field(h, "incarnation", str, True),
+                   _field(h, "metadata_version", int, True))
+
+
+class ReplicaPosition(NamedTuple):
+    """The header of ``PUB_REPLICA`` on ``replica_topic(topic, partition)``: the leader's position,
+    with appended batches as payloads or, alone, as an idle heartbeat."""
+
+    node: str                           # the leader's node name
+    topic: str
+    partition: int
+    epoch: int                          # the leader epoch
+    hw: int                             # high watermark (offset)
+    leo: int                            # log end offset
+
+    def to_header(self) -> dict:
+        return self._asdict()
+
+    @classmethod
+    def from_header(cls, h: dict) -> "ReplicaPosition":
+        node = h.get("node", "")
+        if not isinstance(node, str):
+            raise MalformedFrame(P.MALFORMED_REQUEST, "PUB field 'node' must be str")
+        return cls(node, _field(h, "topic", str), _field(h, "partition", int), _field(h, "epoch", int),
+                   _field(h, "hw", int), _field(h, "leo", int))
+
+
+def encode_heartbeat(hb: Heartbeat | dict) -> list:
+    return encode_pub(P.TOPIC_HEARTBEAT, P.PUB_HEARTBEAT, hb.to_header() if isinstance(hb, Heartbeat) else hb)
+
+
+def decode_heartbeat(frames: list[bytes]) -> Heartbeat:
+    """Raises MalformedFrame."""
+    return Heartbeat.from_header(decode_pub(frames, P.PUB_HEARTBEAT).header)
+
+
+def encode_replica(position: ReplicaPosition, batches: list | tuple = ()) -> list:
+    return encode_pub(P.replica_topic(position.topic, position.partition), P.PUB_REPLICA, position.to_header(), batches)
+
+
+def decode_replica(frames: list[bytes]) -> tuple[ReplicaPosition, list[bytes]]:
+    """(the leader's position, the batches: none for an idle heartbeat). Raises MalformedFrame."""
+    msg = decode_pub(frames, P.PUB_REPLICA)
+    return ReplicaPosition.from_header(msg.header), msg.payloads
+
+
+def encode_metadata_push(metadata_wire: dict) -> list:
+    return encode_pub(P.TOPIC_METADATA, P.PUB_METADATA, metadata_wire)
+
+
+def decode_metadata_push(frames: list[bytes]) -> dict:
+    """The coordinator's metadata in wire form (``ClusterMetadata.from_wire`` reads it), with
+    its version checked. Raises MalformedFrame."""
+    header = decode_pub(frames, P.PUB_METADATA).header
+    _field(header, "version", int)
+    return header

@@ -319,8 +319,8 @@ class ZmtpServer:
         self._forget(conn)
         try:
             self.sock.send_multipart([conn.conn_id, b""], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+        except zmq.ZMQError as e:  # the peer is gone already: nothing left to close
+            log.debug("closing a connection: %s", e)
 
     def _forget(self, conn: _Connection) -> None:
         self._connections.pop(conn.conn_id, None)

@@ -2,6 +2,10 @@
 for heartbeats (and whatever else the role publishes), PING and STATS, and a clean stop on
 SIGTERM/SIGINT. A role subclasses ``Node`` and adds routes, sockets and timers.
 
+A programmer error on the reactor thread (see ``fabric.reactor``), or one a worker thread
+hands over with ``fail_from_thread``, leaves ``run`` without the clean close -- a close could persist the broken state -- and ``nodes.run`` exits with
+``EXIT_PROGRAMMER_ERROR`` so that the supervisor restarts the node from disk.
+
 Not thread-safe: everything runs on the reactor's thread.
 """
 
@@ -53,11 +57,22 @@ class Node:
         self.pub = make_socket(self.ctx, zmq.PUB)
         self.pub.bind(f"tcp://{self.node_config.host}:{self.node_config.publish_port}")
         self.reactor.call_every(config.liveness.heartbeat_interval_ms, self._heartbeat)
+        self._thread_error: BaseException | None = None
+        self.reactor.after_pass(self._raise_thread_error)
+
+    def fail_from_thread(self, error: BaseException) -> None:
+        """A worker thread met a programmer error: the reactor raises it at its next pass (within
+        a poll timeout), which stops the node as a bug on the reactor thread would. Thread-safe."""
+        self._thread_error = error
+
+    def _raise_thread_error(self) -> None:
+        if self._thread_error is not None:
+            raise self._thread_error
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, topic: bytes, kind: bytes, header: dict, payloads: list | tuple = ()) -> None:
         try:
-            self.pub.send_multipart([topic, P.VERSION, kind, wire.pack(header), *payloads], zmq.NOBLOCK, copy=False)
+            self.pub.send_multipart(wire.encode_pub(topic, kind, header, payloads), zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.counters["pub_dropped"] += 1
 
@@ -65,6 +80,7 @@ class Node:
         self.publish(P.TOPIC_HEARTBEAT, P.PUB_HEARTBEAT, self.heartbeat_fields())
 
     def heartbeat_fields(self) -> dict[str, Any]:
+        """The heartbeat's header: the fields of ``fabric.wire.Heartbeat`` (a role adds its own)."""
         return {"node": self.name, "role": self.role, "pid": os.getpid(), "ts_ms": self.clock.wall_ms()}
 
     # -- PING / STATS ----------------------------------------------------------------------
@@ -83,6 +99,9 @@ class Node:
     def _on_faults(self, req: wire.Request) -> dict:
         if not self.faults.enabled:
             raise RemoteError(P.INVALID_CONFIG, "fault injection is off (faults.enabled in the config)")
+        if req.header.get("programmer_error") is True:
+            # the test hook for the crash path: a bug in a handler must stop the node
+            raise TypeError("fault injection: a programmer error in the FAULTS handler")
         names = req.get("block", list)
         self.faults.set_blocked([n for n in names if isinstance(n, str)])
         log.warning("fault injection: dropping traffic from %s", sorted(self.faults.blocked) or "nobody")
@@ -101,10 +120,8 @@ class Node:
         signal.signal(signal.SIGINT, _stop)
         log.info("%s (%s) serving on %s:%d pid %d", self.name, self.role, self.node_config.host,
                  self.node_config.port, os.getpid())
-        try:
-            self.reactor.run()
-        finally:
-            self.close()
+        self.reactor.run()  # a programmer error propagates: no clean close of a broken state
+        self.close()
 
     def close(self) -> None:
         self.server.close()

@@ -6,6 +6,7 @@ every node answers PING and keeps the nodes running until Ctrl-C or ``loom down`
 
 from __future__ import annotations
 
+import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +21,8 @@ from fabric.errors import FabricError
 from fabric.metadata import ClusterMetadata
 from nodes import launcher
 from nodes.cli_common import target_options
+
+log = logging.getLogger(__name__)
 
 PING_THREADS_MAX = 16
 LEADS_SHOWN_MAX = 6
@@ -145,7 +148,8 @@ def _metadata(endpoints: list[str]) -> ClusterMetadata | None:
     try:
         md, _ = fetch_metadata(zmq.Context.instance(), endpoints, METADATA_TIMEOUT_MS)
         return md
-    except FabricError:
+    except FabricError as e:  # `loom status` shows the nodes without cluster metadata
+        log.debug("no cluster metadata: %s", e)
         return None
 
 

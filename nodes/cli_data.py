@@ -24,9 +24,8 @@ from typing import Any, BinaryIO
 import click
 from rich.console import Console
 
-from fabric import protocol as P
 from fabric.client import Consumer, Producer
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import ClientTimeoutError, FabricError, TopicNotInMetadataError
 from fabric.records import Record
 from nodes.cli_common import Target, target_options
 
@@ -86,9 +85,9 @@ def _check_partition(target: Target, topic: str, partition: int | None) -> None:
     with target.admin() as admin:
         t = admin.metadata().topics.get(topic)
     if t is None:
-        raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {topic!r}")
+        raise TopicNotInMetadataError(f"no topic {topic!r}")
     if partition is not None and not 0 <= partition < len(t.partitions):
-        raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"{topic} has no partition {partition} (it has {len(t.partitions)})")
+        raise TopicNotInMetadataError(f"{topic} has no partition {partition} (it has {len(t.partitions)})")
 
 
 # -- produce ---------------------------------------------------------------------------------
@@ -161,8 +160,8 @@ def _flush(producer: Producer, timeout_s: float) -> None:
     """Wait for the acknowledgements; a record still unanswered is reported by ``take``."""
     try:
         producer.flush(timeout_s)
-    except RemoteError:
-        pass
+    except ClientTimeoutError:
+        pass  # each record still unanswered is reported, in order, by _Acknowledgements.take
 
 
 class _Acknowledgements:
@@ -179,7 +178,7 @@ class _Acknowledgements:
         future, key = item
         future.exception(self.wait_s)
         if not future.done():
-            self.fail(RemoteError(P.REQUEST_TIMED_OUT, "no acknowledgement within the delivery timeout"))
+            self.fail(ClientTimeoutError("no acknowledgement within the delivery timeout"))
             return
         error = future.exception()
         if error is not None:

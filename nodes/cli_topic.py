@@ -9,6 +9,7 @@ summary line per topic, then one tab-separated line per partition::
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -17,9 +18,11 @@ from rich.console import Console
 
 from fabric import protocol as P
 from fabric.client import Admin
-from fabric.errors import RemoteError
+from fabric.errors import RemoteError, TopicNotInMetadataError
 from fabric.metadata import PartitionInfo, TopicInfo
 from nodes.cli_common import Target
+
+log = logging.getLogger(__name__)
 
 READY_WAIT_S = 15.0  # create/alter wait this long for every new partition to have a leader
 
@@ -94,8 +97,8 @@ def wait_ready(admin: Admin, topic: str, partitions_min: int, timeout_s: float =
                 if t is not None and len(t.partitions) >= partitions_min and all(p.leader >= 0 for p in t.partitions):
                     admin.list_offsets(topic)
                     return True
-            except RemoteError:
-                pass  # leaders are still taking over
+            except RemoteError as e:  # leaders are still taking over
+                log.debug("%s not ready yet: %s", topic, e)
             time.sleep(0.1)
         return False
     finally:
@@ -163,7 +166,7 @@ def describe(config: str | None, bootstrap: str | None, name: str | None, topic:
     with Target(config, bootstrap).admin() as admin:
         md = admin.metadata()
     if name is not None and name not in md.topics:
-        raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        raise TopicNotInMetadataError(f"no topic {name!r}")
     names = [name] if name else sorted(t for t in md.topics if not t.startswith("__"))
     filtered = under_replicated or unavailable
     for n in names:

@@ -34,6 +34,7 @@ import queue
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable
 
 
@@ -41,7 +42,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.client.group import GroupConsumer
 from fabric.config import LoomConfig
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError, LoomError, RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
@@ -63,13 +64,23 @@ CONFIG_TYPES: dict[str, type] = {
 Answer = Callable[[dict | None, RemoteError | None], None]
 
 
+@dataclass(frozen=True)
+class InstanceHost:
+    """What an instance needs of the service hosting it."""
+
+    node_name: str                # answered to CONSUMER_CREATE
+    bootstrap: list[str]          # where its GroupConsumer finds the cluster
+    idle_timeout_ms: int          # the default of the instance's idle_timeout_ms
+    fail: Callable[[BaseException], None]  # a programmer error on the instance's thread
+
+
 class Instance(threading.Thread):
     """One hosted group member and the thread that drives it."""
 
-    def __init__(self, service: "ConsumerService", group: str, name: str, config: dict, now_ms: int) -> None:
+    def __init__(self, host: InstanceHost, group: str, name: str, config: dict, now_ms: int) -> None:
         super().__init__(name=f"loom-instance-{group}-{name}", daemon=True)
-        self.service, self.group, self.instance_name, self.config = service, group, name, config
-        self.idle_timeout_ms = config.pop("idle_timeout_ms", service.config.services.consumer_instance_idle_timeout_ms)
+        self.host, self.group, self.instance_name, self.config = host, group, name, config
+        self.idle_timeout_ms = config.pop("idle_timeout_ms", host.idle_timeout_ms)
         self.last_used_ms = now_ms
         self.commands: queue.Queue[tuple[str, dict, Answer] | None] = queue.Queue(COMMANDS_PER_INSTANCE_MAX)
         self.consumer: GroupConsumer | None = None
@@ -96,13 +107,16 @@ class Instance(threading.Thread):
             op, header, answer = item
             try:
                 answer(self._do(op, header), None)
-            except RemoteError as e:
-                answer(None, e)
+            except CodedError as e:  # a node's answer, or the client library's own condition
+                answer(None, e if isinstance(e, RemoteError) else RemoteError(e.code, e.message))
             except FabricError as e:
                 answer(None, RemoteError(P.INVALID_CONFIG, str(e)))
-            except Exception as e:
+            except LoomError as e:  # an operating error (a corrupt batch…): answered, logged
                 log.exception("instance %s/%s: %s failed", self.group, self.instance_name, op)
-                answer(None, RemoteError(P.UNKNOWN, f"internal error: {type(e).__name__}: {e}"))
+                answer(None, RemoteError(P.UNKNOWN, f"{type(e).__name__}: {e}"))
+            except Exception as e:  # a bug (the headers were checked on the reactor): stop the node
+                self.host.fail(e)
+                return
             if op == "delete":
                 break
         self._close()
@@ -123,7 +137,7 @@ class Instance(threading.Thread):
             return
         try:
             self.consumer.maintain()
-        except RemoteError as e:
+        except CodedError as e:
             log.warning("instance %s/%s: %s", self.group, self.instance_name, e)
 
     def _close(self) -> None:
@@ -136,8 +150,8 @@ class Instance(threading.Thread):
 
     def _do(self, op: str, h: dict) -> dict:
         if op == "create":
-            self.consumer = GroupConsumer(self.service.config.bootstrap(), group_id=self.group, **self.config)
-            return {"group": self.group, "instance": self.instance_name, "node": self.service.name}
+            self.consumer = GroupConsumer(self.host.bootstrap, group_id=self.group, **self.config)
+            return {"group": self.group, "instance": self.instance_name, "node": self.host.node_name}
         c = self.consumer
         if c is None:
             raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {self.instance_name} did not start")
@@ -205,7 +219,7 @@ class Instance(threading.Thread):
             else:
                 raise RemoteError(P.MALFORMED_REQUEST, "to must be beginning, end or offsets")
         except FabricError as e:
-            if isinstance(e, RemoteError):
+            if isinstance(e, CodedError):
                 raise
             raise RemoteError(P.PARTITION_NOT_ASSIGNED, str(e)) from e
         return {}
@@ -227,11 +241,41 @@ OPS = {
 }
 
 
+def check_op_header(op: str, h: dict) -> None:
+    """Refuse, on the reactor, an instance op whose header fields the instance thread could not
+    read. Raises RemoteError(malformed_request) naming the field."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def partition_list(name: str, width: int) -> None:  # [[topic, partition(, offset)], ...] or null
+        v = h.get(name)
+        if v is None:
+            return
+        if not isinstance(v, list) or not all(
+                isinstance(e, (list, tuple)) and len(e) == width and isinstance(e[0], str) and all(map(is_int, e[1:]))
+                for e in v):
+            fields = "topic, partition" + (", offset" if width == 3 else "")
+            raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a list of [{fields}]")
+    if op == "fetch":
+        for name in ("timeout_ms", "max_records", "max_bytes"):
+            if name in h and not is_int(h[name]):
+                raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be int")
+    elif op == "commit":
+        partition_list("offsets", 3)
+    elif op == "committed":
+        partition_list("partitions", 2)
+    elif op == "seek":
+        partition_list("partitions", 2)
+        partition_list("offsets", 3)
+
+
 class ConsumerService(Node):
     role = "consumer"
 
     def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
         super().__init__(config, name, **kw)
+        self.instance_host = InstanceHost(name, config.bootstrap(), config.services.consumer_instance_idle_timeout_ms,
+                                          self.fail_from_thread)
         self.instances: dict[tuple[str, str], Instance] = {}
         self._done: deque[tuple[wire.Request, dict | None, RemoteError | None]] = deque()
         self._waker = Waker(self.ctx, "consumer-service")
@@ -276,7 +320,7 @@ class ConsumerService(Node):
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise RemoteError(P.INVALID_CONFIG, f"consumer config {key} must be {kind.__name__}")
         config.setdefault("client_id", name)
-        inst = Instance(self, group, name, config, self.clock.now_ms())
+        inst = Instance(self.instance_host, group, name, config, self.clock.now_ms())
         self.instances[(group, name)] = inst
         inst.start()
         inst.submit("create", {}, self._created(req, group, name))
@@ -302,6 +346,7 @@ class ConsumerService(Node):
         if inst is None:
             raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"no consumer instance {key[1]!r} in group {key[0]!r} on {self.name}")
         op = OPS[req.command]
+        check_op_header(op, req.header)
         inst.last_used_ms = self.clock.now_ms()
         inst.submit(op, req.header, self._answer(req))
         if op == "delete":

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 
@@ -32,7 +32,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.client.producer import ACKS, RECORD_OVERHEAD_BYTES, Producer
 from fabric.config import LoomConfig
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
@@ -65,27 +65,20 @@ class _Job:
             return self.remaining == 0
 
 
-class ProducerService(Node):
-    role = "producer"
+class ProduceIntake:
+    """The service's bounded intake: checks a SERVICE_PRODUCE request, counts its bytes against
+    ``buffer_bytes_max`` and queues it for the worker (at most ``jobs_max`` waiting); a request
+    that does not fit is refused with ``buffer_full``. ``buffered_bytes`` and ``release`` belong
+    to the reactor thread; ``jobs`` is the (thread-safe) queue the worker takes from."""
 
-    def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
-        super().__init__(config, name, **kw)
-        self.services = config.services
-        self._buffered_bytes = 0  # reactor thread only
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(JOBS_MAX)
-        self._done: deque[_Job] = deque()
-        self._producers: dict[int, Producer] = {}
-        self._stopping = False
-        self._waker = Waker(self.ctx, "producer-service")
-        self.reactor.add_socket(self._waker.sock, self._on_wake)
-        self.server.route(P.SERVICE_PRODUCE, self._on_produce)
-        self._worker = threading.Thread(target=self._work, name="loom-producer-service", daemon=True)
-        self._worker.start()
-        self.metrics.add_collector(lambda: (("loom_producer_service_buffer_bytes", (), self._buffered_bytes),
-                                            ("loom_producer_service_buffer_max_bytes", (), self.services.producer_buffer_bytes_max)))
+    def __init__(self, buffer_bytes_max: int, counters: Counter[str], jobs_max: int = JOBS_MAX) -> None:
+        self.buffer_bytes_max = buffer_bytes_max
+        self.buffered_bytes = 0
+        self.counters = counters
+        self.jobs: queue.Queue[_Job | None] = queue.Queue(jobs_max)
 
-    # -- reactor thread ------------------------------------------------------------------------
-    def _on_produce(self, req: wire.Request) -> Any:
+    def admit(self, req: wire.Request) -> _Job:
+        """Raises RemoteError (malformed_request, invalid_record, buffer_full)."""
         topic = req.get("topic", str)
         acks_raw = req.header.get("acks", -1)
         if acks_raw not in ACKS or isinstance(acks_raw, bool):
@@ -103,26 +96,55 @@ class ProducerService(Node):
             # headers count too: a request of small values with large headers must not slip
             # past the bound
             size += len(r[1]) + len(r[0] or b"") + RECORD_OVERHEAD_BYTES + _headers_bytes(r[2])
-        if self._buffered_bytes + size > self.services.producer_buffer_bytes_max:
+        if self.buffered_bytes + size > self.buffer_bytes_max:
             self.counters["buffer_full"] += 1
-            raise RemoteError(P.BUFFER_FULL, f"the producer service buffer ({self.services.producer_buffer_bytes_max} "
+            raise RemoteError(P.BUFFER_FULL, f"the producer service buffer ({self.buffer_bytes_max} "
                                              f"bytes) is full: retry later")
         job = _Job(req, topic, ACKS[acks_raw], records, size)
         try:
-            self._jobs.put_nowait(job)
+            self.jobs.put_nowait(job)
         except queue.Full:
             self.counters["buffer_full"] += 1
-            raise RemoteError(P.BUFFER_FULL, f"{JOBS_MAX} produce requests are waiting: retry later") from None
-        self._buffered_bytes += size
+            raise RemoteError(P.BUFFER_FULL, f"{self.jobs.maxsize} produce requests are waiting: retry later") from None
+        self.buffered_bytes += size
         self.counters["produce_requests"] += 1
         self.counters["produce_records"] += len(records)
-        self.metrics.inc("loom_producer_service_records_total", (topic,), len(records))
+        return job
+
+    def release(self, job: _Job) -> None:
+        """The job was answered: its bytes leave the buffer."""
+        self.buffered_bytes -= job.size_bytes
+
+
+class ProducerService(Node):
+    role = "producer"
+
+    def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
+        super().__init__(config, name, **kw)
+        self.services = config.services
+        self.intake = ProduceIntake(self.services.producer_buffer_bytes_max, self.counters)
+        self._jobs = self.intake.jobs
+        self._done: deque[_Job] = deque()
+        self._producers: dict[int, Producer] = {}
+        self._stopping = False
+        self._waker = Waker(self.ctx, "producer-service")
+        self.reactor.add_socket(self._waker.sock, self._on_wake)
+        self.server.route(P.SERVICE_PRODUCE, self._on_produce)
+        self._worker = threading.Thread(target=self._work, name="loom-producer-service", daemon=True)
+        self._worker.start()
+        self.metrics.add_collector(lambda: (("loom_producer_service_buffer_bytes", (), self.intake.buffered_bytes),
+                                            ("loom_producer_service_buffer_max_bytes", (), self.services.producer_buffer_bytes_max)))
+
+    # -- reactor thread ------------------------------------------------------------------------
+    def _on_produce(self, req: wire.Request) -> Any:
+        job = self.intake.admit(req)
+        self.metrics.inc("loom_producer_service_records_total", (job.topic,), len(job.records))
         return DEFER
 
     def _on_wake(self, frames: list[bytes]) -> None:
         while self._done:
             job = self._done.popleft()
-            self._buffered_bytes -= job.size_bytes
+            self.intake.release(job)
             self.server.reply(job.req, {"topic": job.topic, "results": job.results})
 
     def _wake(self) -> None:
@@ -148,10 +170,9 @@ class ProducerService(Node):
                 return
             try:
                 self._send_job(job)
-            except Exception as e:  # a bug must not strand the request
-                log.exception("produce job failed")
-                for i in range(len(job.records)):
-                    self._finish(job, i, [-1, -1, P.UNKNOWN, f"internal error: {e}"])
+            except Exception as e:  # a bug: stop the node (it restarts), not answer and carry on
+                self.fail_from_thread(e)
+                return
 
     def _send_job(self, job: _Job) -> None:
         producer = self._producer(job.acks)
@@ -165,11 +186,11 @@ class ProducerService(Node):
                 if err is None:
                     self._finish(job, i, [md.partition, md.offset if job.acks != 0 else -1, 0, ""])
                 else:
-                    code = err.code if isinstance(err, RemoteError) else P.UNKNOWN
+                    code = err.code if isinstance(err, CodedError) else P.UNKNOWN
                     self._finish(job, i, [-1, -1, code, str(err)])
             try:
                 producer.send(job.topic, value, key=key, headers=headers, partition=partition, on_delivery=delivered)
-            except RemoteError as e:
+            except CodedError as e:  # a broker's answer, or the client's own (buffer full, unknown topic…)
                 self._finish(job, i, [-1, -1, e.code, e.message])
                 if e.code in (P.UNKNOWN_TOPIC_OR_PARTITION, P.BUFFER_FULL) and partition is None:
                     fatal = e
@@ -183,7 +204,7 @@ class ProducerService(Node):
 
     # -- stats / lifecycle -------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        return {"buffered_bytes": self._buffered_bytes, "buffer_bytes_max": self.services.producer_buffer_bytes_max,
+        return {"buffered_bytes": self.intake.buffered_bytes, "buffer_bytes_max": self.services.producer_buffer_bytes_max,
                 "jobs_waiting": self._jobs.qsize()}
 
     def close(self) -> None:
@@ -192,7 +213,7 @@ class ProducerService(Node):
         for p in self._producers.values():
             try:
                 p.close(timeout=5)
-            except RemoteError as e:
+            except CodedError as e:
                 log.warning("producer close: %s", e)
         self.reactor.remove_socket(self._waker.sock)
         self._waker.close()

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import errno
 import logging
+import os
 import sys
 
 import zmq
@@ -19,6 +20,7 @@ log = logging.getLogger("loom.run")
 # Exit codes the supervisor (nodes/launcher.py) acts on.
 EXIT_CONFIG_ERROR = 2  # the config (file, node name, host) is wrong: restarting cannot help
 EXIT_BIND_ERROR = 3    # the node's port is taken: restarted with backoff, it may be freed
+EXIT_PROGRAMMER_ERROR = 70  # a bug stopped the node (EX_SOFTWARE): restarted, it recovers from disk
 
 
 # The class that implements each role, imported only when that role runs (the launcher also
@@ -70,7 +72,15 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_CONFIG_ERROR
         raise
-    node.run()
+    try:
+        node.run()
+    except Exception:
+        # like a kill -9, which recovery handles: no clean close from a state a bug has broken
+        log.critical("%s stopped by a programmer error; the supervisor restarts it from disk", args.node,
+                     exc_info=True)
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(EXIT_PROGRAMMER_ERROR)
     return 0
 
 

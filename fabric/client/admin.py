@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import zmq
@@ -11,6 +12,8 @@ from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
 from fabric.errors import FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
 from fabric.rpc import BlockingClient
+
+log = logging.getLogger(__name__)
 
 EARLIEST = -2
 LATEST = -1
@@ -42,7 +45,8 @@ class Admin:
         for ep in self.endpoints:
             try:
                 h, _ = self._client(ep).call(P.PING, timeout_ms=min(self.timeout_ms, 2000))
-            except RemoteError:
+            except RemoteError as e:
+                log.debug("bootstrap %s did not answer PING: %s", ep, e)
                 continue
             if h.get("role") == "coordinator":
                 return ep

@@ -23,7 +23,7 @@ from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.bootstrap import metadata_endpoint, parse_bootstrap
 from fabric.clock import Clock
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import FabricError, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.records import Record, decode_batches
@@ -40,7 +40,8 @@ class Consumer:
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
                  auto_offset_reset: str = "latest", fetch_bytes_max: int = 8 * 1024 * 1024,
                  partition_fetch_bytes_max: int = 4 * 1024 * 1024, fetch_wait_ms: int = FETCH_WAIT_MS,
-                 request_timeout_ms: int = 10_000) -> None:
+                 request_timeout_ms: int = 10_000, clock: Clock | None = None) -> None:
+        """``clock``: the consumer's monotonic clock (a test passes a ``ManualClock``)."""
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise FabricError("auto_offset_reset must be earliest, latest or none")
         self.endpoints = parse_bootstrap(bootstrap, config_path)
@@ -50,7 +51,7 @@ class Consumer:
         self.fetch_wait_ms = fetch_wait_ms
         self.request_timeout_ms = request_timeout_ms
         self.ctx = zmq.Context.instance()
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self.reactor = Reactor(self.clock)
         self.metadata = ClusterMetadata.empty()
         self._md_in_flight = False
@@ -251,14 +252,15 @@ class Consumer:
         self._md_in_flight = False
 
     def partitions_for(self, topic: str, timeout_ms: int = 5000) -> list[int]:
-        """Partition numbers of ``topic`` (waits for metadata)."""
+        """Partition numbers of ``topic`` (waits up to ``timeout_ms`` for metadata that has it).
+        Raises ``TopicNotInMetadataError``."""
         deadline = self.clock.now_ms() + timeout_ms
         while True:
             t = self.metadata.topics.get(topic)
             if t is not None:
                 return [p.partition for p in t.partitions]
             if self.clock.now_ms() >= deadline:
-                raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} not found")
+                raise TopicNotInMetadataError(f"topic {topic!r} not found")
             self._refresh_metadata()
             self.reactor.run_once(100)
 

@@ -25,6 +25,10 @@ joins again as a new member (Kafka's ``max.poll.interval.ms``).
 A new member asks the coordinator for its member id first and then joins with it (KIP-394),
 so a join retried after a lost reply never leaves a ghost member holding partitions.
 
+The consumer reaches the coordinator through a ``CoordinatorLink`` and is heartbeated by a
+``HeartbeatThread`` (``fabric.client.group_link``); both can be handed in (``coordinator``,
+``heartbeat_factory``), so tests drive the real consumer with small fakes.
+
 Thread-safety: like ``fabric.client.Consumer``, one thread uses a consumer; the heartbeat
 thread shares only a few fields under a lock.
 """
@@ -40,19 +44,27 @@ from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.consumer import Consumer as _AssignConsumer
 from fabric.client.consumer import TopicPartition
+from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, CoordinatorLink, HeartbeatMember,
+                                      HeartbeatSettings, HeartbeatThread)
 from fabric.errors import FabricError, RemoteError, RequestTimeout
 from fabric.records import Record
-from fabric.rpc import BlockingClient, RpcClient
+from fabric.rpc import RpcClient
 
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 CommitCallback = Callable[[dict[TopicPartition, int], Exception | None], None]
-COORDINATOR_CALL_TIMEOUT_MS = 10_000
+HeartbeatFactory = Callable[[HeartbeatMember, HeartbeatSettings, Callable[[], str]], Any]
 COMMIT_TIMEOUT_MS = 20_000       # a sync commit retries retriable errors this long
 RETRY_BACKOFF_MS = 200
 POLL_SLICE_MS = 200              # how often a waiting poll looks for a pending rebalance
-REJOIN_ERRORS = frozenset({P.UNKNOWN_MEMBER, P.ILLEGAL_GENERATION, P.UNKNOWN_GROUP, P.REBALANCE_IN_PROGRESS})
+
+
+def start_heartbeat_thread(member: HeartbeatMember, settings: HeartbeatSettings, endpoint: Callable[[], str]) -> HeartbeatThread:
+    """The default ``heartbeat_factory``: a started ``HeartbeatThread`` to the coordinator."""
+    thread = HeartbeatThread(member, settings, endpoint())
+    thread.start()
+    return thread
 
 
 class CommitFailed(RemoteError):
@@ -67,7 +79,11 @@ class GroupConsumer(_AssignConsumer):
                  max_poll_interval_ms: int = 300_000,
                  assignor: str = "range", client_id: str = "loom-consumer",
                  on_assign: PartitionsCallback | None = None, on_revoke: PartitionsCallback | None = None,
-                 on_commit: CommitCallback | None = None, **kw: Any) -> None:
+                 on_commit: CommitCallback | None = None, coordinator: CoordinatorLink | None = None,
+                 heartbeat_factory: HeartbeatFactory = start_heartbeat_thread, **kw: Any) -> None:
+        """``coordinator``: the link to the group coordinator (default: an RPC client on this
+        consumer's reactor, to the coordinator named in the metadata); ``heartbeat_factory``
+        starts the heartbeat thread at the first join. Other keywords go to ``Consumer``."""
         super().__init__(bootstrap, config_path=config_path, auto_offset_reset=auto_offset_reset, **kw)
         if not group_id:
             raise FabricError("group_id is required for a group consumer")
@@ -97,8 +113,10 @@ class GroupConsumer(_AssignConsumer):
         self._last_committed: dict[TopicPartition, int] = {}
         self._next_auto_commit_ms = 0
         self._async_commits_in_flight = 0
-        self._coordinator: RpcClient | None = None
-        self._heartbeat: _Heartbeat | None = None
+        self._link = coordinator or CoordinatorLink(self.reactor, self.clock, self._connect_coordinator,
+                                                    stopped=lambda: self._closed)
+        self._heartbeat_factory = heartbeat_factory
+        self._heartbeat: Any = None  # what heartbeat_factory returned: has stop()
 
     # -- subscription ----------------------------------------------------------------------------
     def subscribe(self, topics: list[str]) -> None:
@@ -266,7 +284,7 @@ class GroupConsumer(_AssignConsumer):
                 if self.on_commit is not None:
                     self.on_commit(dict(offsets), err)
             self._async_commits_in_flight += 1
-            self._coordinator_client().request(P.OFFSET_COMMIT, header, callback=done, timeout_ms=COMMIT_TIMEOUT_MS)
+            self._link.request(P.OFFSET_COMMIT, header, callback=done, timeout_ms=COMMIT_TIMEOUT_MS)
             return
         try:
             self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS)
@@ -298,36 +316,17 @@ class GroupConsumer(_AssignConsumer):
             self.reactor.run_once(100)
         return self.metadata.coordinator
 
-    def _coordinator_client(self) -> RpcClient:
-        if self._coordinator is None:
-            self._coordinator = RpcClient(self.ctx, self.reactor, self._coordinator_endpoint(), identity=self.client_id)
-        return self._coordinator
+    def _connect_coordinator(self) -> RpcClient:
+        return RpcClient(self.ctx, self.reactor, self._coordinator_endpoint(), identity=self.client_id)
 
     def _call(self, command: bytes, header: dict, *, timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS,
               retry_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> dict:
-        """A request to the coordinator, waited for while the reactor runs (fetch replies keep
-        landing). Retriable errors (not_coordinator while it loads, timeouts) are retried
-        for ``retry_ms``."""
-        deadline = self.clock.now_ms() + retry_ms
-        while True:
-            box: dict[str, Any] = {}
-
-            def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-                box["reply"] = (h, err)
-            self._coordinator_client().request(command, header, callback=done, timeout_ms=timeout_ms)
-            while "reply" not in box:
-                self.reactor.run_once(100)
-            h, err = box["reply"]
-            if err is None:
-                return h
-            if not err.retriable or self.clock.now_ms() >= deadline or self._closed:
-                raise err
-            self.reactor.run_once(RETRY_BACKOFF_MS)
+        return self._link.call(command, header, timeout_ms=timeout_ms, retry_ms=retry_ms)
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None:
-            self._heartbeat = _Heartbeat(self, self._coordinator_endpoint())
-            self._heartbeat.start()
+            settings = HeartbeatSettings(self.group_id, self.client_id, self.heartbeat_interval_ms, self.session_timeout_ms)
+            self._heartbeat = self._heartbeat_factory(self, settings, self._coordinator_endpoint)
 
     def heartbeat_state(self) -> tuple[bool, str, int]:
         """(active, member_id, generation) for the heartbeat thread."""
@@ -364,7 +363,7 @@ class GroupConsumer(_AssignConsumer):
         with self._lock:
             self._active = False
             mid = self.member_id
-        if mid and self._coordinator is not None:
+        if mid and self._link.connected:
             try:
                 self._call(P.LEAVE_GROUP, {"group": self.group_id, "member_id": mid}, timeout_ms=2000, retry_ms=0)
             except RemoteError as e:
@@ -382,54 +381,9 @@ class GroupConsumer(_AssignConsumer):
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.stop()
-            if self._coordinator is not None:
-                self._coordinator.close()
+            self._link.close()
             super().close()
 
 
 Consumer = GroupConsumer
 
-
-class _Heartbeat(threading.Thread):
-    """Sends HEARTBEAT while the member is active; flags a rejoin when the coordinator says
-    the group is rebalancing or no longer knows the member. Owns its own DEALER socket."""
-
-    def __init__(self, consumer: GroupConsumer, endpoint: str) -> None:
-        super().__init__(name=f"loom-heartbeat-{consumer.group_id}", daemon=True)
-        self.consumer = consumer
-        self.endpoint = endpoint
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        c = self.consumer
-        client = BlockingClient(c.ctx, self.endpoint, identity=f"{c.client_id}-hb")
-        try:
-            while not self._stop_event.wait(c.heartbeat_interval_ms / 1000):
-                self.beat(client)
-        finally:
-            client.close()
-
-    def beat(self, client: Any) -> None:
-        """One heartbeat (or, for an application that stopped polling, the leave)."""
-        c = self.consumer
-        timeout_ms = max(100, min(c.heartbeat_interval_ms * 2, c.session_timeout_ms))
-        leaving = c.leave_if_poll_expired()
-        if leaving is not None:
-            try:
-                client.call(P.LEAVE_GROUP, {"group": c.group_id, "member_id": leaving}, timeout_ms=timeout_ms)
-            except RemoteError as e:  # the session expiry removes it anyway
-                log.debug("leave failed: %s", e)
-            return
-        active, mid, gen = c.heartbeat_state()
-        if not active:
-            return
-        try:
-            client.call(P.HEARTBEAT, {"group": c.group_id, "member_id": mid, "generation": gen}, timeout_ms=timeout_ms)
-        except RemoteError as e:
-            if e.code in REJOIN_ERRORS:
-                c.request_rejoin(gen, reset_member=e.code in (P.UNKNOWN_MEMBER, P.UNKNOWN_GROUP))
-            # timeouts / not_coordinator: keep trying; the session decides
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)

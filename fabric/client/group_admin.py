@@ -5,12 +5,15 @@ Used by ``loom group`` and the gateway. Blocking; not thread-safe (one per threa
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST, Admin
 from fabric.errors import FabricError, RemoteError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class GroupAdmin:
             if tp[0] not in ends:
                 try:
                     ends[tp[0]] = self.admin.list_offsets(tp[0], LATEST)
-                except RemoteError:
+                except RemoteError as e:  # the lag is shown as unknown
+                    log.debug("log end offsets of %s: %s", tp[0], e)
                     ends[tp[0]] = {}
             end = ends[tp[0]].get(tp[1], -1)
             cur = committed.get(tp, -1)

@@ -6,32 +6,36 @@ partition (in sequence order), and batches for all partitions led by one broker 
 request. A retriable failure puts the batches back at the head of their queue, so order and
 sequence numbers hold across retries.
 
-Thread-safety: ``wake``, ``partition_count`` and ``metadata`` may be called from any thread;
-everything else runs on the I/O thread.
+The sender depends on three narrow things, not on the producer that owns it: its
+``SenderSettings``, a ``BatchSource`` (the record accumulator: ``take_ready`` and ``release``)
+and a ``MetadataCache`` (which it keeps fresh). RPC clients come from ``client_factory``
+(one per broker endpoint), so tests hand it recording fakes.
+
+Thread-safety: ``wake``, ``partition_count``, ``metadata`` and ``stop`` may be called from any
+thread; everything else runs on the I/O thread.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter, defaultdict, deque
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import zmq
 
 from fabric import protocol as P
+from fabric.client.accumulator import BatchState
 from fabric.client.bootstrap import metadata_endpoint
+from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import DeliveryTimeoutError, FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.records import build_batch
 from fabric.rpc import RpcClient
 from fabric.waker import Waker
-
-if TYPE_CHECKING:
-    from fabric.client.producer import BatchState, Producer
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +47,56 @@ METADATA_TIMEOUT_MS = 3000
 METADATA_RETRY_MS = 100
 METADATA_MAX_AGE_MS = 5000   # refresh at least this often (new partitions, moved leaders)
 REQUEST_STALL_MS = 400       # a request unanswered this long makes us look for a new leader
+RETRY_BACKOFF_MS = 50        # a retried batch waits this long (a failover under way)
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    acks: int = -1                  # 0, 1 or -1 (all)
+    compression: int = 0            # fabric.records.COMPRESSION_CODECS value
+    idempotent: bool = True         # producer id + per-partition sequence (not with acks=0)
+    delivery_timeout_ms: int = 120_000
+    request_timeout_ms: int = 30_000
+    linger_ms: int = 5              # the I/O thread looks for lingering batches this often
+
+
+class BatchSource(Protocol):
+    """What the sender needs of the record accumulator."""
+
+    def take_ready(self, now_ms: int) -> list[BatchState]: ...
+
+    def release(self, batch: BatchState) -> None: ...
+
+
+class SenderClient(Protocol):
+    """What the sender needs of an RPC client (``fabric.rpc.RpcClient``)."""
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int) -> Any: ...
+
+    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> None: ...
+
+    def fail_all(self, error: RemoteError) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Sender(threading.Thread):
-    def __init__(self, producer: "Producer", endpoints: list[str], *, idempotent: bool,
-                 delivery_timeout_ms: int, request_timeout_ms: int) -> None:
+    def __init__(self, settings: SenderSettings, batches: BatchSource, metadata: MetadataCache,
+                 endpoints: list[str], *, clock: Clock | None = None,
+                 client_factory: Callable[[str], SenderClient] | None = None) -> None:
+        """``client_factory(endpoint)``: the RPC client to one node (default: an ``RpcClient``
+        on this thread's reactor)."""
         super().__init__(name="loom-producer-io", daemon=True)
-        self.producer = producer
+        self.settings = settings
+        self.batches = batches
+        self.metadata_cache = metadata
         self.endpoints = endpoints
-        self.idempotent = idempotent
-        self.delivery_timeout_ms = delivery_timeout_ms
-        self.request_timeout_ms = request_timeout_ms
-        self.clock = Clock()
+        self.idempotent = settings.idempotent and settings.acks != 0
+        self.clock = clock or Clock()
         self.ctx = zmq.Context.instance()
         self._waker = Waker(self.ctx, "producer")
-        self._md_cond = threading.Condition()
-        self.metadata = ClusterMetadata.empty()
-        self._md_wanted = True
+        self._client_factory = client_factory or self._rpc_client
         self._md_in_flight = False
         self._md_endpoint_index = 0
         self.producer_id = -1
@@ -68,34 +105,25 @@ class Sender(threading.Thread):
         self._sequences: dict[tuple[str, int], int] = defaultdict(int)
         self._queues: dict[tuple[str, int], deque[BatchState]] = defaultdict(deque)
         self._in_flight: dict[tuple[str, int], tuple[str, int]] = {}  # tp -> (endpoint, sent_ms)
-        self._clients: dict[str, RpcClient] = {}
+        self._clients: dict[str, SenderClient] = {}
         self._stopping = False
-        self.reactor: Reactor | None = None
+        self._shut = False
+        self.reactor: Any = None  # a fabric.reactor.Reactor (or a test's fake), set by attach()
         self.errors: Counter[str] = Counter()  # error name -> batches that got it (retried or not)
+        self.failure: FabricError | None = None  # set if a programmer error stopped the I/O thread
 
     # -- any thread ------------------------------------------------------------------------
+    @property
+    def metadata(self) -> ClusterMetadata:
+        return self.metadata_cache.current
+
     def wake(self) -> None:
         self._waker.wake()
 
     def partition_count(self, topic: str, max_block_ms: int) -> int:
-        """Partitions of ``topic``; waits for metadata (up to max_block_ms) if unknown."""
-        t = self.metadata.topics.get(topic)
-        if t is not None:
-            return len(t.partitions)
-        deadline = time.monotonic() + max_block_ms / 1000
-        with self._md_cond:
-            self._md_wanted = True
-            self.wake()
-            while True:
-                t = self.metadata.topics.get(topic)
-                if t is not None:
-                    return len(t.partitions)
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stopping:
-                    raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} not found in the cluster metadata")
-                self._md_cond.wait(min(left, 0.2))
-                self._md_wanted = True
-                self.wake()
+        """Partitions of ``topic``; waits for metadata (up to max_block_ms) if unknown.
+        Raises ``TopicNotInMetadataError``."""
+        return self.metadata_cache.partition_count(topic, max_block_ms)
 
     def start_sequence_at_for_testing(self, topic: str, partition: int, sequence: int) -> None:
         """Test hook: number the next batch of (topic, partition) from ``sequence``
@@ -106,41 +134,66 @@ class Sender(threading.Thread):
 
     def stop(self) -> None:
         self._stopping = True
-        self.wake()
-        self.join(timeout=5)
+        self.metadata_cache.close()
+        if self.is_alive():
+            self.wake()
+            self.join(timeout=5)
+        elif not self._shut:
+            self._shut_down()  # never started as a thread (a test drove it): release its sockets
 
     # -- the I/O thread ---------------------------------------------------------------------
     def run(self) -> None:
-        self.reactor = Reactor(self.clock)
-        self.reactor.add_socket(self._waker.sock, lambda frames: None)
-        self.reactor.after_pass(self._pass)
-        self.reactor.call_every(max(1, self.producer.linger_ms), lambda: None)
-        self.reactor.call_every(METADATA_MAX_AGE_MS, self._want_metadata)
-        self.reactor.call_every(REQUEST_STALL_MS // 4, self._check_stalls)
+        reactor = Reactor(self.clock)
+        reactor.add_socket(self._waker.sock, lambda frames: None)
+        reactor.after_pass(self.run_pass)
+        self.attach(reactor)
         try:
             while not self._stopping:
-                self.reactor.run_once(100)
+                reactor.run_once(100)
+        except Exception as e:  # a bug: every waiting record and every later send fails with it
+            log.critical("the producer's I/O thread stopped on a programmer error", exc_info=True)
+            self.failure = FabricError(f"the producer's I/O thread stopped: {type(e).__name__}: {e}")
+            self.failure.__cause__ = e
+            raise
         finally:
-            self._fail_everything(FabricError("producer closed"))
-            for c in self._clients.values():
-                c.close()
-            self._waker.close()
+            self._shut_down()
 
-    def _client(self, endpoint: str) -> RpcClient:
+    def attach(self, reactor: Any) -> None:
+        """Arm the sender's timers on ``reactor`` (``run`` does; a test passes a fake reactor
+        and calls ``run_pass`` itself)."""
+        self.reactor = reactor
+        reactor.call_every(max(1, self.settings.linger_ms), lambda: None)
+        reactor.call_every(METADATA_MAX_AGE_MS, self.metadata_cache.want_refresh)
+        reactor.call_every(REQUEST_STALL_MS // 4, self._check_stalls)
+
+    def _shut_down(self) -> None:
+        self._shut = True
+        self._fail_everything(self.failure or FabricError("producer closed"))
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+        self._waker.close()
+
+    def _rpc_client(self, endpoint: str) -> RpcClient:
+        return RpcClient(self.ctx, self.reactor, endpoint, identity="producer")
+
+    def _client(self, endpoint: str) -> SenderClient:
         c = self._clients.get(endpoint)
         if c is None:
             assert self.reactor is not None
-            c = self._clients[endpoint] = RpcClient(self.ctx, self.reactor, endpoint, identity="producer")
+            c = self._clients[endpoint] = self._client_factory(endpoint)
         return c
 
-    def _pass(self) -> None:
+    def run_pass(self) -> None:
+        """One pass of the I/O thread: refresh metadata and the producer id if needed, take
+        ready batches, expire the overdue, send what can go."""
         now = self.clock.now_ms()
-        if self._md_wanted:
+        if self.metadata_cache.take_wanted():
             self._refresh_metadata()
         if self.idempotent and self.producer_id < 0:
             self._init_producer_id()
-        for b in self.producer.take_ready(now):
-            b.deadline_ms = now + self.delivery_timeout_ms
+        for b in self.batches.take_ready(now):
+            b.deadline_ms = now + self.settings.delivery_timeout_ms
             self._queues[(b.topic, b.partition)].append(b)
         if self.idempotent and self.producer_id < 0:
             return  # batches wait for the producer id
@@ -151,16 +204,16 @@ class Sender(threading.Thread):
         for tp, q in self._queues.items():
             while q and tp not in self._in_flight and q[0].deadline_ms <= now_ms:
                 b = q.popleft()
-                self._finish(b, -1, _expired_error(b, tp, self.delivery_timeout_ms))
+                self._finish(b, -1, _expired_error(b, tp, self.settings.delivery_timeout_ms))
 
-    def _pack(self, b: "BatchState", tp: tuple[str, int]) -> bytes:
+    def _pack(self, b: BatchState, tp: tuple[str, int]) -> bytes:
         if b.data is None:
             seq = -1
             if self.idempotent:
                 seq = self._sequences[tp]
                 self._sequences[tp] = (seq + len(b.records)) & 0x7FFFFFFF
             b.sequence = seq
-            b.data = build_batch(b.records, compression=self.producer.compression,
+            b.data = build_batch(b.records, compression=self.settings.compression,
                                  producer_id=self.producer_id if self.idempotent else -1,
                                  producer_epoch=self.producer_epoch if self.idempotent else -1,
                                  base_sequence=seq)
@@ -174,7 +227,7 @@ class Sender(threading.Thread):
                 continue
             endpoint = self.metadata.leader_endpoint(*tp)
             if endpoint is None:
-                self._md_wanted = True
+                self.metadata_cache.want_refresh()
                 continue
             if frames[endpoint] >= REQUEST_BATCHES_MAX:
                 continue  # next request to that broker
@@ -200,8 +253,8 @@ class Sender(threading.Thread):
                 payloads.append(b.data)
                 batches.append(b)
                 b.attempts += 1
-        acks = self.producer.acks
-        header = {"acks": acks, "timeout_ms": self.request_timeout_ms, "parts": parts}
+        acks = self.settings.acks
+        header = {"acks": acks, "timeout_ms": self.settings.request_timeout_ms, "parts": parts}
         if acks == 0:
             self._client(endpoint).send_oneway(P.PRODUCE, header, payloads)
             for tp, _ in groups:
@@ -213,7 +266,7 @@ class Sender(threading.Thread):
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._on_reply(groups, batches, h, err)
         self._client(endpoint).request(P.PRODUCE, header, payloads, callback=on_reply,
-                                       timeout_ms=self.request_timeout_ms + 2000)
+                                       timeout_ms=self.settings.request_timeout_ms + 2000)
 
     def _on_reply(self, groups: list, batches: list, header: dict | None, err: RemoteError | None) -> None:
         for tp, _ in groups:
@@ -235,7 +288,7 @@ class Sender(threading.Thread):
                 if code != P.OUT_OF_ORDER_SEQUENCE:  # that one only follows an earlier batch's error
                     b.last_error = RemoteError(code, msg)
                 if header is None or code not in (P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
-                    self._md_wanted = True  # the leader may have moved (or died)
+                    self.metadata_cache.want_refresh()  # the leader may have moved (or died)
             else:
                 self._finish(b, -1, RemoteError(code, msg))
         for tp, bs in retry.items():
@@ -243,13 +296,13 @@ class Sender(threading.Thread):
         if retry:
             # give the cluster a moment (failover) before the retry goes out
             assert self.reactor is not None
-            self.reactor.call_later(50, self.wake)
+            self.reactor.call_later(RETRY_BACKOFF_MS, self.wake)
 
-    def _finish(self, b: "BatchState", base_offset: int, error: Exception | None) -> None:
+    def _finish(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
         if error is not None and b.sequence >= 0 and not self._stopping:
             self._reset_producer_id()
         b.complete(base_offset, error)
-        self.producer.release(b)
+        self.batches.release(b)
 
     def _reset_producer_id(self) -> None:
         """A numbered batch failed for good: the broker still expects its sequence, so every
@@ -267,17 +320,14 @@ class Sender(threading.Thread):
         for q in self._queues.values():
             while q:
                 self._finish(q.popleft(), -1, error)
-        for b in self.producer.take_ready(1 << 62):
+        for b in self.batches.take_ready(1 << 62):
             self._finish(b, -1, error)
 
     # -- metadata and producer id ---------------------------------------------------------------
-    def _want_metadata(self) -> None:
-        self._md_wanted = True
-
     def _check_stalls(self) -> None:
         now = self.clock.now_ms()
         if any(now - sent >= REQUEST_STALL_MS for _, sent in self._in_flight.values()):
-            self._md_wanted = True
+            self.metadata_cache.want_refresh()
 
     def _reroute_in_flight(self) -> None:
         """Requests in flight to a broker that no longer leads their partition will not be
@@ -289,29 +339,25 @@ class Sender(threading.Thread):
     def _refresh_metadata(self) -> None:
         if self._md_in_flight:
             return
-        self._md_wanted = False
         self._md_in_flight = True
         endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_endpoint_index)
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False
             if h is not None:
-                md = ClusterMetadata.from_wire(h["metadata"])
-                if md.version >= self.metadata.version:
-                    with self._md_cond:
-                        self.metadata = md
-                        self._md_cond.notify_all()
+                if self.metadata_cache.update(ClusterMetadata.from_wire(h["metadata"])):
                     self._reroute_in_flight()
             else:
                 self._md_endpoint_index += 1
-                self._md_wanted = True
+                self.metadata_cache.want_refresh()
                 assert self.reactor is not None
                 self.reactor.call_later(METADATA_RETRY_MS, self.wake)
         self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
 
     def _init_producer_id(self) -> None:
         if self._pid_in_flight or not self.metadata.coordinator:
-            self._md_wanted = self._md_wanted or not self.metadata.coordinator
+            if not self.metadata.coordinator:
+                self.metadata_cache.want_refresh()
             return
         self._pid_in_flight = True
 
@@ -326,10 +372,12 @@ class Sender(threading.Thread):
         self._client(self.metadata.coordinator).request(P.INIT_PRODUCER_ID, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
 
 
-def _expired_error(b: "BatchState", tp: tuple[str, int], delivery_timeout_ms: int) -> RemoteError:
-    """The error of a batch whose delivery timeout ended: the last retriable error it got
-    (not_enough_replicas, not_leader...), so the user sees why, else request_timed_out."""
+def _expired_error(b: BatchState, tp: tuple[str, int], delivery_timeout_ms: int) -> DeliveryTimeoutError:
+    """The error of a batch whose delivery timeout ended (a local condition), with the code of
+    the last retriable error it got (not_enough_replicas, not_leader...), so the user sees why,
+    else request_timed_out."""
     last = b.last_error
     code = last.code if last is not None else P.REQUEST_TIMED_OUT
     why = f" (last error: {last.message})" if last is not None and last.message else ""
-    return RemoteError(code, f"{tp[0]}-{tp[1]}: not delivered within delivery_timeout_ms={delivery_timeout_ms}{why}")
+    return DeliveryTimeoutError(f"{tp[0]}-{tp[1]}: not delivered within delivery_timeout_ms={delivery_timeout_ms}{why}",
+                                code, last_error=last)

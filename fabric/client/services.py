@@ -17,6 +17,7 @@ Thread-safety: not thread-safe; one client per thread.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from fabric.config import LoomConfig
 from fabric.errors import FabricError, RemoteError, RequestTimeout
 from fabric.records import Record
 from fabric.rpc import BlockingClient
+
+log = logging.getLogger(__name__)
 
 PRODUCE_TIMEOUT_MS = 40_000   # above the service's delivery timeout
 CALL_TIMEOUT_MS = 10_000
@@ -219,7 +222,8 @@ class ServiceConsumer:
         for ep in self.endpoints:
             try:
                 out[ep] = self.call(ep, P.CONSUMER_LIST, {}, timeout_ms=2000)["instances"]
-            except RemoteError:
+            except RemoteError as e:
+                log.debug("consumer service %s left out of the list: %s", ep, e)
                 continue
         return out
 

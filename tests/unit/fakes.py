@@ -80,6 +80,11 @@ class FakeReactor:
         self.clock.advance(ms)
         return self.run_due()
 
+    def run_once(self, timeout_ms_max: int = 1000) -> None:
+        """A pass that found no message: waits its whole timeout (the clock advances) and runs
+        the timers that fell due."""
+        self.advance(timeout_ms_max)
+
 
 class RecordingServer:
     """Stands in for an RpcServer: records routes and every reply."""
@@ -109,18 +114,33 @@ class RecordingClient:
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, dict, list, Callable]] = []
+        self.oneway: list[tuple[bytes, dict, list]] = []
+        self.unanswered: list[int] = []  # indexes into ``sent``
         self.closed = False
 
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
                 timeout_ms: int = 0) -> None:
+        self.unanswered.append(len(self.sent))
         self.sent.append((command, header, list(payloads), callback))
+
+    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> None:
+        self.oneway.append((command, header, list(payloads)))
+
+    def fail_all(self, error: Any) -> None:
+        """Answer every request not yet answered with ``error`` (as RpcClient.fail_all)."""
+        pending, self.unanswered = self.unanswered, []
+        for i in pending:
+            self.sent[i][3](None, [], error)
 
     def of(self, command: bytes) -> list[tuple[bytes, dict, list, Callable]]:
         return [s for s in self.sent if s[0] == command]
 
     def answer_last(self, command: bytes, header: dict | None, payloads: list | None = None, err: Any = None) -> None:
         """Call the callback of the last ``command`` sent, as a reply (or an error) would."""
-        self.of(command)[-1][3](header, payloads or [], err)
+        i = max(i for i, s in enumerate(self.sent) if s[0] == command)
+        if i in self.unanswered:
+            self.unanswered.remove(i)
+        self.sent[i][3](header, payloads or [], err)
 
     def close(self) -> None:
         self.closed = True
@@ -129,3 +149,42 @@ class RecordingClient:
 def request(command: bytes, payloads: list[bytes] | None = None, **header: Any) -> wire.Request:
     """A decoded request as a handler receives it (from a client identity b"client")."""
     return wire.Request([b"client"], command, header, payloads or [])
+
+
+class ScriptedCoordinatorLink:
+    """Stands in for a group consumer's ``CoordinatorLink``: ``answer(command, header)`` returns
+    the reply header or raises (a ``RemoteError``); every call is kept in ``calls``."""
+
+    def __init__(self, answer: Callable[[bytes, dict], dict]) -> None:
+        self.answer = answer
+        self.calls: list[tuple[bytes, dict]] = []
+        self.connected = True
+
+    def call(self, command: bytes, header: dict, **_timeouts: int) -> dict:
+        self.calls.append((command, dict(header)))
+        return self.answer(command, header)
+
+    def request(self, command: bytes, header: dict, *, callback: Callable, timeout_ms: int = 0) -> None:
+        try:
+            reply = self.call(command, header)
+        except Exception as e:  # the scripted error goes to the callback, as a reply would
+            callback(None, [], e)
+        else:
+            callback(reply, [], None)
+
+    def commands(self) -> list[bytes]:
+        return [c for c, _ in self.calls]
+
+    def close(self) -> None:
+        self.connected = False
+
+
+class NoHeartbeat:
+    """A group consumer's heartbeat thread that never runs (``heartbeat_factory=NoHeartbeat.make``)."""
+
+    @classmethod
+    def make(cls, member: Any, settings: Any, endpoint: Callable[[], str]) -> "NoHeartbeat":
+        return cls()
+
+    def stop(self) -> None:
+        pass

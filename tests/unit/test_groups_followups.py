@@ -1,5 +1,6 @@
-"""Consumer-group follow-ups: offsets snapshots and retention, max_poll_interval_ms, unstable
-offset fetches, no ghost members from a retried join, bounded group and log-end tables.
+"""Consumer-group follow-ups, coordinator side: offsets snapshots and retention, unstable offset
+fetches, no ghost members from a retried join, bounded group and log-end tables (the group
+consumer's side: test_client_group_consumer.py).
 Driven on the classes directly (fake coordinator/reactor/server objects, no cluster)."""
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import pytest
 from engines import batch as B
 from fabric import protocol as P
 from fabric import wire
-from fabric.client.group import GroupConsumer
 from fabric.clock import ManualClock
 from fabric.errors import RemoteError
 from fabric.records import build_batch, decode_batches
@@ -234,69 +234,6 @@ def test_offsets_topic_from_before_snapshots_gets_its_retention_once_every_parti
     assert StateStore(tmp_path).load().topics[OFFSETS_TOPIC].configs["retention.ms"] == S.OFFSETS_RETENTION_MS
 
 
-# -- 2. max_poll_interval_ms ---------------------------------------------------------------------
-class _HbClient:
-    def __init__(self) -> None:
-        self.calls: list[tuple[bytes, dict]] = []
-
-    def call(self, command: bytes, header: dict, **_kw) -> tuple[dict, list]:  # noqa: ANN003
-        self.calls.append((command, header))
-        return {}, []
-
-
-class _NoHeartbeat:
-    def stop(self) -> None:
-        pass
-
-
-def _member(**kw) -> GroupConsumer:  # noqa: ANN003
-    c = GroupConsumer("127.0.0.1:1", group_id="g", **kw)
-    c.clock = ManualClock(1000)  # type: ignore[assignment]
-    c._heartbeat = _NoHeartbeat()  # type: ignore[assignment]
-    return c
-
-
-def test_member_that_stops_polling_leaves_the_group_and_rejoins_on_the_next_poll() -> None:
-    from fabric.client.group import _Heartbeat
-    c = _member(max_poll_interval_ms=5000, enable_auto_commit=False)
-    try:
-        c.subscribe(["t"])
-        c.member_id, c.generation, c._active, c._rejoin_needed = "m-1", 3, True, False
-        c._last_poll_ms = c.clock.now_ms()
-        beat = _Heartbeat(c, "tcp://127.0.0.1:1")
-        hb = _HbClient()
-        c.clock.advance(4000)
-        beat.beat(hb)
-        assert [cmd for cmd, _ in hb.calls] == [P.HEARTBEAT]
-        c.clock.advance(1500)  # poll() not called for 5.5 s
-        beat.beat(hb)
-        assert hb.calls[-1] == (P.LEAVE_GROUP, {"group": "g", "member_id": "m-1"})
-        assert not c._active and c._rejoin_needed and c.member_id == ""
-        beat.beat(hb)
-        assert len(hb.calls) == 2, "a member that left kept heartbeating"
-        sent: list = []
-
-        def call(command: bytes, header: dict, **_kw) -> dict:  # noqa: ANN003
-            sent.append((command, dict(header)))
-            if command == P.JOIN_GROUP:
-                return {"member_id": "m-2", "generation": 4}
-            if command == P.SYNC_GROUP:
-                return {"generation": 4, "assignment": []}
-            return {"offsets": []}
-        c._call = call  # type: ignore[method-assign]
-        c.poll(0)
-        assert sent[0][0] == P.JOIN_GROUP and sent[0][1]["member_id"] == ""
-        assert c.member_id == "m-2" and c._active
-    finally:
-        c.close()
-
-
-def test_max_poll_interval_must_be_positive() -> None:
-    from fabric.errors import FabricError
-    with pytest.raises(FabricError):
-        GroupConsumer("127.0.0.1:1", group_id="g", max_poll_interval_ms=0)
-
-
 # -- 3. OFFSET_FETCH while a commit is being written -----------------------------------------------
 def test_offset_fetch_of_a_partition_with_a_commit_in_flight_is_unstable_and_retriable(tmp_path: Path) -> None:
     gc, coord, client = _loaded(tmp_path)
@@ -309,22 +246,6 @@ def test_offset_fetch_of_a_partition_with_a_commit_in_flight_is_unstable_and_ret
     assert gc._on_offset_fetch(_req(P.OFFSET_FETCH, group="g", partitions=[["t", 1]]))["offsets"] == [["t", 1, -1, ""]]
     _ack_last_produce(client, 1)
     assert gc._on_offset_fetch(_req(P.OFFSET_FETCH, group="g", partitions=[["t", 0]]))["offsets"] == [["t", 0, 9, ""]]
-
-
-def test_group_consumer_retries_an_unstable_offset_fetch() -> None:
-    c = _member()
-    answers = [RemoteError(P.UNSTABLE_OFFSET_COMMIT, "a commit is in flight"), None]
-
-    class _Client:
-        def request(self, command: bytes, header: dict, *, callback, timeout_ms: int) -> None:  # noqa: ANN001
-            err = answers.pop(0)
-            callback(None if err else {"offsets": [["t", 0, 9, ""]]}, [], err)
-    c._coordinator = _Client()  # type: ignore[assignment]
-    try:
-        assert c.committed(("t", 0)) == 9 and answers == []
-    finally:
-        c._coordinator = None
-        c.close()
 
 
 # -- 4. a retried JOIN creates no ghost member -------------------------------------------------------
@@ -345,30 +266,6 @@ def test_join_hands_out_the_member_id_first_so_a_lost_reply_leaves_no_ghost(tmp_
     with pytest.raises(RemoteError) as e:
         gc._on_join(_req(P.JOIN_GROUP, **dict(join, member_id=first["member_id"])))
     assert e.value.code == P.UNKNOWN_MEMBER
-
-
-def test_group_consumer_joins_again_with_the_member_id_it_was_handed() -> None:
-    c = _member(enable_auto_commit=False)
-    sent: list = []
-
-    def call(command: bytes, header: dict, **_kw) -> dict:  # noqa: ANN003
-        sent.append((command, dict(header)))
-        if command == P.JOIN_GROUP:
-            if not header["member_id"]:
-                return {"group": "g", "member_id": "m-7", "member_id_required": True}
-            return {"member_id": header["member_id"], "generation": 1}
-        if command == P.SYNC_GROUP:
-            return {"generation": 1, "assignment": []}
-        return {"offsets": []}
-    c._call = call  # type: ignore[method-assign]
-    try:
-        c.subscribe(["t"])
-        c.poll(0)
-        joins = [h for cmd, h in sent if cmd == P.JOIN_GROUP]
-        assert [j["member_id"] for j in joins] == ["", "m-7"] and joins[0]["require_member_id"]
-        assert c.member_id == "m-7" and c.generation == 1
-    finally:
-        c.close()
 
 
 # -- 5. bounded tables ---------------------------------------------------------------------------------

@@ -1,12 +1,10 @@
-"""Consumer-group and service review: one test per bug found, each driving the classes directly
-(fake coordinator/reactor/server objects, no cluster; the group consumer's coordinator calls
-are replaced, its sockets only ever point at a closed loopback port)."""
+"""Consumer-group review, coordinator side: one test per bug found, each driving the classes
+directly (fake coordinator/reactor/server objects, no cluster). (The group consumer's and the
+services' tests are in test_client_group_consumer.py, test_producer_service.py and
+test_consumer_service_instance.py.)"""
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
 import types
 from collections import Counter
 
@@ -14,15 +12,12 @@ import pytest
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.client.group import GroupConsumer
 from fabric.clock import ManualClock
-from fabric.errors import FabricError, RemoteError, RequestTimeout
+from fabric.errors import RemoteError
 from fabric.rpc import DEFER
-from nodes.consumer import COMMANDS_PER_INSTANCE_MAX, Instance
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.offsets import OFFSETS_TOPIC
 from nodes.coordinator.store import ClusterState, PartitionState, TopicState
-from nodes.producer import ProducerService
 
 
 class _Server:
@@ -148,87 +143,3 @@ def test_offset_fetch_with_mistyped_partitions_is_malformed() -> None:
     with pytest.raises(RemoteError) as e:
         gc._on_offset_fetch(_req(P.OFFSET_FETCH, group="g", partitions=[[{"x": 1}, 0]]))
     assert e.value.code == P.MALFORMED_REQUEST
-
-
-# -- 4. the group consumer: no endless rejoin loop inside poll -----------------------------------
-class _NoHeartbeat:
-    def stop(self) -> None:
-        pass
-
-
-def _consumer(error: RemoteError, **kw) -> tuple[GroupConsumer, list]:  # noqa: ANN003
-    c = GroupConsumer("127.0.0.1:1", group_id="g", **kw)
-    c._heartbeat = _NoHeartbeat()  # type: ignore[assignment]
-    calls: list = []
-
-    def call(command: bytes, header: dict, **_kw) -> dict:  # noqa: ANN003
-        calls.append(command)
-        time.sleep(0.005)  # a real call takes time; the reactor has no socket to wait on here
-        if len(calls) > 200:
-            raise RuntimeError("still rejoining after 200 coordinator calls")
-        raise error
-    c._call = call  # type: ignore[method-assign]
-    c.subscribe(["t"])
-    return c, calls
-
-
-def test_poll_raises_a_join_error_that_retrying_cannot_cure() -> None:
-    c, calls = _consumer(RemoteError(P.INCONSISTENT_GROUP_PROTOCOL, "group uses range"))
-    try:
-        with pytest.raises(RemoteError) as e:
-            c.poll(100)
-        assert e.value.code == P.INCONSISTENT_GROUP_PROTOCOL and calls == [P.JOIN_GROUP]
-        assert c._rejoin_needed  # the next poll tries again
-    finally:
-        c.close()
-
-
-def test_poll_returns_at_its_timeout_while_the_coordinator_is_away() -> None:
-    c, calls = _consumer(RequestTimeout("no reply"))
-    try:
-        started = time.monotonic()
-        assert c.poll(300) == []
-        assert time.monotonic() - started < 5 and calls
-        before = len(calls)
-        c.maintain()  # a hosted instance: one attempt per maintain, then its requests are served
-        assert c._rejoin_needed and len(calls) == before + 1
-    finally:
-        c.close()
-
-
-def test_heartbeat_interval_must_be_positive_and_below_the_session() -> None:
-    for hb in (-1, 10_000):
-        with pytest.raises(FabricError):
-            GroupConsumer("127.0.0.1:1", group_id="g", session_timeout_ms=10_000, heartbeat_interval_ms=hb)
-
-
-# -- 5. producer service: header bytes count against the bounded buffer --------------------------
-def test_producer_service_counts_header_bytes_against_its_buffer() -> None:
-    svc = types.SimpleNamespace(services=types.SimpleNamespace(producer_buffer_bytes_max=4096), _buffered_bytes=0,
-                                counters=Counter(), _jobs=queue.Queue(10))
-    req = _req(P.SERVICE_PRODUCE, topic="t", acks=1, records=[[None, b"v", [["h", b"x" * 100_000]], None]])
-    with pytest.raises(RemoteError) as e:
-        ProducerService._on_produce(svc, req)  # type: ignore[arg-type]
-    assert e.value.code == P.BUFFER_FULL and svc._buffered_bytes == 0 and svc._jobs.empty()
-
-
-# -- 6. consumer service: stopping an instance never blocks the reactor --------------------------
-def test_stopping_an_instance_with_a_full_queue_does_not_block_and_answers_everything() -> None:
-    service = types.SimpleNamespace(name="consumer-1", config=types.SimpleNamespace(
-        services=types.SimpleNamespace(consumer_instance_idle_timeout_ms=1000)))
-    inst = Instance(service, "g", "i", {}, 0)  # type: ignore[arg-type]
-    answers: list = []
-    lock = threading.Lock()
-
-    def answer(header: dict | None, err: RemoteError | None) -> None:
-        with lock:
-            answers.append(err.code if err else 0)
-    for _ in range(COMMANDS_PER_INSTANCE_MAX):
-        inst.submit("subscription", {}, answer)
-    started = time.monotonic()
-    inst.stop()  # on the reactor: must return at once
-    assert time.monotonic() - started < 1
-    inst.start()
-    inst.join(timeout=5)
-    assert not inst.is_alive()
-    assert answers == [P.UNKNOWN_CONSUMER_INSTANCE] * COMMANDS_PER_INSTANCE_MAX

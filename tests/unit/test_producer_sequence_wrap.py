@@ -1,14 +1,12 @@
 """Idempotent-producer sequences wrap at 2**31 - 1 -> 0 (as Kafka's): the broker's producer
-state compares them wrap-aware, through the real ``Partition`` and ``ProducerStateTable``, and
-the client never takes a ``duplicate_sequence`` answer for a delivery."""
+state compares them wrap-aware, through the real ``Partition`` and ``ProducerStateTable``. (The
+client never takes a ``duplicate_sequence`` answer for a delivery: test_producer_sender.py.)"""
 
 from __future__ import annotations
 
 from engines.api import EngineConfig
 from engines.memory import MemoryEngine
 from fabric import protocol as P
-from fabric.client.producer import BatchState
-from fabric.client.sender import Sender
 from fabric.errors import RemoteError
 from fabric.records import build_batch
 from nodes.broker.partition import Partition
@@ -73,31 +71,3 @@ def test_an_old_batch_from_before_the_wrap_is_a_duplicate_error_never_written() 
         assert e.code == P.OUT_OF_ORDER_SEQUENCE                    # ahead: a gap
     else:
         raise AssertionError("a gap must be refused")
-
-
-class _ProducerStandIn:
-    """The two things Sender._finish uses of its Producer."""
-
-    acks = -1
-    compression = 0
-    linger_ms = 5
-
-    def __init__(self) -> None:
-        self.released: list[BatchState] = []
-
-    def release(self, b: BatchState) -> None:
-        self.released.append(b)
-
-
-def test_client_takes_duplicate_sequence_as_an_error_not_a_delivery() -> None:
-    sender = Sender(_ProducerStandIn(), ["tcp://127.0.0.1:1"], idempotent=True,  # type: ignore[arg-type]
-                    delivery_timeout_ms=1000, request_timeout_ms=1000)
-    sender.producer_id, sender.producer_epoch = PID, EPOCH
-    b = BatchState("t", 0, 0)
-    b.records, b.sequence, b.attempts = [(0, None, b"x", None)], 5, 1
-    header = {"results": [[-1, P.DUPLICATE_SEQUENCE, "old duplicate"]]}
-    sender._on_reply([(("t", 0), [b])], [b], header, None)
-    assert b.event.is_set()
-    assert isinstance(b.error, RemoteError) and b.error.code == P.DUPLICATE_SEQUENCE
-    assert b.base_offset == -1
-    sender._waker.close()

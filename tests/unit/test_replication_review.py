@@ -7,15 +7,11 @@ import types
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from engines import batch as B
 from engines.api import EngineConfig
 from engines.memory import MemoryEngine
 from fabric import protocol as P
 from fabric import wire
-from fabric.client.producer import BatchState
-from fabric.client.sender import Sender
 from fabric.errors import RemoteError, RequestTimeout
 from fabric.records import build_batch
 from nodes.broker.epochs import EpochCache
@@ -254,67 +250,3 @@ def test_fetch_reply_from_an_earlier_epoch_is_not_applied() -> None:
     assert f.log_end_offset == 0 and not fetcher.stream_ready(("t", 0))
     assert fetcher._apply(entry, data, {("t", 0): 5}) is True
     assert f.log_end_offset == 2 and fetcher.stream_ready(("t", 0))
-
-
-# -- 6. idempotent producer: a batch that fails for good must not wedge its partition -------------
-class _FakeProducer:
-    compression = 0
-    acks = -1
-    linger_ms = 5
-
-    def release(self, b) -> None:  # noqa: ANN001
-        pass
-
-    def take_ready(self, now_ms: int) -> list:
-        return []
-
-
-def _sender() -> Sender:
-    s = Sender(_FakeProducer(), ["tcp://127.0.0.1:1"], idempotent=True, delivery_timeout_ms=1000,
-               request_timeout_ms=1000)
-    s.reactor = _Recorder()  # type: ignore[assignment]
-    return s
-
-
-def _bstate(tag: str) -> BatchState:
-    b = BatchState("t", 0, 0)
-    b.records = [(1_700_000_000_000, None, f"{tag}{i}".encode(), None) for i in range(2)]
-    return b
-
-
-def test_terminal_failure_of_a_sequenced_batch_does_not_wedge_the_partition() -> None:
-    leader = _part()
-    leader.become_leader(1, [1], [1], now_ms=0)
-    s = _sender()
-    s.producer_id, s.producer_epoch = 7, 0
-    tp = ("t", 0)
-    b0, b1, b2 = _bstate("a"), _bstate("b"), _bstate("c")
-    assert leader.append_as_leader([s._pack(b0, tp)], BATCH_MAX)[0][0][1] == 0
-    s._pack(b1, tp)
-    b1.attempts = 1
-    s._on_reply([(tp, [b1])], [b1], {"results": [[-1, P.RECORD_TOO_LARGE, "too large"]]}, None)
-    assert isinstance(b1.error, RemoteError)
-    s._queues[tp].append(b2)
-    s._pack(b2, tp)  # packed (the size check packs the queue head) but never sent
-    if s.producer_id < 0:  # the producer starts over under a new id
-        s.producer_id, s.producer_epoch = 8, 0
-    res = leader.append_as_leader([s._pack(s._queues[tp][0], tp)], BATCH_MAX)[0][0]
-    assert res[1] == 0, P.error_name(res[1])
-    s._waker.close()
-
-
-def test_duplicate_sequence_is_an_error_not_a_delivery_with_a_made_up_offset() -> None:
-    # an unremembered old duplicate is not proof that this batch is in the log (before the
-    # sequence wrap fix, every batch after 2**31 records got this answer and was dropped)
-    s = _sender()
-    s.producer_id, s.producer_epoch = 7, 0
-    tp = ("t", 0)
-    b = _bstate("a")
-    s._pack(b, tp)
-    from fabric.client.producer import RecordFuture
-    fut = RecordFuture(b, 1)
-    s._on_reply([(tp, [b])], [b], {"results": [[-1, P.DUPLICATE_SEQUENCE, "old duplicate"]]}, None)
-    with pytest.raises(RemoteError) as e:
-        fut.result(0)
-    assert e.value.code == P.DUPLICATE_SEQUENCE
-    s._waker.close()

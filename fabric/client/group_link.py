@@ -1,0 +1,166 @@
+"""What a group consumer needs of the group coordinator, as two narrow objects:
+
+``CoordinatorLink`` -- requests from the consumer's own thread: ``request`` (answered by a
+callback when the consumer's reactor runs, e.g. an async commit) and ``call`` (waited for
+while the reactor runs, so fetch replies keep landing; retriable errors retried). It finds the
+coordinator's endpoint only when the first request goes out.
+
+``HeartbeatThread`` -- the background thread (own DEALER socket) that sends HEARTBEAT every
+``heartbeat_interval_ms`` while the member is active, and leaves the group for a member whose
+application stopped polling. It talks to its member through ``HeartbeatMember`` only.
+
+Thread-safety: a ``CoordinatorLink`` belongs to the consumer's thread; a ``HeartbeatThread``
+calls only the ``HeartbeatMember`` methods, which take the member's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import zmq
+
+from fabric import protocol as P
+from fabric.clock import Clock
+from fabric.errors import RemoteError
+from fabric.rpc import BlockingClient, ReplyCallback
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_CALL_TIMEOUT_MS = 10_000
+RETRY_BACKOFF_MS = 200
+REJOIN_ERRORS = frozenset({P.UNKNOWN_MEMBER, P.ILLEGAL_GENERATION, P.UNKNOWN_GROUP, P.REBALANCE_IN_PROGRESS})
+
+
+class RequestClient(Protocol):
+    """What the link needs of an RPC client (``fabric.rpc.RpcClient``)."""
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: ReplyCallback,
+                timeout_ms: int) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class Pump(Protocol):
+    """What the link needs of the consumer's reactor: run one pass, waiting up to ``timeout_ms``."""
+
+    def run_once(self, timeout_ms_max: int = 1000) -> None: ...
+
+
+class CoordinatorLink:
+    def __init__(self, reactor: Pump, clock: Clock, connect: Callable[[], RequestClient],
+                 stopped: Callable[[], bool] = lambda: False) -> None:
+        """``connect()``: the RPC client to the coordinator (called once, at the first request);
+        ``stopped()``: true once the consumer is closing (no more retries)."""
+        self.reactor = reactor
+        self.clock = clock
+        self._connect = connect
+        self._stopped = stopped
+        self._client: RequestClient | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def request(self, command: bytes, header: dict, *, callback: ReplyCallback,
+                timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> None:
+        if self._client is None:
+            self._client = self._connect()
+        self._client.request(command, header, callback=callback, timeout_ms=timeout_ms)
+
+    def call(self, command: bytes, header: dict, *, timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS,
+             retry_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> dict:
+        """The reply header. Retriable errors (not_coordinator while it loads, timeouts) are
+        retried for ``retry_ms``; then, like any other error, raised as ``RemoteError``."""
+        deadline = self.clock.now_ms() + retry_ms
+        while True:
+            box: dict[str, Any] = {}
+
+            def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+                box["reply"] = (h, err)
+            self.request(command, header, callback=done, timeout_ms=timeout_ms)
+            while "reply" not in box:
+                self.reactor.run_once(100)
+            h, err = box["reply"]
+            if err is None:
+                return h
+            if not err.retriable or self.clock.now_ms() >= deadline or self._stopped():
+                raise err
+            self.reactor.run_once(RETRY_BACKOFF_MS)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class HeartbeatMember(Protocol):
+    """What the heartbeat thread needs of its group member (each call takes the member's lock)."""
+
+    def heartbeat_state(self) -> tuple[bool, str, int]:
+        """(active, member_id, generation)."""
+
+    def leave_if_poll_expired(self) -> str | None:
+        """The member id to leave the group with, if the application stopped polling."""
+
+    def request_rejoin(self, generation: int, reset_member: bool) -> None:
+        """The coordinator answered a heartbeat of ``generation`` with a rejoin error."""
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    group_id: str
+    client_id: str
+    heartbeat_interval_ms: int
+    session_timeout_ms: int
+
+
+class HeartbeatThread(threading.Thread):
+    """Sends HEARTBEAT while the member is active; flags a rejoin when the coordinator says
+    the group is rebalancing or no longer knows the member. Owns its own DEALER socket."""
+
+    def __init__(self, member: HeartbeatMember, settings: HeartbeatSettings, endpoint: str) -> None:
+        super().__init__(name=f"loom-heartbeat-{settings.group_id}", daemon=True)
+        self.member = member
+        self.settings = settings
+        self.endpoint = endpoint
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        s = self.settings
+        client = BlockingClient(zmq.Context.instance(), self.endpoint, identity=f"{s.client_id}-hb")
+        try:
+            while not self._stop_event.wait(s.heartbeat_interval_ms / 1000):
+                self.beat(client)
+        finally:
+            client.close()
+
+    def beat(self, client: Any) -> None:
+        """One heartbeat (or, for an application that stopped polling, the leave) through
+        ``client`` (a ``BlockingClient``)."""
+        s = self.settings
+        timeout_ms = max(100, min(s.heartbeat_interval_ms * 2, s.session_timeout_ms))
+        leaving = self.member.leave_if_poll_expired()
+        if leaving is not None:
+            try:
+                client.call(P.LEAVE_GROUP, {"group": s.group_id, "member_id": leaving}, timeout_ms=timeout_ms)
+            except RemoteError as e:  # the session expiry removes it anyway
+                log.debug("leave failed: %s", e)
+            return
+        active, mid, gen = self.member.heartbeat_state()
+        if not active:
+            return
+        try:
+            client.call(P.HEARTBEAT, {"group": s.group_id, "member_id": mid, "generation": gen}, timeout_ms=timeout_ms)
+        except RemoteError as e:
+            if e.code in REJOIN_ERRORS:
+                self.member.request_rejoin(gen, reset_member=e.code in (P.UNKNOWN_MEMBER, P.UNKNOWN_GROUP))
+            else:  # timeouts / not_coordinator: keep trying; the session decides
+                log.debug("heartbeat: %s", e)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout=5)

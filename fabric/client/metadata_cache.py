@@ -1,0 +1,71 @@
+"""The producer's metadata cache: the newest ``ClusterMetadata`` it has seen, and whether a
+refresh is wanted.
+
+Application threads read it (``current``, ``partition_count``) and may wait for a topic to
+appear; the sender's I/O thread asks for a refresh when one is ``wanted`` and stores what comes
+back (``update``: never an older version than the one held).
+
+Thread-safety: thread-safe; ``current`` is an immutable snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from fabric.errors import TopicNotInMetadataError
+from fabric.metadata import ClusterMetadata
+
+WAIT_SLICE_S = 0.2  # a waiting application thread asks again for a refresh this often
+
+
+class MetadataCache:
+    def __init__(self, wake: Callable[[], None]) -> None:
+        """``wake``: tells the I/O thread that a refresh is wanted."""
+        self._wake = wake
+        self._cond = threading.Condition()
+        self.current = ClusterMetadata.empty()
+        self.wanted = True
+        self.closed = False
+
+    def want_refresh(self) -> None:
+        self.wanted = True
+
+    def take_wanted(self) -> bool:
+        """True (once) when a refresh was asked for since the last call."""
+        wanted, self.wanted = self.wanted, False
+        return wanted
+
+    def update(self, md: ClusterMetadata) -> bool:
+        """Keep ``md`` unless it is older than what is held; True if kept."""
+        with self._cond:
+            if md.version < self.current.version:
+                return False
+            self.current = md
+            self._cond.notify_all()
+        return True
+
+    def partition_count(self, topic: str, max_block_ms: int) -> int:
+        """Partitions of ``topic``; waits (up to ``max_block_ms``) for metadata that has it.
+        Raises ``TopicNotInMetadataError``."""
+        t = self.current.topics.get(topic)
+        if t is not None:
+            return len(t.partitions)
+        deadline = time.monotonic() + max_block_ms / 1000
+        with self._cond:
+            while True:
+                self.wanted = True
+                self._wake()
+                t = self.current.topics.get(topic)
+                if t is not None:
+                    return len(t.partitions)
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    raise TopicNotInMetadataError(f"topic {topic!r} not found in the cluster metadata")
+                self._cond.wait(min(left, WAIT_SLICE_S))
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()

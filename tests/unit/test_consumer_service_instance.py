@@ -1,0 +1,82 @@
+"""A consumer service's hosted instance (``nodes.consumer.Instance``): stopping it never blocks
+the reactor, even with its command queue full, and every queued command gets an answer. Op
+headers are checked on the reactor (``check_op_header``), so what still raises on the
+instance's thread is a bug: it goes to the host, which stops the node."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fabric import protocol as P
+from fabric.errors import RemoteError
+from nodes.consumer import COMMANDS_PER_INSTANCE_MAX, Instance, InstanceHost, check_op_header
+
+
+def _host(failed: list | None = None) -> InstanceHost:
+    return InstanceHost("consumer-1", ["tcp://127.0.0.1:1"], 1000, (failed if failed is not None else []).append)
+
+
+def test_stopping_an_instance_with_a_full_queue_does_not_block_and_answers_everything() -> None:
+    inst = Instance(_host(), "g", "i", {}, 0)
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def answer(header: dict | None, err: RemoteError | None) -> None:
+        with lock:
+            answers.append(err.code if err else 0)
+    for _ in range(COMMANDS_PER_INSTANCE_MAX):
+        inst.submit("subscription", {}, answer)
+    started = time.monotonic()
+    inst.stop()  # on the reactor: must return at once
+    assert time.monotonic() - started < 1
+    inst.start()
+    inst.join(timeout=5)
+    assert not inst.is_alive()
+    assert answers == [P.UNKNOWN_CONSUMER_INSTANCE] * COMMANDS_PER_INSTANCE_MAX
+
+
+def test_an_instance_takes_its_idle_timeout_from_its_config_or_the_host() -> None:
+    host = _host()
+    assert Instance(host, "g", "a", {}, 0).idle_timeout_ms == 1000
+    config = {"idle_timeout_ms": 50, "auto_offset_reset": "earliest"}
+    assert Instance(host, "g", "b", config, 0).idle_timeout_ms == 50 and config == {"auto_offset_reset": "earliest"}
+
+
+
+def test_a_bug_on_the_instance_thread_goes_to_the_host_and_is_not_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nodes.consumer
+
+    def buggy_consumer(*args: object, **kw: object) -> None:
+        raise TypeError("a bug while creating the consumer")
+    monkeypatch.setattr(nodes.consumer, "GroupConsumer", buggy_consumer)
+    failed: list[BaseException] = []
+    answers: list = []
+    inst = Instance(_host(failed), "g", "i", {}, 0)
+    inst.submit("create", {}, lambda h, err: answers.append((h, err)))
+    inst.start()
+    inst.join(timeout=10)
+    assert not inst.is_alive() and answers == []
+    assert len(failed) == 1 and isinstance(failed[0], TypeError)
+
+
+@pytest.mark.parametrize("op, header", [
+    ("fetch", {"timeout_ms": "1000"}), ("fetch", {"max_records": True}),
+    ("commit", {"offsets": [["t", 0]]}), ("commit", {"offsets": "all"}), ("commit", {"offsets": [[0, 0, 5]]}),
+    ("committed", {"partitions": [["t", "0"]]}), ("seek", {"to": "offsets", "offsets": [["t", 0, None]]}),
+    ("seek", {"to": "beginning", "partitions": [["t"]]}),
+])
+def test_an_op_header_the_instance_could_not_read_is_malformed(op: str, header: dict) -> None:
+    with pytest.raises(RemoteError) as e:
+        check_op_header(op, header)
+    assert e.value.code == P.MALFORMED_REQUEST
+
+
+@pytest.mark.parametrize("op, header", [
+    ("fetch", {}), ("fetch", {"timeout_ms": 10, "max_records": 5, "max_bytes": 100}), ("commit", {"offsets": None}),
+    ("commit", {"offsets": [["t", 0, 5]]}), ("committed", {}), ("seek", {"to": "end", "partitions": [["t", 1]]}),
+])
+def test_a_readable_op_header_passes(op: str, header: dict) -> None:
+    check_op_header(op, header)
