@@ -120,6 +120,8 @@ UNKNOWN_LEADER_EPOCH = 24
 NOT_COORDINATOR = 25
 LEADER_NOT_AVAILABLE = 26
 STALE_ISR = 27                   # ALTER_ISR computed from an older partition state: refresh, recompute
+INVALID_ISR = 28                 # ALTER_ISR leaves out the leader or adds a broker that is not alive
+UNKNOWN_BROKER = 29              # a broker id that is not in the cluster config
 RECORD_TOO_LARGE = 30
 CORRUPT_MESSAGE = 31
 OFFSET_OUT_OF_RANGE = 32
@@ -157,6 +159,7 @@ ERROR_NAMES: dict[int, str] = {
     FENCED_LEADER_EPOCH: "fenced_leader_epoch", UNKNOWN_LEADER_EPOCH: "unknown_leader_epoch",
     NOT_COORDINATOR: "not_coordinator", LEADER_NOT_AVAILABLE: "leader_not_available",
     STALE_ISR: "stale_isr",
+    INVALID_ISR: "invalid_isr", UNKNOWN_BROKER: "unknown_broker",
     RECORD_TOO_LARGE: "record_too_large", CORRUPT_MESSAGE: "corrupt_message",
     OFFSET_OUT_OF_RANGE: "offset_out_of_range", INVALID_RECORD: "invalid_record",
     OUT_OF_ORDER_SEQUENCE: "out_of_order_sequence", DUPLICATE_SEQUENCE: "duplicate_sequence",

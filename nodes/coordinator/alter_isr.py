@@ -11,7 +11,7 @@ the committed state (its ``partition_epoch`` tells the leader how new it is) or 
 - ``STALE_ISR``: the proposer leads, but computed the change from a partition state we have
   changed since (an older ``partition_epoch`` or leader epoch): it refreshes its metadata and
   recomputes. A routine race, not a sign of a restart.
-- ``INVALID_CONFIG``: the ISR leaves out the leader or adds a broker that is not alive.
+- ``INVALID_ISR``: the ISR leaves out the leader or adds a broker that is not alive.
 - ``UNKNOWN_TOPIC_OR_PARTITION``, ``MALFORMED_REQUEST``.
 
 Not thread-safe: runs on the coordinator's reactor.
@@ -75,7 +75,7 @@ def judge(change: IsrChange, broker_id: int, topics: dict[str, TopicState], aliv
                              f"{change.partition_epoch}; it is {ps.leader_epoch}/{ps.partition_epoch}, isr {ps.isr}")
     grown = set(isr) - set(ps.isr)
     if ps.leader not in isr or any(b not in alive for b in grown):
-        return P.INVALID_CONFIG, "the ISR must contain the leader and only live brokers"
+        return P.INVALID_ISR, "the ISR must contain the leader and only live brokers"
     log.info("%s-%d isr %s -> %s", change.topic, change.partition, ps.isr, isr)
     ps.isr = isr
     return 0, ""

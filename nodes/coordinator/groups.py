@@ -42,17 +42,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
 from nodes.coordinator.assignors import ASSIGNORS, DEFAULT_ASSIGNOR, assign
+from nodes.coordinator.context import GroupContext
 from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore
-
-if TYPE_CHECKING:
-    from nodes.coordinator.node import Coordinator
+from nodes.coordinator.offsets_client import OffsetsTopicClient
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +92,14 @@ class Group:
 
 
 class GroupCoordinator:
-    def __init__(self, coord: "Coordinator") -> None:
-        self.coord = coord
-        self.server = coord.server
-        self.clock = coord.clock
+    def __init__(self, context: GroupContext, offsets_client: OffsetsTopicClient) -> None:
+        """``context``: the coordinator node as the groups see it (``nodes.coordinator.context``);
+        ``offsets_client``: the one client of ``__consumer_offsets``."""
+        self.context = context
+        self.server = context.server
+        self.clock = context.reactor.clock
         self.groups: dict[str, Group] = {}
-        self.offsets = OffsetStore(coord)
+        self.offsets = OffsetStore(context, offsets_client)
 
     def install(self) -> None:
         """Register routes and timers on the coordinator and start loading offsets."""
@@ -108,8 +109,8 @@ class GroupCoordinator:
                         (P.LIST_GROUPS, self._on_list_groups), (P.DESCRIBE_GROUPS, self._on_describe_groups),
                         (P.DELETE_GROUP, self._on_delete_group)):
             self.server.route(cmd, fn)
-        self.coord.reactor.call_every(TICK_INTERVAL_MS, self.tick)
-        self.coord.reactor.call_later(0, self.offsets.start_loading)
+        self.context.reactor.call_every(TICK_INTERVAL_MS, self.tick)
+        self.context.reactor.call_later(0, self.offsets.start_loading)
 
     # -- request helpers ------------------------------------------------------------------------
     @staticmethod
@@ -181,7 +182,7 @@ class GroupCoordinator:
                 return self._join_result(group, member)  # nothing changed: stay in this generation
             reason = f"{mid} rejoined"
         if member.join_req is not None:
-            self.coord.counters["group_join_replaced"] += 1  # the client retried; answer the newest
+            self.context.counters["group_join_replaced"] += 1  # the client retried; answer the newest
         member.join_req = req
         if group.state != PREPARING:
             self._prepare_rebalance(group, reason)
@@ -214,7 +215,7 @@ class GroupCoordinator:
             group.state, group.leader, group.partition_counts = EMPTY, None, {}
             return
         topics = sorted({t for m in group.members.values() for t in m.topics})
-        counts = {t: len(self.coord.state.topics[t].partitions) for t in topics if t in self.coord.state.topics}
+        counts = {t: len(self.context.state.topics[t].partitions) for t in topics if t in self.context.state.topics}
         subs = {m.member_id: m.topics for m in group.members.values()}
         result = assign(group.assignor, subs, counts, {m.member_id: m.assignment for m in group.members.values()})
         group.partition_counts = counts
@@ -293,7 +294,7 @@ class GroupCoordinator:
 
     def _partition_counts_changed(self, group: Group) -> bool:
         topics = {t for m in group.members.values() for t in m.topics}
-        now = {t: len(self.coord.state.topics[t].partitions) for t in topics if t in self.coord.state.topics}
+        now = {t: len(self.context.state.topics[t].partitions) for t in topics if t in self.context.state.topics}
         return now != group.partition_counts
 
     def _check_room_for_group(self, gid: str) -> None:
@@ -327,7 +328,7 @@ class GroupCoordinator:
                 raise RemoteError(P.MALFORMED_REQUEST, "each offset is [topic, partition, offset, metadata?]")
             if e[2] < 0:
                 raise RemoteError(P.INVALID_COMMIT_OFFSET, f"offset {e[2]} for {e[0]}-{e[1]} is negative")
-            t = self.coord.state.topics.get(e[0])
+            t = self.context.state.topics.get(e[0])
             if t is None or not 0 <= e[1] < len(t.partitions) or e[0] == OFFSETS_TOPIC:
                 raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no partition {e[0]}-{e[1]}")
             entries.append((e[0], e[1], e[2], str(e[3])[:4096] if len(e) > 3 and e[3] is not None else ""))

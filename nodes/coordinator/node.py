@@ -21,13 +21,14 @@ from fabric import wire
 from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
-from fabric.rpc import make_socket
+from fabric.rpc import RpcClient, make_socket
 from fabric.stall import StallWatch
 from nodes.base import Node
 from nodes.coordinator.alter_isr import IsrChange, judge
 from nodes.coordinator.alter_isr import result as alter_isr_result
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.liveness import DisconnectWatch
+from nodes.coordinator.offsets_client import OffsetsTopicClient
 from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
 from nodes.coordinator.topics import place_replicas, validate_configs, validate_topic_name
 
@@ -77,7 +78,9 @@ class Coordinator(Node):
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
         self.extensions: list[Any] = []  # group coordinator etc. plug in here
-        self.groups = GroupCoordinator(self)
+        offsets_client = OffsetsTopicClient(self, lambda endpoint: RpcClient(self.ctx, self.reactor, endpoint,
+                                                                            identity="coordinator-offsets"))
+        self.groups = GroupCoordinator(self, offsets_client)
         self.groups.install()
         self.extensions.append(self.groups)
 
@@ -109,6 +112,10 @@ class Coordinator(Node):
         new = self.metadata()
         self.publish(P.TOPIC_METADATA, P.PUB_METADATA_DELTA, self._committed.delta_to(new))
         self._committed = new
+
+    def save_state(self) -> None:
+        """Persist the state (one durable write) without a metadata change."""
+        self.store.save(self.state)
 
     def _partition_changed(self, topic: str, partition: int) -> bool:
         """Leader, epoch, replicas or ISR differ from the last committed metadata."""
@@ -239,7 +246,7 @@ class Coordinator(Node):
     def _on_register(self, req: wire.Request) -> dict:
         bid = req.get("broker_id", int)
         if bid not in self.brokers:
-            raise RemoteError(P.INVALID_CONFIG, f"broker {bid} is not in the cluster config")
+            raise RemoteError(P.UNKNOWN_BROKER, f"broker {bid} is not in the cluster config")
         self._observe_incarnation(bid, req.get("incarnation", str))
         return {"metadata": self.metadata_wire()}
 

@@ -33,33 +33,30 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import msgpack
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from fabric.records import build_batch, partition_for_key
-from fabric.rpc import RpcClient
+from fabric.records import partition_for_key
 from nodes.coordinator import snapshots as S
+from nodes.coordinator.context import GroupContext
+from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome, OffsetsTopicClient
 from nodes.coordinator.offsets_loader import OffsetsLoader
 from nodes.coordinator.snapshots import SnapshotJob
 from nodes.coordinator.store import PartitionState, TopicState
 from nodes.coordinator.topics import place_replicas
 
-if TYPE_CHECKING:
-    from nodes.coordinator.node import Coordinator
+__all__ = ["OFFSETS_TOPIC", "Committed", "OffsetStore", "PendingCommit"]
 
 log = logging.getLogger(__name__)
 
-OFFSETS_TOPIC = "__consumer_offsets"
 OFFSETS_PARTITIONS = 3
 OFFSETS_REPLICATION_FACTOR_MAX = 3
-APPEND_TIMEOUT_MS = 5000           # one acks=all PRODUCE of a commit batch
 COMMIT_TIMEOUT_MS = 15_000         # a commit not appended by then fails (request_timed_out)
 RETRY_MS = 200                     # pause before retrying an append
 COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch
-HW_LOOKUP_TIMEOUT_MS = 3000
 HW_PRUNE_INTERVAL_MS = 10_000      # forget cached log ends of deleted topics at least this often
 
 TopicPartition = tuple[str, int]
@@ -81,9 +78,11 @@ class PendingCommit:
     # has since ended must not land after the partition's new owner read the committed offsets
     recheck: Callable[[], RemoteError | None] | None = None
     error: RemoteError | None = None
-    # An append carrying it went out: it may have landed, so a retry is the same append and
-    # is not judged again (a rebalance meanwhile must not turn it into illegal_generation).
-    sent: bool = False
+    # An append carrying it may have landed (it went out and no answer said it was not
+    # written): every retry is then the same append and is not judged again (a rebalance
+    # meanwhile must not turn it into illegal_generation). Never reset: a later attempt that
+    # the broker refuses does not undo an earlier one that may be in the log.
+    maybe_in_log: bool = False
 
 
 @dataclass
@@ -103,18 +102,19 @@ class _Queue:
 
 
 class OffsetStore:
-    def __init__(self, coord: "Coordinator") -> None:
-        self.coord = coord
-        self.reactor = coord.reactor
+    def __init__(self, context: GroupContext, client: OffsetsTopicClient) -> None:
+        """``client``: the one client of the offsets topic, shared with the loader."""
+        self.context = context
+        self.reactor = context.reactor
+        self.client = client
         self.table: dict[str, dict[TopicPartition, Committed]] = {}
         self._queues: dict[int, _Queue] = {q: _Queue() for q in range(OFFSETS_PARTITIONS)}
         self._pending_count = 0
-        self._clients: dict[str, RpcClient] = {}
         self._hw_seen: dict[TopicPartition, int] = {}
         self._hw_pruned_ms = 0
-        self.loader = OffsetsLoader(self, OFFSETS_TOPIC)
+        self.loader = OffsetsLoader(context, client, self)
         self.loaded = False
-        self.counters = coord.counters
+        self.counters = context.counters
         # group -> (topic, partition) -> commits queued or being written
         self._in_flight: dict[str, Counter[TopicPartition]] = {}
 
@@ -144,30 +144,16 @@ class OffsetStore:
     def partition_for_group(group: str) -> int:
         return partition_for_key(group.encode(), OFFSETS_PARTITIONS)
 
-    def _client(self, endpoint: str) -> RpcClient:
-        c = self._clients.get(endpoint)
-        if c is None:
-            c = self._clients[endpoint] = RpcClient(self.coord.ctx, self.reactor, endpoint, identity="coordinator-offsets")
-        return c
-
-    def _leader_endpoint(self, topic: str, partition: int) -> str | None:
-        t = self.coord.state.topics.get(topic)
-        if t is None or not 0 <= partition < len(t.partitions):
-            return None
-        leader = t.partitions[partition].leader
-        b = self.coord.brokers.get(leader)
-        return b.endpoint if b is not None and leader in self.coord.alive else None
-
     # -- the offsets topic ---------------------------------------------------------------------
     def ensure_topic(self) -> None:
         """Create ``__consumer_offsets`` (RF = min(3, configured brokers), min ISR = min(2, RF),
         retention ``OFFSETS_RETENTION_MS``). Like Kafka it waits (retriable not_enough_replicas) until that many
         brokers are alive: a topic made with fewer replicas would stay under-replicated for
         good, and the loss of one broker could then lose every committed offset."""
-        if OFFSETS_TOPIC in self.coord.state.topics:
+        if OFFSETS_TOPIC in self.context.state.topics:
             return
-        alive = sorted(self.coord.alive)
-        rf = min(OFFSETS_REPLICATION_FACTOR_MAX, len(self.coord.brokers))
+        alive = sorted(self.context.alive)
+        rf = min(OFFSETS_REPLICATION_FACTOR_MAX, len(self.context.brokers))
         if rf < 1 or len(alive) < rf:
             raise RemoteError(P.NOT_ENOUGH_REPLICAS, f"the offsets topic needs {rf} live brokers, "
                                                      f"{len(alive)} are alive: retry later")
@@ -175,9 +161,9 @@ class OffsetStore:
         # a time retention far longer than the snapshot refresh: a group that has not moved
         # keeps its offsets in every snapshot; no size retention (it could reach the snapshot)
         configs = {"min.insync.replicas": min(2, rf), "retention.ms": S.OFFSETS_RETENTION_MS, "retention.bytes": -1}
-        self.coord.state.topics[OFFSETS_TOPIC] = TopicState(
+        self.context.state.topics[OFFSETS_TOPIC] = TopicState(
             [PartitionState(r[0], 0, r, list(r)) for r in placement], configs)
-        self.coord.commit()
+        self.context.commit()
         log.info("created %s: %d partitions, rf %d", OFFSETS_TOPIC, OFFSETS_PARTITIONS, rf)
 
     # -- commits ---------------------------------------------------------------------------------
@@ -223,7 +209,7 @@ class OffsetStore:
         unknown: dict[str, list[list]] = {}
         for topic, p, offset, _ in pc.entries:
             if offset is not None and offset > self._hw_seen.get((topic, p), -1):
-                ep = self._leader_endpoint(topic, p)
+                ep = self.client.leader_endpoint(topic, p)
                 if ep is None:
                     self._reject(pc, RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} has no leader"))
                     return
@@ -246,7 +232,7 @@ class OffsetStore:
             if waiting["n"] == 0 and not pc.finished:
                 self._validated(pc)
         for ep, parts in unknown.items():
-            self._client(ep).request(P.LIST_OFFSETS, {"parts": parts}, callback=on_reply, timeout_ms=HW_LOOKUP_TIMEOUT_MS)
+            self.client.log_ends(ep, parts, on_reply)
 
     def _validated(self, pc: PendingCommit) -> None:
         for topic, p, offset, _ in pc.entries:
@@ -301,7 +287,7 @@ class OffsetStore:
             if not pc.ready:
                 break  # later commits of this partition wait: order is kept
             queue.items.popleft()
-            err = None if pc.sent else (
+            err = None if pc.maybe_in_log else (
                 (pc.recheck() if pc.recheck is not None else None) or self._check_not_backward(pc, overlay))
             if err is not None:
                 self._finish(pc, err)
@@ -314,10 +300,6 @@ class OffsetStore:
 
     def _append(self, q: int, take: list[PendingCommit]) -> None:
         queue = self._queues[q]
-        endpoint = self._leader_endpoint(OFFSETS_TOPIC, q)
-        if endpoint is None:
-            self._retry_later(q, take)
-            return
         ts = self.reactor.clock.wall_ms()
         records = []
         for pc in take:
@@ -325,13 +307,9 @@ class OffsetStore:
                 key = msgpack.packb([pc.group, topic, p], use_bin_type=True)
                 value = b"" if offset is None else msgpack.packb([offset, metadata, ts], use_bin_type=True)
                 records.append((ts, key, value, None))
-            pc.sent = True
-        queue.busy = True
 
-        def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            res = h["results"][0] if h is not None and h.get("results") else None
-            code = res[1] if res is not None else (err.code if err else P.UNKNOWN)
-            if code == 0:
+        def on_outcome(out: AppendOutcome) -> None:
+            if out.ok:
                 queue.busy = False
                 queue.records_since_snapshot += len(records)
                 for pc in take:
@@ -339,20 +317,19 @@ class OffsetStore:
                     self._finish(pc, None)
                 self.counters["offset_commits"] += len(take)
                 self._pump(q)
-            elif code in P.RETRIABLE or res is None:
+            elif out.retriable:
                 self.counters["offset_append_retries"] += 1
-                if res is not None or code == P.BUFFER_FULL:
-                    for pc in take:  # the broker refused it, or it never left: not in the log
-                        pc.sent = False
+                for pc in take:
+                    pc.maybe_in_log |= out.maybe_written
                 self._retry_later(q, take)
             else:
                 queue.busy = False
                 for pc in take:
-                    self._finish(pc, RemoteError(code, res[2] if res is not None else "append failed"))
+                    self._finish(pc, RemoteError(out.code, out.message))
                 self._pump(q)
-        self._client(endpoint).request(P.PRODUCE, {"acks": -1, "timeout_ms": APPEND_TIMEOUT_MS,
-                                                   "parts": [[OFFSETS_TOPIC, q]]},
-                                       [build_batch(records)], callback=on_reply, timeout_ms=APPEND_TIMEOUT_MS + 1000)
+        queue.busy = True
+        if not self.client.append(q, records, on_outcome):
+            self._retry_later(q, take)  # no live leader: nothing left
 
     def _retry_later(self, q: int, take: list[PendingCommit]) -> None:
         """Put the batch back at the front (order kept) and try again after a pause; a
@@ -381,7 +358,7 @@ class OffsetStore:
             if queue.snapshot_queued:
                 continue
             since = queue.records_since_snapshot
-            pointer = self.coord.state.offsets_snapshots.get(q)
+            pointer = self.context.state.offsets_snapshots.get(q)
             changed_long_ago = since > 0 and now - queue.last_snapshot_ms >= S.SNAPSHOT_INTERVAL_MS
             # the refresh keeps the latest snapshot (and so every group) far inside the retention
             stale = pointer is not None and wall - pointer[2] >= S.SNAPSHOT_REFRESH_MS
@@ -389,14 +366,14 @@ class OffsetStore:
                 self.snapshot(q)
         if now - self._hw_pruned_ms >= HW_PRUNE_INTERVAL_MS:
             self._hw_pruned_ms = now
-            topics = self.coord.state.topics
+            topics = self.context.state.topics
             for tp in [tp for tp in self._hw_seen if tp[0] not in topics]:
                 del self._hw_seen[tp]
 
     def snapshot(self, q: int) -> None:
         """Queue a snapshot of offsets partition ``q`` behind the commits already queued."""
         queue = self._queues[q]
-        if queue.snapshot_queued or OFFSETS_TOPIC not in self.coord.state.topics:
+        if queue.snapshot_queued or OFFSETS_TOPIC not in self.context.state.topics:
             return
         queue.snapshot_queued = True
         queue.items.append(SnapshotJob(q, self.reactor.clock.now_ms() + S.SNAPSHOT_TIMEOUT_MS))
@@ -415,35 +392,28 @@ class OffsetStore:
         if self.reactor.clock.now_ms() >= job.deadline_ms:
             self._end_snapshot(q, job, ok=False)
             return
-        endpoint = self._leader_endpoint(OFFSETS_TOPIC, q)
         queue.busy = True
-        if endpoint is None:
-            self._pause(q)
-            return
         ts = self.reactor.clock.wall_ms()
         key, value = job.records[job.next_index]
+        records = job.records
 
-        def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            res = h["results"][0] if h is not None and h.get("results") else None
-            code = res[1] if res is not None else (err.code if err else P.UNKNOWN)
-            if code == 0:
+        def on_outcome(out: AppendOutcome) -> None:
+            if out.ok:
                 if job.next_index == 0:
-                    job.start_offset = res[0]
+                    job.start_offset = out.base_offset
                 job.next_index += 1
-                if job.next_index < len(job.records):
+                if job.next_index < len(records):
                     self._snapshot_step(q, job)
                 else:
                     self._end_snapshot(q, job, ok=True)
-            elif code in P.RETRIABLE or res is None:
+            elif out.retriable:
                 self.counters["offsets_snapshot_retries"] += 1
                 self._pause(q)
             else:
-                log.warning("%s-%d snapshot failed: %s", OFFSETS_TOPIC, q, res[2])
+                log.warning("%s-%d snapshot failed: %s", OFFSETS_TOPIC, q, out.message)
                 self._end_snapshot(q, job, ok=False)
-        self._client(endpoint).request(P.PRODUCE, {"acks": -1, "timeout_ms": APPEND_TIMEOUT_MS,
-                                                   "parts": [[OFFSETS_TOPIC, q]]},
-                                       [build_batch([(ts, key, value, None)])], callback=on_reply,
-                                       timeout_ms=APPEND_TIMEOUT_MS + 1000)
+        if not self.client.append(q, [(ts, key, value, None)], on_outcome):
+            self._pause(q)  # no live leader yet
 
     def _end_snapshot(self, q: int, job: SnapshotJob, ok: bool) -> None:
         queue = self._queues[q]
@@ -453,8 +423,8 @@ class OffsetStore:
         if ok:
             # remembered only once every record is acknowledged: a load never starts at a
             # snapshot that is not whole
-            self.coord.state.offsets_snapshots[q] = [job.start_offset, job.snapshot_id, self.reactor.clock.wall_ms()]
-            self.coord.store.save(self.coord.state)
+            self.context.state.offsets_snapshots[q] = [job.start_offset, job.snapshot_id, self.reactor.clock.wall_ms()]
+            self.context.save_state()
             queue.records_since_snapshot = 0  # nothing was appended meanwhile: the queue was busy
             queue.last_snapshot_ms = self.reactor.clock.now_ms()
             self.counters["offsets_snapshots"] += 1
@@ -468,13 +438,13 @@ class OffsetStore:
     def _maybe_enable_retention(self) -> None:
         """An offsets topic made before snapshots existed is kept forever; once every partition
         has a snapshot it gets the time retention."""
-        topic = self.coord.state.topics.get(OFFSETS_TOPIC)
+        topic = self.context.state.topics.get(OFFSETS_TOPIC)
         if topic is None or topic.configs.get("retention.ms", -1) != -1:
             return
-        if all(q in self.coord.state.offsets_snapshots for q in range(len(topic.partitions))):
+        if all(q in self.context.state.offsets_snapshots for q in range(len(topic.partitions))):
             topic.configs = dict(topic.configs, **{"retention.ms": S.OFFSETS_RETENTION_MS})
             log.info("%s: every partition has a snapshot; retention.ms=%d", OFFSETS_TOPIC, S.OFFSETS_RETENTION_MS)
-            self.coord.commit()
+            self.context.commit()
 
     def _pause(self, q: int) -> None:
         """Keep the queue busy for RETRY_MS, then pump again (the front item is retried)."""
@@ -488,10 +458,10 @@ class OffsetStore:
 
     # -- rebuilding the table on start (nodes.coordinator.offsets_loader) ---------------------------
     def start_loading(self) -> None:
-        if OFFSETS_TOPIC not in self.coord.state.topics:
+        if OFFSETS_TOPIC not in self.context.state.topics:
             self._loaded()
             return
-        self.loader.start(len(self.coord.state.topics[OFFSETS_TOPIC].partitions))
+        self.loader.start(len(self.context.state.topics[OFFSETS_TOPIC].partitions))
 
     def loaded_all(self) -> None:
         """The loader read every offsets partition: take commits from now on."""
@@ -504,7 +474,7 @@ class OffsetStore:
         for q, queue in self._queues.items():
             st = self.loader.states.get(q)
             queue.records_since_snapshot = st.records_read if st is not None else 0
-            if q not in self.coord.state.offsets_snapshots:
+            if q not in self.context.state.offsets_snapshots:
                 # read without a snapshot: it gets its first one at once (an empty one too, so
                 # that an offsets topic from before snapshots can get its retention)
                 queue.last_snapshot_ms = now - S.SNAPSHOT_INTERVAL_MS
@@ -516,5 +486,4 @@ class OffsetStore:
             self._pump(q)
 
     def close(self) -> None:
-        for c in self._clients.values():
-            c.close()
+        self.client.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgpack
 
@@ -28,15 +28,20 @@ from fabric import protocol as P
 from fabric.errors import RemoteError
 from fabric.records import decode_batches
 from nodes.coordinator import snapshots as S
-
-if TYPE_CHECKING:
-    from nodes.coordinator.offsets import OffsetStore
+from nodes.coordinator.context import GroupContext
+from nodes.coordinator.offsets_client import OffsetsTopicClient
 
 log = logging.getLogger(__name__)
 
-LOAD_FETCH_BYTES_MAX = 4 * 1024 * 1024
-LOAD_FETCH_TIMEOUT_MS = 3000
 LOAD_RETRY_MS = 200
+
+
+class LoadTarget(Protocol):
+    """Where the loaded records go (the ``OffsetStore``)."""
+
+    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int) -> None: ...
+
+    def loaded_all(self) -> None: ...
 
 
 @dataclass
@@ -50,17 +55,19 @@ class LoadState:
 
 
 class OffsetsLoader:
-    def __init__(self, store: "OffsetStore", topic: str) -> None:
+    def __init__(self, context: GroupContext, client: OffsetsTopicClient, store: LoadTarget) -> None:
+        """``client``: the offsets topic's client, shared with ``store``."""
+        self.context = context
+        self.client = client
         self.store = store
-        self.topic = topic
-        self.coord = store.coord
-        self.reactor = store.reactor
+        self.topic = client.topic
+        self.reactor = context.reactor
         self.states: dict[int, LoadState] = {}
 
     def start(self, partitions: int) -> None:
         """Read every partition; ``store.loaded_all()`` once all are read."""
         for q in range(partitions):
-            pointer = self.coord.state.offsets_snapshots.get(q)
+            pointer = self.context.state.offsets_snapshots.get(q)
             self.states[q] = LoadState(pointer[0], snapshot_id=pointer[1]) if pointer else LoadState()
             self._step(q)
 
@@ -69,7 +76,7 @@ class OffsetsLoader:
 
     def _step(self, q: int) -> None:
         st = self.states[q]
-        endpoint = self.store._leader_endpoint(self.topic, q)
+        endpoint = self.client.leader_endpoint(self.topic, q)
         if endpoint is None:
             self._later(q, LOAD_RETRY_MS)
             return
@@ -111,10 +118,7 @@ class OffsetsLoader:
                     self.store.loaded_all()
             else:
                 self._later(q, 0 if records else LOAD_RETRY_MS)
-        self.store._client(endpoint).request(
-            P.FETCH, {"replica_id": -1, "wait_ms": 0, "max_bytes": LOAD_FETCH_BYTES_MAX,
-                      "parts": [[self.topic, q, st.offset, LOAD_FETCH_BYTES_MAX]]},
-            callback=on_reply, timeout_ms=LOAD_FETCH_TIMEOUT_MS)
+        self.client.fetch(endpoint, q, st.offset, on_reply)
 
     def apply_record(self, key: bytes | None, value: bytes) -> None:
         """Apply one record of the offsets topic (a commit, a tombstone or a snapshot record)."""
@@ -130,15 +134,15 @@ class OffsetsLoader:
             else:
                 self.store.apply(group, [(topic, p, None, "")], 0)
         except Exception:  # a record we cannot read must not stop the load
-            self.coord.counters["offsets_bad_records"] += 1
+            self.context.counters["offsets_bad_records"] += 1
 
     def _snapshot_missing(self, q: int, st: LoadState, log_start_offset: int) -> None:
         """Read from ``log_start_offset`` instead (0: the leader says where the log starts)."""
         if st.snapshot_id is not None:
             log.warning("%s-%d: no snapshot %s at offset %d; loading from the log start", self.topic, q,
                         st.snapshot_id, st.offset)
-            self.coord.counters["offsets_snapshot_missing"] += 1
+            self.context.counters["offsets_snapshot_missing"] += 1
             # forgotten (saved with the next snapshot): this partition gets a new one soon
-            self.coord.state.offsets_snapshots.pop(q, None)
+            self.context.state.offsets_snapshots.pop(q, None)
         st.snapshot_id = None
         st.offset = log_start_offset

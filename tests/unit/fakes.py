@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fabric.records import build_batch
+from engines import batch as B
+from fabric import protocol as P
 from fabric import wire
 from fabric.clock import ManualClock
+from fabric.metadata import BrokerInfo
+from fabric.records import build_batch, decode_batches
+from fabric.rpc import DEFER
+from nodes.coordinator import snapshots as S
+from nodes.coordinator.groups import GroupCoordinator
+from nodes.coordinator.offsets import OFFSETS_TOPIC
+from nodes.coordinator.offsets_client import OffsetsTopicClient
+from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
 
 BASE_TIMESTAMP_MS = 1_700_000_000_000
 
@@ -188,3 +198,96 @@ class NoHeartbeat:
 
     def stop(self) -> None:
         pass
+
+
+class FakeGroupContext:
+    """Stands in for the coordinator node as the groups' and offsets' ``GroupContext``
+    (nodes/coordinator/context.py): a FakeReactor, a RecordingServer, the cluster state, brokers
+    1..n on loopback. ``commit()`` and ``save_state()`` count, and write ``store`` if given."""
+
+    def __init__(self, state: Any, *, brokers: int = 3, alive: tuple[int, ...] | None = None,
+                 store: Any = None, start_ms: int = 10_000) -> None:
+        self.reactor = FakeReactor(ManualClock(start_ms))
+        self.clock = self.reactor.clock
+        self.server = RecordingServer()
+        self.counters: Counter[str] = Counter()
+        self.state = state
+        self.brokers = {b: BrokerInfo(b, "127.0.0.1", 30_000 + b, 31_000 + b) for b in range(1, brokers + 1)}
+        self.alive = set(self.brokers if alive is None else alive)
+        self.store = store
+        self.commits = 0
+        self.saves = 0
+
+    def commit(self) -> None:
+        self.commits += 1
+        self.save_state()
+
+    def save_state(self) -> None:
+        self.saves += 1
+        if self.store is not None:
+            self.store.save(self.state)
+
+
+
+# -- the group coordinator and its offsets store on a FakeGroupContext ------------------------------
+def two_partition_state() -> ClusterState:
+    """Topic ``t``: two partitions led by broker 1, replicas and ISR [1, 2, 3]."""
+    return ClusterState(topics={"t": TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3]) for _ in range(2)])})
+
+
+def group_coordinator(context: FakeGroupContext, client: RecordingClient | None = None) -> tuple[GroupCoordinator, RecordingClient]:
+    """The real GroupCoordinator (with its OffsetStore and OffsetsLoader) on ``context``, every
+    broker request going to one RecordingClient."""
+    client = client or RecordingClient()
+    return GroupCoordinator(context, OffsetsTopicClient(context, lambda endpoint: client)), client
+
+
+def offsets_records(payload: bytes, base_offset: int = 0) -> list:
+    """The records of one append to the offsets topic, as the broker would number them."""
+    data = bytearray(payload)
+    B.set_base_offset(data, base_offset)
+    return decode_batches(OFFSETS_TOPIC, 0, bytes(data))
+
+
+def loaded_group_coordinator(store_dir: Any) -> tuple[GroupCoordinator, FakeGroupContext, RecordingClient]:
+    """A group coordinator with the offsets topic, loaded from three empty offsets partitions,
+    each of which got (and acknowledged) its first, empty snapshot; the client's log cleared."""
+    context = FakeGroupContext(two_partition_state(), store=StateStore(store_dir))
+    gc, client = group_coordinator(context)
+    gc.offsets.ensure_topic()
+    gc.offsets.start_loading()
+    for q, (_, _, _, cb) in enumerate(client.of(P.FETCH)):  # every offsets partition is empty
+        cb({"parts": [[OFFSETS_TOPIC, q, 0, 0, 0, 0, None]]}, [b""], None)
+    assert gc.offsets.loaded
+    gc.tick()  # read without a snapshot: each partition gets its first (empty) one at once
+    snaps = client.of(P.PRODUCE)
+    assert len(snaps) == 3
+    for _, _, payloads, cb in snaps:
+        (record,) = offsets_records(payloads[0])
+        assert S.parse_key(record.key)[1:] == (0, True) and S.decode_entries(record.value) == []
+        cb({"results": [[0, 0, "", 0]]}, [], None)
+    assert sorted(context.state.offsets_snapshots) == [0, 1, 2]
+    client.sent.clear()
+    client.unanswered.clear()
+    return gc, context, client
+
+
+def ack_last_produce(client: RecordingClient, base_offset: int) -> None:
+    """Acknowledge the last request sent, which must be a PRODUCE, at ``base_offset``."""
+    cmd, _h, _p, cb = client.sent[-1]
+    assert cmd == P.PRODUCE
+    cb({"results": [[base_offset, 0, "", 0]]}, [], None)
+
+
+def admin_commit(gc: GroupCoordinator, client: RecordingClient, group: str, offset: int,
+                 *, ack: bool = True, base_offset: int = 0) -> wire.Request:
+    """An administrative commit of t-0 (the log-end lookup and the append answered at once)."""
+    req = request(P.OFFSET_COMMIT, group=group, generation=-1, offsets=[["t", 0, offset]])
+    before = len(client.sent)
+    assert gc._on_offset_commit(req) is DEFER
+    for cmd, _h, _p, cb in client.sent[before:]:
+        if cmd == P.LIST_OFFSETS:
+            cb({"parts": [["t", 0, 0, 1000]]}, [], None)
+    if ack:
+        ack_last_produce(client, base_offset)
+    return req

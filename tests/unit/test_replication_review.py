@@ -1,5 +1,6 @@
 """Replication and failover review: one test per bug found, each driving the classes directly
-(memory engine, fake broker/reactor objects, no processes, no sockets to peers)."""
+(memory engine, fake broker/reactor objects, no processes, no sockets to peers). The
+coordinator's side of ALTER_ISR is tested in test_coordinator_alter_isr.py."""
 
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from nodes.broker.parking import ParkedProduce, ParkingLot
 from nodes.broker.partition import Partition
 from nodes.broker.replication import ReplicationSubscriber
 from nodes.broker.isr import IsrProposer
-from nodes.coordinator.alter_isr import IsrChange, judge
-from nodes.coordinator.store import PartitionState, TopicState
 
 BATCH_MAX = 1024 * 1024
 
@@ -169,32 +168,8 @@ def test_isr_proposal_rejected_by_the_coordinator_is_dropped() -> None:
     p.followers[3].last_caught_up_ms = -5000
     proposer, sent = _isr_proposer()
     assert proposer.check([p], 0, 1000) == 1
-    sent[-1][1]({"parts": [{"error": P.INVALID_CONFIG, "message": "no"}]}, [], None)
+    sent[-1][1]({"parts": [{"error": P.INVALID_ISR, "message": "no"}]}, [], None)
     assert p.pending_isr is None and len(sent) == 1
-
-
-def _coordinator(isr: list[int]) -> dict[str, TopicState]:
-    return {"t": TopicState([PartitionState(1, 4, [1, 2, 3], list(isr), partition_epoch=9)])}
-
-
-def _change(isr: list[int], partition_epoch: int) -> IsrChange:
-    return IsrChange("t", 0, 4, partition_epoch, isr)
-
-
-def test_coordinator_refuses_an_isr_change_computed_from_a_stale_isr() -> None:
-    # the coordinator dropped dead broker 3 from the ISR (partition epoch 8 -> 9); the leader has
-    # not heard yet and asks to add broker 2 on top of its old view, which still names 3
-    topics = _coordinator(isr=[1])
-    assert judge(_change([1, 2, 3], 8), 1, topics, {1, 2, 3})[0] == P.STALE_ISR
-    assert topics["t"].partitions[0].isr == [1]
-    # a retry of a proposal that was already applied is answered, not refused
-    topics = _coordinator(isr=[1, 2])
-    assert judge(_change([1, 2], 8), 1, topics, {1, 2, 3}) == (0, "")
-    # the current view is applied
-    assert judge(_change([1, 2, 3], 9), 1, topics, {1, 2, 3}) == (0, "")
-    assert topics["t"].partitions[0].isr == [1, 2, 3]
-    # a proposal from a broker that no longer leads is fenced
-    assert judge(_change([2, 3], 9), 2, topics, {1, 2, 3})[0] == P.FENCED_LEADER_EPOCH
 
 
 # -- 3. the epoch cache must not name offsets the log lost in a crash ----------------------------

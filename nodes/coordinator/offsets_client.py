@@ -1,0 +1,118 @@
+"""The coordinator's one client for ``__consumer_offsets`` (and the log-end lookups that check
+a commit): shared by the offset store (appends, acks=all) and its loader (fetches).
+
+It owns the RPC clients to the brokers (one per endpoint, made on first use), finds a
+partition's leader in the coordinator's state, and reads an append's reply once, into an
+``AppendOutcome``, for the commits and the snapshots alike.
+
+Not thread-safe: runs on the coordinator's reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from fabric import protocol as P
+from fabric.errors import RemoteError
+from fabric.records import build_batch
+from nodes.coordinator.context import BrokerRequester, GroupContext, ReplyCallback
+
+OFFSETS_TOPIC = "__consumer_offsets"
+APPEND_TIMEOUT_MS = 5000           # one acks=all PRODUCE to an offsets partition
+APPEND_REPLY_GRACE_MS = 1000       # the client waits this much longer than the broker
+HW_LOOKUP_TIMEOUT_MS = 3000        # LIST_OFFSETS of a committed partition
+LOAD_FETCH_BYTES_MAX = 4 * 1024 * 1024
+LOAD_FETCH_TIMEOUT_MS = 3000
+
+Record = tuple[int, bytes | None, bytes, Any]   # timestamp_ms, key, value, headers
+
+
+class AppendOutcome(NamedTuple):
+    """What became of one acks=all append to an offsets partition."""
+
+    code: int            # 0: appended and replicated to the ISR
+    base_offset: int     # offset of its first record (-1 unless code is 0)
+    message: str
+    answered: bool       # the broker answered for the partition (False: no or a top-level reply)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    @property
+    def retriable(self) -> bool:
+        """Worth sending again: a retriable code, or no answer for the partition at all."""
+        return self.code in P.RETRIABLE or not self.answered
+
+    @property
+    def maybe_written(self) -> bool:
+        """It may be in the log although it failed: it left and no answer said it was not
+        written (a client-side ``buffer_full`` never left)."""
+        return not self.ok and not self.answered and self.code != P.BUFFER_FULL
+
+    @classmethod
+    def from_reply(cls, header: dict | None, err: RemoteError | None) -> "AppendOutcome":
+        res = header["results"][0] if header is not None and header.get("results") else None
+        if res is None:
+            code = err.code if isinstance(err, RemoteError) else P.UNKNOWN
+            return cls(code, -1, err.message if isinstance(err, RemoteError) else "append failed", False)
+        return cls(res[1], res[0] if res[1] == 0 else -1, res[2] if len(res) > 2 else "", True)
+
+
+class OffsetsTopicClient:
+    """Requests of the committed-offsets machinery to the brokers."""
+
+    def __init__(self, context: GroupContext, connect: Callable[[str], BrokerRequester],
+                 topic: str = OFFSETS_TOPIC) -> None:
+        """``connect(endpoint)`` makes the RPC client to one broker (called once per endpoint)."""
+        self.context = context
+        self.topic = topic
+        self._connect = connect
+        self._clients: dict[str, BrokerRequester] = {}
+
+    def leader_endpoint(self, topic: str, partition: int) -> str | None:
+        """The request endpoint of the partition's leader; None if it has none or it is not alive."""
+        t = self.context.state.topics.get(topic)
+        if t is None or not 0 <= partition < len(t.partitions):
+            return None
+        leader = t.partitions[partition].leader
+        b = self.context.brokers.get(leader)
+        return b.endpoint if b is not None and leader in self.context.alive else None
+
+    def _client(self, endpoint: str) -> BrokerRequester:
+        c = self._clients.get(endpoint)
+        if c is None:
+            c = self._clients[endpoint] = self._connect(endpoint)
+        return c
+
+    def append(self, q: int, records: list[Record], on_outcome: Callable[[AppendOutcome], None]) -> bool:
+        """Append ``records`` as one batch to offsets partition ``q`` with acks=all;
+        ``on_outcome`` gets what became of it. False (nothing sent, no callback) if the
+        partition has no live leader."""
+        endpoint = self.leader_endpoint(self.topic, q)
+        if endpoint is None:
+            return False
+
+        def on_reply(header: dict | None, _payloads: list, err: RemoteError | None) -> None:
+            on_outcome(AppendOutcome.from_reply(header, err))
+        self._client(endpoint).request(P.PRODUCE, {"acks": -1, "timeout_ms": APPEND_TIMEOUT_MS, "parts": [[self.topic, q]]},
+                                       [build_batch(records)], callback=on_reply,
+                                       timeout_ms=APPEND_TIMEOUT_MS + APPEND_REPLY_GRACE_MS)
+        return True
+
+    def fetch(self, endpoint: str, q: int, offset: int, callback: ReplyCallback) -> None:
+        """Read offsets partition ``q`` from ``offset`` (as a consumer, up to the HW) at ``endpoint``."""
+        self._client(endpoint).request(
+            P.FETCH, {"replica_id": -1, "wait_ms": 0, "max_bytes": LOAD_FETCH_BYTES_MAX,
+                      "parts": [[self.topic, q, offset, LOAD_FETCH_BYTES_MAX]]},
+            callback=callback, timeout_ms=LOAD_FETCH_TIMEOUT_MS)
+
+    def log_ends(self, endpoint: str, parts: list[list], callback: ReplyCallback) -> None:
+        """LIST_OFFSETS of ``parts`` ([topic, partition, -1]) at their leader ``endpoint``."""
+        self._client(endpoint).request(P.LIST_OFFSETS, {"parts": parts}, callback=callback,
+                                       timeout_ms=HW_LOOKUP_TIMEOUT_MS)
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()

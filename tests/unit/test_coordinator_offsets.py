@@ -1,0 +1,139 @@
+"""Committed offsets in ``__consumer_offsets``: the offsets topic, commits in flight, appends
+that time out or are refused, the log-end cache. The real GroupCoordinator, OffsetStore and
+OffsetsTopicClient on a FakeGroupContext with a RecordingClient (tests/unit/fakes.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from fabric import protocol as P
+from fabric.errors import RemoteError, RequestTimeout
+from nodes.coordinator.offsets import OFFSETS_TOPIC, RETRY_MS
+from nodes.coordinator.offsets_client import AppendOutcome
+from tests.unit.fakes import (FakeGroupContext, ack_last_produce, admin_commit, group_coordinator,
+                              loaded_group_coordinator, offsets_records, request, two_partition_state)
+
+
+# -- the offsets topic: full replication factor, no size retention (time retention: see
+# test_coordinator_offsets_snapshots, which snapshots make safe) -------------------------------------
+def test_offsets_topic_waits_for_its_replication_factor_and_keeps_records_forever() -> None:
+    context = FakeGroupContext(two_partition_state(), alive=(1,))
+    gc, _ = group_coordinator(context)
+    with pytest.raises(RemoteError) as e:
+        gc.offsets.ensure_topic()
+    assert e.value.code == P.NOT_ENOUGH_REPLICAS and e.value.retriable
+    assert OFFSETS_TOPIC not in context.state.topics, "an offsets topic with one replica would lose offsets with it"
+    context.alive = {1, 2, 3}
+    gc.offsets.ensure_topic()
+    topic = context.state.topics[OFFSETS_TOPIC]
+    assert all(len(p.replicas) == 3 for p in topic.partitions)
+    assert topic.configs["min.insync.replicas"] == 2
+    assert topic.configs["retention.bytes"] == -1
+
+
+# -- OFFSET_FETCH while a commit is being written ---------------------------------------------------
+def test_offset_fetch_of_a_partition_with_a_commit_in_flight_is_unstable_and_retriable(tmp_path: Path) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    admin_commit(gc, client, "g", 5)
+    admin_commit(gc, client, "g", 9, ack=False)  # in flight
+    for wanted in ([["t", 0]], None):
+        with pytest.raises(RemoteError) as e:
+            gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=wanted))
+        assert e.value.code == P.UNSTABLE_OFFSET_COMMIT and e.value.retriable
+    assert gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 1]]))["offsets"] == [["t", 1, -1, ""]]
+    ack_last_produce(client, 1)
+    assert gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0]]))["offsets"] == [["t", 0, 9, ""]]
+
+
+def test_log_end_cache_forgets_a_deleted_topic(tmp_path: Path) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    admin_commit(gc, client, "a", 1)
+    assert ("t", 0) in gc.offsets._hw_seen
+    del context.state.topics["t"]
+    gc.topic_deleted("t")
+    assert not any(t == "t" for t, _ in gc.offsets._hw_seen)
+
+
+# -- an append that timed out is retried as the same append ---------------------------------------------
+# An offset commit whose append timed out is retried as the same append, judged as it was the
+# first time: a rebalance in between must not turn it into illegal_generation (the first append
+# may well have landed, and would then be in the log but missing from the table).
+def _commit_with_a_recheck(tmp_path: Path):  # noqa: ANN202 - (group coordinator, context, client, refusal, results)
+    """A commit of t-0 offset 7 whose recheck answers ``refusal[0]``; its first append is sent."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    refusal: list[RemoteError | None] = [None]
+    results: list[RemoteError | None] = []
+    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False,
+                      done=results.append, recheck=lambda: refusal[0])
+    return gc, context, client, refusal, results
+
+
+def test_a_retried_append_is_not_rechecked_after_a_rebalance(tmp_path: Path) -> None:
+    gc, context, client, refusal, results = _commit_with_a_recheck(tmp_path)
+    (first,) = client.of(P.PRODUCE)
+    first[3](None, [], RequestTimeout("no reply"))  # the append may or may not have landed
+    assert results == []
+    # meanwhile a rebalance ends the member's generation
+    refusal[0] = RemoteError(P.ILLEGAL_GENERATION, "generation 1 is over")
+    context.reactor.advance(RETRY_MS)
+    produces = client.of(P.PRODUCE)
+    assert len(produces) == 2, "the timed-out append must be sent again, not refused"
+    # the same records (the timestamp in the value is the retry's own)
+    assert [(r.key, msgpack.unpackb(r.value)[:2]) for r in offsets_records(produces[1][2][0])] == \
+        [(r.key, msgpack.unpackb(r.value)[:2]) for r in offsets_records(first[2][0])]
+    produces[1][3]({"results": [[0, 0, "", 0]]}, [], None)
+    assert results == [None]
+    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 7
+
+
+def test_a_commit_not_yet_sent_is_still_rechecked(tmp_path: Path) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    results: list[RemoteError | None] = []
+    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False, done=results.append,
+                      recheck=lambda: RemoteError(P.ILLEGAL_GENERATION, "generation 1 is over"))
+    assert client.of(P.PRODUCE) == []
+    assert [e.code for e in results if e is not None] == [P.ILLEGAL_GENERATION]
+    assert "g" not in gc.offsets.table
+
+
+def test_an_append_the_broker_refused_is_rechecked_before_the_retry(tmp_path: Path) -> None:
+    gc, context, client, refusal, results = _commit_with_a_recheck(tmp_path)
+    (first,) = client.of(P.PRODUCE)
+    first[3]({"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr [1]"]]}, [], None)  # not written
+    refusal[0] = RemoteError(P.ILLEGAL_GENERATION, "generation 1 is over")
+    context.reactor.advance(RETRY_MS)
+    assert len(client.of(P.PRODUCE)) == 1
+    assert [e.code for e in results if e is not None] == [P.ILLEGAL_GENERATION]
+    assert "g" not in gc.offsets.table
+
+
+def test_a_refused_retry_does_not_undo_an_earlier_append_that_may_have_landed(tmp_path: Path) -> None:
+    # the first append timed out (it may be in the log); its retry is refused (that one is not);
+    # the commit is still one that may be in the log: a rebalance meanwhile must not refuse it
+    gc, context, client, refusal, results = _commit_with_a_recheck(tmp_path)
+    client.of(P.PRODUCE)[0][3](None, [], RequestTimeout("no reply"))
+    context.reactor.advance(RETRY_MS)
+    client.of(P.PRODUCE)[1][3]({"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr [1]"]]}, [], None)
+    refusal[0] = RemoteError(P.ILLEGAL_GENERATION, "generation 1 is over")
+    context.reactor.advance(RETRY_MS)
+    produces = client.of(P.PRODUCE)
+    assert len(produces) == 3, "a commit that may be in the log was refused on its retry"
+    produces[2][3]({"results": [[0, 0, "", 0]]}, [], None)
+    assert results == [None] and gc.offsets.offsets_for("g")[("t", 0)].offset == 7
+
+
+# -- one reading of an append's reply, for commits and snapshots alike --------------------------------
+def test_an_append_outcome_says_whether_it_may_be_in_the_log() -> None:
+    ok = AppendOutcome.from_reply({"results": [[12, 0, "", 0]]}, None)
+    assert ok.ok and ok.base_offset == 12 and not ok.maybe_written
+    refused = AppendOutcome.from_reply({"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr [1]"]]}, None)
+    assert refused.retriable and not refused.maybe_written and refused.message == "isr [1]"
+    fatal = AppendOutcome.from_reply({"results": [[-1, P.RECORD_TOO_LARGE, "too big"]]}, None)
+    assert not fatal.retriable and not fatal.maybe_written
+    lost = AppendOutcome.from_reply(None, RequestTimeout("no reply"))
+    assert lost.retriable and lost.maybe_written and lost.code == P.REQUEST_TIMED_OUT
+    never_left = AppendOutcome.from_reply(None, RemoteError(P.BUFFER_FULL, "too many requests in flight"))
+    assert never_left.retriable and not never_left.maybe_written
