@@ -198,10 +198,7 @@ class OffsetStore:
             del pending[tp]
         if not pending:
             del self._in_flight[pc.group]
-        try:
-            pc.done(error)
-        except Exception:
-            log.exception("commit callback failed")
+        pc.done(error)  # a bug in it is not swallowed: it stops the node (fabric/reactor.py)
 
     def _check_log_end(self, pc: PendingCommit) -> None:
         """Reject offsets beyond a partition's high watermark (asks the leaders once for

@@ -137,3 +137,14 @@ def test_an_append_outcome_says_whether_it_may_be_in_the_log() -> None:
     assert lost.retriable and lost.maybe_written and lost.code == P.REQUEST_TIMED_OUT
     never_left = AppendOutcome.from_reply(None, RemoteError(P.BUFFER_FULL, "too many requests in flight"))
     assert never_left.retriable and not never_left.maybe_written
+
+
+# -- a programmer error is not swallowed -----------------------------------------------------------------
+def test_a_bug_in_a_commit_callback_leaves_the_store_instead_of_being_logged_and_forgotten(tmp_path: Path) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+
+    def buggy_done(err: RemoteError | None) -> None:
+        raise TypeError("a bug in the commit's callback")
+    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False, done=buggy_done)
+    with pytest.raises(TypeError, match="commit's callback"):
+        ack_last_produce(client, 0)
