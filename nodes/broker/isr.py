@@ -9,8 +9,13 @@ What each answer does:
   (the HW keeps counting the maximal ISR) and is sent again with the next check;
 - ``STALE_ISR``: our view of the partition is out of date; the proposal is dropped and the
   metadata refreshed. Nothing else happens: this is a routine race;
-- ``FENCED_LEADER_EPOCH``: another broker leads; the proposal is dropped and the broker
-  re-registers (``on_fenced``), as a broker that missed its own deposition must;
+- ``FENCED_LEADER_EPOCH`` naming a newer leader epoch than the proposal's: leadership moved
+  (auto-rebalance, a failover) and the push has not reached us yet; the proposal is dropped and
+  the metadata refreshed, as for ``STALE_ISR`` (re-registering here made every routine
+  leadership move look like a restart of the proposer: out of every ISR, all its partitions
+  re-elected);
+- ``FENCED_LEADER_EPOCH`` at our own epoch or an older one (another broker leads an epoch we
+  think ours): the proposal is dropped and the broker re-registers (``on_fenced``);
 - anything else: the proposal is dropped.
 
 Not thread-safe: owned by the broker's reactor.
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
@@ -110,8 +115,11 @@ class IsrProposer:
                 p.part.pending_isr = None
             log.info("%s-%d: isr proposal %s refused: %s %s", p.part.topic, p.part.partition, sorted(p.isr),
                      P.error_name(code) if isinstance(code, int) else code, res.get("message", "") if isinstance(res, dict) else "")
-            stale |= code == P.STALE_ISR
-            fenced |= code == P.FENCED_LEADER_EPOCH
+            if code == P.FENCED_LEADER_EPOCH and _deposed_after(p, res):
+                stale = True  # leadership moved on after we proposed: news we have not read yet
+            else:
+                stale |= code == P.STALE_ISR
+                fenced |= code == P.FENCED_LEADER_EPOCH
         if fenced:
             self._on_fenced()
         elif stale:
@@ -130,3 +138,11 @@ class IsrProposer:
             self._mark_dirty()
         elif p.current():
             part.pending_isr = None  # something newer (a push) has already been applied
+
+
+def _deposed_after(p: _Proposal, res: Any) -> bool:
+    """A FENCED_LEADER_EPOCH answer naming a leader epoch newer than the one the proposal was
+    made in: the coordinator moved leadership (auto-rebalance, a failover) and its push has not
+    reached us yet. Only a refusal that contradicts our epoch means we missed our own fencing."""
+    epoch = res.get("leader_epoch") if isinstance(res, dict) else None
+    return isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > p.leader_epoch
