@@ -268,10 +268,13 @@ class Coordinator(Node):
             self._on_broker_up(bid)
 
     def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
-        """We did not run for ``stalled_ms``: nobody's silence in that time counts. Every broker
-        and group member gets a full session from now (heartbeats queued meanwhile arrive soon)."""
+        """We did not run for ``stalled_ms``: nobody's silence in that time counts. Every broker's
+        and group member's last sign of life moves forward by the stall (capped at now; heartbeats
+        queued meanwhile arrive soon), so silence heard before the stall still counts."""
         for bid in self.brokers:
-            self.last_seen_ms[bid] = max(self.last_seen_ms[bid], now_ms)
+            # forgive the stall, not the silence heard before it: with max(last_seen, now) a
+            # coordinator stalling more often than once a session never found a dead broker
+            self.last_seen_ms[bid] = min(now_ms, self.last_seen_ms[bid] + stalled_ms)
         self.groups.resume_after_stall(now_ms, stalled_ms)
 
     def _check_liveness(self) -> None:
