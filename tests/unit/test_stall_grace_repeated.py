@@ -10,29 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fabric.clock import ManualClock
-from fabric.config import load_config
-from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
-from nodes.broker.node import STALL_THRESHOLD_MS, Broker
-from nodes.coordinator.groups import STABLE, Group, Member
-from nodes.coordinator.node import Coordinator
-from tests.harness import make_config
+from nodes.broker.node import STALL_THRESHOLD_MS
+from tests.unit.test_stall_grace import coordinator_with_a_member, leader_of_one_partition
 
 PASS_MS = 100
 CYCLES_MAX = 40
 
 
 def test_a_dead_broker_is_declared_dead_although_the_coordinator_keeps_stalling(tmp_path: Path) -> None:
-    config = load_config(make_config(tmp_path, 3, engine="memory"))
-    session_ms = config.liveness.session_timeout_ms
-    clock = ManualClock(start_ms=1_000_000)
-    coord = Coordinator(config, "coordinator", clock=clock)
+    coord, clock, session_ms = coordinator_with_a_member(tmp_path)  # m-1 never heartbeats: dead too
     try:
-        for bid in (1, 2, 3):
-            coord._seen(bid)
-        member = Member("m-1", "c", "h", ["t"], session_timeout_ms=session_ms, rebalance_timeout_ms=session_ms,
-                        last_seen_ms=clock.now_ms())  # a consumer that died too
-        coord.groups.groups["g"] = Group("g", state=STABLE, generation=1, leader="m-1", members={"m-1": member})
         listened_ms = 0
         for _ in range(CYCLES_MAX):  # broker 3 is dead from the start; 1 and 2 keep heartbeating
             clock.advance(coord.stall_watch.threshold_ms + PASS_MS)  # a stall (a slow fsync, GC, SIGSTOP)
@@ -57,17 +44,10 @@ def test_a_dead_broker_is_declared_dead_although_the_coordinator_keeps_stalling(
 
 
 def test_a_stuck_follower_leaves_the_isr_although_the_leader_keeps_stalling(tmp_path: Path) -> None:
-    config = load_config(make_config(tmp_path, 3, engine="memory"))
-    lag_ms = config.replication.replica_lag_time_max_ms
-    clock = ManualClock(start_ms=1_000_000)
-    broker = Broker(config, "broker-1", clock=clock)
-    sent: list[dict] = []
-    broker.coordinator.request = lambda cmd, header, payloads=(), *, callback, timeout_ms: sent.append(header)  # type: ignore[method-assign]
+    broker, clock, sent = leader_of_one_partition(tmp_path)
+    lag_ms = broker.config.replication.replica_lag_time_max_ms
     try:
-        info = PartitionInfo("t", 0, 1, 1, (1, 2, 3), (1, 2, 3), 1)
-        broker.apply_metadata(ClusterMetadata(1, "test", {}, {"t": TopicInfo("t", (info,), {})}).to_wire())
         part = broker.partitions[("t", 0)]
-        assert part.is_leader
         listened_ms = 0
         for _ in range(CYCLES_MAX):  # broker 3 never fetches; broker 2 stays caught up
             clock.advance(STALL_THRESHOLD_MS + PASS_MS)
