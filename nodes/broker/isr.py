@@ -5,8 +5,10 @@ broker leads into one ALTER_ISR request (Kafka's AlterPartition; at most
 What each answer does:
 - applied: the committed ISR is installed if its partition epoch is newer than the one the
   partition holds (a push may already have brought something newer: state never goes back);
-- no answer (timeout): the coordinator may have applied it, so the proposal stays pending
-  (the HW keeps counting the maximal ISR) and is sent again with the next check;
+- no answer (timeout) or an error that does not say nothing was applied (an internal error:
+  the coordinator may have taken the change and failed to store it): the coordinator may have
+  applied it, so the proposal stays pending (the HW keeps counting the maximal ISR) and is sent
+  again with the next check;
 - ``STALE_ISR``: our view of the partition is out of date; the proposal is dropped and the
   metadata refreshed. Nothing else happens: this is a routine race;
 - ``FENCED_LEADER_EPOCH`` naming a newer leader epoch than the proposal's: leadership moved
@@ -34,6 +36,9 @@ from nodes.broker.partition import Partition
 log = logging.getLogger(__name__)
 
 ALTER_ISR_TIMEOUT_MS = 3000
+# whole-request errors that say the coordinator applied nothing; any other (a timeout, an
+# internal error after it took the change but failed to store it) leaves the outcome unknown
+REFUSED_UNAPPLIED = frozenset({P.MALFORMED_REQUEST, P.REQUEST_TOO_LARGE, P.UNKNOWN_COMMAND, P.BUFFER_FULL})
 
 # (header, callback(header | None, payloads, error | None)) -> None: sends one ALTER_ISR
 SendAlterIsr = Callable[[dict, Callable], None]
@@ -93,7 +98,7 @@ class IsrProposer:
             for p in batch:
                 if not p.current():
                     continue
-                if err is None or err.code == P.REQUEST_TIMED_OUT:
+                if err is None or err.code not in REFUSED_UNAPPLIED:
                     self._unanswered[(p.part.topic, p.part.partition)] = p
                 else:
                     p.part.pending_isr = None
