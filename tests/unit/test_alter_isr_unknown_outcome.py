@@ -13,17 +13,12 @@ import errno
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
-from tests.unit.test_isr_versions import BATCH_MAX, _batch, _start, nodes  # noqa: F401 (fixture)
+from tests.unit.test_isr_versions import BATCH_MAX, _batch, broker_3_due_back_in_the_isr, nodes  # noqa: F401 (fixture)
 
 
 def test_isr_expansion_answered_with_an_internal_error_keeps_counting_the_new_member(nodes) -> None:  # noqa: ANN001, F811
     broker, coord, loop = nodes
-    _start(broker, coord, loop, isr=[1, 2], partitions=1)
-    part = broker.partitions[("t", 0)]
-    now = broker.clock.now_ms()
-    part.append_as_leader([_batch(3)], BATCH_MAX)
-    part.record_follower_fetch(2, 3, now)
-    part.record_follower_fetch(3, 3, now)  # broker 3 caught up: due back in the ISR
+    part = broker_3_due_back_in_the_isr(broker, coord, loop)
     broker._check_isr()
     (command, header, callback), = loop.requests
     loop.requests = []
