@@ -70,6 +70,12 @@ class IsrProposer:
         """Propose the ISR changes due now in one request. Returns the number of parts sent."""
         if self._in_flight:
             return 0
+        if self._unanswered:
+            # forget proposals of partitions we no longer lead (deleted, moved away): bounded by
+            # the partitions we lead, and no closed partition kept alive
+            partitions = list(partitions)
+            led = set(partitions)
+            self._unanswered = {k: p for k, p in self._unanswered.items() if p.part in led and p.current()}
         batch: list[_Proposal] = []
         for part in partitions:
             if len(batch) >= P.ALTER_ISR_PARTITIONS_MAX:
