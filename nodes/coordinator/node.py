@@ -98,13 +98,22 @@ class Coordinator(Node):
 
     def commit(self) -> None:
         """Bump the partition epoch of every partition whose leader, epoch or ISR changed since
-        the last commit, bump the version, persist (one durable write), publish the delta."""
+        the last commit, bump the version, persist (one durable write), publish the delta.
+        Raises OSError when the write fails, after going back to the stored state."""
         for name, topic in self.state.topics.items():
             for i, ps in enumerate(topic.partitions):
                 if self._partition_changed(name, i):
                     ps.partition_epoch += 1
         self.state.version += 1
-        self.store.save(self.state)
+        try:
+            self.store.save(self.state)
+        except OSError:
+            # not durable, so a restart would forget it: nothing may act on it (served, it let
+            # leader epochs go backwards and two brokers lead one epoch). Back to the stored state.
+            log.error("cannot store the cluster state: the change is dropped", exc_info=True)
+            self.state = self.store.load()
+            self._metadata_cache = None
+            raise
         self._metadata_cache = None
         new = self.metadata()
         self.publish(P.TOPIC_METADATA, P.PUB_METADATA_DELTA, self._committed.delta_to(new))

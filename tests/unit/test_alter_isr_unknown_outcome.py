@@ -34,8 +34,9 @@ def test_isr_expansion_answered_with_an_internal_error_keeps_counting_the_new_me
         callback(None, [], RemoteError(P.UNKNOWN, f"internal error: {type(e).__name__}: {e}"))
     finally:
         coord.store.save = save  # type: ignore[method-assign]
-    # the coordinator kept the change in memory: broker 3 is an ISR member it may elect
-    assert coord.state.topics["t"].partitions[0].isr == [1, 2, 3]
+    # the leader cannot tell whether the coordinator kept the change (it did, in memory, before
+    # test_coordinator_failed_commit.py's fix; an answer lost after a stored commit is the same):
+    # broker 3 may be an ISR member the coordinator elects
     part.append_as_leader([_batch(2)], BATCH_MAX)
     part.record_follower_fetch(2, 5, broker.clock.now_ms())
     assert part.high_watermark == 3, f"HW {part.high_watermark} passes ISR member 3 at LEO 3"
