@@ -44,3 +44,22 @@ def test_isr_expansion_answered_with_an_internal_error_keeps_counting_the_new_me
     broker._check_isr()
     loop.run_until_idle()
     assert part.isr == {1, 2, 3} and part.pending_isr is None and part.high_watermark == 3
+
+
+def test_isr_expansion_whose_answer_was_lost_is_settled_by_the_resend(nodes) -> None:  # noqa: ANN001, F811
+    # the real coordinator's side of a lost answer: the resend names the old partition epoch, and
+    # is answered as already applied (not STALE_ISR) with the committed state
+    broker, coord, loop = nodes
+    part = broker_3_due_back_in_the_isr(broker, coord, loop)
+    broker._check_isr()
+    (callback, _, _), = loop.serve(P.ALTER_ISR)  # committed; the answer is lost
+    loop.take_pushes()  # and so is the push
+    callback(None, [], RemoteError(P.REQUEST_TIMED_OUT, "no answer"))
+    committed = coord.state.topics["t"].partitions[0]
+    assert committed.isr == [1, 2, 3] and part.pending_isr == {1, 2, 3}
+    broker._check_isr()
+    answers = loop.serve(P.ALTER_ISR)
+    assert answers[0][1]["parts"][0]["error"] == 0
+    loop.deliver(answers)
+    assert part.isr == {1, 2, 3} and part.pending_isr is None and part.partition_epoch == committed.partition_epoch
+    assert coord.counters.get("alter_isr_stale_isr", 0) == 0
