@@ -274,7 +274,11 @@ class Coordinator(Node):
         if bid not in self.alive:
             log.info("broker %d is alive", bid)
             self.alive.add(bid)
-            self._on_broker_up(bid)
+            try:
+                self._on_broker_up(bid)
+            except OSError:
+                self.alive.discard(bid)  # not stored (commit went back): its next sign of life tries again
+                raise
 
     def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
         """We did not run for ``stalled_ms``: nobody's silence in that time counts. Every broker's
@@ -302,8 +306,12 @@ class Coordinator(Node):
             self.alive.discard(bid)
             if self.disconnects is not None:
                 self.disconnects.forget(bid)
-        for bid in dead:
-            self._on_broker_down(bid)
+        for i, bid in enumerate(dead):
+            try:
+                self._on_broker_down(bid)
+            except OSError:
+                self.alive.update(dead[i:])  # not stored (commit went back): judged again next check
+                raise
 
     def _on_broker_down(self, bid: int) -> None:
         changed = False
