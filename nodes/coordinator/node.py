@@ -16,6 +16,8 @@ from typing import Any
 
 import zmq
 
+from engines.checks import translate_os_error
+from engines.errors import LoomError
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
@@ -99,7 +101,8 @@ class Coordinator(Node):
     def commit(self) -> None:
         """Bump the partition epoch of every partition whose leader, epoch or ISR changed since
         the last commit, bump the version, persist (one durable write), publish the delta.
-        Raises OSError when the write fails, after going back to the stored state."""
+        Raises StorageFull / EngineError (LoomErrors: the node logs them and serves on) when the
+        write fails, after going back to the stored state."""
         for name, topic in self.state.topics.items():
             for i, ps in enumerate(topic.partitions):
                 if self._partition_changed(name, i):
@@ -107,12 +110,14 @@ class Coordinator(Node):
         self.state.version += 1
         try:
             self.store.save(self.state)
-        except OSError:
+        except (OSError, LoomError) as e:
             # not durable, so a restart would forget it: nothing may act on it (served, it let
             # leader epochs go backwards and two brokers lead one epoch). Back to the stored state.
             log.error("cannot store the cluster state: the change is dropped", exc_info=True)
             self.state = self.store.load()
             self._metadata_cache = None
+            if isinstance(e, OSError):  # an operating error, not a bug: the node serves on
+                raise translate_os_error(e, "store the cluster state") from e
             raise
         self._metadata_cache = None
         new = self.metadata()
@@ -276,7 +281,7 @@ class Coordinator(Node):
             self.alive.add(bid)
             try:
                 self._on_broker_up(bid)
-            except OSError:
+            except LoomError:  # not stored (StorageFull, EngineError): judged again next time
                 self.alive.discard(bid)  # not stored (commit went back): its next sign of life tries again
                 raise
 
@@ -309,7 +314,7 @@ class Coordinator(Node):
         for i, bid in enumerate(dead):
             try:
                 self._on_broker_down(bid)
-            except OSError:
+            except LoomError:  # not stored: judged again next time
                 self.alive.update(dead[i:])  # not stored (commit went back): judged again next check
                 raise
 

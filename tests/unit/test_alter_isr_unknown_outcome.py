@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 
+from engines.errors import LoomError
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
@@ -30,7 +31,7 @@ def test_isr_expansion_answered_with_an_internal_error_keeps_counting_the_new_me
     try:
         coord.server.handlers[command](wire.Request([b"broker"], command, dict(header, id=1), []))
         raise AssertionError("the failed durable write was not seen")
-    except OSError as e:  # fabric.rpc answers any handler exception so
+    except LoomError as e:  # fabric.rpc answers a handler's operating error so
         callback(None, [], RemoteError(P.UNKNOWN, f"internal error: {type(e).__name__}: {e}"))
     finally:
         coord.store.save = save  # type: ignore[method-assign]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+from engines.errors import LoomError
 from fabric.clock import ManualClock
 from fabric.config import load_config
 from fabric.metadata import ClusterMetadata
@@ -43,7 +44,7 @@ def test_a_change_that_failed_to_store_is_neither_served_nor_kept(tmp_path: Path
         coord.alive.discard(1)
         try:  # broker 1 dies: the election of broker 2 (epoch 1) cannot be stored
             coord._on_broker_down(1)
-        except OSError:
+        except LoomError:
             pass  # a timer's exception is logged and the coordinator runs on
         coord._metadata_cache = None  # any later change of liveness rebuilds the snapshot
         _epoch_leaders(ClusterMetadata.from_wire(coord.metadata_wire()), leaders)  # what brokers are served
@@ -112,7 +113,7 @@ def test_a_return_that_failed_to_store_is_tried_again(tmp_path: Path) -> None:
         coord.store.save = disk_full  # type: ignore[method-assign]
         try:
             coord._seen(1)  # broker 1 is back: its election cannot be stored
-        except OSError:
+        except LoomError:
             pass
         assert coord.state.topics["t"].partitions[0].leader == -1
         coord.store.save = save  # type: ignore[method-assign]
