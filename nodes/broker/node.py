@@ -545,7 +545,8 @@ class Broker(Node):
         now = self.clock.wall_ms()
         for key, part in list(self.partitions.items()):
             try:
-                part.engine.apply_retention(now)
+                # never past the HW: records not on every ISR member yet are not deletable
+                part.engine.apply_retention(now, part.high_watermark)
                 part.epochs.truncate_from_start(part.log_start_offset)
             except EngineError as e:
                 log.error("%s-%d retention failed: %s", key[0], key[1], e)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pytest
 
 from engines.api import EngineConfig
 from engines.memory import MemoryEngine
@@ -24,13 +23,6 @@ BATCH_MAX = 1024 * 1024
 BATCHES = 8
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engines apply retention.bytes / retention.ms (by producer timestamps) up to their last batch, "
-    "whatever the HW: a burst over retention.bytes, or records with old timestamps, deletes "
-    "unreplicated batches on the leader; the lagging ISR follower then gets offset_out_of_range "
-    "or diverging [-1, start], resets to the new log start, and its next fetch moves the HW past "
-    "records nobody holds (acks=all acknowledged). Needs an upper bound (the HW) in "
-    "Engine.apply_retention for all three engines: not a local change."))
 def test_retention_on_a_leader_keeps_everything_above_the_high_watermark() -> None:
     engine = MemoryEngine("", EngineConfig(batch_bytes_max=BATCH_MAX))
     part = Partition("t", 0, 1, engine, None)
