@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Callable
 
 import zmq
@@ -43,7 +43,7 @@ GREETING_BYTES = 64
 HANDSHAKE_BYTES_MAX = 4096         # the peer's READY command (its metadata) may be this long
 COMMAND_BYTES_MAX = 1024           # PING and other commands after the handshake
 PEER_IDENTITY_BYTES_MAX = 255      # ZMTP's limit for a routing id
-CONNECTIONS_MAX = 10_000           # more are refused (closed at once)
+CONNECTIONS_MAX = 10_000           # at the limit a new one replaces the least recently active one
 STREAM_RCVHWM = 64                 # chunks (each at most libzmq's read size, 8 KiB) read ahead per connection: 512 KiB
 # Partly received requests of all connections together may hold at most this many bytes (the
 # limits above bound one connection, and a peer may open many). A request that would go over
@@ -143,7 +143,8 @@ class ZmtpServer:
         self.sock.setsockopt(zmq.SNDHWM, P.SNDHWM)
         self.sock.bind(endpoint)
         self.counters: Counter[str] = counters if counters is not None else Counter()
-        self._connections: dict[bytes, _Connection] = {}
+        # least recently active first: when the table is full, that one makes room
+        self._connections: OrderedDict[bytes, _Connection] = OrderedDict()
         self._by_identity: dict[bytes, _Connection] = {}
         self.buffered_bytes = 0  # sum of held_bytes over connections (bounded: BUFFERED_REQUEST_BYTES_MAX)
         reactor.add_socket(self.sock, self._on_stream)
@@ -162,6 +163,7 @@ class ZmtpServer:
             return
         if conn is None:
             return  # bytes of a connection already closed by us
+        self._connections.move_to_end(conn_id)
         try:
             self._feed(conn, data)
         except ProtocolViolation as e:
@@ -170,12 +172,15 @@ class ZmtpServer:
             self._close(conn)
 
     def _accept(self, conn_id: bytes) -> None:
+        """A new connection. At CONNECTIONS_MAX the least recently active connection is closed
+        to make room (a libzmq DEALER reconnects by itself), so peers that connect and go
+        silent -- with or without a handshake -- cannot lock every other client out."""
+        if len(self._connections) >= CONNECTIONS_MAX:
+            _, idlest = next(iter(self._connections.items()))
+            self.counters["connections_evicted"] += 1
+            self._close(idlest)
         conn = _Connection(conn_id)
         self._connections[conn_id] = conn
-        if len(self._connections) > CONNECTIONS_MAX:
-            self.counters["connections_refused"] += 1
-            self._close(conn)
-            return
         self._write(conn, GREETING)
 
     def _feed(self, conn: _Connection, data: bytes) -> None:
