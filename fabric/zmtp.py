@@ -110,7 +110,8 @@ class _Connection:
     """One peer's ZMTP state: handshake, then at most one message being received."""
 
     __slots__ = ("conn_id", "identity", "buf", "greeted", "ready", "frames", "message_bytes",
-                 "skip_bytes", "discarding", "discard_request_id", "discard_code", "need_bytes", "held_bytes")
+                 "skip_bytes", "discarding", "discard_request_id", "discard_code", "need_bytes", "held_bytes",
+                 "complete")
 
     def __init__(self, conn_id: bytes) -> None:
         self.conn_id = conn_id
@@ -126,6 +127,7 @@ class _Connection:
         self.discard_code = P.REQUEST_TOO_LARGE
         self.held_bytes = 0        # counted in ZmtpServer.buffered_bytes: the message so far + the frame arriving
         self.need_bytes = 0        # buf cannot be parsed before it holds this many bytes
+        self.complete = False      # conn.frames is a whole message, to hand on once its bytes are consumed
 
 
 class ZmtpServer:
@@ -196,18 +198,23 @@ class ZmtpServer:
             return  # the rest of a large frame's body: nothing to parse yet (8 KiB chunks)
         conn.need_bytes = 0
         pos = 0
-        while True:
-            used = self._parse_one(conn, buf, pos)
-            if used == 0:
-                break
-            pos += used
-            if conn.skip_bytes:  # drop what is here of the discarded body, wait for the rest
-                dropped = min(conn.skip_bytes, len(buf) - pos)
-                conn.skip_bytes -= dropped
-                pos += dropped
-                if conn.skip_bytes:
+        try:
+            while True:
+                used = self._parse_one(conn, buf, pos)
+                if used == 0:
                     break
-        del buf[:pos]
+                pos += used
+                if conn.complete:  # handed on after its bytes are consumed: never parsed twice,
+                    conn.complete = False  # even when the code it is handed to raises
+                    self._deliver(conn)
+                if conn.skip_bytes:  # drop what is here of the discarded body, wait for the rest
+                    dropped = min(conn.skip_bytes, len(buf) - pos)
+                    conn.skip_bytes -= dropped
+                    pos += dropped
+                    if conn.skip_bytes:
+                        break
+        finally:
+            del buf[:pos]
 
     def _parse_one(self, conn: _Connection, buf: bytearray, pos: int) -> int:
         """Parse one unit (greeting, command or frame) at ``pos``: bytes used, 0 for "need more"."""
@@ -259,8 +266,7 @@ class ZmtpServer:
             frame = bytes(view[pos + head:pos + head + size])
         conn.frames.append(frame)
         conn.message_bytes += size
-        if not more:
-            self._deliver(conn)
+        conn.complete = not more
         return head + size
 
     def _within_limits(self, conn: _Connection, size: int) -> bool:
