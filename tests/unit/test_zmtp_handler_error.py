@@ -1,5 +1,5 @@
 """A request is handed on exactly once. If the code the request port hands a message to
-raises (a bug: the node's reactor logs it and goes on), the bytes of that message are already
+raises an operating error (the node's reactor logs it and goes on; a bug stops the node), the bytes of that message are already
 consumed, so the same request is not parsed and executed again when the connection's next
 bytes arrive (a produce would be appended twice)."""
 
@@ -11,6 +11,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
+from fabric.errors import FabricError
 from fabric.reactor import Reactor
 from fabric.zmtp import ZmtpServer
 from tests.harness import free_ports
@@ -27,7 +28,7 @@ def test_a_request_whose_handler_raised_is_not_delivered_again(caplog) -> None: 
     def on_message(frames: list[bytes]) -> None:
         delivered.append(wire.unpack(frames[4])["id"])
         if len(delivered) == 1:
-            raise RuntimeError("a bug in the handler")
+            raise FabricError("an operating error while handling it")
     server = ZmtpServer(zmq.Context.instance(), reactor, f"tcp://127.0.0.1:{port}", on_message)
     dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
