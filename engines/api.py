@@ -161,10 +161,13 @@ class Engine(Protocol):
         batch, so log_end_offset is unchanged."""
         ...
 
-    def apply_retention(self, now_ms: int) -> int:
+    def apply_retention(self, now_ms: int, upper_bound_offset: int | None = None) -> int:
         """Delete what retention_ms / retention_bytes allow; returns the bytes deleted. Time
         retention judges a batch (segment engine: a segment) by the largest timestamp it
-        holds, never by its last one: timestamps may go down along a log."""
+        holds, never by its last one: timestamps may go down along a log. Nothing at or past
+        ``upper_bound_offset`` is deleted (only batches / segments that end at or below it):
+        the broker passes the high watermark, as Kafka does, so retention never removes
+        records that are not on every in-sync replica yet."""
         ...
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:

@@ -290,6 +290,19 @@ class EngineConformance:
         assert 20_000 <= e.size_bytes <= 20_000 + unit
         assert e.log_end_offset == end and read_all(e)
 
+    def test_retention_stops_at_the_upper_bound_offset(self) -> None:
+        # the broker passes its high watermark: nothing that is not on every ISR member yet
+        # may be deleted, whatever retention.bytes / retention.ms say
+        e = self.open_engine(retention_bytes=1, retention_ms=1)
+        offsets = self.fill(e, 200, payload_bytes=400)
+        bound = offsets[120]
+        e.apply_retention(now_ms=10**12, upper_bound_offset=bound)
+        assert 0 < e.log_start_offset <= bound, "retention passed the upper bound (or deleted nothing)"
+        e.apply_retention(now_ms=10**12, upper_bound_offset=0)
+        assert e.log_start_offset <= bound
+        e.apply_retention(now_ms=10**12)  # no bound: retention as configured
+        assert e.log_start_offset > bound
+
     def test_retention_by_time(self) -> None:
         e = self.open_engine(retention_ms=50_000)
         self.fill(e, 200, payload_bytes=400)  # batch i has timestamps i*1000 .. i*1000+10

@@ -270,13 +270,15 @@ class LmdbEngine:
         self._delete_first_where(lambda h, _: h.next_offset <= offset)
         return self._log_start_offset
 
-    def apply_retention(self, now_ms: int) -> int:
+    def apply_retention(self, now_ms: int, upper_bound_offset: int | None = None) -> int:
         self._check_open()
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
         if retention_ms < 0 and retention_bytes < 0:
             return 0
 
         def should_delete(h: BatchHeader, size_bytes: int) -> bool:
+            if upper_bound_offset is not None and h.next_offset > upper_bound_offset:
+                return False
             expired = retention_ms >= 0 and h.max_timestamp_ms < now_ms - retention_ms
             return expired or (retention_bytes >= 0 and size_bytes - h.size_bytes >= retention_bytes)
 

@@ -140,13 +140,15 @@ class MemoryEngine:
         self._drop_first(count)
         return self._log_start_offset
 
-    def apply_retention(self, now_ms: int) -> int:
+    def apply_retention(self, now_ms: int, upper_bound_offset: int | None = None) -> int:
         self._check_open()
         count = 0
         size_bytes = self._size_bytes
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
         while count < len(self._headers) - 1:
             h = self._headers[count]
+            if upper_bound_offset is not None and h.next_offset > upper_bound_offset:
+                break
             expired = retention_ms >= 0 and h.max_timestamp_ms < now_ms - retention_ms
             oversize = retention_bytes >= 0 and size_bytes - h.size_bytes >= retention_bytes
             if not (expired or oversize):

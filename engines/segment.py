@@ -346,15 +346,18 @@ class SegmentEngine:
         self._delete_first(count)
         return self.log_start_offset
 
-    def apply_retention(self, now_ms: int) -> int:
+    def apply_retention(self, now_ms: int, upper_bound_offset: int | None = None) -> int:
         """Delete the oldest segments past retention_ms (judged by the largest timestamp in
         the segment, as Kafka's maxTimestamp: a late record ending a segment does not expire
-        fresher records before it) or past retention_bytes; returns bytes deleted."""
+        fresher records before it) or past retention_bytes, never a segment that ends past
+        ``upper_bound_offset``; returns bytes deleted."""
         self._check_open()
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
         count, size_bytes = 0, self._size_bytes
         while count < len(self._segments) - 1:
             seg = self._segments[count]
+            if upper_bound_offset is not None and self._segments[count + 1].base_offset > upper_bound_offset:
+                break  # the segment holds records at or past the bound
             expired = False
             if retention_ms >= 0:
                 largest = self._max_timestamp_ms(seg)

@@ -3,9 +3,10 @@ a handler that blocked).
 
 A node's reactor passes are normally at most one poll timeout apart, so a much longer gap means
 the node did not listen for that long. Silence it did not listen to is no evidence against
-anyone: the owner restarts every peer's session (or lag clock) from the moment it resumed, so
-that peers are judged only by what arrives after the stall, one full session later at the
-earliest. Deciding late is safe; deciding on silence nobody listened to is not.
+anyone: the owner moves every peer's last sign of life (or lag clock) forward by the stall,
+capped at the resume, so that only silence it listened to counts -- also when it stalls again
+and again (restarting every session from the resume let a dead peer escape forever then).
+Deciding late is safe; deciding on silence nobody listened to is not.
 
 Not thread-safe: owned by the node's reactor.
 """

@@ -11,6 +11,9 @@ buffers at most one message, bounded by ``P.REQUEST_BYTES_MAX`` bytes and
 ``P.FRAMES_MAX`` frames; the limit is checked at each frame's header, before its body
 arrives. The rest of an oversized message is read and discarded (nothing buffered) and the
 peer is answered ``request_too_large``; a peer that breaks the protocol is disconnected.
+Peers can open many connections, so the partly received requests of all of them together
+are bounded too (``BUFFERED_REQUEST_BYTES_MAX``, small requests exempt): a request that would
+go over it is discarded the same way and answered ``buffer_full`` (retriable).
 Clients are unchanged: any ZMTP 3.x DEALER (libzmq, pyzmq) talks to it.
 
 A complete message is handed on as ``[identity, b"", frames...]``, as a ROUTER would: the
@@ -24,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Callable
 
 import zmq
@@ -40,8 +43,16 @@ GREETING_BYTES = 64
 HANDSHAKE_BYTES_MAX = 4096         # the peer's READY command (its metadata) may be this long
 COMMAND_BYTES_MAX = 1024           # PING and other commands after the handshake
 PEER_IDENTITY_BYTES_MAX = 255      # ZMTP's limit for a routing id
-CONNECTIONS_MAX = 10_000           # more are refused (closed at once)
-STREAM_RCVHWM = 1000               # chunks (each at most libzmq's read size, 8 KiB) queued per socket
+CONNECTIONS_MAX = 10_000           # at the limit a new one replaces the least recently active one
+STREAM_RCVHWM = 64                 # chunks (each at most libzmq's read size, 8 KiB) read ahead per connection: 512 KiB
+# Partly received requests of all connections together may hold at most this many bytes (the
+# limits above bound one connection, and a peer may open many). A request that would go over
+# it is read and discarded and answered ``buffer_full`` (retriable); a request of at most
+# SMALL_REQUEST_BYTES is never refused for it, so replica fetches, heartbeats and metadata
+# requests go on while large requests are held up: the worst case is
+# BUFFERED_REQUEST_BYTES_MAX + CONNECTIONS_MAX * SMALL_REQUEST_BYTES.
+BUFFERED_REQUEST_BYTES_MAX = 4 * P.REQUEST_BYTES_MAX
+SMALL_REQUEST_BYTES = 64 * 1024
 
 _FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
 _SIGNATURE_FIRST, _SIGNATURE_LAST = 0xFF, 0x7F
@@ -99,7 +110,8 @@ class _Connection:
     """One peer's ZMTP state: handshake, then at most one message being received."""
 
     __slots__ = ("conn_id", "identity", "buf", "greeted", "ready", "frames", "message_bytes",
-                 "skip_bytes", "discarding", "discard_request_id", "need_bytes")
+                 "skip_bytes", "discarding", "discard_request_id", "discard_code", "need_bytes", "held_bytes",
+                 "complete")
 
     def __init__(self, conn_id: bytes) -> None:
         self.conn_id = conn_id
@@ -112,7 +124,10 @@ class _Connection:
         self.skip_bytes = 0        # body bytes of an oversized message still to discard
         self.discarding = False    # the message in progress is over a limit
         self.discard_request_id = 0
+        self.discard_code = P.REQUEST_TOO_LARGE
+        self.held_bytes = 0        # counted in ZmtpServer.buffered_bytes: the message so far + the frame arriving
         self.need_bytes = 0        # buf cannot be parsed before it holds this many bytes
+        self.complete = False      # conn.frames is a whole message, to hand on once its bytes are consumed
 
 
 class ZmtpServer:
@@ -130,8 +145,10 @@ class ZmtpServer:
         self.sock.setsockopt(zmq.SNDHWM, P.SNDHWM)
         self.sock.bind(endpoint)
         self.counters: Counter[str] = counters if counters is not None else Counter()
-        self._connections: dict[bytes, _Connection] = {}
+        # least recently active first: when the table is full, that one makes room
+        self._connections: OrderedDict[bytes, _Connection] = OrderedDict()
         self._by_identity: dict[bytes, _Connection] = {}
+        self.buffered_bytes = 0  # sum of held_bytes over connections (bounded: BUFFERED_REQUEST_BYTES_MAX)
         reactor.add_socket(self.sock, self._on_stream)
 
     # -- receiving -------------------------------------------------------------------------
@@ -148,6 +165,7 @@ class ZmtpServer:
             return
         if conn is None:
             return  # bytes of a connection already closed by us
+        self._connections.move_to_end(conn_id)
         try:
             self._feed(conn, data)
         except ProtocolViolation as e:
@@ -156,12 +174,15 @@ class ZmtpServer:
             self._close(conn)
 
     def _accept(self, conn_id: bytes) -> None:
+        """A new connection. At CONNECTIONS_MAX the least recently active connection is closed
+        to make room (a libzmq DEALER reconnects by itself), so peers that connect and go
+        silent -- with or without a handshake -- cannot lock every other client out."""
+        if len(self._connections) >= CONNECTIONS_MAX:
+            _, idlest = next(iter(self._connections.items()))
+            self.counters["connections_evicted"] += 1
+            self._close(idlest)
         conn = _Connection(conn_id)
         self._connections[conn_id] = conn
-        if len(self._connections) > CONNECTIONS_MAX:
-            self.counters["connections_refused"] += 1
-            self._close(conn)
-            return
         self._write(conn, GREETING)
 
     def _feed(self, conn: _Connection, data: bytes) -> None:
@@ -177,18 +198,23 @@ class ZmtpServer:
             return  # the rest of a large frame's body: nothing to parse yet (8 KiB chunks)
         conn.need_bytes = 0
         pos = 0
-        while True:
-            used = self._parse_one(conn, buf, pos)
-            if used == 0:
-                break
-            pos += used
-            if conn.skip_bytes:  # drop what is here of the discarded body, wait for the rest
-                dropped = min(conn.skip_bytes, len(buf) - pos)
-                conn.skip_bytes -= dropped
-                pos += dropped
-                if conn.skip_bytes:
+        try:
+            while True:
+                used = self._parse_one(conn, buf, pos)
+                if used == 0:
                     break
-        del buf[:pos]
+                pos += used
+                if conn.complete:  # handed on after its bytes are consumed: never parsed twice,
+                    conn.complete = False  # even when the code it is handed to raises
+                    self._deliver(conn)
+                if conn.skip_bytes:  # drop what is here of the discarded body, wait for the rest
+                    dropped = min(conn.skip_bytes, len(buf) - pos)
+                    conn.skip_bytes -= dropped
+                    pos += dropped
+                    if conn.skip_bytes:
+                        break
+        finally:
+            del buf[:pos]
 
     def _parse_one(self, conn: _Connection, buf: bytearray, pos: int) -> int:
         """Parse one unit (greeting, command or frame) at ``pos``: bytes used, 0 for "need more"."""
@@ -231,7 +257,7 @@ class ZmtpServer:
             # over a limit: the rest of the message is read and dropped, never kept
             conn.skip_bytes = size
             if not more:
-                self._answer_too_large(conn)
+                self._answer_discarded(conn)
             return head
         if avail < head + size:
             conn.need_bytes = head + size  # buf starts at this frame once this feed is done
@@ -240,32 +266,52 @@ class ZmtpServer:
             frame = bytes(view[pos + head:pos + head + size])
         conn.frames.append(frame)
         conn.message_bytes += size
-        if not more:
-            self._deliver(conn)
+        conn.complete = not more
         return head + size
 
     def _within_limits(self, conn: _Connection, size: int) -> bool:
-        """Checked at each frame's header, before its body is buffered. One frame and one
-        byte budget go to the identity frame that is put in front of the message."""
-        if len(conn.frames) + 2 > P.FRAMES_MAX or conn.message_bytes + size > P.REQUEST_BYTES_MAX:
-            conn.discarding = True
-            conn.discard_request_id = _request_id(conn.frames)
+        """Checked at each frame's header, before its body is buffered (and again, with the
+        same answer, each time the header is parsed while the body arrives). One frame and one
+        byte budget go to the identity frame that is put in front of the message. A frame
+        within the limits reserves its bytes in ``buffered_bytes`` until the message ends."""
+        held = conn.message_bytes + size
+        if len(conn.frames) + 2 > P.FRAMES_MAX or held > P.REQUEST_BYTES_MAX:
+            code = P.REQUEST_TOO_LARGE
             self.counters["requests_over_limit"] += 1
             self.counters["malformed"] += 1
-            conn.frames = []
-            conn.message_bytes = 0
-            return False
-        return True
+        elif held > SMALL_REQUEST_BYTES and self.buffered_bytes - conn.held_bytes + held > BUFFERED_REQUEST_BYTES_MAX:
+            code = P.BUFFER_FULL
+            self.counters["requests_over_buffer"] += 1
+        else:
+            self.buffered_bytes += held - conn.held_bytes
+            conn.held_bytes = held
+            return True
+        conn.discarding = True
+        conn.discard_code = code
+        conn.discard_request_id = _request_id(conn.frames)
+        self._release(conn)
+        return False
 
-    def _answer_too_large(self, conn: _Connection) -> None:
+    def _release(self, conn: _Connection) -> None:
+        """The message in progress is delivered, discarded or gone: free what it held."""
+        self.buffered_bytes -= conn.held_bytes
+        conn.held_bytes = 0
+        conn.frames = []
+        conn.message_bytes = 0
+
+    def _answer_discarded(self, conn: _Connection) -> None:
         conn.discarding = False
         identity = conn.identity or conn.conn_id
-        self.send(wire.encode_reply([identity], wire.error_header(
-            conn.discard_request_id, P.REQUEST_TOO_LARGE,
-            f"request over {P.REQUEST_BYTES_MAX} bytes or {P.FRAMES_MAX} frames: discarded")))
+        if conn.discard_code == P.BUFFER_FULL:
+            message = (f"the node holds {BUFFERED_REQUEST_BYTES_MAX} bytes of partly received requests: "
+                       "discarded, retry later")
+        else:
+            message = f"request over {P.REQUEST_BYTES_MAX} bytes or {P.FRAMES_MAX} frames: discarded"
+        self.send(wire.encode_reply([identity], wire.error_header(conn.discard_request_id, conn.discard_code, message)))
 
     def _deliver(self, conn: _Connection) -> None:
-        frames, conn.frames, conn.message_bytes = conn.frames, [], 0
+        frames = conn.frames
+        self._release(conn)
         assert conn.identity is not None
         self.on_message([conn.identity, *frames])
 
@@ -327,7 +373,7 @@ class ZmtpServer:
         if conn.identity is not None and self._by_identity.get(conn.identity) is conn:
             del self._by_identity[conn.identity]
         conn.buf = bytearray()
-        conn.frames = []
+        self._release(conn)
 
     @property
     def connections(self) -> int:

@@ -5,12 +5,19 @@ broker leads into one ALTER_ISR request (Kafka's AlterPartition; at most
 What each answer does:
 - applied: the committed ISR is installed if its partition epoch is newer than the one the
   partition holds (a push may already have brought something newer: state never goes back);
-- no answer (timeout): the coordinator may have applied it, so the proposal stays pending
-  (the HW keeps counting the maximal ISR) and is sent again with the next check;
+- no answer (timeout) or an error that does not say nothing was applied (an internal error:
+  the coordinator may have taken the change and failed to store it): the coordinator may have
+  applied it, so the proposal stays pending (the HW keeps counting the maximal ISR) and is sent
+  again with the next check;
 - ``STALE_ISR``: our view of the partition is out of date; the proposal is dropped and the
   metadata refreshed. Nothing else happens: this is a routine race;
-- ``FENCED_LEADER_EPOCH``: another broker leads; the proposal is dropped and the broker
-  re-registers (``on_fenced``), as a broker that missed its own deposition must;
+- ``FENCED_LEADER_EPOCH`` naming a newer leader epoch than the proposal's: leadership moved
+  (auto-rebalance, a failover) and the push has not reached us yet; the proposal is dropped and
+  the metadata refreshed, as for ``STALE_ISR`` (re-registering here made every routine
+  leadership move look like a restart of the proposer: out of every ISR, all its partitions
+  re-elected);
+- ``FENCED_LEADER_EPOCH`` at our own epoch or an older one (another broker leads an epoch we
+  think ours): the proposal is dropped and the broker re-registers (``on_fenced``);
 - anything else: the proposal is dropped.
 
 Not thread-safe: owned by the broker's reactor.
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
@@ -29,6 +36,9 @@ from nodes.broker.partition import Partition
 log = logging.getLogger(__name__)
 
 ALTER_ISR_TIMEOUT_MS = 3000
+# whole-request errors that say the coordinator applied nothing; any other (a timeout, an
+# internal error after it took the change but failed to store it) leaves the outcome unknown
+REFUSED_UNAPPLIED = frozenset({P.MALFORMED_REQUEST, P.REQUEST_TOO_LARGE, P.UNKNOWN_COMMAND, P.BUFFER_FULL})
 
 # (header, callback(header | None, payloads, error | None)) -> None: sends one ALTER_ISR
 SendAlterIsr = Callable[[dict, Callable], None]
@@ -60,6 +70,12 @@ class IsrProposer:
         """Propose the ISR changes due now in one request. Returns the number of parts sent."""
         if self._in_flight:
             return 0
+        if self._unanswered:
+            # forget proposals of partitions we no longer lead (deleted, moved away): bounded by
+            # the partitions we lead, and no closed partition kept alive
+            partitions = list(partitions)
+            led = set(partitions)
+            self._unanswered = {k: p for k, p in self._unanswered.items() if p.part in led and p.current()}
         batch: list[_Proposal] = []
         for part in partitions:
             if len(batch) >= P.ALTER_ISR_PARTITIONS_MAX:
@@ -88,7 +104,7 @@ class IsrProposer:
             for p in batch:
                 if not p.current():
                     continue
-                if err is None or err.code == P.REQUEST_TIMED_OUT:
+                if err is None or err.code not in REFUSED_UNAPPLIED:
                     self._unanswered[(p.part.topic, p.part.partition)] = p
                 else:
                     p.part.pending_isr = None
@@ -110,8 +126,11 @@ class IsrProposer:
                 p.part.pending_isr = None
             log.info("%s-%d: isr proposal %s refused: %s %s", p.part.topic, p.part.partition, sorted(p.isr),
                      P.error_name(code) if isinstance(code, int) else code, res.get("message", "") if isinstance(res, dict) else "")
-            stale |= code == P.STALE_ISR
-            fenced |= code == P.FENCED_LEADER_EPOCH
+            if code == P.FENCED_LEADER_EPOCH and _deposed_after(p, res):
+                stale = True  # leadership moved on after we proposed: news we have not read yet
+            else:
+                stale |= code == P.STALE_ISR
+                fenced |= code == P.FENCED_LEADER_EPOCH
         if fenced:
             self._on_fenced()
         elif stale:
@@ -130,3 +149,11 @@ class IsrProposer:
             self._mark_dirty()
         elif p.current():
             part.pending_isr = None  # something newer (a push) has already been applied
+
+
+def _deposed_after(p: _Proposal, res: Any) -> bool:
+    """A FENCED_LEADER_EPOCH answer naming a leader epoch newer than the one the proposal was
+    made in: the coordinator moved leadership (auto-rebalance, a failover) and its push has not
+    reached us yet. Only a refusal that contradicts our epoch means we missed our own fencing."""
+    epoch = res.get("leader_epoch") if isinstance(res, dict) else None
+    return isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > p.leader_epoch

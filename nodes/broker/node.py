@@ -522,10 +522,12 @@ class Broker(Node):
                                 self.config.replication.replica_lag_time_max_ms)
 
     def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
-        """Followers' lag clocks restart from now: silence we did not listen to drops nobody."""
+        """Followers' lag clocks move forward by the stall (capped at now): silence we did not
+        listen to drops nobody, lag we did see still counts."""
         for part in self.partitions.values():
             for st in part.followers.values():
-                st.last_caught_up_ms = max(st.last_caught_up_ms, now_ms)
+                # the stall is forgiven, the lag heard before it is not (repeated stalls)
+                st.last_caught_up_ms = min(now_ms, st.last_caught_up_ms + stalled_ms)
 
     def _send_alter_isr(self, header: dict, callback: Any) -> None:
         self.coordinator.request(P.ALTER_ISR, header, callback=callback, timeout_ms=ALTER_ISR_TIMEOUT_MS)
@@ -543,7 +545,8 @@ class Broker(Node):
         now = self.clock.wall_ms()
         for key, part in list(self.partitions.items()):
             try:
-                part.engine.apply_retention(now)
+                # never past the HW: records not on every ISR member yet are not deletable
+                part.engine.apply_retention(now, part.high_watermark)
                 part.epochs.truncate_from_start(part.log_start_offset)
             except EngineError as e:
                 log.error("%s-%d retention failed: %s", key[0], key[1], e)

@@ -282,11 +282,12 @@ class GroupCoordinator:
                 del self.groups[gid]
 
     def resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
-        """The coordinator did not run for ``stalled_ms``: members' sessions restart from now and
-        running deadlines move by the stall, so that nobody is judged by silence we did not hear."""
+        """The coordinator did not run for ``stalled_ms``: members' sessions and running deadlines
+        move by the stall (capped at now), so that nobody is judged by silence we did not hear
+        and silence we did hear still counts, however often we stall."""
         for group in self.groups.values():
             for m in group.members.values():
-                m.last_seen_ms = max(m.last_seen_ms, now_ms)
+                m.last_seen_ms = min(now_ms, m.last_seen_ms + stalled_ms)  # silence heard before still counts
             if group.state == PREPARING:
                 group.rebalance_deadline_ms += stalled_ms
             for mid in group.pending_members:

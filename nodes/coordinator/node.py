@@ -16,6 +16,8 @@ from typing import Any
 
 import zmq
 
+from engines.checks import translate_os_error
+from engines.errors import LoomError
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
@@ -101,13 +103,25 @@ class Coordinator(Node):
 
     def commit(self) -> None:
         """Bump the partition epoch of every partition whose leader, epoch or ISR changed since
-        the last commit, bump the version, persist (one durable write), publish the delta."""
+        the last commit, bump the version, persist (one durable write), publish the delta.
+        Raises StorageFull / EngineError (LoomErrors: the node logs them and serves on) when the
+        write fails, after going back to the stored state."""
         for name, topic in self.state.topics.items():
             for i, ps in enumerate(topic.partitions):
                 if self._partition_changed(name, i):
                     ps.partition_epoch += 1
         self.state.version += 1
-        self.store.save(self.state)
+        try:
+            self.store.save(self.state)
+        except (OSError, LoomError) as e:
+            # not durable, so a restart would forget it: nothing may act on it (served, it let
+            # leader epochs go backwards and two brokers lead one epoch). Back to the stored state.
+            log.error("cannot store the cluster state: the change is dropped", exc_info=True)
+            self.state = self.store.load()
+            self._metadata_cache = None
+            if isinstance(e, OSError):  # an operating error, not a bug: the node serves on
+                raise translate_os_error(e, "store the cluster state") from e
+            raise
         self._metadata_cache = None
         new = self.metadata()
         self.publish(P.TOPIC_METADATA, P.PUB_METADATA_DELTA, self._committed.delta_to(new))
@@ -272,13 +286,20 @@ class Coordinator(Node):
         if bid not in self.alive:
             log.info("broker %d is alive", bid)
             self.alive.add(bid)
-            self._on_broker_up(bid)
+            try:
+                self._on_broker_up(bid)
+            except LoomError:  # not stored (StorageFull, EngineError): judged again next time
+                self.alive.discard(bid)  # not stored (commit went back): its next sign of life tries again
+                raise
 
     def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
-        """We did not run for ``stalled_ms``: nobody's silence in that time counts. Every broker
-        and group member gets a full session from now (heartbeats queued meanwhile arrive soon)."""
+        """We did not run for ``stalled_ms``: nobody's silence in that time counts. Every broker's
+        and group member's last sign of life moves forward by the stall (capped at now; heartbeats
+        queued meanwhile arrive soon), so silence heard before the stall still counts."""
         for bid in self.brokers:
-            self.last_seen_ms[bid] = max(self.last_seen_ms[bid], now_ms)
+            # forgive the stall, not the silence heard before it: with max(last_seen, now) a
+            # coordinator stalling more often than once a session never found a dead broker
+            self.last_seen_ms[bid] = min(now_ms, self.last_seen_ms[bid] + stalled_ms)
         self.groups.resume_after_stall(now_ms, stalled_ms)
 
     def _check_liveness(self) -> None:
@@ -297,8 +318,12 @@ class Coordinator(Node):
             self.alive.discard(bid)
             if self.disconnects is not None:
                 self.disconnects.forget(bid)
-        for bid in dead:
-            self._on_broker_down(bid)
+        for i, bid in enumerate(dead):
+            try:
+                self._on_broker_down(bid)
+            except LoomError:  # not stored: judged again next time
+                self.alive.update(dead[i:])  # not stored (commit went back): judged again next check
+                raise
 
     def _on_broker_down(self, bid: int) -> None:
         changed = False

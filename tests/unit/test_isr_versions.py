@@ -18,6 +18,7 @@ from fabric.config import load_config
 from fabric.errors import RemoteError
 from fabric.records import build_batch
 from nodes.broker.node import PARTITION_OPENS_PER_PASS_MAX, Broker
+from nodes.broker.partition import Partition
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
@@ -147,14 +148,21 @@ def test_stale_push_after_isr_expansion_replies_does_not_roll_back_the_isr(nodes
     assert all(part.isr == {1, 2, 3} and part.high_watermark == 3 for part in parts)
 
 
-def test_isr_reply_older_than_an_applied_push_is_not_applied(nodes) -> None:  # noqa: ANN001
-    broker, coord, loop = nodes
+def broker_3_due_back_in_the_isr(broker: Broker, coord: Coordinator, loop: Loopback) -> Partition:
+    """t-0 led by broker 1 with ISR [1, 2], three records, both followers at LEO 3: the next
+    ISR check proposes [1, 2, 3]. Returns the leader's partition."""
     _start(broker, coord, loop, isr=[1, 2], partitions=1)
     part = broker.partitions[("t", 0)]
     now = broker.clock.now_ms()
     part.append_as_leader([_batch(3)], BATCH_MAX)
     part.record_follower_fetch(2, 3, now)
     part.record_follower_fetch(3, 3, now)
+    return part
+
+
+def test_isr_reply_older_than_an_applied_push_is_not_applied(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    part = broker_3_due_back_in_the_isr(broker, coord, loop)
     broker._check_isr()
     answers = loop.serve(P.ALTER_ISR)  # the coordinator applies [1, 2, 3] ...
     coord.alive.discard(3)
@@ -225,11 +233,14 @@ def test_stale_isr_refusal_refreshes_metadata_and_does_not_move_leadership(nodes
     assert coord.counters["alter_isr_stale_isr"] == 1
 
 
-def test_alter_isr_from_a_deposed_leader_is_fenced_and_the_broker_reregisters(nodes) -> None:  # noqa: ANN001
+def test_alter_isr_fenced_at_our_own_epoch_makes_the_broker_reregister(nodes) -> None:  # noqa: ANN001
+    # a deposition at a newer leader epoch only refreshes metadata
+    # (test_alter_isr_fenced_by_leader_move.py); another leader at the epoch we think ours means
+    # we missed our own fencing: start over as a new incarnation
     broker, coord, loop = nodes
     _start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
     ps = coord.state.topics["t"].partitions[0]
-    ps.leader, ps.leader_epoch = 2, ps.leader_epoch + 1  # deposed; the push is lost
+    ps.leader = 2  # at our epoch; the push is lost
     coord.commit()
     loop.take_pushes()
     incarnation = broker.incarnation

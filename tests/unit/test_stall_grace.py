@@ -24,17 +24,38 @@ from tests.harness import make_config, wait_until
 STALL_MS = 10_000
 
 
-def test_stalled_coordinator_gives_brokers_and_members_a_session_from_its_resume(tmp_path: Path) -> None:
+def coordinator_with_a_member(tmp_path: Path) -> tuple[Coordinator, ManualClock, int]:
+    """A coordinator on a ManualClock that has just heard brokers 1-3 and group g's member m-1;
+    returns it, its clock and the session timeout (ms). The caller closes it."""
     config = load_config(make_config(tmp_path, 3, engine="memory"))
     session_ms = config.liveness.session_timeout_ms
     clock = ManualClock(start_ms=1_000_000)
     coord = Coordinator(config, "coordinator", clock=clock)
+    for bid in (1, 2, 3):
+        coord._seen(bid)
+    member = Member("m-1", "c", "h", ["t"], session_timeout_ms=session_ms, rebalance_timeout_ms=session_ms,
+                    last_seen_ms=clock.now_ms())
+    coord.groups.groups["g"] = Group("g", state=STABLE, generation=1, leader="m-1", members={"m-1": member})
+    return coord, clock, session_ms
+
+
+def leader_of_one_partition(tmp_path: Path) -> tuple[Broker, ManualClock, list[dict]]:
+    """Broker 1 on a ManualClock leading t-0 (replicas and ISR 1, 2, 3), its coordinator requests
+    recorded (headers) instead of sent. The caller closes it."""
+    config = load_config(make_config(tmp_path, 3, engine="memory"))
+    clock = ManualClock(start_ms=1_000_000)
+    broker = Broker(config, "broker-1", clock=clock)
+    sent: list[dict] = []
+    broker.coordinator.request = lambda cmd, header, payloads=(), *, callback, timeout_ms: sent.append(header)  # type: ignore[method-assign]
+    info = PartitionInfo("t", 0, 1, 1, (1, 2, 3), (1, 2, 3), 1)
+    broker.apply_metadata(ClusterMetadata(1, "test", {}, {"t": TopicInfo("t", (info,), {})}).to_wire())
+    assert broker.partitions[("t", 0)].is_leader
+    return broker, clock, sent
+
+
+def test_stalled_coordinator_gives_brokers_and_members_a_session_from_its_resume(tmp_path: Path) -> None:
+    coord, clock, session_ms = coordinator_with_a_member(tmp_path)
     try:
-        for bid in (1, 2, 3):
-            coord._seen(bid)
-        member = Member("m-1", "c", "h", ["t"], session_timeout_ms=session_ms, rebalance_timeout_ms=session_ms,
-                        last_seen_ms=clock.now_ms())
-        coord.groups.groups["g"] = Group("g", state=STABLE, generation=1, leader="m-1", members={"m-1": member})
         clock.advance(STALL_MS)  # SIGSTOP ... SIGCONT; nothing read yet
         coord.reactor.run_once(0)
         assert coord.alive == {1, 2, 3}
@@ -53,16 +74,9 @@ def test_stalled_coordinator_gives_brokers_and_members_a_session_from_its_resume
 
 
 def test_stalled_leader_does_not_shrink_the_isr_by_silence_it_did_not_hear(tmp_path: Path) -> None:
-    config = load_config(make_config(tmp_path, 3, engine="memory"))
-    clock = ManualClock(start_ms=1_000_000)
-    broker = Broker(config, "broker-1", clock=clock)
-    sent: list[dict] = []
-    broker.coordinator.request = lambda cmd, header, payloads=(), *, callback, timeout_ms: sent.append(header)  # type: ignore[method-assign]
+    broker, clock, sent = leader_of_one_partition(tmp_path)
     try:
-        info = PartitionInfo("t", 0, 1, 1, (1, 2, 3), (1, 2, 3), 1)
-        broker.apply_metadata(ClusterMetadata(1, "test", {}, {"t": TopicInfo("t", (info,), {})}).to_wire())
-        assert broker.partitions[("t", 0)].is_leader
-        lag_ms = config.replication.replica_lag_time_max_ms
+        lag_ms = broker.config.replication.replica_lag_time_max_ms
         clock.advance(lag_ms + STALL_MS)
         broker.reactor.run_once(0)
         assert not [h for h in sent if "parts" in h], "the ISR shrank on silence nobody listened to"
