@@ -25,6 +25,10 @@ While a commit is queued or being written, OFFSET_FETCH of its partitions answer
 ``unstable_offset_commit`` (retriable), so a member never starts from an offset that the
 commit in flight is about to replace.
 
+The store sees the coordinator through ``nodes.coordinator.context.GroupContext`` and talks
+to the brokers through one ``OffsetsTopicClient`` (nodes/coordinator/offsets_client.py), which
+the loader shares.
+
 Not thread-safe: runs on the coordinator's reactor.
 """
 
