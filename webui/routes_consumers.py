@@ -22,7 +22,9 @@ CREATE_SCHEMA = {"type": "object", "properties": {
     "auto.offset.reset": {"type": "string", "enum": ["earliest", "latest"]},
     "auto.commit.enable": {"type": "string", "enum": ["true", "false"]},
     "fetch.min.bytes": {"type": "string", "pattern": "^[0-9]{1,9}$"},
-    "consumer.request.timeout.ms": {"type": "string", "pattern": "^[0-9]{1,6}$"}}}
+    "consumer.request.timeout.ms": {"type": "string", "pattern": "^[0-9]{1,6}$"},
+    # Loom's: how soon the group notices this instance is gone (default 10 s)
+    "session.timeout.ms": {"type": "string", "pattern": "^[1-9][0-9]{2,5}$"}}}
 
 
 def register(api: Api, gw: Gateway) -> None:
@@ -53,6 +55,8 @@ def register(api: Api, gw: Gateway) -> None:
         config: dict[str, Any] = {"auto_offset_reset": body.get("auto.offset.reset", "latest")}
         if "auto.commit.enable" in body:
             config["enable_auto_commit"] = body["auto.commit.enable"] == "true"
+        if "session.timeout.ms" in body:
+            config["session_timeout_ms"] = int(body["session.timeout.ms"])
         entry = gw.agent.create_instance(group_name, body.get("name"), config, body.get("format", "binary"))
         return {"instance_id": entry.name,
                 "base_uri": f"{request.host_url.rstrip('/')}/consumers/{group_name}/instances/{entry.name}"}

@@ -51,9 +51,11 @@ class Op:
     def endpoint(self) -> str:
         return f"{self.method} {self.path}"
 
-    def flask_rule(self) -> str:
+    def flask_rule(self, components: dict[str, dict]) -> str:
         rule = self.path
         for name, schema in self.path_params.items():
+            ref = schema.get("$ref", "")
+            schema = components.get(ref.rsplit("/", 1)[-1], schema) if ref else schema
             conv = "int:" if schema.get("type") == "integer" else ""
             rule = rule.replace("{" + name + "}", f"<{conv}{name}>")
         return rule
@@ -119,7 +121,7 @@ class Api:
     def install(self, app: Flask) -> None:
         resolver_root = {"components": {"schemas": self.components}}
         for op in self.ops:
-            app.add_url_rule(op.flask_rule(), endpoint=op.endpoint, view_func=self._view(op, resolver_root),
+            app.add_url_rule(op.flask_rule(self.components), endpoint=op.endpoint, view_func=self._view(op, resolver_root),
                              methods=[op.method])
 
     def _validator(self, schema: dict, root: dict) -> Draft202012Validator:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -77,15 +77,18 @@ class ServiceProducer:
             c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-producer")
         return c
 
-    def produce(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all") -> list[ProduceResult]:
+    def produce(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
+                is_down: Callable[[str], bool] | None = None) -> list[ProduceResult]:
         """One result per record, in order. Raises RemoteError for a refused request
-        (buffer_full: retry later; invalid_record; malformed_request) or a timeout."""
+        (buffer_full: retry later; invalid_record; malformed_request) or a timeout -- at once
+        when ``is_down(endpoint)`` says the service being waited for went down."""
         wire_records = [r.to_wire() if isinstance(r, ServiceRecord) else list(r) for r in records]
         header = {"topic": topic, "acks": acks, "records": wire_records}
         last: RemoteError | None = None
         for endpoint in self.endpoints:
             try:
-                h, _ = self._client(endpoint).call(P.SERVICE_PRODUCE, header, timeout_ms=self.timeout_ms)
+                give_up = (lambda: is_down(endpoint)) if is_down is not None else None
+                h, _ = self._client(endpoint).call(P.SERVICE_PRODUCE, header, timeout_ms=self.timeout_ms, give_up=give_up)
             except RequestTimeout as e:
                 last = e  # the service may be down: the next one (a retry could duplicate)
                 self._drop(endpoint)

@@ -169,7 +169,7 @@ class GatewayAgent:
         if not live:
             raise ClusterError("unavailable", "the producer service is down: no produce is possible until it is back")
         with translated("the producer service"):
-            results = self._producer().produce(topic, records, acks=acks)
+            results = self._producer().produce(topic, records, acks=acks, is_down=lambda ep: not self.is_up(ep))
         return [ProduceOutcome(r.partition, r.offset) if r.ok else
                 ProduceOutcome(r.partition, r.offset, f"{P.error_name(r.error)}: {r.message}", r.error in P.RETRIABLE)
                 for r in results]
