@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any, Protocol
 
 SUBSCRIBERS_MAX = 256
+EVENTS_QUEUE_MAX = 1000           # live events waiting for one subscriber
 SNAPSHOT_KEYS_MAX = 10_000
 STATE_TYPES = {"node": "node", "alert": "name"}  # type -> field that keys its snapshot
 
@@ -84,11 +85,12 @@ class EventHub:
 
     def subscribe(self, queue_max: int) -> Subscription | None:
         """A new subscription that starts with the snapshot; None when SUBSCRIBERS_MAX are open."""
-        sub = Subscription(self, queue_max)
         with self._lock:
             if len(self._subs) >= SUBSCRIBERS_MAX:
                 return None
-            for event in list(self._state.values())[:queue_max]:
+            snapshot = list(self._state.values())  # at most SNAPSHOT_KEYS_MAX, never cut short
+            sub = Subscription(self, queue_max + len(snapshot))
+            for event in snapshot:
                 sub.push(event)
             self._subs.append(sub)
         return sub

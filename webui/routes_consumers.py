@@ -15,7 +15,7 @@ from webui.spec import Api
 
 V2 = "application/vnd.kafka.v2+json"
 FETCH_TIMEOUT_MS_MAX = 30_000
-FETCH_BYTES_MAX = 16 * 1024 * 1024
+FETCH_BYTES_MAX = 512 * 1024   # a fetch answer travels in one frame of the fabric (HEADER_BYTES_MAX)
 
 CREATE_SCHEMA = {"type": "object", "properties": {
     "name": S.NAME, "format": {"type": "string", "enum": ["binary", "json"]},
@@ -101,7 +101,7 @@ def register(api: Api, gw: Gateway) -> None:
     def records(group_name: str, instance: str, query: dict) -> list[dict]:
         entry = gw.agent.instance(group_name, instance)
         got = call(group_name, instance, lambda h: h.fetch(timeout_ms=query.get("timeout", 1000),
-                                                           max_bytes=query.get("max_bytes", 1024 * 1024)))
+                                                           max_bytes=query.get("max_bytes", FETCH_BYTES_MAX)))
         return [record_json(r, entry.fmt) for r in got]
 
     @api.op("POST", base + "/offsets", role="consume", tag="consumers",

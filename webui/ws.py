@@ -31,6 +31,7 @@ from simple_websocket import ConnectionClosed
 
 from webui.auth import Principal
 from webui.context import Gateway
+from webui.events import EVENTS_QUEUE_MAX
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import ACKS, encode_records, record_json
 from webui.spec import Op
@@ -40,7 +41,7 @@ CLOSE_GRACE_S = 5.0
 POLICY = 1008            # policy violation: auth, bad messages, too many unanswered messages
 TRY_AGAIN_LATER = 1013   # the client cannot keep up
 FETCH_TIMEOUT_MS = 500
-FETCH_BYTES_MAX = 1024 * 1024
+FETCH_BYTES_MAX = 512 * 1024   # as routes_consumers: one fabric frame
 INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered
 SOCKET_SNDBUF_BYTES = 256 * 1024
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
@@ -287,7 +288,7 @@ def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
 
 
 def _events(ws: Any, out: Outbox, gw: Gateway) -> None:
-    sub = gw.hub.subscribe(gw.settings.ws_send_queue_max)
+    sub = gw.hub.subscribe(EVENTS_QUEUE_MAX)
     if sub is None:
         out.close(TRY_AGAIN_LATER, "too many event subscribers")
         return

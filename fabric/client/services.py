@@ -169,7 +169,9 @@ class ConsumerInstance:
 
 
 class ServiceConsumer:
-    def __init__(self, endpoints: str | list[str]) -> None:
+    def __init__(self, endpoints: str | list[str], is_down: Callable[[str], bool] | None = None) -> None:
+        """``is_down(endpoint)``: a call waiting on a service stops as soon as it says True."""
+        self.is_down = is_down
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise FabricError("no consumer service endpoint")
@@ -181,8 +183,9 @@ class ServiceConsumer:
         c = self._clients.get(endpoint)
         if c is None:
             c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-consumer")
+        give_up = (lambda: self.is_down(endpoint)) if self.is_down is not None else None  # type: ignore[misc]
         try:
-            return c.call(command, header, timeout_ms=timeout_ms)[0]
+            return c.call(command, header, timeout_ms=timeout_ms, give_up=give_up)[0]
         except RequestTimeout:
             self._clients.pop(endpoint, None)
             c.close()  # a fresh socket next time: no late replies to sort out

@@ -40,6 +40,9 @@ INSTANCES_MAX = 10_000                 # consumer instances the gateway remember
 BROWSE_WAIT_MS_MAX = 2000              # how long a records-browser read polls for data it knows exists
 ADMIN_TIMEOUT_MS = 5000
 CREATE_TOPIC_WAIT_MS = 5000            # auto-create: wait for leaders before producing
+SERVICE_REQUEST_BYTES_MAX = P.HEADER_BYTES_MAX // 2   # records per SVC_PRODUCE (they travel in the header)
+SERVICE_FETCH_BYTES_MAX = P.HEADER_BYTES_MAX // 2     # CI_FETCH replies carry records in the header too
+RECORD_WIRE_OVERHEAD_BYTES = 64
 
 KINDS = {
     P.UNKNOWN_TOPIC_OR_PARTITION: "topic_not_found", P.TOPIC_ALREADY_EXISTS: "topic_exists",
@@ -114,7 +117,10 @@ class GatewayAgent:
         return self._get("producer", lambda: ServiceProducer(self.producer_endpoints))
 
     def _consumers(self) -> ServiceConsumer:
-        return self._get("consumers", lambda: ServiceConsumer(self.consumer_endpoints))
+        return self._get("consumers", lambda: ServiceConsumer(self.consumer_endpoints, is_down=self._is_down))
+
+    def _is_down(self, endpoint: str) -> bool:
+        return not self.is_up(endpoint)
 
     def _browser(self) -> Consumer:
         return self._get("browser", lambda: Consumer(self.bootstrap, auto_offset_reset="earliest"))
@@ -168,8 +174,10 @@ class GatewayAgent:
         live = [ep for ep in self.producer_endpoints if self.is_up(ep)]
         if not live:
             raise ClusterError("unavailable", "the producer service is down: no produce is possible until it is back")
+        results = []
         with translated("the producer service"):
-            results = self._producer().produce(topic, records, acks=acks, is_down=lambda ep: not self.is_up(ep))
+            for chunk in _chunks(records):  # each SVC_PRODUCE header must stay under P.HEADER_BYTES_MAX
+                results += self._producer().produce(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
         return [ProduceOutcome(r.partition, r.offset) if r.ok else
                 ProduceOutcome(r.partition, r.offset, f"{P.error_name(r.error)}: {r.message}", r.error in P.RETRIABLE)
                 for r in results]
@@ -259,8 +267,8 @@ class GatewayAgent:
                 raise ClusterError("instance_exists", f"consumer instance {name!r} of group {group!r} already exists")
         live = [ep for ep in self.consumer_endpoints if self.is_up(ep)] or self.consumer_endpoints
         with translated("the consumer services"):
-            inst = ServiceConsumer(live).create(group, name, config) if len(live) != len(self.consumer_endpoints) \
-                else self._consumers().create(group, name, config)
+            inst = ServiceConsumer(live, is_down=self._is_down).create(group, name, config) \
+                if len(live) != len(self.consumer_endpoints) else self._consumers().create(group, name, config)
         entry = InstanceEntry(group, inst.name, inst.endpoint, dict(config), fmt)
         with self._lock:
             self._instances[(group, inst.name)] = entry
@@ -278,7 +286,7 @@ class GatewayAgent:
         to a live service first (see the module doc)."""
         entry = self.instance(group, name)
         for attempt in range(2):
-            if not self.is_up(entry.endpoint) or attempt:
+            if not self.is_up(entry.endpoint):  # only then: a slow but live service keeps its instance
                 self._move(entry)
             handle = self._consumers().instance(entry.group, entry.name, entry.endpoint)
             try:
@@ -289,7 +297,7 @@ class GatewayAgent:
                     with self._lock:
                         self._instances.pop((group, name), None)
                     raise
-                if e.kind != "unavailable" or attempt:
+                if e.kind != "unavailable" or attempt or self.is_up(entry.endpoint):
                     raise
         raise AssertionError("unreachable")
 
@@ -298,7 +306,7 @@ class GatewayAgent:
         if not others:
             raise ClusterError("unavailable", "no consumer service is up to host the consumer instance")
         with translated("the consumer services"):
-            moved = ServiceConsumer(others)
+            moved = ServiceConsumer(others, is_down=self._is_down)
             try:
                 inst = moved.create(entry.group, entry.name, entry.config)
                 if entry.topics:
@@ -326,3 +334,18 @@ class GatewayAgent:
             client = getattr(self._local, name, None)
             if client is not None:
                 client.close()
+
+
+def _chunks(records: list[ServiceRecord]) -> Iterator[list[ServiceRecord]]:
+    """Records in runs of at most SERVICE_REQUEST_BYTES_MAX (a larger record goes alone)."""
+    run: list[ServiceRecord] = []
+    size = 0
+    for r in records:
+        n = len(r.value) + len(r.key or b"") + sum(len(k) + len(v or b"") for k, v in r.headers or ()) + RECORD_WIRE_OVERHEAD_BYTES
+        if run and size + n > SERVICE_REQUEST_BYTES_MAX:
+            yield run
+            run, size = [], 0
+        run.append(r)
+        size += n
+    if run:
+        yield run
