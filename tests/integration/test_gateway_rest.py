@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
+import os
+import subprocess
 from typing import Iterator
 
 import pytest
 
 from tests.gateway_client import BINARY, GATEWAY_NODES, JSON_V2, ROLE_KEYS, Http, b64, gateway_overrides
-from tests.harness import Cluster, running_cluster, wait_until
+from tests.harness import ROOT, Cluster, running_cluster, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -245,3 +246,23 @@ def test_producer_service_down_is_503_and_back_is_200(cluster: Cluster, http: Ht
         cluster.start_node("producer")
     wait_until(lambda: http("POST", "/topics/p503", {"records": [{"value": 1}]}).status_code == 200, 15,
                what="produce to work again")
+
+
+def test_readme_rest_block_runs_as_written(cluster: Cluster, http: Http) -> None:
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("<!-- rest:"):]
+    block = block[block.index("```sh\n") + 6:block.index("\n```", block.index("```sh\n"))]
+    env = dict(os.environ, LOOM_GATEWAY=http.base, LOOM_ADMIN_KEY=ROLE_KEYS["admin"], LOOM_CLUSTER="test")
+    outputs = []
+    for i, line in enumerate(block.splitlines()[1:], start=1):
+        script = block.splitlines()[0] + "\n" + line
+        done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        outputs.append(done.stdout)
+    assert json.loads(outputs[0])["topic_name"] == "clicks"
+    assert json.loads(outputs[1])["offsets"][0]["error_code"] is None
+    assert json.loads(outputs[2])["instance_id"] == "c1"
+    assert [(r["key"], r["value"]) for r in json.loads(outputs[4])] == [("alice", {"page": "/home"})]
+    partition = json.loads(outputs[1])["offsets"][0]["partition"]
+    browsed = json.loads(outputs[5])
+    assert isinstance(browsed, list) and (partition != 1 or browsed[0]["key"] == "alice")
