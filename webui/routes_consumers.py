@@ -85,6 +85,13 @@ def register(api: Api, gw: Gateway) -> None:
     def unsubscribe(group_name: str, instance: str) -> None:
         gw.agent.subscribe(group_name, instance, [])
 
+    @api.op("POST", base + "/assignments", role="consume", tag="consumers",
+            summary="Read exactly these partitions (instead of a subscription)", path_params=inst_path,
+            errors=(40401, 40402, 40403, 42204), body=body_types(tps),
+            description="An instance with a subscription answers 422 (42204): unsubscribe first.")
+    def assign(group_name: str, instance: str, body: dict, content_type: str) -> None:
+        gw.agent.assign(group_name, instance, sorted({(x["topic"], x["partition"]) for x in body["partitions"]}))
+
     @api.op("GET", base + "/assignments", role="consume", tag="consumers",
             summary="The partitions the group assigned to this instance", path_params=inst_path, errors=inst_errors,
             response={"type": "object", "required": ["partitions"], "properties": {

@@ -157,6 +157,10 @@ class ConsumerInstance:
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
         self._call(P.CONSUMER_SEEK, {"to": "offsets", "offsets": [[t, p, o] for (t, p), o in offsets.items()]})
 
+    def assign(self, partitions: list[tuple[str, int]]) -> None:
+        """Read exactly these partitions (no group membership); not while subscribed."""
+        self._call(P.CONSUMER_ASSIGN, {"partitions": [list(tp) for tp in partitions]})
+
     def assignment(self) -> list[tuple[str, int]]:
         return [(t, p) for t, p in self._call(P.CONSUMER_ASSIGNMENT)["partitions"]]
 

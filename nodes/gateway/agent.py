@@ -311,6 +311,8 @@ class GatewayAgent:
                 inst = moved.create(entry.group, entry.name, entry.config)
                 if entry.topics:
                     inst.subscribe(entry.topics)
+                elif entry.assigned:
+                    inst.assign(entry.assigned)
                 log.warning("consumer instance %s/%s moved from %s to %s", entry.group, entry.name, entry.endpoint, inst.endpoint)
             finally:
                 moved.close()
@@ -328,6 +330,13 @@ class GatewayAgent:
             self.topic(t)
         self.call_instance(group, name, lambda h: h.subscribe(topics) if topics else h.unsubscribe())
         self.instance(group, name).topics = list(topics)
+
+    def assign(self, group: str, name: str, partitions: list[tuple[str, int]]) -> None:
+        for t, p in partitions:
+            if p >= len(self.topic(t).partitions):
+                raise ClusterError("partition_not_found", f"topic {t!r} has no partition {p}")
+        self.call_instance(group, name, lambda h: h.assign(partitions))
+        self.instance(group, name).assigned = list(partitions)
 
     def close(self) -> None:
         for name in ("admin", "producer", "consumers", "browser"):

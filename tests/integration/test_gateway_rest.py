@@ -93,6 +93,18 @@ def test_produce_consume_round_trip_in_both_formats(http: Http) -> None:
     assert http.ok("GET", base + "/records", timeout=200) == []
     http.ok("DELETE", base + "/subscription")
     http.ok("DELETE", base)
+    # explicit assignment instead of a subscription
+    manual = "/consumers/g-manual/instances/m"
+    http.ok("POST", "/consumers/g-manual", {"name": "m", "format": "json", "auto.offset.reset": "earliest"})
+    http.ok("POST", manual + "/assignments", {"partitions": [{"topic": "rt", "partition": 2}]})
+    assert http.ok("GET", manual + "/assignments") == {"partitions": [{"topic": "rt", "partition": 2}]}
+    only: list[dict] = []
+    wait_until(lambda: only.extend(http.ok("GET", manual + "/records", timeout=500)) or
+               sum(isinstance(r["value"], dict) for r in only) >= 10, 20, what="partition 2's JSON records")
+    assert {r["partition"] for r in only} == {2}
+    assert sorted(r["value"]["n"] for r in only if isinstance(r["value"], dict)) == list(range(10))
+    assert http("POST", manual + "/assignments", {"partitions": [{"topic": "rt", "partition": 9}]}).status_code == 404
+    http.ok("DELETE", manual)
     r = http("GET", base + "/records")
     assert r.status_code == 404 and r.json()["error_code"] == 40403
 
