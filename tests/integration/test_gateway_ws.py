@@ -1,6 +1,7 @@
 """The gateway's WebSockets with a real client library (websocket-client): produce and
 consume, resume from the committed offset, first-message auth, node health on /ws/events, and
-a deliberately slow consumer that is closed with 1013 while the gateway's RSS stays flat."""
+a deliberately slow consumer that is closed with 1013 while the gateway's RSS stays flat. This
+cluster also has ``gateway.auto_create_topics`` on, and serves the dashboard port's page."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ SLOW_TIMEOUT_MS = 1000
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(tmp_path_factory.mktemp("gw-ws"), 3, extra_nodes=GATEWAY_NODES,
-                         overrides=gateway_overrides(ws_send_queue_max=QUEUE_MAX,
+                         overrides=gateway_overrides(ws_send_queue_max=QUEUE_MAX, auto_create_topics=True,
                                                      ws_slow_client_timeout_ms=SLOW_TIMEOUT_MS)) as c:
         http = Http(c.raw["nodes"]["gateway"]["port"])
         for name, parts in (("ws", 3), ("big", 1)):
@@ -167,3 +168,21 @@ def test_a_slow_client_is_closed_and_the_gateway_memory_stays_flat(cluster: Clus
     ok = connect(cluster, "/ws/consume?topic=big&from=beginning", role="consume")
     assert len(consume(ok, 600)) >= 600, "a client that keeps up gets everything"
     ok.close()
+
+
+def test_auto_create_topics_when_configured(cluster: Cluster) -> None:
+    http = Http(cluster.raw["nodes"]["gateway"]["port"])
+    r = http.ok("POST", "/topics/made-on-demand", {"records": [{"value": {"a": 1}}]})
+    assert r["offsets"][0]["error_code"] is None
+    assert http.ok("GET", "/topics/made-on-demand")["name"] == "made-on-demand"
+    assert http("POST", "/topics/__consumer_offsets", {"records": [{"value": 1}]}).status_code == 404
+
+
+def test_dashboard_port_page_and_offline_docs(cluster: Cluster) -> None:
+    import requests
+    node = cluster.raw["nodes"]["gateway"]
+    page = requests.get(f"http://127.0.0.1:{node['dashboard_port']}/", timeout=10)
+    assert page.status_code == 200 and 'href="/docs"' in page.text
+    docs = requests.get(f"http://127.0.0.1:{node['port']}/docs", timeout=10)
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text, "no CDN: the page loads nothing from elsewhere"
