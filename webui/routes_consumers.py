@@ -15,6 +15,7 @@ from webui.spec import Api
 
 V2 = "application/vnd.kafka.v2+json"
 FETCH_TIMEOUT_MS_MAX = 30_000
+FETCH_RECORDS_MAX = 5000
 FETCH_BYTES_MAX = 512 * 1024   # a fetch answer travels in one frame of the fabric (HEADER_BYTES_MAX)
 
 CREATE_SCHEMA = {"type": "object", "properties": {
@@ -108,7 +109,8 @@ def register(api: Api, gw: Gateway) -> None:
     def records(group_name: str, instance: str, query: dict) -> list[dict]:
         entry = gw.agent.instance(group_name, instance)
         got = call(group_name, instance, lambda h: h.fetch(timeout_ms=query.get("timeout", 1000),
-                                                           max_bytes=query.get("max_bytes", FETCH_BYTES_MAX)))
+                                                           max_bytes=query.get("max_bytes", FETCH_BYTES_MAX),
+                                                           max_records=FETCH_RECORDS_MAX))
         return [record_json(r, entry.fmt) for r in got]
 
     @api.op("POST", base + "/offsets", role="consume", tag="consumers",

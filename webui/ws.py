@@ -42,6 +42,7 @@ POLICY = 1008            # policy violation: auth, bad messages, too many unansw
 TRY_AGAIN_LATER = 1013   # the client cannot keep up
 FETCH_TIMEOUT_MS = 500
 FETCH_BYTES_MAX = 512 * 1024   # as routes_consumers: one fabric frame
+FETCH_RECORDS_MAX = 5000
 INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered
 SOCKET_SNDBUF_BYTES = 256 * 1024
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
@@ -222,7 +223,7 @@ def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
         while ws.connected and not out.done.is_set():
             _consume_commands(ws, out, gw, group, entry.name)
             records = gw.agent.call_instance(group, entry.name, lambda h: h.fetch(
-                timeout_ms=FETCH_TIMEOUT_MS, max_bytes=FETCH_BYTES_MAX))
+                timeout_ms=FETCH_TIMEOUT_MS, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
             if records:
                 out.put({"records": [record_json(r, fmt) for r in records]})
     finally:
