@@ -97,6 +97,7 @@ def create_app(gw: Gateway) -> Flask:
     api.authorize = authorize
     api.install(app)
     doc = api.openapi()
+    doc["x-websockets"] = ws.DESCRIPTION  # OpenAPI has no words for WebSockets: listed beside it
     doc_bytes = json.dumps(doc, separators=(",", ":")).encode()
     ws.install(app, gw, authorize)
 

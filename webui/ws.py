@@ -48,6 +48,20 @@ SOCKET_SNDBUF_BYTES = 256 * 1024
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
 
 
+DESCRIPTION = {
+    "/ws/produce": {"role": "produce", "query": ["topic", "format=json|binary", "acks=0|1|all"],
+                    "in": "a record {id, key, value, headers, partition} or {records: [...]}",
+                    "out": "{id, offsets: [{partition, offset, error_code, error}]} or {error_code, message}"},
+    "/ws/consume": {"role": "consume", "query": ["topic", "group", "from=beginning|end", "format=json|binary",
+                                                 "auto_commit=true|false"],
+                    "in": '{"commit": "all"} or {"commit": [{topic, partition, offset}]}',
+                    "out": "{records: [{topic, partition, offset, timestamp, key, value, headers}]} or {committed: true}"},
+    "/ws/events": {"role": "read", "out": "{type: node, node, role, state: up|down, ts_ms} (the monitor adds metrics, alerts)"},
+    "auth": 'Authorization or X-API-Key header, or a first message {"api_key": KEY}; 1008 when refused',
+    "close_codes": {"1008": "auth, role or a bad message", "1013": "client too slow, or too many sockets"},
+}
+
+
 class Closed(Exception):
     """The connection is over (closed by either side); the route returns."""
 
