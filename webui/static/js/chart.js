@@ -16,7 +16,7 @@ export function rateChart(el, { labels, bytes = false }) {
     height: 220,
     cursor: { drag: { x: false, y: false } },
     legend: { live: true },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(bytes ? 1024 : 1, max * 1.15)] } },
     axes: [
       { stroke: "#5b6678", grid: { stroke: "#eef1f6" } },
       { stroke: "#5b6678", grid: { stroke: "#eef1f6" }, size: 70, values: (u, vals) => vals.map((v) => (bytes ? fmtBytes(v) : fmtRate(v))) },

@@ -18,6 +18,7 @@ import { clusterId, get, openSocket } from "./api.js";
 export const SERIES_POINTS_MAX = 900;     // 15 minutes at one point a second
 export const EVENTS_MAX = 500;            // timeline entries kept in the page
 export const ALERTS_MAX = 500;
+const FALLBACK_AFTER_MS = 10000;         // no rates from the monitor this long: measure them here
 const RATE_KEYS = ["records_in_per_s", "records_out_per_s", "bytes_in_per_s", "bytes_out_per_s"];
 const STATE_ALIASES = { up: "healthy", alive: "healthy", ok: "healthy", true: "healthy", false: "down",
   dead: "down", stopped: "down", lagging: "degraded" };
@@ -36,6 +37,7 @@ export const model = {
   alerts: new Map(),          // rule|subject -> alert
   events: [],                 // newest last: {ts_ms, kind, node, text}
   lastMessageMs: 0,
+  lastRatesMs: 0,             // when rates last came from the monitor
 };
 
 const listeners = new Set();
@@ -69,7 +71,8 @@ function upsertNode(name, fields) {
   for (const [k, v] of Object.entries(fields)) if (v !== undefined) next[k] = v;
   if (fields.state !== undefined) {
     next.state = normState(fields.state);
-    if (next.state !== prev.state && !fields.since_ms) next.since_ms = Date.now();
+    // "since" is known only from the monitor or from a change seen while this page is open
+    if (next.state !== prev.state && !fields.since_ms) next.since_ms = prev.state === "unknown" ? undefined : Date.now();
   }
   next.metrics = { ...prev.metrics, ...(fields.metrics || {}) };
   if (!next.role) next.role = roleOf(name);
@@ -84,6 +87,15 @@ function roleOf(name) {
 function pushEvent(ev) {
   model.events.push(ev);
   if (model.events.length > EVENTS_MAX) model.events.splice(0, model.events.length - EVENTS_MAX);
+}
+
+/** Records in per second measured by the page (high watermark growth) while no rates come
+ * from the monitor: the chart is never empty just because the monitor is not running. */
+export function fallbackRecordsIn(tsMs, recordsPerS) {
+  if (Date.now() - model.lastRatesMs < FALLBACK_AFTER_MS) return;
+  model.rates = { ...model.rates, records_in_per_s: recordsPerS };
+  pushRates(tsMs, { records_in_per_s: recordsPerS });
+  changed();
 }
 
 function pushRates(tsMs, rates) {
@@ -126,6 +138,7 @@ function applyStatus(st, tsMs) {
       port: n.port, restarts: n.restarts, since_ms: n.since_ms || undefined, metrics: n.metrics });
   }
   if (st.rates) {
+    model.lastRatesMs = Date.now();
     model.rates = { ...st.rates };
     pushRates(st.checked_ms || tsMs, st.rates);
   }
@@ -158,7 +171,7 @@ export function apply(msg) {
       break;
     case "metrics": {
       const rates = msg.rates || Object.fromEntries(RATE_KEYS.filter((k) => k in msg).map((k) => [k, msg[k]]));
-      if (Object.keys(rates).length) { model.rates = { ...model.rates, ...rates }; pushRates(ts, model.rates); }
+      if (Object.keys(rates).length) { model.lastRatesMs = Date.now(); model.rates = { ...model.rates, ...rates }; pushRates(ts, model.rates); }
       if (msg.cluster) model.cluster = { ...model.cluster, ...msg.cluster };
       for (const [name, m] of Object.entries(msg.nodes || {})) upsertNode(name, { metrics: m });
       break;

@@ -16,9 +16,10 @@ async function readAt(topic, p, offset, count) {
   return rs.filter((r) => r.offset >= offset);
 }
 
-async function bounds(topic, p) {
-  const o = await get(`/topics/${enc(topic)}/partitions/${p}/offsets`);
-  return { begin: o.beginning_offset, end: o.end_offset };
+/** {partition: {begin, end}}: log start offset and high watermark of every partition. */
+async function allBounds(topic) {
+  const parts = await get(await v3(`/topics/${enc(topic)}/partitions`));
+  return Object.fromEntries(parts.data.map((p) => [p.partition_id, { begin: Math.max(0, p.log_start_offset), end: Math.max(0, p.high_watermark) }]));
 }
 
 /** First offset in [begin, end) whose timestamp is >= tsMs (end when none): binary search. */
@@ -134,8 +135,7 @@ export async function render(root, ctx) {
     try {
       const all = state.partition === "all";
       const parts = all ? [...partitionSelect.options].slice(1).map((o) => Number(o.value)) : [Number(state.partition)];
-      const b = {};
-      await Promise.all(parts.map(async (p) => { b[p] = await bounds(state.topic, p); }));
+      const b = await allBounds(state.topic);
       const per = parts.length > 1 ? Math.max(1, Math.ceil(state.size / parts.length)) : state.size;
       const cursors = {};
       for (const p of parts) {

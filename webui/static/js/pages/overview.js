@@ -3,7 +3,7 @@
 
 import { rateChart } from "../chart.js";
 import { counts, loadCluster } from "../cluster.js";
-import { model, subscribe } from "../model.js";
+import { fallbackRecordsIn, model, subscribe } from "../model.js";
 import { badge, card, clear, every, fmtAgo, fmtBytes, fmtRate, h, stat } from "../ui.js";
 
 const ROLE_ORDER = ["coordinator", "broker", "producer", "consumer", "gateway", "monitor"];
@@ -17,6 +17,10 @@ export function nodeList(brokers) {
     if (!nodes.has(name)) {
       nodes.set(name, { name, role: "broker", state: b.alive ? "healthy" : "down", reason: "from the coordinator's metadata", metrics: {} });
     }
+  }
+  if (![...nodes.values()].some((n) => n.role === "gateway") && model.connection === "open") {
+    // the gateway does not watch itself; it is serving this page's event stream right now
+    nodes.set("gateway", { name: "gateway", role: "gateway", state: "healthy", reason: "serving this dashboard", metrics: {} });
   }
   return [...nodes.values()].sort((a, b) => (ROLE_ORDER.indexOf(a.role) - ROLE_ORDER.indexOf(b.role)) || a.name.localeCompare(b.name, "en", { numeric: true }));
 }
@@ -75,8 +79,15 @@ export async function render(root, ctx) {
     liveEl.textContent = model.connection === "open" ? "live" : `live updates: ${model.connection}`;
   }
 
+  let previous = null;   // {ms, records}: high watermarks summed, for records/s without the monitor
   async function refresh() {
     try { rest = await loadCluster(); restError = null; } catch (e) { restError = e; }
+    if (rest && !restError) {
+      const records = rest.topics.reduce((s, t) => s + (t.partitions || []).reduce((a, p) => a + Math.max(0, p.high_watermark), 0), 0);
+      const now = Date.now();
+      if (previous && now > previous.ms) fallbackRecordsIn(now, Math.max(0, (records - previous.records) * 1000 / (now - previous.ms)));
+      previous = { ms: now, records };
+    }
     draw();
   }
   ctx.cleanup.push(subscribe(draw));

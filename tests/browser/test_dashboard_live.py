@@ -1,0 +1,82 @@
+"""Live updates without reloading: a SIGKILLed broker shows as down within 2 s and as healthy
+again after it restarts; a consumer group's lag falls as it consumes. And what a read-only key
+sees."""
+
+from __future__ import annotations
+
+import time
+
+from fabric.client.group import GroupConsumer
+from tests.browser.conftest import READ_ONLY_KEY, login
+from tests.harness import wait_until
+
+DOWN_SHOWN_WITHIN_S = 2.0
+
+
+def test_killed_broker_goes_down_and_comes_back_on_the_overview_without_reload(dashboard, page) -> None:
+    login(page, dashboard)
+    page.wait_for_selector('.node[data-node="broker-2"][data-state="healthy"]', timeout=15_000)
+    page.evaluate("window.__loomNoReload = true")
+    dashboard.cluster.kill("broker-2")
+    killed = time.monotonic()
+    try:
+        page.wait_for_selector('.node[data-node="broker-2"][data-state="down"]', timeout=5_000)
+        shown_s = time.monotonic() - killed
+        assert shown_s <= DOWN_SHOWN_WITHIN_S, f"down shown after {shown_s:.2f} s"
+    finally:
+        dashboard.cluster.start_node("broker-2")
+    ready = time.monotonic()
+    page.wait_for_selector('.node[data-node="broker-2"][data-state="healthy"]', timeout=5_000)
+    assert time.monotonic() - ready <= DOWN_SHOWN_WITHIN_S
+    assert page.evaluate("window.__loomNoReload") is True      # the same page: no reload happened
+    assert page.console_errors == []
+
+
+def test_consumer_group_lag_falls_as_it_consumes(dashboard, page) -> None:
+    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "ledger", "partitions_count": 1, "replication_factor": 3})
+    assert r.status_code in (201, 409), r.text
+    r = dashboard.rest("POST", "/topics/ledger", json={"records": [{"value": {"n": i}} for i in range(30)]},
+                       headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
+    assert r.status_code == 200, r.text
+    consumer = GroupConsumer(dashboard.cluster.bootstrap, group_id="billing", auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+    try:
+        consumer.subscribe(["ledger"])
+        got: list = []
+        wait_until(lambda: got.extend(consumer.poll(timeout_ms=200)) or len(got) >= 30, 20, what="30 records")
+        consumer.commit({("ledger", 0): 10})
+        login(page, dashboard)
+        page.goto(f"{dashboard.url}/#/groups/billing")
+        page.wait_for_selector('#total-lag[data-lag="20"]')
+        page.evaluate("window.__loomNoReload = true")
+        consumer.commit({("ledger", 0): 25})
+        page.wait_for_selector('#total-lag[data-lag="5"]')
+        consumer.commit({("ledger", 0): 30})
+        page.wait_for_selector('#total-lag[data-lag="0"]')
+        assert page.evaluate("window.__loomNoReload") is True
+        assert page.locator("#group-members tbody tr").count() == 1     # the member and its assignment
+        assert "ledger-0" in page.inner_text("#group-members")
+    finally:
+        consumer.close()
+    page.goto(f"{dashboard.url}/#/groups")
+    page.wait_for_selector('#groups-list a[href="#/groups/billing"]')
+    assert page.console_errors == []
+
+
+def test_read_only_key_cannot_see_the_produce_form_or_admin_actions(dashboard, page) -> None:
+    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "orders", "partitions_count": 3, "replication_factor": 3})
+    assert r.status_code in (201, 409), r.text
+    login(page, dashboard, READ_ONLY_KEY)
+    assert "read" in page.inner_text("#who-name")
+    assert page.is_hidden("#nav a[href='#/produce']")
+    assert page.is_hidden("#nav a[href='#/tail']")
+    page.goto(f"{dashboard.url}/#/produce")
+    page.wait_for_selector("text=has no produce role")
+    assert page.locator("#produce-form").count() == 0
+    page.goto(f"{dashboard.url}/#/topics")
+    page.wait_for_selector("#topics-list table")
+    assert page.locator("#create-topic").count() == 0
+    page.goto(f"{dashboard.url}/#/topics/orders")
+    page.wait_for_selector("#partitions table")
+    assert page.locator("#delete-topic").count() == 0 and page.locator("#add-partitions").count() == 0
+    assert page.console_errors == []

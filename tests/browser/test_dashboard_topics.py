@@ -1,0 +1,122 @@
+"""Topics from the UI: create (and its inline validation error), the detail page, add
+partitions, delete with typed confirmation; produce from the form and find the record in the
+message browser and in the live tail."""
+
+from __future__ import annotations
+
+import json
+
+from tests.browser.conftest import login
+from tests.harness import wait_until
+
+
+def create_topic(page, name: str, partitions: str = "2", rf: str = "3") -> None:
+    page.goto(page.url.split("#")[0] + "#/topics")
+    page.wait_for_selector("#create-topic")
+    page.fill("#create-topic [name=topic_name]", name)
+    page.fill("#create-topic [name=partitions_count]", partitions)
+    page.fill("#create-topic [name=replication_factor]", rf)
+    page.click("#create-topic button[type=submit]")
+
+
+def test_create_topic_from_the_ui_and_see_it_listed(dashboard, page) -> None:
+    login(page, dashboard)
+    create_topic(page, "ui-created")
+    page.wait_for_selector('#topics-list a[href="#/topics/ui-created"]')
+    r = dashboard.rest("GET", dashboard.v3("/topics/ui-created"))
+    assert r.status_code == 200 and r.json()["partitions_count"] == 2
+    page.click('#topics-list a[href="#/topics/ui-created"]')
+    page.wait_for_selector("#partitions table tbody tr")
+    assert page.locator("#partitions tbody tr").count() == 2
+    assert page.console_errors == []
+
+
+def test_create_topic_error_from_the_api_is_shown_at_the_form(dashboard, page) -> None:
+    login(page, dashboard)
+    create_topic(page, "too-many-replicas", partitions="1", rf="9")
+    page.wait_for_selector("#create-error:not([hidden])")
+    text = page.inner_text("#create-error")
+    assert "422" in text or "replication" in text.lower(), text
+    assert page.get_attribute("#create-topic [name=replication_factor]", "aria-invalid") == "true"
+    assert dashboard.rest("GET", dashboard.v3("/topics/too-many-replicas")).status_code == 404
+
+
+def test_add_partitions_then_delete_with_typed_confirmation(dashboard, page) -> None:
+    login(page, dashboard)
+    create_topic(page, "short-lived", partitions="1")
+    page.wait_for_selector('#topics-list a[href="#/topics/short-lived"]')
+    page.goto(f"{dashboard.url}/#/topics/short-lived")
+    page.click("#add-partitions")
+    page.fill("dialog input[type=number]", "3")
+    page.click("dialog button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('#partitions tbody tr').length === 3")
+    page.click("#delete-topic")
+    page.fill("#confirm-delete", "short-live")          # not the name: the button stays off
+    assert page.is_disabled("dialog button.danger")
+    page.fill("#confirm-delete", "short-lived")
+    page.click("dialog button.danger")
+    page.wait_for_function("location.hash === '#/topics'")
+    wait_until(lambda: dashboard.rest("GET", dashboard.v3("/topics/short-lived")).status_code == 404, 10,
+               what="the topic to be deleted")
+
+
+def test_produce_from_the_form_then_find_it_in_the_browser_and_the_live_tail(dashboard, browser, page) -> None:
+    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "payments", "partitions_count": 2, "replication_factor": 3})
+    assert r.status_code in (201, 409), r.text
+    login(page, dashboard)
+    # the live tail, in a second tab, from new records only
+    from tests.browser.conftest import new_page
+    tail = new_page(browser)
+    try:
+        login(tail, dashboard)
+        tail.goto(f"{dashboard.url}/#/tail?topic=payments")
+        tail.wait_for_function("document.querySelector('#tail-status')?.textContent.startsWith('live')")
+
+        value = json.dumps({"amount": 42, "currency": "EUR"})
+        page.goto(f"{dashboard.url}/#/produce?topic=payments")
+        page.fill("#produce-key", "customer-7")
+        page.fill("#produce-value", value)
+        page.click("#add-header")
+        page.fill("#produce-headers .header-name", "source")
+        page.fill("#produce-headers .header-value", "dashboard-test")
+        page.click("#produce-form button[type=submit]")
+        page.wait_for_selector("#produce-ok")
+        partition = int(page.inner_text("#produced-partition"))
+        offset = int(page.inner_text("#produced-offset"))
+
+        row = tail.wait_for_selector(f'#tail-rows tr[data-partition="{partition}"][data-offset="{offset}"]', timeout=15_000)
+        assert '"amount": 42' in row.inner_text() and "customer-7" in row.inner_text()
+
+        page.click("#produce-ok a")                      # "see it in the browser"
+        page.wait_for_selector("#msg-results table tbody tr td.num")
+        cells = page.inner_text("#msg-results tbody tr")
+        assert str(offset) in cells and '"currency": "EUR"' in cells and "source: dashboard-test" in cells
+        assert page.console_errors == [] and tail.console_errors == []
+    finally:
+        tail.context.close()
+
+
+def test_message_browser_filters_a_bounded_range(dashboard, page) -> None:
+    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "clicks", "partitions_count": 1, "replication_factor": 3})
+    assert r.status_code in (201, 409), r.text
+    records = [{"key": f"k{i}", "value": f"click {i} {'special' if i % 10 == 3 else ''}"} for i in range(60)]
+    r = dashboard.rest("POST", "/topics/clicks", json={"records": records},
+                       headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
+    assert r.status_code == 200, r.text
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/messages?topic=clicks")
+    page.wait_for_selector("#msg-results tbody tr td.num")
+    page.fill("#msg-value-filter", "special")
+    page.click("#msg-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#msg-info')?.textContent.includes('scanned 60 records')")
+    assert page.locator("#msg-results tbody tr").count() == 6
+    # paging: 20 a page from the oldest, forward and back
+    page.fill("#msg-value-filter", "")
+    page.select_option("#msg-size", "20")
+    page.click("#msg-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#msg-info')?.textContent.startsWith('20 records')")
+    page.click("#msg-next")
+    page.wait_for_function("document.querySelector('#msg-results tbody tr td:nth-child(2)')?.textContent === '20'")
+    page.click("#msg-prev")
+    page.wait_for_function("document.querySelector('#msg-results tbody tr td:nth-child(2)')?.textContent === '0'")
+    assert page.console_errors == []
