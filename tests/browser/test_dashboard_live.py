@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 
 from fabric.client.group import GroupConsumer
-from tests.browser.conftest import READ_ONLY_KEY, login
+from tests.browser.conftest import READ_ONLY_KEY, login, save_screenshot
 from tests.harness import wait_until
 
 DOWN_SHOWN_WITHIN_S = 2.0
 
 
-def test_killed_broker_goes_down_and_comes_back_on_the_overview_without_reload(dashboard, page) -> None:
+def test_killed_broker_goes_down_and_comes_back_on_the_overview_without_reload(dashboard, page, tmp_path) -> None:
     login(page, dashboard)
     page.wait_for_selector('.node[data-node="broker-2"][data-state="healthy"]', timeout=15_000)
     page.evaluate("window.__loomNoReload = true")
@@ -29,10 +29,13 @@ def test_killed_broker_goes_down_and_comes_back_on_the_overview_without_reload(d
     page.wait_for_selector('.node[data-node="broker-2"][data-state="healthy"]', timeout=5_000)
     assert time.monotonic() - ready <= DOWN_SHOWN_WITHIN_S
     assert page.evaluate("window.__loomNoReload") is True      # the same page: no reload happened
+    page.click("#nav a[href='#/alerts']")                       # the timeline kept both changes
+    page.wait_for_selector("#events-timeline li:has-text('broker-2')")
+    save_screenshot(page, "alerts", tmp_path)
     assert page.console_errors == []
 
 
-def test_consumer_group_lag_falls_as_it_consumes(dashboard, page) -> None:
+def test_consumer_group_lag_falls_as_it_consumes(dashboard, page, tmp_path) -> None:
     r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "ledger", "partitions_count": 1, "replication_factor": 3})
     assert r.status_code in (201, 409), r.text
     r = dashboard.rest("POST", "/topics/ledger", json={"records": [{"value": {"n": i}} for i in range(30)]},
@@ -56,6 +59,9 @@ def test_consumer_group_lag_falls_as_it_consumes(dashboard, page) -> None:
         assert page.evaluate("window.__loomNoReload") is True
         assert page.locator("#group-members tbody tr").count() == 1     # the member and its assignment
         assert "ledger-0" in page.inner_text("#group-members")
+        page.click("#reset-form button[type=submit]")               # dry run (admin): a preview, nothing changed
+        page.wait_for_selector("#reset-preview table")
+        save_screenshot(page, "group", tmp_path)
     finally:
         consumer.close()
     page.goto(f"{dashboard.url}/#/groups")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tests.browser.conftest import login
+from tests.browser.conftest import login, new_page, save_screenshot
 from tests.harness import wait_until
 
 
@@ -60,12 +60,11 @@ def test_add_partitions_then_delete_with_typed_confirmation(dashboard, page) -> 
                what="the topic to be deleted")
 
 
-def test_produce_from_the_form_then_find_it_in_the_browser_and_the_live_tail(dashboard, browser, page) -> None:
+def test_produce_from_the_form_then_find_it_in_the_browser_and_the_live_tail(dashboard, browser, page, tmp_path) -> None:
     r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "payments", "partitions_count": 2, "replication_factor": 3})
     assert r.status_code in (201, 409), r.text
     login(page, dashboard)
     # the live tail, in a second tab, from new records only
-    from tests.browser.conftest import new_page
     tail = new_page(browser)
     try:
         login(tail, dashboard)
@@ -86,6 +85,7 @@ def test_produce_from_the_form_then_find_it_in_the_browser_and_the_live_tail(das
 
         row = tail.wait_for_selector(f'#tail-rows tr[data-partition="{partition}"][data-offset="{offset}"]', timeout=15_000)
         assert '"amount": 42' in row.inner_text() and "customer-7" in row.inner_text()
+        save_screenshot(tail, "tail-live", tmp_path)
 
         page.click("#produce-ok a")                      # "see it in the browser"
         page.wait_for_selector("#msg-results table tbody tr td.num")

@@ -23,9 +23,10 @@ export const session = {
   clear() { sessionStorage.removeItem(KEY_STORAGE); },
 };
 
-/** fetch JSON from the gateway; returns the parsed body (null for 204). Throws ApiError. */
-export async function api(method, path, body = undefined, contentType = "application/json") {
-  const headers = { "Accept": "application/json" };
+/** fetch from the gateway; returns the parsed JSON body (null for 204), or the text with
+ * as="text". Throws ApiError. */
+export async function api(method, path, body = undefined, contentType = "application/json", as = "json") {
+  const headers = { "Accept": as === "text" ? "text/plain" : "application/json" };
   const key = session.key();
   if (key) headers["Authorization"] = `Bearer ${key}`;
   const init = { method, headers, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) };
@@ -40,6 +41,7 @@ export async function api(method, path, body = undefined, contentType = "applica
     throw new ApiError(0, 0, e.name === "TimeoutError" ? "the gateway did not answer in time" : "the gateway is not reachable");
   }
   const text = await resp.text();
+  if (resp.ok && as === "text") return text;
   let data = null;
   if (text) {
     try { data = JSON.parse(text); } catch { data = null; }

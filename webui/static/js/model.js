@@ -212,15 +212,15 @@ export function applyHistory(h) {
 // -- routes the gateway may offer for the monitor (found in /openapi.json) -------------------
 
 let routesPromise = null;
-/** {history, alerts, events, status}: paths (GET, no path parameters except the cluster) or null. */
+/** {history, alerts, events, status, metrics}: paths (GET, no path parameters except the cluster) or null. */
 export function monitorRoutes() {
   if (!routesPromise) {
     routesPromise = get("/openapi.json").then((doc) => {
       const paths = Object.keys(doc.paths || {}).filter((p) => doc.paths[p].get);
       const find = (re) => paths.find((p) => re.test(p) && !/\{(?!cluster_id\})[^}]+\}/.test(p)) || null;
       return { history: find(/history/), alerts: find(/alerts$/), events: find(/events$/),
-        status: find(/(monitor|cluster)[^/]*\/(status|health)$|\/nodes$/) };
-    }).catch(() => ({ history: null, alerts: null, events: null, status: null }));
+        status: find(/(monitor|cluster)[^/]*\/(status|health)$|\/nodes$/), metrics: paths.includes("/metrics") ? "/metrics" : null };
+    }).catch(() => ({ history: null, alerts: null, events: null, status: null, metrics: null }));
   }
   return routesPromise;
 }

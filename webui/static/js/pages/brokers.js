@@ -1,8 +1,9 @@
 // Brokers: per broker its liveness, the partitions it leads and follows (from every topic's
-// partitions), and -- from the monitor's node metrics when /ws/events carries them -- disk
+// partitions), and -- from the monitor's exposition on the gateway's /metrics, when it serves it -- disk
 // use, engine, fsync mode, RSS and CPU.
 
 import { loadCluster } from "../cluster.js";
+import { nodeMetrics } from "../metrics.js";
 import { model, subscribe } from "../model.js";
 import { badge, card, clear, every, fmtBytes, fmtPercent, h, table } from "../ui.js";
 
@@ -24,8 +25,10 @@ export function brokerRows(cluster) {
         else if (p.replicas.some((r) => r.broker_id === b.broker_id)) follows.push({ tp, inSync: p.isr.includes(b.broker_id) });
       }
     }
-    const node = model.nodes.get(`broker-${b.broker_id}`);
-    return { ...b, leads, follows, node, state: node ? node.state : (b.alive ? "healthy" : "down") };
+    const name = `broker-${b.broker_id}`;
+    const node = model.nodes.get(name);
+    const metrics = { ...(node?.metrics || {}), ...(cluster.metrics?.[name] || {}) };
+    return { ...b, leads, follows, node: { ...node, metrics }, state: node ? node.state : (b.alive ? "healthy" : "down") };
   });
 }
 
@@ -51,9 +54,9 @@ export async function render(root, ctx) {
       { label: "Leads", cell: (r) => list(r.leads, (tp) => h("span.pill", {}, tp)) },
       { label: "Follows", cell: (r) => list(r.follows, (f) => h("span.pill", { title: f.inSync ? "in sync" : "out of sync" }, f.inSync ? f.tp : `${f.tp} ✗`)) },
       { label: "Disk", cls: "num", cell: (r) => {
-        const used = metric(r.node, "disk_bytes", "loom_broker_disk_bytes", "disk_used_bytes");
+        const used = metric(r.node, "log_bytes", "disk_bytes", "disk_used_bytes");
         const ratio = metric(r.node, "disk_used_ratio", "loom_broker_disk_used_ratio");
-        return [fmtBytes(used), ratio !== undefined ? h("div.muted", {}, `${fmtPercent(ratio)} of volume`) : null];
+        return [fmtBytes(used), ratio !== undefined ? h("div.muted", {}, `volume ${fmtPercent(ratio)} full`) : null];
       } },
       { label: "Engine", cell: (r) => metric(r.node, "engine") ?? "—" },
       { label: "Fsync", cell: (r) => metric(r.node, "fsync", "fsync_mode") ?? "—" },
@@ -65,7 +68,11 @@ export async function render(root, ctx) {
   }
 
   async function refresh() {
-    try { cluster = await loadCluster(); draw(); } catch (e) { clear(body, card(null, h("div.error", { role: "alert" }, e.message))); }
+    try {
+      const [c, metrics] = await Promise.all([loadCluster(), nodeMetrics().catch(() => null)]);
+      cluster = { ...c, metrics };
+      draw();
+    } catch (e) { clear(body, card(null, h("div.error", { role: "alert" }, e.message))); }
   }
   ctx.cleanup.push(subscribe(draw));
   await refresh();

@@ -7,7 +7,7 @@ import { fallbackRecordsIn, model, subscribe } from "../model.js";
 import { badge, card, clear, every, fmtAgo, fmtBytes, fmtRate, h, stat } from "../ui.js";
 
 const ROLE_ORDER = ["coordinator", "broker", "producer", "consumer", "gateway", "monitor"];
-const REST_REFRESH_MS = 5000;
+const REST_REFRESH_MS = 2000;
 
 /** Nodes from the live model, plus brokers the REST API knows that no event has named yet. */
 export function nodeList(brokers) {
@@ -75,6 +75,7 @@ export async function render(root, ctx) {
     if (restError) statsEl.append(h("div.error", { role: "alert" }, `REST: ${restError.message}`));
     const s = model.series;
     charts[0].update(s.t, s.records_in_per_s, s.records_out_per_s);
+    recordsEl.dataset.points = String(s.records_in_per_s.filter((v) => v !== null && v !== undefined).length);
     charts[1].update(s.t, s.bytes_in_per_s, s.bytes_out_per_s);
     liveEl.textContent = model.connection === "open" ? "live" : `live updates: ${model.connection}`;
   }

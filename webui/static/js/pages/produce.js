@@ -30,7 +30,7 @@ export async function render(root, ctx) {
   const err = h("div.error#produce-error", { role: "alert", hidden: true });
   const resultEl = h("div#produce-result", { role: "status", "aria-live": "polite" });
   const history = [];
-  const historyEl = h("div");
+  const historyEl = h("div", {}, h("p.muted", {}, "Nothing produced from this page yet."));
   const button = h("button", { type: "submit" }, "Produce");
 
   const form = h("form#produce-form", { on: { submit: async (e) => {
