@@ -96,26 +96,37 @@ function wsUrl(path) {
  * With reconnect, a dropped connection is opened again with exponential backoff (capped);
  * a policy close (1008: bad key, missing role, bad request) is final. close() ends it.
  */
-export function openSocket(path, { onMessage, onState = () => {}, onAuth = () => {}, reconnect = true }) {
+export function openSocket(path, { onMessage, onState = () => {}, onAuth = () => {}, reconnect = true, adopt = null }) {
   let ws = null;
   let stopped = false;
   let delayMs = 500;
   let timer = null;
 
+  function receive(data) {
+    let msg;
+    try { msg = JSON.parse(data); } catch { return; }
+    if (msg && msg.authenticated === true) { onAuth(msg); return; }
+    onMessage(msg);
+  }
+
   function connect() {
-    onState("connecting");
-    ws = new WebSocket(wsUrl(path));
-    ws.onopen = () => {
-      ws.send(JSON.stringify({ api_key: session.key() || "" }));
-      delayMs = 500;
+    if (adopt) {  // an authenticated socket handed over by whoami(): no second connection
+      ws = adopt.ws;
+      const pending = adopt.pending;
+      adopt = null;
+      ws.onmessage = (ev) => receive(ev.data);
       onState("open");
-    };
-    ws.onmessage = (ev) => {
-      let msg;
-      try { msg = JSON.parse(ev.data); } catch { return; }
-      if (msg && msg.authenticated === true) { onAuth(msg); return; }
-      onMessage(msg);
-    };
+      for (const data of pending) receive(data);
+    } else {
+      onState("connecting");
+      ws = new WebSocket(wsUrl(path));
+      ws.onopen = () => {
+        ws.send(JSON.stringify({ api_key: session.key() || "" }));
+        delayMs = 500;
+        onState("open");
+      };
+      ws.onmessage = (ev) => receive(ev.data);
+    }
     ws.onerror = () => {};  // the close event that follows says what happened
     ws.onclose = (ev) => {
       ws = null;
@@ -145,30 +156,36 @@ export function openSocket(path, { onMessage, onState = () => {}, onAuth = () =>
 /**
  * Check a key and learn its name and roles: the gateway answers a WebSocket's first message
  * with {"authenticated": true, "key": NAME, "roles": [...]}. /ws/events needs the read role;
- * a key without it is asked about on /ws/produce and /ws/consume (no topic given, so nothing
- * is produced or consumed: the gateway answers the key and then closes for the missing topic).
- * Resolves {name, roles}; rejects with an Error whose message says why.
+ * its socket stays open and is handed over (`events`: {ws, pending}) for openSocket's `adopt`,
+ * so the page never closes a stream the gateway is already pushing into. A key without the
+ * read role is asked about on /ws/produce and /ws/consume (no topic given, so nothing is
+ * produced or consumed: the gateway answers the key, then closes for the missing topic).
+ * Resolves {name, roles, events}; rejects with an Error whose message says why.
  */
 export async function whoami(key) {
   let lastReason = "";
   for (const path of ["/ws/events", "/ws/produce", "/ws/consume"]) {
+    const keep = path === "/ws/events";
     const outcome = await new Promise((resolve) => {
       const ws = new WebSocket(wsUrl(path));
+      const pending = [];
+      let who = null;
       const timer = setTimeout(() => { ws.close(); resolve({ reason: "the gateway did not answer" }); }, 8000);
       ws.onopen = () => ws.send(JSON.stringify({ api_key: key }));
       ws.onmessage = (ev) => {
+        if (who) { pending.push(ev.data); return; }
         let msg = null;
         try { msg = JSON.parse(ev.data); } catch { /* not for us */ }
         if (msg && msg.authenticated === true) {
           clearTimeout(timer);
-          ws.close(1000, "done");
-          resolve({ who: { name: msg.key, roles: msg.roles || [] } });
+          who = { name: msg.key, roles: msg.roles || [], events: keep ? { ws, pending } : null };
+          resolve({ who });
         }
       };
       ws.onerror = () => {};
       ws.onclose = (ev) => {
         clearTimeout(timer);
-        resolve({ reason: ev.reason || (ev.code === 1006 ? "the gateway is not reachable" : `closed (${ev.code})`) });
+        if (!who) resolve({ reason: ev.reason || (ev.code === 1006 ? "the gateway is not reachable" : `closed (${ev.code})`) });
       };
     });
     if (outcome.who) return outcome.who;

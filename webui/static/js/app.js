@@ -133,7 +133,19 @@ function loggedIn(found) {
   who = { name: found.name, roles: [...found.roles].sort() };
   sessionStorage.setItem(WHO_STORAGE, JSON.stringify(who));
   applyRoles();
-  if (can("read")) model.start();
+  if (can("read")) {
+    model.start({
+      adopt: found.events || null,
+      onAuth: (again) => {  // every (re)connection re-checks the key: roles may have changed
+        if (again.roles.slice().sort().join() !== who?.roles.join()) { loggedIn(again); route(); }
+      },
+      onDenied: (reason) => {
+        if (/invalid API key/.test(reason)) logout("The gateway no longer accepts this key: log in again.");
+      },
+    });
+  } else if (found.events) {
+    found.events.ws.close(1000, "no read role");
+  }
 }
 
 export function logout(message = "") {
@@ -177,11 +189,8 @@ async function boot() {
   const key = session.key();
   const saved = sessionStorage.getItem(WHO_STORAGE);
   if (key && saved) {
+    // the events stream checks the key again as it connects (model.start's onAuth/onDenied)
     try { loggedIn(JSON.parse(saved)); } catch { session.clear(); }
-    // check the key again in the background: roles may have changed
-    whoami(key).then((found) => { loggedIn(found); }).catch((e) => {
-      if (/invalid API key/.test(e.message)) logout("The gateway no longer accepts this key: log in again.");
-    });
   }
   route();
 }

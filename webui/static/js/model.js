@@ -241,12 +241,23 @@ export async function loadOnce() {
   await Promise.allSettled(jobs);
 }
 
-/** Open the session's /ws/events stream (once). */
-export function start() {
-  if (socket) return;
+/**
+ * Open the session's /ws/events stream (once), or adopt the one whoami() kept open.
+ * onAuth(who) hears the gateway's answer to the key on every (re)connection; onDenied(reason)
+ * a refusal (a key that is no longer valid).
+ */
+export function start({ adopt = null, onAuth = () => {}, onDenied = () => {} } = {}) {
+  if (socket) { if (adopt) adopt.ws.close(1000, "already streaming"); return; }
   socket = openSocket("/ws/events", {
+    adopt,
     onMessage: apply,
-    onState: (state, reason = "") => { model.connection = state; model.connectionReason = reason; changed(); },
+    onAuth: (msg) => onAuth({ name: msg.key, roles: msg.roles || [] }),
+    onState: (state, reason = "") => {
+      model.connection = state;
+      model.connectionReason = reason;
+      changed();
+      if (state === "denied") onDenied(reason);
+    },
   });
   loadOnce().catch(() => {});
 }
