@@ -120,3 +120,52 @@ def test_message_browser_filters_a_bounded_range(dashboard, page) -> None:
     page.click("#msg-prev")
     page.wait_for_function("document.querySelector('#msg-results tbody tr td:nth-child(2)')?.textContent === '0'")
     assert page.console_errors == []
+
+
+def test_live_tail_pause_holds_records_back_and_resume_shows_them(dashboard, page) -> None:
+    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "sensor", "partitions_count": 1, "replication_factor": 3})
+    assert r.status_code in (201, 409), r.text
+
+    def produce(first: int, n: int) -> None:
+        r = dashboard.rest("POST", "/topics/sensor", json={"records": [{"value": {"reading": i}} for i in range(first, first + n)]},
+                           headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
+        assert r.status_code == 200, r.text
+
+    produce(0, 5)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/tail")
+    page.select_option("#tail-topic", "sensor")
+    page.select_option("#tail-from", "beginning")
+    page.click("#tail-start")
+    page.wait_for_function("document.querySelectorAll('#tail-rows tr').length === 5")
+    page.click("#tail-pause")
+    assert page.get_attribute("#tail-pause", "aria-pressed") == "true"
+    produce(5, 7)
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.includes('paused, 7 waiting')")
+    assert page.locator("#tail-rows tr").count() == 5              # held back while paused
+    page.click("#tail-pause")                                       # resume
+    page.wait_for_function("document.querySelectorAll('#tail-rows tr').length === 12")
+    assert page.get_attribute("#tail-rows tr:first-child", "data-offset") == "11"   # newest first
+    page.click("#tail-stop")
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.startsWith('stopped')")
+    assert page.console_errors == []
+
+
+def test_live_tail_buffers_are_bounded(dashboard, page) -> None:
+    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "firehose", "partitions_count": 1, "replication_factor": 3})
+    assert r.status_code in (201, 409), r.text
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/tail?topic=firehose")
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.startsWith('live')")
+    page.click("#tail-pause")
+    r = dashboard.rest("POST", "/topics/firehose", json={"records": [{"value": i} for i in range(1200)]},
+                       headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
+    assert r.status_code == 200, r.text
+    # PAUSED_BUFFER_MAX (1000) wait, the 200 oldest are dropped and counted
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.includes('1200 received')", timeout=20_000)
+    status = page.inner_text("#tail-status")
+    assert "1000 waiting" in status and "200 dropped while paused" in status, status
+    page.click("#tail-pause")
+    page.wait_for_function("document.querySelectorAll('#tail-rows tr').length === 500")   # TAIL_ROWS_MAX
+    assert page.get_attribute("#tail-rows tr:first-child", "data-offset") == "1199"
+    assert page.console_errors == []
