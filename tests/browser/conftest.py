@@ -59,6 +59,18 @@ class Dashboard:
     def v3(self, suffix: str) -> str:
         return f"/v3/clusters/{self.cluster.raw['cluster']['name']}{suffix}"
 
+    def ensure_topic(self, name: str, partitions: int = 1) -> None:
+        """Create the topic (replication factor 3) unless an earlier test did."""
+        r = self.rest("POST", self.v3("/topics"), json={"topic_name": name, "partitions_count": partitions,
+                                                         "replication_factor": 3})
+        assert r.status_code in (201, 409), r.text
+
+    def produce(self, topic: str, records: list[dict]) -> None:
+        """Produce records ({key?, value} in the JSON embedded format) through the REST API."""
+        r = self.rest("POST", f"/topics/{topic}", json={"records": records},
+                      headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
+        assert r.status_code == 200, r.text
+
 
 @pytest.fixture(scope="session")
 def browser_available() -> None:

@@ -36,11 +36,8 @@ def test_killed_broker_goes_down_and_comes_back_on_the_overview_without_reload(d
 
 
 def test_consumer_group_lag_falls_as_it_consumes(dashboard, page, tmp_path) -> None:
-    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "ledger", "partitions_count": 1, "replication_factor": 3})
-    assert r.status_code in (201, 409), r.text
-    r = dashboard.rest("POST", "/topics/ledger", json={"records": [{"value": {"n": i}} for i in range(30)]},
-                       headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
-    assert r.status_code == 200, r.text
+    dashboard.ensure_topic("ledger", 1)
+    dashboard.produce("ledger", [{"value": {"n": i}} for i in range(30)])
     consumer = GroupConsumer(dashboard.cluster.bootstrap, group_id="billing", auto_offset_reset="earliest",
                              enable_auto_commit=False)
     try:
@@ -70,8 +67,7 @@ def test_consumer_group_lag_falls_as_it_consumes(dashboard, page, tmp_path) -> N
 
 
 def test_read_only_key_cannot_see_the_produce_form_or_admin_actions(dashboard, page) -> None:
-    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "orders", "partitions_count": 3, "replication_factor": 3})
-    assert r.status_code in (201, 409), r.text
+    dashboard.ensure_topic("orders", 3)
     login(page, dashboard, READ_ONLY_KEY)
     assert "read" in page.inner_text("#who-name")
     assert page.is_hidden("#nav a[href='#/produce']")

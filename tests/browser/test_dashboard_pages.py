@@ -28,9 +28,7 @@ def traffic_until_charted(dashboard, page) -> None:
     """Produce small batches (bounded) until the overview has measured a records/s rate."""
     records = [{"value": {"n": i}} for i in range(50)]
     for _ in range(TRAFFIC_REQUESTS_MAX):
-        r = dashboard.rest("POST", "/topics/orders", json={"records": records},
-                           headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
-        assert r.status_code == 200, r.text
+        dashboard.produce("orders", records)
         if int(page.get_attribute("#chart-records", "data-points") or 0) >= CHART_POINTS_MIN:
             break
         page.wait_for_timeout(250)
@@ -38,12 +36,9 @@ def traffic_until_charted(dashboard, page) -> None:
 
 def seed(dashboard) -> None:
     """A topic with a few records and a group with committed offsets, so pages have content."""
-    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "orders", "partitions_count": 3, "replication_factor": 3})
-    assert r.status_code in (201, 409), r.text
+    dashboard.ensure_topic("orders", 3)
     records = [{"key": f"user-{i}", "value": {"item": "book", "n": i}} for i in range(12)]
-    r = dashboard.rest("POST", "/topics/orders", json={"records": records},
-                       headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
-    assert r.status_code == 200, r.text
+    dashboard.produce("orders", records)
 
 
 def test_login_then_overview_shows_every_node_healthy(dashboard, page) -> None:

@@ -61,8 +61,7 @@ def test_add_partitions_then_delete_with_typed_confirmation(dashboard, page) -> 
 
 
 def test_produce_from_the_form_then_find_it_in_the_browser_and_the_live_tail(dashboard, browser, page, tmp_path) -> None:
-    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "payments", "partitions_count": 2, "replication_factor": 3})
-    assert r.status_code in (201, 409), r.text
+    dashboard.ensure_topic("payments", 2)
     login(page, dashboard)
     # the live tail, in a second tab, from new records only
     tail = new_page(browser)
@@ -97,12 +96,9 @@ def test_produce_from_the_form_then_find_it_in_the_browser_and_the_live_tail(das
 
 
 def test_message_browser_filters_a_bounded_range(dashboard, page) -> None:
-    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "clicks", "partitions_count": 1, "replication_factor": 3})
-    assert r.status_code in (201, 409), r.text
+    dashboard.ensure_topic("clicks", 1)
     records = [{"key": f"k{i}", "value": f"click {i} {'special' if i % 10 == 3 else ''}"} for i in range(60)]
-    r = dashboard.rest("POST", "/topics/clicks", json={"records": records},
-                       headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
-    assert r.status_code == 200, r.text
+    dashboard.produce("clicks", records)
     login(page, dashboard)
     page.goto(f"{dashboard.url}/#/messages?topic=clicks")
     page.wait_for_selector("#msg-results tbody tr td.num")
@@ -123,13 +119,10 @@ def test_message_browser_filters_a_bounded_range(dashboard, page) -> None:
 
 
 def test_live_tail_pause_holds_records_back_and_resume_shows_them(dashboard, page) -> None:
-    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "sensor", "partitions_count": 1, "replication_factor": 3})
-    assert r.status_code in (201, 409), r.text
+    dashboard.ensure_topic("sensor", 1)
 
     def produce(first: int, n: int) -> None:
-        r = dashboard.rest("POST", "/topics/sensor", json={"records": [{"value": {"reading": i}} for i in range(first, first + n)]},
-                           headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
-        assert r.status_code == 200, r.text
+        dashboard.produce("sensor", [{"value": {"reading": i}} for i in range(first, first + n)])
 
     produce(0, 5)
     login(page, dashboard)
@@ -152,15 +145,12 @@ def test_live_tail_pause_holds_records_back_and_resume_shows_them(dashboard, pag
 
 
 def test_live_tail_buffers_are_bounded(dashboard, page) -> None:
-    r = dashboard.rest("POST", dashboard.v3("/topics"), json={"topic_name": "firehose", "partitions_count": 1, "replication_factor": 3})
-    assert r.status_code in (201, 409), r.text
+    dashboard.ensure_topic("firehose", 1)
     login(page, dashboard)
     page.goto(f"{dashboard.url}/#/tail?topic=firehose")
     page.wait_for_function("document.querySelector('#tail-status')?.textContent.startsWith('live')")
     page.click("#tail-pause")
-    r = dashboard.rest("POST", "/topics/firehose", json={"records": [{"value": i} for i in range(1200)]},
-                       headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
-    assert r.status_code == 200, r.text
+    dashboard.produce("firehose", [{"value": i} for i in range(1200)])
     # PAUSED_BUFFER_MAX (1000) wait, the 200 oldest are dropped and counted
     page.wait_for_function("document.querySelector('#tail-status')?.textContent.includes('1200 received')", timeout=20_000)
     status = page.inner_text("#tail-status")
