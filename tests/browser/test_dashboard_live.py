@@ -13,6 +13,16 @@ from tests.harness import wait_until
 DOWN_SHOWN_WITHIN_S = 2.0
 
 
+def member_that_read(dashboard, group: str, topic: str, n: int) -> GroupConsumer:
+    """A group member (no auto-commit) that has polled the topic's first n records."""
+    consumer = GroupConsumer(dashboard.cluster.bootstrap, group_id=group, auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+    consumer.subscribe([topic])
+    got: list = []
+    wait_until(lambda: got.extend(consumer.poll(timeout_ms=200)) or len(got) >= n, 20, what=f"{n} records")
+    return consumer
+
+
 def test_killed_broker_goes_down_and_comes_back_on_the_overview_without_reload(dashboard, page, tmp_path) -> None:
     login(page, dashboard)
     page.wait_for_selector('.node[data-node="broker-2"][data-state="healthy"]', timeout=15_000)
@@ -38,12 +48,8 @@ def test_killed_broker_goes_down_and_comes_back_on_the_overview_without_reload(d
 def test_consumer_group_lag_falls_as_it_consumes(dashboard, page, tmp_path) -> None:
     dashboard.ensure_topic("ledger", 1)
     dashboard.produce("ledger", [{"value": {"n": i}} for i in range(30)])
-    consumer = GroupConsumer(dashboard.cluster.bootstrap, group_id="billing", auto_offset_reset="earliest",
-                             enable_auto_commit=False)
+    consumer = member_that_read(dashboard, "billing", "ledger", 30)
     try:
-        consumer.subscribe(["ledger"])
-        got: list = []
-        wait_until(lambda: got.extend(consumer.poll(timeout_ms=200)) or len(got) >= 30, 20, what="30 records")
         consumer.commit({("ledger", 0): 10})
         login(page, dashboard)
         page.goto(f"{dashboard.url}/#/groups/billing")
@@ -61,9 +67,38 @@ def test_consumer_group_lag_falls_as_it_consumes(dashboard, page, tmp_path) -> N
         save_screenshot(page, "group", tmp_path)
     finally:
         consumer.close()
-    page.goto(f"{dashboard.url}/#/groups")
-    page.wait_for_selector('#groups-list a[href="#/groups/billing"]')
     assert page.console_errors == []
+
+
+def test_group_offsets_reset_from_the_ui_after_a_dry_run(dashboard, page) -> None:
+    dashboard.ensure_topic("invoices", 1)
+    dashboard.produce("invoices", [{"value": {"n": i}} for i in range(20)])
+    consumer = member_that_read(dashboard, "audit", "invoices", 20)
+    consumer.commit({("invoices", 0): 20})
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/groups/audit")
+    page.wait_for_selector('#total-lag[data-lag="0"]')
+    page.select_option("#reset-to", "offset")
+    page.fill("#reset-offset", "12")
+    page.click("#reset-form button[type=submit]")
+    page.wait_for_selector("#reset-preview table")
+    assert "Dry run" in page.inner_text("#reset-preview")
+    page.click("#reset-execute")                                    # a member is active: refused, and said so
+    page.wait_for_selector("#reset-form .error:not([hidden])")
+    assert "member" in page.inner_text("#reset-form .error").lower()
+    consumer.close()
+    page.wait_for_function("document.querySelectorAll('#group-members tbody tr td.empty').length === 1")
+    page.click("#reset-form button[type=submit]")                   # preview again, then execute
+    page.wait_for_selector("#reset-execute:not([disabled])")
+    page.click("#reset-execute")
+    page.wait_for_selector('#total-lag[data-lag="8"]')
+    lags = dashboard.rest("GET", dashboard.v3("/consumer-groups/audit/lags")).json()["data"]
+    assert [(x["partition_id"], x["current_offset"]) for x in lags] == [(0, 12)]
+    page.click("#nav a[href='#/groups']")
+    row = page.wait_for_selector('#groups-list tr:has(a[href="#/groups/audit"])')
+    assert "8" in row.inner_text()
+    assert page.console_errors == [
+        e for e in page.console_errors if "409" in e and "reset-offsets" in e]  # only the refused execute
 
 
 def test_read_only_key_cannot_see_the_produce_form_or_admin_actions(dashboard, page) -> None:
