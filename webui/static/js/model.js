@@ -5,11 +5,11 @@
 //
 // Shapes understood (from the gateway's event hub and the monitor it relays):
 //   {type: "node", node, role, state, reason}          node health (gateway's own watcher)
-//   {kind: "health", node, role, state, previous, reason, ts_ms}   (monitor)
+//   {type: "node", kind: "health", node, role, state, previous, reason, ts_ms}   (monitor)
 //   {type: "status", ...} or {cluster: {...}, nodes: [...], rates: {...}}   monitor status
 //   {type: "metrics", rates|..._per_s, nodes?}           throughput
-//   {type|kind: "alert", rule|name, subject, state, message, started_ms, fired_ms, resolved_ms}
-//   {kind: "recovery", node, action, reason, ts_ms}       supervisor/monitor recovery events
+//   {type: "alert", name: "rule/subject", rule, subject, state, message, started_ms, fired_ms, resolved_ms}
+//   {type: "recovery", kind: "recovery", node, action, reason, ts_ms}   supervisor/monitor recoveries
 //   {type: "history", interval_ms, t: [...], series: {...}}
 // A message wrapping another under `event` or `data`, or an array of messages, is unwrapped.
 
@@ -108,8 +108,9 @@ function pushRates(tsMs, rates) {
 }
 
 function applyAlert(a, tsMs) {
-  const rule = a.rule || a.name || "alert";
-  const subject = a.subject || a.node || "cluster";
+  const [nameRule, nameSubject] = String(a.name || "").split("/");   // the monitor's name: "rule/subject"
+  const rule = a.rule || nameRule || "alert";
+  const subject = a.subject || nameSubject || a.node || "cluster";
   const key = `${rule}|${subject}`;
   const prev = model.alerts.get(key);
   const alert = {
@@ -150,7 +151,8 @@ export function apply(msg) {
   if (!msg || typeof msg !== "object") return;
   const inner = msg.event || (msg.data && !Array.isArray(msg.data) && typeof msg.data === "object" ? msg.data : null);
   if (inner && typeof inner === "object" && !msg.cluster) { apply({ ...inner, type: inner.type || inner.kind || msg.type }); return; }
-  const type = msg.type || msg.kind || (msg.cluster && msg.nodes ? "status" : "");
+  // the monitor's status, however the gateway labels it: cluster facts and a list of nodes
+  const type = msg.cluster && Array.isArray(msg.nodes) ? "status" : (msg.type || msg.kind || "");
   const ts = msg.ts_ms || msg.timestamp_ms || Date.now();
   model.lastMessageMs = Date.now();
   switch (type) {
