@@ -5,6 +5,8 @@ message browser and in the live tail."""
 from __future__ import annotations
 
 import json
+import math
+import time
 
 from tests.browser.conftest import login, new_page, save_screenshot
 from tests.harness import wait_until
@@ -158,4 +160,22 @@ def test_live_tail_buffers_are_bounded(dashboard, page) -> None:
     page.click("#tail-pause")
     page.wait_for_function("document.querySelectorAll('#tail-rows tr').length === 500")   # TAIL_ROWS_MAX
     assert page.get_attribute("#tail-rows tr:first-child", "data-offset") == "1199"
+    assert page.console_errors == []
+
+
+def test_message_browser_starts_at_a_time(dashboard, page) -> None:
+    dashboard.ensure_topic("timeline", 1)
+    dashboard.produce("timeline", [{"value": {"batch": "before", "n": i}} for i in range(7)])
+    boundary_s = math.ceil(time.time()) + 1        # a whole second (the time field has 1 s steps)
+    wait_until(lambda: time.time() >= boundary_s + 0.05, 5, what="the next second")
+    dashboard.produce("timeline", [{"value": {"batch": "after", "n": i}} for i in range(5)])
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/messages?topic=timeline")
+    page.wait_for_selector("#msg-results tbody tr td.num")
+    page.select_option("#msg-start", "time")
+    page.fill("#msg-time", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(boundary_s)))
+    page.click("#msg-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#msg-results tbody tr td:nth-child(2)')?.textContent === '7'")
+    assert page.locator("#msg-results tbody tr").count() == 5
+    assert '"after"' in page.inner_text("#msg-results tbody") and '"before"' not in page.inner_text("#msg-results tbody")
     assert page.console_errors == []
