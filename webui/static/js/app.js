@@ -34,7 +34,7 @@ function parseHash() {
   const [pathPart, queryPart = ""] = raw.split("?");
   const parts = pathPart.split("/").filter(Boolean).map(decodeURIComponent);
   const query = Object.fromEntries(new URLSearchParams(queryPart));
-  let name = parts[0] || "overview";
+  let name = parts[0] && parts[0] !== "login" ? parts[0] : "overview";   // logged in: #/login is the overview
   const params = {};
   if (name === "topics" && parts[1]) { name = "topic"; params.topic = parts[1]; }
   if (name === "groups" && parts[1]) { name = "group"; params.group = parts[1]; }
