@@ -10,6 +10,7 @@ import { card, clear, field, fmtNum, fmtTime, h, table } from "../ui.js";
 export const SCAN_RECORDS_MAX = 10000;      // a filter looks at most this many records per page
 const READ_COUNT_MAX = 500;                  // records per request (the gateway allows 1000)
 const SEARCH_STEPS_MAX = 64;                 // binary search for a timestamp: at most 2^64 offsets
+const PAGES_REMEMBERED_MAX = 1000;           // cursors kept for "previous page"
 
 async function readAt(topic, p, offset, count) {
   const rs = await get(`/topics/${enc(topic)}/partitions/${p}/records${qs({ offset, count, format: "binary" })}`);
@@ -132,6 +133,7 @@ export async function render(root, ctx) {
 
   async function go() {
     info.textContent = "loading…";
+    visited.length = 0;
     try {
       const all = state.partition === "all";
       const parts = all ? [...partitionSelect.options].slice(1).map((o) => Number(o.value)) : [Number(state.partition)];
@@ -151,12 +153,28 @@ export async function render(root, ctx) {
     }
   }
 
-  prev.addEventListener("click", () => {
-    const c = {};
-    for (const p of page.parts) c[p] = Math.max(page.b[p].begin, page.first[p] - page.per);
-    load(c, page.b).catch((e) => clear(resultEl, h("div.error", { role: "alert" }, e.message)));
-  });
-  next.addEventListener("click", () => load({ ...page.next }, page.b).catch((e) => clear(resultEl, h("div.error", { role: "alert" }, e.message))));
+  // pages visited forward, so "previous" returns exactly (a filtered page may have scanned far);
+  // past the first one visited, "previous" steps back a page size per partition
+  const visited = [];
+  async function step(forward) {
+    const b = await allBounds(state.topic);     // records may have arrived since
+    let c;
+    if (forward) {
+      visited.push(page.first);
+      if (visited.length > PAGES_REMEMBERED_MAX) visited.shift();
+      c = { ...page.next };
+    } else {
+      c = visited.pop();
+      if (!c) {
+        c = {};
+        for (const p of page.parts) c[p] = Math.max(b[p].begin, page.first[p] - page.per);
+      }
+    }
+    await load(c, b);
+  }
+  const onError = (e) => clear(resultEl, h("div.error", { role: "alert" }, e.message));
+  prev.addEventListener("click", () => step(false).catch(onError));
+  next.addEventListener("click", () => step(true).catch(onError));
 
   const { form, fillPartitions } = controls(state, topics, go);
   const partitionSelect = form.querySelector("#msg-partition");
