@@ -29,6 +29,7 @@ def test_index_is_served_without_a_key_with_a_same_origin_policy(client) -> None
     assert "script-src 'self'" in csp and "default-src 'self'" in csp
     assert r.headers["Cache-Control"] == "no-cache"
     assert b'type="module" src="/static/js/app.js"' in r.data
+    assert b'href="/docs"' in r.data          # the API documentation is one click away
 
 
 def test_modules_are_javascript_and_revalidated(client) -> None:
