@@ -48,6 +48,7 @@ CONSUMER_COMMIT = b"CI_COMMIT"
 CONSUMER_COMMITTED = b"CI_COMMITTED"
 CONSUMER_SEEK = b"CI_SEEK"
 CONSUMER_ASSIGNMENT = b"CI_ASSIGNMENT"
+CONSUMER_ASSIGN = b"CI_ASSIGN"    # explicit partitions instead of a subscription
 CONSUMER_DELETE = b"CI_DELETE"
 CONSUMER_LIST = b"CI_LIST"
 REPLICA_ACK = b"REPLICA_ACK"      # follower -> leader, one-way (no reply): my log end offset

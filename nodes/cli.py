@@ -4,6 +4,7 @@
     nodes/cli_topic.py    topic create|list|describe|alter|delete
     nodes/cli_data.py     produce, consume
     nodes/cli_group.py    group list|describe|reset-offsets|delete
+    nodes/cli_keys.py     keys add|list (gateway API keys)
     bench (loom bench)    in bench/cli.py
 
 Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,…``,
@@ -21,7 +22,8 @@ import click
 from fabric.config import ConfigError
 from fabric.errors import FabricError
 
-SUBCOMMAND_MODULES = ("nodes.cli_cluster", "nodes.cli_topic", "nodes.cli_data", "nodes.cli_group", "bench.cli")
+SUBCOMMAND_MODULES = ("nodes.cli_cluster", "nodes.cli_topic", "nodes.cli_data", "nodes.cli_group", "nodes.cli_keys",
+                      "bench.cli")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
+from fabric.apikeys import ensure_admin_key
 from fabric.config import ConfigError, LoomConfig, NodeConfig, load_config
 from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
 from fabric.errors import FabricError
@@ -60,6 +61,7 @@ def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None
         _run_one(cfg, node_name)
         return
     sup = launcher.Supervisor(cfg, cfg.source)
+    admin_key = _dev_admin_key(cfg)
     progress = _stderr_progress()
     try:
         if progress is not None:
@@ -70,7 +72,7 @@ def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None
     except KeyboardInterrupt:
         sup.stop_all()
         raise
-    print_summary(cfg, sup)
+    print_summary(cfg, sup, admin_key)
     sup.run()
     click.echo("loom: every node stopped", err=True)
 
@@ -83,7 +85,17 @@ def _run_one(cfg: LoomConfig, name: str) -> None:
     sys.exit(run_node(["-c", cfg.source, "--node", name]))
 
 
-def print_summary(cfg: LoomConfig, sup: launcher.Supervisor) -> None:
+def _dev_admin_key(cfg: LoomConfig) -> tuple[str, str] | None:
+    """(key, source) of the gateway's dev admin key, made on first start; None without a gateway."""
+    if not cfg.nodes_with_role("gateway"):
+        return None
+    try:
+        return ensure_admin_key(cfg.cluster.data_dir)
+    except (OSError, ValueError) as e:
+        raise FabricError(f"dev admin key: {e}") from e
+
+
+def print_summary(cfg: LoomConfig, sup: launcher.Supervisor, admin_key: tuple[str, str] | None = None) -> None:
     table = Table(title=f"Loom cluster {cfg.cluster.name!r}", title_justify="left", box=None, pad_edge=False)
     for col in ("NODE", "ROLE", "PORT", "PID", "STATE"):
         table.add_column(col)
@@ -98,12 +110,11 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor) -> None:
     out.print(f"{len(sup.children)} nodes running, {len(sup.unavailable)} {launcher.NOT_AVAILABLE}")
     gateways = cfg.nodes_with_role("gateway")
     for name, node in gateways.items():
-        url = f"http://{node.host}:{node.dashboard_port or node.port}/"
         note = "" if name in sup.children else "  (not yet running: no gateway in this build)"
-        out.print(f"dashboard: {url}{note}")
-    if cfg.security.api_keys:
-        key = cfg.security.api_keys[0]
-        out.print(f"API key:   {key.key}  ({key.name}: {', '.join(key.roles)})")
+        out.print(f"gateway:   http://{node.host}:{node.port}/  (REST, WebSocket; API docs at /docs){note}")
+        out.print(f"dashboard: http://{node.host}:{node.dashboard_port or node.port}/{note}")
+    if admin_key is not None:
+        out.print(f"API key:   {admin_key[0]}  (admin; from {admin_key[1]})")
     out.print(f"logs:      {launcher.log_path(cfg, 'NODE').parent}/NODE.log")
     out.print(f"stop:      Ctrl-C, or `loom down -c {cfg.source}`")
     sys.stdout.flush()

@@ -20,10 +20,12 @@ import yaml
 import zmq
 
 from fabric import protocol as P
+from fabric.apikeys import ROLES, hash_key
 from fabric.errors import RemoteError
 from fabric.rpc import BlockingClient
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_ADMIN_KEY = "test-admin-key"  # make_config's key with every role (only its hash is written)
 
 
 def free_ports(n: int) -> list[int]:
@@ -57,7 +59,7 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
                 extra_nodes: tuple[str, ...] = (), overrides: dict | None = None) -> Path:
     """Write a cluster config with free ports under ``tmp``; return its path."""
     roles = ["coordinator"] + [f"broker-{i}" for i in range(1, brokers + 1)] + list(extra_nodes)
-    ports = free_ports(2 * len(roles) + 1)
+    ports = free_ports(2 * len(roles) + 2)
     nodes: dict[str, dict] = {}
     for i, name in enumerate(roles):
         role = name.split("-")[0] if name.split("-")[0] in ("broker", "consumer") else name
@@ -66,6 +68,7 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
             node["broker_id"] = int(name.split("-")[1])
         if role == "gateway":
             node["dashboard_port"] = ports[-1]
+            node["control_port"] = ports[-2]
         nodes[name] = node
     cfg: dict[str, Any] = {
         "cluster": {"name": "test", "data_dir": str(tmp / "data")},
@@ -74,7 +77,7 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
         "topics": {"partitions": 3, "replication_factor": min(3, brokers), "min_insync_replicas": min(2, brokers)},
         "liveness": {"heartbeat_interval_ms": 200, "session_timeout_ms": 3000},
         "replication": {"replica_lag_time_max_ms": 2000},
-        "security": {"api_keys": [{"key": "test-admin-key", "name": "test", "roles": ["admin", "produce", "consume", "read"]}]},
+        "security": {"api_keys": [{"name": "test", "key_hash": hash_key(TEST_ADMIN_KEY), "roles": list(ROLES)}]},
     }
     for key, value in (overrides or {}).items():
         section = cfg.setdefault(key, {})
@@ -111,7 +114,8 @@ class Cluster:
         return list(self.raw["nodes"])
 
     def endpoint(self, name: str) -> str:
-        return f"tcp://127.0.0.1:{self.raw['nodes'][name]['port']}"
+        node = self.raw["nodes"][name]
+        return f"tcp://127.0.0.1:{node.get('control_port', node['port'])}"  # the gateway's port is HTTP
 
     @property
     def bootstrap(self) -> str:
