@@ -3,9 +3,12 @@ leader epoch, replicas, ISR), with a version number that only grows.
 
 Wire form (msgpack):
     {"version": int, "cluster": str,
+     "cluster_id": str,          # UUID made once with the coordinator's state ("" from old nodes)
+     "state_id": str,            # random per coordinator process: tells a restart from a reorder
+     "deleted_topic_ids": [str], # topics deleted explicitly (bounded): only these are removed
      "coordinator": "tcp://host:port",
      "brokers": [[broker_id, host, port, pub_port, alive], ...],
-     "topics": {name: {"configs": {k: v}, "partitions": [[leader, leader_epoch, replicas, isr], ...]}}}
+     "topics": {name: {"id": str, "configs": {k: v}, "partitions": [[leader, leader_epoch, replicas, isr], ...]}}}
 
 Immutable snapshots; thread-safe to share.
 """
@@ -56,6 +59,7 @@ class TopicInfo:
     name: str
     partitions: tuple[PartitionInfo, ...]
     configs: dict = field(default_factory=dict)
+    topic_id: str = ""  # UUID: a topic deleted and re-created with the same name is another topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,9 @@ class ClusterMetadata:
     brokers: dict[int, BrokerInfo]
     topics: dict[str, TopicInfo]
     coordinator: str = ""  # endpoint of the coordinator (producer ids, groups)
+    cluster_id: str = ""
+    state_id: str = ""
+    deleted_topic_ids: tuple[str, ...] = ()
 
     @classmethod
     def empty(cls) -> "ClusterMetadata":
@@ -93,14 +100,17 @@ class ClusterMetadata:
         for name, t in raw.get("topics", {}).items():
             parts = tuple(PartitionInfo(name, i, p[0], p[1], tuple(p[2]), tuple(p[3]))
                           for i, p in enumerate(t["partitions"]))
-            topics[name] = TopicInfo(name, parts, dict(t.get("configs", {})))
-        return cls(int(raw["version"]), raw.get("cluster", ""), brokers, topics, raw.get("coordinator", ""))
+            topics[name] = TopicInfo(name, parts, dict(t.get("configs", {})), str(t.get("id", "")))
+        return cls(int(raw["version"]), raw.get("cluster", ""), brokers, topics, raw.get("coordinator", ""),
+                   str(raw.get("cluster_id", "")), str(raw.get("state_id", "")),
+                   tuple(str(i) for i in raw.get("deleted_topic_ids", ())))
 
     def to_wire(self) -> dict:
         return {
             "version": self.version, "cluster": self.cluster, "coordinator": self.coordinator,
+            "cluster_id": self.cluster_id, "state_id": self.state_id, "deleted_topic_ids": list(self.deleted_topic_ids),
             "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in self.brokers.values()],
-            "topics": {n: {"configs": t.configs,
+            "topics": {n: {"id": t.topic_id, "configs": t.configs,
                            "partitions": [[p.leader, p.leader_epoch, list(p.replicas), list(p.isr)] for p in t.partitions]}
                        for n, t in self.topics.items()},
         }

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,18 @@ from fabric.metadata import ClusterMetadata, PartitionInfo
 from fabric.rpc import DEFER, RpcClient, make_socket
 from nodes.base import Node
 from nodes.broker.fetcher import ReplicaFetcher
+from nodes.broker.identity import VERSION_PERSIST_INTERVAL_MS, MetadataGuard
 from nodes.broker.parking import ParkedFetch, ParkedProduce, ParkingLot
 from nodes.broker.partition import Partition
+from nodes.broker.partition_dirs import PartitionDirs
 from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
 
 log = logging.getLogger(__name__)
 
 ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
+REGISTER_REFUSED_RETRY_MS = 2000  # a coordinator of another cluster: ask again, slowly
+STRAYS_SHOWN_MAX = 100  # in STATS
 
 
 class Broker(Node):
@@ -49,6 +52,9 @@ class Broker(Node):
         self.data_dir = config.data_dir_for(name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = config.storage_for(name)
+        self.dirs = PartitionDirs(self.data_dir, self.storage.engine)
+        self.guard = MetadataGuard(self.data_dir, self.broker_id)  # raises IdentityError
+        self.reactor.call_every(VERSION_PERSIST_INTERVAL_MS, self._persist_identity)
         self.limits = config.limits
         self.metadata = ClusterMetadata.empty()
         self.partitions: dict[tuple[str, int], Partition] = {}
@@ -86,22 +92,17 @@ class Broker(Node):
         self.reactor.call_later(0, self._register)
 
     # -- partitions on disk --------------------------------------------------------------------
-    def _partition_dir(self, topic: str, partition: int) -> Path:
-        return self.data_dir / f"{topic}-{partition}"
-
     def _open_existing_partitions(self) -> None:
-        for d in sorted(self.data_dir.iterdir()):
-            topic, _, p = d.name.rpartition("-")
-            if d.is_dir() and topic and p.isdigit():
-                self._open_partition(topic, int(p), {})
+        for topic, p in self.dirs.scan():
+            self._open_partition(topic, p, {})
+        self.dirs.report_other_engines()
 
-    def _open_partition(self, topic: str, partition: int, configs: dict) -> Partition:
+    def _open_partition(self, topic: str, partition: int, configs: dict, topic_id: str = "") -> Partition:
         key = (topic, partition)
         part = self.partitions.get(key)
         if part is not None:
             return part
-        d = self._partition_dir(topic, partition)
-        d.mkdir(parents=True, exist_ok=True)
+        d = self.dirs.engine_dir(key, topic_id)  # per-engine: its log and its epoch checkpoint
         engine_config = self.storage.engine_config(*self._retention(configs), self.limits.batch_bytes_max)
         engine = open_engine(self.storage.engine, str(d / "log"), engine_config)
         if engine.recovery.truncated_bytes:
@@ -122,11 +123,33 @@ class Broker(Node):
         disk at start-up did not know them yet: engines read retention from their config."""
         part.engine.config.retention_ms, part.engine.config.retention_bytes = self._retention(configs)
 
-    def _drop_partition(self, key: tuple[str, int]) -> None:
-        self.parking.fail_partition(key, P.UNKNOWN_TOPIC_OR_PARTITION, self.server)  # topic deleted
-        part = self.partitions.pop(key)
-        part.close()
-        shutil.rmtree(self._partition_dir(*key), ignore_errors=True)
+    def _retire_partition(self, key: tuple[str, int], deleted_topic_ids: tuple[str, ...]) -> None:
+        """Stop serving a replica the metadata no longer has (or has under another topic id):
+        delete it if its topic id was deleted explicitly, else set its directory aside."""
+        self.parking.fail_partition(key, P.UNKNOWN_TOPIC_OR_PARTITION, self.server)
+        part = self.partitions.pop(key, None)
+        if part is not None:
+            part.close()
+        topic_id = self.dirs.topic_id(key)
+        if topic_id and topic_id in deleted_topic_ids:
+            self.dirs.delete(key)
+            log.info("%s-%d: deleted (topic id %s was deleted)", key[0], key[1], topic_id)
+        else:
+            log.warning("%s-%d: topic id %s is not in the metadata and was not deleted: set aside as %s (kept, "
+                        "not served)", key[0], key[1], topic_id or "(none)", self.dirs.set_aside(key))
+
+    def _is_other_topic(self, key: tuple[str, int], md: ClusterMetadata) -> bool:
+        """True if the replica we hold belongs to no topic of ``md``: its name is gone, or the
+        topic of that name has another id (deleted and re-created). A directory without an id
+        (written before topic ids) takes the id of the topic of its name."""
+        topic = md.topics.get(key[0])
+        if topic is None:
+            return True
+        held = self.dirs.topic_id(key)
+        if not held and topic.topic_id and self.dirs.path(key).exists():
+            self.dirs.set_topic_id(key, topic.topic_id)
+            return False
+        return bool(held and topic.topic_id and held != topic.topic_id)
 
     # -- metadata ---------------------------------------------------------------------------
     def _register(self) -> None:
@@ -134,12 +157,16 @@ class Broker(Node):
         ours is already accounted for) is the first metadata we act on."""
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
             if header is None:
-                self.reactor.call_later(200, self._register)
+                refused = err is not None and err.code == P.INCONSISTENT_CLUSTER_ID
+                self.guard.registration_refused(err.message if refused else "")  # type: ignore[union-attr]
+                self.reactor.call_later(REGISTER_REFUSED_RETRY_MS if refused else 200, self._register)
                 return
             self._registered = True
+            self.guard.registration_refused("")
             log.info("registered with the coordinator as broker %d (incarnation %s)", self.broker_id, self.incarnation)
             self.apply_metadata(header["metadata"])
-        self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation},
+        self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation,
+                                                     "cluster_id": self.guard.cluster_id},
                                  callback=done, timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 
     def _request_metadata(self) -> None:
@@ -165,6 +192,8 @@ class Broker(Node):
 
     def apply_metadata(self, raw: dict) -> None:
         md = ClusterMetadata.from_wire(raw)
+        if not self.guard.admit(md):  # another cluster's, or an older state's: keep what we have
+            return
         if md.version <= self.metadata.version:
             return
         self.metadata = md
@@ -174,11 +203,15 @@ class Broker(Node):
             if self.broker_id not in info.replicas:
                 continue
             mine.add((info.topic, info.partition))
-            part = self._open_partition(info.topic, info.partition, md.topics[info.topic].configs)
+            if (info.topic, info.partition) in self.partitions and self._is_other_topic((info.topic, info.partition), md):
+                self._retire_partition((info.topic, info.partition), md.deleted_topic_ids)
+            part = self._open_partition(info.topic, info.partition, md.topics[info.topic].configs,
+                                        md.topics[info.topic].topic_id)
             self._apply_topic_configs(part, md.topics[info.topic].configs)
             self._apply_partition_state(part, info, now)
-        for key in [k for k in self.partitions if k not in mine and k[0] not in md.topics]:
-            self._drop_partition(key)
+        for key in [k for k in self.partitions if k not in mine and self._is_other_topic(k, md)]:
+            self._retire_partition(key, md.deleted_topic_ids)
+        self.dirs.delete_strays(md.deleted_topic_ids)
         self._sync_fetchers()
         self.repl_sub.sync()
         self._dirty = True
@@ -461,6 +494,12 @@ class Broker(Node):
             except EngineError as e:
                 log.error("%s-%d retention failed: %s", key[0], key[1], e)
 
+    def _persist_identity(self) -> None:
+        try:
+            self.guard.persist()
+        except OSError as e:
+            log.error("cannot write %s: %s", self.guard.path, e)
+
     def _flush_due(self) -> None:
         now = self.clock.now_ms()
         for part in self.partitions.values():
@@ -472,7 +511,10 @@ class Broker(Node):
     # -- stats / lifecycle ------------------------------------------------------------------
     def heartbeat_fields(self) -> dict[str, Any]:
         return dict(super().heartbeat_fields(), broker_id=self.broker_id, incarnation=self.incarnation,
-                    metadata_version=self.metadata.version)
+                    metadata_version=self.metadata.version, cluster_id=self.guard.cluster_id)
+
+    def _on_ping(self, req: wire.Request) -> dict:
+        return dict(super()._on_ping(req), engine=self.storage.engine)
 
     def stats(self) -> dict[str, Any]:
         parts = []
@@ -484,7 +526,10 @@ class Broker(Node):
         return {"broker_id": self.broker_id, "engine": self.storage.engine, "partitions": parts,
                 "parked": self.parking.size, "metadata_version": self.metadata.version,
                 "fetchers": [f.stats() for f in self.fetchers.values()],
-                "disk": _disk_usage(self.data_dir)}
+                "disk": _disk_usage(self.data_dir), "cluster_id": self.guard.cluster_id,
+                "metadata_refused": self.guard.last_refusal, "strays": len(self.dirs.strays),
+                "stray_partitions": sorted(self.dirs.strays)[:STRAYS_SHOWN_MAX],
+                "other_engine_data": dict(self.dirs.other_engines)}
 
     def close(self) -> None:
         for f in self.fetchers.values():
@@ -495,6 +540,7 @@ class Broker(Node):
                 part.close()
             except EngineError as e:
                 log.error("close %s-%d: %s", part.topic, part.partition, e)
+        self._persist_identity()
         self.coordinator.close()
         self.sub.close(0)
         super().close()
