@@ -167,18 +167,19 @@ def status(config: str | None, bootstrap: str | None) -> None:
                 if replies[n] and c.role in ("coordinator", "broker")]
         md = _metadata(parse_bootstrap(bootstrap) if bootstrap else live)
     table = Table(box=None, pad_edge=False)
-    for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS"):
+    for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS", "ENGINE"):
         table.add_column(col)
     down_count = 0
     for name, node in nodes.items():
         if name not in available:
-            table.add_row(name, node.role, f"{node.host}:{node.port}", launcher.NOT_AVAILABLE, "-", "-", "-")
+            table.add_row(name, node.role, f"{node.host}:{node.port}", launcher.NOT_AVAILABLE, "-", "-", "-", "")
             continue
         r = replies[name]
         down_count += r is None
         leads = _leads(md, node.broker_id) if node.role == "broker" else ""
+        engine = (r.get("engine") or "-" if r else "-") if node.role == "broker" else ""  # a swap shows here
         table.add_row(name, node.role, f"{node.host}:{node.port}", "up" if r else "down",
-                      str(r["pid"]) if r else "-", format_uptime(r.get("uptime_ms")) if r else "-", leads)
+                      str(r["pid"]) if r else "-", format_uptime(r.get("uptime_ms")) if r else "-", leads, engine)
     out = _stdout()
     out.print(table)
     if md is None:

@@ -7,12 +7,15 @@ engine's data says so in one line, and PING (``loom status``) shows its engine.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 
 import pytest
 
 from fabric.client import Admin, Producer
-from tests.harness import Cluster, wait_until
+from tests.harness import ROOT, Cluster, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -73,6 +76,9 @@ def test_engine_swap_and_back_settles_without_a_truncation_loop(cluster_factory,
         monkeypatch.setenv("LOOM_STORAGE__ENGINE", "lmdb")
         _restart(c, admin)
         assert c.ping("broker-1").get("engine") == "lmdb"
+        status = subprocess.run([sys.executable, "-m", "nodes.cli", "status", "-c", str(c.config_path)],
+                                capture_output=True, text=True, cwd=str(ROOT), timeout=60).stdout
+        assert re.search(r"^broker-1\s.*\blmdb\s*$", status, re.M), status
         swap_line = "hold data of storage engine segment"
         assert all(swap_line in (c.log_dir / f"{b}.log").read_text() for b in c.broker_names())
         # a few records, not to every partition (as a user tries it): the partitions left
