@@ -16,7 +16,7 @@ Immutable snapshots; thread-safe to share.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +86,16 @@ class ClusterMetadata:
         if t is None or not 0 <= partition < len(t.partitions):
             return None
         return t.partitions[partition]
+
+    def topic_ids_of(self, topics: Iterable[str]) -> dict[str, str]:
+        """{name: topic id} of the known ``topics`` that have one: requests carry it so that a
+        broker holding a deleted topic of the same name refuses them (retriably)."""
+        out = {}
+        for name in topics:
+            t = self.topics.get(name)
+            if t is not None and t.topic_id:
+                out[name] = t.topic_id
+        return out
 
     def leader_endpoint(self, topic: str, partition: int) -> str | None:
         p = self.partition(topic, partition)

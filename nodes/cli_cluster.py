@@ -182,6 +182,7 @@ def status(config: str | None, bootstrap: str | None) -> None:
                       str(r["pid"]) if r else "-", format_uptime(r.get("uptime_ms")) if r else "-", leads, engine)
     out = _stdout()
     out.print(table)
+    _print_broker_warnings(out, {n: r for n, r in replies.items() if r and nodes[n].role == "broker"})
     if md is None:
         out.print("partitions: unknown (no metadata: is the coordinator up?)")
     else:
@@ -193,6 +194,15 @@ def status(config: str | None, bootstrap: str | None) -> None:
     sys.stdout.flush()
     if down_count:
         sys.exit(1)
+
+
+def _print_broker_warnings(out: Console, replies: dict[str, dict]) -> None:
+    """What a broker keeps but does not serve: refused metadata, stray partition directories."""
+    for name, r in replies.items():
+        if r.get("metadata_refused"):
+            out.print(f"{name}: {r['metadata_refused']}")
+        if r.get("strays"):
+            out.print(f"{name}: {r['strays']} partition directories set aside as *.stray (kept; STATS lists them)")
 
 
 def _print_supervisor(out: Console, config: str | None) -> None:

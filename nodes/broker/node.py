@@ -138,6 +138,21 @@ class Broker(Node):
             log.warning("%s-%d: topic id %s is not in the metadata and was not deleted: set aside as %s (kept, "
                         "not served)", key[0], key[1], topic_id or "(none)", self.dirs.set_aside(key))
 
+    def is_other_topic_id(self, key: tuple[str, int], topic_id: Any) -> bool:
+        """True if a peer names this partition's topic by another id than our replica's: one of
+        us has metadata from before the topic was deleted and re-created."""
+        if not isinstance(topic_id, str) or not topic_id:
+            return False
+        held = self.dirs.topic_id(key)
+        return bool(held) and held != topic_id
+
+    def _request_topic_id_differs(self, req: wire.Request, tp: Any) -> bool:
+        ids = req.header.get("topic_ids")
+        if not isinstance(ids, dict) or not isinstance(tp, (list, tuple)) or len(tp) < 2 \
+                or not isinstance(tp[0], str) or not isinstance(tp[1], int) or (tp[0], tp[1]) not in self.partitions:
+            return False
+        return self.is_other_topic_id((tp[0], tp[1]), ids.get(tp[0]))
+
     def _is_other_topic(self, key: tuple[str, int], md: ClusterMetadata) -> bool:
         """True if the replica we hold belongs to no topic of ``md``: its name is gone, or the
         topic of that name has another id (deleted and re-created). A directory without an id
@@ -275,7 +290,8 @@ class Broker(Node):
             res: list = [None] * len(req.payloads)
             results.append(res)
             for pi, (tp, data) in enumerate(zip(req.header["parts"], req.payloads)):
-                err = self._produce_precheck(tp, req.header.get("acks", 1))
+                err = [-1, P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]} here is another topic of that name"] \
+                    if self._request_topic_id_differs(req, tp) else self._produce_precheck(tp, req.header.get("acks", 1))
                 if err is not None:
                     res[pi] = err
                 else:
@@ -347,6 +363,10 @@ class Broker(Node):
         budget = min(max(req.header.get("max_bytes", self.limits.fetch_bytes_max), 1), self.limits.fetch_bytes_max)
         out, payloads, total = [], [], 0
         for tp in req.header["parts"]:
+            if self._request_topic_id_differs(req, tp):  # another topic of that name: refresh, retry
+                out.append([tp[0], tp[1], P.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1, None])
+                payloads.append(b"")
+                continue
             entry, data = self._fetch_one(tp, replica_id, now_ms, budget - total)
             out.append(entry)
             payloads.append(data)
@@ -425,7 +445,7 @@ class Broker(Node):
                 out.append([None, None, P.MALFORMED_REQUEST, -1])
                 continue
             part = self.partitions.get((tp[0], tp[1]))
-            if part is None:
+            if part is None or self._request_topic_id_differs(req, tp):
                 out.append([tp[0], tp[1], P.UNKNOWN_TOPIC_OR_PARTITION, -1])
             elif not part.is_leader:
                 out.append([tp[0], tp[1], P.NOT_LEADER, -1])
@@ -514,7 +534,8 @@ class Broker(Node):
                     metadata_version=self.metadata.version, cluster_id=self.guard.cluster_id)
 
     def _on_ping(self, req: wire.Request) -> dict:
-        return dict(super()._on_ping(req), engine=self.storage.engine)
+        return dict(super()._on_ping(req), engine=self.storage.engine, strays=len(self.dirs.strays),
+                    metadata_refused=self.guard.last_refusal)
 
     def stats(self) -> dict[str, Any]:
         parts = []

@@ -47,7 +47,8 @@ class ReplicationPublisher:
         for buf, off in zip(batches, base_offsets):
             B.set_base_offset(buf, off)
         header = {"node": self.broker.name, "topic": part.topic, "partition": part.partition,
-                  "epoch": part.leader_epoch, "hw": part.high_watermark, "leo": part.log_end_offset}
+                  "epoch": part.leader_epoch, "hw": part.high_watermark, "leo": part.log_end_offset,
+                  "topic_id": self.broker.dirs.topic_id((part.topic, part.partition))}
         self.broker.publish(P.replica_topic(part.topic, part.partition), P.PUB_REPLICA, header, batches)
 
     def heartbeat(self) -> None:
@@ -113,6 +114,8 @@ class ReplicationSubscriber:
         part = self.broker.partitions.get(key)
         if part is None or part.role != "follower" or epoch != part.leader_epoch:
             return  # not ours, or a stale (or not yet known) epoch
+        if h.get("topic_id") and self.broker.is_other_topic_id(key, h["topic_id"]):
+            return  # a leader still holding a deleted topic of this name
         fetcher = self.broker.fetchers.get(part.leader_id)
         if fetcher is None:
             return

@@ -6,13 +6,16 @@ their partition directories. Restoring the coordinator's state brings the cluste
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fabric.client import Admin, Producer
-from tests.harness import Cluster, wait_until
+from tests.harness import ROOT, Cluster, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,6 +62,9 @@ def test_brokers_keep_partitions_across_a_coordinator_restart_from_an_empty_data
             refused = c.stats(b).get("metadata_refused") or ""
             assert "cluster" in refused, f"{b}: {refused!r}"
         assert c.stats("broker-2")["partitions"], "a running broker keeps serving what it has"
+        status = subprocess.run([sys.executable, "-m", "nodes.cli", "status", "-c", str(c.config_path)],
+                                capture_output=True, text=True, cwd=str(ROOT), timeout=60).stdout
+        assert re.search(r"^broker-2: refusing metadata from a coordinator of cluster", status, re.M), status
 
         # recovery: put the coordinator's state back; the brokers take its metadata again
         c.stop("coordinator")

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fabric.config import load_config
 from fabric.metadata import ClusterMetadata
 from nodes.broker.identity import IdentityError, MetadataGuard
-from nodes.broker.node import Broker
 from nodes.coordinator.store import DELETED_TOPIC_IDS_MAX, ClusterState, StateStore, TopicState
-from tests.harness import make_config
-from tests.unit.test_topic_ids import CLUSTER, OLD_ID, md
+from tests.unit.test_topic_ids import CLUSTER, OLD_ID, md, new_broker
 
 OTHER_CLUSTER = "dddddddd-dddd-4ddd-8ddd-dddddddddddd"
 
@@ -25,16 +22,15 @@ def _guard_sees(guard: MetadataGuard, version: int, state_id: str = "s1", cluste
 
 
 def test_a_broker_refuses_another_clusters_coordinator_and_keeps_its_partitions(tmp_path: Path) -> None:
-    config = load_config(make_config(tmp_path, brokers=1), environ={})
-    b = Broker(config, "broker-1")
+    b = new_broker(tmp_path)
     try:
         b.apply_metadata(md(1, {"t": OLD_ID}))
         assert b.guard.cluster_id == CLUSTER
     finally:
         b.close()
-    props = (config.data_dir_for("broker-1") / "meta.properties").read_text()
+    props = (tmp_path / "data" / "broker-1" / "meta.properties").read_text()
     assert f"cluster.id={CLUSTER}" in props and "broker.id=1" in props
-    b = Broker(config, "broker-1")  # restarted; the coordinator lost its state: a new cluster id
+    b = new_broker(tmp_path)  # restarted; the coordinator lost its state: a new cluster id
     try:
         b.apply_metadata(md(1, {}, cluster_id=OTHER_CLUSTER, state_id="s2"))
         assert b.metadata.version == -1

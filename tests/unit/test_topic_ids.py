@@ -31,14 +31,15 @@ def md(version: int, topics: dict[str, str], deleted: tuple[str, ...] = (), clus
                        for name, tid in topics.items()}}
 
 
-@pytest.fixture
-def data_config(tmp_path: Path):  # noqa: ANN201
-    return load_config(make_config(tmp_path, brokers=1), environ={})
+def new_broker(tmp_path: Path) -> Broker:
+    """Broker 1 on ``tmp_path/data``, on fresh ports each time (a restart must not wait for
+    the previous process's ports to be released)."""
+    return Broker(load_config(make_config(tmp_path, brokers=1), environ={}), "broker-1")
 
 
 @pytest.fixture
-def broker(data_config) -> Iterator[Broker]:  # noqa: ANN001
-    b = Broker(data_config, "broker-1")
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = new_broker(tmp_path)
     yield b
     b.close()
 
@@ -90,21 +91,21 @@ def test_an_explicit_delete_removes_the_partition_directory(broker: Broker) -> N
     assert [p.name for p in broker.data_dir.iterdir() if p.is_dir()] == []
 
 
-def test_an_unknown_directory_found_at_start_is_set_aside_and_stays_reported(data_config) -> None:  # noqa: ANN001
-    b = Broker(data_config, "broker-1")
+def test_an_unknown_directory_found_at_start_is_set_aside_and_stays_reported(tmp_path: Path) -> None:
+    b = new_broker(tmp_path)
     try:
         b.apply_metadata(md(1, {"t": OLD_ID, "u": NEW_ID}))
         _write(b, "t", 2)
     finally:
         b.close()
-    b = Broker(data_config, "broker-1")  # restarted: both directories are opened from disk
+    b = new_broker(tmp_path)  # restarted: both directories are opened from disk
     try:
         assert {("t", 0), ("u", 0)} <= set(b.partitions)
         b.apply_metadata(md(2, {"u": NEW_ID}))
         assert set(b.partitions) == {("u", 0)}
     finally:
         b.close()
-    b = Broker(data_config, "broker-1")  # the stray is not opened again, and still reported
+    b = new_broker(tmp_path)  # the stray is not opened again, and still reported
     try:
         assert set(b.partitions) == {("u", 0)}
         assert b.stats()["stray_partitions"] == [f"t-0.{OLD_ID}.stray"]
@@ -112,14 +113,14 @@ def test_an_unknown_directory_found_at_start_is_set_aside_and_stays_reported(dat
         b.close()
 
 
-def test_a_directory_from_before_topic_ids_takes_the_id_of_its_topic(data_config) -> None:  # noqa: ANN001
+def test_a_directory_from_before_topic_ids_takes_the_id_of_its_topic(tmp_path: Path) -> None:
     """The layout before ids: <topic>-<p>/log and the epoch checkpoint beside it."""
-    d = data_config.data_dir_for("broker-1") / "t-0"
+    d = tmp_path / "data" / "broker-1" / "t-0"
     engine = SegmentEngine(str(d / "log"), EngineConfig(fsync="always"))
     engine.append(build_batch([(1_700_000_000_000, None, b"old", None)]))
     engine.close()
     (d / "leader-epoch-checkpoint").write_text("0 0\n")
-    b = Broker(data_config, "broker-1")
+    b = new_broker(tmp_path)
     try:
         assert (d / "segment" / "log").is_dir() and not (d / "log").exists()
         assert (d / "segment" / "leader-epoch-checkpoint").read_text() == "0 0\n"
