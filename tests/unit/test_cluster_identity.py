@@ -93,3 +93,29 @@ def test_deleted_topic_ids_are_kept_bounded_and_saved(tmp_path: Path) -> None:
     assert len(loaded.deleted_topic_ids) == DELETED_TOPIC_IDS_MAX
     assert loaded.deleted_topic_ids[-1] == f"id-{DELETED_TOPIC_IDS_MAX + 4}"
     assert loaded.topics["t"].topic_id == state.topics["t"].topic_id
+
+
+def test_recovery_paths_for_an_operator(tmp_path: Path) -> None:
+    """docs/replication.md: deleting `metadata.version` accepts an older state; deleting
+    meta.properties joins a new cluster, and the partitions it does not know are set aside."""
+    b = new_broker(tmp_path)
+    try:
+        b.apply_metadata(md(9, {"t": OLD_ID}))
+    finally:
+        b.close()
+    props = tmp_path / "data" / "broker-1" / "meta.properties"
+    props.write_text("".join(ln + "\n" for ln in props.read_text().splitlines() if not ln.startswith("metadata.version")))
+    b = new_broker(tmp_path)
+    try:
+        b.apply_metadata(md(3, {"t": OLD_ID}, state_id="old-copy"))
+        assert b.metadata.version == 3 and b.partitions[("t", 0)].is_leader
+    finally:
+        b.close()
+    props.unlink()
+    b = new_broker(tmp_path)
+    try:
+        b.apply_metadata(md(0, {}, cluster_id=OTHER_CLUSTER, state_id="new"))
+        assert b.guard.cluster_id == OTHER_CLUSTER and b.partitions == {}
+        assert b.stats()["stray_partitions"] == [f"t-0.{OLD_ID}.stray"]
+    finally:
+        b.close()
