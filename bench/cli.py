@@ -17,16 +17,8 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help
 
 
 def _run(module: str, args: list[str]) -> None:
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        raise click.ClickException(f"{module} is not available in this installation") from None
-    main = getattr(mod, "main", None)
-    if main is None:
-        raise click.ClickException(f"{module} has no main()")
-    sys.exit(main(list(args)) or 0)
+    # imported when asked for: the benchmark modules pull in more than `loom --help` needs
+    sys.exit(importlib.import_module(module).main(list(args)) or 0)
 
 
 @click.group()
@@ -53,6 +45,13 @@ def cluster(args: tuple[str, ...]) -> None:
 def failover(args: tuple[str, ...]) -> None:
     """Time from a leader's SIGKILL to the first acks=all write on the new leader (python -m bench.failover)."""
     _run("bench.failover", list(args))
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def monitor(args: tuple[str, ...]) -> None:
+    """Produce throughput with and without the monitor, and its RSS (python -m bench.monitor)."""
+    _run("bench.monitor", list(args))
 
 
 COMMANDS = [bench]

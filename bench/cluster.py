@@ -35,7 +35,7 @@ import msgpack
 import zmq
 
 from fabric.client import Admin, Consumer, Producer
-from tests.harness import Cluster, free_ports, make_config
+from nodes.local_cluster import Cluster, free_ports, make_config
 
 FRAME_RECORDS = 1000
 BASELINE_WINDOW = 16          # frames in flight in the baseline (the producer pipelines too)

@@ -44,7 +44,7 @@ from functools import partial
 from pathlib import Path
 
 from fabric.client import Admin, Producer
-from tests.harness import Cluster, make_config, wait_until
+from nodes.local_cluster import Cluster, make_config, wait_until
 
 TOPIC = "failover"
 PARTITIONS = 3

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from engines.errors import LoomError
+
 FSYNC_ALWAYS = "always"
 FSYNC_INTERVAL = "interval"
 FSYNC_NEVER = "never"
@@ -24,7 +26,7 @@ FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
 OFFSET_LIMIT = 1 << 63  # offsets are signed 64-bit in the batch header: 0 <= offset < this
 
 
-class EngineError(Exception):
+class EngineError(LoomError):
     """Root of every error raised by an engine."""
 
 
@@ -160,11 +162,14 @@ class Engine(Protocol):
         ...
 
     def apply_retention(self, now_ms: int) -> int:
-        """Delete what retention_ms / retention_bytes allow; returns the bytes deleted."""
+        """Delete what retention_ms / retention_bytes allow; returns the bytes deleted. Time
+        retention judges a batch (segment engine: a segment) by the largest timestamp it
+        holds, never by its last one: timestamps may go down along a log."""
         ...
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
-        """Base offset of the first batch whose last_timestamp_ms >= timestamp_ms, or None."""
+        """Base offset of the first batch whose largest timestamp (``BatchHeader.max_timestamp_ms``,
+        the larger of its first and last) is >= timestamp_ms, or None."""
         ...
 
     def flush(self) -> None:

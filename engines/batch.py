@@ -12,7 +12,7 @@ packed records, see ``fabric.records``) is opaque to them. All integers are big-
     21      2     attributes           low 3 bits: compression codec
     23      4     record_count
     27      8     first_timestamp_ms
-    35      8     last_timestamp_ms
+    35      8     last_timestamp_ms    the batch's largest timestamp (Loom's client writes Kafka's maxTimestamp)
     43      8     producer_id          -1 when not idempotent
     51      2     producer_epoch
     53      4     base_sequence        -1 when not idempotent
@@ -31,6 +31,8 @@ from typing import Iterator
 
 import crc32c as _crc32c
 
+from engines.errors import LoomError
+
 BATCH_MAGIC = 1
 HEADER = struct.Struct(">qiibIhiqqqhi")
 HEADER_BYTES = HEADER.size  # 57
@@ -48,7 +50,7 @@ _LEADER_EPOCH = struct.Struct(">i")
 _PREFIX = struct.Struct(">qi")
 
 
-class BatchError(ValueError):
+class BatchError(LoomError, ValueError):
     """A batch is malformed or its CRC does not match (an operating error: reject or cut it)."""
 
 
@@ -78,6 +80,12 @@ class BatchHeader:
     @property
     def next_offset(self) -> int:
         return self.base_offset + self.record_count
+
+    @property
+    def max_timestamp_ms(self) -> int:
+        """The largest timestamp the header shows (records may be out of order: a late or
+        clock-skewed record can end a batch). Retention and timestamp lookups use this."""
+        return max(self.first_timestamp_ms, self.last_timestamp_ms)
 
     @property
     def compression(self) -> int:

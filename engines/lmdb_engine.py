@@ -193,7 +193,7 @@ class LmdbEngine:
         self._check_open()
         with self._env.begin(buffers=True) as txn:
             for _, header in self._headers(txn):
-                if header.last_timestamp_ms >= timestamp_ms:
+                if header.max_timestamp_ms >= timestamp_ms:
                     return header.base_offset
         return None
 
@@ -277,7 +277,7 @@ class LmdbEngine:
             return 0
 
         def should_delete(h: BatchHeader, size_bytes: int) -> bool:
-            expired = retention_ms >= 0 and h.last_timestamp_ms < now_ms - retention_ms
+            expired = retention_ms >= 0 and h.max_timestamp_ms < now_ms - retention_ms
             return expired or (retention_bytes >= 0 and size_bytes - h.size_bytes >= retention_bytes)
 
         return self._delete_first_where(should_delete)

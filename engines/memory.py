@@ -95,7 +95,7 @@ class MemoryEngine:
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         self._check_open()
         for h in self._headers:
-            if h.last_timestamp_ms >= timestamp_ms:
+            if h.max_timestamp_ms >= timestamp_ms:
                 return h.base_offset
         return None
 
@@ -147,7 +147,7 @@ class MemoryEngine:
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
         while count < len(self._headers) - 1:
             h = self._headers[count]
-            expired = retention_ms >= 0 and h.last_timestamp_ms < now_ms - retention_ms
+            expired = retention_ms >= 0 and h.max_timestamp_ms < now_ms - retention_ms
             oversize = retention_bytes >= 0 and size_bytes - h.size_bytes >= retention_bytes
             if not (expired or oversize):
                 break

@@ -10,7 +10,8 @@ Durability: fsync ``always`` = one fdatasync at the end of append/append_many (g
 segments and indexes and moves the recovery checkpoint.
 
 Retention and delete_before work on whole segments and never delete the active one.
-offset_for_timestamp assumes batch timestamps do not go down from one segment to the next.
+Time retention and offset_for_timestamp use each segment's largest timestamp (timestamps may
+go down along the log), known from appends or found by one header walk of the segment.
 
 Not thread-safe: one owner (the broker reactor) calls it.
 """
@@ -233,23 +234,27 @@ class SegmentEngine:
             if old is not self._active:
                 old.close_fd()
 
-    def _last_timestamp_ms(self, seg: LogSegment) -> int | None:
-        if seg.last_timestamp_ms is None and seg.size_bytes:
-            self._ensure_index(seg)
-            seg.load_tail()
-        return seg.last_timestamp_ms
+    def _max_timestamp_ms(self, seg: LogSegment) -> int | None:
+        """The largest timestamp in ``seg`` (see LogSegment.load_max_timestamp)."""
+        try:
+            found = seg.load_max_timestamp()
+        except IndexDamaged as e:
+            raise CorruptBatch(f"segment {seg.log_path} is damaged: {e}") from e
+        self._touch(seg)
+        return found
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
-        """Base offset of the first batch with last_timestamp_ms >= timestamp_ms, or None.
-        Cost: one summary per segment plus a header walk of the one segment that matches."""
+        """Base offset of the first batch whose largest timestamp (BatchHeader.max_timestamp_ms)
+        is >= timestamp_ms, or None. Cost: the largest timestamp of each segment before the
+        match (known, or one header walk per segment and process) plus a header walk of the
+        segment that matches."""
         self._check_open()
         for seg in self._segments:
-            last = self._last_timestamp_ms(seg)
-            if last is None or last < timestamp_ms:
+            largest = self._max_timestamp_ms(seg)
+            if largest is None or largest < timestamp_ms:
                 continue
-            self._touch(seg)
             for _, header in seg.iter_headers(0, seg.base_offset):
-                if header.last_timestamp_ms >= timestamp_ms:
+                if header.max_timestamp_ms >= timestamp_ms:
                     return header.base_offset
         return None
 
@@ -342,15 +347,18 @@ class SegmentEngine:
         return self.log_start_offset
 
     def apply_retention(self, now_ms: int) -> int:
-        """Delete the oldest segments past retention_ms (by their last batch's
-        last_timestamp_ms) or past retention_bytes; returns bytes deleted."""
+        """Delete the oldest segments past retention_ms (judged by the largest timestamp in
+        the segment, as Kafka's maxTimestamp: a late record ending a segment does not expire
+        fresher records before it) or past retention_bytes; returns bytes deleted."""
         self._check_open()
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
         count, size_bytes = 0, self._size_bytes
         while count < len(self._segments) - 1:
             seg = self._segments[count]
-            last = self._last_timestamp_ms(seg)
-            expired = retention_ms >= 0 and last is not None and last < now_ms - retention_ms
+            expired = False
+            if retention_ms >= 0:
+                largest = self._max_timestamp_ms(seg)
+                expired = largest is not None and largest < now_ms - retention_ms
             oversize = retention_bytes >= 0 and size_bytes - seg.size_bytes >= retention_bytes
             if not (expired or oversize):
                 break

@@ -71,6 +71,9 @@ class LogSegment:
         self.next_offset = base_offset
         self.first_timestamp_ms: int | None = None  # first batch's; None: not read yet
         self.last_timestamp_ms: int | None = None  # last batch's; None: not read yet
+        # the largest timestamp of any batch (Kafka's maxTimestamp; timestamps may go down
+        # along a log); None: not known since open or a cut (see load_max_timestamp)
+        self.max_timestamp_ms: int | None = None
         self.dirty = False  # holds data not yet fsynced
         self._bytes_since_index_entry = 0
         self._fd = -1
@@ -127,6 +130,9 @@ class LogSegment:
             self._bytes_since_index_entry += total
         if position == 0:
             self.first_timestamp_ms = first_timestamp_ms
+            self.max_timestamp_ms = max(first_timestamp_ms, last_timestamp_ms)
+        elif self.max_timestamp_ms is not None:
+            self.max_timestamp_ms = max(self.max_timestamp_ms, first_timestamp_ms, last_timestamp_ms)
         self.size_bytes = position + total
         self.next_offset = offset + record_count
         self.last_timestamp_ms = last_timestamp_ms
@@ -234,6 +240,19 @@ class LogSegment:
         if self.size_bytes and self.first_timestamp_ms is None:
             self.first_timestamp_ms = self.read_header(0).first_timestamp_ms
 
+    def load_max_timestamp(self) -> int | None:
+        """The largest timestamp in the segment (None when empty): tracked by appends once
+        known, else found by one walk of every header (a segment opened from disk and not
+        appended to since; a read of the whole file, once per segment and process). Raises
+        IndexDamaged / CorruptBatch on damaged data."""
+        if self.max_timestamp_ms is None and self.size_bytes:
+            found = None
+            for _, header in self.iter_headers(0, self.base_offset):
+                ts = header.max_timestamp_ms
+                found = ts if found is None or ts > found else found
+            self.max_timestamp_ms = found
+        return self.max_timestamp_ms
+
     # -- recovery -----------------------------------------------------------------------------
     def scan(self, position: int, offset: int, limit_bytes: int) -> ScanResult:
         """Validate batches (header, CRC, offset continuity) from byte ``position``, where the
@@ -282,6 +301,7 @@ class LogSegment:
             raise translate_os_error(e, f"truncate {self.log_path}") from e
         self.index.truncate_to_position(position)
         self.size_bytes = min(self.size_bytes, position)
+        self.max_timestamp_ms = None  # the cut batches may have held it
         self.dirty = True
         return max(file_size - position, 0)
 

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from engines.api import EngineConfig, EngineError, RecoveryReport
-from engines.checks import translate_os_error
+from engines.durable import replace_file
 from engines.segment_file import LogSegment, ScanResult
 
 CHECKPOINT_FILE = "recovery.checkpoint"
@@ -54,22 +54,10 @@ def read_checkpoint(directory: str) -> Checkpoint | None:
 def write_checkpoint(directory: str, dir_fd: int, checkpoint: Checkpoint) -> None:
     """Atomically replace the checkpoint (write temp, fsync, rename, fsync directory).
     Raises StorageFull / EngineError."""
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    tmp = path + ".tmp"
     body = json.dumps({"version": CHECKPOINT_VERSION, "segment_base_offset": checkpoint.segment_base_offset,
                        "position": checkpoint.position, "next_offset": checkpoint.next_offset,
                        "clean": checkpoint.clean}).encode()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        os.fsync(dir_fd)
-    except OSError as e:
-        raise translate_os_error(e, f"write {path}") from e
+    replace_file(os.path.join(directory, CHECKPOINT_FILE), body, dir_fd=dir_fd)
 
 
 def list_segment_bases(directory: str) -> list[int]:

@@ -16,7 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engines import registry as engine_registry
 from engines.api import EngineConfig
+from engines.errors import LoomError
 
 DEFAULT_CONFIG_PATH = "config/cluster.yaml"
 ENV_PREFIX = "LOOM_"
@@ -24,12 +26,20 @@ Role = Literal["broker", "coordinator", "producer", "consumer", "gateway", "moni
 ZMQ_ROLES = ("broker", "coordinator", "producer", "consumer", "monitor")
 
 
-class ConfigError(Exception):
+class ConfigError(LoomError):
     """A configuration file or override is invalid; the message names the file and field."""
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _known_engine(name: str | None) -> str | None:
+    """An engine name must be one the registry opens (checked at load, not at first open)."""
+    known = engine_registry.available()
+    if name is not None and name not in known:
+        raise ValueError(f"unknown storage engine {name!r}; known engines: {', '.join(known)}")
+    return name
 
 
 class StorageConfig(_Model):
@@ -40,6 +50,8 @@ class StorageConfig(_Model):
     segment_ms_max: int = Field(7 * 24 * 3600 * 1000, ge=1000)
     index_interval_bytes: int = Field(4096, ge=64)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    _check_engine = field_validator("engine")(_known_engine)
 
     def engine_config(self, retention_ms: int, retention_bytes: int, batch_bytes_max: int) -> EngineConfig:
         return EngineConfig(
@@ -64,6 +76,8 @@ class StorageOverride(_Model):
     segment_bytes_max: int | None = Field(None, ge=4096)
     options: dict[str, Any] | None = None
 
+    _check_engine = field_validator("engine")(_known_engine)
+
 
 class NodeConfig(_Model):
     role: Role
@@ -72,6 +86,7 @@ class NodeConfig(_Model):
     pub_port: int | None = Field(None, ge=1, le=65535)
     broker_id: int | None = Field(None, ge=1)
     dashboard_port: int | None = Field(None, ge=1, le=65535)
+    metrics_port: int | None = Field(None, ge=1, le=65535)  # monitor: Prometheus /metrics (default port + 1)
     storage: StorageOverride | None = None
 
     @model_validator(mode="after")
@@ -85,6 +100,10 @@ class NodeConfig(_Model):
     @property
     def publish_port(self) -> int:
         return self.pub_port if self.pub_port is not None else self.port + 100
+
+    @property
+    def http_metrics_port(self) -> int:
+        return self.metrics_port if self.metrics_port is not None else self.port + 1
 
     @property
     def endpoint(self) -> str:
@@ -155,11 +174,46 @@ class SecurityConfig(_Model):
     rate_limit_burst: int = Field(2000, ge=1)
 
 
+class AlertRuleConfig(_Model):
+    """One alert rule: off or on, how long its condition must hold before it fires, and
+    (for threshold rules) the threshold; None takes the monitor section's default."""
+
+    enabled: bool = True
+    for_ms: int = Field(0, ge=0)
+    threshold: float | None = Field(None, ge=0)
+
+
+class AlertsConfig(_Model):
+    node_down: AlertRuleConfig = Field(default_factory=AlertRuleConfig)
+    node_unresponsive: AlertRuleConfig = Field(default_factory=AlertRuleConfig)
+    under_replicated: AlertRuleConfig = Field(default_factory=lambda: AlertRuleConfig(for_ms=30_000))
+    offline_partitions: AlertRuleConfig = Field(default_factory=AlertRuleConfig)
+    consumer_lag: AlertRuleConfig = Field(default_factory=lambda: AlertRuleConfig(for_ms=30_000))  # records
+    disk_usage: AlertRuleConfig = Field(default_factory=AlertRuleConfig)  # percent used
+    crash_loop: AlertRuleConfig = Field(default_factory=AlertRuleConfig)
+    gateway_5xx: AlertRuleConfig = Field(default_factory=lambda: AlertRuleConfig(for_ms=60_000, threshold=1.0))  # per s
+
+
+class WebhookConfig(_Model):
+    """Alerts are POSTed as JSON to ``url``; each webhook has its own queue and thread."""
+
+    url: str = Field(pattern=r"^https?://")
+    timeout_ms: int = Field(2000, ge=10, le=60_000)
+    retries: int = Field(3, ge=0, le=20)
+    retry_backoff_ms: int = Field(500, ge=0, le=60_000)
+
+
 class MonitorConfig(_Model):
     health_interval_ms: int = Field(1000, ge=100)
     unresponsive_after_ms: int = Field(10_000, ge=500)
     consumer_lag_alert: int = Field(10_000, ge=0)
     disk_usage_alert_percent: float = Field(90.0, gt=0, le=100)
+    slow_response_ms: int = Field(1000, ge=10)  # a STATS answer slower than this: degraded
+    # ask the supervisor to restart an unresponsive node, at most once per node per backoff
+    restart_unresponsive: bool = True
+    restart_backoff_ms: int = Field(30_000, ge=100)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    webhooks: list[WebhookConfig] = Field(default_factory=list, max_length=16)
 
 
 class SupervisorConfig(_Model):
@@ -167,6 +221,9 @@ class SupervisorConfig(_Model):
     restart_backoff_ms: int = Field(500, ge=10)
     restart_backoff_max_ms: int = Field(30_000, ge=10)
     startup_timeout_ms: int = Field(30_000, ge=1000)
+    # a node that exits more than this many times within the window is given up on (an alert)
+    crash_loop_restarts_max: int = Field(5, ge=1, le=1000)
+    crash_loop_window_ms: int = Field(60_000, ge=1000)
 
 
 class ServicesConfig(_Model):
@@ -215,6 +272,7 @@ class LoomConfig(_Model):
         for name, n in nodes.items():
             ports = [n.port] + ([n.publish_port] if n.role in ZMQ_ROLES else [])
             ports += [n.dashboard_port] if n.dashboard_port else []
+            ports += [n.http_metrics_port] if n.role == "monitor" else []
             for p in ports:
                 if (n.host, p) in seen:
                     raise ValueError(f"port {p} of {name} is also used by {seen[(n.host, p)]}")
@@ -292,10 +350,19 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(raw: Any, source: str = "<config>", environ: dict[str, str] | None = None) -> LoomConfig:
+def parse_config(raw: Any, source: str = "<config>", environ: dict[str, str] | None = None,
+                 base_dir: Path | None = None) -> LoomConfig:
+    """Validate a parsed config. A relative ``cluster.data_dir`` is taken relative to
+    ``base_dir`` (the config file's directory), so that ``loom down -c PATH`` finds the same
+    cluster from any directory."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     raw = apply_env_overrides(dict(raw), environ)
+    cluster = raw.get("cluster", {})
+    if base_dir is not None and isinstance(cluster, dict):
+        data_dir = cluster.get("data_dir", ClusterSection.model_fields["data_dir"].default)
+        if isinstance(data_dir, str) and not os.path.isabs(data_dir):
+            raw["cluster"] = dict(cluster, data_dir=os.path.normpath(base_dir / data_dir))
     raw["source"] = source
     try:
         return LoomConfig.model_validate(raw)
@@ -317,7 +384,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_error_line(e)}") from e
-    return parse_config(raw, str(path), env)
+    return parse_config(raw, str(path), env, base_dir=Path(path).resolve().parent)
 
 
 def _yaml_error_line(e: yaml.YAMLError) -> str:

@@ -1,15 +1,25 @@
-"""The fabric's error root and the typed errors clients see.
+"""The fabric's errors and the typed errors clients see.
+
+Every error here derives from ``LoomError`` (``engines.errors``), the one root of Loom's
+operating errors; ``ConfigError``, ``EngineError`` and ``BatchError`` sit under it too.
 
 ``RemoteError`` carries a code from ``fabric.protocol``'s error table; ``retriable`` says
-whether a client may refresh metadata and try again.
+whether a client may refresh metadata and try again. Constructing ``RemoteError(code, …)``
+gives the subclass registered for that code (``NotLeaderError`` for ``NOT_LEADER``, …), so
+callers can catch the common cases by type and everything else by ``.code``.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
+from engines.errors import LoomError
 from fabric import protocol as P
 
+__all__ = ["LoomError", "FabricError", "MalformedFrame", "RemoteError", "RequestTimeout"]
 
-class FabricError(Exception):
+
+class FabricError(LoomError):
     """Root of every error raised by the fabric and the client library."""
 
 
@@ -23,13 +33,29 @@ class MalformedFrame(FabricError):
 
 
 class RemoteError(FabricError):
-    """A node answered a request with an error."""
+    """A node answered a request with an error (``code`` from the protocol's error table)."""
 
-    def __init__(self, code: int, message: str = "", **details: object) -> None:
+    _by_code: ClassVar[dict[int, type["RemoteError"]]] = {}
+    code_for_class: ClassVar[int | None] = None  # set on the subclasses registered per code
+
+    def __new__(cls, code: int = P.UNKNOWN, message: str = "", **details: Any) -> "RemoteError":
+        if cls is RemoteError:
+            cls = RemoteError._by_code.get(code, RemoteError)
+        return super().__new__(cls)
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.code_for_class is not None:
+            RemoteError._by_code[cls.code_for_class] = cls
+
+    def __init__(self, code: int = P.UNKNOWN, message: str = "", **details: Any) -> None:
         self.code = code
         self.message = message or P.error_name(code)
         self.details = details
         super().__init__(f"{P.error_name(code)}: {self.message}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.code, self.message), {"details": self.details})
 
     @property
     def name(self) -> str:
@@ -40,8 +66,38 @@ class RemoteError(FabricError):
         return self.code in P.RETRIABLE
 
 
+def _coded(name: str, code: int, doc: str) -> type[RemoteError]:
+    return type(name, (RemoteError,), {"code_for_class": code, "__doc__": doc, "__module__": __name__})
+
+
+# The codes an application most often handles by type; the rest are RemoteError with .code.
+NotLeaderError = _coded("NotLeaderError", P.NOT_LEADER, "The broker does not lead that partition (refresh metadata and retry).")
+NotEnoughReplicasError = _coded("NotEnoughReplicasError", P.NOT_ENOUGH_REPLICAS,
+                                "acks=all and the ISR is smaller than min.insync.replicas; nothing was written.")
+FencedLeaderEpochError = _coded("FencedLeaderEpochError", P.FENCED_LEADER_EPOCH, "A leader epoch older than the peer's.")
+UnknownTopicOrPartitionError = _coded("UnknownTopicOrPartitionError", P.UNKNOWN_TOPIC_OR_PARTITION,
+                                      "No such topic or partition (or not on that broker).")
+TopicAlreadyExistsError = _coded("TopicAlreadyExistsError", P.TOPIC_ALREADY_EXISTS, "A topic of that name exists.")
+RecordTooLargeError = _coded("RecordTooLargeError", P.RECORD_TOO_LARGE, "A record or batch over the size limit.")
+OffsetOutOfRangeError = _coded("OffsetOutOfRangeError", P.OFFSET_OUT_OF_RANGE, "The offset is outside the log.")
+OutOfOrderSequenceError = _coded("OutOfOrderSequenceError", P.OUT_OF_ORDER_SEQUENCE,
+                                 "An idempotent producer's sequence skipped ahead.")
+BufferFullError = _coded("BufferFullError", P.BUFFER_FULL, "The producer's buffer stayed full past max_block_ms.")
+IllegalGenerationError = _coded("IllegalGenerationError", P.ILLEGAL_GENERATION, "A consumer-group generation that is not current.")
+UnknownMemberError = _coded("UnknownMemberError", P.UNKNOWN_MEMBER, "The group does not know that member.")
+RebalanceInProgressError = _coded("RebalanceInProgressError", P.REBALANCE_IN_PROGRESS, "The group is rebalancing.")
+
+__all__ += [c.__name__ for c in RemoteError._by_code.values()]
+
+
 class RequestTimeout(RemoteError):
     """No reply arrived before the deadline."""
 
+    def __new__(cls, message: str = "request timed out") -> "RequestTimeout":
+        return Exception.__new__(cls)
+
     def __init__(self, message: str = "request timed out") -> None:
         super().__init__(P.REQUEST_TIMED_OUT, message)
+
+    def __reduce__(self) -> tuple:
+        return (RequestTimeout, (self.message,))

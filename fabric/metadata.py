@@ -8,7 +8,25 @@ Wire form (msgpack):
      "deleted_topic_ids": [str], # topics deleted explicitly (bounded): only these are removed
      "coordinator": "tcp://host:port",
      "brokers": [[broker_id, host, port, pub_port, alive], ...],
-     "topics": {name: {"id": str, "configs": {k: v}, "partitions": [[leader, leader_epoch, replicas, isr], ...]}}}
+     "topics": {name: {"id": str, "configs": {k: v},
+                       "partitions": [[leader, leader_epoch, replicas, isr, partition_epoch], ...]}}}
+
+``partition_epoch`` (Kafka's partition epoch, KIP-497) grows at every change of a partition's
+leader, leader epoch or ISR; a receiver never applies a partition state whose partition epoch
+is older than the one it holds, whichever path (push, reply, snapshot) it came by. Entries of
+four elements (no partition epoch) read as partition epoch 0.
+
+Deltas (``MetadataDelta``, pushed by the coordinator at every commit):
+    {"version": int, "base_version": int, "cluster": str, "coordinator": str,
+     "cluster_id": str, "state_id": str,
+     "deleted_topic_ids": [str],  # only when the list changed since ``base_version``
+     "brokers": [...as above...], "deleted": [topic, ...],
+     "topics": {name: {"id": str, "configs": {k: v}, "partition_count": int,
+                       "changed": [[partition, leader, leader_epoch, replicas, isr, partition_epoch], ...]}}}
+A delta applies only on top of metadata at exactly ``base_version`` of the same cluster and
+coordinator state (``cluster_id``, ``state_id``); a receiver holding anything else asks for a
+full snapshot instead. A topic whose id changed (deleted and re-created under its name) has all
+its partitions in ``changed``: nothing of the old topic carries over.
 
 Immutable snapshots; thread-safe to share.
 """
@@ -44,6 +62,14 @@ class PartitionInfo:
     leader_epoch: int
     replicas: tuple[int, ...]
     isr: tuple[int, ...]
+    partition_epoch: int = 0  # grows at every leader/epoch/ISR change of this partition
+
+    def to_wire(self) -> list:
+        return [self.leader, self.leader_epoch, list(self.replicas), list(self.isr), self.partition_epoch]
+
+    @classmethod
+    def from_wire(cls, topic: str, partition: int, p: list) -> "PartitionInfo":
+        return cls(topic, partition, p[0], p[1], tuple(p[2]), tuple(p[3]), int(p[4]) if len(p) > 4 else 0)
 
     @property
     def under_replicated(self) -> bool:
@@ -108,8 +134,7 @@ class ClusterMetadata:
         brokers = {b[0]: BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4])) for b in raw.get("brokers", [])}
         topics = {}
         for name, t in raw.get("topics", {}).items():
-            parts = tuple(PartitionInfo(name, i, p[0], p[1], tuple(p[2]), tuple(p[3]))
-                          for i, p in enumerate(t["partitions"]))
+            parts = tuple(PartitionInfo.from_wire(name, i, p) for i, p in enumerate(t["partitions"]))
             topics[name] = TopicInfo(name, parts, dict(t.get("configs", {})), str(t.get("id", "")))
         return cls(int(raw["version"]), raw.get("cluster", ""), brokers, topics, raw.get("coordinator", ""),
                    str(raw.get("cluster_id", "")), str(raw.get("state_id", "")),
@@ -121,6 +146,66 @@ class ClusterMetadata:
             "cluster_id": self.cluster_id, "state_id": self.state_id, "deleted_topic_ids": list(self.deleted_topic_ids),
             "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in self.brokers.values()],
             "topics": {n: {"id": t.topic_id, "configs": t.configs,
-                           "partitions": [[p.leader, p.leader_epoch, list(p.replicas), list(p.isr)] for p in t.partitions]}
+                           "partitions": [p.to_wire() for p in t.partitions]}
                        for n, t in self.topics.items()},
         }
+
+    def delta_to(self, new: "ClusterMetadata") -> dict:
+        """The delta (wire form, see the module docstring) that turns this metadata into ``new``."""
+        topics: dict[str, dict] = {}
+        for name, t in new.topics.items():
+            old = self.topics.get(name)
+            if old is not None and old.topic_id != t.topic_id:
+                old = None  # another topic of the same name: all of it is new
+            old_parts = old.partitions if old is not None else ()
+            changed = [[i, *p.to_wire()] for i, p in enumerate(t.partitions)
+                       if i >= len(old_parts) or old_parts[i] != p]
+            if changed or old is None or old.configs != t.configs:
+                topics[name] = {"id": t.topic_id, "configs": t.configs, "partition_count": len(t.partitions),
+                                "changed": changed}
+        delta = {"version": new.version, "base_version": self.version, "cluster": new.cluster,
+                 "coordinator": new.coordinator, "cluster_id": new.cluster_id, "state_id": new.state_id,
+                 "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in new.brokers.values()],
+                 "deleted": [n for n in self.topics if n not in new.topics], "topics": topics}
+        if new.deleted_topic_ids != self.deleted_topic_ids:
+            delta["deleted_topic_ids"] = list(new.deleted_topic_ids)
+        return delta
+
+    def apply_delta(self, raw: dict) -> tuple["ClusterMetadata", list[PartitionInfo]]:
+        """This metadata with a delta applied, and the partitions the delta changed. Raises
+        ValueError when the delta does not start at this version of this cluster's coordinator
+        state (ask for a snapshot) and KeyError/TypeError/IndexError on a malformed delta."""
+        if int(raw["base_version"]) != self.version:
+            raise ValueError(f"delta from version {raw['base_version']} does not apply to version {self.version}")
+        cluster_id, state_id = str(raw.get("cluster_id", "")), str(raw.get("state_id", ""))
+        if (cluster_id, state_id) != (self.cluster_id, self.state_id):
+            # the same version number of another coordinator process (or cluster) is another
+            # metadata: only a snapshot, judged as a whole, may replace ours
+            raise ValueError(f"delta of coordinator state {cluster_id}/{state_id} does not apply to metadata of "
+                             f"{self.cluster_id}/{self.state_id}")
+        deleted = set(raw.get("deleted", ()))
+        topics = {n: t for n, t in self.topics.items() if n not in deleted}
+        changed: list[PartitionInfo] = []
+        for name, t in raw.get("topics", {}).items():
+            topic_id = str(t.get("id", ""))
+            old = topics.get(name)
+            if old is not None and old.topic_id != topic_id:
+                old = None  # deleted and re-created: nothing of the old topic carries over
+            parts = list(old.partitions if old is not None else ())[:int(t["partition_count"])]
+            for entry in t.get("changed", ()):
+                i = int(entry[0])
+                info = PartitionInfo.from_wire(name, i, entry[1:])
+                if i == len(parts):
+                    parts.append(info)
+                else:
+                    parts[i] = info
+                changed.append(info)
+            if len(parts) != int(t["partition_count"]):
+                raise IndexError(f"delta leaves topic {name!r} with a hole in its partitions")
+            topics[name] = TopicInfo(name, tuple(parts), dict(t.get("configs", {})), topic_id)
+        brokers = {b[0]: BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4])) for b in raw.get("brokers", [])}
+        deleted_ids = tuple(str(i) for i in raw["deleted_topic_ids"]) if "deleted_topic_ids" in raw \
+            else self.deleted_topic_ids
+        md = ClusterMetadata(int(raw["version"]), raw.get("cluster", self.cluster), brokers, topics,
+                             raw.get("coordinator", self.coordinator), cluster_id, state_id, deleted_ids)
+        return md, changed

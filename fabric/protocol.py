@@ -20,7 +20,11 @@ METADATA = b"METADATA"            # coordinator or broker: cluster metadata
 CREATE_TOPIC = b"CREATE_TOPIC"    # coordinator
 DELETE_TOPIC = b"DELETE_TOPIC"    # coordinator
 ALTER_TOPIC = b"ALTER_TOPIC"      # coordinator: add partitions, change configs
-ALTER_ISR = b"ALTER_ISR"          # leader -> coordinator: shrink/expand an ISR
+# leader -> coordinator: shrink/expand the ISRs of many partitions in one request (Kafka's
+# AlterPartition); header {broker_id, parts: [{topic, partition, leader_epoch, partition_epoch,
+# isr}]}, reply {parts: [{topic, partition, error, message, leader, leader_epoch,
+# partition_epoch, isr}]}: see nodes/coordinator/alter_isr.py
+ALTER_ISR = b"ALTER_ISR"
 BROKER_REGISTER = b"REGISTER"     # broker -> coordinator at start: my id and process incarnation
 PRODUCE = b"PRODUCE"              # broker
 FETCH = b"FETCH"                  # broker: consumers and follower replicas
@@ -52,6 +56,15 @@ CONSUMER_DELETE = b"CI_DELETE"
 CONSUMER_LIST = b"CI_LIST"
 REPLICA_ACK = b"REPLICA_ACK"      # follower -> leader, one-way (no reply): my log end offset
 FAULTS = b"FAULTS"                # any node, test configs only: set fault-injection rules
+# monitor (nodes/monitor/): health, history, alerts, events, Prometheus text
+MONITOR_STATUS = b"MON_STATUS"
+MONITOR_HISTORY = b"MON_HISTORY"
+MONITOR_ALERTS = b"MON_ALERTS"
+MONITOR_EVENTS = b"MON_EVENTS"
+MONITOR_METRICS = b"MON_METRICS"  # reply payload: the Prometheus text exposition
+# supervisor control socket (nodes/launcher.py), ipc:// under the data dir: local only
+SUPERVISOR_STATUS = b"SUP_STATUS"
+SUPERVISOR_RESTART = b"SUP_RESTART"
 
 REQUEST_COMMANDS = frozenset({
     PING, METADATA, CREATE_TOPIC, DELETE_TOPIC, ALTER_TOPIC, ALTER_ISR, BROKER_REGISTER,
@@ -61,9 +74,24 @@ REQUEST_COMMANDS = frozenset({
 # -- PUB/SUB kinds ---------------------------------------------------------------------------
 PUB_HEARTBEAT = b"HB"           # topic b"hb"; header {node, role, ts_ms, ...}
 PUB_METADATA = b"MD"            # topic b"md"; header = full metadata (coordinator)
+# topic b"md"; header = a MetadataDelta (fabric/metadata.py) from base_version to version,
+# published at every commit; a subscriber not at base_version asks for a snapshot (METADATA)
+PUB_METADATA_DELTA = b"MDD"
+# topic b"md"; header {version}: published periodically so that a subscriber that missed a
+# delta notices the gap and asks for a snapshot
+PUB_METADATA_VERSION = b"MDV"
 PUB_REPLICA = b"RB"             # topic b"r/<topic>/<partition>"; payload = batches
+# topic REPLICA_HEARTBEAT_TOPIC; header {node, parts: [[topic, partition, leader_epoch, hw, leo],
+# ...]}: a leader's idle heartbeat for many partitions at once (those whose state changed since
+# the last one, and every partition it leads once per REPLICA_HEARTBEAT_FULL_INTERVAL_MS)
+PUB_REPLICA_HEARTBEAT = b"RH"
+REPLICA_HEARTBEAT_TOPIC = b"rh|"
 TOPIC_HEARTBEAT = b"hb"
 TOPIC_METADATA = b"md"
+PUB_EVENT = b"EV"               # topic b"ev" (monitor): an alert, health or recovery event
+PUB_STATUS = b"ST"              # topic b"st" (monitor): the cluster's health, once per check
+TOPIC_EVENT = b"ev"
+TOPIC_STATUS = b"st"
 
 
 def replica_topic(topic: str, partition: int) -> bytes:
@@ -91,6 +119,7 @@ FENCED_LEADER_EPOCH = 23
 UNKNOWN_LEADER_EPOCH = 24
 NOT_COORDINATOR = 25
 LEADER_NOT_AVAILABLE = 26
+STALE_ISR = 27                   # ALTER_ISR computed from an older partition state: refresh, recompute
 RECORD_TOO_LARGE = 30
 CORRUPT_MESSAGE = 31
 OFFSET_OUT_OF_RANGE = 32
@@ -128,6 +157,7 @@ ERROR_NAMES: dict[int, str] = {
     NOT_ENOUGH_REPLICAS_AFTER_APPEND: "not_enough_replicas_after_append",
     FENCED_LEADER_EPOCH: "fenced_leader_epoch", UNKNOWN_LEADER_EPOCH: "unknown_leader_epoch",
     NOT_COORDINATOR: "not_coordinator", LEADER_NOT_AVAILABLE: "leader_not_available",
+    STALE_ISR: "stale_isr",
     RECORD_TOO_LARGE: "record_too_large", CORRUPT_MESSAGE: "corrupt_message",
     OFFSET_OUT_OF_RANGE: "offset_out_of_range", INVALID_RECORD: "invalid_record",
     OUT_OF_ORDER_SEQUENCE: "out_of_order_sequence", DUPLICATE_SEQUENCE: "duplicate_sequence",
@@ -172,11 +202,20 @@ RCVHWM = 10_000
 ZERO_COPY_BYTES_MIN = 4 * 1024 * 1024
 TOPIC_NAME_LEN_MAX = 249
 PARTITIONS_MAX = 10_000
+ALTER_ISR_PARTITIONS_MAX = 2000       # ISR changes in one ALTER_ISR request
+REPLICA_HEARTBEAT_PARTITIONS_MAX = 5000  # partitions in one replica heartbeat message
+HEARTBEATS_DRAIN_MAX = 4096           # heartbeats the coordinator reads before a liveness verdict
 GROUPS_MAX = 10_000                   # consumer groups one coordinator holds
 GROUP_MEMBERS_MAX = 1000              # members of one group
 GROUP_ID_LEN_MAX = 249
 PENDING_COMMITS_MAX = 10_000          # offset commits waiting for their replicated append
 SERVICE_RECORDS_PER_REQUEST_MAX = 10_000
+HISTORY_POINTS_MAX = 1000             # monitor history: one point per second, 16.7 minutes
+HISTORY_SERIES_MAX = 2000             # series the monitor keeps history for
+EVENTS_MAX = 1000                     # monitor and supervisor event logs (oldest dropped)
+ALERT_HISTORY_MAX = 1000              # resolved alerts kept (and persisted) by the monitor
+WEBHOOK_QUEUE_MAX = 1000              # alert notifications waiting per webhook (oldest dropped)
+MONITORED_GROUPS_MAX = 1000           # consumer groups whose lag the monitor tracks
 
 
 def error_name(code: int) -> str:

@@ -143,11 +143,16 @@ class Reactor:
             return timeout_ms_max
         return max(0, min(timeout_ms_max, self._timers[0][0] - self.clock.now_ms()))
 
-    def _drain(self, sock: zmq.Socket) -> None:
+    def drain(self, sock: zmq.Socket, messages_max: int) -> None:
+        """Handle up to ``messages_max`` messages already waiting on ``sock`` now, outside the
+        normal pass (e.g. read every heartbeat before judging liveness)."""
+        self._drain(sock, messages_max)
+
+    def _drain(self, sock: zmq.Socket, messages_max: int = P.DRAIN_MESSAGES_MAX) -> None:
         handler = self._handlers.get(sock)
         if handler is None:
             return
-        for _ in range(P.DRAIN_MESSAGES_MAX):
+        for _ in range(messages_max):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:

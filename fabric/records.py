@@ -65,10 +65,14 @@ def _decompress(payload: bytes | memoryview, codec: int) -> bytes | memoryview:
 
 def build_batch(records: list[tuple], *, compression: int = B.COMPRESSION_NONE,
                 producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1) -> bytes:
-    """records: list of (timestamp_ms, key, value, headers). Returns a complete batch."""
+    """records: list of (timestamp_ms, key, value, headers). Returns a complete batch.
+
+    The header's last timestamp field holds the batch's *largest* timestamp (Kafka's
+    maxTimestamp), not the last record's: retention and timestamp lookups judge a batch by it,
+    and a late record in the middle of a batch must not make the batch look older than it is."""
     payload = _compress(msgpack.packb(records, use_bin_type=True), compression)
     return B.build(
-        payload, len(records), records[0][0], records[-1][0], attributes=compression,
+        payload, len(records), records[0][0], max(r[0] for r in records), attributes=compression,
         producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence,
     )
 

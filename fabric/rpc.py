@@ -1,6 +1,7 @@
 """Request/reply over ROUTER/DEALER.
 
-``RpcServer`` binds a ROUTER, decodes every request, and dispatches by command to a handler.
+``RpcServer`` binds the node's request port (``fabric.zmtp.ZmtpServer``: ROUTER semantics,
+each request bounded as it arrives), decodes every request, and dispatches by command to a handler.
 A handler returns ``(header, payloads)`` to answer now, or ``DEFER`` to answer later with
 ``server.reply`` (long-poll fetch, acks=all). Malformed input is answered with an error where
 the peer can be addressed, otherwise dropped, and always counted; the node keeps serving.
@@ -26,7 +27,9 @@ import zmq
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import MalformedFrame, RemoteError, RequestTimeout
+from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
+from fabric.zmtp import ZmtpServer
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +52,60 @@ def make_socket(ctx: zmq.Context, kind: int, identity: str | None = None) -> zmq
     return sock
 
 
-class RpcServer:
-    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str) -> None:
+_COMMAND_LABELS: dict[bytes, str] = {}
+
+
+def command_label(command: bytes) -> str:
+    """A command as a metric label (cached: only routed commands get here, a bounded set)."""
+    label = _COMMAND_LABELS.get(command)
+    if label is None:
+        label = _COMMAND_LABELS[command] = command.decode("ascii", "replace")
+    return label
+
+
+class _RouterPort:
+    """A libzmq ROUTER as the request port, for endpoints no remote peer can reach (inproc,
+    ipc): the same ``send``/``close`` as ``ZmtpServer``."""
+
+    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str,
+                 on_message: Callable[[list[bytes]], None], counters: Counter[str]) -> None:
         self.reactor = reactor
+        self.counters = counters
         self.sock = make_socket(ctx, zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.sock.bind(endpoint)
+        reactor.add_socket(self.sock, on_message)
+
+    def send(self, frames: list) -> None:
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.counters["reply_dropped_hwm"] += 1  # peer not reading: it will time out
+        except zmq.ZMQError as e:
+            self.counters["reply_dropped"] += 1
+            log.debug("reply dropped: %s", e)
+
+    def close(self) -> None:
+        self.reactor.remove_socket(self.sock)
+        self.sock.close(0)
+
+
+class RpcServer:
+    """The request port of a node. It is not a libzmq ROUTER, which would buffer an unfinished
+    multipart message without bound, but ``fabric.zmtp.ZmtpServer``: the same wire for DEALER
+    clients, with each request bounded (REQUEST_BYTES_MAX, FRAMES_MAX) as it arrives."""
+
+    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str) -> None:
+        self.reactor = reactor
         self.handlers: dict[bytes, Handler] = {}
         self.counters: Counter[str] = Counter()
         self.drop_from: Callable[[bytes], bool] | None = None  # fault injection: by identity
-        reactor.add_socket(self.sock, self._on_message)
+        if endpoint.startswith("tcp://"):
+            self.port: ZmtpServer | _RouterPort = ZmtpServer(ctx, reactor, endpoint, self._on_message, self.counters)
+        else:  # inproc/ipc (tests, one process): no remote peer; libzmq's STREAM is TCP only
+            self.port = _RouterPort(ctx, reactor, endpoint, self._on_message, self.counters)
+        self.sock = self.port.sock
+        self.metrics: MetricsRegistry | None = None  # the node's registry: requests, errors, latency
 
     def route(self, command: bytes, handler: Handler) -> None:
         self.handlers[command] = handler
@@ -67,20 +114,24 @@ class RpcServer:
         h = {"id": req.id}
         if header:
             h.update(header)
+        if self.metrics is not None:
+            self._observe(req)
         self._send(wire.encode_reply(req.identity, h, payloads))
 
     def reply_error(self, req: wire.Request, code: int, message: str, **extra: Any) -> None:
         self.counters[f"error_{P.error_name(code)}"] += 1
+        if self.metrics is not None and req.command in self.handlers:
+            self._observe(req)
+            self.metrics.inc("loom_request_errors_total", (command_label(req.command), P.error_name(code)))
         self._send(wire.encode_reply(req.identity, wire.error_header(req.id, code, message, **extra)))
 
+    def _observe(self, req: wire.Request) -> None:
+        if req.received_ms:
+            elapsed_s = (self.reactor.clock.now_ms() - req.received_ms) / 1000
+            self.metrics.observe("loom_request_duration_seconds", (command_label(req.command),), elapsed_s)  # type: ignore[union-attr]
+
     def _send(self, frames: list) -> None:
-        try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.counters["reply_dropped_hwm"] += 1  # peer not reading: it will time out
-        except zmq.ZMQError as e:
-            self.counters["reply_dropped"] += 1
-            log.debug("reply dropped: %s", e)
+        self.port.send(frames)
 
     def _on_message(self, frames: list[bytes]) -> None:
         if self.drop_from is not None and self.drop_from(frames[0]):
@@ -100,6 +151,8 @@ class RpcServer:
             self.reply_error(req, P.UNKNOWN_COMMAND, f"unknown command {req.command[:32]!r}")
             return
         self.counters["requests"] += 1
+        if self.metrics is not None:
+            self.metrics.inc("loom_requests_total", (command_label(req.command),))
         try:
             result = handler(req)
         except RemoteError as e:
@@ -127,8 +180,7 @@ class RpcServer:
             self._send(wire.encode_reply(identity, wire.error_header(0, e.code, str(e))))
 
     def close(self) -> None:
-        self.reactor.remove_socket(self.sock)
-        self.sock.close(0)
+        self.port.close()
 
 
 class RpcClient:

@@ -22,6 +22,7 @@ from fabric.clock import Clock
 from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.faults import FaultRules
+from fabric.metrics import MetricsRegistry, process_samples
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer, make_socket
 
@@ -44,6 +45,9 @@ class Node:
         self.server.route(P.PING, self._on_ping)
         self.server.route(P.STATS, self._on_stats)
         self.server.route(P.FAULTS, self._on_faults)
+        self.metrics = MetricsRegistry()
+        self.metrics.add_collector(process_samples)
+        self.server.metrics = self.metrics
         self.faults = FaultRules(config.faults.enabled, {bid: n for bid, (n, _) in config.brokers().items()})
         self.server.drop_from = self.faults.blocks_identity
         self.pub = make_socket(self.ctx, zmq.PUB)
@@ -69,9 +73,12 @@ class Node:
                 "uptime_ms": self.clock.now_ms() - self.started_ms}
 
     def _on_stats(self, req: wire.Request) -> dict:
+        if req.header.get("metrics_only") is True:  # the monitor's poll: typed metrics only
+            return {"node": self.name, "role": self.role, "pid": os.getpid(), "metrics": self.metrics.encode()}
         counters = dict(self.counters)
         counters.update({f"rpc_{k}": v for k, v in self.server.counters.items()})
-        return {"node": self.name, "role": self.role, "counters": counters, **self.stats()}
+        return {"node": self.name, "role": self.role, "counters": counters, **self.stats(),
+                "metrics": self.metrics.encode()}
 
     def _on_faults(self, req: wire.Request) -> dict:
         if not self.faults.enabled:

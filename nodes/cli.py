@@ -4,6 +4,7 @@
     nodes/cli_topic.py    topic create|list|describe|alter|delete
     nodes/cli_data.py     produce, consume
     nodes/cli_group.py    group list|describe|reset-offsets|delete
+    nodes/cli_monitor.py  alerts (and the monitor's view in status)
     bench (loom bench)    in bench/cli.py
 
 Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,…``,
@@ -12,41 +13,35 @@ Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,�
 
 from __future__ import annotations
 
-import importlib
 import sys
-from dataclasses import dataclass
 
 import click
 
+from bench import cli as cli_bench
 from fabric.config import ConfigError
 from fabric.errors import FabricError
-
-SUBCOMMAND_MODULES = ("nodes.cli_cluster", "nodes.cli_topic", "nodes.cli_data", "nodes.cli_group", "bench.cli")
-
-
-@dataclass
-class Target:
-    """Where the cluster is: a config path and/or bootstrap endpoints."""
-
-    config: str | None
-    bootstrap: str | None
-
-    def admin(self):  # noqa: ANN201 - imported lazily to keep `loom --help` fast
-        from fabric.client import Admin
-        return Admin(self.bootstrap, config_path=self.config)
-
-
-def target_options(fn):  # noqa: ANN001, ANN201
-    """-c/--config and --bootstrap on every command (Kafka tools take them per command)."""
-    fn = click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG",
-                      help="cluster config YAML (default: $LOOM_CONFIG, then config/cluster.yaml)")(fn)
-    fn = click.option("--bootstrap", "bootstrap", default=None,
-                      help="host:port[,host:port...] of the coordinator or brokers")(fn)
-    return fn
+from nodes import cli_cluster, cli_data, cli_group, cli_monitor, cli_topic
 
 
 class LoomGroup(click.Group):
-    """Turns Loom's operating errors into one line on stderr and exit code 1."""
+    """Turns Loom's operating errors into one line on stderr and exit code 1, and usage errors
+    into one line (``loom: error: …``, pointing at ``--help``) and exit code 2."""
+
+    def main(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        if not kwargs.pop("standalone_mode", True):
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+            return rv if isinstance(rv, int) else None  # the exit status of `loom`
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"loom: error: {e.format_message()}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"loom: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            sys.exit(130)
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201
         try:
@@ -64,14 +59,10 @@ def main() -> None:
     """Loom: a replicated, partitioned message log on ZeroMQ."""
 
 
-for _mod in SUBCOMMAND_MODULES:
-    try:
-        _m = importlib.import_module(_mod)
-    except ModuleNotFoundError as _e:
-        if _e.name != _mod:
-            raise
-        continue
-    for _cmd in getattr(_m, "COMMANDS", ()):
+# Registered explicitly: a subcommand module that fails to import is an error, not a command
+# that silently goes missing.
+for _module in (cli_cluster, cli_topic, cli_data, cli_group, cli_monitor, cli_bench):
+    for _cmd in _module.COMMANDS:
         main.add_command(_cmd)
 
 

@@ -19,7 +19,7 @@ from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
 from fabric.errors import FabricError
 from fabric.metadata import ClusterMetadata
 from nodes import launcher
-from nodes.cli import target_options
+from nodes.cli_common import target_options
 
 PING_THREADS_MAX = 16
 LEADS_SHOWN_MAX = 6
@@ -27,10 +27,18 @@ PIPE_WIDTH_CHARS = 200
 METADATA_TIMEOUT_MS = 2000
 
 
+class _StdoutConsole(Console):
+    """rich ends the process (SystemExit) when stdout's reader has gone; a supervisor must
+    live on, so the broken pipe is raised to the caller instead."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError("stdout is closed")
+
+
 def _stdout() -> Console:
     # Piped output keeps whole rows (scripts and tests read it); a terminal wraps to its width.
     width = None if sys.stdout.isatty() else PIPE_WIDTH_CHARS
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
+    return _StdoutConsole(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
 
 
 def _stderr_progress() -> Console | None:
@@ -70,9 +78,15 @@ def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None
     except KeyboardInterrupt:
         sup.stop_all()
         raise
-    print_summary(cfg, sup)
+    try:
+        print_summary(cfg, sup)
+    except OSError:  # `loom up | head`: the reader left; the nodes still need their supervisor
+        launcher.silence_stream(sys.stdout)
     sup.run()
-    click.echo("loom: every node stopped", err=True)
+    try:
+        click.echo("loom: every node stopped", err=True)
+    except OSError:
+        launcher.silence_stream(sys.stderr)
 
 
 def _run_one(cfg: LoomConfig, name: str) -> None:
@@ -104,6 +118,9 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor) -> None:
     if cfg.security.api_keys:
         key = cfg.security.api_keys[0]
         out.print(f"API key:   {key.key}  ({key.name}: {', '.join(key.roles)})")
+    for name, node in cfg.nodes_with_role("monitor").items():
+        if name in sup.children:
+            out.print(f"metrics:   http://{node.host}:{node.http_metrics_port}/metrics  (`loom alerts` for alerts)")
     out.print(f"logs:      {launcher.log_path(cfg, 'NODE').parent}/NODE.log")
     out.print(f"stop:      Ctrl-C, or `loom down -c {cfg.source}`")
     sys.stdout.flush()
@@ -157,7 +174,9 @@ def _status_nodes(config: str | None, bootstrap: str | None) -> tuple[dict[str, 
 @target_options
 def status(config: str | None, bootstrap: str | None) -> None:
     """Health of every node, the partitions each broker leads, and the partition summary.
-    Exits 1 when a node that should run is down."""
+    Exits 1 when a node that should run is down. When the monitor answers, its view is shown."""
+    if _monitor_view(config):
+        return
     nodes, md = _status_nodes(config, bootstrap)
     available = {n: c for n, c in nodes.items() if launcher.role_available(c.role)}
     with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, max(1, len(available)))) as pool:
@@ -203,6 +222,38 @@ def _print_broker_warnings(out: Console, replies: dict[str, dict]) -> None:
             out.print(f"{name}: {r['metadata_refused']}")
         if r.get("strays"):
             out.print(f"{name}: {r['strays']} partition directories set aside as *.stray (kept; STATS lists them)")
+
+
+def _print_broker_notes(out: Console, nodes: dict[str, NodeConfig]) -> None:
+    """Beside the monitor's view, what only a broker itself tells (PING): its engine, refused
+    metadata, stray partition directories."""
+    brokers = {n: c for n, c in nodes.items() if c.role == "broker" and launcher.role_available(c.role)}
+    if not brokers:
+        return
+    with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, len(brokers))) as pool:
+        replies = {n: r for n, r in zip(brokers, pool.map(launcher.ping, brokers.values())) if r}
+    if replies:
+        out.print("engines: " + ", ".join(f"{n} {r.get('engine') or '-'}" for n, r in replies.items()))
+    _print_broker_warnings(out, replies)
+
+
+def _monitor_view(config: str | None) -> bool:
+    """Print the monitor's view of the cluster; False when there is no monitor to ask."""
+    from nodes.cli_monitor import print_monitor_status
+    try:
+        cfg = load_config(config)
+    except ConfigError:
+        return False
+    out = _stdout()
+    bad = print_monitor_status(cfg, out)
+    if bad is None:
+        return False
+    _print_broker_notes(out, cfg.nodes)
+    _print_supervisor(out, config)
+    sys.stdout.flush()
+    if bad:
+        sys.exit(1)
+    return True
 
 
 def _print_supervisor(out: Console, config: str | None) -> None:

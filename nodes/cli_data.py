@@ -14,7 +14,6 @@ prints the raw value (``--print-key`` puts the key and ``--key-separator`` in fr
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import os
 import sys
@@ -29,16 +28,17 @@ from fabric import protocol as P
 from fabric.client import Consumer, Producer
 from fabric.errors import FabricError, RemoteError
 from fabric.records import Record
-from nodes.cli import Target, target_options
+from nodes.cli_common import Target, target_options
 
 PENDING_RECORDS_MAX = 10_000   # unacknowledged records produce keeps before it waits
 POLL_RECORDS_MAX = 10_000
 POLL_WAIT_MS_MAX = 500
 PRODUCE_MAX_BLOCK_MS = 10_000
 PRODUCE_DELIVERY_TIMEOUT_MS = 60_000
+PRODUCE_REQUEST_TIMEOUT_MS = 30_000  # at most this, never more than the delivery timeout
+FLUSH_GRACE_S = 5.0  # beyond the delivery timeout: the last request's answer or its expiry
 INTERRUPT_FLUSH_TIMEOUT_S = 5.0  # after Ctrl-C, how long produce waits for what it already read
 TOPIC_LOOKUP_TIMEOUT_MS = 5_000
-GROUPS_UNAVAILABLE = "consumer groups are not available in this build"
 
 
 def encode_bytes(data: bytes | str | None) -> tuple[str | None, bool]:
@@ -101,64 +101,110 @@ def _check_partition(target: Target, topic: str, partition: int | None) -> None:
 @click.option("--header", "headers", multiple=True, metavar="K=V", help="header for every record, repeatable")
 @click.option("--print-offsets", is_flag=True, help="print one JSON line per acknowledged record")
 @click.option("--compression", type=click.Choice(["none", "zstd", "lz4"]), default="none", show_default=True)
+@click.option("--delivery-timeout-ms", type=click.IntRange(1), default=PRODUCE_DELIVERY_TIMEOUT_MS, show_default=True,
+              help="how long a record is retried (not_enough_replicas, not_leader...) before its error is reported")
 def produce(config: str | None, bootstrap: str | None, topic: str, key_separator: str | None, acks: str,
-            partition: int | None, headers: tuple[str, ...], print_offsets: bool, compression: str) -> None:
-    """Write stdin lines as records to TOPIC."""
+            partition: int | None, headers: tuple[str, ...], print_offsets: bool, compression: str,
+            delivery_timeout_ms: int) -> None:
+    """Write stdin lines as records to TOPIC.
+
+    Every acknowledged record's line is printed (--print-offsets), in input order, even when a
+    record fails; then the first error is reported and the exit status is non-zero."""
     header_list = parse_headers(headers)
     target = Target(config, bootstrap)
     _check_partition(target, topic, partition)
     sep = key_separator.encode() if key_separator else None
     producer = Producer(bootstrap, config_path=config, acks=acks, compression=compression,
-                        max_block_ms=PRODUCE_MAX_BLOCK_MS, delivery_timeout_ms=PRODUCE_DELIVERY_TIMEOUT_MS)
+                        max_block_ms=PRODUCE_MAX_BLOCK_MS, delivery_timeout_ms=delivery_timeout_ms,
+                        request_timeout_ms=min(PRODUCE_REQUEST_TIMEOUT_MS, delivery_timeout_ms))
+    flush_timeout_s = delivery_timeout_ms / 1000 + FLUSH_GRACE_S
     pending: deque = deque()
+    report = _Acknowledgements(print_offsets, acks, flush_timeout_s)
     progress = _Progress("produced")
     count = 0
     typed = sys.stdin.isatty()
     try:
-        for line in _lines(sys.stdin.buffer):
-            key, value = (None, line)
-            if sep is not None and sep in line:
-                key, value = line.split(sep, 1)
-            pending.append((producer.send(topic, value, key=key, headers=header_list, partition=partition), key))
-            count += 1
-            if typed:  # a person typing: answer this line now, not once the next one is read
-                producer.flush(PRODUCE_DELIVERY_TIMEOUT_MS / 1000)
-            while pending and (pending[0][0].done() or len(pending) > PENDING_RECORDS_MAX):
-                _acknowledged(pending.popleft(), print_offsets, acks)
-            progress.update(count)
-        producer.flush(PRODUCE_DELIVERY_TIMEOUT_MS / 1000)
+        try:
+            for line in _lines(sys.stdin.buffer):
+                key, value = (None, line)
+                if sep is not None and sep in line:
+                    key, value = line.split(sep, 1)
+                pending.append((producer.send(topic, value, key=key, headers=header_list, partition=partition), key))
+                count += 1
+                if typed:  # a person typing: answer this line now, not once the next one is read
+                    _flush(producer, flush_timeout_s)
+                while pending and (pending[0][0].done() or len(pending) > PENDING_RECORDS_MAX):
+                    report.take(pending.popleft())
+                progress.update(count)
+        except FabricError as e:  # this line cannot be sent: stop reading, report what landed
+            report.fail(e)
+        _flush(producer, flush_timeout_s)
         while pending:
-            _acknowledged(pending.popleft(), print_offsets, acks)
+            report.take(pending.popleft())
     except KeyboardInterrupt:
         # Ctrl-C ends the input. The lines already read are still delivered (close() flushes
         # them anyway), so report their offsets as promised instead of dropping the answers.
-        try:
-            producer.flush(INTERRUPT_FLUSH_TIMEOUT_S)
-        except RemoteError:
-            pass
-        while pending and pending[0][0].done() and pending[0][0].exception() is None:
-            _acknowledged(pending.popleft(), print_offsets, acks)
+        _flush(producer, INTERRUPT_FLUSH_TIMEOUT_S)
+        while pending and pending[0][0].done():
+            report.take(pending.popleft())
         sys.stdout.flush()
         raise
     finally:
         progress.stop()
         producer.close(timeout=5)
+    report.raise_first_error()
     if sys.stderr.isatty():
         click.echo(f"produced {count} records to {topic}", err=True)
+
+
+def _flush(producer: Producer, timeout_s: float) -> None:
+    """Wait for the acknowledgements; a record still unanswered is reported by ``take``."""
+    try:
+        producer.flush(timeout_s)
+    except RemoteError:
+        pass
+
+
+class _Acknowledgements:
+    """Per record, in input order: print its line when acknowledged (``--print-offsets``),
+    remember the first error. Not thread-safe: the produce command's own."""
+
+    def __init__(self, print_offsets: bool, acks: str, wait_s: float) -> None:
+        self.wait_s = wait_s  # for one record's answer (the sender ends it by its delivery timeout)
+        self.print_offsets = print_offsets
+        self.acks = acks
+        self.first_error: Exception | None = None
+
+    def take(self, item: tuple) -> None:
+        future, key = item
+        future.exception(self.wait_s)
+        if not future.done():
+            self.fail(RemoteError(P.REQUEST_TIMED_OUT, "no acknowledgement within the delivery timeout"))
+            return
+        error = future.exception()
+        if error is not None:
+            self.fail(error)
+            return
+        if self.print_offsets:
+            md = future.result()
+            out = {"topic": md.topic, "partition": md.partition, "offset": md.offset if self.acks != "0" else -1}
+            _put(out, "key", key)
+            _write_line(json.dumps(out).encode())
+
+    def fail(self, error: Exception) -> None:
+        if self.first_error is None:
+            self.first_error = error
+
+    def raise_first_error(self) -> None:
+        """After every acknowledged line: the first error (one line via LoomGroup)."""
+        if self.first_error is not None:
+            sys.stdout.flush()
+            raise self.first_error
 
 
 def _lines(stream: BinaryIO):  # noqa: ANN202 - a generator of bytes
     for raw in stream:
         yield raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
-
-
-def _acknowledged(item: tuple, print_offsets: bool, acks: str) -> None:
-    future, key = item
-    md = future.result()  # raises the record's error (one line via LoomGroup)
-    if print_offsets:
-        out = {"topic": md.topic, "partition": md.partition, "offset": md.offset if acks != "0" else -1}
-        _put(out, "key", key)
-        _write_line(json.dumps(out).encode())
 
 
 class _Progress:
@@ -281,18 +327,9 @@ def _assigned_consumer(target: Target, topic: str, partition: int | None, offset
 
 
 def _group_consumer(target: Target, group: str, topic: str, reset: str) -> Any:
-    """The hook for consumer groups: ``fabric.client.group.GroupConsumer`` (a Consumer with
-    ``subscribe`` and auto-commit; ``close`` commits what was printed), when this build has it."""
-    try:
-        mod = importlib.import_module("fabric.client.group")
-    except ModuleNotFoundError as e:
-        if e.name == "fabric.client.group":
-            raise FabricError(GROUPS_UNAVAILABLE) from None
-        raise
-    cls = getattr(mod, "GroupConsumer", None)
-    if cls is None:
-        raise FabricError(GROUPS_UNAVAILABLE)
-    consumer = cls(target.bootstrap, config_path=target.config, group_id=group, auto_offset_reset=reset)
+    """A GroupConsumer subscribed to ``topic`` (auto-commit; ``close`` commits what was printed)."""
+    from fabric.client.group import GroupConsumer  # lazy: keeps `loom produce` start-up light
+    consumer = GroupConsumer(target.bootstrap, config_path=target.config, group_id=group, auto_offset_reset=reset)
     consumer.subscribe([topic])
     return consumer
 

@@ -19,7 +19,7 @@ import click
 
 from fabric.client.group_admin import GroupAdmin
 from fabric.errors import FabricError
-from nodes.cli import Target, target_options
+from nodes.cli_common import Target, target_options
 
 
 def _table(headers: list[str], rows: list[list]) -> None:

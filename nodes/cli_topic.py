@@ -19,7 +19,7 @@ from fabric import protocol as P
 from fabric.client import Admin
 from fabric.errors import RemoteError
 from fabric.metadata import PartitionInfo, TopicInfo
-from nodes.cli import Target
+from nodes.cli_common import Target
 
 READY_WAIT_S = 15.0  # create/alter wait this long for every new partition to have a leader
 
@@ -30,7 +30,8 @@ def parse_key_values(items: tuple[str, ...], what: str = "--config") -> dict[str
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"expected key=value, not {item!r}", param_hint=what)
+            hint = f" ({CLUSTER_CONFIG_HINT})" if item.endswith((".yaml", ".yml")) else ""
+            raise click.BadParameter(f"expected key=value, not {item!r}{hint}", param_hint=what)
         out[key.strip()] = value.strip()
     return out
 
@@ -44,9 +45,21 @@ def _topic_name(name: str | None, topic: str | None, required: bool = True) -> s
     return chosen
 
 
-def cluster_options(fn):  # noqa: ANN001, ANN201
-    """Like nodes.cli.target_options, but ``--config`` is kept for topic configs (kafka-topics'
-    ``--config k=v``): the cluster config is ``-c`` / ``--cluster-config``."""
+CLUSTER_CONFIG_HINT = "--config sets topic configs (K=V); give the cluster config with -c/--cluster-config FILE"
+
+
+def _no_topic_configs(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    if value:
+        raise click.UsageError(f"this command takes no topic configs: {CLUSTER_CONFIG_HINT}")
+
+
+def cluster_options(fn, topic_configs: bool = False):  # noqa: ANN001, ANN201
+    """Like nodes.cli_common.target_options, but ``--config`` is kept for topic configs
+    (kafka-topics' ``--config k=v``): the cluster config is ``-c`` / ``--cluster-config``.
+    Commands without topic configs answer ``--config FILE`` with what to use instead."""
+    if not topic_configs:
+        fn = click.option("--config", "_topic_configs", multiple=True, hidden=True, expose_value=False,
+                          callback=_no_topic_configs)(fn)
     fn = click.option("-c", "--cluster-config", "config", default=None, envvar="LOOM_CONFIG",
                       help="cluster config YAML (default: $LOOM_CONFIG, then config/cluster.yaml)")(fn)
     fn = click.option("--bootstrap", "bootstrap", default=None,
@@ -54,10 +67,15 @@ def cluster_options(fn):  # noqa: ANN001, ANN201
     return fn
 
 
-def topic_options(fn):  # noqa: ANN001, ANN201
+def topic_options(fn, topic_configs: bool = False):  # noqa: ANN001, ANN201
     fn = click.option("--topic", "topic", default=None, help="the topic (or give it as the argument)")(fn)
     fn = click.argument("name", required=False)(fn)
-    return cluster_options(fn)
+    return cluster_options(fn, topic_configs)
+
+
+def topic_options_with_configs(fn):  # noqa: ANN001, ANN201
+    """topic_options for the commands that take ``--config K=V`` (create, alter)."""
+    return topic_options(fn, topic_configs=True)
 
 
 def wait_ready(admin: Admin, topic: str, partitions_min: int, timeout_s: float = READY_WAIT_S) -> bool:
@@ -91,7 +109,7 @@ def topic() -> None:
 
 
 @topic.command()
-@topic_options
+@topic_options_with_configs
 @click.option("--partitions", type=click.IntRange(1), default=None, help="number of partitions (default: topics.partitions)")
 @click.option("--replication-factor", type=click.IntRange(1), default=None, help="replicas per partition (default: topics.replication_factor)")
 @click.option("--config", "configs", multiple=True, metavar="K=V", help="topic config, repeatable (retention.ms=…, min.insync.replicas=…)")
@@ -159,7 +177,7 @@ def describe(config: str | None, bootstrap: str | None, name: str | None, topic:
 
 
 @topic.command()
-@topic_options
+@topic_options_with_configs
 @click.option("--partitions", type=click.IntRange(1), default=None, help="new (larger) partition count")
 @click.option("--config", "configs", multiple=True, metavar="K=V", help="topic config to set, repeatable")
 def alter(config: str | None, bootstrap: str | None, name: str | None, topic: str | None,

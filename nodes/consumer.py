@@ -241,6 +241,7 @@ class ConsumerService(Node):
         for cmd in OPS:
             self.server.route(cmd, self._on_op)
         self.reactor.call_every(IDLE_CHECK_INTERVAL_MS, self._expire_idle)
+        self.metrics.add_collector(lambda: (("loom_consumer_service_instances", (), len(self.instances)),))
 
     # -- answers from instance threads ---------------------------------------------------------
     def _answer(self, req: wire.Request) -> Answer:

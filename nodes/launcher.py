@@ -4,7 +4,9 @@ Every node of the config runs as ``python -m nodes.run -c CONFIG --node NAME`` w
 in ``<data_dir>/logs/NAME.log``. Roles whose implementation module is not part of this build
 are listed but never started. The supervisor writes ``<data_dir>/loom.pid`` (JSON: its own pid
 and its children's) so that ``loom down`` can find it; SIGTERM or SIGINT stop every child by
-pid (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``).
+pid (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``). SIGHUP (the terminal closed) does the
+same, and a closed stdout or stderr (``loom up | head``, a vanished terminal) never kills the
+supervisor: its output goes to /dev/null from then on, and the nodes keep being supervised.
 
 Children run in their own session, so Ctrl-C reaches only the supervisor, which then stops
 them in order (the coordinator last, so brokers do not see it vanish first).
@@ -29,7 +31,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +42,7 @@ from fabric import protocol as P
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import FabricError, RemoteError
 from fabric.rpc import BlockingClient
+from nodes.control import ControlServer, EventLog, control_path
 from nodes.run import EXIT_CONFIG_ERROR, ROLE_CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +57,26 @@ STABLE_RUN_MS = 10_000          # a child that ran this long resets its backoff
 STOP_TIMEOUT_S = 15.0           # SIGTERM grace before SIGKILL
 LOG_TAIL_LINES_MAX = 5
 NOT_AVAILABLE = "not available in this build"
+# Each stops every node as Ctrl-C does; SIGHUP's default (exit) would orphan them all.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def silence_stream(stream: "object") -> None:
+    """Point a stream whose reader is gone (EPIPE, EIO) at /dev/null, so that later writes --
+    and the flush at interpreter exit -- succeed instead of raising."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())  # type: ignore[attr-defined]
+    finally:
+        os.close(devnull)
+
+
+def _emit_to_stderr(line: str) -> None:
+    """The supervisor's progress line; a closed stderr must not stop the supervision."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        silence_stream(sys.stderr)
 
 
 def role_available(role: str) -> bool:
@@ -64,6 +88,11 @@ def role_available(role: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # a parent package is missing
         return False
+
+
+def control_endpoint(config: LoomConfig) -> str:
+    """The supervisor's control socket (nodes/control.py): local to this host by construction."""
+    return f"ipc://{control_path(config.cluster.data_dir)}"
 
 
 def pid_file_path(config: LoomConfig) -> Path:
@@ -139,6 +168,8 @@ class Child:
     restart_at_ms: int | None = None
     last_exit: int | None = None
     healthy: bool = False
+    exits_ms: deque[int] = field(default_factory=deque)  # recent exits, for the crash-loop limit
+    given_up: str | None = None  # why the supervisor stopped restarting it
 
     @property
     def pid(self) -> int | None:
@@ -156,7 +187,7 @@ class Supervisor:
     def __init__(self, config: LoomConfig, config_path: str, emit: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.config_path = str(Path(config_path).resolve())
-        self.emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.emit = emit or _emit_to_stderr
         self.data_dir = Path(config.cluster.data_dir)
         self.children: dict[str, Child] = {}
         self.unavailable: dict[str, NodeConfig] = {}
@@ -167,6 +198,8 @@ class Supervisor:
                 self.unavailable[name] = node
         self._stopping = False
         self._lock_fd: int | None = None
+        self.events = EventLog()
+        self.control: ControlServer | None = None
 
     # -- start ------------------------------------------------------------------------------
     def check_not_running(self) -> None:
@@ -213,6 +246,7 @@ class Supervisor:
         self.check_not_running()
         (self.data_dir / LOG_DIR_NAME).mkdir(parents=True, exist_ok=True)
         self.install_signal_handlers()
+        self._open_control()
         first = [n for n, c in self.children.items() if c.node.role == "coordinator"]
         rest = [n for n in self.children if n not in first]
         deadline_ms = _now_ms() + self.config.supervisor.startup_timeout_ms
@@ -236,6 +270,49 @@ class Supervisor:
         child.started_ms = _now_ms()
         child.restart_at_ms = None
         child.healthy = False
+
+    def _open_control(self) -> None:
+        try:
+            self.control = ControlServer(self.data_dir, self.events, self.children_status, self.restart_now)
+        except zmq.ZMQError as e:  # e.g. a data dir path too long for a unix socket
+            self.emit(f"loom: no control socket at {control_path(self.data_dir)}: {e}; "
+                      "the monitor can report hung nodes but not restart them")
+
+    def children_status(self) -> dict[str, dict]:
+        """Every child: pid, state (running, restarting, given_up, stopped), restarts, reason."""
+        out = {}
+        for name, c in self.children.items():
+            state = "given_up" if c.given_up else "running" if c.pid else "restarting" if c.restart_at_ms else "stopped"
+            out[name] = {"pid": c.pid, "state": state, "restarts": c.restarts, "reason": c.given_up or ""}
+        return out
+
+    def restart_now(self, name: str, reason: str, pid: int | None = None) -> int:
+        """Kill ``name`` (SIGKILL: a stopped or hung process cannot handle SIGTERM) and start a
+        new process at once. ``pid``: only if this is still the running process. Returns the
+        new pid; raises RemoteError when the node is not ours, given up on, or already gone."""
+        child = self.children.get(name)
+        if child is None:
+            raise RemoteError(P.INVALID_CONFIG, f"{name} is not supervised here")
+        if child.given_up:
+            raise RemoteError(P.INVALID_CONFIG, f"{name} was given up on: {child.given_up}")
+        if child.proc is None or child.proc.poll() is not None or (pid is not None and pid != child.proc.pid):
+            raise RemoteError(P.INVALID_CONFIG, f"{name} is not running as pid {pid}: nothing to restart")
+        old = child.proc.pid
+        child.proc.kill()
+        try:
+            child.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(P.REQUEST_TIMED_OUT, f"{name} (pid {old}) did not die on SIGKILL") from None
+        child.last_exit = child.proc.returncode
+        if self._crash_loop(child, _now_ms()):  # a node that keeps hanging loops too
+            self._write_pid_file()
+            raise RemoteError(P.INVALID_CONFIG, f"{name} was given up on: {child.given_up}")
+        self._spawn(child)
+        child.restarts += 1
+        self.events.add("restarted", name, reason, pid=child.proc.pid, old_pid=old)  # type: ignore[union-attr]
+        self.emit(f"loom: restarted {name} (pid {old}) as pid {child.proc.pid}: {reason}")  # type: ignore[union-attr]
+        self._write_pid_file()
+        return child.proc.pid  # type: ignore[union-attr]
 
     def _wait_healthy(self, names: list[str], deadline_ms: int) -> None:
         pending = set(names)
@@ -266,15 +343,18 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, frame: object) -> None:
             self._stopping = True
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _stop)
 
     def run(self) -> None:
         """Supervise until SIGTERM/SIGINT, then stop every child."""
         try:
             while not self._stopping:
                 self.tick(_now_ms())
-                time.sleep(LOOP_INTERVAL_MS / 1000)
+                if self.control is not None:
+                    self.control.serve(LOOP_INTERVAL_MS)
+                else:
+                    time.sleep(LOOP_INTERVAL_MS / 1000)
         finally:
             self.stop_all()
 
@@ -288,6 +368,8 @@ class Supervisor:
                 child.last_exit = proc.returncode
                 ran_ms = now_ms - child.started_ms
                 why = self._exit_reason(child.name, proc.returncode)
+                self.events.add("exited", child.name, why or f"exit code {proc.returncode}", pid=proc.pid,
+                                code=proc.returncode)
                 if proc.returncode == EXIT_CONFIG_ERROR:
                     self.emit(f"loom: {child.name} (pid {proc.pid}) cannot start: {why or 'configuration error'}; "
                               "not restarting it: fix the config, then restart the cluster")
@@ -298,6 +380,9 @@ class Supervisor:
                     self.emit(f"loom: {child.name} exited with code {proc.returncode} (restart is off)"
                               + (f": {why}" if why else ""))
                     child.proc = None
+                    changed = True
+                    continue
+                if self._crash_loop(child, now_ms):
                     changed = True
                     continue
                 if ran_ms >= STABLE_RUN_MS or child.backoff_ms == 0:
@@ -313,8 +398,26 @@ class Supervisor:
                 child.restarts += 1
                 changed = True
                 self.emit(f"loom: restarted {child.name} as pid {child.proc.pid}")
+                self.events.add("restarted", child.name, f"it exited ({self._exit_reason(child.name, child.last_exit or 0)})",
+                                pid=child.proc.pid)
         if changed:
             self._write_pid_file()
+
+    def _crash_loop(self, child: Child, now_ms: int) -> bool:
+        """Count an exit (a crash, or a kill the monitor asked for); True (and the child given
+        up on) when it is over the crash-loop limit."""
+        sup = self.config.supervisor
+        child.exits_ms.append(now_ms)
+        while child.exits_ms and now_ms - child.exits_ms[0] > sup.crash_loop_window_ms:
+            child.exits_ms.popleft()
+        if len(child.exits_ms) <= sup.crash_loop_restarts_max:
+            return False
+        child.given_up = (f"exited {len(child.exits_ms)} times within {sup.crash_loop_window_ms} ms "
+                          f"(limit {sup.crash_loop_restarts_max}); last: {self._exit_reason(child.name, child.last_exit or 0)}")
+        child.proc = None
+        self.events.add("gave_up", child.name, child.given_up)
+        self.emit(f"loom: giving up on {child.name}: {child.given_up} (log: {log_path(self.config, child.name)})")
+        return True
 
     def _exit_reason(self, name: str, returncode: int) -> str:
         """A signal's name, or the child's last log line (its error, when it failed)."""
@@ -339,6 +442,9 @@ class Supervisor:
         info = read_pid_file(self.config)
         if info and info.get("pid") == os.getpid():
             pid_file.unlink(missing_ok=True)
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         self.release_lock()
 
     def _write_pid_file(self) -> None:

@@ -81,6 +81,8 @@ class ProducerService(Node):
         self.server.route(P.SERVICE_PRODUCE, self._on_produce)
         self._worker = threading.Thread(target=self._work, name="loom-producer-service", daemon=True)
         self._worker.start()
+        self.metrics.add_collector(lambda: (("loom_producer_service_buffer_bytes", (), self._buffered_bytes),
+                                            ("loom_producer_service_buffer_max_bytes", (), self.services.producer_buffer_bytes_max)))
 
     # -- reactor thread ------------------------------------------------------------------------
     def _on_produce(self, req: wire.Request) -> Any:
@@ -114,6 +116,7 @@ class ProducerService(Node):
         self._buffered_bytes += size
         self.counters["produce_requests"] += 1
         self.counters["produce_records"] += len(records)
+        self.metrics.inc("loom_producer_service_records_total", (topic,), len(records))
         return DEFER
 
     def _on_wake(self, frames: list[bytes]) -> None:

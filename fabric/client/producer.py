@@ -50,7 +50,7 @@ class BatchState:
     """One closed (or open) batch: its records and the waiters on its result."""
 
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
-                 "error", "sequence", "data", "attempts", "deadline_ms", "callbacks")
+                 "error", "sequence", "data", "attempts", "deadline_ms", "callbacks", "last_error")
 
     def __init__(self, topic: str, partition: int, created_ms: int) -> None:
         self.topic = topic
@@ -66,6 +66,7 @@ class BatchState:
         self.attempts = 0
         self.deadline_ms = 0
         self.callbacks: list | None = None
+        self.last_error: RemoteError | None = None  # the last retriable error: reported if it never lands
 
     def complete(self, base_offset: int, error: Exception | None) -> None:
         self.base_offset = base_offset
@@ -275,7 +276,7 @@ class Producer:
 
 
 def _offset(base_offset: int, index: int) -> int:
-    """-1 when the broker could not say (an old duplicate it no longer remembers)."""
+    """-1 when the broker did not say (acks=0)."""
     return base_offset + index if base_offset >= 0 else -1
 
 

@@ -97,6 +97,13 @@ class Sender(threading.Thread):
                 self._md_wanted = True
                 self.wake()
 
+    def start_sequence_at_for_testing(self, topic: str, partition: int, sequence: int) -> None:
+        """Test hook: number the next batch of (topic, partition) from ``sequence``
+        (0..2**31-1), so that a test reaches the 2**31 wrap without sending 2 billion records.
+        Call before the first send to that partition."""
+        assert 0 <= sequence <= 0x7FFFFFFF, sequence
+        self._sequences[(topic, partition)] = sequence
+
     def stop(self) -> None:
         self._stopping = True
         self.wake()
@@ -143,7 +150,8 @@ class Sender(threading.Thread):
     def _expire(self, now_ms: int) -> None:
         for tp, q in self._queues.items():
             while q and tp not in self._in_flight and q[0].deadline_ms <= now_ms:
-                self._finish(q.popleft(), -1, RemoteError(P.REQUEST_TIMED_OUT, f"{tp[0]}-{tp[1]}: not delivered within delivery_timeout_ms"))
+                b = q.popleft()
+                self._finish(b, -1, _expired_error(b, tp, self.delivery_timeout_ms))
 
     def _pack(self, b: "BatchState", tp: tuple[str, int]) -> bytes:
         if b.data is None:
@@ -221,10 +229,12 @@ class Sender(threading.Thread):
                 base, code, msg = results[i][0], results[i][1], results[i][2]
             if code:
                 self.errors[P.error_name(code)] += 1
-            if code == 0 or code == P.DUPLICATE_SEQUENCE:
-                self._finish(b, base, None)
+            if code == 0:
+                self._finish(b, base, None)  # a recognised retry also answers 0, with its offset
             elif code in P.RETRIABLE or (code == P.OUT_OF_ORDER_SEQUENCE and retry.get(tp)) or header is None:
                 retry[tp].append(b)
+                if code != P.OUT_OF_ORDER_SEQUENCE:  # that one only follows an earlier batch's error
+                    b.last_error = RemoteError(code, msg)
                 if header is None or code not in (P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
                     self._md_wanted = True  # the leader may have moved (or died)
             else:
@@ -315,3 +325,12 @@ class Sender(threading.Thread):
                 assert self.reactor is not None
                 self.reactor.call_later(METADATA_RETRY_MS, self.wake)
         self._client(self.metadata.coordinator).request(P.INIT_PRODUCER_ID, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
+
+
+def _expired_error(b: "BatchState", tp: tuple[str, int], delivery_timeout_ms: int) -> RemoteError:
+    """The error of a batch whose delivery timeout ended: the last retriable error it got
+    (not_enough_replicas, not_leader...), so the user sees why, else request_timed_out."""
+    last = b.last_error
+    code = last.code if last is not None else P.REQUEST_TIMED_OUT
+    why = f" (last error: {last.message})" if last is not None and last.message else ""
+    return RemoteError(code, f"{tp[0]}-{tp[1]}: not delivered within delivery_timeout_ms={delivery_timeout_ms}{why}")

@@ -10,6 +10,7 @@ per leadership change). Not thread-safe.
 
 from __future__ import annotations
 
+import bisect
 import os
 from pathlib import Path
 
@@ -87,3 +88,33 @@ class EpochCache:
         if kept != self.entries:
             self.entries = kept
             self._save()
+
+
+def epoch_contradiction(checkpoint: list[tuple[int, int]], epoch: int, base_offset: int,
+                        previous_epoch: int) -> str | None:
+    """Why a stored batch at ``base_offset`` cannot carry leader ``epoch`` (the batch
+    before it carried ``previous_epoch``, -1 if unknown), or None if it can, given the
+    ``checkpoint`` entries (EpochCache.entries as loaded at open). Pure.
+
+    The leader-epoch field (batch header bytes 12-15) is stamped by the leader after the
+    producer computed the CRC, so the CRC does not cover it (as in Kafka); this checkpoint
+    is the independent record it is checked against. Epochs never go down along a log;
+    a batch inside the range of a checkpointed epoch carries exactly that epoch; none
+    carries an epoch newer than the checkpoint's latest (the checkpoint is written before
+    a leader's first batch of an epoch, and after a follower stored one -- a follower that
+    crashed in between loses that unacknowledged tail, which it fetches again). With no
+    checkpoint entries only the order is checked. We chose this over a header checksum:
+    the batch format, its per-batch stamping cost and every stored log stay as they are."""
+    if epoch < previous_epoch:
+        return f"leader epoch {epoch} is older than the {previous_epoch} before it"
+    if not checkpoint:
+        return None
+    if epoch > checkpoint[-1][0]:
+        return f"leader epoch {epoch} is newer than the checkpoint's latest {checkpoint[-1][0]}"
+    i = bisect.bisect_right(checkpoint, base_offset, key=lambda e: e[1]) - 1
+    if i < 0:  # before the first checkpointed epoch: the older epochs are not recorded
+        return None if epoch <= checkpoint[0][0] else \
+            f"leader epoch {epoch} before offset {checkpoint[0][1]}, where epoch {checkpoint[0][0]} starts"
+    if epoch != checkpoint[i][0]:
+        return f"leader epoch {epoch} inside epoch {checkpoint[i][0]} (from offset {checkpoint[i][1]})"
+    return None

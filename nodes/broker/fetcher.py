@@ -70,10 +70,15 @@ class ReplicaFetcher:
 
     def ack(self, part: "Partition") -> None:
         """One-way: tell the leader our log end offset (advances its high watermark)."""
+        self.ack_parts([part])
+
+    def ack_parts(self, parts: list["Partition"]) -> None:
+        """``ack`` for many partitions, in messages of at most ``PARTITIONS_MAX`` parts."""
         if self.broker.faults.blocks_broker(self.leader_id):
             return
-        self.client.send_oneway(P.REPLICA_ACK, {"broker_id": self.broker.broker_id, "parts": [
-            [part.topic, part.partition, part.log_end_offset, part.leader_epoch]]})
+        for i in range(0, len(parts), P.PARTITIONS_MAX):
+            self.client.send_oneway(P.REPLICA_ACK, {"broker_id": self.broker.broker_id, "parts": [
+                [p.topic, p.partition, p.log_end_offset, p.leader_epoch] for p in parts[i:i + P.PARTITIONS_MAX]]})
 
     def _fetch(self) -> None:
         if self._closed or self._in_flight or not self.partitions:
@@ -105,15 +110,17 @@ class ReplicaFetcher:
         progressed = False
         for entry, data in zip(header.get("parts", []), payloads):
             try:
-                progressed |= self._apply(entry, data, asked)
+                if self._apply(entry, data, asked):
+                    progressed = True
+                    key = (entry[0], entry[1])
+                    self.broker.mark_dirty(key)
+                    self.broker.note_appended(self.partitions[key])
             except (EngineError, BatchError) as e:
                 log.error("replica fetch from broker %d: %s", self.leader_id, e)
             except (TypeError, ValueError, IndexError) as e:  # a malformed answer: drop it
                 self.broker.counters["repl_malformed"] += 1
                 log.error("malformed replica fetch answer from broker %d: %s", self.leader_id, e)
         self._backoff_ms = RETRY_BACKOFF_MS
-        if progressed:
-            self.broker.mark_dirty()
         if self.long_poll or progressed or self._again or not self._all_stream_ready():
             self.broker.reactor.call_later(0 if (progressed or self._again) else RETRY_BACKOFF_MS, self._fetch)
 
@@ -132,7 +139,11 @@ class ReplicaFetcher:
                 return True
             return False
         if diverging is not None:
-            if part.log_end_offset < _start:  # the leader deleted every epoch we share with it
+            if diverging[0] < 0 or part.log_end_offset < _start:
+                # the leader no longer has any epoch we share with it (retention removed them):
+                # nothing in our log can be checked against its log, and truncating to its log
+                # start would keep our old epoch entry and bring the same answer back at once.
+                # Start over empty at its log start (Kafka's truncateFullyAndStartAt).
                 part.reset_to(_start)
                 return True
             part.truncate_to(self._divergence_point(part, diverging[0], diverging[1]))
@@ -145,9 +156,8 @@ class ReplicaFetcher:
     @staticmethod
     def _divergence_point(part: "Partition", leader_epoch: int, leader_end: int) -> int:
         """Where our log stops agreeing with the leader's: the end of the last epoch we share,
-        by both logs' reckoning (KIP-101/KIP-279: the smaller of the two end offsets)."""
-        if leader_epoch < 0:
-            return max(0, leader_end) if part.log_start_offset <= 0 else part.log_start_offset
+        by both logs' reckoning (KIP-101/KIP-279: the smaller of the two end offsets).
+        ``leader_epoch`` >= 0 (an unknown epoch resets the log instead, see _apply)."""
         own_epoch, own_end = part.epochs.end_offset_for(leader_epoch, part.log_end_offset)
         if own_epoch < 0:
             return part.log_start_offset

@@ -3,7 +3,8 @@ check).
 
 A broker belongs to one cluster: the id (a UUID the coordinator makes once, with its state) of
 the first metadata it accepted, kept in ``meta.properties`` in its data directory together with
-the highest metadata version it has accepted. It refuses metadata
+the highest metadata version it has accepted. It refuses metadata (a snapshot, a delta or a
+version beacon alike: each carries the cluster id and the coordinator's state id)
 
 - of another cluster: a coordinator started without its state (a replaced disk, a wrong
   ``data_dir``) has a new cluster id, and acting on its empty metadata would drop every
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from fabric.metadata import ClusterMetadata
 
@@ -92,20 +94,12 @@ class MetadataGuard:
         self._persisted_version = self.version_seen
 
     def admit(self, md: ClusterMetadata) -> bool:
-        """True if ``md`` may be applied. False (logged once per coordinator process) if it is
-        from another cluster or from an older state than what this broker has accepted."""
-        if md.state_id and md.state_id in self.refused:
+        """True if ``md`` may be applied (and it is then taken as accepted). False (logged once
+        per coordinator process) if it is from another cluster or from an older state than what
+        this broker has accepted."""
+        if self.refuses(md.cluster_id, md.state_id, md.version):
             return False
-        if md.cluster_id and self.cluster_id and md.cluster_id != self.cluster_id:
-            return self._refuse(md, f"refusing metadata from a coordinator of cluster {md.cluster_id}: this "
-                                    f"broker belongs to cluster {self.cluster_id} ({self.path}); was the coordinator "
-                                    "started without its state? Keeping the partitions this broker has.")
-        if md.state_id != self.state_id:
-            if md.version < self.version_seen:
-                return self._refuse(md, f"refusing metadata version {md.version} from a restarted coordinator: this "
-                                        f"broker has accepted version {self.version_seen} ({self.path}); was the "
-                                        "coordinator's state restored from an old copy? Keeping the partitions this broker has.")
-            self.state_id = md.state_id
+        self.state_id = md.state_id
         if md.cluster_id and not self.cluster_id:
             self.cluster_id = md.cluster_id
             log.info("joined cluster %s", self.cluster_id)
@@ -115,6 +109,24 @@ class MetadataGuard:
         self.last_refusal = ""
         return True
 
+    def refuses(self, cluster_id: Any, state_id: Any, version: int) -> bool:
+        """True if metadata of ``cluster_id`` and coordinator state ``state_id`` at ``version``
+        must be refused (a snapshot, a delta or a version beacon: each carries these three).
+        Records a refusal (logged once per coordinator process); accepts nothing."""
+        cluster_id = cluster_id if isinstance(cluster_id, str) else ""
+        state_id = state_id if isinstance(state_id, str) else ""
+        if state_id and state_id in self.refused:
+            return True
+        if cluster_id and self.cluster_id and cluster_id != self.cluster_id:
+            return self._refuse(state_id, f"refusing metadata from a coordinator of cluster {cluster_id}: this "
+                                          f"broker belongs to cluster {self.cluster_id} ({self.path}); was the coordinator "
+                                          "started without its state? Keeping the partitions this broker has.")
+        if state_id != self.state_id and version < self.version_seen:
+            return self._refuse(state_id, f"refusing metadata version {version} from a restarted coordinator: this "
+                                          f"broker has accepted version {self.version_seen} ({self.path}); was the "
+                                          "coordinator's state restored from an old copy? Keeping the partitions this broker has.")
+        return False
+
     def registration_refused(self, reason: str) -> None:
         """The coordinator refused our registration (``reason``; "" once it accepts one)."""
         if reason and reason != self.last_refusal:
@@ -123,14 +135,15 @@ class MetadataGuard:
         if reason or self.last_refusal.startswith("the coordinator refused"):
             self.last_refusal = f"the coordinator refused this broker: {reason}" if reason else ""
 
-    def _refuse(self, md: ClusterMetadata, reason: str) -> bool:
+    def _refuse(self, state_id: str, reason: str) -> bool:
+        """Log and remember a refusal of coordinator state ``state_id``; returns True."""
         log.error("%s", reason)
         self.last_refusal = reason
-        if md.state_id:
-            self.refused[md.state_id] = reason
+        if state_id:
+            self.refused[state_id] = reason
             while len(self.refused) > REFUSED_STATES_MAX:
                 self.refused.pop(next(iter(self.refused)))
-        return False
+        return True
 
     def persist(self) -> None:
         """Write the cluster id and the highest accepted version if they changed (a timer calls

@@ -27,11 +27,14 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata, PartitionInfo
 from fabric.rpc import DEFER, RpcClient, make_socket
+from fabric.stall import StallWatch
 from nodes.base import Node
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.identity import VERSION_PERSIST_INTERVAL_MS, MetadataGuard
+from nodes.broker.isr import ALTER_ISR_TIMEOUT_MS, IsrProposer
+from nodes.broker.meter import BrokerMeter
 from nodes.broker.parking import ParkedFetch, ParkedProduce, ParkingLot
-from nodes.broker.partition import Partition
+from nodes.broker.partition import HW_CHECKPOINT_INTERVAL_MS, Partition
 from nodes.broker.partition_dirs import PartitionDirs
 from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
 
@@ -41,6 +44,10 @@ ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
 REGISTER_REFUSED_RETRY_MS = 2000  # a coordinator of another cluster: ask again, slowly
 STRAYS_SHOWN_MAX = 100  # in STATS
+PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each costs fsyncs)
+UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
+STALL_THRESHOLD_MS = 2000  # a reactor pass gap over this means this broker did not run
+METADATA_PUSH_KINDS = (P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 
 
 class Broker(Node):
@@ -79,12 +86,24 @@ class Broker(Node):
         self.sub.connect(config.coordinator.pub_endpoint)
         self.reactor.add_socket(self.sub, self._on_sub)
         self.fetchers: dict[int, ReplicaFetcher] = {}
+        self.meter = BrokerMeter(self.metrics, self.partitions, self.storage.engine, self.data_dir, lambda: self.parking.size)
         self._open_existing_partitions()
         self.reactor.after_pass(self._after_pass)
+        self.isr_proposer = IsrProposer(self.broker_id, self._send_alter_isr, refresh_metadata=self._refresh_metadata,
+                                        on_fenced=self._reregister_as_new_incarnation, mark_dirty=self.mark_dirty)
+        self._refresh_in_flight = False
+        self._to_open: dict[tuple[str, int], PartitionInfo] = {}  # in metadata, not yet opened here
+        self._open_scheduled = False
+        self.led_partitions: list[Partition] = []
+        # a leader that did not run (SIGSTOP, a frozen host) did not hear its followers either
+        self.stall_watch = StallWatch(self.clock, STALL_THRESHOLD_MS, self._resume_after_stall)
+        self.reactor.after_pass(self.stall_watch.tick)
         self.reactor.call_every(ISR_CHECK_INTERVAL_MS, self._check_isr)
         self.reactor.call_every(config.topics.retention_check_interval_ms, self._apply_retention)
+        self._unflushed: dict[tuple[str, int], int] = {}  # partition -> its latest append (ms)
         if self.storage.fsync == "interval":
             self.reactor.call_every(self.storage.fsync_interval_ms, self._flush_due)
+        self.reactor.call_every(HW_CHECKPOINT_INTERVAL_MS, self._checkpoint_high_watermarks)
         # a random id per process: the coordinator treats a new one as a restart and moves
         # leadership away from epochs this process may not have all the data of
         self.incarnation = os.urandom(8).hex()
@@ -179,61 +198,132 @@ class Broker(Node):
             self._registered = True
             self.guard.registration_refused("")
             log.info("registered with the coordinator as broker %d (incarnation %s)", self.broker_id, self.incarnation)
-            self.apply_metadata(header["metadata"])
+            self.apply_metadata(header["metadata"], same_version=True)
         self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation,
                                                      "cluster_id": self.guard.cluster_id},
                                  callback=done, timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 
-    def _request_metadata(self) -> None:
+    def _refresh_metadata(self) -> None:
+        """Ask the coordinator for a full snapshot (after a gap in the deltas, or a STALE_ISR
+        refusal); one request at a time. Partition states in it are applied by partition epoch,
+        so a snapshot at our own version is applied too (it cannot move anything back)."""
+        if self._refresh_in_flight:
+            return
+        self._refresh_in_flight = True
+
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
+            self._refresh_in_flight = False
             if header is not None:
-                self.apply_metadata(header["metadata"])
+                self.apply_metadata(header["metadata"], same_version=True)
             elif self.metadata.version < 0:
-                self.reactor.call_later(200, self._request_metadata)
+                self.reactor.call_later(200, self._refresh_metadata)
         self.coordinator.request(P.METADATA, {"broker_id": self.broker_id}, callback=done,
                                  timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 
     def _on_sub(self, frames: list[bytes]) -> None:
-        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] != P.PUB_METADATA:
+        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] not in METADATA_PUSH_KINDS:
             self.counters["sub_malformed"] += 1
             return
         if not self._registered or self.faults.blocks(self.config.coordinator_name):
             return
         try:
-            self.apply_metadata(wire.unpack(frames[3]))
+            raw = wire.unpack(frames[3])
+            version = raw["version"]
+            if not isinstance(version, int):
+                raise TypeError("version must be an integer")
+            if self.guard.refuses(raw.get("cluster_id"), raw.get("state_id"), version):
+                return  # another cluster's coordinator, or an older state's: keep what we have
+            if frames[2] == P.PUB_METADATA_VERSION:
+                if version > self.metadata.version or raw.get("state_id", self.metadata.state_id) != self.metadata.state_id:
+                    self._refresh_metadata()  # we missed a delta, or the coordinator restarted
+            elif frames[2] == P.PUB_METADATA_DELTA:
+                self._apply_delta(raw)
+            else:
+                self.apply_metadata(raw)
         except Exception:
             self.counters["sub_malformed"] += 1
             log.exception("bad metadata push")
 
-    def apply_metadata(self, raw: dict) -> None:
+    def _apply_delta(self, raw: dict) -> None:
+        if raw["version"] <= self.metadata.version and raw.get("state_id", "") == self.metadata.state_id:
+            return
+        try:
+            md, changed = self.metadata.apply_delta(raw)
+        except ValueError:
+            self._refresh_metadata()  # a gap, or another coordinator state: the delta does not apply to ours
+            return
+        if not self.guard.admit(md):  # as a snapshot would be judged
+            return
+        self._install_metadata(md, changed)
+
+    def apply_metadata(self, raw: dict, *, same_version: bool = False) -> None:
+        """Apply a full snapshot newer than ours (or as new, with ``same_version``; or of a
+        coordinator state other than ours). Metadata of another cluster, or of an older
+        coordinator state than this broker has accepted, is refused (nodes/broker/identity.py)."""
         md = ClusterMetadata.from_wire(raw)
         if not self.guard.admit(md):  # another cluster's, or an older state's: keep what we have
             return
-        if md.version <= self.metadata.version:
+        if md.state_id == self.metadata.state_id and \
+                (md.version < self.metadata.version or (md.version == self.metadata.version and not same_version)):
             return
+        self._install_metadata(md, list(md.partitions()))
+
+    def _install_metadata(self, md: ClusterMetadata, changed: list[PartitionInfo]) -> None:
+        """Take ``md`` as our metadata and apply the partition states in ``changed``. Partitions
+        new to this broker are opened a bounded number per reactor pass (``_open_pending``):
+        each costs file creation and fsyncs, and a 1,000-partition topic opened in one pass
+        kept the broker from hearing anyone for seconds."""
         self.metadata = md
         now = self.clock.now_ms()
-        mine: set[tuple[str, int]] = set()
-        for info in md.partitions():
-            if self.broker_id not in info.replicas:
-                continue
-            mine.add((info.topic, info.partition))
-            if (info.topic, info.partition) in self.partitions and self._is_other_topic((info.topic, info.partition), md):
-                self._retire_partition((info.topic, info.partition), md.deleted_topic_ids)
-            part = self._open_partition(info.topic, info.partition, md.topics[info.topic].configs,
-                                        md.topics[info.topic].topic_id)
-            self._apply_topic_configs(part, md.topics[info.topic].configs)
-            self._apply_partition_state(part, info, now)
-        for key in [k for k in self.partitions if k not in mine and self._is_other_topic(k, md)]:
-            self._retire_partition(key, md.deleted_topic_ids)
+        # first what we hold of no topic of ``md`` (its name is gone, or it names another topic
+        # id now): set aside, or deleted if its topic id was deleted -- never because it is absent
+        for key, part in list(self.partitions.items()):
+            if self._is_other_topic(key, md):
+                self._retire_partition(key, md.deleted_topic_ids)
+            else:
+                self._apply_topic_configs(part, md.topics[key[0]].configs)
         self.dirs.delete_strays(md.deleted_topic_ids)
+        for info in changed:
+            if self.broker_id in info.replicas:
+                key = (info.topic, info.partition)
+                part = self.partitions.get(key)
+                if part is None:
+                    self._to_open[key] = info  # the newest state wins
+                else:
+                    self._apply_partition_state(part, info, now)
+        for key in [k for k in self._to_open if md.partition(*k) is None]:
+            del self._to_open[key]  # gone before we came to open it
+        self._open_pending()
+
+    def _open_pending(self) -> None:
+        """Open up to PARTITION_OPENS_PER_PASS_MAX partitions that metadata gave us, apply their
+        state, and come back in the next pass for the rest. Each is opened under the topic id
+        the metadata has now (a topic re-created meanwhile has another)."""
+        now = self.clock.now_ms()
+        for key in list(self._to_open)[:PARTITION_OPENS_PER_PASS_MAX]:
+            info = self._to_open.pop(key)
+            topic = self.metadata.topics[info.topic]
+            part = self._open_partition(info.topic, info.partition, topic.configs, topic.topic_id)
+            self._apply_partition_state(part, info, now)
+        if self._to_open and not self._open_scheduled:
+            self._open_scheduled = True
+            self.reactor.call_later(0, self._open_pending_later)
+        # periodic leader work (ISR checks, replica heartbeats) walks only these
+        self.led_partitions = [p for p in self.partitions.values() if p.is_leader]
         self._sync_fetchers()
         self.repl_sub.sync()
         self._dirty = True
 
+    def _open_pending_later(self) -> None:
+        self._open_scheduled = False
+        self._open_pending()
+
     def _apply_partition_state(self, part: Partition, info: PartitionInfo, now_ms: int) -> None:
-        if info.leader_epoch < part.leader_epoch:
-            return  # stale
+        if info.leader_epoch < part.leader_epoch or info.partition_epoch < part.partition_epoch:
+            return  # older than what we hold (a push that lost the race with a reply): never go back
+        if info.partition_epoch == part.partition_epoch and info.leader_epoch == part.leader_epoch \
+                and part.role is not None:
+            return  # already applied
         if info.leader == self.broker_id:
             if not part.is_leader or info.leader_epoch > part.leader_epoch:
                 log.info("%s-%d: leader at epoch %d", info.topic, info.partition, info.leader_epoch)
@@ -246,6 +336,7 @@ class Broker(Node):
             part.become_follower(info.leader, info.leader_epoch, info.replicas, info.isr)
         else:
             part.isr = set(info.isr)
+        part.partition_epoch = info.partition_epoch
 
     def _sync_fetchers(self) -> None:
         wanted: dict[int, list[Partition]] = defaultdict(list)
@@ -298,12 +389,17 @@ class Broker(Node):
                     by_partition[(tp[0], tp[1])].append((ri, pi, data))
         for key, items in by_partition.items():
             part = self.partitions[key]
-            out, written = part.append_as_leader([d for _, _, d in items], self.limits.batch_bytes_max)
+            log_end_before = part.log_end_offset
+            out, written = part.append_as_leader([d for _, _, d in items], self.batch_bytes_max(key[0]))
+            if written:
+                self.meter.appended(key[0], part.log_end_offset - log_end_before, written)
             for (ri, pi, _), r in zip(items, out):
                 results[ri][pi] = [r[0], r[1], r[2]] + ([part.leader_epoch] if not r[1] else [])
+            if written:
+                self.note_appended(part)
             if written and self.pubsub and len(part.replicas) > 1:
                 self.repl_pub.publish_appended(part, written, [r[0] for r in out if r[1] == 0 and r[2] != "duplicate"])
-            self._dirty = True
+            self.parking.note_changed(key)
         now = self.clock.now_ms()
         for req, res in zip(queue, results):
             self._finish_produce(req, res, now)
@@ -326,6 +422,13 @@ class Broker(Node):
             if len(part.isr) < min_isr:
                 return [-1, P.NOT_ENOUGH_REPLICAS, f"isr {sorted(part.isr)} is smaller than min.insync.replicas={min_isr}"]
         return None
+
+    def batch_bytes_max(self, topic: str) -> int:
+        """The largest batch the leader takes for ``topic``: its ``max.message.bytes`` (as
+        Kafka's, the largest record batch), never above the broker's batch limit."""
+        t = self.metadata.topics.get(topic)
+        configured = (t.configs if t is not None else {}).get("max.message.bytes")
+        return self.limits.batch_bytes_max if configured is None else min(int(configured), self.limits.batch_bytes_max)
 
     def min_insync_replicas(self, topic: str) -> int:
         t = self.metadata.topics.get(topic)
@@ -393,8 +496,13 @@ class Broker(Node):
                 return [topic, p, P.NOT_LEADER, -1, -1, -1, None], b""  # only followers replicate
             last_epoch = tp[5] if len(tp) > 5 and isinstance(tp[5], int) else -1
             diverging = part.divergence(offset, last_epoch)
+            if diverging is None and offset > part.log_end_offset:
+                # past our log end it cannot be our data (a follower that sent no epoch): not
+                # progress, as on the REPLICA_ACK path
+                return [topic, p, P.OFFSET_OUT_OF_RANGE, part.high_watermark, part.log_end_offset,
+                        part.log_start_offset, None], b""
             if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):
-                self._dirty = True
+                self.parking.note_changed((topic, p))
         upto = part.log_end_offset if replica_id >= 0 else part.high_watermark
         if replica_id < 0 and not part.log_start_offset <= offset <= part.log_end_offset:
             # a consumer past the log end (e.g. after an unclean election) must reset, not wait forever
@@ -412,6 +520,8 @@ class Broker(Node):
             log.error("%s-%d read failed: %s", topic, p, e)
             head[2] = P.STORAGE_ERROR
             return head, b""
+        if replica_id < 0 and data:
+            self.meter.fetched(topic, data)
         return head, data
 
     def _on_replica_ack(self, req: wire.Request) -> Any:
@@ -428,12 +538,16 @@ class Broker(Node):
                 if part is not None and part.is_leader and entry[3] == part.leader_epoch and isinstance(entry[2], int) \
                         and entry[2] <= part.log_end_offset:
                     if part.record_follower_fetch(follower, entry[2], now):
-                        self._dirty = True
+                        self.parking.note_changed((entry[0], entry[1]))
         return DEFER  # one-way: no reply
 
-    def mark_dirty(self) -> None:
-        """Something was appended or a high watermark moved: re-check parked requests."""
-        self._dirty = True
+    def mark_dirty(self, key: tuple[str, int] | None = None) -> None:
+        """Something was appended or a high watermark moved (of partition ``key``; None: of
+        any): re-check parked requests."""
+        if key is None:
+            self._dirty = True
+        else:
+            self.parking.note_changed(key)
 
     # -- list offsets --------------------------------------------------------------------------
     def _on_list_offsets(self, req: wire.Request) -> dict:
@@ -457,50 +571,30 @@ class Broker(Node):
     def _after_pass(self) -> None:
         if self._produce_queue:
             self._process_produces()
-        if self._dirty or self.parking.has_due(self.clock.now_ms()):
+        if self._dirty or self.parking.has_changes() or self.parking.has_due(self.clock.now_ms()):
+            if self._dirty:
+                self.parking.note_all_changed()
             self._dirty = False
             self.parking.service(self, self.clock.now_ms())
 
     def _check_isr(self) -> None:
-        now = self.clock.now_ms()
-        lag = self.config.replication.replica_lag_time_max_ms
+        self.isr_proposer.check(self.led_partitions, self.clock.now_ms(),
+                                self.config.replication.replica_lag_time_max_ms)
+
+    def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
+        """Followers' lag clocks restart from now: silence we did not listen to drops nobody."""
         for part in self.partitions.values():
-            new = part.isr_changes(now, lag)
-            if new is not None:
-                self._propose_isr(part, new)
+            for st in part.followers.values():
+                st.last_caught_up_ms = max(st.last_caught_up_ms, now_ms)
 
-    def _propose_isr(self, part: Partition, new_isr: set[int]) -> None:
-        part.pending_isr = new_isr
-        epoch = part.leader_epoch
+    def _send_alter_isr(self, header: dict, callback: Any) -> None:
+        self.coordinator.request(P.ALTER_ISR, header, callback=callback, timeout_ms=ALTER_ISR_TIMEOUT_MS)
 
-        def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
-            if part.leader_epoch != epoch or part.pending_isr != new_isr:
-                return
-            if header is not None:
-                part.update_isr(header["isr"])
-                self._dirty = True
-            elif err is None or err.code == P.REQUEST_TIMED_OUT:
-                # no answer: the coordinator may have applied it (and may elect a member we
-                # added), so keep counting the maximal ISR for the HW and ask again
-                self.reactor.call_later(ISR_CHECK_INTERVAL_MS, retry)
-            else:
-                part.pending_isr = None
-                if err is not None and err.code == P.FENCED_LEADER_EPOCH:
-                    self._request_metadata_now()
-
-        def retry() -> None:
-            if part.is_leader and part.leader_epoch == epoch and part.pending_isr == new_isr:
-                self._propose_isr(part, new_isr)
-        log.info("%s-%d: proposing isr %s (was %s)", part.topic, part.partition, sorted(new_isr), sorted(part.isr))
-        # isr_from: the coordinator refuses a change computed from an ISR it has since changed
-        self.coordinator.request(P.ALTER_ISR, {"topic": part.topic, "partition": part.partition,
-                                               "leader_epoch": epoch, "broker_id": self.broker_id,
-                                               "isr": sorted(new_isr), "isr_from": sorted(part.isr)},
-                                 callback=done, timeout_ms=3000)
-
-    def _request_metadata_now(self) -> None:
-        # a random id per process: the coordinator treats a new one as a restart and moves
-        # leadership away from epochs this process may not have all the data of
+    def _reregister_as_new_incarnation(self) -> None:
+        """We were fenced (another broker leads a partition we thought ours): announce a new
+        process incarnation, which the coordinator treats as a restart -- it moves leadership
+        away from epochs this process may not have all the data of -- and start over from the
+        metadata it answers with. Only for real fencing: a stale ISR view just refreshes."""
         self.incarnation = os.urandom(8).hex()
         self._registered = False
         self.reactor.call_later(0, self._register)
@@ -520,13 +614,29 @@ class Broker(Node):
         except OSError as e:
             log.error("cannot write %s: %s", self.guard.path, e)
 
+    def note_appended(self, part: Partition) -> None:
+        """Something was appended to ``part``: the fsync-interval timer looks at it (and, so that
+        idle partitions cost nothing, only at partitions appended to lately)."""
+        self._unflushed[(part.topic, part.partition)] = self.clock.now_ms()
+
     def _flush_due(self) -> None:
         now = self.clock.now_ms()
-        for part in self.partitions.values():
+        # a partition silent for a few intervals has had a call with its interval passed: flushed
+        settled_ms = UNFLUSHED_INTERVALS_MAX * self.storage.fsync_interval_ms
+        for key, appended_ms in list(self._unflushed.items()):
+            part = self.partitions.get(key)
             try:
-                part.engine.maybe_flush(now)
+                flushed = part is not None and part.engine.maybe_flush(now)
             except EngineError as e:
-                log.error("%s-%d flush failed: %s", part.topic, part.partition, e)
+                log.error("%s-%d flush failed: %s", key[0], key[1], e)
+                continue
+            if part is None or flushed or now - appended_ms >= settled_ms:
+                del self._unflushed[key]
+
+    def _checkpoint_high_watermarks(self) -> None:
+        """Write each partition's HW if it moved: a restarted leader serves it at once."""
+        for part in self.partitions.values():
+            part.checkpoint_high_watermark()
 
     # -- stats / lifecycle ------------------------------------------------------------------
     def heartbeat_fields(self) -> dict[str, Any]:

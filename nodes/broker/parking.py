@@ -1,6 +1,11 @@
 """Requests a broker answers later: acks=all produces waiting for the high watermark, and
 long-poll fetches waiting for data. Bounded (PARKED_REQUESTS_MAX); each has a deadline.
 
+A parked fetch is re-read (``Broker.build_fetch_reply``, engine reads) only when a partition it
+reads changed (``note_changed``: new data or a moved high watermark), when something changed
+that names no partition (``note_all_changed``: metadata, ISR), or at its deadline -- not at
+every pass with new data anywhere (parked fetches x partitions reads per pass).
+
 Not thread-safe: owned by the broker's reactor.
 """
 
@@ -30,6 +35,7 @@ class ParkedFetch:
     req: wire.Request
     replica_id: int
     deadline_ms: int
+    keys: frozenset = frozenset()  # the (topic, partition) it reads; set by park_fetch
 
 
 class ParkingLot:
@@ -37,6 +43,19 @@ class ParkingLot:
         self.produces: list[ParkedProduce] = []
         self.fetches: list[ParkedFetch] = []
         self._next_deadline_ms = 1 << 62
+        self._changed: set[tuple[str, int]] = set()  # bounded by the broker's partitions
+        self._all_changed = False
+
+    def note_changed(self, key: tuple[str, int]) -> None:
+        """``key`` got new data or its high watermark moved: re-read fetches parked on it."""
+        self._changed.add(key)
+
+    def note_all_changed(self) -> None:
+        """Something changed that names no partition: re-read every parked fetch."""
+        self._all_changed = True
+
+    def has_changes(self) -> bool:
+        return self._all_changed or bool(self._changed)
 
     @property
     def size(self) -> int:
@@ -56,12 +75,18 @@ class ParkingLot:
         if self.size >= P.PARKED_REQUESTS_MAX:
             server.reply(item.req, {"parts": []})
             return
+        item.keys = frozenset((tp[0], tp[1]) for tp in item.req.header["parts"]
+                              if isinstance(tp, (list, tuple)) and len(tp) >= 2)
         self.fetches.append(item)
         self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
 
     def service(self, broker: "Broker", now_ms: int) -> None:
-        """Answer every parked request that is satisfied or past its deadline."""
+        """Answer every parked request that is satisfied or past its deadline. Fetches are
+        re-read only when a partition they read changed since the last call (see the module
+        docstring) or at their deadline."""
         self._next_deadline_ms = 1 << 62
+        changed, everything = self._changed, self._all_changed
+        self._changed, self._all_changed = set(), False
         keep_p = []
         for item in self.produces:
             if self._produce_done(item, broker):
@@ -77,6 +102,10 @@ class ParkingLot:
         self.produces = keep_p
         keep_f = []
         for item in self.fetches:
+            if now_ms < item.deadline_ms and not everything and changed.isdisjoint(item.keys):
+                keep_f.append(item)  # nothing it reads changed: its answer would be the same
+                self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
+                continue
             header, payloads, nbytes = broker.build_fetch_reply(item.req, item.replica_id, now_ms)
             if nbytes > 0 or now_ms >= item.deadline_ms:
                 broker.server.reply(item.req, header, payloads)

@@ -3,19 +3,27 @@ watermark, the ISR view, the leader-epoch cache and idempotent-producer state.
 
 The leader advances the high watermark (HW) to the smallest log end offset (LEO) among the ISR
 members; followers report their LEO in every replica fetch. Reads for consumers stop at the HW.
+The HW is checkpointed to ``directory`` -- the engine's folder of the partition, beside its epoch
+checkpoint, since both describe that engine's log (nodes/broker/partition_dirs.py) -- and
+recovered from it at open, so a restarted leader serves it before its followers fetch.
+Producer and epoch state follow the log: recorded after the write they describe, trimmed when
+it is cut, and checked against the log's batch headers at open (a leader epoch that
+contradicts the epoch checkpoint cuts the log there).
 Not thread-safe: owned by the broker's reactor.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from typing import Iterator
 
 from engines import batch as B
 from engines.api import Engine, EngineError, StorageFull
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from nodes.broker.epochs import EpochCache
+from nodes.broker.epochs import EpochCache, epoch_contradiction
 from nodes.broker.producers import ProducerStateTable
 
 log = logging.getLogger(__name__)
@@ -24,6 +32,8 @@ LEADER = "leader"
 FOLLOWER = "follower"
 PRODUCER_STATE_SCAN_RECORDS_MAX = 500_000  # rebuild idempotence state from this much tail
 READ_CHUNK_BYTES = 4 * 1024 * 1024
+HW_CHECKPOINT_FILE = "high-watermark-checkpoint"  # Kafka's replication-offset-checkpoint, per partition
+HW_CHECKPOINT_INTERVAL_MS = 5000  # the broker writes moved HWs this often (and at close)
 
 
 @dataclass(slots=True)
@@ -48,13 +58,19 @@ class Partition:
         self.replicas: list[int] = []
         self.isr: set[int] = set()
         self.pending_isr: set[int] | None = None  # proposed to the coordinator, not yet applied
+        # the coordinator's partition epoch of the leader/ISR state applied here (-1: none yet);
+        # the broker applies no state older than this, by push or by reply
+        self.partition_epoch = -1
         self.followers: dict[int, FollowerState] = {}
+        self._hw_path = os.path.join(directory, HW_CHECKPOINT_FILE) if directory is not None else None
         self.high_watermark = 0
+        self._hw_checkpointed = 0
         # recovery may have cut a tail the checkpoint already named (an epoch written down just
         # before its first batch, or a batch that was not durable): forget such epochs, or a
         # returning replica would keep records the leader has overwritten (Kafka does the same)
         self.epochs.truncate_from_end(self.log_end_offset)
-        self._rebuild_producer_state()
+        self._recover_tail()
+        self._load_high_watermark()
 
     # -- offsets ---------------------------------------------------------------------------
     @property
@@ -92,10 +108,12 @@ class Partition:
         self.followers = {}
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
 
-    def update_isr(self, isr: list[int]) -> None:
-        """The coordinator applied an ISR change for the current epoch."""
+    def update_isr(self, isr: list[int], partition_epoch: int | None = None) -> None:
+        """The coordinator applied an ISR change for the current epoch (at ``partition_epoch``)."""
         self.isr = set(isr)
         self.pending_isr = None
+        if partition_epoch is not None:
+            self.partition_epoch = partition_epoch
         self.maybe_advance_high_watermark()
 
     # -- leader: appends ---------------------------------------------------------------------
@@ -133,7 +151,7 @@ class Partition:
         try:
             offsets = self.engine.append_many(to_write)
         except (StorageFull, EngineError) as e:
-            self._rebuild_producer_state()
+            self.producers.truncate_from(self.log_end_offset)  # the failed write left the log as it was
             for i in slots:
                 results[i] = (-1, P.STORAGE_ERROR, str(e))
             return results, []
@@ -144,7 +162,8 @@ class Partition:
 
     def _validate(self, data: bytes, batch_bytes_max: int) -> B.BatchHeader:
         if len(data) > batch_bytes_max:
-            raise RemoteError(P.RECORD_TOO_LARGE, f"batch of {len(data)} bytes is over {batch_bytes_max}")
+            raise RemoteError(P.RECORD_TOO_LARGE, f"batch of {len(data)} bytes is over {batch_bytes_max} "
+                                                  "(the topic's max.message.bytes or the broker's limit)")
         try:
             h = B.verify(data)
         except B.BatchError as e:
@@ -156,21 +175,39 @@ class Partition:
     # -- follower: replication ----------------------------------------------------------------
     def append_as_follower(self, data: bytes) -> int:
         """Append the leader's batches that continue our log; skip what we already have.
-        Returns the number of batches appended. Raises CorruptBatch on a bad batch."""
+        Returns the number of batches appended. A bad batch (CRC, or a leader epoch older than
+        one we already hold) raises BatchError and nothing of ``data`` is appended;
+        StorageFull / EngineError from the engine leave the log unchanged.
+
+        Producer and epoch state are recorded only after the engine stored the batches they
+        describe, so a failed write leaves no state naming offsets the log does not hold."""
         fresh: list[memoryview] = []
+        headers: list[B.BatchHeader] = []
         end = self.log_end_offset
+        last_epoch = self.epochs.latest_epoch
         for h, view in B.iter_batches(data, check_crc=True):
             if h.next_offset <= end:
                 continue  # already have it
             if h.base_offset != end:
                 break  # a gap: the next fetch repairs it
+            if h.leader_epoch < last_epoch:
+                # epochs never go down along a log: a damaged header, or not our leader's
+                raise B.BatchError(f"batch at offset {h.base_offset} has leader epoch {h.leader_epoch}, "
+                                   f"older than {last_epoch} before it")
+            last_epoch = h.leader_epoch
             fresh.append(view)
-            self.epochs.assign(h.leader_epoch, h.base_offset)
-            self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
+            headers.append(h)
             end = h.next_offset
         if fresh:
             self.engine.append_many(fresh)
+            self._record_appended(headers)
         return len(fresh)
+
+    def _record_appended(self, headers: list[B.BatchHeader]) -> None:
+        """Producer and epoch state of batches the engine has stored."""
+        for h in headers:
+            self.epochs.assign(h.leader_epoch, h.base_offset)
+            self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
 
     def truncate_to(self, offset: int) -> None:
         """Cut the log at ``offset`` (divergence found via the epoch cache)."""
@@ -183,7 +220,7 @@ class Partition:
         self.engine.truncate_to(offset)
         self.epochs.truncate_from_end(self.log_end_offset)
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
-        self._rebuild_producer_state()
+        self.producers.truncate_from(self.log_end_offset)
 
     def reset_to(self, offset: int) -> None:
         """Drop the whole log and restart it empty at ``offset`` (a follower whose log end is
@@ -294,19 +331,63 @@ class Partition:
         return data[:cut]
 
     # -- recovery ---------------------------------------------------------------------------
-    def _rebuild_producer_state(self) -> None:
-        self.producers.truncate()
-        start = max(self.log_start_offset, self.log_end_offset - PRODUCER_STATE_SCAN_RECORDS_MAX)
-        offset = start
+    def _tail_headers(self) -> Iterator[B.BatchHeader]:
+        """Headers of the last PRODUCER_STATE_SCAN_RECORDS_MAX records' batches, oldest first."""
+        offset = max(self.log_start_offset, self.log_end_offset - PRODUCER_STATE_SCAN_RECORDS_MAX)
         end = self.log_end_offset
         while offset < end:
             data = self.engine.read(offset, READ_CHUNK_BYTES)
             if not data:
-                break
+                return
             for h, _ in B.iter_batches(data):
-                self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
-                self.epochs.assign(h.leader_epoch, h.base_offset)
+                yield h
                 offset = h.next_offset
 
+    def _recover_tail(self) -> None:
+        """At open: rebuild producer state from the log's tail, checking each batch's leader
+        epoch against the epoch checkpoint (``epochs.epoch_contradiction``). The log is cut at
+        the first batch whose epoch cannot be right, as recovery cuts a batch whose CRC fails.
+        Raises EngineError."""
+        self.producers.truncate()
+        checkpoint = list(self.epochs.entries)
+        previous = -1
+        for h in self._tail_headers():
+            problem = epoch_contradiction(checkpoint, h.leader_epoch, h.base_offset, previous)
+            if problem is not None:
+                log.warning("%s-%d: recovery cuts the log at offset %d (was %d): %s", self.topic,
+                            self.partition, h.base_offset, self.log_end_offset, problem)
+                self.engine.truncate_to(h.base_offset)
+                self.epochs.truncate_from_end(self.log_end_offset)
+                break
+            previous = h.leader_epoch
+            self._record_appended([h])
+
+    def _load_high_watermark(self) -> None:
+        """Start from the checkpointed HW, capped by the log (a crash may have cut an
+        unflushed tail). A missing or unreadable file means 0, as before checkpoints."""
+        try:
+            with open(self._hw_path, "rb") as f:  # type: ignore[arg-type]
+                saved = int(f.read(64).split()[0])
+        except (TypeError, OSError, ValueError, IndexError):
+            return
+        self.high_watermark = self._hw_checkpointed = max(0, min(saved, self.log_end_offset))
+
+    def checkpoint_high_watermark(self) -> None:
+        """Write the HW to the partition directory if it moved since the last write. Not
+        fsynced: a stale or lost file only makes a restart start from a lower HW, which the
+        followers' next fetches raise again. Raises nothing: a failed write is logged."""
+        if self._hw_path is None or self.high_watermark == self._hw_checkpointed:
+            return
+        tmp = self._hw_path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{self.high_watermark}\n")
+            os.replace(tmp, self._hw_path)
+        except OSError as e:
+            log.error("%s-%d: cannot checkpoint the high watermark: %s", self.topic, self.partition, e)
+            return
+        self._hw_checkpointed = self.high_watermark
+
     def close(self) -> None:
+        self.checkpoint_high_watermark()
         self.engine.close()

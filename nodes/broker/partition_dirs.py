@@ -7,6 +7,7 @@ they belong to, whose engine wrote them, and the ones set aside.
         <engine>/                                one per storage engine that has held this log
             log/                                 the engine's own files
             leader-epoch-checkpoint              per-log state: it describes this engine's log only
+            high-watermark-checkpoint            per-log state too (nodes/broker/partition.py)
     <data_dir>/<topic>-<partition>.<topic id>.stray/   set aside, with everything in it
 
 Nothing is deleted because metadata does not mention it: a partition directory whose topic is
@@ -15,8 +16,8 @@ name), is renamed ``*.stray``, reported, and deleted only when its topic id is d
 
 Per-engine subdirectories make an engine swap explicit: the other engine's log and its epoch
 checkpoint stay together, untouched, and serve again when that engine is configured again.
-A directory from before this layout (``<topic>-<partition>/log`` beside the checkpoint) moves
-into the subdirectory of the engine whose files it holds.
+A directory from before this layout (``<topic>-<partition>/log`` beside the checkpoints) moves
+into the subdirectory of the engine whose files it holds, with its checkpoints.
 
 Not thread-safe: owned by the broker's reactor.
 """
@@ -35,6 +36,7 @@ STRAY_SUFFIX = ".stray"
 PARTITION_METADATA = "partition.metadata"
 LOG_DIR = "log"
 EPOCH_CHECKPOINT = "leader-epoch-checkpoint"  # nodes/broker/epochs.py FILE_NAME
+HW_CHECKPOINT = "high-watermark-checkpoint"  # nodes/broker/partition.py HW_CHECKPOINT_FILE
 STRAY_NAME_ATTEMPTS_MAX = 1000
 # files that tell which built-in engine wrote a directory from before per-engine subdirectories
 _LEGACY_MARKERS = {"lmdb": ("data.mdb",), "segment": (".log", ".index", "recovery.checkpoint")}
@@ -139,11 +141,13 @@ class PartitionDirs:
         target = d / engine
         target.mkdir(exist_ok=True)
         os.replace(d / LOG_DIR, target / LOG_DIR)
-        checkpoint = d / EPOCH_CHECKPOINT
-        if checkpoint.exists():
-            # with two engines' files in one log directory nobody knows whose epochs these
-            # are: set them aside and let the partition rebuild its epochs from its own log
-            os.replace(checkpoint, target / EPOCH_CHECKPOINT if len(found) <= 1 else d / (EPOCH_CHECKPOINT + ".ambiguous"))
+        for name in (EPOCH_CHECKPOINT, HW_CHECKPOINT):
+            checkpoint = d / name
+            if checkpoint.exists():
+                # with two engines' files in one log directory nobody knows whose log these
+                # describe: set them aside and let the partition rebuild its epochs from its own
+                # log (and start its HW from 0, as before checkpoints)
+                os.replace(checkpoint, target / name if len(found) <= 1 else d / (name + ".ambiguous"))
         _fsync_dir(d)
         log.info("%s: moved the log of storage engine %s into %s/", d.name, engine, engine)
 

@@ -4,11 +4,16 @@ Per producer id: its epoch and the last few batches it wrote (sequence range and
 a broker recognises a retried batch and answers with the original offsets instead of writing
 it twice, and rejects a sequence that skips ahead. Rebuilt from the log's batch headers on
 open; replicated implicitly (followers apply the same headers). Not thread-safe.
+
+Sequences are 31-bit and wrap from SEQUENCE_MAX to 0, as Kafka's (the client numbers batches
+modulo 2**31): every comparison here is modulo 2**31, so the 2**31-th record of a producer is
+in sequence, not an "old duplicate". The table holds at most PRODUCERS_MAX producers and evicts
+the least recently used one (a check or an update is a use).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from fabric import protocol as P
@@ -18,6 +23,16 @@ from fabric.errors import RemoteError
 # fabric.client.sender.PARTITION_BATCHES_MAX), so that many must be recognisable as duplicates.
 BATCHES_REMEMBERED = 32
 PRODUCERS_MAX = 10_000
+SEQUENCE_MAX = 2**31 - 1  # sequences wrap from here to 0 (as Kafka's)
+_SEQUENCE_MODULUS = SEQUENCE_MAX + 1
+# A sequence at most this far behind the expected one is an old duplicate; anything else that
+# is not the expected sequence is a gap (ahead of it, modulo 2**31).
+_DUPLICATE_DISTANCE_MAX = _SEQUENCE_MODULUS // 2
+
+
+def sequence_add(sequence: int, increment: int) -> int:
+    """``sequence + increment`` modulo 2**31 (the wrap of Kafka's DefaultRecordBatch)."""
+    return (sequence + increment) % _SEQUENCE_MODULUS
 
 
 @dataclass(slots=True)
@@ -29,30 +44,33 @@ class _Entry:
 
 class ProducerStateTable:
     def __init__(self) -> None:
-        self._producers: dict[int, _Entry] = {}
+        self._producers: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
 
     def __len__(self) -> int:
         return len(self._producers)
 
     def check(self, producer_id: int, epoch: int, base_sequence: int, record_count: int) -> int | None:
         """Before appending: return the base offset of an identical earlier batch (a retry:
-        do not append), or None to append. Raises RemoteError on a fenced epoch or a gap."""
+        do not append), or None to append. Raises RemoteError: invalid_producer_epoch for a
+        fenced epoch, out_of_order_sequence for a gap, duplicate_sequence for a batch behind the
+        last one that is no longer remembered (never appended, never a success)."""
         if producer_id < 0:
             return None
         entry = self._producers.get(producer_id)
         if entry is None:
             return None  # first batch we see from it (or state expired): accept any sequence
+        self._producers.move_to_end(producer_id)
         if epoch < entry.epoch:
             raise RemoteError(P.INVALID_PRODUCER_EPOCH, f"producer {producer_id} epoch {epoch} is older than {entry.epoch}")
         if epoch > entry.epoch:
             return None if base_sequence == 0 else _gap(producer_id, base_sequence, 0)
-        last_seq = base_sequence + record_count - 1
+        last_seq = sequence_add(base_sequence, record_count - 1)
         for b_first, b_last, b_offset in entry.batches:
             if b_first == base_sequence and b_last == last_seq:
                 return b_offset
-        expected = entry.batches[-1][1] + 1 if entry.batches else 0
+        expected = sequence_add(entry.batches[-1][1], 1) if entry.batches else 0
         if base_sequence != expected:
-            if base_sequence < expected:
+            if 0 < (expected - base_sequence) % _SEQUENCE_MODULUS <= _DUPLICATE_DISTANCE_MAX:
                 raise RemoteError(P.DUPLICATE_SEQUENCE, f"producer {producer_id}: sequence {base_sequence} is an old duplicate")
             _gap(producer_id, base_sequence, expected)
         return None
@@ -64,13 +82,30 @@ class ProducerStateTable:
         entry = self._producers.get(producer_id)
         if entry is None or epoch > entry.epoch:
             if entry is None and len(self._producers) >= PRODUCERS_MAX:
-                self._producers.pop(next(iter(self._producers)))  # evict the oldest
+                self._producers.popitem(last=False)  # evict the least recently used
             entry = self._producers[producer_id] = _Entry(epoch)
-        entry.batches.append((base_sequence, base_sequence + record_count - 1, base_offset))
+        self._producers.move_to_end(producer_id)
+        entry.batches.append((base_sequence, sequence_add(base_sequence, record_count - 1), base_offset))
 
     def truncate(self) -> None:
-        """After a log truncation the state is rebuilt by the caller from the remaining log."""
+        """Forget every producer (the log was emptied, or is about to be re-read)."""
         self._producers.clear()
+
+    def truncate_from(self, offset: int) -> None:
+        """The log was cut at ``offset``: forget the batches at or after it. Cost: the batches
+        forgotten plus one step per producer -- no log read (a full rebuild scanned up to
+        500k records on the reactor at every follower truncation).
+
+        A producer whose every remembered batch is forgotten is dropped: what it wrote before
+        ``offset`` lies more than BATCHES_REMEMBERED batches back (or in an older producer
+        epoch), beyond any retry the client can still have in flight, so it is treated like
+        a producer whose state expired."""
+        for producer_id in list(self._producers):
+            batches = self._producers[producer_id].batches
+            while batches and batches[-1][2] >= offset:
+                batches.pop()
+            if not batches:
+                del self._producers[producer_id]
 
 
 def _gap(producer_id: int, got: int, expected: int) -> None:

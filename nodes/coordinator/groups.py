@@ -280,6 +280,17 @@ class GroupCoordinator:
                     and not self.offsets.offsets_for(gid) and not self.offsets.has_in_flight(gid):
                 del self.groups[gid]
 
+    def resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
+        """The coordinator did not run for ``stalled_ms``: members' sessions restart from now and
+        running deadlines move by the stall, so that nobody is judged by silence we did not hear."""
+        for group in self.groups.values():
+            for m in group.members.values():
+                m.last_seen_ms = max(m.last_seen_ms, now_ms)
+            if group.state == PREPARING:
+                group.rebalance_deadline_ms += stalled_ms
+            for mid in group.pending_members:
+                group.pending_members[mid] += stalled_ms
+
     def _partition_counts_changed(self, group: Group) -> bool:
         topics = {t for m in group.members.values() for t in m.topics}
         now = {t: len(self.coord.state.topics[t].partitions) for t in topics if t in self.coord.state.topics}

@@ -22,7 +22,10 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from fabric.rpc import make_socket
+from fabric.stall import StallWatch
 from nodes.base import Node
+from nodes.coordinator.alter_isr import IsrChange, judge
+from nodes.coordinator.alter_isr import result as alter_isr_result
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.liveness import DisconnectWatch
 from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState, new_id
@@ -31,6 +34,8 @@ from nodes.coordinator.topics import place_replicas, validate_configs, validate_
 log = logging.getLogger(__name__)
 
 REPUBLISH_INTERVAL_MS = 1000
+# a pass gap over this (or over half the session timeout, if longer) is a stall of our own
+STALL_THRESHOLD_MS_MIN = 2000
 PREFERRED_LEADER_CHECK_MS = 5000
 
 
@@ -52,6 +57,7 @@ class Coordinator(Node):
         self.alive: set[int] = set(self.brokers)
         self.heartbeats_from: set[int] = set()  # brokers whose heartbeats reached us since start
         self._metadata_cache: dict | None = None
+        self._committed = self.metadata()  # what the last commit published: deltas start here
         self.sub = make_socket(self.ctx, zmq.SUB)
         # a restarted broker must be heard again within its session, so reconnects here may
         # not back off past a heartbeat interval
@@ -68,6 +74,9 @@ class Coordinator(Node):
                         (P.ALTER_ISR, self._on_alter_isr), (P.INIT_PRODUCER_ID, self._on_init_producer_id),
                         (P.BROKER_REGISTER, self._on_register)):
             self.server.route(cmd, fn)
+        self.stall_watch = StallWatch(self.clock, max(STALL_THRESHOLD_MS_MIN, config.liveness.session_timeout_ms // 2),
+                                      self._resume_after_stall)
+        self.reactor.after_pass(self.stall_watch.tick)  # before the timers that judge liveness
         self.reactor.call_every(max(50, config.liveness.heartbeat_interval_ms // 2), self._check_liveness)
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
@@ -80,7 +89,8 @@ class Coordinator(Node):
     def metadata(self) -> ClusterMetadata:
         brokers = {bid: BrokerInfo(b.broker_id, b.host, b.port, b.pub_port, bid in self.alive)
                    for bid, b in self.brokers.items()}
-        topics = {name: TopicInfo(name, tuple(PartitionInfo(name, i, p.leader, p.leader_epoch, tuple(p.replicas), tuple(p.isr))
+        topics = {name: TopicInfo(name, tuple(PartitionInfo(name, i, p.leader, p.leader_epoch, tuple(p.replicas), tuple(p.isr),
+                                                            p.partition_epoch)
                                               for i, p in enumerate(t.partitions)), dict(t.configs), t.topic_id)
                   for name, t in self.state.topics.items()}
         return ClusterMetadata(self.state.version, self.config.cluster.name, brokers, topics, self.config.coordinator.endpoint,
@@ -92,14 +102,33 @@ class Coordinator(Node):
         return self._metadata_cache
 
     def commit(self) -> None:
-        """Bump the version, persist, publish."""
+        """Bump the partition epoch of every partition whose leader, epoch or ISR changed since
+        the last commit, bump the version, persist (one durable write), publish the delta."""
+        for name, topic in self.state.topics.items():
+            for i, ps in enumerate(topic.partitions):
+                if self._partition_changed(name, i):
+                    ps.partition_epoch += 1
         self.state.version += 1
         self.store.save(self.state)
         self._metadata_cache = None
-        self._publish_metadata()
+        new = self.metadata()
+        self.publish(P.TOPIC_METADATA, P.PUB_METADATA_DELTA, self._committed.delta_to(new))
+        self._committed = new
+
+    def _partition_changed(self, topic: str, partition: int) -> bool:
+        """Leader, epoch, replicas or ISR differ from the last committed metadata."""
+        ps = self.state.topics[topic].partitions[partition]
+        info = self._committed.partition(topic, partition)
+        return info is None or (info.leader, info.leader_epoch, list(info.replicas), list(info.isr)) != \
+            (ps.leader, ps.leader_epoch, list(ps.replicas), list(ps.isr))
 
     def _publish_metadata(self) -> None:
-        self.publish(P.TOPIC_METADATA, P.PUB_METADATA, self.metadata_wire())
+        """The version (and whose state it is): a subscriber that missed a delta, or that holds
+        another coordinator process's metadata, asks for a snapshot (METADATA); a broker judges
+        the cluster and state ids at once (nodes/broker/identity.py)."""
+        self.publish(P.TOPIC_METADATA, P.PUB_METADATA_VERSION, {"version": self.state.version,
+                                                                "cluster_id": self.state.cluster_id,
+                                                                "state_id": self.state_id})
 
     def _on_metadata(self, req: wire.Request) -> dict:
         return {"metadata": self.metadata_wire()}
@@ -175,27 +204,26 @@ class Coordinator(Node):
 
     # -- ISR changes from leaders -------------------------------------------------------------
     def _on_alter_isr(self, req: wire.Request) -> dict:
-        topic = self.state.topics.get(req.get("topic", str))
-        p = req.get("partition", int)
-        if topic is None or not 0 <= p < len(topic.partitions):
-            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, "no such partition")
-        ps = topic.partitions[p]
-        if req.get("broker_id", int) != ps.leader or req.get("leader_epoch", int) != ps.leader_epoch:
-            raise RemoteError(P.FENCED_LEADER_EPOCH, f"leader is {ps.leader} at epoch {ps.leader_epoch}")
-        isr = [b for b in req.get("isr", list) if isinstance(b, int) and b in ps.replicas]
-        grown = set(isr) - set(ps.isr)
-        if ps.leader not in isr or any(b not in self.alive for b in grown):
-            raise RemoteError(P.INVALID_CONFIG, "the ISR must contain the leader and only live brokers")
-        # compare-and-set: a change computed from an ISR we have changed since (a dead broker
-        # dropped) could re-admit a broker that is behind; the leader refreshes and recomputes
-        isr_from = req.header.get("isr_from")
-        if sorted(isr) != sorted(ps.isr) and isinstance(isr_from, list) and sorted(map(str, isr_from)) != sorted(map(str, ps.isr)):
-            raise RemoteError(P.FENCED_LEADER_EPOCH, f"stale isr {isr_from}: the isr is {ps.isr}")
-        if sorted(isr) != sorted(ps.isr):
-            log.info("%s-%d isr %s -> %s", req.header["topic"], p, ps.isr, isr)
-            ps.isr = sorted(isr)
+        """Many partitions' ISR changes, one durable write, one push (nodes/coordinator/alter_isr.py)."""
+        broker_id = req.get("broker_id", int)
+        raw_parts = req.get("parts", list)
+        if len(raw_parts) > P.ALTER_ISR_PARTITIONS_MAX:
+            raise RemoteError(P.REQUEST_TOO_LARGE, f"{len(raw_parts)} parts is over {P.ALTER_ISR_PARTITIONS_MAX}")
+        try:
+            changes = [IsrChange.from_wire(raw) for raw in raw_parts]
+        except ValueError as e:
+            raise RemoteError(P.MALFORMED_REQUEST, str(e)) from e
+        verdicts = [judge(c, broker_id, self.state.topics, self.alive) for c in changes]
+        if any(code == 0 and self._partition_changed(c.topic, c.partition) for c, (code, _) in zip(changes, verdicts)):
             self.commit()
-        return {"isr": ps.isr}
+        out = []
+        for c, (code, message) in zip(changes, verdicts):
+            if code:
+                self.counters[f"alter_isr_{P.error_name(code)}"] += 1
+            topic = self.state.topics.get(c.topic)
+            ps = topic.partitions[c.partition] if topic is not None and 0 <= c.partition < len(topic.partitions) else None
+            out.append(alter_isr_result(c, code, message, ps))
+        return {"parts": out}
 
     # -- liveness and elections -----------------------------------------------------------------
     def _on_heartbeat(self, frames: list[bytes]) -> None:
@@ -265,7 +293,18 @@ class Coordinator(Node):
             self.alive.add(bid)
             self._on_broker_up(bid)
 
+    def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
+        """We did not run for ``stalled_ms``: nobody's silence in that time counts. Every broker
+        and group member gets a full session from now (heartbeats queued meanwhile arrive soon)."""
+        for bid in self.brokers:
+            self.last_seen_ms[bid] = max(self.last_seen_ms[bid], now_ms)
+        self.groups.resume_after_stall(now_ms, stalled_ms)
+
     def _check_liveness(self) -> None:
+        # heartbeats that arrived while we were busy are news from before this verdict: read
+        # (and timestamp) them first, so that work never makes a live broker look silent
+        self.reactor.drain(self.sub, P.HEARTBEATS_DRAIN_MAX)
+        self.stall_watch.tick()
         now = self.clock.now_ms()
         timeout = self.config.liveness.session_timeout_ms
         crashed = self.disconnects.crashed if self.disconnects is not None else lambda bid, now: False
@@ -362,7 +401,7 @@ class Coordinator(Node):
                 "foreign_brokers": {str(b): c for b, c in self._foreign_brokers.items()}, "brokers_alive": sorted(self.alive),
                 "heartbeats_from": sorted(self.heartbeats_from), "topics": len(md.topics),
                 "partitions": len(parts), "under_replicated": sum(p.under_replicated for p in parts),
-                "offline": sum(p.offline for p in parts), **self.groups.stats()}
+                "offline": sum(p.offline for p in parts), "stalls": self.stall_watch.stalls, **self.groups.stats()}
 
     def close(self) -> None:
         if self.disconnects is not None:

@@ -81,6 +81,9 @@ class PendingCommit:
     # has since ended must not land after the partition's new owner read the committed offsets
     recheck: Callable[[], RemoteError | None] | None = None
     error: RemoteError | None = None
+    # An append carrying it went out: it may have landed, so a retry is the same append and
+    # is not judged again (a rebalance meanwhile must not turn it into illegal_generation).
+    sent: bool = False
 
 
 @dataclass
@@ -298,7 +301,8 @@ class OffsetStore:
             if not pc.ready:
                 break  # later commits of this partition wait: order is kept
             queue.items.popleft()
-            err = (pc.recheck() if pc.recheck is not None else None) or self._check_not_backward(pc, overlay)
+            err = None if pc.sent else (
+                (pc.recheck() if pc.recheck is not None else None) or self._check_not_backward(pc, overlay))
             if err is not None:
                 self._finish(pc, err)
                 continue
@@ -321,6 +325,7 @@ class OffsetStore:
                 key = msgpack.packb([pc.group, topic, p], use_bin_type=True)
                 value = b"" if offset is None else msgpack.packb([offset, metadata, ts], use_bin_type=True)
                 records.append((ts, key, value, None))
+            pc.sent = True
         queue.busy = True
 
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
@@ -336,6 +341,9 @@ class OffsetStore:
                 self._pump(q)
             elif code in P.RETRIABLE or res is None:
                 self.counters["offset_append_retries"] += 1
+                if res is not None or code == P.BUFFER_FULL:
+                    for pc in take:  # the broker refused it, or it never left: not in the log
+                        pc.sent = False
                 self._retry_later(q, take)
             else:
                 queue.busy = False

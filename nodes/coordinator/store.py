@@ -35,9 +35,12 @@ class PartitionState:
     leader_epoch: int
     replicas: list[int]
     isr: list[int]
+    # grows at every change of leader, leader epoch or ISR (Kafka's partition epoch): brokers
+    # apply a partition state only if it is newer than theirs; the coordinator bumps it in commit
+    partition_epoch: int = 0
 
     def to_list(self) -> list:
-        return [self.leader, self.leader_epoch, list(self.replicas), list(self.isr)]
+        return [self.leader, self.leader_epoch, list(self.replicas), list(self.isr), self.partition_epoch]
 
 
 @dataclass

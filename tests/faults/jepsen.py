@@ -10,6 +10,10 @@ acknowledgement. Observer: a thread that polls metadata and records which broker
 - one value per (partition, offset) across all replicas: replicas byte-identical up to the HW;
 - at most one leader per (partition, epoch);
 - no value that was never sent.
+
+With retention (``check(..., retention=True)``) replicas are compared from the largest log
+start among them, and an acknowledged value below it counts as retained, not lost; without,
+nothing may be retained.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from engines import batch as B
 from engines.api import EngineConfig
@@ -36,18 +41,22 @@ PARTITIONS = 3
 class Workload:
     bootstrap: str
     rate_per_s: int = 1500
+    keys: int = 30  # distinct keys: how many partitions get data
     count_max: int = 200_000
     acked: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # value -> (partition, offset)
     failed: dict[bytes, str] = field(default_factory=dict)
     sent: set[bytes] = field(default_factory=set)
     ack_times: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # partition -> times
+    timestamp_ms_for: Callable[[int], int | None] | None = None  # seq -> record timestamp (None: now)
     _halt: threading.Event = field(default_factory=threading.Event)
+    _resumed: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
     def start(self) -> "Workload":
         self.producer = Producer(self.bootstrap, acks="all", linger_ms=2, delivery_timeout_ms=60_000,
                                  request_timeout_ms=3000, max_block_ms=10_000)
+        self._resumed.set()
         self._thread = threading.Thread(target=self._run, name="workload", daemon=True)
         self._thread.start()
         return self
@@ -66,12 +75,16 @@ class Workload:
         seq = 0
         t0 = time.monotonic()
         while not self._halt.is_set() and seq < self.count_max:
+            if not self._resumed.wait(0.05):
+                t0 += 0.05  # paused: the rate counts from the resume
+                continue
             value = b"v%09d" % seq
-            key = b"k%d" % (seq % 30)
+            key = b"k%d" % (seq % self.keys)
             with self._lock:
                 self.sent.add(value)
             try:
-                self.producer.send(TOPIC, value, key=key, on_delivery=self._on_delivery(value))
+                ts = self.timestamp_ms_for(seq) if self.timestamp_ms_for is not None else None
+                self.producer.send(TOPIC, value, key=key, timestamp_ms=ts, on_delivery=self._on_delivery(value))
             except Exception as e:  # buffer full during a long outage: counted, not fatal
                 with self._lock:
                     self.failed[value] = str(e)
@@ -79,6 +92,13 @@ class Workload:
             ahead = seq / self.rate_per_s - (time.monotonic() - t0)
             if ahead > 0:
                 time.sleep(min(ahead, 0.05))  # pacing the offered load, not synchronisation
+
+    def pause(self) -> None:
+        """Stop offering new records (those sent go on being delivered) until resume()."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
 
     def wait_acks(self, n: int, timeout_s: float = 30) -> None:
         start = len(self.acked)
@@ -126,13 +146,16 @@ class LeaderObserver(threading.Thread):
         self.admin.close()
 
 
-def setup(cluster: Cluster) -> tuple[Admin, Workload, LeaderObserver]:
+def setup(cluster: Cluster, configs: dict | None = None, partitions: int = PARTITIONS,
+          **workload_fields: object) -> tuple[Admin, Workload, LeaderObserver]:
+    """Create the topic (``partitions``, topic ``configs``), start the observer and the workload
+    (fields of Workload as keyword arguments, e.g. ``keys``) and wait for its first acknowledgements."""
     admin = Admin(cluster.bootstrap)
-    admin.create_topic(TOPIC, PARTITIONS, 3)
+    admin.create_topic(TOPIC, partitions, 3, configs=configs)
     cluster.wait_topic_ready(admin, TOPIC)
     observer = LeaderObserver(cluster.bootstrap)
     observer.start()
-    workload = Workload(cluster.bootstrap).start()
+    workload = Workload(cluster.bootstrap, **workload_fields).start()  # type: ignore[arg-type]
     workload.wait_acks(300)
     return admin, workload, observer
 
@@ -154,11 +177,15 @@ def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45) -> dict[i
     def healed() -> dict[int, int] | None:
         md = admin.metadata()
         hws: dict[int, int] = {}
-        stats = {b: cluster.stats(b) for b in cluster.broker_names()}
+        by_partition: dict[int, list[dict]] = defaultdict(list)
+        for b in cluster.broker_names():
+            for r in cluster.stats(b)["partitions"]:
+                if r["topic"] == TOPIC:
+                    by_partition[r["partition"]].append(r)
         for p in md.topics[TOPIC].partitions:
             if p.leader < 0 or len(p.isr) < len(p.replicas):
                 return None
-            rows = [r for s in stats.values() for r in s["partitions"] if r["topic"] == TOPIC and r["partition"] == p.partition]
+            rows = by_partition[p.partition]
             leos = {r["log_end_offset"] for r in rows}
             lead = [r for r in rows if r["role"] == "leader"]
             if len(rows) != len(p.replicas) or len(leos) != 1 or len(lead) != 1 or lead[0]["high_watermark"] != leos.pop():
@@ -184,23 +211,40 @@ def read_replica(cluster: Cluster, broker: str, partition: int) -> tuple[bytes, 
         engine.close()
 
 
-def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: dict[int, int]) -> dict:
-    """Stop the brokers, read every replica, assert the invariants; returns the counts."""
+def _batches_between(raw: bytes, start: int, end: int) -> bytes:
+    """The bytes of the whole batches of ``raw`` that lie in [start, end)."""
+    out, pos = [], 0
+    for h in B.split_headers(raw):
+        if h.base_offset >= start and h.next_offset <= end:
+            out.append(raw[pos:pos + h.size_bytes])
+        pos += h.size_bytes
+    return b"".join(out)
+
+
+def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: dict[int, int],
+          retention: bool = False) -> dict:
+    """Stop the brokers, read every replica, assert the invariants; returns the counts. With
+    ``retention`` replicas are compared from their largest log start and acknowledged values
+    below it count as retained; without, every replica must start at 0."""
     for b in cluster.broker_names():
         cluster.stop(b)
     report = {"acknowledged": len(workload.acked), "failed": len(workload.failed), "lost": 0,
-              "duplicated": 0, "unavailable_s": round(workload.unavailable_s(), 2)}
+              "retained": 0, "duplicated": 0, "unavailable_s": round(workload.unavailable_s(), 2)}
     seen: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
-    for p in range(PARTITIONS):
+    starts: dict[int, int] = {}
+    for p in sorted(hws):
         hw = hws[p]
         replicas = {b: read_replica(cluster, b, p) for b in cluster.broker_names()}
+        start = starts[p] = max((records[0].offset if records else hw) for _, records in replicas.values())
+        assert retention or start == 0, f"partition {p}: a replica starts at {start} without retention"
         ref_name, (ref_raw, ref_records) = next(iter(replicas.items()))
-        prefix = [r for r in ref_records if r.offset < hw]
-        cut = sum(h.size_bytes for h in B.split_headers(ref_raw) if h.next_offset <= hw)
+        prefix = [r for r in ref_records if start <= r.offset < hw]
+        ref_bytes = _batches_between(ref_raw, start, hw)
         for name, (raw, records) in replicas.items():
-            assert raw[:cut] == ref_raw[:cut], f"partition {p}: {name} differs from {ref_name} below the HW {hw}"
+            assert _batches_between(raw, start, hw) == ref_bytes, \
+                f"partition {p}: {name} differs from {ref_name} in [{start}, HW {hw})"
         offsets = [r.offset for r in prefix]
-        assert offsets == list(range(prefix[0].offset if prefix else 0, hw)), f"partition {p}: offsets not contiguous"
+        assert offsets == list(range(prefix[0].offset if prefix else start, hw)), f"partition {p}: offsets not contiguous"
         last_seq = -1
         for r in prefix:
             assert r.value in workload.sent, f"partition {p} offset {r.offset}: value {r.value!r} was never sent"
@@ -210,7 +254,9 @@ def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: d
             last_seq = seq
     for value, (p, offset) in workload.acked.items():
         where = seen.get(value, [])
-        if not where:
+        if not where and 0 <= offset < starts[p]:
+            report["retained"] += 1  # deleted by retention (check(retention=True) only)
+        elif not where:
             report["lost"] += 1
         elif len(where) > 1:
             report["duplicated"] += 1
@@ -226,11 +272,12 @@ def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: d
     return report
 
 
-def finish(cluster: Cluster, admin: Admin, workload: Workload, observer: LeaderObserver) -> dict:
+def finish(cluster: Cluster, admin: Admin, workload: Workload, observer: LeaderObserver,
+           retention: bool = False) -> dict:
     """Stop the load, wait for the cluster to heal, check every invariant."""
     workload.stop()
     observer.stop()
-    return check(cluster, workload, observer, wait_healed(cluster, admin))
+    return check(cluster, workload, observer, wait_healed(cluster, admin), retention)
 
 
 def flip_tail_bytes(cluster: Cluster, broker: str, partition: int, seed: int) -> None:

@@ -92,3 +92,27 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml", environ={})
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n", "list.yaml"), environ={})
+
+
+@pytest.mark.parametrize("data_dir", [None, "./state", "../elsewhere/state"])
+def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          data_dir: str | None) -> None:
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    raw = dict(MINIMAL, cluster={"data_dir": data_dir} if data_dir else {})
+    path = write(conf_dir, raw)
+    monkeypatch.chdir(tmp_path)  # anywhere but the config's directory
+    expected = (conf_dir / (data_dir or "./data")).resolve()
+    assert Path(load_config(path, environ={}).cluster.data_dir) == expected
+    # the same for an override from the environment
+    env_cfg = load_config(path, environ={"LOOM_CLUSTER__DATA_DIR": "rel"})
+    assert Path(env_cfg.cluster.data_dir) == (conf_dir / "rel").resolve()
+
+
+def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
+    path = write(tmp_path, dict(MINIMAL, cluster={"data_dir": str(tmp_path / "abs")}))
+    assert load_config(path, environ={}).cluster.data_dir == str(tmp_path / "abs")
+
+
+def test_shipped_configs_keep_their_data_next_to_the_repository() -> None:
+    assert Path(load_config(ROOT / "config" / "cluster.yaml", environ={}).cluster.data_dir) == ROOT / "data"

@@ -7,6 +7,8 @@ import types
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from engines import batch as B
 from engines.api import EngineConfig
 from engines.memory import MemoryEngine
@@ -22,7 +24,8 @@ from nodes.broker.node import Broker
 from nodes.broker.parking import ParkedProduce, ParkingLot
 from nodes.broker.partition import Partition
 from nodes.broker.replication import ReplicationSubscriber
-from nodes.coordinator.node import Coordinator
+from nodes.broker.isr import IsrProposer
+from nodes.coordinator.alter_isr import IsrChange, judge
 from nodes.coordinator.store import PartitionState, TopicState
 
 BATCH_MAX = 1024 * 1024
@@ -72,6 +75,9 @@ class _FakeFetcher:
 
     def ack(self, part) -> None:  # noqa: ANN001
         self.acks += 1
+
+    def ack_parts(self, parts) -> None:  # noqa: ANN001
+        self.acks += len(parts)
 
 
 def _subscriber(part: Partition, fetcher: _FakeFetcher) -> ReplicationSubscriber:
@@ -129,11 +135,12 @@ def test_malformed_replication_messages_are_counted_not_raised() -> None:
 
 
 # -- 2. an ALTER_ISR with no answer may have been applied: keep the maximal ISR ------------------
-def _isr_broker(part: Partition) -> types.SimpleNamespace:
-    b = types.SimpleNamespace(coordinator=_Recorder(), reactor=_Recorder(), broker_id=part.broker_id, _dirty=False)
-    b._propose_isr = types.MethodType(Broker._propose_isr, b)
-    b._request_metadata_now = lambda: None
-    return b
+def _isr_proposer() -> tuple[IsrProposer, list]:
+    sent: list = []
+    proposer = IsrProposer(1, lambda header, callback: sent.append((header, callback)),
+                           refresh_metadata=lambda: sent.append("refresh"), on_fenced=lambda: sent.append("fenced"),
+                           mark_dirty=lambda: None)
+    return proposer, sent
 
 
 def test_isr_expansion_without_an_answer_keeps_counting_the_new_member() -> None:
@@ -142,64 +149,56 @@ def test_isr_expansion_without_an_answer_keeps_counting_the_new_member() -> None
     p.append_as_leader([_batch(3)], BATCH_MAX)
     p.record_follower_fetch(2, 3, now_ms=10)
     p.record_follower_fetch(3, 3, now_ms=10)
-    new = p.isr_changes(10, 1000)
-    assert new == {1, 2, 3}
-    b = _isr_broker(p)
-    Broker._propose_isr(b, p, new)
-    _cmd, header, callback = b.coordinator.calls[-1]
-    assert header["isr_from"] == [1, 2]
+    assert p.isr_changes(10, 1000) == {1, 2, 3}
+    proposer, sent = _isr_proposer()
+    assert proposer.check([p], 10, 1000) == 1
+    header, callback = sent[-1]
+    assert header["parts"][0]["isr"] == [1, 2, 3] and header["parts"][0]["partition_epoch"] == p.partition_epoch
     callback(None, [], RequestTimeout())  # the coordinator may well have applied it
     # broker 3 can be in the committed ISR (and be elected): the HW must keep waiting for it
     p.append_as_leader([_batch(2)], BATCH_MAX)
     p.record_follower_fetch(2, 5, now_ms=20)
     assert p.high_watermark == 3
-    # the proposal is asked again, and its answer settles it
-    delay, retry = b.reactor.calls[-1]
-    retry()
-    callback = b.coordinator.calls[-1][2]
-    callback({"isr": [1, 2, 3]}, [], None)
-    assert p.isr == {1, 2, 3} and p.pending_isr is None
+    # the proposal is asked again with the next check, and its answer settles it
+    assert proposer.check([p], 20, 1000) == 1
+    header, callback = sent[-1]
+    assert header["parts"][0]["isr"] == [1, 2, 3]
+    callback({"parts": [{"error": 0, "leader_epoch": 1, "partition_epoch": 7, "isr": [1, 2, 3]}]}, [], None)
+    assert p.isr == {1, 2, 3} and p.pending_isr is None and p.partition_epoch == 7
 
 
 def test_isr_proposal_rejected_by_the_coordinator_is_dropped() -> None:
     p = _part()
     p.become_leader(1, [1, 2, 3], [1, 2, 3], now_ms=0)
-    b = _isr_broker(p)
-    Broker._propose_isr(b, p, {1, 2})
-    b.coordinator.calls[-1][2](None, [], RemoteError(P.INVALID_CONFIG, "no"))
-    assert p.pending_isr is None and not b.reactor.calls
+    p.followers[3].last_caught_up_ms = -5000
+    proposer, sent = _isr_proposer()
+    assert proposer.check([p], 0, 1000) == 1
+    sent[-1][1]({"parts": [{"error": P.INVALID_CONFIG, "message": "no"}]}, [], None)
+    assert p.pending_isr is None and len(sent) == 1
 
 
-def _coordinator(isr: list[int], alive: set[int]) -> types.SimpleNamespace:
-    ps = PartitionState(1, 4, [1, 2, 3], list(isr))
-    c = types.SimpleNamespace(state=types.SimpleNamespace(topics={"t": TopicState([ps])}), alive=alive,
-                              commits=0)
-    c.commit = lambda: setattr(c, "commits", c.commits + 1)
-    return c
+def _coordinator(isr: list[int]) -> dict[str, TopicState]:
+    return {"t": TopicState([PartitionState(1, 4, [1, 2, 3], list(isr), partition_epoch=9)])}
 
 
-def _alter_isr(isr: list[int], isr_from: list[int] | None) -> wire.Request:
-    header = {"topic": "t", "partition": 0, "leader_epoch": 4, "broker_id": 1, "isr": isr}
-    if isr_from is not None:
-        header["isr_from"] = isr_from
-    return wire.Request([], P.ALTER_ISR, header, [])
+def _change(isr: list[int], partition_epoch: int) -> IsrChange:
+    return IsrChange("t", 0, 4, partition_epoch, isr)
 
 
 def test_coordinator_refuses_an_isr_change_computed_from_a_stale_isr() -> None:
-    # the coordinator dropped dead broker 3 from the ISR; the leader has not heard yet and asks
-    # to add broker 2 on top of its old view, which still names 3 (now back, but behind)
-    c = _coordinator(isr=[1], alive={1, 2, 3})
-    try:
-        Coordinator._on_alter_isr(c, _alter_isr([1, 2, 3], isr_from=[1, 3]))
-        raise AssertionError("a stale ISR proposal was applied")
-    except RemoteError as e:
-        assert e.code == P.FENCED_LEADER_EPOCH
-    assert c.state.topics["t"].partitions[0].isr == [1]
+    # the coordinator dropped dead broker 3 from the ISR (partition epoch 8 -> 9); the leader has
+    # not heard yet and asks to add broker 2 on top of its old view, which still names 3
+    topics = _coordinator(isr=[1])
+    assert judge(_change([1, 2, 3], 8), 1, topics, {1, 2, 3})[0] == P.STALE_ISR
+    assert topics["t"].partitions[0].isr == [1]
     # a retry of a proposal that was already applied is answered, not refused
-    c2 = _coordinator(isr=[1, 2], alive={1, 2, 3})
-    assert Coordinator._on_alter_isr(c2, _alter_isr([1, 2], isr_from=[1]))["isr"] == [1, 2]
+    topics = _coordinator(isr=[1, 2])
+    assert judge(_change([1, 2], 8), 1, topics, {1, 2, 3}) == (0, "")
     # the current view is applied
-    assert Coordinator._on_alter_isr(c2, _alter_isr([1, 2, 3], isr_from=[1, 2]))["isr"] == [1, 2, 3]
+    assert judge(_change([1, 2, 3], 9), 1, topics, {1, 2, 3}) == (0, "")
+    assert topics["t"].partitions[0].isr == [1, 2, 3]
+    # a proposal from a broker that no longer leads is fenced
+    assert judge(_change([2, 3], 9), 2, topics, {1, 2, 3})[0] == P.FENCED_LEADER_EPOCH
 
 
 # -- 3. the epoch cache must not name offsets the log lost in a crash ----------------------------
@@ -304,7 +303,9 @@ def test_terminal_failure_of_a_sequenced_batch_does_not_wedge_the_partition() ->
     s._waker.close()
 
 
-def test_duplicate_sequence_reports_an_unknown_offset_not_a_made_up_one() -> None:
+def test_duplicate_sequence_is_an_error_not_a_delivery_with_a_made_up_offset() -> None:
+    # an unremembered old duplicate is not proof that this batch is in the log (before the
+    # sequence wrap fix, every batch after 2**31 records got this answer and was dropped)
     s = _sender()
     s.producer_id, s.producer_epoch = 7, 0
     tp = ("t", 0)
@@ -313,5 +314,7 @@ def test_duplicate_sequence_reports_an_unknown_offset_not_a_made_up_one() -> Non
     from fabric.client.producer import RecordFuture
     fut = RecordFuture(b, 1)
     s._on_reply([(tp, [b])], [b], {"results": [[-1, P.DUPLICATE_SEQUENCE, "old duplicate"]]}, None)
-    assert fut.result(0).offset == -1
+    with pytest.raises(RemoteError) as e:
+        fut.result(0)
+    assert e.value.code == P.DUPLICATE_SEQUENCE
     s._waker.close()

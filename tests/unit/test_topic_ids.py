@@ -9,6 +9,7 @@ from typing import Iterator
 
 import pytest
 
+from engines import batch as B
 from engines.api import EngineConfig
 from engines.segment import SegmentEngine
 from fabric.config import load_config
@@ -114,17 +115,21 @@ def test_an_unknown_directory_found_at_start_is_set_aside_and_stays_reported(tmp
 
 
 def test_a_directory_from_before_topic_ids_takes_the_id_of_its_topic(tmp_path: Path) -> None:
-    """The layout before ids: <topic>-<p>/log and the epoch checkpoint beside it."""
+    """The layout before ids: <topic>-<p>/log and the epoch and HW checkpoints beside it."""
     d = tmp_path / "data" / "broker-1" / "t-0"
     engine = SegmentEngine(str(d / "log"), EngineConfig(fsync="always"))
-    engine.append(build_batch([(1_700_000_000_000, None, b"old", None)]))
+    batch = bytearray(build_batch([(1_700_000_000_000, None, b"old", None)]))
+    B.set_leader_epoch(batch, 0)  # written by the leader of epoch 0, as the checkpoint says
+    engine.append(batch)
     engine.close()
     (d / "leader-epoch-checkpoint").write_text("0 0\n")
+    (d / "high-watermark-checkpoint").write_text("1\n")
     b = new_broker(tmp_path)
     try:
         assert (d / "segment" / "log").is_dir() and not (d / "log").exists()
         assert (d / "segment" / "leader-epoch-checkpoint").read_text() == "0 0\n"
-        assert b.partitions[("t", 0)].log_end_offset == 1
+        assert not (d / "high-watermark-checkpoint").exists()  # it describes that log: moved with it
+        assert b.partitions[("t", 0)].log_end_offset == 1 and b.partitions[("t", 0)].high_watermark == 1
         b.apply_metadata(md(1, {"t": OLD_ID}))
         assert b.dirs.topic_id(("t", 0)) == OLD_ID
         assert (d / "partition.metadata").read_text() == f"version: 0\ntopic_id: {OLD_ID}\n"

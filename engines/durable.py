@@ -1,0 +1,52 @@
+"""Durable small files: the one way Loom replaces a checkpoint or a state file.
+
+``replace_file`` writes the new content to a temp file beside the target, fsyncs it, renames
+it over the target and fsyncs the directory, so after a crash the file holds either the old
+content or the new, never a mix, and the rename itself survives. Used for the segment
+engine's recovery checkpoint, the leader-epoch checkpoint, the high-watermark checkpoint and
+the coordinator's cluster state. Errors are translated at this boundary: StorageFull for a
+full disk, EngineError otherwise (both LoomErrors).
+
+Thread-safe in the sense that matters: one call per target at a time (callers own their files).
+"""
+
+from __future__ import annotations
+
+import os
+
+from engines.checks import translate_os_error
+
+TEMP_SUFFIX = ".tmp"
+
+
+def replace_file(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, dir_fd: int | None = None) -> None:
+    """Atomically replace ``path`` with ``data`` (write temp, fsync, rename, fsync directory).
+    ``dir_fd``: an open descriptor of the directory, if the caller keeps one. Raises
+    StorageFull / EngineError."""
+    path = os.fspath(path)
+    tmp = path + TEMP_SUFFIX
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if dir_fd is not None:
+            os.fsync(dir_fd)
+        else:
+            fsync_directory(os.path.dirname(path) or ".")
+    except OSError as e:
+        raise translate_os_error(e, f"write {path}") from e
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make renames and creations in ``directory`` durable. Raises OSError."""
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,42 @@
+"""Noticing that this node itself stopped running (SIGSTOP, a frozen VM, a swapped-out process,
+a handler that blocked).
+
+A node's reactor passes are normally at most one poll timeout apart, so a much longer gap means
+the node did not listen for that long. Silence it did not listen to is no evidence against
+anyone: the owner restarts every peer's session (or lag clock) from the moment it resumed, so
+that peers are judged only by what arrives after the stall, one full session later at the
+earliest. Deciding late is safe; deciding on silence nobody listened to is not.
+
+Not thread-safe: owned by the node's reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from fabric.clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+class StallWatch:
+    def __init__(self, clock: Clock, threshold_ms: int, on_resume: Callable[[int, int], None]) -> None:
+        """``on_resume(now_ms, stalled_ms)`` runs once after every pass gap over ``threshold_ms``.
+        Call ``tick`` from a per-pass hook (``Reactor.after_pass``): those run before the timers
+        that pass verdicts."""
+        assert threshold_ms > 0
+        self.clock = clock
+        self.threshold_ms = threshold_ms
+        self.on_resume = on_resume
+        self.last_pass_ms = clock.now_ms()
+        self.stalls = 0
+
+    def tick(self) -> None:
+        now = self.clock.now_ms()
+        gap_ms = now - self.last_pass_ms
+        self.last_pass_ms = now
+        if gap_ms > self.threshold_ms:
+            self.stalls += 1
+            log.warning("this node did not run for %d ms: peers are judged by what they send from now on", gap_ms)
+            self.on_resume(now, gap_ms)

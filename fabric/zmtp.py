@@ -1,0 +1,351 @@
+"""The server end of ROUTER/DEALER, with a bound on what one request may make a node buffer.
+
+libzmq's ROUTER keeps every frame of a multipart message in its pipe until the last frame
+arrives, and only then shows the message to the application; ``ZMQ_MAXMSGSIZE`` bounds one
+frame and ``ZMQ_RCVHWM`` counts whole messages. A peer that sends frames of one message and
+never the last one makes the node allocate without bound, and nothing above libzmq can see
+it happen. So the node's request port is a ``ZMQ_STREAM`` socket (raw TCP bytes through
+libzmq's I/O thread) and this module speaks ZMTP 3.0 (NULL security) on it, the protocol a
+DEALER client speaks: the greeting, the READY handshake, then frames. Each connection
+buffers at most one message, bounded by ``P.REQUEST_BYTES_MAX`` bytes and
+``P.FRAMES_MAX`` frames; the limit is checked at each frame's header, before its body
+arrives. The rest of an oversized message is read and discarded (nothing buffered) and the
+peer is answered ``request_too_large``; a peer that breaks the protocol is disconnected.
+Clients are unchanged: any ZMTP 3.x DEALER (libzmq, pyzmq) talks to it.
+
+A complete message is handed on as ``[identity, b"", frames...]``, as a ROUTER would: the
+identity is the one the peer announced (``ZMQ_IDENTITY``) or one made up for the connection.
+
+Not thread-safe: owned by the node's reactor thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections import Counter
+from typing import Callable
+
+import zmq
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.errors import MalformedFrame
+from fabric.reactor import Reactor
+
+log = logging.getLogger(__name__)
+
+GREETING_BYTES = 64
+HANDSHAKE_BYTES_MAX = 4096         # the peer's READY command (its metadata) may be this long
+COMMAND_BYTES_MAX = 1024           # PING and other commands after the handshake
+PEER_IDENTITY_BYTES_MAX = 255      # ZMTP's limit for a routing id
+CONNECTIONS_MAX = 10_000           # more are refused (closed at once)
+STREAM_RCVHWM = 1000               # chunks (each at most libzmq's read size, 8 KiB) queued per socket
+
+_FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
+_SIGNATURE_FIRST, _SIGNATURE_LAST = 0xFF, 0x7F
+_PEER_SOCKET_TYPES = (b"DEALER", b"REQ")
+
+
+def _greeting() -> bytes:
+    """Signature, version 3.0, mechanism NULL, as-server 0, filler (ZMTP 3.0, 23/ZMTP)."""
+    return bytes([_SIGNATURE_FIRST]) + bytes(8) + bytes([_SIGNATURE_LAST, 3, 0]) + b"NULL".ljust(20, b"\0") + bytes(32)
+
+
+def _command(body: bytes) -> bytes:
+    return _frame_header(len(body), more=False, command=True) + body
+
+
+def _frame_header(size: int, *, more: bool, command: bool = False) -> bytes:
+    flags = (_FLAG_MORE if more else 0) | (_FLAG_COMMAND if command else 0)
+    if size <= 255:
+        return bytes([flags, size])
+    return struct.pack(">BQ", flags | _FLAG_LONG, size)
+
+
+def _property(name: bytes, value: bytes) -> bytes:
+    return bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
+
+
+GREETING = _greeting()
+READY = _command(b"\x05READY" + _property(b"Socket-Type", b"ROUTER"))
+
+
+class ProtocolViolation(Exception):
+    """The peer does not speak ZMTP 3 as a DEALER would: it is disconnected."""
+
+
+def _parse_ready(body: bytes) -> dict[bytes, bytes]:
+    """The metadata of a READY command body. Raises ProtocolViolation."""
+    if body[:6] != b"\x05READY":
+        raise ProtocolViolation(f"expected READY, got {bytes(body[:16])!r}")
+    props, i = {}, 6
+    while i < len(body):
+        n = body[i]
+        name = bytes(body[i + 1:i + 1 + n])
+        if i + 1 + n + 4 > len(body):
+            raise ProtocolViolation("truncated READY property")
+        (size,) = struct.unpack_from(">I", body, i + 1 + n)
+        start = i + 1 + n + 4
+        if start + size > len(body):
+            raise ProtocolViolation("truncated READY property value")
+        props[name.lower()] = bytes(body[start:start + size])
+        i = start + size
+    return props
+
+
+class _Connection:
+    """One peer's ZMTP state: handshake, then at most one message being received."""
+
+    __slots__ = ("conn_id", "identity", "buf", "greeted", "ready", "frames", "message_bytes",
+                 "skip_bytes", "discarding", "discard_request_id", "need_bytes")
+
+    def __init__(self, conn_id: bytes) -> None:
+        self.conn_id = conn_id
+        self.identity: bytes | None = None
+        self.buf = bytearray()     # bytes received and not yet parsed (bounded: see feed)
+        self.greeted = False       # the peer's greeting has arrived
+        self.ready = False         # the peer's READY has arrived
+        self.frames: list[bytes] = []
+        self.message_bytes = 0
+        self.skip_bytes = 0        # body bytes of an oversized message still to discard
+        self.discarding = False    # the message in progress is over a limit
+        self.discard_request_id = 0
+        self.need_bytes = 0        # buf cannot be parsed before it holds this many bytes
+
+
+class ZmtpServer:
+    """A ROUTER-like request port on a ZMQ_STREAM socket. ``on_message(frames)`` gets each
+    complete message as ``[identity, b"", frames...]``; ``send(frames)`` routes a reply by
+    its first frame (an identity) and drops it when that peer is gone or not reading."""
+
+    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str,
+                 on_message: Callable[[list[bytes]], None], counters: Counter[str] | None = None) -> None:
+        self.reactor = reactor
+        self.on_message = on_message
+        self.sock = ctx.socket(zmq.STREAM)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, STREAM_RCVHWM)
+        self.sock.setsockopt(zmq.SNDHWM, P.SNDHWM)
+        self.sock.bind(endpoint)
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self._connections: dict[bytes, _Connection] = {}
+        self._by_identity: dict[bytes, _Connection] = {}
+        reactor.add_socket(self.sock, self._on_stream)
+
+    # -- receiving -------------------------------------------------------------------------
+    def _on_stream(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            return  # a STREAM socket delivers [connection id, data]
+        conn_id, data = frames
+        conn = self._connections.get(conn_id)
+        if not data:  # libzmq's notice of a connect (unknown id) or a disconnect (known id)
+            if conn is None:
+                self._accept(conn_id)
+            else:
+                self._forget(conn)
+            return
+        if conn is None:
+            return  # bytes of a connection already closed by us
+        try:
+            self._feed(conn, data)
+        except ProtocolViolation as e:
+            self.counters["protocol_violations"] += 1
+            log.info("disconnecting a peer that broke ZMTP: %s", e)
+            self._close(conn)
+
+    def _accept(self, conn_id: bytes) -> None:
+        conn = _Connection(conn_id)
+        self._connections[conn_id] = conn
+        if len(self._connections) > CONNECTIONS_MAX:
+            self.counters["connections_refused"] += 1
+            self._close(conn)
+            return
+        self._write(conn, GREETING)
+
+    def _feed(self, conn: _Connection, data: bytes) -> None:
+        if conn.skip_bytes:  # the body of a frame of an oversized message: never buffered
+            if len(data) <= conn.skip_bytes:
+                conn.skip_bytes -= len(data)
+                return
+            data = data[conn.skip_bytes:]
+            conn.skip_bytes = 0
+        buf = conn.buf
+        buf += data
+        if len(buf) < conn.need_bytes:
+            return  # the rest of a large frame's body: nothing to parse yet (8 KiB chunks)
+        conn.need_bytes = 0
+        pos = 0
+        while True:
+            used = self._parse_one(conn, buf, pos)
+            if used == 0:
+                break
+            pos += used
+            if conn.skip_bytes:  # drop what is here of the discarded body, wait for the rest
+                dropped = min(conn.skip_bytes, len(buf) - pos)
+                conn.skip_bytes -= dropped
+                pos += dropped
+                if conn.skip_bytes:
+                    break
+        del buf[:pos]
+
+    def _parse_one(self, conn: _Connection, buf: bytearray, pos: int) -> int:
+        """Parse one unit (greeting, command or frame) at ``pos``: bytes used, 0 for "need more"."""
+        avail = len(buf) - pos
+        if not conn.greeted:
+            if avail >= 1 and buf[pos] != _SIGNATURE_FIRST:
+                raise ProtocolViolation("not a ZMTP greeting")
+            if avail >= 11 and (buf[pos + 9] & 1) != 1:
+                raise ProtocolViolation("not a ZMTP 3 greeting")
+            if avail >= 11 and buf[pos + 10] < 3:
+                raise ProtocolViolation(f"ZMTP {buf[pos + 10]} is too old (3 needed)")
+            if avail < GREETING_BYTES:
+                return 0
+            if bytes(buf[pos + 12:pos + 32]).rstrip(b"\0") != b"NULL":
+                raise ProtocolViolation("only the NULL security mechanism is served")
+            conn.greeted = True
+            return GREETING_BYTES
+        if avail < 2:
+            return 0
+        flags = buf[pos]
+        if flags & _FLAG_LONG:
+            if avail < 9:
+                return 0
+            (size,) = struct.unpack_from(">Q", buf, pos + 1)
+            head = 9
+        else:
+            size, head = buf[pos + 1], 2
+        if flags & _FLAG_COMMAND:
+            limit = COMMAND_BYTES_MAX if conn.ready else HANDSHAKE_BYTES_MAX
+            if size > limit or flags & _FLAG_MORE:
+                raise ProtocolViolation(f"command of {size} bytes (at most {limit})")
+            if avail < head + size:
+                return 0
+            self._on_command(conn, bytes(buf[pos + head:pos + head + size]))
+            return head + size
+        if not conn.ready:
+            raise ProtocolViolation("a message before the READY handshake")
+        more = bool(flags & _FLAG_MORE)
+        if conn.discarding or not self._within_limits(conn, size):
+            # over a limit: the rest of the message is read and dropped, never kept
+            conn.skip_bytes = size
+            if not more:
+                self._answer_too_large(conn)
+            return head
+        if avail < head + size:
+            conn.need_bytes = head + size  # buf starts at this frame once this feed is done
+            return 0
+        with memoryview(buf) as view:  # one copy, and released before the buffer shrinks
+            frame = bytes(view[pos + head:pos + head + size])
+        conn.frames.append(frame)
+        conn.message_bytes += size
+        if not more:
+            self._deliver(conn)
+        return head + size
+
+    def _within_limits(self, conn: _Connection, size: int) -> bool:
+        """Checked at each frame's header, before its body is buffered. One frame and one
+        byte budget go to the identity frame that is put in front of the message."""
+        if len(conn.frames) + 2 > P.FRAMES_MAX or conn.message_bytes + size > P.REQUEST_BYTES_MAX:
+            conn.discarding = True
+            conn.discard_request_id = _request_id(conn.frames)
+            self.counters["requests_over_limit"] += 1
+            self.counters["malformed"] += 1
+            conn.frames = []
+            conn.message_bytes = 0
+            return False
+        return True
+
+    def _answer_too_large(self, conn: _Connection) -> None:
+        conn.discarding = False
+        identity = conn.identity or conn.conn_id
+        self.send(wire.encode_reply([identity], wire.error_header(
+            conn.discard_request_id, P.REQUEST_TOO_LARGE,
+            f"request over {P.REQUEST_BYTES_MAX} bytes or {P.FRAMES_MAX} frames: discarded")))
+
+    def _deliver(self, conn: _Connection) -> None:
+        frames, conn.frames, conn.message_bytes = conn.frames, [], 0
+        assert conn.identity is not None
+        self.on_message([conn.identity, *frames])
+
+    def _on_command(self, conn: _Connection, body: bytes) -> None:
+        if not conn.ready:
+            props = _parse_ready(body)
+            if props.get(b"socket-type") not in _PEER_SOCKET_TYPES:
+                raise ProtocolViolation(f"socket type {props.get(b'socket-type')!r} cannot talk to a ROUTER")
+            conn.identity = self._identity_for(conn, props.get(b"identity", b""))
+            self._by_identity[conn.identity] = conn
+            conn.ready = True
+            self._write(conn, READY)
+            return
+        if body[:5] == b"\x04PING" and len(body) >= 7:  # ZMTP 3.1 heartbeat: answer with its context
+            self._write(conn, _command(b"\x04PONG" + body[7:]))
+
+    def _identity_for(self, conn: _Connection, announced: bytes) -> bytes:
+        """The peer's own identity when it set one that no live peer uses, as ROUTER does;
+        otherwise one made up (a zero byte and random bytes, never a valid announced one)."""
+        if announced and not announced.startswith(b"\0") and len(announced) <= PEER_IDENTITY_BYTES_MAX \
+                and announced not in self._by_identity:
+            return announced
+        return b"\0" + os.urandom(8)
+
+    # -- sending and closing -------------------------------------------------------------------
+    def send(self, frames: list) -> None:
+        """Send ``[identity, frames...]`` to that peer as one ZMTP message. Dropped (and
+        counted) when the peer is gone or its send queue is full."""
+        conn = self._by_identity.get(bytes(frames[0]))
+        if conn is None:
+            self.counters["reply_dropped_gone"] += 1
+            return
+        body = frames[1:]
+        parts: list = []
+        for i, f in enumerate(body):
+            parts.append(_frame_header(len(f), more=i < len(body) - 1))
+            parts.append(f)
+        self._write(conn, b"".join(parts))  # one STREAM message: never half a reply on the wire
+
+    def _write(self, conn: _Connection, data: bytes) -> None:
+        try:
+            self.sock.send_multipart([conn.conn_id, data], zmq.NOBLOCK, copy=len(data) < P.ZERO_COPY_BYTES_MIN)
+        except zmq.Again:
+            self.counters["reply_dropped_hwm"] += 1  # peer not reading: it will time out
+        except zmq.ZMQError as e:
+            self.counters["reply_dropped"] += 1
+            log.debug("send to a peer failed: %s", e)
+
+    def _close(self, conn: _Connection) -> None:
+        """Disconnect the peer (an empty data frame closes a STREAM connection)."""
+        self._forget(conn)
+        try:
+            self.sock.send_multipart([conn.conn_id, b""], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _forget(self, conn: _Connection) -> None:
+        self._connections.pop(conn.conn_id, None)
+        if conn.identity is not None and self._by_identity.get(conn.identity) is conn:
+            del self._by_identity[conn.identity]
+        conn.buf = bytearray()
+        conn.frames = []
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def close(self) -> None:
+        self.reactor.remove_socket(self.sock)
+        self.sock.close(0)
+
+
+def _request_id(frames: list[bytes]) -> int:
+    """The request id of a partly received request (``[b"", VERSION, command, header...]``),
+    so that the error reply can name it; 0 when the header has not arrived or is bad."""
+    if len(frames) < 4:
+        return 0
+    try:
+        header = wire.unpack(frames[3])
+    except MalformedFrame:
+        return 0
+    rid = header.get("id", 0) if isinstance(header, dict) else 0
+    return rid if isinstance(rid, int) and not isinstance(rid, bool) else 0

@@ -1,0 +1,132 @@
+"""A leader's ISR proposals: every check collects the ISR changes due on all partitions this
+broker leads into one ALTER_ISR request (Kafka's AlterPartition; at most
+``ALTER_ISR_PARTITIONS_MAX`` parts, one request in flight), and applies the answer per part.
+
+What each answer does:
+- applied: the committed ISR is installed if its partition epoch is newer than the one the
+  partition holds (a push may already have brought something newer: state never goes back);
+- no answer (timeout): the coordinator may have applied it, so the proposal stays pending
+  (the HW keeps counting the maximal ISR) and is sent again with the next check;
+- ``STALE_ISR``: our view of the partition is out of date; the proposal is dropped and the
+  metadata refreshed. Nothing else happens: this is a routine race;
+- ``FENCED_LEADER_EPOCH``: another broker leads; the proposal is dropped and the broker
+  re-registers (``on_fenced``), as a broker that missed its own deposition must;
+- anything else: the proposal is dropped.
+
+Not thread-safe: owned by the broker's reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from fabric import protocol as P
+from fabric.errors import RemoteError
+from nodes.broker.partition import Partition
+
+log = logging.getLogger(__name__)
+
+ALTER_ISR_TIMEOUT_MS = 3000
+
+# (header, callback(header | None, payloads, error | None)) -> None: sends one ALTER_ISR
+SendAlterIsr = Callable[[dict, Callable], None]
+
+
+@dataclass(slots=True)
+class _Proposal:
+    part: Partition
+    leader_epoch: int
+    isr: set[int]
+
+    def current(self) -> bool:
+        """Still the partition's pending proposal in the epoch it was made in."""
+        return self.part.is_leader and self.part.leader_epoch == self.leader_epoch and self.part.pending_isr == self.isr
+
+
+class IsrProposer:
+    def __init__(self, broker_id: int, send: SendAlterIsr, *, refresh_metadata: Callable[[], None],
+                 on_fenced: Callable[[], None], mark_dirty: Callable[[], None]) -> None:
+        self.broker_id = broker_id
+        self._send = send
+        self._refresh_metadata = refresh_metadata
+        self._on_fenced = on_fenced
+        self._mark_dirty = mark_dirty
+        self._in_flight = False
+        self._unanswered: dict[tuple[str, int], _Proposal] = {}  # sent, no answer: send again
+
+    def check(self, partitions: Iterable[Partition], now_ms: int, lag_time_max_ms: int) -> int:
+        """Propose the ISR changes due now in one request. Returns the number of parts sent."""
+        if self._in_flight:
+            return 0
+        batch: list[_Proposal] = []
+        for part in partitions:
+            if len(batch) >= P.ALTER_ISR_PARTITIONS_MAX:
+                break  # the rest go with the next check
+            key = (part.topic, part.partition)
+            again = self._unanswered.pop(key, None)
+            if again is not None and again.current():
+                batch.append(again)
+                continue
+            new = part.isr_changes(now_ms, lag_time_max_ms)
+            if new is not None:
+                log.info("%s-%d: proposing isr %s (was %s)", part.topic, part.partition, sorted(new), sorted(part.isr))
+                part.pending_isr = new
+                batch.append(_Proposal(part, part.leader_epoch, new))
+        if batch:
+            self._in_flight = True
+            header = {"broker_id": self.broker_id, "parts": [
+                {"topic": p.part.topic, "partition": p.part.partition, "leader_epoch": p.leader_epoch,
+                 "partition_epoch": p.part.partition_epoch, "isr": sorted(p.isr)} for p in batch]}
+            self._send(header, lambda h, payloads, err: self._on_reply(batch, h, err))
+        return len(batch)
+
+    def _on_reply(self, batch: list[_Proposal], header: dict | None, err: RemoteError | None) -> None:
+        self._in_flight = False
+        if header is None:
+            for p in batch:
+                if not p.current():
+                    continue
+                if err is None or err.code == P.REQUEST_TIMED_OUT:
+                    self._unanswered[(p.part.topic, p.part.partition)] = p
+                else:
+                    p.part.pending_isr = None
+            return
+        parts = header.get("parts")
+        if not isinstance(parts, list) or len(parts) != len(batch):
+            log.error("ALTER_ISR answer with %s parts for %d asked: dropped", type(parts).__name__, len(batch))
+            for p in batch:
+                if p.current():
+                    p.part.pending_isr = None
+            return
+        stale = fenced = False
+        for p, res in zip(batch, parts):
+            code = res.get("error") if isinstance(res, dict) else P.MALFORMED_REQUEST
+            if code == 0:
+                self._install(p, res)
+                continue
+            if p.current():
+                p.part.pending_isr = None
+            log.info("%s-%d: isr proposal %s refused: %s %s", p.part.topic, p.part.partition, sorted(p.isr),
+                     P.error_name(code) if isinstance(code, int) else code, res.get("message", "") if isinstance(res, dict) else "")
+            stale |= code == P.STALE_ISR
+            fenced |= code == P.FENCED_LEADER_EPOCH
+        if fenced:
+            self._on_fenced()
+        elif stale:
+            self._refresh_metadata()
+
+    def _install(self, p: _Proposal, res: dict) -> None:
+        part = p.part
+        epoch, pepoch, isr = res.get("leader_epoch"), res.get("partition_epoch"), res.get("isr")
+        if not (isinstance(epoch, int) and isinstance(pepoch, int) and isinstance(isr, list)):
+            log.error("%s-%d: malformed ALTER_ISR answer %r", part.topic, part.partition, res)
+            if p.current():
+                part.pending_isr = None
+            return
+        if part.is_leader and epoch == part.leader_epoch and pepoch > part.partition_epoch:
+            part.update_isr(isr, pepoch)
+            self._mark_dirty()
+        elif p.current():
+            part.pending_isr = None  # something newer (a push) has already been applied

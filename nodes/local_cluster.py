@@ -1,0 +1,212 @@
+"""Local clusters on loopback: a config with ports picked free at run time, one process per
+node (``python -m nodes.run``), and a stop of every process by its pid.
+
+The tests, the benchmarks (``loom bench``) and anyone experimenting from Python use it; it lives
+in the package so that an installed ``loom`` can start one in any directory. Synchronise on
+conditions with deadlines (``wait_until``), never bare sleeps. Not thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import yaml
+import zmq
+
+from fabric import protocol as P
+from fabric.errors import RemoteError
+from fabric.rpc import BlockingClient
+
+# the directory that holds the `nodes` package: node processes import the same code as we do
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # the condition may raise until the system is ready
+            last_exc = e
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: str = "interval",
+                extra_nodes: tuple[str, ...] = (), overrides: dict | None = None) -> Path:
+    """Write a cluster config with free ports under ``tmp``; return its path."""
+    roles = ["coordinator"] + [f"broker-{i}" for i in range(1, brokers + 1)] + list(extra_nodes)
+    ports = free_ports(2 * len(roles) + 1)
+    nodes: dict[str, dict] = {}
+    for i, name in enumerate(roles):
+        role = name.split("-")[0] if name.split("-")[0] in ("broker", "consumer") else name
+        node: dict[str, Any] = {"role": role, "port": ports[2 * i], "pub_port": ports[2 * i + 1]}
+        if role == "broker":
+            node["broker_id"] = int(name.split("-")[1])
+        if role == "gateway":
+            node["dashboard_port"] = ports[-1]
+        nodes[name] = node
+    cfg: dict[str, Any] = {
+        "cluster": {"name": "test", "data_dir": str(tmp / "data")},
+        "nodes": nodes,
+        "storage": {"engine": engine, "fsync": fsync, "fsync_interval_ms": 50},
+        "topics": {"partitions": 3, "replication_factor": min(3, brokers), "min_insync_replicas": min(2, brokers)},
+        "liveness": {"heartbeat_interval_ms": 200, "session_timeout_ms": 3000},
+        "replication": {"replica_lag_time_max_ms": 2000},
+        "security": {"api_keys": [{"key": "test-admin-key", "name": "test", "roles": ["admin", "produce", "consume", "read"]}]},
+    }
+    for key, value in (overrides or {}).items():
+        section = cfg.setdefault(key, {})
+        section.update(value) if isinstance(value, dict) else cfg.__setitem__(key, value)
+    path = tmp / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@contextmanager
+def running_cluster(directory: Path, brokers: int = 3, **config: Any) -> Iterator["Cluster"]:
+    """A started cluster in ``directory`` (for module-scoped fixtures), stopped on exit."""
+    c = Cluster(make_config(directory, brokers, **config))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop_all()
+
+
+class Cluster:
+    """Processes of one test cluster. ``start()`` waits until each node answers PING."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.raw = yaml.safe_load(config_path.read_text())
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.log_dir = config_path.parent / "logs"
+        self.log_dir.mkdir(exist_ok=True)
+        self.ctx = zmq.Context.instance()
+
+    @property
+    def node_names(self) -> list[str]:
+        return list(self.raw["nodes"])
+
+    def endpoint(self, name: str) -> str:
+        return f"tcp://127.0.0.1:{self.raw['nodes'][name]['port']}"
+
+    @property
+    def bootstrap(self) -> str:
+        names = [n for n in self.node_names if n == "coordinator" or n.startswith("broker-")]
+        return ",".join(f"127.0.0.1:{self.raw['nodes'][n]['port']}" for n in names)
+
+    def start(self, names: list[str] | None = None, wait: bool = True) -> None:
+        for name in names or self.node_names:
+            self.start_node(name, wait=False)
+        if wait:
+            for name in names or self.node_names:
+                self.wait_ready(name)
+
+    def start_node(self, name: str, wait: bool = True) -> None:
+        assert name not in self.procs or self.procs[name].poll() is not None, f"{name} already running"
+        log = open(self.log_dir / f"{name}.log", "ab")
+        env = dict(os.environ, PYTHONPATH=str(SOURCE_ROOT), PYTHONUNBUFFERED="1")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "nodes.run", "-c", str(self.config_path), "--node", name],
+            stdout=log, stderr=subprocess.STDOUT, cwd=str(SOURCE_ROOT), env=env)
+        if wait:
+            self.wait_ready(name)
+
+    def ping(self, name: str, timeout_ms: int = 500) -> dict:
+        c = BlockingClient(self.ctx, self.endpoint(name))
+        try:
+            return c.call(P.PING, timeout_ms=timeout_ms)[0]
+        finally:
+            c.close()
+
+    def call(self, name: str, command: bytes, header: dict | None = None, payloads: list | tuple = (), timeout_ms: int = 5000) -> tuple[dict, list]:
+        c = BlockingClient(self.ctx, self.endpoint(name))
+        try:
+            return c.call(command, header or {}, payloads, timeout_ms=timeout_ms)
+        finally:
+            c.close()
+
+    def stats(self, name: str) -> dict:
+        return self.call(name, P.STATS, timeout_ms=2000)[0]
+
+    def wait_ready(self, name: str, timeout_s: float = 20.0) -> None:
+        def ready() -> bool:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}")
+            try:
+                return self.ping(name)["node"] == name
+            except RemoteError:
+                return False
+        wait_until(ready, timeout_s, what=f"{name} to answer PING")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                proc.wait(timeout=10)
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def replica_log_dir(self, broker: str, topic: str, partition: int, engine: str | None = None) -> Path:
+        """The engine's directory of one replica (layout: nodes/broker/partition_dirs.py)."""
+        engine = engine or self.raw["storage"]["engine"]
+        return Path(self.raw["cluster"]["data_dir"]) / broker / f"{topic}-{partition}" / engine / "log"
+
+    def broker_names(self) -> list[str]:
+        return [n for n in self.node_names if n.startswith("broker-")]
+
+    def wait_topic_ready(self, admin: Any, topic: str, timeout_s: float = 20.0, full_isr: bool = True) -> None:
+        """Wait until every partition has a leader that knows it leads (and a full ISR)."""
+        def ready() -> bool:
+            md = admin.metadata()
+            t = md.topics.get(topic)
+            if t is None:
+                return False
+            for p in t.partitions:
+                if p.leader < 0 or (full_isr and len(p.isr) < len(p.replicas)):
+                    return False
+            admin.list_offsets(topic)  # raises until every leader has taken over
+            return True
+        wait_until(ready, timeout_s, what=f"topic {topic} to be ready")

@@ -1,0 +1,119 @@
+"""Health of one node, judged from what the monitor heard of it.
+
+States: ``healthy``; ``degraded`` (it answers, but: replicas of partitions it leads lag, its
+STATS answer is slow or missing, its buffer is nearly full, its disk is above the alert
+threshold); ``unresponsive`` (silent for ``monitor.unresponsive_after_ms`` while its process
+exists -- e.g. SIGSTOP, a livelock); ``down`` (its process is gone, the supervisor saw it exit,
+or -- when the process cannot be looked at from here -- it has been silent that long);
+``unknown`` only while a freshly started monitor waits for a first sign of life.
+
+Pure functions over ``NodeView``; not thread-safe (owned by the monitor's reactor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fabric.config import LoomConfig, MonitorConfig, NodeConfig
+from fabric.metrics import Sample
+
+HEALTHY = "healthy"
+DEGRADED = "degraded"
+UNRESPONSIVE = "unresponsive"
+DOWN = "down"
+UNKNOWN = "unknown"
+STATES = (HEALTHY, DEGRADED, UNRESPONSIVE, DOWN)
+BUFFER_FULL_RATIO = 0.9          # a producer service buffer this full: degraded
+SILENT_HEARTBEATS = 2            # missed heartbeats before the process is looked at
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass
+class NodeView:
+    """What the monitor knows of one node. Times are the monitor's monotonic ms."""
+
+    name: str
+    node: NodeConfig
+    pid: int | None = None
+    last_heard_ms: int | None = None
+    stats_rtt_ms: int | None = None
+    stats_failed: bool = False
+    samples: tuple[Sample, ...] = ()
+    exited_pid: int | None = None       # the supervisor saw this pid exit: down until a new one speaks
+    exit_reason: str = ""
+    state: str = UNKNOWN
+    reason: str = "no sign of life yet"
+    since_ms: int = 0                    # wall ms of the last state change
+    restarts: int = 0                    # by the supervisor
+    last_restart_request_ms: int | None = None
+    rates: dict[tuple[str, tuple], float] = field(default_factory=dict)  # counter -> per second
+    counters_at: tuple[int, dict[tuple[str, tuple], float]] | None = None  # (ms, values) for rates
+
+    @property
+    def role(self) -> str:
+        return self.node.role
+
+    def value(self, name: str, labels: tuple = ()) -> float | None:
+        for s in self.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+        return None
+
+    def heard(self, now_ms: int, pid: object) -> None:
+        self.last_heard_ms = now_ms
+        if isinstance(pid, int) and pid > 0:
+            if pid != self.pid:
+                self.pid = pid
+            if pid != self.exited_pid:
+                self.exited_pid = None
+
+
+def classify(view: NodeView, now_ms: int, started_ms: int, config: LoomConfig,
+             process_alive: bool | None) -> tuple[str, str]:
+    """(state, reason) of ``view`` now. ``process_alive``: whether its pid runs on this host
+    (None: cannot tell -- another host, or no pid known yet)."""
+    mon = config.monitor
+    silent_after_ms = SILENT_HEARTBEATS * config.liveness.heartbeat_interval_ms + mon.health_interval_ms
+    if view.exited_pid is not None and view.exited_pid == view.pid:
+        return DOWN, f"process {view.pid} exited" + (f" ({view.exit_reason})" if view.exit_reason else "")
+    heard = view.last_heard_ms
+    silent_ms = now_ms - (heard if heard is not None else started_ms)
+    if heard is None and silent_ms < mon.unresponsive_after_ms:
+        return UNKNOWN, "no sign of life yet"
+    if silent_ms > silent_after_ms:
+        if process_alive is False:
+            return DOWN, f"process {view.pid} is not running" if view.pid else "never heard from"
+        if silent_ms > mon.unresponsive_after_ms:
+            if process_alive:
+                return UNRESPONSIVE, f"no heartbeat for {silent_ms} ms while process {view.pid} exists"
+            return DOWN, f"no heartbeat for {silent_ms} ms"
+    reasons = degraded_reasons(view, config)
+    return (DEGRADED, "; ".join(reasons)) if reasons else (HEALTHY, "")
+
+
+def degraded_reasons(view: NodeView, config: LoomConfig) -> list[str]:
+    out = []
+    if view.stats_failed:
+        out.append("STATS got no answer")
+    elif view.stats_rtt_ms is not None and view.stats_rtt_ms > config.monitor.slow_response_ms:
+        out.append(f"slow responses ({view.stats_rtt_ms} ms)")
+    under = view.value("loom_broker_under_replicated_partitions")
+    if under:
+        out.append(f"lagging replicas: {int(under)} partitions it leads are under-replicated")
+    used = view.value("loom_broker_disk_used_ratio")
+    if used is not None and used * 100 > disk_threshold_percent(config.monitor):
+        out.append(f"disk {used * 100:.1f}% used")
+    buffered, cap = view.value("loom_producer_service_buffer_bytes"), view.value("loom_producer_service_buffer_max_bytes")
+    if buffered is not None and cap and buffered >= BUFFER_FULL_RATIO * cap:
+        out.append(f"buffer {100 * buffered / cap:.0f}% full")
+    return out
+
+
+def disk_threshold_percent(mon: MonitorConfig) -> float:
+    """Disk usage (percent) above which a broker is degraded and the disk_usage rule holds."""
+    t = mon.alerts.disk_usage.threshold
+    return t if t is not None else mon.disk_usage_alert_percent
+
+
+def is_local(node: NodeConfig) -> bool:
+    return node.host in LOCAL_HOSTS

@@ -1,0 +1,42 @@
+"""Shared by the monitor's integration tests: a test config with a monitor (and its metrics
+port) picked free, GET /metrics parsed with prometheus_client's parser, alert look-ups."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from fabric.client.monitor import MonitorClient
+from tests.harness import free_ports, make_config
+
+HTTP_TIMEOUT_S = 5
+
+
+def monitor_config(tmp: Path, brokers: int = 3, extra_nodes: tuple[str, ...] = (), monitor: dict | None = None,
+                   **sections: Any) -> tuple[Path, int]:
+    """A config with a ``monitor`` node; returns (path, metrics port)."""
+    overrides = {"monitor": {"health_interval_ms": 300, "unresponsive_after_ms": 2000, **(monitor or {})}, **sections}
+    path = make_config(tmp, brokers, extra_nodes=(*extra_nodes, "monitor"), overrides=overrides)
+    raw = yaml.safe_load(path.read_text())
+    port = free_ports(1)[0]
+    raw["nodes"]["monitor"]["metrics_port"] = port
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path, port
+
+
+def scrape(port: int) -> dict[str, Any]:
+    """GET /metrics, parsed: family name -> family."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=HTTP_TIMEOUT_S) as resp:
+        text = resp.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def alert(client: MonitorClient, rule: str, subject: str, state: str) -> dict | None:
+    for a in client.alerts(True):
+        if a["rule"] == rule and a["subject"] == subject and a["state"] == state:
+            return a
+    return None

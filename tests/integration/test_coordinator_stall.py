@@ -1,0 +1,53 @@
+"""A coordinator that was itself stalled (SIGSTOP/SIGCONT) judges nobody by the silence it did
+not listen to: after it resumes, no broker is declared dead, no leadership moves, no group
+rebalances because of it."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from fabric.client import Admin
+from fabric.client.group_admin import GroupAdmin
+from tests.harness import running_cluster, wait_until
+from tests.integration.test_groups import Member
+
+STALL_S = 10  # the fault: over three session timeouts (3 s) of the test cluster
+WATCH_AFTER_RESUME_S = 8  # more than two sessions: long enough for any verdict to be passed
+
+
+def _leaders(admin: Admin, topic: str) -> list[tuple[int, int]]:
+    return [(p.leader, p.leader_epoch) for p in admin.metadata().topics[topic].partitions]
+
+
+def test_stalled_coordinator_declares_no_broker_dead_moves_no_leader_rebalances_no_group(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster, Admin(cluster.bootstrap) as admin:
+        admin.create_topic("stall", 3)
+        cluster.wait_topic_ready(admin, "stall")
+        groups = GroupAdmin(admin)
+        member = Member(cluster.bootstrap, "g-stall", ["stall"], "member-a")
+        member.start()
+        try:
+            wait_until(lambda: len(member.assignment) == 3 and groups.describe("g-stall")["state"] == "Stable",
+                       20, what="the member to own every partition")
+            generation = groups.describe("g-stall")["generation"]
+            leaders = _leaders(admin, "stall")
+            cluster.kill("coordinator", signal.SIGSTOP)
+            time.sleep(STALL_S)  # the stall itself, not a synchronisation
+            cluster.kill("coordinator", signal.SIGCONT)
+            cluster.wait_ready("coordinator")
+            deadline = time.monotonic() + WATCH_AFTER_RESUME_S
+            while time.monotonic() < deadline:
+                stats = cluster.stats("coordinator")
+                assert stats["brokers_alive"] == [1, 2, 3], stats["brokers_alive"]
+                assert _leaders(admin, "stall") == leaders
+                group = groups.describe("g-stall")
+                assert (group["state"], group["generation"]) == ("Stable", generation), group
+                time.sleep(0.2)  # sampling interval of a condition that must hold throughout
+            assert member.generations == 1, f"the member was reassigned {member.generations - 1} times"
+            assert stats["stalls"] >= 1  # it did notice its own stall
+        finally:
+            member.stop()
+        log = (cluster.log_dir / "coordinator.log").read_text()
+        assert "missed its session" not in log

@@ -1,0 +1,66 @@
+"""The installed ``loom`` stands on its own: no package imports ``tests``, subcommand modules do
+not import the CLI back, and ``loom bench …`` works from any directory."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("fabric", "engines", "nodes", "webui", "bench")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_no_package_imports_the_tests() -> None:
+    offenders = [str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+                 if any(m == "tests" or m.startswith("tests.") for m in _imports(p))]
+    assert offenders == []
+
+
+def test_subcommand_modules_do_not_import_the_cli_back() -> None:
+    offenders = [str(p.relative_to(ROOT)) for p in list((ROOT / "nodes").glob("cli_*.py")) + [ROOT / "bench" / "cli.py"]
+                 if "nodes.cli" in _imports(p)]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("bench", ["cluster", "failover", "engines"])
+def test_loom_bench_help_works_from_any_directory(tmp_path: Path, bench: str) -> None:
+    loom = Path(sys.executable).parent / "loom"
+    if not loom.exists():
+        pytest.skip("the loom script is not installed next to this interpreter")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([str(loom), "bench", bench, "--help"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert f"bench.{bench}" in p.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["produce"], "Missing argument 'TOPIC'"),
+    (["bogus"], "No such command 'bogus'"),
+    (["topic", "list", "--config", "config/cluster.yaml"], "-c/--cluster-config"),
+    (["topic", "describe", "x", "--config", "config/cluster.yaml"], "-c/--cluster-config"),
+    (["topic", "create", "x", "--config", "config/cluster.yaml"], "-c/--cluster-config"),
+])
+def test_usage_errors_are_one_line(args: list[str], says: str) -> None:
+    from click.testing import CliRunner
+
+    from nodes.cli import main
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("loom: error: ") and says in lines[0], result.output
