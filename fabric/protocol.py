@@ -144,6 +144,7 @@ INCONSISTENT_GROUP_PROTOCOL = 67  # a member asks for another assignor than the 
 UNKNOWN_CONSUMER_INSTANCE = 68   # consumer service: no such instance (expired or never made)
 CONSUMER_INSTANCE_EXISTS = 69
 UNSTABLE_OFFSET_COMMIT = 70      # OFFSET_FETCH while a commit of that partition is being written
+INCONSISTENT_CLUSTER_ID = 80     # a broker that belongs to another cluster (its meta.properties)
 
 ERROR_NAMES: dict[int, str] = {
     NONE: "none", UNKNOWN: "unknown", MALFORMED_REQUEST: "malformed_request",
@@ -173,6 +174,7 @@ ERROR_NAMES: dict[int, str] = {
     CONSUMER_INSTANCE_EXISTS: "consumer_instance_exists",
     UNSTABLE_OFFSET_COMMIT: "unstable_offset_commit",
 }
+ERROR_NAMES[INCONSISTENT_CLUSTER_ID] = "inconsistent_cluster_id"
 
 # Errors after which a client refreshes metadata and retries (the write was not applied).
 RETRIABLE = frozenset({

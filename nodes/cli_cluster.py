@@ -201,20 +201,22 @@ def status(config: str | None, bootstrap: str | None) -> None:
                 if replies[n] and c.role in ("coordinator", "broker")]
         md = _metadata(parse_bootstrap(bootstrap) if bootstrap else live)
     table = Table(box=None, pad_edge=False)
-    for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS"):
+    for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS", "ENGINE"):
         table.add_column(col)
     down_count = 0
     for name, node in nodes.items():
         if name not in available:
-            table.add_row(name, node.role, f"{node.host}:{node.port}", launcher.NOT_AVAILABLE, "-", "-", "-")
+            table.add_row(name, node.role, f"{node.host}:{node.port}", launcher.NOT_AVAILABLE, "-", "-", "-", "")
             continue
         r = replies[name]
         down_count += r is None
         leads = _leads(md, node.broker_id) if node.role == "broker" else ""
+        engine = (r.get("engine") or "-" if r else "-") if node.role == "broker" else ""  # a swap shows here
         table.add_row(name, node.role, f"{node.host}:{node.port}", "up" if r else "down",
-                      str(r["pid"]) if r else "-", format_uptime(r.get("uptime_ms")) if r else "-", leads)
+                      str(r["pid"]) if r else "-", format_uptime(r.get("uptime_ms")) if r else "-", leads, engine)
     out = _stdout()
     out.print(table)
+    _print_broker_warnings(out, {n: r for n, r in replies.items() if r and nodes[n].role == "broker"})
     if md is None:
         out.print("partitions: unknown (no metadata: is the coordinator up?)")
     else:
@@ -228,6 +230,28 @@ def status(config: str | None, bootstrap: str | None) -> None:
         sys.exit(1)
 
 
+def _print_broker_warnings(out: Console, replies: dict[str, dict]) -> None:
+    """What a broker keeps but does not serve: refused metadata, stray partition directories."""
+    for name, r in replies.items():
+        if r.get("metadata_refused"):
+            out.print(f"{name}: {r['metadata_refused']}")
+        if r.get("strays"):
+            out.print(f"{name}: {r['strays']} partition directories set aside as *.stray (kept; STATS lists them)")
+
+
+def _print_broker_notes(out: Console, nodes: dict[str, NodeConfig]) -> None:
+    """Beside the monitor's view, what only a broker itself tells (PING): its engine, refused
+    metadata, stray partition directories."""
+    brokers = {n: c for n, c in nodes.items() if c.role == "broker" and launcher.role_available(c.role)}
+    if not brokers:
+        return
+    with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, len(brokers))) as pool:
+        replies = {n: r for n, r in zip(brokers, pool.map(launcher.ping, brokers.values())) if r}
+    if replies:
+        out.print("engines: " + ", ".join(f"{n} {r.get('engine') or '-'}" for n, r in replies.items()))
+    _print_broker_warnings(out, replies)
+
+
 def _monitor_view(config: str | None) -> bool:
     """Print the monitor's view of the cluster; False when there is no monitor to ask."""
     from nodes.cli_monitor import print_monitor_status
@@ -239,6 +263,7 @@ def _monitor_view(config: str | None) -> bool:
     bad = print_monitor_status(cfg, out)
     if bad is None:
         return False
+    _print_broker_notes(out, cfg.nodes)
     _print_supervisor(out, config)
     sys.stdout.flush()
     if bad:

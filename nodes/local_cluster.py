@@ -205,6 +205,11 @@ class Cluster:
         for name in list(self.procs):
             self.stop(name)
 
+    def replica_log_dir(self, broker: str, topic: str, partition: int, engine: str | None = None) -> Path:
+        """The engine's directory of one replica (layout: nodes/broker/partition_dirs.py)."""
+        engine = engine or self.raw["storage"]["engine"]
+        return Path(self.raw["cluster"]["data_dir"]) / broker / f"{topic}-{partition}" / engine / "log"
+
     def broker_names(self) -> list[str]:
         return [n for n in self.node_names if n.startswith("broker-")]
 
