@@ -1,4 +1,4 @@
-"""``loom bench engines|cluster|failover``: the benchmarks behind the CLI.
+"""``loom bench engines|cluster|failover|gateway``: the benchmarks behind the CLI.
 
 Each subcommand hands its arguments unchanged to the benchmark module's own parser, so
 ``loom bench cluster --records 100000 --runs 3 --json out.json`` is exactly
@@ -52,6 +52,13 @@ def failover(args: tuple[str, ...]) -> None:
 def monitor(args: tuple[str, ...]) -> None:
     """Produce throughput with and without the monitor, and its RSS (python -m bench.monitor)."""
     _run("bench.monitor", list(args))
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def gateway(args: tuple[str, ...]) -> None:
+    """REST produce, WebSocket consume and REST latency through the gateway (python -m bench.gateway)."""
+    _run("bench.gateway", list(args))
 
 
 COMMANDS = [bench]

@@ -87,6 +87,8 @@ class NodeConfig(_Model):
     broker_id: int | None = Field(None, ge=1)
     dashboard_port: int | None = Field(None, ge=1, le=65535)
     metrics_port: int | None = Field(None, ge=1, le=65535)  # monitor: Prometheus /metrics (default port + 1)
+    # the gateway's ROUTER (PING, STATS) when ``port`` serves HTTP; default port + 200
+    control_port: int | None = Field(None, ge=1, le=65535)
     storage: StorageOverride | None = None
 
     @model_validator(mode="after")
@@ -106,8 +108,15 @@ class NodeConfig(_Model):
         return self.metrics_port if self.metrics_port is not None else self.port + 1
 
     @property
+    def rpc_port(self) -> int:
+        """The ZeroMQ ROUTER port: ``port``, except for the gateway, whose ``port`` is HTTP."""
+        if self.role != "gateway":
+            return self.port
+        return self.control_port if self.control_port is not None else self.port + 200
+
+    @property
     def endpoint(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
+        return f"tcp://{self.host}:{self.rpc_port}"
 
     @property
     def pub_endpoint(self) -> str:
@@ -163,9 +172,31 @@ class LimitsConfig(_Model):
 
 
 class ApiKey(_Model):
-    key: str = Field(min_length=8)
-    name: str
-    roles: list[Literal["admin", "produce", "consume", "read"]]
+    """One gateway API key: only its hash (``loom keys add`` prints the key once)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    key_hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    roles: list[Literal["admin", "produce", "consume", "read"]] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plaintext(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "key" in raw:
+            raise ValueError("keys are not stored in clear: replace `key` with the `key_hash` "
+                             "that `loom keys add NAME --roles ...` prints")
+        return raw
+
+
+class GatewayConfig(_Model):
+    """The API gateway (nodes/gateway, webui)."""
+
+    auto_create_topics: bool = False          # producing to a missing topic creates it
+    request_bytes_max: int = Field(16 * 1024 * 1024, ge=1024)   # larger bodies get 413
+    worker_threads: int = Field(48, ge=4, le=512)               # gunicorn gthread threads
+    websockets_max: int = Field(24, ge=1, le=512)               # each holds a thread
+    ws_send_queue_max: int = Field(256, ge=1, le=100_000)       # messages queued per client
+    ws_slow_client_timeout_ms: int = Field(5000, ge=10)         # queue full this long: closed
+    rate_limit_clients_max: int = Field(10_000, ge=1)           # token buckets kept
 
 
 class SecurityConfig(_Model):
@@ -255,6 +286,7 @@ class LoomConfig(_Model):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     services: ServicesConfig = Field(default_factory=ServicesConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     source: str = ""
 
     @field_validator("nodes")
@@ -270,7 +302,8 @@ class LoomConfig(_Model):
             raise ValueError("broker_id values must be unique")
         seen: dict[tuple[str, int], str] = {}
         for name, n in nodes.items():
-            ports = [n.port] + ([n.publish_port] if n.role in ZMQ_ROLES else [])
+            ports = [n.port] + ([n.publish_port] if n.role in ZMQ_ROLES or n.role == "gateway" else [])
+            ports += [n.rpc_port] if n.rpc_port != n.port else []
             ports += [n.dashboard_port] if n.dashboard_port else []
             ports += [n.http_metrics_port] if n.role == "monitor" else []
             for p in ports:

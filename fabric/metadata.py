@@ -3,9 +3,13 @@ leader epoch, replicas, ISR), with a version number that only grows.
 
 Wire form (msgpack):
     {"version": int, "cluster": str,
+     "cluster_id": str,          # UUID made once with the coordinator's state ("" from old nodes)
+     "state_id": str,            # random per coordinator process: tells a restart from a reorder
+     "deleted_topic_ids": [str], # topics deleted explicitly (bounded): only these are removed
      "coordinator": "tcp://host:port",
      "brokers": [[broker_id, host, port, pub_port, alive], ...],
-     "topics": {name: {"configs": {k: v}, "partitions": [[leader, leader_epoch, replicas, isr, partition_epoch], ...]}}}
+     "topics": {name: {"id": str, "configs": {k: v},
+                       "partitions": [[leader, leader_epoch, replicas, isr, partition_epoch], ...]}}}
 
 ``partition_epoch`` (Kafka's partition epoch, KIP-497) grows at every change of a partition's
 leader, leader epoch or ISR; a receiver never applies a partition state whose partition epoch
@@ -14,11 +18,15 @@ four elements (no partition epoch) read as partition epoch 0.
 
 Deltas (``MetadataDelta``, pushed by the coordinator at every commit):
     {"version": int, "base_version": int, "cluster": str, "coordinator": str,
+     "cluster_id": str, "state_id": str,
+     "deleted_topic_ids": [str],  # only when the list changed since ``base_version``
      "brokers": [...as above...], "deleted": [topic, ...],
-     "topics": {name: {"configs": {k: v}, "partition_count": int,
+     "topics": {name: {"id": str, "configs": {k: v}, "partition_count": int,
                        "changed": [[partition, leader, leader_epoch, replicas, isr, partition_epoch], ...]}}}
-A delta applies only on top of metadata at exactly ``base_version``; a receiver at another
-version asks for a full snapshot instead.
+A delta applies only on top of metadata at exactly ``base_version`` of the same cluster and
+coordinator state (``cluster_id``, ``state_id``); a receiver holding anything else asks for a
+full snapshot instead. A topic whose id changed (deleted and re-created under its name) has all
+its partitions in ``changed``: nothing of the old topic carries over.
 
 Immutable snapshots; thread-safe to share.
 """
@@ -26,7 +34,7 @@ Immutable snapshots; thread-safe to share.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,7 @@ class TopicInfo:
     name: str
     partitions: tuple[PartitionInfo, ...]
     configs: dict = field(default_factory=dict)
+    topic_id: str = ""  # UUID: a topic deleted and re-created with the same name is another topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,9 @@ class ClusterMetadata:
     brokers: dict[int, BrokerInfo]
     topics: dict[str, TopicInfo]
     coordinator: str = ""  # endpoint of the coordinator (producer ids, groups)
+    cluster_id: str = ""
+    state_id: str = ""
+    deleted_topic_ids: tuple[str, ...] = ()
 
     @classmethod
     def empty(cls) -> "ClusterMetadata":
@@ -101,6 +113,16 @@ class ClusterMetadata:
             return None
         return t.partitions[partition]
 
+    def topic_ids_of(self, topics: Iterable[str]) -> dict[str, str]:
+        """{name: topic id} of the known ``topics`` that have one: requests carry it so that a
+        broker holding a deleted topic of the same name refuses them (retriably)."""
+        out = {}
+        for name in topics:
+            t = self.topics.get(name)
+            if t is not None and t.topic_id:
+                out[name] = t.topic_id
+        return out
+
     def leader_endpoint(self, topic: str, partition: int) -> str | None:
         p = self.partition(topic, partition)
         if p is None or p.leader < 0 or p.leader not in self.brokers:
@@ -113,14 +135,17 @@ class ClusterMetadata:
         topics = {}
         for name, t in raw.get("topics", {}).items():
             parts = tuple(PartitionInfo.from_wire(name, i, p) for i, p in enumerate(t["partitions"]))
-            topics[name] = TopicInfo(name, parts, dict(t.get("configs", {})))
-        return cls(int(raw["version"]), raw.get("cluster", ""), brokers, topics, raw.get("coordinator", ""))
+            topics[name] = TopicInfo(name, parts, dict(t.get("configs", {})), str(t.get("id", "")))
+        return cls(int(raw["version"]), raw.get("cluster", ""), brokers, topics, raw.get("coordinator", ""),
+                   str(raw.get("cluster_id", "")), str(raw.get("state_id", "")),
+                   tuple(str(i) for i in raw.get("deleted_topic_ids", ())))
 
     def to_wire(self) -> dict:
         return {
             "version": self.version, "cluster": self.cluster, "coordinator": self.coordinator,
+            "cluster_id": self.cluster_id, "state_id": self.state_id, "deleted_topic_ids": list(self.deleted_topic_ids),
             "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in self.brokers.values()],
-            "topics": {n: {"configs": t.configs,
+            "topics": {n: {"id": t.topic_id, "configs": t.configs,
                            "partitions": [p.to_wire() for p in t.partitions]}
                        for n, t in self.topics.items()},
         }
@@ -130,27 +155,42 @@ class ClusterMetadata:
         topics: dict[str, dict] = {}
         for name, t in new.topics.items():
             old = self.topics.get(name)
+            if old is not None and old.topic_id != t.topic_id:
+                old = None  # another topic of the same name: all of it is new
             old_parts = old.partitions if old is not None else ()
             changed = [[i, *p.to_wire()] for i, p in enumerate(t.partitions)
                        if i >= len(old_parts) or old_parts[i] != p]
             if changed or old is None or old.configs != t.configs:
-                topics[name] = {"configs": t.configs, "partition_count": len(t.partitions), "changed": changed}
-        return {"version": new.version, "base_version": self.version, "cluster": new.cluster,
-                "coordinator": new.coordinator,
-                "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in new.brokers.values()],
-                "deleted": [n for n in self.topics if n not in new.topics], "topics": topics}
+                topics[name] = {"id": t.topic_id, "configs": t.configs, "partition_count": len(t.partitions),
+                                "changed": changed}
+        delta = {"version": new.version, "base_version": self.version, "cluster": new.cluster,
+                 "coordinator": new.coordinator, "cluster_id": new.cluster_id, "state_id": new.state_id,
+                 "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in new.brokers.values()],
+                 "deleted": [n for n in self.topics if n not in new.topics], "topics": topics}
+        if new.deleted_topic_ids != self.deleted_topic_ids:
+            delta["deleted_topic_ids"] = list(new.deleted_topic_ids)
+        return delta
 
     def apply_delta(self, raw: dict) -> tuple["ClusterMetadata", list[PartitionInfo]]:
         """This metadata with a delta applied, and the partitions the delta changed. Raises
-        ValueError when the delta does not start at this version (ask for a snapshot) and
-        KeyError/TypeError/IndexError on a malformed delta."""
+        ValueError when the delta does not start at this version of this cluster's coordinator
+        state (ask for a snapshot) and KeyError/TypeError/IndexError on a malformed delta."""
         if int(raw["base_version"]) != self.version:
             raise ValueError(f"delta from version {raw['base_version']} does not apply to version {self.version}")
+        cluster_id, state_id = str(raw.get("cluster_id", "")), str(raw.get("state_id", ""))
+        if (cluster_id, state_id) != (self.cluster_id, self.state_id):
+            # the same version number of another coordinator process (or cluster) is another
+            # metadata: only a snapshot, judged as a whole, may replace ours
+            raise ValueError(f"delta of coordinator state {cluster_id}/{state_id} does not apply to metadata of "
+                             f"{self.cluster_id}/{self.state_id}")
         deleted = set(raw.get("deleted", ()))
         topics = {n: t for n, t in self.topics.items() if n not in deleted}
         changed: list[PartitionInfo] = []
         for name, t in raw.get("topics", {}).items():
+            topic_id = str(t.get("id", ""))
             old = topics.get(name)
+            if old is not None and old.topic_id != topic_id:
+                old = None  # deleted and re-created: nothing of the old topic carries over
             parts = list(old.partitions if old is not None else ())[:int(t["partition_count"])]
             for entry in t.get("changed", ()):
                 i = int(entry[0])
@@ -162,8 +202,10 @@ class ClusterMetadata:
                 changed.append(info)
             if len(parts) != int(t["partition_count"]):
                 raise IndexError(f"delta leaves topic {name!r} with a hole in its partitions")
-            topics[name] = TopicInfo(name, tuple(parts), dict(t.get("configs", {})))
+            topics[name] = TopicInfo(name, tuple(parts), dict(t.get("configs", {})), topic_id)
         brokers = {b[0]: BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4])) for b in raw.get("brokers", [])}
+        deleted_ids = tuple(str(i) for i in raw["deleted_topic_ids"]) if "deleted_topic_ids" in raw \
+            else self.deleted_topic_ids
         md = ClusterMetadata(int(raw["version"]), raw.get("cluster", self.cluster), brokers, topics,
-                             raw.get("coordinator", self.coordinator))
+                             raw.get("coordinator", self.coordinator), cluster_id, state_id, deleted_ids)
         return md, changed

@@ -52,6 +52,7 @@ CONSUMER_COMMIT = b"CI_COMMIT"
 CONSUMER_COMMITTED = b"CI_COMMITTED"
 CONSUMER_SEEK = b"CI_SEEK"
 CONSUMER_ASSIGNMENT = b"CI_ASSIGNMENT"
+CONSUMER_ASSIGN = b"CI_ASSIGN"    # explicit partitions instead of a subscription
 CONSUMER_DELETE = b"CI_DELETE"
 CONSUMER_LIST = b"CI_LIST"
 REPLICA_ACK = b"REPLICA_ACK"      # follower -> leader, one-way (no reply): my log end offset
@@ -145,6 +146,7 @@ INCONSISTENT_GROUP_PROTOCOL = 67  # a member asks for another assignor than the 
 UNKNOWN_CONSUMER_INSTANCE = 68   # consumer service: no such instance (expired or never made)
 CONSUMER_INSTANCE_EXISTS = 69
 UNSTABLE_OFFSET_COMMIT = 70      # OFFSET_FETCH while a commit of that partition is being written
+INCONSISTENT_CLUSTER_ID = 80     # a broker that belongs to another cluster (its meta.properties)
 
 ERROR_NAMES: dict[int, str] = {
     NONE: "none", UNKNOWN: "unknown", MALFORMED_REQUEST: "malformed_request",
@@ -175,6 +177,7 @@ ERROR_NAMES: dict[int, str] = {
     CONSUMER_INSTANCE_EXISTS: "consumer_instance_exists",
     UNSTABLE_OFFSET_COMMIT: "unstable_offset_commit",
 }
+ERROR_NAMES[INCONSISTENT_CLUSTER_ID] = "inconsistent_cluster_id"
 
 # Errors after which a client refreshes metadata and retries (the write was not applied).
 RETRIABLE = frozenset({

@@ -38,6 +38,7 @@ from fabric.zmtp import ZmtpServer
 log = logging.getLogger(__name__)
 
 DEFER = object()
+GIVE_UP_CHECK_MS = 100  # how often a blocking call with give_up asks whether to stop waiting
 Handler = Callable[[wire.Request], Any]
 ReplyCallback = Callable[[dict | None, list[bytes], RemoteError | None], None]
 
@@ -278,19 +279,22 @@ class BlockingClient:
         self._ids = itertools.count(1)
 
     def call(self, command: bytes, header: dict | None = None, payloads: list | tuple = (), *,
-             timeout_ms: int = 5000, retries: int = 0, backoff_ms: int = 100) -> tuple[dict, list[bytes]]:
-        """Send and wait for the reply. Raises RemoteError (RequestTimeout after the last try)."""
+             timeout_ms: int = 5000, retries: int = 0, backoff_ms: int = 100,
+             give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
+        """Send and wait for the reply. Raises RemoteError (RequestTimeout after the last try,
+        or as soon as ``give_up()`` -- asked every GIVE_UP_CHECK_MS -- says the peer is gone)."""
         attempt = 0
         while True:
             try:
-                return self._call_once(command, header or {}, payloads, timeout_ms)
+                return self._call_once(command, header or {}, payloads, timeout_ms, give_up)
             except RemoteError as e:
                 if attempt >= retries or not e.retriable:
                     raise
                 attempt += 1
                 zmq.Poller().poll(min(backoff_ms * 2 ** (attempt - 1), P.RECONNECT_IVL_MAX_MS))
 
-    def _call_once(self, command: bytes, header: dict, payloads: list | tuple, timeout_ms: int) -> tuple[dict, list[bytes]]:
+    def _call_once(self, command: bytes, header: dict, payloads: list | tuple, timeout_ms: int,
+                   give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         rid = next(self._ids)
         self.sock.send_multipart(wire.encode_request(command, dict(header, id=rid), payloads), copy=False)
         poller = zmq.Poller()
@@ -298,8 +302,12 @@ class BlockingClient:
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0 or not poller.poll(left_ms):
+            if left_ms <= 0:
                 raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
+            if not poller.poll(left_ms if give_up is None else min(left_ms, GIVE_UP_CHECK_MS)):
+                if give_up is not None and give_up():
+                    raise RequestTimeout(f"gave up waiting for {self.endpoint}: it is down")
+                continue
             try:
                 reply, payloads_in = wire.decode_reply(self.sock.recv_multipart())
             except MalformedFrame as e:  # dropped: the reply we wait for may still come

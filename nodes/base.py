@@ -45,7 +45,7 @@ class Node:
         self.reactor = Reactor(self.clock, contain_handler_errors=True)
         self.started_ms = self.clock.now_ms()
         self.counters: Counter[str] = Counter()
-        self.server = RpcServer(self.ctx, self.reactor, f"tcp://{self.node_config.host}:{self.node_config.port}")
+        self.server = RpcServer(self.ctx, self.reactor, self.node_config.endpoint)
         self.server.route(P.PING, self._on_ping)
         self.server.route(P.STATS, self._on_stats)
         self.server.route(P.FAULTS, self._on_faults)

@@ -5,6 +5,7 @@
     nodes/cli_data.py     produce, consume
     nodes/cli_group.py    group list|describe|reset-offsets|delete
     nodes/cli_monitor.py  alerts (and the monitor's view in status)
+    nodes/cli_keys.py     keys add|list (gateway API keys)
     bench (loom bench)    in bench/cli.py
 
 Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,…``,
@@ -20,7 +21,7 @@ import click
 from bench import cli as cli_bench
 from fabric.config import ConfigError
 from fabric.errors import FabricError
-from nodes import cli_cluster, cli_data, cli_group, cli_monitor, cli_topic
+from nodes import cli_cluster, cli_data, cli_group, cli_keys, cli_monitor, cli_topic
 
 
 class LoomGroup(click.Group):
@@ -61,7 +62,7 @@ def main() -> None:
 
 # Registered explicitly: a subcommand module that fails to import is an error, not a command
 # that silently goes missing.
-for _module in (cli_cluster, cli_topic, cli_data, cli_group, cli_monitor, cli_bench):
+for _module in (cli_cluster, cli_topic, cli_data, cli_group, cli_keys, cli_monitor, cli_bench):
     for _cmd in _module.COMMANDS:
         main.add_command(_cmd)
 

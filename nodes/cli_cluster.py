@@ -15,6 +15,7 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
+from fabric.apikeys import ensure_admin_key
 from fabric.config import ConfigError, LoomConfig, NodeConfig, load_config
 from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
 from fabric.errors import FabricError
@@ -71,6 +72,7 @@ def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None
         _run_one(cfg, node_name)
         return
     sup = launcher.Supervisor(cfg, cfg.source)
+    admin_key = _dev_admin_key(cfg)
     progress = _stderr_progress()
     try:
         if progress is not None:
@@ -82,7 +84,7 @@ def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None
         sup.stop_all()
         raise
     try:
-        print_summary(cfg, sup)
+        print_summary(cfg, sup, admin_key)
     except OSError:  # `loom up | head`: the reader left; the nodes still need their supervisor
         launcher.silence_stream(sys.stdout)
     sup.run()
@@ -100,7 +102,17 @@ def _run_one(cfg: LoomConfig, name: str) -> None:
     sys.exit(run_node(["-c", cfg.source, "--node", name]))
 
 
-def print_summary(cfg: LoomConfig, sup: launcher.Supervisor) -> None:
+def _dev_admin_key(cfg: LoomConfig) -> tuple[str, str] | None:
+    """(key, source) of the gateway's dev admin key, made on first start; None without a gateway."""
+    if not cfg.nodes_with_role("gateway"):
+        return None
+    try:
+        return ensure_admin_key(cfg.cluster.data_dir)
+    except (OSError, ValueError) as e:
+        raise FabricError(f"dev admin key: {e}") from e
+
+
+def print_summary(cfg: LoomConfig, sup: launcher.Supervisor, admin_key: tuple[str, str] | None = None) -> None:
     table = Table(title=f"Loom cluster {cfg.cluster.name!r}", title_justify="left", box=None, pad_edge=False)
     for col in ("NODE", "ROLE", "PORT", "PID", "STATE"):
         table.add_column(col)
@@ -115,12 +127,11 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor) -> None:
     out.print(f"{len(sup.children)} nodes running, {len(sup.unavailable)} {launcher.NOT_AVAILABLE}")
     gateways = cfg.nodes_with_role("gateway")
     for name, node in gateways.items():
-        url = f"http://{node.host}:{node.dashboard_port or node.port}/"
         note = "" if name in sup.children else "  (not yet running: no gateway in this build)"
-        out.print(f"dashboard: {url}{note}")
-    if cfg.security.api_keys:
-        key = cfg.security.api_keys[0]
-        out.print(f"API key:   {key.key}  ({key.name}: {', '.join(key.roles)})")
+        out.print(f"gateway:   http://{node.host}:{node.port}/  (REST, WebSocket; API docs at /docs){note}")
+        out.print(f"dashboard: http://{node.host}:{node.dashboard_port or node.port}/{note}")
+    if admin_key is not None:
+        out.print(f"API key:   {admin_key[0]}  (admin; from {admin_key[1]})")
     for name, node in cfg.nodes_with_role("monitor").items():
         if name in sup.children:
             out.print(f"metrics:   http://{node.host}:{node.http_metrics_port}/metrics  (`loom alerts` for alerts)")
@@ -190,20 +201,22 @@ def status(config: str | None, bootstrap: str | None) -> None:
                 if replies[n] and c.role in ("coordinator", "broker")]
         md = _metadata(parse_bootstrap(bootstrap) if bootstrap else live)
     table = Table(box=None, pad_edge=False)
-    for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS"):
+    for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS", "ENGINE"):
         table.add_column(col)
     down_count = 0
     for name, node in nodes.items():
         if name not in available:
-            table.add_row(name, node.role, f"{node.host}:{node.port}", launcher.NOT_AVAILABLE, "-", "-", "-")
+            table.add_row(name, node.role, f"{node.host}:{node.port}", launcher.NOT_AVAILABLE, "-", "-", "-", "")
             continue
         r = replies[name]
         down_count += r is None
         leads = _leads(md, node.broker_id) if node.role == "broker" else ""
+        engine = (r.get("engine") or "-" if r else "-") if node.role == "broker" else ""  # a swap shows here
         table.add_row(name, node.role, f"{node.host}:{node.port}", "up" if r else "down",
-                      str(r["pid"]) if r else "-", format_uptime(r.get("uptime_ms")) if r else "-", leads)
+                      str(r["pid"]) if r else "-", format_uptime(r.get("uptime_ms")) if r else "-", leads, engine)
     out = _stdout()
     out.print(table)
+    _print_broker_warnings(out, {n: r for n, r in replies.items() if r and nodes[n].role == "broker"})
     if md is None:
         out.print("partitions: unknown (no metadata: is the coordinator up?)")
     else:
@@ -217,6 +230,28 @@ def status(config: str | None, bootstrap: str | None) -> None:
         sys.exit(1)
 
 
+def _print_broker_warnings(out: Console, replies: dict[str, dict]) -> None:
+    """What a broker keeps but does not serve: refused metadata, stray partition directories."""
+    for name, r in replies.items():
+        if r.get("metadata_refused"):
+            out.print(f"{name}: {r['metadata_refused']}")
+        if r.get("strays"):
+            out.print(f"{name}: {r['strays']} partition directories set aside as *.stray (kept; STATS lists them)")
+
+
+def _print_broker_notes(out: Console, nodes: dict[str, NodeConfig]) -> None:
+    """Beside the monitor's view, what only a broker itself tells (PING): its engine, refused
+    metadata, stray partition directories."""
+    brokers = {n: c for n, c in nodes.items() if c.role == "broker" and launcher.role_available(c.role)}
+    if not brokers:
+        return
+    with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, len(brokers))) as pool:
+        replies = {n: r for n, r in zip(brokers, pool.map(launcher.ping, brokers.values())) if r}
+    if replies:
+        out.print("engines: " + ", ".join(f"{n} {r.get('engine') or '-'}" for n, r in replies.items()))
+    _print_broker_warnings(out, replies)
+
+
 def _monitor_view(config: str | None) -> bool:
     """Print the monitor's view of the cluster; False when there is no monitor to ask."""
     from nodes.cli_monitor import print_monitor_status
@@ -228,6 +263,7 @@ def _monitor_view(config: str | None) -> bool:
     bad = print_monitor_status(cfg, out)
     if bad is None:
         return False
+    _print_broker_notes(out, cfg.nodes)
     _print_supervisor(out, config)
     sys.stdout.flush()
     if bad:

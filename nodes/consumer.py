@@ -15,6 +15,7 @@ Requests (every one names ``group`` and ``instance``, except CREATE without a na
     CONSUMER_COMMITTED     {partitions: [[topic, partition]...]}      -> {offsets: [[t, p, offset|-1]]}
     CONSUMER_SEEK          {to: beginning|end|offsets, partitions?, offsets?} -> {}
     CONSUMER_ASSIGNMENT    {}                                         -> {partitions, positions: [[t, p, o|-1]]}
+    CONSUMER_ASSIGN        {partitions: [[topic, partition]...]} (not while subscribed) -> {}
     CONSUMER_DELETE        {}  (commits with auto-commit, leaves the group at once) -> {}
     CONSUMER_LIST          {}                                         -> {instances: [{group, instance, ...}]}
 
@@ -180,6 +181,8 @@ class Instance(threading.Thread):
         if op == "assignment":
             return {"partitions": [list(tp) for tp in c.assignment()],
                     "positions": [[t, p, -1 if c.position((t, p)) is None else c.position((t, p))] for t, p in c.assignment()]}
+        if op == "assign":
+            return self._assign(c, h)
         if op == "delete":
             return {}
         raise RemoteError(P.UNKNOWN_COMMAND, f"unknown instance operation {op}")
@@ -203,6 +206,18 @@ class Instance(threading.Thread):
                 break
             out.append([r.topic, r.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers])
         return out
+
+    @staticmethod
+    def _assign(c: GroupConsumer, h: dict) -> dict:
+        parts = h.get("partitions")
+        if not isinstance(parts, list) or not all(
+                isinstance(tp, (list, tuple)) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)
+                for tp in parts):
+            raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition]")
+        if c.subscription:
+            raise RemoteError(P.MALFORMED_REQUEST, "the instance is subscribed: unsubscribe before assigning partitions")
+        c.assign([(t, p) for t, p in parts])
+        return {}
 
     @staticmethod
     def _seek(c: GroupConsumer, h: dict) -> dict:
@@ -237,7 +252,7 @@ class Instance(threading.Thread):
 OPS = {
     P.CONSUMER_SUBSCRIBE: "subscribe", P.CONSUMER_SUBSCRIPTION: "subscription", P.CONSUMER_FETCH: "fetch",
     P.CONSUMER_COMMIT: "commit", P.CONSUMER_COMMITTED: "committed", P.CONSUMER_SEEK: "seek",
-    P.CONSUMER_ASSIGNMENT: "assignment", P.CONSUMER_DELETE: "delete",
+    P.CONSUMER_ASSIGNMENT: "assignment", P.CONSUMER_DELETE: "delete", P.CONSUMER_ASSIGN: "assign",
 }
 
 

@@ -22,11 +22,13 @@ import yaml
 import zmq
 
 from fabric import protocol as P
+from fabric.apikeys import ROLES, hash_key
 from fabric.errors import RemoteError
 from fabric.rpc import BlockingClient
 
 # the directory that holds the `nodes` package: node processes import the same code as we do
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
+TEST_ADMIN_KEY = "test-admin-key"  # make_config's key with every role (only its hash is written)
 
 
 def free_ports(n: int) -> list[int]:
@@ -56,11 +58,23 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
 
 
+ROLE_KEYS = {"admin": "key-admin-0123456789", "produce": "key-produce-0123456789",
+             "consume": "key-consume-0123456789", "read": "key-read-0123456789"}
+GATEWAY_NODES = ("producer", "consumer-1", "consumer-2", "gateway")
+
+
+def gateway_overrides(**gateway: Any) -> dict:
+    """Config overrides: one key per role (names = roles), generous rate limits."""
+    keys = [{"name": role, "key_hash": hash_key(key), "roles": [role]} for role, key in ROLE_KEYS.items()]
+    return {"security": {"api_keys": keys, "rate_limit_per_s": 100_000, "rate_limit_burst": 100_000},
+            "gateway": {"request_bytes_max": 4 * 1024 * 1024, **gateway}}
+
+
 def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: str = "interval",
                 extra_nodes: tuple[str, ...] = (), overrides: dict | None = None) -> Path:
     """Write a cluster config with free ports under ``tmp``; return its path."""
     roles = ["coordinator"] + [f"broker-{i}" for i in range(1, brokers + 1)] + list(extra_nodes)
-    ports = free_ports(2 * len(roles) + 1)
+    ports = free_ports(2 * len(roles) + 2)
     nodes: dict[str, dict] = {}
     for i, name in enumerate(roles):
         role = name.split("-")[0] if name.split("-")[0] in ("broker", "consumer") else name
@@ -69,6 +83,7 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
             node["broker_id"] = int(name.split("-")[1])
         if role == "gateway":
             node["dashboard_port"] = ports[-1]
+            node["control_port"] = ports[-2]
         nodes[name] = node
     cfg: dict[str, Any] = {
         "cluster": {"name": "test", "data_dir": str(tmp / "data")},
@@ -77,7 +92,7 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
         "topics": {"partitions": 3, "replication_factor": min(3, brokers), "min_insync_replicas": min(2, brokers)},
         "liveness": {"heartbeat_interval_ms": 200, "session_timeout_ms": 3000},
         "replication": {"replica_lag_time_max_ms": 2000},
-        "security": {"api_keys": [{"key": "test-admin-key", "name": "test", "roles": ["admin", "produce", "consume", "read"]}]},
+        "security": {"api_keys": [{"name": "test", "key_hash": hash_key(TEST_ADMIN_KEY), "roles": list(ROLES)}]},
     }
     for key, value in (overrides or {}).items():
         section = cfg.setdefault(key, {})
@@ -114,7 +129,8 @@ class Cluster:
         return list(self.raw["nodes"])
 
     def endpoint(self, name: str) -> str:
-        return f"tcp://127.0.0.1:{self.raw['nodes'][name]['port']}"
+        node = self.raw["nodes"][name]
+        return f"tcp://127.0.0.1:{node.get('control_port', node['port'])}"  # the gateway's port is HTTP
 
     @property
     def bootstrap(self) -> str:
@@ -188,6 +204,11 @@ class Cluster:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.stop(name)
+
+    def replica_log_dir(self, broker: str, topic: str, partition: int, engine: str | None = None) -> Path:
+        """The engine's directory of one replica (layout: nodes/broker/partition_dirs.py)."""
+        engine = engine or self.raw["storage"]["engine"]
+        return Path(self.raw["cluster"]["data_dir"]) / broker / f"{topic}-{partition}" / engine / "log"
 
     def broker_names(self) -> list[str]:
         return [n for n in self.node_names if n.startswith("broker-")]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodes.local_cluster import Cluster, free_ports, make_config, running_cluster, wait_until
+from nodes.local_cluster import TEST_ADMIN_KEY, Cluster, free_ports, make_config, running_cluster, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ROOT", "Cluster", "free_ports", "make_config", "running_cluster", "wait_until"]
+__all__ = ["ROOT", "TEST_ADMIN_KEY", "Cluster", "free_ports", "make_config", "running_cluster", "wait_until"]

@@ -97,7 +97,8 @@ class Admin:
             by_leader.setdefault(p.leader, []).append([topic, p.partition, spec])
         out: dict[int, int] = {}
         for leader, parts in by_leader.items():
-            h, _ = self._client(md.brokers[leader].endpoint).call(P.LIST_OFFSETS, {"parts": parts}, timeout_ms=self.timeout_ms, retries=2)
+            h, _ = self._client(md.brokers[leader].endpoint).call(P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
+                                                                  timeout_ms=self.timeout_ms, retries=2)
             for _, p, code, offset in h["parts"]:
                 if code:
                     raise RemoteError(code, f"{topic}-{p}")

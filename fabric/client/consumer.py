@@ -178,7 +178,8 @@ class Consumer:
                 if self._buffered_records > before and not self._closed:
                     self._send_fetches()  # prefetch: the broker reads the next chunk while the app works
             self._client(endpoint).request(P.FETCH, {"replica_id": -1, "wait_ms": self.fetch_wait_ms,
-                                                     "max_bytes": self.fetch_bytes_max, "parts": parts},
+                                                     "max_bytes": self.fetch_bytes_max, "parts": parts,
+                                                     "topic_ids": self.metadata.topic_ids_of({p[0] for p in parts})},
                                            callback=done, timeout_ms=self.fetch_wait_ms + self.request_timeout_ms)
 
     def _on_fetch(self, header: dict | None, payloads: list, err: RemoteError | None) -> None:
@@ -228,7 +229,8 @@ class Consumer:
             if tp in self.positions and self.positions[tp] is None:
                 self.positions[tp] = h["parts"][0][3]
                 self._reset_specs.pop(tp, None)
-        self._client(endpoint).request(P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]]}, callback=done,
+        self._client(endpoint).request(P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]],
+                                                         "topic_ids": self.metadata.topic_ids_of([tp[0]])}, callback=done,
                                        timeout_ms=self.request_timeout_ms)
 
     def _refresh_metadata(self) -> None:

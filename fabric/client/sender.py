@@ -254,7 +254,8 @@ class Sender(threading.Thread):
                 batches.append(b)
                 b.attempts += 1
         acks = self.settings.acks
-        header = {"acks": acks, "timeout_ms": self.settings.request_timeout_ms, "parts": parts}
+        header = {"acks": acks, "timeout_ms": self.settings.request_timeout_ms, "parts": parts,
+                  "topic_ids": self.metadata.topic_ids_of({p[0] for p in parts})}
         if acks == 0:
             self._client(endpoint).send_oneway(P.PRODUCE, header, payloads)
             for tp, _ in groups:

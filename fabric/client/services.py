@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -80,15 +80,18 @@ class ServiceProducer:
             c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-producer")
         return c
 
-    def produce(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all") -> list[ProduceResult]:
+    def produce(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
+                is_down: Callable[[str], bool] | None = None) -> list[ProduceResult]:
         """One result per record, in order. Raises RemoteError for a refused request
-        (buffer_full: retry later; invalid_record; malformed_request) or a timeout."""
+        (buffer_full: retry later; invalid_record; malformed_request) or a timeout -- at once
+        when ``is_down(endpoint)`` says the service being waited for went down."""
         wire_records = [r.to_wire() if isinstance(r, ServiceRecord) else list(r) for r in records]
         header = {"topic": topic, "acks": acks, "records": wire_records}
         last: RemoteError | None = None
         for endpoint in self.endpoints:
             try:
-                h, _ = self._client(endpoint).call(P.SERVICE_PRODUCE, header, timeout_ms=self.timeout_ms)
+                give_up = (lambda: is_down(endpoint)) if is_down is not None else None
+                h, _ = self._client(endpoint).call(P.SERVICE_PRODUCE, header, timeout_ms=self.timeout_ms, give_up=give_up)
             except RequestTimeout as e:
                 last = e  # the service may be down: the next one (a retry could duplicate)
                 self._drop(endpoint)
@@ -157,6 +160,10 @@ class ConsumerInstance:
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
         self._call(P.CONSUMER_SEEK, {"to": "offsets", "offsets": [[t, p, o] for (t, p), o in offsets.items()]})
 
+    def assign(self, partitions: list[tuple[str, int]]) -> None:
+        """Read exactly these partitions (no group membership); not while subscribed."""
+        self._call(P.CONSUMER_ASSIGN, {"partitions": [list(tp) for tp in partitions]})
+
     def assignment(self) -> list[tuple[str, int]]:
         return [(t, p) for t, p in self._call(P.CONSUMER_ASSIGNMENT)["partitions"]]
 
@@ -169,7 +176,9 @@ class ConsumerInstance:
 
 
 class ServiceConsumer:
-    def __init__(self, endpoints: str | list[str]) -> None:
+    def __init__(self, endpoints: str | list[str], is_down: Callable[[str], bool] | None = None) -> None:
+        """``is_down(endpoint)``: a call waiting on a service stops as soon as it says True."""
+        self.is_down = is_down
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise FabricError("no consumer service endpoint")
@@ -181,8 +190,9 @@ class ServiceConsumer:
         c = self._clients.get(endpoint)
         if c is None:
             c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-consumer")
+        give_up = (lambda: self.is_down(endpoint)) if self.is_down is not None else None  # type: ignore[misc]
         try:
-            return c.call(command, header, timeout_ms=timeout_ms)[0]
+            return c.call(command, header, timeout_ms=timeout_ms, give_up=give_up)[0]
         except RequestTimeout:
             self._clients.pop(endpoint, None)
             c.close()  # a fresh socket next time: no late replies to sort out

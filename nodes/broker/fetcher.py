@@ -94,7 +94,8 @@ class ReplicaFetcher:
         # away and back to this leader while it is in flight)
         asked = {(p[0], p[1]): p[4] for p in parts}
         self.client.request(P.FETCH, {"replica_id": self.broker.broker_id, "wait_ms": wait_ms,
-                                      "max_bytes": cfg.replica_fetch_bytes_max, "parts": parts},
+                                      "max_bytes": cfg.replica_fetch_bytes_max, "parts": parts,
+                                      "topic_ids": self.broker.metadata.topic_ids_of({p[0] for p in parts})},
                             callback=lambda h, pl, e: self._on_reply(h, pl, e, asked),
                             timeout_ms=cfg.replica_fetch_wait_ms + 2000)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,16 +30,20 @@ from fabric.rpc import DEFER, RpcClient, make_socket
 from fabric.stall import StallWatch
 from nodes.base import Node
 from nodes.broker.fetcher import ReplicaFetcher
+from nodes.broker.identity import VERSION_PERSIST_INTERVAL_MS, MetadataGuard
 from nodes.broker.isr import ALTER_ISR_TIMEOUT_MS, IsrProposer
 from nodes.broker.meter import BrokerMeter
 from nodes.broker.parking import ParkedFetch, ParkedProduce, ParkingLot
 from nodes.broker.partition import HW_CHECKPOINT_INTERVAL_MS, Partition
+from nodes.broker.partition_dirs import PartitionDirs
 from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
 
 log = logging.getLogger(__name__)
 
 ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
+REGISTER_REFUSED_RETRY_MS = 2000  # a coordinator of another cluster: ask again, slowly
+STRAYS_SHOWN_MAX = 100  # in STATS
 PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each costs fsyncs)
 UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
 STALL_THRESHOLD_MS = 2000  # a reactor pass gap over this means this broker did not run
@@ -56,6 +59,9 @@ class Broker(Node):
         self.data_dir = config.data_dir_for(name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = config.storage_for(name)
+        self.dirs = PartitionDirs(self.data_dir, self.storage.engine)
+        self.guard = MetadataGuard(self.data_dir, self.broker_id)  # raises IdentityError
+        self.reactor.call_every(VERSION_PERSIST_INTERVAL_MS, self._persist_identity)
         self.limits = config.limits
         self.metadata = ClusterMetadata.empty()
         self.partitions: dict[tuple[str, int], Partition] = {}
@@ -105,22 +111,17 @@ class Broker(Node):
         self.reactor.call_later(0, self._register)
 
     # -- partitions on disk --------------------------------------------------------------------
-    def _partition_dir(self, topic: str, partition: int) -> Path:
-        return self.data_dir / f"{topic}-{partition}"
-
     def _open_existing_partitions(self) -> None:
-        for d in sorted(self.data_dir.iterdir()):
-            topic, _, p = d.name.rpartition("-")
-            if d.is_dir() and topic and p.isdigit():
-                self._open_partition(topic, int(p), {})
+        for topic, p in self.dirs.scan():
+            self._open_partition(topic, p, {})
+        self.dirs.report_other_engines()
 
-    def _open_partition(self, topic: str, partition: int, configs: dict) -> Partition:
+    def _open_partition(self, topic: str, partition: int, configs: dict, topic_id: str = "") -> Partition:
         key = (topic, partition)
         part = self.partitions.get(key)
         if part is not None:
             return part
-        d = self._partition_dir(topic, partition)
-        d.mkdir(parents=True, exist_ok=True)
+        d = self.dirs.engine_dir(key, topic_id)  # per-engine: its log and its epoch checkpoint
         engine_config = self.storage.engine_config(*self._retention(configs), self.limits.batch_bytes_max)
         engine = open_engine(self.storage.engine, str(d / "log"), engine_config)
         if engine.recovery.truncated_bytes:
@@ -141,11 +142,48 @@ class Broker(Node):
         disk at start-up did not know them yet: engines read retention from their config."""
         part.engine.config.retention_ms, part.engine.config.retention_bytes = self._retention(configs)
 
-    def _drop_partition(self, key: tuple[str, int]) -> None:
-        self.parking.fail_partition(key, P.UNKNOWN_TOPIC_OR_PARTITION, self.server)  # topic deleted
-        part = self.partitions.pop(key)
-        part.close()
-        shutil.rmtree(self._partition_dir(*key), ignore_errors=True)
+    def _retire_partition(self, key: tuple[str, int], deleted_topic_ids: tuple[str, ...]) -> None:
+        """Stop serving a replica the metadata no longer has (or has under another topic id):
+        delete it if its topic id was deleted explicitly, else set its directory aside."""
+        self.parking.fail_partition(key, P.UNKNOWN_TOPIC_OR_PARTITION, self.server)
+        part = self.partitions.pop(key, None)
+        if part is not None:
+            part.close()
+        topic_id = self.dirs.topic_id(key)
+        if topic_id and topic_id in deleted_topic_ids:
+            self.dirs.delete(key)
+            log.info("%s-%d: deleted (topic id %s was deleted)", key[0], key[1], topic_id)
+        else:
+            log.warning("%s-%d: topic id %s is not in the metadata and was not deleted: set aside as %s (kept, "
+                        "not served)", key[0], key[1], topic_id or "(none)", self.dirs.set_aside(key))
+
+    def is_other_topic_id(self, key: tuple[str, int], topic_id: Any) -> bool:
+        """True if a peer names this partition's topic by another id than our replica's: one of
+        us has metadata from before the topic was deleted and re-created."""
+        if not isinstance(topic_id, str) or not topic_id:
+            return False
+        held = self.dirs.topic_id(key)
+        return bool(held) and held != topic_id
+
+    def _request_topic_id_differs(self, req: wire.Request, tp: Any) -> bool:
+        ids = req.header.get("topic_ids")
+        if not isinstance(ids, dict) or not isinstance(tp, (list, tuple)) or len(tp) < 2 \
+                or not isinstance(tp[0], str) or not isinstance(tp[1], int) or (tp[0], tp[1]) not in self.partitions:
+            return False
+        return self.is_other_topic_id((tp[0], tp[1]), ids.get(tp[0]))
+
+    def _is_other_topic(self, key: tuple[str, int], md: ClusterMetadata) -> bool:
+        """True if the replica we hold belongs to no topic of ``md``: its name is gone, or the
+        topic of that name has another id (deleted and re-created). A directory without an id
+        (written before topic ids) takes the id of the topic of its name."""
+        topic = md.topics.get(key[0])
+        if topic is None:
+            return True
+        held = self.dirs.topic_id(key)
+        if not held and topic.topic_id and self.dirs.path(key).exists():
+            self.dirs.set_topic_id(key, topic.topic_id)
+            return False
+        return bool(held and topic.topic_id and held != topic.topic_id)
 
     # -- metadata ---------------------------------------------------------------------------
     def _register(self) -> None:
@@ -153,12 +191,16 @@ class Broker(Node):
         ours is already accounted for) is the first metadata we act on."""
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
             if header is None:
-                self.reactor.call_later(200, self._register)
+                refused = err is not None and err.code == P.INCONSISTENT_CLUSTER_ID
+                self.guard.registration_refused(err.message if refused else "")  # type: ignore[union-attr]
+                self.reactor.call_later(REGISTER_REFUSED_RETRY_MS if refused else 200, self._register)
                 return
             self._registered = True
+            self.guard.registration_refused("")
             log.info("registered with the coordinator as broker %d (incarnation %s)", self.broker_id, self.incarnation)
             self.apply_metadata(header["metadata"], same_version=True)
-        self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation},
+        self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation,
+                                                     "cluster_id": self.guard.cluster_id},
                                  callback=done, timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 
     def _refresh_metadata(self) -> None:
@@ -189,9 +231,11 @@ class Broker(Node):
             version = raw["version"]
             if not isinstance(version, int):
                 raise TypeError("version must be an integer")
+            if self.guard.refuses(raw.get("cluster_id"), raw.get("state_id"), version):
+                return  # another cluster's coordinator, or an older state's: keep what we have
             if frames[2] == P.PUB_METADATA_VERSION:
-                if version > self.metadata.version:
-                    self._refresh_metadata()  # we missed a delta
+                if version > self.metadata.version or raw.get("state_id", self.metadata.state_id) != self.metadata.state_id:
+                    self._refresh_metadata()  # we missed a delta, or the coordinator restarted
             elif frames[2] == P.PUB_METADATA_DELTA:
                 self._apply_delta(raw)
             else:
@@ -201,19 +245,26 @@ class Broker(Node):
             log.exception("bad metadata push")
 
     def _apply_delta(self, raw: dict) -> None:
-        if raw["version"] <= self.metadata.version:
+        if raw["version"] <= self.metadata.version and raw.get("state_id", "") == self.metadata.state_id:
             return
         try:
             md, changed = self.metadata.apply_delta(raw)
         except ValueError:
-            self._refresh_metadata()  # a gap: the delta does not start at our version
+            self._refresh_metadata()  # a gap, or another coordinator state: the delta does not apply to ours
+            return
+        if not self.guard.admit(md):  # as a snapshot would be judged
             return
         self._install_metadata(md, changed)
 
     def apply_metadata(self, raw: dict, *, same_version: bool = False) -> None:
-        """Apply a full snapshot newer than ours (or as new, with ``same_version``)."""
+        """Apply a full snapshot newer than ours (or as new, with ``same_version``; or of a
+        coordinator state other than ours). Metadata of another cluster, or of an older
+        coordinator state than this broker has accepted, is refused (nodes/broker/identity.py)."""
         md = ClusterMetadata.from_wire(raw)
-        if md.version < self.metadata.version or (md.version == self.metadata.version and not same_version):
+        if not self.guard.admit(md):  # another cluster's, or an older state's: keep what we have
+            return
+        if md.state_id == self.metadata.state_id and \
+                (md.version < self.metadata.version or (md.version == self.metadata.version and not same_version)):
             return
         self._install_metadata(md, list(md.partitions()))
 
@@ -224,6 +275,14 @@ class Broker(Node):
         kept the broker from hearing anyone for seconds."""
         self.metadata = md
         now = self.clock.now_ms()
+        # first what we hold of no topic of ``md`` (its name is gone, or it names another topic
+        # id now): set aside, or deleted if its topic id was deleted -- never because it is absent
+        for key, part in list(self.partitions.items()):
+            if self._is_other_topic(key, md):
+                self._retire_partition(key, md.deleted_topic_ids)
+            else:
+                self._apply_topic_configs(part, md.topics[key[0]].configs)
+        self.dirs.delete_strays(md.deleted_topic_ids)
         for info in changed:
             if self.broker_id in info.replicas:
                 key = (info.topic, info.partition)
@@ -232,23 +291,19 @@ class Broker(Node):
                     self._to_open[key] = info  # the newest state wins
                 else:
                     self._apply_partition_state(part, info, now)
-        for key in [k for k in self._to_open if k[0] not in md.topics]:
-            del self._to_open[key]
-        for key, part in list(self.partitions.items()):
-            topic = md.topics.get(key[0])
-            if topic is None:
-                self._drop_partition(key)
-            else:
-                self._apply_topic_configs(part, topic.configs)
+        for key in [k for k in self._to_open if md.partition(*k) is None]:
+            del self._to_open[key]  # gone before we came to open it
         self._open_pending()
 
     def _open_pending(self) -> None:
         """Open up to PARTITION_OPENS_PER_PASS_MAX partitions that metadata gave us, apply their
-        state, and come back in the next pass for the rest."""
+        state, and come back in the next pass for the rest. Each is opened under the topic id
+        the metadata has now (a topic re-created meanwhile has another)."""
         now = self.clock.now_ms()
         for key in list(self._to_open)[:PARTITION_OPENS_PER_PASS_MAX]:
             info = self._to_open.pop(key)
-            part = self._open_partition(info.topic, info.partition, self.metadata.topics[info.topic].configs)
+            topic = self.metadata.topics[info.topic]
+            part = self._open_partition(info.topic, info.partition, topic.configs, topic.topic_id)
             self._apply_partition_state(part, info, now)
         if self._to_open and not self._open_scheduled:
             self._open_scheduled = True
@@ -326,7 +381,8 @@ class Broker(Node):
             res: list = [None] * len(req.payloads)
             results.append(res)
             for pi, (tp, data) in enumerate(zip(req.header["parts"], req.payloads)):
-                err = self._produce_precheck(tp, req.header.get("acks", 1))
+                err = [-1, P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]} here is another topic of that name"] \
+                    if self._request_topic_id_differs(req, tp) else self._produce_precheck(tp, req.header.get("acks", 1))
                 if err is not None:
                     res[pi] = err
                 else:
@@ -410,6 +466,10 @@ class Broker(Node):
         budget = min(max(req.header.get("max_bytes", self.limits.fetch_bytes_max), 1), self.limits.fetch_bytes_max)
         out, payloads, total = [], [], 0
         for tp in req.header["parts"]:
+            if self._request_topic_id_differs(req, tp):  # another topic of that name: refresh, retry
+                out.append([tp[0], tp[1], P.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1, None])
+                payloads.append(b"")
+                continue
             entry, data = self._fetch_one(tp, replica_id, now_ms, budget - total)
             out.append(entry)
             payloads.append(data)
@@ -499,7 +559,7 @@ class Broker(Node):
                 out.append([None, None, P.MALFORMED_REQUEST, -1])
                 continue
             part = self.partitions.get((tp[0], tp[1]))
-            if part is None:
+            if part is None or self._request_topic_id_differs(req, tp):
                 out.append([tp[0], tp[1], P.UNKNOWN_TOPIC_OR_PARTITION, -1])
             elif not part.is_leader:
                 out.append([tp[0], tp[1], P.NOT_LEADER, -1])
@@ -551,6 +611,12 @@ class Broker(Node):
             except EngineError as e:
                 log.error("%s-%d retention failed: %s", key[0], key[1], e)
 
+    def _persist_identity(self) -> None:
+        try:
+            self.guard.persist()
+        except OSError as e:
+            log.error("cannot write %s: %s", self.guard.path, e)
+
     def note_appended(self, part: Partition) -> None:
         """Something was appended to ``part``: the fsync-interval timer looks at it (and, so that
         idle partitions cost nothing, only at partitions appended to lately)."""
@@ -578,7 +644,11 @@ class Broker(Node):
     # -- stats / lifecycle ------------------------------------------------------------------
     def heartbeat_fields(self) -> dict[str, Any]:
         return dict(super().heartbeat_fields(), broker_id=self.broker_id, incarnation=self.incarnation,
-                    metadata_version=self.metadata.version)
+                    metadata_version=self.metadata.version, cluster_id=self.guard.cluster_id)
+
+    def _on_ping(self, req: wire.Request) -> dict:
+        return dict(super()._on_ping(req), engine=self.storage.engine, strays=len(self.dirs.strays),
+                    metadata_refused=self.guard.last_refusal)
 
     def stats(self) -> dict[str, Any]:
         parts = []
@@ -590,7 +660,10 @@ class Broker(Node):
         return {"broker_id": self.broker_id, "engine": self.storage.engine, "partitions": parts,
                 "parked": self.parking.size, "metadata_version": self.metadata.version,
                 "fetchers": [f.stats() for f in self.fetchers.values()],
-                "disk": _disk_usage(self.data_dir)}
+                "disk": _disk_usage(self.data_dir), "cluster_id": self.guard.cluster_id,
+                "metadata_refused": self.guard.last_refusal, "strays": len(self.dirs.strays),
+                "stray_partitions": sorted(self.dirs.strays)[:STRAYS_SHOWN_MAX],
+                "other_engine_data": dict(self.dirs.other_engines)}
 
     def close(self) -> None:
         for f in self.fetchers.values():
@@ -601,6 +674,7 @@ class Broker(Node):
                 part.close()
             except EngineError as e:
                 log.error("close %s-%d: %s", part.topic, part.partition, e)
+        self._persist_identity()
         self.coordinator.close()
         self.sub.close(0)
         super().close()

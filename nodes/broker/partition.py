@@ -3,10 +3,12 @@ watermark, the ISR view, the leader-epoch cache and idempotent-producer state.
 
 The leader advances the high watermark (HW) to the smallest log end offset (LEO) among the ISR
 members; followers report their LEO in every replica fetch. Reads for consumers stop at the HW.
-The HW is checkpointed to the partition directory and recovered from it at open, so a restarted
-leader serves it before its followers fetch. Producer and epoch state follow the log: recorded
-after the write they describe, trimmed when it is cut, and checked against the log's batch
-headers at open (a leader epoch that contradicts the epoch checkpoint cuts the log there).
+The HW is checkpointed to ``directory`` -- the engine's folder of the partition, beside its epoch
+checkpoint, since both describe that engine's log (nodes/broker/partition_dirs.py) -- and
+recovered from it at open, so a restarted leader serves it before its followers fetch.
+Producer and epoch state follow the log: recorded after the write they describe, trimmed when
+it is cut, and checked against the log's batch headers at open (a leader epoch that
+contradicts the epoch checkpoint cuts the log there).
 Not thread-safe: owned by the broker's reactor.
 """
 

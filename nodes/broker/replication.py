@@ -3,7 +3,7 @@
 Leader side: every appended batch is published on the broker's PUB socket under the
 partition's prefix (``fabric.protocol.replica_topic``). A heartbeat every
 ``REPLICA_HEARTBEAT_INTERVAL_MS`` carries, for many partitions in one message, each one's log
-end offset (LEO), high watermark and leader epoch: those that changed since the last one, and
+end offset (LEO), high watermark, leader epoch and topic id: those that changed since the last one, and
 all of them once per ``REPLICA_HEARTBEAT_FULL_INTERVAL_MS`` -- so that idle work grows with
 messages per second, not with partitions times heartbeats (1,000 partitions used to cost
 thousands of messages a second on every broker of an idle cluster).
@@ -54,7 +54,8 @@ class ReplicationPublisher:
         for buf, off in zip(batches, base_offsets):
             B.set_base_offset(buf, off)
         header = {"node": self.broker.name, "topic": part.topic, "partition": part.partition,
-                  "epoch": part.leader_epoch, "hw": part.high_watermark, "leo": part.log_end_offset}
+                  "epoch": part.leader_epoch, "hw": part.high_watermark, "leo": part.log_end_offset,
+                  "topic_id": self.broker.dirs.topic_id((part.topic, part.partition))}
         self.broker.publish(P.replica_topic(part.topic, part.partition), P.PUB_REPLICA, header, batches)
 
     def heartbeat(self) -> None:
@@ -71,7 +72,7 @@ class ReplicationPublisher:
             state = (part.leader_epoch, part.high_watermark, part.log_end_offset)
             if self._sent.get(key) != state:
                 self._sent[key] = state
-                parts.append([key[0], key[1], *state])
+                parts.append([key[0], key[1], *state, self.broker.dirs.topic_id(key)])
         for i in range(0, len(parts), P.REPLICA_HEARTBEAT_PARTITIONS_MAX):
             self.broker.publish(P.REPLICA_HEARTBEAT_TOPIC, P.PUB_REPLICA_HEARTBEAT,
                                 {"node": self.broker.name, "parts": parts[i:i + P.REPLICA_HEARTBEAT_PARTITIONS_MAX]})
@@ -122,10 +123,11 @@ class ReplicationSubscriber:
             h = wire.unpack(frames[3])
             sender = h.get("node", "")
             if frames[2] == P.PUB_REPLICA_HEARTBEAT:
-                states = [(p[0], p[1], p[2], p[3], p[4]) for p in h["parts"]]
+                states = [(p[0], p[1], p[2], p[3], p[4], p[5] if len(p) > 5 else "") for p in h["parts"]]
             else:
-                states = [(h["topic"], h["partition"], h["epoch"], h["hw"], h["leo"])]
-            if not all(isinstance(st[0], str) and all(isinstance(v, int) for v in st[1:]) for st in states):
+                states = [(h["topic"], h["partition"], h["epoch"], h["hw"], h["leo"], h.get("topic_id", ""))]
+            if not all(isinstance(st[0], str) and isinstance(st[5], str) and all(isinstance(v, int) for v in st[1:5])
+                       for st in states):
                 raise TypeError("replication header fields have the wrong types")
         except Exception:
             self.counters["repl_malformed"] += 1
@@ -133,20 +135,23 @@ class ReplicationSubscriber:
         if self.broker.faults.blocks(sender):
             return
         acks: dict[int, list["Partition"]] = {}
-        for topic, partition, epoch, hw, leo in states:
-            part = self._on_partition_state((topic, partition), epoch, hw, leo, frames[4:])
+        for topic, partition, epoch, hw, leo, topic_id in states:
+            part = self._on_partition_state((topic, partition), epoch, hw, leo, topic_id, frames[4:])
             if part is not None:
                 acks.setdefault(part.leader_id, []).append(part)
         for leader_id, parts in acks.items():
             self.broker.fetchers[leader_id].ack_parts(parts)
 
-    def _on_partition_state(self, key: tuple[str, int], epoch: int, hw: int, leo: int,
+    def _on_partition_state(self, key: tuple[str, int], epoch: int, hw: int, leo: int, topic_id: str,
                             payloads: list[bytes]) -> "Partition | None":
-        """One partition's batches (or none: a heartbeat) and state from its leader. Returns the
-        partition when an idle heartbeat found it caught up (to acknowledge), else None."""
+        """One partition's batches (or none: a heartbeat) and state from its leader (``topic_id``:
+        the leader's replica's, "" if unknown). Returns the partition when an idle heartbeat found
+        it caught up (to acknowledge), else None."""
         part = self.broker.partitions.get(key)
         if part is None or part.role != "follower" or epoch != part.leader_epoch:
             return None  # not ours, or a stale (or not yet known) epoch
+        if topic_id and self.broker.is_other_topic_id(key, topic_id):
+            return None  # a leader still holding a deleted topic of this name
         fetcher = self.broker.fetchers.get(part.leader_id)
         if fetcher is None:
             return None

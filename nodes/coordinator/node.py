@@ -31,7 +31,7 @@ from nodes.coordinator.alter_isr import result as alter_isr_result
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.liveness import DisconnectWatch
 from nodes.coordinator.offsets_client import OffsetsTopicClient
-from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
+from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState, new_id
 from nodes.coordinator.topics import place_replicas, validate_configs, validate_topic_name
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ class Coordinator(Node):
         super().__init__(config, name, **kw)
         self.store = StateStore(config.data_dir_for(name))
         self.state: ClusterState = self.store.load()
+        # new per process: a broker tells a restarted coordinator (whose metadata must not be
+        # older than what it has seen) from pushes of this one that arrive out of order
+        self.state_id = new_id()
+        self._foreign_brokers: dict[int, str] = {}  # broker id -> the other cluster id it reported
         self.brokers = {bid: BrokerInfo(bid, n.host, n.port, n.publish_port) for bid, (_, n) in config.brokers().items()}
         now = self.clock.now_ms()
         # after a restart every broker gets one session to show up before it is judged
@@ -92,9 +96,10 @@ class Coordinator(Node):
                    for bid, b in self.brokers.items()}
         topics = {name: TopicInfo(name, tuple(PartitionInfo(name, i, p.leader, p.leader_epoch, tuple(p.replicas), tuple(p.isr),
                                                             p.partition_epoch)
-                                              for i, p in enumerate(t.partitions)), dict(t.configs))
+                                              for i, p in enumerate(t.partitions)), dict(t.configs), t.topic_id)
                   for name, t in self.state.topics.items()}
-        return ClusterMetadata(self.state.version, self.config.cluster.name, brokers, topics, self.config.coordinator.endpoint)
+        return ClusterMetadata(self.state.version, self.config.cluster.name, brokers, topics, self.config.coordinator.endpoint,
+                               self.state.cluster_id, self.state_id, tuple(self.state.deleted_topic_ids))
 
     def metadata_wire(self) -> dict:
         if self._metadata_cache is None:
@@ -139,8 +144,12 @@ class Coordinator(Node):
             (ps.leader, ps.leader_epoch, list(ps.replicas), list(ps.isr))
 
     def _publish_metadata(self) -> None:
-        """The version only: a subscriber that missed a delta asks for a snapshot (METADATA)."""
-        self.publish(P.TOPIC_METADATA, P.PUB_METADATA_VERSION, {"version": self.state.version})
+        """The version (and whose state it is): a subscriber that missed a delta, or that holds
+        another coordinator process's metadata, asks for a snapshot (METADATA); a broker judges
+        the cluster and state ids at once (nodes/broker/identity.py)."""
+        self.publish(P.TOPIC_METADATA, P.PUB_METADATA_VERSION, {"version": self.state.version,
+                                                                "cluster_id": self.state.cluster_id,
+                                                                "state_id": self.state_id})
 
     def _on_metadata(self, req: wire.Request) -> dict:
         return {"metadata": self.metadata_wire()}
@@ -177,7 +186,7 @@ class Coordinator(Node):
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
         if isinstance(name, str) and name.startswith("__"):
             raise RemoteError(P.INVALID_TOPIC, "internal topics cannot be deleted")
-        del self.state.topics[name]
+        self.state.topic_deleted(self.state.topics.pop(name).topic_id)  # brokers delete only these
         self.commit()
         self.groups.topic_deleted(name)
         return {"topic": name}
@@ -250,6 +259,8 @@ class Coordinator(Node):
             return
         if not isinstance(bid, int) or bid not in self.brokers or self.faults.blocks(hb.get("node")):
             return
+        if self._foreign(bid, hb.get("cluster_id")):
+            return
         self.heartbeats_from.add(bid)
         incarnation = hb.get("incarnation")
         if isinstance(incarnation, str):
@@ -261,8 +272,23 @@ class Coordinator(Node):
         bid = req.get("broker_id", int)
         if bid not in self.brokers:
             raise RemoteError(P.UNKNOWN_BROKER, f"broker {bid} is not in the cluster config")
+        if self._foreign(bid, req.header.get("cluster_id")):
+            raise RemoteError(P.INCONSISTENT_CLUSTER_ID, f"broker {bid} belongs to cluster {req.header['cluster_id']}, "
+                              f"this coordinator to cluster {self.state.cluster_id}")
         self._observe_incarnation(bid, req.get("incarnation", str))
         return {"metadata": self.metadata_wire()}
+
+    def _foreign(self, bid: int, cluster_id: Any) -> bool:
+        """True if the broker says it belongs to another cluster (a coordinator started without
+        its state has a new id). Such a broker is not ours: not alive here, never elected."""
+        if not isinstance(cluster_id, str) or not cluster_id or cluster_id == self.state.cluster_id:
+            self._foreign_brokers.pop(bid, None)
+            return False
+        if self._foreign_brokers.get(bid) != cluster_id:
+            self._foreign_brokers[bid] = cluster_id
+            log.error("broker %d belongs to cluster %s, this coordinator to cluster %s: ignoring it (was this "
+                      "coordinator started without its state? see docs/replication.md)", bid, cluster_id, self.state.cluster_id)
+        return True
 
     def _observe_incarnation(self, bid: int, incarnation: str) -> None:
         """A broker process announced itself. A new process of a broker we knew is a restart:
@@ -403,7 +429,8 @@ class Coordinator(Node):
     def stats(self) -> dict[str, Any]:
         md = self.metadata()
         parts = list(md.partitions())
-        return {"metadata_version": md.version, "brokers_alive": sorted(self.alive),
+        return {"metadata_version": md.version, "cluster_id": self.state.cluster_id,
+                "foreign_brokers": {str(b): c for b, c in self._foreign_brokers.items()}, "brokers_alive": sorted(self.alive),
                 "heartbeats_from": sorted(self.heartbeats_from), "topics": len(md.topics),
                 "partitions": len(parts), "under_replicated": sum(p.under_replicated for p in parts),
                 "offline": sum(p.offline for p in parts), "stalls": self.stall_watch.stalls, **self.groups.stats()}

@@ -1,5 +1,6 @@
-"""The coordinator's durable state: topics, placement, leaders, ISRs, epochs, the metadata
-version, the next producer id and where each offsets partition's latest snapshot starts. One
+"""The coordinator's durable state: the cluster id, topics (each with its id), placement,
+leaders, ISRs, epochs, the metadata version, the next producer id, the ids of topics deleted
+explicitly, and where each offsets partition's latest snapshot starts. One
 JSON file replaced atomically (write, fsync, rename, fsync the directory) on every change, so
 a coordinator restart loses nothing.
 
@@ -9,11 +10,23 @@ Not thread-safe: owned by the coordinator's reactor.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 FILE_NAME = "cluster-state.json"
+# ids of explicitly deleted topics kept (and published) so that a broker that was down at the
+# delete still removes that topic's data; older ones are forgotten (their data is then set aside)
+DELETED_TOPIC_IDS_MAX = 256
+
+log = logging.getLogger(__name__)
+
+
+def new_id() -> str:
+    """A fresh UUID (cluster ids, topic ids)."""
+    return str(uuid.uuid4())
 
 
 @dataclass
@@ -34,6 +47,7 @@ class PartitionState:
 class TopicState:
     partitions: list[PartitionState]
     configs: dict = field(default_factory=dict)
+    topic_id: str = field(default_factory=new_id)
 
 
 @dataclass
@@ -45,6 +59,11 @@ class ClusterState:
     incarnations: dict[int, str] = field(default_factory=dict)
     # offsets partition -> [start offset, snapshot id, wall ms] of its latest complete snapshot
     offsets_snapshots: dict[int, list] = field(default_factory=dict)
+    deleted_topic_ids: list[str] = field(default_factory=list)  # oldest first, bounded
+    cluster_id: str = field(default_factory=new_id)  # made once, with the first state
+
+    def topic_deleted(self, topic_id: str) -> None:
+        self.deleted_topic_ids = (self.deleted_topic_ids + [topic_id])[-DELETED_TOPIC_IDS_MAX:]
 
 
 class StateStore:
@@ -54,24 +73,37 @@ class StateStore:
         self.path = self.dir / FILE_NAME
 
     def load(self) -> ClusterState:
+        """The saved state; a new cluster (with a new cluster id, saved at once) when there is
+        none. A state written before cluster and topic ids existed gets them here, once."""
         if not self.path.exists():
-            return ClusterState()
+            state = ClusterState()
+            log.warning("no cluster state in %s: starting a NEW cluster %s (brokers that belong to "
+                        "another cluster will refuse it: see docs/replication.md to recover)", self.path, state.cluster_id)
+            self.save(state)
+            return state
         raw = json.loads(self.path.read_text())
         topics = {
-            name: TopicState([PartitionState(*p) for p in t["partitions"]], t.get("configs", {}))
+            name: TopicState([PartitionState(*p) for p in t["partitions"]], t.get("configs", {}), t.get("id") or new_id())
             for name, t in raw.get("topics", {}).items()
         }
         incarnations = {int(k): str(v) for k, v in raw.get("incarnations", {}).items()}
         snapshots = {int(k): list(v) for k, v in raw.get("offsets_snapshots", {}).items()}
-        return ClusterState(raw.get("version", 0), raw.get("next_producer_id", 1), topics, incarnations, snapshots)
+        state = ClusterState(raw.get("version", 0), raw.get("next_producer_id", 1), topics, incarnations, snapshots,
+                             deleted_topic_ids=list(raw.get("deleted_topic_ids", [])),
+                             cluster_id=raw.get("cluster_id") or new_id())
+        if not raw.get("cluster_id") or any(not t.get("id") for t in raw.get("topics", {}).values()):
+            self.save(state)  # ids made for an older state file must not change at the next start
+        return state
 
     def save(self, state: ClusterState) -> None:
         raw = {
+            "cluster_id": state.cluster_id,
             "version": state.version,
             "next_producer_id": state.next_producer_id,
             "incarnations": {str(k): v for k, v in state.incarnations.items()},
             "offsets_snapshots": {str(k): v for k, v in state.offsets_snapshots.items()},
-            "topics": {n: {"configs": t.configs, "partitions": [p.to_list() for p in t.partitions]}
+            "deleted_topic_ids": state.deleted_topic_ids,
+            "topics": {n: {"id": t.topic_id, "configs": t.configs, "partitions": [p.to_list() for p in t.partitions]}
                        for n, t in state.topics.items()},
         }
         tmp = self.path.with_suffix(".tmp")

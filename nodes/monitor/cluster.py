@@ -29,8 +29,9 @@ class ClusterFacts:
 
     def apply_metadata(self, md: ClusterMetadata) -> None:
         old = self.metadata
-        if old is not None and md.version <= old.version:
-            return
+        if old is not None and md.state_id == old.state_id and md.version <= old.version:
+            return  # versions only grow within one coordinator state; another state's (a
+            # restarted coordinator, even one that lost its state) is what the cluster is now
         self.metadata = md
         if old is None:
             return  # the first one is the baseline

@@ -24,7 +24,6 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from engines import batch as B
@@ -198,9 +197,8 @@ def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45) -> dict[i
 
 def read_replica(cluster: Cluster, broker: str, partition: int) -> tuple[bytes, list]:
     """(raw batch bytes, records) of one replica, read from disk (the broker must be stopped)."""
-    raw = cluster.raw
-    d = Path(raw["cluster"]["data_dir"]) / broker / f"{TOPIC}-{partition}" / "log"
-    engine = open_engine(raw["storage"]["engine"], str(d), EngineConfig(fsync="never"))
+    d = cluster.replica_log_dir(broker, TOPIC, partition)
+    engine = open_engine(cluster.raw["storage"]["engine"], str(d), EngineConfig(fsync="never"))
     try:
         chunks, offset = [], engine.log_start_offset
         while offset < engine.log_end_offset:
@@ -284,7 +282,7 @@ def finish(cluster: Cluster, admin: Admin, workload: Workload, observer: LeaderO
 
 def flip_tail_bytes(cluster: Cluster, broker: str, partition: int, seed: int) -> None:
     """Corrupt a few bytes inside the last batch of the replica's newest segment file."""
-    d = Path(cluster.raw["cluster"]["data_dir"]) / broker / f"{TOPIC}-{partition}" / "log"
+    d = cluster.replica_log_dir(broker, TOPIC, partition)
     seg = sorted(d.glob("*.log"))[-1]
     size = seg.stat().st_size
     assert size > 200, f"{seg} is too small to corrupt"

@@ -106,9 +106,12 @@ def test_up_restart_status_down(supervised) -> None:
     for name, node in cfg.nodes.items():
         state = "up" if name in expected_up else "not available in this build"
         assert re.search(rf"^{name}\s+{node.role}\s+{node.port}\s+\S+\s+{state}", summary, re.M), summary
-    assert "API key:   test-admin-key" in summary
+    key_file = Path(cfg.cluster.data_dir) / "admin.key"  # the dev admin key, made by `loom up`
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert f"API key:   {key_file.read_text().strip()}  (admin; from {key_file})" in summary
     dashboard = cfg.node("gateway").dashboard_port
     assert f"dashboard: http://127.0.0.1:{dashboard}/" in summary
+    assert f"gateway:   http://127.0.0.1:{cfg.node('gateway').port}/" in summary
     if "gateway" not in expected_up:
         assert "(not yet running: no gateway in this build)" in summary
         one = _loom("up", "--node", "gateway", "-c", str(config_path))

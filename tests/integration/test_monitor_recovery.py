@@ -110,6 +110,9 @@ def test_status_and_alerts_show_the_monitors_view(sup: Supervised) -> None:
     for name in ("broker-1", "broker-2", "consumer-1", "coordinator", "monitor"):
         row = re.search(rf"^{name}\s+\S+\s+\S+\s+(\S+)", status.stdout, re.M)
         assert row and row.group(1) in ("healthy", "degraded"), status.stdout
+    # what only a broker tells (nodes/cli_cluster.py _print_broker_notes): its storage engine
+    engines = re.search(r"^engines: (.*)$", status.stdout, re.M)
+    assert engines and "broker-1 segment" in engines.group(1) and "broker-2 segment" in engines.group(1), status.stdout
     alerts = _loom("alerts", "--all", "-c", sup.cfg.source)
     assert alerts.returncode == 0 and "node_down" in alerts.stdout and "resolved" in alerts.stdout, alerts.stdout
     events = _loom("alerts", "--events", "--json", "-c", sup.cfg.source)

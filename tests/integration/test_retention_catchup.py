@@ -107,7 +107,7 @@ def test_follower_behind_leader_log_start_catches_up(cluster: Cluster) -> None:
 
 def _read_log(cluster: Cluster, broker: str) -> tuple[int, list[tuple[int, bytes]]]:
     """(log_start_offset, [(base_offset, stored batch)]) of a stopped broker's replica."""
-    directory = Path(cluster.raw["cluster"]["data_dir"]) / broker / f"{TOPIC}-0" / "log"
+    directory = cluster.replica_log_dir(broker, TOPIC, 0)
     engine = open_engine(cluster.raw["storage"]["engine"], str(directory),
                          EngineConfig(fsync="never", segment_bytes_max=SEGMENT_BYTES))
     try:

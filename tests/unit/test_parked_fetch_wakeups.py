@@ -48,6 +48,7 @@ def _broker() -> SimpleNamespace:
 
     broker.build_fetch_reply = build_fetch_reply
     broker._fetch_one = lambda *a: Broker._fetch_one(broker, *a)
+    broker._request_topic_id_differs = lambda *a: Broker._request_topic_id_differs(broker, *a)
     broker.mark_dirty = lambda *a: Broker.mark_dirty(broker, *a)
     return broker
 

@@ -6,17 +6,11 @@ the new one's.
 
 from __future__ import annotations
 
-import pytest
 
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.unit.test_isr_versions import BATCH_MAX, _batch, _start, nodes  # noqa: F401 (fixture)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "partition state is matched by topic NAME and judged by (leader epoch, partition epoch): the "
-    "recreated t-0 starts at epoch 0 below the old t-0's epochs, so the broker ignores it for ever "
-    "(never leads it) and keeps the deleted topic's records in its log. Topic ids (branch `ids`) "
-    "should make this pass: then remove this mark."))
 def test_recreated_topic_missed_by_pushes_is_taken_as_new(nodes) -> None:  # noqa: ANN001, F811
     broker, coord, loop = nodes
     _start(broker, coord, loop, isr=[1, 2, 3], partitions=1)

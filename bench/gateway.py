@@ -1,0 +1,138 @@
+"""``loom bench gateway``: the gateway's targets on a cluster it starts on free ports.
+
+- REST produce: requests of ``--batch`` records (100-byte values, binary format, acks=all)
+  from ``--clients`` threads; records/s through the gateway.
+- WebSocket consume: every record just produced, from the beginning, over one ``/ws/consume``
+  connection; records/s.
+- Latency: single-record REST produce (acks=all) offered at ``--rate`` requests/s (open loop:
+  a request is sent on schedule whether or not the previous one returned) for ``--seconds``;
+  p50/p99/max in ms.
+
+Every loop is bounded in count and time. Results go to stdout (and ``--json FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import websocket
+
+from nodes.local_cluster import GATEWAY_NODES, ROLE_KEYS, Cluster, gateway_overrides, make_config, wait_until
+
+PHASE_SECONDS_MAX = 120
+AUTH = {"Authorization": f"Bearer {ROLE_KEYS['admin']}"}
+BINARY = {"Content-Type": "application/vnd.kafka.binary.v2+json"}
+
+
+def rest_produce(base: str, topic: str, requests_n: int, batch: int, clients: int) -> dict:
+    value = base64.b64encode(b"v" * 100).decode()
+    body = json.dumps({"records": [{"value": value}] * batch})
+    sessions = threading.local()
+    deadline = time.monotonic() + PHASE_SECONDS_MAX
+
+    def one(_: int) -> int:
+        s = getattr(sessions, "s", None) or requests.Session()
+        sessions.s = s
+        if time.monotonic() > deadline:
+            return 0
+        r = s.post(f"{base}/topics/{topic}?acks=all", data=body, headers={**AUTH, **BINARY}, timeout=60)
+        r.raise_for_status()
+        return sum(o["error_code"] is None for o in r.json()["offsets"])
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        done = sum(pool.map(one, range(requests_n)))
+    seconds = time.perf_counter() - t0
+    return {"records": done, "seconds": round(seconds, 3), "records_per_s": round(done / seconds)}
+
+
+def ws_consume(port: int, topic: str, records: int) -> dict:
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/consume?topic={topic}&from=beginning&format=binary",
+                                     header=[f"Authorization: Bearer {ROLE_KEYS['admin']}"], timeout=30)
+    got = 0
+    t0 = time.perf_counter()
+    deadline = t0 + PHASE_SECONDS_MAX
+    try:
+        while got < records and time.perf_counter() < deadline:
+            n = len(json.loads(ws.recv()).get("records", []))
+            if got == 0:
+                t0 = time.perf_counter()  # from the first records: the group join is not streaming
+            got += n
+    finally:
+        ws.close()
+    seconds = time.perf_counter() - t0
+    return {"records": got, "seconds": round(seconds, 3), "records_per_s": round(got / seconds),
+            "note": "timed from the first records received (the group join before them is not counted)"}
+
+
+def latency(base: str, topic: str, rate: float, seconds: float) -> dict:
+    body = json.dumps({"records": [{"value": base64.b64encode(b"x" * 100).decode()}]})
+    n = int(rate * seconds)
+    lat_ms: list[float] = []
+    lock = threading.Lock()
+    sessions = threading.local()
+
+    def one(at: float) -> None:
+        s = getattr(sessions, "s", None) or requests.Session()
+        sessions.s = s
+        delay = at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        t = time.perf_counter()
+        r = s.post(f"{base}/topics/{topic}?acks=all", data=body, headers={**AUTH, **BINARY}, timeout=30)
+        took = (time.perf_counter() - t) * 1000
+        if r.status_code == 200:
+            with lock:
+                lat_ms.append(took)
+    start = time.perf_counter() + 0.5
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(one, [start + i / rate for i in range(n)]))
+    lat_ms.sort()
+    return {"requests": n, "ok": len(lat_ms), "p50_ms": round(statistics.median(lat_ms), 2),
+            "p99_ms": round(lat_ms[int(len(lat_ms) * 0.99) - 1], 2), "max_ms": round(lat_ms[-1], 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="loom bench gateway")
+    ap.add_argument("--requests", type=int, default=400, help="REST produce requests")
+    ap.add_argument("--batch", type=int, default=500, help="records per request")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent REST clients")
+    ap.add_argument("--rate", type=float, default=200.0, help="single-record requests/s for the latency phase")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="loom-bench-gw-"))
+    cluster = Cluster(make_config(tmp, 3, extra_nodes=GATEWAY_NODES, overrides=gateway_overrides()))
+    try:
+        cluster.start()
+        port = cluster.raw["nodes"]["gateway"]["port"]
+        base = f"http://127.0.0.1:{port}"
+        for t in ("bench", "latency"):
+            requests.post(f"{base}/v3/clusters/test/topics", json={"topic_name": t, "partitions_count": 3},
+                          headers=AUTH, timeout=30).raise_for_status()
+            wait_until(lambda: all(p["leader"] and len(p["isr"]) == 3 for p in requests.get(
+                f"{base}/v3/clusters/test/topics/{t}/partitions", headers=AUTH, timeout=10).json()["data"]), 30)
+        results = {"rest_produce": rest_produce(base, "bench", args.requests, args.batch, args.clients)}
+        print("REST produce (acks=all, %d-record requests): %s" % (args.batch, results["rest_produce"]), flush=True)
+        results["ws_consume"] = ws_consume(port, "bench", results["rest_produce"]["records"])
+        print("WebSocket consume (one connection): %s" % results["ws_consume"], flush=True)
+        results["latency"] = latency(base, "latency", args.rate, args.seconds)
+        print("single-record REST produce at %g req/s: %s" % (args.rate, results["latency"]), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), **results}, indent=2))
+    finally:
+        cluster.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

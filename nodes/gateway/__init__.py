@@ -1,0 +1,107 @@
+"""The gateway node: the Flask app of ``webui`` served by gunicorn (gthread worker) on the
+node's ``port`` (REST + WebSocket API) and ``dashboard_port`` (the dashboard).
+
+    python -m nodes.run -c CONFIG --node gateway
+
+The process the supervisor starts is gunicorn's master: it binds the HTTP ports and forks one
+worker, and holds no ZeroMQ state (ZeroMQ contexts do not survive a fork). The worker, after
+the fork, builds everything cluster-side -- the agent (nodes/gateway/agent.py) and the control
+node (nodes/gateway/control.py: PING/STATS on ``control_port``, heartbeats, the health
+watcher) -- and hands the agent to ``webui.app.create_app``. One worker with
+``gateway.worker_threads`` threads: the consumer-instance table and the rate limiter live in
+one process, and a WebSocket holds one thread.
+
+SIGTERM/SIGINT stop gunicorn (workers get ``GRACEFUL_TIMEOUT_S`` to finish requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from fabric.apikeys import read_admin_key
+from fabric.client.services import ServiceRecord
+from fabric.config import LoomConfig
+from webui.auth import KeyStore, RateLimiter
+from webui.context import Gateway as GatewayContext
+from webui.events import EventHub
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_TIMEOUT_S = 5
+WORKER_TIMEOUT_S = 60       # a worker silent this long is restarted by the master
+KEEPALIVE_S = 5
+
+
+class _Server(BaseApplication):
+    def __init__(self, gateway: "Gateway", options: dict[str, Any]) -> None:
+        self.gateway = gateway
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings:  # e.g. control_socket_disable exists from gunicorn 24 on
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self.gateway.build_app()  # in the worker, after the fork
+
+
+class Gateway:
+    role = "gateway"
+
+    def __init__(self, config: LoomConfig, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.node_config = config.node(name)
+        self.master_pid = os.getpid()
+        self.control: Any = None
+
+    def binds(self) -> list[str]:
+        n = self.node_config
+        ports = [n.port] + ([n.dashboard_port] if n.dashboard_port and n.dashboard_port != n.port else [])
+        return [f"{n.host}:{p}" for p in ports]
+
+    def run(self) -> None:
+        options = {
+            "bind": self.binds(), "workers": 1, "worker_class": "gthread",
+            "threads": self.config.gateway.worker_threads, "graceful_timeout": GRACEFUL_TIMEOUT_S,
+            "timeout": WORKER_TIMEOUT_S, "keepalive": KEEPALIVE_S, "proc_name": f"loom-{self.name}",
+            "accesslog": None, "errorlog": "-", "loglevel": "info", "preload_app": False,
+            "worker_exit": self._worker_exit,
+            "control_socket_disable": True,  # one per host by default: two gateways would clash
+        }
+        log.info("%s (gateway) serving HTTP on %s, control on %s, pid %d", self.name, ", ".join(self.binds()),
+                 self.node_config.endpoint, self.master_pid)
+        _Server(self, options).run()
+
+    def build_app(self) -> Any:
+        """The WSGI app with its cluster side; runs in the worker process."""
+        from nodes.gateway.agent import GatewayAgent
+        from nodes.gateway.control import GatewayControl
+        from webui.app import create_app
+
+        hub = EventHub()
+        http_stats: Counter[str] = Counter()
+        self.control = GatewayControl(self.config, self.name, self.master_pid, hub, http_stats)
+        agent = GatewayAgent(self.config, is_up=self.control.is_up)
+        sec = self.config.security
+        keys = KeyStore([(k.name, k.key_hash, list(k.roles)) for k in sec.api_keys],
+                        read_admin_key(self.config.cluster.data_dir))
+        limiter = RateLimiter(sec.rate_limit_per_s, sec.rate_limit_burst, self.config.gateway.rate_limit_clients_max)
+        ctx = GatewayContext(agent=agent, hub=hub, keys=keys, limiter=limiter, settings=self.config.gateway,
+                             security=sec, cluster_id=self.config.cluster.name,
+                             record=lambda k, v, h, p: ServiceRecord(v, key=k, headers=h, partition=p),
+                             metrics=http_stats)
+        app = create_app(ctx)
+        self.control.start()
+        return app
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        if self.control is not None:
+            self.control.stop()

@@ -1,0 +1,360 @@
+"""The gateway's agent: everything the Flask app (webui) asks of the cluster, over the fabric.
+
+Produce goes through the producer service and consumer instances live on the consumer
+services (``fabric.client.services``); metadata, topics, offsets and groups go to the
+coordinator and brokers (``fabric.client.admin``, ``fabric.client.group_admin``). Fabric errors
+become ``webui.errors.ClusterError`` here, so the app never sees ZeroMQ.
+
+Consumer instances: the agent remembers each instance's service, configuration and
+subscription. When the instance's consumer service does not answer (it died), the agent makes
+the instance again, under the same name and group, on a live service, subscribes it again and
+retries the request: the group hands it the partitions, and it resumes from the committed
+offsets (records after the last commit are delivered again, as after any rebalance).
+
+Thread-safety: thread-safe. Every request thread gets its own clients (``threading.local``:
+the fabric's blocking clients are not thread-safe); the instance table has a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from fabric import protocol as P
+from fabric.client.admin import EARLIEST, LATEST, Admin
+from fabric.client.consumer import Consumer
+from fabric.client.group_admin import GroupAdmin
+from fabric.client.services import ServiceConsumer, ServiceProducer, ServiceRecord, service_endpoints
+from fabric.config import LoomConfig
+from fabric.errors import FabricError, RemoteError, RequestTimeout
+from fabric.records import Record
+from webui.errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+INSTANCES_MAX = 10_000                 # consumer instances the gateway remembers
+BROWSE_WAIT_MS_MAX = 2000              # how long a records-browser read polls for data it knows exists
+ADMIN_TIMEOUT_MS = 5000
+CREATE_TOPIC_WAIT_MS = 5000            # auto-create: wait for leaders before producing
+SERVICE_REQUEST_BYTES_MAX = P.HEADER_BYTES_MAX // 2   # records per SVC_PRODUCE (they travel in the header)
+SERVICE_FETCH_BYTES_MAX = P.HEADER_BYTES_MAX // 2     # CI_FETCH replies carry records in the header too
+RECORD_WIRE_OVERHEAD_BYTES = 64
+
+KINDS = {
+    P.UNKNOWN_TOPIC_OR_PARTITION: "topic_not_found", P.TOPIC_ALREADY_EXISTS: "topic_exists",
+    P.INVALID_TOPIC: "invalid", P.INVALID_PARTITIONS: "invalid", P.INVALID_REPLICATION_FACTOR: "invalid",
+    P.INVALID_CONFIG: "invalid", P.MALFORMED_REQUEST: "invalid", P.INVALID_RECORD: "invalid",
+    P.RECORD_TOO_LARGE: "invalid", P.NON_EMPTY_GROUP: "group_not_empty",
+    P.UNKNOWN_CONSUMER_INSTANCE: "instance_not_found", P.CONSUMER_INSTANCE_EXISTS: "instance_exists",
+    P.PARTITION_NOT_ASSIGNED: "invalid_offset", P.OFFSET_OUT_OF_RANGE: "invalid_offset",
+    P.REQUEST_TIMED_OUT: "timeout", P.BUFFER_FULL: "unavailable", P.UNKNOWN_GROUP: "group_not_found",
+}
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Fabric errors as ClusterError, with ``what`` (the service asked) in timeouts."""
+    try:
+        yield
+    except RequestTimeout as e:
+        raise ClusterError("unavailable", f"{what} did not answer: {e.message}") from e
+    except RemoteError as e:
+        raise ClusterError(KINDS.get(e.code, "cluster"), f"{e.name}: {e.message}") from e
+    except FabricError as e:
+        raise ClusterError("unavailable", f"{what}: {e}") from e
+
+
+@dataclass
+class InstanceEntry:
+    group: str
+    name: str
+    endpoint: str
+    config: dict[str, Any]
+    fmt: str
+    topics: list[str] = field(default_factory=list)
+    assigned: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProduceOutcome:
+    partition: int
+    offset: int
+    error: str | None = None
+    retriable: bool = False
+
+
+class GatewayAgent:
+    def __init__(self, config: LoomConfig, is_up: Callable[[str], bool] | None = None) -> None:
+        """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast)."""
+        self.config = config
+        self.bootstrap = config.bootstrap()
+        self.producer_endpoints = service_endpoints(config, "producer")
+        self.consumer_endpoints = service_endpoints(config, "consumer")
+        self.is_up = is_up or (lambda endpoint: True)
+        self._local = threading.local()
+        self._instances: dict[tuple[str, str], InstanceEntry] = {}
+        self._lock = threading.Lock()
+
+    # -- per-thread clients ---------------------------------------------------------------
+    def _get(self, name: str, make: Callable[[], Any]) -> Any:
+        client = getattr(self._local, name, None)
+        if client is None:
+            client = make()
+            setattr(self._local, name, client)
+        return client
+
+    def admin(self) -> Admin:
+        return self._get("admin", lambda: Admin(self.bootstrap, timeout_ms=ADMIN_TIMEOUT_MS))
+
+    def _groups(self) -> GroupAdmin:
+        return GroupAdmin(self.admin())
+
+    def _producer(self) -> ServiceProducer:
+        return self._get("producer", lambda: ServiceProducer(self.producer_endpoints))
+
+    def _consumers(self) -> ServiceConsumer:
+        return self._get("consumers", lambda: ServiceConsumer(self.consumer_endpoints, is_down=self._is_down))
+
+    def _is_down(self, endpoint: str) -> bool:
+        return not self.is_up(endpoint)
+
+    def _browser(self) -> Consumer:
+        return self._get("browser", lambda: Consumer(self.bootstrap, auto_offset_reset="earliest"))
+
+    # -- cluster and topics ------------------------------------------------------------------
+    def coordinator_reachable(self) -> bool:
+        try:
+            self.admin().metadata()
+            return True
+        except FabricError:
+            return False
+
+    def metadata(self) -> Any:
+        with translated("the coordinator"):
+            return self.admin().metadata()
+
+    def topic(self, name: str) -> Any:
+        t = self.metadata().topics.get(name)
+        if t is None or name.startswith("__"):
+            raise ClusterError("topic_not_found", f"topic {name!r} not found")
+        return t
+
+    def offsets(self, topic: str) -> dict[int, tuple[int, int]]:
+        """partition -> (log start offset, high watermark)."""
+        with translated("the brokers"):
+            start = self.admin().list_offsets(topic, EARLIEST)
+            end = self.admin().list_offsets(topic, LATEST)
+        return {p: (start[p], end[p]) for p in end}
+
+    def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,
+                     configs: dict[str, Any]) -> None:
+        with translated("the coordinator"):
+            self.admin().create_topic(name, partitions, replication_factor, configs)
+
+    def alter_topic(self, name: str, partitions: int | None = None, configs: dict | None = None) -> None:
+        with translated("the coordinator"):
+            self.admin().alter_topic(name, partitions, configs)
+
+    def delete_topic(self, name: str) -> None:
+        with translated("the coordinator"):
+            self.admin().delete_topic(name)
+
+    # -- produce ----------------------------------------------------------------------------
+    def produce(self, topic: str, records: list[ServiceRecord], acks: str | int) -> list[ProduceOutcome]:
+        if topic.startswith("__"):
+            raise ClusterError("topic_not_found", f"topic {topic!r} not found")
+        if self.topic_missing(topic):
+            if not self.config.gateway.auto_create_topics:
+                raise ClusterError("topic_not_found", f"topic {topic!r} not found (gateway.auto_create_topics is off)")
+            self._auto_create(topic)
+        live = [ep for ep in self.producer_endpoints if self.is_up(ep)]
+        if not live:
+            raise ClusterError("unavailable", "the producer service is down: no produce is possible until it is back")
+        results = []
+        with translated("the producer service"):
+            for chunk in _chunks(records):  # each SVC_PRODUCE header must stay under P.HEADER_BYTES_MAX
+                results += self._producer().produce(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
+        return [ProduceOutcome(r.partition, r.offset) if r.ok else
+                ProduceOutcome(r.partition, r.offset, f"{P.error_name(r.error)}: {r.message}", r.error in P.RETRIABLE)
+                for r in results]
+
+    def topic_missing(self, topic: str) -> bool:
+        md = self.metadata()
+        if topic in md.topics:
+            return False
+        return topic not in self.metadata().topics  # a fresh look: it may just have been made
+
+    def _auto_create(self, topic: str) -> None:
+        try:
+            self.create_topic(topic, None, None, {})
+        except ClusterError as e:
+            if e.kind != "topic_exists":
+                raise
+        deadline = time.monotonic() + CREATE_TOPIC_WAIT_MS / 1000
+        while time.monotonic() < deadline:
+            t = self.metadata().topics.get(topic)
+            if t is not None and all(p.leader >= 0 for p in t.partitions):
+                return
+            time.sleep(0.05)
+
+    # -- records browser ----------------------------------------------------------------------
+    def read(self, topic: str, partition: int, offset: int | None, count: int, max_bytes: int,
+             timeout_ms: int) -> list[Record]:
+        """Up to ``count`` records of one partition from ``offset`` (None: the log start),
+        stopping at the high watermark; waits up to timeout_ms when there is nothing yet."""
+        t = self.topic(topic)
+        if not 0 <= partition < len(t.partitions):
+            raise ClusterError("partition_not_found", f"{topic} has no partition {partition}")
+        start, end = self.offsets(topic)[partition]
+        offset = start if offset is None else max(offset, start)
+        want = min(count, max(0, end - offset))
+        wait_ms = timeout_ms if want == 0 else BROWSE_WAIT_MS_MAX
+        want = want or 1
+        c = self._browser()
+        out: list[Record] = []
+        size = 0
+        with translated("the brokers"):
+            c.assign([(topic, partition)])
+            c.seek((topic, partition), offset)
+            deadline = time.monotonic() + wait_ms / 1000
+            while len(out) < want:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0:
+                    break
+                for r in c.poll(left_ms, max_records=want - len(out)):
+                    size += len(r.value) + len(r.key or b"")
+                    if out and size > max_bytes:
+                        return out
+                    out.append(r)
+        return out[:count]
+
+    # -- consumer groups -----------------------------------------------------------------------
+    def list_groups(self) -> list[dict]:
+        with translated("the coordinator"):
+            return self._groups().list_groups()
+
+    def describe_group(self, group: str) -> dict:
+        with translated("the coordinator"):
+            d = self._groups().describe(group)
+        if d.get("state") == "Dead" and not d.get("offsets"):
+            raise ClusterError("group_not_found", f"consumer group {group!r} not found")
+        return d
+
+    def group_lag(self, group: str) -> list[Any]:
+        self.describe_group(group)
+        with translated("the coordinator"):
+            return self._groups().lag(group)
+
+    def reset_offsets(self, group: str, topic: str, execute: bool, **target: Any) -> dict[tuple[str, int], tuple[int, int]]:
+        self.topic(topic)
+        with translated("the coordinator"):
+            ga = self._groups()
+            plan = ga.plan_reset(group, topic, **target)
+            if execute:
+                ga.execute_reset(group, plan)
+        return plan
+
+    # -- consumer instances --------------------------------------------------------------------
+    def create_instance(self, group: str, name: str | None, config: dict[str, Any], fmt: str) -> InstanceEntry:
+        with self._lock:
+            if len(self._instances) >= INSTANCES_MAX:
+                raise ClusterError("unavailable", f"the gateway already holds {INSTANCES_MAX} consumer instances")
+            if name and (group, name) in self._instances:
+                raise ClusterError("instance_exists", f"consumer instance {name!r} of group {group!r} already exists")
+        live = [ep for ep in self.consumer_endpoints if self.is_up(ep)] or self.consumer_endpoints
+        with translated("the consumer services"):
+            inst = ServiceConsumer(live, is_down=self._is_down).create(group, name, config) \
+                if len(live) != len(self.consumer_endpoints) else self._consumers().create(group, name, config)
+        entry = InstanceEntry(group, inst.name, inst.endpoint, dict(config), fmt)
+        with self._lock:
+            self._instances[(group, inst.name)] = entry
+        return entry
+
+    def instance(self, group: str, name: str) -> InstanceEntry:
+        with self._lock:
+            entry = self._instances.get((group, name))
+        if entry is None:
+            raise ClusterError("instance_not_found", f"consumer instance {name!r} of group {group!r} not found")
+        return entry
+
+    def call_instance(self, group: str, name: str, op: Callable[[Any], Any]) -> Any:
+        """Run ``op(instance handle)``; when the instance's service is down, move the instance
+        to a live service first (see the module doc)."""
+        entry = self.instance(group, name)
+        for attempt in range(2):
+            if not self.is_up(entry.endpoint):  # only then: a slow but live service keeps its instance
+                self._move(entry)
+            handle = self._consumers().instance(entry.group, entry.name, entry.endpoint)
+            try:
+                with translated("the consumer service"):
+                    return op(handle)
+            except ClusterError as e:
+                if e.kind == "instance_not_found":
+                    with self._lock:
+                        self._instances.pop((group, name), None)
+                    raise
+                if e.kind != "unavailable" or attempt or self.is_up(entry.endpoint):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _move(self, entry: InstanceEntry) -> None:
+        others = [ep for ep in self.consumer_endpoints if ep != entry.endpoint and self.is_up(ep)]
+        if not others:
+            raise ClusterError("unavailable", "no consumer service is up to host the consumer instance")
+        with translated("the consumer services"):
+            moved = ServiceConsumer(others, is_down=self._is_down)
+            try:
+                inst = moved.create(entry.group, entry.name, entry.config)
+                if entry.topics:
+                    inst.subscribe(entry.topics)
+                elif entry.assigned:
+                    inst.assign(entry.assigned)
+                log.warning("consumer instance %s/%s moved from %s to %s", entry.group, entry.name, entry.endpoint, inst.endpoint)
+            finally:
+                moved.close()
+        entry.endpoint = inst.endpoint
+
+    def delete_instance(self, group: str, name: str) -> None:
+        try:
+            self.call_instance(group, name, lambda h: h.delete())
+        finally:
+            with self._lock:
+                self._instances.pop((group, name), None)
+
+    def subscribe(self, group: str, name: str, topics: list[str]) -> None:
+        for t in topics:
+            self.topic(t)
+        self.call_instance(group, name, lambda h: h.subscribe(topics) if topics else h.unsubscribe())
+        self.instance(group, name).topics = list(topics)
+
+    def assign(self, group: str, name: str, partitions: list[tuple[str, int]]) -> None:
+        for t, p in partitions:
+            if p >= len(self.topic(t).partitions):
+                raise ClusterError("partition_not_found", f"topic {t!r} has no partition {p}")
+        self.call_instance(group, name, lambda h: h.assign(partitions))
+        self.instance(group, name).assigned = list(partitions)
+
+    def close(self) -> None:
+        for name in ("admin", "producer", "consumers", "browser"):
+            client = getattr(self._local, name, None)
+            if client is not None:
+                client.close()
+
+
+def _chunks(records: list[ServiceRecord]) -> Iterator[list[ServiceRecord]]:
+    """Records in runs of at most SERVICE_REQUEST_BYTES_MAX (a larger record goes alone)."""
+    run: list[ServiceRecord] = []
+    size = 0
+    for r in records:
+        n = len(r.value) + len(r.key or b"") + sum(len(k) + len(v or b"") for k, v in r.headers or ()) + RECORD_WIRE_OVERHEAD_BYTES
+        if run and size + n > SERVICE_REQUEST_BYTES_MAX:
+            yield run
+            run, size = [], 0
+        run.append(r)
+        size += n
+    if run:
+        yield run

@@ -1,0 +1,97 @@
+"""The gateway's fabric side inside the gunicorn worker: a ROUTER on ``control_port`` for
+PING and STATS (so ``loom up``, ``loom status`` and the monitor see the gateway like any
+node), heartbeats on its PUB port, and the health watcher that feeds ``/ws/events``.
+
+Everything here is made in the worker after gunicorn forked it (ZeroMQ contexts do not
+survive a fork) and runs on one reactor thread.
+
+Health watcher: every ``HEALTH_INTERVAL_MS`` it PINGs every other node (one DEALER per node,
+all in flight at once) and publishes ``{"type": "node", "node", "role", "state": up|down}``
+on the event hub when a node's state changes (and with every broker's liveness from the
+coordinator's metadata). Once the monitor exists it feeds the hub instead (see webui/events.py).
+
+Not thread-safe: owned by the control thread, except ``is_up``, which reads a dict that only
+the control thread replaces (atomic under the GIL).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from fabric import protocol as P
+from fabric.config import LoomConfig
+from fabric.errors import RemoteError
+from fabric.rpc import RpcClient
+from nodes.base import Node
+from webui.events import EventHub
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_MS = 500
+PING_TIMEOUT_MS = 1000
+
+
+class GatewayControl(Node):
+    role = "gateway"
+
+    def __init__(self, config: LoomConfig, name: str, master_pid: int, hub: EventHub, http_stats: dict) -> None:
+        super().__init__(config, name)
+        self.master_pid = master_pid
+        self.hub = hub
+        self.http_stats = http_stats
+        self.node_up: dict[str, bool] = {}
+        self._peers = {n: c for n, c in config.nodes.items() if n != name and c.role != "gateway"}
+        self._clients = {n: RpcClient(self.ctx, self.reactor, c.endpoint, identity=f"{name}-health")
+                         for n, c in self._peers.items()}
+        self._asked: set[str] = set()
+        self.reactor.call_every(HEALTH_INTERVAL_MS, self._check)
+        self.reactor.call_later(0, self._check)
+        self._thread = threading.Thread(target=self.reactor.run, name="loom-gateway-control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_up(self, endpoint: str) -> bool:
+        for name, cfg in self._peers.items():
+            if cfg.endpoint == endpoint:
+                return self.node_up.get(name, True)
+        return True
+
+    def _on_ping(self, req: Any) -> dict:
+        reply = super()._on_ping(req)
+        reply.update(pid=self.master_pid, worker_pid=os.getpid())  # the supervisor knows the master
+        return reply
+
+    def heartbeat_fields(self) -> dict[str, Any]:
+        return {**super().heartbeat_fields(), "pid": self.master_pid}
+
+    def stats(self) -> dict[str, Any]:
+        return {"http": dict(self.http_stats), "nodes_up": dict(self.node_up)}
+
+    def _check(self) -> None:
+        for name, client in self._clients.items():
+            if name in self._asked:
+                continue
+            self._asked.add(name)
+
+            def done(h: dict | None, _p: list, err: RemoteError | None, name: str = name) -> None:
+                self._asked.discard(name)
+                self._set(name, err is None and h is not None and h.get("node") == name)
+            client.request(P.PING, {}, callback=done, timeout_ms=PING_TIMEOUT_MS)
+
+    def _set(self, name: str, up: bool) -> None:
+        if self.node_up.get(name) == up:
+            return
+        self.node_up = {**self.node_up, name: up}
+        cfg = self._peers[name]
+        self.hub.publish({"type": "node", "node": name, "role": cfg.role, "state": "up" if up else "down",
+                          "ts_ms": self.clock.wall_ms()})
+        if not up:
+            log.warning("%s (%s) does not answer PING", name, cfg.role)
+
+    def stop(self) -> None:
+        self.reactor.stop()
+        self._thread.join(timeout=5)

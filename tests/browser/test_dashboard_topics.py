@@ -1,0 +1,181 @@
+"""Topics from the UI: create (and its inline validation error), the detail page, add
+partitions, delete with typed confirmation; produce from the form and find the record in the
+message browser and in the live tail."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from tests.browser.conftest import login, new_page, save_screenshot
+from tests.harness import wait_until
+
+
+def create_topic(page, name: str, partitions: str = "2", rf: str = "3") -> None:
+    page.goto(page.url.split("#")[0] + "#/topics")
+    page.wait_for_selector("#create-topic")
+    page.fill("#create-topic [name=topic_name]", name)
+    page.fill("#create-topic [name=partitions_count]", partitions)
+    page.fill("#create-topic [name=replication_factor]", rf)
+    page.click("#create-topic button[type=submit]")
+
+
+def test_create_topic_from_the_ui_and_see_it_listed(dashboard, page) -> None:
+    login(page, dashboard)
+    create_topic(page, "ui-created")
+    page.wait_for_selector('#topics-list a[href="#/topics/ui-created"]')
+    r = dashboard.rest("GET", dashboard.v3("/topics/ui-created"))
+    assert r.status_code == 200 and r.json()["partitions_count"] == 2
+    page.click('#topics-list a[href="#/topics/ui-created"]')
+    page.wait_for_selector("#partitions table tbody tr")
+    assert page.locator("#partitions tbody tr").count() == 2
+    assert page.console_errors == []
+
+
+def test_create_topic_error_from_the_api_is_shown_at_the_form(dashboard, page) -> None:
+    login(page, dashboard)
+    create_topic(page, "too-many-replicas", partitions="1", rf="9")
+    page.wait_for_selector("#create-error:not([hidden])")
+    text = page.inner_text("#create-error")
+    assert "422" in text or "replication" in text.lower(), text
+    assert page.get_attribute("#create-topic [name=replication_factor]", "aria-invalid") == "true"
+    assert dashboard.rest("GET", dashboard.v3("/topics/too-many-replicas")).status_code == 404
+
+
+def test_add_partitions_then_delete_with_typed_confirmation(dashboard, page) -> None:
+    login(page, dashboard)
+    create_topic(page, "short-lived", partitions="1")
+    page.wait_for_selector('#topics-list a[href="#/topics/short-lived"]')
+    page.goto(f"{dashboard.url}/#/topics/short-lived")
+    page.click("#add-partitions")
+    page.fill("dialog input[type=number]", "3")
+    page.click("dialog button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('#partitions tbody tr').length === 3")
+    page.click("#delete-topic")
+    page.fill("#confirm-delete", "short-live")          # not the name: the button stays off
+    assert page.is_disabled("dialog button.danger")
+    page.fill("#confirm-delete", "short-lived")
+    page.click("dialog button.danger")
+    page.wait_for_function("location.hash === '#/topics'")
+    wait_until(lambda: dashboard.rest("GET", dashboard.v3("/topics/short-lived")).status_code == 404, 10,
+               what="the topic to be deleted")
+
+
+def test_produce_from_the_form_then_find_it_in_the_browser_and_the_live_tail(dashboard, browser, page, tmp_path) -> None:
+    dashboard.ensure_topic("payments", 2)
+    login(page, dashboard)
+    # the live tail, in a second tab, from new records only
+    tail = new_page(browser)
+    try:
+        login(tail, dashboard)
+        tail.goto(f"{dashboard.url}/#/tail?topic=payments")
+        tail.wait_for_function("document.querySelector('#tail-status')?.textContent.startsWith('live')")
+
+        value = json.dumps({"amount": 42, "currency": "EUR"})
+        page.goto(f"{dashboard.url}/#/produce?topic=payments")
+        page.fill("#produce-key", "customer-7")
+        page.fill("#produce-value", value)
+        page.click("#add-header")
+        page.fill("#produce-headers .header-name", "source")
+        page.fill("#produce-headers .header-value", "dashboard-test")
+        page.click("#produce-form button[type=submit]")
+        page.wait_for_selector("#produce-ok")
+        partition = int(page.inner_text("#produced-partition"))
+        offset = int(page.inner_text("#produced-offset"))
+
+        row = tail.wait_for_selector(f'#tail-rows tr[data-partition="{partition}"][data-offset="{offset}"]', timeout=15_000)
+        assert '"amount": 42' in row.inner_text() and "customer-7" in row.inner_text()
+        save_screenshot(tail, "tail-live", tmp_path)
+
+        page.click("#produce-ok a")                      # "see it in the browser"
+        page.wait_for_selector("#msg-results table tbody tr td.num")
+        cells = page.inner_text("#msg-results tbody tr")
+        assert str(offset) in cells and '"currency": "EUR"' in cells and "source: dashboard-test" in cells
+        assert page.console_errors == [] and tail.console_errors == []
+    finally:
+        tail.context.close()
+
+
+def test_message_browser_filters_a_bounded_range(dashboard, page) -> None:
+    dashboard.ensure_topic("clicks", 1)
+    records = [{"key": f"k{i}", "value": f"click {i} {'special' if i % 10 == 3 else ''}"} for i in range(60)]
+    dashboard.produce("clicks", records)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/messages?topic=clicks")
+    page.wait_for_selector("#msg-results tbody tr td.num")
+    page.fill("#msg-value-filter", "special")
+    page.click("#msg-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#msg-info')?.textContent.includes('scanned 60 records')")
+    assert page.locator("#msg-results tbody tr").count() == 6
+    # paging: 20 a page from the oldest, forward and back
+    page.fill("#msg-value-filter", "")
+    page.select_option("#msg-size", "20")
+    page.click("#msg-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#msg-info')?.textContent.startsWith('20 records')")
+    page.click("#msg-next")
+    page.wait_for_function("document.querySelector('#msg-results tbody tr td:nth-child(2)')?.textContent === '20'")
+    page.click("#msg-prev")
+    page.wait_for_function("document.querySelector('#msg-results tbody tr td:nth-child(2)')?.textContent === '0'")
+    assert page.console_errors == []
+
+
+def test_live_tail_pause_holds_records_back_and_resume_shows_them(dashboard, page) -> None:
+    dashboard.ensure_topic("sensor", 1)
+
+    def produce(first: int, n: int) -> None:
+        dashboard.produce("sensor", [{"value": {"reading": i}} for i in range(first, first + n)])
+
+    produce(0, 5)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/tail")
+    page.select_option("#tail-topic", "sensor")
+    page.select_option("#tail-from", "beginning")
+    page.click("#tail-start")
+    page.wait_for_function("document.querySelectorAll('#tail-rows tr').length === 5")
+    page.click("#tail-pause")
+    assert page.get_attribute("#tail-pause", "aria-pressed") == "true"
+    produce(5, 7)
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.includes('paused, 7 waiting')")
+    assert page.locator("#tail-rows tr").count() == 5              # held back while paused
+    page.click("#tail-pause")                                       # resume
+    page.wait_for_function("document.querySelectorAll('#tail-rows tr').length === 12")
+    assert page.get_attribute("#tail-rows tr:first-child", "data-offset") == "11"   # newest first
+    page.click("#tail-stop")
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.startsWith('stopped')")
+    assert page.console_errors == []
+
+
+def test_live_tail_buffers_are_bounded(dashboard, page) -> None:
+    dashboard.ensure_topic("firehose", 1)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/tail?topic=firehose")
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.startsWith('live')")
+    page.click("#tail-pause")
+    dashboard.produce("firehose", [{"value": i} for i in range(1200)])
+    # PAUSED_BUFFER_MAX (1000) wait, the 200 oldest are dropped and counted
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.includes('1200 received')", timeout=20_000)
+    status = page.inner_text("#tail-status")
+    assert "1000 waiting" in status and "200 dropped while paused" in status, status
+    page.click("#tail-pause")
+    page.wait_for_function("document.querySelectorAll('#tail-rows tr').length === 500")   # TAIL_ROWS_MAX
+    assert page.get_attribute("#tail-rows tr:first-child", "data-offset") == "1199"
+    assert page.console_errors == []
+
+
+def test_message_browser_starts_at_a_time(dashboard, page) -> None:
+    dashboard.ensure_topic("timeline", 1)
+    dashboard.produce("timeline", [{"value": {"batch": "before", "n": i}} for i in range(7)])
+    boundary_s = math.ceil(time.time()) + 1        # a whole second (the time field has 1 s steps)
+    wait_until(lambda: time.time() >= boundary_s + 0.05, 5, what="the next second")
+    dashboard.produce("timeline", [{"value": {"batch": "after", "n": i}} for i in range(5)])
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/messages?topic=timeline")
+    page.wait_for_selector("#msg-results tbody tr td.num")
+    page.select_option("#msg-start", "time")
+    page.fill("#msg-time", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(boundary_s)))
+    page.click("#msg-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#msg-results tbody tr td:nth-child(2)')?.textContent === '7'")
+    assert page.locator("#msg-results tbody tr").count() == 5
+    assert '"after"' in page.inner_text("#msg-results tbody") and '"before"' not in page.inner_text("#msg-results tbody")
+    assert page.console_errors == []

@@ -1,0 +1,47 @@
+"""A small HTTP client for the gateway tests (requests), and the cluster config they share."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from nodes.local_cluster import GATEWAY_NODES, ROLE_KEYS, gateway_overrides  # noqa: F401 - re-exported
+
+BINARY = "application/vnd.kafka.binary.v2+json"
+JSON_V2 = "application/vnd.kafka.json.v2+json"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class Http:
+    def __init__(self, port: int, role: str = "admin") -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.key = ROLE_KEYS[role]
+        self.session = requests.Session()
+
+    def __call__(self, method: str, path: str, body: Any = None, ctype: str = "application/json",
+                 key: str | None = "", timeout_s: float = 30, **params: Any) -> requests.Response:
+        headers = {}
+        k = self.key if key == "" else key
+        if k is not None:
+            headers["Authorization"] = f"Bearer {k}"
+        if body is not None:
+            headers["Content-Type"] = ctype
+        import json as _json
+        return self.session.request(method, self.base + path, headers=headers, params=params or None,
+                                    data=None if body is None else _json.dumps(body), timeout=timeout_s)
+
+    def ok(self, method: str, path: str, body: Any = None, ctype: str = "application/json", **params: Any) -> Any:
+        r = self(method, path, body, ctype, **params)
+        assert r.status_code < 300, (method, path, r.status_code, r.text)
+        return r.json() if r.content else None
+
+
+def gateway_port(config_path: Path) -> int:
+    import yaml
+    return yaml.safe_load(config_path.read_text())["nodes"]["gateway"]["port"]

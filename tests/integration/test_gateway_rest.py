@@ -1,0 +1,280 @@
+"""The gateway's REST API on a real cluster: produce and consume round trips in both embedded
+formats, consumer instances (records, commits, positions), the records browser, v3 admin, the
+auth matrix generated from /openapi.json, and the loss of a consumer service or the producer
+service."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from typing import Iterator
+
+import pytest
+
+from tests.gateway_client import BINARY, GATEWAY_NODES, JSON_V2, ROLE_KEYS, Http, b64, gateway_overrides
+from tests.harness import ROOT, Cluster, running_cluster, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("gw-rest"), 3, extra_nodes=GATEWAY_NODES,
+                         overrides=gateway_overrides()) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def http(cluster: Cluster) -> Http:
+    return Http(cluster.raw["nodes"]["gateway"]["port"])
+
+
+def make_topic(http: Http, name: str, partitions: int = 3) -> None:
+    http.ok("POST", "/v3/clusters/test/topics", {"topic_name": name, "partitions_count": partitions})
+    wait_until(lambda: all(p["leader"] is not None and len(p["isr"]) == 3 for p in
+                           http.ok("GET", f"/v3/clusters/test/topics/{name}/partitions")["data"]), 20,
+               what=f"{name} to have leaders")
+
+
+def consume_all(http: Http, base: str, expected: int, timeout_s: float = 20) -> list[dict]:
+    got: list[dict] = []
+
+    def fetch() -> bool:
+        got.extend(http.ok("GET", base + "/records", timeout=500))
+        return len(got) >= expected
+    wait_until(fetch, timeout_s, what=f"{expected} records")
+    return got
+
+
+def test_produce_consume_round_trip_in_both_formats(http: Http) -> None:
+    make_topic(http, "rt")
+    binary = [{"key": b64(b"k%d" % i), "value": b64(b"\x00\xffbin-%d" % i),
+               "headers": [{"name": "h", "value": b64(b"%d" % i)}]} for i in range(20)]
+    r = http.ok("POST", "/topics/rt", {"records": binary}, BINARY, acks="all")
+    assert len(r["offsets"]) == 20 and all(o["error_code"] is None and o["offset"] >= 0 for o in r["offsets"])
+    js = http.ok("POST", "/topics/rt/partitions/2", {"records": [{"key": {"id": i}, "value": {"n": i}} for i in range(10)]},
+                 JSON_V2)
+    assert {o["partition"] for o in js["offsets"]} == {2}
+    plain = http.ok("POST", "/topics/rt", {"records": [{"value": "plain"}]}, "application/json", acks="1")
+    assert plain["offsets"][0]["error_code"] is None
+
+    created = http.ok("POST", "/consumers/g-rt", {"name": "c1", "format": "binary", "auto.offset.reset": "earliest",
+                                                  "auto.commit.enable": "false"}, "application/vnd.kafka.v2+json")
+    base = "/consumers/g-rt/instances/c1"
+    assert created["instance_id"] == "c1" and created["base_uri"].endswith(base)
+    assert http("POST", "/consumers/g-rt", {"name": "c1"}).json()["error_code"] == 40901
+    http.ok("POST", base + "/subscription", {"topics": ["rt"]})
+    assert http.ok("GET", base + "/subscription") == {"topics": ["rt"]}
+    got = consume_all(http, base, 31)
+    by_value = {base64.b64decode(r["value"]): r for r in got}
+    for i in range(20):
+        rec = by_value[b"\x00\xffbin-%d" % i]
+        assert base64.b64decode(rec["key"]) == b"k%d" % i
+        assert rec["headers"] == [{"name": "h", "value": b64(b"%d" % i)}]
+    assert json.loads(base64.b64decode(by_value[b'{"n":3}']["key"])) == {"id": 3}
+    assert b'"plain"' in by_value
+    # commits: the offset given is the last record processed; committed = next to read
+    last = max((r for r in got if r["partition"] == 2), key=lambda r: r["offset"])
+    http.ok("POST", base + "/offsets", {"offsets": [{"topic": "rt", "partition": 2, "offset": last["offset"]}]})
+    committed = {(o["topic"], o["partition"]): o["offset"] for o in http.ok("GET", base + "/offsets")["offsets"]}
+    assert committed[("rt", 2)] == last["offset"] + 1
+    positions = {(o["topic"], o["partition"]): o["offset"] for o in http.ok("GET", base + "/positions")["offsets"]}
+    assert positions[("rt", 2)] == last["offset"] + 1
+    assignments = http.ok("GET", base + "/assignments")["partitions"]
+    assert sorted(a["partition"] for a in assignments) == [0, 1, 2]
+    http.ok("POST", base + "/positions/beginning", {"partitions": [{"topic": "rt", "partition": 2}]})
+    again = consume_all(http, base, 1)
+    assert min(r["offset"] for r in again if r["partition"] == 2) == 0
+    http.ok("POST", base + "/positions", {"offsets": [{"topic": "rt", "partition": 2, "offset": 5}]})
+    assert consume_all(http, base, 1)[0]["offset"] == 5
+    http.ok("POST", base + "/positions/end", {"partitions": [{"topic": "rt", "partition": p} for p in range(3)]})
+    assert http.ok("GET", base + "/records", timeout=200) == []
+    http.ok("DELETE", base + "/subscription")
+    http.ok("DELETE", base)
+    # explicit assignment instead of a subscription
+    manual = "/consumers/g-manual/instances/m"
+    http.ok("POST", "/consumers/g-manual", {"name": "m", "format": "json", "auto.offset.reset": "earliest"})
+    http.ok("POST", manual + "/assignments", {"partitions": [{"topic": "rt", "partition": 2}]})
+    assert http.ok("GET", manual + "/assignments") == {"partitions": [{"topic": "rt", "partition": 2}]}
+    only: list[dict] = []
+    wait_until(lambda: only.extend(http.ok("GET", manual + "/records", timeout=500)) or
+               sum(isinstance(r["value"], dict) for r in only) >= 10, 20, what="partition 2's JSON records")
+    assert {r["partition"] for r in only} == {2}
+    assert sorted(r["value"]["n"] for r in only if isinstance(r["value"], dict)) == list(range(10))
+    assert http("POST", manual + "/assignments", {"partitions": [{"topic": "rt", "partition": 9}]}).status_code == 404
+    http.ok("DELETE", manual)
+    r = http("GET", base + "/records")
+    assert r.status_code == 404 and r.json()["error_code"] == 40403
+
+
+def test_json_format_instance_and_records_browser(http: Http) -> None:
+    make_topic(http, "browse", 1)
+    http.ok("POST", "/topics/browse", {"records": [{"key": "k", "value": {"i": i}} for i in range(30)]}, JSON_V2)
+    assert http.ok("GET", "/topics/browse/partitions/0/offsets") == {"beginning_offset": 0, "end_offset": 30}
+    page = http.ok("GET", "/topics/browse/partitions/0/records", offset=10, count=5, format="json")
+    assert [r["offset"] for r in page] == [10, 11, 12, 13, 14] and page[0]["value"] == {"i": 10} and page[0]["key"] == "k"
+    assert http.ok("GET", "/topics/browse/partitions/0/records", offset=30, timeout=100) == []
+    assert len(http.ok("GET", "/topics/browse/partitions/0/records", count=1000)) == 30
+    http.ok("POST", "/consumers/g-json", {"name": "j", "format": "json", "auto.offset.reset": "earliest"})
+    http.ok("POST", "/consumers/g-json/instances/j/subscription", {"topics": ["browse"]})
+    got = consume_all(http, "/consumers/g-json/instances/j", 30)
+    assert sorted(r["value"]["i"] for r in got) == list(range(30))
+    http.ok("DELETE", "/consumers/g-json/instances/j")
+
+
+def test_missing_topics_partitions_and_clusters_are_404(http: Http) -> None:
+    r = http("POST", "/topics/no-such-topic", {"records": [{"value": 1}]})
+    assert r.status_code == 404 and r.json()["error_code"] == 40401 and "no-such-topic" in r.json()["message"]
+    assert http("GET", "/topics/no-such-topic").status_code == 404
+    make_topic(http, "one", 1)
+    r = http("POST", "/topics/one/partitions/7", {"records": [{"value": 1}]})
+    assert r.status_code == 404 and r.json()["error_code"] == 40402
+    assert http("GET", "/v3/clusters/other/topics").json()["error_code"] == 40404
+    r = http("POST", "/consumers/g/instances/nobody/subscription", {"topics": ["one"]})
+    assert r.status_code == 404 and r.json()["error_code"] == 40403
+
+
+def test_v3_admin_topics_groups_lags_and_reset(http: Http) -> None:
+    c = "/v3/clusters/test"
+    assert http.ok("GET", "/v3/clusters")["data"][0]["cluster_id"] == "test"
+    created = http("POST", c + "/topics", {"topic_name": "adm", "partitions_count": 2, "replication_factor": 3,
+                                           "configs": [{"name": "retention.ms", "value": "60000"}]})
+    assert created.status_code == 201 and created.json()["partitions_count"] == 2
+    assert http("POST", c + "/topics", {"topic_name": "adm"}).json()["error_code"] == 40902
+    bad = http("POST", c + "/topics", {"topic_name": "bad", "replication_factor": 9})
+    assert bad.status_code == 422 and bad.json()["error_code"] == 42204
+    assert {"name": "retention.ms", "value": "60000"} in http.ok("GET", c + "/topics/adm/configs")["data"]
+    assert http.ok("PATCH", c + "/topics/adm", {"partitions_count": 3})["partitions_count"] == 3
+    assert http("PATCH", c + "/topics/adm", {"partitions_count": 1}).status_code == 422
+    wait_until(lambda: all(p["leader"] for p in http.ok("GET", c + "/topics/adm/partitions")["data"]), 20,
+               what="leaders of the new partition")
+    part = http.ok("GET", c + "/topics/adm/partitions/0")
+    assert part["replicas"] and set(part["isr"]) <= {r["broker_id"] for r in part["replicas"]}
+    assert [b["broker_id"] for b in http.ok("GET", c + "/brokers")["data"]] == [1, 2, 3]
+    assert "adm" in [t["topic_name"] for t in http.ok("GET", c + "/topics")["data"]]
+
+    http.ok("POST", "/topics/adm/partitions/0", {"records": [{"value": i} for i in range(10)]})
+    http.ok("POST", "/consumers/g-adm", {"name": "m", "auto.offset.reset": "earliest"})
+    http.ok("POST", "/consumers/g-adm/instances/m/subscription", {"topics": ["adm"]})
+    consume_all(http, "/consumers/g-adm/instances/m", 10)
+    http.ok("POST", "/consumers/g-adm/instances/m/offsets", {})
+    group = http.ok("GET", c + "/consumer-groups/g-adm")
+    assert group["state"] == "Stable" and group["members"][0]["assignments"]
+    assert "g-adm" in [g["consumer_group_id"] for g in http.ok("GET", c + "/consumer-groups")["data"]]
+    lags = {(r["topic_name"], r["partition_id"]): r for r in http.ok("GET", c + "/consumer-groups/g-adm/lags")["data"]}
+    assert lags[("adm", 0)]["current_offset"] == 10 and lags[("adm", 0)]["lag"] == 0
+    http.ok("POST", "/topics/adm/partitions/0", {"records": [{"value": i} for i in range(4)]})
+    summary = http.ok("GET", c + "/consumer-groups/g-adm/lag-summary")
+    assert summary["total_lag"] == 4 and summary["max_lag_partition_id"] == 0
+    plan = http.ok("POST", c + "/consumer-groups/g-adm/reset-offsets", {"topic_name": "adm", "to": "earliest"})
+    assert not plan["executed"] and {(d["partition_id"], d["new_offset"]) for d in plan["data"]} >= {(0, 0)}
+    busy = http("POST", c + "/consumer-groups/g-adm/reset-offsets", {"topic_name": "adm", "to": "earliest", "execute": True})
+    assert busy.status_code == 409 and busy.json()["error_code"] == 40903
+    http.ok("DELETE", "/consumers/g-adm/instances/m")
+    done = http.ok("POST", c + "/consumer-groups/g-adm/reset-offsets",
+                   {"topic_name": "adm", "to": "offset", "offset": 3, "execute": True})
+    assert done["executed"]
+    lags = {(r["topic_name"], r["partition_id"]): r for r in http.ok("GET", c + "/consumer-groups/g-adm/lags")["data"]}
+    assert lags[("adm", 0)]["current_offset"] == 3
+    assert http("GET", c + "/consumer-groups/never-seen").json()["error_code"] == 40405
+    http.ok("DELETE", c + "/topics/adm")
+    assert http("GET", c + "/topics/adm").status_code == 404
+
+
+def _fill(path: str) -> str:
+    values = {"topic_name": "t-auth", "partition_id": "0", "group_name": "g-auth", "instance": "i-auth",
+              "cluster_id": "test"}
+    for k, v in values.items():
+        path = path.replace("{" + k + "}", v)
+    return path
+
+
+def test_auth_matrix_from_openapi(http: Http) -> None:
+    """Every route of /openapi.json: no key -> 401, a key without the role -> 403, a key with
+    it -> neither."""
+    doc = http.ok("GET", "/openapi.json")
+    checked = 0
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            role = op.get("x-loom-role")
+            ctype = next(iter(op["requestBody"]["content"]), None) if "requestBody" in op else None
+            body = {} if ctype else None
+            url = _fill(path)
+            if role is None:
+                assert op["security"] == [] and path in ("/health",), path
+                continue
+            assert op["security"], path
+            assert 401 == http(method.upper(), url, body, ctype or "application/json", key=None).status_code, (method, path)
+            assert 401 == http(method.upper(), url, body, ctype or "application/json", key="wrong-key-0123").status_code
+            other = "read" if role != "read" else "produce"
+            r = http(method.upper(), url, body, ctype or "application/json", key=ROLE_KEYS[other])
+            assert r.status_code == 403 and r.json()["error_code"] == 40301, (method, path, r.text)
+            r = http(method.upper(), url, body, ctype or "application/json", key=ROLE_KEYS[role])
+            assert r.status_code not in (401, 403), (method, path, r.status_code, r.text)
+            assert http(method.upper(), url, body, ctype or "application/json", key=ROLE_KEYS["admin"]).status_code not in (401, 403)
+            checked += 1
+    assert checked >= 35, "every route of the document was checked"
+
+
+def test_an_instance_survives_the_loss_of_its_consumer_service(cluster: Cluster, http: Http) -> None:
+    make_topic(http, "survive")
+    http.ok("POST", "/topics/survive", {"records": [{"key": i, "value": i} for i in range(30)]})
+    http.ok("POST", "/consumers/g-survive", {"name": "s", "format": "json", "auto.offset.reset": "earliest",
+                                             "auto.commit.enable": "false", "session.timeout.ms": "1500"})
+    base = "/consumers/g-survive/instances/s"
+    http.ok("POST", base + "/subscription", {"topics": ["survive"]})
+    first = consume_all(http, base, 30)
+    http.ok("POST", base + "/offsets", {})  # commit everything fetched
+    states = http.ok("GET", "/status/ready")["nodes"]
+    assert states["consumer-1"] == "up" and states["consumer-2"] == "up"
+    hosts = [n for n in ("consumer-1", "consumer-2")
+             if any(i["instance"] == "s" for i in cluster.call(n, b"CI_LIST")[0]["instances"])]
+    assert len(hosts) == 1
+    cluster.kill(hosts[0])
+    try:
+        http.ok("POST", "/topics/survive", {"records": [{"key": i, "value": 100 + i} for i in range(30)]})
+        later = consume_all(http, base, 30, timeout_s=30)
+        assert sorted(r["value"] for r in later) == [100 + i for i in range(30)], "resumes at the committed offsets"
+        assert not {(r["partition"], r["offset"]) for r in later} & {(r["partition"], r["offset"]) for r in first}
+        other = "consumer-2" if hosts[0] == "consumer-1" else "consumer-1"
+        assert any(i["instance"] == "s" for i in cluster.call(other, b"CI_LIST")[0]["instances"])
+        http.ok("DELETE", base)
+    finally:
+        cluster.start_node(hosts[0])
+
+
+def test_producer_service_down_is_503_and_back_is_200(cluster: Cluster, http: Http) -> None:
+    make_topic(http, "p503", 1)
+    cluster.kill("producer")
+    try:
+        def refused() -> bool:
+            r = http("POST", "/topics/p503", {"records": [{"value": 1}]})
+            return r.status_code == 503 and r.json()["error_code"] == 50301 and "producer service" in r.json()["message"]
+        wait_until(refused, 10, what="503 while the producer service is down")
+        assert http.ok("GET", "/topics/p503")["name"] == "p503", "the rest keeps serving"
+    finally:
+        cluster.start_node("producer")
+    wait_until(lambda: http("POST", "/topics/p503", {"records": [{"value": 1}]}).status_code == 200, 15,
+               what="produce to work again")
+
+
+def test_readme_rest_block_runs_as_written(cluster: Cluster, http: Http) -> None:
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("<!-- rest:"):]
+    block = block[block.index("```sh\n") + 6:block.index("\n```", block.index("```sh\n"))]
+    env = dict(os.environ, LOOM_GATEWAY=http.base, LOOM_ADMIN_KEY=ROLE_KEYS["admin"], LOOM_CLUSTER="test")
+    outputs = []
+    for i, line in enumerate(block.splitlines()[1:], start=1):
+        script = block.splitlines()[0] + "\n" + line
+        done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        outputs.append(done.stdout)
+    assert json.loads(outputs[0])["topic_name"] == "clicks"
+    assert json.loads(outputs[1])["offsets"][0]["error_code"] is None
+    assert json.loads(outputs[2])["instance_id"] == "c1"
+    assert [(r["key"], r["value"]) for r in json.loads(outputs[4])] == [("alice", {"page": "/home"})]
+    partition = json.loads(outputs[1])["offsets"][0]["partition"]
+    browsed = json.loads(outputs[5])
+    assert isinstance(browsed, list) and (partition != 1 or browsed[0]["key"] == "alice")

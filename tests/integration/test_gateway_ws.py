@@ -1,0 +1,188 @@
+"""The gateway's WebSockets with a real client library (websocket-client): produce and
+consume, resume from the committed offset, first-message auth, node health on /ws/events, and
+a deliberately slow consumer that is closed with 1013 while the gateway's RSS stays flat. This
+cluster also has ``gateway.auto_create_topics`` on, and serves the dashboard port's page."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import websocket
+
+from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
+from tests.harness import Cluster, running_cluster, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+QUEUE_MAX = 4
+SLOW_TIMEOUT_MS = 1000
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("gw-ws"), 3, extra_nodes=GATEWAY_NODES,
+                         overrides=gateway_overrides(ws_send_queue_max=QUEUE_MAX, auto_create_topics=True,
+                                                     ws_slow_client_timeout_ms=SLOW_TIMEOUT_MS)) as c:
+        http = Http(c.raw["nodes"]["gateway"]["port"])
+        for name, parts in (("ws", 3), ("big", 1)):
+            http.ok("POST", "/v3/clusters/test/topics", {"topic_name": name, "partitions_count": parts})
+            wait_until(lambda: all(p["leader"] for p in http.ok("GET", f"/v3/clusters/test/topics/{name}/partitions")["data"]),
+                       20, what="leaders")
+        yield c
+
+
+def url(cluster: Cluster, path: str) -> str:
+    return f"ws://127.0.0.1:{cluster.raw['nodes']['gateway']['port']}{path}"
+
+
+def connect(cluster: Cluster, path: str, role: str | None = "admin", **kw: Any) -> websocket.WebSocket:
+    header = [f"Authorization: Bearer {ROLE_KEYS[role]}"] if role else []
+    return websocket.create_connection(url(cluster, path), header=header, timeout=10, **kw)
+
+
+def recv_json(ws: websocket.WebSocket) -> dict:
+    return json.loads(ws.recv())
+
+
+def close_code(ws: websocket.WebSocket, timeout_s: float = 20) -> tuple[int, str]:
+    """Read until the server's close frame; its (code, reason)."""
+    ws.settimeout(timeout_s)
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return struct.unpack("!H", data[:2])[0], data[2:].decode()
+
+
+def consume(ws: websocket.WebSocket, n: int, timeout_s: float = 20) -> list[dict]:
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    ws.settimeout(timeout_s)
+    while len(out) < n and time.monotonic() < deadline:
+        msg = recv_json(ws)
+        out += msg.get("records", [])
+    return out
+
+
+def test_produce_and_consume_resuming_from_the_committed_offset(cluster: Cluster) -> None:
+    prod = connect(cluster, "/ws/produce?topic=ws", role="produce")
+    try:
+        for i in range(20):
+            prod.send(json.dumps({"id": i, "key": f"k{i}", "value": {"n": i}}))
+        answers = [recv_json(prod) for _ in range(20)]
+        assert [a["id"] for a in answers] == list(range(20))
+        assert all(a["offsets"][0]["error_code"] is None and a["offsets"][0]["offset"] >= 0 for a in answers)
+        prod.send(json.dumps({"records": [{"value": {"n": 20 + i}} for i in range(10)]}))
+        assert len(recv_json(prod)["offsets"]) == 10
+        prod.send("not json")
+        assert recv_json(prod)["error_code"] == 42204, "a bad message is answered, the stream goes on"
+    finally:
+        prod.close()
+
+    cons = connect(cluster, "/ws/consume?topic=ws&group=g-ws&from=beginning&auto_commit=false", role="consume")
+    first = consume(cons, 15)
+    assert len(first) >= 15
+    done = sorted(first, key=lambda r: (r["partition"], r["offset"]))
+    cons.send(json.dumps({"commit": [{"topic": "ws", "partition": r["partition"], "offset": r["offset"]} for r in done]}))
+    while "committed" not in (msg := recv_json(cons)):
+        pass
+    cons.close()
+    seen = {(r["partition"], r["offset"]) for r in first}
+    again = connect(cluster, "/ws/consume?topic=ws&group=g-ws&from=beginning", role="consume")
+    rest = consume(again, 30 - len(first))
+    again.close()
+    assert not seen & {(r["partition"], r["offset"]) for r in rest}, "resumes after the committed offsets"
+    assert sorted(r["value"]["n"] for r in first + rest) == list(range(30))
+
+
+def test_browsers_authenticate_with_a_first_message(cluster: Cluster) -> None:
+    ws = connect(cluster, "/ws/events", role=None)
+    ws.send(json.dumps({"api_key": ROLE_KEYS["read"]}))
+    assert recv_json(ws) == {"authenticated": True, "key": "read", "roles": ["read"]}
+    ws.close()
+    ws = connect(cluster, "/ws/events", role=None)
+    ws.send(json.dumps({"hello": 1}))
+    code, reason = close_code(ws)
+    assert code == 1008 and "api_key" in reason
+    ws = connect(cluster, "/ws/produce?topic=ws", role=None)
+    ws.send(json.dumps({"api_key": ROLE_KEYS["read"]}))
+    assert close_code(ws) == (1008, "this stream needs the 'produce' role")
+    ws = connect(cluster, "/ws/consume?topic=ws", role="read")
+    assert close_code(ws)[0] == 1008
+
+
+def test_events_stream_node_health(cluster: Cluster) -> None:
+    ws = connect(cluster, "/ws/events", role="read")
+    try:
+        states: dict[str, str] = {}
+
+        def until(node: str, state: str) -> bool:
+            ws.settimeout(1)
+            try:
+                e = recv_json(ws)
+            except websocket.WebSocketTimeoutException:
+                return False
+            if e.get("type") == "node":
+                states[e["node"]] = e["state"]
+            return states.get(node) == state
+        every = {"coordinator", "broker-1", "broker-2", "broker-3", "producer", "consumer-1", "consumer-2"}
+        wait_until(lambda: until("broker-3", "up") and set(states) == every or set(states) == every, 10,
+                   what="the snapshot of every node")
+        assert set(states.values()) == {"up"}
+        cluster.kill("broker-3")
+        started = time.monotonic()
+        wait_until(lambda: until("broker-3", "down"), 10, what="broker-3 down on /ws/events")
+        assert time.monotonic() - started < 3.0, "a node going down shows within seconds"
+        cluster.start_node("broker-3")
+        wait_until(lambda: until("broker-3", "up"), 20, what="broker-3 up again")
+    finally:
+        ws.close()
+
+
+def gateway_worker_rss_kib(cluster: Cluster) -> int:
+    master = cluster.procs["gateway"].pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    status = Path(f"/proc/{children[0]}/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
+
+
+def test_a_slow_client_is_closed_and_the_gateway_memory_stays_flat(cluster: Cluster) -> None:
+    http = Http(cluster.raw["nodes"]["gateway"]["port"])
+    value = "x" * 4000
+    for _ in range(10):  # 10 x 500 records x ~4 KB = ~20 MB to stream
+        http.ok("POST", "/topics/big", {"records": [{"value": value}] * 500}, acks="1")
+    before = gateway_worker_rss_kib(cluster)
+    for round_ in range(2):
+        slow = connect(cluster, "/ws/consume?topic=big&from=beginning", role="consume",
+                       sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 8192),))
+        time.sleep(SLOW_TIMEOUT_MS / 1000 * 2)  # a client that does not read: the queue fills and stays full
+        code, reason = close_code(slow, timeout_s=30)
+        assert code == 1013 and "too slow" in reason, (code, reason)
+        slow.close()
+    after = gateway_worker_rss_kib(cluster)
+    assert after - before < 15 * 1024, f"the gateway grew from {before} KiB to {after} KiB"
+    ok = connect(cluster, "/ws/consume?topic=big&from=beginning", role="consume")
+    assert len(consume(ok, 600)) >= 600, "a client that keeps up gets everything"
+    ok.close()
+
+
+def test_auto_create_topics_when_configured(cluster: Cluster) -> None:
+    http = Http(cluster.raw["nodes"]["gateway"]["port"])
+    r = http.ok("POST", "/topics/made-on-demand", {"records": [{"value": {"a": 1}}]})
+    assert r["offsets"][0]["error_code"] is None
+    assert http.ok("GET", "/topics/made-on-demand")["name"] == "made-on-demand"
+    assert http("POST", "/topics/__consumer_offsets", {"records": [{"value": 1}]}).status_code == 404
+
+
+def test_dashboard_port_page_and_offline_docs(cluster: Cluster) -> None:
+    import requests
+    node = cluster.raw["nodes"]["gateway"]
+    page = requests.get(f"http://127.0.0.1:{node['dashboard_port']}/", timeout=10)
+    assert page.status_code == 200 and 'href="/docs"' in page.text
+    docs = requests.get(f"http://127.0.0.1:{node['port']}/docs", timeout=10)
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text, "no CDN: the page loads nothing from elsewhere"

@@ -1,0 +1,153 @@
+"""Gateway auth, rate limits and errors through the real Flask app (webui.app) with a stub
+cluster agent: no processes, so every case is exact and fast."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+from fabric.apikeys import ADMIN_KEY_ENV, ROLES, ensure_admin_key, generate_key, hash_key
+from fabric.config import ConfigError, GatewayConfig, SecurityConfig, parse_config
+from nodes.cli_keys import add_key_line
+from webui.app import create_app
+from webui.auth import KeyStore, RateLimiter
+from webui.context import Gateway
+from webui.errors import ClusterError
+from webui.events import EventHub
+
+KEYS = {role: generate_key() for role in ROLES}
+
+
+class StubAgent:
+    """Answers like an empty, healthy cluster; topic "missing" does not exist."""
+
+    def coordinator_reachable(self) -> bool:
+        return True
+
+    def metadata(self) -> Any:
+        return SimpleNamespace(topics={}, brokers={1: SimpleNamespace(alive=True)})
+
+    def topic(self, name: str) -> Any:
+        raise ClusterError("topic_not_found", f"topic {name!r} not found")
+
+
+def make_app(rate_per_s: float = 1000.0, burst: int = 2000, body_max: int = 64 * 1024) -> Any:
+    keys = KeyStore([(role, hash_key(k), [role]) for role, k in KEYS.items()])
+    gw = Gateway(agent=StubAgent(), hub=EventHub(), keys=keys, limiter=RateLimiter(rate_per_s, burst, 100),
+                 settings=GatewayConfig(request_bytes_max=body_max), security=SecurityConfig(rate_limit_per_s=rate_per_s),
+                 cluster_id="test", record=lambda *a: a)
+    return create_app(gw).test_client()
+
+
+def bearer(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[role]}"}
+
+
+def test_keys_roles_and_error_bodies() -> None:
+    c = make_app()
+    r = c.get("/health")
+    assert r.status_code == 200 and r.json["status"] == "ok" and len(r.headers["X-Request-Id"]) >= 16
+    assert c.get("/health", headers={"X-Request-Id": "abc-123"}).headers["X-Request-Id"] == "abc-123"
+    r = c.get("/topics")
+    assert r.status_code == 401 and r.json["error_code"] == 40101 and r.mimetype == "application/json"
+    assert c.get("/topics", headers={"Authorization": "Bearer not-a-key"}).status_code == 401
+    r = c.get("/topics", headers=bearer("produce"))
+    assert r.status_code == 403 and r.json["error_code"] == 40301
+    assert c.get("/topics", headers=bearer("read")).json == []
+    assert c.get("/topics", headers={"X-API-Key": KEYS["admin"]}).status_code == 200, "admin may do everything"
+    r = c.get("/topics/missing", headers=bearer("read"))
+    assert r.status_code == 404 and r.json == {"error_code": 40401, "message": "topic 'missing' not found"}
+    r = c.get("/no/such/route")
+    assert r.status_code == 404 and r.json["error_code"] == 40404 and b"<html" not in r.data.lower()
+    r = c.put("/topics", headers=bearer("read"))
+    assert r.status_code == 405 and r.json["error_code"] == 40501 and "GET" in r.headers["Allow"]
+
+
+def test_bodies_are_validated_and_bounded() -> None:
+    c = make_app(body_max=4096)
+    h = {**bearer("produce"), "Content-Type": "application/vnd.kafka.binary.v2+json"}
+    r = c.post("/topics/t", data="{not json", headers=h)
+    assert r.status_code == 400 and r.json["error_code"] == 40001
+    r = c.post("/topics/t", json={"records": [{"value": "not base64!"}]}, headers=h)
+    assert r.status_code == 422 and r.json["error_code"] == 42204 and "records/0/value" in r.json["message"]
+    r = c.post("/topics/t", data="{}", headers={**bearer("produce"), "Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json["error_code"] == 41501
+    r = c.post("/topics/t", data=b"x" * 5000, headers=h)
+    assert r.status_code == 413 and r.json["error_code"] == 41301
+    r = c.post("/topics/t?acks=2", json={"records": [{"value": "eA=="}]}, headers=h)
+    assert r.status_code == 422 and r.json["error_code"] == 42206
+
+
+def test_rate_limit_burst_gets_429_with_retry_after() -> None:
+    c = make_app(rate_per_s=5, burst=10)
+    codes = [c.get("/topics", headers=bearer("read")) for _ in range(15)]
+    assert [r.status_code for r in codes[:10]] == [200] * 10, "the burst is allowed"
+    limited = [r for r in codes[10:] if r.status_code == 429]
+    assert limited, "beyond the bucket: 429"
+    assert all(r.json["error_code"] == 42901 and int(r.headers["Retry-After"]) >= 1 for r in limited)
+    # another key has its own bucket; requests without a key are limited by address
+    assert c.get("/topics", headers=bearer("admin")).status_code == 200
+
+
+def test_traffic_under_the_limit_is_never_rejected() -> None:
+    c = make_app(rate_per_s=50, burst=5)
+    statuses = []
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # ~25 requests/s against 50/s
+        statuses.append(c.get("/topics", headers=bearer("read")).status_code)
+        time.sleep(0.04)
+    assert len(statuses) >= 10 and set(statuses) == {200}
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    rl = RateLimiter(rate_per_s=10, burst=2, clients_max=2)
+    assert rl.take("a", 0.0) == 0 and rl.take("a", 0.0) == 0
+    assert rl.take("a", 0.0) == pytest.approx(0.1)
+    assert rl.take("a", 0.1) == 0, "one token after 100 ms"
+    rl.take("b", 0.0)
+    rl.take("c", 0.0)  # beyond clients_max: the least recently used bucket ("a") is dropped
+    assert rl.take("a", 0.1) == 0 and rl.take("a", 0.1) == 0
+
+
+def test_key_store_compares_hashes_only() -> None:
+    ks = KeyStore([("svc", hash_key("k-123456789"), ["produce"])], admin_key="dev-admin-0123456789")
+    assert ks.lookup("k-123456789").roles == frozenset({"produce"})
+    assert ks.lookup("k-12345678") is None and ks.lookup("") is None and ks.lookup(None) is None
+    assert ks.lookup("dev-admin-0123456789").may("read")
+
+
+def test_config_rejects_plaintext_keys() -> None:
+    base = {"nodes": {"coordinator": {"role": "coordinator", "port": 1}, "b": {"role": "broker", "broker_id": 1, "port": 2}}}
+    with pytest.raises(ConfigError, match="key_hash"):
+        parse_config({**base, "security": {"api_keys": [{"key": "secret-secret", "name": "x", "roles": ["read"]}]}}, environ={})
+    ok = parse_config({**base, "security": {"api_keys": [{"key_hash": hash_key("s"), "name": "x", "roles": ["read"]}]}},
+                      environ={})
+    assert ok.security.api_keys[0].name == "x"
+
+
+def test_dev_admin_key_file_and_env(tmp_path: Path) -> None:
+    key, where = ensure_admin_key(tmp_path, {})
+    path = tmp_path / "admin.key"
+    assert where == str(path) and path.read_text().strip() == key and os.stat(path).st_mode & 0o777 == 0o600
+    assert ensure_admin_key(tmp_path, {}) == (key, where), "made once, then read"
+    assert ensure_admin_key(tmp_path, {ADMIN_KEY_ENV: "from-the-environment"}) == ("from-the-environment", ADMIN_KEY_ENV)
+    with pytest.raises(ValueError):
+        ensure_admin_key(tmp_path, {ADMIN_KEY_ENV: "short"})
+
+
+def test_keys_add_keeps_comments_and_validates(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parents[2] / "config" / "cluster.yaml"
+    text = shipped.read_text()
+    once = add_key_line(text, '{name: a, key_hash: "%s", roles: [read]}' % hash_key("a"))
+    twice = add_key_line(once, '{name: b, key_hash: "%s", roles: [produce, read]}' % hash_key("b"))
+    assert text.splitlines()[0] in twice and "# Gateway API keys" in twice
+    cfg = parse_config(yaml.safe_load(twice), environ={})
+    assert [(k.name, k.roles) for k in cfg.security.api_keys] == [("a", ["read"]), ("b", ["produce", "read"])]
+    assert cfg.security.rate_limit_burst == parse_config(yaml.safe_load(text), environ={}).security.rate_limit_burst
+    assert "api_keys:\n    - {name: a" in add_key_line("nodes: {}\n", "{name: a}")

@@ -1,0 +1,172 @@
+"""The gateway's Flask app: REST routes (routes_v2, routes_consumers, routes_v3), ops routes,
+WebSockets (ws.py) and the dashboard's static files.
+
+Every response carries ``X-Request-Id`` (the client's, when it sent a sane one); every error is
+JSON ``{error_code, message}`` -- never HTML, a stack trace or an internal address; a 5xx is
+logged with its request id. Bodies over ``gateway.request_bytes_max`` get 413 before they are
+read.
+
+``create_app`` takes everything cluster-side through ``Gateway.agent``; this package never
+imports zmq. Thread-safe: served by gunicorn's gthread worker, one thread per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from pathlib import Path
+
+from flask import Flask, Response, g, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+from webui import routes_consumers, routes_v2, routes_v3, ws
+from webui.auth import retry_after_s
+from webui.context import Gateway
+from webui.errors import ApiError, ClusterError
+from webui.spec import JSON, Api, Op
+
+log = logging.getLogger("loom.gateway.http")
+STATIC = Path(__file__).parent / "static"
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+API_VERSION = "1.0.0"
+HTTP_STATUS_TO_CODE = {400: 40001, 404: 40404, 405: 40501, 413: 41301, 415: 41501}
+
+
+def presented_key() -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("X-API-Key") or None
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def build_api(gw: Gateway) -> Api:
+    api = Api("Loom gateway", API_VERSION)
+    routes_v2.register(api, gw)
+    routes_consumers.register(api, gw)
+    routes_v3.register(api, gw)
+
+    @api.op("GET", "/health", role=None, tag="ops", summary="200 while the gateway reaches the coordinator, else 503",
+            cluster=False, errors=(50301,), response={"type": "object", "required": ["status"], "properties": {
+                "status": {"const": "ok"}, "coordinator": {"type": "boolean"}}})
+    def health() -> dict:
+        if not gw.agent.coordinator_reachable():
+            raise ApiError(50301, "the coordinator is not reachable")
+        return {"status": "ok", "coordinator": True}
+
+    @api.op("GET", "/status/ready", role="read", tag="ops", summary="Readiness: coordinator, brokers and services",
+            response={"type": "object", "required": ["ready", "nodes"], "properties": {
+                "ready": {"type": "boolean"}, "nodes": {"type": "object", "additionalProperties": {"type": "string"}},
+                "brokers_alive": {"type": "integer"}, "brokers": {"type": "integer"}}})
+    def ready() -> dict:
+        md = gw.agent.metadata()
+        alive = sum(1 for b in md.brokers.values() if b.alive)
+        states = gw.hub.node_states()
+        services_up = all(s == "up" for n, s in states.items())
+        return {"ready": alive == len(md.brokers) and alive > 0 and services_up, "nodes": states,
+                "brokers_alive": alive, "brokers": len(md.brokers)}
+    return api
+
+
+def create_app(gw: Gateway) -> Flask:
+    app = Flask("loom.gateway", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = gw.settings.request_bytes_max
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    api = build_api(gw)
+
+    def authorize(op: Op) -> None:
+        principal = gw.keys.lookup(presented_key())
+        client = f"key:{principal.name}" if principal else f"addr:{client_address()}"
+        wait_s = gw.limiter.take(client)
+        if wait_s > 0:
+            raise ApiError(42901, f"rate limit of {gw.security.rate_limit_per_s:g} requests/s exceeded",
+                           {"Retry-After": retry_after_s(wait_s)})
+        if op.role is None:
+            return
+        if principal is None:
+            raise ApiError(40101, "send a valid API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`")
+        if not principal.may(op.role):
+            raise ApiError(40301, f"this route needs the {op.role!r} role; key {principal.name!r} has "
+                                  f"{', '.join(sorted(principal.roles))}")
+        g.principal = principal
+    api.authorize = authorize
+    api.install(app)
+    doc = api.openapi()
+    doc["x-websockets"] = ws.DESCRIPTION  # OpenAPI has no words for WebSockets: listed beside it
+    doc_bytes = json.dumps(doc, separators=(",", ":")).encode()
+    ws.install(app, gw, authorize)
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        authorize(Op("GET", "/openapi.json", lambda: None, None, "", "ops"))
+        return Response(doc_bytes, mimetype=JSON)
+
+    @app.get("/docs")
+    def docs() -> Response:
+        authorize(Op("GET", "/docs", lambda: None, None, "", "ops"))
+        return send_from_directory(STATIC, "docs.html", max_age=0)
+
+    @app.get("/")
+    def index() -> Response:
+        authorize(Op("GET", "/", lambda: None, None, "", "ops"))
+        return send_from_directory(STATIC, "index.html", max_age=0)
+
+    @app.get("/static/<path:name>")
+    def static_file(name: str) -> Response:
+        authorize(Op("GET", "/static", lambda: None, None, "", "ops"))
+        return send_from_directory(STATIC, name, max_age=0)
+
+    @app.before_request
+    def request_id() -> Response | None:
+        rid = request.headers.get("X-Request-Id", "")
+        g.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+        length = request.content_length
+        if length is not None and length > gw.settings.request_bytes_max:
+            raise ApiError(41301, f"the body has {length} bytes; the limit is {gw.settings.request_bytes_max}")
+        return None
+
+    @app.after_request
+    def add_request_id(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+        return resp
+
+    def error_response(e: ApiError) -> Response:
+        if e.status >= 500:
+            log.error("%s %s -> %d %d %s (request id %s)", request.method, request.path, e.status, e.error_code,
+                      e.message, g.get("request_id"))
+        resp = Response(json.dumps(e.body()), status=e.status, mimetype=JSON)
+        for k, v in e.headers.items():
+            resp.headers[k] = v
+        return resp
+
+    @app.errorhandler(ApiError)
+    def on_api_error(e: ApiError) -> Response:
+        return error_response(e)
+
+    @app.errorhandler(ClusterError)
+    def on_cluster_error(e: ClusterError) -> Response:
+        return error_response(e.to_api())
+
+    @app.errorhandler(HTTPException)
+    def on_http(e: HTTPException) -> Response:
+        code = HTTP_STATUS_TO_CODE.get(e.code or 500, 40001 if (e.code or 500) < 500 else 50001)
+        err = ApiError(code, e.description if code != 41301 else
+                       f"the body is larger than {gw.settings.request_bytes_max} bytes")
+        resp = error_response(err)
+        for k, v in e.get_headers():
+            if k.lower() == "allow":
+                resp.headers[k] = v
+        return resp
+
+    @app.errorhandler(Exception)
+    def on_unexpected(e: Exception) -> Response:
+        log.exception("%s %s failed (request id %s)", request.method, request.path, g.get("request_id"))
+        return error_response(ApiError(50001, f"internal error (request id {g.get('request_id')})"))
+
+    app.extensions["loom.api"] = api
+    return app

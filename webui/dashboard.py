@@ -1,0 +1,49 @@
+"""The dashboard's static files (webui/static): ``/`` is the single page, ``/static/...`` its
+modules, stylesheet and vendored libraries. No API key is needed for these files -- the page
+asks for the key and sends it on every API call, never in a URL.
+
+Every file is revalidated on each load (``no-cache`` with an ETag, so an unchanged file costs a
+304); modules are served as ``text/javascript`` whatever the host's mimetypes table says.
+A Content-Security-Policy keeps the page to its own origin: no inline script, no CDN.
+
+The gateway's app registers it with ``app.register_blueprint(dashboard_blueprint)``.
+Thread-safe (stateless).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response, send_from_directory
+
+STATIC_DIR = Path(__file__).parent / "static"
+# self only; the WebSockets go to this same host (ws:/wss: are not covered by 'self' everywhere)
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+MIMETYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html"}
+
+dashboard_blueprint = Blueprint("dashboard", __name__)
+
+
+def _send(name: str) -> Response:
+    resp = send_from_directory(STATIC_DIR, name, max_age=0, conditional=True, etag=True)
+    suffix = Path(name).suffix
+    if suffix in MIMETYPES:
+        resp.mimetype = MIMETYPES[suffix]
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    if suffix == ".html":
+        resp.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        resp.headers["Referrer-Policy"] = "no-referrer"
+    return resp
+
+
+@dashboard_blueprint.get("/")
+def index() -> Response:
+    return _send("index.html")
+
+
+@dashboard_blueprint.get("/static/<path:name>")
+def static_file(name: str) -> Response:
+    # send_from_directory refuses paths outside STATIC_DIR (404), so ../ cannot escape
+    return _send(name)

@@ -1,0 +1,105 @@
+"""Events for ``/ws/events``: node health, metrics and alerts, fanned out to every client.
+
+``EventHub`` is the interface a feeder uses: anything that learns of an event calls
+``publish(event)``; today that is the gateway's health watcher (node health from PINGs and the
+coordinator's metadata), and the monitor (nodes/monitor) will feed its health, metrics and
+alerts the same way. Each event is a JSON-able dict with ``type`` (``node``, ``metrics``,
+``alert``...) and ``ts_ms``. Events whose ``type`` is in ``STATE_TYPES`` also update a snapshot
+keyed by ``(type, key)`` that a new client receives first.
+
+Every subscriber has a bounded queue; a subscriber that falls behind is marked ``overflowed``
+(its queue stops growing) and its WebSocket is closed by the route, so a slow client never
+grows the gateway's memory.
+
+Thread-safe: ``publish`` and ``subscribe`` from any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Protocol
+
+SUBSCRIBERS_MAX = 256
+EVENTS_QUEUE_MAX = 1000           # live events waiting for one subscriber
+SNAPSHOT_KEYS_MAX = 10_000
+STATE_TYPES = {"node": "node", "alert": "name"}  # type -> field that keys its snapshot
+
+
+class EventSink(Protocol):
+    """What a feeder of events needs (the monitor's bridge will implement against this)."""
+
+    def publish(self, event: dict[str, Any]) -> None: ...
+
+
+class Subscription:
+    def __init__(self, hub: "EventHub", queue_max: int) -> None:
+        self._hub = hub
+        self._queue: deque[dict] = deque()
+        self._queue_max = queue_max
+        self._cond = threading.Condition()
+        self.overflowed = False
+        self.closed = False
+
+    def push(self, event: dict) -> None:
+        with self._cond:
+            if len(self._queue) >= self._queue_max:
+                self.overflowed = True
+            else:
+                self._queue.append(event)
+            self._cond.notify()
+
+    def get(self, timeout_s: float) -> dict | None:
+        """The next event, or None after timeout_s (or when closed or overflowed)."""
+        with self._cond:
+            if not self._queue and not self.closed and not self.overflowed:
+                self._cond.wait(timeout_s)
+            return self._queue.popleft() if self._queue else None
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify()
+        self._hub._remove(self)
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: list[Subscription] = []
+        self._state: dict[tuple[str, str], dict] = {}
+
+    def publish(self, event: dict[str, Any]) -> None:
+        key_field = STATE_TYPES.get(event.get("type", ""))
+        with self._lock:
+            if key_field is not None and (len(self._state) < SNAPSHOT_KEYS_MAX or
+                                          (event["type"], str(event.get(key_field))) in self._state):
+                self._state[(event["type"], str(event.get(key_field)))] = event
+            subs = list(self._subs)
+        for s in subs:
+            s.push(event)
+
+    def snapshot(self) -> list[dict]:
+        with self._lock:
+            return list(self._state.values())
+
+    def subscribe(self, queue_max: int) -> Subscription | None:
+        """A new subscription that starts with the snapshot; None when SUBSCRIBERS_MAX are open."""
+        with self._lock:
+            if len(self._subs) >= SUBSCRIBERS_MAX:
+                return None
+            snapshot = list(self._state.values())  # at most SNAPSHOT_KEYS_MAX, never cut short
+            sub = Subscription(self, queue_max + len(snapshot))
+            for event in snapshot:
+                sub.push(event)
+            self._subs.append(sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def node_states(self) -> dict[str, str]:
+        with self._lock:
+            return {k[1]: e.get("state", "unknown") for k, e in self._state.items() if k[0] == "node"}

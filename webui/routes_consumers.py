@@ -1,0 +1,155 @@
+"""Consumer instances, Confluent REST Proxy v2: an instance lives on a consumer service
+(the agent keeps it alive there, or moves it when its service dies)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+
+from webui import schemas as S
+from webui.context import Gateway
+from webui.errors import ApiError
+from webui.routes_v2 import record_json
+from webui.spec import Api
+
+V2 = "application/vnd.kafka.v2+json"
+FETCH_TIMEOUT_MS_MAX = 30_000
+FETCH_RECORDS_MAX = 5000
+FETCH_BYTES_MAX = 512 * 1024   # a fetch answer travels in one frame of the fabric (HEADER_BYTES_MAX)
+
+CREATE_SCHEMA = {"type": "object", "properties": {
+    "name": S.NAME, "format": {"type": "string", "enum": ["binary", "json"]},
+    "auto.offset.reset": {"type": "string", "enum": ["earliest", "latest"]},
+    "auto.commit.enable": {"type": "string", "enum": ["true", "false"]},
+    "fetch.min.bytes": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+    "consumer.request.timeout.ms": {"type": "string", "pattern": "^[0-9]{1,6}$"},
+    # Loom's: how soon the group notices this instance is gone (default 10 s)
+    "session.timeout.ms": {"type": "string", "pattern": "^[1-9][0-9]{2,5}$"}}}
+
+
+def register(api: Api, gw: Gateway) -> None:
+    group_path = {"group_name": api.schema("GroupName", S.NAME)}
+    inst_path = {**group_path, "instance": api.schema("InstanceName", S.NAME)}
+    base = "/consumers/{group_name}/instances/{instance}"
+    body_types = lambda schema: {V2: schema, "application/json": schema}  # noqa: E731
+    tps = {"type": "object", "required": ["partitions"], "properties": {
+        "partitions": {"type": "array", "minItems": 1, "maxItems": 10_000, "items": api.schema("TopicPartition", S.TOPIC_PARTITION)}}}
+    tpos = {"type": "object", "required": ["offsets"], "properties": {
+        "offsets": {"type": "array", "maxItems": 10_000,
+                    "items": api.schema("TopicPartitionOffset", S.TOPIC_PARTITION_OFFSET)}}}
+    offsets_out = {"type": "object", "required": ["offsets"], "properties": {"offsets": {"type": "array", "items": {
+        "type": "object", "required": ["topic", "partition", "offset", "metadata"],
+        "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"},
+                       "metadata": {"type": "string"}}}}}}
+    inst_errors = (40403,)
+
+    def call(group: str, inst: str, fn: Any) -> Any:
+        return gw.agent.call_instance(group, inst, fn)
+
+    @api.op("POST", "/consumers/{group_name}", role="consume", tag="consumers", summary="Create a consumer instance",
+            path_params=group_path, body=body_types(api.schema("CreateConsumer", CREATE_SCHEMA)),
+            response={"type": "object", "required": ["instance_id", "base_uri"],
+                      "properties": {"instance_id": {"type": "string"}, "base_uri": {"type": "string"}}},
+            errors=(40901, 42203))
+    def create(group_name: str, body: dict, content_type: str) -> dict:
+        config: dict[str, Any] = {"auto_offset_reset": body.get("auto.offset.reset", "latest")}
+        if "auto.commit.enable" in body:
+            config["enable_auto_commit"] = body["auto.commit.enable"] == "true"
+        if "session.timeout.ms" in body:
+            config["session_timeout_ms"] = int(body["session.timeout.ms"])
+        entry = gw.agent.create_instance(group_name, body.get("name"), config, body.get("format", "binary"))
+        return {"instance_id": entry.name,
+                "base_uri": f"{request.host_url.rstrip('/')}/consumers/{group_name}/instances/{entry.name}"}
+
+    @api.op("DELETE", base, role="consume", tag="consumers", summary="Delete a consumer instance (leaves its group)",
+            path_params=inst_path, errors=inst_errors)
+    def delete(group_name: str, instance: str) -> None:
+        gw.agent.delete_instance(group_name, instance)
+
+    @api.op("POST", base + "/subscription", role="consume", tag="consumers", summary="Subscribe to topics",
+            path_params=inst_path, errors=(40401, 40403),
+            body=body_types({"type": "object", "required": ["topics"], "properties": {
+                "topics": {"type": "array", "minItems": 1, "maxItems": 1000, "items": S.NAME}}}))
+    def subscribe(group_name: str, instance: str, body: dict, content_type: str) -> None:
+        gw.agent.subscribe(group_name, instance, sorted(set(body["topics"])))
+
+    @api.op("GET", base + "/subscription", role="consume", tag="consumers", summary="The subscribed topics",
+            path_params=inst_path, errors=inst_errors,
+            response={"type": "object", "required": ["topics"],
+                      "properties": {"topics": {"type": "array", "items": {"type": "string"}}}})
+    def subscription(group_name: str, instance: str) -> dict:
+        return {"topics": call(group_name, instance, lambda h: h.subscription())}
+
+    @api.op("DELETE", base + "/subscription", role="consume", tag="consumers", summary="Unsubscribe",
+            path_params=inst_path, errors=inst_errors)
+    def unsubscribe(group_name: str, instance: str) -> None:
+        gw.agent.subscribe(group_name, instance, [])
+
+    @api.op("POST", base + "/assignments", role="consume", tag="consumers",
+            summary="Read exactly these partitions (instead of a subscription)", path_params=inst_path,
+            errors=(40401, 40402, 40403, 42204), body=body_types(tps),
+            description="An instance with a subscription answers 422 (42204): unsubscribe first.")
+    def assign(group_name: str, instance: str, body: dict, content_type: str) -> None:
+        gw.agent.assign(group_name, instance, sorted({(x["topic"], x["partition"]) for x in body["partitions"]}))
+
+    @api.op("GET", base + "/assignments", role="consume", tag="consumers",
+            summary="The partitions the group assigned to this instance", path_params=inst_path, errors=inst_errors,
+            response={"type": "object", "required": ["partitions"], "properties": {
+                "partitions": {"type": "array", "items": {"$ref": "#/components/schemas/TopicPartition"}}}})
+    def assignments(group_name: str, instance: str) -> dict:
+        parts = call(group_name, instance, lambda h: h.assignment())
+        return {"partitions": [{"topic": t, "partition": p} for t, p in parts]}
+
+    @api.op("GET", base + "/records", role="consume", tag="consumers",
+            summary="Fetch records (the positions advance)", path_params=inst_path, errors=inst_errors,
+            query={"timeout": {"type": "integer", "minimum": 0, "maximum": FETCH_TIMEOUT_MS_MAX},
+                   "max_bytes": {"type": "integer", "minimum": 1, "maximum": FETCH_BYTES_MAX}},
+            response={"type": "array", "items": {"$ref": "#/components/schemas/Record"}})
+    def records(group_name: str, instance: str, query: dict) -> list[dict]:
+        entry = gw.agent.instance(group_name, instance)
+        got = call(group_name, instance, lambda h: h.fetch(timeout_ms=query.get("timeout", 1000),
+                                                           max_bytes=query.get("max_bytes", FETCH_BYTES_MAX),
+                                                           max_records=FETCH_RECORDS_MAX))
+        return [record_json(r, entry.fmt) for r in got]
+
+    @api.op("POST", base + "/offsets", role="consume", tag="consumers",
+            summary="Commit offsets (each the last record processed; without offsets: everything fetched)",
+            path_params=inst_path, errors=(40403, 42205),
+            body=body_types({"type": "object", "properties": {"offsets": tpos["properties"]["offsets"]}}))
+    def commit(group_name: str, instance: str, body: dict, content_type: str) -> None:
+        offsets = body.get("offsets")
+        if offsets:  # Confluent's v2: the offset given is the last record processed
+            wanted = {(o["topic"], o["partition"]): o["offset"] + 1 for o in offsets}
+            call(group_name, instance, lambda h: h.commit(wanted))
+        else:
+            call(group_name, instance, lambda h: h.commit())
+
+    @api.op("GET", base + "/offsets", role="consume", tag="consumers",
+            summary="Committed offsets (next offset to read; -1: none) of the assigned partitions",
+            path_params=inst_path, errors=inst_errors, response=offsets_out)
+    def committed(group_name: str, instance: str) -> dict:
+        got = call(group_name, instance, lambda h: h.committed())
+        return {"offsets": [{"topic": t, "partition": p, "offset": o, "metadata": ""} for (t, p), o in sorted(got.items())]}
+
+    @api.op("POST", base + "/positions", role="consume", tag="consumers", summary="Seek to offsets",
+            path_params=inst_path, errors=(40403, 42205), body=body_types(tpos))
+    def seek(group_name: str, instance: str, body: dict, content_type: str) -> None:
+        call(group_name, instance, lambda h: h.seek({(o["topic"], o["partition"]): o["offset"] for o in body["offsets"]}))
+
+    @api.op("GET", base + "/positions", role="consume", tag="consumers",
+            summary="Current positions (next offset to fetch; -1: not known yet)", path_params=inst_path,
+            errors=inst_errors, response=offsets_out)
+    def positions(group_name: str, instance: str) -> dict:
+        got = call(group_name, instance, lambda h: h.positions())
+        return {"offsets": [{"topic": t, "partition": p, "offset": o, "metadata": ""} for (t, p), o in sorted(got.items())]}
+
+    for where in ("beginning", "end"):
+        def seek_edge(group_name: str, instance: str, body: dict, content_type: str, where: str = where) -> None:
+            tps_ = [(x["topic"], x["partition"]) for x in body["partitions"]]
+            if not tps_:
+                raise ApiError(42205, "partitions must name at least one partition")
+            call(group_name, instance, lambda h: h.seek_to_beginning(tps_) if where == "beginning" else h.seek_to_end(tps_))
+        api.op("POST", f"{base}/positions/{where}", role="consume", tag="consumers",
+               summary=f"Seek partitions to their {where}", path_params=inst_path, errors=(40403, 42205),
+               body=body_types(tps))(seek_edge)

@@ -1,0 +1,187 @@
+"""Data plane, Confluent REST Proxy v2: topics, partitions, offsets, produce, the records
+browser (Loom's extension) and brokers. Consumer instances are in routes_consumers.py."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from webui import schemas as S
+from webui.context import Gateway
+from webui.errors import ApiError, ClusterError
+from webui.spec import Api
+
+BINARY = "application/vnd.kafka.binary.v2+json"
+JSON_EMBEDDED = "application/vnd.kafka.json.v2+json"
+PLAIN_JSON = "application/json"
+ACKS = {"0": 0, "1": 1, "all": "all", "-1": "all"}
+BROWSE_COUNT_MAX = 1000
+BROWSE_TIMEOUT_MS_MAX = 5000
+BYTES_MAX = 16 * 1024 * 1024
+
+
+def b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(bytes(data)).decode("ascii")
+
+
+def unb64(text: str | None, what: int) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(what, "not valid base64") from None
+
+
+def encode_records(body: dict, binary: bool) -> list[tuple]:
+    """Request records as (key, value, headers, partition) bytes tuples."""
+    out = []
+    for r in body["records"]:
+        if binary:
+            key, value = unb64(r.get("key"), 42201), unb64(r["value"], 42202) or b""
+            headers = [[h["name"], unb64(h["value"], 42204)] for h in r.get("headers") or []]
+        else:
+            key = None if r.get("key") is None else json.dumps(r["key"], separators=(",", ":")).encode()
+            value = json.dumps(r["value"], separators=(",", ":")).encode()
+            headers = [[h["name"], None if h["value"] is None else h["value"].encode()] for h in r.get("headers") or []]
+        out.append((key, value, headers or None, r.get("partition")))
+    return out
+
+
+def decode_value(data: bytes | None, fmt: str) -> Any:
+    """A stored key or value in the consumer's format: base64 (binary) or JSON (json: values
+    that are not JSON come as text, or base64 when not UTF-8)."""
+    if data is None:
+        return None
+    if fmt == "binary":
+        return b64(data)
+    try:
+        return json.loads(bytes(data))
+    except ValueError:
+        try:
+            return bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            return b64(data)
+
+
+def record_json(r: Any, fmt: str) -> dict:
+    headers = [{"name": n, "value": (b64(v) if fmt == "binary" else decode_text(v))} for n, v in (r.headers or [])]
+    return {"topic": r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp_ms,
+            "key": decode_value(r.key, fmt), "value": decode_value(r.value, fmt), "headers": headers}
+
+
+def decode_text(v: bytes | None) -> str | None:
+    if v is None:
+        return None
+    try:
+        return bytes(v).decode("utf-8")
+    except UnicodeDecodeError:
+        return b64(v)
+
+
+def partition_v2(p: Any) -> dict:
+    return {"partition": p.partition, "leader": p.leader,
+            "replicas": [{"broker": b, "leader": b == p.leader, "in_sync": b in p.isr} for b in p.replicas]}
+
+
+def register(api: Api, gw: Gateway) -> None:
+    topic_path = {"topic_name": api.schema("TopicName", S.NAME)}
+    part_path = {**topic_path, "partition_id": api.schema("PartitionId", S.PARTITION)}
+    tp_errors = (40401, 40402)
+
+    @api.op("GET", "/topics", role="read", tag="v2", summary="List topic names",
+            response={"type": "array", "items": {"type": "string"}})
+    def list_topics() -> list[str]:
+        return sorted(t for t in gw.agent.metadata().topics if not t.startswith("__"))
+
+    @api.op("GET", "/topics/{topic_name}", role="read", tag="v2", summary="Describe a topic",
+            path_params=topic_path, response=api.schema("TopicV2", S.TOPIC_V2), errors=(40401,))
+    def get_topic(topic_name: str) -> dict:
+        t = gw.agent.topic(topic_name)
+        return {"name": t.name, "configs": {k: str(v) for k, v in t.configs.items()},
+                "partitions": [partition_v2(p) for p in t.partitions]}
+
+    @api.op("GET", "/topics/{topic_name}/partitions", role="read", tag="v2", summary="A topic's partitions",
+            path_params=topic_path, response={"type": "array", "items": api.schema("PartitionV2", S.PARTITION_V2)},
+            errors=(40401,))
+    def list_partitions(topic_name: str) -> list[dict]:
+        return [partition_v2(p) for p in gw.agent.topic(topic_name).partitions]
+
+    def one_partition(topic: str, partition: int) -> Any:
+        t = gw.agent.topic(topic)
+        if partition >= len(t.partitions):
+            raise ApiError(40402, f"topic {topic!r} has no partition {partition} (it has {len(t.partitions)})")
+        return t.partitions[partition]
+
+    @api.op("GET", "/topics/{topic_name}/partitions/{partition_id}", role="read", tag="v2",
+            summary="One partition", path_params=part_path, response={"$ref": "#/components/schemas/PartitionV2"},
+            errors=tp_errors)
+    def get_partition(topic_name: str, partition_id: int) -> dict:
+        return partition_v2(one_partition(topic_name, partition_id))
+
+    @api.op("GET", "/topics/{topic_name}/partitions/{partition_id}/offsets", role="read", tag="v2",
+            summary="First and next offset of a partition (end_offset is the high watermark)", path_params=part_path,
+            response={"type": "object", "required": ["beginning_offset", "end_offset"],
+                      "properties": {"beginning_offset": {"type": "integer"}, "end_offset": {"type": "integer"}}},
+            errors=tp_errors)
+    def partition_offsets(topic_name: str, partition_id: int) -> dict:
+        one_partition(topic_name, partition_id)
+        start, end = gw.agent.offsets(topic_name)[partition_id]
+        return {"beginning_offset": start, "end_offset": end}
+
+    @api.op("GET", "/topics/{topic_name}/partitions/{partition_id}/records", role="read", tag="v2",
+            summary="Read records of one partition (the message browser)", path_params=part_path,
+            description="Records from `offset` (default: the log start) up to the high watermark; values, keys "
+                        "and headers base64 (`format=binary`, the default) or JSON (`format=json`).",
+            query={"offset": S.OFFSET, "count": {"type": "integer", "minimum": 1, "maximum": BROWSE_COUNT_MAX},
+                   "max_bytes": {"type": "integer", "minimum": 1, "maximum": BYTES_MAX},
+                   "timeout": {"type": "integer", "minimum": 0, "maximum": BROWSE_TIMEOUT_MS_MAX},
+                   "format": {"type": "string", "enum": ["binary", "json"]}},
+            response={"type": "array", "items": api.schema("Record", S.RECORD_OUT)}, errors=tp_errors)
+    def browse(topic_name: str, partition_id: int, query: dict) -> list[dict]:
+        one_partition(topic_name, partition_id)
+        records = gw.agent.read(topic_name, partition_id, query.get("offset"), query.get("count", 100),
+                                query.get("max_bytes", 1024 * 1024), query.get("timeout", 0))
+        return [record_json(r, query.get("format", "binary")) for r in records]
+
+    produce_body = {BINARY: api.schema("ProduceBinary", S.produce_schema(True)),
+                    JSON_EMBEDDED: api.schema("ProduceJson", S.produce_schema(False)),
+                    PLAIN_JSON: {"$ref": "#/components/schemas/ProduceJson"}}
+    produce_query = {"acks": {"type": "string", "enum": sorted(ACKS)}}
+    produce_response = api.schema("ProduceResponse", S.PRODUCE_RESPONSE)
+
+    def produce(topic: str, partition: int | None, query: dict, body: dict, content_type: str) -> dict:
+        records = encode_records(body, content_type == BINARY)
+        if partition is not None:
+            one_partition(topic, partition)
+            records = [(k, v, h, partition) for k, v, h, _ in records]
+        outcomes = gw.agent.produce(topic, [gw.record(*r) for r in records], ACKS[query.get("acks", "all")])
+        return {"key_schema_id": None, "value_schema_id": None,
+                "offsets": [{"partition": o.partition, "offset": o.offset,
+                             "error_code": None if o.error is None else (2 if o.retriable else 1), "error": o.error}
+                            for o in outcomes]}
+
+    @api.op("POST", "/topics/{topic_name}", role="produce", tag="v2", summary="Produce records to a topic",
+            description="Records are partitioned by key (or sticky without a key) unless they name a partition. "
+                        "Per-record failures come back in `offsets` with error_code 1 (not retriable) or 2 (retriable).",
+            path_params=topic_path, query=produce_query, body=produce_body, response=produce_response,
+            errors=(40401, 42201, 42202))
+    def produce_topic(topic_name: str, query: dict, body: dict, content_type: str) -> dict:
+        return produce(topic_name, None, query, body, content_type)
+
+    @api.op("POST", "/topics/{topic_name}/partitions/{partition_id}", role="produce", tag="v2",
+            summary="Produce records to one partition", path_params=part_path, query=produce_query,
+            body=produce_body, response=produce_response, errors=(40401, 40402, 42201, 42202))
+    def produce_partition(topic_name: str, partition_id: int, query: dict, body: dict, content_type: str) -> dict:
+        return produce(topic_name, partition_id, query, body, content_type)
+
+    @api.op("GET", "/brokers", role="read", tag="v2", summary="Broker ids",
+            response={"type": "object", "required": ["brokers"],
+                      "properties": {"brokers": {"type": "array", "items": {"type": "integer"}}}})
+    def brokers() -> dict:
+        return {"brokers": sorted(gw.agent.metadata().brokers)}
+
+
+__all__ = ["register", "ClusterError"]

@@ -1,0 +1,56 @@
+"""JSON Schemas shared by the routes (published in /openapi.json under components)."""
+
+from __future__ import annotations
+
+NAME = {"type": "string", "minLength": 1, "maxLength": 249, "pattern": "^[A-Za-z0-9._-]+$"}
+PARTITION = {"type": "integer", "minimum": 0, "maximum": 9999}
+OFFSET = {"type": "integer", "minimum": 0, "maximum": 2 ** 62}
+BASE64 = {"type": "string", "maxLength": 16 * 1024 * 1024,
+          "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
+RECORDS_PER_REQUEST_MAX = 10_000
+HEADERS_MAX = 100
+TOPIC_CONFIGS = ["retention.ms", "retention.bytes", "min.insync.replicas", "max.message.bytes", "cleanup.policy"]
+NULLABLE_INT = {"type": ["integer", "null"]}
+NULLABLE_STR = {"type": ["string", "null"]}
+
+
+def headers_schema(value: dict) -> dict:
+    return {"type": "array", "maxItems": HEADERS_MAX, "items": {
+        "type": "object", "required": ["name", "value"], "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 255}, "value": {"anyOf": [value, {"type": "null"}]}}}}
+
+
+def produce_schema(binary: bool) -> dict:
+    value = BASE64 if binary else {}
+    header_value = BASE64 if binary else {"type": "string", "maxLength": 65536}
+    return {"type": "object", "required": ["records"], "properties": {
+        "records": {"type": "array", "minItems": 1, "maxItems": RECORDS_PER_REQUEST_MAX, "items": {
+            "type": "object", "required": ["value"], "properties": {
+                "key": {"anyOf": [value, {"type": "null"}]} if binary else {},
+                "value": value,
+                "partition": {"anyOf": [PARTITION, {"type": "null"}]},
+                "headers": headers_schema(header_value)}}}}}
+
+
+PRODUCE_RESPONSE = {"type": "object", "required": ["offsets"], "properties": {
+    "key_schema_id": {"type": "null"}, "value_schema_id": {"type": "null"},
+    "offsets": {"type": "array", "items": {"type": "object", "required": ["partition", "offset", "error_code", "error"],
+                                           "properties": {"partition": {"type": "integer"}, "offset": {"type": "integer"},
+                                                          "error_code": {"type": ["integer", "null"], "enum": [None, 1, 2]},
+                                                          "error": NULLABLE_STR}}}}}
+
+RECORD_OUT = {"type": "object", "required": ["topic", "partition", "offset", "timestamp", "key", "value", "headers"],
+              "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"},
+                             "timestamp": {"type": "integer"}, "key": {}, "value": {},
+                             "headers": {"type": "array", "items": {"type": "object", "properties": {
+                                 "name": {"type": "string"}, "value": NULLABLE_STR}}}}}
+
+REPLICA_V2 = {"type": "object", "required": ["broker", "leader", "in_sync"], "properties": {
+    "broker": {"type": "integer"}, "leader": {"type": "boolean"}, "in_sync": {"type": "boolean"}}}
+PARTITION_V2 = {"type": "object", "required": ["partition", "leader", "replicas"], "properties": {
+    "partition": {"type": "integer"}, "leader": {"type": "integer"}, "replicas": {"type": "array", "items": REPLICA_V2}}}
+TOPIC_V2 = {"type": "object", "required": ["name", "configs", "partitions"], "properties": {
+    "name": {"type": "string"}, "configs": {"type": "object"}, "partitions": {"type": "array", "items": PARTITION_V2}}}
+TOPIC_PARTITION = {"type": "object", "required": ["topic", "partition"], "properties": {"topic": NAME, "partition": PARTITION}}
+TOPIC_PARTITION_OFFSET = {"type": "object", "required": ["topic", "partition", "offset"],
+                          "properties": {"topic": NAME, "partition": PARTITION, "offset": OFFSET}}

@@ -1,0 +1,278 @@
+// The live cluster model behind the overview, brokers and alerts pages: one /ws/events
+// connection for the whole session, its messages normalised here (this module is the only
+// place that knows their shapes), plus the monitor's history and alert routes when the
+// gateway's OpenAPI document lists them.
+//
+// Shapes understood (from the gateway's event hub and the monitor it relays):
+//   {type: "node", node, role, state, reason}          node health (gateway's own watcher)
+//   {type: "node", kind: "health", node, role, state, previous, reason, ts_ms}   (monitor)
+//   {type: "status", ...} or {cluster: {...}, nodes: [...], rates: {...}}   monitor status
+//   {type: "metrics", rates|..._per_s, nodes?}           throughput
+//   {type: "alert", name: "rule/subject", rule, subject, state, message, started_ms, fired_ms, resolved_ms}
+//   {type: "recovery", kind: "recovery", node, action, reason, ts_ms}   supervisor/monitor recoveries
+//   {type: "history", interval_ms, t: [...], series: {...}}
+// A message wrapping another under `event` or `data`, or an array of messages, is unwrapped.
+
+import { clusterId, get, openSocket } from "./api.js";
+
+export const SERIES_POINTS_MAX = 900;     // 15 minutes at one point a second
+export const EVENTS_MAX = 500;            // timeline entries kept in the page
+export const ALERTS_MAX = 500;
+const FALLBACK_AFTER_MS = 10000;         // no rates from the monitor this long: measure them here
+const RATE_KEYS = ["records_in_per_s", "records_out_per_s", "bytes_in_per_s", "bytes_out_per_s"];
+const STATE_ALIASES = { up: "healthy", alive: "healthy", ok: "healthy", true: "healthy", false: "down",
+  dead: "down", stopped: "down", lagging: "degraded" };
+
+function emptySeries() {
+  return { t: [], ...Object.fromEntries(RATE_KEYS.map((k) => [k, []])) };
+}
+
+export const model = {
+  connection: "connecting",   // connecting | open | closed | denied
+  connectionReason: "",
+  nodes: new Map(),           // name -> {name, role, state, reason, since_ms, pid, restarts, host, port, metrics}
+  cluster: {},                // topics, partitions, under_replicated, offline, brokers, brokers_alive, state
+  rates: {},                  // latest records/bytes in/out per second
+  series: emptySeries(),      // chart data, seconds since epoch in t
+  alerts: new Map(),          // rule|subject -> alert
+  events: [],                 // newest last: {ts_ms, kind, node, text}
+  lastMessageMs: 0,
+  lastRatesMs: 0,             // when rates last came from the monitor
+};
+
+const listeners = new Set();
+let socket = null;
+let notifyQueued = false;
+
+/** Call fn() after model changes (batched to one call per animation frame). Returns unsubscribe. */
+export function subscribe(fn) {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}
+
+function changed() {
+  if (notifyQueued) return;
+  notifyQueued = true;
+  requestAnimationFrame(() => {
+    notifyQueued = false;
+    for (const fn of [...listeners]) fn();
+  });
+}
+
+export function normState(s) {
+  const k = String(s ?? "unknown").toLowerCase();
+  return STATE_ALIASES[k] || k;
+}
+
+function upsertNode(name, fields) {
+  if (!name) return;
+  const prev = model.nodes.get(name) || { name, role: "", state: "unknown", reason: "", metrics: {} };
+  const next = { ...prev };
+  for (const [k, v] of Object.entries(fields)) if (v !== undefined) next[k] = v;
+  if (fields.state !== undefined) {
+    next.state = normState(fields.state);
+    // "since" is known only from the monitor or from a change seen while this page is open
+    if (next.state !== prev.state && !fields.since_ms) next.since_ms = prev.state === "unknown" ? undefined : Date.now();
+  }
+  next.metrics = { ...prev.metrics, ...(fields.metrics || {}) };
+  if (!next.role) next.role = roleOf(name);
+  model.nodes.set(name, next);
+}
+
+function roleOf(name) {
+  const base = String(name).split("-")[0];
+  return ["broker", "consumer", "coordinator", "producer", "gateway", "monitor"].includes(base) ? base : "";
+}
+
+function pushEvent(ev) {
+  model.events.push(ev);
+  if (model.events.length > EVENTS_MAX) model.events.splice(0, model.events.length - EVENTS_MAX);
+}
+
+/** Records in per second measured by the page (high watermark growth) while no rates come
+ * from the monitor: the chart is never empty just because the monitor is not running. */
+export function fallbackRecordsIn(tsMs, recordsPerS) {
+  if (Date.now() - model.lastRatesMs < FALLBACK_AFTER_MS) return;
+  model.rates = { ...model.rates, records_in_per_s: recordsPerS };
+  pushRates(tsMs, { records_in_per_s: recordsPerS });
+  changed();
+}
+
+function pushRates(tsMs, rates) {
+  const s = model.series;
+  const t = Math.floor(tsMs / 1000);
+  if (s.t.length && t <= s.t[s.t.length - 1]) return;  // one point per second, in order
+  s.t.push(t);
+  for (const k of RATE_KEYS) s[k].push(rates[k] ?? null);
+  if (s.t.length > SERIES_POINTS_MAX) for (const k of ["t", ...RATE_KEYS]) s[k].splice(0, s[k].length - SERIES_POINTS_MAX);
+}
+
+function applyAlert(a, tsMs) {
+  const [nameRule, nameSubject] = String(a.name || "").split("/");   // the monitor's name: "rule/subject"
+  const rule = a.rule || nameRule || "alert";
+  const subject = a.subject || nameSubject || a.node || "cluster";
+  const key = `${rule}|${subject}`;
+  const prev = model.alerts.get(key);
+  const alert = {
+    rule, subject, key, state: normAlertState(a.state), message: a.message || "",
+    started_ms: a.started_ms || prev?.started_ms || tsMs,
+    fired_ms: a.fired_ms ?? prev?.fired_ms ?? (normAlertState(a.state) === "firing" ? tsMs : null),
+    resolved_ms: a.resolved_ms ?? (normAlertState(a.state) === "resolved" ? tsMs : null),
+  };
+  model.alerts.set(key, alert);
+  if (model.alerts.size > ALERTS_MAX) model.alerts.delete(model.alerts.keys().next().value);
+  if (!prev || prev.state !== alert.state) {
+    pushEvent({ ts_ms: alert.state === "resolved" ? alert.resolved_ms : (alert.fired_ms || alert.started_ms),
+      kind: "alert", node: subject, state: alert.state, text: `${rule} ${alert.state}: ${alert.message}` });
+  }
+}
+
+function normAlertState(s) {
+  const k = String(s || "firing").toLowerCase();
+  return k === "active" ? "firing" : k === "ok" || k === "inactive" ? "resolved" : k;
+}
+
+function applyStatus(st, tsMs) {
+  if (st.cluster) model.cluster = { ...model.cluster, ...st.cluster };
+  for (const n of st.nodes || []) {
+    upsertNode(n.node || n.name, { role: n.role, state: n.state, reason: n.reason, pid: n.pid, host: n.host,
+      port: n.port, restarts: n.restarts, since_ms: n.since_ms || undefined, metrics: n.metrics });
+  }
+  if (st.rates) {
+    model.lastRatesMs = Date.now();
+    model.rates = { ...st.rates };
+    pushRates(st.checked_ms || tsMs, st.rates);
+  }
+}
+
+/** Apply one message from /ws/events (or a REST answer of the same shape). */
+export function apply(msg) {
+  if (Array.isArray(msg)) { msg.forEach(apply); return; }
+  if (!msg || typeof msg !== "object") return;
+  const inner = msg.event || (msg.data && !Array.isArray(msg.data) && typeof msg.data === "object" ? msg.data : null);
+  if (inner && typeof inner === "object" && !msg.cluster) { apply({ ...inner, type: inner.type || inner.kind || msg.type }); return; }
+  // the monitor's status, however the gateway labels it: cluster facts and a list of nodes
+  const type = msg.cluster && Array.isArray(msg.nodes) ? "status" : (msg.type || msg.kind || "");
+  const ts = msg.ts_ms || msg.timestamp_ms || Date.now();
+  model.lastMessageMs = Date.now();
+  switch (type) {
+    case "node":
+    case "health": {
+      const name = msg.node || msg.name;
+      const before = model.nodes.get(name)?.state;
+      upsertNode(name, { role: msg.role, state: msg.state, reason: msg.reason, pid: msg.pid, host: msg.host,
+        port: msg.port, restarts: msg.restarts, metrics: msg.metrics });
+      const after = model.nodes.get(name)?.state;
+      if (before && before !== "unknown" && before !== after) {
+        pushEvent({ ts_ms: ts, kind: "health", node: name, state: after, text: `${name} ${before} → ${after}${msg.reason ? `: ${msg.reason}` : ""}` });
+      }
+      break;
+    }
+    case "status":
+      applyStatus(msg, ts);
+      break;
+    case "metrics": {
+      const rates = msg.rates || Object.fromEntries(RATE_KEYS.filter((k) => k in msg).map((k) => [k, msg[k]]));
+      if (Object.keys(rates).length) { model.lastRatesMs = Date.now(); model.rates = { ...model.rates, ...rates }; pushRates(ts, model.rates); }
+      if (msg.cluster) model.cluster = { ...model.cluster, ...msg.cluster };
+      for (const [name, m] of Object.entries(msg.nodes || {})) upsertNode(name, { metrics: m });
+      break;
+    }
+    case "alert":
+      applyAlert(msg, ts);
+      break;
+    case "recovery":
+      pushEvent({ ts_ms: ts, kind: "recovery", node: msg.node, state: msg.action || "",
+        text: `${msg.node || ""} ${msg.action || "recovery"}${msg.reason ? `: ${msg.reason}` : ""}` });
+      if (msg.action === "restarted" || msg.action === "restart") {
+        const n = model.nodes.get(msg.node);
+        if (n) n.restarts = (n.restarts || 0) + 1;
+      }
+      break;
+    case "history":
+      applyHistory(msg);
+      break;
+    default:
+      return;  // unknown messages are ignored: a newer gateway may send more kinds
+  }
+  changed();
+}
+
+/** Fill the chart from the monitor's history {t: [wall ms], series: {key: [v]}}. */
+export function applyHistory(h) {
+  if (!h || !Array.isArray(h.t)) return;
+  const points = h.t.map((ms, i) => [ms, Object.fromEntries(RATE_KEYS.map((k) => [k, h.series?.[k]?.[i] ?? null]))]);
+  const fresh = emptySeries();
+  const old = model.series;
+  model.series = fresh;
+  for (const [ms, rates] of points) pushRates(ms, rates);
+  const lastT = fresh.t.length ? fresh.t[fresh.t.length - 1] : 0;
+  old.t.forEach((t, i) => { if (t > lastT) pushRates(t * 1000, Object.fromEntries(RATE_KEYS.map((k) => [k, old[k][i]]))); });
+  changed();
+}
+
+// -- routes the gateway may offer for the monitor (found in /openapi.json) -------------------
+
+let routesPromise = null;
+/** {history, alerts, events, status, metrics}: paths (GET, no path parameters except the cluster) or null. */
+export function monitorRoutes() {
+  if (!routesPromise) {
+    routesPromise = get("/openapi.json").then((doc) => {
+      const paths = Object.keys(doc.paths || {}).filter((p) => doc.paths[p].get);
+      const find = (re) => paths.find((p) => re.test(p) && !/\{(?!cluster_id\})[^}]+\}/.test(p)) || null;
+      return { history: find(/history/), alerts: find(/alerts$/), events: find(/events$/),
+        status: find(/(monitor|cluster)[^/]*\/(status|health)$|\/nodes$/), metrics: paths.includes("/metrics") ? "/metrics" : null };
+    }).catch(() => ({ history: null, alerts: null, events: null, status: null, metrics: null }));
+  }
+  return routesPromise;
+}
+
+async function routePath(path) {
+  if (!path.includes("{cluster_id}")) return path;
+  return path.replace("{cluster_id}", encodeURIComponent(await clusterId()));
+}
+
+/** Load what REST offers once (history for the charts, alert and event history). */
+export async function loadOnce() {
+  const routes = await monitorRoutes();
+  const jobs = [];
+  if (routes.history) jobs.push(routePath(routes.history).then(get).then(applyHistory));
+  if (routes.status) jobs.push(routePath(routes.status).then(get).then((s) => apply({ ...s, type: "status" })));
+  if (routes.alerts) jobs.push(routePath(routes.alerts).then(get).then((r) => (r.alerts || r.data || r).forEach((a) => apply({ ...a, type: "alert" }))));
+  if (routes.events) jobs.push(routePath(routes.events).then(get).then((r) => (r.events || r.data || r).forEach((e) => apply({ ...e, type: e.type || e.kind }))));
+  await Promise.allSettled(jobs);
+}
+
+/**
+ * Open the session's /ws/events stream (once), or adopt the one whoami() kept open.
+ * onAuth(who) hears the gateway's answer to the key on every (re)connection; onDenied(reason)
+ * a refusal (a key that is no longer valid).
+ */
+export function start({ adopt = null, onAuth = () => {}, onDenied = () => {} } = {}) {
+  if (socket) { if (adopt) adopt.ws.close(1000, "already streaming"); return; }
+  socket = openSocket("/ws/events", {
+    adopt,
+    onMessage: apply,
+    onAuth: (msg) => onAuth({ name: msg.key, roles: msg.roles || [] }),
+    onState: (state, reason = "") => {
+      model.connection = state;
+      model.connectionReason = reason;
+      changed();
+      if (state === "denied") onDenied(reason);
+    },
+  });
+  loadOnce().catch(() => {});
+}
+
+export function stop() {
+  if (socket) socket.close();
+  socket = null;
+  model.nodes.clear();
+  model.alerts.clear();
+  model.events = [];
+  model.cluster = {};
+  model.rates = {};
+  model.series = emptySeries();
+  model.connection = "connecting";
+  routesPromise = null;
+}

@@ -1,0 +1,323 @@
+"""WebSockets (flask-sock): ``/ws/consume``, ``/ws/produce``, ``/ws/events``.
+
+Auth: the key in a header (as for REST) or, for browsers (which cannot set WebSocket headers),
+a first message ``{"api_key": KEY}`` within ``AUTH_TIMEOUT_S``, before anything else is
+accepted; keys never travel in URLs. A bad key or a missing role closes with 1008.
+
+Backpressure: everything a client is sent goes through its ``Outbox`` -- a bounded queue
+(``gateway.ws_send_queue_max`` messages) drained by one sender thread. When the queue stays
+full for ``gateway.ws_slow_client_timeout_ms`` the client is too slow: the queue is dropped,
+the client gets close code 1013 ("try again later") with a reason, and if it does not even
+read that within ``CLOSE_GRACE_S`` its socket is shut down. So a slow client costs at most
+its queue and its (bounded) socket buffers, never the gateway's memory. Each connection also
+sets a small kernel send buffer (``SOCKET_SNDBUF_BYTES``).
+
+Threads: each connection holds one gunicorn worker thread (the route) and one sender thread;
+at most ``gateway.websockets_max`` connections are open at once (more get HTTP 503).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+from flask import Flask, request
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+
+from webui.auth import Principal
+from webui.context import Gateway
+from webui.events import EVENTS_QUEUE_MAX
+from webui.errors import ApiError, ClusterError
+from webui.routes_v2 import ACKS, encode_records, record_json
+from webui.spec import Op
+
+AUTH_TIMEOUT_S = 10.0
+CLOSE_GRACE_S = 5.0
+POLICY = 1008            # policy violation: auth, bad messages, too many unanswered messages
+TRY_AGAIN_LATER = 1013   # the client cannot keep up
+FETCH_TIMEOUT_MS = 500
+FETCH_BYTES_MAX = 512 * 1024   # as routes_consumers: one fabric frame
+FETCH_RECORDS_MAX = 5000
+INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered
+SOCKET_SNDBUF_BYTES = 256 * 1024
+MESSAGE_BYTES_MAX = 4 * 1024 * 1024
+
+
+DESCRIPTION = {
+    "/ws/produce": {"role": "produce", "query": ["topic", "format=json|binary", "acks=0|1|all"],
+                    "in": "a record {id, key, value, headers, partition} or {records: [...]}",
+                    "out": "{id, offsets: [{partition, offset, error_code, error}]} or {error_code, message}"},
+    "/ws/consume": {"role": "consume", "query": ["topic", "group", "from=beginning|end", "format=json|binary",
+                                                 "auto_commit=true|false"],
+                    "in": '{"commit": "all"} or {"commit": [{topic, partition, offset}]}',
+                    "out": "{records: [{topic, partition, offset, timestamp, key, value, headers}]} or {committed: true}"},
+    "/ws/events": {"role": "read", "out": "{type: node, node, role, state: up|down, ts_ms} (the monitor adds metrics, alerts)"},
+    "auth": 'Authorization or X-API-Key header, or a first message {"api_key": KEY}; 1008 when refused',
+    "close_codes": {"1008": "auth, role or a bad message", "1013": "client too slow, or too many sockets"},
+}
+
+
+class Closed(Exception):
+    """The connection is over (closed by either side); the route returns."""
+
+
+class Outbox:
+    """A bounded send queue and the thread that drains it into the WebSocket. Thread-safe."""
+
+    def __init__(self, ws: Any, queue_max: int, slow_timeout_s: float) -> None:
+        self.ws, self.queue_max, self.slow_timeout_s = ws, queue_max, slow_timeout_s
+        self._q: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._closing: tuple[int, str] | None = None
+        self.done = threading.Event()
+        self.dropped_messages = 0
+        self._thread = threading.Thread(target=self._run, name="loom-ws-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, message: dict) -> None:
+        """Queue a message; waits while the queue is full, up to slow_timeout_s, then closes
+        the connection with 1013 and raises Closed."""
+        text = json.dumps(message, separators=(",", ":"))
+        deadline = time.monotonic() + self.slow_timeout_s
+        with self._cond:
+            while len(self._q) >= self.queue_max and self._closing is None and not self.done.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._closing is not None or self.done.is_set():
+                raise Closed()
+            if len(self._q) < self.queue_max:
+                self._q.append(text)
+                self._cond.notify_all()
+                return
+        self.close(TRY_AGAIN_LATER, f"client too slow: {self.queue_max} messages waited over "
+                                    f"{self.slow_timeout_s * 1000:.0f} ms")
+        raise Closed()
+
+    def close(self, code: int, reason: str) -> None:
+        """Drop what is queued, send a close frame after the message being sent, and cut the
+        socket when the client does not take it within CLOSE_GRACE_S."""
+        with self._cond:
+            if self._closing is None:
+                self.dropped_messages += len(self._q)
+                self._q.clear()
+                self._closing = (code, reason[:120])
+            self._cond.notify_all()
+        if not self.done.wait(CLOSE_GRACE_S):
+            try:
+                self.ws.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.done.wait(CLOSE_GRACE_S)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._q and self._closing is None:
+                        self._cond.wait()
+                    if self._closing is not None:
+                        code, reason = self._closing
+                        break
+                    text = self._q.popleft()
+                    self._cond.notify_all()
+                self.ws.send(text)
+            if self.ws.connected:
+                self.ws.close(code, reason)
+        except (ConnectionClosed, OSError):
+            pass
+        finally:
+            self.done.set()
+            with self._cond:
+                self._cond.notify_all()
+
+
+def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": MESSAGE_BYTES_MAX}
+    sock = Sock(app)
+    slots = threading.BoundedSemaphore(gw.settings.websockets_max)
+
+    def session(role: str, body: Callable[[Any, Outbox, Principal, dict], None]) -> Callable[[Any], None]:
+        """Auth, slot and outbox around one route. Runs in the route's worker thread."""
+        def handler(ws: Any) -> None:
+            try:
+                ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF_BYTES)
+            except (AttributeError, OSError):
+                pass
+            out = Outbox(ws, gw.settings.ws_send_queue_max, gw.settings.ws_slow_client_timeout_ms / 1000)
+            try:
+                principal = _authenticate(ws, out, gw, role)
+                if principal is not None:
+                    body(ws, out, principal, dict(request.args))
+                    out.close(1000, "done")
+            except Closed:
+                pass
+            except ApiError as e:
+                out.close(POLICY if e.status < 500 else 1011, e.message)
+            except ClusterError as e:
+                out.close(POLICY if e.to_api().status < 500 else 1011, e.message)
+            finally:
+                if not out.done.is_set():
+                    out.close(1000, "done")
+        return handler
+
+    def guarded(path: str, role: str, body: Callable) -> None:
+        inner = session(role, body)
+
+        def route(ws: Any) -> None:
+            try:
+                authorize(Op("GET", path, lambda: None, None, "", "ws"))  # the rate limit, by key or address
+            except ApiError as e:
+                ws.close(TRY_AGAIN_LATER, e.message[:120])
+                return
+            if not slots.acquire(blocking=False):
+                ws.close(TRY_AGAIN_LATER, f"{gw.settings.websockets_max} WebSockets are open: try again later")
+                return
+            try:
+                inner(ws)
+            finally:
+                slots.release()
+        route.__name__ = "ws_" + path.rsplit("/", 1)[-1]
+        sock.route(path)(route)
+
+    guarded("/ws/consume", "consume", lambda ws, out, p, q: _consume(ws, out, gw, q))
+    guarded("/ws/produce", "produce", lambda ws, out, p, q: _produce(ws, out, gw, q))
+    guarded("/ws/events", "read", lambda ws, out, p, q: _events(ws, out, gw))
+
+
+def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str) -> Principal | None:
+    from webui.app import presented_key
+    key = presented_key()
+    if key is None:  # a browser: the key comes as the first message
+        first = ws.receive(timeout=AUTH_TIMEOUT_S)
+        try:
+            key = json.loads(first)["api_key"] if first is not None else None
+        except (ValueError, TypeError, KeyError):
+            key = None
+        if not isinstance(key, str):
+            out.close(POLICY, 'authentication required: send {"api_key": KEY} first (or an Authorization header)')
+            return None
+        principal = gw.keys.lookup(key)
+        if principal is not None and principal.may(role):
+            out.put({"authenticated": True, "key": principal.name, "roles": sorted(principal.roles)})
+    principal = gw.keys.lookup(key)
+    if principal is None:
+        out.close(POLICY, "invalid API key")
+        return None
+    if not principal.may(role):
+        out.close(POLICY, f"this stream needs the {role!r} role")
+        return None
+    return principal
+
+
+def _query(q: dict, name: str, allowed: tuple[str, ...] | None = None, default: str | None = None) -> str:
+    value = q.get(name, default)
+    if value is None or value == "" or (allowed and value not in allowed):
+        raise ApiError(42206, f"query parameter {name} must be " + (" or ".join(allowed) if allowed else "given"))
+    return value
+
+
+def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
+    topic = _query(q, "topic")
+    fmt = _query(q, "format", ("json", "binary"), "json")
+    start = _query(q, "from", ("beginning", "end"), "end")
+    group = q.get("group") or f"ws-{time.monotonic_ns():x}"
+    gw.agent.topic(topic)
+    config = {"auto_offset_reset": "earliest" if start == "beginning" else "latest",
+              "enable_auto_commit": q.get("auto_commit", "true") != "false"}
+    entry = gw.agent.create_instance(group, None, config, fmt)
+    try:
+        gw.agent.subscribe(group, entry.name, [topic])
+        while ws.connected and not out.done.is_set():
+            _consume_commands(ws, out, gw, group, entry.name)
+            records = gw.agent.call_instance(group, entry.name, lambda h: h.fetch(
+                timeout_ms=FETCH_TIMEOUT_MS, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
+            if records:
+                out.put({"records": [record_json(r, fmt) for r in records]})
+    finally:
+        try:
+            gw.agent.delete_instance(group, entry.name)  # commits (auto-commit) and leaves at once
+        except ClusterError:
+            pass
+
+
+def _consume_commands(ws: Any, out: Outbox, gw: Gateway, group: str, name: str) -> None:
+    """Handle what the client sent: {"commit": "all" | [{topic, partition, offset}]}."""
+    while True:
+        text = ws.receive(timeout=0)
+        if text is None:
+            return
+        try:
+            msg = json.loads(text)
+            commit = msg["commit"]
+        except (ValueError, TypeError, KeyError):
+            out.close(POLICY, 'expected {"commit": "all"} or {"commit": [{"topic", "partition", "offset"}]}')
+            raise Closed() from None
+        if commit == "all":
+            gw.agent.call_instance(group, name, lambda h: h.commit())
+        else:
+            try:
+                wanted = {(c["topic"], int(c["partition"])): int(c["offset"]) + 1 for c in commit}
+            except (TypeError, KeyError, ValueError):
+                out.close(POLICY, "commit entries need topic, partition and offset")
+                raise Closed() from None
+            gw.agent.call_instance(group, name, lambda h: h.commit(wanted))
+        out.put({"committed": True})
+
+
+def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
+    topic = _query(q, "topic")
+    fmt = _query(q, "format", ("json", "binary"), "json")
+    acks = ACKS[_query(q, "acks", tuple(ACKS), "all")]
+    while ws.connected and not out.done.is_set():
+        if len(getattr(ws, "input_buffer", ())) > INBOX_MESSAGES_MAX:
+            out.close(POLICY, f"more than {INBOX_MESSAGES_MAX} messages unanswered: wait for the answers")
+            return
+        text = ws.receive(timeout=1.0)
+        if text is None:
+            continue
+        try:
+            msg = json.loads(text)
+            body = msg if "records" in msg else {"records": [msg]}
+            records = encode_records(body, fmt == "binary")
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            out.put({"error_code": 42204, "message": f"expected a record or {{\"records\": [...]}}: {e}"})
+            continue
+        except ApiError as e:
+            out.put(e.body())
+            continue
+        try:
+            outcomes = gw.agent.produce(topic, [gw.record(*r) for r in records], acks)
+        except ClusterError as e:
+            out.put({**e.to_api().body(), "id": msg.get("id")})
+            continue
+        out.put({"id": msg.get("id"), "offsets": [
+            {"partition": o.partition, "offset": o.offset,
+             "error_code": None if o.error is None else (2 if o.retriable else 1), "error": o.error} for o in outcomes]})
+
+
+def _events(ws: Any, out: Outbox, gw: Gateway) -> None:
+    sub = gw.hub.subscribe(EVENTS_QUEUE_MAX)
+    if sub is None:
+        out.close(TRY_AGAIN_LATER, "too many event subscribers")
+        return
+    try:
+        while ws.connected and not out.done.is_set():
+            if sub.overflowed:
+                out.close(TRY_AGAIN_LATER, "client too slow for the event stream")
+                return
+            event = sub.get(1.0)
+            if event is not None:
+                out.put(event)
+            ws.receive(timeout=0)  # drain (and ignore) anything the client sends
+    finally:
+        sub.close()
+
+
+__all__ = ["install", "Outbox"]
