@@ -21,11 +21,12 @@ from engines.errors import LoomError
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
-from fabric.errors import RemoteError
+from fabric.errors import MalformedFrame, RemoteError
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from fabric.rpc import RpcClient, make_socket
 from fabric.stall import StallWatch
 from nodes.base import Node
+from nodes.coordinator import election
 from nodes.coordinator.alter_isr import IsrChange, judge
 from nodes.coordinator.alter_isr import result as alter_isr_result
 from nodes.coordinator.groups import GroupCoordinator
@@ -248,23 +249,20 @@ class Coordinator(Node):
 
     # -- liveness and elections -----------------------------------------------------------------
     def _on_heartbeat(self, frames: list[bytes]) -> None:
-        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] != P.PUB_HEARTBEAT:
-            self.counters["sub_malformed"] += 1
-            return
+        """A broker's heartbeat (``fabric.wire.Heartbeat``); one we cannot read is counted and dropped."""
         try:
-            hb = wire.unpack(frames[3])
-            bid = hb.get("broker_id") if isinstance(hb, dict) else None
-        except Exception:
+            hb = wire.decode_heartbeat(frames)
+        except MalformedFrame:
             self.counters["sub_malformed"] += 1
             return
-        if not isinstance(bid, int) or bid not in self.brokers or self.faults.blocks(hb.get("node")):
+        bid = hb.broker_id
+        if bid is None or bid not in self.brokers or self.faults.blocks(hb.node):
             return
-        if self._foreign(bid, hb.get("cluster_id")):
+        if self._foreign(bid, hb.cluster_id):
             return
         self.heartbeats_from.add(bid)
-        incarnation = hb.get("incarnation")
-        if isinstance(incarnation, str):
-            self._observe_incarnation(bid, incarnation)
+        if hb.incarnation is not None:
+            self._observe_incarnation(bid, hb.incarnation)
         else:
             self._seen(bid)
 
@@ -352,59 +350,19 @@ class Coordinator(Node):
                 raise
 
     def _on_broker_down(self, bid: int) -> None:
-        changed = False
-        for name, topic in self.state.topics.items():
-            for i, ps in enumerate(topic.partitions):
-                if bid not in ps.isr and ps.leader != bid:
-                    continue
-                live_isr = [b for b in ps.isr if b in self.alive]
-                if ps.leader == bid:
-                    changed |= self._elect(name, i, ps, live_isr)
-                elif live_isr and bid in ps.isr:
-                    ps.isr = live_isr
-                    changed = True
-        if changed:
-            self.commit()
-        else:
-            self._metadata_cache = None
-            self._publish_metadata()
-
-    def _elect(self, topic: str, p: int, ps: PartitionState, live_isr: list[int]) -> bool:
-        if live_isr:
-            leader = next((r for r in ps.replicas if r in live_isr), live_isr[0])
-            ps.isr = live_isr
-        elif self.config.replication.unclean_leader_election:
-            live = [r for r in ps.replicas if r in self.alive]
-            if not live:
-                return self._set_offline(topic, p, ps)
-            leader = live[0]
-            ps.isr = [leader]
-            log.warning("%s-%d: UNCLEAN election of broker %d (data may be lost)", topic, p, leader)
-        else:
-            return self._set_offline(topic, p, ps)
-        ps.leader = leader
-        ps.leader_epoch += 1
-        log.info("%s-%d: leader %d at epoch %d, isr %s", topic, p, leader, ps.leader_epoch, ps.isr)
-        return True
-
-    def _set_offline(self, topic: str, p: int, ps: PartitionState) -> bool:
-        if ps.leader < 0:
-            return False
-        ps.leader = -1
-        ps.leader_epoch += 1
-        log.warning("%s-%d is offline: no live in-sync replica", topic, p)
-        return True
+        """``bid`` is dead (no longer in ``alive``): re-elect what it led, shrink ISRs it was in."""
+        self._apply_changes(election.on_broker_down(self.state.topics, bid, self.alive,
+                                                    self.config.replication.unclean_leader_election))
 
     def _on_broker_up(self, bid: int) -> None:
-        changed = False
-        for name, topic in self.state.topics.items():
-            for i, ps in enumerate(topic.partitions):
-                if ps.leader >= 0 or bid not in ps.replicas:
-                    continue
-                live_isr = [b for b in ps.isr if b in self.alive]
-                if live_isr or self.config.replication.unclean_leader_election:
-                    changed |= self._elect(name, i, ps, live_isr)
-        if changed:
+        """``bid`` is alive again: offline partitions it is a replica of may get a leader."""
+        self._apply_changes(election.on_broker_up(self.state.topics, bid, self.alive,
+                                                  self.config.replication.unclean_leader_election))
+
+    def _apply_changes(self, changes: list[election.PartitionChange]) -> None:
+        """Apply and commit the changes; with none, only publish (liveness is in the metadata)."""
+        if changes:
+            election.apply(self.state.topics, changes)
             self.commit()
         else:
             self._metadata_cache = None
@@ -413,16 +371,9 @@ class Coordinator(Node):
     def _restore_preferred_leaders(self) -> None:
         """Move leadership back to each partition's first replica once it is alive and in
         sync (Kafka's auto leader rebalance), so load spreads again after a restart."""
-        changed = False
-        for name, topic in self.state.topics.items():
-            for i, ps in enumerate(topic.partitions):
-                pref = ps.replicas[0]
-                if ps.leader != pref and pref in self.alive and pref in ps.isr and ps.leader >= 0:
-                    ps.leader = pref
-                    ps.leader_epoch += 1
-                    changed = True
-                    log.info("%s-%d: preferred leader %d restored at epoch %d", name, i, pref, ps.leader_epoch)
-        if changed:
+        changes = election.preferred_leaders(self.state.topics, self.alive)
+        if changes:
+            election.apply(self.state.topics, changes)
             self.commit()
 
     # -- stats ------------------------------------------------------------------------------------

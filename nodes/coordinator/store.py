@@ -1,8 +1,9 @@
 """The coordinator's durable state: the cluster id, topics (each with its id), placement,
 leaders, ISRs, epochs, the metadata version, the next producer id, the ids of topics deleted
 explicitly, and where each offsets partition's latest snapshot starts. One
-JSON file replaced atomically (write, fsync, rename, fsync the directory) on every change, so
-a coordinator restart loses nothing.
+JSON file replaced atomically on every change through ``engines.durable.replace_file`` (write
+a temp file, fsync, rename, fsync the directory; errors translated), so a coordinator restart
+loses nothing.
 
 Not thread-safe: owned by the coordinator's reactor.
 """
@@ -15,6 +16,8 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engines.durable import replace_file
 
 FILE_NAME = "cluster-state.json"
 # ids of explicitly deleted topics kept (and published) so that a broker that was down at the
@@ -96,6 +99,8 @@ class StateStore:
         return state
 
     def save(self, state: ClusterState) -> None:
+        """Replace the state file with ``state`` (engines/durable.py: the previous content stays
+        whole if this fails). Raises StorageFull / EngineError."""
         raw = {
             "cluster_id": state.cluster_id,
             "version": state.version,
@@ -106,14 +111,4 @@ class StateStore:
             "topics": {n: {"id": t.topic_id, "configs": t.configs, "partitions": [p.to_list() for p in t.partitions]}
                        for n, t in state.topics.items()},
         }
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(raw, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        replace_file(self.path, json.dumps(raw, separators=(",", ":")).encode())

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import zmq
 
-from fabric import protocol as P
 from fabric import wire
 from fabric.clock import ManualClock
 from fabric.config import load_config
@@ -104,8 +103,8 @@ def test_heartbeats_waiting_in_the_socket_are_read_before_a_liveness_verdict(tmp
         for _ in range(config.liveness.session_timeout_ms // step_ms + 1):
             clock.advance(step_ms)
             coord.stall_watch.tick()  # busy passes, no stall, nothing read
-        header = wire.pack({"node": "broker-1", "broker_id": 1})
-        wait_until(lambda: pub.send_multipart([P.TOPIC_HEARTBEAT, P.VERSION, P.PUB_HEARTBEAT, header])
+        heartbeat = wire.encode_heartbeat(wire.Heartbeat("broker-1", "broker", 4242, clock.wall_ms(), broker_id=1))
+        wait_until(lambda: pub.send_multipart(heartbeat)
                    or coord.sub.poll(0), 10, what="a heartbeat waiting on the coordinator's SUB socket")
         coord._check_liveness()
         assert 1 in coord.alive and 2 not in coord.alive
