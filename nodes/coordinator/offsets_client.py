@@ -52,11 +52,15 @@ class AppendOutcome(NamedTuple):
 
     @classmethod
     def from_reply(cls, header: dict | None, err: RemoteError | None) -> "AppendOutcome":
-        res = header["results"][0] if header is not None and header.get("results") else None
-        if res is None:
+        results = header.get("results") if header is not None else None
+        res = results[0] if isinstance(results, list) and results else None
+        if not (isinstance(res, list) and len(res) >= 2 and isinstance(res[0], int) and isinstance(res[1], int)):
+            # no answer for the partition (or one we cannot read: a peer's bad reply is not a bug
+            # of ours): it may have landed
             code = err.code if isinstance(err, RemoteError) else P.UNKNOWN
             return cls(code, -1, err.message if isinstance(err, RemoteError) else "append failed", False)
-        return cls(res[1], res[0] if res[1] == 0 else -1, res[2] if len(res) > 2 else "", True)
+        message = res[2] if len(res) > 2 and isinstance(res[2], str) else ""
+        return cls(res[1], res[0] if res[1] == 0 else -1, message, True)
 
 
 class OffsetsTopicClient:

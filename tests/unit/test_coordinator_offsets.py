@@ -137,6 +137,9 @@ def test_an_append_outcome_says_whether_it_may_be_in_the_log() -> None:
     assert lost.retriable and lost.maybe_written and lost.code == P.REQUEST_TIMED_OUT
     never_left = AppendOutcome.from_reply(None, RemoteError(P.BUFFER_FULL, "too many requests in flight"))
     assert never_left.retriable and not never_left.maybe_written
+    for unreadable in ({"results": [[5]]}, {"results": ["x"]}, {"results": [["a", "b"]]}, {"results": 3}):
+        out = AppendOutcome.from_reply(unreadable, None)  # a peer's bad reply: no answer, not a crash
+        assert out.retriable and out.maybe_written and not out.ok
 
 
 # -- a programmer error is not swallowed -----------------------------------------------------------------
