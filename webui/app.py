@@ -1,5 +1,5 @@
 """The gateway's Flask app: REST routes (routes_v2, routes_consumers, routes_v3), ops routes,
-WebSockets (ws.py) and the dashboard's static files.
+WebSockets (ws.py) and the dashboard (webui/dashboard.py's blueprint, rate limited like the API).
 
 Every response carries ``X-Request-Id`` (the client's, when it sent a sane one); every error is
 JSON ``{error_code, message}`` -- never HTML, a stack trace or an internal address; a 5xx is
@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 from webui import routes_consumers, routes_v2, routes_v3, ws
 from webui.auth import retry_after_s
 from webui.context import Gateway
+from webui.dashboard import dashboard_blueprint
 from webui.errors import ApiError, ClusterError
 from webui.spec import JSON, Api, Op
 
@@ -31,6 +32,7 @@ log = logging.getLogger("loom.gateway.http")
 STATIC = Path(__file__).parent / "static"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 API_VERSION = "1.0.0"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 HTTP_STATUS_TO_CODE = {400: 40001, 404: 40404, 405: 40501, 413: 41301, 415: 41501}
 
 
@@ -70,6 +72,23 @@ def build_api(gw: Gateway) -> Api:
         services_up = all(s == "up" for n, s in states.items())
         return {"ready": alive == len(md.brokers) and alive > 0 and services_up, "nodes": states,
                 "brokers_alive": alive, "brokers": len(md.brokers)}
+
+    @api.op("GET", "/metrics", role="read", tag="ops", response={"type": "string"}, response_type=PROMETHEUS_TEXT,
+            summary="Every node's metrics in the Prometheus text format, from the monitor (503 without one)",
+            errors=(50301,))
+    def metrics() -> tuple[bytes, str]:
+        return gw.agent.monitor_metrics()
+
+    @api.op("GET", "/monitor/history", role="read", tag="ops", errors=(50301,),
+            summary="The monitor's history of rates and gauges, one point per check (503 without a monitor)",
+            query={"since_ms": {"type": "integer", "minimum": 0}},
+            response={"type": "object", "required": ["interval_ms", "t", "series"], "properties": {
+                "interval_ms": {"type": "integer"}, "t": {"type": "array", "items": {"type": "integer"}},
+                "series": {"type": "object", "additionalProperties": {
+                    "type": "array", "items": {"type": ["number", "null"]}}}}})
+    def history(query: dict) -> dict:
+        h = gw.agent.monitor_history(query.get("since_ms", 0))
+        return {"interval_ms": h["interval_ms"], "t": h["t"], "series": h["series"]}
     return api
 
 
@@ -111,20 +130,15 @@ def create_app(gw: Gateway) -> Flask:
         authorize(Op("GET", "/docs", lambda: None, None, "", "ops"))
         return send_from_directory(STATIC, "docs.html", max_age=0)
 
-    @app.get("/")
-    def index() -> Response:
-        authorize(Op("GET", "/", lambda: None, None, "", "ops"))
-        return send_from_directory(STATIC, "index.html", max_age=0)
-
-    @app.get("/static/<path:name>")
-    def static_file(name: str) -> Response:
-        authorize(Op("GET", "/static", lambda: None, None, "", "ops"))
-        return send_from_directory(STATIC, name, max_age=0)
+    app.register_blueprint(dashboard_blueprint)  # "/" and "/static/...": the dashboard (webui/dashboard.py)
+    static_op = Op("GET", "/static", lambda: None, None, "", "ops")
 
     @app.before_request
     def request_id() -> Response | None:
         rid = request.headers.get("X-Request-Id", "")
         g.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+        if request.blueprint == dashboard_blueprint.name:
+            authorize(static_op)  # no key needed, but the per-address rate limit applies
         length = request.content_length
         if length is not None and length > gw.settings.request_bytes_max:
             raise ApiError(41301, f"the body has {length} bytes; the limit is {gw.settings.request_bytes_max}")
@@ -133,6 +147,7 @@ def create_app(gw: Gateway) -> Flask:
     @app.after_request
     def add_request_id(resp: Response) -> Response:
         resp.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+        gw.http_requests.record(request.url_rule.rule if request.url_rule else "unmatched", resp.status_code)
         return resp
 
     def error_response(e: ApiError) -> Response:

@@ -4,8 +4,9 @@ The app never imports zmq; everything cluster-side goes through ``agent``."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from fabric.config import GatewayConfig, SecurityConfig
 from webui.auth import KeyStore, RateLimiter
@@ -34,6 +35,37 @@ class ClusterAgent(Protocol):
     def delete_instance(self, group: str, name: str) -> None: ...
     def subscribe(self, group: str, name: str, topics: list[str]) -> None: ...
     def assign(self, group: str, name: str, partitions: list[tuple[str, int]]) -> None: ...
+    def monitor_metrics(self) -> tuple[bytes, str]: ...
+    def monitor_history(self, since_ms: int) -> dict: ...
+
+
+HTTP_REQUESTS_METRIC = "loom_gateway_http_requests_total"
+
+
+class HttpRequestCounter:
+    """``loom_gateway_http_requests_total{route,status}``: the HTTP threads ``record``, the node's
+    metrics registry reads ``samples`` (a collector) on its own thread. Labels are bounded: the
+    route template (or ``unmatched``) and the status code. Thread-safe (one lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def record(self, route: str, status: int) -> None:
+        key = (route, str(status))
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def samples(self) -> Iterator[tuple[str, tuple, float]]:
+        with self._lock:
+            counts = list(self._counts.items())
+        for labels, n in counts:
+            yield HTTP_REQUESTS_METRIC, labels, float(n)
+
+    def totals(self) -> dict[str, int]:
+        """``{"route status": count}`` for STATS."""
+        with self._lock:
+            return {f"{r} {s}": n for (r, s), n in self._counts.items()}
 
 
 @dataclass
@@ -46,4 +78,5 @@ class Gateway:
     security: SecurityConfig
     cluster_id: str
     record: Callable[..., Any]        # (key, value, headers, partition) -> the agent's record type
-    metrics: dict[str, Any] = field(default_factory=dict)
+    http_requests: HttpRequestCounter = field(default_factory=HttpRequestCounter)
+    broker_storage: dict[int, dict[str, Any]] = field(default_factory=dict)  # broker id -> engine, fsync, fsync_interval_ms

@@ -2,8 +2,8 @@
 
 ``EventHub`` is the interface a feeder uses: anything that learns of an event calls
 ``publish(event)``; today that is the gateway's health watcher (node health from PINGs and the
-coordinator's metadata), and the monitor (nodes/monitor) will feed its health, metrics and
-alerts the same way. Each event is a JSON-able dict with ``type`` (``node``, ``metrics``,
+coordinator's metadata), and the monitor's relay (nodes/gateway/monitor_link.py: the monitor's
+health, alert and recovery events and its cluster status, ``type: "status"``). Each event is a JSON-able dict with ``type`` (``node``, ``metrics``,
 ``alert``...) and ``ts_ms``. Events whose ``type`` is in ``STATE_TYPES`` also update a snapshot
 keyed by ``(type, key)`` that a new client receives first.
 
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 SUBSCRIBERS_MAX = 256
 EVENTS_QUEUE_MAX = 1000           # live events waiting for one subscriber
 SNAPSHOT_KEYS_MAX = 10_000
-STATE_TYPES = {"node": "node", "alert": "name"}  # type -> field that keys its snapshot
+STATE_TYPES = {"node": "node", "alert": "name", "status": "type"}  # type -> field that keys its snapshot
 
 
 class EventSink(Protocol):

@@ -172,7 +172,10 @@ def register(api: Api, gw: Gateway) -> None:
     broker_s = api.schema("BrokerV3", {"type": "object", "required": ["kind", "broker_id", "host", "port", "alive"],
                                        "properties": {"kind": {"const": "KafkaBroker"}, "broker_id": {"type": "integer"},
                                                       "host": {"type": "string"}, "port": {"type": "integer"},
-                                                      "alive": {"type": "boolean"}}})
+                                                      "alive": {"type": "boolean"},
+                                                      "engine": {"type": "string"},
+                                                      "fsync": {"enum": ["always", "interval", "never"]},
+                                                      "fsync_interval_ms": {"type": "integer"}}})
 
     @api.op("GET", c + "/brokers", role="read", tag="v3", summary="Brokers and their liveness", path_params=cluster_path,
             response=_list("KafkaBrokerList", broker_s))
@@ -180,7 +183,8 @@ def register(api: Api, gw: Gateway) -> None:
         check_cluster(cluster_id)
         md = gw.agent.metadata()
         return {"kind": "KafkaBrokerList", "data": [{"kind": "KafkaBroker", "broker_id": b.broker_id, "host": b.host,
-                                                     "port": b.port, "alive": b.alive} for _, b in sorted(md.brokers.items())]}
+                                                     "port": b.port, "alive": b.alive, **gw.broker_storage.get(b.broker_id, {})}
+                                                    for _, b in sorted(md.brokers.items())]}
 
     def group_v3(d: dict, members: bool) -> dict:
         out = {"kind": "KafkaConsumerGroup", "consumer_group_id": d["group"], "state": d["state"],

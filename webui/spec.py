@@ -43,6 +43,7 @@ class Op:
     query_required: tuple[str, ...] = ()
     body: dict[str, dict] | None = None  # content type -> schema
     response: dict | None = None         # None: 204 No Content
+    response_type: str = JSON            # another type: the handler returns (body bytes, content type)
     status: int = 200
     errors: tuple[int, ...] = ()         # error codes besides the common ones
     cluster: bool = True                 # talks to the cluster: may answer 408 / 503
@@ -169,6 +170,9 @@ class Api:
             result = op.handler(**kw)
             if op.response is None:
                 return Response(status=204)
+            if op.response_type != JSON:
+                body_bytes, content_type = result
+                return Response(body_bytes, status=op.status, content_type=content_type)
             return Response(json.dumps(result, separators=(",", ":")), status=op.status, mimetype=JSON)
         view.__name__ = op.endpoint
         return view
@@ -185,7 +189,7 @@ class Api:
                 responses[str(op.status)] = {"description": "Done (no content)"}
             else:
                 responses[str(op.status)] = {"description": "Success",
-                                             "content": {JSON: {"schema": op.response}}}
+                                             "content": {op.response_type: {"schema": op.response}}}
             by_status: dict[int, list[int]] = {}
             for code in op.error_codes():
                 by_status.setdefault(code // 100, []).append(code)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -28,6 +27,7 @@ from fabric.client.services import ServiceRecord
 from fabric.config import LoomConfig
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway as GatewayContext
+from webui.context import HttpRequestCounter
 from webui.events import EventHub
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,16 @@ class _Server(BaseApplication):
 
     def load(self) -> Any:
         return self.gateway.build_app()  # in the worker, after the fork
+
+
+def broker_storage(config: LoomConfig) -> dict[int, dict[str, Any]]:
+    """Each broker's engine and fsync mode from the config it runs with (per-broker overrides applied)."""
+    out = {}
+    for name, node in config.nodes.items():
+        if node.role == "broker" and node.broker_id is not None:
+            st = config.storage_for(name)
+            out[node.broker_id] = {"engine": st.engine, "fsync": st.fsync, "fsync_interval_ms": st.fsync_interval_ms}
+    return out
 
 
 class Gateway:
@@ -87,8 +97,8 @@ class Gateway:
         from webui.app import create_app
 
         hub = EventHub()
-        http_stats: Counter[str] = Counter()
-        self.control = GatewayControl(self.config, self.name, self.master_pid, hub, http_stats)
+        http_requests = HttpRequestCounter()
+        self.control = GatewayControl(self.config, self.name, self.master_pid, hub, http_requests)
         agent = GatewayAgent(self.config, is_up=self.control.is_up)
         sec = self.config.security
         keys = KeyStore([(k.name, k.key_hash, list(k.roles)) for k in sec.api_keys],
@@ -97,7 +107,7 @@ class Gateway:
         ctx = GatewayContext(agent=agent, hub=hub, keys=keys, limiter=limiter, settings=self.config.gateway,
                              security=sec, cluster_id=self.config.cluster.name,
                              record=lambda k, v, h, p: ServiceRecord(v, key=k, headers=h, partition=p),
-                             metrics=http_stats)
+                             http_requests=http_requests, broker_storage=broker_storage(self.config))
         app = create_app(ctx)
         self.control.start()
         return app

@@ -32,6 +32,7 @@ from fabric.client.services import ServiceConsumer, ServiceProducer, ServiceReco
 from fabric.config import LoomConfig
 from fabric.errors import FabricError, RemoteError, RequestTimeout
 from fabric.records import Record
+from nodes.gateway.monitor_link import MonitorAccess
 from webui.errors import ClusterError
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class GatewayAgent:
         self.is_up = is_up or (lambda endpoint: True)
         self._local = threading.local()
         self._instances: dict[tuple[str, str], InstanceEntry] = {}
+        self.monitor = MonitorAccess(config)
         self._lock = threading.Lock()
 
     # -- per-thread clients ---------------------------------------------------------------
@@ -124,6 +126,13 @@ class GatewayAgent:
 
     def _browser(self) -> Consumer:
         return self._get("browser", lambda: Consumer(self.bootstrap, auto_offset_reset="earliest"))
+
+    # -- the monitor (503 / unavailable without one) -----------------------------------------
+    def monitor_metrics(self) -> tuple[bytes, str]:
+        return self.monitor.metrics_text()
+
+    def monitor_history(self, since_ms: int) -> dict:
+        return self.monitor.history(since_ms)
 
     # -- cluster and topics ------------------------------------------------------------------
     def coordinator_reachable(self) -> bool:

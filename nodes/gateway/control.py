@@ -8,7 +8,10 @@ survive a fork) and runs on one reactor thread.
 Health watcher: every ``HEALTH_INTERVAL_MS`` it PINGs every other node (one DEALER per node,
 all in flight at once) and publishes ``{"type": "node", "node", "role", "state": up|down}``
 on the event hub when a node's state changes (and with every broker's liveness from the
-coordinator's metadata). Once the monitor exists it feeds the hub instead (see webui/events.py).
+coordinator's metadata). When the config has a monitor, its events and status are relayed to
+the hub too (nodes/gateway/monitor_link.py); the watcher stays as the fallback without one.
+HTTP request counts (``HttpRequestCounter``, filled by the HTTP threads) are read into this
+node's metrics registry by a collector, so STATS carries them to the monitor.
 
 Not thread-safe: owned by the control thread, except ``is_up``, which reads a dict that only
 the control thread replaces (atomic under the GIL).
@@ -26,6 +29,8 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.rpc import RpcClient
 from nodes.base import Node
+from nodes.gateway.monitor_link import MonitorRelay
+from webui.context import HttpRequestCounter
 from webui.events import EventHub
 
 log = logging.getLogger(__name__)
@@ -37,11 +42,14 @@ PING_TIMEOUT_MS = 1000
 class GatewayControl(Node):
     role = "gateway"
 
-    def __init__(self, config: LoomConfig, name: str, master_pid: int, hub: EventHub, http_stats: dict) -> None:
+    def __init__(self, config: LoomConfig, name: str, master_pid: int, hub: EventHub,
+                 http_requests: HttpRequestCounter) -> None:
         super().__init__(config, name)
         self.master_pid = master_pid
         self.hub = hub
-        self.http_stats = http_stats
+        self.http_requests = http_requests
+        self.metrics.add_collector(http_requests.samples)  # the monitor's gateway_5xx rule reads it
+        self.relay = MonitorRelay(self.ctx, self.reactor, config, hub)
         self.node_up: dict[str, bool] = {}
         self._peers = {n: c for n, c in config.nodes.items() if n != name and c.role != "gateway"}
         self._clients = {n: RpcClient(self.ctx, self.reactor, c.endpoint, identity=f"{name}-health")
@@ -69,7 +77,8 @@ class GatewayControl(Node):
         return {**super().heartbeat_fields(), "pid": self.master_pid}
 
     def stats(self) -> dict[str, Any]:
-        return {"http": dict(self.http_stats), "nodes_up": dict(self.node_up)}
+        return {"http": self.http_requests.totals(), "nodes_up": dict(self.node_up),
+                "monitor_events_malformed": self.relay.malformed}
 
     def _check(self) -> None:
         for name, client in self._clients.items():
@@ -95,3 +104,4 @@ class GatewayControl(Node):
     def stop(self) -> None:
         self.reactor.stop()
         self._thread.join(timeout=5)
+        self.relay.close()

@@ -3,7 +3,7 @@ number of examples per operation -- no 5xx, and every response matches the docum
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
-from tests.harness import Cluster, running_cluster, wait_until
+from tests.harness import Cluster, wait_until
+from tests.integration.monitor_support import monitor_config
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 EXAMPLES_PER_OPERATION = 12
@@ -20,14 +21,17 @@ AUTH = {"Authorization": f"Bearer {ROLE_KEYS['admin']}"}
 
 
 @pytest.fixture(scope="module")
-def fuzz_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("gw-fuzz"), 3, extra_nodes=GATEWAY_NODES,
-                         overrides=gateway_overrides()) as c:
-        http = Http(c.raw["nodes"]["gateway"]["port"])
-        http.ok("POST", "/v3/clusters/test/topics", {"topic_name": "fuzz", "partitions_count": 2})
-        wait_until(lambda: all(p["leader"] for p in http.ok("GET", "/v3/clusters/test/topics/fuzz/partitions")["data"]),
-                   20, what="leaders")
-        yield c
+def fuzz_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Cluster:
+    # with a monitor, so /metrics and /monitor/history answer (503 without one would be a 5xx)
+    path, _ = monitor_config(tmp_path_factory.mktemp("gw-fuzz"), 3, extra_nodes=GATEWAY_NODES, **gateway_overrides())
+    c = Cluster(path)
+    request.addfinalizer(c.stop_all)
+    c.start()
+    http = Http(c.raw["nodes"]["gateway"]["port"])
+    http.ok("POST", "/v3/clusters/test/topics", {"topic_name": "fuzz", "partitions_count": 2})
+    wait_until(lambda: all(p["leader"] for p in http.ok("GET", "/v3/clusters/test/topics/fuzz/partitions")["data"]),
+               20, what="leaders")
+    return c
 
 
 def test_api_matches_its_document(fuzz_cluster: Cluster) -> None:

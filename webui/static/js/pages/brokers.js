@@ -1,6 +1,6 @@
 // Brokers: per broker its liveness, the partitions it leads and follows (from every topic's
-// partitions), and -- from the monitor's exposition on the gateway's /metrics, when it serves it -- disk
-// use, engine, fsync mode, RSS and CPU.
+// partitions), its engine and fsync mode (the gateway's broker list), and -- from the monitor's
+// exposition on the gateway's /metrics, when it serves it -- disk use, RSS and CPU.
 
 import { loadCluster } from "../cluster.js";
 import { nodeMetrics } from "../metrics.js";
@@ -32,6 +32,12 @@ export function brokerRows(cluster) {
   });
 }
 
+/** The broker's fsync mode (from the gateway's broker list), with its interval when it has one. */
+export function fsyncText(mode, intervalMs) {
+  if (!mode) return "—";
+  return mode === "interval" && intervalMs ? `interval (${intervalMs} ms)` : mode;
+}
+
 function list(items, fmt) {
   if (!items.length) return h("span.muted", {}, "none");
   const shown = items.slice(0, 12).map(fmt);
@@ -58,13 +64,13 @@ export async function render(root, ctx) {
         const ratio = metric(r.node, "disk_used_ratio", "loom_broker_disk_used_ratio");
         return [fmtBytes(used), ratio !== undefined ? h("div.muted", {}, `volume ${fmtPercent(ratio)} full`) : null];
       } },
-      { label: "Engine", cell: (r) => metric(r.node, "engine") ?? "—" },
-      { label: "Fsync", cell: (r) => metric(r.node, "fsync", "fsync_mode") ?? "—" },
+      { label: "Engine", cell: (r) => metric(r.node, "engine") ?? r.engine ?? "—" },
+      { label: "Fsync", cell: (r) => fsyncText(metric(r.node, "fsync", "fsync_mode") ?? r.fsync, r.fsync_interval_ms) },
       { label: "RSS", cls: "num", cell: (r) => fmtBytes(metric(r.node, "rss_bytes", "loom_process_resident_memory_bytes")) },
       { label: "CPU", cls: "num", cell: (r) => fmtPercent(metric(r.node, "cpu_ratio")) },
     ], rows, { rowCls: (r) => (r.state === "down" ? "down" : ""), empty: "no brokers" }),
     cluster.truncated ? h("p.muted", {}, "Only the first topics' partitions are counted.") : null,
-    h("p.muted", {}, "Disk, engine, fsync mode, RSS and CPU come from the monitor; “—” until it reports them."));
+    h("p.muted", {}, "Engine and fsync mode come from the gateway's broker list; disk, RSS and CPU from the monitor, “—” until it reports them."));
   }
 
   async function refresh() {
