@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
@@ -17,6 +19,7 @@ from tests.integration.monitor_support import monitor_config
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 EXAMPLES_PER_OPERATION = 12
+BODY_BYTES_FUZZ_MAX = 1024 * 1024  # well below the gateway's request_bytes_max in these tests
 AUTH = {"Authorization": f"Bearer {ROLE_KEYS['admin']}"}
 
 
@@ -50,6 +53,9 @@ def test_api_matches_its_document(fuzz_cluster: Cluster) -> None:
         @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def run(case: Any) -> None:
+            # a body over gateway.request_bytes_max is answered 413 before it is read (checked in
+            # test_gateway_auth.py); schemathesis' negative-data check does not count 413 as a rejection
+            assume(len(json.dumps(case.body, default=str)) < BODY_BYTES_FUZZ_MAX if case.body is not None else True)
             if case.query and isinstance(case.query.get("timeout"), int):
                 case.query["timeout"] = min(case.query["timeout"], 200)  # long polls would only slow the run
             case.call_and_validate(headers=AUTH, timeout=30)
