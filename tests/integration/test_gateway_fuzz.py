@@ -3,9 +3,8 @@ number of examples per operation -- no 5xx, and every response matches the docum
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
+from typing import Any
 
 import pytest
 import schemathesis
