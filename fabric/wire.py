@@ -189,6 +189,7 @@ class ReplicaPosition(NamedTuple):
     epoch: int                          # the leader epoch
     hw: int                             # high watermark (offset)
     leo: int                            # log end offset
+    topic_id: str = ""                  # the leader's replica's topic id ("" if unknown)
 
     def to_header(self) -> dict:
         return self._asdict()
@@ -199,7 +200,7 @@ class ReplicaPosition(NamedTuple):
         if not isinstance(node, str):
             raise MalformedFrame(P.MALFORMED_REQUEST, "PUB field 'node' must be str")
         return cls(node, _field(h, "topic", str), _field(h, "partition", int), _field(h, "epoch", int),
-                   _field(h, "hw", int), _field(h, "leo", int))
+                   _field(h, "hw", int), _field(h, "leo", int), _field(h, "topic_id", str, True) or "")
 
 
 def encode_heartbeat(hb: Heartbeat | dict) -> list:
@@ -231,3 +232,46 @@ def decode_metadata_push(frames: list[bytes]) -> dict:
     header = decode_pub(frames, P.PUB_METADATA).header
     _field(header, "version", int)
     return header
+
+
+class ReplicaHeartbeat(NamedTuple):
+    """``PUB_REPLICA_HEARTBEAT`` on ``REPLICA_HEARTBEAT_TOPIC``: a leader's idle heartbeat for many
+    partitions in one message; each position as in ``ReplicaPosition`` (its ``node`` is this
+    message's). On the wire: ``{"node", "parts": [[topic, partition, epoch, hw, leo, topic_id]]}``."""
+
+    node: str
+    positions: list[ReplicaPosition]
+
+    def to_header(self) -> dict:
+        return {"node": self.node, "parts": [[p.topic, p.partition, p.epoch, p.hw, p.leo, p.topic_id]
+                                             for p in self.positions]}
+
+    @classmethod
+    def from_header(cls, h: dict) -> "ReplicaHeartbeat":
+        node, parts = h.get("node", ""), h.get("parts")
+        if not isinstance(node, str) or not isinstance(parts, list):
+            raise MalformedFrame(P.MALFORMED_REQUEST, "PUB fields 'node' and 'parts' must be str and list")
+        positions = []
+        for p in parts:
+            if not (isinstance(p, list) and len(p) >= 5 and isinstance(p[0], str)
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in p[1:5])
+                    and (len(p) == 5 or isinstance(p[5], str))):
+                raise MalformedFrame(P.MALFORMED_REQUEST, "a replica heartbeat part is [topic, partition, epoch, "
+                                                          "hw, leo, topic_id]")
+            positions.append(ReplicaPosition(node, p[0], p[1], p[2], p[3], p[4], p[5] if len(p) > 5 else ""))
+        return cls(node, positions)
+
+
+def encode_replica_heartbeat(hb: ReplicaHeartbeat) -> list:
+    return encode_pub(P.REPLICA_HEARTBEAT_TOPIC, P.PUB_REPLICA_HEARTBEAT, hb.to_header())
+
+
+def decode_replication(frames: list[bytes]) -> tuple[str, list[ReplicaPosition], list[bytes]]:
+    """A follower's SUB message, ``PUB_REPLICA`` or ``PUB_REPLICA_HEARTBEAT``: (the sender's node
+    name, the leader positions in it, the batches -- of the one partition of a ``PUB_REPLICA``).
+    Raises MalformedFrame."""
+    if len(frames) > 2 and frames[2] == P.PUB_REPLICA_HEARTBEAT:
+        hb = ReplicaHeartbeat.from_header(decode_pub(frames, P.PUB_REPLICA_HEARTBEAT).header)
+        return hb.node, hb.positions, []
+    position, batches = decode_replica(frames)
+    return position.node, [position], batches

@@ -71,8 +71,13 @@ class Node:
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, topic: bytes, kind: bytes, header: dict, payloads: list | tuple = ()) -> None:
+        self.publish_frames(wire.encode_pub(topic, kind, header, payloads))
+
+    def publish_frames(self, frames: list) -> None:
+        """Publish one encoded PUB message (``fabric.wire``'s ``encode_*``); dropped and counted
+        when the socket would block."""
         try:
-            self.pub.send_multipart(wire.encode_pub(topic, kind, header, payloads), zmq.NOBLOCK, copy=False)
+            self.pub.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.counters["pub_dropped"] += 1
 

@@ -12,39 +12,98 @@ advance the high watermark), its current leader epoch (a stale leader learns it 
 and the epoch of its last batch; the leader answers a divergence with the offset to
 truncate to (KIP-320), and the fetcher truncates before fetching again.
 
+The fetcher is given what it uses and nothing more: a ``LeaderEndpoint`` (Kafka's name: the
+leader as this follower reaches it), ``schedule(delay_ms, fn)`` for its retries, and
+``on_progress(partition)`` for a log that grew; tests build it with fakes (tests/unit/fakes.py).
+
 Not thread-safe: owned by the broker's reactor.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import Any, Callable, NamedTuple, Protocol
 
 from engines.api import EngineError
 from engines.batch import BatchError
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from fabric.rpc import RpcClient
-
-if TYPE_CHECKING:
-    from nodes.broker.node import Broker
-    from nodes.broker.partition import Partition
+from nodes.broker.messages import FetchEntry, TopicPartition
+from nodes.broker.partition import Partition
 
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_MS = 100
 RETRY_BACKOFF_MAX_MS = 2000
+FETCH_TIMEOUT_MARGIN_MS = 2000  # over the long-poll wait, for the answer to travel
+
+
+class Requester(Protocol):
+    """The RPC client side the endpoint sends on (``fabric.rpc.RpcClient``)."""
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> None: ...
+
+    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FetchSettings(NamedTuple):
+    long_poll: bool        # transport "fetch": long-poll continuously, as Kafka's fetcher does
+    wait_ms: int           # the long-poll wait (replica_fetch_wait_ms)
+    bytes_max: int         # per partition and per fetch (replica_fetch_bytes_max)
+
+
+class LeaderEndpoint:
+    """One leader broker as a follower reaches it: FETCH with an answer, REPLICA_ACK one-way,
+    both dropped while fault injection blocks the leader (``blocked()``)."""
+
+    def __init__(self, client: Requester, address: str, leader_id: int, follower_id: int, *,
+                 blocked: Callable[[], bool] = lambda: False,
+                 topic_ids_of: Callable[[set[str]], dict[str, str]] = lambda topics: {}) -> None:
+        self.client = client
+        self.address = address
+        self.leader_id = leader_id
+        self.follower_id = follower_id
+        self.blocked = blocked
+        self.topic_ids_of = topic_ids_of
+
+    def fetch(self, parts: list[list], settings: FetchSettings, callback: Callable) -> None:
+        """One replica FETCH of ``parts`` ([topic, partition, offset, max_bytes, epoch, last epoch])."""
+        self.client.request(P.FETCH, {"replica_id": self.follower_id,
+                                      "wait_ms": settings.wait_ms if settings.long_poll else 0,
+                                      "max_bytes": settings.bytes_max, "parts": parts,
+                                      "topic_ids": self.topic_ids_of({p[0] for p in parts})},
+                            callback=callback, timeout_ms=settings.wait_ms + FETCH_TIMEOUT_MARGIN_MS)
+
+    def ack(self, parts: list[Partition]) -> None:
+        """One-way: our log end offsets (advance the leader's high watermark), in messages of at
+        most ``PARTITIONS_MAX`` parts."""
+        if self.blocked():
+            return
+        for i in range(0, len(parts), P.PARTITIONS_MAX):
+            self.client.send_oneway(P.REPLICA_ACK, {"broker_id": self.follower_id, "parts": [
+                [p.topic, p.partition, p.log_end_offset, p.leader_epoch] for p in parts[i:i + P.PARTITIONS_MAX]]})
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class ReplicaFetcher:
-    def __init__(self, broker: "Broker", leader_id: int, endpoint: str) -> None:
-        self.broker = broker
-        self.leader_id = leader_id
-        self.endpoint = endpoint
-        self.client = RpcClient(broker.ctx, broker.reactor, endpoint, identity=broker.name)
-        self.partitions: dict[tuple[str, int], "Partition"] = {}
-        self.long_poll = broker.config.replication.transport == "fetch"
-        self._stream_ready: dict[tuple[str, int], int] = {}  # partition -> epoch checked by a fetch
+    def __init__(self, leader: LeaderEndpoint, settings: FetchSettings, schedule: Callable[[int, Callable[[], Any]], Any],
+                 on_progress: Callable[[Partition], None], counters: Counter | None = None) -> None:
+        """``schedule(delay_ms, fn)`` runs ``fn`` later on the reactor; ``on_progress(part)`` is
+        called when a fetch grew ``part``'s log (or reset or truncated it); malformed answers
+        are counted in ``counters["repl_malformed"]``."""
+        self.leader = leader
+        self.settings = settings
+        self._schedule = schedule
+        self._on_progress = on_progress
+        self.counters = counters if counters is not None else Counter()
+        self.partitions: dict[TopicPartition, Partition] = {}
+        self._stream_ready: dict[TopicPartition, int] = {}  # partition -> epoch checked by a fetch
         self._in_flight = False
         self._again = False
         self.last_error = ""
@@ -52,12 +111,20 @@ class ReplicaFetcher:
         self._closed = False
         self._backoff_ms = RETRY_BACKOFF_MS
 
-    def set_partitions(self, parts: list["Partition"]) -> None:
+    @property
+    def leader_id(self) -> int:
+        return self.leader.leader_id
+
+    @property
+    def endpoint(self) -> str:
+        return self.leader.address
+
+    def set_partitions(self, parts: list[Partition]) -> None:
         self.partitions = {(p.topic, p.partition): p for p in parts}
         self._stream_ready = {k: e for k, e in self._stream_ready.items() if k in self.partitions}
         self.trigger()
 
-    def stream_ready(self, key: tuple[str, int]) -> bool:
+    def stream_ready(self, key: TopicPartition) -> bool:
         part = self.partitions.get(key)
         return part is not None and self._stream_ready.get(key) == part.leader_epoch
 
@@ -68,93 +135,84 @@ class ReplicaFetcher:
         else:
             self._fetch()
 
-    def ack(self, part: "Partition") -> None:
+    def ack(self, part: Partition) -> None:
         """One-way: tell the leader our log end offset (advances its high watermark)."""
-        self.ack_parts([part])
+        self.leader.ack([part])
 
-    def ack_parts(self, parts: list["Partition"]) -> None:
-        """``ack`` for many partitions, in messages of at most ``PARTITIONS_MAX`` parts."""
-        if self.broker.faults.blocks_broker(self.leader_id):
-            return
-        for i in range(0, len(parts), P.PARTITIONS_MAX):
-            self.client.send_oneway(P.REPLICA_ACK, {"broker_id": self.broker.broker_id, "parts": [
-                [p.topic, p.partition, p.log_end_offset, p.leader_epoch] for p in parts[i:i + P.PARTITIONS_MAX]]})
+    def ack_parts(self, parts: list[Partition]) -> None:
+        """``ack`` for many partitions."""
+        self.leader.ack(parts)
 
     def _fetch(self) -> None:
         if self._closed or self._in_flight or not self.partitions:
             return
         self._again = False
-        cfg = self.broker.config.replication
-        parts = [[p.topic, p.partition, p.log_end_offset, cfg.replica_fetch_bytes_max, p.leader_epoch,
+        parts = [[p.topic, p.partition, p.log_end_offset, self.settings.bytes_max, p.leader_epoch,
                   p.epochs.latest_epoch] for p in self.partitions.values()]
         self._in_flight = True
         self.fetches += 1
-        wait_ms = cfg.replica_fetch_wait_ms if self.long_poll else 0
         # the answer is only good for the leader epochs it was asked in (leadership may move
         # away and back to this leader while it is in flight)
         asked = {(p[0], p[1]): p[4] for p in parts}
-        self.client.request(P.FETCH, {"replica_id": self.broker.broker_id, "wait_ms": wait_ms,
-                                      "max_bytes": cfg.replica_fetch_bytes_max, "parts": parts,
-                                      "topic_ids": self.broker.metadata.topic_ids_of({p[0] for p in parts})},
-                            callback=lambda h, pl, e: self._on_reply(h, pl, e, asked),
-                            timeout_ms=cfg.replica_fetch_wait_ms + 2000)
+        self.leader.fetch(parts, self.settings, lambda h, pl, e: self._on_reply(h, pl, e, asked))
 
     def _on_reply(self, header: dict | None, payloads: list, err: RemoteError | None,
-                  asked: dict[tuple[str, int], int]) -> None:
+                  asked: dict[TopicPartition, int]) -> None:
         self._in_flight = False
         if self._closed:
             return
-        if header is None or self.broker.faults.blocks_broker(self.leader_id):
+        if header is None or self.leader.blocked():
             self._retry_later()
             return
         progressed = False
-        for entry, data in zip(header.get("parts", []), payloads):
+        raw_parts = header.get("parts", [])
+        for raw, data in zip(raw_parts if isinstance(raw_parts, list) else [], payloads):
             try:
+                entry = FetchEntry.decode(raw)
                 if self._apply(entry, data, asked):
                     progressed = True
-                    key = (entry[0], entry[1])
-                    self.broker.mark_dirty(key)
-                    self.broker.note_appended(self.partitions[key])
+                    self._on_progress(self.partitions[(entry.topic, entry.partition)])
             except (EngineError, BatchError) as e:
                 log.error("replica fetch from broker %d: %s", self.leader_id, e)
-            except (TypeError, ValueError, IndexError) as e:  # a malformed answer: drop it
-                self.broker.counters["repl_malformed"] += 1
+            except ValueError as e:  # a malformed answer: drop it
+                self.counters["repl_malformed"] += 1
                 log.error("malformed replica fetch answer from broker %d: %s", self.leader_id, e)
         self._backoff_ms = RETRY_BACKOFF_MS
-        if self.long_poll or progressed or self._again or not self._all_stream_ready():
-            self.broker.reactor.call_later(0 if (progressed or self._again) else RETRY_BACKOFF_MS, self._fetch)
+        if self.settings.long_poll or progressed or self._again or not self._all_stream_ready():
+            self._schedule(0 if (progressed or self._again) else RETRY_BACKOFF_MS, self._fetch)
 
     def _all_stream_ready(self) -> bool:
         return all(self.stream_ready(k) for k in self.partitions)
 
-    def _apply(self, entry: list, data: bytes, asked: dict[tuple[str, int], int]) -> bool:
-        topic, partition, code, hw, _leo, _start, diverging = entry[:7]
-        part = self.partitions.get((topic, partition))
-        if part is None or part.role != "follower" or asked.get((topic, partition)) != part.leader_epoch:
+    def _apply(self, entry: FetchEntry, data: bytes, asked: dict[TopicPartition, int]) -> bool:
+        """Apply one partition's answer: reset, truncate or append. True if the log changed."""
+        key = (entry.topic, entry.partition)
+        part = self.partitions.get(key)  # type: ignore[arg-type]
+        if part is None or part.role != "follower" or asked.get(key) != part.leader_epoch:  # type: ignore[arg-type]
             return False
-        if code != 0:
-            self.last_error = P.error_name(code)
-            if code == P.OFFSET_OUT_OF_RANGE and part.log_end_offset < _start:
-                part.reset_to(_start)  # behind the leader's log start (retention): start there
+        start = entry.log_start_offset
+        if entry.error != 0:
+            self.last_error = P.error_name(entry.error)
+            if entry.error == P.OFFSET_OUT_OF_RANGE and part.log_end_offset < start:
+                part.reset_to(start)  # behind the leader's log start (retention): start there
                 return True
             return False
-        if diverging is not None:
-            if diverging[0] < 0 or part.log_end_offset < _start:
+        if entry.diverging is not None:
+            if entry.diverging[0] < 0 or part.log_end_offset < start:
                 # the leader no longer has any epoch we share with it (retention removed them):
                 # nothing in our log can be checked against its log, and truncating to its log
                 # start would keep our old epoch entry and bring the same answer back at once.
                 # Start over empty at its log start (Kafka's truncateFullyAndStartAt).
-                part.reset_to(_start)
+                part.reset_to(start)
                 return True
-            part.truncate_to(self._divergence_point(part, diverging[0], diverging[1]))
+            part.truncate_to(self._divergence_point(part, entry.diverging[0], entry.diverging[1]))
             return True
         n = part.append_as_follower(data) if data else 0
-        part.set_high_watermark_from_leader(hw)
-        self._stream_ready[(topic, partition)] = part.leader_epoch
+        part.set_high_watermark_from_leader(entry.high_watermark)
+        self._stream_ready[key] = part.leader_epoch  # type: ignore[index]
         return n > 0
-
     @staticmethod
-    def _divergence_point(part: "Partition", leader_epoch: int, leader_end: int) -> int:
+    def _divergence_point(part: Partition, leader_epoch: int, leader_end: int) -> int:
         """Where our log stops agreeing with the leader's: the end of the last epoch we share,
         by both logs' reckoning (KIP-101/KIP-279: the smaller of the two end offsets).
         ``leader_epoch`` >= 0 (an unknown epoch resets the log instead, see _apply)."""
@@ -168,7 +226,7 @@ class ReplicaFetcher:
             return
         delay = self._backoff_ms
         self._backoff_ms = min(self._backoff_ms * 2, RETRY_BACKOFF_MAX_MS)
-        self.broker.reactor.call_later(delay, self._fetch)
+        self._schedule(delay, self._fetch)
 
     def stats(self) -> dict:
         return {"leader": self.leader_id, "in_flight": self._in_flight, "fetches": self.fetches,
@@ -177,4 +235,4 @@ class ReplicaFetcher:
 
     def close(self) -> None:
         self._closed = True
-        self.client.close()
+        self.leader.close()

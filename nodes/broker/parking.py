@@ -1,52 +1,60 @@
 """Requests a broker answers later: acks=all produces waiting for the high watermark, and
 long-poll fetches waiting for data. Bounded (PARKED_REQUESTS_MAX); each has a deadline.
 
-A parked fetch is re-read (``Broker.build_fetch_reply``, engine reads) only when a partition it
-reads changed (``note_changed``: new data or a moved high watermark), when something changed
-that names no partition (``note_all_changed``: metadata, ISR), or at its deadline -- not at
-every pass with new data anywhere (parked fetches x partitions reads per pass).
+The lot only keeps them and says which are ready (``take_ready``); the front end that parked
+them answers them, re-reads fetches, and parks back (``repark_fetch``) what is still waiting.
+A parked fetch is ready to re-read only when a partition it reads changed (``note_changed``:
+new data or a moved high watermark), when something changed that names no partition
+(``note_all_changed``: metadata, ISR), or at its deadline -- not at every pass with new data
+anywhere (parked fetches x partitions reads per pass).
 
 Not thread-safe: owned by the broker's reactor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from fabric import protocol as P
-from fabric import wire
-from fabric.rpc import RpcServer
+from nodes.broker.messages import ProduceResult, TopicPartition
 
-if TYPE_CHECKING:
-    from nodes.broker.node import Broker
+NO_DEADLINE_MS = 1 << 62
 
 
 @dataclass(slots=True)
 class ParkedProduce:
-    req: wire.Request
-    results: list  # per part: [base_offset, error, message, ...]
-    waits: list[tuple[tuple[str, int], int]]  # (partition key, offset the HW must reach)
+    handle: Any  # what the front end answers (a wire.Request for the Loom handlers)
+    results: list[ProduceResult]
+    waits: list[tuple[int, TopicPartition, int]]  # (result index, partition, offset the HW must reach)
     deadline_ms: int
 
 
 @dataclass(slots=True)
 class ParkedFetch:
-    req: wire.Request
-    replica_id: int
+    handle: Any  # what the front end answers and re-reads (the request and its decoded parts)
+    keys: frozenset[TopicPartition]  # the partitions it reads
     deadline_ms: int
-    keys: frozenset = frozenset()  # the (topic, partition) it reads; set by park_fetch
+
+
+@dataclass(slots=True)
+class Ready:
+    """What ``take_ready`` hands back to be answered (and, for fetches, re-read)."""
+
+    replicated: list[ParkedProduce] = field(default_factory=list)  # every wait reached
+    timed_out: list[ParkedProduce] = field(default_factory=list)   # waiting results failed
+    fetches: list[ParkedFetch] = field(default_factory=list)       # out of the lot: re-read
 
 
 class ParkingLot:
     def __init__(self) -> None:
         self.produces: list[ParkedProduce] = []
         self.fetches: list[ParkedFetch] = []
-        self._next_deadline_ms = 1 << 62
-        self._changed: set[tuple[str, int]] = set()  # bounded by the broker's partitions
+        self._next_deadline_ms = NO_DEADLINE_MS
+        self._changed: set[TopicPartition] = set()  # bounded by the broker's partitions
         self._all_changed = False
 
-    def note_changed(self, key: tuple[str, int]) -> None:
+    def note_changed(self, key: TopicPartition) -> None:
         """``key`` got new data or its high watermark moved: re-read fetches parked on it."""
         self._changed.add(key)
 
@@ -64,38 +72,43 @@ class ParkingLot:
     def has_due(self, now_ms: int) -> bool:
         return now_ms >= self._next_deadline_ms
 
-    def park_produce(self, item: ParkedProduce, server: RpcServer) -> None:
+    def park_produce(self, item: ParkedProduce) -> bool:
+        """False when the lot is full (the caller answers BUFFER_FULL)."""
         if self.size >= P.PARKED_REQUESTS_MAX:
-            server.reply_error(item.req, P.BUFFER_FULL, "too many requests waiting on this broker")
-            return
+            return False
         self.produces.append(item)
         self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
+        return True
 
-    def park_fetch(self, item: ParkedFetch, server: RpcServer) -> None:
+    def park_fetch(self, item: ParkedFetch) -> bool:
+        """False when the lot is full (the caller answers with nothing)."""
         if self.size >= P.PARKED_REQUESTS_MAX:
-            server.reply(item.req, {"parts": []})
-            return
-        item.keys = frozenset((tp[0], tp[1]) for tp in item.req.header["parts"]
-                              if isinstance(tp, (list, tuple)) and len(tp) >= 2)
+            return False
+        self.repark_fetch(item)
+        return True
+
+    def repark_fetch(self, item: ParkedFetch) -> None:
+        """A fetch ``take_ready`` handed out that is still waiting (it held its place: no limit)."""
         self.fetches.append(item)
         self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
 
-    def service(self, broker: "Broker", now_ms: int) -> None:
-        """Answer every parked request that is satisfied or past its deadline. Fetches are
-        re-read only when a partition they read changed since the last call (see the module
-        docstring) or at their deadline."""
-        self._next_deadline_ms = 1 << 62
+    def take_ready(self, now_ms: int, replicated: Callable[[TopicPartition, int], bool]) -> Ready:
+        """Take out every parked produce whose waits ``replicated(partition, offset)`` says are
+        reached or that is past its deadline, and every fetch to re-read: one a changed
+        partition (see the module docstring) or its deadline concerns."""
+        ready = Ready()
+        self._next_deadline_ms = NO_DEADLINE_MS
         changed, everything = self._changed, self._all_changed
         self._changed, self._all_changed = set(), False
         keep_p = []
         for item in self.produces:
-            if self._produce_done(item, broker):
-                broker.server.reply(item.req, {"results": item.results})
+            if all(replicated(key, offset) for _, key, offset in item.waits):
+                ready.replicated.append(item)
             elif now_ms >= item.deadline_ms:
-                for r in item.results:
-                    if r[1] == 0:
-                        r[1], r[2] = P.REQUEST_TIMED_OUT, "not replicated to the ISR in time"
-                broker.server.reply(item.req, {"results": item.results})
+                for i, _, _ in item.waits:
+                    if item.results[i].error == 0:
+                        item.results[i] = item.results[i].failed(P.REQUEST_TIMED_OUT, "not replicated to the ISR in time")
+                ready.timed_out.append(item)
             else:
                 keep_p.append(item)
                 self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
@@ -105,44 +118,26 @@ class ParkingLot:
             if now_ms < item.deadline_ms and not everything and changed.isdisjoint(item.keys):
                 keep_f.append(item)  # nothing it reads changed: its answer would be the same
                 self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
-                continue
-            header, payloads, nbytes = broker.build_fetch_reply(item.req, item.replica_id, now_ms)
-            if nbytes > 0 or now_ms >= item.deadline_ms:
-                broker.server.reply(item.req, header, payloads)
             else:
-                keep_f.append(item)
-                self._next_deadline_ms = min(self._next_deadline_ms, item.deadline_ms)
+                ready.fetches.append(item)
         self.fetches = keep_f
+        return ready
 
-    @staticmethod
-    def _produce_done(item: ParkedProduce, broker: "Broker") -> bool:
-        for key, needed in item.waits:
-            part = broker.partitions.get(key)
-            if part is None or not part.is_leader:
-                continue  # answered by fail_partition
-            if part.high_watermark < needed:
-                return False
-        # the HW is there, but an ISR that shrank below min.insync.replicas meanwhile holds
-        # fewer copies than acks=all promised (Kafka: not_enough_replicas_after_append)
-        for tp, r in zip(item.req.header["parts"], item.results):
-            part = broker.partitions.get((tp[0], tp[1]))
-            if r[1] == 0 and part is not None and part.is_leader \
-                    and len(part.isr) < broker.min_insync_replicas(tp[0]):
-                r[1], r[2] = P.NOT_ENOUGH_REPLICAS_AFTER_APPEND, f"isr {sorted(part.isr)} shrank below min.insync.replicas"
-        return True
-
-    def fail_partition(self, key: tuple[str, int], code: int, server: RpcServer) -> None:
+    def fail_partition(self, key: TopicPartition, code: int) -> list[ParkedProduce]:
         """Leadership of ``key`` moved away (or the partition is gone): parked acks=all writes
-        on it are not acknowledged."""
-        keep = []
+        on it are not acknowledged. Returns the produces with nothing left to wait for (to be
+        answered now)."""
+        keep, done = [], []
         for item in self.produces:
-            if any(k == key for k, _ in item.waits):
-                for (tp, r) in zip(item.req.header["parts"], item.results):
-                    if (tp[0], tp[1]) == key and r[1] == 0:
-                        r[1], r[2] = code, "leadership changed before the write was replicated"
-                item.waits = [(k, o) for k, o in item.waits if k != key]
+            if any(k == key for _, k, _ in item.waits):
+                for i, k, _ in item.waits:
+                    if k == key and item.results[i].error == 0:
+                        item.results[i] = item.results[i].failed(code, "leadership changed before the write was "
+                                                                       "replicated")
+                item.waits = [w for w in item.waits if w[1] != key]
                 if not item.waits:
-                    server.reply(item.req, {"results": item.results})
+                    done.append(item)
                     continue
             keep.append(item)
         self.produces = keep
+        return done

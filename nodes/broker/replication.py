@@ -16,13 +16,19 @@ dropped: both make the ReplicaFetcher fetch over ROUTER/DEALER, which alone is e
 correctness (PUB drops messages for slow or late subscribers). Messages from a leader epoch
 other than the one in our metadata are ignored.
 
+Messages are encoded and decoded by ``fabric.wire`` (``ReplicaPosition``, ``ReplicaHeartbeat``).
+Both sides get the few callables they use, not the broker: the publisher a frame sender and
+the partitions it leads, the subscriber its SUB socket, the partition table and
+``fetcher_for(leader_id)``.
+
 Not thread-safe: owned by the broker's reactor.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import Any, Callable, Mapping
 
 import zmq
 
@@ -30,11 +36,11 @@ from engines import batch as B
 from engines.api import EngineError
 from fabric import protocol as P
 from fabric import wire
-from fabric.rpc import make_socket
-
-if TYPE_CHECKING:
-    from nodes.broker.node import Broker
-    from nodes.broker.partition import Partition
+from fabric.clock import Clock
+from fabric.errors import MalformedFrame
+from nodes.broker.fetcher import ReplicaFetcher
+from nodes.broker.messages import TopicPartition
+from nodes.broker.partition import Partition
 
 log = logging.getLogger(__name__)
 
@@ -45,63 +51,77 @@ REPLICA_HEARTBEAT_FULL_INTERVAL_MS = 1000  # every led partition, changed or not
 class ReplicationPublisher:
     """Leader side: publish appends and idle heartbeats."""
 
-    def __init__(self, broker: "Broker") -> None:
-        self.broker = broker
-        self._sent: dict[tuple[str, int], tuple[int, int, int]] = {}  # (epoch, hw, leo) last heartbeated
+    def __init__(self, node: str, send: Callable[[list], None], clock: Clock,
+                 led_partitions: Callable[[], list[Partition]], topic_id_of: Callable[[TopicPartition], str]) -> None:
+        """``send(frames)`` publishes one message (never blocks: PUB drops when it must)."""
+        self.node = node
+        self.send = send
+        self.clock = clock
+        self.led_partitions = led_partitions
+        self.topic_id_of = topic_id_of
+        self._sent: dict[TopicPartition, tuple[int, int, int]] = {}  # (epoch, hw, leo) last heartbeated
         self._last_full_ms = -REPLICA_HEARTBEAT_FULL_INTERVAL_MS
 
-    def publish_appended(self, part: "Partition", batches: list[bytearray], base_offsets: list[int]) -> None:
+    def publish_appended(self, part: Partition, batches: list[bytearray], base_offsets: list[int]) -> None:
         for buf, off in zip(batches, base_offsets):
             B.set_base_offset(buf, off)
-        header = {"node": self.broker.name, "topic": part.topic, "partition": part.partition,
-                  "epoch": part.leader_epoch, "hw": part.high_watermark, "leo": part.log_end_offset,
-                  "topic_id": self.broker.dirs.topic_id((part.topic, part.partition))}
-        self.broker.publish(P.replica_topic(part.topic, part.partition), P.PUB_REPLICA, header, batches)
+        self.send(wire.encode_replica(wire.ReplicaPosition(
+            self.node, part.topic, part.partition, part.leader_epoch, part.high_watermark, part.log_end_offset,
+            self.topic_id_of((part.topic, part.partition))), batches))
 
     def heartbeat(self) -> None:
-        now = self.broker.clock.now_ms()
+        now = self.clock.now_ms()
         full = now - self._last_full_ms >= REPLICA_HEARTBEAT_FULL_INTERVAL_MS
         if full:
             self._last_full_ms = now
             self._sent = {}  # also forgets partitions we no longer lead
-        parts = []
-        for part in self.broker.led_partitions:
+        positions = []
+        for part in self.led_partitions():
             if not part.is_leader or len(part.replicas) < 2:
                 continue
             key = (part.topic, part.partition)
             state = (part.leader_epoch, part.high_watermark, part.log_end_offset)
             if self._sent.get(key) != state:
                 self._sent[key] = state
-                parts.append([key[0], key[1], *state, self.broker.dirs.topic_id(key)])
-        for i in range(0, len(parts), P.REPLICA_HEARTBEAT_PARTITIONS_MAX):
-            self.broker.publish(P.REPLICA_HEARTBEAT_TOPIC, P.PUB_REPLICA_HEARTBEAT,
-                                {"node": self.broker.name, "parts": parts[i:i + P.REPLICA_HEARTBEAT_PARTITIONS_MAX]})
+                positions.append(wire.ReplicaPosition(self.node, key[0], key[1], *state, self.topic_id_of(key)))
+        for i in range(0, len(positions), P.REPLICA_HEARTBEAT_PARTITIONS_MAX):
+            self.send(wire.encode_replica_heartbeat(
+                wire.ReplicaHeartbeat(self.node, positions[i:i + P.REPLICA_HEARTBEAT_PARTITIONS_MAX])))
 
 
 class ReplicationSubscriber:
     """Follower side: one SUB socket, connected to every leader we follow."""
 
-    def __init__(self, broker: "Broker") -> None:
-        self.broker = broker
-        self.sock = make_socket(broker.ctx, zmq.SUB)
-        # a new leader's stream should start flowing within a heartbeat, not a backoff cap
-        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, broker.config.liveness.heartbeat_interval_ms)
-        broker.reactor.add_socket(self.sock, self._on_message)
+    def __init__(self, sock: Any, partitions: Mapping[TopicPartition, Partition],
+                 fetcher_for: Callable[[int], ReplicaFetcher | None], *,
+                 is_other_topic_id: Callable[[TopicPartition, str], bool], blocked: Callable[[str], bool],
+                 on_appended: Callable[[Partition], None], counters: Counter | None = None) -> None:
+        """``sock``: the SUB socket (its messages go to ``on_message``); ``partitions``: the
+        broker's live table; ``fetcher_for(leader_id)``: the fetcher of that leader, if any;
+        ``blocked(node)``: fault injection drops that sender; ``on_appended(part)``: a
+        follower's log grew from the stream."""
+        self.sock = sock
+        self.partitions = partitions
+        self.fetcher_for = fetcher_for
+        self.is_other_topic_id = is_other_topic_id
+        self.blocked = blocked
+        self.on_appended = on_appended
+        self.counters = counters if counters is not None else Counter()
         self._connected: set[str] = set()
         self._subscribed: set[bytes] = set()
-        self.counters = broker.counters
 
-    def sync(self) -> None:
-        """Follow the partitions the broker now follows (call after every metadata change)."""
+    def sync(self, pub_endpoint_of: Callable[[int], str | None]) -> None:
+        """Follow the partitions the broker now follows (call after every metadata change);
+        ``pub_endpoint_of(broker_id)``: that broker's PUB endpoint, None if unknown."""
         wanted_eps: set[str] = set()
         wanted_topics: set[bytes] = set()
-        for part in self.broker.partitions.values():
+        for part in self.partitions.values():
             if part.role != "follower" or part.leader_id < 0:
                 continue
-            b = self.broker.metadata.brokers.get(part.leader_id)
-            if b is None:
+            ep = pub_endpoint_of(part.leader_id)
+            if ep is None:
                 continue
-            wanted_eps.add(b.pub_endpoint)
+            wanted_eps.add(ep)
             wanted_topics.add(P.replica_topic(part.topic, part.partition))
         for ep in wanted_eps - self._connected:
             self.sock.connect(ep)
@@ -115,44 +135,34 @@ class ReplicationSubscriber:
             self.sock.setsockopt(zmq.UNSUBSCRIBE, t)
         self._connected, self._subscribed = wanted_eps, wanted_topics
 
-    def _on_message(self, frames: list[bytes]) -> None:
-        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] not in (P.PUB_REPLICA, P.PUB_REPLICA_HEARTBEAT):
-            self.counters["repl_malformed"] += 1
-            return
+    def on_message(self, frames: list[bytes]) -> None:
         try:
-            h = wire.unpack(frames[3])
-            sender = h.get("node", "")
-            if frames[2] == P.PUB_REPLICA_HEARTBEAT:
-                states = [(p[0], p[1], p[2], p[3], p[4], p[5] if len(p) > 5 else "") for p in h["parts"]]
-            else:
-                states = [(h["topic"], h["partition"], h["epoch"], h["hw"], h["leo"], h.get("topic_id", ""))]
-            if not all(isinstance(st[0], str) and isinstance(st[5], str) and all(isinstance(v, int) for v in st[1:5])
-                       for st in states):
-                raise TypeError("replication header fields have the wrong types")
-        except Exception:
+            sender, positions, payloads = wire.decode_replication(frames)
+        except MalformedFrame:
             self.counters["repl_malformed"] += 1
             return
-        if self.broker.faults.blocks(sender):
+        if self.blocked(sender):
             return
-        acks: dict[int, list["Partition"]] = {}
-        for topic, partition, epoch, hw, leo, topic_id in states:
-            part = self._on_partition_state((topic, partition), epoch, hw, leo, topic_id, frames[4:])
+        acks: dict[int, list[Partition]] = {}
+        for pos in positions:
+            part = self._on_position(pos, payloads)
             if part is not None:
                 acks.setdefault(part.leader_id, []).append(part)
         for leader_id, parts in acks.items():
-            self.broker.fetchers[leader_id].ack_parts(parts)
+            fetcher = self.fetcher_for(leader_id)
+            if fetcher is not None:
+                fetcher.ack_parts(parts)
 
-    def _on_partition_state(self, key: tuple[str, int], epoch: int, hw: int, leo: int, topic_id: str,
-                            payloads: list[bytes]) -> "Partition | None":
-        """One partition's batches (or none: a heartbeat) and state from its leader (``topic_id``:
-        the leader's replica's, "" if unknown). Returns the partition when an idle heartbeat found
-        it caught up (to acknowledge), else None."""
-        part = self.broker.partitions.get(key)
-        if part is None or part.role != "follower" or epoch != part.leader_epoch:
+    def _on_position(self, pos: wire.ReplicaPosition, payloads: list[bytes]) -> Partition | None:
+        """One partition's batches (or none: a heartbeat) and state from its leader. Returns the
+        partition when an idle heartbeat found it caught up (to acknowledge), else None."""
+        key = (pos.topic, pos.partition)
+        part = self.partitions.get(key)
+        if part is None or part.role != "follower" or pos.epoch != part.leader_epoch:
             return None  # not ours, or a stale (or not yet known) epoch
-        if topic_id and self.broker.is_other_topic_id(key, topic_id):
+        if pos.topic_id and self.is_other_topic_id(key, pos.topic_id):
             return None  # a leader still holding a deleted topic of this name
-        fetcher = self.broker.fetchers.get(part.leader_id)
+        fetcher = self.fetcher_for(part.leader_id)
         if fetcher is None:
             return None
         if payloads:
@@ -164,14 +174,14 @@ class ReplicationSubscriber:
         # of an older epoch the leader does not have: neither report it nor take the leader's HW
         ready = fetcher.stream_ready(key)
         if ready:
-            part.set_high_watermark_from_leader(hw)
-        if part.log_end_offset < leo:
+            part.set_high_watermark_from_leader(pos.hw)
+        if part.log_end_offset < pos.leo:
             fetcher.trigger()  # we missed something: repair over the fetch path
         elif not payloads and ready:
             return part  # idle heartbeat: tell the leader we are caught up
         return None
 
-    def _apply(self, part: "Partition", payloads: list[bytes], fetcher) -> None:  # noqa: ANN001
+    def _apply(self, part: Partition, payloads: list[bytes], fetcher: ReplicaFetcher) -> None:
         appended = 0
         for data in payloads:
             if len(data) < B.HEADER_BYTES:
@@ -188,11 +198,6 @@ class ReplicationSubscriber:
                 fetcher.trigger()
                 return
         if appended:
-            self.broker.note_appended(part)
             self.counters["repl_batches"] += appended
             fetcher.ack(part)
-            self.broker.mark_dirty((part.topic, part.partition))
-
-    def close(self) -> None:
-        self.broker.reactor.remove_socket(self.sock)
-        self.sock.close(0)
+            self.on_appended(part)

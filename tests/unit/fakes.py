@@ -17,10 +17,16 @@ from typing import Any, Callable
 from engines import batch as B
 from fabric import protocol as P
 from fabric import wire
-from fabric.clock import ManualClock
-from fabric.metadata import BrokerInfo
+from fabric.clock import Clock, ManualClock
+from fabric.config import LimitsConfig, StorageConfig, TopicDefaults
+from fabric.metadata import BrokerInfo, ClusterMetadata, TopicInfo
 from fabric.records import build_batch, decode_batches
 from fabric.rpc import DEFER
+from nodes.broker.core import BrokerCore
+from nodes.broker.fetcher import FetchSettings, LeaderEndpoint, ReplicaFetcher
+from nodes.broker.handlers import RequestHandlers
+from nodes.broker.partition import Partition
+from nodes.broker.partition_dirs import PartitionDirs
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.offsets import OFFSETS_TOPIC
@@ -35,6 +41,21 @@ def make_batch(n: int = 3, pid: int = -1, epoch: int = -1, seq: int = -1, tag: s
     """A client batch of ``n`` records (keys k0.., values {tag}0..), optionally idempotent."""
     recs = [(timestamp_ms + i, f"k{i}".encode(), f"{tag}{i}".encode(), None) for i in range(n)]
     return build_batch(recs, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+
+
+def padded_batch(n: int = 3, pid: int = -1, seq: int = -1, tag: str = "v") -> bytes:
+    """A client batch of ``n`` records of ~40-byte values, so that a few dozen fill a 4 KiB
+    segment (``broker_core``'s); an idempotent producer's (epoch 0) when ``pid`` >= 0."""
+    recs = [(BASE_TIMESTAMP_MS + i, f"k{i}".encode(), f"{tag}{i}".encode() * 20, None) for i in range(n)]
+    return build_batch(recs, producer_id=pid, producer_epoch=0 if pid >= 0 else -1, base_sequence=seq)
+
+
+def as_leader_wrote(data: bytes, base_offset: int, epoch: int) -> bytes:
+    """``data`` as a leader wrote it: numbered from ``base_offset``, in leader epoch ``epoch``."""
+    buf = bytearray(data)
+    B.set_base_offset(buf, base_offset)
+    B.set_leader_epoch(buf, epoch)
+    return bytes(buf)
 
 
 @dataclass(order=True)
@@ -291,3 +312,44 @@ def admin_commit(gc: GroupCoordinator, client: RecordingClient, group: str, offs
     if ack:
         ack_last_produce(client, base_offset)
     return req
+
+
+# -- the broker core, its Loom handlers and a follower's fetcher, without sockets ------------------
+def broker_core(directory: Any, broker_id: int = 1, *, engine: str = "memory", clock: Clock | None = None,
+                topic_configs: dict | None = None, min_insync_replicas: int = 1) -> BrokerCore:
+    """A real BrokerCore on ``directory`` whose metadata has topic ``t`` (with ``topic_configs``);
+    small segments (4 KiB) so that retention and resets cross segment files."""
+    core = BrokerCore(broker_id, PartitionDirs(directory, engine),
+                      StorageConfig(engine=engine, fsync="never", segment_bytes_max=4096, index_interval_bytes=256),
+                      LimitsConfig(), TopicDefaults(min_insync_replicas=min_insync_replicas), clock or ManualClock())
+    core.metadata = ClusterMetadata(1, "test", {}, {"t": TopicInfo("t", (), dict(topic_configs or {}))})
+    return core
+
+
+def loom_handlers(core: BrokerCore) -> tuple[RequestHandlers, RecordingServer]:
+    """The real Loom request handlers on ``core``, answering into a RecordingServer."""
+    server = RecordingServer()
+    return RequestHandlers(core, server, core.clock, LimitsConfig()), server
+
+
+def replica_fetcher(reactor: FakeReactor, leader_id: int, follower_id: int, on_progress: Callable[[Partition], None],
+                    *, long_poll: bool = False) -> tuple[ReplicaFetcher, RecordingClient]:
+    """A real ReplicaFetcher whose leader endpoint sends into a RecordingClient."""
+    client = RecordingClient()
+    leader = LeaderEndpoint(client, "tcp://leader", leader_id, follower_id)
+    return ReplicaFetcher(leader, FetchSettings(long_poll, 200, 64 * 1024), reactor.call_later, on_progress), client
+
+
+def serve_fetch(client: RecordingClient, leader: RequestHandlers) -> bool:
+    """Answer the follower's FETCH in flight with the leader handlers' answer, through msgpack
+    as on the wire. False if no FETCH was waiting."""
+    waiting = [i for i in client.unanswered if client.sent[i][0] == P.FETCH]
+    if not waiting:
+        return False
+    command, header, payloads, callback = client.sent[waiting[-1]]
+    client.unanswered.remove(waiting[-1])
+    answer = leader.on_fetch(request(command, payloads, **header))
+    assert isinstance(answer, tuple), "a replica fetch without wait is answered at once"
+    reply, data = answer
+    callback(wire.unpack(wire.pack(reply)), [bytes(d) for d in data], None)
+    return True

@@ -33,8 +33,7 @@ def test_idle_heartbeats_cover_many_partitions_per_message_and_acks_are_batched(
     clock = ManualClock(start_ms=1_000_000)
     leader, follower = Broker(config, "broker-1", clock=clock), Broker(config, "broker-2", clock=clock)
     published: list[list[bytes]] = []
-    leader.publish = lambda topic, kind, header, payloads=(): published.append(  # type: ignore[method-assign]
-        [topic, P.VERSION, kind, wire.pack(header)])
+    leader.repl_pub.send = published.append
     try:
         for b in (leader, follower):
             b.apply_metadata(_metadata(config))
@@ -47,12 +46,12 @@ def test_idle_heartbeats_cover_many_partitions_per_message_and_acks_are_batched(
         for i in range(PARTITIONS):  # a fetch has checked every log against the leader's
             fetcher._stream_ready[("t", i)] = 1
         acks: list[dict] = []
-        fetcher.client.send_oneway = lambda command, header: acks.append(header)  # type: ignore[method-assign]
+        fetcher.leader.client.send_oneway = lambda command, header: acks.append(header)  # type: ignore[method-assign]
 
         leader.repl_pub.heartbeat()
         assert len(published) == 1 and published[0][0] == P.REPLICA_HEARTBEAT_TOPIC
         assert len(wire.unpack(published[0][3])["parts"]) == PARTITIONS
-        follower.repl_sub._on_message(published[0])
+        follower.repl_sub.on_message(published[0])
         assert len(acks) == 1 and len(acks[0]["parts"]) == PARTITIONS
 
         published.clear()
