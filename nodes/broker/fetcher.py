@@ -29,7 +29,7 @@ from engines.api import EngineError
 from engines.batch import BatchError
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from nodes.broker.messages import FetchEntry, TopicPartition
+from nodes.broker.messages import FetchEntry, FetchInput, ReplicaAck, TopicPartition
 from nodes.broker.partition import Partition
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,12 @@ class LeaderEndpoint:
         self.blocked = blocked
         self.topic_ids_of = topic_ids_of
 
-    def fetch(self, parts: list[list], settings: FetchSettings, callback: Callable) -> None:
-        """One replica FETCH of ``parts`` ([topic, partition, offset, max_bytes, epoch, last epoch])."""
+    def fetch(self, parts: list[FetchInput], settings: FetchSettings, callback: Callable) -> None:
+        """One replica FETCH of ``parts``."""
         self.client.request(P.FETCH, {"replica_id": self.follower_id,
                                       "wait_ms": settings.wait_ms if settings.long_poll else 0,
                                       "max_bytes": settings.bytes_max, "parts": parts,
-                                      "topic_ids": self.topic_ids_of({p[0] for p in parts})},
+                                      "topic_ids": self.topic_ids_of({p.topic for p in parts})},
                             callback=callback, timeout_ms=settings.wait_ms + FETCH_TIMEOUT_MARGIN_MS)
 
     def ack(self, parts: list[Partition]) -> None:
@@ -85,7 +85,8 @@ class LeaderEndpoint:
             return
         for i in range(0, len(parts), P.PARTITIONS_MAX):
             self.client.send_oneway(P.REPLICA_ACK, {"broker_id": self.follower_id, "parts": [
-                [p.topic, p.partition, p.log_end_offset, p.leader_epoch] for p in parts[i:i + P.PARTITIONS_MAX]]})
+                ReplicaAck(p.topic, p.partition, p.log_end_offset, p.leader_epoch)
+                for p in parts[i:i + P.PARTITIONS_MAX]]})
 
     def close(self) -> None:
         self.client.close()
@@ -147,13 +148,13 @@ class ReplicaFetcher:
         if self._closed or self._in_flight or not self.partitions:
             return
         self._again = False
-        parts = [[p.topic, p.partition, p.log_end_offset, self.settings.bytes_max, p.leader_epoch,
-                  p.epochs.latest_epoch] for p in self.partitions.values()]
+        parts = [FetchInput(p.topic, p.partition, p.log_end_offset, self.settings.bytes_max, p.leader_epoch,
+                            p.epochs.latest_epoch) for p in self.partitions.values()]
         self._in_flight = True
         self.fetches += 1
         # the answer is only good for the leader epochs it was asked in (leadership may move
         # away and back to this leader while it is in flight)
-        asked = {(p[0], p[1]): p[4] for p in parts}
+        asked = {(p.topic, p.partition): p.current_epoch for p in parts}
         self.leader.fetch(parts, self.settings, lambda h, pl, e: self._on_reply(h, pl, e, asked))
 
     def _on_reply(self, header: dict | None, payloads: list, err: RemoteError | None,

@@ -28,6 +28,8 @@ from nodes.broker.messages import (
     FetchEntry,
     FetchInput,
     FetchRequest,
+    ListOffsetsEntry,
+    ListOffsetsInput,
     ProduceInput,
     ProduceResult,
     ReplicaAck,
@@ -193,13 +195,14 @@ class RequestHandlers:
         out = []
         ids = req.header.get("topic_ids")
         for tp in req.get("parts", list):
-            if not (isinstance(tp, (list, tuple)) and len(tp) == 3 and isinstance(tp[0], str)
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in tp[1:])):
-                out.append([None, None, P.MALFORMED_REQUEST, -1])
-            elif isinstance(ids, dict) and self.core.is_other_topic_id((tp[0], tp[1]), ids.get(tp[0])):
-                out.append([tp[0], tp[1], P.UNKNOWN_TOPIC_OR_PARTITION, -1])
+            inp = ListOffsetsInput.decode(tp)
+            if inp is None:
+                out.append(ListOffsetsEntry(None, None, P.MALFORMED_REQUEST, -1))
+            elif isinstance(ids, dict) and self.core.is_other_topic_id((inp.topic, inp.partition), ids.get(inp.topic)):
+                out.append(ListOffsetsEntry(inp.topic, inp.partition, P.UNKNOWN_TOPIC_OR_PARTITION, -1))
             else:
-                out.append([tp[0], tp[1], *self.core.list_offset((tp[0], tp[1]), tp[2])])
+                out.append(ListOffsetsEntry(inp.topic, inp.partition,
+                                            *self.core.list_offset((inp.topic, inp.partition), inp.spec)))
         return {"parts": out}
 
     # -- the per-pass hook -------------------------------------------------------------------------

@@ -130,6 +130,27 @@ class FetchEntry(NamedTuple):
         return cls(*raw[:7])
 
 
+# -- LIST_OFFSETS ----------------------------------------------------------------------------
+class ListOffsetsInput(NamedTuple):
+    topic: str
+    partition: int
+    spec: int  # -2 earliest, -1 latest (the high watermark), >= 0 a timestamp (ms)
+
+    @classmethod
+    def decode(cls, tp: Any) -> "ListOffsetsInput | None":
+        if not (isinstance(tp, (list, tuple)) and len(tp) == 3 and isinstance(tp[0], str)
+                and _is_int(tp[1]) and _is_int(tp[2])):
+            return None
+        return cls(tp[0], tp[1], tp[2])
+
+
+class ListOffsetsEntry(NamedTuple):
+    topic: str | None
+    partition: int | None
+    error: int
+    offset: int  # -1 with an error
+
+
 # -- REPLICA_ACK -----------------------------------------------------------------------------
 class ReplicaAck(NamedTuple):
     """A follower's log end offset after appending from the replication stream."""

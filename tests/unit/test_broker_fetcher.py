@@ -17,9 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import msgpack
 import pytest
 
 from fabric import protocol as P
+from fabric import wire
 from fabric.clock import ManualClock
 from nodes.broker.core import BrokerCore
 from nodes.broker.fetcher import RETRY_BACKOFF_MS, ReplicaFetcher
@@ -216,3 +218,12 @@ def test_a_malformed_fetch_answer_is_counted_and_dropped(pair: Pair) -> None:
     pair.client.answer_last(P.FETCH, {"parts": [["t", 0, 0, "hw", 3, 0, None], ["t"]]}, [b"", b""])
     assert pair.fetcher.counters["repl_malformed"] == 2 and pair.progress == []
     assert f.log_end_offset == 3
+
+
+def test_the_fetch_request_and_the_ack_have_the_bytes_they_had(pair: Pair) -> None:
+    f = _follower(pair, 1, per_epoch=1)
+    pair.fetcher.set_partitions([f])
+    _, header, _, _ = pair.client.sent[-1]
+    assert wire.pack(header["parts"]) == msgpack.packb([["t", 0, 3, 64 * 1024, 1, 1]])
+    pair.fetcher.ack(f)
+    assert wire.pack(pair.client.oneway[-1][1]) == msgpack.packb({"broker_id": FOLLOWER, "parts": [["t", 0, 3, 1]]})

@@ -70,7 +70,7 @@ def test_divergent_follower_does_not_ack_a_heartbeat_before_the_divergence_check
         reactor.advance(0)
     assert fetcher.stream_ready(("t", 0)) and f.log_end_offset == 4 and f.high_watermark == 0
     sub.on_message(_heartbeat(epoch=2, hw=4, leo=4))
-    assert [(c, h["parts"]) for c, h, _ in client.oneway] == [(P.REPLICA_ACK, [["t", 0, 4, 2]])]
+    assert [(c, h["parts"]) for c, h, _ in client.oneway] == [(P.REPLICA_ACK, [("t", 0, 4, 2)])]
     assert f.high_watermark == 4
 
 
