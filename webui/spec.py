@@ -77,13 +77,19 @@ class Op:
         return sorted(codes)
 
 
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
 def _coerce(raw: str, schema: dict) -> Any:
     kind = schema.get("type")
     if kind == "integer":
         try:
-            return int(raw)
+            value = int(raw)
         except ValueError:
             raise ApiError(42206, f"{raw!r} is not an integer") from None
+        if not INT64_MIN <= value <= INT64_MAX:  # what msgpack and the wire carry
+            raise ApiError(42206, f"{raw[:40]} is out of range (a 64-bit integer)")
+        return value
     if kind == "boolean":
         if raw.lower() in ("true", "1"):
             return True

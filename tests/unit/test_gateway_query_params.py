@@ -1,0 +1,21 @@
+"""Query parameters are checked before a handler sees them: an integer past int64 is a typed
+422 (42206), not a 500 from whatever packs it later (msgpack refuses it)."""
+
+import pytest
+
+from webui.errors import ApiError
+from webui.spec import _coerce
+
+INT = {"type": "integer", "minimum": 0}
+
+
+def test_an_integer_in_range_is_taken():
+    assert _coerce("77", INT) == 77
+    assert _coerce(str(2**63 - 1), INT) == 2**63 - 1
+
+
+@pytest.mark.parametrize("raw", ["77864964827560001142784", str(2**63), str(-2**63 - 1)])
+def test_an_integer_past_int64_is_a_typed_error(raw):
+    with pytest.raises(ApiError) as e:
+        _coerce(raw, INT)
+    assert e.value.error_code == 42206
