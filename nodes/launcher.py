@@ -41,13 +41,12 @@ import zmq
 from fabric import protocol as P
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import FabricError, RemoteError
+from fabric.roles import ROLES
 from fabric.rpc import BlockingClient
 from nodes.control import ControlServer, EventLog, control_path
-from nodes.run import EXIT_CONFIG_ERROR, ROLE_CLASSES
+from nodes.run import EXIT_CONFIG_ERROR
 
 ROOT = Path(__file__).resolve().parent.parent
-# The module that implements each role (nodes/run.py's table).
-ROLE_MODULES = {role: spec.partition(":")[0] for role, spec in ROLE_CLASSES.items()}
 PID_FILE_NAME = "loom.pid"
 LOCK_FILE_NAME = "loom.lock"
 LOG_DIR_NAME = "logs"
@@ -81,11 +80,11 @@ def _emit_to_stderr(line: str) -> None:
 
 def role_available(role: str) -> bool:
     """Is the implementation of ``role`` importable in this build? (No import happens.)"""
-    module = ROLE_MODULES.get(role)
-    if module is None:
+    spec = ROLES.get(role)
+    if spec is None:
         return False
     try:
-        return importlib.util.find_spec(module) is not None
+        return importlib.util.find_spec(spec.module) is not None
     except ModuleNotFoundError:  # a parent package is missing
         return False
 
