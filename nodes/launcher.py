@@ -40,7 +40,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import LoomConfig, NodeConfig
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.roles import ROLES
 from fabric.rpc import BlockingClient
 from nodes.control import ControlServer, EventLog, control_path
@@ -148,7 +148,7 @@ def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
     client = BlockingClient(zmq.Context.instance(), node.endpoint, identity=None)
     try:
         return client.call(P.PING, timeout_ms=timeout_ms)[0]
-    except RemoteError:
+    except CodedError:
         return None
     finally:
         client.close()

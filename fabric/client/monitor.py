@@ -7,7 +7,7 @@ and the gateway (``/metrics``, ``/ws/events``, the dashboard's charts).
     events(since_seq)   ({events: [...], seq}): alert, health and recovery events, oldest first
     metrics_text()      the Prometheus text exposition (bytes) and its content type
 
-Raises RemoteError (RequestTimeout when the monitor does not answer). Not thread-safe: one
+Raises RemoteError, or RequestTimeout when the monitor does not answer. Not thread-safe: one
 client per thread.
 """
 
