@@ -67,11 +67,6 @@ MONITOR_METRICS = b"MON_METRICS"  # reply payload: the Prometheus text expositio
 SUPERVISOR_STATUS = b"SUP_STATUS"
 SUPERVISOR_RESTART = b"SUP_RESTART"
 
-REQUEST_COMMANDS = frozenset({
-    PING, METADATA, CREATE_TOPIC, DELETE_TOPIC, ALTER_TOPIC, ALTER_ISR, BROKER_REGISTER,
-    PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID, STATS, REPLICA_ACK, FAULTS,
-})
-
 # -- PUB/SUB kinds ---------------------------------------------------------------------------
 PUB_HEARTBEAT = b"HB"           # topic b"hb"; header {node, role, ts_ms, ...}
 PUB_METADATA = b"MD"            # topic b"md"; header = full metadata (coordinator)

@@ -1,7 +1,7 @@
 """The group consumer: ``subscribe``, ``poll``, ``commit`` -- Kafka's consumer-group API.
 
-    c = Consumer(bootstrap, group_id="billing", auto_offset_reset="earliest",
-                 on_assign=lambda tps: ..., on_revoke=lambda tps: ...)
+    c = GroupConsumer(bootstrap, group_id="billing", auto_offset_reset="earliest",
+                      on_assign=lambda tps: ..., on_revoke=lambda tps: ...)
     c.subscribe(["orders"])
     while running:
         for r in c.poll(1000):
