@@ -173,6 +173,12 @@ ERROR_NAMES: dict[int, str] = {
     UNSTABLE_OFFSET_COMMIT: "unstable_offset_commit",
 }
 ERROR_NAMES[INCONSISTENT_CLUSTER_ID] = "inconsistent_cluster_id"
+# the supervisor's control socket (SUPERVISOR_RESTART): why it restarts nothing
+UNKNOWN_NODE = 81                # no such node among the supervisor's children
+NODE_GIVEN_UP = 82               # the supervisor gave up on the node (crash loop)
+NODE_NOT_RUNNING = 83            # not running (or not as the pid asked about): nothing to restart
+ERROR_NAMES.update({UNKNOWN_NODE: "unknown_node", NODE_GIVEN_UP: "node_given_up",
+                    NODE_NOT_RUNNING: "node_not_running"})
 
 # Errors after which a client refreshes metadata and retries (the write was not applied).
 RETRIABLE = frozenset({

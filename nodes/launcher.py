@@ -291,11 +291,11 @@ class Supervisor:
         new pid; raises RemoteError when the node is not ours, given up on, or already gone."""
         child = self.children.get(name)
         if child is None:
-            raise RemoteError(P.INVALID_CONFIG, f"{name} is not supervised here")
+            raise RemoteError(P.UNKNOWN_NODE, f"{name} is not supervised here")
         if child.given_up:
-            raise RemoteError(P.INVALID_CONFIG, f"{name} was given up on: {child.given_up}")
+            raise RemoteError(P.NODE_GIVEN_UP, f"{name} was given up on: {child.given_up}")
         if child.proc is None or child.proc.poll() is not None or (pid is not None and pid != child.proc.pid):
-            raise RemoteError(P.INVALID_CONFIG, f"{name} is not running as pid {pid}: nothing to restart")
+            raise RemoteError(P.NODE_NOT_RUNNING, f"{name} is not running as pid {pid}: nothing to restart")
         old = child.proc.pid
         child.proc.kill()
         try:
@@ -305,7 +305,7 @@ class Supervisor:
         child.last_exit = child.proc.returncode
         if self._crash_loop(child, _now_ms()):  # a node that keeps hanging loops too
             self._write_pid_file()
-            raise RemoteError(P.INVALID_CONFIG, f"{name} was given up on: {child.given_up}")
+            raise RemoteError(P.NODE_GIVEN_UP, f"{name} was given up on: {child.given_up}")
         self._spawn(child)
         child.restarts += 1
         self.events.add("restarted", name, reason, pid=child.proc.pid, old_pid=old)  # type: ignore[union-attr]
