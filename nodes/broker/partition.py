@@ -103,13 +103,17 @@ class Partition:
 
     # -- role changes --------------------------------------------------------------------------
     def become_leader(self, epoch: int, replicas: list[int], isr: list[int], now_ms: int) -> None:
+        """Lead from ``epoch`` on. The epoch is checkpointed first: StorageFull / EngineError
+        leave the partition in its previous role, so the same change can be applied again (a
+        leader must not write batches of an epoch its checkpoint does not have: recovery
+        would cut them)."""
+        self.epochs.assign(epoch, self.log_end_offset)
         self.role = LEADER
         self.leader_id = self.broker_id
         self.leader_epoch = epoch
         self.replicas = list(replicas)
         self.isr = set(isr)
         self.pending_isr = None
-        self.epochs.assign(epoch, self.log_end_offset)
         self.followers = {r: FollowerState(last_caught_up_ms=now_ms) for r in replicas if r != self.broker_id}
         self.high_watermark = min(max(self.high_watermark, self.log_start_offset), self.log_end_offset)
         self.maybe_advance_high_watermark()
@@ -211,7 +215,8 @@ class Partition:
         """Append the leader's batches that continue our log; skip what we already have.
         Returns the number of batches appended. A bad batch (CRC, or a leader epoch older than
         one we already hold) raises BatchError and nothing of ``data`` is appended;
-        StorageFull / EngineError from the engine leave the log unchanged.
+        StorageFull / EngineError from the engine, or from the epoch checkpoint of a new epoch,
+        leave the log unchanged.
 
         Producer and epoch state are recorded only after the engine stored the batches they
         describe, so a failed write leaves no state naming offsets the log does not hold."""
@@ -237,7 +242,13 @@ class Partition:
             self._check_stored_at(start, counts, [h.base_offset for h in headers], stored=False)
             offsets = self.engine.append_many(fresh)
             self._check_stored_at(start, counts, offsets)
-            self._record_appended(headers)
+            try:
+                self._record_appended(headers)
+            except EngineError:  # the epoch checkpoint could not be written: undo the append
+                self.engine.truncate_to(start)
+                self.epochs.truncate_from_end(start)
+                self.producers.truncate_from(start)
+                raise
             self._check_offsets()
         return len(fresh)
 

@@ -16,8 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from engines.api import EngineError, StorageFull
+from engines.api import EngineConfig, EngineError, StorageFull
+from engines.memory import MemoryEngine
+from fabric.records import build_batch
 from nodes.broker.epochs import FILE_NAME, EpochCache
+from nodes.broker.partition import Partition
+
+
+def _disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "write", full)
 
 
 @pytest.mark.parametrize("assigned, entries", [
@@ -60,10 +69,7 @@ def test_a_failed_checkpoint_write_leaves_the_cache_whole_and_can_be_retried(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     c = EpochCache(tmp_path)
     c.assign(1, 0)
-
-    def full(fd: int, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(os, "write", full)
+    _disk_full(monkeypatch)
     with pytest.raises(StorageFull):
         c.assign(2, 5)
     monkeypatch.undo()
@@ -71,3 +77,37 @@ def test_a_failed_checkpoint_write_leaves_the_cache_whole_and_can_be_retried(
     assert sorted(os.listdir(tmp_path)) == [FILE_NAME]
     c.assign(2, 5)  # the same change, once the disk has room
     assert EpochCache(tmp_path).entries == [(1, 0), (2, 5)]
+
+
+# -- a partition whose epoch checkpoint cannot be written --------------------------------------
+def _partition(directory: Path) -> Partition:
+    return Partition("t", 0, 1, MemoryEngine("", EngineConfig(batch_bytes_max=1 << 20)), str(directory))
+
+
+def test_a_leader_whose_epoch_cannot_be_checkpointed_stays_what_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    part = _partition(tmp_path)
+    part.become_follower(2, 3, [1, 2], [1, 2])
+    _disk_full(monkeypatch)
+    with pytest.raises(StorageFull):
+        part.become_leader(4, [1, 2], [1, 2], now_ms=0)
+    monkeypatch.undo()
+    assert (part.role, part.leader_id, part.leader_epoch) == ("follower", 2, 3)
+    part.become_leader(4, [1, 2], [1, 2], now_ms=0)  # applied again, once the disk has room
+    assert part.is_leader and EpochCache(tmp_path).entries == [(4, 0)]
+
+
+def test_a_follower_append_whose_new_epoch_cannot_be_checkpointed_is_undone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    leader = Partition("t", 0, 2, MemoryEngine("", EngineConfig(batch_bytes_max=1 << 20)), None)
+    leader.become_leader(6, [1, 2], [2], now_ms=0)
+    leader.append_as_leader([build_batch([(1_700_000_000_000, None, b"v", None)] * 3)], 1 << 20)
+    data = leader.read(0, 1 << 20, upto_offset=leader.log_end_offset)
+    part = _partition(tmp_path)
+    part.become_follower(2, 6, [1, 2], [1, 2])
+    _disk_full(monkeypatch)
+    with pytest.raises(StorageFull):
+        part.append_as_follower(data)
+    monkeypatch.undo()
+    assert part.log_end_offset == 0 and part.epochs.entries == [] and len(part.producers) == 0
+    assert part.append_as_follower(data) == 1 and EpochCache(tmp_path).entries == [(6, 0)]
