@@ -5,7 +5,8 @@ it over the target and fsyncs the directory, so after a crash the file holds eit
 content or the new, never a mix, and the rename itself survives. Used for the segment
 engine's recovery checkpoint, the leader-epoch checkpoint, the high-watermark checkpoint and
 the coordinator's cluster state. Errors are translated at this boundary: StorageFull for a
-full disk, EngineError otherwise (both LoomErrors).
+full disk, EngineError otherwise (both LoomErrors); a failed call removes its temp file, so
+the directory holds the target (old content) and nothing else.
 
 Thread-safe in the sense that matters: one call per target at a time (callers own their files).
 """
@@ -19,10 +20,13 @@ from engines.checks import translate_os_error
 TEMP_SUFFIX = ".tmp"
 
 
-def replace_file(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, dir_fd: int | None = None) -> None:
+def replace_file(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, dir_fd: int | None = None,
+                 sync: bool = True) -> None:
     """Atomically replace ``path`` with ``data`` (write temp, fsync, rename, fsync directory).
-    ``dir_fd``: an open descriptor of the directory, if the caller keeps one. Raises
-    StorageFull / EngineError."""
+    ``dir_fd``: an open descriptor of the directory, if the caller keeps one. ``sync=False``
+    skips both fsyncs, for a file whose loss after a power failure costs only a little redone
+    work (the high-watermark checkpoint); the rename still makes the replacement atomic for
+    readers and for a process crash. Raises StorageFull / EngineError."""
     path = os.fspath(path)
     tmp = path + TEMP_SUFFIX
     try:
@@ -31,16 +35,29 @@ def replace_file(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, dir
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        if not sync:
+            return
         if dir_fd is not None:
             os.fsync(dir_fd)
         else:
             fsync_directory(os.path.dirname(path) or ".")
     except OSError as e:
+        _remove_quietly(tmp)
         raise translate_os_error(e, f"write {path}") from e
+
+
+def _remove_quietly(path: str) -> None:
+    """Remove a temp file a failed replace left behind (it may not exist, or the disk may be
+    gone: the error being raised already says what went wrong)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:

@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engines import registry as engine_registry
 from engines.api import EngineConfig
 from engines.errors import LoomError
+from fabric.roles import HTTP, PUB, ROLE_NAMES, ROLES, ROUTER
 
 DEFAULT_CONFIG_PATH = "config/cluster.yaml"
 ENV_PREFIX = "LOOM_"
-Role = Literal["broker", "coordinator", "producer", "consumer", "gateway", "monitor"]
-ZMQ_ROLES = ("broker", "coordinator", "producer", "consumer", "monitor")
+Role = Literal[ROLE_NAMES]  # type: ignore[valid-type]  # the names of fabric/roles.py's table
 
 
 class ConfigError(LoomError):
@@ -109,10 +109,25 @@ class NodeConfig(_Model):
 
     @property
     def rpc_port(self) -> int:
-        """The ZeroMQ ROUTER port: ``port``, except for the gateway, whose ``port`` is HTTP."""
-        if self.role != "gateway":
+        """The ZeroMQ ROUTER port: ``port``, except for a role whose ``port`` is HTTP (the
+        gateway), whose ROUTER is ``control_port``."""
+        if ROLES[self.role].port_serves == ROUTER:
             return self.port
         return self.control_port if self.control_port is not None else self.port + 200
+
+    def bound_ports(self) -> list[int]:
+        """Every port a node of this role binds (fabric/roles.py says which sockets)."""
+        spec = ROLES[self.role]
+        ports = [self.port]
+        if ROUTER in spec.binds and self.rpc_port != self.port:
+            ports.append(self.rpc_port)
+        if PUB in spec.binds:
+            ports.append(self.publish_port)
+        if HTTP in spec.binds and spec.port_serves != HTTP:
+            ports.append(self.http_metrics_port)
+        if self.dashboard_port:
+            ports.append(self.dashboard_port)
+        return ports
 
     @property
     def endpoint(self) -> str:
@@ -302,11 +317,7 @@ class LoomConfig(_Model):
             raise ValueError("broker_id values must be unique")
         seen: dict[tuple[str, int], str] = {}
         for name, n in nodes.items():
-            ports = [n.port] + ([n.publish_port] if n.role in ZMQ_ROLES or n.role == "gateway" else [])
-            ports += [n.rpc_port] if n.rpc_port != n.port else []
-            ports += [n.dashboard_port] if n.dashboard_port else []
-            ports += [n.http_metrics_port] if n.role == "monitor" else []
-            for p in ports:
+            for p in n.bound_ports():
                 if (n.host, p) in seen:
                     raise ValueError(f"port {p} of {name} is also used by {seen[(n.host, p)]}")
                 seen[(n.host, p)] = name

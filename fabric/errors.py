@@ -9,8 +9,8 @@ gives the subclass registered for that code (``NotLeaderError`` for ``NOT_LEADER
 callers can catch the common cases by type and everything else by ``.code``.
 
 ``ClientError`` is the other kind of coded error: a condition the client library finds itself,
-without asking a node (its buffer is full, a record is over its limit, a delivery or a flush
-timed out, a topic is not in its metadata). It is not a ``RemoteError``; it carries the
+without a node's answer (its buffer is full, a record is over its limit, a request got no reply
+in time or its peer is down, a delivery or a flush timed out, a topic is not in its metadata). It is not a ``RemoteError``; it carries the
 protocol code of the condition so that a service hosting the client (the producer and consumer
 services) relays it to its own caller unchanged on the wire. ``CodedError`` is the common base
 of both: catch it to relay any error that has a code.
@@ -25,7 +25,7 @@ from fabric import protocol as P
 
 __all__ = ["LoomError", "FabricError", "MalformedFrame", "CodedError", "RemoteError", "RequestTimeout",
            "ClientError", "BufferExhaustedError", "RecordSizeExceededError", "ClientTimeoutError",
-           "DeliveryTimeoutError", "TopicNotInMetadataError"]
+           "DeliveryTimeoutError", "TopicNotInMetadataError", "RequestQueueFullError"]
 
 
 class FabricError(LoomError):
@@ -107,19 +107,6 @@ RebalanceInProgressError = _coded("RebalanceInProgressError", P.REBALANCE_IN_PRO
 __all__ += [c.__name__ for c in RemoteError._by_code.values()]
 
 
-class RequestTimeout(RemoteError):
-    """No reply arrived before the deadline."""
-
-    def __new__(cls, message: str = "request timed out") -> "RequestTimeout":
-        return Exception.__new__(cls)
-
-    def __init__(self, message: str = "request timed out") -> None:
-        super().__init__(P.REQUEST_TIMED_OUT, message)
-
-    def __reduce__(self) -> tuple:
-        return (RequestTimeout, (self.message,))
-
-
 class ClientError(CodedError):
     """A condition the client library found itself (nothing was asked of a node). Subclasses
     fix ``code_for_class``; ``message`` says what happened."""
@@ -164,6 +151,25 @@ class DeliveryTimeoutError(ClientError):
     def __init__(self, message: str, code: int | None = None, last_error: RemoteError | None = None) -> None:
         super().__init__(message, code)
         self.last_error = last_error
+
+
+class RequestTimeout(ClientError):
+    """No reply arrived before the deadline, or the caller gave up waiting because the peer is
+    down (code ``request_timed_out``, retriable). Found by the client, not answered by a node:
+    the request may or may not have been carried out. Catch ``CodedError`` to handle it with
+    the nodes' answers."""
+
+    code_for_class = P.REQUEST_TIMED_OUT
+
+    def __init__(self, message: str = "request timed out", code: int | None = None) -> None:
+        super().__init__(message, code)
+
+
+class RequestQueueFullError(ClientError):
+    """A request was not sent: too many in flight on one connection, or its send queue is full
+    (code ``buffer_full``, retriable)."""
+
+    code_for_class = P.BUFFER_FULL
 
 
 class TopicNotInMetadataError(ClientError):

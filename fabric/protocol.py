@@ -67,11 +67,6 @@ MONITOR_METRICS = b"MON_METRICS"  # reply payload: the Prometheus text expositio
 SUPERVISOR_STATUS = b"SUP_STATUS"
 SUPERVISOR_RESTART = b"SUP_RESTART"
 
-REQUEST_COMMANDS = frozenset({
-    PING, METADATA, CREATE_TOPIC, DELETE_TOPIC, ALTER_TOPIC, ALTER_ISR, BROKER_REGISTER,
-    PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID, STATS, REPLICA_ACK, FAULTS,
-})
-
 # -- PUB/SUB kinds ---------------------------------------------------------------------------
 PUB_HEARTBEAT = b"HB"           # topic b"hb"; header {node, role, ts_ms, ...}
 PUB_METADATA = b"MD"            # topic b"md"; header = full metadata (coordinator)
@@ -178,6 +173,12 @@ ERROR_NAMES: dict[int, str] = {
     UNSTABLE_OFFSET_COMMIT: "unstable_offset_commit",
 }
 ERROR_NAMES[INCONSISTENT_CLUSTER_ID] = "inconsistent_cluster_id"
+# the supervisor's control socket (SUPERVISOR_RESTART): why it restarts nothing
+UNKNOWN_NODE = 81                # no such node among the supervisor's children
+NODE_GIVEN_UP = 82               # the supervisor gave up on the node (crash loop)
+NODE_NOT_RUNNING = 83            # not running (or not as the pid asked about): nothing to restart
+ERROR_NAMES.update({UNKNOWN_NODE: "unknown_node", NODE_GIVEN_UP: "node_given_up",
+                    NODE_NOT_RUNNING: "node_not_running"})
 
 # Errors after which a client refreshes metadata and retries (the write was not applied).
 RETRIABLE = frozenset({

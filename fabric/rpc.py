@@ -30,7 +30,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import LoomError, MalformedFrame, RemoteError, RequestTimeout
+from fabric.errors import CodedError, LoomError, MalformedFrame, RemoteError, RequestQueueFullError, RequestTimeout
 from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmtp import ZmtpServer
@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 DEFER = object()
 GIVE_UP_CHECK_MS = 100  # how often a blocking call with give_up asks whether to stop waiting
 Handler = Callable[[wire.Request], Any]
-ReplyCallback = Callable[[dict | None, list[bytes], RemoteError | None], None]
+# err: the node's answer (RemoteError), or the client's own condition (RequestTimeout,
+# RequestQueueFullError): both CodedError
+ReplyCallback = Callable[[dict | None, list[bytes], CodedError | None], None]
 
 
 def make_socket(ctx: zmq.Context, kind: int, identity: str | None = None) -> zmq.Socket:
@@ -209,14 +211,14 @@ class RpcClient:
     def request(self, command: bytes, header: dict, payloads: list | tuple = (), *,
                 callback: ReplyCallback, timeout_ms: int) -> int:
         if len(self._pending) >= P.IN_FLIGHT_REQUESTS_MAX:
-            callback(None, [], RemoteError(P.BUFFER_FULL, "too many requests in flight"))
+            callback(None, [], RequestQueueFullError("too many requests in flight"))
             return 0
         rid = next(self._ids)
         header = dict(header, id=rid)
         try:
             self.sock.send_multipart(wire.encode_request(command, header, payloads), zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            callback(None, [], RemoteError(P.BUFFER_FULL, f"send queue to {self.endpoint} is full"))
+            callback(None, [], RequestQueueFullError(f"send queue to {self.endpoint} is full"))
             return 0
         timer = self.reactor.call_later(timeout_ms, lambda: self._expire(rid))
         self._pending[rid] = (callback, timer)
@@ -253,7 +255,7 @@ class RpcClient:
         else:
             callback(header, payloads, None)
 
-    def fail_all(self, error: RemoteError) -> None:
+    def fail_all(self, error: CodedError) -> None:
         pending, self._pending = self._pending, {}
         for callback, timer in pending.values():
             timer.cancel()
@@ -281,13 +283,14 @@ class BlockingClient:
     def call(self, command: bytes, header: dict | None = None, payloads: list | tuple = (), *,
              timeout_ms: int = 5000, retries: int = 0, backoff_ms: int = 100,
              give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
-        """Send and wait for the reply. Raises RemoteError (RequestTimeout after the last try,
-        or as soon as ``give_up()`` -- asked every GIVE_UP_CHECK_MS -- says the peer is gone)."""
+        """Send and wait for the reply. Raises RemoteError (the node's answer) or RequestTimeout
+        (after the last try, or as soon as ``give_up()`` -- asked every GIVE_UP_CHECK_MS -- says
+        the peer is gone): catch CodedError for both."""
         attempt = 0
         while True:
             try:
                 return self._call_once(command, header or {}, payloads, timeout_ms, give_up)
-            except RemoteError as e:
+            except CodedError as e:
                 if attempt >= retries or not e.retriable:
                     raise
                 attempt += 1

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fabric.config import LoomConfig, load_config
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError
 from nodes.cli_common import target_options
 
 MONITOR_STATUS_TIMEOUT_MS = 1000
@@ -44,7 +44,7 @@ def print_monitor_status(cfg: LoomConfig, out: Console) -> int | None:
         return None
     try:
         st = client.status()
-    except RemoteError:
+    except CodedError:
         return None
     finally:
         client.close()
@@ -81,7 +81,7 @@ def alerts(config: str | None, bootstrap: str | None, show_all: bool, show_event
         raise FabricError(f"{cfg.source}: no node with role monitor in the config")
     try:
         rows = client.events()["events"] if show_events else client.alerts(show_all)
-    except RemoteError as e:
+    except CodedError as e:
         raise FabricError(f"the monitor does not answer: {e}") from e
     finally:
         client.close()

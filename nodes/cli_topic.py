@@ -18,7 +18,7 @@ from rich.console import Console
 
 from fabric import protocol as P
 from fabric.client import Admin
-from fabric.errors import RemoteError, TopicNotInMetadataError
+from fabric.errors import CodedError, RemoteError, TopicNotInMetadataError
 from fabric.metadata import PartitionInfo, TopicInfo
 from nodes.cli_common import Target
 
@@ -97,7 +97,7 @@ def wait_ready(admin: Admin, topic: str, partitions_min: int, timeout_s: float =
                 if t is not None and len(t.partitions) >= partitions_min and all(p.leader >= 0 for p in t.partitions):
                     admin.list_offsets(topic)
                     return True
-            except RemoteError as e:  # leaders are still taking over
+            except CodedError as e:  # leaders are still taking over
                 log.debug("%s not ready yet: %s", topic, e)
             time.sleep(0.1)
         return False

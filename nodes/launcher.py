@@ -40,14 +40,13 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import LoomConfig, NodeConfig
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError, RemoteError
+from fabric.roles import ROLES
 from fabric.rpc import BlockingClient
 from nodes.control import ControlServer, EventLog, control_path
-from nodes.run import EXIT_CONFIG_ERROR, ROLE_CLASSES
+from nodes.run import EXIT_CONFIG_ERROR
 
 ROOT = Path(__file__).resolve().parent.parent
-# The module that implements each role (nodes/run.py's table).
-ROLE_MODULES = {role: spec.partition(":")[0] for role, spec in ROLE_CLASSES.items()}
 PID_FILE_NAME = "loom.pid"
 LOCK_FILE_NAME = "loom.lock"
 LOG_DIR_NAME = "logs"
@@ -81,11 +80,11 @@ def _emit_to_stderr(line: str) -> None:
 
 def role_available(role: str) -> bool:
     """Is the implementation of ``role`` importable in this build? (No import happens.)"""
-    module = ROLE_MODULES.get(role)
-    if module is None:
+    spec = ROLES.get(role)
+    if spec is None:
         return False
     try:
-        return importlib.util.find_spec(module) is not None
+        return importlib.util.find_spec(spec.module) is not None
     except ModuleNotFoundError:  # a parent package is missing
         return False
 
@@ -149,7 +148,7 @@ def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
     client = BlockingClient(zmq.Context.instance(), node.endpoint, identity=None)
     try:
         return client.call(P.PING, timeout_ms=timeout_ms)[0]
-    except RemoteError:
+    except CodedError:
         return None
     finally:
         client.close()
@@ -292,11 +291,11 @@ class Supervisor:
         new pid; raises RemoteError when the node is not ours, given up on, or already gone."""
         child = self.children.get(name)
         if child is None:
-            raise RemoteError(P.INVALID_CONFIG, f"{name} is not supervised here")
+            raise RemoteError(P.UNKNOWN_NODE, f"{name} is not supervised here")
         if child.given_up:
-            raise RemoteError(P.INVALID_CONFIG, f"{name} was given up on: {child.given_up}")
+            raise RemoteError(P.NODE_GIVEN_UP, f"{name} was given up on: {child.given_up}")
         if child.proc is None or child.proc.poll() is not None or (pid is not None and pid != child.proc.pid):
-            raise RemoteError(P.INVALID_CONFIG, f"{name} is not running as pid {pid}: nothing to restart")
+            raise RemoteError(P.NODE_NOT_RUNNING, f"{name} is not running as pid {pid}: nothing to restart")
         old = child.proc.pid
         child.proc.kill()
         try:
@@ -306,7 +305,7 @@ class Supervisor:
         child.last_exit = child.proc.returncode
         if self._crash_loop(child, _now_ms()):  # a node that keeps hanging loops too
             self._write_pid_file()
-            raise RemoteError(P.INVALID_CONFIG, f"{name} was given up on: {child.given_up}")
+            raise RemoteError(P.NODE_GIVEN_UP, f"{name} was given up on: {child.given_up}")
         self._spawn(child)
         child.restarts += 1
         self.events.add("restarted", name, reason, pid=child.proc.pid, old_pid=old)  # type: ignore[union-attr]

@@ -23,7 +23,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.apikeys import ROLES, hash_key
-from fabric.errors import RemoteError
+from fabric.errors import CodedError
 from fabric.rpc import BlockingClient
 
 # the directory that holds the `nodes` package: node processes import the same code as we do
@@ -178,7 +178,7 @@ class Cluster:
                 raise AssertionError(f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}")
             try:
                 return self.ping(name)["node"] == name
-            except RemoteError:
+            except CodedError:
                 return False
         wait_until(ready, timeout_s, what=f"{name} to answer PING")
 

@@ -13,6 +13,7 @@ import sys
 import zmq
 
 from fabric.config import ConfigError, load_config
+from fabric.roles import ROLES
 from nodes.base import setup_logging
 
 log = logging.getLogger("loom.run")
@@ -23,27 +24,16 @@ EXIT_BIND_ERROR = 3    # the node's port is taken: restarted with backoff, it ma
 EXIT_PROGRAMMER_ERROR = 70  # a bug stopped the node (EX_SOFTWARE): restarted, it recovers from disk
 
 
-# The class that implements each role, imported only when that role runs (the launcher also
-# reads this table to tell which roles this build has).
-ROLE_CLASSES: dict[str, str] = {
-    "broker": "nodes.broker.node:Broker",
-    "coordinator": "nodes.coordinator.node:Coordinator",
-    "producer": "nodes.producer:ProducerService",
-    "consumer": "nodes.consumer:ConsumerService",
-    "monitor": "nodes.monitor:Monitor",
-    "gateway": "nodes.gateway:Gateway",
-}
-
-
 def node_class(role: str) -> type:
-    spec = ROLE_CLASSES.get(role)
+    """The class implementing ``role`` (fabric/roles.py's table), imported now. Raises
+    ConfigError for an unknown role or one whose module this build does not have."""
+    spec = ROLES.get(role)
     if spec is None:
         raise ConfigError(f"no node implementation for role {role!r}")
-    module, _, name = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(spec.module), spec.class_name)
     except ModuleNotFoundError as e:
-        if e.name != module:
+        if e.name != spec.module:
             raise
         raise ConfigError(f"role {role!r} is not available in this build") from None
 

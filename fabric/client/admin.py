@@ -9,7 +9,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
 from fabric.rpc import BlockingClient
 
@@ -45,7 +45,7 @@ class Admin:
         for ep in self.endpoints:
             try:
                 h, _ = self._client(ep).call(P.PING, timeout_ms=min(self.timeout_ms, 2000))
-            except RemoteError as e:
+            except CodedError as e:
                 log.debug("bootstrap %s did not answer PING: %s", ep, e)
                 continue
             if h.get("role") == "coordinator":

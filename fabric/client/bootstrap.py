@@ -11,7 +11,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError
 from fabric.metadata import ClusterMetadata
 from fabric.rpc import BlockingClient
 
@@ -61,7 +61,7 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             md = ClusterMetadata.from_wire(header["metadata"])
             if md.version >= 0:
                 return md, ep
-        except RemoteError as e:
+        except CodedError as e:
             last = e
         finally:
             client.close()

@@ -1,7 +1,7 @@
 """The group consumer: ``subscribe``, ``poll``, ``commit`` -- Kafka's consumer-group API.
 
-    c = Consumer(bootstrap, group_id="billing", auto_offset_reset="earliest",
-                 on_assign=lambda tps: ..., on_revoke=lambda tps: ...)
+    c = GroupConsumer(bootstrap, group_id="billing", auto_offset_reset="earliest",
+                      on_assign=lambda tps: ..., on_revoke=lambda tps: ...)
     c.subscribe(["orders"])
     while running:
         for r in c.poll(1000):
@@ -46,7 +46,7 @@ from fabric.client.consumer import Consumer as _AssignConsumer
 from fabric.client.consumer import TopicPartition
 from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, CoordinatorLink, HeartbeatMember,
                                       HeartbeatSettings, HeartbeatThread)
-from fabric.errors import FabricError, RemoteError, RequestTimeout
+from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.records import Record
 from fabric.rpc import RpcClient
 
@@ -181,7 +181,7 @@ class GroupConsumer(_AssignConsumer):
             # paused heartbeats already): commits are accepted until the rebalance completes
             try:
                 self.commit()
-            except RemoteError as e:
+            except CodedError as e:
                 log.warning("group %s: commit before revocation failed: %s", self.group_id, e)
         with self._lock:
             self._active = False
@@ -212,7 +212,7 @@ class GroupConsumer(_AssignConsumer):
                                                    "generation": self.generation})
                 assignment = sorted((t, p) for t, p in synced["assignment"])
                 fetched = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in assignment]})
-            except RemoteError as e:
+            except CodedError as e:
                 self._on_group_error(e)
                 if e.code not in REJOIN_ERRORS:
                     if not e.retriable:
@@ -288,7 +288,7 @@ class GroupConsumer(_AssignConsumer):
             return
         try:
             self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS)
-        except RemoteError as e:
+        except CodedError as e:
             self._on_group_error(e)
             if e.code in REJOIN_ERRORS:
                 raise CommitFailed(e.code, e.message) from e
@@ -366,7 +366,7 @@ class GroupConsumer(_AssignConsumer):
         if mid and self._link.connected:
             try:
                 self._call(P.LEAVE_GROUP, {"group": self.group_id, "member_id": mid}, timeout_ms=2000, retry_ms=0)
-            except RemoteError as e:
+            except CodedError as e:
                 log.debug("leave failed: %s", e)
         self.member_id, self.generation = "", -1
 

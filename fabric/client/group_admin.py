@@ -11,7 +11,7 @@ from typing import Any
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST, Admin
-from fabric.errors import FabricError, RemoteError
+from fabric.errors import CodedError, FabricError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class GroupAdmin:
             if tp[0] not in ends:
                 try:
                     ends[tp[0]] = self.admin.list_offsets(tp[0], LATEST)
-                except RemoteError as e:  # the lag is shown as unknown
+                except CodedError as e:  # the lag is shown as unknown
                     log.debug("log end offsets of %s: %s", tp[0], e)
                     ends[tp[0]] = {}
             end = ends[tp[0]].get(tp[1], -1)

@@ -24,7 +24,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.clock import Clock
-from fabric.errors import RemoteError
+from fabric.errors import CodedError, RemoteError
 from fabric.rpc import BlockingClient, ReplyCallback
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class CoordinatorLink:
     def call(self, command: bytes, header: dict, *, timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS,
              retry_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> dict:
         """The reply header. Retriable errors (not_coordinator while it loads, timeouts) are
-        retried for ``retry_ms``; then, like any other error, raised as ``RemoteError``."""
+        retried for ``retry_ms``; then raised (RemoteError, or RequestTimeout: both CodedError)."""
         deadline = self.clock.now_ms() + retry_ms
         while True:
             box: dict[str, Any] = {}
@@ -146,7 +146,7 @@ class HeartbeatThread(threading.Thread):
         if leaving is not None:
             try:
                 client.call(P.LEAVE_GROUP, {"group": s.group_id, "member_id": leaving}, timeout_ms=timeout_ms)
-            except RemoteError as e:  # the session expiry removes it anyway
+            except CodedError as e:  # the session expiry removes it anyway
                 log.debug("leave failed: %s", e)
             return
         active, mid, gen = self.member.heartbeat_state()
@@ -154,7 +154,7 @@ class HeartbeatThread(threading.Thread):
             return
         try:
             client.call(P.HEARTBEAT, {"group": s.group_id, "member_id": mid, "generation": gen}, timeout_ms=timeout_ms)
-        except RemoteError as e:
+        except CodedError as e:
             if e.code in REJOIN_ERRORS:
                 self.member.request_rejoin(gen, reset_member=e.code in (P.UNKNOWN_MEMBER, P.UNKNOWN_GROUP))
             else:  # timeouts / not_coordinator: keep trying; the session decides

@@ -3,11 +3,11 @@ and the gateway (``/metrics``, ``/ws/events``, the dashboard's charts).
 
     status()            the cluster's and every node's health (MONITOR_STATUS)
     history(series, since_ms)  {interval_ms, t: [wall ms], series: {key: [value|None]}}
-    alerts(all)         firing and pending alerts (and resolved ones with all=True)
+    alerts(include_resolved)  firing and pending alerts (and resolved ones with include_resolved=True)
     events(since_seq)   ({events: [...], seq}): alert, health and recovery events, oldest first
     metrics_text()      the Prometheus text exposition (bytes) and its content type
 
-Raises RemoteError (RequestTimeout when the monitor does not answer). Not thread-safe: one
+Raises RemoteError, or RequestTimeout when the monitor does not answer. Not thread-safe: one
 client per thread.
 """
 

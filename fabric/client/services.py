@@ -26,7 +26,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import LoomConfig
-from fabric.errors import FabricError, RemoteError, RequestTimeout
+from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.records import Record
 from fabric.rpc import BlockingClient
 
@@ -232,7 +232,7 @@ class ServiceConsumer:
         for ep in self.endpoints:
             try:
                 out[ep] = self.call(ep, P.CONSUMER_LIST, {}, timeout_ms=2000)["instances"]
-            except RemoteError as e:
+            except CodedError as e:
                 log.debug("consumer service %s left out of the list: %s", ep, e)
                 continue
         return out

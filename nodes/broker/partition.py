@@ -9,6 +9,12 @@ recovered from it at open, so a restarted leader serves it before its followers 
 Producer and epoch state follow the log: recorded after the write they describe, trimmed when
 it is cut, and checked against the log's batch headers at open (a leader epoch that
 contradicts the epoch checkpoint cuts the log there).
+
+Invariants, checked after every method that changes the partition: ``log_start_offset <=
+high_watermark <= log_end_offset``; the engine stores a follower's batches at the offsets they
+carry, continuing the log end; the epoch cache increases in both columns (epochs.py). A
+violation is a bug: AssertionError, which stops the node (nodes/run.py) so that the supervisor
+restarts it from disk -- never an error reply.
 Not thread-safe: owned by the broker's reactor.
 """
 
@@ -21,6 +27,7 @@ from typing import Iterator
 
 from engines import batch as B
 from engines.api import Engine, EngineError, StorageFull
+from engines.durable import replace_file
 from fabric import protocol as P
 from fabric.errors import RemoteError
 from nodes.broker.epochs import EpochCache, epoch_contradiction
@@ -71,6 +78,7 @@ class Partition:
         self.epochs.truncate_from_end(self.log_end_offset)
         self._recover_tail()
         self._load_high_watermark()
+        self._check_offsets()
 
     # -- offsets ---------------------------------------------------------------------------
     @property
@@ -85,18 +93,31 @@ class Partition:
     def is_leader(self) -> bool:
         return self.role == LEADER
 
+    def _check_offsets(self) -> None:
+        """log_start_offset <= high_watermark <= log_end_offset, or AssertionError (a bug:
+        raised explicitly so that it holds under ``python -O`` too)."""
+        start, hw, end = self.log_start_offset, self.high_watermark, self.log_end_offset
+        if not start <= hw <= end:
+            raise AssertionError(f"{self.topic}-{self.partition}: log start {start} <= high watermark {hw} "
+                                 f"<= log end {end} does not hold")
+
     # -- role changes --------------------------------------------------------------------------
     def become_leader(self, epoch: int, replicas: list[int], isr: list[int], now_ms: int) -> None:
+        """Lead from ``epoch`` on. The epoch is checkpointed first: StorageFull / EngineError
+        leave the partition in its previous role, so the same change can be applied again (a
+        leader must not write batches of an epoch its checkpoint does not have: recovery
+        would cut them)."""
+        self.epochs.assign(epoch, self.log_end_offset)
         self.role = LEADER
         self.leader_id = self.broker_id
         self.leader_epoch = epoch
         self.replicas = list(replicas)
         self.isr = set(isr)
         self.pending_isr = None
-        self.epochs.assign(epoch, self.log_end_offset)
         self.followers = {r: FollowerState(last_caught_up_ms=now_ms) for r in replicas if r != self.broker_id}
         self.high_watermark = min(max(self.high_watermark, self.log_start_offset), self.log_end_offset)
         self.maybe_advance_high_watermark()
+        self._check_offsets()
 
     def become_follower(self, leader_id: int, epoch: int, replicas: list[int], isr: list[int]) -> None:
         self.role = FOLLOWER
@@ -107,6 +128,7 @@ class Partition:
         self.pending_isr = None
         self.followers = {}
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
+        self._check_offsets()
 
     def update_isr(self, isr: list[int], partition_epoch: int | None = None) -> None:
         """The coordinator applied an ISR change for the current epoch (at ``partition_epoch``)."""
@@ -115,6 +137,7 @@ class Partition:
         if partition_epoch is not None:
             self.partition_epoch = partition_epoch
         self.maybe_advance_high_watermark()
+        self._check_offsets()
 
     # -- leader: appends ---------------------------------------------------------------------
     def append_as_leader(self, batches: list[bytes], batch_bytes_max: int) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
@@ -148,6 +171,7 @@ class Partition:
                                   self.log_end_offset + sum(x.record_count for x in headers[:-1]))
         if not to_write:
             return results, []
+        end = self.log_end_offset
         try:
             offsets = self.engine.append_many(to_write)
         except (StorageFull, EngineError) as e:
@@ -155,10 +179,24 @@ class Partition:
             for i in slots:
                 results[i] = (-1, P.STORAGE_ERROR, str(e))
             return results, []
+        self._check_stored_at(end, [h.record_count for h in headers], offsets)
         for i, off in zip(slots, offsets):
             results[i] = (off, 0, "")
         self.maybe_advance_high_watermark()
+        self._check_offsets()
         return results, to_write
+
+    def _check_stored_at(self, end: int, record_counts: list[int], offsets: list[int], stored: bool = True) -> None:
+        """Batches of ``record_counts`` records at ``offsets`` continue the log end ``end`` (the
+        one before the append) without gap or overlap, and (``stored``) the engine's log end is
+        now after the last of them; else AssertionError (a bug)."""
+        expected = []
+        for n in record_counts:
+            expected.append(end)
+            end += n
+        if list(offsets) != expected or (stored and self.log_end_offset != end):
+            raise AssertionError(f"{self.topic}-{self.partition}: batches stored at {list(offsets)} with log end "
+                                 f"{self.log_end_offset}, not contiguously at {expected} up to {end}")
 
     def _validate(self, data: bytes, batch_bytes_max: int) -> B.BatchHeader:
         if len(data) > batch_bytes_max:
@@ -177,13 +215,14 @@ class Partition:
         """Append the leader's batches that continue our log; skip what we already have.
         Returns the number of batches appended. A bad batch (CRC, or a leader epoch older than
         one we already hold) raises BatchError and nothing of ``data`` is appended;
-        StorageFull / EngineError from the engine leave the log unchanged.
+        StorageFull / EngineError from the engine, or from the epoch checkpoint of a new epoch,
+        leave the log unchanged.
 
         Producer and epoch state are recorded only after the engine stored the batches they
         describe, so a failed write leaves no state naming offsets the log does not hold."""
         fresh: list[memoryview] = []
         headers: list[B.BatchHeader] = []
-        end = self.log_end_offset
+        end = start = self.log_end_offset
         last_epoch = self.epochs.latest_epoch
         for h, view in B.iter_batches(data, check_crc=True):
             if h.next_offset <= end:
@@ -199,8 +238,18 @@ class Partition:
             headers.append(h)
             end = h.next_offset
         if fresh:
-            self.engine.append_many(fresh)
-            self._record_appended(headers)
+            counts = [h.record_count for h in headers]
+            self._check_stored_at(start, counts, [h.base_offset for h in headers], stored=False)
+            offsets = self.engine.append_many(fresh)
+            self._check_stored_at(start, counts, offsets)
+            try:
+                self._record_appended(headers)
+            except EngineError:  # the epoch checkpoint could not be written: undo the append
+                self.engine.truncate_to(start)
+                self.epochs.truncate_from_end(start)
+                self.producers.truncate_from(start)
+                raise
+            self._check_offsets()
         return len(fresh)
 
     def _record_appended(self, headers: list[B.BatchHeader]) -> None:
@@ -221,6 +270,7 @@ class Partition:
         self.epochs.truncate_from_end(self.log_end_offset)
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
         self.producers.truncate_from(self.log_end_offset)
+        self._check_offsets()
 
     def reset_to(self, offset: int) -> None:
         """Drop the whole log and restart it empty at ``offset`` (a follower whose log end is
@@ -237,9 +287,11 @@ class Partition:
         self.epochs.truncate_from_end(0)
         self.high_watermark = offset
         self.producers.truncate()
+        self._check_offsets()
 
     def set_high_watermark_from_leader(self, leader_hw: int) -> None:
         self.high_watermark = max(self.high_watermark, min(leader_hw, self.log_end_offset))
+        self._check_offsets()
 
     # -- leader: follower tracking, HW, ISR -----------------------------------------------------
     def record_follower_fetch(self, follower_id: int, fetch_offset: int, now_ms: int) -> bool:
@@ -255,7 +307,9 @@ class Partition:
         st.log_end_offset = fetch_offset
         st.last_fetch_ms = now_ms
         st.leo_at_last_fetch = leo
-        return self.maybe_advance_high_watermark()
+        moved = self.maybe_advance_high_watermark()
+        self._check_offsets()
+        return moved
 
     def _hw_members(self) -> set[int]:
         # while an expansion is pending, count the larger set (Kafka's "maximal ISR")
@@ -364,26 +418,29 @@ class Partition:
 
     def _load_high_watermark(self) -> None:
         """Start from the checkpointed HW, capped by the log (a crash may have cut an
-        unflushed tail). A missing or unreadable file means 0, as before checkpoints."""
+        unflushed tail) and raised to its start (retention may have moved it since, as
+        Kafka's updateHighWatermark bounds it). A missing or unreadable file means the log
+        start, as before checkpoints."""
+        self.high_watermark = self.log_start_offset
         try:
             with open(self._hw_path, "rb") as f:  # type: ignore[arg-type]
                 saved = int(f.read(64).split()[0])
         except (TypeError, OSError, ValueError, IndexError):
             return
-        self.high_watermark = self._hw_checkpointed = max(0, min(saved, self.log_end_offset))
+        self.high_watermark = self._hw_checkpointed = max(self.log_start_offset, min(saved, self.log_end_offset))
 
     def checkpoint_high_watermark(self) -> None:
-        """Write the HW to the partition directory if it moved since the last write. Not
-        fsynced: a stale or lost file only makes a restart start from a lower HW, which the
-        followers' next fetches raise again. Raises nothing: a failed write is logged."""
+        """Write the HW to the partition directory if it moved since the last write, through
+        ``engines.durable.replace_file`` without fsync: a stale or lost file only makes a
+        restart start from a lower HW, which the followers' next fetches raise again, and an
+        fsync per partition every HW_CHECKPOINT_INTERVAL_MS would stall the reactor. Raises
+        nothing: a failed write (StorageFull / EngineError) is logged and leaves the previous
+        file whole, and the next call tries again."""
         if self._hw_path is None or self.high_watermark == self._hw_checkpointed:
             return
-        tmp = self._hw_path + ".tmp"
         try:
-            with open(tmp, "w") as f:
-                f.write(f"{self.high_watermark}\n")
-            os.replace(tmp, self._hw_path)
-        except OSError as e:
+            replace_file(self._hw_path, f"{self.high_watermark}\n".encode(), sync=False)
+        except EngineError as e:
             log.error("%s-%d: cannot checkpoint the high watermark: %s", self.topic, self.partition, e)
             return
         self._hw_checkpointed = self.high_watermark

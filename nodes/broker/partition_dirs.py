@@ -30,13 +30,14 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from nodes.broker.epochs import FILE_NAME as EPOCH_CHECKPOINT
+from nodes.broker.partition import HW_CHECKPOINT_FILE as HW_CHECKPOINT
+
 log = logging.getLogger(__name__)
 
 STRAY_SUFFIX = ".stray"
 PARTITION_METADATA = "partition.metadata"
 LOG_DIR = "log"
-EPOCH_CHECKPOINT = "leader-epoch-checkpoint"  # nodes/broker/epochs.py FILE_NAME
-HW_CHECKPOINT = "high-watermark-checkpoint"  # nodes/broker/partition.py HW_CHECKPOINT_FILE
 STRAY_NAME_ATTEMPTS_MAX = 1000
 # files that tell which built-in engine wrote a directory from before per-engine subdirectories
 _LEGACY_MARKERS = {"lmdb": ("data.mdb",), "segment": (".log", ".index", "recovery.checkpoint")}

@@ -12,6 +12,7 @@ Not thread-safe: owned by the coordinator's reactor.
 from __future__ import annotations
 
 import logging
+import struct
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -37,7 +38,8 @@ class DisconnectWatch:
     def _on_event(self, frames: list[bytes]) -> None:
         try:
             event = parse_monitor_message(frames)
-        except Exception:
+        except (RuntimeError, struct.error) as e:  # what pyzmq raises for an event it cannot read
+            log.debug("socket event not readable: %s", e)
             return
         endpoint = event.get("endpoint", b"")
         bid = self.endpoints.get(endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 from fabric import protocol as P
-from fabric.errors import RemoteError
+from fabric.errors import CodedError
 from fabric.records import build_batch
 from nodes.coordinator.context import BrokerRequester, GroupContext, ReplyCallback
 
@@ -51,14 +51,14 @@ class AppendOutcome(NamedTuple):
         return not self.ok and not self.answered and self.code != P.BUFFER_FULL
 
     @classmethod
-    def from_reply(cls, header: dict | None, err: RemoteError | None) -> "AppendOutcome":
+    def from_reply(cls, header: dict | None, err: CodedError | None) -> "AppendOutcome":
         results = header.get("results") if header is not None else None
         res = results[0] if isinstance(results, list) and results else None
         if not (isinstance(res, list) and len(res) >= 2 and isinstance(res[0], int) and isinstance(res[1], int)):
             # no answer for the partition (or one we cannot read: a peer's bad reply is not a bug
             # of ours): it may have landed
-            code = err.code if isinstance(err, RemoteError) else P.UNKNOWN
-            return cls(code, -1, err.message if isinstance(err, RemoteError) else "append failed", False)
+            code = err.code if isinstance(err, CodedError) else P.UNKNOWN
+            return cls(code, -1, err.message if isinstance(err, CodedError) else "append failed", False)
         message = res[2] if len(res) > 2 and isinstance(res[2], str) else ""
         return cls(res[1], res[0] if res[1] == 0 else -1, message, True)
 
@@ -97,7 +97,7 @@ class OffsetsTopicClient:
         if endpoint is None:
             return False
 
-        def on_reply(header: dict | None, _payloads: list, err: RemoteError | None) -> None:
+        def on_reply(header: dict | None, _payloads: list, err: CodedError | None) -> None:
             on_outcome(AppendOutcome.from_reply(header, err))
         self._client(endpoint).request(P.PRODUCE, {"acks": -1, "timeout_ms": APPEND_TIMEOUT_MS, "parts": [[self.topic, q]]},
                                        [build_batch(records)], callback=on_reply,

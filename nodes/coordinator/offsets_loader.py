@@ -54,6 +54,25 @@ class LoadState:
     records_read: int = 0
 
 
+def decode_record(key: bytes | None, value: bytes) -> list[tuple[str, str, int, int | None, str, int]]:
+    """(group, topic, partition, offset or None for a deletion, metadata, timestamp ms) of each
+    entry of an offsets-topic record. Pure. Raises ValueError / TypeError /
+    msgpack.UnpackException for a record that is not one."""
+    if S.parse_key(key) is not None:
+        return [(g, t, p, o, m, ts) for g, t, p, o, m, ts in S.decode_entries(value)]
+    if key is None:
+        raise ValueError("a commit record needs a key")
+    group, topic, p = msgpack.unpackb(key, raw=False)
+    if not (isinstance(group, str) and isinstance(topic, str) and isinstance(p, int)):
+        raise ValueError(f"bad commit key {[group, topic, p]!r}")
+    if not value:
+        return [(group, topic, p, None, "", 0)]
+    offset, metadata, ts = msgpack.unpackb(value, raw=False)
+    if not (isinstance(offset, int) and isinstance(ts, int)):
+        raise ValueError(f"bad commit value {[offset, metadata, ts]!r}")
+    return [(group, topic, p, offset, str(metadata), ts)]
+
+
 class OffsetsLoader:
     def __init__(self, context: GroupContext, client: OffsetsTopicClient, store: LoadTarget) -> None:
         """``client``: the offsets topic's client, shared with ``store``."""
@@ -121,20 +140,17 @@ class OffsetsLoader:
         self.client.fetch(endpoint, q, st.offset, on_reply)
 
     def apply_record(self, key: bytes | None, value: bytes) -> None:
-        """Apply one record of the offsets topic (a commit, a tombstone or a snapshot record)."""
+        """Apply one record of the offsets topic (a commit, a tombstone or a snapshot record).
+        A record that cannot be read is counted, logged and skipped: it must not stop the load
+        (anything can be produced to the topic). Applying what was read raises nothing but a bug."""
         try:
-            if S.parse_key(key) is not None:
-                for group, topic, p, offset, metadata, ts in S.decode_entries(value):
-                    self.store.apply(group, [(topic, p, offset, metadata)], ts)
-                return
-            group, topic, p = msgpack.unpackb(key, raw=False)
-            if value:
-                offset, metadata, ts = msgpack.unpackb(value, raw=False)
-                self.store.apply(group, [(topic, p, offset, metadata)], ts)
-            else:
-                self.store.apply(group, [(topic, p, None, "")], 0)
-        except Exception:  # a record we cannot read must not stop the load
+            entries = decode_record(key, value)
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
             self.context.counters["offsets_bad_records"] += 1
+            log.warning("%s: a record that cannot be read is skipped: %s", self.topic, e)
+            return
+        for group, topic, p, offset, metadata, ts in entries:
+            self.store.apply(group, [(topic, p, offset, metadata)], ts)
 
     def _snapshot_missing(self, q: int, st: LoadState, log_start_offset: int) -> None:
         """Read from ``log_start_offset`` instead (0: the leader says where the log starts)."""

@@ -11,7 +11,7 @@ from typing import Any
 from fabric import protocol as P
 from fabric.errors import RemoteError
 
-TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+TOPIC_NAME_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{P.TOPIC_NAME_LEN_MAX}}}$")
 INTERNAL_PREFIX = "__"
 
 # topic config key -> (parser, check, description)
@@ -26,7 +26,7 @@ _CONFIGS: dict[str, tuple[Any, Any, str]] = {
 
 def validate_topic_name(name: Any, allow_internal: bool = False) -> str:
     if not isinstance(name, str) or not TOPIC_NAME_RE.match(name):
-        raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {name!r}: use 1-249 characters of [A-Za-z0-9._-]")
+        raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {name!r}: use 1-{P.TOPIC_NAME_LEN_MAX} characters of [A-Za-z0-9._-]")
     if name in (".", ".."):
         raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {name!r}")
     if name.startswith(INTERNAL_PREFIX) and not allow_internal:

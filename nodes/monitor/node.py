@@ -123,8 +123,9 @@ class Monitor(Node):
             elif frames[2] == P.PUB_METADATA_VERSION and isinstance(header, dict):
                 if int(header["version"]) > self._metadata_version():
                     self._refresh_metadata()  # a delta went missing
-        except Exception:  # a peer's bad input: count and drop
+        except Exception as e:  # a peer's bad input: count, log and drop
             self.counters["sub_malformed"] += 1
+            log.warning("unreadable %r message dropped: %s: %s", frames[2][:32], type(e).__name__, e)
 
     # -- the coordinator's metadata: a snapshot, then its deltas ---------------------------------
     def _metadata_version(self) -> int:

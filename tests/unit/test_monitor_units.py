@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fabric import metrics as M
+from fabric import protocol as P
 from fabric.config import parse_config
 from nodes import launcher
 from nodes.monitor import health as H
@@ -190,18 +191,24 @@ def test_restart_requests_kill_respawn_and_count_toward_the_crash_loop(tmp_path:
     child = sup.children["broker-1"]
     spawn(child)
     try:
-        with pytest.raises(RemoteError, match="not running as pid 1"):
+        with pytest.raises(RemoteError, match="not running as pid 1") as refused:
             sup.restart_now("broker-1", "test", pid=1)  # a stale request never kills the new process
+        assert refused.value.code == P.NODE_NOT_RUNNING  # each refusal has its own code
         first = child.proc.pid  # type: ignore[union-attr]
         assert sup.restart_now("broker-1", "hung", pid=first) != first
         assert procs[0].poll() is not None and child.restarts == 1
         sup.restart_now("broker-1", "hung again")
-        with pytest.raises(RemoteError, match="given up"):
+        with pytest.raises(RemoteError, match="given up") as refused:
             sup.restart_now("broker-1", "and again")  # the third kill within the window
+        assert refused.value.code == P.NODE_GIVEN_UP
         assert child.given_up and child.proc is None
         assert [e["action"] for e in sup.events.since(0)] == ["restarted", "restarted", "gave_up"]
-        with pytest.raises(RemoteError, match="not supervised"):
+        with pytest.raises(RemoteError, match="not supervised") as refused:
             sup.restart_now("nobody", "x")
+        assert refused.value.code == P.UNKNOWN_NODE
+        with pytest.raises(RemoteError, match="given up") as refused:
+            sup.restart_now("broker-1", "once more")  # given up stays given up
+        assert refused.value.code == P.NODE_GIVEN_UP
     finally:
         for p in procs:
             p.kill()

@@ -1,0 +1,85 @@
+"""Reading the committed-offsets topic at load: a record that cannot be read is counted, logged
+and skipped; a bug in applying one that was read is not swallowed.
+
+Before, one ``except Exception`` wrapped both the decoding and the store's ``apply``: a
+programmer error in the store was counted as a "bad record" and the load went on, silently,
+with the state it had broken."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import msgpack
+import pytest
+
+from fabric.clock import ManualClock
+from fabric.reactor import Reactor
+from nodes.coordinator import snapshots as S
+from nodes.coordinator.offsets_loader import OffsetsLoader, decode_record
+
+
+class Store:
+    def __init__(self) -> None:
+        self.applied: list = []
+
+    def apply(self, group: str, entries: list, ts: int) -> None:
+        self.applied.append((group, entries, ts))
+
+    def loaded_all(self) -> None:
+        pass
+
+
+class Context:
+    def __init__(self) -> None:
+        self.reactor = Reactor(ManualClock())
+        self.counters: Counter[str] = Counter()
+
+
+class Client:
+    topic = "__consumer_offsets"
+
+
+def _loader(store: Store) -> tuple[OffsetsLoader, Context]:
+    context = Context()
+    return OffsetsLoader(context, Client(), store), context  # type: ignore[arg-type]
+
+
+def _key(*parts: object) -> bytes:
+    return msgpack.packb(list(parts), use_bin_type=True)
+
+
+def test_commits_tombstones_and_snapshots_decode() -> None:
+    assert decode_record(_key("g", "t", 1), _key(42, "m", 7)) == [("g", "t", 1, 42, "m", 7)]
+    assert decode_record(_key("g", "t", 1), b"") == [("g", "t", 1, None, "", 0)]
+    (key, value), = S.snapshot_records("snap-1", [("g", "t", 0, 5, "", 9)])
+    assert decode_record(key, value) == [("g", "t", 0, 5, "", 9)]
+
+
+@pytest.mark.parametrize("key, value", [
+    (b"\xc1", b""),                        # not msgpack
+    (_key("g", "t"), b""),                 # two fields
+    (_key("g", "t", "zero"), b""),         # a partition that is not a number
+    (_key(["g"], "t", 0), b""),            # a group that is not a string
+    (_key("g", "t", 0), _key("x", "", 1)),  # an offset that is not a number
+    (None, _key(1, "", 1)),                # no key
+    (_key("g", "t", 0), b"\x93\x01"),      # a truncated value
+])
+def test_a_record_that_cannot_be_read_is_counted_logged_and_skipped(
+        key: bytes | None, value: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store()
+    loader, context = _loader(store)
+    loader.apply_record(key, value)
+    loader.apply_record(_key("g", "t", 0), _key(3, "", 1))
+    assert context.counters["offsets_bad_records"] == 1
+    assert "cannot be read" in caplog.text
+    assert store.applied == [("g", [("t", 0, 3, "")], 1)]
+
+
+def test_a_bug_in_applying_a_record_is_not_counted_as_a_bad_record() -> None:
+    class BrokenStore(Store):
+        def apply(self, group: str, entries: list, ts: int) -> None:
+            raise TypeError("a bug in the store")
+    loader, context = _loader(BrokenStore())
+    with pytest.raises(TypeError, match="a bug in the store"):
+        loader.apply_record(_key("g", "t", 0), _key(3, "", 1))
+    assert context.counters["offsets_bad_records"] == 0

@@ -1,0 +1,80 @@
+"""A condition the client finds itself is not a node's answer.
+
+``RequestTimeout`` (no reply in time, or the caller gave up because the peer is down) and
+``RequestQueueFullError`` (a request that was never sent) are ``ClientError``s, not
+``RemoteError``s: a ``RemoteError`` always means a node answered. Both keep their protocol
+code (``request_timed_out``, ``buffer_full``: retriable), and every caller that handled a
+timeout still does (they catch ``CodedError``, the base of both kinds). Before, both were
+RemoteErrors, so "the broker refused" and "nobody answered" could not be told apart by type."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import zmq
+
+from fabric import protocol as P
+from fabric.clock import ManualClock
+from fabric.client.admin import Admin
+from fabric.config import NodeConfig
+from fabric.errors import (ClientError, CodedError, FabricError, RemoteError, RequestQueueFullError,
+                           RequestTimeout)
+from fabric.reactor import Reactor
+from fabric.rpc import BlockingClient, RpcClient
+from nodes import launcher
+from nodes.local_cluster import free_ports
+
+
+@pytest.mark.parametrize("err, code", [(RequestTimeout("no reply"), P.REQUEST_TIMED_OUT),
+                                       (RequestQueueFullError("too many in flight"), P.BUFFER_FULL)])
+def test_local_conditions_are_client_errors_with_their_code(err: ClientError, code: int) -> None:
+    assert isinstance(err, ClientError) and isinstance(err, CodedError) and not isinstance(err, RemoteError)
+    assert err.code == code and err.retriable
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err) and back.code == code and back.message == err.message
+
+
+def _silent_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"
+
+
+def test_a_blocking_call_nobody_answers_is_a_local_timeout_after_its_retries() -> None:
+    client = BlockingClient(zmq.Context.instance(), _silent_endpoint())
+    try:
+        with pytest.raises(RequestTimeout) as e:
+            client.call(P.PING, timeout_ms=50, retries=1, backoff_ms=1)
+        assert not isinstance(e.value, RemoteError)
+        with pytest.raises(RequestTimeout, match="it is down"):
+            client.call(P.PING, timeout_ms=5000, give_up=lambda: True)
+    finally:
+        client.close()
+
+
+def test_the_reactor_client_reports_local_conditions_as_client_errors() -> None:
+    clock = ManualClock()
+    reactor = Reactor(clock)
+    client = RpcClient(zmq.Context.instance(), reactor, _silent_endpoint())
+    errors: list = []
+    try:
+        for _ in range(P.IN_FLIGHT_REQUESTS_MAX + 1):
+            client.request(P.PING, {}, callback=lambda h, p, err: errors.append(err), timeout_ms=10)
+        assert len(errors) == 1 and type(errors[0]) is RequestQueueFullError
+        clock.advance(10)
+        reactor.run_once(0)
+        assert len(errors) == 1 + P.IN_FLIGHT_REQUESTS_MAX
+        assert all(type(e) is RequestTimeout for e in errors[1:])
+    finally:
+        client.close()
+
+
+def test_callers_that_handled_a_timeout_still_do() -> None:
+    silent = _silent_endpoint()
+    port = int(silent.rsplit(":", 1)[1])
+    assert launcher.ping(NodeConfig(role="coordinator", port=port), timeout_ms=50) is None
+    admin = Admin([silent], timeout_ms=50)
+    try:
+        with pytest.raises(FabricError, match="no coordinator"):
+            admin.coordinator_endpoint()
+    finally:
+        admin.close()
