@@ -23,7 +23,7 @@ import zmq
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
-from fabric.errors import RemoteError
+from fabric.errors import MalformedFrame, RemoteError
 from fabric.metadata import ClusterMetadata, PartitionInfo
 from fabric.rpc import RpcClient, make_socket
 from fabric.stall import StallWatch
@@ -47,6 +47,8 @@ STRAYS_SHOWN_MAX = 100  # in STATS
 PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each costs fsyncs)
 UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
 STALL_THRESHOLD_MS = 2000  # a reactor pass gap over this means this broker did not run
+# what reading a malformed push raises (wire.unpack: MalformedFrame; the dict: the others)
+UNREADABLE_PUSH = (MalformedFrame, KeyError, TypeError, ValueError, IndexError, AttributeError)
 METADATA_PUSH_KINDS = (P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 
 
@@ -182,44 +184,53 @@ class Broker(Node):
             if frames[2] == P.PUB_METADATA_VERSION:
                 if version > self.metadata.version or raw.get("state_id", self.metadata.state_id) != self.metadata.state_id:
                     self._refresh_metadata()  # we missed a delta, or the coordinator restarted
-            elif frames[2] == P.PUB_METADATA_DELTA:
-                self._apply_delta(raw)
-            else:
-                self.apply_metadata(raw)
-        except Exception:
+                return
+            update = self._delta_update(raw) if frames[2] == P.PUB_METADATA_DELTA else self._snapshot_update(raw)
+        except UNREADABLE_PUSH as e:  # only reading the push: a bug while applying it stops the node
             self.counters["sub_malformed"] += 1
-            log.exception("bad metadata push")
-
-    def _apply_delta(self, raw: dict) -> None:
-        if raw["version"] <= self.metadata.version and raw.get("state_id", "") == self.metadata.state_id:
+            log.warning("unreadable metadata push (%s): %s", frames[2], e)
             return
+        if update is not None:
+            self._install_metadata(*update)
+
+    def _delta_update(self, raw: dict) -> tuple[ClusterMetadata, list[PartitionInfo]] | None:
+        """The metadata a delta push makes of ours, with the partitions it changed; None when
+        it is not newer, or does not apply (then a snapshot is asked for)."""
+        if raw["version"] <= self.metadata.version and raw.get("state_id", "") == self.metadata.state_id:
+            return None
         try:
             md, changed = self.metadata.apply_delta(raw)
         except ValueError:
             self._refresh_metadata()  # a gap, or another coordinator state: the delta does not apply to ours
-            return
+            return None
         if not self.guard.admit(md):  # as a snapshot would be judged
-            return
-        self._install_metadata(md, changed)
+            return None
+        return md, changed
 
-    def apply_metadata(self, raw: dict, *, same_version: bool = False) -> None:
-        """Apply a full snapshot newer than ours (or as new, with ``same_version``; or of a
-        coordinator state other than ours). Metadata of another cluster, or of an older
-        coordinator state than this broker has accepted, is refused (nodes/broker/identity.py)."""
+    def _snapshot_update(self, raw: dict, *, same_version: bool = False) -> tuple[ClusterMetadata, list[PartitionInfo]] | None:
+        """A full snapshot newer than ours (or as new, with ``same_version``; or of a coordinator
+        state other than ours) with all its partitions; None otherwise. Metadata of another
+        cluster, or of an older coordinator state than this broker has accepted, is refused
+        (nodes/broker/identity.py)."""
         md = ClusterMetadata.from_wire(raw)
         if not self.guard.admit(md):  # another cluster's, or an older state's: keep what we have
-            return
+            return None
         if md.state_id == self.metadata.state_id and \
                 (md.version < self.metadata.version or (md.version == self.metadata.version and not same_version)):
-            return
-        self._install_metadata(md, list(md.partitions()))
+            return None
+        return md, list(md.partitions())
+
+    def apply_metadata(self, raw: dict, *, same_version: bool = False) -> None:
+        """Apply a full snapshot (``_snapshot_update``)."""
+        update = self._snapshot_update(raw, same_version=same_version)
+        if update is not None:
+            self._install_metadata(*update)
 
     def _install_metadata(self, md: ClusterMetadata, changed: list[PartitionInfo]) -> None:
         """Take ``md`` as our metadata and apply the partition states in ``changed``. Partitions
         new to this broker are opened a bounded number per reactor pass (``_open_pending``):
         each costs file creation and fsyncs, and a 1,000-partition topic opened in one pass
         kept the broker from hearing anyone for seconds."""
-        self.core.metadata = md
         now = self.clock.now_ms()
         # first what we hold of no topic of ``md`` (its name is gone, or it names another topic
         # id now): set aside, or deleted if its topic id was deleted -- never because it is absent
@@ -239,6 +250,9 @@ class Broker(Node):
                     self.core.apply_partition_state(part, info, now)
         for key in [k for k in self._to_open if md.partition(*k) is None]:
             del self._to_open[key]  # gone before we came to open it
+        # recorded only now: a push that failed half-way (a checkpoint that could not be
+        # written) is not "already applied", so the same push or the next refresh tries again
+        self.core.metadata = md
         self._open_pending()
 
     def _open_pending(self) -> None:
