@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write results as JSON to this file")
     ap.add_argument("--engine", default="segment")
     ap.add_argument("--fsync", default="interval", choices=("always", "interval", "never"))
-    ap.add_argument("--value-bytes", type=int, default=100)
+    ap.add_argument("--value-bytes", "--record-size", dest="value_bytes", type=int, default=100)
     ap.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     ap.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

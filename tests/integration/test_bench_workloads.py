@@ -61,3 +61,21 @@ def test_consume_drains_the_backlog_of_two_producers(tmp_path: Path) -> None:
     assert run["produce"]["records"] == 3000
     assert run["records"] == run["expected_records"] == 3000
     assert run["records_per_s"] > 0 and run["cpu_us_per_record"]["cluster"] > 0
+
+
+def test_a_running_cluster_by_config_or_bootstrap(tmp_path: Path) -> None:
+    """-c CONFIG finds the node processes (cluster CPU and broker memory are measured);
+    --bootstrap alone cannot, and says so with a null rather than a wrong figure."""
+    from nodes.local_cluster import running_cluster
+    (tmp_path / "cluster").mkdir()
+    with running_cluster(tmp_path / "cluster") as cluster:
+        by_config, by_bootstrap = tmp_path / "c.json", tmp_path / "b.json"
+        assert runner.main(["produce", "--records", "2000", "-c", str(cluster.config_path), "--topic", "shared",
+                            "--json", str(by_config)]) == 0
+        assert runner.main(["produce", "--records", "2000", "--bootstrap", cluster.bootstrap, "--topic", "shared",
+                            "--json", str(by_bootstrap)]) == 0
+    c, b = json.loads(by_config.read_text()), json.loads(by_bootstrap.read_text())
+    assert c["cpu_us_per_record"]["cluster"] > 0
+    assert set(c["runs"][0]["broker_peak_rss_mb"]) == {"broker-1", "broker-2", "broker-3"}
+    assert b["cpu_us_per_record"]["cluster"] is None and b["cpu_us_per_record"]["client"] > 0
+    assert c["runs"][0]["records"] == b["runs"][0]["records"] == 2000
