@@ -144,8 +144,8 @@ def _columns(doc: dict) -> list[tuple[str, Any]]:
     cols: list[tuple[str, Any]] = [
         ("combination", lambda s: s["label"]), ("runs", lambda s: s["runs"]),
         ("records/s", lambda s: s["records_per_s"]), ("MB/s", lambda s: s["mb_per_s"]),
-        ("p50 ms", lambda s: s["latency_ms"]["p50"]), ("p99 ms", lambda s: s["latency_ms"]["p99"]),
-        ("p99.9 ms", lambda s: s["latency_ms"]["p999"])]
+        ("ack p50 ms", lambda s: s["latency_ms"]["p50"]), ("ack p99", lambda s: s["latency_ms"]["p99"]),
+        ("ack p99.9", lambda s: s["latency_ms"]["p999"])]
     if e2e:
         cols += [("e2e p50", lambda s: s["e2e_latency_ms"]["p50"]), ("e2e p99", lambda s: s["e2e_latency_ms"]["p99"]),
                  ("e2e p99.9", lambda s: s["e2e_latency_ms"]["p999"]), ("consumed/s", lambda s: s["consume_records_per_s"])]
@@ -175,6 +175,7 @@ def print_table(doc: dict, out: Any = None) -> None:
               f"acks={o['acks']}, {o['producers']} producer(s)"
               + (f", {o['consumers']} consumer(s)" if doc["meta"]["command"] != "produce" else "")
               + (f", offered {o['rate']:,} rec/s (open loop)" if o["rate"] else "")
+              + ("; ack latency: the backlog's producers" if doc["meta"]["command"] == "consume" else "")
               + f"; x = ratio to the first row\n")
     out.write("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths))) + "\n")
     for r in rows:
@@ -205,6 +206,7 @@ def write_json(path: str, doc: dict) -> None:
 COLOURS = ("#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6", "#dd4477", "#66aa00",
            "#b82e2e", "#316395", "#994499", "#22aa99")
 PLOT_W, PLOT_H, PAD = 760, 220, 56
+SOLID, DASHED, DOTTED = "", "6,4", "2,3"
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -212,8 +214,8 @@ def _median_run(runs: list[dict]) -> dict:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def _svg_lines(title: str, unit: str, series: list[tuple[str, str, list[tuple[float, float]], bool]]) -> str:
-    """One line chart: series of (label, colour, [(t_s, value)], dashed)."""
+def _svg_lines(title: str, unit: str, series: list[tuple[str, str, list[tuple[float, float]], str]]) -> str:
+    """One line chart: series of (label, colour, [(t_s, value)], SVG dash pattern or "" for solid)."""
     xs = [x for _, _, pts, _ in series for x, _ in pts] or [1.0]
     ys = [y for _, _, pts, _ in series for _, y in pts] or [1.0]
     x_max, y_max = max(max(xs), 1e-9), max(max(ys), 1e-9) * 1.1
@@ -227,10 +229,10 @@ def _svg_lines(title: str, unit: str, series: list[tuple[str, str, list[tuple[fl
     for i in range(5):
         x = x_max * i / 4
         parts.append(f'<text x="{sx(x):.1f}" y="{sy(0) + 16:.1f}" text-anchor="middle">{x:.1f} s</text>')
-    for k, (label, colour, pts, dashed) in enumerate(series):
+    for k, (label, colour, pts, dashes) in enumerate(series):
         if pts:
             d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-            dash = ' stroke-dasharray="5,4"' if dashed else ""
+            dash = f' stroke-dasharray="{dashes}"' if dashes else ""
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6"{dash} points="{d}"/>')
             parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2" fill="{colour}"/>' for x, y in pts]
         parts.append(f'<text x="{PAD + PLOT_W + 8}" y="{PAD / 2 + 14 * k + 8}" fill="{colour}">'
@@ -253,14 +255,14 @@ def chart_html(doc: dict) -> str:
         colour, run = COLOURS[i % len(COLOURS)], _median_run(by_label[s["label"]])
         tl = run["timeline"]
         key = "consumed_per_s" if doc["meta"]["command"] == "consume" else "produced_per_s"
-        rate.append((f"{s['label']} {key.split('_')[0]}", colour, [(p["t_s"], p[key]) for p in tl if p[key]], False))
+        rate.append((f"{s['label']} {key.split('_')[0]}", colour, [(p["t_s"], p[key]) for p in tl if p[key]], SOLID))
         if doc["meta"]["command"] == "e2e":
-            rate.append((f"{s['label']} consumed", colour, [(p["t_s"], p["consumed_per_s"]) for p in tl], True))
-        lat.append((f"{s['label']} p99", colour, [(p["t_s"], p["p99_ms"]) for p in tl if p["p99_ms"] is not None], False))
-        lat.append((f"{s['label']} p50", colour, [(p["t_s"], p["p50_ms"]) for p in tl if p["p50_ms"] is not None], True))
+            rate.append((f"{s['label']} consumed", colour, [(p["t_s"], p["consumed_per_s"]) for p in tl], DASHED))
+        lat.append((f"{s['label']} p99", colour, [(p["t_s"], p["p99_ms"]) for p in tl if p["p99_ms"] is not None], SOLID))
+        lat.append((f"{s['label']} p50", colour, [(p["t_s"], p["p50_ms"]) for p in tl if p["p50_ms"] is not None], DASHED))
         if doc["meta"]["command"] == "e2e":
             lat.append((f"{s['label']} e2e p99", colour,
-                        [(p["t_s"], p["e2e_p99_ms"]) for p in tl if p["e2e_p99_ms"] is not None], True))
+                        [(p["t_s"], p["e2e_p99_ms"]) for p in tl if p["e2e_p99_ms"] is not None], DOTTED))
     head, rows = table_rows(doc)
     table = ("<table border=1 cellpadding=3><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
@@ -270,7 +272,7 @@ def chart_html(doc: dict) -> str:
             f"<p>{html.escape(doc['meta']['date'])}, {html.escape(' '.join(doc['meta']['argv']))}</p>"
             + _svg_lines("Throughput over time", "records/s per 0.5 s sample; dashed: consumed", rate)
             + _svg_lines("Produce-ack latency over time", "ms; solid p99, dashed p50" +
-                         (" and end-to-end p99" if doc["meta"]["command"] == "e2e" else ""), lat)
+                         (", dotted end-to-end p99" if doc["meta"]["command"] == "e2e" else ""), lat)
             + f"<h2>Medians</h2>{table}{peer}"
             f"<pre>{html.escape(json.dumps(doc['meta'], indent=1))}</pre>")
 

@@ -29,6 +29,7 @@ from collections import deque
 from functools import partial
 from typing import Any, Callable
 
+from bench.options import RECORDS_MAX
 from bench.stats import LatencyHistogram
 
 SAMPLE_INTERVAL_S = 0.5
@@ -166,7 +167,7 @@ def run_producer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
 
 def _closed_loop(p: Any, spec: dict, value: bytes, e2e: bool, acks: AckQueue, s: Sampler, t0: float, chunk: int) -> None:
     topic, send = spec["topic"], p.send
-    target = spec["records"] if spec["records"] is not None else sys.maxsize
+    target = spec["records"] if spec["records"] is not None else RECORDS_MAX
     deadline = t0 + (spec["duration"] if spec["duration"] is not None else PHASE_S_MAX)
     many = p.send_many if spec["api"] == "send_many" else None
     values = [value] * (chunk - 1)
@@ -193,7 +194,7 @@ def _paced(p: Any, spec: dict, value: bytes, e2e: bool, acks: AckQueue, s: Sampl
     """Open loop: record i is due at t0 + i / rate whether or not earlier ones were acknowledged
     (a late loop sends at once to catch up, as the OpenMessaging Benchmark does)."""
     topic, send, interval_s = spec["topic"], p.send, 1.0 / spec["rate"]
-    target = spec["records"] if spec["records"] is not None else sys.maxsize
+    target = spec["records"] if spec["records"] is not None else RECORDS_MAX
     deadline = t0 + (spec["duration"] if spec["duration"] is not None else PHASE_S_MAX)
     while s.sent < target:
         ahead = t0 + s.sent * interval_s - time.perf_counter()
