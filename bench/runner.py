@@ -23,6 +23,8 @@ from bench import peer, report
 from bench.options import BenchOptions, Combination, OptionError, parse
 from bench.stats import LatencyHistogram, find_node_pids, peak_rss_mb
 from bench.workload import Run, Target, create_topic, record_shares, tell
+from fabric.config import ConfigError
+from fabric.errors import FabricError
 from nodes.local_cluster import Cluster, make_config
 
 MB = 1e6
@@ -48,7 +50,10 @@ def cluster_for(o: BenchOptions, combo: Combination) -> Iterator[Target]:
     cluster = Cluster(make_config(work, o.brokers, engine=combo.engine, fsync=combo.fsync,
                                   overrides=cluster_overrides(o)))
     try:
-        cluster.start()
+        try:
+            cluster.start()
+        except AssertionError as e:  # local_cluster's wait_until: a node did not answer in time
+            raise RuntimeError(f"the self-contained cluster did not start: {e}") from e
         yield Target([f"tcp://{a}" for a in cluster.bootstrap.split(",")],
                      {n: p.pid for n, p in cluster.procs.items()}, True)
     finally:
@@ -176,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as e:
         print(f"loom bench {args[0]}: error: {e}", file=sys.stderr)
         return 2
-    doc = run_all(o)
+    try:
+        doc = run_all(o)
+    except (FabricError, ConfigError, RuntimeError) as e:
+        # an operating error (no cluster there, a worker failed, a wait timed out): one line
+        print(f"loom bench {o.command}: error: {e}", file=sys.stderr)
+        return 1
     report.print_table(doc)
     if o.json:
         report.write_json(o.json, doc)

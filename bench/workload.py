@@ -107,8 +107,11 @@ def create_topic(bootstrap: list[str], o: BenchOptions, run: int) -> str:
         except RemoteError as e:
             if e.code != P.TOPIC_ALREADY_EXISTS or o.topic is None:
                 raise
-        wait_until(lambda: _topic_ready(admin, topic), TOPIC_READY_S_MAX, interval_s=0.1,
-                   what=f"every partition of {topic} led with a full ISR")
+        try:
+            wait_until(lambda: _topic_ready(admin, topic), TOPIC_READY_S_MAX, interval_s=0.1,
+                       what=f"every partition of {topic} led with a full ISR")
+        except AssertionError as e:  # wait_until's timeout: an operating error here
+            raise RuntimeError(str(e)) from e
     return topic
 
 

@@ -89,3 +89,11 @@ def test_records_and_duration_are_exclusive_and_so_are_cluster_targets() -> None
         parse("produce", ["--records", "10", "--duration", "1"])
     with pytest.raises(SystemExit):
         parse("produce", ["-c", "x.yaml", "--bootstrap", "127.0.0.1:1"])
+
+
+def test_usage_and_operating_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import runner
+    assert runner.main(["produce", "--partitions", "0"]) == 2
+    assert runner.main(["produce", "--records", "10", "--bootstrap", "127.0.0.1:1"]) == 1  # nothing listens there
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("loom bench produce: error: ") for line in lines), lines
