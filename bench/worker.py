@@ -78,7 +78,8 @@ class Sampler:
         self.acks_taken = 0  # delivery callbacks seen (one per sampled record)
         self.lat, self.e2e = LatencyHistogram(), LatencyHistogram()          # interval
         self.lat_all, self.e2e_all = LatencyHistogram(), LatencyHistogram()  # whole run
-        self.next_s = time.perf_counter() + SAMPLE_INTERVAL_S
+        self.last_s = time.perf_counter()
+        self.next_s = self.last_s + SAMPLE_INTERVAL_S
 
     def take_acks(self, acks: AckQueue, records_per_ack: int) -> int:
         taken = 0
@@ -100,7 +101,8 @@ class Sampler:
         if now < self.next_s and not force:
             return
         self.next_s = now + SAMPLE_INTERVAL_S
-        self.emit({"sample": {"t": time.time(), "sent": self.sent, "acked": self.acked, "consumed": self.consumed,
+        dt, self.last_s = now - self.last_s, now  # what the counters' growth is spread over
+        self.emit({"sample": {"t": time.time(), "dt": dt, "sent": self.sent, "acked": self.acked, "consumed": self.consumed,
                               "lat": self.lat.to_json(), "e2e": self.e2e.to_json()}})
         self.lat_all.merge(self.lat)
         self.e2e_all.merge(self.e2e)
@@ -149,7 +151,7 @@ def run_producer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
         else:
             per_ack = CHUNK_SEND_MANY if spec["api"] == "send_many" else CHUNK_SEND
             _closed_loop(p, spec, value, e2e, acks, s, t0, per_ack)
-        p.flush(timeout=FLUSH_S_MAX)
+        _flush_sampling(p, acks, s, per_ack)
         seconds = time.perf_counter() - t0
         deadline = time.perf_counter() + CALLBACKS_WAIT_S_MAX
         expected = -(-s.sent // per_ack)  # one sampled record per chunk, the last chunk too
@@ -163,6 +165,30 @@ def run_producer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
                 "lat": s.lat_all.to_json(), "api": spec["api"]}
     finally:
         p.close(timeout=30)
+
+
+def _flush_sampling(p: Any, acks: AckQueue, s: Sampler, per_ack: int) -> None:
+    """``flush()`` on a helper thread while this one keeps taking acknowledgements and sampling
+    (a closed loop's buffer takes seconds to drain: the timeline shows it). Re-raises what
+    ``flush`` raised."""
+    failure: list[BaseException] = []
+
+    def flush() -> None:
+        try:
+            p.flush(timeout=FLUSH_S_MAX)
+        except BaseException as e:  # handed to the worker's thread below
+            failure.append(e)
+    flusher = threading.Thread(target=flush, name="bench-flush", daemon=True)
+    flusher.start()
+    deadline = time.perf_counter() + FLUSH_S_MAX + CALLBACKS_WAIT_S_MAX
+    while flusher.is_alive() and time.perf_counter() < deadline:
+        flusher.join(SAMPLE_INTERVAL_S / 5)
+        s.take_acks(acks, per_ack)
+        s.maybe_emit(time.perf_counter())
+    if failure:
+        raise failure[0]
+    if flusher.is_alive():
+        raise RuntimeError(f"flush did not return within {FLUSH_S_MAX:.0f} s")
 
 
 def _closed_loop(p: Any, spec: dict, value: bytes, e2e: bool, acks: AckQueue, s: Sampler, t0: float, chunk: int) -> None:

@@ -64,7 +64,10 @@ class Worker:
 
 
 class Timeline:
-    """Samples of every worker merged into buckets of SAMPLE_INTERVAL_S from ``origin``."""
+    """Samples of every worker merged into buckets of SAMPLE_INTERVAL_S from ``origin``. A
+    sample's counters grew over its own ``dt``: its rates are growth / dt, a worker's rates in
+    one bucket are averaged, and the workers' averages are summed (so the points do not
+    zig-zag when a worker's sampling drifts against the buckets)."""
 
     def __init__(self) -> None:
         self.origin = time.time()
@@ -72,20 +75,26 @@ class Timeline:
 
     def add(self, w: Worker, sample: dict) -> None:
         b = self.buckets.setdefault(int((sample["t"] - self.origin) / SAMPLE_INTERVAL_S),
-                                    {"produced": 0, "consumed": 0, "lat": LatencyHistogram(), "e2e": LatencyHistogram()})
-        for key, counter in (("produced", "acked"), ("consumed", "consumed")):
-            b[key] += sample[counter] - w.last[counter]
+                                    {"rates": {}, "lat": LatencyHistogram(), "e2e": LatencyHistogram()})
+        dt = max(sample.get("dt", SAMPLE_INTERVAL_S), 1e-3)
+        rates = []
+        for counter in ("acked", "consumed"):
+            rates.append((sample[counter] - w.last[counter]) / dt)
             w.last[counter] = sample[counter]
+        b["rates"].setdefault((w.role, w.index), []).append(rates)
         b["lat"].merge(LatencyHistogram.from_json(sample["lat"]))
         b["e2e"].merge(LatencyHistogram.from_json(sample["e2e"]))
+
+    @staticmethod
+    def _rate(b: dict, i: int) -> int:
+        return round(sum(sum(r[i] for r in rs) / len(rs) for rs in b["rates"].values()))
 
     def points(self) -> list[dict]:
         out = []
         for i in sorted(self.buckets):
             b = self.buckets[i]
             out.append({"t_s": round((i + 1) * SAMPLE_INTERVAL_S, 2),
-                        "produced_per_s": round(b["produced"] / SAMPLE_INTERVAL_S),
-                        "consumed_per_s": round(b["consumed"] / SAMPLE_INTERVAL_S),
+                        "produced_per_s": self._rate(b, 0), "consumed_per_s": self._rate(b, 1),
                         "p50_ms": b["lat"].percentile_ms(50), "p99_ms": b["lat"].percentile_ms(99),
                         "e2e_p99_ms": b["e2e"].percentile_ms(99)})
         return out

@@ -11,6 +11,7 @@ import pytest
 
 from bench import runner, worker
 from bench.options import OptionError, parse
+from bench.stats import LatencyHistogram
 
 
 class RecordingProducer:
@@ -75,3 +76,28 @@ def test_send_many_is_measured_only_when_the_client_has_it(monkeypatch: pytest.M
         runner.available_apis(parse("produce", ["--api", "send_many"]))
     monkeypatch.setattr(Producer, "send_many", lambda self, topic, values: None, raising=False)
     assert runner.available_apis(parse("produce", ["--api", "send,send_many"])) == ["send", "send_many"]
+
+
+def test_timeline_rates_use_each_samples_own_interval_and_sum_workers() -> None:
+    from bench.workload import Timeline, Worker
+    tl = Timeline()
+    a, b = (Worker("producer", i, None, "") for i in (0, 1))  # type: ignore[arg-type]
+    empty = LatencyHistogram().to_json()
+
+    def sample(w: Worker, t: float, dt: float, acked: int) -> None:
+        tl.add(w, {"t": tl.origin + t, "dt": dt, "acked": acked, "consumed": 0, "lat": empty, "e2e": empty})
+    sample(a, 0.30, 0.30, 300)    # 1000/s
+    sample(a, 0.45, 0.15, 600)    # 2000/s, same bucket: a averages 1500/s
+    sample(b, 0.40, 0.40, 400)    # 1000/s
+    sample(a, 0.90, 0.45, 1050)   # 1000/s, next bucket
+    first, second = tl.points()
+    assert (first["t_s"], first["produced_per_s"]) == (0.5, 2500)
+    assert (second["t_s"], second["produced_per_s"]) == (1.0, 1000)
+
+
+def test_flush_failure_reaches_the_worker() -> None:
+    class FailingFlush(RecordingProducer):
+        def flush(self, timeout: float | None = None) -> None:
+            raise TimeoutError("flush timed out")
+    with pytest.raises(TimeoutError):
+        worker._flush_sampling(FailingFlush(many=False), worker.AckQueue(), worker.Sampler(lambda _: None), 1)
