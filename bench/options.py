@@ -50,7 +50,8 @@ WORKLOADS: dict[str, tuple[str, dict]] = {
 DEFAULTS = {"records": None, "duration": None, "record_size": 100, "topic": None, "partitions": 3,
             "replication_factor": 3, "acks": "all", "producers": 1, "consumers": 1, "batch_size": 1000,
             "linger_ms": 5, "compression": "none", "rate": None, "api": "send", "engine": "segment",
-            "fsync": "interval", "runs": 1, "brokers": 3, "backlog_bytes": None, "fsync_interval_ms": 1000}
+            "fsync": "interval", "runs": 1, "brokers": 3, "backlog_bytes": None, "fsync_interval_ms": 1000,
+            "group": False}
 RECORDS_DEFAULT = 300_000          # when neither --records nor --duration is given
 
 
@@ -98,6 +99,7 @@ class BenchOptions:
     runs: int = 1
     brokers: int = 3
     backlog_bytes: int | None = None
+    group: bool = False
     config: str | None = None
     bootstrap: str | None = None
     json: str | None = None
@@ -158,6 +160,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     a("--runs", type=int, help="runs of every combination, interleaved (medians reported; default 1)")
     a("--brokers", type=int, help="brokers of the self-contained cluster (default 3)")
     a("--backlog-bytes", type=int, help="consume: bytes to produce before draining (overrides --records)")
+    a("--group", action="store_true", default=None,
+      help="consumers join one consumer group (a new one per run) and commit after every poll")
     target = ap.add_mutually_exclusive_group()
     target.add_argument("-c", "--cluster-config", dest="config", help="a running cluster's config file")
     target.add_argument("--bootstrap", help="a running cluster: host:port,… (cluster CPU is then unknown)")
@@ -201,7 +205,7 @@ def parse(command: str, argv: list[str]) -> BenchOptions:
         consumers=values["consumers"], batch_size=values["batch_size"], linger_ms=values["linger_ms"],
         compression=values["compression"], rate=values["rate"], apis=_list(values["api"]),
         engines=_list(values["engine"]), fsyncs=_list(values["fsync"]), fsync_interval_ms=values["fsync_interval_ms"],
-        runs=values["runs"], brokers=values["brokers"], backlog_bytes=values["backlog_bytes"],
+        runs=values["runs"], brokers=values["brokers"], backlog_bytes=values["backlog_bytes"], group=bool(values["group"]),
         config=ns.config, bootstrap=ns.bootstrap, json=ns.json, chart=ns.chart, peer=ns.peer,
         peer_dir=ns.peer_dir, progress=ns.progress)
     validate(o)
@@ -247,4 +251,5 @@ def validate(o: BenchOptions) -> None:
            f"--backlog-bytes must be 1..{BACKLOG_BYTES_MAX:,}")
     _check(o.backlog_bytes is None or o.command == "consume", "--backlog-bytes is for consume")
     _check(o.command != "consume" or o.rate is None, "consume drains a backlog: --rate is for produce and e2e")
+    _check(not o.group or o.command != "produce", "--group is for consume and e2e")
     _check(o.chart is None or o.chart.endswith((".html", ".htm")), "--chart writes HTML: give a .html file name")

@@ -74,8 +74,15 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
         consumers: list = []
         if o.command != "produce":
             n = min(o.consumers, o.partitions)
-            consumers = r.start([r.spec("consumer", i, partitions=list(range(i, o.partitions, n)),
+            group = f"bench-group-{topic}" if o.group else None
+            consumers = r.start([r.spec("consumer", i, partitions=list(range(i, o.partitions, n)), group=group,
                                         mode="drain" if o.command == "consume" else "follow") for i in range(n)])
+
+        def stop_consumers() -> None:
+            if o.group:
+                r.stop_when_read(consumers)
+            else:
+                tell(consumers, "stop")
         producers = r.start([r.spec("producer", i, records=shares[i], duration=o.duration, rate=rates[i] or None,
                                     api=combo.api) for i in range(producers_n)])
         out: dict = {"combination": combo.as_dict(), "run": run + 1, "topic": topic}
@@ -83,14 +90,14 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
             cpu_s, _ = r.phase(producers)
             out.update(_produce_figures(o, producers, cpu_s))
         elif o.command == "e2e":
-            cpu_s, _ = r.phase(producers + consumers, then=lambda: tell(consumers, "stop"))
+            cpu_s, _ = r.phase(producers + consumers, then=stop_consumers)
             out.update(_produce_figures(o, producers, cpu_s, consumers))
-            out.update(_consume_figures(o, consumers, cpu_s, key="consume"))
+            out.update(_consume_figures(o, consumers, cpu_s, r.group_expected, key="consume"))
         else:
             cpu_p, _ = r.phase(producers)
-            cpu_c, _ = r.phase(consumers)
+            cpu_c, _ = r.phase(consumers, then=stop_consumers if o.group else None)
             out["produce"] = _produce_figures(o, producers, cpu_p)
-            out.update(_consume_figures(o, consumers, cpu_c, key=None))
+            out.update(_consume_figures(o, consumers, cpu_c, r.group_expected, key=None))
             out["latency_ms"] = out["produce"]["latency_ms"]
         out["broker_peak_rss_mb"] = _peak_rss(target, r.rss_peak_mb)
         out["timeline"] = r.timeline.points()
@@ -123,10 +130,11 @@ def _produce_figures(o: BenchOptions, producers: list, cluster_cpu_s: float, con
             "cpu_us_per_record": {"client": _cpu_us(client_s, records), "cluster": _cpu_us(known, records)}}
 
 
-def _consume_figures(o: BenchOptions, consumers: list, cluster_cpu_s: float, key: str | None) -> dict:
+def _consume_figures(o: BenchOptions, consumers: list, cluster_cpu_s: float, group_expected: int | None,
+                     key: str | None) -> dict:
     done = [w.done for w in consumers]
     records, seconds = sum(d["records"] for d in done), _span(done)
-    expected = sum(d["expected"] or 0 for d in done)
+    expected = group_expected if group_expected is not None else sum(d["expected"] or 0 for d in done)
     e2e = LatencyHistogram()
     for d in done:
         e2e.merge(LatencyHistogram.from_json(d["e2e"]))

@@ -42,6 +42,8 @@ CALLBACKS_WAIT_S_MAX = 10.0  # after flush(): the last delivery callbacks to run
 STOP_DRAIN_S_MAX = 60.0      # a following consumer: after "stop", reading up to the end offsets
 POLL_MS = 100
 POLL_RECORDS_MAX = 50_000
+PACED_TIMED_PER_S_MAX = 5000  # open loop: records timed per second at most (1 in k above that)
+PACE_SLEEP_S_MIN = 0.0002     # open loop: sleep only when this far ahead (a sleep costs ~60 µs)
 STAMP = b"LMTS"              # marks a record whose next 8 bytes are its send time (ns, little endian)
 STAMP_BYTES = 12
 
@@ -146,8 +148,8 @@ def run_producer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
         acks, s = AckQueue(), Sampler(emit)
         cpu0, wall0, t0 = time.process_time(), time.time(), time.perf_counter()
         if spec["rate"]:
-            per_ack = 1
-            _paced(p, spec, value, e2e, acks, s, t0)
+            per_ack = timed_every(spec["rate"])
+            _paced(p, spec, value, e2e, acks, s, t0, per_ack)
         else:
             per_ack = CHUNK_SEND_MANY if spec["api"] == "send_many" else CHUNK_SEND
             _closed_loop(p, spec, value, e2e, acks, s, t0, per_ack)
@@ -216,65 +218,107 @@ def _closed_loop(p: Any, spec: dict, value: bytes, e2e: bool, acks: AckQueue, s:
             break
 
 
-def _paced(p: Any, spec: dict, value: bytes, e2e: bool, acks: AckQueue, s: Sampler, t0: float) -> None:
+def timed_every(rate: int) -> int:
+    """Open loop: time (and stamp) one record in this many, so that at most
+    PACED_TIMED_PER_S_MAX callbacks a second load the producer's I/O thread."""
+    return max(1, -(-rate // PACED_TIMED_PER_S_MAX))
+
+
+def _paced(p: Any, spec: dict, value: bytes, e2e: bool, acks: AckQueue, s: Sampler, t0: float, every: int) -> None:
     """Open loop: record i is due at t0 + i / rate whether or not earlier ones were acknowledged
-    (a late loop sends at once to catch up, as the OpenMessaging Benchmark does)."""
+    (a late loop sends at once to catch up, as the OpenMessaging Benchmark does). Every record
+    is timed up to PACED_TIMED_PER_S_MAX/s, one in ``every`` above."""
     topic, send, interval_s = spec["topic"], p.send, 1.0 / spec["rate"]
     target = spec["records"] if spec["records"] is not None else RECORDS_MAX
     deadline = t0 + (spec["duration"] if spec["duration"] is not None else PHASE_S_MAX)
     while s.sent < target:
         ahead = t0 + s.sent * interval_s - time.perf_counter()
-        if ahead > 0:
+        if ahead >= PACE_SLEEP_S_MIN:
             time.sleep(ahead)  # pacing the offered load, not synchronisation
         t = time.perf_counter()
-        send(topic, stamped(value) if e2e else value, on_delivery=acks.callback(t))
+        if s.sent % every:
+            send(topic, value)
+        else:
+            send(topic, stamped(value) if e2e else value, on_delivery=acks.callback(t))
         s.sent += 1
         if t >= s.next_s:
-            s.take_acks(acks, 1)
+            s.take_acks(acks, every)
             s.maybe_emit(t)
         if t >= deadline:
             break
 
 
-def run_consumer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -> dict:
-    from fabric.client import LATEST, Admin, Consumer
+def _open_consumer(spec: dict, admin: Any) -> tuple[Any, dict[int, int] | None, int]:
+    """A consumer positioned at the end of its partitions (assign mode), or a member of
+    ``spec["group"]`` that has joined (group mode: it reads from the group's committed offsets,
+    i.e. from the beginning for a new group). Returns it, the start offsets (None in group mode)
+    and the records a joining member already polled (counted as consumed)."""
+    from fabric.client import LATEST, Consumer, GroupConsumer
     topic, mine = spec["topic"], spec["partitions"]
-    with Admin(spec["bootstrap"]) as admin, Consumer(spec["bootstrap"], auto_offset_reset="earliest") as c:
+    if not spec.get("group"):
+        c = Consumer(spec["bootstrap"], auto_offset_reset="earliest")
         start = admin.list_offsets(topic, LATEST)  # read only what this run produces
         c.assign([(topic, p) for p in mine])
         for p in mine:
             c.seek((topic, p), start[p])
         c.partitions_for(topic)
-        emit({"ready": {"role": "consumer", "index": spec["index"]}})
-        commands.wait("go", GO_WAIT_S_MAX)
-        s = Sampler(emit)
-        cpu0, wall0, t0 = time.process_time(), time.time(), time.perf_counter()
-        target = None
-        if spec["mode"] == "drain":
-            end = admin.list_offsets(topic, LATEST)
-            target = sum(end[p] - start[p] for p in mine)
-        deadline = t0 + PHASE_S_MAX
-        t_last = t0
-        while target is None or s.consumed < target:
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-            if target is None and commands.has("stop"):
+        return c, start, 0
+    c = GroupConsumer(spec["bootstrap"], group_id=spec["group"], auto_offset_reset="earliest",
+                      enable_auto_commit=False)
+    c.subscribe([topic])
+    early, deadline = 0, time.monotonic() + GO_WAIT_S_MAX
+    while not c.assignment() and time.monotonic() < deadline:
+        early += len(c.poll(timeout_ms=POLL_MS, max_records=POLL_RECORDS_MAX))  # the join happens in poll
+    if not c.assignment():
+        raise RuntimeError(f"no partitions assigned in group {spec['group']} within {GO_WAIT_S_MAX:.0f} s")
+    return c, None, early
+
+
+def run_consumer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -> dict:
+    """Assign mode stops by itself: drain at the end offsets it finds at "go", follow at those it
+    finds at "stop". Group mode stops at "stop" (the parent counts the whole group's records)
+    and commits asynchronously after every poll that returned records."""
+    from fabric.client import LATEST, Admin
+    topic, mine, group = spec["topic"], spec["partitions"], spec.get("group")
+    with Admin(spec["bootstrap"]) as admin:
+        c, start, early = _open_consumer(spec, admin)
+        try:
+            emit({"ready": {"role": "consumer", "index": spec["index"]}})
+            commands.wait("go", GO_WAIT_S_MAX)
+            s = Sampler(emit)
+            s.consumed = early
+            cpu0, wall0, t0 = time.process_time(), time.time(), time.perf_counter()
+            target = None
+            if spec["mode"] == "drain" and not group:
                 end = admin.list_offsets(topic, LATEST)
                 target = sum(end[p] - start[p] for p in mine)
-                deadline = min(deadline, now + STOP_DRAIN_S_MAX)
-            records = c.poll(timeout_ms=POLL_MS, max_records=POLL_RECORDS_MAX)
-            if records:
-                t_last = time.perf_counter()
-                s.consumed += len(records)
-                if spec["e2e"]:
-                    _e2e(records, s)
-            s.maybe_emit(time.perf_counter())
-        seconds = (t_last if spec["mode"] == "follow" else time.perf_counter()) - t0
-        s.maybe_emit(time.perf_counter(), force=True)
-        return {"role": "consumer", "records": s.consumed, "expected": target, "seconds": seconds,
-                "cpu_s": time.process_time() - cpu0, "t_start": wall0, "t_end": wall0 + seconds,
-                "e2e": s.e2e_all.to_json()}
+            deadline = t_stop = t0 + PHASE_S_MAX
+            t_last = t0
+            while (target is None or s.consumed < target) and time.perf_counter() < min(deadline, t_stop):
+                if target is None and commands.has("stop"):
+                    if group:
+                        c.commit()  # the last asynchronous commit may still be in flight
+                        break
+                    end = admin.list_offsets(topic, LATEST)
+                    target = sum(end[p] - start[p] for p in mine)
+                    t_stop = time.perf_counter() + STOP_DRAIN_S_MAX
+                records = c.poll(timeout_ms=POLL_MS, max_records=POLL_RECORDS_MAX)
+                if records:
+                    t_last = time.perf_counter()
+                    s.consumed += len(records)
+                    if group:
+                        c.commit(asynchronous=True)
+                    if spec["e2e"]:
+                        _e2e(records, s)
+                s.maybe_emit(time.perf_counter())
+            following = spec["mode"] == "follow" or group
+            seconds = (t_last if following else time.perf_counter()) - t0
+            s.maybe_emit(time.perf_counter(), force=True)
+            return {"role": "consumer", "records": s.consumed, "expected": target, "seconds": seconds,
+                    "cpu_s": time.process_time() - cpu0, "t_start": wall0, "t_end": wall0 + seconds,
+                    "e2e": s.e2e_all.to_json()}
+        finally:
+            c.close()
 
 
 def _e2e(records: list, s: Sampler) -> None:

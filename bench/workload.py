@@ -173,6 +173,7 @@ class Run:
         self.workers: list[Worker] = []
         self.timeline = Timeline()
         self.rss_peak_mb: dict[str, float] = {}
+        self.group_expected: int | None = None  # group mode: the records the group must read
         self.selector = selectors.DefaultSelector()
 
     def spec(self, role: str, index: int, **kw: object) -> dict:
@@ -255,6 +256,17 @@ class Run:
             then()
         self.pump(lambda: all(w.done for w in workers), PHASE_S_MAX, "the workers to finish")
         return process_cpu_s(list(self.target.node_pids.values())) - cpu0, time.monotonic() - t0
+
+    def stop_when_read(self, consumers: list[Worker]) -> None:
+        """Group mode: once the group has read every record of the topic (the members cannot
+        know their shares), tell its members to stop."""
+        from fabric.client import EARLIEST, LATEST, Admin
+        with Admin(self.target.bootstrap) as admin:
+            end, begin = admin.list_offsets(self.topic, LATEST), admin.list_offsets(self.topic, EARLIEST)
+        self.group_expected = sum(end.values()) - sum(begin.values())
+        self.pump(lambda: self.progress()["consumed"] >= self.group_expected, PHASE_S_MAX,
+                  f"the group to read {self.group_expected} records")
+        tell(consumers, "stop")
 
     def close(self) -> None:
         for w in self.workers:

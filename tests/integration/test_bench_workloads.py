@@ -32,7 +32,8 @@ def test_engine_list_runs_each_combination_on_a_fresh_cluster_from_any_directory
     doc = json.loads((tmp_path / "out.json").read_text())
     assert doc["records_per_s"] > 0 and doc["mb_per_s"] > 0
     assert set(doc["latency_ms"]) == {"p50", "p99", "p999"} and doc["latency_ms"]["p99"] > 0
-    assert doc["cpu_us_per_record"]["client"] > 0 and doc["cpu_us_per_record"]["cluster"] > 0
+    # the cluster's CPU comes from /proc in clock ticks (10 ms): a tiny run may measure 0
+    assert doc["cpu_us_per_record"]["client"] > 0 and doc["cpu_us_per_record"]["cluster"] >= 0
     labels = [c["label"] for c in doc["combinations"]]
     assert labels == ["segment/interval/send", "memory/interval/send"]
     assert doc["combinations"][0]["ratio_to_first"]["records_per_s"] == 1.0
@@ -60,7 +61,7 @@ def test_consume_drains_the_backlog_of_two_producers(tmp_path: Path) -> None:
     run = json.loads(out.read_text())["runs"][0]
     assert run["produce"]["records"] == 3000
     assert run["records"] == run["expected_records"] == 3000
-    assert run["records_per_s"] > 0 and run["cpu_us_per_record"]["cluster"] > 0
+    assert run["records_per_s"] > 0 and run["cpu_us_per_record"]["cluster"] >= 0  # measured (ticks: may be 0)
 
 
 def test_a_running_cluster_by_config_or_bootstrap(tmp_path: Path) -> None:
@@ -75,7 +76,24 @@ def test_a_running_cluster_by_config_or_bootstrap(tmp_path: Path) -> None:
         assert runner.main(["produce", "--records", "2000", "--bootstrap", cluster.bootstrap, "--topic", "shared",
                             "--json", str(by_bootstrap)]) == 0
     c, b = json.loads(by_config.read_text()), json.loads(by_bootstrap.read_text())
-    assert c["cpu_us_per_record"]["cluster"] > 0
+    assert c["cpu_us_per_record"]["cluster"] >= 0  # measured, not None (clock ticks: a tiny run may give 0)
     assert set(c["runs"][0]["broker_peak_rss_mb"]) == {"broker-1", "broker-2", "broker-3"}
     assert b["cpu_us_per_record"]["cluster"] is None and b["cpu_us_per_record"]["client"] > 0
     assert c["runs"][0]["records"] == b["runs"][0]["records"] == 2000
+
+
+def test_a_consumer_group_drains_the_backlog_and_commits(tmp_path: Path) -> None:
+    from fabric.client import Admin
+    from fabric.client.group_admin import GroupAdmin
+    from nodes.local_cluster import running_cluster
+    out = tmp_path / "group.json"
+    (tmp_path / "cluster").mkdir()
+    with running_cluster(tmp_path / "cluster") as cluster:
+        assert runner.main(["consume", "--records", "3000", "--group", "--consumers", "2", "--topic", "grouped",
+                            "-c", str(cluster.config_path), "--json", str(out)]) == 0
+        with Admin(cluster.bootstrap) as admin:
+            committed = GroupAdmin(admin).committed("bench-group-grouped")
+            ends = admin.list_offsets("grouped")
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["records"] == run["expected_records"] == 3000
+    assert committed == {("grouped", p): end for p, end in ends.items()}  # every record's offset committed

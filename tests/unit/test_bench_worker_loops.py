@@ -53,11 +53,20 @@ def test_closed_loop_sends_the_target_with_one_timed_record_per_chunk(api: str, 
 def test_open_loop_paces_at_the_offered_rate_and_times_every_record() -> None:
     p, acks, s = RecordingProducer(many=False), worker.AckQueue(), worker.Sampler(lambda _: None)
     t0 = time.perf_counter()
-    worker._paced(p, _spec("send", 200, rate=1000), b"v" * 100, True, acks, s, t0)
+    worker._paced(p, _spec("send", 200, rate=1000), b"v" * 100, True, acks, s, t0, worker.timed_every(1000))
     took = time.perf_counter() - t0
     assert 0.18 <= took < 1.0  # 200 records at 1000/s: the last is due at 0.199 s
     assert len(acks.done) == 200 and all(cb for _, cb in p.sent)
     assert all(v.startswith(worker.STAMP) and len(v) == 100 for v, _ in p.sent)
+
+
+def test_open_loop_at_a_high_rate_times_one_record_in_k() -> None:
+    p, acks, s = RecordingProducer(many=False), worker.AckQueue(), worker.Sampler(lambda _: None)
+    every = worker.timed_every(50_000)
+    assert every == 10
+    worker._paced(p, _spec("send", 1000, rate=50_000), b"v" * 100, True, acks, s, time.perf_counter(), every)
+    assert len(p.sent) == 1000 and len(acks.done) == 100
+    assert sum(v.startswith(worker.STAMP) for v, _ in p.sent) == 100
 
 
 def test_end_to_end_latency_is_read_from_stamped_records_only() -> None:
