@@ -35,7 +35,6 @@ READY_S_MAX = 120.0          # workers connected and positioned
 TOPIC_READY_S_MAX = 120.0    # every partition led (1,000 partitions take a while on 2 cores)
 READ_BYTES_MAX = 1 << 20     # one read of a worker's pipe
 WORKER_STOP_S_MAX = 10.0
-LINES_PER_WAKE_MAX = 1000    # lines handled per wake-up of the run loop
 
 
 @dataclass
@@ -144,8 +143,11 @@ def _spawn(spec: dict, work: str) -> Worker:
 
 def tell(workers: list[Worker], word: str) -> None:
     for w in workers:
-        w.proc.stdin.write(word.encode() + b"\n")
-        w.proc.stdin.flush()
+        try:
+            w.proc.stdin.write(word.encode() + b"\n")
+            w.proc.stdin.flush()
+        except BrokenPipeError as e:  # the worker has died: say why, as pump() would
+            raise RuntimeError(f"{w.role} {w.index} exited with {w.proc.poll()}: {_tail(w.stderr_path)}") from e
 
 
 def _stop(w: Worker) -> None:
@@ -223,7 +225,7 @@ class Run:
             return False
         w.buffer += chunk
         *lines, w.buffer = w.buffer.split(b"\n")
-        for raw in lines[:LINES_PER_WAKE_MAX]:
+        for raw in lines:  # bounded by READ_BYTES_MAX per read
             self._line(w, json.loads(raw))
         return True
 

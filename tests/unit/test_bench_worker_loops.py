@@ -110,3 +110,14 @@ def test_flush_failure_reaches_the_worker() -> None:
             raise TimeoutError("flush timed out")
     with pytest.raises(TimeoutError):
         worker._flush_sampling(FailingFlush(many=False), worker.AckQueue(), worker.Sampler(lambda _: None), 1)
+
+
+def test_a_failing_worker_stops_the_run_with_its_error(tmp_path) -> None:  # noqa: ANN001
+    from bench.workload import Run, Target
+    o = parse("produce", ["--records", "10"])
+    run = Run(o, Target(["tcp://127.0.0.1:1"], {}, False), "t", str(tmp_path), None)
+    try:
+        with pytest.raises(RuntimeError, match="producer 0: KeyError"):
+            run.start([{"role": "producer", "index": 0}])  # no bootstrap, no topic: the worker fails at once
+    finally:
+        run.close()
