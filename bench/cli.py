@@ -1,9 +1,11 @@
-"""``loom bench engines|cluster|failover|gateway``: the benchmarks behind the CLI.
+"""``loom bench produce|consume|e2e|engines|cluster|failover|gateway|monitor``: the benchmarks
+behind the CLI.
 
 Each subcommand hands its arguments unchanged to the benchmark module's own parser, so
 ``loom bench cluster --records 100000 --runs 3 --json out.json`` is exactly
-``python -m bench.cluster --records 100000 --runs 3 --json out.json`` (and ``--help`` shows
-that parser's help).
+``python -m bench.cluster --records 100000 --runs 3 --json out.json`` and
+``loom bench produce --records 100000`` is ``python -m bench.runner produce --records 100000``
+(``--help`` shows that parser's help).
 """
 
 from __future__ import annotations
@@ -23,7 +25,28 @@ def _run(module: str, args: list[str]) -> None:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: storage engines, a whole cluster, failover (results in bench/RESULTS.md)."""
+    """Benchmarks: workloads, storage engines, a whole cluster, failover (results in bench/RESULTS.md)."""
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def produce(args: tuple[str, ...]) -> None:
+    """Produce throughput and ack latency, per engine/fsync combination (python -m bench.runner produce)."""
+    _run("bench.runner", ["produce", *args])
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def consume(args: tuple[str, ...]) -> None:
+    """Produce a backlog, then drain it (python -m bench.runner consume)."""
+    _run("bench.runner", ["consume", *args])
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def e2e(args: tuple[str, ...]) -> None:
+    """Producers and consumers at once: end-to-end latency (python -m bench.runner e2e)."""
+    _run("bench.runner", ["e2e", *args])
 
 
 @bench.command(context_settings=_PASS_THROUGH, add_help_option=False)

@@ -34,6 +34,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from bench.stats import process_cpu_s
 from fabric.client import Admin, Consumer, Producer
 from nodes.local_cluster import Cluster, free_ports, make_config
 
@@ -66,18 +67,6 @@ class Phase:
     @property
     def server_cpu_us_per_record(self) -> float:
         return 1e6 * self.server_cpu_s / self.records if self.records else 0.0
-
-
-def process_cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of processes (Linux /proc; 0 where unreadable)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
@@ -247,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write results as JSON to this file")
     ap.add_argument("--engine", default="segment")
     ap.add_argument("--fsync", default="interval", choices=("always", "interval", "never"))
-    ap.add_argument("--value-bytes", type=int, default=100)
+    ap.add_argument("--value-bytes", "--record-size", dest="value_bytes", type=int, default=100)
     ap.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     ap.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

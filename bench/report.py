@@ -1,0 +1,282 @@
+"""What ``loom bench produce|consume|e2e`` shows: the progress bar (on a terminal only), one line
+per run, the table of medians with each combination's ratio to the first, the ``--json``
+document and the ``--chart`` page (self-contained HTML, inline SVG, no scripts or CDN).
+
+Document shape (``--json``): the first combination's medians at the top (``records_per_s``,
+``mb_per_s``, ``latency_ms: {p50, p99, p999}``, ``cpu_us_per_record: {client, cluster}``),
+``combinations`` (medians and ratios of each), ``runs`` (every run with its timeline), ``meta``
+and, with ``--peer``, ``peer``. Pure functions apart from the writers; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+from bench.options import BenchOptions, Combination
+
+BAR_WIDTH = 30
+LAT_KEYS = ("p50", "p99", "p999")
+
+
+class Progress:
+    """A one-line progress bar on stdout, redrawn at most every sample; silent when disabled."""
+
+    def __init__(self, o: BenchOptions, enabled: bool) -> None:
+        self.enabled = enabled
+        self.records = o.record_target()
+        self.duration = o.duration
+        self.phases = 2 if o.command == "consume" else 1
+        self.width = 0
+
+    def fraction(self, p: dict) -> float:
+        if self.records:
+            done = p["produced"] + (p["consumed"] if self.phases == 2 else 0)
+            return min(1.0, done / (self.records * self.phases))
+        return min(1.0, p["elapsed_s"] / self.duration) if self.duration else 0.0
+
+    def tick(self, label: str, p: dict) -> None:
+        if not self.enabled:
+            return
+        f = self.fraction(p)
+        filled = int(f * BAR_WIDTH)
+        line = (f"\r{label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {f:4.0%} "
+                f"{p['produced']:,} produced {p['consumed']:,} consumed {p['elapsed_s']:.0f} s")
+        self.width = max(self.width, len(line))
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self.width:
+            sys.stdout.write("\r" + " " * self.width + "\r")
+            sys.stdout.flush()
+            self.width = 0
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and v < 1000:
+        return f"{v:.{digits}f}"
+    return f"{v:,.0f}"
+
+
+def run_line(label: str, r: dict) -> str:
+    lat = r.get("latency_ms") or {}
+    line = (f"{label}: {r['records_per_s']:,} rec/s, {r['mb_per_s']} MB/s, ack latency p50/p99/p99.9 "
+            f"{_fmt(lat.get('p50'))}/{_fmt(lat.get('p99'))}/{_fmt(lat.get('p999'))} ms, cpu us/rec client "
+            f"{_fmt(r['cpu_us_per_record']['client'])} cluster {_fmt(r['cpu_us_per_record']['cluster'])}")
+    if "e2e_latency_ms" in r:
+        e = r["e2e_latency_ms"]
+        line += f", e2e p50/p99/p99.9 {_fmt(e['p50'])}/{_fmt(e['p99'])}/{_fmt(e['p999'])} ms"
+    if "produce" in r:
+        line += f" (backlog produced at {r['produce']['records_per_s']:,} rec/s)"
+    return line
+
+
+def _median(values: list) -> Any:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _summary(runs: list[dict]) -> dict:
+    """Medians over the runs of one combination."""
+    def med(*path: str) -> Any:
+        vals = []
+        for r in runs:
+            v: Any = r
+            for key in path:
+                v = v.get(key) if isinstance(v, dict) else None
+            vals.append(v)
+        return _median(vals)
+    s: dict = {"runs": len(runs), "records_per_s": med("records_per_s"), "mb_per_s": med("mb_per_s"),
+               "latency_ms": {k: med("latency_ms", k) for k in LAT_KEYS},
+               "cpu_us_per_record": {k: med("cpu_us_per_record", k) for k in ("client", "cluster")},
+               "errors": sum(r.get("errors", 0) for r in runs)}
+    if any("e2e_latency_ms" in r for r in runs):
+        s["e2e_latency_ms"] = {k: med("e2e_latency_ms", k) for k in LAT_KEYS}
+        s["consume_records_per_s"] = med("consume_records_per_s")
+    if any("produce" in r for r in runs):
+        s["produce_records_per_s"] = med("produce", "records_per_s")
+    rss: dict[str, float] = {}
+    for r in runs:
+        for name, mb in r.get("broker_peak_rss_mb", {}).items():
+            rss[name] = max(rss.get(name, 0.0), mb)
+    s["broker_peak_rss_mb"] = rss
+    return s
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def document(o: BenchOptions, combos: list[Combination], runs: dict[Combination, list[dict]]) -> dict:
+    summaries = []
+    for c in combos:
+        s = {"label": c.label, **c.as_dict(), **_summary(runs[c])}
+        summaries.append(s)
+    first = summaries[0]
+    for s in summaries:
+        s["ratio_to_first"] = {"records_per_s": _ratio(s["records_per_s"], first["records_per_s"]),
+                               "p99": _ratio(s["latency_ms"]["p99"], first["latency_ms"]["p99"])}
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": o.command,
+            "argv": sys.argv[1:], "options": {k: v for k, v in asdict(o).items() if k not in ("json", "chart")},
+            "cluster": "self-contained" if o.self_contained else (o.config or o.bootstrap),
+            "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg()}
+    top = {k: first[k] for k in ("records_per_s", "mb_per_s", "latency_ms", "cpu_us_per_record")}
+    return {**top, "meta": meta, "combinations": summaries,
+            "runs": [r for c in combos for r in runs[c]]}
+
+
+def _columns(doc: dict) -> list[tuple[str, Any]]:
+    e2e = any("e2e_latency_ms" in s for s in doc["combinations"])
+    backlog = any("produce_records_per_s" in s for s in doc["combinations"])
+    cols: list[tuple[str, Any]] = [
+        ("combination", lambda s: s["label"]), ("runs", lambda s: s["runs"]),
+        ("records/s", lambda s: s["records_per_s"]), ("MB/s", lambda s: s["mb_per_s"]),
+        ("ack p50 ms", lambda s: s["latency_ms"]["p50"]), ("ack p99", lambda s: s["latency_ms"]["p99"]),
+        ("ack p99.9", lambda s: s["latency_ms"]["p999"])]
+    if e2e:
+        cols += [("e2e p50", lambda s: s["e2e_latency_ms"]["p50"]), ("e2e p99", lambda s: s["e2e_latency_ms"]["p99"]),
+                 ("e2e p99.9", lambda s: s["e2e_latency_ms"]["p999"]), ("consumed/s", lambda s: s["consume_records_per_s"])]
+    if backlog:
+        cols.append(("backlog prod/s", lambda s: s["produce_records_per_s"]))
+    cols += [("cpu us/rec client", lambda s: s["cpu_us_per_record"]["client"]),
+             ("cluster", lambda s: s["cpu_us_per_record"]["cluster"]),
+             ("broker RSS MB max", lambda s: max(s["broker_peak_rss_mb"].values(), default=None)),
+             ("x rec/s", lambda s: s["ratio_to_first"]["records_per_s"]),
+             ("x p99", lambda s: s["ratio_to_first"]["p99"])]
+    return cols
+
+
+def table_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
+    cols = _columns(doc)
+    rows = [[_fmt(get(s), 3 if name.startswith("x ") else 2) for name, get in cols] for s in doc["combinations"]]
+    return [name for name, _ in cols], rows
+
+
+def print_table(doc: dict, out: Any = None) -> None:
+    out = out or sys.stdout
+    head, rows = table_rows(doc)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    o = doc["meta"]["options"]
+    out.write(f"\nloom bench {doc['meta']['command']}: medians of {o['runs']} run(s); "
+              f"{o['record_size']}-byte records, {o['partitions']} partitions, RF {o['replication_factor']}, "
+              f"acks={o['acks']}, {o['producers']} producer(s)"
+              + (f", {o['consumers']} consumer(s)" if doc["meta"]["command"] != "produce" else "")
+              + (f", offered {o['rate']:,} rec/s (open loop)" if o["rate"] else "")
+              + ("; ack latency: the backlog's producers" if doc["meta"]["command"] == "consume" else "")
+              + f"; x = ratio to the first row\n")
+    out.write("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths))) + "\n")
+    for r in rows:
+        out.write("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + "\n")
+    p = doc.get("peer")
+    if p:
+        out.write(peer_line(doc) + "\n")
+
+
+def peer_line(doc: dict) -> str:
+    p, first = doc["peer"], doc["combinations"][0]
+    if p.get("skipped"):
+        return f"peer {p['name']}: skipped ({p['skipped']})"
+    if "latency_ms" in p:
+        lat = p["latency_ms"]
+        return (f"peer {p['name']} (same run): ack latency p50/p99/p99.9 {lat['p50']}/{lat['p99']}/{lat['p999']} ms; "
+                f"{first['label']} p99 / peer p99 = {_fmt(_ratio(first['latency_ms']['p99'], lat['p99']), 3)}")
+    return (f"peer {p['name']} (same run): {p['records_per_s']:,} records/s; "
+            f"{first['label']} / peer = {_fmt(_ratio(first['records_per_s'], p['records_per_s']), 2)}x")
+
+
+def write_json(path: str, doc: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+
+
+# -- the chart -------------------------------------------------------------------------------------
+COLOURS = ("#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6", "#dd4477", "#66aa00",
+           "#b82e2e", "#316395", "#994499", "#22aa99")
+PLOT_W, PLOT_H, PAD = 760, 220, 56
+SOLID, DASHED, DOTTED = "", "6,4", "2,3"
+
+
+def _median_run(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda r: r["records_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _svg_lines(title: str, unit: str, series: list[tuple[str, str, list[tuple[float, float]], str]]) -> str:
+    """One line chart: series of (label, colour, [(t_s, value)], SVG dash pattern or "" for solid)."""
+    xs = [x for _, _, pts, _ in series for x, _ in pts] or [1.0]
+    ys = [y for _, _, pts, _ in series for _, y in pts] or [1.0]
+    x_max, y_max = max(max(xs), 1e-9), max(max(ys), 1e-9) * 1.1
+    sx = lambda x: PAD + PLOT_W * x / x_max  # noqa: E731
+    sy = lambda y: PAD / 2 + PLOT_H * (1 - y / y_max)  # noqa: E731
+    parts = [f'<line x1="{PAD}" y1="{sy(0)}" x2="{PAD + PLOT_W}" y2="{sy(0)}" stroke="#888"/>',
+             f'<line x1="{PAD}" y1="{sy(0)}" x2="{PAD}" y2="{sy(y_max)}" stroke="#888"/>']
+    for i in range(5):
+        y = y_max * i / 4
+        parts.append(f'<text x="{PAD - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{_fmt(float(y), 2)}</text>')
+    for i in range(5):
+        x = x_max * i / 4
+        parts.append(f'<text x="{sx(x):.1f}" y="{sy(0) + 16:.1f}" text-anchor="middle">{x:.1f} s</text>')
+    for k, (label, colour, pts, dashes) in enumerate(series):
+        if pts:
+            d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+            dash = f' stroke-dasharray="{dashes}"' if dashes else ""
+            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6"{dash} points="{d}"/>')
+            parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2" fill="{colour}"/>' for x, y in pts]
+        parts.append(f'<text x="{PAD + PLOT_W + 8}" y="{PAD / 2 + 14 * k + 8}" fill="{colour}">'
+                     f'{html.escape(label)}</text>')
+    height = PLOT_H + PAD + 14
+    return (f'<h2>{html.escape(title)} <small>({html.escape(unit)})</small></h2>'
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{PAD + PLOT_W + 280}" height="{height}" '
+            f'font-family="sans-serif" font-size="11">{"".join(parts)}</svg>')
+
+
+def chart_html(doc: dict) -> str:
+    """The page: throughput and latency over time, one colour per combination (its median run
+    by records/s), then the table of medians."""
+    by_label: dict[str, list[dict]] = {}
+    for r in doc["runs"]:
+        c = r["combination"]
+        by_label.setdefault(f"{c['engine']}/{c['fsync']}/{c['api']}", []).append(r)
+    rate, lat = [], []
+    for i, s in enumerate(doc["combinations"]):
+        colour, run = COLOURS[i % len(COLOURS)], _median_run(by_label[s["label"]])
+        tl = run["timeline"]
+        key = "consumed_per_s" if doc["meta"]["command"] == "consume" else "produced_per_s"
+        rate.append((f"{s['label']} {key.split('_')[0]}", colour, [(p["t_s"], p[key]) for p in tl if p[key]], SOLID))
+        if doc["meta"]["command"] == "e2e":
+            rate.append((f"{s['label']} consumed", colour, [(p["t_s"], p["consumed_per_s"]) for p in tl], DASHED))
+        lat.append((f"{s['label']} p99", colour, [(p["t_s"], p["p99_ms"]) for p in tl if p["p99_ms"] is not None], SOLID))
+        lat.append((f"{s['label']} p50", colour, [(p["t_s"], p["p50_ms"]) for p in tl if p["p50_ms"] is not None], DASHED))
+        if doc["meta"]["command"] == "e2e":
+            lat.append((f"{s['label']} e2e p99", colour,
+                        [(p["t_s"], p["e2e_p99_ms"]) for p in tl if p["e2e_p99_ms"] is not None], DOTTED))
+    head, rows = table_rows(doc)
+    table = ("<table border=1 cellpadding=3><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    peer = f"<p>{html.escape(peer_line(doc))}</p>" if doc.get("peer") else ""
+    return ("<!doctype html><meta charset=utf-8><title>loom bench</title>"
+            f"<h1>loom bench {html.escape(doc['meta']['command'])}</h1>"
+            f"<p>{html.escape(doc['meta']['date'])}, {html.escape(' '.join(doc['meta']['argv']))}</p>"
+            + _svg_lines("Throughput over time", "records/s per 0.5 s sample; dashed: consumed", rate)
+            + _svg_lines("Produce-ack latency over time", "ms; solid p99, dashed p50" +
+                         (", dotted end-to-end p99" if doc["meta"]["command"] == "e2e" else ""), lat)
+            + f"<h2>Medians</h2>{table}{peer}"
+            f"<pre>{html.escape(json.dumps(doc['meta'], indent=1))}</pre>")
+
+
+def write_chart(path: str, doc: dict) -> None:
+    with open(path, "w") as f:
+        f.write(chart_html(doc))

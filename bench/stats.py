@@ -1,0 +1,127 @@
+"""Measurements for ``loom bench``: a mergeable latency histogram, the CPU time and peak memory of
+node processes (Linux /proc), and finding the nodes of a running cluster.
+
+The histogram keeps counts in logarithmic buckets (``BUCKETS_PER_E`` per factor of e, i.e. a
+relative error under 1 %), so one interval's or one worker's latencies are a small dict that
+merges exactly with another's and crosses a process boundary as JSON.
+
+Pure functions and small classes; ``LatencyHistogram`` is not thread-safe (one owner).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+BUCKETS_PER_E = 100          # log buckets per factor e: bucket width ~1 %
+LATENCY_FLOOR_US = 1.0       # latencies under 1 µs count as 1 µs
+PROC_SCAN_PIDS_MAX = 100_000  # /proc entries looked at when finding a cluster's nodes
+
+
+class LatencyHistogram:
+    """Latencies in µs, bucketed logarithmically. ``record`` costs one log and one dict update."""
+
+    __slots__ = ("counts", "count")
+
+    def __init__(self, counts: dict[int, int] | None = None) -> None:
+        self.counts: dict[int, int] = dict(counts or {})
+        self.count = sum(self.counts.values())
+
+    def record_us(self, latency_us: float) -> None:
+        b = int(math.log(max(latency_us, LATENCY_FLOOR_US)) * BUCKETS_PER_E)
+        self.counts[b] = self.counts.get(b, 0) + 1
+        self.count += 1
+
+    def merge(self, other: "LatencyHistogram") -> "LatencyHistogram":
+        for b, n in other.counts.items():
+            self.counts[b] = self.counts.get(b, 0) + n
+        self.count += other.count
+        return self
+
+    def percentile_ms(self, q: float) -> float | None:
+        """The q-th percentile (0 < q <= 100) in ms, None when empty. Reports the bucket's
+        upper edge (a latency is never understated by more than the bucket width)."""
+        if not self.count:
+            return None
+        rank = math.ceil(self.count * q / 100.0)
+        seen = 0
+        for b in sorted(self.counts):
+            seen += self.counts[b]
+            if seen >= rank:
+                return math.exp((b + 1) / BUCKETS_PER_E) / 1000.0
+        raise AssertionError("rank beyond the histogram's count")  # unreachable: rank <= count
+
+    def summary_ms(self) -> dict:
+        """``{p50, p99, p999, samples}`` in ms (values None when empty)."""
+        return {"p50": _round(self.percentile_ms(50)), "p99": _round(self.percentile_ms(99)),
+                "p999": _round(self.percentile_ms(99.9)), "samples": self.count}
+
+    def to_json(self) -> dict[str, int]:
+        return {str(b): n for b, n in self.counts.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, int] | None) -> "LatencyHistogram":
+        return cls({int(b): int(n) for b, n in (data or {}).items()})
+
+
+def _round(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 3)
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of processes (Linux /proc; 0 for a pid that is gone)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _status_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory now (VmRSS), MB; None when unreadable."""
+    kib = _status_kib(pid, "VmRSS")
+    return None if kib is None else kib * 1024 / 1e6
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory over the process's life (VmHWM), MB; None when unreadable."""
+    kib = _status_kib(pid, "VmHWM")
+    return None if kib is None else kib * 1024 / 1e6
+
+
+def find_node_pids(config_path: str) -> dict[str, int]:
+    """Node name -> pid of the processes running ``python -m nodes.run -c CONFIG --node NAME``
+    for this config (as ``loom up`` and the local cluster start them). Empty when none is found
+    or /proc is unreadable: the caller reports the cluster's CPU as unknown."""
+    wanted = {os.path.abspath(config_path), config_path}
+    found: dict[str, int] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()][:PROC_SCAN_PIDS_MAX]
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if "nodes.run" not in args or "-c" not in args or "--node" not in args:
+            continue
+        cfg = args[args.index("-c") + 1] if args.index("-c") + 1 < len(args) else ""
+        if cfg in wanted or os.path.normpath(os.path.join(cwd, cfg)) in wanted:
+            found[args[args.index("--node") + 1]] = int(entry)
+    return found

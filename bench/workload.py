@@ -1,0 +1,284 @@
+"""One run of a ``loom bench produce|consume|e2e`` workload against one cluster: create the
+topic, start the worker processes (``bench.worker``), drive their phases, and turn their sample
+lines into totals, a timeline (one point per ``bench.worker.SAMPLE_INTERVAL_S``) and the
+cluster's CPU and memory.
+
+Phases: produce — the producers run; e2e — consumers and producers run together, the consumers
+are told to stop once the producers are done; consume — the producers write the backlog, then
+the consumers drain it (both phases measured).
+
+Every wait is bounded by a time limit; every worker started here is stopped by its pid.
+Not thread-safe (one run at a time, on the caller's thread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from bench.options import BenchOptions
+from bench.stats import LatencyHistogram, process_cpu_s, rss_mb
+from bench.worker import PHASE_S_MAX, SAMPLE_INTERVAL_S
+from fabric import protocol as P
+from fabric.errors import RemoteError
+from nodes.local_cluster import SOURCE_ROOT, wait_until
+
+READY_S_MAX = 120.0          # workers connected and positioned
+TOPIC_READY_S_MAX = 120.0    # every partition led (1,000 partitions take a while on 2 cores)
+READ_BYTES_MAX = 1 << 20     # one read of a worker's pipe
+WORKER_STOP_S_MAX = 10.0
+
+
+@dataclass
+class Target:
+    """The cluster a run talks to; ``node_pids`` is empty when the processes are unknown."""
+
+    bootstrap: list[str]
+    node_pids: dict[str, int]
+    self_contained: bool
+
+    @property
+    def broker_pids(self) -> dict[str, int]:
+        return {n: p for n, p in self.node_pids.items() if n.startswith("broker")}
+
+
+@dataclass
+class Worker:
+    role: str
+    index: int
+    proc: subprocess.Popen
+    stderr_path: str
+    buffer: bytes = b""
+    ready: bool = False
+    done: dict | None = None
+    last: dict = field(default_factory=lambda: {"acked": 0, "consumed": 0})
+
+
+class Timeline:
+    """Samples of every worker merged into buckets of SAMPLE_INTERVAL_S from ``origin``. A
+    sample's counters grew over its own ``dt``: its rates are growth / dt, a worker's rates in
+    one bucket are averaged, and the workers' averages are summed (so the points do not
+    zig-zag when a worker's sampling drifts against the buckets)."""
+
+    def __init__(self) -> None:
+        self.origin = time.time()
+        self.buckets: dict[int, dict] = {}
+
+    def add(self, w: Worker, sample: dict) -> None:
+        b = self.buckets.setdefault(int((sample["t"] - self.origin) / SAMPLE_INTERVAL_S),
+                                    {"rates": {}, "lat": LatencyHistogram(), "e2e": LatencyHistogram()})
+        dt = max(sample.get("dt", SAMPLE_INTERVAL_S), 1e-3)
+        rates = []
+        for counter in ("acked", "consumed"):
+            rates.append((sample[counter] - w.last[counter]) / dt)
+            w.last[counter] = sample[counter]
+        b["rates"].setdefault((w.role, w.index), []).append(rates)
+        b["lat"].merge(LatencyHistogram.from_json(sample["lat"]))
+        b["e2e"].merge(LatencyHistogram.from_json(sample["e2e"]))
+
+    @staticmethod
+    def _rate(b: dict, i: int) -> int:
+        return round(sum(sum(r[i] for r in rs) / len(rs) for rs in b["rates"].values()))
+
+    def points(self) -> list[dict]:
+        out = []
+        for i in sorted(self.buckets):
+            b = self.buckets[i]
+            out.append({"t_s": round((i + 1) * SAMPLE_INTERVAL_S, 2),
+                        "produced_per_s": self._rate(b, 0), "consumed_per_s": self._rate(b, 1),
+                        "p50_ms": b["lat"].percentile_ms(50), "p99_ms": b["lat"].percentile_ms(99),
+                        "e2e_p99_ms": b["e2e"].percentile_ms(99)})
+        return out
+
+
+def record_shares(total: int | None, n: int) -> list[int | None]:
+    """``total`` split over n workers (the first ones take the remainder)."""
+    if total is None:
+        return [None] * n
+    return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+
+def create_topic(bootstrap: list[str], o: BenchOptions, run: int) -> str:
+    from fabric.client import Admin
+    topic = o.topic or f"bench-{o.command}-{run}-{uuid.uuid4().hex[:8]}"
+    with Admin(bootstrap) as admin:
+        try:
+            admin.create_topic(topic, partitions=o.partitions, replication_factor=o.replication_factor)
+        except RemoteError as e:
+            if e.code != P.TOPIC_ALREADY_EXISTS or o.topic is None:
+                raise
+        try:
+            wait_until(lambda: _topic_ready(admin, topic), TOPIC_READY_S_MAX, interval_s=0.1,
+                       what=f"every partition of {topic} led with a full ISR")
+        except AssertionError as e:  # wait_until's timeout: an operating error here
+            raise RuntimeError(str(e)) from e
+    return topic
+
+
+def _topic_ready(admin, topic: str) -> bool:  # noqa: ANN001
+    t = admin.metadata().topics.get(topic)
+    if t is None or any(p.leader < 0 or len(p.isr) < len(p.replicas) for p in t.partitions):
+        return False
+    admin.list_offsets(topic)  # raises until every leader has taken over
+    return True
+
+
+def _spawn(spec: dict, work: str) -> Worker:
+    stderr_path = os.path.join(work, f"{spec['role']}-{spec['index']}.stderr")
+    env = dict(os.environ, PYTHONPATH=str(SOURCE_ROOT), PYTHONUNBUFFERED="1")
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.worker", json.dumps(spec)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, cwd=str(SOURCE_ROOT), env=env)
+    os.set_blocking(proc.stdout.fileno(), False)
+    return Worker(spec["role"], spec["index"], proc, stderr_path)
+
+
+def tell(workers: list[Worker], word: str) -> None:
+    for w in workers:
+        try:
+            w.proc.stdin.write(word.encode() + b"\n")
+            w.proc.stdin.flush()
+        except BrokenPipeError as e:  # the worker has died: say why, as pump() would
+            raise RuntimeError(f"{w.role} {w.index} exited with {w.proc.poll()}: {_tail(w.stderr_path)}") from e
+
+
+def _stop(w: Worker) -> None:
+    if w.proc.poll() is None:
+        os.kill(w.proc.pid, signal.SIGTERM)
+        try:
+            w.proc.wait(timeout=WORKER_STOP_S_MAX)
+        except subprocess.TimeoutExpired:
+            os.kill(w.proc.pid, signal.SIGKILL)
+            w.proc.wait(timeout=WORKER_STOP_S_MAX)
+    for stream in (w.proc.stdin, w.proc.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+
+class Run:
+    """The worker processes of one run and the loop that reads them."""
+
+    def __init__(self, o: BenchOptions, target: Target, topic: str, work: str,
+                 on_tick: Callable[[dict], None] | None) -> None:
+        self.o, self.target, self.topic, self.work = o, target, topic, work
+        self.on_tick = on_tick or (lambda _: None)
+        self.workers: list[Worker] = []
+        self.timeline = Timeline()
+        self.rss_peak_mb: dict[str, float] = {}
+        self.group_expected: int | None = None  # group mode: the records the group must read
+        self.selector = selectors.DefaultSelector()
+
+    def spec(self, role: str, index: int, **kw: object) -> dict:
+        o = self.o
+        return {"role": role, "index": index, "bootstrap": self.target.bootstrap, "topic": self.topic,
+                "record_size": o.record_size, "acks": o.acks, "batch_size": o.batch_size, "linger_ms": o.linger_ms,
+                "compression": o.compression, "e2e": o.command == "e2e", **kw}
+
+    def start(self, specs: list[dict]) -> list[Worker]:
+        started = [_spawn(s, self.work) for s in specs]
+        for w in started:
+            self.selector.register(w.proc.stdout, selectors.EVENT_READ, w)
+        self.workers += started
+        self.pump(lambda: all(w.ready for w in started), READY_S_MAX, "workers to connect")
+        return started
+
+    def pump(self, until: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Read worker lines until ``until()`` (raises on a worker's error or after timeout_s)."""
+        deadline = time.monotonic() + timeout_s
+        next_rss = 0.0
+        while not until():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            for key, _ in self.selector.select(timeout=SAMPLE_INTERVAL_S / 2):
+                self._read(key.data)
+            if time.monotonic() >= next_rss:
+                next_rss = time.monotonic() + SAMPLE_INTERVAL_S
+                for name, pid in self.target.broker_pids.items():
+                    self.rss_peak_mb[name] = max(self.rss_peak_mb.get(name, 0.0), rss_mb(pid) or 0.0)
+            for w in self.workers:
+                if w.done is None and w.proc.poll() is not None and not self._read(w):
+                    raise RuntimeError(f"{w.role} {w.index} exited with {w.proc.returncode} without a result: "
+                                       + _tail(w.stderr_path))
+
+    def _read(self, w: Worker) -> bool:
+        try:
+            chunk = os.read(w.proc.stdout.fileno(), READ_BYTES_MAX)
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            chunk = b""
+        if not chunk:  # end of file: the worker has exited
+            try:
+                self.selector.unregister(w.proc.stdout)
+            except (KeyError, ValueError):
+                pass
+            return False
+        w.buffer += chunk
+        *lines, w.buffer = w.buffer.split(b"\n")
+        for raw in lines:  # bounded by READ_BYTES_MAX per read
+            self._line(w, json.loads(raw))
+        return True
+
+    def _line(self, w: Worker, line: dict) -> None:
+        if "error" in line:
+            raise RuntimeError(line["error"])
+        if "ready" in line:
+            w.ready = True
+        elif "sample" in line:
+            self.timeline.add(w, line["sample"])
+            self.on_tick(self.progress())
+        elif "done" in line:
+            w.done = line["done"]
+
+    def progress(self) -> dict:
+        return {"produced": sum(w.last["acked"] for w in self.workers if w.role == "producer"),
+                "consumed": sum(w.last["consumed"] for w in self.workers if w.role == "consumer"),
+                "elapsed_s": time.time() - self.timeline.origin}
+
+    def phase(self, workers: list[Worker], then: Callable[[], None] | None = None) -> tuple[float, float]:
+        """Start ``workers``; returns the cluster's CPU seconds and the wall seconds until they
+        are done (``then`` runs once the producers among them are done)."""
+        cpu0, t0 = process_cpu_s(list(self.target.node_pids.values())), time.monotonic()
+        if not self.timeline.buckets:
+            self.timeline.origin = time.time()  # the chart's zero: the first phase's start
+        tell(workers, "go")
+        producers = [w for w in workers if w.role == "producer"]
+        if then is not None:
+            self.pump(lambda: all(w.done for w in producers), PHASE_S_MAX, "the producers to finish")
+            then()
+        self.pump(lambda: all(w.done for w in workers), PHASE_S_MAX, "the workers to finish")
+        return process_cpu_s(list(self.target.node_pids.values())) - cpu0, time.monotonic() - t0
+
+    def stop_when_read(self, consumers: list[Worker]) -> None:
+        """Group mode: once the group has read every record of the topic (the members cannot
+        know their shares), tell its members to stop."""
+        from fabric.client import EARLIEST, LATEST, Admin
+        with Admin(self.target.bootstrap) as admin:
+            end, begin = admin.list_offsets(self.topic, LATEST), admin.list_offsets(self.topic, EARLIEST)
+        self.group_expected = sum(end.values()) - sum(begin.values())
+        self.pump(lambda: self.progress()["consumed"] >= self.group_expected, PHASE_S_MAX,
+                  f"the group to read {self.group_expected} records")
+        tell(consumers, "stop")
+
+    def close(self) -> None:
+        for w in self.workers:
+            _stop(w)
+        self.selector.close()
+
+
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(f.read().strip().splitlines()[-lines:])
+    except OSError:
+        return ""
