@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import zlib
+from operator import itemgetter
 from typing import NamedTuple
 
 import msgpack
@@ -72,9 +73,62 @@ def build_batch(records: list[tuple], *, compression: int = B.COMPRESSION_NONE,
     and a late record in the middle of a batch must not make the batch look older than it is."""
     payload = _compress(msgpack.packb(records, use_bin_type=True), compression)
     return B.build(
-        payload, len(records), records[0][0], max(r[0] for r in records), attributes=compression,
+        payload, len(records), records[0][0], max(map(_first, records)), attributes=compression,
         producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence,
     )
+
+
+# -- packing without per-record Python (the producer's batch path) -------------------------------
+# A payload is ``array_header(n) + record_1 + ... + record_n``: msgpack arrays concatenate, so
+# records can be packed in runs ("chunks", no array header) and a batch assembled from its runs
+# with one join. The bytes are exactly those ``msgpack.packb`` would write for the whole list.
+_first = itemgetter(0)
+_BIN8_HEADERS = tuple(b"\xc4" + bytes([n]) for n in range(256))
+_NIL = b"\xc0"
+
+
+def array_header(count: int) -> bytes:
+    """msgpack's header of an array of ``count`` items (fixarray, array 16 or array 32)."""
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def pack_records(records: list[tuple]) -> list[bytes]:
+    """``records`` ((timestamp_ms, key, value, headers) tuples) packed as a chunk: the bytes of
+    their msgpack array without its header, as a list of consecutive pieces."""
+    return [msgpack.packb(records, use_bin_type=True)[len(array_header(len(records))):]]
+
+
+def pack_values(values: list, timestamp_ms: int, length: int | None = None) -> list[bytes]:
+    """Keyless, header-less records of one timestamp as a chunk (see ``pack_records``).
+    ``values``: bytes or bytearray (the caller checks); ``length``: the length of every value
+    if the caller knows they are all alike. Values of one length under 256 (fixed-size
+    records) take one ``bytes.join`` -- no Python per record; others are built as records and
+    packed by msgpack."""
+    if length is None:
+        lengths = set(map(len, values))
+        length = lengths.pop() if len(lengths) == 1 else None
+    if length is not None and length < 256:
+        # each record is [ts, nil, bin8 value, nil]: one separator between equal-length values
+        head = b"\x94" + msgpack.packb(timestamp_ms) + _NIL + _BIN8_HEADERS[length]
+        return [head, (_NIL + head).join(values), _NIL]
+    return pack_records([(timestamp_ms, None, v, None) for v in values])
+
+
+def build_batch_from_chunks(chunks: list[bytes], record_count: int, first_timestamp_ms: int, max_timestamp_ms: int, *,
+                            compression: int = B.COMPRESSION_NONE, producer_id: int = -1, producer_epoch: int = -1,
+                            base_sequence: int = -1) -> bytes:
+    """A complete batch of ``record_count`` records packed in ``chunks`` (the pieces of
+    ``pack_records`` and ``pack_values`` results, in order): the same bytes ``build_batch``
+    writes for the same records."""
+    parts = [array_header(record_count), *chunks]
+    if compression != B.COMPRESSION_NONE:
+        parts = [_compress(b"".join(parts), compression)]
+    return B.build_from_parts(parts, record_count, first_timestamp_ms, max_timestamp_ms, attributes=compression,
+                              producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence)
 
 
 def decode_batches(topic: str, partition: int, data: bytes, start_offset: int = 0,

@@ -33,7 +33,6 @@ from fabric.clock import Clock
 from fabric.errors import DeliveryTimeoutError, FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
-from fabric.records import build_batch
 from fabric.rpc import RpcClient
 from fabric.waker import Waker
 
@@ -211,12 +210,12 @@ class Sender(threading.Thread):
             seq = -1
             if self.idempotent:
                 seq = self._sequences[tp]
-                self._sequences[tp] = (seq + len(b.records)) & 0x7FFFFFFF
+                self._sequences[tp] = (seq + b.record_count) & 0x7FFFFFFF
             b.sequence = seq
-            b.data = build_batch(b.records, compression=self.settings.compression,
-                                 producer_id=self.producer_id if self.idempotent else -1,
-                                 producer_epoch=self.producer_epoch if self.idempotent else -1,
-                                 base_sequence=seq)
+            b.data = b.build(compression=self.settings.compression,
+                             producer_id=self.producer_id if self.idempotent else -1,
+                             producer_epoch=self.producer_epoch if self.idempotent else -1,
+                             base_sequence=seq)
         return b.data
 
     def _send_ready(self) -> None:
