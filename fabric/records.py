@@ -13,7 +13,8 @@ from __future__ import annotations
 import gc
 import zlib
 from operator import itemgetter
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import msgpack
 
@@ -134,43 +135,160 @@ def build_batch_from_chunks(chunks: list[bytes], record_count: int, first_timest
 def decode_batches(topic: str, partition: int, data: bytes, start_offset: int = 0,
                    end_offset: int | None = None) -> list[Record]:
     """Records of every whole batch in ``data`` with start_offset <= offset < end_offset.
-    Raises RemoteError(corrupt_message) for a payload that is not what its header says.
+    Raises RemoteError(corrupt_message) for a payload that is not what its header says."""
+    view = view_batches(topic, partition, data, start_offset, end_offset)
+    return view.records() if view is not None else []
 
-    The cyclic garbage collector is paused meanwhile (msgpack's own advice for large unpacks):
-    a fetch allocates tuples by the hundred thousand, none of them in a cycle, and every 700 of
-    them would otherwise start a collection that walks the records still buffered -- that
-    more than doubled the cost per record."""
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused (msgpack's own advice for large unpacks): a fetch
+    allocates tuples by the hundred thousand, none of them in a cycle, and every 700 of them
+    would otherwise start a collection that walks the records still buffered -- that more
+    than doubled the cost per record."""
     paused = gc.isenabled()
     if paused:
         gc.disable()
     try:
-        return _decode_batches(topic, partition, data, start_offset, end_offset)
+        yield
     finally:
         if paused:
             gc.enable()
 
 
-def _decode_batches(topic: str, partition: int, data: bytes, start_offset: int, end_offset: int | None) -> list[Record]:
-    out: list[Record] = []
-    new = tuple.__new__  # Record(...) would run a Python-level __new__ per record
+class _Slice(NamedTuple):
+    """Records lo..hi-1 of one batch (base_offset + lo is the first one's offset)."""
+
+    base_offset: int
+    record_count: int
+    compression: int
+    payload: memoryview
+    lo: int
+    hi: int
+
+
+def _unpack(topic: str, partition: int, s: _Slice) -> tuple:
+    """The records of ``s`` as (timestamp_ms, key, value, headers) tuples, checked against the
+    batch header. Raises RemoteError(corrupt_message)."""
+    try:
+        recs = msgpack.unpackb(_decompress(s.payload, s.compression), raw=False, use_list=False)
+        well_formed = isinstance(recs, tuple) and len(recs) == s.record_count and set(map(len, recs)) == {4}
+    except Exception as e:  # msgpack raises several unrelated types; len() a TypeError
+        raise RemoteError(P.CORRUPT_MESSAGE, f"{topic}-{partition}: batch at {s.base_offset}: {e}") from e
+    if not well_formed:
+        raise RemoteError(P.CORRUPT_MESSAGE, f"{topic}-{partition}: batch at {s.base_offset} does not hold "
+                                             f"{s.record_count} records of [timestamp, key, value, headers]")
+    return recs if s.lo == 0 and s.hi == len(recs) else recs[s.lo:s.hi]
+
+
+_key, _value, _headers = itemgetter(1), itemgetter(2), itemgetter(3)
+
+
+class RecordBatchView:
+    """Records of one partition in offset order, as a consumer's ``poll_batch`` returns them:
+    counted and positioned from the batch headers alone, unpacked only when a field is first
+    read (one msgpack call per batch), and then column by column with C-level calls.
+
+    ``len(view)``, ``topic``, ``partition``, ``first_offset``, ``next_offset`` (one past the
+    last record) need no unpacking. ``offsets``, ``timestamps``, ``keys``, ``values``,
+    ``headers`` are lists (or a range) in record order; iterating gives ``Record`` tuples;
+    ``records()`` all of them as a list. A payload that is not what its header says raises
+    RemoteError(corrupt_message) at the first read. Not thread-safe (a view caches what it
+    unpacked); it holds the fetched bytes until it is dropped."""
+
+    __slots__ = ("topic", "partition", "first_offset", "next_offset", "_slices", "_count", "_recs")
+
+    def __init__(self, topic: str, partition: int, slices: list[_Slice]) -> None:
+        self.topic = topic
+        self.partition = partition
+        self._slices = slices
+        self.first_offset = slices[0].base_offset + slices[0].lo
+        self.next_offset = slices[-1].base_offset + slices[-1].hi
+        self._count = sum(s.hi - s.lo for s in slices)
+        self._recs: list[tuple] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"RecordBatchView({self.topic}-{self.partition} [{self.first_offset}, {self.next_offset}))"
+
+    def _records(self) -> list[tuple]:
+        if self._recs is None:
+            with _gc_paused():
+                if len(self._slices) == 1:
+                    self._recs = _unpack(self.topic, self.partition, self._slices[0])  # type: ignore[assignment]
+                else:
+                    recs: list[tuple] = []
+                    for s in self._slices:
+                        recs += _unpack(self.topic, self.partition, s)
+                    self._recs = recs
+        return self._recs  # type: ignore[return-value]
+
+    @property
+    def offsets(self) -> range | list[int]:
+        if self.next_offset - self.first_offset == self._count:
+            return range(self.first_offset, self.next_offset)
+        return [o for s in self._slices for o in range(s.base_offset + s.lo, s.base_offset + s.hi)]
+
+    @property
+    def timestamps(self) -> list[int]:
+        return list(map(_first, self._records()))
+
+    @property
+    def keys(self) -> list[bytes | None]:
+        return list(map(_key, self._records()))
+
+    @property
+    def values(self) -> list[bytes]:
+        return list(map(_value, self._records()))
+
+    @property
+    def headers(self) -> list[list | None]:
+        return list(map(_headers, self._records()))
+
+    def records(self) -> list[Record]:
+        """Every record as a ``Record`` (the per-record objects ``poll`` returns)."""
+        recs, new, head = self._records(), tuple.__new__, (self.topic, self.partition)
+        with _gc_paused():  # Record(...) would run a Python-level __new__ per record
+            return [new(Record, head + (off,) + r) for off, r in zip(self.offsets, recs)]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.records())
+
+    def split(self, count: int) -> tuple["RecordBatchView", "RecordBatchView | None"]:
+        """The first ``count`` records (>= 1) and the rest (None if none), without unpacking."""
+        if count >= self._count:
+            return self, None
+        head: list[_Slice] = []
+        for i, s in enumerate(self._slices):
+            n = s.hi - s.lo
+            if count < n:
+                head.append(s._replace(hi=s.lo + count))
+                tail = [s._replace(lo=s.lo + count)] + self._slices[i + 1:]
+                break
+            head.append(s)
+            count -= n
+            if count == 0:
+                tail = self._slices[i + 1:]
+                break
+        return RecordBatchView(self.topic, self.partition, head), RecordBatchView(self.topic, self.partition, tail)
+
+
+def view_batches(topic: str, partition: int, data: bytes, start_offset: int = 0,
+                 end_offset: int | None = None) -> RecordBatchView | None:
+    """A view of the records of every whole batch in ``data`` with start_offset <= offset <
+    end_offset (None when there are none), from the batch headers alone: nothing is unpacked
+    until the view is read."""
+    slices: list[_Slice] = []
     for h, view in B.iter_batches(data):
         base = h.base_offset
         if end_offset is not None and base >= end_offset:
             break
         if h.next_offset <= start_offset:
-            continue  # wholly before the wanted range: not even unpacked
-        payload = _decompress(view[B.HEADER_BYTES:], h.compression)
-        try:
-            recs = msgpack.unpackb(payload, raw=False, use_list=False)
-            well_formed = isinstance(recs, tuple) and len(recs) == h.record_count and set(map(len, recs)) == {4}
-        except Exception as e:  # msgpack raises several unrelated types; len() a TypeError
-            raise RemoteError(P.CORRUPT_MESSAGE, f"{topic}-{partition}: batch at {base}: {e}") from e
-        if not well_formed:
-            raise RemoteError(P.CORRUPT_MESSAGE, f"{topic}-{partition}: batch at {base} does not hold "
-                                                 f"{h.record_count} records of [timestamp, key, value, headers]")
-        first = max(0, start_offset - base)
-        last = len(recs) if end_offset is None else min(len(recs), end_offset - base)
-        if first or last < len(recs):
-            recs = recs[first:last]
-        out.extend([new(Record, (topic, partition, off) + r) for off, r in enumerate(recs, base + first)])
-    return out
+            continue  # wholly before the wanted range
+        lo = max(0, start_offset - base)
+        hi = h.record_count if end_offset is None else min(h.record_count, end_offset - base)
+        if hi > lo:
+            slices.append(_Slice(base, h.record_count, h.compression, view[B.HEADER_BYTES:], lo, hi))
+    return RecordBatchView(topic, partition, slices) if slices else None
