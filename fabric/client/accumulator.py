@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import itemgetter
-from typing import Callable, Sequence
+from typing import Callable, Container, Sequence
 
 from fabric.clock import Clock
 from fabric.errors import BufferExhaustedError, ClientTimeoutError, RemoteError
@@ -390,11 +390,14 @@ class RecordAccumulator:
             self.sticky.clear()
             return list(self._unfinished)
 
-    def take_ready(self, now_ms: int) -> list[BatchState]:
-        """Closed batches, plus open ones whose linger has passed (all of them once closed)."""
+    def take_ready(self, now_ms: int, busy: Container[tuple[str, int]] = ()) -> list[BatchState]:
+        """Closed batches, plus open ones whose linger has passed (all of them once closed).
+        An open batch of a ``busy`` partition (one the sender cannot send to before a reply)
+        stays open and keeps filling until it is full or the partition is free, as Kafka's
+        muted partitions do: closing it would only queue a small batch behind the request."""
         with self._lock:
             for tp, b in list(self._open.items()):
-                if now_ms - b.created_ms >= self.settings.linger_ms or self._closed:
+                if (now_ms - b.created_ms >= self.settings.linger_ms and tp not in busy) or self._closed:
                     del self._open[tp]
                     self._closed_batches.append(b)
                     self.sticky.pop(tp[0], None)

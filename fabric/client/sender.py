@@ -21,7 +21,7 @@ import logging
 import threading
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Container, Protocol
 
 import zmq
 
@@ -62,7 +62,7 @@ class SenderSettings:
 class BatchSource(Protocol):
     """What the sender needs of the record accumulator."""
 
-    def take_ready(self, now_ms: int) -> list[BatchState]: ...
+    def take_ready(self, now_ms: int, busy: Container[tuple[str, int]] = ()) -> list[BatchState]: ...
 
     def release(self, batch: BatchState) -> None: ...
 
@@ -191,7 +191,10 @@ class Sender(threading.Thread):
             self._refresh_metadata()
         if self.idempotent and self.producer_id < 0:
             self._init_producer_id()
-        for b in self.batches.take_ready(now):
+        # a partition with a request in flight (or batches waiting) takes no lingering batch:
+        # its open batch fills meanwhile
+        busy = self._in_flight.keys() | {tp for tp, q in self._queues.items() if q}
+        for b in self.batches.take_ready(now, busy):
             b.deadline_ms = now + self.settings.delivery_timeout_ms
             self._queues[(b.topic, b.partition)].append(b)
         if self.idempotent and self.producer_id < 0:
