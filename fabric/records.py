@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import zlib
+from itertools import chain
 from operator import itemgetter
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
@@ -197,6 +198,7 @@ class RecordBatchView:
     unpacked); it holds the fetched bytes until it is dropped."""
 
     __slots__ = ("topic", "partition", "first_offset", "next_offset", "_slices", "_count", "_recs")
+    _recs: list[tuple] | None
 
     def __init__(self, topic: str, partition: int, slices: list[_Slice]) -> None:
         self.topic = topic
@@ -205,7 +207,7 @@ class RecordBatchView:
         self.first_offset = slices[0].base_offset + slices[0].lo
         self.next_offset = slices[-1].base_offset + slices[-1].hi
         self._count = sum(s.hi - s.lo for s in slices)
-        self._recs: list[tuple] | None = None
+        self._recs = None
 
     def __len__(self) -> int:
         return self._count
@@ -213,17 +215,16 @@ class RecordBatchView:
     def __repr__(self) -> str:
         return f"RecordBatchView({self.topic}-{self.partition} [{self.first_offset}, {self.next_offset}))"
 
-    def _records(self) -> list[tuple]:
+    def _unpacked(self) -> list[tuple]:
+        """Per slice, its records as (timestamp_ms, key, value, headers) tuples (cached)."""
         if self._recs is None:
             with _gc_paused():
-                if len(self._slices) == 1:
-                    self._recs = _unpack(self.topic, self.partition, self._slices[0])  # type: ignore[assignment]
-                else:
-                    recs: list[tuple] = []
-                    for s in self._slices:
-                        recs += _unpack(self.topic, self.partition, s)
-                    self._recs = recs
-        return self._recs  # type: ignore[return-value]
+                self._recs = [_unpack(self.topic, self.partition, s) for s in self._slices]
+        return self._recs
+
+    def _column(self, getter: itemgetter) -> list:
+        unpacked = self._unpacked()
+        return list(map(getter, unpacked[0] if len(unpacked) == 1 else chain.from_iterable(unpacked)))
 
     @property
     def offsets(self) -> range | list[int]:
@@ -233,25 +234,30 @@ class RecordBatchView:
 
     @property
     def timestamps(self) -> list[int]:
-        return list(map(_first, self._records()))
+        return self._column(_first)
 
     @property
     def keys(self) -> list[bytes | None]:
-        return list(map(_key, self._records()))
+        return self._column(_key)
 
     @property
     def values(self) -> list[bytes]:
-        return list(map(_value, self._records()))
+        return self._column(_value)
 
     @property
     def headers(self) -> list[list | None]:
-        return list(map(_headers, self._records()))
+        return self._column(_headers)
 
     def records(self) -> list[Record]:
         """Every record as a ``Record`` (the per-record objects ``poll`` returns)."""
-        recs, new, head = self._records(), tuple.__new__, (self.topic, self.partition)
-        with _gc_paused():  # Record(...) would run a Python-level __new__ per record
-            return [new(Record, head + (off,) + r) for off, r in zip(self.offsets, recs)]
+        out: list[Record] = []
+        new, topic, partition = tuple.__new__, self.topic, self.partition
+        with _gc_paused():  # one pause: the unpacked tuples die before the collector sees them
+            for i, s in enumerate(self._slices):  # batch by batch: what is unpacked stays in the cache
+                recs = self._recs[i] if self._recs is not None else _unpack(topic, partition, s)
+                # Record(...) would run a Python-level __new__ per record
+                out += [new(Record, (topic, partition, off) + r) for off, r in enumerate(recs, s.base_offset + s.lo)]
+        return out
 
     def __iter__(self):  # noqa: ANN204
         return iter(self.records())
