@@ -15,8 +15,11 @@ A batch holds packed runs of records (``chunks``, from ``append_many``) followed
 ``append`` added since (tuples, packed when the batch is built or before the next run): its
 payload is the same msgpack array either way (``fabric.records``).
 
-With ``linger_ms`` 0 the sender is woken as soon as a batch opens (it would otherwise find it
-only at its next tick, up to a millisecond later).
+A partition with a request in flight keeps its open batch filling (``take_ready``'s ``busy``).
+The sender is not woken when a batch opens, even with ``linger_ms`` 0: it finds the batch at
+its next tick (at most a millisecond later). Waking it at once sent more, smaller requests,
+and on a loaded machine their cost on the brokers outweighed the half millisecond (p99 at
+2,000 records/s: 9.7-15 ms with the wake-up, 7.3-8.1 ms without, same runs).
 
 Thread-safety: every method is thread-safe (one lock; ``append`` may block only for space).
 """
@@ -234,7 +237,6 @@ class RecordAccumulator:
         self._records_max = settings.batch_records_max
         self._bytes_max = settings.batch_bytes_max
         self._buffer_max = settings.buffer_bytes_max
-        self._wake_on_open = settings.linger_ms <= 0
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._open: dict[tuple[str, int], BatchState] = {}
@@ -277,14 +279,12 @@ class RecordAccumulator:
                headers: list | None, size_bytes: int, on_delivery: DeliveryCallback | None = None) -> RecordFuture:
         """Add one record (``size_bytes`` counted against the buffer). Raises
         ``BufferExhaustedError`` when no space frees within ``max_block_ms``."""
-        opened = False
         with self._lock:
             if self._buffered_bytes + size_bytes > self._buffer_max:
                 self._wait_for_space(size_bytes)
             b = self._open.get((topic, partition))
             if b is None:
                 b = self._open_batch(topic, partition, timestamp_ms)
-                opened = self._wake_on_open
             b.records.append((timestamp_ms, key, value, headers))
             index = b.record_count
             b.record_count = index + 1
@@ -297,7 +297,7 @@ class RecordAccumulator:
             full = index + 1 >= self._records_max or b.size_bytes >= self._bytes_max
             if full:
                 self._close_batch(b)
-        if full or opened:
+        if full:
             self._wake()  # outside the lock: the woken I/O thread takes it at once
         return _new_future(RecordFuture, (b, index))
 
@@ -326,7 +326,6 @@ class RecordAccumulator:
                         continue  # the open batch may have closed meanwhile
                     if b is None:
                         b = self._open_batch(topic, p, timestamp_ms)
-                        wake = wake or self._wake_on_open
                     b.seal_records()
                     b.chunks += pack(i, i + k)
                     if timestamp_ms > b.max_timestamp_ms:
