@@ -171,6 +171,12 @@ class Producer:
             except BufferExhaustedError as e:
                 e.futures = RecordFutures(e.segments)  # type: ignore[attr-defined]
                 raise
+        return self._send_keyed(topic, values, keys, partition, ts, nparts, on_delivery)
+
+    def _send_keyed(self, topic: str, values: Sequence[bytes], keys: Sequence[bytes | None], partition: int | None,
+                    ts: int, nparts: int, on_delivery: DeliveryCallback | None) -> RecordFutures:
+        """``send_many`` of keyed records: per partition, one run in the order given."""
+        append_many, n = self.accumulator.append_many, len(values)
         sizes = [RECORD_OVERHEAD_BYTES + len(v) + (len(k) if k is not None else 0) for k, v in zip(keys, values)]
         self._check_sizes(sizes)
         if partition is not None:
