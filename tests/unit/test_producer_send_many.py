@@ -194,3 +194,12 @@ def test_a_full_buffer_raises_with_the_queued_prefix(producer: Producer) -> None
     queued = e.value.futures  # type: ignore[attr-defined]
     assert 0 < len(queued) < 100 and producer.accumulator.buffered_bytes == len(queued) * 174
     assert [queued[i].partition for i in range(len(queued))]  # each a real future
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_compressed_batches_from_chunks_decode_to_the_same_records(codec: str) -> None:
+    from fabric.records import COMPRESSION_CODECS
+    values = [b"v%03d" % i for i in range(50)]
+    data = build_batch_from_chunks(pack_values(values[:20], TS) + pack_values(values[20:], TS), 50, TS, TS,
+                                   compression=COMPRESSION_CODECS[codec])
+    assert [r.value for r in decode_batches("t", 0, data)] == values
