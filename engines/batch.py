@@ -48,6 +48,8 @@ COMPRESSION_MASK = 0x07
 _BASE_OFFSET = struct.Struct(">q")
 _LEADER_EPOCH = struct.Struct(">i")
 _PREFIX = struct.Struct(">qi")
+_HEAD_CRC = struct.Struct(">qiibI")       # the fields before CRC_START (crc last)
+_TAIL_FIXED = struct.Struct(">hiqqqhi")   # the fixed fields the CRC covers
 
 
 class BatchError(LoomError, ValueError):
@@ -96,8 +98,14 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
     return _crc32c.crc32c(data)
 
 
-def build(
-    payload: bytes,
+def build(payload: bytes, record_count: int, first_timestamp_ms: int, last_timestamp_ms: int, **fields: int) -> bytes:
+    """Return a complete batch (header + payload) with its CRC computed. ``fields``: the
+    keyword-only header fields of ``build_from_parts`` (attributes, producer_id, ...)."""
+    return build_from_parts((payload,), record_count, first_timestamp_ms, last_timestamp_ms, **fields)
+
+
+def build_from_parts(
+    parts: list[bytes] | tuple[bytes, ...],
     record_count: int,
     first_timestamp_ms: int,
     last_timestamp_ms: int,
@@ -109,17 +117,19 @@ def build(
     base_offset: int = 0,
     leader_epoch: int = -1,
 ) -> bytes:
-    """Return a complete batch (header + payload) with its CRC computed."""
+    """``build`` for a payload given as consecutive pieces (the producer's packed chunks): the
+    CRC runs over the pieces in turn and the batch is assembled with one copy of each byte."""
     if record_count < 1:
         raise BatchError("a batch holds at least one record")
-    tail = struct.pack(
-        ">hiqqqhi", attributes, record_count, first_timestamp_ms, last_timestamp_ms,
-        producer_id, producer_epoch, base_sequence,
-    ) + payload
-    crc = _crc32c.crc32c(tail)
-    batch_length = HEADER_BYTES - LENGTH_PREFIX_BYTES + len(payload)
-    head = struct.pack(">qiibI", base_offset, batch_length, leader_epoch, BATCH_MAGIC, crc)
-    return head + tail
+    fixed = _TAIL_FIXED.pack(attributes, record_count, first_timestamp_ms, last_timestamp_ms,
+                             producer_id, producer_epoch, base_sequence)
+    crc = _crc32c.crc32c(fixed)
+    payload_bytes = 0
+    for part in parts:
+        crc = _crc32c.crc32c(part, crc)
+        payload_bytes += len(part)
+    head = _HEAD_CRC.pack(base_offset, HEADER_BYTES - LENGTH_PREFIX_BYTES + payload_bytes, leader_epoch, BATCH_MAGIC, crc)
+    return b"".join((head, fixed, *parts))
 
 
 def _unpack_checked(buf: bytes | bytearray | memoryview, pos: int) -> tuple:

@@ -1,7 +1,8 @@
 """The producer's record accumulator: records in, batches per partition out.
 
 ``append`` (any application thread) adds a record to its partition's open batch and returns a
-``RecordFuture``; a batch closes when it holds ``batch_records_max`` records or
+``RecordFuture``; ``append_many`` adds a run of records packed at once (``Producer.send_many``)
+and returns where they went. A batch closes when it holds ``batch_records_max`` records or
 ``batch_bytes_max`` bytes, at ``flush``, or once it is ``linger_ms`` old (``take_ready``). The
 bytes of records not yet finished are bounded by ``buffer_bytes_max``: ``append`` waits up to
 ``max_block_ms`` for space and then raises ``BufferExhaustedError``. The sender's I/O thread
@@ -9,6 +10,16 @@ takes ready batches (``take_ready``) and hands each back when it is finished (``
 
 Keyless records without a partition stick to one partition until its batch closes (Kafka's
 sticky partitioner): full batches, spread round-robin over time.
+
+A batch holds packed runs of records (``chunks``, from ``append_many``) followed by the records
+``append`` added since (tuples, packed when the batch is built or before the next run): its
+payload is the same msgpack array either way (``fabric.records``).
+
+A partition with a request in flight keeps its open batch filling (``take_ready``'s ``busy``).
+The sender is not woken when a batch opens, even with ``linger_ms`` 0: it finds the batch at
+its next tick (at most a millisecond later). Waking it at once sent more, smaller requests,
+and on a loaded machine their cost on the brokers outweighed the half millisecond (p99 at
+2,000 records/s: 9.7-15 ms with the wake-up, 7.3-8.1 ms without, same runs).
 
 Thread-safety: every method is thread-safe (one lock; ``append`` may block only for space).
 """
@@ -18,12 +29,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from itertools import accumulate
+from operator import itemgetter
+from typing import Callable, Container, Sequence
 
 from fabric.clock import Clock
 from fabric.errors import BufferExhaustedError, ClientTimeoutError, RemoteError
+from fabric.records import build_batch, build_batch_from_chunks, pack_records
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +62,17 @@ class BatchState:
     """One closed (or open) batch: its records and the waiters on its result."""
 
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
-                 "error", "sequence", "data", "attempts", "deadline_ms", "callbacks", "last_error")
+                 "error", "sequence", "data", "attempts", "deadline_ms", "callbacks", "last_error",
+                 "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms")
 
-    def __init__(self, topic: str, partition: int, created_ms: int) -> None:
+    def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
         self.topic = topic
         self.partition = partition
-        self.records: list[tuple] = []
+        self.records: list[tuple] = []  # (timestamp_ms, key, value, headers) appended after the chunks
+        self.chunks: list[bytes] = []   # pieces of packed runs of records (fabric.records), in order
+        self.record_count = 0           # records in chunks and records together
+        self.first_timestamp_ms = first_timestamp_ms
+        self.max_timestamp_ms = first_timestamp_ms  # of the chunks; the records' own are taken when packed
         self.size_bytes = 0
         self.created_ms = created_ms
         self.event = threading.Event()
@@ -62,48 +82,140 @@ class BatchState:
         self.data: bytes | None = None
         self.attempts = 0
         self.deadline_ms = 0
-        self.callbacks: list | None = None
+        self.callbacks: list | None = None  # (first index, record count, callback)
         self.last_error: RemoteError | None = None  # the last retriable error: reported if it never lands
+
+    def seal_records(self) -> None:
+        """Pack the records ``append`` added into a chunk (before a packed run follows them)."""
+        if self.records:
+            self.max_timestamp_ms = max(self.max_timestamp_ms, max(map(_timestamp, self.records)))
+            self.chunks += pack_records(self.records)
+            self.records = []
+
+    def build(self, *, compression: int, producer_id: int, producer_epoch: int, base_sequence: int) -> bytes:
+        """The batch's bytes (may be called again: after a producer-id reset it is renumbered)."""
+        if not self.chunks:
+            return build_batch(self.records, compression=compression, producer_id=producer_id,
+                               producer_epoch=producer_epoch, base_sequence=base_sequence)
+        self.seal_records()
+        return build_batch_from_chunks(self.chunks, self.record_count, self.first_timestamp_ms, self.max_timestamp_ms,
+                                       compression=compression, producer_id=producer_id,
+                                       producer_epoch=producer_epoch, base_sequence=base_sequence)
 
     def complete(self, base_offset: int, error: Exception | None) -> None:
         self.base_offset = base_offset
         self.error = error
         self.records = []  # free the memory; the packed data goes too
+        self.chunks = []
         self.data = None
         self.event.set()
         if self.callbacks:
-            for index, cb in self.callbacks:
-                try:
-                    cb(None if error else RecordMetadata(self.topic, self.partition, _offset(base_offset, index)), error)
-                except Exception:  # the application's callback: logged, the other callbacks still run
-                    log.exception("delivery callback failed")
+            for first, count, cb in self.callbacks:
+                for index in range(first, first + count):
+                    try:
+                        cb(None if error else RecordMetadata(self.topic, self.partition, _offset(base_offset, index)),
+                           error)
+                    except Exception:  # the application's callback: logged, the other callbacks still run
+                        log.exception("delivery callback failed")
 
 
-class RecordFuture:
-    """The future result of one ``send``: ``result()`` returns RecordMetadata or raises."""
+_timestamp = itemgetter(0)
 
-    __slots__ = ("_batch", "_index")
 
-    def __init__(self, batch: BatchState, index: int) -> None:
-        self._batch = batch
-        self._index = index
+class RecordFuture(tuple):
+    """The future result of one ``send``: ``result()`` returns RecordMetadata or raises.
+    (A tuple underneath: built without a Python-level ``__init__`` on the hot path.)"""
+
+    __slots__ = ()
+
+    def __new__(cls, batch: BatchState, index: int) -> "RecordFuture":
+        return tuple.__new__(cls, (batch, index))
+
+    @property
+    def partition(self) -> int:
+        """The partition the record was queued for (known at once; delivery keeps it)."""
+        return self[0].partition
 
     def done(self) -> bool:
-        return self._batch.event.is_set()
+        return self[0].event.is_set()
 
     def result(self, timeout: float | None = None) -> RecordMetadata:
         """Raises ``ClientTimeoutError`` if the outcome is not known within ``timeout`` seconds
         (the record may still be delivered), else the delivery's error, if any."""
-        b = self._batch
+        b = self[0]
         if not b.event.wait(timeout):
             raise ClientTimeoutError("no acknowledgement yet")
         if b.error is not None:
             raise b.error
-        return RecordMetadata(b.topic, b.partition, _offset(b.base_offset, self._index))
+        return RecordMetadata(b.topic, b.partition, _offset(b.base_offset, self[1]))
 
     def exception(self, timeout: float | None = None) -> Exception | None:
-        self._batch.event.wait(timeout)
-        return self._batch.error
+        self[0].event.wait(timeout)
+        return self[0].error
+
+
+_new_future = tuple.__new__
+Segment = tuple  # (BatchState, first index in it, record count): where a run of records went
+
+
+class RecordFutures:
+    """The outcome of one ``send_many``: the records in the order they were given.
+
+    ``len(f)``; ``f[i]`` is record i's ``RecordFuture``; ``done()``; ``result(timeout)`` waits
+    for every record and returns their ``RecordMetadata`` in order, or raises the first
+    delivery error (``ClientTimeoutError`` when not all are known within ``timeout`` seconds);
+    ``exception(timeout)`` returns that error or None. Thread-safe (read-only after creation)."""
+
+    __slots__ = ("_segments", "_order", "_index")
+
+    def __init__(self, segments: list[Segment], order: Sequence[int] | None = None) -> None:
+        """``segments`` in queue order; ``order[j]`` is the position, in the caller's list, of
+        the j-th record of the segments (None: the same order)."""
+        self._segments = segments
+        self._order = order
+        self._index: list[tuple[BatchState, int]] | None = None
+
+    def __len__(self) -> int:
+        return sum(s[2] for s in self._segments)
+
+    def __getitem__(self, i: int) -> RecordFuture:
+        if self._index is None:  # (batch, index) per record in the caller's order, built once
+            flat = [(b, k) for b, first, count in self._segments for k in range(first, first + count)]
+            if self._order is not None:
+                by_pos: list = [None] * len(flat)
+                for j, pos in enumerate(self._order):
+                    by_pos[pos] = flat[j]
+                flat = by_pos
+            self._index = flat
+        b, k = self._index[i]
+        return RecordFuture(b, k)
+
+    def done(self) -> bool:
+        return all(s[0].event.is_set() for s in self._segments)
+
+    def _wait(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for b, _, _ in self._segments:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not b.event.wait(left):
+                raise ClientTimeoutError("no acknowledgement yet")
+
+    def exception(self, timeout: float | None = None) -> Exception | None:
+        self._wait(timeout)
+        return next((s[0].error for s in self._segments if s[0].error is not None), None)
+
+    def result(self, timeout: float | None = None) -> list[RecordMetadata]:
+        error = self.exception(timeout)
+        if error is not None:
+            raise error
+        out = [RecordMetadata(b.topic, b.partition, _offset(b.base_offset, k))
+               for b, first, count in self._segments for k in range(first, first + count)]
+        if self._order is None:
+            return out
+        ordered: list = [None] * len(out)
+        for j, pos in enumerate(self._order):
+            ordered[pos] = out[j]
+        return ordered
 
 
 @dataclass(frozen=True)
@@ -121,6 +233,10 @@ class RecordAccumulator:
         self.settings = settings
         self.clock = clock
         self._wake = wake
+        # the settings the hot path reads, as plain attributes
+        self._records_max = settings.batch_records_max
+        self._bytes_max = settings.batch_bytes_max
+        self._buffer_max = settings.buffer_bytes_max
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._open: dict[tuple[str, int], BatchState] = {}
@@ -143,39 +259,110 @@ class RecordAccumulator:
         p = self.sticky.get(topic)
         if p is None or p >= partition_count:
             with self._lock:
-                p = self.sticky.get(topic)
-                if p is None or p >= partition_count:
-                    self._round_robin += 1
-                    p = self.sticky[topic] = self._round_robin % partition_count
+                p = self._sticky_locked(topic, partition_count)
         return p
+
+    def _sticky_locked(self, topic: str, partition_count: int) -> int:
+        p = self.sticky.get(topic)
+        if p is None or p >= partition_count:
+            self._round_robin += 1
+            p = self.sticky[topic] = self._round_robin % partition_count
+        return p
+
+    def _open_batch(self, topic: str, partition: int, timestamp_ms: int) -> BatchState:
+        """Caller holds the lock."""
+        b = self._open[(topic, partition)] = BatchState(topic, partition, self.clock.now_ms(), timestamp_ms)
+        self._unfinished.add(b)
+        return b
 
     def append(self, topic: str, partition: int, timestamp_ms: int, key: bytes | None, value: bytes,
                headers: list | None, size_bytes: int, on_delivery: DeliveryCallback | None = None) -> RecordFuture:
         """Add one record (``size_bytes`` counted against the buffer). Raises
         ``BufferExhaustedError`` when no space frees within ``max_block_ms``."""
-        s = self.settings
         with self._lock:
-            if self._buffered_bytes + size_bytes > s.buffer_bytes_max:
+            if self._buffered_bytes + size_bytes > self._buffer_max:
                 self._wait_for_space(size_bytes)
             b = self._open.get((topic, partition))
             if b is None:
-                b = self._open[(topic, partition)] = BatchState(topic, partition, self.clock.now_ms())
-                self._unfinished.add(b)
-            records = b.records
-            index = len(records)
-            records.append((timestamp_ms, key, value, headers))
+                b = self._open_batch(topic, partition, timestamp_ms)
+            b.records.append((timestamp_ms, key, value, headers))
+            index = b.record_count
+            b.record_count = index + 1
             b.size_bytes += size_bytes
             self._buffered_bytes += size_bytes
             if on_delivery is not None:
                 if b.callbacks is None:
                     b.callbacks = []
-                b.callbacks.append((index, on_delivery))
-            full = index + 1 >= s.batch_records_max or b.size_bytes >= s.batch_bytes_max
+                b.callbacks.append((index, 1, on_delivery))
+            full = index + 1 >= self._records_max or b.size_bytes >= self._bytes_max
             if full:
                 self._close_batch(b)
         if full:
             self._wake()  # outside the lock: the woken I/O thread takes it at once
-        return RecordFuture(b, index)
+        return _new_future(RecordFuture, (b, index))
+
+    def append_many(self, topic: str, partition: int | None, timestamp_ms: int, values: Sequence[bytes],
+                    sizes: Sequence[int] | int, pack: Callable[[int, int], list[bytes]], partition_count: int = 1,
+                    on_delivery: DeliveryCallback | None = None) -> list[Segment]:
+        """Add ``len(values)`` records in order: to ``partition``, or (None) to the sticky
+        partition of ``topic``, moving on when a batch fills. ``sizes``: each record's bytes
+        against the buffer and batch limits (a list, or one int when all are alike);
+        ``pack(start, end)``: records start..end-1 as a chunk (``fabric.records``). Batches fill
+        exactly as the same records sent one by one would fill them. Returns the segments
+        (batch, first index, count) in order. Raises ``BufferExhaustedError`` when no space
+        frees within ``max_block_ms``: the records before the one that did not fit are queued
+        (the error's ``segments``)."""
+        segments: list[Segment] = []
+        wake = False
+        i, n = 0, len(values)
+        try:
+            while i < n:
+                with self._lock:
+                    p = partition if partition is not None else self._sticky_locked(topic, partition_count)
+                    b = self._open.get((topic, p))
+                    k, run_bytes = self._run_fitting(b, sizes, i, n)
+                    if self._buffered_bytes + run_bytes > self._buffer_max:
+                        self._wait_for_space(min(run_bytes, self._buffer_max))
+                        continue  # the open batch may have closed meanwhile
+                    if b is None:
+                        b = self._open_batch(topic, p, timestamp_ms)
+                    b.seal_records()
+                    b.chunks += pack(i, i + k)
+                    if timestamp_ms > b.max_timestamp_ms:
+                        b.max_timestamp_ms = timestamp_ms
+                    first = b.record_count
+                    b.record_count = first + k
+                    b.size_bytes += run_bytes
+                    self._buffered_bytes += run_bytes
+                    if on_delivery is not None:
+                        if b.callbacks is None:
+                            b.callbacks = []
+                        b.callbacks.append((first, k, on_delivery))
+                    segments.append((b, first, k))
+                    if b.record_count >= self._records_max or b.size_bytes >= self._bytes_max:
+                        self._close_batch(b)
+                        wake = True
+                i += k
+        except BufferExhaustedError as e:
+            e.segments = segments  # type: ignore[attr-defined]
+            raise
+        finally:
+            if wake:
+                self._wake()
+        return segments
+
+    def _run_fitting(self, b: BatchState | None, sizes: Sequence[int] | int, i: int, n: int) -> tuple[int, int]:
+        """How many of records i..n-1 go into ``b`` (None: a new batch), and their bytes.
+        Records are added while the batch is under its byte limit, as ``append`` adds them:
+        the run ends with the first record that brings it to the limit."""
+        room_records = self._records_max - (b.record_count if b is not None else 0)
+        room_bytes = self._bytes_max - (b.size_bytes if b is not None else 0)
+        if isinstance(sizes, int):
+            k = min(n - i, room_records, max(1, -(-room_bytes // sizes)))
+            return k, k * sizes
+        prefix = list(accumulate(sizes[i:i + min(room_records, n - i)]))
+        k = min(bisect_left(prefix, room_bytes) + 1, len(prefix))
+        return k, prefix[k - 1]
 
     def _close_batch(self, b: BatchState) -> None:
         """The batch is full: ready for the sender. Caller holds the lock."""
@@ -188,7 +375,7 @@ class RecordAccumulator:
         """Caller holds the lock."""
         deadline = time.monotonic() + self.settings.max_block_ms / 1000
         self._wake()
-        while self._buffered_bytes + size_bytes > self.settings.buffer_bytes_max:
+        while self._buffered_bytes + size_bytes > self._buffer_max:
             left = deadline - time.monotonic()
             if left <= 0 or self._closed:
                 raise BufferExhaustedError(f"producer buffer of {self.settings.buffer_bytes_max} bytes is full")
@@ -202,11 +389,14 @@ class RecordAccumulator:
             self.sticky.clear()
             return list(self._unfinished)
 
-    def take_ready(self, now_ms: int) -> list[BatchState]:
-        """Closed batches, plus open ones whose linger has passed (all of them once closed)."""
+    def take_ready(self, now_ms: int, busy: Container[tuple[str, int]] = ()) -> list[BatchState]:
+        """Closed batches, plus open ones whose linger has passed (all of them once closed).
+        An open batch of a ``busy`` partition (one the sender cannot send to before a reply)
+        stays open and keeps filling until it is full or the partition is free, as Kafka's
+        muted partitions do: closing it would only queue a small batch behind the request."""
         with self._lock:
             for tp, b in list(self._open.items()):
-                if now_ms - b.created_ms >= self.settings.linger_ms or self._closed:
+                if (now_ms - b.created_ms >= self.settings.linger_ms and tp not in busy) or self._closed:
                     del self._open[tp]
                     self._closed_batches.append(b)
                     self.sticky.pop(tp[0], None)

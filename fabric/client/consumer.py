@@ -2,7 +2,9 @@
 
 ``poll()`` runs a reactor in the caller's thread: it keeps one FETCH in flight per leader
 broker (covering every assigned partition that broker leads), buffers what comes back, and
-returns records in offset order per partition. Reads stop at the high watermark, so a
+returns records in offset order per partition. ``poll_batch()`` returns the same records as
+``RecordBatchView``s, one per partition run, counted from the batch headers and unpacked only
+when read (the batch path: no Python object per record unless asked for). Reads stop at the high watermark, so a
 consumer never sees a record that could still be lost. On not_leader or a timeout it
 refreshes metadata and fetches from the new leader.
 
@@ -26,7 +28,7 @@ from fabric.clock import Clock
 from fabric.errors import FabricError, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
-from fabric.records import Record, decode_batches
+from fabric.records import Record, RecordBatchView, view_batches
 from fabric.rpc import RpcClient
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,9 @@ class Consumer:
         self._reset_specs: dict[TopicPartition, int] = {}
         self.buffered_records_max = 200_000
         self.high_watermarks: dict[TopicPartition, int] = {}
-        # fetched records not yet returned: runs of one partition in offset order (per-run, not
-        # per-record, bookkeeping keeps poll() cheap)
-        self._buffer: deque[list[Record]] = deque()
+        # fetched records not yet returned: views of runs of one partition in offset order
+        # (per-run, not per-record, bookkeeping keeps poll() cheap; nothing unpacked yet)
+        self._buffer: deque[RecordBatchView] = deque()
         self._buffered_records = 0
         self._fetching: set[str] = set()  # endpoints with a fetch in flight
         self._resetting: set[TopicPartition] = set()
@@ -101,7 +103,7 @@ class Consumer:
         self._fetch_positions.pop(tp, None)
 
     def _keep_buffered(self, keep: Any) -> None:
-        self._buffer = deque(run for run in self._buffer if keep((run[0].topic, run[0].partition)))
+        self._buffer = deque(run for run in self._buffer if keep((run.topic, run.partition)))
         self._buffered_records = sum(map(len, self._buffer))
 
     def _reset(self, tps: list[TopicPartition] | None, spec: int) -> None:
@@ -113,7 +115,23 @@ class Consumer:
     # -- polling ------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
         """Records after the current positions (advancing them); waits up to ``timeout_ms``
-        for at least one."""
+        for at least one. Raises RemoteError(corrupt_message) for a batch that is not what its
+        header says."""
+        out: list[Record] = []
+        for view in self._poll_views(timeout_ms, max_records):
+            out += view.records()
+        return out
+
+    def poll_batch(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[RecordBatchView]:
+        """``poll`` as views: the records after the current positions (advancing them past
+        every record returned), at most ``max_records`` in all, as one ``RecordBatchView`` per
+        run of one partition, in offset order per partition; waits up to ``timeout_ms`` for
+        at least one. A view reads its records from the fetched bytes when first asked
+        (``values``, ``keys``...; see ``fabric.records.RecordBatchView``)."""
+        return self._poll_views(timeout_ms, max_records)
+
+    def _poll_views(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:
+        """What ``poll`` and ``poll_batch`` share (a group consumer joins and commits here)."""
         if self._closed:
             raise FabricError("consumer is closed")
         deadline = self.clock.now_ms() + timeout_ms
@@ -126,20 +144,18 @@ class Consumer:
                 return []
             self.reactor.run_once(min(left, 100))
 
-    def _take(self, max_records: int) -> list[Record]:
+    def _take(self, max_records: int) -> list[RecordBatchView]:
         buf, positions = self._buffer, self.positions
-        out: list[Record] = []
+        out: list[RecordBatchView] = []
         left = max(1, max_records)
         while buf and left > 0:
-            run = buf.popleft()
-            if len(run) > left:
-                buf.appendleft(run[left:])
-                run = run[:left]
-            out += run
+            run, rest = buf.popleft().split(left)
+            if rest is not None:
+                buf.appendleft(rest)
+            out.append(run)
             left -= len(run)
-            last = run[-1]
-            positions[(last.topic, last.partition)] = last.offset + 1
-        self._buffered_records -= len(out)
+            positions[(run.topic, run.partition)] = run.next_offset
+        self._buffered_records -= max(1, max_records) - left
         self.reactor.run_once(0)  # let replies of prefetches in flight land
         return out
 
@@ -200,11 +216,11 @@ class Consumer:
                 continue
             self.high_watermarks[tp] = hw
             if data:
-                records = decode_batches(topic, partition, data, start_offset=pos, end_offset=hw)
-                if records and records[0].offset == pos:  # else: a stale reply from before a seek
-                    self._buffer.append(records)
-                    self._buffered_records += len(records)
-                    self._fetch_positions[tp] = records[-1].offset + 1
+                view = view_batches(topic, partition, data, start_offset=pos, end_offset=hw)
+                if view is not None and view.first_offset == pos:  # else: a stale reply from before a seek
+                    self._buffer.append(view)
+                    self._buffered_records += len(view)
+                    self._fetch_positions[tp] = view.next_offset
 
     def _out_of_range(self, tp: TopicPartition) -> None:
         if self.auto_offset_reset == "none":

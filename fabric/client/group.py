@@ -8,6 +8,8 @@
             handle(r)
     c.close()                      # commits (auto-commit), leaves the group at once
 
+``poll_batch`` is the same with records as per-partition views (``fabric.records.RecordBatchView``).
+
 Delivery is at least once: a member that takes over a partition starts at the committed
 offset, so nothing is skipped and at most the uncommitted tail is delivered again. With
 ``enable_auto_commit`` the positions of records returned by earlier polls are committed every
@@ -47,7 +49,7 @@ from fabric.client.consumer import TopicPartition
 from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, CoordinatorLink, HeartbeatMember,
                                       HeartbeatSettings, HeartbeatThread)
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
-from fabric.records import Record
+from fabric.records import RecordBatchView
 from fabric.rpc import RpcClient
 
 log = logging.getLogger(__name__)
@@ -133,10 +135,11 @@ class GroupConsumer(_AssignConsumer):
         self.subscription = []
 
     # -- polling ---------------------------------------------------------------------------------
-    def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
-        """Records of the assigned partitions. Joins, rebalances and auto-commits happen here."""
+    def _poll_views(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:
+        """``poll`` and ``poll_batch`` of the assigned partitions: joins, rebalances and
+        auto-commits happen here."""
         if not self.subscription:
-            return super().poll(timeout_ms, max_records)
+            return super()._poll_views(timeout_ms, max_records)
         self._last_poll_ms = self.clock.now_ms()
         deadline = self.clock.now_ms() + timeout_ms
         while True:
@@ -147,9 +150,9 @@ class GroupConsumer(_AssignConsumer):
             self._maybe_auto_commit()
             self._last_poll_ms = self.clock.now_ms()  # time spent inside poll (a join) is polling
             left = deadline - self.clock.now_ms()
-            records = super().poll(max(0, min(left, POLL_SLICE_MS)), max_records)
-            if records or self.clock.now_ms() >= deadline:
-                return records
+            views = super()._poll_views(max(0, min(left, POLL_SLICE_MS)), max_records)
+            if views or self.clock.now_ms() >= deadline:
+                return views
 
     def maintain(self) -> None:
         """Do a pending join or rebalance and the auto-commit without taking records: for a

@@ -21,7 +21,7 @@ import logging
 import threading
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Container, Protocol
 
 import zmq
 
@@ -33,7 +33,6 @@ from fabric.clock import Clock
 from fabric.errors import DeliveryTimeoutError, FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
-from fabric.records import build_batch
 from fabric.rpc import RpcClient
 from fabric.waker import Waker
 
@@ -63,7 +62,7 @@ class SenderSettings:
 class BatchSource(Protocol):
     """What the sender needs of the record accumulator."""
 
-    def take_ready(self, now_ms: int) -> list[BatchState]: ...
+    def take_ready(self, now_ms: int, busy: Container[tuple[str, int]] = ()) -> list[BatchState]: ...
 
     def release(self, batch: BatchState) -> None: ...
 
@@ -192,7 +191,10 @@ class Sender(threading.Thread):
             self._refresh_metadata()
         if self.idempotent and self.producer_id < 0:
             self._init_producer_id()
-        for b in self.batches.take_ready(now):
+        # a partition with a request in flight (or batches waiting) takes no lingering batch:
+        # its open batch fills meanwhile
+        busy = self._in_flight.keys() | {tp for tp, q in self._queues.items() if q}
+        for b in self.batches.take_ready(now, busy):
             b.deadline_ms = now + self.settings.delivery_timeout_ms
             self._queues[(b.topic, b.partition)].append(b)
         if self.idempotent and self.producer_id < 0:
@@ -211,12 +213,12 @@ class Sender(threading.Thread):
             seq = -1
             if self.idempotent:
                 seq = self._sequences[tp]
-                self._sequences[tp] = (seq + len(b.records)) & 0x7FFFFFFF
+                self._sequences[tp] = (seq + b.record_count) & 0x7FFFFFFF
             b.sequence = seq
-            b.data = build_batch(b.records, compression=self.settings.compression,
-                                 producer_id=self.producer_id if self.idempotent else -1,
-                                 producer_epoch=self.producer_epoch if self.idempotent else -1,
-                                 base_sequence=seq)
+            b.data = b.build(compression=self.settings.compression,
+                             producer_id=self.producer_id if self.idempotent else -1,
+                             producer_epoch=self.producer_epoch if self.idempotent else -1,
+                             base_sequence=seq)
         return b.data
 
     def _send_ready(self) -> None:

@@ -142,11 +142,11 @@ def test_a_bug_on_the_io_thread_fails_the_waiting_records_and_every_later_send(m
     real_take_ready = RecordAccumulator.take_ready
     calls = [0]
 
-    def take_ready_once_broken(self: RecordAccumulator, now_ms: int) -> list:
+    def take_ready_once_broken(self: RecordAccumulator, now_ms: int, *busy: object) -> list:
         calls[0] += 1
         if calls[0] == 1:  # the I/O thread's next pass meets the bug; its shutdown then takes the rest
             raise bug
-        return real_take_ready(self, now_ms)
+        return real_take_ready(self, now_ms, *busy)
     with Producer(NOWHERE, max_block_ms=100, linger_ms=60_000) as p:
         p.metadata.update(_md(1))
         future = p.send("t", b"x", partition=0)
