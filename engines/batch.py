@@ -45,9 +45,14 @@ COMPRESSION_ZSTD = 1
 COMPRESSION_LZ4 = 2
 COMPRESSION_MASK = 0x07
 
-_BASE_OFFSET = struct.Struct(">q")
+# parts of HEADER, for reading or stamping one field without unpacking the rest
+BASE_OFFSET = struct.Struct(">q")
+LENGTH_PREFIX = struct.Struct(">qi")  # base_offset, batch_length: a batch's size
+# base_offset, batch_length, (skip leader_epoch..attributes), record_count: the 27 bytes that
+# tell where a batch is and which offsets it holds.
+OFFSET_SPAN = struct.Struct(">qi11xi")
+OFFSET_SPAN_BYTES = OFFSET_SPAN.size  # 27
 _LEADER_EPOCH = struct.Struct(">i")
-_PREFIX = struct.Struct(">qi")
 _HEAD_CRC = struct.Struct(">qiibI")       # the fields before CRC_START (crc last)
 _TAIL_FIXED = struct.Struct(">hiqqqhi")   # the fixed fields the CRC covers
 
@@ -177,11 +182,11 @@ def verify(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
 
 def peek_size(buf: bytes | bytearray | memoryview, pos: int = 0) -> int:
     """Total bytes of the batch starting at ``pos`` (needs LENGTH_PREFIX_BYTES available)."""
-    return _PREFIX.unpack_from(buf, pos)[1] + LENGTH_PREFIX_BYTES
+    return LENGTH_PREFIX.unpack_from(buf, pos)[1] + LENGTH_PREFIX_BYTES
 
 
 def set_base_offset(batch: bytearray | memoryview, base_offset: int, pos: int = 0) -> None:
-    _BASE_OFFSET.pack_into(batch, pos, base_offset)
+    BASE_OFFSET.pack_into(batch, pos, base_offset)
 
 
 def set_leader_epoch(batch: bytearray | memoryview, leader_epoch: int, pos: int = 0) -> None:

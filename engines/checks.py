@@ -7,22 +7,17 @@ conformance suite sees the same errors whatever the engine.
 from __future__ import annotations
 
 import errno
-import struct
 
 from engines.api import BatchTooLarge, CorruptBatch, EngineError, OffsetOutOfRange, StorageFull
 from engines.batch import (
     HEADER_BYTES,
+    LENGTH_PREFIX,
     LENGTH_PREFIX_BYTES,
     BatchError,
     BatchHeader,
     verify_fields,
 )
 
-BASE_OFFSET = struct.Struct(">q")
-# base_offset, batch_length, (skip leader_epoch..attributes), record_count: the 27 bytes that
-# tell where a batch is and which offsets it holds.
-OFFSET_SPAN = struct.Struct(">qi11xi")
-OFFSET_SPAN_BYTES = OFFSET_SPAN.size  # 27
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -64,7 +59,7 @@ def whole_batches_end(buf: bytes | bytearray | memoryview, base_offset: int = -1
     pos = 0
     last_pos = -1
     while n - pos >= LENGTH_PREFIX_BYTES:
-        _, batch_length = _PREFIX.unpack_from(buf, pos)
+        _, batch_length = LENGTH_PREFIX.unpack_from(buf, pos)
         size = batch_length + LENGTH_PREFIX_BYTES
         if size < HEADER_BYTES:
             raise CorruptBatch(f"stored batch near offset {base_offset} has bad length {batch_length}")
@@ -73,9 +68,6 @@ def whole_batches_end(buf: bytes | bytearray | memoryview, base_offset: int = -1
         last_pos = pos
         pos += size
     return pos, last_pos
-
-
-_PREFIX = struct.Struct(">qi")
 
 
 def translate_os_error(e: OSError, what: str) -> EngineError:

@@ -53,7 +53,7 @@ from engines.api import (
     OffsetOutOfRange,
     StorageFull,
 )
-from engines.batch import BatchHeader, build, iter_batches, verify
+from engines.batch import HEADER_BYTES, BatchHeader, build, iter_batches, verify
 
 CRASH_DEADLINE_S = 20.0  # the writer must report this many flushes before this deadline
 CRASH_FLUSHES_BEFORE_KILL = 5
@@ -70,7 +70,7 @@ def make_batch(index: int, record_count: int = 3, payload_bytes: int = 100,
 
 
 def batch_index(header_view: memoryview) -> int:
-    return struct.unpack_from(">q", header_view, 57)[0]
+    return struct.unpack_from(">q", header_view, HEADER_BYTES)[0]  # the payload make_batch wrote
 
 
 def read_all(engine: Engine, start: int | None = None, max_bytes: int = 64 * 1024) -> list[tuple[BatchHeader, bytes]]:

@@ -12,7 +12,8 @@ import itertools
 
 from engines.api import OFFSET_LIMIT, EngineClosed, EngineConfig, EngineError, RecoveryReport
 from engines.batch import BatchHeader, parse_header
-from engines.checks import BASE_OFFSET, check_read_range, validate_batch
+from engines.batch import BASE_OFFSET
+from engines.checks import check_read_range, validate_batch
 
 
 class MemoryEngine:

@@ -14,25 +14,26 @@ damaged stored data raise CorruptBatch.
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from typing import Iterator
 
 from engines.api import CorruptBatch
 from engines.batch import (
+    BASE_OFFSET,
     BATCH_BYTES_MAX,
     HEADER_BYTES,
+    LENGTH_PREFIX,
     LENGTH_PREFIX_BYTES,
+    OFFSET_SPAN,
+    OFFSET_SPAN_BYTES,
     BatchError,
     BatchHeader,
     parse_header,
     verify,
 )
-from engines.checks import OFFSET_SPAN, OFFSET_SPAN_BYTES, translate_os_error, whole_batches_end
+from engines.checks import translate_os_error, whole_batches_end
 from engines.offset_index import IndexDamaged, OffsetIndex
 
-_PREFIX = struct.Struct(">qi")
-_BASE_OFFSET = struct.Struct(">q")
 WALK_BATCH_BYTES_MIN = 32 * 1024  # batches this large are read by walking their headers
 WALK_PREADS_MAX = 64  # header preads per read at most (a read may return less than max_bytes)
 FIND_CHUNK_BYTES = 64 * 1024  # read size when walking from an index entry to a batch
@@ -110,7 +111,7 @@ class LogSegment:
         position = self.size_bytes
         total = len(batch)
         fd = self._fd if self._fd >= 0 else self.fd
-        base_offset = _BASE_OFFSET.pack(offset)
+        base_offset = BASE_OFFSET.pack(offset)
         try:
             written = os.pwritev(fd, (base_offset, memoryview(batch)[8:]), position)
             if written != total:  # a short write to a regular file: almost surely disk full
@@ -317,4 +318,4 @@ class LogSegment:
 def _size_at(chunk: bytes, rel: int) -> int:
     """Total size the length prefix at ``rel`` claims, capped at BATCH_BYTES_MAX so a garbage
     length never makes a scan allocate more than that (verify rejects it anyway)."""
-    return min(_PREFIX.unpack_from(chunk, rel)[1] + LENGTH_PREFIX_BYTES, BATCH_BYTES_MAX)
+    return min(LENGTH_PREFIX.unpack_from(chunk, rel)[1] + LENGTH_PREFIX_BYTES, BATCH_BYTES_MAX)
