@@ -30,7 +30,7 @@ from fabric.client.accumulator import BatchState
 from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
-from fabric.errors import DeliveryTimeoutError, FabricError, RemoteError
+from fabric.errors import ClientError, CodedError, DeliveryTimeoutError, FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient
@@ -271,29 +271,31 @@ class Sender(threading.Thread):
         self._client(endpoint).request(P.PRODUCE, header, payloads, callback=on_reply,
                                        timeout_ms=self.settings.request_timeout_ms + 2000)
 
-    def _on_reply(self, groups: list, batches: list, header: dict | None, err: RemoteError | None) -> None:
+    def _on_reply(self, groups: list, batches: list, header: dict | None, err: CodedError | None) -> None:
         for tp, _ in groups:
             self._in_flight.pop(tp, None)
         results = header.get("results", []) if header is not None else []
         retry: dict[tuple[str, int], list] = defaultdict(list)
         for i, b in enumerate(batches):
             tp = (b.topic, b.partition)
-            if header is None or i >= len(results):
-                code, msg, base = (err.code if err else P.UNKNOWN), (err.message if err else "no result"), -1
-            else:
-                base, code, msg = results[i][0], results[i][1], results[i][2]
+            if header is not None and i < len(results):
+                base, code = results[i][0], results[i][1]
+                error = RemoteError(code, results[i][2]) if code else None
+            else:  # no reply (kept as found: a local condition stays a ClientError), or no result
+                error = err if err is not None else RemoteError(P.UNKNOWN, "no result for this batch")
+                base, code = -1, error.code
             if code:
                 self.errors[P.error_name(code)] += 1
-            if code == 0:
+            if error is None:
                 self._finish(b, base, None)  # a recognised retry also answers 0, with its offset
             elif code in P.RETRIABLE or (code == P.OUT_OF_ORDER_SEQUENCE and retry.get(tp)) or header is None:
                 retry[tp].append(b)
                 if code != P.OUT_OF_ORDER_SEQUENCE:  # that one only follows an earlier batch's error
-                    b.last_error = RemoteError(code, msg)
+                    b.last_error = error
                 if header is None or code not in (P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
                     self.metadata_cache.want_refresh()  # the leader may have moved (or died)
             else:
-                self._finish(b, -1, RemoteError(code, msg))
+                self._finish(b, -1, error)
         for tp, bs in retry.items():
             self._queues[tp].extendleft(reversed(bs))
         if retry:
@@ -337,7 +339,7 @@ class Sender(threading.Thread):
         answered usefully: fail them now (retriable) so the batches go to the new leader."""
         stale = {ep for tp, (ep, _) in self._in_flight.items() if self.metadata.leader_endpoint(*tp) != ep}
         for ep in stale:
-            self._client(ep).fail_all(RemoteError(P.NOT_LEADER, "leadership moved"))
+            self._client(ep).fail_all(ClientError("leadership moved (newer metadata names another leader)", P.NOT_LEADER))
 
     def _refresh_metadata(self) -> None:
         if self._md_in_flight:

@@ -18,7 +18,7 @@ from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator, Re
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender import Sender, SenderSettings
 from fabric.clock import ManualClock
-from fabric.errors import ClientError, DeliveryTimeoutError, RemoteError
+from fabric.errors import ClientError, DeliveryTimeoutError, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from nodes.broker.partition import Partition
 from tests.unit.fakes import FakeReactor, RecordingClient
@@ -186,3 +186,17 @@ def test_a_leader_move_reroutes_the_request_in_flight_to_the_new_leader(make_rig
     [(_, _, _, _)] = rig.client("tcp://127.0.0.1:2").of(P.PRODUCE)
     rig.client("tcp://127.0.0.1:2").answer_last(P.PRODUCE, {"results": [[5, 0, ""]]})
     assert futures[1].result(0).offset == 6
+
+
+def test_a_request_that_got_no_reply_is_reported_as_the_local_condition_it_was(make_rig) -> None:  # noqa: ANN001
+    rig = make_rig(idempotent=False)
+    futures = rig.send("a")
+    rig.sender.run_pass()
+    rig.client(LEADER).answer_last(P.PRODUCE, None, err=RequestTimeout(f"no reply from {LEADER}"))
+    assert not futures[0].done(), "a request without a reply is retried"
+    rig.reactor.advance(1000)  # past delivery_timeout_ms
+    rig.sender.run_pass()
+    error = futures[0].exception(0)
+    assert isinstance(error, DeliveryTimeoutError) and error.code == P.REQUEST_TIMED_OUT
+    assert isinstance(error.last_error, RequestTimeout), f"re-wrapped as {type(error.last_error).__name__}"
+    assert not isinstance(error.last_error, RemoteError), "no node answered"
