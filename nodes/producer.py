@@ -9,9 +9,12 @@ with ``records`` in its header instead is answered with ``results`` in the heade
 
 Records without an explicit partition are partitioned by ``fabric.records.partition_for_key``
 (the client library's hash) when they have a key, and by the sticky partitioner otherwise.
-Records of many requests are batched together (``services.producer_linger_ms``) by one
-``fabric.client.Producer`` per acks level, which retries through failovers and is
-idempotent for acks 1 and all.
+One ``fabric.client.Producer`` per acks level sends them, retrying through failovers,
+idempotent for acks 1 and all. Its linger (``services.producer_linger_ms``) is 0 by default:
+a request arrives as a batch already, and while one request per partition is in flight the
+records of the requests arriving meanwhile gather into the next one; a linger would only add
+its length to every request's latency (5 ms of linger put the p50 of a single-record produce
+at 10 ms).
 
 Backpressure: the bytes of records accepted but not yet answered are bounded by
 ``services.producer_buffer_bytes_max``; a request that does not fit is refused at once with
@@ -205,8 +208,8 @@ class ProducerService(Node):
                 continue
 
             def delivered(md: Any, err: Exception | None, i: int = i) -> None:
-                if err is None:
-                    self._finish(job, i, [md.partition, md.offset if job.acks != 0 else -1, 0, ""])
+                if err is None:  # md is (topic, partition, offset)
+                    self._finish(job, i, [md[1], md[2] if job.acks != 0 else -1, 0, ""])
                 else:
                     code = err.code if isinstance(err, CodedError) else P.UNKNOWN
                     self._finish(job, i, [-1, -1, code, str(err)])

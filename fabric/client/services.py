@@ -117,6 +117,12 @@ class ServiceProducer:
         headers, partition) tuples. Raises RemoteError for a refused request (buffer_full:
         retry later; invalid_record; malformed_request) or a timeout -- at once when
         ``is_down(endpoint)`` says the service being waited for went down."""
+        return list(map(ProduceResult._make, self.produce_rows(topic, records, acks, is_down)))
+
+    def produce_rows(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
+                     is_down: Callable[[str], bool] | None = None) -> tuple:
+        """``produce`` with each result a plain (partition, offset, error, message) tuple: no
+        object per record for a caller that turns them into something else at once."""
         frame = pack_rows([r.to_wire() if isinstance(r, ServiceRecord) else r for r in records])
         header = {"topic": topic, "acks": acks, "count": len(records)}
         last: RemoteError | None = None
@@ -134,7 +140,7 @@ class ServiceProducer:
             rows = unpack_rows(payloads[0], len(records), 4)
             if len(rows) != len(records):
                 raise MalformedFrame(P.MALFORMED_REQUEST, f"{len(rows)} results for {len(records)} records")
-            return list(map(ProduceResult._make, rows))
+            return rows
         assert last is not None
         raise last
 

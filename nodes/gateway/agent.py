@@ -29,13 +29,13 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST, Admin
 from fabric.client.consumer import Consumer
 from fabric.client.group_admin import GroupAdmin
-from fabric.client.services import ProduceResult, ServiceConsumer, ServiceProducer, service_endpoints
+from fabric.client.services import ServiceConsumer, ServiceProducer, service_endpoints
 from fabric.config import LoomConfig
 from fabric.errors import FabricError, RemoteError, RequestTimeout
 from fabric.records import Record
@@ -87,14 +87,8 @@ class InstanceEntry:
     assigned: list[tuple[str, int]] = field(default_factory=list)
 
 
-class ProduceOutcome(NamedTuple):
-    partition: int
-    offset: int
-    error: str | None = None
-    retriable: bool = False
-
-
 Record4 = tuple  # (key bytes|None, value bytes, headers [[name, bytes|None]]|None, partition int|None)
+Outcome = tuple  # (partition, offset, error text|None, retriable): plain tuples, 500 of them per request
 
 
 class GatewayAgent:
@@ -197,7 +191,7 @@ class GatewayAgent:
 
     # -- produce ----------------------------------------------------------------------------
     def produce(self, topic: str, records: list[Record4], acks: str | int,
-                partition: int | None = None) -> list[ProduceOutcome]:
+                partition: int | None = None) -> list[Outcome]:
         """Produce ``records`` (key, value, headers, partition) tuples; with ``partition``,
         the route's partition (which must exist: no auto-create then)."""
         if topic.startswith("__"):
@@ -211,15 +205,14 @@ class GatewayAgent:
         live = [ep for ep in self.producer_endpoints if self.is_up(ep)]
         if not live:
             raise ClusterError("unavailable", "the producer service is down: no produce is possible until it is back")
-        results: list[ProduceResult] = []
+        results: list[tuple] = []  # (partition, offset, error code, message) rows
         with translated("the producer service"):
             for chunk in _chunks(records):  # each SVC_PRODUCE frame stays under SERVICE_REQUEST_BYTES_MAX
-                results += self._producer().produce(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
-        if all(r.error == P.UNKNOWN_TOPIC_OR_PARTITION for r in results) and self.topic_missing(topic):
+                results += self._producer().produce_rows(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
+        if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results) and self.topic_missing(topic):
             raise ClusterError("topic_not_found", f"topic {topic!r} not found")  # deleted since the cached look
-        return [ProduceOutcome(r.partition, r.offset) if not r.error else
-                ProduceOutcome(r.partition, r.offset, f"{P.error_name(r.error)}: {r.message}", r.error in P.RETRIABLE)
-                for r in results]
+        return [(p, o, None, False) if not e else (p, o, f"{P.error_name(e)}: {m}", e in P.RETRIABLE)
+                for p, o, e, m in results]
 
     def _checked_topic(self, topic: str, may_create: bool) -> Any:
         """The topic from fresh metadata; created first when missing, ``may_create`` and
