@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
+import socket
 import statistics
 import sys
 import tempfile
@@ -23,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 import websocket
@@ -81,22 +84,41 @@ def ws_consume(port: int, topic: str, records: int) -> dict:
 
 
 def latency(base: str, topic: str, rate: float, seconds: float) -> dict:
-    body = json.dumps({"records": [{"value": base64.b64encode(b"x" * 100).decode()}]})
+    """Open-loop single-record produce. The client is http.client on one kept-alive
+    connection per sender thread: requests' Session cost ~1.9 ms of CPU per request on this
+    machine, as much as the gateway itself, on the same two cores as the cluster."""
+    body = json.dumps({"records": [{"value": base64.b64encode(b"x" * 100).decode()}]}).encode()
+    headers = {**AUTH, **BINARY}
+    url = urlsplit(base)
     n = int(rate * seconds)
     lat_ms: list[float] = []
     lock = threading.Lock()
-    sessions = threading.local()
+    local = threading.local()
+
+    def connection() -> http.client.HTTPConnection:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
 
     def one(at: float) -> None:
-        s = getattr(sessions, "s", None) or requests.Session()
-        sessions.s = s
+        conn = connection()
         delay = at - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
         t = time.perf_counter()
-        r = s.post(f"{base}/topics/{topic}?acks=all", data=body, headers={**AUTH, **BINARY}, timeout=30)
+        try:
+            conn.request("POST", f"/topics/{topic}?acks=all", body=body, headers=headers)
+            r = conn.getresponse()
+            r.read()
+        except (OSError, http.client.HTTPException):
+            local.conn = None  # counted as not ok; the next request reconnects
+            conn.close()
+            return
         took = (time.perf_counter() - t) * 1000
-        if r.status_code == 200:
+        if r.status == 200:
             with lock:
                 lat_ms.append(took)
     start = time.perf_counter() + 0.5
