@@ -275,7 +275,7 @@ class SupervisorConfig(_Model):
 class ServicesConfig(_Model):
     """The producer service and the consumer services (nodes/producer.py, nodes/consumer.py)."""
 
-    producer_linger_ms: int = Field(5, ge=0, le=10_000)
+    producer_linger_ms: int = Field(0, ge=0, le=10_000)   # a request is a batch already: no wait for more
     producer_buffer_bytes_max: int = Field(32 * 1024 * 1024, ge=1024)
     consumer_instances_max: int = Field(256, ge=1, le=10_000)
     consumer_instance_idle_timeout_ms: int = Field(300_000, ge=100)

@@ -9,8 +9,10 @@ Requests (every one names ``group`` and ``instance``, except CREATE without a na
                 client_id, idle_timeout_ms
     CONSUMER_SUBSCRIBE     {topics: [...]}  ([] unsubscribes)        -> {}
     CONSUMER_SUBSCRIPTION  {}                                         -> {topics}
-    CONSUMER_FETCH         {timeout_ms?, max_bytes?, max_records?}    -> {records: [[topic, partition,
+    CONSUMER_FETCH         {timeout_ms?, max_bytes?, max_records?, frame?} -> {records: [[topic, partition,
                                                    offset, timestamp_ms, key, value, headers], ...]}
+                           with frame: true -> {count} + one payload frame of those rows
+                           (fabric.client.services.pack_rows: out of the 1 MiB header)
     CONSUMER_COMMIT        {offsets: [[topic, partition, offset]...] | null (= current positions)} -> {}
     CONSUMER_COMMITTED     {partitions: [[topic, partition]...]}      -> {offsets: [[t, p, offset|-1]]}
     CONSUMER_SEEK          {to: beginning|end|offsets, partitions?, offsets?} -> {}
@@ -30,18 +32,20 @@ partitions to the members living elsewhere after their session timeout.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 
 from fabric import protocol as P
 from fabric import wire
 from fabric.client.group import GroupConsumer
+from fabric.client.services import pack_rows
 from fabric.config import LoomConfig
 from fabric.errors import CodedError, FabricError, LoomError, RemoteError
 from fabric.waker import Waker
@@ -50,6 +54,7 @@ from nodes.base import Node
 
 log = logging.getLogger(__name__)
 
+_KEY, _VALUE = operator.itemgetter(4), operator.itemgetter(5)   # of a fabric.records.Record
 COMMANDS_PER_INSTANCE_MAX = 64
 IDLE_CHECK_INTERVAL_MS = 500
 FETCH_TIMEOUT_MS_MAX = 30_000
@@ -62,7 +67,16 @@ CONFIG_TYPES: dict[str, type] = {
     "assignor": str, "client_id": str, "idle_timeout_ms": int,
 }
 
-Answer = Callable[[dict | None, RemoteError | None], None]
+
+
+class Framed(NamedTuple):
+    """An answer whose records travel in payload frames (CONSUMER_FETCH with ``frame``)."""
+
+    header: dict
+    payloads: list[bytes]
+
+
+Answer = Callable[[dict | Framed | None, RemoteError | None], None]
 
 
 @dataclass(frozen=True)
@@ -149,7 +163,7 @@ class Instance(threading.Thread):
                 log.warning("instance %s/%s close: %s", self.group, self.instance_name, e)
             self.consumer = None
 
-    def _do(self, op: str, h: dict) -> dict:
+    def _do(self, op: str, h: dict) -> dict | Framed:
         if op == "create":
             self.consumer = GroupConsumer(self.host.bootstrap, group_id=self.group, **self.config)
             return {"group": self.group, "instance": self.instance_name, "node": self.host.node_name}
@@ -165,7 +179,8 @@ class Instance(threading.Thread):
         if op == "subscription":
             return {"topics": list(c.subscription)}
         if op == "fetch":
-            return {"records": self._fetch(c, h)}
+            records = self._fetch(c, h)
+            return Framed({"count": len(records)}, [pack_rows(records)]) if h.get("frame") else {"records": records}
         if op == "commit":
             offsets = h.get("offsets")
             c.commit({(o[0], o[1]): o[2] for o in offsets} if offsets else None)
@@ -189,23 +204,26 @@ class Instance(threading.Thread):
 
     @staticmethod
     def _fetch(c: GroupConsumer, h: dict) -> list:
+        """Records (``fabric.records.Record`` rows) of one poll, at most ``max_bytes`` of keys
+        and values (at least one record)."""
         timeout_ms = min(max(int(h.get("timeout_ms", 1000)), 0), FETCH_TIMEOUT_MS_MAX)
         max_records = min(max(int(h.get("max_records", 500)), 1), FETCH_RECORDS_MAX)
         max_bytes = min(max(int(h.get("max_bytes", 1024 * 1024)), 1), FETCH_BYTES_MAX)
         records = c.poll(timeout_ms, max_records=max_records)
-        out, size = [], 0
+        if sum(map(len, map(_VALUE, records))) + sum(len(k) for k in map(_KEY, records) if k) <= max_bytes:
+            return records  # the common case, counted without a Python-level loop
+        size = 0
         for i, r in enumerate(records):
             size += len(r.value) + len(r.key or b"")
-            if out and size > max_bytes:
+            if i and size > max_bytes:
                 # give back what does not fit: the positions move to the first record not returned
                 first: dict[tuple[str, int], int] = {}
                 for rest in records[i:]:
                     first.setdefault((rest.topic, rest.partition), rest.offset)
                 for tp, offset in first.items():
                     c.seek(tp, offset)
-                break
-            out.append([r.topic, r.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers])
-        return out
+                return records[:i]
+        return records
 
     @staticmethod
     def _assign(c: GroupConsumer, h: dict) -> dict:
@@ -275,6 +293,8 @@ def check_op_header(op: str, h: dict) -> None:
         for name in ("timeout_ms", "max_records", "max_bytes"):
             if name in h and not is_int(h[name]):
                 raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be int")
+        if not isinstance(h.get("frame", False), bool):
+            raise RemoteError(P.MALFORMED_REQUEST, "frame must be a boolean")
     elif op == "commit":
         partition_list("offsets", 3)
     elif op == "committed":
@@ -292,7 +312,7 @@ class ConsumerService(Node):
         self.instance_host = InstanceHost(name, config.bootstrap(), config.services.consumer_instance_idle_timeout_ms,
                                           self.fail_from_thread)
         self.instances: dict[tuple[str, str], Instance] = {}
-        self._done: deque[tuple[wire.Request, dict | None, RemoteError | None]] = deque()
+        self._done: deque[tuple[wire.Request, dict | Framed | None, RemoteError | None]] = deque()
         self._waker = Waker(self.ctx, "consumer-service")
         self.reactor.add_socket(self._waker.sock, self._on_wake)
         self.server.route(P.CONSUMER_CREATE, self._on_create)
@@ -304,7 +324,7 @@ class ConsumerService(Node):
 
     # -- answers from instance threads ---------------------------------------------------------
     def _answer(self, req: wire.Request) -> Answer:
-        def answer(header: dict | None, err: RemoteError | None) -> None:
+        def answer(header: dict | Framed | None, err: RemoteError | None) -> None:
             self._done.append((req, header, err))
             self._waker.wake()
         return answer
@@ -312,7 +332,9 @@ class ConsumerService(Node):
     def _on_wake(self, frames: list[bytes]) -> None:
         while self._done:
             req, header, err = self._done.popleft()
-            if err is None:
+            if isinstance(header, Framed):
+                self.server.reply(req, header.header, header.payloads)
+            elif err is None:
                 self.server.reply(req, header)
             else:
                 self.server.reply_error(req, err.code, err.message)

@@ -10,13 +10,13 @@ from flask import request
 from webui import schemas as S
 from webui.context import Gateway
 from webui.errors import ApiError
-from webui.routes_v2 import record_json
+from webui.routes_v2 import records_json
 from webui.spec import Api
 
 V2 = "application/vnd.kafka.v2+json"
 FETCH_TIMEOUT_MS_MAX = 30_000
 FETCH_RECORDS_MAX = 5000
-FETCH_BYTES_MAX = 512 * 1024   # a fetch answer travels in one frame of the fabric (HEADER_BYTES_MAX)
+FETCH_BYTES_MAX = 512 * 1024   # the documented maximum of max_bytes (openapi.json)
 
 CREATE_SCHEMA = {"type": "object", "properties": {
     "name": S.NAME, "format": {"type": "string", "enum": ["binary", "json"]},
@@ -111,7 +111,7 @@ def register(api: Api, gw: Gateway) -> None:
         got = call(group_name, instance, lambda h: h.fetch(timeout_ms=query.get("timeout", 1000),
                                                            max_bytes=query.get("max_bytes", FETCH_BYTES_MAX),
                                                            max_records=FETCH_RECORDS_MAX))
-        return [record_json(r, entry.fmt) for r in got]
+        return records_json(got, entry.fmt)
 
     @api.op("POST", base + "/offsets", role="consume", tag="consumers",
             summary="Commit offsets (each the last record processed; without offsets: everything fetched)",

@@ -33,15 +33,15 @@ from webui.auth import Principal
 from webui.context import Gateway
 from webui.events import EVENTS_QUEUE_MAX
 from webui.errors import ApiError, ClusterError
-from webui.routes_v2 import ACKS, encode_records, record_json
-from webui.spec import Op
+from webui.routes_v2 import ACKS, encode_records, offsets_json, records_json
+from webui.spec import Op, dumps
 
 AUTH_TIMEOUT_S = 10.0
 CLOSE_GRACE_S = 5.0
 POLICY = 1008            # policy violation: auth, bad messages, too many unanswered messages
 TRY_AGAIN_LATER = 1013   # the client cannot keep up
 FETCH_TIMEOUT_MS = 500
-FETCH_BYTES_MAX = 512 * 1024   # as routes_consumers: one fabric frame
+FETCH_BYTES_MAX = 2 * 1024 * 1024   # keys and values per consumer-service fetch (one message)
 FETCH_RECORDS_MAX = 5000
 INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered
 SOCKET_SNDBUF_BYTES = 256 * 1024
@@ -71,7 +71,7 @@ class Outbox:
 
     def __init__(self, ws: Any, queue_max: int, slow_timeout_s: float) -> None:
         self.ws, self.queue_max, self.slow_timeout_s = ws, queue_max, slow_timeout_s
-        self._q: deque[str] = deque()
+        self._q: deque[str] = deque()  # JSON text
         self._cond = threading.Condition()
         self._closing: tuple[int, str] | None = None
         self.done = threading.Event()
@@ -82,7 +82,7 @@ class Outbox:
     def put(self, message: dict) -> None:
         """Queue a message; waits while the queue is full, up to slow_timeout_s, then closes
         the connection with 1013 and raises Closed."""
-        text = json.dumps(message, separators=(",", ":"))
+        text = dumps(message).decode()
         deadline = time.monotonic() + self.slow_timeout_s
         with self._cond:
             while len(self._q) >= self.queue_max and self._closing is None and not self.done.is_set():
@@ -239,7 +239,7 @@ def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
             records = gw.agent.call_instance(group, entry.name, lambda h: h.fetch(
                 timeout_ms=FETCH_TIMEOUT_MS, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
             if records:
-                out.put({"records": [record_json(r, fmt) for r in records]})
+                out.put({"records": records_json(records, fmt)})
     finally:
         try:
             gw.agent.delete_instance(group, entry.name)  # commits (auto-commit) and leaves at once
@@ -293,13 +293,11 @@ def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
             out.put(e.body())
             continue
         try:
-            outcomes = gw.agent.produce(topic, [gw.record(*r) for r in records], acks)
+            outcomes = gw.agent.produce(topic, records, acks)
         except ClusterError as e:
             out.put({**e.to_api().body(), "id": msg.get("id")})
             continue
-        out.put({"id": msg.get("id"), "offsets": [
-            {"partition": o.partition, "offset": o.offset,
-             "error_code": None if o.error is None else (2 if o.retriable else 1), "error": o.error} for o in outcomes]})
+        out.put({"id": msg.get("id"), "offsets": offsets_json(outcomes)})
 
 
 def _events(ws: Any, out: Outbox, gw: Gateway) -> None:

@@ -12,7 +12,14 @@ Instances are spread over the consumer services (by a hash of group and instance
 next service when one does not answer); an instance lives on the service that created it
 (``inst.endpoint``), like a REST proxy's base URI.
 
-Thread-safety: not thread-safe; one client per thread.
+Records travel in one payload frame, not in the msgpack header (which is bounded by
+``P.HEADER_BYTES_MAX`` and decoded field by field): ``pack_rows`` makes the frame (a msgpack
+array of rows, one C call), ``unpack_rows`` reads it with limits; the header carries the
+count. SERVICE_PRODUCE sends its records that way and gets its results back that way;
+CONSUMER_FETCH with ``frame: true`` gets its records that way. A request with its records in
+the header (``records``) is still answered in the header, as before.
+
+Thread-safety: not thread-safe; one client per thread (the codec functions are pure).
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
+import msgpack
 import zmq
 
 from fabric import protocol as P
 from fabric.config import LoomConfig
-from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
+from fabric.errors import CodedError, FabricError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.records import Record
 from fabric.rpc import BlockingClient
 
@@ -42,6 +50,28 @@ def service_endpoints(config: LoomConfig, role: str) -> list[str]:
     return [n.endpoint for _, n in sorted(config.nodes_with_role(role).items())]
 
 
+def pack_rows(rows: list | tuple) -> bytes:
+    """One payload frame holding ``rows`` (lists or tuples of msgpack types)."""
+    return msgpack.packb(rows, use_bin_type=True)
+
+
+def unpack_rows(frame: bytes, rows_max: int, width: int | None) -> tuple:
+    """The rows of a ``pack_rows`` frame, as tuples. Raises MalformedFrame(malformed_request)
+    unless it is an array of at most ``rows_max`` rows, each an array of ``width`` items
+    (``width`` None: the caller checks each row). Memory is bounded by the frame's size:
+    msgpack refuses lengths longer than the data."""
+    try:
+        rows = msgpack.unpackb(frame, raw=False, use_list=False, max_array_len=P.MSGPACK_ARRAY_LEN_MAX,
+                               max_map_len=P.MSGPACK_MAP_LEN_MAX)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"records frame is not valid msgpack: {e}") from e
+    if not (isinstance(rows, tuple) and len(rows) <= rows_max
+            and (width is None or all(isinstance(r, tuple) and len(r) == width for r in rows))):
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"records frame must be an array of at most {rows_max} rows"
+                                                  + (f" of {width} items" if width else ""))
+    return rows
+
+
 @dataclass
 class ServiceRecord:
     value: bytes
@@ -49,12 +79,13 @@ class ServiceRecord:
     headers: list | None = None
     partition: int | None = None
 
-    def to_wire(self) -> list:
-        return [self.key, self.value, self.headers, self.partition]
+    def to_wire(self) -> tuple:
+        return (self.key, self.value, self.headers, self.partition)
 
 
-@dataclass(frozen=True)
-class ProduceResult:
+class ProduceResult(NamedTuple):
+    """One record's result (a row of the SERVICE_PRODUCE results frame)."""
+
     partition: int
     offset: int         # -1 with acks=0 or on error
     error: int = 0
@@ -82,21 +113,34 @@ class ServiceProducer:
 
     def produce(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
                 is_down: Callable[[str], bool] | None = None) -> list[ProduceResult]:
-        """One result per record, in order. Raises RemoteError for a refused request
-        (buffer_full: retry later; invalid_record; malformed_request) or a timeout -- at once
-        when ``is_down(endpoint)`` says the service being waited for went down."""
-        wire_records = [r.to_wire() if isinstance(r, ServiceRecord) else list(r) for r in records]
-        header = {"topic": topic, "acks": acks, "records": wire_records}
+        """One result per record, in order; records are ServiceRecords or (key, value,
+        headers, partition) tuples. Raises RemoteError for a refused request (buffer_full:
+        retry later; invalid_record; malformed_request) or a timeout -- at once when
+        ``is_down(endpoint)`` says the service being waited for went down."""
+        return list(map(ProduceResult._make, self.produce_rows(topic, records, acks, is_down)))
+
+    def produce_rows(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
+                     is_down: Callable[[str], bool] | None = None) -> tuple:
+        """``produce`` with each result a plain (partition, offset, error, message) tuple: no
+        object per record for a caller that turns them into something else at once."""
+        frame = pack_rows([r.to_wire() if isinstance(r, ServiceRecord) else r for r in records])
+        header = {"topic": topic, "acks": acks, "count": len(records)}
         last: RemoteError | None = None
         for endpoint in self.endpoints:
             try:
                 give_up = (lambda: is_down(endpoint)) if is_down is not None else None
-                h, _ = self._client(endpoint).call(P.SERVICE_PRODUCE, header, timeout_ms=self.timeout_ms, give_up=give_up)
+                h, payloads = self._client(endpoint).call(P.SERVICE_PRODUCE, header, [frame], timeout_ms=self.timeout_ms,
+                                                          give_up=give_up)
             except RequestTimeout as e:
                 last = e  # the service may be down: the next one (a retry could duplicate)
                 self._drop(endpoint)
                 continue
-            return [ProduceResult(*r) for r in h["results"]]
+            if len(payloads) != 1:
+                raise MalformedFrame(P.MALFORMED_REQUEST, "a SERVICE_PRODUCE reply has one results frame")
+            rows = unpack_rows(payloads[0], len(records), 4)
+            if len(rows) != len(records):
+                raise MalformedFrame(P.MALFORMED_REQUEST, f"{len(rows)} results for {len(records)} records")
+            return rows
         assert last is not None
         raise last
 
@@ -136,10 +180,15 @@ class ConsumerInstance:
         return self._call(P.CONSUMER_SUBSCRIPTION)["topics"]
 
     def fetch(self, timeout_ms: int = 1000, max_bytes: int = 1024 * 1024, max_records: int = 500) -> list[Record]:
-        """Records after the instance's positions (which advance); waits up to timeout_ms."""
-        h = self._call(P.CONSUMER_FETCH, {"timeout_ms": timeout_ms, "max_bytes": max_bytes, "max_records": max_records},
-                       timeout_ms=timeout_ms + CALL_TIMEOUT_MS)
-        return [Record(*r) for r in h["records"]]
+        """Records after the instance's positions (which advance); waits up to timeout_ms.
+        They come in one payload frame (``frame: true``)."""
+        h, payloads = self.client.call_frames(
+            self.endpoint, P.CONSUMER_FETCH, {"group": self.group, "instance": self.name, "timeout_ms": timeout_ms,
+                                              "max_bytes": max_bytes, "max_records": max_records, "frame": True},
+            timeout_ms + CALL_TIMEOUT_MS)
+        if len(payloads) != 1:
+            raise MalformedFrame(P.MALFORMED_REQUEST, "a CONSUMER_FETCH reply with frame: true has one records frame")
+        return list(map(Record._make, unpack_rows(payloads[0], max_records, len(Record._fields))))
 
     def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """Commit these offsets (next offset to read) or, with None, the current positions."""
@@ -187,12 +236,17 @@ class ServiceConsumer:
         self._round_robin = 0
 
     def call(self, endpoint: str, command: bytes, header: dict, timeout_ms: int = CALL_TIMEOUT_MS) -> dict:
+        return self.call_frames(endpoint, command, header, timeout_ms)[0]
+
+    def call_frames(self, endpoint: str, command: bytes, header: dict,
+                    timeout_ms: int = CALL_TIMEOUT_MS) -> tuple[dict, list[bytes]]:
+        """The reply's header and payload frames. Raises RemoteError (RequestTimeout)."""
         c = self._clients.get(endpoint)
         if c is None:
             c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-consumer")
         give_up = (lambda: self.is_down(endpoint)) if self.is_down is not None else None  # type: ignore[misc]
         try:
-            return c.call(command, header, timeout_ms=timeout_ms, give_up=give_up)[0]
+            return c.call(command, header, timeout_ms=timeout_ms, give_up=give_up)
         except RequestTimeout:
             self._clients.pop(endpoint, None)
             c.close()  # a fresh socket next time: no late replies to sort out

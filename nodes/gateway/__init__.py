@@ -23,7 +23,6 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from fabric.apikeys import read_admin_key
-from fabric.client.services import ServiceRecord
 from fabric.config import LoomConfig
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway as GatewayContext
@@ -106,7 +105,6 @@ class Gateway:
         limiter = RateLimiter(sec.rate_limit_per_s, sec.rate_limit_burst, self.config.gateway.rate_limit_clients_max)
         ctx = GatewayContext(agent=agent, hub=hub, keys=keys, limiter=limiter, settings=self.config.gateway,
                              security=sec, cluster_id=self.config.cluster.name,
-                             record=lambda k, v, h, p: ServiceRecord(v, key=k, headers=h, partition=p),
                              http_requests=http_requests, broker_storage=broker_storage(self.config))
         app = create_app(ctx)
         self.control.start()

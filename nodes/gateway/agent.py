@@ -11,13 +11,20 @@ the instance again, under the same name and group, on a live service, subscribes
 retries the request: the group hands it the partitions, and it resumes from the committed
 offsets (records after the last commit are delivered again, as after any rebalance).
 
+Produce looks topics up in metadata at most ``PRODUCE_METADATA_MAX_AGE_MS`` old (shared by the
+request threads) instead of asking the coordinator on every request: a topic not in it is
+looked up afresh before the request is refused, and a request whose every record fails with
+an unknown topic (deleted meanwhile) is answered 404 after a fresh look too.
+
 Thread-safety: thread-safe. Every request thread gets its own clients (``threading.local``:
-the fabric's blocking clients are not thread-safe); the instance table has a lock.
+the fabric's blocking clients are not thread-safe); the instance table and the cached
+metadata have a lock.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from contextlib import contextmanager
@@ -28,7 +35,7 @@ from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST, Admin
 from fabric.client.consumer import Consumer
 from fabric.client.group_admin import GroupAdmin
-from fabric.client.services import ServiceConsumer, ServiceProducer, ServiceRecord, service_endpoints
+from fabric.client.services import ServiceConsumer, ServiceProducer, service_endpoints
 from fabric.config import LoomConfig
 from fabric.errors import FabricError, RemoteError, RequestTimeout
 from fabric.records import Record
@@ -41,9 +48,9 @@ INSTANCES_MAX = 10_000                 # consumer instances the gateway remember
 BROWSE_WAIT_MS_MAX = 2000              # how long a records-browser read polls for data it knows exists
 ADMIN_TIMEOUT_MS = 5000
 CREATE_TOPIC_WAIT_MS = 5000            # auto-create: wait for leaders before producing
-SERVICE_REQUEST_BYTES_MAX = P.HEADER_BYTES_MAX // 2   # records per SVC_PRODUCE (they travel in the header)
-SERVICE_FETCH_BYTES_MAX = P.HEADER_BYTES_MAX // 2     # CI_FETCH replies carry records in the header too
+SERVICE_REQUEST_BYTES_MAX = 8 * 1024 * 1024   # record bytes per SVC_PRODUCE (one payload frame)
 RECORD_WIRE_OVERHEAD_BYTES = 64
+PRODUCE_METADATA_MAX_AGE_MS = 1000   # how old the topic list that produce trusts may be
 
 KINDS = {
     P.UNKNOWN_TOPIC_OR_PARTITION: "topic_not_found", P.TOPIC_ALREADY_EXISTS: "topic_exists",
@@ -80,12 +87,8 @@ class InstanceEntry:
     assigned: list[tuple[str, int]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class ProduceOutcome:
-    partition: int
-    offset: int
-    error: str | None = None
-    retriable: bool = False
+Record4 = tuple  # (key bytes|None, value bytes, headers [[name, bytes|None]]|None, partition int|None)
+Outcome = tuple  # (partition, offset, error text|None, retriable): plain tuples, 500 of them per request
 
 
 class GatewayAgent:
@@ -100,6 +103,7 @@ class GatewayAgent:
         self._instances: dict[tuple[str, str], InstanceEntry] = {}
         self.monitor = MonitorAccess(config)
         self._lock = threading.Lock()
+        self._produce_md: tuple[Any, float] | None = None   # (metadata, time.monotonic() it was fetched)
 
     # -- per-thread clients ---------------------------------------------------------------
     def _get(self, name: str, make: Callable[[], Any]) -> Any:
@@ -144,7 +148,18 @@ class GatewayAgent:
 
     def metadata(self) -> Any:
         with translated("the coordinator"):
-            return self.admin().metadata()
+            md = self.admin().metadata()
+        with self._lock:
+            self._produce_md = (md, time.monotonic())
+        return md
+
+    def _recent_metadata(self) -> Any:
+        """Metadata at most PRODUCE_METADATA_MAX_AGE_MS old (fetched when older)."""
+        with self._lock:
+            cached = self._produce_md
+        if cached is not None and time.monotonic() - cached[1] < PRODUCE_METADATA_MAX_AGE_MS / 1000:
+            return cached[0]
+        return self.metadata()
 
     def topic(self, name: str) -> Any:
         t = self.metadata().topics.get(name)
@@ -171,25 +186,45 @@ class GatewayAgent:
     def delete_topic(self, name: str) -> None:
         with translated("the coordinator"):
             self.admin().delete_topic(name)
+        with self._lock:
+            self._produce_md = None
 
     # -- produce ----------------------------------------------------------------------------
-    def produce(self, topic: str, records: list[ServiceRecord], acks: str | int) -> list[ProduceOutcome]:
+    def produce(self, topic: str, records: list[Record4], acks: str | int,
+                partition: int | None = None) -> list[Outcome]:
+        """Produce ``records`` (key, value, headers, partition) tuples; with ``partition``,
+        the route's partition (which must exist: no auto-create then)."""
         if topic.startswith("__"):
             raise ClusterError("topic_not_found", f"topic {topic!r} not found")
-        if self.topic_missing(topic):
-            if not self.config.gateway.auto_create_topics:
-                raise ClusterError("topic_not_found", f"topic {topic!r} not found (gateway.auto_create_topics is off)")
-            self._auto_create(topic)
+        t = self._recent_metadata().topics.get(topic)
+        if t is None or (partition is not None and partition >= len(t.partitions)):
+            t = self._checked_topic(topic, partition is None)
+        if partition is not None and partition >= len(t.partitions):
+            raise ClusterError("partition_not_found", f"topic {topic!r} has no partition {partition} "
+                                                      f"(it has {len(t.partitions)})")
         live = [ep for ep in self.producer_endpoints if self.is_up(ep)]
         if not live:
             raise ClusterError("unavailable", "the producer service is down: no produce is possible until it is back")
-        results = []
+        results: list[tuple] = []  # (partition, offset, error code, message) rows
         with translated("the producer service"):
-            for chunk in _chunks(records):  # each SVC_PRODUCE header must stay under P.HEADER_BYTES_MAX
-                results += self._producer().produce(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
-        return [ProduceOutcome(r.partition, r.offset) if r.ok else
-                ProduceOutcome(r.partition, r.offset, f"{P.error_name(r.error)}: {r.message}", r.error in P.RETRIABLE)
-                for r in results]
+            for chunk in _chunks(records):  # each SVC_PRODUCE frame stays under SERVICE_REQUEST_BYTES_MAX
+                results += self._producer().produce_rows(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
+        if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results) and self.topic_missing(topic):
+            raise ClusterError("topic_not_found", f"topic {topic!r} not found")  # deleted since the cached look
+        return [(p, o, None, False) if not e else (p, o, f"{P.error_name(e)}: {m}", e in P.RETRIABLE)
+                for p, o, e, m in results]
+
+    def _checked_topic(self, topic: str, may_create: bool) -> Any:
+        """The topic from fresh metadata; created first when missing, ``may_create`` and
+        ``gateway.auto_create_topics`` say so. Raises ClusterError(topic_not_found)."""
+        if self.topic_missing(topic):
+            if not (may_create and self.config.gateway.auto_create_topics):
+                raise ClusterError("topic_not_found", f"topic {topic!r} not found (gateway.auto_create_topics is off)")
+            self._auto_create(topic)
+        t = self.metadata().topics.get(topic)
+        if t is None:
+            raise ClusterError("topic_not_found", f"topic {topic!r} not found")
+        return t
 
     def topic_missing(self, topic: str) -> bool:
         md = self.metadata()
@@ -354,16 +389,31 @@ class GatewayAgent:
                 client.close()
 
 
-def _chunks(records: list[ServiceRecord]) -> Iterator[list[ServiceRecord]]:
-    """Records in runs of at most SERVICE_REQUEST_BYTES_MAX (a larger record goes alone)."""
-    run: list[ServiceRecord] = []
+def _chunks(records: list[Record4]) -> Iterator[list[Record4]]:
+    """Records in runs of at most P.SERVICE_RECORDS_PER_REQUEST_MAX records and about
+    SERVICE_REQUEST_BYTES_MAX bytes (a larger record goes alone). Usually one run: the sizes
+    are summed without a Python-level loop first."""
+    if len(records) <= P.SERVICE_RECORDS_PER_REQUEST_MAX and (
+            sum(map(len, map(_VALUE, records))) + RECORD_WIRE_OVERHEAD_BYTES * len(records)
+            + sum(_extra_bytes(r) for r in records if r[0] is not None or r[2])) <= SERVICE_REQUEST_BYTES_MAX:
+        yield records
+        return
+    run: list[Record4] = []
     size = 0
     for r in records:
-        n = len(r.value) + len(r.key or b"") + sum(len(k) + len(v or b"") for k, v in r.headers or ()) + RECORD_WIRE_OVERHEAD_BYTES
-        if run and size + n > SERVICE_REQUEST_BYTES_MAX:
+        n = len(r[1]) + _extra_bytes(r) + RECORD_WIRE_OVERHEAD_BYTES
+        if run and (size + n > SERVICE_REQUEST_BYTES_MAX or len(run) >= P.SERVICE_RECORDS_PER_REQUEST_MAX):
             yield run
             run, size = [], 0
         run.append(r)
         size += n
     if run:
         yield run
+
+
+_VALUE = operator.itemgetter(1)
+
+
+def _extra_bytes(r: Record4) -> int:
+    """A record's bytes besides its value: key and headers."""
+    return len(r[0] or b"") + sum(len(k) + len(v or b"") for k, v in r[2] or ())

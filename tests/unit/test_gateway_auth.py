@@ -41,7 +41,7 @@ def make_app(rate_per_s: float = 1000.0, burst: int = 2000, body_max: int = 64 *
     keys = KeyStore([(role, hash_key(k), [role]) for role, k in KEYS.items()])
     gw = Gateway(agent=StubAgent(), hub=EventHub(), keys=keys, limiter=RateLimiter(rate_per_s, burst, 100),
                  settings=GatewayConfig(request_bytes_max=body_max), security=SecurityConfig(rate_limit_per_s=rate_per_s),
-                 cluster_id="test", record=lambda *a: a)
+                 cluster_id="test")
     return create_app(gw).test_client()
 
 

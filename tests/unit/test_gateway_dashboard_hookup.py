@@ -17,7 +17,7 @@ from webui.events import EventHub
 def make_gateway(rate_per_s: float = 1000.0, burst: int = 2000) -> Gateway:
     return Gateway(agent=StubAgent(), hub=EventHub(), keys=KeyStore([(role, hash_key(k), [role]) for role, k in KEYS.items()]), limiter=RateLimiter(rate_per_s, burst, 100),
                    settings=GatewayConfig(), security=SecurityConfig(rate_limit_per_s=rate_per_s),
-                   cluster_id="test", record=lambda *a: a)
+                   cluster_id="test")
 
 
 def test_the_dashboard_blueprint_serves_the_page_and_static_files_are_rate_limited() -> None:

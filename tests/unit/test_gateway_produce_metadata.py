@@ -1,0 +1,98 @@
+"""The gateway's produce trusts topic metadata at most PRODUCE_METADATA_MAX_AGE_MS old instead of
+asking the coordinator on every request, and still answers a missing topic with 404: a topic
+not in the cached metadata is looked up afresh, and a request whose every record fails with an
+unknown topic (deleted since the cached look) is answered 404 after a fresh look. Checked
+through the real ``GatewayAgent`` with scripted metadata and a scripted producer service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from fabric import protocol as P
+from fabric.config import load_config
+from nodes.gateway.agent import GatewayAgent
+from nodes.local_cluster import GATEWAY_NODES, make_config
+from webui.errors import ClusterError
+
+
+class _Admin:
+    """Metadata with the topics in ``topics`` (name -> partition count); counts the asks."""
+
+    def __init__(self, topics: dict[str, int]) -> None:
+        self.topics = topics
+        self.asks = 0
+
+    def metadata(self) -> Any:
+        self.asks += 1
+        return SimpleNamespace(topics={t: SimpleNamespace(partitions=[SimpleNamespace(leader=1)] * n)
+                                       for t, n in self.topics.items()})
+
+
+class _Service:
+    """A producer service: every record lands at offset 7, or fails with ``error``."""
+
+    def __init__(self) -> None:
+        self.error = 0
+
+    def produce_rows(self, topic: str, records: list, acks: Any, is_down: Any = None) -> tuple:
+        return tuple((0, -1 if self.error else 7, self.error, "gone" if self.error else "") for _ in records)
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> tuple[GatewayAgent, _Admin, _Service]:
+    a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))))
+    admin, service = _Admin({"t": 2}), _Service()
+    a.admin = lambda: admin  # type: ignore[method-assign]
+    a._producer = lambda: service  # type: ignore[method-assign]
+    return a, admin, service
+
+
+RECORD = (None, b"v", None, None)
+
+
+def test_produce_asks_for_metadata_once_per_max_age_not_per_request(agent: Any) -> None:
+    a, admin, _ = agent
+    for _ in range(20):
+        assert a.produce("t", [RECORD], "all") == [(0, 7, None, False)]
+    assert admin.asks == 1
+
+
+def test_a_topic_missing_from_the_cached_metadata_is_looked_up_afresh(agent: Any) -> None:
+    a, admin, _ = agent
+    a.produce("t", [RECORD], "all")
+    admin.topics["new"] = 1  # created since the cached look
+    assert a.produce("new", [RECORD], "all") == [(0, 7, None, False)]
+    with pytest.raises(ClusterError) as e:
+        a.produce("never", [RECORD], "all")
+    assert e.value.kind == "topic_not_found"
+
+
+def test_a_partition_beyond_the_cached_count_is_looked_up_afresh(agent: Any) -> None:
+    a, admin, _ = agent
+    a.produce("t", [RECORD], "all")
+    admin.topics["t"] = 3  # partitions added since
+    assert a.produce("t", [RECORD], "all", partition=2) == [(0, 7, None, False)]
+    with pytest.raises(ClusterError) as e:
+        a.produce("t", [RECORD], "all", partition=3)
+    assert e.value.kind == "partition_not_found"
+
+
+def test_a_topic_deleted_since_the_cached_look_is_404_not_per_record_errors(agent: Any) -> None:
+    a, admin, service = agent
+    a.produce("t", [RECORD], "all")
+    del admin.topics["t"]
+    service.error = P.UNKNOWN_TOPIC_OR_PARTITION  # what the service answers for every record
+    with pytest.raises(ClusterError) as e:
+        a.produce("t", [RECORD, RECORD], "all")
+    assert e.value.kind == "topic_not_found"
+
+
+def test_per_record_unknown_topic_errors_stay_per_record_while_the_topic_exists(agent: Any) -> None:
+    a, _, service = agent
+    service.error = P.UNKNOWN_TOPIC_OR_PARTITION  # e.g. a partition the service's metadata lacks
+    outcomes = a.produce("t", [RECORD], "all")
+    assert outcomes[0][2].startswith("unknown_topic_or_partition") and outcomes[0][:2] == (0, -1)
