@@ -10,7 +10,6 @@ BASE64 = {"type": "string", "maxLength": 16 * 1024 * 1024,
 RECORDS_PER_REQUEST_MAX = 10_000
 HEADERS_MAX = 100
 TOPIC_CONFIGS = ["retention.ms", "retention.bytes", "min.insync.replicas", "max.message.bytes", "cleanup.policy"]
-NULLABLE_INT = {"type": ["integer", "null"]}
 NULLABLE_STR = {"type": ["string", "null"]}
 
 
