@@ -327,7 +327,7 @@ class JobSender:
         if job.acks == 0:
             offsets = [-1] * len(offsets)
         if errors.count(None) == len(errors):
-            rows: list = list(map(list, zip(partitions, offsets, repeat(0), repeat(""))))
+            rows: list = list(zip(partitions, offsets, repeat(0), repeat("")))  # packed as arrays, as lists are
         else:
             rows = [[p, o, 0, ""] if err is None else [-1, -1, _error_code(err), str(err)]
                     for p, o, err in zip(partitions, offsets, errors)]
