@@ -21,9 +21,10 @@ import time
 from itertools import repeat
 from typing import Any, Callable, Sequence
 
-from fabric.client.accumulator import (AccumulatorSettings, BatchState, Completion, DeliveryCallback,
+from fabric.client.accumulator import (AccumulatorSettings, BatchState, DeliveryCallback,
                                        RecordAccumulator, RecordFuture, RecordFutures, RecordMetadata)
 from fabric.client.bootstrap import parse_bootstrap
+from fabric.client.completion import Completion
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender import Sender, SenderSettings
 from fabric.clock import Clock

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from fabric import protocol as P
-from fabric.client.accumulator import Completion, RecordFutures
+from fabric.client.accumulator import RecordFutures
+from fabric.client.completion import Completion
 from fabric.client.producer import RECORD_OVERHEAD_BYTES, Producer
 from fabric.errors import BufferExhaustedError, RecordSizeExceededError, RemoteError
 from fabric.records import pack_values, partition_for_key
