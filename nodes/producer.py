@@ -21,8 +21,10 @@ Backpressure: the bytes of records accepted but not yet answered are bounded by
 ``buffer_full`` (retriable) -- memory never grows without bound.
 
 Threads: the reactor thread owns the ROUTER; one worker thread hands records to the
-producers (``send`` may wait for metadata); the producers' I/O threads report deliveries,
-which come back to the reactor through a queue and an inproc wake-up socket.
+producers (``JobSender``: ``send_many`` per run of records without headers to one partition
+or none, ``send`` for the others; either may wait for metadata); the producers' I/O threads
+report the outcome of each run at once (``on_complete``) and of the other records one by one;
+a finished request comes back to the reactor through a queue and an inproc wake-up socket.
 """
 
 from __future__ import annotations
@@ -31,15 +33,17 @@ import logging
 import queue
 import threading
 from collections import Counter, deque
-from typing import Any
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, Callable, Sequence
 
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.client.producer import ACKS, RECORD_OVERHEAD_BYTES, Producer
+from fabric.client.producer import ACKS, RECORD_OVERHEAD_BYTES, Producer, RecordFutures
 from fabric.client.services import pack_rows, unpack_rows
 from fabric.config import LoomConfig
-from fabric.errors import CodedError, FabricError, RemoteError
+from fabric.errors import BufferExhaustedError, CodedError, FabricError, RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
@@ -70,6 +74,18 @@ class _Job:
         if self.framed:
             return {"topic": self.topic, "count": len(self.results)}, [pack_rows(self.results)]
         return {"topic": self.topic, "results": self.results}, []
+
+    def resolve_many(self, start: int, positions: Sequence[int], rows: list) -> bool:
+        """Record the results of records ``start + positions[j]`` (``rows[j]``), each not yet
+        known; True when they were the last ones. One lock for them all."""
+        with self.lock:
+            if positions.__class__ is range and positions.step == 1:
+                self.results[start + positions.start:start + positions.stop] = rows
+            else:
+                for pos, row in zip(positions, rows):
+                    self.results[start + pos] = row
+            self.remaining -= len(rows)
+            return self.remaining == 0
 
     def resolve(self, index: int, result: list) -> bool:
         """Record one result; True when it was the last one."""
@@ -154,6 +170,7 @@ class ProducerService(Node):
         self._stopping = False
         self._waker = Waker(self.ctx, "producer-service")
         self.reactor.add_socket(self._waker.sock, self._on_wake)
+        self._job_sender = JobSender(self._producer, self._answer)
         self.server.route(P.SERVICE_PRODUCE, self._on_produce)
         self._worker = threading.Thread(target=self._work, name="loom-producer-service", daemon=True)
         self._worker.start()
@@ -172,7 +189,9 @@ class ProducerService(Node):
             self.intake.release(job)
             self.server.reply(job.req, *job.reply())
 
-    def _wake(self) -> None:
+    def _answer(self, job: _Job) -> None:
+        """Any thread: every record of ``job`` has its result."""
+        self._done.append(job)
         self._waker.wake()
 
     def _producer(self, acks: int) -> Producer:
@@ -194,38 +213,10 @@ class ProducerService(Node):
             if job is None:
                 return
             try:
-                self._send_job(job)
+                self._job_sender.send(job)
             except Exception as e:  # a bug: stop the node (it restarts), not answer and carry on
                 self.fail_from_thread(e)
                 return
-
-    def _send_job(self, job: _Job) -> None:
-        producer = self._producer(job.acks)
-        fatal: RemoteError | None = None
-        for i, (key, value, headers, partition) in enumerate(job.records):
-            if fatal is not None:  # e.g. an unknown topic: fail the rest without waiting again
-                self._finish(job, i, [-1, -1, fatal.code, fatal.message])
-                continue
-
-            def delivered(md: Any, err: Exception | None, i: int = i) -> None:
-                if err is None:  # md is (topic, partition, offset)
-                    self._finish(job, i, [md[1], md[2] if job.acks != 0 else -1, 0, ""])
-                else:
-                    code = err.code if isinstance(err, CodedError) else P.UNKNOWN
-                    self._finish(job, i, [-1, -1, code, str(err)])
-            try:
-                producer.send(job.topic, value, key=key, headers=headers, partition=partition, on_delivery=delivered)
-            except CodedError as e:  # a broker's answer, or the client's own (buffer full, unknown topic…)
-                self._finish(job, i, [-1, -1, e.code, e.message])
-                if e.code in (P.UNKNOWN_TOPIC_OR_PARTITION, P.BUFFER_FULL) and partition is None:
-                    fatal = e
-            except FabricError as e:
-                self._finish(job, i, [-1, -1, P.INVALID_RECORD, str(e)])
-
-    def _finish(self, job: _Job, index: int, result: list) -> None:
-        if job.resolve(index, result):
-            self._done.append(job)
-            self._wake()
 
     # -- stats / lifecycle -------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -243,6 +234,119 @@ class ProducerService(Node):
         self.reactor.remove_socket(self._waker.sock)
         self._waker.close()
         super().close()
+
+
+class JobSender:
+    """Hands the records of each job to the producer for its acks level and fills in the
+    job's results as they become known; ``answer(job)`` is called (on whichever thread knew
+    the last result) once all are. Runs on the service's worker thread; the results arrive on
+    the producers' I/O threads (``_Job`` locks them)."""
+
+    def __init__(self, producer_for: Callable[[int], Producer], answer: Callable[[_Job], None]) -> None:
+        self._producer_for = producer_for
+        self._answer = answer
+
+    def send(self, job: _Job) -> None:
+        """Hand the job's records to the producer: each run of consecutive records without
+        headers and with the same partition (or none) in one ``send_many`` -- answered by one
+        completion hook, with no Python per record on the I/O thread -- the others one by one.
+        Runs keep the request's order within every partition, as one ``send`` per record did."""
+        producer = self._producer_for(job.acks)
+        records, n = job.records, len(job.records)
+        partitions = list(map(_PARTITION, records))
+        if partitions.count(partitions[0]) == n and list(map(_HEADERS, records)).count(None) == n:
+            self._send_run(job, producer, 0, n, partitions[0])  # the common case: one run
+            return
+        i = 0
+        fatal: CodedError | None = None
+        while i < n:
+            if fatal is not None:  # e.g. an unknown topic: fail the rest without waiting again
+                self._finish_many(job, i, range(n - i), [[-1, -1, fatal.code, fatal.message]] * (n - i))
+                return
+            partition = partitions[i]
+            end = i + 1
+            if records[i][2] is None:
+                while end < n and partitions[end] == partition and records[end][2] is None:
+                    end += 1
+            fatal = self._send_run(job, producer, i, end, partition)
+            i = end
+
+    def _send_run(self, job: _Job, producer: Producer, start: int, end: int, partition: int | None) -> CodedError | None:
+        """Send records start..end-1 (no headers unless it is one record), all to
+        ``partition``; returns the error that fails every later record of the job, if any."""
+        if end - start == 1:
+            return self._send_one(job, producer, start)
+        run = job.records[start:end]
+        try:
+            producer.send_many(job.topic, list(map(_VALUE, run)), list(map(_KEY, run)), partition=partition,
+                               on_complete=lambda futures: self._run_done(job, start, futures))
+        except BufferExhaustedError as e:  # the records queued are answered by the hook
+            queued = set(e.futures.positions)  # type: ignore[attr-defined]
+            left = [i for i in range(end - start) if i not in queued]
+            self._finish_many(job, start, left, [[-1, -1, e.code, e.message]] * len(left))
+            return e if partition is None else None
+        except CodedError as e:
+            if e.code != P.UNKNOWN_TOPIC_OR_PARTITION:
+                return self._send_each(job, producer, start, end)  # e.g. one record too big: only it fails
+            self._finish_many(job, start, range(end - start), [[-1, -1, e.code, e.message]] * (end - start))
+            return e if partition is None else None
+        except FabricError:
+            return self._send_each(job, producer, start, end)
+        return None
+
+    def _send_each(self, job: _Job, producer: Producer, start: int, end: int) -> CodedError | None:
+        for i in range(start, end):
+            fatal = self._send_one(job, producer, i)
+            if fatal is not None:
+                self._finish_many(job, i + 1, range(end - i - 1), [[-1, -1, fatal.code, fatal.message]] * (end - i - 1))
+                return fatal
+        return None
+
+    def _send_one(self, job: _Job, producer: Producer, i: int) -> CodedError | None:
+        """One record by ``send``; returns the error that fails the job's later records, if any."""
+        key, value, headers, partition = job.records[i]
+
+        def delivered(md: Any, err: Exception | None) -> None:
+            if err is None:  # md is (topic, partition, offset)
+                self._finish(job, i, [md[1], md[2] if job.acks != 0 else -1, 0, ""])
+            else:
+                self._finish(job, i, [-1, -1, _error_code(err), str(err)])
+        try:
+            producer.send(job.topic, value, key=key, headers=headers, partition=partition, on_delivery=delivered)
+        except CodedError as e:  # a broker's answer, or the client's own (buffer full, unknown topic…)
+            self._finish(job, i, [-1, -1, e.code, e.message])
+            if e.code in (P.UNKNOWN_TOPIC_OR_PARTITION, P.BUFFER_FULL) and partition is None:
+                return e
+        except FabricError as e:
+            self._finish(job, i, [-1, -1, P.INVALID_RECORD, str(e)])
+        return None
+
+    def _run_done(self, job: _Job, start: int, futures: RecordFutures) -> None:
+        """The completion hook of a run (producer I/O thread): every record's result at once."""
+        positions, partitions, offsets, errors = futures.outcomes(0)
+        if job.acks == 0:
+            offsets = [-1] * len(offsets)
+        if errors.count(None) == len(errors):
+            rows: list = list(zip(partitions, offsets, repeat(0), repeat("")))  # packed as arrays, as lists are
+        else:
+            rows = [[p, o, 0, ""] if err is None else [-1, -1, _error_code(err), str(err)]
+                    for p, o, err in zip(partitions, offsets, errors)]
+        self._finish_many(job, start, positions, rows)
+
+    def _finish(self, job: _Job, index: int, result: list) -> None:
+        if job.resolve(index, result):
+            self._answer(job)
+
+    def _finish_many(self, job: _Job, start: int, positions: Sequence[int], rows: list) -> None:
+        if rows and job.resolve_many(start, positions, rows):
+            self._answer(job)
+
+
+_KEY, _VALUE, _HEADERS, _PARTITION = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
+
+
+def _error_code(err: Exception) -> int:
+    return err.code if isinstance(err, CodedError) else P.UNKNOWN
 
 
 def _records_bytes(records: list | tuple) -> int:

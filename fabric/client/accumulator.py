@@ -29,13 +29,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, repeat
 from operator import itemgetter
 from typing import Callable, Container, Sequence
 
+from fabric.client.completion import Completion
 from fabric.clock import Clock
 from fabric.errors import BufferExhaustedError, ClientTimeoutError, RemoteError
 from fabric.records import build_batch, build_batch_from_chunks, pack_records
@@ -63,7 +64,7 @@ class BatchState:
 
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
                  "error", "sequence", "data", "attempts", "deadline_ms", "callbacks", "last_error",
-                 "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms")
+                 "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions")
 
     def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
         self.topic = topic
@@ -84,6 +85,7 @@ class BatchState:
         self.deadline_ms = 0
         self.callbacks: list | None = None  # (first index, record count, callback)
         self.last_error: RemoteError | None = None  # the last retriable error: reported if it never lands
+        self.completions: list[Completion] | None = None  # of the send_many calls with records here
 
     def seal_records(self) -> None:
         """Pack the records ``append`` added into a chunk (before a packed run follows them)."""
@@ -117,6 +119,9 @@ class BatchState:
                            error)
                     except Exception:  # the application's callback: logged, the other callbacks still run
                         log.exception("delivery callback failed")
+        if self.completions:
+            for c in self.completions:
+                c.release()
 
 
 _timestamp = itemgetter(0)
@@ -164,7 +169,9 @@ class RecordFutures:
     ``len(f)``; ``f[i]`` is record i's ``RecordFuture``; ``done()``; ``result(timeout)`` waits
     for every record and returns their ``RecordMetadata`` in order, or raises the first
     delivery error (``ClientTimeoutError`` when not all are known within ``timeout`` seconds);
-    ``exception(timeout)`` returns that error or None. Thread-safe (read-only after creation)."""
+    ``exception(timeout)`` returns that error or None; ``outcomes(timeout)`` gives every
+    record's position, partition, offset and error as lists, and ``positions`` where each
+    record was in the caller's list. Thread-safe (read-only after creation)."""
 
     __slots__ = ("_segments", "_order", "_index")
 
@@ -203,6 +210,35 @@ class RecordFutures:
     def exception(self, timeout: float | None = None) -> Exception | None:
         self._wait(timeout)
         return next((s[0].error for s in self._segments if s[0].error is not None), None)
+
+    def outcomes(self, timeout: float | None = None) -> tuple[Sequence[int], list[int], list[int], list[Exception | None]]:
+        """``(positions, partitions, offsets, errors)``: for each record, its position in the
+        list given to ``send_many``, its partition, its offset (-1 when failed or acks=0) and
+        its error (None when delivered), in queue order -- built per batch by C-level calls,
+        without an object per record. ``positions`` is a ``range`` when the records are in the
+        order given (always, except keyed records over several partitions); for the
+        ``futures`` of a ``BufferExhaustedError`` it covers only the records queued. Raises
+        ``ClientTimeoutError`` when not all are known within ``timeout`` seconds."""
+        self._wait(timeout)
+        partitions: list[int] = []
+        offsets: list[int] = []
+        errors: list[Exception | None] = []
+        for b, first, count in self._segments:
+            partitions += repeat(b.partition, count)
+            if b.error is None and b.base_offset >= 0:
+                offsets += range(b.base_offset + first, b.base_offset + first + count)
+            else:
+                offsets += repeat(-1, count)
+            errors += repeat(b.error, count)
+        return self.positions, partitions, offsets, errors
+
+    @property
+    def positions(self) -> Sequence[int]:
+        """Where the records of these futures are, in queue order, in the list given to
+        ``send_many``: a ``range`` unless keyed records went to several partitions. Known at
+        once (for the ``futures`` of a ``BufferExhaustedError``: the records queued)."""
+        n = len(self)
+        return range(n) if self._order is None else self._order[:n]
 
     def result(self, timeout: float | None = None) -> list[RecordMetadata]:
         error = self.exception(timeout)
@@ -303,7 +339,8 @@ class RecordAccumulator:
 
     def append_many(self, topic: str, partition: int | None, timestamp_ms: int, values: Sequence[bytes],
                     sizes: Sequence[int] | int, pack: Callable[[int, int], list[bytes]], partition_count: int = 1,
-                    on_delivery: DeliveryCallback | None = None) -> list[Segment]:
+                    on_delivery: DeliveryCallback | None = None,
+                    completion: Completion | None = None) -> list[Segment]:
         """Add ``len(values)`` records in order: to ``partition``, or (None) to the sticky
         partition of ``topic``, moving on when a batch fills. ``sizes``: each record's bytes
         against the buffer and batch limits (a list, or one int when all are alike);
@@ -311,7 +348,8 @@ class RecordAccumulator:
         exactly as the same records sent one by one would fill them. Returns the segments
         (batch, first index, count) in order. Raises ``BufferExhaustedError`` when no space
         frees within ``max_block_ms``: the records before the one that did not fit are queued
-        (the error's ``segments``)."""
+        (the error's ``segments``). ``completion``: held once per batch the records go to
+        (released when the batch finishes)."""
         segments: list[Segment] = []
         wake = False
         i, n = 0, len(values)
@@ -322,8 +360,11 @@ class RecordAccumulator:
                     b = self._open.get((topic, p))
                     k, run_bytes = self._run_fitting(b, sizes, i, n)
                     if self._buffered_bytes + run_bytes > self._buffer_max:
-                        self._wait_for_space(min(run_bytes, self._buffer_max))
-                        continue  # the open batch may have closed meanwhile
+                        # queue what fits, as one append per record would; then wait for the next
+                        k, run_bytes = self._run_within(sizes, i, k, self._buffer_max - self._buffered_bytes)
+                        if k == 0:
+                            self._wait_for_space(sizes if isinstance(sizes, int) else sizes[i])
+                            continue  # the open batch may have closed meanwhile
                     if b is None:
                         b = self._open_batch(topic, p, timestamp_ms)
                     b.seal_records()
@@ -338,6 +379,11 @@ class RecordAccumulator:
                         if b.callbacks is None:
                             b.callbacks = []
                         b.callbacks.append((first, k, on_delivery))
+                    if completion is not None:
+                        completion.hold()
+                        if b.completions is None:
+                            b.completions = []
+                        b.completions.append(completion)
                     segments.append((b, first, k))
                     if b.record_count >= self._records_max or b.size_bytes >= self._bytes_max:
                         self._close_batch(b)
@@ -363,6 +409,16 @@ class RecordAccumulator:
         prefix = list(accumulate(sizes[i:i + min(room_records, n - i)]))
         k = min(bisect_left(prefix, room_bytes) + 1, len(prefix))
         return k, prefix[k - 1]
+
+    @staticmethod
+    def _run_within(sizes: Sequence[int] | int, i: int, k: int, free_bytes: int) -> tuple[int, int]:
+        """How many of records i..i+k-1 fit in ``free_bytes`` of buffer, and their bytes."""
+        if isinstance(sizes, int):
+            fit = min(k, max(0, free_bytes) // sizes)
+            return fit, fit * sizes
+        prefix = list(accumulate(sizes[i:i + k]))
+        fit = bisect_right(prefix, free_bytes)
+        return fit, prefix[fit - 1] if fit else 0
 
     def _close_batch(self, b: BatchState) -> None:
         """The batch is full: ready for the sender. Caller holds the lock."""

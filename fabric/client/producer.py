@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import time
 from itertools import repeat
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from fabric.client.accumulator import (AccumulatorSettings, BatchState, DeliveryCallback, RecordAccumulator,
-                                       RecordFuture, RecordFutures, RecordMetadata)
+from fabric.client.accumulator import (AccumulatorSettings, BatchState, DeliveryCallback,
+                                       RecordAccumulator, RecordFuture, RecordFutures, RecordMetadata)
 from fabric.client.bootstrap import parse_bootstrap
+from fabric.client.completion import Completion
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender import Sender, SenderSettings
 from fabric.clock import Clock
@@ -111,7 +112,8 @@ class Producer:
 
     def send_many(self, topic: str, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None, *,
                   partition: int | None = None, timestamp_ms: int | None = None,
-                  on_delivery: DeliveryCallback | None = None) -> RecordFutures:
+                  on_delivery: DeliveryCallback | None = None,
+                  on_complete: Callable[[RecordFutures], None] | None = None) -> RecordFutures:
         """Queue ``values`` as records of ``topic``, in order, at the cost of a few C calls per
         batch rather than Python per record: the batch path for high rates.
 
@@ -120,15 +122,21 @@ class Producer:
         sticky partition, filling batches exactly as one ``send`` per record would. One
         timestamp for all (``timestamp_ms``, else now); no headers (use ``send``). Within a
         partition the records keep their order. ``on_delivery`` is called once per record,
-        as with ``send``. Returns ``RecordFutures`` (``result()`` gives each record's metadata
+        as with ``send``. ``on_complete(futures)`` is called once, when every record of the call
+        is known (delivered or failed), with the ``RecordFutures`` this returns -- the cheap
+        way to learn a whole call's outcome (``futures.outcomes()``) without a callback per
+        record. It runs on the I/O thread (or, when every record was known before this
+        returns, on the calling thread before it returns) and must not block; an exception
+        from it is logged. Returns ``RecordFutures`` (``result()`` gives each record's metadata
         in the order given).
 
         Raises, with nothing queued: ``FabricError`` (a value that is not bytes or bytearray,
         a key that is not bytes or None, ``keys`` of another length, a closed producer),
         ``RecordSizeExceededError`` (any record over ``record_bytes_max``),
         ``TopicNotInMetadataError``. ``BufferExhaustedError`` after ``max_block_ms`` without
-        space: the records before the one that did not fit are queued (its ``futures``).
-        Thread-safe."""
+        space: the records before the one that did not fit are queued (its ``futures``), and
+        ``on_complete`` is still called once, with those futures, when they are known; after
+        any other error it is never called. Thread-safe."""
         if self._closed:
             raise FabricError("producer is closed")
         if self.sender.failure is not None:
@@ -145,11 +153,28 @@ class Producer:
             if key_types <= {type(None)}:
                 keys = None
         ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
-        if n == 0:
-            return RecordFutures([])
-        nparts = self._partition_count(topic)
-        if partition is not None and not 0 <= partition < nparts:
+        nparts = self._partition_count(topic) if n else 0
+        if partition is not None and not 0 <= partition < nparts and n:
             raise TopicNotInMetadataError(f"{topic} has no partition {partition}")
+        if on_complete is None:
+            return self._queue_many(topic, values, keys, partition, ts, nparts, on_delivery, None)
+        completion = Completion(on_complete)
+        try:
+            futures = completion.futures = self._queue_many(topic, values, keys, partition, ts, nparts, on_delivery,
+                                                            completion)
+        except BufferExhaustedError as e:
+            completion.futures = e.futures  # type: ignore[attr-defined]
+            completion.release()
+            raise
+        completion.release()
+        return futures
+
+    def _queue_many(self, topic: str, values: Sequence[bytes], keys: Sequence[bytes | None] | None,
+                    partition: int | None, ts: int, nparts: int, on_delivery: DeliveryCallback | None,
+                    completion: Completion | None) -> RecordFutures:
+        """``send_many`` once its arguments are checked."""
+        if not values:
+            return RecordFutures([])
         append_many = self.accumulator.append_many
         if keys is None:
             lengths = list(map(len, values))
@@ -167,14 +192,15 @@ class Producer:
                 def pack(a: int, b: int) -> list[bytes]:
                     return pack_values(values[a:b], ts)
             try:
-                return RecordFutures(append_many(topic, partition, ts, values, sizes, pack, nparts, on_delivery))
+                return RecordFutures(append_many(topic, partition, ts, values, sizes, pack, nparts, on_delivery, completion))
             except BufferExhaustedError as e:
                 e.futures = RecordFutures(e.segments)  # type: ignore[attr-defined]
                 raise
-        return self._send_keyed(topic, values, keys, partition, ts, nparts, on_delivery)
+        return self._send_keyed(topic, values, keys, partition, ts, nparts, on_delivery, completion)
 
     def _send_keyed(self, topic: str, values: Sequence[bytes], keys: Sequence[bytes | None], partition: int | None,
-                    ts: int, nparts: int, on_delivery: DeliveryCallback | None) -> RecordFutures:
+                    ts: int, nparts: int, on_delivery: DeliveryCallback | None,
+                    completion: Completion | None) -> RecordFutures:
         """``send_many`` of keyed records: per partition, one run in the order given."""
         append_many, n = self.accumulator.append_many, len(values)
         sizes = [RECORD_OVERHEAD_BYTES + len(v) + (len(k) if k is not None else 0) for k, v in zip(keys, values)]
@@ -199,7 +225,8 @@ class Producer:
 
                 def pack_keyed(a: int, b: int, gkeys: list = gkeys, gvalues: list = gvalues) -> list[bytes]:
                     return pack_records(list(zip(repeat(ts), gkeys[a:b], gvalues[a:b], repeat(None))))
-                segments += append_many(topic, p, ts, gvalues, [sizes[i] for i in idx], pack_keyed, nparts, on_delivery)
+                segments += append_many(topic, p, ts, gvalues, [sizes[i] for i in idx], pack_keyed, nparts, on_delivery,
+                                        completion)
                 start = end
         except BufferExhaustedError as e:
             queued = segments + e.segments  # type: ignore[attr-defined]
