@@ -187,13 +187,8 @@ class RecordFutures:
 
     def __getitem__(self, i: int) -> RecordFuture:
         if self._index is None:  # (batch, index) per record in the caller's order, built once
-            flat = [(b, k) for b, first, count in self._segments for k in range(first, first + count)]
-            if self._order is not None:
-                by_pos: list = [None] * len(flat)
-                for j, pos in enumerate(self._order):
-                    by_pos[pos] = flat[j]
-                flat = by_pos
-            self._index = flat
+            self._index = self._in_callers_order(
+                [(b, k) for b, first, count in self._segments for k in range(first, first + count)])
         b, k = self._index[i]
         return RecordFuture(b, k)
 
@@ -244,14 +239,15 @@ class RecordFutures:
         error = self.exception(timeout)
         if error is not None:
             raise error
-        out = [RecordMetadata(b.topic, b.partition, _offset(b.base_offset, k))
-               for b, first, count in self._segments for k in range(first, first + count)]
+        return self._in_callers_order([RecordMetadata(b.topic, b.partition, _offset(b.base_offset, k))
+                                       for b, first, count in self._segments for k in range(first, first + count)])
+
+    def _in_callers_order(self, items: list) -> list:
+        """``items`` (one per queued record, in queue order) in the order the caller gave the
+        records; of a call cut short by a full buffer, only the records that were queued."""
         if self._order is None:
-            return out
-        ordered: list = [None] * len(out)
-        for j, pos in enumerate(self._order):
-            ordered[pos] = out[j]
-        return ordered
+            return items
+        return [item for _, item in sorted(zip(self._order[:len(items)], items), key=itemgetter(0))]
 
 
 @dataclass(frozen=True)
