@@ -153,7 +153,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     a("--linger-ms", type=int, help="default 5")
     a("--compression", choices=("none", "zstd", "lz4"), help="default none")
     a("--rate", type=int, help="fixed offered rate, records/s over all producers (open loop; latency from send() to the ack)")
-    a("--api", help="send (per record, the default) or send_many (the batch call, when the client has it), or both: send,send_many")
+    a("--api", help="send (per record, the default) or send_many (the batch calls, when the client has them: "
+                    "producers send_many, consumers poll_batch), or both: send,send_many")
     a("--engine", help="storage engine, or a comma list to compare (self-contained only; default segment)")
     a("--fsync", help="fsync mode, or a comma list: always, interval, never (default interval)")
     a("--fsync-interval-ms", type=int, help="for fsync interval (default 1000, the config default)")

@@ -76,7 +76,8 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
             n = min(o.consumers, o.partitions)
             group = f"bench-group-{topic}" if o.group else None
             consumers = r.start([r.spec("consumer", i, partitions=list(range(i, o.partitions, n)), group=group,
-                                        mode="drain" if o.command == "consume" else "follow") for i in range(n)])
+                                        mode="drain" if o.command == "consume" else "follow", api=combo.api)
+                               for i in range(n)])
 
         def stop_consumers() -> None:
             if o.group:

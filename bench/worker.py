@@ -280,6 +280,7 @@ def run_consumer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
     and commits asynchronously after every poll that returned records."""
     from fabric.client import LATEST, Admin
     topic, mine, group = spec["topic"], spec["partitions"], spec.get("group")
+    batch_api = spec.get("api") == "send_many"  # consumers then use poll_batch
     with Admin(spec["bootstrap"]) as admin:
         c, start, early = _open_consumer(spec, admin)
         try:
@@ -302,14 +303,18 @@ def run_consumer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
                     end = admin.list_offsets(topic, LATEST)
                     target = sum(end[p] - start[p] for p in mine)
                     t_stop = time.perf_counter() + STOP_DRAIN_S_MAX
-                records = c.poll(timeout_ms=POLL_MS, max_records=POLL_RECORDS_MAX)
-                if records:
+                if batch_api:  # the batch call: per-partition views, every value decoded
+                    values = [v for view in c.poll_batch(timeout_ms=POLL_MS, max_records=POLL_RECORDS_MAX)
+                              for v in view.values]
+                else:
+                    values = [r.value for r in c.poll(timeout_ms=POLL_MS, max_records=POLL_RECORDS_MAX)]
+                if values:
                     t_last = time.perf_counter()
-                    s.consumed += len(records)
+                    s.consumed += len(values)
                     if group:
                         c.commit(asynchronous=True)
                     if spec["e2e"]:
-                        _e2e(records, s)
+                        _e2e(values, s)
                 s.maybe_emit(time.perf_counter())
             following = spec["mode"] == "follow" or group
             seconds = (t_last if following else time.perf_counter()) - t0
@@ -321,10 +326,9 @@ def run_consumer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
             c.close()
 
 
-def _e2e(records: list, s: Sampler) -> None:
+def _e2e(values: list, s: Sampler) -> None:
     now_ns = time.time_ns()
-    for r in records:
-        v = r.value
+    for v in values:
         if v[:4] == STAMP:
             s.e2e_record((now_ns - int.from_bytes(v[4:STAMP_BYTES], "little")) / 1000)
 

@@ -55,9 +55,10 @@ def test_e2e_with_two_consumer_processes_reads_every_record(tmp_path: Path) -> N
     assert run["timeline"] and any(pt["consumed_per_s"] > 0 for pt in run["timeline"])
 
 
-def test_consume_drains_the_backlog_of_two_producers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("api", ["send", "send_many"])  # send_many: send_many and poll_batch
+def test_consume_drains_the_backlog_of_two_producers(tmp_path: Path, api: str) -> None:
     out = tmp_path / "consume.json"
-    assert runner.main(["consume", "--records", "3000", "--producers", "2", "--json", str(out)]) == 0
+    assert runner.main(["consume", "--records", "3000", "--producers", "2", "--api", api, "--json", str(out)]) == 0
     run = json.loads(out.read_text())["runs"][0]
     assert run["produce"]["records"] == 3000
     assert run["records"] == run["expected_records"] == 3000
