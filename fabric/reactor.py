@@ -1,9 +1,9 @@
 """One reactor per node: a ``zmq.Poller`` loop with timers (the zguide's pattern).
 
 The poll timeout is the time to the next timer. After every wake-up the loop drains each
-ready socket (at most ``DRAIN_MESSAGES_MAX`` messages, so one busy peer cannot starve the
-rest), runs the per-pass hooks (group commit, parked-request checks), then due timers in
-deadline order.
+ready socket (at most ``DRAIN_MESSAGES_MAX`` messages, or the socket's own lower bound given to
+``add_socket``, so one busy peer cannot starve the rest), runs the per-pass hooks (group
+commit, parked-request checks), then due timers in deadline order.
 
 Errors: an operating error (a ``LoomError``: a refused request, a peer's bad message, a full
 disk) raised by a timer or a hook is logged and the loop goes on; so is one raised by a message
