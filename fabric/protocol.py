@@ -194,6 +194,9 @@ MSGPACK_ARRAY_LEN_MAX = 100_000
 MSGPACK_MAP_LEN_MAX = 100_000
 REQUEST_BYTES_MAX = 64 * 1024 * 1024  # sum of all frames of one request
 DRAIN_MESSAGES_MAX = 512              # messages read from one socket per reactor pass
+# replication-stream messages a follower appends per reactor pass: each is an engine append
+# (up to ~1 MB); between them the broker answers its own clients and runs its per-pass hooks
+REPLICATION_DRAIN_MESSAGES_MAX = 8
 TIMERS_MAX = 10_000
 IN_FLIGHT_REQUESTS_MAX = 1024         # per RPC client socket
 PARKED_REQUESTS_MAX = 10_000          # long-poll fetches / acks=all produces waiting on a broker

@@ -1,9 +1,9 @@
 """One reactor per node: a ``zmq.Poller`` loop with timers (the zguide's pattern).
 
 The poll timeout is the time to the next timer. After every wake-up the loop drains each
-ready socket (at most ``DRAIN_MESSAGES_MAX`` messages, so one busy peer cannot starve the
-rest), runs the per-pass hooks (group commit, parked-request checks), then due timers in
-deadline order.
+ready socket (at most ``DRAIN_MESSAGES_MAX`` messages, or the socket's own lower bound given to
+``add_socket``, so one busy peer cannot starve the rest), runs the per-pass hooks (group
+commit, parked-request checks), then due timers in deadline order.
 
 Errors: an operating error (a ``LoomError``: a refused request, a peer's bad message, a full
 disk) raised by a timer or a hook is logged and the loop goes on; so is one raised by a message
@@ -67,6 +67,7 @@ class Reactor:
         self.clock = clock or Clock()
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, MessageHandler] = {}
+        self._drain_max: dict[zmq.Socket, int] = {}
         self._timers: list[tuple[int, int, Timer]] = []
         self._seq = itertools.count()
         self._cancelled_in_heap = 0
@@ -74,14 +75,20 @@ class Reactor:
         self._stopped = False
 
     # -- registration ------------------------------------------------------------------
-    def add_socket(self, sock: zmq.Socket, handler: MessageHandler) -> None:
-        """Call ``handler(frames)`` for every message that arrives on ``sock``."""
+    def add_socket(self, sock: zmq.Socket, handler: MessageHandler, *,
+                   messages_max: int = P.DRAIN_MESSAGES_MAX) -> None:
+        """Call ``handler(frames)`` for every message that arrives on ``sock``, at most
+        ``messages_max`` of them per pass (a socket whose messages are dear to handle gets a
+        lower bound, so the other sockets and the per-pass hooks are served between them)."""
+        assert 0 < messages_max <= P.DRAIN_MESSAGES_MAX
         self._handlers[sock] = handler
+        self._drain_max[sock] = messages_max
         self.poller.register(sock, zmq.POLLIN)
 
     def remove_socket(self, sock: zmq.Socket) -> None:
         if sock in self._handlers:
             del self._handlers[sock]
+            del self._drain_max[sock]
             self.poller.unregister(sock)
 
     def after_pass(self, fn: Callable[[], None]) -> None:
@@ -136,7 +143,7 @@ class Reactor:
         timeout = self._timeout_ms(timeout_ms_max)
         events = self.poller.poll(timeout)
         for sock, _ in events:
-            self._drain(sock)
+            self._drain(sock, self._drain_max.get(sock, P.DRAIN_MESSAGES_MAX))
         for fn in self._after_pass:
             try:
                 fn()
