@@ -35,6 +35,12 @@ STATUS_TEXT = {400: "Bad request", 401: "No valid API key", 403: "The key lacks 
                422: "Invalid input", 429: "Rate limited (see Retry-After)", 500: "Internal error (logged with X-Request-Id)",
                503: "A cluster service is unavailable"}
 JSON = "application/json"
+# The HTTP server (gunicorn's limit_request_line, at its maximum) answers a longer request line
+# 414 itself, as text/html, before any route sees it: documented on every operation.
+REQUEST_LINE_BYTES_MAX = 8190
+URI_TOO_LONG = {"description": f"URI too long: a request line over {REQUEST_LINE_BYTES_MAX} bytes "
+                               "(answered by the HTTP server, as HTML)",
+                "content": {"text/html": {"schema": {"type": "string"}}}}
 FAST_JSON_TYPES = frozenset({"application/vnd.kafka.binary.v2+json"})  # bodies parsed with orjson
 
 
@@ -237,6 +243,7 @@ class Api:
                     entry["headers"] = {"Retry-After": {"description": "seconds to wait", "required": True,
                                                         "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
                 responses[str(status)] = entry
+            responses["414"] = URI_TOO_LONG
             item: dict[str, Any] = {"operationId": _operation_id(op), "summary": op.summary, "tags": [op.tag],
                                     "parameters": params, "responses": responses,
                                     "security": [{"bearer": []}, {"apiKey": []}] if op.role else []}

@@ -27,6 +27,7 @@ from fabric.config import LoomConfig
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway as GatewayContext
 from webui.context import HttpRequestCounter
+from webui.spec import REQUEST_LINE_BYTES_MAX
 from webui.events import EventHub
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class Gateway:
             "accesslog": None, "errorlog": "-", "loglevel": "info", "preload_app": False,
             "worker_exit": self._worker_exit,
             "control_socket_disable": True,  # one per host by default: two gateways would clash
+            "limit_request_line": REQUEST_LINE_BYTES_MAX,  # longer: 414, documented in /openapi.json
         }
         log.info("%s (gateway) serving HTTP on %s, control on %s, pid %d", self.name, ", ".join(self.binds()),
                  self.node_config.endpoint, self.master_pid)

@@ -278,3 +278,12 @@ def test_readme_rest_block_runs_as_written(cluster: Cluster, http: Http) -> None
     partition = json.loads(outputs[1])["offsets"][0]["partition"]
     browsed = json.loads(outputs[5])
     assert isinstance(browsed, list) and (partition != 1 or browsed[0]["key"] == "alice")
+
+
+def test_a_request_line_over_the_limit_is_a_documented_414(http: Http) -> None:
+    from webui.spec import REQUEST_LINE_BYTES_MAX
+    doc = http.ok("GET", "/openapi.json")
+    assert all("414" in op["responses"] for ops in doc["paths"].values() for op in ops.values())
+    long_topic = "t" * (REQUEST_LINE_BYTES_MAX - 100)  # a request line within the limit: the route answers
+    assert http("GET", f"/topics/{long_topic}").status_code in (404, 422)
+    assert http("GET", f"/topics/{long_topic}", x="y" * 200).status_code == 414
