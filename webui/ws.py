@@ -46,6 +46,9 @@ FETCH_RECORDS_MAX = 5000
 INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered
 SOCKET_SNDBUF_BYTES = 256 * 1024
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
+# what one client's send queue may hold, whatever the message count (a message larger than
+# this is still taken when the queue is empty): a consume message can carry FETCH_BYTES_MAX
+OUTBOX_BYTES_MAX = 4 * 1024 * 1024
 
 
 DESCRIPTION = {
@@ -67,11 +70,13 @@ class Closed(Exception):
 
 
 class Outbox:
-    """A bounded send queue and the thread that drains it into the WebSocket. Thread-safe."""
+    """A send queue bounded in messages (``queue_max``) and bytes (``OUTBOX_BYTES_MAX``), and
+    the thread that drains it into the WebSocket. Thread-safe."""
 
     def __init__(self, ws: Any, queue_max: int, slow_timeout_s: float) -> None:
         self.ws, self.queue_max, self.slow_timeout_s = ws, queue_max, slow_timeout_s
         self._q: deque[str] = deque()  # JSON text
+        self._chars = 0  # of the texts in _q
         self._cond = threading.Condition()
         self._closing: tuple[int, str] | None = None
         self.done = threading.Event()
@@ -85,20 +90,26 @@ class Outbox:
         text = dumps(message).decode()
         deadline = time.monotonic() + self.slow_timeout_s
         with self._cond:
-            while len(self._q) >= self.queue_max and self._closing is None and not self.done.is_set():
+            while self._full(len(text)) and self._closing is None and not self.done.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             if self._closing is not None or self.done.is_set():
                 raise Closed()
-            if len(self._q) < self.queue_max:
+            if not self._full(len(text)):
                 self._q.append(text)
+                self._chars += len(text)
                 self._cond.notify_all()
                 return
-        self.close(TRY_AGAIN_LATER, f"client too slow: {self.queue_max} messages waited over "
+            queued, chars = len(self._q), self._chars
+        self.close(TRY_AGAIN_LATER, f"client too slow: {queued} messages ({chars} bytes) waited over "
                                     f"{self.slow_timeout_s * 1000:.0f} ms")
         raise Closed()
+
+    def _full(self, chars: int) -> bool:
+        """Whether a text of ``chars`` must wait (never when the queue is empty). Under _cond."""
+        return bool(self._q) and (len(self._q) >= self.queue_max or self._chars + chars > OUTBOX_BYTES_MAX)
 
     def close(self, code: int, reason: str) -> None:
         """Drop what is queued, send a close frame after the message being sent, and cut the
@@ -107,6 +118,7 @@ class Outbox:
             if self._closing is None:
                 self.dropped_messages += len(self._q)
                 self._q.clear()
+                self._chars = 0
                 self._closing = (code, reason[:120])
             self._cond.notify_all()
         if not self.done.wait(CLOSE_GRACE_S):
@@ -126,6 +138,7 @@ class Outbox:
                         code, reason = self._closing
                         break
                     text = self._q.popleft()
+                    self._chars -= len(text)
                     self._cond.notify_all()
                 self.ws.send(text)
             if self.ws.connected:
