@@ -156,6 +156,7 @@ export function logout(message = "") {
   model.stop();
   for (const fn of cleanup.splice(0)) { try { fn(); } catch (e) { console.warn(e); } }
   history.replaceState(null, "", "#/login");
+  renderSeq++;  // a page still loading (an awaited import or fetch) must not draw over the login
   renderLogin(document.getElementById("main"), message);
 }
 
