@@ -223,8 +223,9 @@ class Api:
         paths: dict[str, dict] = {}
         for op in self.ops:
             params = [{"name": n, "in": "path", "required": True, "schema": s} for n, s in op.path_params.items()]
-            params += [{"name": n, "in": "query", "required": n in op.query_required, "schema": s}
-                       for n, s in op.query.items()]
+            params += [{"name": n, "in": "query", "required": n in op.query_required,
+                        "schema": {"maximum": INT64_MAX, **s} if s.get("type") == "integer" else s}
+                       for n, s in op.query.items()]  # integers past int64 are refused (_coerce)
             responses: dict[str, Any] = {}
             if op.response is None:
                 responses[str(op.status)] = {"description": "Done (no content)"}
