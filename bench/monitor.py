@@ -27,13 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 from bench.cluster import process_cpu_s, produce
 from fabric import protocol as P
 from fabric.client import Admin
 from fabric.client.monitor import MonitorClient
-from nodes.local_cluster import Cluster, free_ports, make_config, wait_until
+from nodes.local_cluster import Cluster, make_config, wait_until
 
 VALUE = b"x" * 100
 RSS_SAMPLE_INTERVAL_S = 0.5
@@ -58,14 +57,10 @@ def _stats_rtt_ms(cluster: Cluster, broker: str, samples: int = 21) -> float:
 
 
 def _config(work: Path) -> Path:
-    path = make_config(work, 3, extra_nodes=("monitor",), overrides={
+    return make_config(work, 3, extra_nodes=("monitor",), overrides={
         "storage": {"fsync_interval_ms": 1000},
         "liveness": {"heartbeat_interval_ms": 300, "session_timeout_ms": 6000},
         "replication": {"replica_lag_time_max_ms": 10_000}})
-    raw = yaml.safe_load(path.read_text())
-    raw["nodes"]["monitor"]["metrics_port"] = free_ports(1)[0]
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

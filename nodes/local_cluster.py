@@ -74,7 +74,7 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
                 extra_nodes: tuple[str, ...] = (), overrides: dict | None = None) -> Path:
     """Write a cluster config with free ports under ``tmp``; return its path."""
     roles = ["coordinator"] + [f"broker-{i}" for i in range(1, brokers + 1)] + list(extra_nodes)
-    ports = free_ports(2 * len(roles) + 2)
+    ports = free_ports(2 * len(roles) + 3)  # every port a node binds is picked free, none derived
     nodes: dict[str, dict] = {}
     for i, name in enumerate(roles):
         role = name.split("-")[0] if name.split("-")[0] in ("broker", "consumer") else name
@@ -84,6 +84,8 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
         if role == "gateway":
             node["dashboard_port"] = ports[-1]
             node["control_port"] = ports[-2]
+        if role == "monitor":
+            node["metrics_port"] = ports[-3]
         nodes[name] = node
     cfg: dict[str, Any] = {
         "cluster": {"name": "test", "data_dir": str(tmp / "data")},

@@ -11,7 +11,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from fabric.client.monitor import MonitorClient
-from tests.harness import free_ports, make_config
+from tests.harness import make_config
 
 HTTP_TIMEOUT_S = 5
 
@@ -21,11 +21,7 @@ def monitor_config(tmp: Path, brokers: int = 3, extra_nodes: tuple[str, ...] = (
     """A config with a ``monitor`` node; returns (path, metrics port)."""
     overrides = {"monitor": {"health_interval_ms": 300, "unresponsive_after_ms": 2000, **(monitor or {})}, **sections}
     path = make_config(tmp, brokers, extra_nodes=(*extra_nodes, "monitor"), overrides=overrides)
-    raw = yaml.safe_load(path.read_text())
-    port = free_ports(1)[0]
-    raw["nodes"]["monitor"]["metrics_port"] = port
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path, port
+    return path, yaml.safe_load(path.read_text())["nodes"]["monitor"]["metrics_port"]
 
 
 def scrape(port: int) -> dict[str, Any]:
