@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import uuid
 from pathlib import Path
 
@@ -22,29 +21,45 @@ from flask import Flask, Response, g, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from webui import routes_consumers, routes_v2, routes_v3, ws
-from webui.auth import retry_after_s
+from webui.auth import Principal, retry_after_s
 from webui.context import Gateway
 from webui.dashboard import dashboard_blueprint
 from webui.errors import ApiError, ClusterError
+from webui.fastpath import ProduceFastPath, presented_key_of, request_id_of
 from webui.spec import JSON, Api, Op
 
 log = logging.getLogger("loom.gateway.http")
 STATIC = Path(__file__).parent / "static"
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 API_VERSION = "1.0.0"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 HTTP_STATUS_TO_CODE = {400: 40001, 404: 40404, 405: 40501, 413: 41301, 415: 41501}
 
 
 def presented_key() -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return request.headers.get("X-API-Key") or None
+    return presented_key_of(request.headers.get("Authorization", ""), request.headers.get("X-API-Key", ""))
 
 
 def client_address() -> str:
     return request.remote_addr or "unknown"
+
+
+def check_access(gw: Gateway, op: Op, key: str | None, address: str) -> Principal | None:
+    """Rate limit, then authentication and role, for a request to ``op`` presenting ``key``
+    from ``address``: the principal (None for a route that needs no key and got none valid).
+    Raises ApiError 42901 (with Retry-After), 40101 or 40301."""
+    principal = gw.keys.lookup(key)
+    wait_s = gw.limiter.take(f"key:{principal.name}" if principal else f"addr:{address}")
+    if wait_s > 0:
+        raise ApiError(42901, f"rate limit of {gw.security.rate_limit_per_s:g} requests/s exceeded",
+                       {"Retry-After": retry_after_s(wait_s)})
+    if op.role is None:
+        return principal
+    if principal is None:
+        raise ApiError(40101, "send a valid API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`")
+    if not principal.may(op.role):
+        raise ApiError(40301, f"this route needs the {op.role!r} role; key {principal.name!r} has "
+                              f"{', '.join(sorted(principal.roles))}")
+    return principal
 
 
 def build_api(gw: Gateway) -> Api:
@@ -99,20 +114,9 @@ def create_app(gw: Gateway) -> Flask:
     api = build_api(gw)
 
     def authorize(op: Op) -> None:
-        principal = gw.keys.lookup(presented_key())
-        client = f"key:{principal.name}" if principal else f"addr:{client_address()}"
-        wait_s = gw.limiter.take(client)
-        if wait_s > 0:
-            raise ApiError(42901, f"rate limit of {gw.security.rate_limit_per_s:g} requests/s exceeded",
-                           {"Retry-After": retry_after_s(wait_s)})
-        if op.role is None:
-            return
-        if principal is None:
-            raise ApiError(40101, "send a valid API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`")
-        if not principal.may(op.role):
-            raise ApiError(40301, f"this route needs the {op.role!r} role; key {principal.name!r} has "
-                                  f"{', '.join(sorted(principal.roles))}")
-        g.principal = principal
+        principal = check_access(gw, op, presented_key(), client_address())
+        if principal is not None:
+            g.principal = principal
     api.authorize = authorize
     api.install(app)
     doc = api.openapi()
@@ -135,8 +139,7 @@ def create_app(gw: Gateway) -> Flask:
 
     @app.before_request
     def request_id() -> Response | None:
-        rid = request.headers.get("X-Request-Id", "")
-        g.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+        g.request_id = request_id_of(request.headers.get("X-Request-Id", ""))
         if request.blueprint == dashboard_blueprint.name:
             authorize(static_op)  # no key needed, but the per-address rate limit applies
         length = request.content_length
@@ -154,7 +157,7 @@ def create_app(gw: Gateway) -> Flask:
         if e.status >= 500:
             log.error("%s %s -> %d %d %s (request id %s)", request.method, request.path, e.status, e.error_code,
                       e.message, g.get("request_id"))
-        resp = Response(json.dumps(e.body()), status=e.status, mimetype=JSON)
+        resp = Response(e.body_bytes(), status=e.status, mimetype=JSON)
         for k, v in e.headers.items():
             resp.headers[k] = v
         return resp
@@ -184,4 +187,10 @@ def create_app(gw: Gateway) -> Flask:
         return error_response(ApiError(50001, f"internal error (request id {g.get('request_id')})"))
 
     app.extensions["loom.api"] = api
+    ops = {op.endpoint: op for op in api.ops}
+    produce_ops = (ops["POST /topics/{topic_name}"], ops["POST /topics/{topic_name}/partitions/{partition_id}"])
+    app.wsgi_app = ProduceFastPath(  # type: ignore[method-assign]
+        app.wsgi_app, *produce_ops, api.dispatch, lambda op, key, address: check_access(gw, op, key, address),
+        gw.http_requests.record, tuple(op.flask_rule(api.components) for op in produce_ops),  # type: ignore[arg-type]
+        gw.settings.request_bytes_max)
     return app

@@ -6,6 +6,7 @@ Thread-safe (constants and exception classes).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 # error_code -> (HTTP status, what it means); status*100+n as Confluent's REST Proxy
@@ -51,6 +52,10 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error_code": self.error_code, "message": self.message}
+
+    def body_bytes(self) -> bytes:
+        """The answer's body, as every route writes it."""
+        return json.dumps(self.body()).encode()
 
 
 # ClusterError.kind -> error_code

@@ -62,6 +62,8 @@ class Op:
     errors: tuple[int, ...] = ()         # error codes besides the common ones
     cluster: bool = True                 # talks to the cluster: may answer 408 / 503
     description: str = ""
+    # (path, query, body) jsonschema-rs validators by name / content type: set by Api.install
+    validators: tuple[dict, dict, dict] | None = field(default=None, repr=False, compare=False)
 
     @property
     def endpoint(self) -> str:
@@ -170,19 +172,37 @@ class Api:
         return jsonschema_rs.Draft202012Validator(_inline(schema, self.components))
 
     def _view(self, op: Op) -> Callable:
-        path_v = {n: self._validator(s) for n, s in op.path_params.items()}
-        query_v = {n: self._validator(s) for n, s in op.query.items()}
-        body_v = {ct: self._validator(s) for ct, s in (op.body or {}).items()}
+        op.validators = (
+            {n: self._validator(s) for n, s in op.path_params.items()},
+            {n: self._validator(s) for n, s in op.query.items()},
+            {ct: self._validator(s) for ct, s in (op.body or {}).items()})
 
         def view(**path: Any) -> Response:
             g.op = op
             self.authorize(op)
-            for name, value in path.items():
-                if _first_error(path_v[name], value):
-                    raise ApiError(40404, f"no such {name.replace('_', ' ')}: {str(value)[:100]!r}")
+            status, data, content_type = self.dispatch(op, path, request.args.get, (request.mimetype or "").lower(),
+                                                       lambda: request.get_data(cache=False))
+            return Response(data, status=status, content_type=content_type)
+        view.__name__ = op.endpoint
+        return view
+
+    @staticmethod
+    def dispatch(op: Op, path: dict[str, Any], query_get: Callable[[str], str | None], mimetype: str,
+                 read_body: Callable[[], bytes]) -> tuple[int, bytes | None, str | None]:
+        """Serve ``op`` for an authorized request, whatever serves HTTP (the Flask view, or
+        webui/fastpath.py for produce): check the path parameters, the query and the body
+        against the op's schemas, call the handler, encode its answer. Returns (status, body,
+        content type); raises ApiError (and the handler's errors)."""
+        assert op.validators is not None, "Api.install sets each op's validators"
+        path_v, query_v, body_v = op.validators
+        for name, value in path.items():
+            if _first_error(path_v[name], value):
+                raise ApiError(40404, f"no such {name.replace('_', ' ')}: {str(value)[:100]!r}")
+        kw: dict[str, Any] = dict(path)
+        if op.query:
             query: dict[str, Any] = {}
             for name, schema in op.query.items():
-                raw = request.args.get(name)
+                raw = query_get(name)
                 if raw is None:
                     if name in op.query_required:
                         raise ApiError(42206, f"query parameter {name} is required")
@@ -192,31 +212,26 @@ class Api:
                 if problem:
                     raise ApiError(42206, f"query parameter {name}: {problem.split(': ', 1)[1]}")
                 query[name] = value
-            kw: dict[str, Any] = dict(path)
-            if op.query:
-                kw["query"] = query
-            if op.body is not None:
-                ctype = (request.mimetype or "").lower()
-                if ctype not in body_v:
-                    raise ApiError(41501, f"Content-Type must be one of: {', '.join(body_v)}")
-                try:
-                    body = loads_body(request.get_data(cache=False) or b"null", ctype)
-                except ValueError as e:
-                    raise ApiError(40001, f"the body is not JSON: {e}") from None
-                problem = _first_error(body_v[ctype], body)
-                if problem:
-                    raise ApiError(42204, problem)
-                kw["body"] = body
-                kw["content_type"] = ctype
-            result = op.handler(**kw)
-            if op.response is None:
-                return Response(status=204)
-            if op.response_type != JSON:
-                body_bytes, content_type = result
-                return Response(body_bytes, status=op.status, content_type=content_type)
-            return Response(dumps(result), status=op.status, mimetype=JSON)
-        view.__name__ = op.endpoint
-        return view
+            kw["query"] = query
+        if op.body is not None:
+            if mimetype not in body_v:
+                raise ApiError(41501, f"Content-Type must be one of: {', '.join(body_v)}")
+            try:
+                body = loads_body(read_body() or b"null", mimetype)
+            except ValueError as e:
+                raise ApiError(40001, f"the body is not JSON: {e}") from None
+            problem = _first_error(body_v[mimetype], body)
+            if problem:
+                raise ApiError(42204, problem)
+            kw["body"] = body
+            kw["content_type"] = mimetype
+        result = op.handler(**kw)
+        if op.response is None:
+            return 204, None, None
+        if op.response_type != JSON:
+            body_bytes, content_type = result
+            return op.status, body_bytes, content_type
+        return op.status, dumps(result), JSON
 
     # -- the document ----------------------------------------------------------------------
     def openapi(self) -> dict[str, Any]:
