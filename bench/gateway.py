@@ -8,6 +8,11 @@
   a request is sent on schedule whether or not the previous one returned) for ``--seconds``;
   p50/p99/max in ms.
 
+Each phase also reports the CPU its node processes spent (``cpu``: the gateway -- gunicorn's
+master and worker --, the producer service, the consumer services, the brokers, the
+coordinator), per record for the throughput phases and per request for the latency phase:
+on this shared 2-core machine a CPU figure compares two builds far more steadily than a rate.
+
 Every loop is bounded in count and time. Results go to stdout (and ``--json FILE``).
 """
 
@@ -30,12 +35,32 @@ from urllib.parse import urlsplit
 import requests
 import websocket
 
+from bench.stats import find_node_processes, process_cpu_s
 from nodes.local_cluster import GATEWAY_NODES, ROLE_KEYS, Cluster, gateway_overrides, make_config, wait_until
 
 PHASE_SECONDS_MAX = 120
 CLIENT_SWITCH_INTERVAL_S = 0.0005   # the latency phase's GIL switch interval (see latency())
 AUTH = {"Authorization": f"Bearer {ROLE_KEYS['admin']}"}
 BINARY = {"Content-Type": "application/vnd.kafka.binary.v2+json"}
+
+
+def role_of(node: str) -> str:
+    return "brokers" if node.startswith("broker-") else "consumers" if node.startswith("consumer-") else node
+
+
+class PhaseCpu:
+    """CPU seconds each role's processes spend between ``__init__`` and ``per(n)``."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.pids: dict[str, list[int]] = {}
+        for node, pids in find_node_processes(str(config_path)).items():
+            self.pids.setdefault(role_of(node), []).extend(pids)
+        self.start = {role: process_cpu_s(pids) for role, pids in self.pids.items()}
+
+    def per(self, n: int, scale: float) -> dict[str, float]:
+        """CPU per unit of work (``n`` units) by role, times ``scale`` (1e6: µs; 1e3: ms)."""
+        return {role: round((process_cpu_s(pids) - self.start[role]) * scale / max(n, 1), 3)
+                for role, pids in sorted(self.pids.items())}
 
 
 def rest_produce(base: str, topic: str, requests_n: int, batch: int, clients: int) -> dict:
@@ -157,11 +182,17 @@ def main(argv: list[str] | None = None) -> int:
                           headers=AUTH, timeout=30).raise_for_status()
             wait_until(lambda: all(p["leader"] and len(p["isr"]) == 3 for p in requests.get(
                 f"{base}/v3/clusters/test/topics/{t}/partitions", headers=AUTH, timeout=10).json()["data"]), 30)
+        cpu = PhaseCpu(cluster.config_path)
         results = {"rest_produce": rest_produce(base, "bench", args.requests, args.batch, args.clients)}
+        results["rest_produce"]["cpu_us_per_record"] = cpu.per(results["rest_produce"]["records"], 1e6)
         print("REST produce (acks=all, %d-record requests): %s" % (args.batch, results["rest_produce"]), flush=True)
+        cpu = PhaseCpu(cluster.config_path)
         results["ws_consume"] = ws_consume(port, "bench", results["rest_produce"]["records"])
+        results["ws_consume"]["cpu_us_per_record"] = cpu.per(results["ws_consume"]["records"], 1e6)
         print("WebSocket consume (one connection): %s" % results["ws_consume"], flush=True)
+        cpu = PhaseCpu(cluster.config_path)
         results["latency"] = latency(base, "latency", args.rate, args.seconds)
+        results["latency"]["cpu_ms_per_request"] = cpu.per(results["latency"]["requests"], 1e3)
         print("single-record REST produce at %g req/s: %s" % (args.rate, results["latency"]), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({"args": vars(args), **results}, indent=2))

@@ -104,11 +104,18 @@ def peak_rss_mb(pid: int) -> float | None:
 
 
 def find_node_pids(config_path: str) -> dict[str, int]:
-    """Node name -> pid of the processes running ``python -m nodes.run -c CONFIG --node NAME``
-    for this config (as ``loom up`` and the local cluster start them). Empty when none is found
-    or /proc is unreadable: the caller reports the cluster's CPU as unknown."""
+    """Node name -> pid of the process running ``python -m nodes.run -c CONFIG --node NAME``
+    for this config (as ``loom up`` and the local cluster start them; of a node that forked,
+    like the gateway's gunicorn, the first). Empty when none is found or /proc is unreadable:
+    the caller reports the cluster's CPU as unknown."""
+    return {name: pids[0] for name, pids in find_node_processes(config_path).items()}
+
+
+def find_node_processes(config_path: str) -> dict[str, list[int]]:
+    """Node name -> every pid running it, ascending (a forked worker shares its parent's
+    command line)."""
     wanted = {os.path.abspath(config_path), config_path}
-    found: dict[str, int] = {}
+    found: dict[str, list[int]] = {}
     try:
         entries = [e for e in os.listdir("/proc") if e.isdigit()][:PROC_SCAN_PIDS_MAX]
     except OSError:
@@ -123,5 +130,5 @@ def find_node_pids(config_path: str) -> dict[str, int]:
             continue
         cfg = args[args.index("-c") + 1] if args.index("-c") + 1 < len(args) else ""
         if cfg in wanted or os.path.normpath(os.path.join(cwd, cfg)) in wanted:
-            found[args[args.index("--node") + 1]] = int(entry)
-    return found
+            found.setdefault(args[args.index("--node") + 1], []).append(int(entry))
+    return {name: sorted(pids) for name, pids in found.items()}
