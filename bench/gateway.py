@@ -169,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8, help="concurrent REST clients")
     ap.add_argument("--rate", type=float, default=200.0, help="single-record requests/s for the latency phase")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
+    ap.add_argument("--fsync-interval-ms", type=int, default=200,
+                    help="the brokers' interval fsync (default 200: config/cluster.yaml's, what `make up` runs)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="loom-bench-gw-"))
-    cluster = Cluster(make_config(tmp, 3, extra_nodes=GATEWAY_NODES, overrides=gateway_overrides()))
+    overrides = {**gateway_overrides(), "storage": {"fsync": "interval", "fsync_interval_ms": args.fsync_interval_ms}}
+    cluster = Cluster(make_config(tmp, 3, extra_nodes=GATEWAY_NODES, overrides=overrides))
     try:
         cluster.start()
         port = cluster.raw["nodes"]["gateway"]["port"]
