@@ -230,6 +230,27 @@ class EngineConformance:
         assert offsets == list(range(0, 100, 2)) and e.append_many([]) == []
         assert [batch_index(memoryview(b)) for _, b in read_all(e)] == list(range(50))
 
+    def test_append_takes_buffers_and_keeps_none_of_them(self) -> None:
+        """A batch may come as bytes, a bytearray or a memoryview (a slice of a larger buffer, as
+        the broker hands on views onto received messages); what the engine stores is its own:
+        the caller's buffers overwritten afterwards (a receive buffer reused) change nothing."""
+        e = self.open_engine()
+        batches = [make_batch(i, record_count=2, payload_bytes=300) for i in range(6)]
+        backing = bytearray(b"x" * 7 + b"".join(batches[2:4]))  # two batches inside a larger buffer
+        views = [memoryview(backing)[7:7 + len(batches[2])], memoryview(backing)[7 + len(batches[2]):]]
+        owned = [bytearray(batches[4]), bytearray(batches[5])]
+        assert e.append(memoryview(batches[0])) == 0 and e.append(bytearray(batches[1])) == 2
+        assert e.append_many(views) == [4, 6] and e.append_many(owned) == [8, 10]
+        for v in views:
+            v.release()
+        backing[:] = bytes(len(backing))  # the buffers are reused for other messages
+        for b in owned:
+            b[:] = bytes(len(b))
+        stored = read_all(e)
+        assert [batch_index(memoryview(b)) for _, b in stored] == list(range(6))
+        assert [h.base_offset for h, _ in stored] == list(range(0, 12, 2))
+        assert all(verify(b) for _, b in stored)
+
     def test_closed_engine_raises(self) -> None:
         e = self.open_engine()
         self.fill(e, 2)

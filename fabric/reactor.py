@@ -68,6 +68,7 @@ class Reactor:
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, MessageHandler] = {}
         self._drain_max: dict[zmq.Socket, int] = {}
+        self._zero_copy_min: dict[zmq.Socket, int] = {}
         self._timers: list[tuple[int, int, Timer]] = []
         self._seq = itertools.count()
         self._cancelled_in_heap = 0
@@ -76,19 +77,25 @@ class Reactor:
 
     # -- registration ------------------------------------------------------------------
     def add_socket(self, sock: zmq.Socket, handler: MessageHandler, *,
-                   messages_max: int = P.DRAIN_MESSAGES_MAX) -> None:
+                   messages_max: int = P.DRAIN_MESSAGES_MAX, zero_copy_bytes_min: int | None = None) -> None:
         """Call ``handler(frames)`` for every message that arrives on ``sock``, at most
         ``messages_max`` of them per pass (a socket whose messages are dear to handle gets a
-        lower bound, so the other sockets and the per-pass hooks are served between them)."""
+        lower bound, so the other sockets and the per-pass hooks are served between them).
+        Frames are bytes; with ``zero_copy_bytes_min`` a frame of at least that many bytes is
+        a read-only memoryview onto the libzmq message instead, without a copy: valid while
+        referenced, and copied by whoever keeps it past the handler (fabric/buffers.py)."""
         assert 0 < messages_max <= P.DRAIN_MESSAGES_MAX
         self._handlers[sock] = handler
         self._drain_max[sock] = messages_max
+        if zero_copy_bytes_min is not None:
+            self._zero_copy_min[sock] = zero_copy_bytes_min
         self.poller.register(sock, zmq.POLLIN)
 
     def remove_socket(self, sock: zmq.Socket) -> None:
         if sock in self._handlers:
             del self._handlers[sock]
             del self._drain_max[sock]
+            self._zero_copy_min.pop(sock, None)
             self.poller.unregister(sock)
 
     def after_pass(self, fn: Callable[[], None]) -> None:
@@ -167,9 +174,13 @@ class Reactor:
         handler = self._handlers.get(sock)
         if handler is None:
             return
+        zero_copy_min = self._zero_copy_min.get(sock)
         for _ in range(messages_max):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                if zero_copy_min is None:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                else:
+                    frames = _recv_zero_copy(sock, zero_copy_min)
             except zmq.Again:
                 return
             if not self.contain_handler_errors:
@@ -193,3 +204,15 @@ class Reactor:
             if t.interval_ms is not None and not t.cancelled:
                 t.deadline_ms = max(t.deadline_ms + t.interval_ms, now)
                 self._push(t)
+
+
+def _recv_zero_copy(sock: zmq.Socket, bytes_min: int) -> list:
+    """One multipart message: frames of at least ``bytes_min`` bytes as memoryviews onto their
+    libzmq messages (each view keeps its pyzmq Frame alive), smaller ones copied to bytes.
+    Raises zmq.Again when no message is waiting (the parts of a message arrive together)."""
+    frame = sock.recv(zmq.NOBLOCK, copy=False)
+    parts = [frame.buffer if len(frame) >= bytes_min else frame.bytes]
+    while frame.more:
+        frame = sock.recv(zmq.NOBLOCK, copy=False)
+        parts.append(frame.buffer if len(frame) >= bytes_min else frame.bytes)
+    return parts

@@ -87,7 +87,10 @@ class Broker(Node):
         self.repl_sub = ReplicationSubscriber(repl_sock, self.partitions, self.fetchers.get,
                                               is_other_topic_id=self.core.is_other_topic_id, blocked=self.faults.blocks,
                                               on_appended=self.core.follower_appended, counters=self.counters)
-        self.reactor.add_socket(repl_sock, self.repl_sub.on_message, messages_max=P.REPLICATION_DRAIN_MESSAGES_MAX)
+        # replicated batches arrive as views onto libzmq's messages (no copy); the follower
+        # writes them and keeps none of them (fabric/buffers.py)
+        self.reactor.add_socket(repl_sock, self.repl_sub.on_message, messages_max=P.REPLICATION_DRAIN_MESSAGES_MAX,
+                                zero_copy_bytes_min=P.ZERO_COPY_RECV_BYTES_MIN)
         self.sub = make_socket(self.ctx, zmq.SUB)
         self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, config.liveness.heartbeat_interval_ms)
         self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)
