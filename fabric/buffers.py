@@ -9,13 +9,14 @@ A payload frame reaches a handler in one of three forms:
   and hands that buffer on. Nobody else holds it: the receiver may modify it in place (the
   leader stamps its epoch and base offset into a produced batch without copying it) and may
   keep it (a parked acks=all request keeps its payloads until it is answered).
-- ``memoryview``: a socket read with ``zero_copy_bytes_min`` (``fabric.reactor``) hands each
+- ``memoryview``: a socket read with ``zero_copy_receive(n)`` (``fabric.reactor``) hands each
   frame of at least that many bytes as ``frame.buffer`` of a pyzmq ``Frame``, a view onto the
   libzmq message, without a copy. The view keeps its ``Frame`` (and so libzmq's memory) alive
-  while it is referenced; libzmq reuses none of it meanwhile. Such a view is read-only, and
-  holding one pins a message buffer, so code that keeps payload bytes past the handler (the
-  memory engine, an index, a cache) copies them -- ``retain`` below -- rather than holding
-  the view.
+  while it is referenced; libzmq reuses none of it meanwhile. Such a view is libzmq's message:
+  not to be written (pyzmq makes it writable), and holding one pins a message buffer, so code
+  that keeps payload bytes past the handler (the memory engine, an index, a cache) copies
+  them rather than holding the view. The request port reads its 8 KiB stream chunks as views
+  too and copies each once, into the frame being assembled (``fabric.zmtp``).
 
 Pure; thread-safe.
 """
@@ -29,12 +30,6 @@ class OwnedFrame(bytearray):
     """A received frame's own buffer: the receiver may modify and keep it (see above)."""
 
     __slots__ = ()
-
-
-def retain(data: Payload) -> bytes:
-    """``data`` as bytes the caller may keep: ``data`` itself when it is bytes, else a copy
-    (never a view onto a message buffer that the receiver does not own)."""
-    return data if type(data) is bytes else bytes(data)
 
 
 def stampable(data: Payload) -> bytearray:

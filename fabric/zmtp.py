@@ -158,10 +158,12 @@ class ZmtpServer:
         self._connections: OrderedDict[bytes, _Connection] = OrderedDict()
         self._by_identity: dict[bytes, _Connection] = {}
         self.buffered_bytes = 0  # sum of held_bytes over connections (bounded: BUFFERED_REQUEST_BYTES_MAX)
-        reactor.add_socket(self.sock, self._on_stream)
+        reactor.add_socket(self.sock, self._on_stream, receive=_receive_chunk)
 
     # -- receiving -------------------------------------------------------------------------
-    def _on_stream(self, frames: list[bytes]) -> None:
+    def _on_stream(self, frames: list) -> None:
+        """``[connection id, data]``: data is a view onto libzmq's chunk (``_receive_chunk``),
+        copied into the connection's buffers by ``_feed`` and not kept."""
         if len(frames) != 2:
             return  # a STREAM socket delivers [connection id, data]
         conn_id, data = frames
@@ -420,6 +422,24 @@ class ZmtpServer:
     def close(self) -> None:
         self.reactor.remove_socket(self.sock)
         self.sock.close(0)
+
+
+def _receive_chunk(sock: zmq.Socket) -> list:
+    """One STREAM message: ``[connection id, data]``, the data (at most libzmq's 8 KiB read) as
+    a view onto its libzmq message, since ``_feed`` copies it anyway. A STREAM message always
+    has these two parts, and ``Frame.more`` checks it without pyzmq's getsockopt(RCVMORE)
+    (several µs: ``recv_multipart`` cost three times this per chunk). A message of more parts
+    (never seen) is read whole and handed on as it is, which ``_on_stream`` ignores. Raises
+    zmq.Again when none is waiting."""
+    conn_id = sock.recv(zmq.NOBLOCK)
+    frame = sock.recv(zmq.NOBLOCK, copy=False)
+    if not frame.more:
+        return [conn_id, frame.buffer]
+    parts = [conn_id, frame.bytes]
+    while frame.more:
+        frame = sock.recv(zmq.NOBLOCK, copy=False)
+        parts.append(frame.bytes)
+    return parts
 
 
 def _request_id(frames: list[bytes]) -> int:

@@ -1,7 +1,7 @@
 """Zero-copy receive (fabric/buffers.py): what a handler is given, and that what is kept past
 the handler is never changed by the messages received after it.
 
-- The replication SUB socket (a reactor socket with ``zero_copy_bytes_min``) hands large frames
+- The replication SUB socket (a reactor socket read by ``zero_copy_receive``) hands large frames
   as views onto libzmq's messages: a view kept stays valid and unchanged while many more
   messages arrive, and the memory engine, which keeps batches, keeps copies.
 - The request port (``fabric.zmtp``) assembles each frame of at least OWNED_FRAME_BYTES_MIN
@@ -28,7 +28,7 @@ from engines.memory import MemoryEngine
 from fabric import protocol as P
 from fabric import wire
 from fabric.buffers import OwnedFrame
-from fabric.reactor import Reactor
+from fabric.reactor import Reactor, zero_copy_receive
 from fabric.zmtp import ZmtpServer
 from tests.harness import free_ports
 from tests.zmtp_peer import RawDealer
@@ -57,7 +57,7 @@ def _subscriber(reactor: Reactor, received: list) -> tuple[zmq.Socket, zmq.Socke
     sub.connect(f"tcp://127.0.0.1:{port}")
     joined: list = []
     reactor.add_socket(sub, lambda frames: (joined if frames[0] == WARM_UP else received).append(frames),
-                       messages_max=P.DRAIN_MESSAGES_MAX, zero_copy_bytes_min=P.ZERO_COPY_RECV_BYTES_MIN)
+                       messages_max=P.DRAIN_MESSAGES_MAX, receive=zero_copy_receive(P.ZERO_COPY_RECV_BYTES_MIN))
     for _ in range(PASSES_MAX):  # a SUB joins late: what is published before is dropped
         pub.send_multipart([WARM_UP])
         reactor.run_once(POLL_MS)
