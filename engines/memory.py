@@ -58,11 +58,11 @@ class MemoryEngine:
         """Raises CorruptBatch / BatchTooLarge / EngineClosed."""
         return self.append_many([batch])[0]
 
-    def append_many(self, batches: list[bytes | bytearray | memoryview]) -> list[int]:
+    def append_many(self, batches: list[bytes | bytearray | memoryview], *, crc_checked: bool = False) -> list[int]:
         """All-or-nothing: every batch is validated before any is stored."""
         self._check_open()
         for b in batches:
-            validate_batch(b, self.config.batch_bytes_max)
+            validate_batch(b, self.config.batch_bytes_max, check_crc=not crc_checked)
         offsets = []
         for b in batches:
             base_offset = self._log_end_offset

@@ -176,7 +176,7 @@ class Partition:
             return results, []
         end = self.log_end_offset
         try:
-            offsets = self.engine.append_many(to_write)
+            offsets = self.engine.append_many(to_write, crc_checked=True)  # _validate verified each CRC
         except (StorageFull, EngineError) as e:
             self.producers.truncate_from(self.log_end_offset)  # the failed write left the log as it was
             for i in slots:
@@ -243,7 +243,7 @@ class Partition:
         if fresh:
             counts = [h.record_count for h in headers]
             self._check_stored_at(start, counts, [h.base_offset for h in headers], stored=False)
-            offsets = self.engine.append_many(fresh)
+            offsets = self.engine.append_many(fresh, crc_checked=True)  # iter_batches verified each CRC
             self._check_stored_at(start, counts, offsets)
             try:
                 self._record_appended(headers)
