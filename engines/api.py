@@ -127,9 +127,13 @@ class Engine(Protocol):
         data is durable on return; otherwise after the next flush()."""
         ...
 
-    def append_many(self, batches: list[bytes | bytearray | memoryview]) -> list[int]:
+    def append_many(self, batches: list[bytes | bytearray | memoryview], *, crc_checked: bool = False) -> list[int]:
         """Append several batches with one durability point (one fsync under ``always``):
-        group commit. Returns their base offsets. All-or-nothing on validation failure."""
+        group commit. Returns their base offsets. All-or-nothing on validation failure.
+        ``crc_checked``: the caller has verified every batch's CRC (``engines.batch.verify``)
+        and changed none of the bytes it covers since (stamping the base offset and leader
+        epoch does not touch them): the engine checks everything else but not the CRC again
+        (the broker verifies each batch once, to answer a corrupt one on its own)."""
         ...
 
     def read(self, offset: int, max_bytes: int) -> bytes:

@@ -159,17 +159,18 @@ def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHead
     return BatchHeader(*_unpack_checked(buf, pos))
 
 
-def verify_fields(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple:
+def verify_fields(buf: bytes | bytearray | memoryview, pos: int = 0, *, check_crc: bool = True) -> tuple:
     """``verify`` without building a BatchHeader (about 3 µs saved per call; for append hot
     paths): the same checks, and returns the raw header fields as a tuple in BatchHeader
     field order (base_offset, batch_length, leader_epoch, magic, crc, attributes,
     record_count, first_timestamp_ms, last_timestamp_ms, producer_id, producer_epoch,
-    base_sequence). Raises BatchError."""
+    base_sequence). ``check_crc=False``: every check but the CRC (for a batch whose CRC its
+    caller has just verified). Raises BatchError."""
     fields = _unpack_checked(buf, pos)
     end = pos + fields[1] + LENGTH_PREFIX_BYTES
     if end > len(buf):
         raise BatchError(f"truncated batch: {len(buf) - pos} of {end - pos} bytes")
-    if _crc32c.crc32c(memoryview(buf)[pos + CRC_START:end]) != fields[4]:
+    if check_crc and _crc32c.crc32c(memoryview(buf)[pos + CRC_START:end]) != fields[4]:
         raise BatchError(f"batch at offset {fields[0]}: crc mismatch")
     return fields
 

@@ -21,16 +21,17 @@ from engines.batch import (
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def validate_batch_fields(batch: bytes | bytearray | memoryview, batch_bytes_max: int) -> tuple:
-    """Check an offered batch: exactly one whole batch, length and CRC right, not over
-    ``batch_bytes_max`` bytes. Returns its raw header fields (``engines.batch.verify_fields``:
-    a tuple in BatchHeader field order, no BatchHeader built; for append hot paths).
-    Raises CorruptBatch / BatchTooLarge."""
+def validate_batch_fields(batch: bytes | bytearray | memoryview, batch_bytes_max: int, *,
+                          check_crc: bool = True) -> tuple:
+    """Check an offered batch: exactly one whole batch, length and CRC right (the CRC only with
+    ``check_crc``), not over ``batch_bytes_max`` bytes. Returns its raw header fields
+    (``engines.batch.verify_fields``: a tuple in BatchHeader field order, no BatchHeader built;
+    for append hot paths). Raises CorruptBatch / BatchTooLarge."""
     size_bytes = len(batch)
     if size_bytes > batch_bytes_max:
         raise BatchTooLarge(f"batch of {size_bytes} bytes exceeds batch_bytes_max {batch_bytes_max}")
     try:
-        fields = verify_fields(batch)
+        fields = verify_fields(batch, check_crc=check_crc)
     except BatchError as e:
         raise CorruptBatch(str(e)) from e
     if fields[1] + LENGTH_PREFIX_BYTES != size_bytes:
@@ -40,9 +41,10 @@ def validate_batch_fields(batch: bytes | bytearray | memoryview, batch_bytes_max
     return fields
 
 
-def validate_batch(batch: bytes | bytearray | memoryview, batch_bytes_max: int) -> BatchHeader:
+def validate_batch(batch: bytes | bytearray | memoryview, batch_bytes_max: int, *,
+                   check_crc: bool = True) -> BatchHeader:
     """``validate_batch_fields`` returning a BatchHeader. Raises CorruptBatch / BatchTooLarge."""
-    return BatchHeader(*validate_batch_fields(batch, batch_bytes_max))
+    return BatchHeader(*validate_batch_fields(batch, batch_bytes_max, check_crc=check_crc))
 
 
 def check_read_range(offset: int, log_start_offset: int, log_end_offset: int) -> None:

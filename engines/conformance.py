@@ -230,6 +230,45 @@ class EngineConformance:
         assert offsets == list(range(0, 100, 2)) and e.append_many([]) == []
         assert [batch_index(memoryview(b)) for _, b in read_all(e)] == list(range(50))
 
+    def test_append_takes_buffers_and_keeps_none_of_them(self) -> None:
+        """A batch may come as bytes, a bytearray or a memoryview (a slice of a larger buffer, as
+        the broker hands on views onto received messages); what the engine stores is its own:
+        the caller's buffers overwritten afterwards (a receive buffer reused) change nothing."""
+        e = self.open_engine()
+        batches = [make_batch(i, record_count=2, payload_bytes=300) for i in range(6)]
+        backing = bytearray(b"x" * 7 + b"".join(batches[2:4]))  # two batches inside a larger buffer
+        views = [memoryview(backing)[7:7 + len(batches[2])], memoryview(backing)[7 + len(batches[2]):]]
+        owned = [bytearray(batches[4]), bytearray(batches[5])]
+        assert e.append(memoryview(batches[0])) == 0 and e.append(bytearray(batches[1])) == 2
+        assert e.append_many(views) == [4, 6] and e.append_many(owned) == [8, 10]
+        for v in views:
+            v.release()
+        backing[:] = bytes(len(backing))  # the buffers are reused for other messages
+        for b in owned:
+            b[:] = bytes(len(b))
+        stored = read_all(e)
+        assert [batch_index(memoryview(b)) for _, b in stored] == list(range(6))
+        assert [h.base_offset for h, _ in stored] == list(range(0, 12, 2))
+        assert all(verify(b) for _, b in stored)
+
+    def test_append_many_crc_checked_skips_the_crc_and_nothing_else(self) -> None:
+        """``crc_checked=True`` is the caller's word that it verified each CRC: a batch whose
+        CRC field is wrong is stored as it is (nothing else looks at it), while a batch of the
+        wrong length, too large, or cut short is still refused, and without the flag the CRC
+        is checked."""
+        e = self.open_engine(batch_bytes_max=4000)
+        bad_crc = bytearray(make_batch(0))
+        bad_crc[17] ^= 0xFF
+        with _raises(CorruptBatch):
+            e.append_many([bytes(bad_crc)])
+        assert e.append_many([make_batch(1), bytes(bad_crc)], crc_checked=True) == [0, 3]
+        for refused in (make_batch(2)[:-1], make_batch(3) + b"x", make_batch(4, payload_bytes=5000)):
+            with _raises(CorruptBatch):
+                e.append_many([make_batch(5), refused], crc_checked=True)
+        stored = [bytes(v) for _, v in iter_batches(e.read(0, 1 << 20))]  # as stored: no CRC check
+        assert e.log_end_offset == 6 and [batch_index(memoryview(b)) for b in stored] == [1, 0]
+        assert stored[1][8:] == bytes(bad_crc[8:])
+
     def test_closed_engine_raises(self) -> None:
         e = self.open_engine()
         self.fill(e, 2)

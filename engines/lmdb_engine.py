@@ -138,10 +138,10 @@ class LmdbEngine:
         """Raises CorruptBatch / BatchTooLarge / StorageFull / EngineClosed."""
         return self.append_many([batch])[0]
 
-    def append_many(self, batches: list[bytes | bytearray | memoryview]) -> list[int]:
+    def append_many(self, batches: list[bytes | bytearray | memoryview], *, crc_checked: bool = False) -> list[int]:
         """One write transaction for all: all-or-nothing."""
         self._check_open()
-        headers = [validate_batch(b, self.config.batch_bytes_max) for b in batches]
+        headers = [validate_batch(b, self.config.batch_bytes_max, check_crc=not crc_checked) for b in batches]
         if not batches:
             return []
 

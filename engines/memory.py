@@ -2,6 +2,9 @@
 the conformance suite's other engines must behave exactly like it.
 
 Not persistent: ``directory`` is accepted (to match the Engine constructor) and ignored.
+It is the one engine that keeps batches in memory, so it keeps its own copy of each (bytes),
+never the caller's buffer: that may be a view onto a libzmq message or a request's buffer that
+its owner modifies later (fabric/buffers.py).
 Not thread-safe: one owner calls it. Retention and truncation work per batch.
 """
 
@@ -55,15 +58,16 @@ class MemoryEngine:
         """Raises CorruptBatch / BatchTooLarge / EngineClosed."""
         return self.append_many([batch])[0]
 
-    def append_many(self, batches: list[bytes | bytearray | memoryview]) -> list[int]:
+    def append_many(self, batches: list[bytes | bytearray | memoryview], *, crc_checked: bool = False) -> list[int]:
         """All-or-nothing: every batch is validated before any is stored."""
         self._check_open()
         for b in batches:
-            validate_batch(b, self.config.batch_bytes_max)
+            validate_batch(b, self.config.batch_bytes_max, check_crc=not crc_checked)
         offsets = []
         for b in batches:
             base_offset = self._log_end_offset
-            stored = BASE_OFFSET.pack(base_offset) + bytes(memoryview(b)[8:])
+            # one copy, stamped: never a reference to the caller's buffer (see the module doc)
+            stored = b"".join((BASE_OFFSET.pack(base_offset), memoryview(b)[8:]))
             header = parse_header(stored)
             self._batches.append(stored)
             self._headers.append(header)

@@ -116,12 +116,13 @@ class SegmentEngine:
                 raise
         return offset
 
-    def append_many(self, batches: list[bytes | bytearray | memoryview]) -> list[int]:
+    def append_many(self, batches: list[bytes | bytearray | memoryview], *, crc_checked: bool = False) -> list[int]:
         """Validate all, then write all, then (fsync always) one fdatasync. On StorageFull the
         batches of this call already written are cut again, so the log is unchanged."""
         self._check_open()
         batch_bytes_max = self.config.batch_bytes_max
-        headers = [validate_batch_fields(b, batch_bytes_max) for b in batches]
+        check_crc = not crc_checked
+        headers = [validate_batch_fields(b, batch_bytes_max, check_crc=check_crc) for b in batches]
         start_offset = self.log_end_offset
         offsets = []
         try:

@@ -35,7 +35,8 @@ def unpack(data: bytes) -> Any:
 
 
 class Request:
-    """One decoded request as a ROUTER sees it. ``payloads`` are raw frames (bytes)."""
+    """One decoded request as a ROUTER sees it. ``payloads`` are raw frames: bytes, or a large
+    frame's own buffer (``fabric.buffers.OwnedFrame``, the request's to modify and keep)."""
 
     __slots__ = ("identity", "command", "header", "payloads", "id", "received_ms")
 
@@ -84,7 +85,8 @@ def decode_request(frames: list[bytes], received_ms: int = 0) -> Request:
     rid = header.get("id", 0)
     if not isinstance(rid, int) or isinstance(rid, bool):
         raise MalformedFrame(P.MALFORMED_REQUEST, "field 'id' must be int")
-    req = Request(identity, body[1], header, body[3:], received_ms)
+    command = body[1] if type(body[1]) is bytes else bytes(body[1])  # a dict key (a large frame is a bytearray)
+    req = Request(identity, command, header, body[3:], received_ms)
     # limits checked after the header so that the error reply can name the request id
     if len(frames) > P.FRAMES_MAX:
         raise MalformedFrame(P.REQUEST_TOO_LARGE, f"{len(frames)} frames is over {P.FRAMES_MAX}", req)

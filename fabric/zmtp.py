@@ -18,6 +18,9 @@ Clients are unchanged: any ZMTP 3.x DEALER (libzmq, pyzmq) talks to it.
 
 A complete message is handed on as ``[identity, b"", frames...]``, as a ROUTER would: the
 identity is the one the peer announced (``ZMQ_IDENTITY``) or one made up for the connection.
+A frame of at least ``P.OWNED_FRAME_BYTES_MIN`` bytes (a produced batch) is assembled straight
+into a buffer of its own and handed on as that ``OwnedFrame``, which the receiver may modify
+and keep (``fabric.buffers``); smaller frames are bytes.
 
 Not thread-safe: owned by the node's reactor thread.
 """
@@ -34,6 +37,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
+from fabric.buffers import OwnedFrame
 from fabric.errors import MalformedFrame
 from fabric.reactor import Reactor
 
@@ -111,7 +115,7 @@ class _Connection:
 
     __slots__ = ("conn_id", "identity", "buf", "greeted", "ready", "frames", "message_bytes",
                  "skip_bytes", "discarding", "discard_request_id", "discard_code", "need_bytes", "held_bytes",
-                 "complete")
+                 "complete", "body", "body_missing", "body_more")
 
     def __init__(self, conn_id: bytes) -> None:
         self.conn_id = conn_id
@@ -128,6 +132,11 @@ class _Connection:
         self.held_bytes = 0        # counted in ZmtpServer.buffered_bytes: the message so far + the frame arriving
         self.need_bytes = 0        # buf cannot be parsed before it holds this many bytes
         self.complete = False      # conn.frames is a whole message, to hand on once its bytes are consumed
+        # a frame of at least OWNED_FRAME_BYTES_MIN bytes whose body is still arriving: the bytes
+        # go straight into its own buffer (handed on as it is: no copy after reassembly)
+        self.body: OwnedFrame | None = None
+        self.body_missing = 0      # bytes of ``body`` still to come
+        self.body_more = False     # the frame's MORE flag
 
 
 class ZmtpServer:
@@ -149,10 +158,12 @@ class ZmtpServer:
         self._connections: OrderedDict[bytes, _Connection] = OrderedDict()
         self._by_identity: dict[bytes, _Connection] = {}
         self.buffered_bytes = 0  # sum of held_bytes over connections (bounded: BUFFERED_REQUEST_BYTES_MAX)
-        reactor.add_socket(self.sock, self._on_stream)
+        reactor.add_socket(self.sock, self._on_stream, receive=_receive_chunk)
 
     # -- receiving -------------------------------------------------------------------------
-    def _on_stream(self, frames: list[bytes]) -> None:
+    def _on_stream(self, frames: list) -> None:
+        """``[connection id, data]``: data is a view onto libzmq's chunk (``_receive_chunk``),
+        copied into the connection's buffers by ``_feed`` and not kept."""
         if len(frames) != 2:
             return  # a STREAM socket delivers [connection id, data]
         conn_id, data = frames
@@ -186,6 +197,14 @@ class ZmtpServer:
         self._write(conn, GREETING)
 
     def _feed(self, conn: _Connection, data: bytes) -> None:
+        if conn.body is not None:  # the rest of a large frame's body: into its own buffer
+            n = min(len(data), conn.body_missing)
+            conn.body += data if n == len(data) else memoryview(data)[:n]
+            conn.body_missing -= n
+            if conn.body_missing:
+                return
+            self._frame_done(conn, conn.body, conn.body_more)
+            data = memoryview(data)[n:]
         if conn.skip_bytes:  # the body of a frame of an oversized message: never buffered
             if len(data) <= conn.skip_bytes:
                 conn.skip_bytes -= len(data)
@@ -195,10 +214,13 @@ class ZmtpServer:
         buf = conn.buf
         buf += data
         if len(buf) < conn.need_bytes:
-            return  # the rest of a large frame's body: nothing to parse yet (8 KiB chunks)
+            return  # the rest of a frame's body: nothing to parse yet (8 KiB chunks)
         conn.need_bytes = 0
         pos = 0
         try:
+            if conn.complete:  # a large frame completed the message above (the rest is in buf)
+                conn.complete = False
+                self._deliver(conn)
             while True:
                 used = self._parse_one(conn, buf, pos)
                 if used == 0:
@@ -259,15 +281,31 @@ class ZmtpServer:
             if not more:
                 self._answer_discarded(conn)
             return head
+        if size >= P.OWNED_FRAME_BYTES_MIN:
+            # its own buffer: what is here now, the rest as it arrives (_feed), handed on as is
+            have = min(avail - head, size)
+            with memoryview(buf) as view:  # released before the buffer shrinks
+                body = OwnedFrame(view[pos + head:pos + head + have])
+            if have < size:
+                conn.body, conn.body_missing, conn.body_more = body, size - have, more
+                return head + have
+            self._frame_done(conn, body, more)
+            return head + size
         if avail < head + size:
             conn.need_bytes = head + size  # buf starts at this frame once this feed is done
             return 0
         with memoryview(buf) as view:  # one copy, and released before the buffer shrinks
             frame = bytes(view[pos + head:pos + head + size])
-        conn.frames.append(frame)
-        conn.message_bytes += size
-        conn.complete = not more
+        self._frame_done(conn, frame, more)
         return head + size
+
+    @staticmethod
+    def _frame_done(conn: _Connection, frame: bytes | OwnedFrame, more: bool) -> None:
+        conn.frames.append(frame)
+        conn.message_bytes += len(frame)
+        conn.complete = not more
+        conn.body = None
+        conn.body_missing = 0
 
     def _within_limits(self, conn: _Connection, size: int) -> bool:
         """Checked at each frame's header, before its body is buffered (and again, with the
@@ -298,6 +336,8 @@ class ZmtpServer:
         conn.held_bytes = 0
         conn.frames = []
         conn.message_bytes = 0
+        conn.body = None
+        conn.body_missing = 0
 
     def _answer_discarded(self, conn: _Connection) -> None:
         conn.discarding = False
@@ -382,6 +422,24 @@ class ZmtpServer:
     def close(self) -> None:
         self.reactor.remove_socket(self.sock)
         self.sock.close(0)
+
+
+def _receive_chunk(sock: zmq.Socket) -> list:
+    """One STREAM message: ``[connection id, data]``, the data (at most libzmq's 8 KiB read) as
+    a view onto its libzmq message, since ``_feed`` copies it anyway. A STREAM message always
+    has these two parts, and ``Frame.more`` checks it without pyzmq's getsockopt(RCVMORE)
+    (several µs: ``recv_multipart`` cost three times this per chunk). A message of more parts
+    (never seen) is read whole and handed on as it is, which ``_on_stream`` ignores. Raises
+    zmq.Again when none is waiting."""
+    conn_id = sock.recv(zmq.NOBLOCK)
+    frame = sock.recv(zmq.NOBLOCK, copy=False)
+    if not frame.more:
+        return [conn_id, frame.buffer]
+    parts = [conn_id, frame.bytes]
+    while frame.more:
+        frame = sock.recv(zmq.NOBLOCK, copy=False)
+        parts.append(frame.bytes)
+    return parts
 
 
 def _request_id(frames: list[bytes]) -> int:

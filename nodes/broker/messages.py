@@ -29,7 +29,8 @@ class ProduceInput(NamedTuple):
     topic: str
     partition: int
     leader_epoch: int  # the leader epoch the client knows (-1: it sent none)
-    data: bytes        # one record batch as the client built it (base offset 0)
+    data: bytes        # one record batch as the client built it (base offset 0): bytes, or the
+    #                    request's OwnedFrame, which the leader stamps in place (fabric/buffers.py)
 
     @classmethod
     def decode(cls, tp: Any, data: bytes) -> "ProduceInput | None":

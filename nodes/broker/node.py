@@ -25,6 +25,7 @@ from fabric import wire
 from fabric.config import LoomConfig
 from fabric.errors import MalformedFrame, RemoteError
 from fabric.metadata import ClusterMetadata, PartitionInfo
+from fabric.reactor import zero_copy_receive
 from fabric.rpc import RpcClient, make_socket
 from fabric.stall import StallWatch
 from nodes.base import Node
@@ -87,7 +88,10 @@ class Broker(Node):
         self.repl_sub = ReplicationSubscriber(repl_sock, self.partitions, self.fetchers.get,
                                               is_other_topic_id=self.core.is_other_topic_id, blocked=self.faults.blocks,
                                               on_appended=self.core.follower_appended, counters=self.counters)
-        self.reactor.add_socket(repl_sock, self.repl_sub.on_message, messages_max=P.REPLICATION_DRAIN_MESSAGES_MAX)
+        # replicated batches arrive as views onto libzmq's messages (no copy); the follower
+        # writes them and keeps none of them (fabric/buffers.py)
+        self.reactor.add_socket(repl_sock, self.repl_sub.on_message, messages_max=P.REPLICATION_DRAIN_MESSAGES_MAX,
+                                receive=zero_copy_receive(P.ZERO_COPY_RECV_BYTES_MIN))
         self.sub = make_socket(self.ctx, zmq.SUB)
         self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, config.liveness.heartbeat_interval_ms)
         self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)

@@ -29,6 +29,7 @@ from engines import batch as B
 from engines.api import Engine, EngineError, StorageFull
 from engines.durable import replace_file
 from fabric import protocol as P
+from fabric.buffers import Payload, stampable
 from fabric.errors import RemoteError
 from nodes.broker.epochs import EpochCache, epoch_contradiction
 from nodes.broker.producers import ProducerStateTable
@@ -140,11 +141,13 @@ class Partition:
         self._check_offsets()
 
     # -- leader: appends ---------------------------------------------------------------------
-    def append_as_leader(self, batches: list[bytes], batch_bytes_max: int) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
+    def append_as_leader(self, batches: list[Payload], batch_bytes_max: int) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
         """Validate and append batches (one durability point). Returns per batch
         (base_offset, error_code, message) -- error batches are not written, retried duplicates
         answer with their original offset and message "duplicate" -- and the batches written
-        (for the replication stream)."""
+        (for the replication stream). A written batch is stamped with our leader epoch: an
+        ``OwnedFrame`` (the request's own buffer, fabric/buffers.py) in place, anything else
+        in a copy; the batches returned are those stamped buffers."""
         results: list[tuple[int, int, str]] = []
         to_write: list[bytearray] = []
         headers: list[B.BatchHeader] = []
@@ -159,7 +162,7 @@ class Partition:
             if dup is not None:
                 results.append((dup, 0, "duplicate"))
                 continue
-            buf = bytearray(data)
+            buf = stampable(data)
             B.set_leader_epoch(buf, self.leader_epoch)
             to_write.append(buf)
             headers.append(h)
@@ -173,7 +176,7 @@ class Partition:
             return results, []
         end = self.log_end_offset
         try:
-            offsets = self.engine.append_many(to_write)
+            offsets = self.engine.append_many(to_write, crc_checked=True)  # _validate verified each CRC
         except (StorageFull, EngineError) as e:
             self.producers.truncate_from(self.log_end_offset)  # the failed write left the log as it was
             for i in slots:
@@ -211,7 +214,7 @@ class Partition:
         return h
 
     # -- follower: replication ----------------------------------------------------------------
-    def append_as_follower(self, data: bytes) -> int:
+    def append_as_follower(self, data: Payload) -> int:
         """Append the leader's batches that continue our log; skip what we already have.
         Returns the number of batches appended. A bad batch (CRC, or a leader epoch older than
         one we already hold) raises BatchError and nothing of ``data`` is appended;
@@ -240,7 +243,7 @@ class Partition:
         if fresh:
             counts = [h.record_count for h in headers]
             self._check_stored_at(start, counts, [h.base_offset for h in headers], stored=False)
-            offsets = self.engine.append_many(fresh)
+            offsets = self.engine.append_many(fresh, crc_checked=True)  # iter_batches verified each CRC
             self._check_stored_at(start, counts, offsets)
             try:
                 self._record_appended(headers)

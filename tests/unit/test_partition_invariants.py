@@ -46,9 +46,9 @@ def _engine() -> MemoryEngine:
 class SkippingEngine(MemoryEngine):
     """An engine with a bug: it leaves a hole of one offset before every append."""
 
-    def append_many(self, batches: list) -> list[int]:  # type: ignore[override]
+    def append_many(self, batches: list, *, crc_checked: bool = False) -> list[int]:  # type: ignore[override]
         self._log_end_offset += 1
-        return super().append_many(batches)
+        return super().append_many(batches, crc_checked=crc_checked)
 
 
 def _leader_data(batches: int) -> bytes:

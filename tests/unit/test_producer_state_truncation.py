@@ -27,10 +27,10 @@ class _CountingEngine(MemoryEngine):
         self.reads += 1
         return super().read(offset, max_bytes)
 
-    def append_many(self, batches):  # noqa: ANN001, ANN201
+    def append_many(self, batches, **kw):  # noqa: ANN001, ANN003, ANN201
         if self.full:
             raise StorageFull("No space left on device (simulated)")
-        return super().append_many(batches)
+        return super().append_many(batches, **kw)
 
 
 def _batch(pid: int, seq: int, n: int = 2) -> bytes:

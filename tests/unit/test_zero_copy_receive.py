@@ -1,0 +1,205 @@
+"""Zero-copy receive (fabric/buffers.py): what a handler is given, and that what is kept past
+the handler is never changed by the messages received after it.
+
+- The replication SUB socket (a reactor socket read by ``zero_copy_receive``) hands large frames
+  as views onto libzmq's messages: a view kept stays valid and unchanged while many more
+  messages arrive, and the memory engine, which keeps batches, keeps copies.
+- The request port (``fabric.zmtp``) assembles each frame of at least OWNED_FRAME_BYTES_MIN
+  bytes into a buffer of its own (an OwnedFrame) whichever way TCP cut the bytes: the
+  frames kept from early requests (a parked acks=all produce keeps its payloads) are intact
+  after many more requests on the same connection, and every frame is byte for byte what
+  was sent.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import threading
+import time
+
+import zmq
+
+from engines.api import EngineConfig
+from engines.batch import iter_batches
+from engines.conformance import batch_index, make_batch
+from engines.memory import MemoryEngine
+from fabric import protocol as P
+from fabric import wire
+from fabric.buffers import OwnedFrame
+from fabric.reactor import Reactor, zero_copy_receive
+from fabric.zmtp import ZmtpServer
+from tests.harness import free_ports
+from tests.zmtp_peer import RawDealer
+
+PASSES_MAX = 2000
+POLL_MS = 5
+LATER_MESSAGES = 300
+WARM_UP = b"warm-up"
+SEND_TIMEOUT_S = 30.0
+
+
+def _subscriber(reactor: Reactor, received: list) -> tuple[zmq.Socket, zmq.Socket]:
+    """A PUB and a SUB on loopback TCP, the SUB read by ``reactor`` as the broker reads its
+    replication socket, joined: the messages published from now on arrive in ``received``
+    (those on topic WARM_UP, sent until the SUB has joined, are left out)."""
+    ctx = zmq.Context.instance()
+    port = free_ports(1)[0]
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    joined: list = []
+    reactor.add_socket(sub, lambda frames: (joined if frames[0] == WARM_UP else received).append(frames),
+                       messages_max=P.DRAIN_MESSAGES_MAX, receive=zero_copy_receive(P.ZERO_COPY_RECV_BYTES_MIN))
+    for _ in range(PASSES_MAX):  # a SUB joins late: what is published before is dropped
+        pub.send_multipart([WARM_UP])
+        reactor.run_once(POLL_MS)
+        if joined:
+            return pub, sub
+    raise AssertionError("the SUB socket did not join")
+
+
+def _publish(reactor: Reactor, pub: zmq.Socket, received: list, frames: list, count: int) -> None:
+    """Publish ``frames`` ``count`` times and receive them."""
+    expected = len(received) + count
+    for _ in range(count):
+        pub.send_multipart(frames)
+    for _ in range(PASSES_MAX):
+        if len(received) >= expected:
+            return
+        reactor.run_once(POLL_MS)
+    raise AssertionError(f"received {len(received)} of {expected} messages")
+
+
+def test_replication_frames_at_the_threshold_are_views_and_smaller_ones_bytes() -> None:
+    reactor, received = Reactor(), []
+    pub, sub = _subscriber(reactor, received)
+    try:
+        big, edge = make_batch(1, payload_bytes=100_000), b"e" * P.ZERO_COPY_RECV_BYTES_MIN
+        _publish(reactor, pub, received, [b"topic", b"h" * 100, big, edge, b"x" * (P.ZERO_COPY_RECV_BYTES_MIN - 1)], 1)
+        frames = received[0]
+        assert [type(f) for f in frames] == [bytes, bytes, memoryview, memoryview, bytes]
+        assert frames[2] == big and frames[3] == edge
+    finally:
+        reactor.remove_socket(sub)
+        sub.close()
+        pub.close()
+
+
+def test_views_and_the_memory_engine_keep_their_bytes_while_many_more_messages_arrive() -> None:
+    """The first batches are appended to the memory engine from views, and one view is kept
+    (as a parked request would keep its payload); then hundreds of messages of the same size
+    with other contents arrive (libzmq would reuse freed message memory for them). Neither the
+    kept view nor the engine's batches change."""
+    reactor, received = Reactor(), []
+    pub, sub = _subscriber(reactor, received)
+    engine = MemoryEngine("", EngineConfig())
+    try:
+        firsts = [make_batch(i, record_count=2, payload_bytes=40_000) for i in range(3)]
+        for batch in firsts:
+            _publish(reactor, pub, received, [b"t", batch], 1)
+        views = [frames[1] for frames in received]
+        assert all(type(v) is memoryview for v in views)
+        engine.append_many(views)
+        kept = views[0]
+        del views
+        received.clear()
+        _publish(reactor, pub, received, [b"t", make_batch(999, record_count=2, payload_bytes=40_000)], LATER_MESSAGES)
+        received.clear()
+        assert kept == firsts[0]
+        stored = [bytes(v) for _, v in iter_batches(engine.read(0, 1 << 20))]
+        assert [batch_index(memoryview(b)) for b in stored] == [0, 1, 2]
+        assert [b[8:] for b in stored] == [b[8:] for b in firsts]  # only the base offset was stamped
+    finally:
+        reactor.remove_socket(sub)
+        sub.close()
+        pub.close()
+
+
+def _zmtp_message(frames: list[bytes]) -> bytes:
+    """``frames`` as one ZMTP 3 message on the wire."""
+    out = bytearray()
+    for i, f in enumerate(frames):
+        flags = 0x01 if i < len(frames) - 1 else 0
+        out += struct.pack(">BQ", flags | 0x02, len(f)) if len(f) > 255 else bytes([flags, len(f)])
+        out += f
+    return bytes(out)
+
+
+def test_request_frames_are_owned_buffers_intact_after_many_more_requests_however_tcp_cuts_them() -> None:
+    rng = random.Random(13)
+    reactor = Reactor()
+    port = free_ports(1)[0]
+    delivered: list[list] = []
+    server = ZmtpServer(zmq.Context.instance(), reactor, f"tcp://127.0.0.1:{port}", delivered.append)
+    sent: list[list[bytes]] = []
+    for i in range(120):
+        sizes = [rng.choice([0, 5, 255, 256, P.OWNED_FRAME_BYTES_MIN - 1, P.OWNED_FRAME_BYTES_MIN,
+                             8191, 8192, 8193, 20_000, 100_003]) for _ in range(rng.randint(1, 4))]
+        payloads = [bytes([i % 251, n % 256]) * (n // 2) + b"z" * (n % 2) for n in sizes]
+        sent.append([b"", P.VERSION, P.PRODUCE, wire.pack({"id": i}), *payloads])
+    failed: list[BaseException] = []
+
+    def send_in_pieces() -> None:  # the handshake, then every message cut at random places
+        try:
+            peer = RawDealer("127.0.0.1", port, identity=b"zc")
+            peers.append(peer)
+            peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for frames in sent:
+                data = _zmtp_message(frames)
+                pos = 0
+                while pos < len(data):
+                    n = rng.choice([1, 2, 9, 100, 1000, 8192, 9000, 30_000])
+                    peer.sock.sendall(data[pos:pos + n])
+                    pos += n
+        except BaseException as e:  # reported by the test thread
+            failed.append(e)
+    peers: list[RawDealer] = []
+    thread = threading.Thread(target=send_in_pieces, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + SEND_TIMEOUT_S
+        while len(delivered) < len(sent) and time.monotonic() < deadline and not failed:
+            reactor.run_once(POLL_MS)
+        assert not failed and len(delivered) == len(sent)
+        for frames, message in zip(sent, delivered):
+            assert message[0] == b"zc" and message[1:] == frames
+            for f in message[1:]:
+                assert type(f) is (OwnedFrame if len(f) >= P.OWNED_FRAME_BYTES_MIN else bytes)
+        assert server.buffered_bytes == 0
+        thread.join(SEND_TIMEOUT_S)
+        assert not failed and not thread.is_alive()
+    finally:
+        thread.join(SEND_TIMEOUT_S)
+        for peer in peers:
+            peer.close()
+        server.close()
+
+
+def test_a_stream_chunk_is_read_as_its_connection_id_and_a_view_and_a_longer_message_whole() -> None:
+    """``fabric.zmtp._receive_chunk`` (the request port's reader): [id, view onto the chunk];
+    a message of more parts (libzmq's STREAM sends none) is read whole as bytes, so the next
+    message starts where it should."""
+    from fabric.zmtp import _receive_chunk
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://zero-copy-chunks")
+        b.connect("inproc://zero-copy-chunks")
+        for frames in ([b"id-1", b"x" * 8192], [b"id-2", b"a", b"b"], [b"id-3", b""]):
+            a.send_multipart(frames)
+        first = _receive_chunk(b)
+        assert first[0] == b"id-1" and type(first[1]) is memoryview and first[1] == b"x" * 8192
+        assert _receive_chunk(b) == [b"id-2", b"a", b"b"]
+        third = _receive_chunk(b)
+        assert third[0] == b"id-3" and not third[1]
+    finally:
+        a.close()
+        b.close()
