@@ -46,6 +46,10 @@ GC_GEN2_COLLECTIONS = 20      # gen-1 collections between full collections
 MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 MALLOC_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+# the roles whose hot path frees and allocates batch-sized buffers; the others keep glibc's
+# defaults and give freed memory back (the gateway's 2 MiB WebSocket messages would otherwise
+# stay in its heap, up to the trim threshold)
+MALLOC_TUNED_ROLES = frozenset({"broker"})
 
 
 def node_class(role: str) -> type:
@@ -93,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     setup_logging(args.log_level)
-    if not tune_malloc():
-        log.info("no glibc mallopt: malloc keeps its default trim and mmap thresholds")
     try:
         config = load_config(args.config)
         role = config.node(args.node).role
+        if role in MALLOC_TUNED_ROLES and not tune_malloc():
+            log.info("no glibc mallopt: malloc keeps its default trim and mmap thresholds")
         cls = node_class(role)
         node = cls(config, args.node)
     except ConfigError as e:

@@ -51,7 +51,9 @@ def test_a_freed_large_buffer_stays_in_the_heap_for_the_next_one() -> None:
     assert mmapped == 1 and kept < BUFFER_BYTES // 2
 
 
-def test_the_node_entry_point_tunes_malloc_before_building_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("role, tuned", [("broker", True), ("gateway", False), ("producer", False)])
+def test_the_node_entry_point_tunes_malloc_before_building_a_broker(monkeypatch: pytest.MonkeyPatch,
+                                                                    role: str, tuned: bool) -> None:
     from nodes import run
     calls: list[str] = []
 
@@ -64,7 +66,7 @@ def test_the_node_entry_point_tunes_malloc_before_building_the_node(monkeypatch:
 
     class FakeConfig:
         def node(self, name: str) -> object:
-            return type("N", (), {"role": "broker"})()
+            return type("N", (), {"role": role})()
 
     monkeypatch.setattr(run, "load_config", lambda path: FakeConfig())
     monkeypatch.setattr(run, "node_class", lambda role: FakeNode)
@@ -72,4 +74,4 @@ def test_the_node_entry_point_tunes_malloc_before_building_the_node(monkeypatch:
     monkeypatch.setattr(run, "tune_malloc", lambda: calls.append("malloc") or True)
     monkeypatch.setattr(run, "setup_logging", lambda level: None)
     assert run.main(["--node", "b1"]) == 0
-    assert calls == ["malloc", "built", "run"]
+    assert calls == (["malloc"] if tuned else []) + ["built", "run"]
