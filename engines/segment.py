@@ -70,7 +70,9 @@ class SegmentEngine:
         self._last_flush_ms = 0
         self._last_checkpoint_ms: int | None = None  # of maybe_flush's clock; None: at the next one
         if needs_flush:
-            self._unsynced = [s for s in self._segments[:-1]]
+            # what recovery validated (marked dirty) is fsynced before the new checkpoint names
+            # it; the segments before the old checkpoint keep their index files untouched
+            self._unsynced = [s for s in self._segments[:-1] if s.dirty]
             self._active.dirty = True
             self.flush()
         log.debug("opened %s: %s", directory, self.recovery)
@@ -164,7 +166,8 @@ class SegmentEngine:
                 old.index.write_pending(sync=False)
             except OSError as e:
                 raise translate_os_error(e, f"write {old.index.path}") from e
-            if old.dirty:
+            # listed already when a failed append_many rolled it before and cut back into it
+            if old.dirty and old not in self._unsynced:
                 self._unsynced.append(old)
         new = LogSegment(self.directory, offset, self.config.index_interval_bytes)
         new.index.reset()
@@ -270,8 +273,8 @@ class SegmentEngine:
         """See Engine.truncate_to; below log_start_offset everything is dropped. The new end is
         flushed (and checkpointed) before returning. Raises StorageFull / EngineError."""
         self._check_open()
-        if offset >= self.log_end_offset:
-            return
+        if offset >= self.log_end_offset or self.log_start_offset == self.log_end_offset:
+            return  # nothing at or after offset (an empty log may start above it)
         self._truncate(max(offset, self.log_start_offset))
         self.flush()
 
@@ -324,8 +327,8 @@ class SegmentEngine:
 
     def _delete_segment(self, seg: LogSegment) -> None:
         self._readers.pop(seg.base_offset, None)
-        if seg in self._unsynced:
-            self._unsynced.remove(seg)
+        # every mention: a flush fsyncing a deleted segment would re-create its file (empty)
+        self._unsynced = [s for s in self._unsynced if s is not seg]
         seg.delete()
 
     def _delete_first(self, count: int) -> int:

@@ -1,0 +1,200 @@
+"""Adversarial review of the segment engine's recovery checkpoint (an interval flush moves it at
+most every RECOVERY_CHECKPOINT_INTERVAL_MS): a crash is a second engine opened on the same
+directory without closing the first; a disk-full is a mocked pwritev. Each test names the
+sequence it drives and the recovery property it checks."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from engines.api import EngineConfig, StorageFull
+from engines.conformance import make_batch, read_all
+from engines.segment import SegmentEngine
+from engines.segment_recovery import read_checkpoint
+
+INTERVAL_MS = 50
+SEGMENT_BYTES = 16 * 1024
+
+
+def open_engine(directory: Path, fsync: str = "interval") -> SegmentEngine:
+    return SegmentEngine(str(directory), EngineConfig(fsync=fsync, fsync_interval_ms=INTERVAL_MS,
+                                                      segment_bytes_max=SEGMENT_BYTES, index_interval_bytes=512))
+
+
+def fill(engine: SegmentEngine, start: int, count: int, payload_bytes: int = 500) -> None:
+    for i in range(start, start + count):
+        engine.append(make_batch(i, record_count=1 + i % 4, payload_bytes=payload_bytes))
+
+
+def index_sizes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(directory.glob("*.index"))}
+
+
+def test_a_crash_reopen_keeps_the_indexes_of_segments_it_did_not_scan(tmp_path: Path) -> None:
+    """flush, append, crash: the dirty open must not cut the .index files of the segments before
+    the checkpoint (it never loaded them) to zero bytes; an empty index loads as valid and is
+    never rebuilt, so every later lookup in those segments walks them from byte 0."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 100)
+    e.flush()
+    fill(e, 100, 10)
+    before = index_sizes(tmp_path)
+    expected = read_all(e)
+    e2 = open_engine(tmp_path)  # crash
+    after = index_sizes(tmp_path)
+    older = sorted(before)[:-1]
+    assert older and all(before[name] > 0 for name in older)
+    assert {name: after[name] for name in older} == {name: before[name] for name in older}
+    assert read_all(e2) == expected
+    e2.close()
+
+
+def test_a_crash_reopen_fsyncs_what_it_recovered_before_checkpointing_it(tmp_path: Path) -> None:
+    """append across rolls with no flush at all, crash: the second engine validates the rolled
+    segments from the page cache and writes a checkpoint vouching for them; each must be
+    fdatasynced first, or a power failure after the checkpoint leaves bytes it trusts unsynced."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 100)  # rolls; nothing fsynced
+    assert len(e._segments) > 3
+    synced: list[str] = []
+    real_fdatasync = os.fdatasync
+
+    def recording_fdatasync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fdatasync(fd)
+
+    with mock.patch("engines.segment_file.os.fdatasync", recording_fdatasync):
+        e2 = open_engine(tmp_path)  # crash
+    logs = sorted(str(p) for p in tmp_path.glob("*.log"))
+    assert read_checkpoint(str(tmp_path)).next_offset == e2.log_end_offset
+    assert sorted(set(synced)) == logs
+    e2.close()
+
+
+def test_a_stale_index_entry_below_the_checkpoint_is_rebuilt_not_cut_at(tmp_path: Path) -> None:
+    """fsync always: append_many rolls (flush: checkpoint and index name the batches written so
+    far), then the disk fills and the call cuts its batches again; appends re-grow the segment
+    past the checkpoint's position with other batch boundaries (each fdatasynced), crash.
+    Recovery must open and keep every acknowledged record: the index file still names batch
+    starts of the cut bytes, which is stale index data, not a damaged log."""
+    e = open_engine(tmp_path, fsync="always")
+    fill(e, 0, 5)
+    real_pwritev = os.pwritev
+    calls = {"n": 0}
+
+    def full_after_a_roll(fd: int, buffers: list, position: int) -> int:
+        calls["n"] += 1
+        if calls["n"] == 34:  # past the first roll
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwritev(fd, buffers, position)
+
+    batches = [make_batch(i, record_count=1, payload_bytes=500) for i in range(5, 40)]
+    with mock.patch("engines.segment_file.os.pwritev", full_after_a_roll), pytest.raises(StorageFull):
+        e.append_many(batches)
+    point = read_checkpoint(str(tmp_path))
+    assert e.segment_count == 1 and point.position > e._active.size_bytes  # vouches for cut bytes
+    i = 5
+    while e._active.size_bytes <= point.position:
+        e.append(make_batch(i, record_count=1 + i % 3, payload_bytes=333))
+        i += 1
+    assert e.segment_count == 1
+    expected = read_all(e)
+    e2 = open_engine(tmp_path, fsync="always")  # crash
+    assert read_all(e2) == expected and e2.log_end_offset == e.log_end_offset
+    e2.close()
+
+
+def test_a_damaged_index_entry_below_the_checkpoint_does_not_cut_the_log(tmp_path: Path) -> None:
+    """flush, damage one index entry of the checkpoint segment (still increasing, inside the
+    log), append, crash: the index is derived data; recovery rebuilds it and keeps every record
+    instead of cutting the log at the entry."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 20)
+    e.flush()
+    fill(e, 20, 2)
+    expected = read_all(e)
+    index = sorted(tmp_path.glob("*.index"))[-1]
+    raw = bytearray(index.read_bytes())
+    assert len(raw) >= 16
+    position = int.from_bytes(raw[-4:], "big")
+    raw[-4:] = (position + 1).to_bytes(4, "big")  # the last entry now points one byte late
+    index.write_bytes(bytes(raw))
+    e2 = open_engine(tmp_path)  # crash
+    assert read_all(e2) == expected
+    e2.close()
+
+
+@pytest.mark.parametrize("how", ["reset", "truncate"])
+def test_truncating_an_empty_log_below_its_start_is_a_no_op(tmp_path: Path, how: str) -> None:
+    """reset_to(50) (or fill, truncate_to(start): empty at 0 is the trivial case), then
+    truncate_to below the start: nothing to drop, as in the memory and lmdb engines -- not a
+    CorruptBatch from looking up an offset in an empty segment."""
+    e = open_engine(tmp_path)
+    if how == "reset":
+        e.reset_to(50)
+    else:
+        fill(e, 0, 40)
+        e.delete_before(e._segments[-1].base_offset)
+        e.truncate_to(e.log_start_offset)
+    start = e.log_start_offset
+    assert start > 0 and e.log_end_offset == start
+    e.truncate_to(start - 1)
+    assert (e.log_start_offset, e.log_end_offset) == (start, start)
+    fill(e, 0, 3)
+    expected = read_all(e)
+    e2 = open_engine(tmp_path)  # crash
+    assert read_all(e2) == expected and e2.log_start_offset == start
+    e2.close()
+
+
+def fail_first_write_of_a_new_segment(engine: SegmentEngine, batches: list[bytes]) -> None:
+    """append_many that rolls, with the disk full at the first write into the new segment: the
+    call cuts its batches again (StorageFull), leaving the old segment active once more."""
+    real_pwritev = os.pwritev
+
+    def full_at_a_new_segment(fd: int, buffers: list, position: int) -> int:
+        if position == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwritev(fd, buffers, position)
+
+    with mock.patch("engines.segment_file.os.pwritev", full_at_a_new_segment), pytest.raises(StorageFull):
+        engine.append_many(batches)
+
+
+def log_bases(directory: Path) -> list[int]:
+    return sorted(int(p.name[:20]) for p in directory.glob("*.log"))
+
+
+@pytest.mark.parametrize("then", ["retention", "truncate"])
+def test_a_segment_deleted_after_a_failed_rolling_append_stays_deleted(tmp_path: Path, then: str) -> None:
+    """fill, append_many that rolls and fails (disk full) -- the old segment, active again, is
+    still listed as rolled-and-unsynced --, appends roll it again (listed twice), then retention
+    deletes it (or truncate_to cuts below it) and flushes: the flush must not fsync the deleted
+    segment, whose file would be re-created empty. A crash then reopens a phantom empty segment:
+    a log start below the real one whose records cannot be read (retention), or a segment past a
+    gap (truncate)."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 40)  # a roll: segment A, active with data, follows another
+    a = e._segments[-1].base_offset
+    assert a > 0
+    fail_first_write_of_a_new_segment(e, [make_batch(i, record_count=1, payload_bytes=500) for i in range(40)])
+    assert e._segments[-1].base_offset == a
+    fill(e, 20, 40)  # A rolls again
+    assert e._segments[-1].base_offset > a
+    if then == "retention":
+        e.delete_before(e._segments[-1].base_offset)
+        assert e.log_start_offset > a
+    else:
+        e.truncate_to(a)
+    assert log_bases(tmp_path) == e._bases
+    expected = read_all(e)
+    start, end = e.log_start_offset, e.log_end_offset
+    e2 = open_engine(tmp_path)  # crash
+    assert (e2.log_start_offset, e2.log_end_offset) == (start, end)
+    assert read_all(e2) == expected
+    e2.close()
