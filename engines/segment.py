@@ -281,7 +281,7 @@ class SegmentEngine:
     def _truncate(self, offset: int) -> None:
         self._read_hint = None
         i = bisect.bisect_right(self._bases, offset) - 1
-        for seg in self._segments[i + 1:]:
+        for seg in reversed(self._segments[i + 1:]):  # newest first: a crash leaves a prefix
             self._delete_segment(seg)
         del self._segments[i + 1:], self._bases[i + 1:]
         seg = self._segments[i]
