@@ -27,6 +27,7 @@ import bisect
 import logging
 import os
 from collections import OrderedDict
+from typing import Callable, TypeVar
 
 from engines.api import OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS, FSYNC_INTERVAL
 from engines.batch import BatchHeader
@@ -38,6 +39,7 @@ from engines.segment_recovery import Checkpoint, recover, write_checkpoint
 OPEN_SEGMENTS_MAX = 16  # older segments kept open for reads (LRU); the active one always is
 RECOVERY_CHECKPOINT_INTERVAL_MS = 10_000  # an interval flush moves the recovery checkpoint at most this often
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SegmentEngine:
@@ -207,13 +209,18 @@ class SegmentEngine:
         return self._segments[max(bisect.bisect_right(self._bases, offset) - 1, 0)]
 
     def _find(self, seg: LogSegment, offset: int) -> tuple[int, BatchHeader]:
+        return self._walk_from_index(seg, lambda: seg.find_position(offset))
+
+    def _walk_from_index(self, seg: LogSegment, walk: Callable[[], T]) -> T:
+        """``walk()``, a header walk from one of seg's index entries; when the entry does not
+        name the batch at its position (IndexDamaged), rebuild the index and walk again."""
         self._ensure_index(seg)
         try:
-            return seg.find_position(offset)
+            return walk()
         except IndexDamaged as e:
             log.warning("rebuilding damaged index %s: %s", seg.index.path, e)
             self._rebuild_index(seg)
-            return seg.find_position(offset)
+            return walk()
 
     def _ensure_index(self, seg: LogSegment) -> None:
         if not seg.index.loaded and not seg.index.load(seg.size_bytes):
@@ -293,8 +300,7 @@ class SegmentEngine:
             del self._segments[i], self._bases[i]
         active = self._active
         self._readers.pop(active.base_offset, None)
-        self._ensure_index(active)
-        active.load_tail()
+        self._walk_from_index(active, active.load_tail)  # the cut may leave a damaged entry last
         active.dirty = True
         self._size_bytes = sum(s.size_bytes for s in self._segments)
 

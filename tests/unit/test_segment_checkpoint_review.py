@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 
-from engines.api import EngineConfig, StorageFull
+from engines.api import EngineConfig, EngineError, StorageFull
 from engines.conformance import make_batch, read_all
 from engines.segment import SegmentEngine
 from engines.segment_recovery import read_checkpoint
@@ -225,6 +225,57 @@ def test_a_crash_while_truncation_deletes_segments_leaves_a_prefix(tmp_path: Pat
     after = read_all(e2)
     assert e2.log_start_offset == 0 and after == before[: len(after)]
     assert 0 < len(after) < len(before)
+    e2.close()
+
+
+@pytest.mark.xfail(strict=True, reason="truncate_to cuts the log before the checkpoint stops vouching for the cut "
+                   "bytes; when its flush fails the old checkpoint stays until the next one is written. Fix: "
+                   "before cutting below the on-disk checkpoint, write a checkpoint at or below the cut (and "
+                   "raise, log unchanged, if that fails)")
+def test_a_truncation_whose_fsync_fails_leaves_no_checkpoint_over_rewritten_bytes(tmp_path: Path) -> None:
+    """flush (checkpoint at position X), truncate_to below X whose fdatasync fails (EIO),
+    appends re-grow the segment past X with other batches, not yet fsynced: the on-disk
+    checkpoint still vouches for [0, X) of the old bytes. A power failure now leaves the old
+    bytes on disk, and recovery, trusting them up to the index entry before X, brings back
+    records truncate_to removed (a divergent tail a follower was cutting). Pre-existing: the
+    window ends at the next successful data fsync, with or without the checkpoint interval."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 20)
+    e.flush()
+    old_position = read_checkpoint(str(tmp_path)).position
+    assert e.segment_count == 1
+    with mock.patch("engines.segment_file.os.fdatasync", side_effect=OSError(errno.EIO, "I/O error")), \
+            pytest.raises(EngineError):
+        e.truncate_to(5)
+    cut_position = e._active.size_bytes
+    i = 100
+    while e._active.size_bytes <= old_position:
+        fill(e, i, 1)
+        i += 1
+    assert e.segment_count == 1
+    point = read_checkpoint(str(tmp_path))
+    assert point is not None and point.position <= cut_position, (point, cut_position)
+
+
+def test_truncation_past_a_damaged_index_entry_rebuilds_the_index(tmp_path: Path) -> None:
+    """fill, close, damage one index entry of the segment (one byte late, still increasing),
+    reopen, truncate_to the offset of the entry after it: the cut leaves the damaged entry last,
+    and reading the new tail from it raised IndexDamaged (an internal exception, not an
+    EngineError: out of the broker's handlers) instead of rebuilding the index as reads do."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 20)
+    e.close()
+    index = sorted(tmp_path.glob("*.index"))[-1]
+    raw = bytearray(index.read_bytes())
+    assert len(raw) >= 24
+    relative, position = int.from_bytes(raw[8:12], "big"), int.from_bytes(raw[12:16], "big")
+    raw[4:8] = (int.from_bytes(raw[4:8], "big") + 1).to_bytes(4, "big")  # entry 0 one byte late
+    index.write_bytes(bytes(raw))
+    e2 = open_engine(tmp_path)
+    before = read_all(e2)
+    e2.truncate_to(relative)  # the batch entry 1 names: cut exactly at its position
+    assert e2.log_end_offset == relative and e2._active.size_bytes == position
+    assert read_all(e2) == [b for b in before if b[0].base_offset < relative]
     e2.close()
 
 
