@@ -279,5 +279,72 @@ def test_truncation_past_a_damaged_index_entry_rebuilds_the_index(tmp_path: Path
     e2.close()
 
 
+def crash_and_compare(e: SegmentEngine, directory: Path) -> SegmentEngine:
+    """A second engine on ``e``'s files (a crash): the same range and byte-identical batches."""
+    expected, bounds = read_all(e), (e.log_start_offset, e.log_end_offset)
+    e2 = open_engine(directory)
+    assert (e2.log_start_offset, e2.log_end_offset) == bounds
+    assert read_all(e2) == expected
+    return e2
+
+
+def test_truncation_below_the_trusted_position_then_regrowth_past_it(tmp_path: Path) -> None:
+    """checkpoint at X (interval flush), truncate_to inside the same segment below X, appends of
+    other sizes re-grow it past X, interval flushes not due for the checkpoint, crash: the
+    checkpoint truncate_to wrote (at the cut) is the one on disk, never X over rewritten bytes."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 20)
+    t = 100_000
+    assert e.maybe_flush(t)
+    high = read_checkpoint(str(tmp_path))
+    e.truncate_to(7)
+    low = read_checkpoint(str(tmp_path))
+    assert low.segment_base_offset == high.segment_base_offset and low.position < high.position
+    i = 50
+    while e._active.size_bytes <= high.position + 1000:
+        fill(e, i, 1, payload_bytes=333)
+        i += 1
+    assert e.segment_count == 1
+    assert e.maybe_flush(t + INTERVAL_MS)
+    assert read_checkpoint(str(tmp_path)) == low
+    crash_and_compare(e, tmp_path).close()
+
+
+def test_a_roll_then_retention_of_every_older_segment_behind_a_stale_checkpoint(tmp_path: Path) -> None:
+    """checkpoint in segment 0, rolls, interval flushes not due, retention deletes every segment
+    but the active one (the checkpoint's among them): a new checkpoint at once; crash."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 5)
+    t = 100_000
+    e.maybe_flush(t)
+    fill(e, 5, 100)
+    e.maybe_flush(t + INTERVAL_MS)
+    assert read_checkpoint(str(tmp_path)).segment_base_offset == 0
+    e.delete_before(e.log_end_offset)
+    assert e.segment_count == 1
+    assert read_checkpoint(str(tmp_path)).segment_base_offset == e._active.base_offset
+    fill(e, 105, 3)
+    e.maybe_flush(t + 2 * INTERVAL_MS)
+    crash_and_compare(e, tmp_path).close()
+
+
+def test_reset_then_rolls_behind_a_stale_checkpoint(tmp_path: Path) -> None:
+    """interval checkpoint, reset_to above the end (checkpoint names the new empty segment at
+    position 0), appends across rolls, interval flushes not due, crash: a full scan from the
+    reset offset finds every record and nothing of the old log."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 30)
+    t = 100_000
+    e.maybe_flush(t)
+    e.reset_to(5_000)
+    fill(e, 0, 80)
+    assert e.segment_count > 2
+    e.maybe_flush(t + INTERVAL_MS)
+    assert read_checkpoint(str(tmp_path)).segment_base_offset == 5_000
+    e2 = crash_and_compare(e, tmp_path)
+    assert e2.log_start_offset == 5_000
+    e2.close()
+
+
 class SimulatedCrash(BaseException):
     """Raised by a mock where the process dies: nothing after it runs, no handler sees it."""
