@@ -27,6 +27,7 @@ import bisect
 import logging
 import os
 from collections import OrderedDict
+from typing import Callable, TypeVar
 
 from engines.api import OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS, FSYNC_INTERVAL
 from engines.batch import BatchHeader
@@ -38,6 +39,7 @@ from engines.segment_recovery import Checkpoint, recover, write_checkpoint
 OPEN_SEGMENTS_MAX = 16  # older segments kept open for reads (LRU); the active one always is
 RECOVERY_CHECKPOINT_INTERVAL_MS = 10_000  # an interval flush moves the recovery checkpoint at most this often
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SegmentEngine:
@@ -70,7 +72,9 @@ class SegmentEngine:
         self._last_flush_ms = 0
         self._last_checkpoint_ms: int | None = None  # of maybe_flush's clock; None: at the next one
         if needs_flush:
-            self._unsynced = [s for s in self._segments[:-1]]
+            # what recovery validated (marked dirty) is fsynced before the new checkpoint names
+            # it; the segments before the old checkpoint keep their index files untouched
+            self._unsynced = [s for s in self._segments[:-1] if s.dirty]
             self._active.dirty = True
             self.flush()
         log.debug("opened %s: %s", directory, self.recovery)
@@ -165,7 +169,8 @@ class SegmentEngine:
                 old.index.write_pending(sync=False)
             except OSError as e:
                 raise translate_os_error(e, f"write {old.index.path}") from e
-            if old.dirty:
+            # listed already when a failed append_many rolled it before and cut back into it
+            if old.dirty and old not in self._unsynced:
                 self._unsynced.append(old)
         new = LogSegment(self.directory, offset, self.config.index_interval_bytes)
         new.index.reset()
@@ -205,13 +210,18 @@ class SegmentEngine:
         return self._segments[max(bisect.bisect_right(self._bases, offset) - 1, 0)]
 
     def _find(self, seg: LogSegment, offset: int) -> tuple[int, BatchHeader]:
+        return self._walk_from_index(seg, lambda: seg.find_position(offset))
+
+    def _walk_from_index(self, seg: LogSegment, walk: Callable[[], T]) -> T:
+        """``walk()``, a header walk from one of seg's index entries; when the entry does not
+        name the batch at its position (IndexDamaged), rebuild the index and walk again."""
         self._ensure_index(seg)
         try:
-            return seg.find_position(offset)
+            return walk()
         except IndexDamaged as e:
             log.warning("rebuilding damaged index %s: %s", seg.index.path, e)
             self._rebuild_index(seg)
-            return seg.find_position(offset)
+            return walk()
 
     def _ensure_index(self, seg: LogSegment) -> None:
         if not seg.index.loaded and not seg.index.load(seg.size_bytes):
@@ -271,15 +281,15 @@ class SegmentEngine:
         """See Engine.truncate_to; below log_start_offset everything is dropped. The new end is
         flushed (and checkpointed) before returning. Raises StorageFull / EngineError."""
         self._check_open()
-        if offset >= self.log_end_offset:
-            return
+        if offset >= self.log_end_offset or self.log_start_offset == self.log_end_offset:
+            return  # nothing at or after offset (an empty log may start above it)
         self._truncate(max(offset, self.log_start_offset))
         self.flush()
 
     def _truncate(self, offset: int) -> None:
         self._read_hint = None
         i = bisect.bisect_right(self._bases, offset) - 1
-        for seg in self._segments[i + 1:]:
+        for seg in reversed(self._segments[i + 1:]):  # newest first: a crash leaves a prefix
             self._delete_segment(seg)
         del self._segments[i + 1:], self._bases[i + 1:]
         seg = self._segments[i]
@@ -291,8 +301,7 @@ class SegmentEngine:
             del self._segments[i], self._bases[i]
         active = self._active
         self._readers.pop(active.base_offset, None)
-        self._ensure_index(active)
-        active.load_tail()
+        self._walk_from_index(active, active.load_tail)  # the cut may leave a damaged entry last
         active.dirty = True
         self._size_bytes = sum(s.size_bytes for s in self._segments)
 
@@ -325,8 +334,8 @@ class SegmentEngine:
 
     def _delete_segment(self, seg: LogSegment) -> None:
         self._readers.pop(seg.base_offset, None)
-        if seg in self._unsynced:
-            self._unsynced.remove(seg)
+        # every mention: a flush fsyncing a deleted segment would re-create its file (empty)
+        self._unsynced = [s for s in self._unsynced if s is not seg]
         seg.delete()
 
     def _delete_first(self, count: int) -> int:

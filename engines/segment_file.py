@@ -230,14 +230,15 @@ class LogSegment:
 
     def load_tail(self) -> None:
         """Set next_offset / last_timestamp_ms / the index cadence from the batches after the
-        last index entry (a header walk of about index_interval_bytes)."""
+        last index entry (a header walk of about index_interval_bytes). A walk that raises
+        (IndexDamaged / CorruptBatch) leaves them unchanged."""
         offset, position = self.index.last_entry()
-        self.next_offset = self.base_offset
-        self._bytes_since_index_entry = 0
+        next_offset, last_timestamp_ms, since_entry = self.base_offset, self.last_timestamp_ms, 0
         for position, header in self.iter_headers(position, offset):
-            self.next_offset = header.next_offset
-            self.last_timestamp_ms = header.last_timestamp_ms
-            self._bytes_since_index_entry = self.size_bytes - self.index.last_entry()[1]
+            next_offset, last_timestamp_ms = header.next_offset, header.last_timestamp_ms
+            since_entry = self.size_bytes - self.index.last_entry()[1]
+        self.next_offset, self.last_timestamp_ms = next_offset, last_timestamp_ms
+        self._bytes_since_index_entry = since_entry
         if self.size_bytes and self.first_timestamp_ms is None:
             self.first_timestamp_ms = self.read_header(0).first_timestamp_ms
 

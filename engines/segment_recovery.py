@@ -147,17 +147,27 @@ class _Recovery:
             seg = segments[j]
             if j > k and seg.base_offset != expected:
                 self.notes.append(f"segment {seg.base_offset} does not follow offset {expected}")
-                return self._cut(segments, j, 0, ScanResult(0, expected, 0, None, "gap")), True
+                cut = self._cut(segments, j, 0, ScanResult(0, expected, 0, None, "gap"))
+                return self._mark_unsynced(cut, k), True
             if j > k:
                 self._note_rebuild(seg)
                 position = 0
             result = seg.scan(position, expected if j > k else offset, seg.size_bytes)
+            if j == k and position and result.error is not None and not result.batches:
+                # no valid batch where the index entry points: the index (derived data, e.g.
+                # naming batches a truncation cut and appends replaced) is wrong, not
+                # necessarily the log -- rebuild it from byte 0 rather than cut the log there
+                self.notes.append(f"index of segment {seg.base_offset} does not match the log at "
+                                  f"byte {position}: rebuilt")
+                self._note_rebuild(seg)
+                position, offset = 0, seg.base_offset
+                result = seg.scan(position, offset, seg.size_bytes)
             self.batches_scanned += result.batches
             seg.size_bytes, seg.next_offset = result.end_position, result.next_offset
             seg.last_timestamp_ms = result.last_timestamp_ms
             if result.error is not None:
                 self.notes.append(f"segment {seg.base_offset}: {result.error}; cut")
-                return self._cut(segments, j, result.end_position, result), True
+                return self._mark_unsynced(self._cut(segments, j, result.end_position, result), k), True
             expected = seg.next_offset
         active = segments[-1]
         active.load_tail()
@@ -165,8 +175,19 @@ class _Recovery:
         if clean:
             self.notes.append(f"clean: verified {self.batches_scanned} tail batches")
         else:
+            self._mark_unsynced(segments, k)
             self.notes.append(f"scanned {self.batches_scanned} batches")
         return segments, not clean
+
+    @staticmethod
+    def _mark_unsynced(segments: list[LogSegment], k: int) -> list[LogSegment]:
+        """Mark segments[k:] dirty: recovery validated them as it found them, perhaps only in
+        the page cache of a process that crashed before fsyncing them, so the new checkpoint may
+        vouch for them only after the opener's flush fsyncs them. The segments before k were
+        fsynced before the old checkpoint named a later one and are neither read nor written."""
+        for seg in segments[k:]:
+            seg.dirty = True
+        return segments
 
     def _note_rebuild(self, seg: LogSegment) -> None:
         seg.index.reset()
