@@ -140,6 +140,22 @@ def test_byte_at_a_time_delivers_every_edge_size_intact(server: ZmtpServer) -> N
     _close(server)
 
 
+def test_every_cut_of_an_over_limit_message_of_owned_frames_discards_it_and_serves_the_next(
+        server: ZmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An owned frame within the request limit, then one that takes the message over it: the
+    first frame's buffer is dropped, the rest skipped unbuffered, the peer answered, and the
+    next message (an owned frame again) delivered intact, wherever the chunks are cut."""
+    monkeypatch.setattr(P, "REQUEST_BYTES_MAX", 6000)
+    over = _request(9, [_payload(2000, 4), _payload(4000, 5), b"end"])
+    after = _request(10, [_payload(3000, 6)])
+    stream = HANDSHAKE + _message(over) + _message(after)
+    for cut in range(len(HANDSHAKE), len(stream)):
+        delivered = _run(server, [stream[:cut], stream[cut:]], writable=True)
+        _check(delivered, [after])
+        assert server.counters["requests_over_limit"] > 0 and server.buffered_bytes == 0
+        _close(server)
+
+
 def test_a_connection_closing_at_any_point_of_an_owned_frame_frees_its_budget(server: ZmtpServer) -> None:
     """Cut the connection after every byte of a request with an OWNED-size frame: nothing is
     delivered, the shared budget is back to 0, and the next connection is served."""
