@@ -46,6 +46,11 @@ GC_GEN2_COLLECTIONS = 20      # gen-1 collections between full collections
 MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 MALLOC_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+# The roles whose data path the tuning serves (measured: bench/RESULTS.md). Not the others: every
+# thread that allocates gets a malloc arena of its own, each may then keep up to the trim
+# threshold of freed memory (8 threads that each held 40 MiB kept 206 MiB resident after freeing
+# it all, 1 MiB at the defaults), and the gateway runs the client library on many threads.
+MALLOC_TUNED_ROLES = frozenset({"broker"})
 
 
 def node_class(role: str) -> type:
@@ -93,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     setup_logging(args.log_level)
-    if not tune_malloc():
-        log.info("no glibc mallopt: malloc keeps its default trim and mmap thresholds")
     try:
         config = load_config(args.config)
         role = config.node(args.node).role
+        if role in MALLOC_TUNED_ROLES and not tune_malloc():
+            log.info("no glibc mallopt: malloc keeps its default trim and mmap thresholds")
         cls = node_class(role)
         node = cls(config, args.node)
     except ConfigError as e:
