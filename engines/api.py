@@ -14,8 +14,9 @@ raise AssertionError.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from engines.errors import LoomError
 
@@ -191,3 +192,17 @@ class Engine(Protocol):
     def close(self) -> None:
         """Flush and release files. Idempotent."""
         ...
+
+
+def verified_append_kwargs(engine: Any) -> dict[str, bool]:
+    """The keyword arguments with which a caller that verified every batch's CRC calls
+    ``engine.append_many``: ``{"crc_checked": True}`` when the engine takes that keyword (every
+    built-in does), none for an engine written to the older ``append_many(batches)``, which
+    checks each CRC itself (passing the keyword would raise TypeError on every append). Pure."""
+    try:
+        params = inspect.signature(engine.append_many).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it the old way
+        return {}
+    takes = any(p.kind is p.VAR_KEYWORD or (p.name == "crc_checked" and p.kind is not p.POSITIONAL_ONLY)
+                for p in params)
+    return {"crc_checked": True} if takes else {}

@@ -46,9 +46,11 @@ GC_GEN2_COLLECTIONS = 20      # gen-1 collections between full collections
 MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 MALLOC_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-# the roles whose hot path frees and allocates batch-sized buffers; the others keep glibc's
-# defaults and give freed memory back (the gateway's 2 MiB WebSocket messages would otherwise
-# stay in its heap, up to the trim threshold)
+# The roles whose data path the tuning serves (measured: bench/RESULTS.md). Not the others: every
+# thread that allocates gets a malloc arena of its own, each may then keep up to the trim
+# threshold of freed memory (8 threads that each held 40 MiB kept 206 MiB resident after freeing
+# it all, 1 MiB at the defaults), and the gateway runs the client library on many threads (its
+# freed 2 MiB WebSocket messages made it grow 22 MB in the slow-client memory test).
 MALLOC_TUNED_ROLES = frozenset({"broker"})
 
 

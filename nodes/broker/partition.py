@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from engines import batch as B
-from engines.api import Engine, EngineError, StorageFull
+from engines.api import Engine, EngineError, StorageFull, verified_append_kwargs
 from engines.durable import replace_file
 from fabric import protocol as P
 from fabric.buffers import Payload, stampable
@@ -58,6 +58,9 @@ class Partition:
         self.partition = partition
         self.broker_id = broker_id
         self.engine = engine
+        # appends of batches whose CRC we verified: the engine need not check it again, when it
+        # takes crc_checked (an engine written before that keyword checks it itself)
+        self._verified_kwargs = verified_append_kwargs(engine)
         self.epochs = EpochCache(directory)
         self.producers = ProducerStateTable()
         self.role: str | None = None
@@ -176,7 +179,7 @@ class Partition:
             return results, []
         end = self.log_end_offset
         try:
-            offsets = self.engine.append_many(to_write, crc_checked=True)  # _validate verified each CRC
+            offsets = self.engine.append_many(to_write, **self._verified_kwargs)  # _validate verified each CRC
         except (StorageFull, EngineError) as e:
             self.producers.truncate_from(self.log_end_offset)  # the failed write left the log as it was
             for i in slots:
@@ -243,7 +246,7 @@ class Partition:
         if fresh:
             counts = [h.record_count for h in headers]
             self._check_stored_at(start, counts, [h.base_offset for h in headers], stored=False)
-            offsets = self.engine.append_many(fresh, crc_checked=True)  # iter_batches verified each CRC
+            offsets = self.engine.append_many(fresh, **self._verified_kwargs)  # iter_batches verified each CRC
             self._check_stored_at(start, counts, offsets)
             try:
                 self._record_appended(headers)
