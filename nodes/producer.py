@@ -3,7 +3,10 @@
 SERVICE_PRODUCE ``{topic, acks (0 | 1 | -1 | "all"), count}`` + one payload frame of records
 ``[[key, value, headers, partition|null], ...]`` -> ``{topic, count}`` + one payload frame of
 results ``[[partition, offset, error, message], ...]`` (one result per record, in order; error 0
-and offset -1 for acks=0). The frames are ``fabric.client.services.pack_rows``; keeping records
+and offset -1 for acks=0). Records without key and headers, all for one partition (or none),
+may come in the ``values`` form (``form: "values"``, ``partition``; the frame an array of
+values) and are then answered, when every one succeeded, in the ``columns`` form (``form:
+"columns"``; the frame ``[partitions, offsets]``): no array per record either way. The frames are ``fabric.client.services.pack_rows``; keeping records
 out of the header keeps them out of its 1 MiB bound and its field-by-field decoding. A request
 with ``records`` in its header instead is answered with ``results`` in the header.
 
@@ -41,7 +44,7 @@ from typing import Any, Callable, Sequence
 from fabric import protocol as P
 from fabric import wire
 from fabric.client.producer import ACKS, RECORD_OVERHEAD_BYTES, Producer, RecordFutures
-from fabric.client.services import pack_rows, unpack_rows
+from fabric.client.services import _HEADERS, _KEY, _PARTITION, _VALUE, COLUMNS_FORM, VALUES_FORM, pack_rows, unpack_rows, unpack_values
 from fabric.config import LoomConfig
 from fabric.errors import BufferExhaustedError, CodedError, FabricError, RemoteError
 from fabric.waker import Waker
@@ -58,22 +61,37 @@ SEND_BLOCK_MS = 5000               # how long the worker waits for a topic's met
 class _Job:
     """One SERVICE_PRODUCE request in flight. ``results`` is filled by producer I/O threads."""
 
-    __slots__ = ("req", "topic", "acks", "records", "size_bytes", "framed", "results", "remaining", "lock")
+    __slots__ = ("req", "topic", "acks", "records", "size_bytes", "framed", "results", "remaining", "lock",
+                 "values_form", "columns")
 
     def __init__(self, req: wire.Request, topic: str, acks: int, records: list | tuple, size_bytes: int,
-                 framed: bool = False) -> None:
+                 framed: bool = False, values_form: bool = False) -> None:
         self.req, self.topic, self.acks, self.records, self.size_bytes = req, topic, acks, records, size_bytes
         self.framed = framed  # records came in a payload frame: results go back in one
+        self.values_form = values_form  # ... in the values form: all-good results go back as columns
+        self.columns: tuple[list, list] | None = None  # (partitions, offsets) of every record, all delivered
         self.results: list[list | None] = [None] * len(records)
         self.remaining = len(records)
         self.lock = threading.Lock()
 
     def reply(self) -> tuple[dict, list[bytes]]:
         """The answer (header, payload frames) once every record has its result: the results
-        in a frame when the records came in one, else in the header."""
+        in a frame when the records came in one (as columns when they can be), else in the
+        header."""
+        if self.columns is not None:
+            return {"topic": self.topic, "count": len(self.results), "form": COLUMNS_FORM}, [pack_rows(self.columns)]
         if self.framed:
             return {"topic": self.topic, "count": len(self.results)}, [pack_rows(self.results)]
         return {"topic": self.topic, "results": self.results}, []
+
+    def resolve_columns(self, partitions: list[int], offsets: list[int]) -> bool:
+        """Every record delivered at once (one run, in order): True unless some were known."""
+        with self.lock:
+            if self.remaining != len(self.results):
+                return False
+            self.columns = (partitions, offsets)
+            self.remaining = 0
+            return True
 
     def resolve_many(self, start: int, positions: Sequence[int], rows: list) -> bool:
         """Record the results of records ``start + positions[j]`` (``rows[j]``), each not yet
@@ -116,13 +134,19 @@ class ProduceIntake:
         if acks_raw not in ACKS or isinstance(acks_raw, bool):
             raise RemoteError(P.MALFORMED_REQUEST, "acks must be 0, 1, -1 or \"all\"")
         framed = "records" not in req.header
-        records = self._framed_records(req) if framed else req.get("records", list)
+        values_form = framed and req.header.get("form") == VALUES_FORM
+        if values_form:
+            records, size = self._framed_values(req)
+        else:
+            records = self._framed_records(req) if framed else req.get("records", list)
+            size = 0
         if not 1 <= len(records) <= P.SERVICE_RECORDS_PER_REQUEST_MAX:
             raise RemoteError(P.MALFORMED_REQUEST, f"records must hold 1 to {P.SERVICE_RECORDS_PER_REQUEST_MAX} records")
-        size = _records_bytes(records)
+        if not values_form:
+            size = _records_bytes(records)
         if self.buffered_bytes + size > self.buffer_bytes_max:
             self._refuse_full()
-        job = _Job(req, topic, ACKS[acks_raw], records, size, framed)
+        job = _Job(req, topic, ACKS[acks_raw], records, size, framed, values_form)
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
@@ -133,20 +157,34 @@ class ProduceIntake:
         self.counters["produce_records"] += len(records)
         return job
 
-    def _framed_records(self, req: wire.Request) -> tuple:
-        """The records of a request that carries them in its one payload frame. A frame that
-        could not fit in the buffer is refused before it is decoded (its decoded records
-        take more memory than its bytes)."""
+    def _framed_records(self, req: wire.Request, unpack: Callable[[bytes, int], Sequence] | None = None) -> Sequence:
+        """The records (or, with ``unpack_values``, the values) of a request that carries them
+        in its one payload frame. A frame that could not fit in the buffer is refused before it
+        is decoded (its decoded records take more memory than its bytes)."""
         count = req.get("count", int)
         if len(req.payloads) != 1:
             raise RemoteError(P.MALFORMED_REQUEST, f"records travel in one payload frame, not {len(req.payloads)}")
         frame = req.payloads[0]
         if self.buffered_bytes + len(frame) > self.buffer_bytes_max:
             self._refuse_full()
-        records = unpack_rows(frame, P.SERVICE_RECORDS_PER_REQUEST_MAX, None)
+        records = unpack_rows(frame, P.SERVICE_RECORDS_PER_REQUEST_MAX, None) if unpack is None \
+            else unpack(frame, P.SERVICE_RECORDS_PER_REQUEST_MAX)
         if len(records) != count:
             raise RemoteError(P.MALFORMED_REQUEST, f"count is {count} but the frame holds {len(records)} records")
         return records
+
+    def _framed_values(self, req: wire.Request) -> tuple[list, int]:
+        """The records of a ``values`` form request as (None, value, None, partition) rows, and
+        the bytes they hold against the buffer. Raises RemoteError (malformed_request,
+        invalid_record, buffer_full)."""
+        partition = req.header.get("partition")
+        if partition is not None and (partition.__class__ is not int or partition < 0):
+            raise RemoteError(P.MALFORMED_REQUEST, "partition must be null or an integer >= 0")
+        values = self._framed_records(req, unpack_values)
+        if any(v.__class__ is not bytes for v in values):
+            raise RemoteError(P.INVALID_RECORD, "a values frame is an array of byte strings")
+        size = sum(map(len, values)) + RECORD_OVERHEAD_BYTES * len(values)
+        return list(zip(repeat(None), values, repeat(None), repeat(partition))), size
 
     def _refuse_full(self) -> None:
         self.counters["buffer_full"] += 1
@@ -326,6 +364,10 @@ class JobSender:
         positions, partitions, offsets, errors = futures.outcomes(0)
         if job.acks == 0:
             offsets = [-1] * len(offsets)
+        if (job.values_form and start == 0 and positions == range(len(job.results)) and errors.count(None) == len(errors)
+                and job.resolve_columns(partitions, offsets)):
+            self._answer(job)
+            return
         if errors.count(None) == len(errors):
             rows: list = list(zip(partitions, offsets, repeat(0), repeat("")))  # packed as arrays, as lists are
         else:
@@ -340,9 +382,6 @@ class JobSender:
     def _finish_many(self, job: _Job, start: int, positions: Sequence[int], rows: list) -> None:
         if rows and job.resolve_many(start, positions, rows):
             self._answer(job)
-
-
-_KEY, _VALUE, _HEADERS, _PARTITION = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
 
 
 def _error_code(err: Exception) -> int:

@@ -16,6 +16,10 @@ Records travel in one payload frame, not in the msgpack header (which is bounded
 ``P.HEADER_BYTES_MAX`` and decoded field by field): ``pack_rows`` makes the frame (a msgpack
 array of rows, one C call), ``unpack_rows`` reads it with limits; the header carries the
 count. SERVICE_PRODUCE sends its records that way and gets its results back that way;
+records with neither key nor headers, all for one partition (or none), travel in the
+``values`` form instead (header ``form: "values"``, ``partition``; the frame a msgpack array of
+values), and their results, when all succeeded, come back in the ``columns`` form (header
+``form: "columns"``; the frame ``[partitions, offsets]``): no array per record either way.
 CONSUMER_FETCH with ``frame: true`` gets its records that way. A request with its records in
 the header (``records``) is still answered in the header, as before.
 
@@ -27,6 +31,8 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Callable, NamedTuple
 
 import msgpack
@@ -40,6 +46,7 @@ from fabric.rpc import BlockingClient
 
 log = logging.getLogger(__name__)
 
+_KEY, _VALUE, _HEADERS, _PARTITION = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
 PRODUCE_TIMEOUT_MS = 40_000   # above the service's delivery timeout
 CALL_TIMEOUT_MS = 10_000
 CREATE_TIMEOUT_MS = 5_000
@@ -53,6 +60,34 @@ def service_endpoints(config: LoomConfig, role: str) -> list[str]:
 def pack_rows(rows: list | tuple) -> bytes:
     """One payload frame holding ``rows`` (lists or tuples of msgpack types)."""
     return msgpack.packb(rows, use_bin_type=True)
+
+
+VALUES_FORM, COLUMNS_FORM = "values", "columns"  # SERVICE_PRODUCE's frames without an array per record
+
+
+def unpack_columns(frame: bytes, count: int) -> tuple[list[int], list[int]]:
+    """``(partitions, offsets)`` of a ``columns`` results frame for ``count`` records. Raises
+    MalformedFrame(malformed_request)."""
+    try:
+        columns = msgpack.unpackb(frame, raw=False, max_array_len=P.MSGPACK_ARRAY_LEN_MAX, max_map_len=0)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"results frame is not valid msgpack: {e}") from e
+    if not (isinstance(columns, list) and len(columns) == 2
+            and all(isinstance(c, list) and len(c) == count for c in columns)):
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"a columns frame is [partitions, offsets] of {count} each")
+    return columns[0], columns[1]
+
+
+def unpack_values(frame: bytes, values_max: int) -> list:
+    """The values of a ``values`` form frame (an array of at most ``values_max`` items; the
+    caller checks their type). Raises MalformedFrame(malformed_request)."""
+    try:
+        values = msgpack.unpackb(frame, raw=False, max_array_len=P.MSGPACK_ARRAY_LEN_MAX, max_map_len=0)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"values frame is not valid msgpack: {e}") from e
+    if not (isinstance(values, list) and len(values) <= values_max):
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"a values frame is an array of at most {values_max} values")
+    return values
 
 
 def unpack_rows(frame: bytes, rows_max: int, width: int | None) -> tuple:
@@ -123,8 +158,16 @@ class ServiceProducer:
                      is_down: Callable[[str], bool] | None = None) -> tuple:
         """``produce`` with each result a plain (partition, offset, error, message) tuple: no
         object per record for a caller that turns them into something else at once."""
-        frame = pack_rows([r.to_wire() if isinstance(r, ServiceRecord) else r for r in records])
-        header = {"topic": topic, "acks": acks, "count": len(records)}
+        rows = [r.to_wire() if isinstance(r, ServiceRecord) else r for r in records]
+        n = len(rows)
+        partitions = list(map(_PARTITION, rows))
+        if (n and list(map(_KEY, rows)).count(None) == n and list(map(_HEADERS, rows)).count(None) == n
+                and partitions.count(partitions[0]) == n):
+            frame = pack_rows(list(map(_VALUE, rows)))
+            header = {"topic": topic, "acks": acks, "count": n, "form": VALUES_FORM, "partition": partitions[0]}
+        else:
+            frame = pack_rows(rows)
+            header = {"topic": topic, "acks": acks, "count": n}
         last: RemoteError | None = None
         for endpoint in self.endpoints:
             try:
@@ -137,6 +180,9 @@ class ServiceProducer:
                 continue
             if len(payloads) != 1:
                 raise MalformedFrame(P.MALFORMED_REQUEST, "a SERVICE_PRODUCE reply has one results frame")
+            if h.get("form") == COLUMNS_FORM:
+                partitions, offsets = unpack_columns(payloads[0], len(records))
+                return tuple(zip(partitions, offsets, repeat(0), repeat("")))
             rows = unpack_rows(payloads[0], len(records), 4)
             if len(rows) != len(records):
                 raise MalformedFrame(P.MALFORMED_REQUEST, f"{len(rows)} results for {len(records)} records")
