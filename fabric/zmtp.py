@@ -353,7 +353,7 @@ class ZmtpServer:
 
     def _write(self, conn: _Connection, data: bytes) -> None:
         try:
-            self.sock.send_multipart([conn.conn_id, data], zmq.NOBLOCK, copy=len(data) < P.ZERO_COPY_BYTES_MIN)
+            self.sock.send_multipart([conn.conn_id, data], zmq.NOBLOCK, copy=len(data) < P.REPLY_ZERO_COPY_BYTES_MIN)
         except zmq.Again:
             self.counters["reply_dropped_hwm"] += 1  # peer not reading: it will time out
         except zmq.ZMQError as e:
