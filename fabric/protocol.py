@@ -208,9 +208,9 @@ RCVHWM = 10_000
 # sends every ~100 KB record batch zero-copy, and each such frame costs a round trip through
 # pyzmq's Python garbage-collector thread (GIL time) that is dearer than the copy.
 ZERO_COPY_BYTES_MIN = 4 * 1024 * 1024
-# A reply on a request port (ZMTP over a STREAM socket, fabric.zmtp) is one joined frame per
-# reply, so zero-copy costs one such round trip per reply, not per batch: a consumer's fetch
-# reply (up to a partition's 4 MiB of batches) goes out without a second copy.
+# On a request port (ZMTP over a STREAM socket, fabric.zmtp) a reply frame this large (a
+# fetch's batches, up to a partition's 4 MiB) is written as it is, zero-copy, not joined with
+# the rest of the reply: one such round trip per reply, not per batch.
 REPLY_ZERO_COPY_BYTES_MIN = 256 * 1024
 TOPIC_NAME_LEN_MAX = 249
 PARTITIONS_MAX = 10_000
