@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import zlib
-from itertools import chain, repeat
+from itertools import repeat
 from operator import itemgetter
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
