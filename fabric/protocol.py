@@ -217,6 +217,10 @@ ZERO_COPY_RECV_BYTES_MIN = 16 * 1024
 # that buffer on (fabric/buffers.py's OwnedFrame): no copy after reassembly, and the leader
 # stamps a produced batch in place. Smaller frames (commands, headers) are bytes.
 OWNED_FRAME_BYTES_MIN = 1024
+# On a request port (ZMTP over a STREAM socket, fabric.zmtp) a reply frame this large (a
+# fetch's batches, up to a partition's 4 MiB) is written as it is, zero-copy, not joined with
+# the rest of the reply: one such round trip per reply, not per batch.
+REPLY_ZERO_COPY_BYTES_MIN = 256 * 1024
 TOPIC_NAME_LEN_MAX = 249
 PARTITIONS_MAX = 10_000
 ALTER_ISR_PARTITIONS_MAX = 2000       # ISR changes in one ALTER_ISR request

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import zlib
-from itertools import chain
+from itertools import repeat
 from operator import itemgetter
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
@@ -22,6 +22,7 @@ import msgpack
 from engines import batch as B
 from fabric import protocol as P
 from fabric.errors import RemoteError
+from fabric.fixed_records import FixedLayout, fixed_column, fixed_layout
 
 COMPRESSION_CODECS = {"none": B.COMPRESSION_NONE, "zstd": B.COMPRESSION_ZSTD, "lz4": B.COMPRESSION_LZ4}
 
@@ -158,14 +159,58 @@ def _gc_paused() -> Iterator[None]:
 
 
 class _Slice(NamedTuple):
-    """Records lo..hi-1 of one batch (base_offset + lo is the first one's offset)."""
+    """Records lo..hi-1 of one batch (base_offset + lo is the first one's offset), whose
+    payload is ``data[start:end]``."""
 
     base_offset: int
     record_count: int
     compression: int
-    payload: memoryview
+    data: bytes
+    start: int
+    end: int
     lo: int
     hi: int
+
+    @property
+    def payload(self) -> memoryview:
+        return memoryview(self.data)[self.start:self.end]
+
+
+class _Fixed(NamedTuple):
+    """A slice whose records are all laid out alike (``fabric.fixed_records``): its columns
+    are read with one struct unpack each, never as per-record tuples."""
+
+    buf: bytes | memoryview  # the uncompressed payload is buf[start:]
+    start: int
+    layout: FixedLayout
+    record_count: int
+    lo: int
+    hi: int
+
+    def column(self, timestamps: bool) -> list:
+        out = fixed_column(self.buf, self.start, self.layout, self.record_count, timestamps)
+        return out if self.lo == 0 and self.hi == self.record_count else out[self.lo:self.hi]
+
+
+def _corrupt(topic: str, partition: int, s: _Slice, e: Exception) -> RemoteError:
+    return RemoteError(P.CORRUPT_MESSAGE, f"{topic}-{partition}: batch at {s.base_offset}: {e}")
+
+
+def _fixed(topic: str, partition: int, s: _Slice) -> _Fixed | None:
+    """``s`` as a ``_Fixed`` when its records are all laid out alike, else None (unpack it).
+    Raises RemoteError(corrupt_message) for a payload that does not decompress."""
+    if s.compression == B.COMPRESSION_NONE:
+        buf, start, end = s.data, s.start, s.end
+    else:
+        try:
+            buf = _decompress(s.payload, s.compression)
+        except RemoteError:
+            raise
+        except Exception as e:  # zstandard and lz4 raise their own types
+            raise _corrupt(topic, partition, s, e) from e
+        start, end = 0, len(buf)
+    layout = fixed_layout(buf, start, end, s.record_count)
+    return None if layout is None else _Fixed(buf, start, layout, s.record_count, s.lo, s.hi)
 
 
 def _unpack(topic: str, partition: int, s: _Slice) -> tuple:
@@ -175,7 +220,7 @@ def _unpack(topic: str, partition: int, s: _Slice) -> tuple:
         recs = msgpack.unpackb(_decompress(s.payload, s.compression), raw=False, use_list=False)
         well_formed = isinstance(recs, tuple) and len(recs) == s.record_count and set(map(len, recs)) == {4}
     except Exception as e:  # msgpack raises several unrelated types; len() a TypeError
-        raise RemoteError(P.CORRUPT_MESSAGE, f"{topic}-{partition}: batch at {s.base_offset}: {e}") from e
+        raise _corrupt(topic, partition, s, e) from e
     if not well_formed:
         raise RemoteError(P.CORRUPT_MESSAGE, f"{topic}-{partition}: batch at {s.base_offset} does not hold "
                                              f"{s.record_count} records of [timestamp, key, value, headers]")
@@ -187,18 +232,20 @@ _key, _value, _headers = itemgetter(1), itemgetter(2), itemgetter(3)
 
 class RecordBatchView:
     """Records of one partition in offset order, as a consumer's ``poll_batch`` returns them:
-    counted and positioned from the batch headers alone, unpacked only when a field is first
-    read (one msgpack call per batch), and then column by column with C-level calls.
+    counted and positioned from the batch headers alone, decoded only when a field is first
+    read, and then column by column with C-level calls: a batch whose records are all laid
+    out alike (keyless, header-less, one value length: ``fabric.fixed_records``) by one struct
+    unpack per column, any other by one msgpack call.
 
     ``len(view)``, ``topic``, ``partition``, ``first_offset``, ``next_offset`` (one past the
     last record) need no unpacking. ``offsets``, ``timestamps``, ``keys``, ``values``,
     ``headers`` are lists (or a range) in record order; iterating gives ``Record`` tuples;
     ``records()`` all of them as a list. A payload that is not what its header says raises
     RemoteError(corrupt_message) at the first read. Not thread-safe (a view caches what it
-    unpacked); it holds the fetched bytes until it is dropped."""
+    decoded); it holds the fetched bytes until it is dropped."""
 
-    __slots__ = ("topic", "partition", "first_offset", "next_offset", "_slices", "_count", "_recs")
-    _recs: list[tuple] | None
+    __slots__ = ("topic", "partition", "first_offset", "next_offset", "_slices", "_count", "_decoded_cache")
+    _decoded_cache: list[_Fixed | tuple] | None
 
     def __init__(self, topic: str, partition: int, slices: list[_Slice]) -> None:
         self.topic = topic
@@ -207,7 +254,7 @@ class RecordBatchView:
         self.first_offset = slices[0].base_offset + slices[0].lo
         self.next_offset = slices[-1].base_offset + slices[-1].hi
         self._count = sum(s.hi - s.lo for s in slices)
-        self._recs = None
+        self._decoded_cache = None
 
     def __len__(self) -> int:
         return self._count
@@ -215,16 +262,33 @@ class RecordBatchView:
     def __repr__(self) -> str:
         return f"RecordBatchView({self.topic}-{self.partition} [{self.first_offset}, {self.next_offset}))"
 
-    def _unpacked(self) -> list[tuple]:
-        """Per slice, its records as (timestamp_ms, key, value, headers) tuples (cached)."""
-        if self._recs is None:
-            with _gc_paused():
-                self._recs = [_unpack(self.topic, self.partition, s) for s in self._slices]
-        return self._recs
+    def _decoded(self) -> list[_Fixed | tuple]:
+        """Per slice, a ``_Fixed`` or its records as (timestamp_ms, key, value, headers)
+        tuples (cached)."""
+        if self._decoded_cache is None:
+            topic, partition = self.topic, self.partition
+            decoded = [_fixed(topic, partition, s) for s in self._slices]
+            if any(d is None for d in decoded):
+                with _gc_paused():
+                    decoded = [_unpack(topic, partition, s) if d is None else d for d, s in zip(decoded, self._slices)]
+            self._decoded_cache = decoded
+        return self._decoded_cache
 
     def _column(self, getter: itemgetter) -> list:
-        unpacked = self._unpacked()
-        return list(map(getter, unpacked[0] if len(unpacked) == 1 else chain.from_iterable(unpacked)))
+        parts: list[list] = []
+        for d in self._decoded():
+            if type(d) is not _Fixed:
+                parts.append(list(map(getter, d)))
+            elif getter is _first or getter is _value:
+                parts.append(d.column(timestamps=getter is _first))
+            else:
+                parts.append([None] * (d.hi - d.lo))  # keys and headers of fixed records are nil
+        if len(parts) == 1:
+            return parts[0]
+        out: list = []
+        for part in parts:
+            out += part
+        return out
 
     @property
     def offsets(self) -> range | list[int]:
@@ -252,10 +316,19 @@ class RecordBatchView:
         """Every record as a ``Record`` (the per-record objects ``poll`` returns)."""
         out: list[Record] = []
         new, topic, partition = tuple.__new__, self.topic, self.partition
-        with _gc_paused():  # one pause: the unpacked tuples die before the collector sees them
+        cached = self._decoded_cache
+        # one pause: the collector would otherwise run every 700 new records and walk them
+        with _gc_paused():
             for i, s in enumerate(self._slices):  # batch by batch: what is unpacked stays in the cache
-                recs = self._recs[i] if self._recs is not None else _unpack(topic, partition, s)
-                # Record(...) would run a Python-level __new__ per record
+                d = cached[i] if cached is not None else _fixed(topic, partition, s)
+                if type(d) is _Fixed:
+                    # Record(...) would run a Python-level __new__ per record; zip reuses its tuple
+                    out += map(new, repeat(Record), zip(repeat(topic), repeat(partition),
+                                                        range(s.base_offset + s.lo, s.base_offset + s.hi),
+                                                        d.column(timestamps=True), repeat(None),
+                                                        d.column(timestamps=False), repeat(None)))
+                    continue
+                recs = d if d is not None else _unpack(topic, partition, s)
                 out += [new(Record, (topic, partition, off) + r) for off, r in enumerate(recs, s.base_offset + s.lo)]
         return out
 
@@ -287,7 +360,9 @@ def view_batches(topic: str, partition: int, data: bytes, start_offset: int = 0,
     end_offset (None when there are none), from the batch headers alone: nothing is unpacked
     until the view is read."""
     slices: list[_Slice] = []
+    end = 0
     for h, view in B.iter_batches(data):
+        at, end = end, end + len(view)  # where the batch is in data
         base = h.base_offset
         if end_offset is not None and base >= end_offset:
             break
@@ -296,5 +371,5 @@ def view_batches(topic: str, partition: int, data: bytes, start_offset: int = 0,
         lo = max(0, start_offset - base)
         hi = h.record_count if end_offset is None else min(h.record_count, end_offset - base)
         if hi > lo:
-            slices.append(_Slice(base, h.record_count, h.compression, view[B.HEADER_BYTES:], lo, hi))
+            slices.append(_Slice(base, h.record_count, h.compression, data, at + B.HEADER_BYTES, end, lo, hi))
     return RecordBatchView(topic, partition, slices) if slices else None

@@ -379,26 +379,50 @@ class ZmtpServer:
     # -- sending and closing -------------------------------------------------------------------
     def send(self, frames: list) -> None:
         """Send ``[identity, frames...]`` to that peer as one ZMTP message. Dropped (and
-        counted) when the peer is gone or its send queue is full."""
+        counted) when the peer is gone or its send queue is full. Frames of at least
+        ``REPLY_ZERO_COPY_BYTES_MIN`` go out as STREAM messages of their own (zero-copy), the
+        pieces between them joined; if a piece after the first cannot be queued, the peer is
+        disconnected, never left with half a reply."""
         conn = self._by_identity.get(bytes(frames[0]))
         if conn is None:
             self.counters["reply_dropped_gone"] += 1
             return
         body = frames[1:]
-        parts: list = []
+        chunks: list = []  # what goes out as one STREAM message each
+        parts: list = []   # small pieces, joined into one chunk
         for i, f in enumerate(body):
             parts.append(_frame_header(len(f), more=i < len(body) - 1))
-            parts.append(f)
-        self._write(conn, b"".join(parts))  # one STREAM message: never half a reply on the wire
+            if len(f) < P.REPLY_ZERO_COPY_BYTES_MIN:
+                parts.append(f)
+                continue
+            # a large frame (a fetch's batches) goes out as it is, zero-copy: joining it with
+            # the rest would copy megabytes once more
+            chunks += [b"".join(parts), f]
+            parts = []
+        if parts:
+            chunks.append(b"".join(parts))
+        if not self._write(conn, chunks[0]):
+            return
+        for chunk in chunks[1:]:
+            if not self._write(conn, chunk):
+                # the rest of a reply whose start is on the wire cannot be dropped alone: the
+                # peer would read the next reply as this one's tail. Disconnect it instead (its
+                # DEALER reconnects; its requests time out and are retried)
+                self.counters["reply_cut_disconnected"] += 1
+                self._close(conn)
+                return
 
-    def _write(self, conn: _Connection, data: bytes) -> None:
+    def _write(self, conn: _Connection, data: bytes) -> bool:
+        """One STREAM message to the peer; False when it was dropped (counted)."""
         try:
-            self.sock.send_multipart([conn.conn_id, data], zmq.NOBLOCK, copy=len(data) < P.ZERO_COPY_BYTES_MIN)
+            self.sock.send_multipart([conn.conn_id, data], zmq.NOBLOCK, copy=len(data) < P.REPLY_ZERO_COPY_BYTES_MIN)
+            return True
         except zmq.Again:
             self.counters["reply_dropped_hwm"] += 1  # peer not reading: it will time out
         except zmq.ZMQError as e:
             self.counters["reply_dropped"] += 1
             log.debug("send to a peer failed: %s", e)
+        return False
 
     def _close(self, conn: _Connection) -> None:
         """Disconnect the peer (an empty data frame closes a STREAM connection)."""
