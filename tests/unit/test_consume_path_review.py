@@ -186,3 +186,19 @@ def test_a_cut_reply_disconnects_the_peer_even_when_its_queue_is_still_full(serv
             assert server.port.connections == 1
             return
     raise AssertionError("the peer holds half a reply on a connection the port forgot: it is never served again")
+
+
+def test_a_request_behind_a_cut_reply_holds_no_buffer_budget(served) -> None:  # noqa: ANN001
+    """A large request pipelined behind the one whose reply is cut (read in the same chunk)
+    must not be parsed for a connection that is closed: its reserved bytes would count in
+    ``buffered_bytes`` with nothing left to release them."""
+    reactor, server, first_spy, dealer = served
+    spy = server.port.sock = _FullFromSpy(first_spy.sock)
+    assert _ask(reactor, dealer, 1, False) is not None  # connected and handshaken
+    spy.full_from = spy.sent + 1
+    dealer.send_multipart(wire.encode_request(P.PING, {"id": 2, "big": True}))
+    dealer.send_multipart(wire.encode_request(P.PING, {"id": 3}, [b"x" * (2 * P.OWNED_FRAME_BYTES_MIN + 100_000)]))
+    for _ in range(50):  # bounded: a few passes read both requests
+        reactor.run_once(10)
+    assert server.counters["reply_cut_disconnected"] == 1
+    assert server.port.buffered_bytes == 0
