@@ -115,7 +115,7 @@ class _Connection:
 
     __slots__ = ("conn_id", "identity", "buf", "greeted", "ready", "frames", "message_bytes",
                  "skip_bytes", "discarding", "discard_request_id", "discard_code", "need_bytes", "held_bytes",
-                 "complete", "body", "body_missing", "body_more")
+                 "complete", "body", "body_missing", "body_more", "closed")
 
     def __init__(self, conn_id: bytes) -> None:
         self.conn_id = conn_id
@@ -137,6 +137,7 @@ class _Connection:
         self.body: OwnedFrame | None = None
         self.body_missing = 0      # bytes of ``body`` still to come
         self.body_more = False     # the frame's MORE flag
+        self.closed = False        # closed by us or gone: nothing more of it is parsed or answered
 
 
 class ZmtpServer:
@@ -176,6 +177,9 @@ class ZmtpServer:
             return
         if conn is None:
             return  # bytes of a connection already closed by us
+        if conn.closed:  # its close could not be queued (its queue was full): try again now
+            self._close(conn)
+            return
         self._connections.move_to_end(conn_id)
         try:
             self._feed(conn, data)
@@ -192,6 +196,7 @@ class ZmtpServer:
             _, idlest = next(iter(self._connections.items()))
             self.counters["connections_evicted"] += 1
             self._close(idlest)
+            self._connections.pop(idlest.conn_id, None)  # even when its close had to wait
         conn = _Connection(conn_id)
         self._connections[conn_id] = conn
         self._write(conn, GREETING)
@@ -221,7 +226,7 @@ class ZmtpServer:
             if conn.complete:  # a large frame completed the message above (the rest is in buf)
                 conn.complete = False
                 self._deliver(conn)
-            while True:
+            while not conn.closed:  # a reply to what was delivered may have closed it
                 used = self._parse_one(conn, buf, pos)
                 if used == 0:
                     break
@@ -425,10 +430,17 @@ class ZmtpServer:
         return False
 
     def _close(self, conn: _Connection) -> None:
-        """Disconnect the peer (an empty data frame closes a STREAM connection)."""
+        """Disconnect the peer (an empty data frame closes a STREAM connection). libzmq refuses
+        that too while the peer's send queue is full (as when a reply was cut): the connection
+        then stays known as closed -- nothing it sends is parsed, nothing is sent to it but the
+        close, tried again each time it sends (its requests time out and are retried) -- so a
+        peer holding half a reply is never left connected and forgotten."""
         self._forget(conn)
         try:
             self.sock.send_multipart([conn.conn_id, b""], zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["close_deferred"] += 1
+            self._connections[conn.conn_id] = conn
         except zmq.ZMQError as e:  # the peer is gone already: nothing left to close
             log.debug("closing a connection: %s", e)
 
@@ -437,6 +449,7 @@ class ZmtpServer:
         if conn.identity is not None and self._by_identity.get(conn.identity) is conn:
             del self._by_identity[conn.identity]
         conn.buf = bytearray()
+        conn.closed = True
         self._release(conn)
 
     @property
