@@ -30,6 +30,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -64,6 +65,16 @@ class PhaseCpu:
                 for role, pids in sorted(self.pids.items())}
 
 
+def kept_alive(local: threading.local, url: Any, timeout_s: float) -> http.client.HTTPConnection:
+    """This thread's kept-alive connection to ``url`` (made at the first call, TCP_NODELAY)."""
+    conn = getattr(local, "conn", None)
+    if conn is None:
+        conn = local.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout_s)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
 def rest_produce(base: str, topic: str, requests_n: int, batch: int, clients: int) -> dict:
     """Closed loop: ``clients`` threads, each on one kept-alive ``http.client`` connection,
     answers read with orjson. (``requests`` cost ~2-3 ms of CPU per 500-record request here,
@@ -76,11 +87,7 @@ def rest_produce(base: str, topic: str, requests_n: int, batch: int, clients: in
     deadline = time.monotonic() + PHASE_SECONDS_MAX
 
     def one(_: int) -> int:
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-            conn.connect()
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = kept_alive(local, url, 60)
         if time.monotonic() > deadline:
             return 0
         conn.request("POST", f"/topics/{topic}?acks=all", body=body, headers=headers)
@@ -132,16 +139,8 @@ def latency(base: str, topic: str, rate: float, seconds: float) -> dict:
     lock = threading.Lock()
     local = threading.local()
 
-    def connection() -> http.client.HTTPConnection:
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-            conn.connect()
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
-
     def one(at: float) -> None:
-        conn = connection()
+        conn = kept_alive(local, url, 30)
         delay = at - time.perf_counter()
         if delay > 0:
             time.sleep(delay)

@@ -37,14 +37,14 @@ import queue
 import threading
 from collections import Counter, deque
 from itertools import repeat
-from operator import itemgetter
 from typing import Any, Callable, Sequence
 
 
 from fabric import protocol as P
 from fabric import wire
 from fabric.client.producer import ACKS, RECORD_OVERHEAD_BYTES, Producer, RecordFutures
-from fabric.client.services import _HEADERS, _KEY, _PARTITION, _VALUE, COLUMNS_FORM, VALUES_FORM, pack_rows, unpack_rows, unpack_values
+from fabric.client.services import (COLUMNS_FORM, HEADERS_OF, KEY_OF, PARTITION_OF, VALUE_OF, VALUES_FORM, pack_rows,
+                                    unpack_rows, unpack_values)
 from fabric.config import LoomConfig
 from fabric.errors import BufferExhaustedError, CodedError, FabricError, RemoteError
 from fabric.waker import Waker
@@ -291,8 +291,8 @@ class JobSender:
         Runs keep the request's order within every partition, as one ``send`` per record did."""
         producer = self._producer_for(job.acks)
         records, n = job.records, len(job.records)
-        partitions = list(map(_PARTITION, records))
-        if partitions.count(partitions[0]) == n and list(map(_HEADERS, records)).count(None) == n:
+        partitions = list(map(PARTITION_OF, records))
+        if partitions.count(partitions[0]) == n and list(map(HEADERS_OF, records)).count(None) == n:
             self._send_run(job, producer, 0, n, partitions[0])  # the common case: one run
             return
         i = 0
@@ -316,7 +316,7 @@ class JobSender:
             return self._send_one(job, producer, start)
         run = job.records[start:end]
         try:
-            producer.send_many(job.topic, list(map(_VALUE, run)), list(map(_KEY, run)), partition=partition,
+            producer.send_many(job.topic, list(map(VALUE_OF, run)), list(map(KEY_OF, run)), partition=partition,
                                on_complete=lambda futures: self._run_done(job, start, futures))
         except BufferExhaustedError as e:  # the records queued are answered by the hook
             queued = set(e.futures.positions)  # type: ignore[attr-defined]

@@ -46,7 +46,8 @@ from fabric.rpc import BlockingClient
 
 log = logging.getLogger(__name__)
 
-_KEY, _VALUE, _HEADERS, _PARTITION = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
+# the fields of a (key, value, headers, partition) record row
+KEY_OF, VALUE_OF, HEADERS_OF, PARTITION_OF = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
 PRODUCE_TIMEOUT_MS = 40_000   # above the service's delivery timeout
 CALL_TIMEOUT_MS = 10_000
 CREATE_TIMEOUT_MS = 5_000
@@ -160,10 +161,10 @@ class ServiceProducer:
         object per record for a caller that turns them into something else at once."""
         rows = [r.to_wire() if isinstance(r, ServiceRecord) else r for r in records]
         n = len(rows)
-        partitions = list(map(_PARTITION, rows))
-        if (n and list(map(_KEY, rows)).count(None) == n and list(map(_HEADERS, rows)).count(None) == n
+        partitions = list(map(PARTITION_OF, rows))
+        if (n and list(map(KEY_OF, rows)).count(None) == n and list(map(HEADERS_OF, rows)).count(None) == n
                 and partitions.count(partitions[0]) == n):
-            frame = pack_rows(list(map(_VALUE, rows)))
+            frame = pack_rows(list(map(VALUE_OF, rows)))
             header = {"topic": topic, "acks": acks, "count": n, "form": VALUES_FORM, "partition": partitions[0]}
         else:
             frame = pack_rows(rows)
