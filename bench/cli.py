@@ -1,4 +1,4 @@
-"""``loom bench produce|consume|e2e|engines|cluster|failover|gateway|monitor``: the benchmarks
+"""``loom bench produce|consume|e2e|engines|cluster|failover|gateway|monitor|rtt``: the benchmarks
 behind the CLI.
 
 Each subcommand hands its arguments unchanged to the benchmark module's own parser, so
@@ -82,6 +82,13 @@ def monitor(args: tuple[str, ...]) -> None:
 def gateway(args: tuple[str, ...]) -> None:
     """REST produce, WebSocket consume and REST latency through the gateway (python -m bench.gateway)."""
     _run("bench.gateway", list(args))
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def rtt(args: tuple[str, ...]) -> None:
+    """This machine's bare two-process request/reply round trip, the floor under latency (python -m bench.rtt)."""
+    _run("bench.rtt", list(args))
 
 
 COMMANDS = [bench]

@@ -112,6 +112,10 @@ def _summary(runs: list[dict]) -> dict:
         for name, mb in r.get("broker_peak_rss_mb", {}).items():
             rss[name] = max(rss.get(name, 0.0), mb)
     s["broker_peak_rss_mb"] = rss
+    # the memory trend: each run's fastest-growing broker, the median over runs
+    s["broker_rss_growth_mb_per_min"] = _median([max(g) for r in runs
+                                                 if (g := [v for v in r.get("broker_rss_growth_mb_per_min", {}).values()
+                                                           if v is not None])])
     return s
 
 
@@ -154,6 +158,7 @@ def _columns(doc: dict) -> list[tuple[str, Any]]:
     cols += [("cpu us/rec client", lambda s: s["cpu_us_per_record"]["client"]),
              ("cluster", lambda s: s["cpu_us_per_record"]["cluster"]),
              ("broker RSS MB max", lambda s: max(s["broker_peak_rss_mb"].values(), default=None)),
+             ("RSS MB/min", lambda s: s.get("broker_rss_growth_mb_per_min")),
              ("x rec/s", lambda s: s["ratio_to_first"]["records_per_s"]),
              ("x p99", lambda s: s["ratio_to_first"]["p99"])]
     return cols

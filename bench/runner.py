@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from bench import peer, report
 from bench.options import BenchOptions, Combination, OptionError, parse
-from bench.stats import LatencyHistogram, find_node_pids, peak_rss_mb
+from bench.stats import LatencyHistogram, find_node_pids, growth_mb_per_min, peak_rss_mb
 from bench.workload import Run, Target, create_topic, record_shares, tell
 from fabric.config import ConfigError
 from fabric.errors import FabricError
@@ -101,6 +101,7 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
             out.update(_consume_figures(o, consumers, cpu_c, r.group_expected, key=None))
             out["latency_ms"] = out["produce"]["latency_ms"]
         out["broker_peak_rss_mb"] = _peak_rss(target, r.rss_peak_mb)
+        out["broker_rss_growth_mb_per_min"] = {n: growth_mb_per_min(s) for n, s in r.rss_samples_mb.items()}
         out["timeline"] = r.timeline.points()
         return out
     finally:

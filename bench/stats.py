@@ -17,6 +17,7 @@ from pathlib import Path
 BUCKETS_PER_E = 100          # log buckets per factor e: bucket width ~1 %
 LATENCY_FLOOR_US = 1.0       # latencies under 1 µs count as 1 µs
 PROC_SCAN_PIDS_MAX = 100_000  # /proc entries looked at when finding a cluster's nodes
+RSS_TREND_SAMPLES_MIN = 4    # samples in a run's second half to speak of a memory trend
 
 
 class LatencyHistogram:
@@ -101,6 +102,25 @@ def peak_rss_mb(pid: int) -> float | None:
     """Peak resident memory over the process's life (VmHWM), MB; None when unreadable."""
     kib = _status_kib(pid, "VmHWM")
     return None if kib is None else kib * 1024 / 1e6
+
+
+def growth_mb_per_min(samples: list[tuple[float, float]]) -> float | None:
+    """The trend of a memory series: the least-squares slope, MB per minute, of the samples
+    ``(t_s, mb)`` in the second half of their time span (the first half holds start-up and the
+    buffers filling to their bounds). None with fewer than RSS_TREND_SAMPLES_MIN there."""
+    if not samples:
+        return None
+    t0, t1 = samples[0][0], samples[-1][0]
+    tail = [(t, mb) for t, mb in samples if t >= (t0 + t1) / 2]
+    if len(tail) < RSS_TREND_SAMPLES_MIN:
+        return None
+    n = len(tail)
+    mt = sum(t for t, _ in tail) / n
+    mm = sum(mb for _, mb in tail) / n
+    var = sum((t - mt) ** 2 for t, _ in tail)
+    if var <= 0:
+        return None
+    return round(60 * sum((t - mt) * (mb - mm) for t, mb in tail) / var, 2)
 
 
 def find_node_pids(config_path: str) -> dict[str, int]:

@@ -34,6 +34,7 @@ from nodes.local_cluster import SOURCE_ROOT, wait_until
 READY_S_MAX = 120.0          # workers connected and positioned
 TOPIC_READY_S_MAX = 120.0    # every partition led (1,000 partitions take a while on 2 cores)
 READ_BYTES_MAX = 1 << 20     # one read of a worker's pipe
+RSS_SAMPLES_MAX = 100_000    # per broker and run (one per SAMPLE_INTERVAL_S)
 WORKER_STOP_S_MAX = 10.0
 
 
@@ -175,6 +176,7 @@ class Run:
         self.workers: list[Worker] = []
         self.timeline = Timeline()
         self.rss_peak_mb: dict[str, float] = {}
+        self.rss_samples_mb: dict[str, list[tuple[float, float]]] = {}  # broker -> (t_s, MB), for the trend
         self.group_expected: int | None = None  # group mode: the records the group must read
         self.selector = selectors.DefaultSelector()
 
@@ -204,7 +206,13 @@ class Run:
             if time.monotonic() >= next_rss:
                 next_rss = time.monotonic() + SAMPLE_INTERVAL_S
                 for name, pid in self.target.broker_pids.items():
-                    self.rss_peak_mb[name] = max(self.rss_peak_mb.get(name, 0.0), rss_mb(pid) or 0.0)
+                    mb = rss_mb(pid)
+                    if mb is None:
+                        continue
+                    self.rss_peak_mb[name] = max(self.rss_peak_mb.get(name, 0.0), mb)
+                    samples = self.rss_samples_mb.setdefault(name, [])
+                    if len(samples) < RSS_SAMPLES_MAX:
+                        samples.append((time.monotonic(), mb))
             for w in self.workers:
                 if w.done is None and w.proc.poll() is not None and not self._read(w):
                     raise RuntimeError(f"{w.role} {w.index} exited with {w.proc.returncode} without a result: "

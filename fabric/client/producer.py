@@ -68,7 +68,7 @@ class Producer:
         self.accumulator = RecordAccumulator(
             AccumulatorSettings(linger_ms=linger_ms, batch_records_max=batch_records_max, batch_bytes_max=batch_bytes_max,
                                 buffer_bytes_max=buffer_bytes_max, max_block_ms=max_block_ms),
-            clock, wake=lambda: self.sender.wake())
+            clock, wake=lambda: self.sender.wake(), idle=lambda tp: self.sender.partition_idle(tp))
         self.sender = Sender(
             SenderSettings(acks=self.acks, compression=COMPRESSION_CODECS[compression], idempotent=idempotent,
                            delivery_timeout_ms=delivery_timeout_ms, request_timeout_ms=request_timeout_ms,

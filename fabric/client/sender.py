@@ -11,7 +11,7 @@ The sender depends on three narrow things, not on the producer that owns it: its
 and a ``MetadataCache`` (which it keeps fresh). RPC clients come from ``client_factory``
 (one per broker endpoint), so tests hand it recording fakes.
 
-Thread-safety: ``wake``, ``partition_count``, ``metadata`` and ``stop`` may be called from any
+Thread-safety: ``wake``, ``partition_idle``, ``partition_count``, ``metadata`` and ``stop`` may be called from any
 thread; everything else runs on the I/O thread.
 """
 
@@ -118,6 +118,11 @@ class Sender(threading.Thread):
 
     def wake(self) -> None:
         self._waker.wake()
+
+    def partition_idle(self, tp: tuple[str, int]) -> bool:
+        """Nothing in flight or queued for ``tp`` (read without a lock from another thread: a
+        stale answer costs a wake-up, or a wait for the next tick)."""
+        return tp not in self._in_flight and not self._queues.get(tp)
 
     def partition_count(self, topic: str, max_block_ms: int) -> int:
         """Partitions of ``topic``; waits for metadata (up to max_block_ms) if unknown.

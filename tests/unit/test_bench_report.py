@@ -13,7 +13,7 @@ import pytest
 
 from bench import peer, report
 from bench.options import parse
-from bench.stats import LatencyHistogram
+from bench.stats import LatencyHistogram, growth_mb_per_min
 
 
 def test_histogram_percentiles_within_a_bucket_and_merge_exactly() -> None:
@@ -33,6 +33,7 @@ def _run(engine: str, rate: int, p99: float, run: int) -> dict:
             "records": 1000, "errors": 0, "seconds": 1.0, "records_per_s": rate, "mb_per_s": rate / 1e4,
             "latency_ms": {"p50": p99 / 2, "p99": p99, "p999": p99 * 1.5, "samples": 10},
             "cpu_us_per_record": {"client": 2.0, "cluster": 1.0}, "broker_peak_rss_mb": {"broker-1": 40.0 + run},
+            "broker_rss_growth_mb_per_min": {"broker-1": 0.5 * run, "broker-2": None},
             "timeline": [{"t_s": 0.5 * i, "produced_per_s": rate, "consumed_per_s": 0, "p50_ms": p99 / 2,
                           "p99_ms": p99, "e2e_p99_ms": None} for i in range(1, 4)]}
 
@@ -54,6 +55,7 @@ def test_json_document_has_medians_ratios_and_every_run() -> None:
     assert (first["label"], second["label"]) == ("segment/interval/send", "lmdb/interval/send")
     assert second["ratio_to_first"] == {"records_per_s": 0.5, "p99": 2.0}
     assert second["broker_peak_rss_mb"] == {"broker-1": 42.0}
+    assert second["broker_rss_growth_mb_per_min"] == 0.5  # the median run's fastest-growing broker
     assert len(doc["runs"]) == 6 and doc["meta"]["command"] == "produce"
 
 
@@ -103,3 +105,13 @@ def test_peer_output_lines_are_read_as_the_scripts_print_them() -> None:
     assert lat["latency_ms"] == {"p50": 1.64, "p99": 6.6, "p999": 15.0} and "note" not in lat
     doc = _doc() | {"peer": lat}
     assert "p99 / peer p99 = 0.606" in report.peer_line(doc)
+
+
+def test_memory_trend_is_the_slope_of_the_second_half_in_mb_per_minute() -> None:
+    warm_up = [(float(t), 10.0 + 5 * t) for t in range(10)]          # buffers filling: not a trend
+    flat = [(float(t), 60.0 + (0.3 if t % 2 else -0.3)) for t in range(10, 20)]
+    assert abs(growth_mb_per_min(warm_up + flat)) < 2.0  # noise, against a leak's 30
+    leaking = [(float(t), 60.0 + 0.5 * t) for t in range(10, 20)]   # 0.5 MB/s = 30 MB/min
+    assert growth_mb_per_min(warm_up + leaking) == 30.0
+    assert growth_mb_per_min([(0.0, 1.0), (1.0, 2.0)]) is None    # too few samples to say
+    assert growth_mb_per_min([]) is None

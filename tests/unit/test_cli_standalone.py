@@ -37,7 +37,7 @@ def test_subcommand_modules_do_not_import_the_cli_back() -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize("bench", ["cluster", "failover", "engines"])
+@pytest.mark.parametrize("bench", ["cluster", "failover", "engines", "rtt"])
 def test_loom_bench_help_works_from_any_directory(tmp_path: Path, bench: str) -> None:
     loom = Path(sys.executable).parent / "loom"
     if not loom.exists():

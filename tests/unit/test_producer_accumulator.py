@@ -50,6 +50,25 @@ def test_an_open_batch_is_ready_once_its_linger_has_passed() -> None:
     assert sorted(b.partition for b in acc.take_ready(clock.now_ms() + 50)) == [0, 1]
 
 
+def test_with_linger_0_a_batch_opened_on_an_idle_partition_wakes_the_sender_at_once() -> None:
+    """A record after a pause leaves at once, not at the sender's next tick; a batch opened
+    while its partition has a request in flight, or with a linger, waits as before."""
+    clock = ManualClock(1000)
+    wakes: list[tuple[str, int]] = []
+    busy = {("t", 1)}
+    for linger_ms, expected in ((0, [("t", 0), ("t", 0)]), (5, [])):
+        wakes.clear()
+        acc = RecordAccumulator(AccumulatorSettings(linger_ms=linger_ms), clock, wake=lambda: wakes.append(("t", 0)),
+                                idle=lambda tp: tp not in busy)
+        _append(acc, 0)            # opens a batch on idle partition 0: wake
+        _append(acc, 0)            # the same open batch: no second wake
+        _append(acc, 1)            # partition 1 is busy: its reply's pass takes the batch
+        acc.append_many("t", 0, 0, [b"v", b"v"], 1, lambda i, j: [b""], )  # joins the open batch: no wake
+        assert acc.take_ready(clock.now_ms() + linger_ms, busy) != []
+        acc.append_many("t", 0, 0, [b"v"], 1, lambda i, j: [b""])  # opens a new one on idle partition 0: wake
+        assert wakes == expected, linger_ms
+
+
 def test_a_full_buffer_is_a_local_error_after_max_block_ms_and_release_frees_it() -> None:
     acc, clock, wakes = _accumulator(buffer_bytes_max=250, max_block_ms=50, linger_ms=0)
     _append(acc, size=200)

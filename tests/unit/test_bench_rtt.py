@@ -1,0 +1,20 @@
+"""`loom bench rtt`: the bare two-process round trip it measures is real (an echo process on a
+free loopback port, stopped afterwards) and its figures are ordered percentiles."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+from bench import rtt
+
+
+def test_round_trips_through_a_real_echo_process_and_it_is_stopped(tmp_path: Path) -> None:
+    out = tmp_path / "rtt.json"
+    assert rtt.main(["--count", "50", "--pause-ms", "0", "--runs", "2", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [r["samples"] for r in doc["runs"]] == [50, 50]
+    lat = doc["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["p999"] < rtt.RECV_TIMEOUT_MS
+    assert multiprocessing.active_children() == []  # the echo process is gone
