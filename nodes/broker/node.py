@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from engines.api import EngineError
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
@@ -331,7 +332,7 @@ class Broker(Node):
     def _persist_identity(self) -> None:
         try:
             self.guard.persist()
-        except OSError as e:
+        except EngineError as e:
             log.error("cannot write %s: %s", self.guard.path, e)
 
     # -- stats / lifecycle ------------------------------------------------------------------
