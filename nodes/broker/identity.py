@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.durable import replace_file
+from fabric.errors import LoomError
 from fabric.metadata import ClusterMetadata
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ VERSION_PERSIST_INTERVAL_MS = 1000
 REFUSED_STATES_MAX = 16  # coordinator processes remembered as refused
 
 
-class IdentityError(Exception):
+class IdentityError(LoomError):
     """meta.properties exists but cannot be read: the broker must not guess its cluster."""
 
 
