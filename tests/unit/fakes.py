@@ -18,7 +18,7 @@ from engines import batch as B
 from fabric import protocol as P
 from fabric import wire
 from fabric.clock import Clock, ManualClock
-from fabric.config import LimitsConfig, StorageConfig, TopicDefaults
+from fabric.config import LimitsConfig, LoomConfig, StorageConfig, TopicDefaults, parse_config
 from fabric.metadata import BrokerInfo, ClusterMetadata, TopicInfo
 from fabric.records import build_batch, decode_batches
 from fabric.rpc import DEFER
@@ -353,3 +353,26 @@ def serve_fetch(client: RecordingClient, leader: RequestHandlers) -> bool:
     reply, data = answer
     callback(wire.unpack(wire.pack(reply)), [bytes(d) for d in data], None)
     return True
+
+
+# -- configs and supervised children ---------------------------------------------------------------
+def small_cluster_config(tmp_path: Any, **sections: dict) -> LoomConfig:
+    """A parsed config of a coordinator, broker 1 and a monitor on fixed ports (nothing is
+    started), with ``sections`` added (``liveness={...}``, ``supervisor={...}``…)."""
+    raw: dict[str, Any] = {"cluster": {"data_dir": str(tmp_path)},
+                           "nodes": {"coordinator": {"role": "coordinator", "port": 19004},
+                                     "broker-1": {"role": "broker", "broker_id": 1, "port": 19001},
+                                     "monitor": {"role": "monitor", "port": 19010}}}
+    raw.update(sections)
+    return parse_config(raw, environ={})
+
+
+class ExitedProc:
+    """Stands in for a supervised child that has exited (no process is started)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode = 1
+
+    def poll(self) -> int:
+        return self.returncode
