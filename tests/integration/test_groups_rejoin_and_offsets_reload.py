@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import pytest
-
 from fabric.client import Admin
 from fabric.client.group import Consumer
 from fabric.client.group_admin import GroupAdmin
