@@ -29,8 +29,18 @@ def cluster_factory(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
-def cluster(cluster_factory) -> Cluster:
+def cluster(cluster_factory, request: pytest.FixtureRequest) -> Cluster:
+    """A fresh 3-broker cluster for the test -- or, in a module that sets ``CLUSTER_OPTIONS``,
+    the module's one cluster (``module_cluster``), shared by its tests."""
+    if hasattr(request.module, "CLUSTER_OPTIONS"):
+        return request.getfixturevalue("module_cluster")
     return cluster_factory(3)
+
+
+@pytest.fixture
+def admin(request: pytest.FixtureRequest) -> Admin:
+    """The module's Admin (``module_admin``) on its one cluster."""
+    return request.getfixturevalue("module_admin")
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,9 @@
-"""What the consumer-group integration tests share: one cluster and Admin per module (the
-``cluster`` and ``admin`` fixtures: tests/conftest.py's module_cluster and module_admin, imported
-by each module), a topic made and ready, records produced with their positions, and a group
-member polling in its own thread."""
+"""What the consumer-group integration tests share: a topic made and ready, records produced
+with their positions, and a group member polling in its own thread."""
 
 from __future__ import annotations
 
 import threading
-
-import pytest
 
 from fabric.client import Admin, Producer
 from fabric.client.group import Consumer
@@ -15,17 +11,6 @@ from tests.harness import Cluster
 
 SESSION_MS = 1500
 HEARTBEAT_MS = 200
-
-
-# one cluster for the module (tests/conftest.py: module_cluster, module_admin)
-@pytest.fixture(scope="module")
-def cluster(module_cluster: Cluster) -> Cluster:
-    return module_cluster
-
-
-@pytest.fixture(scope="module")
-def admin(module_admin: Admin) -> Admin:
-    return module_admin
 
 
 def make_topic(cluster: Cluster, admin: Admin, name: str, partitions: int = 3) -> None:

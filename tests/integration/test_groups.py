@@ -22,7 +22,9 @@ from fabric.errors import RemoteError
 from fabric.rpc import BlockingClient
 from tests.harness import ROOT, Cluster, make_config, wait_until
 from tests.integration.groups_support import HEARTBEAT_MS, SESSION_MS, Member, make_topic, produce
-from tests.integration.groups_support import admin, cluster  # noqa: F401 -- the module-scoped fixtures
+
+CLUSTER_OPTIONS: dict = {}  # one 3-broker cluster for the module (tests/conftest.py)
+
 
 def test_members_split_partitions_and_rebalance_when_a_third_joins(cluster: Cluster, admin: Admin) -> None:
     make_topic(cluster, admin, "split")

@@ -14,9 +14,8 @@ from fabric.client.group_admin import GroupAdmin
 from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore
 from tests.harness import Cluster, wait_until
 from tests.integration.groups_support import HEARTBEAT_MS, SESSION_MS, Member, make_topic, produce
-from tests.integration.groups_support import admin, cluster  # noqa: F401 -- the module-scoped fixtures
 
-
+CLUSTER_OPTIONS: dict = {}  # one 3-broker cluster for the module (tests/conftest.py)
 ADMIN_OPTIONS = {"timeout_ms": 3000}
 
 
