@@ -218,6 +218,13 @@ class Cluster:
     def broker_names(self) -> list[str]:
         return [n for n in self.node_names if n.startswith("broker-")]
 
+    def create_topic(self, topic: str, partitions: int = 1, replication_factor: int = 1) -> None:
+        """Create ``topic`` and wait until it is ready (``wait_topic_ready``)."""
+        from fabric.client import Admin
+        with Admin(self.bootstrap) as admin:
+            admin.create_topic(topic, partitions=partitions, replication_factor=replication_factor)
+            self.wait_topic_ready(admin, topic)
+
     def wait_topic_ready(self, admin: Any, topic: str, timeout_s: float = 20.0, full_isr: bool = True) -> None:
         """Wait until every partition has a leader that knows it leads (and a full ISR)."""
         def ready() -> bool:
