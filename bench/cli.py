@@ -5,7 +5,8 @@ Each subcommand hands its arguments unchanged to the benchmark module's own pars
 ``loom bench cluster --records 100000 --runs 3 --json out.json`` is exactly
 ``python -m bench.cluster --records 100000 --runs 3 --json out.json`` and
 ``loom bench produce --records 100000`` is ``python -m bench.runner produce --records 100000``
-(``--help`` shows that parser's help).
+(``--help`` shows that parser's help, under the ``loom bench …`` name; its usage errors are one
+line, ``loom: error: …``, as every other ``loom`` command's: ``bench.options.UsageParser``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from bench.options import UsageParser
 from bench.stats import process_cpu_s
 from fabric.client import Admin, Consumer, Producer
 from nodes.local_cluster import Cluster, free_ports, make_config
@@ -230,7 +231,7 @@ def _line(p: Phase, c: Phase) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
+    ap = UsageParser(prog="loom bench cluster", description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=300_000, help="records per scenario run")
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario (medians reported)")
     ap.add_argument("--json", help="write results as JSON to this file")

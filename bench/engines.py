@@ -12,7 +12,6 @@ removed at the end. Key rows (fsync never, 1000 x 100-byte records, segment and 
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import os
@@ -25,6 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+from bench.options import UsageParser
 from engines import registry
 from engines.api import EngineConfig
 from engines.batch import build, split_headers
@@ -297,7 +297,7 @@ def _write_html(path: str, rows: list[Row], recovery: list[dict], meta: dict) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__.split("\n\n")[0])
+    p = UsageParser(prog="loom bench engines", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
     p.add_argument("--json", help="write results as JSON to this file")
     p.add_argument("--html", "--chart", dest="html", help="write the results as an HTML page with bar charts to this file")

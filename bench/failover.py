@@ -27,7 +27,6 @@ Every loop is bounded in count and time; every process is stopped by its pid
 
 from __future__ import annotations
 
-import argparse
 import calendar
 import json
 import os
@@ -43,6 +42,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
+from bench.options import UsageParser
 from fabric.client import Admin, Producer
 from fabric.errors import FabricError
 from nodes.local_cluster import Cluster, make_config, wait_until
@@ -289,7 +289,7 @@ def report(runs: list[Run], meta: dict, json_path: str | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__.split("\n\n")[0])
+    ap = UsageParser(prog="loom bench failover", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="failovers (medians reported)")
     ap.add_argument("--json", help="write results as JSON to this file")
     ap.add_argument("--rate", type=int, default=2000, help="records per second offered (all partitions)")

@@ -18,7 +18,6 @@ Every loop is bounded in count and time. Results go to stdout (and ``--json FILE
 
 from __future__ import annotations
 
-import argparse
 import base64
 import http.client
 import json
@@ -37,6 +36,7 @@ import orjson
 import requests
 import websocket
 
+from bench.options import UsageParser
 from bench.stats import find_node_processes, process_cpu_s
 from nodes.local_cluster import GATEWAY_NODES, ROLE_KEYS, Cluster, gateway_overrides, make_config, wait_until
 
@@ -174,7 +174,7 @@ def latency(base: str, topic: str, rate: float, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="loom bench gateway")
+    ap = UsageParser(prog="loom bench gateway")
     ap.add_argument("--requests", type=int, default=400, help="REST produce requests")
     ap.add_argument("--batch", type=int, default=500, help="records per request")
     ap.add_argument("--clients", type=int, default=8, help="concurrent REST clients")

@@ -19,7 +19,6 @@ data lives in a temp directory removed at the end.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 
 
 from bench.cluster import process_cpu_s, produce
+from bench.options import UsageParser
 from fabric import protocol as P
 from fabric.client import Admin
 from fabric.client.monitor import MonitorClient
@@ -64,7 +64,7 @@ def _config(work: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.monitor", description=__doc__.split("\n\n")[0])
+    ap = UsageParser(prog="loom bench monitor", description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--partitions", type=int, default=1000)

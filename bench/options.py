@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 COMMANDS = ("produce", "consume", "e2e")
 RECORDS_MAX = 1_000_000_000        # --records, and the count bound of a --duration run
@@ -53,6 +54,20 @@ DEFAULTS = {"records": None, "duration": None, "record_size": 100, "topic": None
             "fsync": "interval", "runs": 1, "brokers": 3, "backlog_bytes": None, "fsync_interval_ms": 1000,
             "group": False}
 RECORDS_DEFAULT = 300_000          # when neither --records nor --duration is given
+
+
+def usage_error(prog: str, message: str) -> str:
+    """A usage error in the one-line form every ``loom`` command uses."""
+    return f"loom: error: {message} (see '{prog} --help')"
+
+
+class UsageParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, ``loom: error: … (see 'PROG --help')``,
+    and exit code 2, as the rest of the ``loom`` CLI (nodes/cli.py) answers them. ``prog`` is
+    the ``loom bench …`` command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, usage_error(self.prog, message) + "\n")
 
 
 class OptionError(ValueError):
@@ -134,7 +149,7 @@ class BenchOptions:
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=f"loom bench {command}", description=_DESCRIPTIONS[command],
+    ap = UsageParser(prog=f"loom bench {command}", description=_DESCRIPTIONS[command],
                                  epilog="workloads: " + "; ".join(f"{k}: {v[0]}" for k, v in WORKLOADS.items()))
     # every default is None: a preset fills what the command line left out
     a = ap.add_argument

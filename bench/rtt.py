@@ -10,7 +10,6 @@ Every process started here is stopped (joined, then killed by its pid). Not thre
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import statistics
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import zmq
 
+from bench.options import UsageParser
 from bench.stats import LatencyHistogram
 from nodes.local_cluster import free_ports
 
@@ -80,7 +80,7 @@ def measure(count: int, pause_s: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.rtt", description=__doc__.split("\n\n")[0])
+    ap = UsageParser(prog="loom bench rtt", description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=3000, help="round trips per run (default 3000)")
     ap.add_argument("--pause-ms", type=float, default=0.5, help="pause between round trips (default 0.5: 2,000/s)")
     ap.add_argument("--runs", type=int, default=3, help="runs; medians reported (default 3)")

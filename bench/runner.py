@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bench import peer, report
-from bench.options import BenchOptions, Combination, OptionError, parse
+from bench.options import BenchOptions, Combination, OptionError, parse, usage_error
 from bench.stats import LatencyHistogram, find_node_pids, growth_mb_per_min, peak_rss_mb
 from bench.workload import Run, Target, create_topic, record_shares, tell
 from fabric.config import ConfigError
@@ -189,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         o = parse(args[0], args[1:])
         o = replace(o, apis=available_apis(o))
     except OptionError as e:
-        print(f"loom bench {args[0]}: error: {e}", file=sys.stderr)
+        print(usage_error(f"loom bench {args[0]}", str(e)), file=sys.stderr)
         return 2
     try:
         doc = run_all(o)
     except (FabricError, ConfigError, RuntimeError) as e:
         # an operating error (no cluster there, a worker failed, a wait timed out): one line
-        print(f"loom bench {o.command}: error: {e}", file=sys.stderr)
+        print(f"loom: error: {e}", file=sys.stderr)
         return 1
     report.print_table(doc)
     if o.json:

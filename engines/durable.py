@@ -2,9 +2,11 @@
 
 ``replace_file`` writes the new content to a temp file beside the target, fsyncs it, renames
 it over the target and fsyncs the directory, so after a crash the file holds either the old
-content or the new, never a mix, and the rename itself survives. Used for the segment
-engine's recovery checkpoint, the leader-epoch checkpoint, the high-watermark checkpoint and
-the coordinator's cluster state. Errors are translated at this boundary: StorageFull for a
+content or the new, never a mix, and the rename itself survives. Used for every file Loom
+replaces: the segment engine's recovery checkpoint, the leader-epoch and high-watermark
+checkpoints, a partition's ``partition.metadata``, the broker's ``meta.properties``, the
+coordinator's cluster state, the monitor's alert history, the config ``loom keys add`` edits
+and the supervisor's pid file (the last without fsync). Errors are translated at this boundary: StorageFull for a
 full disk, EngineError otherwise (both LoomErrors); a failed call removes its temp file, so
 the directory holds the target (old content) and nothing else.
 

@@ -16,13 +16,16 @@ import os
 import sys
 from array import array
 
+from engines.api import EngineError
+
 ENTRY_BYTES = 8
 RELATIVE_OFFSET_MAX = 2**32 - 1
 POSITION_MAX = 2**32 - 1
 
 
-class IndexDamaged(Exception):
-    """Internal: an index entry does not point at the batch it names; rebuild the index."""
+class IndexDamaged(EngineError):
+    """An index entry does not point at the batch it names: the segment engine rebuilds the
+    index (it never leaves the engine)."""
 
 
 def _to_file_order(a: array) -> array:

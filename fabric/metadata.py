@@ -36,6 +36,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from fabric.errors import MalformedFrame
+
+# what reading a malformed metadata push or reply raises (``wire.decode_pub``: MalformedFrame;
+# ``from_wire`` / ``apply_delta`` on a map of the wrong shape: the others). A reader forgives
+# exactly these, and only around the reading: a bug while applying what was read stops the node.
+UNREADABLE_METADATA = (MalformedFrame, KeyError, TypeError, ValueError, IndexError, AttributeError)
+
 
 @dataclass(frozen=True, slots=True)
 class BrokerInfo:

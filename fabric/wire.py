@@ -134,19 +134,21 @@ def encode_pub(topic: bytes, kind: bytes, header: dict, payloads: list | tuple =
     return [topic, P.VERSION, kind, pack(header), *payloads]
 
 
-def decode_pub(frames: list[bytes], kind: bytes) -> PubMessage:
-    """A SUB side's message of ``kind``. Raises MalformedFrame (a subscriber counts and drops it:
-    there is no one to answer)."""
+def decode_pub(frames: list[bytes], kind: bytes | tuple[bytes, ...]) -> PubMessage:
+    """A SUB side's message of ``kind`` (or of one of the kinds of a tuple: the message's
+    ``kind`` says which). Raises MalformedFrame (a subscriber counts and drops it: there is no
+    one to answer)."""
     if len(frames) < 4:
         raise MalformedFrame(P.MALFORMED_REQUEST, f"a PUB message has at least 4 frames, not {len(frames)}")
     if frames[1] != P.VERSION:
         raise MalformedFrame(P.UNSUPPORTED_VERSION, f"protocol version {frames[1][:8]!r} is not {P.VERSION!r}")
-    if frames[2] != kind:
-        raise MalformedFrame(P.MALFORMED_REQUEST, f"PUB kind {frames[2][:8]!r} where {kind!r} was expected")
+    got = bytes(frames[2])
+    if got not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise MalformedFrame(P.MALFORMED_REQUEST, f"PUB kind {got[:8]!r} where {kind!r} was expected")
     header = unpack(frames[3])
     if not isinstance(header, dict):
         raise MalformedFrame(P.MALFORMED_REQUEST, "PUB header must be a map")
-    return PubMessage(frames[0], kind, header, frames[4:])
+    return PubMessage(frames[0], got, header, frames[4:])
 
 
 def _field(header: dict, name: str, kind: type, optional: bool = False) -> Any:

@@ -38,7 +38,7 @@ import zmq
 from fabric import protocol as P
 from fabric import wire
 from fabric.buffers import OwnedFrame
-from fabric.errors import MalformedFrame
+from fabric.errors import FabricError, MalformedFrame
 from fabric.reactor import Reactor
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ GREETING = _greeting()
 READY = _command(b"\x05READY" + _property(b"Socket-Type", b"ROUTER"))
 
 
-class ProtocolViolation(Exception):
+class ProtocolViolation(FabricError):
     """The peer does not speak ZMTP 3 as a DEALER would: it is disconnected."""
 
 

@@ -8,16 +8,17 @@ restarts.
 
 from __future__ import annotations
 
-import os
 import re
+import stat
 from pathlib import Path
 
 import click
 import yaml
 
+from engines.durable import replace_file
 from fabric.apikeys import ROLES, generate_key, hash_key
 from fabric.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
-from fabric.errors import FabricError
+from fabric.errors import FabricError, LoomError
 
 
 def add_key_line(text: str, entry: str) -> str:
@@ -77,9 +78,10 @@ def add(name: str, roles: str, config: str | None) -> None:
         raise FabricError(f"{path}: the edited config would not load ({e}); nothing written") from e
     if not any(k.name == name for k in checked.security.api_keys):
         raise FabricError(f"{path}: could not add the key; nothing written")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:  # atomically and durably, keeping the file's mode (it holds the key hashes)
+        replace_file(path, text.encode("utf-8"), mode=stat.S_IMODE(path.stat().st_mode))
+    except (OSError, LoomError) as e:
+        raise FabricError(f"{path}: cannot write the config ({e}); nothing written") from e
     click.echo(key)
     click.echo(f"loom: key {name!r} ({', '.join(wanted)}) added to {path}; it is shown only now. "
                "Restart the gateway to use it.", err=True)

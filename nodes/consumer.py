@@ -41,6 +41,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
+import zmq
 
 from fabric import protocol as P
 from fabric import wire
@@ -159,7 +160,7 @@ class Instance(threading.Thread):
         if self.consumer is not None:
             try:
                 self.consumer.close()
-            except Exception as e:  # closing is best effort: the session timeout covers the rest
+            except (LoomError, zmq.ZMQError) as e:  # best effort: the session timeout covers the rest
                 log.warning("instance %s/%s close: %s", self.group, self.instance_name, e)
             self.consumer = None
 

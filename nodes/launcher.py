@@ -38,6 +38,7 @@ from typing import Callable
 
 import zmq
 
+from engines.durable import replace_file
 from fabric import protocol as P
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import CodedError, FabricError, RemoteError
@@ -449,10 +450,9 @@ class Supervisor:
     def _write_pid_file(self) -> None:
         info = {"pid": os.getpid(), "config": self.config_path,
                 "children": {n: c.pid for n, c in self.children.items() if c.pid is not None}}
-        path = pid_file_path(self.config)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, path)  # atomic: `loom down` never reads half a file
+        # atomic (`loom down` never reads half a file); not fsynced: a pid file is worthless
+        # after a power failure. Raises StorageFull / EngineError.
+        replace_file(pid_file_path(self.config), json.dumps(info).encode(), sync=False)
 
 
 def terminate_and_wait(pids: list[int], timeout_s: float, procs: list[subprocess.Popen] | None = None) -> list[int]:

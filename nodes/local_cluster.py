@@ -24,6 +24,8 @@ import zmq
 from fabric import protocol as P
 from fabric.apikeys import ROLES, hash_key
 from fabric.errors import CodedError
+from fabric.roles import HTTP
+from fabric.roles import ROLES as NODE_ROLES
 from fabric.rpc import BlockingClient
 
 # the directory that holds the `nodes` package: node processes import the same code as we do
@@ -77,14 +79,15 @@ def make_config(tmp: Path, brokers: int = 3, *, engine: str = "segment", fsync: 
     ports = free_ports(2 * len(roles) + 3)  # every port a node binds is picked free, none derived
     nodes: dict[str, dict] = {}
     for i, name in enumerate(roles):
-        role = name.split("-")[0] if name.split("-")[0] in ("broker", "consumer") else name
+        role, _, number = name.rpartition("-") if name[-1].isdigit() else (name, "", "")
+        spec = NODE_ROLES[role]  # node names are role names, numbered where there are several
         node: dict[str, Any] = {"role": role, "port": ports[2 * i], "pub_port": ports[2 * i + 1]}
         if role == "broker":
-            node["broker_id"] = int(name.split("-")[1])
-        if role == "gateway":
+            node["broker_id"] = int(number)
+        if spec.port_serves == HTTP:  # the gateway: its ROUTER and the dashboard on ports of their own
             node["dashboard_port"] = ports[-1]
             node["control_port"] = ports[-2]
-        if role == "monitor":
+        elif HTTP in spec.binds:  # the monitor's metrics
             node["metrics_port"] = ports[-3]
         nodes[name] = node
     cfg: dict[str, Any] = {
@@ -214,6 +217,13 @@ class Cluster:
 
     def broker_names(self) -> list[str]:
         return [n for n in self.node_names if n.startswith("broker-")]
+
+    def create_topic(self, topic: str, partitions: int = 1, replication_factor: int = 1) -> None:
+        """Create ``topic`` and wait until it is ready (``wait_topic_ready``)."""
+        from fabric.client import Admin
+        with Admin(self.bootstrap) as admin:
+            admin.create_topic(topic, partitions=partitions, replication_factor=replication_factor)
+            self.wait_topic_ready(admin, topic)
 
     def wait_topic_ready(self, admin: Any, topic: str, timeout_s: float = 20.0, full_isr: bool = True) -> None:
         """Wait until every partition has a leader that knows it leads (and a full ISR)."""

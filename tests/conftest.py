@@ -7,7 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.harness import Cluster, make_config
+from fabric.client import Admin
+from tests.harness import Cluster, make_config, running_cluster
 
 
 @pytest.fixture
@@ -28,5 +29,32 @@ def cluster_factory(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
-def cluster(cluster_factory) -> Cluster:
+def cluster(cluster_factory, request: pytest.FixtureRequest) -> Cluster:
+    """A fresh 3-broker cluster for the test -- or, in a module that sets ``CLUSTER_OPTIONS``,
+    the module's one cluster (``module_cluster``), shared by its tests."""
+    if hasattr(request.module, "CLUSTER_OPTIONS"):
+        return request.getfixturevalue("module_cluster")
     return cluster_factory(3)
+
+
+@pytest.fixture
+def admin(request: pytest.FixtureRequest) -> Admin:
+    """The module's Admin (``module_admin``) on its one cluster."""
+    return request.getfixturevalue("module_admin")
+
+
+@pytest.fixture(scope="module")
+def module_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """One 3-broker cluster for all the tests of a module, started before the first and stopped
+    after the last. A module configures it with ``CLUSTER_OPTIONS`` (keywords of
+    ``running_cluster``: ``brokers``, ``extra_nodes``, ``overrides``…)."""
+    options = getattr(request.module, "CLUSTER_OPTIONS", {})
+    with running_cluster(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]), **options) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def module_admin(module_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Admin]:
+    """An Admin on ``module_cluster`` for the module's tests (``ADMIN_OPTIONS``: its keywords)."""
+    with Admin(module_cluster.bootstrap, **getattr(request.module, "ADMIN_OPTIONS", {})) as admin:
+        yield admin

@@ -184,7 +184,9 @@ def create_app(gw: Gateway) -> Flask:
     @app.errorhandler(Exception)
     def on_unexpected(e: Exception) -> Response:
         log.exception("%s %s failed (request id %s)", request.method, request.path, g.get("request_id"))
-        return error_response(ApiError(50001, f"internal error (request id {g.get('request_id')})"))
+        resp = error_response(ApiError(50001, f"internal error (request id {g.get('request_id')})"))
+        resp.call_on_close(gw.on_bug)  # answered first, then the worker stops (a bug)
+        return resp
 
     app.extensions["loom.api"] = api
     ops = {op.endpoint: op for op in api.ops}
@@ -192,5 +194,5 @@ def create_app(gw: Gateway) -> Flask:
     app.wsgi_app = ProduceFastPath(  # type: ignore[method-assign]
         app.wsgi_app, *produce_ops, api.dispatch, lambda op, key, address: check_access(gw, op, key, address),
         gw.http_requests.record, tuple(op.flask_rule(api.components) for op in produce_ops),  # type: ignore[arg-type]
-        gw.settings.request_bytes_max)
+        gw.settings.request_bytes_max, on_bug=gw.on_bug)
     return app

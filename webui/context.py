@@ -79,3 +79,7 @@ class Gateway:
     cluster_id: str
     http_requests: HttpRequestCounter = field(default_factory=HttpRequestCounter)
     broker_storage: dict[int, dict[str, Any]] = field(default_factory=dict)  # broker id -> engine, fsync, fsync_interval_ms
+    # called once a request that failed with a programmer error (not an ApiError or a
+    # ClusterError) has been answered 500 with its request id: the gateway node stops this
+    # worker, and gunicorn's master starts a fresh one -- a bug is not carried on with
+    on_bug: Callable[[], None] = field(default=lambda: None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fabric.errors import LoomError
+
 # error_code -> (HTTP status, what it means); status*100+n as Confluent's REST Proxy
 CODES: dict[int, str] = {
     40001: "malformed request (the body is not JSON)",
@@ -39,7 +41,7 @@ CODES: dict[int, str] = {
 }
 
 
-class ApiError(Exception):
+class ApiError(LoomError):
     """An HTTP error answered as JSON. ``headers`` are added to the response."""
 
     def __init__(self, error_code: int, message: str | None = None, headers: dict[str, str] | None = None) -> None:
@@ -67,7 +69,7 @@ KIND_CODES: dict[str, int] = {
 }
 
 
-class ClusterError(Exception):
+class ClusterError(LoomError):
     """What the cluster agent raises: a ``kind`` of KIND_CODES and a message for the client."""
 
     def __init__(self, kind: str, message: str) -> None:

@@ -27,6 +27,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import ClosingIterator
 
 from webui.errors import ApiError, ClusterError
 from webui.spec import JSON, Op
@@ -66,7 +67,7 @@ class ProduceFastPath:
 
     def __init__(self, app: WsgiApp, topic_op: Op, partition_op: Op, dispatch: Callable[..., tuple],
                  check_access: Callable[[Op, str | None, str], Any], record: Callable[[str, int], None],
-                 rules: tuple[str, str], body_max: int) -> None:
+                 rules: tuple[str, str], body_max: int, on_bug: Callable[[], None] = lambda: None) -> None:
         self.app = app
         self.ops = (topic_op, partition_op)
         self.dispatch = dispatch
@@ -74,6 +75,7 @@ class ProduceFastPath:
         self.record = record
         self.rules = rules
         self.body_max = body_max
+        self.on_bug = on_bug  # after a programmer error's 500 is sent (webui.context.Gateway.on_bug)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("SCRIPT_NAME"):
@@ -90,6 +92,7 @@ class ProduceFastPath:
             {"topic_name": topic, "partition_id": int(partition)}
         rid = request_id_of(environ.get("HTTP_X_REQUEST_ID", ""))
         headers: dict[str, str] = {}
+        bug = False
         try:
             length = int(length_text)
             if length > self.body_max:
@@ -106,6 +109,7 @@ class ProduceFastPath:
         except ApiError as e:
             status, data, content_type, headers = self._error(e, environ, rid)
         except Exception:
+            bug = True
             log.exception("POST %s failed (request id %s)", environ.get("PATH_INFO"), rid)
             status, data, content_type, headers = self._error(
                 ApiError(50001, f"internal error (request id {rid})"), environ, rid)
@@ -114,6 +118,8 @@ class ProduceFastPath:
         out.append(("X-Request-Id", rid))
         self.record(self.rules[which], status)
         start_response(STATUS_LINES.get(status) or f"{status} UNKNOWN", out)
+        if bug:
+            return ClosingIterator([data or b""], self.on_bug)
         return [data or b""]
 
     @staticmethod

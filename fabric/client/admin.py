@@ -11,6 +11,7 @@ from fabric import protocol as P
 from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
 from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
+from fabric.replies import ListOffsetsEntry, decode_parts
 from fabric.rpc import BlockingClient
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,10 @@ class Admin:
         for leader, parts in by_leader.items():
             h, _ = self._client(md.brokers[leader].endpoint).call(P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
                                                                   timeout_ms=self.timeout_ms, retries=2)
-            for _, p, code, offset in h["parts"]:
-                if code:
-                    raise RemoteError(code, f"{topic}-{p}")
-                out[p] = offset
+            for entry in decode_parts(h, ListOffsetsEntry):  # raises MalformedFrame
+                if entry.error:
+                    raise RemoteError(entry.error, f"{topic}-{entry.partition}")
+                out[entry.partition] = entry.offset  # type: ignore[index]
         return out
 
     def broker_stats(self, broker_id: int) -> dict:

@@ -25,10 +25,11 @@ from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.bootstrap import metadata_endpoint, parse_bootstrap
 from fabric.clock import Clock
-from fabric.errors import FabricError, RemoteError, TopicNotInMetadataError
+from fabric.errors import FabricError, MalformedFrame, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.records import Record, RecordBatchView, view_batches
+from fabric.replies import FetchEntry, ListOffsetsEntry, decode_parts
 from fabric.rpc import RpcClient
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,14 @@ class Consumer:
         if header is None:
             self._refresh_metadata()
             return
-        for entry, data in zip(header.get("parts", []), payloads):
-            topic, partition, code, hw = entry[0], entry[1], entry[2], entry[3]
+        try:
+            entries = decode_parts(header, FetchEntry)
+        except MalformedFrame as e:  # a broker's bad answer: dropped, asked again after a refresh
+            log.warning("malformed fetch answer dropped: %s", e)
+            self._refresh_metadata()
+            return
+        for entry, data in zip(entries, payloads):
+            topic, partition, code, hw = entry.topic, entry.partition, entry.error, entry.high_watermark
             tp = (topic, partition)
             pos = self._fetch_positions.get(tp)
             if pos is None or self.positions.get(tp) is None:
@@ -239,11 +246,15 @@ class Consumer:
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._resetting.discard(tp)
-            if h is None or not h.get("parts") or h["parts"][0][2]:
+            try:
+                entries = decode_parts(h, ListOffsetsEntry) if h is not None else []
+            except MalformedFrame:
+                entries = []
+            if not entries or entries[0].error:
                 self._refresh_metadata()
                 return
             if tp in self.positions and self.positions[tp] is None:
-                self.positions[tp] = h["parts"][0][3]
+                self.positions[tp] = entries[0].offset
                 self._reset_specs.pop(tp, None)
         self._client(endpoint).request(P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]],
                                                          "topic_ids": self.metadata.topic_ids_of([tp[0]])}, callback=done,

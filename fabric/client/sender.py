@@ -30,9 +30,10 @@ from fabric.client.accumulator import BatchState
 from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
-from fabric.errors import ClientError, CodedError, DeliveryTimeoutError, FabricError, RemoteError
+from fabric.errors import ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
+from fabric.replies import decode_produce_results
 from fabric.rpc import RpcClient
 from fabric.waker import Waker
 
@@ -279,13 +280,17 @@ class Sender(threading.Thread):
     def _on_reply(self, groups: list, batches: list, header: dict | None, err: CodedError | None) -> None:
         for tp, _ in groups:
             self._in_flight.pop(tp, None)
-        results = header.get("results", []) if header is not None else []
+        try:
+            results = decode_produce_results(header) if header is not None else []
+        except MalformedFrame as e:  # a broker's bad answer: every batch of it failed, unknown how
+            results, err = [], RemoteError(P.UNKNOWN, str(e))
         retry: dict[tuple[str, int], list] = defaultdict(list)
         for i, b in enumerate(batches):
             tp = (b.topic, b.partition)
             if header is not None and i < len(results):
-                base, code = results[i][0], results[i][1]
-                error = RemoteError(code, results[i][2]) if code else None
+                r = results[i]
+                base, code = r.base_offset, r.error
+                error = RemoteError(code, r.message) if code else None
             else:  # no reply (kept as found: a local condition stays a ClientError), or no result
                 error = err if err is not None else RemoteError(P.UNKNOWN, "no result for this batch")
                 base, code = -1, error.code

@@ -194,8 +194,8 @@ class BrokerCore:
             log.info("%s-%d: follower of broker %d at epoch %d", info.topic, info.partition, info.leader, info.leader_epoch)
             part.become_follower(info.leader, info.leader_epoch, info.replicas, info.isr)
         else:
-            part.isr = set(info.isr)
-        part.partition_epoch = info.partition_epoch
+            part.follow_isr(info.isr)
+        part.set_partition_epoch(info.partition_epoch)
 
     def partitions_changed(self) -> None:
         """Call after leadership changed anywhere: leader work walks ``led_partitions``."""
@@ -355,9 +355,7 @@ class BrokerCore:
         now = self.clock.wall_ms()
         for key, part in list(self.partitions.items()):
             try:
-                # never past the HW: records not on every ISR member yet are not deletable
-                part.engine.apply_retention(now, part.high_watermark)
-                part.epochs.truncate_from_start(part.log_start_offset)
+                part.apply_retention(now)
             except EngineError as e:
                 log.error("%s-%d retention failed: %s", key[0], key[1], e)
 

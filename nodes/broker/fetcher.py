@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 from engines.api import EngineError
 from engines.batch import BatchError
 from fabric import protocol as P
-from fabric.errors import RemoteError
+from fabric.errors import MalformedFrame, RemoteError
 from nodes.broker.messages import FetchEntry, FetchInput, ReplicaAck, TopicPartition
 from nodes.broker.partition import Partition
 
@@ -170,14 +170,16 @@ class ReplicaFetcher:
         for raw, data in zip(raw_parts if isinstance(raw_parts, list) else [], payloads):
             try:
                 entry = FetchEntry.decode(raw)
+            except MalformedFrame as e:  # a malformed answer: drop it
+                self.counters["repl_malformed"] += 1
+                log.error("malformed replica fetch answer from broker %d: %s", self.leader_id, e)
+                continue
+            try:
                 if self._apply(entry, data, asked):
                     progressed = True
                     self._on_progress(self.partitions[(entry.topic, entry.partition)])
             except (EngineError, BatchError) as e:
                 log.error("replica fetch from broker %d: %s", self.leader_id, e)
-            except ValueError as e:  # a malformed answer: drop it
-                self.counters["repl_malformed"] += 1
-                log.error("malformed replica fetch answer from broker %d: %s", self.leader_id, e)
         self._backoff_ms = RETRY_BACKOFF_MS
         if self.settings.long_poll or progressed or self._again or not self._all_stream_ready():
             self._schedule(0 if (progressed or self._again) else RETRY_BACKOFF_MS, self._fetch)

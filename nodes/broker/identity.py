@@ -30,6 +30,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from engines.durable import replace_file
+from fabric.errors import LoomError
 from fabric.metadata import ClusterMetadata
 
 log = logging.getLogger(__name__)
@@ -40,23 +42,14 @@ VERSION_PERSIST_INTERVAL_MS = 1000
 REFUSED_STATES_MAX = 16  # coordinator processes remembered as refused
 
 
-class IdentityError(Exception):
+class IdentityError(LoomError):
     """meta.properties exists but cannot be read: the broker must not guess its cluster."""
 
 
 def write_properties(path: Path, values: dict[str, str]) -> None:
-    """Replace ``path`` atomically and durably with ``key=value`` lines."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(f"{k}={v}\n" for k, v in values.items()))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Replace ``path`` atomically and durably with ``key=value`` lines
+    (``engines.durable.replace_file``). Raises StorageFull / EngineError."""
+    replace_file(path, "".join(f"{k}={v}\n" for k, v in values.items()).encode())
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -147,7 +140,7 @@ class MetadataGuard:
 
     def persist(self) -> None:
         """Write the cluster id and the highest accepted version if they changed (a timer calls
-        this every VERSION_PERSIST_INTERVAL_MS, and close). Raises OSError."""
+        this every VERSION_PERSIST_INTERVAL_MS, and close). Raises StorageFull / EngineError."""
         if not self.cluster_id or (self.path.exists() and self.version_seen == self._persisted_version):
             return
         write_properties(self.path, {"version": str(FORMAT_VERSION), "cluster.id": self.cluster_id,

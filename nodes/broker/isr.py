@@ -88,7 +88,7 @@ class IsrProposer:
             new = part.isr_changes(now_ms, lag_time_max_ms)
             if new is not None:
                 log.info("%s-%d: proposing isr %s (was %s)", part.topic, part.partition, sorted(new), sorted(part.isr))
-                part.pending_isr = new
+                part.propose_isr(new)
                 batch.append(_Proposal(part, part.leader_epoch, new))
         if batch:
             self._in_flight = True
@@ -107,14 +107,14 @@ class IsrProposer:
                 if err is None or err.code not in REFUSED_UNAPPLIED:
                     self._unanswered[(p.part.topic, p.part.partition)] = p
                 else:
-                    p.part.pending_isr = None
+                    p.part.drop_proposed_isr()
             return
         parts = header.get("parts")
         if not isinstance(parts, list) or len(parts) != len(batch):
             log.error("ALTER_ISR answer with %s parts for %d asked: dropped", type(parts).__name__, len(batch))
             for p in batch:
                 if p.current():
-                    p.part.pending_isr = None
+                    p.part.drop_proposed_isr()
             return
         stale = fenced = False
         for p, res in zip(batch, parts):
@@ -123,7 +123,7 @@ class IsrProposer:
                 self._install(p, res)
                 continue
             if p.current():
-                p.part.pending_isr = None
+                p.part.drop_proposed_isr()
             log.info("%s-%d: isr proposal %s refused: %s %s", p.part.topic, p.part.partition, sorted(p.isr),
                      P.error_name(code) if isinstance(code, int) else code, res.get("message", "") if isinstance(res, dict) else "")
             if code == P.FENCED_LEADER_EPOCH and _deposed_after(p, res):
@@ -142,13 +142,13 @@ class IsrProposer:
         if not (isinstance(epoch, int) and isinstance(pepoch, int) and isinstance(isr, list)):
             log.error("%s-%d: malformed ALTER_ISR answer %r", part.topic, part.partition, res)
             if p.current():
-                part.pending_isr = None
+                part.drop_proposed_isr()
             return
         if part.is_leader and epoch == part.leader_epoch and pepoch > part.partition_epoch:
             part.update_isr(isr, pepoch)
             self._mark_dirty()
         elif p.current():
-            part.pending_isr = None  # something newer (a push) has already been applied
+            part.drop_proposed_isr()  # something newer (a push) has already been applied
 
 
 def _deposed_after(p: _Proposal, res: Any) -> bool:

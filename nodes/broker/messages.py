@@ -1,12 +1,13 @@
-"""The typed inputs and outputs of the broker core (nodes/broker/core.py), with the Loom wire
-form of each next to it: per-partition parts of PRODUCE, FETCH, LIST_OFFSETS and REPLICA_ACK
-requests as the handlers decode them, and the per-partition answers as the core returns them.
+"""The typed inputs of the broker core (nodes/broker/core.py), with the Loom wire form of each
+next to it: per-partition parts of PRODUCE, FETCH, LIST_OFFSETS and REPLICA_ACK requests as the
+handlers decode them. The per-partition answers the core returns (``ProduceResult``,
+``FetchEntry``, ``ListOffsetsEntry``) are the client library's too and are defined in
+``fabric/replies.py``; they are importable from here as well, so that a front end finds every
+type the core speaks in one place.
 
 The NamedTuples are their own wire form where the wire is a positional list (msgpack packs a
-tuple as an array): a ``FetchEntry`` is the 7-element fetch entry as it goes out, a
-``ProduceResult`` the 3- or 4-element produce result (``encode_produce_results``). Decoding
-never trusts the peer: a part of the wrong shape decodes to None (the handler answers it as
-malformed) or raises ``ValueError`` (a follower counts and drops a malformed answer).
+tuple as an array). Decoding never trusts the peer: a part of the wrong shape decodes to None
+(the handler answers it as malformed).
 
 Pure; thread-safe.
 """
@@ -14,6 +15,13 @@ Pure; thread-safe.
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
+
+# the answers are the client library's too: defined once, in fabric/replies.py
+from fabric.replies import FetchEntry, ListOffsetsEntry, ProduceResult, encode_produce_results
+
+__all__ = ["TopicPartition", "ProduceInput", "AppendRequest", "ProduceResult", "MALFORMED_PRODUCE_MESSAGE",
+           "encode_produce_results", "FetchInput", "FetchRequest", "FetchEntry", "ListOffsetsInput",
+           "ListOffsetsEntry", "ReplicaAck"]
 
 TopicPartition = tuple[str, int]
 
@@ -50,26 +58,7 @@ class AppendRequest(NamedTuple):
     topic_ids: dict[str, str] | None     # the client's topic ids by name, if it sent them
 
 
-class ProduceResult(NamedTuple):
-    """The answer for one ``ProduceInput``."""
-
-    base_offset: int                  # -1 when not written
-    error: int                        # fabric.protocol error code, 0: written (or a duplicate)
-    message: str                      # "duplicate" for a retried batch the log already holds
-    leader_epoch: int | None = None   # the epoch it was written in (written batches only)
-
-    def failed(self, code: int, message: str) -> "ProduceResult":
-        """This result, answered with an error after all (acks=all not satisfied)."""
-        return self._replace(error=code, message=message)
-
-
 MALFORMED_PRODUCE_MESSAGE = "each part is [topic, partition] or [topic, partition, leader_epoch]"
-
-
-def encode_produce_results(results: Sequence[ProduceResult]) -> list:
-    """The ``results`` of a PRODUCE reply: ``[base_offset, error, message]``, plus the leader
-    epoch for a written batch."""
-    return [r if r[3] is not None else r[:3] for r in results]
 
 
 # -- FETCH -----------------------------------------------------------------------------------
@@ -104,33 +93,6 @@ class FetchRequest(NamedTuple):
     topic_ids: dict[str, str] | None
 
 
-class FetchEntry(NamedTuple):
-    """The answer for one ``FetchInput`` (its batches travel as the matching payload frame)."""
-
-    topic: str | None
-    partition: int | None
-    error: int
-    high_watermark: int
-    log_end_offset: int
-    log_start_offset: int
-    diverging: list | None   # [epoch, end offset]: where a follower's log parts from ours (KIP-320)
-
-    @classmethod
-    def failed(cls, topic: str | None, partition: int | None, code: int) -> "FetchEntry":
-        return cls(topic, partition, code, -1, -1, -1, None)
-
-    @classmethod
-    def decode(cls, raw: Any) -> "FetchEntry":
-        """A fetch entry as a follower receives it. Raises ValueError when malformed."""
-        if not (isinstance(raw, (list, tuple)) and len(raw) >= 7 and isinstance(raw[0], str)
-                and all(_is_int(v) for v in raw[1:6])):
-            raise ValueError(f"fetch entry {str(raw)[:80]} is malformed")
-        div = raw[6]
-        if div is not None and not (isinstance(div, (list, tuple)) and len(div) == 2 and all(map(_is_int, div))):
-            raise ValueError(f"fetch entry diverging {str(div)[:40]} is malformed")
-        return cls(*raw[:7])
-
-
 # -- LIST_OFFSETS ----------------------------------------------------------------------------
 class ListOffsetsInput(NamedTuple):
     topic: str
@@ -143,13 +105,6 @@ class ListOffsetsInput(NamedTuple):
                 and _is_int(tp[1]) and _is_int(tp[2])):
             return None
         return cls(tp[0], tp[1], tp[2])
-
-
-class ListOffsetsEntry(NamedTuple):
-    topic: str | None
-    partition: int | None
-    error: int
-    offset: int  # -1 with an error
 
 
 # -- REPLICA_ACK -----------------------------------------------------------------------------

@@ -20,11 +20,12 @@ from typing import Any
 
 import zmq
 
+from engines.api import EngineError
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
 from fabric.errors import MalformedFrame, RemoteError
-from fabric.metadata import ClusterMetadata, PartitionInfo
+from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, PartitionInfo
 from fabric.reactor import zero_copy_receive
 from fabric.rpc import RpcClient, make_socket
 from fabric.stall import StallWatch
@@ -48,8 +49,6 @@ STRAYS_SHOWN_MAX = 100  # in STATS
 PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each costs fsyncs)
 UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
 STALL_THRESHOLD_MS = 2000  # a reactor pass gap over this means this broker did not run
-# what reading a malformed push raises (wire.unpack: MalformedFrame; the dict: the others)
-UNREADABLE_PUSH = (MalformedFrame, KeyError, TypeError, ValueError, IndexError, AttributeError)
 METADATA_PUSH_KINDS = (P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 
 
@@ -173,26 +172,28 @@ class Broker(Node):
                                  timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 
     def _on_sub(self, frames: list[bytes]) -> None:
-        if len(frames) < 4 or frames[1] != P.VERSION or frames[2] not in METADATA_PUSH_KINDS:
+        try:
+            msg = wire.decode_pub(frames, METADATA_PUSH_KINDS)
+        except MalformedFrame:
             self.counters["sub_malformed"] += 1
             return
         if not self._registered or self.faults.blocks(self.config.coordinator_name):
             return
         try:
-            raw = wire.unpack(frames[3])
+            raw = msg.header
             version = raw["version"]
             if not isinstance(version, int):
                 raise TypeError("version must be an integer")
             if self.guard.refuses(raw.get("cluster_id"), raw.get("state_id"), version):
                 return  # another cluster's coordinator, or an older state's: keep what we have
-            if frames[2] == P.PUB_METADATA_VERSION:
+            if msg.kind == P.PUB_METADATA_VERSION:
                 if version > self.metadata.version or raw.get("state_id", self.metadata.state_id) != self.metadata.state_id:
                     self._refresh_metadata()  # we missed a delta, or the coordinator restarted
                 return
-            update = self._delta_update(raw) if frames[2] == P.PUB_METADATA_DELTA else self._snapshot_update(raw)
-        except UNREADABLE_PUSH as e:  # only reading the push: a bug while applying it stops the node
+            update = self._delta_update(raw) if msg.kind == P.PUB_METADATA_DELTA else self._snapshot_update(raw)
+        except UNREADABLE_METADATA as e:  # only reading the push: a bug while applying it stops the node
             self.counters["sub_malformed"] += 1
-            log.warning("unreadable metadata push (%s): %s", frames[2], e)
+            log.warning("unreadable metadata push (%s): %s", msg.kind, e)
             return
         if update is not None:
             self._install_metadata(*update)
@@ -331,7 +332,7 @@ class Broker(Node):
     def _persist_identity(self) -> None:
         try:
             self.guard.persist()
-        except OSError as e:
+        except EngineError as e:
             log.error("cannot write %s: %s", self.guard.path, e)
 
     # -- stats / lifecycle ------------------------------------------------------------------

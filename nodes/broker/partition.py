@@ -143,6 +143,27 @@ class Partition:
         self.maybe_advance_high_watermark()
         self._check_offsets()
 
+    def follow_isr(self, isr: list[int]) -> None:
+        """A follower learns the leader's ISR (it does not count it: no high watermark moves)."""
+        self.isr = set(isr)
+        self._check_offsets()
+
+    def set_partition_epoch(self, partition_epoch: int) -> None:
+        """The coordinator's partition epoch of the leader/ISR state now applied here."""
+        self.partition_epoch = partition_epoch
+        self._check_offsets()
+
+    def propose_isr(self, isr: set[int]) -> None:
+        """The leader proposed ``isr`` to the coordinator: until it is applied or dropped the
+        high watermark counts the larger of both (Kafka's maximal ISR)."""
+        self.pending_isr = isr
+        self._check_offsets()
+
+    def drop_proposed_isr(self) -> None:
+        """The pending proposal was refused, or something newer was applied."""
+        self.pending_isr = None
+        self._check_offsets()
+
     # -- leader: appends ---------------------------------------------------------------------
     def append_as_leader(self, batches: list[Payload], batch_bytes_max: int) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
         """Validate and append batches (one durability point). Returns per batch
@@ -363,6 +384,15 @@ class Partition:
         if epoch < 0:
             return [-1, self.log_start_offset]
         return [epoch, end]
+
+    # -- retention ----------------------------------------------------------------------------
+    def apply_retention(self, now_wall_ms: int) -> None:
+        """Delete whole segments/batches that retention allows, never past the high watermark
+        (records not on every ISR member yet are not deletable), and the epochs before the new
+        log start. Raises EngineError."""
+        self.engine.apply_retention(now_wall_ms, self.high_watermark)
+        self.epochs.truncate_from_start(self.log_start_offset)
+        self._check_offsets()
 
     # -- reads ------------------------------------------------------------------------------
     def offset_for_spec(self, spec: int) -> int:

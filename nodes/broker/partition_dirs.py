@@ -30,6 +30,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from engines.durable import fsync_directory, replace_file
 from nodes.broker.epochs import FILE_NAME as EPOCH_CHECKPOINT
 from nodes.broker.partition import HW_CHECKPOINT_FILE as HW_CHECKPOINT
 
@@ -51,14 +52,6 @@ def parse_partition_dir(name: str) -> Key | None:
         return None
     topic, _, p = name.rpartition("-")
     return (topic, int(p)) if topic and p.isdigit() else None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PartitionDirs:
@@ -110,13 +103,7 @@ class PartitionDirs:
         """Record ``topic_id`` in the directory (durably: it decides what may be deleted)."""
         d = self.path(key)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / (PARTITION_METADATA + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(f"version: 0\ntopic_id: {topic_id}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, d / PARTITION_METADATA)
-        _fsync_dir(d)
+        replace_file(d / PARTITION_METADATA, f"version: 0\ntopic_id: {topic_id}\n".encode())
         self._topic_ids[key] = topic_id
 
     def engine_dir(self, key: Key, topic_id: str = "") -> Path:
@@ -149,7 +136,7 @@ class PartitionDirs:
                 # describe: set them aside and let the partition rebuild its epochs from its own
                 # log (and start its HW from 0, as before checkpoints)
                 os.replace(checkpoint, target / name if len(found) <= 1 else d / (name + ".ambiguous"))
-        _fsync_dir(d)
+        fsync_directory(d)
         log.info("%s: moved the log of storage engine %s into %s/", d.name, engine, engine)
 
     def set_aside(self, key: Key) -> str:
@@ -167,7 +154,7 @@ class PartitionDirs:
         else:
             raise OSError(f"no free stray name for {d}")
         os.replace(d, self.data_dir / name)
-        _fsync_dir(self.data_dir)
+        fsync_directory(self.data_dir)
         self._topic_ids.pop(key, None)
         self.strays[name] = topic_id
         return name

@@ -42,8 +42,9 @@ from typing import Callable
 import msgpack
 
 from fabric import protocol as P
-from fabric.errors import RemoteError
+from fabric.errors import MalformedFrame, RemoteError
 from fabric.records import partition_for_key
+from fabric.replies import ListOffsetsEntry, decode_parts
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome, OffsetsTopicClient
@@ -225,11 +226,17 @@ class OffsetStore:
             if h is None:
                 self._reject(pc, err or RemoteError(P.REQUEST_TIMED_OUT, "log end lookup failed"))
             else:
-                for t, p, code, hw in h.get("parts", []):
-                    if code:
-                        self._reject(pc, RemoteError(code, f"{t}-{p}: log end lookup failed"))
-                    elif hw > self._hw_seen.get((t, p), -1):
-                        self._hw_seen[(t, p)] = hw
+                try:
+                    entries = decode_parts(h, ListOffsetsEntry)
+                except MalformedFrame as e:  # a broker's bad answer: the lookup failed
+                    self._reject(pc, RemoteError(P.UNKNOWN, f"log end lookup failed: {e}"))
+                    entries = []
+                for e in entries:
+                    tp = (e.topic, e.partition)
+                    if e.error:
+                        self._reject(pc, RemoteError(e.error, f"{e.topic}-{e.partition}: log end lookup failed"))
+                    elif e.offset > self._hw_seen.get(tp, -1):  # type: ignore[arg-type]
+                        self._hw_seen[tp] = e.offset  # type: ignore[index]
             if waiting["n"] == 0 and not pc.finished:
                 self._validated(pc)
         for ep, parts in unknown.items():

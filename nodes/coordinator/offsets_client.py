@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 from fabric import protocol as P
-from fabric.errors import CodedError
+from fabric.errors import CodedError, MalformedFrame
 from fabric.records import build_batch
+from fabric.replies import decode_produce_results
 from nodes.coordinator.context import BrokerRequester, GroupContext, ReplyCallback
 
 OFFSETS_TOPIC = "__consumer_offsets"
@@ -52,15 +53,17 @@ class AppendOutcome(NamedTuple):
 
     @classmethod
     def from_reply(cls, header: dict | None, err: CodedError | None) -> "AppendOutcome":
-        results = header.get("results") if header is not None else None
-        res = results[0] if isinstance(results, list) and results else None
-        if not (isinstance(res, list) and len(res) >= 2 and isinstance(res[0], int) and isinstance(res[1], int)):
+        try:
+            results = decode_produce_results(header) if header is not None else []
+        except MalformedFrame:
+            results = []
+        if not results:
             # no answer for the partition (or one we cannot read: a peer's bad reply is not a bug
             # of ours): it may have landed
             code = err.code if isinstance(err, CodedError) else P.UNKNOWN
             return cls(code, -1, err.message if isinstance(err, CodedError) else "append failed", False)
-        message = res[2] if len(res) > 2 and isinstance(res[2], str) else ""
-        return cls(res[1], res[0] if res[1] == 0 else -1, message, True)
+        res = results[0]
+        return cls(res.error, res.base_offset if res.error == 0 else -1, res.message, True)
 
 
 class OffsetsTopicClient:

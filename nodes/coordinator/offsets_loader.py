@@ -25,8 +25,9 @@ from typing import Protocol
 import msgpack
 
 from fabric import protocol as P
-from fabric.errors import RemoteError
+from fabric.errors import MalformedFrame, RemoteError
 from fabric.records import decode_batches
+from fabric.replies import FetchEntry, decode_parts
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.offsets_client import OffsetsTopicClient
@@ -103,14 +104,19 @@ class OffsetsLoader:
             st.endpoint, st.target = endpoint, None  # a new leader: learn its log end again
 
         def on_reply(h: dict | None, payloads: list, err: RemoteError | None) -> None:
-            entry = h["parts"][0] if h is not None and h.get("parts") else None
-            if entry is None or entry[2]:
-                if entry is not None and entry[2] == P.OFFSET_OUT_OF_RANGE and entry[5] >= 0:
-                    self._snapshot_missing(q, st, entry[5])  # below the log start or beyond its end
+            try:
+                entries = decode_parts(h, FetchEntry) if h is not None else []
+            except MalformedFrame:  # a broker's bad answer: asked again
+                entries = []
+            entry = entries[0] if entries else None
+            if entry is None or entry.error:
+                if entry is not None and entry.error == P.OFFSET_OUT_OF_RANGE and entry.log_start_offset >= 0:
+                    # below the log start or beyond its end
+                    self._snapshot_missing(q, st, entry.log_start_offset)
                 st.endpoint = None
                 self._later(q, LOAD_RETRY_MS)
                 return
-            hw, leo = entry[3], entry[4]
+            hw, leo = entry.high_watermark, entry.log_end_offset
             if st.target is None:
                 st.target = leo
             if st.snapshot_id is not None and st.offset >= st.target:

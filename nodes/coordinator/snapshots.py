@@ -95,7 +95,7 @@ def parse_key(key: bytes | None) -> tuple[str, int, bool] | None:
         return None
     try:
         k = msgpack.unpackb(key, raw=False)
-    except Exception:
+    except (ValueError, TypeError, msgpack.UnpackException):  # not msgpack: not a snapshot key
         return None
     if isinstance(k, list) and len(k) == 4 and k[0] == SNAPSHOT_KEY_TAG and isinstance(k[1], str) \
             and isinstance(k[2], int) and isinstance(k[3], bool):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -50,6 +51,14 @@ class _Server(BaseApplication):
 
     def load(self) -> Any:
         return self.gateway.build_app()  # in the worker, after the fork
+
+
+def stop_worker() -> None:
+    """A request failed with a programmer error (already answered 500 and logged): stop this
+    worker as a node with a bug stops (gunicorn stops it gracefully -- other requests in flight
+    finish -- and its master starts a fresh worker that builds everything anew)."""
+    log.critical("a programmer error in a request: stopping worker %d; the master starts a new one", os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def broker_storage(config: LoomConfig) -> dict[int, dict[str, Any]]:
@@ -107,7 +116,8 @@ class Gateway:
         limiter = RateLimiter(sec.rate_limit_per_s, sec.rate_limit_burst, self.config.gateway.rate_limit_clients_max)
         ctx = GatewayContext(agent=agent, hub=hub, keys=keys, limiter=limiter, settings=self.config.gateway,
                              security=sec, cluster_id=self.config.cluster.name,
-                             http_requests=http_requests, broker_storage=broker_storage(self.config))
+                             http_requests=http_requests, broker_storage=broker_storage(self.config),
+                             on_bug=stop_worker)
         app = create_app(ctx)
         self.control.start()
         return app

@@ -92,8 +92,11 @@ Outcome = tuple  # (partition, offset, error text|None, retriable): plain tuples
 
 
 class GatewayAgent:
-    def __init__(self, config: LoomConfig, is_up: Callable[[str], bool] | None = None) -> None:
-        """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast)."""
+    def __init__(self, config: LoomConfig, is_up: Callable[[str], bool] | None = None, *,
+                 make_admin: Callable[[], Any] | None = None, make_producer: Callable[[], Any] | None = None) -> None:
+        """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast).
+        ``make_admin()`` / ``make_producer()``: a request thread's Admin / producer-service
+        client (default: to the cluster of ``config``)."""
         self.config = config
         self.bootstrap = config.bootstrap()
         self.producer_endpoints = service_endpoints(config, "producer")
@@ -104,6 +107,8 @@ class GatewayAgent:
         self.monitor = MonitorAccess(config)
         self._lock = threading.Lock()
         self._produce_md: tuple[Any, float] | None = None   # (metadata, time.monotonic() it was fetched)
+        self._make_admin = make_admin or (lambda: Admin(self.bootstrap, timeout_ms=ADMIN_TIMEOUT_MS))
+        self._make_producer = make_producer or (lambda: ServiceProducer(self.producer_endpoints))
 
     # -- per-thread clients ---------------------------------------------------------------
     def _get(self, name: str, make: Callable[[], Any]) -> Any:
@@ -114,13 +119,13 @@ class GatewayAgent:
         return client
 
     def admin(self) -> Admin:
-        return self._get("admin", lambda: Admin(self.bootstrap, timeout_ms=ADMIN_TIMEOUT_MS))
+        return self._get("admin", self._make_admin)
 
     def _groups(self) -> GroupAdmin:
         return GroupAdmin(self.admin())
 
     def _producer(self) -> ServiceProducer:
-        return self._get("producer", lambda: ServiceProducer(self.producer_endpoints))
+        return self._get("producer", self._make_producer)
 
     def _consumers(self) -> ServiceConsumer:
         return self._get("consumers", lambda: ServiceConsumer(self.consumer_endpoints, is_down=self._is_down))

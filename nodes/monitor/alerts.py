@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from engines.api import EngineError
+from engines.durable import replace_file
 from fabric import protocol as P
 
 log = logging.getLogger(__name__)
@@ -85,17 +86,13 @@ class AlertBook:
         self.saved_events = [e for e in raw.get("events", []) if isinstance(e, dict)][-P.EVENTS_MAX:]
 
     def save(self, events: list[dict]) -> None:
-        """Write firing and resolved alerts and ``events`` (atomically: write, fsync, rename)."""
+        """Write firing and resolved alerts and ``events`` (``engines.durable.replace_file``:
+        atomically and durably). Raises nothing: a failed write is logged."""
         alerts = [a.to_dict() for a in self.history] + [a.to_dict() for a in self.active.values() if a.state == FIRING]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump({"alerts": alerts, "events": events[-P.EVENTS_MAX:]}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as e:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            replace_file(self.path, json.dumps({"alerts": alerts, "events": events[-P.EVENTS_MAX:]}).encode())
+        except (OSError, EngineError) as e:
             log.error("cannot write %s: %s (alert history kept in memory)", self.path, e)
 
     def evaluate(self, conditions: dict[tuple[str, str], Condition], judged_rules: set[str], now_wall_ms: int) -> bool:

@@ -32,19 +32,18 @@ class ClusterFacts:
         if old is not None and md.state_id == old.state_id and md.version <= old.version:
             return  # versions only grow within one coordinator state; another state's (a
             # restarted coordinator, even one that lost its state) is what the cluster is now
-        self.metadata = md
-        if old is None:
-            return  # the first one is the baseline
-        for p in md.partitions():
-            q = old.partition(p.topic, p.partition)
-            if q is None:
-                continue
-            if p.leader_epoch > q.leader_epoch:
-                self.elections[p.topic] += p.leader_epoch - q.leader_epoch
-            if set(q.isr) - set(p.isr):
-                self.isr_shrinks[p.topic] += 1
-            if set(p.isr) - set(q.isr):
-                self.isr_expands[p.topic] += 1
+        if old is not None:  # the first one is the baseline
+            for p in md.partitions():
+                q = old.partition(p.topic, p.partition)
+                if q is None:
+                    continue
+                if p.leader_epoch > q.leader_epoch:
+                    self.elections[p.topic] += p.leader_epoch - q.leader_epoch
+                if set(q.isr) - set(p.isr):
+                    self.isr_shrinks[p.topic] += 1
+                if set(p.isr) - set(q.isr):
+                    self.isr_expands[p.topic] += 1
+        self.metadata = md  # its version recorded only once it is applied
 
     def partition_counts(self) -> dict[str, int]:
         md = self.metadata

@@ -31,7 +31,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
 from fabric.errors import RemoteError
-from fabric.metadata import ClusterMetadata
+from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata
 from fabric.metrics import Sample, decode_samples
 from fabric.rpc import RpcClient, make_socket
 from nodes.base import Node
@@ -51,6 +51,7 @@ RATE_METRICS = frozenset({"loom_broker_records_in_total", "loom_broker_bytes_in_
                           "loom_broker_bytes_out_total", "loom_process_cpu_seconds_total",
                           "loom_gateway_http_requests_total"})
 EVENTS_REPLY_MAX = 1000
+SUB_KINDS = (P.PUB_HEARTBEAT, P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 METADATA_RETRY_MS = 500
 EVENT_TYPES = {"health": "node", "alert": "alert", "recovery": "recovery"}
 
@@ -107,43 +108,53 @@ class Monitor(Node):
 
     # -- what the nodes say ------------------------------------------------------------------
     def _on_sub(self, frames: list[bytes]) -> None:
-        if len(frames) < 4 or frames[1] != P.VERSION:
-            self.counters["sub_malformed"] += 1
-            return
+        """A heartbeat or a metadata push. Only reading it is forgiven (a peer's bad input:
+        counted, logged, dropped); a bug while applying it stops the node."""
         try:
-            header = wire.unpack(frames[3])
-            if frames[2] == P.PUB_HEARTBEAT and isinstance(header, dict):
-                view = self.views.get(header.get("node"))  # type: ignore[arg-type]
-                if view is not None:
-                    view.heard(self.clock.now_ms(), header.get("pid"))
-            elif frames[2] == P.PUB_METADATA and isinstance(header, dict):
-                self.facts.apply_metadata(ClusterMetadata.from_wire(header))
-            elif frames[2] == P.PUB_METADATA_DELTA and isinstance(header, dict):
-                self._apply_metadata_delta(header)
-            elif frames[2] == P.PUB_METADATA_VERSION and isinstance(header, dict):
-                if int(header["version"]) > self._metadata_version():
-                    self._refresh_metadata()  # a delta went missing
-        except Exception as e:  # a peer's bad input: count, log and drop
+            msg = wire.decode_pub(frames, SUB_KINDS)
+            update = self._read_push(msg)
+        except UNREADABLE_METADATA as e:
             self.counters["sub_malformed"] += 1
-            log.warning("unreadable %r message dropped: %s: %s", frames[2][:32], type(e).__name__, e)
+            log.warning("unreadable %r message dropped: %s: %s", bytes(frames[2][:32]) if len(frames) > 2 else b"",
+                        type(e).__name__, e)
+            return
+        if msg.kind == P.PUB_HEARTBEAT:
+            node = msg.header.get("node")
+            view = self.views.get(node) if isinstance(node, str) else None
+            if view is not None:
+                view.heard(self.clock.now_ms(), msg.header.get("pid"))
+        elif update is not None:
+            self.facts.apply_metadata(update)
+
+    def _read_push(self, msg: wire.PubMessage) -> ClusterMetadata | None:
+        """The metadata a push makes of ours (None: nothing to apply; a missed delta asks for a
+        snapshot). Raises what reading a malformed push raises (UNREADABLE_METADATA)."""
+        header = msg.header
+        if msg.kind == P.PUB_METADATA:
+            return ClusterMetadata.from_wire(header)
+        if msg.kind == P.PUB_METADATA_DELTA:
+            return self._metadata_after_delta(header)
+        if msg.kind == P.PUB_METADATA_VERSION and int(header["version"]) > self._metadata_version():
+            self._refresh_metadata()  # a delta went missing
+        return None
 
     # -- the coordinator's metadata: a snapshot, then its deltas ---------------------------------
     def _metadata_version(self) -> int:
         return self.facts.metadata.version if self.facts.metadata is not None else -1
 
-    def _apply_metadata_delta(self, raw: dict) -> None:
+    def _metadata_after_delta(self, raw: dict) -> ClusterMetadata | None:
         md = self.facts.metadata
         if md is None:
             self._refresh_metadata()
-            return
+            return None
         if int(raw["version"]) <= md.version:
-            return
+            return None
         try:
             new, _changed = md.apply_delta(raw)
         except ValueError:  # it does not start at our version: we missed one
             self._refresh_metadata()
-            return
-        self.facts.apply_metadata(new)
+            return None
+        return new
 
     def _refresh_metadata(self) -> None:
         """Ask the coordinator for a full snapshot (at start and after a gap); one at a time."""

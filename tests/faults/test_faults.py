@@ -1,7 +1,7 @@
 """Fault injection with real processes: kill -9, SIGSTOP, corrupted tails, cut links.
 
 Every scenario runs the same acks=all idempotent workload and the same checker (see
-``jepsen.py``); each prints its counts. Seeds are fixed and printed so a failure reproduces.
+``workload_checker.py``); each prints its counts. Seeds are fixed and printed so a failure reproduces.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from fabric import protocol as P
-from tests.faults import jepsen as J
+from tests.faults import workload_checker as J
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.faults

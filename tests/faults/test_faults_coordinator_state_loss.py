@@ -3,7 +3,7 @@
 The coordinator is stopped, its data directory moved away and it starts empty (a new cluster
 id); meanwhile a follower is killed and restarted, so that one broker meets the empty
 coordinator at registration and the others hear its pushes. Then the coordinator's state is put
-back. The checker (jepsen.py) finds no acknowledged record lost, and no broker ever removed a
+back. The checker (workload_checker.py) finds no acknowledged record lost, and no broker ever removed a
 partition directory: the brokers refused the foreign metadata and kept their data.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import jepsen as J
+from tests.faults import workload_checker as J
 from tests.harness import Cluster, wait_until
 
 pytestmark = pytest.mark.faults

@@ -4,7 +4,7 @@ A raw ZMTP peer opens one request on the partition leader, a follower and the co
 sends frames far past the request limit without ever ending the message, while the
 idempotent acks=all workload runs. Each node's resident memory stays within the request limit
 (plus a margin), the workload keeps being acknowledged, each peer is answered
-``request_too_large`` when its message ends, and the Jepsen-style checker (``jepsen.py``)
+``request_too_large`` when its message ends, and the Jepsen-style checker (``workload_checker.py``)
 finds no acknowledged record lost or duplicated and replicas identical up to the HW.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from fabric import protocol as P
-from tests.faults import jepsen as J
+from tests.faults import workload_checker as J
 from tests.zmtp_peer import RawDealer, rss_bytes
 
 pytestmark = pytest.mark.faults

@@ -1,5 +1,5 @@
 """ISR churn under faults: many ISR shrinks and expansions racing metadata pushes, with the
-acks=all idempotent workload and the checker of ``jepsen.py`` (no acknowledged record lost, no
+acks=all idempotent workload and the checker of ``workload_checker.py`` (no acknowledged record lost, no
 duplicate, order per partition, replicas identical below the HW, one leader per epoch).
 
 The class of bug: a broker applying ISR/leader state older than what it already holds (a
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.faults import jepsen as J
+from tests.faults import workload_checker as J
 from fabric.client import Admin
 from tests.harness import Cluster, wait_until
 

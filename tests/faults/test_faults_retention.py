@@ -1,5 +1,5 @@
 """Fault scenarios where retention meets replication, with real processes and the Jepsen-style
-checker of ``jepsen.py``:
+checker of ``workload_checker.py``:
 
 - a replica returning after the leader's retention removed every epoch it shares with it
   (it must start over at the leader's log start, not loop on truncation);
@@ -18,7 +18,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client import Producer
-from tests.faults import jepsen as J
+from tests.faults import workload_checker as J
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.faults

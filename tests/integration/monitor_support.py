@@ -16,11 +16,18 @@ from tests.harness import make_config
 HTTP_TIMEOUT_S = 5
 
 
+def monitor_options(brokers: int = 3, extra_nodes: tuple[str, ...] = (), monitor: dict | None = None,
+                    **sections: Any) -> dict[str, Any]:
+    """``make_config`` keywords (and a module's ``CLUSTER_OPTIONS``) of a cluster with a
+    ``monitor`` node that judges health quickly."""
+    overrides = {"monitor": {"health_interval_ms": 300, "unresponsive_after_ms": 2000, **(monitor or {})}, **sections}
+    return {"brokers": brokers, "extra_nodes": (*extra_nodes, "monitor"), "overrides": overrides}
+
+
 def monitor_config(tmp: Path, brokers: int = 3, extra_nodes: tuple[str, ...] = (), monitor: dict | None = None,
                    **sections: Any) -> tuple[Path, int]:
     """A config with a ``monitor`` node; returns (path, metrics port)."""
-    overrides = {"monitor": {"health_interval_ms": 300, "unresponsive_after_ms": 2000, **(monitor or {})}, **sections}
-    path = make_config(tmp, brokers, extra_nodes=(*extra_nodes, "monitor"), overrides=overrides)
+    path = make_config(tmp, **monitor_options(brokers, extra_nodes, monitor, **sections))
     return path, yaml.safe_load(path.read_text())["nodes"]["monitor"]["metrics_port"]
 
 

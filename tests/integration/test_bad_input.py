@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -24,7 +23,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.client import Admin, Consumer, Producer
 from fabric.records import build_batch
-from tests.harness import Cluster, make_config
+from tests.harness import Cluster
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -62,26 +61,22 @@ class Raw:
         self.sock.close(0)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    tmp: Path = tmp_path_factory.mktemp("bad-input")
-    c = Cluster(make_config(tmp, 3, overrides={"limits": {"batch_bytes_max": BATCH_BYTES_MAX}}))
-    try:
-        c.start()
-        with Admin(c.bootstrap) as admin:
-            admin.create_topic("good", partitions=3, replication_factor=3)
-            admin.create_topic("fuzz", partitions=3, replication_factor=1)
-            c.wait_topic_ready(admin, "good")
-            c.wait_topic_ready(admin, "fuzz")
-        yield c
-    finally:
-        c.stop_all()
+CLUSTER_OPTIONS = {"brokers": 3, "overrides": {"limits": {"batch_bytes_max": BATCH_BYTES_MAX}}}  # tests/conftest.py
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prepared(module_cluster: Cluster) -> None:
+    with Admin(module_cluster.bootstrap) as admin:
+        admin.create_topic("good", partitions=3, replication_factor=3)
+        admin.create_topic("fuzz", partitions=3, replication_factor=1)
+        module_cluster.wait_topic_ready(admin, "good")
+        module_cluster.wait_topic_ready(admin, "fuzz")
 
 
 @pytest.fixture(scope="module")
-def acked(cluster: Cluster) -> list[tuple[int, int, bytes]]:
+def acked(module_cluster: Cluster) -> list[tuple[int, int, bytes]]:
     """Records acknowledged before any bad input: (partition, offset, value)."""
-    with Producer(cluster.bootstrap, acks="all") as p:
+    with Producer(module_cluster.bootstrap, acks="all") as p:
         futures = [(b"before-%d" % i, p.send("good", b"before-%d" % i, key=b"k%d" % i)) for i in range(3000)]
         p.flush(30)
     return [(f.result(0).partition, f.result(0).offset, v) for v, f in futures]

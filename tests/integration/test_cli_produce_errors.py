@@ -13,38 +13,37 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from fabric.client import Admin
 from fabric.records import partition_for_key
-from tests.harness import ROOT, Cluster, running_cluster, wait_until
+from tests.harness import ROOT, Cluster, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 COMMAND_TIMEOUT_S = 40
 DELIVERY_TIMEOUT_MS = 2000
 
+CLUSTER_OPTIONS = {"brokers": 2}  # one cluster for the module (tests/conftest.py)
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("produce-errors"), brokers=2) as c:
-        with Admin(c.bootstrap) as admin:
-            admin.create_topic("strict", partitions=1, replication_factor=2, configs={"min.insync.replicas": "2"})
-            admin.create_topic("halves", partitions=2, replication_factor=1)
-            c.wait_topic_ready(admin, "strict")
-            c.wait_topic_ready(admin, "halves")
-            c.stop("broker-2")
 
-            def degraded() -> bool:
-                md = admin.metadata()
-                strict = md.topics["strict"].partitions[0]
-                return strict.leader == 1 and strict.isr == (1,) and any(
-                    p.leader < 0 for p in md.topics["halves"].partitions)
-            wait_until(degraded, 30, what="broker-2 out of every ISR and its partition offline")
-        yield c
+@pytest.fixture(scope="module", autouse=True)
+def _prepared(module_cluster: Cluster) -> None:
+    c = module_cluster
+    with Admin(c.bootstrap) as admin:
+        admin.create_topic("strict", partitions=1, replication_factor=2, configs={"min.insync.replicas": "2"})
+        admin.create_topic("halves", partitions=2, replication_factor=1)
+        c.wait_topic_ready(admin, "strict")
+        c.wait_topic_ready(admin, "halves")
+        c.stop("broker-2")
+
+        def degraded() -> bool:
+            md = admin.metadata()
+            strict = md.topics["strict"].partitions[0]
+            return strict.leader == 1 and strict.isr == (1,) and any(
+                p.leader < 0 for p in md.topics["halves"].partitions)
+        wait_until(degraded, 30, what="broker-2 out of every ISR and its partition offline")
 
 
 def _partitions(cluster: Cluster) -> tuple[int, int]:

@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Iterator
 
 import pytest
 
 from fabric.client import Admin, Consumer, GroupConsumer, Producer
 from fabric.records import partition_for_key
-from tests.harness import Cluster, make_config
+from tests.harness import Cluster
 
 pytestmark = pytest.mark.timeout(90)
 PARTITIONS = 3
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(make_config(tmp_path_factory.mktemp("batch-api"), 3))
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop_all()
+CLUSTER_OPTIONS: dict = {}  # one 3-broker cluster for the module (tests/conftest.py)
 
 
 def _topic(cluster: Cluster, name: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from fabric.client import Admin
 from fabric.client.group_admin import GroupAdmin
 from tests.harness import running_cluster, wait_until
-from tests.integration.test_groups import Member
+from tests.integration.groups_support import Member
 
 STALL_S = 10  # the fault: over three session timeouts (3 s) of the test cluster
 WATCH_AFTER_RESUME_S = 8  # more than two sessions: long enough for any verdict to be passed

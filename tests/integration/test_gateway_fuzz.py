@@ -15,7 +15,7 @@ from schemathesis import GenerationMode
 
 from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
 from tests.harness import Cluster, wait_until
-from tests.integration.monitor_support import monitor_config
+from tests.integration.monitor_support import monitor_options
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 EXAMPLES_PER_OPERATION = 12
@@ -25,18 +25,17 @@ BODY_BYTES_FUZZ_MAX = 1024 * 1024  # well below the gateway's request_bytes_max 
 AUTH = {"Authorization": f"Bearer {ROLE_KEYS['admin']}"}
 
 
+# with a monitor, so /metrics and /monitor/history answer (503 without one would be a 5xx)
+CLUSTER_OPTIONS = monitor_options(3, extra_nodes=GATEWAY_NODES, **gateway_overrides())  # tests/conftest.py
+
+
 @pytest.fixture(scope="module")
-def fuzz_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Cluster:
-    # with a monitor, so /metrics and /monitor/history answer (503 without one would be a 5xx)
-    path, _ = monitor_config(tmp_path_factory.mktemp("gw-fuzz"), 3, extra_nodes=GATEWAY_NODES, **gateway_overrides())
-    c = Cluster(path)
-    request.addfinalizer(c.stop_all)
-    c.start()
-    http = Http(c.raw["nodes"]["gateway"]["port"])
+def fuzz_cluster(module_cluster: Cluster) -> Cluster:
+    http = Http(module_cluster.raw["nodes"]["gateway"]["port"])
     http.ok("POST", "/v3/clusters/test/topics", {"topic_name": "fuzz", "partitions_count": 2})
     wait_until(lambda: all(p["leader"] for p in http.ok("GET", "/v3/clusters/test/topics/fuzz/partitions")["data"]),
                20, what="leaders")
-    return c
+    return module_cluster
 
 
 def test_api_matches_its_document(fuzz_cluster: Cluster) -> None:

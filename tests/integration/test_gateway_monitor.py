@@ -14,24 +14,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
 from tests.harness import Cluster, wait_until
-from tests.integration.monitor_support import monitor_config
+from tests.integration.monitor_support import monitor_options
 
 pytestmark = pytest.mark.timeout(120)
 RECORDS = 25
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Cluster:
-    path, _ = monitor_config(tmp_path_factory.mktemp("gw-mon"), 3, extra_nodes=GATEWAY_NODES, **gateway_overrides())
-    c = Cluster(path)
-    request.addfinalizer(c.stop_all)  # also when start() fails half way
-    c.start()
-    return c
+CLUSTER_OPTIONS = monitor_options(3, extra_nodes=GATEWAY_NODES, **gateway_overrides())  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def http(cluster: Cluster) -> Http:
-    return Http(cluster.raw["nodes"]["gateway"]["port"], role="read")
+def http(module_cluster: Cluster) -> Http:
+    return Http(module_cluster.raw["nodes"]["gateway"]["port"], role="read")
 
 
 def families(http: Http) -> dict[str, Any]:

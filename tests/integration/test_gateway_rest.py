@@ -9,26 +9,22 @@ import base64
 import json
 import os
 import subprocess
-from typing import Iterator
 
 import pytest
 
 from tests.gateway_client import BINARY, GATEWAY_NODES, JSON_V2, ROLE_KEYS, Http, b64, gateway_overrides
-from tests.harness import ROOT, Cluster, running_cluster, wait_until
+from tests.harness import ROOT, Cluster, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("gw-rest"), 3, extra_nodes=GATEWAY_NODES,
-                         overrides=gateway_overrides()) as c:
-        yield c
+# one cluster for the module (tests/conftest.py: module_cluster)
+CLUSTER_OPTIONS = {"brokers": 3, "extra_nodes": GATEWAY_NODES, "overrides": gateway_overrides()}
 
 
 @pytest.fixture(scope="module")
-def http(cluster: Cluster) -> Http:
-    return Http(cluster.raw["nodes"]["gateway"]["port"])
+def http(module_cluster: Cluster) -> Http:
+    return Http(module_cluster.raw["nodes"]["gateway"]["port"])
 
 
 def make_topic(http: Http, name: str, partitions: int = 3) -> None:

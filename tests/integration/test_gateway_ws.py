@@ -10,30 +10,32 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import websocket
 
 from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
-from tests.harness import Cluster, running_cluster, wait_until
+from tests.harness import Cluster, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 QUEUE_MAX = 4
 SLOW_TIMEOUT_MS = 1000
 
+# one cluster for the module (tests/conftest.py)
+CLUSTER_OPTIONS = {"brokers": 3, "extra_nodes": GATEWAY_NODES,
+                   "overrides": gateway_overrides(ws_send_queue_max=QUEUE_MAX, auto_create_topics=True,
+                                                  ws_slow_client_timeout_ms=SLOW_TIMEOUT_MS)}
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("gw-ws"), 3, extra_nodes=GATEWAY_NODES,
-                         overrides=gateway_overrides(ws_send_queue_max=QUEUE_MAX, auto_create_topics=True,
-                                                     ws_slow_client_timeout_ms=SLOW_TIMEOUT_MS)) as c:
-        http = Http(c.raw["nodes"]["gateway"]["port"])
-        for name, parts in (("ws", 3), ("big", 1)):
-            http.ok("POST", "/v3/clusters/test/topics", {"topic_name": name, "partitions_count": parts})
-            wait_until(lambda: all(p["leader"] for p in http.ok("GET", f"/v3/clusters/test/topics/{name}/partitions")["data"]),
-                       20, what="leaders")
-        yield c
+
+@pytest.fixture(scope="module", autouse=True)
+def _prepared(module_cluster: Cluster) -> None:
+    c = module_cluster
+    http = Http(c.raw["nodes"]["gateway"]["port"])
+    for name, parts in (("ws", 3), ("big", 1)):
+        http.ok("POST", "/v3/clusters/test/topics", {"topic_name": name, "partitions_count": parts})
+        wait_until(lambda: all(p["leader"] for p in http.ok("GET", f"/v3/clusters/test/topics/{name}/partitions")["data"]),
+                   20, what="leaders")
 
 
 def url(cluster: Cluster, path: str) -> str:

@@ -6,14 +6,11 @@ is answered ``request_too_large``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
 import pytest
 
 from fabric import protocol as P
-from fabric.client import Admin, Producer
-from tests.harness import Cluster, running_cluster
+from fabric.client import Producer
+from tests.harness import Cluster
 from tests.zmtp_peer import RawDealer, rss_bytes
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,14 +20,12 @@ SENT_BYTES = 5 * P.REQUEST_BYTES_MAX              # 320 MiB of one unfinished me
 RSS_MARGIN_BYTES = 48 * 1024 * 1024               # interpreter, libzmq buffers, allocator slack
 RSS_SAMPLE_EVERY_FRAMES = 16
 
+CLUSTER_OPTIONS = {"brokers": 1}  # one cluster for the module (tests/conftest.py)
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("hostile"), brokers=1) as c:
-        with Admin(c.bootstrap) as admin:
-            admin.create_topic("t", partitions=1, replication_factor=1)
-            c.wait_topic_ready(admin, "t")
-        yield c
+
+@pytest.fixture(scope="module", autouse=True)
+def _prepared(module_cluster: Cluster) -> None:
+    module_cluster.create_topic("t")
 
 
 def flood_unfinished_message(cluster: Cluster, name: str) -> tuple[int, int, RawDealer]:

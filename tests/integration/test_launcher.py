@@ -20,6 +20,7 @@ import pytest
 from fabric.config import load_config, parse_config
 from nodes import launcher
 from tests.harness import ROOT, make_config, wait_until
+from tests.unit.fakes import ExitedProc
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -53,17 +54,6 @@ def test_role_available() -> None:
     assert not launcher.role_available("no-such-role")
 
 
-class _ExitedProc:
-    """Stands in for a child that has exited (no process is started in this test)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode = 1
-
-    def poll(self) -> int:
-        return self.returncode
-
-
 def test_restart_backoff_doubles_up_to_the_cap(tmp_path: Path) -> None:
     cfg = parse_config({"cluster": {"data_dir": str(tmp_path)},
                         "nodes": {"coordinator": {"role": "coordinator", "port": 19004},
@@ -74,7 +64,7 @@ def test_restart_backoff_doubles_up_to_the_cap(tmp_path: Path) -> None:
     pids = iter(range(1000, 2000))
 
     def fake_spawn(child: launcher.Child) -> None:
-        child.proc = _ExitedProc(next(pids))  # type: ignore[assignment]
+        child.proc = ExitedProc(next(pids))  # type: ignore[assignment]
         child.started_ms = now
         child.restart_at_ms = None
     sup._spawn = fake_spawn  # type: ignore[method-assign]

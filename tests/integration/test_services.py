@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-from typing import Iterator
-
 import pytest
 import zmq
 
@@ -17,25 +15,23 @@ from fabric.client.services import ServiceConsumer, ServiceProducer, ServiceReco
 from fabric.errors import RemoteError
 from fabric.records import partition_for_key
 from fabric.rpc import make_socket
-from tests.harness import Cluster, make_config, wait_until
+from tests.harness import Cluster, wait_until
 
 BUFFER_BYTES = 256 * 1024
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(make_config(tmp_path_factory.mktemp("services"), 3, extra_nodes=("producer", "consumer-1", "consumer-2"),
-                            overrides={"services": {"producer_buffer_bytes_max": BUFFER_BYTES,
-                                                    "consumer_instance_idle_timeout_ms": 60_000}}))
-    try:
-        c.start()
-        with Admin(c.bootstrap) as admin:
-            for t in ("svc", "svc-groups"):
-                admin.create_topic(t, 3)
-                c.wait_topic_ready(admin, t)
-        yield c
-    finally:
-        c.stop_all()
+# one cluster for the module (tests/conftest.py)
+CLUSTER_OPTIONS = {"brokers": 3, "extra_nodes": ("producer", "consumer-1", "consumer-2"),
+                   "overrides": {"services": {"producer_buffer_bytes_max": BUFFER_BYTES,
+                                              "consumer_instance_idle_timeout_ms": 60_000}}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prepared(module_cluster: Cluster) -> None:
+    with Admin(module_cluster.bootstrap) as admin:
+        for t in ("svc", "svc-groups"):
+            admin.create_topic(t, 3)
+            module_cluster.wait_topic_ready(admin, t)
 
 
 def read_all(cluster: Cluster, topic: str, expected: int) -> list:

@@ -9,15 +9,13 @@ here with 24 requests (~2.4 KB sent, ~384 MiB held)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.client import Admin, Producer
-from tests.harness import Cluster, running_cluster, wait_until
+from fabric.client import Producer
+from tests.harness import Cluster, wait_until
 from tests.zmtp_peer import RawDealer, rss_bytes
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,17 +27,15 @@ UNREAD_FETCHES = 24                 # ~384 MiB of replies for ~2.4 KB of request
 RSS_BOUND_BYTES = P.REQUEST_BYTES_MAX + 48 * 1024 * 1024
 SETTLE_S = 3.0
 
+CLUSTER_OPTIONS = {"brokers": 1}  # one cluster for the module (tests/conftest.py)
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(Path(tmp_path_factory.mktemp("unread")), brokers=1) as c:
-        with Admin(c.bootstrap) as admin:
-            admin.create_topic("t", partitions=1, replication_factor=1)
-            c.wait_topic_ready(admin, "t")
-        with Producer(c.bootstrap, acks=1) as producer:
-            for f in [producer.send("t", b"v" * RECORD_BYTES, partition=0) for _ in range(RECORDS)]:
-                f.result(timeout=30)
-        yield c
+
+@pytest.fixture(scope="module", autouse=True)
+def _prepared(module_cluster: Cluster) -> None:
+    module_cluster.create_topic("t")
+    with Producer(module_cluster.bootstrap, acks=1) as producer:
+        for f in [producer.send("t", b"v" * RECORD_BYTES, partition=0) for _ in range(RECORDS)]:
+            f.result(timeout=30)
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -18,8 +18,8 @@ from engines import batch as B
 from fabric import protocol as P
 from fabric import wire
 from fabric.clock import Clock, ManualClock
-from fabric.config import LimitsConfig, StorageConfig, TopicDefaults
-from fabric.metadata import BrokerInfo, ClusterMetadata, TopicInfo
+from fabric.config import LimitsConfig, LoomConfig, StorageConfig, TopicDefaults, parse_config
+from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from fabric.records import build_batch, decode_batches
 from fabric.rpc import DEFER
 from nodes.broker.core import BrokerCore
@@ -37,9 +37,11 @@ BASE_TIMESTAMP_MS = 1_700_000_000_000
 
 
 def make_batch(n: int = 3, pid: int = -1, epoch: int = -1, seq: int = -1, tag: str = "v",
-               timestamp_ms: int = BASE_TIMESTAMP_MS) -> bytes:
-    """A client batch of ``n`` records (keys k0.., values {tag}0..), optionally idempotent."""
-    recs = [(timestamp_ms + i, f"k{i}".encode(), f"{tag}{i}".encode(), None) for i in range(n)]
+               timestamp_ms: int = BASE_TIMESTAMP_MS, *, keys: bool = True) -> bytes:
+    """A client batch of ``n`` records (keys k0.. or, without ``keys``, none; values {tag}0..;
+    timestamps from ``timestamp_ms`` on), optionally idempotent. The one batch builder of the
+    unit tests: a test names what its batches mean with a one-line wrapper."""
+    recs = [(timestamp_ms + i, f"k{i}".encode() if keys else None, f"{tag}{i}".encode(), None) for i in range(n)]
     return build_batch(recs, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
 
 
@@ -353,3 +355,35 @@ def serve_fetch(client: RecordingClient, leader: RequestHandlers) -> bool:
     reply, data = answer
     callback(wire.unpack(wire.pack(reply)), [bytes(d) for d in data], None)
     return True
+
+
+# -- configs and supervised children ---------------------------------------------------------------
+def small_cluster_config(tmp_path: Any, **sections: dict) -> LoomConfig:
+    """A parsed config of a coordinator, broker 1 and a monitor on fixed ports (nothing is
+    started), with ``sections`` added (``liveness={...}``, ``supervisor={...}``…)."""
+    raw: dict[str, Any] = {"cluster": {"data_dir": str(tmp_path)},
+                           "nodes": {"coordinator": {"role": "coordinator", "port": 19004},
+                                     "broker-1": {"role": "broker", "broker_id": 1, "port": 19001},
+                                     "monitor": {"role": "monitor", "port": 19010}}}
+    raw.update(sections)
+    return parse_config(raw, environ={})
+
+
+class ExitedProc:
+    """Stands in for a supervised child that has exited (no process is started)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode = 1
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+def metadata_of(topics: dict[str, int] | None = None, brokers: int = 1, leader: int = 1) -> ClusterMetadata:
+    """Real cluster metadata: brokers 1..``brokers`` (alive) and each topic of ``topics``
+    (name -> partition count) with every partition led by ``leader``."""
+    infos = {b: BrokerInfo(b, "127.0.0.1", 30_000 + b, 31_000 + b) for b in range(1, brokers + 1)}
+    return ClusterMetadata(1, "test", infos, {
+        t: TopicInfo(t, tuple(PartitionInfo(t, p, leader, 0, (leader,), (leader,)) for p in range(n)))
+        for t, n in (topics or {}).items()})

@@ -96,4 +96,5 @@ def test_usage_and_operating_errors_are_one_line(capsys: pytest.CaptureFixture[s
     assert runner.main(["produce", "--partitions", "0"]) == 2
     assert runner.main(["produce", "--records", "10", "--bootstrap", "127.0.0.1:1"]) == 1  # nothing listens there
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("loom bench produce: error: ") for line in lines), lines
+    assert len(lines) == 2 and all(line.startswith("loom: error: ") for line in lines), lines
+    assert lines[0].endswith("(see 'loom bench produce --help')"), lines

@@ -46,7 +46,7 @@ def test_loom_bench_help_works_from_any_directory(tmp_path: Path, bench: str) ->
     p = subprocess.run([str(loom), "bench", bench, "--help"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert f"bench.{bench}" in p.stdout
+    assert f"usage: loom bench {bench}" in p.stdout
 
 
 @pytest.mark.parametrize("args, says", [

@@ -7,15 +7,13 @@ with the state it had broken."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import msgpack
 import pytest
 
-from fabric.clock import ManualClock
-from fabric.reactor import Reactor
 from nodes.coordinator import snapshots as S
+from nodes.coordinator.offsets_client import OffsetsTopicClient
 from nodes.coordinator.offsets_loader import OffsetsLoader, decode_record
+from tests.unit.fakes import FakeGroupContext, RecordingClient, two_partition_state
 
 
 class Store:
@@ -29,19 +27,9 @@ class Store:
         pass
 
 
-class Context:
-    def __init__(self) -> None:
-        self.reactor = Reactor(ManualClock())
-        self.counters: Counter[str] = Counter()
-
-
-class Client:
-    topic = "__consumer_offsets"
-
-
-def _loader(store: Store) -> tuple[OffsetsLoader, Context]:
-    context = Context()
-    return OffsetsLoader(context, Client(), store), context  # type: ignore[arg-type]
+def _loader(store: Store) -> tuple[OffsetsLoader, FakeGroupContext]:
+    context = FakeGroupContext(two_partition_state())
+    return OffsetsLoader(context, OffsetsTopicClient(context, lambda endpoint: RecordingClient()), store), context
 
 
 def _key(*parts: object) -> bytes:

@@ -6,8 +6,6 @@ of the batch but not the CRC again. Each engine still checks the CRC when the ca
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import crc32c as real_crc32c
 import pytest
 
@@ -21,16 +19,24 @@ from tests.unit.fakes import make_batch
 LEADER, FOLLOWER = 1, 2
 
 
+class CountingCrc32c:
+    """Stands in for the ``crc32c`` module engines.batch computes with: the real CRC32C, each
+    call's length recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def crc32c(self, data: bytes, value: int = 0) -> int:
+        self.calls.append(len(data))
+        return real_crc32c.crc32c(data, value)
+
+
 @pytest.fixture
 def crc_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every CRC32C computed by engines.batch, by length."""
-    calls: list[int] = []
-
-    def counting(data, value=0):  # noqa: ANN001, ANN202
-        calls.append(len(data))
-        return real_crc32c.crc32c(data, value)
-    monkeypatch.setattr(B, "_crc32c", SimpleNamespace(crc32c=counting))
-    return calls
+    counting = CountingCrc32c()
+    monkeypatch.setattr(B, "_crc32c", counting)
+    return counting.calls
 
 
 @pytest.mark.parametrize("engine_class", [MemoryEngine, SegmentEngine])

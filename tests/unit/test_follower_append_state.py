@@ -14,8 +14,8 @@ from engines import batch as B
 from engines.api import EngineConfig, StorageFull
 from engines.memory import MemoryEngine
 from engines.segment import SegmentEngine
-from fabric.records import build_batch
 from nodes.broker.partition import Partition
+from tests.unit.fakes import as_leader_wrote, make_batch
 
 BATCH_MAX = 1024 * 1024
 LEADER, FOLLOWER = 1, 2
@@ -34,15 +34,7 @@ class _DiskFullEngine(SegmentEngine):
 
 
 def _batch(n: int, pid: int, seq: int, tag: str) -> bytes:
-    recs = [(1_700_000_000_000 + i, None, f"{tag}{i}".encode(), None) for i in range(n)]
-    return build_batch(recs, producer_id=pid, producer_epoch=0, base_sequence=seq)
-
-
-def _as_leader_wrote(data: bytes, base_offset: int, epoch: int) -> bytes:
-    buf = bytearray(data)
-    B.set_base_offset(buf, base_offset)
-    B.set_leader_epoch(buf, epoch)
-    return bytes(buf)
+    return make_batch(n, pid, 0, seq, tag, keys=False)
 
 
 def _follower(tmp_path: Path) -> tuple[Partition, _DiskFullEngine]:
@@ -59,10 +51,10 @@ def _assert_state_within_log(part: Partition) -> None:
 
 def test_disk_full_follower_keeps_no_state_for_the_failed_write(tmp_path: Path) -> None:
     part, engine = _follower(tmp_path)
-    first = _as_leader_wrote(_batch(2, pid=7, seq=0, tag="a"), 0, 1)
+    first = as_leader_wrote(_batch(2, pid=7, seq=0, tag="a"), 0, 1)
     assert part.append_as_follower(first) == 1
     engine.full = True
-    second = _as_leader_wrote(_batch(3, pid=7, seq=2, tag="b"), 2, 2)
+    second = as_leader_wrote(_batch(3, pid=7, seq=2, tag="b"), 2, 2)
     with pytest.raises(StorageFull):
         part.append_as_follower(second)
     assert part.log_end_offset == 2
@@ -80,8 +72,8 @@ def test_disk_full_follower_keeps_no_state_for_the_failed_write(tmp_path: Path) 
 
 def test_corrupt_batch_later_in_the_chunk_leaves_state_matching_the_log(tmp_path: Path) -> None:
     part, _ = _follower(tmp_path)
-    good = _as_leader_wrote(_batch(2, pid=7, seq=0, tag="a"), 0, 1)
-    bad = bytearray(_as_leader_wrote(_batch(3, pid=8, seq=0, tag="b"), 2, 2))
+    good = as_leader_wrote(_batch(2, pid=7, seq=0, tag="a"), 0, 1)
+    bad = bytearray(as_leader_wrote(_batch(3, pid=8, seq=0, tag="b"), 2, 2))
     bad[-1] ^= 0xFF  # payload damaged: CRC mismatch
     with pytest.raises(B.BatchError):
         part.append_as_follower(good + bytes(bad))
@@ -101,8 +93,8 @@ def test_follower_state_survives_on_the_memory_engine_too() -> None:
     """The ordinary path: state is recorded for every stored batch."""
     part = Partition("t", 0, FOLLOWER, MemoryEngine("", EngineConfig(batch_bytes_max=BATCH_MAX)), None)
     part.become_follower(LEADER, 2, [LEADER, FOLLOWER], [LEADER, FOLLOWER])
-    chunk = (_as_leader_wrote(_batch(2, pid=7, seq=0, tag="a"), 0, 1)
-             + _as_leader_wrote(_batch(2, pid=7, seq=2, tag="b"), 2, 2))
+    chunk = (as_leader_wrote(_batch(2, pid=7, seq=0, tag="a"), 0, 1)
+             + as_leader_wrote(_batch(2, pid=7, seq=2, tag="b"), 2, 2))
     assert part.append_as_follower(chunk) == 2
     assert part.epochs.entries == [(1, 0), (2, 2)]
     part.become_leader(3, [LEADER, FOLLOWER], [FOLLOWER], now_ms=0)

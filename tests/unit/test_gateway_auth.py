@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ import yaml
 from fabric.apikeys import ADMIN_KEY_ENV, ROLES, ensure_admin_key, generate_key, hash_key
 from fabric.config import ConfigError, GatewayConfig, SecurityConfig, parse_config
 from nodes.cli_keys import add_key_line
+from tests.unit.fakes import metadata_of
 from webui.app import create_app
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway
@@ -31,7 +31,7 @@ class StubAgent:
         return True
 
     def metadata(self) -> Any:
-        return SimpleNamespace(topics={}, brokers={1: SimpleNamespace(alive=True)})
+        return metadata_of()
 
     def topic(self, name: str) -> Any:
         raise ClusterError("topic_not_found", f"topic {name!r} not found")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from fabric.apikeys import hash_key
 from fabric.config import GatewayConfig, SecurityConfig
+from fabric.metadata import ClusterMetadata
 from webui.app import create_app
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway, HttpRequestCounter
@@ -36,7 +36,7 @@ class ProduceAgent:
         self.calls: list[tuple] = []
 
     def metadata(self) -> Any:
-        return SimpleNamespace(topics={}, brokers={})
+        return ClusterMetadata.empty()
 
     def produce(self, topic: str, records: list, acks: Any, partition: int | None = None) -> list:
         self.calls.append((topic, records, acks, partition))

@@ -7,7 +7,6 @@ through the real ``GatewayAgent`` with scripted metadata and a scripted producer
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from fabric import protocol as P
 from fabric.config import load_config
 from nodes.gateway.agent import GatewayAgent
 from nodes.local_cluster import GATEWAY_NODES, make_config
+from tests.unit.fakes import metadata_of
 from webui.errors import ClusterError
 
 
@@ -28,8 +28,7 @@ class _Admin:
 
     def metadata(self) -> Any:
         self.asks += 1
-        return SimpleNamespace(topics={t: SimpleNamespace(partitions=[SimpleNamespace(leader=1)] * n)
-                                       for t, n in self.topics.items()})
+        return metadata_of(self.topics)
 
 
 class _Service:
@@ -44,10 +43,9 @@ class _Service:
 
 @pytest.fixture
 def agent(tmp_path: Path) -> tuple[GatewayAgent, _Admin, _Service]:
-    a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))))
     admin, service = _Admin({"t": 2}), _Service()
-    a.admin = lambda: admin  # type: ignore[method-assign]
-    a._producer = lambda: service  # type: ignore[method-assign]
+    a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))),
+                     make_admin=lambda: admin, make_producer=lambda: service)
     return a, admin, service
 
 

@@ -16,12 +16,12 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.config import load_config
 from fabric.errors import RemoteError
-from fabric.records import build_batch
 from nodes.broker.node import PARTITION_OPENS_PER_PASS_MAX, Broker
 from nodes.broker.partition import Partition
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
+from tests.unit.fakes import make_batch
 
 BATCH_MAX = 1024 * 1024
 
@@ -100,7 +100,7 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Broker, Coordinator, Loopback]]:
 
 
 def _batch(n: int) -> bytes:
-    return build_batch([(1_700_000_000_000 + i, None, b"v%d" % i, None) for i in range(n)])
+    return make_batch(n, keys=False)
 
 
 def _start(broker: Broker, coord: Coordinator, loop: Loopback, isr: list[int], partitions: int = 2) -> None:

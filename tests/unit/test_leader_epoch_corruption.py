@@ -15,16 +15,15 @@ import pytest
 from engines import batch as B
 from engines.api import EngineConfig
 from engines.segment import SegmentEngine
-from fabric.records import build_batch
 from nodes.broker.partition import Partition
+from tests.unit.fakes import make_batch
 
 BATCH_MAX = 1024 * 1024
 ME, OTHER = 1, 2
 
 
 def _batch(tag: str, pid: int = -1, seq: int = -1) -> bytes:
-    recs = [(1_700_000_000_000 + i, None, f"{tag}{i}".encode(), None) for i in range(3)]
-    return build_batch(recs, producer_id=pid, producer_epoch=0 if pid >= 0 else -1, base_sequence=seq)
+    return make_batch(3, pid, 0 if pid >= 0 else -1, seq, tag, keys=False)
 
 
 def _open(directory: Path) -> Partition:

@@ -48,7 +48,7 @@ def _probe(mode: str) -> tuple[int, int]:
 
 def test_a_freed_large_buffer_stays_in_the_heap_for_the_next_one() -> None:
     # tuned only in the probe's process: this test process keeps glibc's defaults for the tests
-    # after it (test_zero_copy_review.py::test_the_malloc_tuning_test_leaves_the_test_process_at_glibc_defaults)
+    # after it (test_node_malloc_tuning_isolation.py::test_the_malloc_tuning_test_leaves_the_test_process_at_glibc_defaults)
     mmapped, kept = _probe("tuned")
     assert mmapped == 0 and kept >= BUFFER_BYTES // 2  # (part of it may have been free heap already)
     mmapped, kept = _probe("default")  # the control: glibc's defaults

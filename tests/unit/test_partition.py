@@ -11,18 +11,14 @@ from engines import batch as B
 from engines.api import EngineConfig
 from engines.memory import MemoryEngine
 from fabric import protocol as P
-from fabric.records import build_batch, decode_batches
+from fabric.records import decode_batches
 from nodes.broker.epochs import EpochCache
 from nodes.broker.partition import Partition
 from nodes.broker.producers import BATCHES_REMEMBERED, ProducerStateTable
+from tests.unit.fakes import make_batch
 
 BATCH_MAX = 1024 * 1024
 ME = 1
-
-
-def _batch(n: int = 3, pid: int = -1, epoch: int = -1, seq: int = -1, tag: str = "v") -> bytes:
-    recs = [(1_700_000_000_000 + i, f"k{i}".encode(), f"{tag}{i}".encode(), None) for i in range(n)]
-    return build_batch(recs, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
 
 
 def _part(directory: str | None = None) -> Partition:
@@ -48,7 +44,7 @@ def _read_all(p: Partition) -> bytes:
 # -- leader appends -------------------------------------------------------------------------
 def test_leader_append_assigns_offsets_and_stamps_epoch() -> None:
     p = _leader(epoch=4)
-    res = _append(p, [_batch(3), _batch(2)], BATCH_MAX)
+    res = _append(p, [make_batch(3), make_batch(2)], BATCH_MAX)
     assert [(r[0], r[1]) for r in res] == [(0, 0), (3, 0)]
     assert p.log_end_offset == 5
     headers = B.split_headers(_read_all(p))
@@ -59,10 +55,10 @@ def test_leader_append_assigns_offsets_and_stamps_epoch() -> None:
 
 def test_leader_rejects_bad_batches_and_keeps_the_good_ones() -> None:
     p = _leader()
-    corrupt = bytearray(_batch(3))
+    corrupt = bytearray(make_batch(3))
     corrupt[-1] ^= 0xFF
-    big = _batch(3, tag="x" * 600)
-    res = _append(p, [_batch(2), bytes(corrupt), big, b"short", _batch(1)], batch_bytes_max=500)
+    big = make_batch(3, tag="x" * 600)
+    res = _append(p, [make_batch(2), bytes(corrupt), big, b"short", make_batch(1)], batch_bytes_max=500)
     assert [r[1] for r in res] == [0, P.CORRUPT_MESSAGE, P.RECORD_TOO_LARGE, P.CORRUPT_MESSAGE, 0]
     assert [r[0] for r in res] == [0, -1, -1, -1, 2]
     assert p.log_end_offset == 3
@@ -70,34 +66,34 @@ def test_leader_rejects_bad_batches_and_keeps_the_good_ones() -> None:
 
 def test_trailing_bytes_after_a_batch_are_corrupt() -> None:
     p = _leader()
-    res = _append(p, [_batch(2) + b"junk"], BATCH_MAX)
+    res = _append(p, [make_batch(2) + b"junk"], BATCH_MAX)
     assert res[0][1] == P.CORRUPT_MESSAGE
     assert p.log_end_offset == 0
 
 
 def test_idempotent_retry_returns_the_original_offset() -> None:
     p = _leader()
-    b0, b1 = _batch(3, pid=9, epoch=0, seq=0), _batch(2, pid=9, epoch=0, seq=3)
+    b0, b1 = make_batch(3, pid=9, epoch=0, seq=0), make_batch(2, pid=9, epoch=0, seq=3)
     assert [r[0] for r in _append(p, [b0, b1], BATCH_MAX)] == [0, 3]
     # the acks were lost: the producer resends both; nothing is written twice
     res = _append(p, [b0, b1], BATCH_MAX)
     assert [(r[0], r[1]) for r in res] == [(0, 0), (3, 0)]
     assert p.log_end_offset == 5
     # and the next sequence is accepted
-    assert _append(p, [_batch(1, pid=9, epoch=0, seq=5)], BATCH_MAX)[0][:2] == (5, 0)
+    assert _append(p, [make_batch(1, pid=9, epoch=0, seq=5)], BATCH_MAX)[0][:2] == (5, 0)
 
 
 def test_out_of_order_sequence_is_rejected_and_not_written() -> None:
     p = _leader()
-    _append(p, [_batch(3, pid=9, epoch=0, seq=0)], BATCH_MAX)
-    res = _append(p, [_batch(1, pid=9, epoch=0, seq=7)], BATCH_MAX)
+    _append(p, [make_batch(3, pid=9, epoch=0, seq=0)], BATCH_MAX)
+    res = _append(p, [make_batch(1, pid=9, epoch=0, seq=7)], BATCH_MAX)
     assert res[0][:2] == (-1, P.OUT_OF_ORDER_SEQUENCE)
     assert p.log_end_offset == 3
 
 
 def test_old_sequence_beyond_memory_is_a_duplicate_error() -> None:
     p = _leader()
-    batches = [_batch(1, pid=9, epoch=0, seq=i) for i in range(BATCHES_REMEMBERED + 2)]
+    batches = [make_batch(1, pid=9, epoch=0, seq=i) for i in range(BATCHES_REMEMBERED + 2)]
     for b in batches:
         assert _append(p, [b], BATCH_MAX)[0][1] == 0
     res = _append(p, [batches[0]], BATCH_MAX)  # forgotten, but behind: never re-written
@@ -107,16 +103,16 @@ def test_old_sequence_beyond_memory_is_a_duplicate_error() -> None:
 
 def test_fenced_producer_epoch() -> None:
     p = _leader()
-    _append(p, [_batch(1, pid=9, epoch=2, seq=0)], BATCH_MAX)
-    assert _append(p, [_batch(1, pid=9, epoch=1, seq=1)], BATCH_MAX)[0][1] == P.INVALID_PRODUCER_EPOCH
+    _append(p, [make_batch(1, pid=9, epoch=2, seq=0)], BATCH_MAX)
+    assert _append(p, [make_batch(1, pid=9, epoch=1, seq=1)], BATCH_MAX)[0][1] == P.INVALID_PRODUCER_EPOCH
     # a newer epoch starts over at sequence 0, anything else is a gap
-    assert _append(p, [_batch(1, pid=9, epoch=3, seq=5)], BATCH_MAX)[0][1] == P.OUT_OF_ORDER_SEQUENCE
-    assert _append(p, [_batch(1, pid=9, epoch=3, seq=0)], BATCH_MAX)[0][:2] == (1, 0)
+    assert _append(p, [make_batch(1, pid=9, epoch=3, seq=5)], BATCH_MAX)[0][1] == P.OUT_OF_ORDER_SEQUENCE
+    assert _append(p, [make_batch(1, pid=9, epoch=3, seq=0)], BATCH_MAX)[0][:2] == (1, 0)
 
 
 def test_in_request_sequence_order_and_dedup() -> None:
     p = _leader()
-    b0, b1 = _batch(2, pid=5, epoch=0, seq=0), _batch(2, pid=5, epoch=0, seq=2)
+    b0, b1 = make_batch(2, pid=5, epoch=0, seq=0), make_batch(2, pid=5, epoch=0, seq=2)
     res = _append(p, [b0, b1, b0], BATCH_MAX)  # a batch repeated inside one request
     assert [(r[0], r[1]) for r in res] == [(0, 0), (2, 0), (0, 0)]
     assert p.log_end_offset == 4
@@ -138,7 +134,7 @@ def test_producer_state_table_directly() -> None:
 def _leader_log(batches: int = 4) -> Partition:
     leader = _leader(epoch=2)
     for i in range(batches):
-        _append(leader, [_batch(2, pid=3, epoch=0, seq=2 * i, tag=f"b{i}-")], BATCH_MAX)
+        _append(leader, [make_batch(2, pid=3, epoch=0, seq=2 * i, tag=f"b{i}-")], BATCH_MAX)
     return leader
 
 
@@ -154,7 +150,7 @@ def test_follower_skips_what_it_has_and_appends_the_rest() -> None:
     assert f.epochs.entries == [(2, 0)]
     # producer state replicated through the headers: a retry on the follower-turned-leader dedups
     f.become_leader(3, [1, 2, 3], [1, 2, 3], now_ms=0)
-    assert _append(f, [_batch(2, pid=3, epoch=0, seq=6, tag="b3-")], BATCH_MAX)[0][:2] == (6, 0)
+    assert _append(f, [make_batch(2, pid=3, epoch=0, seq=6, tag="b3-")], BATCH_MAX)[0][:2] == (6, 0)
     assert f.log_end_offset == 8
 
 
@@ -185,7 +181,7 @@ def test_follower_refuses_a_corrupt_batch() -> None:
 # -- high watermark and ISR --------------------------------------------------------------------
 def test_high_watermark_follows_the_slowest_isr_member() -> None:
     p = _leader()
-    _append(p, [_batch(5)], BATCH_MAX)
+    _append(p, [make_batch(5)], BATCH_MAX)
     assert p.high_watermark == 0
     assert p.record_follower_fetch(2, 5, now_ms=10) is False  # broker 3 has nothing yet
     assert p.high_watermark == 0
@@ -198,7 +194,7 @@ def test_high_watermark_follows_the_slowest_isr_member() -> None:
 
 def test_high_watermark_with_a_shrunk_isr_and_reads_stop_there() -> None:
     p = _leader(isr=[1, 2])
-    _append(p, [_batch(2), _batch(3)], BATCH_MAX)
+    _append(p, [make_batch(2), make_batch(3)], BATCH_MAX)
     p.record_follower_fetch(2, 2, now_ms=1)
     assert p.high_watermark == 2
     assert B.split_headers(p.read(0, 1 << 20, p.high_watermark))[-1].next_offset == 2
@@ -209,14 +205,14 @@ def test_high_watermark_with_a_shrunk_isr_and_reads_stop_there() -> None:
 
 def test_leader_alone_in_isr_commits_at_append() -> None:
     p = _leader(isr=[1])
-    _append(p, [_batch(4)], BATCH_MAX)
+    _append(p, [make_batch(4)], BATCH_MAX)
     assert p.high_watermark == 4
 
 
 def test_isr_shrinks_for_a_lagging_follower() -> None:
     p = _leader()
     lag_ms = 1000
-    _append(p, [_batch(2)], BATCH_MAX)
+    _append(p, [make_batch(2)], BATCH_MAX)
     p.record_follower_fetch(2, 2, now_ms=500)  # caught up
     assert p.isr_changes(now_ms=900, lag_time_max_ms=lag_ms) is None
     # broker 3 never fetched: out once the lag time passes since it became a follower
@@ -228,7 +224,7 @@ def test_isr_shrinks_for_a_lagging_follower() -> None:
 def test_isr_expands_when_a_follower_catches_up() -> None:
     p = _part()
     p.become_leader(1, [1, 2, 3], [1, 2], now_ms=0)
-    _append(p, [_batch(3)], BATCH_MAX)
+    _append(p, [make_batch(3)], BATCH_MAX)
     p.record_follower_fetch(2, 3, now_ms=10)
     assert p.isr_changes(10, 1000) is None  # 3 has not caught up
     p.record_follower_fetch(3, 1, now_ms=20)
@@ -237,7 +233,7 @@ def test_isr_expands_when_a_follower_catches_up() -> None:
     assert p.isr_changes(30, 1000) == {1, 2, 3}
     # while the expansion is pending the HW counts the larger set
     p.pending_isr = {1, 2, 3}
-    _append(p, [_batch(1)], BATCH_MAX)
+    _append(p, [make_batch(1)], BATCH_MAX)
     p.record_follower_fetch(2, 4, now_ms=40)
     assert p.high_watermark == 3
     p.record_follower_fetch(3, 4, now_ms=40)
@@ -284,9 +280,9 @@ def test_epoch_cache_end_offset_for(tmp_path: Path) -> None:
 def test_diverging_offset_for_a_returning_replica() -> None:
     leader = _part()
     leader.become_leader(1, [1, 2], [1, 2], 0)
-    _append(leader, [_batch(4)], BATCH_MAX)
+    _append(leader, [make_batch(4)], BATCH_MAX)
     leader.become_leader(2, [1, 2], [1, 2], 0)
-    _append(leader, [_batch(4)], BATCH_MAX)
+    _append(leader, [make_batch(4)], BATCH_MAX)
     assert leader.epochs.entries == [(1, 0), (2, 4)]
     # a follower that wrote 6 records under epoch 1 must cut back to 4
     assert leader.divergence(6, 1) == [1, 4]
@@ -298,7 +294,7 @@ def test_diverging_offset_for_a_returning_replica() -> None:
 def test_truncate_to_rebuilds_producer_state_and_epochs(tmp_path: Path) -> None:
     p = _part(str(tmp_path))
     p.become_leader(1, [1, 2], [1], 0)
-    b = [_batch(2, pid=4, epoch=0, seq=2 * i) for i in range(4)]
+    b = [make_batch(2, pid=4, epoch=0, seq=2 * i) for i in range(4)]
     assert [r[0] for r in _append(p, b[:2], BATCH_MAX)] == [0, 2]
     p.become_leader(2, [1, 2], [1], 0)
     assert [r[0] for r in _append(p, b[2:], BATCH_MAX)] == [4, 6]
@@ -313,12 +309,12 @@ def test_truncate_to_rebuilds_producer_state_and_epochs(tmp_path: Path) -> None:
     assert _append(p, [b[2]], BATCH_MAX)[0][:2] == (4, 0)
     assert p.log_end_offset == 6
     # a skipped sequence after the truncation is still a gap
-    assert _append(p, [_batch(1, pid=4, epoch=0, seq=9)], BATCH_MAX)[0][1] == P.OUT_OF_ORDER_SEQUENCE
+    assert _append(p, [make_batch(1, pid=4, epoch=0, seq=9)], BATCH_MAX)[0][1] == P.OUT_OF_ORDER_SEQUENCE
 
 
 def test_truncate_past_the_end_is_a_no_op() -> None:
     p = _leader(isr=[1])
-    _append(p, [_batch(2)], BATCH_MAX)
+    _append(p, [make_batch(2)], BATCH_MAX)
     p.truncate_to(10)
     assert p.log_end_offset == 2 and p.high_watermark == 2
 
@@ -327,7 +323,7 @@ def test_reopen_rebuilds_producer_state_from_the_log(tmp_path: Path) -> None:
     engine = MemoryEngine("", EngineConfig())
     p = Partition("t", 0, ME, engine, str(tmp_path))
     p.become_leader(1, [1], [1], 0)
-    b0 = _batch(2, pid=7, epoch=0, seq=0)
+    b0 = make_batch(2, pid=7, epoch=0, seq=0)
     _append(p, [b0], BATCH_MAX)
     again = Partition("t", 0, ME, engine, str(tmp_path))  # same log, fresh state: as after a restart
     again.become_leader(2, [1], [1], 0)

@@ -24,11 +24,11 @@ from engines.memory import MemoryEngine
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import load_config
-from fabric.records import build_batch
 from nodes.base import Node
 from nodes.broker.partition import Partition
 from nodes.run import EXIT_PROGRAMMER_ERROR
 from tests.harness import ROOT, make_config
+from tests.unit.fakes import make_batch
 
 BATCH_MAX = 1024 * 1024
 ME, OTHER = 1, 2
@@ -36,7 +36,7 @@ RUN_MS_MAX = 5000  # how long the node may serve before the test gives up on it
 
 
 def _batch(n: int = 3) -> bytes:
-    return build_batch([(1_700_000_000_000 + i, None, b"v%d" % i, None) for i in range(n)])
+    return make_batch(n, keys=False)
 
 
 def _engine() -> MemoryEngine:

@@ -8,17 +8,16 @@ from engines.api import EngineConfig
 from engines.memory import MemoryEngine
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from fabric.records import build_batch
 from nodes.broker.partition import Partition
 from nodes.broker.producers import SEQUENCE_MAX, ProducerStateTable
+from tests.unit.fakes import make_batch
 
 BATCH_MAX = 1024 * 1024
 PID, EPOCH = 7, 0
 
 
 def _batch(n: int, seq: int) -> bytes:
-    recs = [(1_700_000_000_000 + i, None, f"s{seq}-{i}".encode(), None) for i in range(n)]
-    return build_batch(recs, producer_id=PID, producer_epoch=EPOCH, base_sequence=seq)
+    return make_batch(n, PID, EPOCH, seq, f"s{seq}-", keys=False)
 
 
 def _leader() -> Partition:

@@ -4,11 +4,10 @@ reactor thread; and it answers retries as a rebuild from the log would."""
 
 from __future__ import annotations
 
-from engines import batch as B
 from engines.api import EngineConfig, StorageFull
 from engines.memory import MemoryEngine
-from fabric.records import build_batch
 from nodes.broker.partition import Partition
+from tests.unit.fakes import as_leader_wrote, make_batch
 
 BATCH_MAX = 1024 * 1024
 LEADER, FOLLOWER = 1, 2
@@ -34,15 +33,11 @@ class _CountingEngine(MemoryEngine):
 
 
 def _batch(pid: int, seq: int, n: int = 2) -> bytes:
-    recs = [(1_700_000_000_000 + i, None, b"p%d-s%d-%d" % (pid, seq, i), None) for i in range(n)]
-    return build_batch(recs, producer_id=pid, producer_epoch=0 if pid >= 0 else -1, base_sequence=seq)
+    return make_batch(n, pid, 0 if pid >= 0 else -1, seq, f"p{pid}-s{seq}-", keys=False)
 
 
 def _stamped(data: bytes, base_offset: int, epoch: int = 1) -> bytes:
-    buf = bytearray(data)
-    B.set_base_offset(buf, base_offset)
-    B.set_leader_epoch(buf, epoch)
-    return bytes(buf)
+    return as_leader_wrote(data, base_offset, epoch)
 
 
 def _state(part: Partition) -> dict:

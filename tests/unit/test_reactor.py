@@ -10,35 +10,25 @@ import pytest
 import zmq
 
 from fabric import protocol as P
+from fabric.clock import ManualClock
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient, RpcServer
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t_ms = 0
-
-    def now_ms(self) -> int:
-        return self.t_ms
-
-    def wall_ms(self) -> int:
-        return self.t_ms
-
-
 def test_cancelled_timers_do_not_fill_the_timer_table() -> None:
-    reactor = Reactor(FakeClock())  # type: ignore[arg-type]
+    reactor = Reactor(ManualClock())
     fired: list[int] = []
     keep = reactor.call_later(60_000, lambda: fired.append(1))
     for _ in range(3 * P.TIMERS_MAX):  # a request timeout armed, then cancelled by its reply
         reactor.call_later(30_000, lambda: None).cancel()
     assert len(reactor._timers) <= P.TIMERS_MAX // 2, "cancelled timers pile up in the heap"
-    reactor.clock.t_ms = 60_000  # type: ignore[attr-defined]
+    reactor.clock.advance(60_000)  # type: ignore[attr-defined]
     reactor.run_once(0)
     assert fired == [1] and not keep.cancelled
 
 
 def test_cancelling_a_fired_or_cancelled_timer_twice_keeps_the_count_right() -> None:
-    reactor = Reactor(FakeClock())  # type: ignore[arg-type]
+    reactor = Reactor(ManualClock())
     t = reactor.call_later(0, lambda: None)
     reactor.run_once(0)
     t.cancel()  # already fired: nothing in the heap to account for
@@ -46,7 +36,7 @@ def test_cancelling_a_fired_or_cancelled_timer_twice_keeps_the_count_right() -> 
     u.cancel()
     u.cancel()
     periodic = reactor.call_every(5, lambda: None)
-    reactor.clock.t_ms = 20  # type: ignore[attr-defined]
+    reactor.clock.advance(20)  # type: ignore[attr-defined]
     reactor.run_once(0)
     assert [e[2] for e in reactor._timers] == [periodic]
     assert reactor.timers_live == 1

@@ -18,6 +18,7 @@ from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInf
 from nodes.broker.node import Broker
 from nodes.broker.replication import REPLICA_HEARTBEAT_FULL_INTERVAL_MS, REPLICA_HEARTBEAT_INTERVAL_MS
 from tests.harness import make_config
+from tests.unit.fakes import make_batch
 
 PARTITIONS = 300
 
@@ -71,5 +72,4 @@ def test_idle_heartbeats_cover_many_partitions_per_message_and_acks_are_batched(
 
 
 def _batch() -> bytes:
-    from fabric.records import build_batch
-    return build_batch([(1_700_000_000_000, None, b"v", None)])
+    return make_batch(1, keys=False)

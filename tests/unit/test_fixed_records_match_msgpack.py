@@ -1,7 +1,7 @@
-"""Review of the consume path (fixed-layout batch decoding, large reply frames written on
-their own): the fixed-layout reader must decode every payload exactly as msgpack does (or
-refuse exactly the same ones), and a reply cut after its start must really disconnect the peer,
-even when the peer's send queue is still full at the moment of the cut."""
+"""The consume path's fixed-layout batch decoding (fabric/fixed_records.py, used by
+``fabric.records.view_batches``) decodes every payload exactly as msgpack does, or refuses
+exactly the same ones: random payloads of every msgpack integer and bin/str width, each with
+one twist (a record of another shape, a wrong count, trailing or truncated bytes, compression)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,15 @@ from typing import Any
 
 import msgpack
 import pytest
-import zmq
 
 from engines import batch as B
 from fabric import protocol as P
 from fabric import records as R
-from fabric import wire
 from fabric.errors import RemoteError
-from tests.unit.test_zmtp_reply_zero_copy import _ask, served  # noqa: F401 -- served is a fixture
 
 SEEDS = range(8)
 CASES_PER_SEED = 300
 
-# -- (a) fixed-layout decoding against msgpack -------------------------------------------------
 _INT_ENCODINGS = [  # (type byte, struct code, min, max): every msgpack integer width, also non-minimal ones
     (None, "B", 0, 0x7F), (0xCC, "B", 0, 0xFF), (0xCD, "H", 0, 0xFFFF), (0xCE, "I", 0, 0xFFFFFFFF),
     (0xCF, "Q", 0, 2**64 - 1), (0xD0, "b", -128, 127), (0xD1, "h", -2**15, 2**15 - 1),
@@ -144,61 +140,3 @@ def test_the_fixed_layout_path_decodes_every_payload_as_msgpack_does(seed: int) 
             want = expected if expected == "corrupt" or column == "records" else \
                 [getattr(r, _FIELDS[column]) for r in expected]
             assert got == want, (seed, case, column, payload[:40])
-
-
-# -- (b) a cut reply when the peer's queue stays full -------------------------------------------
-class _FullFromSpy:
-    """The server's real STREAM socket; from send number ``full_from`` (counted from 0) until
-    ``drained()`` every send fails as it does while the peer's pipe is at its high-water mark
-    -- the close (an empty frame) included, as libzmq checks the pipe for it too."""
-
-    def __init__(self, sock: zmq.Socket) -> None:
-        self.sock = sock
-        self.sent = 0
-        self.full_from: int | None = None
-
-    def send_multipart(self, frames: list, flags: int = 0, copy: bool = True, **kw: Any) -> Any:
-        n, self.sent = self.sent, self.sent + 1
-        if self.full_from is not None and n >= self.full_from:
-            raise zmq.Again()
-        return self.sock.send_multipart(frames, flags, copy=copy, **kw)
-
-    def drained(self) -> None:
-        self.full_from = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
-
-
-def test_a_cut_reply_disconnects_the_peer_even_when_its_queue_is_still_full(served) -> None:  # noqa: ANN001
-    reactor, server, first_spy, dealer = served
-    spy = server.port.sock = _FullFromSpy(first_spy.sock)  # the fixture puts the real socket back
-    assert _ask(reactor, dealer, 1, False) is not None  # connected and handshaken
-    spy.full_from = spy.sent + 1  # the head of the next reply is queued, then the queue is full
-    assert _ask(reactor, dealer, 2, True) is None
-    assert server.counters["reply_cut_disconnected"] == 1
-    spy.drained()  # the peer reads again: its queue empties
-    for rid in range(3, 3 + 5):  # bounded retries, as a client's request timeouts would make
-        reply = _ask(reactor, dealer, rid, False)
-        if reply is not None:
-            header, _ = wire.decode_reply(reply)
-            assert header["id"] >= 3
-            assert server.port.connections == 1
-            return
-    raise AssertionError("the peer holds half a reply on a connection the port forgot: it is never served again")
-
-
-def test_a_request_behind_a_cut_reply_holds_no_buffer_budget(served) -> None:  # noqa: ANN001
-    """A large request pipelined behind the one whose reply is cut (read in the same chunk)
-    must not be parsed for a connection that is closed: its reserved bytes would count in
-    ``buffered_bytes`` with nothing left to release them."""
-    reactor, server, first_spy, dealer = served
-    spy = server.port.sock = _FullFromSpy(first_spy.sock)
-    assert _ask(reactor, dealer, 1, False) is not None  # connected and handshaken
-    spy.full_from = spy.sent + 1
-    dealer.send_multipart(wire.encode_request(P.PING, {"id": 2, "big": True}))
-    dealer.send_multipart(wire.encode_request(P.PING, {"id": 3}, [b"x" * (2 * P.OWNED_FRAME_BYTES_MIN + 100_000)]))
-    for _ in range(50):  # bounded: a few passes read both requests
-        reactor.run_once(10)
-    assert server.counters["reply_cut_disconnected"] == 1
-    assert server.port.buffered_bytes == 0

@@ -1,6 +1,7 @@
-"""Adversarial review of the segment engine's recovery checkpoint (an interval flush moves it at
-most every RECOVERY_CHECKPOINT_INTERVAL_MS): a crash is a second engine opened on the same
-directory without closing the first; a disk-full is a mocked pwritev. Each test names the
+"""The segment engine's recovery checkpoint (an interval flush moves it at most every
+RECOVERY_CHECKPOINT_INTERVAL_MS) against crashes, disk-full and damaged indexes: a crash is a
+second engine opened on the same directory without closing the first; a disk-full is a mocked
+pwritev. Each test names the
 sequence it drives and the recovery property it checks."""
 
 from __future__ import annotations

@@ -6,28 +6,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, Iterator
-
-import pytest
+from typing import Callable
 
 from fabric.client import Admin
 from fabric.client.group import Consumer
 from fabric.client.group_admin import GroupAdmin
 from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore
-from tests.harness import Cluster, running_cluster, wait_until
-from tests.integration.test_groups import HEARTBEAT_MS, SESSION_MS, Member, make_topic, produce
+from tests.harness import Cluster, wait_until
+from tests.integration.groups_support import HEARTBEAT_MS, SESSION_MS, Member, make_topic, produce
 
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("groups-followups")) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def admin(cluster: Cluster) -> Iterator[Admin]:
-    with Admin(cluster.bootstrap, timeout_ms=3000) as a:
-        yield a
+CLUSTER_OPTIONS: dict = {}  # one 3-broker cluster for the module (tests/conftest.py)
+ADMIN_OPTIONS = {"timeout_ms": 3000}
 
 
 def test_member_that_stops_polling_is_rebalanced_out_and_rejoins(cluster: Cluster, admin: Admin) -> None:

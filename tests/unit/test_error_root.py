@@ -1,0 +1,36 @@
+"""One error root: every exception class Loom's packages define derives from ``LoomError``
+(config, engine, batch, wire, remote, the broker's identity, the gateway's answers), so an
+application or a node catches Loom's operating errors in one clause and lets programmer errors
+through. The one exception is control flow that never leaves its module."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+from fabric.errors import LoomError
+
+PACKAGES = ("engines", "fabric", "nodes", "webui")
+CONTROL_FLOW = {"webui.ws.Closed"}  # a WebSocket's send loop ends; caught where it is raised
+
+
+def _exception_classes() -> dict[str, type]:
+    found: dict[str, type] = {}
+    for name in PACKAGES:
+        package = importlib.import_module(name)
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{name}."):
+            if info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+                if issubclass(cls, BaseException) and cls.__module__ == info.name:
+                    found[f"{info.name}.{cls_name}"] = cls
+    return found
+
+
+def test_every_exception_class_of_loom_derives_from_loom_error() -> None:
+    classes = _exception_classes()
+    assert "fabric.zmtp.ProtocolViolation" in classes and "engines.offset_index.IndexDamaged" in classes
+    outside = sorted(n for n, c in classes.items() if not issubclass(c, LoomError) and n not in CONTROL_FLOW)
+    assert outside == []
