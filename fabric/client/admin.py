@@ -9,7 +9,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
-from fabric.errors import CodedError, FabricError, RemoteError
+from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from fabric.replies import ListOffsetsEntry, decode_parts
 from fabric.rpc import BlockingClient
@@ -43,14 +43,18 @@ class Admin:
 
     def coordinator_endpoint(self) -> str:
         """The coordinator is the first bootstrap endpoint that answers as one."""
+        answered = False
         for ep in self.endpoints:
             try:
                 h, _ = self._client(ep).call(P.PING, timeout_ms=min(self.timeout_ms, 2000))
             except CodedError as e:
                 log.debug("bootstrap %s did not answer PING: %s", ep, e)
                 continue
+            answered = True
             if h.get("role") == "coordinator":
                 return ep
+        if not answered:  # the cluster is down or unreachable: retriable, not a bad bootstrap list
+            raise RequestTimeout(f"no coordinator among the bootstrap endpoints: no node answered at {', '.join(self.endpoints)}")
         raise FabricError("no coordinator among the bootstrap endpoints")
 
     def call_coordinator(self, command: bytes, header: dict, retries: int = 3) -> dict:

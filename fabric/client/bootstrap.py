@@ -11,7 +11,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import CodedError, FabricError
+from fabric.errors import CodedError, FabricError, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from fabric.rpc import BlockingClient
 
@@ -52,7 +52,8 @@ def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: 
 def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 3000,
                    prefer: str | None = None) -> tuple[ClusterMetadata, str]:
     """Ask ``prefer`` (the coordinator, once known) and then each endpoint in turn; return
-    (metadata, endpoint that answered)."""
+    (metadata, endpoint that answered). Raises ``RequestTimeout`` (``request_timed_out``,
+    retriable) when none answers with metadata: the cluster is down, unreachable or starting."""
     last: Exception | None = None
     for ep in ([prefer] if prefer else []) + [e for e in endpoints if e != prefer]:
         client = BlockingClient(ctx, ep)
@@ -65,4 +66,4 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             last = e
         finally:
             client.close()
-    raise FabricError(f"no node answered at {', '.join(endpoints)}: {last}")
+    raise RequestTimeout(f"no node answered at {', '.join(endpoints)}: {last}")

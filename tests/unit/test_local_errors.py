@@ -78,3 +78,19 @@ def test_callers_that_handled_a_timeout_still_do() -> None:
             admin.coordinator_endpoint()
     finally:
         admin.close()
+
+
+def test_a_cluster_that_does_not_answer_is_a_retriable_timeout_not_a_config_error() -> None:
+    """The consumer and producer services pass a coded client error on with its code; an
+    unreachable cluster used to be an uncoded FabricError, which they answered invalid_config."""
+    from fabric.client.bootstrap import fetch_metadata
+    from fabric.errors import RequestTimeout
+    with pytest.raises(RequestTimeout) as e:
+        fetch_metadata(zmq.Context.instance(), ["tcp://127.0.0.1:9"], timeout_ms=100)
+    assert e.value.code == P.REQUEST_TIMED_OUT and e.value.retriable
+    admin = Admin("127.0.0.1:9", timeout_ms=100)
+    try:
+        with pytest.raises(RequestTimeout):
+            admin.coordinator_endpoint()
+    finally:
+        admin.close()
