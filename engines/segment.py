@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import threading
 from collections import OrderedDict
 from typing import Callable, TypeVar
 
@@ -34,6 +35,7 @@ from engines.batch import BatchHeader
 from engines.checks import check_read_range, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
 from engines.segment_file import LogSegment
+from engines.segment_flush import FlushJob
 from engines.segment_recovery import Checkpoint, recover, write_checkpoint
 
 OPEN_SEGMENTS_MAX = 16  # older segments kept open for reads (LRU); the active one always is
@@ -60,6 +62,12 @@ class SegmentEngine:
         except OSError as e:
             raise translate_os_error(e, f"open {directory}") from e
         self._closed = False
+        # asynchronous flushes (engines/segment_flush.py): the lock orders checkpoint writes of
+        # the flusher thread against this owner's; the generation invalidates jobs in flight
+        self._checkpoint_lock = threading.Lock()
+        self._generation = 0
+        self._dir_version = 0  # bumped whenever a file is created or removed (dir dirty)
+        self._flush_in_flight: FlushJob | None = None
         self._segments, self.recovery, needs_flush = recover(directory, config)
         self._bases = [s.base_offset for s in self._segments]
         self._size_bytes = sum(s.size_bytes for s in self._segments)
@@ -178,6 +186,7 @@ class SegmentEngine:
         self._segments.append(new)
         self._bases.append(offset)
         self._dir_dirty = True
+        self._dir_version += 1
         self._touch(old)
         if self.config.fsync == FSYNC_ALWAYS:
             self._fsync_dir()
@@ -287,6 +296,7 @@ class SegmentEngine:
         self.flush()
 
     def _truncate(self, offset: int) -> None:
+        self._invalidate_flushes()
         self._read_hint = None
         i = bisect.bisect_right(self._bases, offset) - 1
         for seg in reversed(self._segments[i + 1:]):  # newest first: a crash leaves a prefix
@@ -314,6 +324,7 @@ class SegmentEngine:
         self._check_open()
         if not 0 <= offset < OFFSET_LIMIT:
             raise EngineError(f"cannot reset the log to offset {offset}")
+        self._invalidate_flushes()
         checkpoint = Checkpoint(offset, 0, offset, False)
         write_checkpoint(self.directory, self._dir_fd, checkpoint)
         self._checkpoint = checkpoint
@@ -329,6 +340,7 @@ class SegmentEngine:
         new.dirty = True
         self._segments, self._bases, self._size_bytes = [new], [offset], 0
         self._dir_dirty = True
+        self._dir_version += 1
         self.flush()
         log.info("reset %s to offset %d", self.directory, offset)
 
@@ -341,6 +353,8 @@ class SegmentEngine:
     def _delete_first(self, count: int) -> int:
         """Delete the first ``count`` segments (never the active one); returns bytes freed."""
         count = min(count, len(self._segments) - 1)
+        if count > 0:
+            self._invalidate_flushes()  # a job's checkpoint may name a segment deleted here
         freed = 0
         for seg in self._segments[:count]:
             freed += seg.size_bytes
@@ -398,6 +412,7 @@ class SegmentEngine:
         """fsync every dirty segment and index, then (``checkpoint``) move the recovery
         checkpoint to the log end. Raises StorageFull / EngineError / EngineClosed."""
         self._check_open()
+        self._invalidate_flushes()  # this flush covers what a job in flight would, and more
         for seg in self._unsynced + [self._active]:
             try:
                 seg.index.write_pending(sync=seg.dirty)
@@ -417,19 +432,90 @@ class SegmentEngine:
             self._checkpoint = point
             self._checkpoint_base = active.base_offset
 
-    def maybe_flush(self, now_ms: int) -> bool:
-        self._check_open()
-        if self.config.fsync != FSYNC_INTERVAL:
-            return False
-        if now_ms - self._last_flush_ms < self.config.fsync_interval_ms:
+    def _interval_flush_due(self, now_ms: int) -> bool:
+        """Under fsync ``interval``: the interval has passed (restarted here) and data is dirty."""
+        if self.config.fsync != FSYNC_INTERVAL or now_ms - self._last_flush_ms < self.config.fsync_interval_ms:
             return False
         self._last_flush_ms = now_ms
-        if not (self._active.dirty or self._unsynced):
+        return bool(self._active.dirty or self._unsynced)
+
+    def _checkpoint_due(self, now_ms: int) -> bool:
+        return self._last_checkpoint_ms is None or now_ms - self._last_checkpoint_ms >= RECOVERY_CHECKPOINT_INTERVAL_MS
+
+    def maybe_flush(self, now_ms: int) -> bool:
+        self._check_open()
+        if not self._interval_flush_due(now_ms):
             return False
-        due = self._last_checkpoint_ms is None or now_ms - self._last_checkpoint_ms >= RECOVERY_CHECKPOINT_INTERVAL_MS
+        due = self._checkpoint_due(now_ms)
         self.flush(checkpoint=due)
         if due:
             self._last_checkpoint_ms = now_ms
+        return True
+
+    # -- asynchronous interval flush (engines/segment_flush.py) --------------------------------
+    def _invalidate_flushes(self) -> None:
+        """Before anything that changes bytes a job may vouch for, or writes a checkpoint here:
+        a job in flight may no longer write its checkpoint, nor be applied. Waits only for a
+        checkpoint replacement the flusher thread is in the middle of."""
+        with self._checkpoint_lock:
+            self._generation += 1
+        job = self._flush_in_flight
+        if job is not None and job.checkpoint is not None:
+            self._checkpoint = None  # the thread may have written it: what is on disk is unknown
+
+    def _current_generation(self) -> int:
+        return self._generation
+
+    def flush_job(self, now_ms: int) -> FlushJob | None:
+        """maybe_flush's asynchronous half: under fsync ``interval``, when the interval has passed
+        and there is unflushed data and no job of this engine is in flight, a FlushJob for the
+        caller's flusher thread (``job.run()``), whose completion the caller hands back to
+        ``flush_done`` on this thread; else None. Writes pending index entries and dups the
+        descriptors to sync (EMFILE raises EngineError). Raises StorageFull / EngineError /
+        EngineClosed."""
+        self._check_open()
+        if self._flush_in_flight is not None or not self._interval_flush_due(now_ms):
+            return None
+        job = FlushJob.make(self.directory, self._dir_fd, self._unsynced + [self._active], now_ms,
+                            (self._generation, self._current_generation, self._checkpoint_lock),
+                            (self._dir_dirty, self._dir_version))
+        due = self._checkpoint_due(now_ms)
+        active = self._active
+        point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, False)
+        if due and point != self._checkpoint:
+            job.checkpoint = point
+        elif due:
+            self._last_checkpoint_ms = now_ms
+        self._flush_in_flight = job
+        return job
+
+    def flush_done(self, job: FlushJob) -> bool:
+        """Apply a job's completion (on this engine's owner thread, after ``job.run()`` or for a
+        job that was never run). Returns True if applied; False for a stale job (a truncation,
+        reset, retention, synchronous flush or close came after it was made), or one never run:
+        its data stays dirty and a later flush syncs it. Raises the job's error (StorageFull /
+        EngineError, as ``flush`` would; anything else is a programmer error) even when stale:
+        a failed fsync is never forgotten."""
+        if job is self._flush_in_flight:
+            self._flush_in_flight = None
+        stale = self._closed or not job.ran or job.generation != self._generation
+        if stale or job.error is not None:
+            # not flushed after all: the next flush_job is due at once, not an interval later
+            self._last_flush_ms = min(self._last_flush_ms, job.created_ms - self.config.fsync_interval_ms)
+        if job.error is not None:
+            raise job.error
+        if stale:
+            return False
+        for s in job.syncs:
+            if s.segment.size_bytes == s.size_bytes:  # type: ignore[attr-defined]
+                s.segment.dirty = False  # type: ignore[attr-defined]
+        self._unsynced = [s for s in self._unsynced if s.dirty]
+        if job.dir_dirty and job.dir_version == self._dir_version:
+            self._dir_dirty = False
+        if job.checkpoint_written and job.checkpoint is not None:
+            self._checkpoint = job.checkpoint
+            self._checkpoint_base = job.checkpoint.segment_base_offset
+            self._last_checkpoint_ms = job.created_ms
         return True
 
     def close(self) -> None:
