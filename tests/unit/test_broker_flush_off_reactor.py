@@ -145,3 +145,71 @@ def test_an_engine_without_the_asynchronous_flush_is_flushed_on_the_reactor_as_b
         assert not broker.core._unflushed  # flushed: dropped as before
     finally:
         broker.close()
+
+
+def run_until_collected(broker: Broker) -> None:
+    wait_until(lambda: broker.reactor.run_once(10) or not broker.core._flushing, timeout_s=5)
+
+
+def test_a_failed_fsync_in_the_thread_is_logged_with_its_partition_and_flushed_again(
+        leader, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    broker, clock = leader
+    produce(broker, 0, 3)
+    engine = broker.partitions[("t", 0)].engine
+    real = os.fdatasync
+    failures = []
+
+    def failing(fd: int) -> None:
+        if threading.current_thread().name.endswith("-flusher") and not failures:
+            failures.append(fd)
+            raise OSError(5, "Input/output error")
+        real(fd)
+    monkeypatch.setattr(os, "fdatasync", failing)
+    clock.advance(broker.storage.fsync_interval_ms)
+    broker.core.flush_due()
+    run_until_collected(broker)
+    assert failures and "t-0 flush failed" in caplog.text and "Input/output error" in caplog.text
+    for _ in range(2 * 3):  # more than the intervals after which a quiet partition is dropped
+        clock.advance(broker.storage.fsync_interval_ms)
+        broker.core.flush_due()
+        run_until_collected(broker)
+    assert not engine._active.dirty  # flushed again by a later job, which succeeded
+    assert ("t", 0) not in broker.core._unflushed  # and only then forgotten
+
+
+def test_a_stale_completion_keeps_the_partition_watched_until_a_later_job_flushes_it(
+        leader, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker, clock = leader
+    produce(broker, 0, 6)
+    part = broker.partitions[("t", 0)]
+    sync = SlowSync(monkeypatch)
+    clock.advance(broker.storage.fsync_interval_ms)
+    broker.core.flush_due()
+    assert sync.started.wait(HOLD_S)
+    part.engine.flush()  # a synchronous flush (as truncation's) while the job is in flight
+    produce(broker, 6, 1)
+    sync.release.set()
+    wait_until(lambda: broker.core.flusher.outstanding == 0 or broker.core.collect_flushes(), timeout_s=5)
+    assert ("t", 0) in broker.core._flush_again and part.engine._active.dirty
+    clock.advance(10 * broker.storage.fsync_interval_ms)  # long past "settled"
+    broker.core.flush_due()
+    assert ("t", 0) in broker.core._unflushed  # a new job is in flight: not forgotten
+    run_until_collected(broker)
+    assert not part.engine._active.dirty
+
+
+def test_a_full_flush_queue_leaves_partitions_watched_and_flushes_them_later(
+        leader, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker, clock = leader
+    produce(broker, 0, 3)
+    engine = broker.partitions[("t", 0)].engine
+    monkeypatch.setattr("nodes.broker.flusher.FLUSH_JOBS_MAX", 0)
+    for _ in range(5):
+        clock.advance(broker.storage.fsync_interval_ms)
+        broker.core.flush_due()
+    assert ("t", 0) in broker.core._unflushed and engine._active.dirty
+    monkeypatch.setattr("nodes.broker.flusher.FLUSH_JOBS_MAX", 1)
+    clock.advance(broker.storage.fsync_interval_ms)
+    broker.core.flush_due()
+    run_until_collected(broker)
+    assert not engine._active.dirty
