@@ -4,7 +4,9 @@ An engine stores whole batches (``engines.batch``) in offset order and never unp
 payload. Offsets are logical record numbers; byte positions are never called offsets.
 
 Thread-safety: an engine instance is NOT thread-safe; one owner (the broker's reactor thread)
-calls it. Different instances (different partitions / directories) are independent.
+calls it. Different instances (different partitions / directories) are independent. The one
+exception: the ``run()`` of a job from the optional ``AsyncFlush.flush_job`` runs on the
+broker's flusher thread (its fsyncs off the reactor).
 
 Errors: every failure an operator can cause (bad input, full disk, corrupt files, offsets out
 of range) raises a subclass of ``EngineError``; third-party errors are translated at the

@@ -10,7 +10,9 @@ Durability: fsync ``always`` = one fdatasync at the end of append/append_many (g
 segments and indexes and moves the recovery checkpoint -- an interval flush moves it at most
 every RECOVERY_CHECKPOINT_INTERVAL_MS (Kafka's ``log.flush.offset.checkpoint.interval.ms``):
 replacing the file costs two fsyncs and a rename, ~0.7 ms median but 10-70 ms in the tail on
-this machine's disk, on the broker's reactor thread every interval and partition. A checkpoint
+this machine's disk. ``flush_job``/``flush_done`` split the interval flush so that a broker runs
+its fsyncs and checkpoint replacement on its flusher thread (design: engines/segment_flush.py);
+truncation, reset, retention, a synchronous flush and close invalidate a job in flight. A checkpoint
 left behind is still true (only truncation and retention change bytes it vouches for, and both
 write a new one at once); recovery after a crash then re-validates more of the log.
 
@@ -18,7 +20,8 @@ Retention and delete_before work on whole segments and never delete the active o
 Time retention and offset_for_timestamp use each segment's largest timestamp (timestamps may
 go down along the log), known from appends or found by one header walk of the segment.
 
-Not thread-safe: one owner (the broker reactor) calls it.
+Not thread-safe: one owner (the broker reactor) calls it; only a FlushJob's ``run`` runs on
+another thread (and touches only its own descriptors and the checkpoint, under the lock).
 """
 
 from __future__ import annotations
