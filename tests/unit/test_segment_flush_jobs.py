@@ -286,3 +286,71 @@ def test_after_a_failed_fdatasync_the_checkpoint_never_vouches_for_the_bytes_it_
     later = flushed_by_a_job(e, T0 + 20_000)
     assert later.checkpoint is None or later.checkpoint.next_offset < failed_end
     e.close()
+
+
+def test_a_failed_fsync_of_a_job_made_stale_meanwhile_is_still_raised(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's descriptors are dups sharing the engine's open file description: the kernel
+    reports a writeback error to that description once, so if the thread's fsync consumed it
+    and the owner dropped the stale job silently, no later fsync would ever report it."""
+    e, sync, job = engine_with_a_job(tmp_path, monkeypatch, 10)
+    e.truncate_to(5)  # the job is stale from here on
+    sync.fail_with = errno.EIO
+    run_in_thread(job)
+    with pytest.raises(EngineError, match="Input/output error"):
+        e.flush_done(job)
+    e.close()
+
+
+def test_a_job_that_cannot_dup_its_descriptors_leaks_none_and_leaves_the_engine_flushable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = open_engine(tmp_path)
+    fill(e, 0, 30)  # rolls: several segments to dup
+    open_before = len(os.listdir("/proc/self/fd"))
+    real_dup, calls = os.dup, []
+
+    def dup_then_emfile(fd: int) -> int:
+        calls.append(fd)
+        if len(calls) >= 3:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_dup(fd)
+    monkeypatch.setattr(os, "dup", dup_then_emfile)
+    with pytest.raises(EngineError, match="Too many open files"):
+        e.flush_job(T0)
+    assert len(os.listdir("/proc/self/fd")) == open_before  # the partial job closed what it had
+    monkeypatch.setattr(os, "dup", real_dup)
+    SyncRecorder(monkeypatch)
+    flushed_by_a_job(e, T0 + INTERVAL_MS)  # not stuck "in flight"
+    assert not e._active.dirty and not e._unsynced
+    e.close()
+
+
+def test_the_owner_waits_for_a_checkpoint_the_thread_is_writing_and_then_writes_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact order: the thread is inside its checkpoint replacement (holding the lock) when the
+    owner truncates; the owner waits for it, then cuts and writes the checkpoint that stays."""
+    import engines.segment_flush as segment_flush
+    e, _, job = engine_with_a_job(tmp_path, monkeypatch, 20)
+    inside, release = threading.Event(), threading.Event()
+    real_write = segment_flush.write_checkpoint
+
+    def slow_write(*args) -> None:  # noqa: ANN002
+        inside.set()
+        assert release.wait(10)
+        real_write(*args)
+    monkeypatch.setattr(segment_flush, "write_checkpoint", slow_write)
+    runner = threading.Thread(target=job.run, name="job")
+    runner.start()
+    assert inside.wait(10)
+    owner = threading.Thread(target=e.truncate_to, args=(10,), name="owner")
+    owner.start()
+    owner.join(0.3)  # bounded: the owner must be waiting on the lock, not cutting
+    assert owner.is_alive() and e.log_end_offset > 10
+    release.set()
+    runner.join(10)
+    owner.join(10)
+    assert job.checkpoint_written  # it was current when it began
+    cp = read_checkpoint(str(tmp_path))
+    assert cp is not None and cp.next_offset == e.log_end_offset <= 10  # the truncation's, written after
+    assert e.flush_done(job) is False
+    e.close()
