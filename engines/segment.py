@@ -38,7 +38,7 @@ from engines.batch import BatchHeader
 from engines.checks import check_read_range, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
 from engines.segment_file import LogSegment
-from engines.segment_flush import FlushJob
+from engines.segment_flush import AsyncFlushMixin, FlushJob
 from engines.segment_recovery import Checkpoint, recover, write_checkpoint
 
 OPEN_SEGMENTS_MAX = 16  # older segments kept open for reads (LRU); the active one always is
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SegmentEngine:
+class SegmentEngine(AsyncFlushMixin):
     """One partition's log as segment files. See ``engines.api.Engine`` for the contract."""
 
     name = "segment"
@@ -453,72 +453,6 @@ class SegmentEngine:
         self.flush(checkpoint=due)
         if due:
             self._last_checkpoint_ms = now_ms
-        return True
-
-    # -- asynchronous interval flush (engines/segment_flush.py) --------------------------------
-    def _invalidate_flushes(self) -> None:
-        """Before anything that changes bytes a job may vouch for, or writes a checkpoint here:
-        a job in flight may no longer write its checkpoint, nor be applied. Waits only for a
-        checkpoint replacement the flusher thread is in the middle of."""
-        with self._checkpoint_lock:
-            self._generation += 1
-        job = self._flush_in_flight
-        if job is not None and job.checkpoint is not None:
-            self._checkpoint = None  # the thread may have written it: what is on disk is unknown
-
-    def _current_generation(self) -> int:
-        return self._generation
-
-    def flush_job(self, now_ms: int) -> FlushJob | None:
-        """maybe_flush's asynchronous half: under fsync ``interval``, when the interval has passed
-        and there is unflushed data and no job of this engine is in flight, a FlushJob for the
-        caller's flusher thread (``job.run()``), whose completion the caller hands back to
-        ``flush_done`` on this thread; else None. Writes pending index entries and dups the
-        descriptors to sync (EMFILE raises EngineError). Raises StorageFull / EngineError /
-        EngineClosed."""
-        self._check_open()
-        if self._flush_in_flight is not None or not self._interval_flush_due(now_ms):
-            return None
-        job = FlushJob.make(self.directory, self._dir_fd, self._unsynced + [self._active], now_ms,
-                            (self._generation, self._current_generation, self._checkpoint_lock),
-                            (self._dir_dirty, self._dir_version))
-        due = self._checkpoint_due(now_ms)
-        active = self._active
-        point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, False)
-        if due and point != self._checkpoint:
-            job.checkpoint = point
-        elif due:
-            self._last_checkpoint_ms = now_ms
-        self._flush_in_flight = job
-        return job
-
-    def flush_done(self, job: FlushJob) -> bool:
-        """Apply a job's completion (on this engine's owner thread, after ``job.run()`` or for a
-        job that was never run). Returns True if applied; False for a stale job (a truncation,
-        reset, retention, synchronous flush or close came after it was made), or one never run:
-        its data stays dirty and a later flush syncs it. Raises the job's error (StorageFull /
-        EngineError, as ``flush`` would; anything else is a programmer error) even when stale:
-        a failed fsync is never forgotten."""
-        if job is self._flush_in_flight:
-            self._flush_in_flight = None
-        stale = self._closed or not job.ran or job.generation != self._generation
-        if stale or job.error is not None:
-            # not flushed after all: the next flush_job is due at once, not an interval later
-            self._last_flush_ms = min(self._last_flush_ms, job.created_ms - self.config.fsync_interval_ms)
-        if job.error is not None:
-            raise job.error
-        if stale:
-            return False
-        for s in job.syncs:
-            if s.segment.size_bytes == s.size_bytes:  # type: ignore[attr-defined]
-                s.segment.dirty = False  # type: ignore[attr-defined]
-        self._unsynced = [s for s in self._unsynced if s.dirty]
-        if job.dir_dirty and job.dir_version == self._dir_version:
-            self._dir_dirty = False
-        if job.checkpoint_written and job.checkpoint is not None:
-            self._checkpoint = job.checkpoint
-            self._checkpoint_base = job.checkpoint.segment_base_offset
-            self._last_checkpoint_ms = job.created_ms
         return True
 
     def close(self) -> None:

@@ -43,6 +43,9 @@ Design (what a job is, and why nothing the reactor does meanwhile can be undone 
   generation, which cancels the job's checkpoint and completion, then flushes synchronously;
   the job's own descriptors keep its files' inodes alive until the thread closes them).
 
+``AsyncFlushMixin`` is that half of ``SegmentEngine`` (``flush_job``, ``flush_done`` and the
+invalidation the engine's other operations call first).
+
 Thread-safety: a FlushJob is made and applied on the engine owner's thread; ``run`` is called
 once, on the flusher thread, and touches only the job's own descriptors, the engine's
 checkpoint lock and generation (read under that lock), and the partition directory's
@@ -54,10 +57,14 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from engines.checks import translate_os_error
 from engines.segment_recovery import Checkpoint, write_checkpoint
+
+if TYPE_CHECKING:
+    from engines.api import EngineConfig
+    from engines.segment_file import LogSegment
 
 
 @dataclass(slots=True)
@@ -65,7 +72,7 @@ class SegmentSync:
     """One segment a job syncs: its log and index descriptors (the job's own dups) and the
     log size the job vouches for."""
 
-    segment: object  # the engine's LogSegment (compared by identity on the owner's thread only)
+    segment: "LogSegment"  # the engine's (read and marked clean on the owner's thread only)
     size_bytes: int
     log_path: str
     log_fd: int
@@ -177,3 +184,95 @@ def open_for_sync(path: str) -> int:
     except OSError as e:
         raise translate_os_error(e, f"open {path}") from e
 
+
+class AsyncFlushMixin:
+    """``SegmentEngine``'s asynchronous interval flush (``flush_job`` / ``flush_done``) and the
+    invalidation its other operations call first. Part of SegmentEngine (its state is the
+    engine's own; kept here beside FlushJob so that both halves of the design read together)."""
+
+    # the engine's state this half uses (set by SegmentEngine.__init__)
+    directory: str
+    config: "EngineConfig"
+    _checkpoint_lock: threading.Lock
+    _generation: int
+    _dir_version: int
+    _dir_dirty: bool
+    _dir_fd: int
+    _flush_in_flight: FlushJob | None
+    _checkpoint: Checkpoint | None
+    _checkpoint_base: int
+    _last_flush_ms: int
+    _last_checkpoint_ms: int | None
+    _closed: bool
+    _unsynced: list["LogSegment"]
+    _active: "LogSegment"
+
+    if TYPE_CHECKING:  # SegmentEngine's, never these
+        def _check_open(self) -> None: ...
+        def _interval_flush_due(self, now_ms: int) -> bool: ...
+        def _checkpoint_due(self, now_ms: int) -> bool: ...
+
+    def _invalidate_flushes(self) -> None:
+        """Before anything that changes bytes a job may vouch for, or writes a checkpoint here:
+        a job in flight may no longer write its checkpoint, nor be applied. Waits only for a
+        checkpoint replacement the flusher thread is in the middle of."""
+        with self._checkpoint_lock:
+            self._generation += 1
+        job = self._flush_in_flight
+        if job is not None and job.checkpoint is not None:
+            self._checkpoint = None  # the thread may have written it: what is on disk is unknown
+
+    def _current_generation(self) -> int:
+        return self._generation
+
+    def flush_job(self, now_ms: int) -> FlushJob | None:
+        """maybe_flush's asynchronous half: under fsync ``interval``, when the interval has passed
+        and there is unflushed data and no job of this engine is in flight, a FlushJob for the
+        caller's flusher thread (``job.run()``), whose completion the caller hands back to
+        ``flush_done`` on this thread; else None. Writes pending index entries and dups the
+        descriptors to sync (EMFILE raises EngineError). Raises StorageFull / EngineError /
+        EngineClosed."""
+        self._check_open()
+        if self._flush_in_flight is not None or not self._interval_flush_due(now_ms):
+            return None
+        job = FlushJob.make(self.directory, self._dir_fd, self._unsynced + [self._active], now_ms,
+                            (self._generation, self._current_generation, self._checkpoint_lock),
+                            (self._dir_dirty, self._dir_version))
+        due = self._checkpoint_due(now_ms)
+        active = self._active
+        point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, False)
+        if due and point != self._checkpoint:
+            job.checkpoint = point
+        elif due:
+            self._last_checkpoint_ms = now_ms
+        self._flush_in_flight = job
+        return job
+
+    def flush_done(self, job: FlushJob) -> bool:
+        """Apply a job's completion (on this engine's owner thread, after ``job.run()`` or for a
+        job that was never run). Returns True if applied; False for a stale job (a truncation,
+        reset, retention, synchronous flush or close came after it was made), or one never run:
+        its data stays dirty and a later flush syncs it. Raises the job's error (StorageFull /
+        EngineError, as ``flush`` would; anything else is a programmer error) even when stale:
+        a failed fsync is never forgotten."""
+        if job is self._flush_in_flight:
+            self._flush_in_flight = None
+        stale = self._closed or not job.ran or job.generation != self._generation
+        if stale or job.error is not None:
+            # not flushed after all: the next flush_job is due at once, not an interval later
+            self._last_flush_ms = min(self._last_flush_ms, job.created_ms - self.config.fsync_interval_ms)
+        if job.error is not None:
+            raise job.error
+        if stale:
+            return False
+        for s in job.syncs:
+            if s.segment.size_bytes == s.size_bytes:
+                s.segment.dirty = False
+        self._unsynced = [s for s in self._unsynced if s.dirty]
+        if job.dir_dirty and job.dir_version == self._dir_version:
+            self._dir_dirty = False
+        if job.checkpoint_written and job.checkpoint is not None:
+            self._checkpoint = job.checkpoint
+            self._checkpoint_base = job.checkpoint.segment_base_offset
+            self._last_checkpoint_ms = job.created_ms
+        return True
