@@ -4,7 +4,9 @@ An engine stores whole batches (``engines.batch``) in offset order and never unp
 payload. Offsets are logical record numbers; byte positions are never called offsets.
 
 Thread-safety: an engine instance is NOT thread-safe; one owner (the broker's reactor thread)
-calls it. Different instances (different partitions / directories) are independent.
+calls it. Different instances (different partitions / directories) are independent. The one
+exception: the ``run()`` of a job from the optional ``AsyncFlush.flush_job`` runs on the
+broker's flusher thread (its fsyncs off the reactor).
 
 Errors: every failure an operator can cause (bad input, full disk, corrupt files, offsets out
 of range) raises a subclass of ``EngineError``; third-party errors are translated at the
@@ -206,3 +208,43 @@ def verified_append_kwargs(engine: Any) -> dict[str, bool]:
     takes = any(p.kind is p.VAR_KEYWORD or (p.name == "crc_checked" and p.kind is not p.POSITIONAL_ONLY)
                 for p in params)
     return {"crc_checked": True} if takes else {}
+
+
+@runtime_checkable
+class FlushJobLike(Protocol):
+    """What an asynchronous flush job offers its runner (``nodes/broker/flusher.py``)."""
+
+    def run(self) -> None:
+        """On the runner's thread, once: do the job's fsyncs; never raises (errors are kept for
+        ``flush_done``)."""
+        ...
+
+    def discard(self) -> None:
+        """Release what the job holds without running it (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class AsyncFlush(Protocol):
+    """Optional for an engine: the interval flush in two halves, so that its fsyncs run on
+    another thread than the owner's (the segment engine: ``engines/segment_flush.py``). An
+    engine without these keeps ``maybe_flush`` on the owner's thread (``async_flush_of``)."""
+
+    def flush_job(self, now_ms: int) -> FlushJobLike | None:
+        """On the owner's thread, as maybe_flush decides whether to flush: a job to run on
+        another thread, or None (nothing due, or a job of this engine still in flight). Raises
+        EngineError."""
+        ...
+
+    def flush_done(self, job: Any) -> bool:
+        """On the owner's thread, once per job made (run or not): apply it. True if applied;
+        False if the engine changed meanwhile so that it vouches for nothing (its data is flushed
+        again later). Raises the job's error (EngineError) as ``flush`` would have."""
+        ...
+
+
+def async_flush_of(engine: Any) -> AsyncFlush | None:
+    """``engine`` if it offers both ``flush_job`` and ``flush_done``, else None (an engine written
+    to the older interface, or lmdb / memory: flushed by ``maybe_flush``). Pure."""
+    has = callable(getattr(engine, "flush_job", None)) and callable(getattr(engine, "flush_done", None))
+    return engine if has else None

@@ -52,6 +52,7 @@ from engines.api import (
     EngineError,
     OffsetOutOfRange,
     StorageFull,
+    async_flush_of,
     verified_append_kwargs,
 )
 from engines.batch import HEADER_BYTES, BatchHeader, build, iter_batches, verify
@@ -499,6 +500,21 @@ class EngineConformance:
             assert e.maybe_flush(10_050) is False  # interval not yet passed / nothing to do
             e.flush()
             e.close()
+
+    def test_an_async_flush_job_runs_on_another_thread_and_is_applied_once(self) -> None:
+        """Only for an engine that offers ``flush_job``/``flush_done`` (engines.api.AsyncFlush)."""
+        e = self.open_engine(fsync=FSYNC_INTERVAL, fsync_interval_ms=100)
+        if async_flush_of(e) is None:
+            raise unittest.SkipTest("the engine has no asynchronous flush")
+        self.fill(e, 3)
+        job = e.flush_job(10_000)
+        assert job is not None and e.flush_job(20_000) is None  # one in flight at a time
+        runner = threading.Thread(target=job.run)
+        runner.start()
+        runner.join(30)
+        assert e.flush_done(job) is True
+        assert e.flush_job(30_000) is None  # nothing left to flush
+        e.close()
 
     def test_reopen_after_clean_close(self) -> None:
         self.require("persistent")

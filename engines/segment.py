@@ -10,7 +10,9 @@ Durability: fsync ``always`` = one fdatasync at the end of append/append_many (g
 segments and indexes and moves the recovery checkpoint -- an interval flush moves it at most
 every RECOVERY_CHECKPOINT_INTERVAL_MS (Kafka's ``log.flush.offset.checkpoint.interval.ms``):
 replacing the file costs two fsyncs and a rename, ~0.7 ms median but 10-70 ms in the tail on
-this machine's disk, on the broker's reactor thread every interval and partition. A checkpoint
+this machine's disk. ``flush_job``/``flush_done`` split the interval flush so that a broker runs
+its fsyncs and checkpoint replacement on its flusher thread (design: engines/segment_flush.py);
+truncation, reset, retention, a synchronous flush and close invalidate a job in flight. A checkpoint
 left behind is still true (only truncation and retention change bytes it vouches for, and both
 write a new one at once); recovery after a crash then re-validates more of the log.
 
@@ -18,7 +20,8 @@ Retention and delete_before work on whole segments and never delete the active o
 Time retention and offset_for_timestamp use each segment's largest timestamp (timestamps may
 go down along the log), known from appends or found by one header walk of the segment.
 
-Not thread-safe: one owner (the broker reactor) calls it.
+Not thread-safe: one owner (the broker reactor) calls it; only a FlushJob's ``run`` runs on
+another thread (and touches only its own descriptors and the checkpoint, under the lock).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import threading
 from collections import OrderedDict
 from typing import Callable, TypeVar
 
@@ -34,6 +38,7 @@ from engines.batch import BatchHeader
 from engines.checks import check_read_range, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
 from engines.segment_file import LogSegment
+from engines.segment_flush import AsyncFlushMixin, FlushJob
 from engines.segment_recovery import Checkpoint, recover, write_checkpoint
 
 OPEN_SEGMENTS_MAX = 16  # older segments kept open for reads (LRU); the active one always is
@@ -42,7 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SegmentEngine:
+class SegmentEngine(AsyncFlushMixin):
     """One partition's log as segment files. See ``engines.api.Engine`` for the contract."""
 
     name = "segment"
@@ -60,6 +65,12 @@ class SegmentEngine:
         except OSError as e:
             raise translate_os_error(e, f"open {directory}") from e
         self._closed = False
+        # asynchronous flushes (engines/segment_flush.py): the lock orders checkpoint writes of
+        # the flusher thread against this owner's; the generation invalidates jobs in flight
+        self._checkpoint_lock = threading.Lock()
+        self._generation = 0
+        self._dir_version = 0  # bumped whenever a file is created or removed (dir dirty)
+        self._flush_in_flight: FlushJob | None = None
         self._segments, self.recovery, needs_flush = recover(directory, config)
         self._bases = [s.base_offset for s in self._segments]
         self._size_bytes = sum(s.size_bytes for s in self._segments)
@@ -178,6 +189,7 @@ class SegmentEngine:
         self._segments.append(new)
         self._bases.append(offset)
         self._dir_dirty = True
+        self._dir_version += 1
         self._touch(old)
         if self.config.fsync == FSYNC_ALWAYS:
             self._fsync_dir()
@@ -287,6 +299,7 @@ class SegmentEngine:
         self.flush()
 
     def _truncate(self, offset: int) -> None:
+        self._invalidate_flushes()
         self._read_hint = None
         i = bisect.bisect_right(self._bases, offset) - 1
         for seg in reversed(self._segments[i + 1:]):  # newest first: a crash leaves a prefix
@@ -314,6 +327,7 @@ class SegmentEngine:
         self._check_open()
         if not 0 <= offset < OFFSET_LIMIT:
             raise EngineError(f"cannot reset the log to offset {offset}")
+        self._invalidate_flushes()
         checkpoint = Checkpoint(offset, 0, offset, False)
         write_checkpoint(self.directory, self._dir_fd, checkpoint)
         self._checkpoint = checkpoint
@@ -329,6 +343,7 @@ class SegmentEngine:
         new.dirty = True
         self._segments, self._bases, self._size_bytes = [new], [offset], 0
         self._dir_dirty = True
+        self._dir_version += 1
         self.flush()
         log.info("reset %s to offset %d", self.directory, offset)
 
@@ -341,6 +356,8 @@ class SegmentEngine:
     def _delete_first(self, count: int) -> int:
         """Delete the first ``count`` segments (never the active one); returns bytes freed."""
         count = min(count, len(self._segments) - 1)
+        if count > 0:
+            self._invalidate_flushes()  # a job's checkpoint may name a segment deleted here
         freed = 0
         for seg in self._segments[:count]:
             freed += seg.size_bytes
@@ -398,6 +415,7 @@ class SegmentEngine:
         """fsync every dirty segment and index, then (``checkpoint``) move the recovery
         checkpoint to the log end. Raises StorageFull / EngineError / EngineClosed."""
         self._check_open()
+        self._invalidate_flushes()  # this flush covers what a job in flight would, and more
         for seg in self._unsynced + [self._active]:
             try:
                 seg.index.write_pending(sync=seg.dirty)
@@ -417,16 +435,21 @@ class SegmentEngine:
             self._checkpoint = point
             self._checkpoint_base = active.base_offset
 
-    def maybe_flush(self, now_ms: int) -> bool:
-        self._check_open()
-        if self.config.fsync != FSYNC_INTERVAL:
-            return False
-        if now_ms - self._last_flush_ms < self.config.fsync_interval_ms:
+    def _interval_flush_due(self, now_ms: int) -> bool:
+        """Under fsync ``interval``: the interval has passed (restarted here) and data is dirty."""
+        if self.config.fsync != FSYNC_INTERVAL or now_ms - self._last_flush_ms < self.config.fsync_interval_ms:
             return False
         self._last_flush_ms = now_ms
-        if not (self._active.dirty or self._unsynced):
+        return bool(self._active.dirty or self._unsynced)
+
+    def _checkpoint_due(self, now_ms: int) -> bool:
+        return self._last_checkpoint_ms is None or now_ms - self._last_checkpoint_ms >= RECOVERY_CHECKPOINT_INTERVAL_MS
+
+    def maybe_flush(self, now_ms: int) -> bool:
+        self._check_open()
+        if not self._interval_flush_due(now_ms):
             return False
-        due = self._last_checkpoint_ms is None or now_ms - self._last_checkpoint_ms >= RECOVERY_CHECKPOINT_INTERVAL_MS
+        due = self._checkpoint_due(now_ms)
         self.flush(checkpoint=due)
         if due:
             self._last_checkpoint_ms = now_ms

@@ -33,12 +33,13 @@ import logging
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Protocol
 
-from engines.api import EngineError, OffsetOutOfRange
+from engines.api import EngineError, OffsetOutOfRange, async_flush_of
 from engines.registry import open_engine
 from fabric import protocol as P
 from fabric.clock import Clock
 from fabric.config import LimitsConfig, StorageConfig, TopicDefaults
 from fabric.metadata import ClusterMetadata, PartitionInfo
+from nodes.broker.flusher import Flusher
 from nodes.broker.isr import IsrProposer
 from nodes.broker.messages import AppendRequest, FetchEntry, FetchInput, ProduceInput, ProduceResult, TopicPartition
 from nodes.broker.partition import Partition
@@ -65,7 +66,8 @@ class Waiters(Protocol):
 
 class BrokerCore:
     def __init__(self, broker_id: int, dirs: PartitionDirs, storage: StorageConfig, limits: LimitsConfig,
-                 topic_defaults: TopicDefaults, clock: Clock, *, on_appended: OnAppended | None = None) -> None:
+                 topic_defaults: TopicDefaults, clock: Clock, *, on_appended: OnAppended | None = None,
+                 flusher: Flusher | None = None) -> None:
         self.broker_id = broker_id
         self.dirs = dirs
         self.storage = storage
@@ -79,6 +81,10 @@ class BrokerCore:
         self._on_appended = on_appended
         self._waiters: list[Waiters] = []
         self._unflushed: dict[TopicPartition, int] = {}  # partition -> its latest append (ms)
+        # asynchronous interval flushes (nodes/broker/flusher.py): None flushes on this thread
+        self.flusher = flusher
+        self._flushing: dict[TopicPartition, Any] = {}  # partition -> its job in flight
+        self._flush_again: set[TopicPartition] = set()  # a job dropped as stale, refused or failed
 
     def add_waiters(self, waiters: Waiters) -> None:
         self._waiters.append(waiters)
@@ -360,19 +366,75 @@ class BrokerCore:
                 log.error("%s-%d retention failed: %s", key[0], key[1], e)
 
     def flush_due(self) -> None:
-        """fsync=interval: flush what was appended lately (idle partitions cost nothing)."""
+        """fsync=interval: flush what was appended lately (idle partitions cost nothing). An
+        engine with an asynchronous flush (``engines.api.AsyncFlush``) gets its job run by the
+        flusher thread; a partition stays watched while its job is in flight and after a job
+        that was dropped as stale, refused (queue full) or failed, until a later one succeeds."""
+        self.collect_flushes()
         now = self.clock.now_ms()
         # a partition silent for a few intervals has had a call with its interval passed: flushed
         settled_ms = UNFLUSHED_INTERVALS_MAX * self.storage.fsync_interval_ms
         for key, appended_ms in list(self._unflushed.items()):
             part = self.partitions.get(key)
+            if part is None:
+                del self._unflushed[key]
+                self._flush_again.discard(key)
+                continue
+            if key in self._flushing:
+                continue  # its completion decides
             try:
-                flushed = part is not None and part.engine.maybe_flush(now)
+                if self.flusher is not None and async_flush_of(part.engine) is not None:
+                    flushed = False
+                    self._submit_flush(key, part, now)
+                else:
+                    flushed = part.engine.maybe_flush(now)
             except EngineError as e:
                 log.error("%s-%d flush failed: %s", key[0], key[1], e)
                 continue
-            if part is None or flushed or now - appended_ms >= settled_ms:
+            if key in self._flushing or key in self._flush_again:
+                continue
+            if flushed or now - appended_ms >= settled_ms:
                 del self._unflushed[key]
+
+    def _submit_flush(self, key: TopicPartition, part: Partition, now_ms: int) -> None:
+        assert self.flusher is not None
+        if not self.flusher.has_room():
+            self._flush_again.add(key)  # the thread is behind: try again at the next tick
+            return
+        job = part.engine.flush_job(now_ms)
+        if job is None:
+            # nothing to flush (after a dropped job the engine makes the next one due at once)
+            self._flush_again.discard(key)
+            return
+        if not self.flusher.submit(part, job):  # has_room said yes: only a stopping flusher refuses
+            job.discard()
+            part.engine.flush_done(job)
+            self._flush_again.add(key)
+            return
+        self._flushing[key] = job
+
+    def collect_flushes(self) -> None:
+        """Apply the flusher thread's completed jobs (a reactor per-pass hook; cheap when none).
+        A failed job is logged with its partition, as a synchronous flush failure is, and the
+        partition stays watched; a stale one (the log changed meanwhile) is flushed again."""
+        if self.flusher is None:
+            return
+        for part, job in self.flusher.completed():
+            key = (part.topic, part.partition)
+            if self._flushing.get(key) is job:
+                del self._flushing[key]
+            try:
+                applied = part.engine.flush_done(job)
+            except EngineError as e:
+                log.error("%s-%d flush failed: %s", key[0], key[1], e)
+                applied = False
+            if self.partitions.get(key) is not part:
+                continue  # closed or retired meanwhile
+            if applied:
+                self._flush_again.discard(key)
+            else:
+                self._flush_again.add(key)
+                self._unflushed[key] = self._unflushed.get(key, self.clock.now_ms())
 
     def checkpoint_high_watermarks(self) -> None:
         """Write each partition's HW if it moved: a restarted leader serves it at once."""
@@ -380,8 +442,13 @@ class BrokerCore:
             part.checkpoint_high_watermark()
 
     def close(self) -> None:
+        """Close every partition (each cancels its flush job in flight and flushes itself), then
+        stop the flusher thread (bounded: FLUSHER_STOP_TIMEOUT_S)."""
         for part in self.partitions.values():
             try:
                 part.close()
             except EngineError as e:
                 log.error("close %s-%d: %s", part.topic, part.partition, e)
+        if self.flusher is not None:
+            self.flusher.stop()
+            self.collect_flushes()  # what ran meanwhile: errors logged, descriptors closed

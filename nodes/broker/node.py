@@ -32,6 +32,7 @@ from fabric.stall import StallWatch
 from nodes.base import Node
 from nodes.broker.core import BrokerCore
 from nodes.broker.fetcher import FetchSettings, LeaderEndpoint, ReplicaFetcher
+from nodes.broker.flusher import Flusher
 from nodes.broker.handlers import RequestHandlers
 from nodes.broker.identity import VERSION_PERSIST_INTERVAL_MS, MetadataGuard
 from nodes.broker.isr import ALTER_ISR_TIMEOUT_MS, IsrProposer
@@ -66,8 +67,10 @@ class Broker(Node):
         self.reactor.call_every(VERSION_PERSIST_INTERVAL_MS, self._persist_identity)
         self.limits = config.limits
         self.pubsub = config.replication.transport == "pubsub"
+        # interval fsyncs run on one flusher thread, never on the reactor (nodes/broker/flusher.py)
+        flusher = Flusher(name) if self.storage.fsync == "interval" else None
         self.core = BrokerCore(self.broker_id, self.dirs, self.storage, self.limits, config.topics, self.clock,
-                               on_appended=self._appended_as_leader)
+                               on_appended=self._appended_as_leader, flusher=flusher)
         self.partitions = self.core.partitions  # the live table (read by tests and STATS)
         self.meter = BrokerMeter(self.metrics, self.partitions, self.storage.engine, self.data_dir,
                                  lambda: self.handlers.parking.size)
@@ -112,6 +115,7 @@ class Broker(Node):
         self.reactor.call_every(config.topics.retention_check_interval_ms, self.core.apply_retention)
         if self.storage.fsync == "interval":
             self.reactor.call_every(self.storage.fsync_interval_ms, self.core.flush_due)
+            self.reactor.after_pass(self.core.collect_flushes)
         self.reactor.call_every(HW_CHECKPOINT_INTERVAL_MS, self.core.checkpoint_high_watermarks)
         # a random id per process: the coordinator treats a new one as a restart and moves
         # leadership away from epochs this process may not have all the data of

@@ -1,0 +1,278 @@
+"""The segment engine's asynchronous interval flush: a ``FlushJob`` made on the owner's thread,
+run on a flusher thread, and applied back on the owner's thread.
+
+Why: under fsync ``interval`` the broker flushed every partition it appended to lately on its
+single reactor thread, once per ``fsync_interval_ms``: each fdatasync stalled every request and
+replication message for 3-7 ms (and the recovery checkpoint's replacement 0.7 ms median, 10-70 ms
+in the tail). ``SegmentEngine.flush_job`` / ``flush_done`` move those waits onto one flusher
+thread per broker (``nodes/broker/flusher.py``); ``os.fdatasync``/``os.fsync`` release the GIL.
+
+Design (what a job is, and why nothing the reactor does meanwhile can be undone or confused):
+
+* A job is made on the owner's thread (``SegmentEngine.flush_job``): pending index entries are
+  written there (a pwrite; the index's memory is the owner's), and the job takes
+  ``os.dup``'d descriptors of every file it syncs -- each dirty segment's log and index, the
+  directory when a roll created a file since the last directory fsync. A roll, retention
+  deleting a segment, a truncation or close on the owner's thread closes the engine's own
+  descriptors, never the job's: the thread never fsyncs a closed descriptor, nor a number the
+  process has reused for another file. The thread closes the job's descriptors when it is done
+  (``discard`` does for a job that never ran).
+* A job vouches for what was snapshotted when it was made: per segment its ``size_bytes``;
+  and, when a recovery-checkpoint move is due, the checkpoint of that moment (active segment,
+  its size, the log end). Bytes written after the snapshot stay dirty for a later flush.
+* The thread runs the job in today's order -- data fdatasyncs, index fsyncs, directory fsync,
+  then the checkpoint (temp, fsync, rename, directory fsync) -- and stops at the first error.
+  The checkpoint is written only when every sync before it succeeded, so it never names bytes
+  that are not durable.
+* Generations: every owner-side change that alters bytes a job or a checkpoint may vouch for,
+  or writes a checkpoint itself -- a truncation, ``reset_to``, retention deleting segments, a
+  synchronous ``flush()`` (truncate/reset/close/open) -- first bumps the engine's generation
+  while holding the engine's checkpoint lock. The thread writes its checkpoint holding the same
+  lock and only if the generation is still the job's, so a job's older checkpoint can never
+  overwrite a newer one, nor one that the owner is about to write after cutting the log. A
+  bump also forgets which checkpoint is on disk (the thread may have written one just before
+  the bump), so the next synchronous flush always writes its own.
+* ``flush_done(job)`` on the owner's thread applies a completion only if the generation is
+  still the job's: the segments whose size is still the snapshotted one become clean, the
+  directory clean if no roll created a file since, and the checkpoint the thread wrote becomes
+  the engine's. A stale completion is dropped (returns False): its data stays dirty and is
+  flushed again later. A job that failed (EIO, ENOSPC) raises its error from ``flush_done`` on
+  the owner's thread, as the synchronous ``flush`` raises it: the data stays dirty, the
+  checkpoint did not move, and the broker logs it with the partition (as it always has).
+* At most one job per engine is in flight; ``close`` does not wait for it (it bumps the
+  generation, which cancels the job's checkpoint and completion, then flushes synchronously;
+  the job's own descriptors keep its files' inodes alive until the thread closes them).
+
+``AsyncFlushMixin`` is that half of ``SegmentEngine`` (``flush_job``, ``flush_done`` and the
+invalidation the engine's other operations call first).
+
+Thread-safety: a FlushJob is made and applied on the engine owner's thread; ``run`` is called
+once, on the flusher thread, and touches only the job's own descriptors, the engine's
+checkpoint lock and generation (read under that lock), and the partition directory's
+checkpoint file (written under that lock).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from engines.checks import translate_os_error
+from engines.segment_recovery import Checkpoint, write_checkpoint
+
+if TYPE_CHECKING:
+    from engines.api import EngineConfig
+    from engines.segment_file import LogSegment
+
+
+@dataclass(slots=True)
+class SegmentSync:
+    """One segment a job syncs: its log and index descriptors (the job's own dups) and the
+    log size the job vouches for."""
+
+    segment: "LogSegment"  # the engine's (read and marked clean on the owner's thread only)
+    size_bytes: int
+    log_path: str
+    log_fd: int
+    index_path: str
+    index_fd: int  # -1: the index is not synced (the segment was not dirty)
+
+
+@dataclass(slots=True)
+class FlushJob:
+    """One asynchronous flush of one segment engine (see the module docstring)."""
+
+    directory: str
+    generation: int
+    created_ms: int
+    syncs: list[SegmentSync]
+    dir_fd: int  # a dup of the engine's directory fd, for the checkpoint and (dir_dirty) its fsync
+    dir_dirty: bool
+    dir_version: int
+    checkpoint: Checkpoint | None  # moved to this when the syncs succeeded (None: not due)
+    lock: threading.Lock
+    current_generation: Callable[[], int]
+    checkpoint_written: bool = False
+    error: BaseException | None = None
+    ran: bool = False
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def make(cls, directory: str, dir_fd: int, segments: list, now_ms: int,
+             generation: tuple[int, Callable[[], int], threading.Lock], dir_state: tuple[bool, int]) -> FlushJob:
+        """On the owner's thread: write the pending index entries of ``segments`` (LogSegments)
+        and take dups of the log and index descriptors of the dirty ones, and of ``dir_fd``.
+        ``generation``: (the engine's generation now, a reader of it, its checkpoint lock);
+        ``dir_state``: (directory dirty, its version). Raises StorageFull / EngineError."""
+        number, current_generation, lock = generation
+        job = cls(directory, number, now_ms, [], dup_fd(dir_fd, directory), dir_state[0], dir_state[1], None, lock,
+                  current_generation)
+        try:
+            for seg in segments:
+                try:
+                    seg.index.write_pending(sync=False)
+                except OSError as e:
+                    raise translate_os_error(e, f"write {seg.index.path}") from e
+                if seg.dirty:
+                    job.syncs.append(SegmentSync(seg, seg.size_bytes, seg.log_path, dup_fd(seg.fd, seg.log_path),
+                                                 seg.index.path, -1))
+                    job.syncs[-1].index_fd = open_for_sync(seg.index.path)
+        except BaseException:
+            job.discard()
+            raise
+        return job
+
+    def run(self) -> None:
+        """On the flusher thread: sync, then (if due and still current) write the checkpoint.
+        Never raises: an error is kept in ``error`` for ``flush_done`` on the owner's thread
+        (a programmer error too, so that it crashes the owner rather than vanish here).
+        Closes the job's descriptors."""
+        try:
+            self._sync_all()
+            if self.checkpoint is not None:
+                with self.lock:
+                    if self.current_generation() == self.generation:
+                        write_checkpoint(self.directory, self.dir_fd, self.checkpoint)
+                        self.checkpoint_written = True
+        except BaseException as e:  # handed to the owner's thread, which raises it
+            self.error = e
+        finally:
+            self.ran = True
+            self.discard()
+
+    def _sync_all(self) -> None:
+        for s in self.syncs:
+            _sync(os.fdatasync, s.log_fd, s.log_path)
+            if s.index_fd >= 0:
+                _sync(os.fsync, s.index_fd, s.index_path)
+        if self.dir_dirty:
+            _sync(os.fsync, self.dir_fd, self.directory)
+
+    def discard(self) -> None:
+        """Close the job's descriptors (idempotent): after ``run``, or for a job never run."""
+        if self._closed:
+            return
+        self._closed = True
+        for s in self.syncs:
+            for fd in (s.log_fd, s.index_fd):
+                if fd >= 0:
+                    os.close(fd)
+        os.close(self.dir_fd)
+
+
+def _sync(fsync: Callable[[int], None], fd: int, path: str) -> None:
+    try:
+        fsync(fd)
+    except OSError as e:
+        raise translate_os_error(e, f"fsync {path}") from e
+
+
+def dup_fd(fd: int, path: str) -> int:
+    """``os.dup(fd)`` with the error translated (EMFILE: too many open files). Raises EngineError."""
+    try:
+        return os.dup(fd)
+    except OSError as e:
+        raise translate_os_error(e, f"dup {path}") from e
+
+
+def open_for_sync(path: str) -> int:
+    """A read-only descriptor of ``path`` for fsync (enough on Linux). Raises EngineError."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise translate_os_error(e, f"open {path}") from e
+
+
+class AsyncFlushMixin:
+    """``SegmentEngine``'s asynchronous interval flush (``flush_job`` / ``flush_done``) and the
+    invalidation its other operations call first. Part of SegmentEngine (its state is the
+    engine's own; kept here beside FlushJob so that both halves of the design read together)."""
+
+    # the engine's state this half uses (set by SegmentEngine.__init__)
+    directory: str
+    config: "EngineConfig"
+    _checkpoint_lock: threading.Lock
+    _generation: int
+    _dir_version: int
+    _dir_dirty: bool
+    _dir_fd: int
+    _flush_in_flight: FlushJob | None
+    _checkpoint: Checkpoint | None
+    _checkpoint_base: int
+    _last_flush_ms: int
+    _last_checkpoint_ms: int | None
+    _closed: bool
+    _unsynced: list["LogSegment"]
+    _active: "LogSegment"
+
+    if TYPE_CHECKING:  # SegmentEngine's, never these
+        def _check_open(self) -> None: ...
+        def _interval_flush_due(self, now_ms: int) -> bool: ...
+        def _checkpoint_due(self, now_ms: int) -> bool: ...
+
+    def _invalidate_flushes(self) -> None:
+        """Before anything that changes bytes a job may vouch for, or writes a checkpoint here:
+        a job in flight may no longer write its checkpoint, nor be applied. Waits only for a
+        checkpoint replacement the flusher thread is in the middle of."""
+        with self._checkpoint_lock:
+            self._generation += 1
+        job = self._flush_in_flight
+        if job is not None and job.checkpoint is not None:
+            self._checkpoint = None  # the thread may have written it: what is on disk is unknown
+
+    def _current_generation(self) -> int:
+        return self._generation
+
+    def flush_job(self, now_ms: int) -> FlushJob | None:
+        """maybe_flush's asynchronous half: under fsync ``interval``, when the interval has passed
+        and there is unflushed data and no job of this engine is in flight, a FlushJob for the
+        caller's flusher thread (``job.run()``), whose completion the caller hands back to
+        ``flush_done`` on this thread; else None. Writes pending index entries and dups the
+        descriptors to sync (EMFILE raises EngineError). Raises StorageFull / EngineError /
+        EngineClosed."""
+        self._check_open()
+        if self._flush_in_flight is not None or not self._interval_flush_due(now_ms):
+            return None
+        job = FlushJob.make(self.directory, self._dir_fd, self._unsynced + [self._active], now_ms,
+                            (self._generation, self._current_generation, self._checkpoint_lock),
+                            (self._dir_dirty, self._dir_version))
+        due = self._checkpoint_due(now_ms)
+        active = self._active
+        point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, False)
+        if due and point != self._checkpoint:
+            job.checkpoint = point
+        elif due:
+            self._last_checkpoint_ms = now_ms
+        self._flush_in_flight = job
+        return job
+
+    def flush_done(self, job: FlushJob) -> bool:
+        """Apply a job's completion (on this engine's owner thread, after ``job.run()`` or for a
+        job that was never run). Returns True if applied; False for a stale job (a truncation,
+        reset, retention, synchronous flush or close came after it was made), or one never run:
+        its data stays dirty and a later flush syncs it. Raises the job's error (StorageFull /
+        EngineError, as ``flush`` would; anything else is a programmer error) even when stale:
+        a failed fsync is never forgotten."""
+        if job is self._flush_in_flight:
+            self._flush_in_flight = None
+        stale = self._closed or not job.ran or job.generation != self._generation
+        if stale or job.error is not None:
+            # not flushed after all: the next flush_job is due at once, not an interval later
+            self._last_flush_ms = min(self._last_flush_ms, job.created_ms - self.config.fsync_interval_ms)
+        if job.error is not None:
+            raise job.error
+        if stale:
+            return False
+        for s in job.syncs:
+            if s.segment.size_bytes == s.size_bytes:
+                s.segment.dirty = False
+        self._unsynced = [s for s in self._unsynced if s.dirty]
+        if job.dir_dirty and job.dir_version == self._dir_version:
+            self._dir_dirty = False
+        if job.checkpoint_written and job.checkpoint is not None:
+            self._checkpoint = job.checkpoint
+            self._checkpoint_base = job.checkpoint.segment_base_offset
+            self._last_checkpoint_ms = job.created_ms
+        return True
