@@ -18,6 +18,7 @@ BUCKETS_PER_E = 100          # log buckets per factor e: bucket width ~1 %
 LATENCY_FLOOR_US = 1.0       # latencies under 1 µs count as 1 µs
 PROC_SCAN_PIDS_MAX = 100_000  # /proc entries looked at when finding a cluster's nodes
 RSS_TREND_SAMPLES_MIN = 4    # samples in a run's second half to speak of a memory trend
+RSS_TREND_SPAN_S_MIN = 10.0  # and seconds it must span (runs of at least ~20 s)
 
 
 class LatencyHistogram:
@@ -107,12 +108,14 @@ def peak_rss_mb(pid: int) -> float | None:
 def growth_mb_per_min(samples: list[tuple[float, float]]) -> float | None:
     """The trend of a memory series: the least-squares slope, MB per minute, of the samples
     ``(t_s, mb)`` in the second half of their time span (the first half holds start-up and the
-    buffers filling to their bounds). None with fewer than RSS_TREND_SAMPLES_MIN there."""
+    buffers filling to their bounds). None with fewer than RSS_TREND_SAMPLES_MIN there, or a
+    second half shorter than RSS_TREND_SPAN_S_MIN (a few seconds of buffers filling say
+    nothing of a trend)."""
     if not samples:
         return None
     t0, t1 = samples[0][0], samples[-1][0]
     tail = [(t, mb) for t, mb in samples if t >= (t0 + t1) / 2]
-    if len(tail) < RSS_TREND_SAMPLES_MIN:
+    if len(tail) < RSS_TREND_SAMPLES_MIN or (t1 - t0) / 2 < RSS_TREND_SPAN_S_MIN:
         return None
     n = len(tail)
     mt = sum(t for t, _ in tail) / n

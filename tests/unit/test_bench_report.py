@@ -108,10 +108,11 @@ def test_peer_output_lines_are_read_as_the_scripts_print_them() -> None:
 
 
 def test_memory_trend_is_the_slope_of_the_second_half_in_mb_per_minute() -> None:
-    warm_up = [(float(t), 10.0 + 5 * t) for t in range(10)]          # buffers filling: not a trend
-    flat = [(float(t), 60.0 + (0.3 if t % 2 else -0.3)) for t in range(10, 20)]
-    assert abs(growth_mb_per_min(warm_up + flat)) < 2.0  # noise, against a leak's 30
-    leaking = [(float(t), 60.0 + 0.5 * t) for t in range(10, 20)]   # 0.5 MB/s = 30 MB/min
-    assert growth_mb_per_min(warm_up + leaking) == 30.0
+    warm_up = [(2.0 * t, 10.0 + 5 * t) for t in range(10)]          # buffers filling: not a trend
+    flat = [(2.0 * t, 60.0 + (0.3 if t % 2 else -0.3)) for t in range(10, 20)]
+    assert abs(growth_mb_per_min(warm_up + flat)) < 1.0  # noise, against a leak's 15
+    leaking = [(2.0 * t, 60.0 + 0.5 * t) for t in range(10, 20)]   # 0.25 MB/s = 15 MB/min
+    assert growth_mb_per_min(warm_up + leaking) == 15.0
     assert growth_mb_per_min([(0.0, 1.0), (1.0, 2.0)]) is None    # too few samples to say
+    assert growth_mb_per_min([(t / 2, 50.0 + t) for t in range(30)]) is None  # 15 s: too short to say
     assert growth_mb_per_min([]) is None
