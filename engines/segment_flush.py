@@ -262,6 +262,8 @@ class AsyncFlushMixin:
             # not flushed after all: the next flush_job is due at once, not an interval later
             self._last_flush_ms = min(self._last_flush_ms, job.created_ms - self.config.fsync_interval_ms)
         if job.error is not None:
+            if job.checkpoint is not None:
+                self._checkpoint = None  # its replacement may have failed after the rename
             raise job.error
         if stale:
             return False
