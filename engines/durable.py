@@ -14,6 +14,7 @@ Thread-safe in the sense that matters: one call per target at a time (callers ow
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from engines.checks import translate_os_error
 
@@ -21,14 +22,19 @@ TEMP_SUFFIX = ".tmp"
 
 
 def replace_file(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, dir_fd: int | None = None,
-                 sync: bool = True) -> None:
+                 sync: bool = True, temp_suffix: str = TEMP_SUFFIX,
+                 commit: Callable[[Callable[[], None]], bool] | None = None) -> bool:
     """Atomically replace ``path`` with ``data`` (write temp, fsync, rename, fsync directory).
     ``dir_fd``: an open descriptor of the directory, if the caller keeps one. ``sync=False``
     skips both fsyncs, for a file whose loss after a power failure costs only a little redone
     work (the high-watermark checkpoint); the rename still makes the replacement atomic for
-    readers and for a process crash. Raises StorageFull / EngineError."""
+    readers and for a process crash. ``temp_suffix`` (ending in TEMP_SUFFIX): a second writer's
+    own temp file. ``commit``: called with the rename instead of renaming; it renames (e.g.
+    under its lock, only if still wanted) and returns whether it did -- if not, the temp file
+    is removed and nothing replaced. Returns whether ``path`` was replaced. Raises StorageFull /
+    EngineError."""
     path = os.fspath(path)
-    tmp = path + TEMP_SUFFIX
+    tmp = path + temp_suffix
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
@@ -39,13 +45,18 @@ def replace_file(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, dir
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if commit is None:
+            os.replace(tmp, path)
+        elif not commit(lambda: os.replace(tmp, path)):
+            _remove_quietly(tmp)
+            return False
         if not sync:
-            return
+            return True
         if dir_fd is not None:
             os.fsync(dir_fd)
         else:
             fsync_directory(os.path.dirname(path) or ".")
+        return True
     except OSError as e:
         _remove_quietly(tmp)
         raise translate_os_error(e, f"write {path}") from e

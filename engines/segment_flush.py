@@ -27,9 +27,11 @@ Design (what a job is, and why nothing the reactor does meanwhile can be undone 
 * Generations: every owner-side change that alters bytes a job or a checkpoint may vouch for,
   or writes a checkpoint itself -- a truncation, ``reset_to``, retention deleting segments, a
   synchronous ``flush()`` (truncate/reset/close/open) -- first bumps the engine's generation
-  while holding the engine's checkpoint lock. The thread writes its checkpoint holding the same
-  lock and only if the generation is still the job's, so a job's older checkpoint can never
-  overwrite a newer one, nor one that the owner is about to write after cutting the log. A
+  while holding the engine's checkpoint lock. The thread writes and fsyncs its checkpoint's
+  own temp file outside the lock, then renames it over the checkpoint holding the same lock
+  and only if the generation is still the job's, so a job's older checkpoint can never
+  overwrite a newer one, nor one that the owner is about to write after cutting the log; the
+  owner never waits for the thread's fsyncs, only for a rename in progress. A
   bump also forgets which checkpoint is on disk (the thread may have written one just before
   the bump), so the next synchronous flush always writes its own.
 * ``flush_done(job)`` on the owner's thread applies a completion only if the generation is
@@ -49,7 +51,7 @@ invalidation the engine's other operations call first).
 Thread-safety: a FlushJob is made and applied on the engine owner's thread; ``run`` is called
 once, on the flusher thread, and touches only the job's own descriptors, the engine's
 checkpoint lock and generation (read under that lock), and the partition directory's
-checkpoint file (written under that lock).
+checkpoint file (its own temp file, renamed over the checkpoint under that lock).
 """
 
 from __future__ import annotations
@@ -60,7 +62,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from engines.checks import translate_os_error
+from engines.durable import TEMP_SUFFIX
 from engines.segment_recovery import Checkpoint, write_checkpoint
+
+# the thread's own temp file beside the checkpoint (the owner's is CHECKPOINT_FILE + TEMP_SUFFIX;
+# recovery removes both after a crash)
+FLUSHER_TEMP_SUFFIX = ".flusher" + TEMP_SUFFIX
 
 if TYPE_CHECKING:
     from engines.api import EngineConfig
@@ -131,16 +138,24 @@ class FlushJob:
         Closes the job's descriptors."""
         try:
             self._sync_all()
-            if self.checkpoint is not None:
-                with self.lock:
-                    if self.current_generation() == self.generation:
-                        write_checkpoint(self.directory, self.dir_fd, self.checkpoint)
-                        self.checkpoint_written = True
+            if self.checkpoint is not None and self.current_generation() == self.generation:
+                write_checkpoint(self.directory, self.dir_fd, self.checkpoint, temp_suffix=FLUSHER_TEMP_SUFFIX,
+                                 commit=self._rename_if_current)
         except BaseException as e:  # handed to the owner's thread, which raises it
             self.error = e
         finally:
             self.ran = True
             self.discard()
+
+    def _rename_if_current(self, rename: Callable[[], None]) -> bool:
+        """The checkpoint's commit point, under the lock: only the rename (the temp file's and
+        the directory's fsyncs are outside it, so the owner never waits for them)."""
+        with self.lock:
+            if self.current_generation() != self.generation:
+                return False
+            rename()
+            self.checkpoint_written = True
+            return True
 
     def _sync_all(self) -> None:
         for s in self.syncs:
@@ -215,7 +230,7 @@ class AsyncFlushMixin:
     def _invalidate_flushes(self) -> None:
         """Before anything that changes bytes a job may vouch for, or writes a checkpoint here:
         a job in flight may no longer write its checkpoint, nor be applied. Waits only for a
-        checkpoint replacement the flusher thread is in the middle of."""
+        checkpoint rename the flusher thread is in the middle of (never for its fsyncs)."""
         with self._checkpoint_lock:
             self._generation += 1
         job = self._flush_in_flight
