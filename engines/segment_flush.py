@@ -61,6 +61,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from engines.api import EngineError
 from engines.checks import translate_os_error
 from engines.durable import TEMP_SUFFIX
 from engines.segment_recovery import Checkpoint, write_checkpoint
@@ -145,7 +146,9 @@ class FlushJob:
             self.error = e
         finally:
             self.ran = True
-            self.discard()
+            closing = self.discard()
+            if self.error is None:
+                self.error = closing  # the thread must not die of it (nothing would come back)
 
     def _rename_if_current(self, rename: Callable[[], None]) -> bool:
         """The checkpoint's commit point, under the lock: only the rename (the temp file's and
@@ -165,16 +168,25 @@ class FlushJob:
         if self.dir_dirty:
             _sync(os.fsync, self.dir_fd, self.directory)
 
-    def discard(self) -> None:
-        """Close the job's descriptors (idempotent): after ``run``, or for a job never run."""
+    def discard(self) -> EngineError | None:
+        """Close the job's descriptors (idempotent): after ``run``, or for a job never run.
+        Closes every one even if closing one fails (close can report EIO / ENOSPC on a network
+        file system) and returns the first such error, translated, instead of raising."""
         if self._closed:
-            return
+            return None
         self._closed = True
+        first = None
+        fds = [(self.dir_fd, self.directory)]
         for s in self.syncs:
-            for fd in (s.log_fd, s.index_fd):
-                if fd >= 0:
-                    os.close(fd)
-        os.close(self.dir_fd)
+            fds += [(s.log_fd, s.log_path), (s.index_fd, s.index_path)]
+        for fd, path in fds:
+            if fd < 0:
+                continue
+            try:
+                os.close(fd)
+            except OSError as e:
+                first = first or translate_os_error(e, f"close {path}")
+        return first
 
 
 def _sync(fsync: Callable[[int], None], fd: int, path: str) -> None:
