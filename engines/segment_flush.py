@@ -27,13 +27,14 @@ Design (what a job is, and why nothing the reactor does meanwhile can be undone 
 * Generations: every owner-side change that alters bytes a job or a checkpoint may vouch for,
   or writes a checkpoint itself -- a truncation, ``reset_to``, retention deleting segments, a
   synchronous ``flush()`` (truncate/reset/close/open) -- first bumps the engine's generation
-  while holding the engine's checkpoint lock. The thread writes and fsyncs its checkpoint's
-  own temp file outside the lock, then renames it over the checkpoint holding the same lock
-  and only if the generation is still the job's, so a job's older checkpoint can never
-  overwrite a newer one, nor one that the owner is about to write after cutting the log; the
-  owner never waits for the thread's fsyncs, only for a rename in progress. A
-  bump also forgets which checkpoint is on disk (the thread may have written one just before
-  the bump), so the next synchronous flush always writes its own.
+  while holding the engine's checkpoint lock. The thread creates its checkpoint's own temp
+  file and later renames it over the checkpoint holding the same lock, each only if the
+  generation is still the job's (its fsyncs are outside the lock), so a job's older
+  checkpoint can never overwrite a newer one, nor one that the owner is about to write after
+  cutting the log, and nothing is added to a directory being deleted; the owner never waits
+  for the thread's fsyncs, only for a file creation or rename in progress. A bump also
+  forgets which checkpoint is on disk (the thread may have written one just before the bump),
+  so the next synchronous flush always writes its own.
 * ``flush_done(job)`` on the owner's thread applies a completion only if the generation is
   still the job's: the segments whose size is still the snapshotted one become clean, the
   directory clean if no roll created a file since, and the checkpoint the thread wrote becomes
@@ -139,9 +140,9 @@ class FlushJob:
         Closes the job's descriptors."""
         try:
             self._sync_all()
-            if self.checkpoint is not None and self.current_generation() == self.generation:
-                write_checkpoint(self.directory, self.dir_fd, self.checkpoint, temp_suffix=FLUSHER_TEMP_SUFFIX,
-                                 commit=self._rename_if_current)
+            if self.checkpoint is not None:
+                self.checkpoint_written = write_checkpoint(self.directory, self.dir_fd, self.checkpoint,
+                                                           temp_suffix=FLUSHER_TEMP_SUFFIX, guard=self._while_current)
         except BaseException as e:  # handed to the owner's thread, which raises it
             self.error = e
         finally:
@@ -150,14 +151,16 @@ class FlushJob:
             if self.error is None:
                 self.error = closing  # the thread must not die of it (nothing would come back)
 
-    def _rename_if_current(self, rename: Callable[[], None]) -> bool:
-        """The checkpoint's commit point, under the lock: only the rename (the temp file's and
-        the directory's fsyncs are outside it, so the owner never waits for them)."""
+    def _while_current(self, step: Callable[[], object]) -> bool:
+        """Run a step of the checkpoint's replacement that adds a name to the directory (its
+        temp file's creation, its rename) under the lock, only while this job is current:
+        after the owner's invalidation the thread adds nothing to the directory (which a
+        deletion may be removing). The fsyncs are outside the lock: the owner never waits
+        for them."""
         with self.lock:
             if self.current_generation() != self.generation:
                 return False
-            rename()
-            self.checkpoint_written = True
+            step()
             return True
 
     def _sync_all(self) -> None:
@@ -242,7 +245,8 @@ class AsyncFlushMixin:
     def _invalidate_flushes(self) -> None:
         """Before anything that changes bytes a job may vouch for, or writes a checkpoint here:
         a job in flight may no longer write its checkpoint, nor be applied. Waits only for a
-        checkpoint rename the flusher thread is in the middle of (never for its fsyncs)."""
+        checkpoint temp-file creation or rename the flusher thread is in the middle of (never
+        for its fsyncs)."""
         with self._checkpoint_lock:
             self._generation += 1
         job = self._flush_in_flight

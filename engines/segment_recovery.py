@@ -54,7 +54,7 @@ def read_checkpoint(directory: str) -> Checkpoint | None:
 
 def write_checkpoint(directory: str, dir_fd: int, checkpoint: Checkpoint, **replace: Any) -> bool:
     """Atomically replace the checkpoint (write temp, fsync, rename, fsync directory);
-    ``replace``: ``temp_suffix`` / ``commit`` of ``durable.replace_file``. Returns whether it
+    ``replace``: ``temp_suffix`` / ``guard`` of ``durable.replace_file``. Returns whether it
     was replaced. Raises StorageFull / EngineError."""
     body = json.dumps({"version": CHECKPOINT_VERSION, "segment_base_offset": checkpoint.segment_base_offset,
                        "position": checkpoint.position, "next_offset": checkpoint.next_offset,

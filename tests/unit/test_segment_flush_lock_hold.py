@@ -64,3 +64,43 @@ def test_the_owner_does_not_wait_for_the_threads_checkpoint_fsync(tmp_path: Path
     else:
         assert cp.clean
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]  # the thread's temp file removed
+
+
+def test_the_thread_creates_no_file_in_the_directory_after_the_owner_closed_the_engine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition deleted (close, then its directory removed) while the thread is about to
+    write its checkpoint's temp file: a file created after the close could land while the
+    directory is being removed (its removal then fails and a stray directory stays). The
+    temp file is created under the lock, only while the job is current."""
+    e, _, job = engine_with_a_job(tmp_path, monkeypatch, 20)
+    about_to_create, release = threading.Event(), threading.Event()
+    created_after_close: list[bool] = []
+    real_open = os.open
+
+    def open_(path, flags, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        mine = threading.current_thread().name == "job" and str(path).endswith(".flusher.tmp")
+        if mine:
+            about_to_create.set()
+            assert release.wait(HELD_S)
+        fd = real_open(path, flags, *args, **kw)
+        if mine:
+            created_after_close.append(e._closed)
+        return fd
+    monkeypatch.setattr(os, "open", open_)
+    runner = threading.Thread(target=job.run, name="job")
+    runner.start()
+    try:
+        assert about_to_create.wait(10)
+        owner = threading.Thread(target=e.close, name="owner")
+        owner.start()
+        owner.join(0.3)  # with the fix it waits for the (held) creation under the lock
+    finally:
+        release.set()
+        runner.join(10)
+        owner.join(10)
+    assert not runner.is_alive() and not owner.is_alive()
+    assert created_after_close in ([], [False]), created_after_close
+    assert not job.checkpoint_written and job.error is None
+    cp = read_checkpoint(str(tmp_path))
+    assert cp is not None and cp.clean
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
