@@ -349,6 +349,10 @@ class SegmentEngine(AsyncFlushMixin):
         # every mention: a flush fsyncing a deleted segment would re-create its file (empty)
         self._unsynced = [s for s in self._unsynced if s is not seg]
         seg.delete()
+        # the removal survives a power loss only once the directory is fsynced: a truncation's
+        # flush does it (a deleted segment back after the cut would serve the cut records again)
+        self._dir_dirty = True
+        self._dir_version += 1
 
     def _delete_first(self, count: int) -> int:
         """Delete the first ``count`` segments (never the active one); returns bytes freed."""
