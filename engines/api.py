@@ -219,8 +219,8 @@ class FlushJobLike(Protocol):
         ``flush_done``)."""
         ...
 
-    def discard(self) -> None:
-        """Release what the job holds without running it (idempotent)."""
+    def discard(self) -> Any:
+        """Release what the job holds without running it (idempotent; never raises)."""
         ...
 
 

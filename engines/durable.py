@@ -16,6 +16,7 @@ Thread-safe in the sense that matters: one call per target at a time (callers ow
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from engines.checks import translate_os_error
 
@@ -23,34 +24,51 @@ TEMP_SUFFIX = ".tmp"
 
 
 def replace_file(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, dir_fd: int | None = None,
-                 sync: bool = True) -> None:
+                 sync: bool = True, temp_suffix: str = TEMP_SUFFIX,
+                 guard: Callable[[Callable[[], object]], bool] | None = None) -> bool:
     """Atomically replace ``path`` with ``data`` (write temp, fsync, rename, fsync directory).
     ``dir_fd``: an open descriptor of the directory, if the caller keeps one. ``sync=False``
     skips both fsyncs, for a file whose loss after a power failure costs only a little redone
     work (the high-watermark checkpoint); the rename still makes the replacement atomic for
-    readers and for a process crash. Raises StorageFull / EngineError."""
+    readers and for a process crash. ``temp_suffix`` (ending in TEMP_SUFFIX): a second writer's
+    own temp file. ``guard``: given each step that adds a name to the directory -- creating the
+    temp file, then the rename -- runs it (e.g. under its lock, only while still wanted) and
+    returns whether it did; when it declines, nothing is replaced and no temp file stays (the
+    fsyncs run outside it). Returns whether ``path`` was replaced. Raises StorageFull /
+    EngineError."""
     path = os.fspath(path)
-    tmp = path + TEMP_SUFFIX
+    tmp = path + temp_suffix
+    step = guard or _run_step
+    fds: list[int] = []
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        if not step(lambda: fds.append(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode))):
+            return False
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fds[0], view):]
             if sync:
-                os.fsync(fd)
+                os.fsync(fds[0])
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            os.close(fds[0])
+        if not step(lambda: os.replace(tmp, path)):
+            _remove_quietly(tmp)
+            return False
         if not sync:
-            return
+            return True
         if dir_fd is not None:
             os.fsync(dir_fd)
         else:
             fsync_directory(os.path.dirname(path) or ".")
+        return True
     except OSError as e:
         _remove_quietly(tmp)
         raise translate_os_error(e, f"write {path}") from e
+
+
+def _run_step(step: Callable[[], object]) -> bool:
+    step()
+    return True
 
 
 def _remove_quietly(path: str) -> None:

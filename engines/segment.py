@@ -328,10 +328,7 @@ class SegmentEngine(AsyncFlushMixin):
         if not 0 <= offset < OFFSET_LIMIT:
             raise EngineError(f"cannot reset the log to offset {offset}")
         self._invalidate_flushes()
-        checkpoint = Checkpoint(offset, 0, offset, False)
-        write_checkpoint(self.directory, self._dir_fd, checkpoint)
-        self._checkpoint = checkpoint
-        self._checkpoint_base = offset
+        self._write_checkpoint(Checkpoint(offset, 0, offset, False))
         for seg in reversed(self._segments):
             self._delete_segment(seg)
         self._readers.clear()
@@ -352,6 +349,10 @@ class SegmentEngine(AsyncFlushMixin):
         # every mention: a flush fsyncing a deleted segment would re-create its file (empty)
         self._unsynced = [s for s in self._unsynced if s is not seg]
         seg.delete()
+        # the removal survives a power loss only once the directory is fsynced: a truncation's
+        # flush does it (a deleted segment back after the cut would serve the cut records again)
+        self._dir_dirty = True
+        self._dir_version += 1
 
     def _delete_first(self, count: int) -> int:
         """Delete the first ``count`` segments (never the active one); returns bytes freed."""
@@ -431,9 +432,16 @@ class SegmentEngine(AsyncFlushMixin):
         active = self._active
         point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, clean)
         if point != self._checkpoint:
-            write_checkpoint(self.directory, self._dir_fd, point)
-            self._checkpoint = point
-            self._checkpoint_base = active.base_offset
+            self._write_checkpoint(point)
+
+    def _write_checkpoint(self, point: Checkpoint) -> None:
+        """Replace the checkpoint with ``point``. Until that returns, which checkpoint is on disk
+        is unknown (a replacement that fails after its rename leaves the new one): a later flush
+        then writes its own even at the old point. Raises StorageFull / EngineError."""
+        self._checkpoint = None
+        write_checkpoint(self.directory, self._dir_fd, point)
+        self._checkpoint = point
+        self._checkpoint_base = point.segment_base_offset
 
     def _interval_flush_due(self, now_ms: int) -> bool:
         """Under fsync ``interval``: the interval has passed (restarted here) and data is dirty."""

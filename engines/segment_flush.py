@@ -27,11 +27,14 @@ Design (what a job is, and why nothing the reactor does meanwhile can be undone 
 * Generations: every owner-side change that alters bytes a job or a checkpoint may vouch for,
   or writes a checkpoint itself -- a truncation, ``reset_to``, retention deleting segments, a
   synchronous ``flush()`` (truncate/reset/close/open) -- first bumps the engine's generation
-  while holding the engine's checkpoint lock. The thread writes its checkpoint holding the same
-  lock and only if the generation is still the job's, so a job's older checkpoint can never
-  overwrite a newer one, nor one that the owner is about to write after cutting the log. A
-  bump also forgets which checkpoint is on disk (the thread may have written one just before
-  the bump), so the next synchronous flush always writes its own.
+  while holding the engine's checkpoint lock. The thread creates its checkpoint's own temp
+  file and later renames it over the checkpoint holding the same lock, each only if the
+  generation is still the job's (its fsyncs are outside the lock), so a job's older
+  checkpoint can never overwrite a newer one, nor one that the owner is about to write after
+  cutting the log, and nothing is added to a directory being deleted; the owner never waits
+  for the thread's fsyncs, only for a file creation or rename in progress. A bump also
+  forgets which checkpoint is on disk (the thread may have written one just before the bump),
+  so the next synchronous flush always writes its own.
 * ``flush_done(job)`` on the owner's thread applies a completion only if the generation is
   still the job's: the segments whose size is still the snapshotted one become clean, the
   directory clean if no roll created a file since, and the checkpoint the thread wrote becomes
@@ -49,7 +52,7 @@ invalidation the engine's other operations call first).
 Thread-safety: a FlushJob is made and applied on the engine owner's thread; ``run`` is called
 once, on the flusher thread, and touches only the job's own descriptors, the engine's
 checkpoint lock and generation (read under that lock), and the partition directory's
-checkpoint file (written under that lock).
+checkpoint file (its own temp file, renamed over the checkpoint under that lock).
 """
 
 from __future__ import annotations
@@ -59,8 +62,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from engines.api import EngineError
 from engines.checks import translate_os_error
+from engines.durable import TEMP_SUFFIX
 from engines.segment_recovery import Checkpoint, write_checkpoint
+
+# the thread's own temp file beside the checkpoint (the owner's is CHECKPOINT_FILE + TEMP_SUFFIX;
+# recovery removes both after a crash)
+FLUSHER_TEMP_SUFFIX = ".flusher" + TEMP_SUFFIX
 
 if TYPE_CHECKING:
     from engines.api import EngineConfig
@@ -132,15 +141,27 @@ class FlushJob:
         try:
             self._sync_all()
             if self.checkpoint is not None:
-                with self.lock:
-                    if self.current_generation() == self.generation:
-                        write_checkpoint(self.directory, self.dir_fd, self.checkpoint)
-                        self.checkpoint_written = True
+                self.checkpoint_written = write_checkpoint(self.directory, self.dir_fd, self.checkpoint,
+                                                           temp_suffix=FLUSHER_TEMP_SUFFIX, guard=self._while_current)
         except BaseException as e:  # handed to the owner's thread, which raises it
             self.error = e
         finally:
             self.ran = True
-            self.discard()
+            closing = self.discard()
+            if self.error is None:
+                self.error = closing  # the thread must not die of it (nothing would come back)
+
+    def _while_current(self, step: Callable[[], object]) -> bool:
+        """Run a step of the checkpoint's replacement that adds a name to the directory (its
+        temp file's creation, its rename) under the lock, only while this job is current:
+        after the owner's invalidation the thread adds nothing to the directory (which a
+        deletion may be removing). The fsyncs are outside the lock: the owner never waits
+        for them."""
+        with self.lock:
+            if self.current_generation() != self.generation:
+                return False
+            step()
+            return True
 
     def _sync_all(self) -> None:
         for s in self.syncs:
@@ -150,16 +171,25 @@ class FlushJob:
         if self.dir_dirty:
             _sync(os.fsync, self.dir_fd, self.directory)
 
-    def discard(self) -> None:
-        """Close the job's descriptors (idempotent): after ``run``, or for a job never run."""
+    def discard(self) -> EngineError | None:
+        """Close the job's descriptors (idempotent): after ``run``, or for a job never run.
+        Closes every one even if closing one fails (close can report EIO / ENOSPC on a network
+        file system) and returns the first such error, translated, instead of raising."""
         if self._closed:
-            return
+            return None
         self._closed = True
+        first = None
+        fds = [(self.dir_fd, self.directory)]
         for s in self.syncs:
-            for fd in (s.log_fd, s.index_fd):
-                if fd >= 0:
-                    os.close(fd)
-        os.close(self.dir_fd)
+            fds += [(s.log_fd, s.log_path), (s.index_fd, s.index_path)]
+        for fd, path in fds:
+            if fd < 0:
+                continue
+            try:
+                os.close(fd)
+            except OSError as e:
+                first = first or translate_os_error(e, f"close {path}")
+        return first
 
 
 def _sync(fsync: Callable[[int], None], fd: int, path: str) -> None:
@@ -215,7 +245,8 @@ class AsyncFlushMixin:
     def _invalidate_flushes(self) -> None:
         """Before anything that changes bytes a job may vouch for, or writes a checkpoint here:
         a job in flight may no longer write its checkpoint, nor be applied. Waits only for a
-        checkpoint replacement the flusher thread is in the middle of."""
+        checkpoint temp-file creation or rename the flusher thread is in the middle of (never
+        for its fsyncs)."""
         with self._checkpoint_lock:
             self._generation += 1
         job = self._flush_in_flight
@@ -262,6 +293,8 @@ class AsyncFlushMixin:
             # not flushed after all: the next flush_job is due at once, not an interval later
             self._last_flush_ms = min(self._last_flush_ms, job.created_ms - self.config.fsync_interval_ms)
         if job.error is not None:
+            if job.checkpoint is not None:
+                self._checkpoint = None  # its replacement may have failed after the rename
             raise job.error
         if stale:
             return False

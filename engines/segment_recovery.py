@@ -20,6 +20,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from engines.api import EngineConfig, EngineError, RecoveryReport
 from engines.durable import replace_file
@@ -51,13 +52,14 @@ def read_checkpoint(directory: str) -> Checkpoint | None:
         return None
 
 
-def write_checkpoint(directory: str, dir_fd: int, checkpoint: Checkpoint) -> None:
-    """Atomically replace the checkpoint (write temp, fsync, rename, fsync directory).
-    Raises StorageFull / EngineError."""
+def write_checkpoint(directory: str, dir_fd: int, checkpoint: Checkpoint, **replace: Any) -> bool:
+    """Atomically replace the checkpoint (write temp, fsync, rename, fsync directory);
+    ``replace``: ``temp_suffix`` / ``guard`` of ``durable.replace_file``. Returns whether it
+    was replaced. Raises StorageFull / EngineError."""
     body = json.dumps({"version": CHECKPOINT_VERSION, "segment_base_offset": checkpoint.segment_base_offset,
                        "position": checkpoint.position, "next_offset": checkpoint.next_offset,
                        "clean": checkpoint.clean}).encode()
-    replace_file(os.path.join(directory, CHECKPOINT_FILE), body, dir_fd=dir_fd)
+    return replace_file(os.path.join(directory, CHECKPOINT_FILE), body, dir_fd=dir_fd, **replace)
 
 
 def list_segment_bases(directory: str) -> list[int]:

@@ -36,8 +36,8 @@ class Job(Protocol):
     def run(self) -> None:
         """Run on the flusher thread; never raises (errors are kept for the owner)."""
 
-    def discard(self) -> None:
-        """Release the job's resources without running it (idempotent)."""
+    def discard(self) -> Any:
+        """Release the job's resources without running it (idempotent; never raises)."""
 
 
 class Flusher:
@@ -110,5 +110,8 @@ class Flusher:
                 if not self._queue:
                     return
                 tag, job = self._queue.popleft()
-            job.run()
+            try:
+                job.run()
+            except BaseException:  # a job that broke its promise: still handed back, thread kept
+                log.exception("flush job %r raised on the flusher thread", tag)
             self._done.append((tag, job))

@@ -327,18 +327,19 @@ def test_a_job_that_cannot_dup_its_descriptors_leaks_none_and_leaves_the_engine_
 
 def test_the_owner_waits_for_a_checkpoint_the_thread_is_writing_and_then_writes_its_own(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Exact order: the thread is inside its checkpoint replacement (holding the lock) when the
-    owner truncates; the owner waits for it, then cuts and writes the checkpoint that stays."""
-    import engines.segment_flush as segment_flush
+    """Exact order: the thread is inside its checkpoint's rename (its commit point, under the
+    lock; its fsyncs are outside it: test_segment_flush_lock_hold.py) when the owner truncates;
+    the owner waits for it, then cuts and writes the checkpoint that stays."""
     e, _, job = engine_with_a_job(tmp_path, monkeypatch, 20)
     inside, release = threading.Event(), threading.Event()
-    real_write = segment_flush.write_checkpoint
+    real_replace = os.replace
 
-    def slow_write(*args) -> None:  # noqa: ANN002
-        inside.set()
-        assert release.wait(10)
-        real_write(*args)
-    monkeypatch.setattr(segment_flush, "write_checkpoint", slow_write)
+    def slow_replace(*args, **kw) -> None:  # noqa: ANN002, ANN003
+        if threading.current_thread().name == "job":
+            inside.set()
+            assert release.wait(10)
+        real_replace(*args, **kw)
+    monkeypatch.setattr(os, "replace", slow_replace)
     runner = threading.Thread(target=job.run, name="job")
     runner.start()
     assert inside.wait(10)

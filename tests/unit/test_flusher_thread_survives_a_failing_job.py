@@ -1,0 +1,93 @@
+"""The broker's flusher thread survives a job that fails where no fsync is involved.
+
+A job closes its dup'd descriptors when it is done; close(2) can fail (EIO / ENOSPC / EDQUOT
+reported by a network file system's flush-on-close). If that error escaped the job, the thread
+would die silently: the job would never come back for ``flush_done`` (its engine would stay
+"in flight" for ever) and every later job of every partition would wait in the queue: no
+interval fsync again until shutdown, with nothing logged on the reactor."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from engines.api import EngineError
+from nodes.broker.flusher import Flusher
+from tests.harness import wait_until
+from tests.unit.test_segment_checkpoint_interval import INTERVAL_MS, fill, open_engine
+from tests.unit.test_segment_flush_jobs import T0
+
+
+def collected(flusher: Flusher) -> list:
+    out: list = []
+    wait_until(lambda: out.extend(flusher.completed()) or out, timeout_s=5, what="the job to come back")
+    return out
+
+
+def test_a_failed_close_of_a_jobs_descriptor_is_reported_and_the_thread_runs_the_next_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = open_engine(tmp_path)
+    fill(e, 0, 5)
+    flusher = Flusher("b")
+    real_close, failed, job_fds = os.close, [], set()
+
+    def close(fd: int) -> None:
+        real_close(fd)
+        if threading.current_thread().name == "b-flusher" and fd in job_fds and not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(os, "close", close)
+    open_before = len(os.listdir("/proc/self/fd"))
+    job = e.flush_job(T0)
+    assert job is not None and job.syncs
+    job_fds.add(job.syncs[0].log_fd)  # the first the job closes when done
+    assert flusher.submit("p", job)
+    try:
+        assert collected(flusher) == [("p", job)]
+        assert failed
+        with pytest.raises(EngineError, match="Input/output error"):
+            e.flush_done(job)  # reported on the owner's thread, the data stays dirty
+        assert len(os.listdir("/proc/self/fd")) == open_before  # every other descriptor closed too
+        assert e._active.dirty
+        again = e.flush_job(T0 + INTERVAL_MS)  # not stuck "in flight"
+        assert again is not None and flusher.submit("p", again)
+        assert collected(flusher) == [("p", again)]  # the thread is alive
+        assert e.flush_done(again) is True and not e._active.dirty
+    finally:
+        assert flusher.stop()
+        e.close()
+
+
+class Broken:
+    """A job that breaks the promise that run never raises (a programmer error)."""
+
+    ran = False
+
+    def run(self) -> None:
+        raise RuntimeError("bug in a job")
+
+    def discard(self) -> None:
+        pass
+
+
+class Fine(Broken):
+    def run(self) -> None:
+        self.ran = True
+
+
+def test_a_job_that_raises_is_logged_handed_back_and_the_next_job_still_runs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    flusher = Flusher("b")
+    broken, fine = Broken(), Fine()
+    try:
+        assert flusher.submit("p", broken) and flusher.submit("q", fine)
+        out: list = []
+        wait_until(lambda: out.extend(flusher.completed()) or len(out) == 2, timeout_s=5, what="both jobs back")
+        assert out == [("p", broken), ("q", fine)] and fine.ran and flusher.outstanding == 0
+        assert "bug in a job" in caplog.text
+    finally:
+        assert flusher.stop()

@@ -1,0 +1,101 @@
+"""A truncation that deletes whole segment files makes their removal durable before it returns.
+
+Removing a file is a change of its directory: after a power loss it survives only if the
+directory was fsynced since. A truncation back to exactly the point of the recovery checkpoint
+(here: the checkpoint moved when the first segment was full, the next segments start right
+after it, and a follower cuts back to that offset) writes no new checkpoint, so no directory
+fsync came with one: the deleted later segments, whose records an earlier flush had made
+durable, came back after a power loss, contiguous with the log, and recovery (which scans
+every segment after the checkpoint's) served the cut records again. Power loss is modelled here by restoring every segment file whose unlink no
+directory fsync followed, with the content it had."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from engines.conformance import read_all
+from tests.unit.test_segment_checkpoint_interval import INTERVAL_MS, fill, open_engine
+from tests.unit.test_segment_flush_jobs import T0, run_in_thread
+
+
+class UnlinkRecorder:
+    """Made when every .log file of ``directory`` is durable (just flushed): keeps their content
+    as it is now; an unlink of one is pending until a directory fsync makes it durable.
+    ``power_loss_copy`` copies the directory with the pending unlinks undone (the file back with
+    its durable content: a cut of it before the unlink was not fsynced either)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+        durable = {p.name: p.read_bytes() for p in directory.glob("*.log")}
+        self.pending: dict[str, bytes] = {}
+        real_unlink, real_fsync = os.unlink, os.fsync
+        dir_ino = os.stat(directory).st_ino
+
+        def unlink(path, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            name = os.path.basename(path)
+            if name in durable:
+                self.pending[name] = durable[name]
+            real_unlink(path, *args, **kw)
+
+        def fsync(fd: int) -> None:
+            st = os.fstat(fd)
+            real_fsync(fd)
+            if stat.S_ISDIR(st.st_mode) and st.st_ino == dir_ino:
+                self.pending.clear()
+        monkeypatch.setattr(os, "unlink", unlink)
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def power_loss_copy(self, directory: Path, copy: Path) -> Path:
+        shutil.copytree(directory, copy)
+        for name, content in self.pending.items():
+            (copy / name).write_bytes(content)
+        return copy
+
+
+def batches_filling_the_first_segment(directory: Path) -> int:
+    """How many of ``fill``'s batches the first segment takes before the next one rolls."""
+    probe = open_engine(directory)
+    try:
+        for n in range(1, 1000):
+            fill(probe, n - 1, 1)
+            if probe.segment_count > 1:
+                return n - 1
+        raise AssertionError("no roll")
+    finally:
+        probe.close()
+
+
+@pytest.mark.parametrize("flushed_by", ["sync-flush", "flusher-job"])
+def test_a_truncation_to_the_checkpoints_point_that_deletes_a_segment_survives_a_power_loss(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flushed_by: str) -> None:
+    directory = tmp_path / "log"
+    full = batches_filling_the_first_segment(tmp_path / "probe")
+    e = open_engine(directory)
+    fill(e, 0, full)
+    e.flush()  # the checkpoint moves here: (segment 0, full, its log end)
+    point = e.log_end_offset
+    fill(e, full, 40)  # the first rolls: the next segments start at ``point``, contiguous
+    assert e.segment_count > 1 and e._bases[1] == point
+    if flushed_by == "sync-flush":
+        e.flush(checkpoint=False)  # durable, the checkpoint not moved (it moves every 10 s)
+    else:
+        e._last_checkpoint_ms = T0  # a checkpoint move is not due at this tick
+        job = e.flush_job(T0 + INTERVAL_MS)
+        assert job is not None and job.checkpoint is None
+        run_in_thread(job)
+        assert e.flush_done(job) is True
+    unlinks = UnlinkRecorder(monkeypatch, directory)
+    e.truncate_to(point)
+    assert e.log_end_offset == point and e.segment_count == 1
+    expected = read_all(e)
+    reopened = open_engine(unlinks.power_loss_copy(directory, tmp_path / "after-power-loss"))
+    try:
+        assert reopened.log_end_offset == point, "records the truncation cut came back"
+        assert read_all(reopened) == expected
+    finally:
+        reopened.close()
+        e.close()
