@@ -26,6 +26,8 @@ import threading
 from collections import deque
 from typing import Any, Protocol
 
+from engines.errors import LoomError
+
 log = logging.getLogger(__name__)
 
 FLUSH_JOBS_MAX = 1024  # jobs outstanding at once (each holds a few dup'd descriptors)
@@ -51,6 +53,7 @@ class Flusher:
         self._outstanding = 0  # reactor-side count: submitted and not yet collected
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.failure: BaseException | None = None  # a job's programmer error, for the reactor
 
     @property
     def outstanding(self) -> int:
@@ -74,7 +77,12 @@ class Flusher:
         return True
 
     def completed(self) -> list[tuple[Any, Job]]:
-        """The jobs run since the last call, in the order they ran (empty list when none)."""
+        """The jobs run since the last call, in the order they ran (empty list when none).
+        Raises the programmer error a job raised on the thread (not an ``OSError`` or
+        ``LoomError``, which the job's owner hears of through ``flush_done``): on the reactor's
+        thread it stops the node, which restarts from disk, as every bug does."""
+        if self.failure is not None:
+            raise self.failure
         if not self._done:
             return []
         out = []
@@ -112,6 +120,8 @@ class Flusher:
                 tag, job = self._queue.popleft()
             try:
                 job.run()
-            except BaseException:  # a job that broke its promise: still handed back, thread kept
+            except BaseException as e:  # a job that broke its promise: still handed back, thread kept
                 log.exception("flush job %r raised on the flusher thread", tag)
+                if not isinstance(e, (OSError, LoomError)) and self.failure is None:
+                    self.failure = e  # a bug: raised on the reactor by ``completed``, which stops the node
             self._done.append((tag, job))

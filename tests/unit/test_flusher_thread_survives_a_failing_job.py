@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -63,15 +64,20 @@ def test_a_failed_close_of_a_jobs_descriptor_is_reported_and_the_thread_runs_the
 
 
 class Broken:
-    """A job that breaks the promise that run never raises (a programmer error)."""
+    """A job that breaks the promise that run never raises, with an operating error."""
 
     ran = False
+    error: BaseException = OSError(errno.EIO, "a plugin's job let an I/O error out")
 
     def run(self) -> None:
-        raise RuntimeError("bug in a job")
+        raise self.error
 
     def discard(self) -> None:
         pass
+
+
+class Buggy(Broken):
+    error = RuntimeError("bug in a job")
 
 
 class Fine(Broken):
@@ -79,7 +85,7 @@ class Fine(Broken):
         self.ran = True
 
 
-def test_a_job_that_raises_is_logged_handed_back_and_the_next_job_still_runs(
+def test_a_job_that_raises_an_operating_error_is_logged_handed_back_and_the_next_job_still_runs(
         caplog: pytest.LogCaptureFixture) -> None:
     flusher = Flusher("b")
     broken, fine = Broken(), Fine()
@@ -88,6 +94,21 @@ def test_a_job_that_raises_is_logged_handed_back_and_the_next_job_still_runs(
         out: list = []
         wait_until(lambda: out.extend(flusher.completed()) or len(out) == 2, timeout_s=5, what="both jobs back")
         assert out == [("p", broken), ("q", fine)] and fine.ran and flusher.outstanding == 0
-        assert "bug in a job" in caplog.text
+        assert "a plugin's job let an I/O error out" in caplog.text
+    finally:
+        assert flusher.stop()
+
+
+def test_a_job_that_raises_a_programmer_error_stops_the_node_through_the_reactor() -> None:
+    """A bug is not carried on with: ``completed`` (the reactor's per-pass hook) raises it, and
+    a programmer error leaving the reactor stops the node, which restarts from disk."""
+    flusher = Flusher("b")
+    try:
+        assert flusher.submit("p", Buggy())
+        deadline = time.monotonic() + 5
+        with pytest.raises(RuntimeError, match="bug in a job"):
+            while time.monotonic() < deadline:  # the reactor's passes until the job came back
+                flusher.completed()
+                time.sleep(0.01)
     finally:
         assert flusher.stop()
