@@ -17,26 +17,18 @@ fault tests (they skip by default): ``corrupt_last_batch(directory)`` and
 
 Only stdlib + engines: skips raise ``unittest.SkipTest`` (pytest honours it); each test gets a
 fresh temp directory in ``setup_method`` and every engine opened through ``open_engine`` is
-closed, and the directory removed, in ``teardown_method``. The kill -9 test runs this module
-as a writer process (``python -c ...crash_writer_main()``) with the engine named by
-``engine_spec()`` ("module:Class").
+closed, and the directory removed, in ``teardown_method``. The kill -9 test runs a writer
+process (``engines/conformance_support.py``, with the batches the suite writes) with the engine
+named by ``engine_spec()`` ("module:Class").
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import json
 import os
-import queue
 import shutil
-import signal
-import struct
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 import unittest
 from typing import Any
 
@@ -55,42 +47,10 @@ from engines.api import (
     async_flush_of,
     verified_append_kwargs,
 )
-from engines.batch import HEADER_BYTES, BatchHeader, build, iter_batches, verify
+from engines.batch import iter_batches, verify
+from engines.conformance_support import batch_index, make_batch, raises, read_all, run_and_kill_writer
 
-CRASH_DEADLINE_S = 20.0  # the writer must report this many flushes before this deadline
-CRASH_FLUSHES_BEFORE_KILL = 5
-WRITER_BATCHES_MAX = 200_000
-WRITER_SECONDS_MAX = 60.0
-
-
-def make_batch(index: int, record_count: int = 3, payload_bytes: int = 100,
-               timestamp_ms: int | None = None) -> bytes:
-    """A valid batch whose payload encodes ``index`` (so tests can check what they read)."""
-    ts = index * 1000 if timestamp_ms is None else timestamp_ms
-    payload = struct.pack(">q", index) * max(payload_bytes // 8, 1)
-    return build(payload, record_count, ts, ts + 10, base_offset=123456)
-
-
-def batch_index(header_view: memoryview) -> int:
-    return struct.unpack_from(">q", header_view, HEADER_BYTES)[0]  # the payload make_batch wrote
-
-
-def read_all(engine: Engine, start: int | None = None, max_bytes: int = 64 * 1024) -> list[tuple[BatchHeader, bytes]]:
-    """Every batch from ``start`` (default log_start_offset) to the end, CRC-checked, via
-    sequential reads. Asserts offsets are contiguous."""
-    offset = engine.log_start_offset if start is None else start
-    out = []
-    for _ in range(1_000_000):
-        if offset >= engine.log_end_offset:
-            break
-        data = engine.read(offset, max_bytes)
-        assert data, f"empty read at {offset} < log_end_offset {engine.log_end_offset}"
-        for header, view in iter_batches(data, check_crc=True):
-            assert header.base_offset <= offset < header.next_offset or header.base_offset == offset
-            out.append((header, bytes(view)))
-            offset = header.next_offset
-    assert offset == engine.log_end_offset
-    return out
+__all__ = ["EngineConformance", "batch_index", "make_batch", "read_all"]
 
 
 class EngineConformance:
@@ -214,15 +174,15 @@ class EngineConformance:
         flipped[-1] ^= 0xFF
         bad_cases = [bytes(flipped), good[:-1], good[:30], good + good, b"", b"x" * 100]
         for bad in bad_cases:
-            with _raises(CorruptBatch):
+            with raises(CorruptBatch):
                 e.append(bad)
-        with _raises(CorruptBatch):
+        with raises(CorruptBatch):
             e.append_many([good, bytes(flipped)])
         assert (e.log_end_offset, e.size_bytes, e.read(0, 1 << 20)) == before
 
     def test_batch_too_large(self) -> None:
         e = self.open_engine(batch_bytes_max=1000)
-        with _raises(BatchTooLarge):
+        with raises(BatchTooLarge):
             e.append(make_batch(0, payload_bytes=2000))
         assert e.log_end_offset == 0
 
@@ -263,23 +223,23 @@ class EngineConformance:
             raise unittest.SkipTest("append_many takes no crc_checked: the caller leaves every CRC to it")
         bad_crc = bytearray(make_batch(0))
         bad_crc[17] ^= 0xFF
-        with _raises(CorruptBatch):
+        with raises(CorruptBatch):
             e.append_many([bytes(bad_crc)])
         assert e.append_many([make_batch(1), bytes(bad_crc)], crc_checked=True) == [0, 3]
         for refused in (make_batch(2)[:-1], make_batch(3) + b"x", make_batch(4, payload_bytes=5000)):
-            with _raises(CorruptBatch):
+            with raises(CorruptBatch):
                 e.append_many([make_batch(5), refused], crc_checked=True)
         stored = [bytes(v) for _, v in iter_batches(e.read(0, 1 << 20))]  # as stored: no CRC check
         assert e.log_end_offset == 6 and [batch_index(memoryview(b)) for b in stored] == [1, 0]
         assert stored[1][8:] == bytes(bad_crc[8:])
 
-    def test_closed_engine_raises(self) -> None:
+    def test_closed_engineraises(self) -> None:
         e = self.open_engine()
         self.fill(e, 2)
         e.close()
         e.close()  # idempotent
         for call in (lambda: e.append(make_batch(0)), lambda: e.read(0, 10), e.flush):
-            with _raises(EngineClosed):
+            with raises(EngineClosed):
                 call()
 
     # -- truncation and retention -------------------------------------------------------------
@@ -313,7 +273,7 @@ class EngineConformance:
         end, mid = e.log_end_offset, e.log_end_offset // 2
         start = e.delete_before(mid)
         assert 0 < start <= mid and start == e.log_start_offset and e.log_end_offset == end
-        with _raises(OffsetOutOfRange):
+        with raises(OffsetOutOfRange):
             e.read(start - 1, 10)
         assert read_all(e)[0][0].base_offset == start
         assert e.delete_before(end + 100) <= e.log_end_offset and e.log_end_offset == end
@@ -376,7 +336,7 @@ class EngineConformance:
         for bad in (offset - 1, offset + 1, 0, offset + 1000):
             if bad == offset:
                 continue
-            with _raises(OffsetOutOfRange):
+            with raises(OffsetOutOfRange):
                 e.read(bad, 1024)
 
     def test_reset_empty_log(self) -> None:
@@ -444,14 +404,14 @@ class EngineConformance:
         e = self.open_engine()
         self.fill(e, 3)
         before = (e.log_start_offset, e.log_end_offset, e.size_bytes)
-        with _raises(EngineError):
+        with raises(EngineError):
             e.reset_to(-1)
         assert (e.log_start_offset, e.log_end_offset, e.size_bytes) == before
 
-    def test_reset_on_closed_engine_raises(self) -> None:
+    def test_reset_on_closed_engineraises(self) -> None:
         e = self.open_engine()
         e.close()
-        with _raises(EngineClosed):
+        with raises(EngineClosed):
             e.reset_to(5)
 
     def test_reopen_after_reset(self) -> None:
@@ -479,7 +439,7 @@ class EngineConformance:
     def test_kill9_after_reset_keeps_the_reset(self) -> None:
         self.require("persistent")
         reset_offset = 1_000_000
-        flushed, stderr = _run_and_kill_writer(
+        flushed, stderr = run_and_kill_writer(
             self.engine_spec(), self.directory, self.make_config(fsync=FSYNC_NEVER, segment_bytes_max=256 * 1024),
             main="crash_reset_writer_main", extra_args=(str(reset_offset),))
         e = self.open_engine(segment_bytes_max=256 * 1024)
@@ -548,7 +508,7 @@ class EngineConformance:
         self.fill(e, 10)
         before = read_all(e)
         with self.disk_full(e):
-            with _raises(StorageFull):
+            with raises(StorageFull):
                 for i in range(10_000):  # bounded: the hook makes writes fail soon
                     e.append(make_batch(i, payload_bytes=4000))
             assert read_all(e)[: len(before)] == before
@@ -557,111 +517,10 @@ class EngineConformance:
 
     def test_kill9_writer_loses_nothing_flushed(self) -> None:
         self.require("persistent")
-        flushed, stderr = _run_and_kill_writer(self.engine_spec(), self.directory,
+        flushed, stderr = run_and_kill_writer(self.engine_spec(), self.directory,
                                                self.make_config(fsync=FSYNC_NEVER, segment_bytes_max=256 * 1024))
         e = self.open_engine(segment_bytes_max=256 * 1024)
         assert e.log_end_offset >= flushed, (flushed, e.recovery, stderr)
         batches = read_all(e, max_bytes=1 << 20)
         assert [batch_index(memoryview(b)) for _, b in batches] == list(range(len(batches)))
         assert e.append(make_batch(len(batches))) == e.log_end_offset - 3
-
-
-class _raises:
-    """Minimal stdlib stand-in for pytest.raises."""
-
-    def __init__(self, error: type[BaseException]) -> None:
-        self.error = error
-
-    def __enter__(self) -> "_raises":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if exc_type is None:
-            raise AssertionError(f"{self.error.__name__} not raised")
-        return issubclass(exc_type, self.error)
-
-
-# -- the kill -9 writer --------------------------------------------------------------------------
-
-def _run_and_kill_writer(spec: str, directory: str, config: EngineConfig, main: str = "crash_writer_main",
-                        extra_args: tuple[str, ...] = ()) -> tuple[int, str]:
-    """Start a writer process (``main``: a function of this module), wait (with a deadline)
-    for CRASH_FLUSHES_BEFORE_KILL flush reports, SIGKILL it while it is appending, and return
-    the highest flushed log end."""
-    cfg = {k: getattr(config, k) for k in config.__dataclass_fields__}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", f"from engines.conformance import {main}; {main}()",
-         spec, directory, json.dumps(cfg), *extra_args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    lines: queue.Queue[str | None] = queue.Queue(maxsize=100_000)
-
-    def pump() -> None:
-        for line in proc.stdout:  # ends when the process dies
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    flushed, reports = -1, 0
-    deadline = time.monotonic() + CRASH_DEADLINE_S
-    try:
-        while reports < CRASH_FLUSHES_BEFORE_KILL:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.001))
-            assert line is not None, f"writer exited early: {proc.stderr.read()}"
-            if line.startswith("flushed "):
-                flushed, reports = int(line.split()[1]), reports + 1
-    except queue.Empty:
-        raise AssertionError("writer reported no flush before the deadline") from None
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    # lines written before the kill may still be in the pipe: the last flush report counts
-    while True:
-        try:
-            line = lines.get(timeout=5)
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        if line.startswith("flushed "):
-            flushed = max(flushed, int(line.split()[1]))
-    return flushed, proc.stderr.read()
-
-
-def _open_writer_engine() -> Engine:
-    """The engine named by argv: spec ("module:Class"), directory, EngineConfig as JSON."""
-    spec, directory, config_json = sys.argv[1:4]
-    module_name, _, attr = spec.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    return cls(directory, EngineConfig(**json.loads(config_json)))
-
-
-def crash_writer_main() -> None:
-    """argv: engine spec ("module:Class"), directory, EngineConfig as JSON. Appends batches
-    (payload = batch index) forever-but-bounded, flushes every 20 batches and prints
-    "flushed <log_end_offset>" after each flush."""
-    _write_until_killed(_open_writer_engine())
-
-
-def crash_reset_writer_main() -> None:
-    """argv as crash_writer_main, then the reset offset. Appends 30 batches without flushing,
-    resets the log to that offset (durable on return: reported as a flush), then writes as
-    crash_writer_main does."""
-    engine = _open_writer_engine()
-    for i in range(30):
-        engine.append(make_batch(10_000 + i, payload_bytes=8000))
-    engine.reset_to(int(sys.argv[4]))
-    print(f"flushed {engine.log_end_offset}", flush=True)
-    _write_until_killed(engine)
-
-
-def _write_until_killed(engine: Engine) -> None:
-    deadline = time.monotonic() + WRITER_SECONDS_MAX
-    for i in range(WRITER_BATCHES_MAX):
-        if time.monotonic() > deadline:
-            break
-        engine.append(make_batch(i, payload_bytes=8000))
-        if i % 20 == 19:
-            engine.flush()
-            print(f"flushed {engine.log_end_offset}", flush=True)
-    engine.close()
