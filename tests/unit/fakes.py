@@ -4,6 +4,11 @@ The node logic takes its clock, reactor, server and RPC clients injected, so uni
 the real objects (Partition, ParkingLot, ReplicaFetcher, GroupCoordinator, Sender, …) with
 these in place of sockets: a reactor driven by ``fabric.clock.ManualClock``, a server that
 records replies, an RPC client that records requests and lets the test answer them.
+
+Whole-node builders are in ``builders_broker.py``, the segment engine's in
+``builders_segment.py``, the producer service's in ``builders_producer_service.py``; fixtures
+shared by several modules in ``conftest.py``. Test modules import helpers from these, never
+from one another.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import zmq
+
 from engines import batch as B
 from fabric import protocol as P
+from fabric.apikeys import ROLES, generate_key
 from fabric import wire
 from fabric.clock import Clock, ManualClock
 from fabric.config import LimitsConfig, LoomConfig, StorageConfig, TopicDefaults, parse_config
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
+from fabric.reactor import Reactor
 from fabric.records import build_batch, decode_batches
 from fabric.rpc import DEFER
 from nodes.broker.core import BrokerCore
@@ -32,6 +41,7 @@ from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.offsets import OFFSETS_TOPIC
 from nodes.coordinator.offsets_client import OffsetsTopicClient
 from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
+from webui.errors import ClusterError
 
 BASE_TIMESTAMP_MS = 1_700_000_000_000
 
@@ -251,7 +261,6 @@ class FakeGroupContext:
             self.store.save(self.state)
 
 
-
 # -- the group coordinator and its offsets store on a FakeGroupContext ------------------------------
 def two_partition_state() -> ClusterState:
     """Topic ``t``: two partitions led by broker 1, replicas and ISR [1, 2, 3]."""
@@ -387,3 +396,55 @@ def metadata_of(topics: dict[str, int] | None = None, brokers: int = 1, leader: 
     return ClusterMetadata(1, "test", infos, {
         t: TopicInfo(t, tuple(PartitionInfo(t, p, leader, 0, (leader,), (leader,)) for p in range(n)))
         for t, n in (topics or {}).items()})
+
+
+# -- zmtp: the request port's sends, spied ---------------------------------------------------
+PASSES_MAX = 200
+POLL_MS = 10
+BIG = bytes(range(256)) * (P.REPLY_ZERO_COPY_BYTES_MIN // 256 + 1)
+
+
+class SendSpy:
+    """The server's real STREAM socket, with each send noted; ``refuse_at`` makes that send
+    (counted from 0) fail as a full queue would."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.sends: list[tuple[Any, bool]] = []
+        self.refuse_at: int | None = None
+
+    def send_multipart(self, frames: list, flags: int = 0, copy: bool = True, **kw: Any) -> Any:
+        self.sends.append((frames[-1], copy))
+        if len(self.sends) - 1 == self.refuse_at:
+            raise zmq.Again()
+        return self.sock.send_multipart(frames, flags, copy=copy, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def ask(reactor: Reactor, dealer: zmq.Socket, rid: int, big: bool) -> list[bytes] | None:
+    """Send PING ``rid`` (big reply or not) and run the reactor until the reply comes (None if not)."""
+    dealer.send_multipart(wire.encode_request(P.PING, {"id": rid, "big": big}))
+    for _ in range(PASSES_MAX):  # bounded: a round trip on loopback takes a few passes
+        reactor.run_once(POLL_MS)
+        if dealer.poll(0):
+            return dealer.recv_multipart()
+    return None
+
+
+# -- gateway: keys and a cluster agent --------------------------------------------------------
+KEYS = {role: generate_key() for role in ROLES}
+
+
+class StubAgent:
+    """Answers like an empty, healthy cluster; topic "missing" does not exist."""
+
+    def coordinator_reachable(self) -> bool:
+        return True
+
+    def metadata(self) -> Any:
+        return metadata_of()
+
+    def topic(self, name: str) -> Any:
+        raise ClusterError("topic_not_found", f"topic {name!r} not found")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from fabric import protocol as P
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.unit.test_isr_versions import nodes  # noqa: F401 (fixture)
 
 
 def test_isr_proposal_racing_a_preferred_leader_move_does_not_reregister_the_broker(nodes) -> None:  # noqa: ANN001, F811

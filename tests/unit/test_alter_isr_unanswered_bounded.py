@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from tests.unit.test_isr_versions import BATCH_MAX, _batch, broker_3_due_back_in_the_isr, nodes  # noqa: F401 (fixture)
+from tests.unit.builders_broker import broker_3_due_back_in_the_isr
 
 ROUNDS = 5
 

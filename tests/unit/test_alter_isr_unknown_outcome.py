@@ -14,7 +14,7 @@ from engines.errors import LoomError
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
-from tests.unit.test_isr_versions import BATCH_MAX, _batch, broker_3_due_back_in_the_isr, nodes  # noqa: F401 (fixture)
+from tests.unit.builders_broker import BATCH_MAX, batch, broker_3_due_back_in_the_isr
 
 
 def test_isr_expansion_answered_with_an_internal_error_keeps_counting_the_new_member(nodes) -> None:  # noqa: ANN001, F811
@@ -38,7 +38,7 @@ def test_isr_expansion_answered_with_an_internal_error_keeps_counting_the_new_me
     # the leader cannot tell whether the coordinator kept the change (it did, in memory, before
     # test_coordinator_failed_commit.py's fix; an answer lost after a stored commit is the same):
     # broker 3 may be an ISR member the coordinator elects
-    part.append_as_leader([_batch(2)], BATCH_MAX)
+    part.append_as_leader([batch(2)], BATCH_MAX)
     part.record_follower_fetch(2, 5, broker.clock.now_ms())
     assert part.high_watermark == 3, f"HW {part.high_watermark} passes ISR member 3 at LEO 3"
     # the proposal is sent again and settles the state on both sides

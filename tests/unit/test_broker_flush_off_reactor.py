@@ -12,59 +12,19 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import zmq
 
-from engines.conformance import make_batch
 from engines.segment_recovery import read_checkpoint
 from fabric import protocol as P
 from fabric import wire
 from fabric.clock import ManualClock
 from fabric.config import load_config
 from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
-from nodes.broker.messages import AppendRequest, ProduceInput
 from nodes.broker.node import Broker
 from tests.harness import make_config, wait_until
-
-HOLD_S = 3.0  # the slow fsync waits at most this long for its release
-
-
-class SlowSync:
-    """os.fdatasync held until ``release`` (or HOLD_S), recording that one has started."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.started = threading.Event()
-        self.release = threading.Event()
-        real = os.fdatasync
-
-        def slow(fd: int) -> None:
-            self.started.set()
-            self.release.wait(HOLD_S)
-            real(fd)
-        monkeypatch.setattr(os, "fdatasync", slow)
-
-
-@pytest.fixture
-def leader(tmp_path: Path) -> Iterator[tuple[Broker, ManualClock]]:
-    config = load_config(make_config(tmp_path, 1, engine="segment", fsync="interval"))
-    clock = ManualClock(start_ms=1_000_000)
-    broker = Broker(config, "broker-1", clock=clock)
-    broker.coordinator.request = lambda *a, **kw: None  # type: ignore[method-assign]
-    info = PartitionInfo("t", 0, 1, 1, (1,), (1,), 1)
-    broker.apply_metadata(ClusterMetadata(1, "test", {}, {"t": TopicInfo("t", (info,), {})}).to_wire())
-    assert broker.partitions[("t", 0)].is_leader
-    try:
-        yield broker, clock
-    finally:
-        broker.close()
-
-
-def produce(broker: Broker, first: int, count: int) -> None:
-    for i in range(first, first + count):
-        [[result]] = broker.core.append([AppendRequest(1, [ProduceInput("t", 0, -1, make_batch(0))], None)])
-        assert result.error == 0, result
+from tests.unit.builders_broker import HOLD_S, SlowSync, produce
 
 
 def ping_while_held(broker: Broker, sync: SlowSync) -> bool:

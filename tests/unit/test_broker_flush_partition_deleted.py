@@ -12,7 +12,7 @@ import pytest
 from engines.segment_recovery import read_checkpoint
 from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
 from tests.harness import wait_until
-from tests.unit.test_broker_flush_off_reactor import HOLD_S, SlowSync, leader, produce  # noqa: F401
+from tests.unit.builders_broker import HOLD_S, SlowSync, produce
 
 
 def test_a_partition_deleted_while_its_job_runs_leaves_no_directory_and_a_new_one_is_flushed(

@@ -13,7 +13,7 @@ from fabric import protocol as P
 from fabric import wire
 from nodes.broker import epochs
 from nodes.broker.node import Broker
-from tests.unit.test_topic_ids import OLD_ID, md, new_broker
+from tests.unit.builders_broker import OLD_ID, md, new_broker
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ import pytest
 from fabric.metadata import ClusterMetadata
 from nodes.broker.identity import IdentityError, MetadataGuard
 from nodes.coordinator.store import DELETED_TOPIC_IDS_MAX, ClusterState, StateStore, TopicState
-from tests.unit.test_topic_ids import CLUSTER, OLD_ID, md, new_broker
-
-OTHER_CLUSTER = "dddddddd-dddd-4ddd-8ddd-dddddddddddd"
+from tests.unit.builders_broker import CLUSTER, OLD_ID, OTHER_CLUSTER, md, new_broker
 
 
 def _guard_sees(guard: MetadataGuard, version: int, state_id: str = "s1", cluster_id: str = CLUSTER) -> bool:

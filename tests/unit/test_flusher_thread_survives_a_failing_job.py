@@ -19,8 +19,7 @@ import pytest
 from engines.api import EngineError
 from nodes.broker.flusher import Flusher
 from tests.harness import wait_until
-from tests.unit.test_segment_checkpoint_interval import INTERVAL_MS, fill, open_engine
-from tests.unit.test_segment_flush_jobs import T0
+from tests.unit.builders_segment import INTERVAL_MS, T0, fill, open_engine
 
 
 def collected(flusher: Flusher) -> list:

@@ -11,30 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from fabric.apikeys import ADMIN_KEY_ENV, ROLES, ensure_admin_key, generate_key, hash_key
+from fabric.apikeys import ADMIN_KEY_ENV, ensure_admin_key, hash_key
 from fabric.config import ConfigError, GatewayConfig, SecurityConfig, parse_config
 from nodes.cli_keys import add_key_line
-from tests.unit.fakes import metadata_of
+from tests.unit.fakes import KEYS, StubAgent
 from webui.app import create_app
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway
-from webui.errors import ClusterError
 from webui.events import EventHub
-
-KEYS = {role: generate_key() for role in ROLES}
-
-
-class StubAgent:
-    """Answers like an empty, healthy cluster; topic "missing" does not exist."""
-
-    def coordinator_reachable(self) -> bool:
-        return True
-
-    def metadata(self) -> Any:
-        return metadata_of()
-
-    def topic(self, name: str) -> Any:
-        raise ClusterError("topic_not_found", f"topic {name!r} not found")
 
 
 def make_app(rate_per_s: float = 1000.0, burst: int = 2000, body_max: int = 64 * 1024) -> Any:

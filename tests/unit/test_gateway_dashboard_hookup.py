@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fabric.apikeys import hash_key
 from fabric.config import GatewayConfig, SecurityConfig
-from tests.unit.test_gateway_auth import KEYS, StubAgent
+from tests.unit.fakes import KEYS, StubAgent
 from webui.app import create_app
 from webui.auth import KeyStore, RateLimiter
 from webui.context import HTTP_REQUESTS_METRIC, Gateway

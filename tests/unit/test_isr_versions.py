@@ -7,121 +7,20 @@ so that each test picks the exact order in which replies and pushes arrive.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import pytest
-
 from fabric import protocol as P
-from fabric import wire
-from fabric.config import load_config
-from fabric.errors import RemoteError
-from nodes.broker.node import PARTITION_OPENS_PER_PASS_MAX, Broker
-from nodes.broker.partition import Partition
-from nodes.coordinator.node import Coordinator
+from nodes.broker.node import PARTITION_OPENS_PER_PASS_MAX
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.harness import make_config
-from tests.unit.fakes import make_batch
-
-BATCH_MAX = 1024 * 1024
-
-
-class Loopback:
-    """Carries one broker's coordinator requests to a coordinator object and the coordinator's
-    pushes to the broker, each only when the test says so."""
-
-    def __init__(self, broker: Broker, coord: Coordinator) -> None:
-        self.broker, self.coord = broker, coord
-        self.requests: list[tuple[bytes, dict, Callable]] = []
-        self.pushes: list[list[bytes]] = []
-        broker.coordinator.request = self._request  # type: ignore[method-assign]
-        coord.publish = self._publish  # type: ignore[method-assign]
-
-    def _request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable, timeout_ms: int) -> None:
-        self.requests.append((command, header, callback))
-
-    def _publish(self, topic: bytes, kind: bytes, header: dict, payloads: Any = ()) -> None:
-        if topic == P.TOPIC_METADATA:
-            self.pushes.append([topic, P.VERSION, kind, wire.pack(header)])
-
-    def serve(self, command: bytes | None = None) -> list[tuple[Callable, dict | None, RemoteError | None]]:
-        """Let the coordinator handle the queued requests (of ``command``); returns the answers,
-        not yet delivered, in order."""
-        answers = []
-        keep = []
-        for cmd, header, callback in self.requests:
-            if command is not None and cmd != command:
-                keep.append((cmd, header, callback))
-                continue
-            req = wire.Request([b"broker"], cmd, dict(header, id=1), [])
-            try:
-                answers.append((callback, self.coord.server.handlers[cmd](req), None))
-            except RemoteError as e:
-                answers.append((callback, None, e))
-        self.requests = keep
-        return answers
-
-    @staticmethod
-    def deliver(answers: list) -> None:
-        for callback, header, err in answers:
-            callback(header, [], err)
-
-    def take_pushes(self) -> list[list[bytes]]:
-        pushes, self.pushes = self.pushes, []
-        return pushes
-
-    def push(self, frames: list[bytes]) -> None:
-        self.broker._on_sub(frames)
-
-    def run_until_idle(self, rounds: int = 20) -> None:
-        """Run the broker's due timers, serve and deliver every request (register, metadata,
-        ...) and push, in order, until nothing is left."""
-        for _ in range(rounds):
-            self.broker.reactor.run_once(0)
-            if not self.requests and not self.pushes and not self.broker._to_open:
-                return
-            self.deliver(self.serve())
-            for frames in self.take_pushes():
-                self.push(frames)
-        raise AssertionError("requests and pushes keep coming")
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[tuple[Broker, Coordinator, Loopback]]:
-    config = load_config(make_config(tmp_path, 3, engine="memory"))
-    coord = Coordinator(config, "coordinator")
-    broker = Broker(config, "broker-1")
-    loop = Loopback(broker, coord)
-    try:
-        yield broker, coord, loop
-    finally:
-        broker.close()
-        coord.close()
-
-
-def _batch(n: int) -> bytes:
-    return make_batch(n, keys=False)
-
-
-def _start(broker: Broker, coord: Coordinator, loop: Loopback, isr: list[int], partitions: int = 2) -> None:
-    """Topic t: broker 1 leads every partition, replicas [1, 2, 3], the given ISR; broker 1
-    registered and holding that metadata."""
-    coord.state.topics["t"] = TopicState([PartitionState(1, 0, [1, 2, 3], list(isr)) for _ in range(partitions)],
-                                         {"min.insync.replicas": 2})
-    coord.commit()
-    broker._register()
-    loop.run_until_idle()
-    assert broker._registered and all(broker.partitions[("t", p)].is_leader for p in range(partitions))
+from tests.unit.builders_broker import BATCH_MAX, batch, broker_3_due_back_in_the_isr, start
 
 
 # -- defect 1: a stale push must not roll back an ISR expansion the broker got by reply ----------
 def test_stale_push_after_isr_expansion_replies_does_not_roll_back_the_isr(nodes) -> None:  # noqa: ANN001
     broker, coord, loop = nodes
-    _start(broker, coord, loop, isr=[1, 2])
+    start(broker, coord, loop, isr=[1, 2])
     parts = [broker.partitions[("t", p)] for p in range(2)]
     now = broker.clock.now_ms()
     for part in parts:
-        part.append_as_leader([_batch(3)], BATCH_MAX)
+        part.append_as_leader([batch(3)], BATCH_MAX)
         part.record_follower_fetch(2, 3, now)
         part.record_follower_fetch(3, 3, now)  # broker 3 caught up: due back in the ISR
     # an unrelated commit whose push (still naming ISR [1, 2]) the broker has not read yet
@@ -140,24 +39,12 @@ def test_stale_push_after_isr_expansion_replies_does_not_roll_back_the_isr(nodes
     # broker 3 is in the committed ISR (and may be elected next): a write it lacks must not be
     # below the HW, however far broker 2 gets
     for part in parts:
-        part.append_as_leader([_batch(2)], BATCH_MAX)
+        part.append_as_leader([batch(2)], BATCH_MAX)
         part.record_follower_fetch(2, 5, broker.clock.now_ms())
         assert part.high_watermark == 3, f"HW {part.high_watermark} passes ISR member 3 at LEO 3"
     for frames in loop.take_pushes():  # the newer push changes nothing
         loop.push(frames)
     assert all(part.isr == {1, 2, 3} and part.high_watermark == 3 for part in parts)
-
-
-def broker_3_due_back_in_the_isr(broker: Broker, coord: Coordinator, loop: Loopback) -> Partition:
-    """t-0 led by broker 1 with ISR [1, 2], three records, both followers at LEO 3: the next
-    ISR check proposes [1, 2, 3]. Returns the leader's partition."""
-    _start(broker, coord, loop, isr=[1, 2], partitions=1)
-    part = broker.partitions[("t", 0)]
-    now = broker.clock.now_ms()
-    part.append_as_leader([_batch(3)], BATCH_MAX)
-    part.record_follower_fetch(2, 3, now)
-    part.record_follower_fetch(3, 3, now)
-    return part
 
 
 def test_isr_reply_older_than_an_applied_push_is_not_applied(nodes) -> None:  # noqa: ANN001
@@ -176,7 +63,7 @@ def test_isr_reply_older_than_an_applied_push_is_not_applied(nodes) -> None:  # 
 
 def test_isr_changes_of_many_partitions_go_in_one_request_and_one_store_write(nodes) -> None:  # noqa: ANN001
     broker, coord, loop = nodes
-    _start(broker, coord, loop, isr=[1, 2], partitions=50)
+    start(broker, coord, loop, isr=[1, 2], partitions=50)
     now = broker.clock.now_ms()
     for p in range(50):
         broker.partitions[("t", p)].record_follower_fetch(3, 0, now)
@@ -195,7 +82,7 @@ def test_isr_changes_of_many_partitions_go_in_one_request_and_one_store_write(no
 
 def test_a_missed_delta_is_repaired_by_a_snapshot(nodes) -> None:  # noqa: ANN001
     broker, coord, loop = nodes
-    _start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
     coord.alive.discard(2)
     coord._on_broker_down(2)
     loop.take_pushes()  # lost (PUB drops)
@@ -212,7 +99,7 @@ def test_a_missed_delta_is_repaired_by_a_snapshot(nodes) -> None:  # noqa: ANN00
 # -- defect 4: the coordinator's routine stale-ISR refusal is not fencing --------------------------
 def test_stale_isr_refusal_refreshes_metadata_and_does_not_move_leadership(nodes) -> None:  # noqa: ANN001
     broker, coord, loop = nodes
-    _start(broker, coord, loop, isr=[1, 2, 3], partitions=3)
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=3)
     leaders_before = [(ps.leader, ps.leader_epoch) for ps in coord.state.topics["t"].partitions]
     incarnation = broker.incarnation
     # the coordinator drops broker 3 (missed its session) and takes it back; the push is lost
@@ -238,7 +125,7 @@ def test_alter_isr_fenced_at_our_own_epoch_makes_the_broker_reregister(nodes) ->
     # (test_alter_isr_fenced_by_leader_move.py); another leader at the epoch we think ours means
     # we missed our own fencing: start over as a new incarnation
     broker, coord, loop = nodes
-    _start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
     ps = coord.state.topics["t"].partitions[0]
     ps.leader = 2  # at our epoch; the push is lost
     coord.commit()

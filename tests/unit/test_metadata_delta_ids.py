@@ -13,8 +13,7 @@ from fabric import wire
 from fabric.metadata import ClusterMetadata
 from nodes.broker.node import Broker
 from nodes.monitor.cluster import ClusterFacts
-from tests.unit.test_cluster_identity import OTHER_CLUSTER
-from tests.unit.test_topic_ids import CLUSTER, NEW_ID, OLD_ID, _write, md, new_broker
+from tests.unit.builders_broker import CLUSTER, NEW_ID, OLD_ID, OTHER_CLUSTER, md, new_broker, write
 
 GONE_ID = "33333333-3333-4333-8333-333333333333"
 
@@ -62,7 +61,7 @@ def _following(tmp_path: Path, version: int = 5) -> Broker:
     b = new_broker(tmp_path)
     b._registered = True
     b.apply_metadata(md(version, {"t": OLD_ID}))
-    _write(b, "t")
+    write(b, "t")
     return b
 
 

@@ -8,45 +8,9 @@ test (tests/unit/driven_producer.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
-
 from fabric import protocol as P
-from fabric.client.producer import Producer
 from fabric.records import decode_batches, partition_for_key
-from nodes.producer import JobSender, _Job
-from tests.unit.driven_producer import LEADER, answer, driven_producer, send_pass
-
-
-class Rig:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> None:
-        self.producer: Producer = driven_producer(monkeypatch, max_block_ms=100, record_bytes_max=200, **settings)
-        self.answered: list[_Job] = []
-        self.sender = JobSender(lambda acks: self.producer, self.answered.append)
-
-    def job(self, records: list, topic: str = "t", acks: int = -1) -> _Job:
-        job = _Job(None, topic, acks, records, 0)  # type: ignore[arg-type]
-        self.sender.send(job)
-        return job
-
-    def deliver(self) -> None:
-        """Send what is queued; each partition's batch lands at offset 1000 * partition."""
-        parts = send_pass(self.producer)
-        answer(self.producer, [[1000 * p, 0, ""] for _, p in parts])
-
-
-@pytest.fixture
-def make_rig(monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    made: list[Rig] = []
-
-    def make(**settings: Any) -> Rig:
-        made.append(Rig(monkeypatch, **settings))
-        return made[-1]
-    yield make
-    for r in made:
-        r.producer.sender.stop()
+from tests.unit.driven_producer import LEADER
 
 
 def test_mixed_records_get_the_results_one_send_per_record_gave(make_rig) -> None:  # noqa: ANN001

@@ -8,22 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines.api import EngineConfig
-from engines.conformance import make_batch, read_all
-from engines.segment import RECOVERY_CHECKPOINT_INTERVAL_MS, SegmentEngine
+from engines.conformance import read_all
+from engines.segment import RECOVERY_CHECKPOINT_INTERVAL_MS
 from engines.segment_recovery import read_checkpoint
-
-INTERVAL_MS = 50
-
-
-def open_engine(directory: Path) -> SegmentEngine:
-    return SegmentEngine(str(directory), EngineConfig(fsync="interval", fsync_interval_ms=INTERVAL_MS,
-                                                      segment_bytes_max=16 * 1024, index_interval_bytes=512))
-
-
-def fill(engine: SegmentEngine, start: int, count: int) -> None:
-    for i in range(start, start + count):
-        engine.append(make_batch(i, record_count=1 + i % 4, payload_bytes=500))
+from tests.unit.builders_segment import INTERVAL_MS, fill, open_engine
 
 
 def test_interval_flushes_move_the_checkpoint_only_when_it_is_due(tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ import pytest
 
 from engines.api import EngineError
 from engines.segment_recovery import read_checkpoint
-from tests.unit.test_segment_checkpoint_interval import fill, open_engine
-from tests.unit.test_segment_flush_jobs import T0, run_in_thread
+from tests.unit.builders_segment import T0, fill, open_engine, run_in_thread
 
 
 def fail_directory_fsync_after_rename_on(monkeypatch: pytest.MonkeyPatch, thread_name: str) -> list[bool]:

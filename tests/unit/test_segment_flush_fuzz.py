@@ -21,7 +21,7 @@ from engines.segment import SegmentEngine
 from engines.segment_recovery import read_checkpoint
 from nodes.broker.flusher import Flusher
 from tests.harness import wait_until
-from tests.unit.test_segment_checkpoint_interval import INTERVAL_MS, open_engine
+from tests.unit.builders_segment import INTERVAL_MS, open_engine
 
 STEPS = 120
 SEEDS = [int(os.environ["FLUSH_FUZZ_SEED"])] if "FLUSH_FUZZ_SEED" in os.environ else [1, 2, 3, 4, 5]

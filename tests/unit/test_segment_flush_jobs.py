@@ -16,56 +16,9 @@ from pathlib import Path
 import pytest
 
 from engines.api import EngineError, async_flush_of
-from engines.conformance import make_batch, read_all
+from engines.conformance import read_all
 from engines.segment_recovery import read_checkpoint
-from tests.unit.test_segment_checkpoint_interval import INTERVAL_MS, fill, open_engine
-
-T0 = 100_000
-
-
-class SyncRecorder:
-    """Wraps os.fdatasync / os.fsync: records (thread name, inode, size) of each synced fd;
-    ``fail_with`` makes the next data sync on the flusher thread raise that errno."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.synced: list[tuple[str, int, int]] = []
-        self.fail_with: int | None = None
-        real_fdatasync, real_fsync = os.fdatasync, os.fsync
-
-        def wrap(real):  # noqa: ANN001, ANN202
-            def sync(fd: int) -> None:
-                st = os.fstat(fd)
-                name = threading.current_thread().name
-                if self.fail_with is not None and name == "job" and real is real_fdatasync:
-                    code, self.fail_with = self.fail_with, None
-                    raise OSError(code, os.strerror(code))
-                real(fd)
-                self.synced.append((name, st.st_ino, st.st_size))
-            return sync
-        monkeypatch.setattr(os, "fdatasync", wrap(real_fdatasync))
-        monkeypatch.setattr(os, "fsync", wrap(real_fsync))
-
-    def synced_size(self, path: str) -> int:
-        """The largest size at which the file at ``path`` was synced (0 if never)."""
-        ino = os.stat(path).st_ino
-        return max([size for _, i, size in self.synced if i == ino], default=0)
-
-
-def run_in_thread(job) -> None:  # noqa: ANN001
-    t = threading.Thread(target=job.run, name="job")
-    t.start()
-    t.join(10)
-    assert not t.is_alive()
-
-
-def engine_with_a_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batches: int):  # noqa: ANN201
-    """An engine with ``batches`` appended, fsyncs recorded, and a job made (checkpoint due)."""
-    e = open_engine(tmp_path)
-    sync = SyncRecorder(monkeypatch)
-    fill(e, 0, batches)
-    job = e.flush_job(T0)
-    assert job is not None and job.checkpoint is not None
-    return e, sync, job
+from tests.unit.builders_segment import INTERVAL_MS, T0, SyncRecorder, engine_with_a_job, fill, open_engine, run_in_thread
 
 
 def flushed_by_a_job(e, now_ms: int):  # noqa: ANN001, ANN201

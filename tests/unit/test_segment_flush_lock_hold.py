@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engines.segment_recovery import read_checkpoint
-from tests.unit.test_segment_flush_jobs import engine_with_a_job
+from tests.unit.builders_segment import engine_with_a_job
 
 HELD_S = 10.0  # the thread's checkpoint fsync is held until released (at most this long)
 OWNER_WAIT_MAX_S = 2.0  # the owner's truncation must finish well within the hold

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from engines.conformance import read_all
-from tests.unit.test_segment_checkpoint_interval import INTERVAL_MS, fill, open_engine
-from tests.unit.test_segment_flush_jobs import T0, run_in_thread
+from tests.unit.builders_segment import INTERVAL_MS, T0, fill, open_engine, run_in_thread
 
 
 class UnlinkRecorder:

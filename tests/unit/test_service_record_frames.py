@@ -6,13 +6,11 @@ against a scripted service on inproc."""
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import msgpack
 import pytest
-import zmq
 
 from fabric import protocol as P
 from fabric import wire
@@ -144,35 +142,6 @@ def test_frame_must_be_a_boolean() -> None:
 
 
 # -- the blocking clients against a scripted service ----------------------------------------
-@pytest.fixture
-def scripted() -> Iterator[Callable[[Callable[[wire.Request], tuple[dict, list]]], str]]:
-    """A ROUTER on inproc answering each request with ``script(request)``; yields a starter."""
-    ctx = zmq.Context.instance()
-    stops: list[tuple[threading.Event, threading.Thread]] = []
-
-    def start(script: Callable[[wire.Request], tuple[dict, list]]) -> str:
-        endpoint = f"inproc://scripted-{len(stops)}-{id(stops)}"
-        sock = ctx.socket(zmq.ROUTER)
-        sock.bind(endpoint)
-        stop = threading.Event()
-
-        def serve() -> None:
-            while not stop.is_set():
-                if sock.poll(50):
-                    req = wire.decode_request(sock.recv_multipart())
-                    header, payloads = script(req)
-                    sock.send_multipart(wire.encode_reply(req.identity, {"id": req.id, **header}, payloads))
-            sock.close(0)
-        t = threading.Thread(target=serve, daemon=True)
-        t.start()
-        stops.append((stop, t))
-        return endpoint
-    yield start
-    for stop, t in stops:
-        stop.set()
-        t.join(5)
-
-
 def test_the_service_producer_sends_a_frame_and_reads_the_results_frame(scripted: Any) -> None:
     seen: list[wire.Request] = []
 

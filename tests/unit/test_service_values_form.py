@@ -19,8 +19,6 @@ from fabric.client.services import (COLUMNS_FORM, VALUES_FORM, ProduceResult, Se
 from fabric.errors import MalformedFrame, RemoteError
 from nodes.producer import RECORD_OVERHEAD_BYTES, ProduceIntake
 from tests.unit.fakes import request
-from tests.unit.test_producer_service_runs import make_rig  # noqa: F401  (fixture)
-from tests.unit.test_service_record_frames import scripted  # noqa: F401  (fixture)
 
 
 def _values(values: list, partition: Any = None, count: int | None = None, frame: bytes | None = None) -> wire.Request:

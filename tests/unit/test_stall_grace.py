@@ -14,42 +14,11 @@ import zmq
 from fabric import wire
 from fabric.clock import ManualClock
 from fabric.config import load_config
-from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
-from nodes.broker.node import Broker
-from nodes.coordinator.groups import STABLE, Group, Member
 from nodes.coordinator.node import Coordinator
 from tests.harness import make_config, wait_until
+from tests.unit.builders_broker import coordinator_with_a_member, leader_of_one_partition
 
 STALL_MS = 10_000
-
-
-def coordinator_with_a_member(tmp_path: Path) -> tuple[Coordinator, ManualClock, int]:
-    """A coordinator on a ManualClock that has just heard brokers 1-3 and group g's member m-1;
-    returns it, its clock and the session timeout (ms). The caller closes it."""
-    config = load_config(make_config(tmp_path, 3, engine="memory"))
-    session_ms = config.liveness.session_timeout_ms
-    clock = ManualClock(start_ms=1_000_000)
-    coord = Coordinator(config, "coordinator", clock=clock)
-    for bid in (1, 2, 3):
-        coord._seen(bid)
-    member = Member("m-1", "c", "h", ["t"], session_timeout_ms=session_ms, rebalance_timeout_ms=session_ms,
-                    last_seen_ms=clock.now_ms())
-    coord.groups.groups["g"] = Group("g", state=STABLE, generation=1, leader="m-1", members={"m-1": member})
-    return coord, clock, session_ms
-
-
-def leader_of_one_partition(tmp_path: Path) -> tuple[Broker, ManualClock, list[dict]]:
-    """Broker 1 on a ManualClock leading t-0 (replicas and ISR 1, 2, 3), its coordinator requests
-    recorded (headers) instead of sent. The caller closes it."""
-    config = load_config(make_config(tmp_path, 3, engine="memory"))
-    clock = ManualClock(start_ms=1_000_000)
-    broker = Broker(config, "broker-1", clock=clock)
-    sent: list[dict] = []
-    broker.coordinator.request = lambda cmd, header, payloads=(), *, callback, timeout_ms: sent.append(header)  # type: ignore[method-assign]
-    info = PartitionInfo("t", 0, 1, 1, (1, 2, 3), (1, 2, 3), 1)
-    broker.apply_metadata(ClusterMetadata(1, "test", {}, {"t": TopicInfo("t", (info,), {})}).to_wire())
-    assert broker.partitions[("t", 0)].is_leader
-    return broker, clock, sent
 
 
 def test_stalled_coordinator_gives_brokers_and_members_a_session_from_its_resume(tmp_path: Path) -> None:

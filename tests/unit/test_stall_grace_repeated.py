@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nodes.broker.node import STALL_THRESHOLD_MS
-from tests.unit.test_stall_grace import coordinator_with_a_member, leader_of_one_partition
+from tests.unit.builders_broker import coordinator_with_a_member, leader_of_one_partition
 
 PASS_MS = 100
 CYCLES_MAX = 40

@@ -12,30 +12,10 @@ import pytest
 from engines import batch as B
 from engines.api import EngineConfig
 from engines.segment import SegmentEngine
-from fabric.config import load_config
 from fabric.records import build_batch
 from nodes.broker.node import Broker
 from nodes.broker.partition_dirs import PartitionDirs
-from tests.harness import make_config
-
-OLD_ID = "11111111-1111-4111-8111-111111111111"
-NEW_ID = "22222222-2222-4222-8222-222222222222"
-CLUSTER = "cccccccc-cccc-4ccc-8ccc-cccccccccccc"
-
-
-def md(version: int, topics: dict[str, str], deleted: tuple[str, ...] = (), cluster_id: str = CLUSTER,
-       state_id: str = "s1") -> dict:
-    """Wire metadata in which broker 1 leads one partition of every topic (name -> topic id)."""
-    return {"version": version, "cluster": "test", "cluster_id": cluster_id, "state_id": state_id,
-            "deleted_topic_ids": list(deleted), "coordinator": "", "brokers": [[1, "127.0.0.1", 1, 2, True]],
-            "topics": {name: {"id": tid, "configs": {}, "partitions": [[1, version, [1], [1]]]}
-                       for name, tid in topics.items()}}
-
-
-def new_broker(tmp_path: Path) -> Broker:
-    """Broker 1 on ``tmp_path/data``, on fresh ports each time (a restart must not wait for
-    the previous process's ports to be released)."""
-    return Broker(load_config(make_config(tmp_path, brokers=1), environ={}), "broker-1")
+from tests.unit.builders_broker import NEW_ID, OLD_ID, md, new_broker, write
 
 
 @pytest.fixture
@@ -43,12 +23,6 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b = new_broker(tmp_path)
     yield b
     b.close()
-
-
-def _write(b: Broker, topic: str, n: int = 3) -> None:
-    part = b.partitions[(topic, 0)]
-    out, _ = part.append_as_leader([build_batch([(1_700_000_000_000, None, b"v%d" % i, None)]) for i in range(n)], 1 << 20)
-    assert all(r[1] == 0 for r in out), out
 
 
 def _stray_log_end(b: Broker, name: str) -> int:
@@ -61,7 +35,7 @@ def _stray_log_end(b: Broker, name: str) -> int:
 
 def test_a_recreated_topic_of_the_same_name_never_serves_the_old_replica(broker: Broker) -> None:
     broker.apply_metadata(md(1, {"t": OLD_ID}))
-    _write(broker, "t")
+    write(broker, "t")
     # the delete of OLD_ID was missed (the tombstone aged out): only the new id is in the metadata
     broker.apply_metadata(md(2, {"t": NEW_ID}))
     part = broker.partitions[("t", 0)]
@@ -78,7 +52,7 @@ def test_a_recreated_topic_of_the_same_name_never_serves_the_old_replica(broker:
 
 def test_a_topic_absent_from_metadata_is_set_aside_not_deleted(broker: Broker) -> None:
     broker.apply_metadata(md(1, {"t": OLD_ID}))
-    _write(broker, "t", 4)
+    write(broker, "t", 4)
     broker.apply_metadata(md(2, {}))
     assert ("t", 0) not in broker.partitions
     assert not (broker.data_dir / "t-0").exists()
@@ -87,7 +61,7 @@ def test_a_topic_absent_from_metadata_is_set_aside_not_deleted(broker: Broker) -
 
 def test_an_explicit_delete_removes_the_partition_directory(broker: Broker) -> None:
     broker.apply_metadata(md(1, {"t": OLD_ID}))
-    _write(broker, "t")
+    write(broker, "t")
     broker.apply_metadata(md(2, {}, deleted=(OLD_ID,)))
     assert [p.name for p in broker.data_dir.iterdir() if p.is_dir()] == []
 
@@ -96,7 +70,7 @@ def test_an_unknown_directory_found_at_start_is_set_aside_and_stays_reported(tmp
     b = new_broker(tmp_path)
     try:
         b.apply_metadata(md(1, {"t": OLD_ID, "u": NEW_ID}))
-        _write(b, "t", 2)
+        write(b, "t", 2)
     finally:
         b.close()
     b = new_broker(tmp_path)  # restarted: both directories are opened from disk

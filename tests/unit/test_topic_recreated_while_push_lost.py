@@ -6,14 +6,13 @@ the new one's.
 
 from __future__ import annotations
 
-
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.unit.test_isr_versions import BATCH_MAX, _batch, _start, nodes  # noqa: F401 (fixture)
+from tests.unit.builders_broker import BATCH_MAX, batch, start
 
 
 def test_recreated_topic_missed_by_pushes_is_taken_as_new(nodes) -> None:  # noqa: ANN001, F811
     broker, coord, loop = nodes
-    _start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
     ps = coord.state.topics["t"].partitions[0]
     for _ in range(3):  # some leadership history: the old t-0 is at leader epoch 3
         ps.leader_epoch += 1
@@ -21,7 +20,7 @@ def test_recreated_topic_missed_by_pushes_is_taken_as_new(nodes) -> None:  # noq
     loop.run_until_idle()
     old = broker.partitions[("t", 0)]
     assert old.is_leader and old.leader_epoch == 3
-    old.append_as_leader([_batch(4)], BATCH_MAX)  # records of the old topic
+    old.append_as_leader([batch(4)], BATCH_MAX)  # records of the old topic
     del coord.state.topics["t"]
     coord.commit()
     coord.state.topics["t"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3])], {"min.insync.replicas": 2})

@@ -10,7 +10,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from tests.unit.test_zmtp_reply_zero_copy import _ask, served  # noqa: F401 -- served is a fixture
+from tests.unit.fakes import ask
+
 
 class _FullFromSpy:
     """The server's real STREAM socket; from send number ``full_from`` (counted from 0) until
@@ -38,13 +39,13 @@ class _FullFromSpy:
 def test_a_cut_reply_disconnects_the_peer_even_when_its_queue_is_still_full(served) -> None:  # noqa: ANN001
     reactor, server, first_spy, dealer = served
     spy = server.port.sock = _FullFromSpy(first_spy.sock)  # the fixture puts the real socket back
-    assert _ask(reactor, dealer, 1, False) is not None  # connected and handshaken
+    assert ask(reactor, dealer, 1, False) is not None  # connected and handshaken
     spy.full_from = spy.sent + 1  # the head of the next reply is queued, then the queue is full
-    assert _ask(reactor, dealer, 2, True) is None
+    assert ask(reactor, dealer, 2, True) is None
     assert server.counters["reply_cut_disconnected"] == 1
     spy.drained()  # the peer reads again: its queue empties
     for rid in range(3, 3 + 5):  # bounded retries, as a client's request timeouts would make
-        reply = _ask(reactor, dealer, rid, False)
+        reply = ask(reactor, dealer, rid, False)
         if reply is not None:
             header, _ = wire.decode_reply(reply)
             assert header["id"] >= 3
@@ -59,7 +60,7 @@ def test_a_request_behind_a_cut_reply_holds_no_buffer_budget(served) -> None:  #
     ``buffered_bytes`` with nothing left to release them."""
     reactor, server, first_spy, dealer = served
     spy = server.port.sock = _FullFromSpy(first_spy.sock)
-    assert _ask(reactor, dealer, 1, False) is not None  # connected and handshaken
+    assert ask(reactor, dealer, 1, False) is not None  # connected and handshaken
     spy.full_from = spy.sent + 1
     dealer.send_multipart(wire.encode_request(P.PING, {"id": 2, "big": True}))
     dealer.send_multipart(wire.encode_request(P.PING, {"id": 3}, [b"x" * (2 * P.OWNED_FRAME_BYTES_MIN + 100_000)]))

@@ -1,0 +1,33 @@
+"""The producer service's rig, once: a JobSender over a driven Producer (see
+``driven_producer``). Kept apart from ``fakes.py``: it imports the client producer, which
+most unit tests do not need.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fabric.client.producer import Producer
+from nodes.producer import JobSender, _Job
+from tests.unit.driven_producer import answer, driven_producer, send_pass
+
+
+class Rig:
+    """A JobSender over a driven Producer (100 ms max block, 200-byte records); answered jobs listed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> None:
+        self.producer: Producer = driven_producer(monkeypatch, max_block_ms=100, record_bytes_max=200, **settings)
+        self.answered: list[_Job] = []
+        self.sender = JobSender(lambda acks: self.producer, self.answered.append)
+
+    def job(self, records: list, topic: str = "t", acks: int = -1) -> _Job:
+        job = _Job(None, topic, acks, records, 0)  # type: ignore[arg-type]
+        self.sender.send(job)
+        return job
+
+    def deliver(self) -> None:
+        """Send what is queued; each partition's batch lands at offset 1000 * partition."""
+        parts = send_pass(self.producer)
+        answer(self.producer, [[1000 * p, 0, ""] for _, p in parts])
