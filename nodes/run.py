@@ -53,6 +53,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 # freed 2 MiB WebSocket messages made it grow 22 MB in the slow-client memory test).
 MALLOC_TUNED_ROLES = frozenset({"broker"})
 
+OPEN_FILES_WANTED = 100_000  # the soft RLIMIT_NOFILE a node asks for (Kafka's advice for brokers)
+
 
 def node_class(role: str) -> type:
     """The class implementing ``role`` (fabric/roles.py's table), imported now. Raises
@@ -92,6 +94,28 @@ def tune_malloc() -> bool:
         and mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES) == 1
 
 
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Raise the soft limit on open files (RLIMIT_NOFILE) to the hard limit, at most
+    OPEN_FILES_WANTED: a broker holds two descriptors per open segment, its flusher thread dups
+    of every dirty one until they are synced, and a port one per connection; a soft limit of
+    1,024 (a common default) is not enough for 1,000 partitions. Returns (before, after), or
+    None where there is no ``resource`` module. Process-wide: call once at a node's start."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError) as e:  # a sandbox may refuse: the node runs with what it has
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, want, e)
+        return soft, soft
+    return soft, want
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m nodes.run")
     ap.add_argument("-c", "--config", default=None)
@@ -102,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         role = config.node(args.node).role
+        raise_open_files_limit()
         if role in MALLOC_TUNED_ROLES and not tune_malloc():
             log.info("no glibc mallopt: malloc keeps its default trim and mmap thresholds")
         cls = node_class(role)
