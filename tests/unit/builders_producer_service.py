@@ -5,12 +5,16 @@ most unit tests do not need.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
 
+from fabric import wire
+from fabric.errors import MalformedFrame, RemoteError
+
 from fabric.client.producer import Producer
-from nodes.producer import JobSender, _Job
+from nodes.producer import JobSender, ProduceIntake, _Job
 from tests.unit.driven_producer import answer, driven_producer, send_pass
 
 
@@ -31,3 +35,11 @@ class Rig:
         """Send what is queued; each partition's batch lands at offset 1000 * partition."""
         parts = send_pass(self.producer)
         answer(self.producer, [[1000 * p, 0, ""] for _, p in parts])
+
+
+def assert_refused_keeping_nothing(req: wire.Request, code: int) -> None:
+    """A producer service's intake refuses ``req`` with ``code`` and holds nothing of it."""
+    intake = ProduceIntake(1 << 20, Counter())
+    with pytest.raises((RemoteError, MalformedFrame)) as e:
+        intake.admit(req)
+    assert e.value.code == code and intake.jobs.empty() and intake.buffered_bytes == 0

@@ -20,6 +20,7 @@ from fabric.errors import MalformedFrame, RemoteError
 from fabric.records import Record
 from nodes.consumer import Framed, Instance, InstanceHost, check_op_header
 from nodes.producer import RECORD_OVERHEAD_BYTES, ProduceIntake
+from tests.unit.builders_producer_service import assert_refused_keeping_nothing
 from tests.unit.fakes import request
 
 
@@ -82,10 +83,7 @@ def test_the_results_go_back_in_a_frame_for_a_framed_request_and_in_the_header_o
     (_framed([]), P.MALFORMED_REQUEST),                                                   # no record
 ])
 def test_a_bad_framed_request_is_refused_and_leaves_nothing(req: wire.Request, code: int) -> None:
-    intake = ProduceIntake(1 << 20, Counter())
-    with pytest.raises((RemoteError, MalformedFrame)) as e:
-        intake.admit(req)
-    assert e.value.code == code and intake.jobs.empty() and intake.buffered_bytes == 0
+    assert_refused_keeping_nothing(req, code)
 
 
 def test_a_frame_larger_than_the_free_buffer_is_refused_before_it_is_decoded() -> None:
