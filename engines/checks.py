@@ -7,6 +7,7 @@ conformance suite sees the same errors whatever the engine.
 from __future__ import annotations
 
 import errno
+from typing import Callable
 
 from engines.api import BatchTooLarge, CorruptBatch, EngineError, OffsetOutOfRange, StorageFull
 from engines.batch import (
@@ -77,3 +78,12 @@ def translate_os_error(e: OSError, what: str) -> EngineError:
     if e.errno in _DISK_FULL_ERRNOS:
         return StorageFull(f"{what}: {e.strerror}")
     return EngineError(f"{what}: {e}")
+
+
+def sync_translated(sync: Callable[[int], None], fd: int, path: str) -> None:
+    """``sync(fd)`` (``os.fsync`` / ``os.fdatasync``) of the file at ``path``, its error
+    translated. Raises StorageFull / EngineError."""
+    try:
+        sync(fd)
+    except OSError as e:
+        raise translate_os_error(e, f"fsync {path}") from e

@@ -35,7 +35,7 @@ from typing import Callable, TypeVar
 
 from engines.api import OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS, FSYNC_INTERVAL
 from engines.batch import BatchHeader
-from engines.checks import check_read_range, translate_os_error, validate_batch_fields
+from engines.checks import check_read_range, sync_translated, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
 from engines.segment_file import LogSegment
 from engines.segment_flush import AsyncFlushMixin, FlushJob
@@ -406,10 +406,7 @@ class SegmentEngine(AsyncFlushMixin):
 
     # -- durability ---------------------------------------------------------------------------
     def _fsync_dir(self) -> None:
-        try:
-            os.fsync(self._dir_fd)
-        except OSError as e:
-            raise translate_os_error(e, f"fsync {self.directory}") from e
+        sync_translated(os.fsync, self._dir_fd, self.directory)
         self._dir_dirty = False
 
     def flush(self, clean: bool = False, checkpoint: bool = True) -> None:

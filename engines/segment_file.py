@@ -31,7 +31,7 @@ from engines.batch import (
     parse_header,
     verify,
 )
-from engines.checks import translate_os_error, whole_batches_end
+from engines.checks import sync_translated, translate_os_error, whole_batches_end
 from engines.offset_index import IndexDamaged, OffsetIndex
 
 WALK_BATCH_BYTES_MIN = 32 * 1024  # batches this large are read by walking their headers
@@ -141,10 +141,7 @@ class LogSegment:
 
     def sync(self) -> None:
         """fdatasync the log (data and size). Raises StorageFull / EngineError."""
-        try:
-            os.fdatasync(self.fd)
-        except OSError as e:
-            raise translate_os_error(e, f"fsync {self.log_path}") from e
+        sync_translated(os.fdatasync, self.fd, self.log_path)
         self.dirty = False
 
     # -- reads --------------------------------------------------------------------------------

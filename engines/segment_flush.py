@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from engines.api import EngineError
-from engines.checks import translate_os_error
+from engines.checks import sync_translated, translate_os_error
 from engines.durable import TEMP_SUFFIX
 from engines.segment_recovery import Checkpoint, write_checkpoint
 
@@ -165,11 +165,11 @@ class FlushJob:
 
     def _sync_all(self) -> None:
         for s in self.syncs:
-            _sync(os.fdatasync, s.log_fd, s.log_path)
+            sync_translated(os.fdatasync, s.log_fd, s.log_path)
             if s.index_fd >= 0:
-                _sync(os.fsync, s.index_fd, s.index_path)
+                sync_translated(os.fsync, s.index_fd, s.index_path)
         if self.dir_dirty:
-            _sync(os.fsync, self.dir_fd, self.directory)
+            sync_translated(os.fsync, self.dir_fd, self.directory)
 
     def discard(self) -> EngineError | None:
         """Close the job's descriptors (idempotent): after ``run``, or for a job never run.
@@ -190,13 +190,6 @@ class FlushJob:
             except OSError as e:
                 first = first or translate_os_error(e, f"close {path}")
         return first
-
-
-def _sync(fsync: Callable[[int], None], fd: int, path: str) -> None:
-    try:
-        fsync(fd)
-    except OSError as e:
-        raise translate_os_error(e, f"fsync {path}") from e
 
 
 def dup_fd(fd: int, path: str) -> int:
