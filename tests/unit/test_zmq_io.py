@@ -4,6 +4,8 @@ and a larger one goes zero-copy, a bad part sends nothing, a full queue raises z
 
 from __future__ import annotations
 
+import array
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,15 +103,78 @@ def receive_frames_blocking(sock: zmq.Socket) -> list[bytes]:
     return receive_frames(sock)
 
 
-def test_a_socket_wrapper_goes_through_its_own_send_multipart() -> None:
-    """Tests wrap a node's socket to count or refuse sends: such an object is called as pyzmq's."""
-    calls: list[tuple[Any, ...]] = []
+def _released() -> memoryview:
+    m = memoryview(b"zz")
+    m.release()
+    return m
 
-    class Wrapper:
-        copy_threshold = 100
 
-        def send_multipart(self, frames: list, flags: int = 0, copy: bool = True) -> None:
-            calls.append((list(frames), flags, copy))
+@pytest.mark.parametrize("bad", [lambda: memoryview(b"abcdef")[::2], _released, lambda: 3],
+                         ids=["non-contiguous", "released", "not-a-buffer"])
+def test_a_bad_later_part_leaves_nothing_queued(pair, bad) -> None:  # noqa: ANN001
+    a, b = pair
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        send_frames(a, [b"head", bad()])
+    send_frames(a, [b"next"])
+    assert receive_frames(b) == [b"next"]  # no orphaned parts glued in front of it
 
-    send_frames(Wrapper(), [b"x", b"y" * 200])  # type: ignore[arg-type]
-    assert calls == [([b"x", b"y" * 200], NOBLOCK, False)]
+
+def test_a_buffer_without_len_is_sent_whole(pair) -> None:  # noqa: ANN001
+    a, b = pair
+    send_frames(a, [b"head", pickle.PickleBuffer(b"body")])
+    assert receive_frames(b) == [b"head", b"body"]
+
+
+def test_the_threshold_counts_bytes_not_items(pair) -> None:  # noqa: ANN001
+    a, b = pair
+    a.copy_threshold = 64
+    wide = array.array("Q", [1] * 16)  # 16 items, 128 bytes
+    send_frames(a, [memoryview(wide), b"t"])
+    wide[0] = 99
+    assert receive_frames(b)[0][0] == 99  # zero-copy, as pyzmq sends it
+
+
+class _Delegating:
+    """A wrapper with pyzmq's interface around a real socket (as tests wrap a node's socket)."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.copies: list[bool] = []
+
+    def send_multipart(self, frames: list, flags: int = 0, copy: bool = True, **kw: Any) -> Any:
+        self.copies.append(copy)
+        return self.sock.send_multipart(frames, flags, copy=copy, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_a_wrapper_is_sent_and_read_through_its_own_multipart_calls(pair) -> None:  # noqa: ANN001
+    a, b = pair
+    a.copy_threshold = 64
+    wrapper = _Delegating(a)
+    big = bytearray(b"l" * 128)
+    send_frames(wrapper, [big, b"tail"])
+    big[0] = ord("L")
+    assert wrapper.copies == [False]  # a part over the threshold: pyzmq's copy=False
+    assert b.poll(1000)
+    got = receive_frames(_Delegating(b))  # type: ignore[arg-type]
+    assert got == [b"L" + b"l" * 127, b"tail"]
+
+
+def test_a_socket_subclass_goes_through_its_own_send_multipart() -> None:
+    calls: list[list] = []
+
+    class Refusing(zmq.Socket):
+        def send_multipart(self, frames, flags=0, copy=True, track=False, **kw):  # noqa: ANN001, ANN201
+            calls.append(list(frames))
+            raise zmq.Again()  # as a fault-injecting socket would
+
+    sock = zmq.Context.instance().socket(zmq.PAIR, socket_class=Refusing)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        with pytest.raises(zmq.Again):
+            send_frames(sock, [b"x"])
+        assert calls == [[b"x"]]
+    finally:
+        sock.close(0)
