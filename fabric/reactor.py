@@ -26,6 +26,7 @@ import zmq
 from fabric import protocol as P
 from fabric.clock import Clock
 from fabric.errors import LoomError
+from fabric.zmq_io import receive_frames
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class Reactor:
 
 def receive_copied(sock: zmq.Socket) -> list[bytes]:
     """The default ``Receive``: every frame of one message copied to bytes."""
-    return sock.recv_multipart(zmq.NOBLOCK, copy=True)
+    return receive_frames(sock)
 
 
 def zero_copy_receive(bytes_min: int) -> Receive:

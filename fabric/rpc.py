@@ -33,6 +33,7 @@ from fabric import wire
 from fabric.errors import CodedError, LoomError, MalformedFrame, RemoteError, RequestQueueFullError, RequestTimeout
 from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
+from fabric.zmq_io import send_frames
 from fabric.zmtp import ZmtpServer
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class _RouterPort:
 
     def send(self, frames: list) -> None:
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(self.sock, frames)
         except zmq.Again:
             self.counters["reply_dropped_hwm"] += 1  # peer not reading: it will time out
         except zmq.ZMQError as e:
@@ -216,7 +217,7 @@ class RpcClient:
         rid = next(self._ids)
         header = dict(header, id=rid)
         try:
-            self.sock.send_multipart(wire.encode_request(command, header, payloads), zmq.NOBLOCK, copy=False)
+            send_frames(self.sock, wire.encode_request(command, header, payloads))
         except zmq.Again:
             callback(None, [], RequestQueueFullError(f"send queue to {self.endpoint} is full"))
             return 0
@@ -227,7 +228,7 @@ class RpcClient:
     def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = ()) -> None:
         """Fire and forget (the reply, if any, is ignored)."""
         try:
-            self.sock.send_multipart(wire.encode_request(command, dict(header, id=0), payloads), zmq.NOBLOCK, copy=False)
+            send_frames(self.sock, wire.encode_request(command, dict(header, id=0), payloads))
         except zmq.Again:
             self.counters["oneway_dropped"] += 1
 

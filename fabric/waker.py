@@ -13,7 +13,10 @@ import threading
 
 import zmq
 
+from fabric.zmq_io import send_frames
+
 _ids = itertools.count()
+_WAKE = (b"",)
 
 
 class Waker:
@@ -34,7 +37,7 @@ class Waker:
             if self._closed:
                 return
             try:
-                self._push.send(b"", zmq.NOBLOCK)
+                send_frames(self._push, _WAKE)
             except zmq.Again:
                 pass  # a wake-up is already pending
 

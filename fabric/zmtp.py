@@ -40,6 +40,7 @@ from fabric import wire
 from fabric.buffers import OwnedFrame
 from fabric.errors import FabricError, MalformedFrame
 from fabric.reactor import Reactor
+from fabric.zmq_io import send_frames
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +421,7 @@ class ZmtpServer:
     def _write(self, conn: _Connection, data: bytes) -> bool:
         """One STREAM message to the peer; False when it was dropped (counted)."""
         try:
-            self.sock.send_multipart([conn.conn_id, data], zmq.NOBLOCK, copy=len(data) < P.REPLY_ZERO_COPY_BYTES_MIN)
+            send_frames(self.sock, (conn.conn_id, data), copy_bytes_min=P.REPLY_ZERO_COPY_BYTES_MIN)
             return True
         except zmq.Again:
             self.counters["reply_dropped_hwm"] += 1  # peer not reading: it will time out

@@ -29,6 +29,7 @@ from fabric.faults import FaultRules
 from fabric.metrics import MetricsRegistry, process_samples
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer, make_socket
+from fabric.zmq_io import send_frames
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Node:
         """Publish one encoded PUB message (``fabric.wire``'s ``encode_*``); dropped and counted
         when the socket would block."""
         try:
-            self.pub.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(self.pub, frames)
         except zmq.Again:
             self.counters["pub_dropped"] += 1
 

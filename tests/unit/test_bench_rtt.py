@@ -17,4 +17,13 @@ def test_round_trips_through_a_real_echo_process_and_it_is_stopped(tmp_path: Pat
     assert [r["samples"] for r in doc["runs"]] == [50, 50]
     lat = doc["latency_ms"]
     assert 0 < lat["p50"] <= lat["p99"] <= lat["p999"] < rtt.RECV_TIMEOUT_MS
+    assert set(doc["cpu_us_per_round_trip"]) == {"echo", "client"}  # what each side spent
     assert multiprocessing.active_children() == []  # the echo process is gone
+
+
+def test_a_replication_factor_the_cluster_cannot_hold_is_a_usage_error(capsys) -> None:  # noqa: ANN001
+    import pytest
+    with pytest.raises(SystemExit) as e:
+        rtt.main(["--loom", "--replication-factor", "4"])
+    assert e.value.code == 2
+    assert "--replication-factor must be 1..3" in capsys.readouterr().err

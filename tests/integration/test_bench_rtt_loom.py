@@ -1,0 +1,40 @@
+"""`loom bench rtt --loom`: one-record produces through a real self-contained cluster, each
+acknowledged (acks=all) before the next, with the CPU every process spent per request; the
+cluster's processes are gone afterwards. Run under the heavy lock (starts node processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import rtt
+from nodes.local_cluster import Cluster
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_loom_round_trips_are_acknowledged_produces_with_each_process_cpu(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    out = tmp_path / "rtt.json"
+    started: list[int] = []
+
+    class Recording(Cluster):
+        def start(self, names: list[str] | None = None, wait: bool = True) -> None:
+            super().start(names, wait)
+            started.extend(p.pid for p in self.procs.values())
+
+    monkeypatch.setattr(rtt, "Cluster", Recording)
+    assert rtt.main(["--loom", "--count", "300", "--pause-ms", "0", "--runs", "1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    run = doc["runs"][0]
+    assert run["samples"] == 300 and doc["loom"] is True
+    assert 0 < run["p50"] <= run["p99"] <= run["p999"] < rtt.RECV_TIMEOUT_MS
+    cpu = doc["cpu_us_per_request"]
+    assert {"leader", "coordinator", "client", "cluster"} <= set(cpu)
+    assert len([n for n in cpu if n.startswith("broker-")]) == 2  # the two followers
+    assert cpu["leader"] > 0 and cpu["client"] > 0  # every request went through both
+    assert len(started) == 4 and not [pid for pid in started if _alive(pid)]  # every node stopped
