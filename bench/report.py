@@ -185,6 +185,10 @@ def print_table(doc: dict, out: Any = None) -> None:
     out.write("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths))) + "\n")
     for r in rows:
         out.write("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + "\n")
+    for s in doc["combinations"]:  # the table's RSS column is the largest: every broker's here
+        if s["broker_peak_rss_mb"]:
+            out.write(f"{s['label']}: peak RSS MB per broker over its runs: "
+                      + ", ".join(f"{n} {_fmt(v, 1)}" for n, v in sorted(s["broker_peak_rss_mb"].items())) + "\n")
     p = doc.get("peer")
     if p:
         out.write(peer_line(doc) + "\n")

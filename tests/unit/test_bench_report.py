@@ -32,7 +32,7 @@ def _run(engine: str, rate: int, p99: float, run: int) -> dict:
     return {"combination": {"engine": engine, "fsync": "interval", "api": "send"}, "run": run,
             "records": 1000, "errors": 0, "seconds": 1.0, "records_per_s": rate, "mb_per_s": rate / 1e4,
             "latency_ms": {"p50": p99 / 2, "p99": p99, "p999": p99 * 1.5, "samples": 10},
-            "cpu_us_per_record": {"client": 2.0, "cluster": 1.0}, "broker_peak_rss_mb": {"broker-1": 40.0 + run},
+            "cpu_us_per_record": {"client": 2.0, "cluster": 1.0}, "broker_peak_rss_mb": {"broker-1": 40.0 + run, "broker-2": 30.0 + run},
             "broker_rss_growth_mb_per_min": {"broker-1": 0.5 * run, "broker-2": None},
             "timeline": [{"t_s": 0.5 * i, "produced_per_s": rate, "consumed_per_s": 0, "p50_ms": p99 / 2,
                           "p99_ms": p99, "e2e_p99_ms": None} for i in range(1, 4)]}
@@ -54,7 +54,7 @@ def test_json_document_has_medians_ratios_and_every_run() -> None:
     first, second = doc["combinations"]
     assert (first["label"], second["label"]) == ("segment/interval/send", "lmdb/interval/send")
     assert second["ratio_to_first"] == {"records_per_s": 0.5, "p99": 2.0}
-    assert second["broker_peak_rss_mb"] == {"broker-1": 42.0}
+    assert second["broker_peak_rss_mb"] == {"broker-1": 42.0, "broker-2": 32.0}
     assert second["broker_rss_growth_mb_per_min"] == 0.5  # the median run's fastest-growing broker
     assert len(doc["runs"]) == 6 and doc["meta"]["command"] == "produce"
 
@@ -63,8 +63,12 @@ def test_table_has_one_row_per_combination_with_its_ratio() -> None:
     out = io.StringIO()
     report.print_table(_doc(), out)
     lines = out.getvalue().strip().splitlines()
-    assert lines[-2].startswith("segment/interval/send") and lines[-2].endswith("1.000  1.000")
-    assert lines[-1].startswith("lmdb/interval/send") and lines[-1].endswith("0.500  2.000")
+    rows = [line for line in lines if line.endswith(("1.000  1.000", "0.500  2.000"))]
+    assert rows[0].startswith("segment/interval/send") and rows[0].endswith("1.000  1.000")
+    assert rows[1].startswith("lmdb/interval/send") and rows[1].endswith("0.500  2.000")
+    # every broker's peak RSS over the runs, not only the largest (the column)
+    assert lines[-2] == "segment/interval/send: peak RSS MB per broker over its runs: broker-1 42.0, broker-2 32.0"
+    assert lines[-1] == "lmdb/interval/send: peak RSS MB per broker over its runs: broker-1 42.0, broker-2 32.0"
 
 
 def test_chart_is_self_contained_html_with_both_charts(tmp_path: Path) -> None:
