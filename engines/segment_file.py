@@ -61,6 +61,18 @@ class ScanResult:
     error: str | None
 
 
+def _unwritten(iov: list, written: int) -> list:
+    """The part of ``iov`` after its first ``written`` bytes (views, no copy)."""
+    rest = []
+    for v in iov:
+        if written >= len(v):
+            written -= len(v)
+            continue
+        rest.append(memoryview(v)[written:] if written else v)
+        written = 0
+    return rest
+
+
 class LogSegment:
     """One segment file and its index. ``next_offset`` is one past the last stored record."""
 
@@ -149,14 +161,18 @@ class LogSegment:
         try:
             written = os.pwritev(fd, iov, at)
             if written != nbytes:  # a short write to a regular file: almost surely disk full
-                rest = b"".join(iov)[written:]
-                if os.pwrite(fd, rest, at + written) != len(rest):
+                rest = _unwritten(iov, written)
+                if os.pwritev(fd, rest, at + written) != nbytes - written:
                     raise OSError(28, "No space left on device (short write)")
         except OSError as e:
             try:
                 os.ftruncate(fd, start)
             except OSError:
-                pass  # recovery cuts the torn bytes; size_bytes already excludes them
+                # size_bytes excludes the bytes of this call, but the file may keep them -- whole
+                # batches, not only a torn one -- and recovery (which re-reads past the
+                # checkpoint) would take those back after a restart: a failed cut of a failed
+                # write, as with the engine's own truncation failing before
+                pass
             raise translate_os_error(e, f"append to {self.log_path}") from e
 
     def sync(self) -> None:

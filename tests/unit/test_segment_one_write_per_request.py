@@ -85,3 +85,27 @@ def test_written_together_or_one_by_one_the_log_is_the_same(tmp_path: Path, per_
         assert many.read(offset, 4096) == one.read(offset, 4096)
     one.close()
     many.close()
+
+
+def test_a_short_write_finishes_with_the_rest_of_the_same_bytes(tmp_path: Path) -> None:
+    """pwritev may write less than asked (a regular file near a full disk): the rest follows
+    at the right place, and the file is what one whole write leaves."""
+    short, whole = open_engine(tmp_path / "short"), open_engine(tmp_path / "whole")
+    batches = _batches(0, 10)
+    real, cut = os.pwritev, {"done": False}
+
+    def first_short(fd: int, buffers: list, position: int) -> int:
+        if not cut["done"]:
+            cut["done"] = True
+            head = bytes(buffers[0]) + bytes(buffers[1])[:1000]  # part of the first two iovecs
+            return os.pwrite(fd, head, position)
+        return real(fd, buffers, position)
+
+    with mock.patch("engines.segment_file.os.pwritev", first_short):
+        short.append_many(batches)
+    whole.append_many(batches)
+    assert cut["done"]
+    assert Path(short._active.log_path).read_bytes() == Path(whole._active.log_path).read_bytes()
+    assert short.read(0, 1 << 20) == whole.read(0, 1 << 20)
+    short.close()
+    whole.close()
