@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import shutil
 import statistics
 import tempfile
 import time
@@ -29,7 +28,7 @@ import zmq
 
 from bench.options import UsageParser
 from bench.stats import LatencyHistogram, process_cpu_s
-from nodes.local_cluster import Cluster, free_ports, make_config
+from nodes.local_cluster import free_ports, running_cluster
 
 COUNT_MAX = 1_000_000
 ECHO_STOP = b"stop"
@@ -104,46 +103,39 @@ def measure_loom(count: int, pause_s: float, replication_factor: int) -> dict:
     with ``pause_s`` between them: latency summary in ms and, per process, CPU µs per request
     above its idle CPU. The cluster is stopped by its pids and its directory removed."""
     from fabric.client import Admin, Producer
-    work = Path(tempfile.mkdtemp(prefix="loom-bench-rtt-"))
-    cluster = Cluster(make_config(work, 3, overrides={"storage": {"fsync_interval_ms": LOOM_FSYNC_INTERVAL_MS}}))
-    producer = None
-    try:
-        cluster.start()
+    overrides = {"storage": {"fsync_interval_ms": LOOM_FSYNC_INTERVAL_MS}}
+    with tempfile.TemporaryDirectory(prefix="loom-bench-rtt-", ignore_cleanup_errors=True) as work, \
+            running_cluster(Path(work), 3, overrides=overrides) as cluster:
         cluster.create_topic(LOOM_TOPIC, partitions=1, replication_factor=replication_factor)
         with Admin(cluster.bootstrap) as admin:
             leader = admin.metadata().topics[LOOM_TOPIC].partitions[0].leader
         pids = {n: p.pid for n, p in cluster.procs.items()}
-        producer = Producer(cluster.bootstrap, linger_ms=0, acks="all")
-        payload = b"x" * PAYLOAD_BYTES
-        for _ in range(WARM_UP_REQUESTS):
-            producer.send(LOOM_TOPIC, payload).result(RECV_TIMEOUT_MS / 1000)
-        before = {n: process_cpu_s([pid]) for n, pid in pids.items()}
-        own0, t0 = time.process_time(), time.perf_counter()
-        time.sleep(IDLE_S)  # measuring the idle CPU, not synchronisation
-        idle_s = time.perf_counter() - t0
-        idle = {n: (process_cpu_s([pid]) - before[n]) / idle_s for n, pid in pids.items()}
-        idle["client"] = (time.process_time() - own0) / idle_s
-        before = {n: process_cpu_s([pid]) for n, pid in pids.items()}
-        own0, t0 = time.process_time(), time.perf_counter()
-        lat = LatencyHistogram()
-        for _ in range(count):
-            t = time.perf_counter()
-            producer.send(LOOM_TOPIC, payload).result(RECV_TIMEOUT_MS / 1000)
-            lat.record_us((time.perf_counter() - t) * 1e6)
-            if pause_s:
-                time.sleep(pause_s)  # the offered pace, not synchronisation
-        elapsed = time.perf_counter() - t0
-        used = {n: process_cpu_s([pid]) - before[n] for n, pid in pids.items()}
-        used["client"] = time.process_time() - own0
-        cpu = {("leader" if n == f"broker-{leader}" else n): _per_request_us(used[n] - idle[n] * elapsed, count)
-               for n in used}
-        cpu["cluster"] = round(sum(v for n, v in cpu.items() if n != "client"), 1)
-        return dict(lat.summary_ms(), cpu_us_per_request=cpu)
-    finally:
-        if producer is not None:
-            producer.close()
-        cluster.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+        with Producer(cluster.bootstrap, linger_ms=0, acks="all") as producer:
+            payload = b"x" * PAYLOAD_BYTES
+            for _ in range(WARM_UP_REQUESTS):
+                producer.send(LOOM_TOPIC, payload).result(RECV_TIMEOUT_MS / 1000)
+            before, t0 = _cpu_s(pids), time.perf_counter()
+            time.sleep(IDLE_S)  # measuring the idle CPU, not synchronisation
+            after, t1 = _cpu_s(pids), time.perf_counter()
+            idle_s = t1 - t0
+            idle = {n: (after[n] - before[n]) / idle_s for n in after}
+            lat = LatencyHistogram()
+            for _ in range(count):
+                t = time.perf_counter()
+                producer.send(LOOM_TOPIC, payload).result(RECV_TIMEOUT_MS / 1000)
+                lat.record_us((time.perf_counter() - t) * 1e6)
+                if pause_s:
+                    time.sleep(pause_s)  # the offered pace, not synchronisation
+            end, elapsed = _cpu_s(pids), time.perf_counter() - t1
+    cpu = {("leader" if n == f"broker-{leader}" else n): _per_request_us(end[n] - after[n] - idle[n] * elapsed, count)
+           for n in end}
+    cpu["cluster"] = round(sum(v for n, v in cpu.items() if n != "client"), 1)
+    return dict(lat.summary_ms(), cpu_us_per_request=cpu)
+
+
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of every node process and of this one (``client``)."""
+    return {**{n: process_cpu_s([pid]) for n, pid in pids.items()}, "client": time.process_time()}
 
 
 def main(argv: list[str] | None = None) -> int:

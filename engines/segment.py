@@ -122,7 +122,7 @@ class SegmentEngine(AsyncFlushMixin):
         if self._closed:
             raise EngineClosed(f"segment engine {self.directory} is closed")
         config = self.config
-        offset = self._append_one(batch, validate_batch_fields(batch, config.batch_bytes_max))
+        [offset] = self._append_grouped([batch], [validate_batch_fields(batch, config.batch_bytes_max)])
         if config.fsync == FSYNC_ALWAYS:
             try:
                 self._segments[-1].sync()
@@ -139,9 +139,8 @@ class SegmentEngine(AsyncFlushMixin):
         check_crc = not crc_checked
         headers = [validate_batch_fields(b, batch_bytes_max, check_crc=check_crc) for b in batches]
         start_offset = self.log_end_offset
-        offsets: list[int] = []
         try:
-            self._append_grouped(batches, headers, offsets)
+            offsets = self._append_grouped(batches, headers)
             if self.config.fsync == FSYNC_ALWAYS and offsets:
                 self._active.sync()
         except EngineError:
@@ -150,16 +149,19 @@ class SegmentEngine(AsyncFlushMixin):
             raise
         return offsets
 
-    def _append_grouped(self, batches: list, headers: list[tuple], offsets: list[int]) -> None:
-        """Write validated batches, rolling where ``_append_one`` would, and every run of them
-        that lands in one segment in one write (one pwritev per request, not per batch).
-        Appends each batch's base offset to ``offsets`` once it is written."""
+    def _append_grouped(self, batches: list, headers: list[tuple]) -> list[int]:
+        """Write validated batches (``headers``: their raw header fields, see
+        batch.verify_fields), rolling first wherever one would not fit the active segment's
+        size, age or offset range, and every run of them that lands in one segment in one
+        write (one pwritev per request, not per batch). Returns their base offsets."""
         config = self.config
+        offsets: list[int] = []
         group: list[tuple] = []
         active = self._segments[-1]
         offset, size_bytes, first_ts = active.next_offset, active.size_bytes, active.first_timestamp_ms
         for batch, fields in zip(batches, headers):
             _, _, _, _, _, _, record_count, first_timestamp_ms, last_timestamp_ms, _, _, _ = fields
+            # Roll by age compares batch timestamps, so no clock is read per append.
             if size_bytes and (
                 size_bytes + len(batch) > config.segment_bytes_max
                 or last_timestamp_ms - (first_ts or 0) >= config.segment_ms_max
@@ -176,31 +178,13 @@ class SegmentEngine(AsyncFlushMixin):
             offset += record_count
             size_bytes += len(batch)
         self._write_group(active, group, offsets)
+        return offsets
 
     def _write_group(self, active: LogSegment, group: list[tuple], offsets: list[int]) -> None:
         if group:
             active.append_many(group)
             self._size_bytes += sum(len(g[0]) for g in group)
             offsets += (g[1] for g in group)
-
-    def _append_one(self, batch: bytes | bytearray | memoryview, fields: tuple) -> int:
-        """Write one validated batch (``fields``: its raw header, see batch.verify_fields),
-        rolling first if it would not fit the active segment's size, age or offset range."""
-        _, _, _, _, _, _, record_count, first_timestamp_ms, last_timestamp_ms, _, _, _ = fields
-        active = self._segments[-1]
-        offset = active.next_offset
-        size_bytes = active.size_bytes
-        # Roll by age compares batch timestamps, so no clock is read per append.
-        if size_bytes and (
-            size_bytes + len(batch) > self.config.segment_bytes_max
-            or last_timestamp_ms - (active.first_timestamp_ms or 0) >= self.config.segment_ms_max
-            or offset + record_count - active.base_offset > RELATIVE_OFFSET_MAX
-        ):
-            self._roll(offset)
-            active = self._segments[-1]
-        active.append(batch, offset, record_count, first_timestamp_ms, last_timestamp_ms)
-        self._size_bytes += len(batch)
-        return offset
 
     def _roll(self, offset: int) -> None:
         """Close the active segment for appends and start a new one at ``offset``."""

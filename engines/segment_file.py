@@ -115,11 +115,6 @@ class LogSegment:
         return os.fstat(self.fd).st_size
 
     # -- append -------------------------------------------------------------------------------
-    def append(self, batch: bytes | bytearray | memoryview, offset: int, record_count: int,
-               first_timestamp_ms: int, last_timestamp_ms: int) -> None:
-        """``append_many`` of one batch."""
-        self.append_many([(batch, offset, record_count, first_timestamp_ms, last_timestamp_ms)])
-
     def append_many(self, batches: list[tuple[bytes | bytearray | memoryview, int, int, int, int]]) -> None:
         """Write (already validated) batches at the end, each ``(batch, offset, record_count,
         first_timestamp_ms, last_timestamp_ms)`` with its first 8 bytes replaced by ``offset``

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from bench import rtt
+from nodes import local_cluster
 from nodes.local_cluster import Cluster
 
 
@@ -27,7 +28,7 @@ def test_loom_round_trips_are_acknowledged_produces_with_each_process_cpu(tmp_pa
             super().start(names, wait)
             started.extend(p.pid for p in self.procs.values())
 
-    monkeypatch.setattr(rtt, "Cluster", Recording)
+    monkeypatch.setattr(local_cluster, "Cluster", Recording)  # running_cluster builds one
     assert rtt.main(["--loom", "--count", "300", "--pause-ms", "0", "--runs", "1", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     run = doc["runs"][0]
