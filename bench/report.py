@@ -5,7 +5,9 @@ document and the ``--chart`` page (self-contained HTML, inline SVG, no scripts o
 Document shape (``--json``): the first combination's medians at the top (``records_per_s``,
 ``mb_per_s``, ``latency_ms: {p50, p99, p999}``, ``cpu_us_per_record: {client, cluster}``),
 ``combinations`` (medians and ratios of each), ``runs`` (every run with its timeline), ``meta``
-and, with ``--peer``, ``peer``. Pure functions apart from the writers; not thread-safe.
+and, with ``--peer``, ``peer`` (its figure and its servers' ``cpu_us_per_record: {cluster}``
+and ``server_peak_rss_mb``: bench/peer.py). Pure functions apart from the writers; not
+thread-safe.
 """
 
 from __future__ import annotations
@@ -189,9 +191,8 @@ def print_table(doc: dict, out: Any = None) -> None:
         if s["broker_peak_rss_mb"]:
             out.write(f"{s['label']}: peak RSS MB per broker over its runs: "
                       + ", ".join(f"{n} {_fmt(v, 1)}" for n, v in sorted(s["broker_peak_rss_mb"].items())) + "\n")
-    p = doc.get("peer")
-    if p:
-        out.write(peer_line(doc) + "\n")
+    if doc.get("peer"):
+        out.write("".join(line + "\n" for line in peer_lines(doc)))
 
 
 def peer_line(doc: dict) -> str:
@@ -204,6 +205,28 @@ def peer_line(doc: dict) -> str:
                 f"{first['label']} p99 / peer p99 = {_fmt(_ratio(first['latency_ms']['p99'], lat['p99']), 3)}")
     return (f"peer {p['name']} (same run): {p['records_per_s']:,} records/s; "
             f"{first['label']} / peer = {_fmt(_ratio(first['records_per_s'], p['records_per_s']), 2)}x")
+
+
+def peer_servers_line(doc: dict) -> str | None:
+    """The peer's servers beside Loom's cluster: CPU per record and each server's peak RSS;
+    None when the peer was skipped or no server was seen."""
+    p, first = doc["peer"], doc["combinations"][0]
+    if p.get("skipped") or not p.get("servers"):
+        return None
+    window = p.get("publish_window_cpu_us_per_record")
+    loom_rss = max(first["broker_peak_rss_mb"].values(), default=None)
+    return (f"peer {p['name']} servers (same run): cluster CPU {_fmt(p['cpu_us_per_record']['cluster'])} us/record "
+            f"over the whole script ({p['server_cpu_s']:.1f} s / {p['records_published']:,} records"
+            + (f"; {_fmt(window)} in its publish windows" if window is not None else "")
+            + f"), {first['label']} {_fmt(first['cpu_us_per_record']['cluster'])}; peak RSS MB per server "
+            + ", ".join(f"{n} {_fmt(v, 1)}" for n, v in p["server_peak_rss_mb"].items())
+            + f", {first['label']} largest broker {_fmt(loom_rss, 1)}")
+
+
+def peer_lines(doc: dict) -> list[str]:
+    """What the table says of the peer: its figure, then its servers' CPU and memory."""
+    servers = peer_servers_line(doc)
+    return [peer_line(doc)] + ([servers] if servers else [])
 
 
 def write_json(path: str, doc: dict) -> None:
@@ -275,7 +298,7 @@ def chart_html(doc: dict) -> str:
     head, rows = table_rows(doc)
     table = ("<table border=1 cellpadding=3><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
-    peer = f"<p>{html.escape(peer_line(doc))}</p>" if doc.get("peer") else ""
+    peer = "".join(f"<p>{html.escape(line)}</p>" for line in peer_lines(doc)) if doc.get("peer") else ""
     return ("<!doctype html><meta charset=utf-8><title>loom bench</title>"
             f"<h1>loom bench {html.escape(doc['meta']['command'])}</h1>"
             f"<p>{html.escape(doc['meta']['date'])}, {html.escape(' '.join(doc['meta']['argv']))}</p>"

@@ -1,18 +1,26 @@
 """Measurements for ``loom bench``: a mergeable latency histogram, the CPU time and peak memory of
-node processes (Linux /proc), and finding the nodes of a running cluster.
+node processes (Linux /proc), finding the nodes of a running cluster, and following the
+processes a script starts below it (``ProcessTreeSampler``: the peer scripts' servers; and
+``kill_tree`` to stop them all by pid).
 
 The histogram keeps counts in logarithmic buckets (``BUCKETS_PER_E`` per factor of e, i.e. a
 relative error under 1 %), so one interval's or one worker's latencies are a small dict that
 merges exactly with another's and crosses a process boundary as JSON.
 
-Pure functions and small classes; ``LatencyHistogram`` is not thread-safe (one owner).
+Pure functions and small classes; ``LatencyHistogram`` and ``ProcessTreeSampler`` are not
+thread-safe (one owner each).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 BUCKETS_PER_E = 100          # log buckets per factor e: bucket width ~1 %
 LATENCY_FLOOR_US = 1.0       # latencies under 1 µs count as 1 µs
@@ -73,14 +81,7 @@ def _round(ms: float | None) -> float | None:
 
 def process_cpu_s(pids: list[int]) -> float:
     """User + system CPU seconds of processes (Linux /proc; 0 for a pid that is gone)."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-        except (OSError, IndexError, ValueError):
-            pass
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(s.cpu_s for s in map(proc_stat, pids) if s is not None)
 
 
 def _status_kib(pid: int, field: str) -> int | None:
@@ -155,3 +156,130 @@ def find_node_processes(config_path: str) -> dict[str, list[int]]:
         if cfg in wanted or os.path.normpath(os.path.join(cwd, cfg)) in wanted:
             found.setdefault(args[args.index("--node") + 1], []).append(int(entry))
     return {name: sorted(pids) for name, pids in found.items()}
+
+
+# -- the processes below one process -------------------------------------------------------------
+@dataclass(frozen=True)
+class ProcStat:
+    """One line of /proc/PID/stat, the fields used here."""
+
+    pid: int
+    comm: str         # the executable's name (15 characters at most)
+    ppid: int
+    start_ticks: int  # since boot: with the pid, names one process (pids are reused)
+    cpu_s: float      # user + system so far
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """The fields of /proc/PID/stat used here; None when the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        head, _, tail = raw.rpartition(b")")
+        f = tail.split()  # from field 3 (state) on: ppid 4, utime 14, stime 15, starttime 22
+        return ProcStat(pid, head.partition(b"(")[2].decode(errors="replace"), int(f[1]), int(f[19]),
+                        (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, IndexError, ValueError):  # gone, or not a process's entry
+        return None
+
+
+def _proc_stats() -> dict[int, ProcStat]:
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()][:PROC_SCAN_PIDS_MAX]
+    except OSError:
+        return {}
+    return {s.pid: s for s in map(proc_stat, map(int, entries)) if s is not None}
+
+
+def _below(root_pid: int, stats: dict[int, ProcStat]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for s in stats.values():
+        children.setdefault(s.ppid, []).append(s.pid)
+    found, stack = [], [root_pid]
+    while stack:
+        kids = children.get(stack.pop(), [])
+        found += kids
+        stack += kids
+    return found
+
+
+def descendant_pids(root_pid: int) -> list[int]:
+    """Every process below ``root_pid`` now: its children, theirs, and so on (by each process's
+    parent pid in /proc; an orphan that was reparented is no longer below). Empty when /proc is
+    unreadable."""
+    return _below(root_pid, _proc_stats())
+
+
+def kill_tree(root_pid: int) -> None:
+    """SIGKILL a process this program started (directly or not) and every process below it, each
+    by its pid. The processes below are listed before anything is killed, while they are still
+    below (a killed parent's children are reparented)."""
+    for pid in [*descendant_pids(root_pid), root_pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class SampledProcess:
+    """What the samples saw of one process."""
+
+    pid: int
+    name: str
+    start_ticks: int
+    cpu_s: float                       # user + system at the last sample that saw it
+    peak_rss_mb: float | None = None   # VmHWM (its lifetime peak) at the last sample that saw it
+
+
+class ProcessTreeSampler:
+    """The CPU time and peak memory of the processes below ``root_pid`` whose executable name
+    (``comm``) is one of ``names``, read from /proc at each ``sample``.
+
+    Only descendants of the root count, so a process of that name that was already running
+    elsewhere is never looked at. A process is followed from the first sample that sees it
+    until it is gone, even after it is reparented. Its CPU is its lifetime total at the last
+    sample that saw it; what it used between that sample and its exit is missed (at most one
+    sampling interval of its use, typically its shutdown). Its peak RSS is the kernel's
+    high-water mark (VmHWM), so only a peak after the last sample that saw it is missed.
+    Reading only: no process is signalled here."""
+
+    def __init__(self, root_pid: int, names: Collection[str]) -> None:
+        self.root_pid = root_pid
+        self.names = frozenset(names)
+        self.samples = 0
+        self._seen: dict[tuple[int, int], SampledProcess] = {}
+
+    def sample(self) -> None:
+        stats = _proc_stats()
+        for pid in _below(self.root_pid, stats):
+            s = stats[pid]
+            if s.comm in self.names and (pid, s.start_ticks) not in self._seen:
+                self._seen[(pid, s.start_ticks)] = SampledProcess(pid, s.comm, s.start_ticks, s.cpu_s)
+        for (pid, start), p in self._seen.items():
+            s = stats.get(pid)
+            if s is None or s.start_ticks != start:
+                continue  # gone (or its pid is another process's now): keep what was seen last
+            p.cpu_s = s.cpu_s
+            hwm = peak_rss_mb(pid)
+            if hwm is not None:
+                p.peak_rss_mb = max(p.peak_rss_mb or 0.0, hwm)
+        self.samples += 1
+
+    def processes(self) -> list[SampledProcess]:
+        """Every process seen, in the order they started."""
+        return sorted(self._seen.values(), key=lambda p: (p.start_ticks, p.pid))
+
+    def follow(self, proc: subprocess.Popen, interval_s: float, timeout_s: float) -> bool:
+        """Sample every ``interval_s`` until ``proc`` (the root) exits: True; or until
+        ``timeout_s`` has passed: False, with ``proc`` still running."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.sample()
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                return proc.poll() is not None
+            try:
+                proc.wait(timeout=min(interval_s, remaining_s))
+                return True
+            except subprocess.TimeoutExpired:
+                pass

@@ -8,35 +8,16 @@ wide margin (the defect burned about half a core per node), not a benchmark.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 
 from fabric.client import Admin
-from tests.harness import Cluster, running_cluster, wait_until
+from tests.harness import Cluster, running_cluster
+from tests.integration.large_topic_support import IDLE_CPU_CORE_FRACTION_MAX, cpu_seconds, create_settled
 
-PARTITIONS = 1000
-SETTLE_S = 10
 STEADY_S = 60
-IDLE_CPU_CORE_FRACTION_MAX = 0.05
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def fully_replicated(admin: Admin, topic: str) -> bool:
-    """Every partition has its whole replica set in the ISR and a leader that serves it."""
-    t = admin.metadata().topics.get(topic)
-    if t is None or len(t.partitions) != PARTITIONS or \
-            not all(p.leader >= 0 and len(p.isr) == len(p.replicas) for p in t.partitions):
-        return False
-    admin.list_offsets(topic)  # raises until every leader has taken over
-    return True
 
 
 def leaders(admin: Admin, topic: str) -> list[tuple[int, int]]:
@@ -50,12 +31,7 @@ def broker_cpu(cluster: Cluster) -> dict[str, float]:
 @pytest.mark.slow
 def test_thousand_partition_topic_settles_stays_replicated_and_idles(tmp_path: Path) -> None:
     with running_cluster(tmp_path) as cluster, Admin(cluster.bootstrap) as admin:
-        started = time.monotonic()
-        admin.create_topic("big", PARTITIONS, 3)
-        created_s = time.monotonic() - started
-        wait_until(lambda: fully_replicated(admin, "big"), SETTLE_S - created_s, 0.2,
-                   what=f"{PARTITIONS} partitions fully replicated within {SETTLE_S} s of creation")
-        settled_s = time.monotonic() - started
+        created_s, settled_s = create_settled(admin, "big")
         before = leaders(admin, "big")
         cpu_start, window_start = broker_cpu(cluster), time.monotonic()
         while time.monotonic() - window_start < STEADY_S:

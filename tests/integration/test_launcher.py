@@ -20,14 +20,10 @@ import pytest
 from fabric.config import load_config, parse_config
 from nodes import launcher
 from tests.harness import ROOT, make_config, wait_until
+from tests.integration.loom_up_support import loom
 from tests.unit.fakes import ExitedProc
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def _loom(*args: str, timeout_s: float = 40) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nodes.cli", *args], capture_output=True, cwd=str(ROOT),
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=timeout_s, text=True)
 
 
 @pytest.fixture
@@ -104,7 +100,7 @@ def test_up_restart_status_down(supervised) -> None:
     assert f"gateway:   http://127.0.0.1:{cfg.node('gateway').port}/" in summary
     if "gateway" not in expected_up:
         assert "(not yet running: no gateway in this build)" in summary
-        one = _loom("up", "--node", "gateway", "-c", str(config_path))
+        one = loom("up", "--node", "gateway", "-c", str(config_path))
         assert one.returncode == 1 and one.stderr.strip() == "loom: error: gateway: role gateway is not available in this build"
 
     info = json.loads(launcher.pid_file_path(cfg).read_text())
@@ -127,7 +123,7 @@ def test_up_restart_status_down(supervised) -> None:
     new_pid = wait_until(restarted, 20, what="broker-2 to be restarted")
     assert new_pid != old_pid
 
-    status = _loom("status", "-c", str(config_path))
+    status = loom("status", "-c", str(config_path))
     assert status.returncode == 0, status.stdout + status.stderr
     for name in expected_up:
         assert re.search(rf"^{name}\s.*\bup\b", status.stdout, re.M), status.stdout
@@ -137,13 +133,13 @@ def test_up_restart_status_down(supervised) -> None:
     assert f"supervisor: pid {proc.pid}" in status.stdout
 
     all_pids = set(json.loads(launcher.pid_file_path(cfg).read_text())["children"].values())
-    down = _loom("down", "-c", str(config_path))
+    down = loom("down", "-c", str(config_path))
     assert down.returncode == 0, down.stderr
     assert proc.wait(timeout=30) == 0
     assert not any(launcher.pid_alive(p) for p in all_pids | {proc.pid})
     assert not launcher.pid_file_path(cfg).exists()
 
-    after = _loom("status", "-c", str(config_path), timeout_s=20)
+    after = loom("status", "-c", str(config_path), timeout_s=20)
     assert after.returncode == 1 and re.search(r"^broker-1\s.*\bdown\b", after.stdout, re.M)
-    again = _loom("down", "-c", str(config_path))
+    again = loom("down", "-c", str(config_path))
     assert again.returncode == 1 and again.stderr.startswith("loom: error: no running cluster found")

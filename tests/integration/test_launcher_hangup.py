@@ -9,61 +9,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
 import pytest
 
-from fabric.config import load_config
 from nodes import launcher
-from tests.harness import ROOT, make_config, wait_until
+from tests.harness import make_config, wait_until
+from tests.integration.loom_up_support import Up
 
 pytestmark = pytest.mark.timeout(90)
-
-STOP_TIMEOUT_S = 30
-
-
-class Up:
-    """``loom up`` in the background with the given stdout/stderr."""
-
-    def __init__(self, tmp_path: Path, stdout: int | IO, stderr: int | IO) -> None:
-        self.config_path = make_config(tmp_path, 1)
-        self.config = load_config(self.config_path, environ={})
-        self.proc = subprocess.Popen([sys.executable, "-m", "nodes.cli", "up", "-c", str(self.config_path)],
-                                     stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=str(ROOT),
-                                     env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        self.children: dict[str, int] = {}
-
-    def wait_all_up(self) -> None:
-        def up() -> bool:
-            info = launcher.read_pid_file(self.config) or {}
-            kids = info.get("children") or {}
-            if info.get("pid") != self.proc.pid or set(kids) != set(self.config.nodes):
-                return False
-            for name, pid in kids.items():
-                reply = launcher.ping(self.config.nodes[name])
-                if not reply or reply.get("pid") != pid:
-                    return False
-            self.children = dict(kids)
-            return True
-        wait_until(up, 30, what="every node up under the supervisor")
-
-    def assert_stops_everything(self) -> int:
-        """The supervisor exits and leaves no node running; returns its exit code."""
-        code = self.proc.wait(timeout=STOP_TIMEOUT_S)
-        wait_until(lambda: not any(launcher.pid_alive(p) for p in self.children.values()), 5,
-                   what="no node left running after the supervisor exited")
-        return code
-
-    def kill_all(self) -> None:
-        for pid in [self.proc.pid, *self.children.values()]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=10)
-
 
 @pytest.fixture
 def started(tmp_path: Path) -> Iterator[list[Up]]:
@@ -76,7 +31,7 @@ def started(tmp_path: Path) -> Iterator[list[Up]]:
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
 def test_a_hangup_or_terminate_stops_every_node(tmp_path: Path, started: list[Up], sig: int) -> None:
     with open(tmp_path / "up.out", "wb") as out, open(tmp_path / "up.err", "wb") as err:
-        up = Up(tmp_path, out, err)
+        up = Up(make_config(tmp_path, 1), out, err)
     started.append(up)
     up.wait_all_up()
     wait_until(lambda: "stop:" in (tmp_path / "up.out").read_text(), 10, what="the summary (start-up done)")
@@ -87,7 +42,7 @@ def test_a_hangup_or_terminate_stops_every_node(tmp_path: Path, started: list[Up
 
 def test_a_closed_stdout_does_not_kill_the_supervisor(tmp_path: Path, started: list[Up]) -> None:
     with open(tmp_path / "up.err", "wb") as err:
-        up = Up(tmp_path, subprocess.PIPE, err)
+        up = Up(make_config(tmp_path, 1), subprocess.PIPE, err)
     started.append(up)
     assert up.proc.stdout is not None
     up.proc.stdout.close()  # `| head` that already left: every write to stdout fails (EPIPE)
@@ -113,7 +68,7 @@ def test_a_closed_stdout_does_not_kill_the_supervisor(tmp_path: Path, started: l
 
 def test_a_closed_stderr_does_not_kill_the_supervisor(tmp_path: Path, started: list[Up]) -> None:
     with open(tmp_path / "up.out", "wb") as out:
-        up = Up(tmp_path, out, subprocess.PIPE)
+        up = Up(make_config(tmp_path, 1), out, subprocess.PIPE)
     started.append(up)
     assert up.proc.stderr is not None
     up.proc.stderr.close()  # the terminal is gone: every progress line fails

@@ -22,6 +22,7 @@ from fabric.client.monitor import MonitorClient
 from fabric.config import LoomConfig, load_config
 from nodes import launcher
 from tests.harness import ROOT, wait_until
+from tests.integration.loom_up_support import loom
 from tests.integration.monitor_support import alert, monitor_config
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
@@ -98,13 +99,8 @@ def test_killed_broker_alert_fires_restart_resolves(sup: Supervised) -> None:
     assert sup.events(kind="recovery", action="restarted", node="broker-2")
 
 
-def _loom(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nodes.cli", *args], capture_output=True, text=True, cwd=str(ROOT),
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=30)
-
-
 def test_status_and_alerts_show_the_monitors_view(sup: Supervised) -> None:
-    status = _loom("status", "-c", sup.cfg.source)
+    status = loom("status", "-c", sup.cfg.source)
     assert status.returncode == 0, status.stdout + status.stderr  # 1 if a node were down or unresponsive
     assert "view of the monitor" in status.stdout and "\ncluster: " in status.stdout, status.stdout
     for name in ("broker-1", "broker-2", "consumer-1", "coordinator", "monitor"):
@@ -113,9 +109,9 @@ def test_status_and_alerts_show_the_monitors_view(sup: Supervised) -> None:
     # what only a broker tells (nodes/cli_cluster.py _print_broker_notes): its storage engine
     engines = re.search(r"^engines: (.*)$", status.stdout, re.M)
     assert engines and "broker-1 segment" in engines.group(1) and "broker-2 segment" in engines.group(1), status.stdout
-    alerts = _loom("alerts", "--all", "-c", sup.cfg.source)
+    alerts = loom("alerts", "--all", "-c", sup.cfg.source)
     assert alerts.returncode == 0 and "node_down" in alerts.stdout and "resolved" in alerts.stdout, alerts.stdout
-    events = _loom("alerts", "--events", "--json", "-c", sup.cfg.source)
+    events = loom("alerts", "--events", "--json", "-c", sup.cfg.source)
     rows = [json.loads(line) for line in events.stdout.splitlines()]
     assert any(r.get("action") == "restarted" and r.get("node") == "broker-2" for r in rows)
 
