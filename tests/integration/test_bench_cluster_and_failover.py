@@ -1,13 +1,14 @@
-"""`loom bench cluster` with the common flags, end to end on a self-contained cluster (a couple
-of seconds of tiny records): the workload the flags shape, the common --json keys beside its
-older keys, and the --chart page. Run under the heavy lock (starts node processes)."""
+"""`loom bench cluster` and `loom bench failover` with the common flags, end to end on
+self-contained clusters (a couple of seconds of tiny records each): the workload the flags
+shape, the common --json keys beside each one's older keys, and the --chart page. Run under
+the heavy lock (starts node processes)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from bench import cluster
+from bench import cluster, failover
 
 
 def test_cluster_runs_one_scenario_shaped_by_the_common_flags(tmp_path: Path) -> None:
@@ -28,3 +29,21 @@ def test_cluster_runs_one_scenario_shaped_by_the_common_flags(tmp_path: Path) ->
         doc["results"]["rf2-acks1"])
     assert doc["meta"]["value_bytes"] == 64
     assert page.read_text().count("<svg") == 2
+
+
+def test_failover_with_the_common_flags(tmp_path: Path) -> None:
+    out, page = tmp_path / "failover.json", tmp_path / "failover.html"
+    assert failover.main(["--runs", "1", "--duration", "2", "--record-size", "32", "--partitions", "2",
+                          "--topic", "ft", "--producers", "2", "--consumers", "1", "--rate", "1000",
+                          "--batch-size", "100", "--linger-ms", "1", "--compression", "zstd",
+                          "--json", str(out), "--chart", str(page)]) == 0
+    doc = json.loads(out.read_text())
+    [run] = doc["runs"]
+    assert run["partition"] == 0 and run["first_post_kill_ack_ms"] > 0 and run["new_leader"]
+    assert run["first_post_kill_read_ms"] >= run["first_post_kill_ack_ms"] * 0.5  # a reader saw it too
+    assert run["seconds"] >= 2.0 and run["consumed_records"] > 0
+    assert doc["records_per_s"] > 0 and doc["latency_ms"]["p999"] >= doc["latency_ms"]["p50"] > 0
+    assert doc["cpu_us_per_record"]["client"] > 0 and doc["cpu_us_per_record"]["cluster"] > 0
+    assert "target_met" in doc and doc["medians"]["first_post_kill_ack_ms"] == run["first_post_kill_ack_ms"]
+    assert len(run["broker_peak_rss_mb"]) == 3
+    assert "SIGKILL" in page.read_text()
