@@ -53,14 +53,14 @@ def e2e(args: tuple[str, ...]) -> None:
 @bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def engines(args: tuple[str, ...]) -> None:
-    """Append/read throughput per engine and fsync mode (python -m bench.engines)."""
+    """Append/read throughput per engine and fsync mode; with a cluster flag, the end-to-end comparison (python -m bench.engines)."""
     _run("bench.engines", list(args))
 
 
 @bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def cluster(args: tuple[str, ...]) -> None:
-    """Produce/consume throughput of a 3-broker cluster on loopback (python -m bench.cluster)."""
+    """Produce, then drain, per RF x acks scenario beside a raw pyzmq baseline (python -m bench.cluster)."""
     _run("bench.cluster", list(args))
 
 

@@ -1,50 +1,63 @@
-"""Cluster benchmark: produce and consume throughput through the client library against a real
-3-broker cluster (plus coordinator) on loopback, with a raw pyzmq baseline in the same run.
+"""Cluster benchmark: produce and consume throughput through the client library on a 3-broker
+cluster (plus coordinator) it starts on free ports, or a running one (-c/--bootstrap), for each
+scenario (replication factor x acks), with a raw pyzmq baseline in the same invocation.
 
-    python -m bench.cluster [--records N] [--runs 3] [--json out.json]
-                            [--engine segment] [--fsync interval] [--value-bytes 100]
+    python -m bench.cluster [--records N | --duration S] [--runs 3] [--json out.json] [--chart out.html]
+                            [--scenarios rf1-acks1,rf3-acksall | --replication-factor R --acks A]
+                            [--engine segment] [--fsync interval] [--record-size 100 (--value-bytes)]
+                            [--partitions 3] [--producers 1] [--consumers 1] [--batch-size 1000]
+                            [--linger-ms 5] [--compression none] [--rate N] [--topic T]
+                            [-c CONFIG | --bootstrap HOST:PORT,... | --self-contained]
 
-Scenarios (each run uses a fresh topic of 3 partitions, keyless 100-byte records):
-  rf1-acks1     replication factor 1, acks=1
-  rf3-acksall   replication factor 3, acks=all (min.insync.replicas 2)
-Baseline: one DEALER -> ROUTER process pair moving the same record bytes as msgpack frames of
-1000 records (produce: client packs and sends, server answers each frame; consume: server
-sends pre-packed frames, client unpacks every record). Ratios = Loom / baseline.
+Scenarios: rf1-acks1 (replication factor 1, acks=1) and rf3-acksall (3, acks=all,
+min.insync.replicas 2) unless ``--scenarios`` names others of the form rf<R>-acks<0|1|all>, or
+``--replication-factor``/``--acks`` make the one scenario rf<R>-acks<A>. Every scenario run is a
+``loom bench consume`` run on the one cluster of the invocation: a fresh topic of
+``--partitions`` (``--topic`` names it, for one scenario), ``--producers`` processes write
+``--records`` records (or for ``--duration`` seconds, or at ``--rate``) with the producer
+options given, then ``--consumers`` processes drain them; produce and drain are measured apart,
+with the produce-ack latency, CPU per record and each broker's peak RSS, and every record
+produced must be consumed.
+Baseline (before the cluster starts): one DEALER -> ROUTER process pair moving the same record
+bytes as msgpack frames of ``--batch-size`` records (produce: client packs and sends, server
+answers each frame; consume: server sends pre-packed frames, client unpacks every record).
+Ratios = Loom / baseline.
 
 Every loop is bounded by a count and a time limit; every process started here is stopped by
-its pid; the cluster's data lives in a temp directory that is removed at the end.
+its pid; a self-contained cluster's data lives in a temp directory that is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shutil
+import re
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import msgpack
 import zmq
 
-from bench.options import UsageParser
+from bench import options, report, runner
+from bench.options import BenchOptions, Combination, OptionError, UsageParser
 from bench.stats import process_cpu_s
-from fabric.client import Admin, Consumer, Producer
-from nodes.local_cluster import Cluster, free_ports, make_config
+from bench.worker import payload
+from bench.workload import Target
+from nodes.local_cluster import free_ports
 
-FRAME_RECORDS = 1000
 BASELINE_WINDOW = 16          # frames in flight in the baseline (the producer pipelines too)
-PHASE_SECONDS_MAX = 120.0     # any one produce or consume phase
+PHASE_SECONDS_MAX = 120.0     # a baseline produce or consume phase of a --records run
 SERVER_LIFETIME_S_MAX = 900   # the baseline server exits on its own after this
-SCENARIOS = (("rf1-acks1", 1, 1), ("rf3-acksall", 3, "all"))
-FSYNC_INTERVAL_MS = 1000      # the config default (the test harness uses 50 ms)
+SCENARIOS = ("rf1-acks1", "rf3-acksall")
+SCENARIO_NAME = re.compile(r"rf([0-9]+)-acks(0|1|all)")
+DEFAULTS = {**options.DEFAULTS, "runs": 3}
 
 
 @dataclass
@@ -109,46 +122,47 @@ def baseline_server(port: int) -> int:
     return 0
 
 
-def _records(count: int, value: bytes, now_ms: int) -> list[tuple]:
-    return [(now_ms, None, value, None)] * count
-
-
-def baseline(records: int, value: bytes) -> tuple[Phase, Phase]:
-    """Produce and consume the same records over raw DEALER -> ROUTER (one process pair)."""
+def baseline(records: int | None, value: bytes, frame_records: int, seconds_max: float | None) -> tuple[Phase, Phase]:
+    """Produce and consume the same records over raw DEALER -> ROUTER (one process pair), in
+    frames of ``frame_records``: ``records`` of them (None: as many as ``seconds_max`` allows)."""
     port = free_ports(1)[0]
     proc = subprocess.Popen([sys.executable, "-m", "bench.cluster", "--baseline-server", str(port)],
                             cwd=str(Path(__file__).resolve().parent.parent))
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://127.0.0.1:{port}")
+    phase_s = seconds_max if seconds_max is not None else PHASE_SECONDS_MAX
     try:
         sock.send_multipart([b"P"])
         if not sock.poll(10_000):
             raise RuntimeError("baseline server did not answer")
         sock.recv()
-        frames = max(1, records // FRAME_RECORDS)
+        frames = max(1, (records if records is not None else options.RECORDS_MAX) // frame_records)
         # produce: build each frame from records (as a producer does), keep a window in flight
         cpu = CpuMeter([proc.pid])
         t0 = time.perf_counter()
         sent = acked = 0
-        while acked < frames and time.perf_counter() - t0 < PHASE_SECONDS_MAX:
+        while acked < frames and time.perf_counter() - t0 < phase_s:
             while sent < frames and sent - acked < BASELINE_WINDOW:
-                recs = [(time.time_ns() // 1_000_000, None, value, None) for _ in range(FRAME_RECORDS)]
+                recs = [(time.time_ns() // 1_000_000, None, value, None) for _ in range(frame_records)]
                 sock.send_multipart([b"P", msgpack.packb(recs, use_bin_type=True)], copy=False)
                 sent += 1
             if sock.poll(1000):
                 sock.recv()
                 acked += 1
-        produce = cpu.phase(acked * FRAME_RECORDS, time.perf_counter() - t0)
+        while acked < sent and sock.poll(10_000):  # the frames in flight when the time was up
+            sock.recv()
+            acked += 1
+        produce = cpu.phase(acked * frame_records, time.perf_counter() - t0)
         # consume: fetch pre-packed frames, unpack every record (as a consumer does)
-        sock.send_multipart([b"S", msgpack.packb(_records(FRAME_RECORDS, value, 0), use_bin_type=True)])
+        sock.send_multipart([b"S", msgpack.packb([(0, None, value, None)] * frame_records, use_bin_type=True)])
         sock.poll(10_000)
         sock.recv()
         cpu = CpuMeter([proc.pid])
         t0 = time.perf_counter()
         asked = got = total = 0
-        while got < frames and time.perf_counter() - t0 < PHASE_SECONDS_MAX:
-            while asked < frames and asked - got < BASELINE_WINDOW:
+        while got < acked and time.perf_counter() - t0 < PHASE_SECONDS_MAX:
+            while asked < acked and asked - got < BASELINE_WINDOW:
                 sock.send(b"F")
                 asked += 1
             if sock.poll(1000):
@@ -174,136 +188,179 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
-# -- Loom through the client library -----------------------------------------------------------
-def produce(bootstrap: str, topic: str, records: int, value: bytes, acks: int | str, pids: list[int]) -> Phase:
-    with Producer(bootstrap, acks=acks, linger_ms=5, batch_records_max=FRAME_RECORDS) as p:
-        p.sender.partition_count(topic, 10_000)  # metadata before the clock starts
-        send = p.send
-        cpu = CpuMeter(pids)
-        t0 = time.perf_counter()
-        deadline = t0 + PHASE_SECONDS_MAX
-        sent = 0
-        while sent < records:
-            for _ in range(min(10_000, records - sent)):
-                send(topic, value)
-            sent += min(10_000, records - sent)
-            if time.perf_counter() > deadline:
-                break
-        p.flush(timeout=PHASE_SECONDS_MAX)
-        return cpu.phase(sent, time.perf_counter() - t0)
+# -- the scenarios ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scenario:
+    """A replication factor and acks setting (or, with neither, the raw pyzmq baseline)."""
+
+    name: str
+    replication_factor: int | None = None
+    acks: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def as_dict(self) -> dict:
+        return {"scenario": self.name, "replication_factor": self.replication_factor, "acks": self.acks}
 
 
-def consume(bootstrap: str, topic: str, partitions: int, records: int, pids: list[int]) -> Phase:
-    with Consumer(bootstrap, auto_offset_reset="earliest") as c:
-        c.assign([(topic, p) for p in range(partitions)])
-        c.partitions_for(topic)
-        got = 0
-        cpu = CpuMeter(pids)
-        t0 = time.perf_counter()
-        deadline = t0 + PHASE_SECONDS_MAX
-        while got < records and time.perf_counter() < deadline:
-            got += len(c.poll(timeout_ms=1000, max_records=50_000))
-        return cpu.phase(got, time.perf_counter() - t0)
+BASELINE = Scenario("baseline")
 
 
-def run_scenario(cluster: Cluster, admin: Admin, name: str, rf: int, acks: int | str, run: int,
-                 records: int, value: bytes) -> tuple[Phase, Phase]:
-    topic = f"bench-{name}-{run}"
-    admin.create_topic(topic, partitions=3, replication_factor=rf)
-    cluster.wait_topic_ready(admin, topic, timeout_s=30)
-    pids = [proc.pid for proc in cluster.procs.values()]
-    p = produce(cluster.bootstrap, topic, records, value, acks, pids)
-    c = consume(cluster.bootstrap, topic, 3, p.records, pids)
-    if c.records != p.records:
-        raise RuntimeError(f"{topic}: produced {p.records} records, consumed {c.records}")
-    return p, c
+def scenario(name: str) -> Scenario:
+    """``rf<R>-acks<0|1|all>`` as a Scenario; raises OptionError for another name."""
+    m = SCENARIO_NAME.fullmatch(name)
+    if m is None:
+        raise OptionError(f"--scenarios: {name!r} is not rf<R>-acks<0|1|all> (e.g. {', '.join(SCENARIOS)})")
+    return Scenario(name, int(m.group(1)), m.group(2))
 
 
-# -- reporting ---------------------------------------------------------------------------------
-def _median(phases: list[Phase], attr: str = "records_per_s") -> float:
-    return statistics.median(getattr(ph, attr) for ph in phases)
+def build_parser() -> UsageParser:
+    ap = UsageParser(prog="loom bench cluster", description=__doc__.split("\n\n")[0])
+    options.add_common_arguments(ap, DEFAULTS, aliases={"--record-size": ("--value-bytes",)}, helps={
+        "--topic": "topic name, for one scenario (default: a fresh bench-cluster-... topic per scenario run)",
+        "--replication-factor": "run the one scenario rf<R>-acks<A> (instead of --scenarios) with this R",
+        "--acks": "run the one scenario rf<R>-acks<A> (instead of --scenarios) with this A",
+        "--consumers": "consumer processes draining each scenario's topic",
+        "--rate": "fixed offered rate of each produce phase, records/s over all producers (open loop)",
+        "--engine": "storage engine of the self-contained cluster",
+        "--fsync": "fsync mode of the self-contained cluster: always, interval, never",
+        "--runs": "runs of every scenario and of the baseline (medians reported)"})
+    ap.add_argument("--scenarios", help=f"comma list of rf<R>-acks<0|1|all> (default {','.join(SCENARIOS)})")
+    ap.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
+    return ap
 
 
-def _line(p: Phase, c: Phase) -> str:
-    return (f"produce {p.records_per_s:,.0f} rec/s (cpu us/rec client {p.client_cpu_us_per_record:.2f} "
-            f"server {p.server_cpu_us_per_record:.2f}), consume {c.records_per_s:,.0f} rec/s "
-            f"(client {c.client_cpu_us_per_record:.2f} server {c.server_cpu_us_per_record:.2f})")
+def configure(ns: argparse.Namespace) -> tuple[BenchOptions, list[Scenario]]:
+    """The options and the scenarios to run; raises OptionError."""
+    o = options.options_from("cluster", ns, DEFAULTS)
+    own = ns.replication_factor is not None or ns.acks is not None
+    if own and ns.scenarios is not None:
+        raise OptionError("--scenarios names the scenarios and --replication-factor/--acks make one: give one or the other")
+    names = [f"rf{o.replication_factor}-acks{o.acks}"] if own else options.comma_list(ns.scenarios or ",".join(SCENARIOS))
+    scenarios = list(dict.fromkeys(scenario(n) for n in names))
+    if not scenarios:
+        raise OptionError("--scenarios: name at least one")
+    for s in scenarios:  # the shared checks (a replication factor the cluster can hold) for each
+        options.validate(replace(o, replication_factor=s.replication_factor, acks=s.acks))
+    if o.topic is not None and len(scenarios) > 1:
+        raise OptionError(f"--topic names one topic, and the scenarios {', '.join(s.name for s in scenarios)} need one "
+                          "each: pick one with --scenarios or --replication-factor/--acks")
+    return o, scenarios
+
+
+def parse(argv: list[str]) -> tuple[BenchOptions, list[Scenario]]:
+    """Parse and validate; a usage error exits with status 2 (one line)."""
+    ap = build_parser()
+    ns = ap.parse_args(argv)
+    try:
+        return configure(ns)
+    except OptionError as e:
+        ap.error(str(e))
+
+
+def baseline_run(o: BenchOptions, run: int) -> dict:
+    """One baseline run as the report's run figures (no latency, no brokers)."""
+    p, c = baseline(o.record_target(), payload(o.record_size), o.batch_size, o.duration)
+
+    def figures(ph: Phase) -> dict:
+        return {"records": ph.records, "seconds": ph.seconds, "records_per_s": round(ph.records_per_s),
+                "mb_per_s": round(ph.records * o.record_size / 1e6 / ph.seconds, 2) if ph.seconds > 0 else 0,
+                "cpu_us_per_record": {"client": round(ph.client_cpu_us_per_record, 3),
+                                      "cluster": round(ph.server_cpu_us_per_record, 3)},
+                "cpu_s": {"client": ph.client_cpu_s, "cluster": ph.server_cpu_s}}
+    drained = figures(c)
+    return {"label": BASELINE.label, "combination": BASELINE.as_dict(), "run": run + 1, **figures(p), "errors": 0,
+            "latency_ms": {"p50": None, "p99": None, "p999": None, "samples": 0},
+            "consumed_records": c.records, "consume_seconds": c.seconds,
+            "consume_records_per_s": drained["records_per_s"], "consume_mb_per_s": drained["mb_per_s"],
+            "consume_cpu_us_per_record": drained["cpu_us_per_record"], "consume_cpu_s": drained["cpu_s"],
+            "broker_peak_rss_mb": {}, "broker_rss_growth_mb_per_min": {}, "timeline": []}
+
+
+def scenario_run(o: BenchOptions, s: Scenario, combo: Combination, target: Target, run: int,
+                 on_tick: Callable[[dict], None] | None = None) -> dict:
+    """One scenario run (``loom bench consume``'s produce, then drain) as produce-led figures:
+    the produce phase at the top, the drain in ``consume_*``."""
+    so = replace(o, command="consume", replication_factor=s.replication_factor, acks=s.acks,
+                 topic=o.topic or f"bench-cluster-{s.name}-{run}-{uuid.uuid4().hex[:8]}")
+    r = runner.run_once(so, combo, target, run, on_tick)
+    p = r["produce"]
+    if p["errors"] == 0 and r["records"] != p["records"]:
+        raise RuntimeError(f"{r['topic']}: produced {p['records']} records, consumed {r['records']}")
+    return {"label": s.label, "combination": s.as_dict() | combo.as_dict(), "run": r["run"], "topic": r["topic"], **p,
+            "consumed_records": r["records"], "expected_records": r["expected_records"],
+            "consume_seconds": r["seconds"], "consume_records_per_s": r["records_per_s"],
+            "consume_mb_per_s": r["mb_per_s"], "consume_cpu_us_per_record": r["cpu_us_per_record"],
+            "consume_cpu_s": r["cpu_s"], "broker_peak_rss_mb": r["broker_peak_rss_mb"],
+            "broker_rss_growth_mb_per_min": r["broker_rss_growth_mb_per_min"], "timeline": r["timeline"]}
+
+
+def run_all(o: BenchOptions, scenarios: list[Scenario], out: Callable[[str], None] = print) -> dict:
+    """The baseline runs, then every scenario once per run on one cluster (started here unless
+    -c/--bootstrap name one). Returns the result document."""
+    runs: dict[Scenario, list[dict]] = {s: [] for s in [*scenarios, BASELINE]}
+    for run in range(o.runs):
+        r = baseline_run(o, run)
+        runs[BASELINE].append(r)
+        out(report.run_line(f"run {run + 1}/{o.runs} baseline", r))
+    bar = report.Progress(o, enabled=o.progress if o.progress is not None else sys.stdout.isatty())
+    combo = Combination(o.engines[0], o.fsyncs[0])
+    with runner.cluster_for(o, combo) as target:
+        for run in range(o.runs):
+            for s in scenarios:
+                label = f"run {run + 1}/{o.runs} {s.name}"
+                try:
+                    r = scenario_run(o, s, combo, target, run, on_tick=partial(bar.tick, label))
+                finally:
+                    bar.clear()
+                runs[s].append(r)
+                out(report.run_line(label, r))
+    doc = report.document(o, [*scenarios, BASELINE], runs, ratio_to=BASELINE.label)
+    doc["meta"].update(records=o.record_target(), duration_s=o.duration, runs=o.runs, engine=combo.engine,
+                       fsync=combo.fsync, value_bytes=o.record_size)
+    doc["results"] = results(runs)
+    return doc
+
+
+def results(runs: dict[Scenario, list[dict]]) -> dict:
+    """The document's older ``results``: per scenario (baseline first) the medians, the ratios
+    to the baseline and every run's produce and consume phase."""
+    med = report.median_at
+    base_p, base_c = med(runs[BASELINE], "records_per_s"), med(runs[BASELINE], "consume_records_per_s")
+    out = {}
+    for s in [BASELINE, *(s for s in runs if s != BASELINE)]:
+        rs = runs[s]
+        mp, mc = med(rs, "records_per_s"), med(rs, "consume_records_per_s")
+        out[s.name] = {
+            "produce_records_per_s": round(mp), "consume_records_per_s": round(mc),
+            "produce_ratio": round(mp / base_p, 3), "consume_ratio": round(mc / base_c, 3),
+            "produce_client_cpu_us_per_record": med(rs, "cpu_us_per_record", "client"),
+            "produce_server_cpu_us_per_record": med(rs, "cpu_us_per_record", "cluster"),
+            "consume_client_cpu_us_per_record": med(rs, "consume_cpu_us_per_record", "client"),
+            "consume_server_cpu_us_per_record": med(rs, "consume_cpu_us_per_record", "cluster"),
+            "runs": {"produce": [_phase(r["records"], r["seconds"], r["cpu_s"], r["records_per_s"]) for r in rs],
+                     "consume": [_phase(r["consumed_records"], r["consume_seconds"], r["consume_cpu_s"],
+                                        r["consume_records_per_s"]) for r in rs]}}
+    return out
+
+
+def _phase(records: int, seconds: float, cpu_s: dict, records_per_s: float) -> dict:
+    return {"records": records, "seconds": seconds, "client_cpu_s": cpu_s["client"],
+            "server_cpu_s": cpu_s["cluster"], "records_per_s": round(records_per_s)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = UsageParser(prog="loom bench cluster", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--records", type=int, default=300_000, help="records per scenario run")
-    ap.add_argument("--runs", type=int, default=3, help="runs per scenario (medians reported)")
-    ap.add_argument("--json", help="write results as JSON to this file")
-    ap.add_argument("--engine", default="segment")
-    ap.add_argument("--fsync", default="interval", choices=("always", "interval", "never"))
-    ap.add_argument("--value-bytes", "--record-size", dest="value_bytes", type=int, default=100)
-    ap.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
-    ap.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.baseline_server:
-        return baseline_server(args.baseline_server)
-    if not 1 <= args.records <= 10_000_000 or not 1 <= args.runs <= 20:
-        ap.error("--records must be 1..10M and --runs 1..20")
-    value = os.urandom(args.value_bytes // 2).hex().encode()[:args.value_bytes].ljust(args.value_bytes, b"x")
-    by_name = {s[0]: s for s in SCENARIOS}
-    wanted = [by_name[n] for n in args.scenarios.split(",") if n in by_name]
-    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "records": args.records, "runs": args.runs,
-            "engine": args.engine, "fsync": args.fsync, "value_bytes": args.value_bytes,
-            "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
-    results: dict[str, dict[str, list[Phase]]] = {}
-    for run in range(args.runs):
-        bp, bc = baseline(args.records, value)
-        results.setdefault("baseline", {"produce": [], "consume": []})
-        results["baseline"]["produce"].append(bp)
-        results["baseline"]["consume"].append(bc)
-        print(f"run {run + 1}: baseline: {_line(bp, bc)}", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="loom-bench-cluster-"))
-    cluster = Cluster(make_config(work, 3, engine=args.engine, fsync=args.fsync,
-                                  overrides={"storage": {"fsync_interval_ms": FSYNC_INTERVAL_MS},
-                                             "liveness": {"heartbeat_interval_ms": 200, "session_timeout_ms": 6000},
-                                             "replication": {"replica_lag_time_max_ms": 10_000}}))
+    ap = build_parser()
+    ns = ap.parse_args(argv)
+    if ns.baseline_server:
+        return baseline_server(ns.baseline_server)
     try:
-        cluster.start()
-        with Admin(cluster.bootstrap) as admin:
-            for run in range(args.runs):
-                for name, rf, acks in wanted:
-                    p, c = run_scenario(cluster, admin, name, rf, acks, run, args.records, value)
-                    results.setdefault(name, {"produce": [], "consume": []})
-                    results[name]["produce"].append(p)
-                    results[name]["consume"].append(c)
-                    print(f"run {run + 1}: {name}: {_line(p, c)}", flush=True)
-    finally:
-        cluster.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
-    _report(results, meta, args.json)
-    return 0
-
-
-def _report(results: dict, meta: dict, json_path: str | None) -> None:
-    base_p, base_c = _median(results["baseline"]["produce"]), _median(results["baseline"]["consume"])
-    print(f"\nmedians of {meta['runs']} runs, {meta['records']:,} x {meta['value_bytes']}-byte records, "
-          f"engine {meta['engine']}, fsync {meta['fsync']}; cpu = CPU microseconds per record")
-    print(f"{'scenario':<13}{'produce/s':>11}{'consume/s':>11}{'prod/base':>10}{'cons/base':>10}"
-          f"{'prod cpu cli':>13}{'srv':>6}{'cons cpu cli':>13}{'srv':>6}")
-    summary = {}
-    for name, ph in results.items():
-        mp, mc = _median(ph["produce"]), _median(ph["consume"])
-        cpu = [_median(ph[k], a) for k in ("produce", "consume")
-               for a in ("client_cpu_us_per_record", "server_cpu_us_per_record")]
-        summary[name] = {"produce_records_per_s": round(mp), "consume_records_per_s": round(mc),
-                         "produce_ratio": round(mp / base_p, 3), "consume_ratio": round(mc / base_c, 3),
-                         "produce_client_cpu_us_per_record": round(cpu[0], 3),
-                         "produce_server_cpu_us_per_record": round(cpu[1], 3),
-                         "consume_client_cpu_us_per_record": round(cpu[2], 3),
-                         "consume_server_cpu_us_per_record": round(cpu[3], 3),
-                         "runs": {k: [asdict(x) | {"records_per_s": round(x.records_per_s)} for x in v]
-                                  for k, v in ph.items()}}
-        print(f"{name:<13}{mp:>11,.0f}{mc:>11,.0f}{mp / base_p:>10.0%}{mc / base_c:>10.0%}"
-              f"{cpu[0]:>13.2f}{cpu[1]:>6.2f}{cpu[2]:>13.2f}{cpu[3]:>6.2f}")
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"meta": meta, "results": summary}, f, indent=1)
+        o, scenarios = configure(ns)
+    except OptionError as e:
+        ap.error(str(e))
+    return runner.publish(o, partial(run_all, scenarios=scenarios))
 
 
 if __name__ == "__main__":

@@ -2,16 +2,32 @@
 Python file baseline written and read in the same run, plus reopen (recovery) time of a large
 log.
 
-    python -m bench.engines [--quick] [--json out.json] [--html out.html] [--repeat 3]
-                            [--engines segment,lmdb,memory] [--fsync never,interval,always]
+    python -m bench.engines [--quick] [--json out.json] [--chart out.html (--html)] [--runs 3 (--repeat)]
+                            [--engine segment,lmdb,memory (--engines)] [--fsync never,interval,always]
+                            [--record-size B] [--batch-size N] [--records N | --duration S]
+
+Rows: every engine x fsync mode x records per batch (1, 100, 1000; ``--batch-size`` picks one)
+x record size (100, 1024 bytes; ``--record-size`` picks one). Each row appends up to 256 MiB
+or for 4 s (``--quick``: 16 MiB, 1 s), ``--records`` records (in whole batches) or for
+``--duration`` seconds (at most ROW_BYTES_MAX_ASKED either way), then reads it all back. Key
+rows (fsync never, 1000 x 100-byte records, or the batch and size given; segment and lmdb) are
+run ``--runs`` times and their medians reported. One append in TIMED_EVERY is timed: the
+``--json`` document's ``latency_ms`` is the first key row's append latency, its
+``records_per_s``/``mb_per_s`` that row's appends and ``cpu_us_per_record.client`` this
+process's CPU per appended record (``cluster`` is null: there is none).
+
+The flags that only mean something through a cluster (-c, --bootstrap, --self-contained,
+--topic, --partitions, --replication-factor, --acks, --producers, --consumers, --linger-ms,
+--compression, --rate) run the end-to-end engine comparison instead: ``loom bench produce
+--engine <the engines> --fsync <the modes>`` with the other flags given.
 
 Every loop is bounded by a count and a time limit; all data lives in a temp directory that is
-removed at the end. Key rows (fsync never, 1000 x 100-byte records, segment and lmdb) are run
-``--repeat`` times and their medians reported.
+removed at the end.
 """
 
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import os
@@ -22,9 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
-from bench.options import UsageParser
+from bench import options, runner
+from bench.options import BenchOptions, OptionError, UsageParser
+from bench.stats import LatencyHistogram
 from engines import registry
 from engines.api import EngineConfig
 from engines.batch import build, split_headers
@@ -33,13 +51,19 @@ READ_MAX_BYTES = 1024 * 1024
 RECORD_SIZES_BYTES = (100, 1024)
 BATCH_RECORDS = (1, 100, 1000)
 KEY_ROW = (1000, 100)  # records per batch, record bytes
+TIMED_EVERY = 16       # one append in this many is timed (and the time bound checked)
+ROW_BYTES_MAX_ASKED = 1024**3       # a row of --records or --duration appends at most this
+BATCH_BYTES_MAX = 64 * 1024**2      # --batch-size x --record-size
+DEFAULTS = {**options.DEFAULTS, "engine": "segment,lmdb,memory", "fsync": "never,interval,always", "runs": 3}
+ENGINE_ONLY = {"quick": "--quick", "key_only": "--key-only", "no_recovery": "--no-recovery"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Limits:
     row_bytes_max: int  # bytes appended per row at most
     row_seconds_max: float  # time per phase at most
     recovery_log_bytes: int
+    row_records_max: int | None = None  # records appended per row (whole batches), instead of the bytes
 
 
 FULL = Limits(row_bytes_max=256 * 1024**2, row_seconds_max=4.0, recovery_log_bytes=1024**3)
@@ -62,6 +86,8 @@ class Row:
     append_ratio: float
     read_ratio: float
     runs: int = 1
+    append_latency_ms: dict = field(default_factory=dict)  # {p50, p99, p999, samples}: one append in TIMED_EVERY
+    append_cpu_us_per_record: float | None = None           # this process's CPU over the append phase
 
 
 def _config(fsync: str) -> EngineConfig:
@@ -76,27 +102,48 @@ def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+@dataclass
+class Appended:
+    """What the append phase of one row measured."""
+
+    batches: int
+    append_s: float
+    read_s: float
+    read_bytes: int
+    cpu_s: float
+    latency: LatencyHistogram
+
+
 def _bench_engine(name: str, fsync: str, batch: bytes, records: int, count_max: int,
-                  seconds_max: float, directory: str) -> tuple[int, float, float, int]:
-    """Append up to count_max batches (or for seconds_max), then read them all back
-    sequentially. Returns (batches, append seconds, read seconds, bytes read)."""
+                  seconds_max: float, directory: str) -> Appended:
+    """Append up to count_max batches (or for seconds_max), timing one in TIMED_EVERY, then
+    read them all back sequentially."""
     engine = registry.open_engine(name, directory, _config(fsync))
     os.sync()  # start each timed phase with no writeback pending from the previous one
+    latency = LatencyHistogram()
     try:
         interval = fsync == "interval"
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         deadline = start + seconds_max
         n = 0
         while n < count_max:
-            engine.append(batch)
-            n += 1
+            if n % TIMED_EVERY:
+                engine.append(batch)
+                n += 1
+            else:
+                t = time.perf_counter()
+                engine.append(batch)
+                now = time.perf_counter()
+                latency.record_us((now - t) * 1e6)
+                n += 1
+                if now > deadline:
+                    break
             if interval:
                 engine.maybe_flush(_now_ms())
-            if n % 16 == 0 and time.perf_counter() > deadline:
-                break
         if fsync != "never":
             engine.flush()
         append_s = time.perf_counter() - start
+        cpu_s = time.process_time() - cpu0
         start = time.perf_counter()
         offset, end, read_bytes = 0, engine.log_end_offset, 0
         for _ in range(n + 1):  # bounded: each read returns at least one batch
@@ -106,7 +153,7 @@ def _bench_engine(name: str, fsync: str, batch: bytes, records: int, count_max: 
             read_bytes += len(data)
             offset += (len(data) // len(batch)) * records
         read_s = time.perf_counter() - start
-        return n, append_s, read_s, read_bytes
+        return Appended(n, append_s, read_s, read_bytes, cpu_s, latency)
     finally:
         engine.close()
 
@@ -144,26 +191,32 @@ def _bench_baseline(fsync: str, batch: bytes, count: int, path: str) -> tuple[fl
 def run_row(name: str, fsync: str, records: int, record_bytes: int, limits: Limits, work: str,
             runs: int) -> Row:
     batch = _batch(records, record_bytes)
-    count_max = max(limits.row_bytes_max // len(batch), 1)
-    samples = []
+    if limits.row_records_max is not None:
+        count_max = -(-limits.row_records_max // records)  # whole batches
+    else:
+        count_max = max(limits.row_bytes_max // len(batch), 1)
+    samples, latency = [], LatencyHistogram()
     for run in range(runs):
         directory = os.path.join(work, f"{name}-{fsync}-{records}-{record_bytes}-{run}")
-        n, append_s, read_s, read_bytes = _bench_engine(name, fsync, batch, records, count_max,
-                                                        limits.row_seconds_max, directory)
+        a = _bench_engine(name, fsync, batch, records, count_max, limits.row_seconds_max, directory)
         shutil.rmtree(directory, ignore_errors=True)
+        n = a.batches
         base_append_s, base_read_s = _bench_baseline(fsync, batch, n, os.path.join(work, "baseline.dat"))
         mb = n * len(batch) / 1e6
+        latency.merge(a.latency)
         samples.append(Row(
             name, fsync, records, record_bytes, n,
-            n * records / append_s, mb / append_s, n * records / read_s, read_bytes / 1e6 / read_s,
-            mb / base_append_s, mb / base_read_s, base_append_s / append_s, base_read_s / read_s))
+            n * records / a.append_s, mb / a.append_s, n * records / a.read_s, a.read_bytes / 1e6 / a.read_s,
+            mb / base_append_s, mb / base_read_s, base_append_s / a.append_s, base_read_s / a.read_s,
+            append_cpu_us_per_record=round(1e6 * a.cpu_s / (n * records), 3)))
     if runs == 1:
-        return samples[0]
+        return replace(samples[0], append_latency_ms=latency.summary_ms())
     med = lambda attr: statistics.median(getattr(s, attr) for s in samples)  # noqa: E731
     return Row(name, fsync, records, record_bytes, samples[0].batches,
                *(med(a) for a in ("append_records_per_s", "append_mb_per_s", "read_records_per_s",
                                   "read_mb_per_s", "baseline_append_mb_per_s", "baseline_read_mb_per_s",
-                                  "append_ratio", "read_ratio")), runs=runs)
+                                  "append_ratio", "read_ratio")), runs=runs,
+               append_latency_ms=latency.summary_ms(), append_cpu_us_per_record=med("append_cpu_us_per_record"))
 
 
 def bench_recovery(name: str, log_bytes: int, work: str) -> dict:
@@ -241,13 +294,16 @@ def _read_memory(name: str, directory: str) -> dict:
 
 def _print_table(rows: list[Row], recovery: list[dict]) -> None:
     head = (f"{'engine':8} {'fsync':8} {'rec/b':>5} {'B/rec':>5} {'app rec/s':>11} {'app MB/s':>9} "
-            f"{'read rec/s':>11} {'read MB/s':>9} {'base app':>9} {'base rd':>8} {'app%':>6} {'rd%':>6} runs")
+            f"{'read rec/s':>11} {'read MB/s':>9} {'base app':>9} {'base rd':>8} {'app%':>6} {'rd%':>6} runs "
+            f"{'app p99 ms':>10} {'cpu us/rec':>10}")
     print(head)
     for r in rows:
+        p99 = r.append_latency_ms.get("p99")
         print(f"{r.engine:8} {r.fsync:8} {r.records_per_batch:5} {r.record_bytes:5} "
               f"{r.append_records_per_s:11.0f} {r.append_mb_per_s:9.1f} {r.read_records_per_s:11.0f} "
               f"{r.read_mb_per_s:9.1f} {r.baseline_append_mb_per_s:9.1f} {r.baseline_read_mb_per_s:8.1f} "
-              f"{100 * r.append_ratio:5.0f}% {100 * r.read_ratio:5.0f}% {r.runs}")
+              f"{100 * r.append_ratio:5.0f}% {100 * r.read_ratio:5.0f}% {r.runs:4} "
+              f"{'-' if p99 is None else f'{p99:.4f}':>10} {r.append_cpu_us_per_record or 0:10.3f}")
     for rec in recovery:
         extra = f", full scan {rec['full_scan_reopen_s']:.3f} s" if "full_scan_reopen_s" in rec else ""
         print(f"recovery {rec['engine']}: {rec['log_bytes'] / 1024**2:.0f} MiB, clean reopen "
@@ -296,48 +352,138 @@ def _write_html(path: str, rows: list[Row], recovery: list[dict], meta: dict) ->
                 + "".join(f"<th>{c}</th>" for c in cols) + f"</tr>{body}</table><ul>{rec}</ul>")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The rows of an engine-level run."""
+
+    limits: Limits
+    batch_records: tuple[int, ...]
+    record_sizes: tuple[int, ...]
+    key_row: tuple[int, int]  # records per batch, record bytes
+    quick: bool
+    key_only: bool
+    recovery: bool
+
+
+def build_parser() -> UsageParser:
+    p = UsageParser(prog="loom bench engines", description=__doc__.split("\n\n")[0],
+                    epilog=f"{', '.join(options.CLUSTER_FLAGS.values())}: any of these only means something through a "
+                           "cluster and runs the end-to-end engine comparison instead (loom bench produce --engine "
+                           "<the engines> --fsync <the modes> with the other flags given)")
+    options.add_common_arguments(p, DEFAULTS, aliases={"--engine": ("--engines",), "--runs": ("--repeat",),
+                                                       "--chart": ("--html",)}, helps={
+        "--records": "records each row appends, in whole batches (default: up to 256 MiB, --quick 16 MiB)",
+        "--duration": "seconds each row appends (default: at most 4 s, --quick 1 s)",
+        "--record-size": "only rows of this record size (default: 100 and 1024)",
+        "--batch-size": "only rows of this many records per batch (default: 1, 100 and 1000)",
+        "--engine": "storage engines (comma list)", "--fsync": "fsync modes (comma list): never, interval, always",
+        "--runs": "runs of the key rows (median reported)",
+        "--chart": "write the results as an HTML page with bar charts to this file"})
+    p.add_argument("--quick", action="store_true", default=None, help="small sizes (CI smoke run)")
+    p.add_argument("--key-only", action="store_true", default=None, help="only the key rows and recovery")
+    p.add_argument("--no-recovery", action="store_true", default=None)
+    return p
+
+
+def plan(ns: argparse.Namespace, o: BenchOptions) -> Plan:
+    """The rows the flags ask for; raises OptionError for a batch or a row too large."""
+    limits = QUICK if ns.quick else FULL
+    if o.records is not None:
+        limits = replace(limits, row_bytes_max=ROW_BYTES_MAX_ASKED, row_seconds_max=options.DURATION_S_MAX,
+                         row_records_max=o.records)
+    elif o.duration is not None:
+        limits = replace(limits, row_bytes_max=ROW_BYTES_MAX_ASKED, row_seconds_max=o.duration)
+    batches = (ns.batch_size,) if ns.batch_size is not None else BATCH_RECORDS
+    sizes = (ns.record_size,) if ns.record_size is not None else RECORD_SIZES_BYTES
+    if max(batches) * max(sizes) > BATCH_BYTES_MAX:
+        raise OptionError(f"--batch-size {max(batches)} x --record-size {max(sizes)} is a batch of more than "
+                          f"{BATCH_BYTES_MAX // 2**20} MiB")
+    if o.records is not None and (o.records + max(batches)) * max(sizes) > ROW_BYTES_MAX_ASKED:
+        raise OptionError(f"--records {o.records:,} x --record-size {max(sizes)} is more than "
+                          f"{ROW_BYTES_MAX_ASKED // 2**30} GiB a row")
+    key = (batches[0] if ns.batch_size is not None else KEY_ROW[0],
+           sizes[0] if ns.record_size is not None else KEY_ROW[1])
+    return Plan(limits, batches, sizes, key, bool(ns.quick), bool(ns.key_only), not ns.no_recovery)
+
+
+def parse(argv: list[str] | None) -> tuple[BenchOptions, Plan | None, list[str]]:
+    """The options, the engine-level plan and the cluster flags given; with any of those, the
+    options of ``loom bench produce`` (the end-to-end comparison) and no plan. A usage error
+    exits with status 2 (one line)."""
+    ap = build_parser()
+    ns = ap.parse_args(argv)
+    through = [flag for dest, flag in options.CLUSTER_FLAGS.items() if getattr(ns, dest) is not None]
+    try:
+        if not through:
+            o = options.options_from("engines", ns, DEFAULTS)
+            return o, plan(ns, o), through
+        own = [flag for dest, flag in ENGINE_ONLY.items() if getattr(ns, dest)]
+        if own:
+            raise OptionError(f"{own[0]} is for the engine-level benchmark, and {through[0]} runs the end-to-end "
+                              "comparison through a cluster: drop one of them")
+        # a running cluster has its config's engine: the lists then only if given
+        lists = {k: DEFAULTS[k] for k in ("engine", "fsync")} if ns.config is None and ns.bootstrap is None else {}
+        return options.options_from("produce", ns, {**options.DEFAULTS, **lists}), None, through
+    except OptionError as e:
+        ap.error(str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = UsageParser(prog="loom bench engines", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
-    p.add_argument("--json", help="write results as JSON to this file")
-    p.add_argument("--html", "--chart", dest="html", help="write the results as an HTML page with bar charts to this file")
-    p.add_argument("--repeat", "--runs", dest="repeat", type=int, default=3, help="runs of the key rows (median reported)")
-    p.add_argument("--engines", "--engine", dest="engines", default="segment,lmdb,memory")
-    p.add_argument("--fsync", default="never,interval,always")
-    p.add_argument("--key-only", action="store_true", help="only the key rows and recovery")
-    p.add_argument("--no-recovery", action="store_true")
-    args = p.parse_args(argv)
-    limits = QUICK if args.quick else FULL
-    engines, policies = args.engines.split(","), args.fsync.split(",")
-    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick, "limits": asdict(limits),
-            "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "read_max_bytes": READ_MAX_BYTES}
+    o, rows_plan, through = parse(argv)
+    if rows_plan is None:
+        print(f"loom bench engines: {', '.join(through)} only mean{'s' if len(through) == 1 else ''} something "
+              f"through a cluster: running the end-to-end engine comparison, loom bench produce --engine "
+              f"{','.join(o.engines)} --fsync {','.join(o.fsyncs)} with the other flags given")
+        return runner.publish(o, runner.run_all)
+    return run_engines(o, rows_plan)
+
+
+def run_engines(o: BenchOptions, p: Plan) -> int:
+    limits = p.limits
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": p.quick,
+            "limits": asdict(limits), "python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "read_max_bytes": READ_MAX_BYTES}
     work = tempfile.mkdtemp(prefix="loom-bench-")
     rows: list[Row] = []
     recovery: list[dict] = []
+
+    def is_key(name: str, fsync: str, records: int, record_bytes: int) -> bool:
+        return (records, record_bytes) == p.key_row and fsync == "never" and name != "memory"
     try:
-        for name in engines:
-            for fsync in (["never"] if name == "memory" else policies):
-                for records in BATCH_RECORDS:
-                    for record_bytes in RECORD_SIZES_BYTES:
-                        key = (records, record_bytes) == KEY_ROW and fsync == "never" and name != "memory"
-                        if args.key_only and not key:
+        for name in o.engines:
+            for fsync in (["never"] if name == "memory" else o.fsyncs):
+                for records in p.batch_records:
+                    for record_bytes in p.record_sizes:
+                        key = is_key(name, fsync, records, record_bytes)
+                        if p.key_only and not key:
                             continue
-                        rows.append(run_row(name, fsync, records, record_bytes, limits, work,
-                                            args.repeat if key else 1))
+                        rows.append(run_row(name, fsync, records, record_bytes, limits, work, o.runs if key else 1))
                         print(".", end="", flush=True)
         print()
-        if not args.no_recovery:
-            recovery = [bench_recovery(n, limits.recovery_log_bytes, work) for n in engines if n != "memory"]
+        if p.recovery:
+            recovery = [bench_recovery(n, limits.recovery_log_bytes, work) for n in o.engines if n != "memory"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _print_table(rows, recovery)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": [asdict(r) for r in rows], "recovery": recovery}, f, indent=1)
-    if args.html:
-        _write_html(args.html, rows, recovery, meta)
+    if o.json:
+        first = next((r for r in rows if is_key(r.engine, r.fsync, r.records_per_batch, r.record_bytes)),
+                     rows[0] if rows else None)
+        with open(o.json, "w") as f:
+            json.dump({**_top(first), "meta": meta, "rows": [asdict(r) for r in rows], "recovery": recovery}, f, indent=1)
+    if o.chart:
+        _write_html(o.chart, rows, recovery, meta)
     return 0
+
+
+def _top(row: Row | None) -> dict:
+    """The keys every ``loom bench --json`` has, from one row's appends."""
+    if row is None:
+        return {"records_per_s": None, "mb_per_s": None, "latency_ms": {"p50": None, "p99": None, "p999": None},
+                "cpu_us_per_record": {"client": None, "cluster": None}}
+    return {"records_per_s": round(row.append_records_per_s), "mb_per_s": round(row.append_mb_per_s, 2),
+            "latency_ms": {k: row.append_latency_ms.get(k) for k in ("p50", "p99", "p999")},
+            "cpu_us_per_record": {"client": row.append_cpu_us_per_record, "cluster": None},
+            "row": f"{row.engine} {row.fsync} {row.records_per_batch}x{row.record_bytes}B appends"}
 
 
 if __name__ == "__main__":

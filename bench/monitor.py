@@ -27,15 +27,38 @@ import time
 from pathlib import Path
 
 
-from bench.cluster import process_cpu_s, produce
+from bench.cluster import CpuMeter, Phase
 from bench.options import UsageParser
+from bench.stats import process_cpu_s
 from fabric import protocol as P
-from fabric.client import Admin
+from fabric.client import Admin, Producer
 from fabric.client.monitor import MonitorClient
 from nodes.local_cluster import Cluster, make_config, wait_until
 
 VALUE = b"x" * 100
 RSS_SAMPLE_INTERVAL_S = 0.5
+BATCH_RECORDS = 1000
+PRODUCE_S_MAX = 120.0
+
+
+def produce(bootstrap: str, topic: str, records: int, value: bytes, acks: int | str, pids: list[int]) -> Phase:
+    """Send ``records`` records from this process as fast as send() returns, then flush; the
+    phase with this process's CPU and that of ``pids``."""
+    with Producer(bootstrap, acks=acks, linger_ms=5, batch_records_max=BATCH_RECORDS) as p:
+        p.sender.partition_count(topic, 10_000)  # metadata before the clock starts
+        send = p.send
+        cpu = CpuMeter(pids)
+        t0 = time.perf_counter()
+        deadline = t0 + PRODUCE_S_MAX
+        sent = 0
+        while sent < records:
+            for _ in range(min(10_000, records - sent)):
+                send(topic, value)
+            sent += min(10_000, records - sent)
+            if time.perf_counter() > deadline:
+                break
+        p.flush(timeout=PRODUCE_S_MAX)
+        return cpu.phase(sent, time.perf_counter() - t0)
 
 
 def _rss_bytes(pid: int) -> int:

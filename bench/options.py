@@ -1,5 +1,7 @@
-"""Options of ``loom bench produce|consume|e2e``: the parser, the workload presets (after the
-OpenMessaging Benchmark's), validation, and the engine x fsync combinations to run.
+"""Options of every ``loom bench`` workload command: the common flag set that produce, consume,
+e2e, cluster, failover and engines share (one parser builder, one validation), the workload
+presets of produce|consume|e2e (after the OpenMessaging Benchmark's), and the engine x fsync
+combinations to run.
 
     loom bench produce [--workload NAME] [--records N | --duration S] [--record-size B]
                        [--topic T] [--partitions P] [--replication-factor R] [--acks all]
@@ -9,6 +11,12 @@ OpenMessaging Benchmark's), validation, and the engine x fsync combinations to r
                        [-c CONFIG | --bootstrap HOST:PORT,... | --self-contained]
                        [--json FILE] [--chart FILE.html] [--peer jetstream]
 
+``loom bench cluster``, ``failover`` and ``engines`` build their parsers on
+``add_common_arguments`` (the flags above from ``--records`` to ``--chart``, without the
+workload-only ones) with defaults of their own, and ``validate`` says what each of them cannot
+take: failover only runs on a cluster it started (it SIGKILLs brokers) and needs a replica to
+fail over to; cluster and failover start one cluster, so one engine and fsync mode.
+
 An option given on the command line wins over the workload preset, which wins over the
 defaults. Pure functions; thread-safe.
 """
@@ -16,19 +24,22 @@ defaults. Pure functions; thread-safe.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import NoReturn
+from dataclasses import dataclass, field, fields
+from typing import Any, NoReturn
 
-COMMANDS = ("produce", "consume", "e2e")
+COMMANDS = ("produce", "consume", "e2e")            # the workload runner's (bench.runner)
+BENCHES = COMMANDS + ("cluster", "failover", "engines")  # every command of the common flag set
 RECORDS_MAX = 1_000_000_000        # --records, and the count bound of a --duration run
 DURATION_S_MAX = 3600.0            # --duration, and the time bound of a --records run
 RECORD_SIZE_BYTES_MIN = 16         # room for the e2e timestamp (fabric/records adds the rest)
 RECORD_SIZE_BYTES_MAX = 1024 * 1024 - 64
 PARTITIONS_MAX = 10_000
-WORKERS_MAX = 32                   # --producers / --consumers (each a process)
+WORKERS_MAX = 32                   # --producers / --consumers (each a process, or a thread in failover)
 RATE_MAX = 10_000_000              # --rate, records/s offered in total
 RUNS_MAX = 20
 COMBINATIONS_MAX = 12              # engines x fsync modes in one invocation
+FAILOVER_RATE_MIN = 100            # failover's --rate: its producers pace themselves in Python
+FAILOVER_RATE_MAX = 20_000
 BACKLOG_BYTES_MAX = 64 * 1024**3
 ACKS = ("0", "1", "all")
 APIS = ("send", "send_many")
@@ -148,47 +159,86 @@ class BenchOptions:
         return self.records if self.records is not None else RECORDS_DEFAULT
 
 
-def build_parser(command: str) -> argparse.ArgumentParser:
-    ap = UsageParser(prog=f"loom bench {command}", description=_DESCRIPTIONS[command],
-                                 epilog="workloads: " + "; ".join(f"{k}: {v[0]}" for k, v in WORKLOADS.items()))
-    # every default is None: a preset fills what the command line left out
-    a = ap.add_argument
-    a("--workload", choices=sorted(WORKLOADS), help="an OpenMessaging-Benchmark-like preset (options given win)")
+# The common flag set: (option strings, argparse keywords, help). Every default is None, so that
+# what was given can be told from what was not (a preset or a command's defaults fill the rest).
+_COMMON: tuple[tuple[tuple[str, ...], dict, str], ...] = (
+    (("--record-size",), {"type": int}, "bytes per record value"),
+    (("--topic",), {}, "topic name (default: a fresh bench-... topic per run)"),
+    (("--partitions",), {"type": int}, "partitions of the topic"),
+    (("--replication-factor",), {"type": int}, "replication factor of the topic"),
+    (("--acks",), {"choices": ACKS}, "the producers' acks"),
+    (("--producers",), {"type": int}, "producer processes"),
+    (("--consumers",), {"type": int}, "consumer processes"),
+    (("--batch-size",), {"type": int}, "records per batch at most: the producer's batch_records_max"),
+    (("--linger-ms",), {"type": int}, "the producers' linger"),
+    (("--compression",), {"choices": ("none", "zstd", "lz4")}, "the producers' compression"),
+    (("--rate",), {"type": int},
+     "fixed offered rate, records/s over all producers (open loop; latency from send() to the ack)"),
+    (("--engine",), {}, "storage engine, or a comma list to compare, each on a fresh self-contained cluster"),
+    (("--fsync",), {}, "fsync mode, or a comma list: always, interval, never"),
+    (("--runs",), {"type": int}, "runs of every combination, interleaved (medians reported)"),
+    (("--json",), {}, "write the results as JSON to this file"),
+    (("--chart",), {}, "write an HTML chart (inline SVG) of throughput and latency over time to this file"),
+)
+# the flags of the common set that mean something only through a cluster (dest -> flag)
+CLUSTER_FLAGS = {"config": "-c", "bootstrap": "--bootstrap", "self_contained": "--self-contained",
+                 "topic": "--topic", "partitions": "--partitions", "replication_factor": "--replication-factor",
+                 "acks": "--acks", "producers": "--producers", "consumers": "--consumers",
+                 "linger_ms": "--linger-ms", "compression": "--compression", "rate": "--rate"}
+
+
+def _shown(key: str, defaults: dict) -> str:
+    value = defaults.get(key)
+    if value is None:
+        return ""
+    return f" (default {value:,})" if isinstance(value, int) and not isinstance(value, bool) else f" (default {value})"
+
+
+def add_common_arguments(ap: argparse.ArgumentParser, defaults: dict, helps: dict[str, str] | None = None,
+                         aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Add the common flag set to ``ap``; ``defaults`` (the command's, keyed by dest) are shown
+    in the help unless its text speaks of a default itself, ``helps`` replaces a flag's help
+    text and ``aliases`` gives a flag older names (``{"--record-size": ("--value-bytes",)}``)."""
+    helps, aliases = helps or {}, aliases or {}
+
+    def add(group: Any, flags: tuple[str, ...], kw: dict, text: str) -> None:
+        dest = kw.get("dest", flags[-1].lstrip("-").replace("-", "_"))
+        text = helps.get(flags[-1], text)
+        group.add_argument(*flags, *aliases.get(flags[-1], ()), **kw,
+                           help=text if "default" in text else text + _shown(dest, defaults))
     size = ap.add_mutually_exclusive_group()
-    size.add_argument("--records", type=int, help=f"records per run (all producers together; default {RECORDS_DEFAULT:,})")
-    size.add_argument("--duration", type=float, help="seconds of producing per run instead of a record count")
-    a("--record-size", type=int, help="bytes per record value (default 100)")
-    a("--topic", help="topic name (default: a fresh bench-… topic per run)")
-    a("--partitions", type=int, help="partitions of the topic (default 3)")
-    a("--replication-factor", type=int, help="default 3")
-    a("--acks", choices=ACKS, help="default all")
-    a("--producers", type=int, help="producer processes (default 1)")
-    a("--consumers", type=int, help="consumer processes, for consume and e2e (default 1)")
-    a("--batch-size", type=int, help="records per batch at most (the producer's batch_records_max; default 1000)")
-    a("--linger-ms", type=int, help="default 5")
-    a("--compression", choices=("none", "zstd", "lz4"), help="default none")
-    a("--rate", type=int, help="fixed offered rate, records/s over all producers (open loop; latency from send() to the ack)")
+    records_default = defaults.get("records") or RECORDS_DEFAULT
+    add(size, ("--records",), {"type": int},
+        f"records per run (all producers together; default {records_default:,})")
+    add(size, ("--duration",), {"type": float}, "seconds of producing per run instead of a record count")
+    for flags, kw, text in _COMMON:
+        add(ap, flags, kw, text)
+    target = ap.add_mutually_exclusive_group()
+    add(target, ("-c", "--cluster-config"), {"dest": "config"}, "a running cluster's config file")
+    add(target, ("--bootstrap",), {}, "a running cluster: host:port,... (cluster CPU is then unknown)")
+    add(target, ("--self-contained",), {"action": "store_true", "default": None},
+        "start a cluster on free ports (the default)")
+    progress = ap.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_const", const=True, help="force the progress bar")
+    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of ``loom bench produce|consume|e2e``: the common set and the workload's own."""
+    ap = UsageParser(prog=f"loom bench {command}", description=_DESCRIPTIONS[command],
+                     epilog="workloads: " + "; ".join(f"{k}: {v[0]}" for k, v in WORKLOADS.items()))
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), help="an OpenMessaging-Benchmark-like preset (options given win)")
+    add_common_arguments(ap, DEFAULTS, helps={"--consumers": "consumer processes, for consume and e2e"})
+    a = ap.add_argument
     a("--api", help="send (per record, the default) or send_many (the batch calls, when the client has them: "
                     "producers send_many, consumers poll_batch), or both: send,send_many")
-    a("--engine", help="storage engine, or a comma list to compare (self-contained only; default segment)")
-    a("--fsync", help="fsync mode, or a comma list: always, interval, never (default interval)")
     a("--fsync-interval-ms", type=int, help="for fsync interval (default 1000, the config default)")
-    a("--runs", type=int, help="runs of every combination, interleaved (medians reported; default 1)")
     a("--brokers", type=int, help="brokers of the self-contained cluster (default 3)")
     a("--backlog-bytes", type=int, help="consume: bytes to produce before draining (overrides --records)")
     a("--group", action="store_true", default=None,
       help="consumers join one consumer group (a new one per run) and commit after every poll")
-    target = ap.add_mutually_exclusive_group()
-    target.add_argument("-c", "--cluster-config", dest="config", help="a running cluster's config file")
-    target.add_argument("--bootstrap", help="a running cluster: host:port,… (cluster CPU is then unknown)")
-    target.add_argument("--self-contained", action="store_true", help="start a cluster on free ports (the default)")
-    a("--json", help="write the results as JSON to this file")
-    a("--chart", help="write an HTML chart (inline SVG) of throughput and latency over time to this file")
     a("--peer", choices=PEERS, help="also run the peer's quick script and put its figure in the table")
     a("--peer-dir", help="where quick_jetstream.sh lives (default: $LOOM_PEERS_DIR or ../shared/bench/peers)")
-    progress = ap.add_mutually_exclusive_group()
-    progress.add_argument("--progress", dest="progress", action="store_const", const=True, help="force the progress bar")
-    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False)
     return ap
 
 
@@ -204,31 +254,37 @@ def parse(command: str, argv: list[str]) -> BenchOptions:
     values that do not go together."""
     if command not in COMMANDS:
         raise OptionError(f"unknown bench command {command!r}")
-    ns = build_parser(command).parse_args(argv)
+    return options_from(command, build_parser(command).parse_args(argv), DEFAULTS)
+
+
+_FIELDS = {f.name for f in fields(BenchOptions)}
+
+
+def options_from(command: str, ns: argparse.Namespace, defaults: dict) -> BenchOptions:
+    """The validated options of ``command`` from a parsed namespace: what was given, else the
+    preset's (``--workload``), else ``defaults``. Attributes of ``ns`` that are no option of the
+    common set (a command's own flags) are left to the command. Raises ``OptionError``."""
+    if command not in BENCHES:
+        raise OptionError(f"unknown bench command {command!r}")
     given = {k: v for k, v in vars(ns).items() if v is not None}
-    values = dict(DEFAULTS)
-    if ns.workload:
-        values.update(WORKLOADS[ns.workload][1])
+    values = dict(defaults)
+    workload = given.get("workload")
+    if workload:
+        values.update(WORKLOADS[workload][1])
         if "records" in given:
             values["duration"] = None  # a count on the command line replaces the preset's duration
         if command != "consume" and "backlog_bytes" not in given:
             values["backlog_bytes"] = None  # the backlog preset's size means nothing to produce/e2e
     values.update(given)
-    o = BenchOptions(
-        command=command, workload=ns.workload, records=values["records"], duration=values["duration"],
-        record_size=values["record_size"], topic=values["topic"], partitions=values["partitions"],
-        replication_factor=values["replication_factor"], acks=str(values["acks"]), producers=values["producers"],
-        consumers=values["consumers"], batch_size=values["batch_size"], linger_ms=values["linger_ms"],
-        compression=values["compression"], rate=values["rate"], apis=_list(values["api"]),
-        engines=_list(values["engine"]), fsyncs=_list(values["fsync"]), fsync_interval_ms=values["fsync_interval_ms"],
-        runs=values["runs"], brokers=values["brokers"], backlog_bytes=values["backlog_bytes"], group=bool(values["group"]),
-        config=ns.config, bootstrap=ns.bootstrap, json=ns.json, chart=ns.chart, peer=ns.peer,
-        peer_dir=ns.peer_dir, progress=ns.progress)
+    values.update(apis=comma_list(values["api"]), engines=comma_list(values["engine"]), fsyncs=comma_list(values["fsync"]),
+                  acks=str(values["acks"]), group=bool(values["group"]))
+    o = BenchOptions(command=command, **{k: v for k, v in values.items() if k in _FIELDS and k != "command"})
     validate(o)
     return o
 
 
-def _list(value: str | list[str]) -> list[str]:
+def comma_list(value: str | list[str]) -> list[str]:
+    """``a,b`` (or a list) as its non-empty items."""
     items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",")]
     return [v for v in items if v]
 
@@ -240,6 +296,7 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(o: BenchOptions) -> None:
     """Raises ``OptionError`` naming the first bad option."""
+    consumers_min = 0 if o.command == "failover" else 1  # failover's readers are optional
     _check(o.records is None or 1 <= o.records <= RECORDS_MAX, f"--records must be 1..{RECORDS_MAX:,}")
     _check(o.duration is None or 0 < o.duration <= DURATION_S_MAX, f"--duration must be > 0 and <= {DURATION_S_MAX:.0f} s")
     _check(RECORD_SIZE_BYTES_MIN <= o.record_size <= RECORD_SIZE_BYTES_MAX,
@@ -248,8 +305,8 @@ def validate(o: BenchOptions) -> None:
     _check(1 <= o.replication_factor <= o.brokers or not o.self_contained,
            f"--replication-factor must be 1..{o.brokers} (the brokers of the self-contained cluster)")
     _check(1 <= o.brokers <= 9, "--brokers must be 1..9")
-    _check(1 <= o.producers <= WORKERS_MAX and 1 <= o.consumers <= WORKERS_MAX,
-           f"--producers and --consumers must be 1..{WORKERS_MAX}")
+    _check(1 <= o.producers <= WORKERS_MAX and consumers_min <= o.consumers <= WORKERS_MAX,
+           f"--producers must be 1..{WORKERS_MAX} and --consumers {consumers_min}..{WORKERS_MAX}")
     _check(1 <= o.batch_size <= 100_000, "--batch-size must be 1..100000")
     _check(0 <= o.linger_ms <= 60_000, "--linger-ms must be 0..60000")
     _check(o.rate is None or 1 <= o.rate <= RATE_MAX, f"--rate must be 1..{RATE_MAX:,} records/s")
@@ -262,10 +319,33 @@ def validate(o: BenchOptions) -> None:
     _check(not bad, f"--fsync: unknown mode {', '.join(bad)} (always, interval, never)")
     _check(o.self_contained or (len(o.engines) == 1 and len(o.fsyncs) == 1),
            "--engine/--fsync lists need a self-contained cluster (the engine of a running cluster is its config's)")
-    _check(len(o.combinations()) <= COMBINATIONS_MAX, f"at most {COMBINATIONS_MAX} engine x fsync combinations")
     _check(o.backlog_bytes is None or 1 <= o.backlog_bytes <= BACKLOG_BYTES_MAX,
            f"--backlog-bytes must be 1..{BACKLOG_BYTES_MAX:,}")
     _check(o.backlog_bytes is None or o.command == "consume", "--backlog-bytes is for consume")
     _check(o.command != "consume" or o.rate is None, "consume drains a backlog: --rate is for produce and e2e")
     _check(not o.group or o.command != "produce", "--group is for consume and e2e")
-    _check(o.chart is None or o.chart.endswith((".html", ".htm")), "--chart writes HTML: give a .html file name")
+    # the engine benchmark writes its page under any name (its --html did before --chart)
+    _check(o.chart is None or o.command == "engines" or o.chart.endswith((".html", ".htm")),
+           "--chart writes HTML: give a .html file name")
+    if o.command in COMMANDS:  # a fresh cluster per combination and run
+        _check(len(o.combinations()) <= COMBINATIONS_MAX, f"at most {COMBINATIONS_MAX} engine x fsync combinations")
+    if o.command in ("cluster", "failover"):  # one cluster for the whole invocation
+        _check(len(o.engines) == 1 and len(o.fsyncs) == 1,
+               f"loom bench {o.command} runs one engine and one fsync mode (one cluster for every run); to compare "
+               f"engines end to end: loom bench produce --engine {','.join(o.engines)} --fsync {','.join(o.fsyncs)}")
+    if o.command == "failover":
+        _validate_failover(o)
+
+
+def _validate_failover(o: BenchOptions) -> None:
+    _check(o.self_contained, "loom bench failover SIGKILLs and restarts brokers it started itself: it cannot run "
+                             "against a running cluster (-c/--bootstrap)")
+    _check(o.replication_factor >= 2, f"--replication-factor {o.replication_factor} leaves no replica to fail over "
+                                      "to: use 2 or 3")
+    _check(o.acks != "0", "--acks 0 has no acknowledgement to time the failover by: use 1 or all")
+    _check(o.replication_factor != 2 or o.acks != "all",
+           "--replication-factor 2 with --acks all: with its leader killed a partition has one replica in sync, under "
+           "min.insync.replicas 2, so no acks=all write succeeds until the victim returns; use "
+           "--replication-factor 3 or --acks 1")
+    _check(o.rate is not None and FAILOVER_RATE_MIN <= o.rate <= FAILOVER_RATE_MAX,
+           f"--rate must be {FAILOVER_RATE_MIN}..{FAILOVER_RATE_MAX:,} records/s for failover")

@@ -1,13 +1,17 @@
-"""What ``loom bench produce|consume|e2e`` shows: the progress bar (on a terminal only), one line
-per run, the table of medians with each combination's ratio to the first, the ``--json``
-document and the ``--chart`` page (self-contained HTML, inline SVG, no scripts or CDN).
+"""What ``loom bench produce|consume|e2e|cluster|failover`` shows: the progress bar (on a terminal
+only), one line per run, the table of medians with each group's ratio to a reference group (the
+first, or cluster's baseline), the ``--json`` document and the ``--chart`` page (self-contained
+HTML, inline SVG, no scripts or CDN).
 
-Document shape (``--json``): the first combination's medians at the top (``records_per_s``,
+A group is what the runs are medians of: an engine/fsync/api combination, a cluster scenario,
+failover's one setup; anything with a ``label`` and an ``as_dict()``.
+
+Document shape (``--json``): the first group's medians at the top (``records_per_s``,
 ``mb_per_s``, ``latency_ms: {p50, p99, p999}``, ``cpu_us_per_record: {client, cluster}``),
-``combinations`` (medians and ratios of each), ``runs`` (every run with its timeline), ``meta``
-and, with ``--peer``, ``peer`` (its figure and its servers' ``cpu_us_per_record: {cluster}``
-and ``server_peak_rss_mb``: bench/peer.py). Pure functions apart from the writers; not
-thread-safe.
+``combinations`` (medians and ratios of each group), ``runs`` (every run with its timeline),
+``meta`` and, with ``--peer``, ``peer`` (its figure and its servers' ``cpu_us_per_record:
+{cluster}`` and ``server_peak_rss_mb``: bench/peer.py). Pure functions apart from the writers;
+not thread-safe.
 """
 
 from __future__ import annotations
@@ -20,12 +24,22 @@ import statistics
 import sys
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
-from bench.options import BenchOptions, Combination
+from bench.options import BenchOptions
 
 BAR_WIDTH = 30
 LAT_KEYS = ("p50", "p99", "p999")
+TWO_PHASES = ("consume", "cluster")  # a backlog produced, then drained: the bar counts both
+
+
+class Group(Protocol):
+    """What a table row is the medians of."""
+
+    @property
+    def label(self) -> str: ...
+
+    def as_dict(self) -> dict: ...
 
 
 class Progress:
@@ -35,10 +49,12 @@ class Progress:
         self.enabled = enabled
         self.records = o.record_target()
         self.duration = o.duration
-        self.phases = 2 if o.command == "consume" else 1
+        self.phases = 2 if o.command in TWO_PHASES else 1
         self.width = 0
 
     def fraction(self, p: dict) -> float:
+        if "fraction" in p:  # a benchmark that knows better (failover: its runs' steps)
+            return min(1.0, p["fraction"])
         if self.records:
             done = p["produced"] + (p["consumed"] if self.phases == 2 else 0)
             return min(1.0, done / (self.records * self.phases))
@@ -82,31 +98,48 @@ def run_line(label: str, r: dict) -> str:
         line += f", e2e p50/p99/p99.9 {_fmt(e['p50'])}/{_fmt(e['p99'])}/{_fmt(e['p999'])} ms"
     if "produce" in r:
         line += f" (backlog produced at {r['produce']['records_per_s']:,} rec/s)"
+    if "consume_cpu_us_per_record" in r:  # cluster: produce, then drain
+        c = r["consume_cpu_us_per_record"]
+        line += (f"; drained at {r['consume_records_per_s']:,} rec/s, cpu us/rec client {_fmt(c['client'])} "
+                 f"cluster {_fmt(c['cluster'])}")
     return line
 
 
-def _median(values: list) -> Any:
+def median(values: list) -> Any:
+    """The median of the values that are not None (None when there is none)."""
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
 
 
+def median_at(runs: list[dict], *path: str) -> Any:
+    """The median over ``runs`` of the figure at ``path`` (``"latency_ms", "p99"``); runs
+    without it do not count."""
+    vals = []
+    for r in runs:
+        v: Any = r
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        vals.append(v)
+    return median(vals)
+
+
 def _summary(runs: list[dict]) -> dict:
-    """Medians over the runs of one combination."""
+    """Medians over the runs of one group."""
     def med(*path: str) -> Any:
-        vals = []
-        for r in runs:
-            v: Any = r
-            for key in path:
-                v = v.get(key) if isinstance(v, dict) else None
-            vals.append(v)
-        return _median(vals)
+        return median_at(runs, *path)
     s: dict = {"runs": len(runs), "records_per_s": med("records_per_s"), "mb_per_s": med("mb_per_s"),
                "latency_ms": {k: med("latency_ms", k) for k in LAT_KEYS},
                "cpu_us_per_record": {k: med("cpu_us_per_record", k) for k in ("client", "cluster")},
                "errors": sum(r.get("errors", 0) for r in runs)}
-    if any("e2e_latency_ms" in r for r in runs):
+    e2e = any("e2e_latency_ms" in r for r in runs)
+    drain = any("consume_cpu_us_per_record" in r for r in runs)  # cluster: the drain after the produce
+    if e2e:
         s["e2e_latency_ms"] = {k: med("e2e_latency_ms", k) for k in LAT_KEYS}
+    if e2e or drain:
         s["consume_records_per_s"] = med("consume_records_per_s")
+    if drain:
+        s["consume_mb_per_s"] = med("consume_mb_per_s")
+        s["consume_cpu_us_per_record"] = {k: med("consume_cpu_us_per_record", k) for k in ("client", "cluster")}
     if any("produce" in r for r in runs):
         s["produce_records_per_s"] = med("produce", "records_per_s")
     rss: dict[str, float] = {}
@@ -115,7 +148,7 @@ def _summary(runs: list[dict]) -> dict:
             rss[name] = max(rss.get(name, 0.0), mb)
     s["broker_peak_rss_mb"] = rss
     # the memory trend: each run's fastest-growing broker, the median over runs
-    s["broker_rss_growth_mb_per_min"] = _median([max(g) for r in runs
+    s["broker_rss_growth_mb_per_min"] = median([max(g) for r in runs
                                                  if (g := [v for v in r.get("broker_rss_growth_mb_per_min", {}).values()
                                                            if v is not None])])
     return s
@@ -125,28 +158,36 @@ def _ratio(a: Any, b: Any) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def document(o: BenchOptions, combos: list[Combination], runs: dict[Combination, list[dict]]) -> dict:
+def document(o: BenchOptions, groups: list[Group], runs: dict[Any, list[dict]], ratio_to: str | None = None) -> dict:
+    """The result document of ``runs`` (group -> its runs), ratios to the group labelled
+    ``ratio_to`` (default: the first); the top-level figures are the first group's."""
     summaries = []
-    for c in combos:
+    for c in groups:
         s = {"label": c.label, **c.as_dict(), **_summary(runs[c])}
         summaries.append(s)
     first = summaries[0]
+    ref = next(s for s in summaries if s["label"] == (ratio_to or first["label"]))
     for s in summaries:
-        s["ratio_to_first"] = {"records_per_s": _ratio(s["records_per_s"], first["records_per_s"]),
-                               "p99": _ratio(s["latency_ms"]["p99"], first["latency_ms"]["p99"])}
+        s["ratio_to_first"] = {"records_per_s": _ratio(s["records_per_s"], ref["records_per_s"]),
+                               "p99": _ratio(s["latency_ms"]["p99"], ref["latency_ms"]["p99"])}
+        if "consume_cpu_us_per_record" in s:
+            s["ratio_to_first"]["consume_records_per_s"] = _ratio(s["consume_records_per_s"],
+                                                                  ref.get("consume_records_per_s"))
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": o.command,
             "argv": sys.argv[1:], "options": {k: v for k, v in asdict(o).items() if k not in ("json", "chart")},
             "cluster": "self-contained" if o.self_contained else (o.config or o.bootstrap),
+            "ratio_to": ref["label"] if ratio_to else "the first row",
             "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
             "load_avg": os.getloadavg()}
     top = {k: first[k] for k in ("records_per_s", "mb_per_s", "latency_ms", "cpu_us_per_record")}
     return {**top, "meta": meta, "combinations": summaries,
-            "runs": [r for c in combos for r in runs[c]]}
+            "runs": [r for c in groups for r in runs[c]]}
 
 
 def _columns(doc: dict) -> list[tuple[str, Any]]:
     e2e = any("e2e_latency_ms" in s for s in doc["combinations"])
     backlog = any("produce_records_per_s" in s for s in doc["combinations"])
+    drain = any("consume_cpu_us_per_record" in s for s in doc["combinations"])
     cols: list[tuple[str, Any]] = [
         ("combination", lambda s: s["label"]), ("runs", lambda s: s["runs"]),
         ("records/s", lambda s: s["records_per_s"]), ("MB/s", lambda s: s["mb_per_s"]),
@@ -157,12 +198,20 @@ def _columns(doc: dict) -> list[tuple[str, Any]]:
                  ("e2e p99.9", lambda s: s["e2e_latency_ms"]["p999"]), ("consumed/s", lambda s: s["consume_records_per_s"])]
     if backlog:
         cols.append(("backlog prod/s", lambda s: s["produce_records_per_s"]))
+    if drain:
+        cols.append(("consumed/s", lambda s: s.get("consume_records_per_s")))
     cols += [("cpu us/rec client", lambda s: s["cpu_us_per_record"]["client"]),
-             ("cluster", lambda s: s["cpu_us_per_record"]["cluster"]),
+             ("cluster", lambda s: s["cpu_us_per_record"]["cluster"])]
+    if drain:
+        cols += [("drain cpu client", lambda s: (s.get("consume_cpu_us_per_record") or {}).get("client")),
+                 ("cluster", lambda s: (s.get("consume_cpu_us_per_record") or {}).get("cluster"))]
+    cols += [
              ("broker RSS MB max", lambda s: max(s["broker_peak_rss_mb"].values(), default=None)),
              ("RSS MB/min", lambda s: s.get("broker_rss_growth_mb_per_min")),
              ("x rec/s", lambda s: s["ratio_to_first"]["records_per_s"]),
              ("x p99", lambda s: s["ratio_to_first"]["p99"])]
+    if drain:
+        cols.append(("x consumed/s", lambda s: s["ratio_to_first"].get("consume_records_per_s")))
     return cols
 
 
@@ -176,14 +225,7 @@ def print_table(doc: dict, out: Any = None) -> None:
     out = out or sys.stdout
     head, rows = table_rows(doc)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    o = doc["meta"]["options"]
-    out.write(f"\nloom bench {doc['meta']['command']}: medians of {o['runs']} run(s); "
-              f"{o['record_size']}-byte records, {o['partitions']} partitions, RF {o['replication_factor']}, "
-              f"acks={o['acks']}, {o['producers']} producer(s)"
-              + (f", {o['consumers']} consumer(s)" if doc["meta"]["command"] != "produce" else "")
-              + (f", offered {o['rate']:,} rec/s (open loop)" if o["rate"] else "")
-              + ("; ack latency: the backlog's producers" if doc["meta"]["command"] == "consume" else "")
-              + f"; x = ratio to the first row\n")
+    out.write(heading(doc))
     out.write("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths))) + "\n")
     for r in rows:
         out.write("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + "\n")
@@ -193,6 +235,24 @@ def print_table(doc: dict, out: Any = None) -> None:
                       + ", ".join(f"{n} {_fmt(v, 1)}" for n, v in sorted(s["broker_peak_rss_mb"].items())) + "\n")
     if doc.get("peer"):
         out.write("".join(line + "\n" for line in peer_lines(doc)))
+
+
+_HEADING_TAILS = {"consume": "; ack latency: the backlog's producers",
+                  "cluster": "; each scenario produces, then its consumers drain the topic",
+                  "failover": "; a leader SIGKILLed in every run: the figures include the outage"}
+
+
+def heading(doc: dict) -> str:
+    """The line over the table: what the medians are of."""
+    o, command = doc["meta"]["options"], doc["meta"]["command"]
+    shape = f"{o['record_size']}-byte records, {o['partitions']} partitions, "
+    if command != "cluster":  # a cluster scenario's name says its RF and acks
+        shape += f"RF {o['replication_factor']}, acks={o['acks']}, "
+    consumers = command != "produce" and o["consumers"]
+    return (f"\nloom bench {command}: medians of {o['runs']} run(s); " + shape + f"{o['producers']} producer(s)"
+            + (f", {o['consumers']} consumer(s)" if consumers else "")
+            + (f", offered {o['rate']:,} rec/s (open loop)" if o["rate"] else "")
+            + _HEADING_TAILS.get(command, "") + f"; x = ratio to {doc['meta'].get('ratio_to', 'the first row')}\n")
 
 
 def peer_line(doc: dict) -> str:
@@ -246,9 +306,12 @@ def _median_run(runs: list[dict]) -> dict:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def _svg_lines(title: str, unit: str, series: list[tuple[str, str, list[tuple[float, float]], str]]) -> str:
-    """One line chart: series of (label, colour, [(t_s, value)], SVG dash pattern or "" for solid)."""
-    xs = [x for _, _, pts, _ in series for x, _ in pts] or [1.0]
+def _svg_lines(title: str, unit: str, series: list[tuple[str, str, list[tuple[float, float]], str]],
+               markers: list[dict] | None = None) -> str:
+    """One line chart: series of (label, colour, [(t_s, value)], SVG dash pattern or "" for solid),
+    and vertical markers ``{"t_s", "label"}`` (failover's kill)."""
+    markers = markers or []
+    xs = [x for _, _, pts, _ in series for x, _ in pts] + [m["t_s"] for m in markers] or [1.0]
     ys = [y for _, _, pts, _ in series for _, y in pts] or [1.0]
     x_max, y_max = max(max(xs), 1e-9), max(max(ys), 1e-9) * 1.1
     sx = lambda x: PAD + PLOT_W * x / x_max  # noqa: E731
@@ -261,6 +324,11 @@ def _svg_lines(title: str, unit: str, series: list[tuple[str, str, list[tuple[fl
     for i in range(5):
         x = x_max * i / 4
         parts.append(f'<text x="{sx(x):.1f}" y="{sy(0) + 16:.1f}" text-anchor="middle">{x:.1f} s</text>')
+    for m in markers:
+        x = sx(m["t_s"])
+        parts.append(f'<line x1="{x:.1f}" y1="{sy(0)}" x2="{x:.1f}" y2="{sy(y_max)}" stroke="#555" '
+                     f'stroke-dasharray="{DOTTED}"/><text x="{x + 3:.1f}" y="{sy(y_max) + 10:.1f}">'
+                     f'{html.escape(m["label"])}</text>')
     for k, (label, colour, pts, dashes) in enumerate(series):
         if pts:
             d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
@@ -275,36 +343,48 @@ def _svg_lines(title: str, unit: str, series: list[tuple[str, str, list[tuple[fl
             f'font-family="sans-serif" font-size="11">{"".join(parts)}</svg>')
 
 
+def run_label(r: dict) -> str:
+    """The label of the group a run belongs to (runs written before runs carried it: from the
+    combination)."""
+    c = r["combination"]
+    return r.get("label") or f"{c['engine']}/{c['fsync']}/{c['api']}"
+
+
 def chart_html(doc: dict) -> str:
-    """The page: throughput and latency over time, one colour per combination (its median run
-    by records/s), then the table of medians."""
+    """The page: throughput and latency over time, one colour per group (its median run by
+    records/s; a group without a timeline, like cluster's baseline, is left out), then the
+    table of medians."""
     by_label: dict[str, list[dict]] = {}
     for r in doc["runs"]:
-        c = r["combination"]
-        by_label.setdefault(f"{c['engine']}/{c['fsync']}/{c['api']}", []).append(r)
-    rate, lat = [], []
+        by_label.setdefault(run_label(r), []).append(r)
+    command = doc["meta"]["command"]
+    key = "consumed_per_s" if command == "consume" else "produced_per_s"
+    rate, lat, markers = [], [], []
     for i, s in enumerate(doc["combinations"]):
         colour, run = COLOURS[i % len(COLOURS)], _median_run(by_label[s["label"]])
         tl = run["timeline"]
-        key = "consumed_per_s" if doc["meta"]["command"] == "consume" else "produced_per_s"
+        if not tl:
+            continue
         rate.append((f"{s['label']} {key.split('_')[0]}", colour, [(p["t_s"], p[key]) for p in tl if p[key]], SOLID))
-        if doc["meta"]["command"] == "e2e":
+        if key != "consumed_per_s" and any(p["consumed_per_s"] for p in tl):
             rate.append((f"{s['label']} consumed", colour, [(p["t_s"], p["consumed_per_s"]) for p in tl], DASHED))
         lat.append((f"{s['label']} p99", colour, [(p["t_s"], p["p99_ms"]) for p in tl if p["p99_ms"] is not None], SOLID))
         lat.append((f"{s['label']} p50", colour, [(p["t_s"], p["p50_ms"]) for p in tl if p["p50_ms"] is not None], DASHED))
-        if doc["meta"]["command"] == "e2e":
+        if any(p["e2e_p99_ms"] is not None for p in tl):
             lat.append((f"{s['label']} e2e p99", colour,
                         [(p["t_s"], p["e2e_p99_ms"]) for p in tl if p["e2e_p99_ms"] is not None], DOTTED))
+        markers += run.get("markers", [])
     head, rows = table_rows(doc)
     table = ("<table border=1 cellpadding=3><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
     peer = "".join(f"<p>{html.escape(line)}</p>" for line in peer_lines(doc)) if doc.get("peer") else ""
     return ("<!doctype html><meta charset=utf-8><title>loom bench</title>"
-            f"<h1>loom bench {html.escape(doc['meta']['command'])}</h1>"
+            f"<h1>loom bench {html.escape(command)}</h1>"
             f"<p>{html.escape(doc['meta']['date'])}, {html.escape(' '.join(doc['meta']['argv']))}</p>"
-            + _svg_lines("Throughput over time", "records/s per 0.5 s sample; dashed: consumed", rate)
+            + _svg_lines("Throughput over time", "records/s per 0.5 s sample; dashed: consumed", rate, markers)
             + _svg_lines("Produce-ack latency over time", "ms; solid p99, dashed p50" +
-                         (", dotted end-to-end p99" if doc["meta"]["command"] == "e2e" else ""), lat)
+                         (", dotted end-to-end p99" if any(label.endswith("e2e p99") for label, *_ in lat) else ""),
+                         lat, markers)
             + f"<h2>Medians</h2>{table}{peer}"
             f"<pre>{html.escape(json.dumps(doc['meta'], indent=1))}</pre>")
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from bench import peer, report
 from bench.options import BenchOptions, Combination, OptionError, parse, usage_error
-from bench.stats import LatencyHistogram, find_node_pids, growth_mb_per_min, peak_rss_mb
+from bench.stats import LatencyHistogram, find_node_pids, growth_mb_per_min, peak_rss_mb, us_per_record
 from bench.workload import Run, Target, create_topic, record_shares, tell
 from fabric.config import ConfigError
 from fabric.errors import FabricError
@@ -86,7 +86,7 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
                 tell(consumers, "stop")
         producers = r.start([r.spec("producer", i, records=shares[i], duration=o.duration, rate=rates[i] or None,
                                     api=combo.api) for i in range(producers_n)])
-        out: dict = {"combination": combo.as_dict(), "run": run + 1, "topic": topic}
+        out: dict = {"label": combo.label, "combination": combo.as_dict(), "run": run + 1, "topic": topic}
         if o.command == "produce":
             cpu_s, _ = r.phase(producers)
             out.update(_produce_figures(o, producers, cpu_s))
@@ -113,10 +113,6 @@ def _span(done: list[dict]) -> float:
     return max(d["t_end"] for d in done) - min(d["t_start"] for d in done)
 
 
-def _cpu_us(cpu_s: float | None, records: int) -> float | None:
-    return None if cpu_s is None or not records else round(1e6 * cpu_s / records, 3)
-
-
 def _produce_figures(o: BenchOptions, producers: list, cluster_cpu_s: float, consumers: list | None = None) -> dict:
     done = [w.done for w in producers]
     records, seconds = sum(d["records"] for d in done), _span(done)
@@ -129,7 +125,8 @@ def _produce_figures(o: BenchOptions, producers: list, cluster_cpu_s: float, con
             "records_per_s": round(records / seconds) if seconds > 0 else 0,
             "mb_per_s": round(records * o.record_size / MB / seconds, 2) if seconds > 0 else 0,
             "offered_per_s": o.rate, "latency_ms": lat.summary_ms(),
-            "cpu_us_per_record": {"client": _cpu_us(client_s, records), "cluster": _cpu_us(known, records)}}
+            "cpu_us_per_record": {"client": us_per_record(client_s, records), "cluster": us_per_record(known, records)},
+            "cpu_s": {"client": client_s, "cluster": known}}
 
 
 def _consume_figures(o: BenchOptions, consumers: list, cluster_cpu_s: float, group_expected: int | None,
@@ -146,10 +143,11 @@ def _consume_figures(o: BenchOptions, consumers: list, cluster_cpu_s: float, gro
     if key == "consume":  # e2e: the produce figures lead; add the consumers' and the end-to-end latency
         return figures | {"e2e_latency_ms": e2e.summary_ms()}
     known = cluster_cpu_s if o.self_contained or o.config else None
+    client_s = sum(d["cpu_s"] for d in done)
     return figures | {"records": records, "seconds": figures["consume_seconds"],
                       "records_per_s": figures["consume_records_per_s"], "mb_per_s": figures["consume_mb_per_s"],
-                      "cpu_us_per_record": {"client": _cpu_us(sum(d["cpu_s"] for d in done), records),
-                                            "cluster": _cpu_us(known, records)}}
+                      "cpu_us_per_record": {"client": us_per_record(client_s, records), "cluster": us_per_record(known, records)},
+                      "cpu_s": {"client": client_s, "cluster": known}}
 
 
 def _peak_rss(target: Target, sampled: dict[str, float]) -> dict[str, float]:
@@ -191,10 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as e:
         print(usage_error(f"loom bench {args[0]}", str(e)), file=sys.stderr)
         return 2
+    return publish(o, run_all)
+
+
+def publish(o: BenchOptions, run: Callable[[BenchOptions], dict]) -> int:
+    """Run a benchmark (``run(o)`` returns its document), then print the table and write
+    ``--json`` and ``--chart``. An operating error (no cluster there, a worker failed, a wait
+    timed out) is one line and exit status 1."""
     try:
-        doc = run_all(o)
+        doc = run(o)
     except (FabricError, ConfigError, RuntimeError) as e:
-        # an operating error (no cluster there, a worker failed, a wait timed out): one line
         print(f"loom: error: {e}", file=sys.stderr)
         return 1
     report.print_table(doc)

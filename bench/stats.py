@@ -79,6 +79,11 @@ def _round(ms: float | None) -> float | None:
     return None if ms is None else round(ms, 3)
 
 
+def us_per_record(cpu_s: float | None, records: int) -> float | None:
+    """CPU microseconds per record (None when the CPU is unknown or there were no records)."""
+    return None if cpu_s is None or not records else round(1e6 * cpu_s / records, 3)
+
+
 def process_cpu_s(pids: list[int]) -> float:
     """User + system CPU seconds of processes (Linux /proc; 0 for a pid that is gone)."""
     return sum(s.cpu_s for s in map(proc_stat, pids) if s is not None)
