@@ -39,6 +39,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.buffers import OwnedFrame
 from fabric.errors import FabricError, MalformedFrame
+from fabric.hoptrace import mark
 from fabric.reactor import Reactor
 from fabric.zmq_io import send_frames
 
@@ -166,6 +167,7 @@ class ZmtpServer:
     def _on_stream(self, frames: list) -> None:
         """``[connection id, data]``: data is a view onto libzmq's chunk (``_receive_chunk``),
         copied into the connection's buffers by ``_feed`` and not kept."""
+        mark("port.chunk")
         if len(frames) != 2:
             return  # a STREAM socket delivers [connection id, data]
         conn_id, data = frames

@@ -31,6 +31,7 @@ from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
 from fabric.errors import ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError
+from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.replies import decode_produce_results
@@ -192,6 +193,7 @@ class Sender(threading.Thread):
     def run_pass(self) -> None:
         """One pass of the I/O thread: refresh metadata and the producer id if needed, take
         ready batches, expire the overdue, send what can go."""
+        mark("sender.pass")
         now = self.clock.now_ms()
         if self.metadata_cache.take_wanted():
             self._refresh_metadata()
@@ -274,10 +276,12 @@ class Sender(threading.Thread):
 
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._on_reply(groups, batches, h, err)
+        mark("sender.request")
         self._client(endpoint).request(P.PRODUCE, header, payloads, callback=on_reply,
                                        timeout_ms=self.settings.request_timeout_ms + 2000)
 
     def _on_reply(self, groups: list, batches: list, header: dict | None, err: CodedError | None) -> None:
+        mark("sender.reply")
         for tp, _ in groups:
             self._in_flight.pop(tp, None)
         try:
@@ -312,6 +316,7 @@ class Sender(threading.Thread):
             # give the cluster a moment (failover) before the retry goes out
             assert self.reactor is not None
             self.reactor.call_later(RETRY_BACKOFF_MS, self.wake)
+        mark("sender.completed")
 
     def _finish(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
         if error is not None and b.sequence >= 0 and not self._stopping:
