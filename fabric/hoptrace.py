@@ -12,13 +12,15 @@ Off, ``mark`` costs one call and one test (about 50 ns; a produce passes ~15 poi
 points are named ``<where>.<what>``: ``producer.*`` and ``sender.*`` in the client,
 ``port.*``/``produce.*``/``ack.*`` on the leader, ``replica.*`` on a follower.
 
-Thread-safety: ``mark`` appends to a list (atomic under the GIL) from any thread.
+Thread-safety: ``mark`` appends to a list (atomic under the GIL) from any thread; ``flush``
+holds a lock.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ SUFFIX = ".hops"
 
 _directory: str | None = os.environ.get(ENV) or None
 _marks: list[tuple[int, str]] = []
+_flush_lock = threading.Lock()
 _now_ns = time.monotonic_ns
 
 
@@ -52,12 +55,20 @@ def disable() -> None:
 
 
 def flush() -> None:
-    if _directory is None or not _marks:
-        return
-    held = _marks[:]
-    del _marks[:len(held)]
-    with open(os.path.join(_directory, f"{os.getpid()}{SUFFIX}"), "a") as f:
-        f.write("".join(f"{t} {p}\n" for t, p in held))
+    """Write out the marks held. A trace that cannot be written (its directory gone, a full
+    disk) stops tracing this process: it never stops the process."""
+    global _directory
+    with _flush_lock:  # two threads flushing at once would write marks twice
+        if _directory is None or not _marks:
+            return
+        held = _marks[:]
+        del _marks[:len(held)]  # appends by other threads go after these
+        try:
+            with open(os.path.join(_directory, f"{os.getpid()}{SUFFIX}"), "a") as f:
+                f.write("".join(f"{t} {p}\n" for t, p in held))
+        except OSError:
+            _directory = None
+            _marks.clear()
 
 
 def read(directory: str | Path) -> dict[int, list[tuple[int, str]]]:

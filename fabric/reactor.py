@@ -26,6 +26,7 @@ import zmq
 from fabric import protocol as P
 from fabric.clock import Clock
 from fabric.errors import LoomError
+from fabric.waker import Waker
 from fabric.zmq_io import receive_frames
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Reactor:
         self._handlers: dict[zmq.Socket, MessageHandler] = {}
         self._drain_max: dict[zmq.Socket, int] = {}
         self._receive: dict[zmq.Socket, Receive] = {}
+        self._wakers: dict[int, tuple[Waker, Callable[[], None]]] = {}  # by descriptor
         self._timers: list[tuple[int, int, Timer]] = []
         self._seq = itertools.count()
         self._cancelled_in_heap = 0
@@ -96,6 +98,17 @@ class Reactor:
         if receive is not None:
             self._receive[sock] = receive
         self.poller.register(sock, zmq.POLLIN)
+
+    def add_waker(self, waker: Waker, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` on the pass after ``waker.wake()`` (from any thread); wakes
+        that come while it runs bring one more call."""
+        self._wakers[waker.fd] = (waker, handler)
+        self.poller.register(waker.fd, zmq.POLLIN)
+
+    def remove_waker(self, waker: Waker) -> None:
+        """Before ``waker.close()``: a closed descriptor must not be polled."""
+        if self._wakers.pop(waker.fd, None) is not None:
+            self.poller.unregister(waker.fd)
 
     def remove_socket(self, sock: zmq.Socket) -> None:
         if sock in self._handlers:
@@ -156,7 +169,10 @@ class Reactor:
         timeout = self._timeout_ms(timeout_ms_max)
         events = self.poller.poll(timeout)
         for sock, _ in events:
-            self._drain(sock, self._drain_max.get(sock, P.DRAIN_MESSAGES_MAX))
+            if sock.__class__ is int:  # a waker's descriptor
+                self._woken(sock)
+            else:
+                self._drain(sock, self._drain_max.get(sock, P.DRAIN_MESSAGES_MAX))
         for fn in self._after_pass:
             try:
                 fn()
@@ -187,7 +203,7 @@ class Reactor:
         receive = self._receive.get(sock, receive_copied)
         contain = self.contain_handler_errors
         handlers = self._handlers
-        for _ in range(messages_max):
+        for left in range(messages_max - 1, -1, -1):
             try:
                 frames = receive(sock)
             except zmq.Again:
@@ -199,8 +215,22 @@ class Reactor:
                     handler(frames)
                 except LoomError:  # an operating error; a bug (anything else) stops the node
                     log.exception("handler %r failed", handler)
-            if handlers.get(sock) is not handler or not sock.get(_EVENTS) & _POLLIN:
-                return  # removed by its handler, or nothing more waiting
+            if not left or handlers.get(sock) is not handler or not sock.get(_EVENTS) & _POLLIN:
+                return  # the pass's bound, removed by its handler, or nothing more waiting
+
+    def _woken(self, fd: int) -> None:
+        entry = self._wakers.get(fd)
+        if entry is None:
+            return
+        waker, handler = entry
+        waker.drain()  # first: a wake during the handler is kept for the next pass
+        if not self.contain_handler_errors:
+            handler()
+            return
+        try:
+            handler()
+        except LoomError:  # an operating error; a bug (anything else) stops the node
+            log.exception("waker handler %r failed", handler)
 
     def _run_timers(self) -> None:
         now = self.clock.now_ms()

@@ -220,15 +220,20 @@ class ZmtpServer:
         carry no batch, and replica acks) that arrived whole in one chunk: parsed and handed on
         without the per-frame state machine and without buffering. Stops, returning the bytes
         used, at the first message that is not whole in ``data`` or has a long frame, a
-        command or more frames than ``P.FRAMES_MAX`` -- the general parser takes it from its
-        first byte, limits and answers unchanged. A message is consumed before it is handed on
-        (as in ``_feed_general``): when the code it is handed to raises, the rest of the chunk
-        is kept in ``conn.buf`` for the next feed, never parsed twice."""
+        command, more frames than ``P.FRAMES_MAX``, more bytes than a request may hold
+        unquestioned (``P.REQUEST_BYTES_MAX``, ``SMALL_REQUEST_BYTES``) or a frame that would
+        be an ``OwnedFrame`` -- the general parser takes it from its first byte, limits and
+        answers unchanged, however the stream was cut. A message is consumed before it is
+        handed on (as in ``_feed_general``): when the code it is handed to raises, the rest of
+        the chunk is kept in ``conn.buf`` for the next feed, never parsed twice."""
         pos, end = 0, len(data)
         frames_max = P.FRAMES_MAX - 1  # the identity put in front counts against it
+        bytes_max = min(P.REQUEST_BYTES_MAX, SMALL_REQUEST_BYTES)
+        owned_min = P.OWNED_FRAME_BYTES_MIN
         try:
             while pos < end:
                 frames: list = []
+                held = 0
                 at = pos
                 while True:
                     if at + 2 > end:
@@ -236,8 +241,10 @@ class ZmtpServer:
                     flags = data[at]
                     if flags & _NOT_SHORT_MESSAGE_FRAME:
                         return pos
-                    body_end = at + 2 + data[at + 1]
-                    if body_end > end or len(frames) >= frames_max:
+                    size = data[at + 1]
+                    held += size
+                    body_end = at + 2 + size
+                    if body_end > end or len(frames) >= frames_max or held > bytes_max or size >= owned_min:
                         return pos
                     frames.append(bytes(data[at + 2:body_end]))
                     at = body_end

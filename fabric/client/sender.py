@@ -96,7 +96,7 @@ class Sender(threading.Thread):
         self.idempotent = settings.idempotent and settings.acks != 0
         self.clock = clock or Clock()
         self.ctx = zmq.Context.instance()
-        self._waker = Waker(self.ctx, "producer")
+        self._waker = Waker()
         self._client_factory = client_factory or self._rpc_client
         self._md_in_flight = False
         self._md_endpoint_index = 0
@@ -150,7 +150,7 @@ class Sender(threading.Thread):
     # -- the I/O thread ---------------------------------------------------------------------
     def run(self) -> None:
         reactor = Reactor(self.clock)
-        reactor.add_socket(self._waker.sock, lambda frames: None)
+        reactor.add_waker(self._waker, _nothing)
         reactor.after_pass(self.run_pass)
         self.attach(reactor)
         try:
@@ -162,6 +162,7 @@ class Sender(threading.Thread):
             self.failure.__cause__ = e
             raise
         finally:
+            reactor.remove_waker(self._waker)
             self._shut_down()
 
     def attach(self, reactor: Any) -> None:
@@ -390,6 +391,10 @@ class Sender(threading.Thread):
                 assert self.reactor is not None
                 self.reactor.call_later(METADATA_RETRY_MS, self.wake)
         self._client(self.metadata.coordinator).request(P.INIT_PRODUCER_ID, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
+
+
+def _nothing() -> None:
+    """The I/O thread's wake-up handler: waking is all it takes (every pass runs ``run_pass``)."""
 
 
 def _expired_error(b: BatchState, tp: tuple[str, int], delivery_timeout_ms: int) -> DeliveryTimeoutError:

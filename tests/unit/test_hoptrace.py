@@ -115,3 +115,13 @@ def test_hops_needs_loom() -> None:
     with pytest.raises(SystemExit) as e:
         rtt.main(["--hops"])
     assert e.value.code == 2
+
+
+def test_a_trace_that_cannot_be_written_stops_tracing_not_the_process(tmp_path: Path) -> None:
+    hoptrace.enable(tmp_path / "gone")  # no such directory
+    hoptrace.mark("a")
+    hoptrace.flush()  # no OSError out of it: a node marking on its hot path goes on
+    hoptrace.mark("b")
+    hoptrace.flush()
+    assert not (tmp_path / "gone").exists()
+    hoptrace.disable()
