@@ -9,16 +9,25 @@ record per ``send()`` (``linger_ms`` 0, ``acks=all``, one partition of replicati
 ``--replication-factor``), waited for before the next, and the CPU every process spent per
 request (its idle CPU over the same time subtracted) -- where a produce's hops cost.
 
+With ``--loom --hops`` every process also marks the points a produce passes
+(``fabric.hoptrace``): the client's application and I/O threads, the leader, the followers. One
+request is in flight at a time, so each request's points line up on the machine's one monotonic
+clock, and the run prints the time between consecutive points (p50/p90/p99 over the requests):
+which thread, which wire hop, which piece of work the milliseconds go to.
+
     python -m bench.rtt --pause-ms 0.5 --count 3000 --runs 3
     python -m bench.rtt --loom --count 3000 --runs 3
+    python -m bench.rtt --loom --hops --count 3000 --runs 3
 
 Every process started here is stopped (joined, then killed by its pid). Not thread-safe.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -28,6 +37,7 @@ import zmq
 
 from bench.options import UsageParser
 from bench.stats import LatencyHistogram, process_cpu_s
+from fabric import hoptrace
 from nodes.local_cluster import free_ports, running_cluster
 
 COUNT_MAX = 1_000_000
@@ -38,6 +48,30 @@ IDLE_S = 2.0                # --loom: each process's idle CPU is measured over t
 WARM_UP_REQUESTS = 200      # --loom: connections, metadata and the producer id settled first
 LOOM_FSYNC_INTERVAL_MS = 1000
 LOOM_TOPIC = "bench-rtt"
+HOP_FOUND_SHARE_MIN = 0.5   # --hops: a point found in fewer of the requests is one this run does not pass (RF 1: the followers')
+
+# --hops: the points one acks=all produce passes, in order: (process, point, what the time
+# since the previous point went to, its kind: "work" in a thread, or "hop" -- a wake-up or the
+# wire between threads and processes). Points a run never passes (RF 1: the followers') drop out.
+HOPS = (
+    ("client", "app.send", "", ""),
+    ("client", "producer.queued", "client app thread: send() queues the record, wakes the I/O thread", "work"),
+    ("client", "sender.pass", "client I/O thread wakes", "hop"),
+    ("client", "sender.request", "client I/O thread: takes the batch, builds and sends the request", "work"),
+    ("leader", "port.chunk", "wire client -> leader: libzmq I/O threads, the leader's reactor wakes", "hop"),
+    ("leader", "produce.request", "leader: ZMTP framing, request decoding", "work"),
+    ("leader", "produce.append", "leader: produce decoding, the rest of the drain, group commit", "work"),
+    ("leader", "produce.appended", "leader: validate and write the batch", "work"),
+    ("leader", "produce.published", "leader: publish to the followers", "work"),
+    ("follower", "replica.batch", "wire leader -> follower (PUB/SUB), the follower wakes", "hop"),
+    ("follower", "replica.acked", "follower: decode, append, send the ack", "work"),
+    ("leader", "ack.received", "wire follower -> leader, ZMTP and request decoding", "hop"),
+    ("leader", "ack.received", "until the other follower's ack", "hop"),
+    ("leader", "produce.answered", "leader: high watermark, answer the parked produce", "work"),
+    ("client", "sender.reply", "wire leader -> client I/O thread, reply decoding", "hop"),
+    ("client", "sender.completed", "client I/O thread: complete the future", "work"),
+    ("client", "app.acked", "client app thread wakes: result() returns", "hop"),
+)
 
 
 def _echo(port: int) -> None:
@@ -98,14 +132,33 @@ def _per_request_us(cpu_s: float, count: int) -> float:
     return round(cpu_s / count * 1e6, 1)
 
 
-def measure_loom(count: int, pause_s: float, replication_factor: int) -> dict:
+def measure_loom(count: int, pause_s: float, replication_factor: int, hops: bool = False) -> dict:
     """``count`` one-record produces through a fresh self-contained cluster, each waited for,
     with ``pause_s`` between them: latency summary in ms and, per process, CPU µs per request
-    above its idle CPU. The cluster is stopped by its pids and its directory removed."""
+    above its idle CPU; with ``hops``, also the time between the points each request passed
+    (``hop_table``). The cluster is stopped by its pids and its directory removed."""
+    with tempfile.TemporaryDirectory(prefix="loom-bench-rtt-", ignore_cleanup_errors=True) as work:
+        if not hops:
+            out = _measure_loom(Path(work), count, pause_s, replication_factor)
+            del out["roles"]
+            return out
+        traces = Path(work) / "hops"
+        traces.mkdir()
+        os.environ[hoptrace.ENV] = str(traces)  # the node processes inherit it
+        hoptrace.enable(traces)
+        try:
+            out = _measure_loom(Path(work), count, pause_s, replication_factor)
+        finally:
+            del os.environ[hoptrace.ENV]
+            hoptrace.disable()
+        roles = out.pop("roles")
+        return dict(out, hops=hop_table(hoptrace.read(traces), roles))
+
+
+def _measure_loom(work: Path, count: int, pause_s: float, replication_factor: int) -> dict:
     from fabric.client import Admin, Producer
     overrides = {"storage": {"fsync_interval_ms": LOOM_FSYNC_INTERVAL_MS}}
-    with tempfile.TemporaryDirectory(prefix="loom-bench-rtt-", ignore_cleanup_errors=True) as work, \
-            running_cluster(Path(work), 3, overrides=overrides) as cluster:
+    with running_cluster(work, 3, overrides=overrides) as cluster:
         cluster.create_topic(LOOM_TOPIC, partitions=1, replication_factor=replication_factor)
         with Admin(cluster.bootstrap) as admin:
             leader = admin.metadata().topics[LOOM_TOPIC].partitions[0].leader
@@ -122,7 +175,9 @@ def measure_loom(count: int, pause_s: float, replication_factor: int) -> dict:
             lat = LatencyHistogram()
             for _ in range(count):
                 t = time.perf_counter()
+                hoptrace.mark("app.send")
                 producer.send(LOOM_TOPIC, payload).result(RECV_TIMEOUT_MS / 1000)
+                hoptrace.mark("app.acked")
                 lat.record_us((time.perf_counter() - t) * 1e6)
                 if pause_s:
                     time.sleep(pause_s)  # the offered pace, not synchronisation
@@ -130,7 +185,81 @@ def measure_loom(count: int, pause_s: float, replication_factor: int) -> dict:
     cpu = {("leader" if n == f"broker-{leader}" else n): _per_request_us(end[n] - after[n] - idle[n] * elapsed, count)
            for n in end}
     cpu["cluster"] = round(sum(v for n, v in cpu.items() if n != "client"), 1)
-    return dict(lat.summary_ms(), cpu_us_per_request=cpu)
+    roles = {pid: ("leader" if n == f"broker-{leader}" else "follower" if n.startswith("broker-") else n)
+             for n, pid in pids.items()}
+    roles[os.getpid()] = "client"
+    return dict(lat.summary_ms(), cpu_us_per_request=cpu, roles=roles)
+
+
+def hop_table(marks: dict[int, list[tuple[int, str]]], roles: dict[int, str]) -> dict:
+    """Line up each request's points (``HOPS``) from every process's marks: per step, the µs
+    since the previous point (p50/p90/p99 over the requests), and per request the sums of
+    "work" and "hop" steps. A request is the client's ``app.send``..``app.acked``; a step is
+    the first mark of its point, by a process of its role, after the previous step."""
+    times: dict[tuple[str, str], list[int]] = {}
+    for pid, ms in marks.items():
+        role = roles.get(pid)
+        for t, point in ms:
+            times.setdefault((role, point), []).append(t)  # type: ignore[arg-type]
+    for ts in times.values():
+        ts.sort()
+    client = sorted((t, p) for t, p in marks.get(next(p for p, r in roles.items() if r == "client"), ())
+                    if p in ("app.send", "app.acked"))
+    windows = [(a[0], b[0]) for a, b in zip(client, client[1:]) if a[1] == "app.send" and b[1] == "app.acked"]
+    steps = HOPS[1:-1]
+
+    def walk(start: int, end: int, keep: list[bool]) -> list[int | None]:
+        found, t = [], start
+        for (role, point, _, _), kept in zip(steps, keep):
+            ts = times.get((role, point), [])
+            i = bisect.bisect_right(ts, t)  # strictly after: a point may follow itself (two acks)
+            if kept and i < len(ts) and ts[i] <= end:
+                t = ts[i]
+                found.append(t)
+            else:
+                found.append(None)
+        return found
+
+    every = [True] * len(steps)
+    counts = [0] * len(steps)
+    for start, end in windows:
+        for i, t in enumerate(walk(start, end, every)):
+            counts[i] += t is not None
+    keep = [c >= HOP_FOUND_SHARE_MIN * len(windows) and c > 0 for c in counts]
+    rows = [(HOPS[0], None)] + [(h, []) for h, k in zip(steps, keep) if k] + [(HOPS[-1], [])]
+    sums: dict[str, list[float]] = {"work": [], "hop": []}
+    for start, end in windows:
+        found = [t for t, k in zip(walk(start, end, keep), keep) if k]
+        if None in found:
+            continue  # a request missing a point (a retry, a stray heartbeat pass): left out
+        chain = [start, *found, end]
+        per_kind = {"work": 0.0, "hop": 0.0}
+        for (hop, deltas), a, b in zip(rows[1:], chain, chain[1:]):
+            deltas.append((b - a) / 1000)
+            per_kind[hop[3]] += (b - a) / 1000
+        for kind, v in per_kind.items():
+            sums[kind].append(v)
+    lined_up = len(sums["work"])
+    return {"requests": len(windows), "lined_up": lined_up,
+            "steps": [{"process": h[0], "point": h[1], "what": h[2], "kind": h[3], **_percentiles_us(d)}
+                      for h, d in rows[1:]],
+            "work_us": _percentiles_us(sums["work"]), "hop_us": _percentiles_us(sums["hop"])}
+
+
+def _percentiles_us(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None}
+    v = sorted(values)
+    return {q: round(v[min(len(v) - 1, int(f * len(v)))], 1) for q, f in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+
+
+def print_hops(hops: dict) -> None:
+    print(f"where a produce's time goes: {hops['lined_up']} of {hops['requests']} requests lined up; "
+          "us since the previous point, p50 / p90 / p99")
+    for s in hops["steps"]:
+        print(f"  {s['p50']:8.1f} {s['p90']:8.1f} {s['p99']:8.1f}  {s['kind']:4s}  {s['process']:8s} {s['what']}")
+    w, h = hops["work_us"], hops["hop_us"]
+    print(f"  per request: work in threads p50 {w['p50']} us, wake-ups and wire p50 {h['p50']} us")
 
 
 def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
@@ -146,19 +275,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loom", action="store_true",
                     help="one-record produces through a self-contained Loom cluster instead of a bare echo")
     ap.add_argument("--replication-factor", type=int, default=3, help="with --loom (default 3)")
+    ap.add_argument("--hops", action="store_true",
+                    help="with --loom: mark the points each produce passes in every process and print where its time goes")
     ap.add_argument("--json", help="write the figures to this file")
     a = ap.parse_args(argv)
     if not 0 < a.count <= COUNT_MAX or a.pause_ms < 0 or a.runs < 1:
         ap.error(f"--count must be 1..{COUNT_MAX:,}, --pause-ms >= 0, --runs >= 1")
     if not 1 <= a.replication_factor <= 3:
         ap.error("--replication-factor must be 1..3 (the self-contained cluster has 3 brokers)")
+    if a.hops and not a.loom:
+        ap.error("--hops needs --loom (the bare round trip has no points to mark)")
     cpu_key = "cpu_us_per_request" if a.loom else "cpu_us_per_round_trip"
     runs = []
     for i in range(a.runs):
-        r = measure_loom(a.count, a.pause_ms / 1000, a.replication_factor) if a.loom else measure(a.count, a.pause_ms / 1000)
+        r = (measure_loom(a.count, a.pause_ms / 1000, a.replication_factor, a.hops) if a.loom
+             else measure(a.count, a.pause_ms / 1000))
         runs.append(r)
         cpu = ", ".join(f"{n} {v}" for n, v in r[cpu_key].items())
         print(f"run {i + 1}/{a.runs}: round trip p50/p99/p99.9 {r['p50']}/{r['p99']}/{r['p999']} ms; CPU us: {cpu}")
+        if a.hops:
+            print_hops(r["hops"])
     med = {k: round(statistics.median(r[k] for r in runs), 3) for k in ("p50", "p99", "p999")}
     med_cpu = {n: round(statistics.median(r[cpu_key][n] for r in runs), 1) for n in runs[0][cpu_key]}
     what = (f"one-record produce (RF {a.replication_factor}, acks=all, linger_ms 0) through Loom" if a.loom

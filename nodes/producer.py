@@ -206,8 +206,8 @@ class ProducerService(Node):
         self._done: deque[_Job] = deque()
         self._producers: dict[int, Producer] = {}
         self._stopping = False
-        self._waker = Waker(self.ctx, "producer-service")
-        self.reactor.add_socket(self._waker.sock, self._on_wake)
+        self._waker = Waker()
+        self.reactor.add_waker(self._waker, self._on_wake)
         self._job_sender = JobSender(self._producer, self._answer)
         self.server.route(P.SERVICE_PRODUCE, self._on_produce)
         self._worker = threading.Thread(target=self._work, name="loom-producer-service", daemon=True)
@@ -221,7 +221,7 @@ class ProducerService(Node):
         self.metrics.inc("loom_producer_service_records_total", (job.topic,), len(job.records))
         return DEFER
 
-    def _on_wake(self, frames: list[bytes]) -> None:
+    def _on_wake(self) -> None:
         while self._done:
             job = self._done.popleft()
             self.intake.release(job)
@@ -269,7 +269,7 @@ class ProducerService(Node):
                 p.close(timeout=5)
             except CodedError as e:
                 log.warning("producer close: %s", e)
-        self.reactor.remove_socket(self._waker.sock)
+        self.reactor.remove_waker(self._waker)
         self._waker.close()
         super().close()
 

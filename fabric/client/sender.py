@@ -31,6 +31,7 @@ from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
 from fabric.errors import ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError
+from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.replies import decode_produce_results
@@ -95,7 +96,7 @@ class Sender(threading.Thread):
         self.idempotent = settings.idempotent and settings.acks != 0
         self.clock = clock or Clock()
         self.ctx = zmq.Context.instance()
-        self._waker = Waker(self.ctx, "producer")
+        self._waker = Waker()
         self._client_factory = client_factory or self._rpc_client
         self._md_in_flight = False
         self._md_endpoint_index = 0
@@ -149,7 +150,7 @@ class Sender(threading.Thread):
     # -- the I/O thread ---------------------------------------------------------------------
     def run(self) -> None:
         reactor = Reactor(self.clock)
-        reactor.add_socket(self._waker.sock, lambda frames: None)
+        reactor.add_waker(self._waker, _nothing)
         reactor.after_pass(self.run_pass)
         self.attach(reactor)
         try:
@@ -161,6 +162,7 @@ class Sender(threading.Thread):
             self.failure.__cause__ = e
             raise
         finally:
+            reactor.remove_waker(self._waker)
             self._shut_down()
 
     def attach(self, reactor: Any) -> None:
@@ -192,6 +194,7 @@ class Sender(threading.Thread):
     def run_pass(self) -> None:
         """One pass of the I/O thread: refresh metadata and the producer id if needed, take
         ready batches, expire the overdue, send what can go."""
+        mark("sender.pass")
         now = self.clock.now_ms()
         if self.metadata_cache.take_wanted():
             self._refresh_metadata()
@@ -274,10 +277,12 @@ class Sender(threading.Thread):
 
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._on_reply(groups, batches, h, err)
+        mark("sender.request")
         self._client(endpoint).request(P.PRODUCE, header, payloads, callback=on_reply,
                                        timeout_ms=self.settings.request_timeout_ms + 2000)
 
     def _on_reply(self, groups: list, batches: list, header: dict | None, err: CodedError | None) -> None:
+        mark("sender.reply")
         for tp, _ in groups:
             self._in_flight.pop(tp, None)
         try:
@@ -312,6 +317,7 @@ class Sender(threading.Thread):
             # give the cluster a moment (failover) before the retry goes out
             assert self.reactor is not None
             self.reactor.call_later(RETRY_BACKOFF_MS, self.wake)
+        mark("sender.completed")
 
     def _finish(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
         if error is not None and b.sequence >= 0 and not self._stopping:
@@ -385,6 +391,10 @@ class Sender(threading.Thread):
                 assert self.reactor is not None
                 self.reactor.call_later(METADATA_RETRY_MS, self.wake)
         self._client(self.metadata.coordinator).request(P.INIT_PRODUCER_ID, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
+
+
+def _nothing() -> None:
+    """The I/O thread's wake-up handler: waking is all it takes (every pass runs ``run_pass``)."""
 
 
 def _expired_error(b: BatchState, tp: tuple[str, int], delivery_timeout_ms: int) -> DeliveryTimeoutError:

@@ -38,6 +38,7 @@ from engines.registry import open_engine
 from fabric import protocol as P
 from fabric.clock import Clock
 from fabric.config import LimitsConfig, StorageConfig, TopicDefaults
+from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata, PartitionInfo
 from nodes.broker.flusher import Flusher
 from nodes.broker.isr import IsrProposer
@@ -239,7 +240,9 @@ class BrokerCore:
         for key, items in by_partition.items():
             part = self.partitions[key]
             log_end_before = part.log_end_offset
+            mark("produce.append")
             out, written = part.append_as_leader([d for _, _, d in items], self.batch_bytes_max(key[0]))
+            mark("produce.appended")
             epoch = part.leader_epoch
             for (res, pi, _), (offset, code, message) in zip(items, out):
                 res[pi] = ProduceResult(offset, code, message, None if code else epoch)

@@ -20,6 +20,7 @@ from fabric import wire
 from fabric.clock import Clock
 from fabric.config import LimitsConfig
 from fabric.errors import RemoteError
+from fabric.hoptrace import mark
 from fabric.rpc import DEFER
 from nodes.broker.core import BrokerCore
 from nodes.broker.messages import (
@@ -82,6 +83,7 @@ class RequestHandlers:
 
     # -- produce -----------------------------------------------------------------------------------
     def on_produce(self, req: wire.Request) -> Any:
+        mark("produce.request")
         parts = req.get("parts", list)
         acks = req.get("acks", int, 1)
         if acks not in (0, 1, -1):
@@ -126,6 +128,7 @@ class RequestHandlers:
 
     def _reply_produce(self, req: wire.Request, results: list[ProduceResult]) -> None:
         self.server.reply(req, {"results": encode_produce_results(results)})
+        mark("produce.answered")
 
     # -- fetch -------------------------------------------------------------------------------------
     def on_fetch(self, req: wire.Request) -> Any:
@@ -178,6 +181,7 @@ class RequestHandlers:
 
     def on_replica_ack(self, req: wire.Request) -> Any:
         """One-way from a follower: its log end offset after appending from the stream."""
+        mark("ack.received")
         follower = req.header.get("broker_id")
         parts = req.header.get("parts")
         if isinstance(follower, int) and isinstance(parts, list):

@@ -38,6 +38,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.clock import Clock
 from fabric.errors import MalformedFrame
+from fabric.hoptrace import mark
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.messages import TopicPartition
 from nodes.broker.partition import Partition
@@ -68,6 +69,7 @@ class ReplicationPublisher:
         self.send(wire.encode_replica(wire.ReplicaPosition(
             self.node, part.topic, part.partition, part.leader_epoch, part.high_watermark, part.log_end_offset,
             self.topic_id_of((part.topic, part.partition))), batches))
+        mark("produce.published")
 
     def heartbeat(self) -> None:
         now = self.clock.now_ms()
@@ -136,6 +138,7 @@ class ReplicationSubscriber:
         self._connected, self._subscribed = wanted_eps, wanted_topics
 
     def on_message(self, frames: list[bytes]) -> None:
+        mark("replica.batch")
         try:
             sender, positions, payloads = wire.decode_replication(frames)
         except MalformedFrame:
@@ -200,4 +203,5 @@ class ReplicationSubscriber:
         if appended:
             self.counters["repl_batches"] += appended
             fetcher.ack(part)
+            mark("replica.acked")
             self.on_appended(part)

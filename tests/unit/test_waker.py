@@ -1,0 +1,80 @@
+"""fabric.waker through a real Reactor: a wake from another thread ends a blocked poll and
+runs the handler on the reactor's thread; wakes coalesce; a wake during the handler is not
+lost; wake after close is a no-op; the pipe fallback (no eventfd) behaves the same."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from fabric.reactor import Reactor
+from fabric.waker import Waker
+
+BLOCK_MS = 5000
+
+
+@pytest.fixture(params=["eventfd", "pipe"])
+def waker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Waker:
+    if request.param == "pipe":
+        monkeypatch.delattr(os, "eventfd", raising=False)
+    elif not hasattr(os, "eventfd"):
+        pytest.skip("no eventfd here")
+    w = Waker()
+    yield w
+    w.close()
+
+
+def test_a_wake_from_another_thread_ends_a_blocked_poll_and_runs_the_handler_on_the_reactor(waker: Waker) -> None:
+    reactor = Reactor()
+    ran: list[int] = []
+    reactor.add_waker(waker, lambda: ran.append(threading.get_ident()))
+    threading.Timer(0.05, waker.wake).start()
+    t0 = time.monotonic()
+    reactor.run_once(BLOCK_MS)
+    assert ran == [threading.get_ident()]
+    assert time.monotonic() - t0 < BLOCK_MS / 1000 / 2  # woken, not timed out
+
+
+def test_wakes_coalesce_into_one_call(waker: Waker) -> None:
+    reactor = Reactor()
+    ran: list[int] = []
+    reactor.add_waker(waker, lambda: ran.append(1))
+    for _ in range(100_000):  # more than a pipe would hold
+        waker.wake()
+    reactor.run_once(BLOCK_MS)
+    assert ran == [1]
+    reactor.run_once(0)
+    assert ran == [1]  # nothing left pending
+    waker.wake()
+    reactor.run_once(BLOCK_MS)
+    assert ran == [1, 1]  # and the next wake is not swallowed
+
+
+def test_a_wake_during_the_handler_brings_one_more_call(waker: Waker) -> None:
+    reactor = Reactor()
+    ran: list[int] = []
+
+    def handler() -> None:
+        ran.append(1)
+        if len(ran) == 1:
+            waker.wake()  # as another thread's wake racing the handler would
+    reactor.add_waker(waker, handler)
+    waker.wake()
+    reactor.run_once(BLOCK_MS)
+    reactor.run_once(BLOCK_MS)
+    assert ran == [1, 1]
+
+
+def test_removed_and_closed_it_is_neither_polled_nor_written(waker: Waker) -> None:
+    reactor = Reactor()
+    ran: list[int] = []
+    reactor.add_waker(waker, lambda: ran.append(1))
+    reactor.remove_waker(waker)
+    waker.close()
+    waker.wake()  # a no-op: never a write to a closed (maybe reused) descriptor
+    reactor.run_once(10)
+    assert ran == []
+    waker.close()  # twice is fine
