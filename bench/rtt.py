@@ -62,15 +62,15 @@ HOPS = (
     ("leader", "produce.request", "leader: ZMTP framing, request decoding", "work"),
     ("leader", "produce.append", "leader: produce decoding, the rest of the drain, group commit", "work"),
     ("leader", "produce.appended", "leader: validate and write the batch", "work"),
-    ("leader", "produce.published", "leader: publish to the followers", "work"),
-    ("follower", "replica.batch", "wire leader -> follower (PUB/SUB), the follower wakes", "hop"),
-    ("follower", "replica.acked", "follower: decode, append, send the ack", "work"),
-    ("leader", "ack.received", "wire follower -> leader, ZMTP and request decoding", "hop"),
+    ("leader", "produce.publish", "leader: stamp and encode for the followers", "work"),
+    ("follower", "replica.batch", "publish, wire leader -> follower (PUB/SUB), the follower wakes", "hop"),
+    ("follower", "replica.ack", "follower: decode, append", "work"),
+    ("leader", "ack.received", "ack out, wire follower -> leader, ZMTP and request decoding", "hop"),
     ("leader", "ack.received", "until the other follower's ack", "hop"),
-    ("leader", "produce.answered", "leader: high watermark, answer the parked produce", "work"),
-    ("client", "sender.reply", "wire leader -> client I/O thread, reply decoding", "hop"),
-    ("client", "sender.completed", "client I/O thread: complete the future", "work"),
-    ("client", "app.acked", "client app thread wakes: result() returns", "hop"),
+    ("leader", "produce.answer", "leader: high watermark, the parked produce ready", "work"),
+    ("client", "sender.reply", "reply out, wire leader -> client I/O thread, reply decoding", "hop"),
+    ("client", "sender.decoded", "client I/O thread: decode the results", "work"),
+    ("client", "app.acked", "client I/O thread completes the future, the app thread wakes: result() returns", "hop"),
 )
 
 

@@ -10,7 +10,9 @@ which reads the files back (``read``) and prints the time between consecutive po
 
 Off, ``mark`` costs one call and one test (about 50 ns; a produce passes ~15 points). The
 points are named ``<where>.<what>``: ``producer.*`` and ``sender.*`` in the client,
-``port.*``/``produce.*``/``ack.*`` on the leader, ``replica.*`` on a follower.
+``port.*``/``produce.*``/``ack.*`` on the leader, ``replica.*`` on a follower. A point that
+hands a message on is marked *before* the send: the receiving thread may run, and mark its own
+point, before the sending one runs again.
 
 Thread-safety: ``mark`` appends to a list (atomic under the GIL) from any thread; ``flush``
 holds a lock.

@@ -289,6 +289,7 @@ class Sender(threading.Thread):
             results = decode_produce_results(header) if header is not None else []
         except MalformedFrame as e:  # a broker's bad answer: every batch of it failed, unknown how
             results, err = [], RemoteError(P.UNKNOWN, str(e))
+        mark("sender.decoded")  # before the futures complete: the application's thread may run first
         retry: dict[tuple[str, int], list] = defaultdict(list)
         for i, b in enumerate(batches):
             tp = (b.topic, b.partition)
@@ -317,7 +318,6 @@ class Sender(threading.Thread):
             # give the cluster a moment (failover) before the retry goes out
             assert self.reactor is not None
             self.reactor.call_later(RETRY_BACKOFF_MS, self.wake)
-        mark("sender.completed")
 
     def _finish(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
         if error is not None and b.sequence >= 0 and not self._stopping:

@@ -127,8 +127,8 @@ class RequestHandlers:
             self.server.reply_error(req, P.BUFFER_FULL, "too many requests waiting on this broker")
 
     def _reply_produce(self, req: wire.Request, results: list[ProduceResult]) -> None:
+        mark("produce.answer")  # before the send, as every point that hands a message on
         self.server.reply(req, {"results": encode_produce_results(results)})
-        mark("produce.answered")
 
     # -- fetch -------------------------------------------------------------------------------------
     def on_fetch(self, req: wire.Request) -> Any:

@@ -66,10 +66,11 @@ class ReplicationPublisher:
     def publish_appended(self, part: Partition, batches: list[bytearray], base_offsets: list[int]) -> None:
         for buf, off in zip(batches, base_offsets):
             B.set_base_offset(buf, off)
-        self.send(wire.encode_replica(wire.ReplicaPosition(
+        frames = wire.encode_replica(wire.ReplicaPosition(
             self.node, part.topic, part.partition, part.leader_epoch, part.high_watermark, part.log_end_offset,
-            self.topic_id_of((part.topic, part.partition))), batches))
-        mark("produce.published")
+            self.topic_id_of((part.topic, part.partition))), batches)
+        mark("produce.publish")  # before the send: a follower may run before this thread does again
+        self.send(frames)
 
     def heartbeat(self) -> None:
         now = self.clock.now_ms()
@@ -202,6 +203,6 @@ class ReplicationSubscriber:
                 return
         if appended:
             self.counters["repl_batches"] += appended
+            mark("replica.ack")  # before the send, as every point that hands a message on
             fetcher.ack(part)
-            mark("replica.acked")
             self.on_appended(part)

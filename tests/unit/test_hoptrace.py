@@ -98,15 +98,15 @@ def test_points_a_run_never_passes_drop_out() -> None:
     table = rtt.hop_table(_merge(*(_request(i * 1_000_000, followers=False) for i in range(5))), ROLES)
     points = [s["point"] for s in table["steps"]]
     assert "replica.batch" not in points and "ack.received" not in points
-    assert "produce.published" in points and points[-1] == "app.acked"
+    assert "produce.publish" in points and points[-1] == "app.acked"
     assert table["lined_up"] == 5
 
 
 def test_a_request_missing_a_point_is_left_out_of_the_figures() -> None:
-    requests = [_request(i * 1_000_000) for i in range(19)] + [_request(19_000_000, skip="replica.acked")]
+    requests = [_request(i * 1_000_000) for i in range(19)] + [_request(19_000_000, skip="replica.ack")]
     table = rtt.hop_table(_merge(*requests), ROLES)
     assert table["requests"] == 20 and table["lined_up"] == 19
-    assert "replica.acked" in [s["point"] for s in table["steps"]]
+    assert "replica.ack" in [s["point"] for s in table["steps"]]
     steps = len(rtt.HOPS) - 1
     assert table["work_us"]["p50"] + table["hop_us"]["p50"] == pytest.approx(steps * 1.0)
 
