@@ -69,11 +69,14 @@ class ConsumerClient(Protocol):
 
 @dataclass
 class _InFlight:
-    """A FETCH (or LIST_OFFSETS) in flight to ``endpoint`` for ``partitions``."""
+    """A FETCH (or LIST_OFFSETS) in flight to ``endpoint`` for ``partitions``, sent when the
+    metadata named these leader ``epochs`` (a leader re-elected on the same endpoint -- a
+    restarted process -- has a new epoch and never answers what its old process was sent)."""
     endpoint: str
     partitions: tuple[TopicPartition, ...]
     sent_ms: int
     stall_ms: int  # unanswered this long: stalled
+    epochs: tuple[int, ...] = ()
     request_id: int = 0
 
 
@@ -238,7 +241,8 @@ class Consumer:
             by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max,
                                                        info.leader_epoch if info is not None else -1])
         for endpoint, parts in by_leader.items():
-            fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS)
+            fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
+                              tuple(p[4] for p in parts))
             self._fetching[endpoint] = fetch
 
             def done(h: dict | None, payloads: list, err: RemoteError | None, fetch: _InFlight = fetch) -> None:
@@ -307,7 +311,9 @@ class Consumer:
             self._refresh_metadata()
             return
         spec = self._reset_specs.get(tp, EARLIEST if self.auto_offset_reset == "earliest" else LATEST)
-        pending = self._resetting[tp] = _InFlight(endpoint, (tp,), self.clock.now_ms(), FETCH_STALL_MS)
+        info = self.metadata.partition(*tp)
+        pending = self._resetting[tp] = _InFlight(endpoint, (tp,), self.clock.now_ms(), FETCH_STALL_MS,
+                                                  (info.leader_epoch if info is not None else -1,))
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             if self._resetting.get(tp) is not pending:
@@ -341,18 +347,27 @@ class Consumer:
                 return
 
     def _reroute_in_flight(self) -> None:
-        """Give up every request in flight to a broker that the metadata no longer names as
-        the leader of one of its (assigned) partitions: it would be answered late or never,
-        and a late answer of a deposed leader must not be read. The partitions are fetched
-        again from the new leader at the same positions (nothing of the request was read)."""
+        """Give up every request in flight whose broker the metadata no longer names as the
+        leader, at the epoch it was sent at, of one of its partitions -- assigned now or not (a
+        rebalance revokes and reassigns while the metadata moves): it would be answered late
+        or never, and a late answer of a deposed leader must not be read. The partitions are
+        fetched again from the new leader at the same positions (nothing of the request was
+        read)."""
         for endpoint, fetch in list(self._fetching.items()):
-            if any(tp in self.positions and self.metadata.leader_endpoint(*tp) != endpoint for tp in fetch.partitions):
+            if self._moved(fetch):
                 del self._fetching[endpoint]
                 self._client(endpoint).cancel(fetch.request_id)
         for tp, pending in list(self._resetting.items()):
-            if self.metadata.leader_endpoint(*tp) != pending.endpoint:
+            if self._moved(pending):
                 del self._resetting[tp]
                 self._client(pending.endpoint).cancel(pending.request_id)
+
+    def _moved(self, r: _InFlight) -> bool:
+        for tp, epoch in zip(r.partitions, r.epochs):
+            info = self.metadata.partition(*tp)
+            if self.metadata.leader_endpoint(*tp) != r.endpoint or (info is not None and info.leader_epoch != epoch):
+                return True
+        return False
 
     def _refresh_metadata(self) -> None:
         """Ask for metadata now, or once the backoff since the last answer is over (at most

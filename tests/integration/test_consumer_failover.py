@@ -134,3 +134,57 @@ def test_consumer_reads_from_the_new_leader_soon_after_a_sigkill(cluster: Cluste
             assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), f"partition {q}: records out of order"
         read_at = {(p, o): i for _, p, o, i in reads}
         assert all(read_at.get(po) == i for po, i in acked.items()), "an acknowledged record read with another value"
+
+
+RESTART_TOPIC = "consfail-restart"
+RESTART_RESUME_S_MAX = 8.0  # the node restarts (~0.6 s), is re-elected and takes requests again
+
+
+def test_producer_and_consumer_resume_soon_after_their_leader_restarts_on_the_same_endpoint(cluster: Cluster) -> None:
+    """RF 1: the SIGKILLed leader restarts at once and leads again, on the same endpoint at a new
+    epoch. The requests its old process had are never answered; the producer and the consumer
+    give them up on the new epoch and go on within seconds (they used to wait out their request
+    timeouts: ~32 s for the producer, ~10.5 s for the consumer)."""
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic(RESTART_TOPIC, 1, replication_factor=1, configs={"min.insync.replicas": 1})
+        cluster.wait_topic_ready(admin, RESTART_TOPIC)
+        halt = threading.Event()
+        sent: list[float] = []
+        acked: dict[int, float] = {}
+        reads: list[tuple[float, int]] = []
+
+        def write() -> None:
+            with Producer(cluster.bootstrap, linger_ms=2) as p:
+                i = 0
+                while not halt.is_set():
+                    sent.append(time.monotonic())
+                    p.send(RESTART_TOPIC, b"%d" % i, partition=0,
+                           on_delivery=lambda md, err, i=i: err is None and acked.setdefault(i, time.monotonic()))
+                    i += 1
+                    halt.wait(1 / RATE_PER_S)  # the offered pace, not synchronisation
+
+        def read() -> None:
+            with Consumer(cluster.bootstrap, auto_offset_reset="earliest") as c:
+                c.assign([(RESTART_TOPIC, 0)])
+                while not halt.is_set():
+                    for r in c.poll(100):
+                        reads.append((time.monotonic(), int(r.value)))
+        threads = [threading.Thread(target=write, daemon=True), threading.Thread(target=read, daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            wait_until(lambda: len(reads) >= 100, 30, what="the consumer to read")
+            victim = f"broker-{admin.metadata().partition(RESTART_TOPIC, 0).leader}"
+            killed = time.monotonic()
+            cluster.kill(victim)
+            cluster.start_node(victim, wait=False)
+            first_ack = wait_until(lambda: min((t for i, t in list(acked.items()) if sent[i] >= killed), default=None),
+                                   60, what="an ack of a record sent after the kill")
+            resumed = wait_until(lambda: next((t for t, i in reads if sent[i] >= killed), None), 60,
+                                 what="a read of a record sent after the kill")
+            assert first_ack - killed < RESTART_RESUME_S_MAX, f"first ack {first_ack - killed:.2f} s after the kill"
+            assert resumed - killed < RESTART_RESUME_S_MAX, f"read again {resumed - killed:.2f} s after the kill"
+        finally:
+            halt.set()
+            for t in threads:
+                t.join(30)

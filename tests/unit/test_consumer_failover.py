@@ -29,10 +29,12 @@ def endpoint(broker: int) -> str:
     return f"tcp://b{broker}:1"
 
 
-def metadata(version: int, leaders: dict[int, int], epoch: int = 1) -> dict:
-    """A METADATA reply: topic ``t`` with partition -> leader (-1: none), brokers 1-3."""
+def metadata(version: int, leaders: dict[int, int | tuple[int, int]], epoch: int = 1) -> dict:
+    """A METADATA reply: topic ``t`` with partition -> leader (-1: none) at ``epoch``, or
+    partition -> (leader, its epoch); brokers 1-3."""
     brokers = {b: BrokerInfo(b, f"b{b}", 1, 2) for b in (1, 2, 3)}
-    parts = tuple(PartitionInfo(T, p, leader, epoch, (1, 2, 3), (1, 2, 3)) for p, leader in sorted(leaders.items()))
+    lead = {p: v if isinstance(v, tuple) else (v, epoch) for p, v in leaders.items()}
+    parts = tuple(PartitionInfo(T, p, leader, e, (1, 2, 3), (1, 2, 3)) for p, (leader, e) in sorted(lead.items()))
     md = ClusterMetadata(version, "c", brokers, {T: TopicInfo(T, parts, {}, "id-t")}, COORDINATOR)
     return {"metadata": md.to_wire()}
 
@@ -125,7 +127,7 @@ def test_a_fetch_stalled_at_a_dead_leader_is_given_up_when_metadata_names_the_ne
     assert len(net.open(P.METADATA)) == 1  # broker 1's fetch stalled: where is partition 0 now?
     old_fetch, _ = net.fetch(1)
     fetches_to_2 = net.count(P.FETCH, endpoint(2))
-    net.answer_metadata(metadata(2, {0: 3, 1: 2}, epoch=2))
+    net.answer_metadata(metadata(2, {0: (3, 2), 1: 2}))
     assert net.clients[endpoint(1)].cancelled == [old_fetch]
     assert net.clients[endpoint(2)].cancelled == []  # broker 2 still leads partition 1
     assert c.poll(0) == []
@@ -161,7 +163,7 @@ def test_metadata_that_still_names_the_dead_leader_keeps_the_fetch_and_is_asked_
     assert gaps == sorted(gaps) and max(gaps) <= METADATA_BACKOFF_MS_MAX + 100, gaps
     # the election ends: the next answer moves the partition at once
     reactor.advance(METADATA_BACKOFF_MS_MAX)
-    net.answer_metadata(metadata(2, {0: 3, 1: 2}, epoch=2))
+    net.answer_metadata(metadata(2, {0: (3, 2), 1: 2}))
     c.poll(0)
     assert net.clients[endpoint(1)].cancelled == [old_fetch] and net.fetch(3)
 
@@ -205,7 +207,7 @@ def test_a_partition_reassigned_during_the_failover_starts_at_its_new_position(m
     old_fetch, _ = net.fetch(1)
     c.assign([(T, 0)])  # a rebalance: partition 0 stays, at the committed offset 5
     c.seek((T, 0), 5)
-    net.answer_metadata(metadata(2, {0: 3, 1: 2}, epoch=2))
+    net.answer_metadata(metadata(2, {0: (3, 2), 1: 2}))
     c.poll(0)
     assert net.fetch(3)[1]["parts"] == [[T, 0, 5, c.partition_fetch_bytes_max, 2]]
     net.answer_fetch(1, old_fetch, [(0, 0, 3)], [as_leader_wrote(make_batch(3, tag="old"), 0, 1)])
@@ -221,10 +223,71 @@ def test_a_list_offsets_stalled_at_a_dead_leader_goes_to_the_new_one(make: Any) 
     c.poll(0)
     [(_, old)] = net.open(P.LIST_OFFSETS, endpoint(1))
     reactor.advance(FETCH_STALL_MS)
-    net.answer_metadata(metadata(2, {0: 3}, epoch=2))
+    net.answer_metadata(metadata(2, {0: (3, 2)}))
     assert net.clients[endpoint(1)].cancelled == [old]
     c.poll(0)
     [(_, i)] = net.open(P.LIST_OFFSETS, endpoint(3))
     net.answer(endpoint(3), i, {"parts": [[T, 0, 0, 4]]})
     c.poll(0)
     assert c.position((T, 0)) == 4 and net.fetch(3)[1]["parts"][0][2] == 4
+
+
+# -- a leader re-elected on the same endpoint, and a rebalance while the metadata moves ----------
+
+def _fetches(net: Net, broker: int) -> list[tuple[int, dict]]:
+    return [(i, net.clients[endpoint(broker)].sent[i][1]) for _, i in net.open(P.FETCH, endpoint(broker))]
+
+
+def _run(c: Consumer, net: Net, ms: int, md: dict | None = None) -> None:
+    """``ms`` of polling while broker 2 answers its long-polls empty and metadata is ``md``."""
+    for _ in range(ms // 100):
+        for i, _h in _fetches(net, 2):
+            net.answer_fetch(2, i, [(1, 0, 0)], [b""])
+        if md is not None and net.open(P.METADATA):
+            net.answer_metadata(md)
+        c.poll(100)
+
+
+def test_a_fetch_lost_by_a_leader_that_restarted_and_was_reelected_is_sent_again(make: Any) -> None:
+    """Broker 1 was SIGKILLed with our fetch in it and came back as the leader of partition 0 at
+    epoch 3 (offline in between, which backed-off metadata requests need not see): nobody will
+    answer the fetch its old process had. The new epoch gives it up, and the partition is
+    fetched at epoch 3 -- not after the RPC timeout."""
+    c, net, reactor = _started(make)
+    [(old, _)] = _fetches(net, 1)
+    _run(c, net, STALL_MS + 100, md=metadata(1, {0: 1, 1: 2}))  # stalled; nothing new yet
+    _run(c, net, 3000, md=metadata(2, {0: (1, 3), 1: 2}))
+    assert old in net.clients[endpoint(1)].cancelled
+    assert [h["parts"][0][4] for _, h in _fetches(net, 1)] == [3]
+
+
+def test_a_list_offsets_lost_by_a_leader_that_restarted_and_was_reelected_is_sent_again(make: Any) -> None:
+    c, net, reactor = make(partitions=(0,), positions={})
+    c.poll(0)
+    net.answer_metadata(metadata(1, {0: 1}))
+    c.poll(0)
+    [(_, old)] = net.open(P.LIST_OFFSETS, endpoint(1))
+    for _ in range(35):
+        c.poll(100)
+        if net.open(P.METADATA):
+            net.answer_metadata(metadata(2, {0: (1, 3)}))  # broker 1 again, epoch 3
+    assert old in net.clients[endpoint(1)].cancelled and len(net.open(P.LIST_OFFSETS, endpoint(1))) == 1
+
+
+def test_a_stalled_fetch_is_given_up_even_when_its_partition_was_revoked_and_reassigned(make: Any) -> None:
+    """A rebalance (revoke, then the assignment) while broker 1's fetch is stalled, the metadata
+    that moves partition 0 arriving while nothing is assigned: the fetch is still given up, so
+    partition 0 is never fetched from two brokers at once, and the deposed leader's late answer
+    is not read."""
+    c, net, reactor = _started(make)
+    [(old, _)] = _fetches(net, 1)
+    _run(c, net, STALL_MS + 100)
+    c.assign([])
+    net.answer_metadata(metadata(2, {0: (3, 2), 1: 2}))
+    c.assign([(T, 0)])
+    c.seek((T, 0), 0)
+    c.poll(0)
+    assert len(_fetches(net, 3)) == 1
+    assert old in net.clients[endpoint(1)].cancelled
+    net.answer_fetch(1, old, [(0, 0, 3)], [as_leader_wrote(make_batch(3, tag="old"), 0, 1)])  # broker 1 wakes up
+    assert [r.value for r in c.poll(0)] == []
