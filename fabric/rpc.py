@@ -256,6 +256,15 @@ class RpcClient:
         else:
             callback(header, payloads, None)
 
+    def cancel(self, request_id: int) -> bool:
+        """Forget request ``request_id``: its callback is never called, and a reply that still
+        comes is dropped like a late one. False if it was not pending (answered, timed out)."""
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            return False
+        entry[1].cancel()
+        return True
+
     def fail_all(self, error: CodedError) -> None:
         pending, self._pending = self._pending, {}
         for callback, timer in pending.values():

@@ -5,8 +5,18 @@ broker (covering every assigned partition that broker leads), buffers what comes
 returns records in offset order per partition. ``poll_batch()`` returns the same records as
 ``RecordBatchView``s, one per partition run, counted from the batch headers and unpacked only
 when read (the batch path: no Python object per record unless asked for). Reads stop at the high watermark, so a
-consumer never sees a record that could still be lost. On not_leader or a timeout it
-refreshes metadata and fetches from the new leader.
+consumer never sees a record that could still be lost.
+
+Failover: a fetch unanswered ``FETCH_STALL_MS`` past its long-poll wait (a dead or paused
+leader never answers; the RPC timeout would take ``request_timeout_ms``) makes the consumer
+ask for metadata, again at every stall check while it lasts; as soon as newer metadata names
+another leader for a partition of a fetch (or a LIST_OFFSETS) in flight, that request is
+cancelled -- a late answer of the old leader is dropped -- and the partition is fetched from
+the new leader at the same position. Fetches to other brokers are not touched. A partition
+whose fetch was refused (not_leader, an epoch error) or failed waits
+``FETCH_RETRY_BACKOFF_MS`` or for newer metadata, and metadata requests back off
+(``METADATA_BACKOFF_MS`` doubling to ``METADATA_BACKOFF_MS_MAX`` while nothing new comes),
+so a cluster with no leader for a partition is asked a few times a second, not flooded.
 
 Consumer groups (``subscribe``/``commit``) build on this class; see ``fabric.client.group``.
 
@@ -17,7 +27,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import zmq
 
@@ -37,14 +48,47 @@ log = logging.getLogger(__name__)
 TopicPartition = tuple[str, int]
 FETCH_WAIT_MS = 500
 METADATA_TIMEOUT_MS = 3000
+FETCH_STALL_MS = 300           # a fetch unanswered this long past its wait_ms: look for a new leader
+STALL_CHECK_INTERVAL_MS = 100  # how often requests in flight are checked for a stall
+FETCH_RETRY_BACKOFF_MS = 100   # a partition whose fetch was refused or failed waits this long
+METADATA_BACKOFF_MS = 100      # between two metadata requests (doubled while nothing new comes)
+METADATA_BACKOFF_MS_MAX = 1000
+METADATA_RETRY_MS = 100        # after a metadata request that got no answer
+
+
+class ConsumerClient(Protocol):
+    """What the consumer needs of an RPC client to one endpoint (``fabric.rpc.RpcClient``)."""
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int) -> int: ...
+
+    def cancel(self, request_id: int) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class _InFlight:
+    """A FETCH (or LIST_OFFSETS) in flight to ``endpoint`` for ``partitions``, sent when the
+    metadata named these leader ``epochs`` (a leader re-elected on the same endpoint -- a
+    restarted process -- has a new epoch and never answers what its old process was sent)."""
+    endpoint: str
+    partitions: tuple[TopicPartition, ...]
+    sent_ms: int
+    stall_ms: int  # unanswered this long: stalled
+    epochs: tuple[int, ...] = ()
+    request_id: int = 0
 
 
 class Consumer:
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
                  auto_offset_reset: str = "latest", fetch_bytes_max: int = 8 * 1024 * 1024,
                  partition_fetch_bytes_max: int = 4 * 1024 * 1024, fetch_wait_ms: int = FETCH_WAIT_MS,
-                 request_timeout_ms: int = 10_000, clock: Clock | None = None) -> None:
-        """``clock``: the consumer's monotonic clock (a test passes a ``ManualClock``)."""
+                 request_timeout_ms: int = 10_000, clock: Clock | None = None, reactor: Any = None,
+                 client_factory: Callable[[str], ConsumerClient] | None = None) -> None:
+        """``clock``: the consumer's monotonic clock (a test passes a ``ManualClock``);
+        ``reactor`` (default: a ``Reactor`` on it) and ``client_factory`` (endpoint -> an RPC
+        client on that reactor; default ``RpcClient``): a test passes fakes."""
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise FabricError("auto_offset_reset must be earliest, latest or none")
         self.endpoints = parse_bootstrap(bootstrap, config_path)
@@ -55,11 +99,14 @@ class Consumer:
         self.request_timeout_ms = request_timeout_ms
         self.ctx = zmq.Context.instance()
         self.clock = clock or Clock()
-        self.reactor = Reactor(self.clock)
+        self.reactor = reactor if reactor is not None else Reactor(self.clock)
+        self._client_factory = client_factory or self._rpc_client
         self.metadata = ClusterMetadata.empty()
-        self._md_in_flight = False
+        self._md_in_flight = False      # a metadata request in flight or waiting out its backoff
         self._md_index = 0
-        self._clients: dict[str, RpcClient] = {}
+        self._md_backoff_ms = METADATA_BACKOFF_MS
+        self._md_next_ms = 0            # no metadata request before this
+        self._clients: dict[str, ConsumerClient] = {}
         self.positions: dict[TopicPartition, int | None] = {}  # next offset poll() returns; None: reset
         self._fetch_positions: dict[TopicPartition, int] = {}  # next offset to fetch (prefetch)
         self._reset_specs: dict[TopicPartition, int] = {}
@@ -69,9 +116,11 @@ class Consumer:
         # (per-run, not per-record, bookkeeping keeps poll() cheap; nothing unpacked yet)
         self._buffer: deque[RecordBatchView] = deque()
         self._buffered_records = 0
-        self._fetching: set[str] = set()  # endpoints with a fetch in flight
-        self._resetting: set[TopicPartition] = set()
+        self._fetching: dict[str, _InFlight] = {}  # endpoint -> its one fetch in flight
+        self._resetting: dict[TopicPartition, _InFlight] = {}  # LIST_OFFSETS in flight
+        self._held_until_ms: dict[TopicPartition, int] = {}  # not fetched before (a refused fetch)
         self._closed = False
+        self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
 
     # -- assignment ---------------------------------------------------------------------------
     def assign(self, partitions: list[TopicPartition]) -> None:
@@ -160,10 +209,13 @@ class Consumer:
         self.reactor.run_once(0)  # let replies of prefetches in flight land
         return out
 
-    def _client(self, endpoint: str) -> RpcClient:
+    def _rpc_client(self, endpoint: str) -> RpcClient:
+        return RpcClient(self.ctx, self.reactor, endpoint, identity="consumer")
+
+    def _client(self, endpoint: str) -> ConsumerClient:
         c = self._clients.get(endpoint)
         if c is None:
-            c = self._clients[endpoint] = RpcClient(self.ctx, self.reactor, endpoint, identity="consumer")
+            c = self._clients[endpoint] = self._client_factory(endpoint)
         return c
 
     def _send_fetches(self) -> None:
@@ -171,9 +223,12 @@ class Consumer:
             self._refresh_metadata()
             return
         by_leader: dict[str, list] = {}
+        now = self.clock.now_ms()
         for tp, pos in self.positions.items():
             if pos is None:
                 self._start_reset(tp)
+                continue
+            if self._held_until_ms.get(tp, 0) > now:
                 continue
             endpoint = self.metadata.leader_endpoint(*tp)
             if endpoint is None:
@@ -186,28 +241,40 @@ class Consumer:
             by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max,
                                                        info.leader_epoch if info is not None else -1])
         for endpoint, parts in by_leader.items():
-            self._fetching.add(endpoint)
+            fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
+                              tuple(p[4] for p in parts))
+            self._fetching[endpoint] = fetch
 
-            def done(h: dict | None, payloads: list, err: RemoteError | None, endpoint: str = endpoint) -> None:
-                self._fetching.discard(endpoint)
+            def done(h: dict | None, payloads: list, err: RemoteError | None, fetch: _InFlight = fetch) -> None:
+                if self._fetching.get(fetch.endpoint) is not fetch:
+                    return  # given up (leadership moved): what the old leader says is not read
+                del self._fetching[fetch.endpoint]
                 before = self._buffered_records
-                self._on_fetch(h, payloads, err)
+                self._on_fetch(fetch, h, payloads, err)
                 if self._buffered_records > before and not self._closed:
                     self._send_fetches()  # prefetch: the broker reads the next chunk while the app works
-            self._client(endpoint).request(P.FETCH, {"replica_id": -1, "wait_ms": self.fetch_wait_ms,
-                                                     "max_bytes": self.fetch_bytes_max, "parts": parts,
-                                                     "topic_ids": self.metadata.topic_ids_of({p[0] for p in parts})},
-                                           callback=done, timeout_ms=self.fetch_wait_ms + self.request_timeout_ms)
+            fetch.request_id = self._client(endpoint).request(
+                P.FETCH, {"replica_id": -1, "wait_ms": self.fetch_wait_ms, "max_bytes": self.fetch_bytes_max,
+                          "parts": parts, "topic_ids": self.metadata.topic_ids_of({p[0] for p in parts})},
+                callback=done, timeout_ms=self.fetch_wait_ms + self.request_timeout_ms)
 
-    def _on_fetch(self, header: dict | None, payloads: list, err: RemoteError | None) -> None:
+    def _hold(self, tps: Any) -> None:
+        """Fetch ``tps`` again only after FETCH_RETRY_BACKOFF_MS (or newer metadata): a broker
+        that refuses at once is not asked again at once, and metadata is refreshed meanwhile."""
+        until = self.clock.now_ms() + FETCH_RETRY_BACKOFF_MS
+        for tp in tps:
+            self._held_until_ms[tp] = until
+        self._refresh_metadata()
+
+    def _on_fetch(self, fetch: _InFlight, header: dict | None, payloads: list, err: RemoteError | None) -> None:
         if header is None:
-            self._refresh_metadata()
+            self._hold(fetch.partitions)
             return
         try:
             entries = decode_parts(header, FetchEntry)
         except MalformedFrame as e:  # a broker's bad answer: dropped, asked again after a refresh
             log.warning("malformed fetch answer dropped: %s", e)
-            self._refresh_metadata()
+            self._hold(fetch.partitions)
             return
         for entry, data in zip(entries, payloads):
             topic, partition, code, hw = entry.topic, entry.partition, entry.error, entry.high_watermark
@@ -219,7 +286,7 @@ class Consumer:
                 self._out_of_range(tp)
                 continue
             if code:
-                self._refresh_metadata()
+                self._hold([tp])
                 continue
             self.high_watermarks[tp] = hw
             if data:
@@ -237,48 +304,107 @@ class Consumer:
     def _start_reset(self, tp: TopicPartition) -> None:
         if tp in self._resetting:
             return
+        if self._held_until_ms.get(tp, 0) > self.clock.now_ms():
+            return
         endpoint = self.metadata.leader_endpoint(*tp)
         if endpoint is None:
             self._refresh_metadata()
             return
         spec = self._reset_specs.get(tp, EARLIEST if self.auto_offset_reset == "earliest" else LATEST)
-        self._resetting.add(tp)
+        info = self.metadata.partition(*tp)
+        pending = self._resetting[tp] = _InFlight(endpoint, (tp,), self.clock.now_ms(), FETCH_STALL_MS,
+                                                  (info.leader_epoch if info is not None else -1,))
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            self._resetting.discard(tp)
+            if self._resetting.get(tp) is not pending:
+                return  # given up (leadership moved)
+            del self._resetting[tp]
             try:
                 entries = decode_parts(h, ListOffsetsEntry) if h is not None else []
             except MalformedFrame:
                 entries = []
             if not entries or entries[0].error:
-                self._refresh_metadata()
+                self._hold([tp])
                 return
             if tp in self.positions and self.positions[tp] is None:
                 self.positions[tp] = entries[0].offset
                 self._reset_specs.pop(tp, None)
-        self._client(endpoint).request(P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]],
-                                                         "topic_ids": self.metadata.topic_ids_of([tp[0]])}, callback=done,
-                                       timeout_ms=self.request_timeout_ms)
+        pending.request_id = self._client(endpoint).request(
+            P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]], "topic_ids": self.metadata.topic_ids_of([tp[0]])},
+            callback=done, timeout_ms=self.request_timeout_ms)
+
+    # -- failover ------------------------------------------------------------------------------
+    def _check_stalls(self) -> None:
+        """A request unanswered past its stall time may sit at a dead (or paused) leader: ask
+        for metadata; a newer version that names another leader reroutes it
+        (``_reroute_in_flight``)."""
+        if self._closed:
+            return
+        now = self.clock.now_ms()
+        for r in (*self._fetching.values(), *self._resetting.values()):
+            if now - r.sent_ms >= r.stall_ms:
+                self._refresh_metadata()
+                return
+
+    def _reroute_in_flight(self) -> None:
+        """Give up every request in flight whose broker the metadata no longer names as the
+        leader, at the epoch it was sent at, of one of its partitions -- assigned now or not (a
+        rebalance revokes and reassigns while the metadata moves): it would be answered late
+        or never, and a late answer of a deposed leader must not be read. The partitions are
+        fetched again from the new leader at the same positions (nothing of the request was
+        read)."""
+        for endpoint, fetch in list(self._fetching.items()):
+            if self._moved(fetch):
+                del self._fetching[endpoint]
+                self._client(endpoint).cancel(fetch.request_id)
+        for tp, pending in list(self._resetting.items()):
+            if self._moved(pending):
+                del self._resetting[tp]
+                self._client(pending.endpoint).cancel(pending.request_id)
+
+    def _moved(self, r: _InFlight) -> bool:
+        for tp, epoch in zip(r.partitions, r.epochs):
+            info = self.metadata.partition(*tp)
+            if self.metadata.leader_endpoint(*tp) != r.endpoint or (info is not None and info.leader_epoch != epoch):
+                return True
+        return False
 
     def _refresh_metadata(self) -> None:
-        if self._md_in_flight:
+        """Ask for metadata now, or once the backoff since the last answer is over (at most
+        one request in flight or waiting)."""
+        if self._md_in_flight or self._closed:
             return
         self._md_in_flight = True
+        wait_ms = self._md_next_ms - self.clock.now_ms()
+        if wait_ms > 0:
+            self.reactor.call_later(wait_ms, self._request_metadata)
+        else:
+            self._request_metadata()
+
+    def _request_metadata(self) -> None:
+        if self._closed:
+            return
         endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index)
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            if h is not None:
-                md = ClusterMetadata.from_wire(h["metadata"])
-                if md.version >= self.metadata.version:
-                    self.metadata = md
-                self.reactor.call_later(0, self._metadata_done)
-            else:
+            self._md_in_flight = False
+            if h is None:
                 self._md_index += 1
-                self.reactor.call_later(100, self._metadata_done)
+                self._md_next_ms = self.clock.now_ms() + METADATA_RETRY_MS
+                return
+            md = ClusterMetadata.from_wire(h["metadata"])
+            if md.version > self.metadata.version:
+                self._md_backoff_ms = METADATA_BACKOFF_MS
+                self._take_metadata(md)
+            else:  # nothing new (an election still under way): ask less often
+                self._md_backoff_ms = min(2 * self._md_backoff_ms, METADATA_BACKOFF_MS_MAX)
+            self._md_next_ms = self.clock.now_ms() + self._md_backoff_ms
         self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
 
-    def _metadata_done(self) -> None:
-        self._md_in_flight = False
+    def _take_metadata(self, md: ClusterMetadata) -> None:
+        self.metadata = md
+        self._held_until_ms.clear()  # a refused partition may have a new leader: ask it now
+        self._reroute_in_flight()
 
     def partitions_for(self, topic: str, timeout_ms: int = 5000) -> list[int]:
         """Partition numbers of ``topic`` (waits up to ``timeout_ms`` for metadata that has it).

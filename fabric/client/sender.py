@@ -105,7 +105,7 @@ class Sender(threading.Thread):
         self._pid_in_flight = False
         self._sequences: dict[tuple[str, int], int] = defaultdict(int)
         self._queues: dict[tuple[str, int], deque[BatchState]] = defaultdict(deque)
-        self._in_flight: dict[tuple[str, int], tuple[str, int]] = {}  # tp -> (endpoint, sent_ms)
+        self._in_flight: dict[tuple[str, int], tuple[str, int, int]] = {}  # tp -> (endpoint, sent_ms, leader epoch)
         self._clients: dict[str, SenderClient] = {}
         self._stopping = False
         self._shut = False
@@ -249,7 +249,8 @@ class Sender(threading.Thread):
                 take.append(b)
                 size += len(self._pack(b, tp))
                 frames[endpoint] += 1
-            self._in_flight[tp] = (endpoint, self.clock.now_ms())
+            info = self.metadata.partition(*tp)
+            self._in_flight[tp] = (endpoint, self.clock.now_ms(), info.leader_epoch if info is not None else -1)
             by_broker[endpoint].append((tp, take))
         for endpoint, groups in by_broker.items():
             self._send_request(endpoint, groups)
@@ -347,15 +348,22 @@ class Sender(threading.Thread):
     # -- metadata and producer id ---------------------------------------------------------------
     def _check_stalls(self) -> None:
         now = self.clock.now_ms()
-        if any(now - sent >= REQUEST_STALL_MS for _, sent in self._in_flight.values()):
+        if any(now - sent >= REQUEST_STALL_MS for _, sent, _ in self._in_flight.values()):
             self.metadata_cache.want_refresh()
 
     def _reroute_in_flight(self) -> None:
-        """Requests in flight to a broker that no longer leads their partition will not be
-        answered usefully: fail them now (retriable) so the batches go to the new leader."""
-        stale = {ep for tp, (ep, _) in self._in_flight.items() if self.metadata.leader_endpoint(*tp) != ep}
+        """Requests in flight to a broker that no longer leads their partition at the epoch
+        they were sent at will not be answered usefully: fail them now (retriable) so the
+        batches go to the new leader. The same endpoint at a new epoch is a leader re-elected
+        after a restart, whose old process took the request with it (the retry is recognised
+        by the idempotent producer's sequence if that process had written it)."""
+        stale = {ep for tp, (ep, _, epoch) in self._in_flight.items() if self._moved(tp, ep, epoch)}
         for ep in stale:
             self._client(ep).fail_all(ClientError("leadership moved (newer metadata names another leader)", P.NOT_LEADER))
+
+    def _moved(self, tp: tuple[str, int], endpoint: str, epoch: int) -> bool:
+        info = self.metadata.partition(*tp)
+        return self.metadata.leader_endpoint(*tp) != endpoint or (info is not None and info.leader_epoch != epoch)
 
     def _refresh_metadata(self) -> None:
         if self._md_in_flight:

@@ -159,12 +159,24 @@ class RecordingClient:
         self.sent: list[tuple[bytes, dict, list, Callable]] = []
         self.oneway: list[tuple[bytes, dict, list]] = []
         self.unanswered: list[int] = []  # indexes into ``sent``
+        self.cancelled: list[int] = []   # indexes into ``sent``
         self.closed = False
 
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
-                timeout_ms: int = 0) -> None:
+                timeout_ms: int = 0) -> int:
+        """Returns the request id: its index in ``sent`` plus one."""
         self.unanswered.append(len(self.sent))
         self.sent.append((command, header, list(payloads), callback))
+        return len(self.sent)
+
+    def cancel(self, request_id: int) -> bool:
+        """Forget a request (as RpcClient.cancel): ``answer`` then finds it cancelled."""
+        i = request_id - 1
+        if i not in self.unanswered:
+            return False
+        self.unanswered.remove(i)
+        self.cancelled.append(i)
+        return True
 
     def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> None:
         self.oneway.append((command, header, list(payloads)))

@@ -29,11 +29,11 @@ LEADER = "tcp://127.0.0.1:1"
 TP = ("t", 0)
 
 
-def _metadata(version: int = 1, leader: int = 1) -> ClusterMetadata:
+def _metadata(version: int = 1, leader: int = 1, epoch: int = 3) -> ClusterMetadata:
     return ClusterMetadata.from_wire({
         "version": version, "cluster": "c", "coordinator": COORDINATOR,
         "brokers": [[1, "127.0.0.1", 1, 101, True], [2, "127.0.0.1", 2, 102, True]],
-        "topics": {"t": {"configs": {}, "partitions": [[leader, 3, [1, 2], [1, 2]]]}}})
+        "topics": {"t": {"configs": {}, "partitions": [[leader, epoch, [1, 2], [1, 2]]]}}})
 
 
 @dataclass
@@ -185,6 +185,26 @@ def test_a_leader_move_reroutes_the_request_in_flight_to_the_new_leader(make_rig
     rig.sender.run_pass()
     [(_, _, _, _)] = rig.client("tcp://127.0.0.1:2").of(P.PRODUCE)
     rig.client("tcp://127.0.0.1:2").answer_last(P.PRODUCE, {"results": [[5, 0, ""]]})
+    assert futures[1].result(0).offset == 6
+
+
+def test_a_leader_reelected_on_the_same_endpoint_gets_the_request_again_at_its_new_epoch(make_rig) -> None:  # noqa: ANN001
+    """The leader was SIGKILLed with our request in it and restarted: the metadata names the same
+    endpoint at a new epoch. Nobody will answer the old request (its process is gone): it is
+    failed at once and sent again, not left to its request timeout."""
+    rig = make_rig(idempotent=False, request_timeout_ms=30_000)
+    futures = rig.send("a")
+    rig.sender.run_pass()
+    [first] = rig.produce_requests()
+    assert first[1]["parts"][0][2] == 3
+    rig.metadata.want_refresh()
+    rig.sender.run_pass()
+    rig.client(COORDINATOR).answer_last(P.METADATA, {"metadata": _metadata(version=2, leader=1, epoch=5).to_wire()})
+    rig.reactor.advance(100)  # the retry backoff
+    rig.sender.run_pass()
+    requests = rig.produce_requests()
+    assert len(requests) == 2 and requests[1][1]["parts"][0][2] == 5
+    rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[5, 0, ""]]})
     assert futures[1].result(0).offset == 6
 
 
