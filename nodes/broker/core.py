@@ -335,7 +335,7 @@ class BrokerCore:
         our data."""
         part = self.partitions.get(key)
         # past our log end it cannot be our data (a divergent tail): not progress
-        if part is not None and part.is_leader and leader_epoch == part.leader_epoch \
+        if part is not None and leader_epoch == part.leader_epoch and part.is_leader \
                 and log_end_offset <= part.log_end_offset:
             if part.record_follower_fetch(follower_id, log_end_offset, now_ms):
                 self.changed(key)

@@ -40,7 +40,7 @@ from fabric.clock import Clock
 from fabric.errors import MalformedFrame
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.messages import TopicPartition
-from nodes.broker.partition import Partition
+from nodes.broker.partition import LEADER, Partition
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +75,20 @@ class ReplicationPublisher:
         if full:
             self._last_full_ms = now
             self._sent = {}  # also forgets partitions we no longer lead
-        positions = []
+        # every led partition is looked at ten times a second: the positions are built as
+        # their wire parts directly (wire.ReplicaHeartbeat's shape), no object per partition
+        parts = []
+        sent = self._sent
         for part in self.led_partitions():
-            if not part.is_leader or len(part.replicas) < 2:
+            if part.role != LEADER or len(part.replicas) < 2:
                 continue
             key = (part.topic, part.partition)
             state = (part.leader_epoch, part.high_watermark, part.log_end_offset)
-            if self._sent.get(key) != state:
-                self._sent[key] = state
-                positions.append(wire.ReplicaPosition(self.node, key[0], key[1], *state, self.topic_id_of(key)))
-        for i in range(0, len(positions), P.REPLICA_HEARTBEAT_PARTITIONS_MAX):
-            self.send(wire.encode_replica_heartbeat(
-                wire.ReplicaHeartbeat(self.node, positions[i:i + P.REPLICA_HEARTBEAT_PARTITIONS_MAX])))
+            if sent.get(key) != state:
+                sent[key] = state
+                parts.append([key[0], key[1], *state, self.topic_id_of(key)])
+        for i in range(0, len(parts), P.REPLICA_HEARTBEAT_PARTITIONS_MAX):
+            self.send(wire.encode_replica_heartbeat_parts(self.node, parts[i:i + P.REPLICA_HEARTBEAT_PARTITIONS_MAX]))
 
 
 class ReplicationSubscriber:
