@@ -25,11 +25,12 @@ from bench.options import UsageParser
 from fabric.client import Admin
 from fabric.client.monitor import MonitorClient
 from tests.harness import wait_until
-from tests.integration.large_topic_support import PARTITIONS, cpu_seconds, create_settled
+from tests.integration.large_topic_support import PARTITIONS, cpu_seconds, fully_replicated
 from tests.integration.loom_up_support import Up
 from tests.integration.test_large_topic_make_up import HEALTHY_TIMEOUT_S, UP_TIMEOUT_S, every_node_healthy, make_up_config
 
 SETTLE_AFTER_HEALTHY_S = 3  # the last partitions' first full heartbeats and ISR checks
+REPLICATED_TIMEOUT_S = 60  # not the test's bound: this measures idle CPU, on a busy machine too
 
 
 def measure(windows: int, window_s: float, profile_s: int, profile_out: Path | None, py_spy: str) -> dict[str, list[float]]:
@@ -43,7 +44,9 @@ def measure(windows: int, window_s: float, profile_s: int, profile_out: Path | N
             up.wait_all_up(UP_TIMEOUT_S)
             brokers = {n: pid for n, pid in up.children.items() if up.config.nodes[n].role == "broker"}
             with Admin(",".join(up.config.bootstrap()).replace("tcp://", "")) as admin:
-                create_settled(admin, "big", PARTITIONS)
+                admin.create_topic("big", PARTITIONS, 3)
+                wait_until(lambda: fully_replicated(admin, "big"), REPLICATED_TIMEOUT_S, 0.5,
+                           what="the topic fully replicated")
             wait_until(lambda: every_node_healthy(monitor, up.config), HEALTHY_TIMEOUT_S, 0.5,
                        what="the monitor to judge every node healthy")
             time.sleep(SETTLE_AFTER_HEALTHY_S)
