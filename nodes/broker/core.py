@@ -85,6 +85,9 @@ class BrokerCore:
         self.flusher = flusher
         self._flushing: dict[TopicPartition, Any] = {}  # partition -> its job in flight
         self._flush_again: set[TopicPartition] = set()  # a job dropped as stale, refused or failed
+        # given to every partition opened from now on (Partition.on_moved): the replication
+        # heartbeat looks only at partitions whose position moved
+        self.on_moved: Callable[[Partition], None] | None = None
 
     def add_waiters(self, waiters: Waiters) -> None:
         self._waiters.append(waiters)
@@ -141,6 +144,7 @@ class BrokerCore:
             log.warning("%s-%d: recovery cut %d bytes: %s", topic, partition,
                         engine.recovery.truncated_bytes, engine.recovery.message)
         part = Partition(topic, partition, self.broker_id, engine, str(d))
+        part.on_moved = self.on_moved
         self.partitions[key] = part
         return part
 

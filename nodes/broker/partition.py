@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from engines import batch as B
 from engines.api import Engine, EngineError, StorageFull, verified_append_kwargs
@@ -76,6 +76,11 @@ class Partition:
         self._hw_path = os.path.join(directory, HW_CHECKPOINT_FILE) if directory is not None else None
         self.high_watermark = 0
         self._hw_checkpointed = 0
+        # called with this partition after a change of its (leader epoch, HW, LEO) -- the
+        # replication heartbeat's position -- is seen by _check_offsets, which every method that
+        # changes the partition runs; None: nobody listens (nodes/broker/replication.py)
+        self.on_moved: Callable[[Partition], None] | None = None
+        self._position_seen = (-1, -1, -1)  # (leader epoch, HW, LEO) at the last _check_offsets
         # recovery may have cut a tail the checkpoint already named (an epoch written down just
         # before its first batch, or a batch that was not durable): forget such epochs, or a
         # returning replica would keep records the leader has overwritten (Kafka does the same)
@@ -99,12 +104,18 @@ class Partition:
 
     def _check_offsets(self) -> None:
         """log_start_offset <= high_watermark <= log_end_offset, or AssertionError (a bug:
-        raised explicitly so that it holds under ``python -O`` too)."""
+        raised explicitly so that it holds under ``python -O`` too). Then ``on_moved`` hears of
+        a position (leader epoch, HW, LEO) other than the one this last saw."""
         engine = self.engine  # run after every change and every idle heartbeat: no property layer
         start, hw, end = engine.log_start_offset, self.high_watermark, engine.log_end_offset
         if not start <= hw <= end:
             raise AssertionError(f"{self.topic}-{self.partition}: log start {start} <= high watermark {hw} "
                                  f"<= log end {end} does not hold")
+        position = (self.leader_epoch, hw, end)
+        if position != self._position_seen:
+            self._position_seen = position
+            if self.on_moved is not None:
+                self.on_moved(self)
 
     # -- role changes --------------------------------------------------------------------------
     def become_leader(self, epoch: int, replicas: list[int], isr: list[int], now_ms: int) -> None:

@@ -3,7 +3,7 @@ coordinator, three brokers, the gateway, the monitor, the producer and consumer 
 tests/integration/test_large_topic_make_up.py starts it) with one 1,000-partition topic of
 replication factor 3, then each broker's CPU over windows of no traffic.
 
-    python -m tests.integration.large_topic_idle [--windows 3] [--window-s 10] [--profile-s 0] [--profile-out DIR]
+    python -m tests.integration.large_topic_idle [--windows 3] [--window-s 10] [--profile-s 0] [--profile-out DIR] [--gil]
 
 CPU is read from /proc by pid, as the test reads it; the monitor polls every broker's STATS
 each second throughout, as it does under ``make up``. With ``--profile-s S`` a py-spy record
@@ -33,7 +33,8 @@ SETTLE_AFTER_HEALTHY_S = 3  # the last partitions' first full heartbeats and ISR
 REPLICATED_TIMEOUT_S = 60  # not the test's bound: this measures idle CPU, on a busy machine too
 
 
-def measure(windows: int, window_s: float, profile_s: int, profile_out: Path | None, py_spy: str) -> dict[str, list[float]]:
+def measure(windows: int, window_s: float, profile_s: int, profile_out: Path | None, py_spy: str,
+            gil_only: bool = False) -> dict[str, list[float]]:
     """Per broker, its CPU (fraction of one core) in each window."""
     tmp = Path(tempfile.mkdtemp(prefix="loom-idle-"))
     try:
@@ -60,7 +61,7 @@ def measure(windows: int, window_s: float, profile_s: int, profile_out: Path | N
             if profile_s > 0 and profile_out is not None:
                 profile_out.mkdir(parents=True, exist_ok=True)
                 spies = [subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(profile_s), "-r", "200",
-                                           "-f", "raw", "-o", str(profile_out / f"{n}.txt")],
+                                           "-f", "raw", "-o", str(profile_out / f"{n}.txt"), *(["--gil"] if gil_only else [])],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                          for n, pid in brokers.items()]
                 for s in spies:
@@ -80,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-s", type=int, default=0)
     ap.add_argument("--profile-out", type=Path, default=None)
     ap.add_argument("--py-spy", default="py-spy")
+    ap.add_argument("--gil", action="store_true", help="profile only samples holding the GIL (py-spy --gil): a "
+                    "thread waiting for a CPU on a busy machine is not counted as running")
     o = ap.parse_args(argv)
-    usage = measure(o.windows, o.window_s, o.profile_s, o.profile_out, o.py_spy)
+    usage = measure(o.windows, o.window_s, o.profile_s, o.profile_out, o.py_spy, o.gil)
     for name, shares in sorted(usage.items()):
         print(f"{name}: idle CPU {' '.join(f'{100 * s:.2f}' for s in shares)} % of a core "
               f"(median {100 * statistics.median(shares):.2f} %)")

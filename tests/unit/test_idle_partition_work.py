@@ -278,3 +278,62 @@ def test_isr_checks_and_high_watermarks_match_the_straightforward_rules() -> Non
             elif op == 4:
                 part.update_isr(rng.sample([ME, F1, F2], rng.randrange(1, 4)))
             assert part.isr_changes(now, LAG_MAX_MS) == reference_isr_changes(part, now, LAG_MAX_MS)
+
+
+def test_heartbeats_of_moved_partitions_only_are_those_of_every_partition() -> None:
+    """A leader that looks only at the partitions whose position moved (and at all of them when
+    the led set changed) sends what looking at every led partition sends, over random changes
+    through every method that moves a position: appends, follower acks, ISR changes, new
+    epochs, leadership lost and regained, follower truncation and reset, re-creation."""
+    rng = random.Random(29)
+    clock = ManualClock(start_ms=1_000_000)
+    sent: list[list] = []
+    state: dict[str, Any] = {"led": []}
+    new = ReplicationPublisher("broker-1", sent.append, clock, lambda: state["led"], lambda key: "id",
+                               moves_noted=True)
+    ref = ReferencePublisher(clock, lambda: state["led"], lambda key: "id")
+    parts: dict = {}
+
+    def open_partition(i: int) -> Partition:
+        part = Partition("t", i, ME, MemoryEngine("", EngineConfig(batch_bytes_max=BATCH_MAX)), None)
+        part.on_moved = new.note_moved  # as BrokerCore.open_partition does
+        parts[("t", i)] = part
+        return part
+
+    def relist() -> None:  # BrokerCore.partitions_changed: a new list
+        state["led"] = [p for p in parts.values() if p.is_leader]
+
+    for i in range(6):
+        open_partition(i).become_leader(1, [ME, F1, F2], [ME, F1, F2], now_ms=clock.now_ms())
+    relist()
+    for _ in range(600):
+        part = parts[("t", rng.randrange(6))]
+        op = rng.randrange(9)
+        if op == 0 and part.is_leader:
+            _append(part, rng.randrange(1, 4))
+        elif op == 1 and part.is_leader:
+            part.record_follower_fetch(rng.choice((F1, F2)), rng.randrange(part.log_end_offset + 1), clock.now_ms())
+        elif op == 2 and part.is_leader:
+            part.update_isr(rng.sample([ME, F1, F2], rng.randrange(1, 4)), part.partition_epoch + 1)
+        elif op == 3:
+            part.become_leader(part.leader_epoch + rng.randrange(0, 2), [ME, F1, F2], [ME, F1, F2], clock.now_ms())
+            relist()
+        elif op == 4:
+            part.become_follower(F1, part.leader_epoch + 1, [ME, F1, F2], [ME, F1, F2])
+            relist()
+        elif op == 5 and not part.is_leader:
+            part.truncate_to(rng.randrange(part.log_end_offset + 1))
+        elif op == 6 and not part.is_leader:
+            part.reset_to(part.log_end_offset + rng.randrange(0, 3))
+        elif op == 7 and not part.is_leader:
+            part.set_high_watermark_from_leader(rng.randrange(part.log_end_offset + 2))
+        elif op == 8 and rng.random() < 0.2:
+            part.close()
+            open_partition(part.partition).become_leader(rng.randrange(1, 4), [ME, F1, F2], [ME], clock.now_ms())
+            relist()
+        if rng.random() < 0.4:
+            clock.advance(rng.choice((REPLICA_HEARTBEAT_INTERVAL_MS, REPLICA_HEARTBEAT_INTERVAL_MS * 3)))
+            new.heartbeat()
+            ref.heartbeat()
+            assert sent == ref.sent
+    assert len(sent) > 50
