@@ -101,7 +101,7 @@ class SegmentEngine(AsyncFlushMixin):
 
     @property
     def log_end_offset(self) -> int:
-        return self._active.next_offset
+        return self._segments[-1].next_offset  # the active segment's (read often: no second property)
 
     @property
     def size_bytes(self) -> int:

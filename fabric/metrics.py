@@ -148,6 +148,16 @@ class _Histogram:
 
 
 Collector = Callable[[], Iterable[tuple[str, tuple, float]]]
+# yields samples already encoded (``encode_gauge``): a collector of many series whose values
+# rarely change keeps their encodings and answers with them
+EncodedCollector = Callable[[], Iterable[list]]
+
+
+def encode_gauge(name: str, labels: tuple, value: float) -> list:
+    """One gauge sample as ``MetricsRegistry.encode`` writes it (for an encoded collector).
+    A name that is not declared, or the wrong number of labels, is an AssertionError."""
+    assert name in METRICS and len(labels) == len(METRICS[name].labels), name
+    return Sample(name, tuple(map(str, labels)), float(value)).encode()
 
 
 class MetricsRegistry:
@@ -158,7 +168,7 @@ class MetricsRegistry:
 
     def __init__(self) -> None:
         self._series: dict[str, dict[tuple, float | _Histogram]] = {s.name: {} for s in SPECS}
-        self._collectors: list[Collector] = []
+        self._collectors: list[tuple[Callable[[], Iterable], bool]] = []  # (fn, yields encoded samples)
 
     def _admit(self, name: str, series: dict, labels: tuple) -> bool:
         assert len(labels) == len(METRICS[name].labels), f"{name} takes labels {METRICS[name].labels}"
@@ -195,24 +205,55 @@ class MetricsRegistry:
 
     def add_collector(self, fn: Collector) -> None:
         """``fn()`` yields ``(name, labels, value)`` gauges each time a snapshot is taken."""
-        self._collectors.append(fn)
+        self._collectors.append((fn, False))
+
+    def add_encoded_collector(self, fn: EncodedCollector) -> None:
+        """``fn()`` yields gauges already encoded (each made by ``encode_gauge``) each time a
+        snapshot is taken, in their place among the collectors."""
+        self._collectors.append((fn, True))
 
     def snapshot(self) -> list[Sample]:
         out: list[Sample] = []
+        for fn, encoded in self._parts():
+            if encoded:
+                out += [Sample(n, tuple(labels), v, c, tuple(b)) for n, labels, v, c, b in fn()]
+            else:
+                out += fn()
+        return out
+
+    def encode(self) -> list[list]:
+        out: list[list] = []
+        for fn, encoded in self._parts():
+            if encoded:
+                out += fn()
+            else:
+                out += [s.encode() for s in fn()]
+        return out
+
+    def _parts(self) -> Iterable[tuple[Callable[[], Iterable], bool]]:
+        """(fn, encoded): the stored series' Samples first, then each collector's in the order
+        they were added -- as Samples, or already encoded."""
+        yield self._series_samples, False
+        for fn, encoded in self._collectors:
+            yield (fn, True) if encoded else ((lambda fn=fn: self._collected(fn)), False)
+
+    def _series_samples(self) -> list[Sample]:
+        out = []
         for name, series in self._series.items():
             for labels, v in series.items():
                 if isinstance(v, _Histogram):
                     out.append(Sample(name, tuple(map(str, labels)), v.total, sum(v.counts), tuple(v.counts)))
                 else:
                     out.append(Sample(name, tuple(map(str, labels)), float(v)))
-        for fn in self._collectors:
-            for name, labels, value in fn():
-                assert name in METRICS and len(labels) == len(METRICS[name].labels), name
-                out.append(Sample(name, tuple(map(str, labels)), float(value)))
         return out
 
-    def encode(self) -> list[list]:
-        return [s.encode() for s in self.snapshot()]
+    @staticmethod
+    def _collected(fn: Collector) -> list[Sample]:
+        out = []
+        for name, labels, value in fn():
+            assert name in METRICS and len(labels) == len(METRICS[name].labels), name
+            out.append(Sample(name, tuple(map(str, labels)), float(value)))
+        return out
 
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -247,8 +247,8 @@ class ReplicaHeartbeat(NamedTuple):
     positions: list[ReplicaPosition]
 
     def to_header(self) -> dict:
-        return {"node": self.node, "parts": [[p.topic, p.partition, p.epoch, p.hw, p.leo, p.topic_id]
-                                             for p in self.positions]}
+        return replica_heartbeat_header(self.node, [[p.topic, p.partition, p.epoch, p.hw, p.leo, p.topic_id]
+                                                    for p in self.positions])
 
     @classmethod
     def from_header(cls, h: dict) -> "ReplicaHeartbeat":
@@ -256,18 +256,41 @@ class ReplicaHeartbeat(NamedTuple):
         if not isinstance(node, str) or not isinstance(parts, list):
             raise MalformedFrame(P.MALFORMED_REQUEST, "PUB fields 'node' and 'parts' must be str and list")
         positions = []
+        new = tuple.__new__  # ReplicaPosition's own __new__ is Python: a heartbeat has thousands
         for p in parts:
-            if not (isinstance(p, list) and len(p) >= 5 and isinstance(p[0], str)
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in p[1:5])
-                    and (len(p) == 5 or isinstance(p[5], str))):
-                raise MalformedFrame(P.MALFORMED_REQUEST, "a replica heartbeat part is [topic, partition, epoch, "
-                                                          "hw, leo, topic_id]")
-            positions.append(ReplicaPosition(node, p[0], p[1], p[2], p[3], p[4], p[5] if len(p) > 5 else ""))
+            # the usual part, checked with type() (msgpack makes exact ints and strs); anything
+            # else goes through the full check
+            if not (type(p) is list and len(p) == 6 and type(p[0]) is str and type(p[1]) is int
+                    and type(p[2]) is int and type(p[3]) is int and type(p[4]) is int and type(p[5]) is str):
+                p = _replica_heartbeat_part(p)
+            positions.append(new(ReplicaPosition, (node, *p)))
         return cls(node, positions)
+
+
+def _replica_heartbeat_part(p: Any) -> list:
+    """A heartbeat part other than the usual six fields: checked, with the topic id "" when
+    it has none. Raises MalformedFrame."""
+    if not (isinstance(p, list) and len(p) >= 5 and isinstance(p[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in p[1:5])
+            and (len(p) == 5 or isinstance(p[5], str))):
+        raise MalformedFrame(P.MALFORMED_REQUEST, "a replica heartbeat part is [topic, partition, epoch, "
+                                                  "hw, leo, topic_id]")
+    return [p[0], p[1], p[2], p[3], p[4], p[5] if len(p) > 5 else ""]
+
+
+def replica_heartbeat_header(node: str, parts: list[list]) -> dict:
+    """The header of a ``ReplicaHeartbeat`` whose positions are given as their wire parts."""
+    return {"node": node, "parts": parts}
 
 
 def encode_replica_heartbeat(hb: ReplicaHeartbeat) -> list:
     return encode_pub(P.REPLICA_HEARTBEAT_TOPIC, P.PUB_REPLICA_HEARTBEAT, hb.to_header())
+
+
+def encode_replica_heartbeat_parts(node: str, parts: list[list]) -> list:
+    """``encode_replica_heartbeat`` of positions given as their wire parts, ``[topic,
+    partition, epoch, hw, leo, topic_id]`` (a leader builds them without an object each)."""
+    return encode_pub(P.REPLICA_HEARTBEAT_TOPIC, P.PUB_REPLICA_HEARTBEAT, replica_heartbeat_header(node, parts))
 
 
 def decode_replication(frames: list[bytes]) -> tuple[str, list[ReplicaPosition], list[bytes]]:

@@ -86,6 +86,9 @@ class BrokerCore:
         self.flusher = flusher
         self._flushing: dict[TopicPartition, Any] = {}  # partition -> its job in flight
         self._flush_again: set[TopicPartition] = set()  # a job dropped as stale, refused or failed
+        # given to every partition opened from now on (Partition.on_moved): the replication
+        # heartbeat looks only at partitions whose position moved
+        self.on_moved: Callable[[Partition], None] | None = None
 
     def add_waiters(self, waiters: Waiters) -> None:
         self._waiters.append(waiters)
@@ -142,6 +145,7 @@ class BrokerCore:
             log.warning("%s-%d: recovery cut %d bytes: %s", topic, partition,
                         engine.recovery.truncated_bytes, engine.recovery.message)
         part = Partition(topic, partition, self.broker_id, engine, str(d))
+        part.on_moved = self.on_moved
         self.partitions[key] = part
         return part
 
@@ -338,7 +342,7 @@ class BrokerCore:
         our data."""
         part = self.partitions.get(key)
         # past our log end it cannot be our data (a divergent tail): not progress
-        if part is not None and part.is_leader and leader_epoch == part.leader_epoch \
+        if part is not None and leader_epoch == part.leader_epoch and part.is_leader \
                 and log_end_offset <= part.log_end_offset:
             if part.record_follower_fetch(follower_id, log_end_offset, now_ms):
                 self.changed(key)

@@ -80,11 +80,11 @@ class IsrProposer:
         for part in partitions:
             if len(batch) >= P.ALTER_ISR_PARTITIONS_MAX:
                 break  # the rest go with the next check
-            key = (part.topic, part.partition)
-            again = self._unanswered.pop(key, None)
-            if again is not None and again.current():
-                batch.append(again)
-                continue
+            if self._unanswered:
+                again = self._unanswered.pop((part.topic, part.partition), None)
+                if again is not None and again.current():
+                    batch.append(again)
+                    continue
             new = part.isr_changes(now_ms, lag_time_max_ms)
             if new is not None:
                 log.info("%s-%d: proposing isr %s (was %s)", part.topic, part.partition, sorted(new), sorted(part.isr))

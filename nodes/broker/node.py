@@ -80,8 +80,9 @@ class Broker(Node):
         coordinator_name = config.coordinator_name
         self.coordinator.drop_replies = lambda: self.faults.blocks(coordinator_name)
         self.repl_pub = ReplicationPublisher(name, self.publish_frames, self.clock, lambda: self.core.led_partitions,
-                                             self.dirs.topic_id)
+                                             self.dirs.topic_id, moves_noted=self.pubsub)
         if self.pubsub:
+            self.core.on_moved = self.repl_pub.note_moved  # before any partition is opened
             self.reactor.call_every(REPLICA_HEARTBEAT_INTERVAL_MS, self.repl_pub.heartbeat)
         repl_sock = make_socket(self.ctx, zmq.SUB)
         # a new leader's stream should start flowing within a heartbeat, not a backoff cap

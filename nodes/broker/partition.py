@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from engines import batch as B
 from engines.api import Engine, EngineError, StorageFull, verified_append_kwargs
@@ -76,6 +76,11 @@ class Partition:
         self._hw_path = os.path.join(directory, HW_CHECKPOINT_FILE) if directory is not None else None
         self.high_watermark = 0
         self._hw_checkpointed = 0
+        # called with this partition after a change of its (leader epoch, HW, LEO) -- the
+        # replication heartbeat's position -- is seen by _check_offsets, which every method that
+        # changes the partition runs; None: nobody listens (nodes/broker/replication.py)
+        self.on_moved: Callable[[Partition], None] | None = None
+        self._position_seen = (-1, -1, -1)  # (leader epoch, HW, LEO) at the last _check_offsets
         # recovery may have cut a tail the checkpoint already named (an epoch written down just
         # before its first batch, or a batch that was not durable): forget such epochs, or a
         # returning replica would keep records the leader has overwritten (Kafka does the same)
@@ -99,11 +104,18 @@ class Partition:
 
     def _check_offsets(self) -> None:
         """log_start_offset <= high_watermark <= log_end_offset, or AssertionError (a bug:
-        raised explicitly so that it holds under ``python -O`` too)."""
-        start, hw, end = self.log_start_offset, self.high_watermark, self.log_end_offset
+        raised explicitly so that it holds under ``python -O`` too). Then ``on_moved`` hears of
+        a position (leader epoch, HW, LEO) other than the one this last saw."""
+        engine = self.engine  # run after every change and every idle heartbeat: no property layer
+        start, hw, end = engine.log_start_offset, self.high_watermark, engine.log_end_offset
         if not start <= hw <= end:
             raise AssertionError(f"{self.topic}-{self.partition}: log start {start} <= high watermark {hw} "
                                  f"<= log end {end} does not hold")
+        position = (self.leader_epoch, hw, end)
+        if position != self._position_seen:
+            self._position_seen = position
+            if self.on_moved is not None:
+                self.on_moved(self)
 
     # -- role changes --------------------------------------------------------------------------
     def become_leader(self, epoch: int, replicas: list[int], isr: list[int], now_ms: int) -> None:
@@ -317,7 +329,8 @@ class Partition:
         self._check_offsets()
 
     def set_high_watermark_from_leader(self, leader_hw: int) -> None:
-        self.high_watermark = max(self.high_watermark, min(leader_hw, self.log_end_offset))
+        if leader_hw > self.high_watermark:  # else it stays (every idle heartbeat comes here)
+            self.high_watermark = max(self.high_watermark, min(leader_hw, self.log_end_offset))
         self._check_offsets()
 
     # -- leader: follower tracking, HW, ISR -----------------------------------------------------
@@ -334,23 +347,32 @@ class Partition:
         st.log_end_offset = fetch_offset
         st.last_fetch_ms = now_ms
         st.leo_at_last_fetch = leo
-        moved = self.maybe_advance_high_watermark()
+        moved = self.role == LEADER and self._advance_high_watermark(leo)
         self._check_offsets()
         return moved
 
     def _hw_members(self) -> set[int]:
-        # while an expansion is pending, count the larger set (Kafka's "maximal ISR")
-        return self.isr | self.pending_isr if self.pending_isr else set(self.isr)
+        # while an expansion is pending, count the larger set (Kafka's "maximal ISR"); the ISR
+        # itself is not copied: callers only read it
+        return self.isr | self.pending_isr if self.pending_isr else self.isr
 
     def maybe_advance_high_watermark(self) -> bool:
         if not self.is_leader:
             return False
-        hw = self.log_end_offset
+        return self._advance_high_watermark(self.log_end_offset)
+
+    def _advance_high_watermark(self, leo: int) -> bool:
+        """The leader's HW to the smallest LEO among the HW members (``leo`` is ours)."""
+        hw = leo
+        me, followers = self.broker_id, self.followers
         for r in self._hw_members():
-            if r == self.broker_id:
-                continue
-            st = self.followers.get(r)
-            hw = min(hw, st.log_end_offset if st else -1)
+            if r != me:
+                st = followers.get(r)
+                if st is None:
+                    hw = -1
+                    break
+                if st.log_end_offset < hw:
+                    hw = st.log_end_offset
         if hw > self.high_watermark:
             self.high_watermark = hw
             return True
@@ -359,6 +381,8 @@ class Partition:
     def isr_changes(self, now_ms: int, lag_time_max_ms: int) -> set[int] | None:
         """The ISR the leader should propose now, or None when no change is due."""
         if not self.is_leader or self.pending_isr is not None:
+            return None
+        if self._isr_unchanged(now_ms, lag_time_max_ms):
             return None
         new = set(self.isr) | {self.broker_id}
         for r, st in self.followers.items():
@@ -369,6 +393,19 @@ class Partition:
                     and st.log_end_offset >= self._current_epoch_start():
                 new.add(r)
         return new if new != self.isr else None
+
+    def _isr_unchanged(self, now_ms: int, lag_time_max_ms: int) -> bool:
+        """True when ``isr_changes`` would find nothing to change, decided without building a
+        set (the check runs for every led partition several times a second): we are in the
+        ISR, every follower in it is within the lag bound and every one outside it lags (a
+        caught-up outsider may join: the full rules decide)."""
+        isr = self.isr
+        if self.broker_id not in isr:
+            return False
+        for r, st in self.followers.items():
+            if (now_ms - st.last_caught_up_ms > lag_time_max_ms) == (r in isr):
+                return False  # a lagging member or a caught-up outsider: the full rules decide
+        return True
 
     def _current_epoch_start(self) -> int:
         return self.epochs.entries[-1][1] if self.epochs.entries else 0

@@ -6,7 +6,11 @@ partition's prefix (``fabric.protocol.replica_topic``). A heartbeat every
 end offset (LEO), high watermark, leader epoch and topic id: those that changed since the last one, and
 all of them once per ``REPLICA_HEARTBEAT_FULL_INTERVAL_MS`` -- so that idle work grows with
 messages per second, not with partitions times heartbeats (1,000 partitions used to cost
-thousands of messages a second on every broker of an idle cluster).
+thousands of messages a second on every broker of an idle cluster). To find those that
+changed, a heartbeat between the full ones looks only at the partitions whose position moved
+since the last heartbeat (``note_moved``, which each partition calls when its invariant check
+sees a new position) and, after the set of led partitions changed, at all of them; it sends
+what looking at every led partition would send, in the same order.
 
 Follower side: a SUB socket subscribed to the prefixes of the partitions it follows on each
 leader. A batch that continues the log is appended at once and acknowledged to the leader with
@@ -41,7 +45,7 @@ from fabric.errors import MalformedFrame
 from fabric.hoptrace import mark
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.messages import TopicPartition
-from nodes.broker.partition import Partition
+from nodes.broker.partition import LEADER, Partition
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,12 @@ class ReplicationPublisher:
     """Leader side: publish appends and idle heartbeats."""
 
     def __init__(self, node: str, send: Callable[[list], None], clock: Clock,
-                 led_partitions: Callable[[], list[Partition]], topic_id_of: Callable[[TopicPartition], str]) -> None:
-        """``send(frames)`` publishes one message (never blocks: PUB drops when it must)."""
+                 led_partitions: Callable[[], list[Partition]], topic_id_of: Callable[[TopicPartition], str], *,
+                 moves_noted: bool = False) -> None:
+        """``send(frames)`` publishes one message (never blocks: PUB drops when it must);
+        ``moves_noted``: ``note_moved`` hears of every move of every partition that may be
+        led (the broker wires it as ``Partition.on_moved``), so a heartbeat between the full
+        ones need not look at the others."""
         self.node = node
         self.send = send
         self.clock = clock
@@ -62,6 +70,16 @@ class ReplicationPublisher:
         self.topic_id_of = topic_id_of
         self._sent: dict[TopicPartition, tuple[int, int, int]] = {}  # (epoch, hw, leo) last heartbeated
         self._last_full_ms = -REPLICA_HEARTBEAT_FULL_INTERVAL_MS
+        # partitions whose position moved since the last heartbeat (None: nobody tells us, so
+        # every heartbeat looks at every led partition); bounded by the partitions of the broker
+        self._moved: set[Partition] | None = set() if moves_noted else None
+        self._led_seen: list[Partition] | None = None  # the led list the order below is of
+        self._led_order: dict[Partition, int] = {}
+
+    def note_moved(self, part: Partition) -> None:
+        """``part``'s (leader epoch, HW, LEO) changed (``Partition.on_moved``)."""
+        if self._moved is not None:
+            self._moved.add(part)
 
     def publish_appended(self, part: Partition, batches: list[bytearray], base_offsets: list[int]) -> None:
         for buf, off in zip(batches, base_offsets):
@@ -78,18 +96,29 @@ class ReplicationPublisher:
         if full:
             self._last_full_ms = now
             self._sent = {}  # also forgets partitions we no longer lead
-        positions = []
-        for part in self.led_partitions():
-            if not part.is_leader or len(part.replicas) < 2:
+        led = self.led_partitions()
+        moved, self._moved = self._moved, (None if self._moved is None else set())
+        if not full and moved is not None and led is self._led_seen:
+            # the others' positions are those already compared: they would not be sent
+            order = self._led_order
+            candidates = sorted((p for p in moved if p in order), key=order.__getitem__)
+        else:
+            candidates = led
+            if moved is not None and led is not self._led_seen:
+                self._led_seen, self._led_order = led, {p: i for i, p in enumerate(led)}
+        # the positions are built as their wire parts directly (wire.ReplicaHeartbeat's shape)
+        parts = []
+        sent = self._sent
+        for part in candidates:
+            if part.role != LEADER or len(part.replicas) < 2:
                 continue
             key = (part.topic, part.partition)
             state = (part.leader_epoch, part.high_watermark, part.log_end_offset)
-            if self._sent.get(key) != state:
-                self._sent[key] = state
-                positions.append(wire.ReplicaPosition(self.node, key[0], key[1], *state, self.topic_id_of(key)))
-        for i in range(0, len(positions), P.REPLICA_HEARTBEAT_PARTITIONS_MAX):
-            self.send(wire.encode_replica_heartbeat(
-                wire.ReplicaHeartbeat(self.node, positions[i:i + P.REPLICA_HEARTBEAT_PARTITIONS_MAX])))
+            if sent.get(key) != state:
+                sent[key] = state
+                parts.append([key[0], key[1], *state, self.topic_id_of(key)])
+        for i in range(0, len(parts), P.REPLICA_HEARTBEAT_PARTITIONS_MAX):
+            self.send(wire.encode_replica_heartbeat_parts(self.node, parts[i:i + P.REPLICA_HEARTBEAT_PARTITIONS_MAX]))
 
 
 class ReplicationSubscriber:

@@ -7,10 +7,10 @@ node, and each idle broker under 5 % of a core.
 The config keeps cluster.yaml's node names, roles and settings (storage, topics, replication,
 liveness); only the ports (picked free), the data directory (the test's) and the API keys
 differ. CPU is read from /proc by pid over a window, as tests/integration/test_large_topic.py
-does: a functional bound, not a benchmark. The margin is thinner here than there: with the
-monitor polling every broker's STATS each second, idle brokers measured 3.7-4.3 % of a core
-over 10 s on the 2-core machine (test_large_topic.py, without the monitor and the services:
-3.7-3.8 %).
+does: a functional bound, not a benchmark. With the monitor polling every broker's STATS
+each second, idle brokers measured 1.8-1.9 % of a core over 10 s on the 2-core machine
+(test_large_topic.py, without the monitor and the services: 2.2 %); 3.7-4.3 % before the
+idle-partition work of bench/RESULTS.md (issue 13 item 5).
 """
 
 from __future__ import annotations
