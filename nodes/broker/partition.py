@@ -357,6 +357,9 @@ class Partition:
         return self.isr | self.pending_isr if self.pending_isr else self.isr
 
     def maybe_advance_high_watermark(self) -> bool:
+        """The leader's HW up to what its HW members hold; True if it moved. The caller runs
+        ``_check_offsets`` after it, as every method of this class does after a change: that is
+        how the replication heartbeat hears of the move (``on_moved``)."""
         if not self.is_leader:
             return False
         return self._advance_high_watermark(self.log_end_offset)
