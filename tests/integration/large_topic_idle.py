@@ -23,11 +23,9 @@ from pathlib import Path
 
 from bench.options import UsageParser
 from fabric.client import Admin
-from fabric.client.monitor import MonitorClient
 from tests.harness import wait_until
 from tests.integration.large_topic_support import PARTITIONS, cpu_seconds, fully_replicated
-from tests.integration.loom_up_support import Up
-from tests.integration.test_large_topic_make_up import HEALTHY_TIMEOUT_S, UP_TIMEOUT_S, every_node_healthy, make_up_config
+from tests.integration.test_large_topic_make_up import HEALTHY_TIMEOUT_S, every_node_healthy, make_up_running
 
 SETTLE_AFTER_HEALTHY_S = 3  # the last partitions' first full heartbeats and ISR checks
 REPLICATED_TIMEOUT_S = 60  # not the test's bound: this measures idle CPU, on a busy machine too
@@ -38,12 +36,7 @@ def measure(windows: int, window_s: float, profile_s: int, profile_out: Path | N
     """Per broker, its CPU (fraction of one core) in each window."""
     tmp = Path(tempfile.mkdtemp(prefix="loom-idle-"))
     try:
-        with open(tmp / "up.out", "wb") as out, open(tmp / "up.err", "wb") as err:
-            up = Up(make_up_config(tmp), out, err)
-        monitor = MonitorClient(up.config.node("monitor").endpoint)
-        try:
-            up.wait_all_up(UP_TIMEOUT_S)
-            brokers = {n: pid for n, pid in up.children.items() if up.config.nodes[n].role == "broker"}
+        with make_up_running(tmp) as (up, monitor, brokers):
             with Admin(",".join(up.config.bootstrap()).replace("tcp://", "")) as admin:
                 admin.create_topic("big", PARTITIONS, 3)
                 wait_until(lambda: fully_replicated(admin, "big"), REPLICATED_TIMEOUT_S, 0.5,
@@ -67,9 +60,6 @@ def measure(windows: int, window_s: float, profile_s: int, profile_out: Path | N
                 for s in spies:
                     s.wait(timeout=profile_s + 30)
             return usage
-        finally:
-            monitor.close()
-            up.kill_all()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

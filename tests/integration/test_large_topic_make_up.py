@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -63,13 +65,23 @@ def every_node_healthy(monitor: MonitorClient, cfg: LoomConfig) -> dict | None:
     return st if c.get("partitions", 0) >= PARTITIONS and c.get("under_replicated") == 0 else None
 
 
-def test_thousand_partitions_on_make_ups_node_set_led_healthy_and_idle(tmp_path: Path) -> None:
-    with open(tmp_path / "up.out", "wb") as out, open(tmp_path / "up.err", "wb") as err:
-        up = Up(make_up_config(tmp_path), out, err)
+@contextmanager
+def make_up_running(tmp: Path) -> Iterator[tuple[Up, MonitorClient, dict[str, int]]]:
+    """``loom up`` of ``make_up_config(tmp)``, every node up: (the launcher, a client of its
+    monitor, broker name -> pid). Every process is stopped by its pid on the way out."""
+    with open(tmp / "up.out", "wb") as out, open(tmp / "up.err", "wb") as err:
+        up = Up(make_up_config(tmp), out, err)
     monitor = MonitorClient(up.config.node("monitor").endpoint)
     try:
         up.wait_all_up(UP_TIMEOUT_S)
-        brokers = {n: pid for n, pid in up.children.items() if up.config.nodes[n].role == "broker"}
+        yield up, monitor, {n: pid for n, pid in up.children.items() if up.config.nodes[n].role == "broker"}
+    finally:
+        monitor.close()
+        up.kill_all()
+
+
+def test_thousand_partitions_on_make_ups_node_set_led_healthy_and_idle(tmp_path: Path) -> None:
+    with make_up_running(tmp_path) as (up, monitor, brokers):
         assert len(brokers) == 3 and len(up.children) == len(up.config.nodes) >= 9, up.children
         with Admin(",".join(up.config.bootstrap()).replace("tcp://", "")) as admin:
             created_s, settled_s = create_settled(admin, "big")
@@ -95,6 +107,3 @@ def test_thousand_partitions_on_make_ups_node_set_led_healthy_and_idle(tmp_path:
         print(f"created in {created_s:.2f} s, settled {settled_s:.2f} s after the create, "
               f"idle CPU per broker {usage}")
         assert all(u < IDLE_CPU_CORE_FRACTION_MAX for u in usage.values()), usage
-    finally:
-        monitor.close()
-        up.kill_all()
