@@ -136,6 +136,18 @@ class ClusterMetadata:
             return None
         return self.brokers[p.leader].endpoint
 
+    def leader_epoch(self, topic: str, partition: int) -> int:
+        """The partition's leader epoch, -1 when the partition is unknown."""
+        p = self.partition(topic, partition)
+        return p.leader_epoch if p is not None else -1
+
+    def leader_moved(self, topic: str, partition: int, endpoint: str, epoch: int) -> bool:
+        """A request sent to ``endpoint`` when it led at ``epoch`` will not be answered by the
+        leader now: another broker leads (or none), or the same endpoint at another epoch -- a
+        restarted process, which never answers what its old process was sent."""
+        p = self.partition(topic, partition)
+        return self.leader_endpoint(topic, partition) != endpoint or (p is not None and p.leader_epoch != epoch)
+
     @classmethod
     def from_wire(cls, raw: dict) -> "ClusterMetadata":
         brokers = {b[0]: BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4])) for b in raw.get("brokers", [])}

@@ -10,7 +10,8 @@ consumer never sees a record that could still be lost.
 Failover: a fetch unanswered ``FETCH_STALL_MS`` past its long-poll wait (a dead or paused
 leader never answers; the RPC timeout would take ``request_timeout_ms``) makes the consumer
 ask for metadata, again at every stall check while it lasts; as soon as newer metadata names
-another leader for a partition of a fetch (or a LIST_OFFSETS) in flight, that request is
+another leader for a partition of a fetch (or a LIST_OFFSETS) in flight, or the same one at
+another epoch (a restarted process: ``ClusterMetadata.leader_moved``), that request is
 cancelled -- a late answer of the old leader is dropped -- and the partition is fetched from
 the new leader at the same position. Fetches to other brokers are not touched. A partition
 whose fetch was refused (not_leader, an epoch error) or failed waits
@@ -237,9 +238,8 @@ class Consumer:
             if endpoint in self._fetching or self._buffered_records >= self.buffered_records_max:
                 continue
             fetch_pos = self._fetch_positions.setdefault(tp, pos)
-            info = self.metadata.partition(*tp)
             by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max,
-                                                       info.leader_epoch if info is not None else -1])
+                                                       self.metadata.leader_epoch(*tp)])
         for endpoint, parts in by_leader.items():
             fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
                               tuple(p[4] for p in parts))
@@ -311,9 +311,8 @@ class Consumer:
             self._refresh_metadata()
             return
         spec = self._reset_specs.get(tp, EARLIEST if self.auto_offset_reset == "earliest" else LATEST)
-        info = self.metadata.partition(*tp)
         pending = self._resetting[tp] = _InFlight(endpoint, (tp,), self.clock.now_ms(), FETCH_STALL_MS,
-                                                  (info.leader_epoch if info is not None else -1,))
+                                                  (self.metadata.leader_epoch(*tp),))
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             if self._resetting.get(tp) is not pending:
@@ -363,11 +362,7 @@ class Consumer:
                 self._client(pending.endpoint).cancel(pending.request_id)
 
     def _moved(self, r: _InFlight) -> bool:
-        for tp, epoch in zip(r.partitions, r.epochs):
-            info = self.metadata.partition(*tp)
-            if self.metadata.leader_endpoint(*tp) != r.endpoint or (info is not None and info.leader_epoch != epoch):
-                return True
-        return False
+        return any(self.metadata.leader_moved(*tp, r.endpoint, epoch) for tp, epoch in zip(r.partitions, r.epochs))
 
     def _refresh_metadata(self) -> None:
         """Ask for metadata now, or once the backoff since the last answer is over (at most

@@ -249,8 +249,7 @@ class Sender(threading.Thread):
                 take.append(b)
                 size += len(self._pack(b, tp))
                 frames[endpoint] += 1
-            info = self.metadata.partition(*tp)
-            self._in_flight[tp] = (endpoint, self.clock.now_ms(), info.leader_epoch if info is not None else -1)
+            self._in_flight[tp] = (endpoint, self.clock.now_ms(), self.metadata.leader_epoch(*tp))
             by_broker[endpoint].append((tp, take))
         for endpoint, groups in by_broker.items():
             self._send_request(endpoint, groups)
@@ -258,8 +257,7 @@ class Sender(threading.Thread):
     def _send_request(self, endpoint: str, groups: list) -> None:
         parts, payloads, batches = [], [], []
         for tp, take in groups:
-            info = self.metadata.partition(*tp)
-            epoch = info.leader_epoch if info is not None else -1
+            epoch = self._in_flight[tp][2]  # the epoch the request is remembered at (_send_ready)
             for b in take:
                 parts.append([tp[0], tp[1], epoch])  # a deposed leader refuses it (fenced)
                 payloads.append(b.data)
@@ -357,13 +355,9 @@ class Sender(threading.Thread):
         batches go to the new leader. The same endpoint at a new epoch is a leader re-elected
         after a restart, whose old process took the request with it (the retry is recognised
         by the idempotent producer's sequence if that process had written it)."""
-        stale = {ep for tp, (ep, _, epoch) in self._in_flight.items() if self._moved(tp, ep, epoch)}
+        stale = {ep for tp, (ep, _, epoch) in self._in_flight.items() if self.metadata.leader_moved(*tp, ep, epoch)}
         for ep in stale:
             self._client(ep).fail_all(ClientError("leadership moved (newer metadata names another leader)", P.NOT_LEADER))
-
-    def _moved(self, tp: tuple[str, int], endpoint: str, epoch: int) -> bool:
-        info = self.metadata.partition(*tp)
-        return self.metadata.leader_endpoint(*tp) != endpoint or (info is not None and info.leader_epoch != epoch)
 
     def _refresh_metadata(self) -> None:
         if self._md_in_flight:

@@ -66,6 +66,10 @@ class Net:
         [(ep, i)] = self.open(P.METADATA)
         self.answer(ep, i, reply)
 
+    def fetches(self, broker: int) -> list[tuple[int, dict]]:
+        """(index, header) of every unanswered FETCH to ``broker``."""
+        return [(i, self.clients[endpoint(broker)].sent[i][1]) for _, i in self.open(P.FETCH, endpoint(broker))]
+
     def fetch(self, broker: int) -> tuple[int, dict]:
         """The one unanswered FETCH to ``broker``: (index, header)."""
         [(_, i)] = self.open(P.FETCH, endpoint(broker))
@@ -216,12 +220,18 @@ def test_a_partition_reassigned_during_the_failover_starts_at_its_new_position(m
     assert [(r.offset, r.value) for r in c.poll(0)] == [(5, b"new0"), (6, b"new1")]
 
 
-def test_a_list_offsets_stalled_at_a_dead_leader_goes_to_the_new_one(make: Any) -> None:
+def _resetting(make: Any) -> tuple[Consumer, Net, FakeReactor, int]:
+    """Partition 0 with no position, led by broker 1: its LIST_OFFSETS in flight (index ``old``)."""
     c, net, reactor = make(partitions=(0,), positions={})
     c.poll(0)
     net.answer_metadata(metadata(1, {0: 1}))
     c.poll(0)
     [(_, old)] = net.open(P.LIST_OFFSETS, endpoint(1))
+    return c, net, reactor, old
+
+
+def test_a_list_offsets_stalled_at_a_dead_leader_goes_to_the_new_one(make: Any) -> None:
+    c, net, reactor, old = _resetting(make)
     reactor.advance(FETCH_STALL_MS)
     net.answer_metadata(metadata(2, {0: (3, 2)}))
     assert net.clients[endpoint(1)].cancelled == [old]
@@ -234,14 +244,10 @@ def test_a_list_offsets_stalled_at_a_dead_leader_goes_to_the_new_one(make: Any) 
 
 # -- a leader re-elected on the same endpoint, and a rebalance while the metadata moves ----------
 
-def _fetches(net: Net, broker: int) -> list[tuple[int, dict]]:
-    return [(i, net.clients[endpoint(broker)].sent[i][1]) for _, i in net.open(P.FETCH, endpoint(broker))]
-
-
 def _run(c: Consumer, net: Net, ms: int, md: dict | None = None) -> None:
     """``ms`` of polling while broker 2 answers its long-polls empty and metadata is ``md``."""
     for _ in range(ms // 100):
-        for i, _h in _fetches(net, 2):
+        for i, _h in net.fetches(2):
             net.answer_fetch(2, i, [(1, 0, 0)], [b""])
         if md is not None and net.open(P.METADATA):
             net.answer_metadata(md)
@@ -254,19 +260,15 @@ def test_a_fetch_lost_by_a_leader_that_restarted_and_was_reelected_is_sent_again
     answer the fetch its old process had. The new epoch gives it up, and the partition is
     fetched at epoch 3 -- not after the RPC timeout."""
     c, net, reactor = _started(make)
-    [(old, _)] = _fetches(net, 1)
+    [(old, _)] = net.fetches(1)
     _run(c, net, STALL_MS + 100, md=metadata(1, {0: 1, 1: 2}))  # stalled; nothing new yet
     _run(c, net, 3000, md=metadata(2, {0: (1, 3), 1: 2}))
     assert old in net.clients[endpoint(1)].cancelled
-    assert [h["parts"][0][4] for _, h in _fetches(net, 1)] == [3]
+    assert [h["parts"][0][4] for _, h in net.fetches(1)] == [3]
 
 
 def test_a_list_offsets_lost_by_a_leader_that_restarted_and_was_reelected_is_sent_again(make: Any) -> None:
-    c, net, reactor = make(partitions=(0,), positions={})
-    c.poll(0)
-    net.answer_metadata(metadata(1, {0: 1}))
-    c.poll(0)
-    [(_, old)] = net.open(P.LIST_OFFSETS, endpoint(1))
+    c, net, reactor, old = _resetting(make)
     for _ in range(35):
         c.poll(100)
         if net.open(P.METADATA):
@@ -280,14 +282,14 @@ def test_a_stalled_fetch_is_given_up_even_when_its_partition_was_revoked_and_rea
     partition 0 is never fetched from two brokers at once, and the deposed leader's late answer
     is not read."""
     c, net, reactor = _started(make)
-    [(old, _)] = _fetches(net, 1)
+    [(old, _)] = net.fetches(1)
     _run(c, net, STALL_MS + 100)
     c.assign([])
     net.answer_metadata(metadata(2, {0: (3, 2), 1: 2}))
     c.assign([(T, 0)])
     c.seek((T, 0), 0)
     c.poll(0)
-    assert len(_fetches(net, 3)) == 1
+    assert len(net.fetches(3)) == 1
     assert old in net.clients[endpoint(1)].cancelled
     net.answer_fetch(1, old, [(0, 0, 3)], [as_leader_wrote(make_batch(3, tag="old"), 0, 1)])  # broker 1 wakes up
     assert [r.value for r in c.poll(0)] == []
