@@ -55,8 +55,8 @@ HOP_FOUND_SHARE_MIN = 0.5   # --hops: a point found in fewer of the requests is 
 # wire between threads and processes). Points a run never passes (RF 1: the followers') drop out.
 HOPS = (
     ("client", "app.send", "", ""),
-    ("client", "producer.queued", "client app thread: send() queues the record, wakes the I/O thread", "work"),
-    ("client", "sender.pass", "client I/O thread wakes", "hop"),
+    ("client", "producer.queued", "client app thread: send() queues the record", "work"),
+    ("client", "sender.pass", "client app thread wakes the I/O thread, which runs", "hop"),
     ("client", "sender.request", "client I/O thread: takes the batch, builds and sends the request", "work"),
     ("leader", "port.chunk", "wire client -> leader: libzmq I/O threads, the leader's reactor wakes", "hop"),
     ("leader", "produce.request", "leader: ZMTP framing, request decoding", "work"),

@@ -42,6 +42,7 @@ from typing import Callable, Container, Sequence
 from fabric.client.completion import Completion
 from fabric.clock import Clock
 from fabric.errors import BufferExhaustedError, ClientTimeoutError, RemoteError
+from fabric.hoptrace import mark
 from fabric.records import build_batch, build_batch_from_chunks, pack_records
 
 log = logging.getLogger(__name__)
@@ -338,6 +339,7 @@ class RecordAccumulator:
             if full:
                 self._close_batch(b)
         if full or (opened and self._idle is not None and self._idle((topic, partition))):
+            mark("producer.queued")  # only where the record is handed on: nothing per record
             self._wake()  # outside the lock: the woken I/O thread takes it at once
         return _new_future(RecordFuture, (b, index))
 

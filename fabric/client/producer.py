@@ -30,7 +30,6 @@ from fabric.client.sender import Sender, SenderSettings
 from fabric.clock import Clock
 from fabric.errors import (BufferExhaustedError, ClientTimeoutError, FabricError, RecordSizeExceededError,
                            TopicNotInMetadataError)
-from fabric.hoptrace import mark
 from fabric.records import COMPRESSION_CODECS, pack_records, pack_values, partition_for_key
 
 log = logging.getLogger(__name__)
@@ -108,10 +107,8 @@ class Producer:
                 partition = partition_for_key(key, nparts)  # type: ignore[arg-type]
             elif not 0 <= partition < nparts:
                 raise TopicNotInMetadataError(f"{topic} has no partition {partition}")
-        future = self._append(topic, partition, _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms,
-                              key, value, headers, size, on_delivery)
-        mark("producer.queued")
-        return future
+        return self._append(topic, partition, _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms,
+                            key, value, headers, size, on_delivery)
 
     def send_many(self, topic: str, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None, *,
                   partition: int | None = None, timestamp_ms: int | None = None,
