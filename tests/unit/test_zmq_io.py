@@ -5,6 +5,7 @@ and a larger one goes zero-copy, a bad part sends nothing, a full queue raises z
 from __future__ import annotations
 
 import array
+import itertools
 import pickle
 from collections.abc import Iterator
 from typing import Any
@@ -16,13 +17,16 @@ from fabric.buffers import OwnedFrame
 from fabric.zmq_io import NOBLOCK, receive_frames, send_frames
 
 
+_PAIRS = itertools.count()
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
     ctx = zmq.Context.instance()
     a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
     a.setsockopt(zmq.LINGER, 0)
     b.setsockopt(zmq.LINGER, 0)
-    endpoint = f"inproc://zmq-io-{id(a)}"
+    endpoint = f"inproc://zmq-io-{next(_PAIRS)}"  # not id(a): a freed socket's id comes back
     b.bind(endpoint)
     a.connect(endpoint)
     yield a, b
