@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 MessageHandler = Callable[[list[bytes]], None]
+# Called with the poll events (zmq.POLLIN | zmq.POLLOUT | zmq.POLLERR) of a plain descriptor.
+DescriptorHandler = Callable[[int], None]
 # Reads one whole message from a ready socket (raises zmq.Again when none is waiting).
 Receive = Callable[[zmq.Socket], list]
 
@@ -76,6 +78,7 @@ class Reactor:
         self._drain_max: dict[zmq.Socket, int] = {}
         self._receive: dict[zmq.Socket, Receive] = {}
         self._wakers: dict[int, tuple[Waker, Callable[[], None]]] = {}  # by descriptor
+        self._descriptors: dict[int, DescriptorHandler] = {}  # plain descriptors (TCP sockets)
         self._timers: list[tuple[int, int, Timer]] = []
         self._seq = itertools.count()
         self._cancelled_in_heap = 0
@@ -109,6 +112,23 @@ class Reactor:
         """Before ``waker.close()``: a closed descriptor must not be polled."""
         if self._wakers.pop(waker.fd, None) is not None:
             self.poller.unregister(waker.fd)
+
+    def add_descriptor(self, fd: int, handler: DescriptorHandler, events: int = zmq.POLLIN) -> None:
+        """Call ``handler(events)`` when the plain descriptor ``fd`` (a socket of the operating
+        system, not of libzmq) is ready for ``events``; level-triggered, as every poll here:
+        what a handler leaves unread makes the next pass call it again."""
+        self._descriptors[fd] = handler
+        self.poller.register(fd, events)
+
+    def modify_descriptor(self, fd: int, events: int) -> None:
+        """Poll ``fd`` for these events from now on (e.g. POLLOUT while output waits)."""
+        if fd in self._descriptors:
+            self.poller.register(fd, events)  # zmq.Poller: registering again modifies
+
+    def remove_descriptor(self, fd: int) -> None:
+        """Before the descriptor is closed: a closed (and maybe reused) one must not be polled."""
+        if self._descriptors.pop(fd, None) is not None:
+            self.poller.unregister(fd)
 
     def remove_socket(self, sock: zmq.Socket) -> None:
         if sock in self._handlers:
@@ -168,9 +188,13 @@ class Reactor:
     def run_once(self, timeout_ms_max: int = 1000) -> None:
         timeout = self._timeout_ms(timeout_ms_max)
         events = self.poller.poll(timeout)
-        for sock, _ in events:
-            if sock.__class__ is int:  # a waker's descriptor
-                self._woken(sock)
+        for sock, ready in events:
+            if sock.__class__ is int:  # a plain descriptor: a TCP socket or a waker
+                handler = self._descriptors.get(sock)
+                if handler is not None:
+                    self._descriptor_ready(handler, ready)
+                else:
+                    self._woken(sock)
             else:
                 self._drain(sock, self._drain_max.get(sock, P.DRAIN_MESSAGES_MAX))
         for fn in self._after_pass:
@@ -217,6 +241,15 @@ class Reactor:
                     log.exception("handler %r failed", handler)
             if not left or handlers.get(sock) is not handler or not sock.get(_EVENTS) & _POLLIN:
                 return  # the pass's bound, removed by its handler, or nothing more waiting
+
+    def _descriptor_ready(self, handler: DescriptorHandler, ready: int) -> None:
+        if not self.contain_handler_errors:
+            handler(ready)
+            return
+        try:
+            handler(ready)
+        except LoomError:  # an operating error; a bug (anything else) stops the node
+            log.exception("descriptor handler %r failed", handler)
 
     def _woken(self, fd: int) -> None:
         entry = self._wakers.get(fd)

@@ -4,9 +4,10 @@ libzmq's ROUTER keeps every frame of a multipart message in its pipe until the l
 arrives, and only then shows the message to the application; ``ZMQ_MAXMSGSIZE`` bounds one
 frame and ``ZMQ_RCVHWM`` counts whole messages. A peer that sends frames of one message and
 never the last one makes the node allocate without bound, and nothing above libzmq can see
-it happen. So the node's request port is a ``ZMQ_STREAM`` socket (raw TCP bytes through
-libzmq's I/O thread) and this module speaks ZMTP 3.0 (NULL security) on it, the protocol a
-DEALER client speaks: the greeting, the READY handshake, then frames. Each connection
+it happen. So the node's request port is a plain TCP port (``fabric.tcp_port``: the sockets
+of the operating system, read and written by the reactor thread itself, with no libzmq I/O
+thread between the wire and the parser) and this module speaks ZMTP 3.0 (NULL security) on it,
+the protocol a DEALER client speaks: the greeting, the READY handshake, then frames. Each connection
 buffers at most one message, bounded by ``P.REQUEST_BYTES_MAX`` bytes and
 ``P.FRAMES_MAX`` frames; the limit is checked at each frame's header, before its body
 arrives. The rest of an oversized message is read and discarded (nothing buffered) and the
@@ -41,7 +42,8 @@ from fabric.buffers import OwnedFrame
 from fabric.errors import FabricError, MalformedFrame
 from fabric.hoptrace import mark
 from fabric.reactor import Reactor
-from fabric.zmq_io import send_frames
+from fabric.tcp_port import TcpPort
+from fabric.zmq_io import _size
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,6 @@ HANDSHAKE_BYTES_MAX = 4096         # the peer's READY command (its metadata) may
 COMMAND_BYTES_MAX = 1024           # PING and other commands after the handshake
 PEER_IDENTITY_BYTES_MAX = 255      # ZMTP's limit for a routing id
 CONNECTIONS_MAX = 10_000           # at the limit a new one replaces the least recently active one
-STREAM_RCVHWM = 64                 # chunks (each at most libzmq's read size, 8 KiB) read ahead per connection: 512 KiB
 # Partly received requests of all connections together may hold at most this many bytes (the
 # limits above bound one connection, and a peer may open many). A request that would go over
 # it is read and discarded and answered ``buffer_full`` (retriable); a request of at most
@@ -144,36 +145,35 @@ class _Connection:
 
 
 class ZmtpServer:
-    """A ROUTER-like request port on a ZMQ_STREAM socket. ``on_message(frames)`` gets each
+    """A ROUTER-like request port on a TCP port. ``on_message(frames)`` gets each
     complete message as ``[identity, b"", frames...]``; ``send(frames)`` routes a reply by
     its first frame (an identity) and drops it when that peer is gone or not reading."""
 
-    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str,
+    def __init__(self, ctx: zmq.Context | None, reactor: Reactor, endpoint: str,
                  on_message: Callable[[list[bytes]], None], counters: Counter[str] | None = None) -> None:
+        """``ctx`` is unused (the port is not a libzmq socket); kept for the callers' symmetry
+        with ``_RouterPort``."""
         self.reactor = reactor
         self.on_message = on_message
-        self.sock = ctx.socket(zmq.STREAM)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, STREAM_RCVHWM)
-        self.sock.setsockopt(zmq.SNDHWM, P.SNDHWM)
-        self.sock.bind(endpoint)
         self.counters: Counter[str] = counters if counters is not None else Counter()
         # least recently active first: when the table is full, that one makes room
         self._connections: OrderedDict[bytes, _Connection] = OrderedDict()
         self._by_identity: dict[bytes, _Connection] = {}
         self.buffered_bytes = 0  # sum of held_bytes over connections (bounded: BUFFERED_REQUEST_BYTES_MAX)
-        reactor.add_socket(self.sock, self._on_stream, receive=_receive_chunk)
+        self.tcp = TcpPort(reactor, endpoint, self._on_stream, self.counters)
+        self.sock = self.tcp.sock
 
     # -- receiving -------------------------------------------------------------------------
     def _on_stream(self, frames: list) -> None:
-        """``[connection id, data]``: data is a view onto libzmq's chunk (``_receive_chunk``),
-        copied into the connection's buffers by ``_feed`` and not kept."""
+        """The port's events (those of a ZMQ_STREAM socket): ``[connection id, data]``, data a
+        view onto the port's receive buffer, copied into the connection's buffers by ``_feed``
+        and not kept; empty data is a connect (unknown id) or a disconnect (known id)."""
         mark("port.chunk")
         if len(frames) != 2:
-            return  # a STREAM socket delivers [connection id, data]
+            return  # the port delivers [connection id, data]
         conn_id, data = frames
         conn = self._connections.get(conn_id)
-        if not data:  # libzmq's notice of a connect (unknown id) or a disconnect (known id)
+        if not data:  # the port's notice of a connect (unknown id) or a disconnect (known id)
             if conn is None:
                 self._accept(conn_id)
             else:
@@ -181,9 +181,6 @@ class ZmtpServer:
             return
         if conn is None:
             return  # bytes of a connection already closed by us
-        if conn.closed:  # its close could not be queued (its queue was full): try again now
-            self._close(conn)
-            return
         self._connections.move_to_end(conn_id)
         try:
             self._feed(conn, data)
@@ -200,10 +197,9 @@ class ZmtpServer:
             _, idlest = next(iter(self._connections.items()))
             self.counters["connections_evicted"] += 1
             self._close(idlest)
-            self._connections.pop(idlest.conn_id, None)  # even when its close had to wait
         conn = _Connection(conn_id)
         self._connections[conn_id] = conn
-        self._write(conn, GREETING)
+        self._write(conn, [GREETING])
 
     def _feed(self, conn: _Connection, data: bytes) -> None:
         if conn.ready and not conn.buf and not conn.frames and conn.body is None and not conn.skip_bytes \
@@ -427,10 +423,10 @@ class ZmtpServer:
             conn.identity = self._identity_for(conn, props.get(b"identity", b""))
             self._by_identity[conn.identity] = conn
             conn.ready = True
-            self._write(conn, READY)
+            self._write(conn, [READY])
             return
         if body[:5] == b"\x04PING" and len(body) >= 7:  # ZMTP 3.1 heartbeat: answer with its context
-            self._write(conn, _command(b"\x04PONG" + body[7:]))
+            self._write(conn, [_command(b"\x04PONG" + body[7:])])
 
     def _identity_for(self, conn: _Connection, announced: bytes) -> bytes:
         """The peer's own identity when it set one that no live peer uses, as ROUTER does;
@@ -442,66 +438,43 @@ class ZmtpServer:
 
     # -- sending and closing -------------------------------------------------------------------
     def send(self, frames: list) -> None:
-        """Send ``[identity, frames...]`` to that peer as one ZMTP message. Dropped (and
-        counted) when the peer is gone or its send queue is full. Frames of at least
-        ``REPLY_ZERO_COPY_BYTES_MIN`` go out as STREAM messages of their own (zero-copy), the
-        pieces between them joined; if a piece after the first cannot be queued, the peer is
-        disconnected, never left with half a reply."""
+        """Send ``[identity, frames...]`` to that peer as one ZMTP message, whole or not at all:
+        dropped (and counted) when the peer is gone or its output is full (``fabric.tcp_port``).
+        Frames of at least ``REPLY_ZERO_COPY_BYTES_MIN`` go to the kernel as they are, the
+        pieces between them joined."""
         conn = self._by_identity.get(bytes(frames[0]))
         if conn is None:
             self.counters["reply_dropped_gone"] += 1
             return
         body = frames[1:]
-        chunks: list = []  # what goes out as one STREAM message each
-        parts: list = []   # small pieces, joined into one chunk
+        pieces: list = []  # handed to the kernel as they are
+        parts: list = []   # small pieces, joined into one
+        last = len(body) - 1
         for i, f in enumerate(body):
-            parts.append(_frame_header(len(f), more=i < len(body) - 1))
-            if len(f) < P.REPLY_ZERO_COPY_BYTES_MIN:
+            size = _size(f)  # a bad frame raises here, before anything is sent
+            parts.append(_frame_header(size, more=i < last))
+            if size < P.REPLY_ZERO_COPY_BYTES_MIN:
                 parts.append(f)
                 continue
-            # a large frame (a fetch's batches) goes out as it is, zero-copy: joining it with
-            # the rest would copy megabytes once more
-            chunks += [b"".join(parts), f]
+            # a large frame (a fetch's batches) goes out as it is: joining it with the rest
+            # would copy megabytes once more
+            pieces += [b"".join(parts), f]
             parts = []
         if parts:
-            chunks.append(b"".join(parts))
-        if not self._write(conn, chunks[0]):
-            return
-        for chunk in chunks[1:]:
-            if not self._write(conn, chunk):
-                # the rest of a reply whose start is on the wire cannot be dropped alone: the
-                # peer would read the next reply as this one's tail. Disconnect it instead (its
-                # DEALER reconnects; its requests time out and are retried)
-                self.counters["reply_cut_disconnected"] += 1
-                self._close(conn)
-                return
+            pieces.append(b"".join(parts))
+        self._write(conn, pieces)
 
-    def _write(self, conn: _Connection, data: bytes) -> bool:
-        """One STREAM message to the peer; False when it was dropped (counted)."""
-        try:
-            send_frames(self.sock, (conn.conn_id, data), copy_bytes_min=P.REPLY_ZERO_COPY_BYTES_MIN)
+    def _write(self, conn: _Connection, pieces: list) -> bool:
+        """One unit of output to the peer; False when it was refused (counted)."""
+        if self.tcp.write(conn.conn_id, pieces):
             return True
-        except zmq.Again:
-            self.counters["reply_dropped_hwm"] += 1  # peer not reading: it will time out
-        except zmq.ZMQError as e:
-            self.counters["reply_dropped"] += 1
-            log.debug("send to a peer failed: %s", e)
+        self.counters["reply_dropped_hwm"] += 1  # peer not reading (or gone): it will time out
         return False
 
     def _close(self, conn: _Connection) -> None:
-        """Disconnect the peer (an empty data frame closes a STREAM connection). libzmq refuses
-        that too while the peer's send queue is full (as when a reply was cut): the connection
-        then stays known as closed -- nothing it sends is parsed, nothing is sent to it but the
-        close, tried again each time it sends (its requests time out and are retried) -- so a
-        peer holding half a reply is never left connected and forgotten."""
+        """Disconnect the peer now (its waiting output is dropped)."""
         self._forget(conn)
-        try:
-            self.sock.send_multipart([conn.conn_id, b""], zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters["close_deferred"] += 1
-            self._connections[conn.conn_id] = conn
-        except zmq.ZMQError as e:  # the peer is gone already: nothing left to close
-            log.debug("closing a connection: %s", e)
+        self.tcp.close(conn.conn_id)
 
     def _forget(self, conn: _Connection) -> None:
         self._connections.pop(conn.conn_id, None)
@@ -516,26 +489,7 @@ class ZmtpServer:
         return len(self._connections)
 
     def close(self) -> None:
-        self.reactor.remove_socket(self.sock)
-        self.sock.close(0)
-
-
-def _receive_chunk(sock: zmq.Socket) -> list:
-    """One STREAM message: ``[connection id, data]``, the data (at most libzmq's 8 KiB read) as
-    a view onto its libzmq message, since ``_feed`` copies it anyway. A STREAM message always
-    has these two parts, and ``Frame.more`` checks it without pyzmq's getsockopt(RCVMORE)
-    (several µs: ``recv_multipart`` cost three times this per chunk). A message of more parts
-    (never seen) is read whole and handed on as it is, which ``_on_stream`` ignores. Raises
-    zmq.Again when none is waiting."""
-    conn_id = sock.recv(zmq.NOBLOCK)
-    frame = sock.recv(zmq.NOBLOCK, copy=False)
-    if not frame.more:
-        return [conn_id, frame.buffer]
-    parts = [conn_id, frame.bytes]
-    while frame.more:
-        frame = sock.recv(zmq.NOBLOCK, copy=False)
-        parts.append(frame.bytes)
-    return parts
+        self.tcp.shutdown()
 
 
 def _request_id(frames: list[bytes]) -> int:

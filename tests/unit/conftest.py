@@ -106,14 +106,14 @@ def served() -> Iterator[tuple[Reactor, RpcServer, SendSpy, zmq.Socket]]:
     endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     server = RpcServer(zmq.Context.instance(), reactor, endpoint)
     server.route(P.PING, lambda req: ({"n": 1}, [b"a" * 10, BIG, b"z" * 10] if req.header.get("big") else [b"small" * 100]))
-    real = server.port.sock
-    spy = server.port.sock = SendSpy(real)
+    real = server.port.tcp
+    spy = server.port.tcp = SendSpy(real)
     dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(endpoint)
     try:
         yield reactor, server, spy, dealer
     finally:
-        server.port.sock = real
+        server.port.tcp = real
         dealer.close()
         server.close()

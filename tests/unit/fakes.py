@@ -417,22 +417,22 @@ BIG = bytes(range(256)) * (P.REPLY_ZERO_COPY_BYTES_MIN // 256 + 1)
 
 
 class SendSpy:
-    """The server's real STREAM socket, with each send noted; ``refuse_at`` makes that send
-    (counted from 0) fail as a full queue would."""
+    """The request port's TCP port (``fabric.tcp_port.TcpPort``), with each write noted;
+    ``refuse_at`` makes that write (counted from 0) refused, as a full output refuses it."""
 
-    def __init__(self, sock: zmq.Socket) -> None:
-        self.sock = sock
-        self.sends: list[tuple[Any, bool]] = []
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self.writes: list[list] = []
         self.refuse_at: int | None = None
 
-    def send_multipart(self, frames: list, flags: int = 0, copy: bool = True, **kw: Any) -> Any:
-        self.sends.append((frames[-1], copy))
-        if len(self.sends) - 1 == self.refuse_at:
-            raise zmq.Again()
-        return self.sock.send_multipart(frames, flags, copy=copy, **kw)
+    def write(self, conn_id: bytes, pieces: list) -> bool:
+        self.writes.append(list(pieces))
+        if len(self.writes) - 1 == self.refuse_at:
+            return False
+        return self.port.write(conn_id, pieces)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
+        return getattr(self.port, name)
 
 
 def ask(reactor: Reactor, dealer: zmq.Socket, rid: int, big: bool) -> list[bytes] | None:

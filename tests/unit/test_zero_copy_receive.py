@@ -181,25 +181,3 @@ def test_request_frames_are_owned_buffers_intact_after_many_more_requests_howeve
         for peer in peers:
             peer.close()
         server.close()
-
-
-def test_a_stream_chunk_is_read_as_its_connection_id_and_a_view_and_a_longer_message_whole() -> None:
-    """``fabric.zmtp._receive_chunk`` (the request port's reader): [id, view onto the chunk];
-    a message of more parts (libzmq's STREAM sends none) is read whole as bytes, so the next
-    message starts where it should."""
-    from fabric.zmtp import _receive_chunk
-    ctx = zmq.Context.instance()
-    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-    try:
-        a.bind("inproc://zero-copy-chunks")
-        b.connect("inproc://zero-copy-chunks")
-        for frames in ([b"id-1", b"x" * 8192], [b"id-2", b"a", b"b"], [b"id-3", b""]):
-            a.send_multipart(frames)
-        first = _receive_chunk(b)
-        assert first[0] == b"id-1" and type(first[1]) is memoryview and first[1] == b"x" * 8192
-        assert _receive_chunk(b) == [b"id-2", b"a", b"b"]
-        third = _receive_chunk(b)
-        assert third[0] == b"id-3" and not third[1]
-    finally:
-        a.close()
-        b.close()
