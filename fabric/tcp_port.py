@@ -77,14 +77,13 @@ def listen_address(endpoint: str) -> tuple[socket.AddressFamily, tuple]:
 class _Link:
     """One accepted connection and its waiting output."""
 
-    __slots__ = ("conn_id", "sock", "fd", "output", "output_bytes", "closed", "broken")
+    __slots__ = ("conn_id", "sock", "fd", "outbox", "closed", "broken")
 
     def __init__(self, conn_id: bytes, sock: socket.socket) -> None:
         self.conn_id = conn_id
         self.sock = sock
         self.fd = sock.fileno()
-        self.output: deque = deque()   # buffers not yet taken by the kernel, in order
-        self.output_bytes = 0
+        self.outbox = Outbox()
         self.closed = False
         self.broken = False            # a send failed: nothing more is written, the read ends it
 
@@ -176,62 +175,33 @@ class TcpPort:
     # -- output ----------------------------------------------------------------------------------
     def write(self, conn_id: bytes, pieces: list) -> bool:
         """Send ``pieces`` (bytes-like) as one unit, in order after what is waiting; False when
-        refused whole: the connection is gone or broken, or its output is at the bounds."""
+        refused whole: the connection is gone or broken, or its output is at the bounds. A
+        piece that is not a contiguous buffer raises before anything is sent or queued."""
+        sizes = [_size(p) for p in pieces]
         link = self._links.get(conn_id)
         if link is None or link.broken:
             return False
-        if link.output_bytes >= OUTPUT_BYTES_MAX or self.output_bytes >= OUTPUT_BYTES_TOTAL_MAX:
+        outbox = link.outbox
+        if outbox.bytes >= OUTPUT_BYTES_MAX or self.output_bytes >= OUTPUT_BYTES_TOTAL_MAX:
             return False
-        if link.output:
-            self._queue(link, pieces)
-            return True
-        total = 0
-        for p in pieces:
-            total += _size(p)
+        was_waiting = bool(outbox.bytes)
         try:
-            sent = link.sock.sendmsg(pieces) if len(pieces) <= SEND_PIECES_MAX else 0
-        except BlockingIOError:
-            sent = 0
+            queued = outbox.send(link.sock, pieces, sizes)
         except OSError as e:
             self._broken(link, e)
             return False
-        if sent == total:
-            return True
-        self._queue(link, _after(pieces, sent))
-        self.reactor.modify_descriptor(link.fd, _POLLIN | _POLLOUT)
+        self.output_bytes += queued
+        if queued and not was_waiting:
+            self.reactor.modify_descriptor(link.fd, _POLLIN | _POLLOUT)
         return True
 
-    def _queue(self, link: _Link, pieces: list) -> None:
-        for p in pieces:
-            n = _size(p)
-            if n:
-                link.output.append(p)
-                link.output_bytes += n
-                self.output_bytes += n
-
     def _flush(self, link: _Link) -> None:
-        output = link.output
-        while output:
-            pieces = list(itertools.islice(output, SEND_PIECES_MAX))
-            try:
-                sent = link.sock.sendmsg(pieces)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                self._broken(link, e)
-                return
-            link.output_bytes -= sent
-            self.output_bytes -= sent
-            while sent:
-                head = output[0]
-                n = _size(head)
-                if n <= sent:
-                    sent -= n
-                    output.popleft()
-                else:
-                    output[0] = _bytes_view(head)[sent:]
-                    return  # the kernel took what it could
-        if not link.closed:
+        try:
+            self.output_bytes -= link.outbox.flush(link.sock)
+        except OSError as e:
+            self._broken(link, e)
+            return
+        if not link.outbox.bytes and not link.closed:
             self.reactor.modify_descriptor(link.fd, _POLLIN)
 
     def _broken(self, link: _Link, error: OSError) -> None:
@@ -244,9 +214,7 @@ class TcpPort:
             self.reactor.modify_descriptor(link.fd, _POLLIN)
 
     def _drop_output(self, link: _Link) -> None:
-        self.output_bytes -= link.output_bytes
-        link.output_bytes = 0
-        link.output.clear()
+        self.output_bytes -= link.outbox.clear()
 
     def shutdown(self) -> None:
         for conn_id in list(self._links):
@@ -255,17 +223,65 @@ class TcpPort:
         self.sock.close()
 
 
-def _after(pieces: list, sent: int) -> list:
-    """What is left of ``pieces`` once the kernel took ``sent`` bytes."""
-    rest: list = []
-    for p in pieces:
-        n = _size(p)
-        if sent >= n:
-            sent -= n
-            continue
-        rest.append(_bytes_view(p)[sent:] if sent else p)
-        sent = 0
-    return rest
+class Outbox:
+    """The bytes waiting for one socket, in order. ``send`` hands a message's pieces to the
+    kernel (one ``sendmsg``: no join, no copy) as far as it takes them and keeps the rest, or
+    queues them all behind what already waits; ``flush`` goes on when the socket is writable.
+    Both raise OSError (not BlockingIOError) when the connection failed."""
+
+    __slots__ = ("pieces", "bytes")
+
+    def __init__(self) -> None:
+        self.pieces: deque = deque()  # not yet taken by the kernel, in order
+        self.bytes = 0
+
+    def send(self, sock: socket.socket, pieces: list, sizes: list[int]) -> int:
+        """Send or queue one message; returns the bytes it left waiting (0: all sent)."""
+        total = sum(sizes)
+        before = self.bytes
+        if self.pieces or len(pieces) > SEND_PIECES_MAX:
+            sent = 0
+        else:
+            try:
+                sent = sock.sendmsg(pieces)
+            except BlockingIOError:
+                sent = 0
+            if sent == total:
+                return 0
+        for p, n in zip(pieces, sizes):
+            if sent >= n:
+                sent -= n
+                continue
+            self.pieces.append(_bytes_view(p)[sent:] if sent else p)
+            self.bytes += n - sent
+            sent = 0
+        return self.bytes - before
+
+    def flush(self, sock: socket.socket) -> int:
+        """Hand waiting bytes to the kernel until it takes no more; returns the bytes taken."""
+        taken = 0
+        pieces = self.pieces
+        while pieces:
+            try:
+                sent = sock.sendmsg(list(itertools.islice(pieces, SEND_PIECES_MAX)))
+            except BlockingIOError:
+                break
+            taken += sent
+            self.bytes -= sent
+            while sent:
+                n = _size(pieces[0])
+                if n > sent:
+                    pieces[0] = _bytes_view(pieces[0])[sent:]
+                    return taken  # the kernel took what it could
+                sent -= n
+                pieces.popleft()
+        return taken
+
+    def clear(self) -> int:
+        """Drop everything waiting; returns the bytes dropped."""
+        dropped, self.bytes = self.bytes, 0
+        self.pieces.clear()
+        return dropped
 
 
 def _bytes_view(piece: object) -> memoryview:

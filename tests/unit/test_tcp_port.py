@@ -275,3 +275,17 @@ def test_a_taken_port_is_eaddrinuse_and_leaves_no_descriptor(port: _Port) -> Non
         TcpPort(reactor, f"tcp://127.0.0.1:{port.port.address[1]}", lambda frames: None, {})
     assert e.value.errno == errno.EADDRINUSE
     assert reactor._descriptors == {}
+
+
+def test_a_bad_piece_behind_waiting_output_queues_nothing(port: _Port) -> None:
+    peer, conn_id = port.connect(receive_buffer=4096)
+    written = port.fill(conn_id)
+    waiting = port.port.output_bytes
+    with pytest.raises(TypeError):
+        port.port.write(conn_id, [b"head", object()])
+    assert port.port.output_bytes == waiting  # not the head either: the stream stays whole
+    assert port.port.write(conn_id, _message(len(written), 10))
+    reader = _Reader(peer)
+    got = _read_all(port, reader, len(written) + 1)
+    assert [n for n, _ in got] == [*written, len(written)]
+    peer.close()
