@@ -182,12 +182,12 @@ class TcpPort:
             return False
         if link.output_bytes >= OUTPUT_BYTES_MAX or self.output_bytes >= OUTPUT_BYTES_TOTAL_MAX:
             return False
+        total = 0
+        for p in pieces:  # a bad piece raises here, before anything is sent or queued
+            total += _size(p)
         if link.output:
             self._queue(link, pieces)
             return True
-        total = 0
-        for p in pieces:
-            total += _size(p)
         try:
             sent = link.sock.sendmsg(pieces) if len(pieces) <= SEND_PIECES_MAX else 0
         except BlockingIOError:

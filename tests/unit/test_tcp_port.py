@@ -197,6 +197,20 @@ def test_a_bad_piece_raises_before_anything_is_sent(port: _Port) -> None:
     peer.close()
 
 
+def test_a_bad_piece_raises_before_anything_is_queued_behind_waiting_output(port: _Port) -> None:
+    peer, conn_id = port.connect(receive_buffer=4096)
+    accepted = port.fill(conn_id)  # output waits: the next message is queued, not sent
+    waiting = port.port.output_bytes
+    with pytest.raises(TypeError):
+        port.port.write(conn_id, [b"head", object()])
+    assert port.port.output_bytes == waiting  # nothing of the bad message was queued
+    next_n = len(accepted)
+    assert port.port.write(conn_id, _message(next_n, 10))
+    got = _read_all(port, _Reader(peer), next_n + 1)  # the stream holds whole messages only
+    assert [n for n, _ in got] == accepted + [next_n]
+    peer.close()
+
+
 def test_the_peers_close_and_reset_are_events_and_the_descriptor_is_released(port: _Port) -> None:
     closing, closing_id = port.connect()
     closing.close()
