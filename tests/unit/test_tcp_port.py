@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import array
 import errno
+import gc
+import os
 import socket
 import struct
 import time
+from collections import Counter
 
 import pytest
 import zmq
@@ -31,7 +34,7 @@ class _Port:
     def __init__(self) -> None:
         self.reactor = Reactor()
         self.events: list[tuple[bytes, bytes]] = []
-        self.counters: dict = {}
+        self.counters: Counter[str] = Counter()  # as the server's
         self.port = TcpPort(self.reactor, f"tcp://127.0.0.1:{free_ports(1)[0]}", self._on_stream,
                             self.counters)
 
@@ -209,6 +212,38 @@ def test_a_bad_piece_raises_before_anything_is_queued_behind_waiting_output(port
     got = _read_all(port, _Reader(peer), next_n + 1)  # the stream holds whole messages only
     assert [n for n, _ in got] == accepted + [next_n]
     peer.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_out_of_descriptors_the_port_pauses_accepting_instead_of_spinning(port: _Port) -> None:
+    """A connection the kernel holds for accept keeps the listening socket ready; while no
+    descriptor is free, accepting it fails every time (EMFILE). The reactor must not spin on
+    it (a pass, a failed accept and a warning per pass), and must take it once one is free."""
+    import resource
+    peers = [socket.create_connection(port.port.address[:2], timeout=DEADLINE_S) for _ in range(3)]
+    quiet, other_end = socket.socketpair()  # a node's reactor polls more than its port: one never ready
+    port.reactor.add_descriptor(quiet.fileno(), lambda ready: None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    gc.collect()  # no descriptor of an earlier test freed while the limit is low
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    passes = 0
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no descriptor left to accept into
+    try:
+        until = time.monotonic() + 0.5  # a window to count passes in, not a wait for a condition
+        while time.monotonic() < until:
+            port.reactor.run_once(50)
+            passes += 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert port.counters["accept_failed"] >= 1 and port.port.connections < 3
+    assert passes <= 40 and port.counters["accept_failed"] <= 10, (passes, port.counters)
+    port.run_until(lambda: port.port.connections == 3)  # accepting resumes once descriptors are free
+    for peer in peers:
+        peer.close()
+    port.reactor.remove_descriptor(quiet.fileno())
+    quiet.close()
+    other_end.close()
 
 
 def test_the_peers_close_and_reset_are_events_and_the_descriptor_is_released(port: _Port) -> None:
