@@ -195,13 +195,17 @@ class TcpPort:
         return len(self._links)
 
     # -- output ----------------------------------------------------------------------------------
-    def write(self, conn_id: bytes, pieces: list) -> bool:
+    def write(self, conn_id: bytes, pieces: list, *, handshake: bool = False) -> bool:
         """Send ``pieces`` (bytes-like) as one unit, in order after what is waiting; False when
-        refused whole: the connection is gone or broken, or its output is at the bounds."""
+        refused whole: the connection is gone or broken, or its output is at the bounds.
+        ``handshake``: a protocol's opening (a few bytes, once per connection), which cannot be
+        sent again later: not refused at the bound on all connections together, which other
+        peers filled (a new connection would otherwise hang in its handshake long after the
+        bound is released); the connection's own bound still applies."""
         link = self._links.get(conn_id)
         if link is None or link.broken:
             return False
-        if link.output_bytes >= OUTPUT_BYTES_MAX or self.output_bytes >= OUTPUT_BYTES_TOTAL_MAX:
+        if link.output_bytes >= OUTPUT_BYTES_MAX or (self.output_bytes >= OUTPUT_BYTES_TOTAL_MAX and not handshake):
             return False
         total = 0
         for p in pieces:  # a bad piece raises here, before anything is sent or queued
