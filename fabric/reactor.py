@@ -121,14 +121,15 @@ class Reactor:
         self.poller.register(fd, events)
 
     def modify_descriptor(self, fd: int, events: int) -> None:
-        """Poll ``fd`` for these events from now on (e.g. POLLOUT while output waits)."""
+        """Poll ``fd`` for these events from now on (e.g. POLLOUT while output waits; 0: not
+        polled until modified again)."""
         if fd in self._descriptors:
-            self.poller.register(fd, events)  # zmq.Poller: registering again modifies
+            self.poller.register(fd, events)  # zmq.Poller: registering again modifies, 0 unregisters
 
     def remove_descriptor(self, fd: int) -> None:
         """Before the descriptor is closed: a closed (and maybe reused) one must not be polled."""
         if self._descriptors.pop(fd, None) is not None:
-            self.poller.unregister(fd)
+            self.poller.register(fd, 0)  # unregisters; nothing when it was modified to 0
 
     def remove_socket(self, sock: zmq.Socket) -> None:
         if sock in self._handlers:

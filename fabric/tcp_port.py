@@ -34,7 +34,7 @@ from typing import Callable
 
 import zmq
 
-from fabric.reactor import Reactor
+from fabric.reactor import Reactor, Timer
 from fabric.zmq_io import _size
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,21 @@ log = logging.getLogger(__name__)
 RECEIVE_BYTES = 256 * 1024          # one read: a produced batch of up to this size in one call
 READS_PER_PASS = 16                 # per connection and reactor pass (4 MiB at most)
 ACCEPTS_PER_PASS = 64               # new connections taken per pass
+ACCEPT_PAUSE_MS = 100               # no accepting for this long when no descriptor (or memory) is free
 LISTEN_BACKLOG = 1024
 OUTPUT_BYTES_MAX = 16 * 1024 * 1024        # waiting output of one connection before replies are refused
 OUTPUT_BYTES_TOTAL_MAX = 512 * 1024 * 1024  # of all connections together
 SEND_PIECES_MAX = 512               # buffers handed to one sendmsg (the kernel takes at most IOV_MAX)
 
 _POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
+# accept failures of that one connection (reset before it was taken; Linux passes its pending
+# network errors on, to be retried: accept(2)). Any other (EMFILE, ENFILE, ENOBUFS, ENOMEM) is
+# the node's: retried at once it fails again, and the connection waiting in the backlog keeps the
+# listening socket ready, so a level-triggered poll would spin on it.
+_ACCEPT_CONNECTION_ERRORS = frozenset(
+    getattr(errno, name) for name in ("ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN",
+                                      "ENONET", "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "EINTR")
+    if hasattr(errno, name))
 
 # ``on_stream(frames)``: the events of a ZMQ_STREAM socket, see the module docstring
 StreamHandler = Callable[[list], None]
@@ -110,6 +119,7 @@ class TcpPort:
         self.output_bytes = 0  # all connections' waiting output (OUTPUT_BYTES_TOTAL_MAX)
         self._buffer = bytearray(RECEIVE_BYTES)
         self._view = memoryview(self._buffer)
+        self._accept_timer: Timer | None = None  # while accepting is paused (out of descriptors)
         reactor.add_descriptor(self.sock.fileno(), self._on_listen)
 
     # -- connections ---------------------------------------------------------------------------
@@ -119,9 +129,16 @@ class TcpPort:
                 sock, _ = self.sock.accept()
             except BlockingIOError:
                 return
-            except OSError as e:  # out of descriptors, a connection reset before it was taken
+            except OSError as e:
                 self.counters["accept_failed"] += 1
-                log.warning("accepting a connection failed: %s", e)
+                if e.errno in _ACCEPT_CONNECTION_ERRORS:
+                    log.debug("accepting a connection failed: %s", e)
+                    continue
+                # out of descriptors or memory: poll the listening socket again once some may be
+                # free, not every pass
+                log.warning("accepting a connection failed: %s (not accepting for %d ms)", e, ACCEPT_PAUSE_MS)
+                self.reactor.modify_descriptor(self.sock.fileno(), 0)
+                self._accept_timer = self.reactor.call_later(ACCEPT_PAUSE_MS, self._resume_accepting)
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -129,6 +146,10 @@ class TcpPort:
             self._links[link.conn_id] = link
             self.reactor.add_descriptor(link.fd, lambda ready, link=link: self._on_ready(link, ready))
             self.on_stream([link.conn_id, b""])
+
+    def _resume_accepting(self) -> None:
+        self._accept_timer = None
+        self.reactor.modify_descriptor(self.sock.fileno(), _POLLIN)
 
     def _on_ready(self, link: _Link, ready: int) -> None:
         if ready & _POLLOUT:
@@ -173,16 +194,20 @@ class TcpPort:
         return len(self._links)
 
     # -- output ----------------------------------------------------------------------------------
-    def write(self, conn_id: bytes, pieces: list) -> bool:
+    def write(self, conn_id: bytes, pieces: list, *, handshake: bool = False) -> bool:
         """Send ``pieces`` (bytes-like) as one unit, in order after what is waiting; False when
         refused whole: the connection is gone or broken, or its output is at the bounds. A
-        piece that is not a contiguous buffer raises before anything is sent or queued."""
+        piece that is not a contiguous buffer raises before anything is sent or queued.
+        ``handshake``: a protocol's opening (a few bytes, once per connection), which cannot be
+        sent again later: not refused at the bound on all connections together, which other
+        peers filled (a new connection would otherwise hang in its handshake long after the
+        bound is released); the connection's own bound still applies."""
         sizes = [_size(p) for p in pieces]
         link = self._links.get(conn_id)
         if link is None or link.broken:
             return False
         outbox = link.outbox
-        if outbox.bytes >= OUTPUT_BYTES_MAX or self.output_bytes >= OUTPUT_BYTES_TOTAL_MAX:
+        if outbox.bytes >= OUTPUT_BYTES_MAX or (self.output_bytes >= OUTPUT_BYTES_TOTAL_MAX and not handshake):
             return False
         was_waiting = bool(outbox.bytes)
         try:
@@ -217,6 +242,9 @@ class TcpPort:
         self.output_bytes -= link.outbox.clear()
 
     def shutdown(self) -> None:
+        if self._accept_timer is not None:  # its descriptor number may be another's by then
+            self._accept_timer.cancel()
+            self._accept_timer = None
         for conn_id in list(self._links):
             self.close(conn_id)
         self.reactor.remove_descriptor(self.sock.fileno())

@@ -199,7 +199,7 @@ class ZmtpServer:
             self._close(idlest)
         conn = _Connection(conn_id)
         self._connections[conn_id] = conn
-        self._write(conn, [GREETING])
+        self._write(conn, [GREETING], handshake=True)
 
     def _feed(self, conn: _Connection, data: bytes) -> None:
         if conn.ready and not conn.buf and not conn.frames and conn.body is None and not conn.skip_bytes \
@@ -423,7 +423,7 @@ class ZmtpServer:
             conn.identity = self._identity_for(conn, props.get(b"identity", b""))
             self._by_identity[conn.identity] = conn
             conn.ready = True
-            self._write(conn, [READY])
+            self._write(conn, [READY], handshake=True)
             return
         if body[:5] == b"\x04PING" and len(body) >= 7:  # ZMTP 3.1 heartbeat: answer with its context
             self._write(conn, [_command(b"\x04PONG" + body[7:])])
@@ -464,9 +464,11 @@ class ZmtpServer:
             pieces.append(b"".join(parts))
         self._write(conn, pieces)
 
-    def _write(self, conn: _Connection, pieces: list) -> bool:
-        """One unit of output to the peer; False when it was refused (counted)."""
-        if self.tcp.write(conn.conn_id, pieces):
+    def _write(self, conn: _Connection, pieces: list, *, handshake: bool = False) -> bool:
+        """One unit of output to the peer; False when it was refused (counted). ``handshake``:
+        the greeting or READY, not refused at the port's bound on all connections together
+        (``TcpPort.write``)."""
+        if self.tcp.write(conn.conn_id, pieces, handshake=handshake):
             return True
         self.counters["reply_dropped_hwm"] += 1  # peer not reading (or gone): it will time out
         return False

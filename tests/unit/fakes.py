@@ -425,11 +425,11 @@ class SendSpy:
         self.writes: list[list] = []
         self.refuse_at: int | None = None
 
-    def write(self, conn_id: bytes, pieces: list) -> bool:
+    def write(self, conn_id: bytes, pieces: list, **options: Any) -> bool:
         self.writes.append(list(pieces))
         if len(self.writes) - 1 == self.refuse_at:
             return False
-        return self.port.write(conn_id, pieces)
+        return self.port.write(conn_id, pieces, **options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.port, name)

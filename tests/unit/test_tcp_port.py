@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import array
 import errno
+import gc
+import os
 import socket
 import struct
 import time
+from collections import Counter
 
 import pytest
 import zmq
@@ -31,7 +34,7 @@ class _Port:
     def __init__(self) -> None:
         self.reactor = Reactor()
         self.events: list[tuple[bytes, bytes]] = []
-        self.counters: dict = {}
+        self.counters: Counter[str] = Counter()  # as the server's
         self.port = TcpPort(self.reactor, f"tcp://127.0.0.1:{free_ports(1)[0]}", self._on_stream,
                             self.counters)
 
@@ -197,6 +200,52 @@ def test_a_bad_piece_raises_before_anything_is_sent(port: _Port) -> None:
     peer.close()
 
 
+def test_a_bad_piece_raises_before_anything_is_queued_behind_waiting_output(port: _Port) -> None:
+    peer, conn_id = port.connect(receive_buffer=4096)
+    accepted = port.fill(conn_id)  # output waits: the next message is queued, not sent
+    waiting = port.port.output_bytes
+    with pytest.raises(TypeError):
+        port.port.write(conn_id, [b"head", object()])
+    assert port.port.output_bytes == waiting  # nothing of the bad message was queued
+    next_n = len(accepted)
+    assert port.port.write(conn_id, _message(next_n, 10))
+    got = _read_all(port, _Reader(peer), next_n + 1)  # the stream holds whole messages only
+    assert [n for n, _ in got] == accepted + [next_n]
+    peer.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_out_of_descriptors_the_port_pauses_accepting_instead_of_spinning(port: _Port) -> None:
+    """A connection the kernel holds for accept keeps the listening socket ready; while no
+    descriptor is free, accepting it fails every time (EMFILE). The reactor must not spin on
+    it (a pass, a failed accept and a warning per pass), and must take it once one is free."""
+    import resource
+    peers = [socket.create_connection(port.port.address[:2], timeout=DEADLINE_S) for _ in range(3)]
+    quiet, other_end = socket.socketpair()  # a node's reactor polls more than its port: one never ready
+    port.reactor.add_descriptor(quiet.fileno(), lambda ready: None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    gc.collect()  # no descriptor of an earlier test freed while the limit is low
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    passes = 0
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no descriptor left to accept into
+    try:
+        until = time.monotonic() + 0.5  # a window to count passes in, not a wait for a condition
+        while time.monotonic() < until:
+            port.reactor.run_once(50)
+            passes += 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert port.counters["accept_failed"] >= 1 and port.port.connections < 3
+    assert passes <= 40 and port.counters["accept_failed"] <= 10, (passes, port.counters)
+    port.run_until(lambda: port.port.connections == 3)  # accepting resumes once descriptors are free
+    for peer in peers:
+        peer.close()
+    port.reactor.remove_descriptor(quiet.fileno())
+    quiet.close()
+    other_end.close()
+
+
 def test_the_peers_close_and_reset_are_events_and_the_descriptor_is_released(port: _Port) -> None:
     closing, closing_id = port.connect()
     closing.close()
@@ -276,16 +325,3 @@ def test_a_taken_port_is_eaddrinuse_and_leaves_no_descriptor(port: _Port) -> Non
     assert e.value.errno == errno.EADDRINUSE
     assert reactor._descriptors == {}
 
-
-def test_a_bad_piece_behind_waiting_output_queues_nothing(port: _Port) -> None:
-    peer, conn_id = port.connect(receive_buffer=4096)
-    written = port.fill(conn_id)
-    waiting = port.port.output_bytes
-    with pytest.raises(TypeError):
-        port.port.write(conn_id, [b"head", object()])
-    assert port.port.output_bytes == waiting  # not the head either: the stream stays whole
-    assert port.port.write(conn_id, _message(len(written), 10))
-    reader = _Reader(peer)
-    got = _read_all(port, reader, len(written) + 1)
-    assert [n for n, _ in got] == [*written, len(written)]
-    peer.close()
