@@ -140,8 +140,14 @@ class TcpPort:
                 self.reactor.modify_descriptor(self.sock.fileno(), 0)
                 self._accept_timer = self.reactor.call_later(ACCEPT_PAUSE_MS, self._resume_accepting)
                 return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as e:  # reset before it was set up (possible on some systems)
+                self.counters["accept_failed"] += 1
+                log.debug("setting up a connection failed: %s", e)
+                sock.close()
+                continue
             link = _Link(b"\0" + next(self._ids).to_bytes(8, "big"), sock)
             self._links[link.conn_id] = link
             self.reactor.add_descriptor(link.fd, lambda ready, link=link: self._on_ready(link, ready))
