@@ -244,13 +244,7 @@ class Reactor:
                 return  # the pass's bound, removed by its handler, or nothing more waiting
 
     def _descriptor_ready(self, handler: DescriptorHandler, ready: int) -> None:
-        if not self.contain_handler_errors:
-            handler(ready)
-            return
-        try:
-            handler(ready)
-        except LoomError:  # an operating error; a bug (anything else) stops the node
-            log.exception("descriptor handler %r failed", handler)
+        self._call_handler(handler, ready)
 
     def _woken(self, fd: int) -> None:
         entry = self._wakers.get(fd)
@@ -258,13 +252,17 @@ class Reactor:
             return
         waker, handler = entry
         waker.drain()  # first: a wake during the handler is kept for the next pass
+        self._call_handler(handler)
+
+    def _call_handler(self, handler: Callable[..., None], *args: object) -> None:
+        """A descriptor's or a waker's handler, under ``contain_handler_errors``."""
         if not self.contain_handler_errors:
-            handler()
+            handler(*args)
             return
         try:
-            handler()
+            handler(*args)
         except LoomError:  # an operating error; a bug (anything else) stops the node
-            log.exception("waker handler %r failed", handler)
+            log.exception("handler %r failed", handler)
 
     def _run_timers(self) -> None:
         now = self.clock.now_ms()
