@@ -121,7 +121,7 @@ class Consumer:
         self._resetting: dict[TopicPartition, _InFlight] = {}  # LIST_OFFSETS in flight
         self._held_until_ms: dict[TopicPartition, int] = {}  # not fetched before (a refused fetch)
         self._closed = False
-        self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
+        self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
 
     # -- assignment ---------------------------------------------------------------------------
     def assign(self, partitions: list[TopicPartition]) -> None:
@@ -418,6 +418,7 @@ class Consumer:
         if self._closed:
             return
         self._closed = True
+        self._stall_timer.cancel()  # the reactor may be shared and live on (a consumer service)
         for c in self._clients.values():
             c.close()
         self._clients.clear()
