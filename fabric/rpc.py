@@ -11,7 +11,9 @@ its code; another operating error (a ``LoomError``, e.g. a full disk) is answere
 reactor, which stops the node (``nodes.run``) so that it restarts from disk.
 
 ``RpcClient`` is the reactor-driven DEALER side: many requests in flight on one socket,
-matched by request id, each with a deadline. ``BlockingClient`` is the same for a simple
+matched by request id, each with a deadline. To a tcp:// endpoint it speaks ZMTP itself on a
+socket the reactor thread reads and writes (``fabric.zmtp_client.ZmtpDealer``), as the request
+port does on its side: a request and its reply cross no libzmq I/O thread at either end. ``BlockingClient`` is the same for a simple
 caller (CLI, admin), with retries and capped exponential backoff for idempotent requests.
 
 Thread-safety: none; each object belongs to its reactor's (or caller's) thread.
@@ -35,6 +37,7 @@ from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmq_io import send_frames
 from fabric.zmtp import ZmtpServer
+from fabric.zmtp_client import ZmtpDealer
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,13 @@ Handler = Callable[[wire.Request], Any]
 # err: the node's answer (RemoteError), or the client's own condition (RequestTimeout,
 # RequestQueueFullError): both CodedError
 ReplyCallback = Callable[[dict | None, list[bytes], CodedError | None], None]
+
+
+def dealer_identity(identity: str | None) -> bytes | None:
+    """The identity a client announces: its name, pid and random bytes (unique per socket)."""
+    if identity is None:
+        return None
+    return f"{identity}/{os.getpid()}/{os.urandom(3).hex()}".encode()
 
 
 def make_socket(ctx: zmq.Context, kind: int, identity: str | None = None) -> zmq.Socket:
@@ -56,7 +66,7 @@ def make_socket(ctx: zmq.Context, kind: int, identity: str | None = None) -> zmq
     sock.setsockopt(zmq.MAXMSGSIZE, P.REQUEST_BYTES_MAX)
     sock.copy_threshold = P.ZERO_COPY_BYTES_MIN
     if identity is not None:
-        sock.setsockopt(zmq.IDENTITY, f"{identity}/{os.getpid()}/{os.urandom(3).hex()}".encode())
+        sock.setsockopt(zmq.IDENTITY, dealer_identity(identity))
     return sock
 
 
@@ -191,19 +201,47 @@ class RpcServer:
         self.port.close()
 
 
+class _LibzmqDealer:
+    """A libzmq DEALER as an RpcClient's transport, for endpoints no remote peer can reach
+    (inproc, ipc): the same ``send``/``close`` as ``ZmtpDealer``."""
+
+    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None,
+                 on_message: Callable[[list[bytes]], None]) -> None:
+        self.reactor = reactor
+        self.sock = make_socket(ctx, zmq.DEALER, identity)
+        self.sock.connect(endpoint)
+        reactor.add_socket(self.sock, on_message)
+
+    def send(self, frames: list) -> bool:
+        try:
+            send_frames(self.sock, frames)
+            return True
+        except zmq.Again:
+            return False
+
+    def close(self) -> None:
+        self.reactor.remove_socket(self.sock)
+        self.sock.close(0)
+
+
 class RpcClient:
-    """Reactor-driven DEALER to one endpoint, many requests in flight."""
+    """Reactor-driven DEALER to one endpoint, many requests in flight. For a tcp:// endpoint
+    it is a ``fabric.zmtp_client.ZmtpDealer`` (ZMTP on a socket the reactor thread reads and
+    writes itself: no libzmq I/O thread between the request and the wire); else a libzmq
+    DEALER."""
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
-        self.sock = make_socket(ctx, zmq.DEALER, identity)
-        self.sock.connect(endpoint)
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[ReplyCallback, Timer]] = {}
         self.counters: Counter[str] = Counter()
         self.drop_replies: Callable[[], bool] | None = None  # fault injection
-        reactor.add_socket(self.sock, self._on_message)
+        if endpoint.startswith("tcp://"):
+            self.transport: ZmtpDealer | _LibzmqDealer = ZmtpDealer(
+                reactor, endpoint, self._on_message, identity=dealer_identity(identity), counters=self.counters)
+        else:
+            self.transport = _LibzmqDealer(ctx, reactor, endpoint, identity, self._on_message)
 
     @property
     def in_flight(self) -> int:
@@ -216,9 +254,7 @@ class RpcClient:
             return 0
         rid = next(self._ids)
         header = dict(header, id=rid)
-        try:
-            send_frames(self.sock, wire.encode_request(command, header, payloads))
-        except zmq.Again:
+        if not self.transport.send(wire.encode_request(command, header, payloads)):
             callback(None, [], RequestQueueFullError(f"send queue to {self.endpoint} is full"))
             return 0
         timer = self.reactor.call_later(timeout_ms, lambda: self._expire(rid))
@@ -227,9 +263,7 @@ class RpcClient:
 
     def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = ()) -> None:
         """Fire and forget (the reply, if any, is ignored)."""
-        try:
-            send_frames(self.sock, wire.encode_request(command, dict(header, id=0), payloads))
-        except zmq.Again:
+        if not self.transport.send(wire.encode_request(command, dict(header, id=0), payloads)):
             self.counters["oneway_dropped"] += 1
 
     def _expire(self, rid: int) -> None:
@@ -272,8 +306,7 @@ class RpcClient:
             callback(None, [], error)
 
     def close(self) -> None:
-        self.reactor.remove_socket(self.sock)
-        self.sock.close(0)
+        self.transport.close()
 
 
 def _details(header: dict) -> dict:

@@ -1,0 +1,325 @@
+"""The DEALER end of ZMTP 3.0 over a TCP socket the reactor thread reads and writes itself.
+
+The client-side twin of the request port (``fabric.zmtp``, ``fabric.tcp_port``): a libzmq
+DEALER hands every message to libzmq's I/O thread and back, so each request and each reply
+crossed two threads in the client too. ``ZmtpDealer`` speaks the same wire (greeting, READY
+with ``Socket-Type`` DEALER and the client's ``Identity``, then frames) on a non-blocking
+socket polled by the reactor (``Reactor.add_descriptor``): the kernel wakes the thread that
+handles the reply, and a request is written by the thread that made it. Any ZMTP 3 ROUTER
+(a node's request port, a libzmq ROUTER) answers it.
+
+Behaviour a libzmq DEALER's users rely on, kept:
+- **connect and reconnect by itself**: a failed connect or a lost connection is retried after
+  ``P.RECONNECT_IVL_MS``, doubling up to ``P.RECONNECT_IVL_MAX_MS``, and back to the first
+  interval once a handshake completes;
+- **messages sent before the handshake wait** (at most ``P.SNDHWM`` of them; ``send`` is then
+  refused, as libzmq raises ``zmq.Again``) and go out in order once it completes;
+- **bounded input**: a frame over ``P.REQUEST_BYTES_MAX`` (libzmq's ``ZMQ_MAXMSGSIZE`` on the
+  Loom sockets) or a message of more than ``P.FRAMES_MAX`` frames is a protocol violation, and
+  the connection is dropped and made again.
+Messages handed to the kernel and not yet on the wire when a connection is lost are lost with
+it (a libzmq DEALER loses those in its encoder too): the request's timeout answers it, and a
+one-way message is repeated by its sender's own cadence (a replica's acknowledgement).
+
+``on_message(frames)`` gets each whole message as a list of ``bytes``.
+
+Not thread-safe: owned by the reactor's thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections import Counter, deque
+from typing import Callable
+
+import zmq
+
+from fabric import protocol as P
+from fabric.reactor import Reactor, Timer
+from fabric.tcp_port import READS_PER_PASS, RECEIVE_BYTES, SEND_PIECES_MAX, Outbox
+from fabric.zmq_io import _size
+from fabric.zmtp import (GREETING, GREETING_BYTES, HANDSHAKE_BYTES_MAX, ProtocolViolation, _command,
+                         _frame_header, _parse_ready, _property)
+
+log = logging.getLogger(__name__)
+
+_FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
+_POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
+_PEER_SOCKET_TYPES = (b"ROUTER",)
+JOIN_BYTES_MAX = 64 * 1024  # frames up to this size are joined with their headers into one piece
+
+_IDLE, _CONNECTING, _HANDSHAKE, _READY, _CLOSED = range(5)
+
+
+def connect_address(endpoint: str) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` (``[v6]`` in brackets) as a host and port to connect to; a
+    malformed endpoint is a ``zmq.ZMQError`` (EINVAL), as libzmq's connect raised it."""
+    host, _, port_text = endpoint[6:].rpartition(":")
+    if not endpoint.startswith("tcp://") or not host or host == "*" or not port_text.isdigit() \
+            or not 0 < int(port_text) <= 65535:
+        raise zmq.ZMQError(errno.EINVAL, f"not a tcp://host:port endpoint to connect to: {endpoint!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+def encode_message(frames: list) -> tuple[list, list[int]]:
+    """ZMTP frames of one message as pieces for ``sendmsg`` (headers joined with the small
+    frames, a large frame as it is) and their sizes. A frame that is not a contiguous buffer
+    raises before anything is sent."""
+    pieces: list = []
+    sizes: list[int] = []
+    parts: list = []
+    joined = 0
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        n = _size(f)
+        head = _frame_header(n, more=i < last)
+        if n <= JOIN_BYTES_MAX:
+            parts += (head, f)
+            joined += len(head) + n
+            continue
+        parts.append(head)
+        pieces.append(b"".join(parts))
+        sizes.append(joined + len(head))
+        pieces.append(f)
+        sizes.append(n)
+        parts, joined = [], 0
+    if parts:
+        pieces.append(b"".join(parts))
+        sizes.append(joined)
+    return pieces, sizes
+
+
+class ZmtpDealer:
+    def __init__(self, reactor: Reactor, endpoint: str, on_message: Callable[[list[bytes]], None], *,
+                 identity: bytes | None = None, counters: Counter[str] | None = None) -> None:
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.on_message = on_message
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.host, self.port = connect_address(endpoint)
+        if identity is not None and not 0 < len(identity) <= 255:
+            raise ValueError("a ZMTP identity is 1 to 255 bytes")
+        ready = _property(b"Socket-Type", b"DEALER") + (_property(b"Identity", identity) if identity else b"")
+        self._hello = GREETING + _command(b"\x05READY" + ready)
+        self._state = _IDLE
+        self._sock: socket.socket | None = None
+        self._fd = -1
+        self._outbox = Outbox()
+        self._waiting: deque[tuple[list, list[int]]] = deque()  # messages sent before the handshake
+        self._in = bytearray()        # bytes received and not yet parsed
+        self._frames: list[bytes] = []  # the message being received
+        self._greeted = False
+        self._buffer = bytearray(RECEIVE_BYTES)
+        self._reconnect_ms = P.RECONNECT_IVL_MS
+        self._timer: Timer | None = None
+        self._connect()
+
+    @property
+    def connected(self) -> bool:
+        """The handshake is complete: messages go straight to the kernel."""
+        return self._state == _READY
+
+    # -- sending ---------------------------------------------------------------------------------
+    def send(self, frames: list) -> bool:
+        """Send one message; False when refused: ``P.SNDHWM`` messages already wait for a
+        connection, or the dealer is closed. Raises TypeError/BufferError/ValueError for a bad
+        frame, before anything is sent."""
+        pieces, sizes = encode_message(frames)
+        if self._state != _READY:
+            if self._state == _CLOSED or len(self._waiting) >= P.SNDHWM:
+                return False
+            self._waiting.append((pieces, sizes))
+            return True
+        self._write(pieces, sizes)
+        return True
+
+    def _write(self, pieces: list, sizes: list[int]) -> None:
+        assert self._sock is not None
+        was_waiting = bool(self._outbox.bytes)
+        try:
+            self._outbox.send(self._sock, pieces, sizes)
+        except OSError as e:
+            self._lost(f"send failed: {e}")
+            return
+        if self._outbox.bytes and not was_waiting:
+            self.reactor.modify_descriptor(self._fd, _POLLIN | _POLLOUT)
+
+    # -- the connection --------------------------------------------------------------------------
+    def _connect(self) -> None:
+        self._timer = None
+        if self._state == _CLOSED:
+            return
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            family, _, _, _, address = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:  # a name that does not resolve (yet): tried again, as libzmq does
+            self._retry_later(f"cannot connect to {self.endpoint}: {e}")
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        code = sock.connect_ex(address)
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._retry_later(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
+            return
+        self._sock, self._fd = sock, sock.fileno()
+        self._state = _CONNECTING
+        self.reactor.add_descriptor(self._fd, self._on_ready, _POLLOUT)
+
+    def _on_ready(self, ready: int) -> None:
+        if self._state == _CONNECTING:
+            assert self._sock is not None
+            code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self._lost(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
+                return
+            self._state = _HANDSHAKE
+            self.reactor.modify_descriptor(self._fd, _POLLIN)
+            self._write([self._hello], [len(self._hello)])
+            return
+        if ready & _POLLOUT:
+            assert self._sock is not None
+            try:
+                self._outbox.flush(self._sock)
+            except OSError as e:
+                self._lost(f"send failed: {e}")
+                return
+            if not self._outbox.bytes:
+                self.reactor.modify_descriptor(self._fd, _POLLIN)
+        if ready & (_POLLIN | _POLLERR):
+            self._read()
+
+    def _read(self) -> None:
+        buffer = self._buffer
+        for _ in range(READS_PER_PASS):
+            sock = self._sock
+            if sock is None:
+                return  # lost while a message was handled
+            try:
+                n = sock.recv_into(buffer)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._lost(f"receive failed: {e}")
+                return
+            if not n:
+                self._lost("closed by the peer")
+                return
+            self._in += memoryview(buffer)[:n]
+            try:
+                self._parse()
+            except ProtocolViolation as e:
+                self.counters["protocol_violations"] += 1
+                self._lost(f"protocol violation: {e}")
+                return
+            if n < RECEIVE_BYTES:
+                return
+
+    def _parse(self) -> None:
+        buf = self._in
+        pos = 0
+        try:
+            while self._sock is not None:
+                avail = len(buf) - pos
+                if not self._greeted:
+                    if avail >= 1 and buf[pos] != 0xFF:
+                        raise ProtocolViolation("not a ZMTP greeting")
+                    if avail >= 11 and (not buf[pos + 9] & 1 or buf[pos + 10] < 3):
+                        raise ProtocolViolation("not a ZMTP 3 greeting")
+                    if avail < GREETING_BYTES:
+                        return
+                    if bytes(buf[pos + 12:pos + 32]).rstrip(b"\0") != b"NULL":
+                        raise ProtocolViolation("only the NULL security mechanism is spoken")
+                    self._greeted = True
+                    pos += GREETING_BYTES
+                    continue
+                if avail < 2:
+                    return
+                flags = buf[pos]
+                if flags & _FLAG_LONG:
+                    if avail < 9:
+                        return
+                    (size,) = struct.unpack_from(">Q", buf, pos + 1)
+                    head = 9
+                else:
+                    size, head = buf[pos + 1], 2
+                limit = HANDSHAKE_BYTES_MAX if flags & _FLAG_COMMAND else P.REQUEST_BYTES_MAX
+                if size > limit:
+                    raise ProtocolViolation(f"a frame of {size} bytes (at most {limit})")
+                if avail < head + size:
+                    return
+                with memoryview(buf) as view:  # released before the buffer shrinks
+                    body = bytes(view[pos + head:pos + head + size])
+                pos += head + size
+                if flags & _FLAG_COMMAND:
+                    self._on_command(body)
+                    continue
+                if self._state != _READY:
+                    raise ProtocolViolation("a message before the READY handshake")
+                self._frames.append(body)
+                if len(self._frames) > P.FRAMES_MAX:
+                    raise ProtocolViolation(f"a message of more than {P.FRAMES_MAX} frames")
+                if not flags & _FLAG_MORE:
+                    frames, self._frames = self._frames, []
+                    self.on_message(frames)
+        finally:
+            if self._sock is not None:
+                del buf[:pos]
+
+    def _on_command(self, body: bytes) -> None:
+        if self._state == _HANDSHAKE:
+            props = _parse_ready(body)
+            if props.get(b"socket-type") not in _PEER_SOCKET_TYPES:
+                raise ProtocolViolation(f"socket type {props.get(b'socket-type')!r} cannot answer a DEALER")
+            self._state = _READY
+            self._reconnect_ms = P.RECONNECT_IVL_MS
+            while self._waiting and self._state == _READY:  # a failed send ends the connection:
+                self._write(*self._waiting.popleft())      # the rest wait for the next one
+            return
+        if body[:5] == b"\x04PING" and len(body) >= 7:  # ZMTP 3.1 heartbeat: answer with its context
+            pong = _command(b"\x04PONG" + body[7:])
+            self._write([pong], [len(pong)])
+
+    def _lost(self, why: str) -> None:
+        """The connection failed or ended: drop it (and what it had not sent yet) and make a
+        new one after the reconnect interval."""
+        log.debug("%s: %s", self.endpoint, why)
+        self.counters["disconnects"] += 1
+        self._drop()
+        self._retry_later(why)
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self.reactor.remove_descriptor(self._fd)
+            self._sock.close()
+            self._sock, self._fd = None, -1
+        self._outbox.clear()
+        self._in = bytearray()
+        self._frames = []
+        self._greeted = False
+        if self._state != _CLOSED:
+            self._state = _IDLE
+
+    def _retry_later(self, why: str) -> None:
+        if self._state == _CLOSED or self._timer is not None:
+            return
+        self._timer = self.reactor.call_later(self._reconnect_ms, self._connect)
+        self._reconnect_ms = min(2 * self._reconnect_ms, P.RECONNECT_IVL_MAX_MS)
+
+    def close(self) -> None:
+        """Close now: nothing waiting is sent, nothing more is received."""
+        self._state = _CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._drop()
+        self._waiting.clear()
+
+
+__all__ = ["ZmtpDealer", "connect_address", "encode_message", "SEND_PIECES_MAX"]
