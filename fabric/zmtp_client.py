@@ -14,6 +14,12 @@ Behaviour a libzmq DEALER's users rely on, kept:
   interval once a handshake completes;
 - **messages sent before the handshake wait** (at most ``P.SNDHWM`` of them; ``send`` is then
   refused, as libzmq raises ``zmq.Again``) and go out in order once it completes;
+- **bounded output**: once connected, at most ``P.SNDHWM`` messages wait for a peer that does
+  not read (beyond what the kernel holds); ``send`` is refused meanwhile, as at libzmq's
+  high-water mark -- requests that time out and are retried to a paused peer do not pile up;
+- **a handshake that does not complete** within ``HANDSHAKE_IVL_MS`` (libzmq's
+  ``ZMQ_HANDSHAKE_IVL`` default: a peer that accepts and never greets, or never sends READY)
+  drops the connection, which is made again after the reconnect interval;
 - **bounded input**: a frame over ``P.REQUEST_BYTES_MAX`` (libzmq's ``ZMQ_MAXMSGSIZE`` on the
   Loom sockets) or a message of more than ``P.FRAMES_MAX`` frames is a protocol violation, and
   the connection is dropped and made again.
@@ -22,6 +28,10 @@ it (a libzmq DEALER loses those in its encoder too): the request's timeout answe
 one-way message is repeated by its sender's own cadence (a replica's acknowledgement).
 
 ``on_message(frames)`` gets each whole message as a list of ``bytes``.
+
+A reply handler that raises (an operating error that a client's reactor hands to its caller,
+or that a node's reactor logs) does not strand the messages received after it in the same
+read: they are parsed on the reactor's next pass, as a libzmq socket would still hold them.
 
 Not thread-safe: owned by the reactor's thread.
 """
@@ -50,6 +60,7 @@ _FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
 _POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 _PEER_SOCKET_TYPES = (b"ROUTER",)
 JOIN_BYTES_MAX = 64 * 1024  # frames up to this size are joined with their headers into one piece
+HANDSHAKE_IVL_MS = 30_000   # libzmq's ZMQ_HANDSHAKE_IVL default
 
 _IDLE, _CONNECTING, _HANDSHAKE, _READY, _CLOSED = range(5)
 
@@ -116,7 +127,14 @@ class ZmtpDealer:
         self._greeted = False
         self._buffer = bytearray(RECEIVE_BYTES)
         self._reconnect_ms = P.RECONNECT_IVL_MS
-        self._timer: Timer | None = None
+        self._timer: Timer | None = None            # the reconnect
+        self._handshake_timer: Timer | None = None  # while the handshake is under way
+        self._resume: Timer | None = None           # parses what a raising handler left
+        # messages with bytes in the outbox (P.SNDHWM): for each, the bytes ever queued on this
+        # connection up to its end; the front ones leave as the flushed bytes pass them
+        self._queued_ends: deque[int] = deque()
+        self._queued_total = 0
+        self._flushed_total = 0
         self._connect()
 
     @property
@@ -124,17 +142,24 @@ class ZmtpDealer:
         """The handshake is complete: messages go straight to the kernel."""
         return self._state == _READY
 
+    @property
+    def output_messages(self) -> int:
+        """Messages (some of) whose bytes wait in the outbox for the peer to read."""
+        return len(self._queued_ends)
+
     # -- sending ---------------------------------------------------------------------------------
     def send(self, frames: list) -> bool:
         """Send one message; False when refused: ``P.SNDHWM`` messages already wait for a
-        connection, or the dealer is closed. Raises TypeError/BufferError/ValueError for a bad
-        frame, before anything is sent."""
+        connection or for the connected peer to read them, or the dealer is closed. Raises
+        TypeError/BufferError/ValueError for a bad frame, before anything is sent."""
         pieces, sizes = encode_message(frames)
         if self._state != _READY:
             if self._state == _CLOSED or len(self._waiting) >= P.SNDHWM:
                 return False
             self._waiting.append((pieces, sizes))
             return True
+        if len(self._queued_ends) >= P.SNDHWM:
+            return False
         self._write(pieces, sizes)
         return True
 
@@ -142,10 +167,13 @@ class ZmtpDealer:
         assert self._sock is not None
         was_waiting = bool(self._outbox.bytes)
         try:
-            self._outbox.send(self._sock, pieces, sizes)
+            queued = self._outbox.send(self._sock, pieces, sizes)
         except OSError as e:
             self._lost(f"send failed: {e}")
             return
+        if queued:
+            self._queued_total += queued
+            self._queued_ends.append(self._queued_total)
         if self._outbox.bytes and not was_waiting:
             self.reactor.modify_descriptor(self._fd, _POLLIN | _POLLOUT)
 
@@ -180,16 +208,20 @@ class ZmtpDealer:
                 self._lost(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
                 return
             self._state = _HANDSHAKE
+            self._handshake_timer = self.reactor.call_later(HANDSHAKE_IVL_MS, self._handshake_expired)
             self.reactor.modify_descriptor(self._fd, _POLLIN)
             self._write([self._hello], [len(self._hello)])
             return
         if ready & _POLLOUT:
             assert self._sock is not None
             try:
-                self._outbox.flush(self._sock)
+                self._flushed_total += self._outbox.flush(self._sock)
             except OSError as e:
                 self._lost(f"send failed: {e}")
                 return
+            ends = self._queued_ends
+            while ends and ends[0] <= self._flushed_total:
+                ends.popleft()
             if not self._outbox.bytes:
                 self.reactor.modify_descriptor(self._fd, _POLLIN)
         if ready & (_POLLIN | _POLLERR):
@@ -267,7 +299,11 @@ class ZmtpDealer:
                     raise ProtocolViolation(f"a message of more than {P.FRAMES_MAX} frames")
                 if not flags & _FLAG_MORE:
                     frames, self._frames = self._frames, []
-                    self.on_message(frames)
+                    try:
+                        self.on_message(frames)
+                    except BaseException:  # the rest of what was read is parsed on the next pass
+                        self._resume_later()
+                        raise
         finally:
             if self._sock is not None:
                 del buf[:pos]
@@ -279,12 +315,35 @@ class ZmtpDealer:
                 raise ProtocolViolation(f"socket type {props.get(b'socket-type')!r} cannot answer a DEALER")
             self._state = _READY
             self._reconnect_ms = P.RECONNECT_IVL_MS
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
             while self._waiting and self._state == _READY:  # a failed send ends the connection:
                 self._write(*self._waiting.popleft())      # the rest wait for the next one
             return
         if body[:5] == b"\x04PING" and len(body) >= 7:  # ZMTP 3.1 heartbeat: answer with its context
             pong = _command(b"\x04PONG" + body[7:])
             self._write([pong], [len(pong)])
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self._state == _HANDSHAKE:
+            self.counters["handshake_timeouts"] += 1
+            self._lost(f"no handshake within {HANDSHAKE_IVL_MS} ms")
+
+    def _resume_later(self) -> None:
+        if self._resume is None and self._sock is not None:
+            self._resume = self.reactor.call_later(0, self._resume_parse)
+
+    def _resume_parse(self) -> None:
+        self._resume = None
+        if self._sock is None:
+            return
+        try:
+            self._parse()
+        except ProtocolViolation as e:
+            self.counters["protocol_violations"] += 1
+            self._lost(f"protocol violation: {e}")
 
     def _lost(self, why: str) -> None:
         """The connection failed or ended: drop it (and what it had not sent yet) and make a
@@ -299,7 +358,13 @@ class ZmtpDealer:
             self.reactor.remove_descriptor(self._fd)
             self._sock.close()
             self._sock, self._fd = None, -1
+        for timer in (self._handshake_timer, self._resume):
+            if timer is not None:
+                timer.cancel()
+        self._handshake_timer = self._resume = None
         self._outbox.clear()
+        self._queued_ends.clear()
+        self._queued_total = self._flushed_total = 0
         self._in = bytearray()
         self._frames = []
         self._greeted = False
