@@ -184,9 +184,15 @@ class ZmtpDealer:
             return
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:  # a name that does not resolve (yet), or that the
+            # resolver cannot even encode (a label over 63 bytes): tried again, as libzmq does
+            self.counters["resolve_failed"] += 1
+            self._retry_later(f"cannot resolve {self.endpoint}: {e}")
+            return
+        try:
             family, _, _, _, address = infos[0]
             sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as e:  # a name that does not resolve (yet): tried again, as libzmq does
+        except OSError as e:  # out of descriptors: tried again
             self._retry_later(f"cannot connect to {self.endpoint}: {e}")
             return
         sock.setblocking(False)

@@ -7,6 +7,7 @@ ZMQ_HANDSHAKE_IVL); a server that stops reading does not make the dealer buffer 
 from __future__ import annotations
 
 import socket
+from collections import Counter
 import time
 
 import pytest
@@ -163,3 +164,20 @@ def test_output_that_drains_is_counted_down_and_sends_are_accepted_again(monkeyp
     finally:
         client.dealer.close()
         server.close()
+
+
+def test_a_host_name_the_resolver_cannot_even_encode_is_retried_like_one_that_does_not_resolve() -> None:
+    """libzmq resolves in its I/O thread and retries; here getaddrinfo raises UnicodeError (not
+    OSError) for a label over 63 bytes: it must not escape the constructor or the reactor."""
+    reactor = Reactor()
+    counters: Counter[str] = Counter()
+    dealer = zmtp_client.ZmtpDealer(reactor, "tcp://" + "a" * 64 + ".example:5555", lambda frames: None,
+                                    counters=counters)
+    assert dealer.send([b"", b"waits"])
+    deadline = time.monotonic() + DEADLINE_S
+    while reactor.timers_live and counters["resolve_failed"] < 2:
+        assert time.monotonic() < deadline
+        reactor.run_once(POLL_MS)
+    assert not dealer.connected and counters["resolve_failed"] >= 2
+    dealer.close()
+    assert reactor._descriptors == {} and reactor.timers_live == 0
