@@ -76,9 +76,21 @@ def listen_address(endpoint: str) -> tuple[socket.AddressFamily, tuple]:
     if host == "*":
         return socket.AF_INET, ("0.0.0.0", port)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
+        return resolve(host, port, passive=True)
+    except (OSError, UnicodeError) as e:
         raise zmq.ZMQError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r} in {endpoint!r}: {e}") from None
+
+
+def resolve(host: str, port: int, *, passive: bool = False) -> tuple[socket.AddressFamily, tuple]:
+    """The address of ``host``: an IPv4 one when it has one (as libzmq, whose sockets are
+    IPv4 unless told otherwise: a libzmq peer given the same host name finds the same
+    address), else its first. Raises OSError (or UnicodeError for a name the resolver cannot
+    encode)."""
+    flags = socket.AI_PASSIVE if passive else 0
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
+    for family, _, _, _, address in infos:
+        if family == socket.AF_INET:
+            return family, address
     family, _, _, _, address = infos[0]
     return family, address
 

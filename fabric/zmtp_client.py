@@ -49,7 +49,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.reactor import Reactor, Timer
-from fabric.tcp_port import READS_PER_PASS, RECEIVE_BYTES, SEND_PIECES_MAX, Outbox
+from fabric.tcp_port import READS_PER_PASS, RECEIVE_BYTES, SEND_PIECES_MAX, Outbox, resolve
 from fabric.zmq_io import _size
 from fabric.zmtp import (GREETING, GREETING_BYTES, HANDSHAKE_BYTES_MAX, ProtocolViolation, _command,
                          _frame_header, _parse_ready, _property)
@@ -127,6 +127,7 @@ class ZmtpDealer:
         self._greeted = False
         self._buffer = bytearray(RECEIVE_BYTES)
         self._reconnect_ms = P.RECONNECT_IVL_MS
+        self._address: tuple | None = None  # (family, address) last resolved
         self._timer: Timer | None = None            # the reconnect
         self._handshake_timer: Timer | None = None  # while the handshake is under way
         self._resume: Timer | None = None           # parses what a raising handler left
@@ -182,15 +183,16 @@ class ZmtpDealer:
         self._timer = None
         if self._state == _CLOSED:
             return
+        if self._address is None:  # resolved once, and again after a connect to it failed
+            try:
+                self._address = resolve(self.host, self.port)
+            except (OSError, UnicodeError) as e:  # a name that does not resolve (yet), or that the
+                # resolver cannot even encode (a label over 63 bytes): tried again, as libzmq does
+                self.counters["resolve_failed"] += 1
+                self._retry_later(f"cannot resolve {self.endpoint}: {e}")
+                return
+        family, address = self._address
         try:
-            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as e:  # a name that does not resolve (yet), or that the
-            # resolver cannot even encode (a label over 63 bytes): tried again, as libzmq does
-            self.counters["resolve_failed"] += 1
-            self._retry_later(f"cannot resolve {self.endpoint}: {e}")
-            return
-        try:
-            family, _, _, _, address = infos[0]
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as e:  # out of descriptors: tried again
             self._retry_later(f"cannot connect to {self.endpoint}: {e}")
@@ -200,6 +202,7 @@ class ZmtpDealer:
         code = sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS):
             sock.close()
+            self._address = None
             self._retry_later(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
             return
         self._sock, self._fd = sock, sock.fileno()
@@ -211,6 +214,7 @@ class ZmtpDealer:
             assert self._sock is not None
             code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
+                self._address = None  # the name may point elsewhere by the next attempt
                 self._lost(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
                 return
             self._state = _HANDSHAKE

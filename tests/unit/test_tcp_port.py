@@ -325,3 +325,13 @@ def test_a_taken_port_is_eaddrinuse_and_leaves_no_descriptor(port: _Port) -> Non
     assert e.value.errno == errno.EADDRINUSE
     assert reactor._descriptors == {}
 
+
+
+def test_a_host_name_resolves_to_its_ipv4_address_first_as_libzmq_connects(monkeypatch: pytest.MonkeyPatch) -> None:
+    v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 5555, 0, 0))
+    v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 5555))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [v6, v4])
+    assert tcp_port.resolve("localhost", 5555) == (socket.AF_INET, ("127.0.0.1", 5555))
+    assert listen_address("tcp://localhost:5555") == (socket.AF_INET, ("127.0.0.1", 5555))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [v6])
+    assert tcp_port.resolve("localhost", 5555) == (socket.AF_INET6, ("::1", 5555, 0, 0))  # IPv6 only: that one
