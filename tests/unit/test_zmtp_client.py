@@ -163,6 +163,20 @@ class _RawServer:
                 pass
         return got
 
+    def read_until(self, client: _Client, condition) -> bytes:  # noqa: ANN001
+        """Run the dealer's reactor and read what it sends until ``condition(bytes so far)``."""
+        conn = self.conn
+        conn.setblocking(False)
+        got = bytearray()
+
+        def read() -> None:
+            try:
+                got.extend(conn.recv(4096))
+            except BlockingIOError:
+                pass
+        client.run_until(lambda: condition(bytes(got)), also=read)
+        return bytes(got)
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -222,14 +236,7 @@ def test_a_ping_is_answered_with_its_context() -> None:
         client.run_until(lambda: client.dealer.connected)
         server.conn.sendall(_command(b"\x04PING" + struct.pack(">H", 0) + b"ctx"))
         pong = _command(b"\x04PONG" + b"ctx")
-        got = bytearray()
-
-        def read() -> None:
-            try:
-                got.extend(server.conn.recv(4096))
-            except BlockingIOError:
-                pass
-        client.run_until(lambda: pong in got, also=read)
+        server.read_until(client, lambda got: pong in got)
     finally:
         client.dealer.close()
         server.close()

@@ -73,16 +73,7 @@ def test_a_server_that_never_completes_the_handshake_is_dropped_and_connected_to
         first.close()
         server.handshake(client)  # this one completes: the waiting message goes out on it
         client.run_until(lambda: client.dealer.connected)
-        conn = server.conn
-        conn.setblocking(False)
-        got = bytearray()
-
-        def read() -> None:
-            try:
-                got.extend(conn.recv(4096))
-            except BlockingIOError:
-                pass
-        client.run_until(lambda: b"waits" in got, also=read)
+        server.read_until(client, lambda got: b"waits" in got)
     finally:
         client.dealer.close()
         server.close()
