@@ -27,6 +27,11 @@ Messages handed to the kernel and not yet on the wire when a connection is lost 
 it (a libzmq DEALER loses those in its encoder too): the request's timeout answers it, and a
 one-way message is repeated by its sender's own cadence (a replica's acknowledgement).
 
+A host name is resolved on the reactor thread (an IPv4 address first, as libzmq's sockets):
+once, and again only after a connect to that address failed. libzmq resolved on its I/O
+thread; here a slow resolver stalls the reactor for as long as it takes -- nodes named by IP
+address (as ``make up``'s configuration names them) never ask it.
+
 ``on_message(frames)`` gets each whole message as a list of ``bytes``.
 
 A reply handler that raises (an operating error that a client's reactor hands to its caller,
