@@ -58,7 +58,7 @@ HOPS = (
     ("client", "producer.queued", "client app thread: send() queues the record", "work"),
     ("client", "sender.pass", "client app thread wakes the I/O thread, which runs", "hop"),
     ("client", "sender.request", "client I/O thread: takes the batch, builds and sends the request", "work"),
-    ("leader", "port.chunk", "wire client -> leader: libzmq I/O threads, the leader's reactor wakes", "hop"),
+    ("leader", "port.chunk", "wire client -> leader (TCP, no I/O thread at either end), the leader's reactor wakes", "hop"),
     ("leader", "produce.request", "leader: ZMTP framing, request decoding", "work"),
     ("leader", "produce.append", "leader: produce decoding, the rest of the drain, group commit", "work"),
     ("leader", "produce.appended", "leader: validate and write the batch", "work"),
