@@ -95,6 +95,52 @@ class ProtocolViolation(FabricError):
     """The peer does not speak ZMTP 3 as a DEALER would: it is disconnected."""
 
 
+def greeting_at(buf: bytearray, pos: int) -> bool:
+    """Whether a whole ZMTP 3 greeting with the NULL mechanism is at ``pos`` (False: not all
+    of it yet). Raises ProtocolViolation as soon as the bytes there cannot be one."""
+    avail = len(buf) - pos
+    if avail >= 1 and buf[pos] != _SIGNATURE_FIRST:
+        raise ProtocolViolation("not a ZMTP greeting")
+    if avail >= 11 and ((buf[pos + 9] & 1) != 1 or buf[pos + 10] < 3):
+        raise ProtocolViolation(f"not a ZMTP 3 greeting (version {buf[pos + 10]})")
+    if avail < GREETING_BYTES:
+        return False
+    if bytes(buf[pos + 12:pos + 32]).rstrip(b"\0") != b"NULL":
+        raise ProtocolViolation("only the NULL security mechanism is spoken")
+    return True
+
+
+def frame_header_at(buf: bytearray, pos: int) -> tuple[int, int, int] | None:
+    """(flags, body size, header bytes) of the frame at ``pos``; None until its header is whole."""
+    avail = len(buf) - pos
+    if avail < 2:
+        return None
+    flags = buf[pos]
+    if flags & _FLAG_LONG:
+        if avail < 9:
+            return None
+        return flags, struct.unpack_from(">Q", buf, pos + 1)[0], 9
+    return flags, buf[pos + 1], 2
+
+
+def next_unit(buf: bytearray, pos: int, greeted: bool, limit: Callable[[int], int]) -> tuple[int, bytes, int] | None:
+    """The greeting (until ``greeted``), else the next frame at ``pos``, when whole: (flags, body,
+    bytes used) -- flags -1 and no body for the greeting; None until it is whole. A frame over
+    ``limit(flags)`` bytes is a ProtocolViolation as soon as its header is read."""
+    if not greeted:
+        return (-1, b"", GREETING_BYTES) if greeting_at(buf, pos) else None
+    header = frame_header_at(buf, pos)
+    if header is None:
+        return None
+    flags, size, head = header
+    if size > limit(flags):
+        raise ProtocolViolation(f"a frame of {size} bytes (at most {limit(flags)})")
+    if len(buf) - pos < head + size:
+        return None
+    with memoryview(buf) as view:  # released before the buffer shrinks
+        return flags, bytes(view[pos + head:pos + head + size]), head + size
+
+
 def _parse_ready(body: bytes) -> dict[bytes, bytes]:
     """The metadata of a READY command body. Raises ProtocolViolation."""
     if body[:6] != b"\x05READY":
@@ -300,30 +346,16 @@ class ZmtpServer:
 
     def _parse_one(self, conn: _Connection, buf: bytearray, pos: int) -> int:
         """Parse one unit (greeting, command or frame) at ``pos``: bytes used, 0 for "need more"."""
-        avail = len(buf) - pos
         if not conn.greeted:
-            if avail >= 1 and buf[pos] != _SIGNATURE_FIRST:
-                raise ProtocolViolation("not a ZMTP greeting")
-            if avail >= 11 and (buf[pos + 9] & 1) != 1:
-                raise ProtocolViolation("not a ZMTP 3 greeting")
-            if avail >= 11 and buf[pos + 10] < 3:
-                raise ProtocolViolation(f"ZMTP {buf[pos + 10]} is too old (3 needed)")
-            if avail < GREETING_BYTES:
+            if not greeting_at(buf, pos):
                 return 0
-            if bytes(buf[pos + 12:pos + 32]).rstrip(b"\0") != b"NULL":
-                raise ProtocolViolation("only the NULL security mechanism is served")
             conn.greeted = True
             return GREETING_BYTES
-        if avail < 2:
+        header = frame_header_at(buf, pos)
+        if header is None:
             return 0
-        flags = buf[pos]
-        if flags & _FLAG_LONG:
-            if avail < 9:
-                return 0
-            (size,) = struct.unpack_from(">Q", buf, pos + 1)
-            head = 9
-        else:
-            size, head = buf[pos + 1], 2
+        flags, size, head = header
+        avail = len(buf) - pos
         if flags & _FLAG_COMMAND:
             limit = COMMAND_BYTES_MAX if conn.ready else HANDSHAKE_BYTES_MAX
             if size > limit or flags & _FLAG_MORE:

@@ -46,18 +46,18 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import struct
 from collections import Counter, deque
 from typing import Callable
 
 import zmq
 
 from fabric import protocol as P
+from fabric.buffers import OwnedFrame
 from fabric.reactor import Reactor, Timer
 from fabric.tcp_port import READS_PER_PASS, RECEIVE_BYTES, SEND_PIECES_MAX, Outbox, resolve
 from fabric.zmq_io import _size
-from fabric.zmtp import (GREETING, GREETING_BYTES, HANDSHAKE_BYTES_MAX, ProtocolViolation, _command,
-                         _frame_header, _parse_ready, _property)
+from fabric.zmtp import (GREETING, HANDSHAKE_BYTES_MAX, ProtocolViolation, _command,
+                         _frame_header, _parse_ready, _property, frame_header_at, next_unit)
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,15 @@ _FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
 _POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 _PEER_SOCKET_TYPES = (b"ROUTER",)
 JOIN_BYTES_MAX = 64 * 1024  # frames up to this size are joined with their headers into one piece
+DIRECT_BYTES_MIN = 256 * 1024  # a frame this large is read straight into a buffer of its own
 HANDSHAKE_IVL_MS = 30_000   # libzmq's ZMQ_HANDSHAKE_IVL default
 
 _IDLE, _CONNECTING, _HANDSHAKE, _READY, _CLOSED = range(5)
+
+
+def _input_limit(flags: int) -> int:
+    """The largest frame a dealer takes: libzmq's ZMQ_MAXMSGSIZE on Loom's sockets."""
+    return HANDSHAKE_BYTES_MAX if flags & _FLAG_COMMAND else P.REQUEST_BYTES_MAX
 
 
 def connect_address(endpoint: str) -> tuple[str, int]:
@@ -128,6 +134,10 @@ class ZmtpDealer:
         self._outbox = Outbox()
         self._waiting: deque[tuple[list, list[int]]] = deque()  # messages sent before the handshake
         self._in = bytearray()        # bytes received and not yet parsed
+        # a large frame whose body is read straight into a buffer of its own (no copy after)
+        self._body: OwnedFrame | None = None
+        self._body_at = 0
+        self._body_flags = 0
         self._frames: list[bytes] = []  # the message being received
         self._greeted = False
         self._buffer = bytearray(RECEIVE_BYTES)
@@ -248,8 +258,15 @@ class ZmtpDealer:
             sock = self._sock
             if sock is None:
                 return  # lost while a message was handled
+            body = self._body
             try:
-                n = sock.recv_into(buffer)
+                if body is not None:  # the rest of a large frame: straight into its buffer
+                    with memoryview(body) as view:
+                        n = sock.recv_into(view[self._body_at:])
+                    wanted = len(body) - self._body_at
+                else:
+                    n = sock.recv_into(buffer)
+                    wanted = RECEIVE_BYTES
             except BlockingIOError:
                 return
             except OSError as e:
@@ -258,70 +275,80 @@ class ZmtpDealer:
             if not n:
                 self._lost("closed by the peer")
                 return
-            self._in += memoryview(buffer)[:n]
             try:
-                self._parse()
+                if body is not None:
+                    self._body_at += n
+                    if self._body_at == len(body):
+                        self._body = None
+                        self._frame(body, self._body_flags)
+                else:
+                    self._in += memoryview(buffer)[:n]
+                    self._parse()
             except ProtocolViolation as e:
                 self.counters["protocol_violations"] += 1
                 self._lost(f"protocol violation: {e}")
                 return
-            if n < RECEIVE_BYTES:
-                return
+            if n < wanted:
+                return  # the kernel had no more for now
 
     def _parse(self) -> None:
         buf = self._in
         pos = 0
         try:
             while self._sock is not None:
-                avail = len(buf) - pos
-                if not self._greeted:
-                    if avail >= 1 and buf[pos] != 0xFF:
-                        raise ProtocolViolation("not a ZMTP greeting")
-                    if avail >= 11 and (not buf[pos + 9] & 1 or buf[pos + 10] < 3):
-                        raise ProtocolViolation("not a ZMTP 3 greeting")
-                    if avail < GREETING_BYTES:
-                        return
-                    if bytes(buf[pos + 12:pos + 32]).rstrip(b"\0") != b"NULL":
-                        raise ProtocolViolation("only the NULL security mechanism is spoken")
+                if self._state == _READY and len(buf) - pos >= 9 and buf[pos] & _FLAG_LONG \
+                        and self._large_frame_starts(buf, pos):
+                    pos = len(buf)  # all of it is in the frame's own buffer now
+                    return
+                unit = next_unit(buf, pos, self._greeted, _input_limit)
+                if unit is None:
+                    return
+                flags, body, used = unit
+                pos += used
+                if flags < 0:
                     self._greeted = True
-                    pos += GREETING_BYTES
                     continue
-                if avail < 2:
-                    return
-                flags = buf[pos]
-                if flags & _FLAG_LONG:
-                    if avail < 9:
-                        return
-                    (size,) = struct.unpack_from(">Q", buf, pos + 1)
-                    head = 9
-                else:
-                    size, head = buf[pos + 1], 2
-                limit = HANDSHAKE_BYTES_MAX if flags & _FLAG_COMMAND else P.REQUEST_BYTES_MAX
-                if size > limit:
-                    raise ProtocolViolation(f"a frame of {size} bytes (at most {limit})")
-                if avail < head + size:
-                    return
-                with memoryview(buf) as view:  # released before the buffer shrinks
-                    body = bytes(view[pos + head:pos + head + size])
-                pos += head + size
                 if flags & _FLAG_COMMAND:
                     self._on_command(body)
                     continue
                 if self._state != _READY:
                     raise ProtocolViolation("a message before the READY handshake")
-                self._frames.append(body)
-                if len(self._frames) > P.FRAMES_MAX:
-                    raise ProtocolViolation(f"a message of more than {P.FRAMES_MAX} frames")
-                if not flags & _FLAG_MORE:
-                    frames, self._frames = self._frames, []
-                    try:
-                        self.on_message(frames)
-                    except BaseException:  # the rest of what was read is parsed on the next pass
-                        self._resume_later()
-                        raise
+                self._frame(body, flags)
         finally:
             if self._sock is not None:
                 del buf[:pos]
+
+    def _large_frame_starts(self, buf: bytearray, pos: int) -> bool:
+        """A message frame of at least ``DIRECT_BYTES_MIN`` bytes whose body has not all
+        arrived: what is here goes into a buffer of its own, and the rest is read into it
+        (``_read``). The frame is handed on as that ``OwnedFrame``."""
+        header = frame_header_at(buf, pos)
+        if header is None:
+            return False
+        flags, size, head = header
+        if flags & _FLAG_COMMAND or size < DIRECT_BYTES_MIN or len(buf) - pos >= head + size:
+            return False
+        if size > P.REQUEST_BYTES_MAX:
+            raise ProtocolViolation(f"a frame of {size} bytes (at most {P.REQUEST_BYTES_MAX})")
+        body = OwnedFrame(size)
+        have = len(buf) - pos - head
+        with memoryview(buf) as view:  # released before the buffer shrinks
+            body[:have] = view[pos + head:]
+        self._body, self._body_at, self._body_flags = body, have, flags
+        return True
+
+    def _frame(self, body: bytes | OwnedFrame, flags: int) -> None:
+        """One frame of a message; the message is handed on at its last."""
+        self._frames.append(body)
+        if len(self._frames) > P.FRAMES_MAX:
+            raise ProtocolViolation(f"a message of more than {P.FRAMES_MAX} frames")
+        if not flags & _FLAG_MORE:
+            frames, self._frames = self._frames, []
+            try:
+                self.on_message(frames)
+            except BaseException:  # the rest of what was read is parsed on the next pass
+                self._resume_later()
+                raise
 
     def _on_command(self, body: bytes) -> None:
         if self._state == _HANDSHAKE:
@@ -381,6 +408,7 @@ class ZmtpDealer:
         self._queued_ends.clear()
         self._queued_total = self._flushed_total = 0
         self._in = bytearray()
+        self._body = None
         self._frames = []
         self._greeted = False
         if self._state != _CLOSED:

@@ -265,3 +265,40 @@ def test_small_frames_are_joined_with_their_headers_and_a_large_one_goes_as_it_i
     assert sizes == [len(p) for p in pieces]
     with pytest.raises(TypeError):
         encode_message([b"", object()])
+
+
+def test_a_large_frame_is_read_into_its_own_buffer_intact_however_the_stream_is_cut() -> None:
+    """Frames of at least DIRECT_BYTES_MIN whose body has not all arrived go straight into a
+    buffer of their own (an OwnedFrame, no copy after); whatever follows them in a read -- the
+    next frames, the next messages -- is parsed as before."""
+    import random
+
+    from fabric.buffers import OwnedFrame
+    rng = random.Random(7)
+    big = zmtp_client.DIRECT_BYTES_MIN
+    sent = []
+    for i in range(12):
+        sizes = [0, rng.choice([5, 300, big - 1, big, big + 1, 3 * big + 11]), rng.choice([0, 9, big + 5])]
+        sent.append([bytes([(i + k) % 251]) * n for k, n in enumerate(sizes)])
+    stream = b"".join(_frame_header(len(f), more=j < len(m) - 1) + f for m in sent for j, f in enumerate(m))
+    server = _RawServer()
+    client = _Client(server.port)
+    try:
+        server.handshake(client)
+        client.run_until(lambda: client.dealer.connected)
+        conn = server.conn
+        conn.setblocking(True)
+        pos = 0
+        while pos < len(stream):  # cut at random places, the dealer reading between the pieces
+            n = rng.choice([1, 7, 1000, 65_536, big, 2 * big])
+            conn.sendall(stream[pos:pos + n])
+            pos += n
+            client.reactor.run_once(0)
+        client.run_until(lambda: len(client.got) == len(sent))
+        assert client.got == sent
+        kinds = [type(f) for message in client.got for f in message]
+        assert set(kinds) <= {bytes, OwnedFrame} and OwnedFrame in kinds  # the direct path was taken
+        assert all(type(f) is bytes for message in client.got for f in message if len(f) < big)
+    finally:
+        client.dealer.close()
+        server.close()
