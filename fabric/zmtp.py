@@ -123,6 +123,42 @@ def frame_header_at(buf: bytearray, pos: int) -> tuple[int, int, int] | None:
     return flags, buf[pos + 1], 2
 
 
+def encode_frames(frames: list, join_bytes_max: int) -> tuple[list, list[int]]:
+    """ZMTP frames of one message as pieces for ``sendmsg`` and their sizes: the frame headers
+    joined with the frames of at most ``join_bytes_max`` bytes, a larger frame handed on as it
+    is (zero-copy: joining it would copy megabytes once more). A frame that is not a contiguous
+    buffer raises before anything is sent."""
+    pieces: list = []
+    sizes: list[int] = []
+    parts: list = []
+    joined = 0
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        n = _size(f)
+        head = _frame_header(n, more=i < last)
+        if n <= join_bytes_max:
+            parts += (head, f)
+            joined += len(head) + n
+            continue
+        parts.append(head)
+        pieces.append(b"".join(parts))
+        sizes.append(joined + len(head))
+        pieces.append(f)
+        sizes.append(n)
+        parts, joined = [], 0
+    if parts:
+        pieces.append(b"".join(parts))
+        sizes.append(joined)
+    return pieces, sizes
+
+
+def pong_for(body: bytes) -> bytes | None:
+    """The PONG answering a ZMTP 3.1 PING command (with its context), None for another command."""
+    if body[:5] == b"\x04PING" and len(body) >= 7:
+        return _command(b"\x04PONG" + body[7:])
+    return None
+
+
 def next_unit(buf: bytearray, pos: int, greeted: bool, limit: Callable[[int], int]) -> tuple[int, bytes, int] | None:
     """The greeting (until ``greeted``), else the next frame at ``pos``, when whole: (flags, body,
     bytes used) -- flags -1 and no body for the greeting; None until it is whole. A frame over
@@ -457,8 +493,9 @@ class ZmtpServer:
             conn.ready = True
             self._write(conn, [READY], handshake=True)
             return
-        if body[:5] == b"\x04PING" and len(body) >= 7:  # ZMTP 3.1 heartbeat: answer with its context
-            self._write(conn, [_command(b"\x04PONG" + body[7:])])
+        pong = pong_for(body)
+        if pong is not None:
+            self._write(conn, [pong])
 
     def _identity_for(self, conn: _Connection, announced: bytes) -> bytes:
         """The peer's own identity when it set one that no live peer uses, as ROUTER does;
@@ -478,22 +515,7 @@ class ZmtpServer:
         if conn is None:
             self.counters["reply_dropped_gone"] += 1
             return
-        body = frames[1:]
-        pieces: list = []  # handed to the kernel as they are
-        parts: list = []   # small pieces, joined into one
-        last = len(body) - 1
-        for i, f in enumerate(body):
-            size = _size(f)  # a bad frame raises here, before anything is sent
-            parts.append(_frame_header(size, more=i < last))
-            if size < P.REPLY_ZERO_COPY_BYTES_MIN:
-                parts.append(f)
-                continue
-            # a large frame (a fetch's batches) goes out as it is: joining it with the rest
-            # would copy megabytes once more
-            pieces += [b"".join(parts), f]
-            parts = []
-        if parts:
-            pieces.append(b"".join(parts))
+        pieces, _ = encode_frames(frames[1:], P.REPLY_ZERO_COPY_BYTES_MIN - 1)  # a bad frame raises here
         self._write(conn, pieces)
 
     def _write(self, conn: _Connection, pieces: list, *, handshake: bool = False) -> bool:

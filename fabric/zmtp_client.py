@@ -55,9 +55,8 @@ from fabric import protocol as P
 from fabric.buffers import OwnedFrame
 from fabric.reactor import Reactor, Timer
 from fabric.tcp_port import READS_PER_PASS, RECEIVE_BYTES, SEND_PIECES_MAX, Outbox, resolve
-from fabric.zmq_io import _size
 from fabric.zmtp import (GREETING, HANDSHAKE_BYTES_MAX, ProtocolViolation, _command,
-                         _frame_header, _parse_ready, _property, frame_header_at, next_unit)
+                         _parse_ready, _property, encode_frames, frame_header_at, next_unit, pong_for)
 
 log = logging.getLogger(__name__)
 
@@ -89,31 +88,8 @@ def connect_address(endpoint: str) -> tuple[str, int]:
 
 
 def encode_message(frames: list) -> tuple[list, list[int]]:
-    """ZMTP frames of one message as pieces for ``sendmsg`` (headers joined with the small
-    frames, a large frame as it is) and their sizes. A frame that is not a contiguous buffer
-    raises before anything is sent."""
-    pieces: list = []
-    sizes: list[int] = []
-    parts: list = []
-    joined = 0
-    last = len(frames) - 1
-    for i, f in enumerate(frames):
-        n = _size(f)
-        head = _frame_header(n, more=i < last)
-        if n <= JOIN_BYTES_MAX:
-            parts += (head, f)
-            joined += len(head) + n
-            continue
-        parts.append(head)
-        pieces.append(b"".join(parts))
-        sizes.append(joined + len(head))
-        pieces.append(f)
-        sizes.append(n)
-        parts, joined = [], 0
-    if parts:
-        pieces.append(b"".join(parts))
-        sizes.append(joined)
-    return pieces, sizes
+    """``fabric.zmtp.encode_frames`` with a dealer's join bound (``JOIN_BYTES_MAX``)."""
+    return encode_frames(frames, JOIN_BYTES_MAX)
 
 
 class ZmtpDealer:
@@ -363,8 +339,8 @@ class ZmtpDealer:
             while self._waiting and self._state == _READY:  # a failed send ends the connection:
                 self._write(*self._waiting.popleft())      # the rest wait for the next one
             return
-        if body[:5] == b"\x04PING" and len(body) >= 7:  # ZMTP 3.1 heartbeat: answer with its context
-            pong = _command(b"\x04PONG" + body[7:])
+        pong = pong_for(body)
+        if pong is not None:
             self._write([pong], [len(pong)])
 
     def _handshake_expired(self) -> None:
