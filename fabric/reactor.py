@@ -17,7 +17,6 @@ Thread-safety: a Reactor and the sockets it owns belong to the thread that runs 
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 from typing import Callable
 
@@ -80,7 +79,7 @@ class Reactor:
         self._wakers: dict[int, tuple[Waker, Callable[[], None]]] = {}  # by descriptor
         self._descriptors: dict[int, DescriptorHandler] = {}  # plain descriptors (TCP sockets)
         self._timers: list[tuple[int, int, Timer]] = []
-        self._seq = itertools.count()
+        self._pushed = 0  # timers ever pushed: each one's place among equal deadlines
         self._cancelled_in_heap = 0
         self._after_pass: list[Callable[[], None]] = []
         self._stopped = False
@@ -157,7 +156,8 @@ class Reactor:
     def _push(self, t: Timer) -> Timer:
         assert self.timers_live < P.TIMERS_MAX, "timer table full"
         t._reactor = self
-        heapq.heappush(self._timers, (t.deadline_ms, next(self._seq), t))
+        self._pushed += 1
+        heapq.heappush(self._timers, (t.deadline_ms, self._pushed, t))
         return t
 
     def _pop(self) -> Timer:
@@ -265,8 +265,12 @@ class Reactor:
             log.exception("handler %r failed", handler)
 
     def _run_timers(self) -> None:
+        """The timers due, each once: one set (or re-armed) while they run waits for the next
+        pass, so that a handler which hands the rest of its work to ``call_later(0)`` lets the
+        sockets be polled in between."""
         now = self.clock.now_ms()
-        while self._timers and self._timers[0][0] <= now:
+        pushed_before = self._pushed
+        while self._timers and self._timers[0][0] <= now and self._timers[0][1] <= pushed_before:
             t = self._pop()
             if t.cancelled:
                 continue

@@ -46,6 +46,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sys
 from collections import Counter, deque
 from typing import Callable
 
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 
 _FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
 _POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
-_PEER_SOCKET_TYPES = (b"ROUTER",)
 JOIN_BYTES_MAX = 64 * 1024  # frames up to this size are joined with their headers into one piece
 DIRECT_BYTES_MIN = 256 * 1024  # a frame this large is read straight into a buffer of its own
 HANDSHAKE_IVL_MS = 30_000   # libzmq's ZMQ_HANDSHAKE_IVL default
@@ -93,8 +93,17 @@ def encode_message(frames: list) -> tuple[list, list[int]]:
 
 
 class ZmtpDealer:
+    """``messages_per_pass``: at most this many messages handed on per reactor pass (the rest
+    of what was read waits for the next one, and nothing more is read meanwhile), as a libzmq
+    socket's ``Reactor.add_socket(messages_max=...)``; None: all that arrived.
+    ``reconnect_ivl_max_ms``: the reconnect backoff's cap (libzmq's ``ZMQ_RECONNECT_IVL_MAX``)."""
+
+    SOCKET_TYPE = b"DEALER"
+    PEER_SOCKET_TYPES: tuple[bytes, ...] = (b"ROUTER",)
+
     def __init__(self, reactor: Reactor, endpoint: str, on_message: Callable[[list[bytes]], None], *,
-                 identity: bytes | None = None, counters: Counter[str] | None = None) -> None:
+                 identity: bytes | None = None, counters: Counter[str] | None = None,
+                 messages_per_pass: int | None = None, reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
         self.on_message = on_message
@@ -102,7 +111,7 @@ class ZmtpDealer:
         self.host, self.port = connect_address(endpoint)
         if identity is not None and not 0 < len(identity) <= 255:
             raise ValueError("a ZMTP identity is 1 to 255 bytes")
-        ready = _property(b"Socket-Type", b"DEALER") + (_property(b"Identity", identity) if identity else b"")
+        ready = _property(b"Socket-Type", self.SOCKET_TYPE) + (_property(b"Identity", identity) if identity else b"")
         self._hello = GREETING + _command(b"\x05READY" + ready)
         self._state = _IDLE
         self._sock: socket.socket | None = None
@@ -118,6 +127,9 @@ class ZmtpDealer:
         self._greeted = False
         self._buffer = bytearray(RECEIVE_BYTES)
         self._reconnect_ms = P.RECONNECT_IVL_MS
+        self._reconnect_max_ms = reconnect_ivl_max_ms
+        self._messages_per_pass = messages_per_pass if messages_per_pass is not None else sys.maxsize
+        self._budget = self._messages_per_pass  # messages still to hand on in this pass
         self._address: tuple | None = None  # (family, address) last resolved
         self._timer: Timer | None = None            # the reconnect
         self._handshake_timer: Timer | None = None  # while the handshake is under way
@@ -226,14 +238,21 @@ class ZmtpDealer:
             if not self._outbox.bytes:
                 self.reactor.modify_descriptor(self._fd, _POLLIN)
         if ready & (_POLLIN | _POLLERR):
+            self._budget = self._messages_per_pass
             self._read()
 
     def _read(self) -> None:
+        if self._resume is not None:  # what an earlier pass left unparsed goes first
+            self._resume.cancel()
+            self._resume = None
+            self._parse_or_drop()
         buffer = self._buffer
         for _ in range(READS_PER_PASS):
             sock = self._sock
             if sock is None:
                 return  # lost while a message was handled
+            if self._budget <= 0:
+                return  # this pass's messages are handed on: the kernel holds the rest
             body = self._body
             try:
                 if body is not None:  # the rest of a large frame: straight into its buffer
@@ -272,6 +291,10 @@ class ZmtpDealer:
         pos = 0
         try:
             while self._sock is not None:
+                if self._budget <= 0:
+                    if pos < len(buf):
+                        self._resume_later()  # the rest on the next pass
+                    return
                 if self._state == _READY and len(buf) - pos >= 9 and buf[pos] & _FLAG_LONG \
                         and self._large_frame_starts(buf, pos):
                     pos = len(buf)  # all of it is in the frame's own buffer now
@@ -320,6 +343,7 @@ class ZmtpDealer:
             raise ProtocolViolation(f"a message of more than {P.FRAMES_MAX} frames")
         if not flags & _FLAG_MORE:
             frames, self._frames = self._frames, []
+            self._budget -= 1
             try:
                 self.on_message(frames)
             except BaseException:  # the rest of what was read is parsed on the next pass
@@ -329,19 +353,24 @@ class ZmtpDealer:
     def _on_command(self, body: bytes) -> None:
         if self._state == _HANDSHAKE:
             props = _parse_ready(body)
-            if props.get(b"socket-type") not in _PEER_SOCKET_TYPES:
-                raise ProtocolViolation(f"socket type {props.get(b'socket-type')!r} cannot answer a DEALER")
+            peer_type = props.get(b"socket-type")
+            if peer_type not in self.PEER_SOCKET_TYPES:
+                raise ProtocolViolation(f"socket type {peer_type!r} cannot answer a {self.SOCKET_TYPE.decode()}")
             self._state = _READY
             self._reconnect_ms = P.RECONNECT_IVL_MS
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
                 self._handshake_timer = None
-            while self._waiting and self._state == _READY:  # a failed send ends the connection:
-                self._write(*self._waiting.popleft())      # the rest wait for the next one
+            self._handshake_done()
             return
         pong = pong_for(body)
         if pong is not None:
             self._write([pong], [len(pong)])
+
+    def _handshake_done(self) -> None:
+        """The peer's READY was accepted: what waited for the connection goes out."""
+        while self._waiting and self._state == _READY:  # a failed send ends the connection:
+            self._write(*self._waiting.popleft())      # the rest wait for the next one
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
@@ -355,6 +384,10 @@ class ZmtpDealer:
 
     def _resume_parse(self) -> None:
         self._resume = None
+        self._budget = self._messages_per_pass
+        self._parse_or_drop()
+
+    def _parse_or_drop(self) -> None:
         if self._sock is None:
             return
         try:
@@ -394,7 +427,7 @@ class ZmtpDealer:
         if self._state == _CLOSED or self._timer is not None:
             return
         self._timer = self.reactor.call_later(self._reconnect_ms, self._connect)
-        self._reconnect_ms = min(2 * self._reconnect_ms, P.RECONNECT_IVL_MAX_MS)
+        self._reconnect_ms = min(2 * self._reconnect_ms, self._reconnect_max_ms)
 
     def close(self) -> None:
         """Close now: nothing waiting is sent, nothing more is received."""

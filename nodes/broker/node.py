@@ -26,9 +26,9 @@ from fabric import wire
 from fabric.config import LoomConfig
 from fabric.errors import MalformedFrame, RemoteError
 from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, PartitionInfo
-from fabric.reactor import zero_copy_receive
 from fabric.rpc import RpcClient, make_socket
 from fabric.stall import StallWatch
+from fabric.zmtp_sub import ZmtpSubscriber
 from nodes.base import Node
 from nodes.broker.core import BrokerCore
 from nodes.broker.fetcher import FetchSettings, LeaderEndpoint, ReplicaFetcher
@@ -84,17 +84,15 @@ class Broker(Node):
         if self.pubsub:
             self.core.on_moved = self.repl_pub.note_moved  # before any partition is opened
             self.reactor.call_every(REPLICA_HEARTBEAT_INTERVAL_MS, self.repl_pub.heartbeat)
-        repl_sock = make_socket(self.ctx, zmq.SUB)
-        # a new leader's stream should start flowing within a heartbeat, not a backoff cap
-        repl_sock.setsockopt(zmq.RECONNECT_IVL_MAX, config.liveness.heartbeat_interval_ms)
         self.fetchers: dict[int, ReplicaFetcher] = {}
+        # read by the reactor thread itself (no libzmq I/O thread to wake per message); a new
+        # leader's stream should start flowing within a heartbeat, not a backoff cap
+        repl_sock = ZmtpSubscriber(self.reactor, messages_per_pass=P.REPLICATION_DRAIN_MESSAGES_MAX,
+                                   reconnect_ivl_max_ms=config.liveness.heartbeat_interval_ms)
         self.repl_sub = ReplicationSubscriber(repl_sock, self.partitions, self.fetchers.get,
                                               is_other_topic_id=self.core.is_other_topic_id, blocked=self.faults.blocks,
                                               on_appended=self.core.follower_appended, counters=self.counters)
-        # replicated batches arrive as views onto libzmq's messages (no copy); the follower
-        # writes them and keeps none of them (fabric/buffers.py)
-        self.reactor.add_socket(repl_sock, self.repl_sub.on_message, messages_max=P.REPLICATION_DRAIN_MESSAGES_MAX,
-                                receive=zero_copy_receive(P.ZERO_COPY_RECV_BYTES_MIN))
+        repl_sock.on_message = self.repl_sub.on_message
         self.sub = make_socket(self.ctx, zmq.SUB)
         self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, config.liveness.heartbeat_interval_ms)
         self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)
@@ -359,6 +357,7 @@ class Broker(Node):
         return {"broker_id": self.broker_id, "engine": self.storage.engine, "partitions": parts,
                 "parked": self.handlers.parking.size, "metadata_version": self.metadata.version,
                 "fetchers": [f.stats() for f in self.fetchers.values()],
+                "replication_stream": dict(self.repl_sub.sock.counters),  # its connections' counts
                 "disk": _disk_usage(self.data_dir), "cluster_id": self.guard.cluster_id,
                 "metadata_refused": self.guard.last_refusal, "strays": len(self.dirs.strays),
                 "stray_partitions": sorted(self.dirs.strays)[:STRAYS_SHOWN_MAX],
@@ -367,8 +366,7 @@ class Broker(Node):
     def close(self) -> None:
         for f in self.fetchers.values():
             f.close()
-        self.reactor.remove_socket(self.repl_sub.sock)
-        self.repl_sub.sock.close(0)
+        self.repl_sub.sock.close()
         self.core.close()
         self._persist_identity()
         self.coordinator.close()

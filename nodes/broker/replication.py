@@ -12,7 +12,7 @@ since the last heartbeat (``note_moved``, which each partition calls when its in
 sees a new position) and, after the set of led partitions changed, at all of them; it sends
 what looking at every led partition would send, in the same order.
 
-Follower side: a SUB socket subscribed to the prefixes of the partitions it follows on each
+Follower side: a SUB (``fabric.zmtp_sub``, read by the reactor thread itself) subscribed to the prefixes of the partitions it follows on each
 leader. A batch that continues the log is appended at once and acknowledged to the leader with
 a one-way REPLICA_ACK carrying the new LEO (which advances the leader's high watermark). A
 batch past the log end is a gap, and a heartbeat showing a LEO beyond ours means something was
@@ -34,8 +34,6 @@ import logging
 from collections import Counter
 from typing import Any, Callable, Mapping
 
-import zmq
-
 from engines import batch as B
 from engines.api import EngineError
 from fabric import protocol as P
@@ -43,6 +41,7 @@ from fabric import wire
 from fabric.clock import Clock
 from fabric.errors import MalformedFrame
 from fabric.hoptrace import mark
+from fabric.zmtp_sub import ZmtpSubscriber
 from nodes.broker.fetcher import ReplicaFetcher
 from nodes.broker.messages import TopicPartition
 from nodes.broker.partition import LEADER, Partition
@@ -122,13 +121,13 @@ class ReplicationPublisher:
 
 
 class ReplicationSubscriber:
-    """Follower side: one SUB socket, connected to every leader we follow."""
+    """Follower side: one subscriber, connected to every leader we follow."""
 
-    def __init__(self, sock: Any, partitions: Mapping[TopicPartition, Partition],
+    def __init__(self, sock: ZmtpSubscriber, partitions: Mapping[TopicPartition, Partition],
                  fetcher_for: Callable[[int], ReplicaFetcher | None], *,
                  is_other_topic_id: Callable[[TopicPartition, str], bool], blocked: Callable[[str], bool],
                  on_appended: Callable[[Partition], None], counters: Counter | None = None) -> None:
-        """``sock``: the SUB socket (its messages go to ``on_message``); ``partitions``: the
+        """``sock``: the subscriber (its messages go to ``on_message``); ``partitions``: the
         broker's live table; ``fetcher_for(leader_id)``: the fetcher of that leader, if any;
         ``blocked(node)``: fault injection drops that sender; ``on_appended(part)``: a
         follower's log grew from the stream."""
@@ -162,9 +161,9 @@ class ReplicationSubscriber:
         if wanted_topics:
             wanted_topics.add(P.REPLICA_HEARTBEAT_TOPIC)
         for t in wanted_topics - self._subscribed:
-            self.sock.setsockopt(zmq.SUBSCRIBE, t)
+            self.sock.subscribe(t)
         for t in self._subscribed - wanted_topics:
-            self.sock.setsockopt(zmq.UNSUBSCRIBE, t)
+            self.sock.unsubscribe(t)
         self._connected, self._subscribed = wanted_eps, wanted_topics
 
     def on_message(self, frames: list[bytes]) -> None:
