@@ -96,7 +96,9 @@ class ZmtpDealer:
     """``messages_per_pass``: at most this many messages handed on per reactor pass (the rest
     of what was read waits for the next one, and nothing more is read meanwhile), as a libzmq
     socket's ``Reactor.add_socket(messages_max=...)``; None: all that arrived.
-    ``reconnect_ivl_max_ms``: the reconnect backoff's cap (libzmq's ``ZMQ_RECONNECT_IVL_MAX``)."""
+    ``reconnect_ivl_max_ms``: the reconnect backoff's cap (libzmq's ``ZMQ_RECONNECT_IVL_MAX``:
+    one not above ``P.RECONNECT_IVL_MS``, 0 included, caps nothing and the interval stays at
+    ``P.RECONNECT_IVL_MS``, rather than shortening it -- to nothing, for 0)."""
 
     SOCKET_TYPE = b"DEALER"
     PEER_SOCKET_TYPES: tuple[bytes, ...] = (b"ROUTER",)
@@ -427,7 +429,8 @@ class ZmtpDealer:
         if self._state == _CLOSED or self._timer is not None:
             return
         self._timer = self.reactor.call_later(self._reconnect_ms, self._connect)
-        self._reconnect_ms = min(2 * self._reconnect_ms, self._reconnect_max_ms)
+        if self._reconnect_max_ms > P.RECONNECT_IVL_MS:  # else no backoff, as libzmq
+            self._reconnect_ms = min(2 * self._reconnect_ms, self._reconnect_max_ms)
 
     def close(self) -> None:
         """Close now: nothing waiting is sent, nothing more is received."""
