@@ -95,7 +95,8 @@ def encode_message(frames: list) -> tuple[list, list[int]]:
 class ZmtpDealer:
     """``messages_per_pass``: at most this many messages handed on per reactor pass (the rest
     of what was read waits for the next one, and nothing more is read meanwhile), as a libzmq
-    socket's ``Reactor.add_socket(messages_max=...)``; None: all that arrived.
+    socket's ``Reactor.add_socket(messages_max=...)``; None: all that arrived; 0 or less
+    is refused (nothing could ever be read, and the ready socket would be polled without end).
     ``reconnect_ivl_max_ms``: the reconnect backoff's cap (libzmq's ``ZMQ_RECONNECT_IVL_MAX``:
     one not above ``P.RECONNECT_IVL_MS``, 0 included, caps nothing and the interval stays at
     ``P.RECONNECT_IVL_MS``, rather than shortening it -- to nothing, for 0)."""
@@ -113,6 +114,8 @@ class ZmtpDealer:
         self.host, self.port = connect_address(endpoint)
         if identity is not None and not 0 < len(identity) <= 255:
             raise ValueError("a ZMTP identity is 1 to 255 bytes")
+        if messages_per_pass is not None and messages_per_pass < 1:
+            raise ValueError(f"messages_per_pass must be at least 1, not {messages_per_pass}")
         ready = _property(b"Socket-Type", self.SOCKET_TYPE) + (_property(b"Identity", identity) if identity else b"")
         self._hello = GREETING + _command(b"\x05READY" + ready)
         self._state = _IDLE

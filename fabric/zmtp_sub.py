@@ -73,6 +73,8 @@ class ZmtpSubscriber:
     def __init__(self, reactor: Reactor, on_message: Callable[[list[bytes]], None] | None = None, *,
                  messages_per_pass: int | None = None, reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS,
                  counters: Counter[str] | None = None) -> None:
+        if messages_per_pass is not None and messages_per_pass < 1:  # refused now, not at connect
+            raise ValueError(f"messages_per_pass must be at least 1, not {messages_per_pass}")
         self.reactor = reactor
         self.on_message: Callable[[list[bytes]], None] = on_message or (lambda frames: None)  # before connecting
         self.counters: Counter[str] = counters if counters is not None else Counter()

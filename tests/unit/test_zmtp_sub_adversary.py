@@ -1,7 +1,8 @@
 """ZmtpSubscriber (fabric/zmtp_sub.py) against adversarial publishers and settings, on loopback:
 a reconnect cap at or below the first reconnect interval caps nothing, as libzmq's
 ZMQ_RECONNECT_IVL_MAX (the broker passes its heartbeat interval, which may be shorter: a lost
-leader must not be connected to again every few milliseconds)."""
+leader must not be connected to again every few milliseconds); a budget of no messages per
+pass, which could never read the handshake and would poll the ready socket forever, is refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.reactor import Reactor
+from fabric.zmtp_client import ZmtpDealer
 from fabric.zmtp_sub import ZmtpSubscriber
 from tests.harness import free_ports
 
@@ -50,3 +52,12 @@ def test_a_reconnect_cap_below_the_first_interval_does_not_shorten_the_interval(
     finally:
         sub.close()
         listener.close()
+
+
+@pytest.mark.parametrize("budget", [0, -1])
+def test_a_budget_of_no_messages_per_pass_is_refused(budget: int) -> None:
+    reactor = Reactor()
+    with pytest.raises(ValueError):
+        ZmtpSubscriber(reactor, messages_per_pass=budget)
+    with pytest.raises(ValueError):
+        ZmtpDealer(reactor, "tcp://127.0.0.1:1", lambda frames: None, messages_per_pass=budget)
