@@ -27,7 +27,7 @@ Not thread-safe: owned by the reactor's thread.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterable
 
 from fabric import protocol as P
 from fabric.reactor import Reactor
@@ -101,24 +101,32 @@ class ZmtpSubscriber:
             conn.close()
 
     def subscribe(self, prefix: bytes) -> None:
-        if prefix in self.prefixes:
-            return
-        self.prefixes.add(prefix)
-        self._lengths[len(prefix)] = self._lengths.get(len(prefix), 0) + 1
-        for conn in self._connections.values():
-            conn.write_subscriptions([prefix], _SUBSCRIBE)
+        self.subscribe_many([prefix])
 
     def unsubscribe(self, prefix: bytes) -> None:
-        if prefix not in self.prefixes:
-            return
-        self.prefixes.discard(prefix)
-        left = self._lengths[len(prefix)] - 1
-        if left:
-            self._lengths[len(prefix)] = left
-        else:
-            del self._lengths[len(prefix)]
+        self.unsubscribe_many([prefix])
+
+    def subscribe_many(self, prefixes: Iterable[bytes]) -> None:
+        """Subscribe to each prefix not yet subscribed: one write per connected publisher (a
+        broker following 1,000 partitions subscribes to 1,000 prefixes at once)."""
+        new = [p for p in dict.fromkeys(prefixes) if p not in self.prefixes]
+        for prefix in new:
+            self.prefixes.add(prefix)
+            self._lengths[len(prefix)] = self._lengths.get(len(prefix), 0) + 1
         for conn in self._connections.values():
-            conn.write_subscriptions([prefix], _UNSUBSCRIBE)
+            conn.write_subscriptions(new, _SUBSCRIBE)
+
+    def unsubscribe_many(self, prefixes: Iterable[bytes]) -> None:
+        gone = [p for p in dict.fromkeys(prefixes) if p in self.prefixes]
+        for prefix in gone:
+            self.prefixes.discard(prefix)
+            left = self._lengths[len(prefix)] - 1
+            if left:
+                self._lengths[len(prefix)] = left
+            else:
+                del self._lengths[len(prefix)]
+        for conn in self._connections.values():
+            conn.write_subscriptions(gone, _UNSUBSCRIBE)
 
     def _deliver(self, frames: list[bytes]) -> None:
         topic = frames[0]

@@ -160,10 +160,8 @@ class ReplicationSubscriber:
             self.sock.disconnect(ep)
         if wanted_topics:
             wanted_topics.add(P.REPLICA_HEARTBEAT_TOPIC)
-        for t in wanted_topics - self._subscribed:
-            self.sock.subscribe(t)
-        for t in self._subscribed - wanted_topics:
-            self.sock.unsubscribe(t)
+        self.sock.subscribe_many(sorted(wanted_topics - self._subscribed))
+        self.sock.unsubscribe_many(sorted(self._subscribed - wanted_topics))
         self._connected, self._subscribed = wanted_eps, wanted_topics
 
     def on_message(self, frames: list[bytes]) -> None:

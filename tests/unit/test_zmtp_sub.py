@@ -232,3 +232,30 @@ def test_a_malformed_endpoint_is_refused_as_libzmq_refuses_it() -> None:
     with pytest.raises(zmq.ZMQError):
         s.sub.connect("ipc://nope")
     assert s.sub.endpoints == []
+
+
+def test_many_prefixes_subscribed_at_once_reach_a_connected_publisher_in_one_write() -> None:
+    peer = _RawPublisher()
+    s = _Sub()
+    s.sub.subscribe(b"first|")
+    s.sub.connect(f"tcp://127.0.0.1:{peer.port}")
+    try:
+        peer.accept()
+        s.run_until(lambda: b"\x01first|" in peer.read_available())
+        writes: list[int] = []
+        conn = next(iter(s.sub._connections.values()))
+        real_write = conn._write
+        conn._write = lambda pieces, sizes: (writes.append(len(pieces)), real_write(pieces, sizes))  # type: ignore[method-assign]
+        prefixes = [f"r/t/{i}|".encode() for i in range(1000)]
+        s.sub.subscribe_many(prefixes + [b"first|"])  # one already subscribed: not sent again
+        assert writes == [1]
+        expected = b"".join(_frame_header(len(p) + 1, more=False) + b"\x01" + p for p in prefixes)
+        s.run_until(lambda: expected in peer.read_available())
+        assert peer.received.count(b"\x01first|") == 1
+        s.sub.unsubscribe_many(prefixes[:10])
+        s.run_until(lambda: b"".join(_frame_header(len(p) + 1, more=False) + b"\x00" + p for p in prefixes[:10])
+                    in peer.read_available())
+        assert s.sub.prefixes == {b"first|", *prefixes[10:]}
+    finally:
+        s.sub.close()
+        peer.close()
