@@ -213,29 +213,21 @@ class MetricsRegistry:
         self._collectors.append((fn, True))
 
     def snapshot(self) -> list[Sample]:
-        out: list[Sample] = []
-        for fn, encoded in self._parts():
+        """The stored series' Samples first, then each collector's in the order they were added."""
+        out = self._series_samples()
+        for fn, encoded in self._collectors:
             if encoded:
                 out += [Sample(n, tuple(labels), v, c, tuple(b)) for n, labels, v, c, b in fn()]
             else:
-                out += fn()
+                out += self._collected(fn)
         return out
 
     def encode(self) -> list[list]:
-        out: list[list] = []
-        for fn, encoded in self._parts():
-            if encoded:
-                out += fn()
-            else:
-                out += [s.encode() for s in fn()]
-        return out
-
-    def _parts(self) -> Iterable[tuple[Callable[[], Iterable], bool]]:
-        """(fn, encoded): the stored series' Samples first, then each collector's in the order
-        they were added -- as Samples, or already encoded."""
-        yield self._series_samples, False
+        """``snapshot`` encoded, in the same order; an encoded collector's samples as it made them."""
+        out = [s.encode() for s in self._series_samples()]
         for fn, encoded in self._collectors:
-            yield (fn, True) if encoded else ((lambda fn=fn: self._collected(fn)), False)
+            out += fn() if encoded else [s.encode() for s in self._collected(fn)]
+        return out
 
     def _series_samples(self) -> list[Sample]:
         out = []

@@ -193,7 +193,7 @@ class Reactor:
             if sock.__class__ is int:  # a plain descriptor: a TCP socket or a waker
                 handler = self._descriptors.get(sock)
                 if handler is not None:
-                    self._descriptor_ready(handler, ready)
+                    self._call_handler(handler, ready)
                 else:
                     self._woken(sock)
             else:
@@ -242,9 +242,6 @@ class Reactor:
                     log.exception("handler %r failed", handler)
             if not left or handlers.get(sock) is not handler or not sock.get(_EVENTS) & _POLLIN:
                 return  # the pass's bound, removed by its handler, or nothing more waiting
-
-    def _descriptor_ready(self, handler: DescriptorHandler, ready: int) -> None:
-        self._call_handler(handler, ready)
 
     def _woken(self, fd: int) -> None:
         entry = self._wakers.get(fd)

@@ -212,15 +212,19 @@ class TcpPort:
         return len(self._links)
 
     # -- output ----------------------------------------------------------------------------------
-    def write(self, conn_id: bytes, pieces: list, *, handshake: bool = False) -> bool:
+    def write(self, conn_id: bytes, pieces: list, *, sizes: list[int] | None = None,
+              handshake: bool = False) -> bool:
         """Send ``pieces`` (bytes-like) as one unit, in order after what is waiting; False when
         refused whole: the connection is gone or broken, or its output is at the bounds. A
         piece that is not a contiguous buffer raises before anything is sent or queued.
+        ``sizes``: the pieces' sizes in bytes when the caller already has them
+        (``fabric.zmtp.encode_frames``, which raised for a bad piece); measured here otherwise.
         ``handshake``: a protocol's opening (a few bytes, once per connection), which cannot be
         sent again later: not refused at the bound on all connections together, which other
         peers filled (a new connection would otherwise hang in its handshake long after the
         bound is released); the connection's own bound still applies."""
-        sizes = [_size(p) for p in pieces]
+        if sizes is None:
+            sizes = [_size(p) for p in pieces]
         link = self._links.get(conn_id)
         if link is None or link.broken:
             return False

@@ -515,14 +515,16 @@ class ZmtpServer:
         if conn is None:
             self.counters["reply_dropped_gone"] += 1
             return
-        pieces, _ = encode_frames(frames[1:], P.REPLY_ZERO_COPY_BYTES_MIN - 1)  # a bad frame raises here
-        self._write(conn, pieces)
+        pieces, sizes = encode_frames(frames[1:], P.REPLY_ZERO_COPY_BYTES_MIN - 1)  # a bad frame raises here
+        self._write(conn, pieces, sizes=sizes)
 
-    def _write(self, conn: _Connection, pieces: list, *, handshake: bool = False) -> bool:
-        """One unit of output to the peer; False when it was refused (counted). ``handshake``:
-        the greeting or READY, not refused at the port's bound on all connections together
-        (``TcpPort.write``)."""
-        if self.tcp.write(conn.conn_id, pieces, handshake=handshake):
+    def _write(self, conn: _Connection, pieces: list, *, sizes: list[int] | None = None,
+               handshake: bool = False) -> bool:
+        """One unit of output to the peer; False when it was refused (counted). ``sizes``: the
+        pieces' sizes when known (``encode_frames``), else the port measures them.
+        ``handshake``: the greeting or READY, not refused at the port's bound on all
+        connections together (``TcpPort.write``)."""
+        if self.tcp.write(conn.conn_id, pieces, sizes=sizes, handshake=handshake):
             return True
         self.counters["reply_dropped_hwm"] += 1  # peer not reading (or gone): it will time out
         return False

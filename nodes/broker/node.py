@@ -34,10 +34,11 @@ from nodes.broker.core import BrokerCore
 from nodes.broker.fetcher import FetchSettings, LeaderEndpoint, ReplicaFetcher
 from nodes.broker.flusher import Flusher
 from nodes.broker.handlers import RequestHandlers
+from nodes.broker.hw_checkpoint import HW_CHECKPOINT_INTERVAL_MS
 from nodes.broker.identity import VERSION_PERSIST_INTERVAL_MS, MetadataGuard
 from nodes.broker.isr import ALTER_ISR_TIMEOUT_MS, IsrProposer
 from nodes.broker.meter import BrokerMeter
-from nodes.broker.partition import HW_CHECKPOINT_INTERVAL_MS, Partition
+from nodes.broker.partition import Partition
 from nodes.broker.partition_dirs import PartitionDirs
 from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
 

@@ -5,7 +5,8 @@ The leader advances the high watermark (HW) to the smallest log end offset (LEO)
 members; followers report their LEO in every replica fetch. Reads for consumers stop at the HW.
 The HW is checkpointed to ``directory`` -- the engine's folder of the partition, beside its epoch
 checkpoint, since both describe that engine's log (nodes/broker/partition_dirs.py) -- and
-recovered from it at open, so a restarted leader serves it before its followers fetch.
+recovered from it at open, so a restarted leader serves it before its followers fetch (the file:
+nodes/broker/hw_checkpoint.py).
 Producer and epoch state follow the log: recorded after the write they describe, trimmed when
 it is cut, and checked against the log's batch headers at open (a leader epoch that
 contradicts the epoch checkpoint cuts the log there).
@@ -21,17 +22,16 @@ Not thread-safe: owned by the broker's reactor.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from engines import batch as B
 from engines.api import Engine, EngineError, StorageFull, verified_append_kwargs
-from engines.durable import replace_file
 from fabric import protocol as P
 from fabric.buffers import Payload, stampable
 from fabric.errors import RemoteError
 from nodes.broker.epochs import EpochCache, epoch_contradiction
+from nodes.broker.hw_checkpoint import HighWatermarkCheckpoint
 from nodes.broker.producers import ProducerStateTable
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,6 @@ LEADER = "leader"
 FOLLOWER = "follower"
 PRODUCER_STATE_SCAN_RECORDS_MAX = 500_000  # rebuild idempotence state from this much tail
 READ_CHUNK_BYTES = 4 * 1024 * 1024
-HW_CHECKPOINT_FILE = "high-watermark-checkpoint"  # Kafka's replication-offset-checkpoint, per partition
-HW_CHECKPOINT_INTERVAL_MS = 5000  # the broker writes moved HWs this often (and at close)
 
 
 @dataclass(slots=True)
@@ -73,9 +71,8 @@ class Partition:
         # the broker applies no state older than this, by push or by reply
         self.partition_epoch = -1
         self.followers: dict[int, FollowerState] = {}
-        self._hw_path = os.path.join(directory, HW_CHECKPOINT_FILE) if directory is not None else None
+        self._hw_checkpoint = HighWatermarkCheckpoint(directory)
         self.high_watermark = 0
-        self._hw_checkpointed = 0
         # called with this partition after a change of its (leader epoch, HW, LEO) -- the
         # replication heartbeat's position -- is seen by _check_offsets, which every method that
         # changes the partition runs; None: nobody listens (nodes/broker/replication.py)
@@ -86,7 +83,7 @@ class Partition:
         # returning replica would keep records the leader has overwritten (Kafka does the same)
         self.epochs.truncate_from_end(self.log_end_offset)
         self._recover_tail()
-        self._load_high_watermark()
+        self.high_watermark = self._hw_checkpoint.load(self.log_start_offset, self.log_end_offset)
         self._check_offsets()
 
     # -- offsets ---------------------------------------------------------------------------
@@ -492,34 +489,15 @@ class Partition:
             previous = h.leader_epoch
             self._record_appended([h])
 
-    def _load_high_watermark(self) -> None:
-        """Start from the checkpointed HW, capped by the log (a crash may have cut an
-        unflushed tail) and raised to its start (retention may have moved it since, as
-        Kafka's updateHighWatermark bounds it). A missing or unreadable file means the log
-        start, as before checkpoints."""
-        self.high_watermark = self.log_start_offset
-        try:
-            with open(self._hw_path, "rb") as f:  # type: ignore[arg-type]
-                saved = int(f.read(64).split()[0])
-        except (TypeError, OSError, ValueError, IndexError):
-            return
-        self.high_watermark = self._hw_checkpointed = max(self.log_start_offset, min(saved, self.log_end_offset))
-
     def checkpoint_high_watermark(self) -> None:
-        """Write the HW to the partition directory if it moved since the last write, through
-        ``engines.durable.replace_file`` without fsync: a stale or lost file only makes a
-        restart start from a lower HW, which the followers' next fetches raise again, and an
-        fsync per partition every HW_CHECKPOINT_INTERVAL_MS would stall the reactor. Raises
-        nothing: a failed write (StorageFull / EngineError) is logged and leaves the previous
-        file whole, and the next call tries again."""
-        if self._hw_path is None or self.high_watermark == self._hw_checkpointed:
-            return
+        """Write the HW to the partition directory if it moved since the last write, without
+        fsync (nodes/broker/hw_checkpoint.py says why). Raises nothing: a failed write
+        (StorageFull / EngineError) is logged and leaves the previous file whole, and the next
+        call tries again."""
         try:
-            replace_file(self._hw_path, f"{self.high_watermark}\n".encode(), sync=False)
+            self._hw_checkpoint.save(self.high_watermark)
         except EngineError as e:
             log.error("%s-%d: cannot checkpoint the high watermark: %s", self.topic, self.partition, e)
-            return
-        self._hw_checkpointed = self.high_watermark
 
     def close(self) -> None:
         self.checkpoint_high_watermark()

@@ -7,7 +7,7 @@ they belong to, whose engine wrote them, and the ones set aside.
         <engine>/                                one per storage engine that has held this log
             log/                                 the engine's own files
             leader-epoch-checkpoint              per-log state: it describes this engine's log only
-            high-watermark-checkpoint            per-log state too (nodes/broker/partition.py)
+            high-watermark-checkpoint            per-log state too (nodes/broker/hw_checkpoint.py)
     <data_dir>/<topic>-<partition>.<topic id>.stray/   set aside, with everything in it
 
 Nothing is deleted because metadata does not mention it: a partition directory whose topic is
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from engines.durable import fsync_directory, replace_file
 from nodes.broker.epochs import FILE_NAME as EPOCH_CHECKPOINT
-from nodes.broker.partition import HW_CHECKPOINT_FILE as HW_CHECKPOINT
+from nodes.broker.hw_checkpoint import HW_CHECKPOINT_FILE as HW_CHECKPOINT
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from nodes.coordinator.node import Coordinator
 from tests.harness import free_ports, make_config
 from tests.unit.builders_broker import Loopback
 from tests.unit.fakes import BIG, SendSpy
+from tests.unit.zmtp_support import DealerClient, MakeClient, RawServer
 
 
 @pytest.fixture
@@ -116,4 +117,28 @@ def served() -> Iterator[tuple[Reactor, RpcServer, SendSpy, zmq.Socket]]:
     finally:
         server.port.tcp = real
         dealer.close()
+        server.close()
+
+
+@pytest.fixture
+def dealer_client() -> Iterator[MakeClient]:
+    """A maker of ``DealerClient``s (arguments as its constructor's); their dealers are closed
+    at the end (closing twice is harmless: a test may close one itself)."""
+    made: list[DealerClient] = []
+
+    def make(*args: Any, **kwargs: Any) -> DealerClient:
+        made.append(DealerClient(*args, **kwargs))
+        return made[-1]
+    yield make
+    for client in made:
+        client.dealer.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[RawServer]:
+    """A ``RawServer`` on loopback, closed at the end."""
+    server = RawServer()
+    try:
+        yield server
+    finally:
         server.close()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from fabric.records import build_batch
 from nodes.broker.core import BrokerCore
-from nodes.broker.partition import HW_CHECKPOINT_FILE, Partition
+from nodes.broker.hw_checkpoint import HW_CHECKPOINT_FILE
+from nodes.broker.partition import Partition
 from tests.unit.fakes import broker_core
 
 LEADER, FOLLOWER = 1, 2

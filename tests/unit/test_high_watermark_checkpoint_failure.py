@@ -12,7 +12,8 @@ from engines.api import EngineConfig
 from engines.memory import MemoryEngine
 from fabric.records import build_batch
 from nodes.broker.epochs import FILE_NAME as EPOCH_FILE
-from nodes.broker.partition import HW_CHECKPOINT_FILE, Partition
+from nodes.broker.hw_checkpoint import HW_CHECKPOINT_FILE
+from nodes.broker.partition import Partition
 
 BATCH_MAX = 1024 * 1024
 

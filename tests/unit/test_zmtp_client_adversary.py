@@ -16,8 +16,8 @@ from fabric import protocol as P
 from fabric import zmtp_client
 from fabric.errors import LoomError
 from fabric.reactor import Reactor
-from fabric.zmtp import _frame_header
-from tests.unit.test_zmtp_client import DEADLINE_S, POLL_MS, _Client, _RawServer
+from fabric.zmtp import GREETING, _frame_header
+from tests.unit.zmtp_support import DEADLINE_S, POLL_MS, MakeClient, RawServer
 
 
 def _message(*frames: bytes) -> bytes:
@@ -25,136 +25,107 @@ def _message(*frames: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("contain", [False, True])
-def test_a_reply_handler_that_raises_does_not_strand_the_replies_received_with_it(contain: bool) -> None:
-    server = _RawServer()
-    client = _Client.__new__(_Client)  # a node's reactor (contain) or a client's
-    client.reactor = Reactor(contain_handler_errors=contain)
-    client.got = got = []
-    client.dealer = zmtp_client.ZmtpDealer(client.reactor, f"tcp://127.0.0.1:{server.port}", got.append)
+def test_a_reply_handler_that_raises_does_not_strand_the_replies_received_with_it(
+        contain: bool, raw_server: RawServer, dealer_client: MakeClient) -> None:
+    # a node's reactor (contain) or a client's
+    client = dealer_client(raw_server.port, identity=None, contain_handler_errors=contain)
+    got = client.got
 
     def on_message(frames: list[bytes]) -> None:
         got.append(frames)
         if frames[1] == b"boom":
             raise LoomError("a reply callback's operating error (offset_out_of_range...)")
     client.dealer.on_message = on_message
-    try:
-        server.handshake(client)
-        client.run_until(lambda: client.dealer.connected)
-        server.conn.sendall(_message(b"", b"boom") + _message(b"", b"next"))  # one write: one read
-        deadline = time.monotonic() + DEADLINE_S
-        while len(got) < 2:  # nothing more comes from the server
-            assert time.monotonic() < deadline, f"the reply after the one that raised is stranded: {got}"
-            try:
-                client.reactor.run_once(POLL_MS)
-            except LoomError:
-                assert not contain
-        assert got == [[b"", b"boom"], [b"", b"next"]]
-    finally:
-        client.dealer.close()
-        server.close()
+    raw_server.connect(client)
+    raw_server.conn.sendall(_message(b"", b"boom") + _message(b"", b"next"))  # one write: one read
+    deadline = time.monotonic() + DEADLINE_S
+    while len(got) < 2:  # nothing more comes from the server
+        assert time.monotonic() < deadline, f"the reply after the one that raised is stranded: {got}"
+        try:
+            client.reactor.run_once(POLL_MS)
+        except LoomError:
+            assert not contain
+    assert got == [[b"", b"boom"], [b"", b"next"]]
 
 
 @pytest.mark.parametrize("greet", [False, True])
 def test_a_server_that_never_completes_the_handshake_is_dropped_and_connected_to_again(
-        monkeypatch: pytest.MonkeyPatch, greet: bool) -> None:
+        monkeypatch: pytest.MonkeyPatch, greet: bool, raw_server: RawServer, dealer_client: MakeClient) -> None:
     monkeypatch.setattr(zmtp_client, "HANDSHAKE_IVL_MS", 200)
-    server = _RawServer()
-    client = _Client(server.port)
-    try:
-        assert client.dealer.send([b"", b"waits"])
-        first = server.accept(client)
-        if greet:  # greeting but no READY
-            from fabric.zmtp import GREETING
-            first.sendall(GREETING)
-        # the dealer gives up on that connection by itself and makes another one
-        second = server.accept(client)
-        assert second is not first
-        client.run_until(lambda: client.counters["disconnects"] >= 1)
-        first.close()
-        server.handshake(client)  # this one completes: the waiting message goes out on it
-        client.run_until(lambda: client.dealer.connected)
-        server.read_until(client, lambda got: b"waits" in got)
-    finally:
-        client.dealer.close()
-        server.close()
+    client = dealer_client(raw_server.port)
+    assert client.dealer.send([b"", b"waits"])
+    first = raw_server.accept(client)
+    if greet:  # greeting but no READY
+        first.sendall(GREETING)
+    # the dealer gives up on that connection by itself and makes another one
+    second = raw_server.accept(client)
+    assert second is not first
+    client.run_until(lambda: client.counters["disconnects"] >= 1)
+    first.close()
+    raw_server.connect(client)  # this one completes: the waiting message goes out on it
+    raw_server.read_until(client, lambda got: b"waits" in got)
 
 
-def test_the_handshake_timer_is_cancelled_once_the_handshake_completes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_handshake_timer_is_cancelled_once_the_handshake_completes(
+        monkeypatch: pytest.MonkeyPatch, raw_server: RawServer, dealer_client: MakeClient) -> None:
     monkeypatch.setattr(zmtp_client, "HANDSHAKE_IVL_MS", 200)
-    server = _RawServer()
-    client = _Client(server.port)
-    try:
-        server.handshake(client)
-        client.run_until(lambda: client.dealer.connected)
-        assert client.reactor.timers_live == 0
-        end = time.monotonic() + 0.5
-        while time.monotonic() < end:
-            client.reactor.run_once(POLL_MS)
-        assert client.dealer.connected and client.counters["disconnects"] == 0
-    finally:
-        client.dealer.close()
-        server.close()
+    client = dealer_client(raw_server.port)
+    raw_server.connect(client)
+    assert client.reactor.timers_live == 0
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        client.reactor.run_once(POLL_MS)
+    assert client.dealer.connected and client.counters["disconnects"] == 0
 
 
 def test_a_server_that_stops_reading_makes_sends_refused_at_the_high_water_mark(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, raw_server: RawServer, dealer_client: MakeClient) -> None:
     monkeypatch.setattr(P, "SNDHWM", 8)
-    server = _RawServer()
-    client = _Client(server.port)
+    client = dealer_client(raw_server.port)
     big = b"x" * (1024 * 1024)  # the same object each time: the dealer keeps references, not copies
-    try:
-        server.handshake(client)
-        client.run_until(lambda: client.dealer.connected)
-        server.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and reads no more
-        accepted = 0
-        for _ in range(2048):  # 2 GiB: far beyond the kernel's buffers
-            if not client.dealer.send([b"", big]):
-                break
-            accepted += 1
-            client.reactor.run_once(0)
-        else:
-            pytest.fail("a server that reads nothing: the dealer's output grew without bound")
-        # the kernel's buffers plus at most SNDHWM messages waiting in the dealer
-        assert client.dealer.output_messages == P.SNDHWM
-        assert accepted < 200
-    finally:
-        client.dealer.close()
-        server.close()
+    raw_server.connect(client)
+    raw_server.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and reads no more
+    accepted = 0
+    for _ in range(2048):  # 2 GiB: far beyond the kernel's buffers
+        if not client.dealer.send([b"", big]):
+            break
+        accepted += 1
+        client.reactor.run_once(0)
+    else:
+        pytest.fail("a server that reads nothing: the dealer's output grew without bound")
+    # the kernel's buffers plus at most SNDHWM messages waiting in the dealer
+    assert client.dealer.output_messages == P.SNDHWM
+    assert accepted < 200
 
 
-def test_output_that_drains_is_counted_down_and_sends_are_accepted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_output_that_drains_is_counted_down_and_sends_are_accepted_again(
+        monkeypatch: pytest.MonkeyPatch, raw_server: RawServer, dealer_client: MakeClient) -> None:
     monkeypatch.setattr(P, "SNDHWM", 4)
-    server = _RawServer()
-    client = _Client(server.port)
+    client = dealer_client(raw_server.port)
     big = b"y" * (1024 * 1024)
-    try:
-        server.handshake(client)
-        client.run_until(lambda: client.dealer.connected)
-        for _ in range(2048):
-            if not client.dealer.send([b"", big]):
-                break
-            client.reactor.run_once(0)
-        else:
-            pytest.fail("never refused")
-        conn = server.conn
-        conn.setblocking(False)
-        total = 0
+    raw_server.connect(client)
+    for _ in range(2048):
+        if not client.dealer.send([b"", big]):
+            break
+        client.reactor.run_once(0)
+    else:
+        pytest.fail("never refused")
+    conn = raw_server.conn
+    conn.setblocking(False)
+    total = 0
 
-        def read() -> None:
-            nonlocal total
-            try:
-                while True:
-                    n = len(conn.recv(1 << 20))
-                    if not n:
-                        return
-                    total += n
-            except BlockingIOError:
-                pass
-        client.run_until(lambda: client.dealer.output_messages == 0, also=read)
-        assert client.dealer.send([b"", b"again"])
-    finally:
-        client.dealer.close()
-        server.close()
+    def read() -> None:
+        nonlocal total
+        try:
+            while True:
+                n = len(conn.recv(1 << 20))
+                if not n:
+                    return
+                total += n
+        except BlockingIOError:
+            pass
+    client.run_until(lambda: client.dealer.output_messages == 0, also=read)
+    assert client.dealer.send([b"", b"again"])
 
 
 def test_a_host_name_the_resolver_cannot_even_encode_is_retried_like_one_that_does_not_resolve() -> None:
