@@ -168,63 +168,58 @@ class _RawPublisher:
                 s.close()
 
 
-def test_a_message_the_publisher_sends_for_no_subscription_is_dropped_and_counted() -> None:
-    peer = _RawPublisher()
-    s = _Sub()
-    s.sub.subscribe(b"keep|")
-    s.sub.connect(f"tcp://127.0.0.1:{peer.port}")
-    try:
+@pytest.fixture
+def raw_peer():  # noqa: ANN201
+    """``make(prefix, socket_type=b"PUB", **subscriber_options)``: a hand-written peer and a
+    subscriber to ``prefix`` connected to it (accepted, greeted); both closed at the end."""
+    made: list[tuple[_RawPublisher, _Sub]] = []
+
+    def make(prefix: bytes, socket_type: bytes = b"PUB", **kw) -> tuple[_RawPublisher, _Sub]:  # noqa: ANN003
+        peer, s = _RawPublisher(socket_type), _Sub(**kw)
+        made.append((peer, s))
+        s.sub.subscribe(prefix)
+        s.sub.connect(f"tcp://127.0.0.1:{peer.port}")
         peer.accept()
-        # the subscription arrives as ZMTP 3.0's message form: \x01 and the prefix
-        s.run_until(lambda: _frame_header(6, more=False) + b"\x01keep|" in peer.read_available())
-        peer.send(b"other|", b"x")
-        peer.send(b"keep|", b"y")
-        s.run_until(lambda: s.got)
-        assert s.got == [[b"keep|", b"y"]]
-        assert s.sub.counters["sub_unsubscribed_dropped"] == 1
-    finally:
+        return peer, s
+    yield make
+    for peer, s in made:
         s.sub.close()
         peer.close()
 
 
-def test_a_peer_that_is_not_a_publisher_is_dropped() -> None:
-    peer = _RawPublisher(socket_type=b"ROUTER")
-    s = _Sub()
-    s.sub.subscribe(b"")
-    s.sub.connect(f"tcp://127.0.0.1:{peer.port}")
-    try:
-        peer.accept()
-        s.run_until(lambda: s.sub.counters["protocol_violations"] == 1)
-        peer.send(b"never")
-        s.run_for(0.05)
-        assert s.got == []
-    finally:
-        s.sub.close()
-        peer.close()
+def test_a_message_the_publisher_sends_for_no_subscription_is_dropped_and_counted(raw_peer) -> None:  # noqa: ANN001
+    peer, s = raw_peer(b"keep|")
+    # the subscription arrives as ZMTP 3.0's message form: \x01 and the prefix
+    s.run_until(lambda: _frame_header(6, more=False) + b"\x01keep|" in peer.read_available())
+    peer.send(b"other|", b"x")
+    peer.send(b"keep|", b"y")
+    s.run_until(lambda: s.got)
+    assert s.got == [[b"keep|", b"y"]]
+    assert s.sub.counters["sub_unsubscribed_dropped"] == 1
 
 
-def test_at_most_messages_per_pass_are_handed_on_per_pass_and_the_rest_follow_in_order() -> None:
-    peer = _RawPublisher()
-    s = _Sub(messages_per_pass=3)
-    s.sub.subscribe(b"")
-    s.sub.connect(f"tcp://127.0.0.1:{peer.port}")
-    try:
-        peer.accept()
-        s.run_until(lambda: peer.read_available())  # subscribed: the handshake is complete
-        for i in range(10):
-            peer.send(b"m", str(i).encode())
-        per_pass: list[int] = []
-        deadline = time.monotonic() + DEADLINE_S
-        while len(s.got) < 10:
-            assert time.monotonic() < deadline
-            before = len(s.got)
-            s.reactor.run_once(POLL_MS)
-            per_pass.append(len(s.got) - before)
-        assert max(per_pass) <= 2 * 3  # a pass may run the resumed parse and then the read
-        assert [m[1] for m in s.got] == [str(i).encode() for i in range(10)]
-    finally:
-        s.sub.close()
-        peer.close()
+def test_a_peer_that_is_not_a_publisher_is_dropped(raw_peer) -> None:  # noqa: ANN001
+    peer, s = raw_peer(b"", socket_type=b"ROUTER")
+    s.run_until(lambda: s.sub.counters["protocol_violations"] == 1)
+    peer.send(b"never")
+    s.run_for(0.05)
+    assert s.got == []
+
+
+def test_at_most_messages_per_pass_are_handed_on_per_pass_and_the_rest_follow_in_order(raw_peer) -> None:  # noqa: ANN001
+    peer, s = raw_peer(b"", messages_per_pass=3)
+    s.run_until(lambda: peer.read_available())  # subscribed: the handshake is complete
+    for i in range(10):
+        peer.send(b"m", str(i).encode())
+    per_pass: list[int] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(s.got) < 10:
+        assert time.monotonic() < deadline
+        before = len(s.got)
+        s.reactor.run_once(POLL_MS)
+        per_pass.append(len(s.got) - before)
+    assert max(per_pass) <= 2 * 3  # a pass may run the resumed parse and then the read
+    assert [m[1] for m in s.got] == [str(i).encode() for i in range(10)]
 
 
 def test_a_malformed_endpoint_is_refused_as_libzmq_refuses_it() -> None:
@@ -234,28 +229,20 @@ def test_a_malformed_endpoint_is_refused_as_libzmq_refuses_it() -> None:
     assert s.sub.endpoints == []
 
 
-def test_many_prefixes_subscribed_at_once_reach_a_connected_publisher_in_one_write() -> None:
-    peer = _RawPublisher()
-    s = _Sub()
-    s.sub.subscribe(b"first|")
-    s.sub.connect(f"tcp://127.0.0.1:{peer.port}")
-    try:
-        peer.accept()
-        s.run_until(lambda: b"\x01first|" in peer.read_available())
-        writes: list[int] = []
-        conn = next(iter(s.sub._connections.values()))
-        real_write = conn._write
-        conn._write = lambda pieces, sizes: (writes.append(len(pieces)), real_write(pieces, sizes))  # type: ignore[method-assign]
-        prefixes = [f"r/t/{i}|".encode() for i in range(1000)]
-        s.sub.subscribe_many(prefixes + [b"first|"])  # one already subscribed: not sent again
-        assert writes == [1]
-        expected = b"".join(_frame_header(len(p) + 1, more=False) + b"\x01" + p for p in prefixes)
-        s.run_until(lambda: expected in peer.read_available())
-        assert peer.received.count(b"\x01first|") == 1
-        s.sub.unsubscribe_many(prefixes[:10])
-        s.run_until(lambda: b"".join(_frame_header(len(p) + 1, more=False) + b"\x00" + p for p in prefixes[:10])
-                    in peer.read_available())
-        assert s.sub.prefixes == {b"first|", *prefixes[10:]}
-    finally:
-        s.sub.close()
-        peer.close()
+def test_many_prefixes_subscribed_at_once_reach_a_connected_publisher_in_one_write(raw_peer) -> None:  # noqa: ANN001
+    peer, s = raw_peer(b"first|")
+    s.run_until(lambda: b"\x01first|" in peer.read_available())
+    writes: list[int] = []
+    conn = next(iter(s.sub._connections.values()))
+    real_write = conn._write
+    conn._write = lambda pieces, sizes: (writes.append(len(pieces)), real_write(pieces, sizes))  # type: ignore[method-assign]
+    prefixes = [f"r/t/{i}|".encode() for i in range(1000)]
+    s.sub.subscribe_many(prefixes + [b"first|"])  # one already subscribed: not sent again
+    assert writes == [1]
+    expected = b"".join(_frame_header(len(p) + 1, more=False) + b"\x01" + p for p in prefixes)
+    s.run_until(lambda: expected in peer.read_available())
+    assert peer.received.count(b"\x01first|") == 1
+    s.sub.unsubscribe_many(prefixes[:10])
+    s.run_until(lambda: b"".join(_frame_header(len(p) + 1, more=False) + b"\x00" + p for p in prefixes[:10])
+                in peer.read_available())
+    assert s.sub.prefixes == {b"first|", *prefixes[10:]}
