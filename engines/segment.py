@@ -311,8 +311,34 @@ class SegmentEngine(AsyncFlushMixin):
         self._check_open()
         if offset >= self.log_end_offset or self.log_start_offset == self.log_end_offset:
             return  # nothing at or after offset (an empty log may start above it)
-        self._truncate(max(offset, self.log_start_offset))
+        offset = max(offset, self.log_start_offset)
+        self._checkpoint_at_or_below_cut(offset)
+        self._truncate(offset)
         self.flush()
+
+    def _checkpoint_at_or_below_cut(self, offset: int) -> None:
+        """Before cutting the log at ``offset``: the checkpoint on disk must not vouch for bytes
+        the cut removes. If the cut's flush then failed, appends would write other batches over
+        them, and a power failure could leave the old bytes (or a mix) that recovery trusts
+        without validating them. So a checkpoint past the cut is first replaced by one at the
+        cut -- true, as everything before it was durable already -- and when which checkpoint
+        is on disk is unknown (a flush job's may have landed), everything is flushed first.
+        Raises StorageFull / EngineError with the log unchanged."""
+        self._invalidate_flushes()  # no job's checkpoint lands after this one
+        if self._checkpoint is None:
+            self.flush()
+        on_disk = self._checkpoint
+        assert on_disk is not None
+        i = bisect.bisect_right(self._bases, offset) - 1
+        seg = self._segments[i]
+        position, header = self._find(seg, offset)
+        if position == 0 and i > 0:  # the cut deletes this segment: the one before ends the log
+            prev = self._segments[i - 1]
+            cut = Checkpoint(prev.base_offset, prev.size_bytes, header.base_offset, False)
+        else:
+            cut = Checkpoint(seg.base_offset, position, header.base_offset, False)
+        if (cut.segment_base_offset, cut.position) < (on_disk.segment_base_offset, on_disk.position):
+            self._write_checkpoint(cut)
 
     def _truncate(self, offset: int) -> None:
         self._invalidate_flushes()

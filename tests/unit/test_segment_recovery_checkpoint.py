@@ -229,17 +229,13 @@ def test_a_crash_while_truncation_deletes_segments_leaves_a_prefix(tmp_path: Pat
     e2.close()
 
 
-@pytest.mark.xfail(strict=True, reason="truncate_to cuts the log before the checkpoint stops vouching for the cut "
-                   "bytes; when its flush fails the old checkpoint stays until the next one is written. Fix: "
-                   "before cutting below the on-disk checkpoint, write a checkpoint at or below the cut (and "
-                   "raise, log unchanged, if that fails)")
 def test_a_truncation_whose_fsync_fails_leaves_no_checkpoint_over_rewritten_bytes(tmp_path: Path) -> None:
     """flush (checkpoint at position X), truncate_to below X whose fdatasync fails (EIO),
-    appends re-grow the segment past X with other batches, not yet fsynced: the on-disk
-    checkpoint still vouches for [0, X) of the old bytes. A power failure now leaves the old
-    bytes on disk, and recovery, trusting them up to the index entry before X, brings back
-    records truncate_to removed (a divergent tail a follower was cutting). Pre-existing: the
-    window ends at the next successful data fsync, with or without the checkpoint interval."""
+    appends re-grow the segment past X with other batches, not yet fsynced: the checkpoint on
+    disk must not vouch for [0, X) of the old bytes, or a power failure leaving them (or a mix
+    of old and new pages) would have recovery trust them unvalidated and bring back records
+    truncate_to removed (a divergent tail a follower was cutting). It is moved to the cut
+    before the cut."""
     e = open_engine(tmp_path)
     fill(e, 0, 20)
     e.flush()
@@ -256,6 +252,61 @@ def test_a_truncation_whose_fsync_fails_leaves_no_checkpoint_over_rewritten_byte
     assert e.segment_count == 1
     point = read_checkpoint(str(tmp_path))
     assert point is not None and point.position <= cut_position, (point, cut_position)
+
+
+@pytest.mark.parametrize("at_a_segment_start", [False, True])
+def test_a_failed_truncation_into_an_earlier_segment_leaves_the_checkpoint_at_or_below_the_cut(
+        tmp_path: Path, at_a_segment_start: bool) -> None:
+    """The checkpoint names the last of several segments; the cut falls inside the first one,
+    or exactly at a segment's start (that segment goes, the one before ends the log)."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 100)
+    e.flush()
+    assert e.segment_count >= 3
+    first = e._segments[0]
+    cut = e._segments[2].base_offset if at_a_segment_start else first.base_offset + (first.next_offset - first.base_offset) // 2
+    with mock.patch("engines.segment_file.os.fdatasync", side_effect=OSError(errno.EIO, "I/O error")), \
+            pytest.raises(EngineError):
+        e.truncate_to(cut)
+    point = read_checkpoint(str(tmp_path))
+    active = e._active
+    assert point is not None and point.segment_base_offset == active.base_offset, (point, active.base_offset)
+    assert point.position <= active.size_bytes and point.next_offset <= e.log_end_offset <= cut
+
+
+def test_a_truncation_that_cannot_first_move_the_checkpoint_leaves_the_log_unchanged(tmp_path: Path) -> None:
+    e = open_engine(tmp_path)
+    fill(e, 0, 20)
+    e.flush()
+    before = read_all(e)
+    with mock.patch("engines.segment.write_checkpoint", side_effect=StorageFull("no space left for the checkpoint")), \
+            pytest.raises(StorageFull):
+        e.truncate_to(5)
+    assert read_all(e) == before
+    e.truncate_to(5)  # the disk has room again
+    assert e.log_end_offset <= 5 and read_checkpoint(str(tmp_path)).next_offset == e.log_end_offset
+    e.close()
+
+
+def test_a_truncation_after_a_flush_job_whose_checkpoint_may_have_landed_flushes_first(tmp_path: Path) -> None:
+    """Which checkpoint is on disk is unknown once a job that carries one is invalidated (it
+    may have renamed it into place): the truncation flushes everything first, so that it knows,
+    and when that flush fails the log is left as it was."""
+    e = open_engine(tmp_path)
+    fill(e, 0, 20)
+    job = e.flush_job(10_000)
+    assert job is not None and job.checkpoint is not None
+    job.run()  # the job's checkpoint (at the log end) is on disk; its completion is not applied
+    assert read_checkpoint(str(tmp_path)) == job.checkpoint
+    fill(e, 20, 5)
+    before = read_all(e)
+    with mock.patch("engines.segment_file.os.fdatasync", side_effect=OSError(errno.EIO, "I/O error")), \
+            pytest.raises(EngineError):
+        e.truncate_to(5)
+    assert read_all(e) == before
+    e.truncate_to(5)
+    assert read_checkpoint(str(tmp_path)).next_offset == e.log_end_offset <= 5
+    e.close()
 
 
 def test_truncation_past_a_damaged_index_entry_rebuilds_the_index(tmp_path: Path) -> None:
