@@ -1,12 +1,14 @@
 """Validation and small helpers shared by every engine.
 
-Pure functions, thread-safe. Each engine validates an offered batch the same way, so the
+Pure functions, thread-safe (but for the fault-injection hook of ``sync_translated``, which
+any thread may consume). Each engine validates an offered batch the same way, so the
 conformance suite sees the same errors whatever the engine.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 from typing import Callable
 
 from engines.api import BatchTooLarge, CorruptBatch, EngineError, OffsetOutOfRange, StorageFull
@@ -80,10 +82,29 @@ def translate_os_error(e: OSError, what: str) -> EngineError:
     return EngineError(f"{what}: {e}")
 
 
+_injected_sync_errno: list[int] = []  # fault injection: the next fdatasync fails with this errno
+
+
+def inject_sync_failure(code: int) -> None:
+    """Fault injection (a broker's FAULTS ``fail_next_fsync``, only with ``faults.enabled``):
+    the next fdatasync through ``sync_translated``, on any thread, fails with ``code``."""
+    _injected_sync_errno.append(code)
+
+
+def _raise_injected() -> None:
+    try:
+        code = _injected_sync_errno.pop()
+    except IndexError:  # another thread's sync took it
+        return
+    raise OSError(code, os.strerror(code))
+
+
 def sync_translated(sync: Callable[[int], None], fd: int, path: str) -> None:
     """``sync(fd)`` (``os.fsync`` / ``os.fdatasync``) of the file at ``path``, its error
     translated. Raises StorageFull / EngineError."""
     try:
+        if _injected_sync_errno and sync is os.fdatasync:
+            _raise_injected()
         sync(fd)
     except OSError as e:
         raise translate_os_error(e, f"fsync {path}") from e

@@ -33,7 +33,8 @@ import threading
 from collections import OrderedDict
 from typing import Callable, TypeVar
 
-from engines.api import OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS, FSYNC_INTERVAL
+from engines.api import (OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS,
+                         FSYNC_INTERVAL, StorageFailed)
 from engines.batch import BatchHeader
 from engines.checks import check_read_range, sync_translated, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
@@ -65,6 +66,7 @@ class SegmentEngine(AsyncFlushMixin):
         except OSError as e:
             raise translate_os_error(e, f"open {directory}") from e
         self._closed = False
+        self._failed: StorageFailed | None = None  # an fsync failed: no write or checkpoint again
         # asynchronous flushes (engines/segment_flush.py): the lock orders checkpoint writes of
         # the flusher thread against this owner's; the generation invalidates jobs in flight
         self._checkpoint_lock = threading.Lock()
@@ -115,18 +117,38 @@ class SegmentEngine(AsyncFlushMixin):
         if self._closed:
             raise EngineClosed(f"segment engine {self.directory} is closed")
 
+    def _check_writable(self) -> None:
+        """Open, and no fsync has failed (StorageFailed)."""
+        self._check_open()
+        if self._failed is not None:
+            raise StorageFailed(str(self._failed))
+
+    def _fence(self, e: BaseException) -> StorageFailed:
+        """An fsync failed: refuse every write and checkpoint from now on (see StorageFailed)."""
+        if self._failed is None:
+            self._failed = StorageFailed(f"{self.directory}: {e} -- the log takes no more writes; "
+                                         "the broker restarts and recovers it from its last checkpoint")
+            log.critical("%s", self._failed)
+        return StorageFailed(str(self._failed))
+
+    def _sync_segment(self, seg: LogSegment) -> None:
+        try:
+            seg.sync()
+        except EngineError as e:
+            raise self._fence(e) from e
+
     # -- append -------------------------------------------------------------------------------
     def append(self, batch: bytes | bytearray | memoryview) -> int:
         """Raises CorruptBatch / BatchTooLarge / StorageFull / EngineClosed. The hot path: one
         CRC, one pwritev, (fsync always) one fdatasync; no BatchHeader is built."""
-        if self._closed:
-            raise EngineClosed(f"segment engine {self.directory} is closed")
+        if self._closed or self._failed is not None:
+            self._check_writable()
         config = self.config
         [offset] = self._append_grouped([batch], [validate_batch_fields(batch, config.batch_bytes_max)])
         if config.fsync == FSYNC_ALWAYS:
             try:
-                self._segments[-1].sync()
-            except EngineError:
+                self._sync_segment(self._segments[-1])
+            except StorageFailed:
                 self._truncate(offset)
                 raise
         return offset
@@ -134,7 +156,7 @@ class SegmentEngine(AsyncFlushMixin):
     def append_many(self, batches: list[bytes | bytearray | memoryview], *, crc_checked: bool = False) -> list[int]:
         """Validate all, then write all, then (fsync always) one fdatasync. On StorageFull the
         batches of this call already written are cut again, so the log is unchanged."""
-        self._check_open()
+        self._check_writable()
         batch_bytes_max = self.config.batch_bytes_max
         check_crc = not crc_checked
         headers = [validate_batch_fields(b, batch_bytes_max, check_crc=check_crc) for b in batches]
@@ -142,8 +164,8 @@ class SegmentEngine(AsyncFlushMixin):
         try:
             offsets = self._append_grouped(batches, headers)
             if self.config.fsync == FSYNC_ALWAYS and offsets:
-                self._active.sync()
-        except EngineError:
+                self._sync_segment(self._active)
+        except (EngineError, StorageFailed):
             if self.log_end_offset > start_offset:
                 self._truncate(start_offset)
             raise
@@ -308,7 +330,7 @@ class SegmentEngine(AsyncFlushMixin):
     def truncate_to(self, offset: int) -> None:
         """See Engine.truncate_to; below log_start_offset everything is dropped. The new end is
         flushed (and checkpointed) before returning. Raises StorageFull / EngineError."""
-        self._check_open()
+        self._check_writable()
         if offset >= self.log_end_offset or self.log_start_offset == self.log_end_offset:
             return  # nothing at or after offset (an empty log may start above it)
         offset = max(offset, self.log_start_offset)
@@ -366,7 +388,7 @@ class SegmentEngine(AsyncFlushMixin):
         scanned on open), the old segments go newest first (a crash leaves a prefix of the old
         log: a valid truncation), and the new segment is created last (an empty directory
         recovers at the checkpoint's offset). Raises EngineError / StorageFull."""
-        self._check_open()
+        self._check_writable()
         if not 0 <= offset < OFFSET_LIMIT:
             raise EngineError(f"cannot reset the log to offset {offset}")
         self._invalidate_flushes()
@@ -416,7 +438,7 @@ class SegmentEngine(AsyncFlushMixin):
     def delete_before(self, offset: int) -> int:
         """Delete whole segments whose records all lie before ``offset``; returns the new
         log_start_offset."""
-        self._check_open()
+        self._check_writable()
         count = 0
         while count < len(self._segments) - 1 and self._segments[count].next_offset <= offset:
             count += 1
@@ -428,7 +450,7 @@ class SegmentEngine(AsyncFlushMixin):
         the segment, as Kafka's maxTimestamp: a late record ending a segment does not expire
         fresher records before it) or past retention_bytes, never a segment that ends past
         ``upper_bound_offset``; returns bytes deleted."""
-        self._check_open()
+        self._check_writable()
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
         count, size_bytes = 0, self._size_bytes
         while count < len(self._segments) - 1:
@@ -448,13 +470,17 @@ class SegmentEngine(AsyncFlushMixin):
 
     # -- durability ---------------------------------------------------------------------------
     def _fsync_dir(self) -> None:
-        sync_translated(os.fsync, self._dir_fd, self.directory)
+        try:
+            sync_translated(os.fsync, self._dir_fd, self.directory)
+        except EngineError as e:  # a segment's creation or removal may not survive: as a data fsync
+            raise self._fence(e) from e
         self._dir_dirty = False
 
     def flush(self, clean: bool = False, checkpoint: bool = True) -> None:
         """fsync every dirty segment and index, then (``checkpoint``) move the recovery
-        checkpoint to the log end. Raises StorageFull / EngineError / EngineClosed."""
-        self._check_open()
+        checkpoint to the log end. Raises StorageFull / EngineError / EngineClosed /
+        StorageFailed."""
+        self._check_writable()
         self._invalidate_flushes()  # this flush covers what a job in flight would, and more
         for seg in self._unsynced + [self._active]:
             try:
@@ -462,7 +488,7 @@ class SegmentEngine(AsyncFlushMixin):
             except OSError as e:
                 raise translate_os_error(e, f"write {seg.index.path}") from e
             if seg.dirty:
-                seg.sync()
+                self._sync_segment(seg)
         self._unsynced = []
         if self._dir_dirty:
             self._fsync_dir()
@@ -476,7 +502,9 @@ class SegmentEngine(AsyncFlushMixin):
     def _write_checkpoint(self, point: Checkpoint) -> None:
         """Replace the checkpoint with ``point``. Until that returns, which checkpoint is on disk
         is unknown (a replacement that fails after its rename leaves the new one): a later flush
-        then writes its own even at the old point. Raises StorageFull / EngineError."""
+        then writes its own even at the old point. Raises StorageFull / EngineError /
+        StorageFailed (never a checkpoint after a failed fsync)."""
+        self._check_writable()
         self._checkpoint = None
         write_checkpoint(self.directory, self._dir_fd, point)
         self._checkpoint = point
@@ -493,7 +521,7 @@ class SegmentEngine(AsyncFlushMixin):
         return self._last_checkpoint_ms is None or now_ms - self._last_checkpoint_ms >= RECOVERY_CHECKPOINT_INTERVAL_MS
 
     def maybe_flush(self, now_ms: int) -> bool:
-        self._check_open()
+        self._check_writable()
         if not self._interval_flush_due(now_ms):
             return False
         due = self._checkpoint_due(now_ms)
@@ -507,7 +535,8 @@ class SegmentEngine(AsyncFlushMixin):
         if self._closed:
             return
         try:
-            self.flush(clean=True)
+            if self._failed is None:  # else no checkpoint: recovery validates what came after the last
+                self.flush(clean=True)
         finally:
             self._closed = True
             for seg in self._segments:

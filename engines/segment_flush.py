@@ -62,7 +62,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from engines.api import EngineError
+from engines.api import EngineError, StorageFailed
 from engines.checks import sync_translated, translate_os_error
 from engines.durable import TEMP_SUFFIX
 from engines.segment_recovery import Checkpoint, write_checkpoint
@@ -105,6 +105,7 @@ class FlushJob:
     current_generation: Callable[[], int]
     checkpoint_written: bool = False
     error: BaseException | None = None
+    sync_failed: bool = False  # the error is a data or directory fsync's (StorageFailed for the owner)
     ran: bool = False
     _closed: bool = field(default=False, repr=False)
 
@@ -165,11 +166,18 @@ class FlushJob:
 
     def _sync_all(self) -> None:
         for s in self.syncs:
-            sync_translated(os.fdatasync, s.log_fd, s.log_path)
-            if s.index_fd >= 0:
+            self._sync_data(os.fdatasync, s.log_fd, s.log_path)
+            if s.index_fd >= 0:  # an index is rebuilt from its segment when damaged: no fence
                 sync_translated(os.fsync, s.index_fd, s.index_path)
         if self.dir_dirty:
-            sync_translated(os.fsync, self.dir_fd, self.directory)
+            self._sync_data(os.fsync, self.dir_fd, self.directory)
+
+    def _sync_data(self, sync: Callable[[int], None], fd: int, path: str) -> None:
+        try:
+            sync_translated(sync, fd, path)
+        except EngineError:
+            self.sync_failed = True
+            raise
 
     def discard(self) -> EngineError | None:
         """Close the job's descriptors (idempotent): after ``run``, or for a job never run.
@@ -232,6 +240,8 @@ class AsyncFlushMixin:
 
     if TYPE_CHECKING:  # SegmentEngine's, never these
         def _check_open(self) -> None: ...
+        def _check_writable(self) -> None: ...
+        def _fence(self, e: BaseException) -> StorageFailed: ...
         def _interval_flush_due(self, now_ms: int) -> bool: ...
         def _checkpoint_due(self, now_ms: int) -> bool: ...
 
@@ -256,7 +266,7 @@ class AsyncFlushMixin:
         ``flush_done`` on this thread; else None. Writes pending index entries and dups the
         descriptors to sync (EMFILE raises EngineError). Raises StorageFull / EngineError /
         EngineClosed."""
-        self._check_open()
+        self._check_writable()
         if self._flush_in_flight is not None or not self._interval_flush_due(now_ms):
             return None
         job = FlushJob.make(self.directory, self._dir_fd, self._unsynced + [self._active], now_ms,
@@ -288,6 +298,8 @@ class AsyncFlushMixin:
         if job.error is not None:
             if job.checkpoint is not None:
                 self._checkpoint = None  # its replacement may have failed after the rename
+            if job.sync_failed:
+                raise self._fence(job.error) from job.error
             raise job.error
         if stale:
             return False

@@ -11,9 +11,11 @@ import gc
 import logging
 import os
 import sys
+from typing import NoReturn
 
 import zmq
 
+from engines.api import StorageFailed
 from fabric.config import ConfigError, load_config
 from fabric.roles import ROLES
 from nodes.base import setup_logging
@@ -24,6 +26,7 @@ log = logging.getLogger("loom.run")
 EXIT_CONFIG_ERROR = 2  # the config (file, node name, host) is wrong: restarting cannot help
 EXIT_BIND_ERROR = 3    # the node's port is taken: restarted with backoff, it may be freed
 EXIT_PROGRAMMER_ERROR = 70  # a bug stopped the node (EX_SOFTWARE): restarted, it recovers from disk
+EXIT_STORAGE_FAILED = 74    # an fsync failed (EX_IOERR; engines.api.StorageFailed): restarted, it recovers from disk
 
 # The cyclic collector's thresholds once a node has started (CPython's defaults: 700, 10, 10).
 # A node's reactor allocates and frees containers by the thousand per pass (frames, decoded
@@ -134,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"loom: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except StorageFailed:  # recovering a log at start (its fsync)
+        _stop_now(EXIT_STORAGE_FAILED, f"{args.node} cannot start: a write to disk failed")
     except zmq.ZMQError as e:  # binding the ROUTER or PUB port
         if e.errno == errno.EADDRINUSE:
             print(f"loom: {args.node}: cannot listen: {e} (is another process using the port?)", file=sys.stderr)
@@ -146,14 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc_after_start()
     try:
         node.run()
+    except StorageFailed:
+        # the page cache can no longer be trusted to reach the disk: stop at once, as Kafka stops a
+        # broker whose log directory failed; recovery on restart validates past the last checkpoint
+        _stop_now(EXIT_STORAGE_FAILED, f"{args.node} stopped: a write to disk failed; the supervisor restarts "
+                                       "it from disk")
     except Exception:
         # like a kill -9, which recovery handles: no clean close from a state a bug has broken
-        log.critical("%s stopped by a programmer error; the supervisor restarts it from disk", args.node,
-                     exc_info=True)
-        logging.shutdown()
-        sys.stderr.flush()
-        os._exit(EXIT_PROGRAMMER_ERROR)
+        _stop_now(EXIT_PROGRAMMER_ERROR, f"{args.node} stopped by a programmer error; the supervisor restarts "
+                                         "it from disk")
     return 0
+
+
+def _stop_now(code: int, why: str) -> NoReturn:
+    """Log the exception being handled and exit without closing anything (as a kill -9 would)."""
+    log.critical("%s", why, exc_info=True)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

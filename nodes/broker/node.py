@@ -12,6 +12,7 @@ Not thread-safe: everything runs on the reactor's thread.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections import defaultdict
@@ -21,6 +22,7 @@ from typing import Any
 import zmq
 
 from engines.api import EngineError
+from engines.checks import inject_sync_failure
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
@@ -317,6 +319,16 @@ class Broker(Node):
     def _pub_endpoint_of(self, broker_id: int) -> str | None:
         b = self.metadata.brokers.get(broker_id)
         return None if b is None else b.pub_endpoint
+
+    def _on_faults(self, req: wire.Request) -> dict:
+        """The nodes' fault injection, and ``fail_next_fsync``: the next data fdatasync of this
+        broker (on the reactor or the flusher thread) fails with EIO -- which stops it
+        (``engines.api.StorageFailed``)."""
+        if self.faults.enabled and req.header.get("fail_next_fsync") is True:
+            inject_sync_failure(errno.EIO)
+            log.warning("fault injection: the next fdatasync fails")
+            return {"fail_next_fsync": True}
+        return super()._on_faults(req)
 
     def _on_metadata_request(self, req: wire.Request) -> dict:
         return {"metadata": self.metadata.to_wire()}

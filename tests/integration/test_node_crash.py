@@ -1,4 +1,5 @@
-"""A node process stops on a programmer error and keeps serving through bad input.
+"""A node process stops on a programmer error (and a broker on a failed fsync), and keeps
+serving through bad input.
 
 The FAULTS command's ``programmer_error`` hook (accepted only with ``faults.enabled: true``)
 raises a TypeError inside a request handler: the node must not answer it as an "internal
@@ -14,9 +15,10 @@ import pytest
 import zmq
 
 from fabric import protocol as P
+from fabric.client import Admin, Consumer, Producer
 from fabric import wire
 from fabric.errors import RemoteError, RequestTimeout
-from nodes.run import EXIT_PROGRAMMER_ERROR
+from nodes.run import EXIT_PROGRAMMER_ERROR, EXIT_STORAGE_FAILED
 from tests.harness import Cluster, make_config, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,5 +71,41 @@ def test_the_programmer_error_hook_is_refused_without_faults_enabled(tmp_path: P
             c.call("coordinator", P.FAULTS, {"programmer_error": True})
         assert e.value.code == P.INVALID_CONFIG
         assert c.procs["coordinator"].poll() is None and c.ping("coordinator")["node"] == "coordinator"
+    finally:
+        c.stop_all()
+
+
+def test_a_failed_fsync_stops_the_broker_which_restarts_from_disk_with_every_acknowledged_record(
+        tmp_path: Path) -> None:
+    """A broker whose fdatasync fails cannot trust its page cache to reach the disk any more
+    (fsyncgate): it does not log the failure and retry the flush, it stops with
+    ``EXIT_STORAGE_FAILED``; started again it recovers its log from disk and serves every
+    record it acknowledged."""
+    c = Cluster(make_config(tmp_path, 1, overrides={"faults": {"enabled": True}}))
+    c.start()
+    try:
+        with Admin(c.bootstrap) as admin:
+            admin.create_topic("t", partitions=1, replication_factor=1)
+            c.wait_topic_ready(admin, "t")
+        with Producer(c.bootstrap, acks="all") as p:
+            first = [p.send("t", b"before-%d" % i) for i in range(20)]
+            p.flush(timeout=20)
+            assert all(f.result(timeout=0).offset == i for i, f in enumerate(first))
+            c.call("broker-1", P.FAULTS, {"fail_next_fsync": True})
+            second = p.send("t", b"after")  # dirty data for the next interval flush (50 ms)
+            p.flush(timeout=20)
+            assert second.result(timeout=0).offset == 20
+        proc = c.procs["broker-1"]
+        wait_until(lambda: proc.poll() is not None, 20, what="the broker to stop")
+        assert proc.returncode == EXIT_STORAGE_FAILED
+        log = (c.log_dir / "broker-1.log").read_text()
+        assert "a write to disk failed" in log and "Input/output error" in log
+        c.start(["broker-1"])  # what the supervisor does
+        with Consumer(c.bootstrap, auto_offset_reset="earliest") as consumer:
+            consumer.assign([("t", 0)])
+            got: list = []
+            wait_until(lambda: got.extend(consumer.poll(timeout_ms=200)) or len(got) >= 21, 30,
+                       what="every acknowledged record")
+        assert [r.value for r in got] == [b"before-%d" % i for i in range(20)] + [b"after"]
     finally:
         c.stop_all()

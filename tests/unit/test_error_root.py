@@ -1,7 +1,8 @@
 """One error root: every exception class Loom's packages define derives from ``LoomError``
 (config, engine, batch, wire, remote, the broker's identity, the gateway's answers), so an
 application or a node catches Loom's operating errors in one clause and lets programmer errors
-through. The one exception is control flow that never leaves its module."""
+through. The exceptions: control flow that never leaves its module, and a failure that must
+stop the node rather than be answered as an operating error (a failed fsync)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fabric.errors import LoomError
 
 PACKAGES = ("engines", "fabric", "nodes", "webui")
 CONTROL_FLOW = {"webui.ws.Closed"}  # a WebSocket's send loop ends; caught where it is raised
+STOPS_THE_NODE = {"engines.api.StorageFailed"}  # nodes/run.py exits on it (EXIT_STORAGE_FAILED)
 
 
 def _exception_classes() -> dict[str, type]:
@@ -32,5 +34,5 @@ def _exception_classes() -> dict[str, type]:
 def test_every_exception_class_of_loom_derives_from_loom_error() -> None:
     classes = _exception_classes()
     assert "fabric.zmtp.ProtocolViolation" in classes and "engines.offset_index.IndexDamaged" in classes
-    outside = sorted(n for n, c in classes.items() if not issubclass(c, LoomError) and n not in CONTROL_FLOW)
+    outside = sorted(n for n, c in classes.items() if not issubclass(c, LoomError) and n not in CONTROL_FLOW | STOPS_THE_NODE)
     assert outside == []

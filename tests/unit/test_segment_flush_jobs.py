@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from engines.api import EngineError, async_flush_of
-from engines.conformance import read_all
+from engines.api import EngineConfig, EngineError, StorageFailed, async_flush_of
+from engines.conformance import make_batch, read_all
+from engines.segment import SegmentEngine
 from engines.segment_recovery import read_checkpoint
 from tests.unit.builders_segment import INTERVAL_MS, T0, SyncRecorder, engine_with_a_job, fill, open_engine, run_in_thread
 
@@ -176,12 +177,10 @@ def test_a_failed_fdatasync_in_the_thread_is_raised_on_the_owners_thread_and_mov
     sync.fail_with = errno.EIO
     run_in_thread(job)
     assert not job.checkpoint_written
-    with pytest.raises(EngineError, match="fsync"):
+    with pytest.raises(StorageFailed, match="fsync"):
         e.flush_done(job)
     assert read_checkpoint(str(tmp_path)) == before  # nothing vouched for
-    assert e._active.dirty  # still to be flushed
-    flushed_by_a_job(e, T0)  # due at once, not an interval later
-    assert not e._active.dirty
+    assert e._active.dirty
     e.close()
 
 
@@ -224,20 +223,48 @@ def test_a_crash_around_a_job_recovers_every_record_behind_a_true_checkpoint(
     e2.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known limit, as in the synchronous flush before: after a failed fdatasync the "
-                                       "next successful one moves the checkpoint over bytes the kernel may have "
-                                       "dropped (fsyncgate); the fix is to fence the partition's checkpoint, or the "
-                                       "log directory, as Kafka and Postgres do")
 def test_after_a_failed_fdatasync_the_checkpoint_never_vouches_for_the_bytes_it_covered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may have dropped the pages a failed fdatasync covered and marked them clean
+    (PostgreSQL's "fsyncgate"), so a later fsync that succeeds proves nothing about them: the
+    engine takes no more writes, flushes or checkpoints (StorageFailed; the broker stops and
+    recovers from the last checkpoint), and closing it writes none either."""
     e, sync, job = engine_with_a_job(tmp_path, monkeypatch, 10)
-    failed_end = job.checkpoint.next_offset
+    before = read_checkpoint(str(tmp_path))
     sync.fail_with = errno.EIO
     run_in_thread(job)
-    with pytest.raises(EngineError):
+    with pytest.raises(StorageFailed):
         e.flush_done(job)
-    later = flushed_by_a_job(e, T0 + 20_000)
-    assert later.checkpoint is None or later.checkpoint.next_offset < failed_end
+    sync.fail_with = None
+    for refused in (lambda: e.flush_job(T0 + 20_000), e.flush, lambda: e.maybe_flush(T0 + 20_000),
+                    lambda: e.append(make_batch(0)), lambda: e.append_many([make_batch(0)]),
+                    lambda: e.truncate_to(1), lambda: e.reset_to(0), lambda: e.delete_before(5),
+                    lambda: e.apply_retention(T0)):
+        with pytest.raises(StorageFailed):
+            refused()
+    assert read_all(e)  # reads go on
+    e.close()
+    assert read_checkpoint(str(tmp_path)) == before  # not moved, and not marked clean by close
+
+
+def test_a_failed_fdatasync_under_fsync_always_refuses_the_next_append_too(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``always`` the append whose fdatasync failed is cut and refused, and so is every
+    later one: its fdatasync succeeding would not bring back pages the kernel dropped."""
+    e = SegmentEngine(str(tmp_path), EngineConfig(fsync="always"))
+    e.append(make_batch(0))
+    end = e.log_end_offset
+    real = os.fdatasync
+
+    def fails(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(os, "fdatasync", fails)
+    with pytest.raises(StorageFailed):
+        e.append(make_batch(0))
+    monkeypatch.setattr(os, "fdatasync", real)
+    assert e.log_end_offset == end  # the append whose sync failed was cut
+    with pytest.raises(StorageFailed):
+        e.append_many([make_batch(0)])
     e.close()
 
 
@@ -250,7 +277,7 @@ def test_a_failed_fsync_of_a_job_made_stale_meanwhile_is_still_raised(tmp_path: 
     e.truncate_to(5)  # the job is stale from here on
     sync.fail_with = errno.EIO
     run_in_thread(job)
-    with pytest.raises(EngineError, match="Input/output error"):
+    with pytest.raises(StorageFailed, match="Input/output error"):
         e.flush_done(job)
     e.close()
 

@@ -13,7 +13,7 @@ from unittest import mock
 
 import pytest
 
-from engines.api import EngineConfig, EngineError, StorageFull
+from engines.api import EngineConfig, EngineError, StorageFailed, StorageFull
 from engines.conformance import make_batch, read_all
 from engines.segment import SegmentEngine
 from engines.segment_recovery import read_checkpoint
@@ -229,29 +229,26 @@ def test_a_crash_while_truncation_deletes_segments_leaves_a_prefix(tmp_path: Pat
     e2.close()
 
 
-def test_a_truncation_whose_fsync_fails_leaves_no_checkpoint_over_rewritten_bytes(tmp_path: Path) -> None:
-    """flush (checkpoint at position X), truncate_to below X whose fdatasync fails (EIO),
-    appends re-grow the segment past X with other batches, not yet fsynced: the checkpoint on
-    disk must not vouch for [0, X) of the old bytes, or a power failure leaving them (or a mix
-    of old and new pages) would have recovery trust them unvalidated and bring back records
-    truncate_to removed (a divergent tail a follower was cutting). It is moved to the cut
-    before the cut."""
+def test_a_truncation_whose_fsync_fails_leaves_no_checkpoint_over_the_cut_bytes(tmp_path: Path) -> None:
+    """flush (checkpoint at position X), truncate_to below X whose fdatasync fails (EIO): the
+    checkpoint on disk must not vouch for [0, X) of the old bytes -- it is moved to the cut
+    before the cut. (Before the engine refused writes after a failed fsync, appends then wrote
+    other batches over the cut bytes, and a power failure leaving old bytes or a mix of pages
+    had recovery trust them unvalidated.) The log then takes no more writes (StorageFailed)."""
     e = open_engine(tmp_path)
     fill(e, 0, 20)
     e.flush()
-    old_position = read_checkpoint(str(tmp_path)).position
     assert e.segment_count == 1
     with mock.patch("engines.segment_file.os.fdatasync", side_effect=OSError(errno.EIO, "I/O error")), \
-            pytest.raises(EngineError):
+            pytest.raises(StorageFailed):
         e.truncate_to(5)
     cut_position = e._active.size_bytes
-    i = 100
-    while e._active.size_bytes <= old_position:
-        fill(e, i, 1)
-        i += 1
-    assert e.segment_count == 1
     point = read_checkpoint(str(tmp_path))
     assert point is not None and point.position <= cut_position, (point, cut_position)
+    with pytest.raises(StorageFailed):
+        fill(e, 100, 1)
+    e.close()
+    assert read_checkpoint(str(tmp_path)) == point
 
 
 @pytest.mark.parametrize("at_a_segment_start", [False, True])
@@ -266,7 +263,7 @@ def test_a_failed_truncation_into_an_earlier_segment_leaves_the_checkpoint_at_or
     first = e._segments[0]
     cut = e._segments[2].base_offset if at_a_segment_start else first.base_offset + (first.next_offset - first.base_offset) // 2
     with mock.patch("engines.segment_file.os.fdatasync", side_effect=OSError(errno.EIO, "I/O error")), \
-            pytest.raises(EngineError):
+            pytest.raises(StorageFailed):
         e.truncate_to(cut)
     point = read_checkpoint(str(tmp_path))
     active = e._active
@@ -291,7 +288,7 @@ def test_a_truncation_that_cannot_first_move_the_checkpoint_leaves_the_log_uncha
 def test_a_truncation_after_a_flush_job_whose_checkpoint_may_have_landed_flushes_first(tmp_path: Path) -> None:
     """Which checkpoint is on disk is unknown once a job that carries one is invalidated (it
     may have renamed it into place): the truncation flushes everything first, so that it knows,
-    and when that flush fails the log is left as it was."""
+    and when that flush fails the log is left as it was (and takes no more writes)."""
     e = open_engine(tmp_path)
     fill(e, 0, 20)
     job = e.flush_job(10_000)
@@ -301,11 +298,10 @@ def test_a_truncation_after_a_flush_job_whose_checkpoint_may_have_landed_flushes
     fill(e, 20, 5)
     before = read_all(e)
     with mock.patch("engines.segment_file.os.fdatasync", side_effect=OSError(errno.EIO, "I/O error")), \
-            pytest.raises(EngineError):
+            pytest.raises(StorageFailed):
         e.truncate_to(5)
-    assert read_all(e) == before
-    e.truncate_to(5)
-    assert read_checkpoint(str(tmp_path)).next_offset == e.log_end_offset <= 5
+    assert read_all(e) == before  # and the job's checkpoint, on disk, is true of it
+    assert read_checkpoint(str(tmp_path)) == job.checkpoint
     e.close()
 
 
