@@ -66,6 +66,20 @@ def test_the_owner_does_not_wait_for_the_threads_checkpoint_fsync(tmp_path: Path
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]  # the thread's temp file removed
 
 
+class _Announcing:
+    """A lock that sets ``event`` when someone is about to take it."""
+
+    def __init__(self, lock: threading.Lock, event: threading.Event) -> None:
+        self.lock, self.event = lock, event
+
+    def __enter__(self) -> bool:
+        self.event.set()
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.__exit__(*exc)
+
+
 def test_the_thread_creates_no_file_in_the_directory_after_the_owner_closed_the_engine(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A partition deleted (close, then its directory removed) while the thread is about to
@@ -87,17 +101,22 @@ def test_the_thread_creates_no_file_in_the_directory_after_the_owner_closed_the_
             created_after_close.append(e._closed)
         return fd
     monkeypatch.setattr(os, "open", open_)
+    owner_at_lock = threading.Event()
+    e._checkpoint_lock = _Announcing(e._checkpoint_lock, owner_at_lock)  # the job keeps the bare lock
     runner = threading.Thread(target=job.run, name="job")
     runner.start()
+    owner = threading.Thread(target=e.close, name="owner")
     try:
         assert about_to_create.wait(10)
-        owner = threading.Thread(target=e.close, name="owner")
         owner.start()
-        owner.join(0.3)  # with the fix it waits for the (held) creation under the lock
+        # the close invalidates the job under the lock, which the thread holds while it creates
+        # its temp file: released once the owner is at the lock, not after a guessed delay
+        assert owner_at_lock.wait(10)
     finally:
         release.set()
         runner.join(10)
-        owner.join(10)
+        if owner.ident is not None:
+            owner.join(10)
     assert not runner.is_alive() and not owner.is_alive()
     assert created_after_close in ([], [False]), created_after_close
     assert not job.checkpoint_written and job.error is None
