@@ -124,7 +124,9 @@ class SegmentEngine(AsyncFlushMixin):
             raise StorageFailed(str(self._failed))
 
     def _fence(self, e: BaseException) -> StorageFailed:
-        """An fsync failed: refuse every write and checkpoint from now on (see StorageFailed)."""
+        """An fsync failed: refuse every write and checkpoint from now on (see StorageFailed).
+        Also called on the flusher thread when a job's fsync fails (``FlushJob.on_sync_failed``):
+        it only sets ``_failed``, once, which the owner reads."""
         if self._failed is None:
             self._failed = StorageFailed(f"{self.directory}: {e} -- the log takes no more writes; "
                                          "the broker restarts and recovers it from its last checkpoint")
