@@ -151,7 +151,7 @@ class SegmentEngine(AsyncFlushMixin):
             try:
                 self._sync_segment(self._segments[-1])
             except StorageFailed:
-                self._truncate(offset)
+                self._cut_back(offset)
                 raise
         return offset
 
@@ -169,9 +169,20 @@ class SegmentEngine(AsyncFlushMixin):
                 self._sync_segment(self._active)
         except (EngineError, StorageFailed):
             if self.log_end_offset > start_offset:
-                self._truncate(start_offset)
+                self._cut_back(start_offset)
             raise
         return offsets
+
+    def _cut_back(self, offset: int) -> None:
+        """Cut a failed append's batches again. After a failed fsync an error of the cut itself
+        (a disk that is gone fails the ftruncate or the read too) is still StorageFailed: never
+        an operating error the broker answers and then serves on after."""
+        try:
+            self._truncate(offset)
+        except Exception as e:
+            if self._failed is not None:
+                raise self._fence(e) from e
+            raise
 
     def _append_grouped(self, batches: list, headers: list[tuple]) -> list[int]:
         """Write validated batches (``headers``: their raw header fields, see

@@ -364,3 +364,24 @@ def test_a_failed_fsync_on_the_thread_fences_the_engine_before_its_completion_is
     e.close()
     assert read_checkpoint(str(tmp_path)) == before
 
+
+@pytest.mark.parametrize("call", ["append", "append_many"])
+def test_an_append_whose_fsync_failed_raises_storage_failed_even_when_cutting_it_back_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+    """fsync always: the fdatasync fails (EIO) and so does the ftruncate cutting the batch back
+    (a disk that is gone fails both). The caller must still see StorageFailed -- an EngineError
+    is an operating error the broker answers and serves on after."""
+    e = SegmentEngine(str(tmp_path), EngineConfig(fsync="always"))
+    e.append(make_batch(0))
+
+    def eio(*args: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(os, "fdatasync", eio)
+    monkeypatch.setattr(os, "ftruncate", eio)
+    with pytest.raises(StorageFailed):
+        if call == "append":
+            e.append(make_batch(1))
+        else:
+            e.append_many([make_batch(1), make_batch(2)])
+    monkeypatch.undo()
+    e.close()
