@@ -194,6 +194,7 @@ class SegmentEngine(AsyncFlushMixin):
         group: list[tuple] = []
         active = self._segments[-1]
         offset, size_bytes, first_ts = active.next_offset, active.size_bytes, active.first_timestamp_ms
+        began = (active.base_offset, size_bytes, offset)  # where this call began (a roll's checkpoint)
         for batch, fields in zip(batches, headers):
             _, _, _, _, _, _, record_count, first_timestamp_ms, last_timestamp_ms, _, _, _ = fields
             # Roll by age compares batch timestamps, so no clock is read per append.
@@ -204,7 +205,7 @@ class SegmentEngine(AsyncFlushMixin):
             ):
                 self._write_group(active, group, offsets)
                 group = []
-                self._roll(offset)
+                self._roll(offset, Checkpoint(*began, False))
                 active = self._segments[-1]
                 size_bytes, first_ts = 0, None
             if not size_bytes:
@@ -221,11 +222,16 @@ class SegmentEngine(AsyncFlushMixin):
             self._size_bytes += sum(len(g[0]) for g in group)
             offsets += (g[1] for g in group)
 
-    def _roll(self, offset: int) -> None:
-        """Close the active segment for appends and start a new one at ``offset``."""
+    def _roll(self, offset: int, began: Checkpoint) -> None:
+        """Close the active segment for appends and start a new one at ``offset``. Under fsync
+        ``always`` the flush moves the checkpoint only to ``began``, where the appending call
+        began: the call's own batches before the roll may yet be cut back (append_many, when a
+        later write fails), and the checkpoint must never vouch for cut bytes."""
         old = self._active
         if self.config.fsync == FSYNC_ALWAYS:
-            self.flush()
+            self.flush(checkpoint=False)
+            if began != self._checkpoint:
+                self._write_checkpoint(began)
         else:
             try:
                 old.index.write_pending(sync=False)
