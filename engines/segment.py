@@ -124,7 +124,9 @@ class SegmentEngine(AsyncFlushMixin):
             raise StorageFailed(str(self._failed))
 
     def _fence(self, e: BaseException) -> StorageFailed:
-        """An fsync failed: refuse every write and checkpoint from now on (see StorageFailed)."""
+        """An fsync failed: refuse every write and checkpoint from now on (see StorageFailed).
+        Also called on the flusher thread when a job's fsync fails (``FlushJob.on_sync_failed``):
+        it only sets ``_failed``, once, which the owner reads."""
         if self._failed is None:
             self._failed = StorageFailed(f"{self.directory}: {e} -- the log takes no more writes; "
                                          "the broker restarts and recovers it from its last checkpoint")
@@ -149,7 +151,7 @@ class SegmentEngine(AsyncFlushMixin):
             try:
                 self._sync_segment(self._segments[-1])
             except StorageFailed:
-                self._truncate(offset)
+                self._cut_back(offset)
                 raise
         return offset
 
@@ -167,9 +169,20 @@ class SegmentEngine(AsyncFlushMixin):
                 self._sync_segment(self._active)
         except (EngineError, StorageFailed):
             if self.log_end_offset > start_offset:
-                self._truncate(start_offset)
+                self._cut_back(start_offset)
             raise
         return offsets
+
+    def _cut_back(self, offset: int) -> None:
+        """Cut a failed append's batches again. After a failed fsync an error of the cut itself
+        (a disk that is gone fails the ftruncate or the read too) is still StorageFailed: never
+        an operating error the broker answers and then serves on after."""
+        try:
+            self._truncate(offset)
+        except Exception as e:
+            if self._failed is not None:
+                raise self._fence(e) from e
+            raise
 
     def _append_grouped(self, batches: list, headers: list[tuple]) -> list[int]:
         """Write validated batches (``headers``: their raw header fields, see
@@ -181,6 +194,7 @@ class SegmentEngine(AsyncFlushMixin):
         group: list[tuple] = []
         active = self._segments[-1]
         offset, size_bytes, first_ts = active.next_offset, active.size_bytes, active.first_timestamp_ms
+        began = (active.base_offset, size_bytes, offset)  # where this call began (a roll's checkpoint)
         for batch, fields in zip(batches, headers):
             _, _, _, _, _, _, record_count, first_timestamp_ms, last_timestamp_ms, _, _, _ = fields
             # Roll by age compares batch timestamps, so no clock is read per append.
@@ -191,7 +205,7 @@ class SegmentEngine(AsyncFlushMixin):
             ):
                 self._write_group(active, group, offsets)
                 group = []
-                self._roll(offset)
+                self._roll(offset, Checkpoint(*began, False))
                 active = self._segments[-1]
                 size_bytes, first_ts = 0, None
             if not size_bytes:
@@ -208,11 +222,16 @@ class SegmentEngine(AsyncFlushMixin):
             self._size_bytes += sum(len(g[0]) for g in group)
             offsets += (g[1] for g in group)
 
-    def _roll(self, offset: int) -> None:
-        """Close the active segment for appends and start a new one at ``offset``."""
+    def _roll(self, offset: int, began: Checkpoint) -> None:
+        """Close the active segment for appends and start a new one at ``offset``. Under fsync
+        ``always`` the flush moves the checkpoint only to ``began``, where the appending call
+        began: the call's own batches before the roll may yet be cut back (append_many, when a
+        later write fails), and the checkpoint must never vouch for cut bytes."""
         old = self._active
         if self.config.fsync == FSYNC_ALWAYS:
-            self.flush()
+            self.flush(checkpoint=False)
+            if began != self._checkpoint:
+                self._write_checkpoint(began)
         else:
             try:
                 old.index.write_pending(sync=False)

@@ -40,8 +40,12 @@ Design (what a job is, and why nothing the reactor does meanwhile can be undone 
   directory clean if no roll created a file since, and the checkpoint the thread wrote becomes
   the engine's. A stale completion is dropped (returns False): its data stays dirty and is
   flushed again later. A job that failed (EIO, ENOSPC) raises its error from ``flush_done`` on
-  the owner's thread, as the synchronous ``flush`` raises it: the data stays dirty, the
-  checkpoint did not move, and the broker logs it with the partition (as it always has).
+  the owner's thread, as the synchronous ``flush`` raises it: the data stays dirty and the
+  checkpoint did not move. A failed data or directory fsync is ``StorageFailed``, and it
+  fences the engine from the thread at once (``on_sync_failed``): until the reactor collects
+  the completion the owner may flush itself, and its fdatasync would succeed (the kernel
+  reported the writeback error once, to the job's dup of the same open file), so without the
+  fence it would checkpoint over the pages the failed one covered.
 * At most one job per engine is in flight; ``close`` does not wait for it (it bumps the
   generation, which cancels the job's checkpoint and completion, then flushes synchronously;
   the job's own descriptors keep its files' inodes alive until the thread closes them).
@@ -51,8 +55,9 @@ invalidation the engine's other operations call first).
 
 Thread-safety: a FlushJob is made and applied on the engine owner's thread; ``run`` is called
 once, on the flusher thread, and touches only the job's own descriptors, the engine's
-checkpoint lock and generation (read under that lock), and the partition directory's
-checkpoint file (its own temp file, renamed over the checkpoint under that lock).
+checkpoint lock and generation (read under that lock), the partition directory's
+checkpoint file (its own temp file, renamed over the checkpoint under that lock), and, when a
+data fsync fails, the engine's fence (one attribute set once, read by the owner).
 """
 
 from __future__ import annotations
@@ -106,6 +111,9 @@ class FlushJob:
     checkpoint_written: bool = False
     error: BaseException | None = None
     sync_failed: bool = False  # the error is a data or directory fsync's (StorageFailed for the owner)
+    # called on the thread the moment a data or directory fsync fails (the engine's fence), so
+    # that the owner writes no checkpoint and takes no write before it collects the completion
+    on_sync_failed: Callable[[BaseException], object] | None = None
     ran: bool = False
     _closed: bool = field(default=False, repr=False)
 
@@ -175,8 +183,10 @@ class FlushJob:
     def _sync_data(self, sync: Callable[[int], None], fd: int, path: str) -> None:
         try:
             sync_translated(sync, fd, path)
-        except EngineError:
+        except EngineError as e:
             self.sync_failed = True
+            if self.on_sync_failed is not None:
+                self.on_sync_failed(e)
             raise
 
     def discard(self) -> EngineError | None:
@@ -279,6 +289,7 @@ class AsyncFlushMixin:
             job.checkpoint = point
         elif due:
             self._last_checkpoint_ms = now_ms
+        job.on_sync_failed = self._fence
         self._flush_in_flight = job
         return job
 

@@ -335,3 +335,53 @@ def test_the_owner_waits_for_a_checkpoint_the_thread_is_writing_and_then_writes_
     assert cp is not None and cp.next_offset == e.log_end_offset <= 10  # the truncation's, written after
     assert e.flush_done(job) is False
     e.close()
+
+
+@pytest.mark.parametrize("then", ["flush", "truncate", "reset", "retention", "append", "close"])
+def test_a_failed_fsync_on_the_thread_fences_the_engine_before_its_completion_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str) -> None:
+    """The thread's fdatasync failed and the job waits in the flusher's completions; before the
+    reactor collects it, the owner flushes (a truncation, a reset, retention, close, or a plain
+    flush). The owner's own fdatasync succeeds -- the kernel reported the writeback error once,
+    to the thread's dup of the same open file -- so without the fence it would checkpoint
+    (close: a clean one) over the pages the failed one covered."""
+    e, sync, job = engine_with_a_job(tmp_path, monkeypatch, 40)  # rolls: retention has a segment to delete
+    before = read_checkpoint(str(tmp_path))
+    sync.fail_with = errno.EIO
+    run_in_thread(job)
+    assert job.error is not None
+    steps = {"flush": e.flush, "truncate": lambda: e.truncate_to(5), "reset": lambda: e.reset_to(0),
+             "retention": lambda: e.delete_before(e._segments[-1].base_offset),
+             "append": lambda: e.append(make_batch(40)), "close": e.close}
+    if then == "close":
+        e.close()
+    else:
+        with pytest.raises(StorageFailed):
+            steps[then]()
+    assert read_checkpoint(str(tmp_path)) == before
+    with pytest.raises(StorageFailed):
+        e.flush_done(job)
+    e.close()
+    assert read_checkpoint(str(tmp_path)) == before
+
+
+@pytest.mark.parametrize("call", ["append", "append_many"])
+def test_an_append_whose_fsync_failed_raises_storage_failed_even_when_cutting_it_back_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+    """fsync always: the fdatasync fails (EIO) and so does the ftruncate cutting the batch back
+    (a disk that is gone fails both). The caller must still see StorageFailed -- an EngineError
+    is an operating error the broker answers and serves on after."""
+    e = SegmentEngine(str(tmp_path), EngineConfig(fsync="always"))
+    e.append(make_batch(0))
+
+    def eio(*args: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(os, "fdatasync", eio)
+    monkeypatch.setattr(os, "ftruncate", eio)
+    with pytest.raises(StorageFailed):
+        if call == "append":
+            e.append(make_batch(1))
+        else:
+            e.append_many([make_batch(1), make_batch(2)])
+    monkeypatch.undo()
+    e.close()

@@ -78,11 +78,11 @@ def test_a_crash_reopen_fsyncs_what_it_recovered_before_checkpointing_it(tmp_pat
 
 
 def test_a_stale_index_entry_below_the_checkpoint_is_rebuilt_not_cut_at(tmp_path: Path) -> None:
-    """fsync always: append_many rolls (flush: checkpoint and index name the batches written so
-    far), then the disk fills and the call cuts its batches again; appends re-grow the segment
-    past the checkpoint's position with other batch boundaries (each fdatasynced), crash.
-    Recovery must open and keep every acknowledged record: the index file still names batch
-    starts of the cut bytes, which is stale index data, not a damaged log."""
+    """fsync always: append_many rolls (flush: the index file names the batches written so far;
+    the checkpoint stays where the call began), then the disk fills and the call cuts its
+    batches again; appends re-grow the segment past the cut with other batch boundaries (each
+    fdatasynced), crash. Recovery must open and keep every acknowledged record: the index file
+    still names batch starts of the cut bytes, which is stale index data, not a damaged log."""
     e = open_engine(tmp_path, fsync="always")
     fill(e, 0, 5)
     real_pwritev = os.pwritev
@@ -98,9 +98,11 @@ def test_a_stale_index_entry_below_the_checkpoint_is_rebuilt_not_cut_at(tmp_path
     with mock.patch("engines.segment_file.os.pwritev", full_after_a_roll), pytest.raises(StorageFull):
         e.append_many(batches)
     point = read_checkpoint(str(tmp_path))
-    assert e.segment_count == 1 and point.position > e._active.size_bytes  # vouches for cut bytes
+    assert e.segment_count == 1 and point.position <= e._active.size_bytes  # vouches for no cut byte
+    stale_end = max(int.from_bytes(b[4:8], "big") for b in _index_entries(tmp_path))
+    assert stale_end > e._active.size_bytes  # the index file names batches of the cut bytes
     i = 5
-    while e._active.size_bytes <= point.position:
+    while e._active.size_bytes <= stale_end:
         e.append(make_batch(i, record_count=1 + i % 3, payload_bytes=333))
         i += 1
     assert e.segment_count == 1
@@ -165,6 +167,11 @@ def fail_first_write_of_a_new_segment(engine: SegmentEngine, batches: list[bytes
 
     with mock.patch("engines.segment_file.os.pwritev", full_at_a_new_segment), pytest.raises(StorageFull):
         engine.append_many(batches)
+
+
+def _index_entries(directory: Path) -> list[bytes]:
+    raw = sorted(directory.glob("*.index"))[-1].read_bytes()
+    return [raw[i:i + 8] for i in range(0, len(raw) - 7, 8)]
 
 
 def log_bases(directory: Path) -> list[int]:
@@ -396,3 +403,27 @@ def test_reset_then_rolls_behind_a_stale_checkpoint(tmp_path: Path) -> None:
 
 class SimulatedCrash(BaseException):
     """Raised by a mock where the process dies: nothing after it runs, no handler sees it."""
+
+
+def test_a_rolling_append_cut_back_under_fsync_always_leaves_no_checkpoint_over_its_batches(tmp_path: Path) -> None:
+    """fsync always: append_many writes batches into the active segment, rolls (the roll
+    flushes and moves the checkpoint), and the disk is full at the new segment: the call cuts
+    its batches again (StorageFull, an operating error: the log goes on). The checkpoint must
+    not vouch for the cut bytes: later appends write other batches there, and recovery trusts
+    the bytes before the checkpoint's last index entry without validating them, so a power
+    failure before those appends' fdatasync (old and new pages mixed) would serve damage."""
+    e = open_engine(tmp_path, fsync="always")
+    fill(e, 0, 20)
+    active, end = e._active, e.log_end_offset
+    size = active.size_bytes
+    fail_first_write_of_a_new_segment(e, [make_batch(i, record_count=1, payload_bytes=500) for i in range(20)])
+    assert e._active is active and (e.log_end_offset, active.size_bytes) == (end, size)
+    point = read_checkpoint(str(tmp_path))
+    assert point is not None
+    assert (point.segment_base_offset, point.position) <= (active.base_offset, size), (point, size)
+    assert point.next_offset <= end
+    fill(e, 100, 3)
+    e.close()
+    e2 = open_engine(tmp_path, fsync="always")
+    assert e2.log_end_offset == e.log_end_offset
+    e2.close()
