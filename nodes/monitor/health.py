@@ -24,7 +24,7 @@ DOWN = "down"
 UNKNOWN = "unknown"
 STATES = (HEALTHY, DEGRADED, UNRESPONSIVE, DOWN)
 BUFFER_FULL_RATIO = 0.9          # a producer service buffer this full: degraded
-SILENT_HEARTBEATS = 2            # missed heartbeats before the process is looked at
+SILENT_HEARTBEATS = 2            # a silence shorter than this many heartbeats (and a check) is never judged
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -78,15 +78,16 @@ def classify(view: NodeView, now_ms: int, started_ms: int, config: LoomConfig,
         return DOWN, f"process {view.pid} exited" + (f" ({view.exit_reason})" if view.exit_reason else "")
     heard = view.last_heard_ms
     silent_ms = now_ms - (heard if heard is not None else started_ms)
+    if process_alive is False and view.pid:
+        # its process is gone: down now, not two heartbeats and a check later (a SIGKILLed node
+        # turns red on the next check, within health_interval_ms)
+        return DOWN, f"process {view.pid} is not running"
     if heard is None and silent_ms < mon.unresponsive_after_ms:
         return UNKNOWN, "no sign of life yet"
-    if silent_ms > silent_after_ms:
-        if process_alive is False:
-            return DOWN, f"process {view.pid} is not running" if view.pid else "never heard from"
-        if silent_ms > mon.unresponsive_after_ms:
-            if process_alive:
-                return UNRESPONSIVE, f"no heartbeat for {silent_ms} ms while process {view.pid} exists"
-            return DOWN, f"no heartbeat for {silent_ms} ms"
+    if silent_ms > silent_after_ms and silent_ms > mon.unresponsive_after_ms:
+        if process_alive:
+            return UNRESPONSIVE, f"no heartbeat for {silent_ms} ms while process {view.pid} exists"
+        return DOWN, f"no heartbeat for {silent_ms} ms"
     reasons = degraded_reasons(view, config)
     return (DEGRADED, "; ".join(reasons)) if reasons else (HEALTHY, "")
 

@@ -18,6 +18,7 @@ def test_health_states(tmp_path: Path) -> None:
     assert H.classify(view, 1100, 0, cfg, True)[0] == H.HEALTHY
     assert H.classify(view, 1500, 0, cfg, True)[0] == H.HEALTHY          # a short silence is not judged
     assert H.classify(view, 1500, 0, cfg, False)[0] == H.DOWN            # ... unless the process is gone
+    assert H.classify(view, 1100, 0, cfg, False) == (H.DOWN, "process 4242 is not running")  # at once
     state, reason = H.classify(view, 3100, 0, cfg, True)
     assert state == H.UNRESPONSIVE and "4242" in reason
     assert H.classify(view, 3100, 0, cfg, None)[0] == H.DOWN             # cannot look at the process
