@@ -10,7 +10,8 @@ One write transaction per append; append_many uses one for all its batches. The 
 at ``options.map_size_bytes`` (default 64 MiB) and doubles on MapFullError up to
 ``options.map_size_max_bytes`` (default 64 GiB), past which appends raise StorageFull.
 fsync ``always``: the env syncs at every commit; ``interval``/``never``: the env is opened with
-sync=False, metasync=False and flush() calls env.sync(True).
+sync=False, metasync=False and flush() calls env.sync(True). A failed sync (or LMDB giving the
+env up: MDB_PANIC) fences the engine: every write and flush raises ``StorageFailed`` after it.
 
 Recovery on open checks the last batch's CRC and cuts corrupt tail batches. Retention and
 truncation work per batch. Not thread-safe: one owner calls it.
@@ -32,6 +33,7 @@ from engines.api import (
     EngineConfig,
     EngineError,
     RecoveryReport,
+    StorageFailed,
     StorageFull,
 )
 from engines.batch import BatchError, BatchHeader, parse_header, set_base_offset, verify
@@ -81,6 +83,7 @@ class LmdbEngine:
         self._batches = self._env.open_db(b"batches")
         self._meta = self._env.open_db(b"meta")
         self._closed = False
+        self._failed: StorageFailed | None = None  # env.sync failed: no write again (see StorageFailed)
         self._dirty = False
         self._last_flush_ms = 0
         self._log_start_offset = self._log_end_offset = self._size_bytes = 0
@@ -113,7 +116,10 @@ class LmdbEngine:
     # -- write transactions -------------------------------------------------------------------
     def _write(self, body: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``body`` in one write transaction, growing the map on MapFullError (doubling, up
-        to map_size_max_bytes). Raises StorageFull / EngineError; on error nothing changed."""
+        to map_size_max_bytes). Raises StorageFull / EngineError / StorageFailed; on error nothing
+        changed."""
+        if self._failed is not None:
+            raise StorageFailed(str(self._failed))
         for _ in range(64):  # bounded: each retry doubles the map
             try:
                 with self._env.begin(write=True) as txn:
@@ -128,6 +134,8 @@ class LmdbEngine:
                 self._env.set_mapsize(self._map_size_bytes)
             except lmdb.DiskError as e:
                 raise StorageFull(f"lmdb {self.directory}: {e}") from e
+            except lmdb.PanicError as e:  # LMDB itself gave the env up after a failed write
+                raise self._fence(e) from e
             except lmdb.Error as e:
                 raise EngineError(f"lmdb {self.directory}: {e}") from e
             except OSError as e:
@@ -286,13 +294,24 @@ class LmdbEngine:
 
     # -- durability and recovery --------------------------------------------------------------
     def flush(self) -> None:
+        """Raises EngineClosed / StorageFailed: a failed sync fences the engine, as the segment
+        engine's (pages of transactions committed without a sync may have been dropped, and a
+        later sync that succeeds would make a meta page pointing at them durable)."""
         self._check_open()
+        if self._failed is not None:
+            raise StorageFailed(str(self._failed))
         if self.config.fsync != FSYNC_ALWAYS:
             try:
                 self._env.sync(True)
             except lmdb.Error as e:
-                raise EngineError(f"lmdb sync {self.directory}: {e}") from e
+                raise self._fence(e) from e
         self._dirty = False
+
+    def _fence(self, e: BaseException) -> StorageFailed:
+        if self._failed is None:
+            self._failed = StorageFailed(f"lmdb sync {self.directory}: {e} -- the log takes no more writes; "
+                                         "the broker restarts and recovers it")
+        return StorageFailed(str(self._failed))
 
     def maybe_flush(self, now_ms: int) -> bool:
         self._check_open()
@@ -309,7 +328,8 @@ class LmdbEngine:
         if self._closed:
             return
         try:
-            self.flush()
+            if self._failed is None:
+                self.flush()
         finally:
             self._closed = True
             self._env.close()
