@@ -511,12 +511,26 @@ class SegmentEngine(AsyncFlushMixin):
         self._unsynced = []
         if self._dir_dirty:
             self._fsync_dir()
+        self._await_overlapping_job()
         if not checkpoint:
             return
         active = self._active
         point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, clean)
         if point != self._checkpoint:
             self._write_checkpoint(point)
+
+    def _await_overlapping_job(self) -> None:
+        """Before a flush vouches for anything: a flush job whose fsyncs overlapped this one's
+        may have been told of a writeback error this one was not (the kernel reports one once
+        per open file, and the job's descriptors are dups of ours). Wait for its fsyncs to end,
+        then for the fence it sets when one failed. The wait is at most what is left of the
+        job's fsyncs of the same files, which this flush has just done itself; a job whose
+        fsyncs began after ours ended cannot have taken an error ours did not see."""
+        job = self._flush_in_flight
+        if job is not None and job.syncing:
+            job.synced.wait()
+        if self._failed is not None:
+            raise StorageFailed(str(self._failed))
 
     def _write_checkpoint(self, point: Checkpoint) -> None:
         """Replace the checkpoint with ``point``. Until that returns, which checkpoint is on disk

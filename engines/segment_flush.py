@@ -114,6 +114,8 @@ class FlushJob:
     # called on the thread the moment a data or directory fsync fails (the engine's fence), so
     # that the owner writes no checkpoint and takes no write before it collects the completion
     on_sync_failed: Callable[[BaseException], object] | None = None
+    syncing: bool = False  # the thread has begun its fsyncs
+    synced: threading.Event = field(default_factory=threading.Event, repr=False)  # ... and ended them
     ran: bool = False
     _closed: bool = field(default=False, repr=False)
 
@@ -148,7 +150,11 @@ class FlushJob:
         (a programmer error too, so that it crashes the owner rather than vanish here).
         Closes the job's descriptors."""
         try:
-            self._sync_all()
+            self.syncing = True
+            try:
+                self._sync_all()
+            finally:
+                self.synced.set()
             if self.checkpoint is not None:
                 self.checkpoint_written = write_checkpoint(self.directory, self.dir_fd, self.checkpoint,
                                                            temp_suffix=FLUSHER_TEMP_SUFFIX, guard=self._while_current)

@@ -385,3 +385,56 @@ def test_an_append_whose_fsync_failed_raises_storage_failed_even_when_cutting_it
             e.append_many([make_batch(1), make_batch(2)])
     monkeypatch.undo()
     e.close()
+
+
+def test_a_flush_that_overlaps_a_jobs_failing_fsync_waits_for_it_and_vouches_for_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel reports a writeback error once per open file, and the job's descriptors are
+    dups of the engine's: when the thread's fdatasync takes it, the owner's own fdatasync of the
+    same file returns success. A synchronous flush (a close, a truncation) overlapping the job
+    must not write its checkpoint before it knows how the job's fsyncs ended."""
+    e, _, job = engine_with_a_job(tmp_path, monkeypatch, 10)
+    before = read_checkpoint(str(tmp_path))
+    inside, release = threading.Event(), threading.Event()
+    real = os.fdatasync
+
+    def held_then_failing(fd: int) -> None:
+        if threading.current_thread().name == "job":
+            inside.set()
+            assert release.wait(10)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # the error the owner is not told
+        real(fd)
+    monkeypatch.setattr(os, "fdatasync", held_then_failing)
+    runner = threading.Thread(target=job.run, name="job")
+    runner.start()
+    assert inside.wait(10)
+    owner_waits = threading.Event()
+    real_wait = job.synced.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        owner_waits.set()
+        return real_wait(timeout)
+    job.synced.wait = wait  # type: ignore[method-assign]
+    outcome: list[BaseException | None] = []
+
+    def owner() -> None:
+        try:
+            e.flush()
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 -- the test looks at it
+            outcome.append(err)
+    t = threading.Thread(target=owner, name="owner")
+    t.start()
+    try:
+        assert owner_waits.wait(10)  # its own fdatasync succeeded; it waits for the job's
+        assert read_checkpoint(str(tmp_path)) == before
+    finally:
+        release.set()
+        runner.join(10)
+        t.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], StorageFailed), outcome
+    assert read_checkpoint(str(tmp_path)) == before
+    with pytest.raises(StorageFailed):
+        e.flush_done(job)
+    e.close()
+    assert read_checkpoint(str(tmp_path)) == before
