@@ -102,7 +102,7 @@ class FlushJob:
     generation: int
     created_ms: int
     syncs: list[SegmentSync]
-    dir_fd: int  # a dup of the engine's directory fd, for the checkpoint and (dir_dirty) its fsync
+    dir_fd: int  # the directory opened for this job, for the checkpoint and (dir_dirty) its fsync
     dir_dirty: bool
     dir_version: int
     checkpoint: Checkpoint | None  # moved to this when the syncs succeeded (None: not due)
@@ -120,14 +120,19 @@ class FlushJob:
     _closed: bool = field(default=False, repr=False)
 
     @classmethod
-    def make(cls, directory: str, dir_fd: int, segments: list, now_ms: int,
+    def make(cls, directory: str, segments: list, now_ms: int,
              generation: tuple[int, Callable[[], int], threading.Lock], dir_state: tuple[bool, int]) -> FlushJob:
         """On the owner's thread: write the pending index entries of ``segments`` (LogSegments)
-        and take dups of the log and index descriptors of the dirty ones, and of ``dir_fd``.
+        and take dups of the log descriptors of the dirty ones, descriptors of their index files,
+        and one of the directory.
         ``generation``: (the engine's generation now, a reader of it, its checkpoint lock);
         ``dir_state``: (directory dirty, its version). Raises StorageFull / EngineError."""
         number, current_generation, lock = generation
-        job = cls(directory, number, now_ms, [], dup_fd(dir_fd, directory), dir_state[0], dir_state[1], None, lock,
+        # the directory is opened again, not dup'ed: the kernel reports a writeback error once
+        # per open file, and a failure of the fsync that ends the job's checkpoint replacement
+        # (not fenced: the checkpoint fails safe) must still reach the engine's own next
+        # directory fsync, which vouches for the segments the owner created or removed since
+        job = cls(directory, number, now_ms, [], open_dir_for_sync(directory), dir_state[0], dir_state[1], None, lock,
                   current_generation)
         try:
             for seg in segments:
@@ -224,6 +229,14 @@ def dup_fd(fd: int, path: str) -> int:
         raise translate_os_error(e, f"dup {path}") from e
 
 
+def open_dir_for_sync(path: str) -> int:
+    """A descriptor of the directory ``path`` of its own (not a dup) for fsync. Raises EngineError."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise translate_os_error(e, f"open {path}") from e
+
+
 def open_for_sync(path: str) -> int:
     """A read-only descriptor of ``path`` for fsync (enough on Linux). Raises EngineError."""
     try:
@@ -285,7 +298,7 @@ class AsyncFlushMixin:
         self._check_writable()
         if self._flush_in_flight is not None or not self._interval_flush_due(now_ms):
             return None
-        job = FlushJob.make(self.directory, self._dir_fd, self._unsynced + [self._active], now_ms,
+        job = FlushJob.make(self.directory, self._unsynced + [self._active], now_ms,
                             (self._generation, self._current_generation, self._checkpoint_lock),
                             (self._dir_dirty, self._dir_version))
         due = self._checkpoint_due(now_ms)
