@@ -110,6 +110,12 @@ class LmdbEngine:
         if self._closed:
             raise EngineClosed(f"lmdb engine {self.directory} is closed")
 
+    def _check_writable(self) -> None:
+        """Open, and no sync has failed (StorageFailed)."""
+        self._check_open()
+        if self._failed is not None:
+            raise StorageFailed(str(self._failed))
+
     def _put_state(self, txn: lmdb.Transaction, start: int, end: int, size_bytes: int) -> None:
         txn.put(_STATE_KEY, _STATE.pack(start, end, size_bytes), db=self._meta)
 
@@ -118,8 +124,7 @@ class LmdbEngine:
         """Run ``body`` in one write transaction, growing the map on MapFullError (doubling, up
         to map_size_max_bytes). Raises StorageFull / EngineError / StorageFailed; on error nothing
         changed."""
-        if self._failed is not None:
-            raise StorageFailed(str(self._failed))
+        self._check_writable()
         for _ in range(64):  # bounded: each retry doubles the map
             try:
                 with self._env.begin(write=True) as txn:
@@ -297,9 +302,7 @@ class LmdbEngine:
         """Raises EngineClosed / StorageFailed: a failed sync fences the engine, as the segment
         engine's (pages of transactions committed without a sync may have been dropped, and a
         later sync that succeeds would make a meta page pointing at them durable)."""
-        self._check_open()
-        if self._failed is not None:
-            raise StorageFailed(str(self._failed))
+        self._check_writable()
         if self.config.fsync != FSYNC_ALWAYS:
             try:
                 self._env.sync(True)

@@ -529,8 +529,7 @@ class SegmentEngine(AsyncFlushMixin):
         job = self._flush_in_flight
         if job is not None and job.syncing:
             job.synced.wait()
-        if self._failed is not None:
-            raise StorageFailed(str(self._failed))
+        self._check_writable()
 
     def _write_checkpoint(self, point: Checkpoint) -> None:
         """Replace the checkpoint with ``point``. Until that returns, which checkpoint is on disk

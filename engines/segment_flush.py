@@ -132,8 +132,8 @@ class FlushJob:
         # per open file, and a failure of the fsync that ends the job's checkpoint replacement
         # (not fenced: the checkpoint fails safe) must still reach the engine's own next
         # directory fsync, which vouches for the segments the owner created or removed since
-        job = cls(directory, number, now_ms, [], open_dir_for_sync(directory), dir_state[0], dir_state[1], None, lock,
-                  current_generation)
+        job = cls(directory, number, now_ms, [], open_for_sync(directory, directory=True), dir_state[0], dir_state[1],
+                  None, lock, current_generation)
         try:
             for seg in segments:
                 try:
@@ -229,18 +229,13 @@ def dup_fd(fd: int, path: str) -> int:
         raise translate_os_error(e, f"dup {path}") from e
 
 
-def open_dir_for_sync(path: str) -> int:
-    """A descriptor of the directory ``path`` of its own (not a dup) for fsync. Raises EngineError."""
+def open_for_sync(path: str, *, directory: bool = False) -> int:
+    """A read-only descriptor of ``path`` for fsync (enough on Linux), created if missing --
+    or, ``directory``, of the existing directory ``path`` (a descriptor of its own, not a dup).
+    Raises EngineError."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if directory else os.O_CREAT)
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise translate_os_error(e, f"open {path}") from e
-
-
-def open_for_sync(path: str) -> int:
-    """A read-only descriptor of ``path`` for fsync (enough on Linux). Raises EngineError."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(path, flags, 0o644)
     except OSError as e:
         raise translate_os_error(e, f"open {path}") from e
 
