@@ -99,6 +99,9 @@ RecordTooLargeError = _coded("RecordTooLargeError", P.RECORD_TOO_LARGE, "A recor
 OffsetOutOfRangeError = _coded("OffsetOutOfRangeError", P.OFFSET_OUT_OF_RANGE, "The offset is outside the log.")
 OutOfOrderSequenceError = _coded("OutOfOrderSequenceError", P.OUT_OF_ORDER_SEQUENCE,
                                  "An idempotent producer's sequence skipped ahead.")
+UnknownProducerIdError = _coded("UnknownProducerIdError", P.UNKNOWN_PRODUCER_ID,
+                                "A retried batch reached a broker that no longer holds the idempotent producer's "
+                                "state: it may or may not have been written before, and was not written again.")
 BufferFullError = _coded("BufferFullError", P.BUFFER_FULL, "The producer's buffer stayed full past max_block_ms.")
 IllegalGenerationError = _coded("IllegalGenerationError", P.ILLEGAL_GENERATION, "A consumer-group generation that is not current.")
 UnknownMemberError = _coded("UnknownMemberError", P.UNKNOWN_MEMBER, "The group does not know that member.")

@@ -259,10 +259,12 @@ class Sender(threading.Thread):
         for tp, take in groups:
             epoch = self._in_flight[tp][2]  # the epoch the request is remembered at (_send_ready)
             for b in take:
-                parts.append([tp[0], tp[1], epoch])  # a deposed leader refuses it (fenced)
+                b.attempts += 1
+                # a deposed leader refuses it (fenced); the attempt tells a broker that may have
+                # forgotten our producer whether the batch can be in its log already
+                parts.append([tp[0], tp[1], epoch, b.attempts])
                 payloads.append(b.data)
                 batches.append(b)
-                b.attempts += 1
         acks = self.settings.acks
         header = {"acks": acks, "timeout_ms": self.settings.request_timeout_ms, "parts": parts,
                   "topic_ids": self.metadata.topic_ids_of({p[0] for p in parts})}

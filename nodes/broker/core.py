@@ -230,7 +230,7 @@ class BrokerCore:
     def append(self, requests: Iterable[AppendRequest]) -> list[list[ProduceResult]]:
         """Group commit: the batches of every request, appended per partition in one call.
         Returns per request one ProduceResult per input, in order."""
-        by_partition: dict[TopicPartition, list[tuple[list, int, bytes]]] = defaultdict(list)
+        by_partition: dict[TopicPartition, list[tuple[list, int, ProduceInput]]] = defaultdict(list)
         results: list[list[Any]] = []
         for r in requests:
             res: list[Any] = [None] * len(r.inputs)
@@ -240,12 +240,13 @@ class BrokerCore:
                 if err is not None:
                     res[pi] = err
                 else:
-                    by_partition[(inp.topic, inp.partition)].append((res, pi, inp.data))
+                    by_partition[(inp.topic, inp.partition)].append((res, pi, inp))
         for key, items in by_partition.items():
             part = self.partitions[key]
             log_end_before = part.log_end_offset
             mark("produce.append")
-            out, written = part.append_as_leader([d for _, _, d in items], self.batch_bytes_max(key[0]))
+            out, written = part.append_as_leader([inp.data for _, _, inp in items], self.batch_bytes_max(key[0]),
+                                                 [inp.attempt == 1 for _, _, inp in items])
             mark("produce.appended")
             epoch = part.leader_epoch
             for (res, pi, _), (offset, code, message) in zip(items, out):

@@ -39,15 +39,17 @@ class ProduceInput(NamedTuple):
     leader_epoch: int  # the leader epoch the client knows (-1: it sent none)
     data: bytes        # one record batch as the client built it (base offset 0): bytes, or the
     #                    request's OwnedFrame, which the leader stamps in place (fabric/buffers.py)
+    attempt: int = 0   # the client's send of this batch: 1 the first, 2 its first retry...;
+    #                    0 it did not say (taken as "maybe sent before": nodes/broker/producers.py)
 
     @classmethod
     def decode(cls, tp: Any, data: bytes) -> "ProduceInput | None":
-        """``[topic, partition]`` or ``[topic, partition, leader_epoch]`` with its payload frame;
-        None when malformed."""
-        if not (isinstance(tp, (list, tuple)) and len(tp) in (2, 3) and isinstance(tp[0], str)
+        """``[topic, partition]``, ``[topic, partition, leader_epoch]`` or ``[topic, partition,
+        leader_epoch, attempt]`` with its payload frame; None when malformed."""
+        if not (isinstance(tp, (list, tuple)) and 2 <= len(tp) <= 4 and isinstance(tp[0], str)
                 and all(_is_int(x) for x in tp[1:])):
             return None
-        return cls(tp[0], tp[1], tp[2] if len(tp) == 3 else -1, data)
+        return cls(tp[0], tp[1], tp[2] if len(tp) >= 3 else -1, data, tp[3] if len(tp) == 4 else 0)
 
 
 class AppendRequest(NamedTuple):
@@ -58,7 +60,7 @@ class AppendRequest(NamedTuple):
     topic_ids: dict[str, str] | None     # the client's topic ids by name, if it sent them
 
 
-MALFORMED_PRODUCE_MESSAGE = "each part is [topic, partition] or [topic, partition, leader_epoch]"
+MALFORMED_PRODUCE_MESSAGE = "each part is [topic, partition], [topic, partition, leader_epoch] or [topic, partition, leader_epoch, attempt]"
 
 
 # -- FETCH -----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from engines import batch as B
 from engines.api import Engine, EngineError, StorageFull, verified_append_kwargs
@@ -174,21 +174,25 @@ class Partition:
         self._check_offsets()
 
     # -- leader: appends ---------------------------------------------------------------------
-    def append_as_leader(self, batches: list[Payload], batch_bytes_max: int) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
+    def append_as_leader(self, batches: list[Payload], batch_bytes_max: int, first_sends: Sequence[bool] = ()
+                         ) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
         """Validate and append batches (one durability point). Returns per batch
         (base_offset, error_code, message) -- error batches are not written, retried duplicates
         answer with their original offset and message "duplicate" -- and the batches written
         (for the replication stream). A written batch is stamped with our leader epoch: an
         ``OwnedFrame`` (the request's own buffer, fabric/buffers.py) in place, anything else
-        in a copy; the batches returned are those stamped buffers."""
+        in a copy; the batches returned are those stamped buffers. ``first_sends[i]``: the
+        client says batch i was never sent before (absent: it may have been; see
+        nodes/broker/producers.py)."""
         results: list[tuple[int, int, str]] = []
         to_write: list[bytearray] = []
         headers: list[B.BatchHeader] = []
         slots: list[int] = []
-        for data in batches:
+        for i, data in enumerate(batches):
             try:
                 h = self._validate(data, batch_bytes_max)
-                dup = self.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
+                dup = self.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
+                                           sent_before=not (i < len(first_sends) and first_sends[i]))
             except RemoteError as e:
                 results.append((-1, e.code, e.message))
                 continue
@@ -460,7 +464,7 @@ class Partition:
     # -- recovery ---------------------------------------------------------------------------
     def _tail_headers(self) -> Iterator[B.BatchHeader]:
         """Headers of the last PRODUCER_STATE_SCAN_RECORDS_MAX records' batches, oldest first."""
-        offset = max(self.log_start_offset, self.log_end_offset - PRODUCER_STATE_SCAN_RECORDS_MAX)
+        offset = self._tail_start()
         end = self.log_end_offset
         while offset < end:
             data = self.engine.read(offset, READ_CHUNK_BYTES)
@@ -470,12 +474,17 @@ class Partition:
                 yield h
                 offset = h.next_offset
 
+    def _tail_start(self) -> int:
+        return max(self.log_start_offset, self.log_end_offset - PRODUCER_STATE_SCAN_RECORDS_MAX)
+
     def _recover_tail(self) -> None:
         """At open: rebuild producer state from the log's tail, checking each batch's leader
         epoch against the epoch checkpoint (``epochs.epoch_contradiction``). The log is cut at
         the first batch whose epoch cannot be right, as recovery cuts a batch whose CRC fails.
         Raises EngineError."""
         self.producers.truncate()
+        # producers that wrote only before the tail read here are unknown to the table
+        self.producers.forgot_producers = self._tail_start() > self.log_start_offset
         checkpoint = list(self.epochs.entries)
         previous = -1
         for h in self._tail_headers():

@@ -9,6 +9,13 @@ Sequences are 31-bit and wrap from SEQUENCE_MAX to 0, as Kafka's (the client num
 modulo 2**31): every comparison here is modulo 2**31, so the 2**31-th record of a producer is
 in sequence, not an "old duplicate". The table holds at most PRODUCERS_MAX producers and evicts
 the least recently used one (a check or an update is a use).
+
+A producer the table does not know is taken at any sequence (its first batch here, or state
+that expired) -- unless the table may have forgotten it (``forgot_producers``: an eviction, or
+a rebuild at open that read only the log's tail) and the client says it sent the batch before.
+Such a retry may already be in the log, where the table can no longer see it: it is refused
+with unknown_producer_id (written neither twice nor silently), and the client fails the batch.
+A batch's first send cannot be in the log, so it is taken as before.
 """
 
 from __future__ import annotations
@@ -45,19 +52,29 @@ class _Entry:
 class ProducerStateTable:
     def __init__(self) -> None:
         self._producers: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
+        # the table may lack a producer whose batches are in the log (evicted, or beyond the
+        # tail read at open): an unknown producer's retry cannot be judged
+        self.forgot_producers = False
 
     def __len__(self) -> int:
         return len(self._producers)
 
-    def check(self, producer_id: int, epoch: int, base_sequence: int, record_count: int) -> int | None:
+    def check(self, producer_id: int, epoch: int, base_sequence: int, record_count: int,
+              sent_before: bool = True) -> int | None:
         """Before appending: return the base offset of an identical earlier batch (a retry:
-        do not append), or None to append. Raises RemoteError: invalid_producer_epoch for a
-        fenced epoch, out_of_order_sequence for a gap, duplicate_sequence for a batch behind the
-        last one that is no longer remembered (never appended, never a success)."""
+        do not append), or None to append. ``sent_before``: the client may have sent this batch
+        before (False only when it says this is the first send). Raises RemoteError:
+        invalid_producer_epoch for a fenced epoch, out_of_order_sequence for a gap,
+        duplicate_sequence for a batch behind the last one that is no longer remembered (never
+        appended, never a success), unknown_producer_id for a batch sent before by a producer
+        the table may have forgotten."""
         if producer_id < 0:
             return None
         entry = self._producers.get(producer_id)
         if entry is None:
+            if sent_before and self.forgot_producers:
+                raise RemoteError(P.UNKNOWN_PRODUCER_ID, f"producer {producer_id}: this broker no longer holds its "
+                                  "state, so a batch sent before cannot be told from one already in the log")
             return None  # first batch we see from it (or state expired): accept any sequence
         self._producers.move_to_end(producer_id)
         if epoch < entry.epoch:
@@ -83,13 +100,16 @@ class ProducerStateTable:
         if entry is None or epoch > entry.epoch:
             if entry is None and len(self._producers) >= PRODUCERS_MAX:
                 self._producers.popitem(last=False)  # evict the least recently used
+                self.forgot_producers = True
             entry = self._producers[producer_id] = _Entry(epoch)
         self._producers.move_to_end(producer_id)
         entry.batches.append((base_sequence, sequence_add(base_sequence, record_count - 1), base_offset))
 
     def truncate(self) -> None:
-        """Forget every producer (the log was emptied, or is about to be re-read)."""
+        """Forget every producer (the log was emptied, or is about to be re-read): what the
+        table learns next is all there is to know."""
         self._producers.clear()
+        self.forgot_producers = False
 
     def truncate_from(self, offset: int) -> None:
         """The log was cut at ``offset``: forget the batches at or after it. Cost: the batches

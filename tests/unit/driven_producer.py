@@ -46,7 +46,7 @@ def driven_producer(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Produce
 def send_pass(p: Producer) -> list[tuple[str, int]]:
     """Send what is ready; returns the (topic, partition) of each batch of the last PRODUCE."""
     p.sender.run_pass()
-    return [(t, part) for t, part, _ in p.sender.recording[LEADER].of(P.PRODUCE)[-1][1]["parts"]]  # type: ignore[attr-defined]
+    return [(t, part) for t, part, *_ in p.sender.recording[LEADER].of(P.PRODUCE)[-1][1]["parts"]]  # type: ignore[attr-defined]
 
 
 def answer(p: Producer, results: list) -> None:

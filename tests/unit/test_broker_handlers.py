@@ -39,7 +39,8 @@ def test_produce_answers_a_malformed_part_in_its_place(tmp_path: Path) -> None:
     results = server.answer(req)["results"]
     assert wire.pack(results) == msgpack.packb([
         [0, 0, "", 4],
-        [-1, P.MALFORMED_REQUEST, "each part is [topic, partition] or [topic, partition, leader_epoch]"],
+        [-1, P.MALFORMED_REQUEST, "each part is [topic, partition], [topic, partition, leader_epoch] or [topic, partition, "
+                                  "leader_epoch, attempt]"],
         [2, 0, "", 4],
         [-1, P.NOT_LEADER, "leader is broker 2"]])
 
