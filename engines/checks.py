@@ -8,10 +8,11 @@ conformance suite sees the same errors whatever the engine.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from typing import Callable
 
-from engines.api import BatchTooLarge, CorruptBatch, EngineError, OffsetOutOfRange, StorageFull
+from engines.api import BatchTooLarge, CorruptBatch, EngineError, OffsetOutOfRange, StorageFailed, StorageFull
 from engines.batch import (
     HEADER_BYTES,
     LENGTH_PREFIX,
@@ -20,6 +21,8 @@ from engines.batch import (
     BatchHeader,
     verify_fields,
 )
+
+log = logging.getLogger(__name__)
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -108,3 +111,14 @@ def sync_translated(sync: Callable[[int], None], fd: int, path: str) -> None:
         sync(fd)
     except OSError as e:
         raise translate_os_error(e, f"fsync {path}") from e
+
+
+def fence(failed: StorageFailed | None, what: str, e: BaseException) -> StorageFailed:
+    """An engine's fence after a failed fsync (see StorageFailed): the failure it keeps -- the
+    first one, logged once; ``failed`` is the one it kept before, if any. The engine raises a
+    fresh ``StorageFailed(str(kept))``."""
+    if failed is not None:
+        return failed
+    failed = StorageFailed(f"{what}: {e} -- the log takes no more writes; the broker restarts and recovers it")
+    log.critical("%s", failed)
+    return failed

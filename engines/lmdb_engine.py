@@ -37,7 +37,7 @@ from engines.api import (
     StorageFull,
 )
 from engines.batch import BatchError, BatchHeader, parse_header, set_base_offset, verify
-from engines.checks import check_read_range, translate_os_error, validate_batch
+from engines.checks import check_read_range, fence, translate_os_error, validate_batch
 
 MAP_SIZE_BYTES_DEFAULT = 64 * 1024 * 1024
 MAP_SIZE_MAX_BYTES_DEFAULT = 64 * 1024**3
@@ -153,7 +153,7 @@ class LmdbEngine:
 
     def append_many(self, batches: list[bytes | bytearray | memoryview], *, crc_checked: bool = False) -> list[int]:
         """One write transaction for all: all-or-nothing."""
-        self._check_open()
+        self._check_writable()
         headers = [validate_batch(b, self.config.batch_bytes_max, check_crc=not crc_checked) for b in batches]
         if not batches:
             return []
@@ -213,7 +213,7 @@ class LmdbEngine:
     # -- truncation and retention -------------------------------------------------------------
     def truncate_to(self, offset: int) -> None:
         """See Engine.truncate_to; below log_start_offset everything is dropped. One txn."""
-        self._check_open()
+        self._check_writable()
         if offset >= self._log_end_offset:
             return
 
@@ -239,7 +239,7 @@ class LmdbEngine:
     def reset_to(self, offset: int) -> None:
         """See Engine.reset_to. One write transaction empties ``batches`` and records
         (offset, offset, 0) in ``meta``: recovery of an empty log takes its start from there."""
-        self._check_open()
+        self._check_writable()
         if not 0 <= offset < OFFSET_LIMIT:
             raise EngineError(f"cannot reset the log to offset {offset}")
 
@@ -279,12 +279,12 @@ class LmdbEngine:
         return freed
 
     def delete_before(self, offset: int) -> int:
-        self._check_open()
+        self._check_writable()
         self._delete_first_where(lambda h, _: h.next_offset <= offset)
         return self._log_start_offset
 
     def apply_retention(self, now_ms: int, upper_bound_offset: int | None = None) -> int:
-        self._check_open()
+        self._check_writable()
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
         if retention_ms < 0 and retention_bytes < 0:
             return 0
@@ -311,9 +311,7 @@ class LmdbEngine:
         self._dirty = False
 
     def _fence(self, e: BaseException) -> StorageFailed:
-        if self._failed is None:
-            self._failed = StorageFailed(f"lmdb sync {self.directory}: {e} -- the log takes no more writes; "
-                                         "the broker restarts and recovers it")
+        self._failed = fence(self._failed, f"lmdb sync {self.directory}", e)
         return StorageFailed(str(self._failed))
 
     def maybe_flush(self, now_ms: int) -> bool:

@@ -36,7 +36,7 @@ from typing import Callable, TypeVar
 from engines.api import (OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS,
                          FSYNC_INTERVAL, StorageFailed)
 from engines.batch import BatchHeader
-from engines.checks import check_read_range, sync_translated, translate_os_error, validate_batch_fields
+from engines.checks import check_read_range, fence, sync_translated, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
 from engines.segment_file import LogSegment
 from engines.segment_flush import AsyncFlushMixin, FlushJob
@@ -127,10 +127,7 @@ class SegmentEngine(AsyncFlushMixin):
         """An fsync failed: refuse every write and checkpoint from now on (see StorageFailed).
         Also called on the flusher thread when a job's fsync fails (``FlushJob.on_sync_failed``):
         it only sets ``_failed``, once, which the owner reads."""
-        if self._failed is None:
-            self._failed = StorageFailed(f"{self.directory}: {e} -- the log takes no more writes; "
-                                         "the broker restarts and recovers it from its last checkpoint")
-            log.critical("%s", self._failed)
+        self._failed = fence(self._failed, self.directory, e)
         return StorageFailed(str(self._failed))
 
     def _sync_segment(self, seg: LogSegment) -> None:

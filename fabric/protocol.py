@@ -208,11 +208,6 @@ RCVHWM = 10_000
 # sends every ~100 KB record batch zero-copy, and each such frame costs a round trip through
 # pyzmq's Python garbage-collector thread (GIL time) that is dearer than the copy.
 ZERO_COPY_BYTES_MIN = 4 * 1024 * 1024
-# Frames at least this large are received without a copy where a socket asks for it (the
-# replication SUB socket: fabric/reactor.py's zero_copy_receive, fabric/buffers.py for the
-# lifetime rules); smaller ones are copied, which costs less than a pyzmq Frame object
-# (measured here: a copy is cheaper up to about 8-16 KiB, and a 100 KB batch copies in 10 µs).
-ZERO_COPY_RECV_BYTES_MIN = 16 * 1024
 # The request port assembles each frame at least this large in a buffer of its own and hands
 # that buffer on (fabric/buffers.py's OwnedFrame): no copy after reassembly, and the leader
 # stamps a produced batch in place. Smaller frames (commands, headers) are bytes.

@@ -35,8 +35,6 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 MessageHandler = Callable[[list[bytes]], None]
 # Called with the poll events (zmq.POLLIN | zmq.POLLOUT | zmq.POLLERR) of a plain descriptor.
 DescriptorHandler = Callable[[int], None]
-# Reads one whole message from a ready socket (raises zmq.Again when none is waiting).
-Receive = Callable[[zmq.Socket], list]
 
 
 # Cancelled timers stay in the heap until they reach its top, and a periodic timer due sooner
@@ -75,7 +73,6 @@ class Reactor:
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, MessageHandler] = {}
         self._drain_max: dict[zmq.Socket, int] = {}
-        self._receive: dict[zmq.Socket, Receive] = {}
         self._wakers: dict[int, tuple[Waker, Callable[[], None]]] = {}  # by descriptor
         self._descriptors: dict[int, DescriptorHandler] = {}  # plain descriptors (TCP sockets)
         self._timers: list[tuple[int, int, Timer]] = []
@@ -86,19 +83,14 @@ class Reactor:
 
     # -- registration ------------------------------------------------------------------
     def add_socket(self, sock: zmq.Socket, handler: MessageHandler, *,
-                   messages_max: int = P.DRAIN_MESSAGES_MAX, receive: Receive | None = None) -> None:
-        """Call ``handler(frames)`` for every message that arrives on ``sock``, at most
-        ``messages_max`` of them per pass (a socket whose messages are dear to handle gets a
-        lower bound, so the other sockets and the per-pass hooks are served between them).
-        ``receive`` reads a message: by default every frame copied to bytes;
-        ``zero_copy_receive(n)`` hands frames of at least n bytes as memoryviews onto their
-        libzmq messages, valid while referenced and copied by whoever keeps them past the
-        handler (fabric/buffers.py)."""
+                   messages_max: int = P.DRAIN_MESSAGES_MAX) -> None:
+        """Call ``handler(frames)`` (every frame copied to bytes) for every message that
+        arrives on ``sock``, at most ``messages_max`` of them per pass (a socket whose messages
+        are dear to handle gets a lower bound, so the other sockets and the per-pass hooks are
+        served between them)."""
         assert 0 < messages_max <= P.DRAIN_MESSAGES_MAX
         self._handlers[sock] = handler
         self._drain_max[sock] = messages_max
-        if receive is not None:
-            self._receive[sock] = receive
         self.poller.register(sock, zmq.POLLIN)
 
     def add_waker(self, waker: Waker, handler: Callable[[], None]) -> None:
@@ -134,7 +126,6 @@ class Reactor:
         if sock in self._handlers:
             del self._handlers[sock]
             del self._drain_max[sock]
-            self._receive.pop(sock, None)
             self.poller.unregister(sock)
 
     def after_pass(self, fn: Callable[[], None]) -> None:
@@ -225,12 +216,11 @@ class Reactor:
         handler = self._handlers.get(sock)
         if handler is None:
             return
-        receive = self._receive.get(sock, receive_copied)
         contain = self.contain_handler_errors
         handlers = self._handlers
         for left in range(messages_max - 1, -1, -1):
             try:
-                frames = receive(sock)
+                frames = receive_frames(sock)
             except zmq.Again:
                 return
             if not contain:
@@ -278,23 +268,3 @@ class Reactor:
             if t.interval_ms is not None and not t.cancelled:
                 t.deadline_ms = max(t.deadline_ms + t.interval_ms, now)
                 self._push(t)
-
-
-def receive_copied(sock: zmq.Socket) -> list[bytes]:
-    """The default ``Receive``: every frame of one message copied to bytes."""
-    return receive_frames(sock)
-
-
-def zero_copy_receive(bytes_min: int) -> Receive:
-    """A ``Receive`` that hands each frame of at least ``bytes_min`` bytes as a memoryview onto
-    its libzmq message (the view keeps its pyzmq Frame alive; libzmq reuses none of that memory
-    meanwhile) and copies smaller ones to bytes, which costs less than a Frame. The parts of a
-    message arrive together, so only the first read can raise zmq.Again."""
-    def receive(sock: zmq.Socket) -> list:
-        frame = sock.recv(zmq.NOBLOCK, copy=False)
-        parts = [frame.buffer if len(frame) >= bytes_min else frame.bytes]
-        while frame.more:  # Frame.more: no getsockopt(RCVMORE), which costs several µs in pyzmq
-            frame = sock.recv(zmq.NOBLOCK, copy=False)
-            parts.append(frame.buffer if len(frame) >= bytes_min else frame.bytes)
-        return parts
-    return receive

@@ -90,12 +90,12 @@ class Broker(Node):
         self.fetchers: dict[int, ReplicaFetcher] = {}
         # read by the reactor thread itself (no libzmq I/O thread to wake per message); a new
         # leader's stream should start flowing within a heartbeat, not a backoff cap
-        repl_sock = ZmtpSubscriber(self.reactor, messages_per_pass=P.REPLICATION_DRAIN_MESSAGES_MAX,
+        repl_stream = ZmtpSubscriber(self.reactor, messages_per_pass=P.REPLICATION_DRAIN_MESSAGES_MAX,
                                    reconnect_ivl_max_ms=config.liveness.heartbeat_interval_ms)
-        self.repl_sub = ReplicationSubscriber(repl_sock, self.partitions, self.fetchers.get,
+        self.repl_sub = ReplicationSubscriber(repl_stream, self.partitions, self.fetchers.get,
                                               is_other_topic_id=self.core.is_other_topic_id, blocked=self.faults.blocks,
                                               on_appended=self.core.follower_appended, counters=self.counters)
-        repl_sock.on_message = self.repl_sub.on_message
+        repl_stream.on_message = self.repl_sub.on_message
         self.sub = make_socket(self.ctx, zmq.SUB)
         self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, config.liveness.heartbeat_interval_ms)
         self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)
@@ -370,7 +370,7 @@ class Broker(Node):
         return {"broker_id": self.broker_id, "engine": self.storage.engine, "partitions": parts,
                 "parked": self.handlers.parking.size, "metadata_version": self.metadata.version,
                 "fetchers": [f.stats() for f in self.fetchers.values()],
-                "replication_stream": dict(self.repl_sub.sock.counters),  # its connections' counts
+                "replication_stream": dict(self.repl_sub.stream.counters),  # its connections' counts
                 "disk": _disk_usage(self.data_dir), "cluster_id": self.guard.cluster_id,
                 "metadata_refused": self.guard.last_refusal, "strays": len(self.dirs.strays),
                 "stray_partitions": sorted(self.dirs.strays)[:STRAYS_SHOWN_MAX],
@@ -379,7 +379,7 @@ class Broker(Node):
     def close(self) -> None:
         for f in self.fetchers.values():
             f.close()
-        self.repl_sub.sock.close()
+        self.repl_sub.stream.close()
         self.core.close()
         self._persist_identity()
         self.coordinator.close()

@@ -22,7 +22,7 @@ other than the one in our metadata are ignored.
 
 Messages are encoded and decoded by ``fabric.wire`` (``ReplicaPosition``, ``ReplicaHeartbeat``).
 Both sides get the few callables they use, not the broker: the publisher a frame sender and
-the partitions it leads, the subscriber its SUB socket, the partition table and
+the partitions it leads, the subscriber its stream (a ZmtpSubscriber), the partition table and
 ``fetcher_for(leader_id)``.
 
 Not thread-safe: owned by the broker's reactor.
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from engines import batch as B
 from engines.api import EngineError
@@ -123,15 +123,15 @@ class ReplicationPublisher:
 class ReplicationSubscriber:
     """Follower side: one subscriber, connected to every leader we follow."""
 
-    def __init__(self, sock: ZmtpSubscriber, partitions: Mapping[TopicPartition, Partition],
+    def __init__(self, stream: ZmtpSubscriber, partitions: Mapping[TopicPartition, Partition],
                  fetcher_for: Callable[[int], ReplicaFetcher | None], *,
                  is_other_topic_id: Callable[[TopicPartition, str], bool], blocked: Callable[[str], bool],
                  on_appended: Callable[[Partition], None], counters: Counter | None = None) -> None:
-        """``sock``: the subscriber (its messages go to ``on_message``); ``partitions``: the
+        """``stream``: the subscriber (its messages go to ``on_message``); ``partitions``: the
         broker's live table; ``fetcher_for(leader_id)``: the fetcher of that leader, if any;
         ``blocked(node)``: fault injection drops that sender; ``on_appended(part)``: a
         follower's log grew from the stream."""
-        self.sock = sock
+        self.stream = stream
         self.partitions = partitions
         self.fetcher_for = fetcher_for
         self.is_other_topic_id = is_other_topic_id
@@ -155,13 +155,13 @@ class ReplicationSubscriber:
             wanted_eps.add(ep)
             wanted_topics.add(P.replica_topic(part.topic, part.partition))
         for ep in wanted_eps - self._connected:
-            self.sock.connect(ep)
+            self.stream.connect(ep)
         for ep in self._connected - wanted_eps:
-            self.sock.disconnect(ep)
+            self.stream.disconnect(ep)
         if wanted_topics:
             wanted_topics.add(P.REPLICA_HEARTBEAT_TOPIC)
-        self.sock.subscribe_many(sorted(wanted_topics - self._subscribed))
-        self.sock.unsubscribe_many(sorted(self._subscribed - wanted_topics))
+        self.stream.subscribe_many(sorted(wanted_topics - self._subscribed))
+        self.stream.unsubscribe_many(sorted(self._subscribed - wanted_topics))
         self._connected, self._subscribed = wanted_eps, wanted_topics
 
     def on_message(self, frames: list[bytes]) -> None:

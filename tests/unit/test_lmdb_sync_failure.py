@@ -40,7 +40,10 @@ def test_a_failed_sync_fences_the_engine(tmp_path: Path) -> None:
     with pytest.raises(StorageFailed, match="Input/output error"):
         e.flush()
     for refused in (lambda: e.append(make_batch(9)), lambda: e.append_many([make_batch(9)]), e.flush,
-                    lambda: e.truncate_to(2), lambda: e.reset_to(0), lambda: e.delete_before(2)):
+                    lambda: e.truncate_to(2), lambda: e.reset_to(0), lambda: e.delete_before(2),
+                    # and the calls that would write nothing, as the segment engine refuses them
+                    lambda: e.append_many([]), lambda: e.truncate_to(e.log_end_offset),
+                    lambda: e.apply_retention(0), lambda: e.delete_before(0)):
         with pytest.raises(StorageFailed):
             refused()
     assert read_all(e) == before  # reads go on, and nothing changed

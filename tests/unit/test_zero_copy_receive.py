@@ -1,9 +1,9 @@
 """Zero-copy receive (fabric/buffers.py): what a handler is given, and that what is kept past
 the handler is never changed by the messages received after it.
 
-- The replication SUB socket (a reactor socket read by ``zero_copy_receive``) hands large frames
-  as views onto libzmq's messages: a view kept stays valid and unchanged while many more
-  messages arrive, and the memory engine, which keeps batches, keeps copies.
+- The replication stream (``fabric.zmtp_sub``, read by the follower's reactor) hands each frame
+  as bytes or a buffer of its own, never a view onto a read buffer: a frame kept stays
+  unchanged while many more messages arrive, and so do the memory engine's batches.
 - The request port (``fabric.zmtp``) assembles each frame of at least OWNED_FRAME_BYTES_MIN
   bytes into a buffer of its own (an OwnedFrame) whichever way TCP cut the bytes: the
   frames kept from early requests (a parked acks=all produce keeps its payloads) are intact
@@ -28,8 +28,10 @@ from engines.memory import MemoryEngine
 from fabric import protocol as P
 from fabric import wire
 from fabric.buffers import OwnedFrame
-from fabric.reactor import Reactor, zero_copy_receive
+from fabric.reactor import Reactor
 from fabric.zmtp import ZmtpServer
+from fabric.zmtp_client import DIRECT_BYTES_MIN
+from fabric.zmtp_sub import ZmtpSubscriber
 from tests.harness import free_ports
 from tests.zmtp_peer import RawDealer
 
@@ -40,30 +42,25 @@ WARM_UP = b"warm-up"
 SEND_TIMEOUT_S = 30.0
 
 
-def _subscriber(reactor: Reactor, received: list) -> tuple[zmq.Socket, zmq.Socket]:
-    """A PUB and a SUB on loopback TCP, the SUB read by ``reactor`` as the broker reads its
-    replication socket, joined: the messages published from now on arrive in ``received``
-    (those on topic WARM_UP, sent until the SUB has joined, are left out)."""
-    ctx = zmq.Context.instance()
-    port = free_ports(1)[0]
-    pub = ctx.socket(zmq.PUB)
+def _subscriber(reactor: Reactor, received: list) -> tuple[zmq.Socket, ZmtpSubscriber]:
+    """A libzmq PUB and a ZmtpSubscriber on loopback TCP, the subscriber read by ``reactor`` as
+    a follower reads its replication stream, joined: the messages published from now on arrive
+    in ``received`` (those on topic WARM_UP, sent until the subscription has reached the PUB,
+    are left out)."""
+    pub = zmq.Context.instance().socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(f"tcp://127.0.0.1:{port}")
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(f"tcp://127.0.0.1:{port}")
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
     joined: list = []
-    reactor.add_socket(sub, lambda frames: (joined if frames[0] == WARM_UP else received).append(frames),
-                       messages_max=P.DRAIN_MESSAGES_MAX, receive=zero_copy_receive(P.ZERO_COPY_RECV_BYTES_MIN))
-    for _ in range(PASSES_MAX):  # a SUB joins late: what is published before is dropped
+    sub = ZmtpSubscriber(reactor, lambda frames: (joined if frames[0] == WARM_UP else received).append(frames))
+    sub.subscribe(b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    for _ in range(PASSES_MAX):  # a PUB drops what it sends before the subscription reaches it
         pub.send_multipart([WARM_UP])
         reactor.run_once(POLL_MS)
         if joined:
             return pub, sub
-    raise AssertionError("the SUB socket did not join")
+    raise AssertionError("the subscription did not reach the PUB")
 
 
 def _publish(reactor: Reactor, pub: zmq.Socket, received: list, frames: list, count: int) -> None:
@@ -78,47 +75,44 @@ def _publish(reactor: Reactor, pub: zmq.Socket, received: list, frames: list, co
     raise AssertionError(f"received {len(received)} of {expected} messages")
 
 
-def test_replication_frames_at_the_threshold_are_views_and_smaller_ones_bytes() -> None:
+def test_replicated_frames_are_bytes_or_buffers_of_their_own_never_views() -> None:
     reactor, received = Reactor(), []
     pub, sub = _subscriber(reactor, received)
     try:
-        big, edge = make_batch(1, payload_bytes=100_000), b"e" * P.ZERO_COPY_RECV_BYTES_MIN
-        _publish(reactor, pub, received, [b"topic", b"h" * 100, big, edge, b"x" * (P.ZERO_COPY_RECV_BYTES_MIN - 1)], 1)
+        big, small = make_batch(1, payload_bytes=DIRECT_BYTES_MIN + 1000), make_batch(2, payload_bytes=20_000)
+        _publish(reactor, pub, received, [b"topic", b"h" * 100, big, small], 1)
         frames = received[0]
-        assert [type(f) for f in frames] == [bytes, bytes, memoryview, memoryview, bytes]
-        assert frames[2] == big and frames[3] == edge
+        assert all(type(f) in (bytes, OwnedFrame) for f in frames), [type(f) for f in frames]
+        assert frames[2:] == [big, small]
     finally:
-        reactor.remove_socket(sub)
         sub.close()
         pub.close()
 
 
-def test_views_and_the_memory_engine_keep_their_bytes_while_many_more_messages_arrive() -> None:
-    """The first batches are appended to the memory engine from views, and one view is kept
+def test_replicated_frames_and_the_memory_engine_keep_their_bytes_while_many_more_messages_arrive() -> None:
+    """The first batches are appended to the memory engine as they arrive, and one frame is kept
     (as a parked request would keep its payload); then hundreds of messages of the same size
-    with other contents arrive (libzmq would reuse freed message memory for them). Neither the
-    kept view nor the engine's batches change."""
+    with other contents arrive through the same read buffers. Neither the kept frame nor the
+    engine's batches change."""
     reactor, received = Reactor(), []
     pub, sub = _subscriber(reactor, received)
     engine = MemoryEngine("", EngineConfig())
     try:
-        firsts = [make_batch(i, record_count=2, payload_bytes=40_000) for i in range(3)]
+        firsts = [make_batch(i, record_count=2, payload_bytes=300_000) for i in range(3)]
         for batch in firsts:
             _publish(reactor, pub, received, [b"t", batch], 1)
-        views = [frames[1] for frames in received]
-        assert all(type(v) is memoryview for v in views)
-        engine.append_many(views)
-        kept = views[0]
-        del views
+        frames = [m[1] for m in received]
+        engine.append_many(frames)
+        kept = frames[0]
+        del frames
         received.clear()
-        _publish(reactor, pub, received, [b"t", make_batch(999, record_count=2, payload_bytes=40_000)], LATER_MESSAGES)
+        _publish(reactor, pub, received, [b"t", make_batch(999, record_count=2, payload_bytes=300_000)], LATER_MESSAGES)
         received.clear()
         assert kept == firsts[0]
-        stored = [bytes(v) for _, v in iter_batches(engine.read(0, 1 << 20))]
+        stored = [bytes(v) for _, v in iter_batches(engine.read(0, 4 << 20))]
         assert [batch_index(memoryview(b)) for b in stored] == [0, 1, 2]
         assert [b[8:] for b in stored] == [b[8:] for b in firsts]  # only the base offset was stamped
     finally:
-        reactor.remove_socket(sub)
         sub.close()
         pub.close()
 
