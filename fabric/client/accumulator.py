@@ -67,7 +67,7 @@ class BatchState:
     """One closed (or open) batch: its records and the waiters on its result."""
 
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
-                 "error", "sequence", "data", "attempts", "deadline_ms", "callbacks", "last_error",
+                 "error", "sequence", "data", "attempts", "possibly_written", "deadline_ms", "callbacks", "last_error",
                  "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions")
 
     def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
@@ -86,6 +86,9 @@ class BatchState:
         self.sequence = -1
         self.data: bytes | None = None
         self.attempts = 0
+        # a send of it may be in a log: one not answered with an error for the batch itself
+        # whose base offset is -1 (the broker's "not written by this request")
+        self.possibly_written = False
         self.deadline_ms = 0
         self.callbacks: list | None = None  # (first index, record count, callback)
         self.last_error: RemoteError | None = None  # the last retriable error: reported if it never lands

@@ -260,9 +260,9 @@ class Sender(threading.Thread):
             epoch = self._in_flight[tp][2]  # the epoch the request is remembered at (_send_ready)
             for b in take:
                 b.attempts += 1
-                # a deposed leader refuses it (fenced); the attempt tells a broker that may have
-                # forgotten our producer whether the batch can be in its log already
-                parts.append([tp[0], tp[1], epoch, b.attempts])
+                # a deposed leader refuses it (fenced); the last element tells a broker that may
+                # have forgotten our producer whether the batch can be in its log already
+                parts.append([tp[0], tp[1], epoch, int(b.possibly_written)])
                 payloads.append(b.data)
                 batches.append(b)
         acks = self.settings.acks
@@ -298,9 +298,12 @@ class Sender(threading.Thread):
                 r = results[i]
                 base, code = r.base_offset, r.error
                 error = RemoteError(code, r.message) if code else None
+                if base >= 0:  # written, perhaps refused after the write (acks=all not met)
+                    b.possibly_written = True
             else:  # no reply (kept as found: a local condition stays a ClientError), or no result
                 error = err if err is not None else RemoteError(P.UNKNOWN, "no result for this batch")
                 base, code = -1, error.code
+                b.possibly_written = True
             if code:
                 self.errors[P.error_name(code)] += 1
             if error is None:

@@ -174,16 +174,15 @@ class Partition:
         self._check_offsets()
 
     # -- leader: appends ---------------------------------------------------------------------
-    def append_as_leader(self, batches: list[Payload], batch_bytes_max: int, first_sends: Sequence[bool] = ()
+    def append_as_leader(self, batches: list[Payload], batch_bytes_max: int, possibly_written: Sequence[bool] = ()
                          ) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
         """Validate and append batches (one durability point). Returns per batch
         (base_offset, error_code, message) -- error batches are not written, retried duplicates
         answer with their original offset and message "duplicate" -- and the batches written
         (for the replication stream). A written batch is stamped with our leader epoch: an
         ``OwnedFrame`` (the request's own buffer, fabric/buffers.py) in place, anything else
-        in a copy; the batches returned are those stamped buffers. ``first_sends[i]``: the
-        client says batch i was never sent before (absent: it may have been; see
-        nodes/broker/producers.py)."""
+        in a copy; the batches returned are those stamped buffers. ``possibly_written[i]``: an
+        earlier send of batch i may be in a log (absent: True; see nodes/broker/producers.py)."""
         results: list[tuple[int, int, str]] = []
         to_write: list[bytearray] = []
         headers: list[B.BatchHeader] = []
@@ -192,7 +191,7 @@ class Partition:
             try:
                 h = self._validate(data, batch_bytes_max)
                 dup = self.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
-                                           sent_before=not (i < len(first_sends) and first_sends[i]))
+                                           possibly_written=i >= len(possibly_written) or possibly_written[i])
             except RemoteError as e:
                 results.append((-1, e.code, e.message))
                 continue
@@ -327,6 +326,9 @@ class Partition:
         self.epochs.truncate_from_end(0)
         self.high_watermark = offset
         self.producers.truncate()
+        # producers that wrote only before ``offset`` (batches the leader's retention deleted;
+        # the leader may still know them) are unknown to the table
+        self.producers.forgot_producers = offset > 0
         self._check_offsets()
 
     def set_high_watermark_from_leader(self, leader_hw: int) -> None:
@@ -483,8 +485,9 @@ class Partition:
         the first batch whose epoch cannot be right, as recovery cuts a batch whose CRC fails.
         Raises EngineError."""
         self.producers.truncate()
-        # producers that wrote only before the tail read here are unknown to the table
-        self.producers.forgot_producers = self._tail_start() > self.log_start_offset
+        # producers that wrote only before the tail read here (or before the log start, in
+        # batches retention deleted) are unknown to the table
+        self.producers.forgot_producers = self._tail_start() > 0
         checkpoint = list(self.epochs.entries)
         previous = -1
         for h in self._tail_headers():

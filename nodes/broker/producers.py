@@ -11,11 +11,14 @@ in sequence, not an "old duplicate". The table holds at most PRODUCERS_MAX produ
 the least recently used one (a check or an update is a use).
 
 A producer the table does not know is taken at any sequence (its first batch here, or state
-that expired) -- unless the table may have forgotten it (``forgot_producers``: an eviction, or
-a rebuild at open that read only the log's tail) and the client says it sent the batch before.
-Such a retry may already be in the log, where the table can no longer see it: it is refused
-with unknown_producer_id (written neither twice nor silently), and the client fails the batch.
-A batch's first send cannot be in the log, so it is taken as before.
+that expired) -- unless the table may have forgotten it (``forgot_producers``: an eviction; a
+rebuild at open that did not read the log from offset 0, whether it read only the tail or
+retention had deleted the start; a follower's log reset to start past 0) and the client says
+an earlier send of the batch may have been written (it got no answer for it, or one with a
+base offset: a write refused after the fact). Such a retry may already be in the log, where
+the table can no longer see it: it is refused with unknown_producer_id (written neither twice
+nor silently), and the client fails the batch. A batch no broker can have written (a first
+send, or every earlier send refused before any write) is taken as before.
 """
 
 from __future__ import annotations
@@ -60,21 +63,21 @@ class ProducerStateTable:
         return len(self._producers)
 
     def check(self, producer_id: int, epoch: int, base_sequence: int, record_count: int,
-              sent_before: bool = True) -> int | None:
+              possibly_written: bool = True) -> int | None:
         """Before appending: return the base offset of an identical earlier batch (a retry:
-        do not append), or None to append. ``sent_before``: the client may have sent this batch
-        before (False only when it says this is the first send). Raises RemoteError:
+        do not append), or None to append. ``possibly_written``: an earlier send of this batch
+        may be in a log (False only when the client says none can be). Raises RemoteError:
         invalid_producer_epoch for a fenced epoch, out_of_order_sequence for a gap,
         duplicate_sequence for a batch behind the last one that is no longer remembered (never
-        appended, never a success), unknown_producer_id for a batch sent before by a producer
-        the table may have forgotten."""
+        appended, never a success), unknown_producer_id for a batch possibly written before by a
+        producer the table may have forgotten."""
         if producer_id < 0:
             return None
         entry = self._producers.get(producer_id)
         if entry is None:
-            if sent_before and self.forgot_producers:
+            if possibly_written and self.forgot_producers:
                 raise RemoteError(P.UNKNOWN_PRODUCER_ID, f"producer {producer_id}: this broker no longer holds its "
-                                  "state, so a batch sent before cannot be told from one already in the log")
+                                  "state, so a batch possibly written before cannot be told from one in the log")
             return None  # first batch we see from it (or state expired): accept any sequence
         self._producers.move_to_end(producer_id)
         if epoch < entry.epoch:
@@ -106,8 +109,9 @@ class ProducerStateTable:
         entry.batches.append((base_sequence, sequence_add(base_sequence, record_count - 1), base_offset))
 
     def truncate(self) -> None:
-        """Forget every producer (the log was emptied, or is about to be re-read): what the
-        table learns next is all there is to know."""
+        """Forget every producer (the log was emptied, or is about to be re-read).
+        ``forgot_producers`` is False until the caller (what the log held before) or an
+        eviction says otherwise."""
         self._producers.clear()
         self.forgot_producers = False
 

@@ -97,7 +97,7 @@ def test_the_sender_waits_for_a_producer_id_then_numbers_batches_from_zero(rig: 
     rig.grant_producer_id(7)
     rig.sender.run_pass()
     [(command, header, payloads, _)] = rig.produce_requests()
-    assert header["acks"] == -1 and header["parts"] == [["t", 0, 3, 1]] and len(payloads) == 1
+    assert header["acks"] == -1 and header["parts"] == [["t", 0, 3, 0]] and len(payloads) == 1
     rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[40, 0, ""]]})
     assert [f.result(0).offset for f in futures] == [40, 41]
     assert rig.accumulator.buffered_bytes == 0

@@ -4,12 +4,13 @@ A producer's batch reaches the old leader and the follower; its reply is lost; m
 than PRODUCERS_MAX other producers write to the partition, so the follower's table evicts the
 producer. The follower is elected, and the producer's retry of the same batch arrives. Taken
 at any sequence, as an unknown producer's batch was, it was appended a second time: a
-duplicate the idempotent producer promises never to create. The client now says which send of
-a batch each is (the part's fourth element, 1 = the first), and a table that may have forgotten
-producers (an eviction, or a rebuild at open that read only the log's tail) refuses an unknown
-producer's batch sent before with unknown_producer_id (Kafka's answer); a first send cannot be
-in the log and is taken as before. The client fails the refused batch with that error rather
-than write it again."""
+duplicate the idempotent producer promises never to create. Each PRODUCE part now says whether
+an earlier send of its batch may be in a log (the fourth element: 1 when an earlier send got no
+answer, or one with a base offset), and a table that may have forgotten producers (an
+eviction; a rebuild at open, or a follower's reset, that did not start the log at offset 0)
+refuses an unknown producer's possibly written batch with unknown_producer_id (Kafka's
+answer). A batch no broker can have written is taken as before. The client fails the refused
+batch with that error rather than write it again."""
 
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ def _elected_follower_that_evicted_us(monkeypatch: pytest.MonkeyPatch, ours: byt
     leader, follower = _replica(1), _replica(2)
     leader.become_leader(1, [1, 2], [1, 2], now_ms=0)
     follower.become_follower(1, 1, [1, 2], [1, 2])
-    (result,), _ = leader.append_as_leader([ours], BATCH_MAX, [True])
+    (result,), _ = leader.append_as_leader([ours], BATCH_MAX, [False])
     assert result[1] == 0
     for other in range(100, 100 + TABLE_MAX):  # other producers, one batch each
-        leader.append_as_leader([make_batch(1, pid=other, epoch=0, seq=0)], BATCH_MAX, [True])
+        leader.append_as_leader([make_batch(1, pid=other, epoch=0, seq=0)], BATCH_MAX, [False])
     follower.append_as_follower(leader.read(0, BATCH_MAX, leader.log_end_offset))  # replicated
     assert follower.log_end_offset == leader.log_end_offset
     assert follower.producers.forgot_producers
@@ -62,21 +63,21 @@ def test_a_retry_to_a_new_leader_that_evicted_the_producer_is_not_written_twice(
     ours = make_batch(3, pid=PID, epoch=EPOCH, seq=0, tag="ours")
     new_leader = _elected_follower_that_evicted_us(monkeypatch, ours)
     end_before = new_leader.log_end_offset
-    (retry,), written = new_leader.append_as_leader([ours], BATCH_MAX, [False])  # the producer's retry
+    (retry,), written = new_leader.append_as_leader([ours], BATCH_MAX, [True])  # the producer's retry
     assert new_leader.log_end_offset == end_before, f"the retried batch was appended again at {retry[0]}"
     assert retry[1] == P.UNKNOWN_PRODUCER_ID and not written
-    # a client that does not say which send it is may be retrying: refused the same way
+    # a client that does not say may be retrying: refused the same way
     (unsaid,), _ = new_leader.append_as_leader([ours], BATCH_MAX)
     assert unsaid[1] == P.UNKNOWN_PRODUCER_ID and new_leader.log_end_offset == end_before
 
 
 def test_an_evicted_producers_first_send_is_taken_at_its_sequence(monkeypatch) -> None:
     """A batch never sent before cannot be in the log: refusing it would only cost the
-    producer its id (its next batches continue at sequence 3)."""
+    producer its id and fail a batch (its next batches continue at sequence 3)."""
     new_leader = _elected_follower_that_evicted_us(monkeypatch, make_batch(3, pid=PID, epoch=EPOCH, seq=0))
     end_before = new_leader.log_end_offset
     (result,), written = new_leader.append_as_leader([make_batch(2, pid=PID, epoch=EPOCH, seq=3, tag="next")],
-                                                     BATCH_MAX, [True])
+                                                     BATCH_MAX, [False])
     assert result == (end_before, 0, "") and len(written) == 1
     # and from now on the producer is known: its retry is recognised, not refused
     (again,), _ = new_leader.append_as_leader([make_batch(2, pid=PID, epoch=EPOCH, seq=3, tag="next")], BATCH_MAX)
@@ -89,7 +90,7 @@ def test_a_table_that_never_forgot_takes_an_unknown_producers_retry() -> None:
     t = ProducerStateTable()
     t.update(1, 0, 0, 1, base_offset=0)
     assert not t.forgot_producers
-    assert t.check(PID, EPOCH, 5, 2, sent_before=True) is None
+    assert t.check(PID, EPOCH, 5, 2, possibly_written=True) is None
 
 
 def test_an_evicted_producers_retry_is_refused_at_any_sequence(monkeypatch) -> None:
@@ -100,9 +101,9 @@ def test_an_evicted_producers_retry_is_refused_at_any_sequence(monkeypatch) -> N
     assert t.forgot_producers
     for seq in (0, 1, 77):
         with pytest.raises(Exception) as e:
-            t.check(PID, EPOCH, seq, 1, sent_before=True)
+            t.check(PID, EPOCH, seq, 1, possibly_written=True)
         assert getattr(e.value, "code", None) == P.UNKNOWN_PRODUCER_ID
-        assert t.check(PID, EPOCH, seq, 1, sent_before=False) is None
+        assert t.check(PID, EPOCH, seq, 1, possibly_written=False) is None
     t.truncate()  # the log was emptied: what the table learns next is all there is
     assert not t.forgot_producers
 
@@ -119,15 +120,15 @@ def test_a_rebuild_at_open_that_read_only_the_tail_may_have_forgotten_producers(
     part = _open(tmp_path)
     part.become_leader(1, [1], [1], now_ms=0)
     ours = make_batch(3, pid=PID, epoch=EPOCH, seq=0, tag="ours")
-    part.append_as_leader([ours], BATCH_MAX, [True])
+    part.append_as_leader([ours], BATCH_MAX, [False])
     for other in range(100, 103):
-        part.append_as_leader([make_batch(3, pid=other, epoch=0, seq=0)], BATCH_MAX, [True])
+        part.append_as_leader([make_batch(3, pid=other, epoch=0, seq=0)], BATCH_MAX, [False])
     part.close()
     reopened = _open(tmp_path)
     assert reopened.producers.forgot_producers is forgot
     reopened.become_leader(2, [1], [1], now_ms=0)
     end_before = reopened.log_end_offset
-    (retry,), _ = reopened.append_as_leader([ours], BATCH_MAX, [False])
+    (retry,), _ = reopened.append_as_leader([ours], BATCH_MAX, [True])
     if forgot:  # our batch lies before the tail read at open
         assert retry[1] == P.UNKNOWN_PRODUCER_ID and reopened.log_end_offset == end_before
     else:
@@ -135,17 +136,18 @@ def test_a_rebuild_at_open_that_read_only_the_tail_may_have_forgotten_producers(
     reopened.close()
 
 
-def test_the_part_names_which_send_of_the_batch_it_is() -> None:
+def test_the_part_says_whether_the_batch_may_be_written_already() -> None:
     data = make_batch(1)
-    assert ProduceInput.decode(["t", 0, 3, 2], data) == ProduceInput("t", 0, 3, data, 2)
-    assert ProduceInput.decode(["t", 0, 3], data).attempt == 0          # not said
+    assert ProduceInput.decode(["t", 0, 3, 0], data) == ProduceInput("t", 0, 3, data, False)
+    assert ProduceInput.decode(["t", 0, 3, 1], data).possibly_written is True
+    assert ProduceInput.decode(["t", 0, 3], data).possibly_written is True     # not said: it may be
     assert ProduceInput.decode(["t", 0], data).leader_epoch == -1
-    for bad in (["t", 0, 3, "2"], ["t", 0, 3, 1, 9], ["t", 0, 3, True]):
+    for bad in (["t", 0, 3, "1"], ["t", 0, 3, 1, 9], ["t", 0, 3, True], ["t", 0, 3, 2], ["t", 0, 3, -1]):
         assert ProduceInput.decode(bad, data) is None
 
 
-def test_the_client_fails_a_refused_retry_and_numbers_a_first_send_as_first(make_rig) -> None:  # noqa: ANN001
-    """The sender says which send each batch is; a retry refused with unknown_producer_id fails
+def test_the_client_fails_a_refused_retry_and_says_a_first_send_is_unwritten(make_rig) -> None:  # noqa: ANN001
+    """The sender says whether each batch may be written already; a retry refused with unknown_producer_id fails
     with UnknownProducerIdError (not retried: it may be in the log) and the producer starts over
     under a new id, so its later batches are taken."""
     rig = make_rig()
@@ -154,12 +156,12 @@ def test_the_client_fails_a_refused_retry_and_numbers_a_first_send_as_first(make
     rig.grant_producer_id(PID)
     rig.sender.run_pass()
     [first] = rig.produce_requests()
-    assert first[1]["parts"] == [["t", 0, 3, 1]]
+    assert first[1]["parts"] == [["t", 0, 3, 0]]
     rig.client(LEADER).answer_last(P.PRODUCE, None, err=RequestTimeout("no reply"))  # the reply was lost
     rig.reactor.advance(100)  # the retry backoff
     rig.sender.run_pass()
     retry = rig.produce_requests()[-1]
-    assert retry[1]["parts"] == [["t", 0, 3, 2]] and retry[2] == first[2], "the same batch, its second send"
+    assert retry[1]["parts"] == [["t", 0, 3, 1]] and retry[2] == first[2], "the same batch, possibly written"
     rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[-1, P.UNKNOWN_PRODUCER_ID, "forgotten"]]})
     error = futures[0].exception(0)
     assert isinstance(error, UnknownProducerIdError) and error.code == P.UNKNOWN_PRODUCER_ID
@@ -168,6 +170,31 @@ def test_the_client_fails_a_refused_retry_and_numbers_a_first_send_as_first(make
     rig.sender.run_pass()
     rig.grant_producer_id(PID + 1)
     rig.sender.run_pass()
-    assert rig.produce_requests()[-1][1]["parts"] == [["t", 0, 3, 1]]
+    assert rig.produce_requests()[-1][1]["parts"] == [["t", 0, 3, 0]]
     rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[9, 0, ""]]})
     assert later[0].result(0).offset == 9
+
+
+@pytest.mark.parametrize("answer, possibly_written", [
+    ({"results": [[-1, P.NOT_LEADER, "leader is broker 2"]]}, 0),             # refused before any write
+    ({"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr of 1"]]}, 0),
+    ({"results": [[5, P.NOT_LEADER, "leadership changed before the write was replicated"]]}, 1),  # written
+    ({"results": [[5, P.REQUEST_TIMED_OUT, "acks=all not met"]]}, 1),
+    (None, 1),                                                                 # no reply
+])
+def test_a_retry_says_possibly_written_unless_every_earlier_send_was_refused_unwritten(
+        make_rig, answer: dict | None, possibly_written: int) -> None:  # noqa: ANN001
+    rig = make_rig()
+    rig.send("a")
+    rig.sender.run_pass()
+    rig.grant_producer_id(PID)
+    rig.sender.run_pass()
+    rig.client(LEADER).answer_last(P.PRODUCE, answer, err=None if answer else RequestTimeout("no reply"))
+    rig.reactor.advance(100)  # the retry backoff
+    rig.sender.run_pass()
+    assert rig.produce_requests()[-1][1]["parts"] == [["t", 0, 3, possibly_written]]
+    if possibly_written:  # it stays so, whatever the later answers
+        rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[-1, P.NOT_LEADER, "leader is broker 2"]]})
+        rig.reactor.advance(100)
+        rig.sender.run_pass()
+        assert rig.produce_requests()[-1][1]["parts"] == [["t", 0, 3, 1]]

@@ -19,7 +19,7 @@ def test_a_full_table_evicts_the_least_recently_used_producer(monkeypatch) -> No
     t.update(4, 0, 0, 1, base_offset=11)            # full: evicts 2, the least recently used
     assert len(t) == 3
     assert t.check(1, 0, 1, 1) == 10                # producer 1's retry is still recognised
-    assert t.check(2, 0, 0, 1, sent_before=False) is None  # 2 was evicted: its state is gone
+    assert t.check(2, 0, 0, 1, possibly_written=False) is None  # 2 was evicted: its state is gone
     with pytest.raises(UnknownProducerIdError):     # (and a retry of it cannot be judged)
         t.check(2, 0, 0, 1)
     assert t.check(3, 0, 0, 1) == 3
@@ -33,4 +33,4 @@ def test_a_retry_check_also_counts_as_use(monkeypatch) -> None:
     assert t.check(1, 0, 0, 1) == 0                 # a retry from 1: recently used
     t.update(3, 0, 0, 1, base_offset=2)             # evicts 2
     assert t.check(1, 0, 0, 1) == 0
-    assert t.check(2, 0, 0, 1, sent_before=False) is None
+    assert t.check(2, 0, 0, 1, possibly_written=False) is None
