@@ -30,7 +30,8 @@ from fabric.client.accumulator import BatchState
 from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
-from fabric.errors import ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError
+from fabric.errors import (ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError,
+                           RequestQueueFullError)
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
@@ -303,7 +304,8 @@ class Sender(threading.Thread):
             else:  # no reply (kept as found: a local condition stays a ClientError), or no result
                 error = err if err is not None else RemoteError(P.UNKNOWN, "no result for this batch")
                 base, code = -1, error.code
-                b.possibly_written = True
+                if not isinstance(error, RequestQueueFullError):  # that one never left
+                    b.possibly_written = True
             if code:
                 self.errors[P.error_name(code)] += 1
             if error is None:

@@ -39,20 +39,22 @@ class ProduceInput(NamedTuple):
     leader_epoch: int  # the leader epoch the client knows (-1: it sent none)
     data: bytes        # one record batch as the client built it (base offset 0): bytes, or the
     #                    request's OwnedFrame, which the leader stamps in place (fabric/buffers.py)
-    possibly_written: bool = True  # an earlier send of this batch may be in a log (the client
-    #                                says 0 when none can be: nodes/broker/producers.py)
+    possibly_written: bool = False  # an earlier send of this batch may be in a log
+    #                                 (nodes/broker/producers.py); absent from the part (a client
+    #                                 from before the field): False, judged as such clients were
 
     @classmethod
     def decode(cls, tp: Any, data: bytes) -> "ProduceInput | None":
         """``[topic, partition]``, ``[topic, partition, leader_epoch]`` or ``[topic, partition,
-        leader_epoch, possibly_written]`` (0 or 1; absent: 1) with its payload frame; None when
-        malformed."""
+        leader_epoch, possibly_written]`` (0 or 1; absent: 0, so a client from before the field
+        is judged as it was, never refused for a producer the broker forgot) with its payload
+        frame; None when malformed."""
         if not (isinstance(tp, (list, tuple)) and 2 <= len(tp) <= 4 and isinstance(tp[0], str)
                 and all(_is_int(x) for x in tp[1:])):
             return None
         if len(tp) == 4 and tp[3] not in (0, 1):
             return None
-        return cls(tp[0], tp[1], tp[2] if len(tp) >= 3 else -1, data, len(tp) < 4 or tp[3] == 1)
+        return cls(tp[0], tp[1], tp[2] if len(tp) >= 3 else -1, data, len(tp) == 4 and tp[3] == 1)
 
 
 class AppendRequest(NamedTuple):

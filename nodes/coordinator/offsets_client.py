@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 from fabric import protocol as P
-from fabric.errors import CodedError, MalformedFrame
+from fabric.errors import CodedError, MalformedFrame, RequestQueueFullError
 from fabric.records import build_batch
 from fabric.replies import decode_produce_results
 from nodes.coordinator.context import BrokerRequester, GroupContext, ReplyCallback
@@ -32,9 +32,11 @@ class AppendOutcome(NamedTuple):
     """What became of one acks=all append to an offsets partition."""
 
     code: int            # 0: appended and replicated to the ISR
-    base_offset: int     # offset of its first record (-1 unless code is 0)
+    base_offset: int     # offset of its first record where the broker wrote it (also when the
+    #                      append failed after the write: acks=all not met), else -1
     message: str
     answered: bool       # the broker answered for the partition (False: no or a top-level reply)
+    sent: bool = True    # False: the RPC client refused it before it left (it is in no log)
 
     @property
     def ok(self) -> bool:
@@ -47,9 +49,10 @@ class AppendOutcome(NamedTuple):
 
     @property
     def maybe_written(self) -> bool:
-        """It may be in the log although it failed: it left and no answer said it was not
-        written (a client-side ``buffer_full`` never left)."""
-        return not self.ok and not self.answered and self.code != P.BUFFER_FULL
+        """It may be in the log although it failed: the broker wrote it before it failed (an
+        answer with a base offset), or it left and no answer for the partition came (a
+        top-level answer, the broker's buffer_full too, may follow the write)."""
+        return not self.ok and (self.base_offset >= 0 or (self.sent and not self.answered))
 
     @classmethod
     def from_reply(cls, header: dict | None, err: CodedError | None) -> "AppendOutcome":
@@ -61,9 +64,10 @@ class AppendOutcome(NamedTuple):
             # no answer for the partition (or one we cannot read: a peer's bad reply is not a bug
             # of ours): it may have landed
             code = err.code if isinstance(err, CodedError) else P.UNKNOWN
-            return cls(code, -1, err.message if isinstance(err, CodedError) else "append failed", False)
+            return cls(code, -1, err.message if isinstance(err, CodedError) else "append failed", False,
+                       sent=not isinstance(err, RequestQueueFullError))
         res = results[0]
-        return cls(res.error, res.base_offset if res.error == 0 else -1, res.message, True)
+        return cls(res.error, res.base_offset, res.message, True)
 
 
 class OffsetsTopicClient:

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from fabric import protocol as P
-from fabric.errors import RemoteError, RequestTimeout
+from fabric.errors import RemoteError, RequestQueueFullError, RequestTimeout
 from nodes.coordinator.offsets import OFFSETS_TOPIC, RETRY_MS
 from nodes.coordinator.offsets_client import AppendOutcome
 from tests.unit.fakes import (FakeGroupContext, ack_last_produce, admin_commit, group_coordinator,
@@ -135,8 +135,12 @@ def test_an_append_outcome_says_whether_it_may_be_in_the_log() -> None:
     assert not fatal.retriable and not fatal.maybe_written
     lost = AppendOutcome.from_reply(None, RequestTimeout("no reply"))
     assert lost.retriable and lost.maybe_written and lost.code == P.REQUEST_TIMED_OUT
-    never_left = AppendOutcome.from_reply(None, RemoteError(P.BUFFER_FULL, "too many requests in flight"))
+    never_left = AppendOutcome.from_reply(None, RequestQueueFullError("too many requests in flight"))
     assert never_left.retriable and not never_left.maybe_written
+    parked_full = AppendOutcome.from_reply(None, RemoteError(P.BUFFER_FULL, "too many requests waiting"))
+    assert parked_full.retriable and parked_full.maybe_written  # the broker answers it after the write
+    late = AppendOutcome.from_reply({"results": [[12, P.REQUEST_TIMED_OUT, "not replicated in time"]]}, None)
+    assert late.retriable and late.maybe_written and late.base_offset == 12
     for unreadable in ({"results": [[5]]}, {"results": ["x"]}, {"results": [["a", "b"]]}, {"results": 3}):
         out = AppendOutcome.from_reply(unreadable, None)  # a peer's bad reply: no answer, not a crash
         assert out.retriable and out.maybe_written and not out.ok

@@ -66,7 +66,7 @@ def test_a_retry_to_a_new_leader_that_evicted_the_producer_is_not_written_twice(
     (retry,), written = new_leader.append_as_leader([ours], BATCH_MAX, [True])  # the producer's retry
     assert new_leader.log_end_offset == end_before, f"the retried batch was appended again at {retry[0]}"
     assert retry[1] == P.UNKNOWN_PRODUCER_ID and not written
-    # a client that does not say may be retrying: refused the same way
+    # a caller of the partition that does not say is taken as possibly written: refused the same way
     (unsaid,), _ = new_leader.append_as_leader([ours], BATCH_MAX)
     assert unsaid[1] == P.UNKNOWN_PRODUCER_ID and new_leader.log_end_offset == end_before
 
@@ -140,7 +140,7 @@ def test_the_part_says_whether_the_batch_may_be_written_already() -> None:
     data = make_batch(1)
     assert ProduceInput.decode(["t", 0, 3, 0], data) == ProduceInput("t", 0, 3, data, False)
     assert ProduceInput.decode(["t", 0, 3, 1], data).possibly_written is True
-    assert ProduceInput.decode(["t", 0, 3], data).possibly_written is True     # not said: it may be
+    assert ProduceInput.decode(["t", 0, 3], data).possibly_written is False  # a client from before the field
     assert ProduceInput.decode(["t", 0], data).leader_epoch == -1
     for bad in (["t", 0, 3, "1"], ["t", 0, 3, 1, 9], ["t", 0, 3, True], ["t", 0, 3, 2], ["t", 0, 3, -1]):
         assert ProduceInput.decode(bad, data) is None
