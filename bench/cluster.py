@@ -122,9 +122,11 @@ def baseline_server(port: int) -> int:
     return 0
 
 
-def baseline(records: int | None, value: bytes, frame_records: int, seconds_max: float | None) -> tuple[Phase, Phase]:
+def baseline(records: int | None, value: bytes, frame_records: int, seconds_max: float | None,
+             rate: int | None = None) -> tuple[Phase, Phase]:
     """Produce and consume the same records over raw DEALER -> ROUTER (one process pair), in
-    frames of ``frame_records``: ``records`` of them (None: as many as ``seconds_max`` allows)."""
+    frames of ``frame_records``: ``records`` of them (None: as many as ``seconds_max`` allows),
+    offered at ``rate`` records/s when given (as the scenarios are), else as fast as it goes."""
     port = free_ports(1)[0]
     proc = subprocess.Popen([sys.executable, "-m", "bench.cluster", "--baseline-server", str(port)],
                             cwd=str(Path(__file__).resolve().parent.parent))
@@ -143,11 +145,12 @@ def baseline(records: int | None, value: bytes, frame_records: int, seconds_max:
         t0 = time.perf_counter()
         sent = acked = 0
         while acked < frames and time.perf_counter() - t0 < phase_s:
-            while sent < frames and sent - acked < BASELINE_WINDOW:
+            while sent < frames and sent - acked < BASELINE_WINDOW and (
+                    rate is None or t0 + sent * frame_records / rate <= time.perf_counter()):  # paced
                 recs = [(time.time_ns() // 1_000_000, None, value, None) for _ in range(frame_records)]
                 sock.send_multipart([b"P", msgpack.packb(recs, use_bin_type=True)], copy=False)
                 sent += 1
-            if sock.poll(1000):
+            if sock.poll(1000 if rate is None else 1):  # paced: back to the schedule within 1 ms
                 sock.recv()
                 acked += 1
         while acked < sent and sock.poll(10_000):  # the frames in flight when the time was up
@@ -262,7 +265,7 @@ def parse(argv: list[str]) -> tuple[BenchOptions, list[Scenario]]:
 
 def baseline_run(o: BenchOptions, run: int) -> dict:
     """One baseline run as the report's run figures (no latency, no brokers)."""
-    p, c = baseline(o.record_target(), payload(o.record_size), o.batch_size, o.duration)
+    p, c = baseline(o.record_target(), payload(o.record_size), o.batch_size, o.duration, o.rate)
 
     def figures(ph: Phase) -> dict:
         return {"records": ph.records, "seconds": ph.seconds, "records_per_s": round(ph.records_per_s),

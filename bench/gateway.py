@@ -22,7 +22,6 @@ import base64
 import http.client
 import json
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ import requests
 import websocket
 
 from bench.options import UsageParser
-from bench.stats import find_node_processes, process_cpu_s
+from bench.stats import find_node_processes, nearest_rank, process_cpu_s
 from nodes.local_cluster import GATEWAY_NODES, ROLE_KEYS, Cluster, gateway_overrides, make_config, wait_until
 
 PHASE_SECONDS_MAX = 120
@@ -168,9 +167,12 @@ def latency(base: str, topic: str, rate: float, seconds: float) -> dict:
             list(pool.map(one, [start + i / rate for i in range(n)]))
     finally:
         sys.setswitchinterval(switch_s)
-    lat_ms.sort()
-    return {"requests": n, "ok": len(lat_ms), "p50_ms": round(statistics.median(lat_ms), 2),
-            "p99_ms": round(lat_ms[int(len(lat_ms) * 0.99) - 1], 2), "max_ms": round(lat_ms[-1], 2)}
+    lat_ms.sort()  # of the answered requests: "ok" says how many of the n that is
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v, 2)
+    return {"requests": n, "ok": len(lat_ms), "p50_ms": ms(nearest_rank(lat_ms, 0.5)),
+            "p99_ms": ms(nearest_rank(lat_ms, 0.99)), "max_ms": ms(lat_ms[-1] if lat_ms else None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the brokers' interval fsync (default 200: config/cluster.yaml's, what `make up` runs)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if not (1 <= args.requests <= 100_000 and 1 <= args.batch <= 100_000 and 1 <= args.clients <= 256
+            and 0 < args.rate <= 10_000 and 0 < args.seconds <= 600 and args.rate * args.seconds <= 1_000_000
+            and 1 <= args.fsync_interval_ms <= 60_000):
+        ap.error("--requests 1..100000, --batch 1..100000, --clients 1..256, --rate 0..10000 (exclusive of 0), "
+                 "--seconds 0..600 (exclusive of 0) with rate x seconds <= 1000000, --fsync-interval-ms 1..60000")
     tmp = Path(tempfile.mkdtemp(prefix="loom-bench-gw-"))
     overrides = {**gateway_overrides(), "storage": {"fsync": "interval", "fsync_interval_ms": args.fsync_interval_ms}}
     cluster = Cluster(make_config(tmp, 3, extra_nodes=GATEWAY_NODES, overrides=overrides))

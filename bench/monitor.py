@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watch-s", type=float, default=20.0)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    if not 1 <= args.records <= 10_000_000 or not 1 <= args.runs <= 20 or not 1 <= args.partitions <= 10_000:
-        ap.error("--records 1..10M, --runs 1..20, --partitions 1..10000")
+    if (not 1 <= args.records <= 10_000_000 or not 1 <= args.runs <= 20 or not 1 <= args.partitions <= 10_000
+            or not 0 < args.watch_s <= 600):
+        ap.error("--records 1..10M, --runs 1..20, --partitions 1..10000, --watch-s 0..600 (exclusive of 0)")
     work = Path(tempfile.mkdtemp(prefix="loom-bench-monitor-"))
     cluster = Cluster(_config(work))
     rates: dict[str, list[float]] = {"without": [], "with": []}

@@ -312,6 +312,8 @@ def validate(o: BenchOptions) -> None:
     _check(o.rate is None or 1 <= o.rate <= RATE_MAX, f"--rate must be 1..{RATE_MAX:,} records/s")
     _check(all(a in APIS for a in o.apis) and bool(o.apis), f"--api: one or more of {', '.join(APIS)}")
     _check(o.rate is None or o.apis == ["send"], "--rate paces single records: use --api send")
+    _check(o.rate is None or o.rate >= o.producers,
+           "--rate is split among the producers: it must be at least --producers (one record/s each)")
     _check(1 <= o.runs <= RUNS_MAX, f"--runs must be 1..{RUNS_MAX}")
     _check(o.fsync_interval_ms >= 1, "--fsync-interval-ms must be >= 1")
     _check(bool(o.engines) and bool(o.fsyncs), "--engine and --fsync need at least one value")

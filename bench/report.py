@@ -8,7 +8,11 @@ failover's one setup; anything with a ``label`` and an ``as_dict()``.
 
 Document shape (``--json``): the first group's medians at the top (``records_per_s``,
 ``mb_per_s``, ``latency_ms: {p50, p99, p999}``, ``cpu_us_per_record: {client, cluster}``),
-``combinations`` (medians and ratios of each group), ``runs`` (every run with its timeline),
+``combinations`` (medians and ratios of each group; an open-loop run adds ``send_delay_ms``,
+how late its sends went out against their schedule -- the OpenMessaging Benchmark's publish
+delay -- while the ack latency counts from the send, as the peers' benchmarks do; a tail
+percentile is null with fewer than 10 timed records above its rank), ``runs`` (every run with
+its timeline),
 ``meta`` and, with ``--peer``, ``peer`` (its figure and its servers' ``cpu_us_per_record:
 {cluster}`` and ``server_peak_rss_mb``: bench/peer.py). Pure functions apart from the writers;
 not thread-safe.
@@ -93,6 +97,11 @@ def run_line(label: str, r: dict) -> str:
     line = (f"{label}: {r['records_per_s']:,} rec/s, {r['mb_per_s']} MB/s, ack latency p50/p99/p99.9 "
             f"{_fmt(lat.get('p50'))}/{_fmt(lat.get('p99'))}/{_fmt(lat.get('p999'))} ms, cpu us/rec client "
             f"{_fmt(r['cpu_us_per_record']['client'])} cluster {_fmt(r['cpu_us_per_record']['cluster'])}")
+    if lat.get("samples") is not None:
+        line += f" ({lat['samples']:,} timed)"
+    if "send_delay_ms" in r:
+        d = r["send_delay_ms"]
+        line += f", send delay p50/p99 {_fmt(d['p50'])}/{_fmt(d['p99'])} ms"
     if "e2e_latency_ms" in r:
         e = r["e2e_latency_ms"]
         line += f", e2e p50/p99/p99.9 {_fmt(e['p50'])}/{_fmt(e['p99'])}/{_fmt(e['p999'])} ms"
@@ -131,6 +140,8 @@ def _summary(runs: list[dict]) -> dict:
                "latency_ms": {k: med("latency_ms", k) for k in LAT_KEYS},
                "cpu_us_per_record": {k: med("cpu_us_per_record", k) for k in ("client", "cluster")},
                "errors": sum(r.get("errors", 0) for r in runs)}
+    if any("send_delay_ms" in r for r in runs):
+        s["send_delay_ms"] = {k: med("send_delay_ms", k) for k in LAT_KEYS}
     e2e = any("e2e_latency_ms" in r for r in runs)
     drain = any("consume_cpu_us_per_record" in r for r in runs)  # cluster: the drain after the produce
     if e2e:

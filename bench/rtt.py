@@ -32,11 +32,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 import zmq
 
 from bench.options import UsageParser
-from bench.stats import LatencyHistogram, process_cpu_s
+from bench.stats import LatencyHistogram, nearest_rank, process_cpu_s
 from fabric import hoptrace
 from nodes.local_cluster import free_ports, running_cluster
 
@@ -246,11 +247,18 @@ def hop_table(marks: dict[int, list[tuple[int, str]]], roles: dict[int, str]) ->
             "work_us": _percentiles_us(sums["work"]), "hop_us": _percentiles_us(sums["hop"])}
 
 
+def _median(values: Iterable[float | None]) -> float | None:
+    """The median of the runs' figures that are known (a tail percentile of too few samples is
+    None: bench/stats.py)."""
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
 def _percentiles_us(values: list[float]) -> dict:
     if not values:
         return {"p50": None, "p90": None, "p99": None}
     v = sorted(values)
-    return {q: round(v[min(len(v) - 1, int(f * len(v)))], 1) for q, f in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+    return {q: round(nearest_rank(v, f), 1) for q, f in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
 
 
 def print_hops(hops: dict) -> None:
@@ -279,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --loom: mark the points each produce passes in every process and print where its time goes")
     ap.add_argument("--json", help="write the figures to this file")
     a = ap.parse_args(argv)
-    if not 0 < a.count <= COUNT_MAX or a.pause_ms < 0 or a.runs < 1:
-        ap.error(f"--count must be 1..{COUNT_MAX:,}, --pause-ms >= 0, --runs >= 1")
+    if not 0 < a.count <= COUNT_MAX or not 0 <= a.pause_ms <= 1000 or not 1 <= a.runs <= 20:
+        ap.error(f"--count must be 1..{COUNT_MAX:,}, --pause-ms 0..1000, --runs 1..20")
     if not 1 <= a.replication_factor <= 3:
         ap.error("--replication-factor must be 1..3 (the self-contained cluster has 3 brokers)")
     if a.hops and not a.loom:
@@ -295,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {i + 1}/{a.runs}: round trip p50/p99/p99.9 {r['p50']}/{r['p99']}/{r['p999']} ms; CPU us: {cpu}")
         if a.hops:
             print_hops(r["hops"])
-    med = {k: round(statistics.median(r[k] for r in runs), 3) for k in ("p50", "p99", "p999")}
+    med = {k: _median(r[k] for r in runs) for k in ("p50", "p99", "p999")}
     med_cpu = {n: round(statistics.median(r[cpu_key][n] for r in runs), 1) for n in runs[0][cpu_key]}
     what = (f"one-record produce (RF {a.replication_factor}, acks=all, linger_ms 0) through Loom" if a.loom
             else "bare pyzmq DEALER/ROUTER round trip")

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from bench import peer, report
 from bench.options import BenchOptions, Combination, OptionError, parse, usage_error
-from bench.stats import LatencyHistogram, find_node_pids, growth_mb_per_min, peak_rss_mb, us_per_record
+from bench.stats import LatencyHistogram, find_node_pids, growth_mb_per_min, peak_rss_mb, reset_peak_rss, us_per_record
 from bench.workload import Run, Target, create_topic, record_shares, tell
 from fabric.config import ConfigError
 from fabric.errors import FabricError
@@ -65,6 +65,8 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
              on_tick: Callable[[dict], None] | None = None) -> dict:
     """One run of the workload; returns its figures (see ``report`` for the shape)."""
     topic = create_topic(target.bootstrap, o, run)
+    for pid in target.broker_pids.values():  # the peak is this run's on a cluster used before too
+        reset_peak_rss(pid)
     work = tempfile.mkdtemp(prefix="loom-bench-workers-")
     r = Run(o, target, topic, work, on_tick)
     try:
@@ -113,23 +115,27 @@ def _span(done: list[dict]) -> float:
     return max(d["t_end"] for d in done) - min(d["t_start"] for d in done)
 
 
-def _produce_figures(o: BenchOptions, producers: list, cluster_cpu_s: float, consumers: list | None = None) -> dict:
+def _produce_figures(o: BenchOptions, producers: list, cluster_cpu_s: float | None, consumers: list | None = None) -> dict:
     done = [w.done for w in producers]
     records, seconds = sum(d["records"] for d in done), _span(done)
-    lat = LatencyHistogram()
+    lat, delay = LatencyHistogram(), LatencyHistogram()
     for d in done:
         lat.merge(LatencyHistogram.from_json(d["lat"]))
+        delay.merge(LatencyHistogram.from_json(d.get("send_delay")))
     client_s = sum(d["cpu_s"] for d in done) + sum(w.done["cpu_s"] for w in consumers or [])
-    known = cluster_cpu_s if o.self_contained or o.config else None
-    return {"records": records, "errors": sum(d["errors"] for d in done), "seconds": round(seconds, 3),
+    figures = {"records": records, "errors": sum(d["errors"] for d in done), "seconds": round(seconds, 3),
             "records_per_s": round(records / seconds) if seconds > 0 else 0,
             "mb_per_s": round(records * o.record_size / MB / seconds, 2) if seconds > 0 else 0,
             "offered_per_s": o.rate, "latency_ms": lat.summary_ms(),
-            "cpu_us_per_record": {"client": us_per_record(client_s, records), "cluster": us_per_record(known, records)},
-            "cpu_s": {"client": client_s, "cluster": known}}
+            "cpu_us_per_record": {"client": us_per_record(client_s, records), "cluster": us_per_record(cluster_cpu_s, records)},
+            "cpu_s": {"client": client_s, "cluster": cluster_cpu_s}}
+    if o.rate:  # open loop: how late the sends went out against their schedule (the
+        #         OpenMessaging Benchmark's publish delay; the ack latency counts from the send)
+        figures["send_delay_ms"] = delay.summary_ms()
+    return figures
 
 
-def _consume_figures(o: BenchOptions, consumers: list, cluster_cpu_s: float, group_expected: int | None,
+def _consume_figures(o: BenchOptions, consumers: list, cluster_cpu_s: float | None, group_expected: int | None,
                      key: str | None) -> dict:
     done = [w.done for w in consumers]
     records, seconds = sum(d["records"] for d in done), _span(done)
@@ -142,12 +148,11 @@ def _consume_figures(o: BenchOptions, consumers: list, cluster_cpu_s: float, gro
                "consume_mb_per_s": round(records * o.record_size / MB / seconds, 2) if seconds > 0 else 0}
     if key == "consume":  # e2e: the produce figures lead; add the consumers' and the end-to-end latency
         return figures | {"e2e_latency_ms": e2e.summary_ms()}
-    known = cluster_cpu_s if o.self_contained or o.config else None
     client_s = sum(d["cpu_s"] for d in done)
     return figures | {"records": records, "seconds": figures["consume_seconds"],
                       "records_per_s": figures["consume_records_per_s"], "mb_per_s": figures["consume_mb_per_s"],
-                      "cpu_us_per_record": {"client": us_per_record(client_s, records), "cluster": us_per_record(known, records)},
-                      "cpu_s": {"client": client_s, "cluster": known}}
+                      "cpu_us_per_record": {"client": us_per_record(client_s, records), "cluster": us_per_record(cluster_cpu_s, records)},
+                      "cpu_s": {"client": client_s, "cluster": cluster_cpu_s}}
 
 
 def _peak_rss(target: Target, sampled: dict[str, float]) -> dict[str, float]:

@@ -27,6 +27,7 @@ LATENCY_FLOOR_US = 1.0       # latencies under 1 µs count as 1 µs
 PROC_SCAN_PIDS_MAX = 100_000  # /proc entries looked at when finding a cluster's nodes
 RSS_TREND_SAMPLES_MIN = 4    # samples in a run's second half to speak of a memory trend
 RSS_TREND_SPAN_S_MIN = 10.0  # and seconds it must span (runs of at least ~20 s)
+TAIL_SAMPLES_ABOVE_MIN = 10   # samples above a tail percentile's rank for it to be reported
 
 
 class LatencyHistogram:
@@ -63,9 +64,14 @@ class LatencyHistogram:
         raise AssertionError("rank beyond the histogram's count")  # unreachable: rank <= count
 
     def summary_ms(self) -> dict:
-        """``{p50, p99, p999, samples}`` in ms (values None when empty)."""
-        return {"p50": _round(self.percentile_ms(50)), "p99": _round(self.percentile_ms(99)),
-                "p999": _round(self.percentile_ms(99.9)), "samples": self.count}
+        """``{p50, p99, p999, samples}`` in ms: None when empty, and a tail percentile None
+        unless at least TAIL_SAMPLES_ABOVE_MIN samples lie above its rank (p99 from 1,000
+        samples, p99.9 from 10,000): below that it is one of the few largest values, not a p99."""
+        n = self.count
+        return {"p50": _round(self.percentile_ms(50)),
+                "p99": _round(self.percentile_ms(99)) if n * 0.01 >= TAIL_SAMPLES_ABOVE_MIN else None,
+                "p999": _round(self.percentile_ms(99.9)) if n * 0.001 >= TAIL_SAMPLES_ABOVE_MIN else None,
+                "samples": n}
 
     def to_json(self) -> dict[str, int]:
         return {str(b): n for b, n in self.counts.items()}
@@ -73,6 +79,14 @@ class LatencyHistogram:
     @classmethod
     def from_json(cls, data: dict[str, int] | None) -> "LatencyHistogram":
         return cls({int(b): int(n) for b, n in (data or {}).items()})
+
+
+def nearest_rank(ordered: list[float], fraction: float) -> float | None:
+    """The ``fraction`` percentile (0.99: p99) of ascending ``ordered`` values by nearest rank
+    (the smallest value with at least that fraction at or below it); None when empty."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def _round(ms: float | None) -> float | None:
@@ -103,6 +117,16 @@ def rss_mb(pid: int) -> float | None:
     """Resident memory now (VmRSS), MB; None when unreadable."""
     kib = _status_kib(pid, "VmRSS")
     return None if kib is None else kib * 1024 / 1e6
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start the process's VmHWM over from its current RSS (Linux's ``clear_refs`` 5), so that
+    a run on a cluster that earlier runs used reads its own peak; nothing when not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def peak_rss_mb(pid: int) -> float | None:

@@ -35,8 +35,9 @@ from bench.stats import LatencyHistogram
 SAMPLE_INTERVAL_S = 0.5
 CHUNK_SEND = 200             # closed loop: one latency sample every CHUNK_SEND records
 CHUNK_SEND_MANY = 1000       # records per send_many() call (plus one sampled send())
-GO_WAIT_S_MAX = 600.0        # a worker waits this long for "go", then gives up
 PHASE_S_MAX = 3600.0         # any worker's running phase
+GO_WAIT_S_MAX = PHASE_S_MAX + 600.0  # a worker waits this long for "go" (a consumer: the whole
+#                                      produce phase before it), then gives up
 FLUSH_S_MAX = 300.0
 CALLBACKS_WAIT_S_MAX = 10.0  # after flush(): the last delivery callbacks to run
 STOP_DRAIN_S_MAX = 60.0      # a following consumer: after "stop", reading up to the end offsets
@@ -80,6 +81,7 @@ class Sampler:
         self.acks_taken = 0  # delivery callbacks seen (one per sampled record)
         self.lat, self.e2e = LatencyHistogram(), LatencyHistogram()          # interval
         self.lat_all, self.e2e_all = LatencyHistogram(), LatencyHistogram()  # whole run
+        self.send_delay = LatencyHistogram()  # open loop, whole run: each timed send's lateness
         self.last_s = time.perf_counter()
         self.next_s = self.last_s + SAMPLE_INTERVAL_S
 
@@ -164,7 +166,7 @@ def run_producer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
         s.maybe_emit(time.perf_counter(), force=True)
         return {"role": "producer", "records": s.sent, "errors": s.errors, "seconds": seconds,
                 "cpu_s": time.process_time() - cpu0, "t_start": wall0, "t_end": wall0 + seconds,
-                "lat": s.lat_all.to_json(), "api": spec["api"]}
+                "lat": s.lat_all.to_json(), "send_delay": s.send_delay.to_json(), "api": spec["api"]}
     finally:
         p.close(timeout=30)
 
@@ -232,13 +234,17 @@ def _paced(p: Any, spec: dict, value: bytes, e2e: bool, acks: AckQueue, s: Sampl
     target = spec["records"] if spec["records"] is not None else RECORDS_MAX
     deadline = t0 + (spec["duration"] if spec["duration"] is not None else PHASE_S_MAX)
     while s.sent < target:
-        ahead = t0 + s.sent * interval_s - time.perf_counter()
+        due = t0 + s.sent * interval_s
+        ahead = due - time.perf_counter()
         if ahead >= PACE_SLEEP_S_MIN:
             time.sleep(ahead)  # pacing the offered load, not synchronisation
         t = time.perf_counter()
         if s.sent % every:
             send(topic, value)
         else:
+            # the ack latency counts from the send, as the peers' benchmarks do; how late the
+            # send went out is the send delay (a loop that falls behind shows there)
+            s.send_delay.record_us(max(0.0, t - due) * 1e6)
             send(topic, stamped(value) if e2e else value, on_delivery=acks.callback(t))
         s.sent += 1
         if t >= s.next_s:

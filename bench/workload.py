@@ -253,9 +253,10 @@ class Run:
                 "consumed": sum(w.last["consumed"] for w in self.workers if w.role == "consumer"),
                 "elapsed_s": time.time() - self.timeline.origin}
 
-    def phase(self, workers: list[Worker], then: Callable[[], None] | None = None) -> tuple[float, float]:
-        """Start ``workers``; returns the cluster's CPU seconds and the wall seconds until they
-        are done (``then`` runs once the producers among them are done)."""
+    def phase(self, workers: list[Worker], then: Callable[[], None] | None = None) -> tuple[float | None, float]:
+        """Start ``workers``; returns the cluster's CPU seconds (None when its processes are
+        unknown: a cluster elsewhere) and the wall seconds until they are done (``then`` runs
+        once the producers among them are done)."""
         cpu0, t0 = process_cpu_s(list(self.target.node_pids.values())), time.monotonic()
         if not self.timeline.buckets:
             self.timeline.origin = time.time()  # the chart's zero: the first phase's start
@@ -265,7 +266,8 @@ class Run:
             self.pump(lambda: all(w.done for w in producers), PHASE_S_MAX, "the producers to finish")
             then()
         self.pump(lambda: all(w.done for w in workers), PHASE_S_MAX, "the workers to finish")
-        return process_cpu_s(list(self.target.node_pids.values())) - cpu0, time.monotonic() - t0
+        cpu = process_cpu_s(list(self.target.node_pids.values())) - cpu0 if self.target.node_pids else None
+        return cpu, time.monotonic() - t0
 
     def stop_when_read(self, consumers: list[Worker]) -> None:
         """Group mode: once the group has read every record of the topic (the members cannot

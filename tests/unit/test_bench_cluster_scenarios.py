@@ -52,7 +52,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict:
         seen["runs"].append((o, combo, target, run))
         return _consume_run(1000, 10_000 * o.replication_factor)
 
-    def baseline(records, value, frame_records, seconds_max) -> tuple[Phase, Phase]:  # noqa: ANN001
+    def baseline(records, value, frame_records, seconds_max, rate=None) -> tuple[Phase, Phase]:  # noqa: ANN001
         seen["baselines"].append((records, value, frame_records, seconds_max))
         return Phase(1000, 0.01, 0.004, 0.002), Phase(1000, 0.005, 0.001, 0.001)
 

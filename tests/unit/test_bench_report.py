@@ -120,3 +120,27 @@ def test_memory_trend_is_the_slope_of_the_second_half_in_mb_per_minute() -> None
     assert growth_mb_per_min([(0.0, 1.0), (1.0, 2.0)]) is None    # too few samples to say
     assert growth_mb_per_min([(t / 2, 50.0 + t) for t in range(30)]) is None  # 15 s: too short to say
     assert growth_mb_per_min([]) is None
+
+
+def test_a_tail_percentile_needs_ten_samples_above_its_rank_and_ranks_are_nearest() -> None:
+    from bench.stats import LatencyHistogram, nearest_rank
+    h = LatencyHistogram()
+    for i in range(999):
+        h.record_us(1000.0 + i)
+    assert h.summary_ms()["p50"] is not None and h.summary_ms()["p99"] is None   # 999 samples
+    h.record_us(5000.0)
+    assert h.summary_ms()["p99"] is not None and h.summary_ms()["p999"] is None  # 1,000: a p99, no p99.9
+    assert nearest_rank([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0 and nearest_rank([1.0, 2.0, 3.0, 4.0], 0.99) == 4.0
+    assert nearest_rank(list(map(float, range(1, 201))), 0.99) == 198.0 and nearest_rank([], 0.5) is None
+
+
+def test_a_runs_peak_rss_starts_over_on_a_cluster_used_before() -> None:
+    import os
+    from bench.stats import peak_rss_mb, reset_peak_rss
+    big = bytearray(64 * 1024 * 1024)
+    big[::4096] = b"x" * len(big[::4096])  # resident
+    del big
+    before = peak_rss_mb(os.getpid())
+    reset_peak_rss(os.getpid())
+    after = peak_rss_mb(os.getpid())
+    assert before is not None and after is not None and after < before - 30

@@ -120,3 +120,32 @@ def test_a_failing_worker_stops_the_run_with_its_error(tmp_path) -> None:  # noq
             run.start([{"role": "producer", "index": 0}])  # no bootstrap, no topic: the worker fails at once
     finally:
         run.close()
+
+
+class _StallingProducer(RecordingProducer):
+    """A producer whose send blocks once for ``stall_s`` (a full buffer), at record ``at``."""
+
+    def __init__(self, at: int, stall_s: float) -> None:
+        super().__init__(many=False)
+        self.at, self.stall_s = at, stall_s
+
+    def send(self, topic: str, value: bytes, on_delivery=None) -> None:  # noqa: ANN001
+        if len(self.sent) == self.at:
+            time.sleep(self.stall_s)  # the stand-in for a send() that blocks
+        super().send(topic, value, on_delivery)
+
+
+def test_open_loop_counts_how_late_each_send_went_out_behind_a_stall() -> None:
+    """The ack latency counts from the send, as the peers' benchmarks do; the records that queued
+    up behind a stalled send go out late, and the send delay (the OpenMessaging Benchmark's
+    publish delay) says so instead of hiding it (coordinated omission)."""
+    p, acks, s = _StallingProducer(at=10, stall_s=0.1), worker.AckQueue(), worker.Sampler(lambda _: None)
+    worker._paced(p, _spec("send", 100, rate=1000), b"v" * 100, False, acks, s, time.perf_counter(), 1)
+    assert s.send_delay.count == 100
+    delays = s.send_delay.summary_ms()
+    assert delays["p50"] >= 5.0, f"about 90 records were due during the 100 ms stall: {delays}"
+
+
+def test_a_rate_below_one_record_a_second_per_producer_is_a_usage_error() -> None:
+    with pytest.raises(OptionError, match="at least --producers"):
+        parse("produce", ["--rate", "3", "--producers", "4", "--records", "100"])
