@@ -42,7 +42,9 @@ def test_failover_with_the_common_flags(tmp_path: Path) -> None:
     assert run["partition"] == 0 and run["first_post_kill_ack_ms"] > 0 and run["new_leader"]
     assert run["first_post_kill_read_ms"] >= run["first_post_kill_ack_ms"] * 0.5  # a reader saw it too
     assert run["seconds"] >= 2.0 and run["consumed_records"] > 0
-    assert doc["records_per_s"] > 0 and doc["latency_ms"]["p999"] >= doc["latency_ms"]["p50"] > 0
+    lat = doc["latency_ms"]  # ~2,000 acknowledged records: a p99, too few samples for a p99.9
+    assert doc["records_per_s"] > 0 and lat["p50"] > 0 and lat["p999"] is None
+    assert lat["p99"] is None or lat["p99"] >= lat["p50"]
     assert doc["cpu_us_per_record"]["client"] > 0 and doc["cpu_us_per_record"]["cluster"] > 0
     assert "target_met" in doc and doc["medians"]["first_post_kill_ack_ms"] == run["first_post_kill_ack_ms"]
     assert len(run["broker_peak_rss_mb"]) == 3

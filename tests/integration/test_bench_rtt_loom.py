@@ -34,7 +34,8 @@ def test_loom_round_trips_are_acknowledged_produces_with_each_process_cpu(tmp_pa
     doc = json.loads(out.read_text())
     run = doc["runs"][0]
     assert run["samples"] == 300 and doc["loom"] is True
-    assert 0 < run["p50"] <= run["p99"] <= run["p999"] < rtt.RECV_TIMEOUT_MS
+    assert 0 < run["p50"] < rtt.RECV_TIMEOUT_MS
+    assert run["p99"] is None and run["p999"] is None, "300 round trips make no p99 (bench/stats.py)"
     cpu = doc["cpu_us_per_request"]
     assert {"leader", "coordinator", "client", "cluster"} <= set(cpu)
     assert len([n for n in cpu if n.startswith("broker-")]) == 2  # the two followers

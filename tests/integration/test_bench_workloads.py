@@ -31,7 +31,9 @@ def test_engine_list_runs_each_combination_on_a_fresh_cluster_from_any_directory
     assert "\r" not in p.stdout  # no progress bar when stdout is not a terminal
     doc = json.loads((tmp_path / "out.json").read_text())
     assert doc["records_per_s"] > 0 and doc["mb_per_s"] > 0
-    assert set(doc["latency_ms"]) == {"p50", "p99", "p999"} and doc["latency_ms"]["p99"] > 0
+    # 2,000 records in a closed loop time one in 200: a p50, too few samples for a p99
+    assert set(doc["latency_ms"]) == {"p50", "p99", "p999"} and doc["latency_ms"]["p50"] > 0
+    assert doc["latency_ms"]["p99"] is None
     # the cluster's CPU comes from /proc in clock ticks (10 ms): a tiny run may measure 0
     assert doc["cpu_us_per_record"]["client"] > 0 and doc["cpu_us_per_record"]["cluster"] >= 0
     labels = [c["label"] for c in doc["combinations"]]

@@ -1,5 +1,6 @@
 """A 1,000-partition, replication-factor-3 topic on a 3-broker cluster settles: fully replicated
-within 10 s of its creation, it stays so (no ISR shrink, no leader change) for a minute of no
+(within a functional bound; the time it took is printed, and issue 13's 10 s target is a
+measured figure in bench/RESULTS.md, not a timed test), it stays so (no ISR shrink, no leader change) for a minute of no
 traffic, and the idle brokers use under 5 % of a core each.
 
 CPU is read from /proc/<pid>/stat (user + system time) over a window: a functional check with a

@@ -1,7 +1,8 @@
 """Issue 13 item 5 with ``make up``'s whole node set: the nodes of config/cluster.yaml (the
 coordinator, three brokers, the gateway, the monitor, the producer and consumer services) started
 by ``loom up`` on free ports, then a 1,000-partition topic of replication factor 3: every
-partition led with a full ISR within 10 s of its creation, ``loom status`` healthy for every
+partition led with a full ISR (the time it took printed: the 10 s target is a measured figure,
+bench/RESULTS.md, not a timed test), ``loom status`` healthy for every
 node, and each idle broker under 5 % of a core.
 
 The config keeps cluster.yaml's node names, roles and settings (storage, topics, replication,

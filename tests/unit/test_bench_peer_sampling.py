@@ -99,7 +99,7 @@ def test_sampler_follows_the_named_processes_below_the_root_to_the_end(
     for p in got:
         assert p.name == "spinner"
         # the last sample saw the server idle after its report: the same CPU time, to a tick or two
-        assert abs(p.cpu_s - reports[p.pid]) <= 2 * TICK_S, (p, reports)
+        assert abs(p.cpu_s - reports[p.pid]) <= 2 * TICK_S + 1e-9, (p, reports)  # 0.32 - 0.3 is 0.0200...02
         assert p.cpu_s >= SPIN_CPU_S
         assert p.peak_rss_mb is not None and ALLOC_MB * 1.048 <= p.peak_rss_mb < ALLOC_MB * 1.048 + 60, p
 
