@@ -225,8 +225,16 @@ class Cluster:
             admin.create_topic(topic, partitions=partitions, replication_factor=replication_factor)
             self.wait_topic_ready(admin, topic)
 
-    def wait_topic_ready(self, admin: Any, topic: str, timeout_s: float = 20.0, full_isr: bool = True) -> None:
-        """Wait until every partition has a leader that knows it leads (and a full ISR)."""
+    def wait_topic_ready(self, admin: Any, topic: str, timeout_s: float | None = None, full_isr: bool = True) -> None:
+        """Wait until every partition has a leader that knows it leads (and a full ISR), for
+        ``timeout_s`` or (None) 20 s plus 40 ms per partition: each broker opens its replicas a
+        few milliseconds apiece (a few fsyncs each), on a shared disk several times slower, so a
+        1,000-partition topic gets a minute -- a functional bound, not a speed check."""
+        if timeout_s is None:
+            partitions = wait_until(lambda: len(admin.metadata().topics[topic].partitions), 20.0,
+                                    what=f"topic {topic} in the metadata")
+            timeout_s = 20.0 + 0.04 * partitions
+
         def ready() -> bool:
             md = admin.metadata()
             t = md.topics.get(topic)
