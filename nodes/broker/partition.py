@@ -325,10 +325,9 @@ class Partition:
         # fetched batches assign their epochs from ``offset`` on.
         self.epochs.truncate_from_end(0)
         self.high_watermark = offset
-        self.producers.truncate()
         # producers that wrote only before ``offset`` (batches the leader's retention deleted;
         # the leader may still know them) are unknown to the table
-        self.producers.forgot_producers = offset > 0
+        self.producers.truncate(forgot_producers=offset > 0)
         self._check_offsets()
 
     def set_high_watermark_from_leader(self, leader_hw: int) -> None:
@@ -484,10 +483,9 @@ class Partition:
         epoch against the epoch checkpoint (``epochs.epoch_contradiction``). The log is cut at
         the first batch whose epoch cannot be right, as recovery cuts a batch whose CRC fails.
         Raises EngineError."""
-        self.producers.truncate()
         # producers that wrote only before the tail read here (or before the log start, in
         # batches retention deleted) are unknown to the table
-        self.producers.forgot_producers = self._tail_start() > 0
+        self.producers.truncate(forgot_producers=self._tail_start() > 0)
         checkpoint = list(self.epochs.entries)
         previous = -1
         for h in self._tail_headers():

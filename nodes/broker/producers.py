@@ -55,8 +55,9 @@ class _Entry:
 class ProducerStateTable:
     def __init__(self) -> None:
         self._producers: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
-        # the table may lack a producer whose batches are in the log (evicted, or beyond the
-        # tail read at open): an unknown producer's retry cannot be judged
+        # the table may lack a producer whose batches are in the log (evicted, or only in what
+        # the log held before it was last re-read or reset): an unknown producer's retry
+        # cannot be judged
         self.forgot_producers = False
 
     def __len__(self) -> int:
@@ -108,12 +109,12 @@ class ProducerStateTable:
         self._producers.move_to_end(producer_id)
         entry.batches.append((base_sequence, sequence_add(base_sequence, record_count - 1), base_offset))
 
-    def truncate(self) -> None:
+    def truncate(self, forgot_producers: bool = False) -> None:
         """Forget every producer (the log was emptied, or is about to be re-read).
-        ``forgot_producers`` is False until the caller (what the log held before) or an
-        eviction says otherwise."""
+        ``forgot_producers``: what the log held before may have named producers that what it
+        holds (or what is read next) does not."""
         self._producers.clear()
-        self.forgot_producers = False
+        self.forgot_producers = forgot_producers
 
     def truncate_from(self, offset: int) -> None:
         """The log was cut at ``offset``: forget the batches at or after it. Cost: the batches
