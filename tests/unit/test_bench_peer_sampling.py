@@ -23,6 +23,7 @@ from tests.harness import wait_until
 ALLOC_MB = 40
 SPIN_CPU_S = 0.3
 TICK_S = 0.01  # /proc's CPU times are in clock ticks
+EXIT_CPU_S_MAX = 0.15  # a server's CPU after its report: the print, the wait, the exit
 
 # A "server": allocates and touches ALLOC_MB, spins until it has used SPIN_CPU_S of CPU, says
 # how much it used, then waits for its stdin to close.
@@ -98,8 +99,10 @@ def test_sampler_follows_the_named_processes_below_the_root_to_the_end(
     assert {p.pid for p in got} == set(reports) and outsider.pid not in reports
     for p in got:
         assert p.name == "spinner"
-        # the last sample saw the server idle after its report: the same CPU time, to a tick or two
-        assert abs(p.cpu_s - reports[p.pid]) <= 2 * TICK_S + 1e-9, (p, reports)  # 0.32 - 0.3 is 0.0200...02
+        # at least what the server reported (a whole sample came after the report), and no more
+        # than that plus its idle wait and its exit: the last sample can fall inside the
+        # interpreter's shutdown, which frees the block (CI saw 0.33 s against 0.30 s reported)
+        assert reports[p.pid] - TICK_S <= p.cpu_s <= reports[p.pid] + EXIT_CPU_S_MAX, (p, reports)
         assert p.cpu_s >= SPIN_CPU_S
         assert p.peak_rss_mb is not None and ALLOC_MB * 1.048 <= p.peak_rss_mb < ALLOC_MB * 1.048 + 60, p
 
