@@ -80,6 +80,21 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def sync_file(path: str | os.PathLike) -> None:
+    """Make a file written without fsync durable, with its name: fsync it, then its directory
+    (``replace_file(..., sync=False)`` earlier, durable now). Raises StorageFull / EngineError."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_directory(os.path.dirname(path) or ".")
+    except OSError as e:
+        raise translate_os_error(e, f"sync {path}") from e
+
+
 def fsync_directory(directory: str | os.PathLike) -> None:
     """Make renames and creations in ``directory`` durable. Raises OSError."""
     fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)

@@ -89,13 +89,13 @@ class _Recovery:
         self.rebuilt_indexes = 0
         self.notes: list[str] = []
 
-    def run(self) -> tuple[list[LogSegment], RecoveryReport, bool]:
+    def run(self) -> tuple[list[LogSegment], RecoveryReport, bool, bool]:
         try:
             return self._run()
         except OSError as e:
             raise EngineError(f"recovery of {self.directory} failed: {e}") from e
 
-    def _run(self) -> tuple[list[LogSegment], RecoveryReport, bool]:
+    def _run(self) -> tuple[list[LogSegment], RecoveryReport, bool, bool]:
         checkpoint = read_checkpoint(self.directory)
         bases = list_segment_bases(self.directory)
         interval = self.config.index_interval_bytes
@@ -105,7 +105,7 @@ class _Recovery:
             segments = [LogSegment(self.directory, start, interval)]
             segments[0].index.reset()
             segments[0].fd  # create the file
-            return segments, RecoveryReport(message="new log"), True
+            return segments, RecoveryReport(message="new log"), False, True
         for s in segments:
             s.size_bytes = os.stat(s.log_path).st_size
         k, trusted_position = self._checkpoint_segment(checkpoint, bases, segments)
@@ -116,7 +116,7 @@ class _Recovery:
         segments, dirty = self._scan_from(segments, k, trusted_position)
         report = RecoveryReport(self.batches_scanned, self.truncated_bytes, self.rebuilt_indexes,
                                 "; ".join(self.notes))
-        return segments, report, dirty
+        return segments, report, dirty, False
 
     def _checkpoint_segment(self, checkpoint: Checkpoint | None, bases: list[int],
                             segments: list[LogSegment]) -> tuple[int, int]:
@@ -216,7 +216,11 @@ class _Recovery:
         return segments
 
 
-def recover(directory: str, config: EngineConfig) -> tuple[list[LogSegment], RecoveryReport, bool]:
+def recover(directory: str, config: EngineConfig) -> tuple[list[LogSegment], RecoveryReport, bool, bool]:
     """Open and recover the segments in ``directory``. Returns (segments ascending by base
-    offset, report, whether the caller must flush to record a new checkpoint)."""
+    offset, report, whether the caller must flush to record a new checkpoint, whether the log
+    is new: no segment was there, and an empty one was created, not yet fsynced -- at the
+    checkpoint's next offset if a checkpoint was there, else at 0; recovering the same
+    directory again after a crash creates the same log). The directory itself is never
+    fsynced here: the caller treats it as dirty."""
     return _Recovery(directory, config).run()

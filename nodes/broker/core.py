@@ -146,6 +146,7 @@ class BrokerCore:
                         engine.recovery.truncated_bytes, engine.recovery.message)
         part = Partition(topic, partition, self.broker_id, engine, str(d))
         part.on_moved = self.on_moved
+        part.before_first_write = lambda: self.dirs.make_durable(key)
         self.partitions[key] = part
         return part
 

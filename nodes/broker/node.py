@@ -26,7 +26,7 @@ from engines.checks import inject_sync_failure
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
-from fabric.errors import MalformedFrame, RemoteError
+from fabric.errors import LoomError, MalformedFrame, RemoteError
 from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, PartitionInfo
 from fabric.rpc import RpcClient, make_socket
 from fabric.stall import StallWatch
@@ -50,7 +50,8 @@ ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
 REGISTER_REFUSED_RETRY_MS = 2000  # a coordinator of another cluster: ask again, slowly
 STRAYS_SHOWN_MAX = 100  # in STATS
-PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each costs fsyncs)
+PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each creates files)
+PARTITION_OPEN_RETRY_MS = 1000  # a pass whose opens all failed (a full disk): the next one after this
 UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
 STALL_THRESHOLD_MS = 2000  # a reactor pass gap over this means this broker did not run
 METADATA_PUSH_KINDS = (P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
@@ -271,14 +272,22 @@ class Broker(Node):
         state, and come back in the next pass for the rest. Each is opened under the topic id
         the metadata has now (a topic re-created meanwhile has another)."""
         now = self.clock.now_ms()
-        for key in list(self._to_open)[:PARTITION_OPENS_PER_PASS_MAX]:
+        batch = list(self._to_open)[:PARTITION_OPENS_PER_PASS_MAX]
+        failed = 0
+        for key in batch:
             info = self._to_open.pop(key)
             topic = self.metadata.topics[info.topic]
-            part = self.core.open_partition(info.topic, info.partition, topic.configs, topic.topic_id)
-            self.core.apply_partition_state(part, info, now)
+            try:
+                part = self.core.open_partition(info.topic, info.partition, topic.configs, topic.topic_id)
+                self.core.apply_partition_state(part, info, now)
+            except LoomError as e:  # a storage error (a full disk): this one again later, the rest go on
+                self._to_open[key] = info
+                failed += 1
+                log.error("%s-%d: cannot open the replica (tried again within %d ms): %s",
+                          info.topic, info.partition, PARTITION_OPEN_RETRY_MS, e)
         if self._to_open and not self._open_scheduled:
             self._open_scheduled = True
-            self.reactor.call_later(0, self._open_pending_later)
+            self.reactor.call_later(PARTITION_OPEN_RETRY_MS if failed == len(batch) else 0, self._open_pending_later)
         self.core.partitions_changed()
         self._sync_fetchers()
         self.repl_sub.sync(self._pub_endpoint_of)

@@ -11,7 +11,6 @@ import pytest
 from engines.api import EngineError
 from fabric import protocol as P
 from fabric import wire
-from nodes.broker import epochs
 from nodes.broker.node import Broker
 from tests.unit.builders_broker import OLD_ID, md, new_broker
 
@@ -31,17 +30,17 @@ def _push(b: Broker, raw: dict) -> None:
 def test_a_push_that_fails_half_way_is_applied_again(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     broker.apply_metadata(md(1, {"t": OLD_ID}))
     assert broker.partitions[("t", 0)].leader_epoch == 1
-    real = epochs.replace_file
+    real = broker.core.apply_partition_state
     fail = [True]
 
-    def full_disk_once(path, data, **kw):
+    def full_disk_once(*args, **kw):  # a partition's state that cannot be applied (a storage error)
         if fail.pop() if fail else False:
-            raise EngineError(f"{path}: no space left on device")
-        return real(path, data, **kw)
+            raise EngineError("no space left on device")
+        return real(*args, **kw)
 
-    monkeypatch.setattr(epochs, "replace_file", full_disk_once)
+    monkeypatch.setattr(broker.core, "apply_partition_state", full_disk_once)
     with pytest.raises(EngineError):
-        broker.apply_metadata(md(2, {"t": OLD_ID}))  # leader epoch 2 cannot be checkpointed
+        broker.apply_metadata(md(2, {"t": OLD_ID}))  # leader epoch 2 cannot be applied
     assert broker.metadata.version == 1, "a version recorded before its states were applied"
     broker.apply_metadata(md(2, {"t": OLD_ID}))  # the same push again (or the refresh it causes)
     assert broker.partitions[("t", 0)].leader_epoch == 2

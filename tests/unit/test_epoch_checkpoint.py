@@ -18,6 +18,7 @@ import pytest
 
 from engines.api import EngineConfig, EngineError, StorageFull
 from engines.memory import MemoryEngine
+from fabric import protocol as P
 from fabric.records import build_batch
 from nodes.broker.epochs import FILE_NAME, EpochCache
 from nodes.broker.partition import Partition
@@ -84,17 +85,23 @@ def _partition(directory: Path) -> Partition:
     return Partition("t", 0, 1, MemoryEngine("", EngineConfig(batch_bytes_max=1 << 20)), str(directory))
 
 
-def test_a_leader_whose_epoch_cannot_be_checkpointed_stays_what_it_was(
+def test_a_leader_checkpoints_its_epoch_with_its_first_batch_and_writes_none_it_could_not(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     part = _partition(tmp_path)
     part.become_follower(2, 3, [1, 2], [1, 2])
+    part.become_leader(4, [1, 2], [1, 2], now_ms=0)
+    assert part.is_leader and EpochCache(tmp_path).entries == [], "becoming leader wrote the epoch"
+    batch = build_batch([(1_700_000_000_000, None, b"v", None)])
     _disk_full(monkeypatch)
-    with pytest.raises(StorageFull):
-        part.become_leader(4, [1, 2], [1, 2], now_ms=0)
+    results, written = part.append_as_leader([batch], 1 << 20)
     monkeypatch.undo()
-    assert (part.role, part.leader_id, part.leader_epoch) == ("follower", 2, 3)
-    part.become_leader(4, [1, 2], [1, 2], now_ms=0)  # applied again, once the disk has room
-    assert part.is_leader and EpochCache(tmp_path).entries == [(4, 0)]
+    assert results[0][1] == P.STORAGE_ERROR and written == [] and part.log_end_offset == 0
+    assert EpochCache(tmp_path).entries == [], "a batch of an epoch the checkpoint does not have"
+    results, written = part.append_as_leader([batch], 1 << 20)  # once the disk has room
+    assert results[0][:2] == (0, 0) and len(written) == 1
+    assert EpochCache(tmp_path).entries == [(4, 0)]
+    part.append_as_leader([batch], 1 << 20)
+    assert part.epochs.entries == [(4, 0)], "the epoch's later batches move its start"
 
 
 def test_a_follower_append_whose_new_epoch_cannot_be_checkpointed_is_undone(
