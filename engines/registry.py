@@ -25,6 +25,7 @@ _BUILTINS: dict[str, str] = {
     "memory": "engines.memory:MemoryEngine",
 }
 _entry_points_cache: dict[str, metadata.EntryPoint] | None = None
+_conforming: set[type] = set()  # engine classes whose instances implement Engine
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
@@ -64,7 +65,9 @@ def open_engine(name: str, directory: str, config: EngineConfig) -> Engine:
     engine called ``name``. Raises EngineError (or a subclass) on failure."""
     cls = engine_class(name)
     engine = cls(directory, config)
-    if not isinstance(engine, Engine):
-        raise EngineError(f"storage engine {name!r} ({cls.__module__}.{cls.__qualname__}) "
-                          "does not implement engines.api.Engine")
+    if cls not in _conforming:  # checked once per class: the Protocol check costs ~0.2 ms
+        if not isinstance(engine, Engine):
+            raise EngineError(f"storage engine {name!r} ({cls.__module__}.{cls.__qualname__}) "
+                              "does not implement engines.api.Engine")
+        _conforming.add(cls)
     return engine
