@@ -47,6 +47,9 @@ class CodedError(FabricError):
 
     code: int
     message: str
+    # whether the request this error ends may have reached the peer (and been carried out):
+    # False only for a request refused before it was sent (RequestQueueFullError)
+    may_have_arrived: ClassVar[bool] = True
 
     @property
     def name(self) -> str:
@@ -173,6 +176,7 @@ class RequestQueueFullError(ClientError):
     (code ``buffer_full``, retriable)."""
 
     code_for_class = P.BUFFER_FULL
+    may_have_arrived = False
 
 
 class TopicNotInMetadataError(ClientError):

@@ -30,8 +30,7 @@ from fabric.client.accumulator import BatchState
 from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
-from fabric.errors import (ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError,
-                           RequestQueueFullError)
+from fabric.errors import ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
@@ -304,7 +303,7 @@ class Sender(threading.Thread):
             else:  # no reply (kept as found: a local condition stays a ClientError), or no result
                 error = err if err is not None else RemoteError(P.UNKNOWN, "no result for this batch")
                 base, code = -1, error.code
-                if not isinstance(error, RequestQueueFullError):  # that one never left
+                if error.may_have_arrived:
                     b.possibly_written = True
             if code:
                 self.errors[P.error_name(code)] += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 from fabric import protocol as P
-from fabric.errors import CodedError, MalformedFrame, RequestQueueFullError
+from fabric.errors import CodedError, MalformedFrame
 from fabric.records import build_batch
 from fabric.replies import decode_produce_results
 from nodes.coordinator.context import BrokerRequester, GroupContext, ReplyCallback
@@ -65,7 +65,7 @@ class AppendOutcome(NamedTuple):
             # of ours): it may have landed
             code = err.code if isinstance(err, CodedError) else P.UNKNOWN
             return cls(code, -1, err.message if isinstance(err, CodedError) else "append failed", False,
-                       sent=not isinstance(err, RequestQueueFullError))
+                       sent=err.may_have_arrived if isinstance(err, CodedError) else True)
         res = results[0]
         return cls(res.error, res.base_offset, res.message, True)
 

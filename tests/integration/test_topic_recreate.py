@@ -14,7 +14,6 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client import Admin, Producer
-from tests.harness import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -22,8 +22,16 @@ from nodes.broker.node import Broker
 from nodes.coordinator.node import Coordinator
 from tests.harness import free_ports, make_config
 from tests.unit.builders_broker import Loopback
+from tests.unit.builders_sender import sender_rigs
 from tests.unit.fakes import BIG, SendSpy
 from tests.unit.zmtp_support import DealerClient, MakeClient, RawServer
+
+
+@pytest.fixture
+def make_sender_rig() -> Iterator:
+    """A maker of producer-sender rigs (``builders_sender.Rig``, ``SenderSettings`` overrides as
+    keywords); their senders are stopped at the end."""
+    yield from sender_rigs()
 
 
 @pytest.fixture

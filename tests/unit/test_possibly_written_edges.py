@@ -28,7 +28,7 @@ from nodes.broker.core import BrokerCore
 from nodes.broker.messages import AppendRequest, ProduceInput, encode_produce_results
 from nodes.coordinator.offsets_client import AppendOutcome
 from tests.unit.fakes import RecordingClient, broker_core, loom_handlers, make_batch, padded_batch, request
-from tests.unit.test_producer_sender import LEADER, make_rig  # noqa: F401 (a fixture)
+from tests.unit.builders_sender import LEADER
 
 
 def _restarted_broker_after_retention(tmp_path: Path) -> tuple[BrokerCore, Any]:
@@ -84,7 +84,7 @@ class _RefusesFirstProduce(RecordingClient):
 
 
 def test_a_send_refused_by_the_rpc_client_before_it_left_is_not_possibly_written(
-        make_rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+        make_sender_rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     monkeypatch.setattr(producers_module, "PRODUCERS_MAX", 2)
     core = broker_core(tmp_path, 1)
     part = core.open_partition("t", 0, {})
@@ -94,7 +94,7 @@ def test_a_send_refused_by_the_rpc_client_before_it_left_is_not_possibly_written
                                                             False)], None)])
         assert r.error == 0
     assert part.producers.forgot_producers
-    rig = make_rig()
+    rig = make_sender_rig()
     rig.clients[LEADER] = refusing = _RefusesFirstProduce()
     futures = rig.send("a")
     rig.sender.run_pass()

@@ -5,89 +5,21 @@ answers the recorded requests as brokers and the coordinator would."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from engines.api import EngineConfig
 from engines.memory import MemoryEngine
 from fabric import protocol as P
-from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator, RecordFuture
-from fabric.client.metadata_cache import MetadataCache
-from fabric.client.sender import Sender, SenderSettings
-from fabric.clock import ManualClock
 from fabric.errors import ClientError, DeliveryTimeoutError, RemoteError, RequestTimeout
-from fabric.metadata import ClusterMetadata
 from nodes.broker.partition import Partition
-from tests.unit.fakes import FakeReactor, RecordingClient
-
-BATCH_BYTES_MAX = 1024 * 1024
-COORDINATOR = "tcp://127.0.0.1:9"
-LEADER = "tcp://127.0.0.1:1"
-TP = ("t", 0)
-
-
-def _metadata(version: int = 1, leader: int = 1, epoch: int = 3) -> ClusterMetadata:
-    return ClusterMetadata.from_wire({
-        "version": version, "cluster": "c", "coordinator": COORDINATOR,
-        "brokers": [[1, "127.0.0.1", 1, 101, True], [2, "127.0.0.1", 2, 102, True]],
-        "topics": {"t": {"configs": {}, "partitions": [[leader, epoch, [1, 2], [1, 2]]]}}})
-
-
-@dataclass
-class Rig:
-    sender: Sender
-    accumulator: RecordAccumulator
-    metadata: MetadataCache
-    reactor: FakeReactor
-    clients: dict[str, RecordingClient] = field(default_factory=dict)
-
-    def send(self, tag: str, n: int = 2) -> list[RecordFuture]:
-        return [self.accumulator.append("t", 0, 1_700_000_000_000, None, f"{tag}{i}".encode(), None, 30)
-                for i in range(n)]
-
-    def client(self, endpoint: str) -> RecordingClient:
-        """The client the sender made for ``endpoint`` (an empty one if it made none)."""
-        return self.clients.get(endpoint) or RecordingClient()
-
-    def grant_producer_id(self, pid: int) -> None:
-        self.client(COORDINATOR).answer_last(P.INIT_PRODUCER_ID, {"producer_id": pid, "producer_epoch": 0})
-
-    def produce_requests(self) -> list:
-        return self.client(LEADER).of(P.PRODUCE)
+from tests.unit.builders_sender import BATCH_BYTES_MAX, COORDINATOR, LEADER, Rig, sender_metadata
 
 
 @pytest.fixture
-def make_rig() -> Iterator[Callable[..., Rig]]:
-    """Rigs with ``SenderSettings`` overrides; their senders are stopped (sockets released)."""
-    made: list[Rig] = []
-
-    def make(**settings: Any) -> Rig:
-        clock = ManualClock(1000)
-        reactor = FakeReactor(clock)
-        accumulator = RecordAccumulator(AccumulatorSettings(linger_ms=0), clock, wake=lambda: None)
-        metadata = MetadataCache(wake=lambda: None)
-        metadata.update(_metadata())
-        clients: dict[str, RecordingClient] = {}
-
-        def client(endpoint: str) -> RecordingClient:
-            return clients.setdefault(endpoint, RecordingClient())
-        defaults: dict[str, Any] = dict(acks=-1, idempotent=True, delivery_timeout_ms=1000, request_timeout_ms=1000)
-        sender = Sender(SenderSettings(**{**defaults, **settings}), accumulator, metadata, ["tcp://127.0.0.1:5"],
-                        clock=clock, client_factory=client)
-        sender.attach(reactor)
-        made.append(Rig(sender, accumulator, metadata, reactor, clients))
-        return made[-1]
-    yield make
-    for r in made:
-        r.sender.stop()
-
-
-@pytest.fixture
-def rig(make_rig: Callable[..., Rig]) -> Rig:
-    return make_rig()
+def rig(make_sender_rig: Callable[..., Rig]) -> Rig:
+    return make_sender_rig()
 
 
 def test_the_sender_waits_for_a_producer_id_then_numbers_batches_from_zero(rig: Rig) -> None:
@@ -143,8 +75,8 @@ def test_duplicate_sequence_is_an_error_not_a_delivery_with_a_made_up_offset(rig
     assert e.value.code == P.DUPLICATE_SEQUENCE
 
 
-def test_a_retriable_error_is_retried_and_its_code_reported_when_the_delivery_times_out(make_rig) -> None:  # noqa: ANN001
-    rig = make_rig(idempotent=False)
+def test_a_retriable_error_is_retried_and_its_code_reported_when_the_delivery_times_out(make_sender_rig) -> None:  # noqa: ANN001
+    rig = make_sender_rig(idempotent=False)
     futures = rig.send("a")
     rig.sender.run_pass()
     rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr of 1"]]})
@@ -163,8 +95,8 @@ def test_a_retriable_error_is_retried_and_its_code_reported_when_the_delivery_ti
     assert error.last_error is not None and error.last_error.code == P.NOT_ENOUGH_REPLICAS
 
 
-def test_acks_0_sends_one_way_and_finishes_without_offsets(make_rig) -> None:  # noqa: ANN001
-    rig = make_rig(acks=0)
+def test_acks_0_sends_one_way_and_finishes_without_offsets(make_sender_rig) -> None:  # noqa: ANN001
+    rig = make_sender_rig(acks=0)
     futures = rig.send("a")
     rig.sender.run_pass()
     [(command, header, payloads)] = rig.client(LEADER).oneway
@@ -172,14 +104,14 @@ def test_acks_0_sends_one_way_and_finishes_without_offsets(make_rig) -> None:  #
     assert [f.result(0).offset for f in futures] == [-1, -1]
 
 
-def test_a_leader_move_reroutes_the_request_in_flight_to_the_new_leader(make_rig) -> None:  # noqa: ANN001
-    rig = make_rig(idempotent=False)
+def test_a_leader_move_reroutes_the_request_in_flight_to_the_new_leader(make_sender_rig) -> None:  # noqa: ANN001
+    rig = make_sender_rig(idempotent=False)
     futures = rig.send("a")
     rig.sender.run_pass()
     assert len(rig.produce_requests()) == 1
     rig.metadata.want_refresh()
     rig.sender.run_pass()
-    rig.client(COORDINATOR).answer_last(P.METADATA, {"metadata": _metadata(version=2, leader=2).to_wire()})
+    rig.client(COORDINATOR).answer_last(P.METADATA, {"metadata": sender_metadata(version=2, leader=2).to_wire()})
     assert rig.metadata.current.version == 2
     rig.reactor.advance(100)  # the retry backoff
     rig.sender.run_pass()
@@ -188,18 +120,18 @@ def test_a_leader_move_reroutes_the_request_in_flight_to_the_new_leader(make_rig
     assert futures[1].result(0).offset == 6
 
 
-def test_a_leader_reelected_on_the_same_endpoint_gets_the_request_again_at_its_new_epoch(make_rig) -> None:  # noqa: ANN001
+def test_a_leader_reelected_on_the_same_endpoint_gets_the_request_again_at_its_new_epoch(make_sender_rig) -> None:  # noqa: ANN001
     """The leader was SIGKILLed with our request in it and restarted: the metadata names the same
     endpoint at a new epoch. Nobody will answer the old request (its process is gone): it is
     failed at once and sent again, not left to its request timeout."""
-    rig = make_rig(idempotent=False, request_timeout_ms=30_000)
+    rig = make_sender_rig(idempotent=False, request_timeout_ms=30_000)
     futures = rig.send("a")
     rig.sender.run_pass()
     [first] = rig.produce_requests()
     assert first[1]["parts"][0][2] == 3
     rig.metadata.want_refresh()
     rig.sender.run_pass()
-    rig.client(COORDINATOR).answer_last(P.METADATA, {"metadata": _metadata(version=2, leader=1, epoch=5).to_wire()})
+    rig.client(COORDINATOR).answer_last(P.METADATA, {"metadata": sender_metadata(version=2, leader=1, epoch=5).to_wire()})
     rig.reactor.advance(100)  # the retry backoff
     rig.sender.run_pass()
     requests = rig.produce_requests()
@@ -208,8 +140,8 @@ def test_a_leader_reelected_on_the_same_endpoint_gets_the_request_again_at_its_n
     assert futures[1].result(0).offset == 6
 
 
-def test_a_request_that_got_no_reply_is_reported_as_the_local_condition_it_was(make_rig) -> None:  # noqa: ANN001
-    rig = make_rig(idempotent=False)
+def test_a_request_that_got_no_reply_is_reported_as_the_local_condition_it_was(make_sender_rig) -> None:  # noqa: ANN001
+    rig = make_sender_rig(idempotent=False)
     futures = rig.send("a")
     rig.sender.run_pass()
     rig.client(LEADER).answer_last(P.PRODUCE, None, err=RequestTimeout(f"no reply from {LEADER}"))

@@ -23,7 +23,7 @@ from nodes.broker.core import BrokerCore
 from nodes.broker.messages import AppendRequest, ProduceInput, encode_produce_results
 from nodes.broker.partition import Partition
 from tests.unit.fakes import FakeReactor, broker_core, loom_handlers, make_batch, padded_batch, replica_fetcher, serve_fetch
-from tests.unit.test_producer_sender import LEADER, make_rig  # noqa: F401 (a fixture)
+from tests.unit.builders_sender import LEADER
 
 PID = 7
 OTHERS = 30  # batches after ours: enough for several 4 KiB segments
@@ -105,7 +105,7 @@ def test_a_broker_reopened_after_retention_does_not_write_a_retry_twice(tmp_path
 
 
 def test_a_send_refused_before_any_write_is_still_delivered_by_a_leader_that_forgot_producers(
-        make_rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+        make_sender_rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     monkeypatch.setattr(producers_module, "PRODUCERS_MAX", 2)
     core = broker_core(tmp_path, 1, min_insync_replicas=2)
     part = core.open_partition("t", 0, {})
@@ -115,7 +115,7 @@ def test_a_send_refused_before_any_write_is_still_delivered_by_a_leader_that_for
     assert part.producers.forgot_producers
     part.update_isr([1])  # the follower lags: acks=all is refused before any write
 
-    rig = make_rig()
+    rig = make_sender_rig()
 
     def deliver() -> list:
         """The last PRODUCE through the real core, answered as the broker answers it."""

@@ -30,7 +30,7 @@ from nodes.broker.partition import Partition
 from nodes.broker.producers import ProducerStateTable
 from fabric.errors import RequestTimeout
 from tests.unit.fakes import make_batch
-from tests.unit.test_producer_sender import LEADER, make_rig  # noqa: F401 (a fixture)
+from tests.unit.builders_sender import LEADER
 
 BATCH_MAX = 1024 * 1024
 TABLE_MAX = 8          # PRODUCERS_MAX, lowered so that the test evicts with a few producers
@@ -146,11 +146,11 @@ def test_the_part_says_whether_the_batch_may_be_written_already() -> None:
         assert ProduceInput.decode(bad, data) is None
 
 
-def test_the_client_fails_a_refused_retry_and_says_a_first_send_is_unwritten(make_rig) -> None:  # noqa: ANN001
+def test_the_client_fails_a_refused_retry_and_says_a_first_send_is_unwritten(make_sender_rig) -> None:  # noqa: ANN001
     """The sender says whether each batch may be written already; a retry refused with unknown_producer_id fails
     with UnknownProducerIdError (not retried: it may be in the log) and the producer starts over
     under a new id, so its later batches are taken."""
-    rig = make_rig()
+    rig = make_sender_rig()
     futures = rig.send("a")
     rig.sender.run_pass()
     rig.grant_producer_id(PID)
@@ -183,8 +183,8 @@ def test_the_client_fails_a_refused_retry_and_says_a_first_send_is_unwritten(mak
     (None, 1),                                                                 # no reply
 ])
 def test_a_retry_says_possibly_written_unless_every_earlier_send_was_refused_unwritten(
-        make_rig, answer: dict | None, possibly_written: int) -> None:  # noqa: ANN001
-    rig = make_rig()
+        make_sender_rig, answer: dict | None, possibly_written: int) -> None:  # noqa: ANN001
+    rig = make_sender_rig()
     rig.send("a")
     rig.sender.run_pass()
     rig.grant_producer_id(PID)

@@ -13,7 +13,7 @@ from unittest import mock
 
 import pytest
 
-from engines.api import EngineConfig, EngineError, StorageFailed, StorageFull
+from engines.api import EngineConfig, StorageFailed, StorageFull
 from engines.conformance import make_batch, read_all
 from engines.segment import SegmentEngine
 from engines.segment_recovery import read_checkpoint

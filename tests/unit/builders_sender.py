@@ -1,0 +1,77 @@
+"""Builders for the producer's sender tests, once each: a ``Rig`` of the sender's real parts (a
+``RecordAccumulator``, a ``MetadataCache`` and ``SenderSettings``) with RPC clients that record
+requests (tests/unit/fakes.py) and a fake reactor on a ManualClock; the fixture that makes rigs,
+``make_sender_rig``, is in tests/unit/conftest.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabric import protocol as P
+from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator, RecordFuture
+from fabric.client.metadata_cache import MetadataCache
+from fabric.client.sender import Sender, SenderSettings
+from fabric.clock import ManualClock
+from fabric.metadata import ClusterMetadata
+from tests.unit.fakes import FakeReactor, RecordingClient
+
+BATCH_BYTES_MAX = 1024 * 1024
+COORDINATOR = "tcp://127.0.0.1:9"
+LEADER = "tcp://127.0.0.1:1"
+
+
+def sender_metadata(version: int = 1, leader: int = 1, epoch: int = 3) -> ClusterMetadata:
+    return ClusterMetadata.from_wire({
+        "version": version, "cluster": "c", "coordinator": COORDINATOR,
+        "brokers": [[1, "127.0.0.1", 1, 101, True], [2, "127.0.0.1", 2, 102, True]],
+        "topics": {"t": {"configs": {}, "partitions": [[leader, epoch, [1, 2], [1, 2]]]}}})
+
+
+@dataclass
+class Rig:
+    sender: Sender
+    accumulator: RecordAccumulator
+    metadata: MetadataCache
+    reactor: FakeReactor
+    clients: dict[str, RecordingClient] = field(default_factory=dict)
+
+    def send(self, tag: str, n: int = 2) -> list[RecordFuture]:
+        return [self.accumulator.append("t", 0, 1_700_000_000_000, None, f"{tag}{i}".encode(), None, 30)
+                for i in range(n)]
+
+    def client(self, endpoint: str) -> RecordingClient:
+        """The client the sender made for ``endpoint`` (an empty one if it made none)."""
+        return self.clients.get(endpoint) or RecordingClient()
+
+    def grant_producer_id(self, pid: int) -> None:
+        self.client(COORDINATOR).answer_last(P.INIT_PRODUCER_ID, {"producer_id": pid, "producer_epoch": 0})
+
+    def produce_requests(self) -> list:
+        return self.client(LEADER).of(P.PRODUCE)
+
+
+def sender_rigs() -> Iterator[Callable[..., Rig]]:
+    """Rigs with ``SenderSettings`` overrides; their senders are stopped (sockets released)."""
+    made: list[Rig] = []
+
+    def make(**settings: Any) -> Rig:
+        clock = ManualClock(1000)
+        reactor = FakeReactor(clock)
+        accumulator = RecordAccumulator(AccumulatorSettings(linger_ms=0), clock, wake=lambda: None)
+        metadata = MetadataCache(wake=lambda: None)
+        metadata.update(sender_metadata())
+        clients: dict[str, RecordingClient] = {}
+
+        def client(endpoint: str) -> RecordingClient:
+            return clients.setdefault(endpoint, RecordingClient())
+        defaults: dict[str, Any] = dict(acks=-1, idempotent=True, delivery_timeout_ms=1000, request_timeout_ms=1000)
+        sender = Sender(SenderSettings(**{**defaults, **settings}), accumulator, metadata, ["tcp://127.0.0.1:5"],
+                        clock=clock, client_factory=client)
+        sender.attach(reactor)
+        made.append(Rig(sender, accumulator, metadata, reactor, clients))
+        return made[-1]
+    yield make
+    for r in made:
+        r.sender.stop()
