@@ -11,10 +11,13 @@ be read from that entry."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engines.api import EngineConfig
 from engines.memory import MemoryEngine
+from engines.segment import SegmentEngine
 from nodes.broker.partition import Partition
 from tests.unit.fakes import make_batch
 
@@ -60,3 +63,23 @@ def test_a_follower_joins_the_isr_only_from_the_log_end_the_leaders_epoch_began_
     assert p.isr_changes(now_ms=3, lag_time_max_ms=LAG_MS) is None, "joined without epoch 0's last records"
     p.record_follower_fetch(2, 5, now_ms=4)
     assert p.isr_changes(now_ms=5, lag_time_max_ms=LAG_MS) == {1, 2, 3}
+
+
+def test_a_leader_restarted_in_its_epoch_counts_the_epoch_from_its_first_batch(tmp_path: Path) -> None:
+    """Led again at the same epoch after a restart, the epoch began where its entry says, not at
+    the log end of the restart: a follower that has the epoch's earlier batches may join."""
+    def replica() -> Partition:
+        return Partition("t", 0, 1, SegmentEngine(str(tmp_path / "log"), EngineConfig(fsync="never")), str(tmp_path))
+    p = replica()
+    p.become_leader(0, [1, 2, 3], [1, 3], now_ms=0)  # broker 3 never fetches: the HW stays at 0
+    p.append_as_leader([make_batch(2)], BATCH_MAX)
+    p.become_leader(1, [1, 2, 3], [1, 3], now_ms=0)
+    for _ in range(3):
+        p.append_as_leader([make_batch(2)], BATCH_MAX)  # epoch 1 from offset 2 to 8
+    p.close()
+    again = replica()
+    again.become_leader(1, [1, 2, 3], [1, 3], now_ms=1)
+    again.record_follower_fetch(3, 1, now_ms=2)  # holds the HW at 1
+    again.record_follower_fetch(2, 4, now_ms=2)  # has epoch 1's first batch
+    assert again.high_watermark == 1 and again.epochs.entries == [(0, 0), (1, 2)]
+    assert again.isr_changes(now_ms=3, lag_time_max_ms=LAG_MS) == {1, 2, 3}
