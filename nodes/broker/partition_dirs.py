@@ -63,6 +63,12 @@ class PartitionDirs:
         self.engine = engine
         self._topic_ids: dict[Key, str] = {}  # "" when the directory has no partition.metadata
         self._durable: set[Key] = set()  # partition directories this process made durable (make_durable)
+        # the data directory's fsyncs, shared: partition directories created here are numbered,
+        # and one fsync covers every one numbered before it began (a directory found at start
+        # counts as 0: this process never synced its name)
+        self._dirs_made = 0
+        self._made_at: dict[Key, int] = {}
+        self._data_dir_synced = -1  # the number of the last directory the data directory's last fsync covered
         self.strays: dict[str, str] = {}  # directory name -> topic id ("" if it had none)
         self.other_engines: Counter[str] = Counter()  # engine -> partitions holding its data
 
@@ -109,8 +115,7 @@ class PartitionDirs:
         append. Until then a power loss may take the file (or leave it empty), and the
         directory then reads as having no id -- which only an empty replica can be. Raises
         StorageFull / EngineError."""
-        d = self.path(key)
-        d.mkdir(parents=True, exist_ok=True)
+        d = self._make_dir(key)
         replace_file(d / PARTITION_METADATA, f"version: 0\ntopic_id: {topic_id}\n".encode(), sync=durable)
         self._topic_ids[key] = topic_id
         if not durable:
@@ -130,8 +135,20 @@ class PartitionDirs:
             sync_file(d / PARTITION_METADATA)  # the file, then the directory
         else:
             self._sync_directory(d)
-        self._sync_directory(self.data_dir)
+        if self._made_at.get(key, 0) > self._data_dir_synced:
+            covered = self._dirs_made
+            self._sync_directory(self.data_dir)
+            self._data_dir_synced = covered
         self._durable.add(key)
+
+    def _make_dir(self, key: Key) -> Path:
+        """The partition's directory, created (and numbered, for make_durable) if missing."""
+        d = self.path(key)
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True)
+            self._dirs_made += 1
+            self._made_at[key] = self._dirs_made
+        return d
 
     @staticmethod
     def _sync_directory(d: Path) -> None:
@@ -146,8 +163,7 @@ class PartitionDirs:
         engines' data sits beside it. ``topic_id`` is recorded if the directory has none, not
         yet durably (``make_durable``: a 1,000-partition topic's creation spent a quarter of
         its time in these fsyncs)."""
-        d = self.path(key)
-        d.mkdir(parents=True, exist_ok=True)
+        d = self._make_dir(key)
         if topic_id and not self.topic_id(key):
             self.set_topic_id(key, topic_id, durable=False)
         if (d / LOG_DIR).is_dir():
@@ -193,6 +209,7 @@ class PartitionDirs:
         fsync_directory(self.data_dir)
         self._topic_ids.pop(key, None)
         self._durable.discard(key)
+        self._made_at.pop(key, None)
         self.strays[name] = topic_id
         return name
 
@@ -201,6 +218,7 @@ class PartitionDirs:
         shutil.rmtree(self.path(key), ignore_errors=True)
         self._topic_ids.pop(key, None)
         self._durable.discard(key)
+        self._made_at.pop(key, None)
 
     def delete_strays(self, deleted_topic_ids: tuple[str, ...] | list[str]) -> list[str]:
         """Delete the strays of explicitly deleted topic ids; returns their names."""
