@@ -132,10 +132,10 @@ class Partition:
         give with (epoch, log end) in it -- the latest epoch's end is the log end either way
         -- and a leader that writes nothing at ``epoch`` leaves no entry to truncate away
         later. Becoming leader of 333 partitions so cost no 666 fsyncs on the reactor."""
-        latest = self.epochs.entries[-1] if self.epochs.entries else (-1, 0)
-        # where our epoch began: its entry's start when it has batches here (led again after a
-        # restart), else the log end now
-        self._epoch_start_offset = latest[1] if latest[0] == epoch else self.log_end_offset
+        # where our leadership began, for the ISR rule -- the log end now, even when the epoch's
+        # entry is older (the same epoch led again after a restart): the HW checkpoint may be
+        # behind the HW that was acknowledged, and a follower must hold everything we had
+        self._epoch_start_offset = self.log_end_offset
         self.role = LEADER
         self.leader_id = self.broker_id
         self.leader_epoch = epoch

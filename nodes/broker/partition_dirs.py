@@ -67,7 +67,7 @@ class PartitionDirs:
         # and one fsync covers every one numbered before it began (a directory found at start
         # counts as 0: this process never synced its name)
         self._dirs_made = 0
-        self._made_at: dict[Key, int] = {}
+        self._made_at: dict[Key, int] = {}  # kept after a delete: a directory it left keeps its number
         self._data_dir_synced = -1  # the number of the last directory the data directory's last fsync covered
         self.strays: dict[str, str] = {}  # directory name -> topic id ("" if it had none)
         self.other_engines: Counter[str] = Counter()  # engine -> partitions holding its data
@@ -206,11 +206,11 @@ class PartitionDirs:
         else:
             raise OSError(f"no free stray name for {d}")
         os.replace(d, self.data_dir / name)
-        fsync_directory(self.data_dir)
+        # forgotten before the fsync, which may fail with the directory already moved
         self._topic_ids.pop(key, None)
         self._durable.discard(key)
-        self._made_at.pop(key, None)
         self.strays[name] = topic_id
+        fsync_directory(self.data_dir)
         return name
 
     def delete(self, key: Key) -> None:
@@ -218,7 +218,6 @@ class PartitionDirs:
         shutil.rmtree(self.path(key), ignore_errors=True)
         self._topic_ids.pop(key, None)
         self._durable.discard(key)
-        self._made_at.pop(key, None)
 
     def delete_strays(self, deleted_topic_ids: tuple[str, ...] | list[str]) -> list[str]:
         """Delete the strays of explicitly deleted topic ids; returns their names."""

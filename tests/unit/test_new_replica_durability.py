@@ -14,6 +14,7 @@ segment engine; fsyncs are recorded by the path of the synced descriptor."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -24,8 +25,11 @@ from engines.api import EngineError
 from fabric.records import build_batch
 from nodes.broker import partition_dirs
 from nodes.broker.node import Broker
+from nodes.broker.partition_dirs import PartitionDirs
 from tests.harness import wait_until
 from tests.unit.builders_broker import CLUSTER, NEW_ID, OLD_ID, md, new_broker, write
+
+THIRD_ID = "33333333-3333-4333-8333-333333333333"
 
 
 class PathSyncs:
@@ -184,3 +188,46 @@ def test_one_data_directory_fsync_covers_every_replica_created_before_it(
     syncs.paths.clear()
     write(broker, "v", 1)
     assert syncs.paths.count(data_dir) == 1 and syncs.first("/v-0/partition.metadata") < syncs.paths.index(data_dir)
+
+
+def test_a_directory_left_by_a_failed_delete_is_still_synced_into_the_data_directory(
+        broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete that leaves the directory itself (rmtree's errors are ignored) must not make a
+    replica re-created in it count as a directory found at start, whose name a data-directory
+    fsync already covered."""
+    broker.apply_metadata(md(1, {}, cluster_id=CLUSTER))
+    broker.apply_metadata(md(2, {"u": OLD_ID}, cluster_id=CLUSTER))
+    write(broker, "u", 1)  # a data-directory fsync: covers u-0 only
+    broker.apply_metadata(md(3, {"u": OLD_ID, "t": NEW_ID}, cluster_id=CLUSTER))  # t-0 made after it
+
+    def rmtree_leaving_the_directory(path, ignore_errors=False):  # noqa: ANN001, ANN202 (EBUSY on the directory)
+        for e in Path(path).iterdir():
+            shutil.rmtree(e) if e.is_dir() else e.unlink()
+    monkeypatch.setattr(partition_dirs.shutil, "rmtree", rmtree_leaving_the_directory)
+    broker.apply_metadata(md(4, {"u": OLD_ID}, deleted=(NEW_ID,), cluster_id=CLUSTER))
+    assert ("t", 0) not in broker.partitions and (broker.data_dir / "t-0").is_dir()
+    monkeypatch.undo()
+    broker.apply_metadata(md(5, {"u": OLD_ID, "t": THIRD_ID}, deleted=(NEW_ID,), cluster_id=CLUSTER))
+    syncs = PathSyncs(monkeypatch)
+    write(broker, "t", 1)
+    assert str(broker.data_dir) in syncs.paths, f"t-0's name was never made durable: {syncs.paths}"
+
+
+def test_a_set_aside_whose_directory_fsync_fails_forgets_the_replica_it_moved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dirs = PartitionDirs(tmp_path, "segment")
+    dirs.engine_dir(("t", 0), NEW_ID)
+    dirs.make_durable(("t", 0))
+
+    def failing(directory):  # noqa: ANN001, ANN202
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(partition_dirs, "fsync_directory", failing)
+    with pytest.raises(OSError):
+        dirs.set_aside(("t", 0))  # the directory is moved; its fsync fails
+    monkeypatch.undo()
+    dirs.engine_dir(("t", 0), THIRD_ID)  # the topic re-created under the same name
+    assert dirs.topic_id(("t", 0)) == THIRD_ID
+    assert PartitionDirs(tmp_path, "segment").topic_id(("t", 0)) == THIRD_ID, "no id written for the new replica"
+    syncs = PathSyncs(monkeypatch)
+    dirs.make_durable(("t", 0))
+    assert syncs.first("/t-0/partition.metadata") >= 0
