@@ -23,23 +23,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from engines import batch as B
 from engines.api import Engine, EngineError, StorageFull, verified_append_kwargs
 from fabric import protocol as P
 from fabric.buffers import Payload, stampable
 from fabric.errors import RemoteError
-from nodes.broker.epochs import EpochCache, epoch_contradiction
+from nodes.broker.epochs import EpochCache
 from nodes.broker.hw_checkpoint import HighWatermarkCheckpoint
 from nodes.broker.producers import ProducerStateTable
+from nodes.broker.tail_recovery import recover_tail
 
 log = logging.getLogger(__name__)
 
 LEADER = "leader"
 FOLLOWER = "follower"
-PRODUCER_STATE_SCAN_RECORDS_MAX = 500_000  # rebuild idempotence state from this much tail
-READ_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -87,7 +86,7 @@ class Partition:
         # before its first batch, or a batch that was not durable): forget such epochs, or a
         # returning replica would keep records the leader has overwritten (Kafka does the same)
         self.epochs.truncate_from_end(self.log_end_offset)
-        self._recover_tail()
+        recover_tail(self)
         self.high_watermark = self._hw_checkpoint.load(self.log_start_offset, self.log_end_offset)
         self._check_offsets()
 
@@ -301,7 +300,7 @@ class Partition:
             offsets = self.engine.append_many(fresh, **self._verified_kwargs)  # iter_batches verified each CRC
             self._check_stored_at(start, counts, offsets)
             try:
-                self._record_appended(headers)
+                self.record_appended(headers)
             except EngineError:  # the epoch checkpoint could not be written: undo the append
                 self.engine.truncate_to(start)
                 self.epochs.truncate_from_end(start)
@@ -310,8 +309,9 @@ class Partition:
             self._check_offsets()
         return len(fresh)
 
-    def _record_appended(self, headers: list[B.BatchHeader]) -> None:
-        """Producer and epoch state of batches the engine has stored."""
+    def record_appended(self, headers: list[B.BatchHeader]) -> None:
+        """Producer and epoch state of batches the engine has stored (also at open:
+        nodes/broker/tail_recovery.py)."""
         for h in headers:
             self.epochs.assign(h.leader_epoch, h.base_offset)
             self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
@@ -487,43 +487,6 @@ class Partition:
                 break
             cut += len(view)
         return data[:cut]
-
-    # -- recovery ---------------------------------------------------------------------------
-    def _tail_headers(self) -> Iterator[B.BatchHeader]:
-        """Headers of the last PRODUCER_STATE_SCAN_RECORDS_MAX records' batches, oldest first."""
-        offset = self._tail_start()
-        end = self.log_end_offset
-        while offset < end:
-            data = self.engine.read(offset, READ_CHUNK_BYTES)
-            if not data:
-                return
-            for h, _ in B.iter_batches(data):
-                yield h
-                offset = h.next_offset
-
-    def _tail_start(self) -> int:
-        return max(self.log_start_offset, self.log_end_offset - PRODUCER_STATE_SCAN_RECORDS_MAX)
-
-    def _recover_tail(self) -> None:
-        """At open: rebuild producer state from the log's tail, checking each batch's leader
-        epoch against the epoch checkpoint (``epochs.epoch_contradiction``). The log is cut at
-        the first batch whose epoch cannot be right, as recovery cuts a batch whose CRC fails.
-        Raises EngineError."""
-        # producers that wrote only before the tail read here (or before the log start, in
-        # batches retention deleted) are unknown to the table
-        self.producers.truncate(forgot_producers=self._tail_start() > 0)
-        checkpoint = list(self.epochs.entries)
-        previous = -1
-        for h in self._tail_headers():
-            problem = epoch_contradiction(checkpoint, h.leader_epoch, h.base_offset, previous)
-            if problem is not None:
-                log.warning("%s-%d: recovery cuts the log at offset %d (was %d): %s", self.topic,
-                            self.partition, h.base_offset, self.log_end_offset, problem)
-                self.engine.truncate_to(h.base_offset)
-                self.epochs.truncate_from_end(self.log_end_offset)
-                break
-            previous = h.leader_epoch
-            self._record_appended([h])
 
     def checkpoint_high_watermark(self) -> None:
         """Write the HW to the partition directory if it moved since the last write, without

@@ -23,7 +23,7 @@ from engines.memory import MemoryEngine
 from engines.segment import SegmentEngine
 from fabric import protocol as P
 from fabric.errors import UnknownProducerIdError
-from nodes.broker import partition as partition_module
+from nodes.broker import tail_recovery
 from nodes.broker import producers as producers_module
 from nodes.broker.messages import ProduceInput
 from nodes.broker.partition import Partition
@@ -116,7 +116,7 @@ def _open(directory: Path) -> Partition:
 @pytest.mark.parametrize("scan_records, forgot", [(100, False), (4, True)])
 def test_a_rebuild_at_open_that_read_only_the_tail_may_have_forgotten_producers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan_records: int, forgot: bool) -> None:
-    monkeypatch.setattr(partition_module, "PRODUCER_STATE_SCAN_RECORDS_MAX", scan_records)
+    monkeypatch.setattr(tail_recovery, "PRODUCER_STATE_SCAN_RECORDS_MAX", scan_records)
     part = _open(tmp_path)
     part.become_leader(1, [1], [1], now_ms=0)
     ours = make_batch(3, pid=PID, epoch=EPOCH, seq=0, tag="ours")
