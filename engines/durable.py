@@ -90,9 +90,17 @@ def sync_file(path: str | os.PathLike) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        fsync_directory(os.path.dirname(path) or ".")
     except OSError as e:
         raise translate_os_error(e, f"sync {path}") from e
+    sync_directory(os.path.dirname(path) or ".")
+
+
+def sync_directory(directory: str | os.PathLike) -> None:
+    """``fsync_directory`` with its error translated. Raises StorageFull / EngineError."""
+    try:
+        fsync_directory(directory)
+    except OSError as e:
+        raise translate_os_error(e, f"sync {directory}") from e
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:

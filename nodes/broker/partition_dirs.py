@@ -30,8 +30,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from engines.checks import translate_os_error
-from engines.durable import fsync_directory, replace_file, sync_file
+from engines.durable import fsync_directory, replace_file, sync_directory, sync_file
 from nodes.broker.epochs import FILE_NAME as EPOCH_CHECKPOINT
 from nodes.broker.hw_checkpoint import HW_CHECKPOINT_FILE as HW_CHECKPOINT
 
@@ -134,10 +133,10 @@ class PartitionDirs:
         if self.topic_id(key):
             sync_file(d / PARTITION_METADATA)  # the file, then the directory
         else:
-            self._sync_directory(d)
+            sync_directory(d)
         if self._made_at.get(key, 0) > self._data_dir_synced:
             covered = self._dirs_made
-            self._sync_directory(self.data_dir)
+            sync_directory(self.data_dir)
             self._data_dir_synced = covered
         self._durable.add(key)
 
@@ -149,13 +148,6 @@ class PartitionDirs:
             self._dirs_made += 1
             self._made_at[key] = self._dirs_made
         return d
-
-    @staticmethod
-    def _sync_directory(d: Path) -> None:
-        try:
-            fsync_directory(d)
-        except OSError as e:
-            raise translate_os_error(e, f"sync {d}") from e
 
     def engine_dir(self, key: Key, topic_id: str = "") -> Path:
         """The configured engine's directory of this partition (its ``log/`` and per-log state),
