@@ -74,7 +74,7 @@ class SegmentEngine(AsyncFlushMixin):
         self._generation = 0
         self._dir_version = 0  # bumped whenever a file is created or removed (dir dirty)
         self._flush_in_flight: FlushJob | None = None
-        self._segments, self.recovery, needs_flush, new_log = recover(directory, config)
+        self._segments, self.recovery, needs_flush, self._checkpoint_base = recover(directory, config)
         self._bases = [s.base_offset for s in self._segments]
         self._size_bytes = sum(s.size_bytes for s in self._segments)
         self._readers: OrderedDict[int, LogSegment] = OrderedDict()  # LRU by base offset
@@ -89,7 +89,6 @@ class SegmentEngine(AsyncFlushMixin):
         # (or in reset_to) left names this open cannot know to be durable.
         self._dir_dirty = True
         self._checkpoint: Checkpoint | None = None
-        self._checkpoint_base = -1 if needs_flush or new_log else self._segments[-1].base_offset
         self._last_flush_ms = 0
         self._last_checkpoint_ms: int | None = None  # of maybe_flush's clock; None: at the next one
         if needs_flush:

@@ -20,7 +20,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from engines.api import EngineConfig, EngineError, RecoveryReport
 from engines.durable import replace_file
@@ -37,6 +37,14 @@ class Checkpoint:
     position: int  # bytes of that segment known durable and valid
     next_offset: int  # log_end_offset at that position
     clean: bool  # written by close()
+
+
+class Recovered(NamedTuple):
+    """What ``recover`` found and made of a log directory."""
+    segments: list[LogSegment]  # ascending by base offset; the last is the active one
+    report: RecoveryReport
+    needs_flush: bool  # the opener must flush: what recovery validated is not yet vouched for
+    checkpoint_base: int  # the segment the checkpoint on disk names; -1: none, or about to be rewritten
 
 
 def read_checkpoint(directory: str) -> Checkpoint | None:
@@ -89,13 +97,13 @@ class _Recovery:
         self.rebuilt_indexes = 0
         self.notes: list[str] = []
 
-    def run(self) -> tuple[list[LogSegment], RecoveryReport, bool, bool]:
+    def run(self) -> Recovered:
         try:
             return self._run()
         except OSError as e:
             raise EngineError(f"recovery of {self.directory} failed: {e}") from e
 
-    def _run(self) -> tuple[list[LogSegment], RecoveryReport, bool, bool]:
+    def _run(self) -> Recovered:
         checkpoint = read_checkpoint(self.directory)
         bases = list_segment_bases(self.directory)
         interval = self.config.index_interval_bytes
@@ -105,7 +113,7 @@ class _Recovery:
             segments = [LogSegment(self.directory, start, interval)]
             segments[0].index.reset()
             segments[0].fd  # create the file
-            return segments, RecoveryReport(message="new log"), False, True
+            return Recovered(segments, RecoveryReport(message="new log"), False, -1)
         for s in segments:
             s.size_bytes = os.stat(s.log_path).st_size
         k, trusted_position = self._checkpoint_segment(checkpoint, bases, segments)
@@ -116,7 +124,8 @@ class _Recovery:
         segments, dirty = self._scan_from(segments, k, trusted_position)
         report = RecoveryReport(self.batches_scanned, self.truncated_bytes, self.rebuilt_indexes,
                                 "; ".join(self.notes))
-        return segments, report, dirty, False
+        base = checkpoint.segment_base_offset if checkpoint is not None and not dirty else -1
+        return Recovered(segments, report, dirty, base)
 
     def _checkpoint_segment(self, checkpoint: Checkpoint | None, bases: list[int],
                             segments: list[LogSegment]) -> tuple[int, int]:
@@ -216,11 +225,9 @@ class _Recovery:
         return segments
 
 
-def recover(directory: str, config: EngineConfig) -> tuple[list[LogSegment], RecoveryReport, bool, bool]:
-    """Open and recover the segments in ``directory``. Returns (segments ascending by base
-    offset, report, whether the caller must flush to record a new checkpoint, whether the log
-    is new: no segment was there, and an empty one was created, not yet fsynced -- at the
-    checkpoint's next offset if a checkpoint was there, else at 0; recovering the same
-    directory again after a crash creates the same log). The directory itself is never
-    fsynced here: the caller treats it as dirty."""
+def recover(directory: str, config: EngineConfig) -> Recovered:
+    """Open and recover the segments in ``directory``. A new log (no segment there) gets one
+    empty segment, created but not fsynced -- at the checkpoint's next offset if a checkpoint
+    was there, else at 0; recovering the same directory again after a crash creates the same
+    log. The directory itself is never fsynced here: the caller treats it as dirty."""
     return _Recovery(directory, config).run()

@@ -69,7 +69,7 @@ class Partition:
         # the coordinator's partition epoch of the leader/ISR state applied here (-1: none yet);
         # the broker applies no state older than this, by push or by reply
         self.partition_epoch = -1
-        self._epoch_start_offset = 0  # the log end when we last became leader
+        self._epoch_start_offset = 0  # the log end when we last became leader: the ISR join floor
         self.followers: dict[int, FollowerState] = {}
         self._hw_checkpoint = HighWatermarkCheckpoint(directory)
         self.high_watermark = 0
@@ -416,7 +416,7 @@ class Partition:
             if r in new and lagging:
                 new.discard(r)
             elif r not in new and not lagging and st.log_end_offset >= self.high_watermark \
-                    and st.log_end_offset >= self._current_epoch_start():
+                    and st.log_end_offset >= self._epoch_start_offset:
                 new.add(r)
         return new if new != self.isr else None
 
@@ -432,10 +432,6 @@ class Partition:
             if (now_ms - st.last_caught_up_ms > lag_time_max_ms) == (r in isr):
                 return False  # a lagging member or a caught-up outsider: the full rules decide
         return True
-
-    def _current_epoch_start(self) -> int:
-        """Where our leader epoch starts: the log end when we became leader."""
-        return self._epoch_start_offset
 
     def divergence(self, fetch_offset: int, last_epoch: int) -> list | None:
         """Leader side of KIP-320: if a follower's last epoch ended earlier in our log than its

@@ -36,31 +36,46 @@ T0 = 100_000  # ms: the clock reading the flush jobs are made at
 
 
 class SyncRecorder:
-    """Wraps os.fdatasync / os.fsync: records (thread name, inode, size) of each synced fd;
-    ``fail_with`` makes the next data sync on the flusher thread raise that errno."""
+    """Wraps os.fdatasync / os.fsync: records (thread name, inode, size) of each synced fd in
+    ``synced`` and its path in ``paths``; ``fail_with`` makes the next data sync on the
+    flusher thread raise that errno."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.synced: list[tuple[str, int, int]] = []
+        self.paths: list[str] = []
         self.fail_with: int | None = None
         real_fdatasync, real_fsync = os.fdatasync, os.fsync
 
         def wrap(real):  # noqa: ANN001, ANN202
             def sync(fd: int) -> None:
                 st = os.fstat(fd)
+                path = os.readlink(f"/proc/self/fd/{fd}")
                 name = threading.current_thread().name
                 if self.fail_with is not None and name == "job" and real is real_fdatasync:
                     code, self.fail_with = self.fail_with, None
                     raise OSError(code, os.strerror(code))
                 real(fd)
                 self.synced.append((name, st.st_ino, st.st_size))
+                self.paths.append(path)
             return sync
         monkeypatch.setattr(os, "fdatasync", wrap(real_fdatasync))
         monkeypatch.setattr(os, "fsync", wrap(real_fsync))
+
+    def clear(self) -> None:
+        self.synced.clear()
+        self.paths.clear()
 
     def synced_size(self, path: str) -> int:
         """The largest size at which the file at ``path`` was synced (0 if never)."""
         ino = os.stat(path).st_ino
         return max([size for _, i, size in self.synced if i == ino], default=0)
+
+    def first(self, suffix: str) -> int:
+        """Index in ``paths`` of the first sync of a path ending in ``suffix``; AssertionError
+        if none."""
+        found = [i for i, p in enumerate(self.paths) if p.endswith(suffix)]
+        assert found, f"nothing ending in {suffix} was synced: {self.paths}"
+        return found[0]
 
 
 def run_in_thread(job) -> None:  # noqa: ANN001

@@ -90,7 +90,7 @@ def reference_isr_changes(part: Partition, now_ms: int, lag_max_ms: int) -> set[
         if r in new and lagging:
             new.discard(r)
         elif r not in new and not lagging and st.log_end_offset >= part.high_watermark \
-                and st.log_end_offset >= part._current_epoch_start():
+                and st.log_end_offset >= part._epoch_start_offset:
             new.add(r)
     return new if new != part.isr else None
 

@@ -9,11 +9,10 @@ with its first batch of it (nodes/broker/partition.py), and ``partition.metadata
 without fsync and synced before the replica's first durable write (Kafka's
 ``maybeFlushMetadataFile``), so no record can outlive the id that says which topic it
 belongs to. A real Broker (no peers) over the
-segment engine; fsyncs are recorded by the path of the synced descriptor."""
+segment engine; fsyncs are recorded by the path of the synced descriptor (SyncRecorder)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -28,28 +27,9 @@ from nodes.broker.node import Broker
 from nodes.broker.partition_dirs import PartitionDirs
 from tests.harness import wait_until
 from tests.unit.builders_broker import CLUSTER, NEW_ID, OLD_ID, md, new_broker, write
+from tests.unit.builders_segment import SyncRecorder
 
 THIRD_ID = "33333333-3333-4333-8333-333333333333"
-
-
-class PathSyncs:
-    """Every fsync / fdatasync from now on, as the path of what was synced."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.paths: list[str] = []
-        for name in ("fsync", "fdatasync"):
-            real = getattr(os, name)
-
-            def sync(fd: int, real=real) -> None:  # noqa: ANN001
-                self.paths.append(os.readlink(f"/proc/self/fd/{fd}"))
-                real(fd)
-            monkeypatch.setattr(os, name, sync)
-
-    def first(self, suffix: str) -> int:
-        """Index of the first sync of a path ending in ``suffix``; AssertionError if none."""
-        found = [i for i, p in enumerate(self.paths) if p.endswith(suffix)]
-        assert found, f"nothing ending in {suffix} was synced: {self.paths}"
-        return found[0]
 
 
 def follower_md(version: int) -> dict:
@@ -70,7 +50,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 def test_a_new_follower_replica_opens_without_an_fsync_and_syncs_its_id_before_its_first_batch(
         broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     broker.apply_metadata(md(1, {}, cluster_id=CLUSTER))  # joins the cluster: meta.properties
-    syncs = PathSyncs(monkeypatch)
+    syncs = SyncRecorder(monkeypatch)
     broker.apply_metadata(follower_md(2))
     part = broker.partitions[("t", 0)]
     assert part.role == "follower" and broker.dirs.topic_id(("t", 0)) == NEW_ID
@@ -83,7 +63,7 @@ def test_a_new_follower_replica_opens_without_an_fsync_and_syncs_its_id_before_i
     assert syncs.paths[metadata + 1].endswith("/t-0"), "the id's name was not made durable"
     assert syncs.paths[metadata + 2] == str(broker.data_dir), "the partition directory's name was not made durable"
     assert metadata < syncs.first(".log") and metadata < syncs.first("leader-epoch-checkpoint.tmp")
-    syncs.paths.clear()
+    syncs.clear()
     B.set_base_offset(data, 1)
     assert part.append_as_follower(bytes(data)) == 1
     part.engine.flush()
@@ -93,7 +73,7 @@ def test_a_new_follower_replica_opens_without_an_fsync_and_syncs_its_id_before_i
 def test_a_new_leader_writes_nothing_until_its_first_batch_and_then_its_id_first(
         broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     broker.apply_metadata(md(1, {}, cluster_id=CLUSTER))
-    syncs = PathSyncs(monkeypatch)
+    syncs = SyncRecorder(monkeypatch)
     broker.apply_metadata(md(2, {"t": NEW_ID}, cluster_id=CLUSTER))
     assert broker.partitions[("t", 0)].is_leader
     assert syncs.paths == [], "becoming leader of an empty replica fsynced"
@@ -101,7 +81,7 @@ def test_a_new_leader_writes_nothing_until_its_first_batch_and_then_its_id_first
     broker.partitions[("t", 0)].engine.flush()
     metadata = syncs.first("/t-0/partition.metadata")
     assert metadata < syncs.first("leader-epoch-checkpoint.tmp") < syncs.first(".log")
-    syncs.paths.clear()
+    syncs.clear()
     write(broker, "t")
     assert not any(p.endswith("partition.metadata") or "leader-epoch" in p for p in syncs.paths)
 
@@ -158,7 +138,7 @@ def test_after_a_restart_the_id_is_made_durable_again_before_the_first_write(
     first.apply_metadata(md(1, {}, cluster_id=CLUSTER))
     first.apply_metadata(md(2, {"t": NEW_ID}, cluster_id=CLUSTER))  # a new replica, nothing written
     first.close()
-    syncs = PathSyncs(monkeypatch)
+    syncs = SyncRecorder(monkeypatch)
     again = new_broker(tmp_path)
     try:
         again.apply_metadata(md(3, {"t": NEW_ID}, cluster_id=CLUSTER))
@@ -178,14 +158,14 @@ def test_one_data_directory_fsync_covers_every_replica_created_before_it(
     create), and a replica created after it needs another."""
     broker.apply_metadata(md(1, {}, cluster_id=CLUSTER))
     broker.apply_metadata(md(2, {"t": NEW_ID, "u": OLD_ID}, cluster_id=CLUSTER))
-    syncs = PathSyncs(monkeypatch)
+    syncs = SyncRecorder(monkeypatch)
     write(broker, "t", 1)
     write(broker, "u", 1)
     data_dir = str(broker.data_dir)
     assert syncs.paths.count(data_dir) == 1, syncs.paths
     broker.apply_metadata(md(3, {"t": NEW_ID, "u": OLD_ID, "v": "33333333-3333-4333-8333-333333333333"},
                              cluster_id=CLUSTER))
-    syncs.paths.clear()
+    syncs.clear()
     write(broker, "v", 1)
     assert syncs.paths.count(data_dir) == 1 and syncs.first("/v-0/partition.metadata") < syncs.paths.index(data_dir)
 
@@ -208,7 +188,7 @@ def test_a_directory_left_by_a_failed_delete_is_still_synced_into_the_data_direc
     assert ("t", 0) not in broker.partitions and (broker.data_dir / "t-0").is_dir()
     monkeypatch.undo()
     broker.apply_metadata(md(5, {"u": OLD_ID, "t": THIRD_ID}, deleted=(NEW_ID,), cluster_id=CLUSTER))
-    syncs = PathSyncs(monkeypatch)
+    syncs = SyncRecorder(monkeypatch)
     write(broker, "t", 1)
     assert str(broker.data_dir) in syncs.paths, f"t-0's name was never made durable: {syncs.paths}"
 
@@ -228,6 +208,6 @@ def test_a_set_aside_whose_directory_fsync_fails_forgets_the_replica_it_moved(
     dirs.engine_dir(("t", 0), THIRD_ID)  # the topic re-created under the same name
     assert dirs.topic_id(("t", 0)) == THIRD_ID
     assert PartitionDirs(tmp_path, "segment").topic_id(("t", 0)) == THIRD_ID, "no id written for the new replica"
-    syncs = PathSyncs(monkeypatch)
+    syncs = SyncRecorder(monkeypatch)
     dirs.make_durable(("t", 0))
     assert syncs.first("/t-0/partition.metadata") >= 0

@@ -16,7 +16,7 @@ import pytest
 from engines.api import EngineConfig, StorageFailed, StorageFull
 from engines.conformance import make_batch, read_all
 from engines.segment import SegmentEngine
-from engines.segment_recovery import read_checkpoint
+from engines.segment_recovery import CHECKPOINT_FILE, read_checkpoint, recover
 
 INTERVAL_MS = 50
 SEGMENT_BYTES = 16 * 1024
@@ -427,3 +427,31 @@ def test_a_rolling_append_cut_back_under_fsync_always_leaves_no_checkpoint_over_
     e2 = open_engine(tmp_path, fsync="always")
     assert e2.log_end_offset == e.log_end_offset
     e2.close()
+
+
+def test_recovery_names_the_checkpoint_on_disk_and_none_where_there_is_none(tmp_path: Path) -> None:
+    """``recover`` says which segment the checkpoint on disk names: a clean close's; -1 for a
+    new log, a log without checkpoint (even one that scans clean: one empty segment), and a
+    dirty open (its opener rewrites the checkpoint)."""
+    config = EngineConfig(fsync="interval", segment_bytes_max=SEGMENT_BYTES, index_interval_bytes=512)
+    (tmp_path / "new").mkdir()
+    found = recover(str(tmp_path / "new"), config)
+    assert not found.needs_flush and found.checkpoint_base == -1
+
+    e = open_engine(tmp_path / "log")
+    fill(e, 0, 60)  # several segments
+    e.close()
+    found = recover(str(tmp_path / "log"), config)
+    assert not found.needs_flush and found.checkpoint_base == read_checkpoint(str(tmp_path / "log")).segment_base_offset
+    assert found.checkpoint_base == found.segments[-1].base_offset > 0
+
+    empty = tmp_path / "empty"
+    open_engine(empty).close()
+    (empty / CHECKPOINT_FILE).unlink()
+    found = recover(str(empty), config)
+    assert not found.needs_flush and len(found.segments) == 1 and found.checkpoint_base == -1
+
+    crashed = open_engine(tmp_path / "crashed")
+    fill(crashed, 0, 30)  # not closed: a crash
+    found = recover(str(tmp_path / "crashed"), config)
+    assert found.needs_flush and found.checkpoint_base == -1
