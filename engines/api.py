@@ -75,6 +75,16 @@ class StorageFailed(Exception):
 
 
 @dataclass(slots=True)
+class CacheWindow:
+    """How many bytes at the end of a log to keep in the page cache once durable; -1: leave
+    the cache to the kernel. One object may be shared by many logs: a broker divides its
+    ``storage.page_cache_tail_bytes`` among its partitions and updates ``window_bytes`` as
+    their number changes (nodes/broker/core.py), and each log reads it when it drops."""
+
+    window_bytes: int = -1
+
+
+@dataclass(slots=True)
 class EngineConfig:
     """Settings for one partition log. Units are in the names.
 
@@ -91,6 +101,9 @@ class EngineConfig:
     retention_bytes: int = -1  # -1: no size limit
     batch_bytes_max: int = 16 * 1024 * 1024
     options: dict = field(default_factory=dict)
+    # the segment engine drops durable bytes older than this window from the page cache
+    # (engines/segment_cache.py); other engines ignore it
+    cache_window: CacheWindow = field(default_factory=CacheWindow)
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_POLICIES:

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from engines.api import Engine, EngineConfig
+from engines.api import CacheWindow, Engine, EngineConfig
 from engines.batch import HEADER_BYTES, BatchHeader, build, iter_batches
 
 CRASH_DEADLINE_S = 20.0  # the writer must report this many flushes before this deadline
@@ -85,6 +85,7 @@ def run_and_kill_writer(spec: str, directory: str, config: EngineConfig, main: s
     for CRASH_FLUSHES_BEFORE_KILL flush reports, SIGKILL it while it is appending, and return
     the highest flushed log end."""
     cfg = {k: getattr(config, k) for k in config.__dataclass_fields__}
+    cfg["cache_window"] = config.cache_window.window_bytes
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen(
         [sys.executable, "-c", f"from engines.conformance_support import {main}; {main}()",
@@ -129,7 +130,9 @@ def _open_writer_engine() -> Engine:
     spec, directory, config_json = sys.argv[1:4]
     module_name, _, attr = spec.partition(":")
     cls = getattr(importlib.import_module(module_name), attr)
-    return cls(directory, EngineConfig(**json.loads(config_json)))
+    fields = json.loads(config_json)
+    fields["cache_window"] = CacheWindow(fields["cache_window"])
+    return cls(directory, EngineConfig(**fields))
 
 
 def crash_writer_main() -> None:

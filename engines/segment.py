@@ -39,6 +39,7 @@ from engines.api import (OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig,
 from engines.batch import BatchHeader
 from engines.checks import check_read_range, fence, sync_translated, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
+from engines.segment_cache import CACHE_DROP_STEP_BYTES, cold_end, drop_cached
 from engines.segment_file import LogSegment
 from engines.segment_flush import AsyncFlushMixin, FlushJob
 from engines.segment_recovery import Checkpoint, recover, write_checkpoint
@@ -148,9 +149,14 @@ class SegmentEngine(AsyncFlushMixin):
         directory if a file's creation or removal is not yet durable there (a new log's first
         segment: a record acknowledged as synced must not vanish with its file's name).
         Raises StorageFailed (fenced)."""
-        self._sync_segment(self._segments[-1])
+        seg = self._segments[-1]
+        self._sync_segment(seg)
         if self._dir_dirty:
             self._fsync_dir()
+        window = self.config.cache_window.window_bytes
+        if window >= 0 and seg.size_bytes - window >= seg.cache_drop_at:  # durable: out of the page cache
+            drop_cached(seg.fd, seg.size_bytes - window)
+            seg.cache_drop_at = seg.size_bytes - window + CACHE_DROP_STEP_BYTES
 
     # -- append -------------------------------------------------------------------------------
     def append(self, batch: bytes | bytearray | memoryview) -> int:
@@ -263,6 +269,8 @@ class SegmentEngine(AsyncFlushMixin):
         self._touch(old)
         if self.config.fsync == FSYNC_ALWAYS:
             self._fsync_dir()
+            # flushed above while it was still active: the rest of it leaves the page cache now
+            drop_cached(old.fd, cold_end(old.size_bytes, False, self.config.cache_window.window_bytes))
         log.debug("rolled %s at offset %d", self.directory, offset)
 
     # -- reads --------------------------------------------------------------------------------
@@ -514,6 +522,7 @@ class SegmentEngine(AsyncFlushMixin):
         StorageFailed."""
         self._check_writable()
         self._invalidate_flushes()  # this flush covers what a job in flight would, and more
+        synced = []
         for seg in self._unsynced + [self._active]:
             try:
                 seg.index.write_pending(sync=seg.dirty)
@@ -521,10 +530,14 @@ class SegmentEngine(AsyncFlushMixin):
                 raise translate_os_error(e, f"write {seg.index.path}") from e
             if seg.dirty:
                 self._sync_segment(seg)
+                synced.append(seg)
         self._unsynced = []
         if self._dir_dirty:
             self._fsync_dir()
         self._await_overlapping_job()
+        window = self.config.cache_window.window_bytes
+        for seg in synced:  # durable: out of the page cache (segment_cache.py)
+            drop_cached(seg.fd, cold_end(seg.size_bytes, seg is self._active, window))
         if not checkpoint:
             return
         active = self._active

@@ -33,6 +33,7 @@ from engines.batch import (
 )
 from engines.checks import sync_translated, translate_os_error, whole_batches_end
 from engines.offset_index import IndexDamaged, OffsetIndex
+from engines.segment_cache import CACHE_DROP_STEP_BYTES
 
 WALK_BATCH_BYTES_MIN = 32 * 1024  # batches this large are read by walking their headers
 WALK_PREADS_MAX = 64  # header preads per read at most (a read may return less than max_bytes)
@@ -89,6 +90,8 @@ class LogSegment:
         # along a log); None: not known since open or a cut (see load_max_timestamp)
         self.max_timestamp_ms: int | None = None
         self.dirty = False  # holds data not yet fsynced
+        # fsync ``always``: the next drop from the page cache once this much is cold (segment_cache.py)
+        self.cache_drop_at = CACHE_DROP_STEP_BYTES
         self._bytes_since_index_entry = 0
         self._fd = -1
 

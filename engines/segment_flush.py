@@ -21,6 +21,7 @@ Design (what a job is, and why nothing the reactor does meanwhile can be undone 
   and, when a recovery-checkpoint move is due, the checkpoint of that moment (active segment,
   its size, the log end). Bytes written after the snapshot stay dirty for a later flush.
 * The thread runs the job in today's order -- data fdatasyncs, index fsyncs, directory fsync,
+  the synced bytes outside the page-cache window dropped from the cache (segment_cache.py),
   then the checkpoint (temp, fsync, rename, directory fsync) -- and stops at the first error.
   The checkpoint is written only when every sync before it succeeded, so it never names bytes
   that are not durable.
@@ -70,6 +71,7 @@ from typing import TYPE_CHECKING, Callable
 from engines.api import EngineError, StorageFailed
 from engines.checks import sync_translated, translate_os_error
 from engines.durable import TEMP_SUFFIX
+from engines.segment_cache import cold_end, drop_cached
 from engines.segment_recovery import Checkpoint, write_checkpoint
 
 # the thread's own temp file beside the checkpoint (the owner's is CHECKPOINT_FILE + TEMP_SUFFIX;
@@ -92,6 +94,7 @@ class SegmentSync:
     log_fd: int
     index_path: str
     index_fd: int  # -1: the index is not synced (the segment was not dirty)
+    cold_end: int = 0  # once synced, its bytes [0, cold_end) leave the page cache (segment_cache.py)
 
 
 @dataclass(slots=True)
@@ -121,12 +124,14 @@ class FlushJob:
 
     @classmethod
     def make(cls, directory: str, segments: list, now_ms: int,
-             generation: tuple[int, Callable[[], int], threading.Lock], dir_state: tuple[bool, int]) -> FlushJob:
-        """On the owner's thread: write the pending index entries of ``segments`` (LogSegments)
-        and take dups of the log descriptors of the dirty ones, descriptors of their index files,
-        and one of the directory.
+             generation: tuple[int, Callable[[], int], threading.Lock], dir_state: tuple[bool, int],
+             window_bytes: int = -1) -> FlushJob:
+        """On the owner's thread: write the pending index entries of ``segments`` (LogSegments,
+        the active one last) and take dups of the log descriptors of the dirty ones, descriptors
+        of their index files, and one of the directory.
         ``generation``: (the engine's generation now, a reader of it, its checkpoint lock);
-        ``dir_state``: (directory dirty, its version). Raises StorageFull / EngineError."""
+        ``dir_state``: (directory dirty, its version); ``window_bytes``: the page-cache window
+        (segment_cache.py). Raises StorageFull / EngineError."""
         number, current_generation, lock = generation
         # the directory is opened again, not dup'ed: the kernel reports a writeback error once
         # per open file, and a failure of the fsync that ends the job's checkpoint replacement
@@ -142,7 +147,8 @@ class FlushJob:
                     raise translate_os_error(e, f"write {seg.index.path}") from e
                 if seg.dirty:
                     job.syncs.append(SegmentSync(seg, seg.size_bytes, seg.log_path, dup_fd(seg.fd, seg.log_path),
-                                                 seg.index.path, -1))
+                                                 seg.index.path, -1,
+                                                 cold_end(seg.size_bytes, seg is segments[-1], window_bytes)))
                     job.syncs[-1].index_fd = open_for_sync(seg.index.path)
         except BaseException:
             job.discard()
@@ -160,6 +166,8 @@ class FlushJob:
                 self._sync_all()
             finally:
                 self.synced.set()
+            for s in self.syncs:  # durable now: out of the page cache (a hint, never an error)
+                drop_cached(s.log_fd, s.cold_end)
             if self.checkpoint is not None:
                 self.checkpoint_written = write_checkpoint(self.directory, self.dir_fd, self.checkpoint,
                                                            temp_suffix=FLUSHER_TEMP_SUFFIX, guard=self._while_current)
@@ -295,7 +303,7 @@ class AsyncFlushMixin:
             return None
         job = FlushJob.make(self.directory, self._unsynced + [self._active], now_ms,
                             (self._generation, self._current_generation, self._checkpoint_lock),
-                            (self._dir_dirty, self._dir_version))
+                            (self._dir_dirty, self._dir_version), self.config.cache_window.window_bytes)
         due = self._checkpoint_due(now_ms)
         active = self._active
         point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, False)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines import registry as engine_registry
-from engines.api import EngineConfig
+from engines.api import CacheWindow, EngineConfig
 from engines.errors import LoomError
 from fabric.roles import HTTP, PUB, ROLE_NAMES, ROLES, ROUTER
 
@@ -49,12 +49,20 @@ class StorageConfig(_Model):
     segment_bytes_max: int = Field(128 * 1024 * 1024, ge=4096)
     segment_ms_max: int = Field(7 * 24 * 3600 * 1000, ge=1000)
     index_interval_bytes: int = Field(4096, ge=64)
+    # the page cache a broker keeps for the durable tails of its logs, divided equally among
+    # its partitions; older durable bytes are dropped from it (engines/segment_cache.py).
+    # -1: leave the cache to the kernel. The segment engine's; lmdb and memory ignore it.
+    page_cache_tail_bytes: int = Field(256 * 1024 * 1024, ge=-1)
     options: dict[str, Any] = Field(default_factory=dict)
 
     _check_engine = field_validator("engine")(_known_engine)
 
-    def engine_config(self, retention_ms: int, retention_bytes: int, batch_bytes_max: int) -> EngineConfig:
+    def engine_config(self, retention_ms: int, retention_bytes: int, batch_bytes_max: int,
+                      cache_window: CacheWindow | None = None) -> EngineConfig:
+        """One log's EngineConfig; ``cache_window``: the broker's shared page-cache window
+        (default: keep the whole log cached, as the kernel decides)."""
         return EngineConfig(
+            cache_window=cache_window if cache_window is not None else CacheWindow(),
             fsync=self.fsync,
             fsync_interval_ms=self.fsync_interval_ms,
             segment_bytes_max=self.segment_bytes_max,
@@ -74,6 +82,7 @@ class StorageOverride(_Model):
     fsync: Literal["always", "interval", "never"] | None = None
     fsync_interval_ms: int | None = Field(None, ge=1)
     segment_bytes_max: int | None = Field(None, ge=4096)
+    page_cache_tail_bytes: int | None = Field(None, ge=-1)
     options: dict[str, Any] | None = None
 
     _check_engine = field_validator("engine")(_known_engine)

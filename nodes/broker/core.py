@@ -33,7 +33,7 @@ import logging
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Protocol
 
-from engines.api import EngineError, OffsetOutOfRange, async_flush_of
+from engines.api import CacheWindow, EngineError, OffsetOutOfRange, async_flush_of
 from engines.registry import open_engine
 from fabric import protocol as P
 from fabric.clock import Clock
@@ -89,6 +89,8 @@ class BrokerCore:
         # given to every partition opened from now on (Partition.on_moved): the replication
         # heartbeat looks only at partitions whose position moved
         self.on_moved: Callable[[Partition], None] | None = None
+        # every log's page-cache window: storage.page_cache_tail_bytes shared among the partitions
+        self.cache_window = CacheWindow()
 
     def add_waiters(self, waiters: Waiters) -> None:
         self._waiters.append(waiters)
@@ -139,7 +141,8 @@ class BrokerCore:
         if part is not None:
             return part
         d = self.dirs.engine_dir(key, topic_id)  # per-engine: its log and its epoch checkpoint
-        engine_config = self.storage.engine_config(*self._retention(configs), self.limits.batch_bytes_max)
+        engine_config = self.storage.engine_config(*self._retention(configs), self.limits.batch_bytes_max,
+                                                   self.cache_window)
         engine = open_engine(self.storage.engine, str(d / "log"), engine_config)
         if engine.recovery.truncated_bytes:
             log.warning("%s-%d: recovery cut %d bytes: %s", topic, partition,
@@ -148,7 +151,13 @@ class BrokerCore:
         part.on_moved = self.on_moved
         part.before_first_write = lambda: self.dirs.make_durable(key)
         self.partitions[key] = part
+        self._share_page_cache()
         return part
+
+    def _share_page_cache(self) -> None:
+        """Divide ``storage.page_cache_tail_bytes`` equally among the partitions held here."""
+        budget = self.storage.page_cache_tail_bytes
+        self.cache_window.window_bytes = -1 if budget < 0 else budget // max(1, len(self.partitions))
 
     def retire_partition(self, key: TopicPartition, deleted_topic_ids: tuple[str, ...]) -> None:
         """Stop serving a replica the metadata no longer has (or has under another topic id):
@@ -157,6 +166,7 @@ class BrokerCore:
         part = self.partitions.pop(key, None)
         if part is not None:
             part.close()
+            self._share_page_cache()
         topic_id = self.dirs.topic_id(key)
         if topic_id and topic_id in deleted_topic_ids:
             self.dirs.delete(key)
