@@ -249,6 +249,8 @@ class SegmentEngine(AsyncFlushMixin):
         old = self._active
         if self.config.fsync == FSYNC_ALWAYS:
             self.flush(checkpoint=False)
+            # durable now, and no longer the active segment: none of it stays in the page cache
+            drop_cached(old.fd, cold_end(old.size_bytes, False, self.config.cache_window.window_bytes))
             if began != self._checkpoint:
                 self._write_checkpoint(began)
         else:
@@ -269,8 +271,6 @@ class SegmentEngine(AsyncFlushMixin):
         self._touch(old)
         if self.config.fsync == FSYNC_ALWAYS:
             self._fsync_dir()
-            # flushed above while it was still active: the rest of it leaves the page cache now
-            drop_cached(old.fd, cold_end(old.size_bytes, False, self.config.cache_window.window_bytes))
         log.debug("rolled %s at offset %d", self.directory, offset)
 
     # -- reads --------------------------------------------------------------------------------
