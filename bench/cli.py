@@ -1,4 +1,4 @@
-"""``loom bench produce|consume|e2e|engines|cluster|failover|gateway|monitor|rtt``: the benchmarks
+"""``loom bench produce|consume|e2e|engines|cluster|failover|gateway|monitor|rtt|pagecache``: the benchmarks
 behind the CLI.
 
 Each subcommand hands its arguments unchanged to the benchmark module's own parser, so
@@ -90,6 +90,13 @@ def gateway(args: tuple[str, ...]) -> None:
 def rtt(args: tuple[str, ...]) -> None:
     """This machine's bare two-process request/reply round trip, the floor under latency (python -m bench.rtt)."""
     _run("bench.rtt", list(args))
+
+
+@bench.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def pagecache(args: tuple[str, ...]) -> None:
+    """System CPU per MB written through the page cache, kept or dropped after each fsync (python -m bench.pagecache)."""
+    _run("bench.pagecache", list(args))
 
 
 COMMANDS = [bench]

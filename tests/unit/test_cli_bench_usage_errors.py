@@ -9,7 +9,8 @@ import importlib
 import pytest
 
 BENCHES = {"cluster": "bench.cluster", "failover": "bench.failover", "engines": "bench.engines",
-           "monitor": "bench.monitor", "gateway": "bench.gateway", "rtt": "bench.rtt"}
+           "monitor": "bench.monitor", "gateway": "bench.gateway", "rtt": "bench.rtt",
+           "pagecache": "bench.pagecache"}
 
 
 @pytest.mark.parametrize("name", sorted(BENCHES))
