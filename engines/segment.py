@@ -39,7 +39,7 @@ from engines.api import (OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig,
 from engines.batch import BatchHeader
 from engines.checks import check_read_range, fence, sync_translated, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
-from engines.segment_cache import CACHE_DROP_STEP_BYTES, cold_end, drop_cached
+from engines.segment_cache import cold_drops, drop_cached, drop_step
 from engines.segment_file import LogSegment
 from engines.segment_flush import AsyncFlushMixin, FlushJob
 from engines.segment_recovery import Checkpoint, recover, write_checkpoint
@@ -77,6 +77,8 @@ class SegmentEngine(AsyncFlushMixin):
         self._flush_in_flight: FlushJob | None = None
         self._segments, self.recovery, needs_flush, self._checkpoint_base = recover(directory, config)
         self._bases = [s.base_offset for s in self._segments]
+        for s in self._segments:  # what an earlier process left in the page cache is the kernel's
+            s.cache_dropped_to = s.size_bytes
         self._size_bytes = sum(s.size_bytes for s in self._segments)
         self._readers: OrderedDict[int, LogSegment] = OrderedDict()  # LRU by base offset
         self._read_hint: tuple[int, LogSegment, int] | None = None  # (offset, segment, position)
@@ -154,9 +156,8 @@ class SegmentEngine(AsyncFlushMixin):
         if self._dir_dirty:
             self._fsync_dir()
         window = self.config.cache_window.window_bytes
-        if window >= 0 and seg.size_bytes - window >= seg.cache_drop_at:  # durable: out of the page cache
-            drop_cached(seg.fd, seg.size_bytes - window)
-            seg.cache_drop_at = seg.size_bytes - window + CACHE_DROP_STEP_BYTES
+        if window >= 0 and seg.size_bytes >= seg.cache_drop_at:  # a step grown: out of the page cache
+            self._drop_cold(window)
 
     # -- append -------------------------------------------------------------------------------
     def append(self, batch: bytes | bytearray | memoryview) -> int:
@@ -249,8 +250,6 @@ class SegmentEngine(AsyncFlushMixin):
         old = self._active
         if self.config.fsync == FSYNC_ALWAYS:
             self.flush(checkpoint=False)
-            # durable now, and no longer the active segment: none of it stays in the page cache
-            drop_cached(old.fd, cold_end(old.size_bytes, False, self.config.cache_window.window_bytes))
             if began != self._checkpoint:
                 self._write_checkpoint(began)
         else:
@@ -522,7 +521,6 @@ class SegmentEngine(AsyncFlushMixin):
         StorageFailed."""
         self._check_writable()
         self._invalidate_flushes()  # this flush covers what a job in flight would, and more
-        synced = []
         for seg in self._unsynced + [self._active]:
             try:
                 seg.index.write_pending(sync=seg.dirty)
@@ -530,20 +528,30 @@ class SegmentEngine(AsyncFlushMixin):
                 raise translate_os_error(e, f"write {seg.index.path}") from e
             if seg.dirty:
                 self._sync_segment(seg)
-                synced.append(seg)
         self._unsynced = []
         if self._dir_dirty:
             self._fsync_dir()
         self._await_overlapping_job()
         window = self.config.cache_window.window_bytes
-        for seg in synced:  # durable: out of the page cache (segment_cache.py)
-            drop_cached(seg.fd, cold_end(seg.size_bytes, seg is self._active, window))
+        if window >= 0:  # every byte is durable now
+            self._drop_cold(window)
         if not checkpoint:
             return
         active = self._active
         point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, clean)
         if point != self._checkpoint:
             self._write_checkpoint(point)
+
+    def _drop_cold(self, window: int) -> None:
+        """Drop the log's bytes outside the page-cache window from the cache
+        (engines/segment_cache.py); every byte of the log is durable when this runs."""
+        active = self._active
+        for seg, start, end in cold_drops(self._segments, window):
+            if seg is not active:
+                self._touch(seg)  # a descriptor the reader LRU closed opens again: keep them bounded
+            drop_cached(seg.fd, start, end)
+            seg.cache_dropped_to = end
+        active.cache_drop_at = active.size_bytes + drop_step(window)
 
     def _await_overlapping_job(self) -> None:
         """Before a flush vouches for anything: a flush job whose fsyncs overlapped this one's

@@ -1,6 +1,6 @@
-"""The segment engine's page-cache window: durable bytes older than the last
-``EngineConfig.cache_window.window_bytes`` of a log are dropped from the page cache
-(``posix_fadvise(POSIX_FADV_DONTNEED)``) right after the fsync that made them durable.
+"""The segment engine's page-cache window: durable bytes more than
+``EngineConfig.cache_window.window_bytes`` before the end of a log are dropped from the page
+cache (``posix_fadvise(POSIX_FADV_DONTNEED)``) after the fsync that made them durable.
 
 Why: a log only grows, so left to the kernel a broker's writes keep taking pages the machine
 has not used lately -- the page cache grows until memory is full and reclaim starts. On a
@@ -15,45 +15,88 @@ included) near what its readers use: consumers at the tail read bytes that are s
 as it would once the kernel had evicted those pages. Kafka leaves the cache to the kernel;
 BookKeeper drops its journal's pages the same way after each fsync.
 
-Which bytes: every byte of a segment older than the active one, and the active segment's
-bytes more than the window before its end. The window is measured in the active segment
-alone: a flush syncs a segment that was rolled since the last one in full, so just after a
-roll a reader slightly behind reads the previous segment's tail from disk. The hint only ever
-drops *clean* pages (DONTNEED never discards a dirty one), so nothing that is not on disk can
-be lost by it, and a page dropped too early is only read back from disk. It is an
-optimisation: an error (or a platform without ``posix_fadvise``) drops nothing and is not
+Which bytes (``cold_drops``): the window is the log's last ``window_bytes``, measured across
+segment boundaries; every durable byte before it is cold. The active segment's cold end is
+rounded down to a page: its last, partly written page is where the next append writes, and a
+dropped one would be read back from disk first. Each segment remembers how far it has been
+dropped (``LogSegment.cache_dropped_to``), so a drop covers what became cold since the last one
+(from a little before it: ``FOLIO_BYTES_MAX``), and a segment rolled with its tail inside the
+window is dropped later, as the log grows past it.
+
+When: only after the fsync that made the bytes durable -- the flusher thread's job under fsync
+``interval`` (in pieces, each while the job is still current, so a drop never follows an
+invalidation: after a truncation, or a flush on the owner's thread that may have been told of
+a writeback error the job's fsync was not), a synchronous ``flush``, and under fsync
+``always`` the append's sync once the active segment has grown a step (``drop_step``) since
+the last drop. Under fsync ``never`` only ``close``, a truncation or a reset syncs.
+
+The hint only ever drops *clean* pages (DONTNEED never discards a dirty one), so nothing that
+is not on disk can be lost by it, and a page dropped too early is only read back from disk. It
+is an optimisation: an error (or a platform without ``posix_fadvise``) drops nothing and is not
 reported.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+from typing import TYPE_CHECKING, Sequence
 
-# under fsync ``always`` the active segment's cold bytes are dropped in steps of at least this
-# much: a drop per append would cost a syscall per append
+if TYPE_CHECKING:
+    from engines.segment_file import LogSegment
+
+PAGE_BYTES = mmap.PAGESIZE
+# DONTNEED drops only the folios wholly inside its range, and the page cache holds folios of up
+# to 2 MiB: a drop begins this far before where the last one ended, so that a folio the last
+# drop's end cut through is dropped now (walking pages already dropped costs next to nothing)
+FOLIO_BYTES_MAX = 2 * 1024 * 1024
+# under fsync ``always`` a drop follows every this much growth of the active segment (at most:
+# a small window drops more often, so that the cache held per log stays near the window)
 CACHE_DROP_STEP_BYTES = 1024 * 1024
+CACHE_DROP_STEP_MIN_BYTES = 64 * 1024
+# the flusher thread drops at most this much at a time while holding the engine's lock
+CACHE_DROP_CHUNK_BYTES = 8 * 1024 * 1024
 
 _fadvise = getattr(os, "posix_fadvise", None)
 _DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 0)
 
 
-def cold_end(size_bytes: int, active: bool, window_bytes: int) -> int:
-    """Where the bytes to drop of a durable segment of ``size_bytes`` end (0: none): all of a
-    segment older than the active one, the active one's bytes before the window. -1 for
-    ``window_bytes`` means keep everything."""
-    if window_bytes < 0:
-        return 0
-    if not active:
-        return size_bytes
-    return max(0, size_bytes - window_bytes)
+def drop_step(window_bytes: int) -> int:
+    """How much the active segment grows between drops under fsync ``always``: at most half
+    the window (from a floor), so that a log holds at most about 1.5 windows cached."""
+    return min(CACHE_DROP_STEP_BYTES, max(CACHE_DROP_STEP_MIN_BYTES, window_bytes // 2))
 
 
-def drop_cached(fd: int, end: int) -> None:
-    """Drop the clean pages of ``fd``'s bytes [0, end) from the page cache (a hint: errors are
-    ignored). Pages dropped before cost only a walk of the cache's index."""
-    if end <= 0 or _fadvise is None:
+def cold_drops(segments: Sequence["LogSegment"], window_bytes: int) -> list[tuple["LogSegment", int, int]]:
+    """(segment, start, end): the byte ranges of ``segments`` (oldest first, the last one
+    active; every byte of them durable) to drop so that only the log's last ``window_bytes``
+    stay cached; -1 keeps everything. Walks from the newest segment and stops at the first
+    wholly cold segment dropped before (the older ones were dropped before it)."""
+    if window_bytes < 0 or not segments:
+        return []
+    out = []
+    keep = window_bytes
+    active = segments[-1]
+    for seg in reversed(segments):
+        size = seg.size_bytes
+        kept = min(keep, size)
+        keep -= kept
+        end = size - kept
+        if seg is active:
+            end -= end % PAGE_BYTES  # the page the next append writes to stays
+        if end > seg.cache_dropped_to:
+            out.append((seg, seg.cache_dropped_to - seg.cache_dropped_to % FOLIO_BYTES_MAX, end))
+        elif kept == 0 and seg is not active:
+            break
+    return out
+
+
+def drop_cached(fd: int, start: int, end: int) -> None:
+    """Drop the clean pages of ``fd``'s bytes [start, end) from the page cache (a hint: errors
+    are ignored)."""
+    if end <= start or _fadvise is None:
         return
     try:
-        _fadvise(fd, 0, end, _DONTNEED)
+        _fadvise(fd, start, end - start, _DONTNEED)
     except OSError:
         pass

@@ -33,7 +33,6 @@ from engines.batch import (
 )
 from engines.checks import sync_translated, translate_os_error, whole_batches_end
 from engines.offset_index import IndexDamaged, OffsetIndex
-from engines.segment_cache import CACHE_DROP_STEP_BYTES
 
 WALK_BATCH_BYTES_MIN = 32 * 1024  # batches this large are read by walking their headers
 WALK_PREADS_MAX = 64  # header preads per read at most (a read may return less than max_bytes)
@@ -90,8 +89,10 @@ class LogSegment:
         # along a log); None: not known since open or a cut (see load_max_timestamp)
         self.max_timestamp_ms: int | None = None
         self.dirty = False  # holds data not yet fsynced
-        # fsync ``always``: the next drop from the page cache once this much is cold (segment_cache.py)
-        self.cache_drop_at = CACHE_DROP_STEP_BYTES
+        # the page-cache window (segment_cache.py): bytes [0, cache_dropped_to) were dropped from
+        # the cache; under fsync ``always`` the next drop comes once the segment is cache_drop_at long
+        self.cache_dropped_to = 0
+        self.cache_drop_at = 0
         self._bytes_since_index_entry = 0
         self._fd = -1
 
@@ -334,6 +335,8 @@ class LogSegment:
             raise translate_os_error(e, f"truncate {self.log_path}") from e
         self.index.truncate_to_position(position)
         self.size_bytes = min(self.size_bytes, position)
+        self.cache_dropped_to = min(self.cache_dropped_to, position)
+        self.cache_drop_at = 0  # the segment grows back from here: the next sync may drop again
         self.max_timestamp_ms = None  # the cut batches may have held it
         self.dirty = True
         return max(file_size - position, 0)

@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Callable
 from engines.api import EngineError, StorageFailed
 from engines.checks import sync_translated, translate_os_error
 from engines.durable import TEMP_SUFFIX
-from engines.segment_cache import cold_end, drop_cached
+from engines.segment_cache import CACHE_DROP_CHUNK_BYTES, cold_drops, drop_cached
 from engines.segment_recovery import Checkpoint, write_checkpoint
 
 # the thread's own temp file beside the checkpoint (the owner's is CHECKPOINT_FILE + TEMP_SUFFIX;
@@ -94,7 +94,19 @@ class SegmentSync:
     log_fd: int
     index_path: str
     index_fd: int  # -1: the index is not synced (the segment was not dirty)
-    cold_end: int = 0  # once synced, its bytes [0, cold_end) leave the page cache (segment_cache.py)
+
+
+@dataclass(slots=True)
+class CacheDrop:
+    """Bytes [start, end) of a segment that leave the page cache once the job's syncs have
+    made the whole log durable (segment_cache.py), through ``fd``: the job's dup of the log
+    it syncs, or (``owned``) one of its own for a segment that was already clean."""
+
+    segment: "LogSegment"
+    fd: int
+    start: int
+    end: int
+    owned: bool
 
 
 @dataclass(slots=True)
@@ -120,18 +132,17 @@ class FlushJob:
     syncing: bool = False  # the thread has begun its fsyncs
     synced: threading.Event = field(default_factory=threading.Event, repr=False)  # ... and ended them
     ran: bool = False
+    drops: list[CacheDrop] = field(default_factory=list)  # after the syncs (segment_cache.py)
     _closed: bool = field(default=False, repr=False)
 
     @classmethod
     def make(cls, directory: str, segments: list, now_ms: int,
-             generation: tuple[int, Callable[[], int], threading.Lock], dir_state: tuple[bool, int],
-             window_bytes: int = -1) -> FlushJob:
-        """On the owner's thread: write the pending index entries of ``segments`` (LogSegments,
-        the active one last) and take dups of the log descriptors of the dirty ones, descriptors
-        of their index files, and one of the directory.
+             generation: tuple[int, Callable[[], int], threading.Lock], dir_state: tuple[bool, int]) -> FlushJob:
+        """On the owner's thread: write the pending index entries of ``segments`` (LogSegments)
+        and take dups of the log descriptors of the dirty ones, descriptors of their index files,
+        and one of the directory.
         ``generation``: (the engine's generation now, a reader of it, its checkpoint lock);
-        ``dir_state``: (directory dirty, its version); ``window_bytes``: the page-cache window
-        (segment_cache.py). Raises StorageFull / EngineError."""
+        ``dir_state``: (directory dirty, its version). Raises StorageFull / EngineError."""
         number, current_generation, lock = generation
         # the directory is opened again, not dup'ed: the kernel reports a writeback error once
         # per open file, and a failure of the fsync that ends the job's checkpoint replacement
@@ -147,8 +158,7 @@ class FlushJob:
                     raise translate_os_error(e, f"write {seg.index.path}") from e
                 if seg.dirty:
                     job.syncs.append(SegmentSync(seg, seg.size_bytes, seg.log_path, dup_fd(seg.fd, seg.log_path),
-                                                 seg.index.path, -1,
-                                                 cold_end(seg.size_bytes, seg is segments[-1], window_bytes)))
+                                                 seg.index.path, -1))
                     job.syncs[-1].index_fd = open_for_sync(seg.index.path)
         except BaseException:
             job.discard()
@@ -166,8 +176,7 @@ class FlushJob:
                 self._sync_all()
             finally:
                 self.synced.set()
-            for s in self.syncs:  # durable now: out of the page cache (a hint, never an error)
-                drop_cached(s.log_fd, s.cold_end)
+            self._drop_cold()
             if self.checkpoint is not None:
                 self.checkpoint_written = write_checkpoint(self.directory, self.dir_fd, self.checkpoint,
                                                            temp_suffix=FLUSHER_TEMP_SUFFIX, guard=self._while_current)
@@ -178,6 +187,19 @@ class FlushJob:
             closing = self.discard()
             if self.error is None:
                 self.error = closing  # the thread must not die of it (nothing would come back)
+
+    def _drop_cold(self) -> None:
+        """The log is durable up to the job's snapshot: drop its cold bytes from the page cache,
+        a piece at a time, each while the job is still current (under the lock the owner takes
+        to invalidate it): a drop never follows a truncation, nor a flush on the owner's thread
+        whose fsync may have been told of a writeback error that this job's was not (the kernel
+        reports one once per open file, and the descriptors are dups of the engine's)."""
+        for d in self.drops:
+            for start in range(d.start, d.end, CACHE_DROP_CHUNK_BYTES):
+                with self.lock:
+                    if self.current_generation() != self.generation:
+                        return
+                    drop_cached(d.fd, start, min(d.end, start + CACHE_DROP_CHUNK_BYTES))
 
     def _while_current(self, step: Callable[[], object]) -> bool:
         """Run a step of the checkpoint's replacement that adds a name to the directory (its
@@ -219,6 +241,7 @@ class FlushJob:
         fds = [(self.dir_fd, self.directory)]
         for s in self.syncs:
             fds += [(s.log_fd, s.log_path), (s.index_fd, s.index_path)]
+        fds += [(d.fd, d.segment.log_path) for d in self.drops if d.owned]
         for fd, path in fds:
             if fd < 0:
                 continue
@@ -268,6 +291,7 @@ class AsyncFlushMixin:
     _last_checkpoint_ms: int | None
     _closed: bool
     _unsynced: list["LogSegment"]
+    _segments: list["LogSegment"]
     _active: "LogSegment"
 
     if TYPE_CHECKING:  # SegmentEngine's, never these
@@ -276,6 +300,7 @@ class AsyncFlushMixin:
         def _fence(self, e: BaseException) -> StorageFailed: ...
         def _interval_flush_due(self, now_ms: int) -> bool: ...
         def _checkpoint_due(self, now_ms: int) -> bool: ...
+        def _touch(self, seg: "LogSegment") -> None: ...
 
     def _invalidate_flushes(self) -> None:
         """Before anything that changes bytes a job may vouch for, or writes a checkpoint here:
@@ -303,7 +328,12 @@ class AsyncFlushMixin:
             return None
         job = FlushJob.make(self.directory, self._unsynced + [self._active], now_ms,
                             (self._generation, self._current_generation, self._checkpoint_lock),
-                            (self._dir_dirty, self._dir_version), self.config.cache_window.window_bytes)
+                            (self._dir_dirty, self._dir_version))
+        try:
+            self._plan_drops(job)
+        except BaseException:
+            job.discard()
+            raise
         due = self._checkpoint_due(now_ms)
         active = self._active
         point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, False)
@@ -314,6 +344,23 @@ class AsyncFlushMixin:
         job.on_sync_failed = self._fence
         self._flush_in_flight = job
         return job
+
+    def _plan_drops(self, job: FlushJob) -> None:
+        """What ``job`` drops from the page cache after its syncs: the log's cold bytes as of the
+        snapshot, all durable once the job has synced (segment_cache.py). EMFILE raises
+        EngineError."""
+        window = self.config.cache_window.window_bytes
+        if window < 0:
+            return
+        synced = {id(s.segment): s.log_fd for s in job.syncs}
+        for seg, start, end in cold_drops(self._segments, window):
+            fd = synced.get(id(seg))
+            if fd is None:  # clean already: the job takes a descriptor of its own
+                if seg is not self._active:
+                    self._touch(seg)  # keep the descriptors the reader LRU leaves open bounded
+                job.drops.append(CacheDrop(seg, dup_fd(seg.fd, seg.log_path), start, end, True))
+            else:
+                job.drops.append(CacheDrop(seg, fd, start, end, False))
 
     def flush_done(self, job: FlushJob) -> bool:
         """Apply a job's completion (on this engine's owner thread, after ``job.run()`` or for a
@@ -342,6 +389,8 @@ class AsyncFlushMixin:
         self._unsynced = [s for s in self._unsynced if s.dirty]
         if job.dir_dirty and job.dir_version == self._dir_version:
             self._dir_dirty = False
+        for d in job.drops:
+            d.segment.cache_dropped_to = max(d.segment.cache_dropped_to, d.end)
         if job.checkpoint_written and job.checkpoint is not None:
             self._checkpoint = job.checkpoint
             self._checkpoint_base = job.checkpoint.segment_base_offset
