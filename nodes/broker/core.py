@@ -49,6 +49,9 @@ from nodes.broker.partition_dirs import PartitionDirs
 log = logging.getLogger(__name__)
 
 UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
+# the page-cache budget goes to partitions written to within this long (share_page_cache)
+CACHE_ACTIVE_MS = 60_000
+CACHE_SHARE_INTERVAL_MS = 1_000
 
 # (partition, records, batches written, their base offsets): after every leader append
 OnAppended = Callable[[Partition, int, list, list], None]
@@ -90,7 +93,9 @@ class BrokerCore:
         # heartbeat looks only at partitions whose position moved
         self.on_moved: Callable[[Partition], None] | None = None
         # every log's page-cache window: storage.page_cache_tail_bytes shared among the partitions
+        # written to lately (share_page_cache); -1 until the first share
         self.cache_window = CacheWindow()
+        self._log_ends: dict[TopicPartition, tuple[int, int]] = {}  # partition -> (log end, when it moved)
 
     def add_waiters(self, waiters: Waiters) -> None:
         self._waiters.append(waiters)
@@ -151,13 +156,33 @@ class BrokerCore:
         part.on_moved = self.on_moved
         part.before_first_write = lambda: self.dirs.make_durable(key)
         self.partitions[key] = part
-        self._share_page_cache()
         return part
 
-    def _share_page_cache(self) -> None:
-        """Divide ``storage.page_cache_tail_bytes`` equally among the partitions held here."""
+    def share_page_cache(self) -> None:
+        """Divide ``storage.page_cache_tail_bytes`` equally among the partitions whose log end
+        moved within CACHE_ACTIVE_MS (at least one share): a partition nobody writes to needs no
+        window for new bytes, and what it has cached the kernel evicts as it sees fit. Run
+        every CACHE_SHARE_INTERVAL_MS (Broker): one pass over the partitions held here."""
         budget = self.storage.page_cache_tail_bytes
-        self.cache_window.window_bytes = -1 if budget < 0 else budget // max(1, len(self.partitions))
+        if budget < 0:
+            self.cache_window.window_bytes = -1
+            return
+        now = self.clock.now_ms()
+        seen, active = self._log_ends, 0
+        for key, part in self.partitions.items():
+            end = part.log_end_offset
+            last = seen.get(key)
+            if last is None:
+                seen[key] = (end, now - CACHE_ACTIVE_MS)  # first seen: not known to be written to
+            elif last[0] != end:
+                seen[key] = (end, now)
+                active += 1
+            elif now - last[1] < CACHE_ACTIVE_MS:
+                active += 1
+        if len(seen) > len(self.partitions):
+            for key in [k for k in seen if k not in self.partitions]:
+                del seen[key]
+        self.cache_window.window_bytes = budget // max(1, active)
 
     def retire_partition(self, key: TopicPartition, deleted_topic_ids: tuple[str, ...]) -> None:
         """Stop serving a replica the metadata no longer has (or has under another topic id):
@@ -166,7 +191,6 @@ class BrokerCore:
         part = self.partitions.pop(key, None)
         if part is not None:
             part.close()
-            self._share_page_cache()
         topic_id = self.dirs.topic_id(key)
         if topic_id and topic_id in deleted_topic_ids:
             self.dirs.delete(key)

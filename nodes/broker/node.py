@@ -32,7 +32,7 @@ from fabric.rpc import RpcClient, make_socket
 from fabric.stall import StallWatch
 from fabric.zmtp_sub import ZmtpSubscriber
 from nodes.base import Node
-from nodes.broker.core import BrokerCore
+from nodes.broker.core import CACHE_SHARE_INTERVAL_MS, BrokerCore
 from nodes.broker.fetcher import FetchSettings, LeaderEndpoint, ReplicaFetcher
 from nodes.broker.flusher import Flusher
 from nodes.broker.handlers import RequestHandlers
@@ -120,6 +120,7 @@ class Broker(Node):
             self.reactor.call_every(self.storage.fsync_interval_ms, self.core.flush_due)
             self.reactor.after_pass(self.core.collect_flushes)
         self.reactor.call_every(HW_CHECKPOINT_INTERVAL_MS, self.core.checkpoint_high_watermarks)
+        self.reactor.call_every(CACHE_SHARE_INTERVAL_MS, self.core.share_page_cache)
         # a random id per process: the coordinator treats a new one as a restart and moves
         # leadership away from epochs this process may not have all the data of
         self.incarnation = os.urandom(8).hex()

@@ -23,6 +23,8 @@ from engines.conformance import make_batch, read_all
 from engines.segment import SegmentEngine
 from engines.segment_cache import FOLIO_BYTES_MAX, PAGE_BYTES, cold_drops, drop_step
 from fabric.config import ConfigError, load_config
+from fabric.clock import ManualClock
+from nodes.broker.core import CACHE_ACTIVE_MS
 from tests.harness import make_config
 from tests.unit.builders_broker import new_broker
 from tests.unit.builders_segment import SyncRecorder, run_in_thread
@@ -267,17 +269,35 @@ def test_dropped_pages_read_back_from_disk_and_unsynced_ones_are_kept(tmp_path: 
     reopened.close()
 
 
-def test_a_broker_divides_its_page_cache_among_its_partitions(tmp_path: Path) -> None:
+def test_a_broker_divides_its_page_cache_among_the_partitions_written_to_lately(tmp_path: Path) -> None:
     b = new_broker(tmp_path)
+    clock = ManualClock(start_ms=1_000_000)
+    b.core.clock = clock
     try:
         budget = b.core.storage.page_cache_tail_bytes
         assert budget == 256 * 1024 * 1024  # the default
         for p in range(4):
             b.core.open_partition("t", p, {})
-        assert b.core.cache_window.window_bytes == budget // 4
         assert all(part.engine.config.cache_window is b.core.cache_window for part in b.partitions.values())
-        b.core.retire_partition(("t", 3), ())
-        assert b.core.cache_window.window_bytes == budget // 3
+        b.core.share_page_cache()
+        assert b.core.cache_window.window_bytes == budget, "partitions nobody wrote to took shares"
+        for p in (0, 1):
+            part = b.partitions[("t", p)]
+            part.engine.append(make_batch(part.log_end_offset, record_count=1, payload_bytes=100))
+        clock.advance(1_000)
+        b.core.share_page_cache()
+        assert b.core.cache_window.window_bytes == budget // 2
+        clock.advance(CACHE_ACTIVE_MS - 500)  # 500 ms short of a minute since the write was seen
+        b.core.share_page_cache()
+        assert b.core.cache_window.window_bytes == budget // 2, "a partition written to lately lost its share"
+        clock.advance(500)
+        b.core.share_page_cache()
+        assert b.core.cache_window.window_bytes == budget, "idle for a minute and still sharing"
+        part = b.partitions[("t", 3)]
+        part.engine.append(make_batch(part.log_end_offset, record_count=1, payload_bytes=100))
+        b.core.retire_partition(("t", 0), ())
+        b.core.share_page_cache()
+        assert b.core.cache_window.window_bytes == budget and ("t", 0) not in b.core._log_ends
     finally:
         b.close()
 
