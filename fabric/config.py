@@ -50,7 +50,8 @@ class StorageConfig(_Model):
     segment_ms_max: int = Field(7 * 24 * 3600 * 1000, ge=1000)
     index_interval_bytes: int = Field(4096, ge=64)
     # the page cache a broker keeps for the durable tails of its logs, divided equally among
-    # its partitions; older durable bytes are dropped from it (engines/segment_cache.py).
+    # the partitions written to lately; older durable bytes are dropped from it
+    # (engines/segment_cache.py, nodes/broker/core.py share_page_cache).
     # -1: leave the cache to the kernel. The segment engine's; lmdb and memory ignore it.
     page_cache_tail_bytes: int = Field(256 * 1024 * 1024, ge=-1)
     options: dict[str, Any] = Field(default_factory=dict)
