@@ -21,7 +21,8 @@ Design (what a job is, and why nothing the reactor does meanwhile can be undone 
   and, when a recovery-checkpoint move is due, the checkpoint of that moment (active segment,
   its size, the log end). Bytes written after the snapshot stay dirty for a later flush.
 * The thread runs the job in today's order -- data fdatasyncs, index fsyncs, directory fsync,
-  the synced bytes outside the page-cache window dropped from the cache (segment_cache.py),
+  the log's bytes outside the page-cache window dropped from the cache (segment_cache.py;
+  in pieces, each while the job is current),
   then the checkpoint (temp, fsync, rename, directory fsync) -- and stops at the first error.
   The checkpoint is written only when every sync before it succeeded, so it never names bytes
   that are not durable.
