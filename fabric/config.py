@@ -59,11 +59,10 @@ class StorageConfig(_Model):
     _check_engine = field_validator("engine")(_known_engine)
 
     def engine_config(self, retention_ms: int, retention_bytes: int, batch_bytes_max: int,
-                      cache_window: CacheWindow | None = None) -> EngineConfig:
-        """One log's EngineConfig; ``cache_window``: the broker's shared page-cache window
-        (default: keep the whole log cached, as the kernel decides)."""
+                      cache_window: CacheWindow) -> EngineConfig:
+        """One log's EngineConfig; ``cache_window``: the broker's shared page-cache window."""
         return EngineConfig(
-            cache_window=cache_window if cache_window is not None else CacheWindow(),
+            cache_window=cache_window,
             fsync=self.fsync,
             fsync_interval_ms=self.fsync_interval_ms,
             segment_bytes_max=self.segment_bytes_max,

@@ -179,9 +179,6 @@ class BrokerCore:
                 active += 1
             elif now - last[1] < CACHE_ACTIVE_MS:
                 active += 1
-        if len(seen) > len(self.partitions):
-            for key in [k for k in seen if k not in self.partitions]:
-                del seen[key]
         self.cache_window.window_bytes = budget // max(1, active)
 
     def retire_partition(self, key: TopicPartition, deleted_topic_ids: tuple[str, ...]) -> None:
@@ -189,6 +186,7 @@ class BrokerCore:
         delete it if its topic id was deleted explicitly, else set its directory aside."""
         self._leadership_lost(key, P.UNKNOWN_TOPIC_OR_PARTITION)
         part = self.partitions.pop(key, None)
+        self._log_ends.pop(key, None)
         if part is not None:
             part.close()
         topic_id = self.dirs.topic_id(key)
