@@ -27,6 +27,8 @@ import argparse
 from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
+from fabric.client.accumulator import BATCH_RECORDS_MAX
+
 COMMANDS = ("produce", "consume", "e2e")            # the workload runner's (bench.runner)
 BENCHES = COMMANDS + ("cluster", "failover", "engines")  # every command of the common flag set
 RECORDS_MAX = 1_000_000_000        # --records, and the count bound of a --duration run
@@ -60,7 +62,7 @@ WORKLOADS: dict[str, tuple[str, dict]] = {
 }
 
 DEFAULTS = {"records": None, "duration": None, "record_size": 100, "topic": None, "partitions": 3,
-            "replication_factor": 3, "acks": "all", "producers": 1, "consumers": 1, "batch_size": 1000,
+            "replication_factor": 3, "acks": "all", "producers": 1, "consumers": 1, "batch_size": BATCH_RECORDS_MAX,
             "linger_ms": 5, "compression": "none", "rate": None, "api": "send", "engine": "segment",
             "fsync": "interval", "runs": 1, "brokers": 3, "backlog_bytes": None, "fsync_interval_ms": 1000,
             "group": False}
@@ -114,7 +116,7 @@ class BenchOptions:
     acks: str = "all"
     producers: int = 1
     consumers: int = 1
-    batch_size: int = 1000
+    batch_size: int = BATCH_RECORDS_MAX
     linger_ms: int = 5
     compression: str = "none"
     rate: int | None = None
@@ -169,7 +171,7 @@ _COMMON: tuple[tuple[tuple[str, ...], dict, str], ...] = (
     (("--acks",), {"choices": ACKS}, "the producers' acks"),
     (("--producers",), {"type": int}, "producer processes"),
     (("--consumers",), {"type": int}, "consumer processes"),
-    (("--batch-size",), {"type": int}, "records per batch at most: the producer's batch_records_max"),
+    (("--batch-size",), {"type": int}, "records per batch at most: the producer's batch_records_max (default 10000)"),
     (("--linger-ms",), {"type": int}, "the producers' linger"),
     (("--compression",), {"choices": ("none", "zstd", "lz4")}, "the producers' compression"),
     (("--rate",), {"type": int},

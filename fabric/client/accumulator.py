@@ -257,10 +257,16 @@ class RecordFutures:
         return [item for _, item in sorted(zip(self._order[:len(items)], items), key=itemgetter(0))]
 
 
+# Records per batch at most, by default. At 100 B the 1 MiB byte bound closes a batch first
+# (~9,000 records): per-batch work on the brokers (a header to check, a write, a publish, an
+# ack) is spread over as many records as the bytes allow (bench/RESULTS.md, "Bigger batches").
+BATCH_RECORDS_MAX = 10_000
+
+
 @dataclass(frozen=True)
 class AccumulatorSettings:
     linger_ms: int = 5
-    batch_records_max: int = 1000
+    batch_records_max: int = BATCH_RECORDS_MAX
     batch_bytes_max: int = 1024 * 1024
     buffer_bytes_max: int = 64 * 1024 * 1024
     max_block_ms: int = 60_000

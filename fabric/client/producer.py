@@ -21,7 +21,7 @@ import time
 from itertools import repeat
 from typing import Any, Callable, Sequence
 
-from fabric.client.accumulator import (AccumulatorSettings, BatchState, DeliveryCallback,
+from fabric.client.accumulator import (BATCH_RECORDS_MAX, AccumulatorSettings, BatchState, DeliveryCallback,
                                        RecordAccumulator, RecordFuture, RecordFutures, RecordMetadata)
 from fabric.client.bootstrap import parse_bootstrap
 from fabric.client.completion import Completion
@@ -49,7 +49,7 @@ class Producer:
     a ``MetadataCache`` fresh."""
 
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
-                 acks: int | str = "all", linger_ms: int = 5, batch_records_max: int = 1000,
+                 acks: int | str = "all", linger_ms: int = 5, batch_records_max: int = BATCH_RECORDS_MAX,
                  batch_bytes_max: int = 1024 * 1024, buffer_bytes_max: int = 64 * 1024 * 1024,
                  max_block_ms: int = 60_000, delivery_timeout_ms: int = 120_000,
                  request_timeout_ms: int = 30_000, idempotent: bool = True, compression: str = "none",

@@ -42,6 +42,20 @@ def test_a_batch_closes_at_its_record_limit_and_wakes_the_sender() -> None:
     assert len(batch.records) == 3 and wakes == [1000]
 
 
+def test_by_default_a_batch_of_small_records_closes_at_its_byte_bound_not_at_a_thousand_records() -> None:
+    """The default record bound lets 100-byte records fill a batch up to its 1 MiB: the brokers'
+    per-batch work is spread over ~9,000 records, not 1,000."""
+    acc, clock, _ = _accumulator(linger_ms=60_000)
+    record_bytes = 114  # a 100-byte value as the producer counts it
+    per_batch = -(-AccumulatorSettings().batch_bytes_max // record_bytes)
+    for _ in range(per_batch - 1):
+        _append(acc, size=record_bytes)
+    assert acc.take_ready(clock.now_ms()) == []
+    _append(acc, size=record_bytes)
+    [batch] = acc.take_ready(clock.now_ms())
+    assert len(batch.records) == per_batch > 9_000
+
+
 def test_an_open_batch_is_ready_once_its_linger_has_passed() -> None:
     acc, clock, _ = _accumulator(linger_ms=50)
     _append(acc, 0)
