@@ -17,6 +17,7 @@ raise AssertionError.
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -109,6 +110,19 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
             raise EngineError(f"fsync must be one of {FSYNC_POLICIES}, not {self.fsync!r}")
+
+    def to_json(self) -> str:
+        """These settings as JSON, the window as its bytes: for another process to open a log
+        with them (``from_json``). The window is a copy there, no longer shared."""
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        fields["cache_window"] = self.cache_window.window_bytes
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> EngineConfig:
+        fields = json.loads(text)
+        fields["cache_window"] = CacheWindow(fields["cache_window"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True, slots=True)

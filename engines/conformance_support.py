@@ -11,7 +11,6 @@ flush on stdout. Only stdlib + engines. Not thread-safe.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import queue
 import signal
@@ -22,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from engines.api import CacheWindow, Engine, EngineConfig
+from engines.api import Engine, EngineConfig
 from engines.batch import HEADER_BYTES, BatchHeader, build, iter_batches
 
 CRASH_DEADLINE_S = 20.0  # the writer must report this many flushes before this deadline
@@ -84,12 +83,10 @@ def run_and_kill_writer(spec: str, directory: str, config: EngineConfig, main: s
     """Start a writer process (``main``: a function of this module), wait (with a deadline)
     for CRASH_FLUSHES_BEFORE_KILL flush reports, SIGKILL it while it is appending, and return
     the highest flushed log end."""
-    cfg = {k: getattr(config, k) for k in config.__dataclass_fields__}
-    cfg["cache_window"] = config.cache_window.window_bytes
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen(
         [sys.executable, "-c", f"from engines.conformance_support import {main}; {main}()",
-         spec, directory, json.dumps(cfg), *extra_args],
+         spec, directory, config.to_json(), *extra_args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     lines: queue.Queue[str | None] = queue.Queue(maxsize=100_000)
 
@@ -130,9 +127,7 @@ def _open_writer_engine() -> Engine:
     spec, directory, config_json = sys.argv[1:4]
     module_name, _, attr = spec.partition(":")
     cls = getattr(importlib.import_module(module_name), attr)
-    fields = json.loads(config_json)
-    fields["cache_window"] = CacheWindow(fields["cache_window"])
-    return cls(directory, EngineConfig(**fields))
+    return cls(directory, EngineConfig.from_json(config_json))
 
 
 def crash_writer_main() -> None:

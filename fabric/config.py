@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from engines import registry as engine_registry
 from engines.api import CacheWindow, EngineConfig
@@ -30,8 +30,29 @@ class ConfigError(LoomError):
     """A configuration file or override is invalid; the message names the file and field."""
 
 
+_NUMBER_TYPES = (int, float)
+
+
+def _wants_number(annotation: Any) -> bool:
+    """``int``, ``float``, or either or None (``int | None``)."""
+    if annotation in _NUMBER_TYPES:
+        return True
+    args = getattr(annotation, "__args__", ())
+    return bool(args) and any(a in _NUMBER_TYPES for a in args) and all(
+        a in _NUMBER_TYPES or a is type(None) for a in args)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's ``true``/``false`` is no number: pydantic would take it as 1/0 (a
+        ``page_cache_tail_bytes: true`` would be a 1-byte window)."""
+        if isinstance(value, bool) and _wants_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"a number is wanted, not {str(value).lower()}")
+        return value
 
 
 def _known_engine(name: str | None) -> str | None:

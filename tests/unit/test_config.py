@@ -79,6 +79,24 @@ def test_env_override(tmp_path: Path) -> None:
         load_config(path, environ={"LOOM_STORAGE__FSYNC": "sometimes"})
 
 
+@pytest.mark.parametrize("raw, field", [
+    ({"storage": {"page_cache_tail_bytes": True}}, "storage.page_cache_tail_bytes"),
+    ({"security": {"rate_limit_per_s": False}}, "security.rate_limit_per_s"),
+    ({"nodes": {**MINIMAL["nodes"], "broker-1": {"role": "broker", "broker_id": 1, "port": 19001,
+                                                 "storage": {"segment_bytes_max": True}}}},
+     "nodes.broker-1.storage.segment_bytes_max"),
+])
+def test_true_or_false_for_a_number_is_an_error_naming_the_field(tmp_path: Path, raw: dict, field: str) -> None:
+    """YAML's booleans are not taken as 1 and 0."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, {**MINIMAL, **raw}), environ={})
+    assert field in str(e.value) and "a number is wanted" in str(e.value)
+    with pytest.raises(ConfigError, match="storage.segment_bytes_max.*a number is wanted, not true"):
+        load_config(write(tmp_path, MINIMAL, "env.yaml"), environ={"LOOM_STORAGE__SEGMENT_BYTES_MAX": "true"})
+    cfg = load_config(write(tmp_path, {**MINIMAL, "topics": {"auto_create": True}}, "bool.yaml"), environ={})
+    assert cfg.topics.auto_create is True  # a boolean key still takes one
+
+
 def test_loom_config_env_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
     assert load_config(None, environ={"LOOM_CONFIG": str(path)}).source == str(path)

@@ -14,7 +14,7 @@ import lmdb
 import pytest
 
 from engines import registry
-from engines.api import EngineConfig, EngineError, StorageFull
+from engines.api import CacheWindow, EngineConfig, EngineError, StorageFull
 from engines.batch import iter_batches
 from engines.conformance import EngineConformance, make_batch, read_all
 from engines.lmdb_engine import LmdbEngine
@@ -258,3 +258,13 @@ def test_registry_entry_points_declared() -> None:
 def test_bad_fsync_policy_rejected() -> None:
     with pytest.raises(EngineError):
         EngineConfig(fsync="sometimes")
+
+
+def test_engine_config_round_trips_through_json_for_another_process() -> None:
+    """What the kill -9 writer of the conformance suite is started with: every field, the
+    page-cache window as its bytes (a copy, no longer shared with the broker's)."""
+    config = EngineConfig(fsync="always", fsync_interval_ms=7, segment_bytes_max=8192, retention_bytes=5,
+                          options={"map_size_bytes": 65536}, cache_window=CacheWindow(3 * 4096))
+    again = EngineConfig.from_json(config.to_json())
+    assert again == config and again.cache_window is not config.cache_window
+    assert again.cache_window.window_bytes == 3 * 4096
