@@ -45,6 +45,31 @@ def partition_for_key(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
 
 
+HEADER_OVERHEAD_BYTES = 8  # a header's array and the msgpack heads of its name and value, at most
+
+
+def headers_bytes(headers: object) -> int:
+    """The bytes ``headers`` add to a record (names UTF-8, values, ``HEADER_OVERHEAD_BYTES``
+    each), or -1 when they are not a list or tuple of (name str, value bytes|bytearray|None)
+    pairs. Per header Python: callers pay it only for records that have headers."""
+    if not isinstance(headers, (list, tuple)):
+        return -1
+    size = 0
+    for h in headers:
+        if not (isinstance(h, (list, tuple)) and len(h) == 2):
+            return -1
+        name, value = h
+        if not isinstance(name, str):
+            return -1
+        if value is None:
+            size += len(name.encode()) + HEADER_OVERHEAD_BYTES
+        elif isinstance(value, (bytes, bytearray)):
+            size += len(name.encode()) + len(value) + HEADER_OVERHEAD_BYTES
+        else:
+            return -1
+    return size
+
+
 def _compress(payload: bytes, codec: int) -> bytes:
     if codec == B.COMPRESSION_ZSTD:
         import zstandard

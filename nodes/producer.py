@@ -48,6 +48,7 @@ from fabric.client.services import (COLUMNS_FORM, HEADERS_OF, KEY_OF, PARTITION_
 from fabric.config import LoomConfig
 from fabric.errors import BufferExhaustedError, CodedError, FabricError, RemoteError
 from fabric.waker import Waker
+from fabric.records import headers_bytes
 from fabric.rpc import DEFER
 from nodes.base import Node
 
@@ -398,24 +399,18 @@ def _records_bytes(records: list | tuple) -> int:
         if (r.__class__ is tuple or r.__class__ is list) and len(r) == 4:
             key, value, headers, partition = r
             if (value.__class__ is bytes and (key is None or key.__class__ is bytes)
-                    and (partition is None or partition.__class__ is int)
-                    and (headers is None or _valid_headers(headers))):
+                    and (partition is None or partition.__class__ is int)):
                 size += len(value) + RECORD_OVERHEAD_BYTES
                 if key is not None:
                     size += len(key)
-                if headers:
-                    size += _headers_bytes(headers)
-                continue
+                if headers is None:
+                    continue
+                extra = headers_bytes(headers)
+                if extra >= 0 and len(headers) <= 1000:
+                    size += extra
+                    continue
         raise RemoteError(P.INVALID_RECORD, f"record {i} must be [key bytes|null, value bytes, "
                                             "headers [[name, bytes]...]|null, partition int|null]")
     return size
 
 
-def _valid_headers(headers: Any) -> bool:
-    return isinstance(headers, (list, tuple)) and len(headers) <= 1000 and all(
-        isinstance(h, (list, tuple)) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], (bytes, type(None)))
-        for h in headers)
-
-
-def _headers_bytes(headers: list | None) -> int:
-    return sum(len(name) + len(value or b"") for name, value in headers or ())

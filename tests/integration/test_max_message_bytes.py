@@ -41,3 +41,22 @@ def test_leader_refuses_a_batch_over_max_message_bytes(tmp_path: Path) -> None:
             got: list = []
             wait_until(lambda: got.extend(consumer.poll(200)) or got, 10, what="the small record")
             assert [r.value for r in got] == [b"y" * 100]
+
+
+def test_records_with_large_headers_fill_batches_the_broker_takes(tmp_path: Path) -> None:
+    """The producer counts header bytes toward its batch bound: 10,000 small values with 1.8 KB
+    of headers each (18 MB, under the default record bound) travel as batches under the
+    broker's bound, all delivered -- not one 18 MB batch refused whole as record_too_large."""
+    headers = [("trace", b"t" * 1800)]
+    with running_cluster(tmp_path, brokers=1) as c, Admin(c.bootstrap) as admin:
+        admin.create_topic("traced", 1, 1)
+        c.wait_topic_ready(admin, "traced")
+        with Producer(c.bootstrap, acks="all", linger_ms=50, delivery_timeout_ms=30_000) as producer:
+            futures = [producer.send("traced", b"v" * 10, headers=headers, partition=0) for _ in range(10_000)]
+            producer.flush(40)
+            assert [f.exception(0) for f in futures] == [None] * 10_000
+        with Consumer(c.bootstrap, auto_offset_reset="earliest") as consumer:
+            consumer.assign([("traced", 0)])
+            got: list = []
+            wait_until(lambda: got.extend(consumer.poll(200)) or len(got) >= 10_000, 20, what="every record")
+            assert len(got) == 10_000 and got[-1].headers == (("trace", b"t" * 1800),)

@@ -14,7 +14,7 @@ from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.producer import Producer
 from fabric.clock import ManualClock
-from fabric.errors import (BufferExhaustedError, ClientError, ClientTimeoutError, RecordSizeExceededError,
+from fabric.errors import (BufferExhaustedError, ClientError, ClientTimeoutError, FabricError, RecordSizeExceededError,
                            RemoteError, TopicNotInMetadataError)
 from fabric.metadata import ClusterMetadata
 
@@ -166,6 +166,44 @@ def test_send_raises_local_errors_for_what_the_client_finds_itself() -> None:
             p.send("t", b"x", partition=7)
     for cls in (RecordSizeExceededError, TopicNotInMetadataError, BufferExhaustedError, ClientTimeoutError):
         assert issubclass(cls, ClientError) and not issubclass(cls, RemoteError)
+
+
+def test_header_bytes_count_against_the_record_and_batch_bounds() -> None:
+    """Small values with large headers: the batch closes at its byte bound (a batch the size of
+    10,000 such records would be over the broker's bound and fail whole), and a record whose
+    headers alone are over the record bound is refused at once."""
+    headers = [("trace", b"t" * 1800)]
+    with Producer(NOWHERE, max_block_ms=100, linger_ms=60_000, batch_bytes_max=10_000, record_bytes_max=4_000) as p:
+        p.metadata.update(_md(1))
+        futures = [p.send("t", b"v" * 10, headers=headers, partition=0) for _ in range(7)]
+        first = futures[0][0]
+        assert first.size_bytes >= 6 * 1800
+        assert [f[0] is first for f in futures] == [True] * 6 + [False]
+        with pytest.raises(RecordSizeExceededError):
+            p.send("t", b"v", headers=[("big", b"x" * 4_000)], partition=0)
+        with pytest.raises(RecordSizeExceededError):  # the name is counted too
+            p.send("t", b"v", headers=[("n" * 4_000, None)], partition=0)
+        _settle(p)
+
+
+@pytest.mark.parametrize("headers", [[("a", object())], "abc", [("a",)], [(1, b"x")], [("a", "text")], [["a", 1]],
+                                     ("a", b"x"), [("a", b"x"), None]])
+def test_headers_that_are_not_name_and_bytes_pairs_are_refused_at_send(headers: object) -> None:
+    """Refused on the caller's thread with nothing queued -- not found by the I/O thread when it
+    packs the batch (which would fail the producer), nor by a consumer that cannot read them."""
+    with Producer(NOWHERE, max_block_ms=100, linger_ms=60_000) as p:
+        p.metadata.update(_md(1))
+        with pytest.raises(FabricError, match="headers"):
+            p.send("t", b"v", headers=headers, partition=0)  # type: ignore[arg-type]
+        assert p.accumulator._open == {}
+        p.send("t", b"v", headers=[("a", b"x"), ("b", None), ("c", bytearray(b"y"))], partition=0)
+        _settle(p)
+
+
+def _settle(p: Producer) -> None:
+    """Complete every queued batch by hand, so that the producer closes without a cluster."""
+    for b in p.accumulator.close_all():
+        b.complete(-1, None)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread dies loudly
