@@ -117,11 +117,12 @@ def _struct(unit: str, count: int) -> struct.Struct:
     return s
 
 
-def fixed_column(buf: bytes | memoryview, start: int, layout: FixedLayout, count: int, timestamps: bool) -> list:
-    """The values (``timestamps`` false: bytes) or timestamps (ints) of the ``count`` records
-    of the payload at ``buf[start]`` laid out as ``layout`` says (``fixed_layout`` of it)."""
+def fixed_column(buf: bytes | memoryview, start: int, layout: FixedLayout, lo: int, hi: int, timestamps: bool) -> list:
+    """The values (``timestamps`` false: bytes) or timestamps (ints) of records ``lo..hi-1``
+    of the payload at ``buf[start]`` laid out as ``layout`` says (``fixed_layout`` of it):
+    only those records are read."""
     unit, out = layout.unit(timestamps), []
-    at, left = start + layout.body_at, count
+    at, left = start + layout.body_at + lo * layout.record_bytes, hi - lo
     while left > 0:
         n = min(left, UNPACK_RECORDS_MAX)
         out += _struct(unit, n).unpack_from(buf, at)

@@ -213,8 +213,7 @@ class _Fixed(NamedTuple):
     hi: int
 
     def column(self, timestamps: bool) -> list:
-        out = fixed_column(self.buf, self.start, self.layout, self.record_count, timestamps)
-        return out if self.lo == 0 and self.hi == self.record_count else out[self.lo:self.hi]
+        return fixed_column(self.buf, self.start, self.layout, self.lo, self.hi, timestamps)
 
 
 def _corrupt(topic: str, partition: int, s: _Slice, e: Exception) -> RemoteError:
@@ -236,6 +235,26 @@ def _fixed(topic: str, partition: int, s: _Slice) -> _Fixed | None:
         start, end = 0, len(buf)
     layout = fixed_layout(buf, start, end, s.record_count)
     return None if layout is None else _Fixed(buf, start, layout, s.record_count, s.lo, s.hi)
+
+
+def _decode(topic: str, partition: int, s: _Slice, shared: dict[int, _Fixed | tuple]) -> _Fixed | tuple:
+    """``s`` as a ``_Fixed`` or its records as (timestamp_ms, key, value, headers) tuples. Its
+    whole batch is decoded once for all the views split from one fetch: a slice of part of a
+    batch finds it in ``shared`` (by where the batch is in the fetched bytes) or leaves it
+    there for the others; a slice of a whole batch, which no other view shares, does not."""
+    partial = s.lo > 0 or s.hi < s.record_count
+    whole = shared.get(s.start) if partial else None
+    if whole is None:
+        batch = s._replace(lo=0, hi=s.record_count) if partial else s
+        whole = _fixed(topic, partition, batch)
+        if whole is None:
+            with _gc_paused():
+                whole = _unpack(topic, partition, batch)
+        if partial:
+            shared[s.start] = whole
+    if not partial:
+        return whole
+    return whole._replace(lo=s.lo, hi=s.hi) if type(whole) is _Fixed else whole[s.lo:s.hi]
 
 
 def _unpack(topic: str, partition: int, s: _Slice) -> tuple:
@@ -269,10 +288,11 @@ class RecordBatchView:
     RemoteError(corrupt_message) at the first read. Not thread-safe (a view caches what it
     decoded); it holds the fetched bytes until it is dropped."""
 
-    __slots__ = ("topic", "partition", "first_offset", "next_offset", "_slices", "_count", "_decoded_cache")
+    __slots__ = ("topic", "partition", "first_offset", "next_offset", "_slices", "_count", "_decoded_cache", "_shared")
     _decoded_cache: list[_Fixed | tuple] | None
 
-    def __init__(self, topic: str, partition: int, slices: list[_Slice]) -> None:
+    def __init__(self, topic: str, partition: int, slices: list[_Slice],
+                 shared: dict[int, _Fixed | tuple] | None = None) -> None:
         self.topic = topic
         self.partition = partition
         self._slices = slices
@@ -280,6 +300,7 @@ class RecordBatchView:
         self.next_offset = slices[-1].base_offset + slices[-1].hi
         self._count = sum(s.hi - s.lo for s in slices)
         self._decoded_cache = None
+        self._shared = {} if shared is None else shared  # batches decoded for views split from one fetch
 
     def __len__(self) -> int:
         return self._count
@@ -291,12 +312,8 @@ class RecordBatchView:
         """Per slice, a ``_Fixed`` or its records as (timestamp_ms, key, value, headers)
         tuples (cached)."""
         if self._decoded_cache is None:
-            topic, partition = self.topic, self.partition
-            decoded = [_fixed(topic, partition, s) for s in self._slices]
-            if any(d is None for d in decoded):
-                with _gc_paused():
-                    decoded = [_unpack(topic, partition, s) if d is None else d for d, s in zip(decoded, self._slices)]
-            self._decoded_cache = decoded
+            topic, partition, shared = self.topic, self.partition, self._shared
+            self._decoded_cache = [_decode(topic, partition, s, shared) for s in self._slices]
         return self._decoded_cache
 
     def _column(self, getter: itemgetter) -> list:
@@ -340,12 +357,12 @@ class RecordBatchView:
     def records(self) -> list[Record]:
         """Every record as a ``Record`` (the per-record objects ``poll`` returns)."""
         out: list[Record] = []
-        new, topic, partition = tuple.__new__, self.topic, self.partition
+        new, topic, partition, shared = tuple.__new__, self.topic, self.partition, self._shared
         cached = self._decoded_cache
         # one pause: the collector would otherwise run every 700 new records and walk them
         with _gc_paused():
-            for i, s in enumerate(self._slices):  # batch by batch: what is unpacked stays in the cache
-                d = cached[i] if cached is not None else _fixed(topic, partition, s)
+            for i, s in enumerate(self._slices):  # batch by batch: nothing of this view is cached
+                d = cached[i] if cached is not None else _decode(topic, partition, s, shared)
                 if type(d) is _Fixed:
                     # Record(...) would run a Python-level __new__ per record; zip reuses its tuple
                     out += map(new, repeat(Record), zip(repeat(topic), repeat(partition),
@@ -353,15 +370,15 @@ class RecordBatchView:
                                                         d.column(timestamps=True), repeat(None),
                                                         d.column(timestamps=False), repeat(None)))
                     continue
-                recs = d if d is not None else _unpack(topic, partition, s)
-                out += [new(Record, (topic, partition, off) + r) for off, r in enumerate(recs, s.base_offset + s.lo)]
+                out += [new(Record, (topic, partition, off) + r) for off, r in enumerate(d, s.base_offset + s.lo)]
         return out
 
     def __iter__(self):  # noqa: ANN204
         return iter(self.records())
 
     def split(self, count: int) -> tuple["RecordBatchView", "RecordBatchView | None"]:
-        """The first ``count`` records (>= 1) and the rest (None if none), without unpacking."""
+        """The first ``count`` records (>= 1) and the rest (None if none), without unpacking; a
+        batch cut between them is decoded once for both (and for their own splits)."""
         if count >= self._count:
             return self, None
         head: list[_Slice] = []
@@ -376,7 +393,8 @@ class RecordBatchView:
             if count == 0:
                 tail = self._slices[i + 1:]
                 break
-        return RecordBatchView(self.topic, self.partition, head), RecordBatchView(self.topic, self.partition, tail)
+        return (RecordBatchView(self.topic, self.partition, head, self._shared),
+                RecordBatchView(self.topic, self.partition, tail, self._shared))
 
 
 def view_batches(topic: str, partition: int, data: bytes, start_offset: int = 0,

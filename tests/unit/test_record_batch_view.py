@@ -10,7 +10,9 @@ import pytest
 from engines import batch as B
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from fabric.records import build_batch, decode_batches, view_batches
+from fabric import records as R
+from fabric.records import (COMPRESSION_CODECS, build_batch, build_batch_from_chunks, decode_batches, pack_values,
+                            view_batches)
 
 TS = 1_700_000_000_000
 
@@ -64,3 +66,38 @@ def test_a_payload_that_is_not_what_its_header_says_fails_at_the_first_read() ->
     with pytest.raises(RemoteError) as e:
         view.values
     assert e.value.code == P.CORRUPT_MESSAGE
+
+
+def _one_big_batch(kind: str, n: int = 9_000) -> bytes:
+    if kind == "fixed":  # keyless, header-less, one value length: read by struct unpacks
+        chunks = pack_values([b"%05d" % i + b"x" * 95 for i in range(n)], TS, 100)
+        return build_batch_from_chunks(chunks, n, TS, TS)
+    records = [(TS + i, b"k%d" % i, b"v%d" % i, None) for i in range(n)]
+    return build_batch(records, compression=COMPRESSION_CODECS["zstd" if kind == "zstd" else "none"])
+
+
+@pytest.mark.parametrize("kind", ["fixed", "keyed", "zstd"])
+def test_reading_a_batch_in_small_splits_decodes_it_once(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer polling 500 records at a time out of a 9,000-record batch reads each split
+    view: the batch is decompressed, checked and unpacked once for all of them, and a fixed
+    batch's columns are unpacked for the split's records only -- not the whole batch 18 times."""
+    data = _one_big_batch(kind)
+    expected = [r.value for r in decode_batches("t", 0, data)]
+    decodes: list[int] = []
+    unpacked: list[int] = []
+    real_fixed, real_unpack, real_column = R._fixed, R._unpack, R.fixed_column
+    monkeypatch.setattr(R, "_fixed", lambda t, p, s: decodes.append(s.base_offset) or real_fixed(t, p, s))
+    monkeypatch.setattr(R, "_unpack", lambda t, p, s: decodes.append(s.base_offset) or real_unpack(t, p, s))
+    monkeypatch.setattr(R, "fixed_column", lambda buf, start, layout, lo, hi, ts: unpacked.append(hi - lo)
+                        or real_column(buf, start, layout, lo, hi, ts))
+    rest = view_batches("t", 0, data)
+    values: list[bytes] = []
+    records: list = []
+    while rest is not None:
+        head, rest = rest.split(500)
+        values += head.values
+        records += head.records()
+    assert values == expected and len(records) == 9_000
+    assert [r.offset for r in records] == list(range(9_000)) and [r.value for r in records] == values
+    assert len(decodes) <= 2  # the layout check, then (not fixed) the unpack: once per batch
+    assert sum(unpacked) == (3 * 9_000 if kind == "fixed" else 0)  # values; then records() reads both
