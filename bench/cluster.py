@@ -50,6 +50,8 @@ from bench.options import BenchOptions, Combination, OptionError, UsageParser
 from bench.stats import process_cpu_s
 from bench.worker import payload
 from bench.workload import Target
+from fabric.client.accumulator import AccumulatorSettings
+from fabric.client.producer import RECORD_OVERHEAD_BYTES
 from nodes.local_cluster import free_ports
 
 BASELINE_WINDOW = 16          # frames in flight in the baseline (the producer pipelines too)
@@ -263,9 +265,17 @@ def parse(argv: list[str]) -> tuple[BenchOptions, list[Scenario]]:
         ap.error(str(e))
 
 
+def frame_records(o: BenchOptions) -> int:
+    """Records per baseline frame: what the producer puts in a batch (``--batch-size`` records
+    within its byte bound), and no more than the run's records."""
+    records = min(o.batch_size, max(1, AccumulatorSettings().batch_bytes_max // (o.record_size + RECORD_OVERHEAD_BYTES)))
+    target = o.record_target()
+    return records if target is None else max(1, min(records, target))
+
+
 def baseline_run(o: BenchOptions, run: int) -> dict:
     """One baseline run as the report's run figures (no latency, no brokers)."""
-    p, c = baseline(o.record_target(), payload(o.record_size), o.batch_size, o.duration, o.rate)
+    p, c = baseline(o.record_target(), payload(o.record_size), frame_records(o), o.duration, o.rate)
 
     def figures(ph: Phase) -> dict:
         return {"records": ph.records, "seconds": ph.seconds, "records_per_s": round(ph.records_per_s),

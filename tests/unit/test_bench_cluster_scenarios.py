@@ -16,6 +16,7 @@ import pytest
 from bench import cluster, report, runner
 from bench.cluster import Phase
 from bench.workload import Run, Target
+from fabric.client.producer import RECORD_OVERHEAD_BYTES
 
 
 def _timeline(rate: int) -> list[dict]:
@@ -96,8 +97,17 @@ def test_replication_factor_and_acks_make_the_one_scenario_and_topic_names_it(re
     cluster.run_all(o, scenarios, out=lambda _: None)
     [(so, _, _, _)] = recorded["runs"]
     assert (so.replication_factor, so.acks, so.topic, so.record_target()) == (2, "1", "mine", 500)
-    assert recorded["baselines"][0][0] == 500
+    assert recorded["baselines"][0][0] == 500 and recorded["baselines"][0][2] == 500  # one frame of 500, not 10,000
     assert [s.name for s in cluster.parse(["--scenarios", "rf2-acks0,rf3-acks1"])[1]] == ["rf2-acks0", "rf3-acks1"]
+
+
+def test_the_baselines_frames_are_bounded_by_bytes_like_the_producers_batches(recorded: dict) -> None:
+    """The baseline frames records as the producer batches them: by count and by its 1 MiB,
+    so that large records do not make frames of 10,000 (1 GB at 100 KB each, 16 in flight)."""
+    o, scenarios = cluster.parse(["--record-size", "100000", "--duration", "1", "--runs", "1", "--no-progress"])
+    cluster.run_all(o, scenarios, out=lambda _: None)
+    [(_, _, frame_records, _)] = recorded["baselines"]
+    assert frame_records == (1 << 20) // (100_000 + RECORD_OVERHEAD_BYTES) == 10
 
 
 @pytest.mark.parametrize("argv", [["-c", "cluster.yaml"], ["--bootstrap", "127.0.0.1:9"]])
