@@ -45,16 +45,18 @@ def partition_for_key(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
 
 
-HEADER_OVERHEAD_BYTES = 8  # a header's array and the msgpack heads of its name and value, at most
+HEADER_OVERHEAD_BYTES = 11  # a header's array head and the heads of its name and value, at most
+HEADERS_HEAD_BYTES = 4      # the headers' array head (array 32) beyond the nil a record without them has
 
 
 def headers_bytes(headers: object) -> int:
-    """The bytes ``headers`` add to a record (names UTF-8, values, ``HEADER_OVERHEAD_BYTES``
-    each), or -1 when they are not a list or tuple of (name str, value bytes|bytearray|None)
-    pairs. Per header Python: callers pay it only for records that have headers."""
+    """The bytes ``headers`` add to a record, at most (names UTF-8, values,
+    ``HEADER_OVERHEAD_BYTES`` each, ``HEADERS_HEAD_BYTES``), or -1 when they are not a list or
+    tuple of (name str, value bytes|bytearray|None) pairs. Per header Python: callers pay it
+    only for records that have headers."""
     if not isinstance(headers, (list, tuple)):
         return -1
-    size = 0
+    size = HEADERS_HEAD_BYTES
     for h in headers:
         if not (isinstance(h, (list, tuple)) and len(h) == 2):
             return -1

@@ -32,11 +32,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate, repeat
-from operator import itemgetter
+from operator import add, itemgetter
 from typing import Callable, Container, Sequence
 
 from fabric.client.completion import Completion
@@ -285,6 +285,7 @@ class RecordAccumulator:
         # the settings the hot path reads, as plain attributes
         self._records_max = settings.batch_records_max
         self._bytes_max = settings.batch_bytes_max
+        self._topic_bytes_max: dict[str, int] = {}  # topics whose max.message.bytes is lower
         self._buffer_max = settings.buffer_bytes_max
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
@@ -328,26 +329,33 @@ class RecordAccumulator:
                headers: list | None, size_bytes: int, on_delivery: DeliveryCallback | None = None) -> RecordFuture:
         """Add one record (``size_bytes`` counted against the buffer). Raises
         ``BufferExhaustedError`` when no space frees within ``max_block_ms``."""
+        limits = self._topic_bytes_max
+        bytes_max = limits.get(topic, self._bytes_max) if limits else self._bytes_max
         with self._lock:
             if self._buffered_bytes + size_bytes > self._buffer_max:
                 self._wait_for_space(size_bytes)
             b = self._open.get((topic, partition))
-            opened = b is None
-            if opened:
+            if b is None or b.size_bytes + size_bytes > bytes_max:
+                handed_on = b is not None
+                if handed_on:  # it does not fit: the open batch goes, the record starts the next one
+                    self._close_batch(b, overflow=True)
                 b = self._open_batch(topic, partition, timestamp_ms)
+                opened = True
+            else:
+                opened = handed_on = False
             b.records.append((timestamp_ms, key, value, headers))
             index = b.record_count
             b.record_count = index + 1
-            b.size_bytes += size_bytes
+            size = b.size_bytes = b.size_bytes + size_bytes
             self._buffered_bytes += size_bytes
             if on_delivery is not None:
                 if b.callbacks is None:
                     b.callbacks = []
                 b.callbacks.append((index, 1, on_delivery))
-            full = index + 1 >= self._records_max or b.size_bytes >= self._bytes_max
-            if full:
+            if index + 1 >= self._records_max or size + size_bytes > bytes_max:  # no room for another
                 self._close_batch(b)
-        if full or (opened and self._idle is not None and self._idle((topic, partition))):
+                handed_on = True
+        if handed_on or (opened and self._idle is not None and self._idle((topic, partition))):
             mark("producer.queued")  # only where the record is handed on: nothing per record
             self._wake()  # outside the lock: the woken I/O thread takes it at once
         return _new_future(RecordFuture, (b, index))
@@ -369,12 +377,17 @@ class RecordAccumulator:
         wake = False
         opened: list[tuple[str, int]] = []  # batches opened (linger 0): the sender may be idle
         i, n = 0, len(values)
+        bytes_max = self._topic_bytes_max.get(topic, self._bytes_max)
         try:
             while i < n:
                 with self._lock:
                     p = partition if partition is not None else self._sticky_locked(topic, partition_count)
                     b = self._open.get((topic, p))
-                    k, run_bytes = self._run_fitting(b, sizes, i, n)
+                    k, run_bytes = self._run_fitting(b, sizes, i, n, bytes_max)
+                    if k == 0:  # the next record does not fit in the open batch: it starts the next one
+                        self._close_batch(b, overflow=True)  # type: ignore[arg-type]
+                        wake = True
+                        continue
                     if self._buffered_bytes + run_bytes > self._buffer_max:
                         # queue what fits, as one append per record would; then wait for the next
                         k, run_bytes = self._run_within(sizes, i, k, self._buffer_max - self._buffered_bytes)
@@ -403,8 +416,9 @@ class RecordAccumulator:
                             b.completions = []
                         b.completions.append(completion)
                     segments.append((b, first, k))
-                    if b.record_count >= self._records_max or b.size_bytes >= self._bytes_max:
-                        self._close_batch(b)
+                    last = sizes if isinstance(sizes, int) else sizes[i + k - 1]
+                    if b.record_count >= self._records_max or b.size_bytes + last > bytes_max:
+                        self._close_batch(b)  # full: no room for another record like the last
                         wake = True
                 i += k
         except BufferExhaustedError as e:
@@ -415,18 +429,32 @@ class RecordAccumulator:
                 self._wake()
         return segments
 
-    def _run_fitting(self, b: BatchState | None, sizes: Sequence[int] | int, i: int, n: int) -> tuple[int, int]:
-        """How many of records i..n-1 go into ``b`` (None: a new batch), and their bytes.
-        Records are added while the batch is under its byte limit, as ``append`` adds them:
-        the run ends with the first record that brings it to the limit."""
+    def _run_fitting(self, b: BatchState | None, sizes: Sequence[int] | int, i: int, n: int,
+                     bytes_max: int) -> tuple[int, int]:
+        """How many of records i..n-1 go into ``b`` (None: a new batch), and their bytes, as
+        ``append`` adds them one by one: a record goes in if it fits (a new batch takes one
+        record whatever its size), and the run ends after a record that leaves no room for
+        another of its size (``append`` then closes the batch) or before one that does not
+        fit (0: it does not fit in ``b``, which is to be closed)."""
         room_records = self._records_max - (b.record_count if b is not None else 0)
-        room_bytes = self._bytes_max - (b.size_bytes if b is not None else 0)
+        room_bytes = bytes_max - (b.size_bytes if b is not None else 0)
         if isinstance(sizes, int):
-            k = min(n - i, room_records, max(1, -(-room_bytes // sizes)))
+            k = min(n - i, room_records, max(0, room_bytes) // sizes)  # room < 0: the bound fell since
+            if k == 0 and b is None:
+                k = 1  # a record over the limit alone
             return k, k * sizes
-        prefix = list(accumulate(sizes[i:i + min(room_records, n - i)]))
-        k = min(bisect_left(prefix, room_bytes) + 1, len(prefix))
-        return k, prefix[k - 1]
+        run = sizes[i:i + min(room_records, n - i)]
+        prefix = list(accumulate(run))
+        # the first record after which another of its size would not fit: the batch closes
+        # there (running maximum: the first crossing, found by bisection, all in C)
+        closing = bisect_right(list(accumulate(map(add, prefix, run), max)), room_bytes)
+        if closing < len(prefix) and prefix[closing] <= room_bytes:
+            k = closing + 1   # it fits, and closes the batch
+        else:
+            k = closing       # all of the run fit (len), or record ``closing`` does not fit
+        if k == 0 and b is None:
+            k = 1
+        return k, prefix[k - 1] if k else 0
 
     @staticmethod
     def _run_within(sizes: Sequence[int] | int, i: int, k: int, free_bytes: int) -> tuple[int, int]:
@@ -438,12 +466,19 @@ class RecordAccumulator:
         fit = bisect_right(prefix, free_bytes)
         return fit, prefix[fit - 1] if fit else 0
 
-    def _close_batch(self, b: BatchState) -> None:
-        """The batch is full: ready for the sender. Caller holds the lock."""
+    def _close_batch(self, b: BatchState, overflow: bool = False) -> None:
+        """The batch is full: ready for the sender. Caller holds the lock. A batch closed by a
+        record that did not fit (``overflow``) leaves the sticky partition where it is: that
+        record opens the partition's next batch, which the keyless records after it fill."""
         del self._open[(b.topic, b.partition)]
         self._closed_batches.append(b)
-        if self.sticky.get(b.topic) == b.partition:
+        if not overflow and self.sticky.get(b.topic) == b.partition:
             del self.sticky[b.topic]
+
+    def set_topic_bytes_max(self, limits: dict[str, int]) -> None:
+        """Per topic, a batch bound below ``batch_bytes_max`` (the topic's largest batch the
+        leader takes, less the batch's own overhead); replaces the previous table."""
+        self._topic_bytes_max = {t: min(v, self._bytes_max) for t, v in limits.items()}
 
     def _wait_for_space(self, size_bytes: int) -> None:
         """Caller holds the lock."""

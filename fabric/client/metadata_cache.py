@@ -21,9 +21,11 @@ WAIT_SLICE_S = 0.2  # a waiting application thread asks again for a refresh this
 
 
 class MetadataCache:
-    def __init__(self, wake: Callable[[], None]) -> None:
-        """``wake``: tells the I/O thread that a refresh is wanted."""
+    def __init__(self, wake: Callable[[], None], on_update: Callable[[ClusterMetadata], None] | None = None) -> None:
+        """``wake``: tells the I/O thread that a refresh is wanted; ``on_update(md)``: called
+        with each kept update before any thread can see it in ``current``."""
         self._wake = wake
+        self._on_update = on_update
         self._cond = threading.Condition()
         self.current = ClusterMetadata.empty()
         self.wanted = True
@@ -42,6 +44,8 @@ class MetadataCache:
         with self._cond:
             if md.version < self.current.version:
                 return False
+            if self._on_update is not None:
+                self._on_update(md)
             self.current = md
             self._cond.notify_all()
         return True

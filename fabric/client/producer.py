@@ -21,6 +21,7 @@ import time
 from itertools import repeat
 from typing import Any, Callable, Sequence
 
+from engines import batch as B
 from fabric.client.accumulator import (BATCH_RECORDS_MAX, AccumulatorSettings, BatchState, DeliveryCallback,
                                        RecordAccumulator, RecordFuture, RecordFutures, RecordMetadata)
 from fabric.client.bootstrap import parse_bootstrap
@@ -30,6 +31,7 @@ from fabric.client.sender import Sender, SenderSettings
 from fabric.clock import Clock
 from fabric.errors import (BufferExhaustedError, ClientTimeoutError, FabricError, RecordSizeExceededError,
                            TopicNotInMetadataError)
+from fabric.metadata import ClusterMetadata
 from fabric.records import COMPRESSION_CODECS, headers_bytes, pack_records, pack_values, partition_for_key
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,13 @@ log = logging.getLogger(__name__)
 __all__ = ["ACKS", "RECORD_OVERHEAD_BYTES", "BatchState", "Producer", "RecordFuture", "RecordFutures", "RecordMetadata"]
 
 ACKS = {"0": 0, "1": 1, "all": -1, "-1": -1, 0: 0, 1: 1, -1: -1}
+# what a record's msgpack takes besides its value and key, at most: array head 1, timestamp 9,
+# key and value heads 5 each, nil headers 1 (records with headers add ``headers_bytes``), so
+# that the counted bytes bound the batch the leader checks against max.message.bytes
 RECORD_OVERHEAD_BYTES = 24
+PAYLOAD_HEAD_BYTES_MAX = 5          # the payload's array head (array 32)
+COMPRESSION_GROWTH_DIVISOR = 128    # incompressible input grows by at most 1/128 (lz4: 1/255) ...
+COMPRESSION_FRAME_BYTES = 64        # ... plus the codec's frame
 _VALUE_TYPES = frozenset((bytes, bytearray))
 _time_ns = time.time_ns
 _KEY_TYPES = frozenset((bytes, bytearray, type(None)))
@@ -59,12 +67,13 @@ class Producer:
         if compression not in COMPRESSION_CODECS:
             raise FabricError(f"compression must be one of {', '.join(COMPRESSION_CODECS)}")
         self.acks = ACKS[acks]
+        self.compression = compression
         self.max_block_ms = max_block_ms
         self.record_bytes_max = record_bytes_max
         self._closed = False
         clock = Clock()
         # the sender is built last but woken first: a late-bound wake-up
-        self.metadata = MetadataCache(wake=lambda: self.sender.wake())
+        self.metadata = MetadataCache(wake=lambda: self.sender.wake(), on_update=self._take_topic_limits)
         self.accumulator = RecordAccumulator(
             AccumulatorSettings(linger_ms=linger_ms, batch_records_max=batch_records_max, batch_bytes_max=batch_bytes_max,
                                 buffer_bytes_max=buffer_bytes_max, max_block_ms=max_block_ms),
@@ -245,6 +254,21 @@ class Producer:
         biggest = max(sizes)
         if biggest > self.record_bytes_max:
             raise RecordSizeExceededError(f"record {sizes.index(biggest)} of {biggest} bytes is over {self.record_bytes_max}")
+
+    def _take_topic_limits(self, md: ClusterMetadata) -> None:
+        """Topics whose ``max.message.bytes`` is under ``batch_bytes_max`` get batches the
+        leader takes: the record bytes a batch may count, its header and array head (and, when
+        compressed, a codec's worst-case growth) left out."""
+        limits = {}
+        for name, t in md.topics.items():
+            configured = t.configs.get("max.message.bytes")
+            if configured is None:
+                continue
+            room = int(configured) - B.HEADER_BYTES - PAYLOAD_HEAD_BYTES_MAX
+            if self.compression != "none":
+                room -= room // COMPRESSION_GROWTH_DIVISOR + COMPRESSION_FRAME_BYTES
+            limits[name] = max(1, room)
+        self.accumulator.set_topic_bytes_max(limits)
 
     def _partition_count(self, topic: str) -> int:
         t = self.metadata.current.topics.get(topic)

@@ -60,3 +60,23 @@ def test_records_with_large_headers_fill_batches_the_broker_takes(tmp_path: Path
             got: list = []
             wait_until(lambda: got.extend(consumer.poll(200)) or len(got) >= 10_000, 20, what="every record")
             assert len(got) == 10_000 and got[-1].headers == (("trace", b"t" * 1800),)
+
+
+def test_a_topic_with_a_small_max_message_bytes_takes_every_record_of_a_busy_producer(tmp_path: Path) -> None:
+    """A topic's max.message.bytes far under the producer's 1 MiB batches: the producer learns
+    it from the metadata and makes batches the leader takes, from send() and send_many alike
+    (before, each full batch was refused whole and all of its records failed)."""
+    with running_cluster(tmp_path, brokers=1) as c, Admin(c.bootstrap) as admin:
+        admin.create_topic("capped", 1, 1, configs={"max.message.bytes": 16_384})
+        c.wait_topic_ready(admin, "capped")
+        with Producer(c.bootstrap, acks="all", linger_ms=50, delivery_timeout_ms=30_000) as producer:
+            singles = [producer.send("capped", b"s" * 100, key=b"k%d" % i) for i in range(5_000)]
+            runs = producer.send_many("capped", [b"m" * 300] * 5_000)
+            producer.flush(40)
+            assert [f.exception(0) for f in singles] == [None] * 5_000
+            assert runs.exception(0) is None and len(runs.result(0)) == 5_000
+        with Consumer(c.bootstrap, auto_offset_reset="earliest") as consumer:
+            consumer.assign([("capped", 0)])
+            got: list = []
+            wait_until(lambda: got.extend(consumer.poll(200)) or len(got) >= 10_000, 20, what="every record")
+            assert len(got) == 10_000

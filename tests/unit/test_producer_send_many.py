@@ -121,8 +121,59 @@ def test_fixed_size_runs_fill_batches_to_the_byte_limit_as_single_sends_do(make_
     for v in values:
         singles.one(v)
     segments = runs.many(values)
-    assert [s[2] for s in segments] == [3] * 6 + [2]  # 50, 100, 150 >= 120: three a batch
+    assert [s[2] for s in segments] == [2] * 10  # 50, 100; a third would make 150 > 120
     assert runs.payloads() == singles.payloads()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_batch_never_holds_more_than_its_byte_limit_unless_it_is_one_record(make_rig, seed: int) -> None:  # noqa: ANN001
+    """A record that does not fit in the open batch closes it and starts the next one, sent one
+    by one or in runs alike; only a record over the limit on its own makes a batch over it."""
+    import random
+    rnd = random.Random(seed)
+    values = [b"x" * rnd.choice([1, 5, 40, 90, 130, 290]) for _ in range(400)]
+    singles, runs = make_rig(batch_bytes_max=300), make_rig(batch_bytes_max=300)
+    single_batches = {id(f[0]): f[0] for f in (singles.one(v) for v in values)}.values()
+    segments: list = []
+    at = 0
+    while at < len(values):  # runs of random lengths, a single record now and then
+        n = rnd.choice([1, 3, 17, 60])
+        if n == 1:
+            b = runs.one(values[at])[0]
+            segments.append((b, 0, 1))
+        else:
+            segments += runs.many(values[at:at + n])
+        at += n
+    run_batches = {id(b): b for b, _, _ in segments}.values()
+    for batches in (single_batches, run_batches):
+        assert [b.record_count for b in batches if b.size_bytes > 300] == [1] * sum(
+            1 for b in batches if b.size_bytes > 300)
+        assert sum(b.record_count for b in batches) == len(values)
+    assert runs.payloads() == singles.payloads()
+
+
+def test_a_topics_max_message_bytes_bounds_its_batches(make_rig) -> None:  # noqa: ANN001
+    """A topic whose max.message.bytes is under the producer's batch_bytes_max gets batches the
+    leader takes (whole batch, header included), from send() and send_many alike: else every
+    record of a full batch fails as record_too_large."""
+    md = ClusterMetadata.from_wire({
+        "version": 1, "cluster": "c", "coordinator": COORDINATOR, "brokers": [[1, "127.0.0.1", 1, 101, True]],
+        "topics": {"small": {"configs": {"max.message.bytes": 2048}, "partitions": [[1, 3, [1], [1]]]},
+                   "big": {"configs": {}, "partitions": [[1, 3, [1], [1]]]}}})
+    with Producer(NOWHERE, linger_ms=60_000, max_block_ms=100) as p:
+        p.metadata.update(md)
+        singles = [p.send("small", b"v" * 100, key=b"k%d" % i, headers=[("h", b"x" * (i % 30))]) for i in range(200)]
+        runs = p.send_many("small", [b"w" * 150] * 200)
+        big = p.send_many("big", [b"w" * 150] * 200)
+        for futures in (singles, [runs[i] for i in range(200)]):
+            batches = {id(f[0]): f[0] for f in futures}.values()
+            assert len(batches) >= 10
+            for b in batches:
+                data = b.build(compression=0, producer_id=1, producer_epoch=0, base_sequence=0)
+                assert len(data) <= 2048
+        assert len({id(big[i][0]) for i in range(200)}) == 1  # other topics keep the producer's bound
+        for b in p.accumulator.close_all():
+            b.complete(-1, None)
 
 
 def test_delivery_reports_come_once_per_record_with_its_offset(make_rig) -> None:  # noqa: ANN001
@@ -203,3 +254,44 @@ def test_compressed_batches_from_chunks_decode_to_the_same_records(codec: str) -
     data = build_batch_from_chunks(pack_values(values[:20], TS) + pack_values(values[20:], TS), 50, TS, TS,
                                    compression=COMPRESSION_CODECS[codec])
     assert [r.value for r in decode_batches("t", 0, data)] == values
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_bytes_a_producer_counts_bound_the_batch_it_builds(seed: int) -> None:
+    """What the producer counts per record (value, key, RECORD_OVERHEAD_BYTES, headers_bytes)
+    is never less than what the record takes in the batch: a batch counted under a topic's
+    max.message.bytes is under it when built."""
+    import random
+
+    from engines import batch as B
+    from fabric.client.producer import PAYLOAD_HEAD_BYTES_MAX
+    from fabric.records import headers_bytes
+    rnd = random.Random(seed)
+    sizes = [0, 1, 31, 32, 255, 256, 65_535, 65_536, 70_000]
+    records, counted = [], 0
+    for _ in range(60):
+        key = None if rnd.random() < 0.3 else bytes(rnd.choice(sizes))
+        value = bytes(rnd.choice(sizes))
+        headers = None if rnd.random() < 0.5 else [("n" * rnd.choice([1, 31, 32, 300, 70_000]), rnd.choice([None, bytes(rnd.choice(sizes))]))
+                                                   for _ in range(rnd.choice([0, 1, 15, 16, 17]))]
+        ts = rnd.choice([0, 127, 128, 2**31, 2**63 - 1, -1, -(2**63)])
+        records.append((ts, key, value, headers))
+        counted += len(value) + (len(key) if key is not None else 0) + RECORD_OVERHEAD_BYTES
+        counted += headers_bytes(headers) if headers is not None else 0
+        assert len(build_batch(records)) <= B.HEADER_BYTES + PAYLOAD_HEAD_BYTES_MAX + counted
+
+
+def test_a_bound_lowered_under_an_open_batch_closes_it_before_the_next_record(make_rig) -> None:  # noqa: ANN001
+    """The topic's max.message.bytes fell (an altered config) while a batch was open past the
+    new bound: the next record, alone or in a run, closes it and starts the next batch."""
+    for fixed in (True, False):
+        rig = make_rig(batch_bytes_max=1000)
+        first = rig.many([b"a" * 26] * 6)  # 6 x 50 bytes
+        rig.accumulator.set_topic_bytes_max({"t": 120})
+        values = [b"b" * 26] * 5 if fixed else [b"b" * 26, b"c" * 10, b"d" * 26, b"e", b"f" * 26]
+        later = rig.many(values)
+        batches = list({id(b): b for b, _, _ in first + later}.values())
+        assert batches[0].record_count == 6 and sum(b.record_count for b in batches) == 11
+        assert all(b.size_bytes <= 120 for b in batches[1:])
+        decoded = [r.value for data in rig.payloads() for r in decode_batches("t", 0, data)]
+        assert decoded == [b"a" * 26] * 6 + values

@@ -17,7 +17,7 @@ from fabric import wire
 from fabric.client.services import (ProduceResult, ServiceConsumer, ServiceProducer, ServiceRecord, pack_rows,
                                     unpack_rows)
 from fabric.errors import MalformedFrame, RemoteError
-from fabric.records import HEADER_OVERHEAD_BYTES, Record
+from fabric.records import Record, headers_bytes
 from nodes.consumer import Framed, Instance, InstanceHost, check_op_header
 from nodes.producer import RECORD_OVERHEAD_BYTES, ProduceIntake
 from tests.unit.builders_producer_service import assert_refused_keeping_nothing
@@ -56,8 +56,8 @@ def test_a_framed_request_is_admitted_and_counted_like_one_in_the_header() -> No
     old = inline.admit(request(P.SERVICE_PRODUCE, topic="t", acks="all", records=records))
     assert job.framed and not old.framed
     assert [list(r) for r in job.records] == [[b"k", b"value", (("h", b"xyz"),), None], [None, b"v2", None, 1]]
-    assert framed.buffered_bytes == inline.buffered_bytes == (len(b"k" b"value" b"h" b"xyz" b"v2") + 2 * RECORD_OVERHEAD_BYTES
-                                                                       + HEADER_OVERHEAD_BYTES)
+    assert framed.buffered_bytes == inline.buffered_bytes == (len(b"k" b"value" b"v2") + 2 * RECORD_OVERHEAD_BYTES
+                                                               + headers_bytes([("h", b"xyz")]))
 
 
 def test_the_results_go_back_in_a_frame_for_a_framed_request_and_in_the_header_otherwise() -> None:
