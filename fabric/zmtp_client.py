@@ -27,10 +27,11 @@ Messages handed to the kernel and not yet on the wire when a connection is lost 
 it (a libzmq DEALER loses those in its encoder too): the request's timeout answers it, and a
 one-way message is repeated by its sender's own cadence (a replica's acknowledgement).
 
-A host name is resolved on the reactor thread (an IPv4 address first, as libzmq's sockets):
-once, and again only after a connect to that address failed. libzmq resolved on its I/O
-thread; here a slow resolver stalls the reactor for as long as it takes -- nodes named by IP
-address (as ``make up``'s configuration names them) never ask it.
+A host name is resolved (an IPv4 address first, as libzmq's sockets) once, and again only
+after a connect to that address failed, on a thread of its own: a resolver that takes seconds
+(a DNS server that does not answer) holds up this connection only, never the reactor's timers
+and other sockets (libzmq resolved on its I/O thread). An IP address (as ``make up``'s
+configuration names nodes) is used as it is, with no thread.
 
 ``on_message(frames)`` gets each whole message as a list of ``bytes``.
 
@@ -47,6 +48,7 @@ import errno
 import logging
 import socket
 import sys
+import threading
 from collections import Counter, deque
 from typing import Callable
 
@@ -90,6 +92,42 @@ def connect_address(endpoint: str) -> tuple[str, int]:
 def encode_message(frames: list) -> tuple[list, list[int]]:
     """``fabric.zmtp.encode_frames`` with a dealer's join bound (``JOIN_BYTES_MAX``)."""
     return encode_frames(frames, JOIN_BYTES_MAX)
+
+
+RESOLVE_POLL_MS = 5  # how often a connection waiting for its host name looks for the answer
+
+
+class Resolution:
+    """One host name's resolution, on a daemon thread (a resolver that never answers must not
+    hold up the process's exit either); an IP address is taken at once, with no thread.
+    ``done`` is set when ``address`` or ``error`` is there."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.address: tuple | None = None
+        self.error: Exception | None = None
+        self.done = threading.Event()
+        if _is_address(host):
+            self._run()
+        else:
+            threading.Thread(target=self._run, name=f"loom-resolve-{host}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.address = resolve(self.host, self.port)
+        except (OSError, UnicodeError) as e:
+            self.error = e
+        self.done.set()
+
+
+def _is_address(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
 
 
 class ZmtpDealer:
@@ -136,6 +174,7 @@ class ZmtpDealer:
         self._messages_per_pass = messages_per_pass if messages_per_pass is not None else sys.maxsize
         self._budget = self._messages_per_pass  # messages still to hand on in this pass
         self._address: tuple | None = None  # (family, address) last resolved
+        self._resolving: Resolution | None = None  # a resolution under way
         self._timer: Timer | None = None            # the reconnect
         self._handshake_timer: Timer | None = None  # while the handshake is under way
         self._resume: Timer | None = None           # parses what a raising handler left
@@ -192,13 +231,18 @@ class ZmtpDealer:
         if self._state == _CLOSED:
             return
         if self._address is None:  # resolved once, and again after a connect to it failed
-            try:
-                self._address = resolve(self.host, self.port)
-            except (OSError, UnicodeError) as e:  # a name that does not resolve (yet), or that the
+            if self._resolving is None:
+                self._resolving = Resolution(self.host, self.port)
+            if not self._resolving.done.is_set():
+                self._timer = self.reactor.call_later(RESOLVE_POLL_MS, self._connect)
+                return
+            resolution, self._resolving = self._resolving, None
+            if resolution.error is not None:  # a name that does not resolve (yet), or that the
                 # resolver cannot even encode (a label over 63 bytes): tried again, as libzmq does
                 self.counters["resolve_failed"] += 1
-                self._retry_later(f"cannot resolve {self.endpoint}: {e}")
+                self._retry_later(f"cannot resolve {self.endpoint}: {resolution.error}")
                 return
+            self._address = resolution.address
         family, address = self._address
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -441,6 +485,7 @@ class ZmtpDealer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._resolving = None  # its thread ends on its own
         self._drop()
         self._waiting.clear()
 

@@ -143,3 +143,55 @@ def test_a_host_name_the_resolver_cannot_even_encode_is_retried_like_one_that_do
     assert not dealer.connected and counters["resolve_failed"] >= 2
     dealer.close()
     assert reactor._descriptors == {} and reactor.timers_live == 0
+
+
+def test_a_slow_resolver_does_not_stall_the_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host name is resolved off the reactor thread: a resolver that takes 1.5 s (a DNS
+    server that does not answer) must not hold up the node's timers -- its heartbeats -- or
+    its other sockets meanwhile; the dealer connects once the name resolves."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    asked: list[str] = []
+
+    def slow_resolve(host: str, port_: int, *, passive: bool = False) -> tuple:
+        asked.append(host)
+        time.sleep(1.5)
+        return socket.AF_INET, ("127.0.0.1", port_)
+    monkeypatch.setattr(zmtp_client, "resolve", slow_resolve)
+    reactor = Reactor()
+    ticks: list[float] = []
+    ticker = reactor.call_every(10, lambda: ticks.append(time.monotonic()))
+    dealer = zmtp_client.ZmtpDealer(reactor, f"tcp://slow.example:{port}", lambda frames: None)
+    assert dealer.send([b"", b"waits"])
+    deadline = time.monotonic() + DEADLINE_S
+    accepted = None
+    listener.setblocking(False)
+    while accepted is None:
+        assert time.monotonic() < deadline
+        reactor.run_once(POLL_MS)
+        try:
+            accepted, _ = listener.accept()
+        except BlockingIOError:
+            pass
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert asked == ["slow.example"] and ticks[-1] - ticks[0] >= 1.4
+    assert max(gaps) < 0.5, f"the reactor stalled {max(gaps):.2f} s while the name resolved"
+    ticker.cancel()
+    dealer.close()
+    accepted.close()
+    listener.close()
+    assert reactor._descriptors == {} and reactor.timers_live == 0
+
+
+def test_an_address_is_used_as_it_is_without_a_resolver_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes named by IP address (as ``make up`` names them) never wait for a thread."""
+    import threading
+    started = threading.active_count()
+    reactor = Reactor()
+    dealer = zmtp_client.ZmtpDealer(reactor, "tcp://127.0.0.1:9", lambda frames: None)
+    dealer.send([b"", b"x"])
+    reactor.run_once(POLL_MS)
+    assert threading.active_count() == started
+    dealer.close()
