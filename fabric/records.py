@@ -49,27 +49,41 @@ HEADER_OVERHEAD_BYTES = 11  # a header's array head and the heads of its name an
 HEADERS_HEAD_BYTES = 4      # the headers' array head (array 32) beyond the nil a record without them has
 
 
-def headers_bytes(headers: object) -> int:
-    """The bytes ``headers`` add to a record, at most (names UTF-8, values,
-    ``HEADER_OVERHEAD_BYTES`` each, ``HEADERS_HEAD_BYTES``), or -1 when they are not a list or
+def frozen_headers(headers: object) -> tuple[tuple, int] | None:
+    """``headers`` as the record keeps them -- a tuple of (name, bytes|None) pairs, copied, so
+    that a caller that changes its list or buffers after ``send`` changes nothing queued --
+    and the bytes they add to the record, at most (names UTF-8, values,
+    ``HEADER_OVERHEAD_BYTES`` each, ``HEADERS_HEAD_BYTES``); None when they are not a list or
     tuple of (name str, value bytes|bytearray|None) pairs. Per header Python: callers pay it
     only for records that have headers."""
     if not isinstance(headers, (list, tuple)):
-        return -1
+        return None
     size = HEADERS_HEAD_BYTES
-    for h in headers:
-        if not (isinstance(h, (list, tuple)) and len(h) == 2):
-            return -1
-        name, value = h
-        if not isinstance(name, str):
-            return -1
-        if value is None:
+    out = []
+    try:
+        for h in headers:
+            if not (isinstance(h, (list, tuple)) and len(h) == 2):
+                return None
+            name, value = h
+            if not isinstance(name, str):
+                return None
             size += len(name.encode()) + HEADER_OVERHEAD_BYTES
-        elif isinstance(value, (bytes, bytearray)):
-            size += len(name.encode()) + len(value) + HEADER_OVERHEAD_BYTES
-        else:
-            return -1
-    return size
+            if value is not None:
+                if not isinstance(value, (bytes, bytearray)):
+                    return None
+                value = bytes(value)
+                size += len(value)
+            out.append((name, value))
+    except UnicodeEncodeError:  # a name with a lone surrogate: no UTF-8 for it
+        return None
+    return tuple(out), size
+
+
+def headers_bytes(headers: object) -> int:
+    """The bytes ``headers`` add to a record, at most (see ``frozen_headers``), or -1 when
+    they are not (name, value) pairs."""
+    frozen = frozen_headers(headers)
+    return -1 if frozen is None else frozen[1]
 
 
 def _compress(payload: bytes, codec: int) -> bytes:
@@ -243,16 +257,19 @@ def _decode(topic: str, partition: int, s: _Slice, shared: dict[int, _Fixed | tu
     """``s`` as a ``_Fixed`` or its records as (timestamp_ms, key, value, headers) tuples. Its
     whole batch is decoded once for all the views split from one fetch: a slice of part of a
     batch finds it in ``shared`` (by where the batch is in the fetched bytes) or leaves it
-    there for the others; a slice of a whole batch, which no other view shares, does not."""
+    there for the others; a slice of a whole batch, which no other view shares, does not.
+    Views are read in order (a consumer's polls): the slice that reaches the batch's end
+    takes it out of ``shared``, so that a view kept alive pins no batch read to its end (one
+    read out of order decodes the batch again)."""
     partial = s.lo > 0 or s.hi < s.record_count
-    whole = shared.get(s.start) if partial else None
+    whole = (shared.pop(s.start, None) if s.hi == s.record_count else shared.get(s.start)) if partial else None
     if whole is None:
         batch = s._replace(lo=0, hi=s.record_count) if partial else s
         whole = _fixed(topic, partition, batch)
         if whole is None:
             with _gc_paused():
                 whole = _unpack(topic, partition, batch)
-        if partial:
+        if partial and s.hi < s.record_count:
             shared[s.start] = whole
     if not partial:
         return whole

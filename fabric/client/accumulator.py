@@ -378,12 +378,13 @@ class RecordAccumulator:
         opened: list[tuple[str, int]] = []  # batches opened (linger 0): the sender may be idle
         i, n = 0, len(values)
         bytes_max = self._topic_bytes_max.get(topic, self._bytes_max)
+        smallest = max(1, sizes if isinstance(sizes, int) else min(sizes, default=1))
         try:
             while i < n:
                 with self._lock:
                     p = partition if partition is not None else self._sticky_locked(topic, partition_count)
                     b = self._open.get((topic, p))
-                    k, run_bytes = self._run_fitting(b, sizes, i, n, bytes_max)
+                    k, run_bytes = self._run_fitting(b, sizes, i, n, bytes_max, smallest)
                     if k == 0:  # the next record does not fit in the open batch: it starts the next one
                         self._close_batch(b, overflow=True)  # type: ignore[arg-type]
                         wake = True
@@ -430,7 +431,7 @@ class RecordAccumulator:
         return segments
 
     def _run_fitting(self, b: BatchState | None, sizes: Sequence[int] | int, i: int, n: int,
-                     bytes_max: int) -> tuple[int, int]:
+                     bytes_max: int, smallest: int = 1) -> tuple[int, int]:
         """How many of records i..n-1 go into ``b`` (None: a new batch), and their bytes, as
         ``append`` adds them one by one: a record goes in if it fits (a new batch takes one
         record whatever its size), and the run ends after a record that leaves no room for
@@ -443,7 +444,9 @@ class RecordAccumulator:
             if k == 0 and b is None:
                 k = 1  # a record over the limit alone
             return k, k * sizes
-        run = sizes[i:i + min(room_records, n - i)]
+        # no more records than could fit if each were as small as the smallest of the call:
+        # a small bound (a topic's max.message.bytes) does not scan batch_records_max sizes
+        run = sizes[i:i + min(room_records, n - i, max(0, room_bytes) // smallest + 1)]
         prefix = list(accumulate(run))
         # the first record after which another of its size would not fit: the batch closes
         # there (running maximum: the first crossing, found by bisection, all in C)

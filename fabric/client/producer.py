@@ -32,7 +32,7 @@ from fabric.clock import Clock
 from fabric.errors import (BufferExhaustedError, ClientTimeoutError, FabricError, RecordSizeExceededError,
                            TopicNotInMetadataError)
 from fabric.metadata import ClusterMetadata
-from fabric.records import COMPRESSION_CODECS, headers_bytes, pack_records, pack_values, partition_for_key
+from fabric.records import COMPRESSION_CODECS, frozen_headers, pack_records, pack_values, partition_for_key
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +92,30 @@ class Producer:
              partition: int | None = None, timestamp_ms: int | None = None,
              on_delivery: DeliveryCallback | None = None) -> RecordFuture:
         """Queue one record. Blocks (up to max_block_ms) while the buffer is full, then raises
-        ``BufferExhaustedError``; raises ``FabricError`` for a value that is not bytes or headers
-        that are not (name str, value bytes|None) pairs, ``RecordSizeExceededError`` for a record
+        ``BufferExhaustedError``; raises ``FabricError`` for a value that is not bytes, a key
+        that is not bytes or None, or headers that are not (name str, value bytes|None) pairs
+        (a bytearray value, key or header value is copied: the record is queued as it is now), ``RecordSizeExceededError`` for a record
         whose value, key and headers are over ``record_bytes_max``, and
         ``TopicNotInMetadataError`` for a topic or partition the metadata does not have (all
         local ``ClientError``s, with the protocol code of the condition)."""
         # the hot path of every application: kept to a few dict and attribute operations
-        if value.__class__ is not bytes and not isinstance(value, (bytes, bytearray)):
-            raise FabricError("value must be bytes")
-        size = len(value) + RECORD_OVERHEAD_BYTES if key is None else len(value) + len(key) + RECORD_OVERHEAD_BYTES
+        if value.__class__ is not bytes:
+            if not isinstance(value, (bytes, bytearray)):
+                raise FabricError("value must be bytes")
+            value = bytes(value)  # queued as it is now: the caller may reuse its buffer
+        if key is None:
+            size = len(value) + RECORD_OVERHEAD_BYTES
+        else:
+            if key.__class__ is not bytes:
+                if not isinstance(key, (bytes, bytearray)):
+                    raise FabricError("key must be bytes or None")
+                key = bytes(key)
+            size = len(value) + len(key) + RECORD_OVERHEAD_BYTES
         if headers is not None:
-            extra = headers_bytes(headers)
-            if extra < 0:
+            frozen = frozen_headers(headers)
+            if frozen is None:
                 raise FabricError("headers must be a list of (name str, value bytes or None) pairs")
+            headers, extra = frozen
             size += extra
         if size > self.record_bytes_max:
             raise RecordSizeExceededError(f"record of {size} bytes is over {self.record_bytes_max}")

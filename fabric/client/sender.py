@@ -316,6 +316,8 @@ class Sender(threading.Thread):
                 if header is None or code not in (P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
                     self.metadata_cache.want_refresh()  # the leader may have moved (or died)
             else:
+                if code == P.RECORD_TOO_LARGE:  # the topic's max.message.bytes may have fallen:
+                    self.metadata_cache.want_refresh()  # the batches made from now on fit it
                 self._finish(b, -1, error)
         for tp, bs in retry.items():
             self._queues[tp].extendleft(reversed(bs))

@@ -80,3 +80,28 @@ def test_a_topic_with_a_small_max_message_bytes_takes_every_record_of_a_busy_pro
             got: list = []
             wait_until(lambda: got.extend(consumer.poll(200)) or len(got) >= 10_000, 20, what="every record")
             assert len(got) == 10_000
+
+
+def test_a_lowered_max_message_bytes_is_learned_from_the_first_refusal(tmp_path: Path) -> None:
+    """After the topic's limit is lowered, the first batch refused as record_too_large makes
+    the producer refresh its metadata at once, not at its periodic refresh (5 s): records sent
+    after it go in batches under the new limit, none refused. (Batches already made under the
+    old limit when the refusal came back are refused: the producer does not split them.)"""
+    with running_cluster(tmp_path, brokers=1) as c, Admin(c.bootstrap) as admin:
+        admin.create_topic("t", 1, 1)
+        c.wait_topic_ready(admin, "t")
+        with Producer(c.bootstrap, acks="all", linger_ms=20, delivery_timeout_ms=30_000) as producer:
+            producer.send("t", b"warm", partition=0).result(10)
+            admin.alter_topic("t", configs={"max.message.bytes": 16384})
+
+            def broker_enforces() -> bool:
+                f = producer.send("t", b"x" * 20_000, partition=0)
+                producer.flush(10)
+                return f.exception(0) is not None and f.exception(0).code == P.RECORD_TOO_LARGE
+            wait_until(broker_enforces, 20, what="the broker to enforce the new limit")
+            wait_until(lambda: producer.metadata.current.topics["t"].configs.get("max.message.bytes") == 16384, 2,
+                       what="the producer's metadata to have the new limit")
+            futures = producer.send_many("t", [b"v" * 100] * 50_000, partition=0)
+            producer.flush(30)
+            _, _, _, errors = futures.outcomes(0)
+            assert sum(e is not None for e in errors) == 0

@@ -295,3 +295,80 @@ def test_a_bound_lowered_under_an_open_batch_closes_it_before_the_next_record(ma
         assert all(b.size_bytes <= 120 for b in batches[1:])
         decoded = [r.value for data in rig.payloads() for r in decode_batches("t", 0, data)]
         assert decoded == [b"a" * 26] * 6 + values
+
+
+def _limited_md(limit: int | None) -> ClusterMetadata:
+    cfg = {} if limit is None else {"max.message.bytes": limit}
+    return ClusterMetadata.from_wire({"version": 1, "cluster": "c", "coordinator": COORDINATOR,
+                                      "brokers": [[1, "127.0.0.1", 1, 101, True]],
+                                      "topics": {"t": {"configs": cfg, "partitions": [[1, 3, [1], [1]]]}}})
+
+
+def _built_bytes(b: Any) -> int:
+    return len(b.build(compression=0, producer_id=1, producer_epoch=0, base_sequence=0))
+
+
+def _settle(p: Producer) -> None:
+    for b in p.accumulator.close_all():
+        b.complete(-1, None)
+
+
+def test_what_the_caller_changes_after_send_changes_nothing_queued() -> None:
+    """The record is queued as it is when send() returns: a caller that reuses its headers list
+    or its bytearray buffers neither takes the batch over the bound it was counted under nor
+    hands the I/O thread a header it cannot pack (which would fail the producer)."""
+    with Producer(NOWHERE, linger_ms=60_000, max_block_ms=100) as p:
+        p.metadata.update(_limited_md(4096))
+        headers = [("trace", b"x")]
+        value, key, header_value = bytearray(b"v" * 10), bytearray(b"k"), bytearray(b"h")
+        futures = [p.send("t", value, key=key, headers=headers + [("b", header_value)], partition=0)
+                   for _ in range(20)]
+        futures += [p.send("t", b"v" * 10, headers=headers, partition=0) for _ in range(20)]
+        headers[0] = ("trace", b"y" * 3000)
+        value[:] = b"w" * 3000
+        key[:] = b"q" * 500
+        header_value[:] = b"z" * 3000
+        try:
+            b = futures[0][0]
+            assert _built_bytes(b) <= 4096
+            records = decode_batches("t", 0, b.build(compression=0, producer_id=1, producer_epoch=0, base_sequence=0))
+            assert {(r.key, r.value, r.headers) for r in records} == {
+                (b"k", b"v" * 10, (("trace", b"x"), ("b", b"h"))), (None, b"v" * 10, (("trace", b"x"),))}
+            headers[0] = ("trace", object())
+            _built_bytes(b)
+        finally:
+            _settle(p)
+
+
+@pytest.mark.parametrize("key", ["\u20ac" * 300, 5, ["k"]])
+def test_a_key_that_is_not_bytes_is_refused_at_send(key: object) -> None:
+    with Producer(NOWHERE, linger_ms=60_000, max_block_ms=100) as p:
+        p.metadata.update(_limited_md(4096))
+        with pytest.raises(FabricError, match="key"):
+            p.send("t", b"v", key=key, partition=0)  # type: ignore[arg-type]
+        assert p.accumulator._open == {}
+
+
+def test_a_header_name_without_utf8_is_refused_as_bad_headers() -> None:
+    with Producer(NOWHERE, linger_ms=60_000, max_block_ms=100) as p:
+        p.metadata.update(_limited_md(None))
+        with pytest.raises(FabricError, match="headers"):
+            p.send("t", b"v", headers=[("\ud800", b"x")], partition=0)
+
+
+def test_send_many_to_a_topic_with_a_small_limit_costs_no_more_per_record() -> None:
+    """Records of mixed sizes to a topic whose batches hold ~15 of them: each batch's fitting
+    looks at about as many sizes as fit, not at batch_records_max of them (quadratic, and under
+    the accumulator's lock). Compared with the same call to an unbounded topic, in one run."""
+    import time
+    n = 20_000
+    seconds = {}
+    for limit in (None, 2048):
+        with Producer(NOWHERE, linger_ms=600_000, max_block_ms=100, buffer_bytes_max=1 << 30) as p:
+            p.metadata.update(_limited_md(limit))
+            values = [b"v" * (90 + i % 20) for i in range(n)]  # mixed sizes: the list path
+            t = time.perf_counter()
+            p.send_many("t", values, partition=0)
+            seconds[limit] = time.perf_counter() - t
+            _settle(p)
+    assert seconds[2048] < 10 * seconds[None], seconds

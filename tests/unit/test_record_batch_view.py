@@ -101,3 +101,18 @@ def test_reading_a_batch_in_small_splits_decodes_it_once(kind: str, monkeypatch:
     assert [r.offset for r in records] == list(range(9_000)) and [r.value for r in records] == values
     assert len(decodes) <= 2  # the layout check, then (not fixed) the unpack: once per batch
     assert sum(unpacked) == (3 * 9_000 if kind == "fixed" else 0)  # values; then records() reads both
+
+
+def test_a_view_kept_alive_pins_no_batch_read_to_its_end() -> None:
+    """Views read in order (a consumer's polls) take each batch out of the shared decode once
+    a view reaches the batch's end: one view the application keeps does not hold every batch of
+    the fetch decoded."""
+    data = b"".join(build_batch([(TS + i, b"k%d" % i, b"v" * 50, None) for i in range(1000)]) for _ in range(20))
+    rest = view_batches("t", 0, data)
+    first = None
+    while rest is not None:
+        head, rest = rest.split(501)  # cuts every batch
+        head.records()
+        first = first or head
+    assert first is not None and len(first._shared) <= 1
+    assert [r.offset for r in first.records()] == list(range(501))  # read again out of order: decoded again
