@@ -234,8 +234,9 @@ class Producer:
         self._check_sizes(sizes)
         if partition is not None:
             parts = [partition] * n
-        else:  # -1: keyless, to the sticky partition, moving on as its batches fill (as send() does)
-            parts = [partition_for_key(k, nparts) if k is not None else -1 for k in keys]
+        else:
+            sticky = self.accumulator.sticky_partition(topic, nparts)
+            parts = [partition_for_key(k, nparts) if k is not None else sticky for k in keys]
         # each partition's records in the order given (a stable sort), appended as one run
         order = sorted(range(n), key=parts.__getitem__)
         segments: list = []
@@ -251,8 +252,8 @@ class Producer:
 
                 def pack_keyed(a: int, b: int, gkeys: list = gkeys, gvalues: list = gvalues) -> list[bytes]:
                     return pack_records(list(zip(repeat(ts), gkeys[a:b], gvalues[a:b], repeat(None))))
-                segments += append_many(topic, p if p >= 0 else None, ts, gvalues, [sizes[i] for i in idx], pack_keyed,
-                                        nparts, on_delivery, completion)
+                segments += append_many(topic, p, ts, gvalues, [sizes[i] for i in idx], pack_keyed, nparts, on_delivery,
+                                        completion)
                 start = end
         except BufferExhaustedError as e:
             queued = segments + e.segments  # type: ignore[attr-defined]

@@ -219,18 +219,6 @@ def test_keyless_records_stick_to_one_partition_until_its_batch_fills(producer: 
     assert len(set(producer.send_many("t", [b"v"] * 3, partition=2)[i].partition for i in range(3))) == 1
 
 
-def test_keyless_records_among_keyed_ones_move_on_as_their_batches_fill(producer: Producer) -> None:
-    """A None key in a keyed call goes where send() would put it: the sticky partition, which
-    moves on when its batch fills -- not one partition for every keyless record of the call."""
-    keys = [None if i % 3 else b"k%d" % (i % 5) for i in range(60)]
-    futures = producer.send_many("t", [b"v%d" % i for i in range(60)], keys=keys)
-    keyless = [futures[i].partition for i in range(60) if keys[i] is None]
-    assert len(keyless) == 40 and len(set(keyless)) > 1
-    assert [keyless[j:j + 4] for j in range(0, 40, 4)] == [[keyless[j]] * 4 for j in range(0, 40, 4)]  # batches of 4
-    assert [futures[i].partition for i in range(60) if keys[i] is not None] == [
-        partition_for_key(k, 3) for k in keys if k is not None]
-
-
 def test_bad_input_raises_before_anything_is_queued(producer: Producer) -> None:
     before = producer.accumulator.buffered_bytes
     with pytest.raises(RecordSizeExceededError) as e:
