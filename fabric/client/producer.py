@@ -145,8 +145,10 @@ class Producer:
         batch rather than Python per record: the batch path for high rates.
 
         Records go where ``send`` would put them: all to ``partition`` if given, else keyed
-        records by ``partition_for_key`` and keyless ones (``keys`` None, or a None key) to the
-        sticky partition, filling batches exactly as one ``send`` per record would. One
+        records by ``partition_for_key`` and keyless ones to the sticky partition -- without
+        ``keys``, filling batches exactly as one ``send`` per record would; in a call with
+        ``keys``, every record with a None key goes to the sticky partition of the call's start
+        (so that a partition's records keep the call's order whatever their keys). One
         timestamp for all (``timestamp_ms``, else now); no headers (use ``send``). Within a
         partition the records keep their order. ``on_delivery`` is called once per record,
         as with ``send``. ``on_complete(futures)`` is called once, when every record of the call
