@@ -68,7 +68,8 @@ class BatchState:
 
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
                  "error", "sequence", "data", "attempts", "possibly_written", "deadline_ms", "callbacks", "last_error",
-                 "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions")
+                 "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
+                 "pieces", "parent", "parent_lo", "offsets", "errors")
 
     def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
         self.topic = topic
@@ -93,6 +94,14 @@ class BatchState:
         self.callbacks: list | None = None  # (first index, record count, callback)
         self.last_error: RemoteError | None = None  # the last retriable error: reported if it never lands
         self.completions: list[Completion] | None = None  # of the send_many calls with records here
+        # a batch the leader refused as too large is sent split in pieces (``split``): the
+        # pieces, in record order; a piece's batch (``parent``) and where its records start there
+        self.pieces: list[BatchState] | None = None
+        self.parent: BatchState | None = None
+        self.parent_lo = 0
+        # per record, when its pieces were not written back to back (else base_offset + index)
+        self.offsets: list[int] | None = None
+        self.errors: list[Exception | None] | None = None
 
     def seal_records(self) -> None:
         """Pack the records ``append`` added into a chunk (before a packed run follows them)."""
@@ -111,6 +120,59 @@ class BatchState:
                                        compression=compression, producer_id=producer_id,
                                        producer_epoch=producer_epoch, base_sequence=base_sequence)
 
+    def split(self, records: list[tuple], producer_id: int, producer_epoch: int, compression: int) -> list[BatchState]:
+        """This batch (or piece), whose ``records`` the caller decoded from its bytes, as two
+        pieces of half its records each, built with its sequence numbers (the first piece
+        takes its base sequence, the second continues it: the batches after it keep theirs).
+        The pieces take its place among its batch's pieces; the batch completes when they all
+        have (``Sender``)."""
+        top = self.parent if self.parent is not None else self
+        half = len(records) // 2
+        pieces = []
+        for lo, hi in ((0, half), (half, len(records))):
+            c = BatchState(self.topic, self.partition, self.created_ms, records[lo][0])
+            c.records, c.record_count = records[lo:hi], hi - lo
+            c.parent, c.parent_lo = top, self.parent_lo + lo
+            c.deadline_ms, c.last_error = self.deadline_ms, self.last_error
+            c.sequence = (self.sequence + lo) & 0x7FFFFFFF if self.sequence >= 0 else -1
+            c.data = c.build(compression=compression, producer_id=producer_id, producer_epoch=producer_epoch,
+                             base_sequence=c.sequence)
+            pieces.append(c)
+        if top.pieces is None:
+            top.pieces = pieces
+        else:
+            at = top.pieces.index(self)
+            top.pieces[at:at + 1] = pieces
+        return pieces
+
+    def complete_from_pieces(self) -> bool:
+        """Complete this batch from its pieces once all of them have completed; True if it did
+        now. Written back to back without error (the common case), it completes as one batch;
+        else each record keeps its own piece's offset and error."""
+        pieces = self.pieces
+        if self.event.is_set() or pieces is None or not all(p.event.is_set() for p in pieces):
+            return False
+        first = pieces[0].base_offset
+        if all(p.error is None and (p.base_offset == first + p.parent_lo if first >= 0 else p.base_offset < 0)
+               for p in pieces):
+            self.complete(first, None)
+            return True
+        offsets: list[int] = []
+        errors: list[Exception | None] = []
+        for p in pieces:
+            offsets += range(p.base_offset, p.base_offset + p.record_count) if p.base_offset >= 0 and p.error is None \
+                else repeat(-1, p.record_count)
+            errors += repeat(p.error, p.record_count)
+        self.offsets, self.errors = offsets, errors
+        self.complete(-1, next(e for e in errors if e is not None) if any(errors) else None)
+        return True
+
+    def outcome(self, index: int) -> tuple[int, Exception | None]:
+        """Record ``index``'s offset (-1 when failed or not known) and error."""
+        if self.errors is not None:
+            return self.offsets[index], self.errors[index]  # type: ignore[index]
+        return (_offset(self.base_offset, index) if self.error is None else -1), self.error
+
     def complete(self, base_offset: int, error: Exception | None) -> None:
         self.base_offset = base_offset
         self.error = error
@@ -121,9 +183,9 @@ class BatchState:
         if self.callbacks:
             for first, count, cb in self.callbacks:
                 for index in range(first, first + count):
+                    offset, err = self.outcome(index)
                     try:
-                        cb(None if error else RecordMetadata(self.topic, self.partition, _offset(base_offset, index)),
-                           error)
+                        cb(None if err else RecordMetadata(self.topic, self.partition, offset), err)
                     except Exception:  # the application's callback: logged, the other callbacks still run
                         log.exception("delivery callback failed")
         if self.completions:
@@ -157,13 +219,19 @@ class RecordFuture(tuple):
         b = self[0]
         if not b.event.wait(timeout):
             raise ClientTimeoutError("no acknowledgement yet")
+        if b.errors is not None:
+            offset, error = b.outcome(self[1])
+            if error is not None:
+                raise error
+            return RecordMetadata(b.topic, b.partition, offset)
         if b.error is not None:
             raise b.error
         return RecordMetadata(b.topic, b.partition, _offset(b.base_offset, self[1]))
 
     def exception(self, timeout: float | None = None) -> Exception | None:
-        self[0].event.wait(timeout)
-        return self[0].error
+        b = self[0]
+        b.event.wait(timeout)
+        return b.error if b.errors is None else b.errors[self[1]]
 
 
 _new_future = tuple.__new__
@@ -211,7 +279,14 @@ class RecordFutures:
 
     def exception(self, timeout: float | None = None) -> Exception | None:
         self._wait(timeout)
-        return next((s[0].error for s in self._segments if s[0].error is not None), None)
+        for b, first, count in self._segments:
+            if b.errors is not None:
+                error = next((e for e in b.errors[first:first + count] if e is not None), None)
+                if error is not None:
+                    return error
+            elif b.error is not None:
+                return b.error
+        return None
 
     def outcomes(self, timeout: float | None = None) -> tuple[Sequence[int], list[int], list[int], list[Exception | None]]:
         """``(positions, partitions, offsets, errors)``: for each record, its position in the
@@ -227,6 +302,10 @@ class RecordFutures:
         errors: list[Exception | None] = []
         for b, first, count in self._segments:
             partitions += repeat(b.partition, count)
+            if b.errors is not None:  # a batch sent in pieces, not written back to back
+                offsets += b.offsets[first:first + count]  # type: ignore[index]
+                errors += b.errors[first:first + count]
+                continue
             if b.error is None and b.base_offset >= 0:
                 offsets += range(b.base_offset + first, b.base_offset + first + count)
             else:
@@ -246,7 +325,7 @@ class RecordFutures:
         error = self.exception(timeout)
         if error is not None:
             raise error
-        return self._in_callers_order([RecordMetadata(b.topic, b.partition, _offset(b.base_offset, k))
+        return self._in_callers_order([RecordMetadata(b.topic, b.partition, b.outcome(k)[0])
                                        for b, first, count in self._segments for k in range(first, first + count)])
 
     def _in_callers_order(self, items: list) -> list:

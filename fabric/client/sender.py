@@ -25,6 +25,7 @@ from typing import Any, Callable, Container, Protocol
 
 import zmq
 
+from engines import batch as B
 from fabric import protocol as P
 from fabric.client.accumulator import BatchState
 from fabric.client.bootstrap import metadata_endpoint
@@ -34,6 +35,7 @@ from fabric.errors import ClientError, CodedError, DeliveryTimeoutError, FabricE
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
+from fabric.records import decode_batches
 from fabric.replies import decode_produce_results
 from fabric.rpc import RpcClient
 from fabric.waker import Waker
@@ -111,6 +113,7 @@ class Sender(threading.Thread):
         self._shut = False
         self.reactor: Any = None  # a fabric.reactor.Reactor (or a test's fake), set by attach()
         self.errors: Counter[str] = Counter()  # error name -> batches that got it (retried or not)
+        self.splits = 0  # batches (or pieces) refused as too large and sent again in two pieces
         self.failure: FabricError | None = None  # set if a programmer error stopped the I/O thread
 
     # -- any thread ------------------------------------------------------------------------
@@ -318,6 +321,10 @@ class Sender(threading.Thread):
             else:
                 if code == P.RECORD_TOO_LARGE:  # the topic's max.message.bytes may have fallen:
                     self.metadata_cache.want_refresh()  # the batches made from now on fit it
+                    if b.record_count > 1 and not b.possibly_written:
+                        # and this one goes again in two pieces (Kafka's producer splits too)
+                        retry[tp] += self._split(b, error)
+                        continue
                 self._finish(b, -1, error)
         for tp, bs in retry.items():
             self._queues[tp].extendleft(reversed(bs))
@@ -326,11 +333,25 @@ class Sender(threading.Thread):
             assert self.reactor is not None
             self.reactor.call_later(RETRY_BACKOFF_MS, self.wake)
 
+    def _split(self, b: BatchState, error: RemoteError) -> list[BatchState]:
+        """``b``, refused as too large, as two pieces with its own producer id, epoch and
+        sequence numbers (the leader refused it whole, before its sequence counted), to go
+        again at the head of its partition's queue."""
+        assert b.data is not None  # packed when it was sent
+        h = B.parse_header(b.data)
+        records = [(r.timestamp_ms, r.key, r.value, r.headers) for r in decode_batches(b.topic, b.partition, b.data)]
+        b.last_error = error
+        self.splits += 1
+        return b.split(records, h.producer_id, h.producer_epoch, self.settings.compression)
+
     def _finish(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
         if error is not None and b.sequence >= 0 and not self._stopping:
             self._reset_producer_id()
         b.complete(base_offset, error)
-        self.batches.release(b)
+        if b.parent is None:
+            self.batches.release(b)
+        elif b.parent.complete_from_pieces():  # the last piece of a split batch
+            self.batches.release(b.parent)
 
     def _reset_producer_id(self) -> None:
         """A numbered batch failed for good: the broker still expects its sequence, so every

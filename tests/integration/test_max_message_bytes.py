@@ -105,3 +105,34 @@ def test_a_lowered_max_message_bytes_is_learned_from_the_first_refusal(tmp_path:
             producer.flush(30)
             _, _, _, errors = futures.outcomes(0)
             assert sum(e is not None for e in errors) == 0
+
+
+def test_batches_made_under_a_limit_since_lowered_are_split_until_they_fit(tmp_path: Path) -> None:
+    """The producer made its batches under the old limit (its metadata did not have the new one
+    yet): each refused batch goes again in halves, and halves of halves, until the leader takes
+    them -- every record delivered once, in order, none lost to the stale bound."""
+    with running_cluster(tmp_path, brokers=1) as c, Admin(c.bootstrap) as admin:
+        admin.create_topic("t", 1, 1)
+        c.wait_topic_ready(admin, "t")
+        with Producer(c.bootstrap, acks="all", linger_ms=20, delivery_timeout_ms=30_000) as producer:
+            producer.send("t", b"warm", partition=0).result(10)  # metadata without the limit
+            admin.alter_topic("t", configs={"max.message.bytes": 16384})
+            with Producer(c.bootstrap, acks="all", linger_ms=0) as probe:  # learns it; the other does not
+
+                def broker_enforces() -> bool:
+                    f = probe.send("t", b"x" * 20_000, partition=0)
+                    probe.flush(10)
+                    return f.exception(0) is not None and f.exception(0).code == P.RECORD_TOO_LARGE
+                wait_until(broker_enforces, 20, what="the broker to enforce the new limit")
+            values = [b"%06d" % i + b"v" * 94 for i in range(30_000)]
+            futures = producer.send_many("t", values, partition=0)
+            producer.flush(30)
+            _, _, offsets, errors = futures.outcomes(0)
+            assert [e for e in errors if e is not None] == []
+            print(f"\n{producer.sender.splits} splits")
+        with Consumer(c.bootstrap, auto_offset_reset="earliest") as consumer:
+            consumer.assign([("t", 0)])
+            got: list = []
+            wait_until(lambda: got.extend(consumer.poll(200)) or len(got) >= 30_001, 20, what="every record")
+            assert [r.value for r in got[1:]] == values
+            assert [r.offset for r in got[1:]] == offsets

@@ -49,7 +49,7 @@ def test_terminal_failure_of_a_sequenced_batch_does_not_wedge_the_partition(rig:
     rig.grant_producer_id(7)
     rig.sender.run_pass()
     assert deliver()[1] == 0
-    failed = rig.send("b")
+    failed = rig.send("b", n=1)  # one record: too large on its own, it is not split but fails
     rig.sender.run_pass()
     rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[-1, P.RECORD_TOO_LARGE, "too large"]]})
     assert failed[0].exception(0).code == P.RECORD_TOO_LARGE
