@@ -134,12 +134,14 @@ class BatchState:
             c.records, c.record_count = records[lo:hi], hi - lo
             c.parent, c.parent_lo = top, self.parent_lo + lo
             c.deadline_ms, c.last_error = self.deadline_ms, self.last_error
+            c.attempts = self.attempts  # its numbers were sent: a producer-id reset keeps them, as a retry's
             c.sequence = (self.sequence + lo) & 0x7FFFFFFF if self.sequence >= 0 else -1
             c.data = c.build(compression=compression, producer_id=producer_id, producer_epoch=producer_epoch,
                              base_sequence=c.sequence)
             pieces.append(c)
         if top.pieces is None:
             top.pieces = pieces
+            top.records, top.chunks, top.data = [], [], None  # the pieces hold the records now
         else:
             at = top.pieces.index(self)
             top.pieces[at:at + 1] = pieces

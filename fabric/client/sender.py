@@ -295,6 +295,16 @@ class Sender(threading.Thread):
             results, err = [], RemoteError(P.UNKNOWN, str(e))
         mark("sender.decoded")  # before the futures complete: the application's thread may run first
         retry: dict[tuple[str, int], list] = defaultdict(list)
+        # a batch behind which a later one of its partition (in this request) was written is not
+        # sent again in pieces: they would land after it, out of order
+        written_after = [False] * len(batches)
+        written: set[tuple[str, int]] = set()
+        for i in range(min(len(batches), len(results)) - 1, -1, -1):
+            tp = (batches[i].topic, batches[i].partition)
+            written_after[i] = tp in written
+            if results[i].base_offset >= 0 or not results[i].error:
+                written.add(tp)
+        dead: set[tuple[str, int]] = set()  # a numbered batch of the partition failed for good here
         for i, b in enumerate(batches):
             tp = (b.topic, b.partition)
             if header is not None and i < len(results):
@@ -312,6 +322,14 @@ class Sender(threading.Thread):
                 self.errors[P.error_name(code)] += 1
             if error is None:
                 self._finish(b, base, None)  # a recognised retry also answers 0, with its offset
+            elif (tp in dead and not b.possibly_written and not written_after[i]
+                  and (code == P.OUT_OF_ORDER_SEQUENCE or (code == P.RECORD_TOO_LARGE and b.record_count > 1))):
+                # not written: a gap behind a batch of its partition that failed for good, under
+                # a producer id that is gone (_finish reset it); numbered again under the next one
+                again = self._split(b) if code == P.RECORD_TOO_LARGE else [b]
+                for x in again:
+                    x.data, x.sequence, x.attempts = None, -1, 0
+                retry[tp] += again
             elif code in P.RETRIABLE or (code == P.OUT_OF_ORDER_SEQUENCE and retry.get(tp)) or header is None:
                 retry[tp].append(b)
                 if code != P.OUT_OF_ORDER_SEQUENCE:  # that one only follows an earlier batch's error
@@ -321,10 +339,12 @@ class Sender(threading.Thread):
             else:
                 if code == P.RECORD_TOO_LARGE:  # the topic's max.message.bytes may have fallen:
                     self.metadata_cache.want_refresh()  # the batches made from now on fit it
-                    if b.record_count > 1 and not b.possibly_written:
+                    if b.record_count > 1 and not b.possibly_written and not written_after[i]:
                         # and this one goes again in two pieces (Kafka's producer splits too)
-                        retry[tp] += self._split(b, error)
+                        retry[tp] += self._split(b)
                         continue
+                if b.sequence >= 0:
+                    dead.add(tp)
                 self._finish(b, -1, error)
         for tp, bs in retry.items():
             self._queues[tp].extendleft(reversed(bs))
@@ -333,14 +353,13 @@ class Sender(threading.Thread):
             assert self.reactor is not None
             self.reactor.call_later(RETRY_BACKOFF_MS, self.wake)
 
-    def _split(self, b: BatchState, error: RemoteError) -> list[BatchState]:
+    def _split(self, b: BatchState) -> list[BatchState]:
         """``b``, refused as too large, as two pieces with its own producer id, epoch and
         sequence numbers (the leader refused it whole, before its sequence counted), to go
         again at the head of its partition's queue."""
         assert b.data is not None  # packed when it was sent
         h = B.parse_header(b.data)
         records = [(r.timestamp_ms, r.key, r.value, r.headers) for r in decode_batches(b.topic, b.partition, b.data)]
-        b.last_error = error
         self.splits += 1
         return b.split(records, h.producer_id, h.producer_epoch, self.settings.compression)
 

@@ -77,12 +77,26 @@ def test_pieces_written_apart_keep_their_own_offsets(rig: Rig) -> None:
 def test_a_piece_refused_again_is_split_again(rig: Rig) -> None:
     values, _, futures = _queue(rig)
     _answer(rig, TOO_LARGE)
-    _answer(rig, TOO_LARGE, [50, 0, ""])  # the first half is still too large; the second is written
-    # the sender keeps order: the second half's success came before the first's pieces are written,
-    # which the idempotent broker would refuse as out of order -- here the test answers as told
-    assert _sent(rig) == [(0, 7, values[:2]), (2, 7, values[2:5])]
-    _answer(rig, [40, 0, ""], [42, 0, ""])
-    assert [f.result(0).offset for f in futures] == [40, 41, 42, 43, 44, 50, 51, 52, 53, 54]
+    # the first half is still too large; the second, whose sequence follows it, is out of order
+    _answer(rig, TOO_LARGE, [-1, P.OUT_OF_ORDER_SEQUENCE, ""])
+    assert _sent(rig) == [(0, 7, values[:2]), (2, 7, values[2:5]), (5, 7, values[5:])]
+    _answer(rig, [40, 0, ""], [42, 0, ""], [45, 0, ""])
+    assert [f.result(0).offset for f in futures] == list(range(40, 50))
+    assert rig.sender.splits == 2
+
+
+def test_a_batch_behind_which_its_partition_was_written_is_not_split(rig: Rig) -> None:
+    """Pieces sent after a later batch of the partition was written would land after it: the
+    refused batch fails as record_too_large instead, and the partition's order holds."""
+    from fabric.errors import RemoteError
+    first = [rig.one(b"a%d" % i) for i in range(10)]
+    second = [rig.one(b"b%d" % i) for i in range(10)]
+    rig.payloads()
+    _answer(rig, TOO_LARGE, [100, 0, ""])
+    with pytest.raises(RemoteError) as e:
+        first[0].result(0)
+    assert e.value.code == P.RECORD_TOO_LARGE and rig.sender.splits == 0
+    assert [f.result(0).offset for f in second] == list(range(100, 110))
 
 
 def test_a_failed_piece_fails_its_records_only(rig: Rig) -> None:
