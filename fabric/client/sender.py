@@ -221,6 +221,13 @@ class Sender(threading.Thread):
                 self._finish(b, -1, _expired_error(b, tp, self.settings.delivery_timeout_ms))
 
     def _pack(self, b: BatchState, tp: tuple[str, int]) -> bytes:
+        if (b.data is not None and self.idempotent and not b.possibly_written
+                and B.parse_header(b.data).producer_id != self.producer_id):
+            # numbered under a producer id since reset, and in no log: numbered again, in queue
+            # order, so that batches of the old id and the new never follow one another out
+            # of order (only a batch that may be written keeps its number, for its retry to be
+            # recognised)
+            b.data = None
         if b.data is None:
             seq = -1
             if self.idempotent:
@@ -326,6 +333,8 @@ class Sender(threading.Thread):
                   and (code == P.OUT_OF_ORDER_SEQUENCE or (code == P.RECORD_TOO_LARGE and b.record_count > 1))):
                 # not written: a gap behind a batch of its partition that failed for good, under
                 # a producer id that is gone (_finish reset it); numbered again under the next one
+                if code == P.RECORD_TOO_LARGE:
+                    self.metadata_cache.want_refresh()
                 again = self._split(b) if code == P.RECORD_TOO_LARGE else [b]
                 for x in again:
                     x.data, x.sequence, x.attempts = None, -1, 0

@@ -216,3 +216,44 @@ def test_closing_with_pieces_queued_fails_each_record_once() -> None:
     rig.sender.stop()
     assert len(calls) == 10 and all(isinstance(e, FabricError) for e in calls)
     assert rig.acc.buffered_bytes == 0 and futures[0].done()
+
+
+def test_a_sent_batch_left_in_the_queue_is_numbered_again_with_the_batches_ahead() -> None:
+    """32 batches of 2 (the per-request cap): batch 0 is split, so 33 go back and one sent
+    batch (old id) stays queued. The next reply fails the lone oversized record (an id reset):
+    the queued batch, in no log, is numbered again under the new id in queue order -- not left
+    with the old id's number behind the renumbered ones (out of order, failed for good)."""
+    rig = SplitRig(batch_records_max=2)
+    _warm(rig)
+    values = [b"X" * 400] + [b"v%02d" % i for i in range(1, 64)]
+    futures = [rig.send("t", v) for v in values]
+    rig.flush_batches()
+    rig.limit["t"] = 300
+    rig.pump()
+    got = _outcomes(futures)
+    bad = [(i, o) for i, o in enumerate(got[1:], 1) if not isinstance(o, int)]
+    assert got[0] == "record_too_large" and not bad, bad
+    assert rig.log() == [b"w0", b"w1"] + values[1:]
+
+
+def test_old_id_pieces_are_numbered_again_beside_a_new_id_batch() -> None:
+    """Pieces made under the old id, and a batch behind them numbered under the new one, go
+    in one request: the pieces (in no log) are numbered again under the new id first, so the
+    piece beside the oversized one is not failed out of order behind a written batch."""
+    rig = SplitRig(batch_records_max=2)
+    _warm(rig)
+    a = [rig.send("t", v) for v in (b"X" * 400, b"a1")]
+    x = [rig.send("u", b"x")]
+    rig.flush_batches()
+    rig.limit["t"] = 300
+    rig.sender.run_pass()                      # t: [A] to L1, u: [x] to L2
+    d = [rig.send("t", b"d0")]
+    rig.flush_batches()
+    rig.sender.run_pass()                      # D waits in t's queue (t in flight), attempts 0
+    rig.deliver(L2, override=[[-1, P.INVALID_RECORD, "bad record"]])   # id reset: D renumbered
+    assert x[0].exception(0).code == P.INVALID_RECORD
+    rig.deliver(L1)                            # A too large: pieces [X], [a1] under the old id
+    rig.pump()
+    assert _outcomes(a)[0] == "record_too_large"
+    assert _outcomes(a)[1:] + _outcomes(d) == [2, 3], _outcomes(a) + _outcomes(d)
+    assert rig.log() == [b"w0", b"w1", b"a1", b"d0"]
