@@ -221,8 +221,7 @@ class Sender(threading.Thread):
                 self._finish(b, -1, _expired_error(b, tp, self.settings.delivery_timeout_ms))
 
     def _pack(self, b: BatchState, tp: tuple[str, int]) -> bytes:
-        if (b.data is not None and self.idempotent and not b.possibly_written
-                and B.parse_header(b.data).producer_id != self.producer_id):
+        if b.data is not None and self.idempotent and not b.possibly_written and self._numbered_before_reset(b.data):
             # numbered under a producer id since reset, and in no log: numbered again, in queue
             # order, so that batches of the old id and the new never follow one another out
             # of order (only a batch that may be written keeps its number, for its retry to be
@@ -239,6 +238,10 @@ class Sender(threading.Thread):
                              producer_epoch=self.producer_epoch if self.idempotent else -1,
                              base_sequence=seq)
         return b.data
+
+    def _numbered_before_reset(self, data: bytes) -> bool:
+        h = B.parse_header(data)
+        return (h.producer_id, h.producer_epoch) != (self.producer_id, self.producer_epoch)
 
     def _send_ready(self) -> None:
         by_broker: dict[str, list[tuple[tuple[str, int], list[BatchState]]]] = defaultdict(list)
