@@ -69,7 +69,7 @@ class BatchState:
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
                  "error", "sequence", "data", "attempts", "possibly_written", "deadline_ms", "callbacks", "last_error",
                  "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
-                 "pieces", "parent", "parent_lo", "offsets", "errors")
+                 "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in")
 
     def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
         self.topic = topic
@@ -91,6 +91,7 @@ class BatchState:
         # whose base offset is -1 (the broker's "not written by this request")
         self.possibly_written = False
         self.deadline_ms = 0
+        self.numbered_in = -1  # the sender's producer-id generation its sequence numbers belong to
         self.callbacks: list | None = None  # (first index, record count, callback)
         self.last_error: RemoteError | None = None  # the last retriable error: reported if it never lands
         self.completions: list[Completion] | None = None  # of the send_many calls with records here

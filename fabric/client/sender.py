@@ -103,6 +103,7 @@ class Sender(threading.Thread):
         self._md_in_flight = False
         self._md_endpoint_index = 0
         self.producer_id = -1
+        self._id_generation = 0  # producer ids had so far (a reset starts the next)
         self.producer_epoch = -1
         self._pid_in_flight = False
         self._sequences: dict[tuple[str, int], int] = defaultdict(int)
@@ -221,7 +222,7 @@ class Sender(threading.Thread):
                 self._finish(b, -1, _expired_error(b, tp, self.settings.delivery_timeout_ms))
 
     def _pack(self, b: BatchState, tp: tuple[str, int]) -> bytes:
-        if b.data is not None and self.idempotent and not b.possibly_written and self._numbered_before_reset(b.data):
+        if b.data is not None and not b.possibly_written and b.numbered_in != self._id_generation:
             # numbered under a producer id since reset, and in no log: numbered again, in queue
             # order, so that batches of the old id and the new never follow one another out
             # of order (only a batch that may be written keeps its number, for its retry to be
@@ -233,15 +234,12 @@ class Sender(threading.Thread):
                 seq = self._sequences[tp]
                 self._sequences[tp] = (seq + b.record_count) & 0x7FFFFFFF
             b.sequence = seq
+            b.numbered_in = self._id_generation
             b.data = b.build(compression=self.settings.compression,
                              producer_id=self.producer_id if self.idempotent else -1,
                              producer_epoch=self.producer_epoch if self.idempotent else -1,
                              base_sequence=seq)
         return b.data
-
-    def _numbered_before_reset(self, data: bytes) -> bool:
-        h = B.parse_header(data)
-        return (h.producer_id, h.producer_epoch) != (self.producer_id, self.producer_epoch)
 
     def _send_ready(self) -> None:
         by_broker: dict[str, list[tuple[tuple[str, int], list[BatchState]]]] = defaultdict(list)
@@ -255,12 +253,17 @@ class Sender(threading.Thread):
                 continue
             if frames[endpoint] >= REQUEST_BATCHES_MAX:
                 continue  # next request to that broker
-            take, size = [], 0
-            while q and frames[endpoint] < REQUEST_BATCHES_MAX and len(take) < PARTITION_BATCHES_MAX and (
-                    not take or size + len(self._pack(q[0], tp)) <= REQUEST_BYTES_TARGET):
-                b = q.popleft()
-                take.append(b)
-                size += len(self._pack(b, tp))
+            take: list[BatchState] = []
+            size = 0
+            while q and frames[endpoint] < REQUEST_BATCHES_MAX and len(take) < PARTITION_BATCHES_MAX:
+                data = self._pack(q[0], tp)
+                # one producer id per partition in a request: a batch kept under an id since
+                # reset (it may be in a log) goes alone, before any batch of the new id (which
+                # the partition would take at any sequence, out of order, if the old one failed)
+                if take and (size + len(data) > REQUEST_BYTES_TARGET or q[0].numbered_in != take[0].numbered_in):
+                    break
+                take.append(q.popleft())
+                size += len(data)
                 frames[endpoint] += 1
             self._in_flight[tp] = (endpoint, self.clock.now_ms(), self.metadata.leader_epoch(*tp))
             by_broker[endpoint].append((tp, take))
@@ -373,7 +376,10 @@ class Sender(threading.Thread):
         h = B.parse_header(b.data)
         records = [(r.timestamp_ms, r.key, r.value, r.headers) for r in decode_batches(b.topic, b.partition, b.data)]
         self.splits += 1
-        return b.split(records, h.producer_id, h.producer_epoch, self.settings.compression)
+        pieces = b.split(records, h.producer_id, h.producer_epoch, self.settings.compression)
+        for c in pieces:
+            c.numbered_in = b.numbered_in  # numbered under its batch's id
+        return pieces
 
     def _finish(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
         if error is not None and b.sequence >= 0 and not self._stopping:
@@ -390,6 +396,7 @@ class Sender(threading.Thread):
         producer id (Kafka's producer-id reset). Batches never sent are renumbered; batches sent
         before keep their numbers so that a retry is still recognised as one."""
         self.producer_id = self.producer_epoch = -1
+        self._id_generation += 1  # batches numbered before are numbered again unless they may be in a log
         self._sequences.clear()
         for q in self._queues.values():
             for b in q:

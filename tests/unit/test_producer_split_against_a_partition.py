@@ -243,3 +243,39 @@ def test_old_id_pieces_are_numbered_again_beside_a_new_id_batch() -> None:
     assert _outcomes(a)[0] == "record_too_large"
     assert _outcomes(a)[1:] + _outcomes(d) == [2, 3], _outcomes(a) + _outcomes(d)
     assert rig.log() == [b"w0", b"w1", b"a1", b"d0"]
+
+
+def test_a_batch_kept_under_an_old_producer_id_goes_alone_before_the_new_ids_batches() -> None:
+    """After a producer-id reset, a batch that may be in a log keeps its old id's numbers (its
+    retry must be recognised); a batch numbered under the new id does not travel in the same
+    request -- the partition takes a new id's first batch at any sequence, so it would be
+    written ahead of the old one if that one were refused (here: too large, the reply lost)."""
+    from fabric.errors import RequestTimeout
+
+    def deliver_then_lose_reply() -> None:
+        c = rig.clients[L1]
+        _, header, payloads, _ = c.of(P.PRODUCE)[-1]
+        for (topic, _p, _e, pw), data in zip(header["parts"], payloads):
+            rig.parts[topic].append_as_leader([data], rig.limit[topic], [bool(pw)])
+        c.answer_last(P.PRODUCE, None, err=RequestTimeout("no reply"))
+    rig = SplitRig()
+    _warm(rig)
+    a = [rig.send("t", b"a%d" % i + b"." * 40) for i in range(10)]
+    rig.flush_batches()
+    rig.limit["t"] = 500
+    rig.sender.run_pass()  # t: [A] under the first id
+    x = rig.send("u", b"x")
+    rig.flush_batches()
+    rig.sender.run_pass()
+    rig.deliver(L2, override=[[-1, P.INVALID_RECORD, "bad"]])  # fails for good: the id is reset
+    deliver_then_lose_reply()  # A refused as too large, the reply lost: A may be in the log
+    b = rig.send("t", b"b")
+    rig.flush_batches()
+    rig.grant_pid()
+    assert len(rig.clients[L1].of(P.PRODUCE)[-1][2]) == 1  # A alone, under its old id
+    deliver_then_lose_reply()
+    rig.limit["t"] = BIG  # the limit raised again: A goes through
+    rig.pump()
+    assert x.exception(0).code == P.INVALID_RECORD
+    log = rig.log()[2:]
+    assert log == [b"a%d" % i + b"." * 40 for i in range(10)] + [b"b"], (log, _outcomes(a), _outcomes([b]))
