@@ -67,7 +67,7 @@ class BatchState:
     """One closed (or open) batch: its records and the waiters on its result."""
 
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
-                 "error", "sequence", "data", "attempts", "possibly_written", "deadline_ms", "callbacks", "last_error",
+                 "error", "sequence", "data", "possibly_written", "deadline_ms", "callbacks", "last_error",
                  "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
                  "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in")
 
@@ -86,7 +86,6 @@ class BatchState:
         self.error: Exception | None = None
         self.sequence = -1
         self.data: bytes | None = None
-        self.attempts = 0
         # a send of it may be in a log: one not answered with an error for the batch itself
         # whose base offset is -1 (the broker's "not written by this request")
         self.possibly_written = False
@@ -135,7 +134,6 @@ class BatchState:
             c.records, c.record_count = records[lo:hi], hi - lo
             c.parent, c.parent_lo = top, self.parent_lo + lo
             c.deadline_ms, c.last_error = self.deadline_ms, self.last_error
-            c.attempts = self.attempts  # its numbers were sent: a producer-id reset keeps them, as a retry's
             c.sequence = (self.sequence + lo) & 0x7FFFFFFF if self.sequence >= 0 else -1
             c.data = c.build(compression=compression, producer_id=producer_id, producer_epoch=producer_epoch,
                              base_sequence=c.sequence)

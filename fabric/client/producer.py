@@ -40,7 +40,7 @@ __all__ = ["ACKS", "RECORD_OVERHEAD_BYTES", "BatchState", "Producer", "RecordFut
 
 ACKS = {"0": 0, "1": 1, "all": -1, "-1": -1, 0: 0, 1: 1, -1: -1}
 # what a record's msgpack takes besides its value and key, at most: array head 1, timestamp 9,
-# key and value heads 5 each, nil headers 1 (records with headers add ``headers_bytes``), so
+# key and value heads 5 each, nil headers 1 (records with headers add what ``frozen_headers`` counts), so
 # that the counted bytes bound the batch the leader checks against max.message.bytes
 RECORD_OVERHEAD_BYTES = 24
 PAYLOAD_HEAD_BYTES_MAX = 5          # the payload's array head (array 32)
@@ -94,8 +94,9 @@ class Producer:
         """Queue one record. Blocks (up to max_block_ms) while the buffer is full, then raises
         ``BufferExhaustedError``; raises ``FabricError`` for a value that is not bytes, a key
         that is not bytes or None, or headers that are not (name str, value bytes|None) pairs
-        (a bytearray value, key or header value is copied: the record is queued as it is now), ``RecordSizeExceededError`` for a record
-        whose value, key and headers are over ``record_bytes_max``, and
+        (a bytearray value, key or header value is copied: the record is queued as it is
+        now), ``RecordSizeExceededError`` for a record whose value, key and headers are over
+        ``record_bytes_max``, and
         ``TopicNotInMetadataError`` for a topic or partition the metadata does not have (all
         local ``ClientError``s, with the protocol code of the condition)."""
         # the hot path of every application: kept to a few dict and attribute operations

@@ -275,7 +275,6 @@ class Sender(threading.Thread):
         for tp, take in groups:
             epoch = self._in_flight[tp][2]  # the epoch the request is remembered at (_send_ready)
             for b in take:
-                b.attempts += 1
                 # a deposed leader refuses it (fenced); the last element tells a broker that may
                 # have forgotten our producer whether the batch can be in its log already
                 parts.append([tp[0], tp[1], epoch, int(b.possibly_written)])
@@ -341,10 +340,7 @@ class Sender(threading.Thread):
                 # a producer id that is gone (_finish reset it); numbered again under the next one
                 if code == P.RECORD_TOO_LARGE:
                     self.metadata_cache.want_refresh()
-                again = self._split(b) if code == P.RECORD_TOO_LARGE else [b]
-                for x in again:
-                    x.data, x.sequence, x.attempts = None, -1, 0
-                retry[tp] += again
+                retry[tp] += self._split(b) if code == P.RECORD_TOO_LARGE else [b]  # _pack numbers them
             elif code in P.RETRIABLE or (code == P.OUT_OF_ORDER_SEQUENCE and retry.get(tp)) or header is None:
                 retry[tp].append(b)
                 if code != P.OUT_OF_ORDER_SEQUENCE:  # that one only follows an earlier batch's error
@@ -393,15 +389,12 @@ class Sender(threading.Thread):
     def _reset_producer_id(self) -> None:
         """A numbered batch failed for good: the broker still expects its sequence, so every
         later batch of the partition would fail out of order, forever. Start over under a new
-        producer id (Kafka's producer-id reset). Batches never sent are renumbered; batches sent
-        before keep their numbers so that a retry is still recognised as one."""
+        producer id (Kafka's producer-id reset). A batch in no log is numbered again when it is
+        next packed (``_pack``); one that may be in a log keeps its numbers, so that its retry
+        is still recognised as one."""
         self.producer_id = self.producer_epoch = -1
-        self._id_generation += 1  # batches numbered before are numbered again unless they may be in a log
+        self._id_generation += 1
         self._sequences.clear()
-        for q in self._queues.values():
-            for b in q:
-                if b.attempts == 0:
-                    b.data, b.sequence = None, -1
 
     def _fail_everything(self, error: Exception) -> None:
         for q in self._queues.values():
