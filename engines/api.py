@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from engines.errors import LoomError
+from engines.direct_write import DIRECT_WRITE_MIN_BYTES
 
 FSYNC_ALWAYS = "always"
 FSYNC_INTERVAL = "interval"
@@ -106,10 +107,15 @@ class EngineConfig:
     # the segment engine drops durable bytes older than this window from the page cache
     # (engines/segment_cache.py); other engines ignore it
     cache_window: CacheWindow = field(default_factory=CacheWindow)
+    # the segment engine writes runs of at least this many bytes past the page cache (O_DIRECT,
+    # engines/direct_write.py); -1: never. Other engines ignore it
+    direct_write_min_bytes: int = DIRECT_WRITE_MIN_BYTES
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
             raise EngineError(f"fsync must be one of {FSYNC_POLICIES}, not {self.fsync!r}")
+        if self.direct_write_min_bytes < -1:
+            raise EngineError(f"direct_write_min_bytes must be -1 (never) or >= 0, not {self.direct_write_min_bytes}")
 
     def to_json(self) -> str:
         """These settings as JSON, the window as its bytes: for another process to open a log

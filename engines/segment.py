@@ -238,7 +238,7 @@ class SegmentEngine(AsyncFlushMixin):
 
     def _write_group(self, active: LogSegment, group: list[tuple], offsets: list[int]) -> None:
         if group:
-            active.append_many(group)
+            active.append_many(group, self.config.direct_write_min_bytes)
             self._size_bytes += sum(len(g[0]) for g in group)
             offsets += (g[1] for g in group)
 
@@ -248,6 +248,11 @@ class SegmentEngine(AsyncFlushMixin):
         began: the call's own batches before the roll may yet be cut back (append_many, when a
         later write fails), and the checkpoint must never vouch for cut bytes."""
         old = self._active
+        if old.padded_bytes:
+            # the new size is bytes a flush job in flight may already have synced: it must not
+            # mark the segment clean, or a checkpoint past it could come before the cut is durable
+            self._invalidate_flushes()
+            old.trim()
         if self.config.fsync == FSYNC_ALWAYS:
             self.flush(checkpoint=False)
             if began != self._checkpoint:
@@ -602,6 +607,7 @@ class SegmentEngine(AsyncFlushMixin):
             return
         try:
             if self._failed is None:  # else no checkpoint: recovery validates what came after the last
+                self._active.trim()
                 self.flush(clean=True)
         finally:
             self._closed = True

@@ -4,8 +4,10 @@
 The .log file is whole batches back to back; ``size_bytes`` is the end of the last valid batch
 (bytes past it, e.g. a torn write, are never read and are cut by recovery). Writes use
 ``os.pwritev`` at an explicit position with the 8-byte base offset as its own buffer, so
-stamping a batch never copies it. Reads use ``os.pread``. Only the segment's summary and its
-sparse index are kept in memory.
+stamping a batch never copies it -- or, for a run of at least ``direct_write_min_bytes``, a
+direct write past the page cache (engines/direct_write.py), which may leave up to a block of
+zero padding after ``size_bytes`` until the next append, a roll or a close (``trim``). Reads
+use ``os.pread``. Only the segment's summary and its sparse index are kept in memory.
 
 Not thread-safe. OSError is translated to StorageFull / EngineError for writes; reads of
 damaged stored data raise CorruptBatch.
@@ -32,6 +34,7 @@ from engines.batch import (
     verify,
 )
 from engines.checks import sync_translated, translate_os_error, whole_batches_end
+from engines.direct_write import BLOCK_BYTES, UNSUPPORTED_ERRNOS, ZEROS, open_direct, write_direct
 from engines.offset_index import IndexDamaged, OffsetIndex
 
 WALK_BATCH_BYTES_MIN = 32 * 1024  # batches this large are read by walking their headers
@@ -59,6 +62,7 @@ class ScanResult:
     batches: int
     last_timestamp_ms: int | None
     error: str | None
+    padding_bytes: int = 0  # zero bytes after end_position to the file's end: a direct write's
 
 
 def _unwritten(iov: list, written: int) -> list:
@@ -95,6 +99,15 @@ class LogSegment:
         self.cache_drop_at = 0
         self._bytes_since_index_entry = 0
         self._fd = -1
+        # direct writes (engines/direct_write.py): their descriptor (-1: not open), False once
+        # the file system refused one; the zero bytes the file holds past size_bytes; the bytes
+        # of the log's last partial block as last written directly and where that block starts
+        # (-1: unknown -- read back from the file when needed)
+        self._direct_fd = -1
+        self._direct_ok = True
+        self.padded_bytes = 0
+        self._tail = b""
+        self._tail_at = -1
 
     # -- file handle --------------------------------------------------------------------------
     @property
@@ -114,17 +127,22 @@ class LogSegment:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -1
 
     def file_size_bytes(self) -> int:
         return os.fstat(self.fd).st_size
 
     # -- append -------------------------------------------------------------------------------
-    def append_many(self, batches: list[tuple[bytes | bytearray | memoryview, int, int, int, int]]) -> None:
+    def append_many(self, batches: list[tuple[bytes | bytearray | memoryview, int, int, int, int]],
+                    direct_write_min_bytes: int = -1) -> None:
         """Write (already validated) batches at the end, each ``(batch, offset, record_count,
         first_timestamp_ms, last_timestamp_ms)`` with its first 8 bytes replaced by ``offset``
-        -- in one pwritev (per IOV_BATCHES_MAX batches): no copy, no header parsing. On a write
-        error the file is cut back to its previous size and StorageFull / EngineError is
-        raised; the segment is unchanged."""
+        -- in one pwritev (per IOV_BATCHES_MAX batches): no copy, no header parsing; a run of
+        at least ``direct_write_min_bytes`` (-1: never) in direct writes instead, through one
+        copy (engines/direct_write.py). On a write error the file is cut back to its previous
+        size and StorageFull / EngineError is raised; the segment is unchanged."""
         position = self.size_bytes
         fd = self._fd if self._fd >= 0 else self.fd
         at = position
@@ -134,7 +152,10 @@ class LogSegment:
             for batch, offset, _, _, _ in batches[i:i + IOV_BATCHES_MAX]:
                 iov += (BASE_OFFSET.pack(offset), memoryview(batch)[8:])
                 nbytes += len(batch)
-            self._write_at(fd, iov, at, nbytes, position)
+            if 0 <= direct_write_min_bytes <= nbytes and self._direct_ok:
+                self._write_direct(fd, iov, at, nbytes, position)
+            else:
+                self._write_at(fd, iov, at, nbytes, position)
             at += nbytes
         for batch, offset, record_count, first_timestamp_ms, last_timestamp_ms in batches:
             size = len(batch)
@@ -157,6 +178,8 @@ class LogSegment:
     def _write_at(self, fd: int, iov: list, at: int, nbytes: int, start: int) -> None:
         """Write ``iov`` (``nbytes``) at ``at``; on an error cut the file back to ``start``
         (where this append began: earlier iovs of it may be written already)."""
+        self._tail_at = -1  # the last block is no longer what the last direct write left
+        self.padded_bytes = max(0, self.padded_bytes - nbytes)
         try:
             written = os.pwritev(fd, iov, at)
             if written != nbytes:  # a short write to a regular file: almost surely disk full
@@ -164,15 +187,71 @@ class LogSegment:
                 if os.pwritev(fd, rest, at + written) != nbytes - written:
                     raise OSError(28, "No space left on device (short write)")
         except OSError as e:
-            try:
-                os.ftruncate(fd, start)
-            except OSError:
-                # size_bytes excludes the bytes of this call, but the file may keep them -- whole
-                # batches, not only a torn one -- and recovery (which re-reads past the
-                # checkpoint) would take those back after a restart: a failed cut of a failed
-                # write, as with the engine's own truncation failing before
-                pass
+            self._cut_failed_write(fd, start)
             raise translate_os_error(e, f"append to {self.log_path}") from e
+
+    def _cut_failed_write(self, fd: int, start: int) -> None:
+        self._tail_at = -1
+        self.padded_bytes = 0
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            # size_bytes excludes the bytes of this call, but the file may keep them -- whole
+            # batches, not only a torn one -- and recovery (which re-reads past the
+            # checkpoint) would take those back after a restart: a failed cut of a failed
+            # write, as with the engine's own truncation failing before
+            pass
+
+    def _write_direct(self, fd: int, iov: list, at: int, nbytes: int, start: int) -> None:
+        """``_write_at`` with direct writes from the block holding ``at`` (its first bytes,
+        the log's, written again); buffered where the file system has no direct I/O."""
+        block_at = at - at % BLOCK_BYTES
+        lead_bytes = at - block_at
+        if self._direct_fd < 0:
+            try:
+                self._direct_fd = open_direct(self.log_path)
+            except OSError as e:
+                raise translate_os_error(e, f"open {self.log_path} for direct writes") from e
+            if self._direct_fd < 0:
+                self._direct_ok = False
+                self._write_at(fd, iov, at, nbytes, start)
+                return
+        if not lead_bytes:
+            lead = b""
+        elif self._tail_at == block_at and len(self._tail) == lead_bytes:
+            lead = self._tail
+        else:
+            try:
+                lead = os.pread(fd, lead_bytes, block_at)
+            except OSError as e:
+                raise translate_os_error(e, f"read {self.log_path}") from e
+            if len(lead) != lead_bytes:
+                raise CorruptBatch(f"{self.log_path}: short read of {len(lead)}/{lead_bytes} bytes at {block_at}")
+        try:
+            self.padded_bytes, self._tail = write_direct(self._direct_fd, iov, lead, block_at)
+        except OSError as e:
+            if e.errno in UNSUPPORTED_ERRNOS and not getattr(e, "written", 0):
+                # refused before any byte was written (alignment, or no direct I/O after all)
+                self._direct_ok = False
+                self._write_at(fd, iov, at, nbytes, start)
+                return
+            self._cut_failed_write(fd, start)
+            raise translate_os_error(e, f"append to {self.log_path}") from e
+        self._tail_at = at + nbytes - len(self._tail)
+
+    def trim(self) -> None:
+        """Cut the zero padding direct writes left past the log's end (before the segment is
+        rolled or closed: bytes past the end of a segment that is not the last would be read
+        as a damaged batch). Marks the segment dirty: the new size must be fsynced. Raises
+        StorageFull / EngineError."""
+        if not self.padded_bytes:
+            return
+        try:
+            os.ftruncate(self.fd, self.size_bytes)
+        except OSError as e:
+            raise translate_os_error(e, f"truncate {self.log_path}") from e
+        self.padded_bytes = 0
+        self.dirty = True
 
     def sync(self) -> None:
         """fdatasync the log (data and size). Raises StorageFull / EngineError."""
@@ -322,9 +401,20 @@ class LogSegment:
             result.end_position, result.next_offset = position, header.next_offset
             result.last_timestamp_ms = header.last_timestamp_ms
             result.batches += 1
-        if result.error is None and result.end_position < self.file_size_bytes():
-            result.error = f"byte {result.end_position}: torn tail"
+        file_size = self.file_size_bytes()
+        if result.end_position < file_size:
+            if self._zero_padding(result.end_position, file_size):
+                result.error, result.padding_bytes = None, file_size - result.end_position
+            elif result.error is None:
+                result.error = f"byte {result.end_position}: torn tail"
         return result
+
+    def _zero_padding(self, start: int, end: int) -> bool:
+        """Whether the bytes [start, end) are what a direct write pads with: fewer than a
+        block, all zero. (A torn write can look the same; its bytes were never acknowledged
+        as durable, and are cut either way -- only not counted as a cut.)"""
+        size = end - start
+        return 0 < size < BLOCK_BYTES and os.pread(self.fd, size, start) == ZEROS[:size]
 
     def truncate_to_position(self, position: int) -> int:
         """Cut the file (and index) at byte ``position``; returns the bytes removed."""
@@ -335,6 +425,8 @@ class LogSegment:
             raise translate_os_error(e, f"truncate {self.log_path}") from e
         self.index.truncate_to_position(position)
         self.size_bytes = min(self.size_bytes, position)
+        self.padded_bytes = 0
+        self._tail_at = -1
         self.cache_dropped_to = min(self.cache_dropped_to, position)
         self.cache_drop_at = 0  # the segment grows back from here: the next sync may drop again
         self.max_timestamp_ms = None  # the cut batches may have held it

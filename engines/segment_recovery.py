@@ -175,6 +175,9 @@ class _Recovery:
                 result = seg.scan(position, offset, seg.size_bytes)
             self.batches_scanned += result.batches
             seg.size_bytes, seg.next_offset = result.end_position, result.next_offset
+            if result.padding_bytes:  # a direct write's zeros past the end (direct_write.py)
+                seg.padded_bytes = result.padding_bytes
+                seg.trim()
             seg.last_timestamp_ms = result.last_timestamp_ms
             if result.error is not None:
                 self.notes.append(f"segment {seg.base_offset}: {result.error}; cut")

@@ -1,0 +1,308 @@
+"""The segment engine's direct writes (engines/direct_write.py): runs of at least
+``direct_write_min_bytes`` go past the page cache, smaller ones stay buffered, and the log reads
+back the same either way -- across rolls, truncations, closes, crashes (a copy of the directory
+taken while the engine is open) and file systems that refuse direct I/O. The zero padding a
+direct write leaves past the log's end is cut at a roll and a close, and recovery takes it for
+padding, not for a torn batch -- in a rolled segment too, where a cut would delete every later
+segment."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engines import direct_write
+from engines.api import CacheWindow, EngineConfig, EngineError, StorageFull
+from engines.conformance import make_batch, read_all
+from engines.conformance_support import batch_index
+from engines.direct_write import BLOCK_BYTES, DIRECT_WRITE_MIN_BYTES, open_direct
+from engines.segment import SegmentEngine
+from engines.segment_recovery import Checkpoint, write_checkpoint
+from fabric.config import ConfigError, load_config
+from tests.harness import make_config
+
+MIN_BYTES = 64 * 1024  # runs of at least this go direct in these tests
+BIG_PAYLOAD = 70 * 1024  # one batch above MIN_BYTES, not a multiple of a block
+SMALL_PAYLOAD = 300
+
+
+def supports_direct(directory: Path) -> bool:
+    probe = directory / "probe"
+    probe.write_bytes(b"")
+    fd = open_direct(str(probe))
+    if fd >= 0:
+        os.close(fd)
+    probe.unlink()
+    return fd >= 0
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    if not supports_direct(tmp_path):
+        pytest.skip("the file system of the test directory has no direct I/O")
+    return tmp_path / "log"
+
+
+def open_engine(directory: Path, min_bytes: int = MIN_BYTES, segment_bytes: int = 4 * 1024 * 1024,
+                fsync: str = "interval") -> SegmentEngine:
+    return SegmentEngine(str(directory), EngineConfig(fsync=fsync, fsync_interval_ms=50, segment_bytes_max=segment_bytes,
+                                                      direct_write_min_bytes=min_bytes))
+
+
+def segment_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.log"))
+
+
+def cached(path: Path, position: int) -> bool:
+    """Whether the page holding byte ``position`` of ``path`` is in the page cache (a read that
+    may not wait for the disk: RWF_NOWAIT)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(512)], position - position % 4096, os.RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            pytest.skip("no RWF_NOWAIT reads here")
+        raise
+    finally:
+        os.close(fd)
+
+
+def indexes(engine: SegmentEngine) -> list[int]:
+    """The make_batch index of every batch in the log."""
+    return [batch_index(memoryview(body)) for _, body in read_all(engine)]
+
+
+def test_the_default_is_256_kib_and_minus_one_turns_it_off() -> None:
+    assert EngineConfig().direct_write_min_bytes == DIRECT_WRITE_MIN_BYTES == 256 * 1024
+    assert EngineConfig(direct_write_min_bytes=-1).direct_write_min_bytes == -1
+    with pytest.raises(EngineError, match="direct_write_min_bytes"):
+        EngineConfig(direct_write_min_bytes=-2)
+
+
+def test_a_large_run_skips_the_page_cache_and_a_small_one_does_not(log_dir: Path) -> None:
+    e = open_engine(log_dir)
+    e.append(make_batch(0, payload_bytes=SMALL_PAYLOAD))
+    big_at = e.size_bytes
+    e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+    small_at = e.size_bytes
+    e.append(make_batch(2, payload_bytes=SMALL_PAYLOAD))
+    [path] = segment_files(log_dir)
+    assert cached(path, small_at + 8)
+    assert not cached(path, big_at + 8 * 4096), "the large batch went through the page cache"
+    assert [h.base_offset for h, _ in read_all(e)] == [0, 3, 6]
+    e.close()
+
+
+def test_with_direct_writes_off_everything_is_cached(log_dir: Path) -> None:
+    e = open_engine(log_dir, min_bytes=-1)
+    e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+    [path] = segment_files(log_dir)
+    assert cached(path, 8 * 4096)
+    e.close()
+
+
+def test_padding_is_cut_at_a_roll_and_at_a_close(log_dir: Path) -> None:
+    e = open_engine(log_dir, segment_bytes=200 * 1024)
+    for i in range(5):  # two batches per segment
+        e.append(make_batch(i, payload_bytes=BIG_PAYLOAD))
+    files = segment_files(log_dir)
+    assert len(files) == 3
+    assert files[-1].stat().st_size % BLOCK_BYTES == 0 and files[-1].stat().st_size > e._active.size_bytes
+    for seg, path in zip(e._segments[:-1], files[:-1]):
+        assert path.stat().st_size == seg.size_bytes
+    e.close()
+    assert files[-1].stat().st_size == e._segments[-1].size_bytes
+    again = open_engine(log_dir, segment_bytes=200 * 1024)
+    assert again.recovery.truncated_bytes == 0 and "clean" in again.recovery.message
+    assert [h.base_offset for h, _ in read_all(again)] == [0, 3, 6, 9, 12]
+    again.close()
+
+
+def test_a_crash_leaves_padding_that_recovery_cuts_without_counting_it(log_dir: Path, tmp_path: Path) -> None:
+    e = open_engine(log_dir)
+    e.append(make_batch(0, payload_bytes=BIG_PAYLOAD))
+    e.flush()
+    e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+    crashed = tmp_path / "crashed"
+    shutil.copytree(log_dir, crashed)  # what a kill -9 leaves (the page cache is the kernel's)
+    [path] = segment_files(crashed)
+    assert path.stat().st_size > e.size_bytes
+    reopened = open_engine(crashed)
+    assert reopened.recovery.truncated_bytes == 0, reopened.recovery
+    assert [h.base_offset for h, _ in read_all(reopened)] == [0, 3]
+    assert path.stat().st_size == reopened.size_bytes
+    reopened.close()
+    e.close()
+
+
+def rolled_log_with_a_first_segment_tail(directory: Path, tail: bytes) -> list[int]:
+    """A log of two segments whose checkpoint names the first (so recovery scans both), with
+    ``tail`` appended to the first segment's file: what a crash between a roll's cut of the
+    padding and its fsync may leave. Returns the base offsets written."""
+    e = open_engine(directory, min_bytes=-1, segment_bytes=200 * 1024)
+    for i in range(4):
+        e.append(make_batch(i, payload_bytes=BIG_PAYLOAD))
+    e.close()
+    assert len(segment_files(directory)) == 2
+    dir_fd = os.open(directory, os.O_RDONLY)
+    write_checkpoint(str(directory), dir_fd, Checkpoint(0, 0, 0, False))
+    os.close(dir_fd)
+    with open(segment_files(directory)[0], "ab") as f:
+        f.write(tail)
+    return [0, 3, 6, 9]
+
+
+def test_zero_padding_in_a_rolled_segment_keeps_the_later_segments(log_dir: Path) -> None:
+    written = rolled_log_with_a_first_segment_tail(log_dir, bytes(1000))
+    e = open_engine(log_dir, segment_bytes=200 * 1024)
+    assert [h.base_offset for h, _ in read_all(e)] == written
+    assert e.recovery.truncated_bytes == 0, e.recovery
+    first = segment_files(log_dir)[0]
+    assert first.stat().st_size == e._segments[0].size_bytes
+    e.close()
+
+
+@pytest.mark.parametrize("tail", [b"\x01" + bytes(999), bytes(BLOCK_BYTES)], ids=["not-zero", "a-whole-block"])
+def test_other_bytes_after_a_rolled_segment_are_still_a_damaged_tail(log_dir: Path, tail: bytes) -> None:
+    rolled_log_with_a_first_segment_tail(log_dir, tail)
+    e = open_engine(log_dir, segment_bytes=200 * 1024)
+    assert e.recovery.truncated_bytes > 0
+    assert [h.base_offset for h, _ in read_all(e)] == [0, 3]  # cut there, as before direct writes
+    e.close()
+
+
+def test_a_file_system_without_direct_io_gets_buffered_writes(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(direct_write, "_O_DIRECT", 0)
+    e = open_engine(log_dir)
+    e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+    [path] = segment_files(log_dir)
+    assert cached(path, 8 * 4096) and path.stat().st_size == e.size_bytes
+    e.close()
+
+
+def test_a_direct_write_refused_with_einval_is_written_buffered(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def refuse(fd: int, view: memoryview, at: int) -> None:
+        calls.append(at)
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(direct_write, "_write_all", refuse)
+    e = open_engine(log_dir)
+    e.append(make_batch(0, payload_bytes=BIG_PAYLOAD))
+    e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+    assert len(calls) == 1, "refused once, the segment then writes buffered"
+    assert [h.base_offset for h, _ in read_all(e)] == [0, 3]
+    e.close()
+
+
+@pytest.mark.parametrize("fail_at_write", [0, 2])
+def test_a_failed_direct_write_leaves_the_log_as_it_was(log_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        fail_at_write: int) -> None:
+    monkeypatch.setattr(direct_write, "STAGE_BYTES_MAX", 16 * 1024)  # several writes per run
+    e = open_engine(log_dir)
+    e.append(make_batch(0, payload_bytes=BIG_PAYLOAD))
+    before = e.size_bytes
+    real = direct_write._write_all
+    writes = []
+
+    def fail(fd: int, view: memoryview, at: int) -> None:
+        writes.append(at)
+        if len(writes) > fail_at_write:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, view, at)
+    monkeypatch.setattr(direct_write, "_write_all", fail)
+    with pytest.raises(StorageFull):
+        e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+    [path] = segment_files(log_dir)
+    assert e.size_bytes == before and e.log_end_offset == 3 and path.stat().st_size == before
+    monkeypatch.setattr(direct_write, "_write_all", real)
+    e.append(make_batch(2, payload_bytes=BIG_PAYLOAD))
+    assert [h.base_offset for h, _ in read_all(e)] == [0, 3] and indexes(e) == [0, 2]
+    e.close()
+    again = open_engine(log_dir)
+    assert again.recovery.truncated_bytes == 0 and len(read_all(again)) == 2
+    again.close()
+
+
+def test_a_flush_job_in_flight_at_a_roll_does_not_vouch_for_the_cut_padding(log_dir: Path) -> None:
+    e = open_engine(log_dir, segment_bytes=200 * 1024)
+    e.append(make_batch(0, payload_bytes=BIG_PAYLOAD))
+    e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+    first = e._active
+    assert first.padded_bytes
+    job = e.flush_job(10_000)
+    assert job is not None
+    job.run()  # synced the first segment with its padding
+    e.append(make_batch(2, payload_bytes=BIG_PAYLOAD))  # rolls: the padding is cut after the job's fsync
+    assert e._active is not first and first.padded_bytes == 0
+    e.flush_done(job)
+    assert first.dirty and first in e._unsynced, "the cut of the padding would never be fsynced"
+    e.close()
+
+
+def test_seeded_appends_truncations_and_reopens_read_back_what_was_written(log_dir: Path) -> None:
+    for seed in range(12):
+        directory = log_dir / str(seed)
+        rng = random.Random(seed)
+        e = open_engine(directory, segment_bytes=rng.choice([300 * 1024, 1024 * 1024]))
+        model: list[int] = []  # the batch index of every batch, in log order
+        next_index = 0
+        for _ in range(40):
+            op = rng.random()
+            if op < 0.55:
+                count = rng.choice([1, 1, 2, 5])
+                sizes = [rng.choice([SMALL_PAYLOAD, 5000, 40_000, BIG_PAYLOAD, 200_000]) for _ in range(count)]
+                batches = [make_batch(next_index + k, record_count=1, payload_bytes=s) for k, s in enumerate(sizes)]
+                e.append_many(batches)
+                model += range(next_index, next_index + count)
+                next_index += count
+            elif op < 0.7 and model:
+                keep = rng.randrange(len(model))
+                e.truncate_to(keep)
+                del model[keep:]
+            elif op < 0.8:
+                e.flush()
+            elif op < 0.9:
+                e.close()
+                e = open_engine(directory, segment_bytes=e.config.segment_bytes_max)
+                assert e.recovery.truncated_bytes == 0, (seed, e.recovery)
+            else:
+                crashed = log_dir / f"{seed}-crash"
+                shutil.rmtree(crashed, ignore_errors=True)
+                shutil.copytree(directory, crashed)
+                copy = open_engine(crashed, segment_bytes=e.config.segment_bytes_max)
+                assert indexes(copy) == model, seed
+                copy.close()
+            assert indexes(e) == model, seed
+            for seg, path in zip(e._segments[:-1], segment_files(directory)[:-1]):
+                assert path.stat().st_size == seg.size_bytes, (seed, path)
+        e.close()
+        again = open_engine(directory, segment_bytes=e.config.segment_bytes_max)
+        assert again.recovery.truncated_bytes == 0 and indexes(again) == model, seed
+        again.close()
+
+
+def test_the_setting_is_configured_per_cluster_and_per_broker_and_reaches_the_engine(tmp_path: Path) -> None:
+    path = make_config(tmp_path, brokers=2, overrides={"storage": {"direct_write_min_bytes": -1}})
+    doc = yaml.safe_load(path.read_text())
+    doc["nodes"]["broker-2"]["storage"] = {"direct_write_min_bytes": 1 << 20}
+    path.write_text(yaml.safe_dump(doc))
+    config = load_config(path, environ={})
+    assert config.storage_for("broker-1").direct_write_min_bytes == -1
+    two = config.storage_for("broker-2")
+    assert two.direct_write_min_bytes == 1 << 20
+    assert two.engine_config(-1, -1, 1 << 20, CacheWindow()).direct_write_min_bytes == 1 << 20
+    for bad in (-2, True):
+        doc["storage"]["direct_write_min_bytes"] = bad
+        path.write_text(yaml.safe_dump(doc))
+        with pytest.raises(ConfigError, match="direct_write_min_bytes"):
+            load_config(path, environ={})
