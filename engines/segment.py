@@ -248,11 +248,8 @@ class SegmentEngine(AsyncFlushMixin):
         began: the call's own batches before the roll may yet be cut back (append_many, when a
         later write fails), and the checkpoint must never vouch for cut bytes."""
         old = self._active
-        if old.padded_bytes:
-            # the new size is bytes a flush job in flight may already have synced: it must not
-            # mark the segment clean, or a checkpoint past it could come before the cut is durable
-            self._invalidate_flushes()
-            old.trim()
+        old.trim()  # nothing past its end: recovery would take it for a damaged batch
+        old.close_direct()
         if self.config.fsync == FSYNC_ALWAYS:
             self.flush(checkpoint=False)
             if began != self._checkpoint:
@@ -607,7 +604,10 @@ class SegmentEngine(AsyncFlushMixin):
             return
         try:
             if self._failed is None:  # else no checkpoint: recovery validates what came after the last
-                self._active.trim()
+                try:
+                    self._active.trim()
+                except EngineError as e:  # recovery cuts the padding of the last segment anyway
+                    log.warning("closing %s without cutting the bytes past its end: %s", self.directory, e)
                 self.flush(clean=True)
         finally:
             self._closed = True

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from engines.api import CorruptBatch
+from engines.api import CorruptBatch, EngineError
 from engines.batch import (
     BASE_OFFSET,
     BATCH_BYTES_MAX,
@@ -106,6 +106,7 @@ class LogSegment:
         self._direct_fd = -1
         self._direct_ok = True
         self.padded_bytes = 0
+        self.trims = 0  # how many times ``trim`` cut the file (flush jobs compare it)
         self._tail = b""
         self._tail_at = -1
 
@@ -127,9 +128,7 @@ class LogSegment:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        if self._direct_fd >= 0:
-            os.close(self._direct_fd)
-            self._direct_fd = -1
+        self.close_direct()
 
     def file_size_bytes(self) -> int:
         return os.fstat(self.fd).st_size
@@ -142,21 +141,29 @@ class LogSegment:
         -- in one pwritev (per IOV_BATCHES_MAX batches): no copy, no header parsing; a run of
         at least ``direct_write_min_bytes`` (-1: never) in direct writes instead, through one
         copy (engines/direct_write.py). On a write error the file is cut back to its previous
-        size and StorageFull / EngineError is raised; the segment is unchanged."""
+        size and StorageFull / EngineError is raised; the segment is unchanged. The choice is
+        made once per call, on the bytes of all its batches.""" 
         position = self.size_bytes
         fd = self._fd if self._fd >= 0 else self.fd
+        direct = 0 <= direct_write_min_bytes <= sum(len(b[0]) for b in batches) and self._direct_ok
         at = position
-        for i in range(0, len(batches), IOV_BATCHES_MAX):
-            iov: list = []
-            nbytes = 0
-            for batch, offset, _, _, _ in batches[i:i + IOV_BATCHES_MAX]:
-                iov += (BASE_OFFSET.pack(offset), memoryview(batch)[8:])
-                nbytes += len(batch)
-            if 0 <= direct_write_min_bytes <= nbytes and self._direct_ok:
-                self._write_direct(fd, iov, at, nbytes, position)
-            else:
-                self._write_at(fd, iov, at, nbytes, position)
-            at += nbytes
+        try:
+            for i in range(0, len(batches), IOV_BATCHES_MAX):
+                iov: list = []
+                nbytes = 0
+                for batch, offset, _, _, _ in batches[i:i + IOV_BATCHES_MAX]:
+                    iov += (BASE_OFFSET.pack(offset), memoryview(batch)[8:])
+                    nbytes += len(batch)
+                if direct and self._direct_ok:
+                    self._write_direct(fd, iov, at, nbytes)
+                else:
+                    self._write_at(fd, iov, at, nbytes)
+                at += nbytes
+        except Exception:
+            # earlier chunks of this call may be in the file: whole valid batches past
+            # size_bytes, which recovery (re-reading past the checkpoint) would take back
+            self._cut_failed_write(fd, position)
+            raise
         for batch, offset, record_count, first_timestamp_ms, last_timestamp_ms in batches:
             size = len(batch)
             if self._bytes_since_index_entry >= self.index_interval_bytes:
@@ -175,9 +182,9 @@ class LogSegment:
         self.size_bytes = position
         self.dirty = True
 
-    def _write_at(self, fd: int, iov: list, at: int, nbytes: int, start: int) -> None:
-        """Write ``iov`` (``nbytes``) at ``at``; on an error cut the file back to ``start``
-        (where this append began: earlier iovs of it may be written already)."""
+    def _write_at(self, fd: int, iov: list, at: int, nbytes: int) -> None:
+        """Write ``iov`` (``nbytes``) at ``at``. Raises StorageFull / EngineError (the caller
+        cuts the file back to where its append began)."""
         self._tail_at = -1  # the last block is no longer what the last direct write left
         self.padded_bytes = max(0, self.padded_bytes - nbytes)
         try:
@@ -187,10 +194,10 @@ class LogSegment:
                 if os.pwritev(fd, rest, at + written) != nbytes - written:
                     raise OSError(28, "No space left on device (short write)")
         except OSError as e:
-            self._cut_failed_write(fd, start)
             raise translate_os_error(e, f"append to {self.log_path}") from e
 
     def _cut_failed_write(self, fd: int, start: int) -> None:
+        """Cut the file back to ``start``, where a failed append began."""
         self._tail_at = -1
         self.padded_bytes = 0
         try:
@@ -199,10 +206,11 @@ class LogSegment:
             # size_bytes excludes the bytes of this call, but the file may keep them -- whole
             # batches, not only a torn one -- and recovery (which re-reads past the
             # checkpoint) would take those back after a restart: a failed cut of a failed
-            # write, as with the engine's own truncation failing before
+            # write, as with the engine's own truncation failing before. ``trim`` (at a roll
+            # or close) tries again, so that they never sit before a later segment.
             pass
 
-    def _write_direct(self, fd: int, iov: list, at: int, nbytes: int, start: int) -> None:
+    def _write_direct(self, fd: int, iov: list, at: int, nbytes: int) -> None:
         """``_write_at`` with direct writes from the block holding ``at`` (its first bytes,
         the log's, written again); buffered where the file system has no direct I/O."""
         block_at = at - at % BLOCK_BYTES
@@ -214,7 +222,7 @@ class LogSegment:
                 raise translate_os_error(e, f"open {self.log_path} for direct writes") from e
             if self._direct_fd < 0:
                 self._direct_ok = False
-                self._write_at(fd, iov, at, nbytes, start)
+                self._write_at(fd, iov, at, nbytes)
                 return
         if not lead_bytes:
             lead = b""
@@ -225,32 +233,44 @@ class LogSegment:
                 lead = os.pread(fd, lead_bytes, block_at)
             except OSError as e:
                 raise translate_os_error(e, f"read {self.log_path}") from e
-            if len(lead) != lead_bytes:
-                raise CorruptBatch(f"{self.log_path}: short read of {len(lead)}/{lead_bytes} bytes at {block_at}")
+            if len(lead) != lead_bytes:  # the file is shorter than the log: the disk's fault
+                raise EngineError(f"{self.log_path}: short read of {len(lead)}/{lead_bytes} bytes at {block_at}")
         try:
             self.padded_bytes, self._tail = write_direct(self._direct_fd, iov, lead, block_at)
         except OSError as e:
             if e.errno in UNSUPPORTED_ERRNOS and not getattr(e, "written", 0):
                 # refused before any byte was written (alignment, or no direct I/O after all)
                 self._direct_ok = False
-                self._write_at(fd, iov, at, nbytes, start)
+                self.close_direct()
+                self._write_at(fd, iov, at, nbytes)
                 return
-            self._cut_failed_write(fd, start)
             raise translate_os_error(e, f"append to {self.log_path}") from e
         self._tail_at = at + nbytes - len(self._tail)
 
+    def close_direct(self) -> None:
+        """Close the direct-write descriptor and forget the last block (a rolled segment takes
+        no more appends)."""
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -1
+        self._tail, self._tail_at = b"", -1
+
     def trim(self) -> None:
-        """Cut the zero padding direct writes left past the log's end (before the segment is
-        rolled or closed: bytes past the end of a segment that is not the last would be read
-        as a damaged batch). Marks the segment dirty: the new size must be fsynced. Raises
-        StorageFull / EngineError."""
-        if not self.padded_bytes:
-            return
+        """Cut whatever the file holds past the log's end -- a direct write's zero padding, or
+        the bytes of a failed append whose cut failed -- before the segment is rolled or
+        closed: bytes past the end of a segment that is not the last would be read as a
+        damaged batch by recovery, which would then delete every later segment. Marks the
+        segment dirty and counts the cut in ``trims`` (the new size must be fsynced; a flush
+        job snapshot before it must not mark the segment clean). Raises StorageFull /
+        EngineError."""
         try:
+            if not self.padded_bytes and os.fstat(self.fd).st_size <= self.size_bytes:
+                return
             os.ftruncate(self.fd, self.size_bytes)
         except OSError as e:
             raise translate_os_error(e, f"truncate {self.log_path}") from e
         self.padded_bytes = 0
+        self.trims += 1
         self.dirty = True
 
     def sync(self) -> None:
@@ -403,18 +423,19 @@ class LogSegment:
             result.batches += 1
         file_size = self.file_size_bytes()
         if result.end_position < file_size:
-            if self._zero_padding(result.end_position, file_size):
+            if result.batches and self._zero_padding(result.end_position, file_size):
                 result.error, result.padding_bytes = None, file_size - result.end_position
             elif result.error is None:
                 result.error = f"byte {result.end_position}: torn tail"
         return result
 
     def _zero_padding(self, start: int, end: int) -> bool:
-        """Whether the bytes [start, end) are what a direct write pads with: fewer than a
-        block, all zero. (A torn write can look the same; its bytes were never acknowledged
-        as durable, and are cut either way -- only not counted as a cut.)"""
+        """Whether the bytes [start, end) after a whole batch are what a direct write pads
+        with: fewer than a block, all zero, up to a file end on a block boundary. (A torn
+        write can look the same; its bytes were never acknowledged as durable, and are cut
+        either way -- only not counted as a cut.)"""
         size = end - start
-        return 0 < size < BLOCK_BYTES and os.pread(self.fd, size, start) == ZEROS[:size]
+        return 0 < size < BLOCK_BYTES and end % BLOCK_BYTES == 0 and os.pread(self.fd, size, start) == ZEROS[:size]
 
     def truncate_to_position(self, position: int) -> int:
         """Cut the file (and index) at byte ``position``; returns the bytes removed."""

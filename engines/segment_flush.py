@@ -95,6 +95,7 @@ class SegmentSync:
     log_fd: int
     index_path: str
     index_fd: int  # -1: the index is not synced (the segment was not dirty)
+    trims: int  # the segment's ``trims`` then: a cut since is not covered by this job's fsync
 
 
 @dataclass(slots=True)
@@ -159,7 +160,7 @@ class FlushJob:
                     raise translate_os_error(e, f"write {seg.index.path}") from e
                 if seg.dirty:
                     job.syncs.append(SegmentSync(seg, seg.size_bytes, seg.log_path, dup_fd(seg.fd, seg.log_path),
-                                                 seg.index.path, -1))
+                                                 seg.index.path, -1, seg.trims))
                     job.syncs[-1].index_fd = open_for_sync(seg.index.path)
         except BaseException:
             job.discard()
@@ -385,7 +386,7 @@ class AsyncFlushMixin:
         if stale:
             return False
         for s in job.syncs:
-            if s.segment.size_bytes == s.size_bytes:
+            if s.segment.size_bytes == s.size_bytes and s.segment.trims == s.trims:
                 s.segment.dirty = False
         self._unsynced = [s for s in self._unsynced if s.dirty]
         if job.dir_dirty and job.dir_version == self._dir_version:

@@ -175,7 +175,10 @@ class _Recovery:
                 result = seg.scan(position, offset, seg.size_bytes)
             self.batches_scanned += result.batches
             seg.size_bytes, seg.next_offset = result.end_position, result.next_offset
-            if result.padding_bytes:  # a direct write's zeros past the end (direct_write.py)
+            if result.padding_bytes and j == k and result.end_position < trusted_position:
+                # the checkpoint vouched for bytes where the zeros are: a damaged log, no padding
+                result.error = f"byte {result.end_position}: zero bytes before the checkpoint position {trusted_position}"
+            elif result.padding_bytes:  # a direct write's zeros past the end (direct_write.py)
                 seg.padded_bytes = result.padding_bytes
                 seg.trim()
             seg.last_timestamp_ms = result.last_timestamp_ms

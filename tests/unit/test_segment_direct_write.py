@@ -11,19 +11,22 @@ from __future__ import annotations
 import errno
 import os
 import random
+import struct
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from engines import direct_write
+from engines import direct_write, segment_file
+from engines.batch import build
 from engines.api import CacheWindow, EngineConfig, EngineError, StorageFull
 from engines.conformance import make_batch, read_all
 from engines.conformance_support import batch_index
 from engines.direct_write import BLOCK_BYTES, DIRECT_WRITE_MIN_BYTES, open_direct
 from engines.segment import SegmentEngine
-from engines.segment_recovery import Checkpoint, write_checkpoint
+from engines.segment_file import IOV_BATCHES_MAX, LogSegment
+from engines.segment_recovery import Checkpoint, read_checkpoint, write_checkpoint
 from fabric.config import ConfigError, load_config
 from tests.harness import make_config
 
@@ -144,10 +147,11 @@ def test_a_crash_leaves_padding_that_recovery_cuts_without_counting_it(log_dir: 
     e.close()
 
 
-def rolled_log_with_a_first_segment_tail(directory: Path, tail: bytes) -> list[int]:
+def rolled_log_with_a_first_segment_tail(directory: Path, tail: bytes | None) -> list[int]:
     """A log of two segments whose checkpoint names the first (so recovery scans both), with
-    ``tail`` appended to the first segment's file: what a crash between a roll's cut of the
-    padding and its fsync may leave. Returns the base offsets written."""
+    ``tail`` appended to the first segment's file (None: zeros up to the next block, as a direct
+    write pads): what a crash between a roll's cut of the padding and its fsync may leave.
+    Returns the base offsets written."""
     e = open_engine(directory, min_bytes=-1, segment_bytes=200 * 1024)
     for i in range(4):
         e.append(make_batch(i, payload_bytes=BIG_PAYLOAD))
@@ -156,13 +160,17 @@ def rolled_log_with_a_first_segment_tail(directory: Path, tail: bytes) -> list[i
     dir_fd = os.open(directory, os.O_RDONLY)
     write_checkpoint(str(directory), dir_fd, Checkpoint(0, 0, 0, False))
     os.close(dir_fd)
-    with open(segment_files(directory)[0], "ab") as f:
+    first = segment_files(directory)[0]
+    if tail is None:
+        tail = bytes(-first.stat().st_size % BLOCK_BYTES)
+        assert tail
+    with open(first, "ab") as f:
         f.write(tail)
     return [0, 3, 6, 9]
 
 
 def test_zero_padding_in_a_rolled_segment_keeps_the_later_segments(log_dir: Path) -> None:
-    written = rolled_log_with_a_first_segment_tail(log_dir, bytes(1000))
+    written = rolled_log_with_a_first_segment_tail(log_dir, None)
     e = open_engine(log_dir, segment_bytes=200 * 1024)
     assert [h.base_offset for h, _ in read_all(e)] == written
     assert e.recovery.truncated_bytes == 0, e.recovery
@@ -171,7 +179,8 @@ def test_zero_padding_in_a_rolled_segment_keeps_the_later_segments(log_dir: Path
     e.close()
 
 
-@pytest.mark.parametrize("tail", [b"\x01" + bytes(999), bytes(BLOCK_BYTES)], ids=["not-zero", "a-whole-block"])
+@pytest.mark.parametrize("tail", [b"\x01" + bytes(999), bytes(BLOCK_BYTES), bytes(1000)],
+                         ids=["not-zero", "a-whole-block", "not-to-a-block-end"])
 def test_other_bytes_after_a_rolled_segment_are_still_a_damaged_tail(log_dir: Path, tail: bytes) -> None:
     rolled_log_with_a_first_segment_tail(log_dir, tail)
     e = open_engine(log_dir, segment_bytes=200 * 1024)
@@ -306,3 +315,136 @@ def test_the_setting_is_configured_per_cluster_and_per_broker_and_reaches_the_en
         path.write_text(yaml.safe_dump(doc))
         with pytest.raises(ConfigError, match="direct_write_min_bytes"):
             load_config(path, environ={})
+
+
+def test_zeros_after_a_wrong_index_entry_are_no_padding(log_dir: Path) -> None:
+    """A scan that found no batch where the checkpoint segment's index entry points (a stale
+    index: derived data) rebuilds the index from byte 0; zeros after that entry -- the rest of
+    a batch with a zero payload -- are not taken for padding and cut."""
+    config = EngineConfig(fsync="always", index_interval_bytes=1 << 20)
+    e = SegmentEngine(str(log_dir), config)
+    e.append(make_batch(0, payload_bytes=200))
+    last_at = e.size_bytes
+    e.append(build(bytes(3000), 1, 5, 6))
+    size, end = e.size_bytes, e.log_end_offset
+    e.close()
+    with open(log_dir / f"{0:020d}.index", "wb") as f:
+        f.write(struct.pack(">II", 3, last_at + 200))  # inside the last batch's zero payload
+    again = SegmentEngine(str(log_dir), config)
+    assert (again.size_bytes, again.log_end_offset, len(read_all(again))) == (size, end, 2), again.recovery
+    again.close()
+
+
+def test_a_call_that_fails_after_writing_part_of_itself_leaves_nothing_behind(log_dir: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    e = open_engine(log_dir)
+    e.append(make_batch(0, record_count=1, payload_bytes=100))
+    e.flush()
+    real = LogSegment._write_direct
+    chunks = []
+
+    def second_fails(self: LogSegment, fd: int, iov: list, at: int, nbytes: int) -> None:
+        chunks.append(at)
+        if len(chunks) == 2:
+            raise EngineError("the disk went away")
+        real(self, fd, iov, at, nbytes)
+    monkeypatch.setattr(LogSegment, "_write_direct", second_fails)
+    batches = [make_batch(1 + i, record_count=1, payload_bytes=200) for i in range(IOV_BATCHES_MAX + 1)]
+    with pytest.raises(EngineError):
+        e.append_many(batches)
+    monkeypatch.undo()
+    assert e.log_end_offset == 1 and segment_files(log_dir)[0].stat().st_size == e.size_bytes
+    e.close()
+    again = open_engine(log_dir)
+    assert again.log_end_offset == 1 and len(read_all(again)) == 1
+    again.close()
+
+
+@pytest.mark.parametrize("failure", ["open", "lead-read"])
+def test_a_direct_write_that_fails_before_writing_leaves_the_log_as_it_was(log_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                           failure: str) -> None:
+    e = open_engine(log_dir)
+    e.append(make_batch(0, record_count=1, payload_bytes=100))
+    if failure == "open":
+        def emfile(path: str) -> int:
+            raise OSError(errno.EMFILE, "Too many open files")
+        monkeypatch.setattr(segment_file, "open_direct", emfile)
+    else:
+        e._active._direct_fd = segment_file.open_direct(e._active.log_path)
+        real = os.pread
+
+        def pread(fd: int, n: int, at: int) -> bytes:
+            if n < BLOCK_BYTES and fd == e._active._fd:
+                raise OSError(errno.EIO, "Input/output error")
+            return real(fd, n, at)
+        monkeypatch.setattr(segment_file.os, "pread", pread)
+    with pytest.raises(EngineError):
+        e.append_many([make_batch(1, record_count=1, payload_bytes=BIG_PAYLOAD)])
+    monkeypatch.undo()
+    assert e.log_end_offset == 1
+    e.append(make_batch(2, record_count=1, payload_bytes=BIG_PAYLOAD))
+    assert indexes(e) == [0, 2]
+    e.close()
+
+
+def test_a_run_of_small_batches_is_one_run(log_dir: Path) -> None:
+    """The threshold is compared with all of a call's bytes, not with each pwritev's share."""
+    e = open_engine(log_dir)
+    e.append_many([make_batch(i, record_count=1, payload_bytes=40) for i in range(2 * IOV_BATCHES_MAX)])
+    assert e.size_bytes < 2 * MIN_BYTES  # each pwritev of 512 batches is under the threshold
+    assert e.size_bytes > MIN_BYTES
+    [path] = segment_files(log_dir)
+    assert not cached(path, 4 * 4096) and not cached(path, e.size_bytes - 8 * 4096)
+    e.close()
+
+
+def test_flush_jobs_still_apply_when_rolls_cut_padding_during_each(log_dir: Path) -> None:
+    """A roll's cut of the padding keeps only the rolled segment dirty (it counts ``trims``),
+    it does not make the job stale: under a load that rolls during every job the checkpoint
+    still moves and the unsynced segments stay few."""
+    e = open_engine(log_dir, segment_bytes=200 * 1024)
+    now, i, applied = 100_000, 0, 0
+    for _ in range(20):
+        e.append(make_batch(i, payload_bytes=BIG_PAYLOAD))
+        i += 1
+        job = e.flush_job(now)
+        assert job is not None
+        for _ in range(3):
+            e.append(make_batch(i, payload_bytes=BIG_PAYLOAD))
+            i += 1
+        job.run()
+        applied += e.flush_done(job)
+        now += 20_000
+    assert applied == 20 and read_checkpoint(str(log_dir)) is not None and len(e._unsynced) <= 2
+    e.close()
+
+
+def test_a_rolled_segment_keeps_no_direct_descriptor(log_dir: Path) -> None:
+    e = open_engine(log_dir, segment_bytes=200 * 1024)
+    for i in range(6):
+        e.append(make_batch(i, payload_bytes=BIG_PAYLOAD))
+    assert len(e._segments) == 3
+    assert all(seg._direct_fd < 0 and not seg._tail for seg in e._segments[:-1])
+    assert e._active._direct_fd >= 0
+    e.close()
+
+
+def test_close_still_flushes_when_the_padding_cut_fails(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = open_engine(log_dir, fsync="never")
+    e.append(make_batch(0, payload_bytes=100))
+    e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+    assert e._active.padded_bytes
+    real = os.ftruncate
+
+    def ftruncate(fd: int, size: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".log"):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd, size)
+    monkeypatch.setattr(segment_file.os, "ftruncate", ftruncate)
+    e.close()
+    monkeypatch.undo()
+    cp = read_checkpoint(str(log_dir))
+    assert cp is not None and cp.clean and cp.next_offset == 6
+    again = open_engine(log_dir)
+    assert again.recovery.truncated_bytes == 0 and indexes(again) == [0, 1]
+    again.close()
