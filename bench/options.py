@@ -8,6 +8,7 @@ combinations to run.
                        [--producers N] [--consumers N] [--batch-size N] [--linger-ms MS]
                        [--compression none] [--rate N] [--api send|send_many]
                        [--engine segment,lmdb] [--fsync interval,always] [--runs 3]
+                       [--direct-write-min-bytes=-1,262144]
                        [-c CONFIG | --bootstrap HOST:PORT,... | --self-contained]
                        [--json FILE] [--chart FILE.html] [--peer jetstream]
 
@@ -94,13 +95,18 @@ class Combination:
     engine: str
     fsync: str
     api: str = "send"
+    direct_write_min_bytes: int | None = None  # storage.direct_write_min_bytes; None: the config's default
 
     @property
     def label(self) -> str:
-        return f"{self.engine}/{self.fsync}/{self.api}"
+        direct = "" if self.direct_write_min_bytes is None else f"/direct={self.direct_write_min_bytes}"
+        return f"{self.engine}/{self.fsync}/{self.api}{direct}"
 
     def as_dict(self) -> dict:
-        return {"engine": self.engine, "fsync": self.fsync, "api": self.api}
+        out: dict[str, Any] = {"engine": self.engine, "fsync": self.fsync, "api": self.api}
+        if self.direct_write_min_bytes is not None:
+            out["direct_write_min_bytes"] = self.direct_write_min_bytes
+        return out
 
 
 @dataclass
@@ -123,6 +129,9 @@ class BenchOptions:
     apis: list[str] = field(default_factory=lambda: ["send"])
     engines: list[str] = field(default_factory=lambda: ["segment"])
     fsyncs: list[str] = field(default_factory=lambda: ["interval"])
+    # storage.direct_write_min_bytes of the self-contained cluster, one combination each; empty:
+    # the config's default
+    direct_write_min_bytes: list[int] = field(default_factory=list)
     fsync_interval_ms: int = 1000
     runs: int = 1
     brokers: int = 3
@@ -141,15 +150,19 @@ class BenchOptions:
         return self.config is None and self.bootstrap is None
 
     def combinations(self) -> list[Combination]:
-        """Each engine with each fsync mode and each API, in the order given (the first is the
-        baseline of the ratios). The memory engine has no fsync: it runs once per API, with the
-        first mode."""
+        """Each engine with each fsync mode, each API and each direct-write threshold, in the
+        order given (the first is the baseline of the ratios). The memory engine has no fsync
+        and no files: it runs once per API, with the first mode and threshold."""
         combos: list[Combination] = []
+        directs: list[int | None] = list(self.direct_write_min_bytes) or [None]
         for engine in self.engines:
-            for fsync in (self.fsyncs[:1] if engine == "memory" else self.fsyncs):
+            memory = engine == "memory"
+            for fsync in (self.fsyncs[:1] if memory else self.fsyncs):
                 for api in self.apis:
-                    if Combination(engine, fsync, api) not in combos:
-                        combos.append(Combination(engine, fsync, api))
+                    for direct in (directs[:1] if memory else directs):
+                        combo = Combination(engine, fsync, api, direct)
+                        if combo not in combos:
+                            combos.append(combo)
         return combos
 
     def record_target(self) -> int | None:
@@ -235,6 +248,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     a("--api", help="send (per record, the default) or send_many (the batch calls, when the client has them: "
                     "producers send_many, consumers poll_batch), or both: send,send_many")
     a("--fsync-interval-ms", type=int, help="for fsync interval (default 1000, the config default)")
+    a("--direct-write-min-bytes", help="storage.direct_write_min_bytes of the self-contained cluster (writes at least "
+                                       "this large skip the page cache; -1 never), or a comma list to compare "
+                                       "(default: the config's, 262144)")
     a("--brokers", type=int, help="brokers of the self-contained cluster (default 3)")
     a("--backlog-bytes", type=int, help="consume: bytes to produce before draining (overrides --records)")
     a("--group", action="store_true", default=None,
@@ -279,10 +295,21 @@ def options_from(command: str, ns: argparse.Namespace, defaults: dict) -> BenchO
             values["backlog_bytes"] = None  # the backlog preset's size means nothing to produce/e2e
     values.update(given)
     values.update(apis=comma_list(values["api"]), engines=comma_list(values["engine"]), fsyncs=comma_list(values["fsync"]),
-                  acks=str(values["acks"]), group=bool(values["group"]))
+                  acks=str(values["acks"]), group=bool(values["group"]),
+                  direct_write_min_bytes=int_list("--direct-write-min-bytes", values.get("direct_write_min_bytes")))
     o = BenchOptions(command=command, **{k: v for k, v in values.items() if k in _FIELDS and k != "command"})
     validate(o)
     return o
+
+
+def int_list(flag: str, value: str | list[int] | None) -> list[int]:
+    """``a,b`` of integers (or a list, or None: empty). Raises ``OptionError``."""
+    if value is None or isinstance(value, list):
+        return list(value or [])
+    try:
+        return [int(v) for v in comma_list(value)]
+    except ValueError:
+        raise OptionError(f"{flag}: integers, comma separated (not {value!r})") from None
 
 
 def comma_list(value: str | list[str]) -> list[str]:
@@ -323,6 +350,9 @@ def validate(o: BenchOptions) -> None:
     _check(not bad, f"--fsync: unknown mode {', '.join(bad)} (always, interval, never)")
     _check(o.self_contained or (len(o.engines) == 1 and len(o.fsyncs) == 1),
            "--engine/--fsync lists need a self-contained cluster (the engine of a running cluster is its config's)")
+    _check(all(d >= -1 for d in o.direct_write_min_bytes), "--direct-write-min-bytes must be -1 (never) or >= 0")
+    _check(o.self_contained or not o.direct_write_min_bytes,
+           "--direct-write-min-bytes sets up a self-contained cluster (a running cluster's is its config's)")
     _check(o.backlog_bytes is None or 1 <= o.backlog_bytes <= BACKLOG_BYTES_MAX,
            f"--backlog-bytes must be 1..{BACKLOG_BYTES_MAX:,}")
     _check(o.backlog_bytes is None or o.command == "consume", "--backlog-bytes is for consume")
@@ -332,7 +362,8 @@ def validate(o: BenchOptions) -> None:
     _check(o.chart is None or o.command == "engines" or o.chart.endswith((".html", ".htm")),
            "--chart writes HTML: give a .html file name")
     if o.command in COMMANDS:  # a fresh cluster per combination and run
-        _check(len(o.combinations()) <= COMBINATIONS_MAX, f"at most {COMBINATIONS_MAX} engine x fsync combinations")
+        _check(len(o.combinations()) <= COMBINATIONS_MAX,
+               f"at most {COMBINATIONS_MAX} engine x fsync x api x direct-write combinations")
     if o.command in ("cluster", "failover"):  # one cluster for the whole invocation
         _check(len(o.engines) == 1 and len(o.fsyncs) == 1,
                f"loom bench {o.command} runs one engine and one fsync mode (one cluster for every run); to compare "

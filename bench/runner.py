@@ -30,10 +30,14 @@ from nodes.local_cluster import Cluster, make_config
 MB = 1e6
 
 
-def cluster_overrides(o: BenchOptions) -> dict:
+def cluster_overrides(o: BenchOptions, combo: Combination | None = None) -> dict:
     """The self-contained cluster's config: the defaults of a real deployment where the test
-    harness is faster (fsync interval 1 s, replica lag 10 s), a patient session."""
-    return {"storage": {"fsync_interval_ms": o.fsync_interval_ms},
+    harness is faster (fsync interval 1 s, replica lag 10 s), a patient session; and the
+    combination's direct-write threshold when it names one."""
+    storage: dict = {"fsync_interval_ms": o.fsync_interval_ms}
+    if combo is not None and combo.direct_write_min_bytes is not None:
+        storage["direct_write_min_bytes"] = combo.direct_write_min_bytes
+    return {"storage": storage,
             "liveness": {"heartbeat_interval_ms": 200, "session_timeout_ms": 6000},
             "replication": {"replica_lag_time_max_ms": 10_000}}
 
@@ -48,7 +52,7 @@ def cluster_for(o: BenchOptions, combo: Combination) -> Iterator[Target]:
         return
     work = Path(tempfile.mkdtemp(prefix="loom-bench-"))
     cluster = Cluster(make_config(work, o.brokers, engine=combo.engine, fsync=combo.fsync,
-                                  overrides=cluster_overrides(o)))
+                                  overrides=cluster_overrides(o, combo)))
     try:
         try:
             cluster.start()

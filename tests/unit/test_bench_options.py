@@ -98,3 +98,26 @@ def test_usage_and_operating_errors_are_one_line(capsys: pytest.CaptureFixture[s
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("loom: error: ") for line in lines), lines
     assert lines[0].endswith("(see 'loom bench produce --help')"), lines
+
+
+def test_a_direct_write_threshold_list_makes_combinations_that_reach_the_cluster_config() -> None:
+    from bench.runner import cluster_overrides
+    o = parse("produce", ["--engine", "segment,memory", "--direct-write-min-bytes=-1,262144"])
+    combos = o.combinations()
+    assert [c.label for c in combos] == [
+        "segment/interval/send/direct=-1", "segment/interval/send/direct=262144", "memory/interval/send/direct=-1"]
+    assert combos[0].as_dict() == {"engine": "segment", "fsync": "interval", "api": "send", "direct_write_min_bytes": -1}
+    assert cluster_overrides(o, combos[1])["storage"]["direct_write_min_bytes"] == 262144
+    plain = parse("produce", [])
+    assert "direct_write_min_bytes" not in cluster_overrides(plain, plain.combinations()[0])["storage"]
+    assert "direct_write_min_bytes" not in plain.combinations()[0].as_dict()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--direct-write-min-bytes=-2"], "must be -1"),
+    (["--direct-write-min-bytes", "big"], "integers"),
+    (["--direct-write-min-bytes", "0", "--bootstrap", "127.0.0.1:9092"], "self-contained"),
+])
+def test_bad_direct_write_thresholds_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(OptionError, match=message):
+        parse("produce", argv)
