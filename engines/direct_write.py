@@ -51,6 +51,9 @@ DIRECT_WRITE_MIN_BYTES = 256 * 1024
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 # errors meaning "this file system does not do direct I/O (so)", not "the disk failed"
 UNSUPPORTED_ERRNOS = frozenset({errno.EINVAL, errno.EOPNOTSUPP})
+# errors of the direct descriptor's open that leave the buffered path working: that run is
+# written buffered, the next one tries direct again
+OUT_OF_DESCRIPTORS_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 ZEROS = bytes(BLOCK_BYTES)
 
 _local = threading.local()

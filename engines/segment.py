@@ -3,7 +3,8 @@ directory, with roll, retention, truncation, flush and recovery.
 
 Files: ``{base_offset:020d}.log`` / ``.index`` per segment and ``recovery.checkpoint``
 (see ``engines.segment_recovery``). Memory: O(#segments + index entries); file descriptors:
-the active segment plus at most OPEN_SEGMENTS_MAX older ones (LRU).
+the active segment (two, once it has taken a direct write: engines/direct_write.py) plus at
+most OPEN_SEGMENTS_MAX older ones (LRU).
 
 Durability: fsync ``always`` = one fdatasync at the end of append/append_many (group commit; the
 directory too while a file's creation or removal is not yet durable, as a new log's first segment);
@@ -238,7 +239,14 @@ class SegmentEngine(AsyncFlushMixin):
 
     def _write_group(self, active: LogSegment, group: list[tuple], offsets: list[int]) -> None:
         if group:
-            active.append_many(group, self.config.direct_write_min_bytes)
+            try:
+                active.append_many(group, self.config.direct_write_min_bytes)
+            except EngineError:
+                if self.config.fsync == FSYNC_ALWAYS and active.dirty:
+                    # the cut of the failed write is durable before the error is answered: a
+                    # crash must not bring back batches a client was told were not written
+                    self._sync_segment(active)
+                raise
             self._size_bytes += sum(len(g[0]) for g in group)
             offsets += (g[1] for g in group)
 

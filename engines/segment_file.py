@@ -34,7 +34,8 @@ from engines.batch import (
     verify,
 )
 from engines.checks import sync_translated, translate_os_error, whole_batches_end
-from engines.direct_write import BLOCK_BYTES, UNSUPPORTED_ERRNOS, ZEROS, open_direct, write_direct
+from engines.direct_write import (BLOCK_BYTES, OUT_OF_DESCRIPTORS_ERRNOS, UNSUPPORTED_ERRNOS, ZEROS, open_direct,
+                                  write_direct)
 from engines.offset_index import IndexDamaged, OffsetIndex
 
 WALK_BATCH_BYTES_MIN = 32 * 1024  # batches this large are read by walking their headers
@@ -197,11 +198,16 @@ class LogSegment:
             raise translate_os_error(e, f"append to {self.log_path}") from e
 
     def _cut_failed_write(self, fd: int, start: int) -> None:
-        """Cut the file back to ``start``, where a failed append began."""
+        """Cut the file back to ``start``, where a failed append began. The cut is a change to
+        fsync like a ``trim`` (dirty, counted): a direct write may have put whole batches of
+        the failed call on the device, and a crash before the cut is durable would bring them
+        back."""
         self._tail_at = -1
         self.padded_bytes = 0
         try:
             os.ftruncate(fd, start)
+            self.trims += 1
+            self.dirty = True
         except OSError:
             # size_bytes excludes the bytes of this call, but the file may keep them -- whole
             # batches, not only a torn one -- and recovery (which re-reads past the
@@ -219,7 +225,11 @@ class LogSegment:
             try:
                 self._direct_fd = open_direct(self.log_path)
             except OSError as e:
-                raise translate_os_error(e, f"open {self.log_path} for direct writes") from e
+                if e.errno not in OUT_OF_DESCRIPTORS_ERRNOS:
+                    raise translate_os_error(e, f"open {self.log_path} for direct writes") from e
+                # the log's own descriptor is open: this run goes buffered, the next tries again
+                self._write_at(fd, iov, at, nbytes)
+                return
             if self._direct_fd < 0:
                 self._direct_ok = False
                 self._write_at(fd, iov, at, nbytes)

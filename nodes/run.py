@@ -99,7 +99,8 @@ def tune_malloc() -> bool:
 
 def raise_open_files_limit() -> tuple[int, int] | None:
     """Raise the soft limit on open files (RLIMIT_NOFILE) to the hard limit, at most
-    OPEN_FILES_WANTED: a broker holds two descriptors per open segment, its flusher thread dups
+    OPEN_FILES_WANTED: a broker holds two descriptors per open segment (three for an active
+    segment that has taken a direct write), its flusher thread dups
     of every dirty one until they are synced, and a port one per connection; a soft limit of
     1,024 (a common default) is not enough for 1,000 partitions. Returns (before, after), or
     None where there is no ``resource`` module. Process-wide: call once at a node's start."""

@@ -14,6 +14,7 @@ import random
 import struct
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -340,18 +341,9 @@ def test_a_call_that_fails_after_writing_part_of_itself_leaves_nothing_behind(lo
     e = open_engine(log_dir)
     e.append(make_batch(0, record_count=1, payload_bytes=100))
     e.flush()
-    real = LogSegment._write_direct
-    chunks = []
-
-    def second_fails(self: LogSegment, fd: int, iov: list, at: int, nbytes: int) -> None:
-        chunks.append(at)
-        if len(chunks) == 2:
-            raise EngineError("the disk went away")
-        real(self, fd, iov, at, nbytes)
-    monkeypatch.setattr(LogSegment, "_write_direct", second_fails)
-    batches = [make_batch(1 + i, record_count=1, payload_bytes=200) for i in range(IOV_BATCHES_MAX + 1)]
+    fail_the_second_write_of_a_call(monkeypatch)
     with pytest.raises(EngineError):
-        e.append_many(batches)
+        e.append_many(two_write_call())
     monkeypatch.undo()
     assert e.log_end_offset == 1 and segment_files(log_dir)[0].stat().st_size == e.size_bytes
     e.close()
@@ -366,9 +358,9 @@ def test_a_direct_write_that_fails_before_writing_leaves_the_log_as_it_was(log_d
     e = open_engine(log_dir)
     e.append(make_batch(0, record_count=1, payload_bytes=100))
     if failure == "open":
-        def emfile(path: str) -> int:
-            raise OSError(errno.EMFILE, "Too many open files")
-        monkeypatch.setattr(segment_file, "open_direct", emfile)
+        def eio(path: str) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+        monkeypatch.setattr(segment_file, "open_direct", eio)
     else:
         e._active._direct_fd = segment_file.open_direct(e._active.log_path)
         real = os.pread
@@ -448,3 +440,79 @@ def test_close_still_flushes_when_the_padding_cut_fails(log_dir: Path, monkeypat
     again = open_engine(log_dir)
     assert again.recovery.truncated_bytes == 0 and indexes(again) == [0, 1]
     again.close()
+
+
+@pytest.mark.parametrize("errno_", [errno.EMFILE, errno.ENFILE])
+def test_out_of_descriptors_for_the_direct_one_writes_that_run_buffered(log_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        errno_: int) -> None:
+    e = open_engine(log_dir)
+    real = segment_file.open_direct
+
+    def out(path: str) -> int:
+        raise OSError(errno_, os.strerror(errno_))
+    monkeypatch.setattr(segment_file, "open_direct", out)
+    e.append(make_batch(0, payload_bytes=BIG_PAYLOAD))
+    [path] = segment_files(log_dir)
+    assert cached(path, 8 * 4096), "written buffered"
+    monkeypatch.setattr(segment_file, "open_direct", real)
+    at = e.size_bytes
+    e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+    assert not cached(path, at + 8 * 4096), "the next run tries direct again"
+    assert indexes(e) == [0, 1]
+    e.close()
+
+
+def fail_the_second_write_of_a_call(monkeypatch: pytest.MonkeyPatch, between: Callable[[], object] | None = None) -> None:
+    real = LogSegment._write_direct
+    calls = []
+
+    def second_fails(self: LogSegment, fd: int, iov: list, at: int, nbytes: int) -> None:
+        calls.append(at)
+        if len(calls) == 2:
+            if between is not None:
+                between()
+            raise EngineError("the disk went away")
+        real(self, fd, iov, at, nbytes)
+    monkeypatch.setattr(LogSegment, "_write_direct", second_fails)
+
+
+def two_write_call() -> list[bytes]:
+    return [make_batch(1 + i, record_count=1, payload_bytes=200) for i in range(IOV_BATCHES_MAX + 1)]
+
+
+@pytest.mark.parametrize("fsync", ["interval", "always"])
+def test_the_cut_of_a_failed_append_is_fsynced(log_dir: Path, monkeypatch: pytest.MonkeyPatch, fsync: str) -> None:
+    """Under interval by the next flush; under always before the error is raised."""
+    e = open_engine(log_dir, fsync=fsync)
+    e.append(make_batch(0, record_count=1, payload_bytes=100))
+    e.flush()
+    seg = e._active
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    fail_the_second_write_of_a_call(monkeypatch)
+    with pytest.raises(EngineError):
+        e.append_many(two_write_call())
+    if fsync == "interval":
+        assert not synced
+        e.flush()
+    assert seg.fd in synced, "the ftruncate that removed the failed call's batches was never fsynced"
+    monkeypatch.undo()
+    e.close()
+
+
+def test_a_flush_job_synced_before_the_cut_of_a_failed_append_does_not_mark_the_segment_clean(
+        log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = open_engine(log_dir)
+    e.append(make_batch(0, record_count=1, payload_bytes=100))
+    job = e.flush_job(10_000)
+    assert job is not None
+    seg = e._active
+    # the flusher's fdatasync lands after the call's first direct write, before the cut
+    fail_the_second_write_of_a_call(monkeypatch, between=job.run)
+    with pytest.raises(EngineError):
+        e.append_many(two_write_call())
+    monkeypatch.undo()
+    assert e.flush_done(job)
+    assert seg.dirty, "the job vouches for a file size the cut has since changed"
+    e.close()
