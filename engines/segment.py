@@ -40,7 +40,7 @@ from engines.api import (OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig,
 from engines.batch import BatchHeader
 from engines.checks import check_read_range, fence, sync_translated, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
-from engines.segment_cache import cold_drops, drop_cached, drop_step
+from engines.segment_cache import cold_drops, drop_cached, drop_step, read_drop_range
 from engines.segment_file import LogSegment
 from engines.segment_flush import AsyncFlushMixin, FlushJob
 from engines.segment_recovery import Checkpoint, recover, write_checkpoint
@@ -300,10 +300,23 @@ class SegmentEngine(AsyncFlushMixin):
         self._touch(seg)
         data, next_offset = seg.read(position, max_bytes)
         end_position = position + len(data)
+        window = self.config.cache_window.window_bytes
+        if window >= 0 and self._bytes_after(seg, end_position, window) > window:
+            drop_cached(seg.fd, *read_drop_range(position, end_position))
         if end_position >= seg.size_bytes and seg is not self._active:
             seg, end_position = self._segment_for(next_offset), 0
         self._read_hint = (next_offset, seg, end_position)
         return data
+
+    def _bytes_after(self, seg: LogSegment, position: int, limit: int) -> int:
+        """The log's bytes after ``position`` of ``seg`` -- or, once past ``limit``, some number
+        above it (the walk from the newest segment stops there)."""
+        after = seg.size_bytes - position
+        for s in reversed(self._segments):
+            if s is seg or after > limit:
+                break
+            after += s.size_bytes
+        return after
 
     def _segment_for(self, offset: int) -> LogSegment:
         return self._segments[max(bisect.bisect_right(self._bases, offset) - 1, 0)]

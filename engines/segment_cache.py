@@ -23,6 +23,13 @@ dropped (``LogSegment.cache_dropped_to``), so a drop covers what became cold sin
 (from a little before it: ``FOLIO_BYTES_MAX``), and a segment rolled with its tail inside the
 window is dropped later, as the log grows past it.
 
+Reads (``read_drop_range``): a read of bytes before the window -- a consumer catching up -- drops
+what it read once it has it (drop-behind), since the window says those bytes are not to stay
+cached: the next reads reuse the freed pages while they are warm, as the writes do, instead of
+taking pages the host has taken back. Only clean pages go (the kernel starts the write-back of
+dirty ones, which bytes that old under fsync ``interval`` seldom are); a read inside the window
+keeps what it brought in.
+
 When: only after the fsync that made the bytes durable -- the flusher thread's job under fsync
 ``interval`` (in pieces, each while the job is still current, so a drop never follows an
 invalidation: after a truncation, or a flush on the owner's thread that may have been told of
@@ -89,6 +96,14 @@ def cold_drops(segments: Sequence["LogSegment"], window_bytes: int) -> list[tupl
         elif kept == 0 and seg is not active:
             break
     return out
+
+
+def read_drop_range(start: int, end: int) -> tuple[int, int]:
+    """What to drop after a read of the cold bytes [start, end) of a segment: from the last
+    FOLIO_BYTES_MAX boundary before it (a large folio the previous read's drop cut through:
+    folios are aligned to their size), to the last page boundary at or before its end (the
+    page holding ``end`` may hold bytes after it, perhaps inside the window)."""
+    return start - start % FOLIO_BYTES_MAX, end - end % PAGE_BYTES
 
 
 def drop_cached(fd: int, start: int, end: int) -> None:

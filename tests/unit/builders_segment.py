@@ -1,11 +1,13 @@
 """Builders for the segment engine's flush and checkpoint tests, once each: an interval-fsync
-engine, batches to fill it, fsyncs recorded, a flush job run on its own thread.
+engine, batches to fill it, fsyncs recorded, a flush job run on its own thread, whether a page
+is in the page cache.
 
 Kept apart from ``fakes.py`` (which stays under the ~500-line module limit); engine-level only.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -24,6 +26,23 @@ def open_engine(directory: Path) -> SegmentEngine:
     """A segment engine in ``directory``: interval fsync, 16 KiB segments, an index entry per 512 bytes."""
     return SegmentEngine(str(directory), EngineConfig(fsync="interval", fsync_interval_ms=INTERVAL_MS,
                                                       segment_bytes_max=16 * 1024, index_interval_bytes=512))
+
+
+def cached(path: Path, position: int) -> bool:
+    """Whether the page holding byte ``position`` of ``path`` is in the page cache (a read that
+    may not wait for the disk: RWF_NOWAIT). Skips the test where there are no such reads."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(512)], position - position % 4096, os.RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            pytest.skip("no RWF_NOWAIT reads here")
+        raise
+    finally:
+        os.close(fd)
 
 
 def fill(engine: SegmentEngine, start: int, count: int) -> None:

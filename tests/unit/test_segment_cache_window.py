@@ -27,7 +27,7 @@ from fabric.clock import ManualClock
 from nodes.broker.core import CACHE_ACTIVE_MS
 from tests.harness import make_config
 from tests.unit.builders_broker import new_broker
-from tests.unit.builders_segment import SyncRecorder, run_in_thread
+from tests.unit.builders_segment import SyncRecorder, cached, run_in_thread
 
 SEGMENT_BYTES = 64 * 1024
 BATCH_PAYLOAD = 1000  # ~1 KiB batches
@@ -361,3 +361,49 @@ def test_a_log_keeps_about_its_window_in_the_page_cache(tmp_path: Path) -> None:
         worst = max(worst, int(out or 0))
     e.close()
     assert worst <= 2 * window, f"a log held {worst} bytes in the page cache, its window is {window}"
+
+
+def test_a_read_before_the_window_drops_what_it_read_and_one_inside_keeps_it(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    drops = Drops(monkeypatch)
+    e = open_engine(tmp_path, window_bytes=8 * 1024)
+    for i in range(200):  # ~200 KiB over four segments
+        e.append(make_batch(i, payload_bytes=BATCH_PAYLOAD))
+    e.flush()
+    first = e._segments[0]
+    drops.calls.clear()
+    data = e.read(0, 16 * 1024)
+    assert drops.of(first.log_path) == [(0, len(data) - len(data) % PAGE_BYTES)]
+    drops.calls.clear()
+    e.read(e._active.next_offset - 3, 16 * 1024)  # the last batch: inside the window
+    assert drops.calls == []
+    e.close()
+
+
+def test_with_the_window_off_reads_drop_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drops = Drops(monkeypatch)
+    e = open_engine(tmp_path, window_bytes=-1)
+    for i in range(200):
+        e.append(make_batch(i, payload_bytes=BATCH_PAYLOAD))
+    e.flush()
+    drops.calls.clear()
+    e.read(0, 16 * 1024)
+    assert drops.calls == []
+    e.close()
+
+
+def test_a_cold_read_leaves_the_page_cache_as_it_found_it(tmp_path: Path) -> None:
+    """For real: the pages a read before the window brought in are gone after it; a read inside
+    the window leaves its pages cached."""
+    e = open_engine(tmp_path, window_bytes=16 * 1024)
+    for i in range(200):
+        e.append(make_batch(i, payload_bytes=BATCH_PAYLOAD))
+    e.flush()  # durable: the window drops everything before it
+    first = Path(e._segments[0].log_path)
+    assert not cached(first, 8 * 1024)
+    e.read(0, 32 * 1024)
+    assert not cached(first, 8 * 1024), "the cold read's pages stayed cached"
+    last = Path(e._active.log_path)
+    e.read(e._active.next_offset - 3, 16 * 1024)
+    assert cached(last, e._active.size_bytes - 100)
+    e.close()

@@ -30,6 +30,7 @@ from engines.segment_file import IOV_BATCHES_MAX, LogSegment
 from engines.segment_recovery import Checkpoint, read_checkpoint, write_checkpoint
 from fabric.config import ConfigError, load_config
 from tests.harness import make_config
+from tests.unit.builders_segment import cached
 
 MIN_BYTES = 64 * 1024  # runs of at least this go direct in these tests
 BIG_PAYLOAD = 70 * 1024  # one batch above MIN_BYTES, not a multiple of a block
@@ -61,23 +62,6 @@ def open_engine(directory: Path, min_bytes: int = MIN_BYTES, segment_bytes: int 
 
 def segment_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.log"))
-
-
-def cached(path: Path, position: int) -> bool:
-    """Whether the page holding byte ``position`` of ``path`` is in the page cache (a read that
-    may not wait for the disk: RWF_NOWAIT)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.preadv(fd, [bytearray(512)], position - position % 4096, os.RWF_NOWAIT)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError as e:
-        if e.errno == errno.EOPNOTSUPP:
-            pytest.skip("no RWF_NOWAIT reads here")
-        raise
-    finally:
-        os.close(fd)
 
 
 def indexes(engine: SegmentEngine) -> list[int]:
