@@ -191,8 +191,18 @@ class SegmentEngine(AsyncFlushMixin):
         except (EngineError, StorageFailed):
             if self.log_end_offset > start_offset:
                 self._cut_back(start_offset)
+                if self.config.fsync == FSYNC_ALWAYS and self._failed is None:
+                    self._sync_cut()
             raise
         return offsets
+
+    def _sync_cut(self) -> None:
+        """Under fsync ``always``, make the cut of a failed append durable before its error is
+        answered: a roll in the middle of the call fsynced its first batches into the old
+        segment, and a crash must not bring back records a client was told were not written."""
+        self._sync_segment(self._active)
+        if self._dir_dirty:
+            self._fsync_dir()
 
     def _cut_back(self, offset: int) -> None:
         """Cut a failed append's batches again. After a failed fsync an error of the cut itself
@@ -301,8 +311,8 @@ class SegmentEngine(AsyncFlushMixin):
         data, next_offset = seg.read(position, max_bytes)
         end_position = position + len(data)
         window = self.config.cache_window.window_bytes
-        if window >= 0 and self._bytes_after(seg, end_position, window) > window:
-            drop_cached(seg.fd, *read_drop_range(position, end_position))
+        if 0 <= window < self._size_bytes and self._bytes_after(seg, end_position, window) > window:
+            self._drop_behind(seg, position - window, end_position - window)
         if end_position >= seg.size_bytes and seg is not self._active:
             seg, end_position = self._segment_for(next_offset), 0
         self._read_hint = (next_offset, seg, end_position)
@@ -310,13 +320,34 @@ class SegmentEngine(AsyncFlushMixin):
 
     def _bytes_after(self, seg: LogSegment, position: int, limit: int) -> int:
         """The log's bytes after ``position`` of ``seg`` -- or, once past ``limit``, some number
-        above it (the walk from the newest segment stops there)."""
+        above it (the walk from the newest segment stops there: O(limit / segment size) steps)."""
         after = seg.size_bytes - position
         for s in reversed(self._segments):
             if s is seg or after > limit:
                 break
             after += s.size_bytes
         return after
+
+    def _drop_behind(self, seg: LogSegment, start: int, end: int) -> None:
+        """After a read before the window: drop what that reader read a window earlier, the
+        bytes [start, end) counted from ``seg``'s first byte (negative: in the segments before
+        it), so that a reader up to a window behind it still finds them cached. Segments with
+        bytes not yet fsynced are left to the flusher's drops."""
+        i = bisect.bisect_right(self._bases, seg.base_offset) - 1
+        while i >= 0:  # O(window / segment size) steps back
+            s = self._segments[i]
+            if end > 0 and start < s.size_bytes and not s.dirty:
+                lo, hi = read_drop_range(max(start, 0), min(end, s.size_bytes))
+                if hi > lo:
+                    if s is not seg:
+                        self._touch(s)  # a descriptor the reader LRU closed opens again: keep them bounded
+                    drop_cached(s.fd, lo, hi)
+            if start >= 0:
+                break
+            i -= 1
+            if i >= 0:
+                start += self._segments[i].size_bytes
+                end += self._segments[i].size_bytes
 
     def _segment_for(self, offset: int) -> LogSegment:
         return self._segments[max(bisect.bisect_right(self._bases, offset) - 1, 0)]

@@ -24,11 +24,12 @@ dropped (``LogSegment.cache_dropped_to``), so a drop covers what became cold sin
 window is dropped later, as the log grows past it.
 
 Reads (``read_drop_range``): a read of bytes before the window -- a consumer catching up -- drops
-what it read once it has it (drop-behind), since the window says those bytes are not to stay
-cached: the next reads reuse the freed pages while they are warm, as the writes do, instead of
-taking pages the host has taken back. Only clean pages go (the kernel starts the write-back of
-dirty ones, which bytes that old under fsync ``interval`` seldom are); a read inside the window
-keeps what it brought in.
+what that reader read a window earlier (drop-behind), since the window says those bytes are not
+to stay cached: the next reads reuse the freed pages while they are warm, as the writes do,
+instead of taking pages the host has taken back, and another reader up to a window behind the
+first still finds its pages cached. Only a segment with nothing left to fsync drops on a read
+(the drops of unsynced bytes are the flusher's, after its fsync); a read inside the window keeps
+what it brought in.
 
 When: only after the fsync that made the bytes durable -- the flusher thread's job under fsync
 ``interval`` (in pieces, each while the job is still current, so a drop never follows an
@@ -99,10 +100,9 @@ def cold_drops(segments: Sequence["LogSegment"], window_bytes: int) -> list[tupl
 
 
 def read_drop_range(start: int, end: int) -> tuple[int, int]:
-    """What to drop after a read of the cold bytes [start, end) of a segment: from the last
-    FOLIO_BYTES_MAX boundary before it (a large folio the previous read's drop cut through:
-    folios are aligned to their size), to the last page boundary at or before its end (the
-    page holding ``end`` may hold bytes after it, perhaps inside the window)."""
+    """The drop of a segment's bytes [start, end) a reader has left behind: from the last
+    FOLIO_BYTES_MAX boundary before it (a large folio the previous drop's end cut through:
+    folios are aligned to their size) to the last page boundary at or before its end."""
     return start - start % FOLIO_BYTES_MAX, end - end % PAGE_BYTES
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from engines import segment_cache
 from engines.api import CacheWindow, EngineConfig
+from engines.batch import iter_batches
 from engines.conformance import make_batch, read_all
 from engines.segment import SegmentEngine
 from engines.segment_cache import FOLIO_BYTES_MAX, PAGE_BYTES, cold_drops, drop_step
@@ -363,19 +364,33 @@ def test_a_log_keeps_about_its_window_in_the_page_cache(tmp_path: Path) -> None:
     assert worst <= 2 * window, f"a log held {worst} bytes in the page cache, its window is {window}"
 
 
-def test_a_read_before_the_window_drops_what_it_read_and_one_inside_keeps_it(tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_before_the_window_drops_what_it_read_a_window_ago_and_one_inside_keeps_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     drops = Drops(monkeypatch)
-    e = open_engine(tmp_path, window_bytes=8 * 1024)
+    window = 8 * 1024
+    e = open_engine(tmp_path, window_bytes=window)
     for i in range(200):  # ~200 KiB over four segments
         e.append(make_batch(i, payload_bytes=BATCH_PAYLOAD))
     e.flush()
     first = e._segments[0]
     drops.calls.clear()
     data = e.read(0, 16 * 1024)
-    assert drops.of(first.log_path) == [(0, len(data) - len(data) % PAGE_BYTES)]
+    cut = len(data) - window
+    assert drops.of(first.log_path) == [(0, cut - cut % PAGE_BYTES)]
     drops.calls.clear()
     e.read(e._active.next_offset - 3, 16 * 1024)  # the last batch: inside the window
+    assert drops.calls == []
+    e.close()
+
+
+def test_a_read_of_a_segment_not_yet_synced_drops_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drops of bytes not yet durable are the flusher's, after its fsync."""
+    drops = Drops(monkeypatch)
+    e = open_engine(tmp_path, window_bytes=8 * 1024)
+    for i in range(40):  # one segment, not flushed
+        e.append(make_batch(i, payload_bytes=BATCH_PAYLOAD))
+    assert e._active.dirty
+    e.read(0, 32 * 1024)
     assert drops.calls == []
     e.close()
 
@@ -392,17 +407,25 @@ def test_with_the_window_off_reads_drop_nothing(tmp_path: Path, monkeypatch: pyt
     e.close()
 
 
-def test_a_cold_read_leaves_the_page_cache_as_it_found_it(tmp_path: Path) -> None:
-    """For real: the pages a read before the window brought in are gone after it; a read inside
-    the window leaves its pages cached."""
-    e = open_engine(tmp_path, window_bytes=16 * 1024)
-    for i in range(200):
+def test_a_cold_reader_leaves_cached_what_a_reader_a_window_behind_it_needs(tmp_path: Path) -> None:
+    """For real: a reader catching up drops what it read more than a window ago, so another
+    reader (a second consumer group) up to a window behind still finds its pages cached."""
+    window = 64 * 1024
+    e = open_engine(tmp_path, window_bytes=window)
+    for i in range(400):  # ~400 KiB over seven segments
         e.append(make_batch(i, payload_bytes=BATCH_PAYLOAD))
     e.flush()  # durable: the window drops everything before it
     first = Path(e._segments[0].log_path)
-    assert not cached(first, 8 * 1024)
-    e.read(0, 32 * 1024)
-    assert not cached(first, 8 * 1024), "the cold read's pages stayed cached"
+    assert not cached(first, 4 * 1024)
+    offset = 0
+    for _ in range(4):  # reader A: 4 reads of ~8 KiB
+        data = e.read(offset, 8 * 1024)
+        offset += sum(1 for _ in iter_batches(data)) * 3
+    assert cached(first, 4 * 1024), "reader B, ~32 KiB behind A, reads the disk"
+    while offset < e._segments[1].next_offset:  # A reads on, into the next segment: a window past byte 4 KiB
+        data = e.read(offset, 8 * 1024)
+        offset += sum(1 for _ in iter_batches(data)) * 3
+    assert not cached(first, 4 * 1024), "what A read more than a window ago stayed cached"
     last = Path(e._active.log_path)
     e.read(e._active.next_offset - 3, 16 * 1024)
     assert cached(last, e._active.size_bytes - 100)

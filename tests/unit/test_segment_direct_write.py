@@ -500,3 +500,32 @@ def test_a_flush_job_synced_before_the_cut_of_a_failed_append_does_not_mark_the_
     assert e.flush_done(job)
     assert seg.dirty, "the job vouches for a file size the cut has since changed"
     e.close()
+
+
+def test_under_fsync_always_a_failed_append_cut_back_across_a_roll_is_fsynced_before_the_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The roll in the middle of the call fsynced its first batches into the old segment; the
+    cut of them must be durable before the client is told they were not written. (Buffered
+    writes: this is no matter of direct ones.)"""
+    directory, crash = tmp_path / "log", tmp_path / "crash"
+    e = SegmentEngine(str(directory), EngineConfig(fsync="always", segment_bytes_max=16 * 1024,
+                                                   index_interval_bytes=512, direct_write_min_bytes=-1))
+    e.append(make_batch(0, record_count=1, payload_bytes=4000))
+    old = e._active
+    real = LogSegment._write_at
+
+    def fail_in_the_new_segment(self: LogSegment, fd: int, iov: list, at: int, nbytes: int) -> None:
+        if self is not old:
+            shutil.copytree(directory, crash)  # all of it fsynced by the roll
+            raise StorageFull("disk full")
+        real(self, fd, iov, at, nbytes)
+    monkeypatch.setattr(LogSegment, "_write_at", fail_in_the_new_segment)
+    with pytest.raises(StorageFull):
+        e.append_many([make_batch(1 + i, record_count=1, payload_bytes=4000) for i in range(5)])  # rolls after 3
+    monkeypatch.undo()
+    assert e.log_end_offset == 1 and e._active is old
+    assert not old.dirty, "the cut back across the roll was not fsynced before the error was raised"
+    e.close()
+    reopened = SegmentEngine(str(crash), e.config)
+    assert reopened.log_end_offset == 4  # what the crash image holds: why the cut must be synced
+    reopened.close()
