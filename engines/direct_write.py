@@ -74,13 +74,17 @@ def open_direct(path: str) -> int:
 
 def staging_buffer(nbytes: int) -> memoryview:
     """``min(nbytes, STAGE_BYTES_MAX)`` bytes, rounded up to a block, of this thread's staging
-    buffer: page-aligned (the buffer grows and never shrinks: at most STAGE_BYTES_MAX per
-    thread that writes directly)."""
+    buffer: page-aligned, STAGE_BYTES_MAX long, made and touched whole at the thread's first
+    direct write (so a broker's memory does not creep up by a page at a time as its writes
+    grow) and kept."""
     want = min(max(nbytes, BLOCK_BYTES), STAGE_BYTES_MAX)
     want += -want % BLOCK_BYTES
     buf = getattr(_local, "buf", None)
     if buf is None or len(buf) < want:
-        buf = _local.buf = mmap.mmap(-1, want)
+        size = max(want, STAGE_BYTES_MAX + -STAGE_BYTES_MAX % BLOCK_BYTES)
+        buf = mmap.mmap(-1, size)
+        buf.write(bytes(size))  # every page resident now, not on first use
+        _local.buf = buf
     return memoryview(buf)[:want]
 
 

@@ -12,6 +12,7 @@ import errno
 import os
 import random
 import struct
+import threading
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -529,3 +530,14 @@ def test_under_fsync_always_a_failed_append_cut_back_across_a_roll_is_fsynced_be
     reopened = SegmentEngine(str(crash), e.config)
     assert reopened.log_end_offset == 4  # what the crash image holds: why the cut must be synced
     reopened.close()
+
+
+def test_the_staging_buffer_is_made_whole_once_per_thread() -> None:
+    def grab() -> list:
+        return [direct_write.staging_buffer(n).obj for n in (1, 300_000, 5_000_000, 100_000_000)]
+    result: list = []
+    worker = threading.Thread(target=lambda: result.extend(grab()))
+    worker.start()
+    worker.join()
+    assert len({id(b) for b in result}) == 1 and len(result[0]) == direct_write.STAGE_BYTES_MAX
+    assert result[0] is not direct_write.staging_buffer(1).obj  # another thread, another buffer
