@@ -10,6 +10,7 @@ import signal
 
 import pytest
 
+from engines.direct_write import BLOCK_BYTES
 from fabric import protocol as P
 from tests.faults import workload_checker as J
 from tests.harness import wait_until
@@ -18,12 +19,29 @@ pytestmark = pytest.mark.faults
 SEED = 20261127
 
 
-def _cluster(cluster_factory, fsync: str = "always"):  # noqa: ANN001, ANN202
-    return cluster_factory(3, fsync=fsync, overrides={"faults": {"enabled": True}})
+# storage.direct_write_min_bytes: the default (None: only large writes go direct, which this
+# workload's small batches seldom make), or 0: every write direct (engines/direct_write.py) --
+# its zero padding, cut at rolls and found by recovery after each kill -9
+DIRECT_WRITES = pytest.mark.parametrize("direct_write_min_bytes", [None, 0], ids=["default", "every-write-direct"])
 
 
-def test_kill_leader_five_times(cluster_factory) -> None:
-    c = _cluster(cluster_factory)
+def _cluster(cluster_factory, fsync: str = "always", direct_write_min_bytes: int | None = None):  # noqa: ANN001, ANN202
+    overrides: dict = {"faults": {"enabled": True}}
+    if direct_write_min_bytes is not None:
+        overrides["storage"] = {"direct_write_min_bytes": direct_write_min_bytes}
+    return cluster_factory(3, fsync=fsync, overrides=overrides)
+
+
+def _check_direct_writes_happened(c, direct_write_min_bytes: int | None) -> None:  # noqa: ANN001
+    """With every write direct, the active segments end on a block: the padding is there."""
+    if direct_write_min_bytes == 0:
+        sizes = [sorted(c.replica_log_dir(b, J.TOPIC, 0).glob("*.log"))[-1].stat().st_size for b in c.broker_names()]
+        assert any(size and size % BLOCK_BYTES == 0 for size in sizes), sizes
+
+
+@DIRECT_WRITES
+def test_kill_leader_five_times(cluster_factory, direct_write_min_bytes: int | None) -> None:
+    c = _cluster(cluster_factory, direct_write_min_bytes=direct_write_min_bytes)
     admin, w, obs = J.setup(c)
     for _ in range(5):
         victim = J.leader_name(admin, 0)
@@ -31,6 +49,7 @@ def test_kill_leader_five_times(cluster_factory) -> None:
         w.wait_acks(200, timeout_s=30)  # writes go on while it is down
         c.start_node(victim)
         w.wait_acks(200, timeout_s=30)
+    _check_direct_writes_happened(c, direct_write_min_bytes)
     J.finish(c, admin, w, obs)
 
 
@@ -47,8 +66,9 @@ def test_zombie_leader_paused_past_session(cluster_factory) -> None:
     J.finish(c, admin, w, obs)
 
 
-def test_kill_all_brokers_at_once(cluster_factory) -> None:
-    c = _cluster(cluster_factory, fsync="always")
+@DIRECT_WRITES
+def test_kill_all_brokers_at_once(cluster_factory, direct_write_min_bytes: int | None) -> None:
+    c = _cluster(cluster_factory, fsync="always", direct_write_min_bytes=direct_write_min_bytes)
     admin, w, obs = J.setup(c)
     for b in c.broker_names():
         c.kill(b)
@@ -57,6 +77,7 @@ def test_kill_all_brokers_at_once(cluster_factory) -> None:
     for b in c.broker_names():
         c.wait_ready(b)
     w.wait_acks(500, timeout_s=45)
+    _check_direct_writes_happened(c, direct_write_min_bytes)
     J.finish(c, admin, w, obs)
 
 
