@@ -63,7 +63,7 @@ class ScanResult:
     batches: int
     last_timestamp_ms: int | None
     error: str | None
-    padding_bytes: int = 0  # zero bytes after end_position to the file's end: a direct write's
+    padding_bytes: int = 0  # zero bytes from end_position to the file's end: a direct write's padding
 
 
 def _unwritten(iov: list, written: int) -> list:
@@ -143,7 +143,7 @@ class LogSegment:
         at least ``direct_write_min_bytes`` (-1: never) in direct writes instead, through one
         copy (engines/direct_write.py). On a write error the file is cut back to its previous
         size and StorageFull / EngineError is raised; the segment is unchanged. The choice is
-        made once per call, on the bytes of all its batches.""" 
+        made once per call, on the bytes of all its batches."""
         position = self.size_bytes
         fd = self._fd if self._fd >= 0 else self.fd
         direct = 0 <= direct_write_min_bytes <= sum(len(b[0]) for b in batches) and self._direct_ok
