@@ -7,7 +7,8 @@ Kept apart from ``fakes.py`` (which stays under the ~500-line module limit); eng
 
 from __future__ import annotations
 
-import errno
+import ctypes
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -29,20 +30,28 @@ def open_engine(directory: Path) -> SegmentEngine:
 
 
 def cached(path: Path, position: int) -> bool:
-    """Whether the page holding byte ``position`` of ``path`` is in the page cache (a read that
-    may not wait for the disk: RWF_NOWAIT). Skips the test where there are no such reads."""
-    fd = os.open(path, os.O_RDONLY)
+    """Whether the page holding byte ``position`` of ``path`` is in the page cache: mincore(2)
+    on a private mapping of that page, which touches nothing (a probing read -- even one that
+    may not wait, RWF_NOWAIT -- starts the kernel's readahead, and the pages after it then
+    arrive in the cache while the test looks)."""
+    page = position - position % mmap.PAGESIZE
+    with open(path, "rb") as f:
+        length = min(mmap.PAGESIZE, os.fstat(f.fileno()).st_size - page)  # the file's last page may be partial
+        mapped = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY, offset=page)
     try:
-        os.preadv(fd, [bytearray(512)], position - position % 4096, os.RWF_NOWAIT)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError as e:
-        if e.errno == errno.EOPNOTSUPP:
-            pytest.skip("no RWF_NOWAIT reads here")
-        raise
+        anchor = ctypes.c_char.from_buffer(mapped)
+        vec = (ctypes.c_ubyte * 1)()
+        rc = _libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(mmap.PAGESIZE), vec)
+        del anchor
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return bool(vec[0] & 1)
     finally:
-        os.close(fd)
+        mapped.close()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def fill(engine: SegmentEngine, start: int, count: int) -> None:
