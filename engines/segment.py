@@ -167,7 +167,12 @@ class SegmentEngine(AsyncFlushMixin):
         if self._closed or self._failed is not None:
             self._check_writable()
         config = self.config
-        [offset] = self._append_grouped([batch], [validate_batch_fields(batch, config.batch_bytes_max)])
+        fields = validate_batch_fields(batch, config.batch_bytes_max)
+        try:
+            [offset] = self._append_grouped([batch], [fields])
+        except EngineError:
+            self._sync_cut()
+            raise
         if config.fsync == FSYNC_ALWAYS:
             try:
                 self._sync_appended()
@@ -191,15 +196,17 @@ class SegmentEngine(AsyncFlushMixin):
         except (EngineError, StorageFailed):
             if self.log_end_offset > start_offset:
                 self._cut_back(start_offset)
-                if self.config.fsync == FSYNC_ALWAYS and self._failed is None:
-                    self._sync_cut()
+            self._sync_cut()
             raise
         return offsets
 
     def _sync_cut(self) -> None:
         """Under fsync ``always``, make the cut of a failed append durable before its error is
-        answered: a roll in the middle of the call fsynced its first batches into the old
-        segment, and a crash must not bring back records a client was told were not written."""
+        answered: a direct write may have put whole batches of the call on the device, a roll
+        in the middle of the call fsynced its first batches into the old segment, and a crash
+        must not bring back records a client was told were not written."""
+        if self.config.fsync != FSYNC_ALWAYS or self._failed is not None or not self._active.dirty:
+            return
         self._sync_segment(self._active)
         if self._dir_dirty:
             self._fsync_dir()
@@ -249,14 +256,7 @@ class SegmentEngine(AsyncFlushMixin):
 
     def _write_group(self, active: LogSegment, group: list[tuple], offsets: list[int]) -> None:
         if group:
-            try:
-                active.append_many(group, self.config.direct_write_min_bytes)
-            except EngineError:
-                if self.config.fsync == FSYNC_ALWAYS and active.dirty:
-                    # the cut of the failed write is durable before the error is answered: a
-                    # crash must not bring back batches a client was told were not written
-                    self._sync_segment(active)
-                raise
+            active.append_many(group, self.config.direct_write_min_bytes)
             self._size_bytes += sum(len(g[0]) for g in group)
             offsets += (g[1] for g in group)
 
