@@ -111,6 +111,8 @@ def run_line(label: str, r: dict) -> str:
         c = r["consume_cpu_us_per_record"]
         line += (f"; drained at {r['consume_records_per_s']:,} rec/s, cpu us/rec client {_fmt(c['client'])} "
                  f"cluster {_fmt(c['cluster'])}")
+    if r.get("stopped_early"):
+        line += f" (stopped early: {r['stopped_early']})"
     return line
 
 
@@ -244,8 +246,17 @@ def print_table(doc: dict, out: Any = None) -> None:
         if s["broker_peak_rss_mb"]:
             out.write(f"{s['label']}: peak RSS MB per broker over its runs: "
                       + ", ".join(f"{n} {_fmt(v, 1)}" for n, v in sorted(s["broker_peak_rss_mb"].items())) + "\n")
+    out.write("".join(line + "\n" for line in early_stop_lines(doc)))
     if doc.get("peer"):
         out.write("".join(line + "\n" for line in peer_lines(doc)))
+
+
+def early_stop_lines(doc: dict) -> list[str]:
+    """A line under the table when runs stopped early: its medians include shorter runs."""
+    early = [r for r in doc.get("runs", []) if r.get("stopped_early")]
+    if not early:
+        return []
+    return [f"{len(early)} of {len(doc['runs'])} runs stopped early: {early[0]['stopped_early']}"]
 
 
 _HEADING_TAILS = {"consume": "; ack latency: the backlog's producers",

@@ -59,7 +59,7 @@ def cluster_for(o: BenchOptions, combo: Combination) -> Iterator[Target]:
         except AssertionError as e:  # local_cluster's wait_until: a node did not answer in time
             raise RuntimeError(f"the self-contained cluster did not start: {e}") from e
         yield Target([f"tcp://{a}" for a in cluster.bootstrap.split(",")],
-                     {n: p.pid for n, p in cluster.procs.items()}, True)
+                     {n: p.pid for n, p in cluster.procs.items()}, True, data_dir=str(work))
     finally:
         cluster.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -109,6 +109,8 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
         out["broker_peak_rss_mb"] = _peak_rss(target, r.rss_peak_mb)
         out["broker_rss_growth_mb_per_min"] = {n: growth_mb_per_min(s) for n, s in r.rss_samples_mb.items()}
         out["timeline"] = r.timeline.points()
+        if r.stopped_early is not None:
+            out["stopped_early"] = r.stopped_early
         return out
     finally:
         r.close()

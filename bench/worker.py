@@ -6,7 +6,8 @@ It connects, prints ``{"ready": …}``, waits for ``go`` on stdin, runs, prints 
 ``{"sample": …}`` line about every ``SAMPLE_INTERVAL_S`` and a ``{"done": …}`` line at the
 end (``{"error": …}`` and exit status 1 on failure). A consumer that follows producers
 (``mode: follow``) reads until ``stop`` arrives on stdin and then until the offsets the
-cluster had at that moment. Every record goes through the public client API
+cluster had at that moment. A producer told ``stop`` ends its send loop there and flushes (the
+parent's disk guard: ``bench.workload.Run.check_disk``). Every record goes through the public client API
 (``fabric.client.Producer`` / ``Consumer``).
 
 Latency (produce-ack): the time from ``send()`` to the record's delivery callback (which runs
@@ -75,8 +76,9 @@ class AckQueue:
 class Sampler:
     """Counters and latency histograms; one sample line per interval. Owned by the worker loop."""
 
-    def __init__(self, emit: Callable[[dict], None]) -> None:
+    def __init__(self, emit: Callable[[dict], None], stopping: threading.Event | None = None) -> None:
         self.emit = emit
+        self.stopping = stopping or threading.Event()  # set: a producer's loop ends (the run is cut short)
         self.sent = self.acked = self.consumed = self.errors = 0
         self.acks_taken = 0  # delivery callbacks seen (one per sampled record)
         self.lat, self.e2e = LatencyHistogram(), LatencyHistogram()          # interval
@@ -114,15 +116,21 @@ class Sampler:
 
 
 class Commands:
-    """Lines from stdin ("go", "stop") on a reader thread, so the loops never block on them."""
+    """Lines from stdin ("go", "stop") on a reader thread, so the loops never block on them.
+    ``stopping`` is set as soon as "stop" arrives: a producer's send loop looks at it (no queue
+    to drain) and ends early."""
 
     def __init__(self, stream: Any) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
+        self.stopping = threading.Event()
         threading.Thread(target=self._read, args=(stream,), daemon=True, name="bench-commands").start()
 
     def _read(self, stream: Any) -> None:
         for line in stream:
-            self.lines.put(line.strip())
+            word = line.strip()
+            if word == "stop":
+                self.stopping.set()
+            self.lines.put(word)
         self.lines.put("eof")
 
     def wait(self, word: str, timeout_s: float) -> None:
@@ -147,7 +155,7 @@ def run_producer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
         p.metadata.partition_count(topic, 30_000)  # metadata before the clock starts
         emit({"ready": {"role": "producer", "index": spec["index"]}})
         commands.wait("go", GO_WAIT_S_MAX)
-        acks, s = AckQueue(), Sampler(emit)
+        acks, s = AckQueue(), Sampler(emit, commands.stopping)
         cpu0, wall0, t0 = time.process_time(), time.time(), time.perf_counter()
         if spec["rate"]:
             per_ack = timed_every(spec["rate"])
@@ -201,7 +209,8 @@ def _closed_loop(p: Any, spec: dict, value: bytes, e2e: bool, acks: AckQueue, s:
     deadline = t0 + (spec["duration"] if spec["duration"] is not None else PHASE_S_MAX)
     many = p.send_many if spec["api"] == "send_many" else None
     values = [value] * (chunk - 1)
-    while s.sent < target:
+    stopping = s.stopping
+    while s.sent < target and not stopping.is_set():
         n = min(chunk, target - s.sent)
         if many is not None:
             if n > 1:
@@ -233,7 +242,8 @@ def _paced(p: Any, spec: dict, value: bytes, e2e: bool, acks: AckQueue, s: Sampl
     topic, send, interval_s = spec["topic"], p.send, 1.0 / spec["rate"]
     target = spec["records"] if spec["records"] is not None else RECORDS_MAX
     deadline = t0 + (spec["duration"] if spec["duration"] is not None else PHASE_S_MAX)
-    while s.sent < target:
+    stopping = s.stopping
+    while s.sent < target and not stopping.is_set():
         due = t0 + s.sent * interval_s
         ahead = due - time.perf_counter()
         if ahead >= PACE_SLEEP_S_MIN:

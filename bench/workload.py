@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from bench.options import BenchOptions
 from bench.stats import LatencyHistogram, process_cpu_s, rss_mb
@@ -36,6 +37,8 @@ TOPIC_READY_S_MAX = 120.0    # every partition led (1,000 partitions take a whil
 READ_BYTES_MAX = 1 << 20     # one read of a worker's pipe
 RSS_SAMPLES_MAX = 100_000    # per broker and run (one per SAMPLE_INTERVAL_S)
 WORKER_STOP_S_MAX = 10.0
+DISK_FREE_MIN_BYTES = 4 << 30  # a self-contained cluster's producers stop below this much free
+DISK_FREE_MIN_SHARE = 0.05     # ... or below this share of the file system, if that is more
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Target:
     bootstrap: list[str]
     node_pids: dict[str, int]
     self_contained: bool
+    data_dir: str | None = None  # a self-contained cluster's data: the disk guard watches its file system
 
     @property
     def broker_pids(self) -> dict[str, int]:
@@ -98,6 +102,11 @@ class Timeline:
                         "p50_ms": b["lat"].percentile_ms(50), "p99_ms": b["lat"].percentile_ms(99),
                         "e2e_p99_ms": b["e2e"].percentile_ms(99)})
         return out
+
+
+def disk_floor_bytes(total: int) -> int:
+    """The free space below which a run's producers stop (``Run.check_disk``)."""
+    return max(DISK_FREE_MIN_BYTES, int(total * DISK_FREE_MIN_SHARE))
 
 
 def record_shares(total: int | None, n: int) -> list[int | None]:
@@ -170,8 +179,11 @@ class Run:
     """The worker processes of one run and the loop that reads them."""
 
     def __init__(self, o: BenchOptions, target: Target, topic: str, work: str,
-                 on_tick: Callable[[dict], None] | None) -> None:
+                 on_tick: Callable[[dict], None] | None,
+                 disk_usage: Callable[[str], Any] = shutil.disk_usage) -> None:
         self.o, self.target, self.topic, self.work = o, target, topic, work
+        self.disk_usage = disk_usage
+        self.stopped_early: str | None = None  # why the producers were told to stop, if they were
         self.on_tick = on_tick or (lambda _: None)
         self.workers: list[Worker] = []
         self.timeline = Timeline()
@@ -203,6 +215,7 @@ class Run:
                 raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
             for key, _ in self.selector.select(timeout=SAMPLE_INTERVAL_S / 2):
                 self._read(key.data)
+            self.check_disk()
             if time.monotonic() >= next_rss:
                 next_rss = time.monotonic() + SAMPLE_INTERVAL_S
                 for name, pid in self.target.broker_pids.items():
@@ -217,6 +230,22 @@ class Run:
                 if w.done is None and w.proc.poll() is not None and not self._read(w):
                     raise RuntimeError(f"{w.role} {w.index} exited with {w.proc.returncode} without a result: "
                                        + _tail(w.stderr_path))
+
+    def check_disk(self) -> None:
+        """A self-contained cluster writes as fast as the disk takes it (1 KiB records at RF 3:
+        about 1 GB/s here) and would fill it in a long ``--duration`` run: below
+        ``disk_floor_bytes`` free, tell the producers still running to stop (once). The run
+        then ends as a shorter one would, and its result says why (``stopped_early``)."""
+        if self.stopped_early is not None or not self.target.self_contained or not self.target.data_dir:
+            return
+        usage = self.disk_usage(self.target.data_dir)
+        floor = disk_floor_bytes(usage.total)
+        if usage.free >= floor:
+            return
+        self.stopped_early = (f"the disk under {self.target.data_dir} had {usage.free / 1e9:.1f} GB free "
+                              f"(the floor is {floor / 1e9:.1f} GB)")
+        print(f"loom bench: {self.stopped_early}: the producers stop here", file=sys.stderr, flush=True)
+        tell([w for w in self.workers if w.role == "producer" and w.done is None and w.proc.poll() is None], "stop")
 
     def _read(self, w: Worker) -> bool:
         try:

@@ -100,3 +100,22 @@ def test_a_consumer_group_drains_the_backlog_and_commits(tmp_path: Path) -> None
     run = json.loads(out.read_text())["runs"][0]
     assert run["records"] == run["expected_records"] == 3000
     assert committed == {("grouped", p): end for p, end in ends.items()}  # every record's offset committed
+
+
+def test_a_long_run_stops_its_producers_before_the_disk_fills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard on a real self-contained cluster: with the floor set ~100 MB under what is free
+    now, a one-minute run of 1 KiB records ends as soon as the cluster has written that much,
+    every record it sent acknowledged, and the result says why it ended early."""
+    import shutil
+    import tempfile
+
+    from bench import workload
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    monkeypatch.setattr(workload, "DISK_FREE_MIN_BYTES", free - 100_000_000)
+    monkeypatch.setattr(workload, "DISK_FREE_MIN_SHARE", 0.0)
+    out = tmp_path / "guard.json"
+    assert runner.main(["produce", "--duration", "60", "--record-size", "1024", "--api", "send_many",
+                        "--partitions", "2", "--json", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert "stopped_early" in run and "GB free" in run["stopped_early"]
+    assert run["seconds"] < 45 and run["records"] > 0 and run["errors"] == 0
