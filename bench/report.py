@@ -141,7 +141,8 @@ def _summary(runs: list[dict]) -> dict:
     s: dict = {"runs": len(runs), "records_per_s": med("records_per_s"), "mb_per_s": med("mb_per_s"),
                "latency_ms": {k: med("latency_ms", k) for k in LAT_KEYS},
                "cpu_us_per_record": {k: med("cpu_us_per_record", k) for k in ("client", "cluster")},
-               "errors": sum(r.get("errors", 0) for r in runs)}
+               "errors": sum(r.get("errors", 0) for r in runs),
+               "disk_write": {k: med("disk_write", k) for k in ("bytes_per_record", "mb_per_s")}}
     if any("send_delay_ms" in r for r in runs):
         s["send_delay_ms"] = {k: med("send_delay_ms", k) for k in LAT_KEYS}
     e2e = any("e2e_latency_ms" in r for r in runs)
@@ -218,7 +219,8 @@ def _columns(doc: dict) -> list[tuple[str, Any]]:
     if drain:
         cols += [("drain cpu client", lambda s: (s.get("consume_cpu_us_per_record") or {}).get("client")),
                  ("cluster", lambda s: (s.get("consume_cpu_us_per_record") or {}).get("cluster"))]
-    cols += [
+    cols += [("disk B/rec", lambda s: (s.get("disk_write") or {}).get("bytes_per_record")),
+             ("disk MB/s", lambda s: (s.get("disk_write") or {}).get("mb_per_s")),
              ("broker RSS MB max", lambda s: max(s["broker_peak_rss_mb"].values(), default=None)),
              ("RSS MB/min", lambda s: s.get("broker_rss_growth_mb_per_min")),
              ("x rec/s", lambda s: s["ratio_to_first"]["records_per_s"]),

@@ -21,8 +21,9 @@ from typing import Callable, Iterator
 
 from bench import peer, report
 from bench.options import BenchOptions, Combination, OptionError, parse, usage_error
-from bench.stats import LatencyHistogram, find_node_pids, growth_mb_per_min, peak_rss_mb, reset_peak_rss, us_per_record
-from bench.workload import Run, Target, create_topic, record_shares, tell
+from bench.stats import (LatencyHistogram, disk_figures, find_node_pids, growth_mb_per_min, peak_rss_mb, reset_peak_rss,
+                         us_per_record)
+from bench.workload import PhaseCost, Run, Target, create_topic, record_shares, tell
 from fabric.config import ConfigError
 from fabric.errors import FabricError
 from nodes.local_cluster import Cluster, make_config
@@ -94,18 +95,19 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
                                     api=combo.api) for i in range(producers_n)])
         out: dict = {"label": combo.label, "combination": combo.as_dict(), "run": run + 1, "topic": topic}
         if o.command == "produce":
-            cpu_s, _ = r.phase(producers)
-            out.update(_produce_figures(o, producers, cpu_s))
+            cost = r.phase(producers)
+            out.update(_produce_figures(o, producers, cost))
         elif o.command == "e2e":
-            cpu_s, _ = r.phase(producers + consumers, then=stop_consumers)
-            out.update(_produce_figures(o, producers, cpu_s, consumers))
-            out.update(_consume_figures(o, consumers, cpu_s, r.group_expected, key="consume"))
+            cost = r.phase(producers + consumers, then=stop_consumers)
+            out.update(_produce_figures(o, producers, cost, consumers))
+            out.update(_consume_figures(o, consumers, cost.cpu_s, r.group_expected, key="consume"))
         else:
-            cpu_p, _ = r.phase(producers)
-            cpu_c, _ = r.phase(consumers, then=stop_consumers if o.group else None)
-            out["produce"] = _produce_figures(o, producers, cpu_p)
-            out.update(_consume_figures(o, consumers, cpu_c, r.group_expected, key=None))
+            cost = r.phase(producers)
+            drain = r.phase(consumers, then=stop_consumers if o.group else None)
+            out["produce"] = _produce_figures(o, producers, cost)
+            out.update(_consume_figures(o, consumers, drain.cpu_s, r.group_expected, key=None))
             out["latency_ms"] = out["produce"]["latency_ms"]
+            out["disk_write"] = out["produce"]["disk_write"]  # the backlog's writing
         out["broker_peak_rss_mb"] = _peak_rss(target, r.rss_peak_mb)
         out["broker_rss_growth_mb_per_min"] = {n: growth_mb_per_min(s) for n, s in r.rss_samples_mb.items()}
         out["timeline"] = r.timeline.points()
@@ -121,7 +123,8 @@ def _span(done: list[dict]) -> float:
     return max(d["t_end"] for d in done) - min(d["t_start"] for d in done)
 
 
-def _produce_figures(o: BenchOptions, producers: list, cluster_cpu_s: float | None, consumers: list | None = None) -> dict:
+def _produce_figures(o: BenchOptions, producers: list, cost: PhaseCost, consumers: list | None = None) -> dict:
+    cluster_cpu_s = cost.cpu_s
     done = [w.done for w in producers]
     records, seconds = sum(d["records"] for d in done), _span(done)
     lat, delay = LatencyHistogram(), LatencyHistogram()
@@ -134,7 +137,9 @@ def _produce_figures(o: BenchOptions, producers: list, cluster_cpu_s: float | No
             "mb_per_s": round(records * o.record_size / MB / seconds, 2) if seconds > 0 else 0,
             "offered_per_s": o.rate, "latency_ms": lat.summary_ms(),
             "cpu_us_per_record": {"client": us_per_record(client_s, records), "cluster": us_per_record(cluster_cpu_s, records)},
-            "cpu_s": {"client": client_s, "cluster": cluster_cpu_s}}
+            "cpu_s": {"client": client_s, "cluster": cluster_cpu_s},
+            # over the phase's wall time: what the cluster wrote while the records went in
+            "disk_write": disk_figures(cost.write_bytes, records, cost.wall_s)}
     if o.rate:  # open loop: how late the sends went out against their schedule (the
         #         OpenMessaging Benchmark's publish delay; the ack latency counts from the send)
         figures["send_delay_ms"] = delay.summary_ms()

@@ -98,6 +98,33 @@ def us_per_record(cpu_s: float | None, records: int) -> float | None:
     return None if cpu_s is None or not records else round(1e6 * cpu_s / records, 3)
 
 
+def process_write_bytes(pids: list[int]) -> int | None:
+    """Bytes the processes have caused to be written to storage (``write_bytes`` of
+    /proc/PID/io: counted when a page is dirtied, or at a direct write; every thread of the
+    process). None when no pid's figure can be read (a cluster elsewhere, no task I/O
+    accounting): unknown, not 0."""
+    total, known = 0, False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                for line in f:
+                    if line.startswith("write_bytes:"):
+                        total += int(line.split()[1])
+                        known = True
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return total if known else None
+
+
+def disk_figures(write_bytes: int | None, records: int, seconds: float) -> dict:
+    """What a phase wrote to storage: bytes per record (the engine's and the replication
+    factor's write amplification) and MB/s (against the disk's ceiling); None when unknown."""
+    if write_bytes is None or not records or seconds <= 0:
+        return {"bytes_per_record": None, "mb_per_s": None}
+    return {"bytes_per_record": round(write_bytes / records, 1), "mb_per_s": round(write_bytes / 1e6 / seconds, 1)}
+
+
 def process_cpu_s(pids: list[int]) -> float:
     """User + system CPU seconds of processes (Linux /proc; 0 for a pid that is gone)."""
     return sum(s.cpu_s for s in map(proc_stat, pids) if s is not None)

@@ -23,10 +23,10 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from bench.options import BenchOptions
-from bench.stats import LatencyHistogram, process_cpu_s, rss_mb
+from bench.stats import LatencyHistogram, process_cpu_s, process_write_bytes, rss_mb
 from bench.worker import PHASE_S_MAX, SAMPLE_INTERVAL_S
 from fabric import protocol as P
 from fabric.errors import RemoteError
@@ -39,6 +39,13 @@ RSS_SAMPLES_MAX = 100_000    # per broker and run (one per SAMPLE_INTERVAL_S)
 WORKER_STOP_S_MAX = 10.0
 DISK_FREE_MIN_BYTES = 4 << 30  # a self-contained cluster's producers stop below this much free
 DISK_FREE_MIN_SHARE = 0.05     # ... or below this share of the file system, if that is more
+
+
+class PhaseCost(NamedTuple):
+    """What one phase of a run cost the cluster (None: its processes are unknown)."""
+    cpu_s: float | None
+    wall_s: float
+    write_bytes: int | None  # written to storage by the node processes (/proc/PID/io)
 
 
 @dataclass
@@ -282,11 +289,12 @@ class Run:
                 "consumed": sum(w.last["consumed"] for w in self.workers if w.role == "consumer"),
                 "elapsed_s": time.time() - self.timeline.origin}
 
-    def phase(self, workers: list[Worker], then: Callable[[], None] | None = None) -> tuple[float | None, float]:
-        """Start ``workers``; returns the cluster's CPU seconds (None when its processes are
-        unknown: a cluster elsewhere) and the wall seconds until they are done (``then`` runs
-        once the producers among them are done)."""
-        cpu0, t0 = process_cpu_s(list(self.target.node_pids.values())), time.monotonic()
+    def phase(self, workers: list[Worker], then: Callable[[], None] | None = None) -> PhaseCost:
+        """Start ``workers``; returns the cluster's CPU seconds and bytes written to storage
+        (None when its processes are unknown: a cluster elsewhere) and the wall seconds until
+        they are done (``then`` runs once the producers among them are done)."""
+        pids = list(self.target.node_pids.values())
+        cpu0, written0, t0 = process_cpu_s(pids), process_write_bytes(pids), time.monotonic()
         if not self.timeline.buckets:
             self.timeline.origin = time.time()  # the chart's zero: the first phase's start
         tell(workers, "go")
@@ -295,8 +303,10 @@ class Run:
             self.pump(lambda: all(w.done for w in producers), PHASE_S_MAX, "the producers to finish")
             then()
         self.pump(lambda: all(w.done for w in workers), PHASE_S_MAX, "the workers to finish")
-        cpu = process_cpu_s(list(self.target.node_pids.values())) - cpu0 if self.target.node_pids else None
-        return cpu, time.monotonic() - t0
+        cpu = process_cpu_s(pids) - cpu0 if pids else None
+        written1 = process_write_bytes(pids)
+        written = written1 - written0 if written0 is not None and written1 is not None else None
+        return PhaseCost(cpu, time.monotonic() - t0, written)
 
     def stop_when_read(self, consumers: list[Worker]) -> None:
         """Group mode: once the group has read every record of the topic (the members cannot

@@ -42,6 +42,11 @@ def test_engine_list_runs_each_combination_on_a_fresh_cluster_from_any_directory
     assert all(r["records"] == 2000 and r["errors"] == 0 for r in doc["runs"])
     assert all(len(r["broker_peak_rss_mb"]) == 3 and min(r["broker_peak_rss_mb"].values()) > 0 for r in doc["runs"])
     assert (tmp_path / "out.html").read_text().count("<svg") == 2
+    # what the cluster wrote to storage: three copies of every record on disk with the segment
+    # engine, next to nothing with the memory engine (no record reaches a file)
+    segment_run, memory_run = doc["runs"]
+    assert segment_run["disk_write"]["bytes_per_record"] >= 3 * 100
+    assert memory_run["disk_write"]["bytes_per_record"] < 100
     table = p.stdout[p.stdout.index("combination"):].splitlines()
     assert table[1].startswith("segment/interval/send") and table[2].startswith("memory/interval/send")
 
