@@ -34,3 +34,49 @@ def test_the_drop_mode_advises_only_over_synced_bytes(tmp_path: Path, monkeypatc
     pagecache.write_files(str(tmp_path), "drop", 1, 2, 1)
     assert calls == [(0, 1 << 20), (0, 2 << 20)]
     assert all(n <= s for (_, n), s in zip(calls, synced))
+
+
+def test_direct_writes_and_parallel_writers_report_their_total(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.json"
+    data = tmp_path / "data"
+    data.mkdir()
+    probe = data / "probe"
+    try:  # a file system without O_DIRECT (tmpfs) cannot run the direct mode
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644))
+    except OSError:
+        pytest.skip("no O_DIRECT on this file system")
+    finally:
+        probe.unlink(missing_ok=True)
+    assert pagecache.main(["--modes", "direct,drop", "--writers", "2", "--files", "1", "--mb", "2", "--sync-mb", "1",
+                           "--write-kb", "256", "--runs", "1", "--dir", str(data), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["median_sys_ms_per_mb"]) == set(doc["median_total_mb_per_s"]) == {"direct", "drop"}
+    assert [len(r["files"]) for m in ("direct", "drop") for r in doc["runs"][m]] == [2, 2]  # one per writer
+    assert all(r["total_mb_per_s"] > 0 for m in ("direct", "drop") for r in doc["runs"][m])
+    assert list(data.iterdir()) == []
+    assert "MB/s of all writers together: direct" in capsys.readouterr().out
+
+
+def test_the_direct_mode_opens_every_file_with_o_direct(tmp_path: Path) -> None:
+    opened: list[int] = []
+    real_open = os.open
+
+    def recording_open(path, flags, *rest):  # noqa: ANN001, ANN202
+        opened.append(flags)
+        return real_open(path, flags, *rest)
+    try:
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644))
+    except OSError:
+        pytest.skip("no O_DIRECT on this file system")
+    import unittest.mock
+    with unittest.mock.patch.object(os, "open", recording_open):
+        pagecache.write_files(str(tmp_path), "direct", 1, 1, 1, 64 * 1024)
+    assert opened and all(f & os.O_DIRECT for f in opened)
+
+
+@pytest.mark.parametrize("argv", [["--modes", "keep,fast"], ["--modes", "keep,keep"], ["--writers", "0"],
+                                  ["--write-kb", "6"], ["--write-kb", "0"]])
+def test_bad_options_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        pagecache.main(argv)
+    assert e.value.code == 2
