@@ -1,5 +1,5 @@
 """``loom bench pagecache``: what this machine's kernel and disk charge a log for its writes --
-the system CPU per MB of appends and the MB/s, with an interval fsync, when the written pages
+the system CPU per MiB of appends and the MiB/s, with an interval fsync, when the written pages
 stay cached (the kernel's default), when each fsync is followed by dropping them
 (``posix_fadvise(POSIX_FADV_DONTNEED)``, what the segment engine does with durable bytes
 outside its window: engines/segment_cache.py), and when the writes bypass the page cache
@@ -9,7 +9,7 @@ engines/direct_write.py).
 Each run appends ``--files`` new files of ``--mb`` MiB per writer, in ``--write-kb`` writes,
 with an fdatasync every ``--sync-mb`` MiB; the modes (``--modes``, default "keep,drop")
 alternate, ``--runs`` times. ``--writers N`` runs N writer processes at once, as N brokers
-sharing one disk would, and reports their total MB/s beside each file's: the disk's ceiling
+sharing one disk would, and reports their total MiB/s beside each file's: the disk's ceiling
 for a replicated log is the total over every replica's writes. On a machine whose idle memory
 the host takes back, the first-touch cost of new pages shows in "keep" once the page cache
 grows past the memory recently in use (see bench/RESULTS.md, "The page cache").
@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 
@@ -44,13 +45,18 @@ MODES = ("keep", "drop", "direct")
 DEFAULT_MODES = ("keep", "drop")
 
 
+class WriteFailed(Exception):
+    """A writer could not open or write its file (raised in a pool worker, it reaches the
+    parent as any exception does; a SystemExit there would kill the worker and hang the pool)."""
+
+
 def _system_cpu_s() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
 def write_files(directory: str, mode: str, files: int, mb: int, sync_mb: int, write_bytes: int = WRITE_BYTES,
                 prefix: str = "") -> list[dict]:
-    """Append ``files`` new files of ``mb`` MiB each; per file the system CPU per MB and the
+    """Append ``files`` new files of ``mb`` MiB each; per file the system CPU per MiB and the
     wall time. ``mode`` "drop" drops each synced range from the page cache; "direct" writes
     with O_DIRECT from an aligned buffer (``write_bytes`` a multiple of 4 KiB)."""
     direct = mode == "direct"
@@ -69,7 +75,7 @@ def write_files(directory: str, mode: str, files: int, mb: int, sync_mb: int, wr
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0), 0o644)
             except OSError as e:
-                raise SystemExit(f"loom bench pagecache: cannot open {path} for {mode} writes: {e.strerror}")
+                raise WriteFailed(f"cannot open {path} for {mode} writes: {e.strerror}") from None
             try:
                 cpu0, t0 = _system_cpu_s(), time.monotonic()
                 for n in range(1, mb * MB // write_bytes + 1):
@@ -100,7 +106,7 @@ def _writer(args: tuple) -> list[dict]:
 def run_writers(directory: str, mode: str, writers: int, files: int, mb: int, sync_mb: int,
                 write_bytes: int) -> tuple[list[dict], float]:
     """``writers`` processes writing at once (one: this process); every writer's files, and
-    the MB/s of all of them together (their MiB over the wall time until the last is done)."""
+    the MiB/s of all of them together (their MiB over the wall time until the last is done)."""
     t0 = time.monotonic()
     if writers == 1:
         files_out = write_files(directory, mode, files, mb, sync_mb, write_bytes)
@@ -134,23 +140,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--writers in [1, {WRITERS_MAX}]")
     if not (4 <= args.write_kb <= WRITE_KB_MAX and args.write_kb % 4 == 0):
         parser.error(f"--write-kb: a multiple of 4 in [4, {WRITE_KB_MAX}]")
+    if (args.mb * MB) % (args.write_kb * 1024) or (args.sync_mb * MB) % (args.write_kb * 1024):
+        parser.error(f"--mb and --sync-mb must be whole numbers of --write-kb {args.write_kb} writes")
     if not hasattr(os, "posix_fadvise") or ("direct" in modes and not hasattr(os, "O_DIRECT")):
         parser.error("this platform has no posix_fadvise or no O_DIRECT")
     write_bytes = args.write_kb * 1024
     results: dict[str, list[dict]] = {m: [] for m in modes}
     for run in range(args.runs):
         for mode in modes:
-            files, total = run_writers(args.dir, mode, args.writers, args.files, args.mb, args.sync_mb, write_bytes)
+            try:
+                files, total = run_writers(args.dir, mode, args.writers, args.files, args.mb, args.sync_mb, write_bytes)
+            except (WriteFailed, OSError) as e:
+                print(f"loom bench pagecache: {e}", file=sys.stderr)
+                return 1
             results[mode].append({"run": run + 1, "files": files, "total_mb_per_s": total})
-            print(f"run {run + 1} {mode}: system CPU ms per MB by file "
-                  f"{' / '.join(str(f['sys_ms_per_mb']) for f in files)}; MB/s "
+            print(f"run {run + 1} {mode}: system CPU ms per MiB by file "
+                  f"{' / '.join(str(f['sys_ms_per_mb']) for f in files)}; MiB/s "
                   f"{' / '.join(str(f['mb_per_s']) for f in files)}; {args.writers} writer(s) together "
-                  f"{total} MB/s", flush=True)
+                  f"{total} MiB/s", flush=True)
     summary = {m: statistics.median(f["sys_ms_per_mb"] for r in results[m] for f in r["files"]) for m in modes}
     totals = {m: statistics.median(r["total_mb_per_s"] for r in results[m]) for m in modes}
-    print("median system CPU per MB written: "
+    print("median system CPU per MiB written: "
           + ", ".join(f"{m} {summary[m]:.3f} ms" for m in modes)
-          + "; MB/s of all writers together: " + ", ".join(f"{m} {totals[m]:.0f}" for m in modes)
+          + "; MiB/s of all writers together: " + ", ".join(f"{m} {totals[m]:.0f}" for m in modes)
           + f" ({args.writers} writer(s) x {args.files} x {args.mb} MiB per run, {args.write_kb} KiB writes, "
           f"fdatasync every {args.sync_mb} MiB, {args.dir})")
     if args.json:

@@ -23,7 +23,7 @@ from bench import peer, report
 from bench.options import BenchOptions, Combination, OptionError, parse, usage_error
 from bench.stats import (LatencyHistogram, disk_figures, find_node_pids, growth_mb_per_min, peak_rss_mb, reset_peak_rss,
                          us_per_record)
-from bench.workload import PhaseCost, Run, Target, create_topic, record_shares, tell
+from bench.workload import PhaseCost, Run, Target, check_disk_before_run, create_topic, record_shares, tell
 from fabric.config import ConfigError
 from fabric.errors import FabricError
 from nodes.local_cluster import Cluster, make_config
@@ -52,6 +52,11 @@ def cluster_for(o: BenchOptions, combo: Combination) -> Iterator[Target]:
         yield Target(parse_bootstrap(o.bootstrap, o.config), pids, False)
         return
     work = Path(tempfile.mkdtemp(prefix="loom-bench-"))
+    try:
+        check_disk_before_run(str(work))
+    except RuntimeError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     cluster = Cluster(make_config(work, o.brokers, engine=combo.engine, fsync=combo.fsync,
                                   overrides=cluster_overrides(o, combo)))
     try:
@@ -138,8 +143,8 @@ def _produce_figures(o: BenchOptions, producers: list, cost: PhaseCost, consumer
             "offered_per_s": o.rate, "latency_ms": lat.summary_ms(),
             "cpu_us_per_record": {"client": us_per_record(client_s, records), "cluster": us_per_record(cluster_cpu_s, records)},
             "cpu_s": {"client": client_s, "cluster": cluster_cpu_s},
-            # over the phase's wall time: what the cluster wrote while the records went in
-            "disk_write": disk_figures(cost.write_bytes, records, cost.wall_s)}
+            # over the producers' span, as records/s (an e2e phase lasts on while consumers catch up)
+            "disk_write": disk_figures(cost.write_bytes, records, seconds)}
     if o.rate:  # open loop: how late the sends went out against their schedule (the
         #         OpenMessaging Benchmark's publish delay; the ack latency counts from the send)
         figures["send_delay_ms"] = delay.summary_ms()

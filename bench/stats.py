@@ -117,6 +117,33 @@ def process_write_bytes(pids: list[int]) -> int | None:
     return total if known else None
 
 
+MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})  # their pages are never written back
+
+
+def fs_type(path: str) -> str | None:
+    """The type of the file system ``path`` is on (the longest mount point above it in
+    /proc/self/mounts); None when unknown."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1:3] for line in f]
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, kind = "", None
+    for point, fs in mounts:
+        point = point.replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fs
+    return kind
+
+
+def counts_writes(path: str) -> bool:
+    """Whether /proc/PID/io's write_bytes counts what is written under ``path``: not on a
+    memory file system (tmpfs: 0 bytes however much is written)."""
+    return fs_type(path) not in MEMORY_FILE_SYSTEMS
+
+
 def disk_figures(write_bytes: int | None, records: int, seconds: float) -> dict:
     """What a phase wrote to storage: bytes per record (the engine's and the replication
     factor's write amplification) and MB/s (against the disk's ceiling); None when unknown."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from bench.options import BenchOptions
-from bench.stats import LatencyHistogram, process_cpu_s, process_write_bytes, rss_mb
+from bench.stats import LatencyHistogram, counts_writes, process_cpu_s, process_write_bytes, rss_mb
 from bench.worker import PHASE_S_MAX, SAMPLE_INTERVAL_S
 from fabric import protocol as P
 from fabric.errors import RemoteError
@@ -70,6 +70,7 @@ class Worker:
     stderr_path: str
     buffer: bytes = b""
     ready: bool = False
+    going: bool = False  # sent "go" (a worker reads "go" before any other word)
     done: dict | None = None
     last: dict = field(default_factory=lambda: {"acked": 0, "consumed": 0})
 
@@ -114,6 +115,16 @@ class Timeline:
 def disk_floor_bytes(total: int) -> int:
     """The free space below which a run's producers stop (``Run.check_disk``)."""
     return max(DISK_FREE_MIN_BYTES, int(total * DISK_FREE_MIN_SHARE))
+
+
+def check_disk_before_run(data_dir: str, disk_usage: Callable[[str], Any] | None = None) -> None:
+    """Refuse to start a self-contained cluster on a file system already under the floor (its
+    producers would be stopped at once). Raises RuntimeError saying what is free."""
+    usage = (disk_usage or shutil.disk_usage)(data_dir)
+    floor = disk_floor_bytes(usage.total)
+    if usage.free < floor:
+        raise RuntimeError(f"only {usage.free / 1e9:.1f} GB free under {data_dir} (a self-contained run stops "
+                           f"below {floor / 1e9:.1f} GB): free some space, or point TMPDIR at a larger disk")
 
 
 def record_shares(total: int | None, n: int) -> list[int | None]:
@@ -187,9 +198,9 @@ class Run:
 
     def __init__(self, o: BenchOptions, target: Target, topic: str, work: str,
                  on_tick: Callable[[dict], None] | None,
-                 disk_usage: Callable[[str], Any] = shutil.disk_usage) -> None:
+                 disk_usage: Callable[[str], Any] | None = None) -> None:
         self.o, self.target, self.topic, self.work = o, target, topic, work
-        self.disk_usage = disk_usage
+        self.disk_usage = disk_usage or shutil.disk_usage
         self.stopped_early: str | None = None  # why the producers were told to stop, if they were
         self.on_tick = on_tick or (lambda _: None)
         self.workers: list[Worker] = []
@@ -245,6 +256,10 @@ class Run:
         then ends as a shorter one would, and its result says why (``stopped_early``)."""
         if self.stopped_early is not None or not self.target.self_contained or not self.target.data_dir:
             return
+        running = [w for w in self.workers
+                   if w.role == "producer" and w.going and w.done is None and w.proc.poll() is None]
+        if not running:  # nothing to cut short (the producers not started yet, or done)
+            return
         usage = self.disk_usage(self.target.data_dir)
         floor = disk_floor_bytes(usage.total)
         if usage.free >= floor:
@@ -252,7 +267,7 @@ class Run:
         self.stopped_early = (f"the disk under {self.target.data_dir} had {usage.free / 1e9:.1f} GB free "
                               f"(the floor is {floor / 1e9:.1f} GB)")
         print(f"loom bench: {self.stopped_early}: the producers stop here", file=sys.stderr, flush=True)
-        tell([w for w in self.workers if w.role == "producer" and w.done is None and w.proc.poll() is None], "stop")
+        tell(running, "stop")
 
     def _read(self, w: Worker) -> bool:
         try:
@@ -298,6 +313,8 @@ class Run:
         if not self.timeline.buckets:
             self.timeline.origin = time.time()  # the chart's zero: the first phase's start
         tell(workers, "go")
+        for w in workers:
+            w.going = True
         producers = [w for w in workers if w.role == "producer"]
         if then is not None:
             self.pump(lambda: all(w.done for w in producers), PHASE_S_MAX, "the producers to finish")
@@ -306,6 +323,8 @@ class Run:
         cpu = process_cpu_s(pids) - cpu0 if pids else None
         written1 = process_write_bytes(pids)
         written = written1 - written0 if written0 is not None and written1 is not None else None
+        if self.target.data_dir and not counts_writes(self.target.data_dir):
+            written = None  # a tmpfs is never written back: 0 bytes would be a wrong figure
         return PhaseCost(cpu, time.monotonic() - t0, written)
 
     def stop_when_read(self, consumers: list[Worker]) -> None:

@@ -4,8 +4,8 @@ running, and once space is freed the cluster takes writes again with nothing ack
 The cluster's data directory is a small file system of its own, filled with a ballast file to a
 few MiB short of full while a producer writes: a tmpfs (the segment engine writes through the
 page cache) and an ext4 image on a loop device with every write direct
-(``storage.direct_write_min_bytes: 0``, the O_DIRECT path). Mounting needs root; elsewhere the
-test is skipped and says why.
+(``storage.direct_write_min_bytes: 0``, the O_DIRECT path). Mounting needs root, ``mount`` and
+(for ext4) ``mkfs.ext4``; without them the test is skipped and says why.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ AFTER = 1000                 # records sent once space is back
 
 
 def _mount(kind: str, where: Path, scratch: Path) -> None:
+    needed = ["mount", "umount"] + (["mkfs.ext4"] if kind != "tmpfs" else [])
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"no {', '.join(missing)} on this PATH")
     where.mkdir(parents=True)
     if kind == "tmpfs":
         cmd = ["mount", "-t", "tmpfs", "-o", f"size={FS_BYTES}", "tmpfs", str(where)]
@@ -46,8 +50,6 @@ def _mount(kind: str, where: Path, scratch: Path) -> None:
         if made.returncode != 0:
             pytest.skip(f"mkfs.ext4 failed: {made.stderr.strip()}")
         cmd = ["mount", "-o", "loop", str(image), str(where)]
-    if shutil.which(cmd[0]) is None:
-        pytest.skip("no mount command here")
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a {kind} here (needs root): {done.stderr.strip()}")

@@ -95,6 +95,7 @@ def _run_with_disk(free: list[int], total: int = 100 * GIB) -> tuple[workload.Ru
 def test_the_guard_tells_the_producers_to_stop_once_and_says_why() -> None:
     free = [50 * GIB]
     r, (producer, consumer) = _run_with_disk(free)
+    producer.going = consumer.going = True
     r.check_disk()
     assert r.stopped_early is None and producer.proc.stdin.getvalue() == b""
     free[0] = workload.DISK_FREE_MIN_BYTES - 1
@@ -105,13 +106,30 @@ def test_the_guard_tells_the_producers_to_stop_once_and_says_why() -> None:
     assert "disk" in r.stopped_early and "/nowhere" in r.stopped_early
 
 
-def test_a_producer_that_is_done_is_not_told() -> None:
+def test_a_producer_that_is_done_is_not_told_and_the_run_is_not_marked() -> None:
     free = [1]
     r, (producer, _) = _run_with_disk(free)
+    producer.going = True
     producer.done = {"records": 1}
     r.check_disk()
     assert producer.proc.stdin.getvalue() == b""
-    assert r.stopped_early is not None
+    assert r.stopped_early is None  # nothing was cut short: a consume drain may fill the last GB
+
+
+def test_a_producer_not_yet_started_is_never_told_stop_before_go() -> None:
+    """A worker reads "go" first and anything else as a protocol error: the guard only talks
+    to producers that were sent "go" (start() pumps while they connect)."""
+    free = [1]
+    r, (producer, _) = _run_with_disk(free)
+    r.check_disk()
+    assert producer.proc.stdin.getvalue() == b"" and r.stopped_early is None
+
+
+def test_a_disk_already_under_the_floor_refuses_the_run_before_it_starts(tmp_path) -> None:  # noqa: ANN001
+    usage = SimpleNamespace(total=100 * GIB, free=workload.DISK_FREE_MIN_BYTES - 1)
+    with pytest.raises(RuntimeError, match=r"GB free under .*TMPDIR"):
+        workload.check_disk_before_run(str(tmp_path), disk_usage=lambda path: usage)
+    workload.check_disk_before_run(str(tmp_path), disk_usage=lambda path: SimpleNamespace(total=100 * GIB, free=50 * GIB))
 
 
 def test_a_cluster_elsewhere_is_not_watched() -> None:

@@ -11,6 +11,9 @@ from bench import report, stats
 
 
 def test_write_bytes_of_this_process_grow_by_what_it_wrote_to_disk(tmp_path: Path) -> None:
+    if not stats.counts_writes(str(tmp_path)):
+        import pytest
+        pytest.skip(f"{tmp_path} is on a memory file system: nothing is written back")
     me = os.getpid()
     before = stats.process_write_bytes([me])
     if before is None:  # no /proc/PID/io (a kernel without task I/O accounting)
@@ -58,3 +61,27 @@ def test_runs_without_the_figure_show_a_dash() -> None:
     doc = {"combinations": [{"label": "x", **s, "ratio_to_first": {"records_per_s": 1.0, "p99": None}}]}
     head, rows = report.table_rows(doc)
     assert rows[0][head.index("disk B/rec")] == "-"
+
+
+def test_a_memory_file_system_counts_no_writes_so_the_figure_is_unknown() -> None:
+    """tmpfs pages are never written back: /proc/PID/io would say 0 bytes, a wrong figure."""
+    assert stats.fs_type("/proc") == "proc"
+    if os.path.isdir("/dev/shm") and stats.fs_type("/dev/shm") == "tmpfs":
+        assert stats.counts_writes("/dev/shm") is False
+    assert stats.counts_writes("/") is (stats.fs_type("/") not in stats.MEMORY_FILE_SYSTEMS)
+
+
+def test_disk_megabytes_per_second_are_over_the_producers_span_as_records_per_second() -> None:
+    """An e2e phase lasts past the producers (the consumers catch up): MB/s over the phase
+    would read low beside records/s over the producers' span."""
+    from types import SimpleNamespace
+
+    from bench import runner
+    from bench.stats import LatencyHistogram
+    from bench.workload import PhaseCost
+    done = {"records": 1_000_000, "errors": 0, "cpu_s": 1.0, "t_start": 100.0, "t_end": 102.0,
+            "lat": LatencyHistogram().to_json(), "send_delay": None}
+    o = SimpleNamespace(record_size=100, rate=None)
+    figures = runner._produce_figures(o, [SimpleNamespace(done=done)], PhaseCost(1.0, 10.0, 2_000_000_000))
+    assert figures["records_per_s"] == 500_000
+    assert figures["disk_write"] == {"bytes_per_record": 2000.0, "mb_per_s": 1000.0}

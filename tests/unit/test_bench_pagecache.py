@@ -22,7 +22,7 @@ def test_it_reports_both_modes_and_cleans_up(tmp_path: Path, capsys: pytest.Capt
     assert set(doc["median_sys_ms_per_mb"]) == {"keep", "drop"}
     assert [len(r["files"]) for m in ("keep", "drop") for r in doc["runs"][m]] == [2, 2]
     assert list(data.iterdir()) == []
-    assert "median system CPU per MB written: keep" in capsys.readouterr().out
+    assert "median system CPU per MiB written: keep" in capsys.readouterr().out
 
 
 def test_the_drop_mode_advises_only_over_synced_bytes(tmp_path: Path, monkeypatch) -> None:
@@ -54,7 +54,7 @@ def test_direct_writes_and_parallel_writers_report_their_total(tmp_path: Path, c
     assert [len(r["files"]) for m in ("direct", "drop") for r in doc["runs"][m]] == [2, 2]  # one per writer
     assert all(r["total_mb_per_s"] > 0 for m in ("direct", "drop") for r in doc["runs"][m])
     assert list(data.iterdir()) == []
-    assert "MB/s of all writers together: direct" in capsys.readouterr().out
+    assert "MiB/s of all writers together: direct" in capsys.readouterr().out
 
 
 def test_the_direct_mode_opens_every_file_with_o_direct(tmp_path: Path) -> None:
@@ -75,8 +75,19 @@ def test_the_direct_mode_opens_every_file_with_o_direct(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv", [["--modes", "keep,fast"], ["--modes", "keep,keep"], ["--writers", "0"],
-                                  ["--write-kb", "6"], ["--write-kb", "0"]])
+                                  ["--write-kb", "6"], ["--write-kb", "0"],
+                                  # a file must be whole writes: 1 MiB is no 2 MiB write, nor 12 KiB ones
+                                  ["--mb", "1", "--write-kb", "2048"], ["--mb", "1", "--write-kb", "12"]])
 def test_bad_options_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
         pagecache.main(argv)
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+def test_a_directory_it_cannot_write_is_one_clear_error_not_a_hang(writers: int, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing"
+    assert pagecache.main(["--writers", str(writers), "--files", "1", "--mb", "1", "--runs", "1",
+                           "--dir", str(missing)]) == 1
+    assert f"cannot open {missing}" in capsys.readouterr().err
