@@ -23,7 +23,7 @@ from bench import peer, report
 from bench.options import BenchOptions, Combination, OptionError, parse, usage_error
 from bench.stats import (LatencyHistogram, disk_figures, find_node_pids, growth_mb_per_min, peak_rss_mb, reset_peak_rss,
                          us_per_record)
-from bench.workload import PhaseCost, Run, Target, check_disk_before_run, create_topic, record_shares, tell
+from bench.workload import PhaseCost, Run, Target, check_room_before_run, create_topic, record_shares, tell
 from fabric.config import ConfigError
 from fabric.errors import FabricError
 from nodes.local_cluster import Cluster, make_config
@@ -53,7 +53,7 @@ def cluster_for(o: BenchOptions, combo: Combination) -> Iterator[Target]:
         return
     work = Path(tempfile.mkdtemp(prefix="loom-bench-"))
     try:
-        check_disk_before_run(str(work))
+        check_room_before_run(str(work))
     except RuntimeError:
         shutil.rmtree(work, ignore_errors=True)
         raise

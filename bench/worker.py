@@ -7,7 +7,7 @@ It connects, prints ``{"ready": …}``, waits for ``go`` on stdin, runs, prints 
 end (``{"error": …}`` and exit status 1 on failure). A consumer that follows producers
 (``mode: follow``) reads until ``stop`` arrives on stdin and then until the offsets the
 cluster had at that moment. A producer told ``stop`` ends its send loop there and flushes (the
-parent's disk guard: ``bench.workload.Run.check_disk``). Every record goes through the public client API
+parent's guard of the disk and memory: ``bench.workload.Run.check_room``). Every record goes through the public client API
 (``fabric.client.Producer`` / ``Consumer``).
 
 Latency (produce-ack): the time from ``send()`` to the record's delivery callback (which runs

@@ -39,6 +39,8 @@ RSS_SAMPLES_MAX = 100_000    # per broker and run (one per SAMPLE_INTERVAL_S)
 WORKER_STOP_S_MAX = 10.0
 DISK_FREE_MIN_BYTES = 4 << 30  # a self-contained cluster's producers stop below this much free
 DISK_FREE_MIN_SHARE = 0.05     # ... or below this share of the file system, if that is more
+MEMORY_AVAILABLE_MIN_BYTES = 2 << 30  # ... or below this much of the machine's memory available
+MEMORY_AVAILABLE_MIN_SHARE = 0.10     # ... or this share of it, if that is more (the memory engine)
 
 
 class PhaseCost(NamedTuple):
@@ -113,18 +115,57 @@ class Timeline:
 
 
 def disk_floor_bytes(total: int) -> int:
-    """The free space below which a run's producers stop (``Run.check_disk``)."""
+    """The free space below which a run's producers stop (``Run.check_room``)."""
     return max(DISK_FREE_MIN_BYTES, int(total * DISK_FREE_MIN_SHARE))
 
 
-def check_disk_before_run(data_dir: str, disk_usage: Callable[[str], Any] | None = None) -> None:
-    """Refuse to start a self-contained cluster on a file system already under the floor (its
-    producers would be stopped at once). Raises RuntimeError saying what is free."""
-    usage = (disk_usage or shutil.disk_usage)(data_dir)
+def memory_floor_bytes(total: int) -> int:
+    """The available memory below which a run's producers stop (``Run.check_room``)."""
+    return max(MEMORY_AVAILABLE_MIN_BYTES, int(total * MEMORY_AVAILABLE_MIN_SHARE))
+
+
+def machine_memory() -> tuple[int, int] | None:
+    """(MemTotal, MemAvailable) of /proc/meminfo in bytes; None when unreadable."""
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("MemTotal", "MemAvailable"):
+                    fields[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(fields) < 2:
+        return None
+    return fields["MemTotal"], fields["MemAvailable"]
+
+
+def room_short(data_dir: str, disk_usage: Callable[[str], Any], memory: Callable[[], tuple[int, int] | None]) -> str | None:
+    """Why a self-contained cluster has no room to take more records, or None: the file
+    system under its data below ``disk_floor_bytes`` free, or the machine below
+    ``memory_floor_bytes`` available (the memory engine keeps every record in RAM)."""
+    usage = disk_usage(data_dir)
     floor = disk_floor_bytes(usage.total)
     if usage.free < floor:
-        raise RuntimeError(f"only {usage.free / 1e9:.1f} GB free under {data_dir} (a self-contained run stops "
-                           f"below {floor / 1e9:.1f} GB): free some space, or point TMPDIR at a larger disk")
+        return f"the disk under {data_dir} had {usage.free / 1e9:.1f} GB free (the floor is {floor / 1e9:.1f} GB)"
+    mem = memory()
+    if mem is not None:
+        total, available = mem
+        floor = memory_floor_bytes(total)
+        if available < floor:
+            return (f"the machine had {available / 1e9:.1f} GB of memory available "
+                    f"(the floor is {floor / 1e9:.1f} GB)")
+    return None
+
+
+def check_room_before_run(data_dir: str, disk_usage: Callable[[str], Any] | None = None,
+                          memory: Callable[[], tuple[int, int] | None] | None = None) -> None:
+    """Refuse to start a self-contained cluster with no room already (its producers would be
+    stopped at once). Raises RuntimeError saying what is short."""
+    short = room_short(data_dir, disk_usage or shutil.disk_usage, memory or machine_memory)
+    if short is not None:
+        raise RuntimeError(f"{short}: a self-contained run needs more room (free some, or point TMPDIR "
+                           "at a larger disk)")
 
 
 def record_shares(total: int | None, n: int) -> list[int | None]:
@@ -198,9 +239,11 @@ class Run:
 
     def __init__(self, o: BenchOptions, target: Target, topic: str, work: str,
                  on_tick: Callable[[dict], None] | None,
-                 disk_usage: Callable[[str], Any] | None = None) -> None:
+                 disk_usage: Callable[[str], Any] | None = None,
+                 memory: Callable[[], tuple[int, int] | None] | None = None) -> None:
         self.o, self.target, self.topic, self.work = o, target, topic, work
         self.disk_usage = disk_usage or shutil.disk_usage
+        self.memory = memory or machine_memory
         self.stopped_early: str | None = None  # why the producers were told to stop, if they were
         self.on_tick = on_tick or (lambda _: None)
         self.workers: list[Worker] = []
@@ -233,7 +276,7 @@ class Run:
                 raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
             for key, _ in self.selector.select(timeout=SAMPLE_INTERVAL_S / 2):
                 self._read(key.data)
-            self.check_disk()
+            self.check_room()
             if time.monotonic() >= next_rss:
                 next_rss = time.monotonic() + SAMPLE_INTERVAL_S
                 for name, pid in self.target.broker_pids.items():
@@ -249,24 +292,23 @@ class Run:
                     raise RuntimeError(f"{w.role} {w.index} exited with {w.proc.returncode} without a result: "
                                        + _tail(w.stderr_path))
 
-    def check_disk(self) -> None:
+    def check_room(self) -> None:
         """A self-contained cluster writes as fast as the disk takes it (1 KiB records at RF 3:
-        about 1 GB/s here) and would fill it in a long ``--duration`` run: below
-        ``disk_floor_bytes`` free, tell the producers still running to stop (once). The run
-        then ends as a shorter one would, and its result says why (``stopped_early``)."""
+        about 1 GB/s here), and with the memory engine keeps it all in RAM: a long
+        ``--duration`` run would fill the disk or the memory. With less room than the floors
+        (``room_short``), tell the producers still running to stop (once). The run then ends
+        as a shorter one would, and its result says why (``stopped_early``)."""
         if self.stopped_early is not None or not self.target.self_contained or not self.target.data_dir:
             return
         running = [w for w in self.workers
                    if w.role == "producer" and w.going and w.done is None and w.proc.poll() is None]
         if not running:  # nothing to cut short (the producers not started yet, or done)
             return
-        usage = self.disk_usage(self.target.data_dir)
-        floor = disk_floor_bytes(usage.total)
-        if usage.free >= floor:
+        short = room_short(self.target.data_dir, self.disk_usage, self.memory)
+        if short is None:
             return
-        self.stopped_early = (f"the disk under {self.target.data_dir} had {usage.free / 1e9:.1f} GB free "
-                              f"(the floor is {floor / 1e9:.1f} GB)")
-        print(f"loom bench: {self.stopped_early}: the producers stop here", file=sys.stderr, flush=True)
+        self.stopped_early = short
+        print(f"loom bench: {short}: the producers stop here", file=sys.stderr, flush=True)
         tell(running, "stop")
 
     def _read(self, w: Worker) -> bool:

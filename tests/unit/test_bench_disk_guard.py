@@ -1,4 +1,5 @@
-"""`loom bench` stops its producers before a self-contained cluster fills the disk it writes to.
+"""`loom bench` stops its producers before a self-contained cluster fills the disk it writes to,
+or (the memory engine) the machine's memory.
 
 A 1 KiB workload at RF 3 writes about 1 GB/s on this machine: a two-minute `--duration` run
 filled a 79 GB disk and took every process on the machine down with it. The guard measures the
@@ -81,11 +82,15 @@ class FakeProc:
         return None
 
 
-def _run_with_disk(free: list[int], total: int = 100 * GIB) -> tuple[workload.Run, list]:
+def _run_with_disk(free: list[int], total: int = 100 * GIB, memory: list[int] | None = None) -> tuple[workload.Run, list]:
+    """A run on a fake file system (``free[0]`` bytes free) and a fake machine (``memory[0]``
+    bytes available of 24 GiB; plenty unless given)."""
     target = workload.Target(["tcp://127.0.0.1:1"], {}, True, data_dir="/nowhere")
     o = SimpleNamespace()
+    memory = memory or [20 * GIB]
     r = workload.Run(o, target, "t", "/nowhere", None,
-                     disk_usage=lambda path: SimpleNamespace(total=total, free=free[0], used=total - free[0]))
+                     disk_usage=lambda path: SimpleNamespace(total=total, free=free[0], used=total - free[0]),
+                     memory=lambda: (24 * GIB, memory[0]))
     producer = workload.Worker("producer", 0, FakeProc(), "/nowhere/p.stderr")
     consumer = workload.Worker("consumer", 0, FakeProc(), "/nowhere/c.stderr")
     r.workers += [producer, consumer]
@@ -96,11 +101,11 @@ def test_the_guard_tells_the_producers_to_stop_once_and_says_why() -> None:
     free = [50 * GIB]
     r, (producer, consumer) = _run_with_disk(free)
     producer.going = consumer.going = True
-    r.check_disk()
+    r.check_room()
     assert r.stopped_early is None and producer.proc.stdin.getvalue() == b""
     free[0] = workload.DISK_FREE_MIN_BYTES - 1
-    r.check_disk()
-    r.check_disk()
+    r.check_room()
+    r.check_room()
     assert producer.proc.stdin.getvalue() == b"stop\n"  # once, not at every check
     assert consumer.proc.stdin.getvalue() == b""        # consumers read on to what was written
     assert "disk" in r.stopped_early and "/nowhere" in r.stopped_early
@@ -111,7 +116,7 @@ def test_a_producer_that_is_done_is_not_told_and_the_run_is_not_marked() -> None
     r, (producer, _) = _run_with_disk(free)
     producer.going = True
     producer.done = {"records": 1}
-    r.check_disk()
+    r.check_room()
     assert producer.proc.stdin.getvalue() == b""
     assert r.stopped_early is None  # nothing was cut short: a consume drain may fill the last GB
 
@@ -121,23 +126,45 @@ def test_a_producer_not_yet_started_is_never_told_stop_before_go() -> None:
     to producers that were sent "go" (start() pumps while they connect)."""
     free = [1]
     r, (producer, _) = _run_with_disk(free)
-    r.check_disk()
+    r.check_room()
     assert producer.proc.stdin.getvalue() == b"" and r.stopped_early is None
 
 
 def test_a_disk_already_under_the_floor_refuses_the_run_before_it_starts(tmp_path) -> None:  # noqa: ANN001
     usage = SimpleNamespace(total=100 * GIB, free=workload.DISK_FREE_MIN_BYTES - 1)
-    with pytest.raises(RuntimeError, match=r"GB free under .*TMPDIR"):
-        workload.check_disk_before_run(str(tmp_path), disk_usage=lambda path: usage)
-    workload.check_disk_before_run(str(tmp_path), disk_usage=lambda path: SimpleNamespace(total=100 * GIB, free=50 * GIB))
+    plenty = (24 * GIB, 20 * GIB)
+    with pytest.raises(RuntimeError, match=r"the disk under .* GB free .*TMPDIR"):
+        workload.check_room_before_run(str(tmp_path), disk_usage=lambda path: usage, memory=lambda: plenty)
+    roomy = SimpleNamespace(total=100 * GIB, free=50 * GIB)
+    workload.check_room_before_run(str(tmp_path), disk_usage=lambda path: roomy, memory=lambda: plenty)
+    with pytest.raises(RuntimeError, match=r"GB of memory available"):
+        workload.check_room_before_run(str(tmp_path), disk_usage=lambda path: roomy, memory=lambda: (24 * GIB, GIB))
+    # memory unknown (no /proc/meminfo): not a reason to refuse
+    workload.check_room_before_run(str(tmp_path), disk_usage=lambda path: roomy, memory=lambda: None)
+
+
+def test_a_memory_engine_cluster_stops_before_the_machine_runs_out_of_memory() -> None:
+    """The memory engine keeps every record in the brokers' RAM (three copies at RF 3): a 10 s
+    full-speed run took 2.4 GB per broker, and a longer one would take the machine down."""
+    memory = [20 * GIB]
+    r, (producer, _) = _run_with_disk([50 * GIB], memory=memory)
+    producer.going = True
+    r.check_room()
+    assert r.stopped_early is None
+    memory[0] = workload.memory_floor_bytes(24 * GIB) - 1
+    r.check_room()
+    assert producer.proc.stdin.getvalue() == b"stop\n"
+    assert "memory available" in r.stopped_early
+    assert workload.memory_floor_bytes(24 * GIB) == max(workload.MEMORY_AVAILABLE_MIN_BYTES,
+                                                        int(24 * GIB * workload.MEMORY_AVAILABLE_MIN_SHARE))
 
 
 def test_a_cluster_elsewhere_is_not_watched() -> None:
     target = workload.Target(["tcp://127.0.0.1:1"], {}, False)
     called = []
     r = workload.Run(SimpleNamespace(), target, "t", "/nowhere", None,
-                     disk_usage=lambda path: called.append(path))
-    r.check_disk()
+                     disk_usage=lambda path: called.append(path), memory=lambda: called.append("memory"))
+    r.check_room()
     assert called == [] and r.stopped_early is None
 
 
