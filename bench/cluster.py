@@ -307,7 +307,8 @@ def scenario_run(o: BenchOptions, s: Scenario, combo: Combination, target: Targe
             "consume_seconds": r["seconds"], "consume_records_per_s": r["records_per_s"],
             "consume_mb_per_s": r["mb_per_s"], "consume_cpu_us_per_record": r["cpu_us_per_record"],
             "consume_cpu_s": r["cpu_s"], "broker_peak_rss_mb": r["broker_peak_rss_mb"],
-            "broker_rss_growth_mb_per_min": r["broker_rss_growth_mb_per_min"], "timeline": r["timeline"]}
+            "broker_rss_growth_mb_per_min": r["broker_rss_growth_mb_per_min"], "timeline": r["timeline"],
+            **({"stopped_early": r["stopped_early"]} if "stopped_early" in r else {})}
 
 
 def run_all(o: BenchOptions, scenarios: list[Scenario], out: Callable[[str], None] = print) -> dict:

@@ -162,3 +162,16 @@ def test_a_scenario_that_loses_records_stops_the_bench(recorded: dict, monkeypat
     o, scenarios = cluster.parse(["--runs", "1", "--no-progress"])
     with pytest.raises(RuntimeError, match="produced 1000 records, consumed 990"):
         cluster.run_all(o, scenarios, out=lambda _: None)
+
+
+def test_a_scenario_stopped_early_by_the_guard_says_so(recorded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scenarios share one cluster, so their data adds up: a run the disk guard cut short
+    says so in its line and in the table's foot, as a `loom bench consume` run does."""
+    def stopped(o, combo, target, run, on_tick=None) -> dict:  # noqa: ANN001
+        return _consume_run(1000, 10_000) | {"stopped_early": "the disk under /x had 1.0 GB free"}
+    monkeypatch.setattr(runner, "run_once", stopped)
+    o, scenarios = cluster.parse(["--runs", "1", "--no-progress", "--scenarios", "rf3-acksall"])
+    lines: list[str] = []
+    doc = cluster.run_all(o, scenarios, out=lines.append)
+    assert any("stopped early: the disk under /x had 1.0 GB free" in line for line in lines)
+    assert report.early_stop_lines(doc) == ["1 of 2 runs stopped early: the disk under /x had 1.0 GB free"]
