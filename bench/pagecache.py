@@ -99,10 +99,6 @@ def write_files(directory: str, mode: str, files: int, mb: int, sync_mb: int, wr
     return out
 
 
-def _writer(args: tuple) -> list[dict]:
-    return write_files(*args)
-
-
 def run_writers(directory: str, mode: str, writers: int, files: int, mb: int, sync_mb: int,
                 write_bytes: int) -> tuple[list[dict], float]:
     """``writers`` processes writing at once (one: this process); every writer's files, and
@@ -113,7 +109,7 @@ def run_writers(directory: str, mode: str, writers: int, files: int, mb: int, sy
     else:
         jobs = [(directory, mode, files, mb, sync_mb, write_bytes, f"w{w}-") for w in range(writers)]
         with multiprocessing.get_context("fork").Pool(writers) as pool:
-            files_out = [f for per_writer in pool.map(_writer, jobs) for f in per_writer]
+            files_out = [f for per_writer in pool.starmap(write_files, jobs) for f in per_writer]
     return files_out, round(writers * files * mb / max(time.monotonic() - t0, 1e-9), 1)
 
 
