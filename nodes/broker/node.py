@@ -19,8 +19,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from engines.api import EngineError
 from engines.checks import inject_sync_failure
 from fabric import protocol as P
@@ -28,7 +26,7 @@ from fabric import wire
 from fabric.config import LoomConfig
 from fabric.errors import LoomError, MalformedFrame, RemoteError
 from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, PartitionInfo
-from fabric.rpc import RpcClient, make_socket
+from fabric.rpc import RpcClient
 from fabric.stall import StallWatch
 from fabric.zmtp_sub import ZmtpSubscriber
 from nodes.base import Node
@@ -97,11 +95,17 @@ class Broker(Node):
                                               is_other_topic_id=self.core.is_other_topic_id, blocked=self.faults.blocks,
                                               on_appended=self.core.follower_appended, counters=self.counters)
         repl_stream.on_message = self.repl_sub.on_message
-        self.sub = make_socket(self.ctx, zmq.SUB)
-        self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, config.liveness.heartbeat_interval_ms)
-        self.sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_METADATA)
+        # the coordinator's metadata pushes, read by the reactor thread too; after every
+        # handshake (its first one, a restarted coordinator's) a snapshot is asked for: the
+        # deltas published before our subscription reached the coordinator's PUB are lost to us
+        # (the zguide's slow joiner), and waiting for the next version push took up to a second
+        # -- a topic created just after the brokers started was unknown to one of its replicas
+        # that long, and every acks=all produce to it waited
+        self.sub = ZmtpSubscriber(self.reactor, self._on_sub, reconnect_ivl_max_ms=config.liveness.heartbeat_interval_ms,
+                                  on_connected=self._on_coordinator_stream)
+        self.sub.subscribe(P.TOPIC_METADATA)
         self.sub.connect(config.coordinator.pub_endpoint)
-        self.reactor.add_socket(self.sub, self._on_sub)
+        self._stream_before_registered = False  # a handshake came before our registration's answer
         self.core.open_existing()
         self.reactor.after_pass(self.handlers.after_pass)
         self.isr_proposer = self.core.isr_proposer = IsrProposer(
@@ -158,9 +162,24 @@ class Broker(Node):
             self.guard.registration_refused("")
             log.info("registered with the coordinator as broker %d (incarnation %s)", self.broker_id, self.incarnation)
             self.apply_metadata(header["metadata"], same_version=True)
+            if self._stream_before_registered:
+                # the subscription may have reached the coordinator after it answered: a
+                # delta published in between was lost (pushes are ignored until now anyway)
+                self._stream_before_registered = False
+                self._refresh_metadata()
         self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation,
                                                      "cluster_id": self.guard.cluster_id},
                                  callback=done, timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
+
+    def _on_coordinator_stream(self, endpoint: str) -> None:
+        """Our metadata subscription is on its way to the coordinator (a handshake): anything
+        published from now on reaches us, what was published before may not have -- ask for a
+        snapshot (the Clone pattern). Before registration, the registration's answer is the
+        first metadata we act on; one more snapshot follows it."""
+        if self._registered:
+            self._refresh_metadata()
+        else:
+            self._stream_before_registered = True
 
     def _refresh_metadata(self) -> None:
         """Ask the coordinator for a full snapshot (after a gap in the deltas, or a STALE_ISR
@@ -290,8 +309,12 @@ class Broker(Node):
             self._open_scheduled = True
             self.reactor.call_later(PARTITION_OPEN_RETRY_MS if failed == len(batch) else 0, self._open_pending_later)
         self.core.partitions_changed()
-        self._sync_fetchers()
+        # subscriptions first: the stream-ready fetch each new follower sends then leaves after
+        # them, and a batch published once it is answered is less likely to find no
+        # subscription at the leader's PUB (one that does is repaired at the next replica
+        # heartbeat, within REPLICA_HEARTBEAT_INTERVAL_MS)
         self.repl_sub.sync(self._pub_endpoint_of)
+        self._sync_fetchers()
 
     def _open_pending_later(self) -> None:
         self._open_scheduled = False
@@ -393,7 +416,7 @@ class Broker(Node):
         self.core.close()
         self._persist_identity()
         self.coordinator.close()
-        self.sub.close(0)
+        self.sub.close()
         super().close()
 
 
