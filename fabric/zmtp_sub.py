@@ -15,11 +15,6 @@ What a libzmq SUB's users rely on, kept:
   publisher at every handshake -- after a publisher restarts too;
 - only messages whose first frame starts with a subscribed prefix are handed on (a publisher
   filters too; a message sent before an unsubscription reached it is dropped here);
-- what libzmq's SUB cannot tell its user: ``on_connected(endpoint)`` is called after every
-  handshake, once the subscriptions are written. A publisher drops what it publishes before a
-  subscription reaches it (the zguide's slow joiner), so a subscriber that must not miss a
-  change asks for a snapshot then (the Clone pattern): the broker's metadata
-  (``nodes.broker.node``);
 - ``messages_per_pass`` bounds the messages handed on per reactor pass and connection (twice
   that when the rest of a read is handed on by the pass's timers), as
   ``Reactor.add_socket(messages_max=...)`` did for the libzmq socket.
@@ -64,10 +59,6 @@ class _Connection(ZmtpDealer):
 
     def _handshake_done(self) -> None:
         self.write_subscriptions(sorted(self.owner.prefixes), _SUBSCRIBE)
-        super()._handshake_done()
-        on_connected = self.owner.on_connected
-        if on_connected is not None and self.connected:  # (a failed write ended it: the next one)
-            on_connected(self.endpoint)
 
     def write_subscriptions(self, prefixes: list[bytes], command: bytes) -> None:
         """Subscription messages to a connected publisher (not counted against the high-water
@@ -81,15 +72,11 @@ class _Connection(ZmtpDealer):
 class ZmtpSubscriber:
     def __init__(self, reactor: Reactor, on_message: Callable[[list[bytes]], None] | None = None, *,
                  messages_per_pass: int | None = None, reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS,
-                 counters: Counter[str] | None = None,
-                 on_connected: Callable[[str], None] | None = None) -> None:
-        """``on_connected(endpoint)``: after each handshake with a publisher (its first and
-        every reconnection), once the subscriptions are written to it."""
+                 counters: Counter[str] | None = None) -> None:
         if messages_per_pass is not None and messages_per_pass < 1:  # refused now, not at connect
             raise ValueError(f"messages_per_pass must be at least 1, not {messages_per_pass}")
         self.reactor = reactor
         self.on_message: Callable[[list[bytes]], None] = on_message or (lambda frames: None)  # before connecting
-        self.on_connected = on_connected
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.prefixes: set[bytes] = set()
         self._lengths: dict[int, int] = {}  # prefix length -> how many prefixes have it

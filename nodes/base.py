@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 class Node:
     role = "node"
+    # the PUB socket's kind: an XPUB (the coordinator's) also reads its subscribers'
+    # subscriptions, every one of them (XPUB_VERBOSE), on the reactor (``_on_subscription``)
+    PUB_KIND = zmq.PUB
 
     def __init__(self, config: LoomConfig, name: str, clock: Clock | None = None) -> None:
         self.config = config
@@ -55,11 +58,18 @@ class Node:
         self.server.metrics = self.metrics
         self.faults = FaultRules(config.faults.enabled, {bid: n for bid, (n, _) in config.brokers().items()})
         self.server.drop_from = self.faults.blocks_identity
-        self.pub = make_socket(self.ctx, zmq.PUB)
+        self.pub = make_socket(self.ctx, self.PUB_KIND)
+        if self.PUB_KIND == zmq.XPUB:
+            self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+            self.reactor.add_socket(self.pub, self._on_subscription)
         self.pub.bind(f"tcp://{self.node_config.host}:{self.node_config.publish_port}")
         self.reactor.call_every(config.liveness.heartbeat_interval_ms, self._heartbeat)
         self._thread_error: BaseException | None = None
         self.reactor.after_pass(self._raise_thread_error)
+
+    def _on_subscription(self, frames: list[bytes]) -> None:
+        """A subscriber's subscription (``\\x01`` and the prefix) or unsubscription (``\\x00``)
+        read off an XPUB: nothing by default."""
 
     def fail_from_thread(self, error: BaseException) -> None:
         """A worker thread met a programmer error: the reactor raises it at its next pass (within

@@ -26,6 +26,7 @@ from fabric import wire
 from fabric.config import LoomConfig
 from fabric.errors import LoomError, MalformedFrame, RemoteError
 from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, PartitionInfo
+from fabric.reactor import Timer
 from fabric.rpc import RpcClient
 from fabric.stall import StallWatch
 from fabric.zmtp_sub import ZmtpSubscriber
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
+METADATA_RETRY_MS = 200  # a failed snapshot request is made again after this
 REGISTER_REFUSED_RETRY_MS = 2000  # a coordinator of another cluster: ask again, slowly
 STRAYS_SHOWN_MAX = 100  # in STATS
 PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each creates files)
@@ -95,23 +97,22 @@ class Broker(Node):
                                               is_other_topic_id=self.core.is_other_topic_id, blocked=self.faults.blocks,
                                               on_appended=self.core.follower_appended, counters=self.counters)
         repl_stream.on_message = self.repl_sub.on_message
-        # the coordinator's metadata pushes, read by the reactor thread too; after every
-        # handshake (its first one, a restarted coordinator's) a snapshot is asked for: the
-        # deltas published before our subscription reached the coordinator's PUB are lost to us
-        # (the zguide's slow joiner), and waiting for the next version push took up to a second
-        # -- a topic created just after the brokers started was unknown to one of its replicas
-        # that long, and every acks=all produce to it waited
-        self.sub = ZmtpSubscriber(self.reactor, self._on_sub, reconnect_ivl_max_ms=config.liveness.heartbeat_interval_ms,
-                                  on_connected=self._on_coordinator_stream)
+        # the coordinator's metadata pushes, read by the reactor thread too (no libzmq socket is
+        # left in a broker's poll set). The deltas published before our subscription reached the
+        # coordinator's XPUB are lost to us (the zguide's slow joiner); the coordinator answers
+        # each subscription with its version, and a gap makes us ask for a snapshot
+        self.sub = ZmtpSubscriber(self.reactor, self._on_sub, reconnect_ivl_max_ms=config.liveness.heartbeat_interval_ms)
         self.sub.subscribe(P.TOPIC_METADATA)
         self.sub.connect(config.coordinator.pub_endpoint)
-        self._stream_before_registered = False  # a handshake came before our registration's answer
+        self._dropped_unregistered = False  # a push came before our registration's answer
         self.core.open_existing()
         self.reactor.after_pass(self.handlers.after_pass)
         self.isr_proposer = self.core.isr_proposer = IsrProposer(
             self.broker_id, self._send_alter_isr, refresh_metadata=self._refresh_metadata,
             on_fenced=self._reregister_as_new_incarnation, mark_dirty=lambda: self.core.changed(None))
         self._refresh_in_flight = False
+        self._refresh_again = False  # asked for while one was in flight: one more after it
+        self._refresh_retry: Timer | None = None  # a failed refresh, asked for again
         self._to_open: dict[tuple[str, int], PartitionInfo] = {}  # in metadata, not yet opened here
         self._open_scheduled = False
         # a leader that did not run (SIGSTOP, a frozen host) did not hear its followers either
@@ -162,41 +163,43 @@ class Broker(Node):
             self.guard.registration_refused("")
             log.info("registered with the coordinator as broker %d (incarnation %s)", self.broker_id, self.incarnation)
             self.apply_metadata(header["metadata"], same_version=True)
-            if self._stream_before_registered:
-                # the subscription may have reached the coordinator after it answered: a
-                # delta published in between was lost (pushes are ignored until now anyway)
-                self._stream_before_registered = False
+            if self._dropped_unregistered:
+                # a push read before this answer was dropped (it may be newer than the answer:
+                # the coordinator's version sent at our subscription, a delta): a snapshot now
+                self._dropped_unregistered = False
                 self._refresh_metadata()
         self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation,
                                                      "cluster_id": self.guard.cluster_id},
                                  callback=done, timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 
-    def _on_coordinator_stream(self, endpoint: str) -> None:
-        """Our metadata subscription is on its way to the coordinator (a handshake): anything
-        published from now on reaches us, what was published before may not have -- ask for a
-        snapshot (the Clone pattern). Before registration, the registration's answer is the
-        first metadata we act on; one more snapshot follows it."""
-        if self._registered:
-            self._refresh_metadata()
-        else:
-            self._stream_before_registered = True
-
     def _refresh_metadata(self) -> None:
         """Ask the coordinator for a full snapshot (after a gap in the deltas, or a STALE_ISR
         refusal); one request at a time. Partition states in it are applied by partition epoch,
-        so a snapshot at our own version is applied too (it cannot move anything back)."""
+        so a snapshot at our own version is applied too (it cannot move anything back). Asked
+        for while one is in flight, one more follows it (the answer on its way may predate
+        what made us ask); one that failed is asked for again after METADATA_RETRY_MS."""
         if self._refresh_in_flight:
+            self._refresh_again = True
             return
         self._refresh_in_flight = True
+        self._refresh_again = False
 
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
             self._refresh_in_flight = False
-            if header is not None:
-                self.apply_metadata(header["metadata"], same_version=True)
-            elif self.metadata.version < 0:
-                self.reactor.call_later(200, self._refresh_metadata)
+            if header is None:
+                self._refresh_again = False
+                if self._refresh_retry is None:
+                    self._refresh_retry = self.reactor.call_later(METADATA_RETRY_MS, self._refresh_retried)
+                return
+            self.apply_metadata(header["metadata"], same_version=True)
+            if self._refresh_again:
+                self._refresh_metadata()
         self.coordinator.request(P.METADATA, {"broker_id": self.broker_id}, callback=done,
                                  timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
+
+    def _refresh_retried(self) -> None:
+        self._refresh_retry = None
+        self._refresh_metadata()
 
     def _on_sub(self, frames: list[bytes]) -> None:
         try:
@@ -204,7 +207,10 @@ class Broker(Node):
         except MalformedFrame:
             self.counters["sub_malformed"] += 1
             return
-        if not self._registered or self.faults.blocks(self.config.coordinator_name):
+        if self.faults.blocks(self.config.coordinator_name):
+            return
+        if not self._registered:
+            self._dropped_unregistered = True  # our registration's answer may be older
             return
         try:
             raw = msg.header

@@ -45,6 +45,7 @@ PREFERRED_LEADER_CHECK_MS = 5000
 
 class Coordinator(Node):
     role = "coordinator"
+    PUB_KIND = zmq.XPUB  # a new subscriber is answered with the metadata version (_on_subscription)
 
     def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
         super().__init__(config, name, **kw)
@@ -151,6 +152,18 @@ class Coordinator(Node):
         self.publish(P.TOPIC_METADATA, P.PUB_METADATA_VERSION, {"version": self.state.version,
                                                                 "cluster_id": self.state.cluster_id,
                                                                 "state_id": self.state_id})
+
+    def _on_subscription(self, frames: list[bytes]) -> None:
+        """A subscription that takes in the metadata topic: the version, at once. A PUB drops
+        what it publishes before a subscription reaches it (the zguide's slow joiner), so the
+        deltas a new subscriber missed -- a broker that registered, then whose subscription
+        arrived after a topic was created -- are made up by the snapshot this version makes it
+        ask for (the Clone pattern), instead of at the next push of REPUBLISH_INTERVAL_MS: up
+        to a second during which every acks=all produce to that topic waited. The XPUB has
+        applied the subscription when it hands it over, so the subscriber gets this version."""
+        sub = frames[0] if len(frames) == 1 else b""
+        if sub[:1] == b"\x01" and P.TOPIC_METADATA.startswith(sub[1:]):
+            self._publish_metadata()
 
     def _on_metadata(self, req: wire.Request) -> dict:
         return {"metadata": self.metadata_wire()}

@@ -132,14 +132,6 @@ class Loopback:
         self.pushes: list[list[bytes]] = []
         broker.coordinator.request = self._request  # type: ignore[method-assign]
         coord.publish = self._publish  # type: ignore[method-assign]
-        # the broker's own subscription to the coordinator's PUB would complete its handshake
-        # whenever the reactor happens to run, and ask for a snapshot then: closed, and
-        # ``handshake()`` stands for it
-        broker.sub.close()
-
-    def handshake(self) -> None:
-        """The broker's metadata subscription has (again) reached the coordinator's PUB."""
-        self.broker._on_coordinator_stream(self.broker.config.coordinator.pub_endpoint)
 
     def _request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable, timeout_ms: int) -> None:
         self.requests.append((command, header, callback))

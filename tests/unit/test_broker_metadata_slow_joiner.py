@@ -1,13 +1,16 @@
-"""A broker's metadata subscription misses what the coordinator published before it reached
-the coordinator's PUB (the zguide's slow joiner): a delta published between the broker's
-registration and its subscription's handshake -- a topic created just after the cluster
-started -- stayed unknown to that replica until the next version push, up to a second, and
-every ``acks=all`` produce to the topic waited as long. After each handshake the broker asks
-for a snapshot (the Clone pattern).
+"""A subscriber misses what a PUB published before its subscription reached it (the zguide's
+slow joiner): a delta published between a broker's registration and the moment its metadata
+subscription took effect -- a topic created just after the cluster started -- stayed unknown
+to that replica until the coordinator's next version push, up to a second, and every
+``acks=all`` produce to the topic waited as long. The coordinator's PUB is an XPUB that answers
+each subscription with the version at once (the broker's gap check then asks for a snapshot:
+the Clone pattern), and the broker's snapshot requests are never lost on the way: one asked
+for while another is in flight follows it, a failed one is asked for again, and a push dropped
+before registering brings one right after.
 
-Real ``Broker`` + ``Coordinator`` with requests and pushes delivered by hand (``Loopback``),
-whose ``handshake()`` stands for the subscription's; the last test runs the real subscription
-against a libzmq PUB.
+The broker tests: a real ``Broker`` + ``Coordinator`` with requests and pushes delivered by hand
+(``Loopback``). The coordinator test: a real XPUB on a ManualClock (its once-a-second version
+push never fires) and a real subscriber.
 """
 
 from __future__ import annotations
@@ -15,17 +18,23 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import zmq
-
 from fabric import protocol as P
+from fabric import wire
+from fabric.clock import ManualClock
+from fabric.config import load_config
+from fabric.errors import RemoteError
+from fabric.reactor import Reactor
+from fabric.zmtp_sub import ZmtpSubscriber
+from nodes.broker.node import METADATA_RETRY_MS
+from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.unit.builders_broker import md, new_broker
+from tests.harness import make_config
 
 DEADLINE_S = 10.0
 
 
 def _create_topic(coord, name: str) -> None:  # noqa: ANN001
-    """A topic of which broker 1 is a replica, committed: its delta is published."""
+    """A topic of which broker 1 is a follower, committed: its delta is published."""
     coord.state.topics[name] = TopicState([PartitionState(2, 0, [2, 1, 3], [2, 1, 3])], {})
     coord.commit()
 
@@ -34,78 +43,119 @@ def _commands(loop) -> list[bytes]:  # noqa: ANN001
     return [cmd for cmd, _, _ in loop.requests]
 
 
-def test_a_delta_lost_before_the_handshake_is_made_up_by_a_snapshot_at_the_handshake(nodes) -> None:  # noqa: ANN001
-    broker, coord, loop = nodes
+def _registered(broker, loop) -> None:  # noqa: ANN001
     broker._register()
     loop.run_until_idle()
     assert broker._registered
+
+
+def test_the_version_at_a_subscription_makes_up_for_a_delta_published_before_it(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    _registered(broker, loop)
     _create_topic(coord, "early")
-    lost = loop.take_pushes()  # published before the subscription reached the coordinator
-    assert lost, "the creation was published"
+    assert loop.take_pushes(), "the creation was published"  # and lost: not subscribed yet
+    coord._on_subscription([b"\x01" + P.TOPIC_METADATA])     # the subscription reaches the XPUB
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    assert _commands(loop) == [P.METADATA], "the version at the subscription did not bring a snapshot"
     loop.run_until_idle()
-    assert ("early", 0) not in broker.partitions  # nothing told the broker yet
-    loop.handshake()
-    assert _commands(loop) == [P.METADATA], "no snapshot asked for at the handshake"
-    loop.run_until_idle()
-    part = broker.partitions[("early", 0)]
-    assert part.role == "follower" and part.leader_id == 2
+    assert broker.partitions[("early", 0)].leader_id == 2
 
 
-def test_a_handshake_before_the_registration_answer_brings_a_snapshot_after_it(nodes) -> None:  # noqa: ANN001
+def test_only_a_subscription_that_takes_in_the_metadata_topic_is_answered(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    for frames, answered in (([b"\x01" + P.TOPIC_HEARTBEAT], False), ([b"\x00" + P.TOPIC_METADATA], False),
+                             ([b"\x01"], True), ([b"\x01" + P.TOPIC_METADATA], True), ([b"\x01", b"x"], False)):
+        coord._on_subscription(frames)
+        kinds = [wire.decode_pub(f, P.PUB_METADATA_VERSION).kind for f in loop.take_pushes()]
+        assert kinds == ([P.PUB_METADATA_VERSION] if answered else []), frames
+
+
+def test_a_push_read_before_the_registration_answer_brings_a_snapshot_after_it(nodes) -> None:  # noqa: ANN001
     broker, coord, loop = nodes
     broker._register()
     answers = loop.serve(P.BROKER_REGISTER)  # the coordinator answers at its current version...
-    _create_topic(coord, "early")              # ...then publishes a change
-    loop.take_pushes()                          # lost: the subscription was not there yet
-    loop.handshake()                            # now it is, before the answer is read
-    assert _commands(loop) == [], "a snapshot asked for before registering"
+    _create_topic(coord, "early")              # ...then publishes a change,
+    for frames in loop.take_pushes():          # which the broker reads before the answer
+        loop.push(frames)
     loop.deliver(answers)
     assert broker._registered and ("early", 0) not in broker.partitions
-    assert _commands(loop) == [P.METADATA], "no snapshot after registering"
+    assert _commands(loop) == [P.METADATA], "the dropped push was not made up"
     loop.run_until_idle()
     assert broker.partitions[("early", 0)].leader_id == 2
-    loop.handshake()  # a later handshake (a restarted coordinator) asks again
+
+
+def test_pushes_dropped_while_registering_again_are_made_up(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    _registered(broker, loop)
+    broker._reregister_as_new_incarnation()
+    broker.reactor.run_once(0)                 # the registration goes out
+    answers = loop.serve(P.BROKER_REGISTER)
+    _create_topic(coord, "raced")              # published after the answer was made...
+    for frames in loop.take_pushes():          # ...and read by the broker before it
+        loop.push(frames)
+    loop.deliver(answers)
+    loop.run_until_idle()
+    assert ("raced", 0) in broker.partitions, f"broker at {broker.metadata.version}, coordinator at {coord.state.version}"
+
+
+def test_a_snapshot_asked_for_while_one_is_in_flight_follows_it(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    _registered(broker, loop)
+    broker._refresh_metadata()                  # one in flight
+    answers = loop.serve(P.METADATA)            # answered at version V...
+    _create_topic(coord, "later")               # ...then V+1 is published and lost
+    loop.take_pushes()
+    broker._refresh_metadata()                  # asked for again (the version push showed the gap)
+    assert _commands(loop) == []                # one at a time
+    loop.deliver(answers)                       # the answer at V arrives
+    assert _commands(loop) == [P.METADATA], "the second ask was swallowed by the first"
+    loop.run_until_idle()
+    assert ("later", 0) in broker.partitions
+
+
+def test_a_failed_snapshot_request_is_made_again(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    _registered(broker, loop)
+    _create_topic(coord, "later")
+    loop.take_pushes()
+    broker._refresh_metadata()
+    (_, _, callback), = loop.requests
+    loop.requests.clear()
+    callback(None, [], RemoteError(P.REQUEST_TIMED_OUT, "timed out"))  # the coordinator was away
+    assert _commands(loop) == []
+    deadline = time.monotonic() + DEADLINE_S
+    while not loop.requests:
+        assert time.monotonic() < deadline, "the failed refresh was not made again"
+        broker.reactor.run_once(METADATA_RETRY_MS)
     assert _commands(loop) == [P.METADATA]
+    loop.run_until_idle()
+    assert ("later", 0) in broker.partitions
 
 
-def _bound(sock: zmq.Socket, endpoint: str) -> bool:
+def test_the_coordinators_xpub_sends_its_version_to_each_new_subscriber_at_once(tmp_path: Path) -> None:
+    config = load_config(make_config(tmp_path, 3, engine="memory"))
+    coord = Coordinator(config, "coordinator", clock=ManualClock(start_ms=1_000_000))  # no timer fires
+    reactor = Reactor()
+    versions: list[list[bytes]] = []
+    subs = []
     try:
-        sock.bind(endpoint)
-        return True
-    except zmq.ZMQError:
-        return False
-
-
-def test_the_real_subscription_asks_for_a_snapshot_at_each_handshake_with_the_coordinators_pub(tmp_path: Path) -> None:
-    broker = new_broker(tmp_path)
-    asked: list[bytes] = []
-
-    def request(command: bytes, header: dict, payloads=(), *, callback, timeout_ms: int = 0) -> None:  # noqa: ANN001
-        asked.append(command)
-        if command == P.METADATA:  # answered at once, so that the next one is not held back
-            callback({"metadata": md(1, {})}, [], None)
-    broker.coordinator.request = request  # type: ignore[method-assign]
-    broker.apply_metadata(md(1, {}))
-    broker._registered = True  # as after its registration's answer
-    endpoint = broker.config.coordinator.pub_endpoint
-    pub = zmq.Context.instance().socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    try:
-        pub.bind(endpoint)
-
-        def run_until(condition) -> None:  # noqa: ANN001
+        for _ in range(2):  # a second subscriber to the same topic is answered too (XPUB_VERBOSE)
+            got: list[list[bytes]] = []
+            sub = ZmtpSubscriber(reactor, got.append)
+            sub.subscribe(P.TOPIC_METADATA)
+            sub.connect(config.coordinator.pub_endpoint)
+            subs.append(sub)
             deadline = time.monotonic() + DEADLINE_S
-            while not condition():
-                assert time.monotonic() < deadline, f"asked so far: {asked}"
-                broker.reactor.run_once(5)
-        run_until(lambda: P.METADATA in asked)
-        pub.close()  # the coordinator restarts on its port
-        run_until(lambda: broker.sub.counters["disconnects"] >= 1)
-        n = asked.count(P.METADATA)
-        pub = zmq.Context.instance().socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        run_until(lambda: _bound(pub, endpoint))  # libzmq releases the port on its own thread
-        run_until(lambda: asked.count(P.METADATA) > n)
+            while not got:
+                assert time.monotonic() < deadline, "no version sent to the new subscriber"
+                coord.reactor.run_once(5)
+                reactor.run_once(5)
+            versions.append(got[0])
+        for frames in versions:
+            msg = wire.decode_pub(frames, P.PUB_METADATA_VERSION)
+            assert msg.header["version"] == coord.state.version and msg.header["state_id"] == coord.state_id
     finally:
-        pub.close()
-        broker.close()
+        for sub in subs:
+            sub.close()
+        coord.close()

@@ -246,39 +246,3 @@ def test_many_prefixes_subscribed_at_once_reach_a_connected_publisher_in_one_wri
     s.run_until(lambda: b"".join(_frame_header(len(p) + 1, more=False) + b"\x00" + p for p in prefixes[:10])
                 in peer.read_available())
     assert s.sub.prefixes == {b"first|", *prefixes[10:]}
-
-
-def test_on_connected_follows_every_handshake_after_the_subscriptions_are_written(raw_peer) -> None:  # noqa: ANN001
-    """What a libzmq SUB cannot tell: the moment its subscriptions are on their way to a
-    publisher, after which a snapshot misses nothing published later (the Clone pattern)."""
-    seen: list[bytes] = []
-    peer, s = raw_peer(b"md|", on_connected=lambda endpoint: seen.append(peer.read_available()))
-    s.run_until(lambda: seen)
-    assert b"\x01md|" in seen[0]  # already in the publisher's socket when the hook runs
-    s.run_for(0.05)
-    assert len(seen) == 1
-
-
-def test_on_connected_is_called_at_the_first_handshake_and_again_after_the_publisher_restarts() -> None:
-    sock, port = _pub()
-    seen: list[str] = []
-    s = _Sub(reconnect_ivl_max_ms=200, on_connected=seen.append)
-    s.sub.subscribe(b"t|")
-    endpoint = f"tcp://127.0.0.1:{port}"
-    s.sub.connect(endpoint)
-    # called once the subscription is written: what is published from then on arrives
-    s.run_until(lambda: seen == [endpoint])
-    s.run_until(lambda: s.got, publish=lambda: sock.send_multipart([b"t|", b"before"]))
-    assert seen == [endpoint]  # once per handshake, not per message
-    sock.close()
-    s.run_until(lambda: s.sub.counters["disconnects"] >= 1)
-    again = zmq.Context.instance().socket(zmq.PUB)
-    again.setsockopt(zmq.LINGER, 0)
-    again.bind(endpoint)
-    try:
-        s.run_until(lambda: len(seen) == 2)
-        assert seen == [endpoint, endpoint]
-        s.run_until(lambda: [b"t|", b"after"] in s.got, publish=lambda: again.send_multipart([b"t|", b"after"]))
-    finally:
-        again.close()
-        s.sub.close()
