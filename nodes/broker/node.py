@@ -24,7 +24,7 @@ from engines.checks import inject_sync_failure
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
-from fabric.errors import LoomError, MalformedFrame, RemoteError
+from fabric.errors import LoomError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, PartitionInfo
 from fabric.reactor import Timer
 from fabric.rpc import RpcClient
@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
-METADATA_RETRY_MS = 200  # a failed snapshot request is made again after this
+METADATA_RETRY_MS = 200  # a refused snapshot request is made again after this, doubling
+METADATA_RETRY_MAX_MS = 2000
 REGISTER_REFUSED_RETRY_MS = 2000  # a coordinator of another cluster: ask again, slowly
 STRAYS_SHOWN_MAX = 100  # in STATS
 PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each creates files)
@@ -112,7 +113,8 @@ class Broker(Node):
             on_fenced=self._reregister_as_new_incarnation, mark_dirty=lambda: self.core.changed(None))
         self._refresh_in_flight = False
         self._refresh_again = False  # asked for while one was in flight: one more after it
-        self._refresh_retry: Timer | None = None  # a failed refresh, asked for again
+        self._refresh_retry: Timer | None = None  # a refused refresh, asked for again
+        self._refresh_backoff_ms = METADATA_RETRY_MS
         self._to_open: dict[tuple[str, int], PartitionInfo] = {}  # in metadata, not yet opened here
         self._open_scheduled = False
         # a leader that did not run (SIGSTOP, a frozen host) did not hear its followers either
@@ -177,20 +179,30 @@ class Broker(Node):
         refusal); one request at a time. Partition states in it are applied by partition epoch,
         so a snapshot at our own version is applied too (it cannot move anything back). Asked
         for while one is in flight, one more follows it (the answer on its way may predate
-        what made us ask); one that failed is asked for again after METADATA_RETRY_MS."""
+        what made us ask). One refused (a full send queue, an error answer) is asked for again
+        after METADATA_RETRY_MS, doubling up to METADATA_RETRY_MAX_MS; one that timed out only
+        while we have no metadata at all -- otherwise the coordinator's version pushes bring
+        the next one (every REPUBLISH_INTERVAL_MS, and at once when our subscription comes
+        back after a restart or a cut), and requests made while it is unreachable would only
+        queue up on the connection, each answered with a whole snapshot when it returns."""
         if self._refresh_in_flight:
             self._refresh_again = True
             return
         self._refresh_in_flight = True
         self._refresh_again = False
+        if self._refresh_retry is not None:  # this request does what the retry would
+            self._refresh_retry.cancel()
+            self._refresh_retry = None
 
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
             self._refresh_in_flight = False
             if header is None:
                 self._refresh_again = False
-                if self._refresh_retry is None:
-                    self._refresh_retry = self.reactor.call_later(METADATA_RETRY_MS, self._refresh_retried)
+                if not isinstance(err, RequestTimeout) or self.metadata.version < 0:
+                    self._refresh_retry = self.reactor.call_later(self._refresh_backoff_ms, self._refresh_retried)
+                    self._refresh_backoff_ms = min(2 * self._refresh_backoff_ms, METADATA_RETRY_MAX_MS)
                 return
+            self._refresh_backoff_ms = METADATA_RETRY_MS
             self.apply_metadata(header["metadata"], same_version=True)
             if self._refresh_again:
                 self._refresh_metadata()
@@ -416,6 +428,8 @@ class Broker(Node):
                 "other_engine_data": dict(self.dirs.other_engines)}
 
     def close(self) -> None:
+        if self._refresh_retry is not None:
+            self._refresh_retry.cancel()
         for f in self.fetchers.values():
             f.close()
         self.repl_sub.stream.close()

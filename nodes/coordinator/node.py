@@ -84,6 +84,7 @@ class Coordinator(Node):
         self.reactor.after_pass(self.stall_watch.tick)  # before the timers that judge liveness
         self.reactor.call_every(max(50, config.liveness.heartbeat_interval_ms // 2), self._check_liveness)
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
+        self._version_owed = False  # a subscription read in this pass: the version after it
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
         self.extensions: list[Any] = []  # group coordinator etc. plug in here
         offsets_client = OffsetsTopicClient(self, lambda endpoint: RpcClient(self.ctx, self.reactor, endpoint,
@@ -160,10 +161,17 @@ class Coordinator(Node):
         arrived after a topic was created -- are made up by the snapshot this version makes it
         ask for (the Clone pattern), instead of at the next push of REPUBLISH_INTERVAL_MS: up
         to a second during which every acks=all produce to that topic waited. The XPUB has
-        applied the subscription when it hands it over, so the subscriber gets this version."""
+        applied the subscription when it hands it over, so the subscriber gets this version.
+        Subscriptions read in one pass (brokers reconnecting after a restart) get one version,
+        after the pass: it reaches every one of them."""
         sub = frames[0] if len(frames) == 1 else b""
-        if sub[:1] == b"\x01" and P.TOPIC_METADATA.startswith(sub[1:]):
-            self._publish_metadata()
+        if sub[:1] == b"\x01" and P.TOPIC_METADATA.startswith(sub[1:]) and not self._version_owed:
+            self._version_owed = True
+            self.reactor.call_later(0, self._publish_owed_version)
+
+    def _publish_owed_version(self) -> None:
+        self._version_owed = False
+        self._publish_metadata()
 
     def _on_metadata(self, req: wire.Request) -> dict:
         return {"metadata": self.metadata_wire()}

@@ -5,8 +5,8 @@ to that replica until the coordinator's next version push, up to a second, and e
 ``acks=all`` produce to the topic waited as long. The coordinator's PUB is an XPUB that answers
 each subscription with the version at once (the broker's gap check then asks for a snapshot:
 the Clone pattern), and the broker's snapshot requests are never lost on the way: one asked
-for while another is in flight follows it, a failed one is asked for again, and a push dropped
-before registering brings one right after.
+for while another is in flight follows it, a refused one is asked for again (a timed-out one
+at the next version push), and a push dropped before registering brings one right after.
 
 The broker tests: a real ``Broker`` + ``Coordinator`` with requests and pushes delivered by hand
 (``Loopback``). The coordinator test: a real XPUB on a ManualClock (its once-a-second version
@@ -22,10 +22,10 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.clock import ManualClock
 from fabric.config import load_config
-from fabric.errors import RemoteError
+from fabric.errors import RequestQueueFullError, RequestTimeout
 from fabric.reactor import Reactor
 from fabric.zmtp_sub import ZmtpSubscriber
-from nodes.broker.node import METADATA_RETRY_MS
+from nodes.broker.node import METADATA_RETRY_MAX_MS, METADATA_RETRY_MS
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
@@ -55,6 +55,7 @@ def test_the_version_at_a_subscription_makes_up_for_a_delta_published_before_it(
     _create_topic(coord, "early")
     assert loop.take_pushes(), "the creation was published"  # and lost: not subscribed yet
     coord._on_subscription([b"\x01" + P.TOPIC_METADATA])     # the subscription reaches the XPUB
+    coord.reactor.run_once(0)                                # the version goes out after the pass
     for frames in loop.take_pushes():
         loop.push(frames)
     assert _commands(loop) == [P.METADATA], "the version at the subscription did not bring a snapshot"
@@ -67,8 +68,21 @@ def test_only_a_subscription_that_takes_in_the_metadata_topic_is_answered(nodes)
     for frames, answered in (([b"\x01" + P.TOPIC_HEARTBEAT], False), ([b"\x00" + P.TOPIC_METADATA], False),
                              ([b"\x01"], True), ([b"\x01" + P.TOPIC_METADATA], True), ([b"\x01", b"x"], False)):
         coord._on_subscription(frames)
+        coord.reactor.run_once(0)
         kinds = [wire.decode_pub(f, P.PUB_METADATA_VERSION).kind for f in loop.take_pushes()]
         assert kinds == ([P.PUB_METADATA_VERSION] if answered else []), frames
+
+
+def test_subscriptions_read_in_one_pass_get_one_version_after_it(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    for _ in range(5):  # five brokers reconnecting after a restart
+        coord._on_subscription([b"\x01" + P.TOPIC_METADATA])
+    assert loop.take_pushes() == []
+    coord.reactor.run_once(0)
+    assert len(loop.take_pushes()) == 1
+    coord._on_subscription([b"\x01" + P.TOPIC_METADATA])  # a later one is answered again
+    coord.reactor.run_once(0)
+    assert len(loop.take_pushes()) == 1
 
 
 def test_a_push_read_before_the_registration_answer_brings_a_snapshot_after_it(nodes) -> None:  # noqa: ANN001
@@ -114,23 +128,67 @@ def test_a_snapshot_asked_for_while_one_is_in_flight_follows_it(nodes) -> None: 
     assert ("later", 0) in broker.partitions
 
 
-def test_a_failed_snapshot_request_is_made_again(nodes) -> None:  # noqa: ANN001
+def _fail_the_request(loop, err: Exception) -> None:  # noqa: ANN001
+    (_, _, callback), = loop.requests
+    loop.requests.clear()
+    callback(None, [], err)
+
+
+def test_a_refused_snapshot_request_is_made_again_backing_off(nodes) -> None:  # noqa: ANN001
     broker, coord, loop = nodes
     _registered(broker, loop)
     _create_topic(coord, "later")
     loop.take_pushes()
     broker._refresh_metadata()
-    (_, _, callback), = loop.requests
-    loop.requests.clear()
-    callback(None, [], RemoteError(P.REQUEST_TIMED_OUT, "timed out"))  # the coordinator was away
-    assert _commands(loop) == []
-    deadline = time.monotonic() + DEADLINE_S
-    while not loop.requests:
-        assert time.monotonic() < deadline, "the failed refresh was not made again"
-        broker.reactor.run_once(METADATA_RETRY_MS)
+    delays = []
+    for attempt in range(5):
+        _fail_the_request(loop, RequestQueueFullError("send queue to the coordinator is full"))
+        assert _commands(loop) == []
+        retry = broker._refresh_retry
+        delays.append(retry.deadline_ms - broker.clock.now_ms())
+        if attempt == 0:  # the reactor runs the first retry; the later ones are run at once
+            deadline = time.monotonic() + DEADLINE_S
+            while not loop.requests:
+                assert time.monotonic() < deadline, "the refused refresh was not made again"
+                broker.reactor.run_once(METADATA_RETRY_MAX_MS)
+        else:
+            retry.cancel()
+            retry.fn()
+        assert _commands(loop) == [P.METADATA]
+    assert [round(d, -2) for d in delays] == [200, 400, 800, 1600, 2000]
+    loop.run_until_idle()
+    assert ("later", 0) in broker.partitions
+    assert broker._refresh_backoff_ms == METADATA_RETRY_MS  # an answer starts the backoff over
+
+
+def test_a_timed_out_snapshot_request_waits_for_the_next_version_push(nodes) -> None:  # noqa: ANN001
+    """The coordinator is away: requests made meanwhile would only queue up on the connection;
+    its version push (every second, and at once when the subscription comes back) asks again."""
+    broker, coord, loop = nodes
+    _registered(broker, loop)
+    _create_topic(coord, "later")
+    loop.take_pushes()
+    broker._refresh_metadata()
+    _fail_the_request(loop, RequestTimeout())
+    assert broker._refresh_retry is None and not broker._refresh_in_flight
+    coord._publish_metadata()  # the version push shows the gap
+    for frames in loop.take_pushes():
+        loop.push(frames)
     assert _commands(loop) == [P.METADATA]
     loop.run_until_idle()
     assert ("later", 0) in broker.partitions
+
+
+def test_a_request_that_goes_out_replaces_the_retry_due(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    _registered(broker, loop)
+    broker._refresh_metadata()
+    _fail_the_request(loop, RequestQueueFullError("full"))
+    retry = broker._refresh_retry
+    broker._refresh_metadata()  # a version push showed a gap before the retry was due
+    assert retry.cancelled and broker._refresh_retry is None
+    loop.run_until_idle()
+    assert _commands(loop) == []
 
 
 def test_the_coordinators_xpub_sends_its_version_to_each_new_subscriber_at_once(tmp_path: Path) -> None:
