@@ -422,6 +422,7 @@ class Broker(Node):
                 "parked": self.handlers.parking.size, "metadata_version": self.metadata.version,
                 "fetchers": [f.stats() for f in self.fetchers.values()],
                 "replication_stream": dict(self.repl_sub.stream.counters),  # its connections' counts
+                "metadata_stream": dict(self.sub.counters),  # the coordinator's pushes: the same counts
                 "disk": _disk_usage(self.data_dir), "cluster_id": self.guard.cluster_id,
                 "metadata_refused": self.guard.last_refusal, "strays": len(self.dirs.strays),
                 "stray_partitions": sorted(self.dirs.strays)[:STRAYS_SHOWN_MAX],

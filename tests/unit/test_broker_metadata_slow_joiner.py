@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import zmq
+
 from fabric import protocol as P
 from fabric import wire
 from fabric.clock import ManualClock
@@ -29,6 +31,7 @@ from nodes.broker.node import METADATA_RETRY_MAX_MS, METADATA_RETRY_MS
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
+from tests.unit.builders_broker import new_broker
 
 DEADLINE_S = 10.0
 
@@ -217,3 +220,23 @@ def test_the_coordinators_xpub_sends_its_version_to_each_new_subscriber_at_once(
         for sub in subs:
             sub.close()
         coord.close()
+
+
+def test_the_brokers_metadata_subscription_runs_on_its_reactor_and_shows_in_stats(tmp_path: Path) -> None:
+    broker = new_broker(tmp_path)
+    endpoint = broker.config.coordinator.pub_endpoint
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(endpoint)
+    try:
+        def run_until(condition) -> None:  # noqa: ANN001
+            deadline = time.monotonic() + DEADLINE_S
+            while not condition():
+                assert time.monotonic() < deadline, broker.stats()["metadata_stream"]
+                broker.reactor.run_once(5)
+        run_until(lambda: all(c.connected for c in broker.sub._connections.values()))
+        pub.close()  # the coordinator goes away
+        run_until(lambda: broker.stats()["metadata_stream"].get("disconnects", 0) >= 1)
+    finally:
+        pub.close()
+        broker.close()
