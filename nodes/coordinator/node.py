@@ -38,6 +38,11 @@ from nodes.coordinator.topics import place_replicas, validate_configs, validate_
 log = logging.getLogger(__name__)
 
 REPUBLISH_INTERVAL_MS = 1000
+# producer ids are reserved this many at a time, with one durable write of the cluster state
+# (Kafka's producer id blocks, KIP-730): every INIT_PRODUCER_ID rewrote and fsynced the whole
+# state on the reactor thread -- a file that grows with the partitions (24 KB for one
+# 1,000-partition topic), in the way of every heartbeat and request while the disk was busy
+PRODUCER_ID_BLOCK = 1000
 # a pass gap over this (or over half the session timeout, if longer) is a stall of our own
 STALL_THRESHOLD_MS_MIN = 2000
 PREFERRED_LEADER_CHECK_MS = 5000
@@ -85,6 +90,7 @@ class Coordinator(Node):
         self.reactor.call_every(max(50, config.liveness.heartbeat_interval_ms // 2), self._check_liveness)
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
         self._version_owed = False  # a subscription read in this pass: the version after it
+        self._pid_next = self.state.next_producer_id  # the next producer id; the block is reserved up to the stored one
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
         self.extensions: list[Any] = []  # group coordinator etc. plug in here
         offsets_client = OffsetsTopicClient(self, lambda endpoint: RpcClient(self.ctx, self.reactor, endpoint,
@@ -240,9 +246,22 @@ class Coordinator(Node):
         return {"topic": name, "partitions": len(topic.partitions), "configs": topic.configs}
 
     def _on_init_producer_id(self, req: wire.Request) -> dict:
-        pid = self.state.next_producer_id
-        self.state.next_producer_id += 1
-        self.store.save(self.state)
+        """A new producer id, from the block reserved last. The stored ``next_producer_id`` is
+        where the reserved ids end: every id handed out is below it, and a restarted coordinator
+        starts after it (the rest of a block is never handed out). A block is stored before any
+        id of it is handed out; a failed write answers the request with the error and hands
+        none out."""
+        if self._pid_next >= self.state.next_producer_id:
+            start = max(self._pid_next, self.state.next_producer_id)
+            self.state.next_producer_id = start + PRODUCER_ID_BLOCK
+            try:
+                self.store.save(self.state)
+            except BaseException:
+                self.state.next_producer_id = start
+                raise
+            self._pid_next = start
+        pid = self._pid_next
+        self._pid_next += 1
         return {"producer_id": pid, "producer_epoch": 0}
 
     # -- ISR changes from leaders -------------------------------------------------------------
