@@ -90,7 +90,8 @@ class Coordinator(Node):
         self.reactor.call_every(max(50, config.liveness.heartbeat_interval_ms // 2), self._check_liveness)
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
         self._version_owed = False  # a subscription read in this pass: the version after it
-        self._pid_next = self.state.next_producer_id  # the next producer id; the block is reserved up to the stored one
+        # the next producer id and the end of the block this process stored (nothing yet)
+        self._pid_next = self._pid_end = self.state.next_producer_id
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
         self.extensions: list[Any] = []  # group coordinator etc. plug in here
         offsets_client = OffsetsTopicClient(self, lambda endpoint: RpcClient(self.ctx, self.reactor, endpoint,
@@ -246,20 +247,21 @@ class Coordinator(Node):
         return {"topic": name, "partitions": len(topic.partitions), "configs": topic.configs}
 
     def _on_init_producer_id(self, req: wire.Request) -> dict:
-        """A new producer id, from the block reserved last. The stored ``next_producer_id`` is
-        where the reserved ids end: every id handed out is below it, and a restarted coordinator
-        starts after it (the rest of a block is never handed out). A block is stored before any
-        id of it is handed out; a failed write answers the request with the error and hands
-        none out."""
-        if self._pid_next >= self.state.next_producer_id:
+        """A new producer id, from the block this process reserved last. The stored
+        ``next_producer_id`` is where the reserved ids end: every id handed out is below it, and
+        a restarted coordinator starts after it (the rest of a block is never handed out). Ids
+        are handed out only below ``_pid_end``, which only a write of this process that
+        succeeded sets -- never the state as read back: a write whose rename landed but whose
+        directory fsync failed leaves the new end in the file without making it durable, and
+        ``commit``'s reload after a failed write would read it. A failed write answers the
+        request with the error and hands none out; the larger end stays in the state (stored
+        by a later write, it only skips ids)."""
+        if self._pid_next >= self._pid_end:
             start = max(self._pid_next, self.state.next_producer_id)
-            self.state.next_producer_id = start + PRODUCER_ID_BLOCK
-            try:
-                self.store.save(self.state)
-            except BaseException:
-                self.state.next_producer_id = start
-                raise
-            self._pid_next = start
+            end = start + PRODUCER_ID_BLOCK
+            self.state.next_producer_id = end
+            self.store.save(self.state)
+            self._pid_next, self._pid_end = start, end
         pid = self._pid_next
         self._pid_next += 1
         return {"producer_id": pid, "producer_epoch": 0}

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from engines.api import StorageFull
+from engines.api import EngineError, StorageFull
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import load_config
 from nodes.coordinator.node import PRODUCER_ID_BLOCK, Coordinator
+from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
 
 
@@ -68,7 +69,6 @@ def test_a_failed_write_hands_out_no_id_of_the_block_it_could_not_store(tmp_path
         coord.store.save = full  # type: ignore[method-assign]
         with pytest.raises(StorageFull):
             _init(coord)
-        assert coord.state.next_producer_id == 1 + PRODUCER_ID_BLOCK  # as stored
         coord.store.save = real  # type: ignore[method-assign]
         handed.append(_init(coord))  # the disk has room again: a new block
         assert len(set(handed)) == len(handed)
@@ -79,3 +79,31 @@ def test_a_failed_write_hands_out_no_id_of_the_block_it_could_not_store(tmp_path
         assert _init(again) > max(handed)
     finally:
         again.close()
+
+
+def test_a_block_end_read_back_from_a_write_that_was_not_made_durable_is_not_trusted(tmp_path: Path) -> None:
+    """The rename of a block's write lands, its directory fsync fails: the file names the new
+    end, which a crash can still take back. A commit that fails then reloads the state from that
+    file -- and the next ids must still wait for a write that succeeds."""
+    coord = _coordinator(tmp_path)
+    try:
+        handed = [_init(coord) for _ in range(PRODUCER_ID_BLOCK)]  # the first block used up
+        real = coord.store.save
+
+        def lands_but_fails(state) -> None:  # noqa: ANN001
+            real(state)  # the new file is in place...
+            raise EngineError("fsync of the directory failed")  # ...but not durable
+        coord.store.save = lands_but_fails  # type: ignore[method-assign]
+        with pytest.raises(EngineError):
+            _init(coord)
+        coord.state.topics["t"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3])])
+        with pytest.raises(EngineError):
+            coord.commit()  # fails too, and reloads the state from the file
+        assert coord.state.next_producer_id == 1 + 2 * PRODUCER_ID_BLOCK  # as read back
+        coord.store.save = real  # type: ignore[method-assign]
+        saves = _counting_saves(coord)
+        handed.append(_init(coord))
+        assert saves, "ids handed out from a block whose write never succeeded"
+        assert handed[-1] not in handed[:-1] and handed[-1] < saves[-1]
+    finally:
+        coord.close()
