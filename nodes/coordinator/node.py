@@ -43,6 +43,13 @@ REPUBLISH_INTERVAL_MS = 1000
 # state on the reactor thread -- a file that grows with the partitions (24 KB for one
 # 1,000-partition topic), in the way of every heartbeat and request while the disk was busy
 PRODUCER_ID_BLOCK = 1000
+# a block never starts below the wall clock's milliseconds times this: ids handed out before a
+# restart on an older copy of the state (a backup put back) lie below the clock of that moment,
+# so the copy's stale ``next_producer_id`` cannot hand them out again -- a reused id's first
+# batches could be taken by a broker for duplicates of the old producer's (acknowledged, not
+# written). Ids stay below 2^53 (exact in JSON and JavaScript) until the year 2248; the clock
+# floor outruns the ids as long as fewer than ~1,000,000 producers start per second
+PRODUCER_IDS_PER_WALL_MS = 1024
 # a pass gap over this (or over half the session timeout, if longer) is a stall of our own
 STALL_THRESHOLD_MS_MIN = 2000
 PREFERRED_LEADER_CHECK_MS = 5000
@@ -255,9 +262,11 @@ class Coordinator(Node):
         directory fsync failed leaves the new end in the file without making it durable, and
         ``commit``'s reload after a failed write would read it. A failed write answers the
         request with the error and hands none out; the larger end stays in the state (stored
-        by a later write, it only skips ids)."""
+        by a later write, it only skips ids). A block starts at the wall clock's floor at the
+        least (PRODUCER_IDS_PER_WALL_MS)."""
         if self._pid_next >= self._pid_end:
-            start = max(self._pid_next, self.state.next_producer_id)
+            start = max(self._pid_next, self.state.next_producer_id,
+                        self.clock.wall_ms() * PRODUCER_IDS_PER_WALL_MS)
             end = start + PRODUCER_ID_BLOCK
             self.state.next_producer_id = end
             self.store.save(self.state)
