@@ -105,7 +105,7 @@ class Broker(Node):
         self.sub = ZmtpSubscriber(self.reactor, self._on_sub, reconnect_ivl_max_ms=config.liveness.heartbeat_interval_ms)
         self.sub.subscribe(P.TOPIC_METADATA)
         self.sub.connect(config.coordinator.pub_endpoint)
-        self._dropped_unregistered = False  # a push came before our registration's answer
+        self._dropped_push: dict | None = None  # the last push read before our registration's answer
         self.core.open_existing()
         self.reactor.after_pass(self.handlers.after_pass)
         self.isr_proposer = self.core.isr_proposer = IsrProposer(
@@ -165,10 +165,10 @@ class Broker(Node):
             self.guard.registration_refused("")
             log.info("registered with the coordinator as broker %d (incarnation %s)", self.broker_id, self.incarnation)
             self.apply_metadata(header["metadata"], same_version=True)
-            if self._dropped_unregistered:
-                # a push read before this answer was dropped (it may be newer than the answer:
-                # the coordinator's version sent at our subscription, a delta): a snapshot now
-                self._dropped_unregistered = False
+            dropped, self._dropped_push = self._dropped_push, None
+            if dropped is not None and self._shows_gap(dropped):
+                # a push read before this answer was dropped, and it is newer than the answer
+                # (the coordinator's version sent at our subscription, a delta): a snapshot now
                 self._refresh_metadata()
         self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation,
                                                      "cluster_id": self.guard.cluster_id},
@@ -222,7 +222,7 @@ class Broker(Node):
         if self.faults.blocks(self.config.coordinator_name):
             return
         if not self._registered:
-            self._dropped_unregistered = True  # our registration's answer may be older
+            self._dropped_push = msg.header  # our registration's answer may be older
             return
         try:
             raw = msg.header
@@ -232,7 +232,7 @@ class Broker(Node):
             if self.guard.refuses(raw.get("cluster_id"), raw.get("state_id"), version):
                 return  # another cluster's coordinator, or an older state's: keep what we have
             if msg.kind == P.PUB_METADATA_VERSION:
-                if version > self.metadata.version or raw.get("state_id", self.metadata.state_id) != self.metadata.state_id:
+                if self._shows_gap(raw):
                     self._refresh_metadata()  # we missed a delta, or the coordinator restarted
                 return
             update = self._delta_update(raw) if msg.kind == P.PUB_METADATA_DELTA else self._snapshot_update(raw)
@@ -242,6 +242,13 @@ class Broker(Node):
             return
         if update is not None:
             self._install_metadata(*update)
+
+    def _shows_gap(self, raw: dict) -> bool:
+        """A push's version is past ours, or it is another coordinator process's (or its version
+        is unreadable): ours is out of date."""
+        version = raw.get("version")
+        return not isinstance(version, int) or version > self.metadata.version or \
+            raw.get("state_id", self.metadata.state_id) != self.metadata.state_id
 
     def _delta_update(self, raw: dict) -> tuple[ClusterMetadata, list[PartitionInfo]] | None:
         """The metadata a delta push makes of ours, with the partitions it changed; None when
