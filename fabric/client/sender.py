@@ -210,9 +210,9 @@ class Sender(threading.Thread):
         for b in self.batches.take_ready(now, busy):
             b.deadline_ms = now + self.settings.delivery_timeout_ms
             self._queues[(b.topic, b.partition)].append(b)
+        self._expire(now)  # also while waiting for a producer id: delivery_timeout_ms bounds that wait too
         if self.idempotent and self.producer_id < 0:
             return  # batches wait for the producer id
-        self._expire(now)
         self._send_ready()
 
     def _expire(self, now_ms: int) -> None:

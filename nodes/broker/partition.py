@@ -192,7 +192,8 @@ class Partition:
                          ) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
         """Validate and append batches (one durability point). Returns per batch
         (base_offset, error_code, message) -- error batches are not written, retried duplicates
-        answer with their original offset and message "duplicate" -- and the batches written
+        answer with their original offset and message "duplicate" (a duplicate of a batch earlier
+        in this call fails with its write) -- and the batches written
         (for the replication stream). A written batch is stamped with our leader epoch: an
         ``OwnedFrame`` (the request's own buffer, fabric/buffers.py) in place, anything else
         in a copy; the batches returned are those stamped buffers. ``possibly_written[i]``: an
@@ -201,6 +202,7 @@ class Partition:
         to_write: list[bytearray] = []
         headers: list[B.BatchHeader] = []
         slots: list[int] = []
+        dups_here: list[int] = []  # duplicates of a batch earlier in this call: as good as its write
         for i, data in enumerate(batches):
             try:
                 h = self._validate(data, batch_bytes_max)
@@ -210,6 +212,8 @@ class Partition:
                 results.append((-1, e.code, e.message))
                 continue
             if dup is not None:
+                if dup >= self.log_end_offset:
+                    dups_here.append(len(results))
                 results.append((dup, 0, "duplicate"))
                 continue
             buf = stampable(data)
@@ -232,7 +236,7 @@ class Partition:
             offsets = self.engine.append_many(to_write, **self._verified_kwargs)  # _validate verified each CRC
         except (StorageFull, EngineError) as e:
             self.producers.truncate_from(self.log_end_offset)  # the failed write left the log as it was
-            for i in slots:
+            for i in slots + dups_here:  # a retry read in the same pass as its first copy fails with it
                 results[i] = (-1, P.STORAGE_ERROR, str(e))
             return results, []
         self._check_stored_at(end, [h.record_count for h in headers], offsets)

@@ -152,3 +152,30 @@ def test_a_request_that_got_no_reply_is_reported_as_the_local_condition_it_was(m
     assert isinstance(error, DeliveryTimeoutError) and error.code == P.REQUEST_TIMED_OUT
     assert isinstance(error.last_error, RequestTimeout), f"re-wrapped as {type(error.last_error).__name__}"
     assert not isinstance(error.last_error, RemoteError), "no node answered"
+
+
+def test_batches_waiting_for_a_producer_id_expire_at_the_delivery_timeout(rig: Rig) -> None:
+    """A coordinator that does not answer INIT_PRODUCER_ID (down, cut off, or unreachable after
+    a producer-id reset): the batches waiting for an id fail at delivery_timeout_ms, as every
+    other batch does, instead of making the application wait for as long as it lasts."""
+    futures = rig.send("a")
+    rig.sender.run_pass()  # asks the coordinator for an id
+    for _ in range(15):    # 1.5 s without an answer: past delivery_timeout_ms (1 s)
+        if rig.client(COORDINATOR).unanswered:
+            rig.client(COORDINATOR).answer_last(P.INIT_PRODUCER_ID, None, err=RequestTimeout("no reply"))
+        rig.reactor.advance(100)
+        rig.sender.run_pass()
+    assert all(f.done() for f in futures), "past delivery_timeout_ms the records still wait for a producer id"
+    assert isinstance(futures[0].exception(0), DeliveryTimeoutError)
+    later = rig.send("b")  # the coordinator is back: the next records go out, numbered from 0
+    for _ in range(20):
+        if rig.produce_requests():
+            break
+        if rig.client(COORDINATOR).unanswered:
+            rig.grant_producer_id(7)
+        rig.reactor.advance(100)
+        rig.sender.run_pass()
+    [(_, header, _, _)] = rig.produce_requests()
+    assert header["parts"] == [["t", 0, 3, 0]]
+    rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[40, 0, ""]]})
+    assert [f.result(0).offset for f in later] == [40, 41]
