@@ -31,7 +31,8 @@ from fabric.client.accumulator import BatchState
 from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
-from fabric.errors import ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError
+from fabric.errors import (ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError,
+                           RequestTimeout)
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
@@ -179,7 +180,12 @@ class Sender(threading.Thread):
 
     def _shut_down(self) -> None:
         self._shut = True
-        self._fail_everything(self.failure or FabricError("producer closed"))
+        error = self.failure or FabricError("producer closed")
+        for c in self._clients.values():
+            # requests in flight (a close whose flush timed out): their batches go back to the
+            # queues as after any unanswered request, and are failed with the rest below
+            c.fail_all(RequestTimeout("producer closed with the request in flight"))
+        self._fail_everything(error)
         for c in self._clients.values():
             c.close()
         self._clients.clear()

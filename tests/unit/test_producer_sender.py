@@ -179,3 +179,18 @@ def test_batches_waiting_for_a_producer_id_expire_at_the_delivery_timeout(rig: R
     assert header["parts"] == [["t", 0, 3, 0]]
     rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[40, 0, ""]]})
     assert [f.result(0).offset for f in later] == [40, 41]
+
+
+def test_a_request_in_flight_when_the_producer_stops_completes_its_records(rig: Rig) -> None:
+    """``close(timeout)`` whose flush timed out stops the sender with a request in flight: its
+    records are failed ("producer closed") like every queued one, instead of never completing
+    (an application waiting on them, or on their delivery callbacks, waited forever)."""
+    futures = rig.send("a")
+    rig.sender.run_pass()
+    rig.grant_producer_id(7)
+    rig.sender.run_pass()
+    assert rig.produce_requests() and rig.client(LEADER).unanswered, "a request in flight"
+    rig.sender.stop()
+    assert all(f.done() for f in futures), "records of the request in flight never completed"
+    assert "producer closed" in str(futures[0].exception(0))
+    assert rig.client(LEADER).closed
