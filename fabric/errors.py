@@ -150,13 +150,17 @@ class ClientTimeoutError(ClientError):
 class DeliveryTimeoutError(ClientError):
     """A batch was not acknowledged within ``delivery_timeout_ms``. ``code`` is that of the last
     retriable error it got (``not_enough_replicas``, ``not_leader``…), else ``request_timed_out``;
-    ``last_error`` is that error, if any."""
+    ``last_error`` is that error, if any; ``possibly_written``: an earlier send of it may be in
+    the log (it was sent and its outcome never known, or it was written and then refused), so
+    sending the records again may store them twice."""
 
     code_for_class = P.REQUEST_TIMED_OUT
 
-    def __init__(self, message: str, code: int | None = None, last_error: RemoteError | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, last_error: RemoteError | None = None,
+                 possibly_written: bool = False) -> None:
         super().__init__(message, code)
         self.last_error = last_error
+        self.possibly_written = possibly_written
 
 
 class RequestTimeout(ClientError):

@@ -472,5 +472,6 @@ def _expired_error(b: BatchState, tp: tuple[str, int], delivery_timeout_ms: int)
     last = b.last_error
     code = last.code if last is not None else P.REQUEST_TIMED_OUT
     why = f" (last error: {last.message})" if last is not None and last.message else ""
-    return DeliveryTimeoutError(f"{tp[0]}-{tp[1]}: not delivered within delivery_timeout_ms={delivery_timeout_ms}{why}",
-                                code, last_error=last)
+    maybe = "; an earlier send of it may have been written" if b.possibly_written else ""
+    return DeliveryTimeoutError(f"{tp[0]}-{tp[1]}: not delivered within delivery_timeout_ms={delivery_timeout_ms}{why}{maybe}",
+                                code, last_error=last, possibly_written=b.possibly_written)

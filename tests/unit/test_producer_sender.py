@@ -93,6 +93,7 @@ def test_a_retriable_error_is_retried_and_its_code_reported_when_the_delivery_ti
     assert not isinstance(error, RemoteError), "a local timeout is not a node's answer"
     assert error.code == P.NOT_ENOUGH_REPLICAS and "isr of 1" in error.message
     assert error.last_error is not None and error.last_error.code == P.NOT_ENOUGH_REPLICAS
+    assert not error.possibly_written and "may have been written" not in error.message, "refused unwritten"
 
 
 def test_acks_0_sends_one_way_and_finishes_without_offsets(make_sender_rig) -> None:  # noqa: ANN001
@@ -152,6 +153,7 @@ def test_a_request_that_got_no_reply_is_reported_as_the_local_condition_it_was(m
     assert isinstance(error, DeliveryTimeoutError) and error.code == P.REQUEST_TIMED_OUT
     assert isinstance(error.last_error, RequestTimeout), f"re-wrapped as {type(error.last_error).__name__}"
     assert not isinstance(error.last_error, RemoteError), "no node answered"
+    assert error.possibly_written and "may have been written" in error.message, "the request may have arrived"
 
 
 def test_batches_waiting_for_a_producer_id_expire_at_the_delivery_timeout(rig: Rig) -> None:
