@@ -10,7 +10,7 @@ from typing import Any
 
 from webui import schemas as S
 from webui.context import Gateway
-from webui.errors import ApiError, ClusterError
+from webui.errors import CODES, ApiError, ClusterError
 from webui.spec import Api
 
 BINARY = "application/vnd.kafka.binary.v2+json"
@@ -50,11 +50,20 @@ def encode_records(body: dict, binary: bool, partition: int | None = None) -> li
             key, value = unb64(r.get("key"), 42201), unb64(r["value"], 42202) or b""
             headers = [[h["name"], unb64(h["value"], 42204)] for h in r.get("headers") or []]
         else:
-            key = None if r.get("key") is None else json.dumps(r["key"], separators=(",", ":")).encode()
-            value = json.dumps(r["value"], separators=(",", ":")).encode()
+            key = None if r.get("key") is None else _embedded(r["key"], 42201)
+            value = _embedded(r["value"], 42202)
             headers = [[h["name"], None if h["value"] is None else h["value"].encode()] for h in r.get("headers") or []]
         out.append((key, value, headers or None, r.get("partition") if partition is None else partition))
     return out
+
+
+def _embedded(value: Any, error_code: int) -> bytes:
+    """An embedded JSON key or value as the bytes stored. Raises ApiError ``error_code`` when it
+    is nested too deeply for the interpreter's stack (not a programmer error)."""
+    try:
+        return json.dumps(value, separators=(",", ":")).encode()
+    except RecursionError:
+        raise ApiError(error_code, f"{CODES[error_code].split()[-1]} nested too deeply") from None
 
 
 def _decode_binary(records: list[dict], partition: int | None) -> list[tuple]:
@@ -83,7 +92,7 @@ def decode_value(data: bytes | None, fmt: str) -> Any:
         return b64(data)
     try:
         return json.loads(bytes(data))
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read: as text
         try:
             return bytes(data).decode("utf-8")
         except UnicodeDecodeError:

@@ -122,9 +122,22 @@ def loads_body(data: bytes, content_type: str) -> Any:
     if content_type in FAST_JSON_TYPES:
         try:
             return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(data)
+        except orjson.JSONDecodeError as e:
+            if "recursion" in str(e):  # nested over orjson's 1,024 levels
+                raise ValueError(NESTED_TOO_DEEPLY) from None
+    return loads_json(data)
+
+
+NESTED_TOO_DEEPLY = "nested too deeply"
+
+
+def loads_json(data: bytes | str) -> Any:
+    """``json.loads``; ValueError also for nesting too deep for the interpreter's stack (a
+    RecursionError would be taken for a programmer error and stop the gateway's worker)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(NESTED_TOO_DEEPLY) from None
 
 
 def dumps(value: Any) -> bytes:
@@ -132,8 +145,11 @@ def dumps(value: Any) -> bytes:
     integers beyond 64 bits)."""
     try:
         return orjson.dumps(value)
-    except TypeError:  # orjson.JSONEncodeError
-        return json.dumps(value, separators=(",", ":")).encode()
+    except TypeError:  # orjson.JSONEncodeError (also nesting over its 254 levels)
+        try:
+            return json.dumps(value, separators=(",", ":")).encode()
+        except RecursionError:  # a stored value nested too deeply for the interpreter's stack
+            raise ApiError(42202, "a value is nested too deeply to write as JSON: read it in the binary format") from None
 
 
 def _first_error(validator: Any, value: Any) -> str | None:

@@ -211,7 +211,7 @@ def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str) -> Principal | N
         first = ws.receive(timeout=AUTH_TIMEOUT_S)
         try:
             key = json.loads(first)["api_key"] if first is not None else None
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             key = None
         if not isinstance(key, str):
             out.close(POLICY, 'authentication required: send {"api_key": KEY} first (or an Authorization header)')
@@ -269,7 +269,7 @@ def _consume_commands(ws: Any, out: Outbox, gw: Gateway, group: str, name: str) 
         try:
             msg = json.loads(text)
             commit = msg["commit"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             out.close(POLICY, 'expected {"commit": "all"} or {"commit": [{"topic", "partition", "offset"}]}')
             raise Closed() from None
         if commit == "all":
@@ -299,7 +299,7 @@ def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
             msg = json.loads(text)
             body = msg if "records" in msg else {"records": [msg]}
             records = encode_records(body, fmt == "binary")
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
             out.put({"error_code": 42204, "message": f"expected a record or {{\"records\": [...]}}: {e}"})
             continue
         except ApiError as e:
