@@ -170,6 +170,9 @@ class Child:
     healthy: bool = False
     exits_ms: deque[int] = field(default_factory=deque)  # recent exits, for the crash-loop limit
     given_up: str | None = None  # why the supervisor stopped restarting it
+    # the process group the node's process leads (started in a session of its own): it and what
+    # it forked, e.g. the gateway's gunicorn worker; None when no group of ours may be left
+    group: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -266,6 +269,7 @@ class Supervisor:
             [sys.executable, "-m", "nodes.run", "-c", self.config_path, "--node", child.name],
             stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=os.getcwd(), env=env, start_new_session=True)
+        child.group = child.proc.pid
         handle.close()  # the child holds its own descriptor
         child.started_ms = _now_ms()
         child.restart_at_ms = None
@@ -299,6 +303,7 @@ class Supervisor:
             raise RemoteError(P.NODE_NOT_RUNNING, f"{name} is not running as pid {pid}: nothing to restart")
         old = child.proc.pid
         child.proc.kill()
+        end_group(child)  # and what it forked: a gateway's worker outliving its master held its ports
         try:
             child.proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -365,6 +370,7 @@ class Supervisor:
         for child in self.children.values():
             proc = child.proc
             if proc is not None and proc.poll() is not None and child.restart_at_ms is None:
+                end_group(child)  # what the node forked must not outlive it (and hold its ports)
                 child.last_exit = proc.returncode
                 ran_ms = now_ms - child.started_ms
                 why = self._exit_reason(child.name, proc.returncode)
@@ -438,6 +444,8 @@ class Supervisor:
                       [c for c in order if c.node.role == "coordinator"]):
             procs = [c.proc for c in group if c.proc is not None and c.proc.poll() is None]
             terminate_and_wait([p.pid for p in procs], STOP_TIMEOUT_S, procs)
+            for c in group:
+                end_group(c)
         pid_file = pid_file_path(self.config)
         info = read_pid_file(self.config)
         if info and info.get("pid") == os.getpid():
@@ -477,6 +485,18 @@ def terminate_and_wait(pids: list[int], timeout_s: float, procs: list[subprocess
         except subprocess.TimeoutExpired:
             pass
     return killed
+
+
+def end_group(child: Child) -> None:
+    """SIGKILL whatever is left of the process group ``child``'s process led (nothing when none
+    is), and forget it. A process group's id is not reused while any of its processes lives."""
+    if child.group is None:
+        return
+    try:
+        os.killpg(child.group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    child.group = None
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -34,6 +35,7 @@ from webui.events import EventHub
 log = logging.getLogger(__name__)
 
 GRACEFUL_TIMEOUT_S = 5
+EXIT_HUNG_AT_EXIT = 70      # a worker's exit code when threads still running held its exit past the grace
 WORKER_TIMEOUT_S = 60       # a worker silent this long is restarted by the master
 KEEPALIVE_S = 5
 
@@ -125,3 +127,15 @@ class Gateway:
     def _worker_exit(self, server: Any, worker: Any) -> None:
         if self.control is not None:
             self.control.stop()
+        exit_hard_after(GRACEFUL_TIMEOUT_S)
+
+
+def exit_hard_after(seconds: float) -> None:
+    """End this process ``seconds`` from now, if it has not ended by then. The interpreter's
+    exit waits for the worker's thread pool, and a thread serving a WebSocket does not end by
+    itself: a worker stopping on a bug with a WebSocket open hung there, holding its control
+    port, so that no new worker could start. Past the grace the worker ends without them (its
+    sockets close with it; clients reconnect)."""
+    timer = threading.Timer(seconds, os._exit, (EXIT_HUNG_AT_EXIT,))
+    timer.daemon = True  # runs while the interpreter waits for the other threads
+    timer.start()
