@@ -272,6 +272,12 @@ class GroupConsumer(_AssignConsumer):
                        if pos is not None and self._last_committed.get(tp) != pos}
         if not offsets:
             return
+        if self.subscription and (not self.member_id or self.generation < 0):
+            # not a member of any generation (it left for max_poll_interval_ms, or has not joined
+            # yet): generation -1 is an administrator's commit, which may move offsets backward
+            # (Kafka's CommitFailedException: "not part of an active group")
+            raise CommitFailed(P.UNKNOWN_MEMBER, f"group {self.group_id}: this consumer is not a member of the "
+                                                 "group (it left or has not joined): poll() joins it again")
         header = {"group": self.group_id, "member_id": self.member_id, "generation": self.generation,
                   "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())]}
         if asynchronous:

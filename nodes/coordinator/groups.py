@@ -52,6 +52,7 @@ from nodes.coordinator.assignors import ASSIGNORS, DEFAULT_ASSIGNOR, assign
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore
 from nodes.coordinator.offsets_client import OffsetsTopicClient
+from nodes.coordinator.topics import validate_topic_name
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ class GroupCoordinator:
         topics = req.get("topics", list)
         if not topics or len(topics) > TOPICS_PER_MEMBER_MAX or not all(isinstance(t, str) for t in topics):
             raise RemoteError(P.MALFORMED_REQUEST, f"topics must be a list of 1 to {TOPICS_PER_MEMBER_MAX} names")
+        for t in topics:  # kept for the member's life: only names a topic can have (bounded)
+            validate_topic_name(t, allow_internal=True)
         session = req.get("session_timeout_ms", int, 10_000)
         if not SESSION_TIMEOUT_MS_MIN <= session <= SESSION_TIMEOUT_MS_MAX:
             raise RemoteError(P.INVALID_CONFIG, f"session_timeout_ms must be {SESSION_TIMEOUT_MS_MIN}..{SESSION_TIMEOUT_MS_MAX}")
@@ -271,6 +274,8 @@ class GroupCoordinator:
             for mid in [mid for mid, expiry_ms in group.pending_members.items() if expiry_ms <= now]:
                 del group.pending_members[mid]  # handed out, never used to join
             for m in list(group.members.values()):
+                if m.member_id not in group.members:
+                    continue  # removed meanwhile: the rebalance an earlier removal completed dropped it
                 if m.join_req is None and now - m.last_seen_ms > m.session_timeout_ms:
                     log.warning("group %s: %s missed its session (%d ms)", gid, m.member_id, now - m.last_seen_ms)
                     self._remove_member(group, m.member_id, f"{m.member_id} session expired")

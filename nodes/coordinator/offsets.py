@@ -95,6 +95,7 @@ class Committed:
     offset: int
     metadata: str = ""
     commit_ts_ms: int = 0
+    topic_id: str = ""  # the id of the topic it was committed for ("" in records older than the field)
 
 
 @dataclass
@@ -125,7 +126,26 @@ class OffsetStore:
 
     # -- lookups -----------------------------------------------------------------------------
     def offsets_for(self, group: str) -> dict[TopicPartition, Committed]:
-        return self.table.get(group, {})
+        """The group's committed offsets of the topics as they are now. One committed for a
+        topic since deleted is not an offset of a topic made again under its name: it would have
+        the group skip the new topic's first records, and refuse its commits as going backward.
+        Such an entry stays in the table (it names another topic id, it is not judged by
+        absence) until a commit of the new topic replaces it or a snapshot leaves it out."""
+        table = self.table.get(group, {})
+        if not any(self._stale(tp[0], c) for tp, c in table.items()):
+            return table
+        return {tp: c for tp, c in table.items() if not self._stale(tp[0], c)}
+
+    def _stale(self, topic: str, c: Committed) -> bool:
+        """``c`` was committed for another topic of this name than the one there is now."""
+        if not c.topic_id:
+            return False
+        now = self.context.state.topics.get(topic)
+        return now is not None and now.topic_id != c.topic_id
+
+    def _topic_id(self, topic: str) -> str:
+        ts = self.context.state.topics.get(topic)
+        return ts.topic_id if ts is not None else ""
 
     def groups(self) -> list[str]:
         return sorted(g for g, t in self.table.items() if t)
@@ -258,7 +278,7 @@ class OffsetStore:
     def _check_not_backward(self, pc: PendingCommit, overlay: dict) -> RemoteError | None:
         if pc.allow_backward:
             return None
-        current = self.table.get(pc.group, {})
+        current = self.offsets_for(pc.group)
         for topic, p, offset, _ in pc.entries:
             if offset is None:
                 continue
@@ -310,10 +330,11 @@ class OffsetStore:
         queue = self._queues[q]
         ts = self.reactor.clock.wall_ms()
         records = []
+        ids = {topic: self._topic_id(topic) for pc in take for topic, _, _, _ in pc.entries}
         for pc in take:
             for topic, p, offset, metadata in pc.entries:
                 key = msgpack.packb([pc.group, topic, p], use_bin_type=True)
-                value = b"" if offset is None else msgpack.packb([offset, metadata, ts], use_bin_type=True)
+                value = b"" if offset is None else msgpack.packb([offset, metadata, ts, ids[topic]], use_bin_type=True)
                 records.append((ts, key, value, None))
 
         def on_outcome(out: AppendOutcome) -> None:
@@ -321,7 +342,7 @@ class OffsetStore:
                 queue.busy = False
                 queue.records_since_snapshot += len(records)
                 for pc in take:
-                    self.apply(pc.group, pc.entries, ts)
+                    self.apply(pc.group, pc.entries, ts, ids)
                     self._finish(pc, None)
                 self.counters["offset_commits"] += len(take)
                 self._pump(q)
@@ -345,14 +366,16 @@ class OffsetStore:
         self._queues[q].items.extendleft(reversed(take))
         self._pause(q)
 
-    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int) -> None:
-        """Apply acknowledged changes (offset None: deleted) to the table."""
+    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int,
+              topic_ids: dict[str, str] | None = None) -> None:
+        """Apply acknowledged changes (offset None: deleted) to the table; ``topic_ids``: the id
+        of each entry's topic when it was committed."""
         table = self.table.setdefault(group, {})
         for topic, p, offset, metadata in entries:
             if offset is None:
                 table.pop((topic, p), None)
             else:
-                table[(topic, p)] = Committed(offset, metadata, ts)
+                table[(topic, p)] = Committed(offset, metadata, ts, topic_ids.get(topic, "") if topic_ids else "")
         if not table:
             del self.table[group]
 
@@ -393,10 +416,10 @@ class OffsetStore:
         queue = self._queues[q]
         if job.records is None:  # captured now: every commit queued before it is applied
             job.snapshot_id = S.new_snapshot_id()
-            job.records = S.snapshot_records(job.snapshot_id, (
-                (g, t, p, c.offset, c.metadata, c.commit_ts_ms)
-                for g, table in sorted(self.table.items()) if self.partition_for_group(g) == q
-                for (t, p), c in sorted(table.items())))
+            job.records = S.snapshot_records(job.snapshot_id, (  # without offsets of deleted topics
+                (g, t, p, c.offset, c.metadata, c.commit_ts_ms, c.topic_id)
+                for g in sorted(self.table) if self.partition_for_group(g) == q
+                for (t, p), c in sorted(self.offsets_for(g).items())))
         if self.reactor.clock.now_ms() >= job.deadline_ms:
             self._end_snapshot(q, job, ok=False)
             return

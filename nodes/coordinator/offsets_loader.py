@@ -40,7 +40,8 @@ LOAD_RETRY_MS = 200
 class LoadTarget(Protocol):
     """Where the loaded records go (the ``OffsetStore``)."""
 
-    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int) -> None: ...
+    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int,
+              topic_ids: dict[str, str] | None = None) -> None: ...
 
     def loaded_all(self) -> None: ...
 
@@ -55,23 +56,26 @@ class LoadState:
     records_read: int = 0
 
 
-def decode_record(key: bytes | None, value: bytes) -> list[tuple[str, str, int, int | None, str, int]]:
-    """(group, topic, partition, offset or None for a deletion, metadata, timestamp ms) of each
-    entry of an offsets-topic record. Pure. Raises ValueError / TypeError /
-    msgpack.UnpackException for a record that is not one."""
+def decode_record(key: bytes | None, value: bytes) -> list[tuple[str, str, int, int | None, str, int, str]]:
+    """(group, topic, partition, offset or None for a deletion, metadata, timestamp ms, the
+    topic's id when committed or "") of each entry of an offsets-topic record. Pure. Raises
+    ValueError / TypeError / msgpack.UnpackException for a record that is not one."""
     if S.parse_key(key) is not None:
-        return [(g, t, p, o, m, ts) for g, t, p, o, m, ts in S.decode_entries(value)]
+        return list(S.decode_entries(value))
     if key is None:
         raise ValueError("a commit record needs a key")
     group, topic, p = msgpack.unpackb(key, raw=False)
     if not (isinstance(group, str) and isinstance(topic, str) and isinstance(p, int)):
         raise ValueError(f"bad commit key {[group, topic, p]!r}")
     if not value:
-        return [(group, topic, p, None, "", 0)]
-    offset, metadata, ts = msgpack.unpackb(value, raw=False)
+        return [(group, topic, p, None, "", 0, "")]
+    fields = msgpack.unpackb(value, raw=False)
+    if not isinstance(fields, list) or len(fields) not in (3, 4):  # the topic id, 4th, is newer
+        raise ValueError(f"bad commit value {fields!r}")
+    offset, metadata, ts = fields[:3]
     if not (isinstance(offset, int) and isinstance(ts, int)):
-        raise ValueError(f"bad commit value {[offset, metadata, ts]!r}")
-    return [(group, topic, p, offset, str(metadata), ts)]
+        raise ValueError(f"bad commit value {fields!r}")
+    return [(group, topic, p, offset, str(metadata), ts, str(fields[3]) if len(fields) == 4 else "")]
 
 
 class OffsetsLoader:
@@ -155,8 +159,8 @@ class OffsetsLoader:
             self.context.counters["offsets_bad_records"] += 1
             log.warning("%s: a record that cannot be read is skipped: %s", self.topic, e)
             return
-        for group, topic, p, offset, metadata, ts in entries:
-            self.store.apply(group, [(topic, p, offset, metadata)], ts)
+        for group, topic, p, offset, metadata, ts, topic_id in entries:
+            self.store.apply(group, [(topic, p, offset, metadata)], ts, {topic: topic_id})
 
     def _snapshot_missing(self, q: int, st: LoadState, log_start_offset: int) -> None:
         """Read from ``log_start_offset`` instead (0: the leader says where the log starts)."""

@@ -45,7 +45,7 @@ OFFSETS_RETENTION_MS = 7 * 24 * 3600 * 1000
 # the retention must never reach the latest snapshot of a running coordinator
 assert OFFSETS_RETENTION_MS >= 5 * SNAPSHOT_REFRESH_MS >= 5 * SNAPSHOT_INTERVAL_MS
 
-Entry = tuple[str, str, int, int, str, int]   # group, topic, partition, offset, metadata, commit_ts_ms
+Entry = tuple[str, str, int, int, str, int, str]   # group, topic, partition, offset, metadata, commit_ts_ms, topic_id
 
 
 @dataclass
@@ -110,8 +110,9 @@ def decode_entries(value: bytes) -> list[Entry]:
         raise ValueError("a snapshot value is a list of entries")
     out = []
     for e in raw:
-        if not (isinstance(e, list) and len(e) == 6 and isinstance(e[0], str) and isinstance(e[1], str)
+        # the topic id, 7th, is absent from snapshots older than it
+        if not (isinstance(e, list) and len(e) in (6, 7) and isinstance(e[0], str) and isinstance(e[1], str)
                 and isinstance(e[2], int) and isinstance(e[3], int)):
             raise ValueError(f"bad snapshot entry {e!r}")
-        out.append((e[0], e[1], e[2], e[3], str(e[4]), int(e[5])))
+        out.append((e[0], e[1], e[2], e[3], str(e[4]), int(e[5]), str(e[6]) if len(e) == 7 else ""))
     return out

@@ -26,7 +26,9 @@ _CONFIGS: dict[str, tuple[Any, Any, str]] = {
 
 def validate_topic_name(name: Any, allow_internal: bool = False) -> str:
     if not isinstance(name, str) or not TOPIC_NAME_RE.match(name):
-        raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {name!r}: use 1-{P.TOPIC_NAME_LEN_MAX} characters of [A-Za-z0-9._-]")
+        shown = repr(name[:P.TOPIC_NAME_LEN_MAX + 1]) + ("..." if len(name) > P.TOPIC_NAME_LEN_MAX + 1 else "") \
+            if isinstance(name, str) else repr(name)[:P.TOPIC_NAME_LEN_MAX]
+        raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {shown}: use 1-{P.TOPIC_NAME_LEN_MAX} characters of [A-Za-z0-9._-]")
     if name in (".", ".."):
         raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {name!r}")
     if name.startswith(INTERNAL_PREFIX) and not allow_internal:

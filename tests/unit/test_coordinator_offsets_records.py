@@ -20,7 +20,7 @@ class Store:
     def __init__(self) -> None:
         self.applied: list = []
 
-    def apply(self, group: str, entries: list, ts: int) -> None:
+    def apply(self, group: str, entries: list, ts: int, topic_ids: dict | None = None) -> None:
         self.applied.append((group, entries, ts))
 
     def loaded_all(self) -> None:
@@ -37,10 +37,11 @@ def _key(*parts: object) -> bytes:
 
 
 def test_commits_tombstones_and_snapshots_decode() -> None:
-    assert decode_record(_key("g", "t", 1), _key(42, "m", 7)) == [("g", "t", 1, 42, "m", 7)]
-    assert decode_record(_key("g", "t", 1), b"") == [("g", "t", 1, None, "", 0)]
-    (key, value), = S.snapshot_records("snap-1", [("g", "t", 0, 5, "", 9)])
-    assert decode_record(key, value) == [("g", "t", 0, 5, "", 9)]
+    assert decode_record(_key("g", "t", 1), _key(42, "m", 7)) == [("g", "t", 1, 42, "m", 7, "")]  # older: no topic id
+    assert decode_record(_key("g", "t", 1), _key(42, "m", 7, "id-1")) == [("g", "t", 1, 42, "m", 7, "id-1")]
+    assert decode_record(_key("g", "t", 1), b"") == [("g", "t", 1, None, "", 0, "")]
+    (key, value), = S.snapshot_records("snap-1", [("g", "t", 0, 5, "", 9, "id-1")])
+    assert decode_record(key, value) == [("g", "t", 0, 5, "", 9, "id-1")]
 
 
 @pytest.mark.parametrize("key, value", [
@@ -65,7 +66,7 @@ def test_a_record_that_cannot_be_read_is_counted_logged_and_skipped(
 
 def test_a_bug_in_applying_a_record_is_not_counted_as_a_bad_record() -> None:
     class BrokenStore(Store):
-        def apply(self, group: str, entries: list, ts: int) -> None:
+        def apply(self, group: str, entries: list, ts: int, topic_ids: dict | None = None) -> None:
             raise TypeError("a bug in the store")
     loader, context = _loader(BrokenStore())
     with pytest.raises(TypeError, match="a bug in the store"):

@@ -1,0 +1,187 @@
+"""Consumer groups and committed offsets, as an adversarial review attacked them: offsets of a
+deleted topic carried over to a topic made again under its name (the group skipped its first
+records, and its commits were refused as going backward), a member that had left the group
+committed as an administrator (offsets moved backward), JOIN_GROUP kept any topic name, and
+two members expiring in the tick in which the rebalance deadline passed stopped the
+coordinator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.client.group import CommitFailed, GroupConsumer
+from fabric.client.group_link import HeartbeatSettings, HeartbeatThread
+from fabric.clock import ManualClock
+from fabric.errors import RemoteError
+from fabric.rpc import DEFER
+from nodes.coordinator.groups import GroupCoordinator
+from nodes.coordinator.offsets_loader import decode_record
+from nodes.coordinator.store import PartitionState, TopicState
+from tests.unit.fakes import (FakeGroupContext, NoHeartbeat, ScriptedCoordinatorLink, ack_last_produce, group_coordinator,
+                              loaded_group_coordinator, request, two_partition_state)
+
+
+def _join(gc: GroupCoordinator, client_id: str, member_id: str = "", generation: int = -1) -> wire.Request:
+    req = request(P.JOIN_GROUP, group="g", member_id=member_id, generation=generation, client_id=client_id,
+                  topics=["t"], session_timeout_ms=10_000, rebalance_timeout_ms=10_000)
+    assert gc._on_join(req) is DEFER
+    return req
+
+
+def _member_commit(gc: GroupCoordinator, context, client, member: dict, offset: int, log_end: int) -> dict:  # noqa: ANN001
+    req = request(P.OFFSET_COMMIT, group="g", member_id=member["member_id"], generation=member["generation"],
+                  offsets=[["t", 0, offset]])
+    before = len(client.sent)
+    try:
+        assert gc._on_offset_commit(req) is DEFER
+    except RemoteError as e:
+        return {"error": e.code, "message": e.message}
+    for cmd, _h, _p, cb in client.sent[before:]:
+        if cmd == P.LIST_OFFSETS:
+            cb({"parts": [["t", 0, 0, log_end]]}, [], None)
+    if client.sent[-1][0] == P.PRODUCE:
+        ack_last_produce(client, 0)
+    return context.server.answer(req)
+
+
+def _delete_and_recreate(gc: GroupCoordinator, context) -> str:  # noqa: ANN001
+    """Topic t deleted (as Coordinator._on_delete_topic does) and made again under its name."""
+    old = context.state.topics.pop("t")
+    context.state.topic_deleted(old.topic_id)
+    gc.topic_deleted("t")
+    context.state.topics["t"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3]) for _ in range(2)])
+    assert context.state.topics["t"].topic_id != old.topic_id
+    return old.topic_id
+
+
+def test_a_recreated_topic_does_not_inherit_the_committed_offsets_of_the_deleted_one(tmp_path: Path) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    a = context.server.answer(_join(gc, "a"))
+    assert _member_commit(gc, context, client, a, 500, log_end=1000) == {"group": "g", "committed": 1}
+    gc._on_leave(request(P.LEAVE_GROUP, group="g", member_id=a["member_id"]))
+    _delete_and_recreate(gc, context)
+    b = context.server.answer(_join(gc, "b"))
+    fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0]]))
+    assert fetched["offsets"] == [["t", 0, -1, ""]], f"the new topic starts from the deleted topic's commit: {fetched}"
+    got = _member_commit(gc, context, client, b, 50, log_end=100)
+    assert got == {"group": "g", "committed": 1}, f"the new topic's progress cannot be committed: {got}"
+    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 50
+
+
+def test_offsets_of_a_deleted_topic_read_back_from_the_log_stay_apart_from_the_new_topic(tmp_path: Path) -> None:
+    """The commit record names its topic's id: replayed after a coordinator restart, the old
+    topic's commit still does not count for the new one (records older than the id count as
+    before)."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    a = context.server.answer(_join(gc, "a"))
+    _member_commit(gc, context, client, a, 500, log_end=1000)
+    old_id = _delete_and_recreate(gc, context)
+    entry = gc.offsets.table["g"][("t", 0)]
+    assert entry.topic_id == old_id, "the commit was stored without its topic's id"
+    gc.offsets.table.clear()  # a restarted coordinator replays the log
+    key = msgpack.packb(["g", "t", 0], use_bin_type=True)
+    value = msgpack.packb([500, "", 7, old_id], use_bin_type=True)
+    gc.offsets.loader.apply_record(key, value)
+    assert decode_record(key, value)[0][-1] == old_id
+    assert gc.offsets.offsets_for("g") == {}, "a replayed commit of the deleted topic counts for the new one"
+    legacy = msgpack.packb([500, "", 7], use_bin_type=True)  # written before the id was
+    gc.offsets.loader.apply_record(key, legacy)
+    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 500
+
+
+def _bridge(gc: GroupCoordinator, context, client):  # noqa: ANN001, ANN202
+    """A ScriptedCoordinatorLink answer that hands each call to the real GroupCoordinator (the
+    log-end lookups and appends it makes are answered at once: t-0 and t-1 hold 1000 records)."""
+    handlers = {P.JOIN_GROUP: gc._on_join, P.SYNC_GROUP: gc._on_sync, P.HEARTBEAT: gc._on_heartbeat,
+                P.LEAVE_GROUP: gc._on_leave, P.OFFSET_COMMIT: gc._on_offset_commit,
+                P.OFFSET_FETCH: gc._on_offset_fetch}
+
+    def answer(command: bytes, header: dict) -> dict:
+        req = request(command, **header)
+        before = len(client.sent)
+        out = handlers[command](req)
+        if out is not DEFER:
+            return out
+        for cmd, h, _p, cb in client.sent[before:]:
+            if cmd == P.LIST_OFFSETS:
+                cb({"parts": [[t, p, 0, 1000] for t, p, _ in h["parts"]]}, [], None)
+        if len(client.sent) > before and client.sent[-1][0] == P.PRODUCE:
+            ack_last_produce(client, 0)
+        reply = context.server.answer(req)
+        if "error" in reply:
+            raise RemoteError(reply["error"], reply["message"])
+        return reply
+    return answer
+
+
+class _Beats:
+    def __init__(self, gc: GroupCoordinator) -> None:
+        self.gc = gc
+
+    def call(self, command: bytes, header: dict, **_kw: object) -> tuple[dict, list]:
+        fn = {P.HEARTBEAT: self.gc._on_heartbeat, P.LEAVE_GROUP: self.gc._on_leave}[command]
+        return fn(request(command, **header)), []
+
+
+def test_a_member_that_left_for_not_polling_cannot_commit_as_an_administrator(tmp_path: Path) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    clock = ManualClock(1000)
+    a = GroupConsumer("127.0.0.1:1", group_id="g", coordinator=ScriptedCoordinatorLink(_bridge(gc, context, client)),
+                      heartbeat_factory=NoHeartbeat.make, clock=clock, enable_auto_commit=False,
+                      max_poll_interval_ms=5000)
+    try:
+        a.subscribe(["t"])
+        a.poll(0)
+        assert a.generation == 1 and a.assignment() == [("t", 0), ("t", 1)]
+        a.commit({("t", 0): 10})
+        # a's application works on a batch longer than max_poll_interval_ms: its heartbeat
+        # thread leaves the group for it
+        clock.advance(6000)
+        HeartbeatThread(a, HeartbeatSettings("g", "a", 1000, 10_000), "tcp://127.0.0.1:1").beat(_Beats(gc))
+        assert not gc.groups["g"].members
+        # b takes the partitions, reads on and commits 40, then goes
+        b_join = request(P.JOIN_GROUP, group="g", member_id="", client_id="b", topics=["t"], session_timeout_ms=10_000)
+        gc._on_join(b_join)
+        b = context.server.answer(b_join)
+        _bridge(gc, context, client)(P.OFFSET_COMMIT, {"group": "g", "member_id": b["member_id"],
+                                                        "generation": b["generation"], "offsets": [["t", 0, 40]]})
+        gc._on_leave(request(P.LEAVE_GROUP, group="g", member_id=b["member_id"]))
+        with pytest.raises(CommitFailed) as refused:  # a commits what it processed, as after any poll
+            a.commit({("t", 0): 12})
+        assert refused.value.code == P.UNKNOWN_MEMBER
+        assert gc.offsets.offsets_for("g")[("t", 0)].offset == 40, "the commit of a member that left moved it back"
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("topics", [["x" * 1_000_000], [""], ["a/../b"]])
+def test_join_refuses_topic_names_no_topic_can_have(topics: list[str]) -> None:
+    context = FakeGroupContext(two_partition_state())
+    gc, _ = group_coordinator(context)
+    req = request(P.JOIN_GROUP, group="g", member_id="", client_id="a", topics=topics, session_timeout_ms=10_000)
+    with pytest.raises(RemoteError) as e:
+        gc._on_join(req)
+    assert e.value.code == P.INVALID_TOPIC and len(e.value.message) < 500
+    assert "g" not in gc.groups or not gc.groups["g"].members
+
+
+def test_two_members_expiring_as_the_rebalance_deadline_passes_do_not_break_the_tick() -> None:
+    context = FakeGroupContext(two_partition_state())
+    gc, _ = group_coordinator(context)
+    gc.offsets.start_loading()
+    a = context.server.answer(_join(gc, "a"))
+    b_req = _join(gc, "b")
+    _join(gc, "a", a["member_id"], a["generation"])
+    b = context.server.answer(b_req)
+    assert b["generation"] == 2 and len(gc.groups["g"].members) == 2  # every last_seen_ms is now
+    context.clock.advance(50)
+    _join(gc, "c")  # a third member joins: a and b are asked to rejoin ... and both die at once
+    context.clock.advance(10_050)  # both sessions are over and the deadline has passed
+    gc.tick()
+    group = gc.groups["g"]
+    assert group.generation == 3 and [m.client_id for m in group.members.values()] == ["c"]
