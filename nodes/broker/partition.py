@@ -162,7 +162,7 @@ class Partition:
         self.isr = set(isr)
         self.pending_isr = None
         if partition_epoch is not None:
-            self.partition_epoch = partition_epoch
+            self._new_partition_epoch(partition_epoch)
         self.maybe_advance_high_watermark()
         self._check_offsets()
 
@@ -173,8 +173,21 @@ class Partition:
 
     def set_partition_epoch(self, partition_epoch: int) -> None:
         """The coordinator's partition epoch of the leader/ISR state now applied here."""
-        self.partition_epoch = partition_epoch
+        self._new_partition_epoch(partition_epoch)
         self._check_offsets()
+
+    def _new_partition_epoch(self, partition_epoch: int) -> None:
+        """A newer coordinator state of the partition (its ISR already applied): what a follower
+        outside the ISR reported may come from a process that has restarted since -- the
+        coordinator took it out of the ISR, or fenced a proposal naming it, because it may have
+        lost an unflushed tail -- so it joins the ISR again only on what it reports from now on.
+        Taken back on its old process's log end, it could hold less than the high watermark and
+        then be elected (Kafka's KIP-903)."""
+        if partition_epoch > self.partition_epoch and self.role == LEADER:
+            for r, st in self.followers.items():
+                if r not in self.isr:
+                    st.log_end_offset = -1
+        self.partition_epoch = partition_epoch
 
     def propose_isr(self, isr: set[int]) -> None:
         """The leader proposed ``isr`` to the coordinator: until it is applied or dropped the

@@ -97,6 +97,7 @@ class Coordinator(Node):
         self.reactor.call_every(max(50, config.liveness.heartbeat_interval_ms // 2), self._check_liveness)
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
         self._version_owed = False  # a subscription read in this pass: the version after it
+        self._fenced: set[tuple[str, int]] = set()  # partitions whose next commit bumps their epoch
         # the next producer id and the end of the block this process stored (nothing yet)
         self._pid_next = self._pid_end = self.state.next_producer_id
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
@@ -128,9 +129,10 @@ class Coordinator(Node):
         the last commit, bump the version, persist (one durable write), publish the delta.
         Raises StorageFull / EngineError (LoomErrors: the node logs them and serves on) when the
         write fails, after going back to the stored state."""
+        fenced, self._fenced = self._fenced, set()
         for name, topic in self.state.topics.items():
             for i, ps in enumerate(topic.partitions):
-                if self._partition_changed(name, i):
+                if self._partition_changed(name, i) or (name, i) in fenced:
                     ps.partition_epoch += 1
         self.state.version += 1
         try:
@@ -139,6 +141,7 @@ class Coordinator(Node):
             # not durable, so a restart would forget it: nothing may act on it (served, it let
             # leader epochs go backwards and two brokers lead one epoch). Back to the stored state.
             log.error("cannot store the cluster state: the change is dropped", exc_info=True)
+            self._fenced |= fenced  # still owed
             self.state = self.store.load()
             self._metadata_cache = None
             if isinstance(e, OSError):  # an operating error, not a bug: the node serves on
@@ -348,8 +351,16 @@ class Coordinator(Node):
             self.state.incarnations[bid] = incarnation
             if known is not None:
                 log.warning("broker %d restarted (new process): fencing the epochs it led", bid)
+                # every partition it is a replica of gets a new partition epoch, also those it
+                # was not in the ISR of: an ISR expansion the leader proposed on what its old
+                # process reported is then refused as stale (KIP-903), and the leaders forget
+                # that report (Partition._new_partition_epoch)
+                self._fenced.update((name, i) for name, topic in self.state.topics.items()
+                                    for i, ps in enumerate(topic.partitions) if bid in ps.replicas)
                 self.alive.discard(bid)
                 self._on_broker_down(bid)
+                if self._fenced:
+                    self.commit()  # the partitions its being down changed nothing in
             self.store.save(self.state)
         self._seen(bid)
 
