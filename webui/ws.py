@@ -19,6 +19,7 @@ at most ``gateway.websockets_max`` connections are open at once (more get HTTP 5
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -36,6 +37,8 @@ from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import ACKS, encode_records, offsets_json, records_json
 from webui.spec import Op, dumps
 
+log = logging.getLogger(__name__)
+
 AUTH_TIMEOUT_S = 10.0
 CLOSE_GRACE_S = 5.0
 POLICY = 1008            # policy violation: auth, bad messages, too many unanswered messages
@@ -44,6 +47,7 @@ FETCH_TIMEOUT_MS = 500
 FETCH_BYTES_MAX = 2 * 1024 * 1024   # keys and values per consumer-service fetch (one message)
 FETCH_RECORDS_MAX = 5000
 INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered
+AUTO_COMMIT_INTERVAL_S = 5.0  # /ws/consume: what went out to the client is committed this often
 SOCKET_SNDBUF_BYTES = 256 * 1024
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
 # what one client's send queue may hold, whatever the message count (a message larger than
@@ -75,18 +79,21 @@ class Outbox:
 
     def __init__(self, ws: Any, queue_max: int, slow_timeout_s: float) -> None:
         self.ws, self.queue_max, self.slow_timeout_s = ws, queue_max, slow_timeout_s
-        self._q: deque[str] = deque()  # JSON text
+        self._q: deque[tuple[str, Any]] = deque()  # JSON text, its mark
         self._chars = 0  # of the texts in _q
         self._cond = threading.Condition()
         self._closing: tuple[int, str] | None = None
         self.done = threading.Event()
         self.dropped_messages = 0
+        # the marks of messages that went out whole (put(..., mark=)), for take_sent_marks
+        self._sent_marks: list[Any] = []
         self._thread = threading.Thread(target=self._run, name="loom-ws-sender", daemon=True)
         self._thread.start()
 
-    def put(self, message: dict) -> None:
+    def put(self, message: dict, mark: Any = None) -> None:
         """Queue a message; waits while the queue is full, up to slow_timeout_s, then closes
-        the connection with 1013 and raises Closed."""
+        the connection with 1013 and raises Closed. ``mark`` (not None) comes back from
+        ``take_sent_marks`` once the message went out whole."""
         text = dumps(message).decode()
         deadline = time.monotonic() + self.slow_timeout_s
         with self._cond:
@@ -98,7 +105,7 @@ class Outbox:
             if self._closing is not None or self.done.is_set():
                 raise Closed()
             if not self._full(len(text)):
-                self._q.append(text)
+                self._q.append((text, mark))
                 self._chars += len(text)
                 self._cond.notify_all()
                 return
@@ -106,6 +113,12 @@ class Outbox:
         self.close(TRY_AGAIN_LATER, f"client too slow: {queued} messages ({chars} bytes) waited over "
                                     f"{self.slow_timeout_s * 1000:.0f} ms")
         raise Closed()
+
+    def take_sent_marks(self) -> list[Any]:
+        """The marks of the messages sent since the last call, in order."""
+        with self._cond:
+            marks, self._sent_marks = self._sent_marks, []
+        return marks
 
     def _full(self, chars: int) -> bool:
         """Whether a text of ``chars`` must wait (never when the queue is empty). Under _cond."""
@@ -137,10 +150,13 @@ class Outbox:
                     if self._closing is not None:
                         code, reason = self._closing
                         break
-                    text = self._q.popleft()
+                    text, mark = self._q.popleft()
                     self._chars -= len(text)
                     self._cond.notify_all()
                 self.ws.send(text)
+                if mark is not None:
+                    with self._cond:
+                        self._sent_marks.append(mark)
             if self.ws.connected:
                 self.ws.close(code, reason)
         except (ConnectionClosed, OSError):
@@ -236,31 +252,85 @@ def _query(q: dict, name: str, allowed: tuple[str, ...] | None = None, default: 
     return value
 
 
+class _Delivered:
+    """What of a /ws/consume stream went out to the client: per partition, the offset after
+    the last record sent. Commits cover only that -- the instance's own positions are past
+    records fetched and still queued, or dropped when the socket closed, which a commit of
+    them would have the group skip."""
+
+    def __init__(self, out: Outbox, gw: Gateway, group: str, name: str) -> None:
+        self.out, self.gw, self.group, self.name = out, gw, group, name
+        self.sent: dict[tuple[str, int], int] = {}
+        self.committed: dict[tuple[str, int], int] = {}
+        self.last_commit_s = time.monotonic()
+
+    @staticmethod
+    def mark(records: list) -> dict[tuple[str, int], int]:
+        """The offsets after a message's records, per partition."""
+        after: dict[tuple[str, int], int] = {}
+        for r in records:
+            after[(r.topic, r.partition)] = r.offset + 1
+        return after
+
+    def commit(self) -> None:
+        """Commit what went out since the last commit (nothing if nothing did)."""
+        for after in self.out.take_sent_marks():
+            for tp, offset in after.items():
+                if offset > self.sent.get(tp, -1):
+                    self.sent[tp] = offset
+        wanted = {tp: o for tp, o in self.sent.items() if o > self.committed.get(tp, -1)}
+        self.last_commit_s = time.monotonic()
+        if wanted:
+            self.gw.agent.call_instance(self.group, self.name, lambda h: h.commit(wanted))
+            self.committed.update(wanted)
+
+    def note_committed(self, offsets: dict[tuple[str, int], int]) -> None:
+        """The client committed ``offsets`` itself (of records it got): never commit below them."""
+        for tp, o in offsets.items():
+            self.committed[tp] = max(o, self.committed.get(tp, -1))
+
+
 def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
     topic = _query(q, "topic")
     fmt = _query(q, "format", ("json", "binary"), "json")
     start = _query(q, "from", ("beginning", "end"), "end")
+    named = bool(q.get("group"))
     group = q.get("group") or f"ws-{time.monotonic_ns():x}"
     gw.agent.topic(topic)
-    config = {"auto_offset_reset": "earliest" if start == "beginning" else "latest",
-              "enable_auto_commit": q.get("auto_commit", "true") != "false"}
+    # a generated group is never joined again: committing would only leave it on the
+    # coordinator for good (one group per stream, up to GROUPS_MAX). A named group's commits are
+    # the stream's own (_Delivered): the instance does not auto-commit
+    auto_commit = named and q.get("auto_commit", "true") != "false"
+    config = {"auto_offset_reset": "earliest" if start == "beginning" else "latest", "enable_auto_commit": False}
     entry = gw.agent.create_instance(group, None, config, fmt)
+    delivered = _Delivered(out, gw, group, entry.name)
     try:
         gw.agent.subscribe(group, entry.name, [topic])
         while ws.connected and not out.done.is_set():
-            _consume_commands(ws, out, gw, group, entry.name)
+            _consume_commands(ws, out, gw, delivered)
             records = gw.agent.call_instance(group, entry.name, lambda h: h.fetch(
                 timeout_ms=FETCH_TIMEOUT_MS, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
             if records:
-                out.put({"records": records_json(records, fmt)})
+                out.put({"records": records_json(records, fmt)}, mark=delivered.mark(records))
+            if auto_commit and time.monotonic() - delivered.last_commit_s >= AUTO_COMMIT_INTERVAL_S:
+                try:
+                    delivered.commit()
+                except ClusterError as e:  # a rebalance meanwhile: the next one, or the new owner, goes on
+                    log.info("ws consume %s: auto-commit failed: %s", group, e)
     finally:
         try:
-            gw.agent.delete_instance(group, entry.name)  # commits (auto-commit) and leaves at once
+            if auto_commit:
+                delivered.commit()  # what went out, before the instance leaves the group
         except ClusterError:
             pass
+        finally:
+            try:
+                gw.agent.delete_instance(group, entry.name)  # leaves the group at once
+            except ClusterError:
+                pass
 
 
-def _consume_commands(ws: Any, out: Outbox, gw: Gateway, group: str, name: str) -> None:
+def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered) -> None:
     """Handle what the client sent: {"commit": "all" | [{topic, partition, offset}]}."""
     while True:
         text = ws.receive(timeout=0)
@@ -273,14 +343,15 @@ def _consume_commands(ws: Any, out: Outbox, gw: Gateway, group: str, name: str) 
             out.close(POLICY, 'expected {"commit": "all"} or {"commit": [{"topic", "partition", "offset"}]}')
             raise Closed() from None
         if commit == "all":
-            gw.agent.call_instance(group, name, lambda h: h.commit())
+            delivered.commit()  # what went out to the client, not what is still queued for it
         else:
             try:
                 wanted = {(c["topic"], int(c["partition"])): int(c["offset"]) + 1 for c in commit}
             except (TypeError, KeyError, ValueError):
                 out.close(POLICY, "commit entries need topic, partition and offset")
                 raise Closed() from None
-            gw.agent.call_instance(group, name, lambda h: h.commit(wanted))
+            gw.agent.call_instance(delivered.group, delivered.name, lambda h: h.commit(wanted))
+            delivered.note_committed(wanted)
         out.put({"committed": True})
 
 

@@ -1,0 +1,139 @@
+"""/ws/consume commits only what went out to the client. The stream's consumer instance used to
+auto-commit its own positions, which are past every record it fetched: records fetched while
+the client was going away (or queued, or dropped when the socket closed) were committed at the
+close, and the group's next member started after them. An anonymous stream (no ``group=``)
+committed too, leaving a group nobody can join again on the coordinator for good.
+
+``_consume`` runs for real, with an agent that models the hosted instance."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from types import SimpleNamespace
+
+from simple_websocket import ConnectionClosed
+
+from fabric.records import Record
+from webui import ws as wsmod
+
+DEADLINE_S = 10.0
+
+
+class ClientSocket:
+    """The server side of a WebSocket whose client reads everything until it goes away."""
+
+    def __init__(self, inbox: list[str] | None = None) -> None:
+        self.connected = True
+        self.received: list[dict] = []
+        self.inbox = inbox or []
+        self.lock = threading.Lock()
+
+    def receive(self, timeout: float | None = None) -> str | None:
+        return self.inbox.pop(0) if self.inbox else None
+
+    def send(self, text: str) -> None:
+        if not self.connected:
+            raise ConnectionClosed(1001, "gone")
+        with self.lock:
+            self.received.append(json.loads(text))
+
+    def close(self, code: int, reason: str) -> None:
+        self.connected = False
+
+
+class InstanceAgent:
+    """One hosted instance: a fetch moves its position past the records it returns; deleting
+    it commits the position when it auto-commits (as GroupConsumer.close does)."""
+
+    def __init__(self, ws: ClientSocket, leave_at_fetch: int = 2) -> None:
+        self.ws = ws
+        self.position = 0
+        self.commits: list[dict] = []
+        self.fetches = 0
+        self.auto_commit: bool | None = None
+        self.groups: list[str] = []
+        self.leave_at_fetch = leave_at_fetch
+
+    def topic(self, name: str) -> None:
+        return None
+
+    def create_instance(self, group: str, name: str | None, config: dict, fmt: str) -> SimpleNamespace:
+        self.auto_commit = config["enable_auto_commit"]
+        self.groups.append(group)
+        return SimpleNamespace(name="i-1")
+
+    def subscribe(self, group: str, name: str, topics: list[str]) -> None:
+        return None
+
+    def call_instance(self, group: str, name: str, op):  # noqa: ANN001, ANN201
+        return op(self)
+
+    def fetch(self, **_kw: object) -> list[Record]:
+        self.fetches += 1
+        if self.fetches == self.leave_at_fetch:
+            deadline = time.monotonic() + DEADLINE_S
+            while not self.ws.received and time.monotonic() < deadline:  # the first message reached the client
+                time.sleep(0.01)
+            self.ws.connected = False  # then the client goes away during the long poll
+        records = [Record("t", 0, o, 0, None, b"v%d" % o, None) for o in range(self.position, self.position + 10)]
+        self.position += 10
+        return records
+
+    def commit(self, offsets: dict | None = None) -> None:
+        self.commits.append({("t", 0): self.position} if offsets is None else dict(offsets))
+
+    def delete_instance(self, group: str, name: str) -> None:
+        if self.auto_commit:
+            self.commits.append({("t", 0): self.position})
+
+
+def run(agent: InstanceAgent, ws: ClientSocket, query: dict) -> None:
+    out = wsmod.Outbox(ws, queue_max=100, slow_timeout_s=1.0)
+    try:
+        wsmod._consume(ws, out, SimpleNamespace(agent=agent), query)
+    except wsmod.Closed:
+        pass
+    out.close(1000, "done")
+    assert out.done.wait(DEADLINE_S)
+
+
+def test_records_fetched_as_the_client_went_away_are_not_committed() -> None:
+    ws = ClientSocket()
+    agent = InstanceAgent(ws)
+    run(agent, ws, {"topic": "t", "group": "billing"})
+    delivered = [r["offset"] for m in ws.received for r in m.get("records", [])]
+    assert delivered == list(range(10))
+    assert agent.commits and agent.commits[-1] == {("t", 0): 10}, \
+        f"committed {agent.commits}: records 10..19 were never sent, and the group's next member starts after them"
+
+
+def test_commit_all_commits_what_went_out_not_what_is_queued() -> None:
+    ws = ClientSocket(inbox=[])
+    agent = InstanceAgent(ws, leave_at_fetch=3)
+    fetch = agent.fetch
+
+    def fetch_then_ask(**kw: object) -> list[Record]:
+        records = fetch(**kw)
+        if agent.fetches == 2:  # the client asks for a commit after its first message
+            deadline = time.monotonic() + DEADLINE_S
+            while len(ws.received) < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            ws.inbox.append('{"commit": "all"}')
+        return records
+    agent.fetch = fetch_then_ask  # type: ignore[method-assign]
+    run(agent, ws, {"topic": "t", "group": "billing", "auto_commit": "false"})
+    got = [r["offset"] for m in ws.received for r in m.get("records", [])]
+    assert agent.commits, "the client's commit was not made"
+    first = agent.commits[0][("t", 0)]
+    assert first <= max(got) + 1 and first in (10, 20), agent.commits  # records it had been sent
+    assert agent.commits == [agent.commits[0]], "auto_commit=false committed at the close"
+
+
+def test_an_anonymous_stream_commits_nothing() -> None:
+    ws = ClientSocket()
+    agent = InstanceAgent(ws)
+    run(agent, ws, {"topic": "t"})
+    assert agent.groups[0].startswith("ws-") and ws.received
+    assert agent.commits == [], f"the anonymous stream's group {agent.groups[0]} was left with committed offsets"
