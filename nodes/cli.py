@@ -14,6 +14,7 @@ Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,â
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -52,6 +53,9 @@ class LoomGroup(click.Group):
             sys.exit(1)
         except KeyboardInterrupt:
             sys.exit(130)
+        except BrokenPipeError:  # `loom status | head -1`: the reader left; that is not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+            sys.exit(0)
 
 
 @click.group(cls=LoomGroup)

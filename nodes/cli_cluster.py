@@ -247,6 +247,10 @@ def _print_broker_notes(out: Console, nodes: dict[str, NodeConfig]) -> None:
         return
     with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, len(brokers))) as pool:
         replies = {n: r for n, r in zip(brokers, pool.map(launcher.ping, brokers.values())) if r}
+    coordinators = [c.endpoint for c in nodes.values() if c.role == "coordinator"]
+    md = _metadata(coordinators + [brokers[n].endpoint for n in replies]) if replies else None
+    if md is not None:
+        out.print("leads: " + ", ".join(f"{n} {_leads(md, c.broker_id)}" for n, c in brokers.items()))
     if replies:
         out.print("engines: " + ", ".join(f"{n} {r.get('engine') or '-'}" for n, r in replies.items()))
     _print_broker_warnings(out, replies)

@@ -58,8 +58,11 @@ def print_monitor_status(cfg: LoomConfig, out: Console) -> int | None:
                       str(n["restarts"]), n["reason"] or "")
     out.print(table)
     c = st["cluster"]
-    parts = (f"topics: {c['topics']}, partitions: {c['partitions']}, under-replicated: {c['under_replicated']}, "
-             f"offline: {c['offline']}") if "partitions" in c else "partitions: unknown (no metadata yet)"
+    internal = c.get("internal_partitions", 0)  # counted apart, as the topics are (__consumer_offsets)
+    parts = (f"topics: {c['topics']}, partitions: {c['partitions'] - internal}, under-replicated: "
+             f"{c['under_replicated']}, offline: {c['offline']}" + (f" ({internal} internal partitions besides)"
+                                                                   if internal else "")) \
+        if "partitions" in c else "partitions: unknown (no metadata yet)"
     out.print(f"cluster: {c['state']} (coordinator {'up' if c['coordinator_up'] else 'down'}, "
               f"brokers up: {c['brokers_up']}); {parts}")
     r = st["rates"]

@@ -32,6 +32,7 @@ log = logging.getLogger("loom.gateway.http")
 STATIC = Path(__file__).parent / "static"
 API_VERSION = "1.0.0"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+SERVING_STATES = frozenset({"up", "healthy", "degraded"})  # node states that count as ready
 HTTP_STATUS_TO_CODE = {400: 40001, 404: 40404, 405: 40501, 413: 41301, 415: 41501}
 
 
@@ -84,7 +85,9 @@ def build_api(gw: Gateway) -> Api:
         md = gw.agent.metadata()
         alive = sum(1 for b in md.brokers.values() if b.alive)
         states = gw.hub.node_states()
-        services_up = all(s == "up" for n, s in states.items())
+        # "up"/"down" from the gateway's own health watcher; the monitor's finer states when it
+        # runs (a degraded node serves; an unresponsive one does not)
+        services_up = all(s in SERVING_STATES for s in states.values())
         return {"ready": alive == len(md.brokers) and alive > 0 and services_up, "nodes": states,
                 "brokers_alive": alive, "brokers": len(md.brokers)}
 

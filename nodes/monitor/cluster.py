@@ -51,6 +51,7 @@ class ClusterFacts:
             return {}
         parts = list(md.partitions())
         return {"topics": sum(1 for t in md.topics if not t.startswith("__")), "partitions": len(parts),
+                "internal_partitions": sum(1 for p in parts if p.topic.startswith("__")),
                 "under_replicated": sum(p.under_replicated for p in parts), "offline": sum(p.offline for p in parts),
                 "brokers": len(md.brokers), "brokers_alive": sum(1 for b in md.brokers.values() if b.alive),
                 "metadata_version": md.version}

@@ -73,6 +73,9 @@ def test_every_page_renders_without_console_errors(dashboard, page, tmp_path: Pa
     page.goto(f"{dashboard.url}/#/topics/orders")
     page.wait_for_selector("#partitions table tbody tr td.num")
     save_screenshot(page, "topic", tmp_path)
+    for wrong in ("topic/orders", "group/x", "topic", "nothing-here"):  # not "topic 'undefined'" and its 404s
+        page.goto(f"{dashboard.url}/#/{wrong}")
+        page.wait_for_function("document.querySelector('#main h1')?.textContent === 'Not found'")
     assert page.console_errors == []
 
 

@@ -109,6 +109,9 @@ def test_status_and_alerts_show_the_monitors_view(sup: Supervised) -> None:
     # what only a broker tells (nodes/cli_cluster.py _print_broker_notes): its storage engine
     engines = re.search(r"^engines: (.*)$", status.stdout, re.M)
     assert engines and "broker-1 segment" in engines.group(1) and "broker-2 segment" in engines.group(1), status.stdout
+    leads = re.search(r"^leads: (.*)$", status.stdout, re.M)  # the partitions each broker leads
+    assert leads and re.search(r"broker-1 \d+", leads.group(1)) and re.search(r"broker-2 \d+", leads.group(1)), \
+        status.stdout
     alerts = loom("alerts", "--all", "-c", sup.cfg.source)
     assert alerts.returncode == 0 and "node_down" in alerts.stdout and "resolved" in alerts.stdout, alerts.stdout
     events = loom("alerts", "--events", "--json", "-c", sup.cfg.source)

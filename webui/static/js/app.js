@@ -36,6 +36,7 @@ function parseHash() {
   const query = Object.fromEntries(new URLSearchParams(queryPart));
   let name = parts[0] && parts[0] !== "login" ? parts[0] : "overview";   // logged in: #/login is the overview
   const params = {};
+  if (name === "topic" || name === "group") name = "not-found";   // a detail page has its list's path: #/topics/NAME
   if (name === "topics" && parts[1]) { name = "topic"; params.topic = parts[1]; }
   if (name === "groups" && parts[1]) { name = "group"; params.group = parts[1]; }
   return { name, params, query };
