@@ -115,6 +115,19 @@ def _coerce(raw: str, schema: dict) -> Any:
     return raw
 
 
+def _read_body() -> bytes:
+    """The request's body. One without a length (chunked) is read here up to the limit and
+    refused past it (413): werkzeug's stream would cut it at the limit unseen, and the cut body
+    was answered 400 as JSON that does not parse."""
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None:
+        data = request.environ["wsgi.input"].read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(41301)
+        return data
+    return request.get_data(cache=False)
+
+
 def loads_body(data: bytes, content_type: str) -> Any:
     """A request body as JSON. Raises ValueError. orjson first for FAST_JSON_TYPES; the
     standard library otherwise, and for what orjson refuses but it accepts (NaN, lone
@@ -197,7 +210,7 @@ class Api:
             g.op = op
             self.authorize(op)
             status, data, content_type = self.dispatch(op, path, request.args.get, (request.mimetype or "").lower(),
-                                                       lambda: request.get_data(cache=False))
+                                                       _read_body)
             return Response(data, status=status, content_type=content_type)
         view.__name__ = op.endpoint
         return view
