@@ -66,6 +66,7 @@ CONFIG_TYPES: dict[str, type] = {
     "auto_offset_reset": str, "enable_auto_commit": bool, "auto_commit_interval_ms": int,
     "session_timeout_ms": int, "heartbeat_interval_ms": int, "rebalance_timeout_ms": int,
     "assignor": str, "client_id": str, "idle_timeout_ms": int,
+    "owner": str,  # who made it (a gateway: "gateway:NODE"), shown by CONSUMER_LIST; not the consumer's
 }
 
 
@@ -97,6 +98,7 @@ class Instance(threading.Thread):
         super().__init__(name=f"loom-instance-{group}-{name}", daemon=True)
         self.host, self.group, self.instance_name, self.config = host, group, name, config
         self.idle_timeout_ms = config.pop("idle_timeout_ms", host.idle_timeout_ms)
+        self.owner = config.pop("owner", "")
         self.last_used_ms = now_ms
         self.commands: queue.Queue[tuple[str, dict, Answer] | None] = queue.Queue(COMMANDS_PER_INSTANCE_MAX)
         self.consumer: GroupConsumer | None = None
@@ -395,7 +397,8 @@ class ConsumerService(Node):
     def _on_list(self, req: wire.Request) -> dict:
         now = self.clock.now_ms()
         return {"instances": [{"group": g, "instance": n, "idle_ms": now - i.last_used_ms,
-                               "idle_timeout_ms": i.idle_timeout_ms} for (g, n), i in sorted(self.instances.items())]}
+                               "idle_timeout_ms": i.idle_timeout_ms, "owner": i.owner}
+                              for (g, n), i in sorted(self.instances.items())]}
 
     def _expire_idle(self) -> None:
         now = self.clock.now_ms()

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -35,6 +36,8 @@ from webui.events import EventHub
 log = logging.getLogger(__name__)
 
 GRACEFUL_TIMEOUT_S = 5
+RECLAIM_TRIES = 30          # consumer services asked for the previous worker's instances, RECLAIM_PAUSE_S apart
+RECLAIM_PAUSE_S = 2.0
 EXIT_HUNG_AT_EXIT = 70      # a worker's exit code when threads still running held its exit past the grace
 WORKER_TIMEOUT_S = 60       # a worker silent this long is restarted by the master
 KEEPALIVE_S = 5
@@ -111,7 +114,7 @@ class Gateway:
         hub = EventHub()
         http_requests = HttpRequestCounter()
         self.control = GatewayControl(self.config, self.name, self.master_pid, hub, http_requests)
-        agent = GatewayAgent(self.config, is_up=self.control.is_up)
+        agent = GatewayAgent(self.config, is_up=self.control.is_up, owner=f"gateway:{self.name}")
         sec = self.config.security
         keys = KeyStore([(k.name, k.key_hash, list(k.roles)) for k in sec.api_keys],
                         read_admin_key(self.config.cluster.data_dir))
@@ -122,12 +125,31 @@ class Gateway:
                              on_bug=stop_worker)
         app = create_app(ctx)
         self.control.start()
+        threading.Thread(target=reclaim_instances, args=(agent,), name="loom-reclaim-instances", daemon=True).start()
         return app
 
     def _worker_exit(self, server: Any, worker: Any) -> None:
         if self.control is not None:
             self.control.stop()
         exit_hard_after(GRACEFUL_TIMEOUT_S)
+
+
+def reclaim_instances(agent: Any, tries: int = RECLAIM_TRIES, pause_s: float = RECLAIM_PAUSE_S) -> None:
+    """In a new worker: delete the consumer instances the previous worker made (their clients
+    get 404 and make them again; left alone they held their names and, as group members, their
+    partitions until the idle expiry). A consumer service that does not answer yet is asked
+    again, a few times."""
+    for attempt in range(tries):
+        try:
+            done = agent.reclaim_instances()
+        except Exception:  # a thread of its own: a bug here is logged, not the worker's end
+            log.exception("reclaiming the previous worker's consumer instances failed")
+            return
+        if done is not None:
+            if done:
+                log.warning("deleted %d consumer instances of the gateway's previous worker", done)
+            return
+        time.sleep(pause_s)
 
 
 def exit_hard_after(seconds: float) -> None:

@@ -27,6 +27,7 @@ import logging
 import operator
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -37,7 +38,7 @@ from fabric.client.consumer import Consumer
 from fabric.client.group_admin import GroupAdmin
 from fabric.client.services import ServiceConsumer, ServiceProducer, service_endpoints
 from fabric.config import LoomConfig
-from fabric.errors import FabricError, RemoteError, RequestTimeout
+from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.records import Record
 from nodes.gateway.monitor_link import MonitorAccess
 from webui.errors import ClusterError
@@ -93,11 +94,15 @@ Outcome = tuple  # (partition, offset, error text|None, retriable): plain tuples
 
 class GatewayAgent:
     def __init__(self, config: LoomConfig, is_up: Callable[[str], bool] | None = None, *,
-                 make_admin: Callable[[], Any] | None = None, make_producer: Callable[[], Any] | None = None) -> None:
+                 make_admin: Callable[[], Any] | None = None, make_producer: Callable[[], Any] | None = None,
+                 owner: str = "") -> None:
         """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast).
         ``make_admin()`` / ``make_producer()``: a request thread's Admin / producer-service
-        client (default: to the cluster of ``config``)."""
+        client (default: to the cluster of ``config``). ``owner``: this gateway's name for the
+        consumer instances it makes (``reclaim_instances``); each process adds its own id."""
         self.config = config
+        self.owner_base = owner
+        self.owner = f"{owner}:{uuid.uuid4().hex[:12]}" if owner else ""
         self.bootstrap = config.bootstrap()
         self.producer_endpoints = service_endpoints(config, "producer")
         self.consumer_endpoints = service_endpoints(config, "consumer")
@@ -314,6 +319,8 @@ class GatewayAgent:
                 raise ClusterError("unavailable", f"the gateway already holds {INSTANCES_MAX} consumer instances")
             if name and (group, name) in self._instances:
                 raise ClusterError("instance_exists", f"consumer instance {name!r} of group {group!r} already exists")
+        if self.owner:
+            config = {**config, "owner": self.owner}
         live = [ep for ep in self.consumer_endpoints if self.is_up(ep)] or self.consumer_endpoints
         with translated("the consumer services"):
             inst = ServiceConsumer(live, is_down=self._is_down).create(group, name, config) \
@@ -322,6 +329,32 @@ class GatewayAgent:
         with self._lock:
             self._instances[(group, inst.name)] = entry
         return entry
+
+    def reclaim_instances(self) -> int | None:
+        """Delete the consumer instances that an earlier process of this gateway made (tagged
+        with its ``owner``: another process id than ours). This process does not know them, so
+        their clients get 404 and make them again; left alone they held their names (409 on the
+        new create) and, as members of their groups, their partitions until the idle expiry.
+        Returns how many were deleted, None when a consumer service did not answer (call again)."""
+        if not self.owner or not self.consumer_endpoints:
+            return 0
+        services = ServiceConsumer(self.consumer_endpoints, is_down=self._is_down)
+        try:
+            listed = services.list_instances()
+            deleted = 0
+            for ep, instances in listed.items():
+                for i in instances:
+                    owner = i.get("owner") or ""
+                    if owner.startswith(self.owner_base + ":") and owner != self.owner:  # an earlier process's
+                        try:
+                            services.instance(i["group"], i["instance"], ep).delete()
+                            deleted += 1
+                        except CodedError as e:
+                            log.info("consumer instance %s/%s of a previous gateway process not deleted: %s",
+                                     i["group"], i["instance"], e)
+            return deleted if len(listed) == len(self.consumer_endpoints) else None
+        finally:
+            services.close()
 
     def instance(self, group: str, name: str) -> InstanceEntry:
         with self._lock:
