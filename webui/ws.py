@@ -281,7 +281,18 @@ class _Delivered:
         wanted = {tp: o for tp, o in self.sent.items() if o > self.committed.get(tp, -1)}
         self.last_commit_s = time.monotonic()
         if wanted:
-            self.gw.agent.call_instance(self.group, self.name, lambda h: h.commit(wanted))
+            self.gw.agent.call_instance(self.group, self.name, lambda h: self._commit_owned(h, wanted))
+
+    def _commit_owned(self, handle: Any, wanted: dict[tuple[str, int], int]) -> None:
+        """Commit ``wanted`` for the partitions the instance still owns: one a rebalance gave to
+        another member is its to commit now (and would have the whole commit refused)."""
+        owned = set(handle.assignment())
+        for tp in [tp for tp in self.sent if tp not in owned]:
+            del self.sent[tp]
+            self.committed.pop(tp, None)
+        wanted = {tp: o for tp, o in wanted.items() if tp in owned}
+        if wanted:
+            handle.commit(wanted)
             self.committed.update(wanted)
 
     def note_committed(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -343,7 +354,11 @@ def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered) 
             out.close(POLICY, 'expected {"commit": "all"} or {"commit": [{"topic", "partition", "offset"}]}')
             raise Closed() from None
         if commit == "all":
-            delivered.commit()  # what went out to the client, not what is still queued for it
+            try:
+                delivered.commit()  # what went out to the client, not what is still queued for it
+            except ClusterError as e:  # a rebalance under way: the client may ask again
+                out.put({"committed": False, "error": e.kind, "message": e.message})
+                continue
         else:
             try:
                 wanted = {(c["topic"], int(c["partition"])): int(c["offset"]) + 1 for c in commit}

@@ -168,7 +168,9 @@ class GroupConsumer(_AssignConsumer):
         self.reactor.run_once(0)
 
     def _maybe_auto_commit(self) -> None:
-        if not self.enable_auto_commit or not self._active or self.clock.now_ms() < self._next_auto_commit_ms:
+        with self._lock:  # the heartbeat thread may leave the group meanwhile (max_poll_interval_ms)
+            active = self._active and bool(self.member_id)
+        if not self.enable_auto_commit or not active or self.clock.now_ms() < self._next_auto_commit_ms:
             return
         if self._async_commits_in_flight:
             return  # the coordinator is slow or away: do not pile commits up behind it
@@ -276,8 +278,14 @@ class GroupConsumer(_AssignConsumer):
             # not a member of any generation (it left for max_poll_interval_ms, or has not joined
             # yet): generation -1 is an administrator's commit, which may move offsets backward
             # (Kafka's CommitFailedException: "not part of an active group")
-            raise CommitFailed(P.UNKNOWN_MEMBER, f"group {self.group_id}: this consumer is not a member of the "
-                                                 "group (it left or has not joined): poll() joins it again")
+            refused = CommitFailed(P.UNKNOWN_MEMBER, f"group {self.group_id}: this consumer is not a member of the "
+                                                     "group (it left or has not joined): poll() joins it again")
+            if not asynchronous:
+                raise refused
+            log.warning("group %s: async commit failed: %s", self.group_id, refused)
+            if self.on_commit is not None:
+                self.on_commit(dict(offsets), refused)
+            return
         header = {"group": self.group_id, "member_id": self.member_id, "generation": self.generation,
                   "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())]}
         if asynchronous:

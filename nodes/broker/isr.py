@@ -49,6 +49,9 @@ class _Proposal:
     part: Partition
     leader_epoch: int
     isr: set[int]
+    # the coordinator's partition state it was made on: sent again after a timeout it still
+    # names it, so a state newer than it (a follower restarted meanwhile) refuses it as stale
+    partition_epoch: int
 
     def current(self) -> bool:
         """Still the partition's pending proposal in the epoch it was made in."""
@@ -89,12 +92,12 @@ class IsrProposer:
             if new is not None:
                 log.info("%s-%d: proposing isr %s (was %s)", part.topic, part.partition, sorted(new), sorted(part.isr))
                 part.propose_isr(new)
-                batch.append(_Proposal(part, part.leader_epoch, new))
+                batch.append(_Proposal(part, part.leader_epoch, new, part.partition_epoch))
         if batch:
             self._in_flight = True
             header = {"broker_id": self.broker_id, "parts": [
                 {"topic": p.part.topic, "partition": p.part.partition, "leader_epoch": p.leader_epoch,
-                 "partition_epoch": p.part.partition_epoch, "isr": sorted(p.isr)} for p in batch]}
+                 "partition_epoch": p.partition_epoch, "isr": sorted(p.isr)} for p in batch]}
             self._send(header, lambda h, payloads, err: self._on_reply(batch, h, err))
         return len(batch)
 

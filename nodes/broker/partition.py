@@ -174,6 +174,7 @@ class Partition:
     def set_partition_epoch(self, partition_epoch: int) -> None:
         """The coordinator's partition epoch of the leader/ISR state now applied here."""
         self._new_partition_epoch(partition_epoch)
+        self.maybe_advance_high_watermark()
         self._check_offsets()
 
     def _new_partition_epoch(self, partition_epoch: int) -> None:
@@ -187,6 +188,11 @@ class Partition:
             for r, st in self.followers.items():
                 if r not in self.isr:
                     st.log_end_offset = -1
+                    if self.pending_isr is not None and r in self.pending_isr:
+                        # a proposal made on that report: the coordinator refuses it as stale
+                        # (it names the older partition epoch), and until then it must not hold
+                        # the high watermark at the forgotten report
+                        self.pending_isr = None
         self.partition_epoch = partition_epoch
 
     def propose_isr(self, isr: set[int]) -> None:

@@ -307,8 +307,8 @@ class GroupCoordinator:
         """Raise buffer_full if ``gid`` would be one group more than ``GROUPS_MAX`` (groups with
         members and groups that only have committed offsets count alike)."""
         offsets = self.offsets
-        if gid in self.groups or offsets.offsets_for(gid) or offsets.has_in_flight(gid):
-            return
+        if gid in self.groups or gid in offsets.table or offsets.has_in_flight(gid):
+            return  # held already (also by offsets of a deleted topic only: it counts below)
         held = len(self.groups) + sum(1 for g in offsets.table if g not in self.groups)
         if held >= P.GROUPS_MAX:
             raise RemoteError(P.BUFFER_FULL, f"the coordinator already holds {P.GROUPS_MAX} groups")
@@ -441,7 +441,7 @@ class GroupCoordinator:
         g = self.groups.get(gid)
         if g is not None and g.members:
             raise RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has {len(g.members)} active members")
-        table = self.offsets.offsets_for(gid)
+        table = self.offsets.table.get(gid, {})  # offsets of deleted topics too: they go with the group
         if g is None and not table:
             raise RemoteError(P.UNKNOWN_GROUP, f"no group {gid!r}")
 

@@ -88,6 +88,9 @@ class PendingCommit:
     # meanwhile must not turn it into illegal_generation). Never reset: a later attempt that
     # the broker refuses does not undo an earlier one that may be in the log.
     maybe_in_log: bool = False
+    # the id of each entry's topic when the commit was taken: a topic deleted and made again
+    # under its name before the append does not get the old topic's offset
+    topic_ids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -202,7 +205,7 @@ class OffsetStore:
             raise RemoteError(P.BUFFER_FULL, "too many offset commits waiting; retry later")
         self.ensure_topic()
         pc = PendingCommit(group, entries, allow_backward, done, self.reactor.clock.now_ms() + COMMIT_TIMEOUT_MS,
-                           recheck=recheck)
+                           recheck=recheck, topic_ids={t: self._topic_id(t) for t, _, _, _ in entries})
         self._queues[self.partition_for_group(group)].items.append(pc)
         self._pending_count += 1
         self._in_flight.setdefault(group, Counter()).update((t, p) for t, p, _, _ in entries)
@@ -275,6 +278,13 @@ class OffsetStore:
         self._finish(pc, error)
         self._pump(self.partition_for_group(pc.group))
 
+    def _topic_replaced(self, pc: PendingCommit) -> RemoteError | None:
+        """A topic of the commit was deleted (and perhaps made again) since it was taken."""
+        for topic, tid in pc.topic_ids.items():
+            if tid and self._topic_id(topic) != tid:
+                return RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} was deleted while the commit waited")
+        return None
+
     def _check_not_backward(self, pc: PendingCommit, overlay: dict) -> RemoteError | None:
         if pc.allow_backward:
             return None
@@ -316,7 +326,8 @@ class OffsetStore:
                 break  # later commits of this partition wait: order is kept
             queue.items.popleft()
             err = None if pc.maybe_in_log else (
-                (pc.recheck() if pc.recheck is not None else None) or self._check_not_backward(pc, overlay))
+                self._topic_replaced(pc) or (pc.recheck() if pc.recheck is not None else None)
+                or self._check_not_backward(pc, overlay))
             if err is not None:
                 self._finish(pc, err)
                 continue
@@ -330,11 +341,11 @@ class OffsetStore:
         queue = self._queues[q]
         ts = self.reactor.clock.wall_ms()
         records = []
-        ids = {topic: self._topic_id(topic) for pc in take for topic, _, _, _ in pc.entries}
         for pc in take:
             for topic, p, offset, metadata in pc.entries:
                 key = msgpack.packb([pc.group, topic, p], use_bin_type=True)
-                value = b"" if offset is None else msgpack.packb([offset, metadata, ts, ids[topic]], use_bin_type=True)
+                value = b"" if offset is None else msgpack.packb([offset, metadata, ts, pc.topic_ids.get(topic, "")],
+                                                                 use_bin_type=True)
                 records.append((ts, key, value, None))
 
         def on_outcome(out: AppendOutcome) -> None:
@@ -342,7 +353,7 @@ class OffsetStore:
                 queue.busy = False
                 queue.records_since_snapshot += len(records)
                 for pc in take:
-                    self.apply(pc.group, pc.entries, ts, ids)
+                    self.apply(pc.group, pc.entries, ts, pc.topic_ids)
                     self._finish(pc, None)
                 self.counters["offset_commits"] += len(take)
                 self._pump(q)

@@ -17,6 +17,7 @@ from simple_websocket import ConnectionClosed
 
 from fabric.records import Record
 from webui import ws as wsmod
+from webui.errors import ClusterError
 
 DEADLINE_S = 10.0
 
@@ -84,6 +85,9 @@ class InstanceAgent:
     def commit(self, offsets: dict | None = None) -> None:
         self.commits.append({("t", 0): self.position} if offsets is None else dict(offsets))
 
+    def assignment(self) -> list[tuple[str, int]]:
+        return [("t", 0)]
+
     def delete_instance(self, group: str, name: str) -> None:
         if self.auto_commit:
             self.commits.append({("t", 0): self.position})
@@ -137,3 +141,52 @@ def test_an_anonymous_stream_commits_nothing() -> None:
     run(agent, ws, {"topic": "t"})
     assert agent.groups[0].startswith("ws-") and ws.received
     assert agent.commits == [], f"the anonymous stream's group {agent.groups[0]} was left with committed offsets"
+
+
+class RebalancedAgent(InstanceAgent):
+    """t-0 and t-1 first; a rebalance then gives t-0 to another member. A commit naming a
+    partition the member does not own is refused whole, as the coordinator does."""
+
+    def __init__(self, ws: ClientSocket) -> None:
+        super().__init__(ws, leave_at_fetch=0)
+        self.owned = {("t", 0), ("t", 1)}
+        self.pos = {("t", 0): 0, ("t", 1): 0}
+        self.refused: list[str] = []
+
+    def fetch(self, **_kw: object) -> list[Record]:
+        self.fetches += 1
+        tp = ("t", 0) if self.fetches == 1 else ("t", 1)
+        if self.fetches == 2:
+            self.owned = {("t", 1)}  # the rebalance
+        if self.fetches > 1:
+            deadline = time.monotonic() + DEADLINE_S
+            while len(self.ws.received) < self.fetches - 1 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the earlier messages reached the client
+        if self.fetches == 3:
+            self.ws.inbox.append('{"commit": "all"}')
+        if self.fetches == 4:
+            self.ws.connected = False
+            return []
+        o = self.pos[tp]
+        self.pos[tp] += 5
+        return [Record(tp[0], tp[1], x, 0, None, b"v", None) for x in range(o, o + 5)]
+
+    def assignment(self) -> list[tuple[str, int]]:
+        return sorted(self.owned)
+
+    def commit(self, offsets: dict | None = None) -> None:
+        for tp in offsets or {}:
+            if tp not in self.owned:
+                self.refused.append(f"{tp} not assigned")
+                raise ClusterError("invalid", f"{tp[0]}-{tp[1]} is not assigned to this member")
+        self.commits.append(dict(offsets or {}))
+
+
+def test_after_a_rebalance_commits_cover_the_partitions_still_owned() -> None:
+    ws = ClientSocket()
+    agent = RebalancedAgent(ws)
+    run(agent, ws, {"topic": "t", "group": "billing", "auto_commit": "false"})
+    assert agent.refused == [], agent.refused
+    # t-0 is another member's now; t-1 up to what went out (the third message may have, or not)
+    assert len(agent.commits) == 1 and agent.commits[0] in ({("t", 1): 5}, {("t", 1): 10}), agent.commits
+    assert {"committed": True} in ws.received

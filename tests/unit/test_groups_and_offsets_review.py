@@ -22,8 +22,8 @@ from fabric.rpc import DEFER
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.offsets_loader import decode_record
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.unit.fakes import (FakeGroupContext, NoHeartbeat, ScriptedCoordinatorLink, ack_last_produce, group_coordinator,
-                              loaded_group_coordinator, request, two_partition_state)
+from tests.unit.fakes import (FakeGroupContext, NoHeartbeat, ScriptedCoordinatorLink, ack_last_produce, admin_commit,
+                              group_coordinator, loaded_group_coordinator, request, two_partition_state)
 
 
 def _join(gc: GroupCoordinator, client_id: str, member_id: str = "", generation: int = -1) -> wire.Request:
@@ -185,3 +185,53 @@ def test_two_members_expiring_as_the_rebalance_deadline_passes_do_not_break_the_
     gc.tick()
     group = gc.groups["g"]
     assert group.generation == 3 and [m.client_id for m in group.members.values()] == ["c"]
+
+
+def test_an_async_commit_of_a_consumer_that_left_is_reported_through_on_commit(tmp_path: Path) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    clock = ManualClock(1000)
+    seen: list = []
+    a = GroupConsumer("127.0.0.1:1", group_id="g", coordinator=ScriptedCoordinatorLink(_bridge(gc, context, client)),
+                      heartbeat_factory=NoHeartbeat.make, clock=clock, enable_auto_commit=False,
+                      max_poll_interval_ms=5000, on_commit=lambda offsets, err: seen.append((offsets, err)))
+    try:
+        a.subscribe(["t"])
+        a.poll(0)
+        assert a.generation == 1
+        clock.advance(6000)
+        assert a.leave_if_poll_expired() is not None
+        a.commit({("t", 0): 12}, asynchronous=True)  # the result goes to on_commit, as every async one's
+        assert len(seen) == 1 and isinstance(seen[0][1], CommitFailed) and seen[0][1].code == P.UNKNOWN_MEMBER
+    finally:
+        a.close()
+
+
+def test_a_commit_waiting_across_a_delete_and_recreate_does_not_land_on_the_new_topic(tmp_path: Path) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    req = request(P.OFFSET_COMMIT, group="g", generation=-1, offsets=[["t", 0, 500]])
+    before = len(client.sent)
+    assert gc._on_offset_commit(req) is DEFER
+    lookups = [cb for cmd, _h, _p, cb in client.sent[before:] if cmd == P.LIST_OFFSETS]
+    _delete_and_recreate(gc, context)  # while the commit waits for its log-end lookup
+    for cb in lookups:
+        cb({"parts": [["t", 0, 0, 1000]]}, [], None)
+    if client.sent[-1][0] == P.PRODUCE:
+        ack_last_produce(client, 0)
+    assert ("t", 0) not in gc.offsets.offsets_for("g"), "the new topic starts at the deleted topic's offset"
+    assert context.server.answer(req)["error"] == P.UNKNOWN_TOPIC_OR_PARTITION
+
+
+def test_a_group_left_with_offsets_of_a_deleted_topic_only_can_be_deleted_and_commit_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    monkeypatch.setattr(P, "GROUPS_MAX", 1)
+    admin_commit(gc, client, "g", 500)
+    _delete_and_recreate(gc, context)
+    admin_commit(gc, client, "g", 5)  # the same group, at the groups limit: not one too many
+    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 5
+    _delete_and_recreate(gc, context)
+    assert "g" in [g["group"] for g in gc._on_list_groups(request(P.LIST_GROUPS))["groups"]]
+    deleted = request(P.DELETE_GROUP, group="g")
+    assert gc._on_delete_group(deleted) is DEFER
+    ack_last_produce(client, 0)
+    assert context.server.answer(deleted) == {"group": "g", "deleted": True} and "g" not in gc.offsets.table

@@ -10,6 +10,7 @@ stale), and a leader forgets what followers outside the ISR reported at a new pa
 from __future__ import annotations
 
 from fabric import protocol as P
+from fabric.errors import RemoteError
 from tests.unit.builders_broker import BATCH_MAX, batch, start
 
 
@@ -61,3 +62,52 @@ def test_an_isr_expansion_proposed_before_a_follower_restarted_is_not_applied_af
     loop.deliver(loop.serve(P.ALTER_ISR))
     assert 3 not in coord.state.topics["t"].partitions[0].isr, \
         f"the ISR {coord.state.topics['t'].partitions[0].isr} takes broker 3's new process on its old one's report"
+
+
+def test_an_expansion_sent_again_after_a_timeout_is_not_accepted_after_the_follower_restarted(nodes) -> None:  # noqa: ANN001
+    """The proposal's request got no answer and is sent again after the restart's new partition
+    epoch was applied: it names the epoch it was made on, and is refused as stale."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2], partitions=1)
+    part = broker.partitions[("t", 0)]
+    part.append_as_leader([batch(10)], BATCH_MAX)
+    now = broker.clock.now_ms()
+    part.record_follower_fetch(2, 10, now)
+    part.record_follower_fetch(3, 10, now)  # broker 3's old process
+    coord._observe_incarnation(3, "old-process")
+    loop.take_pushes()
+    broker._check_isr()  # proposes [1, 2, 3] on the old report
+    assert part.pending_isr == {1, 2, 3}
+    (_, _, callback), = loop.requests  # lost: never reaches the coordinator
+    loop.requests = []
+    callback(None, [], RemoteError(P.REQUEST_TIMED_OUT, "no answer"))
+    coord._observe_incarnation(3, "new-process")
+    for frames in loop.take_pushes():
+        loop.push(frames)  # the new partition epoch, the ISR still [1, 2]
+    assert part.partition_epoch == coord.state.topics["t"].partitions[0].partition_epoch
+    broker._check_isr()
+    loop.deliver(loop.serve(P.ALTER_ISR))
+    assert 3 not in coord.state.topics["t"].partitions[0].isr, \
+        f"ISR {coord.state.topics['t'].partitions[0].isr}: broker 3 added on its old process's report"
+
+
+def test_the_high_watermark_does_not_wait_on_a_pending_expansion_whose_member_was_forgotten(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2], partitions=1)
+    part = broker.partitions[("t", 0)]
+    part.append_as_leader([batch(10)], BATCH_MAX)
+    now = broker.clock.now_ms()
+    part.record_follower_fetch(2, 10, now)
+    part.record_follower_fetch(3, 10, now)
+    coord._observe_incarnation(3, "old-process")
+    loop.take_pushes()
+    broker._check_isr()  # proposes [1, 2, 3]; in flight
+    coord._observe_incarnation(3, "new-process")
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    part.append_as_leader([batch(5)], BATCH_MAX)
+    part.record_follower_fetch(2, 15, broker.clock.now_ms())  # the ISR [1, 2] holds 15
+    assert part.high_watermark == 15, \
+        f"HW {part.high_watermark}: held by pending member 3 at LEO {part.followers[3].log_end_offset}"
+    loop.deliver(loop.serve(P.ALTER_ISR))  # the stale proposal's answer changes nothing
+    assert coord.state.topics["t"].partitions[0].isr == [1, 2] and part.isr == {1, 2}
