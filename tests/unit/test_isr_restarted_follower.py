@@ -45,17 +45,24 @@ def test_a_restarted_follower_does_not_rejoin_the_isr_on_its_old_process_log_end
     assert coord.state.topics["t"].partitions[0].isr == [1, 2, 3] and part.isr == {1, 2, 3}
 
 
-def test_an_isr_expansion_proposed_before_a_follower_restarted_is_not_applied_after_it(nodes) -> None:  # noqa: ANN001
-    """The leader proposes a caught-up follower (its old process), the follower restarts before
-    the coordinator judges the proposal (an ALTER_ISR delayed, or sent again after a timeout):
-    the proposal is stale."""
+def _broker_3_caught_up_outside_the_isr(nodes):  # noqa: ANN001, ANN202
+    """t-0 led by broker 1 with ISR [1, 2], 10 records on 1 and 2, and broker 3's (old)
+    process reporting all 10: due to join the ISR."""
     broker, coord, loop = nodes
     start(broker, coord, loop, isr=[1, 2], partitions=1)
     part = broker.partitions[("t", 0)]
     part.append_as_leader([batch(10)], BATCH_MAX)
     now = broker.clock.now_ms()
     part.record_follower_fetch(2, 10, now)
-    part.record_follower_fetch(3, 10, now)  # broker 3's old process: caught up
+    part.record_follower_fetch(3, 10, now)
+    return broker, coord, loop, part
+
+
+def test_an_isr_expansion_proposed_before_a_follower_restarted_is_not_applied_after_it(nodes) -> None:  # noqa: ANN001
+    """The leader proposes a caught-up follower (its old process), the follower restarts before
+    the coordinator judges the proposal (an ALTER_ISR delayed, or sent again after a timeout):
+    the proposal is stale."""
+    broker, coord, loop, part = _broker_3_caught_up_outside_the_isr(nodes)
     broker._check_isr()  # proposes [1, 2, 3]; the request has not reached the coordinator yet
     coord._observe_incarnation(3, "old-process")
     coord._observe_incarnation(3, "new-process")
@@ -67,13 +74,7 @@ def test_an_isr_expansion_proposed_before_a_follower_restarted_is_not_applied_af
 def test_an_expansion_sent_again_after_a_timeout_is_not_accepted_after_the_follower_restarted(nodes) -> None:  # noqa: ANN001
     """The proposal's request got no answer and is sent again after the restart's new partition
     epoch was applied: it names the epoch it was made on, and is refused as stale."""
-    broker, coord, loop = nodes
-    start(broker, coord, loop, isr=[1, 2], partitions=1)
-    part = broker.partitions[("t", 0)]
-    part.append_as_leader([batch(10)], BATCH_MAX)
-    now = broker.clock.now_ms()
-    part.record_follower_fetch(2, 10, now)
-    part.record_follower_fetch(3, 10, now)  # broker 3's old process
+    broker, coord, loop, part = _broker_3_caught_up_outside_the_isr(nodes)
     coord._observe_incarnation(3, "old-process")
     loop.take_pushes()
     broker._check_isr()  # proposes [1, 2, 3] on the old report
@@ -92,13 +93,7 @@ def test_an_expansion_sent_again_after_a_timeout_is_not_accepted_after_the_follo
 
 
 def test_the_high_watermark_does_not_wait_on_a_pending_expansion_whose_member_was_forgotten(nodes) -> None:  # noqa: ANN001
-    broker, coord, loop = nodes
-    start(broker, coord, loop, isr=[1, 2], partitions=1)
-    part = broker.partitions[("t", 0)]
-    part.append_as_leader([batch(10)], BATCH_MAX)
-    now = broker.clock.now_ms()
-    part.record_follower_fetch(2, 10, now)
-    part.record_follower_fetch(3, 10, now)
+    broker, coord, loop, part = _broker_3_caught_up_outside_the_isr(nodes)
     coord._observe_incarnation(3, "old-process")
     loop.take_pushes()
     broker._check_isr()  # proposes [1, 2, 3]; in flight
