@@ -91,8 +91,12 @@ def add(name: str, roles: str, config: str | None) -> None:
 @click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG")
 def list_keys(config: str | None) -> None:
     """Names and roles of the configured keys (the keys themselves are not stored)."""
-    for k in load_config(config).security.api_keys:
+    cfg = load_config(config)
+    for k in cfg.security.api_keys:
         click.echo(f"{k.name}\t{','.join(k.roles)}")
+    if not cfg.security.api_keys:  # said on stderr: stdout stays one line per key for scripts
+        click.echo(f"no API keys in {cfg.source} (the dev admin key in the data dir works; "
+                   "add one with: loom keys add NAME --roles ...)", err=True)
 
 
 COMMANDS = [keys]

@@ -28,3 +28,11 @@ def test_a_key_is_added_to_the_config_keeping_its_mode(tmp_path: Path) -> None:
     assert keys["ci"].key_hash == hash_key(key) and list(keys["ci"].roles) == ["produce", "read"]
     assert config.stat().st_mode & 0o777 == 0o600
     assert sorted(os.listdir(tmp_path)) == ["cluster.yaml"]
+
+
+def test_keys_list_says_so_when_there_are_none(tmp_path: Path) -> None:
+    config = tmp_path / "cluster.yaml"
+    shutil.copy(SOURCE, config)
+    assert not load_config(str(config), environ={}).security.api_keys
+    result = CliRunner().invoke(main, ["keys", "list", "-c", str(config)])
+    assert result.exit_code == 0 and result.stdout == "" and "no API keys" in result.stderr, result.stderr

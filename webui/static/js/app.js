@@ -124,7 +124,7 @@ function renderLogin(main, message = "") {
   h("img", { src: "/static/img/loom.svg", alt: "", width: 48, height: 48 }),
   h("h1", {}, "Loom dashboard"),
   h("label", { for: "api-key" }, "API key"), input,
-  h("small#login-help.help", {}, "Kept in this tab's session storage only; `make up` prints the dev admin key (also in <data_dir>/admin.key)."),
+  h("small#login-help.help", {}, "Kept in this tab's session storage only; make up prints the dev admin key (also in <data_dir>/admin.key)."),
   err, button);
   clear(main, h("div.login-wrap", {}, form));
   input.focus();
