@@ -423,11 +423,19 @@ def apply_env_overrides(raw: dict[str, Any], environ: dict[str, str] | None = No
     return raw
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
+def _env_overrides(environ: dict[str, str] | None) -> dict[str, str]:
+    """Dotted config field -> the ``LOOM_A__B`` variable that sets it."""
+    env = os.environ if environ is None else environ
+    return {".".join(p.lower() for p in name[len(ENV_PREFIX):].split("__")): name
+            for name in env if name.startswith(ENV_PREFIX) and "__" in name}
+
+
+def _format_errors(source: str, err: ValidationError, overrides: dict[str, str] | None = None) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{source}: {field}: {e['msg']}")
+        by = next((var for path, var in (overrides or {}).items() if field == path or field.startswith(path + ".")), None)
+        lines.append(f"{source}: {field}" + (f" (set by the environment: {by})" if by else "") + f": {e['msg']}")
     return "\n".join(lines)
 
 
@@ -448,7 +456,7 @@ def parse_config(raw: Any, source: str = "<config>", environ: dict[str, str] | N
     try:
         return LoomConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(source, e)) from e
+        raise ConfigError(_format_errors(source, e, _env_overrides(environ))) from e
 
 
 def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> LoomConfig:

@@ -21,7 +21,7 @@ from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
 from fabric.errors import FabricError
 from fabric.metadata import ClusterMetadata
 from nodes import launcher
-from nodes.cli_common import target_options
+from nodes.cli_common import config_for, target_options
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor, admin_key: tuple[st
             table.add_row(name, node.role, str(node.port), str(child.pid or "-"), "up" if child.healthy else "starting")
     out = _stdout()
     out.print(table)
-    out.print(f"{len(sup.children)} nodes running, {len(sup.unavailable)} {launcher.NOT_AVAILABLE}")
+    out.print(f"{len(sup.children)} nodes running"
+              + (f", {len(sup.unavailable)} {launcher.NOT_AVAILABLE}" if sup.unavailable else ""))
     gateways = cfg.nodes_with_role("gateway")
     for name, node in gateways.items():
         note = "" if name in sup.children else "  (not yet running: no gateway in this build)"
@@ -146,7 +147,7 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor, admin_key: tuple[st
 @click.option("--timeout-s", default=30.0, show_default=True, help="grace before killing")
 def down(config: str | None, bootstrap: str | None, timeout_s: float) -> None:
     """Stop the cluster that `loom up` started from this config."""
-    cfg = load_config(config)
+    cfg = config_for(config, bootstrap, "loom down", "the supervisor's pid file is in the config's data dir")
     if not launcher.stop_cluster(cfg, timeout_s, emit=lambda line: click.echo(line, err=True)):
         raise FabricError(f"no running cluster found (no live supervisor in {launcher.pid_file_path(cfg)})")
     click.echo("stopped")

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import click
 
+from fabric.config import ConfigError, LoomConfig, load_config
+from fabric.errors import FabricError
+
 
 @dataclass
 class Target:
@@ -28,3 +31,15 @@ def target_options(fn):  # noqa: ANN001, ANN201
     fn = click.option("--bootstrap", "bootstrap", default=None,
                       help="host:port[,host:port...] of the coordinator or brokers")(fn)
     return fn
+
+
+def config_for(config: str | None, bootstrap: str | None, command: str, why: str) -> LoomConfig:
+    """The config a command that needs one reads; with only --bootstrap and no config to
+    read, a clear error instead of the default file's."""
+    try:
+        return load_config(config)
+    except ConfigError as e:
+        if bootstrap and not config:
+            raise FabricError(f"{command} needs the cluster's config (-c CONFIG or $LOOM_CONFIG), "
+                              f"--bootstrap is not enough: {why}") from e
+        raise

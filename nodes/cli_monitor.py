@@ -14,9 +14,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from fabric.config import LoomConfig, load_config
+from fabric.config import LoomConfig
 from fabric.errors import CodedError, FabricError
-from nodes.cli_common import target_options
+from nodes.cli_common import config_for, target_options
 
 MONITOR_STATUS_TIMEOUT_MS = 1000
 NOT_UP = ("down", "unresponsive")
@@ -78,7 +78,7 @@ def print_monitor_status(cfg: LoomConfig, out: Console) -> int | None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 def alerts(config: str | None, bootstrap: str | None, show_all: bool, show_events: bool, as_json: bool) -> None:
     """Firing and pending alerts (with --all resolved ones too), or the event log (--events)."""
-    cfg = load_config(config)
+    cfg = config_for(config, bootstrap, "loom alerts", "the monitor's address is in the config")
     client = _monitor_client(cfg, timeout_ms=3000)
     if client is None:
         raise FabricError(f"{cfg.source}: no node with role monitor in the config")

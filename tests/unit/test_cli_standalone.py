@@ -64,3 +64,13 @@ def test_usage_errors_are_one_line(args: list[str], says: str) -> None:
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("loom: error: ") and says in lines[0], result.output
+
+
+@pytest.mark.parametrize("command", ["down", "alerts"])
+def test_a_command_that_needs_the_config_says_so_when_given_only_bootstrap(tmp_path: Path, command: str) -> None:
+    """Outside the repository (no config/cluster.yaml), --bootstrap alone: the error names what
+    is missing, not the default file it could not read."""
+    env = {k: v for k, v in os.environ.items() if k != "LOOM_CONFIG"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "nodes.cli", command, "--bootstrap", "127.0.0.1:1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and f"loom {command} needs the cluster's config" in done.stderr, done.stderr
