@@ -221,6 +221,9 @@ class LimitsConfig(_Model):
     batch_bytes_max: int = Field(16 * 1024 * 1024, ge=1024)
     fetch_bytes_max: int = Field(16 * 1024 * 1024, ge=1024)
     fetch_wait_ms_max: int = Field(30_000, ge=0)
+    # a group with no members whose newest commit is older than this loses its committed
+    # offsets, and the group goes (Kafka's offsets.retention.minutes: 7 days)
+    group_offsets_retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=60_000)
 
 
 class ApiKey(_Model):

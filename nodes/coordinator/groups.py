@@ -57,6 +57,8 @@ from nodes.coordinator.topics import validate_topic_name
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_MS = 100
+OFFSETS_EXPIRY_CHECK_MS = 60_000   # how often empty groups' offsets are checked for their retention
+OFFSETS_RETENTION_MS = 7 * 24 * 3600 * 1000
 SESSION_TIMEOUT_MS_MIN = 300
 SESSION_TIMEOUT_MS_MAX = 300_000
 REBALANCE_TIMEOUT_MS_MAX = 600_000
@@ -93,10 +95,14 @@ class Group:
 
 
 class GroupCoordinator:
-    def __init__(self, context: GroupContext, offsets_client: OffsetsTopicClient) -> None:
+    def __init__(self, context: GroupContext, offsets_client: OffsetsTopicClient, *,
+                 offsets_retention_ms: int = OFFSETS_RETENTION_MS) -> None:
         """``context``: the coordinator node as the groups see it (``nodes.coordinator.context``);
-        ``offsets_client``: the one client of ``__consumer_offsets``."""
+        ``offsets_client``: the one client of ``__consumer_offsets``; ``offsets_retention_ms``:
+        how long a group with no members keeps its committed offsets after its newest commit."""
         self.context = context
+        self.offsets_retention_ms = offsets_retention_ms
+        self._expiry_checked_ms: int | None = None
         self.server = context.server
         self.clock = context.reactor.clock
         self.groups: dict[str, Group] = {}
@@ -285,6 +291,32 @@ class GroupCoordinator:
             if group.state == EMPTY and not group.members and not group.pending_members \
                     and not self.offsets.offsets_for(gid) and not self.offsets.has_in_flight(gid):
                 del self.groups[gid]
+        if self._expiry_checked_ms is None or now - self._expiry_checked_ms >= OFFSETS_EXPIRY_CHECK_MS:
+            self._expiry_checked_ms = now
+            self._expire_offsets()
+
+    def _expire_offsets(self) -> None:
+        """Delete the committed offsets of groups with no members whose newest commit is older
+        than the retention (Kafka's offsets.retention.minutes): without it, groups nobody uses
+        again stayed for good, up to GROUPS_MAX, and every new group was then refused."""
+        if not self.offsets.loaded:
+            return
+        horizon = self.clock.wall_ms() - self.offsets_retention_ms
+        for gid, table in list(self.offsets.table.items()):
+            group = self.groups.get(gid)
+            if not table or (group is not None and (group.members or group.pending_members)) \
+                    or self.offsets.has_in_flight(gid) or max(c.commit_ts_ms for c in table.values()) > horizon:
+                continue
+            log.info("group %s: no members and no commit for %d ms: its committed offsets expire",
+                     gid, self.offsets_retention_ms)
+            try:
+                self.offsets.commit(gid, [(t, p, None, "") for (t, p) in sorted(table)], allow_backward=True,
+                                    check_log_end=False, done=lambda err, gid=gid: err and log.warning(
+                                        "group %s: expired offsets not deleted (next check): %s", gid, err))
+            except RemoteError as e:  # commits queued to their bound: the next check goes on
+                log.info("offset expiry paused: %s", e)
+                return
+            self.context.counters["group_offsets_expired"] += 1
 
     def resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
         """The coordinator did not run for ``stalled_ms``: members' sessions and running deadlines

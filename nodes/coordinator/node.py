@@ -104,7 +104,7 @@ class Coordinator(Node):
         self.extensions: list[Any] = []  # group coordinator etc. plug in here
         offsets_client = OffsetsTopicClient(self, lambda endpoint: RpcClient(self.ctx, self.reactor, endpoint,
                                                                             identity="coordinator-offsets"))
-        self.groups = GroupCoordinator(self, offsets_client)
+        self.groups = GroupCoordinator(self, offsets_client, offsets_retention_ms=config.limits.group_offsets_retention_ms)
         self.groups.install()
         self.extensions.append(self.groups)
 

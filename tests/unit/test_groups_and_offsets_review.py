@@ -235,3 +235,39 @@ def test_a_group_left_with_offsets_of_a_deleted_topic_only_can_be_deleted_and_co
     assert gc._on_delete_group(deleted) is DEFER
     ack_last_produce(client, 0)
     assert context.server.answer(deleted) == {"group": "g", "deleted": True} and "g" not in gc.offsets.table
+
+
+def test_groups_with_no_members_lose_their_offsets_after_the_retention(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a retention, groups nobody joins again (one per anonymous stream, or per run of a
+    script with a random group) stayed for good: at GROUPS_MAX every new group was refused."""
+    monkeypatch.setattr(P, "GROUPS_MAX", 3)
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    for i in range(3):  # three groups that joined, committed and left
+        req = request(P.JOIN_GROUP, group=f"ws-{i}", member_id="", client_id="c", topics=["t"], session_timeout_ms=10_000)
+        gc._on_join(req)
+        m = context.server.answer(req)
+        _bridge(gc, context, client)(P.OFFSET_COMMIT, {"group": f"ws-{i}", "member_id": m["member_id"],
+                                                        "generation": m["generation"], "offsets": [["t", 0, 5]]})
+        gc._on_leave(request(P.LEAVE_GROUP, group=f"ws-{i}", member_id=m["member_id"]))
+    with pytest.raises(RemoteError):  # at the limit
+        gc._on_join(request(P.JOIN_GROUP, group="billing", member_id="", client_id="c", topics=["t"],
+                            session_timeout_ms=10_000))
+    answered = [len(client.sent)]
+
+    def tick() -> None:
+        gc.tick()
+        while answered[0] < len(client.sent):  # appends (snapshots, tombstones) land, each once, in order
+            cmd, _h, _p, callback = client.sent[answered[0]]
+            answered[0] += 1
+            if cmd == P.PRODUCE:
+                callback({"results": [[1, 0, "", 0]]}, [], None)
+    context.clock.advance(gc.offsets_retention_ms // 2)
+    tick()
+    assert len(gc.offsets.table) == 3, "expired before the retention"
+    context.clock.advance(gc.offsets_retention_ms // 2 + 60_000)
+    tick()
+    tick()
+    assert gc.offsets.table == {} and context.counters["group_offsets_expired"] == 3
+    join = request(P.JOIN_GROUP, group="billing", member_id="", client_id="c", topics=["t"], session_timeout_ms=10_000)
+    assert gc._on_join(join) is DEFER  # room again
