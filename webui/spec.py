@@ -170,7 +170,11 @@ def _first_error(validator: Any, value: Any) -> str | None:
         return None
     err = next(iter(validator.iter_errors(value)))
     where = "/".join(str(p) for p in err.instance_path)
-    return f"{where or '(body)'}: {err.message[:300]}"
+    message = err.message
+    options = getattr(err.kind, "options", None) if getattr(err.kind, "name", "") == "enum" else None
+    if isinstance(options, list) and len(options) <= 20:  # every choice, not "or 2 other candidates"
+        message = f"{json.dumps(err.instance)} is not one of {', '.join(json.dumps(o) for o in options)}"
+    return f"{where or '(body)'}: {message[:300]}"
 
 
 class Api:

@@ -383,6 +383,8 @@ def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
             continue
         try:
             msg = json.loads(text)
+            if not isinstance(msg, dict):
+                raise ValueError(f"a JSON object is wanted, not {type(msg).__name__}")
             body = msg if "records" in msg else {"records": [msg]}
             records = encode_records(body, fmt == "binary")
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:

@@ -19,3 +19,13 @@ def test_an_integer_past_int64_is_a_typed_error(raw):
     with pytest.raises(ApiError) as e:
         _coerce(raw, INT)
     assert e.value.error_code == 42206
+
+
+def test_a_value_outside_an_enum_is_told_every_choice():
+    """Not the validator's '"7" is not one of "-1", "0" or 2 other candidates'."""
+    import jsonschema_rs
+
+    from webui.spec import _first_error
+    validator = jsonschema_rs.validator_for({"type": "string", "enum": ["-1", "0", "1", "all"]})
+    assert _first_error(validator, "7") == '(body): "7" is not one of "-1", "0", "1", "all"'
+    assert _first_error(validator, "all") is None

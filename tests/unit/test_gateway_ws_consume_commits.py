@@ -4,7 +4,8 @@ the client was going away (or queued, or dropped when the socket closed) were co
 close, and the group's next member started after them. An anonymous stream (no ``group=``)
 committed too, leaving a group nobody can join again on the coordinator for good.
 
-``_consume`` runs for real, with an agent that models the hosted instance."""
+``_consume`` runs for real, with an agent that models the hosted instance. (And /ws/produce's
+answer to a message that is not a JSON object.)"""
 
 from __future__ import annotations
 
@@ -190,3 +191,23 @@ def test_after_a_rebalance_commits_cover_the_partitions_still_owned() -> None:
     # t-0 is another member's now; t-1 up to what went out (the third message may have, or not)
     assert len(agent.commits) == 1 and agent.commits[0] in ({("t", 1): 5}, {("t", 1): 10}), agent.commits
     assert {"committed": True} in ws.received
+
+
+def test_a_produce_message_that_is_not_an_object_is_answered_with_what_is_wanted() -> None:
+    ws = ClientSocket(inbox=["[1, 2]"])
+
+    def receive(timeout: float | None = None) -> str | None:
+        if ws.inbox:
+            return ws.inbox.pop(0)
+        deadline = time.monotonic() + DEADLINE_S
+        while not ws.received and time.monotonic() < deadline:  # the answer reached the client,
+            time.sleep(0.01)
+        ws.connected = False  # which then goes
+        return None
+    ws.receive = receive  # type: ignore[method-assign]
+    out = wsmod.Outbox(ws, queue_max=100, slow_timeout_s=1.0)
+    wsmod._produce(ws, out, SimpleNamespace(agent=None), {"topic": "t"})
+    out.close(1000, "done")
+    assert out.done.wait(DEADLINE_S)
+    [answer] = ws.received
+    assert answer["error_code"] == 42204 and "a JSON object is wanted, not list" in answer["message"], answer

@@ -63,7 +63,7 @@ export async function render(root, ctx) {
       stat("nodes down", down, down ? "bad" : "ok"),
       stat("brokers up", c.brokers !== undefined ? `${c.brokers_alive ?? c.brokers_up ?? "—"}/${c.brokers}` : "—"),
       stat("topics", c.topics ?? "—"),
-      stat("partitions", c.partitions ?? "—"),
+      stat("partitions", c.partitions === undefined ? "—" : c.partitions - (c.internal_partitions || 0)),   // as topics: __consumer_offsets apart
       stat("under-replicated", c.under_replicated ?? "—", c.under_replicated ? "warn" : ""),
       stat("offline partitions", c.offline ?? "—", c.offline ? "bad" : ""),
       stat("firing alerts", firing.length, firing.length ? "bad" : ""),
