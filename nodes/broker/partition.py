@@ -222,6 +222,7 @@ class Partition:
         headers: list[B.BatchHeader] = []
         slots: list[int] = []
         dups_here: list[int] = []  # duplicates of a batch earlier in this call: as good as its write
+        self.producers.begin_write()
         for i, data in enumerate(batches):
             try:
                 h = self._validate(data, batch_bytes_max)
@@ -246,6 +247,7 @@ class Partition:
             self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
                                   self.log_end_offset + sum(x.record_count for x in headers[:-1]))
         if not to_write:
+            self.producers.end_write()
             return results, []
         end = self.log_end_offset
         try:
@@ -254,10 +256,11 @@ class Partition:
                 self.epochs.assign(self.leader_epoch, end)  # the epoch's first batch: checkpointed before it
             offsets = self.engine.append_many(to_write, **self._verified_kwargs)  # _validate verified each CRC
         except (StorageFull, EngineError) as e:
-            self.producers.truncate_from(self.log_end_offset)  # the failed write left the log as it was
+            self.producers.undo_write()  # the failed write left the log as it was: the table too
             for i in slots + dups_here:  # a retry read in the same pass as its first copy fails with it
                 results[i] = (-1, P.STORAGE_ERROR, str(e))
             return results, []
+        self.producers.end_write()
         self._check_stored_at(end, [h.record_count for h in headers], offsets)
         for i, off in zip(slots, offsets):
             results[i] = (off, 0, "")

@@ -59,6 +59,38 @@ class ProducerStateTable:
         # the log held before it was last re-read or reset): an unknown producer's retry
         # cannot be judged
         self.forgot_producers = False
+        # a leader's write in progress (begin_write): each producer's entry as it was before
+        # the write first changed it (None: absent), the entries evicted, and forgot_producers
+        self._saved: dict[int, _Entry | None] | None = None
+        self._evicted: list[tuple[int, _Entry]] = []
+        self._forgot_saved = False
+
+    def begin_write(self) -> None:
+        """A leader records its batches before writing them (several batches of one producer in
+        one write must see each other): what changes from here is undone by ``undo_write`` if
+        the write fails, kept by ``end_write``."""
+        self._saved, self._evicted, self._forgot_saved = {}, [], self.forgot_producers
+
+    def end_write(self) -> None:
+        self._saved = None
+        self._evicted = []
+
+    def undo_write(self) -> None:
+        """The write failed: the table as it was at ``begin_write`` -- an entry replaced by a
+        new producer epoch, batches pushed out of a producer's window, producers evicted. (Only
+        cutting the failed batches lost what they replaced: a producer's earlier epoch with its
+        batches, so that a retry of one of them was written twice.)"""
+        assert self._saved is not None, "undo_write without begin_write"
+        for producer_id, entry in self._saved.items():
+            if entry is None:
+                self._producers.pop(producer_id, None)
+            else:
+                self._producers[producer_id] = entry
+        for producer_id, entry in reversed(self._evicted):
+            self._producers[producer_id] = entry
+            self._producers.move_to_end(producer_id, last=False)  # least recently used again
+        self.forgot_producers = self._forgot_saved
+        self.end_write()
 
     def __len__(self) -> int:
         return len(self._producers)
@@ -101,9 +133,14 @@ class ProducerStateTable:
         if producer_id < 0 or base_sequence < 0:
             return
         entry = self._producers.get(producer_id)
+        if self._saved is not None and producer_id not in self._saved:  # a leader's write: kept for undo_write
+            self._saved[producer_id] = None if entry is None else \
+                _Entry(entry.epoch, deque(entry.batches, maxlen=BATCHES_REMEMBERED))
         if entry is None or epoch > entry.epoch:
             if entry is None and len(self._producers) >= PRODUCERS_MAX:
-                self._producers.popitem(last=False)  # evict the least recently used
+                evicted = self._producers.popitem(last=False)  # evict the least recently used
+                if self._saved is not None:
+                    self._evicted.append(evicted)
                 self.forgot_producers = True
             entry = self._producers[producer_id] = _Entry(epoch)
         self._producers.move_to_end(producer_id)

@@ -89,3 +89,49 @@ def test_the_producer_sends_again_after_the_failed_write_and_is_written_once(tmp
     handlers.after_pass()
     [r_next] = decode_produce_results(server.answer(nxt))
     assert (r_next.error, r_next.base_offset, part.log_end_offset) == (0, 3, 5), r_next
+
+
+def test_a_failed_write_of_a_new_producer_epoch_keeps_what_the_old_epoch_wrote(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of a new producer epoch replaced the producer's entry before the write; when the
+    write failed only its batch was taken back, and the emptied entry was dropped -- with the
+    earlier epoch's batches, so that a retry of one of them was written a second time."""
+    part, _, _ = _leader(tmp_path)
+    first = make_batch(3, pid=PID, epoch=0, seq=0, tag="first")
+    [(offset, code, _)], _ = part.append_as_leader([first], 1 << 20)
+    assert (offset, code, part.log_end_offset) == (0, 0, 3)
+
+    def full(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise StorageFull("No space left on device")
+    monkeypatch.setattr(part.engine, "append_many", full)
+    [(_, code, _)], _ = part.append_as_leader([make_batch(1, pid=PID, epoch=1, seq=0, tag="bumped")], 1 << 20)
+    assert code == P.STORAGE_ERROR and part.log_end_offset == 3
+    monkeypatch.undo()
+    [(offset, code, message)], _ = part.append_as_leader([first], 1 << 20, [True])  # its answer was lost
+    assert (offset, code, message, part.log_end_offset) == (0, 0, "duplicate", 3), "written a second time"
+
+
+def test_a_failed_write_undoes_the_evictions_and_the_window_it_caused(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new producer evicted the least recently used one (and the table then 'forgot
+    producers'); a producer's 33rd batch pushed its first out of the window: neither may stay
+    when the write that caused them failed."""
+    from nodes.broker import producers as producers_mod
+    monkeypatch.setattr(producers_mod, "PRODUCERS_MAX", 2)
+    part, _, _ = _leader(tmp_path)
+    part.append_as_leader([make_batch(1, pid=1, epoch=0, seq=0), make_batch(1, pid=2, epoch=0, seq=0)], 1 << 20)
+    window = [make_batch(1, pid=2, epoch=0, seq=s) for s in range(1, producers_mod.BATCHES_REMEMBERED)]
+    part.append_as_leader(window, 1 << 20)  # producer 2's window is full: seqs 0..31
+
+    def full(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise StorageFull("No space left on device")
+    monkeypatch.setattr(part.engine, "append_many", full)
+    results, _ = part.append_as_leader([make_batch(1, pid=3, epoch=0, seq=0),   # evicts producer 1
+                                        make_batch(1, pid=2, epoch=0, seq=32)], 1 << 20)  # pushes seq 0 out
+    assert all(code == P.STORAGE_ERROR for _, code, _ in results)
+    monkeypatch.undo()
+    assert not part.producers.forgot_producers, "the failed write's eviction stayed"
+    [(offset, code, message)], _ = part.append_as_leader([make_batch(1, pid=1, epoch=0, seq=0)], 1 << 20, [True])
+    assert (offset, code, message) == (0, 0, "duplicate"), "producer 1 was forgotten by a write that failed"
+    [(offset, code, message)], _ = part.append_as_leader([make_batch(1, pid=2, epoch=0, seq=0)], 1 << 20, [True])
+    assert (offset, code, message) == (1, 0, "duplicate"), "producer 2's first batch left its window"
