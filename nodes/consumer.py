@@ -123,6 +123,12 @@ class Instance(threading.Thread):
             if item is None:
                 break
             op, header, answer = item
+            budget_ms = header.get("budget_ms") if op == "fetch" else None
+            if budget_ms is not None and (time.monotonic() - header["_received"]) * 1000 > budget_ms / 2:
+                # the client has given up (or soon will): a fetch now moves the positions past
+                # records whose answer nobody reads
+                answer(None, RemoteError(P.REQUEST_TIMED_OUT, "the fetch waited too long behind other work"))
+                continue
             try:
                 answer(self._do(op, header), None)
             except CodedError as e:  # a node's answer, or the client library's own condition
@@ -238,6 +244,10 @@ class Instance(threading.Thread):
         if c.subscription:
             raise RemoteError(P.MALFORMED_REQUEST, "the instance is subscribed: unsubscribe before assigning partitions")
         c.assign([(t, p) for t, p in parts])
+        for t, p in parts:  # as Kafka's assign(): start at the group's committed offset, if any
+            committed = c.committed((t, p))
+            if committed is not None:
+                c.seek((t, p), committed)
         return {}
 
     @staticmethod
@@ -292,8 +302,10 @@ def check_op_header(op: str, h: dict) -> None:
                 for e in v):
             fields = "topic, partition" + (", offset" if width == 3 else "")
             raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a list of [{fields}]")
+    if op == "delete" and not isinstance(h.get("owner", ""), str):
+        raise RemoteError(P.MALFORMED_REQUEST, "owner must be a string")
     if op == "fetch":
-        for name in ("timeout_ms", "max_records", "max_bytes"):
+        for name in ("timeout_ms", "max_records", "max_bytes", "budget_ms"):
             if name in h and not is_int(h[name]):
                 raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be int")
         if not isinstance(h.get("frame", False), bool):
@@ -316,6 +328,7 @@ class ConsumerService(Node):
                                           self.fail_from_thread)
         self.instances: dict[tuple[str, str], Instance] = {}
         self._done: deque[tuple[wire.Request, dict | Framed | None, RemoteError | None]] = deque()
+        self._forgets: deque[tuple[str, str]] = deque()  # instances that failed to start (any thread)
         self._waker = Waker()
         self.reactor.add_waker(self._waker, self._on_wake)
         self.server.route(P.CONSUMER_CREATE, self._on_create)
@@ -333,6 +346,8 @@ class ConsumerService(Node):
         return answer
 
     def _on_wake(self) -> None:
+        while self._forgets:
+            self._forget(*self._forgets.popleft())
         while self._done:
             req, header, err = self._done.popleft()
             if isinstance(header, Framed):
@@ -370,8 +385,8 @@ class ConsumerService(Node):
         inner = self._answer(req)
 
         def answer(header: dict | None, err: RemoteError | None) -> None:
-            if err is not None:  # the instance could not start: forget it (on the reactor)
-                self.reactor.call_later(0, lambda: self._forget(group, name))
+            if err is not None:  # the instance could not start: forget it (on the reactor, in _on_wake)
+                self._forgets.append((group, name))
             inner(header, err)
         return answer
 
@@ -387,8 +402,13 @@ class ConsumerService(Node):
             raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"no consumer instance {key[1]!r} in group {key[0]!r} on {self.name}")
         op = OPS[req.command]
         check_op_header(op, req.header)
+        owner = req.header.get("owner")
+        if op == "delete" and owner is not None and owner != inst.owner:  # not the instance the caller listed
+            raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"no consumer instance {key[1]!r} in group {key[0]!r} "
+                                                           f"made by {owner!r} on {self.name}")
         inst.last_used_ms = self.clock.now_ms()
-        inst.submit(op, req.header, self._answer(req))
+        header = req.header if op != "fetch" else {**req.header, "_received": time.monotonic()}
+        inst.submit(op, header, self._answer(req))
         if op == "delete":
             del self.instances[key]
         self.counters[f"instance_{op}"] += 1

@@ -171,14 +171,16 @@ class ServiceProducer:
             header = {"topic": topic, "acks": acks, "count": n}
         last: RemoteError | None = None
         for endpoint in self.endpoints:
+            if is_down is not None and is_down(endpoint):
+                last = RequestTimeout(f"producer service {endpoint} is down")  # not sent: the next one
+                continue
             try:
                 give_up = (lambda: is_down(endpoint)) if is_down is not None else None
                 h, payloads = self._client(endpoint).call(P.SERVICE_PRODUCE, header, [frame], timeout_ms=self.timeout_ms,
                                                           give_up=give_up)
-            except RequestTimeout as e:
-                last = e  # the service may be down: the next one (a retry could duplicate)
+            except RequestTimeout:
                 self._drop(endpoint)
-                continue
+                raise  # it was sent and may have been written: never sent again elsewhere
             if len(payloads) != 1:
                 raise MalformedFrame(P.MALFORMED_REQUEST, "a SERVICE_PRODUCE reply has one results frame")
             if h.get("form") == COLUMNS_FORM:
@@ -231,7 +233,8 @@ class ConsumerInstance:
         They come in one payload frame (``frame: true``)."""
         h, payloads = self.client.call_frames(
             self.endpoint, P.CONSUMER_FETCH, {"group": self.group, "instance": self.name, "timeout_ms": timeout_ms,
-                                              "max_bytes": max_bytes, "max_records": max_records, "frame": True},
+                                              "max_bytes": max_bytes, "max_records": max_records, "frame": True,
+                                              "budget_ms": CALL_TIMEOUT_MS},
             timeout_ms + CALL_TIMEOUT_MS)
         if len(payloads) != 1:
             raise MalformedFrame(P.MALFORMED_REQUEST, "a CONSUMER_FETCH reply with frame: true has one records frame")
@@ -266,9 +269,10 @@ class ConsumerInstance:
     def positions(self) -> dict[tuple[str, int], int]:
         return {(t, p): o for t, p, o in self._call(P.CONSUMER_ASSIGNMENT)["positions"]}
 
-    def delete(self) -> None:
-        """Close the instance: it commits (auto-commit) and leaves its group at once."""
-        self._call(P.CONSUMER_DELETE)
+    def delete(self, owner: str | None = None) -> None:
+        """Close the instance: it commits (auto-commit) and leaves its group at once.
+        ``owner``: only if it is still the instance that owner made (else unknown instance)."""
+        self._call(P.CONSUMER_DELETE, None if owner is None else {"owner": owner})
 
 
 class ServiceConsumer:

@@ -86,6 +86,7 @@ class InstanceEntry:
     fmt: str
     topics: list[str] = field(default_factory=list)
     assigned: list[tuple[str, int]] = field(default_factory=list)
+    move_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 Record4 = tuple  # (key bytes|None, value bytes, headers [[name, bytes|None]]|None, partition int|None)
@@ -216,9 +217,18 @@ class GatewayAgent:
         if not live:
             raise ClusterError("unavailable", "the producer service is down: no produce is possible until it is back")
         results: list[tuple] = []  # (partition, offset, error code, message) rows
-        with translated("the producer service"):
-            for chunk in _chunks(records):  # each SVC_PRODUCE frame stays under SERVICE_REQUEST_BYTES_MAX
-                results += self._producer().produce_rows(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
+        for chunk in _chunks(records):  # each SVC_PRODUCE frame stays under SERVICE_REQUEST_BYTES_MAX
+            try:
+                with translated("the producer service"):
+                    results += self._producer().produce_rows(topic, chunk, acks=acks,
+                                                             is_down=lambda ep: not self.is_up(ep))
+            except ClusterError as e:
+                if not results:
+                    raise  # nothing of the request written: refuse it as a whole
+                cause = e.__cause__
+                code = cause.code if isinstance(cause, CodedError) else P.UNKNOWN
+                # earlier chunks are in the log: answer per record, these ones failed
+                results += [(-1, -1, code, str(e))] * len(chunk)
         if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results) and self.topic_missing(topic):
             raise ClusterError("topic_not_found", f"topic {topic!r} not found")  # deleted since the cached look
         return [(p, o, None, False) if not e else (p, o, f"{P.error_name(e)}: {m}", e in P.RETRIABLE)
@@ -315,6 +325,10 @@ class GatewayAgent:
     # -- consumer instances --------------------------------------------------------------------
     def create_instance(self, group: str, name: str | None, config: dict[str, Any], fmt: str) -> InstanceEntry:
         with self._lock:
+            full = len(self._instances) >= INSTANCES_MAX
+        if full:
+            self._forget_expired_instances()
+        with self._lock:
             if len(self._instances) >= INSTANCES_MAX:
                 raise ClusterError("unavailable", f"the gateway already holds {INSTANCES_MAX} consumer instances")
             if name and (group, name) in self._instances:
@@ -329,6 +343,19 @@ class GatewayAgent:
         with self._lock:
             self._instances[(group, inst.name)] = entry
         return entry
+
+    def _forget_expired_instances(self) -> None:
+        """Drop the entries of instances their service no longer hosts (idle expiry, a
+        restart): only services that answered the list are believed."""
+        try:
+            listed = self._consumers().list_instances()
+        except FabricError:
+            return
+        hosted = {(ep, i["group"], i["instance"]) for ep, instances in listed.items() for i in instances}
+        with self._lock:
+            for key, e in list(self._instances.items()):
+                if e.endpoint in listed and (e.endpoint, e.group, e.name) not in hosted:
+                    del self._instances[key]
 
     def reclaim_instances(self) -> int | None:
         """Delete the consumer instances that an earlier process of this gateway made (tagged
@@ -347,7 +374,7 @@ class GatewayAgent:
                     owner = i.get("owner") or ""
                     if owner.startswith(self.owner_base + ":") and owner != self.owner:  # an earlier process's
                         try:
-                            services.instance(i["group"], i["instance"], ep).delete()
+                            services.instance(i["group"], i["instance"], ep).delete(owner=owner)  # still that one
                             deleted += 1
                         except CodedError as e:
                             log.info("consumer instance %s/%s of a previous gateway process not deleted: %s",
@@ -368,8 +395,9 @@ class GatewayAgent:
         to a live service first (see the module doc)."""
         entry = self.instance(group, name)
         for attempt in range(2):
-            if not self.is_up(entry.endpoint):  # only then: a slow but live service keeps its instance
-                self._move(entry)
+            with entry.move_lock:  # one move per instance: a second thread finds it moved
+                if not self.is_up(entry.endpoint):  # only then: a slow but live service keeps its instance
+                    self._move(entry)
             handle = self._consumers().instance(entry.group, entry.name, entry.endpoint)
             try:
                 with translated("the consumer service"):

@@ -1,0 +1,154 @@
+"""The producer and consumer services, as a review attacked them: a fetch the gateway had given
+up on still ran when the instance thread was free and moved the position past records nobody
+received; a failed create touched the reactor from the instance's thread; a manually assigned
+instance (and one the gateway moved to another service) ignored the group's committed offsets;
+a produce that may have been written was sent again to another producer service, whose producer
+id the brokers cannot deduplicate against.
+
+A real ConsumerService in-process (its reactor on a thread) with a fake consumer, a real
+Instance with a scripted coordinator, and scripted producer services."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import fabric.client.services as services_mod
+import nodes.consumer as consumer_mod
+from fabric import protocol as P
+from fabric import wire
+from fabric.client.services import ServiceConsumer, ServiceProducer, ServiceRecord, pack_rows, unpack_rows
+from fabric.config import load_config
+from fabric.errors import FabricError, RequestTimeout
+from fabric.records import Record
+from nodes.consumer import ConsumerService, Instance, InstanceHost
+from nodes.local_cluster import GATEWAY_NODES, make_config, wait_until
+from tests.unit.fakes import NoHeartbeat, ScriptedCoordinatorLink
+
+DEADLINE_S = 10.0
+
+
+class _FakeGroupConsumer:
+    """Ten records per poll from its position on t-0; ``maintain`` blocks, when ``hold`` is
+    set, until it is released (a rejoin waiting for a rebalance, up to rebalance_timeout_ms +
+    5 s in GroupConsumer._rejoin)."""
+
+    hold: threading.Event | None = None
+    holding = threading.Event()
+
+    def __init__(self, bootstrap: Any, group_id: str, **config: Any) -> None:
+        if config.get("session_timeout_ms") == 1:
+            raise FabricError("session_timeout_ms out of range")  # as GroupConsumer's own check
+        self.position = 0
+        self.subscription: list[str] = []
+
+    def maintain(self) -> None:
+        hold, _FakeGroupConsumer.hold = _FakeGroupConsumer.hold, None
+        if hold is not None:
+            _FakeGroupConsumer.holding.set()
+            hold.wait(DEADLINE_S)
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        out = [Record("t", 0, o, 0, None, b"v%d" % o, None) for o in range(self.position, self.position + 10)]
+        self.position += 10
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ConsumerService]:
+    monkeypatch.setattr(consumer_mod, "GroupConsumer", _FakeGroupConsumer)
+    svc = ConsumerService(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))), "consumer-1")
+    t = threading.Thread(target=svc.reactor.run, daemon=True)
+    t.start()
+    try:
+        yield svc
+    finally:
+        svc.reactor.stop()
+        t.join(5)
+        svc.close()
+
+
+def test_a_fetch_the_client_gave_up_on_does_not_move_the_instance_past_its_records(
+        service: ConsumerService, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services_mod, "CALL_TIMEOUT_MS", 300)
+    sc = ServiceConsumer(service.node_config.endpoint)
+    release = threading.Event()
+    try:
+        inst = sc.create("g", "c1", {})
+        _FakeGroupConsumer.holding.clear()
+        _FakeGroupConsumer.hold = release
+        assert _FakeGroupConsumer.holding.wait(DEADLINE_S), "the instance thread is in maintain()"
+        with pytest.raises(RequestTimeout):
+            inst.fetch(timeout_ms=0)  # the gateway answers 503: the client got nothing
+        release.set()  # maintain returns: the queued fetch's turn comes, its reply goes nowhere
+        got = inst.fetch(timeout_ms=0)
+        assert got[0].offset == 0, f"records 0..{got[0].offset - 1} were fetched for nobody: skipped"
+    finally:
+        release.set()
+        sc.close()
+
+
+def test_a_failed_create_touches_the_reactor_only_on_its_thread(service: ConsumerService) -> None:
+    threads: list[str] = []
+    real = service.reactor.call_later
+
+    def spy(delay_ms: int, fn: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(delay_ms, fn)
+    service.reactor.call_later = spy  # type: ignore[method-assign]
+    sc = ServiceConsumer(service.node_config.endpoint)
+    try:
+        with pytest.raises(Exception):
+            sc.create("g", "bad", {"session_timeout_ms": 1})
+        wait_until(lambda: ("g", "bad") not in service.instances, DEADLINE_S, what="the failed instance forgotten")
+    finally:
+        sc.close()
+    assert all(not name.startswith("loom-instance") for name in threads), threads
+
+
+def test_an_assigned_instance_starts_at_its_groups_committed_offsets() -> None:
+    def coordinator(command: bytes, header: dict) -> dict:
+        if command == P.OFFSET_FETCH:
+            return {"offsets": [[t, p, 42, ""] for t, p in header["partitions"]]}
+        return {}
+    link = ScriptedCoordinatorLink(coordinator)
+    inst = Instance(InstanceHost("consumer-1", ["127.0.0.1:1"], 60_000, lambda e: None), "g", "m",
+                    {"coordinator": link, "heartbeat_factory": NoHeartbeat.make}, 0)
+    inst._do("create", {})
+    try:
+        inst._do("assign", {"partitions": [["t", 0]]})
+        positions = inst._do("assignment", {})["positions"]
+        assert positions == [["t", 0, 42]], f"positions {positions}: it would start at auto_offset_reset, not at 42"
+    finally:
+        inst._close()
+
+
+def test_a_produce_that_may_have_been_written_is_not_sent_again_to_another_service(scripted: Any) -> None:
+    """The first of two producer services takes the request (its producer hands the records to
+    the brokers) and answers late; the client must not send them to the second."""
+    written: list[tuple[str, bytes]] = []
+    answered = threading.Event()
+
+    def service(name: str, late: bool) -> Any:
+        def answer(req: wire.Request) -> tuple[dict, list]:
+            rows = unpack_rows(req.payloads[0], 10, None)
+            written.extend((name, bytes(v)) for v in rows)  # handed to the brokers
+            if late:
+                answered.wait(DEADLINE_S)  # answers after the client gave up
+            return {"topic": "t", "count": len(rows)}, [pack_rows([[0, i, 0, ""] for i in range(len(rows))])]
+        return answer
+    first, second = scripted(service("producer-1", True)), scripted(service("producer-2", False))
+    sp = ServiceProducer([first, second], timeout_ms=300)
+    try:
+        with pytest.raises(RequestTimeout):  # refused: the client retries knowing it may be written
+            sp.produce("t", [ServiceRecord(b"order-17")], acks="all")
+    finally:
+        answered.set()
+        sp.close()
+    assert written == [("producer-1", b"order-17")], written
