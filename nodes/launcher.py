@@ -309,7 +309,11 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             raise RemoteError(P.REQUEST_TIMED_OUT, f"{name} (pid {old}) did not die on SIGKILL") from None
         child.last_exit = child.proc.returncode
-        if self._crash_loop(child, _now_ms()):  # a node that keeps hanging loops too
+        # a node that keeps hanging loops too: the monitor asks at most once per its restart
+        # backoff, so its kills are counted over a window that can hold more than the limit
+        kill_window_ms = max(self.config.supervisor.crash_loop_window_ms,
+                             (self.config.supervisor.crash_loop_restarts_max + 1) * self.config.monitor.restart_backoff_ms)
+        if self._crash_loop(child, _now_ms(), kill_window_ms):
             self._write_pid_file()
             raise RemoteError(P.NODE_GIVEN_UP, f"{name} was given up on: {child.given_up}")
         self._spawn(child)
@@ -409,12 +413,13 @@ class Supervisor:
         if changed:
             self._write_pid_file()
 
-    def _crash_loop(self, child: Child, now_ms: int) -> bool:
+    def _crash_loop(self, child: Child, now_ms: int, window_ms: int | None = None) -> bool:
         """Count an exit (a crash, or a kill the monitor asked for); True (and the child given
         up on) when it is over the crash-loop limit."""
         sup = self.config.supervisor
+        window_ms = window_ms or sup.crash_loop_window_ms
         child.exits_ms.append(now_ms)
-        while child.exits_ms and now_ms - child.exits_ms[0] > sup.crash_loop_window_ms:
+        while child.exits_ms and now_ms - child.exits_ms[0] > window_ms:
             child.exits_ms.popleft()
         if len(child.exits_ms) <= sup.crash_loop_restarts_max:
             return False
@@ -499,6 +504,13 @@ def end_group(child: Child) -> None:
     child.group = None
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -539,6 +551,12 @@ def stop_cluster(config: LoomConfig, timeout_s: float = 30.0, emit: Callable[[st
     left = [p for p in children if pid_alive(p) and is_loom_process(p)]
     if left:
         emit(f"stopping {len(left)} nodes left behind: {', '.join(map(str, left))}")
+        groups = [p for p in left if _pgid(p) == p]  # each node leads a group of its own (_spawn)
         terminate_and_wait(left, STOP_TIMEOUT_S)
+        for g in groups:  # and what it forked (a gateway's worker holding its ports)
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     pid_file_path(config).unlink(missing_ok=True)
     return True

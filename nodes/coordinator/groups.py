@@ -92,6 +92,7 @@ class Group:
     rebalance_deadline_ms: int = 0
     partition_counts: dict[str, int] = field(default_factory=dict)  # as of the last assignment
     pending_members: dict[str, int] = field(default_factory=dict)   # member id handed out -> expiry (ms)
+    emptied_ms: int | None = None   # when (monotonic) it last lost its last member (None: not in this process)
 
 
 class GroupCoordinator:
@@ -103,6 +104,7 @@ class GroupCoordinator:
         self.context = context
         self.offsets_retention_ms = offsets_retention_ms
         self._expiry_checked_ms: int | None = None
+        self._loaded_ms: int | None = None  # when (monotonic) the offsets were first seen loaded
         self.server = context.server
         self.clock = context.reactor.clock
         self.groups: dict[str, Group] = {}
@@ -222,6 +224,7 @@ class GroupCoordinator:
         group.generation += 1
         if not group.members:
             group.state, group.leader, group.partition_counts = EMPTY, None, {}
+            group.emptied_ms = self.clock.now_ms()
             return
         topics = sorted({t for m in group.members.values() for t in m.topics})
         counts = {t: len(self.context.state.topics[t].partitions) for t in topics if t in self.context.state.topics}
@@ -247,6 +250,7 @@ class GroupCoordinator:
             self.server.reply_error(member.join_req, P.UNKNOWN_MEMBER, f"{mid} left the group")
         if not group.members:
             group.state, group.leader, group.partition_counts = EMPTY, None, {}
+            group.emptied_ms = self.clock.now_ms()
             group.generation += 1
             log.info("group %s: %s; the group is empty (generation %d)", group.group_id, reason, group.generation)
             return
@@ -301,12 +305,21 @@ class GroupCoordinator:
         again stayed for good, up to GROUPS_MAX, and every new group was then refused."""
         if not self.offsets.loaded:
             return
-        horizon = self.clock.wall_ms() - self.offsets_retention_ms
+        now = self.clock.now_ms()
+        if self._loaded_ms is None:
+            self._loaded_ms = now  # who was a member before a restart is unknown: count from now
+        horizon = self.clock.wall_ms() - self.offsets_retention_ms  # commit times are wall times (stored)
         for gid, table in list(self.offsets.table.items()):
+            if self.offsets.pending_count >= P.PENDING_COMMITS_MAX // 2:
+                return  # the rest at the next check: live groups' commits keep room
             group = self.groups.get(gid)
             if not table or (group is not None and (group.members or group.pending_members)) \
                     or self.offsets.has_in_flight(gid) or max(c.commit_ts_ms for c in table.values()) > horizon:
                 continue
+            emptied = group.emptied_ms if group is not None and group.emptied_ms is not None else self._loaded_ms
+            if now - emptied < self.offsets_retention_ms:
+                continue  # in use until lately (KIP-211): the retention counts from when it emptied
+                # (on the monotonic clock: a wall clock stepped forward expires nothing early)
             log.info("group %s: no members and no commit for %d ms: its committed offsets expire",
                      gid, self.offsets_retention_ms)
             try:

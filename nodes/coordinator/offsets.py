@@ -153,6 +153,11 @@ class OffsetStore:
     def groups(self) -> list[str]:
         return sorted(g for g, t in self.table.items() if t)
 
+    @property
+    def pending_count(self) -> int:
+        """Commits (and deletions) queued or being written, bounded by PENDING_COMMITS_MAX."""
+        return self._pending_count
+
     def has_in_flight(self, group: str) -> bool:
         return group in self._in_flight
 

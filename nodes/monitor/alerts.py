@@ -64,6 +64,7 @@ class AlertBook:
         self.active: dict[tuple[str, str], Alert] = {}
         self.history: deque[Alert] = deque(maxlen=P.ALERT_HISTORY_MAX)
         self.saved_events: list[dict] = []
+        self._pending_since: dict[tuple[str, str], int] = {}  # monotonic, for for_ms
         self._load()
 
     def _load(self) -> None:
@@ -95,20 +96,25 @@ class AlertBook:
         except (OSError, EngineError) as e:
             log.error("cannot write %s: %s (alert history kept in memory)", self.path, e)
 
-    def evaluate(self, conditions: dict[tuple[str, str], Condition], judged_rules: set[str], now_wall_ms: int) -> bool:
-        """Apply one round of conditions; returns True when an alert fired or resolved."""
+    def evaluate(self, conditions: dict[tuple[str, str], Condition], judged_rules: set[str], now_wall_ms: int,
+                 now_ms: int | None = None) -> bool:
+        """Apply one round of conditions; returns True when an alert fired or resolved.
+        ``now_ms``: a monotonic clock for ``for_ms`` (the wall clock when None)."""
         changed = False
+        mono = now_wall_ms if now_ms is None else now_ms
         for key, (message, value) in conditions.items():
             a = self.active.get(key)
             if a is None:
                 a = self.active[key] = Alert(key[0], key[1], PENDING, message, value, now_wall_ms)
+                self._pending_since[key] = mono
             a.message, a.value = message, value
-            if a.state == PENDING and now_wall_ms - a.started_ms >= self.for_ms(a.rule):
+            if a.state == PENDING and mono - self._pending_since.setdefault(key, mono) >= self.for_ms(a.rule):
                 a.state, a.fired_ms = FIRING, now_wall_ms
                 changed = True
                 self.on_change(a)
         for key in [k for k in self.active if k not in conditions and k[0] in judged_rules]:
             a = self.active.pop(key)
+            self._pending_since.pop(key, None)
             if a.state == FIRING:
                 a.state, a.resolved_ms = RESOLVED, now_wall_ms
                 self.history.append(a)

@@ -24,18 +24,28 @@ class History:
         self.head = 0       # next slot to write
         self.count = 0      # points written, up to points_max
         self.series_dropped = 0
+        self.ticks = 0
+        self.last_tick: dict[str, int] = {}  # series -> the tick of its newest value
 
     def append(self, wall_ms: int, values: dict[str, float]) -> None:
         slot = self.head
         self.times[slot] = wall_ms
         for key, ring in self.series.items():
             ring[slot] = values.get(key, math.nan)
+        self.ticks += 1
+        for key in values:
+            self.last_tick[key] = self.ticks
         for key in values:  # new series, in the caller's order (the first ones win the slots)
             if key in self.series:
                 continue
             if len(self.series) >= self.series_max:
-                self.series_dropped += 1
-                continue
+                aged = next((k for k, n in self.last_tick.items() if k in self.series
+                             and self.ticks - n >= self.points_max), None)
+                if aged is None:
+                    self.series_dropped += 1
+                    self.last_tick.pop(key, None)
+                    continue
+                del self.series[aged], self.last_tick[aged]  # no point of it left in the rings
             ring = self.series[key] = array("d", [math.nan]) * self.points_max
             ring[slot] = values[key]
         self.head = (slot + 1) % self.points_max

@@ -244,9 +244,11 @@ class Monitor(Node):
                             "previous": view.state, "reason": reason})
                 view.since_ms = wall
             view.state, view.reason = state, reason
+            if state in (H.DOWN, H.UNRESPONSIVE):
+                view.rates = {}  # what it last reported is not what it does now
         conditions, judged = alert_conditions(self.mon, self.views.values(), self.facts, self.recovery.given_up,
                                               self.alerts.active)
-        if self.alerts.evaluate(conditions, judged, wall):
+        if self.alerts.evaluate(conditions, judged, wall, now):
             self.alerts.save(list(self.events))
         self.recovery.act(self.views, now)
         self.checks += 1

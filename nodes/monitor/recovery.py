@@ -75,8 +75,8 @@ class Recovery:
                     continue
                 if isinstance(c.get("restarts"), int):
                     view.restarts = c["restarts"]
-                if isinstance(c.get("pid"), int) and view.pid is None:  # before its first heartbeat
-                    view.pid = c["pid"]
+                if isinstance(c.get("pid"), int) and view.last_heard_ms is None:  # before its first heartbeat
+                    view.pid = c["pid"]  # the running process, not one an old 'exited' event named
         self.client.request(P.SUPERVISOR_STATUS, {"since_seq": self._seq}, callback=done, timeout_ms=STATUS_TIMEOUT_MS)
 
     def _take(self, ev: dict, views: Mapping[str, H.NodeView]) -> None:

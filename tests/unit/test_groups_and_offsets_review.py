@@ -271,3 +271,71 @@ def test_groups_with_no_members_lose_their_offsets_after_the_retention(tmp_path:
     assert gc.offsets.table == {} and context.counters["group_offsets_expired"] == 3
     join = request(P.JOIN_GROUP, group="billing", member_id="", client_id="c", topics=["t"], session_timeout_ms=10_000)
     assert gc._on_join(join) is DEFER  # room again
+
+
+def _ticker(gc: GroupCoordinator, client):  # noqa: ANN001, ANN202
+    answered = [len(client.sent)]
+
+    def tick() -> None:
+        gc.tick()
+        while answered[0] < len(client.sent):  # appends (snapshots, tombstones) land, in order
+            cmd, _h, _p, callback = client.sent[answered[0]]
+            answered[0] += 1
+            if cmd == P.PRODUCE:
+                callback({"results": [[1, 0, "", 0]]}, [], None)
+    return tick
+
+
+def test_a_group_in_use_on_a_quiet_topic_keeps_its_offsets_when_its_consumer_restarts(tmp_path: Path) -> None:
+    """Kafka's KIP-211: a group's offsets expire a retention after the group became EMPTY, not
+    after its newest commit. A consumer of a quiet topic commits nothing new (the client only
+    commits positions that moved), so its newest commit grows old while the group is in use;
+    the first minute without members (a redeploy) then deletes every offset at once, and the
+    restarted consumer resets (auto_offset_reset=latest skips what came meanwhile)."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    gc.offsets_retention_ms = 10 * 60_000  # 10 minutes (the config's minimum is 1 minute)
+    tick = _ticker(gc, client)
+    call = _bridge(gc, context, client)
+    m = call(P.JOIN_GROUP, {"group": "g", "member_id": "", "client_id": "c", "topics": ["t"],
+                            "session_timeout_ms": 10_000})
+    call(P.OFFSET_COMMIT, {"group": "g", "member_id": m["member_id"], "generation": m["generation"],
+                           "offsets": [["t", 0, 5]]})
+    for _ in range(15 * 60 // 3):  # 15 minutes in the group, heartbeating; nothing new to commit
+        context.clock.advance(3000)
+        call(P.HEARTBEAT, {"group": "g", "member_id": m["member_id"], "generation": m["generation"]})
+        tick()
+    assert gc.offsets.offsets_for("g"), "expired while the group had a member"
+    call(P.LEAVE_GROUP, {"group": "g", "member_id": m["member_id"]})  # the consumer is redeployed ...
+    for _ in range(60):  # ... and is back a minute later
+        context.clock.advance(1000)
+        tick()
+    fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0]]))
+    assert fetched["offsets"] == [["t", 0, 5, ""]], \
+        f"a group empty for one minute lost its offsets (retention 10 minutes): {fetched}"
+
+
+def test_the_expiry_leaves_room_for_the_commits_of_live_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One expiry check queues a tombstone commit per expired group until PENDING_COMMITS_MAX
+    (as after an upgrade on a cluster at GROUPS_MAX, the very case the retention was made for):
+    every live member's commit is then refused buffer_full until they are all replicated."""
+    monkeypatch.setattr(P, "PENDING_COMMITS_MAX", 4)
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    call = _bridge(gc, context, client)
+    for i in range(6):  # six groups that committed once and left
+        m = call(P.JOIN_GROUP, {"group": f"old-{i}", "member_id": "", "client_id": "c", "topics": ["t"],
+                                "session_timeout_ms": 10_000})
+        call(P.OFFSET_COMMIT, {"group": f"old-{i}", "member_id": m["member_id"], "generation": m["generation"],
+                               "offsets": [["t", 0, 5]]})
+        call(P.LEAVE_GROUP, {"group": f"old-{i}", "member_id": m["member_id"]})
+    context.clock.advance(gc.offsets_retention_ms + 60_000)
+    live = request(P.JOIN_GROUP, group="live", member_id="", client_id="c", topics=["t"], session_timeout_ms=10_000)
+    gc._on_join(live)
+    m = context.server.answer(live)
+    gc.tick()  # the expiry check: tombstones queued (their appends outstanding)
+    commit = request(P.OFFSET_COMMIT, group="live", member_id=m["member_id"], generation=m["generation"],
+                     offsets=[["t", 0, 7]])
+    try:
+        out = gc._on_offset_commit(commit)
+    except RemoteError as e:
+        out = e
+    assert out is DEFER, f"a live member's commit was refused because the expiry took every slot: {out}"

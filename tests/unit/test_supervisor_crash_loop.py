@@ -67,3 +67,37 @@ def test_restart_requests_kill_respawn_and_count_toward_the_crash_loop(tmp_path:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_node_that_hangs_after_every_restart_is_given_up_on_with_the_default_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/monitoring.md: 'kills the monitor asked for count too, so a node that hangs again
+    and again is given up on as well: the monitor raises crash_loop for it'. The monitor asks
+    at most once per monitor.restart_backoff_ms (30 s), and the supervisor gives up after more
+    than crash_loop_restarts_max (5) exits within crash_loop_window_ms (60 s): at most 3 kills
+    fit in the window, so with the defaults a node that hangs after every start is killed and
+    restarted every 30 s for good, and crash_loop never fires."""
+    cfg = small_cluster_config(tmp_path)
+    now = [0]
+    monkeypatch.setattr(launcher, "_now_ms", lambda: now[0])
+    sup = launcher.Supervisor(cfg, str(tmp_path / "c.yaml"), emit=lambda line: None)
+    procs: list[subprocess.Popen] = []
+
+    def spawn(child: launcher.Child) -> None:  # a stand-in that would run (hung) forever
+        procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        child.proc = procs[-1]
+    sup._spawn = spawn  # type: ignore[method-assign]
+    child = sup.children["broker-1"]
+    spawn(child)
+    try:
+        for _ in range(20):  # ten minutes: hung after each start, killed on each monitor request
+            now[0] += cfg.monitor.restart_backoff_ms
+            try:
+                sup.restart_now("broker-1", "unresponsive", pid=child.proc.pid)  # type: ignore[union-attr]
+            except RemoteError:
+                break
+        assert child.given_up, f"killed and restarted {child.restarts} times in ten minutes, never given up"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -8,10 +8,15 @@ sees it exit, and a gunicorn worker that has not ended its exit within the grace
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from nodes import launcher
 from tests.unit.fakes import small_cluster_config
@@ -58,8 +63,6 @@ def _supervisor_with(tmp_path: Path, rest: str) -> tuple[launcher.Supervisor, li
 
 
 def _cleanup(procs: list[subprocess.Popen], forked: list[int]) -> None:
-    import os
-    import signal
     for p in procs:
         p.kill()
         p.wait()
@@ -100,3 +103,37 @@ def test_a_stopping_gateway_worker_held_by_a_thread_ends_past_the_grace() -> Non
     finally:
         proc.kill()
         proc.wait()
+
+
+# a node (its argv names nodes.run, as a real one's does) that forks a worker, as gunicorn's
+# master does, in its own session as _spawn starts it, and that does not stop on SIGTERM
+NODE = ("import os, signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\npid = os.fork()\n"
+        "if pid == 0:\n    time.sleep(60)\n    os._exit(0)\nprint(pid, flush=True)\ntime.sleep(60)\n")
+
+
+def test_loom_down_after_the_supervisor_was_killed_ends_the_nodes_process_groups(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor was SIGKILLed (the OOM killer, kill -9): its nodes live on, and `loom down`
+    stops the ones its pid file names -- by pid (SIGTERM, then SIGKILL). A gateway's gunicorn
+    master that needs the SIGKILL leaves its worker behind, holding the gateway's ports, and
+    the next `loom up` (the pid file is gone) starts a gateway that cannot bind them: the
+    failure b1e960d fixed for the supervisor's own restarts, by another way."""
+    monkeypatch.setattr(launcher, "STOP_TIMEOUT_S", 0.5)
+    cfg = small_cluster_config(tmp_path)
+    node = subprocess.Popen([sys.executable, "-c", NODE, "-m", "nodes.run"], stdout=subprocess.PIPE,
+                            start_new_session=True)
+    worker = int(node.stdout.readline())  # type: ignore[union-attr]
+    try:
+        dead_supervisor = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead_supervisor.wait()
+        launcher.pid_file_path(cfg).write_text(json.dumps({"pid": dead_supervisor.pid, "config": "c.yaml",
+                                                           "children": {"broker-1": node.pid}}))
+        assert launcher.stop_cluster(cfg, timeout_s=1.0, emit=lambda line: None)
+        node.wait(timeout=5)
+        assert _wait_gone(worker), f"loom down left pid {worker}, forked by the node pid {node.pid}, running"
+    finally:
+        node.kill()
+        node.wait()
+        node.stdout.close()  # type: ignore[union-attr]
+        if not _gone(worker):
+            os.kill(worker, signal.SIGKILL)

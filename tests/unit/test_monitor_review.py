@@ -1,0 +1,134 @@
+"""The monitor, as a review attacked it: after a monitor restart, a hung node that had crashed
+before was judged down (the old exit event's pid) and never restarted; a dead node's last rates
+kept counting in the cluster's throughput; alert delays were measured on the wall clock (a
+clock stepped back held a pending alert for as long); a history series with no point left kept
+its slot for good, so that new topics or groups got no history."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import zmq
+
+from fabric import protocol as P
+from fabric.clock import ManualClock
+from fabric.config import load_config
+from fabric.metrics import Sample
+from fabric.reactor import Reactor
+from nodes.launcher import pid_alive
+from nodes.local_cluster import make_config
+from nodes.monitor import Monitor
+from nodes.monitor import health as H
+from nodes.monitor.alerts import FIRING, AlertBook
+from nodes.monitor.history import History
+from nodes.monitor.recovery import Recovery
+from tests.unit.fakes import small_cluster_config
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_restarted_monitor_restarts_a_hung_node_that_had_crashed_before(tmp_path: Path) -> None:
+    """broker-1 crashed once (the supervisor logged 'exited' for pid OLD and restarted it as
+    NEW); later NEW hangs (SIGSTOP, a livelock) and the monitor restarts. The new monitor takes
+    the supervisor's whole event log: the old 'exited' event sets the view's pid to OLD (the
+    view had none yet), and the children's current pid is then ignored (only used when the view
+    has none). The hung node is judged down ('process OLD exited'), never unresponsive, so it
+    is never restarted, and the alert says node_down for a process that is alive."""
+    cfg = small_cluster_config(tmp_path, monitor={"unresponsive_after_ms": 10_000})
+    old, hung = _dead_pid(), os.getpid()  # the test process stands in for the hung broker
+    emitted: list[dict] = []
+    reactor = Reactor(ManualClock(0))
+    rec = Recovery(zmq.Context.instance(), reactor, cfg, "monitor", lambda e: emitted.append(e) or e,
+                   saved_events=[{"kind": "recovery", "sup_instance": "sup1", "sup_seq": 2}])
+    sent: list[tuple] = []
+    rec.client.request = lambda cmd, header, *a, callback, timeout_ms: sent.append((cmd, header, callback))  # type: ignore[method-assign]
+    views = {"broker-1": H.NodeView("broker-1", cfg.node("broker-1")),
+             "coordinator": H.NodeView("coordinator", cfg.node("coordinator"))}
+    rec.poll(views)
+    (_cmd, _h, callback), = sent
+    callback({"instance": "sup1", "seq": 2,
+              "children": {"broker-1": {"pid": hung, "state": "running", "restarts": 1, "reason": ""},
+                           "coordinator": {"pid": hung, "state": "running", "restarts": 0, "reason": ""}},
+              "events": [{"seq": 1, "ts_ms": 1, "action": "exited", "node": "broker-1", "reason": "killed by SIGSEGV",
+                          "pid": old, "code": -11},
+                         {"seq": 2, "ts_ms": 2, "action": "restarted", "node": "broker-1", "reason": "it exited",
+                          "pid": hung}]}, [], None)
+    view = views["broker-1"]
+    now = 20_000  # twenty seconds after the monitor started, broker-1 never heard
+    state, reason = H.classify(view, now, 0, cfg, pid_alive(view.pid) if view.pid else None)
+    assert state == H.UNRESPONSIVE, f"a hung broker (pid {hung}) is judged {state}: {reason}"
+    view.state, view.reason = state, reason
+    rec.act(views, now)
+    assert [c for c, _h, _cb in sent].count(P.SUPERVISOR_RESTART) == 1, "the hung broker is never restarted"
+    rec.close()
+
+
+def test_a_dead_broker_no_longer_counts_in_the_cluster_throughput_and_history(tmp_path: Path) -> None:
+    """A broker killed while it took 1,000 records/s: its view keeps the rates of its last two
+    STATS answers (nothing new arrives to replace them), and status()['rates'] (loom status,
+    the dashboard) and the history's records_in_per_s go on showing 1,000 records/s from a
+    broker that is down -- for as long as it stays down (given up: for good). gateway_5xx is
+    judged from the same stale rates: a gateway that died while answering 5xx keeps that alert
+    firing while it is down."""
+    monitor = Monitor(load_config(make_config(tmp_path, 1, extra_nodes=("monitor",)), environ={}), "monitor")
+    try:
+        view = monitor.views["broker-1"]
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        now = monitor.clock.now_ms()
+        view.heard(now, dead.pid)
+        monitor._take_samples(view, [Sample("loom_broker_records_in_total", ("t",), 0.0)], now - 2000)
+        monitor._take_samples(view, [Sample("loom_broker_records_in_total", ("t",), 1000.0)], now - 1000)
+        monitor._check()  # its process is gone: down at once
+        assert view.state == H.DOWN
+        rate = monitor.status()["rates"]["records_in_per_s"]
+        assert rate == 0, f"a broker that is down still counts {rate} records/s in the cluster's throughput"
+        last = monitor.history.query(["records_in_per_s"])["series"].get("records_in_per_s", [None])[-1]
+        assert last is None or last == 0 or math.isnan(last), f"the history records {last} records/s for it"
+    finally:
+        monitor.close()
+
+
+def test_a_pending_alert_fires_after_for_ms_even_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
+    """AlertBook.evaluate measures for_ms on the wall clock (started_ms and now are wall ms).
+    The monitor's checks run on the monotonic clock, but an NTP step back of an hour (a VM
+    resumed, a wrong clock corrected) while under_replicated is pending (for_ms 30 s) holds the
+    alert back for an hour plus 30 s of real under-replication; a step forward fires any
+    pending alert at once."""
+    book = AlertBook(tmp_path, lambda rule: 30_000, lambda a: None)
+    key = ("under_replicated", "cluster")
+    wall, now = 1_700_000_000_000, 0  # the monitor passes both clocks (Monitor._check)
+    book.evaluate({key: ("3 under-replicated partitions", 3)}, {"under_replicated"}, wall, now)
+    wall -= 3_600_000  # the clock is stepped back an hour
+    for _ in range(60):  # a minute of checks, one a second, the condition holding throughout
+        wall, now = wall + 1000, now + 1000
+        book.evaluate({key: ("3 under-replicated partitions", 3)}, {"under_replicated"}, wall, now)
+    assert book.active[key].state == FIRING, "under-replicated for a minute (for_ms 30 s) and still pending"
+
+
+def test_a_new_series_gets_history_once_old_ones_have_aged_out() -> None:
+    """History keeps at most HISTORY_SERIES_MAX series and never frees one: a series whose
+    every point has aged out of the ring (a deleted topic, a group of a finished script --
+    lag{group=...}, records_in_per_s{topic=...}) keeps its slot for good. Once that many keys
+    were ever seen, no new topic or group gets a chart until the monitor restarts."""
+    h = History(points_max=10, series_max=3)
+    t = 0
+    for g in ("a", "b", "c"):  # three groups, one after another, each gone after a while
+        for _ in range(10):
+            t += 1000
+            h.append(t, {f"lag{{group={g}}}": 5.0})
+    for _ in range(10):  # nothing of theirs in the last ten points
+        t += 1000
+        h.append(t, {})
+    t += 1000
+    h.append(t, {"lag{group=new}": 7.0})
+    assert "lag{group=new}" in h.query()["series"], \
+        f"a new group gets no history; slots held by series with no point left: {sorted(h.series)}"
