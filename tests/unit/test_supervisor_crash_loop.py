@@ -33,17 +33,24 @@ def test_supervisor_gives_up_on_a_crash_loop(tmp_path: Path) -> None:
     assert any("giving up on broker-1" in ln for ln in lines)
 
 
-def test_restart_requests_kill_respawn_and_count_toward_the_crash_loop(tmp_path: Path) -> None:
-    cfg = small_cluster_config(tmp_path, supervisor={"crash_loop_restarts_max": 2, "crash_loop_window_ms": 60_000})
+def _supervisor_of_a_hung_stand_in(cfg, tmp_path: Path):  # noqa: ANN001, ANN202
+    """A supervisor whose broker-1 is a stand-in process that would run (hung) forever; returns
+    it, the child and the list of the stand-ins started (the caller kills them)."""
     sup = launcher.Supervisor(cfg, str(tmp_path / "c.yaml"), emit=lambda line: None)
     procs: list[subprocess.Popen] = []
 
-    def spawn(child: launcher.Child) -> None:  # a stand-in process that would run forever
+    def spawn(child: launcher.Child) -> None:
         procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
         child.proc = procs[-1]
     sup._spawn = spawn  # type: ignore[method-assign]
     child = sup.children["broker-1"]
     spawn(child)
+    return sup, child, procs
+
+
+def test_restart_requests_kill_respawn_and_count_toward_the_crash_loop(tmp_path: Path) -> None:
+    cfg = small_cluster_config(tmp_path, supervisor={"crash_loop_restarts_max": 2, "crash_loop_window_ms": 60_000})
+    sup, child, procs = _supervisor_of_a_hung_stand_in(cfg, tmp_path)
     try:
         with pytest.raises(RemoteError, match="not running as pid 1") as refused:
             sup.restart_now("broker-1", "test", pid=1)  # a stale request never kills the new process
@@ -80,15 +87,7 @@ def test_a_node_that_hangs_after_every_restart_is_given_up_on_with_the_default_c
     cfg = small_cluster_config(tmp_path)
     now = [0]
     monkeypatch.setattr(launcher, "_now_ms", lambda: now[0])
-    sup = launcher.Supervisor(cfg, str(tmp_path / "c.yaml"), emit=lambda line: None)
-    procs: list[subprocess.Popen] = []
-
-    def spawn(child: launcher.Child) -> None:  # a stand-in that would run (hung) forever
-        procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
-        child.proc = procs[-1]
-    sup._spawn = spawn  # type: ignore[method-assign]
-    child = sup.children["broker-1"]
-    spawn(child)
+    sup, child, procs = _supervisor_of_a_hung_stand_in(cfg, tmp_path)
     try:
         for _ in range(20):  # ten minutes: hung after each start, killed on each monitor request
             now[0] += cfg.monitor.restart_backoff_ms
