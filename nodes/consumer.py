@@ -219,6 +219,16 @@ class Instance(threading.Thread):
         max_records = min(max(int(h.get("max_records", 500)), 1), FETCH_RECORDS_MAX)
         max_bytes = min(max(int(h.get("max_bytes", 1024 * 1024)), 1), FETCH_BYTES_MAX)
         records = c.poll(timeout_ms, max_records=max_records)
+        budget_ms = h.get("budget_ms")
+        if records and budget_ms is not None and \
+                (time.monotonic() - h["_received"]) * 1000 > timeout_ms + budget_ms / 2:
+            # the poll itself outlasted the caller (a rejoin inside it): give the records back
+            first: dict[tuple[str, int], int] = {}
+            for r in records:
+                first.setdefault((r.topic, r.partition), r.offset)
+            for tp, offset in first.items():
+                c.seek(tp, offset)
+            raise RemoteError(P.REQUEST_TIMED_OUT, "the fetch outlasted its caller's patience (a rebalance)")
         if sum(map(len, map(_VALUE, records))) + sum(len(k) for k in map(_KEY, records) if k) <= max_bytes:
             return records  # the common case, counted without a Python-level loop
         size = 0
@@ -243,8 +253,11 @@ class Instance(threading.Thread):
             raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition]")
         if c.subscription:
             raise RemoteError(P.MALFORMED_REQUEST, "the instance is subscribed: unsubscribe before assigning partitions")
+        held = set(c.assignment())
         c.assign([(t, p) for t, p in parts])
         for t, p in parts:  # as Kafka's assign(): start at the group's committed offset, if any
+            if (t, p) in held:
+                continue  # already assigned: keeps its position (as Kafka's assign())
             committed = c.committed((t, p))
             if committed is not None:
                 c.seek((t, p), committed)

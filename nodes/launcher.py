@@ -511,6 +511,27 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
+def _loom_group_members(pgid: int) -> list[int]:
+    """Loom processes of process group ``pgid`` (whose leader may be gone: a group id is not
+    reused while a member lives), from /proc; [] without it."""
+    out = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for e in entries:
+        if not e.isdigit() or int(e) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{e}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid and is_loom_process(int(e)):
+            out.append(int(e))
+    return out
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -545,8 +566,11 @@ def stop_cluster(config: LoomConfig, timeout_s: float = 30.0, emit: Callable[[st
         if killed:
             emit(f"the supervisor did not stop within {timeout_s:.0f} s: killed it")
     elif not live_children:
+        orphans = [m for g in children for m in _loom_group_members(g)]
+        for m in orphans:  # a dead node's forked worker (a gateway's, holding its ports)
+            _signal(m, signal.SIGKILL)
         pid_file_path(config).unlink(missing_ok=True)
-        return False
+        return bool(orphans)
     # Children the supervisor could not stop (or orphans of a killed supervisor).
     left = [p for p in children if pid_alive(p) and is_loom_process(p)]
     if left:

@@ -139,8 +139,8 @@ class ProducerStateTable:
         if entry is None or epoch > entry.epoch:
             if entry is None and len(self._producers) >= PRODUCERS_MAX:
                 evicted = self._producers.popitem(last=False)  # evict the least recently used
-                if self._saved is not None:
-                    self._evicted.append(evicted)
+                if self._saved is not None and evicted[0] not in self._saved:
+                    self._evicted.append(evicted)  # (one this write touched: _saved has it as it was)
                 self.forgot_producers = True
             entry = self._producers[producer_id] = _Entry(epoch)
         self._producers.move_to_end(producer_id)

@@ -217,7 +217,11 @@ class GatewayAgent:
         if not live:
             raise ClusterError("unavailable", "the producer service is down: no produce is possible until it is back")
         results: list[tuple] = []  # (partition, offset, error code, message) rows
+        failed: tuple | None = None  # (code, message) of the first chunk that failed
         for chunk in _chunks(records):  # each SVC_PRODUCE frame stays under SERVICE_REQUEST_BYTES_MAX
+            if failed is not None:  # not sent: it would land ahead of the failed chunk's retry
+                results += [(-1, -1, *failed)] * len(chunk)
+                continue
             try:
                 with translated("the producer service"):
                     results += self._producer().produce_rows(topic, chunk, acks=acks,
@@ -228,7 +232,8 @@ class GatewayAgent:
                 cause = e.__cause__
                 code = cause.code if isinstance(cause, CodedError) else P.UNKNOWN
                 # earlier chunks are in the log: answer per record, these ones failed
-                results += [(-1, -1, code, str(e))] * len(chunk)
+                failed = (code, str(e))
+                results += [(-1, -1, *failed)] * len(chunk)
         if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results) and self.topic_missing(topic):
             raise ClusterError("topic_not_found", f"topic {topic!r} not found")  # deleted since the cached look
         return [(p, o, None, False) if not e else (p, o, f"{P.error_name(e)}: {m}", e in P.RETRIABLE)
@@ -347,14 +352,17 @@ class GatewayAgent:
     def _forget_expired_instances(self) -> None:
         """Drop the entries of instances their service no longer hosts (idle expiry, a
         restart): only services that answered the list are believed."""
+        with self._lock:  # only entries (and their endpoints) older than the list are judged by it
+            before = {key: (e, e.endpoint) for key, e in self._instances.items()}
         try:
             listed = self._consumers().list_instances()
         except FabricError:
             return
         hosted = {(ep, i["group"], i["instance"]) for ep, instances in listed.items() for i in instances}
         with self._lock:
-            for key, e in list(self._instances.items()):
-                if e.endpoint in listed and (e.endpoint, e.group, e.name) not in hosted:
+            for key, (e, ep) in before.items():
+                if self._instances.get(key) is e and e.endpoint == ep and ep in listed \
+                        and (ep, e.group, e.name) not in hosted:
                     del self._instances[key]
 
     def reclaim_instances(self) -> int | None:

@@ -88,6 +88,9 @@ class Recovery:
             view.exited_pid, view.exit_reason = ev["pid"], str(ev.get("reason", ""))
             if view.pid is None:
                 view.pid = ev["pid"]
+        if ev.get("action") == "restarted" and view is not None and isinstance(ev.get("pid"), int) \
+                and view.pid in (None, ev.get("old_pid"), view.exited_pid):
+            view.pid = ev["pid"]  # the process it started in place of the one we knew
         if ev["seq"] <= self._taken_upto.get(self._instance, 0):
             return
         self._taken_upto = {self._instance: ev["seq"]}  # older instances' events never come back
