@@ -35,40 +35,72 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def test_a_restarted_monitor_restarts_a_hung_node_that_had_crashed_before(tmp_path: Path) -> None:
-    """broker-1 crashed once (the supervisor logged 'exited' for pid OLD and restarted it as
-    NEW); later NEW hangs (SIGSTOP, a livelock) and the monitor restarts. The new monitor takes
-    the supervisor's whole event log: the old 'exited' event sets the view's pid to OLD (the
-    view had none yet), and the children's current pid is then ignored (only used when the view
-    has none). The hung node is judged down ('process OLD exited'), never unresponsive, so it
-    is never restarted, and the alert says node_down for a process that is alive."""
-    cfg = small_cluster_config(tmp_path, monitor={"unresponsive_after_ms": 10_000})
-    old, hung = _dead_pid(), os.getpid()  # the test process stands in for the hung broker
-    emitted: list[dict] = []
-    reactor = Reactor(ManualClock(0))
-    rec = Recovery(zmq.Context.instance(), reactor, cfg, "monitor", lambda e: emitted.append(e) or e,
-                   saved_events=[{"kind": "recovery", "sup_instance": "sup1", "sup_seq": 2}])
+HUNG = os.getpid()  # this test process stands in for a hung broker: alive, silent
+
+
+def _judged_after_status(tmp_path: Path, events: list[dict], *, heard_pid: int | None = None,
+                         restart_requested_ms: int | None = None, saved_events: tuple = (),
+                         now: int = 120_000) -> tuple[str, str, int | None, list]:
+    """A Recovery whose first SUPERVISOR_STATUS answer says broker-1 runs as HUNG, with
+    ``events`` (the supervisor's log); broker-1 was heard as ``heard_pid`` at 1 s (if given).
+    Judges broker-1 at ``now`` and acts. Returns its state, reason, pid and the requests sent."""
+    cfg = small_cluster_config(tmp_path, monitor={"unresponsive_after_ms": 10_000, "restart_backoff_ms": 30_000})
+    rec = Recovery(zmq.Context.instance(), Reactor(ManualClock(0)), cfg, "monitor", lambda e: e,
+                   saved_events=list(saved_events))
     sent: list[tuple] = []
     rec.client.request = lambda cmd, header, *a, callback, timeout_ms: sent.append((cmd, header, callback))  # type: ignore[method-assign]
     views = {"broker-1": H.NodeView("broker-1", cfg.node("broker-1")),
              "coordinator": H.NodeView("coordinator", cfg.node("coordinator"))}
+    view = views["broker-1"]
+    if heard_pid is not None:
+        view.heard(1_000, heard_pid)
+    if restart_requested_ms is not None:
+        view.state, view.last_restart_request_ms = H.UNRESPONSIVE, restart_requested_ms
     rec.poll(views)
     (_cmd, _h, callback), = sent
-    callback({"instance": "sup1", "seq": 2,
-              "children": {"broker-1": {"pid": hung, "state": "running", "restarts": 1, "reason": ""},
-                           "coordinator": {"pid": hung, "state": "running", "restarts": 0, "reason": ""}},
-              "events": [{"seq": 1, "ts_ms": 1, "action": "exited", "node": "broker-1", "reason": "killed by SIGSEGV",
-                          "pid": old, "code": -11},
-                         {"seq": 2, "ts_ms": 2, "action": "restarted", "node": "broker-1", "reason": "it exited",
-                          "pid": hung}]}, [], None)
-    view = views["broker-1"]
-    now = 20_000  # twenty seconds after the monitor started, broker-1 never heard
+    callback({"instance": "sup1", "seq": events[-1]["seq"],
+              "children": {"broker-1": {"pid": HUNG, "state": "running", "restarts": 1, "reason": ""},
+                           "coordinator": {"pid": HUNG, "state": "running", "restarts": 0, "reason": ""}},
+              "events": events}, [], None)
     state, reason = H.classify(view, now, 0, cfg, pid_alive(view.pid) if view.pid else None)
-    assert state == H.UNRESPONSIVE, f"a hung broker (pid {hung}) is judged {state}: {reason}"
     view.state, view.reason = state, reason
     rec.act(views, now)
-    assert [c for c, _h, _cb in sent].count(P.SUPERVISOR_RESTART) == 1, "the hung broker is never restarted"
     rec.close()
+    return state, reason, view.pid, [c for c, _h, _cb in sent]
+
+
+def _crashed_then_restarted(old: int) -> list[dict]:
+    return [{"seq": 1, "ts_ms": 1, "action": "exited", "node": "broker-1", "reason": "killed by SIGSEGV",
+             "pid": old, "code": -11},
+            {"seq": 2, "ts_ms": 2, "action": "restarted", "node": "broker-1", "reason": "it exited", "pid": HUNG}]
+
+
+def test_a_restarted_monitor_restarts_a_hung_node_that_had_crashed_before(tmp_path: Path) -> None:
+    """broker-1 crashed once (OLD exited, restarted as NEW), NEW hangs, and the monitor
+    restarts: its replay of the supervisor's log set the view's pid to OLD, and the running
+    pid was then ignored: judged down ('process OLD exited'), never restarted."""
+    state, reason, _, sent = _judged_after_status(tmp_path, _crashed_then_restarted(_dead_pid()), now=20_000,
+                                                  saved_events=({"kind": "recovery", "sup_instance": "sup1", "sup_seq": 2},))
+    assert state == H.UNRESPONSIVE, f"a hung broker (pid {HUNG}) is judged {state}: {reason}"
+    assert sent.count(P.SUPERVISOR_RESTART) == 1, "the hung broker is never restarted"
+
+
+def test_a_node_that_crashed_and_hangs_in_its_new_process_is_restarted(tmp_path: Path) -> None:
+    """The same without a monitor restart: the view had heard OLD, and kept it."""
+    state, reason, _, sent = _judged_after_status(tmp_path, _crashed_then_restarted(old := _dead_pid()), heard_pid=old)
+    assert sent.count(P.SUPERVISOR_RESTART) == 1, f"never restarted: {state} ({reason})"
+
+
+def test_a_node_that_hangs_again_after_the_restart_the_monitor_asked_for_is_restarted_again(tmp_path: Path) -> None:
+    """OLD hung, the monitor asked for a restart, NEW hangs before its first heartbeat (the
+    crash loop the supervisor's kill window is for): the view kept OLD, not running -> down,
+    never restarted again."""
+    old = _dead_pid()
+    state, reason, pid, sent = _judged_after_status(
+        tmp_path, [{"seq": 1, "ts_ms": 1, "action": "restarted", "node": "broker-1", "reason": "unresponsive",
+                    "pid": HUNG, "old_pid": old}], heard_pid=old, restart_requested_ms=20_000, now=80_000)
+    assert pid == HUNG, f"the view still names pid {pid} (killed), not the running {HUNG}: {state} {reason}"
+    assert sent.count(P.SUPERVISOR_RESTART) == 1, f"never restarted again: {state} ({reason})"
 
 
 def test_a_dead_broker_no_longer_counts_in_the_cluster_throughput_and_history(tmp_path: Path) -> None:

@@ -32,12 +32,14 @@ DEADLINE_S = 10.0
 
 
 class _FakeGroupConsumer:
-    """Ten records per poll from its position on t-0; ``maintain`` blocks, when ``hold`` is
-    set, until it is released (a rejoin waiting for a rebalance, up to rebalance_timeout_ms +
-    5 s in GroupConsumer._rejoin)."""
+    """Ten records per poll from its position on t-0; ``maintain`` (or a ``poll``, with
+    ``rejoin``) blocks, when ``hold`` is set, until it is released (a rejoin waiting for a
+    rebalance, up to rebalance_timeout_ms + 5 s in GroupConsumer._rejoin, whatever the poll's
+    timeout)."""
 
     hold: threading.Event | None = None
     holding = threading.Event()
+    in_poll = False  # the hold is in the next poll, not in maintain
 
     def __init__(self, bootstrap: Any, group_id: str, **config: Any) -> None:
         if config.get("session_timeout_ms") == 1:
@@ -45,16 +47,26 @@ class _FakeGroupConsumer:
         self.position = 0
         self.subscription: list[str] = []
 
-    def maintain(self) -> None:
+    @staticmethod
+    def _held() -> None:
         hold, _FakeGroupConsumer.hold = _FakeGroupConsumer.hold, None
         if hold is not None:
             _FakeGroupConsumer.holding.set()
             hold.wait(DEADLINE_S)
 
+    def maintain(self) -> None:
+        if not _FakeGroupConsumer.in_poll:
+            self._held()
+
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        if _FakeGroupConsumer.in_poll:
+            self._held()
         out = [Record("t", 0, o, 0, None, b"v%d" % o, None) for o in range(self.position, self.position + 10)]
         self.position += 10
         return out
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.position = offset
 
     def close(self) -> None:
         pass
@@ -74,19 +86,26 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Consume
         svc.close()
 
 
+@pytest.mark.parametrize("in_poll", [False, True], ids=["behind-maintain", "inside-its-poll"])
 def test_a_fetch_the_client_gave_up_on_does_not_move_the_instance_past_its_records(
-        service: ConsumerService, monkeypatch: pytest.MonkeyPatch) -> None:
+        service: ConsumerService, monkeypatch: pytest.MonkeyPatch, in_poll: bool) -> None:
+    """Queued behind a rejoin in maintain(), or held by a rejoin inside its own poll (a review
+    of the first fix found the second): either way the gateway gives up (503), and the records
+    that fetch then takes must not be skipped."""
     monkeypatch.setattr(services_mod, "CALL_TIMEOUT_MS", 300)
+    monkeypatch.setattr(_FakeGroupConsumer, "in_poll", in_poll)
     sc = ServiceConsumer(service.node_config.endpoint)
     release = threading.Event()
     try:
         inst = sc.create("g", "c1", {})
         _FakeGroupConsumer.holding.clear()
         _FakeGroupConsumer.hold = release
-        assert _FakeGroupConsumer.holding.wait(DEADLINE_S), "the instance thread is in maintain()"
+        if not in_poll:
+            assert _FakeGroupConsumer.holding.wait(DEADLINE_S), "the instance thread is in maintain()"
         with pytest.raises(RequestTimeout):
             inst.fetch(timeout_ms=0)  # the gateway answers 503: the client got nothing
-        release.set()  # maintain returns: the queued fetch's turn comes, its reply goes nowhere
+        assert _FakeGroupConsumer.holding.is_set()
+        release.set()  # the rebalance completes: that fetch takes records, for nobody
         got = inst.fetch(timeout_ms=0)
         assert got[0].offset == 0, f"records 0..{got[0].offset - 1} were fetched for nobody: skipped"
     finally:
@@ -152,3 +171,22 @@ def test_a_produce_that_may_have_been_written_is_not_sent_again_to_another_servi
         answered.set()
         sp.close()
     assert written == [("producer-1", b"order-17")], written
+
+
+def test_assigning_one_more_partition_keeps_the_position_of_those_already_assigned() -> None:
+    def coordinator(command: bytes, header: dict) -> dict:
+        if command == P.OFFSET_FETCH:
+            return {"offsets": [[t, p, 42, ""] for t, p in header["partitions"]]}
+        return {}
+    inst = Instance(InstanceHost("consumer-1", ["127.0.0.1:1"], 60_000, lambda e: None), "g", "m",
+                    {"coordinator": ScriptedCoordinatorLink(coordinator), "heartbeat_factory": NoHeartbeat.make,
+                     "enable_auto_commit": False}, 0)
+    inst._do("create", {})
+    try:
+        inst._do("assign", {"partitions": [["t", 0]]})
+        inst._do("seek", {"to": "offsets", "offsets": [["t", 0, 100]]})  # consumed up to 100, not committed yet
+        inst._do("assign", {"partitions": [["t", 0], ["t", 1]]})        # one more partition
+        positions = dict(((t, p), o) for t, p, o in inst._do("assignment", {})["positions"])
+        assert positions[("t", 0)] == 100, f"t-0 moved back to the committed 42: records 42..99 again ({positions})"
+    finally:
+        inst._close()
