@@ -54,6 +54,7 @@ LOG_DIR_NAME = "logs"
 PING_TIMEOUT_MS = 500
 LOOP_INTERVAL_MS = 200           # how often the supervisor looks at its children
 STABLE_RUN_MS = 10_000          # a child that ran this long resets its backoff
+SUPERVISED_ENV = "LOOM_SUPERVISED_DATA_DIR"  # in every node's environment: the data dir of its cluster
 STOP_TIMEOUT_S = 15.0           # SIGTERM grace before SIGKILL
 LOG_TAIL_LINES_MAX = 5
 NOT_AVAILABLE = "not available in this build"
@@ -265,6 +266,7 @@ class Supervisor:
         handle = open(path, "ab")  # noqa: SIM115 - the child owns it until it exits
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        env[SUPERVISED_ENV] = str(self.config.cluster.data_dir)  # whose node it is (and what it forks)
         child.proc = subprocess.Popen(
             [sys.executable, "-m", "nodes.run", "-c", self.config_path, "--node", child.name],
             stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -511,9 +513,11 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-def _loom_group_members(pgid: int) -> list[int]:
-    """Loom processes of process group ``pgid`` (whose leader may be gone: a group id is not
-    reused while a member lives), from /proc; [] without it."""
+def _loom_group_members(pgid: int, data_dir: str) -> list[int]:
+    """Processes of process group ``pgid`` that a supervisor of the cluster in ``data_dir``
+    started, or that they forked (their environment says so: ``SUPERVISED_ENV``), from /proc;
+    [] without it. The group's leader may be gone (a group id is not reused while a member
+    lives), and a pid file's stale pid may name someone else's group since: only our own count."""
     out = []
     try:
         entries = os.listdir("/proc")
@@ -527,9 +531,18 @@ def _loom_group_members(pgid: int) -> list[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid and is_loom_process(int(e)):
+        if fields[0] != "Z" and int(fields[2]) == pgid and _supervised_by(int(e), data_dir):
             out.append(int(e))
     return out
+
+
+def _supervised_by(pid: int, data_dir: str) -> bool:
+    """``pid``'s environment names the cluster in ``data_dir`` (``_spawn`` sets it; forks inherit it)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{SUPERVISED_ENV}={data_dir}".encode() in environ.split(b"\0")
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -566,7 +579,7 @@ def stop_cluster(config: LoomConfig, timeout_s: float = 30.0, emit: Callable[[st
         if killed:
             emit(f"the supervisor did not stop within {timeout_s:.0f} s: killed it")
     elif not live_children:
-        orphans = [m for g in children for m in _loom_group_members(g)]
+        orphans = [m for g in children for m in _loom_group_members(g, str(config.cluster.data_dir))]
         for m in orphans:  # a dead node's forked worker (a gateway's, holding its ports)
             _signal(m, signal.SIGKILL)
         pid_file_path(config).unlink(missing_ok=True)

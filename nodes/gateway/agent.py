@@ -224,8 +224,11 @@ class GatewayAgent:
                 continue
             try:
                 with translated("the producer service"):
-                    results += self._producer().produce_rows(topic, chunk, acks=acks,
-                                                             is_down=lambda ep: not self.is_up(ep))
+                    rows = self._producer().produce_rows(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
+                results += rows
+                # a record the client will retry: the later chunks wait for that retry as well
+                failed = next(((code, f"not sent: an earlier record of the request failed: {message}")
+                               for _, _, code, message in rows if code in P.RETRIABLE), None)
             except ClusterError as e:
                 if not results:
                     raise  # nothing of the request written: refuse it as a whole

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import nodes.gateway.agent as agent_mod
+from fabric import protocol as P
 from fabric.config import load_config
 from nodes.gateway.agent import GatewayAgent
 from nodes.local_cluster import GATEWAY_NODES, make_config
@@ -101,7 +102,6 @@ def test_chunks_after_one_that_timed_out_are_not_written_ahead_of_it(tmp_path: P
     on a service that may be hung, and is written ahead of chunk 2's retry: the request's
     records land out of order (per key too), and a hung service holds the request for one
     timeout per chunk."""
-    from fabric import protocol as P
     service = _SlowSecondChunk()
     a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))),
                      make_admin=_Admin, make_producer=lambda: service)
@@ -110,3 +110,27 @@ def test_chunks_after_one_that_timed_out_are_not_written_ahead_of_it(tmp_path: P
     outcomes = a.produce("t", records, "all")
     assert service.calls == 2, f"{service.calls} chunks sent: chunk 3 went after chunk 2 timed out"
     assert all(o[2] is not None for o in outcomes[2 * n:])
+
+
+class _RowFailureFirstChunk:
+    """Answers the first chunk's records each with a retriable error (not an exception), writes the others."""
+
+    def __init__(self) -> None:
+        self.calls, self.written = 0, 0
+
+    def produce_rows(self, topic: str, records: list, acks: Any, is_down: Any = None) -> tuple:
+        self.calls += 1
+        if self.calls == 1:
+            return tuple((-1, -1, P.BUFFER_FULL, "buffer full") for _ in records)
+        first, self.written = self.written, self.written + len(records)
+        return tuple((0, first + i, 0, "") for i in range(len(records)))
+
+
+def test_chunks_after_one_whose_records_failed_are_not_written_ahead_of_its_retry(tmp_path: Path) -> None:
+    service = _RowFailureFirstChunk()
+    a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))),
+                     make_admin=_Admin, make_producer=lambda: service)
+    n = P.SERVICE_RECORDS_PER_REQUEST_MAX
+    outcomes = a.produce("t", [(None, bytes([i // n]) * 64, None, None) for i in range(2 * n)], "all")
+    assert all(o[2] is not None and o[3] for o in outcomes), "every record failed, retriable"
+    assert service.calls == 1, f"chunk 2 was written ({service.written} records) ahead of chunk 1's retry"

@@ -1,7 +1,9 @@
-"""`loom down` after the supervisor died kills a node's process group only when the
-node's own process is still alive. When the node's process died too (the OOM killer took the
-supervisor and a gateway's gunicorn master), its forked worker lives on in the group, holding
-the gateway's ports: `loom down` says no cluster runs, removes the pid file, and leaves it."""
+"""`loom down` after the supervisor died killed a node's process group only when the node's own
+process was still alive. When the node's process died too (the OOM killer took the supervisor
+and a gateway's gunicorn master), its forked worker lived on in the group, holding the gateway's
+ports: `loom down` said no cluster runs, removed the pid file, and left it. It now kills what is
+left of the group -- only processes whose environment names this cluster (a stale pid file's
+pid may lead someone else's group since)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from nodes import launcher
 from tests.unit.fakes import small_cluster_config
@@ -18,7 +23,6 @@ from tests.unit.test_supervisor_process_groups import _gone
 
 
 def _wait_gone_fast(pid: int) -> bool:
-    import time
     deadline = time.monotonic() + 2.0
     while not _gone(pid):
         if time.monotonic() > deadline:
@@ -33,7 +37,8 @@ NODE = ("import os, sys, time\npid = os.fork()\n"
 def test_loom_down_ends_the_group_of_a_node_whose_own_process_is_gone(tmp_path: Path) -> None:
     cfg = small_cluster_config(tmp_path)
     node = subprocess.Popen([sys.executable, "-c", NODE, "-m", "nodes.run"], stdout=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True,  # as _spawn starts a node: its environment names the cluster
+                            env=dict(os.environ, **{launcher.SUPERVISED_ENV: str(cfg.cluster.data_dir)}))
     worker = int(node.stdout.readline())  # type: ignore[union-attr]
     try:
         node.kill()
@@ -48,3 +53,29 @@ def test_loom_down_ends_the_group_of_a_node_whose_own_process_is_gone(tmp_path: 
         node.stdout.close()  # type: ignore[union-attr]
         if not _gone(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_loom_down_on_a_stale_pid_file_kills_nothing_of_a_group_that_is_not_ours(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pid file's node pid was reused since by another group's leader (a shell job running a
+    user's `loom consume`): loom down must not take that group's processes for a dead node's."""
+    cfg = small_cluster_config(tmp_path)
+    job = subprocess.Popen(["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(30)' -m nodes.cli & wait"],
+                           start_new_session=True)  # a job leader (not Loom) and its `loom` CLI
+    killed: list[int] = []
+    monkeypatch.setattr(launcher, "_signal", lambda pid, sig: killed.append(pid))
+    try:
+        deadline = time.monotonic() + 10
+        while not (cli := [int(p) for p in os.listdir("/proc") if p.isdigit() and p != str(job.pid)
+                           and launcher._pgid(int(p)) == job.pid and launcher.is_loom_process(int(p))]):
+            assert time.monotonic() < deadline, "the job's loom CLI did not start"
+            time.sleep(0.02)
+        dead_supervisor = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead_supervisor.wait()
+        launcher.pid_file_path(cfg).write_text(json.dumps({"pid": dead_supervisor.pid, "config": "c.yaml",
+                                                           "children": {"gateway": job.pid}}))  # a reused pid
+        assert launcher.stop_cluster(cfg, timeout_s=1.0, emit=lambda line: None) is False
+        assert not set(killed) & set(cli), f"loom down killed {cli}, not a node of this cluster"
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
