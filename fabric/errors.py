@@ -32,6 +32,16 @@ class FabricError(LoomError):
     """Root of every error raised by the fabric and the client library."""
 
 
+class ProducerClosedError(FabricError):
+    """The producer was closed before the batch was acknowledged. ``possibly_written``: an
+    earlier send of it may be in the log (a request in flight, or one whose outcome was never
+    known), so sending the records again may store them twice."""
+
+    def __init__(self, possibly_written: bool = False) -> None:
+        super().__init__("producer closed" + ("; an earlier send of it may have been written" if possibly_written else ""))
+        self.possibly_written = possibly_written
+
+
 class MalformedFrame(FabricError):
     """A peer sent frames that do not follow the wire rules (dropped and counted)."""
 

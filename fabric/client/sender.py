@@ -31,8 +31,8 @@ from fabric.client.accumulator import BatchState
 from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
-from fabric.errors import (ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame, RemoteError,
-                           RequestTimeout)
+from fabric.errors import (ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame,
+                           ProducerClosedError, RemoteError, RequestTimeout)
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
@@ -180,12 +180,11 @@ class Sender(threading.Thread):
 
     def _shut_down(self) -> None:
         self._shut = True
-        error = self.failure or FabricError("producer closed")
         for c in self._clients.values():
             # requests in flight (a close whose flush timed out): their batches go back to the
             # queues as after any unanswered request, and are failed with the rest below
             c.fail_all(RequestTimeout("producer closed with the request in flight"))
-        self._fail_everything(error)
+        self._fail_everything(self.failure)  # None: ProducerClosedError, saying whether each may be written
         for c in self._clients.values():
             c.close()
         self._clients.clear()
@@ -402,12 +401,14 @@ class Sender(threading.Thread):
         self._id_generation += 1
         self._sequences.clear()
 
-    def _fail_everything(self, error: Exception) -> None:
+    def _fail_everything(self, error: Exception | None) -> None:
+        """Fail every batch with ``error`` (None: closed, ProducerClosedError per batch)."""
         for q in self._queues.values():
             while q:
-                self._finish(q.popleft(), -1, error)
+                b = q.popleft()
+                self._finish(b, -1, error or ProducerClosedError(b.possibly_written))
         for b in self.batches.take_ready(1 << 62):
-            self._finish(b, -1, error)
+            self._finish(b, -1, error or ProducerClosedError(b.possibly_written))
 
     # -- metadata and producer id ---------------------------------------------------------------
     def _check_stalls(self) -> None:

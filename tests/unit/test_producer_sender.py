@@ -12,7 +12,7 @@ import pytest
 from engines.api import EngineConfig
 from engines.memory import MemoryEngine
 from fabric import protocol as P
-from fabric.errors import ClientError, DeliveryTimeoutError, RemoteError, RequestTimeout
+from fabric.errors import ClientError, DeliveryTimeoutError, ProducerClosedError, RemoteError, RequestTimeout
 from nodes.broker.partition import Partition
 from tests.unit.builders_sender import BATCH_BYTES_MAX, COORDINATOR, LEADER, Rig, sender_metadata
 
@@ -194,5 +194,17 @@ def test_a_request_in_flight_when_the_producer_stops_completes_its_records(rig: 
     assert rig.produce_requests() and rig.client(LEADER).unanswered, "a request in flight"
     rig.sender.stop()
     assert all(f.done() for f in futures), "records of the request in flight never completed"
-    assert "producer closed" in str(futures[0].exception(0))
+    error = futures[0].exception(0)
+    # and whether it may be in the log: the request went out and got no answer
+    assert isinstance(error, ProducerClosedError) and error.possibly_written, error
+    assert "may have been written" in str(error)
     assert rig.client(LEADER).closed
+
+
+
+def test_records_never_sent_when_the_producer_stops_are_failed_as_not_written(rig: Rig) -> None:
+    futures = rig.send("a")
+    rig.sender.stop()  # no producer id yet: nothing went out
+    error = futures[0].exception(0)
+    assert isinstance(error, ProducerClosedError) and not error.possibly_written, error
+    assert str(error) == "producer closed"
