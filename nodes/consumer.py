@@ -124,7 +124,7 @@ class Instance(threading.Thread):
                 break
             op, header, answer = item
             budget_ms = header.get("budget_ms") if op == "fetch" else None
-            if budget_ms is not None and (time.monotonic() - header["_received"]) * 1000 > budget_ms / 2:
+            if budget_ms is not None and _waited_ms(header) > budget_ms / 2:
                 # the client has given up (or soon will): a fetch now moves the positions past
                 # records whose answer nobody reads
                 answer(None, RemoteError(P.REQUEST_TIMED_OUT, "the fetch waited too long behind other work"))
@@ -220,8 +220,7 @@ class Instance(threading.Thread):
         max_bytes = min(max(int(h.get("max_bytes", 1024 * 1024)), 1), FETCH_BYTES_MAX)
         records = c.poll(timeout_ms, max_records=max_records)
         budget_ms = h.get("budget_ms")
-        if records and budget_ms is not None and \
-                (time.monotonic() - h["_received"]) * 1000 > timeout_ms + budget_ms / 2:
+        if records and budget_ms is not None and _waited_ms(h) > timeout_ms + budget_ms / 2:
             # the poll itself outlasted the caller (a rejoin inside it): give the records back
             first: dict[tuple[str, int], int] = {}
             for r in records:
@@ -298,6 +297,11 @@ OPS = {
     P.CONSUMER_COMMIT: "commit", P.CONSUMER_COMMITTED: "committed", P.CONSUMER_SEEK: "seek",
     P.CONSUMER_ASSIGNMENT: "assignment", P.CONSUMER_DELETE: "delete", P.CONSUMER_ASSIGN: "assign",
 }
+
+
+def _waited_ms(h: dict) -> float:
+    """How long ago the service received the fetch of header ``h`` (``_on_op`` stamps it)."""
+    return (time.monotonic() - h["_received"]) * 1000
 
 
 def check_op_header(op: str, h: dict) -> None:

@@ -499,11 +499,16 @@ def end_group(child: Child) -> None:
     is), and forget it. A process group's id is not reused while any of its processes lives."""
     if child.group is None:
         return
+    _kill_group(child.group)
+    child.group = None
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid``; nothing when it has no process left."""
     try:
-        os.killpg(child.group, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    child.group = None
 
 
 def _pgid(pid: int) -> int | None:
@@ -591,9 +596,6 @@ def stop_cluster(config: LoomConfig, timeout_s: float = 30.0, emit: Callable[[st
         groups = [p for p in left if _pgid(p) == p]  # each node leads a group of its own (_spawn)
         terminate_and_wait(left, STOP_TIMEOUT_S)
         for g in groups:  # and what it forked (a gateway's worker holding its ports)
-            try:
-                os.killpg(g, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            _kill_group(g)
     pid_file_path(config).unlink(missing_ok=True)
     return True

@@ -11,7 +11,7 @@ from typing import Any
 from webui import schemas as S
 from webui.context import Gateway
 from webui.errors import CODES, ApiError, ClusterError
-from webui.spec import Api
+from webui.spec import Api, loads_json
 
 BINARY = "application/vnd.kafka.binary.v2+json"
 JSON_EMBEDDED = "application/vnd.kafka.json.v2+json"
@@ -91,8 +91,8 @@ def decode_value(data: bytes | None, fmt: str) -> Any:
     if fmt == "binary":
         return b64(data)
     try:
-        return json.loads(bytes(data))
-    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read: as text
+        return loads_json(bytes(data))
+    except ValueError:  # not JSON, or nested too deeply to read: as text
         try:
             return bytes(data).decode("utf-8")
         except UnicodeDecodeError:

@@ -18,7 +18,6 @@ at most ``gateway.websockets_max`` connections are open at once (more get HTTP 5
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
@@ -35,7 +34,7 @@ from webui.context import Gateway
 from webui.events import EVENTS_QUEUE_MAX
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import ACKS, encode_records, offsets_json, records_json
-from webui.spec import Op, dumps
+from webui.spec import Op, dumps, loads_json
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +225,8 @@ def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str) -> Principal | N
     if key is None:  # a browser: the key comes as the first message
         first = ws.receive(timeout=AUTH_TIMEOUT_S)
         try:
-            key = json.loads(first)["api_key"] if first is not None else None
-        except (ValueError, TypeError, KeyError, RecursionError):
+            key = loads_json(first)["api_key"] if first is not None else None
+        except (ValueError, TypeError, KeyError):
             key = None
         if not isinstance(key, str):
             out.close(POLICY, 'authentication required: send {"api_key": KEY} first (or an Authorization header)')
@@ -266,11 +265,8 @@ class _Delivered:
 
     @staticmethod
     def mark(records: list) -> dict[tuple[str, int], int]:
-        """The offsets after a message's records, per partition."""
-        after: dict[tuple[str, int], int] = {}
-        for r in records:
-            after[(r.topic, r.partition)] = r.offset + 1
-        return after
+        """The offsets after a message's records, per partition (a partition's records ascend)."""
+        return {(r.topic, r.partition): r.offset + 1 for r in records}
 
     def commit(self) -> None:
         """Commit what went out since the last commit (nothing if nothing did)."""
@@ -348,9 +344,9 @@ def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered) 
         if text is None:
             return
         try:
-            msg = json.loads(text)
+            msg = loads_json(text)
             commit = msg["commit"]
-        except (ValueError, TypeError, KeyError, RecursionError):
+        except (ValueError, TypeError, KeyError):
             out.close(POLICY, 'expected {"commit": "all"} or {"commit": [{"topic", "partition", "offset"}]}')
             raise Closed() from None
         if commit == "all":
@@ -382,12 +378,12 @@ def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
         if text is None:
             continue
         try:
-            msg = json.loads(text)
+            msg = loads_json(text)
             if not isinstance(msg, dict):
                 raise ValueError(f"a JSON object is wanted, not {type(msg).__name__}")
             body = msg if "records" in msg else {"records": [msg]}
             records = encode_records(body, fmt == "binary")
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             out.put({"error_code": 42204, "message": f"expected a record or {{\"records\": [...]}}: {e}"})
             continue
         except ApiError as e:

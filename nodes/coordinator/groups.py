@@ -100,7 +100,8 @@ class GroupCoordinator:
                  offsets_retention_ms: int = OFFSETS_RETENTION_MS) -> None:
         """``context``: the coordinator node as the groups see it (``nodes.coordinator.context``);
         ``offsets_client``: the one client of ``__consumer_offsets``; ``offsets_retention_ms``:
-        how long a group with no members keeps its committed offsets after its newest commit."""
+        how long a group with no members keeps its committed offsets after it became empty and
+        after its newest commit."""
         self.context = context
         self.offsets_retention_ms = offsets_retention_ms
         self._expiry_checked_ms: int | None = None
@@ -300,9 +301,9 @@ class GroupCoordinator:
             self._expire_offsets()
 
     def _expire_offsets(self) -> None:
-        """Delete the committed offsets of groups with no members whose newest commit is older
-        than the retention (Kafka's offsets.retention.minutes): without it, groups nobody uses
-        again stayed for good, up to GROUPS_MAX, and every new group was then refused."""
+        """Delete the committed offsets of groups that have had no members, and no commit, for
+        longer than the retention (Kafka's offsets.retention.minutes, KIP-211): without it, groups
+        nobody uses again stayed for good, up to GROUPS_MAX, and every new group was then refused."""
         if not self.offsets.loaded:
             return
         now = self.clock.now_ms()

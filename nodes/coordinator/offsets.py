@@ -141,10 +141,8 @@ class OffsetStore:
 
     def _stale(self, topic: str, c: Committed) -> bool:
         """``c`` was committed for another topic of this name than the one there is now."""
-        if not c.topic_id:
-            return False
-        now = self.context.state.topics.get(topic)
-        return now is not None and now.topic_id != c.topic_id
+        now = self._topic_id(topic)  # "": no such topic now (not judged by absence)
+        return bool(c.topic_id) and bool(now) and now != c.topic_id
 
     def _topic_id(self, topic: str) -> str:
         ts = self.context.state.topics.get(topic)

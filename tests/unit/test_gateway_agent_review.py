@@ -3,10 +3,13 @@ GatewayAgent with scripted services (no cluster): a request split into chunks wh
 was refused was answered "nothing written" although earlier chunks were in the log (a retry
 wrote them twice); instances their service expired filled the gateway's table for good; two
 requests of an instance whose service died both moved it (one was answered 409); reclaiming an
-earlier worker's instances could delete a live one of the same name."""
+earlier worker's instances could delete a live one of the same name. Then, reviewing those
+fixes: forgetting expired instances dropped one made meanwhile, and chunks after a failed one
+were still sent, ahead of its retry."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import RemoteError
+from fabric.errors import RemoteError, RequestTimeout
 import nodes.gateway.agent as agent_mod
 from nodes.gateway.agent import GatewayAgent
 from nodes.local_cluster import GATEWAY_NODES, make_config
@@ -65,11 +68,14 @@ def test_a_request_whose_later_chunk_is_refused_does_not_leave_earlier_chunks_wr
 
 
 class _Services:
-    """Stands in for ServiceConsumer: a consumer service that forgets instances (idle expiry)."""
+    """Stands in for ServiceConsumer: a consumer service that forgets instances (idle expiry);
+    ``between_list_and_drop`` runs after the first list is taken (another request thread)."""
 
     def __init__(self) -> None:
         self.hosted: set[tuple[str, str]] = set()
         self.n = 0
+        self.lists = 0
+        self.between_list_and_drop: Any = None
 
     def create(self, group: str, name: str | None, config: dict) -> Any:
         self.n += 1
@@ -78,7 +84,21 @@ class _Services:
         return type("Inst", (), {"name": name, "endpoint": "tcp://consumer-1"})()
 
     def list_instances(self) -> dict:
-        return {"tcp://consumer-1": [{"group": g, "instance": n, "owner": ""} for g, n in sorted(self.hosted)]}
+        self.lists += 1
+        listed = {"tcp://consumer-1": [{"group": g, "instance": n, "owner": ""} for g, n in sorted(self.hosted)]}
+        if self.lists == 1 and self.between_list_and_drop is not None:
+            self.between_list_and_drop()
+        return listed
+
+    def instance(self, group: str, name: str, ep: str) -> Any:
+        hosted = self.hosted
+
+        class Handle:
+            def fetch(self, **kw: Any) -> list:
+                if (group, name) not in hosted:
+                    raise AssertionError("not hosted")
+                return []
+        return Handle()
 
     def close(self) -> None:
         pass
@@ -142,7 +162,6 @@ def test_two_requests_of_one_instance_whose_service_died_both_get_an_answer(
     service dies: both threads see the service down and both move the instance; the second
     create on the new service is refused 'exists' and that request is answered 409 (40901)
     -- a fetch or commit answered 'instance exists'."""
-    import threading
     monkeypatch.setattr(agent_mod, "ServiceConsumer", _Hosts)
     _Hosts.hosted = {}
     up = {"dead": False}
@@ -187,3 +206,82 @@ def test_reclaim_deletes_only_what_the_previous_process_made(tmp_path: Path, mon
     monkeypatch.setattr(_Hosts, "list_instances", list_then_race)
     a.reclaim_instances()
     assert _Hosts.hosted[ep] == {("g", "c1"): a.owner}, "this worker's live instance was deleted"
+
+
+def test_an_instance_made_while_another_thread_forgets_expired_ones_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_mod, "INSTANCES_MAX", 2)
+    services = _Services()
+    a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))), make_admin=_Admin)
+    a._consumers = lambda: services  # type: ignore[method-assign]  # every request thread's ServiceConsumer
+    a.create_instance("g", "old-1", {}, "binary")
+    a.create_instance("g", "old-2", {}, "binary")
+    services.hosted.clear()  # the service's idle expiry closed both
+
+    def other_thread() -> None:  # client B's create: its own forget, then its instance
+        t = threading.Thread(target=lambda: a.create_instance("g", "b", {}, "binary"))
+        t.start()
+        t.join(5)
+    services.between_list_and_drop = other_thread
+    a.create_instance("g", "a", {}, "binary")   # client A's create, which lists first
+    assert ("g", "b") in services.hosted, "b was made on its service (its client got 201)"
+    try:
+        a.call_instance("g", "b", lambda h: h.fetch())
+    except ClusterError as e:
+        pytest.fail(f"client B's first fetch of the instance it was just given: {e.kind}: {e}")
+
+
+class _SlowSecondChunk:
+    """A producer service that writes every chunk it gets; the second one it writes too, but
+    answers too late (the client's RequestTimeout)."""
+
+    def __init__(self) -> None:
+        self.log: list[int] = []
+        self.calls = 0
+
+    def produce_rows(self, topic: str, records: list, acks: Any, is_down: Any = None) -> tuple:
+        self.calls += 1
+        first = len(self.log)
+        self.log += [r[1][0] for r in records]
+        if self.calls == 2:
+            raise RequestTimeout("producer service did not answer in 30000 ms")
+        return tuple((0, first + i, 0, "") for i in range(len(records)))
+
+
+def test_chunks_after_one_that_timed_out_are_not_written_ahead_of_it(tmp_path: Path) -> None:
+    """Chunk 2's fate is unknown (written or not); chunk 3 is still sent, waits its own timeout
+    on a service that may be hung, and is written ahead of chunk 2's retry: the request's
+    records land out of order (per key too), and a hung service holds the request for one
+    timeout per chunk."""
+    service = _SlowSecondChunk()
+    a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))),
+                     make_admin=_Admin, make_producer=lambda: service)
+    n = P.SERVICE_RECORDS_PER_REQUEST_MAX
+    records = [(None, bytes([i // n]) * 64, None, None) for i in range(3 * n)]  # three chunks
+    outcomes = a.produce("t", records, "all")
+    assert service.calls == 2, f"{service.calls} chunks sent: chunk 3 went after chunk 2 timed out"
+    assert all(o[2] is not None for o in outcomes[2 * n:])
+
+
+class _RowFailureFirstChunk:
+    """Answers the first chunk's records each with a retriable error (not an exception), writes the others."""
+
+    def __init__(self) -> None:
+        self.calls, self.written = 0, 0
+
+    def produce_rows(self, topic: str, records: list, acks: Any, is_down: Any = None) -> tuple:
+        self.calls += 1
+        if self.calls == 1:
+            return tuple((-1, -1, P.BUFFER_FULL, "buffer full") for _ in records)
+        first, self.written = self.written, self.written + len(records)
+        return tuple((0, first + i, 0, "") for i in range(len(records)))
+
+
+def test_chunks_after_one_whose_records_failed_are_not_written_ahead_of_its_retry(tmp_path: Path) -> None:
+    service = _RowFailureFirstChunk()
+    a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))),
+                     make_admin=_Admin, make_producer=lambda: service)
+    n = P.SERVICE_RECORDS_PER_REQUEST_MAX
+    outcomes = a.produce("t", [(None, bytes([i // n]) * 64, None, None) for i in range(2 * n)], "all")
+    assert all(o[2] is not None and o[3] for o in outcomes), "every record failed, retriable"
+    assert service.calls == 1, f"chunk 2 was written ({service.written} records) ahead of chunk 1's retry"
