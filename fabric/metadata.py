@@ -7,7 +7,7 @@ Wire form (msgpack):
      "state_id": str,            # random per coordinator process: tells a restart from a reorder
      "deleted_topic_ids": [str], # topics deleted explicitly (bounded): only these are removed
      "coordinator": "tcp://host:port",
-     "brokers": [[broker_id, host, port, pub_port, alive], ...],
+     "brokers": [[broker_id, host, port, pub_port, alive, incarnation], ...],
      "topics": {name: {"id": str, "configs": {k: v},
                        "partitions": [[leader, leader_epoch, replicas, isr, partition_epoch], ...]}}}
 
@@ -15,6 +15,11 @@ Wire form (msgpack):
 leader, leader epoch or ISR; a receiver never applies a partition state whose partition epoch
 is older than the one it holds, whichever path (push, reply, snapshot) it came by. Entries of
 four elements (no partition epoch) read as partition epoch 0.
+
+``incarnation`` names the broker's current process as the coordinator last committed it ("" when
+unknown, and in entries of five elements): a leader counts a follower's log end only from the
+process named here (Kafka's broker epoch, KIP-903), so that a report of a process that has
+restarted since is not taken for its successor's.
 
 Deltas (``MetadataDelta``, pushed by the coordinator at every commit):
     {"version": int, "base_version": int, "cluster": str, "coordinator": str,
@@ -44,6 +49,14 @@ from fabric.errors import MalformedFrame
 UNREADABLE_METADATA = (MalformedFrame, KeyError, TypeError, ValueError, IndexError, AttributeError)
 
 
+def _broker_from_wire(b: list) -> "BrokerInfo":
+    return BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4]), str(b[5]) if len(b) > 5 else "")
+
+
+def _brokers_to_wire(brokers: dict[int, "BrokerInfo"]) -> list[list]:
+    return [[b.broker_id, b.host, b.port, b.pub_port, b.alive, b.incarnation] for b in brokers.values()]
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerInfo:
     broker_id: int
@@ -51,6 +64,7 @@ class BrokerInfo:
     port: int
     pub_port: int
     alive: bool = True
+    incarnation: str = ""  # the broker's current process as the coordinator knows it ("": unknown)
 
     @property
     def endpoint(self) -> str:
@@ -150,7 +164,7 @@ class ClusterMetadata:
 
     @classmethod
     def from_wire(cls, raw: dict) -> "ClusterMetadata":
-        brokers = {b[0]: BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4])) for b in raw.get("brokers", [])}
+        brokers = {b[0]: _broker_from_wire(b) for b in raw.get("brokers", [])}
         topics = {}
         for name, t in raw.get("topics", {}).items():
             parts = tuple(PartitionInfo.from_wire(name, i, p) for i, p in enumerate(t["partitions"]))
@@ -163,7 +177,7 @@ class ClusterMetadata:
         return {
             "version": self.version, "cluster": self.cluster, "coordinator": self.coordinator,
             "cluster_id": self.cluster_id, "state_id": self.state_id, "deleted_topic_ids": list(self.deleted_topic_ids),
-            "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in self.brokers.values()],
+            "brokers": _brokers_to_wire(self.brokers),
             "topics": {n: {"id": t.topic_id, "configs": t.configs,
                            "partitions": [p.to_wire() for p in t.partitions]}
                        for n, t in self.topics.items()},
@@ -184,7 +198,7 @@ class ClusterMetadata:
                                 "changed": changed}
         delta = {"version": new.version, "base_version": self.version, "cluster": new.cluster,
                  "coordinator": new.coordinator, "cluster_id": new.cluster_id, "state_id": new.state_id,
-                 "brokers": [[b.broker_id, b.host, b.port, b.pub_port, b.alive] for b in new.brokers.values()],
+                 "brokers": _brokers_to_wire(new.brokers),
                  "deleted": [n for n in self.topics if n not in new.topics], "topics": topics}
         if new.deleted_topic_ids != self.deleted_topic_ids:
             delta["deleted_topic_ids"] = list(new.deleted_topic_ids)
@@ -222,7 +236,7 @@ class ClusterMetadata:
             if len(parts) != int(t["partition_count"]):
                 raise IndexError(f"delta leaves topic {name!r} with a hole in its partitions")
             topics[name] = TopicInfo(name, tuple(parts), dict(t.get("configs", {})), topic_id)
-        brokers = {b[0]: BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4])) for b in raw.get("brokers", [])}
+        brokers = {b[0]: _broker_from_wire(b) for b in raw.get("brokers", [])}
         deleted_ids = tuple(str(i) for i in raw["deleted_topic_ids"]) if "deleted_topic_ids" in raw \
             else self.deleted_topic_ids
         md = ClusterMetadata(int(raw["version"]), raw.get("cluster", self.cluster), brokers, topics,

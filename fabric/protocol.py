@@ -142,6 +142,7 @@ UNKNOWN_CONSUMER_INSTANCE = 68   # consumer service: no such instance (expired o
 CONSUMER_INSTANCE_EXISTS = 69
 UNSTABLE_OFFSET_COMMIT = 70      # OFFSET_FETCH while a commit of that partition is being written
 INCONSISTENT_CLUSTER_ID = 80     # a broker that belongs to another cluster (its meta.properties)
+STALE_BROKER_EPOCH = 81          # a broker process that a restart of the same broker replaced
 
 ERROR_NAMES: dict[int, str] = {
     NONE: "none", UNKNOWN: "unknown", MALFORMED_REQUEST: "malformed_request",
@@ -173,6 +174,7 @@ ERROR_NAMES: dict[int, str] = {
     UNSTABLE_OFFSET_COMMIT: "unstable_offset_commit",
 }
 ERROR_NAMES[INCONSISTENT_CLUSTER_ID] = "inconsistent_cluster_id"
+ERROR_NAMES[STALE_BROKER_EPOCH] = "stale_broker_epoch"
 # the supervisor's control socket (SUPERVISOR_RESTART): why it restarts nothing
 UNKNOWN_NODE = 81                # no such node among the supervisor's children
 NODE_GIVEN_UP = 82               # the supervisor gave up on the node (crash loop)

@@ -30,7 +30,7 @@ broker's reactor thread; a front end on another thread must hand its calls to th
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Protocol
 
 from engines.api import CacheWindow, EngineError, OffsetOutOfRange, async_flush_of
@@ -71,8 +71,9 @@ class Waiters(Protocol):
 class BrokerCore:
     def __init__(self, broker_id: int, dirs: PartitionDirs, storage: StorageConfig, limits: LimitsConfig,
                  topic_defaults: TopicDefaults, clock: Clock, *, on_appended: OnAppended | None = None,
-                 flusher: Flusher | None = None) -> None:
+                 flusher: Flusher | None = None, counters: Counter | None = None) -> None:
         self.broker_id = broker_id
+        self.counters = counters if counters is not None else Counter()
         self.dirs = dirs
         self.storage = storage
         self.limits = limits
@@ -330,9 +331,11 @@ class BrokerCore:
         return None
 
     # -- fetch ---------------------------------------------------------------------------------
-    def fetch(self, inp: FetchInput, replica_id: int, now_ms: int, budget_bytes: int) -> tuple[FetchEntry, bytes]:
+    def fetch(self, inp: FetchInput, replica_id: int, now_ms: int, budget_bytes: int,
+              counts: bool = True) -> tuple[FetchEntry, bytes]:
         """Whole batches of one partition from ``inp.offset``: up to the HW for a consumer
-        (``replica_id`` -1), the LEO for a follower, whose fetch offset counts as its LEO."""
+        (``replica_id`` -1), the LEO for a follower, whose fetch offset counts as its LEO
+        unless ``counts`` is False (the fetch came from a process of it that was replaced)."""
         topic, p, offset = inp.topic, inp.partition, inp.offset
         part = self.partitions.get((topic, p))
         if part is None:
@@ -352,7 +355,7 @@ class BrokerCore:
                 # progress, as on the REPLICA_ACK path
                 return FetchEntry(topic, p, P.OFFSET_OUT_OF_RANGE, part.high_watermark, part.log_end_offset,
                                   part.log_start_offset, None), b""
-            if diverging is None and part.record_follower_fetch(replica_id, offset, now_ms):
+            if diverging is None and counts and part.record_follower_fetch(replica_id, offset, now_ms):
                 self.changed((topic, p))
         upto = part.log_end_offset if replica_id >= 0 else part.high_watermark
         if replica_id < 0 and not part.log_start_offset <= offset <= part.log_end_offset:
@@ -369,6 +372,19 @@ class BrokerCore:
         except EngineError as e:
             log.error("%s-%d read failed: %s", topic, p, e)
             return entry._replace(error=P.STORAGE_ERROR), b""
+
+    def current_process(self, broker_id: int, incarnation: Any) -> bool:
+        """A follower's report (FETCH, REPLICA_ACK) comes from the process of ``broker_id`` that
+        the metadata names, or names none (a follower of an older version), or the metadata
+        names none (no restart of it committed yet). A report of a replaced process -- read
+        late, after the restart's new partition epoch made us forget what it reported -- must
+        not count: its successor may hold less (Kafka's broker epoch, KIP-903)."""
+        b = self.metadata.brokers.get(broker_id)
+        if b is None or not b.incarnation or not isinstance(incarnation, str) or not incarnation \
+                or incarnation == b.incarnation:
+            return True
+        self.counters["stale_follower_reports"] += 1
+        return False
 
     def follower_position(self, follower_id: int, key: TopicPartition, log_end_offset: int, leader_epoch: int,
                           now_ms: int) -> None:

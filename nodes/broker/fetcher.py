@@ -62,17 +62,22 @@ class LeaderEndpoint:
 
     def __init__(self, client: Requester, address: str, leader_id: int, follower_id: int, *,
                  blocked: Callable[[], bool] = lambda: False,
-                 topic_ids_of: Callable[[set[str]], dict[str, str]] = lambda topics: {}) -> None:
+                 topic_ids_of: Callable[[set[str]], dict[str, str]] = lambda topics: {},
+                 incarnation: Callable[[], str] = lambda: "") -> None:
+        """``incarnation()`` names this follower's process in every fetch and ack: the leader
+        counts a log end only from the process the metadata names (a restart's predecessor's
+        last report, read late, is not its successor's)."""
         self.client = client
         self.address = address
         self.leader_id = leader_id
         self.follower_id = follower_id
         self.blocked = blocked
         self.topic_ids_of = topic_ids_of
+        self.incarnation = incarnation
 
     def fetch(self, parts: list[FetchInput], settings: FetchSettings, callback: Callable) -> None:
         """One replica FETCH of ``parts``."""
-        self.client.request(P.FETCH, {"replica_id": self.follower_id,
+        self.client.request(P.FETCH, {"replica_id": self.follower_id, "incarnation": self.incarnation(),
                                       "wait_ms": settings.wait_ms if settings.long_poll else 0,
                                       "max_bytes": settings.bytes_max, "parts": parts,
                                       "topic_ids": self.topic_ids_of({p.topic for p in parts})},
@@ -84,8 +89,9 @@ class LeaderEndpoint:
         if self.blocked():
             return
         new = tuple.__new__  # ReplicaAck's own __new__ is Python: an idle follower acks every partition
+        incarnation = self.incarnation()
         for i in range(0, len(parts), P.PARTITIONS_MAX):
-            self.client.send_oneway(P.REPLICA_ACK, {"broker_id": self.follower_id, "parts": [
+            self.client.send_oneway(P.REPLICA_ACK, {"broker_id": self.follower_id, "incarnation": incarnation, "parts": [
                 new(ReplicaAck, (p.topic, p.partition, p.log_end_offset, p.leader_epoch))
                 for p in parts[i:i + P.PARTITIONS_MAX]]})
 

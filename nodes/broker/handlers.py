@@ -140,7 +140,8 @@ class RequestHandlers:
         wait_ms = min(max(req.get("wait_ms", int, 0), 0), self.limits.fetch_wait_ms_max)
         ids = req.header.get("topic_ids")
         fetch = FetchRequest(replica_id, min(max(max_bytes, 1), self.limits.fetch_bytes_max),
-                             [FetchInput.decode(tp) or tp for tp in parts], ids if isinstance(ids, dict) else None)
+                             [FetchInput.decode(tp) or tp for tp in parts], ids if isinstance(ids, dict) else None,
+                             replica_id < 0 or self.core.current_process(replica_id, req.header.get("incarnation")))
         now = self.clock.now_ms()
         header, payloads, nbytes = self.build_fetch_reply(fetch, now)
         if nbytes > 0 or wait_ms == 0:
@@ -163,7 +164,7 @@ class RequestHandlers:
                 # another topic of that name: refresh, retry
                 entry, data = FetchEntry.failed(inp.topic, inp.partition, P.UNKNOWN_TOPIC_OR_PARTITION), b""
             else:
-                entry, data = self.core.fetch(inp, fetch.replica_id, now_ms, budget - total)
+                entry, data = self.core.fetch(inp, fetch.replica_id, now_ms, budget - total, counts=fetch.counts)
                 if consumer and data and self.meter is not None:
                     self.meter.fetched(inp.topic, data)
             out.append(entry)
@@ -184,7 +185,8 @@ class RequestHandlers:
         mark("ack.received")
         follower = req.header.get("broker_id")
         parts = req.header.get("parts")
-        if isinstance(follower, int) and isinstance(parts, list):
+        if isinstance(follower, int) and isinstance(parts, list) \
+                and self.core.current_process(follower, req.header.get("incarnation")):
             now = self.clock.now_ms()
             for raw in parts[:P.PARTITIONS_MAX]:
                 ack = ReplicaAck.decode(raw)

@@ -98,6 +98,8 @@ class FetchRequest(NamedTuple):
     budget_bytes: int                       # the reply's byte budget, within the broker's limit
     parts: list                             # per part: a FetchInput, or the raw part if malformed
     topic_ids: dict[str, str] | None
+    counts: bool = True                     # a follower's fetch offset counts as its log end (False:
+                                            # the fetch names a process of it that was replaced)
 
 
 # -- LIST_OFFSETS ----------------------------------------------------------------------------

@@ -75,7 +75,7 @@ class Broker(Node):
         # interval fsyncs run on one flusher thread, never on the reactor (nodes/broker/flusher.py)
         flusher = Flusher(name) if self.storage.fsync == "interval" else None
         self.core = BrokerCore(self.broker_id, self.dirs, self.storage, self.limits, config.topics, self.clock,
-                               on_appended=self._appended_as_leader, flusher=flusher)
+                               on_appended=self._appended_as_leader, flusher=flusher, counters=self.counters)
         self.partitions = self.core.partitions  # the live table (read by tests and STATS)
         self.meter = BrokerMeter(self.metrics, self.partitions, self.storage.engine, self.data_dir,
                                  lambda: self.handlers.parking.size)
@@ -157,6 +157,12 @@ class Broker(Node):
         ours is already accounted for) is the first metadata we act on."""
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
             if header is None:
+                if err is not None and err.code == P.STALE_BROKER_EPOCH:
+                    # another process of this broker registered after us: start over as a new one
+                    log.error("the coordinator says this process was replaced (%s): registering as a new process",
+                              err.message)
+                    self._reregister_as_new_incarnation()
+                    return
                 refused = err is not None and err.code == P.INCONSISTENT_CLUSTER_ID
                 self.guard.registration_refused(err.message if refused else "")  # type: ignore[union-attr]
                 self.reactor.call_later(REGISTER_REFUSED_RETRY_MS if refused else 200, self._register)
@@ -369,7 +375,8 @@ class Broker(Node):
         client = RpcClient(self.ctx, self.reactor, endpoint, identity=self.name)
         leader = LeaderEndpoint(client, endpoint, leader_id, self.broker_id,
                                 blocked=lambda: self.faults.blocks_broker(leader_id),
-                                topic_ids_of=lambda topics: self.metadata.topic_ids_of(topics))
+                                topic_ids_of=lambda topics: self.metadata.topic_ids_of(topics),
+                                incarnation=lambda: self.incarnation)
         return ReplicaFetcher(leader, FetchSettings(cfg.transport == "fetch", cfg.replica_fetch_wait_ms,
                                                     cfg.replica_fetch_bytes_max),
                               self.reactor.call_later, self.core.follower_appended, self.counters)

@@ -12,6 +12,7 @@ Not thread-safe: everything runs on the reactor's thread.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any
 
 import zmq
@@ -53,6 +54,7 @@ PRODUCER_IDS_PER_WALL_MS = 1024
 # a pass gap over this (or over half the session timeout, if longer) is a stall of our own
 STALL_THRESHOLD_MS_MIN = 2000
 PREFERRED_LEADER_CHECK_MS = 5000
+REPLACED_PROCESSES_KEPT = 8  # per broker: a dead process's messages are late by seconds, not restarts
 
 
 class Coordinator(Node):
@@ -98,6 +100,9 @@ class Coordinator(Node):
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
         self._version_owed = False  # a subscription read in this pass: the version after it
         self._fenced: set[tuple[str, int]] = set()  # partitions whose next commit bumps their epoch
+        # per broker, the processes seen replaced by a restart (the latest few): their
+        # heartbeats, read late, are neither a restart nor a sign of life
+        self._replaced: dict[int, deque[str]] = {}
         # the next producer id and the end of the block this process stored (nothing yet)
         self._pid_next = self._pid_end = self.state.next_producer_id
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
@@ -110,7 +115,8 @@ class Coordinator(Node):
 
     # -- metadata ------------------------------------------------------------------------------
     def metadata(self) -> ClusterMetadata:
-        brokers = {bid: BrokerInfo(b.broker_id, b.host, b.port, b.pub_port, bid in self.alive)
+        brokers = {bid: BrokerInfo(b.broker_id, b.host, b.port, b.pub_port, bid in self.alive,
+                                   self.state.incarnations.get(bid, ""))
                    for bid, b in self.brokers.items()}
         topics = {name: TopicInfo(name, tuple(PartitionInfo(name, i, p.leader, p.leader_epoch, tuple(p.replicas), tuple(p.isr),
                                                             p.partition_epoch)
@@ -327,7 +333,14 @@ class Coordinator(Node):
         if self._foreign(bid, req.header.get("cluster_id")):
             raise RemoteError(P.INCONSISTENT_CLUSTER_ID, f"broker {bid} belongs to cluster {req.header['cluster_id']}, "
                               f"this coordinator to cluster {self.state.cluster_id}")
-        self._observe_incarnation(bid, req.get("incarnation", str))
+        incarnation = req.get("incarnation", str)
+        if incarnation in self._replaced.get(bid, ()):
+            # a process we saw replaced: a request of the dead one read late (its answer goes
+            # nowhere), or a live one another process of the same broker succeeded -- which
+            # registers again as a new process
+            raise RemoteError(P.STALE_BROKER_EPOCH, f"broker {bid}'s process {incarnation} was replaced by "
+                              f"{self.state.incarnations.get(bid)}")
+        self._observe_incarnation(bid, incarnation)
         return {"metadata": self.metadata_wire()}
 
     def _foreign(self, bid: int, cluster_id: Any) -> bool:
@@ -347,9 +360,13 @@ class Coordinator(Node):
         it may have lost an unflushed tail, so it is treated as down (out of every ISR, its
         partitions re-elected with new epochs) and then up, before it acts on any metadata."""
         known = self.state.incarnations.get(bid)
+        if incarnation in self._replaced.get(bid, ()):
+            self.counters["replaced_process_heartbeats"] += 1
+            return
         if known != incarnation:
             self.state.incarnations[bid] = incarnation
             if known is not None:
+                self._replaced.setdefault(bid, deque(maxlen=REPLACED_PROCESSES_KEPT)).append(known)
                 log.warning("broker %d restarted (new process): fencing the epochs it led", bid)
                 # every partition it is a replica of gets a new partition epoch, also those it
                 # was not in the ISR of: an ISR expansion the leader proposed on what its old

@@ -226,4 +226,5 @@ def test_the_fetch_request_and_the_ack_have_the_bytes_they_had(pair: Pair) -> No
     _, header, _, _ = pair.client.sent[-1]
     assert wire.pack(header["parts"]) == msgpack.packb([["t", 0, 3, 64 * 1024, 1, 1]])
     pair.fetcher.ack(f)
-    assert wire.pack(pair.client.oneway[-1][1]) == msgpack.packb({"broker_id": FOLLOWER, "parts": [["t", 0, 3, 1]]})
+    assert wire.pack(pair.client.oneway[-1][1]) == msgpack.packb({"broker_id": FOLLOWER, "incarnation": "",
+                                                                       "parts": [["t", 0, 3, 1]]})

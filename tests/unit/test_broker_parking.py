@@ -36,9 +36,10 @@ class CountingCore(BrokerCore):
 
     reads = 0
 
-    def fetch(self, inp: FetchInput, replica_id: int, now_ms: int, budget_bytes: int) -> tuple[FetchEntry, bytes]:
+    def fetch(self, inp: FetchInput, replica_id: int, now_ms: int, budget_bytes: int,
+              counts: bool = True) -> tuple[FetchEntry, bytes]:
         self.reads += 1
-        return super().fetch(inp, replica_id, now_ms, budget_bytes)
+        return super().fetch(inp, replica_id, now_ms, budget_bytes, counts)
 
 
 @pytest.fixture

@@ -244,7 +244,7 @@ def test_a_followers_ack_is_the_same_message() -> None:
             sent.append((command, wire.pack(header)))
 
     LeaderEndpoint(Client(), "tcp://x", F1, ME).ack(parts)  # type: ignore[arg-type]
-    expected = wire.pack({"broker_id": ME, "parts": [ReplicaAck(p.topic, p.partition, p.log_end_offset, p.leader_epoch)
+    expected = wire.pack({"broker_id": ME, "incarnation": "", "parts": [ReplicaAck(p.topic, p.partition, p.log_end_offset, p.leader_epoch)
                                                      for p in parts]})
     assert [h for _, h in sent] == [expected]
 

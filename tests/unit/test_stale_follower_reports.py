@@ -1,0 +1,131 @@
+"""A report of a follower's old process read after that follower restarted (Kafka's KIP-903,
+its broker epoch). A leader that stalls across a follower's restart still has the old
+process's last REPLICA_ACK or FETCH queued on its request port; it applies the restart's new
+partition epoch (forgetting what followers outside the ISR reported) and then reads that old
+report: the follower looks caught up at a log end its new process may no longer hold (an
+unflushed tail lost), is proposed for the ISR at the new partition epoch, and the coordinator
+accepts -- a replica short of the high watermark in the ISR, electable. Every report now names
+the process that made it (its incarnation), the metadata names each broker's current process,
+and a leader ignores reports of any other; the coordinator ignores the heartbeats of a process
+it has seen replaced (they would announce the dead process as a restart again)."""
+
+from __future__ import annotations
+
+from fabric import protocol as P
+from fabric.metadata import BrokerInfo, ClusterMetadata
+from nodes.broker.fetcher import FetchSettings, LeaderEndpoint
+from nodes.broker.messages import FetchInput
+from tests.unit.builders_broker import BATCH_MAX, batch, start
+from tests.unit.fakes import RecordingClient, request
+
+
+def _broker_2_restarted(nodes):  # noqa: ANN001, ANN202
+    """t-0 led by broker 1 with 10 records; broker 2's old process ("old-process") reached 10,
+    then it restarted ("new-process"): out of the ISR [1, 3], which holds all 10."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    part = broker.partitions[("t", 0)]
+    part.append_as_leader([batch(10)], BATCH_MAX)
+    now = broker.clock.now_ms()
+    part.record_follower_fetch(3, 10, now)
+    coord._observe_incarnation(2, "old-process")
+    coord._observe_incarnation(2, "new-process")
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    assert part.isr == {1, 3} and part.high_watermark == 10
+    return broker, coord, loop, part
+
+
+def _isr_after_the_next_check(broker, coord, loop) -> list[int]:  # noqa: ANN001
+    broker._check_isr()
+    loop.deliver(loop.serve(P.ALTER_ISR))
+    return coord.state.topics["t"].partitions[0].isr
+
+
+def test_a_replica_ack_of_a_restarted_followers_old_process_is_ignored(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop, part = _broker_2_restarted(nodes)
+    broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, incarnation="old-process",
+                                           parts=[["t", 0, 10, part.leader_epoch]]))
+    assert part.followers[2].log_end_offset == -1, "the old process's log end counts"
+    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
+    # its new process's own report counts
+    broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, incarnation="new-process",
+                                           parts=[["t", 0, 10, part.leader_epoch]]))
+    assert part.followers[2].log_end_offset == 10
+    assert _isr_after_the_next_check(broker, coord, loop) == [1, 2, 3]
+
+
+def test_a_fetch_of_a_restarted_followers_old_process_is_served_but_not_counted(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop, part = _broker_2_restarted(nodes)
+    inp = FetchInput("t", 0, 10, 1 << 20, part.leader_epoch, part.leader_epoch)
+    header, _ = broker.handlers.on_fetch(request(P.FETCH, replica_id=2, incarnation="old-process", parts=[inp]))
+    assert header["parts"][0].error == 0
+    assert part.followers[2].log_end_offset == -1, "the old process's fetch offset counts"
+    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3]
+    broker.handlers.on_fetch(request(P.FETCH, replica_id=2, incarnation="new-process", parts=[inp]))
+    assert part.followers[2].log_end_offset == 10
+    assert _isr_after_the_next_check(broker, coord, loop) == [1, 2, 3]
+
+
+def test_reports_that_name_no_process_count_as_before(nodes) -> None:  # noqa: ANN001
+    """A follower of an older version names no incarnation: its reports count, as they did."""
+    broker, coord, loop, part = _broker_2_restarted(nodes)
+    broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, parts=[["t", 0, 10, part.leader_epoch]]))
+    assert part.followers[2].log_end_offset == 10
+
+
+def test_the_metadata_names_each_brokers_current_process(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop, part = _broker_2_restarted(nodes)
+    assert broker.metadata.brokers[2].incarnation == "new-process"
+    md = coord.metadata()
+    assert ClusterMetadata.from_wire(md.to_wire()).brokers[2].incarnation == "new-process"
+    # an entry of five elements (an older coordinator) names none
+    old = md.to_wire()
+    old["brokers"] = [b[:5] for b in old["brokers"]]
+    assert ClusterMetadata.from_wire(old).brokers[2] == BrokerInfo(2, md.brokers[2].host, md.brokers[2].port,
+                                                                   md.brokers[2].pub_port, md.brokers[2].alive)
+
+
+def test_a_follower_names_its_process_in_every_ack_and_fetch() -> None:
+    client = RecordingClient()
+    current = ["first"]
+    leader = LeaderEndpoint(client, "tcp://leader", 1, 2, incarnation=lambda: current[0])
+    leader.fetch([FetchInput("t", 0, 0, 1024, 1, -1)], FetchSettings(False, 200, 1024), callback=lambda *a: None)
+    current[0] = "second"  # re-registered as a new process (fenced)
+
+    class Part:
+        topic, partition, log_end_offset, leader_epoch = "t", 0, 5, 1
+    leader.ack([Part()])  # type: ignore[list-item]
+    assert [(c, h["incarnation"]) for c, h, *_ in client.sent + client.oneway] == \
+        [(P.FETCH, "first"), (P.REPLICA_ACK, "second")]
+
+
+def test_a_heartbeat_of_a_replaced_process_is_not_a_restart_nor_a_sign_of_life(nodes) -> None:  # noqa: ANN001
+    """The old process's last heartbeat, read after its successor's (the coordinator stalled
+    through the restart): taken for another restart it named the dead process current again --
+    leaders took its queued reports back -- and kept broker 2 alive on a dead process's word."""
+    broker, coord, loop, part = _broker_2_restarted(nodes)
+    version = coord.state.version
+    coord._observe_incarnation(2, "old-process")
+    assert coord.state.incarnations[2] == "new-process"
+    assert coord.state.version == version, "the dead process's heartbeat fenced broker 2's partitions again"
+    coord.alive.discard(2)
+    coord._observe_incarnation(2, "old-process")
+    assert 2 not in coord.alive, "a dead process's heartbeat brought broker 2 back to life"
+
+
+def test_a_replaced_process_that_registers_is_refused_and_starts_over_as_a_new_one(nodes) -> None:  # noqa: ANN001
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    first = broker.incarnation
+    coord._observe_incarnation(1, "successor")  # another process of broker 1 registered after us
+    loop.take_pushes()
+    broker._registered = False
+    broker._register()  # this (replaced) process registers again
+    [(_, header, err)] = loop.serve(P.BROKER_REGISTER)
+    assert header is None and err is not None and err.code == P.STALE_BROKER_EPOCH
+    assert coord.state.incarnations[1] == "successor", "the replaced process was taken for a restart"
+    loop.deliver([(_, header, err)])
+    loop.run_until_idle()
+    assert broker._registered and broker.incarnation not in (first, "successor")
+    assert coord.state.incarnations[1] == broker.incarnation
