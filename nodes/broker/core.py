@@ -30,7 +30,7 @@ broker's reactor thread; a front end on another thread must hand its calls to th
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from typing import Any, Callable, Iterable, Protocol
 
 from engines.api import CacheWindow, EngineError, OffsetOutOfRange, async_flush_of
@@ -49,6 +49,7 @@ from nodes.broker.partition_dirs import PartitionDirs
 log = logging.getLogger(__name__)
 
 UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
+REPLACED_PROCESSES_KEPT = 8  # per broker: a replaced process's reports are late by seconds, not restarts
 # the page-cache budget goes to partitions written to within this long (share_page_cache)
 CACHE_ACTIVE_MS = 60_000
 CACHE_SHARE_INTERVAL_MS = 1_000
@@ -80,6 +81,7 @@ class BrokerCore:
         self.topic_defaults = topic_defaults
         self.clock = clock
         self.metadata = ClusterMetadata.empty()  # the broker installs every newer one
+        self._replaced_processes: dict[int, deque[str]] = {}  # broker -> incarnations seen replaced
         self.partitions: dict[TopicPartition, Partition] = {}
         self.led_partitions: list[Partition] = []  # periodic leader work walks only these
         self.isr_proposer: IsrProposer | None = None  # set by the broker (it sends ALTER_ISR)
@@ -374,17 +376,29 @@ class BrokerCore:
             return entry._replace(error=P.STORAGE_ERROR), b""
 
     def current_process(self, broker_id: int, incarnation: Any) -> bool:
-        """A follower's report (FETCH, REPLICA_ACK) comes from the process of ``broker_id`` that
-        the metadata names, or names none (a follower of an older version), or the metadata
-        names none (no restart of it committed yet). A report of a replaced process -- read
-        late, after the restart's new partition epoch made us forget what it reported -- must
-        not count: its successor may hold less (Kafka's broker epoch, KIP-903)."""
+        """A follower's report (FETCH, REPLICA_ACK) does not come from a process of ``broker_id``
+        that the metadata has shown replaced by a restart. Such a report, read late -- after the
+        restart's new partition epoch made us forget what that follower reported -- must not
+        count: its successor may hold less (Kafka's broker epoch, KIP-903). A process the
+        metadata does not name yet counts (its restart is not committed: the coordinator may be
+        away, and what it reports is its own log), as does a report naming none (an older
+        follower)."""
+        replaced = self._replaced_processes.get(broker_id)
+        if replaced is None or incarnation not in replaced:
+            return True
         b = self.metadata.brokers.get(broker_id)
-        if b is None or not b.incarnation or not isinstance(incarnation, str) or not incarnation \
-                or incarnation == b.incarnation:
+        if b is not None and b.incarnation == incarnation:
             return True
         self.counters["stale_follower_reports"] += 1
         return False
+
+    def note_replaced_processes(self, new: ClusterMetadata) -> None:
+        """Before ``new`` is installed: the broker processes it shows replaced (a broker whose
+        named incarnation changed), the latest few per broker."""
+        for bid, old in self.metadata.brokers.items():
+            b = new.brokers.get(bid)
+            if old.incarnation and b is not None and b.incarnation != old.incarnation:
+                self._replaced_processes.setdefault(bid, deque(maxlen=REPLACED_PROCESSES_KEPT)).append(old.incarnation)
 
     def follower_position(self, follower_id: int, key: TopicPartition, log_end_offset: int, leader_epoch: int,
                           now_ms: int) -> None:

@@ -295,6 +295,7 @@ class Broker(Node):
         each costs file creation and fsyncs, and a 1,000-partition topic opened in one pass
         kept the broker from hearing anyone for seconds."""
         now = self.clock.now_ms()
+        self.core.note_replaced_processes(md)
         # first what we hold of no topic of ``md`` (its name is gone, or it names another topic
         # id now): set aside, or deleted if its topic id was deleted -- never because it is absent
         for key, part in list(self.partitions.items()):

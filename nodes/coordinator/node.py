@@ -376,9 +376,10 @@ class Coordinator(Node):
                                     for i, ps in enumerate(topic.partitions) if bid in ps.replicas)
                 self.alive.discard(bid)
                 self._on_broker_down(bid)
-                if self._fenced:
-                    self.commit()  # the partitions its being down changed nothing in
-            self.store.save(self.state)
+            # also a first process: the metadata names it from now on (a leader takes a report
+            # naming a process the metadata showed replaced for stale), with the fencing still
+            # owed for the partitions its being down changed nothing in
+            self.commit()
         self._seen(bid)
 
     def _seen(self, bid: int) -> None:

@@ -76,7 +76,8 @@ def test_an_expansion_sent_again_after_a_timeout_is_not_accepted_after_the_follo
     epoch was applied: it names the epoch it was made on, and is refused as stale."""
     broker, coord, loop, part = _broker_3_caught_up_outside_the_isr(nodes)
     coord._observe_incarnation(3, "old-process")
-    loop.take_pushes()
+    for frames in loop.take_pushes():
+        loop.push(frames)  # the metadata names broker 3's process
     broker._check_isr()  # proposes [1, 2, 3] on the old report
     assert part.pending_isr == {1, 2, 3}
     (_, _, callback), = loop.requests  # lost: never reaches the coordinator
@@ -95,7 +96,8 @@ def test_an_expansion_sent_again_after_a_timeout_is_not_accepted_after_the_follo
 def test_the_high_watermark_does_not_wait_on_a_pending_expansion_whose_member_was_forgotten(nodes) -> None:  # noqa: ANN001
     broker, coord, loop, part = _broker_3_caught_up_outside_the_isr(nodes)
     coord._observe_incarnation(3, "old-process")
-    loop.take_pushes()
+    for frames in loop.take_pushes():
+        loop.push(frames)  # the metadata names broker 3's process
     broker._check_isr()  # proposes [1, 2, 3]; in flight
     coord._observe_incarnation(3, "new-process")
     for frames in loop.take_pushes():

@@ -6,7 +6,8 @@ report: the follower looks caught up at a log end its new process may no longer 
 unflushed tail lost), is proposed for the ISR at the new partition epoch, and the coordinator
 accepts -- a replica short of the high watermark in the ISR, electable. Every report now names
 the process that made it (its incarnation), the metadata names each broker's current process,
-and a leader ignores reports of any other; the coordinator ignores the heartbeats of a process
+and a leader ignores reports of a process its metadata showed replaced (one it has not heard of
+yet counts: the coordinator may be away); the coordinator ignores the heartbeats of a process
 it has seen replaced (they would announce the dead process as a restart again)."""
 
 from __future__ import annotations
@@ -129,3 +130,22 @@ def test_a_replaced_process_that_registers_is_refused_and_starts_over_as_a_new_o
     loop.run_until_idle()
     assert broker._registered and broker.incarnation not in (first, "successor")
     assert coord.state.incarnations[1] == broker.incarnation
+
+
+def test_a_restarted_followers_new_process_counts_before_the_leader_hears_of_the_restart(nodes) -> None:  # noqa: ANN001
+    """The coordinator away (or its push late): the metadata still names the old process. What
+    the new process reports is its own log, so it counts -- the ISR's high watermark must not
+    wait on a follower whose every report is refused."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    part = broker.partitions[("t", 0)]
+    coord._observe_incarnation(2, "old-process")
+    coord.commit()
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    assert broker.metadata.brokers[2].incarnation == "old-process"
+    part.append_as_leader([batch(10)], BATCH_MAX)
+    part.record_follower_fetch(3, 10, broker.clock.now_ms())
+    broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, incarnation="new-process",
+                                           parts=[["t", 0, 10, part.leader_epoch]]))
+    assert part.high_watermark == 10
