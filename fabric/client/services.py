@@ -180,7 +180,12 @@ class ServiceProducer:
                                                           give_up=give_up)
             except RequestTimeout:
                 self._drop(endpoint)
-                raise  # it was sent and may have been written: never sent again elsewhere
+                # the next calls try the others first (without ``is_down`` nothing else tells us
+                # this one stopped answering); this call is not sent again elsewhere: it was
+                # sent and may have been written
+                self.endpoints.remove(endpoint)
+                self.endpoints.append(endpoint)
+                raise
             if len(payloads) != 1:
                 raise MalformedFrame(P.MALFORMED_REQUEST, "a SERVICE_PRODUCE reply has one results frame")
             if h.get("form") == COLUMNS_FORM:
