@@ -122,29 +122,34 @@ class Instance(threading.Thread):
                 continue
             if item is None:
                 break
-            op, header, answer = item
-            budget_ms = header.get("budget_ms") if op == "fetch" else None
-            if budget_ms is not None and _waited_ms(header) > budget_ms / 2:
-                # the client has given up (or soon will): a fetch now moves the positions past
-                # records whose answer nobody reads
-                answer(None, RemoteError(P.REQUEST_TIMED_OUT, "the fetch waited too long behind other work"))
-                continue
             try:
-                answer(self._do(op, header), None)
-            except CodedError as e:  # a node's answer, or the client library's own condition
-                answer(None, e if isinstance(e, RemoteError) else RemoteError(e.code, e.message))
-            except FabricError as e:
-                answer(None, RemoteError(P.INVALID_CONFIG, str(e)))
-            except LoomError as e:  # an operating error (a corrupt batch…): answered, logged
-                log.exception("instance %s/%s: %s failed", self.group, self.instance_name, op)
-                answer(None, RemoteError(P.UNKNOWN, f"{type(e).__name__}: {e}"))
+                if not self._serve(*item):
+                    break
             except Exception as e:  # a bug (the headers were checked on the reactor): stop the node
-                self.host.fail(e)
+                self.host.fail(e)   # unanswered, and the consumer left as it is: nothing committed
                 return
-            if op == "delete":
-                break
         self._close()
         self._refuse_waiting()
+
+    def _serve(self, op: str, header: dict, answer: Answer) -> bool:
+        """Do one request and answer it; False when the thread is to stop (a delete). A bug
+        raises."""
+        budget_ms = header.get("budget_ms") if op == "fetch" else None
+        if budget_ms is not None and _waited_ms(header) > budget_ms / 2:
+            # the client has given up (or soon will): a fetch now moves the positions past
+            # records whose answer nobody reads
+            answer(None, RemoteError(P.REQUEST_TIMED_OUT, "the fetch waited too long behind other work"))
+            return True
+        try:
+            answer(self._do(op, header), None)
+        except CodedError as e:  # a node's answer, or the client library's own condition
+            answer(None, e if isinstance(e, RemoteError) else RemoteError(e.code, e.message))
+        except FabricError as e:
+            answer(None, RemoteError(P.INVALID_CONFIG, str(e)))
+        except LoomError as e:  # an operating error (a corrupt batch…): answered, logged
+            log.exception("instance %s/%s: %s failed", self.group, self.instance_name, op)
+            answer(None, RemoteError(P.UNKNOWN, f"{type(e).__name__}: {e}"))
+        return op != "delete"
 
     def _refuse_waiting(self) -> None:
         """Answer what was still queued when the instance stopped (instead of never)."""
