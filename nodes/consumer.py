@@ -18,7 +18,7 @@ Requests (every one names ``group`` and ``instance``, except CREATE without a na
     CONSUMER_SEEK          {to: beginning|end|offsets, partitions?, offsets?} -> {}
     CONSUMER_ASSIGNMENT    {}                                         -> {partitions, positions: [[t, p, o|-1]]}
     CONSUMER_ASSIGN        {partitions: [[topic, partition]...]} (not while subscribed) -> {}
-    CONSUMER_DELETE        {}  (commits with auto-commit, leaves the group at once) -> {}
+    CONSUMER_DELETE        {owner?}  (commits with auto-commit, leaves the group at once) -> {}
     CONSUMER_LIST          {}                                         -> {instances: [{group, instance, ...}]}
 
 Each instance is a ``fabric.client.group.GroupConsumer`` driven by its own thread (its poll
@@ -27,6 +27,15 @@ a deque and an inproc wake-up socket. An instance idle for its ``idle_timeout_ms
 ``services.consumer_instance_idle_timeout_ms``) is closed, which leaves its group at once.
 If this whole service dies, its members stop heartbeating and the coordinator hands their
 partitions to the members living elsewhere after their session timeout.
+
+Auto-commit follows Kafka's REST proxy, whose consumer commits inside its next poll: the
+records of a fetch answer may never reach the client (it timed out, its connection dropped,
+the gateway worker died mid-answer), so until the instance's next request (any op) arrives,
+auto-commits -- the timer in ``maintain()``, a revocation at a rebalance, the close at the idle
+expiry or at a gateway's DELETE with ``owner`` (reclaiming the instances of one of its dead
+processes) -- stop at the first record of each partition in the latest answer
+(``GroupConsumer.auto_commit_bounds``). CONSUMER_COMMIT with ``offsets: null`` and the
+client's own DELETE commit the positions, which cover everything handed out.
 """
 
 from __future__ import annotations
@@ -55,7 +64,9 @@ from nodes.base import Node
 
 log = logging.getLogger(__name__)
 
-_KEY, _VALUE = operator.itemgetter(4), operator.itemgetter(5)   # of a fabric.records.Record
+# fields of a fabric.records.Record
+_TOPIC_PARTITION, _OFFSET = operator.itemgetter(0, 1), operator.itemgetter(2)
+_KEY, _VALUE = operator.itemgetter(4), operator.itemgetter(5)
 COMMANDS_PER_INSTANCE_MAX = 64
 IDLE_CHECK_INTERVAL_MS = 500
 FETCH_TIMEOUT_MS_MAX = 30_000
@@ -122,29 +133,40 @@ class Instance(threading.Thread):
                 continue
             if item is None:
                 break
-            op, header, answer = item
-            budget_ms = header.get("budget_ms") if op == "fetch" else None
-            if budget_ms is not None and _waited_ms(header) > budget_ms / 2:
-                # the client has given up (or soon will): a fetch now moves the positions past
-                # records whose answer nobody reads
-                answer(None, RemoteError(P.REQUEST_TIMED_OUT, "the fetch waited too long behind other work"))
-                continue
             try:
-                answer(self._do(op, header), None)
-            except CodedError as e:  # a node's answer, or the client library's own condition
-                answer(None, e if isinstance(e, RemoteError) else RemoteError(e.code, e.message))
-            except FabricError as e:
-                answer(None, RemoteError(P.INVALID_CONFIG, str(e)))
-            except LoomError as e:  # an operating error (a corrupt batch…): answered, logged
-                log.exception("instance %s/%s: %s failed", self.group, self.instance_name, op)
-                answer(None, RemoteError(P.UNKNOWN, f"{type(e).__name__}: {e}"))
+                if not self._serve(*item):
+                    break
             except Exception as e:  # a bug (the headers were checked on the reactor): stop the node
-                self.host.fail(e)
+                self.host.fail(e)   # unanswered, and the consumer left as it is: nothing committed
                 return
-            if op == "delete":
-                break
         self._close()
         self._refuse_waiting()
+
+    def _serve(self, op: str, header: dict, answer: Answer) -> bool:
+        """Do one request and answer it; False when the thread is to stop (a delete). A bug
+        raises."""
+        if self.consumer is not None and (op != "delete" or "owner" not in header):
+            # the client came back, so it has read the answers before this request: auto-commits
+            # may now cover their records, as a Kafka consumer's next poll commits what earlier
+            # polls returned. (A delete naming its owner is not the client's: it is a gateway
+            # reclaiming the instances of a process of its that died, maybe mid-answer.)
+            self.consumer.auto_commit_bounds = {}
+        budget_ms = header.get("budget_ms") if op == "fetch" else None
+        if budget_ms is not None and _waited_ms(header) > budget_ms / 2:
+            # the client has given up (or soon will): a fetch now moves the positions past
+            # records whose answer nobody reads
+            answer(None, RemoteError(P.REQUEST_TIMED_OUT, "the fetch waited too long behind other work"))
+            return True
+        try:
+            answer(self._do(op, header), None)
+        except CodedError as e:  # a node's answer, or the client library's own condition
+            answer(None, e if isinstance(e, RemoteError) else RemoteError(e.code, e.message))
+        except FabricError as e:
+            answer(None, RemoteError(P.INVALID_CONFIG, str(e)))
+        except LoomError as e:  # an operating error (a corrupt batch…): answered, logged
+            log.exception("instance %s/%s: %s failed", self.group, self.instance_name, op)
+            answer(None, RemoteError(P.UNKNOWN, f"{type(e).__name__}: {e}"))
+        return op != "delete"
 
     def _refuse_waiting(self) -> None:
         """Answer what was still queued when the instance stopped (instead of never)."""
@@ -189,6 +211,8 @@ class Instance(threading.Thread):
             return {"topics": list(c.subscription)}
         if op == "fetch":
             records = self._fetch(c, h)
+            if records and c.enable_auto_commit:  # until the client's next request confirms them
+                c.auto_commit_bounds = _first_offsets(records)
             return Framed({"count": len(records)}, [pack_rows(records)]) if h.get("frame") else {"records": records}
         if op == "commit":
             offsets = h.get("offsets")
@@ -222,10 +246,7 @@ class Instance(threading.Thread):
         budget_ms = h.get("budget_ms")
         if records and budget_ms is not None and _waited_ms(h) > timeout_ms + budget_ms / 2:
             # the poll itself outlasted the caller (a rejoin inside it): give the records back
-            first: dict[tuple[str, int], int] = {}
-            for r in records:
-                first.setdefault((r.topic, r.partition), r.offset)
-            for tp, offset in first.items():
+            for tp, offset in _first_offsets(records).items():
                 c.seek(tp, offset)
             raise RemoteError(P.REQUEST_TIMED_OUT, "the fetch outlasted its caller's patience (a rebalance)")
         if sum(map(len, map(_VALUE, records))) + sum(len(k) for k in map(_KEY, records) if k) <= max_bytes:
@@ -235,10 +256,7 @@ class Instance(threading.Thread):
             size += len(r.value) + len(r.key or b"")
             if i and size > max_bytes:
                 # give back what does not fit: the positions move to the first record not returned
-                first: dict[tuple[str, int], int] = {}
-                for rest in records[i:]:
-                    first.setdefault((rest.topic, rest.partition), rest.offset)
-                for tp, offset in first.items():
+                for tp, offset in _first_offsets(records[i:]).items():
                     c.seek(tp, offset)
                 return records[:i]
         return records
@@ -297,6 +315,14 @@ OPS = {
     P.CONSUMER_COMMIT: "commit", P.CONSUMER_COMMITTED: "committed", P.CONSUMER_SEEK: "seek",
     P.CONSUMER_ASSIGNMENT: "assignment", P.CONSUMER_DELETE: "delete", P.CONSUMER_ASSIGN: "assign",
 }
+
+
+def _first_offsets(records: list) -> dict[tuple[str, int], int]:
+    """The offset of the first record of each partition in ``records`` (``fabric.records.Record``
+    rows, in offset order per partition), without a Python-level loop: read backward, each
+    partition's first record is the last one the dict keeps."""
+    backward = records[::-1]
+    return dict(zip(map(_TOPIC_PARTITION, backward), map(_OFFSET, backward)))
 
 
 def _waited_ms(h: dict) -> float:

@@ -14,7 +14,9 @@ Delivery is at least once: a member that takes over a partition starts at the co
 offset, so nothing is skipped and at most the uncommitted tail is delivered again. With
 ``enable_auto_commit`` the positions of records returned by earlier polls are committed every
 ``auto_commit_interval_ms`` (asynchronously, at the start of ``poll``), and synchronously
-before partitions are given up in a rebalance and at ``close``.
+before partitions are given up in a rebalance and at ``close``. A host that hands records on
+(the consumer service) sets ``auto_commit_bounds`` so that, until its own client confirms
+them, auto-commits stop at the first record it handed on (see ``_auto_commit_offsets``).
 
 A background thread (own DEALER socket) sends heartbeats every ``heartbeat_interval_ms``, so
 the member stays in the group while the application works between polls. A rebalance,
@@ -113,6 +115,9 @@ class GroupConsumer(_AssignConsumer):
         self._last_poll_ms = self.clock.now_ms()  # read by the heartbeat thread (an int: atomic)
         self._rejoin_needed = False
         self._last_committed: dict[TopicPartition, int] = {}
+        # per partition, the highest offset an auto-commit may commit (records from there on
+        # went to a host's client that has not confirmed them yet); a rebalance clears it
+        self.auto_commit_bounds: dict[TopicPartition, int] = {}
         self._next_auto_commit_ms = 0
         self._async_commits_in_flight = 0
         self._link = coordinator or CoordinatorLink(self.reactor, self.clock, self._connect_coordinator,
@@ -175,7 +180,26 @@ class GroupConsumer(_AssignConsumer):
         if self._async_commits_in_flight:
             return  # the coordinator is slow or away: do not pile commits up behind it
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
-        self.commit(asynchronous=True)
+        self.commit(self._auto_commit_offsets(), asynchronous=True)
+
+    def _auto_commit_offsets(self) -> dict[TopicPartition, int]:
+        """What an auto-commit commits: the positions, each at most its ``auto_commit_bounds``
+        entry, that the last commit did not cover. A bound at or below the last commit (the
+        client seeked back under it) leaves the partition out: moving the commit back would
+        only have it sent again at every interval."""
+        bounds, last = self.auto_commit_bounds, self._last_committed
+        offsets = {}
+        for tp, pos in self.positions.items():
+            if pos is None:
+                continue
+            bound = bounds.get(tp, pos)
+            if bound < pos:
+                if bound <= last.get(tp, -1):
+                    continue
+                pos = bound
+            if last.get(tp) != pos:
+                offsets[tp] = pos
+        return offsets
 
     # -- the rebalance ---------------------------------------------------------------------------
     def _revoke(self) -> None:
@@ -185,9 +209,10 @@ class GroupConsumer(_AssignConsumer):
             # still a member of the generation that owns them (the heartbeat thread may have
             # paused heartbeats already): commits are accepted until the rebalance completes
             try:
-                self.commit()
+                self.commit(self._auto_commit_offsets())
             except CodedError as e:
                 log.warning("group %s: commit before revocation failed: %s", self.group_id, e)
+        self.auto_commit_bounds = {}  # of partitions given up: a new assignment starts at their commits
         with self._lock:
             self._active = False
         if owned and self.on_revoke is not None:
@@ -266,9 +291,10 @@ class GroupConsumer(_AssignConsumer):
     # -- commits ---------------------------------------------------------------------------------
     def commit(self, offsets: dict[TopicPartition, int] | None = None, asynchronous: bool = False) -> None:
         """Commit ``offsets`` (the next offset to read, per partition) or the current
-        positions. Sync: returns once replicated; raises CommitFailed when this member lost
-        the partitions (a rebalance), RemoteError for other refusals. Async: the result goes
-        to ``on_commit(offsets, error)``."""
+        positions (all of them: ``auto_commit_bounds`` limits auto-commits only). Sync:
+        returns once replicated; raises CommitFailed when this member lost the partitions (a
+        rebalance), RemoteError for other refusals. Async: the result goes to
+        ``on_commit(offsets, error)``."""
         if offsets is None:
             offsets = {tp: pos for tp, pos in self.positions.items()
                        if pos is not None and self._last_committed.get(tp) != pos}

@@ -46,6 +46,8 @@ class _FakeGroupConsumer:
             raise FabricError("session_timeout_ms out of range")  # as GroupConsumer's own check
         self.position = 0
         self.subscription: list[str] = []
+        self.enable_auto_commit = config.get("enable_auto_commit", True)
+        self.auto_commit_bounds: dict = {}
 
     @staticmethod
     def _held() -> None:
