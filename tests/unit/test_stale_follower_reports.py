@@ -12,6 +12,7 @@ it has seen replaced (they would announce the dead process as a restart again)."
 from __future__ import annotations
 
 from fabric import protocol as P
+from fabric.rpc import DEFER
 from fabric.metadata import BrokerInfo, ClusterMetadata
 from nodes.broker.fetcher import FetchSettings, LeaderEndpoint
 from nodes.broker.messages import FetchInput
@@ -129,3 +130,31 @@ def test_a_replaced_process_that_registers_is_refused_and_starts_over_as_a_new_o
     loop.run_until_idle()
     assert broker._registered and broker.incarnation not in (first, "successor")
     assert coord.state.incarnations[1] == broker.incarnation
+
+
+def test_a_parked_fetch_of_a_replaced_process_does_not_count_when_read_again(nodes) -> None:  # noqa: ANN001
+    """The old process's last long-poll fetch (caught up, so parked) is read again after the
+    restart's metadata arrived -- that metadata changed something, which wakes every parked
+    fetch. Judged once, when it arrived (the old process was current then), it counted again
+    at the new partition epoch: broker 2 back in the ISR on its old process's log end."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    coord._observe_incarnation(2, "old-process")
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    part = broker.partitions[("t", 0)]
+    part.append_as_leader([batch(10)], BATCH_MAX)
+    part.record_follower_fetch(3, 10, broker.clock.now_ms())
+    inp = FetchInput("t", 0, 10, 1 << 20, part.leader_epoch, part.leader_epoch)
+    wait_ms = broker.limits.fetch_wait_ms_max
+    assert broker.handlers.on_fetch(request(P.FETCH, replica_id=2, incarnation="old-process", wait_ms=wait_ms,
+                                            parts=[inp])) is DEFER
+    coord._observe_incarnation(2, "new-process")
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    assert part.isr == {1, 3} and part.followers[2].log_end_offset == -1
+    assert broker.handlers.parking.has_changes()
+    broker.handlers.after_pass()  # the parked fetch is read again (no data: parked back)
+    assert broker.handlers.parking.size == 1
+    assert part.followers[2].log_end_offset == -1, "the old process's parked fetch counts"
+    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
