@@ -132,6 +132,37 @@ def test_a_replaced_process_that_registers_is_refused_and_starts_over_as_a_new_o
     assert coord.state.incarnations[1] == broker.incarnation
 
 
+def test_an_isr_answer_ahead_of_the_metadata_does_not_let_an_old_process_report_count(nodes) -> None:  # noqa: ANN001
+    """The leader proposes dropping broker 2 (its old process died, it lags); broker 2 restarts
+    before the coordinator reads the proposal, and the restart's fencing already left the ISR
+    as proposed: the proposal is answered as applied, with the restart's partition epoch. Taken
+    from that answer, the new epoch made the leader forget what broker 2 reported while its
+    metadata still named the old process -- whose report, read late, then counted: broker 2
+    back in the ISR on a log end its new process may not hold."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    coord._observe_incarnation(2, "old-process")
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    part = broker.partitions[("t", 0)]
+    part.append_as_leader([batch(10)], BATCH_MAX)
+    now = broker.clock.now_ms()
+    part.record_follower_fetch(3, 10, now)
+    part.followers[2].last_caught_up_ms = now - broker.config.replication.replica_lag_time_max_ms - 1
+    broker._check_isr()  # proposes [1, 3]: not yet read by the coordinator
+    assert part.pending_isr == {1, 3}
+    coord._observe_incarnation(2, "new-process")  # its push is still on its way
+    assert coord.state.topics["t"].partitions[0].isr == [1, 3]
+    loop.deliver(loop.serve(P.ALTER_ISR))  # "already in place", at the restart's partition epoch
+    assert part.isr == {1, 3}
+    broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, incarnation="old-process",
+                                           parts=[["t", 0, 10, part.leader_epoch]]))
+    for frames in loop.take_pushes():
+        loop.push(frames)  # the restart's metadata, naming the new process
+    assert part.followers[2].log_end_offset == -1, "the old process's log end counts"
+    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
+
+
 def test_a_parked_fetch_of_a_replaced_process_does_not_count_when_read_again(nodes) -> None:  # noqa: ANN001
     """The old process's last long-poll fetch (caught up, so parked) is read again after the
     restart's metadata arrived -- that metadata changed something, which wakes every parked
