@@ -189,3 +189,10 @@ def test_a_parked_fetch_of_a_replaced_process_does_not_count_when_read_again(nod
     assert broker.handlers.parking.size == 1
     assert part.followers[2].log_end_offset == -1, "the old process's parked fetch counts"
     assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
+
+
+def test_the_refusal_of_a_replaced_process_has_a_code_of_its_own() -> None:
+    """Its code was the supervisor's UNKNOWN_NODE's too, whose name then stood for both: the
+    refusal was logged and counted as ``unknown_node``."""
+    assert P.error_name(P.STALE_BROKER_EPOCH) == "stale_broker_epoch"
+    assert P.STALE_BROKER_EPOCH not in (P.UNKNOWN_NODE, P.NODE_GIVEN_UP, P.NODE_NOT_RUNNING)
