@@ -196,3 +196,20 @@ def test_the_refusal_of_a_replaced_process_has_a_code_of_its_own() -> None:
     refusal was logged and counted as ``unknown_node``."""
     assert P.error_name(P.STALE_BROKER_EPOCH) == "stale_broker_epoch"
     assert P.STALE_BROKER_EPOCH not in (P.UNKNOWN_NODE, P.NODE_GIVEN_UP, P.NODE_NOT_RUNNING)
+
+
+def test_a_live_process_the_coordinator_took_for_replaced_registers_again(nodes) -> None:  # noqa: ANN001
+    """The registration of broker 1's previous process (it died just after sending it) is read
+    after the current process registered: the coordinator cannot tell which of two random ids
+    is newer, takes it for a restart and the live process for replaced. Ignored from then on
+    (its heartbeats no sign of life, its reports naming a process the metadata does not), the
+    live process never heard of it: broker 1 stayed dead while alive, out of every ISR. The
+    metadata names the process the coordinator holds current; one that sees another registers
+    again as a new process."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    coord._on_register(request(P.BROKER_REGISTER, broker_id=1, incarnation="previous-process"))
+    loop.run_until_idle()
+    coord._observe_incarnation(1, broker.incarnation)  # the live process's next heartbeat
+    assert coord.state.incarnations[1] == broker.incarnation and 1 in coord.alive, \
+        "the live process is taken for a replaced one for good"
