@@ -11,6 +11,9 @@ it has seen replaced (they would announce the dead process as a restart again)."
 
 from __future__ import annotations
 
+import errno
+
+from engines.errors import LoomError
 from fabric import protocol as P
 from fabric.rpc import DEFER
 from fabric.metadata import BrokerInfo, ClusterMetadata
@@ -213,3 +216,27 @@ def test_a_live_process_the_coordinator_took_for_replaced_registers_again(nodes)
     coord._observe_incarnation(1, broker.incarnation)  # the live process's next heartbeat
     assert coord.state.incarnations[1] == broker.incarnation and 1 in coord.alive, \
         "the live process is taken for a replaced one for good"
+
+
+def test_a_restart_the_coordinator_could_not_store_leaves_no_process_replaced(nodes) -> None:  # noqa: ANN001
+    """A predecessor's late registration is taken for a restart, whose write fails (disk full):
+    the state goes back to naming the live process -- which had been put among the replaced
+    ones all the same. Its heartbeats were then ignored for good, and the metadata naming it
+    gave it no reason to register again: broker 1 dead while alive."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    save = coord.store.save
+
+    def disk_full(state) -> None:  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device")
+    coord.store.save = disk_full  # type: ignore[method-assign]
+    try:
+        coord._on_register(request(P.BROKER_REGISTER, broker_id=1, incarnation="previous-process"))
+        raise AssertionError("the failed write was not seen")
+    except LoomError:
+        pass  # answered with the error; the coordinator serves on
+    finally:
+        coord.store.save = save  # type: ignore[method-assign]
+    assert coord.state.incarnations[1] == broker.incarnation
+    coord._observe_incarnation(1, broker.incarnation)  # the live process's next heartbeat
+    assert 1 in coord.alive, "the live process's heartbeats are ignored as a replaced one's"
