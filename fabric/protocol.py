@@ -142,7 +142,8 @@ UNKNOWN_CONSUMER_INSTANCE = 68   # consumer service: no such instance (expired o
 CONSUMER_INSTANCE_EXISTS = 69
 UNSTABLE_OFFSET_COMMIT = 70      # OFFSET_FETCH while a commit of that partition is being written
 INCONSISTENT_CLUSTER_ID = 80     # a broker that belongs to another cluster (its meta.properties)
-STALE_BROKER_EPOCH = 81          # a broker process that a restart of the same broker replaced
+STALE_BROKER_EPOCH = 84          # a broker process that a restart of the same broker replaced
+                                 # (81-83 are the supervisor's, below)
 
 ERROR_NAMES: dict[int, str] = {
     NONE: "none", UNKNOWN: "unknown", MALFORMED_REQUEST: "malformed_request",

@@ -141,7 +141,7 @@ class RequestHandlers:
         ids = req.header.get("topic_ids")
         fetch = FetchRequest(replica_id, min(max(max_bytes, 1), self.limits.fetch_bytes_max),
                              [FetchInput.decode(tp) or tp for tp in parts], ids if isinstance(ids, dict) else None,
-                             replica_id < 0 or self.core.current_process(replica_id, req.header.get("incarnation")))
+                             req.header.get("incarnation"))
         now = self.clock.now_ms()
         header, payloads, nbytes = self.build_fetch_reply(fetch, now)
         if nbytes > 0 or wait_ms == 0:
@@ -156,6 +156,9 @@ class RequestHandlers:
         out, payloads, total = [], [], 0
         budget = fetch.budget_bytes
         consumer = fetch.replica_id < 0
+        # judged now, not when it arrived: a parked fetch of a process that a restart replaced
+        # since must not count when read again at the restart's new partition epoch
+        counts = consumer or self.core.current_process(fetch.replica_id, fetch.incarnation)
         for inp in fetch.parts:
             if type(inp) is not FetchInput:
                 entry, data = self._malformed_fetch_part(inp, fetch.topic_ids), b""
@@ -164,7 +167,7 @@ class RequestHandlers:
                 # another topic of that name: refresh, retry
                 entry, data = FetchEntry.failed(inp.topic, inp.partition, P.UNKNOWN_TOPIC_OR_PARTITION), b""
             else:
-                entry, data = self.core.fetch(inp, fetch.replica_id, now_ms, budget - total, counts=fetch.counts)
+                entry, data = self.core.fetch(inp, fetch.replica_id, now_ms, budget - total, counts=counts)
                 if consumer and data and self.meter is not None:
                     self.meter.fetched(inp.topic, data)
             out.append(entry)

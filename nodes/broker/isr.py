@@ -4,7 +4,11 @@ broker leads into one ALTER_ISR request (Kafka's AlterPartition; at most
 
 What each answer does:
 - applied: the committed ISR is installed if its partition epoch is newer than the one the
-  partition holds (a push may already have brought something newer: state never goes back);
+  partition holds (a push may already have brought something newer: state never goes back).
+  The partition epoch itself comes only with the metadata of that commit: an answer "already
+  in place" may carry the epoch a follower's restart made, and a leader at that epoch while
+  its metadata still named the follower's old process took that process's late reports
+  (Partition._new_partition_epoch, Kafka's KIP-903);
 - no answer (timeout) or an error that does not say nothing was applied (an internal error:
   the coordinator may have taken the change and failed to store it): the coordinator may have
   applied it, so the proposal stays pending (the HW keeps counting the maximal ISR) and is sent
@@ -148,7 +152,7 @@ class IsrProposer:
                 part.drop_proposed_isr()
             return
         if part.is_leader and epoch == part.leader_epoch and pepoch > part.partition_epoch:
-            part.update_isr(isr, pepoch)
+            part.update_isr(isr)  # the epoch with the metadata naming who it was decided on
             self._mark_dirty()
         elif p.current():
             part.drop_proposed_isr()  # something newer (a push) has already been applied

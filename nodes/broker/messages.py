@@ -98,8 +98,8 @@ class FetchRequest(NamedTuple):
     budget_bytes: int                       # the reply's byte budget, within the broker's limit
     parts: list                             # per part: a FetchInput, or the raw part if malformed
     topic_ids: dict[str, str] | None
-    counts: bool = True                     # a follower's fetch offset counts as its log end (False:
-                                            # the fetch names a process of it that was replaced)
+    incarnation: Any = None                 # the follower process it names: judged at every read
+                                            # (a parked fetch is read again after a restart)
 
 
 # -- LIST_OFFSETS ----------------------------------------------------------------------------

@@ -318,6 +318,19 @@ class Broker(Node):
         # written) is not "already applied", so the same push or the next refresh tries again
         self.core.metadata = md
         self._open_pending()
+        self._check_named_process(md)
+
+    def _check_named_process(self, md: ClusterMetadata) -> None:
+        """Metadata naming another process of this broker than us, once we registered (what we
+        get is never older than our registration's answer): the coordinator took us for
+        replaced -- a predecessor's registration or heartbeat read after ours (random ids have
+        no order) -- and ignores our heartbeats and, through the leaders, our reports. Left
+        so, the broker stayed dead while alive; it registers again as a new process instead."""
+        mine = md.brokers.get(self.broker_id)
+        if self._registered and mine is not None and mine.incarnation and mine.incarnation != self.incarnation:
+            log.error("the metadata names process %s of this broker, not us (%s): registering as a new process",
+                      mine.incarnation, self.incarnation)
+            self._reregister_as_new_incarnation()
 
     def _open_pending(self) -> None:
         """Open up to PARTITION_OPENS_PER_PASS_MAX partitions that metadata gave us, apply their

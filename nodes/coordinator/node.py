@@ -366,7 +366,6 @@ class Coordinator(Node):
         if known != incarnation:
             self.state.incarnations[bid] = incarnation
             if known is not None:
-                self._replaced.setdefault(bid, deque(maxlen=REPLACED_PROCESSES_KEPT)).append(known)
                 log.warning("broker %d restarted (new process): fencing the epochs it led", bid)
                 # every partition it is a replica of gets a new partition epoch, also those it
                 # was not in the ISR of: an ISR expansion the leader proposed on what its old
@@ -380,6 +379,10 @@ class Coordinator(Node):
             # naming a process the metadata showed replaced for stale), with the fencing still
             # owed for the partitions its being down changed nothing in
             self.commit()
+            if known is not None:
+                # only once the restart is stored: one that could not be goes back to naming
+                # ``known`` -- maybe the live process (a predecessor's registration read late)
+                self._replaced.setdefault(bid, deque(maxlen=REPLACED_PROCESSES_KEPT)).append(known)
         self._seen(bid)
 
     def _seen(self, bid: int) -> None:

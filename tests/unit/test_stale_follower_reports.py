@@ -12,7 +12,11 @@ it has seen replaced (they would announce the dead process as a restart again)."
 
 from __future__ import annotations
 
+import errno
+
+from engines.errors import LoomError
 from fabric import protocol as P
+from fabric.rpc import DEFER
 from fabric.metadata import BrokerInfo, ClusterMetadata
 from nodes.broker.fetcher import FetchSettings, LeaderEndpoint
 from nodes.broker.messages import FetchInput
@@ -149,3 +153,110 @@ def test_a_restarted_followers_new_process_counts_before_the_leader_hears_of_the
     broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, incarnation="new-process",
                                            parts=[["t", 0, 10, part.leader_epoch]]))
     assert part.high_watermark == 10
+
+
+def test_an_isr_answer_ahead_of_the_metadata_does_not_let_an_old_process_report_count(nodes) -> None:  # noqa: ANN001
+    """The leader proposes dropping broker 2 (its old process died, it lags); broker 2 restarts
+    before the coordinator reads the proposal, and the restart's fencing already left the ISR
+    as proposed: the proposal is answered as applied, with the restart's partition epoch. Taken
+    from that answer, the new epoch made the leader forget what broker 2 reported while its
+    metadata still named the old process -- whose report, read late, then counted: broker 2
+    back in the ISR on a log end its new process may not hold."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    coord._observe_incarnation(2, "old-process")
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    part = broker.partitions[("t", 0)]
+    part.append_as_leader([batch(10)], BATCH_MAX)
+    now = broker.clock.now_ms()
+    part.record_follower_fetch(3, 10, now)
+    part.followers[2].last_caught_up_ms = now - broker.config.replication.replica_lag_time_max_ms - 1
+    broker._check_isr()  # proposes [1, 3]: not yet read by the coordinator
+    assert part.pending_isr == {1, 3}
+    coord._observe_incarnation(2, "new-process")  # its push is still on its way
+    assert coord.state.topics["t"].partitions[0].isr == [1, 3]
+    loop.deliver(loop.serve(P.ALTER_ISR))  # "already in place", at the restart's partition epoch
+    assert part.isr == {1, 3}
+    broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, incarnation="old-process",
+                                           parts=[["t", 0, 10, part.leader_epoch]]))
+    for frames in loop.take_pushes():
+        loop.push(frames)  # the restart's metadata, naming the new process
+    assert part.followers[2].log_end_offset == -1, "the old process's log end counts"
+    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
+
+
+def test_a_parked_fetch_of_a_replaced_process_does_not_count_when_read_again(nodes) -> None:  # noqa: ANN001
+    """The old process's last long-poll fetch (caught up, so parked) is read again after the
+    restart's metadata arrived -- that metadata changed something, which wakes every parked
+    fetch. Judged once, when it arrived (the old process was current then), it counted again
+    at the new partition epoch: broker 2 back in the ISR on its old process's log end."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    coord._observe_incarnation(2, "old-process")
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    part = broker.partitions[("t", 0)]
+    part.append_as_leader([batch(10)], BATCH_MAX)
+    part.record_follower_fetch(3, 10, broker.clock.now_ms())
+    inp = FetchInput("t", 0, 10, 1 << 20, part.leader_epoch, part.leader_epoch)
+    wait_ms = broker.limits.fetch_wait_ms_max
+    assert broker.handlers.on_fetch(request(P.FETCH, replica_id=2, incarnation="old-process", wait_ms=wait_ms,
+                                            parts=[inp])) is DEFER
+    coord._observe_incarnation(2, "new-process")
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    assert part.isr == {1, 3} and part.followers[2].log_end_offset == -1
+    assert broker.handlers.parking.has_changes()
+    broker.handlers.after_pass()  # the parked fetch is read again (no data: parked back)
+    assert broker.handlers.parking.size == 1
+    assert part.followers[2].log_end_offset == -1, "the old process's parked fetch counts"
+    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
+
+
+def test_the_refusal_of_a_replaced_process_has_a_code_of_its_own() -> None:
+    """Its code was the supervisor's UNKNOWN_NODE's too, whose name then stood for both: the
+    refusal was logged and counted as ``unknown_node``."""
+    assert P.error_name(P.STALE_BROKER_EPOCH) == "stale_broker_epoch"
+    assert P.STALE_BROKER_EPOCH not in (P.UNKNOWN_NODE, P.NODE_GIVEN_UP, P.NODE_NOT_RUNNING)
+
+
+def test_a_live_process_the_coordinator_took_for_replaced_registers_again(nodes) -> None:  # noqa: ANN001
+    """The registration of broker 1's previous process (it died just after sending it) is read
+    after the current process registered: the coordinator cannot tell which of two random ids
+    is newer, takes it for a restart and the live process for replaced. Ignored from then on
+    (its heartbeats no sign of life, its reports naming a process the metadata does not), the
+    live process never heard of it: broker 1 stayed dead while alive, out of every ISR. The
+    metadata names the process the coordinator holds current; one that sees another registers
+    again as a new process."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    coord._on_register(request(P.BROKER_REGISTER, broker_id=1, incarnation="previous-process"))
+    loop.run_until_idle()
+    coord._observe_incarnation(1, broker.incarnation)  # the live process's next heartbeat
+    assert coord.state.incarnations[1] == broker.incarnation and 1 in coord.alive, \
+        "the live process is taken for a replaced one for good"
+
+
+def test_a_restart_the_coordinator_could_not_store_leaves_no_process_replaced(nodes) -> None:  # noqa: ANN001
+    """A predecessor's late registration is taken for a restart, whose write fails (disk full):
+    the state goes back to naming the live process -- which had been put among the replaced
+    ones all the same. Its heartbeats were then ignored for good, and the metadata naming it
+    gave it no reason to register again: broker 1 dead while alive."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    save = coord.store.save
+
+    def disk_full(state) -> None:  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device")
+    coord.store.save = disk_full  # type: ignore[method-assign]
+    try:
+        coord._on_register(request(P.BROKER_REGISTER, broker_id=1, incarnation="previous-process"))
+        raise AssertionError("the failed write was not seen")
+    except LoomError:
+        pass  # answered with the error; the coordinator serves on
+    finally:
+        coord.store.save = save  # type: ignore[method-assign]
+    assert coord.state.incarnations[1] == broker.incarnation
+    coord._observe_incarnation(1, broker.incarnation)  # the live process's next heartbeat
+    assert 1 in coord.alive, "the live process's heartbeats are ignored as a replaced one's"
