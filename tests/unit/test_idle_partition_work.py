@@ -106,10 +106,16 @@ def _offset_gauges(registry: MetricsRegistry) -> list[list]:
     return [s for s in registry.encode() if s[0] in ("loom_partition_high_watermark", "loom_partition_log_end_offset")]
 
 
+
+def _no_disk(tmp_path: Any) -> Any:
+    """A data dir that does not exist: no disk gauges. They read the file system's free bytes,
+    which any other process on the machine changes between two reads of the same gauges."""
+    return tmp_path / "no-such-dir"
+
 def test_stats_gauges_are_the_straightforward_ones_after_every_change(tmp_path: Any) -> None:
     partitions = {("t", i): _partition("t", i, lead=i % 3 == 0) for i in range(12)}
     registry = MetricsRegistry()
-    BrokerMeter(registry, partitions, "memory", tmp_path, lambda: 0)
+    BrokerMeter(registry, partitions, "memory", _no_disk(tmp_path), lambda: 0)
 
     def same() -> None:
         assert _offset_gauges(registry) == reference_gauges(partitions)
@@ -141,7 +147,7 @@ def test_a_kept_gauge_never_outlives_the_value_it_was_made_of(tmp_path: Any) -> 
     part = _partition("t", 0)
     partitions = {("t", 0): part}
     registry = MetricsRegistry()
-    BrokerMeter(registry, partitions, "memory", tmp_path, lambda: 0)
+    BrokerMeter(registry, partitions, "memory", _no_disk(tmp_path), lambda: 0)
     rng = random.Random(13)
     for _ in range(200):
         action = rng.randrange(4)
