@@ -47,24 +47,30 @@ def admin_key_path(data_dir: str | os.PathLike) -> Path:
 
 
 def read_admin_key(data_dir: str | os.PathLike, environ: dict[str, str] | None = None) -> str | None:
-    """The dev admin key: ``LOOM_ADMIN_KEY`` when set, else ``<data_dir>/admin.key``, else None."""
+    """The dev admin key: ``LOOM_ADMIN_KEY`` when set, else ``<data_dir>/admin.key``, else None.
+    Raises ValueError for a key shorter than ADMIN_KEY_LEN_MIN (the gateway would accept it as
+    an admin key: whoever starts it, ``loom up`` or the node alone, refuses it)."""
     env = os.environ if environ is None else environ
     if env.get(ADMIN_KEY_ENV):
-        return env[ADMIN_KEY_ENV]
-    try:
-        return admin_key_path(data_dir).read_text(encoding="utf-8").strip() or None
-    except OSError:
-        return None
+        key, where = env[ADMIN_KEY_ENV], ADMIN_KEY_ENV
+    else:
+        try:
+            key, where = admin_key_path(data_dir).read_text(encoding="utf-8").strip(), str(admin_key_path(data_dir))
+        except OSError:
+            return None
+        if not key:
+            return None
+    if len(key) < ADMIN_KEY_LEN_MIN:
+        raise ValueError(f"{where}: the admin key must have at least {ADMIN_KEY_LEN_MIN} characters")
+    return key
 
 
 def ensure_admin_key(data_dir: str | os.PathLike, environ: dict[str, str] | None = None) -> tuple[str, str]:
     """(key, where it comes from): ``LOOM_ADMIN_KEY``, or the key file, made (mode 600) when
-    missing. Raises ValueError for a ``LOOM_ADMIN_KEY`` shorter than ADMIN_KEY_LEN_MIN."""
+    missing. Raises ValueError for a key shorter than ADMIN_KEY_LEN_MIN."""
     env = os.environ if environ is None else environ
     if env.get(ADMIN_KEY_ENV):
-        if len(env[ADMIN_KEY_ENV]) < ADMIN_KEY_LEN_MIN:
-            raise ValueError(f"{ADMIN_KEY_ENV} must have at least {ADMIN_KEY_LEN_MIN} characters")
-        return env[ADMIN_KEY_ENV], ADMIN_KEY_ENV
+        return read_admin_key(data_dir, env) or "", ADMIN_KEY_ENV  # raises for a short one
     path = admin_key_path(data_dir)
     existing = read_admin_key(data_dir, {})
     if existing:

@@ -21,7 +21,7 @@ from flask import Flask, Response, g, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from webui import routes_consumers, routes_v2, routes_v3, ws
-from webui.auth import Principal, retry_after_s
+from webui.auth import Principal, rate_limit_client, retry_after_s
 from webui.context import Gateway
 from webui.dashboard import dashboard_blueprint
 from webui.errors import ApiError, ClusterError
@@ -49,7 +49,7 @@ def check_access(gw: Gateway, op: Op, key: str | None, address: str) -> Principa
     from ``address``: the principal (None for a route that needs no key and got none valid).
     Raises ApiError 42901 (with Retry-After), 40101 or 40301."""
     principal = gw.keys.lookup(key)
-    wait_s = gw.limiter.take(f"key:{principal.name}" if principal else f"addr:{address}")
+    wait_s = gw.limiter.take(rate_limit_client(principal, address))
     if wait_s > 0:
         raise ApiError(42901, f"rate limit of {gw.security.rate_limit_per_s:g} requests/s exceeded",
                        {"Retry-After": retry_after_s(wait_s)})

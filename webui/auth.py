@@ -48,6 +48,11 @@ class KeyStore:
         return found
 
 
+def rate_limit_client(principal: Principal | None, address: str) -> str:
+    """The bucket a request takes its token from: its key's, else its client address's."""
+    return f"key:{principal.name}" if principal else f"addr:{address}"
+
+
 class RateLimiter:
     def __init__(self, rate_per_s: float, burst: int, clients_max: int) -> None:
         self.rate_per_s = rate_per_s

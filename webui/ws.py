@@ -2,7 +2,19 @@
 
 Auth: the key in a header (as for REST) or, for browsers (which cannot set WebSocket headers),
 a first message ``{"api_key": KEY}`` within ``AUTH_TIMEOUT_S``, before anything else is
-accepted; keys never travel in URLs. A bad key or a missing role closes with 1008.
+accepted; keys never travel in URLs. A bad key or a missing role closes with 1008. A socket
+waiting for its first message holds a slot: one client address may hold at most a quarter of
+the slots that way (more get 1013), so a client that opens sockets and sends nothing cannot
+shut the others out.
+
+Rate limits: opening a socket takes a token (by key, or by address until the key comes), and so
+does every message a client sends to /ws/produce or /ws/consume, from its key's bucket as a REST
+request would: a message over the limit is answered with error 42901 and ``retry_after_s``.
+
+Inbound bound: simple_websocket's reader thread queues every message it reads, without bound
+(and with permessage-deflate a small frame can inflate to a ``MESSAGE_BYTES_MAX`` message).
+``ws_guard.InboxGate`` makes it read from the network only while few messages wait for the
+route: a client sending faster than its route takes messages is held back by TCP.
 
 Backpressure: everything a client is sent goes through its ``Outbox`` -- a bounded queue
 (``gateway.ws_send_queue_max`` messages) drained by one sender thread. When the queue stays
@@ -29,12 +41,13 @@ from flask import Flask, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from webui.auth import Principal
+from webui.auth import Principal, rate_limit_client, retry_after_s
 from webui.context import Gateway
 from webui.events import EVENTS_QUEUE_MAX
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import ACKS, encode_records, offsets_json, records_json
 from webui.spec import Op, dumps, loads_json
+from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, PendingAuth
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +58,7 @@ TRY_AGAIN_LATER = 1013   # the client cannot keep up
 FETCH_TIMEOUT_MS = 500
 FETCH_BYTES_MAX = 2 * 1024 * 1024   # keys and values per consumer-service fetch (one message)
 FETCH_RECORDS_MAX = 5000
-INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered
+PENDING_AUTH_SHARE = 4   # one address may hold 1/4 of the slots with sockets not yet authenticated
 AUTO_COMMIT_INTERVAL_S = 5.0  # /ws/consume: what went out to the client is committed this often
 SOCKET_SNDBUF_BYTES = 256 * 1024
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
@@ -64,7 +77,10 @@ DESCRIPTION = {
                     "out": "{records: [{topic, partition, offset, timestamp, key, value, headers}]} or {committed: true}"},
     "/ws/events": {"role": "read", "out": "{type: node, node, role, state: up|down, ts_ms} (the monitor adds metrics, alerts)"},
     "auth": 'Authorization or X-API-Key header, or a first message {"api_key": KEY}; 1008 when refused',
-    "close_codes": {"1008": "auth, role or a bad message", "1013": "client too slow, or too many sockets"},
+    "rate_limit": "opening a socket and every message to /ws/produce or /ws/consume take a token of the key's "
+                  "limit; a message over it is answered {error_code: 42901, message, retry_after_s}",
+    "close_codes": {"1008": "auth, role or a bad message",
+                    "1013": "client too slow, too many sockets, or too many from one address waiting for their key"},
 }
 
 
@@ -170,17 +186,22 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": MESSAGE_BYTES_MAX}
     sock = Sock(app)
     slots = threading.BoundedSemaphore(gw.settings.websockets_max)
+    pending = PendingAuth(max(1, gw.settings.websockets_max // PENDING_AUTH_SHARE))
 
-    def session(role: str, body: Callable[[Any, Outbox, Principal, dict], None]) -> Callable[[Any], None]:
-        """Auth, slot and outbox around one route. Runs in the route's worker thread."""
-        def handler(ws: Any) -> None:
+    def session(role: str, body: Callable[[Any, Outbox, Principal, dict], None]) -> Callable[[Any, Callable], None]:
+        """Auth, slot and outbox around one route. Runs in the route's worker thread;
+        ``authenticated()`` is called once the key is known (or the socket is refused)."""
+        def handler(ws: Any, authenticated: Callable[[], None]) -> None:
             try:
                 ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF_BYTES)
             except (AttributeError, OSError):
                 pass
             out = Outbox(ws, gw.settings.ws_send_queue_max, gw.settings.ws_slow_client_timeout_ms / 1000)
             try:
-                principal = _authenticate(ws, out, gw, role)
+                try:
+                    principal = _authenticate(ws, out, gw, role)
+                finally:
+                    authenticated()
                 if principal is not None:
                     body(ws, out, principal, dict(request.args))
                     out.close(1000, "done")
@@ -199,23 +220,33 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
         inner = session(role, body)
 
         def route(ws: Any) -> None:
+            ws.sock = InboxGate(ws)
             try:
                 authorize(Op("GET", path, lambda: None, None, "", "ws"))  # the rate limit, by key or address
             except ApiError as e:
                 ws.close(TRY_AGAIN_LATER, e.message[:120])
                 return
-            if not slots.acquire(blocking=False):
-                ws.close(TRY_AGAIN_LATER, f"{gw.settings.websockets_max} WebSockets are open: try again later")
+            from webui.app import client_address, presented_key
+            # a browser's socket waits for its first message (the key) holding a slot
+            done_waiting = pending.enter(client_address()) if presented_key() is None else (lambda: None)
+            if done_waiting is None:
+                ws.close(TRY_AGAIN_LATER, "too many WebSockets from this address wait for their key: try again later")
                 return
             try:
-                inner(ws)
+                if not slots.acquire(blocking=False):
+                    ws.close(TRY_AGAIN_LATER, f"{gw.settings.websockets_max} WebSockets are open: try again later")
+                    return
+                try:
+                    inner(ws, done_waiting)
+                finally:
+                    slots.release()
             finally:
-                slots.release()
+                done_waiting()
         route.__name__ = "ws_" + path.rsplit("/", 1)[-1]
         sock.route(path)(route)
 
-    guarded("/ws/consume", "consume", lambda ws, out, p, q: _consume(ws, out, gw, q))
-    guarded("/ws/produce", "produce", lambda ws, out, p, q: _produce(ws, out, gw, q))
+    guarded("/ws/consume", "consume", lambda ws, out, p, q: _consume(ws, out, gw, q, _limit(gw, p)))
+    guarded("/ws/produce", "produce", lambda ws, out, p, q: _produce(ws, out, gw, q, _limit(gw, p)))
     guarded("/ws/events", "read", lambda ws, out, p, q: _events(ws, out, gw))
 
 
@@ -242,6 +273,21 @@ def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str) -> Principal | N
         out.close(POLICY, f"this stream needs the {role!r} role")
         return None
     return principal
+
+
+def _limit(gw: Gateway, principal: Principal) -> Callable[[], dict | None]:
+    """Takes a token of ``principal``'s rate limit for one client message: None when allowed,
+    else the error to answer (42901 with ``retry_after_s``, as REST's 429 and Retry-After)."""
+    from webui.app import client_address
+    client = rate_limit_client(principal, client_address())
+
+    def take() -> dict | None:
+        wait_s = gw.limiter.take(client)
+        if wait_s <= 0:
+            return None
+        return {"error_code": 42901, "message": f"rate limit of {gw.security.rate_limit_per_s:g} requests/s exceeded",
+                "retry_after_s": int(retry_after_s(wait_s))}
+    return take
 
 
 def _query(q: dict, name: str, allowed: tuple[str, ...] | None = None, default: str | None = None) -> str:
@@ -297,7 +343,7 @@ class _Delivered:
             self.committed[tp] = max(o, self.committed.get(tp, -1))
 
 
-def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
+def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict | None] = lambda: None) -> None:
     topic = _query(q, "topic")
     fmt = _query(q, "format", ("json", "binary"), "json")
     start = _query(q, "from", ("beginning", "end"), "end")
@@ -314,7 +360,7 @@ def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
     try:
         gw.agent.subscribe(group, entry.name, [topic])
         while ws.connected and not out.done.is_set():
-            _consume_commands(ws, out, gw, delivered)
+            _consume_commands(ws, out, gw, delivered, limit)
             records = gw.agent.call_instance(group, entry.name, lambda h: h.fetch(
                 timeout_ms=FETCH_TIMEOUT_MS, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
             if records:
@@ -337,12 +383,17 @@ def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
                 pass
 
 
-def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered) -> None:
+def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered,
+                      limit: Callable[[], dict | None]) -> None:
     """Handle what the client sent: {"commit": "all" | [{topic, partition, offset}]}."""
     while True:
         text = ws.receive(timeout=0)
         if text is None:
             return
+        limited = limit()
+        if limited is not None:
+            out.put({"committed": False, **limited})
+            continue
         try:
             msg = loads_json(text)
             commit = msg["commit"]
@@ -366,7 +417,7 @@ def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered) 
         out.put({"committed": True})
 
 
-def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
+def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict | None] = lambda: None) -> None:
     topic = _query(q, "topic")
     fmt = _query(q, "format", ("json", "binary"), "json")
     acks = ACKS[_query(q, "acks", tuple(ACKS), "all")]
@@ -377,10 +428,14 @@ def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict) -> None:
         text = ws.receive(timeout=1.0)
         if text is None:
             continue
+        limited = limit()  # every message, as every REST request, before its body is decoded
         try:
             msg = loads_json(text)
             if not isinstance(msg, dict):
                 raise ValueError(f"a JSON object is wanted, not {type(msg).__name__}")
+            if limited is not None:
+                out.put({"id": msg.get("id"), **limited})
+                continue
             body = msg if "records" in msg else {"records": [msg]}
             records = encode_records(body, fmt == "binary")
         except (ValueError, TypeError, KeyError, AttributeError) as e:

@@ -26,7 +26,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from fabric.apikeys import read_admin_key
-from fabric.config import LoomConfig
+from fabric.config import ConfigError, LoomConfig
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway as GatewayContext
 from webui.context import HttpRequestCounter
@@ -85,6 +85,10 @@ class Gateway:
         self.node_config = config.node(name)
         self.master_pid = os.getpid()
         self.control: Any = None
+        try:  # read here, in the master: a bad key stops the node with a config error, not each worker
+            self.admin_key = read_admin_key(config.cluster.data_dir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
 
     def binds(self) -> list[str]:
         n = self.node_config
@@ -116,8 +120,7 @@ class Gateway:
         self.control = GatewayControl(self.config, self.name, self.master_pid, hub, http_requests)
         agent = GatewayAgent(self.config, is_up=self.control.is_up, owner=f"gateway:{self.name}")
         sec = self.config.security
-        keys = KeyStore([(k.name, k.key_hash, list(k.roles)) for k in sec.api_keys],
-                        read_admin_key(self.config.cluster.data_dir))
+        keys = KeyStore([(k.name, k.key_hash, list(k.roles)) for k in sec.api_keys], self.admin_key)
         limiter = RateLimiter(sec.rate_limit_per_s, sec.rate_limit_burst, self.config.gateway.rate_limit_clients_max)
         ctx = GatewayContext(agent=agent, hub=hub, keys=keys, limiter=limiter, settings=self.config.gateway,
                              security=sec, cluster_id=self.config.cluster.name,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fabric.apikeys import ADMIN_KEY_ENV, ensure_admin_key, hash_key
+from fabric.apikeys import ADMIN_KEY_ENV, ensure_admin_key, hash_key, read_admin_key
 from fabric.config import ConfigError, GatewayConfig, SecurityConfig, parse_config
 from nodes.cli_keys import add_key_line
 from tests.unit.fakes import KEYS, StubAgent
@@ -135,3 +135,24 @@ def test_keys_add_keeps_comments_and_validates(tmp_path: Path) -> None:
     assert [(k.name, k.roles) for k in cfg.security.api_keys] == [("a", ["read"]), ("b", ["produce", "read"])]
     assert cfg.security.rate_limit_burst == parse_config(yaml.safe_load(text), environ={}).security.rate_limit_burst
     assert "api_keys:\n    - {name: a" in add_key_line("nodes: {}\n", "{name: a}")
+
+
+def test_a_gateway_started_alone_refuses_a_short_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`loom up` refuses a LOOM_ADMIN_KEY under ADMIN_KEY_LEN_MIN characters, but a gateway
+    started alone (`loom up --node gateway`, `python -m nodes.run`) read it unchecked and
+    accepted it as an admin key; an admin.key file edited short, the same."""
+    from nodes.gateway import Gateway as GatewayNode
+    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
+    cfg = parse_config({"cluster": {"data_dir": str(tmp_path)}, "nodes": {
+        "coordinator": {"role": "coordinator", "port": 1}, "b": {"role": "broker", "broker_id": 1, "port": 2},
+        "gateway": {"role": "gateway", "port": 3}}}, environ={})
+    with pytest.raises(ValueError, match=ADMIN_KEY_ENV):
+        read_admin_key(tmp_path, {ADMIN_KEY_ENV: "admin"})
+    (tmp_path / "admin.key").write_text("short\n")
+    with pytest.raises(ValueError, match="admin.key"):
+        read_admin_key(tmp_path, {})
+    with pytest.raises(ConfigError, match="admin.key"):
+        GatewayNode(cfg, "gateway")
+    (tmp_path / "admin.key").write_text("a-dev-key-long-enough\n")
+    assert read_admin_key(tmp_path, {}) == "a-dev-key-long-enough"
+    assert GatewayNode(cfg, "gateway").admin_key == "a-dev-key-long-enough"

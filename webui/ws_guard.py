@@ -1,0 +1,76 @@
+"""What one WebSocket client may hold in the gateway before its route has taken it: the
+messages it sent (``InboxGate``) and, per client address, the sockets still waiting for their
+key (``PendingAuth``). Used by webui/ws.py.
+
+simple_websocket's reader thread reads the socket and queues every complete message in
+``ws.input_buffer`` without bound, whatever the route takes; with permessage-deflate (which
+it always accepts) a frame of a few KiB can inflate to a whole ``MESSAGE_BYTES_MAX`` message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered (/ws/produce closes past it)
+INBOX_BYTES_MAX = 4 * 1024 * 1024  # received messages waiting for the route (one larger still comes in)
+INBOX_WAIT_S = 0.01      # how often a held-back reader looks whether the route took a message
+
+
+class InboxGate:
+    """Stands in for a simple_websocket connection's socket (``ws.sock``) so that its reader
+    thread reads from the network only while the messages waiting in ``ws.input_buffer`` are
+    within INBOX_MESSAGES_MAX + 1 messages and INBOX_BYTES_MAX bytes: a client that sends
+    faster than its route takes messages is held back by TCP, never queued in memory. (The
+    reader looks ``ws.sock`` up at every read, so the gate holds from its next read on.)
+    Everything else goes to the socket. Thread-safe: the reader thread calls ``recv``."""
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+        self._sock = ws.sock
+
+    def _full(self) -> bool:
+        waiting = list(self._ws.input_buffer)  # appended by the reader, popped by the route
+        return len(waiting) > INBOX_MESSAGES_MAX or sum(len(m) for m in waiting) >= INBOX_BYTES_MAX
+
+    def recv(self, size: int) -> bytes:
+        while self._ws.connected and self._full():
+            time.sleep(INBOX_WAIT_S)  # the reader's own thread; the route pops without telling
+        return self._sock.recv(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class PendingAuth:
+    """Per client address, the sockets waiting for their first message (the key), at most
+    ``per_address_max`` each. Entries go when their count is back to 0, so the table holds at
+    most one per socket in its handshake. Thread-safe (one lock)."""
+
+    def __init__(self, per_address_max: int) -> None:
+        self.per_address_max = per_address_max
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def enter(self, address: str) -> Callable[[], None] | None:
+        """Count one more socket of ``address`` waiting: the function that ends its wait (once,
+        however often it is called), or None when ``address`` has ``per_address_max`` already."""
+        with self._lock:
+            n = self._counts.get(address, 0)
+            if n >= self.per_address_max:
+                return None
+            self._counts[address] = n + 1
+        left = threading.Event()
+
+        def leave() -> None:
+            if left.is_set():
+                return
+            left.set()
+            with self._lock:
+                n = self._counts[address] - 1
+                if n:
+                    self._counts[address] = n
+                else:
+                    del self._counts[address]
+        return leave
