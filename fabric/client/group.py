@@ -339,9 +339,11 @@ class GroupConsumer(_AssignConsumer):
         self._committed(offsets)
 
     def _committed(self, offsets: dict[TopicPartition, int]) -> None:
-        for tp, o in offsets.items():
-            if o > self._last_committed.get(tp, -1):
-                self._last_committed[tp] = o
+        # what the coordinator holds now, also below the last commit (a commit outside any
+        # generation -- an assigned consumer's -- may move it back): a higher value kept here
+        # would be taken for committed once the position reaches it again, and commit() of the
+        # positions would never send it
+        self._last_committed.update(offsets)
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of ``tp`` (None: nothing committed)."""

@@ -81,7 +81,9 @@ class _Reactor(FakeReactor):
 
 
 class _Coordinator:
-    """Group g of one member (generation 1) that owns t-0; keeps what is committed."""
+    """Group g of one member (generation 1) that owns t-0; keeps what is committed. As the real
+    one (nodes/coordinator/offsets.py), it refuses a member's commit below the committed offset;
+    a commit outside any generation (an assigned instance's) may move it back."""
 
     def __init__(self) -> None:
         self.committed: dict[tuple[str, int], int] = {}
@@ -94,6 +96,8 @@ class _Coordinator:
         if command == P.OFFSET_FETCH:
             return {"offsets": [[t, p, self.committed.get((t, p), 0), ""] for t, p in header["partitions"]]}
         if command == P.OFFSET_COMMIT:
+            if header["generation"] >= 0 and any(o < self.committed.get((t, p), 0) for t, p, o in header["offsets"]):
+                raise RemoteError(P.INVALID_COMMIT_OFFSET, "below the committed offset")
             for t, p, o in header["offsets"]:
                 self.committed[(t, p)] = o
             return {}
@@ -227,3 +231,21 @@ def test_a_fetch_that_gives_its_records_back_leaves_nothing_held(rig: _Rig, monk
     rig.idle(2 * AUTO_COMMIT_INTERVAL_MS)
     assert rig.committed == 10
     assert rig.fetch() == list(range(10, 20))
+
+
+
+def test_an_assigned_instance_commits_its_positions_again_after_a_commit_back(rig: _Rig) -> None:
+    """An assigned instance (no subscription) commits outside any generation, which may move the
+    group's offset back. Once the records after it are read again, a commit of the positions must
+    be sent: they equal what was committed before, which is no longer what the group holds."""
+    rig.request("subscribe", topics=[])
+    rig.request("assign", partitions=[["t", 0]])
+    assert rig.fetch(max_records=20) == list(range(0, 20))
+    rig.request("commit", offsets=None)
+    assert rig.committed == 20
+    rig.request("commit", offsets=[["t", 0, 5]])  # the client will process 5.. again
+    rig.request("seek", to="offsets", offsets=[["t", 0, 5]])
+    assert rig.committed == 5
+    assert rig.fetch(max_records=15) == list(range(5, 20))
+    rig.request("commit", offsets=None)
+    assert rig.committed == 20, "the commit of the positions sent nothing: 5..19 come again after every restart"
