@@ -166,11 +166,22 @@ class Consumer:
     # -- polling ------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
         """Records after the current positions (advancing them); waits up to ``timeout_ms``
-        for at least one. Raises RemoteError(corrupt_message) for a batch that is not what its
-        header says."""
+        for at least one. A batch that is not what its header says ends the records returned
+        before it, and the next poll raises RemoteError(corrupt_message) with the position at
+        it, as long as it is there (Kafka's consumer does the same): the positions went past
+        every run of this poll when they were taken, and a corrupt batch or the runs after it
+        left behind them would be skipped -- and committed by the next auto-commit."""
         out: list[Record] = []
-        for view in self._poll_views(timeout_ms, max_records):
-            out += view.records()
+        views = self._poll_views(timeout_ms, max_records)
+        for i, view in enumerate(views):
+            try:
+                out += view.records()
+            except RemoteError:
+                for rest in reversed(views[i:]):  # each partition back to its first run not returned
+                    self.seek((rest.topic, rest.partition), rest.first_offset)
+                if out:
+                    return out
+                raise
         return out
 
     def poll_batch(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[RecordBatchView]:
