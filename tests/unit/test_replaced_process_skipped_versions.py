@@ -69,3 +69,28 @@ def test_a_restarted_coordinator_still_knows_the_replaced_processes(tmp_path) ->
         assert coord.state.incarnations[2] == "process-c" and coord.state.version == version
     finally:
         coord.close()
+
+
+def test_the_answer_to_a_superseded_registration_starts_no_registration_loop(nodes) -> None:  # noqa: ANN001
+    """The broker registers again as a new process (the metadata named another process of it)
+    and, before that is answered, once more (a fenced ISR proposal): two registrations in
+    flight, of two processes. Taken as this process's, the first answer made it registered with
+    metadata naming the previous process -- another re-registration, whose predecessor's
+    answer did the same: one restart after another (every partition of the broker fenced each
+    time), for good."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    broker._reregister_as_new_incarnation()
+    broker.reactor.run_once(0)
+    broker._reregister_as_new_incarnation()  # the ISR proposer's on_fenced
+    broker.reactor.run_once(0)
+    for _ in range(6):  # the answers, each read in a pass of its own
+        answers = loop.serve(P.BROKER_REGISTER)
+        for answer in answers:
+            loop.deliver([answer])
+            broker.reactor.run_once(0)
+        for frames in loop.take_pushes():
+            loop.push(frames)
+        broker.reactor.run_once(0)
+    assert not loop.requests, "the broker keeps registering as new processes"
+    assert broker._registered and coord.state.incarnations[1] == broker.incarnation
