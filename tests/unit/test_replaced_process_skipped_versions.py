@@ -58,7 +58,9 @@ def test_a_restarted_coordinator_still_knows_the_replaced_processes(tmp_path) ->
             coord._observe_incarnation(2, process)
     finally:
         coord.close()
-    coord = Coordinator(config, "coordinator")
+    # the same coordinator restarted: its data dir, fresh ports (a closed ZeroMQ socket may not
+    # have let go of its port yet)
+    coord = Coordinator(load_config(make_config(tmp_path, 3, engine="memory")), "coordinator")
     try:
         assert ClusterMetadata.from_wire(coord.metadata_wire()).brokers[2].replaced == ("process-a", "process-b")
         version = coord.state.version
