@@ -7,7 +7,7 @@ Wire form (msgpack):
      "state_id": str,            # random per coordinator process: tells a restart from a reorder
      "deleted_topic_ids": [str], # topics deleted explicitly (bounded): only these are removed
      "coordinator": "tcp://host:port",
-     "brokers": [[broker_id, host, port, pub_port, alive, incarnation], ...],
+     "brokers": [[broker_id, host, port, pub_port, alive, incarnation, [replaced, ...]], ...],
      "topics": {name: {"id": str, "configs": {k: v},
                        "partitions": [[leader, leader_epoch, replicas, isr, partition_epoch], ...]}}}
 
@@ -19,7 +19,10 @@ four elements (no partition epoch) read as partition epoch 0.
 ``incarnation`` names the broker's current process as the coordinator last committed it ("" when
 unknown, and in entries of five elements): a leader counts a follower's log end only from the
 process named here (Kafka's broker epoch, KIP-903), so that a report of a process that has
-restarted since is not taken for its successor's.
+restarted since is not taken for its successor's. ``replaced`` lists the broker's latest
+processes that restarts replaced (oldest first, bounded; empty in entries of six elements): a
+leader that missed the metadata naming one of them -- two restarts in quick succession, one
+push lost -- learns here that its late reports are not its successor's.
 
 Deltas (``MetadataDelta``, pushed by the coordinator at every commit):
     {"version": int, "base_version": int, "cluster": str, "coordinator": str,
@@ -50,11 +53,13 @@ UNREADABLE_METADATA = (MalformedFrame, KeyError, TypeError, ValueError, IndexErr
 
 
 def _broker_from_wire(b: list) -> "BrokerInfo":
-    return BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4]), str(b[5]) if len(b) > 5 else "")
+    return BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4]), str(b[5]) if len(b) > 5 else "",
+                      tuple(str(i) for i in b[6]) if len(b) > 6 else ())
 
 
 def _brokers_to_wire(brokers: dict[int, "BrokerInfo"]) -> list[list]:
-    return [[b.broker_id, b.host, b.port, b.pub_port, b.alive, b.incarnation] for b in brokers.values()]
+    return [[b.broker_id, b.host, b.port, b.pub_port, b.alive, b.incarnation, list(b.replaced)]
+            for b in brokers.values()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,7 @@ class BrokerInfo:
     pub_port: int
     alive: bool = True
     incarnation: str = ""  # the broker's current process as the coordinator knows it ("": unknown)
+    replaced: tuple[str, ...] = ()  # its latest processes that restarts replaced, oldest first
 
     @property
     def endpoint(self) -> str:

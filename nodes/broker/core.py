@@ -394,11 +394,17 @@ class BrokerCore:
 
     def note_replaced_processes(self, new: ClusterMetadata) -> None:
         """Before ``new`` is installed: the broker processes it shows replaced (a broker whose
-        named incarnation changed), the latest few per broker."""
-        for bid, old in self.metadata.brokers.items():
-            b = new.brokers.get(bid)
-            if old.incarnation and b is not None and b.incarnation != old.incarnation:
-                self._replaced_processes.setdefault(bid, deque(maxlen=REPLACED_PROCESSES_KEPT)).append(old.incarnation)
+        named incarnation changed, and those it lists replaced: a process named only in
+        metadata we never held -- a push lost between two restarts -- is one of these), the
+        latest few per broker."""
+        for bid, b in new.brokers.items():
+            old = self.metadata.brokers.get(bid)
+            gone = list(b.replaced)
+            if old is not None and old.incarnation and b.incarnation != old.incarnation:
+                gone.append(old.incarnation)
+            if gone:
+                replaced = self._replaced_processes.setdefault(bid, deque(maxlen=REPLACED_PROCESSES_KEPT))
+                replaced.extend(i for i in gone if i not in replaced and i != b.incarnation)
 
     def follower_position(self, follower_id: int, key: TopicPartition, log_end_offset: int, leader_epoch: int,
                           now_ms: int) -> None:

@@ -154,8 +154,15 @@ class Broker(Node):
     # -- metadata ---------------------------------------------------------------------------
     def _register(self) -> None:
         """Announce this process to the coordinator; its answer (metadata in which a restart of
-        ours is already accounted for) is the first metadata we act on."""
+        ours is already accounted for) is the first metadata we act on. The answer to a
+        registration of a process we have since replaced (registered again as a new one before
+        it came) is dropped: the new process's registration is on its way, and that answer,
+        naming the previous process, made the broker register as a new one again -- a loop."""
+        incarnation = self.incarnation
+
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
+            if incarnation != self.incarnation:
+                return
             if header is None:
                 if err is not None and err.code == P.STALE_BROKER_EPOCH:
                     # another process of this broker registered after us: start over as a new one
@@ -176,7 +183,7 @@ class Broker(Node):
                 # a push read before this answer was dropped, and it is newer than the answer
                 # (the coordinator's version sent at our subscription, a delta): a snapshot now
                 self._refresh_metadata()
-        self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": self.incarnation,
+        self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": incarnation,
                                                      "cluster_id": self.guard.cluster_id},
                                  callback=done, timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 

@@ -12,7 +12,6 @@ Not thread-safe: everything runs on the reactor's thread.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Any
 
 import zmq
@@ -100,9 +99,6 @@ class Coordinator(Node):
         self.reactor.call_every(REPUBLISH_INTERVAL_MS, self._publish_metadata)
         self._version_owed = False  # a subscription read in this pass: the version after it
         self._fenced: set[tuple[str, int]] = set()  # partitions whose next commit bumps their epoch
-        # per broker, the processes seen replaced by a restart (the latest few): their
-        # heartbeats, read late, are neither a restart nor a sign of life
-        self._replaced: dict[int, deque[str]] = {}
         # the next producer id and the end of the block this process stored (nothing yet)
         self._pid_next = self._pid_end = self.state.next_producer_id
         self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
@@ -116,7 +112,8 @@ class Coordinator(Node):
     # -- metadata ------------------------------------------------------------------------------
     def metadata(self) -> ClusterMetadata:
         brokers = {bid: BrokerInfo(b.broker_id, b.host, b.port, b.pub_port, bid in self.alive,
-                                   self.state.incarnations.get(bid, ""))
+                                   self.state.incarnations.get(bid, ""),
+                                   tuple(self.state.replaced_incarnations.get(bid, ())))
                    for bid, b in self.brokers.items()}
         topics = {name: TopicInfo(name, tuple(PartitionInfo(name, i, p.leader, p.leader_epoch, tuple(p.replicas), tuple(p.isr),
                                                             p.partition_epoch)
@@ -334,7 +331,7 @@ class Coordinator(Node):
             raise RemoteError(P.INCONSISTENT_CLUSTER_ID, f"broker {bid} belongs to cluster {req.header['cluster_id']}, "
                               f"this coordinator to cluster {self.state.cluster_id}")
         incarnation = req.get("incarnation", str)
-        if incarnation in self._replaced.get(bid, ()):
+        if incarnation in self.state.replaced_incarnations.get(bid, ()):
             # a process we saw replaced: a request of the dead one read late (its answer goes
             # nowhere), or a live one another process of the same broker succeeded -- which
             # registers again as a new process
@@ -360,12 +357,18 @@ class Coordinator(Node):
         it may have lost an unflushed tail, so it is treated as down (out of every ISR, its
         partitions re-elected with new epochs) and then up, before it acts on any metadata."""
         known = self.state.incarnations.get(bid)
-        if incarnation in self._replaced.get(bid, ()):
+        if incarnation in self.state.replaced_incarnations.get(bid, ()):
             self.counters["replaced_process_heartbeats"] += 1
             return
         if known != incarnation:
             self.state.incarnations[bid] = incarnation
             if known is not None:
+                # stored with the restart (a write that fails takes both back: one that could
+                # not be stored goes back to naming ``known`` -- maybe the live process, after a
+                # predecessor's registration read late), and so published: a leader that missed
+                # the metadata naming ``known`` still learns its late reports are stale
+                replaced = self.state.replaced_incarnations.get(bid, []) + [known]
+                self.state.replaced_incarnations[bid] = replaced[-REPLACED_PROCESSES_KEPT:]
                 log.warning("broker %d restarted (new process): fencing the epochs it led", bid)
                 # every partition it is a replica of gets a new partition epoch, also those it
                 # was not in the ISR of: an ISR expansion the leader proposed on what its old
@@ -379,10 +382,6 @@ class Coordinator(Node):
             # naming a process the metadata showed replaced for stale), with the fencing still
             # owed for the partitions its being down changed nothing in
             self.commit()
-            if known is not None:
-                # only once the restart is stored: one that could not be goes back to naming
-                # ``known`` -- maybe the live process (a predecessor's registration read late)
-                self._replaced.setdefault(bid, deque(maxlen=REPLACED_PROCESSES_KEPT)).append(known)
         self._seen(bid)
 
     def _seen(self, bid: int) -> None:

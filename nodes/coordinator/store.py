@@ -64,6 +64,9 @@ class ClusterState:
     offsets_snapshots: dict[int, list] = field(default_factory=dict)
     deleted_topic_ids: list[str] = field(default_factory=list)  # oldest first, bounded
     cluster_id: str = field(default_factory=new_id)  # made once, with the first state
+    # broker id -> its latest processes that a stored restart replaced (oldest first, bounded
+    # by the coordinator): their late messages are not a restart, and the metadata lists them
+    replaced_incarnations: dict[int, list[str]] = field(default_factory=dict)
 
     def topic_deleted(self, topic_id: str) -> None:
         self.deleted_topic_ids = (self.deleted_topic_ids + [topic_id])[-DELETED_TOPIC_IDS_MAX:]
@@ -93,7 +96,9 @@ class StateStore:
         snapshots = {int(k): list(v) for k, v in raw.get("offsets_snapshots", {}).items()}
         state = ClusterState(raw.get("version", 0), raw.get("next_producer_id", 1), topics, incarnations, snapshots,
                              deleted_topic_ids=list(raw.get("deleted_topic_ids", [])),
-                             cluster_id=raw.get("cluster_id") or new_id())
+                             cluster_id=raw.get("cluster_id") or new_id(),
+                             replaced_incarnations={int(k): [str(i) for i in v]
+                                                    for k, v in raw.get("replaced_incarnations", {}).items()})
         if not raw.get("cluster_id") or any(not t.get("id") for t in raw.get("topics", {}).values()):
             self.save(state)  # ids made for an older state file must not change at the next start
         return state
@@ -106,6 +111,7 @@ class StateStore:
             "version": state.version,
             "next_producer_id": state.next_producer_id,
             "incarnations": {str(k): v for k, v in state.incarnations.items()},
+            "replaced_incarnations": {str(k): v for k, v in state.replaced_incarnations.items()},
             "offsets_snapshots": {str(k): v for k, v in state.offsets_snapshots.items()},
             "deleted_topic_ids": state.deleted_topic_ids,
             "topics": {n: {"id": t.topic_id, "configs": t.configs, "partitions": [p.to_list() for p in t.partitions]}
