@@ -54,7 +54,16 @@ UNREADABLE_METADATA = (MalformedFrame, KeyError, TypeError, ValueError, IndexErr
 
 def _broker_from_wire(b: list) -> "BrokerInfo":
     return BrokerInfo(b[0], b[1], b[2], b[3], bool(b[4]), str(b[5]) if len(b) > 5 else "",
-                      tuple(str(i) for i in b[6]) if len(b) > 6 else ())
+                      _processes_from_wire(b[6]) if len(b) > 6 else ())
+
+
+def _processes_from_wire(processes: list) -> tuple[str, ...]:
+    """A broker entry's replaced processes: a list of names, or TypeError (unreadable). Not
+    coerced: a string iterated as one gave a replaced process per character, enough of them to
+    push the real ones out of what a leader keeps."""
+    if not isinstance(processes, (list, tuple)) or not all(isinstance(i, str) for i in processes):
+        raise TypeError(f"replaced processes must be a list of names, not {type(processes).__name__}")
+    return tuple(processes)
 
 
 def _brokers_to_wire(brokers: dict[int, "BrokerInfo"]) -> list[list]:
