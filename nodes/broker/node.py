@@ -176,8 +176,14 @@ class Broker(Node):
                 return
             self._registered = True
             self.guard.registration_refused("")
+            readable, update = self._read_answer(header, "registration")
+            if not readable:  # registered, but with nothing to act on: again (the same process)
+                self._registered = False
+                self.reactor.call_later(200, self._register)
+                return
             log.info("registered with the coordinator as broker %d (incarnation %s)", self.broker_id, self.incarnation)
-            self.apply_metadata(header["metadata"], same_version=True)
+            if update is not None:
+                self._install_metadata(*update)
             dropped, self._dropped_push = self._dropped_push, None
             if dropped is not None and self._shows_gap(dropped):
                 # a push read before this answer was dropped, and it is newer than the answer
@@ -209,14 +215,16 @@ class Broker(Node):
 
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
             self._refresh_in_flight = False
-            if header is None:
+            readable, update = (False, None) if header is None else self._read_answer(header, "metadata")
+            if not readable:  # an error answer, or one we cannot read: as refused
                 self._refresh_again = False
                 if not isinstance(err, RequestTimeout) or self.metadata.version < 0:
                     self._refresh_retry = self.reactor.call_later(self._refresh_backoff_ms, self._refresh_retried)
                     self._refresh_backoff_ms = min(2 * self._refresh_backoff_ms, METADATA_RETRY_MAX_MS)
                 return
             self._refresh_backoff_ms = METADATA_RETRY_MS
-            self.apply_metadata(header["metadata"], same_version=True)
+            if update is not None:
+                self._install_metadata(*update)
             if self._refresh_again:
                 self._refresh_metadata()
         self.coordinator.request(P.METADATA, {"broker_id": self.broker_id}, callback=done,
@@ -289,6 +297,16 @@ class Broker(Node):
                 (md.version < self.metadata.version or (md.version == self.metadata.version and not same_version)):
             return None
         return md, list(md.partitions())
+
+    def _read_answer(self, header: dict, what: str) -> tuple[bool, tuple[ClusterMetadata, list[PartitionInfo]] | None]:
+        """The snapshot in a ``what`` answer (``_snapshot_update``, at our version too): (True,
+        update), or (False, None) when it cannot be read -- counted, as an unreadable push is."""
+        try:
+            return True, self._snapshot_update(header["metadata"], same_version=True)
+        except UNREADABLE_METADATA as e:  # only reading it: a bug while applying it stops the node
+            self.counters["metadata_malformed"] += 1
+            log.warning("unreadable metadata in a %s answer: %s", what, e)
+            return False, None
 
     def apply_metadata(self, raw: dict, *, same_version: bool = False) -> None:
         """Apply a full snapshot (``_snapshot_update``)."""
