@@ -201,6 +201,10 @@ DRAIN_MESSAGES_MAX = 512              # messages read from one socket per reacto
 # (up to ~1 MB); between them the broker answers its own clients and runs its per-pass hooks
 REPLICATION_DRAIN_MESSAGES_MAX = 8
 TIMERS_MAX = 10_000
+# per broker, its latest processes that restarts replaced, kept by the coordinator (stored, and
+# listed in the metadata) and by each leader: a dead process's messages are late by seconds, so a
+# few restarts' worth is plenty
+REPLACED_PROCESSES_KEPT = 8
 IN_FLIGHT_REQUESTS_MAX = 1024         # per RPC client socket
 PARKED_REQUESTS_MAX = 10_000          # long-poll fetches / acks=all produces waiting on a broker
 RECONNECT_IVL_MS = 100

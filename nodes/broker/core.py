@@ -49,7 +49,6 @@ from nodes.broker.partition_dirs import PartitionDirs
 log = logging.getLogger(__name__)
 
 UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
-REPLACED_PROCESSES_KEPT = 8  # per broker: a replaced process's reports are late by seconds, not restarts
 # the page-cache budget goes to partitions written to within this long (share_page_cache)
 CACHE_ACTIVE_MS = 60_000
 CACHE_SHARE_INTERVAL_MS = 1_000
@@ -403,7 +402,7 @@ class BrokerCore:
             if old is not None and old.incarnation and b.incarnation != old.incarnation:
                 gone.append(old.incarnation)
             if gone:
-                replaced = self._replaced_processes.setdefault(bid, deque(maxlen=REPLACED_PROCESSES_KEPT))
+                replaced = self._replaced_processes.setdefault(bid, deque(maxlen=P.REPLACED_PROCESSES_KEPT))
                 replaced.extend(i for i in gone if i not in replaced and i != b.incarnation)
 
     def follower_position(self, follower_id: int, key: TopicPartition, log_end_offset: int, leader_epoch: int,

@@ -53,7 +53,6 @@ PRODUCER_IDS_PER_WALL_MS = 1024
 # a pass gap over this (or over half the session timeout, if longer) is a stall of our own
 STALL_THRESHOLD_MS_MIN = 2000
 PREFERRED_LEADER_CHECK_MS = 5000
-REPLACED_PROCESSES_KEPT = 8  # per broker: a dead process's messages are late by seconds, not restarts
 
 
 class Coordinator(Node):
@@ -368,7 +367,7 @@ class Coordinator(Node):
                 # predecessor's registration read late), and so published: a leader that missed
                 # the metadata naming ``known`` still learns its late reports are stale
                 replaced = self.state.replaced_incarnations.get(bid, []) + [known]
-                self.state.replaced_incarnations[bid] = replaced[-REPLACED_PROCESSES_KEPT:]
+                self.state.replaced_incarnations[bid] = replaced[-P.REPLACED_PROCESSES_KEPT:]
                 log.warning("broker %d restarted (new process): fencing the epochs it led", bid)
                 # every partition it is a replica of gets a new partition epoch, also those it
                 # was not in the ISR of: an ISR expansion the leader proposed on what its old
