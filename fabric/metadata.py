@@ -41,8 +41,9 @@ Immutable snapshots; thread-safe to share.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from fabric.errors import MalformedFrame
 
@@ -50,6 +51,19 @@ from fabric.errors import MalformedFrame
 # ``from_wire`` / ``apply_delta`` on a map of the wrong shape: the others). A reader forgives
 # exactly these, and only around the reading: a bug while applying what was read stops the node.
 UNREADABLE_METADATA = (MalformedFrame, KeyError, TypeError, ValueError, IndexError, AttributeError)
+
+log = logging.getLogger(__name__)
+
+
+def read_answer(header: Any, sender: str) -> "ClusterMetadata | None":
+    """The snapshot in a METADATA answer's ``header``, or None (logged) when it cannot be read
+    -- a failed answer for the asker, which asks again (or elsewhere): raised out of a reply
+    callback, it stopped the node whose client asked."""
+    try:
+        return ClusterMetadata.from_wire(header["metadata"])
+    except UNREADABLE_METADATA as e:
+        log.warning("unreadable metadata in an answer of %s: %s: %s", sender, type(e).__name__, e)
+        return None
 
 
 def _broker_from_wire(b: list) -> "BrokerInfo":

@@ -11,8 +11,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import CodedError, FabricError, RequestTimeout
-from fabric.metadata import ClusterMetadata
+from fabric.errors import CodedError, FabricError, MalformedFrame, RequestTimeout
+from fabric.metadata import ClusterMetadata, read_answer
 from fabric.rpc import BlockingClient
 
 
@@ -59,8 +59,10 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
         client = BlockingClient(ctx, ep)
         try:
             header, _ = client.call(P.METADATA, {}, timeout_ms=timeout_ms)
-            md = ClusterMetadata.from_wire(header["metadata"])
-            if md.version >= 0:
+            md = read_answer(header, ep)
+            if md is None:
+                last = MalformedFrame(P.MALFORMED_REQUEST, f"unreadable metadata from {ep}")
+            elif md.version >= 0:
                 return md, ep
         except CodedError as e:
             last = e

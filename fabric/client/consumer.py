@@ -38,7 +38,7 @@ from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.bootstrap import metadata_endpoint, parse_bootstrap
 from fabric.clock import Clock
 from fabric.errors import FabricError, MalformedFrame, RemoteError, TopicNotInMetadataError
-from fabric.metadata import ClusterMetadata
+from fabric.metadata import ClusterMetadata, read_answer
 from fabric.reactor import Reactor
 from fabric.records import Record, RecordBatchView, view_batches
 from fabric.replies import FetchEntry, ListOffsetsEntry, decode_parts
@@ -394,11 +394,11 @@ class Consumer:
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False
-            if h is None:
+            md = read_answer(h, endpoint) if h is not None else None
+            if md is None:
                 self._md_index += 1
                 self._md_next_ms = self.clock.now_ms() + METADATA_RETRY_MS
                 return
-            md = ClusterMetadata.from_wire(h["metadata"])
             if md.version > self.metadata.version:
                 self._md_backoff_ms = METADATA_BACKOFF_MS
                 self._take_metadata(md)

@@ -34,7 +34,7 @@ from fabric.clock import Clock
 from fabric.errors import (ClientError, CodedError, DeliveryTimeoutError, FabricError, MalformedFrame,
                            ProducerClosedError, RemoteError, RequestTimeout)
 from fabric.hoptrace import mark
-from fabric.metadata import ClusterMetadata
+from fabric.metadata import ClusterMetadata, read_answer
 from fabric.reactor import Reactor
 from fabric.records import decode_batches
 from fabric.replies import decode_produce_results
@@ -434,8 +434,9 @@ class Sender(threading.Thread):
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False
-            if h is not None:
-                if self.metadata_cache.update(ClusterMetadata.from_wire(h["metadata"])):
+            md = read_answer(h, endpoint) if h is not None else None
+            if md is not None:
+                if self.metadata_cache.update(md):
                     self._reroute_in_flight()
             else:
                 self._md_endpoint_index += 1

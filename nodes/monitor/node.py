@@ -31,7 +31,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
 from fabric.errors import RemoteError
-from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata
+from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, read_answer
 from fabric.metrics import Sample, decode_samples
 from fabric.rpc import RpcClient, make_socket
 from nodes.base import Node
@@ -164,9 +164,13 @@ class Monitor(Node):
 
         def done(header: dict | None, payloads: list, err: RemoteError | None) -> None:
             self._metadata_in_flight = False
-            if header is not None and isinstance(header.get("metadata"), dict):
-                self.facts.apply_metadata(ClusterMetadata.from_wire(header["metadata"]))
-            elif self.facts.metadata is None:
+            md = read_answer(header, "the coordinator") if header is not None else None
+            if md is not None:
+                self.facts.apply_metadata(md)
+                return
+            if header is not None:
+                self.counters["metadata_malformed"] += 1
+            if self.facts.metadata is None:
                 self.reactor.call_later(METADATA_RETRY_MS, self._refresh_metadata)
         self.coordinator.request(P.METADATA, {}, callback=done, timeout_ms=METADATA_RETRY_MS * 5)
 
