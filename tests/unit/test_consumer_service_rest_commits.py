@@ -6,104 +6,29 @@ expiry's close, a gateway reclaiming a dead process's instance) never covers the
 answer until the client comes back with its next request. An explicit commit of the
 positions, and the client's own delete, cover everything handed out.
 
+The same holds for an assigned instance (no subscription), whose auto-commits go out outside
+any generation.
+
 A real Instance with a real GroupConsumer on a ManualClock: a scripted coordinator that keeps
 the committed offsets, and one fake broker leading t-0 whose replies land in the consumer's
-next reactor pass. Driven on the test thread, one request at a time, as its thread would."""
+next reactor pass (tests/unit/builders_group_consumer.py). Driven on the test thread, one
+request at a time, as its thread would."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 import nodes.consumer as consumer_mod
 from fabric import protocol as P
-from fabric.clock import ManualClock
 from fabric.errors import RemoteError
-from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from nodes.consumer import Instance, InstanceHost
-from tests.unit.fakes import FakeReactor, NoHeartbeat, ScriptedCoordinatorLink, as_leader_wrote, make_batch
+from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
+                                                consumer_config)
+from tests.unit.fakes import ScriptedCoordinatorLink
 
-T0 = ("t", 0)
-LOG_END_OFFSET = 1000
 AUTO_COMMIT_INTERVAL_MS = 1000
-RECORDS_PER_FETCH_ANSWER = 50   # what the broker hands out per FETCH: a fetch of 10 leaves some buffered
-
-
-class _Broker:
-    """Broker 1, leader of t-0 (records 0..LOG_END_OFFSET-1), as the consumer's RPC client:
-    every request is answered in the consumer's next reactor pass, as a socket's reply is."""
-
-    def __init__(self) -> None:
-        self.replies: list[Callable[[], None]] = []
-        self.metadata = ClusterMetadata(1, "c", {1: BrokerInfo(1, "b1", 1, 2)},
-                                        {"t": TopicInfo("t", (PartitionInfo("t", 0, 1, 1, (1,), (1,)),), {}, "id-t")})
-
-    def client(self, endpoint: str) -> "_Broker":
-        return self
-
-    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
-                timeout_ms: int = 0) -> int:
-        if command == P.METADATA:
-            self.replies.append(lambda: callback({"metadata": self.metadata.to_wire()}, [], None))
-        elif command == P.FETCH:
-            [[topic, partition, offset, _max_bytes, _epoch]] = header["parts"]
-            n = min(RECORDS_PER_FETCH_ANSWER, LOG_END_OFFSET - offset)
-            data = as_leader_wrote(make_batch(n), offset, 1) if n > 0 else b""
-            entry = [topic, partition, 0, LOG_END_OFFSET, LOG_END_OFFSET, 0, None]
-            self.replies.append(lambda: callback({"parts": [entry]}, [data], None))
-        else:
-            raise AssertionError(f"the fake broker does not answer {command!r}")
-        return len(self.replies)
-
-    def cancel(self, request_id: int) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
-class _Reactor(FakeReactor):
-    """A pass delivers the broker's replies waiting; with none, it waits out its timeout."""
-
-    def __init__(self, broker: _Broker) -> None:
-        super().__init__(ManualClock(10_000))
-        self.broker = broker
-
-    def run_once(self, timeout_ms_max: int = 1000) -> None:
-        if not self.broker.replies:
-            self.advance(timeout_ms_max)
-            return
-        replies, self.broker.replies = self.broker.replies, []
-        for reply in replies:
-            reply()
-        self.run_due()
-
-
-class _Coordinator:
-    """Group g of one member (generation 1) that owns t-0; keeps what is committed. As the real
-    one (nodes/coordinator/offsets.py), it refuses a member's commit below the committed offset;
-    a commit outside any generation (an assigned instance's) may move it back."""
-
-    def __init__(self) -> None:
-        self.committed: dict[tuple[str, int], int] = {}
-
-    def __call__(self, command: bytes, header: dict) -> dict:
-        if command == P.JOIN_GROUP:
-            return {"member_id": header["member_id"] or "m-1", "generation": 1}
-        if command == P.SYNC_GROUP:
-            return {"generation": 1, "assignment": [list(T0)]}
-        if command == P.OFFSET_FETCH:
-            return {"offsets": [[t, p, self.committed.get((t, p), 0), ""] for t, p in header["partitions"]]}
-        if command == P.OFFSET_COMMIT:
-            if header["generation"] >= 0 and any(o < self.committed.get((t, p), 0) for t, p, o in header["offsets"]):
-                raise RemoteError(P.INVALID_COMMIT_OFFSET, "below the committed offset")
-            for t, p, o in header["offsets"]:
-                self.committed[(t, p)] = o
-            return {}
-        if command == P.LEAVE_GROUP:
-            return {}
-        raise AssertionError(f"the scripted coordinator does not answer {command!r}")
 
 
 class _Rig:
@@ -111,12 +36,11 @@ class _Rig:
     subscribed to t, as its client and its service drive it."""
 
     def __init__(self) -> None:
-        self.broker = _Broker()
-        self.reactor = _Reactor(self.broker)
-        self.coordinator = _Coordinator()
-        config = {"coordinator": ScriptedCoordinatorLink(self.coordinator), "heartbeat_factory": NoHeartbeat.make,
-                  "clock": self.reactor.clock, "reactor": self.reactor, "client_factory": self.broker.client,
-                  "auto_offset_reset": "earliest", "auto_commit_interval_ms": AUTO_COMMIT_INTERVAL_MS}
+        self.broker = OnePartitionBroker()
+        self.reactor = BrokerRepliesReactor(self.broker)
+        self.coordinator = OffsetsCoordinator()
+        config = consumer_config(self.broker, self.reactor, ScriptedCoordinatorLink(self.coordinator),
+                                 auto_commit_interval_ms=AUTO_COMMIT_INTERVAL_MS)
         host = InstanceHost("consumer-1", ["127.0.0.1:1"], 60_000, lambda e: None)  # a bug raises out of _serve
         self.instance = Instance(host, "g", "rest-1", config, 0)
         self.request("create")
@@ -249,3 +173,53 @@ def test_an_assigned_instance_commits_its_positions_again_after_a_commit_back(ri
     assert rig.fetch(max_records=15) == list(range(5, 20))
     rig.request("commit", offsets=None)
     assert rig.committed == 20, "the commit of the positions sent nothing: 5..19 come again after every restart"
+
+
+# -- an assigned instance: auto-commits outside any generation, held back the same way ------------
+def _assigned(rig: _Rig) -> _Rig:
+    """The rig's instance, out of the group (its member left) and assigned t-0."""
+    rig.request("subscribe", topics=[])
+    rig.request("assign", partitions=[["t", 0]])
+    assert not rig.coordinator.members
+    return rig
+
+
+def test_an_assigned_instance_auto_commits_an_answer_once_the_client_comes_back(rig: _Rig) -> None:
+    _assigned(rig)
+    assert rig.fetch() == list(range(0, 10))
+    rig.idle(3 * AUTO_COMMIT_INTERVAL_MS)
+    assert rig.committed == 0, "records 0..9 were committed while their answer may be lost"
+    assert rig.fetch() == list(range(10, 20))
+    rig.idle(3 * AUTO_COMMIT_INTERVAL_MS)
+    assert rig.committed == 10, "an assigned instance with auto-commit on committed nothing"
+    rig.request("assignment")
+    rig.idle(2 * AUTO_COMMIT_INTERVAL_MS)
+    assert rig.committed == 20
+
+
+def test_an_assigned_instance_auto_commits_inside_the_clients_next_fetch(rig: _Rig) -> None:
+    _assigned(rig)
+    rig.fetch()
+    rig.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)  # no maintain() in between
+    rig.fetch()
+    assert rig.committed == 10
+
+
+@pytest.mark.parametrize("end", ["idle-expiry", "reclaimed-by-the-gateway"])
+def test_closing_an_assigned_instance_the_client_left_does_not_commit_its_latest_answer(rig: _Rig, end: str) -> None:
+    _assigned(rig)
+    rig.fetch()
+    rig.fetch()
+    if end == "reclaimed-by-the-gateway":
+        rig.request("delete", owner="gateway:gw-1:old-process")
+    rig.instance._close()
+    assert rig.committed == 10, "the close left 0..9 uncommitted, or committed the answer 10..19"
+
+
+def test_the_clients_delete_of_an_assigned_instance_commits_the_positions(rig: _Rig) -> None:
+    _assigned(rig)
+    rig.fetch()
+    rig.fetch()
+    rig.request("delete")
+    rig.instance._close()
+    assert rig.committed == 20

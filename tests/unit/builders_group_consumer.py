@@ -1,0 +1,112 @@
+"""A group consumer's world, once: one fake broker leading t-0 whose replies land in the
+consumer's next reactor pass, that reactor on a ManualClock, and a scripted coordinator of
+group g that keeps the committed offsets and applies the real commit rules
+(nodes/coordinator/groups.py ``_commit_refusal``). Used by the tests of
+``fabric.client.group.GroupConsumer`` and of the consumer service's instances, which host one.
+Kept apart from ``fakes.py``: it builds the client consumer, which most unit tests do not need.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fabric import protocol as P
+from fabric.clock import ManualClock
+from fabric.errors import RemoteError
+from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
+from tests.unit.fakes import FakeReactor, NoHeartbeat, as_leader_wrote, make_batch
+
+T0 = ("t", 0)
+LOG_END_OFFSET = 1000
+RECORDS_PER_FETCH_ANSWER = 50   # what the broker hands out per FETCH: a fetch of 10 leaves some buffered
+
+
+class OnePartitionBroker:
+    """Broker 1, leader of t-0 (records 0..LOG_END_OFFSET-1), as the consumer's RPC client:
+    every request is answered in the consumer's next reactor pass, as a socket's reply is."""
+
+    def __init__(self) -> None:
+        self.replies: list[Callable[[], None]] = []
+        self.metadata = ClusterMetadata(1, "c", {1: BrokerInfo(1, "b1", 1, 2)},
+                                        {"t": TopicInfo("t", (PartitionInfo("t", 0, 1, 1, (1,), (1,)),), {}, "id-t")})
+
+    def client(self, endpoint: str) -> "OnePartitionBroker":
+        return self
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        if command == P.METADATA:
+            self.replies.append(lambda: callback({"metadata": self.metadata.to_wire()}, [], None))
+        elif command == P.FETCH:
+            [[topic, partition, offset, _max_bytes, _epoch]] = header["parts"]
+            n = min(RECORDS_PER_FETCH_ANSWER, LOG_END_OFFSET - offset)
+            data = as_leader_wrote(make_batch(n), offset, 1) if n > 0 else b""
+            entry = [topic, partition, 0, LOG_END_OFFSET, LOG_END_OFFSET, 0, None]
+            self.replies.append(lambda: callback({"parts": [entry]}, [data], None))
+        else:
+            raise AssertionError(f"the fake broker does not answer {command!r}")
+        return len(self.replies)
+
+    def cancel(self, request_id: int) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class BrokerRepliesReactor(FakeReactor):
+    """A pass delivers the broker's replies waiting; with none, it waits out its timeout."""
+
+    def __init__(self, broker: OnePartitionBroker) -> None:
+        super().__init__(ManualClock(10_000))
+        self.broker = broker
+
+    def run_once(self, timeout_ms_max: int = 1000) -> None:
+        if not self.broker.replies:
+            self.advance(timeout_ms_max)
+            return
+        replies, self.broker.replies = self.broker.replies, []
+        for reply in replies:
+            reply()
+        self.run_due()
+
+
+class OffsetsCoordinator:
+    """Group g, whose joining members (generation 1) own t-0; keeps what is committed. As the
+    real one, it refuses a member's commit below the committed offset, and a commit outside
+    any generation (an assigned consumer's, which may move the offset back) while the group has
+    members (``members``: those who joined and did not leave, plus any a test adds)."""
+
+    def __init__(self) -> None:
+        self.committed: dict[tuple[str, int], int] = {}
+        self.members: set[str] = set()
+
+    def __call__(self, command: bytes, header: dict) -> dict:
+        if command == P.JOIN_GROUP:
+            member_id = header["member_id"] or "m-1"
+            self.members.add(member_id)
+            return {"member_id": member_id, "generation": 1}
+        if command == P.SYNC_GROUP:
+            return {"generation": 1, "assignment": [list(T0)]}
+        if command == P.OFFSET_FETCH:
+            return {"offsets": [[t, p, self.committed.get((t, p), 0), ""] for t, p in header["partitions"]]}
+        if command == P.OFFSET_COMMIT:
+            if header["generation"] < 0 and self.members:
+                raise RemoteError(P.NON_EMPTY_GROUP, "group 'g' has active members: only they may commit")
+            if header["generation"] >= 0 and any(o < self.committed.get((t, p), 0) for t, p, o in header["offsets"]):
+                raise RemoteError(P.INVALID_COMMIT_OFFSET, "below the committed offset")
+            for t, p, o in header["offsets"]:
+                self.committed[(t, p)] = o
+            return {}
+        if command == P.LEAVE_GROUP:
+            self.members.discard(header["member_id"])
+            return {}
+        raise AssertionError(f"the scripted coordinator does not answer {command!r}")
+
+
+def consumer_config(broker: OnePartitionBroker, reactor: BrokerRepliesReactor, coordinator: Any,
+                    **kw: Any) -> dict[str, Any]:
+    """GroupConsumer keywords that put it in this world (``coordinator``: a
+    ``ScriptedCoordinatorLink``), with no heartbeat thread and ``auto_offset_reset`` earliest."""
+    return {"coordinator": coordinator, "heartbeat_factory": NoHeartbeat.make, "clock": reactor.clock,
+            "reactor": reactor, "client_factory": broker.client, "auto_offset_reset": "earliest", **kw}

@@ -1,0 +1,124 @@
+"""A group consumer in assign mode (``assign()``, no subscription: no member of the group, but
+its group id holds the committed offsets) auto-commits as Kafka's does with
+``enable_auto_commit``: every ``auto_commit_interval_ms`` inside ``poll`` and ``maintain``,
+and at ``close``. Its commits go out outside any generation (generation -1, no member), which
+the coordinator takes only while the group has no members; a refusal is logged once and left
+to the next interval, never raised out of poll, maintain or close.
+
+A real GroupConsumer on a ManualClock, a fake broker leading t-0 and a scripted coordinator
+(tests/unit/builders_group_consumer.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fabric import protocol as P
+from fabric.client.group import GroupConsumer
+from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
+                                                consumer_config)
+from tests.unit.fakes import ScriptedCoordinatorLink
+
+AUTO_COMMIT_INTERVAL_MS = 1000
+
+
+class _Assigned:
+    """A GroupConsumer of group g assigned t-0, and what it talks to."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.broker = OnePartitionBroker()
+        self.reactor = BrokerRepliesReactor(self.broker)
+        self.coordinator = OffsetsCoordinator()
+        self.link = ScriptedCoordinatorLink(self.coordinator)
+        self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
+            self.broker, self.reactor, self.link, auto_commit_interval_ms=AUTO_COMMIT_INTERVAL_MS, **kw))
+        self.consumer.assign([T0])
+        self.consumer.seek(T0, 0)
+
+    def poll(self, max_records: int = 10) -> list[int]:
+        return [r.offset for r in self.consumer.poll(1000, max_records=max_records)]
+
+    def commits(self) -> list[dict]:
+        return [h for command, h in self.link.calls if command == P.OFFSET_COMMIT]
+
+
+@pytest.fixture
+def assigned() -> Iterator[Callable[..., _Assigned]]:
+    made: list[_Assigned] = []
+
+    def make(**kw: Any) -> _Assigned:
+        made.append(_Assigned(**kw))
+        return made[-1]
+    yield make
+    for a in made:
+        a.consumer.close()
+
+
+def test_poll_auto_commits_the_positions_once_the_interval_passes(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    assert a.poll() == list(range(0, 10))
+    assert a.commits() == []
+    a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
+    assert a.poll() == list(range(10, 20))
+    assert a.commits() == [{"group": "g", "member_id": "", "generation": -1, "offsets": [["t", 0, 10]]}]
+    assert a.coordinator.committed[T0] == 10
+
+
+def test_maintain_auto_commits_and_never_an_offset_that_did_not_move(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    a.poll()
+    for _ in range(3):
+        a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
+        a.consumer.maintain()
+    assert [h["offsets"] for h in a.commits()] == [[["t", 0, 10]]]
+
+
+def test_close_commits_the_positions(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    a.poll()
+    a.consumer.close()  # before the interval: the close itself commits
+    assert a.coordinator.committed[T0] == 10
+
+
+def test_close_commits_no_further_than_the_hosts_bounds(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    a.poll()
+    a.consumer.auto_commit_bounds = {T0: 4}  # records 4.. went to a host's client, unconfirmed
+    a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
+    a.consumer.maintain()
+    assert a.coordinator.committed[T0] == 4
+    a.consumer.close()
+    assert len(a.commits()) == 1 and a.coordinator.committed[T0] == 4
+
+
+def test_without_auto_commit_nothing_is_committed(assigned) -> None:  # noqa: ANN001
+    a = assigned(enable_auto_commit=False)
+    a.poll()
+    a.reactor.clock.advance(3 * AUTO_COMMIT_INTERVAL_MS)
+    a.poll()
+    a.consumer.maintain()
+    a.consumer.close()
+    assert a.commits() == []
+
+
+def test_a_refusal_is_logged_once_and_tried_again_only_at_the_next_interval(
+        assigned, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    a = assigned()
+    a.coordinator.members.add("m-9")  # someone else's live group: it alone commits
+    caplog.set_level(logging.DEBUG, logger="fabric.client.group")
+    started_ms = a.reactor.clock.now_ms()
+    polls = 0
+    while a.reactor.clock.now_ms() < started_ms + 3 * AUTO_COMMIT_INTERVAL_MS:
+        a.poll(max_records=1)  # raises nothing
+        a.consumer.maintain()
+        a.reactor.clock.advance(10)
+        polls += 1
+    assert polls > 100
+    assert 1 <= len(a.commits()) <= 4, f"{len(a.commits())} commits in 3 intervals: retried at every poll"
+    a.consumer.close()  # refused again: not raised
+    assert len(a.commits()) <= 5 and T0 not in a.coordinator.committed
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "non_empty_group" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
