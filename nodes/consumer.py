@@ -35,7 +35,9 @@ auto-commits -- the timer in ``maintain()``, a revocation at a rebalance, the cl
 expiry or at a gateway's DELETE with ``owner`` (reclaiming the instances of one of its dead
 processes) -- stop at the first record of each partition in the latest answer
 (``GroupConsumer.auto_commit_bounds``). CONSUMER_COMMIT with ``offsets: null`` and the
-client's own DELETE commit the positions, which cover everything handed out.
+client's own DELETE commit the positions, which cover everything handed out. An assigned
+instance (CONSUMER_ASSIGN, no subscription) auto-commits the same way, outside any generation
+(refused, and logged once, while the group has members).
 """
 
 from __future__ import annotations

@@ -10,11 +10,20 @@
 
 ``poll_batch`` is the same with records as per-partition views (``fabric.records.RecordBatchView``).
 
+Instead of ``subscribe``, ``assign(partitions)`` reads exactly those partitions (Kafka's
+manual assignment): no membership, no rebalances, but the group id still holds the committed
+offsets (``committed``, ``commit``). Its commits go out outside any generation (generation -1,
+no member id), which the coordinator takes only while the group has no active members: it
+refuses them (``non_empty_group``) in a group that others are consuming as members.
+
 Delivery is at least once: a member that takes over a partition starts at the committed
 offset, so nothing is skipped and at most the uncommitted tail is delivered again. With
 ``enable_auto_commit`` the positions of records returned by earlier polls are committed every
 ``auto_commit_interval_ms`` (asynchronously, at the start of ``poll``), and synchronously
-before partitions are given up in a rebalance and at ``close``. A host that hands records on
+before partitions are given up in a rebalance and at ``close``. An assigned consumer
+auto-commits too, on the same interval (in ``poll`` and ``maintain``) and at ``close``; a
+refused auto-commit is logged (once per kind of refusal) and tried again at the next
+interval, never raised out of them. A host that hands records on
 (the consumer service) sets ``auto_commit_bounds`` so that, until its own client confirms
 them, auto-commits stop at the first record it handed on (see ``_auto_commit_offsets``).
 
@@ -118,8 +127,10 @@ class GroupConsumer(_AssignConsumer):
         # per partition, the highest offset an auto-commit may commit (records from there on
         # went to a host's client that has not confirmed them yet); a rebalance clears it
         self.auto_commit_bounds: dict[TopicPartition, int] = {}
-        self._next_auto_commit_ms = 0
+        # a subscribed member's timer starts at each assignment; an assigned consumer's here
+        self._next_auto_commit_ms = self.clock.now_ms() + auto_commit_interval_ms
         self._async_commits_in_flight = 0
+        self._auto_commit_failures_logged: set[int] = set()  # codes of an assigned consumer's refusals
         self._link = coordinator or CoordinatorLink(self.reactor, self.clock, self._connect_coordinator,
                                                     stopped=lambda: self._closed)
         self._heartbeat_factory = heartbeat_factory
@@ -138,13 +149,14 @@ class GroupConsumer(_AssignConsumer):
         self._revoke()
         self._leave()
         self.subscription = []
+        self._last_committed = {}  # what the membership committed says nothing once it is given up
 
     # -- polling ---------------------------------------------------------------------------------
     def _poll_views(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:
         """``poll`` and ``poll_batch`` of the assigned partitions: joins, rebalances and
         auto-commits happen here."""
         if not self.subscription:
-            return super()._poll_views(timeout_ms, max_records)
+            return self._poll_assigned(timeout_ms, max_records)
         self._last_poll_ms = self.clock.now_ms()
         deadline = self.clock.now_ms() + timeout_ms
         while True:
@@ -159,10 +171,28 @@ class GroupConsumer(_AssignConsumer):
             if views or self.clock.now_ms() >= deadline:
                 return views
 
+    def _poll_assigned(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:
+        """``_poll_views`` of an assigned consumer: with auto-commit, one is due-checked at
+        least every ``POLL_SLICE_MS`` of the wait, as Kafka's poll wakes up for it."""
+        if self._closed or not self.enable_auto_commit:
+            return super()._poll_views(timeout_ms, max_records)
+        deadline = self.clock.now_ms() + timeout_ms
+        while True:
+            self._maybe_auto_commit()
+            left = deadline - self.clock.now_ms()
+            views = super()._poll_views(max(0, min(left, POLL_SLICE_MS)), max_records)
+            if views or self.clock.now_ms() >= deadline:
+                return views
+
     def maintain(self) -> None:
         """Do a pending join or rebalance and the auto-commit without taking records: for a
         host (the consumer service) that polls only when its own client asks for records."""
-        if not self.subscription or self._closed:
+        if self._closed:
+            return
+        if not self.subscription:
+            if self.enable_auto_commit:  # an assigned consumer: only the auto-commit, and its reply
+                self._maybe_auto_commit()
+                self.reactor.run_once(0)
             return
         self._last_poll_ms = self.clock.now_ms()  # the host is alive and drives the member
         with self._lock:
@@ -173,14 +203,38 @@ class GroupConsumer(_AssignConsumer):
         self.reactor.run_once(0)
 
     def _maybe_auto_commit(self) -> None:
-        with self._lock:  # the heartbeat thread may leave the group meanwhile (max_poll_interval_ms)
-            active = self._active and bool(self.member_id)
-        if not self.enable_auto_commit or not active or self.clock.now_ms() < self._next_auto_commit_ms:
+        """The asynchronous auto-commit, when due: a subscribed consumer's only while it is an
+        active member, an assigned consumer's as a commit outside any generation."""
+        if self.subscription:
+            with self._lock:  # the heartbeat thread may leave the group meanwhile (max_poll_interval_ms)
+                active = self._active and bool(self.member_id)
+            if not active:
+                return
+        if not self.enable_auto_commit or self.clock.now_ms() < self._next_auto_commit_ms:
             return
         if self._async_commits_in_flight:
             return  # the coordinator is slow or away: do not pile commits up behind it
+        # set before the commit: a refused one is tried again only at the next interval
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
-        self.commit(self._auto_commit_offsets(), asynchronous=True)
+        if self.subscription:
+            self.commit(self._auto_commit_offsets(), asynchronous=True)
+            return
+        offsets = self._auto_commit_offsets()
+        if offsets:
+            try:
+                self._commit_async(offsets, self._commit_header(offsets), self._auto_commit_failed)
+            except CodedError as e:
+                self._auto_commit_failed(e)
+
+    def _auto_commit_failed(self, err: CodedError) -> None:
+        """Log an assigned consumer's failed auto-commit at warning once per error code (a
+        group with members refuses each one until they leave), again after a commit succeeds."""
+        if err.code in self._auto_commit_failures_logged:
+            log.debug("group %s: auto-commit failed again: %s", self.group_id, err)
+            return
+        self._auto_commit_failures_logged.add(err.code)
+        log.warning("group %s: auto-commit of the assigned partitions failed (tried again every %d ms; "
+                    "logged once): %s", self.group_id, self.auto_commit_interval_ms, err)
 
     def _auto_commit_offsets(self) -> dict[TopicPartition, int]:
         """What an auto-commit commits: the positions, each at most its ``auto_commit_bounds``
@@ -312,22 +366,10 @@ class GroupConsumer(_AssignConsumer):
             if self.on_commit is not None:
                 self.on_commit(dict(offsets), refused)
             return
-        header = {"group": self.group_id, "member_id": self.member_id, "generation": self.generation,
-                  "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())]}
+        header = self._commit_header(offsets)
         if asynchronous:
-            generation = self.generation
-
-            def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-                self._async_commits_in_flight -= 1
-                if err is None:
-                    self._committed(offsets)
-                else:
-                    self._on_group_error(err, generation)
-                    log.warning("group %s: async commit failed: %s", self.group_id, err)
-                if self.on_commit is not None:
-                    self.on_commit(dict(offsets), err)
-            self._async_commits_in_flight += 1
-            self._link.request(P.OFFSET_COMMIT, header, callback=done, timeout_ms=COMMIT_TIMEOUT_MS)
+            self._commit_async(offsets, header, lambda err: log.warning("group %s: async commit failed: %s",
+                                                                        self.group_id, err))
             return
         try:
             self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS)
@@ -338,17 +380,52 @@ class GroupConsumer(_AssignConsumer):
             raise
         self._committed(offsets)
 
+    def _commit_header(self, offsets: dict[TopicPartition, int]) -> dict:
+        """OFFSET_COMMIT's header: as this member of its generation, or (an assigned consumer,
+        member id "" and generation -1) outside any generation."""
+        return {"group": self.group_id, "member_id": self.member_id, "generation": self.generation,
+                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())]}
+
+    def _commit_async(self, offsets: dict[TopicPartition, int], header: dict,
+                      failed: Callable[[RemoteError], None]) -> None:
+        """Send the commit; its reply, on this consumer's reactor, records it or hands the
+        error to ``failed``; either goes to ``on_commit``."""
+        generation = self.generation
+
+        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            self._async_commits_in_flight -= 1
+            if err is None:
+                self._committed(offsets)
+            else:
+                self._on_group_error(err, generation)
+                failed(err)
+            if self.on_commit is not None:
+                self.on_commit(dict(offsets), err)
+        self._async_commits_in_flight += 1
+        try:
+            self._link.request(P.OFFSET_COMMIT, header, callback=done, timeout_ms=COMMIT_TIMEOUT_MS)
+        except CodedError:  # not sent (the coordinator could not be found): no reply will come
+            self._async_commits_in_flight -= 1
+            raise
+
     def _committed(self, offsets: dict[TopicPartition, int]) -> None:
         # what the coordinator holds now, also below the last commit (a commit outside any
         # generation -- an assigned consumer's -- may move it back): a higher value kept here
         # would be taken for committed once the position reaches it again, and commit() of the
         # positions would never send it
         self._last_committed.update(offsets)
+        self._auto_commit_failures_logged.clear()  # a later refusal is news again
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of ``tp`` (None: nothing committed)."""
         h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp)]})
         off = h["offsets"][0][2]
+        if not self.subscription and off >= 0:
+            # what the group holds: an assigned consumer seeked there (the consumer service's
+            # assign) has nothing to auto-commit until its position moves
+            self._last_committed[tp] = off
+        elif not self.subscription:
+            self._last_committed.pop(tp, None)
         return off if off >= 0 else None
 
     # -- talking to the coordinator --------------------------------------------------------------
@@ -416,13 +493,19 @@ class GroupConsumer(_AssignConsumer):
         self.member_id, self.generation = "", -1
 
     def close(self) -> None:
-        """Commit (with auto-commit), revoke, leave the group at once, release everything."""
+        """Commit (with auto-commit), revoke, leave the group at once, release everything. An
+        assigned consumer commits outside any generation; a refusal is logged, not raised."""
         if self._closed:
             return
         try:
             if self.subscription:
                 self._revoke()
                 self._leave()
+            elif self.enable_auto_commit:  # assigned: a synchronous auto-commit, as Kafka's close
+                try:
+                    self.commit(self._auto_commit_offsets())
+                except CodedError as e:
+                    self._auto_commit_failed(e)
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.stop()

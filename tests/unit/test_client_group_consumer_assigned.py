@@ -18,6 +18,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client.group import GroupConsumer
+from fabric.errors import RequestTimeout
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
                                                 consumer_config)
 from tests.unit.fakes import ScriptedCoordinatorLink
@@ -122,3 +123,33 @@ def test_a_refusal_is_logged_once_and_tried_again_only_at_the_next_interval(
     assert len(a.commits()) <= 5 and T0 not in a.coordinator.committed
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "non_empty_group" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_a_consumer_started_at_the_committed_offset_commits_nothing_until_it_moves(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    a.coordinator.committed[T0] = 30
+    a.consumer.seek(T0, a.consumer.committed(T0))  # as the consumer service's assign does
+    for _ in range(2):
+        a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
+        a.consumer.maintain()
+    a.consumer.close()
+    assert a.commits() == []
+
+
+def test_an_auto_commit_that_could_not_be_sent_is_not_raised_and_is_tried_again(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    a.poll()
+    sent = a.link.request
+    unreachable = [RequestTimeout("no metadata: cannot find the coordinator")]
+
+    def request(command: bytes, header: dict, **kw: Any) -> None:
+        if unreachable:
+            raise unreachable.pop()
+        sent(command, header, **kw)
+    a.link.request = request
+    a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
+    a.consumer.maintain()  # raises nothing
+    assert a.commits() == []
+    a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
+    a.consumer.maintain()
+    assert a.coordinator.committed[T0] == 10, "one commit that was never sent stopped every later auto-commit"
