@@ -136,3 +136,27 @@ def test_cut_follower_from_leader(cluster_factory) -> None:
     _block(c, follower, [])
     w.wait_acks(300, timeout_s=30)
     J.finish(c, admin, w, obs)
+
+
+def test_follower_restarted_twice_while_its_leader_is_paused(cluster_factory) -> None:
+    """A follower restarted twice in quick succession while its leader does not run (SIGSTOP):
+    the leader, resumed, reads what the follower's dead processes had sent it (acks, fetches)
+    besides the metadata of both restarts. Nothing acknowledged is lost, the follower is back in
+    every ISR, and the coordinator saw exactly two processes of it replaced -- no process taken
+    for replaced by a late message, no registration loop (docs/replication.md, "incarnation")."""
+    c = _cluster(cluster_factory)
+    admin, w, obs = J.setup(c)
+    leader, victim = J.leader_name(admin, 0), J.follower_name(admin, 0)
+    vid = int(victim.split("-")[1])
+    first = admin.metadata().brokers[vid].incarnation
+    c.kill(leader, signal.SIGSTOP)
+    try:
+        for _ in range(2):
+            c.kill(victim)
+            c.start_node(victim)
+    finally:
+        c.kill(leader, signal.SIGCONT)
+    w.wait_acks(300, timeout_s=30)
+    J.finish(c, admin, w, obs)
+    b = admin.metadata().brokers[vid]
+    assert len(b.replaced) == 2 and b.replaced[0] == first and b.incarnation not in b.replaced, b
