@@ -14,7 +14,10 @@ Instead of ``subscribe``, ``assign(partitions)`` reads exactly those partitions 
 manual assignment): no membership, no rebalances, but the group id still holds the committed
 offsets (``committed``, ``commit``). Its commits go out outside any generation (generation -1,
 no member id), which the coordinator takes only while the group has no active members: it
-refuses them (``non_empty_group``) in a group that others are consuming as members.
+refuses them (``non_empty_group``) in a group that others are consuming as members. With
+``enable_auto_commit`` a partition neither seeked nor read yet starts at the group's committed
+offset (``auto_offset_reset`` only where there is none), as after Kafka's ``assign()``: its
+reset position would otherwise be auto-committed, past records nobody got.
 
 Delivery is at least once: a member that takes over a partition starts at the committed
 offset, so nothing is skipped and at most the uncommitted tail is delivered again. With
@@ -176,6 +179,7 @@ class GroupConsumer(_AssignConsumer):
         least every ``POLL_SLICE_MS`` of the wait, as Kafka's poll wakes up for it."""
         if self._closed or not self.enable_auto_commit:
             return super()._poll_views(timeout_ms, max_records)
+        self._position_at_commits()
         deadline = self.clock.now_ms() + timeout_ms
         while True:
             self._maybe_auto_commit()
@@ -183,6 +187,28 @@ class GroupConsumer(_AssignConsumer):
             views = super()._poll_views(max(0, min(left, POLL_SLICE_MS)), max_records)
             if views or self.clock.now_ms() >= deadline:
                 return views
+
+    def _position_at_commits(self) -> None:
+        """Start an assigned partition that has no position (not seeked, no records yet) at the
+        group's committed offset, as Kafka's consumer does after ``assign()`` with a group id;
+        ``auto_offset_reset`` only where nothing is committed. Else its reset position would be
+        auto-committed: past records nobody got (latest), or back (earliest). Raises (nothing
+        reset meanwhile) when the coordinator cannot say."""
+        fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
+        if not fresh:
+            return
+        fetched = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]})
+        found = {(t, p): o for t, p, o, *_ in fetched["offsets"]}
+        for tp in fresh:
+            if tp not in self.positions or self.positions[tp] is not None or tp in self._reset_specs:
+                continue  # seeked or given up meanwhile
+            off = found.get(tp, -1)
+            if off >= 0:
+                self.positions[tp] = off
+                self._last_committed[tp] = off
+            else:  # nothing committed: the reset policy, looked up once
+                self._last_committed.pop(tp, None)
+                self._reset_specs[tp] = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
 
     def maintain(self) -> None:
         """Do a pending join or rebalance and the auto-commit without taking records: for a

@@ -40,9 +40,15 @@ class OnePartitionBroker:
         elif command == P.FETCH:
             [[topic, partition, offset, _max_bytes, _epoch]] = header["parts"]
             n = min(RECORDS_PER_FETCH_ANSWER, LOG_END_OFFSET - offset)
-            data = as_leader_wrote(make_batch(n), offset, 1) if n > 0 else b""
+            if n <= 0:
+                return 0  # a long poll at the log end: answered only when records come (never here)
+            data = as_leader_wrote(make_batch(n), offset, 1)
             entry = [topic, partition, 0, LOG_END_OFFSET, LOG_END_OFFSET, 0, None]
             self.replies.append(lambda: callback({"parts": [entry]}, [data], None))
+        elif command == P.LIST_OFFSETS:  # the log start (EARLIEST, -2) or end (LATEST, -1)
+            [[topic, partition, spec]] = header["parts"]
+            found = [topic, partition, 0, 0 if spec == -2 else LOG_END_OFFSET]
+            self.replies.append(lambda: callback({"parts": [found]}, [], None))
         else:
             raise AssertionError(f"the fake broker does not answer {command!r}")
         return len(self.replies)

@@ -29,7 +29,8 @@ AUTO_COMMIT_INTERVAL_MS = 1000
 class _Assigned:
     """A GroupConsumer of group g assigned t-0, and what it talks to."""
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, start: int | None = 0, **kw: Any) -> None:
+        """``start``: where t-0 is seeked to (None: not at all)."""
         self.broker = OnePartitionBroker()
         self.reactor = BrokerRepliesReactor(self.broker)
         self.coordinator = OffsetsCoordinator()
@@ -37,7 +38,8 @@ class _Assigned:
         self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
             self.broker, self.reactor, self.link, auto_commit_interval_ms=AUTO_COMMIT_INTERVAL_MS, **kw))
         self.consumer.assign([T0])
-        self.consumer.seek(T0, 0)
+        if start is not None:
+            self.consumer.seek(T0, start)
 
     def poll(self, max_records: int = 10) -> list[int]:
         return [r.offset for r in self.consumer.poll(1000, max_records=max_records)]
@@ -153,3 +155,26 @@ def test_an_auto_commit_that_could_not_be_sent_is_not_raised_and_is_tried_again(
     a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
     a.consumer.maintain()
     assert a.coordinator.committed[T0] == 10, "one commit that was never sent stopped every later auto-commit"
+
+
+@pytest.mark.parametrize("reset", ["latest", "earliest"])
+def test_a_partition_never_positioned_starts_at_the_groups_committed_offset(assigned, reset: str) -> None:  # noqa: ANN001
+    """As Kafka's assign() with a group id: the auto_offset_reset position of a partition the
+    group holds an offset for would be auto-committed, moving the group past records nobody
+    got (latest) or back (earliest)."""
+    a = assigned(start=None, auto_offset_reset=reset)
+    a.coordinator.committed[T0] = 30
+    returned = []
+    for _ in range(3):
+        returned += a.poll()
+        a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
+    a.consumer.maintain()
+    assert a.coordinator.committed[T0] == 60, "the group's offset moved to where the application never was"
+    assert returned == list(range(30, 60))
+
+
+def test_a_partition_seeked_to_an_end_is_not_moved_to_the_committed_offset(assigned) -> None:  # noqa: ANN001
+    a = assigned(start=None)
+    a.coordinator.committed[T0] = 30
+    a.consumer.seek_to_beginning([T0])
+    assert a.poll() == list(range(0, 10))
