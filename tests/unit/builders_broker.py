@@ -198,6 +198,25 @@ def start(broker: Broker, coord: Coordinator, loop: Loopback, isr: list[int], pa
     assert broker._registered and all(broker.partitions[("t", p)].is_leader for p in range(partitions))
 
 
+def led_with_broker_2_named(broker: Broker, coord: Coordinator, loop: Loopback, process: str) -> Partition:
+    """t-0 led by broker 1 (ISR [1, 2, 3]) with 10 records that broker 3 holds, and broker 2's
+    process ``process`` named in the leader's metadata. Returns the leader's partition."""
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    coord._observe_incarnation(2, process)
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    part = broker.partitions[("t", 0)]
+    part.append_as_leader([batch(10)], BATCH_MAX)
+    part.record_follower_fetch(3, 10, broker.clock.now_ms())
+    return part
+
+
+def isr_after_the_next_check(broker: Broker, coord: Coordinator, loop: Loopback) -> list[int]:
+    """The leader's ISR check, its proposal judged by the coordinator: t-0's ISR after it."""
+    broker._check_isr()
+    loop.deliver(loop.serve(P.ALTER_ISR))
+    return coord.state.topics["t"].partitions[0].isr
+
 def broker_3_due_back_in_the_isr(broker: Broker, coord: Coordinator, loop: Loopback) -> Partition:
     """t-0 led by broker 1 with ISR [1, 2], three records, both followers at LEO 3: the next
     ISR check proposes [1, 2, 3]. Returns the leader's partition."""

@@ -14,25 +14,13 @@ from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata
 from nodes.coordinator.node import Coordinator
 from tests.harness import make_config
-from tests.unit.builders_broker import BATCH_MAX, batch, start
+from tests.unit.builders_broker import isr_after_the_next_check, led_with_broker_2_named, start
 from tests.unit.fakes import request
-
-
-def _isr_after_the_next_check(broker, coord, loop) -> list[int]:  # noqa: ANN001
-    broker._check_isr()
-    loop.deliver(loop.serve(P.ALTER_ISR))
-    return coord.state.topics["t"].partitions[0].isr
 
 
 def test_a_late_report_of_a_process_the_leader_never_saw_named_does_not_count(nodes) -> None:  # noqa: ANN001
     broker, coord, loop = nodes
-    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
-    coord._observe_incarnation(2, "process-a")
-    for frames in loop.take_pushes():
-        loop.push(frames)
-    part = broker.partitions[("t", 0)]
-    part.append_as_leader([batch(10)], BATCH_MAX)
-    part.record_follower_fetch(3, 10, broker.clock.now_ms())
+    part = led_with_broker_2_named(broker, coord, loop, "process-a")
     coord._observe_incarnation(2, "process-b")
     loop.take_pushes()  # the push of B's restart never reaches the leader
     coord._observe_incarnation(2, "process-c")
@@ -43,7 +31,7 @@ def test_a_late_report_of_a_process_the_leader_never_saw_named_does_not_count(no
     broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, incarnation="process-b",
                                            parts=[["t", 0, 10, part.leader_epoch]]))
     assert part.followers[2].log_end_offset == -1, "a replaced process's log end counts"
-    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on B's report"
+    assert isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on B's report"
 
 
 def test_a_restarted_coordinator_still_knows_the_replaced_processes(tmp_path) -> None:  # noqa: ANN001

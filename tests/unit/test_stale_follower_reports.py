@@ -20,7 +20,7 @@ from fabric.rpc import DEFER
 from fabric.metadata import BrokerInfo, ClusterMetadata
 from nodes.broker.fetcher import FetchSettings, LeaderEndpoint
 from nodes.broker.messages import FetchInput
-from tests.unit.builders_broker import BATCH_MAX, batch, start
+from tests.unit.builders_broker import BATCH_MAX, batch, isr_after_the_next_check, led_with_broker_2_named, start
 from tests.unit.fakes import RecordingClient, request
 
 
@@ -41,23 +41,17 @@ def _broker_2_restarted(nodes):  # noqa: ANN001, ANN202
     return broker, coord, loop, part
 
 
-def _isr_after_the_next_check(broker, coord, loop) -> list[int]:  # noqa: ANN001
-    broker._check_isr()
-    loop.deliver(loop.serve(P.ALTER_ISR))
-    return coord.state.topics["t"].partitions[0].isr
-
-
 def test_a_replica_ack_of_a_restarted_followers_old_process_is_ignored(nodes) -> None:  # noqa: ANN001
     broker, coord, loop, part = _broker_2_restarted(nodes)
     broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, incarnation="old-process",
                                            parts=[["t", 0, 10, part.leader_epoch]]))
     assert part.followers[2].log_end_offset == -1, "the old process's log end counts"
-    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
+    assert isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
     # its new process's own report counts
     broker.handlers.on_replica_ack(request(P.REPLICA_ACK, broker_id=2, incarnation="new-process",
                                            parts=[["t", 0, 10, part.leader_epoch]]))
     assert part.followers[2].log_end_offset == 10
-    assert _isr_after_the_next_check(broker, coord, loop) == [1, 2, 3]
+    assert isr_after_the_next_check(broker, coord, loop) == [1, 2, 3]
 
 
 def test_a_fetch_of_a_restarted_followers_old_process_is_served_but_not_counted(nodes) -> None:  # noqa: ANN001
@@ -66,10 +60,10 @@ def test_a_fetch_of_a_restarted_followers_old_process_is_served_but_not_counted(
     header, _ = broker.handlers.on_fetch(request(P.FETCH, replica_id=2, incarnation="old-process", parts=[inp]))
     assert header["parts"][0].error == 0
     assert part.followers[2].log_end_offset == -1, "the old process's fetch offset counts"
-    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3]
+    assert isr_after_the_next_check(broker, coord, loop) == [1, 3]
     broker.handlers.on_fetch(request(P.FETCH, replica_id=2, incarnation="new-process", parts=[inp]))
     assert part.followers[2].log_end_offset == 10
-    assert _isr_after_the_next_check(broker, coord, loop) == [1, 2, 3]
+    assert isr_after_the_next_check(broker, coord, loop) == [1, 2, 3]
 
 
 def test_reports_that_name_no_process_count_as_before(nodes) -> None:  # noqa: ANN001
@@ -163,14 +157,8 @@ def test_an_isr_answer_ahead_of_the_metadata_does_not_let_an_old_process_report_
     metadata still named the old process -- whose report, read late, then counted: broker 2
     back in the ISR on a log end its new process may not hold."""
     broker, coord, loop = nodes
-    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
-    coord._observe_incarnation(2, "old-process")
-    for frames in loop.take_pushes():
-        loop.push(frames)
-    part = broker.partitions[("t", 0)]
-    part.append_as_leader([batch(10)], BATCH_MAX)
+    part = led_with_broker_2_named(broker, coord, loop, "old-process")
     now = broker.clock.now_ms()
-    part.record_follower_fetch(3, 10, now)
     part.followers[2].last_caught_up_ms = now - broker.config.replication.replica_lag_time_max_ms - 1
     broker._check_isr()  # proposes [1, 3]: not yet read by the coordinator
     assert part.pending_isr == {1, 3}
@@ -183,7 +171,7 @@ def test_an_isr_answer_ahead_of_the_metadata_does_not_let_an_old_process_report_
     for frames in loop.take_pushes():
         loop.push(frames)  # the restart's metadata, naming the new process
     assert part.followers[2].log_end_offset == -1, "the old process's log end counts"
-    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
+    assert isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
 
 
 def test_a_parked_fetch_of_a_replaced_process_does_not_count_when_read_again(nodes) -> None:  # noqa: ANN001
@@ -192,13 +180,7 @@ def test_a_parked_fetch_of_a_replaced_process_does_not_count_when_read_again(nod
     fetch. Judged once, when it arrived (the old process was current then), it counted again
     at the new partition epoch: broker 2 back in the ISR on its old process's log end."""
     broker, coord, loop = nodes
-    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
-    coord._observe_incarnation(2, "old-process")
-    for frames in loop.take_pushes():
-        loop.push(frames)
-    part = broker.partitions[("t", 0)]
-    part.append_as_leader([batch(10)], BATCH_MAX)
-    part.record_follower_fetch(3, 10, broker.clock.now_ms())
+    part = led_with_broker_2_named(broker, coord, loop, "old-process")
     inp = FetchInput("t", 0, 10, 1 << 20, part.leader_epoch, part.leader_epoch)
     wait_ms = broker.limits.fetch_wait_ms_max
     assert broker.handlers.on_fetch(request(P.FETCH, replica_id=2, incarnation="old-process", wait_ms=wait_ms,
@@ -211,7 +193,7 @@ def test_a_parked_fetch_of_a_replaced_process_does_not_count_when_read_again(nod
     broker.handlers.after_pass()  # the parked fetch is read again (no data: parked back)
     assert broker.handlers.parking.size == 1
     assert part.followers[2].log_end_offset == -1, "the old process's parked fetch counts"
-    assert _isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
+    assert isr_after_the_next_check(broker, coord, loop) == [1, 3], "broker 2 back in the ISR on its old report"
 
 
 def test_the_refusal_of_a_replaced_process_has_a_code_of_its_own() -> None:
