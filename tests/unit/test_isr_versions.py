@@ -111,7 +111,13 @@ def test_stale_isr_refusal_refreshes_metadata_and_does_not_move_leadership(nodes
     part = broker.partitions[("t", 0)]
     part.followers[2].last_caught_up_ms = -10 * broker.config.replication.replica_lag_time_max_ms
     broker._check_isr()
+    # caught up again at once: the broker's own ISR check (a 250 ms timer on the real clock, due
+    # inside run_until_idle on a slow machine) proposes nothing more -- it proposed [1, 3] again
+    # before the refresh landed (a second stale refusal), or [1] after it
+    part.followers[2].last_caught_up_ms = broker.clock.now_ms()
+    broker._check_isr()  # (as that timer would: nothing, the proposal is pending)
     loop.deliver(loop.serve(P.ALTER_ISR))  # refused: computed from an ISR the coordinator changed
+    broker._check_isr()  # (as that timer would, before the refresh)
     loop.run_until_idle()  # the real path: whatever the broker asks for now is served
     assert broker.incarnation == incarnation, "a stale ISR refusal made the broker re-register"
     assert [(ps.leader, ps.leader_epoch) for ps in coord.state.topics["t"].partitions] == leaders_before
