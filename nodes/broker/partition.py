@@ -157,12 +157,11 @@ class Partition:
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
         self._check_offsets()
 
-    def update_isr(self, isr: list[int], partition_epoch: int | None = None) -> None:
-        """The coordinator applied an ISR change for the current epoch (at ``partition_epoch``)."""
+    def update_isr(self, isr: list[int]) -> None:
+        """The coordinator applied an ISR change for the current epoch (its partition epoch
+        comes with the metadata: ``set_partition_epoch``)."""
         self.isr = set(isr)
         self.pending_isr = None
-        if partition_epoch is not None:
-            self._new_partition_epoch(partition_epoch)
         self.maybe_advance_high_watermark()
         self._check_offsets()
 

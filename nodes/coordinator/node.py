@@ -330,7 +330,7 @@ class Coordinator(Node):
             raise RemoteError(P.INCONSISTENT_CLUSTER_ID, f"broker {bid} belongs to cluster {req.header['cluster_id']}, "
                               f"this coordinator to cluster {self.state.cluster_id}")
         incarnation = req.get("incarnation", str)
-        if incarnation in self.state.replaced_incarnations.get(bid, ()):
+        if self._replaced(bid, incarnation):
             # a process we saw replaced: a request of the dead one read late (its answer goes
             # nowhere), or a live one another process of the same broker succeeded -- which
             # registers again as a new process
@@ -356,7 +356,7 @@ class Coordinator(Node):
         it may have lost an unflushed tail, so it is treated as down (out of every ISR, its
         partitions re-elected with new epochs) and then up, before it acts on any metadata."""
         known = self.state.incarnations.get(bid)
-        if incarnation in self.state.replaced_incarnations.get(bid, ()):
+        if self._replaced(bid, incarnation):
             self.counters["replaced_process_heartbeats"] += 1
             return
         if known != incarnation:
@@ -382,6 +382,10 @@ class Coordinator(Node):
             # owed for the partitions its being down changed nothing in
             self.commit()
         self._seen(bid)
+
+    def _replaced(self, bid: int, incarnation: str) -> bool:
+        """``incarnation`` is a process of broker ``bid`` that a stored restart replaced."""
+        return incarnation in self.state.replaced_incarnations.get(bid, ())
 
     def _seen(self, bid: int) -> None:
         """Any sign of life renews the broker's session (and brings a dead one back)."""

@@ -280,7 +280,8 @@ def test_isr_checks_and_high_watermarks_match_the_straightforward_rules() -> Non
                 if new is not None:
                     part.propose_isr(new)
             elif op == 3 and part.pending_isr is not None:
-                part.update_isr(sorted(part.pending_isr), part.partition_epoch + 1)
+                part.update_isr(sorted(part.pending_isr))
+                part.set_partition_epoch(part.partition_epoch + 1)
             elif op == 4:
                 part.update_isr(rng.sample([ME, F1, F2], rng.randrange(1, 4)))
             assert part.isr_changes(now, LAG_MAX_MS) == reference_isr_changes(part, now, LAG_MAX_MS)
@@ -320,7 +321,8 @@ def test_heartbeats_of_moved_partitions_only_are_those_of_every_partition() -> N
         elif op == 1 and part.is_leader:
             part.record_follower_fetch(rng.choice((F1, F2)), rng.randrange(part.log_end_offset + 1), clock.now_ms())
         elif op == 2 and part.is_leader:
-            part.update_isr(rng.sample([ME, F1, F2], rng.randrange(1, 4)), part.partition_epoch + 1)
+            part.update_isr(rng.sample([ME, F1, F2], rng.randrange(1, 4)))
+            part.set_partition_epoch(part.partition_epoch + 1)
         elif op == 3:
             part.become_leader(part.leader_epoch + rng.randrange(0, 2), [ME, F1, F2], [ME, F1, F2], clock.now_ms())
             relist()
