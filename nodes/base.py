@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -30,6 +31,7 @@ from fabric.metrics import MetricsRegistry, process_samples
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer, make_socket
 from fabric.zmq_io import send_frames
+from nodes.data_dir_lock import lock_data_dir, unlock_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,15 @@ class Node:
         self.reactor.call_every(config.liveness.heartbeat_interval_ms, self._heartbeat)
         self._thread_error: BaseException | None = None
         self.reactor.after_pass(self._raise_thread_error)
+        self._data_dir_lock: int | None = None
+
+    def take_data_dir(self, path: Path) -> Path:
+        """Create ``path`` and hold its lock for this process's life (``nodes.data_dir_lock``):
+        a role with a data directory calls this before it opens anything there. Raises
+        DataDirInUse when another process holds it."""
+        if self._data_dir_lock is None:
+            self._data_dir_lock = lock_data_dir(path)
+        return path
 
     def _on_subscription(self, frames: list[bytes]) -> None:
         """A subscriber's subscription (``\\x01`` and the prefix) or unsubscription (``\\x00``)
@@ -142,6 +153,9 @@ class Node:
     def close(self) -> None:
         self.server.close()
         self.pub.close(0)
+        if self._data_dir_lock is not None:
+            unlock_data_dir(self._data_dir_lock)
+            self._data_dir_lock = None
 
 
 def setup_logging(level: str = "INFO") -> None:

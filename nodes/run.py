@@ -19,6 +19,7 @@ from engines.api import StorageFailed
 from fabric.config import ConfigError, load_config
 from fabric.roles import ROLES
 from nodes.base import setup_logging
+from nodes.data_dir_lock import DataDirInUse
 
 log = logging.getLogger("loom.run")
 
@@ -27,6 +28,7 @@ EXIT_CONFIG_ERROR = 2  # the config (file, node name, host) is wrong: restarting
 EXIT_BIND_ERROR = 3    # the node's port is taken: restarted with backoff, it may be freed
 EXIT_PROGRAMMER_ERROR = 70  # a bug stopped the node (EX_SOFTWARE): restarted, it recovers from disk
 EXIT_STORAGE_FAILED = 74    # an fsync failed (EX_IOERR; engines.api.StorageFailed): restarted, it recovers from disk
+EXIT_DATA_DIR_IN_USE = 75   # another process holds the node's data dir (EX_TEMPFAIL): restarted with backoff
 
 # The cyclic collector's thresholds once a node has started (CPython's defaults: 700, 10, 10).
 # A node's reactor allocates and frees containers by the thousand per pass (frames, decoded
@@ -138,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"loom: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except DataDirInUse as e:  # checked before anything in the directory is opened
+        print(f"loom: {args.node}: {e}", file=sys.stderr)
+        return EXIT_DATA_DIR_IN_USE
     except StorageFailed:  # recovering a log at start (its fsync)
         _stop_now(EXIT_STORAGE_FAILED, f"{args.node} cannot start: a write to disk failed")
     except zmq.ZMQError as e:  # binding the ROUTER or PUB port

@@ -64,8 +64,7 @@ class Broker(Node):
     def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
         super().__init__(config, name, **kw)
         self.broker_id: int = self.node_config.broker_id  # type: ignore[assignment]
-        self.data_dir = config.data_dir_for(name)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.take_data_dir(config.data_dir_for(name))  # raises DataDirInUse
         self.storage = config.storage_for(name)
         self.dirs = PartitionDirs(self.data_dir, self.storage.engine)
         self.guard = MetadataGuard(self.data_dir, self.broker_id)  # raises IdentityError

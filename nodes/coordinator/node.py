@@ -61,7 +61,7 @@ class Coordinator(Node):
 
     def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
         super().__init__(config, name, **kw)
-        self.store = StateStore(config.data_dir_for(name))
+        self.store = StateStore(self.take_data_dir(config.data_dir_for(name)))  # raises DataDirInUse
         self.state: ClusterState = self.store.load()
         # new per process: a broker tells a restarted coordinator (whose metadata must not be
         # older than what it has seen) from pushes of this one that arrive out of order

@@ -63,8 +63,7 @@ class Monitor(Node):
         super().__init__(config, name, **kw)
         mon = config.monitor
         self.mon = mon
-        self.data_dir = config.data_dir_for(name)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.take_data_dir(config.data_dir_for(name))  # raises DataDirInUse
         now = self.clock.now_ms()
         # roles this build lacks are never started by `loom up`: nothing to watch
         self.views = {n: H.NodeView(n, c, since_ms=self.clock.wall_ms()) for n, c in config.nodes.items()
