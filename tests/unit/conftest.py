@@ -96,10 +96,13 @@ def leader(tmp_path: Path) -> Iterator[tuple[Broker, ManualClock]]:
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[tuple[Broker, Coordinator, Loopback]]:
-    """Broker 1 and a coordinator (memory engine) joined by a ``Loopback``; both closed at the end."""
+    """Broker 1 and a coordinator (memory engine) joined by a ``Loopback``, on one ManualClock
+    (``broker.clock``: their timers run only when a test moves it, never because the machine
+    was slow); both closed at the end."""
     config = load_config(make_config(tmp_path, 3, engine="memory"))
-    coord = Coordinator(config, "coordinator")
-    broker = Broker(config, "broker-1")
+    clock = ManualClock(start_ms=1_000_000)
+    coord = Coordinator(config, "coordinator", clock=clock)
+    broker = Broker(config, "broker-1", clock=clock)
     loop = Loopback(broker, coord)
     try:
         yield broker, coord, loop

@@ -27,7 +27,7 @@ from fabric.config import load_config
 from fabric.errors import RequestQueueFullError, RequestTimeout
 from fabric.reactor import Reactor
 from fabric.zmtp_sub import ZmtpSubscriber
-from nodes.broker.node import METADATA_RETRY_MAX_MS, METADATA_RETRY_MS
+from nodes.broker.node import METADATA_RETRY_MS
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
@@ -170,9 +170,12 @@ def test_a_refused_snapshot_request_is_made_again_backing_off(nodes) -> None:  #
         assert _commands(loop) == []
         retry = broker._refresh_retry
         delays.append(retry.deadline_ms - broker.clock.now_ms())
-        if attempt == 0:  # the reactor runs the first retry; the later ones are run at once
-            _run_until(lambda: loop.requests, broker.reactor, poll_ms=METADATA_RETRY_MAX_MS,
-                       what="the refused refresh was not made again")
+        if attempt == 0:  # the reactor runs the first retry when it is due; the later ones are run at once
+            broker.clock.advance(delays[-1] - 1)
+            broker.reactor.run_once(0)
+            assert _commands(loop) == [], "made again before its delay"
+            broker.clock.advance(1)
+            broker.reactor.run_once(0)
         else:
             retry.cancel()
             retry.fn()
