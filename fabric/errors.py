@@ -25,7 +25,7 @@ from fabric import protocol as P
 
 __all__ = ["LoomError", "FabricError", "MalformedFrame", "CodedError", "RemoteError", "RequestTimeout",
            "ClientError", "BufferExhaustedError", "RecordSizeExceededError", "ClientTimeoutError",
-           "DeliveryTimeoutError", "TopicNotInMetadataError", "RequestQueueFullError"]
+           "DeliveryTimeoutError", "TopicNotInMetadataError", "RequestQueueFullError", "SubscriptionConflictError"]
 
 
 class FabricError(LoomError):
@@ -198,3 +198,11 @@ class TopicNotInMetadataError(ClientError):
     (code ``unknown_topic_or_partition``)."""
 
     code_for_class = P.UNKNOWN_TOPIC_OR_PARTITION
+
+
+class SubscriptionConflictError(ClientError):
+    """A group consumer asked to ``subscribe`` while it has partitions ``assign``ed, or the
+    other way round (code ``subscription_conflict``): as Kafka's consumer, it reads one way at
+    a time, and ``unsubscribe()`` ends either. Nothing changed."""
+
+    code_for_class = P.SUBSCRIPTION_CONFLICT

@@ -141,6 +141,7 @@ INCONSISTENT_GROUP_PROTOCOL = 67  # a member asks for another assignor than the 
 UNKNOWN_CONSUMER_INSTANCE = 68   # consumer service: no such instance (expired or never made)
 CONSUMER_INSTANCE_EXISTS = 69
 UNSTABLE_OFFSET_COMMIT = 70      # OFFSET_FETCH while a commit of that partition is being written
+SUBSCRIPTION_CONFLICT = 71       # a consumer subscribed and assigned at once (Kafka's IllegalStateException)
 INCONSISTENT_CLUSTER_ID = 80     # a broker that belongs to another cluster (its meta.properties)
 STALE_BROKER_EPOCH = 84          # a broker process that a restart of the same broker replaced
                                  # (81-83 are the supervisor's, below)
@@ -172,7 +173,7 @@ ERROR_NAMES: dict[int, str] = {
     INCONSISTENT_GROUP_PROTOCOL: "inconsistent_group_protocol",
     UNKNOWN_CONSUMER_INSTANCE: "unknown_consumer_instance",
     CONSUMER_INSTANCE_EXISTS: "consumer_instance_exists",
-    UNSTABLE_OFFSET_COMMIT: "unstable_offset_commit",
+    UNSTABLE_OFFSET_COMMIT: "unstable_offset_commit", SUBSCRIPTION_CONFLICT: "subscription_conflict",
 }
 ERROR_NAMES[INCONSISTENT_CLUSTER_ID] = "inconsistent_cluster_id"
 ERROR_NAMES[STALE_BROKER_EPOCH] = "stale_broker_epoch"

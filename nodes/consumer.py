@@ -7,7 +7,7 @@ Requests (every one names ``group`` and ``instance``, except CREATE without a na
         config: auto_offset_reset (earliest|latest), enable_auto_commit, auto_commit_interval_ms,
                 session_timeout_ms, heartbeat_interval_ms, rebalance_timeout_ms, assignor,
                 client_id, idle_timeout_ms
-    CONSUMER_SUBSCRIBE     {topics: [...]}  ([] unsubscribes)        -> {}
+    CONSUMER_SUBSCRIBE     {topics: [...]}  ([] unsubscribes; not while assigned) -> {}
     CONSUMER_SUBSCRIPTION  {}                                         -> {topics}
     CONSUMER_FETCH         {timeout_ms?, max_bytes?, max_records?, frame?} -> {records: [[topic, partition,
                                                    offset, timestamp_ms, key, value, headers], ...]}
@@ -18,6 +18,10 @@ Requests (every one names ``group`` and ``instance``, except CREATE without a na
     CONSUMER_SEEK          {to: beginning|end|offsets, partitions?, offsets?} -> {}
     CONSUMER_ASSIGNMENT    {}                                         -> {partitions, positions: [[t, p, o|-1]]}
     CONSUMER_ASSIGN        {partitions: [[topic, partition]...]} (not while subscribed) -> {}
+        An instance is subscribed or assigned, never both (Kafka's consumer): the other op is
+        refused with ``subscription_conflict`` and changes nothing. Unsubscribing ends either,
+        committing first with auto-commit; a new assignment commits the partitions it drops
+        (``GroupConsumer.assign``).
     CONSUMER_DELETE        {owner?}  (commits with auto-commit, leaves the group at once) -> {}
     CONSUMER_LIST          {}                                         -> {instances: [{group, instance, ...}]}
 
@@ -59,7 +63,7 @@ from fabric import wire
 from fabric.client.group import GroupConsumer
 from fabric.client.services import pack_rows
 from fabric.config import LoomConfig
-from fabric.errors import CodedError, FabricError, LoomError, RemoteError
+from fabric.errors import CodedError, FabricError, LoomError, RemoteError, SubscriptionConflictError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
@@ -270,8 +274,8 @@ class Instance(threading.Thread):
                 isinstance(tp, (list, tuple)) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)
                 for tp in parts):
             raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition]")
-        if c.subscription:
-            raise RemoteError(P.MALFORMED_REQUEST, "the instance is subscribed: unsubscribe before assigning partitions")
+        if c.subscription:  # before the lookups: refused whatever the coordinator would say
+            raise SubscriptionConflictError("the instance is subscribed: unsubscribe before assigning partitions")
         held = set(c.assignment())
         c.assign([(t, p) for t, p in parts])
         for t, p in parts:  # as Kafka's assign(): start at the group's committed offset, if any

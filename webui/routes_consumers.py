@@ -68,7 +68,9 @@ def register(api: Api, gw: Gateway) -> None:
         gw.agent.delete_instance(group_name, instance)
 
     @api.op("POST", base + "/subscription", role="consume", tag="consumers", summary="Subscribe to topics",
-            path_params=inst_path, errors=(40401, 40403),
+            path_params=inst_path, errors=(40401, 40403, 40904),
+            description="An instance with assigned partitions answers 409 (40904) and keeps them: "
+                        "unsubscribe first (DELETE …/subscription commits their positions with auto-commit).",
             body=body_types({"type": "object", "required": ["topics"], "properties": {
                 "topics": {"type": "array", "minItems": 1, "maxItems": 1000, "items": S.NAME}}}))
     def subscribe(group_name: str, instance: str, body: dict, content_type: str) -> None:
@@ -81,15 +83,19 @@ def register(api: Api, gw: Gateway) -> None:
     def subscription(group_name: str, instance: str) -> dict:
         return {"topics": call(group_name, instance, lambda h: h.subscription())}
 
-    @api.op("DELETE", base + "/subscription", role="consume", tag="consumers", summary="Unsubscribe",
-            path_params=inst_path, errors=inst_errors)
+    @api.op("DELETE", base + "/subscription", role="consume", tag="consumers",
+            summary="Unsubscribe, or give up the assigned partitions", path_params=inst_path, errors=inst_errors,
+            description="With auto-commit, the positions are committed first (up to what the client has "
+                        "confirmed by coming back); then the instance may subscribe or be assigned partitions.")
     def unsubscribe(group_name: str, instance: str) -> None:
         gw.agent.subscribe(group_name, instance, [])
 
     @api.op("POST", base + "/assignments", role="consume", tag="consumers",
             summary="Read exactly these partitions (instead of a subscription)", path_params=inst_path,
-            errors=(40401, 40402, 40403, 42204), body=body_types(tps),
-            description="An instance with a subscription answers 422 (42204): unsubscribe first.")
+            errors=(40401, 40402, 40403, 40904), body=body_types(tps),
+            description="An instance with a subscription answers 409 (40904) and keeps it: unsubscribe first. "
+                        "Partitions already assigned keep their positions, new ones start at the group's "
+                        "committed offsets; with auto-commit, those left out are committed first.")
     def assign(group_name: str, instance: str, body: dict, content_type: str) -> None:
         gw.agent.assign(group_name, instance, sorted({(x["topic"], x["partition"]) for x in body["partitions"]}))
 

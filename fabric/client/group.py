@@ -19,13 +19,20 @@ refuses them (``non_empty_group``) in a group that others are consuming as membe
 offset (``auto_offset_reset`` only where there is none), as after Kafka's ``assign()``: its
 reset position would otherwise be auto-committed, past records nobody got.
 
+A consumer reads one way at a time, as Kafka's: ``subscribe`` while partitions are assigned,
+or ``assign`` while subscribed, raises ``SubscriptionConflictError`` and changes nothing (the
+switch would drop the positions uncommitted: records delivered again, or skipped with
+``auto_offset_reset="latest"``). ``unsubscribe()`` ends either mode, committing first with
+``enable_auto_commit``; then the other may start. ``assign([])`` is ``unsubscribe()``.
+
 Delivery is at least once: a member that takes over a partition starts at the committed
 offset, so nothing is skipped and at most the uncommitted tail is delivered again. With
 ``enable_auto_commit`` the positions of records returned by earlier polls are committed every
 ``auto_commit_interval_ms`` (asynchronously, at the start of ``poll``), and synchronously
 before partitions are given up in a rebalance and at ``close``. An assigned consumer
-auto-commits too, on the same interval (in ``poll`` and ``maintain``) and at ``close``; a
-refused auto-commit is logged (once per kind of refusal) and tried again at the next
+auto-commits too, on the same interval (in ``poll`` and ``maintain``), for the partitions a
+new ``assign`` leaves out (asynchronously, as Kafka's ``assign()``) and at ``unsubscribe`` and
+``close``; a refused auto-commit is logged (once per kind of refusal) and tried again at the next
 interval, never raised out of them. A host that hands records on
 (the consumer service) sets ``auto_commit_bounds`` so that, until its own client confirms
 them, auto-commits stop at the first record it handed on (see ``_auto_commit_offsets``).
@@ -62,7 +69,7 @@ from fabric.client.consumer import Consumer as _AssignConsumer
 from fabric.client.consumer import TopicPartition
 from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, CoordinatorLink, HeartbeatMember,
                                       HeartbeatSettings, HeartbeatThread)
-from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
+from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout, SubscriptionConflictError
 from fabric.records import RecordBatchView
 from fabric.rpc import RpcClient
 
@@ -141,17 +148,61 @@ class GroupConsumer(_AssignConsumer):
 
     # -- subscription ----------------------------------------------------------------------------
     def subscribe(self, topics: list[str]) -> None:
-        """Join the group for these topics (the join itself happens in the next ``poll``)."""
+        """Join the group for these topics (the join itself happens in the next ``poll``); a
+        subscribed consumer may subscribe again (other topics: a rebalance). Raises
+        SubscriptionConflictError, changing nothing, while partitions are ``assign``ed: the
+        join would drop their positions uncommitted (``unsubscribe()`` commits them first)."""
         if not topics or not all(isinstance(t, str) and t for t in topics):
             raise FabricError("subscribe needs a list of topic names")
+        if not self.subscription and self.positions:
+            raise SubscriptionConflictError(
+                f"group {self.group_id}: this consumer reads assigned partitions; subscribe() and assign() "
+                "are mutually exclusive: call unsubscribe() first")
         self.subscription = sorted(set(topics))
         with self._lock:
             self._rejoin_needed = True
 
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        """Read exactly these partitions, as no member of the group (see the module doc). With
+        ``enable_auto_commit`` the positions of the partitions assigned until now and left out
+        are committed first (asynchronously, as Kafka's ``assign()``; only what an auto-commit
+        may commit: within ``auto_commit_bounds``): else they are lost, and their records come
+        again to whoever reads them next. Partitions kept keep their positions. Raises
+        SubscriptionConflictError, changing nothing, while subscribed; ``assign([])`` is
+        ``unsubscribe()`` (as Kafka's)."""
+        if not partitions:
+            self.unsubscribe()
+            return
+        if self.subscription:
+            raise SubscriptionConflictError(
+                f"group {self.group_id}: this consumer is subscribed to {', '.join(self.subscription)}; subscribe() "
+                "and assign() are mutually exclusive: call unsubscribe() first")
+        keep = set(partitions)
+        if self.enable_auto_commit:
+            dropped = {tp: o for tp, o in self._auto_commit_offsets().items() if tp not in keep}
+            if dropped:
+                self._auto_commit_async(dropped)
+        self.auto_commit_bounds = {tp: o for tp, o in self.auto_commit_bounds.items() if tp in keep}
+        super().assign(partitions)
+
     def unsubscribe(self) -> None:
-        self._revoke()
-        self._leave()
+        """Stop reading, in either mode; then ``subscribe`` or ``assign`` may follow. A
+        subscribed consumer leaves the group (with auto-commit, committing first, as before any
+        revocation; ``on_revoke`` is told). An assigned one gives its partitions up, with
+        auto-commit committing their positions first (synchronously, within
+        ``auto_commit_bounds``; a refusal is logged, not raised), as its ``close`` does: Kafka's
+        ``unsubscribe()`` commits nothing for manually assigned partitions, but here it is the
+        way from ``assign`` to ``subscribe``, and a member joining afterwards starts at the
+        committed offsets -- without the commit, it would read again what this consumer
+        returned."""
+        if self.subscription:
+            self._revoke()
+            self._leave()
+        else:
+            self._auto_commit_sync()
+            super().assign([])
         self.subscription = []
+        self.auto_commit_bounds = {}
         self._last_committed = {}  # what the membership committed says nothing once it is given up
 
     # -- polling ---------------------------------------------------------------------------------
@@ -247,10 +298,25 @@ class GroupConsumer(_AssignConsumer):
             return
         offsets = self._auto_commit_offsets()
         if offsets:
-            try:
-                self._commit_async(offsets, self._commit_header(offsets), self._auto_commit_failed)
-            except CodedError as e:
-                self._auto_commit_failed(e)
+            self._auto_commit_async(offsets)
+
+    def _auto_commit_async(self, offsets: dict[TopicPartition, int]) -> None:
+        """An assigned consumer's asynchronous auto-commit of ``offsets``: a refusal, or a
+        commit that could not be sent, is logged (``_auto_commit_failed``), never raised."""
+        try:
+            self._commit_async(offsets, self._commit_header(offsets), self._auto_commit_failed)
+        except CodedError as e:
+            self._auto_commit_failed(e)
+
+    def _auto_commit_sync(self) -> None:
+        """An assigned consumer's last auto-commit before it gives its partitions up
+        (``unsubscribe``, ``close``): synchronous, as Kafka's close; a refusal is logged."""
+        if not self.enable_auto_commit:
+            return
+        try:
+            self.commit(self._auto_commit_offsets())
+        except CodedError as e:
+            self._auto_commit_failed(e)
 
     def _auto_commit_failed(self, err: CodedError) -> None:
         """Log an assigned consumer's failed auto-commit at warning once per error code (a
@@ -297,7 +363,7 @@ class GroupConsumer(_AssignConsumer):
             self._active = False
         if owned and self.on_revoke is not None:
             self.on_revoke(owned)
-        self.assign([])
+        super().assign([])
 
     def _rejoin(self, deadline_ms: int | None = None) -> None:
         """Join and sync. Errors that retrying cannot cure (an assignor the group does not
@@ -339,7 +405,7 @@ class GroupConsumer(_AssignConsumer):
             return
 
     def _take_assignment(self, assignment: list[TopicPartition], offsets: list) -> None:
-        self.assign(assignment)
+        super().assign(assignment)  # the group's: not the application's assign()
         self._last_committed = {}  # what an earlier ownership committed says nothing now
         committed = {(t, p): o for t, p, o, _ in offsets}
         for tp in assignment:
@@ -527,11 +593,8 @@ class GroupConsumer(_AssignConsumer):
             if self.subscription:
                 self._revoke()
                 self._leave()
-            elif self.enable_auto_commit:  # assigned: a synchronous auto-commit, as Kafka's close
-                try:
-                    self.commit(self._auto_commit_offsets())
-                except CodedError as e:
-                    self._auto_commit_failed(e)
+            else:
+                self._auto_commit_sync()
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.stop()

@@ -61,6 +61,7 @@ KINDS = {
     P.UNKNOWN_CONSUMER_INSTANCE: "instance_not_found", P.CONSUMER_INSTANCE_EXISTS: "instance_exists",
     P.PARTITION_NOT_ASSIGNED: "invalid_offset", P.OFFSET_OUT_OF_RANGE: "invalid_offset",
     P.REQUEST_TIMED_OUT: "timeout", P.BUFFER_FULL: "unavailable", P.UNKNOWN_GROUP: "group_not_found",
+    P.SUBSCRIPTION_CONFLICT: "subscription_conflict",
 }
 
 
@@ -450,7 +451,10 @@ class GatewayAgent:
         for t in topics:
             self.topic(t)
         self.call_instance(group, name, lambda h: h.subscribe(topics) if topics else h.unsubscribe())
-        self.instance(group, name).topics = list(topics)
+        entry = self.instance(group, name)
+        # done: the instance has no assigned partitions now (refused while it had, or
+        # unsubscribed), so a move must not assign them again
+        entry.topics, entry.assigned = list(topics), []
 
     def assign(self, group: str, name: str, partitions: list[tuple[str, int]]) -> None:
         for t, p in partitions:

@@ -116,3 +116,14 @@ def consumer_config(broker: OnePartitionBroker, reactor: BrokerRepliesReactor, c
     ``ScriptedCoordinatorLink``), with no heartbeat thread and ``auto_offset_reset`` earliest."""
     return {"coordinator": coordinator, "heartbeat_factory": NoHeartbeat.make, "clock": reactor.clock,
             "reactor": reactor, "client_factory": broker.client, "auto_offset_reset": "earliest", **kw}
+
+
+def serve(instance: Any, op: str, **header: Any) -> Any:
+    """One request to a consumer service's ``Instance`` (nodes/consumer.py), served on the test
+    thread as the instance's own thread serves it: its answer, or its error raised."""
+    answers: list = []
+    instance._serve(op, header, lambda h, err: answers.append((h, err)))
+    [(answer, err)] = answers
+    if err is not None:
+        raise err
+    return answer

@@ -18,7 +18,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client.group import GroupConsumer
-from fabric.errors import RequestTimeout
+from fabric.errors import RequestTimeout, SubscriptionConflictError
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
                                                 consumer_config)
 from tests.unit.fakes import ScriptedCoordinatorLink
@@ -29,14 +29,17 @@ AUTO_COMMIT_INTERVAL_MS = 1000
 class _Assigned:
     """A GroupConsumer of group g assigned t-0, and what it talks to."""
 
-    def __init__(self, start: int | None = 0, **kw: Any) -> None:
-        """``start``: where t-0 is seeked to (None: not at all)."""
+    def __init__(self, start: int | None = 0, assign: bool = True, **kw: Any) -> None:
+        """``start``: where t-0 is seeked to (None: not at all); ``assign``: False leaves the
+        consumer with neither an assignment nor a subscription."""
         self.broker = OnePartitionBroker()
         self.reactor = BrokerRepliesReactor(self.broker)
         self.coordinator = OffsetsCoordinator()
         self.link = ScriptedCoordinatorLink(self.coordinator)
         self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
             self.broker, self.reactor, self.link, auto_commit_interval_ms=AUTO_COMMIT_INTERVAL_MS, **kw))
+        if not assign:
+            return
         self.consumer.assign([T0])
         if start is not None:
             self.consumer.seek(T0, start)
@@ -178,3 +181,85 @@ def test_a_partition_seeked_to_an_end_is_not_moved_to_the_committed_offset(assig
     a.coordinator.committed[T0] = 30
     a.consumer.seek_to_beginning([T0])
     assert a.poll() == list(range(0, 10))
+
+
+# -- re-assigning, and switching between assign() and subscribe() ---------------------------------
+T1 = ("t", 1)
+
+
+def test_assign_commits_the_positions_of_the_partitions_it_drops_and_only_those(assigned) -> None:  # noqa: ANN001
+    """As Kafka's assign() with auto-commit: the partitions a new assignment leaves out are
+    committed first, else their positions are lost and their records delivered again."""
+    a = assigned()
+    a.poll()
+    a.consumer.assign([T0, T1])  # t-0 kept, with its position: nothing to commit for it
+    assert a.commits() == []
+    a.consumer.assign([T1])
+    assert [h["offsets"] for h in a.commits()] == [[["t", 0, 10]]]
+    assert a.coordinator.committed.get(T0) == 10, "the position of the dropped t-0 was lost uncommitted"
+
+
+def test_assign_commits_a_dropped_partition_no_further_than_the_hosts_bounds(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    a.poll()
+    a.consumer.auto_commit_bounds = {T0: 4}  # records 4.. went to a host's client, unconfirmed
+    a.consumer.assign([T1])
+    assert a.coordinator.committed.get(T0) == 4
+
+
+def test_without_auto_commit_assign_commits_nothing(assigned) -> None:  # noqa: ANN001
+    a = assigned(enable_auto_commit=False)
+    a.poll()
+    a.consumer.assign([T1])
+    assert a.commits() == []
+
+
+def test_subscribe_after_assign_is_refused_and_the_positions_stay(assigned) -> None:  # noqa: ANN001
+    """As Kafka's IllegalStateException: subscribing would drop the assigned positions
+    uncommitted (their records delivered again, or skipped with auto_offset_reset latest)."""
+    a = assigned()
+    assert a.poll() == list(range(0, 10))
+    with pytest.raises(SubscriptionConflictError) as e:
+        a.consumer.subscribe(["t"])
+    assert e.value.code == P.SUBSCRIPTION_CONFLICT and "unsubscribe()" in e.value.message
+    assert a.consumer.subscription == [] and a.consumer.position(T0) == 10
+    assert a.poll() == list(range(10, 20))
+    assert P.JOIN_GROUP not in a.link.commands()
+
+
+def test_assign_while_subscribed_is_refused_and_the_membership_stays(assigned) -> None:  # noqa: ANN001
+    a = assigned(assign=False)
+    a.consumer.subscribe(["t"])
+    assert a.poll() == list(range(0, 10))  # joined: the group gave it t-0
+    with pytest.raises(SubscriptionConflictError):
+        a.consumer.assign([T1])
+    assert a.consumer.assignment() == [T0] and a.consumer.position(T0) == 10
+    assert a.poll() == list(range(10, 20))
+
+
+def test_unsubscribe_commits_an_assigned_consumers_positions_and_then_it_may_subscribe(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    a.poll()
+    a.consumer.unsubscribe()
+    assert a.coordinator.committed.get(T0) == 10, "unsubscribe dropped the positions uncommitted"
+    assert a.consumer.assignment() == []
+    a.consumer.subscribe(["t"])
+    assert a.poll() == list(range(10, 20)), "the member starts at the committed offset"
+
+
+def test_unsubscribe_commits_no_further_than_the_hosts_bounds(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    a.poll()
+    a.consumer.auto_commit_bounds = {T0: 4}
+    a.consumer.unsubscribe()
+    assert a.coordinator.committed.get(T0) == 4
+
+
+def test_assign_of_nothing_is_unsubscribe(assigned) -> None:  # noqa: ANN001
+    """As Kafka's assign() of an empty collection: a subscribed consumer leaves its group."""
+    a = assigned(assign=False)
+    a.consumer.subscribe(["t"])
+    a.poll()
+    a.consumer.assign([])
+    assert a.consumer.subscription == [] and a.consumer.assignment() == []
+    assert a.coordinator.committed.get(T0) == 10 and not a.coordinator.members

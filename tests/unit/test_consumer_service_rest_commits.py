@@ -25,7 +25,7 @@ from fabric import protocol as P
 from fabric.errors import RemoteError
 from nodes.consumer import Instance, InstanceHost
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
-                                                consumer_config)
+                                                consumer_config, serve)
 from tests.unit.fakes import ScriptedCoordinatorLink
 
 AUTO_COMMIT_INTERVAL_MS = 1000
@@ -35,12 +35,14 @@ class _Rig:
     """A REST instance of group g (auto-commit every AUTO_COMMIT_INTERVAL_MS), created and
     subscribed to t, as its client and its service drive it."""
 
-    def __init__(self) -> None:
+    def __init__(self, **config: Any) -> None:
+        """``config``: GroupConsumer keywords over the rig's."""
         self.broker = OnePartitionBroker()
         self.reactor = BrokerRepliesReactor(self.broker)
         self.coordinator = OffsetsCoordinator()
-        config = consumer_config(self.broker, self.reactor, ScriptedCoordinatorLink(self.coordinator),
-                                 auto_commit_interval_ms=AUTO_COMMIT_INTERVAL_MS)
+        self.link = ScriptedCoordinatorLink(self.coordinator)
+        config = consumer_config(self.broker, self.reactor, self.link,
+                                 **{"auto_commit_interval_ms": AUTO_COMMIT_INTERVAL_MS, **config})
         host = InstanceHost("consumer-1", ["127.0.0.1:1"], 60_000, lambda e: None)  # a bug raises out of _serve
         self.instance = Instance(host, "g", "rest-1", config, 0)
         self.request("create")
@@ -48,12 +50,7 @@ class _Rig:
 
     def request(self, op: str, **header: Any) -> dict:
         """One request from the REST client, served as the instance's thread serves it."""
-        answers: list = []
-        self.instance._serve(op, header, lambda h, err: answers.append((h, err)))
-        [(answer, err)] = answers
-        if err is not None:
-            raise err
-        return answer
+        return serve(self.instance, op, **header)
 
     def fetch(self, max_records: int = 10, **header: Any) -> list[int]:
         """The offsets of one fetch answer (records of t-0)."""
@@ -223,3 +220,38 @@ def test_the_clients_delete_of_an_assigned_instance_commits_the_positions(rig: _
     rig.request("delete")
     rig.instance._close()
     assert rig.committed == 20
+
+
+# -- subscribed or assigned: one at a time, and nothing dropped uncommitted -----------------------
+def test_subscribing_an_assigned_instance_is_refused_and_its_positions_stay(rig: _Rig) -> None:
+    _assigned(rig)
+    rig.fetch()
+    with pytest.raises(RemoteError) as e:
+        rig.request("subscribe", topics=["t"])
+    assert e.value.code == P.SUBSCRIPTION_CONFLICT and "unsubscribe" in e.value.message
+    assert rig.request("assignment")["positions"] == [["t", 0, 10]]
+    assert rig.fetch() == list(range(10, 20)), "the subscription dropped the assigned position"
+
+
+def test_assigning_a_subscribed_instance_is_refused_as_a_conflict(rig: _Rig) -> None:
+    rig.fetch()
+    with pytest.raises(RemoteError) as e:
+        rig.request("assign", partitions=[["t", 0]])
+    assert e.value.code == P.SUBSCRIPTION_CONFLICT
+
+
+def test_unsubscribing_an_assigned_instance_commits_its_positions(rig: _Rig) -> None:
+    _assigned(rig)
+    rig.fetch()
+    rig.request("subscribe", topics=[])  # the request confirms the answer 0..9
+    assert rig.committed == 10
+    rig.request("subscribe", topics=["t"])
+    assert rig.fetch() == list(range(10, 20))
+
+
+def test_reassigning_an_instance_commits_the_partitions_it_drops(rig: _Rig) -> None:
+    _assigned(rig)
+    rig.fetch()
+    rig.request("assign", partitions=[["t", 1]])
+    assert rig.committed == 10, "the position of t-0, no longer assigned, was lost uncommitted"
+
