@@ -277,13 +277,15 @@ class Instance(threading.Thread):
         if c.subscription:  # before the lookups: refused whatever the coordinator would say
             raise SubscriptionConflictError("the instance is subscribed: unsubscribe before assigning partitions")
         held = set(c.assignment())
+        # as Kafka's assign(): a new partition starts at the group's committed offset, if any;
+        # an assigned one keeps its position. Looked up before anything changes: a lookup that
+        # fails leaves the instance as it was -- assigned first, the partitions still without a
+        # position would start at auto_offset_reset (latest: past records nobody got)
+        committed = {(t, p): c.committed((t, p)) for t, p in parts if (t, p) not in held}
         c.assign([(t, p) for t, p in parts])
-        for t, p in parts:  # as Kafka's assign(): start at the group's committed offset, if any
-            if (t, p) in held:
-                continue  # already assigned: keeps its position (as Kafka's assign())
-            committed = c.committed((t, p))
-            if committed is not None:
-                c.seek((t, p), committed)
+        for tp, offset in committed.items():
+            if offset is not None:
+                c.seek(tp, offset)
         return {}
 
     @staticmethod

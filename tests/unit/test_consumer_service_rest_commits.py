@@ -255,3 +255,27 @@ def test_reassigning_an_instance_commits_the_partitions_it_drops(rig: _Rig) -> N
     rig.request("assign", partitions=[["t", 1]])
     assert rig.committed == 10, "the position of t-0, no longer assigned, was lost uncommitted"
 
+
+def test_an_assign_that_cannot_look_up_the_committed_offsets_leaves_the_instance_as_it_was() -> None:
+    """Without auto-commit nothing else moves a partition without a position to the group's
+    committed offset: a half-done assign would start it at auto_offset_reset (latest: past
+    the records after the commit)."""
+    rig = _Rig(enable_auto_commit=False, auto_offset_reset="latest")
+    try:
+        rig.request("subscribe", topics=[])
+        rig.coordinator.committed[T0] = 30
+        answer = rig.link.answer
+
+        def coordinator_moving(command: bytes, header: dict) -> dict:
+            if command == P.OFFSET_FETCH:
+                raise RemoteError(P.NOT_COORDINATOR, "the coordinator moved")
+            return answer(command, header)
+        rig.link.answer = coordinator_moving
+        with pytest.raises(RemoteError):
+            rig.request("assign", partitions=[["t", 0]])
+        rig.link.answer = answer
+        assert rig.request("assignment")["partitions"] == [], "a failed assign left t-0 assigned without a position"
+        rig.request("assign", partitions=[["t", 0]])  # the client tries again
+        assert rig.fetch() == list(range(30, 40))
+    finally:
+        rig.instance._close()
