@@ -251,7 +251,7 @@ class GatewayConfig(_Model):
     websockets_max: int = Field(24, ge=1, le=512)               # each holds a thread
     ws_send_queue_max: int = Field(256, ge=1, le=100_000)       # messages queued per client
     ws_slow_client_timeout_ms: int = Field(5000, ge=10)         # queue full this long: closed
-    rate_limit_clients_max: int = Field(10_000, ge=1)           # token buckets kept
+    rate_limit_clients_max: int = Field(10_000, ge=1)           # address buckets kept (+1 per key)
 
 
 class SecurityConfig(_Model):

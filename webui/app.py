@@ -49,7 +49,7 @@ def check_access(gw: Gateway, op: Op, key: str | None, address: str) -> Principa
     from ``address``: the principal (None for a route that needs no key and got none valid).
     Raises ApiError 42901 (with Retry-After), 40101 or 40301."""
     principal = gw.keys.lookup(key)
-    wait_s = gw.limiter.take(rate_limit_client(principal, address))
+    wait_s = gw.limiter.take(rate_limit_client(principal, address), keyed=principal is not None)
     if wait_s > 0:
         raise ApiError(42901, f"rate limit of {gw.security.rate_limit_per_s:g} requests/s exceeded",
                        {"Retry-After": retry_after_s(wait_s)})

@@ -282,7 +282,7 @@ def _limit(gw: Gateway, principal: Principal) -> Callable[[], dict | None]:
     client = rate_limit_client(principal, client_address())
 
     def take() -> dict | None:
-        wait_s = gw.limiter.take(client)
+        wait_s = gw.limiter.take(client, keyed=True)
         if wait_s <= 0:
             return None
         return {"error_code": 42901, "message": f"rate limit of {gw.security.rate_limit_per_s:g} requests/s exceeded",
