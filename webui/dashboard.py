@@ -19,9 +19,12 @@ from flask import Blueprint, Response, send_from_directory
 from werkzeug.datastructures import Headers
 
 STATIC_DIR = Path(__file__).parent / "static"
-# self only; the WebSockets go to this same host (ws:/wss: are not covered by 'self' everywhere)
+# self only. The page's WebSockets go to its own host (js/api.js: wsUrl), which 'self' covers:
+# CSP Level 3 matches ws: and wss: of the page's own host and port for 'self' (browsers older
+# than that rule refuse the sockets: the page shows the gateway as not reachable). "ws: wss:"
+# would let a script in the page send data to any host.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                           "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+                           "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 FRAME_ANCESTORS_NONE = "frame-ancestors 'none'"
 MIMETYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html"}
 
