@@ -8,8 +8,9 @@ pay per request. ``ProduceFastPath`` is WSGI middleware in front of the Flask ap
 these two routes through the same declaration as every other route (``Api.dispatch``: the
 op's schemas, handler and answer) and the same access check (``check_access``: rate limit,
 key, role), and writes the same answers: JSON errors ``{error_code, message}``,
-``X-Request-Id``, ``X-Content-Type-Options``, ``Retry-After``, the per-route request counter, 5xx logged with the request
-id. ``tests/unit/test_gateway_fastpath.py`` sends each case through both and compares.
+``X-Request-Id``, ``X-Content-Type-Options``, ``Retry-After``, the per-route request counter,
+5xx logged with the request id. ``tests/unit/test_gateway_fastpath.py`` sends each case
+through both and compares.
 
 What it does not recognise exactly -- another method, a path the two routes' pattern does not
 match as werkzeug's router would (a trailing slash, a partition that is not plain digits), no
