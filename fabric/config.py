@@ -249,9 +249,10 @@ class GatewayConfig(_Model):
     request_bytes_max: int = Field(16 * 1024 * 1024, ge=1024)   # larger bodies get 413
     worker_threads: int = Field(48, ge=4, le=512)               # gunicorn gthread threads
     websockets_max: int = Field(24, ge=1, le=512)               # each holds a thread
+    websockets_per_key_max: int = Field(8, ge=1, le=512)        # of those, open with one key
     ws_send_queue_max: int = Field(256, ge=1, le=100_000)       # messages queued per client
     ws_slow_client_timeout_ms: int = Field(5000, ge=10)         # queue full this long: closed
-    rate_limit_clients_max: int = Field(10_000, ge=1)           # token buckets kept
+    rate_limit_clients_max: int = Field(10_000, ge=1)           # address buckets kept (+1 per key)
 
 
 class SecurityConfig(_Model):

@@ -1,7 +1,8 @@
 """The gateway's Flask app: REST routes (routes_v2, routes_consumers, routes_v3), ops routes,
 WebSockets (ws.py) and the dashboard (webui/dashboard.py's blueprint, rate limited like the API).
 
-Every response carries ``X-Request-Id`` (the client's, when it sent a sane one); every error is
+Every response carries ``X-Request-Id`` (the client's, when it sent a sane one) and
+``X-Content-Type-Options: nosniff``, and an HTML one may not be framed; every error is
 JSON ``{error_code, message}`` -- never HTML, a stack trace or an internal address; a 5xx is
 logged with its request id. Bodies over ``gateway.request_bytes_max`` get 413 before they are
 read.
@@ -23,9 +24,9 @@ from werkzeug.exceptions import HTTPException
 from webui import routes_consumers, routes_v2, routes_v3, ws
 from webui.auth import Principal, rate_limit_client, retry_after_s
 from webui.context import Gateway
-from webui.dashboard import dashboard_blueprint
+from webui.dashboard import dashboard_blueprint, forbid_framing
 from webui.errors import ApiError, ClusterError
-from webui.fastpath import ProduceFastPath, presented_key_of, request_id_of
+from webui.fastpath import NOSNIFF, ProduceFastPath, presented_key_of, request_id_of
 from webui.spec import JSON, Api, Op
 
 log = logging.getLogger("loom.gateway.http")
@@ -49,7 +50,7 @@ def check_access(gw: Gateway, op: Op, key: str | None, address: str) -> Principa
     from ``address``: the principal (None for a route that needs no key and got none valid).
     Raises ApiError 42901 (with Retry-After), 40101 or 40301."""
     principal = gw.keys.lookup(key)
-    wait_s = gw.limiter.take(rate_limit_client(principal, address))
+    wait_s = gw.limiter.take(rate_limit_client(principal, address), keyed=principal is not None)
     if wait_s > 0:
         raise ApiError(42901, f"rate limit of {gw.security.rate_limit_per_s:g} requests/s exceeded",
                        {"Retry-After": retry_after_s(wait_s)})
@@ -153,6 +154,9 @@ def create_app(gw: Gateway) -> Flask:
     @app.after_request
     def add_request_id(resp: Response) -> Response:
         resp.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+        resp.headers[NOSNIFF[0]] = NOSNIFF[1]
+        if resp.mimetype == "text/html":
+            forbid_framing(resp.headers)
         gw.http_requests.record(request.url_rule.rule if request.url_rule else "unmatched", resp.status_code)
         return resp
 

@@ -5,7 +5,8 @@ in constant time: every stored hash is compared, no early exit. Roles: ``admin``
 everything; ``produce``, ``consume`` and ``read`` each open their own routes.
 
 ``RateLimiter`` keeps one token bucket per client (a key's name, or a client address for
-requests without a valid key), at most ``clients_max`` of them (least recently used first out).
+requests without a valid key): see its docstring for how the table stays bounded without ever
+handing a limited client a fresh bucket.
 
 Thread-safe: both may be used from every request thread.
 """
@@ -54,6 +55,29 @@ def rate_limit_client(principal: Principal | None, address: str) -> str:
 
 
 class RateLimiter:
+    """Token buckets of ``burst`` tokens refilled at ``rate_per_s``, one per client.
+
+    The table is bounded, and eviction must not be a way around the limit: a bucket dropped
+    while below full would come back full, so a client over its limit (or anyone who can
+    spread requests over many addresses) could evict its own bucket and start afresh. Only a
+    bucket that has refilled to full is evicted -- it is the same as the fresh one its client
+    would get. A new address client that finds ``clients_max`` buckets and none of the
+    ``EVICTION_SCAN_MAX`` least recently used ones full is refused (``take`` answers the
+    seconds until the first of those is full: a 429 with ``Retry-After``). Refusing is the only
+    answer that keeps both the memory bound and the limit: letting the new client in without a
+    bucket, or resetting someone else's, is the bypass; and the clients refused are those that
+    come new while the table is full of clients spending their tokens -- a flood of addresses,
+    which a limiter is there to hold back. Clients already in the table keep their buckets.
+
+    Key buckets (``keyed=True``) are never refused: there is at most one per configured key,
+    so they may take the table past ``clients_max`` by that many, and a flood of unknown
+    addresses cannot lock key holders out. Only full buckets of either kind are evicted.
+
+    Thread-safe (one lock); ``take`` looks at most EVICTION_SCAN_MAX buckets.
+    """
+
+    EVICTION_SCAN_MAX = 32  # least recently used buckets looked at for a full one, per new client
+
     def __init__(self, rate_per_s: float, burst: int, clients_max: int) -> None:
         self.rate_per_s = rate_per_s
         self.burst = burst
@@ -61,23 +85,45 @@ class RateLimiter:
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # client -> [tokens, last_s]
         self._lock = threading.Lock()
 
-    def take(self, client: str, now_s: float | None = None) -> float:
-        """Take one token: 0.0 when allowed, else the seconds until one is available."""
+    def take(self, client: str, now_s: float | None = None, keyed: bool = False) -> float:
+        """Take one token: 0.0 when allowed, else the seconds until one is available (for a new
+        client refused because the table is full, until a bucket is evictable). ``keyed``: the
+        client is an API key's (``rate_limit_client`` of a principal), never refused."""
         now = time.monotonic() if now_s is None else now_s
         with self._lock:
             bucket = self._buckets.get(client)
             if bucket is None:
+                if len(self._buckets) >= self.clients_max:
+                    wait_s = self._evict_one_full(now)
+                    if wait_s > 0 and not keyed:
+                        return wait_s
                 bucket = self._buckets[client] = [float(self.burst), now]
-                if len(self._buckets) > self.clients_max:
-                    self._buckets.popitem(last=False)
             else:
                 self._buckets.move_to_end(client)
-                bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.rate_per_s)
+                bucket[0] = self._tokens(bucket, now)
                 bucket[1] = now
             if bucket[0] >= 1.0:
                 bucket[0] -= 1.0
                 return 0.0
             return (1.0 - bucket[0]) / self.rate_per_s
+
+    def _tokens(self, bucket: list[float], now: float) -> float:
+        return min(float(self.burst), bucket[0] + max(0.0, now - bucket[1]) * self.rate_per_s)
+
+    def _evict_one_full(self, now: float) -> float:
+        """Drop the least recently used bucket that has refilled to full, among the
+        EVICTION_SCAN_MAX least recently used: 0.0, else the seconds until the first of them is
+        full (nothing dropped). Under _lock."""
+        wait_s = math.inf
+        for i, (client, bucket) in enumerate(self._buckets.items()):
+            if i == self.EVICTION_SCAN_MAX:
+                break
+            missing = self.burst - self._tokens(bucket, now)
+            if missing <= 0:
+                del self._buckets[client]
+                return 0.0
+            wait_s = min(wait_s, missing / self.rate_per_s)
+        return wait_s
 
 
 def retry_after_s(wait_s: float) -> str:

@@ -8,8 +8,9 @@ pay per request. ``ProduceFastPath`` is WSGI middleware in front of the Flask ap
 these two routes through the same declaration as every other route (``Api.dispatch``: the
 op's schemas, handler and answer) and the same access check (``check_access``: rate limit,
 key, role), and writes the same answers: JSON errors ``{error_code, message}``,
-``X-Request-Id``, ``Retry-After``, the per-route request counter, 5xx logged with the request
-id. ``tests/unit/test_gateway_fastpath.py`` sends each case through both and compares.
+``X-Request-Id``, ``X-Content-Type-Options``, ``Retry-After``, the per-route request counter,
+5xx logged with the request id. ``tests/unit/test_gateway_fastpath.py`` sends each case
+through both and compares.
 
 What it does not recognise exactly -- another method, a path the two routes' pattern does not
 match as werkzeug's router would (a trailing slash, a partition that is not plain digits), no
@@ -42,6 +43,9 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # parse_qsl (no escapes, no "+", no ";"); any other goes to Flask
 PLAIN_QUERY_RE = re.compile(r"[A-Za-z0-9_.=&-]*")
 STATUS_LINES = {code: f"{code} {text.upper()}" for code, text in HTTP_STATUS_CODES.items()}  # as werkzeug writes them
+# on every answer, Flask's (webui/app.py) and ours: a browser reads an answer only as the type
+# it is sent with, never sniffs a JSON answer that echoes a client's text into HTML or script
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -116,6 +120,7 @@ class ProduceFastPath:
         out = [("Content-Type", content_type or JSON), ("Content-Length", str(len(data or b"")))]
         out += headers.items()
         out.append(("X-Request-Id", rid))
+        out.append(NOSNIFF)
         self.record(self.rules[which], status)
         start_response(STATUS_LINES.get(status) or f"{status} UNKNOWN", out)
         if bug:

@@ -5,7 +5,9 @@ a first message ``{"api_key": KEY}`` within ``AUTH_TIMEOUT_S``, before anything 
 accepted; keys never travel in URLs. A bad key or a missing role closes with 1008. A socket
 waiting for its first message holds a slot: one client address may hold at most a quarter of
 the slots that way (more get 1013), so a client that opens sockets and sends nothing cannot
-shut the others out.
+shut the others out. Once its key is known, a socket counts against that key's
+``gateway.websockets_per_key_max`` (more get 1013, before ``{"authenticated": true}``), so one
+key cannot hold every slot either.
 
 Rate limits: opening a socket takes a token (by key, or by address until the key comes), and so
 does every message a client sends to /ws/produce or /ws/consume, from its key's bucket as a REST
@@ -25,7 +27,7 @@ its queue and its (bounded) socket buffers, never the gateway's memory. Each con
 sets a small kernel send buffer (``SOCKET_SNDBUF_BYTES``).
 
 Threads: each connection holds one gunicorn worker thread (the route) and one sender thread;
-at most ``gateway.websockets_max`` connections are open at once (more get HTTP 503).
+at most ``gateway.websockets_max`` connections are open at once (more are closed with 1013).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from webui.events import EVENTS_QUEUE_MAX
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import ACKS, encode_records, offsets_json, records_json
 from webui.spec import Op, dumps, loads_json
-from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, PendingAuth
+from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, SocketsPer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,8 @@ DESCRIPTION = {
     "rate_limit": "opening a socket and every message to /ws/produce or /ws/consume take a token of the key's "
                   "limit; a message over it is answered {error_code: 42901, message, retry_after_s}",
     "close_codes": {"1008": "auth, role or a bad message",
-                    "1013": "client too slow, too many sockets, or too many from one address waiting for their key"},
+                    "1013": "client too slow, too many sockets (in all, or of one key), or too many from one address "
+                            "waiting for their key"},
 }
 
 
@@ -186,7 +189,8 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": MESSAGE_BYTES_MAX}
     sock = Sock(app)
     slots = threading.BoundedSemaphore(gw.settings.websockets_max)
-    pending = PendingAuth(max(1, gw.settings.websockets_max // PENDING_AUTH_SHARE))
+    pending = SocketsPer(max(1, gw.settings.websockets_max // PENDING_AUTH_SHARE))  # by address
+    per_key = SocketsPer(gw.settings.websockets_per_key_max)  # by key name
 
     def session(role: str, body: Callable[[Any, Outbox, Principal, dict], None]) -> Callable[[Any, Callable], None]:
         """Auth, slot and outbox around one route. Runs in the route's worker thread;
@@ -197,13 +201,14 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
             except (AttributeError, OSError):
                 pass
             out = Outbox(ws, gw.settings.ws_send_queue_max, gw.settings.ws_slow_client_timeout_ms / 1000)
+            admitted = None
             try:
                 try:
-                    principal = _authenticate(ws, out, gw, role)
+                    admitted = _authenticate(ws, out, gw, role, per_key)
                 finally:
                     authenticated()
-                if principal is not None:
-                    body(ws, out, principal, dict(request.args))
+                if admitted is not None:
+                    body(ws, out, admitted[0], dict(request.args))
                     out.close(1000, "done")
             except Closed:
                 pass
@@ -214,6 +219,8 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
             finally:
                 if not out.done.is_set():
                     out.close(1000, "done")
+                if admitted is not None:
+                    admitted[1]()  # the key's count, once the socket is closed
         return handler
 
     def guarded(path: str, role: str, body: Callable) -> None:
@@ -250,10 +257,15 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
     guarded("/ws/events", "read", lambda ws, out, p, q: _events(ws, out, gw))
 
 
-def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str) -> Principal | None:
+def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str,
+                  per_key: SocketsPer) -> tuple[Principal, Callable[[], None]] | None:
+    """The socket's principal and the function that stops counting it against its key's
+    sockets, or None when it was refused (and closed: 1008, or 1013 when its key has
+    ``gateway.websockets_per_key_max`` sockets open)."""
     from webui.app import presented_key
     key = presented_key()
-    if key is None:  # a browser: the key comes as the first message
+    by_message = key is None
+    if by_message:  # a browser: the key comes as the first message
         first = ws.receive(timeout=AUTH_TIMEOUT_S)
         try:
             key = loads_json(first)["api_key"] if first is not None else None
@@ -262,9 +274,6 @@ def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str) -> Principal | N
         if not isinstance(key, str):
             out.close(POLICY, 'authentication required: send {"api_key": KEY} first (or an Authorization header)')
             return None
-        principal = gw.keys.lookup(key)
-        if principal is not None and principal.may(role):
-            out.put({"authenticated": True, "key": principal.name, "roles": sorted(principal.roles)})
     principal = gw.keys.lookup(key)
     if principal is None:
         out.close(POLICY, "invalid API key")
@@ -272,7 +281,18 @@ def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str) -> Principal | N
     if not principal.may(role):
         out.close(POLICY, f"this stream needs the {role!r} role")
         return None
-    return principal
+    leave = per_key.enter(principal.name)
+    if leave is None:
+        out.close(TRY_AGAIN_LATER, f"key {principal.name!r} has {per_key.per_name_max} WebSockets open: "
+                                   "try again later")
+        return None
+    if by_message:
+        try:
+            out.put({"authenticated": True, "key": principal.name, "roles": sorted(principal.roles)})
+        except Closed:
+            leave()
+            raise
+    return principal, leave
 
 
 def _limit(gw: Gateway, principal: Principal) -> Callable[[], dict | None]:
@@ -282,7 +302,7 @@ def _limit(gw: Gateway, principal: Principal) -> Callable[[], dict | None]:
     client = rate_limit_client(principal, client_address())
 
     def take() -> dict | None:
-        wait_s = gw.limiter.take(client)
+        wait_s = gw.limiter.take(client, keyed=True)
         if wait_s <= 0:
             return None
         return {"error_code": 42901, "message": f"rate limit of {gw.security.rate_limit_per_s:g} requests/s exceeded",

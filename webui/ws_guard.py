@@ -1,6 +1,6 @@
-"""What one WebSocket client may hold in the gateway before its route has taken it: the
-messages it sent (``InboxGate``) and, per client address, the sockets still waiting for their
-key (``PendingAuth``). Used by webui/ws.py.
+"""What one WebSocket client may hold in the gateway: the messages it sent that its route has
+not taken yet (``InboxGate``), and sockets counted per name (``SocketsPer``): per client
+address, those still waiting for their key; per key, those open. Used by webui/ws.py.
 
 simple_websocket's reader thread reads the socket and queues every complete message in
 ``ws.input_buffer`` without bound, whatever the route takes; with permessage-deflate (which
@@ -43,24 +43,24 @@ class InboxGate:
         return getattr(self._sock, name)
 
 
-class PendingAuth:
-    """Per client address, the sockets waiting for their first message (the key), at most
-    ``per_address_max`` each. Entries go when their count is back to 0, so the table holds at
-    most one per socket in its handshake. Thread-safe (one lock)."""
+class SocketsPer:
+    """Per name (a client address, a key's name), the sockets counted, at most ``per_name_max``
+    each. Entries go when their count is back to 0, so the table holds at most one per socket
+    counted. Thread-safe (one lock)."""
 
-    def __init__(self, per_address_max: int) -> None:
-        self.per_address_max = per_address_max
+    def __init__(self, per_name_max: int) -> None:
+        self.per_name_max = per_name_max
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
-    def enter(self, address: str) -> Callable[[], None] | None:
-        """Count one more socket of ``address`` waiting: the function that ends its wait (once,
-        however often it is called), or None when ``address`` has ``per_address_max`` already."""
+    def enter(self, name: str) -> Callable[[], None] | None:
+        """Count one more socket of ``name``: the function that stops counting it (once, however
+        often it is called), or None when ``name`` has ``per_name_max`` already."""
         with self._lock:
-            n = self._counts.get(address, 0)
-            if n >= self.per_address_max:
+            n = self._counts.get(name, 0)
+            if n >= self.per_name_max:
                 return None
-            self._counts[address] = n + 1
+            self._counts[name] = n + 1
         left = threading.Event()
 
         def leave() -> None:
@@ -68,9 +68,9 @@ class PendingAuth:
                 return
             left.set()
             with self._lock:
-                n = self._counts[address] - 1
+                n = self._counts[name] - 1
                 if n:
-                    self._counts[address] = n
+                    self._counts[name] = n
                 else:
-                    del self._counts[address]
+                    del self._counts[name]
         return leave

@@ -101,10 +101,11 @@ def browser(browser_available: None) -> Iterator[Any]:
         b.close()
 
 
-def new_page(browser: Any, viewport: dict = DESKTOP) -> Any:
+def new_page(browser: Any, viewport: dict = DESKTOP, bypass_csp: bool = True) -> Any:
     # The page's CSP forbids eval; Playwright's wait_for_function("...") evaluates a string, so
-    # the test's own probes bypass it (the CSP header itself: tests/unit/test_dashboard_static.py).
-    context = browser.new_context(viewport=viewport, bypass_csp=True)
+    # the test's own probes bypass it (the CSP header itself: tests/unit/test_dashboard_static.py;
+    # the page under its CSP: test_dashboard_pages.py::test_the_page_works_under_its_own_policy).
+    context = browser.new_context(viewport=viewport, bypass_csp=bypass_csp)
     page = context.new_page()
     page.set_default_timeout(PAGE_TIMEOUT_MS)
     page.console_errors = []

@@ -50,6 +50,28 @@ def test_login_then_overview_shows_every_node_healthy(dashboard, page) -> None:
     assert page.console_errors == []
 
 
+# a WebSocket to another origin (the gateway's API port): the policy refuses it, or it opens
+OTHER_ORIGIN_SOCKET_JS = """url => new Promise(done => {
+  document.addEventListener("securitypolicyviolation", e => done(e.effectiveDirective), {once: true});
+  const ws = new WebSocket(url);
+  ws.onopen = () => { ws.close(); done("opened"); };
+  setTimeout(() => done("neither refused nor opened"), 5000);
+})"""
+
+
+def test_the_page_works_under_its_own_policy(dashboard, browser) -> None:
+    page = new_page(browser, bypass_csp=False)
+    try:
+        login(page, dashboard)  # the key is checked over a WebSocket (js/api.js: whoami)
+        for name in dashboard.cluster.node_names:  # node states come over /ws/events
+            page.wait_for_selector(f'.node[data-node="{name}"][data-state="healthy"]', timeout=15_000)
+        assert page.console_errors == []
+        other = dashboard.api_url.replace("http:", "ws:") + "/ws/events"
+        assert page.evaluate(OTHER_ORIGIN_SOCKET_JS, other) == "connect-src", "a socket to another origin opened"
+    finally:
+        page.context.close()
+
+
 def test_wrong_key_is_refused_at_login(dashboard, page) -> None:
     page.goto(dashboard.url + "/")
     page.fill("#api-key", "not-a-key")

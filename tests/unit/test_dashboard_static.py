@@ -32,6 +32,18 @@ def test_index_is_served_without_a_key_with_a_same_origin_policy(client) -> None
     assert b'href="/docs"' in r.data          # the API documentation is one click away
 
 
+def test_the_page_may_connect_only_to_its_own_origin(client) -> None:
+    directives = dict(d.strip().split(" ", 1) for d in client.get("/").headers["Content-Security-Policy"].split(";"))
+    assert directives["connect-src"] == "'self'", \
+        f"connect-src {directives['connect-src']}: a script in the page could open a WebSocket to any host"
+    # 'self' covers ws:/wss: of the page's own host (CSP Level 3): every socket the page opens goes there
+    api = (STATIC_DIR / "js" / "api.js").read_text()
+    assert "`${scheme}//${location.host}${path}`" in api
+    for f in (STATIC_DIR / "js").rglob("*.js"):
+        for opened in re.findall(r"new WebSocket\(([^)]*)\)", f.read_text()):
+            assert opened.startswith("wsUrl("), f"{f.name} opens a WebSocket to {opened}"
+
+
 def test_modules_are_javascript_and_revalidated(client) -> None:
     r = client.get("/static/js/app.js")
     assert r.status_code == 200 and r.mimetype == "text/javascript"

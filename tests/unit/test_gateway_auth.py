@@ -21,9 +21,12 @@ from webui.context import Gateway
 from webui.events import EventHub
 
 
-def make_app(rate_per_s: float = 1000.0, burst: int = 2000, body_max: int = 64 * 1024) -> Any:
+NO_REFILL_PER_S = 1e-6  # a bucket that does not refill while a test runs
+
+
+def make_app(rate_per_s: float = 1000.0, burst: int = 2000, body_max: int = 64 * 1024, clients_max: int = 100) -> Any:
     keys = KeyStore([(role, hash_key(k), [role]) for role, k in KEYS.items()])
-    gw = Gateway(agent=StubAgent(), hub=EventHub(), keys=keys, limiter=RateLimiter(rate_per_s, burst, 100),
+    gw = Gateway(agent=StubAgent(), hub=EventHub(), keys=keys, limiter=RateLimiter(rate_per_s, burst, clients_max),
                  settings=GatewayConfig(request_bytes_max=body_max), security=SecurityConfig(rate_limit_per_s=rate_per_s),
                  cluster_id="test")
     return create_app(gw).test_client()
@@ -94,9 +97,36 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert rl.take("a", 0.0) == 0 and rl.take("a", 0.0) == 0
     assert rl.take("a", 0.0) == pytest.approx(0.1)
     assert rl.take("a", 0.1) == 0, "one token after 100 ms"
-    rl.take("b", 0.0)
-    rl.take("c", 0.0)  # beyond clients_max: the least recently used bucket ("a") is dropped
-    assert rl.take("a", 0.1) == 0 and rl.take("a", 0.1) == 0
+    assert rl.take("b", 0.1) == 0
+    # beyond clients_max, and neither bucket full again: the new client waits for one to be
+    assert rl.take("c", 0.1) == pytest.approx(0.1), "b is full 100 ms later"
+    assert rl.take("a", 0.1) == pytest.approx(0.1), "a's empty bucket was kept"
+    assert rl.take("c", 0.2) == 0, "b refilled to full: dropped for c (a fresh bucket is no different)"
+    assert rl.take("d", 0.2, keyed=True) == 0, "a key's bucket is never refused"
+    assert rl.take("a", 0.15) == pytest.approx(0.05), "a kept its empty bucket throughout: half a token"
+
+
+def test_a_limited_key_keeps_its_bucket_however_many_addresses_come_after_it() -> None:
+    c = make_app(rate_per_s=NO_REFILL_PER_S, burst=3, clients_max=4)
+    assert [c.get("/topics", headers=bearer("read")).status_code for _ in range(4)] == [200, 200, 200, 429]
+    flood = [c.get("/health", environ_base={"REMOTE_ADDR": f"10.0.0.{i}"}) for i in range(1, 11)]
+    assert c.get("/topics", headers=bearer("read")).status_code == 429, \
+        "the flood of addresses evicted the limited key's bucket: it came back full"
+    assert [r.status_code for r in flood[:3]] == [200] * 3, "room for three addresses beside the key"
+    refused = flood[3:]
+    assert {r.status_code for r in refused} == {429}, "the table is full of buckets in use: new addresses wait"
+    assert all(r.json["error_code"] == 42901 and int(r.headers["Retry-After"]) >= 1 for r in refused)
+    assert c.get("/topics", headers=bearer("admin")).status_code == 200, "a key is never shut out by addresses"
+
+
+def test_a_limited_address_keeps_its_bucket_however_many_addresses_come_after_it() -> None:
+    c = make_app(rate_per_s=NO_REFILL_PER_S, burst=3, clients_max=4)
+    limited = {"REMOTE_ADDR": "10.0.1.1"}
+    assert [c.get("/health", environ_base=limited).status_code for _ in range(4)] == [200, 200, 200, 429]
+    for i in range(1, 11):
+        c.get("/health", environ_base={"REMOTE_ADDR": f"10.0.2.{i}"})
+    assert c.get("/health", environ_base=limited).status_code == 429, \
+        "other addresses evicted the limited address's bucket: it came back full"
 
 
 def test_key_store_compares_hashes_only() -> None:

@@ -1,6 +1,7 @@
 """The gateway's app with the dashboard's blueprint and its own request counter, through Flask's
 test client (no processes): the blueprint serves the page, static files are rate limited per
-address, every response is counted by route template."""
+address, every response is counted by route template, every response says ``nosniff`` and no
+HTML page may be framed."""
 
 from __future__ import annotations
 
@@ -42,3 +43,32 @@ def test_every_response_is_counted_by_route_template() -> None:
     assert counts[("/v3/clusters/<cluster_id>/topics/<topic_name>", "404")] == 2
     assert counts[("/v3/clusters/<cluster_id>/topics/<topic_name>", "401")] == 1
     assert counts[("unmatched", "404")] == 1
+
+
+def test_every_response_says_nosniff_and_no_html_page_may_be_framed() -> None:
+    client = create_app(make_gateway()).test_client()
+    auth = {"Authorization": f"Bearer {KEYS['admin']}"}
+    produce = {**auth, "Content-Type": "application/vnd.kafka.binary.v2+json"}
+    answers = {
+        "JSON": client.get("/topics", headers=auth),
+        "error": client.get("/topics"),
+        "no route": client.get("/no/such/route"),
+        "method": client.put("/topics", headers=auth),
+        "OpenAPI": client.get("/openapi.json"),
+        "produce (fast path)": client.post("/topics/t", json={"records": [{"value": "not base64!"}]}, headers=produce),
+        "produce without a key (fast path)": client.post("/topics/t", json={"records": [{"value": 1}]}),
+        "docs": client.get("/docs"),
+        "page": client.get("/"),
+        "module": client.get("/static/js/app.js"),
+    }
+    assert answers["produce (fast path)"].status_code == 422 and answers["docs"].mimetype == "text/html"
+    limited = create_app(make_gateway(rate_per_s=0.01, burst=1)).test_client()
+    limited.get("/health")
+    answers["rate limited"] = limited.get("/health")
+    assert answers["rate limited"].status_code == 429
+    for what, r in answers.items():
+        assert r.headers.get("X-Content-Type-Options") == "nosniff", f"{what}: {r.status_code} without nosniff"
+    for what in ("docs", "page"):
+        r = answers[what]
+        assert r.headers.get("X-Frame-Options") == "DENY", f"{what} may be framed (no X-Frame-Options)"
+        assert "frame-ancestors 'none'" in r.headers.get("Content-Security-Policy", ""), what

@@ -9,6 +9,8 @@ werkzeug's threaded server on a loopback port, with a stub agent -- no cluster p
 - What a client sends is read only as fast as its route takes it: a client sending faster is
   held back by TCP (simple_websocket's reader used to queue every message in memory, and
   /ws/events takes at most one a second).
+- One key may hold at most ``gateway.websockets_per_key_max`` sockets (one key could hold
+  every slot of the gateway).
 """
 
 from __future__ import annotations
@@ -148,6 +150,42 @@ def test_sockets_waiting_for_their_key_cannot_take_every_slot(gateway: Any) -> N
     finally:
         for s in silent:
             s.close()
+
+
+def first_message_auth(url: str, path: str, role: str) -> tuple[simple_websocket.Client, dict | ConnectionClosed]:
+    """A browser-style socket that sends its key first: the socket and the gateway's answer
+    (``{"authenticated": true, ...}``) or how it closed."""
+    c = simple_websocket.Client.connect(url + path)
+    try:
+        c.send(json.dumps({"api_key": KEYS[role]}))
+        return c, json.loads(c.receive(timeout=DEADLINE_S))
+    except ConnectionClosed as e:
+        return c, e
+
+
+def close_quietly(c: simple_websocket.Client) -> None:
+    try:
+        c.close()
+    except ConnectionClosed:  # the gateway closed it first
+        pass
+
+
+def test_one_key_cannot_take_every_websocket_slot(gateway: Any) -> None:
+    url, _ = gateway()  # the defaults: 24 slots, 8 per key
+    opened = [first_message_auth(url, "/ws/events", "read") for _ in range(GatewayConfig().websockets_max)]
+    try:
+        authenticated = [a for _, a in opened if isinstance(a, dict) and a.get("authenticated")]
+        refused = [a for _, a in opened if isinstance(a, ConnectionClosed)]
+        c, other = first_message_auth(url, "/ws/events", "admin")
+        close_quietly(c)
+        assert isinstance(other, dict) and other.get("authenticated"), \
+            f"one key's sockets shut another key out: {other.reason} {other.message}"
+        assert len(authenticated) == GatewayConfig().websockets_per_key_max
+        assert len(refused) == len(opened) - len(authenticated)
+        assert all(e.reason == wsmod.TRY_AGAIN_LATER and "'read'" in e.message for e in refused)
+    finally:
+        for c, _ in opened:
+            close_quietly(c)
 
 
 def test_a_client_that_sends_faster_than_its_route_reads_is_held_back(gateway: Any) -> None:
