@@ -78,6 +78,14 @@ def build_api(gw: Gateway) -> Api:
             raise ApiError(50301, "the coordinator is not reachable")
         return {"status": "ok", "coordinator": True}
 
+    @api.op("GET", "/health/live", role=None, tag="ops", cluster=False,
+            summary="Liveness: 200 whenever a request thread serves it; asks the cluster nothing",
+            response={"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})
+    def live() -> dict:
+        # the monitor's HTTP probe (nodes/monitor/http_probe.py): /health waits on the
+        # coordinator, and a coordinator outage must not make every gateway look hung
+        return {"status": "ok"}
+
     @api.op("GET", "/status/ready", role="read", tag="ops", summary="Readiness: coordinator, brokers and services",
             response={"type": "object", "required": ["ready", "nodes"], "properties": {
                 "ready": {"type": "boolean"}, "nodes": {"type": "object", "additionalProperties": {"type": "string"}},

@@ -73,6 +73,14 @@ class GatewayControl(Node):
         reply.update(pid=self.master_pid, worker_pid=os.getpid())  # the supervisor knows the master
         return reply
 
+    def _on_stats(self, req: Any) -> dict:
+        # the master's pid, as in heartbeats and PING: the monitor's view of the gateway took the
+        # worker's from STATS and the master's from heartbeats, one after the other, and asked
+        # the supervisor to restart whichever it held last (a worker pid it does not know)
+        reply = super()._on_stats(req)
+        reply.update(pid=self.master_pid, worker_pid=os.getpid())
+        return reply
+
     def heartbeat_fields(self) -> dict[str, Any]:
         return {**super().heartbeat_fields(), "pid": self.master_pid}
 

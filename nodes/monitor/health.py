@@ -1,10 +1,12 @@
 """Health of one node, judged from what the monitor heard of it.
 
 States: ``healthy``; ``degraded`` (it answers, but: replicas of partitions it leads lag, its
-STATS answer is slow or missing, its buffer is nearly full, its disk is above the alert
-threshold); ``unresponsive`` (silent for ``monitor.unresponsive_after_ms`` while its process
-exists -- e.g. SIGSTOP, a livelock); ``down`` (its process is gone, the supervisor saw it exit,
-or -- when the process cannot be looked at from here -- it has been silent that long);
+STATS answer is slow or missing, a gateway's HTTP port does not answer, its buffer is nearly
+full, its disk is above the alert threshold); ``unresponsive`` (silent for
+``monitor.unresponsive_after_ms`` while its process exists -- e.g. SIGSTOP, a livelock -- or a
+gateway whose HTTP port has not answered for that long while its heartbeats go on); ``down``
+(its process is gone, the supervisor saw it exit, or -- when the process cannot be looked at
+from here -- it has been silent that long);
 ``unknown`` only while a freshly started monitor waits for a first sign of life.
 
 Pure functions over ``NodeView``; not thread-safe (owned by the monitor's reactor).
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 from fabric.config import LoomConfig, MonitorConfig, NodeConfig
 from fabric.metrics import Sample
+from nodes.monitor.http_probe import ProbeOutcome
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -38,6 +41,8 @@ class NodeView:
     last_heard_ms: int | None = None
     stats_rtt_ms: int | None = None
     stats_failed: bool = False
+    http_probe: ProbeOutcome | None = None   # a gateway's last HTTP liveness probe (nodes/monitor/http_probe.py)
+    http_failing_since_ms: int | None = None  # since when its probes fail, without a success between
     samples: tuple[Sample, ...] = ()
     exited_pid: int | None = None       # the supervisor saw this pid exit: down until a new one speaks
     exit_reason: str = ""
@@ -64,6 +69,7 @@ class NodeView:
         if isinstance(pid, int) and pid > 0:
             if pid != self.pid:
                 self.pid = pid
+                self.http_failing_since_ms = None  # a new process: its HTTP port is judged afresh
             if pid != self.exited_pid:
                 self.exited_pid = None
 
@@ -88,6 +94,10 @@ def classify(view: NodeView, now_ms: int, started_ms: int, config: LoomConfig,
         if process_alive:
             return UNRESPONSIVE, f"no heartbeat for {silent_ms} ms while process {view.pid} exists"
         return DOWN, f"no heartbeat for {silent_ms} ms"
+    failing_ms = now_ms - view.http_failing_since_ms if view.http_failing_since_ms is not None else 0
+    if view.http_probe is not None and failing_ms > mon.unresponsive_after_ms:
+        # its heartbeats prove the process runs: the HTTP serving inside it hangs
+        return UNRESPONSIVE, f"{view.http_probe.detail}, failing for {failing_ms} ms while its heartbeats go on"
     reasons = degraded_reasons(view, config)
     return (DEGRADED, "; ".join(reasons)) if reasons else (HEALTHY, "")
 
@@ -98,6 +108,8 @@ def degraded_reasons(view: NodeView, config: LoomConfig) -> list[str]:
         out.append("STATS got no answer")
     elif view.stats_rtt_ms is not None and view.stats_rtt_ms > config.monitor.slow_response_ms:
         out.append(f"slow responses ({view.stats_rtt_ms} ms)")
+    if view.http_probe is not None and not view.http_probe.answered:
+        out.append(view.http_probe.detail)
     under = view.value("loom_broker_under_replicated_partitions")
     if under:
         out.append(f"lagging replicas: {int(under)} partitions it leads are under-replicated")

@@ -2,6 +2,9 @@
 
 It subscribes to every node's heartbeats (PUB/SUB; the coordinator's metadata too) and pulls
 each node's typed metrics with STATS over ROUTER/DEALER once per ``monitor.health_interval_ms``.
+A gateway's HTTP port is probed too, once per check, on a thread per gateway
+(nodes/monitor/http_probe.py): its heartbeats and STATS come from its control thread, which
+runs on when the HTTP serving hangs.
 Each check then, in a fixed order: judges every node's health (nodes/monitor/health.py),
 derives the cluster's facts (nodes/monitor/cluster.py), evaluates the alert rules
 (nodes/monitor/alerts.py), asks the supervisor to restart unresponsive nodes
@@ -15,8 +18,8 @@ status once per check (topic ``st``).
 
 Stateless apart from the alert history (``<data_dir>/<name>/alerts.json``): a restart loses
 the in-memory history only. Not thread-safe: everything runs on the reactor's thread, except
-the Prometheus HTTP server and webhook threads, which only read a swapped-in snapshot or
-take items from their own queues.
+the Prometheus HTTP server, webhook and HTTP probe threads, which only read a swapped-in
+snapshot, take items from their own queues or hand back one outcome under a lock.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, read_answer
 from fabric.metrics import Sample, decode_samples
+from fabric.roles import HTTP, ROLES
 from fabric.rpc import RpcClient, make_socket
 from nodes.base import Node
 from nodes.launcher import pid_alive, role_available
@@ -41,6 +45,7 @@ from nodes.monitor.alerts import FIRING, Alert, AlertBook
 from nodes.monitor.cluster import ClusterFacts
 from nodes.monitor.exposition import CONTENT_TYPE, Exposition, make_registry, render_text, serve_http
 from nodes.monitor.history import History
+from nodes.monitor.http_probe import HttpProbe
 from nodes.monitor.recovery import Recovery
 from nodes.monitor.rules import alert_conditions, rule_for_ms
 from nodes.monitor.webhook import WebhookSender
@@ -88,6 +93,9 @@ class Monitor(Node):
                 self.sub.connect(c.pub_endpoint)
                 self.stats_clients[n] = RpcClient(self.ctx, self.reactor, c.endpoint, identity=name)
         self.reactor.add_socket(self.sub, self._on_sub)
+        # a node whose ``port`` serves HTTP (the gateway): that port is probed as users reach it
+        self.http_probes = {n: HttpProbe(c.host, c.port, mon.slow_response_ms) for n, c in config.nodes.items()
+                            if n in self.views and ROLES[c.role].port_serves == HTTP}
         self.coordinator = self.stats_clients[config.coordinator_name]
         self._in_flight: set[str] = set()
         self._metadata_in_flight = False
@@ -192,6 +200,19 @@ class Monitor(Node):
         self.stats_clients[name].request(P.STATS, {"metrics_only": True}, callback=done,
                                          timeout_ms=max(self.mon.health_interval_ms, self.mon.slow_response_ms * 2))
 
+    def _take_http_probes(self, now_ms: int) -> None:
+        """Take each gateway's last HTTP probe outcome into its view, then start the next probe
+        (none while the last is in flight: at most one per gateway)."""
+        for name, probe in self.http_probes.items():
+            view, out = self.views[name], probe.outcome()
+            if out is not None:
+                view.http_probe = out
+                if out.answered:
+                    view.http_failing_since_ms = None
+                elif view.http_failing_since_ms is None:
+                    view.http_failing_since_ms = now_ms
+            probe.start()
+
     def _take_samples(self, view: H.NodeView, samples: list[Sample], now_ms: int) -> None:
         counters = {(s.name, s.labels): s.value for s in samples if s.name in RATE_METRICS}
         if view.counters_at is not None:
@@ -238,6 +259,7 @@ class Monitor(Node):
         for name in self.stats_clients:
             self._poll(name)
         self._poll_groups()
+        self._take_http_probes(now)
         self.recovery.poll(self.views)
         for view in self.views.values():
             alive = pid_alive(view.pid) if view.pid and H.is_local(view.node) else None
@@ -328,10 +350,11 @@ class Monitor(Node):
         nodes = [{"node": v.name, "role": v.role, "host": v.node.host, "port": v.node.port, "state": v.state,
                   "reason": v.reason, "pid": v.pid, "since_ms": v.since_ms, "restarts": v.restarts,
                   "silent_ms": now - v.last_heard_ms if v.last_heard_ms is not None else None,
-                  "supervised": self.recovery.supervises(v.name)} for v in self.views.values()]
+                  "supervised": self.recovery.supervises(v.name), "http_probe": self._http_probe_status(v, now)}
+                 for v in self.views.values()]
         nodes.append({"node": self.name, "role": self.role, "host": self.node_config.host, "port": self.node_config.port,
                       "state": H.HEALTHY, "reason": "", "pid": None, "since_ms": 0, "restarts": 0, "silent_ms": 0,
-                      "supervised": self.recovery.supervises(self.name)})
+                      "supervised": self.recovery.supervises(self.name), "http_probe": None})
         if not up(coord) or counts.get("offline") or not any(up(b) for b in brokers):
             cluster_state = H.DOWN if not up(coord) or not any(up(b) for b in brokers) else H.DEGRADED
         elif counts.get("under_replicated") or any(v.state != H.HEALTHY for v in self.views.values()):
@@ -349,6 +372,16 @@ class Monitor(Node):
                 "nodes": nodes, "rates": rates, "alerts_firing": len(self.alerts.firing()),
                 "supervisor": self.recovery.available, "checks": self.checks, "checked_ms": self.checked_wall_ms,
                 "health_interval_ms": self.mon.health_interval_ms}
+
+    @staticmethod
+    def _http_probe_status(v: H.NodeView, now_ms: int) -> dict | None:
+        """A gateway's last HTTP liveness probe, for ``status()`` (None: not probed)."""
+        p = v.http_probe
+        if p is None:
+            return None
+        failing_ms = now_ms - v.http_failing_since_ms if v.http_failing_since_ms is not None else None
+        return {"answered": p.answered, "status": p.status, "rtt_ms": p.rtt_ms, "detail": p.detail,
+                "failing_ms": failing_ms}
 
     def _on_status(self, req: wire.Request) -> dict:
         return self.status()
@@ -382,6 +415,8 @@ class Monitor(Node):
         self.http.shutdown()  # type: ignore[attr-defined]
         for w in self.webhooks:
             w.close()
+        for p in self.http_probes.values():
+            p.close()
         for c in self.stats_clients.values():
             c.close()
         self.recovery.close()

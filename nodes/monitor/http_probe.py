@@ -1,0 +1,105 @@
+"""HTTP liveness probes of the gateways, off the monitor's reactor thread.
+
+The gateway answers heartbeats and STATS from its control thread, apart from the HTTP request
+threads that serve users. A gateway whose HTTP serving hangs (every request thread stuck, the
+listener not accepting) went on answering those, and was judged healthy for good. So once per
+check the monitor also asks each gateway for ``GET /health/live`` on its ``port``, as a
+Kubernetes liveness probe does: any HTTP answer within the timeout proves that a request thread
+served it -- a 429 (rate limited) or a 5xx included -- while no answer in time, or a refused or
+reset connection, is a failed probe. ``/health/live`` asks the cluster nothing: ``/health``
+waits on the coordinator (up to 3 s when it is gone), and probing it would have had every
+gateway restarted while the coordinator was down.
+
+One thread per gateway, at most one probe in flight: the reactor only calls ``start`` and
+``outcome``, which never block. A probe in flight for longer than its timeout is a failure
+whatever its thread is stuck on (name resolution, a server trickling bytes).
+
+Thread-safety: ``start``, ``outcome`` and ``close`` may be called from any thread; the rest
+belongs to the probe's thread.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from dataclasses import dataclass
+
+LIVENESS_PATH = "/health/live"
+STOP_JOIN_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """``answered``: an HTTP status line came back in time. ``detail`` says what happened,
+    naming the port, for the node's health reason."""
+
+    answered: bool
+    detail: str
+    status: int | None = None
+    rtt_ms: int | None = None
+
+
+def probe_http(host: str, port: int, timeout_ms: int, path: str = LIVENESS_PATH) -> ProbeOutcome:
+    """GET ``path`` once; blocks for at most about ``timeout_ms`` per socket operation."""
+    where = f"HTTP port {port} (GET {path})"
+    started_s = time.monotonic()
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_ms / 1000)
+    try:
+        conn.request("GET", path, headers={"Connection": "close", "User-Agent": "loom-monitor"})
+        status = conn.getresponse().status
+    except TimeoutError:
+        return ProbeOutcome(False, f"{where} did not answer within {timeout_ms} ms")
+    except (OSError, http.client.HTTPException) as e:
+        return ProbeOutcome(False, f"{where} failed: {type(e).__name__}: {e}")
+    finally:
+        conn.close()
+    rtt_ms = int((time.monotonic() - started_s) * 1000)
+    return ProbeOutcome(True, f"{where} answered {status} in {rtt_ms} ms", status, rtt_ms)
+
+
+class HttpProbe:
+    """Probes one gateway's HTTP port when asked, on a thread of its own."""
+
+    def __init__(self, host: str, port: int, timeout_ms: int) -> None:
+        self.host, self.port, self.timeout_ms = host, port, timeout_ms
+        self._lock = threading.Lock()
+        self._kick = threading.Event()
+        self._closed = False
+        self._started_s: float | None = None    # the probe in flight, if any (monotonic s)
+        self._last: ProbeOutcome | None = None
+        self._thread = threading.Thread(target=self._run, name=f"loom-http-probe-{port}", daemon=True)
+        self._thread.start()
+
+    def start(self) -> bool:
+        """Ask for a probe now; never blocks. False when the last one is still in flight."""
+        with self._lock:
+            if self._started_s is not None or self._closed:
+                return False
+            self._started_s = time.monotonic()
+        self._kick.set()
+        return True
+
+    def outcome(self) -> ProbeOutcome | None:
+        """The last probe's outcome (None before the first one ends), or a failure when the
+        probe in flight has outlasted its timeout."""
+        with self._lock:
+            if self._started_s is not None and (time.monotonic() - self._started_s) * 1000 > self.timeout_ms:
+                return ProbeOutcome(False, f"HTTP port {self.port} (GET {LIVENESS_PATH}) did not answer "
+                                           f"within {self.timeout_ms} ms")
+            return self._last
+
+    def _run(self) -> None:
+        while True:
+            self._kick.wait()
+            self._kick.clear()
+            if self._closed:
+                return
+            out = probe_http(self.host, self.port, self.timeout_ms)
+            with self._lock:
+                self._last, self._started_s = out, None
+
+    def close(self) -> None:
+        self._closed = True
+        self._kick.set()
+        self._thread.join(STOP_JOIN_TIMEOUT_S)

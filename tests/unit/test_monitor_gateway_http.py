@@ -1,0 +1,154 @@
+"""The monitor's judgement of a gateway whose HTTP serving hangs while its control thread (STATS,
+heartbeats) runs on: every request thread stuck, or the listener not accepting. Judged only by
+heartbeats and STATS, such a gateway stayed ``healthy`` for good -- no alert, no restart --
+while no user could reach Loom through it. Real sockets on 127.0.0.1: a port that listens and
+never answers stands in for the hung HTTP server; no gateway process is started."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from fabric import protocol as P
+from fabric.clock import ManualClock
+from fabric.config import LoomConfig, load_config
+from fabric.rpc import BlockingClient
+from nodes.gateway.control import GatewayControl
+from nodes.local_cluster import make_config, wait_until
+from nodes.monitor import Monitor
+from nodes.monitor import health as H
+from webui.context import HttpRequestCounter
+from webui.events import EventHub
+
+UNRESPONSIVE_AFTER_MS = 2000
+SLOW_RESPONSE_MS = 200
+ALIVE = os.getpid()  # this test process stands in for the gateway's master: alive
+
+
+@contextmanager
+def http_port_that_never_answers() -> Iterator[int]:
+    """A port on 127.0.0.1 that completes TCP handshakes (the kernel's backlog) and never
+    reads a request nor answers: an HTTP server whose threads are all stuck."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@contextmanager
+def http_server_with_stuck_threads() -> Iterator[tuple[int, threading.Event]]:
+    """An HTTP server on 127.0.0.1 whose request threads are stuck until the event is set
+    (then they answer 200); yields its port and that event."""
+    unstuck = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            unstuck.wait()
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], unstuck
+    finally:
+        unstuck.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def gateway_config(tmp_path: Path, http_port: int) -> LoomConfig:
+    """Coordinator, broker 1, a gateway serving HTTP on ``http_port`` and the monitor."""
+    cfg = load_config(make_config(tmp_path, 1, extra_nodes=("gateway", "monitor"), overrides={
+        "monitor": {"unresponsive_after_ms": UNRESPONSIVE_AFTER_MS, "slow_response_ms": SLOW_RESPONSE_MS,
+                    "health_interval_ms": 100}}), environ={})
+    cfg.nodes["gateway"] = cfg.nodes["gateway"].model_copy(update={"port": http_port})
+    return cfg
+
+
+@contextmanager
+def monitor_of_gateway(tmp_path: Path, http_port: int) -> Iterator[Monitor]:
+    """A Monitor on a ManualClock (checks run by hand) watching a gateway on ``http_port``."""
+    monitor = Monitor(gateway_config(tmp_path, http_port), "monitor", clock=ManualClock(0))
+    try:
+        yield monitor
+    finally:
+        monitor.close()
+
+
+def degraded_by_its_http_port(monitor: Monitor, port: int) -> H.NodeView:
+    """Checks until the gateway, its STATS answered, is degraded for its HTTP port; its view."""
+    view = monitor.views["gateway"]
+    wait_until(lambda: check_with_stats_answered(monitor) == H.DEGRADED, 10,
+               what="the gateway judged degraded for its HTTP port")
+    assert f"HTTP port {port}" in view.reason, view.reason
+    return view
+
+
+def check_with_stats_answered(monitor: Monitor) -> str:
+    """One check at which the gateway's heartbeats and STATS answer promptly; its state."""
+    view = monitor.views["gateway"]
+    view.heard(monitor.clock.now_ms(), ALIVE)
+    view.stats_failed, view.stats_rtt_ms = False, 3
+    monitor._check()
+    return view.state
+
+
+def test_a_gateway_whose_http_port_hangs_is_degraded_then_unresponsive_and_restart_is_asked(tmp_path: Path) -> None:
+    with http_port_that_never_answers() as port, monitor_of_gateway(tmp_path, port) as monitor:
+        view = degraded_by_its_http_port(monitor, port)
+        monitor.clock.advance(UNRESPONSIVE_AFTER_MS + 1)  # type: ignore[attr-defined]
+        assert check_with_stats_answered(monitor) == H.UNRESPONSIVE, (view.state, view.reason)
+        assert f"HTTP port {port}" in view.reason, view.reason
+        # the recovery machinery acts on it (no supervisor runs it here: reported, not killed)
+        acted = [e for e in monitor.events if e["kind"] == "recovery" and e.get("node") == "gateway"]
+        assert acted and acted[-1]["action"] == "not_restarted" and "HTTP" in acted[-1]["reason"], acted
+        node = next(n for n in monitor.status()["nodes"] if n["node"] == "gateway")
+        assert node["state"] == H.UNRESPONSIVE and "HTTP" in node["reason"], node
+
+
+def test_a_gateway_whose_stuck_request_threads_serve_again_is_healthy_again(tmp_path: Path) -> None:
+    with http_server_with_stuck_threads() as (port, unstuck), monitor_of_gateway(tmp_path, port) as monitor:
+        view = degraded_by_its_http_port(monitor, port)
+        assert "did not answer within" in view.reason, view.reason
+        unstuck.set()
+        wait_until(lambda: check_with_stats_answered(monitor) == H.HEALTHY, 10,
+                   what="the gateway judged healthy once its threads serve again")
+        probe = next(n for n in monitor.status()["nodes"] if n["node"] == "gateway")["http_probe"]
+        assert probe["answered"] and probe["status"] == 200 and probe["failing_ms"] is None, probe
+        monitor.clock.advance(UNRESPONSIVE_AFTER_MS + 1)  # type: ignore[attr-defined]
+        assert check_with_stats_answered(monitor) == H.HEALTHY, view.reason  # earlier failures no longer count
+
+
+def test_the_gateway_names_its_master_pid_in_stats_as_in_heartbeats(tmp_path: Path) -> None:
+    """The monitor takes a node's pid from its heartbeats and its STATS answers; the gateway's
+    heartbeats named gunicorn's master (the process the supervisor runs) and its STATS answers
+    the worker, so the view's pid flipped at every check -- and a restart asked for the worker's
+    pid, which the supervisor does not know."""
+    cfg = load_config(make_config(tmp_path, 1, extra_nodes=("gateway",)), environ={})
+    master_pid = os.getppid()  # any live pid other than ours stands in for gunicorn's master
+    control = GatewayControl(cfg, "gateway", master_pid, EventHub(), HttpRequestCounter())
+    control.start()
+    client = BlockingClient(control.ctx, cfg.node("gateway").endpoint)
+    try:
+        for header in ({"metrics_only": True}, {}):  # the monitor's poll, and `loom status`'s
+            reply, _ = client.call(P.STATS, header, timeout_ms=5000)
+            assert reply["pid"] == master_pid == control.heartbeat_fields()["pid"], (header, reply.get("pid"))
+    finally:
+        client.close()
+        control.stop()
