@@ -48,6 +48,11 @@ joins again as a new member (Kafka's ``max.poll.interval.ms``).
 A new member asks the coordinator for its member id first and then joins with it (KIP-394),
 so a join retried after a lost reply never leaves a ghost member holding partitions.
 
+This module holds the membership (subscribe, assign, join and sync, rebalance, leave) and the
+polling. The commits and the auto-commit -- what is committed, as whom, and when, including
+``_auto_commit_offsets`` -- are ``GroupCommits`` (``fabric.client.group_commit``), the other
+half of ``GroupConsumer``, mixed in.
+
 The consumer reaches the coordinator through a ``CoordinatorLink`` and is heartbeated by a
 ``HeartbeatThread`` (``fabric.client.group_link``); both can be handed in (``coordinator``,
 ``heartbeat_factory``), so tests drive the real consumer with small fakes.
@@ -67,18 +72,21 @@ from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.consumer import Consumer as _AssignConsumer
 from fabric.client.consumer import TopicPartition
+from fabric.client.group_commit import COMMIT_TIMEOUT_MS, CommitCallback, CommitFailed, GroupCommits
 from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, CoordinatorLink, HeartbeatMember,
                                       HeartbeatSettings, HeartbeatThread)
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout, SubscriptionConflictError
 from fabric.records import RecordBatchView
 from fabric.rpc import RpcClient
 
+# CommitFailed, CommitCallback and COMMIT_TIMEOUT_MS live in group_commit; importable from here as before
+__all__ = ["COMMIT_TIMEOUT_MS", "POLL_SLICE_MS", "RETRY_BACKOFF_MS", "CommitCallback", "CommitFailed", "Consumer",
+           "GroupConsumer", "HeartbeatFactory", "PartitionsCallback", "start_heartbeat_thread"]
+
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[TopicPartition]], None]
-CommitCallback = Callable[[dict[TopicPartition, int], Exception | None], None]
 HeartbeatFactory = Callable[[HeartbeatMember, HeartbeatSettings, Callable[[], str]], Any]
-COMMIT_TIMEOUT_MS = 20_000       # a sync commit retries retriable errors this long
 RETRY_BACKOFF_MS = 200
 POLL_SLICE_MS = 200              # how often a waiting poll looks for a pending rebalance
 
@@ -90,11 +98,7 @@ def start_heartbeat_thread(member: HeartbeatMember, settings: HeartbeatSettings,
     return thread
 
 
-class CommitFailed(RemoteError):
-    """The commit was refused because this member no longer owns the partitions."""
-
-
-class GroupConsumer(_AssignConsumer):
+class GroupConsumer(GroupCommits, _AssignConsumer):
     def __init__(self, bootstrap: str | list[str] | None = None, *, group_id: str, config_path: str | None = None,
                  auto_offset_reset: str = "latest", enable_auto_commit: bool = True,
                  auto_commit_interval_ms: int = 5000, session_timeout_ms: int = 10_000,
@@ -133,14 +137,7 @@ class GroupConsumer(_AssignConsumer):
         self._active = False          # joined and synced: heartbeats flow
         self._last_poll_ms = self.clock.now_ms()  # read by the heartbeat thread (an int: atomic)
         self._rejoin_needed = False
-        self._last_committed: dict[TopicPartition, int] = {}
-        # per partition, the highest offset an auto-commit may commit (records from there on
-        # went to a host's client that has not confirmed them yet); a rebalance clears it
-        self.auto_commit_bounds: dict[TopicPartition, int] = {}
-        # a subscribed member's timer starts at each assignment; an assigned consumer's here
-        self._next_auto_commit_ms = self.clock.now_ms() + auto_commit_interval_ms
-        self._async_commits_in_flight = 0
-        self._auto_commit_failures_logged: set[int] = set()  # codes of an assigned consumer's refusals
+        self._init_commits()  # _last_committed, auto_commit_bounds, the auto-commit timer
         self._link = coordinator or CoordinatorLink(self.reactor, self.clock, self._connect_coordinator,
                                                     stopped=lambda: self._closed)
         self._heartbeat_factory = heartbeat_factory
@@ -239,28 +236,6 @@ class GroupConsumer(_AssignConsumer):
             if views or self.clock.now_ms() >= deadline:
                 return views
 
-    def _position_at_commits(self) -> None:
-        """Start an assigned partition that has no position (not seeked, no records yet) at the
-        group's committed offset, as Kafka's consumer does after ``assign()`` with a group id;
-        ``auto_offset_reset`` only where nothing is committed. Else its reset position would be
-        auto-committed: past records nobody got (latest), or back (earliest). Raises (nothing
-        reset meanwhile) when the coordinator cannot say."""
-        fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
-        if not fresh:
-            return
-        fetched = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]})
-        found = {(t, p): o for t, p, o, *_ in fetched["offsets"]}
-        for tp in fresh:
-            if tp not in self.positions or self.positions[tp] is not None or tp in self._reset_specs:
-                continue  # seeked or given up meanwhile
-            off = found.get(tp, -1)
-            if off >= 0:
-                self.positions[tp] = off
-                self._last_committed[tp] = off
-            else:  # nothing committed: the reset policy, looked up once
-                self._last_committed.pop(tp, None)
-                self._reset_specs[tp] = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
-
     def maintain(self) -> None:
         """Do a pending join or rebalance and the auto-commit without taking records: for a
         host (the consumer service) that polls only when its own client asks for records."""
@@ -278,75 +253,6 @@ class GroupConsumer(_AssignConsumer):
             self._rejoin(self.clock.now_ms())  # one attempt: the host's other requests wait meanwhile
         self._maybe_auto_commit()
         self.reactor.run_once(0)
-
-    def _maybe_auto_commit(self) -> None:
-        """The asynchronous auto-commit, when due: a subscribed consumer's only while it is an
-        active member, an assigned consumer's as a commit outside any generation."""
-        if self.subscription:
-            with self._lock:  # the heartbeat thread may leave the group meanwhile (max_poll_interval_ms)
-                active = self._active and bool(self.member_id)
-            if not active:
-                return
-        if not self.enable_auto_commit or self.clock.now_ms() < self._next_auto_commit_ms:
-            return
-        if self._async_commits_in_flight:
-            return  # the coordinator is slow or away: do not pile commits up behind it
-        # set before the commit: a refused one is tried again only at the next interval
-        self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
-        if self.subscription:
-            self.commit(self._auto_commit_offsets(), asynchronous=True)
-            return
-        offsets = self._auto_commit_offsets()
-        if offsets:
-            self._auto_commit_async(offsets)
-
-    def _auto_commit_async(self, offsets: dict[TopicPartition, int]) -> None:
-        """An assigned consumer's asynchronous auto-commit of ``offsets``: a refusal, or a
-        commit that could not be sent, is logged (``_auto_commit_failed``), never raised."""
-        try:
-            self._commit_async(offsets, self._commit_header(offsets), self._auto_commit_failed)
-        except CodedError as e:
-            self._auto_commit_failed(e)
-
-    def _auto_commit_sync(self) -> None:
-        """An assigned consumer's last auto-commit before it gives its partitions up
-        (``unsubscribe``, ``close``): synchronous, as Kafka's close; a refusal is logged."""
-        if not self.enable_auto_commit:
-            return
-        try:
-            self.commit(self._auto_commit_offsets())
-        except CodedError as e:
-            self._auto_commit_failed(e)
-
-    def _auto_commit_failed(self, err: CodedError) -> None:
-        """Log an assigned consumer's failed auto-commit at warning once per error code (a
-        group with members refuses each one until they leave), again after a commit succeeds."""
-        if err.code in self._auto_commit_failures_logged:
-            log.debug("group %s: auto-commit failed again: %s", self.group_id, err)
-            return
-        self._auto_commit_failures_logged.add(err.code)
-        log.warning("group %s: auto-commit of the assigned partitions failed (tried again every %d ms; "
-                    "logged once): %s", self.group_id, self.auto_commit_interval_ms, err)
-
-    def _auto_commit_offsets(self) -> dict[TopicPartition, int]:
-        """What an auto-commit commits: the positions, each at most its ``auto_commit_bounds``
-        entry, that the last commit did not cover. A bound at or below the last commit (the
-        client seeked back under it) leaves the partition out: moving the commit back would
-        only have it sent again at every interval."""
-        bounds, last = self.auto_commit_bounds, self._last_committed
-        offsets = {}
-        for tp, pos in self.positions.items():
-            if pos is None:
-                continue
-            bound = bounds.get(tp, pos)
-            if bound < pos:
-                if bound <= last.get(tp, -1):
-                    continue
-                pos = bound
-            if last.get(tp) != pos:
-                offsets[tp] = pos
-        return offsets
-
     # -- the rebalance ---------------------------------------------------------------------------
     def _revoke(self) -> None:
         """Give up the current partitions: commit (auto-commit), tell the application."""
@@ -433,92 +339,6 @@ class GroupConsumer(_AssignConsumer):
             with self._lock:
                 self._rejoin_needed = True
                 self._active = False
-
-    # -- commits ---------------------------------------------------------------------------------
-    def commit(self, offsets: dict[TopicPartition, int] | None = None, asynchronous: bool = False) -> None:
-        """Commit ``offsets`` (the next offset to read, per partition) or the current
-        positions (all of them: ``auto_commit_bounds`` limits auto-commits only). Sync:
-        returns once replicated; raises CommitFailed when this member lost the partitions (a
-        rebalance), RemoteError for other refusals. Async: the result goes to
-        ``on_commit(offsets, error)``."""
-        if offsets is None:
-            offsets = {tp: pos for tp, pos in self.positions.items()
-                       if pos is not None and self._last_committed.get(tp) != pos}
-        if not offsets:
-            return
-        if self.subscription and (not self.member_id or self.generation < 0):
-            # not a member of any generation (it left for max_poll_interval_ms, or has not joined
-            # yet): generation -1 is an administrator's commit, which may move offsets backward
-            # (Kafka's CommitFailedException: "not part of an active group")
-            refused = CommitFailed(P.UNKNOWN_MEMBER, f"group {self.group_id}: this consumer is not a member of the "
-                                                     "group (it left or has not joined): poll() joins it again")
-            if not asynchronous:
-                raise refused
-            log.warning("group %s: async commit failed: %s", self.group_id, refused)
-            if self.on_commit is not None:
-                self.on_commit(dict(offsets), refused)
-            return
-        header = self._commit_header(offsets)
-        if asynchronous:
-            self._commit_async(offsets, header, lambda err: log.warning("group %s: async commit failed: %s",
-                                                                        self.group_id, err))
-            return
-        try:
-            self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS)
-        except CodedError as e:
-            self._on_group_error(e)
-            if e.code in REJOIN_ERRORS:
-                raise CommitFailed(e.code, e.message) from e
-            raise
-        self._committed(offsets)
-
-    def _commit_header(self, offsets: dict[TopicPartition, int]) -> dict:
-        """OFFSET_COMMIT's header: as this member of its generation, or (an assigned consumer,
-        member id "" and generation -1) outside any generation."""
-        return {"group": self.group_id, "member_id": self.member_id, "generation": self.generation,
-                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())]}
-
-    def _commit_async(self, offsets: dict[TopicPartition, int], header: dict,
-                      failed: Callable[[RemoteError], None]) -> None:
-        """Send the commit; its reply, on this consumer's reactor, records it or hands the
-        error to ``failed``; either goes to ``on_commit``."""
-        generation = self.generation
-
-        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            self._async_commits_in_flight -= 1
-            if err is None:
-                self._committed(offsets)
-            else:
-                self._on_group_error(err, generation)
-                failed(err)
-            if self.on_commit is not None:
-                self.on_commit(dict(offsets), err)
-        self._async_commits_in_flight += 1
-        try:
-            self._link.request(P.OFFSET_COMMIT, header, callback=done, timeout_ms=COMMIT_TIMEOUT_MS)
-        except CodedError:  # not sent (the coordinator could not be found): no reply will come
-            self._async_commits_in_flight -= 1
-            raise
-
-    def _committed(self, offsets: dict[TopicPartition, int]) -> None:
-        # what the coordinator holds now, also below the last commit (a commit outside any
-        # generation -- an assigned consumer's -- may move it back): a higher value kept here
-        # would be taken for committed once the position reaches it again, and commit() of the
-        # positions would never send it
-        self._last_committed.update(offsets)
-        self._auto_commit_failures_logged.clear()  # a later refusal is news again
-
-    def committed(self, tp: TopicPartition) -> int | None:
-        """The group's committed offset of ``tp`` (None: nothing committed)."""
-        h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp)]})
-        off = h["offsets"][0][2]
-        if not self.subscription and off >= 0:
-            # what the group holds: an assigned consumer seeked there (the consumer service's
-            # assign) has nothing to auto-commit until its position moves
-            self._last_committed[tp] = off
-        elif not self.subscription:
-            self._last_committed.pop(tp, None)
-        return off if off >= 0 else None
 
     # -- talking to the coordinator --------------------------------------------------------------
     def _coordinator_endpoint(self) -> str:

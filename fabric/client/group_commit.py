@@ -1,0 +1,263 @@
+"""A group consumer's offset commits: ``commit`` (sync or async), ``committed``, and the
+auto-commit -- its timer, the offsets it may commit (``_auto_commit_offsets``, within
+``auto_commit_bounds``), and the logging of an assigned consumer's refused auto-commits.
+
+``GroupCommits`` is one half of ``fabric.client.group.GroupConsumer``, which mixes it in: its
+state is the consumer's own (set up by ``_init_commits``), and it reads the consumer's
+positions and membership (member id, generation, subscription) as they are when a commit goes
+out. The membership itself -- join, sync, rebalance, leave -- and the polling are in
+``fabric.client.group``; kept apart so that each reads on its own: that module decides *when*
+the consumer owns which partitions, this one *what* it commits of them and *as whom*.
+
+As whom: a subscribed member commits as its member id in its generation; one that is a member
+of no generation (it left for ``max_poll_interval_ms``, or has not joined yet) is refused here
+(``CommitFailed``), not sent. An assigned consumer commits outside any generation (member id
+"", generation -1), which the coordinator takes only while the group has no active members;
+its auto-commits' refusals are logged once per kind and tried again at the next interval.
+
+What: ``_last_committed`` mirrors what the coordinator holds for the partitions read, so that
+a commit of the positions sends only those that moved; a host that hands records on bounds
+auto-commits with ``auto_commit_bounds``.
+
+Thread-safety: the consumer's thread only; the membership the heartbeat thread may change
+(``_active``, ``member_id``) is read under the consumer's ``_lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from fabric import protocol as P
+from fabric.client.admin import EARLIEST, LATEST
+from fabric.client.consumer import TopicPartition
+from fabric.client.group_link import REJOIN_ERRORS, CoordinatorLink
+from fabric.clock import Clock
+from fabric.errors import CodedError, RemoteError
+
+# the consumer's logger, as before this half had a module of its own: hosts configure one
+log = logging.getLogger("fabric.client.group")
+
+CommitCallback = Callable[[dict[TopicPartition, int], Exception | None], None]
+COMMIT_TIMEOUT_MS = 20_000       # a sync commit retries retriable errors this long
+
+
+class CommitFailed(RemoteError):
+    """The commit was refused because this member no longer owns the partitions."""
+
+
+class GroupCommits:
+    """``GroupConsumer``'s commits and auto-commit (see the module doc). Not usable alone:
+    the attributes below are the consumer's, set by ``Consumer.__init__`` and
+    ``GroupConsumer.__init__``."""
+
+    # the consumer's state this half reads (fabric.client.consumer.Consumer's, then GroupConsumer's)
+    clock: Clock
+    positions: dict[TopicPartition, int | None]
+    _reset_specs: dict[TopicPartition, int]
+    auto_offset_reset: str
+    group_id: str
+    subscription: list[str]
+    member_id: str
+    generation: int
+    enable_auto_commit: bool
+    auto_commit_interval_ms: int
+    on_commit: CommitCallback | None
+    _lock: threading.Lock
+    _active: bool
+    _link: CoordinatorLink
+
+    if TYPE_CHECKING:  # GroupConsumer's, never these
+        def _call(self, command: bytes, header: dict, *, timeout_ms: int = ..., retry_ms: int = ...) -> dict: ...
+        def _on_group_error(self, e: RemoteError, generation: int | None = None) -> None: ...
+
+    def _init_commits(self) -> None:
+        """The state this half owns; called by ``GroupConsumer.__init__`` once
+        ``auto_commit_interval_ms`` is set."""
+        self._last_committed: dict[TopicPartition, int] = {}
+        # per partition, the highest offset an auto-commit may commit (records from there on
+        # went to a host's client that has not confirmed them yet); a rebalance clears it
+        self.auto_commit_bounds: dict[TopicPartition, int] = {}
+        # a subscribed member's timer starts at each assignment; an assigned consumer's here
+        self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
+        self._async_commits_in_flight = 0
+        self._auto_commit_failures_logged: set[int] = set()  # codes of an assigned consumer's refusals
+
+    # -- commits ---------------------------------------------------------------------------------
+    def commit(self, offsets: dict[TopicPartition, int] | None = None, asynchronous: bool = False) -> None:
+        """Commit ``offsets`` (the next offset to read, per partition) or the current
+        positions (all of them: ``auto_commit_bounds`` limits auto-commits only). Sync:
+        returns once replicated; raises CommitFailed when this member lost the partitions (a
+        rebalance), RemoteError for other refusals. Async: the result goes to
+        ``on_commit(offsets, error)``."""
+        if offsets is None:
+            offsets = {tp: pos for tp, pos in self.positions.items()
+                       if pos is not None and self._last_committed.get(tp) != pos}
+        if not offsets:
+            return
+        if self.subscription and (not self.member_id or self.generation < 0):
+            # not a member of any generation (it left for max_poll_interval_ms, or has not joined
+            # yet): generation -1 is an administrator's commit, which may move offsets backward
+            # (Kafka's CommitFailedException: "not part of an active group")
+            refused = CommitFailed(P.UNKNOWN_MEMBER, f"group {self.group_id}: this consumer is not a member of the "
+                                                     "group (it left or has not joined): poll() joins it again")
+            if not asynchronous:
+                raise refused
+            log.warning("group %s: async commit failed: %s", self.group_id, refused)
+            if self.on_commit is not None:
+                self.on_commit(dict(offsets), refused)
+            return
+        header = self._commit_header(offsets)
+        if asynchronous:
+            self._commit_async(offsets, header, lambda err: log.warning("group %s: async commit failed: %s",
+                                                                        self.group_id, err))
+            return
+        try:
+            self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS)
+        except CodedError as e:
+            self._on_group_error(e)
+            if e.code in REJOIN_ERRORS:
+                raise CommitFailed(e.code, e.message) from e
+            raise
+        self._committed(offsets)
+
+    def _commit_header(self, offsets: dict[TopicPartition, int]) -> dict:
+        """OFFSET_COMMIT's header: as this member of its generation, or (an assigned consumer,
+        member id "" and generation -1) outside any generation."""
+        return {"group": self.group_id, "member_id": self.member_id, "generation": self.generation,
+                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())]}
+
+    def _commit_async(self, offsets: dict[TopicPartition, int], header: dict,
+                      failed: Callable[[RemoteError], None]) -> None:
+        """Send the commit; its reply, on this consumer's reactor, records it or hands the
+        error to ``failed``; either goes to ``on_commit``."""
+        generation = self.generation
+
+        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            self._async_commits_in_flight -= 1
+            if err is None:
+                self._committed(offsets)
+            else:
+                self._on_group_error(err, generation)
+                failed(err)
+            if self.on_commit is not None:
+                self.on_commit(dict(offsets), err)
+        self._async_commits_in_flight += 1
+        try:
+            self._link.request(P.OFFSET_COMMIT, header, callback=done, timeout_ms=COMMIT_TIMEOUT_MS)
+        except CodedError:  # not sent (the coordinator could not be found): no reply will come
+            self._async_commits_in_flight -= 1
+            raise
+
+    def _committed(self, offsets: dict[TopicPartition, int]) -> None:
+        # what the coordinator holds now, also below the last commit (a commit outside any
+        # generation -- an assigned consumer's -- may move it back): a higher value kept here
+        # would be taken for committed once the position reaches it again, and commit() of the
+        # positions would never send it
+        self._last_committed.update(offsets)
+        self._auto_commit_failures_logged.clear()  # a later refusal is news again
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp`` (None: nothing committed)."""
+        h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp)]})
+        off = h["offsets"][0][2]
+        if not self.subscription and off >= 0:
+            # what the group holds: an assigned consumer seeked there (the consumer service's
+            # assign) has nothing to auto-commit until its position moves
+            self._last_committed[tp] = off
+        elif not self.subscription:
+            self._last_committed.pop(tp, None)
+        return off if off >= 0 else None
+
+    # -- auto-commit -----------------------------------------------------------------------------
+    def _position_at_commits(self) -> None:
+        """Start an assigned partition that has no position (not seeked, no records yet) at the
+        group's committed offset, as Kafka's consumer does after ``assign()`` with a group id;
+        ``auto_offset_reset`` only where nothing is committed. Else its reset position would be
+        auto-committed: past records nobody got (latest), or back (earliest). Raises (nothing
+        reset meanwhile) when the coordinator cannot say."""
+        fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
+        if not fresh:
+            return
+        fetched = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]})
+        found = {(t, p): o for t, p, o, *_ in fetched["offsets"]}
+        for tp in fresh:
+            if tp not in self.positions or self.positions[tp] is not None or tp in self._reset_specs:
+                continue  # seeked or given up meanwhile
+            off = found.get(tp, -1)
+            if off >= 0:
+                self.positions[tp] = off
+                self._last_committed[tp] = off
+            else:  # nothing committed: the reset policy, looked up once
+                self._last_committed.pop(tp, None)
+                self._reset_specs[tp] = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
+
+
+    def _maybe_auto_commit(self) -> None:
+        """The asynchronous auto-commit, when due: a subscribed consumer's only while it is an
+        active member, an assigned consumer's as a commit outside any generation."""
+        if self.subscription:
+            with self._lock:  # the heartbeat thread may leave the group meanwhile (max_poll_interval_ms)
+                active = self._active and bool(self.member_id)
+            if not active:
+                return
+        if not self.enable_auto_commit or self.clock.now_ms() < self._next_auto_commit_ms:
+            return
+        if self._async_commits_in_flight:
+            return  # the coordinator is slow or away: do not pile commits up behind it
+        # set before the commit: a refused one is tried again only at the next interval
+        self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
+        if self.subscription:
+            self.commit(self._auto_commit_offsets(), asynchronous=True)
+            return
+        offsets = self._auto_commit_offsets()
+        if offsets:
+            self._auto_commit_async(offsets)
+
+    def _auto_commit_async(self, offsets: dict[TopicPartition, int]) -> None:
+        """An assigned consumer's asynchronous auto-commit of ``offsets``: a refusal, or a
+        commit that could not be sent, is logged (``_auto_commit_failed``), never raised."""
+        try:
+            self._commit_async(offsets, self._commit_header(offsets), self._auto_commit_failed)
+        except CodedError as e:
+            self._auto_commit_failed(e)
+
+    def _auto_commit_sync(self) -> None:
+        """An assigned consumer's last auto-commit before it gives its partitions up
+        (``unsubscribe``, ``close``): synchronous, as Kafka's close; a refusal is logged."""
+        if not self.enable_auto_commit:
+            return
+        try:
+            self.commit(self._auto_commit_offsets())
+        except CodedError as e:
+            self._auto_commit_failed(e)
+
+    def _auto_commit_failed(self, err: CodedError) -> None:
+        """Log an assigned consumer's failed auto-commit at warning once per error code (a
+        group with members refuses each one until they leave), again after a commit succeeds."""
+        if err.code in self._auto_commit_failures_logged:
+            log.debug("group %s: auto-commit failed again: %s", self.group_id, err)
+            return
+        self._auto_commit_failures_logged.add(err.code)
+        log.warning("group %s: auto-commit of the assigned partitions failed (tried again every %d ms; "
+                    "logged once): %s", self.group_id, self.auto_commit_interval_ms, err)
+
+    def _auto_commit_offsets(self) -> dict[TopicPartition, int]:
+        """What an auto-commit commits: the positions, each at most its ``auto_commit_bounds``
+        entry, that the last commit did not cover. A bound at or below the last commit (the
+        client seeked back under it) leaves the partition out: moving the commit back would
+        only have it sent again at every interval."""
+        bounds, last = self.auto_commit_bounds, self._last_committed
+        offsets = {}
+        for tp, pos in self.positions.items():
+            if pos is None:
+                continue
+            bound = bounds.get(tp, pos)
+            if bound < pos:
+                if bound <= last.get(tp, -1):
+                    continue
+                pos = bound
+            if last.get(tp) != pos:
+                offsets[tp] = pos
+        return offsets
