@@ -127,6 +127,7 @@ class Gateway:
                              http_requests=http_requests, broker_storage=broker_storage(self.config),
                              on_bug=stop_worker)
         app = create_app(ctx)
+        self.control.metrics.add_collector(ctx.long_polls.samples)
         self.control.start()
         threading.Thread(target=reclaim_instances, args=(agent,), name="loom-reclaim-instances", daemon=True).start()
         return app
