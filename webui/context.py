@@ -12,6 +12,7 @@ from fabric.config import GatewayConfig, SecurityConfig
 from webui.auth import KeyStore, RateLimiter
 from webui.events import EventHub
 from webui.long_polls import LongPollBudget
+from webui.request_hold import RequestHold
 
 
 class ClusterAgent(Protocol):
@@ -84,6 +85,8 @@ class Gateway:
     # ClusterError) has been answered 500 with its request id: the gateway node stops this
     # worker, and gunicorn's master starts a fresh one -- a bug is not carried on with
     on_bug: Callable[[], None] = field(default=lambda: None)
+    # fault injection (only with faults.enabled): every HTTP request waits while it holds
+    hold: RequestHold | None = None
     # the request threads that may wait in a long poll at once (webui/long_polls.py)
     long_polls: LongPollBudget = field(init=False)
 
