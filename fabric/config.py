@@ -242,17 +242,61 @@ class ApiKey(_Model):
         return raw
 
 
+# Request threads the gateway keeps for REST whatever WebSockets hold (each holds one for its
+# life): at least REST_THREADS_MIN and at least 1/REST_THREADS_SHARE of ``worker_threads``.
+# REST needs a few at any moment -- the monitor's /health/live probe, /health, a browser
+# loading the dashboard (up to six connections), the long polls' budget below -- and a larger
+# gateway serves proportionally more REST clients.
+REST_THREADS_MIN = 4
+REST_THREADS_SHARE = 4
+# Of the REST threads, at most 1/LONG_POLL_SHARE may wait in a long poll at once (webui/long_polls.py)
+LONG_POLL_SHARE = 2
+
+
 class GatewayConfig(_Model):
     """The API gateway (nodes/gateway, webui)."""
 
     auto_create_topics: bool = False          # producing to a missing topic creates it
     request_bytes_max: int = Field(16 * 1024 * 1024, ge=1024)   # larger bodies get 413
-    worker_threads: int = Field(48, ge=4, le=512)               # gunicorn gthread threads
-    websockets_max: int = Field(24, ge=1, le=512)               # each holds a thread
+    worker_threads: int = Field(48, ge=REST_THREADS_MIN + 1, le=512)  # gunicorn gthread threads
+    # each holds a thread for its life; must leave the REST reserve (REST_THREADS_MIN, _SHARE)
+    websockets_max: int = Field(24, ge=1, le=512)
     websockets_per_key_max: int = Field(8, ge=1, le=512)        # of those, open with one key
     ws_send_queue_max: int = Field(256, ge=1, le=100_000)       # messages queued per client
     ws_slow_client_timeout_ms: int = Field(5000, ge=10)         # queue full this long: closed
     rate_limit_clients_max: int = Field(10_000, ge=1)           # address buckets kept (+1 per key)
+
+    @field_validator("websockets_max")
+    @classmethod
+    def _leaves_rest_threads(cls, websockets_max: int, info: ValidationInfo) -> int:
+        """WebSockets may not take the threads REST needs: with every thread held by a socket,
+        REST, /health and the dashboard stopped answering, and the monitor, whose probe is
+        /health/live, restarted the gateway -- users' load turned into restarts."""
+        threads = info.data.get("worker_threads")
+        if threads is None:  # worker_threads is invalid itself, and said so
+            return websockets_max
+        reserve = rest_threads_reserve(threads)
+        if threads - websockets_max < reserve:
+            raise ValueError(f"{websockets_max} leaves {threads - websockets_max} of worker_threads {threads} for REST; "
+                             f"at least {reserve} must be left (a quarter of worker_threads, at least "
+                             f"{REST_THREADS_MIN}): websockets_max may be at most {threads - reserve}")
+        return websockets_max
+
+    @property
+    def rest_threads(self) -> int:
+        """Request threads no WebSocket can hold."""
+        return self.worker_threads - self.websockets_max
+
+    @property
+    def long_polls_max(self) -> int:
+        """Request threads that may wait in a long poll at once (half the REST threads): the
+        other half answers everything else however many clients long-poll."""
+        return max(1, self.rest_threads // LONG_POLL_SHARE)
+
+
+def rest_threads_reserve(worker_threads: int) -> int:
+    """Request threads no WebSocket may hold, of ``worker_threads``."""
+    return max(REST_THREADS_MIN, -(-worker_threads // REST_THREADS_SHARE))
 
 
 class SecurityConfig(_Model):

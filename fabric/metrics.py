@@ -79,6 +79,8 @@ SPECS: tuple[MetricSpec, ...] = (
     _g("loom_consumer_service_instances", "", (), "Consumer instances hosted by the consumer service"),
     # -- gateway (recorded by the gateway, reported to the monitor) ---------------------------------
     _c("loom_gateway_http_requests_total", "", ("route", "status"), "HTTP requests served by the gateway, by route template and status"),
+    _g("loom_gateway_long_polls_waiting", "", (), "Requests waiting in a long poll (at most gateway.long_polls_max)"),
+    _c("loom_gateway_long_polls_shortened_total", "", (), "Long polls over the budget, answered at once without waiting"),
     # -- computed by the monitor over the whole cluster ----------------------------------------------
     _g("loom_node_up", "", ("role",), "1 when the node answers (healthy or degraded), else 0"),
     _g("loom_node_health", "", ("role", "state"), "1 for the node's current health state (healthy, degraded, unresponsive, down)"),

@@ -210,4 +210,6 @@ def create_app(gw: Gateway) -> Flask:
         app.wsgi_app, *produce_ops, api.dispatch, lambda op, key, address: check_access(gw, op, key, address),
         gw.http_requests.record, tuple(op.flask_rule(api.components) for op in produce_ops),  # type: ignore[arg-type]
         gw.settings.request_bytes_max, on_bug=gw.on_bug)
+    if gw.hold is not None:  # outermost: the fault holds every request, the fast path's too
+        app.wsgi_app = gw.hold.wrap(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator, Protocol
 from fabric.config import GatewayConfig, SecurityConfig
 from webui.auth import KeyStore, RateLimiter
 from webui.events import EventHub
+from webui.long_polls import LongPollBudget
+from webui.request_hold import RequestHold
 
 
 class ClusterAgent(Protocol):
@@ -83,3 +85,10 @@ class Gateway:
     # ClusterError) has been answered 500 with its request id: the gateway node stops this
     # worker, and gunicorn's master starts a fresh one -- a bug is not carried on with
     on_bug: Callable[[], None] = field(default=lambda: None)
+    # fault injection (only with faults.enabled): every HTTP request waits while it holds
+    hold: RequestHold | None = None
+    # the request threads that may wait in a long poll at once (webui/long_polls.py)
+    long_polls: LongPollBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.long_polls = LongPollBudget(self.settings.long_polls_max)

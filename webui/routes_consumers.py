@@ -109,14 +109,17 @@ def register(api: Api, gw: Gateway) -> None:
 
     @api.op("GET", base + "/records", role="consume", tag="consumers",
             summary="Fetch records (the positions advance)", path_params=inst_path, errors=inst_errors,
+            description="Waits up to `timeout` ms (default 1000) for records, unless the gateway's long-poll "
+                        "budget is taken: then it answers at once with the records there (maybe none; poll again).",
             query={"timeout": {"type": "integer", "minimum": 0, "maximum": FETCH_TIMEOUT_MS_MAX},
                    "max_bytes": {"type": "integer", "minimum": 1, "maximum": FETCH_BYTES_MAX}},
             response={"type": "array", "items": {"$ref": "#/components/schemas/Record"}})
     def records(group_name: str, instance: str, query: dict) -> list[dict]:
         entry = gw.agent.instance(group_name, instance)
-        got = call(group_name, instance, lambda h: h.fetch(timeout_ms=query.get("timeout", 1000),
-                                                           max_bytes=query.get("max_bytes", FETCH_BYTES_MAX),
-                                                           max_records=FETCH_RECORDS_MAX))
+        with gw.long_polls.wait_ms(query.get("timeout", 1000)) as timeout_ms:  # over the budget: no wait
+            got = call(group_name, instance, lambda h: h.fetch(timeout_ms=timeout_ms,
+                                                               max_bytes=query.get("max_bytes", FETCH_BYTES_MAX),
+                                                               max_records=FETCH_RECORDS_MAX))
         return records_json(got, entry.fmt)
 
     @api.op("POST", base + "/offsets", role="consume", tag="consumers",

@@ -189,7 +189,9 @@ def register(api: Api, gw: Gateway) -> None:
     @api.op("GET", "/topics/{topic_name}/partitions/{partition_id}/records", role="read", tag="v2",
             summary="Read records of one partition (the message browser)", path_params=part_path,
             description="Records from `offset` (default: the log start) up to the high watermark; values, keys "
-                        "and headers base64 (`format=binary`, the default) or JSON (`format=json`).",
+                        "and headers base64 (`format=binary`, the default) or JSON (`format=json`). With nothing "
+                        "there yet it waits up to `timeout` ms for records, unless the gateway's long-poll "
+                        "budget is taken: then it answers at once (maybe with none; poll again).",
             query={"offset": S.OFFSET, "count": {"type": "integer", "minimum": 1, "maximum": BROWSE_COUNT_MAX},
                    "max_bytes": {"type": "integer", "minimum": 1, "maximum": BYTES_MAX},
                    "timeout": {"type": "integer", "minimum": 0, "maximum": BROWSE_TIMEOUT_MS_MAX},
@@ -197,8 +199,9 @@ def register(api: Api, gw: Gateway) -> None:
             response={"type": "array", "items": api.schema("Record", S.RECORD_OUT)}, errors=tp_errors)
     def browse(topic_name: str, partition_id: int, query: dict) -> list[dict]:
         one_partition(topic_name, partition_id)
-        records = gw.agent.read(topic_name, partition_id, query.get("offset"), query.get("count", 100),
-                                query.get("max_bytes", 1024 * 1024), query.get("timeout", 0))
+        with gw.long_polls.wait_ms(query.get("timeout", 0)) as timeout_ms:  # over the budget: no wait
+            records = gw.agent.read(topic_name, partition_id, query.get("offset"), query.get("count", 100),
+                                    query.get("max_bytes", 1024 * 1024), timeout_ms)
         return records_json(records, query.get("format", "binary"))
 
     produce_body = {BINARY: api.schema("ProduceBinary", S.produce_schema(True)),

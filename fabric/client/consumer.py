@@ -197,14 +197,19 @@ class Consumer:
         if self._closed:
             raise FabricError("consumer is closed")
         deadline = self.clock.now_ms() + timeout_ms
+        passes = 0
         while True:
             self._send_fetches()
             if self._buffer:
                 return self._take(max_records)
             left = deadline - self.clock.now_ms()
-            if left <= 0:
+            if left <= 0 and passes:
                 return []
-            self.reactor.run_once(min(left, 100))
+            # at least one pass, without waiting when the time is up: answers already in are
+            # read, so that polls with no wait (timeout 0) get what is there, as Kafka's
+            # poll(0) does, instead of never reading the answers to their own fetches
+            self.reactor.run_once(max(0, min(left, 100)))
+            passes += 1
 
     def _take(self, max_records: int) -> list[RecordBatchView]:
         buf, positions = self._buffer, self.positions

@@ -32,6 +32,7 @@ from webui.context import Gateway as GatewayContext
 from webui.context import HttpRequestCounter
 from webui.spec import REQUEST_LINE_BYTES_MAX
 from webui.events import EventHub
+from webui.request_hold import RequestHold
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class Gateway:
 
         hub = EventHub()
         http_requests = HttpRequestCounter()
-        self.control = GatewayControl(self.config, self.name, self.master_pid, hub, http_requests)
+        hold = RequestHold() if self.config.faults.enabled else None  # test configs only
+        self.control = GatewayControl(self.config, self.name, self.master_pid, hub, http_requests, hold)
         agent = GatewayAgent(self.config, is_up=self.control.is_up, owner=f"gateway:{self.name}")
         sec = self.config.security
         keys = KeyStore([(k.name, k.key_hash, list(k.roles)) for k in sec.api_keys], self.admin_key)
@@ -125,8 +127,9 @@ class Gateway:
         ctx = GatewayContext(agent=agent, hub=hub, keys=keys, limiter=limiter, settings=self.config.gateway,
                              security=sec, cluster_id=self.config.cluster.name,
                              http_requests=http_requests, broker_storage=broker_storage(self.config),
-                             on_bug=stop_worker)
+                             on_bug=stop_worker, hold=hold)
         app = create_app(ctx)
+        self.control.metrics.add_collector(ctx.long_polls.samples)
         self.control.start()
         threading.Thread(target=reclaim_instances, args=(agent,), name="loom-reclaim-instances", daemon=True).start()
         return app

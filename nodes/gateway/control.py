@@ -13,6 +13,9 @@ the hub too (nodes/gateway/monitor_link.py); the watcher stays as the fallback w
 HTTP request counts (``HttpRequestCounter``, filled by the HTTP threads) are read into this
 node's metrics registry by a collector, so STATS carries them to the monitor.
 
+FAULTS also takes ``hold_http_ms`` here (only with ``faults.enabled``): every HTTP request waits
+that long, or until ``hold_http_ms: 0``, while this node answers on (webui/request_hold.py).
+
 Not thread-safe: owned by the control thread, except ``is_up``, which reads a dict that only
 the control thread replaces (atomic under the GIL).
 """
@@ -32,6 +35,7 @@ from nodes.base import Node
 from nodes.gateway.monitor_link import MonitorRelay
 from webui.context import HttpRequestCounter
 from webui.events import EventHub
+from webui.request_hold import HOLD_MS_MAX, RequestHold
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +47,10 @@ class GatewayControl(Node):
     role = "gateway"
 
     def __init__(self, config: LoomConfig, name: str, master_pid: int, hub: EventHub,
-                 http_requests: HttpRequestCounter) -> None:
+                 http_requests: HttpRequestCounter, hold: RequestHold | None = None) -> None:
         super().__init__(config, name)
         self.master_pid = master_pid
+        self.hold = hold  # the app's request hold: made only with faults.enabled
         self.hub = hub
         self.http_requests = http_requests
         self.metrics.add_collector(http_requests.samples)  # the monitor's gateway_5xx rule reads it
@@ -80,6 +85,18 @@ class GatewayControl(Node):
         reply = super()._on_stats(req)
         reply.update(pid=self.master_pid, worker_pid=os.getpid())
         return reply
+
+    def _on_faults(self, req: Any) -> dict:
+        if "hold_http_ms" not in req.header:
+            return super()._on_faults(req)
+        if not self.faults.enabled or self.hold is None:
+            raise RemoteError(P.INVALID_CONFIG, "fault injection is off (faults.enabled in the config)")
+        ms = req.get("hold_http_ms", int)
+        if not 0 <= ms <= HOLD_MS_MAX:
+            raise RemoteError(P.MALFORMED_REQUEST, f"hold_http_ms must be 0 (release) to {HOLD_MS_MAX}")
+        self.hold.hold_for(ms)
+        log.warning("fault injection: %s", f"holding every HTTP request for {ms} ms" if ms else "HTTP requests released")
+        return {"hold_http_ms": ms, "held_requests": self.hold.held}
 
     def heartbeat_fields(self) -> dict[str, Any]:
         return {**super().heartbeat_fields(), "pid": self.master_pid}

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
+from werkzeug.serving import make_server
 
 from engines import batch as B
 from fabric import protocol as P
@@ -447,6 +451,21 @@ def ask(reactor: Reactor, dealer: zmq.Socket, rid: int, big: bool) -> list[bytes
 
 # -- gateway: keys and a cluster agent --------------------------------------------------------
 KEYS = {role: generate_key() for role in ROLES}
+
+
+@contextmanager
+def served_wsgi(app: Any) -> Iterator[int]:
+    """A WSGI app (the gateway's Flask app) served by werkzeug, a thread per request, on a free
+    port of 127.0.0.1; yields the port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 class StubAgent:

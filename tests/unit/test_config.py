@@ -134,3 +134,32 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
 
 def test_shipped_configs_keep_their_data_next_to_the_repository() -> None:
     assert Path(load_config(ROOT / "config" / "cluster.yaml", environ={}).cluster.data_dir) == ROOT / "data"
+
+
+@pytest.mark.parametrize("gateway", [
+    {"worker_threads": 48, "websockets_max": 48},   # every request thread a WebSocket's: REST never answers
+    {"worker_threads": 48, "websockets_max": 37},   # 11 left: under a quarter of 48
+    {"worker_threads": 8, "websockets_max": 5},     # 3 left: under the fixed minimum of 4
+    {"worker_threads": 5, "websockets_max": 2},
+])
+def test_websockets_max_must_leave_request_threads_for_rest(tmp_path: Path, gateway: dict) -> None:
+    """Each WebSocket holds a request thread for its life: a ``websockets_max`` that leaves too
+    few for REST lets users' sockets stop /health, /health/live and the dashboard (and the
+    monitor then restarts the gateway)."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, {**MINIMAL, "gateway": gateway}), environ={})
+    assert "gateway.websockets_max" in str(e.value) and "worker_threads" in str(e.value), str(e.value)
+    with pytest.raises(ConfigError, match=r"gateway.websockets_max \(set by the environment: LOOM_GATEWAY__WEBSOCKETS_MAX\)"):
+        load_config(write(tmp_path, MINIMAL, "env.yaml"), environ={"LOOM_GATEWAY__WEBSOCKETS_MAX": "48"})
+
+
+@pytest.mark.parametrize("gateway, long_polls", [
+    ({}, 12),                                          # the defaults: 48 threads, 24 WebSockets
+    ({"worker_threads": 48, "websockets_max": 36}, 6),  # exactly a quarter left
+    ({"worker_threads": 8, "websockets_max": 4}, 2),    # exactly the minimum left
+    ({"worker_threads": 512, "websockets_max": 384}, 64),
+])
+def test_websockets_max_leaving_the_reserve_loads(tmp_path: Path, gateway: dict, long_polls: int) -> None:
+    cfg = load_config(write(tmp_path, {**MINIMAL, "gateway": gateway}), environ={})
+    assert cfg.gateway.rest_threads == cfg.gateway.worker_threads - cfg.gateway.websockets_max
+    assert cfg.gateway.long_polls_max == long_polls  # half the REST threads may wait in a long poll

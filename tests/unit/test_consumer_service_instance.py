@@ -13,6 +13,12 @@ import pytest
 from fabric import protocol as P
 from fabric.errors import RemoteError
 from nodes.consumer import COMMANDS_PER_INSTANCE_MAX, Instance, InstanceHost, check_op_header
+from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
+                                                consumer_config, serve)
+from tests.unit.fakes import ScriptedCoordinatorLink
+
+# a fetch without a wait reads the answers already in: metadata, the log start, the records
+FETCHES_WITHOUT_WAIT_MAX = 10
 
 
 def _host(failed: list | None = None) -> InstanceHost:
@@ -80,3 +86,25 @@ def test_an_op_header_the_instance_could_not_read_is_malformed(op: str, header: 
 ])
 def test_a_readable_op_header_passes(op: str, header: dict) -> None:
     check_op_header(op, header)
+
+
+def test_fetches_without_a_wait_still_deliver_the_records() -> None:
+    """A fetch with ``timeout_ms: 0`` (what the gateway asks for once its long-poll budget is
+    taken) answers with what is there now; polled again and again, it must still get the
+    records: its poll used to return before it read any answer that had come in, so an
+    instance whose thread does nothing else with the consumer (assigned, no auto-commit) never
+    got one. A real GroupConsumer on a fake broker, served on the test thread."""
+    broker = OnePartitionBroker()
+    reactor = BrokerRepliesReactor(broker)
+    config = consumer_config(broker, reactor, ScriptedCoordinatorLink(OffsetsCoordinator()), enable_auto_commit=False)
+    inst = Instance(_host(), "g", "i", config, 0)
+    serve(inst, "create")
+    serve(inst, "assign", partitions=[list(T0)])
+    offsets: list[int] = []
+    for _ in range(FETCHES_WITHOUT_WAIT_MAX):
+        offsets += [r[2] for r in serve(inst, "fetch", timeout_ms=0, max_records=10)["records"]]
+        if offsets:
+            break
+    assert offsets == list(range(10)), f"nothing after {FETCHES_WITHOUT_WAIT_MAX} fetches without a wait"
+    assert reactor.clock.now_ms() == 10_000, "no fetch waited"
+    inst._close()

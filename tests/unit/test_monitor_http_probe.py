@@ -12,14 +12,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
 from fabric.apikeys import hash_key
 from fabric.config import GatewayConfig, SecurityConfig
 from nodes.local_cluster import wait_until
 from nodes.monitor import http_probe
 from nodes.monitor.http_probe import HttpProbe, probe_http
-from tests.unit.fakes import KEYS, StubAgent
+from tests.unit.fakes import KEYS, StubAgent, served_wsgi
 from webui.app import create_app
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway
@@ -45,15 +44,8 @@ def served_gateway_app(agent: Any, rate_per_s: float, burst: int) -> Iterator[in
     keys = KeyStore([(role, hash_key(k), [role]) for role, k in KEYS.items()])
     gw = Gateway(agent=agent, hub=EventHub(), keys=keys, limiter=RateLimiter(rate_per_s, burst, 100),
                  settings=GatewayConfig(), security=SecurityConfig(rate_limit_per_s=rate_per_s), cluster_id="test")
-    server = make_server("127.0.0.1", 0, create_app(gw), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with served_wsgi(create_app(gw)) as port:
+        yield port
 
 
 def test_the_probe_is_answered_while_the_coordinator_is_gone_and_the_rate_limit_is_spent() -> None:
