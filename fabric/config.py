@@ -259,8 +259,9 @@ class GatewayConfig(_Model):
     auto_create_topics: bool = False          # producing to a missing topic creates it
     request_bytes_max: int = Field(16 * 1024 * 1024, ge=1024)   # larger bodies get 413
     worker_threads: int = Field(48, ge=REST_THREADS_MIN + 1, le=512)  # gunicorn gthread threads
-    # each holds a thread for its life; must leave the REST reserve (REST_THREADS_MIN, _SHARE)
-    websockets_max: int = Field(24, ge=1, le=512)
+    # each holds a thread for its life; must leave the REST reserve (REST_THREADS_MIN, _SHARE),
+    # checked on the default too: worker_threads: 8 alone left the default 24 sockets every thread
+    websockets_max: int = Field(24, ge=1, le=512, validate_default=True)
     websockets_per_key_max: int = Field(8, ge=1, le=512)        # of those, open with one key
     ws_send_queue_max: int = Field(256, ge=1, le=100_000)       # messages queued per client
     ws_slow_client_timeout_ms: int = Field(5000, ge=10)         # queue full this long: closed

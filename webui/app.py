@@ -20,6 +20,7 @@ from pathlib import Path
 
 from flask import Flask, Response, g, request, send_from_directory
 from werkzeug.exceptions import HTTPException
+from wsproto.utilities import RemoteProtocolError
 
 from webui import routes_consumers, routes_v2, routes_v3, ws
 from webui.auth import Principal, rate_limit_client, retry_after_s
@@ -195,6 +196,20 @@ def create_app(gw: Gateway) -> Flask:
             if k.lower() == "allow":
                 resp.headers[k] = v
         return resp
+
+    @app.errorhandler(RemoteProtocolError)
+    def on_bad_handshake(e: RemoteProtocolError) -> Response:
+        # a WebSocket upgrade wsproto refuses (a header missing or wrong), before any route code
+        # runs: the client's error; as a bug it let any client stop the worker at will
+        return error_response(ApiError(40001, f"not a valid WebSocket handshake: {e}"))
+
+    @app.errorhandler(ConnectionError)
+    def on_connection_lost(e: ConnectionError) -> Response:
+        # the builtin (reset, broken pipe): only a client's socket raises it here -- a WebSocket
+        # whose client left during its handshake or its refusal (werkzeug turns a body's into a
+        # 400, the cluster's errors are FabricError) -- an operating error, no bug; the answer
+        # is most likely never read
+        return error_response(ApiError(40001, f"the connection was lost: {e}"))
 
     @app.errorhandler(Exception)
     def on_unexpected(e: Exception) -> Response:

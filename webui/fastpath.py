@@ -27,6 +27,7 @@ import re
 import uuid
 from typing import Any, Callable, Iterable
 
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import ClosingIterator
 
@@ -107,7 +108,7 @@ class ProduceFastPath:
             status, data, content_type = self.dispatch(
                 op, path, _query_getter(query_string),
                 environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower(),
-                lambda: environ["wsgi.input"].read(length) if length else b"")
+                lambda: _read_body(environ["wsgi.input"], length))
         except ClusterError as e:
             status, data, content_type, headers = self._error(e.to_api(), environ, rid)
         except ApiError as e:
@@ -133,6 +134,17 @@ class ProduceFastPath:
             log.error("POST %s -> %d %d %s (request id %s)", environ.get("PATH_INFO"), e.status, e.error_code,
                       e.message, rid)
         return e.status, e.body_bytes(), JSON, e.headers
+
+
+def _read_body(stream: Any, length: int) -> bytes:
+    """``length`` bytes of the request body. A connection lost while reading it (a client's
+    network, not a bug) is Flask's answer too: werkzeug turns it into ClientDisconnected, a 400."""
+    if not length:
+        return b""
+    try:
+        return stream.read(length)
+    except OSError as e:
+        raise ApiError(40001, ClientDisconnected.description) from e
 
 
 def _query_getter(query_string: str) -> Callable[[str], str | None]:

@@ -141,6 +141,7 @@ def test_shipped_configs_keep_their_data_next_to_the_repository() -> None:
     {"worker_threads": 48, "websockets_max": 37},   # 11 left: under a quarter of 48
     {"worker_threads": 8, "websockets_max": 5},     # 3 left: under the fixed minimum of 4
     {"worker_threads": 5, "websockets_max": 2},
+    {"worker_threads": 8},                          # the default 24 WebSockets: more than every thread
 ])
 def test_websockets_max_must_leave_request_threads_for_rest(tmp_path: Path, gateway: dict) -> None:
     """Each WebSocket holds a request thread for its life: a ``websockets_max`` that leaves too

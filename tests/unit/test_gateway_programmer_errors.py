@@ -6,6 +6,8 @@ fast path in front) and through Flask alone (every other route)."""
 
 from __future__ import annotations
 
+import errno
+import io
 import signal
 from typing import Any
 
@@ -79,3 +81,58 @@ def test_the_gateway_node_stops_its_worker_on_a_bug(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(gateway_node.os, "kill", lambda pid, sig: sent.append((pid, sig)))
     gateway_node.stop_worker()
     assert sent == [(gateway_node.os.getpid(), signal.SIGTERM)]
+
+
+class ResetSocket:
+    """The socket of a client that reset the connection: every send fails."""
+
+    def send(self, data: bytes) -> int:
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+
+class ResetBody(io.RawIOBase):
+    """A request body whose client reset the connection half way: every read fails."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+@pytest.mark.parametrize("drop", ["Sec-WebSocket-Key", "Sec-WebSocket-Version"])
+def test_a_malformed_websocket_upgrade_is_the_clients_error(served: Any, drop: str) -> None:
+    """wsproto refuses the handshake before any route code runs (no key, no rate limit yet):
+    that was a 500 and the worker's end, so any client could restart the gateway at will."""
+    client, bugs = served
+    headers = {k: v for k, v in UPGRADE.items() if k != drop}
+    r = client.get("/ws/events", headers=headers, environ_base={"werkzeug.socket": ResetSocket()})
+    assert r.status_code == 400 and r.get_json()["error_code"] == 40001, r.get_data()
+    r.close()
+    assert bugs == []
+
+
+def test_a_client_gone_during_the_websocket_handshake_stops_nothing(served: Any) -> None:
+    client, bugs = served
+    r = client.get("/ws/events", headers=UPGRADE, environ_base={"werkzeug.socket": ResetSocket()})
+    assert r.status_code == 400 and r.get_json()["error_code"] == 40001, r.get_data()
+    r.close()
+    assert bugs == []
+
+
+@pytest.mark.parametrize("path, content_type", [
+    ("/topics/t", AUTH["Content-Type"]),                 # the produce fast path
+    ("/consumers/g", "application/vnd.kafka.v2+json"),   # Flask
+])
+def test_a_client_gone_while_its_body_is_read_stops_nothing(served: Any, path: str, content_type: str) -> None:
+    """A connection reset while the body is read (a client's network, not a bug) used to be a
+    500 and the worker's end: every other client's WebSockets and consumer instances with it."""
+    client, bugs = served
+    r = client.post(path, headers={**AUTH, "Content-Type": content_type}, data=BODY, environ_overrides={"wsgi.input": io.BufferedReader(ResetBody())})
+    assert r.status_code == 400 and r.get_json()["error_code"] == 40001, r.get_data()
+    r.close()
+    assert bugs == []
