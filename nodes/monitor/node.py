@@ -213,6 +213,24 @@ class Monitor(Node):
                     view.http_failing_since_ms = now_ms
             probe.start()
 
+    def _judging_order(self) -> list[H.NodeView]:
+        """The views in the order a check judges them: the coordinator's first, as the others'
+        judgement may depend on it (``_forgive_http_failures``)."""
+        coordinator = self.config.coordinator_name
+        return sorted(self.views.values(), key=lambda v: v.name != coordinator)
+
+    def _forgive_http_failures(self, view: H.NodeView, now_ms: int) -> None:
+        """While the coordinator is not up, a gateway's failed HTTP probes count from now: its
+        requests that need metadata (produce, ``/health``) each hold a request thread for
+        seconds then, under load every thread and the probe behind them, and a restart would
+        cure nothing (the new process waits on the same coordinator) but drop every WebSocket
+        and consumer instance. Such a gateway stays degraded, and is judged unresponsive only
+        after failing ``unresponsive_after_ms`` with the coordinator back."""
+        coordinator = self.views.get(self.config.coordinator_name)
+        if view.http_failing_since_ms is not None and (coordinator is None
+                                                       or coordinator.state not in (H.HEALTHY, H.DEGRADED)):
+            view.http_failing_since_ms = now_ms
+
     def _take_samples(self, view: H.NodeView, samples: list[Sample], now_ms: int) -> None:
         counters = {(s.name, s.labels): s.value for s in samples if s.name in RATE_METRICS}
         if view.counters_at is not None:
@@ -261,7 +279,8 @@ class Monitor(Node):
         self._poll_groups()
         self._take_http_probes(now)
         self.recovery.poll(self.views)
-        for view in self.views.values():
+        for view in self._judging_order():
+            self._forgive_http_failures(view, now)
             alive = pid_alive(view.pid) if view.pid and H.is_local(view.node) else None
             state, reason = H.classify(view, now, self.started_check_ms, self.config, alive)
             if state != view.state:

@@ -100,10 +100,15 @@ def degraded_by_its_http_port(monitor: Monitor, port: int) -> H.NodeView:
     return view
 
 
-def check_with_stats_answered(monitor: Monitor) -> str:
-    """One check at which the gateway's heartbeats and STATS answer promptly; its state."""
+def check_with_stats_answered(monitor: Monitor, coordinator_heard: bool = True) -> str:
+    """One check at which the gateway's heartbeats and STATS answer promptly (and the
+    coordinator's heartbeats arrive, unless ``coordinator_heard`` is False); its state."""
     view = monitor.views["gateway"]
     view.heard(monitor.clock.now_ms(), ALIVE)
+    if coordinator_heard:
+        coordinator = monitor.views["coordinator"]
+        coordinator.heard(monitor.clock.now_ms(), ALIVE)
+        coordinator.stats_failed, coordinator.stats_rtt_ms = False, 3
     view.stats_failed, view.stats_rtt_ms = False, 3
     monitor._check()
     return view.state
@@ -133,6 +138,28 @@ def test_a_gateway_whose_stuck_request_threads_serve_again_is_healthy_again(tmp_
         assert probe["answered"] and probe["status"] == 200 and probe["failing_ms"] is None, probe
         monitor.clock.advance(UNRESPONSIVE_AFTER_MS + 1)  # type: ignore[attr-defined]
         assert check_with_stats_answered(monitor) == H.HEALTHY, view.reason  # earlier failures no longer count
+
+
+def test_a_gateway_is_not_restarted_for_its_http_port_while_the_coordinator_is_out(tmp_path: Path) -> None:
+    """With the coordinator out, a gateway's requests that need metadata (produce, /health)
+    each hold a request thread for seconds: under load they fill every thread and the probe
+    waits behind them. A restart would cure nothing (the new process waits on the same
+    coordinator) and drop every WebSocket and consumer instance: the gateway stays degraded,
+    and is judged on its HTTP port again from when the coordinator is back."""
+    with http_port_that_never_answers() as port, monitor_of_gateway(tmp_path, port) as monitor:
+        view = degraded_by_its_http_port(monitor, port)
+        coordinator = monitor.views["coordinator"]
+        for _ in range(3):  # the coordinator falls silent: down, then long past the gateway's limit
+            monitor.clock.advance(UNRESPONSIVE_AFTER_MS + 1)  # type: ignore[attr-defined]
+            assert check_with_stats_answered(monitor, coordinator_heard=False) == H.DEGRADED, view.reason
+            assert f"HTTP port {port}" in view.reason, view.reason
+        assert coordinator.state not in (H.HEALTHY, H.DEGRADED), coordinator.state
+        assert not [e for e in monitor.events if e["kind"] == "recovery" and e.get("node") == "gateway"]
+        assert check_with_stats_answered(monitor) == H.DEGRADED  # the coordinator is back: judged from now
+        monitor.clock.advance(UNRESPONSIVE_AFTER_MS // 2)  # type: ignore[attr-defined]
+        assert check_with_stats_answered(monitor) == H.DEGRADED, view.reason
+        monitor.clock.advance(UNRESPONSIVE_AFTER_MS // 2 + 1)  # type: ignore[attr-defined]
+        assert check_with_stats_answered(monitor) == H.UNRESPONSIVE, view.reason
 
 
 def test_the_gateway_names_its_master_pid_in_stats_as_in_heartbeats(tmp_path: Path) -> None:
