@@ -461,7 +461,11 @@ class GatewayAgent:
             if p >= len(self.topic(t).partitions):
                 raise ClusterError("partition_not_found", f"topic {t!r} has no partition {p}")
         self.call_instance(group, name, lambda h: h.assign(partitions))
-        self.instance(group, name).assigned = list(partitions)
+        entry = self.instance(group, name)
+        # done: the instance has no subscription (refused while it had one), even if this
+        # gateway missed the end of an unsubscribe that outlasted its call: a move must not
+        # subscribe it again
+        entry.topics, entry.assigned = [], list(partitions)
 
     def close(self) -> None:
         for name in ("admin", "producer", "consumers", "browser"):

@@ -16,7 +16,7 @@ import pytest
 
 from fabric.apikeys import hash_key
 from fabric.config import GatewayConfig, SecurityConfig, load_config
-from fabric.errors import RemoteError
+from fabric.errors import RemoteError, RequestTimeout
 import nodes.gateway.agent as agent_mod
 from nodes.consumer import Instance, InstanceHost
 from nodes.gateway.agent import GatewayAgent
@@ -141,3 +141,24 @@ def test_a_relayed_conflict_keeps_its_code(served: tuple[Any, GatewayAgent, Inst
     with pytest.raises(RemoteError) as e:
         handle.subscribe(["t"])
     assert e.value.name == "subscription_conflict"
+
+
+def test_an_assigned_instance_is_not_moved_back_to_a_subscription(served: tuple[Any, GatewayAgent, Instance],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unsubscribe may outlast the gateway's call (it commits first, retrying for up to
+    COMMIT_TIMEOUT_MS) and still be done: the client sees a timeout, the instance is
+    unsubscribed. An assignment accepted afterwards proves the instance has no subscription, so
+    the gateway must not remember one: a move would make the instance again subscribed, a group
+    member reading whatever the group gives it instead of the partitions its client assigned."""
+    client, agent, instance = served
+    assert _post(client, "/subscription", {"topics": ["t"]}).status_code == 204
+
+    def unsubscribe_outlasting_the_call(handle: _ServedHandle) -> None:
+        handle._request("subscribe", topics=[])
+        raise RequestTimeout("no reply from the consumer service")
+    monkeypatch.setattr(_ServedHandle, "unsubscribe", unsubscribe_outlasting_the_call)
+    assert client.delete(BASE + "/subscription", headers=AUTH).status_code >= 500
+    assert instance.consumer.subscription == []
+    assert _post(client, "/assignments", {"partitions": [{"topic": "t", "partition": 0}]}).status_code == 204
+    entry = agent.instance("g", "c1")
+    assert (entry.topics, entry.assigned) == ([], [T0]), "a move would subscribe the assigned instance"
