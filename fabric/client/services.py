@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 KEY_OF, VALUE_OF, HEADERS_OF, PARTITION_OF = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
 PRODUCE_TIMEOUT_MS = 40_000   # above the service's delivery timeout
 CALL_TIMEOUT_MS = 10_000
+# a consumer-instance call that commits synchronously before it answers (commit, unsubscribe,
+# delete): the instance retries its commit for up to the group consumer's COMMIT_TIMEOUT_MS (20 s)
+COMMITTING_CALL_TIMEOUT_MS = 30_000
 CREATE_TIMEOUT_MS = 5_000
 
 
@@ -228,7 +231,8 @@ class ConsumerInstance:
         self._call(P.CONSUMER_SUBSCRIBE, {"topics": list(topics)})
 
     def unsubscribe(self) -> None:
-        self._call(P.CONSUMER_SUBSCRIBE, {"topics": []})
+        """Leave the group or give the assigned partitions up, committing first (auto-commit)."""
+        self._call(P.CONSUMER_SUBSCRIBE, {"topics": []}, timeout_ms=COMMITTING_CALL_TIMEOUT_MS)
 
     def subscription(self) -> list[str]:
         return self._call(P.CONSUMER_SUBSCRIPTION)["topics"]
@@ -248,7 +252,7 @@ class ConsumerInstance:
     def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """Commit these offsets (next offset to read) or, with None, the current positions."""
         body = None if offsets is None else [[t, p, o] for (t, p), o in sorted(offsets.items())]
-        self._call(P.CONSUMER_COMMIT, {"offsets": body}, timeout_ms=30_000)
+        self._call(P.CONSUMER_COMMIT, {"offsets": body}, timeout_ms=COMMITTING_CALL_TIMEOUT_MS)
 
     def committed(self, partitions: list[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
         """Committed offsets (-1: none) of these partitions, or of the assigned ones."""
@@ -277,7 +281,7 @@ class ConsumerInstance:
     def delete(self, owner: str | None = None) -> None:
         """Close the instance: it commits (auto-commit) and leaves its group at once.
         ``owner``: only if it is still the instance that owner made (else unknown instance)."""
-        self._call(P.CONSUMER_DELETE, None if owner is None else {"owner": owner})
+        self._call(P.CONSUMER_DELETE, None if owner is None else {"owner": owner}, timeout_ms=COMMITTING_CALL_TIMEOUT_MS)
 
 
 class ServiceConsumer:
