@@ -30,12 +30,15 @@ class RequestHold:
         self._until = 0.0     # time.monotonic() at which the hold ends; 0: none
         self.held = 0         # requests waiting now
 
-    def hold_for(self, ms: int) -> None:
-        """Hold every request from now for ``ms`` (0 releases those held at once)."""
+    def hold_for(self, ms: int) -> int:
+        """Hold every request from now for ``ms`` (0 releases those held at once). Returns how
+        many requests were held at that moment (read after it, the count races the released
+        threads)."""
         assert 0 <= ms <= HOLD_MS_MAX, ms
         with self._cond:
             self._until = time.monotonic() + ms / 1000 if ms else 0.0
             self._cond.notify_all()
+            return self.held
 
     def wait(self) -> None:
         """On a request thread: return once no hold is on (at once when none is)."""

@@ -94,9 +94,9 @@ class GatewayControl(Node):
         ms = req.get("hold_http_ms", int)
         if not 0 <= ms <= HOLD_MS_MAX:
             raise RemoteError(P.MALFORMED_REQUEST, f"hold_http_ms must be 0 (release) to {HOLD_MS_MAX}")
-        self.hold.hold_for(ms)
+        held = self.hold.hold_for(ms)
         log.warning("fault injection: %s", f"holding every HTTP request for {ms} ms" if ms else "HTTP requests released")
-        return {"hold_http_ms": ms, "held_requests": self.hold.held}
+        return {"hold_http_ms": ms, "held_requests": held}  # held when the change was made
 
     def heartbeat_fields(self) -> dict[str, Any]:
         return {**super().heartbeat_fields(), "pid": self.master_pid}
