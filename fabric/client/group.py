@@ -15,9 +15,11 @@ manual assignment): no membership, no rebalances, but the group id still holds t
 offsets (``committed``, ``commit``). Its commits go out outside any generation (generation -1,
 no member id), which the coordinator takes only while the group has no active members: it
 refuses them (``non_empty_group``) in a group that others are consuming as members. With
-``enable_auto_commit`` a partition neither seeked nor read yet starts at the group's committed
-offset (``auto_offset_reset`` only where there is none), as after Kafka's ``assign()``: its
-reset position would otherwise be auto-committed, past records nobody got.
+A partition neither seeked nor read yet starts at the group's committed offset
+(``auto_offset_reset`` only where there is none), as after Kafka's ``assign()`` with a group id,
+with or without ``enable_auto_commit``: a restarted application that commits what it processed
+resumes there (at ``latest`` it skipped what came after its last commit), and with auto-commit
+its reset position would otherwise be committed, past records nobody got.
 
 A consumer reads one way at a time, as Kafka's: ``subscribe`` while partitions are assigned,
 or ``assign`` while subscribed, raises ``SubscriptionConflictError`` and changes nothing (the
@@ -223,11 +225,15 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
                 return views
 
     def _poll_assigned(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:
-        """``_poll_views`` of an assigned consumer: with auto-commit, one is due-checked at
-        least every ``POLL_SLICE_MS`` of the wait, as Kafka's poll wakes up for it."""
-        if self._closed or not self.enable_auto_commit:
+        """``_poll_views`` of an assigned consumer: partitions never positioned start at the
+        group's committed offsets (with or without auto-commit, as Kafka's); with auto-commit,
+        one is due-checked at least every ``POLL_SLICE_MS`` of the wait, as Kafka's poll wakes
+        up for it."""
+        if self._closed:
             return super()._poll_views(timeout_ms, max_records)
         self._position_at_commits()
+        if not self.enable_auto_commit:
+            return super()._poll_views(timeout_ms, max_records)
         deadline = self.clock.now_ms() + timeout_ms
         while True:
             self._maybe_auto_commit()

@@ -173,9 +173,10 @@ class GroupCommits:
     # -- auto-commit -----------------------------------------------------------------------------
     def _position_at_commits(self) -> None:
         """Start an assigned partition that has no position (not seeked, no records yet) at the
-        group's committed offset, as Kafka's consumer does after ``assign()`` with a group id;
-        ``auto_offset_reset`` only where nothing is committed. Else its reset position would be
-        auto-committed: past records nobody got (latest), or back (earliest). Raises (nothing
+        group's committed offset, as Kafka's consumer does after ``assign()`` with a group id
+        (with or without auto-commit); ``auto_offset_reset`` only where nothing is committed.
+        Else a restarted application skipped what came after its last commit (latest) or read
+        the log again (earliest), and an auto-commit moved the group there. Raises (nothing
         reset meanwhile) when the coordinator cannot say."""
         fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
         if not fresh:

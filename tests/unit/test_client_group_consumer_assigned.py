@@ -176,6 +176,19 @@ def test_a_partition_never_positioned_starts_at_the_groups_committed_offset(assi
     assert returned == list(range(30, 60))
 
 
+@pytest.mark.parametrize("reset", ["latest", "earliest"])
+def test_without_auto_commit_a_partition_never_positioned_starts_at_the_committed_offset_too(assigned, reset: str) -> None:  # noqa: ANN001
+    """Kafka's consumer positions an assigned partition at the group's committed offset
+    whatever enable.auto.commit says: an application that commits what it processed and is
+    restarted resumes there. Started at latest, it skipped every record between its last
+    commit and the log end; at earliest, it read the whole log again."""
+    a = assigned(start=None, auto_offset_reset=reset, enable_auto_commit=False)
+    a.coordinator.committed[T0] = 30
+    assert a.poll() == list(range(30, 40))
+    a.consumer.commit()
+    assert a.coordinator.committed[T0] == 40
+
+
 def test_a_partition_seeked_to_an_end_is_not_moved_to_the_committed_offset(assigned) -> None:  # noqa: ANN001
     a = assigned(start=None)
     a.coordinator.committed[T0] = 30
