@@ -225,11 +225,9 @@ class Instance(threading.Thread):
             c.commit({(o[0], o[1]): o[2] for o in offsets} if offsets else None)
             return {}
         if op == "committed":
-            out = []
-            for t, p in h.get("partitions") or c.assignment():
-                committed = c.committed((t, p))
-                out.append([t, p, -1 if committed is None else committed])
-            return {"offsets": out}
+            tps = [(t, p) for t, p in h.get("partitions") or c.assignment()]
+            found = c.committed_offsets(tps)
+            return {"offsets": [[t, p, -1 if found[(t, p)] is None else found[(t, p)]] for t, p in tps]}
         if op == "seek":
             return self._seek(c, h)
         if op == "assignment":
@@ -281,7 +279,7 @@ class Instance(threading.Thread):
         # an assigned one keeps its position. Looked up before anything changes: a lookup that
         # fails leaves the instance as it was -- assigned first, the partitions still without a
         # position would start at auto_offset_reset (latest: past records nobody got)
-        committed = {(t, p): c.committed((t, p)) for t, p in parts if (t, p) not in held}
+        committed = c.committed_offsets([(t, p) for t, p in parts if (t, p) not in held])
         c.assign([(t, p) for t, p in parts])
         for tp, offset in committed.items():
             if offset is not None:

@@ -160,15 +160,27 @@ class GroupCommits:
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of ``tp`` (None: nothing committed)."""
-        h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp)]})
-        off = h["offsets"][0][2]
-        if not self.subscription and off >= 0:
-            # what the group holds: an assigned consumer seeked there (the consumer service's
-            # assign) has nothing to auto-commit until its position moves
-            self._last_committed[tp] = off
-        elif not self.subscription:
-            self._last_committed.pop(tp, None)
-        return off if off >= 0 else None
+        return self.committed_offsets([tp])[tp]
+
+    def committed_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of ``tps`` (None: nothing committed), in one request
+        (Kafka's ``committed(Set<TopicPartition>)``): an assignment of thousands of partitions
+        looks them up at once, not one round trip (and retry budget) each."""
+        if not tps:
+            return {}
+        h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in tps]})
+        found = {(t, p): o for t, p, o, *_ in h["offsets"]}
+        out: dict[TopicPartition, int | None] = {}
+        for tp in tps:
+            off = found.get(tp, -1)
+            if not self.subscription and off >= 0:
+                # what the group holds: an assigned consumer seeked there (the consumer
+                # service's assign) has nothing to auto-commit until its position moves
+                self._last_committed[tp] = off
+            elif not self.subscription:
+                self._last_committed.pop(tp, None)
+            out[tp] = off if off >= 0 else None
+        return out
 
     # -- auto-commit -----------------------------------------------------------------------------
     def _position_at_commits(self) -> None:
@@ -181,19 +193,15 @@ class GroupCommits:
         fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
         if not fresh:
             return
-        fetched = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]})
-        found = {(t, p): o for t, p, o, *_ in fetched["offsets"]}
+        found = self.committed_offsets(fresh)  # also what _last_committed holds of them
         for tp in fresh:
             if tp not in self.positions or self.positions[tp] is not None or tp in self._reset_specs:
                 continue  # seeked or given up meanwhile
-            off = found.get(tp, -1)
-            if off >= 0:
+            off = found[tp]
+            if off is not None:
                 self.positions[tp] = off
-                self._last_committed[tp] = off
             else:  # nothing committed: the reset policy, looked up once
-                self._last_committed.pop(tp, None)
                 self._reset_specs[tp] = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
-
 
     def _maybe_auto_commit(self) -> None:
         """The asynchronous auto-commit, when due: a subscribed consumer's only while it is an

@@ -279,3 +279,26 @@ def test_an_assign_that_cannot_look_up_the_committed_offsets_leaves_the_instance
         assert rig.fetch() == list(range(30, 40))
     finally:
         rig.instance._close()
+
+
+def test_an_assign_looks_up_every_new_partitions_committed_offset_in_one_request() -> None:
+    """Up to 10,000 partitions may be assigned at once: one lookup each (each retried for up
+    to 10 s) outlasted the gateway's call while the assignment went on. One OFFSET_FETCH for
+    all, as Kafka's committed(Set<TopicPartition>)."""
+    rig = _Rig(enable_auto_commit=False)
+    try:
+        rig.request("subscribe", topics=[])
+        parts = [("t", p) for p in range(50)]
+        rig.coordinator.committed.update({tp: 7 * p for tp in parts for p in [tp[1]] if p % 2})
+        before = len(rig.link.calls)
+        rig.request("assign", partitions=[list(tp) for tp in parts])
+        fetches = [h for command, h in rig.link.calls[before:] if command == P.OFFSET_FETCH]
+        assert len(fetches) == 1 and sorted(map(tuple, fetches[0]["partitions"])) == parts, fetches
+        positions = {(t, p): o for t, p, o in rig.request("assignment")["positions"]}
+        assert positions == {tp: 7 * tp[1] if tp[1] % 2 else 0 for tp in parts}  # the fake answers 0 for none
+        before = len(rig.link.calls)
+        answer = rig.request("committed", partitions=[list(tp) for tp in parts])
+        assert len([c for c, _ in rig.link.calls[before:] if c == P.OFFSET_FETCH]) == 1
+        assert {(t, p): o for t, p, o in answer["offsets"]} == {tp: 7 * tp[1] if tp[1] % 2 else 0 for tp in parts}
+    finally:
+        rig.instance._close()
