@@ -99,7 +99,13 @@ class HttpProbe:
             with self._lock:
                 self._last, self._started_s = out, None
 
-    def close(self) -> None:
+    def close(self, join: bool = True) -> None:
+        """Stop the thread (after the probe in flight, if any); ``join``: wait for it up to
+        STOP_JOIN_TIMEOUT_S (a daemon thread: one stuck in a probe does not hold the exit)."""
         self._closed = True
         self._kick.set()
-        self._thread.join(STOP_JOIN_TIMEOUT_S)
+        if join:
+            self._thread.join(STOP_JOIN_TIMEOUT_S)
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(max(0.0, timeout_s))

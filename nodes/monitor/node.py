@@ -25,6 +25,7 @@ snapshot, take items from their own queues or hand back one outcome under a lock
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -45,7 +46,7 @@ from nodes.monitor.alerts import FIRING, Alert, AlertBook
 from nodes.monitor.cluster import ClusterFacts
 from nodes.monitor.exposition import CONTENT_TYPE, Exposition, make_registry, render_text, serve_http
 from nodes.monitor.history import History
-from nodes.monitor.http_probe import HttpProbe
+from nodes.monitor.http_probe import STOP_JOIN_TIMEOUT_S, HttpProbe
 from nodes.monitor.recovery import Recovery
 from nodes.monitor.rules import alert_conditions, rule_for_ms
 from nodes.monitor.webhook import WebhookSender
@@ -434,8 +435,11 @@ class Monitor(Node):
         self.http.shutdown()  # type: ignore[attr-defined]
         for w in self.webhooks:
             w.close()
+        for p in self.http_probes.values():  # all told first, then one deadline for all
+            p.close(join=False)
+        deadline_s = time.monotonic() + STOP_JOIN_TIMEOUT_S
         for p in self.http_probes.values():
-            p.close()
+            p.join(deadline_s - time.monotonic())
         for c in self.stats_clients.values():
             c.close()
         self.recovery.close()

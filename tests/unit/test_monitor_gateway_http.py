@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,7 @@ from nodes.gateway.control import GatewayControl
 from nodes.local_cluster import make_config, wait_until
 from nodes.monitor import Monitor
 from nodes.monitor import health as H
+from nodes.monitor.http_probe import STOP_JOIN_TIMEOUT_S, HttpProbe
 from webui.context import HttpRequestCounter
 from webui.events import EventHub
 
@@ -70,6 +72,18 @@ def http_server_with_stuck_threads() -> Iterator[tuple[int, threading.Event]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def port_has_connections(port: int, count: int) -> bool:
+    """``count`` TCP connections to 127.0.0.1:``port`` are established (/proc/net/tcp)."""
+    established = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local_port, remote_port, state = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[3]
+            if remote_port == port and state == "01":
+                established += 1
+    return established >= count
 
 
 def gateway_config(tmp_path: Path, http_port: int) -> LoomConfig:
@@ -179,3 +193,19 @@ def test_the_gateway_names_its_master_pid_in_stats_as_in_heartbeats(tmp_path: Pa
     finally:
         client.close()
         control.stop()
+
+
+def test_close_waits_for_stuck_probes_once_not_once_per_gateway(tmp_path: Path) -> None:
+    """Three gateways whose probes hang: the monitor's close told and waited for each in turn,
+    up to STOP_JOIN_TIMEOUT_S apiece; it now tells them all and waits once."""
+    with http_port_that_never_answers() as port:
+        monitor = Monitor(gateway_config(tmp_path, port), "monitor", clock=ManualClock(0))
+        monitor.http_probes["gateway"].close()
+        monitor.http_probes = {f"gateway-{i}": HttpProbe("127.0.0.1", port, 60_000) for i in range(3)}
+        for probe in monitor.http_probes.values():
+            assert probe.start()
+        wait_until(lambda: port_has_connections(port, 3), 10, what="three probes connected")
+        started = time.monotonic()
+        monitor.close()
+        took_s = time.monotonic() - started
+    assert took_s < 2 * STOP_JOIN_TIMEOUT_S, f"close took {took_s:.1f} s for three stuck probes"
