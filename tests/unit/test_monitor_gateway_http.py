@@ -80,7 +80,7 @@ def port_has_connections(port: int, count: int) -> bool:
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
             fields = line.split()
-            local_port, remote_port, state = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[3]
+            remote_port, state = int(fields[2].split(":")[1], 16), fields[3]
             if remote_port == port and state == "01":
                 established += 1
     return established >= count
