@@ -144,6 +144,7 @@ UNSTABLE_OFFSET_COMMIT = 70      # OFFSET_FETCH while a commit of that partition
 SUBSCRIPTION_CONFLICT = 71       # a consumer subscribed and assigned at once (Kafka's IllegalStateException)
 INCONSISTENT_CLUSTER_ID = 80     # a broker that belongs to another cluster (its meta.properties)
 STALE_BROKER_EPOCH = 84          # a broker process that a restart of the same broker replaced
+DUPLICATE_BROKER_REGISTRATION = 85  # another live process is this broker (from another data directory)
                                  # (81-83 are the supervisor's, below)
 
 ERROR_NAMES: dict[int, str] = {
@@ -177,6 +178,7 @@ ERROR_NAMES: dict[int, str] = {
 }
 ERROR_NAMES[INCONSISTENT_CLUSTER_ID] = "inconsistent_cluster_id"
 ERROR_NAMES[STALE_BROKER_EPOCH] = "stale_broker_epoch"
+ERROR_NAMES[DUPLICATE_BROKER_REGISTRATION] = "duplicate_broker_registration"
 # the supervisor's control socket (SUPERVISOR_RESTART): why it restarts nothing
 UNKNOWN_NODE = 81                # no such node among the supervisor's children
 NODE_GIVEN_UP = 82               # the supervisor gave up on the node (crash loop)

@@ -172,6 +172,7 @@ class Heartbeat(NamedTuple):
     incarnation: str | None = None
     metadata_version: int | None = None
     cluster_id: str | None = None       # brokers: the cluster they belong to
+    directory_id: str | None = None     # brokers: the id of their data directory (meta.properties)
 
     def to_header(self) -> dict:
         return {k: v for k, v in self._asdict().items() if v is not None}
@@ -180,7 +181,8 @@ class Heartbeat(NamedTuple):
     def from_header(cls, h: dict) -> "Heartbeat":
         return cls(_field(h, "node", str), _field(h, "role", str), _field(h, "pid", int), _field(h, "ts_ms", int),
                    _field(h, "broker_id", int, True), _field(h, "incarnation", str, True),
-                   _field(h, "metadata_version", int, True), _field(h, "cluster_id", str, True))
+                   _field(h, "metadata_version", int, True), _field(h, "cluster_id", str, True),
+                   _field(h, "directory_id", str, True))
 
 
 class ReplicaPosition(NamedTuple):

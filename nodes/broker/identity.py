@@ -17,6 +17,11 @@ version beacon alike: each carries the cluster id and the coordinator's state id
 A refusal is logged once per coordinator process and shown in STATS (``metadata_refused``);
 the broker keeps what it has. Recovery is the operator's call: see docs/replication.md.
 
+The data directory has an id of its own (``directory.id``, Kafka's KIP-858), made and written
+before the broker first registers: the broker names it in its registration and heartbeats, and
+the coordinator refuses a second live process of one broker id from another directory (two
+configs giving the same id to two brokers).
+
 The version is written at most once per ``VERSION_PERSIST_INTERVAL_MS`` (``persist()``, from a
 timer), so after a crash the broker may accept a state up to that much older.
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +76,13 @@ class MetadataGuard:
         self.broker_id = broker_id
         self.cluster_id = ""  # "" until the first accepted metadata that carries one
         self.version_seen = -1
+        self.directory_id = ""
         if self.path.exists():
             try:
                 props = read_properties(self.path)
                 self.cluster_id = props.get("cluster.id", "")
                 self.version_seen = int(props.get("metadata.version", "-1"))
+                self.directory_id = props.get("directory.id", "")
                 stored_broker = int(props.get("broker.id", str(broker_id)))
             except (OSError, ValueError, UnicodeDecodeError) as e:
                 raise IdentityError(f"cannot read {self.path}: {e}") from e
@@ -84,7 +92,10 @@ class MetadataGuard:
         self.state_id = ""  # the coordinator process whose metadata we take
         self.refused: dict[str, str] = {}  # state id -> reason (insertion-ordered, bounded)
         self.last_refusal = ""
-        self._persisted_version = self.version_seen
+        self._persisted = (self.cluster_id, self.version_seen)
+        if not self.directory_id:  # a new directory, or one from before directory ids
+            self.directory_id = uuid.uuid4().hex
+            self._write()
 
     def admit(self, md: ClusterMetadata) -> bool:
         """True if ``md`` may be applied (and it is then taken as accepted). False (logged once
@@ -120,11 +131,12 @@ class MetadataGuard:
                                           "coordinator's state restored from an old copy? Keeping the partitions this broker has.")
         return False
 
-    def registration_refused(self, reason: str) -> None:
-        """The coordinator refused our registration (``reason``; "" once it accepts one)."""
-        if reason and reason != self.last_refusal:
-            log.error("the coordinator refused this broker: %s (was the coordinator started without its "
-                      "state? Keeping the partitions this broker has.)", reason)
+    def registration_refused(self, reason: str, hint: str = "was the coordinator started without its state? "
+                                                               "Keeping the partitions this broker has.") -> None:
+        """The coordinator refused our registration (``reason``, and ``hint`` for the log;
+        "" once it accepts one)."""
+        if reason and f"the coordinator refused this broker: {reason}" != self.last_refusal:
+            log.error("the coordinator refused this broker: %s (%s)", reason, hint)
         if reason or self.last_refusal.startswith("the coordinator refused"):
             self.last_refusal = f"the coordinator refused this broker: {reason}" if reason else ""
 
@@ -141,8 +153,14 @@ class MetadataGuard:
     def persist(self) -> None:
         """Write the cluster id and the highest accepted version if they changed (a timer calls
         this every VERSION_PERSIST_INTERVAL_MS, and close). Raises StorageFull / EngineError."""
-        if not self.cluster_id or (self.path.exists() and self.version_seen == self._persisted_version):
+        if not self.cluster_id or (self.cluster_id, self.version_seen) == self._persisted:
             return
-        write_properties(self.path, {"version": str(FORMAT_VERSION), "cluster.id": self.cluster_id,
-                                     "broker.id": str(self.broker_id), "metadata.version": str(self.version_seen)})
-        self._persisted_version = self.version_seen
+        self._write()
+
+    def _write(self) -> None:
+        """Raises StorageFull / EngineError."""
+        values = {"version": str(FORMAT_VERSION), "broker.id": str(self.broker_id), "directory.id": self.directory_id}
+        if self.cluster_id:
+            values.update({"cluster.id": self.cluster_id, "metadata.version": str(self.version_seen)})
+        write_properties(self.path, values)
+        self._persisted = (self.cluster_id, self.version_seen)

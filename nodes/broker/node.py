@@ -49,7 +49,7 @@ ISR_CHECK_INTERVAL_MS = 250
 METADATA_REQUEST_TIMEOUT_MS = 2000
 METADATA_RETRY_MS = 200  # a refused snapshot request is made again after this, doubling
 METADATA_RETRY_MAX_MS = 2000
-REGISTER_REFUSED_RETRY_MS = 2000  # a coordinator of another cluster: ask again, slowly
+REGISTER_REFUSED_RETRY_MS = 2000  # a coordinator of another cluster, a duplicate broker id: ask again, slowly
 STRAYS_SHOWN_MAX = 100  # in STATS
 PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each creates files)
 PARTITION_OPEN_RETRY_MS = 1000  # a pass whose opens all failed (a full disk): the next one after this
@@ -169,6 +169,12 @@ class Broker(Node):
                               err.message)
                     self._reregister_as_new_incarnation()
                     return
+                if err is not None and err.code == P.DUPLICATE_BROKER_REGISTRATION:
+                    # another live process is this broker: asked again, as this same process
+                    # (taken once that one is dead), never as a new one (that would refence it)
+                    self.guard.registration_refused(err.message, f"data directory {self.data_dir}")
+                    self.reactor.call_later(REGISTER_REFUSED_RETRY_MS, self._register)
+                    return
                 refused = err is not None and err.code == P.INCONSISTENT_CLUSTER_ID
                 self.guard.registration_refused(err.message if refused else "")  # type: ignore[union-attr]
                 self.reactor.call_later(REGISTER_REFUSED_RETRY_MS if refused else 200, self._register)
@@ -189,7 +195,8 @@ class Broker(Node):
                 # (the coordinator's version sent at our subscription, a delta): a snapshot now
                 self._refresh_metadata()
         self.coordinator.request(P.BROKER_REGISTER, {"broker_id": self.broker_id, "incarnation": incarnation,
-                                                     "cluster_id": self.guard.cluster_id},
+                                                     "cluster_id": self.guard.cluster_id,
+                                                     "directory_id": self.guard.directory_id},
                                  callback=done, timeout_ms=METADATA_REQUEST_TIMEOUT_MS)
 
     def _refresh_metadata(self) -> None:
@@ -457,7 +464,8 @@ class Broker(Node):
     # -- stats / lifecycle ------------------------------------------------------------------
     def heartbeat_fields(self) -> dict[str, Any]:
         return dict(super().heartbeat_fields(), broker_id=self.broker_id, incarnation=self.incarnation,
-                    metadata_version=self.metadata.version, cluster_id=self.guard.cluster_id)
+                    metadata_version=self.metadata.version, cluster_id=self.guard.cluster_id,
+                    directory_id=self.guard.directory_id)
 
     def _on_ping(self, req: wire.Request) -> dict:
         return dict(super()._on_ping(req), engine=self.storage.engine, strays=len(self.dirs.strays),

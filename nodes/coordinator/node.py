@@ -67,6 +67,7 @@ class Coordinator(Node):
         # older than what it has seen) from pushes of this one that arrive out of order
         self.state_id = new_id()
         self._foreign_brokers: dict[int, str] = {}  # broker id -> the other cluster id it reported
+        self._duplicates_logged: dict[int, str] = {}  # broker id -> the last refused duplicate process logged
         self.brokers = {bid: BrokerInfo(bid, n.host, n.port, n.publish_port) for bid, (_, n) in config.brokers().items()}
         now = self.clock.now_ms()
         # after a restart every broker gets one session to show up before it is judged
@@ -316,9 +317,12 @@ class Coordinator(Node):
             return
         if self._foreign(bid, hb.cluster_id):
             return
+        if hb.incarnation is not None and self._duplicate(bid, hb.incarnation, hb.directory_id):
+            self.counters["duplicate_broker_heartbeats"] += 1
+            return
         self.heartbeats_from.add(bid)
         if hb.incarnation is not None:
-            self._observe_incarnation(bid, hb.incarnation)
+            self._observe_incarnation(bid, hb.incarnation, hb.directory_id)
         else:
             self._seen(bid)
 
@@ -336,8 +340,32 @@ class Coordinator(Node):
             # registers again as a new process
             raise RemoteError(P.STALE_BROKER_EPOCH, f"broker {bid}'s process {incarnation} was replaced by "
                               f"{self.state.incarnations.get(bid)}")
-        self._observe_incarnation(bid, incarnation)
+        directory = req.header.get("directory_id")
+        directory = directory if isinstance(directory, str) and directory else None
+        if self._duplicate(bid, incarnation, directory):
+            self.counters["duplicate_broker_registrations"] += 1
+            current = self.state.incarnations.get(bid)
+            if self._duplicates_logged.get(bid) != incarnation:
+                self._duplicates_logged[bid] = incarnation
+                log.error("broker %d: refusing process %s (data directory %s): process %s (data directory %s) is "
+                          "broker %d and alive -- do two configs give broker id %d to two brokers?", bid, incarnation,
+                          directory, current, self.state.directories.get(bid), bid, bid)
+            raise RemoteError(P.DUPLICATE_BROKER_REGISTRATION,
+                              f"another live process is broker {bid}: process {current}, data directory "
+                              f"{self.state.directories.get(bid)}; this process's data directory is {directory}. Two "
+                              f"brokers with id {bid}? Asked again until that process is dead")
+        self._observe_incarnation(bid, incarnation, directory)
         return {"metadata": self.metadata_wire()}
+
+    def _duplicate(self, bid: int, incarnation: str, directory: str | None) -> bool:
+        """``incarnation`` is a new process of broker ``bid`` from another data directory than
+        the current process's, which is alive: two processes configured as one broker (Kafka's
+        DUPLICATE_BROKER_REGISTRATION). A new process from the same directory is a restart (that
+        directory's lock says the previous one is gone); one of a broker that names no
+        directory (an older version), or of a dead one, is taken as before."""
+        current_directory = self.state.directories.get(bid)
+        return (directory is not None and current_directory is not None and directory != current_directory
+                and incarnation != self.state.incarnations.get(bid) and bid in self.alive)
 
     def _foreign(self, bid: int, cluster_id: Any) -> bool:
         """True if the broker says it belongs to another cluster (a coordinator started without
@@ -351,16 +379,22 @@ class Coordinator(Node):
                       "coordinator started without its state? see docs/replication.md)", bid, cluster_id, self.state.cluster_id)
         return True
 
-    def _observe_incarnation(self, bid: int, incarnation: str) -> None:
-        """A broker process announced itself. A new process of a broker we knew is a restart:
-        it may have lost an unflushed tail, so it is treated as down (out of every ISR, its
-        partitions re-elected with new epochs) and then up, before it acts on any metadata."""
+    def _observe_incarnation(self, bid: int, incarnation: str, directory: str | None = None) -> None:
+        """A broker process announced itself (from data directory ``directory``, if it names
+        one; not a ``_duplicate``: the caller judged that). A new process of a broker we knew is
+        a restart: it may have lost an unflushed tail, so it is treated as down (out of every
+        ISR, its partitions re-elected with new epochs) and then up, before it acts on any
+        metadata."""
         known = self.state.incarnations.get(bid)
         if self._replaced(bid, incarnation):
             self.counters["replaced_process_heartbeats"] += 1
             return
         if known != incarnation:
             self.state.incarnations[bid] = incarnation
+            if directory is not None:
+                self.state.directories[bid] = directory
+            else:
+                self.state.directories.pop(bid, None)
             if known is not None:
                 # stored with the restart (a write that fails takes both back: one that could
                 # not be stored goes back to naming ``known`` -- maybe the live process, after a
@@ -381,6 +415,8 @@ class Coordinator(Node):
             # naming a process the metadata showed replaced for stale), with the fencing still
             # owed for the partitions its being down changed nothing in
             self.commit()
+        elif directory is not None and self.state.directories.get(bid) != directory:
+            self.state.directories[bid] = directory  # a state from before directory ids: stored with the next commit
         self._seen(bid)
 
     def _replaced(self, bid: int, incarnation: str) -> bool:

@@ -67,6 +67,8 @@ class ClusterState:
     # broker id -> its latest processes that a stored restart replaced (oldest first, bounded
     # by the coordinator): their late messages are not a restart, and the metadata lists them
     replaced_incarnations: dict[int, list[str]] = field(default_factory=dict)
+    # broker id -> the data directory id its current process named (absent: it named none)
+    directories: dict[int, str] = field(default_factory=dict)
 
     def topic_deleted(self, topic_id: str) -> None:
         self.deleted_topic_ids = (self.deleted_topic_ids + [topic_id])[-DELETED_TOPIC_IDS_MAX:]
@@ -98,7 +100,8 @@ class StateStore:
                              deleted_topic_ids=list(raw.get("deleted_topic_ids", [])),
                              cluster_id=raw.get("cluster_id") or new_id(),
                              replaced_incarnations={int(k): [str(i) for i in v]
-                                                    for k, v in raw.get("replaced_incarnations", {}).items()})
+                                                    for k, v in raw.get("replaced_incarnations", {}).items()},
+                             directories={int(k): str(v) for k, v in raw.get("directories", {}).items()})
         if not raw.get("cluster_id") or any(not t.get("id") for t in raw.get("topics", {}).values()):
             self.save(state)  # ids made for an older state file must not change at the next start
         return state
@@ -112,6 +115,7 @@ class StateStore:
             "next_producer_id": state.next_producer_id,
             "incarnations": {str(k): v for k, v in state.incarnations.items()},
             "replaced_incarnations": {str(k): v for k, v in state.replaced_incarnations.items()},
+            "directories": {str(k): v for k, v in state.directories.items()},
             "offsets_snapshots": {str(k): v for k, v in state.offsets_snapshots.items()},
             "deleted_topic_ids": state.deleted_topic_ids,
             "topics": {n: {"id": t.topic_id, "configs": t.configs, "partitions": [p.to_list() for p in t.partitions]}
