@@ -196,9 +196,11 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         returned."""
         if self.subscription:
             self._revoke()
+            self._finish_async_commits()  # as a member: before it leaves
             self._leave()
         else:
             self._auto_commit_sync()
+            self._finish_async_commits()
             super().assign([])
         self.subscription = []
         self.auto_commit_bounds = {}
@@ -411,16 +413,19 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         self.member_id, self.generation = "", -1
 
     def close(self) -> None:
-        """Commit (with auto-commit), revoke, leave the group at once, release everything. An
-        assigned consumer commits outside any generation; a refusal is logged, not raised."""
+        """Commit (with auto-commit), revoke, wait for the asynchronous commits in flight (as
+        long as a commit may take), leave the group at once, release everything. An assigned
+        consumer commits outside any generation; a refusal is logged, not raised."""
         if self._closed:
             return
         try:
             if self.subscription:
                 self._revoke()
+                self._finish_async_commits()  # as a member: before it leaves
                 self._leave()
             else:
                 self._auto_commit_sync()
+                self._finish_async_commits()
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.stop()

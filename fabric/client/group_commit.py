@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.consumer import TopicPartition
-from fabric.client.group_link import REJOIN_ERRORS, CoordinatorLink
+from fabric.client.group_link import REJOIN_ERRORS, CoordinatorLink, Pump
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
 
@@ -67,6 +67,7 @@ class GroupCommits:
     _lock: threading.Lock
     _active: bool
     _link: CoordinatorLink
+    reactor: Pump
 
     if TYPE_CHECKING:  # GroupConsumer's, never these
         def _call(self, command: bytes, header: dict, *, timeout_ms: int = ..., retry_ms: int = ...) -> dict: ...
@@ -96,7 +97,9 @@ class GroupCommits:
                        if pos is not None and self._last_committed.get(tp) != pos}
         if not offsets:
             return
-        if self.subscription and (not self.member_id or self.generation < 0):
+        with self._lock:  # once: the heartbeat thread may leave meanwhile (max_poll_interval_ms)
+            member_id, generation = self.member_id, self.generation
+        if self.subscription and (not member_id or generation < 0):
             # not a member of any generation (it left for max_poll_interval_ms, or has not joined
             # yet): generation -1 is an administrator's commit, which may move offsets backward
             # (Kafka's CommitFailedException: "not part of an active group")
@@ -108,7 +111,7 @@ class GroupCommits:
             if self.on_commit is not None:
                 self.on_commit(dict(offsets), refused)
             return
-        header = self._commit_header(offsets)
+        header = self._commit_header(offsets, member_id, generation)
         if asynchronous:
             self._commit_async(offsets, header, lambda err: log.warning("group %s: async commit failed: %s",
                                                                         self.group_id, err))
@@ -116,23 +119,25 @@ class GroupCommits:
         try:
             self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS)
         except CodedError as e:
-            self._on_group_error(e)
+            self._on_group_error(e, generation)
             if e.code in REJOIN_ERRORS:
                 raise CommitFailed(e.code, e.message) from e
             raise
         self._committed(offsets)
 
-    def _commit_header(self, offsets: dict[TopicPartition, int]) -> dict:
-        """OFFSET_COMMIT's header: as this member of its generation, or (an assigned consumer,
-        member id "" and generation -1) outside any generation."""
-        return {"group": self.group_id, "member_id": self.member_id, "generation": self.generation,
+    def _commit_header(self, offsets: dict[TopicPartition, int], member_id: str, generation: int) -> dict:
+        """OFFSET_COMMIT's header: as member ``member_id`` of ``generation`` (read once, under
+        the lock), or (an assigned consumer, member id "" and generation -1) outside any
+        generation."""
+        return {"group": self.group_id, "member_id": member_id, "generation": generation,
                 "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())]}
 
     def _commit_async(self, offsets: dict[TopicPartition, int], header: dict,
                       failed: Callable[[RemoteError], None]) -> None:
-        """Send the commit; its reply, on this consumer's reactor, records it or hands the
-        error to ``failed``; either goes to ``on_commit``."""
-        generation = self.generation
+        """Send the commit (``header`` from ``_commit_header``); its reply, on this
+        consumer's reactor, records it or hands the error to ``failed``; either goes to
+        ``on_commit``."""
+        generation = header["generation"]
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._async_commits_in_flight -= 1
@@ -149,6 +154,16 @@ class GroupCommits:
         except CodedError:  # not sent (the coordinator could not be found): no reply will come
             self._async_commits_in_flight -= 1
             raise
+
+    def _finish_async_commits(self, timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
+        """Run the reactor until the asynchronous commits in flight are answered, up to
+        ``timeout_ms`` (as long as one may take): ``close`` and ``unsubscribe`` call it before
+        the connection goes or the membership changes, as Kafka's close waits for pending
+        async commits -- one dropped with the connection brought its records again to whoever
+        read the partition next."""
+        deadline = self.clock.now_ms() + timeout_ms
+        while self._async_commits_in_flight and self.clock.now_ms() < deadline:
+            self.reactor.run_once(min(100, max(1, deadline - self.clock.now_ms())))
 
     def _committed(self, offsets: dict[TopicPartition, int]) -> None:
         # what the coordinator holds now, also below the last commit (a commit outside any
@@ -228,7 +243,7 @@ class GroupCommits:
         """An assigned consumer's asynchronous auto-commit of ``offsets``: a refusal, or a
         commit that could not be sent, is logged (``_auto_commit_failed``), never raised."""
         try:
-            self._commit_async(offsets, self._commit_header(offsets), self._auto_commit_failed)
+            self._commit_async(offsets, self._commit_header(offsets, "", -1), self._auto_commit_failed)
         except CodedError as e:
             self._auto_commit_failed(e)
 

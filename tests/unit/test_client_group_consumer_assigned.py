@@ -18,6 +18,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client.group import GroupConsumer
+from fabric.client.group_commit import COMMIT_TIMEOUT_MS
 from fabric.errors import RequestTimeout, SubscriptionConflictError
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
                                                 consumer_config)
@@ -276,3 +277,49 @@ def test_assign_of_nothing_is_unsubscribe(assigned) -> None:  # noqa: ANN001
     a.consumer.assign([])
     assert a.consumer.subscription == [] and a.consumer.assignment() == []
     assert a.coordinator.committed.get(T0) == 10 and not a.coordinator.members
+
+
+class _RepliesOnThePass(ScriptedCoordinatorLink):
+    """A coordinator link whose asynchronous requests reach the coordinator, and are answered,
+    only in the consumer's next reactor pass -- as a socket's are; one closed before that pass
+    drops them."""
+
+    def __init__(self, answer: Callable[[bytes, dict], dict], broker: OnePartitionBroker) -> None:
+        super().__init__(answer)
+        self.broker = broker
+
+    def request(self, command: bytes, header: dict, *, callback: Callable, timeout_ms: int = 0) -> None:
+        def deliver() -> None:
+            if self.connected:
+                ScriptedCoordinatorLink.request(self, command, header, callback=callback)
+        self.broker.replies.append(deliver)
+
+
+@pytest.mark.parametrize("how", ["assign", "commit_async"])
+def test_close_waits_for_the_asynchronous_commits_in_flight(assigned, how: str) -> None:  # noqa: ANN001
+    """As Kafka's close: an asynchronous commit still on its way -- assign()'s of the partitions
+    it dropped, or the application's commit(asynchronous=True) -- is waited for, not dropped
+    with the connection (its records then came again to whoever read the partition next)."""
+    a = assigned()
+    a.link = _RepliesOnThePass(a.coordinator, a.broker)
+    a.consumer._link = a.link
+    a.poll()
+    if how == "assign":
+        a.consumer.assign([T1])
+    else:
+        a.consumer.commit(asynchronous=True)
+    a.consumer.close()
+    assert a.coordinator.committed.get(T0) == 10, "the commit in flight was dropped at close"
+    assert a.consumer._async_commits_in_flight == 0
+
+
+def test_close_waits_no_longer_than_a_commit_may_take(assigned) -> None:  # noqa: ANN001
+    a = assigned()
+    a.link = _RepliesOnThePass(a.coordinator, a.broker)
+    a.consumer._link = a.link
+    a.poll()
+    a.link.request = lambda *args, **kw: None  # type: ignore[method-assign]  # a coordinator that never answers
+    a.consumer.commit(asynchronous=True)
+    start = a.reactor.clock.now_ms()
+    a.consumer.close()
+    assert a.reactor.clock.now_ms() - start <= COMMIT_TIMEOUT_MS + 1000

@@ -339,3 +339,46 @@ def test_the_expiry_leaves_room_for_the_commits_of_live_groups(tmp_path: Path, m
     except RemoteError as e:
         out = e
     assert out is DEFER, f"a live member's commit was refused because the expiry took every slot: {out}"
+
+
+class _LeavesBeforeTheHeader(GroupConsumer):
+    """The heartbeat thread leaves the group (max_poll_interval_ms) while the consumer's thread
+    is in commit(), after its check of the membership and before the header is built."""
+
+    leave: object = None
+
+    def _commit_header(self, *args):  # noqa: ANN002, ANN202
+        leave, self.leave = self.leave, None
+        if callable(leave):
+            leave()
+        return super()._commit_header(*args)
+
+
+def test_a_commit_reads_the_membership_once_a_leave_meanwhile_is_no_administrators_commit(tmp_path: Path) -> None:
+    """commit() checked the member id and generation, then read them again for the header: a
+    leave by the heartbeat thread in between sent member "" and generation -1 -- an
+    administrator's commit, which an emptied group takes (it may move offsets backward)."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    clock = ManualClock(1000)
+    answer = _bridge(gc, context, client)
+    a = _LeavesBeforeTheHeader("127.0.0.1:1", group_id="g", coordinator=ScriptedCoordinatorLink(answer),
+                               heartbeat_factory=NoHeartbeat.make, clock=clock, enable_auto_commit=False,
+                               max_poll_interval_ms=5000)
+    try:
+        a.subscribe(["t"])
+        a.poll(0)
+        assert a.generation == 1
+        a.commit({("t", 0): 40})
+
+        def heartbeat_thread_leaves() -> None:
+            clock.advance(6000)
+            mid = a.leave_if_poll_expired()
+            assert mid
+            answer(P.LEAVE_GROUP, {"group": "g", "member_id": mid})  # what the heartbeat thread sends then
+        a.leave = heartbeat_thread_leaves
+        with pytest.raises(CommitFailed):
+            a.commit({("t", 0): 12})
+        assert gc.offsets.offsets_for("g")[("t", 0)].offset == 40, "the left member's commit moved the offset back"
+    finally:
+        a.leave = None
+        a.close()
