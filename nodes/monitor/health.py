@@ -108,8 +108,11 @@ def degraded_reasons(view: NodeView, config: LoomConfig) -> list[str]:
         out.append("STATS got no answer")
     elif view.stats_rtt_ms is not None and view.stats_rtt_ms > config.monitor.slow_response_ms:
         out.append(f"slow responses ({view.stats_rtt_ms} ms)")
-    if view.http_probe is not None and not view.http_probe.answered:
-        out.append(view.http_probe.detail)
+    probe = view.http_probe
+    if probe is not None and not probe.answered:
+        out.append(probe.detail)
+    elif probe is not None and probe.rtt_ms is not None and probe.rtt_ms > config.monitor.slow_response_ms:
+        out.append(f"slow HTTP answers ({probe.detail})")
     under = view.value("loom_broker_under_replicated_partitions")
     if under:
         out.append(f"lagging replicas: {int(under)} partitions it leads are under-replicated")

@@ -11,8 +11,12 @@ waits on the coordinator (up to 3 s when it is gone), and probing it would have 
 gateway restarted while the coordinator was down.
 
 One thread per gateway, at most one probe in flight: the reactor only calls ``start`` and
-``outcome``, which never block. A probe in flight for longer than its timeout is a failure
-whatever its thread is stuck on (name resolution, a server trickling bytes).
+``outcome``, which never block. A probe in flight for longer than its timeout (the monitor's
+``slow_response_ms``) is a failure whatever its thread is stuck on (name resolution, a server
+trickling bytes) -- but its socket waits on for a late answer, up to ``wait_ms`` (the monitor's
+``unresponsive_after_ms``): a gateway under load that answers in twice ``slow_response_ms`` is
+slow (degraded), and each answer ends its failure. Given up at the timeout, every probe of such
+a gateway failed, and it was judged unresponsive and restarted while it served.
 
 Thread-safety: ``start``, ``outcome`` and ``close`` may be called from any thread; the rest
 belongs to the probe's thread.
@@ -61,8 +65,11 @@ def probe_http(host: str, port: int, timeout_ms: int, path: str = LIVENESS_PATH)
 class HttpProbe:
     """Probes one gateway's HTTP port when asked, on a thread of its own."""
 
-    def __init__(self, host: str, port: int, timeout_ms: int) -> None:
+    def __init__(self, host: str, port: int, timeout_ms: int, wait_ms: int | None = None) -> None:
+        """``timeout_ms``: in flight longer, the probe is a failure; ``wait_ms`` (at least
+        ``timeout_ms``, the default): how long its socket waits for a late answer."""
         self.host, self.port, self.timeout_ms = host, port, timeout_ms
+        self.wait_ms = max(timeout_ms, wait_ms if wait_ms is not None else timeout_ms)
         self._lock = threading.Lock()
         self._kick = threading.Event()
         self._closed = False
@@ -95,7 +102,7 @@ class HttpProbe:
             self._kick.clear()
             if self._closed:
                 return
-            out = probe_http(self.host, self.port, self.timeout_ms)
+            out = probe_http(self.host, self.port, self.wait_ms)
             with self._lock:
                 self._last, self._started_s = out, None
 

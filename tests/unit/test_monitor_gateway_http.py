@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,14 +46,13 @@ def http_port_that_never_answers() -> Iterator[int]:
 
 
 @contextmanager
-def http_server_with_stuck_threads() -> Iterator[tuple[int, threading.Event]]:
-    """An HTTP server on 127.0.0.1 whose request threads are stuck until the event is set
-    (then they answer 200); yields its port and that event."""
-    unstuck = threading.Event()
+def http_server(before_answer: Callable[[], object]) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 whose request threads each call ``before_answer`` and then
+    answer 200; yields its port."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            unstuck.wait()
+            before_answer()
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -66,12 +65,34 @@ def http_server_with_stuck_threads() -> Iterator[tuple[int, threading.Event]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server.server_address[1], unstuck
+        yield server.server_address[1]
     finally:
-        unstuck.set()
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextmanager
+def http_server_with_stuck_threads() -> Iterator[tuple[int, threading.Event]]:
+    """An HTTP server on 127.0.0.1 whose request threads are stuck until the event is set
+    (then they answer 200); yields its port and that event."""
+    unstuck = threading.Event()
+    try:
+        with http_server(unstuck.wait) as port:
+            yield port, unstuck
+    finally:
+        unstuck.set()
+
+
+@contextmanager
+def http_server_answering_after(delay_s: float) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 that answers every request 200, each after ``delay_s``."""
+    stop = threading.Event()
+    try:
+        with http_server(lambda: stop.wait(delay_s)) as port:
+            yield port
+    finally:
+        stop.set()
 
 
 def port_has_connections(port: int, count: int) -> bool:
@@ -152,6 +173,28 @@ def test_a_gateway_whose_stuck_request_threads_serve_again_is_healthy_again(tmp_
         assert probe["answered"] and probe["status"] == 200 and probe["failing_ms"] is None, probe
         monitor.clock.advance(UNRESPONSIVE_AFTER_MS + 1)  # type: ignore[attr-defined]
         assert check_with_stats_answered(monitor) == H.HEALTHY, view.reason  # earlier failures no longer count
+
+
+def test_a_gateway_that_answers_slowly_is_degraded_never_unresponsive(tmp_path: Path) -> None:
+    """A gateway under load answering /health/live in twice ``slow_response_ms``: each probe
+    gave up at ``slow_response_ms`` (its socket timeout), so every probe failed and the gateway
+    was judged unresponsive and restarted -- every WebSocket and consumer instance dropped for a
+    gateway that serves. A late answer is now waited for (up to ``unresponsive_after_ms``):
+    slow is degraded, only no answer is unresponsive. The monitor's clock follows real time."""
+    with http_server_answering_after(2 * SLOW_RESPONSE_MS / 1000) as port, \
+            monitor_of_gateway(tmp_path, port) as monitor:
+        view, states, slow_seen = monitor.views["gateway"], set(), False
+        started = last = time.monotonic()
+        while time.monotonic() - started < 3 * UNRESPONSIVE_AFTER_MS / 1000:  # bounded: 6 s
+            threading.Event().wait(0.05)
+            now = time.monotonic()
+            monitor.clock.advance(int((now - last) * 1000))  # type: ignore[attr-defined]
+            last = now
+            states.add(check_with_stats_answered(monitor))
+            slow_seen = slow_seen or "slow HTTP answers" in view.reason
+        assert H.UNRESPONSIVE not in states, view.reason
+        assert not [e for e in monitor.events if e["kind"] == "recovery" and e.get("node") == "gateway"]
+        assert slow_seen and states <= {H.HEALTHY, H.DEGRADED}, states
 
 
 def test_a_gateway_is_not_restarted_for_its_http_port_while_the_coordinator_is_out(tmp_path: Path) -> None:
