@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fabric.apikeys import ROLES, hash_key, hashes_equal
@@ -84,6 +85,7 @@ class RateLimiter:
         self.clients_max = clients_max
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # client -> [tokens, last_s]
         self._lock = threading.Lock()
+        self.refused_table_full = 0  # new clients refused because the table was full of buckets in use
 
     def take(self, client: str, now_s: float | None = None, keyed: bool = False) -> float:
         """Take one token: 0.0 when allowed, else the seconds until one is available (for a new
@@ -96,6 +98,7 @@ class RateLimiter:
                 if len(self._buckets) >= self.clients_max:
                     wait_s = self._evict_one_full(now)
                     if wait_s > 0 and not keyed:
+                        self.refused_table_full += 1
                         return wait_s
                 bucket = self._buckets[client] = [float(self.burst), now]
             else:
@@ -106,6 +109,16 @@ class RateLimiter:
                 bucket[0] -= 1.0
                 return 0.0
             return (1.0 - bucket[0]) / self.rate_per_s
+
+    def samples(self) -> Iterator[tuple[str, tuple, float]]:
+        """``loom_gateway_rate_limit_clients`` (buckets in the table) and
+        ``…_table_full_total`` (new clients refused for a full table: raise
+        ``gateway.rate_limit_clients_max`` if it is not a flood): a collector of the control
+        node's metrics registry."""
+        with self._lock:
+            clients, refused = len(self._buckets), self.refused_table_full
+        yield "loom_gateway_rate_limit_clients", (), float(clients)
+        yield "loom_gateway_rate_limit_table_full_total", (), float(refused)
 
     def _tokens(self, bucket: list[float], now: float) -> float:
         return min(float(self.burst), bucket[0] + max(0.0, now - bucket[1]) * self.rate_per_s)

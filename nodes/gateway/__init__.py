@@ -130,6 +130,7 @@ class Gateway:
                              on_bug=stop_worker, hold=hold)
         app = create_app(ctx)
         self.control.metrics.add_collector(ctx.long_polls.samples)
+        self.control.metrics.add_collector(limiter.samples)
         self.control.start()
         threading.Thread(target=reclaim_instances, args=(agent,), name="loom-reclaim-instances", daemon=True).start()
         return app

@@ -13,6 +13,7 @@ import yaml
 
 from fabric.apikeys import ADMIN_KEY_ENV, ensure_admin_key, hash_key, read_admin_key
 from fabric.config import ConfigError, GatewayConfig, SecurityConfig, parse_config
+from fabric.metrics import METRICS
 from nodes.cli_keys import add_key_line
 from tests.unit.fakes import KEYS, StubAgent
 from webui.app import create_app
@@ -127,6 +128,18 @@ def test_a_limited_address_keeps_its_bucket_however_many_addresses_come_after_it
         c.get("/health", environ_base={"REMOTE_ADDR": f"10.0.2.{i}"})
     assert c.get("/health", environ_base=limited).status_code == 429, \
         "other addresses evicted the limited address's bucket: it came back full"
+
+
+def test_the_limiter_reports_its_table_and_the_clients_it_refused_for_a_full_one() -> None:
+    """A 429 for a full table (raise ``gateway.rate_limit_clients_max``) and one for a client
+    over its rate looked the same to an operator: the refusals for a full table are counted."""
+    rl = RateLimiter(rate_per_s=10, burst=1, clients_max=2)
+    assert rl.take("a", 0.0) == 0 and rl.take("b", 0.0) == 0
+    assert rl.take("a", 0.0) > 0  # over its rate: not a table refusal
+    assert rl.take("c", 0.0) > 0 and rl.take("d", 0.0) > 0  # the table is full of buckets in use
+    samples = {name: value for name, _labels, value in rl.samples()}
+    assert samples == {"loom_gateway_rate_limit_clients": 2.0, "loom_gateway_rate_limit_table_full_total": 2.0}
+    assert {name for name, *_ in rl.samples()} <= set(METRICS), "not declared in fabric/metrics.py"
 
 
 def test_key_store_compares_hashes_only() -> None:
