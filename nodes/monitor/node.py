@@ -25,6 +25,7 @@ snapshot, take items from their own queues or hand back one outcome under a lock
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from typing import Any
@@ -373,7 +374,7 @@ class Monitor(Node):
                   "supervised": self.recovery.supervises(v.name), "http_probe": self._http_probe_status(v, now)}
                  for v in self.views.values()]
         nodes.append({"node": self.name, "role": self.role, "host": self.node_config.host, "port": self.node_config.port,
-                      "state": H.HEALTHY, "reason": "", "pid": None, "since_ms": 0, "restarts": 0, "silent_ms": 0,
+                      "state": H.HEALTHY, "reason": "", "pid": os.getpid(), "since_ms": 0, "restarts": 0, "silent_ms": 0,
                       "supervised": self.recovery.supervises(self.name), "http_probe": None})
         if not up(coord) or counts.get("offline") or not any(up(b) for b in brokers):
             cluster_state = H.DOWN if not up(coord) or not any(up(b) for b in brokers) else H.DEGRADED

@@ -20,7 +20,7 @@ from fabric.clock import ManualClock
 from fabric.config import LoomConfig, load_config
 from fabric.rpc import BlockingClient
 from nodes.gateway.control import GatewayControl
-from nodes.local_cluster import make_config, wait_until
+from nodes.local_cluster import free_ports, make_config, wait_until
 from nodes.monitor import Monitor
 from nodes.monitor import health as H
 from nodes.monitor.http_probe import STOP_JOIN_TIMEOUT_S, HttpProbe
@@ -252,3 +252,10 @@ def test_close_waits_for_stuck_probes_once_not_once_per_gateway(tmp_path: Path) 
         monitor.close()
         took_s = time.monotonic() - started
     assert took_s < 2 * STOP_JOIN_TIMEOUT_S, f"close took {took_s:.1f} s for three stuck probes"
+
+
+def test_the_monitors_own_row_names_its_pid(tmp_path: Path) -> None:
+    """`loom status` showed '-' as the monitor's pid: its own row had none."""
+    with monitor_of_gateway(tmp_path, free_ports(1)[0]) as monitor:
+        row = next(n for n in monitor.status()["nodes"] if n["node"] == "monitor")
+        assert row["pid"] == os.getpid()
