@@ -46,6 +46,7 @@ from typing import Any
 
 from fabric import protocol as P
 from fabric import wire
+from fabric.config import LimitsConfig
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
 from nodes.coordinator.assignors import ASSIGNORS, DEFAULT_ASSIGNOR, assign
@@ -58,7 +59,8 @@ log = logging.getLogger(__name__)
 
 TICK_INTERVAL_MS = 100
 OFFSETS_EXPIRY_CHECK_MS = 60_000   # how often empty groups' offsets are checked for their retention
-OFFSETS_RETENTION_MS = 7 * 24 * 3600 * 1000
+# limits.group_offsets_retention_ms's default (Kafka's offsets.retention.minutes: 7 days)
+OFFSETS_RETENTION_MS = LimitsConfig.model_fields["group_offsets_retention_ms"].default
 SESSION_TIMEOUT_MS_MIN = 300
 SESSION_TIMEOUT_MS_MAX = 300_000
 REBALANCE_TIMEOUT_MS_MAX = 600_000
