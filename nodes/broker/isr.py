@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 ALTER_ISR_TIMEOUT_MS = 3000
 # whole-request errors that say the coordinator applied nothing; any other (a timeout, an
 # internal error after it took the change but failed to store it) leaves the outcome unknown
-REFUSED_UNAPPLIED = frozenset({P.MALFORMED_REQUEST, P.REQUEST_TOO_LARGE, P.UNKNOWN_COMMAND, P.BUFFER_FULL})
+# (STALE_BROKER_EPOCH: we are not the process the coordinator takes for this broker -- a
+# duplicate refused, registering again; the metadata or our registration says what to do)
+REFUSED_UNAPPLIED = frozenset({P.MALFORMED_REQUEST, P.REQUEST_TOO_LARGE, P.UNKNOWN_COMMAND, P.BUFFER_FULL,
+                               P.STALE_BROKER_EPOCH})
 
 # (header, callback(header | None, payloads, error | None)) -> None: sends one ALTER_ISR
 SendAlterIsr = Callable[[dict, Callable], None]

@@ -130,6 +130,12 @@ class Broker(Node):
         # a random id per process: the coordinator treats a new one as a restart and moves
         # leadership away from epochs this process may not have all the data of
         self.incarnation = os.urandom(8).hex()
+        # the process the coordinator took us for last (``incarnation`` once it accepts it):
+        # named in our replica reports and ISR proposals. A process registering again as a new
+        # one is not that one yet -- and refused as a duplicate (another live process is this
+        # broker) never becomes it -- so what it reports and proposes meanwhile is judged as the
+        # process it was: one replaced, ignored by leaders and refused by the coordinator
+        self.accepted_incarnation = self.incarnation
         self._registered = False
         self.reactor.call_later(0, self._register)
 
@@ -180,6 +186,7 @@ class Broker(Node):
                 self.reactor.call_later(REGISTER_REFUSED_RETRY_MS if refused else 200, self._register)
                 return
             self._registered = True
+            self.accepted_incarnation = incarnation
             self.guard.registration_refused("")
             readable, update = self._read_answer(header, "registration")
             if not readable:  # registered, but with nothing to act on: again (the same process)
@@ -421,7 +428,7 @@ class Broker(Node):
         leader = LeaderEndpoint(client, endpoint, leader_id, self.broker_id,
                                 blocked=lambda: self.faults.blocks_broker(leader_id),
                                 topic_ids_of=lambda topics: self.metadata.topic_ids_of(topics),
-                                incarnation=lambda: self.incarnation)
+                                incarnation=lambda: self.accepted_incarnation)
         return ReplicaFetcher(leader, FetchSettings(cfg.transport == "fetch", cfg.replica_fetch_wait_ms,
                                                     cfg.replica_fetch_bytes_max),
                               self.reactor.call_later, self.core.follower_appended, self.counters)
@@ -444,7 +451,10 @@ class Broker(Node):
         return {"metadata": self.metadata.to_wire()}
 
     def _send_alter_isr(self, header: dict, callback: Any) -> None:
-        self.coordinator.request(P.ALTER_ISR, header, callback=callback, timeout_ms=ALTER_ISR_TIMEOUT_MS)
+        # names the process (the coordinator refuses a proposal of one it does not take for
+        # this broker's: a duplicate's, refused, still leading in its own view)
+        self.coordinator.request(P.ALTER_ISR, dict(header, incarnation=self.accepted_incarnation), callback=callback,
+                                 timeout_ms=ALTER_ISR_TIMEOUT_MS)
 
     def _reregister_as_new_incarnation(self) -> None:
         """We were fenced (another broker leads a partition we thought ours): announce a new

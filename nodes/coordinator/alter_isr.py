@@ -1,7 +1,7 @@
 """ALTER_ISR on the coordinator: one request carries the ISR changes a leader proposes for many
 partitions (Kafka's AlterPartition), all applied with one durable write and one metadata push.
 
-Request header: ``{"broker_id": int, "parts": [{"topic", "partition", "leader_epoch",
+Request header: ``{"broker_id": int, "incarnation": str, "parts": [{"topic", "partition", "leader_epoch",
 "partition_epoch", "isr"}, ...]}`` (at most ``ALTER_ISR_PARTITIONS_MAX`` parts). Each part is
 judged on its own; the reply ``{"parts": [{"topic", "partition", "error", "message", "leader",
 "leader_epoch", "partition_epoch", "isr"}, ...]}`` gives, in request order, either error 0 and
@@ -13,6 +13,10 @@ the committed state (its ``partition_epoch`` tells the leader how new it is) or 
   recomputes. A routine race, not a sign of a restart.
 - ``INVALID_ISR``: the ISR leaves out the leader or adds a broker that is not alive.
 - ``UNKNOWN_TOPIC_OR_PARTITION``, ``MALFORMED_REQUEST``.
+
+A request naming another process (``incarnation``) than the broker's current one is refused as
+a whole (``STALE_BROKER_EPOCH``, nothing applied): a duplicate of the broker, refused while the
+current process lives, may still lead in its own view (node.py ``_on_alter_isr``).
 
 Not thread-safe: runs on the coordinator's reactor.
 """

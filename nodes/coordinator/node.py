@@ -285,6 +285,14 @@ class Coordinator(Node):
     def _on_alter_isr(self, req: wire.Request) -> dict:
         """Many partitions' ISR changes, one durable write, one push (nodes/coordinator/alter_isr.py)."""
         broker_id = req.get("broker_id", int)
+        incarnation = req.header.get("incarnation")
+        current = self.state.incarnations.get(broker_id)
+        if isinstance(incarnation, str) and incarnation and current is not None and incarnation != current:
+            # not the broker's process (a duplicate refused while it lives, one a restart
+            # replaced): its view of the partitions it "leads" is not the leader's (Kafka's
+            # AlterPartition broker epoch). One naming none is of an older broker.
+            self.counters["alter_isr_stale_broker_epoch"] += 1
+            raise RemoteError(P.STALE_BROKER_EPOCH, f"broker {broker_id}'s process is {current}, not {incarnation}")
         raw_parts = req.get("parts", list)
         if len(raw_parts) > P.ALTER_ISR_PARTITIONS_MAX:
             raise RemoteError(P.REQUEST_TOO_LARGE, f"{len(raw_parts)} parts is over {P.ALTER_ISR_PARTITIONS_MAX}")

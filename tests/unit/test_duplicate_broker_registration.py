@@ -21,9 +21,12 @@ from pathlib import Path
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
+from fabric.metadata import ClusterMetadata
+from nodes.broker.messages import FetchInput
 from nodes.broker.identity import FILE_NAME, MetadataGuard, read_properties
-from nodes.coordinator.store import StateStore
+from nodes.coordinator.store import PartitionState, StateStore, TopicState
 from tests.unit.builders_broker import start
+from tests.unit.fakes import RecordingClient
 
 
 def _register(coord, bid: int, incarnation: str, directory: str | None) -> tuple[dict | None, RemoteError | None]:  # noqa: ANN001
@@ -156,3 +159,94 @@ def test_a_refused_broker_asks_again_slowly_as_the_same_process(nodes) -> None: 
     broker.clock.advance(2_000)
     broker.reactor.run_once(0)
     assert [r[0] for r in loop.requests] == [P.BROKER_REGISTER]
+
+
+# -- a refused process that had been broker 1 before (the twin that won the start race, or a
+# paused process whose successor runs on another disk): it still holds that process's
+# metadata and partitions, and its harm must end with the refusal ----------------------------
+def _broker_1_replaced_from_another_directory(broker, coord, loop) -> str:  # noqa: ANN001
+    """Broker 1 (``broker``, registered) is judged dead -- its heartbeats never reach the
+    coordinator -- and a process of broker 1 from another data directory ("x", "dir-x") is
+    taken. ``broker`` reads the metadata naming "x", registers again as a new process and is
+    refused as a duplicate while "x" lives. Returns the process ``broker`` was."""
+    was = broker.incarnation
+    coord.alive.discard(1)
+    coord._on_broker_down(1)
+    assert _register(coord, 1, "x", "dir-x")[1] is None
+    for frames in loop.take_pushes():
+        loop.push(frames)
+    assert broker.incarnation != was and not broker._registered, "it did not register again"
+    broker.reactor.run_once(0)
+    answers = loop.serve(P.BROKER_REGISTER)
+    assert answers[0][2] is not None and answers[0][2].code == P.DUPLICATE_BROKER_REGISTRATION
+    loop.deliver(answers)
+    assert coord.state.incarnations[1] == "x"
+    return was
+
+
+def test_a_refused_process_reports_as_the_replaced_process_it_was(nodes) -> None:  # noqa: ANN001
+    """Its fetchers went on naming its new process: one no metadata names, whose reports a
+    leader counts (the process it was is listed replaced, the new one never is). Its log (its
+    own directory) counted as broker 1's -- broker 1 back in the ISR and the high watermark
+    moving on it while broker 1's real process "x" was behind: "x" elected, acknowledged
+    records lost."""
+    broker, coord, loop = nodes
+    coord.state.topics["u"] = TopicState([PartitionState(2, 0, [2, 1, 3], [2, 3])], {"min.insync.replicas": 2})
+    coord.commit()
+    broker._register()
+    loop.run_until_idle()
+    assert broker.partitions[("u", 0)].role == "follower" and 2 in broker.fetchers
+    _broker_1_replaced_from_another_directory(broker, coord, loop)
+    fetcher = broker.fetchers[2]
+    fetcher.leader.client = client = RecordingClient()
+    fetcher.leader.fetch([FetchInput("u", 0, 0, 1 << 20, 0, 0)], fetcher.settings, lambda *a: None)
+    fetcher.leader.ack([broker.partitions[("u", 0)]])
+    named = [client.sent[0][1]["incarnation"], client.oneway[0][1]["incarnation"]]
+    # a leader holding the coordinator's metadata (as this broker's own core does)
+    leader_view = ClusterMetadata.from_wire(coord.metadata_wire())
+    assert leader_view.brokers[1].incarnation == "x"
+    assert all(broker.core.current_process(1, n) is False for n in named), \
+        f"reports naming {named} count as broker 1's (replaced: {leader_view.brokers[1].replaced})"
+    # "x" dead, the refused process is taken (as a restart): its reports name it from then on
+    coord.alive.discard(1)
+    coord._on_broker_down(1)
+    broker.clock.advance(2_000)
+    broker.reactor.run_once(0)
+    loop.deliver(loop.serve(P.BROKER_REGISTER))
+    assert broker._registered and coord.state.incarnations[1] == broker.incarnation
+    assert fetcher.leader.incarnation() == broker.incarnation
+
+
+def test_a_refused_process_cannot_change_an_isr(nodes) -> None:  # noqa: ANN001
+    """It can hold a leadership of broker 1 at the current epochs: pushes lost while it was
+    paused, the version beacon shows it a gap, and the snapshot it asks for (which names "x")
+    is installed before it sees that it is not broker 1's process. Its followers fetch from
+    broker 1's real process, so it proposed them out of the ISR -- at the current epochs:
+    accepted -- and "x"'s ISR shrank to itself (acks=all on one copy, produces refused under
+    min.insync.replicas)."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    was = broker.incarnation
+    coord.alive.discard(1)  # paused: judged dead
+    coord._on_broker_down(1)
+    assert _register(coord, 1, "x", "dir-x")[1] is None  # broker 1 on another disk
+    coord.state.topics["t"].partitions[0].isr = [1, 2, 3]  # "x" caught up ...
+    coord.commit()
+    coord._restore_preferred_leaders()  # ... and leads again
+    ps = coord.state.topics["t"].partitions[0]
+    assert ps.leader == 1 and ps.isr == [1, 2, 3]
+    loop.take_pushes()  # lost while the old process was paused
+    coord._publish_metadata()
+    for frames in loop.take_pushes():
+        loop.push(frames)  # the beacon: a gap
+    loop.deliver(loop.serve(P.METADATA))  # the snapshot: leader of t-0 at the current epoch
+    assert broker.incarnation != was and broker.partitions[("t", 0)].is_leader
+    broker.reactor.run_once(0)
+    answers = loop.serve(P.BROKER_REGISTER)
+    assert answers[0][2] is not None and answers[0][2].code == P.DUPLICATE_BROKER_REGISTRATION
+    loop.deliver(answers)
+    broker.clock.advance(broker.config.replication.replica_lag_time_max_ms + 1)
+    broker._check_isr()
+    loop.deliver(loop.serve(P.ALTER_ISR))
+    assert coord.state.topics["t"].partitions[0].isr == [1, 2, 3], "a refused process shrank broker 1's ISR"
+    assert coord.state.incarnations[1] == "x"
