@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from engines.api import EngineError
 from engines.durable import replace_file
 from fabric.errors import LoomError
 from fabric.metadata import ClusterMetadata
@@ -76,7 +77,7 @@ class MetadataGuard:
         self.broker_id = broker_id
         self.cluster_id = ""  # "" until the first accepted metadata that carries one
         self.version_seen = -1
-        self.directory_id = ""
+        self.directory_id = ""  # the data directory's own, named in registrations and heartbeats
         if self.path.exists():
             try:
                 props = read_properties(self.path)
@@ -93,9 +94,17 @@ class MetadataGuard:
         self.refused: dict[str, str] = {}  # state id -> reason (insertion-ordered, bounded)
         self.last_refusal = ""
         self._persisted = (self.cluster_id, self.version_seen)
+        self._directory_stored = bool(self.directory_id)
         if not self.directory_id:  # a new directory, or one from before directory ids
             self.directory_id = uuid.uuid4().hex
-            self._write()
+            try:
+                self._write()
+            except EngineError as e:
+                # a full disk: the broker starts all the same, and persist() tries again. Until
+                # then a restart makes another id: it is taken once this process is judged dead
+                # (its connection closed, or its session), as a broker on a new disk
+                log.error("cannot write %s (%s): data directory id %s is not stored yet", self.path, e,
+                          self.directory_id)
 
     def admit(self, md: ClusterMetadata) -> bool:
         """True if ``md`` may be applied (and it is then taken as accepted). False (logged once
@@ -151,9 +160,11 @@ class MetadataGuard:
         return True
 
     def persist(self) -> None:
-        """Write the cluster id and the highest accepted version if they changed (a timer calls
-        this every VERSION_PERSIST_INTERVAL_MS, and close). Raises StorageFull / EngineError."""
-        if not self.cluster_id or (self.cluster_id, self.version_seen) == self._persisted:
+        """Write the cluster id and the highest accepted version if they changed, the directory
+        id if it is not stored yet, the whole file if it is gone (a timer calls this every
+        VERSION_PERSIST_INTERVAL_MS, and close). Raises StorageFull / EngineError."""
+        if self._directory_stored and self.path.exists() and \
+                (not self.cluster_id or (self.cluster_id, self.version_seen) == self._persisted):
             return
         self._write()
 
@@ -164,3 +175,4 @@ class MetadataGuard:
             values.update({"cluster.id": self.cluster_id, "metadata.version": str(self.version_seen)})
         write_properties(self.path, values)
         self._persisted = (self.cluster_id, self.version_seen)
+        self._directory_stored = True

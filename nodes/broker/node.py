@@ -475,7 +475,7 @@ class Broker(Node):
     def heartbeat_fields(self) -> dict[str, Any]:
         return dict(super().heartbeat_fields(), broker_id=self.broker_id, incarnation=self.incarnation,
                     metadata_version=self.metadata.version, cluster_id=self.guard.cluster_id,
-                    directory_id=self.guard.directory_id)
+                    directory_id=self.guard.directory_id or None)
 
     def _on_ping(self, req: wire.Request) -> dict:
         return dict(super()._on_ping(req), engine=self.storage.engine, strays=len(self.dirs.strays),

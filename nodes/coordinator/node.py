@@ -325,12 +325,13 @@ class Coordinator(Node):
             return
         if self._foreign(bid, hb.cluster_id):
             return
-        if hb.incarnation is not None and self._duplicate(bid, hb.incarnation, hb.directory_id):
+        directory = hb.directory_id or None  # "" names none, as in a registration
+        if hb.incarnation is not None and self._duplicate(bid, hb.incarnation, directory):
             self.counters["duplicate_broker_heartbeats"] += 1
             return
         self.heartbeats_from.add(bid)
         if hb.incarnation is not None:
-            self._observe_incarnation(bid, hb.incarnation, hb.directory_id)
+            self._observe_incarnation(bid, hb.incarnation, directory)
         else:
             self._seen(bid)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
@@ -250,3 +252,60 @@ def test_a_refused_process_cannot_change_an_isr(nodes) -> None:  # noqa: ANN001
     loop.deliver(loop.serve(P.ALTER_ISR))
     assert coord.state.topics["t"].partitions[0].isr == [1, 2, 3], "a refused process shrank broker 1's ISR"
     assert coord.state.incarnations[1] == "x"
+
+
+def test_a_broker_on_a_full_disk_still_starts_and_stores_its_directory_id_later(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """meta.properties is written at construction for the directory id: on a full disk (an
+    upgrade from before directory ids, a new directory) that raised StorageFull out of the
+    broker's constructor -- a broker that started before could not start at all (a crash loop:
+    no serving, no retention freeing space). It names its new id from the start (a twin is
+    refused all the same), and ``persist`` stores that id once it can (a restart before then
+    makes another: taken once this process is judged dead, as a broker on a new disk)."""
+    from engines.api import StorageFull
+    from nodes.broker import identity
+
+    (tmp_path / FILE_NAME).write_text("version=1\ncluster.id=c-1\nbroker.id=1\nmetadata.version=7\n")
+    real = identity.replace_file
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise StorageFull("write meta.properties: No space left on device")
+    monkeypatch.setattr(identity, "replace_file", full)
+    guard = MetadataGuard(tmp_path, 1)
+    named = guard.directory_id
+    assert (guard.cluster_id, guard.version_seen, len(named)) == ("c-1", 7, 32)
+    assert "directory.id" not in read_properties(tmp_path / FILE_NAME)
+    with pytest.raises(StorageFull):
+        guard.persist()
+    monkeypatch.setattr(identity, "replace_file", real)
+    guard.persist()  # the timer, once there is space
+    props = read_properties(tmp_path / FILE_NAME)
+    assert props["directory.id"] == guard.directory_id == named
+    assert (props["cluster.id"], props["metadata.version"]) == ("c-1", "7")
+    assert MetadataGuard(tmp_path, 1).directory_id == guard.directory_id
+
+
+def test_meta_properties_deleted_under_a_running_broker_is_written_again(tmp_path: Path) -> None:
+    """As before directory ids: the next ``persist`` writes it back (with the same directory
+    id), not only once the metadata version moves -- a restart in between came back with a new
+    directory id (refused as another broker while its predecessor's session lasted) and no
+    cluster id (metadata of any cluster taken)."""
+    guard = MetadataGuard(tmp_path, 1)
+
+    class Md:
+        cluster_id, state_id, version = "cluster-x", "state-1", 3
+    assert guard.admit(Md())  # type: ignore[arg-type]
+    guard.persist()
+    (tmp_path / FILE_NAME).unlink()
+    guard.persist()
+    again = MetadataGuard(tmp_path, 1)
+    assert (again.directory_id, again.cluster_id, again.version_seen) == (guard.directory_id, "cluster-x", 3)
+
+
+def test_a_process_naming_no_directory_in_its_heartbeat_is_a_restart(nodes) -> None:  # noqa: ANN001
+    """An empty directory id names none (as in a registration): not a duplicate."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    assert _register(coord, 2, "first", "dir-a")[1] is None
+    coord._on_heartbeat(_heartbeat(coord, 2, "second", ""))
+    assert coord.state.incarnations[2] == "second" and 2 not in coord.state.directories
+    assert broker.heartbeat_fields()["directory_id"] == broker.guard.directory_id != ""
