@@ -12,6 +12,7 @@ Not thread-safe: everything runs on the reactor's thread.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -342,8 +343,14 @@ class Broker(Node):
             else:
                 self.core.apply_topic_configs(part, md.topics[key[0]].configs)
         self.dirs.delete_strays(md.deleted_topic_ids)
+        not_us = self._names_another_process(md)
         for info in changed:
             if self.broker_id in info.replicas:
+                if not_us and info.leader == self.broker_id:
+                    # that process leads it, not us: without a leader here until we are this
+                    # broker's process again (refused as a duplicate, this lasted as long as the
+                    # other process: writes taken on a log that is not the broker's)
+                    info = dataclasses.replace(info, leader=-1)
                 key = (info.topic, info.partition)
                 part = self.partitions.get(key)
                 if part is None:
@@ -364,11 +371,17 @@ class Broker(Node):
         replaced -- a predecessor's registration or heartbeat read after ours (random ids have
         no order) -- and ignores our heartbeats and, through the leaders, our reports. Left
         so, the broker stayed dead while alive; it registers again as a new process instead."""
-        mine = md.brokers.get(self.broker_id)
-        if self._registered and mine is not None and mine.incarnation and mine.incarnation != self.incarnation:
+        if self._registered and self._names_another_process(md):
             log.error("the metadata names process %s of this broker, not us (%s): registering as a new process",
-                      mine.incarnation, self.incarnation)
+                      md.brokers[self.broker_id].incarnation, self.incarnation)
             self._reregister_as_new_incarnation()
+
+    def _names_another_process(self, md: ClusterMetadata) -> bool:
+        """``md`` names a process of this broker that is neither us nor the one the coordinator
+        took us for last (we register as a new process meanwhile)."""
+        mine = md.brokers.get(self.broker_id)
+        return mine is not None and bool(mine.incarnation) and \
+            mine.incarnation not in (self.incarnation, self.accepted_incarnation)
 
     def _open_pending(self) -> None:
         """Open up to PARTITION_OPENS_PER_PASS_MAX partitions that metadata gave us, apply their

@@ -24,10 +24,10 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata
-from nodes.broker.messages import FetchInput
+from nodes.broker.messages import AppendRequest, FetchInput, ProduceInput
 from nodes.broker.identity import FILE_NAME, MetadataGuard, read_properties
 from nodes.coordinator.store import PartitionState, StateStore, TopicState
-from tests.unit.builders_broker import start
+from tests.unit.builders_broker import batch, start
 from tests.unit.fakes import RecordingClient
 
 
@@ -219,39 +219,77 @@ def test_a_refused_process_reports_as_the_replaced_process_it_was(nodes) -> None
     assert fetcher.leader.incarnation() == broker.incarnation
 
 
-def test_a_refused_process_cannot_change_an_isr(nodes) -> None:  # noqa: ANN001
-    """It can hold a leadership of broker 1 at the current epochs: pushes lost while it was
-    paused, the version beacon shows it a gap, and the snapshot it asks for (which names "x")
-    is installed before it sees that it is not broker 1's process. Its followers fetch from
-    broker 1's real process, so it proposed them out of the ISR -- at the current epochs:
-    accepted -- and "x"'s ISR shrank to itself (acks=all on one copy, produces refused under
-    min.insync.replicas)."""
-    broker, coord, loop = nodes
+def _refused_after_a_snapshot_naming_broker_1s_real_process(broker, coord, loop) -> None:  # noqa: ANN001
+    """t-0 led by broker 1 (``broker``), ISR [1, 2, 3]. ``broker`` is paused: judged dead,
+    broker 1 started on another disk ("x", "dir-x"), caught up and preferred leader again at a
+    new epoch. The pushes are lost while ``broker`` is paused; the version beacon shows it a
+    gap, and the snapshot it asks for (naming "x") is installed before it sees that it is not
+    broker 1's process; it registers again and is refused as a duplicate."""
     start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
     was = broker.incarnation
-    coord.alive.discard(1)  # paused: judged dead
+    coord.alive.discard(1)
     coord._on_broker_down(1)
-    assert _register(coord, 1, "x", "dir-x")[1] is None  # broker 1 on another disk
-    coord.state.topics["t"].partitions[0].isr = [1, 2, 3]  # "x" caught up ...
+    assert _register(coord, 1, "x", "dir-x")[1] is None
+    coord.state.topics["t"].partitions[0].isr = [1, 2, 3]
     coord.commit()
-    coord._restore_preferred_leaders()  # ... and leads again
+    coord._restore_preferred_leaders()
     ps = coord.state.topics["t"].partitions[0]
     assert ps.leader == 1 and ps.isr == [1, 2, 3]
-    loop.take_pushes()  # lost while the old process was paused
+    loop.take_pushes()
     coord._publish_metadata()
     for frames in loop.take_pushes():
-        loop.push(frames)  # the beacon: a gap
-    loop.deliver(loop.serve(P.METADATA))  # the snapshot: leader of t-0 at the current epoch
-    assert broker.incarnation != was and broker.partitions[("t", 0)].is_leader
+        loop.push(frames)
+    loop.deliver(loop.serve(P.METADATA))
+    assert broker.incarnation != was
     broker.reactor.run_once(0)
     answers = loop.serve(P.BROKER_REGISTER)
     assert answers[0][2] is not None and answers[0][2].code == P.DUPLICATE_BROKER_REGISTRATION
     loop.deliver(answers)
+
+
+def test_a_refused_process_does_not_take_the_leadership_of_its_brokers_real_process(nodes) -> None:  # noqa: ANN001
+    """The snapshot made it leader of t-0 at the current epoch -- the one "x" leads -- and
+    refused, it dropped every push after: it led at that epoch for as long as "x" lived. A
+    client that reached it (a connection made before broker 1 moved) had its writes taken on a
+    log that is not broker 1's; its followers, fetching from "x", never reported to it, so it
+    proposed them out of the ISR, at the current epochs: accepted, and "x"'s ISR shrank to
+    itself (acks=all on one copy; produces refused under min.insync.replicas)."""
+    broker, coord, loop = nodes
+    _refused_after_a_snapshot_naming_broker_1s_real_process(broker, coord, loop)
+    part = broker.partitions[("t", 0)]
+    assert not part.is_leader, "a refused process leads its broker's partition at the real process's epoch"
+    [[result]] = broker.core.append([AppendRequest(-1, [ProduceInput("t", 0, -1, batch(1))], None)])
+    assert result.error == P.NOT_LEADER
     broker.clock.advance(broker.config.replication.replica_lag_time_max_ms + 1)
     broker._check_isr()
     loop.deliver(loop.serve(P.ALTER_ISR))
-    assert coord.state.topics["t"].partitions[0].isr == [1, 2, 3], "a refused process shrank broker 1's ISR"
-    assert coord.state.incarnations[1] == "x"
+    assert coord.state.topics["t"].partitions[0].isr == [1, 2, 3]
+    # "x" dead, it is taken: the registration's metadata makes it broker 1's process again
+    coord.alive.discard(1)
+    coord._on_broker_down(1)
+    broker.clock.advance(2_000)
+    broker.reactor.run_once(0)
+    loop.deliver(loop.serve(P.BROKER_REGISTER))
+    assert broker._registered and coord.state.incarnations[1] == broker.incarnation
+    ps = coord.state.topics["t"].partitions[0]
+    assert part.leader_epoch == ps.leader_epoch and part.is_leader == (ps.leader == 1)
+
+
+def test_the_coordinator_refuses_an_isr_change_from_another_process_of_the_leader(nodes) -> None:  # noqa: ANN001
+    """A proposal at the current epochs, naming a process of the leader that is not its current
+    one (a refused duplicate still leading in its own view): refused as a whole, nothing applied;
+    naming the current process, or none (an older broker), it is judged as before."""
+    broker, coord, loop = nodes
+    start(broker, coord, loop, isr=[1, 2, 3], partitions=1)
+    ps = coord.state.topics["t"].partitions[0]
+    change = {"topic": "t", "partition": 0, "leader_epoch": ps.leader_epoch, "partition_epoch": ps.partition_epoch,
+              "isr": [1]}
+    with pytest.raises(RemoteError) as refused:
+        coord._on_alter_isr(wire.Request([b"b"], P.ALTER_ISR, {"broker_id": 1, "incarnation": "twin", "parts": [change]}, []))
+    assert refused.value.code == P.STALE_BROKER_EPOCH and ps.isr == [1, 2, 3]
+    header = {"broker_id": 1, "incarnation": broker.incarnation, "parts": [change]}
+    assert coord._on_alter_isr(wire.Request([b"b"], P.ALTER_ISR, header, []))["parts"][0]["error"] == 0
+    assert ps.isr == [1]
 
 
 def test_a_broker_on_a_full_disk_still_starts_and_stores_its_directory_id_later(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
