@@ -243,6 +243,18 @@ class BrokerCore:
             part.follow_isr(info.isr)
         part.set_partition_epoch(info.partition_epoch)
 
+    def stand_aside(self) -> None:
+        """Lead and follow nothing: this process is not its broker's (another live process of
+        it is; the coordinator refused us as a duplicate). Parked writes are answered
+        not_leader. The epochs held stay (nothing older is taken later): the metadata of the
+        registration that takes us -- newer, our restart fences every partition of the broker
+        -- says again what each partition is here."""
+        for key, part in self.partitions.items():
+            if part.role is not None and part.leader_id >= 0:
+                self._leadership_lost(key, P.NOT_LEADER)
+                part.become_follower(-1, part.leader_epoch, part.replicas, sorted(part.isr))
+        self.partitions_changed()
+
     def partitions_changed(self) -> None:
         """Call after leadership changed anywhere: leader work walks ``led_partitions``."""
         self.led_partitions = [p for p in self.partitions.values() if p.is_leader]

@@ -137,6 +137,7 @@ class Broker(Node):
         # broker) never becomes it -- so what it reports and proposes meanwhile is judged as the
         # process it was: one replaced, ignored by leaders and refused by the coordinator
         self.accepted_incarnation = self.incarnation
+        self._stood_aside = False  # refused as a duplicate: leads and follows nothing until taken
         self._registered = False
         self.reactor.call_later(0, self._register)
 
@@ -180,6 +181,7 @@ class Broker(Node):
                     # another live process is this broker: asked again, as this same process
                     # (taken once that one is dead), never as a new one (that would refence it)
                     self.guard.registration_refused(err.message, f"data directory {self.data_dir}")
+                    self._stand_aside()
                     self.reactor.call_later(REGISTER_REFUSED_RETRY_MS, self._register)
                     return
                 refused = err is not None and err.code == P.INCONSISTENT_CLUSTER_ID
@@ -188,6 +190,7 @@ class Broker(Node):
                 return
             self._registered = True
             self.accepted_incarnation = incarnation
+            self._stood_aside = False
             self.guard.registration_refused("")
             readable, update = self._read_answer(header, "registration")
             if not readable:  # registered, but with nothing to act on: again (the same process)
@@ -343,13 +346,13 @@ class Broker(Node):
             else:
                 self.core.apply_topic_configs(part, md.topics[key[0]].configs)
         self.dirs.delete_strays(md.deleted_topic_ids)
-        not_us = self._names_another_process(md)
+        # another process is this broker: what it leads is not ours to lead (refused as a
+        # duplicate, that lasted as long as the other process: writes taken on a log that is
+        # not the broker's), nor ours to follow as the broker (its log counted for the broker's)
+        not_us = self._stood_aside or self._names_another_process(md)
         for info in changed:
             if self.broker_id in info.replicas:
-                if not_us and info.leader == self.broker_id:
-                    # that process leads it, not us: without a leader here until we are this
-                    # broker's process again (refused as a duplicate, this lasted as long as the
-                    # other process: writes taken on a log that is not the broker's)
+                if not_us:
                     info = dataclasses.replace(info, leader=-1)
                 key = (info.topic, info.partition)
                 part = self.partitions.get(key)
@@ -375,6 +378,17 @@ class Broker(Node):
             log.error("the metadata names process %s of this broker, not us (%s): registering as a new process",
                       md.brokers[self.broker_id].incarnation, self.incarnation)
             self._reregister_as_new_incarnation()
+
+    def _stand_aside(self) -> None:
+        """Refused as a duplicate: lead and follow nothing until a registration takes us."""
+        if not self._stood_aside:
+            log.error("another live process is broker %d: leading and following nothing until the coordinator "
+                      "takes this one", self.broker_id)
+        self._stood_aside = True
+        self._to_open = {key: dataclasses.replace(info, leader=-1) for key, info in self._to_open.items()}
+        self.core.stand_aside()
+        self.repl_sub.sync(self._pub_endpoint_of)
+        self._sync_fetchers()
 
     def _names_another_process(self, md: ClusterMetadata) -> bool:
         """``md`` names a process of this broker that is neither us nor the one the coordinator

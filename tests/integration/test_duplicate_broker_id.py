@@ -30,7 +30,9 @@ def test_a_second_broker_with_the_same_id_is_refused_until_the_first_is_dead(tmp
     twin = Cluster(tmp_path / "b" / "cluster.yaml")
     try:
         cluster.start()
-        wait_until(lambda: _broker_1_process(cluster), timeout_s=20, what="broker 1 registered")
+        # every broker's first registration is a commit: the version is taken after all three
+        wait_until(lambda: all(b.incarnation for b in _metadata(cluster).brokers.values()), timeout_s=20,
+                   what="every broker registered")
         first = _broker_1_process(cluster)
         version = cluster.stats("coordinator")["metadata_version"]
 
@@ -52,3 +54,53 @@ def test_a_second_broker_with_the_same_id_is_refused_until_the_first_is_dead(tmp
     finally:
         twin.stop_all()
         cluster.stop_all()
+
+
+def test_a_twin_that_was_broker_1_stands_aside_once_refused(tmp_path: Path) -> None:
+    """Broker 1 crashed, its twin (another data directory and ports, one config copied) came up
+    meanwhile and was taken; broker 1 came back and, once the twin's session ran out (the
+    coordinator never hears its heartbeats: they are on its own port), was taken in turn. The
+    twin, shown that another process is broker 1, registers again and is refused -- and then
+    follows and leads nothing: before, it went on fetching as broker 1 under a process no
+    metadata named, its own log counted by the leaders as broker 1's."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cluster = Cluster(make_config(tmp_path / "a", 3))
+    raw = yaml.safe_load(cluster.config_path.read_text())
+    raw["cluster"]["data_dir"] = str(tmp_path / "b" / "data")
+    raw["nodes"]["broker-1"]["port"], raw["nodes"]["broker-1"]["pub_port"] = free_ports(2)
+    (tmp_path / "b" / "cluster.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    twin = Cluster(tmp_path / "b" / "cluster.yaml")
+    try:
+        cluster.start()
+        cluster.create_topic("t", partitions=3, replication_factor=3)
+        first = _broker_1_process(cluster)
+        cluster.kill("broker-1")
+        twin.start_node("broker-1")
+        wait_until(lambda: _broker_1_process(cluster) not in ("", first), timeout_s=30, what="the twin taken as broker 1")
+        twin_process = _broker_1_process(cluster)
+        wait_until(lambda: twin.stats("broker-1")["fetchers"], timeout_s=20, what="the twin following as broker 1")
+        cluster.start_node("broker-1")
+        wait_until(lambda: _broker_1_process(cluster) not in ("", first, twin_process), timeout_s=30,
+                   what="broker 1 taken back once the twin's session ran out")
+        wait_until(lambda: "another live process is broker 1" in twin.ping("broker-1").get("metadata_refused", ""),
+                   timeout_s=20, what="the twin refused")
+        stats = twin.stats("broker-1")
+        assert stats["fetchers"] == [], "the refused twin still fetches as broker 1"
+        assert not [p for p in stats["partitions"] if p["role"] == "leader"], "the refused twin still leads"
+        # broker 1's real process is back in every ISR, and stays its process
+        back = _broker_1_process(cluster)
+        wait_until(lambda: all(len(p.isr) == 3 for p in _metadata(cluster).topics["t"].partitions), timeout_s=30,
+                   what="broker 1 back in every ISR")
+        wait_until(lambda: cluster.stats("coordinator")["counters"].get("duplicate_broker_registrations", 0) >= 2,
+                   timeout_s=20, what="the twin refused again")
+        assert _broker_1_process(cluster) == back
+        assert twin.stats("broker-1")["fetchers"] == []
+    finally:
+        twin.stop_all()
+        cluster.stop_all()
+
+
+def _metadata(cluster: Cluster) -> ClusterMetadata:
+    header, _ = cluster.call("coordinator", P.METADATA, {})
+    return ClusterMetadata.from_wire(header["metadata"])

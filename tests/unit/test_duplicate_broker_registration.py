@@ -179,36 +179,49 @@ def _broker_1_replaced_from_another_directory(broker, coord, loop) -> str:  # no
         loop.push(frames)
     assert broker.incarnation != was and not broker._registered, "it did not register again"
     broker.reactor.run_once(0)
-    answers = loop.serve(P.BROKER_REGISTER)
-    assert answers[0][2] is not None and answers[0][2].code == P.DUPLICATE_BROKER_REGISTRATION
-    loop.deliver(answers)
-    assert coord.state.incarnations[1] == "x"
     return was
 
 
-def test_a_refused_process_reports_as_the_replaced_process_it_was(nodes) -> None:  # noqa: ANN001
-    """Its fetchers went on naming its new process: one no metadata names, whose reports a
-    leader counts (the process it was is listed replaced, the new one never is). Its log (its
-    own directory) counted as broker 1's -- broker 1 back in the ISR and the high watermark
-    moving on it while broker 1's real process "x" was behind: "x" elected, acknowledged
-    records lost."""
-    broker, coord, loop = nodes
+def _refused(broker, loop) -> None:  # noqa: ANN001
+    """``broker``'s registration is answered: refused as a duplicate."""
+    answers = loop.serve(P.BROKER_REGISTER)
+    assert answers[0][2] is not None and answers[0][2].code == P.DUPLICATE_BROKER_REGISTRATION
+    loop.deliver(answers)
+
+
+def _following_u_0_led_by_broker_2(broker, coord, loop) -> None:  # noqa: ANN001
     coord.state.topics["u"] = TopicState([PartitionState(2, 0, [2, 1, 3], [2, 3])], {"min.insync.replicas": 2})
     coord.commit()
     broker._register()
     loop.run_until_idle()
     assert broker.partitions[("u", 0)].role == "follower" and 2 in broker.fetchers
-    _broker_1_replaced_from_another_directory(broker, coord, loop)
+
+
+def test_a_process_registering_again_reports_as_the_process_it_was(nodes) -> None:  # noqa: ANN001
+    """Fenced (another broker leads an epoch it thought its own) it registers again as a new
+    process, and until an answer its fetchers named that new process: one no metadata names,
+    whose reports a leader counts. Here the coordinator had taken another process of broker 1
+    ("x", another disk) -- the pushes saying so lost -- and refuses the new one as a duplicate:
+    its log (its own directory) counted as broker 1's, broker 1 back in the ISR and the high
+    watermark moving on it while "x" was behind ("x" elected: acknowledged records lost). It
+    names the process the coordinator took it for last, which leaders list as replaced."""
+    broker, coord, loop = nodes
+    _following_u_0_led_by_broker_2(broker, coord, loop)
+    was = broker.incarnation
+    coord.alive.discard(1)
+    coord._on_broker_down(1)
+    assert _register(coord, 1, "x", "dir-x")[1] is None
+    loop.take_pushes()  # lost
+    broker._reregister_as_new_incarnation()  # as IsrProposer's on_fenced
     fetcher = broker.fetchers[2]
     fetcher.leader.client = client = RecordingClient()
     fetcher.leader.fetch([FetchInput("u", 0, 0, 1 << 20, 0, 0)], fetcher.settings, lambda *a: None)
     fetcher.leader.ack([broker.partitions[("u", 0)]])
-    named = [client.sent[0][1]["incarnation"], client.oneway[0][1]["incarnation"]]
-    # a leader holding the coordinator's metadata (as this broker's own core does)
-    leader_view = ClusterMetadata.from_wire(coord.metadata_wire())
-    assert leader_view.brokers[1].incarnation == "x"
-    assert all(broker.core.current_process(1, n) is False for n in named), \
-        f"reports naming {named} count as broker 1's (replaced: {leader_view.brokers[1].replaced})"
+    named = {client.sent[0][1]["incarnation"], client.oneway[0][1]["incarnation"]}
+    replaced = ClusterMetadata.from_wire(coord.metadata_wire()).brokers[1].replaced
+    assert named == {was} and was in replaced, f"reports name {named}, not a process leaders ignore ({replaced})"
+    broker.reactor.run_once(0)
+    _refused(broker, loop)
     # "x" dead, the refused process is taken (as a restart): its reports name it from then on
     coord.alive.discard(1)
     coord._on_broker_down(1)
@@ -216,7 +229,33 @@ def test_a_refused_process_reports_as_the_replaced_process_it_was(nodes) -> None
     broker.reactor.run_once(0)
     loop.deliver(loop.serve(P.BROKER_REGISTER))
     assert broker._registered and coord.state.incarnations[1] == broker.incarnation
-    assert fetcher.leader.incarnation() == broker.incarnation
+    assert broker.fetchers[2].leader.incarnation() == broker.incarnation
+
+
+def test_a_refused_process_replicates_nothing_until_it_is_taken(nodes) -> None:  # noqa: ANN001
+    """Reports naming the replaced process are ignored only while leaders list it replaced:
+    the latest REPLACED_PROCESSES_KEPT. A twin left running while broker 1 restarted that many
+    times was a process nobody listed again, its reports counted as broker 1's (and fetching, it
+    kept its own log growing as if it were a replica). Refused, it follows and leads nothing."""
+    broker, coord, loop = nodes
+    _following_u_0_led_by_broker_2(broker, coord, loop)
+    was = _broker_1_replaced_from_another_directory(broker, coord, loop)
+    _refused(broker, loop)
+    for i in range(P.REPLACED_PROCESSES_KEPT):  # "x" restarted (its own directory: each taken at once)
+        assert _register(coord, 1, f"x-{i}", "dir-x")[1] is None
+    assert was not in coord.metadata().brokers[1].replaced
+    assert not broker.fetchers, "a refused process still fetches as broker 1"
+    assert broker.partitions[("u", 0)].leader_id == -1
+    broker._refresh_metadata()  # a snapshot installed meanwhile changes nothing
+    loop.deliver(loop.serve(P.METADATA))
+    assert not broker.fetchers and not broker.led_partitions
+    coord.alive.discard(1)  # "x" dead: it is taken, and follows again
+    coord._on_broker_down(1)
+    broker.clock.advance(2_000)
+    broker.reactor.run_once(0)
+    loop.deliver(loop.serve(P.BROKER_REGISTER))
+    assert broker._registered and list(broker.fetchers) == [2]
+    assert broker.partitions[("u", 0)].leader_id == 2
 
 
 def _refused_after_a_snapshot_naming_broker_1s_real_process(broker, coord, loop) -> None:  # noqa: ANN001
