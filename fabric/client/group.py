@@ -42,7 +42,10 @@ them, auto-commits stop at the first record it handed on (see ``_auto_commit_off
 A background thread (own DEALER socket) sends heartbeats every ``heartbeat_interval_ms``, so
 the member stays in the group while the application works between polls. A rebalance,
 though, happens inside ``poll``: when one starts, the other members wait up to
-``rebalance_timeout_ms`` for this one to call ``poll`` again. An application that has not
+``rebalance_timeout_ms`` for this one to call ``poll`` again. The join goes on across polls
+(KIP-266): JOIN_GROUP, SYNC_GROUP and the committed offsets' OFFSET_FETCH go out one after the
+other as their answers arrive, and a ``poll`` (or ``maintain``) returns at its timeout with
+what it has, never waiting for the rebalance to end. An application that has not
 called ``poll`` for ``max_poll_interval_ms`` is taken to be stuck: the heartbeat thread stops
 heartbeating and leaves the group, so its partitions go to the others; the next ``poll``
 joins again as a new member (Kafka's ``max.poll.interval.ms``).
@@ -91,6 +94,19 @@ PartitionsCallback = Callable[[list[TopicPartition]], None]
 HeartbeatFactory = Callable[[HeartbeatMember, HeartbeatSettings, Callable[[], str]], Any]
 RETRY_BACKOFF_MS = 200
 POLL_SLICE_MS = 200              # how often a waiting poll looks for a pending rebalance
+JOIN_SLICE_MS = 10               # ... and for the answers of a join under way
+
+
+class _JoinAttempt:
+    """One join under way (``GroupConsumer._advance_join``): what its answers brought."""
+
+    __slots__ = ("error", "assignment", "offsets", "retry_at_ms")
+
+    def __init__(self) -> None:
+        self.error: CodedError | None = None        # an answer's error, for _advance_join
+        self.assignment: list[TopicPartition] = []  # SYNC_GROUP's
+        self.offsets: list | None = None            # OFFSET_FETCH's: the join is done
+        self.retry_at_ms: int | None = None         # after a retriable error: JOIN_GROUP again then
 
 
 def start_heartbeat_thread(member: HeartbeatMember, settings: HeartbeatSettings, endpoint: Callable[[], str]) -> HeartbeatThread:
@@ -139,6 +155,7 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         self._active = False          # joined and synced: heartbeats flow
         self._last_poll_ms = self.clock.now_ms()  # read by the heartbeat thread (an int: atomic)
         self._rejoin_needed = False
+        self._join: _JoinAttempt | None = None  # the join under way, if any
         self._init_commits()  # _last_committed, auto_commit_bounds, the auto-commit timer
         self._link = coordinator or CoordinatorLink(self.reactor, self.clock, self._connect_coordinator,
                                                     stopped=lambda: self._closed)
@@ -215,14 +232,13 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         self._last_poll_ms = self.clock.now_ms()
         deadline = self.clock.now_ms() + timeout_ms
         while True:
-            with self._lock:
-                rejoin = self._rejoin_needed
-            if rejoin:
-                self._rejoin(deadline)
+            self._advance_join()
             self._maybe_auto_commit()
             self._last_poll_ms = self.clock.now_ms()  # time spent inside poll (a join) is polling
             left = deadline - self.clock.now_ms()
-            views = super()._poll_views(max(0, min(left, POLL_SLICE_MS)), max_records)
+            # while a join is under way, its answers are taken up at least every JOIN_SLICE_MS
+            views = super()._poll_views(max(0, min(left, JOIN_SLICE_MS if self._join else POLL_SLICE_MS)),
+                                        max_records)
             if views or self.clock.now_ms() >= deadline:
                 return views
 
@@ -255,12 +271,10 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
                 self.reactor.run_once(0)
             return
         self._last_poll_ms = self.clock.now_ms()  # the host is alive and drives the member
-        with self._lock:
-            rejoin = self._rejoin_needed
-        if rejoin:
-            self._rejoin(self.clock.now_ms())  # one attempt: the host's other requests wait meanwhile
+        self._advance_join()  # never waits: the join goes on across calls
         self._maybe_auto_commit()
         self.reactor.run_once(0)
+        self._advance_join()  # what that pass brought
     # -- the rebalance ---------------------------------------------------------------------------
     def _revoke(self) -> None:
         """Give up the current partitions: commit (auto-commit), tell the application."""
@@ -279,44 +293,80 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
             self.on_revoke(owned)
         super().assign([])
 
-    def _rejoin(self, deadline_ms: int | None = None) -> None:
-        """Join and sync. Errors that retrying cannot cure (an assignor the group does not
-        use, a session timeout out of range) are raised; others are retried, but only until
-        ``deadline_ms`` -- then the rejoin is left for the next ``poll``."""
-        self._revoke()
-        self._ensure_heartbeat()
-        while not self._closed:
+    def _advance_join(self) -> None:
+        """Move the join along without waiting (KIP-266): start one when a rejoin is needed
+        (revoking first), take the assignment once JOIN_GROUP, SYNC_GROUP and the committed
+        offsets' OFFSET_FETCH -- sent one after the other as their answers arrive, on this
+        consumer's reactor (``_JoinAttempt``) -- are answered, and deal with an error: a rejoin
+        error joins again at once, a retriable one after RETRY_BACKOFF_MS, and one retrying
+        cannot cure (an assignor the group does not use, a session timeout out of range) is
+        raised, the next poll trying again."""
+        join = self._join
+        if join is None:
             with self._lock:
-                self._rejoin_needed = False
-            try:
-                joined = self._call(P.JOIN_GROUP, {
-                    "group": self.group_id, "member_id": self.member_id, "generation": self.generation,
-                    "client_id": self.client_id, "client_host": socket.gethostname(), "topics": self.subscription,
-                    "session_timeout_ms": self.session_timeout_ms, "rebalance_timeout_ms": self.rebalance_timeout_ms,
-                    "assignor": self.assignor, "require_member_id": True}, timeout_ms=self.rebalance_timeout_ms + 5000)
-                if joined.get("member_id_required"):
-                    self.member_id = joined["member_id"]  # join again, now under that id
-                    continue
-                self.member_id, self.generation = joined["member_id"], joined["generation"]
-                synced = self._call(P.SYNC_GROUP, {"group": self.group_id, "member_id": self.member_id,
-                                                   "generation": self.generation})
-                assignment = sorted((t, p) for t, p in synced["assignment"])
-                fetched = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in assignment]})
-            except CodedError as e:
-                self._on_group_error(e)
-                if e.code not in REJOIN_ERRORS:
-                    if not e.retriable:
-                        with self._lock:
-                            self._rejoin_needed = True
-                        raise
-                    if deadline_ms is not None and self.clock.now_ms() >= deadline_ms:
-                        with self._lock:
-                            self._rejoin_needed = True
-                        return
-                    self.reactor.run_once(RETRY_BACKOFF_MS)
-                continue
-            self._take_assignment(assignment, fetched["offsets"])
-            return
+                rejoin = self._rejoin_needed
+            if not rejoin:
+                return
+            self._revoke()
+            self._ensure_heartbeat()
+            join = self._join = _JoinAttempt()
+            self._send_join(join)
+        if join.error is not None:
+            e, join.error = join.error, None
+            self._on_group_error(e)
+            if e.code in REJOIN_ERRORS:
+                self._send_join(join)
+            elif not e.retriable:
+                self._join = None
+                with self._lock:
+                    self._rejoin_needed = True
+                raise e
+            else:
+                join.retry_at_ms = self.clock.now_ms() + RETRY_BACKOFF_MS
+        elif join.retry_at_ms is not None and self.clock.now_ms() >= join.retry_at_ms:
+            self._send_join(join)
+        elif join.offsets is not None:
+            self._join = None
+            self._take_assignment(join.assignment, join.offsets)
+
+    def _send_join(self, join: "_JoinAttempt") -> None:
+        """Send JOIN_GROUP for ``join``; its answer sends SYNC_GROUP, whose answer sends the
+        OFFSET_FETCH (``_step``). Answers to an attempt given up (``self._join`` is another
+        one, or none: unsubscribe, close) change nothing."""
+        with self._lock:
+            self._rejoin_needed = False
+        join.retry_at_ms = None
+        self._step(join, P.JOIN_GROUP, {
+            "group": self.group_id, "member_id": self.member_id, "generation": self.generation,
+            "client_id": self.client_id, "client_host": socket.gethostname(), "topics": self.subscription,
+            "session_timeout_ms": self.session_timeout_ms, "rebalance_timeout_ms": self.rebalance_timeout_ms,
+            "assignor": self.assignor, "require_member_id": True}, self.rebalance_timeout_ms + 5000)
+
+    def _step(self, join: "_JoinAttempt", command: bytes, header: dict,
+              timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> None:
+        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            if join is not self._join or self._closed:
+                return  # an attempt given up
+            if err is not None:
+                join.error = err
+            elif command == P.JOIN_GROUP and h.get("member_id_required"):
+                self.member_id = h["member_id"]  # join again, now under that id (KIP-394)
+                self._send_join(join)
+            elif command == P.JOIN_GROUP:
+                with self._lock:
+                    self.member_id, self.generation = h["member_id"], h["generation"]
+                self._step(join, P.SYNC_GROUP, {"group": self.group_id, "member_id": self.member_id,
+                                                 "generation": self.generation})
+            elif command == P.SYNC_GROUP:
+                join.assignment = sorted((t, p) for t, p in h["assignment"])
+                self._step(join, P.OFFSET_FETCH, {"group": self.group_id,
+                                                  "partitions": [list(tp) for tp in join.assignment]})
+            else:
+                join.offsets = h["offsets"]
+        try:
+            self._link.request(command, header, callback=done, timeout_ms=timeout_ms)
+        except CodedError as e:  # not sent (the coordinator could not be found, a full queue)
+            join.error = e
 
     def _take_assignment(self, assignment: list[TopicPartition], offsets: list) -> None:
         super().assign(assignment)  # the group's: not the application's assign()
@@ -402,6 +452,7 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
 
     # -- leaving ---------------------------------------------------------------------------------
     def _leave(self) -> None:
+        self._join = None  # a join under way is given up: its answers change nothing
         with self._lock:
             self._active = False
             mid = self.member_id

@@ -34,8 +34,8 @@ DEADLINE_S = 10.0
 class _FakeGroupConsumer:
     """Ten records per poll from its position on t-0; ``maintain`` (or a ``poll``, with
     ``rejoin``) blocks, when ``hold`` is set, until it is released (a rejoin waiting for a
-    rebalance, up to rebalance_timeout_ms + 5 s in GroupConsumer._rejoin, whatever the poll's
-    timeout)."""
+    rebalance, as GroupConsumer's did, up to rebalance_timeout_ms + 5 s whatever the poll's
+    timeout, before its join went on across polls)."""
 
     hold: threading.Event | None = None
     holding = threading.Event()

@@ -1,0 +1,158 @@
+"""A group consumer's join does not block ``poll`` or ``maintain`` past their timeout.
+
+JOIN_GROUP is answered only when the rebalance completes -- when every member has joined, up to
+``rebalance_timeout_ms`` -- and ``poll(0)`` (and the consumer service's ``maintain``, which hosts
+one instance per thread and serves that instance's REST and WebSocket requests between calls)
+waited for it, up to ``rebalance_timeout_ms`` + 5 s, whatever its timeout: a REST client's
+fetch with ``timeout_ms=0`` during a rebalance waited half a minute, and its gateway call timed
+out. The join now goes on across polls, as Kafka's poll does since KIP-266: JOIN_GROUP,
+SYNC_GROUP and the committed offsets' OFFSET_FETCH are sent one after the other as their answers
+arrive, and a poll returns at its timeout with what it has.
+
+A real GroupConsumer and CoordinatorLink on a ManualClock, a fake broker leading t-0, and a
+coordinator client that answers on the consumer's next reactor pass and holds JOIN_GROUP until
+the test releases it (tests/unit/builders_group_consumer.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fabric import protocol as P
+from fabric.client.group import GroupConsumer
+from fabric.client.group_link import CoordinatorLink
+from fabric.errors import RemoteError, RequestTimeout
+from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
+                                                consumer_config)
+
+REBALANCE_TIMEOUT_MS = 30_000
+
+
+class JoinHeldCoordinator:
+    """The coordinator's RPC client: every request answered by ``answer`` on the consumer's
+    next reactor pass, but JOIN_GROUP held (the rebalance waits for other members) until
+    ``release()``; a held request times out at its ``timeout_ms``, as a real client's does."""
+
+    def __init__(self, reactor: BrokerRepliesReactor, answer: Callable[[bytes, dict], dict]) -> None:
+        self.reactor, self.answer = reactor, answer
+        self.hold_joins = True
+        self.held: list[tuple[Callable, dict]] = []
+        self.calls: list[tuple[bytes, dict]] = []
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable, timeout_ms: int) -> None:
+        self.calls.append((command, dict(header)))
+        if command == P.JOIN_GROUP and self.hold_joins:
+            entry = (callback, header)
+            self.held.append(entry)
+            self.reactor.call_later(timeout_ms, lambda: self._expire(entry))
+            return
+        self.reactor.broker.replies.append(lambda: self._answer(command, header, callback))
+
+    def _answer(self, command: bytes, header: dict, callback: Callable) -> None:
+        try:
+            reply = self.answer(command, header)
+        except RemoteError as e:
+            callback(None, [], e)
+        else:
+            callback(reply, [], None)
+
+    def _expire(self, entry: tuple[Callable, dict]) -> None:
+        if entry in self.held:
+            self.held.remove(entry)
+            entry[0](None, [], RequestTimeout("no answer in time"))
+
+    def release(self) -> None:
+        self.hold_joins = False
+        for callback, header in self.held:
+            self.reactor.broker.replies.append(lambda cb=callback, h=header: self._answer(P.JOIN_GROUP, h, cb))
+        self.held.clear()
+
+    def joins(self) -> int:
+        return sum(1 for c, _ in self.calls if c == P.JOIN_GROUP)
+
+    def close(self) -> None:
+        pass
+
+
+class _World:
+    def __init__(self, **kw: Any) -> None:
+        self.broker = OnePartitionBroker()
+        self.reactor = BrokerRepliesReactor(self.broker)
+        self.clock = self.reactor.clock
+        self.coordinator = OffsetsCoordinator()
+        self.client = JoinHeldCoordinator(self.reactor, self.coordinator)
+        link = CoordinatorLink(self.reactor, self.clock, lambda: self.client)
+        self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
+            self.broker, self.reactor, link, rebalance_timeout_ms=REBALANCE_TIMEOUT_MS, enable_auto_commit=False, **kw))
+
+
+@pytest.fixture
+def world() -> Iterator[_World]:
+    w = _World()
+    yield w
+    w.client.release()
+    w.consumer.close()
+
+
+def test_poll_0_and_maintain_return_at_once_while_the_join_waits_for_the_rebalance(world: _World) -> None:
+    c = world.consumer
+    c.subscribe(["t"])
+    started = world.clock.now_ms()
+    assert c.poll(0) == []
+    assert world.clock.now_ms() - started < 1000, "poll(0) waited for the rebalance"
+    assert world.client.joins() == 1 and c.generation == -1
+    c.maintain()
+    assert world.clock.now_ms() - started < 1000, "maintain() waited for the rebalance"
+    assert c.poll(500) == [] and world.clock.now_ms() - started < 2000
+    assert world.client.joins() == 1, "a second join while the first waits"
+    world.client.release()  # the rebalance completes
+    records = c.poll(1000)
+    assert c.generation == 1 and c.assignment() == [T0]
+    assert [r.offset for r in records][:3] == [0, 1, 2]
+
+
+def test_a_join_that_times_out_is_tried_again_and_polls_still_return_at_their_timeout(world: _World) -> None:
+    c = world.consumer
+    c.subscribe(["t"])
+    deadline = world.clock.now_ms() + REBALANCE_TIMEOUT_MS + 10_000
+    while world.clock.now_ms() < deadline and world.client.joins() < 2:
+        before = world.clock.now_ms()
+        assert c.poll(1000) == []
+        assert world.clock.now_ms() - before <= 1100, "a poll outlasted its timeout"
+    assert world.client.joins() == 2, "the join that timed out was not tried again"
+    world.client.release()
+    c.poll(1000)
+    assert c.generation == 1 and c.assignment() == [T0]
+
+
+def test_the_answer_to_a_join_given_up_changes_nothing(world: _World) -> None:
+    c = world.consumer
+    c.subscribe(["t"])
+    c.poll(0)
+    c.unsubscribe()
+    world.client.release()
+    world.reactor.run_once(0)  # the join's answer arrives
+    assert c.poll(0) == []
+    assert c.generation == -1 and c.assignment() == [] and not c.subscription
+    assert [cmd for cmd, _ in world.client.calls] == [P.JOIN_GROUP], "the abandoned join went on"
+
+
+def test_a_join_error_that_retrying_cannot_cure_is_raised_from_poll() -> None:
+    w = _World()
+
+    def refusing(command: bytes, header: dict) -> dict:
+        raise RemoteError(P.INCONSISTENT_GROUP_PROTOCOL, "the group uses another assignor")
+    w.client.answer = refusing
+    w.client.hold_joins = False
+    try:
+        w.consumer.subscribe(["t"])
+        with pytest.raises(RemoteError) as e:
+            w.consumer.poll(1000)
+        assert e.value.code == P.INCONSISTENT_GROUP_PROTOCOL
+        with pytest.raises(RemoteError):
+            w.consumer.poll(1000)  # and the next poll tries again
+        assert w.client.joins() == 2
+    finally:
+        w.consumer.close()
