@@ -51,6 +51,9 @@ class NodeView:
     since_ms: int = 0                    # wall ms of the last state change
     restarts: int = 0                    # by the supervisor
     last_restart_request_ms: int | None = None
+    # when the monitor learnt of the current process from the supervisor (a restart), before its
+    # first heartbeat: its silence counts from there, not from its predecessor's last heartbeat
+    process_since_ms: int | None = None
     rates: dict[tuple[str, tuple], float] = field(default_factory=dict)  # counter -> per second
     counters_at: tuple[int, dict[tuple[str, tuple], float]] | None = None  # (ms, values) for rates
 
@@ -63,6 +66,12 @@ class NodeView:
             if s.name == name and s.labels == labels:
                 return s.value
         return None
+
+    def new_process(self, pid: int, now_ms: int) -> None:
+        """The supervisor started process ``pid`` in place of the one we knew: nothing heard
+        of it yet, its HTTP port not judged yet."""
+        self.pid, self.last_heard_ms, self.process_since_ms = pid, None, now_ms
+        self.http_failing_since_ms = None
 
     def heard(self, now_ms: int, pid: object) -> None:
         self.last_heard_ms = now_ms
@@ -83,6 +92,8 @@ def classify(view: NodeView, now_ms: int, started_ms: int, config: LoomConfig,
     if view.exited_pid is not None and view.exited_pid == view.pid:
         return DOWN, f"process {view.pid} exited" + (f" ({view.exit_reason})" if view.exit_reason else "")
     heard = view.last_heard_ms
+    if heard is None and view.process_since_ms is not None:
+        started_ms = view.process_since_ms  # a restarted process: silent since it was started
     silent_ms = now_ms - (heard if heard is not None else started_ms)
     if process_alive is False and view.pid:
         # its process is gone: down now, not two heartbeats and a check later (a SIGKILLed node

@@ -34,6 +34,7 @@ class Recovery:
         """``emit(event)`` records and publishes a monitor event; ``saved_events`` are the
         events kept from before a restart (supervisor events already taken are not re-taken)."""
         self.config = config
+        self.clock = reactor.clock
         self.emit = emit
         self.client = RpcClient(ctx, reactor, control_endpoint(config), identity=name)
         self.available = False
@@ -90,7 +91,7 @@ class Recovery:
                 view.pid = ev["pid"]
         if ev.get("action") == "restarted" and view is not None and isinstance(ev.get("pid"), int) \
                 and view.pid in (None, ev.get("old_pid"), view.exited_pid):
-            view.pid = ev["pid"]  # the process it started in place of the one we knew
+            view.new_process(ev["pid"], self.clock.now_ms())  # started in place of the one we knew
         if ev["seq"] <= self._taken_upto.get(self._instance, 0):
             return
         self._taken_upto = {self._instance: ev["seq"]}  # older instances' events never come back

@@ -40,12 +40,12 @@ HUNG = os.getpid()  # this test process stands in for a hung broker: alive, sile
 
 def _judged_after_status(tmp_path: Path, events: list[dict], *, heard_pid: int | None = None,
                          restart_requested_ms: int | None = None, saved_events: tuple = (),
-                         now: int = 120_000) -> tuple[str, str, int | None, list]:
+                         now: int = 120_000, status_at_ms: int = 0) -> tuple[str, str, int | None, list]:
     """A Recovery whose first SUPERVISOR_STATUS answer says broker-1 runs as HUNG, with
     ``events`` (the supervisor's log); broker-1 was heard as ``heard_pid`` at 1 s (if given).
     Judges broker-1 at ``now`` and acts. Returns its state, reason, pid and the requests sent."""
     cfg = small_cluster_config(tmp_path, monitor={"unresponsive_after_ms": 10_000, "restart_backoff_ms": 30_000})
-    rec = Recovery(zmq.Context.instance(), Reactor(ManualClock(0)), cfg, "monitor", lambda e: e,
+    rec = Recovery(zmq.Context.instance(), Reactor(ManualClock(status_at_ms)), cfg, "monitor", lambda e: e,
                    saved_events=list(saved_events))
     sent: list[tuple] = []
     rec.client.request = lambda cmd, header, *a, callback, timeout_ms: sent.append((cmd, header, callback))  # type: ignore[method-assign]
@@ -101,6 +101,24 @@ def test_a_node_that_hangs_again_after_the_restart_the_monitor_asked_for_is_rest
                     "pid": HUNG, "old_pid": old}], heard_pid=old, restart_requested_ms=20_000, now=80_000)
     assert pid == HUNG, f"the view still names pid {pid} (killed), not the running {HUNG}: {state} {reason}"
     assert sent.count(P.SUPERVISOR_RESTART) == 1, f"never restarted again: {state} ({reason})"
+
+
+def test_a_process_restarted_long_after_its_predecessors_last_heartbeat_gets_its_own_time_to_start(
+        tmp_path: Path) -> None:
+    """OLD last heartbeated at 1 s and crashed; the supervisor restarted it as NEW 14 s later
+    (its crash-loop backoff). NEW's silence was counted from OLD's last heartbeat: 14.5 s, over
+    unresponsive_after_ms at once, so NEW was judged unresponsive and killed in its start-up --
+    every restart after a backoff over 10 s, a crash loop of the monitor's making. NEW's silence
+    counts from when the monitor learnt of it."""
+    old = _dead_pid()
+    state, reason, pid, sent = _judged_after_status(tmp_path, _crashed_then_restarted(old), heard_pid=old,
+                                                    status_at_ms=15_000, now=15_500)
+    assert pid == HUNG and state != H.UNRESPONSIVE, f"judged {state} 0.5 s after its start: {reason}"
+    assert P.SUPERVISOR_RESTART not in sent
+    state, reason, _, sent = _judged_after_status(tmp_path, _crashed_then_restarted(old), heard_pid=old,
+                                                  status_at_ms=15_000, now=26_000)
+    assert state == H.UNRESPONSIVE, f"silent 11 s since its start, judged {state}: {reason}"
+    assert sent.count(P.SUPERVISOR_RESTART) == 1
 
 
 def test_a_dead_broker_no_longer_counts_in_the_cluster_throughput_and_history(tmp_path: Path) -> None:
