@@ -45,10 +45,12 @@ though, happens inside ``poll``: when one starts, the other members wait up to
 ``rebalance_timeout_ms`` for this one to call ``poll`` again. The join goes on across polls
 (KIP-266): JOIN_GROUP, SYNC_GROUP and the committed offsets' OFFSET_FETCH go out one after the
 other as their answers arrive, and a ``poll`` (or ``maintain``) returns at its timeout with
-what it has, never waiting for the rebalance to end. An application that has not
-called ``poll`` for ``max_poll_interval_ms`` is taken to be stuck: the heartbeat thread stops
-heartbeating and leaves the group, so its partitions go to the others; the next ``poll``
-joins again as a new member (Kafka's ``max.poll.interval.ms``).
+what it has, never waiting for the rebalance to end. A join completed after the subscription
+changed (``subscribe`` while it waited) brings nothing: the member joins again with its topics,
+as Kafka's consumer does with an assignment that does not match its subscription. An
+application that has not called ``poll`` for ``max_poll_interval_ms`` is taken to be stuck:
+the heartbeat thread stops heartbeating and leaves the group, so its partitions go to the
+others; the next ``poll`` joins again as a new member (Kafka's ``max.poll.interval.ms``).
 
 A new member asks the coordinator for its member id first and then joins with it (KIP-394),
 so a join retried after a lost reply never leaves a ghost member holding partitions.
@@ -326,16 +328,24 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         elif join.retry_at_ms is not None and self.clock.now_ms() >= join.retry_at_ms:
             self._send_join(join)
         elif join.offsets is not None:
-            self._join = None
-            self._take_assignment(join.assignment, join.offsets)
+            with self._lock:
+                stale = self._rejoin_needed
+            if stale:
+                # since this JOIN_GROUP went out the subscription changed or an answer ended the
+                # generation: what it brought is not this member's to take (Kafka's "assignment
+                # does not match the subscription"): join again
+                self._send_join(join)
+            else:
+                self._join = None
+                self._take_assignment(join.assignment, join.offsets)
 
     def _send_join(self, join: "_JoinAttempt") -> None:
         """Send JOIN_GROUP for ``join``; its answer sends SYNC_GROUP, whose answer sends the
         OFFSET_FETCH (``_step``). Answers to an attempt given up (``self._join`` is another
         one, or none: unsubscribe, close) change nothing."""
         with self._lock:
-            self._rejoin_needed = False
-        join.retry_at_ms = None
+            self._rejoin_needed = False  # what changes from here on is seen when the join completes
+        join.retry_at_ms, join.assignment, join.offsets = None, [], None
         self._step(join, P.JOIN_GROUP, {
             "group": self.group_id, "member_id": self.member_id, "generation": self.generation,
             "client_id": self.client_id, "client_host": socket.gethostname(), "topics": self.subscription,

@@ -156,3 +156,32 @@ def test_a_join_error_that_retrying_cannot_cure_is_raised_from_poll() -> None:
         assert w.client.joins() == 2
     finally:
         w.consumer.close()
+
+
+# -- what may change while the join waits ---------------------------------------------------------
+def test_a_join_for_topics_no_longer_subscribed_takes_no_assignment_and_joins_again(world: _World) -> None:
+    """subscribe() to other topics while JOIN_GROUP waits: the generation that join completes
+    assigns by the old subscription. Taken, it told on_assign of t-0 and its poll returned t's
+    records to an application subscribed to u only (and revoked them at the next poll). Kafka's
+    consumer joins again instead ("assignment does not match the subscription")."""
+    c = world.consumer
+    joined_with: list[list[str]] = []
+
+    def by_subscription(command: bytes, header: dict) -> dict:  # t-0 only to a member subscribed to t
+        if command == P.JOIN_GROUP:
+            joined_with.append(list(header["topics"]))
+        if command == P.SYNC_GROUP:
+            return {"generation": 1, "assignment": [list(T0)] if "t" in joined_with[-1] else []}
+        return world.coordinator(command, header)
+    world.client.answer = by_subscription
+    told: list = []
+    c.on_assign = lambda tps: told.append(("assigned", tps))
+    c.on_revoke = lambda tps: told.append(("revoked", tps))
+    c.subscribe(["t"])
+    assert c.poll(0) == []
+    c.subscribe(["u"])  # while the join for t waits for the rebalance
+    world.client.release()
+    records = c.poll(1000) + c.poll(1000)
+    assert {(r.topic, r.partition) for r in records} == set(), "records of a topic no longer subscribed"
+    assert told == [("assigned", [])], f"the application was told of another subscription's partitions: {told}"
+    assert joined_with == [["t"], ["u"]] and c.assignment() == []
