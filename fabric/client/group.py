@@ -40,7 +40,8 @@ interval, never raised out of them. A host that hands records on
 them, auto-commits stop at the first record it handed on (see ``_auto_commit_offsets``).
 
 A background thread (own DEALER socket) sends heartbeats every ``heartbeat_interval_ms``, so
-the member stays in the group while the application works between polls. A rebalance,
+the member stays in the group while the application works between polls -- also while a
+join waits in it for the application's next poll, once it has a member id. A rebalance,
 though, happens inside ``poll``: when one starts, the other members wait up to
 ``rebalance_timeout_ms`` for this one to call ``poll`` again. The join goes on across polls
 (KIP-266): JOIN_GROUP, SYNC_GROUP and the committed offsets' OFFSET_FETCH go out one after the
@@ -311,7 +312,9 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
                 return
             self._revoke()
             self._ensure_heartbeat()
-            join = self._join = _JoinAttempt()
+            join = _JoinAttempt()
+            with self._lock:  # the heartbeat thread reads it (heartbeat_state, leave_if_poll_expired)
+                self._join = join
             self._send_join(join)
         if join.error is not None:
             e, join.error = join.error, None
@@ -319,8 +322,8 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
             if e.code in REJOIN_ERRORS:
                 self._send_join(join)
             elif not e.retriable:
-                self._join = None
                 with self._lock:
+                    self._join = None
                     self._rejoin_needed = True
                 raise e
             else:
@@ -330,13 +333,15 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         elif join.offsets is not None:
             with self._lock:
                 stale = self._rejoin_needed
+                if not stale:
+                    self._join = None
             if stale:
-                # since this JOIN_GROUP went out the subscription changed or an answer ended the
-                # generation: what it brought is not this member's to take (Kafka's "assignment
-                # does not match the subscription"): join again
+                # since this JOIN_GROUP went out the subscription changed, the heartbeat thread left
+                # the group (max_poll_interval_ms) or an answer ended the generation: what it brought
+                # is not this member's to take (Kafka's "assignment does not match the
+                # subscription"): join again
                 self._send_join(join)
             else:
-                self._join = None
                 self._take_assignment(join.assignment, join.offsets)
 
     def _send_join(self, join: "_JoinAttempt") -> None:
@@ -360,7 +365,8 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
             if err is not None:
                 join.error = err
             elif command == P.JOIN_GROUP and h.get("member_id_required"):
-                self.member_id = h["member_id"]  # join again, now under that id (KIP-394)
+                with self._lock:
+                    self.member_id = h["member_id"]  # join again, now under that id (KIP-394)
                 self._send_join(join)
             elif command == P.JOIN_GROUP:
                 with self._lock:
@@ -431,17 +437,27 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
             self._heartbeat = self._heartbeat_factory(self, settings, self._coordinator_endpoint)
 
     def heartbeat_state(self) -> tuple[bool, str, int]:
-        """(active, member_id, generation) for the heartbeat thread."""
+        """(heartbeat?, member_id, generation) for the heartbeat thread: an active member's, and
+        a joining one's once it has a member id. The join goes on across polls, so the answer of
+        a completed rebalance may wait in this consumer's socket while the application works
+        between two polls, and the coordinator drops a member silent for its session: it
+        heartbeats meanwhile with the generation it knows. Refused (illegal_generation,
+        rebalance_in_progress: ignored by ``request_rejoin`` while it joins), such a heartbeat
+        still keeps its session (nodes/coordinator/groups.py)."""
         with self._lock:
-            return self._active, self.member_id, self.generation
+            beat = self._active or (self._join is not None and bool(self.member_id))
+            return beat, self.member_id, self.generation
 
     def leave_if_poll_expired(self) -> str | None:
         """Called by the heartbeat thread: if the application has not called ``poll`` for
         ``max_poll_interval_ms``, stop being an active member (the next ``poll`` joins again
-        as a new member) and return the member id to leave the group with; else None."""
+        as a new member) and return the member id to leave the group with; else None. Also
+        while a join is under way (it heartbeats then too): that join then brings nothing
+        (``_rejoin_needed``), and the member joins again as a new one."""
         with self._lock:
             idle_ms = self.clock.now_ms() - self._last_poll_ms
-            if not self._active or not self.member_id or idle_ms <= self.max_poll_interval_ms:
+            if not (self._active or self._join is not None) or not self.member_id \
+                    or idle_ms <= self.max_poll_interval_ms:
                 return None
             mid = self.member_id
             self._active, self._rejoin_needed = False, True
@@ -462,8 +478,8 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
 
     # -- leaving ---------------------------------------------------------------------------------
     def _leave(self) -> None:
-        self._join = None  # a join under way is given up: its answers change nothing
         with self._lock:
+            self._join = None  # a join under way is given up: its answers change nothing
             self._active = False
             mid = self.member_id
         if mid and self._link.connected:

@@ -100,7 +100,7 @@ class HeartbeatMember(Protocol):
     """What the heartbeat thread needs of its group member (each call takes the member's lock)."""
 
     def heartbeat_state(self) -> tuple[bool, str, int]:
-        """(active, member_id, generation)."""
+        """(heartbeat?, member_id, generation): an active member, or a joining one with an id."""
 
     def leave_if_poll_expired(self) -> str | None:
         """The member id to leave the group with, if the application stopped polling."""

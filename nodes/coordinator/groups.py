@@ -15,7 +15,9 @@ Kafka's eager protocol with coordinator-side assignment:
 - HEARTBEAT ``{group, member_id, generation}`` -> ``{}``; ``rebalance_in_progress`` tells the
   member to give up its partitions (commit, revoke) and JOIN again.
 - LEAVE_GROUP ``{group, member_id}``: the member goes at once and the others rebalance.
-- A member silent for its session timeout is dropped and the others rebalance.
+- A member silent for its session timeout is dropped and the others rebalance. Any request
+  naming it counts, also a heartbeat refused for its generation: a consumer whose JOIN_GROUP
+  answer still waits in its socket heartbeats with the generation it knew.
 - OFFSET_COMMIT ``{group, member_id, generation, offsets: [[topic, p, offset, metadata?]...]}``:
   only a member of the current generation, only for partitions it owns, offsets from 0 up to
   the partition's high watermark, never below the committed offset. With ``generation: -1``

@@ -100,3 +100,27 @@ def test_admin_commits_cannot_grow_the_groups_past_the_limit(tmp_path: Path, mon
     with pytest.raises(RemoteError) as e:  # and a join cannot make a third group either
         gc._on_join(request(P.JOIN_GROUP, group="c", member_id="", topics=["t"], session_timeout_ms=10_000))
     assert e.value.code == P.BUFFER_FULL
+
+
+def test_a_member_heartbeating_with_the_generation_it_knows_keeps_its_session_while_its_join_answer_waits() -> None:
+    """A group consumer's join goes on across polls: the JOIN_GROUP answer of a completed
+    rebalance may wait in its socket while its application works, and its heartbeat thread
+    heartbeats meanwhile with the generation it knows. Refused (illegal_generation), the
+    heartbeat still says the member is alive: it is not dropped as silent, so its SYNC_GROUP,
+    at its next poll, finds its assignment (fabric.client.group relies on it)."""
+    gc, context, _ = _loaded_without_offsets_topic()
+    a = context.server.answer(_join(gc, "a"))
+    b_join = _join(gc, "b")
+    _join(gc, "a", a["member_id"], 1)
+    b = context.server.answer(b_join)
+    assert b["generation"] == 2  # a's answer is not read
+    for _ in range(5):  # 15 s: past the 10 s session
+        context.reactor.clock.advance(3000)
+        with pytest.raises(RemoteError) as e:
+            gc._on_heartbeat(request(P.HEARTBEAT, group="g", member_id=a["member_id"], generation=1))
+        assert e.value.code == P.ILLEGAL_GENERATION
+        gc._on_heartbeat(request(P.HEARTBEAT, group="g", member_id=b["member_id"], generation=2))
+        gc.tick()
+    assert a["member_id"] in gc.groups["g"].members and gc.groups["g"].generation == 2
+    synced = gc._on_sync(request(P.SYNC_GROUP, group="g", member_id=a["member_id"], generation=2))
+    assert synced["assignment"]

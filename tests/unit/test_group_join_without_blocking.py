@@ -22,7 +22,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client.group import GroupConsumer
-from fabric.client.group_link import CoordinatorLink
+from fabric.client.group_link import CoordinatorLink, HeartbeatSettings, HeartbeatThread
 from fabric.errors import RemoteError, RequestTimeout
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
                                                 consumer_config)
@@ -159,6 +159,21 @@ def test_a_join_error_that_retrying_cannot_cure_is_raised_from_poll() -> None:
 
 
 # -- what may change while the join waits ---------------------------------------------------------
+class _HeartbeatClient:
+    """Stands in for the heartbeat thread's BlockingClient: every call answered {}."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, dict]] = []
+
+    def call(self, command: bytes, header: dict, **_kw: Any) -> tuple[dict, list]:
+        self.calls.append((command, dict(header)))
+        return {}, []
+
+
+def _heartbeat(c: GroupConsumer) -> HeartbeatThread:
+    return HeartbeatThread(c, HeartbeatSettings("g", "c", 1000, 10_000), "tcp://127.0.0.1:1")
+
+
 def test_a_join_for_topics_no_longer_subscribed_takes_no_assignment_and_joins_again(world: _World) -> None:
     """subscribe() to other topics while JOIN_GROUP waits: the generation that join completes
     assigns by the old subscription. Taken, it told on_assign of t-0 and its poll returned t's
@@ -185,3 +200,63 @@ def test_a_join_for_topics_no_longer_subscribed_takes_no_assignment_and_joins_ag
     assert {(r.topic, r.partition) for r in records} == set(), "records of a topic no longer subscribed"
     assert told == [("assigned", [])], f"the application was told of another subscription's partitions: {told}"
     assert joined_with == [["t"], ["u"]] and c.assignment() == []
+
+
+def test_heartbeats_keep_a_joining_member_in_the_group_while_the_application_is_away(world: _World) -> None:
+    """Between two polls the join waits in the consumer's socket: once the rebalance completes,
+    the coordinator drops a member that neither syncs nor heartbeats for its session timeout.
+    Heartbeats stopped at the revocation, and the poll that started the join returned: an
+    application working longer than the session between two polls (allowed up to
+    max_poll_interval_ms) was dropped each time it rejoined -- a rebalance of the whole group
+    each time -- and, if its SYNC_GROUP was answered before, took at its next poll the
+    partitions the coordinator had handed on meanwhile."""
+    c = world.consumer
+    c.subscribe(["t"])
+    c.poll(0)
+    hb = _HeartbeatClient()
+    _heartbeat(c).beat(hb)
+    assert hb.calls == [], "a heartbeat before the member has an id"
+    world.client.release()
+    world.reactor.run_once(0)  # the JOIN answer: SYNC_GROUP goes out, the application is away
+    world.clock.advance(4000)
+    _heartbeat(c).beat(hb)
+    assert hb.calls == [(P.HEARTBEAT, {"group": "g", "member_id": "m-1", "generation": 1})]
+    c.poll(1000)
+    assert c.assignment() == [T0]
+    # a rejoin of a member of generation 1: it heartbeats as what it knows while JOIN_GROUP waits
+    c.request_rejoin(1, reset_member=False)
+    world.client.hold_joins = True
+    c.poll(0)
+    assert c.assignment() == [] and c._join is not None
+    world.clock.advance(4000)
+    _heartbeat(c).beat(hb)
+    assert hb.calls[-1] == (P.HEARTBEAT, {"group": "g", "member_id": "m-1", "generation": 1})
+
+
+def test_a_member_that_stops_polling_mid_join_leaves_and_takes_no_assignment() -> None:
+    """max_poll_interval_ms also while the join goes on: the heartbeat thread leaves for a member
+    whose application stopped polling, and the join under way brings it nothing (its member
+    left): the next poll joins again as a new member."""
+    w = _World(max_poll_interval_ms=5000)
+    try:
+        c = w.consumer
+        told: list = []
+        c.on_assign = told.append
+        c.subscribe(["t"])
+        c.poll(0)
+        w.client.release()
+        for _ in range(3):  # JOIN_GROUP, SYNC_GROUP, OFFSET_FETCH answered: the application is away
+            w.reactor.run_once(0)
+        w.clock.advance(6000)
+        hb = _HeartbeatClient()
+        _heartbeat(c).beat(hb)
+        assert hb.calls == [(P.LEAVE_GROUP, {"group": "g", "member_id": "m-1"})]
+        assert c.heartbeat_state() == (False, "", -1)
+        w.client.calls.clear()
+        c.poll(1000)
+        joins = [h for cmd, h in w.client.calls if cmd == P.JOIN_GROUP]
+        assert joins and joins[0]["member_id"] == "", "the member that left took the assignment of its join"
+        assert told == [[T0]] and c.heartbeat_state() == (True, "m-1", 1)
+    finally:
+        w.client.release()
+        w.consumer.close()
