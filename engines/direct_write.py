@@ -24,8 +24,9 @@ batch for this padding, not for a torn write (engines/segment_recovery.py).
 Rewriting the first block rewrites bytes of the previous batch, with the same values: a torn
 write leaves either version of them. A direct write that overlaps pages cached by a buffered
 write or a read is kept coherent by the kernel (it writes back and drops those pages first).
-A file system that refuses O_DIRECT (``EINVAL`` at open or at the first write: tmpfs, some
-FUSE systems) gets buffered writes, as with the setting off.
+A file system that refuses O_DIRECT (``EINVAL`` at open or at a write: tmpfs, some FUSE
+systems) gets buffered writes, as with the setting off -- refused part-way through a run, the
+whole run is written again buffered (the pieces written hold its own bytes).
 
 Thread-safety: the staging buffer is per thread; a segment's direct descriptor and tail are
 its owner's, like the rest of ``LogSegment``.

@@ -248,8 +248,10 @@ class LogSegment:
         try:
             self.padded_bytes, self._tail = write_direct(self._direct_fd, iov, lead, block_at)
         except OSError as e:
-            if e.errno in UNSUPPORTED_ERRNOS and not getattr(e, "written", 0):
-                # refused before any byte was written (alignment, or no direct I/O after all)
+            if e.errno in UNSUPPORTED_ERRNOS:
+                # refused (alignment, or no direct I/O after all) -- at the run's first write or
+                # at a later one: what the earlier ones wrote is the run's own bytes (and the
+                # lead's), which the buffered write writes again over them
                 self._direct_ok = False
                 self.close_direct()
                 self._write_at(fd, iov, at, nbytes)

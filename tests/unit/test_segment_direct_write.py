@@ -541,3 +541,32 @@ def test_the_staging_buffer_is_made_whole_once_per_thread() -> None:
     worker.join()
     assert len({id(b) for b in result}) == 1 and len(result[0]) == direct_write.STAGE_BYTES_MAX
     assert result[0] is not direct_write.staging_buffer(1).obj  # another thread, another buffer
+
+
+def test_a_direct_write_refused_with_einval_part_way_through_a_run_is_written_buffered(
+        log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that takes the first direct write of a run and refuses a later one
+    (EINVAL: alignment or no direct I/O after all, not a failing disk) gets the whole run
+    written buffered, as when it refuses the first: the pieces already written hold the run's
+    own bytes, which the buffered write writes again. The append must not fail."""
+    monkeypatch.setattr(direct_write, "STAGE_BYTES_MAX", 16 * 1024)  # several writes per run
+    real = direct_write._write_all
+    writes = []
+
+    def refuse_after_the_first(fd: int, view: memoryview, at: int) -> None:
+        writes.append(at)
+        if len(writes) > 1:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, view, at)
+    monkeypatch.setattr(direct_write, "_write_all", refuse_after_the_first)
+    e = open_engine(log_dir)
+    e.append(make_batch(0, payload_bytes=SMALL_PAYLOAD))
+    e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))  # raised EngineError
+    e.append(make_batch(2, payload_bytes=BIG_PAYLOAD))
+    assert len(writes) == 2, "refused once, the segment then writes buffered"
+    assert indexes(e) == [0, 1, 2]
+    e.close()
+    monkeypatch.undo()
+    again = open_engine(log_dir)
+    assert again.recovery.truncated_bytes == 0 and indexes(again) == [0, 1, 2]
+    again.close()
