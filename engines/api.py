@@ -66,12 +66,14 @@ class EngineClosed(EngineError):
 
 
 class StorageFailed(Exception):
-    """An fsync of the log's data (or of its directory) failed. The kernel may have dropped the
-    pages it covered and marked them clean, so a later fsync that succeeds proves nothing about
-    them (PostgreSQL's "fsyncgate"): nothing written since the last checkpoint can be vouched
-    for. The engine refuses every write and checkpoint from then on, and closing it writes no
-    checkpoint. Deliberately not an ``EngineError`` (an operating error a handler answers and
-    the node serves on): the node stops, and its restart recovers the log from disk, validating
+    """An fsync of the log's data (or of its directory) failed -- or the cut of a failed append's
+    batches did (segment engine: the log would serve batches its caller is told were not
+    written). After a failed fsync the kernel may have dropped the pages it covered and marked
+    them clean, so a later fsync that succeeds proves nothing about them (PostgreSQL's
+    "fsyncgate"): nothing written since the last checkpoint can be vouched for. The engine
+    refuses every write and checkpoint from then on, and closing it writes no checkpoint.
+    Deliberately not an ``EngineError`` (an operating error a handler answers and the node
+    serves on): the node stops, and its restart recovers the log from disk, validating
     everything after the last good checkpoint -- as Kafka stops a broker whose log directory
     failed and PostgreSQL panics."""
 

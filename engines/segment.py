@@ -212,15 +212,17 @@ class SegmentEngine(AsyncFlushMixin):
             self._fsync_dir()
 
     def _cut_back(self, offset: int) -> None:
-        """Cut a failed append's batches again. After a failed fsync an error of the cut itself
-        (a disk that is gone fails the ftruncate or the read too) is still StorageFailed: never
-        an operating error the broker answers and then serves on after."""
+        """Cut a failed append's batches again. An error of the cut itself (a disk that is
+        gone fails the ftruncate, the unlink or the read too) is StorageFailed, after a failed
+        fsync or not: the log would still hold batches of a call about to be answered as not
+        written -- never an operating error the broker answers and then serves on after (its
+        followers would replicate them, and the producer's retry land after them). Fenced, the
+        node stops; its restart recovers what the disk holds (a batch of the failed call there
+        is then one that may have been written, as after any error the client sees)."""
         try:
             self._truncate(offset)
         except Exception as e:
-            if self._failed is not None:
-                raise self._fence(e) from e
-            raise
+            raise self._fence(e) from e
 
     def _append_grouped(self, batches: list, headers: list[tuple]) -> list[int]:
         """Write validated batches (``headers``: their raw header fields, see

@@ -22,7 +22,7 @@ import yaml
 
 from engines import direct_write, segment_file
 from engines.batch import build
-from engines.api import CacheWindow, EngineConfig, EngineError, StorageFull
+from engines.api import CacheWindow, EngineConfig, EngineError, StorageFailed, StorageFull
 from engines.conformance import make_batch, read_all
 from engines.conformance_support import batch_index
 from engines.direct_write import BLOCK_BYTES, DIRECT_WRITE_MIN_BYTES, open_direct
@@ -570,3 +570,36 @@ def test_a_direct_write_refused_with_einval_part_way_through_a_run_is_written_bu
     again = open_engine(log_dir)
     assert again.recovery.truncated_bytes == 0 and indexes(again) == [0, 1, 2]
     again.close()
+
+
+def test_a_failed_append_whose_cut_back_across_a_roll_fails_is_not_left_in_the_log(
+        log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that rolled wrote its first batches (directly) into the old segment; its write
+    into the new segment fails, and so does the cut of the old segment back to where the call
+    began (a disk going bad). The engine must not answer the error and go on serving those
+    batches -- followers would replicate them, the high watermark pass them, and the producer,
+    told they were not written, send them again after them: it fences (StorageFailed: the node
+    stops, and its restart recovers what the disk holds)."""
+    e = open_engine(log_dir, segment_bytes=200 * 1024)
+    e.append(make_batch(0, record_count=1, payload_bytes=BIG_PAYLOAD))
+    old = e._active
+    end, size = e.log_end_offset, e.size_bytes
+    real_write, real_ftruncate = LogSegment._write_direct, os.ftruncate
+
+    def fail_in_the_new_segment(self: LogSegment, fd: int, iov: list, at: int, nbytes: int) -> None:
+        if self is not old:
+            raise OSError(errno.EIO, "Input/output error")
+        real_write(self, fd, iov, at, nbytes)
+
+    def fail_on_the_old_segment(fd: int, length: int) -> None:
+        if os.path.samestat(os.fstat(fd), os.stat(old.log_path)):
+            raise OSError(errno.EIO, "Input/output error")
+        real_ftruncate(fd, length)
+    monkeypatch.setattr(LogSegment, "_write_direct", fail_in_the_new_segment)
+    monkeypatch.setattr(segment_file.os, "ftruncate", fail_on_the_old_segment)
+    with pytest.raises(StorageFailed):  # was the ftruncate's EngineError, the batches kept
+        e.append_many([make_batch(1 + i, record_count=1, payload_bytes=BIG_PAYLOAD) for i in range(3)])  # rolls after 1
+    monkeypatch.undo()
+    with pytest.raises(StorageFailed):
+        e.append(make_batch(9, record_count=1, payload_bytes=100))
+    e.close()
