@@ -66,6 +66,7 @@ class GroupCommits:
     on_commit: CommitCallback | None
     _lock: threading.Lock
     _active: bool
+    _join: object | None            # the join under way (GroupConsumer's _JoinAttempt), if any
     _link: CoordinatorLink
     reactor: Pump
 
@@ -98,13 +99,21 @@ class GroupCommits:
         if not offsets:
             return
         with self._lock:  # once: the heartbeat thread may leave meanwhile (max_poll_interval_ms)
-            member_id, generation = self.member_id, self.generation
+            member_id, generation, joining = self.member_id, self.generation, self._join is not None
+        refused: CommitFailed | None = None
         if self.subscription and (not member_id or generation < 0):
             # not a member of any generation (it left for max_poll_interval_ms, or has not joined
             # yet): generation -1 is an administrator's commit, which may move offsets backward
             # (Kafka's CommitFailedException: "not part of an active group")
             refused = CommitFailed(P.UNKNOWN_MEMBER, f"group {self.group_id}: this consumer is not a member of the "
                                                      "group (it left or has not joined): poll() joins it again")
+        elif self.subscription and joining:
+            # a rebalance under way (the join goes on across polls): the member may hold the new
+            # generation already but none of its partitions yet (Kafka's
+            # RebalanceInProgressException, a CommitFailedException)
+            refused = CommitFailed(P.REBALANCE_IN_PROGRESS, f"group {self.group_id}: a rebalance is under way: "
+                                                            "poll() completes it")
+        if refused is not None:
             if not asynchronous:
                 raise refused
             log.warning("group %s: async commit failed: %s", self.group_id, refused)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from fabric import protocol as P
-from fabric.client.group import GroupConsumer
+from fabric.client.group import CommitFailed, GroupConsumer
 from fabric.client.group_link import CoordinatorLink, HeartbeatSettings, HeartbeatThread
 from fabric.errors import RemoteError, RequestTimeout
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
@@ -260,3 +260,31 @@ def test_a_member_that_stops_polling_mid_join_leaves_and_takes_no_assignment() -
     finally:
         w.client.release()
         w.consumer.close()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_commit_while_a_join_is_under_way_fails_as_a_rebalance(world: _World, asynchronous: bool) -> None:
+    """Between the JOIN_GROUP answer and the assignment the member holds the new generation
+    but none of its partitions: a commit then went out in that generation and, for a partition
+    it had before, was refused as partition_not_assigned -- an error no application handles
+    as "rebalanced". As Kafka's (RebalanceInProgressException, a CommitFailedException) it
+    fails as a rebalance, without being sent."""
+    seen: list = []
+    c = world.consumer
+    c.on_commit = lambda offsets, err: seen.append(err)
+    c.subscribe(["t"])
+    world.client.release()
+    c.poll(1000)
+    assert c.assignment() == [T0]
+    c.request_rejoin(c.generation, reset_member=False)  # a heartbeat answered "rebalance"
+    world.client.hold_joins = True
+    c.poll(0)  # revokes, and the JOIN_GROUP waits
+    sent = len(world.client.calls)
+    if asynchronous:
+        c.commit({T0: 5}, asynchronous=True)
+        assert len(seen) == 1 and isinstance(seen[0], CommitFailed) and seen[0].code == P.REBALANCE_IN_PROGRESS
+    else:
+        with pytest.raises(CommitFailed) as e:
+            c.commit({T0: 5})
+        assert e.value.code == P.REBALANCE_IN_PROGRESS
+    assert [cmd for cmd, _ in world.client.calls[sent:]] == [], "the commit went out"
