@@ -311,11 +311,12 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
             if not rejoin:
                 return
             self._revoke()
-            self._ensure_heartbeat()
             join = _JoinAttempt()
             with self._lock:  # the heartbeat thread reads it (heartbeat_state, leave_if_poll_expired)
                 self._join = join
             self._send_join(join)
+        if self._heartbeat is None and self._link.connected:  # its endpoint is known from now on
+            self._ensure_heartbeat()
         if join.error is not None:
             e, join.error = join.error, None
             self._on_group_error(e)
@@ -416,12 +417,14 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
 
     # -- talking to the coordinator --------------------------------------------------------------
     def _coordinator_endpoint(self) -> str:
-        deadline = self.clock.now_ms() + COORDINATOR_CALL_TIMEOUT_MS
-        while not self.metadata.coordinator:
-            if self.clock.now_ms() >= deadline:
-                raise RequestTimeout("no metadata: cannot find the coordinator")
+        """The coordinator's endpoint, from the metadata. Never waits: while the metadata
+        names none (no broker answered yet), a metadata request goes out and RequestTimeout
+        (retriable) is raised -- a join tries again after its backoff, a blocking call
+        (``CoordinatorLink.call``) within its retry budget, with the reactor running meanwhile.
+        Waiting here held ``poll(0)`` and ``maintain()`` for up to 10 s at every try."""
+        if not self.metadata.coordinator:
             self._refresh_metadata()
-            self.reactor.run_once(100)
+            raise RequestTimeout("no metadata yet: cannot find the coordinator")
         return self.metadata.coordinator
 
     def _connect_coordinator(self) -> RpcClient:

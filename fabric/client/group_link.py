@@ -80,7 +80,10 @@ class CoordinatorLink:
 
             def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
                 box["reply"] = (h, err)
-            self.request(command, header, callback=done, timeout_ms=timeout_ms)
+            try:
+                self.request(command, header, callback=done, timeout_ms=timeout_ms)
+            except CodedError as e:  # not sent (no coordinator known yet: retriable): as an answer
+                box["reply"] = (None, e)
             while "reply" not in box:
                 self.reactor.run_once(100)
             h, err = box["reply"]

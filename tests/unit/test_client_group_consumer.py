@@ -191,3 +191,21 @@ class _AnsweringClient(RecordingClient):
             self.answer_last(command, None, err=reply)
         else:
             self.answer_last(command, reply)
+
+
+def test_poll_0_does_not_wait_for_metadata_that_names_the_coordinator() -> None:
+    """No broker answers (the cluster is down, or not yet up): the metadata names no
+    coordinator. poll(0) looked for it, up to 10 s, before its first JOIN_GROUP -- and the
+    consumer service's maintain() with it, every call. It asks for metadata and returns; a
+    blocking call (committed()) still waits its budget for the coordinator."""
+    c = GroupConsumer(NOWHERE, group_id="g", heartbeat_factory=NoHeartbeat.make, enable_auto_commit=False)
+    try:
+        c.subscribe(["t"])
+        started = time.monotonic()
+        assert c.poll(0) == []
+        c.maintain()
+        assert c.poll(0) == []
+        took_s = time.monotonic() - started
+        assert took_s < 2, f"poll(0) and maintain() took {took_s:.1f} s without a coordinator"
+    finally:
+        c.close()
