@@ -101,8 +101,14 @@ def test_a_full_disk_fails_produces_clearly_and_loses_nothing_acknowledged(small
         p.flush(30)
     assert errors, f"{len(acked)} records acknowledged and no error: the disk never filled"
     codes = {code for code, _ in errors}
-    assert P.STORAGE_ERROR in codes, errors
-    assert any("No space left on device" in text for _, text in errors), errors  # says what is wrong
+    # who finds the disk full first is a race: the leader (its append fails: storage_error,
+    # naming the cause), or a follower (its fetch's append fails, it falls out of the ISR, and
+    # the leader refuses writes below min.insync.replicas before it appends again)
+    # (batches still queued when the others failed may expire with no answer: request_timed_out)
+    telling = {P.STORAGE_ERROR, P.NOT_ENOUGH_REPLICAS, P.NOT_ENOUGH_REPLICAS_AFTER_APPEND}
+    assert codes & telling and codes <= telling | {P.REQUEST_TIMED_OUT}, errors
+    if P.STORAGE_ERROR in codes:
+        assert any("No space left on device" in text for _, text in errors), errors  # says what is wrong
     for name in c.node_names:  # every node keeps running, and answers
         assert c.procs[name].poll() is None, f"{name} exited with {c.procs[name].returncode}"
         c.ping(name, timeout_ms=3000)
