@@ -72,6 +72,7 @@ SPECS: tuple[MetricSpec, ...] = (
     _g("loom_broker_disk_free_bytes", "bytes", (), "Free bytes on the file system of the broker's data dir"),
     _g("loom_broker_disk_used_ratio", "ratio", (), "Used fraction (0-1) of the file system of the broker's data dir"),
     _g("loom_broker_parked_requests", "", (), "Long-poll fetches and acks=all produces waiting on the broker"),
+    _g("loom_broker_metadata_refused", "", (), "1 while the broker refuses the coordinator's metadata or the coordinator refuses it"),
     # -- producer and consumer services -------------------------------------------------------------
     _c("loom_producer_service_records_total", "records", ("topic",), "Records accepted by the producer service"),
     _g("loom_producer_service_buffer_bytes", "bytes", (), "Bytes of records accepted and not yet answered"),

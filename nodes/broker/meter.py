@@ -23,14 +23,17 @@ from nodes.broker.partition import Partition
 
 class BrokerMeter:
     def __init__(self, registry: MetricsRegistry, partitions: Mapping[tuple[str, int], Partition],
-                 engine: str, data_dir: Path, parked: Callable[[], int]) -> None:
+                 engine: str, data_dir: Path, parked: Callable[[], int],
+                 refusing: Callable[[], bool] = lambda: False) -> None:
         """``partitions`` is the broker's live table (read at snapshot time); ``parked()``
-        returns the number of parked requests."""
+        returns the number of parked requests; ``refusing()`` whether the broker refuses the
+        coordinator's metadata or is refused by it (``MetadataGuard.last_refusal``)."""
         self.registry = registry
         self.partitions = partitions
         self.engine = engine
         self.data_dir = data_dir
         self.parked = parked
+        self.refusing = refusing
         # (topic, partition) -> (high watermark, log end offset, their two encoded samples)
         self._offset_samples: dict[tuple[str, int], tuple[int, int, list, list]] = {}
         registry.add_encoded_collector(self._gauges)
@@ -70,7 +73,8 @@ class BrokerMeter:
         gauges = [("loom_broker_partitions", ("leader",), leaders), ("loom_broker_partitions", ("follower",), followers),
                   ("loom_broker_under_replicated_partitions", (), under),
                   ("loom_broker_log_bytes", (self.engine,), log_bytes),
-                  ("loom_broker_parked_requests", (), self.parked())]
+                  ("loom_broker_parked_requests", (), self.parked()),
+                  ("loom_broker_metadata_refused", (), 1 if self.refusing() else 0)]
         try:
             st = os.statvfs(self.data_dir)
         except OSError:

@@ -78,7 +78,7 @@ class Broker(Node):
                                on_appended=self._appended_as_leader, flusher=flusher, counters=self.counters)
         self.partitions = self.core.partitions  # the live table (read by tests and STATS)
         self.meter = BrokerMeter(self.metrics, self.partitions, self.storage.engine, self.data_dir,
-                                 lambda: self.handlers.parking.size)
+                                 lambda: self.handlers.parking.size, lambda: bool(self.guard.last_refusal))
         self.handlers = RequestHandlers(self.core, self.server, self.clock, self.limits, self.meter)
         self.server.route(P.METADATA, self._on_metadata_request)
         self.coordinator = RpcClient(self.ctx, self.reactor, config.coordinator.endpoint, identity=name)

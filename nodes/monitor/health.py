@@ -124,6 +124,9 @@ def degraded_reasons(view: NodeView, config: LoomConfig) -> list[str]:
         out.append(probe.detail)
     elif probe is not None and probe.rtt_ms is not None and probe.rtt_ms > config.monitor.slow_response_ms:
         out.append(f"slow HTTP answers ({probe.detail})")
+    if view.value("loom_broker_metadata_refused"):
+        out.append("refuses the coordinator's metadata, or is refused by the coordinator (its log, and "
+                   "`loom status`, say why): the cluster counts it out")
     under = view.value("loom_broker_under_replicated_partitions")
     if under:
         out.append(f"lagging replicas: {int(under)} partitions it leads are under-replicated")
