@@ -239,9 +239,11 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
             self._maybe_auto_commit()
             self._last_poll_ms = self.clock.now_ms()  # time spent inside poll (a join) is polling
             left = deadline - self.clock.now_ms()
-            # while a join is under way, its answers are taken up at least every JOIN_SLICE_MS
-            views = super()._poll_views(max(0, min(left, JOIN_SLICE_MS if self._join else POLL_SLICE_MS)),
-                                        max_records)
+            # while a join is due or under way, its answers are taken up at least every JOIN_SLICE_MS
+            joining = self._join is not None or self._rejoin_needed
+            views = super()._poll_views(max(0, min(left, JOIN_SLICE_MS if joining else POLL_SLICE_MS)), max_records)
+            if joining and not views:  # (never with records in hand: a join starts with a revocation)
+                self._advance_join()  # what that pass brought: a join's answers, the metadata that starts one
             if views or self.clock.now_ms() >= deadline:
                 return views
 
@@ -309,6 +311,9 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
             with self._lock:
                 rejoin = self._rejoin_needed
             if not rejoin:
+                return
+            if not self._link.connected and not self.metadata.coordinator:
+                self._refresh_metadata()  # the join starts once the metadata names the coordinator
                 return
             self._revoke()
             join = _JoinAttempt()

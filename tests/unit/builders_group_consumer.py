@@ -28,7 +28,8 @@ class OnePartitionBroker:
     def __init__(self) -> None:
         self.replies: list[Callable[[], None]] = []
         self.metadata = ClusterMetadata(1, "c", {1: BrokerInfo(1, "b1", 1, 2)},
-                                        {"t": TopicInfo("t", (PartitionInfo("t", 0, 1, 1, (1,), (1,)),), {}, "id-t")})
+                                        {"t": TopicInfo("t", (PartitionInfo("t", 0, 1, 1, (1,), (1,)),), {}, "id-t")},
+                                        coordinator="tcp://coordinator")
 
     def client(self, endpoint: str) -> "OnePartitionBroker":
         return self
