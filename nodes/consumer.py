@@ -79,6 +79,7 @@ FETCH_TIMEOUT_MS_MAX = 30_000
 FETCH_RECORDS_MAX = 10_000
 FETCH_BYTES_MAX = 16 * 1024 * 1024
 MAINTAIN_INTERVAL_S = 0.1          # an idle instance still joins, rebalances and auto-commits
+JOIN_MAINTAIN_INTERVAL_S = 0.01    # ... and while it joins, its join's answers are taken up this often
 CONFIG_TYPES: dict[str, type] = {
     "auto_offset_reset": str, "enable_auto_commit": bool, "auto_commit_interval_ms": int,
     "session_timeout_ms": int, "heartbeat_interval_ms": int, "rebalance_timeout_ms": int,
@@ -132,7 +133,7 @@ class Instance(threading.Thread):
         while not self._stop_requested.is_set():
             if time.monotonic() >= next_maintain:  # also when requests keep coming
                 self._maintain()
-                next_maintain = time.monotonic() + MAINTAIN_INTERVAL_S
+                next_maintain = time.monotonic() + self._maintain_interval_s()
             try:
                 item = self.commands.get(timeout=max(0.0, next_maintain - time.monotonic()))
             except queue.Empty:
@@ -183,6 +184,14 @@ class Instance(threading.Thread):
                 return
             if item is not None:
                 item[2](None, RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {self.instance_name} was closed"))
+
+    def _maintain_interval_s(self) -> float:
+        """Until the next ``maintain``: short while the consumer joins (the join goes on
+        across calls, each of its steps taken up by one -- JOIN_GROUP twice, SYNC_GROUP, the
+        committed offsets, the log start or end: at MAINTAIN_INTERVAL_S an idle instance
+        took a second to its first records)."""
+        c = self.consumer
+        return JOIN_MAINTAIN_INTERVAL_S if c is not None and c.joining else MAINTAIN_INTERVAL_S
 
     def _maintain(self) -> None:
         if self.consumer is None:

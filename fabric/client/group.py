@@ -444,6 +444,13 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
             settings = HeartbeatSettings(self.group_id, self.client_id, self.heartbeat_interval_ms, self.session_timeout_ms)
             self._heartbeat = self._heartbeat_factory(self, settings, self._coordinator_endpoint)
 
+    @property
+    def joining(self) -> bool:
+        """A join is due or under way: its steps are taken up only by ``poll`` and
+        ``maintain``, so a host that drives the member between requests of its own (the consumer
+        service's instance thread) calls ``maintain`` often meanwhile."""
+        return bool(self.subscription) and (self._join is not None or self._rejoin_needed)
+
     def heartbeat_state(self) -> tuple[bool, str, int]:
         """(heartbeat?, member_id, generation) for the heartbeat thread: an active member's, and
         a joining one's once it has a member id. The join goes on across polls, so the answer of

@@ -288,3 +288,31 @@ def test_a_commit_while_a_join_is_under_way_fails_as_a_rebalance(world: _World, 
             c.commit({T0: 5})
         assert e.value.code == P.REBALANCE_IN_PROGRESS
     assert [cmd for cmd, _ in world.client.calls[sent:]] == [], "the commit went out"
+
+
+def test_joining_says_when_a_join_is_due_or_under_way(world: _World) -> None:
+    """What a host that drives the member between its own requests (the consumer service's
+    instance thread) reads to call maintain() often while a join goes on: each of its steps is
+    taken up only by poll or maintain, every 100 ms for an idle instance -- a REST client's
+    first records took a second where a blocking join took 100 ms."""
+    c = world.consumer
+    assert not c.joining
+    c.subscribe(["t"])
+    assert c.joining
+    c.poll(0)
+    assert c.joining
+    world.client.release()
+    c.poll(1000)
+    assert c.assignment() == [T0] and not c.joining
+
+
+def test_an_instance_maintains_its_consumer_often_while_it_joins() -> None:
+    from types import SimpleNamespace
+
+    from nodes.consumer import JOIN_MAINTAIN_INTERVAL_S, MAINTAIN_INTERVAL_S, Instance, InstanceHost
+    inst = Instance(InstanceHost("consumer-1", ["tcp://127.0.0.1:1"], 1000, lambda e: None), "g", "i", {}, 0)
+    assert inst._maintain_interval_s() == MAINTAIN_INTERVAL_S  # no consumer yet
+    inst.consumer = SimpleNamespace(joining=True)  # type: ignore[assignment]
+    assert inst._maintain_interval_s() == JOIN_MAINTAIN_INTERVAL_S < MAINTAIN_INTERVAL_S / 5
+    inst.consumer = SimpleNamespace(joining=False)  # type: ignore[assignment]
+    assert inst._maintain_interval_s() == MAINTAIN_INTERVAL_S

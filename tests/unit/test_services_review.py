@@ -39,6 +39,7 @@ class _FakeGroupConsumer:
 
     hold: threading.Event | None = None
     holding = threading.Event()
+    joining = False  # GroupConsumer.joining: a join due or under way
     in_poll = False  # the hold is in the next poll, not in maintain
 
     def __init__(self, bootstrap: Any, group_id: str, **config: Any) -> None:
