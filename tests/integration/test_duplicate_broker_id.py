@@ -19,7 +19,9 @@ def _broker_1_process(cluster: Cluster) -> str:
     return ClusterMetadata.from_wire(header["metadata"]).brokers[1].incarnation
 
 
-def test_a_second_broker_with_the_same_id_is_refused_until_the_first_is_dead(tmp_path: Path) -> None:
+def _cluster_and_twin(tmp_path: Path) -> tuple[Cluster, Cluster]:
+    """A three-broker cluster (not started), and a copy of its config that gives broker 1 a
+    data directory and ports of its own: the twin."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     cluster = Cluster(make_config(tmp_path / "a", 3))
@@ -27,7 +29,11 @@ def test_a_second_broker_with_the_same_id_is_refused_until_the_first_is_dead(tmp
     raw["cluster"]["data_dir"] = str(tmp_path / "b" / "data")
     raw["nodes"]["broker-1"]["port"], raw["nodes"]["broker-1"]["pub_port"] = free_ports(2)
     (tmp_path / "b" / "cluster.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    twin = Cluster(tmp_path / "b" / "cluster.yaml")
+    return cluster, Cluster(tmp_path / "b" / "cluster.yaml")
+
+
+def test_a_second_broker_with_the_same_id_is_refused_until_the_first_is_dead(tmp_path: Path) -> None:
+    cluster, twin = _cluster_and_twin(tmp_path)
     try:
         cluster.start()
         # every broker's first registration is a commit: the version is taken after all three
@@ -63,14 +69,7 @@ def test_a_twin_that_was_broker_1_stands_aside_once_refused(tmp_path: Path) -> N
     twin, shown that another process is broker 1, registers again and is refused -- and then
     follows and leads nothing: before, it went on fetching as broker 1 under a process no
     metadata named, its own log counted by the leaders as broker 1's."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    cluster = Cluster(make_config(tmp_path / "a", 3))
-    raw = yaml.safe_load(cluster.config_path.read_text())
-    raw["cluster"]["data_dir"] = str(tmp_path / "b" / "data")
-    raw["nodes"]["broker-1"]["port"], raw["nodes"]["broker-1"]["pub_port"] = free_ports(2)
-    (tmp_path / "b" / "cluster.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    twin = Cluster(tmp_path / "b" / "cluster.yaml")
+    cluster, twin = _cluster_and_twin(tmp_path)
     try:
         cluster.start()
         cluster.create_topic("t", partitions=3, replication_factor=3)

@@ -197,6 +197,17 @@ def _following_u_0_led_by_broker_2(broker, coord, loop) -> None:  # noqa: ANN001
     assert broker.partitions[("u", 0)].role == "follower" and 2 in broker.fetchers
 
 
+def _taken_once_the_other_is_dead(broker, coord, loop) -> None:  # noqa: ANN001
+    """The process the coordinator took for broker 1 dies: the refused one, asking again, is
+    taken (as a restart)."""
+    coord.alive.discard(1)
+    coord._on_broker_down(1)
+    broker.clock.advance(2_000)
+    broker.reactor.run_once(0)
+    loop.deliver(loop.serve(P.BROKER_REGISTER))
+    assert broker._registered and coord.state.incarnations[1] == broker.incarnation
+
+
 def test_a_process_registering_again_reports_as_the_process_it_was(nodes) -> None:  # noqa: ANN001
     """Fenced (another broker leads an epoch it thought its own) it registers again as a new
     process, and until an answer its fetchers named that new process: one no metadata names,
@@ -223,12 +234,7 @@ def test_a_process_registering_again_reports_as_the_process_it_was(nodes) -> Non
     broker.reactor.run_once(0)
     _refused(broker, loop)
     # "x" dead, the refused process is taken (as a restart): its reports name it from then on
-    coord.alive.discard(1)
-    coord._on_broker_down(1)
-    broker.clock.advance(2_000)
-    broker.reactor.run_once(0)
-    loop.deliver(loop.serve(P.BROKER_REGISTER))
-    assert broker._registered and coord.state.incarnations[1] == broker.incarnation
+    _taken_once_the_other_is_dead(broker, coord, loop)
     assert broker.fetchers[2].leader.incarnation() == broker.incarnation
 
 
@@ -304,12 +310,7 @@ def test_a_refused_process_does_not_take_the_leadership_of_its_brokers_real_proc
     loop.deliver(loop.serve(P.ALTER_ISR))
     assert coord.state.topics["t"].partitions[0].isr == [1, 2, 3]
     # "x" dead, it is taken: the registration's metadata makes it broker 1's process again
-    coord.alive.discard(1)
-    coord._on_broker_down(1)
-    broker.clock.advance(2_000)
-    broker.reactor.run_once(0)
-    loop.deliver(loop.serve(P.BROKER_REGISTER))
-    assert broker._registered and coord.state.incarnations[1] == broker.incarnation
+    _taken_once_the_other_is_dead(broker, coord, loop)
     ps = coord.state.topics["t"].partitions[0]
     assert part.leader_epoch == ps.leader_epoch and part.is_leader == (ps.leader == 1)
 
