@@ -226,6 +226,11 @@ class Consumer:
         self.reactor.run_once(0)  # let replies of prefetches in flight land
         return out
 
+    def _awaits_position(self, tp: TopicPartition) -> bool:
+        """``tp`` has no position, and another part finds it (a group consumer's lookup of
+        the committed offset): it is not reset to ``auto_offset_reset`` meanwhile."""
+        return False
+
     def _rpc_client(self, endpoint: str) -> RpcClient:
         return RpcClient(self.ctx, self.reactor, endpoint, identity="consumer")
 
@@ -243,7 +248,8 @@ class Consumer:
         now = self.clock.now_ms()
         for tp, pos in self.positions.items():
             if pos is None:
-                self._start_reset(tp)
+                if not self._awaits_position(tp):
+                    self._start_reset(tp)
                 continue
             if self._held_until_ms.get(tp, 0) > now:
                 continue

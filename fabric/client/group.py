@@ -225,6 +225,7 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         self.subscription = []
         self.auto_commit_bounds = {}
         self._last_committed = {}  # what the membership committed says nothing once it is given up
+        self._commit_lookup = None  # an assigned consumer's lookup on its way: its answer is given up
 
     # -- polling ---------------------------------------------------------------------------------
     def _poll_views(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:
@@ -249,19 +250,23 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
 
     def _poll_assigned(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:
         """``_poll_views`` of an assigned consumer: partitions never positioned start at the
-        group's committed offsets (with or without auto-commit, as Kafka's); with auto-commit,
-        one is due-checked at least every ``POLL_SLICE_MS`` of the wait, as Kafka's poll wakes
-        up for it."""
+        group's committed offsets (with or without auto-commit, as Kafka's), looked up without
+        waiting (``_position_at_commits``); with auto-commit, one is due-checked at least every
+        ``POLL_SLICE_MS`` of the wait, as Kafka's poll wakes up for it."""
         if self._closed:
-            return super()._poll_views(timeout_ms, max_records)
-        self._position_at_commits()
-        if not self.enable_auto_commit:
             return super()._poll_views(timeout_ms, max_records)
         deadline = self.clock.now_ms() + timeout_ms
         while True:
+            positioning = self._position_at_commits()  # never waits: a later pass takes its answer up
             self._maybe_auto_commit()
             left = deadline - self.clock.now_ms()
-            views = super()._poll_views(max(0, min(left, POLL_SLICE_MS)), max_records)
+            if positioning:  # the lookup's answer is taken up at least every JOIN_SLICE_MS
+                slice_ms = JOIN_SLICE_MS
+            elif self.enable_auto_commit:
+                slice_ms = POLL_SLICE_MS
+            else:
+                slice_ms = left
+            views = super()._poll_views(max(0, min(left, slice_ms)), max_records)
             if views or self.clock.now_ms() >= deadline:
                 return views
 
@@ -270,10 +275,11 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         host (the consumer service) that polls only when its own client asks for records."""
         if self._closed:
             return
-        if not self.subscription:
-            if self.enable_auto_commit:  # an assigned consumer: only the auto-commit, and its reply
-                self._maybe_auto_commit()
-                self.reactor.run_once(0)
+        if not self.subscription:  # an assigned consumer: its start at the commits, the auto-commit
+            self._position_at_commits()
+            self._maybe_auto_commit()
+            self.reactor.run_once(0)
+            self._position_at_commits()  # what that pass brought
             return
         self._last_poll_ms = self.clock.now_ms()  # the host is alive and drives the member
         self._advance_join()  # never waits: the join goes on across calls

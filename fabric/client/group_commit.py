@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.consumer import TopicPartition
-from fabric.client.group_link import REJOIN_ERRORS, CoordinatorLink, Pump
+from fabric.client.group_link import REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink, Pump
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
 
@@ -45,6 +45,20 @@ COMMIT_TIMEOUT_MS = 20_000       # a sync commit retries retriable errors this l
 
 class CommitFailed(RemoteError):
     """The commit was refused because this member no longer owns the partitions."""
+
+
+class _CommitLookup:
+    """An assigned consumer's OFFSET_FETCH of the committed offsets of ``tps``: on its way
+    until ``offsets`` (its answer's) or ``error`` is set; ``committed_since``: what this
+    consumer's commits answered meanwhile (newer than the answer may say)."""
+
+    __slots__ = ("tps", "offsets", "error", "committed_since")
+
+    def __init__(self, tps: list[TopicPartition]) -> None:
+        self.tps = tps
+        self.offsets: list | None = None
+        self.error: CodedError | None = None
+        self.committed_since: dict[TopicPartition, int] = {}
 
 
 class GroupCommits:
@@ -85,6 +99,8 @@ class GroupCommits:
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
         self._async_commits_in_flight = 0
         self._auto_commit_failures_logged: set[int] = set()  # codes of an assigned consumer's refusals
+        self._commit_lookup: _CommitLookup | None = None  # an assigned consumer's OFFSET_FETCH on its way
+        self._commit_lookup_retry_at_ms = 0
 
     # -- commits ---------------------------------------------------------------------------------
     def commit(self, offsets: dict[TopicPartition, int] | None = None, asynchronous: bool = False) -> None:
@@ -181,6 +197,8 @@ class GroupCommits:
         # positions would never send it
         self._last_committed.update(offsets)
         self._auto_commit_failures_logged.clear()  # a later refusal is news again
+        if self._commit_lookup is not None:
+            self._commit_lookup.committed_since.update(offsets)
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of ``tp`` (None: nothing committed)."""
@@ -193,7 +211,12 @@ class GroupCommits:
         if not tps:
             return {}
         h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in tps]})
-        found = {(t, p): o for t, p, o, *_ in h["offsets"]}
+        return self._took_committed(tps, h["offsets"])
+
+    def _took_committed(self, tps: list[TopicPartition], offsets: list) -> dict[TopicPartition, int | None]:
+        """OFFSET_FETCH's ``offsets`` of ``tps``, per partition (None: nothing committed), also
+        kept in ``_last_committed`` by an assigned consumer."""
+        found = {(t, p): o for t, p, o, *_ in offsets}
         out: dict[TopicPartition, int | None] = {}
         for tp in tps:
             off = found.get(tp, -1)
@@ -206,27 +229,65 @@ class GroupCommits:
             out[tp] = off if off >= 0 else None
         return out
 
-    # -- auto-commit -----------------------------------------------------------------------------
-    def _position_at_commits(self) -> None:
+    # -- an assigned consumer's start ------------------------------------------------------------
+    def _position_at_commits(self) -> bool:
         """Start an assigned partition that has no position (not seeked, no records yet) at the
         group's committed offset, as Kafka's consumer does after ``assign()`` with a group id
         (with or without auto-commit); ``auto_offset_reset`` only where nothing is committed.
         Else a restarted application skipped what came after its last commit (latest) or read
-        the log again (earliest), and an auto-commit moved the group there. Raises (nothing
-        reset meanwhile) when the coordinator cannot say."""
-        fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
-        if not fresh:
-            return
-        found = self.committed_offsets(fresh)  # also what _last_committed holds of them
-        for tp in fresh:
-            if tp not in self.positions or self.positions[tp] is not None or tp in self._reset_specs:
-                continue  # seeked or given up meanwhile
-            off = found[tp]
-            if off is not None:
-                self.positions[tp] = off
-            else:  # nothing committed: the reset policy, looked up once
-                self._reset_specs[tp] = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
+        the log again (earliest), and an auto-commit moved the group there.
 
+        Never waits (KIP-266): one OFFSET_FETCH goes out for the partitions without a position
+        and its answer is taken up by a later call; meanwhile they are neither fetched nor reset
+        (``_awaits_position``). A blocking lookup, retried for up to 10 s while the coordinator
+        was away, held ``poll(0)`` as long. A retriable failure is tried again after
+        RETRY_BACKOFF_MS; one retrying cannot cure is raised (the next call tries again).
+        True while a partition awaits its position so."""
+        lookup = self._commit_lookup
+        if lookup is not None:
+            if lookup.offsets is None and lookup.error is None:
+                return True  # on its way
+            self._commit_lookup = None
+            if lookup.error is not None:
+                self._commit_lookup_retry_at_ms = self.clock.now_ms() + RETRY_BACKOFF_MS
+                if not lookup.error.retriable:
+                    raise lookup.error
+                return True
+            found = self._took_committed(lookup.tps, lookup.offsets)
+            found.update(lookup.committed_since)  # a commit answered after the lookup went out wins
+            for tp in lookup.tps:
+                if not self._awaits_position(tp):
+                    continue  # seeked or given up meanwhile
+                off = found[tp]
+                if off is not None:
+                    self.positions[tp] = off
+                else:  # nothing committed: the reset policy, looked up once
+                    self._reset_specs[tp] = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
+        fresh = [tp for tp in self.positions if self._awaits_position(tp)]
+        if not fresh or self.clock.now_ms() < self._commit_lookup_retry_at_ms:
+            return bool(fresh)
+        lookup = self._commit_lookup = _CommitLookup(fresh)
+
+        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            if lookup is not self._commit_lookup:
+                return  # given up (close, a subscribe)
+            if err is not None:
+                lookup.error = err
+            else:
+                lookup.offsets = h["offsets"]
+        try:
+            self._link.request(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]},
+                               callback=done)
+        except CodedError as e:  # not sent (the coordinator could not be found yet): as an answer
+            lookup.error = e
+        return True
+
+    def _awaits_position(self, tp: TopicPartition) -> bool:
+        """``tp`` is assigned without a position or a reset to take: its committed offset is
+        (to be) looked up. ``Consumer._send_fetches`` resets no such partition."""
+        return self.positions.get(tp, 0) is None and tp not in self._reset_specs
+
+    # -- auto-commit -----------------------------------------------------------------------------
     def _maybe_auto_commit(self) -> None:
         """The asynchronous auto-commit, when due: a subscribed consumer's only while it is an
         active member, an assigned consumer's as a commit outside any generation."""

@@ -324,3 +324,33 @@ def test_internal_offsets_topic_cannot_be_altered_or_deleted_by_clients(cluster:
         assert e.value.code == P.INVALID_TOPIC
     after = admin.metadata().topics["__consumer_offsets"]
     assert (after.configs, len(after.partitions)) == (before.configs, len(before.partitions))
+
+
+def test_an_assigned_consumers_poll_does_not_wait_for_a_stalled_coordinator(cluster: Cluster, admin: Admin) -> None:
+    """An assigned consumer with a group id starts at the group's committed offset; the lookup
+    no longer blocks ``poll`` (it retried for up to 10 s): with the coordinator stalled,
+    ``poll(0)`` returns at once, and once the coordinator is back the consumer reads from
+    the committed offset, not from ``auto_offset_reset``."""
+    make_topic(cluster, admin, "assigned-stall", partitions=1)
+    produce(cluster, "assigned-stall", 40)
+    tp = ("assigned-stall", 0)
+    with Consumer(cluster.bootstrap, group_id="g-assigned-stall", enable_auto_commit=False) as first:
+        first.assign([tp])
+        first.commit({tp: 30})
+    c = Consumer(cluster.bootstrap, group_id="g-assigned-stall", auto_offset_reset="latest", enable_auto_commit=False)
+    cluster.kill("coordinator", signal.SIGSTOP)
+    try:
+        c.assign([tp])
+        started = time.monotonic()
+        assert c.poll(timeout_ms=0) == []
+        assert c.poll(timeout_ms=300) == []
+        assert time.monotonic() - started < 5, "poll waited for the stalled coordinator"
+        assert c.position(tp) is None, "the partition was reset to latest while its commit was looked up"
+    finally:
+        cluster.kill("coordinator", signal.SIGCONT)
+    try:
+        got: list = []
+        wait_until(lambda: got.extend(c.poll(timeout_ms=200)) or len(got) >= 10, 30, what="the records after the commit")
+        assert got[0].offset == 30 and [r.offset for r in got] == list(range(30, 40))
+    finally:
+        c.close()

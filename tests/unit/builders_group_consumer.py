@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from fabric import protocol as P
+from fabric.client.group import GroupConsumer
+from fabric.client.group_link import CoordinatorLink
 from fabric.clock import ManualClock
-from fabric.errors import RemoteError
+from fabric.errors import RemoteError, RequestTimeout
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from tests.unit.fakes import FakeReactor, NoHeartbeat, as_leader_wrote, make_batch
 
@@ -109,6 +111,75 @@ class OffsetsCoordinator:
             self.members.discard(header["member_id"])
             return {}
         raise AssertionError(f"the scripted coordinator does not answer {command!r}")
+
+
+class HeldCoordinator:
+    """The coordinator's RPC client: every request answered by ``answer`` on the consumer's
+    next reactor pass, but those of command ``held`` (JOIN_GROUP: the rebalance waits for other
+    members) held while ``holding``, until ``release()``; a held request times out at its
+    ``timeout_ms``, as a real client's does."""
+
+    def __init__(self, reactor: BrokerRepliesReactor, answer: Callable[[bytes, dict], dict],
+                 held: bytes = P.JOIN_GROUP) -> None:
+        self.reactor, self.answer, self.held_command = reactor, answer, held
+        self.holding = True
+        self.held: list[tuple[Callable, dict]] = []
+        self.calls: list[tuple[bytes, dict]] = []
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable, timeout_ms: int) -> None:
+        self.calls.append((command, dict(header)))
+        if command == self.held_command and self.holding:
+            entry = (callback, header)
+            self.held.append(entry)
+            self.reactor.call_later(timeout_ms, lambda: self._expire(entry))
+            return
+        self.reactor.broker.replies.append(lambda: self._answer(command, header, callback))
+
+    def _answer(self, command: bytes, header: dict, callback: Callable) -> None:
+        try:
+            reply = self.answer(command, header)
+        except RemoteError as e:
+            callback(None, [], e)
+        else:
+            callback(reply, [], None)
+
+    def _expire(self, entry: tuple[Callable, dict]) -> None:
+        if entry in self.held:
+            self.held.remove(entry)
+            entry[0](None, [], RequestTimeout("no answer in time"))
+
+    def release(self) -> None:
+        self.holding = False
+        for callback, header in self.held:
+            self.reactor.broker.replies.append(lambda cb=callback, h=header: self._answer(self.held_command, h, cb))
+        self.held.clear()
+
+    def sent(self, command: bytes) -> int:
+        return sum(1 for c, _ in self.calls if c == command)
+
+    def joins(self) -> int:
+        return self.sent(P.JOIN_GROUP)
+
+    def close(self) -> None:
+        pass
+
+
+class HeldWorld:
+    """A real GroupConsumer of group g (``kw``: its settings) on a real CoordinatorLink whose
+    coordinator client holds the requests of command ``held`` (``HeldCoordinator``)."""
+
+    def __init__(self, held: bytes, **kw: Any) -> None:
+        self.broker = OnePartitionBroker()
+        self.reactor = BrokerRepliesReactor(self.broker)
+        self.clock = self.reactor.clock
+        self.coordinator = OffsetsCoordinator()
+        self.client = HeldCoordinator(self.reactor, self.coordinator, held=held)
+        link = CoordinatorLink(self.reactor, self.clock, lambda: self.client)
+        self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(self.broker, self.reactor, link, **kw))
+
+    def close(self) -> None:
+        self.client.release()
+        self.consumer.close()
 
 
 def consumer_config(broker: OnePartitionBroker, reactor: BrokerRepliesReactor, coordinator: Any,

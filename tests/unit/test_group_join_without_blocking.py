@@ -15,88 +15,32 @@ the test releases it (tests/unit/builders_group_consumer.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from fabric import protocol as P
 from fabric.client.group import CommitFailed, GroupConsumer
-from fabric.client.group_link import CoordinatorLink, HeartbeatSettings, HeartbeatThread
-from fabric.errors import RemoteError, RequestTimeout
-from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
-                                                consumer_config)
+from fabric.client.group_link import HeartbeatSettings, HeartbeatThread
+from fabric.errors import RemoteError
+from tests.unit.builders_group_consumer import T0, HeldWorld
 
 REBALANCE_TIMEOUT_MS = 30_000
 
 
-class JoinHeldCoordinator:
-    """The coordinator's RPC client: every request answered by ``answer`` on the consumer's
-    next reactor pass, but JOIN_GROUP held (the rebalance waits for other members) until
-    ``release()``; a held request times out at its ``timeout_ms``, as a real client's does."""
-
-    def __init__(self, reactor: BrokerRepliesReactor, answer: Callable[[bytes, dict], dict]) -> None:
-        self.reactor, self.answer = reactor, answer
-        self.hold_joins = True
-        self.held: list[tuple[Callable, dict]] = []
-        self.calls: list[tuple[bytes, dict]] = []
-
-    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable, timeout_ms: int) -> None:
-        self.calls.append((command, dict(header)))
-        if command == P.JOIN_GROUP and self.hold_joins:
-            entry = (callback, header)
-            self.held.append(entry)
-            self.reactor.call_later(timeout_ms, lambda: self._expire(entry))
-            return
-        self.reactor.broker.replies.append(lambda: self._answer(command, header, callback))
-
-    def _answer(self, command: bytes, header: dict, callback: Callable) -> None:
-        try:
-            reply = self.answer(command, header)
-        except RemoteError as e:
-            callback(None, [], e)
-        else:
-            callback(reply, [], None)
-
-    def _expire(self, entry: tuple[Callable, dict]) -> None:
-        if entry in self.held:
-            self.held.remove(entry)
-            entry[0](None, [], RequestTimeout("no answer in time"))
-
-    def release(self) -> None:
-        self.hold_joins = False
-        for callback, header in self.held:
-            self.reactor.broker.replies.append(lambda cb=callback, h=header: self._answer(P.JOIN_GROUP, h, cb))
-        self.held.clear()
-
-    def joins(self) -> int:
-        return sum(1 for c, _ in self.calls if c == P.JOIN_GROUP)
-
-    def close(self) -> None:
-        pass
-
-
-class _World:
-    def __init__(self, **kw: Any) -> None:
-        self.broker = OnePartitionBroker()
-        self.reactor = BrokerRepliesReactor(self.broker)
-        self.clock = self.reactor.clock
-        self.coordinator = OffsetsCoordinator()
-        self.client = JoinHeldCoordinator(self.reactor, self.coordinator)
-        link = CoordinatorLink(self.reactor, self.clock, lambda: self.client)
-        self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
-            self.broker, self.reactor, link, rebalance_timeout_ms=REBALANCE_TIMEOUT_MS, enable_auto_commit=False, **kw))
+def _world(**kw: Any) -> HeldWorld:
+    return HeldWorld(P.JOIN_GROUP, rebalance_timeout_ms=REBALANCE_TIMEOUT_MS, enable_auto_commit=False, **kw)
 
 
 @pytest.fixture
-def world() -> Iterator[_World]:
-    w = _World()
+def world() -> Iterator[HeldWorld]:
+    w = _world()
     yield w
-    w.client.release()
-    w.consumer.close()
+    w.close()
 
 
-def test_poll_0_and_maintain_return_at_once_while_the_join_waits_for_the_rebalance(world: _World) -> None:
+def test_poll_0_and_maintain_return_at_once_while_the_join_waits_for_the_rebalance(world: HeldWorld) -> None:
     c = world.consumer
     c.subscribe(["t"])
     started = world.clock.now_ms()
@@ -113,7 +57,7 @@ def test_poll_0_and_maintain_return_at_once_while_the_join_waits_for_the_rebalan
     assert [r.offset for r in records][:3] == [0, 1, 2]
 
 
-def test_a_join_that_times_out_is_tried_again_and_polls_still_return_at_their_timeout(world: _World) -> None:
+def test_a_join_that_times_out_is_tried_again_and_polls_still_return_at_their_timeout(world: HeldWorld) -> None:
     c = world.consumer
     c.subscribe(["t"])
     deadline = world.clock.now_ms() + REBALANCE_TIMEOUT_MS + 10_000
@@ -127,7 +71,7 @@ def test_a_join_that_times_out_is_tried_again_and_polls_still_return_at_their_ti
     assert c.generation == 1 and c.assignment() == [T0]
 
 
-def test_the_answer_to_a_join_given_up_changes_nothing(world: _World) -> None:
+def test_the_answer_to_a_join_given_up_changes_nothing(world: HeldWorld) -> None:
     c = world.consumer
     c.subscribe(["t"])
     c.poll(0)
@@ -140,12 +84,12 @@ def test_the_answer_to_a_join_given_up_changes_nothing(world: _World) -> None:
 
 
 def test_a_join_error_that_retrying_cannot_cure_is_raised_from_poll() -> None:
-    w = _World()
+    w = _world()
 
     def refusing(command: bytes, header: dict) -> dict:
         raise RemoteError(P.INCONSISTENT_GROUP_PROTOCOL, "the group uses another assignor")
     w.client.answer = refusing
-    w.client.hold_joins = False
+    w.client.holding = False
     try:
         w.consumer.subscribe(["t"])
         with pytest.raises(RemoteError) as e:
@@ -155,7 +99,7 @@ def test_a_join_error_that_retrying_cannot_cure_is_raised_from_poll() -> None:
             w.consumer.poll(1000)  # and the next poll tries again
         assert w.client.joins() == 2
     finally:
-        w.consumer.close()
+        w.close()
 
 
 # -- what may change while the join waits ---------------------------------------------------------
@@ -174,7 +118,7 @@ def _heartbeat(c: GroupConsumer) -> HeartbeatThread:
     return HeartbeatThread(c, HeartbeatSettings("g", "c", 1000, 10_000), "tcp://127.0.0.1:1")
 
 
-def test_a_join_for_topics_no_longer_subscribed_takes_no_assignment_and_joins_again(world: _World) -> None:
+def test_a_join_for_topics_no_longer_subscribed_takes_no_assignment_and_joins_again(world: HeldWorld) -> None:
     """subscribe() to other topics while JOIN_GROUP waits: the generation that join completes
     assigns by the old subscription. Taken, it told on_assign of t-0 and its poll returned t's
     records to an application subscribed to u only (and revoked them at the next poll). Kafka's
@@ -202,7 +146,7 @@ def test_a_join_for_topics_no_longer_subscribed_takes_no_assignment_and_joins_ag
     assert joined_with == [["t"], ["u"]] and c.assignment() == []
 
 
-def test_heartbeats_keep_a_joining_member_in_the_group_while_the_application_is_away(world: _World) -> None:
+def test_heartbeats_keep_a_joining_member_in_the_group_while_the_application_is_away(world: HeldWorld) -> None:
     """Between two polls the join waits in the consumer's socket: once the rebalance completes,
     the coordinator drops a member that neither syncs nor heartbeats for its session timeout.
     Heartbeats stopped at the revocation, and the poll that started the join returned: an
@@ -225,7 +169,7 @@ def test_heartbeats_keep_a_joining_member_in_the_group_while_the_application_is_
     assert c.assignment() == [T0]
     # a rejoin of a member of generation 1: it heartbeats as what it knows while JOIN_GROUP waits
     c.request_rejoin(1, reset_member=False)
-    world.client.hold_joins = True
+    world.client.holding = True
     c.poll(0)
     assert c.assignment() == [] and c._join is not None
     world.clock.advance(4000)
@@ -237,7 +181,7 @@ def test_a_member_that_stops_polling_mid_join_leaves_and_takes_no_assignment() -
     """max_poll_interval_ms also while the join goes on: the heartbeat thread leaves for a member
     whose application stopped polling, and the join under way brings it nothing (its member
     left): the next poll joins again as a new member."""
-    w = _World(max_poll_interval_ms=5000)
+    w = _world(max_poll_interval_ms=5000)
     try:
         c = w.consumer
         told: list = []
@@ -258,12 +202,11 @@ def test_a_member_that_stops_polling_mid_join_leaves_and_takes_no_assignment() -
         assert joins and joins[0]["member_id"] == "", "the member that left took the assignment of its join"
         assert told == [[T0]] and c.heartbeat_state() == (True, "m-1", 1)
     finally:
-        w.client.release()
-        w.consumer.close()
+        w.close()
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-def test_a_commit_while_a_join_is_under_way_fails_as_a_rebalance(world: _World, asynchronous: bool) -> None:
+def test_a_commit_while_a_join_is_under_way_fails_as_a_rebalance(world: HeldWorld, asynchronous: bool) -> None:
     """Between the JOIN_GROUP answer and the assignment the member holds the new generation
     but none of its partitions: a commit then went out in that generation and, for a partition
     it had before, was refused as partition_not_assigned -- an error no application handles
@@ -277,7 +220,7 @@ def test_a_commit_while_a_join_is_under_way_fails_as_a_rebalance(world: _World, 
     c.poll(1000)
     assert c.assignment() == [T0]
     c.request_rejoin(c.generation, reset_member=False)  # a heartbeat answered "rebalance"
-    world.client.hold_joins = True
+    world.client.holding = True
     c.poll(0)  # revokes, and the JOIN_GROUP waits
     sent = len(world.client.calls)
     if asynchronous:
@@ -290,7 +233,7 @@ def test_a_commit_while_a_join_is_under_way_fails_as_a_rebalance(world: _World, 
     assert [cmd for cmd, _ in world.client.calls[sent:]] == [], "the commit went out"
 
 
-def test_joining_says_when_a_join_is_due_or_under_way(world: _World) -> None:
+def test_joining_says_when_a_join_is_due_or_under_way(world: HeldWorld) -> None:
     """What a host that drives the member between its own requests (the consumer service's
     instance thread) reads to call maintain() often while a join goes on: each of its steps is
     taken up only by poll or maintain, every 100 ms for an idle instance -- a REST client's
