@@ -325,7 +325,7 @@ class Coordinator(Node):
             return
         if self._foreign(bid, hb.cluster_id):
             return
-        directory = hb.directory_id or None  # "" names none, as in a registration
+        directory = _named_directory(hb.directory_id)
         if hb.incarnation is not None and self._duplicate(bid, hb.incarnation, directory):
             self.counters["duplicate_broker_heartbeats"] += 1
             return
@@ -349,8 +349,7 @@ class Coordinator(Node):
             # registers again as a new process
             raise RemoteError(P.STALE_BROKER_EPOCH, f"broker {bid}'s process {incarnation} was replaced by "
                               f"{self.state.incarnations.get(bid)}")
-        directory = req.header.get("directory_id")
-        directory = directory if isinstance(directory, str) and directory else None
+        directory = _named_directory(req.header.get("directory_id"))
         if self._duplicate(bid, incarnation, directory):
             self.counters["duplicate_broker_registrations"] += 1
             current = self.state.incarnations.get(bid)
@@ -522,3 +521,9 @@ class Coordinator(Node):
         self.groups.close()
         self.sub.close(0)
         super().close()
+
+
+def _named_directory(value: Any) -> str | None:
+    """The data directory id a registration or heartbeat names; None when it names none (an
+    older broker version: absent, or "")."""
+    return value if isinstance(value, str) and value else None
