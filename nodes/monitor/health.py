@@ -73,6 +73,20 @@ class NodeView:
         self.pid, self.last_heard_ms, self.process_since_ms = pid, None, now_ms
         self.http_failing_since_ms = None
 
+    def took_http_probe(self, out: ProbeOutcome, now_ms: int) -> None:
+        """The outcome of its last HTTP probe: a failure starts a run of failures (or goes on
+        with one), an answer ends it."""
+        self.http_probe = out
+        if out.answered:
+            self.http_failing_since_ms = None
+        elif self.http_failing_since_ms is None:
+            self.http_failing_since_ms = now_ms
+
+    def forgive_http_failures(self, now_ms: int) -> None:
+        """Its run of failed HTTP probes, if any, counts from ``now_ms``."""
+        if self.http_failing_since_ms is not None:
+            self.http_failing_since_ms = now_ms
+
     def heard(self, now_ms: int, pid: object) -> None:
         self.last_heard_ms = now_ms
         if isinstance(pid, int) and pid > 0:

@@ -208,11 +208,7 @@ class Monitor(Node):
         for name, probe in self.http_probes.items():
             view, out = self.views[name], probe.outcome()
             if out is not None:
-                view.http_probe = out
-                if out.answered:
-                    view.http_failing_since_ms = None
-                elif view.http_failing_since_ms is None:
-                    view.http_failing_since_ms = now_ms
+                view.took_http_probe(out, now_ms)
             probe.start()
 
     def _judging_order(self) -> list[H.NodeView]:
@@ -229,9 +225,8 @@ class Monitor(Node):
         and consumer instance. Such a gateway stays degraded, and is judged unresponsive only
         after failing ``unresponsive_after_ms`` with the coordinator back."""
         coordinator = self.views.get(self.config.coordinator_name)
-        if view.http_failing_since_ms is not None and (coordinator is None
-                                                       or coordinator.state not in (H.HEALTHY, H.DEGRADED)):
-            view.http_failing_since_ms = now_ms
+        if coordinator is None or coordinator.state not in (H.HEALTHY, H.DEGRADED):
+            view.forgive_http_failures(now_ms)
 
     def _take_samples(self, view: H.NodeView, samples: list[Sample], now_ms: int) -> None:
         counters = {(s.name, s.labels): s.value for s in samples if s.name in RATE_METRICS}
