@@ -14,7 +14,8 @@ HTTP request counts (``HttpRequestCounter``, filled by the HTTP threads) are rea
 node's metrics registry by a collector, so STATS carries them to the monitor.
 
 FAULTS also takes ``hold_http_ms`` here (only with ``faults.enabled``): every HTTP request waits
-that long, or until ``hold_http_ms: 0``, while this node answers on (webui/request_hold.py).
+that long, or until ``hold_http_ms: 0``, while this node answers on (webui/request_hold.py); a
+``block`` list in the same request is applied too.
 
 Not thread-safe: owned by the control thread, except ``is_up``, which reads a dict that only
 the control thread replaces (atomic under the GIL).
@@ -94,9 +95,12 @@ class GatewayControl(Node):
         ms = req.get("hold_http_ms", int)
         if not 0 <= ms <= HOLD_MS_MAX:
             raise RemoteError(P.MALFORMED_REQUEST, f"hold_http_ms must be 0 (release) to {HOLD_MS_MAX}")
+        # the other faults of the same request too (checked before either is applied: a bad
+        # block list leaves the hold as it was), not dropped silently
+        reply = super()._on_faults(req) if "block" in req.header else {}
         held = self.hold.hold_for(ms)
         log.warning("fault injection: %s", f"holding every HTTP request for {ms} ms" if ms else "HTTP requests released")
-        return {"hold_http_ms": ms, "held_requests": held}  # held when the change was made
+        return {**reply, "hold_http_ms": ms, "held_requests": held}  # held when the change was made
 
     def heartbeat_fields(self) -> dict[str, Any]:
         return {**super().heartbeat_fields(), "pid": self.master_pid}

@@ -108,3 +108,20 @@ def test_a_release_counts_the_requests_it_released() -> None:
         for t in threads:
             t.join(timeout=10)
     assert released == 2 and hold.held == 0
+
+
+def test_a_hold_with_a_block_list_does_both(tmp_path: Path) -> None:
+    """A FAULTS request naming ``hold_http_ms`` and ``block`` took the hold and dropped the
+    block list silently; and a bad part leaves the other undone."""
+    hold = RequestHold()
+    with control(tmp_path, True, hold) as node:
+        answer = faults(node, hold_http_ms=60_000, block=["broker-2"])
+        assert answer == {"hold_http_ms": 60_000, "held_requests": 0, "blocked": ["broker-2"]}
+        assert node.faults.blocked == {"broker-2"} and hold._until
+        with pytest.raises((RemoteError, MalformedFrame)):
+            faults(node, hold_http_ms=-1, block=[])
+        assert node.faults.blocked == {"broker-2"}, "a refused request changed the block list"
+        with pytest.raises((RemoteError, MalformedFrame)):
+            faults(node, hold_http_ms=0, block="broker-3")
+        assert hold._until, "a refused request released the hold"
+        hold.hold_for(0)
