@@ -77,14 +77,22 @@ def staging_buffer(nbytes: int) -> memoryview:
     """``min(nbytes, STAGE_BYTES_MAX)`` bytes, rounded up to a block, of this thread's staging
     buffer: page-aligned, STAGE_BYTES_MAX long, made and touched whole at the thread's first
     direct write (so a broker's memory does not creep up by a page at a time as its writes
-    grow) and kept."""
+    grow) and kept. Raises OSError(ENOMEM) when the memory is not there (also for Python's
+    MemoryError): the caller writes buffered instead."""
     want = min(max(nbytes, BLOCK_BYTES), STAGE_BYTES_MAX)
     want += -want % BLOCK_BYTES
     buf = getattr(_local, "buf", None)
     if buf is None or len(buf) < want:
         size = max(want, STAGE_BYTES_MAX + -STAGE_BYTES_MAX % BLOCK_BYTES)
-        buf = mmap.mmap(-1, size)
-        buf.write(bytes(size))  # every page resident now, not on first use
+        try:
+            buf = mmap.mmap(-1, size)
+            try:
+                buf.write(bytes(size))  # every page resident now, not on first use
+            except BaseException:
+                buf.close()
+                raise
+        except MemoryError as e:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory (the direct-write staging buffer)") from e
         _local.buf = buf
     return memoryview(buf)[:want]
 

@@ -15,6 +15,7 @@ damaged stored data raise CorruptBatch.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -254,6 +255,12 @@ class LogSegment:
                 # lead's), which the buffered write writes again over them
                 self._direct_ok = False
                 self.close_direct()
+                self._write_at(fd, iov, at, nbytes)
+                return
+            if e.errno == errno.ENOMEM:
+                # short of memory (the staging buffer could not be made, or the kernel could not
+                # pin a write's pages): this run goes buffered -- over any pieces already
+                # written, as above -- and the next tries the direct way again
                 self._write_at(fd, iov, at, nbytes)
                 return
             raise translate_os_error(e, f"append to {self.log_path}") from e

@@ -603,3 +603,42 @@ def test_a_failed_append_whose_cut_back_across_a_roll_fails_is_not_left_in_the_l
     with pytest.raises(StorageFailed):
         e.append(make_batch(9, record_count=1, payload_bytes=100))
     e.close()
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOMEM, "Cannot allocate memory"), MemoryError()])
+def test_a_staging_buffer_that_cannot_be_made_leaves_the_run_to_a_buffered_write(
+        log_dir: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException) -> None:
+    """The staging buffer is made at a thread's first direct write (8 MiB, touched whole): a
+    broker short of memory then failed the append (EngineError from ENOMEM; a MemoryError, not
+    a storage error at all, stopped the node). The page cache's memory is still there: the run
+    is written buffered, and a later run tries the direct way again."""
+    made = []
+
+    def mmap_failing_once(fileno: int, size: int) -> object:
+        made.append(size)
+        if len(made) == 1:
+            raise failure
+        return real_mmap(fileno, size)
+    real_mmap = direct_write.mmap.mmap
+    monkeypatch.setattr(direct_write.mmap, "mmap", mmap_failing_once)
+    result: list = []
+
+    def in_a_thread_without_a_buffer() -> None:
+        e = open_engine(log_dir)
+        try:
+            e.append(make_batch(0, payload_bytes=BIG_PAYLOAD))
+            e.append(make_batch(1, payload_bytes=BIG_PAYLOAD))
+            result.append(indexes(e))
+        except BaseException as ex:  # noqa: BLE001 -- handed to the test thread
+            result.append(ex)
+        finally:
+            e.close()
+    worker = threading.Thread(target=in_a_thread_without_a_buffer)
+    worker.start()
+    worker.join()
+    assert result == [[0, 1]], result
+    assert len(made) == 2, "the next run did not try the direct way again"
+    monkeypatch.undo()
+    again = open_engine(log_dir)
+    assert again.recovery.truncated_bytes == 0 and indexes(again) == [0, 1]
+    again.close()
