@@ -9,10 +9,13 @@ Requests (every one names ``group`` and ``instance``, except CREATE without a na
                 client_id, idle_timeout_ms
     CONSUMER_SUBSCRIBE     {topics: [...]}  ([] unsubscribes; not while assigned) -> {}
     CONSUMER_SUBSCRIPTION  {}                                         -> {topics}
-    CONSUMER_FETCH         {timeout_ms?, max_bytes?, max_records?, frame?} -> {records: [[topic, partition,
-                                                   offset, timestamp_ms, key, value, headers], ...]}
+    CONSUMER_FETCH         {timeout_ms?, max_bytes?, max_records?, frame?, positions?} -> {records: [[topic,
+                                                   partition, offset, timestamp_ms, key, value, headers], ...]}
                            with frame: true -> {count} + one payload frame of those rows
                            (fabric.client.services.pack_rows: out of the 1 MiB header)
+                           with positions: true the answer adds {positions: [[t, p, offset]] | null,
+                           generation}: where the instance stands after these records, null while it
+                           is not positioned (it joins, or looks a partition's position up)
     CONSUMER_COMMIT        {offsets: [[topic, partition, offset]...] | null (= current positions)} -> {}
     CONSUMER_COMMITTED     {partitions: [[topic, partition]...]}      -> {offsets: [[t, p, offset|-1]]}
     CONSUMER_SEEK          {to: beginning|end|offsets, partitions?, offsets?} -> {}
@@ -228,7 +231,10 @@ class Instance(threading.Thread):
             records = self._fetch(c, h)
             if records and c.enable_auto_commit:  # until the client's next request confirms them
                 c.auto_commit_bounds = _first_offsets(records)
-            return Framed({"count": len(records)}, [pack_rows(records)]) if h.get("frame") else {"records": records}
+            header = {"count": len(records)} if h.get("frame") else {"records": records}
+            if h.get("positions"):
+                header.update(positions=_positions(c), generation=c.generation)
+            return Framed(header, [pack_rows(records)]) if h.get("frame") else header
         if op == "commit":
             offsets = h.get("offsets")
             c.commit({(o[0], o[1]): o[2] for o in offsets} if offsets else None)
@@ -340,6 +346,16 @@ def _first_offsets(records: list) -> dict[tuple[str, int], int]:
     return dict(zip(map(_TOPIC_PARTITION, backward), map(_OFFSET, backward)))
 
 
+def _positions(c: GroupConsumer) -> list[list] | None:
+    """``[[topic, partition, offset], ...]``: every assigned partition's next offset to fetch,
+    or None while the consumer is not positioned -- a join is due or under way (its assignment
+    is not known), or a partition's position is being looked up (the log start or end)."""
+    if c.joining:
+        return None
+    positions = [[t, p, c.position((t, p))] for t, p in c.assignment()]
+    return None if any(o is None for _t, _p, o in positions) else positions
+
+
 def _waited_ms(h: dict) -> float:
     """How long ago the service received the fetch of header ``h`` (``_on_op`` stamps it)."""
     return (time.monotonic() - h["_received"]) * 1000
@@ -366,8 +382,9 @@ def check_op_header(op: str, h: dict) -> None:
         for name in ("timeout_ms", "max_records", "max_bytes", "budget_ms"):
             if name in h and not is_int(h[name]):
                 raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be int")
-        if not isinstance(h.get("frame", False), bool):
-            raise RemoteError(P.MALFORMED_REQUEST, "frame must be a boolean")
+        for name in ("frame", "positions"):
+            if not isinstance(h.get(name, False), bool):
+                raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a boolean")
     elif op == "commit":
         partition_list("offsets", 3)
     elif op == "committed":

@@ -212,6 +212,17 @@ class ServiceProducer:
         self._clients.clear()
 
 
+class Fetched(NamedTuple):
+    """A CONSUMER_FETCH answer with where the instance stands after it (``fetch_with_positions``)."""
+
+    records: list[Record]
+    # every assigned partition's next offset to fetch, after ``records``; None while the
+    # instance is not positioned: it joins its group, or looks a partition's position up (the
+    # log start or end: ``auto_offset_reset`` without a committed offset, or out of range)
+    positions: dict[tuple[str, int], int] | None
+    generation: int  # of the group membership the assignment came from (-1: none, or assigned)
+
+
 @dataclass
 class ConsumerInstance:
     """A consumer instance living in one consumer service."""
@@ -240,14 +251,31 @@ class ConsumerInstance:
     def fetch(self, timeout_ms: int = 1000, max_bytes: int = 1024 * 1024, max_records: int = 500) -> list[Record]:
         """Records after the instance's positions (which advance); waits up to timeout_ms.
         They come in one payload frame (``frame: true``)."""
-        h, payloads = self.client.call_frames(
-            self.endpoint, P.CONSUMER_FETCH, {"group": self.group, "instance": self.name, "timeout_ms": timeout_ms,
-                                              "max_bytes": max_bytes, "max_records": max_records, "frame": True,
-                                              "budget_ms": CALL_TIMEOUT_MS},
-            timeout_ms + CALL_TIMEOUT_MS)
+        return self._fetch(timeout_ms, max_bytes, max_records, False).records
+
+    def fetch_with_positions(self, timeout_ms: int = 1000, max_bytes: int = 1024 * 1024,
+                             max_records: int = 500) -> "Fetched":
+        """``fetch``, and where the instance stands after it (``positions: true``): whether it
+        is positioned, and at which offsets -- see ``Fetched``."""
+        return self._fetch(timeout_ms, max_bytes, max_records, True)
+
+    def _fetch(self, timeout_ms: int, max_bytes: int, max_records: int, positions: bool) -> "Fetched":
+        header = {"group": self.group, "instance": self.name, "timeout_ms": timeout_ms, "max_bytes": max_bytes,
+                  "max_records": max_records, "frame": True, "budget_ms": CALL_TIMEOUT_MS}
+        if positions:
+            header["positions"] = True
+        h, payloads = self.client.call_frames(self.endpoint, P.CONSUMER_FETCH, header, timeout_ms + CALL_TIMEOUT_MS)
         if len(payloads) != 1:
             raise MalformedFrame(P.MALFORMED_REQUEST, "a CONSUMER_FETCH reply with frame: true has one records frame")
-        return list(map(Record._make, unpack_rows(payloads[0], max_records, len(Record._fields))))
+        records = list(map(Record._make, unpack_rows(payloads[0], max_records, len(Record._fields))))
+        if not positions:
+            return Fetched(records, None, -1)
+        try:
+            at = None if h["positions"] is None else {(t, p): o for t, p, o in h["positions"]}
+            return Fetched(records, at, int(h["generation"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise MalformedFrame(P.MALFORMED_REQUEST,
+                                 f"a CONSUMER_FETCH reply without readable positions: {e}") from None
 
     def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """Commit these offsets (next offset to read) or, with None, the current positions."""

@@ -13,8 +13,8 @@ import pytest
 from fabric import protocol as P
 from fabric.errors import RemoteError
 from nodes.consumer import COMMANDS_PER_INSTANCE_MAX, Instance, InstanceHost, check_op_header
-from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
-                                                consumer_config, serve)
+from tests.unit.builders_group_consumer import (LOG_END_OFFSET, T0, BrokerRepliesReactor, OffsetsCoordinator,
+                                                OnePartitionBroker, consumer_config, serve)
 from tests.unit.fakes import ScriptedCoordinatorLink
 
 # a fetch without a wait reads the answers already in: metadata, the log start, the records
@@ -69,7 +69,7 @@ def test_a_bug_on_the_instance_thread_goes_to_the_host_and_is_not_answered(monke
 
 
 @pytest.mark.parametrize("op, header", [
-    ("fetch", {"timeout_ms": "1000"}), ("fetch", {"max_records": True}),
+    ("fetch", {"timeout_ms": "1000"}), ("fetch", {"max_records": True}), ("fetch", {"positions": 1}),
     ("commit", {"offsets": [["t", 0]]}), ("commit", {"offsets": "all"}), ("commit", {"offsets": [[0, 0, 5]]}),
     ("committed", {"partitions": [["t", "0"]]}), ("seek", {"to": "offsets", "offsets": [["t", 0, None]]}),
     ("seek", {"to": "beginning", "partitions": [["t"]]}),
@@ -81,7 +81,8 @@ def test_an_op_header_the_instance_could_not_read_is_malformed(op: str, header: 
 
 
 @pytest.mark.parametrize("op, header", [
-    ("fetch", {}), ("fetch", {"timeout_ms": 10, "max_records": 5, "max_bytes": 100}), ("commit", {"offsets": None}),
+    ("fetch", {}), ("fetch", {"timeout_ms": 10, "max_records": 5, "max_bytes": 100}), ("fetch", {"positions": True}),
+    ("commit", {"offsets": None}),
     ("commit", {"offsets": [["t", 0, 5]]}), ("committed", {}), ("seek", {"to": "end", "partitions": [["t", 1]]}),
 ])
 def test_a_readable_op_header_passes(op: str, header: dict) -> None:
@@ -107,4 +108,37 @@ def test_fetches_without_a_wait_still_deliver_the_records() -> None:
             break
     assert offsets == list(range(10)), f"nothing after {FETCHES_WITHOUT_WAIT_MAX} fetches without a wait"
     assert reactor.clock.now_ms() == 10_000, "no fetch waited"
+    inst._close()
+
+
+class NothingCommitted(OffsetsCoordinator):
+    """Group g with no committed offsets: a member's partitions start at ``auto_offset_reset``."""
+
+    def __call__(self, command: bytes, header: dict) -> dict:
+        if command == P.OFFSET_FETCH:
+            return {"offsets": [[t, p, -1, ""] for t, p in header["partitions"]]}
+        return super().__call__(command, header)
+
+
+def test_a_fetch_asked_for_positions_says_none_until_the_member_is_positioned() -> None:
+    """``positions: true`` (what /ws/consume asks, to tell its client "ready"): null while the
+    member joins and while it looks its partitions' log end up, then every assigned partition's
+    next offset, with the generation they belong to. A subscribed instance, ``latest``, in a
+    group with nothing committed: the dashboard's tail "from the end"."""
+    broker = OnePartitionBroker()
+    reactor = BrokerRepliesReactor(broker)
+    config = consumer_config(broker, reactor, ScriptedCoordinatorLink(NothingCommitted()),
+                             enable_auto_commit=False, auto_offset_reset="latest")
+    inst = Instance(_host(), "g", "i", config, 0)
+    serve(inst, "create")
+    serve(inst, "subscribe", topics=["t"])
+    seen: list = []
+    for _ in range(FETCHES_WITHOUT_WAIT_MAX):
+        answer = serve(inst, "fetch", timeout_ms=0, frame=True, positions=True).header
+        seen.append((answer["positions"], answer["generation"]))
+        if answer["positions"] is not None:
+            break
+    assert seen[-1] == ([["t", 0, LOG_END_OFFSET]], 1), seen
+    assert len(seen) > 1 and all(positions is None for positions, _ in seen[:-1]), seen
+    assert "positions" not in serve(inst, "fetch", timeout_ms=0), "only when asked"
     inst._close()
