@@ -58,6 +58,9 @@ CLOSE_GRACE_S = 5.0
 POLICY = 1008            # policy violation: auth, bad messages, too many unanswered messages
 TRY_AGAIN_LATER = 1013   # the client cannot keep up
 FETCH_TIMEOUT_MS = 500
+# /ws/consume: a fetch's wait while the stream's consumer is not positioned, so that "ready"
+# goes out at most this long after it is (a 500 ms wait held it back with nothing to send)
+UNPOSITIONED_FETCH_TIMEOUT_MS = 50
 FETCH_BYTES_MAX = 2 * 1024 * 1024   # keys and values per consumer-service fetch (one message)
 FETCH_RECORDS_MAX = 5000
 PENDING_AUTH_SHARE = 4   # one address may hold 1/4 of the slots with sockets not yet authenticated
@@ -76,7 +79,10 @@ DESCRIPTION = {
     "/ws/consume": {"role": "consume", "query": ["topic", "group", "from=beginning|end", "format=json|binary",
                                                  "auto_commit=true|false"],
                     "in": '{"commit": "all"} or {"commit": [{topic, partition, offset}]}',
-                    "out": "{records: [{topic, partition, offset, timestamp, key, value, headers}]} or {committed: true}"},
+                    "out": "{records: [{topic, partition, offset, timestamp, key, value, headers}]}, {committed: true}, "
+                           "{ready: true, assignment: [{topic, partition, offset}]} once the stream's consumer is "
+                           "positioned (every record produced after it is delivered), or {ready: false} when a "
+                           "rebalance takes its positions away"},
     "/ws/events": {"role": "read", "out": "{type: node, node, role, state: up|down, ts_ms} (the monitor adds metrics, alerts)"},
     "auth": 'Authorization or X-API-Key header, or a first message {"api_key": KEY}; 1008 when refused',
     "rate_limit": "opening a socket and every message to /ws/produce or /ws/consume take a token of the key's "
@@ -363,6 +369,34 @@ class _Delivered:
             self.committed[tp] = max(o, self.committed.get(tp, -1))
 
 
+class _Ready:
+    """Tells a /ws/consume client when the stream's consumer is positioned: it has its
+    assignment and a position in every partition of it, so every record produced from then on
+    is delivered (a new group's member joins and looks up the log end, ~100 ms, after the
+    socket opens: a tail "from the end" that counted from the open missed what came
+    meanwhile). ``{"ready": true, "assignment": [{topic, partition, offset}]}`` (offset: the
+    next one the stream sends from that partition) goes out after the records of the fetch
+    that found it positioned, and again after every rebalance (a new generation) or position
+    looked up anew; ``{"ready": false}`` when a fetch finds it no longer positioned after a
+    ready (a rebalance under way). Not thread-safe: owned by the stream's route thread."""
+
+    def __init__(self, out: Outbox) -> None:
+        self.out = out
+        self.generation: int | None = None  # the membership announced ready, None while not
+
+    def note(self, fetched: Any) -> None:
+        """Announce what ``fetched`` (``fabric.client.services.Fetched``) says, if it changed."""
+        if fetched.positions is None:
+            if self.generation is not None:
+                self.generation = None
+                self.out.put({"ready": False})
+            return
+        if fetched.generation != self.generation:
+            self.generation = fetched.generation
+            self.out.put({"ready": True, "assignment": [{"topic": t, "partition": p, "offset": o}
+                                                        for (t, p), o in sorted(fetched.positions.items())]})
+
+
 def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict | None] = lambda: None) -> None:
     topic = _query(q, "topic")
     fmt = _query(q, "format", ("json", "binary"), "json")
@@ -377,14 +411,18 @@ def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dic
     config = {"auto_offset_reset": "earliest" if start == "beginning" else "latest", "enable_auto_commit": False}
     entry = gw.agent.create_instance(group, None, config, fmt)
     delivered = _Delivered(out, gw, group, entry.name)
+    ready = _Ready(out)
     try:
         gw.agent.subscribe(group, entry.name, [topic])
         while ws.connected and not out.done.is_set():
             _consume_commands(ws, out, gw, delivered, limit)
-            records = gw.agent.call_instance(group, entry.name, lambda h: h.fetch(
-                timeout_ms=FETCH_TIMEOUT_MS, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
+            wait_ms = FETCH_TIMEOUT_MS if ready.generation is not None else UNPOSITIONED_FETCH_TIMEOUT_MS
+            fetched = gw.agent.call_instance(group, entry.name, lambda h: h.fetch_with_positions(
+                timeout_ms=wait_ms, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
+            records = fetched.records
             if records:
                 out.put({"records": records_json(records, fmt)}, mark=delivered.mark(records))
+            ready.note(fetched)
             if auto_commit and time.monotonic() - delivered.last_commit_s >= AUTO_COMMIT_INTERVAL_S:
                 try:
                     delivered.commit()

@@ -146,6 +146,38 @@ def test_live_tail_pause_holds_records_back_and_resume_shows_them(dashboard, pag
     assert page.console_errors == []
 
 
+def test_live_tail_from_the_end_shows_every_record_produced_once_it_says_live(dashboard, page) -> None:
+    """The tail says "joining…" while its stream's consumer joins, and "live" only once the
+    gateway says it is ready (positioned at the log end); every record produced from then on is
+    shown. It said "live" as the socket opened, ~100 ms before the consumer had a position,
+    and records produced in that moment never came."""
+    dashboard.ensure_topic("arrivals", 3)
+    dashboard.produce("arrivals", [{"key": f"old-{i}", "value": "old"} for i in range(6)])
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/tail")
+    page.select_option("#tail-topic", "arrivals")
+    page.select_option("#tail-from", "end")
+    page.evaluate("""() => {
+      const status = document.querySelector('#tail-status');
+      window.tailStates = [];
+      new MutationObserver(() => window.tailStates.push(status.textContent.split(' · ')[0]))
+        .observe(status, { childList: true, characterData: true, subtree: true });
+    }""")
+    page.click("#tail-start")
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.startsWith('live')")
+    dashboard.produce("arrivals", [{"key": f"k{i}", "value": {"n": i}} for i in range(30)])
+    page.wait_for_function("document.querySelector('#tail-status')?.textContent.includes(' 30 received')",
+                           timeout=15_000)
+    states = page.evaluate("window.tailStates")
+    assert "joining…" in states and states.index("joining…") < states.index("live"), states
+    offsets = page.eval_on_selector_all("#tail-rows tr",
+                                        "rows => rows.map(r => [r.dataset.partition, r.dataset.offset])")
+    assert len(set(map(tuple, offsets))) == 30, offsets
+    values = page.eval_on_selector_all("#tail-rows tr td:last-child", "cells => cells.map(c => c.textContent)")
+    assert not any("old" in v for v in values), "from the end: nothing produced before the tail started"
+    assert page.console_errors == []
+
+
 def test_live_tail_buffers_are_bounded(dashboard, page) -> None:
     dashboard.ensure_topic("firehose", 1)
     login(page, dashboard)

@@ -1,7 +1,8 @@
 """The gateway's WebSockets with a real client library (websocket-client): produce and
-consume, resume from the committed offset, first-message auth, node health on /ws/events, and
-a deliberately slow consumer that is closed with 1013 while the gateway's RSS stays flat. This
-cluster also has ``gateway.auto_create_topics`` on, and serves the dashboard port's page."""
+consume, resume from the committed offset, "ready" from the end and every record after it,
+first-message auth, node health on /ws/events, and a deliberately slow consumer that is closed
+with 1013 while the gateway's RSS stays flat. This cluster also has
+``gateway.auto_create_topics`` on, and serves the dashboard port's page."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ CLUSTER_OPTIONS = {"brokers": 3, "extra_nodes": GATEWAY_NODES,
 def _prepared(module_cluster: Cluster) -> None:
     c = module_cluster
     http = Http(c.raw["nodes"]["gateway"]["port"])
-    for name, parts in (("ws", 3), ("big", 1)):
+    for name, parts in (("ws", 3), ("big", 1), ("tail", 3)):
         http.ok("POST", "/v3/clusters/test/topics", {"topic_name": name, "partitions_count": parts})
         wait_until(lambda: all(p["leader"] for p in http.ok("GET", f"/v3/clusters/test/topics/{name}/partitions")["data"]),
                    20, what="leaders")
@@ -99,6 +100,31 @@ def test_produce_and_consume_resuming_from_the_committed_offset(cluster: Cluster
     again.close()
     assert not seen & {(r["partition"], r["offset"]) for r in rest}, "resumes after the committed offsets"
     assert sorted(r["value"]["n"] for r in first + rest) == list(range(30))
+
+
+def test_consume_from_the_end_says_ready_then_gets_every_record_produced_after_it(cluster: Cluster) -> None:
+    """``{"ready": true, "assignment"}`` comes once the stream's consumer has joined its group
+    and holds a position in every partition -- the log end, for ``from=end`` -- and every record
+    produced from then on arrives. The socket opens ~100 ms before that (a new group's join and
+    the log-end lookups), and a client that counted from the open missed what came meanwhile."""
+    http = Http(cluster.raw["nodes"]["gateway"]["port"])
+    http.ok("POST", "/topics/tail", {"records": [{"key": f"before-{i}", "value": {"n": -1}} for i in range(6)]})
+    ws = connect(cluster, "/ws/consume?topic=tail&from=end", role="consume")
+    try:
+        ws.settimeout(20)
+        early = []
+        while "ready" not in (msg := recv_json(ws)):
+            early.append(msg)
+        assert early == [], "nothing is produced meanwhile: no records before ready"
+        ends = [http.ok("GET", f"/topics/tail/partitions/{p}/offsets")["end_offset"] for p in range(3)]
+        assert msg == {"ready": True, "assignment": [{"topic": "tail", "partition": p, "offset": ends[p]}
+                                                     for p in range(3)]}, (msg, ends)
+        http.ok("POST", "/topics/tail", {"records": [{"key": f"k{i}", "value": {"n": i}} for i in range(30)]})
+        got = consume(ws, 30)
+        assert sorted(r["value"]["n"] for r in got) == list(range(30)), got
+        assert {r["partition"] for r in got} == {0, 1, 2}
+    finally:
+        ws.close()
 
 
 def test_browsers_authenticate_with_a_first_message(cluster: Cluster) -> None:

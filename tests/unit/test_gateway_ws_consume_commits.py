@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 from simple_websocket import ConnectionClosed
 
+from fabric.client.services import Fetched
 from fabric.records import Record
 from webui import ws as wsmod
 from webui.errors import ClusterError
@@ -82,6 +83,9 @@ class InstanceAgent:
         records = [Record("t", 0, o, 0, None, b"v%d" % o, None) for o in range(self.position, self.position + 10)]
         self.position += 10
         return records
+
+    def fetch_with_positions(self, **kw: object) -> Fetched:
+        return Fetched(self.fetch(**kw), None, -1)  # never positioned: no "ready" among the messages
 
     def commit(self, offsets: dict | None = None) -> None:
         self.commits.append({("t", 0): self.position} if offsets is None else dict(offsets))

@@ -2,6 +2,10 @@
 // auto-commit off, so a tail never moves anyone's offsets).
 // The page keeps at most TAIL_ROWS_MAX rows; while paused, records wait in a buffer of at most
 // PAUSED_BUFFER_MAX (older ones are dropped and counted), shown on resume.
+// It says "live" only once the gateway sends {"ready": true}: the stream's consumer has joined
+// its group and holds a position in every partition, so every record produced from then on
+// arrives. Before that (the socket is open, the consumer still joins) it says "joining…", and
+// again after {"ready": false} (a rebalance under way).
 
 import { get, openSocket, qs } from "../api.js";
 import { headersCell, keyCell, valueCell } from "../records.js";
@@ -9,6 +13,7 @@ import { card, clear, field, fmtTime, h } from "../ui.js";
 
 export const TAIL_ROWS_MAX = 500;
 export const PAUSED_BUFFER_MAX = 1000;
+const JOINING = "joining…";
 
 export async function render(root, ctx) {
   const topics = await get("/topics");
@@ -28,6 +33,7 @@ export async function render(root, ctx) {
   let buffered = [];
   let dropped = 0;
   let received = 0;
+  let state = "stopped";  // of the stream: "joining…" until the gateway says it is ready, then "live"
 
   function row(r) {
     return h("tr", { dataset: { offset: String(r.offset), partition: String(r.partition) } },
@@ -42,12 +48,18 @@ export async function render(root, ctx) {
     while (tbody.children.length > TAIL_ROWS_MAX) tbody.lastElementChild.remove();
   }
 
-  function updateStatus(state) {
-    status.textContent = `${state} · ${received} received` + (paused ? ` · paused, ${buffered.length} waiting` : "") +
+  function updateStatus(label = state) {
+    status.textContent = `${label} · ${received} received` + (paused ? ` · paused, ${buffered.length} waiting` : "") +
       (dropped ? ` · ${dropped} dropped while paused` : "") + ` · showing at most ${TAIL_ROWS_MAX}`;
   }
 
-  function onRecords(msg) {
+  function setState(next) {
+    state = next;
+    updateStatus();
+  }
+
+  function onMessage(msg) {
+    if (msg.ready !== undefined) { setState(msg.ready ? "live" : JOINING); return; }
     const records = Array.isArray(msg.records) ? msg.records : (msg.offset !== undefined ? [msg] : []);
     if (msg.error_code) { updateStatus(`error: ${msg.message}`); return; }
     received += records.length;
@@ -57,7 +69,7 @@ export async function render(root, ctx) {
     } else {
       show(records);
     }
-    updateStatus("live");
+    updateStatus();
   }
 
   function stop() {
@@ -68,7 +80,7 @@ export async function render(root, ctx) {
     stopBtn.disabled = true;
     paused = false;
     pause.textContent = "Pause";
-    updateStatus("stopped");
+    setState("stopped");
   }
 
   const form = h("form#tail-form", { on: { submit: (e) => {
@@ -77,9 +89,9 @@ export async function render(root, ctx) {
     tbody.replaceChildren();
     buffered = []; dropped = 0; received = 0;
     sock = openSocket(`/ws/consume${qs({ topic: topic.value, from: from.value, format: "binary", auto_commit: "false" })}`, {
-      onMessage: onRecords,
+      onMessage,
       onState: (s, reason) => {
-        updateStatus(s === "open" ? "live" : `${s}${reason ? `: ${reason}` : ""}`);
+        setState(s === "open" ? JOINING : `${s}${reason ? `: ${reason}` : ""}`);
         if (s === "denied") stop();
       },
     });
@@ -94,7 +106,7 @@ export async function render(root, ctx) {
     pause.textContent = paused ? "Resume" : "Pause";
     pause.setAttribute("aria-pressed", String(paused));
     if (!paused) { show(buffered); buffered = []; }
-    updateStatus("live");
+    updateStatus();
   });
   stopBtn.addEventListener("click", stop);
   ctx.cleanup.push(stop);
