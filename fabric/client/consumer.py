@@ -127,6 +127,9 @@ class Consumer:
     def assign(self, partitions: list[TopicPartition]) -> None:
         """Read exactly these partitions (positions start per auto_offset_reset unless seeked)."""
         keep = {tp: self.positions.get(tp) for tp in partitions}
+        for tp in self.positions:
+            if tp not in keep:
+                self._forget_reset(tp)
         self.positions = keep
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
         self._keep_buffered(lambda tp: tp in keep)
@@ -138,6 +141,7 @@ class Consumer:
         if tp not in self.positions:
             raise FabricError(f"{tp[0]}-{tp[1]} is not assigned")
         self.positions[tp] = offset
+        self._forget_reset(tp)
         self._drop_buffered(tp)
 
     def seek_to_beginning(self, tps: list[TopicPartition] | None = None) -> None:
@@ -157,8 +161,20 @@ class Consumer:
         self._buffer = deque(run for run in self._buffer if keep((run.topic, run.partition)))
         self._buffered_records = sum(map(len, self._buffer))
 
+    def _forget_reset(self, tp: TopicPartition) -> None:
+        """``tp`` is no longer to be reset as asked before (seeked, given up, reset again): its
+        policy and its LIST_OFFSETS in flight go. Else the old answer positioned the partition
+        once it waited for a position again -- assigned anew and waiting for the group's committed
+        offset, or reset the other way (seek_to_beginning after seek_to_end) -- and a policy left
+        behind reset it when assigned again instead of starting at the committed offset."""
+        self._reset_specs.pop(tp, None)
+        pending = self._resetting.pop(tp, None)
+        if pending is not None and pending.endpoint in self._clients:
+            self._clients[pending.endpoint].cancel(pending.request_id)
+
     def _reset(self, tps: list[TopicPartition] | None, spec: int) -> None:
         for tp in tps or list(self.positions):
+            self._forget_reset(tp)
             self.positions[tp] = None
             self._reset_specs[tp] = spec
             self._drop_buffered(tp)

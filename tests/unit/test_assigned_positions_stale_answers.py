@@ -1,0 +1,162 @@
+"""An assigned group consumer's start at the committed offsets takes no answer that is out of date.
+
+Since the lookup of the committed offsets stopped blocking ``poll``, a partition waits for
+its position over several passes, and answers sent for an earlier assignment of it may land
+meanwhile: a LIST_OFFSETS of a reset (``auto_offset_reset``) from before the partition was
+given up, an OFFSET_FETCH sent before it was given up and assigned again, or an OFFSET_FETCH
+that went out before this consumer's own commit. None of them may decide where it starts.
+
+A real GroupConsumer and CoordinatorLink on a ManualClock; a fake broker leading t-0 (log end
+1000) that may hold its LIST_OFFSETS answers, and a coordinator client that answers on the
+consumer's next reactor pass and holds OFFSET_FETCH until released
+(tests/unit/builders_group_consumer.py). The coordinator answers -1 for nothing committed,
+as the real one does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+from fabric import protocol as P
+from fabric.client.group import GroupConsumer
+from fabric.client.group_link import CoordinatorLink
+from tests.unit.builders_group_consumer import (LOG_END_OFFSET, T0, BrokerRepliesReactor, HeldCoordinator,
+                                                OffsetsCoordinator, OnePartitionBroker, consumer_config)
+
+T1 = ("t", 1)
+
+
+class ResetHoldingBroker(OnePartitionBroker):
+    """``OnePartitionBroker`` whose LIST_OFFSETS answers wait while ``holding_resets``, until
+    ``release_resets()``; a request cancelled meanwhile is never answered (as ``RpcClient``'s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding_resets = False
+        self.held_resets: dict[int, Callable[[], None]] = {}
+        self._ids = 0
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        if command != P.LIST_OFFSETS or not self.holding_resets:
+            return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+        [[topic, partition, spec]] = header["parts"]
+        found = [topic, partition, 0, 0 if spec == -2 else LOG_END_OFFSET]
+        self._ids += 1
+        self.held_resets[self._ids] = lambda: callback({"parts": [found]}, [], None)
+        return self._ids
+
+    def cancel(self, request_id: int) -> bool:
+        return self.held_resets.pop(request_id, None) is not None
+
+    def release_resets(self) -> None:
+        self.holding_resets = False
+        self.replies.extend(self.held_resets.values())
+        self.held_resets.clear()
+
+
+class SnapshotCoordinator(HeldCoordinator):
+    """``HeldCoordinator`` whose held OFFSET_FETCH answers what was committed when it was
+    sent (as the coordinator answers what it holds when the request reaches it)."""
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable, timeout_ms: int) -> None:
+        if command == self.held_command and self.holding:
+            reply = self.answer(command, header)
+            self.calls.append((command, dict(header)))
+            entry = (lambda h, p, err, cb=callback: cb(reply, p, err), header)
+            self.held.append(entry)
+            self.reactor.call_later(timeout_ms, lambda: self._expire(entry))
+            return
+        super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+
+
+class _World:
+    """Group g (nothing committed yet) and an assigned consumer of it, auto_offset_reset latest,
+    no auto-commit; OFFSET_FETCH held until ``release``d."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.broker = ResetHoldingBroker()
+        self.reactor = BrokerRepliesReactor(self.broker)
+        self.clock = self.reactor.clock
+        self.coordinator = OffsetsCoordinator()
+        self.client = SnapshotCoordinator(self.reactor, self._answer, held=P.OFFSET_FETCH)
+        link = CoordinatorLink(self.reactor, self.clock, lambda: self.client)
+        config = consumer_config(self.broker, self.reactor, link,
+                                 **{"auto_offset_reset": "latest", "enable_auto_commit": False, **kw})
+        self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **config)
+
+    def _answer(self, command: bytes, header: dict) -> dict:
+        if command == P.OFFSET_FETCH:  # -1: nothing committed, as the real coordinator answers
+            return {"offsets": [[t, p, self.coordinator.committed.get((t, p), -1), ""] for t, p in header["partitions"]]}
+        return self.coordinator(command, header)
+
+    def release(self) -> None:
+        self.client.release()
+        self.client.holding = True
+
+    def offsets(self, timeout_ms: int = 1000) -> list[int]:
+        return [r.offset for r in self.consumer.poll(timeout_ms, max_records=5)]
+
+    def close(self) -> None:
+        self.client.release()
+        self.consumer.close()
+
+
+@pytest.fixture
+def world() -> Iterator[_World]:
+    w = _World()
+    yield w
+    w.close()
+
+
+def test_a_reset_sent_before_the_partition_was_given_up_does_not_position_it_once_assigned_again(world: _World) -> None:
+    """Nothing committed: t-0 is reset to the log end, and that LIST_OFFSETS is still on its way
+    when the application gives t-0 up. Then the group commits 30 (another consumer's work), and
+    t-0 is assigned again: it starts at 30. The old reset's answer, landing while the new lookup
+    waits, put it at the log end -- records 30..999 skipped."""
+    c = world.consumer
+    c.assign([T0])
+    c.poll(0)
+    world.broker.holding_resets = True
+    world.release()
+    c.poll(0)
+    c.poll(0)
+    assert world.broker.held_resets, "the reset to auto_offset_reset did not go out"
+    c.unsubscribe()
+    world.coordinator.committed[T0] = 30
+    c.assign([T0])
+    c.poll(0)  # the lookup goes out, and is held
+    world.broker.release_resets()
+    c.poll(0)  # the old reset's answer lands
+    world.release()
+    assert world.offsets() == [30, 31, 32, 33, 34]
+
+
+def test_a_reset_policy_left_by_a_seek_is_not_taken_once_the_partition_is_assigned_again(world: _World) -> None:
+    """seek_to_end and then seek: the partition is at the offset seeked. Given up and assigned
+    again after the group committed 30, it starts at 30 -- not at the log end the forgotten
+    seek_to_end asked for."""
+    c = world.consumer
+    c.assign([T0])
+    c.seek_to_end([T0])
+    c.seek(T0, 3)
+    c.unsubscribe()
+    world.coordinator.committed[T0] = 30
+    c.assign([T0])
+    c.poll(0)
+    world.release()
+    assert world.offsets() == [30, 31, 32, 33, 34]
+
+
+def test_seek_to_beginning_after_seek_to_end_is_not_overtaken_by_the_first_reset(world: _World) -> None:
+    c = world.consumer
+    c.assign([T0])
+    world.broker.holding_resets = True
+    c.seek_to_end([T0])
+    c.poll(0)  # its LIST_OFFSETS goes out, and is held
+    c.seek_to_beginning([T0])
+    world.broker.release_resets()
+    assert world.offsets() == [0, 1, 2, 3, 4]
+
