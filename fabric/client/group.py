@@ -202,6 +202,12 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
             if dropped:
                 self._auto_commit_async(dropped)
         self.auto_commit_bounds = {tp: o for tp, o in self.auto_commit_bounds.items() if tp in keep}
+        lookup = self._commit_lookup
+        if lookup is not None:
+            # its answer is of partitions assigned all along only: one given up and assigned again
+            # is looked up anew, as the blocking lookup did -- the answer sent before says what was
+            # committed before (another consumer may have read and committed it meanwhile)
+            lookup.tps = [tp for tp in lookup.tps if tp in keep]
         super().assign(partitions)
 
     def unsubscribe(self) -> None:

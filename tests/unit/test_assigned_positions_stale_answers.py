@@ -160,3 +160,21 @@ def test_seek_to_beginning_after_seek_to_end_is_not_overtaken_by_the_first_reset
     world.broker.release_resets()
     assert world.offsets() == [0, 1, 2, 3, 4]
 
+
+def test_a_lookup_sent_before_the_partition_was_given_up_does_not_position_it_once_assigned_again(world: _World) -> None:
+    """The lookup of t-0 goes out (committed: 30); t-0 is given up by an ``assign`` of other
+    partitions, the group moves on to 80, and t-0 is assigned again: it starts at 80, as the
+    blocking lookup had it -- not at the answer of the lookup of its earlier assignment."""
+    c = world.consumer
+    world.coordinator.committed[T0] = 30
+    c.assign([T0])
+    c.poll(0)  # the lookup goes out, answered 30 once released
+    c.assign([T1])
+    world.coordinator.committed[T0] = 80
+    c.assign([T0])
+    world.release()
+    c.maintain()  # the old answer lands and is taken up (maintain: no records taken, which would move
+    c.maintain()  # the position); t-0 is looked up again
+    world.release()
+    assert world.offsets() == [80, 81, 82, 83, 84]
+
