@@ -253,8 +253,12 @@ class GroupCommits:
                 if not lookup.error.retriable:
                     raise lookup.error
                 return True
-            found = self._took_committed(lookup.tps, lookup.offsets)
-            found.update(lookup.committed_since)  # a commit answered after the lookup went out wins
+            # a commit answered after the lookup went out wins over its answer, also in
+            # _last_committed (else the older answer taken for committed left a later commit of
+            # the same offset out)
+            since = lookup.committed_since
+            found = self._took_committed([tp for tp in lookup.tps if tp not in since], lookup.offsets)
+            found.update(since)
             for tp in lookup.tps:
                 if not self._awaits_position(tp):
                     continue  # seeked or given up meanwhile

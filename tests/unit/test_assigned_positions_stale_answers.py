@@ -178,3 +178,20 @@ def test_a_lookup_sent_before_the_partition_was_given_up_does_not_position_it_on
     world.release()
     assert world.offsets() == [80, 81, 82, 83, 84]
 
+
+def test_the_answer_of_a_lookup_does_not_undo_what_a_later_commit_of_this_consumer_recorded(world: _World) -> None:
+    """t-0 and t-1 looked up (t-0 committed 30); the application seeks t-0 to 50 and commits
+    it. The lookup's answer (30) then must not make the consumer take 30 for what the group
+    holds: seeked back to 30 and committed, the commit is sent -- not left out as already
+    committed, the group staying at 50 and a restart skipping 30..49."""
+    c = world.consumer
+    world.coordinator.committed[T0] = 30
+    c.assign([T0, T1])
+    c.poll(0)  # the lookup goes out, answered 30 once released
+    c.seek(T0, 50)
+    c.commit({T0: 50})
+    world.release()
+    c.maintain()
+    c.seek(T0, 30)
+    c.commit()
+    assert world.coordinator.committed[T0] == 30
