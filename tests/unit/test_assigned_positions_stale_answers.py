@@ -195,3 +195,22 @@ def test_the_answer_of_a_lookup_does_not_undo_what_a_later_commit_of_this_consum
     c.seek(T0, 30)
     c.commit()
     assert world.coordinator.committed[T0] == 30
+
+
+def test_a_poll_of_positioned_partitions_looks_at_no_partition_one_call_at_a_time(world: _World,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass of an assigned consumer's poll looks for partitions without a position; with
+    thousands of partitions, a method call per partition (``_awaits_position``) cost ~2 ms a
+    pass where the scan of the positions costs ~0.3 ms: the partitions that have one are passed
+    over in the scan itself."""
+    c = world.consumer
+    tps = [("t", i) for i in range(1000)]
+    c.assign(tps)
+    for i, tp in enumerate(tps):
+        c.seek(tp, 10 + i)
+    asked: list = []
+    real = c._awaits_position
+    monkeypatch.setattr(c, "_awaits_position", lambda tp: asked.append(tp) or real(tp))
+    c.poll(0)
+    c.maintain()
+    assert asked == []
