@@ -110,7 +110,7 @@ class Consumer:
         self._clients: dict[str, ConsumerClient] = {}
         self.positions: dict[TopicPartition, int | None] = {}  # next offset poll() returns; None: reset
         self._fetch_positions: dict[TopicPartition, int] = {}  # next offset to fetch (prefetch)
-        self._reset_specs: dict[TopicPartition, int] = {}
+        self._reset_specs: dict[TopicPartition, int | None] = {}  # None: auto_offset_reset "none"
         self.buffered_records_max = 200_000
         self.high_watermarks: dict[TopicPartition, int] = {}
         # fetched records not yet returned: views of runs of one partition in offset order
@@ -172,7 +172,7 @@ class Consumer:
         if pending is not None and pending.endpoint in self._clients:
             self._clients[pending.endpoint].cancel(pending.request_id)
 
-    def _reset(self, tps: list[TopicPartition] | None, spec: int) -> None:
+    def _reset(self, tps: list[TopicPartition] | None, spec: int | None) -> None:
         for tp in tps or list(self.positions):
             self._forget_reset(tp)
             self.positions[tp] = None
@@ -337,9 +337,20 @@ class Consumer:
     def _out_of_range(self, tp: TopicPartition) -> None:
         if self.auto_offset_reset == "none":
             raise RemoteError(P.OFFSET_OUT_OF_RANGE, f"{tp[0]}-{tp[1]}: position {self.positions[tp]} is out of range")
-        self._reset([tp], EARLIEST if self.auto_offset_reset == "earliest" else LATEST)
+        self._reset([tp], self._policy_spec())
+
+    def _policy_spec(self) -> int | None:
+        """Where ``auto_offset_reset`` starts a partition with nothing to start from (never
+        seeked, nothing committed, out of range): EARLIEST, LATEST, or None for "none" -- no
+        reset: ``poll`` raises until the application seeks, as Kafka's
+        NoOffsetForPartitionException (it was taken for "latest": the log end, silently)."""
+        return {"earliest": EARLIEST, "latest": LATEST}.get(self.auto_offset_reset)
 
     def _start_reset(self, tp: TopicPartition) -> None:
+        spec = self._reset_specs.get(tp, self._policy_spec())
+        if spec is None:
+            raise RemoteError(P.OFFSET_OUT_OF_RANGE, f"{tp[0]}-{tp[1]}: no position to start from (never seeked, "
+                                                     "nothing committed) and auto_offset_reset is none: seek first")
         if tp in self._resetting:
             return
         if self._held_until_ms.get(tp, 0) > self.clock.now_ms():
@@ -348,7 +359,6 @@ class Consumer:
         if endpoint is None:
             self._refresh_metadata()
             return
-        spec = self._reset_specs.get(tp, EARLIEST if self.auto_offset_reset == "earliest" else LATEST)
         pending = self._resetting[tp] = _InFlight(endpoint, (tp,), self.clock.now_ms(), FETCH_STALL_MS,
                                                   (self.metadata.leader_epoch(*tp),))
 

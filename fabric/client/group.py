@@ -77,7 +77,6 @@ import threading
 from typing import Any, Callable
 
 from fabric import protocol as P
-from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.consumer import Consumer as _AssignConsumer
 from fabric.client.consumer import TopicPartition
 from fabric.client.group_commit import COMMIT_TIMEOUT_MS, CommitCallback, CommitFailed, GroupCommits
@@ -412,7 +411,7 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
                 self.positions[tp] = off
                 self._last_committed[tp] = off
             else:
-                self._reset([tp], EARLIEST if self.auto_offset_reset == "earliest" else LATEST)
+                self._reset([tp], self._policy_spec())
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
         with self._lock:
             self._active = True

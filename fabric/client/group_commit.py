@@ -30,7 +30,6 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from fabric import protocol as P
-from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.consumer import TopicPartition
 from fabric.client.group_link import REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink, Pump
 from fabric.clock import Clock
@@ -69,7 +68,7 @@ class GroupCommits:
     # the consumer's state this half reads (fabric.client.consumer.Consumer's, then GroupConsumer's)
     clock: Clock
     positions: dict[TopicPartition, int | None]
-    _reset_specs: dict[TopicPartition, int]
+    _reset_specs: dict[TopicPartition, int | None]
     auto_offset_reset: str
     group_id: str
     subscription: list[str]
@@ -266,7 +265,7 @@ class GroupCommits:
                 if off is not None:
                     self.positions[tp] = off
                 else:  # nothing committed: the reset policy, looked up once
-                    self._reset_specs[tp] = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
+                    self._reset_specs[tp] = self._policy_spec()
         # _awaits_position, in the scan itself: a call per partition cost ~2 ms a pass with 10,000 of them
         fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
         if not fresh or self.clock.now_ms() < self._commit_lookup_retry_at_ms:

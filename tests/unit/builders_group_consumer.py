@@ -89,6 +89,7 @@ class OffsetsCoordinator:
     def __init__(self) -> None:
         self.committed: dict[tuple[str, int], int] = {}
         self.members: set[str] = set()
+        self.uncommitted = 0  # what OFFSET_FETCH answers for nothing committed (the real coordinator: -1)
 
     def __call__(self, command: bytes, header: dict) -> dict:
         if command == P.JOIN_GROUP:
@@ -98,7 +99,7 @@ class OffsetsCoordinator:
         if command == P.SYNC_GROUP:
             return {"generation": 1, "assignment": [list(T0)]}
         if command == P.OFFSET_FETCH:
-            return {"offsets": [[t, p, self.committed.get((t, p), 0), ""] for t, p in header["partitions"]]}
+            return {"offsets": [[t, p, self.committed.get((t, p), self.uncommitted), ""] for t, p in header["partitions"]]}
         if command == P.OFFSET_COMMIT:
             if header["generation"] < 0 and self.members:
                 raise RemoteError(P.NON_EMPTY_GROUP, "group 'g' has active members: only they may commit")
