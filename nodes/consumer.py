@@ -299,6 +299,10 @@ class Instance(threading.Thread):
         for tp, offset in committed.items():
             if offset is not None:
                 c.seek(tp, offset)
+        # nothing committed: auto_offset_reset at once (the consumer would look them up again)
+        fresh = [tp for tp, offset in committed.items() if offset is None]
+        if fresh:
+            (c.seek_to_beginning if c.auto_offset_reset == "earliest" else c.seek_to_end)(fresh)
         return {}
 
     @staticmethod

@@ -302,3 +302,23 @@ def test_an_assign_looks_up_every_new_partitions_committed_offset_in_one_request
         assert {(t, p): o for t, p, o in answer["offsets"]} == {tp: 7 * tp[1] if tp[1] % 2 else 0 for tp in parts}
     finally:
         rig.instance._close()
+
+
+@pytest.mark.parametrize("reset, after", [("earliest", 2), ("latest", 1000)])
+def test_an_assigned_partition_with_nothing_committed_starts_at_the_reset_without_a_second_lookup(
+        reset: str, after: int) -> None:
+    """The assign looked the committed offsets up already: a partition with none starts at
+    auto_offset_reset at once, not after the consumer's own lookup asked the coordinator again
+    (one more round trip, and one more client fetch, before its first records)."""
+    rig = _Rig(enable_auto_commit=False, auto_offset_reset=reset)
+    try:
+        rig.request("subscribe", topics=[])
+        rig.coordinator.uncommitted = -1
+        before = len(rig.link.calls)
+        rig.request("assign", partitions=[["t", 0]])
+        assert rig.fetch(max_records=2) == ([0, 1] if reset == "earliest" else [])  # the log ends at 1000
+        fetches = [h for command, h in rig.link.calls[before:] if command == P.OFFSET_FETCH]
+        assert len(fetches) == 1, "the committed offset was looked up twice"
+        assert dict(((t, p), o) for t, p, o in rig.request("assignment")["positions"])[T0] == after
+    finally:
+        rig.instance._close()
