@@ -219,6 +219,10 @@ class _LibzmqDealer:
         except zmq.Again:
             return False
 
+    @property
+    def unsent_messages(self) -> int:
+        return 0  # libzmq's own queue: not visible (inproc and ipc only)
+
     def close(self) -> None:
         self.reactor.remove_socket(self.sock)
         self.sock.close(0)
@@ -261,10 +265,19 @@ class RpcClient:
         self._pending[rid] = (callback, timer)
         return rid
 
-    def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = ()) -> None:
-        """Fire and forget (the reply, if any, is ignored)."""
+    def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = ()) -> bool:
+        """Fire and forget (the reply, if any, is ignored). False: refused (the send queue is
+        full), nothing sent."""
         if not self.transport.send(wire.encode_request(command, dict(header, id=0), payloads)):
             self.counters["oneway_dropped"] += 1
+            return False
+        return True
+
+    @property
+    def unsent_output(self) -> int:
+        """Messages sent that have not (all) been written to the kernel yet: waiting for the
+        connection, or for the peer to read (0 for a libzmq transport: it cannot tell)."""
+        return self.transport.unsent_messages
 
     def _expire(self, rid: int) -> None:
         entry = self._pending.pop(rid, None)

@@ -191,6 +191,12 @@ class ZmtpDealer:
         return self._state == _READY
 
     @property
+    def unsent_messages(self) -> int:
+        """Messages not yet (all) written to the kernel: waiting for the connection's
+        handshake, or (some of their bytes) for the peer to read."""
+        return len(self._waiting) + len(self._queued_ends)
+
+    @property
     def output_messages(self) -> int:
         """Messages (some of) whose bytes wait in the outbox for the peer to read."""
         return len(self._queued_ends)

@@ -78,7 +78,10 @@ class SenderClient(Protocol):
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
                 timeout_ms: int) -> Any: ...
 
-    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> None: ...
+    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> bool: ...
+
+    @property
+    def unsent_output(self) -> int: ...
 
     def fail_all(self, error: RemoteError) -> None: ...
 
@@ -110,6 +113,8 @@ class Sender(threading.Thread):
         self._sequences: dict[tuple[str, int], int] = defaultdict(int)
         self._queues: dict[tuple[str, int], deque[BatchState]] = defaultdict(deque)
         self._in_flight: dict[tuple[str, int], tuple[str, int, int]] = {}  # tp -> (endpoint, sent_ms, leader epoch)
+        # acks=0: batches whose one-way request waits to be written (per endpoint, in order)
+        self._unsent_oneway: dict[str, list[BatchState]] = {}
         self._clients: dict[str, SenderClient] = {}
         self._stopping = False
         self._shut = False
@@ -215,6 +220,7 @@ class Sender(threading.Thread):
         for b in self.batches.take_ready(now, busy):
             b.deadline_ms = now + self.settings.delivery_timeout_ms
             self._queues[(b.topic, b.partition)].append(b)
+        self._finish_sent_oneway()
         self._expire(now)  # also while waiting for a producer id: delivery_timeout_ms bounds that wait too
         if self.idempotent and self.producer_id < 0:
             return  # batches wait for the producer id
@@ -225,6 +231,19 @@ class Sender(threading.Thread):
             while q and tp not in self._in_flight and q[0].deadline_ms <= now_ms:
                 b = q.popleft()
                 self._finish(b, -1, _expired_error(b, tp, self.settings.delivery_timeout_ms))
+        for endpoint, waiting in self._unsent_oneway.items():
+            while waiting and waiting[0].deadline_ms <= now_ms:
+                b = waiting.pop(0)
+                b.possibly_written = True  # queued in the client: it may still go out
+                self._finish(b, -1, _expired_error(b, (b.topic, b.partition), self.settings.delivery_timeout_ms))
+
+    def _finish_sent_oneway(self) -> None:
+        """acks=0: the batches of every endpoint whose client has written all its output to
+        the kernel are done (offset -1: the broker says nothing)."""
+        for endpoint in [ep for ep, waiting in self._unsent_oneway.items() if waiting]:
+            if self._client(endpoint).unsent_output == 0:
+                for b in self._unsent_oneway.pop(endpoint):
+                    self._finish(b, -1, None)
 
     def _pack(self, b: BatchState, tp: tuple[str, int]) -> bytes:
         if b.data is not None and not b.possibly_written and b.numbered_in != self._id_generation:
@@ -289,11 +308,16 @@ class Sender(threading.Thread):
         header = {"acks": acks, "timeout_ms": self.settings.request_timeout_ms, "parts": parts,
                   "topic_ids": self.metadata.topic_ids_of({p[0] for p in parts})}
         if acks == 0:
-            self._client(endpoint).send_oneway(P.PRODUCE, header, payloads)
             for tp, _ in groups:
                 self._in_flight.pop(tp, None)
-            for b in batches:
-                self._finish(b, -1, None)
+            if not self._client(endpoint).send_oneway(P.PRODUCE, header, payloads):
+                for tp, take in groups:  # the send queue is full: sent again by a later pass
+                    self._queues[tp].extendleft(reversed(take))
+                return
+            # done once written to the kernel: a flush or close that ended while the request
+            # waited for the connection dropped it with the socket (records told sent, lost)
+            self._unsent_oneway.setdefault(endpoint, []).extend(batches)
+            self._finish_sent_oneway()
             return
 
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
@@ -403,6 +427,11 @@ class Sender(threading.Thread):
 
     def _fail_everything(self, error: Exception | None) -> None:
         """Fail every batch with ``error`` (None: closed, ProducerClosedError per batch)."""
+        for waiting in self._unsent_oneway.values():
+            for b in waiting:  # queued in the client: may have gone out
+                b.possibly_written = True
+                self._finish(b, -1, error or ProducerClosedError(True))
+        self._unsent_oneway.clear()
         for q in self._queues.values():
             while q:
                 b = q.popleft()

@@ -165,6 +165,8 @@ class RecordingClient:
         self.unanswered: list[int] = []  # indexes into ``sent``
         self.cancelled: list[int] = []   # indexes into ``sent``
         self.closed = False
+        self.refuse_oneway = False
+        self.unsent_output = 0
 
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
                 timeout_ms: int = 0) -> int:
@@ -182,8 +184,13 @@ class RecordingClient:
         self.cancelled.append(i)
         return True
 
-    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> None:
+    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> bool:
+        """Kept in ``oneway``; refused (False) while ``refuse_oneway``; ``unsent_output`` says
+        how many messages have not reached the kernel yet (what a test sets)."""
+        if self.refuse_oneway:
+            return False
         self.oneway.append((command, header, list(payloads)))
+        return True
 
     def fail_all(self, error: Any) -> None:
         """Answer every request not yet answered with ``error`` (as RpcClient.fail_all)."""

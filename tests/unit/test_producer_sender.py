@@ -15,6 +15,7 @@ from fabric import protocol as P
 from fabric.errors import ClientError, DeliveryTimeoutError, ProducerClosedError, RemoteError, RequestTimeout
 from nodes.broker.partition import Partition
 from tests.unit.builders_sender import BATCH_BYTES_MAX, COORDINATOR, LEADER, Rig, sender_metadata
+from tests.unit.fakes import RecordingClient
 
 
 @pytest.fixture
@@ -103,6 +104,48 @@ def test_acks_0_sends_one_way_and_finishes_without_offsets(make_sender_rig) -> N
     [(command, header, payloads)] = rig.client(LEADER).oneway
     assert command == P.PRODUCE and header["acks"] == 0 and not rig.produce_requests()
     assert [f.result(0).offset for f in futures] == [-1, -1]
+
+
+def test_acks_0_finishes_a_batch_only_once_its_request_left_for_the_broker(make_sender_rig) -> None:  # noqa: ANN001
+    """acks=0 promises nothing of the broker, but a flush or close must not end while the
+    request still waits to be written (not connected yet): the close dropped it, and the
+    records were lost although the application was told they were sent."""
+    rig = make_sender_rig(acks=0)
+    client = rig.clients.setdefault(LEADER, RecordingClient())
+    client.unsent_output = 1  # the connection is not up yet: the request waits
+    futures = rig.send("a")
+    rig.sender.run_pass()
+    assert len(client.oneway) == 1 and not any(f.done() for f in futures)
+    rig.sender.run_pass()
+    assert not any(f.done() for f in futures)
+    client.unsent_output = 0  # connected: written to the kernel
+    rig.sender.run_pass()
+    assert [f.result(0).offset for f in futures] == [-1, -1]
+
+
+def test_acks_0_sends_again_a_request_its_client_refused_to_queue(make_sender_rig) -> None:  # noqa: ANN001
+    """A full send queue refused the one-way request: it was counted and dropped, and its
+    records reported sent."""
+    rig = make_sender_rig(acks=0)
+    client = rig.clients.setdefault(LEADER, RecordingClient())
+    client.refuse_oneway = True
+    futures = rig.send("a")
+    rig.sender.run_pass()
+    assert not client.oneway and not any(f.done() for f in futures), "a request never queued was reported sent"
+    client.refuse_oneway = False
+    rig.sender.run_pass()
+    assert len(client.oneway) == 1 and [f.result(0).offset for f in futures] == [-1, -1]
+
+
+def test_acks_0_fails_a_batch_whose_request_could_not_leave_within_the_delivery_timeout(make_sender_rig) -> None:  # noqa: ANN001
+    rig = make_sender_rig(acks=0, delivery_timeout_ms=1000)
+    rig.clients.setdefault(LEADER, RecordingClient()).unsent_output = 1  # a leader that never accepts the connection
+    futures = rig.send("a")
+    rig.sender.run_pass()
+    rig.reactor.clock.advance(1001)
+    rig.sender.run_pass()
+    error = futures[0].exception(0)
+    assert isinstance(error, DeliveryTimeoutError) and error.possibly_written
 
 
 def test_a_leader_move_reroutes_the_request_in_flight_to_the_new_leader(make_sender_rig) -> None:  # noqa: ANN001
