@@ -247,7 +247,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     a = ap.add_argument
     a("--api", help="send (per record, the default) or send_many (the batch calls, when the client has them: "
                     "producers send_many, consumers poll_batch), or both: send,send_many")
-    a("--fsync-interval-ms", type=int, help="for fsync interval (default 1000, the config default)")
+    a("--fsync-interval-ms", type=int, help="for fsync interval on a self-contained cluster (default 1000, the "
+                                            "storage settings' own default; config/cluster.yaml sets 200)")
     a("--direct-write-min-bytes", help="storage.direct_write_min_bytes of the self-contained cluster (writes at least "
                                        "this large skip the page cache; -1 never), or a comma list to compare "
                                        "(default: the config's, 262144)")

@@ -114,7 +114,8 @@ def reset_cmd(group_id: str, topic: str, to_earliest: bool, to_latest: bool, to_
     try:
         d = ga.describe(group_id)
         if d["members"]:
-            raise FabricError(f"consumer group {group_id!r} has {len(d['members'])} active members: "
+            n = len(d["members"])
+            raise FabricError(f"consumer group {group_id!r} has {n} active member{'s' * (n != 1)}: "
                               "offsets can only be reset while the group is empty")
         when = _parse_datetime_ms(to_datetime) if to_datetime is not None else None
         plan = ga.plan_reset(group_id, topic, to_earliest=to_earliest, to_latest=to_latest, to_offset=to_offset,

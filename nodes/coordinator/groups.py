@@ -490,7 +490,8 @@ class GroupCoordinator:
         self._require_loaded()
         g = self.groups.get(gid)
         if g is not None and g.members:
-            raise RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has {len(g.members)} active members")
+            n = len(g.members)
+            raise RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has {n} active member{'s' * (n != 1)}")
         table = self.offsets.table.get(gid, {})  # offsets of deleted topics too: they go with the group
         if g is None and not table:
             raise RemoteError(P.UNKNOWN_GROUP, f"no group {gid!r}")
