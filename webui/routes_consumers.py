@@ -135,10 +135,13 @@ def register(api: Api, gw: Gateway) -> None:
             call(group_name, instance, lambda h: h.commit())
 
     @api.op("GET", base + "/offsets", role="consume", tag="consumers",
-            summary="Committed offsets (next offset to read; -1: none) of the assigned partitions",
-            path_params=inst_path, errors=inst_errors, response=offsets_out)
-    def committed(group_name: str, instance: str) -> dict:
-        got = call(group_name, instance, lambda h: h.committed())
+            summary="Committed offsets (next offset to read; -1: none) of the partitions in the body "
+                    "(Confluent's {partitions: [{topic, partition}]}), or without one of the assigned partitions",
+            path_params=inst_path, errors=inst_errors, response=offsets_out, body=body_types(tps),
+            body_required=False)
+    def committed(group_name: str, instance: str, body: dict | None, content_type: str | None) -> dict:
+        asked = None if body is None else [(p["topic"], p["partition"]) for p in body["partitions"]]
+        got = call(group_name, instance, lambda h: h.committed(asked))
         return {"offsets": [{"topic": t, "partition": p, "offset": o, "metadata": ""} for (t, p), o in sorted(got.items())]}
 
     @api.op("POST", base + "/positions", role="consume", tag="consumers", summary="Seek to offsets",

@@ -56,6 +56,7 @@ class Op:
     query: dict[str, dict] = field(default_factory=dict)
     query_required: tuple[str, ...] = ()
     body: dict[str, dict] | None = None  # content type -> schema
+    body_required: bool = True           # False: a request without a body calls the handler with body None
     response: dict | None = None         # None: 204 No Content
     response_type: str = JSON            # another type: the handler returns (body bytes, content type)
     status: int = 200
@@ -246,11 +247,14 @@ class Api:
                     raise ApiError(42206, f"query parameter {name}: {problem.split(': ', 1)[1]}")
                 query[name] = value
             kw["query"] = query
-        if op.body is not None:
+        raw = read_body() if op.body is not None else None
+        if op.body is not None and not raw and not op.body_required:
+            kw["body"], kw["content_type"] = None, None
+        elif op.body is not None:
             if mimetype not in body_v:
                 raise ApiError(41501, f"Content-Type must be one of: {', '.join(body_v)}")
             try:
-                body = loads_body(read_body() or b"null", mimetype)
+                body = loads_body(raw or b"null", mimetype)
             except ValueError as e:
                 raise ApiError(40001, f"the body is not JSON: {e}") from None
             problem = _first_error(body_v[mimetype], body)
@@ -301,7 +305,8 @@ class Api:
             if op.description:
                 item["description"] = op.description
             if op.body is not None:
-                item["requestBody"] = {"required": True, "content": {ct: {"schema": s} for ct, s in op.body.items()}}
+                item["requestBody"] = {"required": op.body_required,
+                                       "content": {ct: {"schema": s} for ct, s in op.body.items()}}
             paths.setdefault(op.path, {})[op.method.lower()] = item
         return {
             "openapi": "3.1.0",

@@ -76,6 +76,10 @@ def test_produce_consume_round_trip_in_both_formats(http: Http) -> None:
     http.ok("POST", base + "/offsets", {"offsets": [{"topic": "rt", "partition": 2, "offset": last["offset"]}]})
     committed = {(o["topic"], o["partition"]): o["offset"] for o in http.ok("GET", base + "/offsets")["offsets"]}
     assert committed[("rt", 2)] == last["offset"] + 1
+    # Confluent's GET .../offsets takes the partitions in its body: only those are answered
+    asked = http.ok("GET", base + "/offsets", {"partitions": [{"topic": "rt", "partition": 2}]},
+                    "application/vnd.kafka.v2+json")
+    assert asked == {"offsets": [{"topic": "rt", "partition": 2, "offset": last["offset"] + 1, "metadata": ""}]}
     positions = {(o["topic"], o["partition"]): o["offset"] for o in http.ok("GET", base + "/positions")["offsets"]}
     assert positions[("rt", 2)] == last["offset"] + 1
     assignments = http.ok("GET", base + "/assignments")["partitions"]
