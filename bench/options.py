@@ -137,6 +137,7 @@ class BenchOptions:
     brokers: int = 3
     backlog_bytes: int | None = None
     group: bool = False
+    keep_topics: bool = False
     config: str | None = None
     bootstrap: str | None = None
     json: str | None = None
@@ -256,6 +257,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     a("--backlog-bytes", type=int, help="consume: bytes to produce before draining (overrides --records)")
     a("--group", action="store_true", default=None,
       help="consumers join one consumer group (a new one per run) and commit after every poll")
+    a("--keep-topics", action="store_true", default=None,
+      help="on a running cluster (-c/--bootstrap): keep the bench-... topic (and group) each run makes; "
+           "deleted after the run otherwise, with its records")
     a("--peer", choices=PEERS, help="also run the peer's quick script and put its figure in the table")
     a("--peer-dir", help="where quick_jetstream.sh lives (default: $LOOM_PEERS_DIR or ../shared/bench/peers)")
     return ap

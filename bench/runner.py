@@ -23,7 +23,8 @@ from bench import peer, report
 from bench.options import BenchOptions, Combination, OptionError, parse, usage_error
 from bench.stats import (LatencyHistogram, disk_figures, find_node_pids, growth_mb_per_min, peak_rss_mb, reset_peak_rss,
                          us_per_record)
-from bench.workload import PhaseCost, Run, Target, check_room_before_run, create_topic, record_shares, tell
+from bench.workload import (PhaseCost, Run, Target, check_room_before_run, create_topic, delete_run_topic, record_shares,
+                            tell)
 from fabric.config import ConfigError
 from fabric.errors import FabricError
 from nodes.local_cluster import Cluster, make_config
@@ -122,6 +123,8 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
     finally:
         r.close()
         shutil.rmtree(work, ignore_errors=True)
+        if not target.self_contained and o.topic is None and not o.keep_topics:
+            delete_run_topic(target.bootstrap, topic, f"bench-group-{topic}" if o.group else None)
 
 
 def _span(done: list[dict]) -> float:

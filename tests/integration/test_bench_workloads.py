@@ -81,6 +81,8 @@ def test_consume_drains_the_backlog_of_two_producers(tmp_path: Path, api: str) -
 def test_a_running_cluster_by_config_or_bootstrap(tmp_path: Path) -> None:
     """-c CONFIG finds the node processes (cluster CPU and broker memory are measured);
     --bootstrap alone cannot, and says so with a null rather than a wrong figure."""
+    from fabric.client import Admin
+    from fabric.client.group_admin import GroupAdmin
     from nodes.local_cluster import running_cluster
     (tmp_path / "cluster").mkdir()
     with running_cluster(tmp_path / "cluster") as cluster:
@@ -89,6 +91,16 @@ def test_a_running_cluster_by_config_or_bootstrap(tmp_path: Path) -> None:
                             "--json", str(by_config)]) == 0
         assert runner.main(["produce", "--records", "2000", "--bootstrap", cluster.bootstrap, "--topic", "shared",
                             "--json", str(by_bootstrap)]) == 0
+        # a topic the run made is deleted after it (a named one is the user's), unless kept
+        kept = tmp_path / "kept.json"
+        assert runner.main(["consume", "--records", "2000", "--group", "-c", str(cluster.config_path)]) == 0
+        assert runner.main(["produce", "--records", "2000", "-c", str(cluster.config_path), "--keep-topics",
+                            "--json", str(kept)]) == 0
+        with Admin(cluster.bootstrap) as admin:
+            topics = set(admin.metadata().topics)
+            groups = [g["group"] for g in GroupAdmin(admin).list_groups()]
+    assert topics - {"__consumer_offsets"} == {"shared", json.loads(kept.read_text())["runs"][0]["topic"]}
+    assert not [g for g in groups if g.startswith("bench-group")], groups
     c, b = json.loads(by_config.read_text()), json.loads(by_bootstrap.read_text())
     assert c["cpu_us_per_record"]["cluster"] >= 0  # measured, not None (clock ticks: a tiny run may give 0)
     assert set(c["runs"][0]["broker_peak_rss_mb"]) == {"broker-1", "broker-2", "broker-3"}
