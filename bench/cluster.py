@@ -49,7 +49,7 @@ from bench import options, report, runner
 from bench.options import BenchOptions, Combination, OptionError, UsageParser
 from bench.stats import process_cpu_s
 from bench.worker import payload
-from bench.workload import Target
+from bench.workload import Target, delete_run_topic
 from fabric.client.accumulator import AccumulatorSettings
 from fabric.client.producer import RECORD_OVERHEAD_BYTES
 from nodes.local_cluster import free_ports
@@ -298,7 +298,11 @@ def scenario_run(o: BenchOptions, s: Scenario, combo: Combination, target: Targe
     the produce phase at the top, the drain in ``consume_*``."""
     so = replace(o, command="consume", replication_factor=s.replication_factor, acks=s.acks,
                  topic=o.topic or f"bench-cluster-{s.name}-{run}-{uuid.uuid4().hex[:8]}")
-    r = runner.run_once(so, combo, target, run, on_tick)
+    try:
+        r = runner.run_once(so, combo, target, run, on_tick)
+    finally:
+        if not target.self_contained and o.topic is None and not o.keep_topics:  # a topic made here
+            delete_run_topic(target.bootstrap, so.topic, None)
     p = r["produce"]
     if p["errors"] == 0 and r["records"] != p["records"]:
         raise RuntimeError(f"{r['topic']}: produced {p['records']} records, consumed {r['records']}")

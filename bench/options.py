@@ -193,6 +193,9 @@ _COMMON: tuple[tuple[tuple[str, ...], dict, str], ...] = (
     (("--engine",), {}, "storage engine, or a comma list to compare, each on a fresh self-contained cluster"),
     (("--fsync",), {}, "fsync mode, or a comma list: always, interval, never"),
     (("--runs",), {"type": int}, "runs of every combination, interleaved (medians reported)"),
+    (("--keep-topics",), {"action": "store_true", "default": None},
+     "on a running cluster (-c/--bootstrap): keep the bench-... topic (and group) each run makes, which is "
+     "otherwise deleted after the run with its records"),
     (("--json",), {}, "write the results as JSON to this file"),
     (("--chart",), {}, "write an HTML chart (inline SVG) of throughput and latency over time to this file"),
 )
@@ -257,9 +260,6 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     a("--backlog-bytes", type=int, help="consume: bytes to produce before draining (overrides --records)")
     a("--group", action="store_true", default=None,
       help="consumers join one consumer group (a new one per run) and commit after every poll")
-    a("--keep-topics", action="store_true", default=None,
-      help="on a running cluster (-c/--bootstrap): keep the bench-... topic (and group) each run makes; "
-           "deleted after the run otherwise, with its records")
     a("--peer", choices=PEERS, help="also run the peer's quick script and put its figure in the table")
     a("--peer-dir", help="where quick_jetstream.sh lives (default: $LOOM_PEERS_DIR or ../shared/bench/peers)")
     return ap

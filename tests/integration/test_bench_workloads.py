@@ -81,6 +81,7 @@ def test_consume_drains_the_backlog_of_two_producers(tmp_path: Path, api: str) -
 def test_a_running_cluster_by_config_or_bootstrap(tmp_path: Path) -> None:
     """-c CONFIG finds the node processes (cluster CPU and broker memory are measured);
     --bootstrap alone cannot, and says so with a null rather than a wrong figure."""
+    from bench import cluster as bench_cluster
     from fabric.client import Admin
     from fabric.client.group_admin import GroupAdmin
     from nodes.local_cluster import running_cluster
@@ -96,6 +97,8 @@ def test_a_running_cluster_by_config_or_bootstrap(tmp_path: Path) -> None:
         assert runner.main(["consume", "--records", "2000", "--group", "-c", str(cluster.config_path)]) == 0
         assert runner.main(["produce", "--records", "2000", "-c", str(cluster.config_path), "--keep-topics",
                             "--json", str(kept)]) == 0
+        assert bench_cluster.main(["--records", "2000", "--scenarios", "rf3-acksall", "-c", str(cluster.config_path),
+                                   "--no-progress"]) == 0
         with Admin(cluster.bootstrap) as admin:
             topics = set(admin.metadata().topics)
             groups = [g["group"] for g in GroupAdmin(admin).list_groups()]
