@@ -122,6 +122,12 @@ def reset_cmd(group_id: str, topic: str, to_earliest: bool, to_latest: bool, to_
                              to_datetime_ms=when, shift_by=shift_by)
         _table(["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "NEW-OFFSET"],
                [[group_id, t, p, cur if cur >= 0 else None, new] for (t, p), (cur, new) in sorted(plan.items())])
+        asked = {tp: to_offset if to_offset is not None else cur + shift_by
+                 for tp, (cur, _new) in plan.items() if to_offset is not None or (shift_by is not None and cur >= 0)}
+        clamped = sorted(tp for tp, want in asked.items() if plan[tp][1] != want)
+        if clamped:  # as Kafka's tool warns: the offset asked for is outside the log
+            click.echo(f"Note: partition{'s' * (len(clamped) != 1)} {', '.join(str(p) for _t, p in clamped)}: the "
+                       "offset asked for is outside the log, set to its start or end instead.")
         if execute:
             ga.execute_reset(group_id, plan)
             click.echo(f"Reset {len(plan)} partitions of {topic} for group {group_id}.")

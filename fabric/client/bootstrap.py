@@ -68,4 +68,5 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             last = e
         finally:
             client.close()
-    raise RequestTimeout(f"no node answered at {', '.join(endpoints)}: {last}")
+    why = getattr(last, "message", None) or str(last)  # its text: the code is this error's own
+    raise RequestTimeout(f"no node answered at {', '.join(endpoints)}: {why}")

@@ -105,6 +105,10 @@ def test_two_groups_are_independent_and_lag_is_log_end_minus_committed(cluster: 
                                       "--bootstrap", cluster.bootstrap])
     assert dry.exit_code == 0 and "Dry run" in dry.output, dry.output
     assert ga.committed("g-some") == committed_some
+    assert "outside the log" not in dry.output
+    past = CliRunner().invoke(_cli(), ["group", "reset-offsets", "g-some", "--topic", "lagged", "--to-offset",
+                                       "1000000", "--bootstrap", cluster.bootstrap])
+    assert past.exit_code == 0 and "outside the log, set to its start or end" in past.output, past.output
     run = CliRunner().invoke(_cli(), ["group", "reset-offsets", "g-some", "--topic", "lagged", "--to-earliest",
                                       "--execute", "--bootstrap", cluster.bootstrap])
     assert run.exit_code == 0, run.output
