@@ -84,7 +84,8 @@ def add(name: str, roles: str, config: str | None) -> None:
         raise FabricError(f"{path}: cannot write the config ({e}); nothing written") from e
     click.echo(key)
     click.echo(f"loom: key {name!r} ({', '.join(wanted)}) added to {path}; it is shown only now. "
-               "Restart the gateway to use it.", err=True)
+               "Restart the gateway to use it (kill the gateway's pid that `loom status` shows: the supervisor "
+               "starts it again, reading the config anew).", err=True)
 
 
 @keys.command("list")
