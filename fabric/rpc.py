@@ -212,16 +212,16 @@ class _LibzmqDealer:
         self.sock.connect(endpoint)
         reactor.add_socket(self.sock, on_message)
 
-    def send(self, frames: list) -> bool:
+    def send(self, frames: list, on_written: Callable[[bool], None] | None = None) -> bool:
+        """``on_written(True)`` once libzmq took the message (its own queue is not visible:
+        inproc and ipc only)."""
         try:
             send_frames(self.sock, frames)
-            return True
         except zmq.Again:
             return False
-
-    @property
-    def unsent_messages(self) -> int:
-        return 0  # libzmq's own queue: not visible (inproc and ipc only)
+        if on_written is not None:
+            on_written(True)
+        return True
 
     def close(self) -> None:
         self.reactor.remove_socket(self.sock)
@@ -265,19 +265,15 @@ class RpcClient:
         self._pending[rid] = (callback, timer)
         return rid
 
-    def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = ()) -> bool:
+    def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = (),
+                    on_written: Callable[[bool], None] | None = None) -> bool:
         """Fire and forget (the reply, if any, is ignored). False: refused (the send queue is
-        full), nothing sent."""
-        if not self.transport.send(wire.encode_request(command, dict(header, id=0), payloads)):
+        full), nothing sent. ``on_written(ok)``: whether the message reached the kernel, or
+        was dropped unwritten with its connection (``ZmtpDealer.send``)."""
+        if not self.transport.send(wire.encode_request(command, dict(header, id=0), payloads), on_written):
             self.counters["oneway_dropped"] += 1
             return False
         return True
-
-    @property
-    def unsent_output(self) -> int:
-        """Messages sent that have not (all) been written to the kernel yet: waiting for the
-        connection, or for the peer to read (0 for a libzmq transport: it cannot tell)."""
-        return self.transport.unsent_messages
 
     def _expire(self, rid: int) -> None:
         entry = self._pending.pop(rid, None)

@@ -26,6 +26,10 @@ Behaviour a libzmq DEALER's users rely on, kept:
 Messages handed to the kernel and not yet on the wire when a connection is lost are lost with
 it (a libzmq DEALER loses those in its encoder too): the request's timeout answers it, and a
 one-way message is repeated by its sender's own cadence (a replica's acknowledgement).
+A message sent with ``on_written`` is told its fate: ``on_written(True)`` once all its bytes
+are in the kernel, ``on_written(False)`` if it is dropped before (some of its bytes still in
+the outbox when the connection is lost, or waiting for a connection that failed, or closed):
+it does not wait for the next connection, its sender decides (acks=0 produce sends it again).
 
 A host name is resolved (an IPv4 address first, as libzmq's sockets) once, and again only
 after a connect to that address failed, on a thread of its own: a resolver that takes seconds
@@ -160,7 +164,8 @@ class ZmtpDealer:
         self._sock: socket.socket | None = None
         self._fd = -1
         self._outbox = Outbox()
-        self._waiting: deque[tuple[list, list[int]]] = deque()  # messages sent before the handshake
+        # messages sent before the handshake, with their on_written hooks
+        self._waiting: deque[tuple[list, list[int], Callable[[bool], None] | None]] = deque()
         self._in = bytearray()        # bytes received and not yet parsed
         # a large frame whose body is read straight into a buffer of its own (no copy after)
         self._body: OwnedFrame | None = None
@@ -181,6 +186,7 @@ class ZmtpDealer:
         # messages with bytes in the outbox (P.SNDHWM): for each, the bytes ever queued on this
         # connection up to its end; the front ones leave as the flushed bytes pass them
         self._queued_ends: deque[int] = deque()
+        self._written_hooks: deque[tuple[int, Callable[[bool], None]]] = deque()  # (end, on_written)
         self._queued_total = 0
         self._flushed_total = 0
         self._connect()
@@ -191,43 +197,45 @@ class ZmtpDealer:
         return self._state == _READY
 
     @property
-    def unsent_messages(self) -> int:
-        """Messages not yet (all) written to the kernel: waiting for the connection's
-        handshake, or (some of their bytes) for the peer to read."""
-        return len(self._waiting) + len(self._queued_ends)
-
-    @property
     def output_messages(self) -> int:
         """Messages (some of) whose bytes wait in the outbox for the peer to read."""
         return len(self._queued_ends)
 
     # -- sending ---------------------------------------------------------------------------------
-    def send(self, frames: list) -> bool:
+    def send(self, frames: list, on_written: Callable[[bool], None] | None = None) -> bool:
         """Send one message; False when refused: ``P.SNDHWM`` messages already wait for a
         connection or for the connected peer to read them, or the dealer is closed. Raises
-        TypeError/BufferError/ValueError for a bad frame, before anything is sent."""
+        TypeError/BufferError/ValueError for a bad frame, before anything is sent.
+        ``on_written``: told whether the message reached the kernel (module docstring), maybe
+        before ``send`` returns; never for a refused message."""
         pieces, sizes = encode_message(frames)
         if self._state != _READY:
             if self._state == _CLOSED or len(self._waiting) >= P.SNDHWM:
                 return False
-            self._waiting.append((pieces, sizes))
+            self._waiting.append((pieces, sizes, on_written))
             return True
         if len(self._queued_ends) >= P.SNDHWM:
             return False
-        self._write(pieces, sizes)
+        self._write(pieces, sizes, on_written)
         return True
 
-    def _write(self, pieces: list, sizes: list[int]) -> None:
+    def _write(self, pieces: list, sizes: list[int], on_written: Callable[[bool], None] | None = None) -> None:
         assert self._sock is not None
         was_waiting = bool(self._outbox.bytes)
         try:
             queued = self._outbox.send(self._sock, pieces, sizes)
         except OSError as e:
             self._lost(f"send failed: {e}")
+            if on_written is not None:
+                on_written(False)
             return
         if queued:
             self._queued_total += queued
             self._queued_ends.append(self._queued_total)
+            if on_written is not None:
+                self._written_hooks.append((self._queued_total, on_written))
+        elif on_written is not None:
+            on_written(True)
         if self._outbox.bytes and not was_waiting:
             self.reactor.modify_descriptor(self._fd, _POLLIN | _POLLOUT)
 
@@ -290,6 +298,9 @@ class ZmtpDealer:
             ends = self._queued_ends
             while ends and ends[0] <= self._flushed_total:
                 ends.popleft()
+            hooks = self._written_hooks
+            while hooks and hooks[0][0] <= self._flushed_total:
+                hooks.popleft()[1](True)
             if not self._outbox.bytes:
                 self.reactor.modify_descriptor(self._fd, _POLLIN)
         if ready & (_POLLIN | _POLLERR):
@@ -471,12 +482,20 @@ class ZmtpDealer:
         self._outbox.clear()
         self._queued_ends.clear()
         self._queued_total = self._flushed_total = 0
+        # told after the connection's state is reset: a hook may send again (to _waiting)
+        dropped = [hook for _, hook in self._written_hooks]
+        self._written_hooks.clear()
+        if self._waiting and any(hook is not None for _, _, hook in self._waiting):
+            dropped += [hook for _, _, hook in self._waiting if hook is not None]
+            self._waiting = deque(w for w in self._waiting if w[2] is None)
         self._in = bytearray()
         self._body = None
         self._frames = []
         self._greeted = False
         if self._state != _CLOSED:
             self._state = _IDLE
+        for hook in dropped:
+            hook(False)
 
     def _retry_later(self, why: str) -> None:
         if self._state == _CLOSED or self._timer is not None:

@@ -17,6 +17,7 @@ thread; everything else runs on the I/O thread.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections import Counter, defaultdict, deque
@@ -78,10 +79,8 @@ class SenderClient(Protocol):
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
                 timeout_ms: int) -> Any: ...
 
-    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> bool: ...
-
-    @property
-    def unsent_output(self) -> int: ...
+    def send_oneway(self, command: bytes, header: dict, payloads: Any = (),
+                    on_written: Callable[[bool], None] | None = None) -> bool: ...
 
     def fail_all(self, error: RemoteError) -> None: ...
 
@@ -113,8 +112,11 @@ class Sender(threading.Thread):
         self._sequences: dict[tuple[str, int], int] = defaultdict(int)
         self._queues: dict[tuple[str, int], deque[BatchState]] = defaultdict(deque)
         self._in_flight: dict[tuple[str, int], tuple[str, int, int]] = {}  # tp -> (endpoint, sent_ms, leader epoch)
-        # acks=0: batches whose one-way request waits to be written (per endpoint, in order)
-        self._unsent_oneway: dict[str, list[BatchState]] = {}
+        # acks=0: the batches of each one-way request not yet written to the kernel, and of
+        # those dropped unwritten (a lost connection), to go again; by request, in sending order
+        self._unsent_oneway: dict[int, list[BatchState]] = {}
+        self._lost_oneway: dict[int, list[BatchState]] = {}
+        self._oneway_numbers = itertools.count()
         self._clients: dict[str, SenderClient] = {}
         self._stopping = False
         self._shut = False
@@ -220,7 +222,7 @@ class Sender(threading.Thread):
         for b in self.batches.take_ready(now, busy):
             b.deadline_ms = now + self.settings.delivery_timeout_ms
             self._queues[(b.topic, b.partition)].append(b)
-        self._finish_sent_oneway()
+        self._requeue_lost_oneway()
         self._expire(now)  # also while waiting for a producer id: delivery_timeout_ms bounds that wait too
         if self.idempotent and self.producer_id < 0:
             return  # batches wait for the producer id
@@ -231,19 +233,32 @@ class Sender(threading.Thread):
             while q and tp not in self._in_flight and q[0].deadline_ms <= now_ms:
                 b = q.popleft()
                 self._finish(b, -1, _expired_error(b, tp, self.settings.delivery_timeout_ms))
-        for endpoint, waiting in self._unsent_oneway.items():
-            while waiting and waiting[0].deadline_ms <= now_ms:
-                b = waiting.pop(0)
-                b.possibly_written = True  # queued in the client: it may still go out
-                self._finish(b, -1, _expired_error(b, (b.topic, b.partition), self.settings.delivery_timeout_ms))
+        for waiting in self._unsent_oneway.values():
+            if waiting and waiting[0].deadline_ms <= now_ms:
+                for b in [b for b in waiting if b.deadline_ms <= now_ms]:
+                    waiting.remove(b)
+                    b.possibly_written = True  # queued in the client: it may still go out
+                    self._finish(b, -1, _expired_error(b, (b.topic, b.partition), self.settings.delivery_timeout_ms))
 
-    def _finish_sent_oneway(self) -> None:
-        """acks=0: the batches of every endpoint whose client has written all its output to
-        the kernel are done (offset -1: the broker says nothing)."""
-        for endpoint in [ep for ep, waiting in self._unsent_oneway.items() if waiting]:
-            if self._client(endpoint).unsent_output == 0:
-                for b in self._unsent_oneway.pop(endpoint):
-                    self._finish(b, -1, None)
+    def _oneway_written(self, number: int, written: bool) -> None:
+        """acks=0: one-way request ``number`` is in the kernel (its batches are done, offset
+        -1: the broker says nothing), or was dropped unwritten with its connection (its
+        batches go again, ahead of their partitions' later ones, at the next pass)."""
+        batches = self._unsent_oneway.pop(number, None)
+        if batches is None:
+            return  # failed meanwhile (expired, closed)
+        if written:
+            for b in batches:
+                self._finish(b, -1, None)
+        else:
+            self._lost_oneway[number] = batches
+            self.metadata_cache.want_refresh()  # the leader may have gone
+            self.wake()
+
+    def _requeue_lost_oneway(self) -> None:
+        for number in sorted(self._lost_oneway, reverse=True):  # the newest first: each goes to the head
+            for b in reversed(self._lost_oneway.pop(number)):
+                self._queues[(b.topic, b.partition)].appendleft(b)
 
     def _pack(self, b: BatchState, tp: tuple[str, int]) -> bytes:
         if b.data is not None and not b.possibly_written and b.numbered_in != self._id_generation:
@@ -310,14 +325,15 @@ class Sender(threading.Thread):
         if acks == 0:
             for tp, _ in groups:
                 self._in_flight.pop(tp, None)
-            if not self._client(endpoint).send_oneway(P.PRODUCE, header, payloads):
-                for tp, take in groups:  # the send queue is full: sent again by a later pass
-                    self._queues[tp].extendleft(reversed(take))
-                return
             # done once written to the kernel: a flush or close that ended while the request
             # waited for the connection dropped it with the socket (records told sent, lost)
-            self._unsent_oneway.setdefault(endpoint, []).extend(batches)
-            self._finish_sent_oneway()
+            number = next(self._oneway_numbers)
+            self._unsent_oneway[number] = batches
+            if not self._client(endpoint).send_oneway(P.PRODUCE, header, payloads,
+                                                      on_written=lambda ok: self._oneway_written(number, ok)):
+                del self._unsent_oneway[number]
+                for tp, take in groups:  # the send queue is full: sent again by a later pass
+                    self._queues[tp].extendleft(reversed(take))
             return
 
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
@@ -432,6 +448,7 @@ class Sender(threading.Thread):
                 b.possibly_written = True
                 self._finish(b, -1, error or ProducerClosedError(True))
         self._unsent_oneway.clear()
+        self._requeue_lost_oneway()  # failed with the queues below
         for q in self._queues.values():
             while q:
                 b = q.popleft()

@@ -166,7 +166,8 @@ class RecordingClient:
         self.cancelled: list[int] = []   # indexes into ``sent``
         self.closed = False
         self.refuse_oneway = False
-        self.unsent_output = 0
+        self.hold_oneway = False  # one-way messages wait to be written (write_oneway, lose_oneway)
+        self.unwritten: list[Callable | None] = []  # their on_written hooks, oldest first
 
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
                 timeout_ms: int = 0) -> int:
@@ -184,13 +185,33 @@ class RecordingClient:
         self.cancelled.append(i)
         return True
 
-    def send_oneway(self, command: bytes, header: dict, payloads: Any = ()) -> bool:
-        """Kept in ``oneway``; refused (False) while ``refuse_oneway``; ``unsent_output`` says
-        how many messages have not reached the kernel yet (what a test sets)."""
+    def send_oneway(self, command: bytes, header: dict, payloads: Any = (),
+                    on_written: Callable[[bool], None] | None = None) -> bool:
+        """Kept in ``oneway``; refused (False) while ``refuse_oneway``. Written to the kernel
+        at once (``on_written(True)``), or while ``hold_oneway`` only when the test says so:
+        ``write_oneway`` (written) or ``lose_oneway`` (dropped with the connection)."""
         if self.refuse_oneway:
             return False
         self.oneway.append((command, header, list(payloads)))
+        if self.hold_oneway:
+            self.unwritten.append(on_written)
+        elif on_written is not None:
+            on_written(True)
         return True
+
+    def write_oneway(self, n: int | None = None) -> None:
+        """The ``n`` oldest held one-way messages (all: None) reach the kernel."""
+        self._settle_oneway(len(self.unwritten) if n is None else n, True)
+
+    def lose_oneway(self) -> None:
+        """Every held one-way message is dropped unwritten (a lost connection)."""
+        self._settle_oneway(len(self.unwritten), False)
+
+    def _settle_oneway(self, n: int, written: bool) -> None:
+        settled, self.unwritten = self.unwritten[:n], self.unwritten[n:]
+        for hook in settled:
+            if hook is not None:
+                hook(written)
 
     def fail_all(self, error: Any) -> None:
         """Answer every request not yet answered with ``error`` (as RpcClient.fail_all)."""

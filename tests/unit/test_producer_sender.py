@@ -112,13 +112,13 @@ def test_acks_0_finishes_a_batch_only_once_its_request_left_for_the_broker(make_
     records were lost although the application was told they were sent."""
     rig = make_sender_rig(acks=0)
     client = rig.clients.setdefault(LEADER, RecordingClient())
-    client.unsent_output = 1  # the connection is not up yet: the request waits
+    client.hold_oneway = True  # the connection is not up yet: the request waits
     futures = rig.send("a")
     rig.sender.run_pass()
     assert len(client.oneway) == 1 and not any(f.done() for f in futures)
     rig.sender.run_pass()
     assert not any(f.done() for f in futures)
-    client.unsent_output = 0  # connected: written to the kernel
+    client.write_oneway()  # connected: written to the kernel
     rig.sender.run_pass()
     assert [f.result(0).offset for f in futures] == [-1, -1]
 
@@ -139,7 +139,7 @@ def test_acks_0_sends_again_a_request_its_client_refused_to_queue(make_sender_ri
 
 def test_acks_0_fails_a_batch_whose_request_could_not_leave_within_the_delivery_timeout(make_sender_rig) -> None:  # noqa: ANN001
     rig = make_sender_rig(acks=0, delivery_timeout_ms=1000)
-    rig.clients.setdefault(LEADER, RecordingClient()).unsent_output = 1  # a leader that never accepts the connection
+    rig.clients.setdefault(LEADER, RecordingClient()).hold_oneway = True  # a leader that never accepts the connection
     futures = rig.send("a")
     rig.sender.run_pass()
     rig.reactor.clock.advance(1001)
