@@ -120,6 +120,9 @@ class Consumer:
         self._fetching: dict[str, _InFlight] = {}  # endpoint -> its one fetch in flight
         self._resetting: dict[TopicPartition, _InFlight] = {}  # LIST_OFFSETS in flight
         self._held_until_ms: dict[TopicPartition, int] = {}  # not fetched before (a refused fetch)
+        # auto_offset_reset "none": a partition that cannot be positioned, with the position it
+        # had then and the error ``poll`` raises (at its start: never after it took records)
+        self._position_errors: dict[TopicPartition, tuple[int | None, RemoteError]] = {}
         self._closed = False
         self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
 
@@ -166,8 +169,10 @@ class Consumer:
         policy and its LIST_OFFSETS in flight go. Else the old answer positioned the partition
         once it waited for a position again -- assigned anew and waiting for the group's committed
         offset, or reset the other way (seek_to_beginning after seek_to_end) -- and a policy left
-        behind reset it when assigned again instead of starting at the committed offset."""
+        behind reset it when assigned again instead of starting at the committed offset. An
+        error waiting for the partition's position (auto_offset_reset "none") goes too."""
         self._reset_specs.pop(tp, None)
+        self._position_errors.pop(tp, None)
         pending = self._resetting.pop(tp, None)
         if pending is not None and pending.endpoint in self._clients:
             self._clients[pending.endpoint].cancel(pending.request_id)
@@ -216,6 +221,7 @@ class Consumer:
         passes = 0
         while True:
             self._send_fetches()
+            self._raise_position_error()
             if self._buffer:
                 return self._take(max_records)
             left = deadline - self.clock.now_ms()
@@ -321,7 +327,7 @@ class Consumer:
             if pos is None or self.positions.get(tp) is None:
                 continue  # unassigned, seeked or being reset meanwhile
             if code == P.OFFSET_OUT_OF_RANGE:
-                self._out_of_range(tp)
+                self._out_of_range(tp, pos)
                 continue
             if code:
                 self._hold([tp])
@@ -334,10 +340,31 @@ class Consumer:
                     self._buffered_records += len(view)
                     self._fetch_positions[tp] = view.next_offset
 
-    def _out_of_range(self, tp: TopicPartition) -> None:
+    def _out_of_range(self, tp: TopicPartition, fetched_at: int) -> None:
         if self.auto_offset_reset == "none":
-            raise RemoteError(P.OFFSET_OUT_OF_RANGE, f"{tp[0]}-{tp[1]}: position {self.positions[tp]} is out of range")
+            # raised once the records buffered before it are taken (the position reaches it)
+            self._cannot_position(tp, f"position {fetched_at} is out of range", fetched_at)
+            return
         self._reset([tp], self._policy_spec())
+
+    def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
+        """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no
+        position); a ``poll`` raises once its position is there, before it takes any record.
+        Raised here -- in a fetch's answer, read also after ``_take`` advanced the positions --
+        it lost the records that poll was returning."""
+        self._position_errors[tp] = (at, RemoteError(P.OFFSET_OUT_OF_RANGE, f"{tp[0]}-{tp[1]}: {why}"))
+
+    def _raise_position_error(self) -> None:
+        """Raise the error of a partition ``_cannot_position`` found once its position is
+        where it was found (records buffered before it are taken first); forget it once the
+        partition was seeked past it or given up."""
+        for tp, (at, error) in list(self._position_errors.items()):
+            position = self.positions.get(tp, -1)
+            if position == at:
+                del self._position_errors[tp]
+                raise error
+            if tp not in self.positions or position is None or at is None or position > at:
+                del self._position_errors[tp]
 
     def _policy_spec(self) -> int | None:
         """Where ``auto_offset_reset`` starts a partition with nothing to start from (never
@@ -349,8 +376,9 @@ class Consumer:
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, self._policy_spec())
         if spec is None:
-            raise RemoteError(P.OFFSET_OUT_OF_RANGE, f"{tp[0]}-{tp[1]}: no position to start from (never seeked, "
-                                                     "nothing committed) and auto_offset_reset is none: seek first")
+            self._cannot_position(tp, "no position to start from (never seeked, nothing committed) and "
+                                      "auto_offset_reset is none: seek first")
+            return
         if tp in self._resetting:
             return
         if self._held_until_ms.get(tp, 0) > self.clock.now_ms():

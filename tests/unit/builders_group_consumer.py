@@ -29,6 +29,7 @@ class OnePartitionBroker:
 
     def __init__(self) -> None:
         self.replies: list[Callable[[], None]] = []
+        self.out_of_range_from: int | None = None  # a FETCH at or past it: offset_out_of_range
         self.metadata = ClusterMetadata(1, "c", {1: BrokerInfo(1, "b1", 1, 2)},
                                         {"t": TopicInfo("t", (PartitionInfo("t", 0, 1, 1, (1,), (1,)),), {}, "id-t")},
                                         coordinator="tcp://coordinator")
@@ -42,6 +43,10 @@ class OnePartitionBroker:
             self.replies.append(lambda: callback({"metadata": self.metadata.to_wire()}, [], None))
         elif command == P.FETCH:
             [[topic, partition, offset, _max_bytes, _epoch]] = header["parts"]
+            if self.out_of_range_from is not None and offset >= self.out_of_range_from:
+                refused = [topic, partition, P.OFFSET_OUT_OF_RANGE, LOG_END_OFFSET, LOG_END_OFFSET, 0, None]
+                self.replies.append(lambda: callback({"parts": [refused]}, [b""], None))
+                return len(self.replies)
             n = min(RECORDS_PER_FETCH_ANSWER, LOG_END_OFFSET - offset)
             if n <= 0:
                 return 0  # a long poll at the log end: answered only when records come (never here)

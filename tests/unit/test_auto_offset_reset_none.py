@@ -72,3 +72,25 @@ def test_a_consumer_without_a_group_raises_for_a_partition_never_seeked() -> Non
     finally:
         c.close()
         w.close()
+
+
+def test_an_out_of_range_answer_read_after_records_were_taken_loses_none_of_them() -> None:
+    """A prefetch's out-of-range answer can be read in the pass that follows the taking of
+    records (their positions already advanced): raised there, it took those records with it.
+    The error waits for the next poll, which raises before it takes anything."""
+    w = _group()
+    w.broker.out_of_range_from = 50  # what the first fetch answers (0..49) is all there is
+    c = Consumer("127.0.0.1:1", **{k: v for k, v in consumer_config(w.broker, w.reactor, None).items()
+                                   if k not in ("coordinator", "heartbeat_factory")} | {"auto_offset_reset": "none"})
+    try:
+        c.assign([T0])
+        c.seek(T0, 0)
+        returned: list[int] = []
+        with pytest.raises(RemoteError) as e:
+            for _ in range(20):
+                returned += [r.offset for r in c.poll(1000, max_records=10)]
+        assert e.value.code == P.OFFSET_OUT_OF_RANGE
+        assert returned == list(range(0, 50)) and c.position(T0) == 50, "records taken by a poll that raised"
+    finally:
+        c.close()
+        w.close()
