@@ -172,14 +172,16 @@ class HeldCoordinator:
 
 class HeldWorld:
     """A real GroupConsumer of group g (``kw``: its settings) on a real CoordinatorLink whose
-    coordinator client holds the requests of command ``held`` (``HeldCoordinator``)."""
+    coordinator client (``client_type``: a ``HeldCoordinator``) holds the requests of command
+    ``held``; ``broker``: the fake broker (a ``OnePartitionBroker``)."""
 
-    def __init__(self, held: bytes, **kw: Any) -> None:
-        self.broker = OnePartitionBroker()
+    def __init__(self, held: bytes, broker: OnePartitionBroker | None = None,
+                 client_type: type[HeldCoordinator] = HeldCoordinator, **kw: Any) -> None:
+        self.broker = broker or OnePartitionBroker()
         self.reactor = BrokerRepliesReactor(self.broker)
         self.clock = self.reactor.clock
         self.coordinator = OffsetsCoordinator()
-        self.client = HeldCoordinator(self.reactor, self.coordinator, held=held)
+        self.client = client_type(self.reactor, self.coordinator, held=held)
         link = CoordinatorLink(self.reactor, self.clock, lambda: self.client)
         self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(self.broker, self.reactor, link, **kw))
 

@@ -20,10 +20,7 @@ from typing import Any, Callable
 import pytest
 
 from fabric import protocol as P
-from fabric.client.group import GroupConsumer
-from fabric.client.group_link import CoordinatorLink
-from tests.unit.builders_group_consumer import (LOG_END_OFFSET, T0, BrokerRepliesReactor, HeldCoordinator,
-                                                OffsetsCoordinator, OnePartitionBroker, consumer_config)
+from tests.unit.builders_group_consumer import LOG_END_OFFSET, T0, HeldCoordinator, HeldWorld, OnePartitionBroker
 
 T1 = ("t", 1)
 
@@ -72,25 +69,14 @@ class SnapshotCoordinator(HeldCoordinator):
         super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
 
 
-class _World:
+class _World(HeldWorld):
     """Group g (nothing committed yet) and an assigned consumer of it, auto_offset_reset latest,
     no auto-commit; OFFSET_FETCH held until ``release``d."""
 
     def __init__(self, **kw: Any) -> None:
-        self.broker = ResetHoldingBroker()
-        self.reactor = BrokerRepliesReactor(self.broker)
-        self.clock = self.reactor.clock
-        self.coordinator = OffsetsCoordinator()
-        self.client = SnapshotCoordinator(self.reactor, self._answer, held=P.OFFSET_FETCH)
-        link = CoordinatorLink(self.reactor, self.clock, lambda: self.client)
-        config = consumer_config(self.broker, self.reactor, link,
-                                 **{"auto_offset_reset": "latest", "enable_auto_commit": False, **kw})
-        self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **config)
-
-    def _answer(self, command: bytes, header: dict) -> dict:
-        if command == P.OFFSET_FETCH:  # -1: nothing committed, as the real coordinator answers
-            return {"offsets": [[t, p, self.coordinator.committed.get((t, p), -1), ""] for t, p in header["partitions"]]}
-        return self.coordinator(command, header)
+        super().__init__(P.OFFSET_FETCH, ResetHoldingBroker(), SnapshotCoordinator,
+                         **{"auto_offset_reset": "latest", "enable_auto_commit": False, **kw})
+        self.coordinator.uncommitted = -1  # as the real coordinator answers for nothing committed
 
     def release(self) -> None:
         self.client.release()
@@ -99,9 +85,6 @@ class _World:
     def offsets(self, timeout_ms: int = 1000) -> list[int]:
         return [r.offset for r in self.consumer.poll(timeout_ms, max_records=5)]
 
-    def close(self) -> None:
-        self.client.release()
-        self.consumer.close()
 
 
 @pytest.fixture

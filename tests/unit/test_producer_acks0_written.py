@@ -10,7 +10,6 @@ recording client holds one-way messages until the test writes or loses them."""
 
 from __future__ import annotations
 
-from fabric.errors import DeliveryTimeoutError
 from tests.unit.builders_sender import LEADER
 from tests.unit.fakes import RecordingClient
 
