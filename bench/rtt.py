@@ -64,7 +64,7 @@ HOPS = (
     ("leader", "produce.append", "leader: produce decoding, the rest of the drain, group commit", "work"),
     ("leader", "produce.appended", "leader: validate and write the batch", "work"),
     ("leader", "produce.publish", "leader: stamp and encode for the followers", "work"),
-    ("follower", "replica.batch", "publish, wire leader -> follower (PUB/SUB), the follower wakes", "hop"),
+    ("follower", "replica.batch", "publish (the reactor writes each follower's socket), wire leader -> follower, the follower wakes", "hop"),
     ("follower", "replica.ack", "follower: decode, append", "work"),
     ("leader", "ack.received", "ack out, wire follower -> leader, ZMTP and request decoding", "hop"),
     ("leader", "ack.received", "until the other follower's ack", "hop"),

@@ -111,8 +111,10 @@ class _Link:
 
 class TcpPort:
     def __init__(self, reactor: Reactor, endpoint: str, on_stream: StreamHandler,
-                 counters: dict[str, int]) -> None:
+                 counters: dict[str, int], *, output_bytes_max: int = OUTPUT_BYTES_MAX) -> None:
+        """``output_bytes_max``: one connection's waiting output at which writes to it are refused."""
         self.reactor = reactor
+        self.output_bytes_max = output_bytes_max
         self.on_stream = on_stream
         self.counters = counters
         family, address = listen_address(endpoint)
@@ -229,7 +231,7 @@ class TcpPort:
         if link is None or link.broken:
             return False
         outbox = link.outbox
-        if outbox.bytes >= OUTPUT_BYTES_MAX or (self.output_bytes >= OUTPUT_BYTES_TOTAL_MAX and not handshake):
+        if outbox.bytes >= self.output_bytes_max or (self.output_bytes >= OUTPUT_BYTES_TOTAL_MAX and not handshake):
             return False
         was_waiting = bool(outbox.bytes)
         try:

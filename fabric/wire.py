@@ -202,7 +202,13 @@ class ReplicaPosition(NamedTuple):
 
     @classmethod
     def from_header(cls, h: dict) -> "ReplicaPosition":
-        node = h.get("node", "")
+        get = h.get
+        node, topic, partition, epoch, hw, leo = get("node", ""), get("topic"), get("partition"), get("epoch"), \
+            get("hw"), get("leo")
+        topic_id = get("topic_id")
+        if node.__class__ is str and topic.__class__ is str and partition.__class__ is int and epoch.__class__ is int \
+                and hw.__class__ is int and leo.__class__ is int and topic_id.__class__ is str:
+            return cls(node, topic, partition, epoch, hw, leo, topic_id)  # every replicated batch: no call per field
         if not isinstance(node, str):
             raise MalformedFrame(P.MALFORMED_REQUEST, "PUB field 'node' must be str")
         return cls(node, _field(h, "topic", str), _field(h, "partition", int), _field(h, "epoch", int),

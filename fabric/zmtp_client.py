@@ -68,6 +68,7 @@ from fabric.zmtp import (GREETING, HANDSHAKE_BYTES_MAX, ProtocolViolation, _comm
 log = logging.getLogger(__name__)
 
 _FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
+_NOT_SHORT_FRAME = _FLAG_LONG | _FLAG_COMMAND
 _POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 JOIN_BYTES_MAX = 64 * 1024  # frames up to this size are joined with their headers into one piece
 DIRECT_BYTES_MIN = 256 * 1024  # a frame this large is read straight into a buffer of its own
@@ -361,7 +362,19 @@ class ZmtpDealer:
                     if pos < len(buf):
                         self._resume_later()  # the rest on the next pass
                     return
-                if self._state == _READY and len(buf) - pos >= 9 and buf[pos] & _FLAG_LONG \
+                avail = len(buf) - pos
+                if avail >= 2 and not buf[pos] & _NOT_SHORT_FRAME and self._state == _READY:
+                    # the common frame (a message frame of at most 255 bytes) parsed in place:
+                    # the limits below cannot refuse it, and the handshake is done
+                    end = pos + 2 + buf[pos + 1]
+                    if end > pos + avail:
+                        return
+                    flags = buf[pos]
+                    body = bytes(buf[pos + 2:end])
+                    pos = end  # consumed before it is handed on
+                    self._frame(body, flags)
+                    continue
+                if self._state == _READY and avail >= 9 and buf[pos] & _FLAG_LONG \
                         and self._large_frame_starts(buf, pos):
                     pos = len(buf)  # all of it is in the frame's own buffer now
                     return

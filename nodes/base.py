@@ -31,6 +31,7 @@ from fabric.metrics import MetricsRegistry, process_samples
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer, make_socket
 from fabric.zmq_io import send_frames
+from fabric.zmtp_pub import ZmtpPublisher
 from nodes.data_dir_lock import lock_data_dir, unlock_data_dir
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,15 @@ class Node:
         self.server.metrics = self.metrics
         self.faults = FaultRules(config.faults.enabled, {bid: n for bid, (n, _) in config.brokers().items()})
         self.server.drop_from = self.faults.blocks_identity
-        self.pub = make_socket(self.ctx, self.PUB_KIND)
+        pub_endpoint = f"tcp://{self.node_config.host}:{self.node_config.publish_port}"
+        self.pub: ZmtpPublisher | zmq.Socket
         if self.PUB_KIND == zmq.XPUB:
+            self.pub = make_socket(self.ctx, self.PUB_KIND)
             self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
             self.reactor.add_socket(self.pub, self._on_subscription)
-        self.pub.bind(f"tcp://{self.node_config.host}:{self.node_config.publish_port}")
+            self.pub.bind(pub_endpoint)
+        else:  # written by the reactor thread itself: no libzmq I/O thread to wake per message
+            self.pub = ZmtpPublisher(self.reactor, pub_endpoint)
         self.reactor.call_every(config.liveness.heartbeat_interval_ms, self._heartbeat)
         self._thread_error: BaseException | None = None
         self.reactor.after_pass(self._raise_thread_error)
@@ -98,8 +103,14 @@ class Node:
     def publish_frames(self, frames: list) -> None:
         """Publish one encoded PUB message (``fabric.wire``'s ``encode_*``); dropped and counted
         when the socket would block."""
+        pub = self.pub
+        if pub.__class__ is ZmtpPublisher:
+            dropped = pub.send(frames)  # type: ignore[union-attr]
+            if dropped:
+                self.counters["pub_dropped"] += dropped
+            return
         try:
-            send_frames(self.pub, frames)
+            send_frames(pub, frames)  # type: ignore[arg-type]
         except zmq.Again:
             self.counters["pub_dropped"] += 1
 
@@ -152,7 +163,10 @@ class Node:
 
     def close(self) -> None:
         self.server.close()
-        self.pub.close(0)
+        if isinstance(self.pub, ZmtpPublisher):
+            self.pub.close()
+        else:
+            self.pub.close(0)
         if self._data_dir_lock is not None:
             unlock_data_dir(self._data_dir_lock)
             self._data_dir_lock = None

@@ -138,7 +138,7 @@ def test_bytes_arrive_as_events_and_a_reply_goes_back(port: _Port) -> None:
 
 def test_a_peer_that_stops_reading_loses_whole_messages_and_reads_the_rest_intact(
         port: _Port, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tcp_port, "OUTPUT_BYTES_MAX", 1 << 20)
+    monkeypatch.setattr(port.port, "output_bytes_max", 1 << 20)
     peer, conn_id = port.connect(receive_buffer=4096)
     accepted = port.fill(conn_id)
     refused = []

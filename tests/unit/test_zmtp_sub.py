@@ -18,9 +18,7 @@ from fabric.reactor import Reactor
 from fabric.zmtp import GREETING, _command, _frame_header, _property
 from fabric.zmtp_sub import ZmtpSubscriber
 from tests.harness import free_ports
-
-DEADLINE_S = 10.0
-POLL_MS = 5
+from tests.unit.zmtp_support import DEADLINE_S, POLL_MS, ReactorLoop
 
 
 def _pub() -> tuple[zmq.Socket, int]:
@@ -29,27 +27,11 @@ def _pub() -> tuple[zmq.Socket, int]:
     return sock, sock.bind_to_random_port("tcp://127.0.0.1")
 
 
-class _Sub:
+class _Sub(ReactorLoop):
     def __init__(self, **kw) -> None:  # noqa: ANN003
         self.reactor = Reactor()
         self.got: list[list[bytes]] = []
         self.sub = ZmtpSubscriber(self.reactor, self.got.append, **kw)
-
-    def run_until(self, condition, publish=None) -> None:  # noqa: ANN001
-        """Run the reactor until ``condition()``; ``publish()`` each pass (a PUB drops what it
-        sends before the subscription reaches it, as libzmq's does)."""
-        deadline = time.monotonic() + DEADLINE_S
-        while not condition():
-            assert time.monotonic() < deadline, "condition not reached"
-            if publish is not None:
-                publish()
-            self.reactor.run_once(POLL_MS)
-
-    def run_for(self, seconds: float) -> None:
-        """For the few checks that something does NOT arrive: run the reactor this long."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.reactor.run_once(POLL_MS)
 
 
 @pytest.fixture

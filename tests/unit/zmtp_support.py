@@ -18,6 +18,28 @@ DEADLINE_S = 10.0
 POLL_MS = 5
 
 
+class ReactorLoop:
+    """A test's reactor (``self.reactor``) run until a condition holds, or for a while."""
+
+    reactor: Reactor
+
+    def run_until(self, condition: Callable[[], object], publish: Callable[[], object] | None = None) -> None:
+        """Run the reactor until ``condition()``, calling ``publish()`` each pass (a PUB drops what
+        it sends before the subscription reaches it: ZeroMQ's slow joiner)."""
+        deadline = time.monotonic() + DEADLINE_S
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached"
+            if publish is not None:
+                publish()
+            self.reactor.run_once(POLL_MS)
+
+    def run_for(self, seconds: float) -> None:
+        """For the checks that something does NOT arrive: run the reactor this long."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.reactor.run_once(POLL_MS)
+
+
 class DealerClient:
     """A ZmtpDealer to ``127.0.0.1:port`` on its own reactor, noting the messages it receives
     (``got``) and its counters. ``contain_handler_errors``: a node's reactor, not a client's."""

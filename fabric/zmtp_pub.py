@@ -1,0 +1,232 @@
+"""The PUB end of ZMTP 3.0 on a TCP port the reactor thread writes itself.
+
+A libzmq PUB socket hands every message to libzmq's I/O thread, which wakes to write it: on a
+broker, every replicated batch crossed a thread on its way to the followers (the largest hop of
+a produce's round trip, and ~50 µs of CPU per message in that thread, most of it waking). Here
+the thread that publishes writes the message to each subscriber's socket itself (one
+``sendmsg`` each, on ``fabric.tcp_port``), as the request port answers requests: the kernel
+wakes the follower's thread directly.
+
+What a libzmq PUB's users rely on, kept:
+- any ZMTP 3 SUB or XSUB connects (libzmq's, or ``fabric.zmtp_sub.ZmtpSubscriber``), with the
+  same handshake (greeting, READY with ``Socket-Type`` PUB);
+- subscriptions: ZMTP 3.0's subscription messages (``\\x01`` or ``\\x00`` and the prefix) and
+  ZMTP 3.1's SUBSCRIBE and CANCEL commands; counted per prefix, so a prefix subscribed twice
+  needs two unsubscriptions, as libzmq's trie counts them; an empty prefix takes everything;
+- a message goes whole, or not at all, to each subscriber whose prefixes match its first frame,
+  and nothing to the others; messages published before a subscription arrived are not sent
+  (ZeroMQ's slow joiner);
+- **never blocks**: a subscriber that does not read loses messages once ``OUTPUT_BYTES_MAX``
+  of its output is waiting (counted in ``pub_dropped``), as at a PUB's high-water mark; the
+  replication stream repairs a gap over the fetch path;
+- what a subscriber sends that is not a subscription (an XSUB's own messages) is read and
+  ignored; a peer that breaks the protocol (a bad greeting, a frame over its limit, too many
+  prefixes) is disconnected.
+
+Not thread-safe: owned by the node's reactor thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Callable
+
+from fabric.reactor import Reactor
+from fabric.tcp_port import TcpPort
+from fabric.zmtp import (GREETING, HANDSHAKE_BYTES_MAX, ProtocolViolation, _command, _parse_ready, _property,
+                         encode_frames, next_unit, pong_for)
+
+log = logging.getLogger(__name__)
+
+OUTPUT_BYTES_MAX = 32 * 1024 * 1024  # one subscriber's waiting output before messages to it are dropped
+SUBSCRIPTION_BYTES_MAX = 64 * 1024    # one subscription message (its prefix and the \x01)
+PREFIXES_MAX = 100_000               # distinct prefixes one subscriber may hold
+INPUT_BYTES_MAX = 1024 * 1024        # unparsed input held for one subscriber
+JOIN_BYTES_MAX = 64 * 1024           # frames up to this size are joined with their headers
+
+_FLAG_MORE, _FLAG_COMMAND = 0x01, 0x04
+_PEER_SOCKET_TYPES = (b"SUB", b"XSUB")
+READY = _command(b"\x05READY" + _property(b"Socket-Type", b"PUB"))
+_GREETING_TYPE = -1
+
+
+def _input_limit(flags: int) -> int:
+    return HANDSHAKE_BYTES_MAX if flags & _FLAG_COMMAND else SUBSCRIPTION_BYTES_MAX
+
+
+class _Subscriber:
+    __slots__ = ("conn_id", "buf", "greeted", "ready", "prefixes", "lengths", "in_message")
+
+    def __init__(self, conn_id: bytes) -> None:
+        self.conn_id = conn_id
+        self.buf = bytearray()
+        self.greeted = False
+        self.ready = False
+        self.prefixes: dict[bytes, int] = {}  # prefix -> times subscribed
+        self.lengths: dict[int, int] = {}     # prefix length -> distinct prefixes of that length
+        self.in_message = False               # later frames of a multi-frame message: not subscriptions
+
+    def wants(self, topic: bytes) -> bool:
+        prefixes = self.prefixes
+        if topic in prefixes:
+            return True
+        for n in self.lengths:
+            if topic[:n] in prefixes:
+                return True
+        return False
+
+    def subscribe(self, prefix: bytes) -> None:
+        count = self.prefixes.get(prefix, 0)
+        if not count:
+            if len(self.prefixes) >= PREFIXES_MAX:
+                raise ProtocolViolation(f"more than {PREFIXES_MAX} subscriptions")
+            self.lengths[len(prefix)] = self.lengths.get(len(prefix), 0) + 1
+        self.prefixes[prefix] = count + 1
+
+    def unsubscribe(self, prefix: bytes) -> None:
+        count = self.prefixes.get(prefix, 0)
+        if count > 1:
+            self.prefixes[prefix] = count - 1
+        elif count == 1:
+            del self.prefixes[prefix]
+            left = self.lengths[len(prefix)] - 1
+            if left:
+                self.lengths[len(prefix)] = left
+            else:
+                del self.lengths[len(prefix)]
+
+
+class ZmtpPublisher:
+    """A PUB socket bound to ``endpoint`` (``tcp://host:port``); ``send(frames)`` publishes.
+    A bind that fails raises ``zmq.ZMQError``, as libzmq's bind."""
+
+    def __init__(self, reactor: Reactor, endpoint: str, counters: Counter[str] | None = None, *,
+                 on_subscription: Callable[[bytes, bool], None] | None = None) -> None:
+        """``on_subscription(prefix, subscribed)``: told of every subscription message read."""
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.on_subscription = on_subscription
+        self._subscribers: dict[bytes, _Subscriber] = {}
+        self._ready: list[_Subscriber] = []  # handshake done: the ones a message may go to
+        self.tcp = TcpPort(reactor, endpoint, self._on_stream, self.counters, output_bytes_max=OUTPUT_BYTES_MAX)
+
+    @property
+    def address(self) -> tuple:
+        return self.tcp.address
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._ready)
+
+    # -- publishing ------------------------------------------------------------------------------
+    def send(self, frames: list) -> int:
+        """Publish one message to every subscriber of its first frame; returns how many it was
+        dropped for (their output full or their connection broken: the caller counts them). A frame that is not a
+        contiguous buffer raises before anything is sent."""
+        topic = frames[0]
+        if topic.__class__ is not bytes:
+            topic = bytes(topic)
+        pieces = sizes = None
+        dropped = 0
+        for sub in self._ready:
+            if not sub.wants(topic):
+                continue
+            if pieces is None:
+                pieces, sizes = encode_frames(frames, JOIN_BYTES_MAX)
+            if not self.tcp.write(sub.conn_id, pieces, sizes=sizes):
+                dropped += 1
+        return dropped
+
+    # -- subscribers -------------------------------------------------------------------------------
+    def _on_stream(self, frames: list) -> None:
+        conn_id, data = frames
+        sub = self._subscribers.get(conn_id)
+        if not data:
+            if sub is None:  # a new connection
+                sub = self._subscribers[conn_id] = _Subscriber(conn_id)
+                self.tcp.write(conn_id, [GREETING], handshake=True)
+            else:  # gone
+                self._forget(sub)
+            return
+        if sub is None:
+            return
+        try:
+            self._feed(sub, data)
+        except ProtocolViolation as e:
+            self.counters["protocol_violations"] += 1
+            log.info("disconnecting a subscriber that broke ZMTP: %s", e)
+            self._forget(sub)
+            self.tcp.close(conn_id)
+
+    def _feed(self, sub: _Subscriber, data) -> None:
+        buf = sub.buf
+        buf += data
+        pos = 0
+        try:
+            while True:
+                unit = next_unit(buf, pos, sub.greeted, _input_limit)
+                if unit is None:
+                    break
+                flags, body, used = unit
+                pos += used
+                if flags == _GREETING_TYPE:
+                    sub.greeted = True
+                elif flags & _FLAG_COMMAND:
+                    self._on_command(sub, body)
+                elif not sub.ready:
+                    raise ProtocolViolation("a message before the READY handshake")
+                else:
+                    self._on_message_frame(sub, body, flags)
+        finally:
+            del buf[:pos]
+        if len(buf) > INPUT_BYTES_MAX:
+            raise ProtocolViolation(f"more than {INPUT_BYTES_MAX} bytes of input unparsed")
+
+    def _on_message_frame(self, sub: _Subscriber, body: bytes, flags: int) -> None:
+        first = not sub.in_message
+        sub.in_message = bool(flags & _FLAG_MORE)
+        if not first or sub.in_message or not body or body[0] > 1:
+            return  # not a subscription: a frame of an XSUB's own message
+        self._subscription(sub, body[1:], body[0] == 1)
+
+    def _subscription(self, sub: _Subscriber, prefix: bytes, subscribe: bool) -> None:
+        if subscribe:
+            sub.subscribe(prefix)
+        else:
+            sub.unsubscribe(prefix)
+        if self.on_subscription is not None:
+            self.on_subscription(prefix, subscribe)
+
+    def _on_command(self, sub: _Subscriber, body: bytes) -> None:
+        if not sub.ready:
+            props = _parse_ready(body)
+            if props.get(b"socket-type") not in _PEER_SOCKET_TYPES:
+                raise ProtocolViolation(f"socket type {props.get(b'socket-type')!r} cannot subscribe to a PUB")
+            sub.ready = True
+            self._ready.append(sub)
+            self.tcp.write(sub.conn_id, [READY], handshake=True)
+            return
+        if body[:10] == b"\x09SUBSCRIBE":  # ZMTP 3.1
+            self._subscription(sub, body[10:], True)
+            return
+        if body[:7] == b"\x06CANCEL":
+            self._subscription(sub, body[7:], False)
+            return
+        pong = pong_for(body)
+        if pong is not None:
+            self.tcp.write(sub.conn_id, [pong])
+
+    def _forget(self, sub: _Subscriber) -> None:
+        self._subscribers.pop(sub.conn_id, None)
+        if sub.ready:
+            self._ready.remove(sub)
+            sub.ready = False
+        sub.buf = bytearray()
+
+    def close(self) -> None:
+        self.tcp.shutdown()
+        self._subscribers.clear()
+        self._ready.clear()
+
+
+__all__ = ["ZmtpPublisher"]

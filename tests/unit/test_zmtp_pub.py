@@ -1,0 +1,221 @@
+"""The PUB end of ZMTP on a reactor-written TCP port (fabric/zmtp_pub.py), against real libzmq
+SUB and XSUB sockets, the reactor's own ZmtpSubscriber and hand-written peers on loopback: each
+subscriber gets whole the messages whose first frame starts with one of its prefixes and nothing
+else; a prefix subscribed twice needs two unsubscriptions; ZMTP 3.1's SUBSCRIBE and CANCEL
+commands count as the 3.0 messages do; a subscriber that does not read loses messages at its
+bound (reported to the caller) while the others get every one; a peer that breaks the protocol
+is disconnected and the rest are served; an XSUB's own messages are not subscriptions."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import zmq
+
+from fabric.reactor import Reactor
+from fabric.zmtp import GREETING, _command, _frame_header, _property
+from fabric.zmtp_pub import OUTPUT_BYTES_MAX, ZmtpPublisher
+from fabric.zmtp_sub import ZmtpSubscriber
+from tests.harness import free_ports
+from tests.unit.zmtp_support import DEADLINE_S, POLL_MS, ReactorLoop
+
+
+class _World(ReactorLoop):
+    def __init__(self) -> None:
+        self.reactor = Reactor()
+        (port,) = free_ports(1)
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.pub = ZmtpPublisher(self.reactor, self.endpoint)
+        self.ctx = zmq.Context.instance()
+        self.socks: list[zmq.Socket] = []
+
+    def libzmq(self, kind: int = zmq.SUB, *prefixes: bytes) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 0)
+        for p in prefixes:
+            sock.setsockopt(zmq.SUBSCRIBE, p)
+        sock.connect(self.endpoint)
+        self.socks.append(sock)
+        return sock
+
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close(0)
+        self.pub.close()
+
+
+@pytest.fixture
+def world():  # noqa: ANN201
+    w = _World()
+    yield w
+    w.close()
+
+
+def _drain(sock: zmq.Socket, into: list) -> list:
+    while True:
+        try:
+            into.append(sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            return into
+
+
+def test_a_libzmq_sub_gets_whole_only_the_messages_of_its_prefixes(world) -> None:  # noqa: ANN001
+    sub = world.libzmq(zmq.SUB, b"r/a/1|")
+    got: list = []
+    big = bytes(range(256)) * 4096  # 1 MiB: handed to the kernel as it is
+    world.run_until(lambda: _drain(sub, got),
+                    publish=lambda: [world.pub.send(m) for m in ([b"r/a/2|", b"no"], [b"r/a/1|", b"hdr", big])])
+    world.pub.send([b"other", b"no"])
+    world.pub.send([b"r/a/1|x", b"yes"])  # a longer topic with the prefix
+    world.run_until(lambda: _drain(sub, got)[-1] == [b"r/a/1|x", b"yes"])
+    assert all(m[0].startswith(b"r/a/1|") for m in got)
+    assert [b"r/a/1|", b"hdr", big] in got
+
+
+def test_the_reactors_own_subscriber_reads_it_and_an_empty_prefix_takes_everything(world) -> None:  # noqa: ANN001
+    got: list = []
+    sub = ZmtpSubscriber(world.reactor, got.append)
+    sub.subscribe(b"")
+    sub.connect(world.endpoint)
+    world.run_until(lambda: got, publish=lambda: world.pub.send([b"any", b"1"]))
+    world.pub.send([b"thing", b"2", b"3"])
+    world.run_until(lambda: got[-1] == [b"thing", b"2", b"3"])
+    sub.close()
+
+
+def test_a_prefix_subscribed_twice_needs_two_unsubscriptions(world) -> None:  # noqa: ANN001
+    a = world.libzmq(zmq.SUB, b"t|", b"t|")
+    other = world.libzmq(zmq.SUB, b"marker")  # tells when a round of messages has gone out
+    got: list = []
+    marks: list = []
+    world.run_until(lambda: _drain(a, got) and _drain(other, marks),
+                    publish=lambda: [world.pub.send([b"t|", b"1"]), world.pub.send([b"marker"])])
+    a.setsockopt(zmq.UNSUBSCRIBE, b"t|")  # one of two: still subscribed
+    a.setsockopt(zmq.SUBSCRIBE, b"zz")    # once this is in, the unsubscription before it is too
+    world.run_until(lambda: _drain(a, got)[-1:] == [[b"zz"]], publish=lambda: world.pub.send([b"zz"]))
+    got.clear()
+    world.pub.send([b"t|", b"still"])
+    world.run_until(lambda: _drain(a, got))
+    assert got == [[b"t|", b"still"]]
+    a.setsockopt(zmq.UNSUBSCRIBE, b"t|")
+    a.setsockopt(zmq.SUBSCRIBE, b"yy")
+    world.run_until(lambda: _drain(a, got)[-1:] == [[b"yy"]], publish=lambda: world.pub.send([b"yy"]))
+    got.clear()
+    marks.clear()
+    world.pub.send([b"t|", b"gone"])
+    world.pub.send([b"marker"])
+    world.run_until(lambda: _drain(other, marks))
+    world.run_for(0.2)
+    assert _drain(a, got) == []
+
+
+def _handshake(sock: socket.socket, socket_type: bytes) -> None:
+    sock.sendall(GREETING + _command(b"\x05READY" + _property(b"Socket-Type", socket_type)))
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    sock.settimeout(DEADLINE_S)
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, "closed"
+        out += chunk
+    return out
+
+
+def test_zmtp_31_subscribe_and_cancel_commands_count_as_subscriptions(world) -> None:  # noqa: ANN001
+    raw = socket.create_connection(world.pub.address[:2])
+    try:
+        _handshake(raw, b"SUB")
+        raw.sendall(_command(b"\x09SUBSCRIBE" + b"c|"))
+        world.run_until(lambda: world.pub.subscribers == 1 and world.pub._ready[0].prefixes)
+        world.pub.send([b"c|", b"1"])
+        world.pub.send([b"d|", b"no"])
+        raw.sendall(_command(b"\x06CANCEL" + b"c|"))
+        world.run_until(lambda: not world.pub._ready[0].prefixes)
+        world.pub.send([b"c|", b"2"])  # after the cancel: not sent
+        world.run_for(0.1)
+        ready = _command(b"\x05READY" + _property(b"Socket-Type", b"PUB"))
+        expected = GREETING + ready + _frame_header(2, more=True) + b"c|" + _frame_header(1, more=False) + b"1"
+        assert _read_exactly(raw, len(expected)) == expected
+        raw.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            raw.recv(1)
+    finally:
+        raw.close()
+
+
+def test_a_subscriber_that_does_not_read_loses_messages_and_the_others_get_every_one(world) -> None:  # noqa: ANN001
+    stuck = socket.create_connection(world.pub.address[:2])
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        _handshake(stuck, b"SUB")
+        stuck.sendall(_frame_header(3, more=False) + b"\x01p|")
+        good = world.libzmq(zmq.SUB, b"p|")
+        got: list = []
+        world.run_until(lambda: world.pub.subscribers == 2 and all(s.prefixes for s in world.pub._ready)
+                        and _drain(good, got), publish=lambda: world.pub.send([b"p|", b"hello"]))
+        payload = bytes(1024 * 1024)
+        dropped = 0
+        sent = 0
+        deadline = time.monotonic() + DEADLINE_S
+        while dropped == 0:  # past the stuck subscriber's bound: the kernel's buffers and OUTPUT_BYTES_MAX
+            assert time.monotonic() < deadline and sent < 4 * OUTPUT_BYTES_MAX // len(payload)
+            d = world.pub.send([b"p|", sent.to_bytes(4, "big"), payload])
+            assert d in (0, 1)
+            dropped += d
+            sent += 1
+            world.reactor.run_once(0)
+            _drain(good, got)
+        world.run_until(lambda: len(_drain(good, got)) >= sent + 1)
+        numbers = [int.from_bytes(m[1], "big") for m in got if len(m) == 3]
+        assert numbers == list(range(sent))  # the reading subscriber lost none, in order
+        assert world.pub.tcp.output_bytes <= OUTPUT_BYTES_MAX + 2 * len(payload)
+    finally:
+        stuck.close()
+
+
+@pytest.mark.parametrize("bad", [
+    b"GET / HTTP/1.1\r\n\r\n",                                             # not ZMTP
+    GREETING + _command(b"\x05READY" + _property(b"Socket-Type", b"DEALER")),  # not a subscriber
+    GREETING + _command(b"\x05READY" + _property(b"Socket-Type", b"SUB")) + b"\x02" + (1 << 20).to_bytes(8, "big"),
+])
+def test_a_peer_that_breaks_the_protocol_is_dropped_and_the_others_served(world, bad: bytes) -> None:  # noqa: ANN001
+    good = world.libzmq(zmq.SUB, b"k|")
+    raw = socket.create_connection(world.pub.address[:2])
+    try:
+        raw.sendall(bad)
+        raw.settimeout(DEADLINE_S)
+
+        def closed() -> bool:
+            world.reactor.run_once(POLL_MS)
+            try:
+                raw.setblocking(False)
+                while True:
+                    chunk = raw.recv(65536)
+                    if not chunk:
+                        return True
+            except BlockingIOError:
+                return False
+            except ConnectionResetError:
+                return True
+        world.run_until(closed)
+        got: list = []
+        world.run_until(lambda: _drain(good, got), publish=lambda: world.pub.send([b"k|", b"ok"]))
+        assert world.pub.counters["protocol_violations"] == 1
+    finally:
+        raw.close()
+
+
+def test_an_xsubs_own_messages_are_not_subscriptions(world) -> None:  # noqa: ANN001
+    xsub = world.libzmq(zmq.XSUB)
+    xsub.send(b"\x01x|")                     # a subscription
+    xsub.send_multipart([b"\x01y|", b"data"])  # a message of two frames: not one
+    xsub.send(b"\x02z|")                     # neither subscribe nor unsubscribe
+    got: list = []
+    world.run_until(lambda: _drain(xsub, got), publish=lambda: world.pub.send([b"x|", b"1"]))
+    assert [sorted(s.prefixes) for s in world.pub._ready] == [[b"x|"]]
