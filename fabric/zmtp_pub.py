@@ -15,9 +15,10 @@ What a libzmq PUB's users rely on, kept:
   needs two unsubscriptions, as libzmq's trie counts them; an empty prefix takes everything;
 - a message goes whole, or not at all, to each subscriber whose prefixes match its first frame,
   and nothing to the others; messages published before a subscription arrived are not sent
-  (ZeroMQ's slow joiner);
+  (ZeroMQ's slow joiner); the messages of one reactor pass are written together at its end, as
+  libzmq's I/O thread writes what is queued at once;
 - **never blocks**: a subscriber that does not read loses messages once ``OUTPUT_BYTES_MAX``
-  of its output is waiting (counted in ``pub_dropped``), as at a PUB's high-water mark; the
+  of its output is waiting (counted in ``counters["dropped"]``), as at a PUB's high-water mark; the
   replication stream repairs a gap over the fetch path;
 - what a subscriber sends that is not a subscription (an XSUB's own messages) is read and
   ignored; a peer that breaks the protocol (a bad greeting, a frame over its limit, too many
@@ -32,7 +33,7 @@ import logging
 from collections import Counter
 from typing import Callable
 
-from fabric.reactor import Reactor
+from fabric.reactor import Reactor, Timer
 from fabric.tcp_port import TcpPort
 from fabric.zmtp import (GREETING, HANDSHAKE_BYTES_MAX, ProtocolViolation, _command, _parse_ready, _property,
                          encode_frames, next_unit, pong_for)
@@ -56,7 +57,8 @@ def _input_limit(flags: int) -> int:
 
 
 class _Subscriber:
-    __slots__ = ("conn_id", "buf", "greeted", "ready", "prefixes", "lengths", "in_message")
+    __slots__ = ("conn_id", "buf", "greeted", "ready", "prefixes", "lengths", "in_message", "pieces", "sizes",
+                 "messages")
 
     def __init__(self, conn_id: bytes) -> None:
         self.conn_id = conn_id
@@ -66,6 +68,9 @@ class _Subscriber:
         self.prefixes: dict[bytes, int] = {}  # prefix -> times subscribed
         self.lengths: dict[int, int] = {}     # prefix length -> distinct prefixes of that length
         self.in_message = False               # later frames of a multi-frame message: not subscriptions
+        self.pieces: list = []                # the messages published to it in this pass, to write at its end
+        self.sizes: list[int] = []
+        self.messages = 0
 
     def wants(self, topic: bytes) -> bool:
         prefixes = self.prefixes
@@ -108,6 +113,9 @@ class ZmtpPublisher:
         self.on_subscription = on_subscription
         self._subscribers: dict[bytes, _Subscriber] = {}
         self._ready: list[_Subscriber] = []  # handshake done: the ones a message may go to
+        self._pending: list[_Subscriber] = []  # with messages published in this pass, to write at its end
+        self._flush_timer: Timer | None = None
+        self.reactor = reactor
         self.tcp = TcpPort(reactor, endpoint, self._on_stream, self.counters, output_bytes_max=OUTPUT_BYTES_MAX)
 
     @property
@@ -119,23 +127,45 @@ class ZmtpPublisher:
         return len(self._ready)
 
     # -- publishing ------------------------------------------------------------------------------
-    def send(self, frames: list) -> int:
-        """Publish one message to every subscriber of its first frame; returns how many it was
-        dropped for (their output full or their connection broken: the caller counts them). A frame that is not a
-        contiguous buffer raises before anything is sent."""
+    def send(self, frames: list) -> None:
+        """Publish one message to every subscriber of its first frame (matched now, as libzmq's
+        PUB matches at send). The messages of one reactor pass go out together at its end (a
+        timer due at once: after the pass's handlers and hooks), one ``sendmsg`` per subscriber
+        for all of them -- a produce of many partitions publishes a message per partition. A
+        message dropped for a subscriber (its output full, its connection broken or gone) is
+        counted in ``counters["dropped"]``. A frame that is not a contiguous buffer raises
+        before anything is queued."""
         topic = frames[0]
         if topic.__class__ is not bytes:
             topic = bytes(topic)
         pieces = sizes = None
-        dropped = 0
         for sub in self._ready:
             if not sub.wants(topic):
                 continue
             if pieces is None:
                 pieces, sizes = encode_frames(frames, JOIN_BYTES_MAX)
-            if not self.tcp.write(sub.conn_id, pieces, sizes=sizes):
-                dropped += 1
-        return dropped
+            if not sub.messages:
+                self._pending.append(sub)
+            sub.pieces += pieces
+            sub.sizes += sizes
+            sub.messages += 1
+        if self._pending and self._flush_timer is None:
+            self._flush_timer = self.reactor.call_later(0, self.flush)
+
+    def flush(self) -> None:
+        """Write what was published since the last flush now."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        pending, self._pending = self._pending, []
+        dropped = 0
+        for sub in pending:
+            pieces, sizes, messages = sub.pieces, sub.sizes, sub.messages
+            sub.pieces, sub.sizes, sub.messages = [], [], 0
+            if not sub.ready or not self.tcp.write(sub.conn_id, pieces, sizes=sizes):
+                dropped += messages
+        if dropped:
+            self.counters["dropped"] += dropped
 
     # -- subscribers -------------------------------------------------------------------------------
     def _on_stream(self, frames: list) -> None:
@@ -224,6 +254,7 @@ class ZmtpPublisher:
         sub.buf = bytearray()
 
     def close(self) -> None:
+        self.flush()
         self.tcp.shutdown()
         self._subscribers.clear()
         self._ready.clear()
