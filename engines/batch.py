@@ -153,6 +153,12 @@ def _unpack_checked(buf: bytes | bytearray | memoryview, pos: int) -> tuple:
     return fields
 
 
+def base_offset_of(buf: bytes | bytearray | memoryview, pos: int = 0) -> int:
+    """The base offset of the batch whose header is at ``pos``, after ``parse_header``'s checks
+    (no BatchHeader built). Raises BatchError."""
+    return _unpack_checked(buf, pos)[0]
+
+
 def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
     """Parse the header at ``pos``. Raises BatchError if fewer than HEADER_BYTES remain or the
     magic or lengths are wrong. Does not check the CRC (see ``verify``)."""
@@ -200,13 +206,13 @@ def iter_batches(buf: bytes | bytearray | memoryview, check_crc: bool = False) -
     pos = 0
     n = len(view)
     while n - pos >= HEADER_BYTES:
-        h = parse_header(view, pos)
-        end = pos + h.size_bytes
+        fields = _unpack_checked(view, pos)  # the header parsed and checked once (parse_header's checks)
+        end = pos + fields[1] + LENGTH_PREFIX_BYTES
         if end > n:
             return  # a partial tail is not an error here, with or without check_crc
-        if check_crc:
-            verify(view, pos)
-        yield h, view[pos:end]
+        if check_crc and _crc32c.crc32c(view[pos + CRC_START:end]) != fields[4]:
+            raise BatchError(f"batch at offset {fields[0]}: crc mismatch")  # as verify() says it
+        yield BatchHeader(*fields), view[pos:end]
         pos = end
 
 

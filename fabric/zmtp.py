@@ -128,6 +128,29 @@ def encode_frames(frames: list, join_bytes_max: int) -> tuple[list, list[int]]:
     joined with the frames of at most ``join_bytes_max`` bytes, a larger frame handed on as it
     is (zero-copy: joining it would copy megabytes once more). A frame that is not a contiguous
     buffer raises before anything is sent."""
+    if 0 < len(frames) <= _SHORT_FRAMES_MAX:
+        # the common message, a few short bytes frames: all joined, as below, with no call per frame
+        short_max = min(255, join_bytes_max)
+        parts = []
+        joined = 0
+        for f in frames:
+            if f.__class__ is not bytes or len(f) > short_max:
+                break
+            parts.append(_SHORT_HEADS[len(f)])
+            parts.append(f)
+            joined += 2 + len(f)
+        else:
+            parts[-2] = _LAST_SHORT_HEADS[len(frames[-1])]
+            return [b"".join(parts)], [joined]
+    return _encode_frames(frames, join_bytes_max)
+
+
+_SHORT_FRAMES_MAX = 16
+_SHORT_HEADS = [bytes([_FLAG_MORE, n]) for n in range(256)]
+_LAST_SHORT_HEADS = [bytes([0, n]) for n in range(256)]
+
+
+def _encode_frames(frames: list, join_bytes_max: int) -> tuple[list, list[int]]:
     pieces: list = []
     sizes: list[int] = []
     parts: list = []

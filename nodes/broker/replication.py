@@ -217,7 +217,7 @@ class ReplicationSubscriber:
             if len(data) < B.HEADER_BYTES:
                 self.counters["repl_malformed"] += 1
                 return
-            base = B.parse_header(data).base_offset
+            base = B.base_offset_of(data)
             if base > part.log_end_offset:
                 fetcher.trigger()  # a gap
                 return
