@@ -22,7 +22,8 @@ What a libzmq PUB's users rely on, kept:
   replication stream repairs a gap over the fetch path;
 - what a subscriber sends that is not a subscription (an XSUB's own messages) is read and
   ignored; a peer that breaks the protocol (a bad greeting, a frame over its limit, too many
-  prefixes) is disconnected.
+  prefixes) is disconnected, and so is one whose handshake is not done within
+  ``HANDSHAKE_IVL_MS`` (libzmq's ZMQ_HANDSHAKE_IVL: silent, or greeting byte by byte).
 
 Not thread-safe: owned by the node's reactor thread.
 """
@@ -45,6 +46,7 @@ SUBSCRIPTION_BYTES_MAX = 64 * 1024    # one subscription message (its prefix and
 PREFIXES_MAX = 100_000               # distinct prefixes one subscriber may hold
 INPUT_BYTES_MAX = 1024 * 1024        # unparsed input held for one subscriber
 JOIN_BYTES_MAX = 64 * 1024           # frames up to this size are joined with their headers
+HANDSHAKE_IVL_MS = 30_000            # libzmq's ZMQ_HANDSHAKE_IVL default: connect to READY
 
 _FLAG_MORE, _FLAG_COMMAND = 0x01, 0x04
 _PEER_SOCKET_TYPES = (b"SUB", b"XSUB")
@@ -115,6 +117,9 @@ class ZmtpPublisher:
         self._ready: list[_Subscriber] = []  # handshake done: the ones a message may go to
         self._pending: list[_Subscriber] = []  # with messages published in this pass, to write at its end
         self._flush_timer: Timer | None = None
+        # connections whose handshake is under way -> its deadline (ms), oldest first: one timer for all
+        self._handshaking: dict[bytes, int] = {}
+        self._handshake_timer: Timer | None = None
         self.reactor = reactor
         self.tcp = TcpPort(reactor, endpoint, self._on_stream, self.counters, output_bytes_max=OUTPUT_BYTES_MAX)
 
@@ -174,6 +179,9 @@ class ZmtpPublisher:
         if not data:
             if sub is None:  # a new connection
                 sub = self._subscribers[conn_id] = _Subscriber(conn_id)
+                self._handshaking[conn_id] = self.reactor.clock.now_ms() + HANDSHAKE_IVL_MS
+                if self._handshake_timer is None:
+                    self._handshake_timer = self.reactor.call_later(HANDSHAKE_IVL_MS, self._expire_handshakes)
                 self.tcp.write(conn_id, [GREETING], handshake=True)
             else:  # gone
                 self._forget(sub)
@@ -186,6 +194,22 @@ class ZmtpPublisher:
             self.counters["protocol_violations"] += 1
             log.info("disconnecting a subscriber that broke ZMTP: %s", e)
             self._forget(sub)
+            self.tcp.close(conn_id)
+
+    def _expire_handshakes(self) -> None:
+        """Disconnect the peers whose handshake is past its deadline; wait for the next one."""
+        self._handshake_timer = None
+        now = self.reactor.clock.now_ms()
+        while self._handshaking:
+            conn_id, deadline_ms = next(iter(self._handshaking.items()))
+            if deadline_ms > now:
+                self._handshake_timer = self.reactor.call_later(deadline_ms - now, self._expire_handshakes)
+                return
+            self.counters["handshake_timeouts"] += 1
+            del self._handshaking[conn_id]
+            sub = self._subscribers.get(conn_id)
+            if sub is not None:
+                self._forget(sub)
             self.tcp.close(conn_id)
 
     def _feed(self, sub: _Subscriber, data) -> None:
@@ -234,6 +258,7 @@ class ZmtpPublisher:
                 raise ProtocolViolation(f"socket type {props.get(b'socket-type')!r} cannot subscribe to a PUB")
             sub.ready = True
             self._ready.append(sub)
+            self._handshaking.pop(sub.conn_id, None)
             self.tcp.write(sub.conn_id, [READY], handshake=True)
             return
         if body[:10] == b"\x09SUBSCRIBE":  # ZMTP 3.1
@@ -248,6 +273,7 @@ class ZmtpPublisher:
 
     def _forget(self, sub: _Subscriber) -> None:
         self._subscribers.pop(sub.conn_id, None)
+        self._handshaking.pop(sub.conn_id, None)
         if sub.ready:
             self._ready.remove(sub)
             sub.ready = False
@@ -255,6 +281,10 @@ class ZmtpPublisher:
 
     def close(self) -> None:
         self.flush()
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._handshaking.clear()
         self.tcp.shutdown()
         self._subscribers.clear()
         self._ready.clear()

@@ -4,7 +4,8 @@ subscriber gets whole the messages whose first frame starts with one of its pref
 else; a prefix subscribed twice needs two unsubscriptions; ZMTP 3.1's SUBSCRIBE and CANCEL
 commands count as the 3.0 messages do; a subscriber that does not read loses messages at its
 bound (reported to the caller) while the others get every one; a peer that breaks the protocol
-is disconnected and the rest are served; an XSUB's own messages are not subscriptions."""
+is disconnected and the rest are served, and so is one that does not complete its handshake in
+time (libzmq's ZMQ_HANDSHAKE_IVL); an XSUB's own messages are not subscriptions."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import time
 import pytest
 import zmq
 
+from fabric import zmtp_pub
 from fabric.reactor import Reactor
 from fabric.zmtp import GREETING, _command, _frame_header, _property
 from fabric.zmtp_pub import OUTPUT_BYTES_MAX, ZmtpPublisher
 from fabric.zmtp_sub import ZmtpSubscriber
 from tests.harness import free_ports
-from tests.unit.zmtp_support import DEADLINE_S, POLL_MS, ReactorLoop
+from tests.unit.zmtp_support import DEADLINE_S, ReactorLoop
 
 
 class _World(ReactorLoop):
@@ -116,6 +118,19 @@ def _handshake(sock: socket.socket, socket_type: bytes) -> None:
     sock.sendall(GREETING + _command(b"\x05READY" + _property(b"Socket-Type", socket_type)))
 
 
+def _closed(sock: socket.socket) -> bool:
+    """Whether the publisher closed ``sock`` (what it sent before is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 def _read_exactly(sock: socket.socket, n: int) -> bytes:
     out = b""
     sock.settimeout(DEADLINE_S)
@@ -188,19 +203,7 @@ def test_a_peer_that_breaks_the_protocol_is_dropped_and_the_others_served(world,
         raw.sendall(bad)
         raw.settimeout(DEADLINE_S)
 
-        def closed() -> bool:
-            world.reactor.run_once(POLL_MS)
-            try:
-                raw.setblocking(False)
-                while True:
-                    chunk = raw.recv(65536)
-                    if not chunk:
-                        return True
-            except BlockingIOError:
-                return False
-            except ConnectionResetError:
-                return True
-        world.run_until(closed)
+        world.run_until(lambda: _closed(raw))
         got: list = []
         world.run_until(lambda: _drain(good, got), publish=lambda: world.pub.send([b"k|", b"ok"]))
         assert world.pub.counters["protocol_violations"] == 1
@@ -232,3 +235,32 @@ def test_the_messages_of_one_pass_go_out_together_whole_and_in_order(world) -> N
     world.run_until(lambda: len(_drain(sub, got)) >= 100)
     assert [int.from_bytes(m[1], "big") for m in got] == list(range(100))
     assert len(got[50][2]) == 300_000 and world.pub.counters["dropped"] == 0
+
+
+def test_a_peer_that_never_completes_the_handshake_is_dropped(monkeypatch: pytest.MonkeyPatch, world) -> None:  # noqa: ANN001
+    monkeypatch.setattr(zmtp_pub, "HANDSHAKE_IVL_MS", 300)
+    good = world.libzmq(zmq.SUB, b"g|")
+    stalled = [socket.create_connection(world.pub.address[:2]) for _ in range(4)]
+    silent, half, loris, no_ready = stalled
+    try:
+        half.sendall(GREETING[:20])
+        no_ready.sendall(GREETING)
+        sent = 0
+        deadline = time.monotonic() + DEADLINE_S
+        while not all(_closed(s) for s in stalled):
+            assert time.monotonic() < deadline, "a peer that never completed its handshake is still connected"
+            if sent < len(GREETING) - 1:  # a byte of the greeting every pass: never done in time
+                try:
+                    loris.send(GREETING[sent:sent + 1])
+                    sent += 1
+                except OSError:  # closed by the publisher
+                    sent = len(GREETING)
+            world.reactor.run_once(20)
+        assert world.pub.counters["handshake_timeouts"] == 4
+        got: list = []
+        world.run_until(lambda: _drain(good, got), publish=lambda: world.pub.send([b"g|", b"still served"]))
+        world.run_for(0.5)  # past another handshake interval: a subscriber is not dropped
+        assert world.pub.subscribers == 1 and world.pub.tcp.connections == 1
+    finally:
+        for s in stalled:
+            s.close()
