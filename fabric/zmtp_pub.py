@@ -22,7 +22,7 @@ What a libzmq PUB's users rely on, kept:
   replication stream repairs a gap over the fetch path;
 - what a subscriber sends that is not a subscription (an XSUB's own messages) is read and
   ignored; a peer that breaks the protocol (a bad greeting, a frame over its limit, too many
-  prefixes) is disconnected, and so is one whose handshake is not done within
+  prefixes, or of too many bytes) is disconnected, and so is one whose handshake is not done within
   ``HANDSHAKE_IVL_MS`` (libzmq's ZMQ_HANDSHAKE_IVL: silent, or greeting byte by byte).
 
 Not thread-safe: owned by the node's reactor thread.
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 OUTPUT_BYTES_MAX = 32 * 1024 * 1024  # one subscriber's waiting output before messages to it are dropped
 SUBSCRIPTION_BYTES_MAX = 64 * 1024    # one subscription message (its prefix and the \x01)
 PREFIXES_MAX = 100_000               # distinct prefixes one subscriber may hold
+PREFIX_BYTES_MAX = 16 * 1024 * 1024  # their bytes together (a follower's: ~100 bytes per partition)
 INPUT_BYTES_MAX = 1024 * 1024        # unparsed input held for one subscriber
 JOIN_BYTES_MAX = 64 * 1024           # frames up to this size are joined with their headers
 HANDSHAKE_IVL_MS = 30_000            # libzmq's ZMQ_HANDSHAKE_IVL default: connect to READY
@@ -59,8 +60,8 @@ def _input_limit(flags: int) -> int:
 
 
 class _Subscriber:
-    __slots__ = ("conn_id", "buf", "greeted", "ready", "prefixes", "lengths", "in_message", "pieces", "sizes",
-                 "messages")
+    __slots__ = ("conn_id", "buf", "greeted", "ready", "prefixes", "lengths", "prefix_bytes", "in_message", "pieces",
+                 "sizes", "messages")
 
     def __init__(self, conn_id: bytes) -> None:
         self.conn_id = conn_id
@@ -69,6 +70,7 @@ class _Subscriber:
         self.ready = False
         self.prefixes: dict[bytes, int] = {}  # prefix -> times subscribed
         self.lengths: dict[int, int] = {}     # prefix length -> distinct prefixes of that length
+        self.prefix_bytes = 0                 # of the distinct prefixes (PREFIX_BYTES_MAX)
         self.in_message = False               # later frames of a multi-frame message: not subscriptions
         self.pieces: list = []                # the messages published to it in this pass, to write at its end
         self.sizes: list[int] = []
@@ -78,7 +80,10 @@ class _Subscriber:
         prefixes = self.prefixes
         if topic in prefixes:
             return True
-        for n in self.lengths:
+        lengths = self.lengths
+        if len(lengths) > len(topic):  # the topic's own prefixes are fewer (a subscriber may have thousands)
+            lengths = range(len(topic))
+        for n in lengths:
             if topic[:n] in prefixes:
                 return True
         return False
@@ -88,6 +93,9 @@ class _Subscriber:
         if not count:
             if len(self.prefixes) >= PREFIXES_MAX:
                 raise ProtocolViolation(f"more than {PREFIXES_MAX} subscriptions")
+            if self.prefix_bytes + len(prefix) > PREFIX_BYTES_MAX:
+                raise ProtocolViolation(f"subscriptions of more than {PREFIX_BYTES_MAX} bytes")
+            self.prefix_bytes += len(prefix)
             self.lengths[len(prefix)] = self.lengths.get(len(prefix), 0) + 1
         self.prefixes[prefix] = count + 1
 
@@ -97,6 +105,7 @@ class _Subscriber:
             self.prefixes[prefix] = count - 1
         elif count == 1:
             del self.prefixes[prefix]
+            self.prefix_bytes -= len(prefix)
             left = self.lengths[len(prefix)] - 1
             if left:
                 self.lengths[len(prefix)] = left

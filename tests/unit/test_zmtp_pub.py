@@ -264,3 +264,65 @@ def test_a_peer_that_never_completes_the_handshake_is_dropped(monkeypatch: pytes
     finally:
         for s in stalled:
             s.close()
+
+
+def _subscribe_raw(world: _World, prefixes: list[bytes]) -> socket.socket:
+    """A hand-written subscriber that sends these subscriptions (as much as the publisher reads
+    while its reactor runs) and waits for nothing."""
+    raw = socket.create_connection(world.pub.address[:2])
+    _handshake(raw, b"SUB")
+    data = memoryview(b"".join(_frame_header(len(p) + 1, more=False) + b"\x01" + p for p in prefixes))
+    raw.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + DEADLINE_S
+    while sent < len(data):
+        assert time.monotonic() < deadline
+        try:
+            sent += raw.send(data[sent:])
+        except BlockingIOError:
+            pass
+        except OSError:  # closed by the publisher
+            break
+        world.reactor.run_once(1)
+    return raw
+
+
+def test_a_subscriber_cannot_make_the_publisher_hold_prefixes_without_bound(
+        monkeypatch: pytest.MonkeyPatch, world) -> None:  # noqa: ANN001
+    monkeypatch.setattr(zmtp_pub, "PREFIX_BYTES_MAX", 64 * 1024)
+    good = world.libzmq(zmq.SUB, b"g|")
+    raw = _subscribe_raw(world, [n.to_bytes(4, "big") * 250 for n in range(100)])  # 100 KB of distinct prefixes
+    try:
+        world.run_until(lambda: _closed(raw))
+        assert world.pub.counters["protocol_violations"] == 1
+        got: list = []
+        world.run_until(lambda: _drain(good, got), publish=lambda: world.pub.send([b"g|", b"served"]))
+        assert world.pub.subscribers == 1
+    finally:
+        raw.close()
+
+
+def _seconds_per_send(world: _World, topic: bytes) -> float:
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(200):
+            world.pub.send([topic, b"x"])
+        best = min(best, (time.perf_counter() - start) / 200)
+    return best
+
+
+def test_prefixes_of_many_lengths_do_not_make_each_message_dearer(world) -> None:  # noqa: ANN001
+    plain = _subscribe_raw(world, [b"q|"])
+    try:
+        world.run_until(lambda: world.pub.subscribers == 1 and world.pub._ready[0].prefixes)
+        alone = _seconds_per_send(world, b"r/topic/3|")
+        wide = _subscribe_raw(world, [b"z" * n for n in range(1, 1001)])  # a prefix of each length up to 1000
+        try:
+            world.run_until(lambda: world.pub.subscribers == 2 and len(world.pub._ready[1].prefixes) == 1000)
+            # matched as libzmq's trie matches: by the topic's own prefixes, not the subscriber's lengths
+            assert _seconds_per_send(world, b"r/topic/3|") < 5 * alone + 5e-6
+        finally:
+            wide.close()
+    finally:
+        plain.close()
