@@ -111,10 +111,15 @@ class _Link:
 
 class TcpPort:
     def __init__(self, reactor: Reactor, endpoint: str, on_stream: StreamHandler,
-                 counters: dict[str, int], *, output_bytes_max: int = OUTPUT_BYTES_MAX) -> None:
-        """``output_bytes_max``: one connection's waiting output at which writes to it are refused."""
+                 counters: dict[str, int], *, output_bytes_max: int = OUTPUT_BYTES_MAX,
+                 receive_bytes: int | None = None, reads_per_pass: int | None = None) -> None:
+        """``output_bytes_max``: one connection's waiting output at which writes to it are refused.
+        ``receive_bytes``, ``reads_per_pass``: one read's bytes and a connection's reads per pass
+        (``RECEIVE_BYTES``, ``READS_PER_PASS`` unless given): a port whose peers send little
+        reads less, so that a peer sending what costs much to parse holds a pass up less."""
         self.reactor = reactor
         self.output_bytes_max = output_bytes_max
+        self.reads_per_pass = reads_per_pass
         self.on_stream = on_stream
         self.counters = counters
         family, address = listen_address(endpoint)
@@ -131,7 +136,7 @@ class TcpPort:
         self._links: dict[bytes, _Link] = {}
         self._ids = itertools.count(1)
         self.output_bytes = 0  # all connections' waiting output (OUTPUT_BYTES_TOTAL_MAX)
-        self._buffer = bytearray(RECEIVE_BYTES)
+        self._buffer = bytearray(receive_bytes or RECEIVE_BYTES)
         self._view = memoryview(self._buffer)
         self._accept_timer: Timer | None = None  # while accepting is paused (out of descriptors)
         reactor.add_descriptor(self.sock.fileno(), self._on_listen)
@@ -177,7 +182,7 @@ class TcpPort:
         if not ready & (_POLLIN | _POLLERR) or link.closed:
             return
         buffer, view, on_stream = self._buffer, self._view, self.on_stream
-        for _ in range(READS_PER_PASS):
+        for _ in range(self.reads_per_pass or READS_PER_PASS):
             try:
                 n = link.sock.recv_into(buffer)
             except BlockingIOError:
@@ -191,7 +196,7 @@ class TcpPort:
                 return
             with view[:n] as data:  # released before the next read overwrites the buffer
                 on_stream([link.conn_id, data])
-            if link.closed or n < RECEIVE_BYTES:
+            if link.closed or n < len(buffer):
                 return  # closed by the server, or the kernel had no more for now
 
     def _gone(self, link: _Link) -> None:

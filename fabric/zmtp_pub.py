@@ -47,6 +47,9 @@ PREFIXES_MAX = 100_000               # distinct prefixes one subscriber may hold
 PREFIX_BYTES_MAX = 16 * 1024 * 1024  # their bytes together (a follower's: ~100 bytes per partition)
 INPUT_BYTES_MAX = 1024 * 1024        # unparsed input held for one subscriber
 JOIN_BYTES_MAX = 64 * 1024           # frames up to this size are joined with their headers
+# a subscriber's input read per reactor pass: ~5,000 subscription messages, whose parsing holds the
+# pass up (the port's default, 4 MiB, took seconds); a follower of 1,000 partitions subscribes in ~30 KB
+RECEIVE_BYTES = 16 * 1024
 HANDSHAKE_IVL_MS = 30_000            # libzmq's ZMQ_HANDSHAKE_IVL default: connect to READY
 
 _FLAG_MORE, _FLAG_COMMAND = 0x01, 0x04
@@ -130,7 +133,8 @@ class ZmtpPublisher:
         self._handshaking: dict[bytes, int] = {}
         self._handshake_timer: Timer | None = None
         self.reactor = reactor
-        self.tcp = TcpPort(reactor, endpoint, self._on_stream, self.counters, output_bytes_max=OUTPUT_BYTES_MAX)
+        self.tcp = TcpPort(reactor, endpoint, self._on_stream, self.counters, output_bytes_max=OUTPUT_BYTES_MAX,
+                           receive_bytes=RECEIVE_BYTES, reads_per_pass=1)
 
     @property
     def address(self) -> tuple:

@@ -10,6 +10,7 @@ time (libzmq's ZMQ_HANDSHAKE_IVL); an XSUB's own messages are not subscriptions.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -326,3 +327,33 @@ def test_prefixes_of_many_lengths_do_not_make_each_message_dearer(world) -> None
             wide.close()
     finally:
         plain.close()
+
+
+def test_a_subscriber_flooding_subscriptions_cannot_hold_up_the_reactor(world) -> None:  # noqa: ANN001
+    flooder = socket.create_connection(world.pub.address[:2])
+    _handshake(flooder, b"SUB")
+    flood = (_frame_header(2, more=False) + b"\x01f" + _frame_header(2, more=False) + b"\x00f") * 40_000
+    stop = threading.Event()
+
+    def write() -> None:  # as fast as the publisher reads
+        try:
+            while not stop.is_set():
+                flooder.sendall(flood)
+        except OSError:
+            pass
+    flooder.settimeout(0.5)
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        world.run_until(lambda: world.pub.subscribers == 1)
+        worst = 0.0
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            world.reactor.run_once(5)
+            worst = max(worst, time.perf_counter() - start)
+        assert worst < 0.2  # the node's heartbeats and requests wait for a pass to end
+    finally:
+        stop.set()
+        writer.join()
+        flooder.close()
