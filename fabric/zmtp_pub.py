@@ -23,7 +23,10 @@ What a libzmq PUB's users rely on, kept:
 - what a subscriber sends that is not a subscription (an XSUB's own messages) is read and
   ignored; a peer that breaks the protocol (a bad greeting, a frame over its limit, too many
   prefixes, or of too many bytes) is disconnected, and so is one whose handshake is not done within
-  ``HANDSHAKE_IVL_MS`` (libzmq's ZMQ_HANDSHAKE_IVL: silent, or greeting byte by byte).
+  ``HANDSHAKE_IVL_MS`` (libzmq's ZMQ_HANDSHAKE_IVL: silent, or greeting byte by byte);
+- at most ``CONNECTIONS_MAX`` connections: a new one takes the place of the least recently
+  active one, as at the request port (``fabric.zmtp``), so that peers which connect and stay
+  cannot lock the node's subscribers out (a SUB that is dropped connects again by itself).
 
 Not thread-safe: owned by the node's reactor thread.
 """
@@ -31,7 +34,7 @@ Not thread-safe: owned by the node's reactor thread.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Callable
 
 from fabric.reactor import Reactor, Timer
@@ -50,6 +53,7 @@ JOIN_BYTES_MAX = 64 * 1024           # frames up to this size are joined with th
 # a subscriber's input read per reactor pass: ~5,000 subscription messages, whose parsing holds the
 # pass up (the port's default, 4 MiB, took seconds); a follower of 1,000 partitions subscribes in ~30 KB
 RECEIVE_BYTES = 16 * 1024
+CONNECTIONS_MAX = 1_000              # a node's subscribers: the brokers, the coordinator, monitor, gateways
 HANDSHAKE_IVL_MS = 30_000            # libzmq's ZMQ_HANDSHAKE_IVL default: connect to READY
 
 _FLAG_MORE, _FLAG_COMMAND = 0x01, 0x04
@@ -125,7 +129,8 @@ class ZmtpPublisher:
         """``on_subscription(prefix, subscribed)``: told of every subscription message read."""
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.on_subscription = on_subscription
-        self._subscribers: dict[bytes, _Subscriber] = {}
+        # least recently active first: when the table is full, that one makes room
+        self._subscribers: OrderedDict[bytes, _Subscriber] = OrderedDict()
         self._ready: list[_Subscriber] = []  # handshake done: the ones a message may go to
         self._pending: list[_Subscriber] = []  # with messages published in this pass, to write at its end
         self._flush_timer: Timer | None = None
@@ -191,6 +196,10 @@ class ZmtpPublisher:
         sub = self._subscribers.get(conn_id)
         if not data:
             if sub is None:  # a new connection
+                if len(self._subscribers) >= CONNECTIONS_MAX:
+                    idlest = next(iter(self._subscribers.values()))
+                    self.counters["connections_evicted"] += 1
+                    self._close(idlest)
                 sub = self._subscribers[conn_id] = _Subscriber(conn_id)
                 self._handshaking[conn_id] = self.reactor.clock.now_ms() + HANDSHAKE_IVL_MS
                 if self._handshake_timer is None:
@@ -201,13 +210,13 @@ class ZmtpPublisher:
             return
         if sub is None:
             return
+        self._subscribers.move_to_end(conn_id)
         try:
             self._feed(sub, data)
         except ProtocolViolation as e:
             self.counters["protocol_violations"] += 1
             log.info("disconnecting a subscriber that broke ZMTP: %s", e)
-            self._forget(sub)
-            self.tcp.close(conn_id)
+            self._close(sub)
 
     def _expire_handshakes(self) -> None:
         """Disconnect the peers whose handshake is past its deadline; wait for the next one."""
@@ -219,11 +228,7 @@ class ZmtpPublisher:
                 self._handshake_timer = self.reactor.call_later(deadline_ms - now, self._expire_handshakes)
                 return
             self.counters["handshake_timeouts"] += 1
-            del self._handshaking[conn_id]
-            sub = self._subscribers.get(conn_id)
-            if sub is not None:
-                self._forget(sub)
-            self.tcp.close(conn_id)
+            self._close(self._subscribers[conn_id])  # forgets its handshake too
 
     def _feed(self, sub: _Subscriber, data) -> None:
         buf = sub.buf
@@ -283,6 +288,11 @@ class ZmtpPublisher:
         pong = pong_for(body)
         if pong is not None:
             self.tcp.write(sub.conn_id, [pong])
+
+    def _close(self, sub: _Subscriber) -> None:
+        """Disconnect the peer now (its waiting output is dropped)."""
+        self._forget(sub)
+        self.tcp.close(sub.conn_id)
 
     def _forget(self, sub: _Subscriber) -> None:
         self._subscribers.pop(sub.conn_id, None)

@@ -359,3 +359,21 @@ def test_a_subscriber_flooding_subscriptions_cannot_hold_up_the_reactor(world) -
         stop.set()
         writer.join()
         flooder.close()
+
+
+def test_connections_are_bounded_and_a_new_subscriber_takes_the_place_of_the_idlest(
+        monkeypatch: pytest.MonkeyPatch, world) -> None:  # noqa: ANN001
+    monkeypatch.setattr(zmtp_pub, "CONNECTIONS_MAX", 8)
+    idle = [socket.create_connection(world.pub.address[:2]) for _ in range(20)]  # handshaked or silent
+    try:
+        for i, s in enumerate(idle):
+            if i % 2:
+                _handshake(s, b"SUB")
+        world.run_until(lambda: world.pub.counters["connections_evicted"] >= 12)
+        good = world.libzmq(zmq.SUB, b"g|")
+        got: list = []
+        world.run_until(lambda: _drain(good, got), publish=lambda: world.pub.send([b"g|", b"served"]))
+        assert world.pub.tcp.connections <= 8 and world.pub.counters["connections_evicted"] == 13
+    finally:
+        for s in idle:
+            s.close()
