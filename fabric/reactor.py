@@ -80,6 +80,7 @@ class Reactor:
         self._cancelled_in_heap = 0
         self._after_pass: list[Callable[[], None]] = []
         self._stopped = False
+        self.passes = 0  # run_once calls so far: a handler's per-pass budgets start again when it moves
 
     # -- registration ------------------------------------------------------------------
     def add_socket(self, sock: zmq.Socket, handler: MessageHandler, *,
@@ -178,6 +179,7 @@ class Reactor:
             self.run_once()
 
     def run_once(self, timeout_ms_max: int = 1000) -> None:
+        self.passes += 1
         timeout = self._timeout_ms(timeout_ms_max)
         events = self.poller.poll(timeout)
         for sock, ready in events:

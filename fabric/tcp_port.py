@@ -98,7 +98,7 @@ def resolve(host: str, port: int, *, passive: bool = False) -> tuple[socket.Addr
 class _Link:
     """One accepted connection and its waiting output."""
 
-    __slots__ = ("conn_id", "sock", "fd", "outbox", "closed", "broken")
+    __slots__ = ("conn_id", "sock", "fd", "outbox", "closed", "broken", "paused")
 
     def __init__(self, conn_id: bytes, sock: socket.socket) -> None:
         self.conn_id = conn_id
@@ -107,6 +107,12 @@ class _Link:
         self.outbox = Outbox()
         self.closed = False
         self.broken = False            # a send failed: nothing more is written, the read ends it
+        self.paused = False            # not read until resumed (its server has enough for this pass)
+
+    def events(self, output: bool) -> int:
+        """What to poll it for: input unless paused (or broken: reading reports the end), and
+        output while some waits."""
+        return (_POLLIN if not self.paused or self.broken else 0) | (_POLLOUT if output else 0)
 
 
 class TcpPort:
@@ -179,7 +185,7 @@ class TcpPort:
     def _on_ready(self, link: _Link, ready: int) -> None:
         if ready & _POLLOUT:
             self._flush(link)
-        if not ready & (_POLLIN | _POLLERR) or link.closed:
+        if not ready & (_POLLIN | _POLLERR) or link.closed or (link.paused and not link.broken):
             return
         buffer, view, on_stream = self._buffer, self._view, self.on_stream
         for _ in range(self.reads_per_pass or READS_PER_PASS):
@@ -196,7 +202,7 @@ class TcpPort:
                 return
             with view[:n] as data:  # released before the next read overwrites the buffer
                 on_stream([link.conn_id, data])
-            if link.closed or n < len(buffer):
+            if link.closed or link.paused or n < len(buffer):
                 return  # closed by the server, or the kernel had no more for now
 
     def _gone(self, link: _Link) -> None:
@@ -213,6 +219,20 @@ class TcpPort:
         self._drop_output(link)
         self.reactor.remove_descriptor(link.fd)
         link.sock.close()
+
+    def pause(self, conn_id: bytes) -> None:
+        """Stop reading the connection (its output still goes out) until ``resume``: what the
+        peer sends waits in the kernel, and its sends block when that is full."""
+        link = self._links.get(conn_id)
+        if link is not None and not link.paused:
+            link.paused = True
+            self.reactor.modify_descriptor(link.fd, link.events(bool(link.outbox.bytes)))
+
+    def resume(self, conn_id: bytes) -> None:
+        link = self._links.get(conn_id)
+        if link is not None and link.paused:
+            link.paused = False
+            self.reactor.modify_descriptor(link.fd, link.events(bool(link.outbox.bytes)))
 
     @property
     def connections(self) -> int:
@@ -246,7 +266,7 @@ class TcpPort:
             return False
         self.output_bytes += queued
         if queued and not was_waiting:
-            self.reactor.modify_descriptor(link.fd, _POLLIN | _POLLOUT)
+            self.reactor.modify_descriptor(link.fd, link.events(True))
         return True
 
     def _flush(self, link: _Link) -> None:
@@ -256,7 +276,7 @@ class TcpPort:
             self._broken(link, e)
             return
         if not link.outbox.bytes and not link.closed:
-            self.reactor.modify_descriptor(link.fd, _POLLIN)
+            self.reactor.modify_descriptor(link.fd, link.events(False))
 
     def _broken(self, link: _Link, error: OSError) -> None:
         """A send failed (the peer reset the connection): nothing more is sent; reading it
@@ -265,7 +285,7 @@ class TcpPort:
         link.broken = True
         self._drop_output(link)
         if not link.closed:
-            self.reactor.modify_descriptor(link.fd, _POLLIN)
+            self.reactor.modify_descriptor(link.fd, link.events(False))
 
     def _drop_output(self, link: _Link) -> None:
         self.output_bytes -= link.outbox.clear()

@@ -15,7 +15,11 @@ peer is answered ``request_too_large``; a peer that breaks the protocol is disco
 Peers can open many connections, so the partly received requests of all of them together
 are bounded too (``BUFFERED_REQUEST_BYTES_MAX``, small requests exempt): a request that would
 go over it is discarded the same way and answered ``buffer_full`` (retriable).
-Clients are unchanged: any ZMTP 3.x DEALER (libzmq, pyzmq) talks to it.
+Clients are unchanged: any ZMTP 3.x DEALER (libzmq, pyzmq) talks to it. At most
+``MESSAGES_PER_PASS`` messages of one connection are handed on per reactor pass (as the reactor
+drained a libzmq ROUTER): a peer flooding tiny messages cannot hold a pass -- the other
+connections, the heartbeats, the replication stream -- for seconds; the rest of what it sent
+waits in its buffer and, unread, in the kernel until the next passes.
 
 A complete message is handed on as ``[identity, b"", frames...]``, as a ROUTER would: the
 identity is the one the peer announced (``ZMQ_IDENTITY``) or one made up for the connection.
@@ -41,7 +45,7 @@ from fabric import wire
 from fabric.buffers import OwnedFrame
 from fabric.errors import FabricError, MalformedFrame
 from fabric.hoptrace import mark
-from fabric.reactor import Reactor
+from fabric.reactor import Reactor, Timer
 from fabric.tcp_port import TcpPort
 from fabric.zmq_io import _size
 
@@ -52,6 +56,9 @@ HANDSHAKE_BYTES_MAX = 4096         # the peer's READY command (its metadata) may
 COMMAND_BYTES_MAX = 1024           # PING and other commands after the handshake
 PEER_IDENTITY_BYTES_MAX = 255      # ZMTP's limit for a routing id
 CONNECTIONS_MAX = 10_000           # at the limit a new one replaces the least recently active one
+# messages of one connection handed on per reactor pass (as the reactor drained a libzmq ROUTER):
+# the rest wait in the connection's buffer, and the connection is not read, until the next pass
+MESSAGES_PER_PASS = P.DRAIN_MESSAGES_MAX
 # Partly received requests of all connections together may hold at most this many bytes (the
 # limits above bound one connection, and a peer may open many). A request that would go over
 # it is read and discarded and answered ``buffer_full`` (retriable); a request of at most
@@ -224,7 +231,7 @@ class _Connection:
 
     __slots__ = ("conn_id", "identity", "buf", "greeted", "ready", "frames", "message_bytes",
                  "skip_bytes", "discarding", "discard_request_id", "discard_code", "need_bytes", "held_bytes",
-                 "complete", "body", "body_missing", "body_more", "closed")
+                 "complete", "body", "body_missing", "body_more", "closed", "pass_no", "delivered", "paused")
 
     def __init__(self, conn_id: bytes) -> None:
         self.conn_id = conn_id
@@ -247,6 +254,9 @@ class _Connection:
         self.body_missing = 0      # bytes of ``body`` still to come
         self.body_more = False     # the frame's MORE flag
         self.closed = False        # closed by us or gone: nothing more of it is parsed or answered
+        self.pass_no = -1          # the reactor pass ``delivered`` counts in
+        self.delivered = 0         # messages handed on in that pass (MESSAGES_PER_PASS)
+        self.paused = False        # over its pass's budget: not read until the rest of buf is handed on
 
 
 class ZmtpServer:
@@ -265,6 +275,8 @@ class ZmtpServer:
         self._connections: OrderedDict[bytes, _Connection] = OrderedDict()
         self._by_identity: dict[bytes, _Connection] = {}
         self.buffered_bytes = 0  # sum of held_bytes over connections (bounded: BUFFERED_REQUEST_BYTES_MAX)
+        self._paused: list[_Connection] = []  # over their pass's budget, parsed again by _resume
+        self._resume_timer: Timer | None = None
         self.tcp = TcpPort(reactor, endpoint, self._on_stream, self.counters)
         self.sock = self.tcp.sock
 
@@ -333,6 +345,8 @@ class ZmtpServer:
         owned_min = P.OWNED_FRAME_BYTES_MIN
         try:
             while pos < end:
+                if not self._budget_left(conn):
+                    return pos  # the rest is parsed on a later pass (_feed_general pauses the connection)
                 frames: list = []
                 held = 0
                 at = pos
@@ -352,6 +366,7 @@ class ZmtpServer:
                     if not flags & _FLAG_MORE:
                         break
                 pos = at  # consumed before it is handed on
+                conn.delivered += 1
                 self.on_message([conn.identity, *frames])
                 if conn.closed:  # a reply to it may have closed the connection
                     return pos
@@ -387,6 +402,8 @@ class ZmtpServer:
                 conn.complete = False
                 self._deliver(conn)
             while not conn.closed:  # a reply to what was delivered may have closed it
+                if not self._budget_left(conn):
+                    break  # the rest on a later pass: the connection is paused below
                 used = self._parse_one(conn, buf, pos)
                 if used == 0:
                     break
@@ -402,6 +419,47 @@ class ZmtpServer:
                         break
         finally:
             del buf[:pos]
+        if buf and not conn.closed and not self._budget_left(conn):
+            self._pause(conn)
+
+    def _budget_left(self, conn: _Connection) -> bool:
+        """Whether ``conn`` may hand on another message in this reactor pass."""
+        passes = self.reactor.passes
+        if conn.pass_no != passes:
+            conn.pass_no = passes
+            conn.delivered = 0
+        return conn.delivered < MESSAGES_PER_PASS
+
+    def _pause(self, conn: _Connection) -> None:
+        """Stop reading ``conn`` (its bytes wait in the kernel) until a later pass has handed on
+        what its buffer holds (``_resume``)."""
+        if conn.paused:
+            return
+        conn.paused = True
+        self.counters["passes_over_budget"] += 1
+        self.tcp.pause(conn.conn_id)
+        self._paused.append(conn)
+        if self._resume_timer is None:
+            self._resume_timer = self.reactor.call_later(0, self._resume)
+
+    def _resume(self) -> None:
+        """Hand on what the paused connections hold, within this pass's budget; read again those
+        whose buffer is done."""
+        self._resume_timer = None
+        paused, self._paused = self._paused, []
+        for conn in paused:
+            conn.paused = False
+            if conn.closed:
+                continue
+            try:
+                self._feed_general(conn, b"")  # pauses it again when the budget runs out first
+            except ProtocolViolation as e:
+                self.counters["protocol_violations"] += 1
+                log.info("disconnecting a peer that broke ZMTP: %s", e)
+                self._close(conn)
+                continue
+            if not conn.paused and not conn.closed:
+                self.tcp.resume(conn.conn_id)
 
     def _parse_one(self, conn: _Connection, buf: bytearray, pos: int) -> int:
         """Parse one unit (greeting, command or frame) at ``pos``: bytes used, 0 for "need more"."""
@@ -503,6 +561,7 @@ class ZmtpServer:
     def _deliver(self, conn: _Connection) -> None:
         frames = conn.frames
         self._release(conn)
+        conn.delivered += 1
         assert conn.identity is not None
         self.on_message([conn.identity, *frames])
 

@@ -1,0 +1,57 @@
+"""The request port hands on at most ``fabric.zmtp.MESSAGES_PER_PASS`` messages of one connection
+per reactor pass, as the reactor drained a libzmq ROUTER (``P.DRAIN_MESSAGES_MAX``): a peer that
+floods tiny messages (4 MiB of them are 1.4 million, each a malformed request to answer) held a
+pass -- every other connection, the heartbeats and the replication stream -- for seconds. The
+rest waits, in order, for the next passes, the connection is not read meanwhile (its bytes stay
+in the kernel, the peer's sends block), and another connection is served in the same passes."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from fabric import zmtp
+from fabric.reactor import Reactor
+from fabric.zmtp import GREETING, ZmtpServer, _command, _property
+from tests.harness import free_ports
+
+DEADLINE_S = 20.0
+FLOOD_MESSAGES = 20_000
+
+
+def _dealer(port: int, identity: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(GREETING + _command(b"\x05READY" + _property(b"Socket-Type", b"DEALER")
+                                     + _property(b"Identity", identity)))
+    return sock
+
+
+def test_a_flood_of_tiny_messages_is_handed_on_a_pass_at_a_time_in_order() -> None:
+    reactor = Reactor()
+    (port,) = free_ports(1)
+    got: list[list[bytes]] = []
+    server = ZmtpServer(None, reactor, f"tcp://127.0.0.1:{port}", got.append)
+    flooder = _dealer(port, b"flood")
+    other = _dealer(port, b"other")
+    try:
+        flooder.sendall(b"".join(b"\x00\x02" + n.to_bytes(2, "big") for n in range(FLOOD_MESSAGES)))
+        per_pass: list[int] = []
+        other_sent = False
+        deadline = time.monotonic() + DEADLINE_S
+        while sum(1 for m in got if m[0] == b"flood") < FLOOD_MESSAGES:
+            assert time.monotonic() < deadline, f"{len(got)} messages handed on"
+            before = sum(1 for m in got if m[0] == b"flood")
+            reactor.run_once(5)
+            per_pass.append(sum(1 for m in got if m[0] == b"flood") - before)
+            if per_pass[-1] and not other_sent:
+                other.sendall(b"\x00\x02hi")  # while the flood is being handed on
+                other_sent = True
+        assert max(per_pass) <= zmtp.MESSAGES_PER_PASS
+        flood = [m for m in got if m[0] == b"flood"]
+        assert [int.from_bytes(m[1], "big") for m in flood] == list(range(FLOOD_MESSAGES))
+        first_other = next(i for i, m in enumerate(got) if m[0] == b"other")
+        assert first_other < FLOOD_MESSAGES // 2  # served between the flood's passes, not after all of it
+    finally:
+        flooder.close()
+        other.close()
+        server.close()
