@@ -56,7 +56,8 @@ HANDSHAKE_BYTES_MAX = 4096         # the peer's READY command (its metadata) may
 COMMAND_BYTES_MAX = 1024           # PING and other commands after the handshake
 PEER_IDENTITY_BYTES_MAX = 255      # ZMTP's limit for a routing id
 CONNECTIONS_MAX = 10_000           # at the limit a new one replaces the least recently active one
-# messages of one connection handed on per reactor pass (as the reactor drained a libzmq ROUTER):
+# messages of one connection handed on (or answered: a PING, a discarded request) per reactor pass
+# (as the reactor drained a libzmq ROUTER):
 # the rest wait in the connection's buffer, and the connection is not read, until the next pass
 MESSAGES_PER_PASS = P.DRAIN_MESSAGES_MAX
 # Partly received requests of all connections together may hold at most this many bytes (the
@@ -550,6 +551,7 @@ class ZmtpServer:
 
     def _answer_discarded(self, conn: _Connection) -> None:
         conn.discarding = False
+        conn.delivered += 1  # answered as a request is: counted in the pass's budget (MESSAGES_PER_PASS)
         identity = conn.identity or conn.conn_id
         if conn.discard_code == P.BUFFER_FULL:
             message = (f"the node holds {BUFFERED_REQUEST_BYTES_MAX} bytes of partly received requests: "
@@ -575,6 +577,7 @@ class ZmtpServer:
             conn.ready = True
             self._write(conn, [READY], handshake=True)
             return
+        conn.delivered += 1  # parsed and maybe answered as a request is: a PING flood holds a pass up as much
         pong = pong_for(body)
         if pong is not None:
             self._write(conn, [pong])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Callable
 
 from fabric import zmtp
 from fabric.reactor import Reactor
@@ -54,4 +55,77 @@ def test_a_flood_of_tiny_messages_is_handed_on_a_pass_at_a_time_in_order() -> No
     finally:
         flooder.close()
         other.close()
+        server.close()
+
+
+def _run_until(reactor: Reactor, condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        reactor.run_once(5)
+
+
+def _receive_all(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+PING = _command(b"\x04PING\x00\x00")
+PONG = _command(b"\x04PONG")
+
+
+def test_pings_are_answered_within_the_budget_of_a_pass() -> None:
+    """A PING costs a parse and a reply as a request does: a peer flooding them is held to
+    MESSAGES_PER_PASS answers a pass, not the 4 MiB a pass reads."""
+    reactor = Reactor()
+    (port,) = free_ports(1)
+    server = ZmtpServer(None, reactor, f"tcp://127.0.0.1:{port}", lambda frames: None)
+    flooder = _dealer(port, b"flood")
+    pings = 4 * zmtp.MESSAGES_PER_PASS
+    try:
+        handshake = len(GREETING) + len(zmtp.READY)
+        got = bytearray()
+        _run_until(reactor, lambda: len(got.extend(_receive_all(flooder)) or got) >= handshake, "handshake")
+        flooder.setblocking(True)
+        flooder.sendall(PING * pings)
+        first_pass = reactor.passes + 1
+        _run_until(reactor, lambda: len(got.extend(_receive_all(flooder)) or got) >= handshake + pings * len(PONG),
+                   "every PONG")
+        assert reactor.passes - first_pass + 1 >= pings / (zmtp.MESSAGES_PER_PASS + 1)
+    finally:
+        flooder.close()
+        server.close()
+
+
+def test_oversized_requests_are_answered_within_the_budget_of_a_pass() -> None:
+    """A request of more than FRAMES_MAX frames is discarded and answered: a peer flooding them
+    is held to MESSAGES_PER_PASS answers a pass too."""
+    reactor = Reactor()
+    (port,) = free_ports(1)
+    got: list[list[bytes]] = []
+    server = ZmtpServer(None, reactor, f"tcp://127.0.0.1:{port}", got.append)
+    flooder = _dealer(port, b"flood")
+    oversized = b"\x01\x00" * zmtp.P.FRAMES_MAX + b"\x00\x00"
+    requests = 3 * zmtp.MESSAGES_PER_PASS
+    try:
+        flooder.sendall(oversized * requests)
+        answered = []
+        deadline = time.monotonic() + DEADLINE_S
+        while server.counters["requests_over_limit"] < requests:
+            assert time.monotonic() < deadline, server.counters
+            before = server.counters["requests_over_limit"]
+            reactor.run_once(5)
+            answered.append(server.counters["requests_over_limit"] - before)
+        assert max(answered) <= zmtp.MESSAGES_PER_PASS + 1, answered
+    finally:
+        flooder.close()
         server.close()
