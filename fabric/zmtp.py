@@ -448,7 +448,7 @@ class ZmtpServer:
         whose buffer is done."""
         self._resume_timer = None
         paused, self._paused = self._paused, []
-        for conn in paused:
+        for i, conn in enumerate(paused):
             conn.paused = False
             if conn.closed:
                 continue
@@ -459,6 +459,15 @@ class ZmtpServer:
                 log.info("disconnecting a peer that broke ZMTP: %s", e)
                 self._close(conn)
                 continue
+            except BaseException:
+                # the code a message was handed to raised (a node's reactor logs an operating
+                # error and goes on): this connection's rest and the ones not yet parsed wait
+                # for the next pass, not unread for ever
+                for later in paused[i:]:
+                    later.paused = False
+                    if not later.closed:
+                        self._pause(later)
+                raise
             if not conn.paused and not conn.closed:
                 self.tcp.resume(conn.conn_id)
 

@@ -7,11 +7,13 @@ in the kernel, the peer's sends block), and another connection is served in the 
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from typing import Callable
 
 from fabric import zmtp
+from fabric.errors import FabricError
 from fabric.reactor import Reactor
 from fabric.zmtp import GREETING, ZmtpServer, _command, _property
 from tests.harness import free_ports
@@ -128,4 +130,36 @@ def test_oversized_requests_are_answered_within_the_budget_of_a_pass() -> None:
         assert max(answered) <= zmtp.MESSAGES_PER_PASS + 1, answered
     finally:
         flooder.close()
+        server.close()
+
+
+def test_a_handler_error_after_a_pause_does_not_leave_the_connection_paused(caplog) -> None:  # noqa: ANN001
+    """An operating error raised by the code a message is handed to (the node's reactor logs
+    it and goes on) while a paused connection's rest is handed on: that message is lost, as on
+    any pass, but the rest of that connection and the other paused ones are handed on and
+    read again."""
+    reactor = Reactor(contain_handler_errors=True)
+    (port,) = free_ports(1)
+    got: list[list[bytes]] = []
+
+    def on_message(frames: list[bytes]) -> None:
+        got.append(frames)
+        if frames[0] == b"a" and int.from_bytes(frames[1], "big") == zmtp.MESSAGES_PER_PASS + 10:
+            raise FabricError("an operating error while handling it")
+    server = ZmtpServer(None, reactor, f"tcp://127.0.0.1:{port}", on_message)
+    peers = {identity: _dealer(port, identity) for identity in (b"a", b"b")}
+    count = 3 * zmtp.MESSAGES_PER_PASS
+    try:
+        with caplog.at_level(logging.CRITICAL):
+            for sock in peers.values():
+                sock.sendall(b"".join(b"\x00\x02" + n.to_bytes(2, "big") for n in range(count)))
+            _run_until(reactor, lambda: all(sum(1 for m in got if m[0] == i) == count for i in peers),
+                       "every message handed on")
+            for sock in peers.values():  # and read again: what they send next arrives
+                sock.sendall(b"\x00\x02" + count.to_bytes(2, "big"))
+            _run_until(reactor, lambda: all(sum(1 for m in got if m[0] == i) == count + 1 for i in peers),
+                       "read again after the error")
+    finally:
+        for sock in peers.values():
+            sock.close()
         server.close()
