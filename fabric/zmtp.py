@@ -641,6 +641,10 @@ class ZmtpServer:
         return len(self._connections)
 
     def close(self) -> None:
+        if self._resume_timer is not None:  # nothing is handed on once closed (the reactor may go on)
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        self._paused = []
         self.tcp.shutdown()
 
 

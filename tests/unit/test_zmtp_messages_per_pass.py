@@ -163,3 +163,23 @@ def test_a_handler_error_after_a_pause_does_not_leave_the_connection_paused(capl
         for sock in peers.values():
             sock.close()
         server.close()
+
+
+def test_nothing_is_handed_on_after_the_server_is_closed() -> None:
+    """A connection paused over its budget when the server closes: its buffered rest is not
+    handed on by the passes that follow (the reactor may serve others)."""
+    reactor = Reactor()
+    (port,) = free_ports(1)
+    got: list[list[bytes]] = []
+    server = ZmtpServer(None, reactor, f"tcp://127.0.0.1:{port}", got.append)
+    flooder = _dealer(port, b"flood")
+    try:
+        flooder.sendall(b"".join(b"\x00\x02" + n.to_bytes(2, "big") for n in range(FLOOD_MESSAGES)))
+        _run_until(reactor, lambda: got, "the first pass of the flood")
+        server.close()
+        handed_on = len(got)
+        for _ in range(5):
+            reactor.run_once(5)
+        assert len(got) == handed_on
+    finally:
+        flooder.close()
