@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import time
 from typing import Callable
+
+import pytest
 
 from fabric import zmtp
 from fabric.errors import FabricError
@@ -20,6 +23,7 @@ from tests.harness import free_ports
 
 DEADLINE_S = 20.0
 FLOOD_MESSAGES = 20_000
+FLOOD = b"".join(b"\x00\x02" + n.to_bytes(2, "big") for n in range(FLOOD_MESSAGES))  # numbered
 
 
 def _dealer(port: int, identity: bytes) -> socket.socket:
@@ -37,7 +41,7 @@ def test_a_flood_of_tiny_messages_is_handed_on_a_pass_at_a_time_in_order() -> No
     flooder = _dealer(port, b"flood")
     other = _dealer(port, b"other")
     try:
-        flooder.sendall(b"".join(b"\x00\x02" + n.to_bytes(2, "big") for n in range(FLOOD_MESSAGES)))
+        flooder.sendall(FLOOD)
         per_pass: list[int] = []
         other_sent = False
         deadline = time.monotonic() + DEADLINE_S
@@ -174,7 +178,7 @@ def test_nothing_is_handed_on_after_the_server_is_closed() -> None:
     server = ZmtpServer(None, reactor, f"tcp://127.0.0.1:{port}", got.append)
     flooder = _dealer(port, b"flood")
     try:
-        flooder.sendall(b"".join(b"\x00\x02" + n.to_bytes(2, "big") for n in range(FLOOD_MESSAGES)))
+        flooder.sendall(FLOOD)
         _run_until(reactor, lambda: got, "the first pass of the flood")
         server.close()
         handed_on = len(got)
@@ -183,3 +187,64 @@ def test_nothing_is_handed_on_after_the_server_is_closed() -> None:
         assert len(got) == handed_on
     finally:
         flooder.close()
+
+
+def test_replies_to_a_paused_connection_go_out_and_messages_of_several_frames_arrive_once_in_order() -> None:
+    """Every message of several frames (some long, so the general parser takes them) is handed
+    on once, in order, across the pauses, and the reply to each reaches the paused peer."""
+    reactor = Reactor()
+    (port,) = free_ports(1)
+    got: list[list[bytes]] = []
+
+    def echo(frames: list[bytes]) -> None:
+        got.append(frames)
+        server.send([frames[0], frames[1]])
+    server = ZmtpServer(None, reactor, f"tcp://127.0.0.1:{port}", echo)
+    peer = _dealer(port, b"peer")
+    count = 3 * zmtp.MESSAGES_PER_PASS
+    long_frame = b"\x03\x00\x00\x00\x00\x00\x00\x00\x01x"  # MORE and LONG: one byte
+    try:
+        peer.sendall(b"".join(long_frame + b"\x01\x02" + n.to_bytes(2, "big") + b"\x00\x00" for n in range(count)))
+        _run_until(reactor, lambda: len(got) >= count, f"{len(got)} handed on")
+        assert [(m[1], int.from_bytes(m[2], "big"), m[3]) for m in got] == [(b"x", n, b"") for n in range(count)]
+        assert server.counters["passes_over_budget"] > 0
+        replies = bytearray()
+        handshake = len(GREETING) + len(zmtp.READY)
+        _run_until(reactor, lambda: len(replies.extend(_receive_all(peer)) or replies) >= handshake + 3 * count,
+                   "every reply")
+        assert bytes(replies[handshake:]) == b"\x00\x01x" * count
+    finally:
+        peer.close()
+        server.close()
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset-with-replies-waiting"])
+def test_a_peer_that_goes_while_paused_is_forgotten_and_the_reactor_does_not_spin(reset: bool) -> None:
+    """Paused, the connection is not polled for input (for output only while replies wait): the
+    peer's close is read once it is resumed; a reset with replies waiting fails their send,
+    which marks it broken, and reading it reports the end. Nothing stays ready for ever."""
+    reactor = Reactor()
+    (port,) = free_ports(1)
+    got: list[list[bytes]] = []
+
+    def on_message(frames: list[bytes]) -> None:
+        got.append(frames)
+        if reset:
+            server.send([frames[0], b"r" * 65536])  # more than the peer, not reading, takes
+    server = ZmtpServer(None, reactor, f"tcp://127.0.0.1:{port}", on_message)
+    flooder = _dealer(port, b"flood")
+    try:
+        flooder.sendall(FLOOD)
+        _run_until(reactor, lambda: server.counters["passes_over_budget"] and (server.tcp.output_bytes or not reset),
+                   "paused (with replies waiting)")
+        if reset:
+            flooder.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        flooder.close()
+        _run_until(reactor, lambda: server.connections == 0 and not server.tcp.output_bytes, "the peer forgotten")
+        assert [int.from_bytes(m[1], "big") for m in got] == list(range(len(got)))
+        started = time.monotonic()
+        for _ in range(5):
+            reactor.run_once(20)
+        assert time.monotonic() - started >= 0.08  # nothing left ready: each pass waits its timeout
+    finally:
+        server.close()
