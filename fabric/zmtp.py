@@ -320,14 +320,24 @@ class ZmtpServer:
         self._write(conn, [GREETING], handshake=True)
 
     def _feed(self, conn: _Connection, data: bytes) -> None:
-        if conn.ready and not conn.buf and not conn.frames and conn.body is None and not conn.skip_bytes \
-                and not conn.discarding and not conn.complete:
-            # between messages with nothing buffered: whole small messages straight from the chunk
-            used = self._deliver_whole(conn, data)
-            if used == len(data) or conn.closed:
-                return
-            data = memoryview(data)[used:]
-        self._feed_general(conn, data)
+        try:
+            if conn.ready and not conn.buf and not conn.frames and conn.body is None and not conn.skip_bytes \
+                    and not conn.discarding and not conn.complete:
+                # between messages with nothing buffered: whole small messages straight from the chunk
+                used = self._deliver_whole(conn, data)
+                if used == len(data) or conn.closed:
+                    return
+                data = memoryview(data)[used:]
+            self._feed_general(conn, data)
+        except ProtocolViolation:
+            raise
+        except BaseException:
+            # the code a message was handed to raised (a node's reactor logs an operating error
+            # and goes on): the rest of what arrived waits in the buffer, handed on at a later
+            # pass -- not when, if ever, the peer sends more
+            if conn.buf and not conn.closed:
+                self._pause(conn)
+            raise
 
     def _deliver_whole(self, conn: _Connection, data: bytes) -> int:
         """The fast path of a request of short frames (each at most 255 bytes: the requests that

@@ -1,11 +1,13 @@
 """A request is handed on exactly once. If the code the request port hands a message to
 raises an operating error (the node's reactor logs it and goes on; a bug stops the node), the bytes of that message are already
 consumed, so the same request is not parsed and executed again when the connection's next
-bytes arrive (a produce would be appended twice)."""
+bytes arrive (a produce would be appended twice); the requests that arrived after it are handed
+on at a later pass, whether or not the peer sends anything more."""
 
 from __future__ import annotations
 
 import logging
+import socket
 
 import zmq
 
@@ -13,7 +15,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.errors import FabricError
 from fabric.reactor import Reactor
-from fabric.zmtp import ZmtpServer
+from fabric.zmtp import GREETING, ZmtpServer, _command, _property, encode_frames
 from tests.harness import free_ports
 
 PASSES = 50
@@ -42,4 +44,32 @@ def test_a_request_whose_handler_raised_is_not_delivered_again(caplog) -> None: 
         assert delivered == [1, 2]
     finally:
         dealer.close()
+        server.close()
+
+
+def test_the_requests_after_one_whose_handler_raised_are_handed_on_with_nothing_more_sent(caplog) -> None:  # noqa: ANN001
+    # the rest of the chunk waits in the connection's buffer: a peer that sent its requests at
+    # once and waits for the answers must get them without sending anything more
+    reactor = Reactor(contain_handler_errors=True)
+    port = free_ports(1)[0]
+    delivered: list[int] = []
+
+    def on_message(frames: list[bytes]) -> None:
+        delivered.append(wire.unpack(frames[4])["id"])
+        if delivered[-1] == 2:
+            raise FabricError("an operating error while handling it")
+    server = ZmtpServer(zmq.Context.instance(), reactor, f"tcp://127.0.0.1:{port}", on_message)
+    peer = socket.create_connection(("127.0.0.1", port))
+    requests = b"".join(encode_frames(wire.encode_request(P.PING, {"id": rid}), 1 << 16)[0][0] for rid in (1, 2, 3))
+    try:
+        peer.sendall(GREETING + _command(b"\x05READY" + _property(b"Socket-Type", b"DEALER")))
+        for _ in range(PASSES):  # the handshake
+            reactor.run_once(POLL_MS)
+        with caplog.at_level(logging.CRITICAL):
+            peer.sendall(requests)  # three requests in one chunk, then nothing
+            for _ in range(PASSES):
+                reactor.run_once(POLL_MS)
+        assert delivered == [1, 2, 3]
+    finally:
+        peer.close()
         server.close()
