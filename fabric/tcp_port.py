@@ -18,7 +18,9 @@ when the connection's waiting output is at ``OUTPUT_BYTES_MAX`` or all connectio
 at ``OUTPUT_BYTES_TOTAL_MAX`` -- a peer that does not read its replies loses later replies (its
 requests time out and are retried), as at a ROUTER's high-water mark, and never half a reply.
 Input is bounded by the kernel's buffers: a connection is read at most ``READS_PER_PASS``
-times per reactor pass, so one busy peer cannot starve the others.
+times per reactor pass, so one busy peer cannot starve the others, and not at all while its
+server has paused it (``pause``/``resume``: the server has more of its messages than one pass
+may hand on).
 
 Not thread-safe: owned by the node's reactor thread.
 """
