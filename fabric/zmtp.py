@@ -303,9 +303,12 @@ class ZmtpServer:
         try:
             self._feed(conn, data)
         except ProtocolViolation as e:
-            self.counters["protocol_violations"] += 1
-            log.info("disconnecting a peer that broke ZMTP: %s", e)
-            self._close(conn)
+            self._violated(conn, e)
+
+    def _violated(self, conn: _Connection, e: ProtocolViolation) -> None:
+        self.counters["protocol_violations"] += 1
+        log.info("disconnecting a peer that broke ZMTP: %s", e)
+        self._close(conn)
 
     def _accept(self, conn_id: bytes) -> None:
         """A new connection. At CONNECTIONS_MAX the least recently active connection is closed
@@ -465,9 +468,7 @@ class ZmtpServer:
             try:
                 self._feed_general(conn, b"")  # pauses it again when the budget runs out first
             except ProtocolViolation as e:
-                self.counters["protocol_violations"] += 1
-                log.info("disconnecting a peer that broke ZMTP: %s", e)
-                self._close(conn)
+                self._violated(conn, e)
                 continue
             except BaseException:
                 # the code a message was handed to raised (a node's reactor logs an operating

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from typing import Callable
 
 from fabric.reactor import Reactor, Timer
 from fabric.tcp_port import TcpPort
@@ -124,11 +123,8 @@ class ZmtpPublisher:
     """A PUB socket bound to ``endpoint`` (``tcp://host:port``); ``send(frames)`` publishes.
     A bind that fails raises ``zmq.ZMQError``, as libzmq's bind."""
 
-    def __init__(self, reactor: Reactor, endpoint: str, counters: Counter[str] | None = None, *,
-                 on_subscription: Callable[[bytes, bool], None] | None = None) -> None:
-        """``on_subscription(prefix, subscribed)``: told of every subscription message read."""
+    def __init__(self, reactor: Reactor, endpoint: str, counters: Counter[str] | None = None) -> None:
         self.counters: Counter[str] = counters if counters is not None else Counter()
-        self.on_subscription = on_subscription
         # least recently active first: when the table is full, that one makes room
         self._subscribers: OrderedDict[bytes, _Subscriber] = OrderedDict()
         self._ready: list[_Subscriber] = []  # handshake done: the ones a message may go to
@@ -266,8 +262,6 @@ class ZmtpPublisher:
             sub.subscribe(prefix)
         else:
             sub.unsubscribe(prefix)
-        if self.on_subscription is not None:
-            self.on_subscription(prefix, subscribe)
 
     def _on_command(self, sub: _Subscriber, body: bytes) -> None:
         if not sub.ready:
