@@ -157,6 +157,14 @@ def process_cpu_s(pids: list[int]) -> float:
     return sum(s.cpu_s for s in map(proc_stat, pids) if s is not None)
 
 
+def cpu_between(before_s: float, after_s: float) -> float | None:
+    """The CPU seconds between two ``process_cpu_s`` readings of the same processes; None when
+    no clock tick was counted in between (/proc counts whole ticks, 10 ms here: 0 would be a
+    wrong figure for a short phase) or the reading went back (a process restarted meanwhile)."""
+    spent = after_s - before_s
+    return spent if spent > 0 else None
+
+
 def _status_kib(pid: int, field: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from bench.options import BenchOptions
-from bench.stats import LatencyHistogram, counts_writes, process_cpu_s, process_write_bytes, rss_mb
+from bench.stats import LatencyHistogram, counts_writes, cpu_between, process_cpu_s, process_write_bytes, rss_mb
 from bench.worker import PHASE_S_MAX, SAMPLE_INTERVAL_S
 from fabric import protocol as P
 from fabric.errors import FabricError, RemoteError
@@ -381,7 +381,7 @@ class Run:
             self.pump(lambda: all(w.done for w in producers), PHASE_S_MAX, "the producers to finish")
             then()
         self.pump(lambda: all(w.done for w in workers), PHASE_S_MAX, "the workers to finish")
-        cpu = process_cpu_s(pids) - cpu0 if pids else None
+        cpu = cpu_between(cpu0, process_cpu_s(pids)) if pids else None
         written1 = process_write_bytes(pids)
         written = written1 - written0 if written0 is not None and written1 is not None else None
         if self.target.data_dir and not counts_writes(self.target.data_dir):
