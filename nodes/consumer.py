@@ -124,6 +124,7 @@ class Instance(threading.Thread):
         self.commands: queue.Queue[tuple[str, dict, Answer] | None] = queue.Queue(COMMANDS_PER_INSTANCE_MAX)
         self.consumer: GroupConsumer | None = None
         self._stop_requested = threading.Event()
+        self._maintain_error: tuple[int, str] | None = None  # the last one logged, until maintain succeeds
 
     def submit(self, op: str, header: dict, answer: Answer) -> None:
         try:
@@ -201,8 +202,13 @@ class Instance(threading.Thread):
             return
         try:
             self.consumer.maintain()
-        except CodedError as e:
-            log.warning("instance %s/%s: %s", self.group, self.instance_name, e)
+        except CodedError as e:  # raised by every call until it is cured: logged when it changes
+            said = (e.code, str(e))
+            if said != self._maintain_error:
+                log.warning("instance %s/%s: %s", self.group, self.instance_name, e)
+            self._maintain_error = said
+        else:
+            self._maintain_error = None
 
     def _close(self) -> None:
         if self.consumer is not None:
