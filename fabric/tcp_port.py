@@ -247,7 +247,7 @@ class TcpPort:
         refused whole: the connection is gone or broken, or its output is at the bounds. A
         piece that is not a contiguous buffer raises before anything is sent or queued.
         ``sizes``: the pieces' sizes in bytes when the caller already has them
-        (``fabric.zmtp.encode_frames``, which raised for a bad piece); measured here otherwise.
+        (``fabric.zmtp_codec.encode_frames``, which raised for a bad piece); measured here otherwise.
         ``handshake``: a protocol's opening (a few bytes, once per connection), which cannot be
         sent again later: not refused at the bound on all connections together, which other
         peers filled (a new connection would otherwise hang in its handshake long after the

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections import Counter, OrderedDict
 from typing import Callable
 
@@ -43,16 +42,16 @@ import zmq
 from fabric import protocol as P
 from fabric import wire
 from fabric.buffers import OwnedFrame
-from fabric.errors import FabricError, MalformedFrame
+from fabric.errors import MalformedFrame
 from fabric.hoptrace import mark
 from fabric.reactor import Reactor, Timer
 from fabric.tcp_port import TcpPort
-from fabric.zmq_io import _size
+from fabric.zmtp_codec import (FLAG_COMMAND, FLAG_MORE, GREETING, GREETING_BYTES, HANDSHAKE_BYTES_MAX, ProtocolViolation,
+                               encode_frames, frame_header_at, greeting_at, parse_ready, pong_for,
+                               ready_command)
 
 log = logging.getLogger(__name__)
 
-GREETING_BYTES = 64
-HANDSHAKE_BYTES_MAX = 4096         # the peer's READY command (its metadata) may be this long
 COMMAND_BYTES_MAX = 1024           # PING and other commands after the handshake
 PEER_IDENTITY_BYTES_MAX = 255      # ZMTP's limit for a routing id
 CONNECTIONS_MAX = 10_000           # at the limit a new one replaces the least recently active one
@@ -69,162 +68,11 @@ MESSAGES_PER_PASS = P.DRAIN_MESSAGES_MAX
 BUFFERED_REQUEST_BYTES_MAX = 4 * P.REQUEST_BYTES_MAX
 SMALL_REQUEST_BYTES = 64 * 1024
 
-_FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
-_NOT_SHORT_MESSAGE_FRAME = ~_FLAG_MORE & 0xFF  # any flag but MORE: long, command, or reserved bits
-_SIGNATURE_FIRST, _SIGNATURE_LAST = 0xFF, 0x7F
+_NOT_SHORT_MESSAGE_FRAME = ~FLAG_MORE & 0xFF  # any flag but MORE: long, command, or reserved bits
 _PEER_SOCKET_TYPES = (b"DEALER", b"REQ")
 
 
-def _greeting() -> bytes:
-    """Signature, version 3.0, mechanism NULL, as-server 0, filler (ZMTP 3.0, 23/ZMTP)."""
-    return bytes([_SIGNATURE_FIRST]) + bytes(8) + bytes([_SIGNATURE_LAST, 3, 0]) + b"NULL".ljust(20, b"\0") + bytes(32)
-
-
-def _command(body: bytes) -> bytes:
-    return _frame_header(len(body), more=False, command=True) + body
-
-
-def _frame_header(size: int, *, more: bool, command: bool = False) -> bytes:
-    flags = (_FLAG_MORE if more else 0) | (_FLAG_COMMAND if command else 0)
-    if size <= 255:
-        return bytes([flags, size])
-    return struct.pack(">BQ", flags | _FLAG_LONG, size)
-
-
-def _property(name: bytes, value: bytes) -> bytes:
-    return bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
-
-
-GREETING = _greeting()
-READY = _command(b"\x05READY" + _property(b"Socket-Type", b"ROUTER"))
-
-
-class ProtocolViolation(FabricError):
-    """The peer does not speak ZMTP 3 as a DEALER would: it is disconnected."""
-
-
-def greeting_at(buf: bytearray, pos: int) -> bool:
-    """Whether a whole ZMTP 3 greeting with the NULL mechanism is at ``pos`` (False: not all
-    of it yet). Raises ProtocolViolation as soon as the bytes there cannot be one."""
-    avail = len(buf) - pos
-    if avail >= 1 and buf[pos] != _SIGNATURE_FIRST:
-        raise ProtocolViolation("not a ZMTP greeting")
-    if avail >= 11 and ((buf[pos + 9] & 1) != 1 or buf[pos + 10] < 3):
-        raise ProtocolViolation(f"not a ZMTP 3 greeting (version {buf[pos + 10]})")
-    if avail < GREETING_BYTES:
-        return False
-    if bytes(buf[pos + 12:pos + 32]).rstrip(b"\0") != b"NULL":
-        raise ProtocolViolation("only the NULL security mechanism is spoken")
-    return True
-
-
-def frame_header_at(buf: bytearray, pos: int) -> tuple[int, int, int] | None:
-    """(flags, body size, header bytes) of the frame at ``pos``; None until its header is whole."""
-    avail = len(buf) - pos
-    if avail < 2:
-        return None
-    flags = buf[pos]
-    if flags & _FLAG_LONG:
-        if avail < 9:
-            return None
-        return flags, struct.unpack_from(">Q", buf, pos + 1)[0], 9
-    return flags, buf[pos + 1], 2
-
-
-def encode_frames(frames: list, join_bytes_max: int) -> tuple[list, list[int]]:
-    """ZMTP frames of one message as pieces for ``sendmsg`` and their sizes: the frame headers
-    joined with the frames of at most ``join_bytes_max`` bytes, a larger frame handed on as it
-    is (zero-copy: joining it would copy megabytes once more). A frame that is not a contiguous
-    buffer raises before anything is sent."""
-    if 0 < len(frames) <= _SHORT_FRAMES_MAX:
-        # the common message, a few short bytes frames: all joined, as below, with no call per frame
-        short_max = min(255, join_bytes_max)
-        parts = []
-        joined = 0
-        for f in frames:
-            if f.__class__ is not bytes or len(f) > short_max:
-                break
-            parts.append(_SHORT_HEADS[len(f)])
-            parts.append(f)
-            joined += 2 + len(f)
-        else:
-            parts[-2] = _LAST_SHORT_HEADS[len(frames[-1])]
-            return [b"".join(parts)], [joined]
-    return _encode_frames(frames, join_bytes_max)
-
-
-_SHORT_FRAMES_MAX = 16
-_SHORT_HEADS = [bytes([_FLAG_MORE, n]) for n in range(256)]
-_LAST_SHORT_HEADS = [bytes([0, n]) for n in range(256)]
-
-
-def _encode_frames(frames: list, join_bytes_max: int) -> tuple[list, list[int]]:
-    pieces: list = []
-    sizes: list[int] = []
-    parts: list = []
-    joined = 0
-    last = len(frames) - 1
-    for i, f in enumerate(frames):
-        n = _size(f)
-        head = _frame_header(n, more=i < last)
-        if n <= join_bytes_max:
-            parts += (head, f)
-            joined += len(head) + n
-            continue
-        parts.append(head)
-        pieces.append(b"".join(parts))
-        sizes.append(joined + len(head))
-        pieces.append(f)
-        sizes.append(n)
-        parts, joined = [], 0
-    if parts:
-        pieces.append(b"".join(parts))
-        sizes.append(joined)
-    return pieces, sizes
-
-
-def pong_for(body: bytes) -> bytes | None:
-    """The PONG answering a ZMTP 3.1 PING command (with its context), None for another command."""
-    if body[:5] == b"\x04PING" and len(body) >= 7:
-        return _command(b"\x04PONG" + body[7:])
-    return None
-
-
-def next_unit(buf: bytearray, pos: int, greeted: bool, limit: Callable[[int], int]) -> tuple[int, bytes, int] | None:
-    """The greeting (until ``greeted``), else the next frame at ``pos``, when whole: (flags, body,
-    bytes used) -- flags -1 and no body for the greeting; None until it is whole. A frame over
-    ``limit(flags)`` bytes is a ProtocolViolation as soon as its header is read."""
-    if not greeted:
-        return (-1, b"", GREETING_BYTES) if greeting_at(buf, pos) else None
-    header = frame_header_at(buf, pos)
-    if header is None:
-        return None
-    flags, size, head = header
-    if size > limit(flags):
-        raise ProtocolViolation(f"a frame of {size} bytes (at most {limit(flags)})")
-    if len(buf) - pos < head + size:
-        return None
-    with memoryview(buf) as view:  # released before the buffer shrinks
-        return flags, bytes(view[pos + head:pos + head + size]), head + size
-
-
-def _parse_ready(body: bytes) -> dict[bytes, bytes]:
-    """The metadata of a READY command body. Raises ProtocolViolation."""
-    if body[:6] != b"\x05READY":
-        raise ProtocolViolation(f"expected READY, got {bytes(body[:16])!r}")
-    props, i = {}, 6
-    while i < len(body):
-        n = body[i]
-        name = bytes(body[i + 1:i + 1 + n])
-        if i + 1 + n + 4 > len(body):
-            raise ProtocolViolation("truncated READY property")
-        (size,) = struct.unpack_from(">I", body, i + 1 + n)
-        start = i + 1 + n + 4
-        if start + size > len(body):
-            raise ProtocolViolation("truncated READY property value")
-        props[name.lower()] = bytes(body[start:start + size])
-        i = start + size
-    return props
+READY = ready_command(b"ROUTER")
 
 
 class _Connection:
@@ -377,7 +225,7 @@ class ZmtpServer:
                         return pos
                     frames.append(bytes(data[at + 2:body_end]))
                     at = body_end
-                    if not flags & _FLAG_MORE:
+                    if not flags & FLAG_MORE:
                         break
                 pos = at  # consumed before it is handed on
                 conn.delivered += 1
@@ -494,9 +342,9 @@ class ZmtpServer:
             return 0
         flags, size, head = header
         avail = len(buf) - pos
-        if flags & _FLAG_COMMAND:
+        if flags & FLAG_COMMAND:
             limit = COMMAND_BYTES_MAX if conn.ready else HANDSHAKE_BYTES_MAX
-            if size > limit or flags & _FLAG_MORE:
+            if size > limit or flags & FLAG_MORE:
                 raise ProtocolViolation(f"command of {size} bytes (at most {limit})")
             if avail < head + size:
                 return 0
@@ -504,7 +352,7 @@ class ZmtpServer:
             return head + size
         if not conn.ready:
             raise ProtocolViolation("a message before the READY handshake")
-        more = bool(flags & _FLAG_MORE)
+        more = bool(flags & FLAG_MORE)
         if conn.discarding or not self._within_limits(conn, size):
             # over a limit: the rest of the message is read and dropped, never kept
             conn.skip_bytes = size
@@ -589,7 +437,7 @@ class ZmtpServer:
 
     def _on_command(self, conn: _Connection, body: bytes) -> None:
         if not conn.ready:
-            props = _parse_ready(body)
+            props = parse_ready(body)
             if props.get(b"socket-type") not in _PEER_SOCKET_TYPES:
                 raise ProtocolViolation(f"socket type {props.get(b'socket-type')!r} cannot talk to a ROUTER")
             conn.identity = self._identity_for(conn, props.get(b"identity", b""))

@@ -62,13 +62,12 @@ from fabric import protocol as P
 from fabric.buffers import OwnedFrame
 from fabric.reactor import Reactor, Timer
 from fabric.tcp_port import READS_PER_PASS, RECEIVE_BYTES, SEND_PIECES_MAX, Outbox, resolve
-from fabric.zmtp import (GREETING, HANDSHAKE_BYTES_MAX, ProtocolViolation, _command,
-                         _parse_ready, _property, encode_frames, frame_header_at, next_unit, pong_for)
+from fabric.zmtp_codec import (FLAG_COMMAND, FLAG_LONG, FLAG_MORE, GREETING, HANDSHAKE_BYTES_MAX, ProtocolViolation,
+                               encode_frames, frame_header_at, next_unit, parse_ready, pong_for, ready_command)
 
 log = logging.getLogger(__name__)
 
-_FLAG_MORE, _FLAG_LONG, _FLAG_COMMAND = 0x01, 0x02, 0x04
-_NOT_SHORT_FRAME = _FLAG_LONG | _FLAG_COMMAND
+_NOT_SHORT_FRAME = FLAG_LONG | FLAG_COMMAND
 _POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 JOIN_BYTES_MAX = 64 * 1024  # frames up to this size are joined with their headers into one piece
 DIRECT_BYTES_MIN = 256 * 1024  # a frame this large is read straight into a buffer of its own
@@ -79,7 +78,7 @@ _IDLE, _CONNECTING, _HANDSHAKE, _READY, _CLOSED = range(5)
 
 def _input_limit(flags: int) -> int:
     """The largest frame a dealer takes: libzmq's ZMQ_MAXMSGSIZE on Loom's sockets."""
-    return HANDSHAKE_BYTES_MAX if flags & _FLAG_COMMAND else P.REQUEST_BYTES_MAX
+    return HANDSHAKE_BYTES_MAX if flags & FLAG_COMMAND else P.REQUEST_BYTES_MAX
 
 
 def connect_address(endpoint: str) -> tuple[str, int]:
@@ -95,7 +94,7 @@ def connect_address(endpoint: str) -> tuple[str, int]:
 
 
 def encode_message(frames: list) -> tuple[list, list[int]]:
-    """``fabric.zmtp.encode_frames`` with a dealer's join bound (``JOIN_BYTES_MAX``)."""
+    """``fabric.zmtp_codec.encode_frames`` with a dealer's join bound (``JOIN_BYTES_MAX``)."""
     return encode_frames(frames, JOIN_BYTES_MAX)
 
 
@@ -159,8 +158,7 @@ class ZmtpDealer:
             raise ValueError("a ZMTP identity is 1 to 255 bytes")
         if messages_per_pass is not None and messages_per_pass < 1:
             raise ValueError(f"messages_per_pass must be at least 1, not {messages_per_pass}")
-        ready = _property(b"Socket-Type", self.SOCKET_TYPE) + (_property(b"Identity", identity) if identity else b"")
-        self._hello = GREETING + _command(b"\x05READY" + ready)
+        self._hello = GREETING + ready_command(self.SOCKET_TYPE, identity or b"")
         self._state = _IDLE
         self._sock: socket.socket | None = None
         self._fd = -1
@@ -374,7 +372,7 @@ class ZmtpDealer:
                     pos = end  # consumed before it is handed on
                     self._frame(body, flags)
                     continue
-                if self._state == _READY and avail >= 9 and buf[pos] & _FLAG_LONG \
+                if self._state == _READY and avail >= 9 and buf[pos] & FLAG_LONG \
                         and self._large_frame_starts(buf, pos):
                     pos = len(buf)  # all of it is in the frame's own buffer now
                     return
@@ -386,7 +384,7 @@ class ZmtpDealer:
                 if flags < 0:
                     self._greeted = True
                     continue
-                if flags & _FLAG_COMMAND:
+                if flags & FLAG_COMMAND:
                     self._on_command(body)
                     continue
                 if self._state != _READY:
@@ -404,7 +402,7 @@ class ZmtpDealer:
         if header is None:
             return False
         flags, size, head = header
-        if flags & _FLAG_COMMAND or size < DIRECT_BYTES_MIN or len(buf) - pos >= head + size:
+        if flags & FLAG_COMMAND or size < DIRECT_BYTES_MIN or len(buf) - pos >= head + size:
             return False
         if size > P.REQUEST_BYTES_MAX:
             raise ProtocolViolation(f"a frame of {size} bytes (at most {P.REQUEST_BYTES_MAX})")
@@ -420,7 +418,7 @@ class ZmtpDealer:
         self._frames.append(body)
         if len(self._frames) > P.FRAMES_MAX:
             raise ProtocolViolation(f"a message of more than {P.FRAMES_MAX} frames")
-        if not flags & _FLAG_MORE:
+        if not flags & FLAG_MORE:
             frames, self._frames = self._frames, []
             self._budget -= 1
             try:
@@ -431,7 +429,7 @@ class ZmtpDealer:
 
     def _on_command(self, body: bytes) -> None:
         if self._state == _HANDSHAKE:
-            props = _parse_ready(body)
+            props = parse_ready(body)
             peer_type = props.get(b"socket-type")
             if peer_type not in self.PEER_SOCKET_TYPES:
                 raise ProtocolViolation(f"socket type {peer_type!r} cannot answer a {self.SOCKET_TYPE.decode()}")

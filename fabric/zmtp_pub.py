@@ -38,8 +38,8 @@ from collections import Counter, OrderedDict
 
 from fabric.reactor import Reactor, Timer
 from fabric.tcp_port import TcpPort
-from fabric.zmtp import (GREETING, HANDSHAKE_BYTES_MAX, ProtocolViolation, _command, _parse_ready, _property,
-                         encode_frames, next_unit, pong_for)
+from fabric.zmtp_codec import (FLAG_COMMAND, FLAG_MORE, GREETING, GREETING_UNIT, HANDSHAKE_BYTES_MAX,
+                               ProtocolViolation, encode_frames, next_unit, parse_ready, pong_for, ready_command)
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,12 @@ RECEIVE_BYTES = 16 * 1024
 CONNECTIONS_MAX = 1_000              # a node's subscribers: the brokers, the coordinator, monitor, gateways
 HANDSHAKE_IVL_MS = 30_000            # libzmq's ZMQ_HANDSHAKE_IVL default: connect to READY
 
-_FLAG_MORE, _FLAG_COMMAND = 0x01, 0x04
 _PEER_SOCKET_TYPES = (b"SUB", b"XSUB")
-READY = _command(b"\x05READY" + _property(b"Socket-Type", b"PUB"))
-_GREETING_TYPE = -1
+READY = ready_command(b"PUB")
 
 
 def _input_limit(flags: int) -> int:
-    return HANDSHAKE_BYTES_MAX if flags & _FLAG_COMMAND else SUBSCRIPTION_BYTES_MAX
+    return HANDSHAKE_BYTES_MAX if flags & FLAG_COMMAND else SUBSCRIPTION_BYTES_MAX
 
 
 class _Subscriber:
@@ -237,9 +235,9 @@ class ZmtpPublisher:
                     break
                 flags, body, used = unit
                 pos += used
-                if flags == _GREETING_TYPE:
+                if flags == GREETING_UNIT:
                     sub.greeted = True
-                elif flags & _FLAG_COMMAND:
+                elif flags & FLAG_COMMAND:
                     self._on_command(sub, body)
                 elif not sub.ready:
                     raise ProtocolViolation("a message before the READY handshake")
@@ -252,7 +250,7 @@ class ZmtpPublisher:
 
     def _on_message_frame(self, sub: _Subscriber, body: bytes, flags: int) -> None:
         first = not sub.in_message
-        sub.in_message = bool(flags & _FLAG_MORE)
+        sub.in_message = bool(flags & FLAG_MORE)
         if not first or sub.in_message or not body or body[0] > 1:
             return  # not a subscription: a frame of an XSUB's own message
         self._subscription(sub, body[1:], body[0] == 1)
@@ -265,7 +263,7 @@ class ZmtpPublisher:
 
     def _on_command(self, sub: _Subscriber, body: bytes) -> None:
         if not sub.ready:
-            props = _parse_ready(body)
+            props = parse_ready(body)
             if props.get(b"socket-type") not in _PEER_SOCKET_TYPES:
                 raise ProtocolViolation(f"socket type {props.get(b'socket-type')!r} cannot subscribe to a PUB")
             sub.ready = True

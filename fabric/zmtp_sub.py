@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 from fabric import protocol as P
 from fabric.reactor import Reactor
-from fabric.zmtp import encode_frames
+from fabric.zmtp_codec import encode_frames
 from fabric.zmtp_client import ZmtpDealer, connect_address
 
 _SUBSCRIBE, _UNSUBSCRIBE = b"\x01", b"\x00"

@@ -33,6 +33,6 @@ def _exception_classes() -> dict[str, type]:
 
 def test_every_exception_class_of_loom_derives_from_loom_error() -> None:
     classes = _exception_classes()
-    assert "fabric.zmtp.ProtocolViolation" in classes and "engines.offset_index.IndexDamaged" in classes
+    assert "fabric.zmtp_codec.ProtocolViolation" in classes and "engines.offset_index.IndexDamaged" in classes
     outside = sorted(n for n, c in classes.items() if not issubclass(c, LoomError) and n not in CONTROL_FLOW | STOPS_THE_NODE)
     assert outside == []

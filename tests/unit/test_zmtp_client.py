@@ -14,7 +14,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import zmtp_client
-from fabric.zmtp import _command, _frame_header, _property
+from fabric.zmtp_codec import command, frame_header, metadata_property
 from fabric.zmtp_client import connect_address, encode_message
 from tests.harness import free_ports
 from tests.unit.zmtp_support import POLL_MS, MakeClient, RawServer
@@ -104,7 +104,7 @@ def test_the_dealer_announces_its_type_and_identity(raw_server: RawServer, deale
     client = dealer_client(raw_server.port, identity=b"me")
     hello = raw_server.handshake(client)
     assert hello[:1] == b"\xff" and hello[10] == 3
-    assert _property(b"Socket-Type", b"DEALER") in hello and _property(b"Identity", b"me") in hello
+    assert metadata_property(b"Socket-Type", b"DEALER") in hello and metadata_property(b"Identity", b"me") in hello
 
 
 def test_a_frame_over_the_limit_drops_the_connection_and_the_dealer_connects_again(
@@ -112,15 +112,15 @@ def test_a_frame_over_the_limit_drops_the_connection_and_the_dealer_connects_aga
     monkeypatch.setattr(P, "REQUEST_BYTES_MAX", 1000)
     client = dealer_client(raw_server.port)
     raw_server.connect(client)
-    raw_server.conn.sendall(_frame_header(1001, more=False) + b"x" * 1001)
+    raw_server.conn.sendall(frame_header(1001, more=False) + b"x" * 1001)
     client.run_until(lambda: client.counters["protocol_violations"] == 1)
     assert not client.dealer.connected and client.got == []
     raw_server.conn.close()
     raw_server.connect(client)  # it connects again by itself
 
 
-@pytest.mark.parametrize("ready", [_command(b"\x05READY" + _property(b"Socket-Type", b"PUB")),
-                                   _command(b"\x05NOPE")])
+@pytest.mark.parametrize("ready", [command(b"\x05READY" + metadata_property(b"Socket-Type", b"PUB")),
+                                   command(b"\x05NOPE")])
 def test_a_server_that_is_not_a_router_is_dropped(ready: bytes, raw_server: RawServer,
                                                   dealer_client: MakeClient) -> None:
     client = dealer_client(raw_server.port)
@@ -132,8 +132,8 @@ def test_a_server_that_is_not_a_router_is_dropped(ready: bytes, raw_server: RawS
 def test_a_ping_is_answered_with_its_context(raw_server: RawServer, dealer_client: MakeClient) -> None:
     client = dealer_client(raw_server.port)
     raw_server.connect(client)
-    raw_server.conn.sendall(_command(b"\x04PING" + struct.pack(">H", 0) + b"ctx"))
-    pong = _command(b"\x04PONG" + b"ctx")
+    raw_server.conn.sendall(command(b"\x04PING" + struct.pack(">H", 0) + b"ctx"))
+    pong = command(b"\x04PONG" + b"ctx")
     raw_server.read_until(client, lambda got: pong in got)
 
 
@@ -155,8 +155,8 @@ def test_small_frames_are_joined_with_their_headers_and_a_large_one_goes_as_it_i
     big = b"b" * (zmtp_client.JOIN_BYTES_MAX + 1)
     pieces, sizes = encode_message([b"", b"head", big, b"tail"])
     assert len(pieces) == 3 and pieces[1] is big
-    assert b"".join(pieces) == (_frame_header(0, more=True) + _frame_header(4, more=True) + b"head"
-                               + _frame_header(len(big), more=True) + big + _frame_header(4, more=False) + b"tail")
+    assert b"".join(pieces) == (frame_header(0, more=True) + frame_header(4, more=True) + b"head"
+                               + frame_header(len(big), more=True) + big + frame_header(4, more=False) + b"tail")
     assert sizes == [len(p) for p in pieces]
     with pytest.raises(TypeError):
         encode_message([b"", object()])
@@ -176,7 +176,7 @@ def test_a_large_frame_is_read_into_its_own_buffer_intact_however_the_stream_is_
     for i in range(12):
         sizes = [0, rng.choice([5, 300, big - 1, big, big + 1, 3 * big + 11]), rng.choice([0, 9, big + 5])]
         sent.append([bytes([(i + k) % 251]) * n for k, n in enumerate(sizes)])
-    stream = b"".join(_frame_header(len(f), more=j < len(m) - 1) + f for m in sent for j, f in enumerate(m))
+    stream = b"".join(frame_header(len(f), more=j < len(m) - 1) + f for m in sent for j, f in enumerate(m))
     client = dealer_client(raw_server.port)
     raw_server.connect(client)
     conn = raw_server.conn

@@ -16,12 +16,12 @@ from fabric import protocol as P
 from fabric import zmtp_client
 from fabric.errors import LoomError
 from fabric.reactor import Reactor
-from fabric.zmtp import GREETING, _frame_header
+from fabric.zmtp_codec import GREETING, frame_header
 from tests.unit.zmtp_support import DEADLINE_S, POLL_MS, MakeClient, RawServer
 
 
 def _message(*frames: bytes) -> bytes:
-    return b"".join(_frame_header(len(f), more=i < len(frames) - 1) + f for i, f in enumerate(frames))
+    return b"".join(frame_header(len(f), more=i < len(frames) - 1) + f for i, f in enumerate(frames))
 
 
 @pytest.mark.parametrize("contain", [False, True])

@@ -16,7 +16,7 @@ from fabric import wire
 from fabric import zmtp
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer
-from fabric.zmtp import GREETING
+from fabric.zmtp_codec import GREETING
 from tests.harness import free_ports
 
 SLOTS = 16

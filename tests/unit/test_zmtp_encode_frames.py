@@ -1,4 +1,4 @@
-"""``fabric.zmtp.encode_frames`` writes a message of short bytes frames (the requests, replies,
+"""``fabric.zmtp_codec.encode_frames`` writes a message of short bytes frames (the requests, replies,
 acks and heartbeats) without a call per frame: its pieces must be byte for byte those of the
 general encoder, for every mix of frame sizes, types and join bounds."""
 
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from fabric.zmtp import _encode_frames, encode_frames
+from fabric.zmtp_codec import _encode_frames, encode_frames
 
 
 def _frames(rng: random.Random) -> list:

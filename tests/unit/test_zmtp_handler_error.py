@@ -15,7 +15,8 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.errors import FabricError
 from fabric.reactor import Reactor
-from fabric.zmtp import GREETING, ZmtpServer, _command, _property, encode_frames
+from fabric.zmtp import ZmtpServer
+from fabric.zmtp_codec import GREETING, command, encode_frames, metadata_property
 from tests.harness import free_ports
 
 PASSES = 50
@@ -62,7 +63,7 @@ def test_the_requests_after_one_whose_handler_raised_are_handed_on_with_nothing_
     peer = socket.create_connection(("127.0.0.1", port))
     requests = b"".join(encode_frames(wire.encode_request(P.PING, {"id": rid}), 1 << 16)[0][0] for rid in (1, 2, 3))
     try:
-        peer.sendall(GREETING + _command(b"\x05READY" + _property(b"Socket-Type", b"DEALER")))
+        peer.sendall(GREETING + command(b"\x05READY" + metadata_property(b"Socket-Type", b"DEALER")))
         for _ in range(PASSES):  # the handshake
             reactor.run_once(POLL_MS)
         with caplog.at_level(logging.CRITICAL):

@@ -18,7 +18,8 @@ import pytest
 from fabric import zmtp
 from fabric.errors import FabricError
 from fabric.reactor import Reactor
-from fabric.zmtp import GREETING, ZmtpServer, _command, _property
+from fabric.zmtp import ZmtpServer
+from fabric.zmtp_codec import GREETING, command, metadata_property
 from tests.harness import free_ports
 
 DEADLINE_S = 20.0
@@ -28,8 +29,8 @@ FLOOD = b"".join(b"\x00\x02" + n.to_bytes(2, "big") for n in range(FLOOD_MESSAGE
 
 def _dealer(port: int, identity: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(GREETING + _command(b"\x05READY" + _property(b"Socket-Type", b"DEALER")
-                                     + _property(b"Identity", identity)))
+    sock.sendall(GREETING + command(b"\x05READY" + metadata_property(b"Socket-Type", b"DEALER")
+                                     + metadata_property(b"Identity", identity)))
     return sock
 
 
@@ -85,8 +86,8 @@ def _receive_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-PING = _command(b"\x04PING\x00\x00")
-PONG = _command(b"\x04PONG")
+PING = command(b"\x04PING\x00\x00")
+PONG = command(b"\x04PONG")
 
 
 def test_pings_are_answered_within_the_budget_of_a_pass() -> None:

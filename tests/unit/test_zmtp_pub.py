@@ -18,7 +18,7 @@ import zmq
 
 from fabric import zmtp_pub
 from fabric.reactor import Reactor
-from fabric.zmtp import GREETING, _command, _frame_header, _property
+from fabric.zmtp_codec import GREETING, command, frame_header, metadata_property
 from fabric.zmtp_pub import OUTPUT_BYTES_MAX, ZmtpPublisher
 from fabric.zmtp_sub import ZmtpSubscriber
 from tests.harness import free_ports
@@ -116,7 +116,7 @@ def test_a_prefix_subscribed_twice_needs_two_unsubscriptions(world) -> None:  # 
 
 
 def _handshake(sock: socket.socket, socket_type: bytes) -> None:
-    sock.sendall(GREETING + _command(b"\x05READY" + _property(b"Socket-Type", socket_type)))
+    sock.sendall(GREETING + command(b"\x05READY" + metadata_property(b"Socket-Type", socket_type)))
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -146,16 +146,16 @@ def test_zmtp_31_subscribe_and_cancel_commands_count_as_subscriptions(world) -> 
     raw = socket.create_connection(world.pub.address[:2])
     try:
         _handshake(raw, b"SUB")
-        raw.sendall(_command(b"\x09SUBSCRIBE" + b"c|"))
+        raw.sendall(command(b"\x09SUBSCRIBE" + b"c|"))
         world.run_until(lambda: world.pub.subscribers == 1 and world.pub._ready[0].prefixes)
         world.pub.send([b"c|", b"1"])
         world.pub.send([b"d|", b"no"])
-        raw.sendall(_command(b"\x06CANCEL" + b"c|"))
+        raw.sendall(command(b"\x06CANCEL" + b"c|"))
         world.run_until(lambda: not world.pub._ready[0].prefixes)
         world.pub.send([b"c|", b"2"])  # after the cancel: not sent
         world.run_for(0.1)
-        ready = _command(b"\x05READY" + _property(b"Socket-Type", b"PUB"))
-        expected = GREETING + ready + _frame_header(2, more=True) + b"c|" + _frame_header(1, more=False) + b"1"
+        ready = command(b"\x05READY" + metadata_property(b"Socket-Type", b"PUB"))
+        expected = GREETING + ready + frame_header(2, more=True) + b"c|" + frame_header(1, more=False) + b"1"
         assert _read_exactly(raw, len(expected)) == expected
         raw.settimeout(0.2)
         with pytest.raises(socket.timeout):
@@ -169,7 +169,7 @@ def test_a_subscriber_that_does_not_read_loses_messages_and_the_others_get_every
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
         _handshake(stuck, b"SUB")
-        stuck.sendall(_frame_header(3, more=False) + b"\x01p|")
+        stuck.sendall(frame_header(3, more=False) + b"\x01p|")
         good = world.libzmq(zmq.SUB, b"p|")
         got: list = []
         world.run_until(lambda: world.pub.subscribers == 2 and all(s.prefixes for s in world.pub._ready)
@@ -196,8 +196,8 @@ def test_a_subscriber_that_does_not_read_loses_messages_and_the_others_get_every
 
 @pytest.mark.parametrize("bad", [
     b"GET / HTTP/1.1\r\n\r\n",                                             # not ZMTP
-    GREETING + _command(b"\x05READY" + _property(b"Socket-Type", b"DEALER")),  # not a subscriber
-    GREETING + _command(b"\x05READY" + _property(b"Socket-Type", b"SUB")) + b"\x02" + (1 << 20).to_bytes(8, "big"),
+    GREETING + command(b"\x05READY" + metadata_property(b"Socket-Type", b"DEALER")),  # not a subscriber
+    GREETING + command(b"\x05READY" + metadata_property(b"Socket-Type", b"SUB")) + b"\x02" + (1 << 20).to_bytes(8, "big"),
 ])
 def test_a_peer_that_breaks_the_protocol_is_dropped_and_the_others_served(world, bad: bytes) -> None:  # noqa: ANN001
     good = world.libzmq(zmq.SUB, b"k|")
@@ -274,7 +274,7 @@ def _subscribe_raw(world: _World, prefixes: list[bytes]) -> socket.socket:
     while its reactor runs) and waits for nothing."""
     raw = socket.create_connection(world.pub.address[:2])
     _handshake(raw, b"SUB")
-    data = memoryview(b"".join(_frame_header(len(p) + 1, more=False) + b"\x01" + p for p in prefixes))
+    data = memoryview(b"".join(frame_header(len(p) + 1, more=False) + b"\x01" + p for p in prefixes))
     raw.setblocking(False)
     sent = 0
     deadline = time.monotonic() + DEADLINE_S
@@ -334,7 +334,7 @@ def test_prefixes_of_many_lengths_do_not_make_each_message_dearer(world) -> None
 def test_a_subscriber_flooding_subscriptions_cannot_hold_up_the_reactor(world) -> None:  # noqa: ANN001
     flooder = socket.create_connection(world.pub.address[:2])
     _handshake(flooder, b"SUB")
-    flood = (_frame_header(2, more=False) + b"\x01f" + _frame_header(2, more=False) + b"\x00f") * 40_000
+    flood = (frame_header(2, more=False) + b"\x01f" + frame_header(2, more=False) + b"\x00f") * 40_000
     stop = threading.Event()
 
     def write() -> None:  # as fast as the publisher reads

@@ -15,7 +15,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer
-from fabric.zmtp import GREETING
+from fabric.zmtp_codec import GREETING
 from tests.harness import free_ports
 
 PASSES_MAX = 200

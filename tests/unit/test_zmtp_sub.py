@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from fabric.reactor import Reactor
-from fabric.zmtp import GREETING, _command, _frame_header, _property
+from fabric.zmtp_codec import GREETING, command, frame_header, metadata_property
 from fabric.zmtp_sub import ZmtpSubscriber
 from tests.harness import free_ports
 from tests.unit.zmtp_support import DEADLINE_S, POLL_MS, ReactorLoop
@@ -122,13 +122,13 @@ class _RawPublisher:
     def accept(self) -> None:
         self.listener.settimeout(DEADLINE_S)
         self.conn, _ = self.listener.accept()
-        self.conn.sendall(GREETING + _command(b"\x05READY" + _property(b"Socket-Type", self.socket_type)))
+        self.conn.sendall(GREETING + command(b"\x05READY" + metadata_property(b"Socket-Type", self.socket_type)))
 
     def send(self, *frames: bytes) -> None:
         assert self.conn is not None
         out = b""
         for i, f in enumerate(frames):
-            out += _frame_header(len(f), more=i < len(frames) - 1) + f
+            out += frame_header(len(f), more=i < len(frames) - 1) + f
         self.conn.sendall(out)
 
     def read_available(self) -> bytes:
@@ -172,7 +172,7 @@ def raw_peer():  # noqa: ANN201
 def test_a_message_the_publisher_sends_for_no_subscription_is_dropped_and_counted(raw_peer) -> None:  # noqa: ANN001
     peer, s = raw_peer(b"keep|")
     # the subscription arrives as ZMTP 3.0's message form: \x01 and the prefix
-    s.run_until(lambda: _frame_header(6, more=False) + b"\x01keep|" in peer.read_available())
+    s.run_until(lambda: frame_header(6, more=False) + b"\x01keep|" in peer.read_available())
     peer.send(b"other|", b"x")
     peer.send(b"keep|", b"y")
     s.run_until(lambda: s.got)
@@ -221,10 +221,10 @@ def test_many_prefixes_subscribed_at_once_reach_a_connected_publisher_in_one_wri
     prefixes = [f"r/t/{i}|".encode() for i in range(1000)]
     s.sub.subscribe_many(prefixes + [b"first|"])  # one already subscribed: not sent again
     assert writes == [1]
-    expected = b"".join(_frame_header(len(p) + 1, more=False) + b"\x01" + p for p in prefixes)
+    expected = b"".join(frame_header(len(p) + 1, more=False) + b"\x01" + p for p in prefixes)
     s.run_until(lambda: expected in peer.read_available())
     assert peer.received.count(b"\x01first|") == 1
     s.sub.unsubscribe_many(prefixes[:10])
-    s.run_until(lambda: b"".join(_frame_header(len(p) + 1, more=False) + b"\x00" + p for p in prefixes[:10])
+    s.run_until(lambda: b"".join(frame_header(len(p) + 1, more=False) + b"\x00" + p for p in prefixes[:10])
                 in peer.read_available())
     assert s.sub.prefixes == {b"first|", *prefixes[10:]}

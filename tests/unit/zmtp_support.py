@@ -11,7 +11,8 @@ from collections import Counter
 from typing import Callable
 
 from fabric.reactor import Reactor
-from fabric.zmtp import GREETING, READY
+from fabric.zmtp import READY
+from fabric.zmtp_codec import GREETING
 from fabric.zmtp_client import ZmtpDealer
 
 DEADLINE_S = 10.0
