@@ -345,6 +345,9 @@ class Consumer:
             # raised once the records buffered before it are taken (the position reaches it)
             self._cannot_position(tp, f"position {fetched_at} is out of range", fetched_at)
             return
+        # said, as Kafka's consumer does: records may be skipped, or read again, from here
+        log.warning("%s-%d: position %d is out of the log's range; starting again at the %s offset "
+                    "(auto_offset_reset)", tp[0], tp[1], fetched_at, self.auto_offset_reset)
         self._reset([tp], self._policy_spec())
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:

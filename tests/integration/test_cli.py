@@ -125,6 +125,10 @@ def test_cli_details_and_errors(cluster_factory, loom_env) -> None:
     assert "value_encoding" not in second
     out = ok(loom(env, cluster, "consume", "raw", "--partition", "1", "--offset", "1", "--max-messages", "1"))
     assert out == "text\n"
+    # An offset past the log end is said (the read goes on from the end, as auto_offset_reset says).
+    p = loom(env, cluster, "consume", "raw", "--partition", "1", "--offset", "99", "--timeout-ms", "1500")
+    assert p.returncode == 0 and p.stdout == b""
+    assert "raw-1: position 99 is out of the log's range; starting again at the latest offset" in p.stderr.decode()
 
     # --timeout-ms: every record, then exit once nothing arrived for that long.
     t0 = time.monotonic()
