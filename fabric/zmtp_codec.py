@@ -50,7 +50,7 @@ def ready_command(socket_type: bytes, identity: bytes = b"") -> bytes:
 
 
 class ProtocolViolation(FabricError):
-    """The peer does not speak ZMTP 3 as a DEALER would: it is disconnected."""
+    """The peer does not speak ZMTP 3 as its socket type must: it is disconnected."""
 
 
 def greeting_at(buf: bytearray, pos: int) -> bool:
