@@ -29,7 +29,7 @@ Requests (every one names ``group`` and ``instance``, except CREATE without a na
     CONSUMER_LIST          {}                                         -> {instances: [{group, instance, ...}]}
 
 Each instance is a ``fabric.client.group.GroupConsumer`` driven by its own thread (its poll
-blocks); the reactor hands it commands through a bounded queue and gets answers back through
+blocks; ``nodes.consumer_instance``); the reactor hands it commands through a bounded queue and gets answers back through
 a deque and an inproc wake-up socket. An instance idle for its ``idle_timeout_ms`` (default
 ``services.consumer_instance_idle_timeout_ms``) is closed, which leaves its group at once.
 If this whole service dies, its members stop heartbeating and the coordinator hands their
@@ -50,358 +50,29 @@ instance (CONSUMER_ASSIGN, no subscription) auto-commits the same way, outside a
 from __future__ import annotations
 
 import logging
-import operator
 import os
-import queue
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
-
-import zmq
+from typing import Any
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.client.group import GroupConsumer
-from fabric.client.services import pack_rows
 from fabric.config import LoomConfig
-from fabric.errors import CodedError, FabricError, LoomError, RemoteError, SubscriptionConflictError
+from fabric.errors import RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
 from nodes.base import Node
+from nodes.consumer_instance import OPS, Answer, Framed, Instance, InstanceHost, check_op_header
 
 log = logging.getLogger(__name__)
 
-# fields of a fabric.records.Record
-_TOPIC_PARTITION, _OFFSET = operator.itemgetter(0, 1), operator.itemgetter(2)
-_KEY, _VALUE = operator.itemgetter(4), operator.itemgetter(5)
-COMMANDS_PER_INSTANCE_MAX = 64
 IDLE_CHECK_INTERVAL_MS = 500
-FETCH_TIMEOUT_MS_MAX = 30_000
-FETCH_RECORDS_MAX = 10_000
-FETCH_BYTES_MAX = 16 * 1024 * 1024
-MAINTAIN_INTERVAL_S = 0.1          # an idle instance still joins, rebalances and auto-commits
-JOIN_MAINTAIN_INTERVAL_S = 0.01    # ... and while it joins, its join's answers are taken up this often
 CONFIG_TYPES: dict[str, type] = {
     "auto_offset_reset": str, "enable_auto_commit": bool, "auto_commit_interval_ms": int,
     "session_timeout_ms": int, "heartbeat_interval_ms": int, "rebalance_timeout_ms": int,
     "assignor": str, "client_id": str, "idle_timeout_ms": int,
     "owner": str,  # who made it (a gateway: "gateway:NODE"), shown by CONSUMER_LIST; not the consumer's
 }
-
-
-
-class Framed(NamedTuple):
-    """An answer whose records travel in payload frames (CONSUMER_FETCH with ``frame``)."""
-
-    header: dict
-    payloads: list[bytes]
-
-
-Answer = Callable[[dict | Framed | None, RemoteError | None], None]
-
-
-@dataclass(frozen=True)
-class InstanceHost:
-    """What an instance needs of the service hosting it."""
-
-    node_name: str                # answered to CONSUMER_CREATE
-    bootstrap: list[str]          # where its GroupConsumer finds the cluster
-    idle_timeout_ms: int          # the default of the instance's idle_timeout_ms
-    fail: Callable[[BaseException], None]  # a programmer error on the instance's thread
-
-
-class Instance(threading.Thread):
-    """One hosted group member and the thread that drives it."""
-
-    def __init__(self, host: InstanceHost, group: str, name: str, config: dict, now_ms: int) -> None:
-        super().__init__(name=f"loom-instance-{group}-{name}", daemon=True)
-        self.host, self.group, self.instance_name, self.config = host, group, name, config
-        self.idle_timeout_ms = config.pop("idle_timeout_ms", host.idle_timeout_ms)
-        self.owner = config.pop("owner", "")
-        self.last_used_ms = now_ms
-        self.commands: queue.Queue[tuple[str, dict, Answer] | None] = queue.Queue(COMMANDS_PER_INSTANCE_MAX)
-        self.consumer: GroupConsumer | None = None
-        self._stop_requested = threading.Event()
-        self._maintain_error: tuple[int, str] | None = None  # the last one logged, until maintain succeeds
-
-    def submit(self, op: str, header: dict, answer: Answer) -> None:
-        try:
-            self.commands.put_nowait((op, header, answer))
-        except queue.Full:
-            raise RemoteError(P.BUFFER_FULL, f"instance {self.instance_name} has {COMMANDS_PER_INSTANCE_MAX} requests waiting") from None
-
-    def run(self) -> None:
-        next_maintain = time.monotonic()
-        while not self._stop_requested.is_set():
-            if time.monotonic() >= next_maintain:  # also when requests keep coming
-                self._maintain()
-                next_maintain = time.monotonic() + self._maintain_interval_s()
-            try:
-                item = self.commands.get(timeout=max(0.0, next_maintain - time.monotonic()))
-            except queue.Empty:
-                continue
-            if item is None:
-                break
-            try:
-                if not self._serve(*item):
-                    break
-            except Exception as e:  # a bug (the headers were checked on the reactor): stop the node
-                self.host.fail(e)   # unanswered, and the consumer left as it is: nothing committed
-                return
-        self._close()
-        self._refuse_waiting()
-
-    def _serve(self, op: str, header: dict, answer: Answer) -> bool:
-        """Do one request and answer it; False when the thread is to stop (a delete). A bug
-        raises."""
-        if self.consumer is not None and (op != "delete" or "owner" not in header):
-            # the client came back, so it has read the answers before this request: auto-commits
-            # may now cover their records, as a Kafka consumer's next poll commits what earlier
-            # polls returned. (A delete naming its owner is not the client's: it is a gateway
-            # reclaiming the instances of a process of its that died, maybe mid-answer.)
-            self.consumer.auto_commit_bounds = {}
-        budget_ms = header.get("budget_ms") if op == "fetch" else None
-        if budget_ms is not None and _waited_ms(header) > budget_ms / 2:
-            # the client has given up (or soon will): a fetch now moves the positions past
-            # records whose answer nobody reads
-            answer(None, RemoteError(P.REQUEST_TIMED_OUT, "the fetch waited too long behind other work"))
-            return True
-        try:
-            answer(self._do(op, header), None)
-        except CodedError as e:  # a node's answer, or the client library's own condition
-            answer(None, e if isinstance(e, RemoteError) else RemoteError(e.code, e.message))
-        except FabricError as e:
-            answer(None, RemoteError(P.INVALID_CONFIG, str(e)))
-        except LoomError as e:  # an operating error (a corrupt batch…): answered, logged
-            log.exception("instance %s/%s: %s failed", self.group, self.instance_name, op)
-            answer(None, RemoteError(P.UNKNOWN, f"{type(e).__name__}: {e}"))
-        return op != "delete"
-
-    def _refuse_waiting(self) -> None:
-        """Answer what was still queued when the instance stopped (instead of never)."""
-        while True:
-            try:
-                item = self.commands.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                item[2](None, RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {self.instance_name} was closed"))
-
-    def _maintain_interval_s(self) -> float:
-        """Until the next ``maintain``: short while the consumer joins (the join goes on
-        across calls, each of its steps taken up by one -- JOIN_GROUP twice, SYNC_GROUP, the
-        committed offsets, the log start or end: at MAINTAIN_INTERVAL_S an idle instance
-        took a second to its first records)."""
-        c = self.consumer
-        return JOIN_MAINTAIN_INTERVAL_S if c is not None and c.joining else MAINTAIN_INTERVAL_S
-
-    def _maintain(self) -> None:
-        if self.consumer is None:
-            return
-        try:
-            self.consumer.maintain()
-        except CodedError as e:  # raised by every call until it is cured: logged when it changes
-            said = (e.code, str(e))
-            if said != self._maintain_error:
-                log.warning("instance %s/%s: %s", self.group, self.instance_name, e)
-            self._maintain_error = said
-        else:
-            self._maintain_error = None
-
-    def _close(self) -> None:
-        if self.consumer is not None:
-            try:
-                self.consumer.close()
-            except (LoomError, zmq.ZMQError) as e:  # best effort: the session timeout covers the rest
-                log.warning("instance %s/%s close: %s", self.group, self.instance_name, e)
-            self.consumer = None
-
-    def _do(self, op: str, h: dict) -> dict | Framed:
-        if op == "create":
-            self.consumer = GroupConsumer(self.host.bootstrap, group_id=self.group, **self.config)
-            return {"group": self.group, "instance": self.instance_name, "node": self.host.node_name}
-        c = self.consumer
-        if c is None:
-            raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {self.instance_name} did not start")
-        if op == "subscribe":
-            topics = h.get("topics")
-            if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
-                raise RemoteError(P.MALFORMED_REQUEST, "topics must be a list of topic names")
-            c.unsubscribe() if not topics else c.subscribe(topics)
-            return {}
-        if op == "subscription":
-            return {"topics": list(c.subscription)}
-        if op == "fetch":
-            records = self._fetch(c, h)
-            if records and c.enable_auto_commit:  # until the client's next request confirms them
-                c.auto_commit_bounds = _first_offsets(records)
-            header = {"count": len(records)} if h.get("frame") else {"records": records}
-            if h.get("positions"):
-                header.update(positions=_positions(c), generation=c.generation)
-            return Framed(header, [pack_rows(records)]) if h.get("frame") else header
-        if op == "commit":
-            offsets = h.get("offsets")
-            c.commit({(o[0], o[1]): o[2] for o in offsets} if offsets else None)
-            return {}
-        if op == "committed":
-            tps = [(t, p) for t, p in h.get("partitions") or c.assignment()]
-            found = c.committed_offsets(tps)
-            return {"offsets": [[t, p, -1 if found[(t, p)] is None else found[(t, p)]] for t, p in tps]}
-        if op == "seek":
-            return self._seek(c, h)
-        if op == "assignment":
-            return {"partitions": [list(tp) for tp in c.assignment()],
-                    "positions": [[t, p, -1 if c.position((t, p)) is None else c.position((t, p))] for t, p in c.assignment()]}
-        if op == "assign":
-            return self._assign(c, h)
-        if op == "delete":
-            return {}
-        raise RemoteError(P.UNKNOWN_COMMAND, f"unknown instance operation {op}")
-
-    @staticmethod
-    def _fetch(c: GroupConsumer, h: dict) -> list:
-        """Records (``fabric.records.Record`` rows) of one poll, at most ``max_bytes`` of keys
-        and values (at least one record)."""
-        timeout_ms = min(max(int(h.get("timeout_ms", 1000)), 0), FETCH_TIMEOUT_MS_MAX)
-        max_records = min(max(int(h.get("max_records", 500)), 1), FETCH_RECORDS_MAX)
-        max_bytes = min(max(int(h.get("max_bytes", 1024 * 1024)), 1), FETCH_BYTES_MAX)
-        records = c.poll(timeout_ms, max_records=max_records)
-        budget_ms = h.get("budget_ms")
-        if records and budget_ms is not None and _waited_ms(h) > timeout_ms + budget_ms / 2:
-            # the poll itself outlasted the caller (a rejoin inside it): give the records back
-            for tp, offset in _first_offsets(records).items():
-                c.seek(tp, offset)
-            raise RemoteError(P.REQUEST_TIMED_OUT, "the fetch outlasted its caller's patience (a rebalance)")
-        if sum(map(len, map(_VALUE, records))) + sum(len(k) for k in map(_KEY, records) if k) <= max_bytes:
-            return records  # the common case, counted without a Python-level loop
-        size = 0
-        for i, r in enumerate(records):
-            size += len(r.value) + len(r.key or b"")
-            if i and size > max_bytes:
-                # give back what does not fit: the positions move to the first record not returned
-                for tp, offset in _first_offsets(records[i:]).items():
-                    c.seek(tp, offset)
-                return records[:i]
-        return records
-
-    @staticmethod
-    def _assign(c: GroupConsumer, h: dict) -> dict:
-        parts = h.get("partitions")
-        if not isinstance(parts, list) or not all(
-                isinstance(tp, (list, tuple)) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)
-                for tp in parts):
-            raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition]")
-        if c.subscription:  # before the lookups: refused whatever the coordinator would say
-            raise SubscriptionConflictError("the instance is subscribed: unsubscribe before assigning partitions")
-        held = set(c.assignment())
-        # as Kafka's assign(): a new partition starts at the group's committed offset, if any;
-        # an assigned one keeps its position. Looked up before anything changes: a lookup that
-        # fails leaves the instance as it was -- assigned first, the partitions still without a
-        # position would start at auto_offset_reset (latest: past records nobody got)
-        committed = c.committed_offsets([(t, p) for t, p in parts if (t, p) not in held])
-        c.assign([(t, p) for t, p in parts])
-        for tp, offset in committed.items():
-            if offset is not None:
-                c.seek(tp, offset)
-        # nothing committed: auto_offset_reset at once (the consumer would look them up again)
-        fresh = [tp for tp, offset in committed.items() if offset is None]
-        if fresh:
-            (c.seek_to_beginning if c.auto_offset_reset == "earliest" else c.seek_to_end)(fresh)
-        return {}
-
-    @staticmethod
-    def _seek(c: GroupConsumer, h: dict) -> dict:
-        to = h.get("to")
-        tps = [(t, p) for t, p in h.get("partitions") or []] or None
-        try:
-            if to == "beginning":
-                c.seek_to_beginning(tps)
-            elif to == "end":
-                c.seek_to_end(tps)
-            elif to == "offsets":
-                for t, p, o in h.get("offsets") or []:
-                    c.seek((t, p), o)
-            else:
-                raise RemoteError(P.MALFORMED_REQUEST, "to must be beginning, end or offsets")
-        except FabricError as e:
-            if isinstance(e, CodedError):
-                raise
-            raise RemoteError(P.PARTITION_NOT_ASSIGNED, str(e)) from e
-        return {}
-
-    def stop(self) -> None:
-        """Ask the thread to close the instance. Never blocks (the caller is the reactor): the
-        event is seen even when the command queue is full; the None only wakes the thread."""
-        self._stop_requested.set()
-        try:
-            self.commands.put_nowait(None)
-        except queue.Full:
-            pass  # the thread takes a queued command within MAINTAIN_INTERVAL_S and sees the event
-
-
-OPS = {
-    P.CONSUMER_SUBSCRIBE: "subscribe", P.CONSUMER_SUBSCRIPTION: "subscription", P.CONSUMER_FETCH: "fetch",
-    P.CONSUMER_COMMIT: "commit", P.CONSUMER_COMMITTED: "committed", P.CONSUMER_SEEK: "seek",
-    P.CONSUMER_ASSIGNMENT: "assignment", P.CONSUMER_DELETE: "delete", P.CONSUMER_ASSIGN: "assign",
-}
-
-
-def _first_offsets(records: list) -> dict[tuple[str, int], int]:
-    """The offset of the first record of each partition in ``records`` (``fabric.records.Record``
-    rows, in offset order per partition), without a Python-level loop: read backward, each
-    partition's first record is the last one the dict keeps."""
-    backward = records[::-1]
-    return dict(zip(map(_TOPIC_PARTITION, backward), map(_OFFSET, backward)))
-
-
-def _positions(c: GroupConsumer) -> list[list] | None:
-    """``[[topic, partition, offset], ...]``: every assigned partition's next offset to fetch,
-    or None while the consumer is not positioned -- a join is due or under way (its assignment
-    is not known), or a partition's position is being looked up (the log start or end)."""
-    if c.joining:
-        return None
-    positions = [[t, p, c.position((t, p))] for t, p in c.assignment()]
-    return None if any(o is None for _t, _p, o in positions) else positions
-
-
-def _waited_ms(h: dict) -> float:
-    """How long ago the service received the fetch of header ``h`` (``_on_op`` stamps it)."""
-    return (time.monotonic() - h["_received"]) * 1000
-
-
-def check_op_header(op: str, h: dict) -> None:
-    """Refuse, on the reactor, an instance op whose header fields the instance thread could not
-    read. Raises RemoteError(malformed_request) naming the field."""
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def partition_list(name: str, width: int) -> None:  # [[topic, partition(, offset)], ...] or null
-        v = h.get(name)
-        if v is None:
-            return
-        if not isinstance(v, list) or not all(
-                isinstance(e, (list, tuple)) and len(e) == width and isinstance(e[0], str) and all(map(is_int, e[1:]))
-                for e in v):
-            fields = "topic, partition" + (", offset" if width == 3 else "")
-            raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a list of [{fields}]")
-    if op == "delete" and not isinstance(h.get("owner", ""), str):
-        raise RemoteError(P.MALFORMED_REQUEST, "owner must be a string")
-    if op == "fetch":
-        for name in ("timeout_ms", "max_records", "max_bytes", "budget_ms"):
-            if name in h and not is_int(h[name]):
-                raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be int")
-        for name in ("frame", "positions"):
-            if not isinstance(h.get(name, False), bool):
-                raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a boolean")
-    elif op == "commit":
-        partition_list("offsets", 3)
-    elif op == "committed":
-        partition_list("partitions", 2)
-    elif op == "seek":
-        partition_list("partitions", 2)
-        partition_list("offsets", 3)
 
 
 class ConsumerService(Node):

@@ -199,7 +199,7 @@ def consumer_config(broker: OnePartitionBroker, reactor: BrokerRepliesReactor, c
 
 
 def serve(instance: Any, op: str, **header: Any) -> Any:
-    """One request to a consumer service's ``Instance`` (nodes/consumer.py), served on the test
+    """One request to a consumer service's ``Instance`` (nodes/consumer_instance.py), served on the test
     thread as the instance's own thread serves it: its answer, or its error raised."""
     answers: list = []
     instance._serve(op, header, lambda h, err: answers.append((h, err)))

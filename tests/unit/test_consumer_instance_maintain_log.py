@@ -10,7 +10,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from nodes.consumer import Instance, InstanceHost
+from nodes.consumer_instance import Instance, InstanceHost
 
 
 class _Consumer:

@@ -1,4 +1,4 @@
-"""A consumer service's hosted instance (``nodes.consumer.Instance``): stopping it never blocks
+"""A consumer service's hosted instance (``nodes.consumer_instance.Instance``): stopping it never blocks
 the reactor, even with its command queue full, and every queued command gets an answer. Op
 headers are checked on the reactor (``check_op_header``), so what still raises on the
 instance's thread is a bug: it goes to the host, which stops the node."""
@@ -12,7 +12,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from nodes.consumer import COMMANDS_PER_INSTANCE_MAX, Instance, InstanceHost, check_op_header
+from nodes.consumer_instance import COMMANDS_PER_INSTANCE_MAX, Instance, InstanceHost, check_op_header
 from tests.unit.builders_group_consumer import (LOG_END_OFFSET, T0, BrokerRepliesReactor, OffsetsCoordinator,
                                                 OnePartitionBroker, consumer_config, serve)
 from tests.unit.fakes import ScriptedCoordinatorLink
@@ -53,11 +53,11 @@ def test_an_instance_takes_its_idle_timeout_from_its_config_or_the_host() -> Non
 
 
 def test_a_bug_on_the_instance_thread_goes_to_the_host_and_is_not_answered(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nodes.consumer
+    import nodes.consumer_instance
 
     def buggy_consumer(*args: object, **kw: object) -> None:
         raise TypeError("a bug while creating the consumer")
-    monkeypatch.setattr(nodes.consumer, "GroupConsumer", buggy_consumer)
+    monkeypatch.setattr(nodes.consumer_instance, "GroupConsumer", buggy_consumer)
     failed: list[BaseException] = []
     answers: list = []
     inst = Instance(_host(failed), "g", "i", {}, 0)

@@ -1,4 +1,4 @@
-"""What a REST consumer instance (``nodes.consumer.Instance``) auto-commits. The records of a
+"""What a REST consumer instance (``nodes.consumer_instance.Instance``) auto-commits. The records of a
 fetch answer may never reach the REST client (it timed out, the connection dropped, the
 gateway worker died mid-answer), so, as with Kafka's REST proxy, whose consumer auto-commits
 inside the *next* poll, an auto-commit (the timer in ``maintain()``, a revocation, the idle
@@ -20,10 +20,10 @@ from typing import Any, Iterator
 
 import pytest
 
-import nodes.consumer as consumer_mod
+import nodes.consumer_instance as consumer_mod
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from nodes.consumer import Instance, InstanceHost
+from nodes.consumer_instance import Instance, InstanceHost
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
                                                 consumer_config, serve)
 from tests.unit.fakes import ScriptedCoordinatorLink

@@ -18,7 +18,7 @@ from fabric.apikeys import hash_key
 from fabric.config import GatewayConfig, SecurityConfig, load_config
 from fabric.errors import RemoteError, RequestTimeout
 import nodes.gateway.agent as agent_mod
-from nodes.consumer import Instance, InstanceHost
+from nodes.consumer_instance import Instance, InstanceHost
 from nodes.gateway.agent import GatewayAgent
 from nodes.local_cluster import GATEWAY_NODES, make_config
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,

@@ -252,7 +252,7 @@ def test_joining_says_when_a_join_is_due_or_under_way(world: HeldWorld) -> None:
 def test_an_instance_maintains_its_consumer_often_while_it_joins() -> None:
     from types import SimpleNamespace
 
-    from nodes.consumer import JOIN_MAINTAIN_INTERVAL_S, MAINTAIN_INTERVAL_S, Instance, InstanceHost
+    from nodes.consumer_instance import JOIN_MAINTAIN_INTERVAL_S, MAINTAIN_INTERVAL_S, Instance, InstanceHost
     inst = Instance(InstanceHost("consumer-1", ["tcp://127.0.0.1:1"], 1000, lambda e: None), "g", "i", {}, 0)
     assert inst._maintain_interval_s() == MAINTAIN_INTERVAL_S  # no consumer yet
     inst.consumer = SimpleNamespace(joining=True)  # type: ignore[assignment]

@@ -18,7 +18,7 @@ from fabric.client.services import (ProduceResult, ServiceConsumer, ServiceProdu
                                     unpack_rows)
 from fabric.errors import MalformedFrame, RemoteError
 from fabric.records import Record, headers_bytes
-from nodes.consumer import Framed, Instance, InstanceHost, check_op_header
+from nodes.consumer_instance import Framed, Instance, InstanceHost, check_op_header
 from nodes.producer import RECORD_OVERHEAD_BYTES, ProduceIntake
 from tests.unit.builders_producer_service import assert_refused_keeping_nothing
 from tests.unit.fakes import request

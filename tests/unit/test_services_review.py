@@ -17,14 +17,15 @@ from typing import Any, Iterator
 import pytest
 
 import fabric.client.services as services_mod
-import nodes.consumer as consumer_mod
+import nodes.consumer_instance as consumer_mod
 from fabric import protocol as P
 from fabric import wire
 from fabric.client.services import ServiceConsumer, ServiceProducer, ServiceRecord, pack_rows, unpack_rows
 from fabric.config import load_config
 from fabric.errors import FabricError, RequestTimeout
 from fabric.records import Record
-from nodes.consumer import ConsumerService, Instance, InstanceHost
+from nodes.consumer import ConsumerService
+from nodes.consumer_instance import Instance, InstanceHost
 from nodes.local_cluster import GATEWAY_NODES, make_config, wait_until
 from tests.unit.fakes import NoHeartbeat, ScriptedCoordinatorLink
 
