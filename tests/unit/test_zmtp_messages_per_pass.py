@@ -249,3 +249,36 @@ def test_a_peer_that_goes_while_paused_is_forgotten_and_the_reactor_does_not_spi
         assert time.monotonic() - started >= 0.08  # nothing left ready: each pass waits its timeout
     finally:
         server.close()
+
+
+def test_the_rest_handed_on_at_a_later_pass_reaches_the_after_pass_hooks_without_waiting_in_the_poll() -> None:
+    """The rest of a paused connection is handed on by a timer (``_resume``), which runs after
+    its pass's after-pass hooks -- a broker's group commit of the produces handed on, its
+    answers to the acks=all writes a REPLICA_ACK handed on has replicated. The next pass must
+    run those hooks at once, not when the poll next wakes for something else (up to its
+    timeout: the next timer of a node, a second for a bare reactor)."""
+    reactor = Reactor()
+    (port,) = free_ports(1)
+    handed_on: list[list[bytes]] = []
+    unseen: list[list[bytes]] = []  # handed on, not yet seen by an after-pass hook
+    reactor.after_pass(unseen.clear)
+
+    def on_message(frames: list[bytes]) -> None:
+        handed_on.append(frames)
+        unseen.append(frames)
+    server = ZmtpServer(None, reactor, f"tcp://127.0.0.1:{port}", on_message)
+    flooder = _dealer(port, b"flood")
+    count = zmtp.MESSAGES_PER_PASS + 10
+    poll_timeout_ms = 10_000  # nothing else wakes the poll: no timer, no input
+    try:
+        flooder.sendall(b"".join(b"\x00\x02" + n.to_bytes(2, "big") for n in range(count)))
+        _run_until(reactor, lambda: len(handed_on) == count, "every message handed on")
+        assert server.counters["passes_over_budget"] > 0
+        start = time.monotonic()
+        reactor.run_once(poll_timeout_ms)
+        waited_s = time.monotonic() - start
+        assert not unseen
+        assert waited_s < poll_timeout_ms / 2000, f"the next pass waited {waited_s:.1f} s in the poll"
+    finally:
+        flooder.close()
+        server.close()
