@@ -80,6 +80,7 @@ class Reactor:
         self._cancelled_in_heap = 0
         self._after_pass: list[Callable[[], None]] = []
         self._stopped = False
+        self._pass_soon = False  # the next poll does not wait (pass_soon)
         self.passes = 0  # run_once calls so far: a handler's per-pass budgets start again when it moves
 
     # -- registration ------------------------------------------------------------------
@@ -133,6 +134,13 @@ class Reactor:
         """Run ``fn`` once after every drain pass (before timers): e.g. group commit."""
         self._after_pass.append(fn)
 
+    def pass_soon(self) -> None:
+        """Make the next pass's poll not wait: a timer handed on work (a paused connection's
+        buffered requests) that this pass's after-pass hooks, run before the timers, did not
+        see -- the next pass runs them at once, not when the poll next wakes for something
+        else."""
+        self._pass_soon = True
+
     def call_later(self, delay_ms: int, fn: Callable[[], None]) -> Timer:
         return self._push(Timer(self.clock.now_ms() + max(0, delay_ms), fn, None))
 
@@ -180,7 +188,8 @@ class Reactor:
 
     def run_once(self, timeout_ms_max: int = 1000) -> None:
         self.passes += 1
-        timeout = self._timeout_ms(timeout_ms_max)
+        timeout = 0 if self._pass_soon else self._timeout_ms(timeout_ms_max)
+        self._pass_soon = False
         events = self.poller.poll(timeout)
         for sock, ready in events:
             if sock.__class__ is int:  # a plain descriptor: a TCP socket or a waker

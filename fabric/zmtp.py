@@ -309,6 +309,9 @@ class ZmtpServer:
         whose buffer is done."""
         self._resume_timer = None
         paused, self._paused = self._paused, []
+        # what is handed on here comes after this pass's after-pass hooks (a broker's group
+        # commit, its answers to parked writes): the next pass runs them without waiting
+        self.reactor.pass_soon()
         for i, conn in enumerate(paused):
             conn.paused = False
             if conn.closed:
