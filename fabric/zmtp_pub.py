@@ -24,9 +24,12 @@ What a libzmq PUB's users rely on, kept:
   ignored; a peer that breaks the protocol (a bad greeting, a frame over its limit, too many
   prefixes, or of too many bytes) is disconnected, and so is one whose handshake is not done within
   ``HANDSHAKE_IVL_MS`` (libzmq's ZMQ_HANDSHAKE_IVL: silent, or greeting byte by byte);
-- at most ``CONNECTIONS_MAX`` connections: a new one takes the place of the least recently
-  active one, as at the request port (``fabric.zmtp``), so that peers which connect and stay
-  cannot lock the node's subscribers out (a SUB that is dropped connects again by itself).
+- at most ``CONNECTIONS_MAX`` connections: a new one takes the place of one still in its
+  handshake, else of the least recently active one without a subscription, else of the least
+  recently active one (as at the request port, ``fabric.zmtp``), so that peers which connect and
+  stay cannot lock the node's subscribers out, and a burst of them that never subscribes does
+  not cut the followers' replication streams, which only read once subscribed (a SUB that is
+  dropped connects again by itself).
 
 Not thread-safe: owned by the node's reactor thread.
 """
@@ -191,9 +194,8 @@ class ZmtpPublisher:
         if not data:
             if sub is None:  # a new connection
                 if len(self._subscribers) >= CONNECTIONS_MAX:
-                    idlest = next(iter(self._subscribers.values()))
                     self.counters["connections_evicted"] += 1
-                    self._close(idlest)
+                    self._close(self._eviction_victim())
                 sub = self._subscribers[conn_id] = _Subscriber(conn_id)
                 self._handshaking[conn_id] = self.reactor.clock.now_ms() + HANDSHAKE_IVL_MS
                 if self._handshake_timer is None:
@@ -211,6 +213,19 @@ class ZmtpPublisher:
             self.counters["protocol_violations"] += 1
             log.info("disconnecting a subscriber that broke ZMTP: %s", e)
             self._close(sub)
+
+    def _eviction_victim(self) -> _Subscriber:
+        """The connection that makes room for a new one at CONNECTIONS_MAX: the oldest still in
+        its handshake, else the least recently active without a subscription, else the least
+        recently active. A subscriber only reads once it has subscribed -- by its input a
+        follower's replication stream is always the idlest connection, and a burst of
+        connections that never subscribe would evict the streams first."""
+        if self._handshaking:
+            return self._subscribers[next(iter(self._handshaking))]
+        for sub in self._subscribers.values():  # a scan only at the bound, of at most CONNECTIONS_MAX
+            if not sub.prefixes:
+                return sub
+        return next(iter(self._subscribers.values()))
 
     def _expire_handshakes(self) -> None:
         """Disconnect the peers whose handshake is past its deadline; wait for the next one."""

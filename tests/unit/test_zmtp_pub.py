@@ -377,3 +377,28 @@ def test_connections_are_bounded_and_a_new_subscriber_takes_the_place_of_the_idl
     finally:
         for s in idle:
             s.close()
+
+
+@pytest.mark.parametrize("flood", ["silent", "handshaked"])
+def test_a_flood_of_connections_that_never_subscribe_does_not_evict_a_subscriber(
+        monkeypatch: pytest.MonkeyPatch, world, flood: str) -> None:  # noqa: ANN001
+    """A follower subscribes once and then only reads: by input it is always the idlest
+    connection, and a burst of connections to the port evicted the replication streams first.
+    Connections still in their handshake, then those with no subscription, make room first."""
+    monkeypatch.setattr(zmtp_pub, "CONNECTIONS_MAX", 8)
+    follower = world.libzmq(zmq.SUB, b"r|")
+    got: list = []
+    world.run_until(lambda: _drain(follower, got), publish=lambda: world.pub.send([b"r|", b"first"]))
+    (conn_id,) = [sub.conn_id for sub in world.pub._ready]  # libzmq reconnects: a new id if it is closed
+    flooders = [socket.create_connection(world.pub.address[:2]) for _ in range(30)]
+    try:
+        for s in flooders:
+            if flood == "handshaked":
+                _handshake(s, b"SUB")
+        world.run_until(lambda: world.pub.counters["connections_evicted"] >= 23)
+        assert [sub.conn_id for sub in world.pub._ready if sub.prefixes] == [conn_id]
+        world.run_until(lambda: [b"r|", b"after"] in _drain(follower, got),
+                        publish=lambda: world.pub.send([b"r|", b"after"]))
+    finally:
+        for s in flooders:
+            s.close()
