@@ -223,13 +223,16 @@ class Partition:
         dups_here: list[int] = []  # duplicates of a batch earlier in this call: as good as its write
         self.producers.begin_write()
         for i, data in enumerate(batches):
+            written_maybe = i >= len(possibly_written) or possibly_written[i]
             try:
                 h = self._validate(data, batch_bytes_max)
                 dup = self.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
-                                           possibly_written=i >= len(possibly_written) or possibly_written[i])
+                                           possibly_written=written_maybe)
             except RemoteError as e:
-                results.append((-1, e.code, e.message))
-                continue
+                dup = self._retry_over_limit(data, written_maybe) if e.code == P.RECORD_TOO_LARGE else None
+                if dup is None:
+                    results.append((-1, e.code, e.message))
+                    continue
             if dup is not None:
                 if dup >= self.log_end_offset:
                     dups_here.append(len(results))
@@ -278,6 +281,19 @@ class Partition:
         if list(offsets) != expected or (stored and self.log_end_offset != end):
             raise AssertionError(f"{self.topic}-{self.partition}: batches stored at {list(offsets)} with log end "
                                  f"{self.log_end_offset}, not contiguously at {expected} up to {end}")
+
+    def _retry_over_limit(self, data: bytes, possibly_written: bool) -> int | None:
+        """The original offset of the batch ``data`` retries, when the log holds it already and
+        only the size limit (the topic's max.message.bytes, lowered since) refused the retry;
+        None when ``data`` is no such retry (it stays refused). The limit guards what is
+        written: a retry answered record_too_large told its producer that a write in the log
+        had failed."""
+        try:
+            h = self._validate(data, len(data))
+            return self.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
+                                        possibly_written=possibly_written)
+        except RemoteError:
+            return None
 
     def _validate(self, data: bytes, batch_bytes_max: int) -> B.BatchHeader:
         if len(data) > batch_bytes_max:
