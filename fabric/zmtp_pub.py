@@ -126,7 +126,7 @@ class ZmtpPublisher:
 
     def __init__(self, reactor: Reactor, endpoint: str, counters: Counter[str] | None = None) -> None:
         self.counters: Counter[str] = counters if counters is not None else Counter()
-        # least recently active first: when the table is full, that one makes room
+        # least recently active first: the order _eviction_victim picks in when the table is full
         self._subscribers: OrderedDict[bytes, _Subscriber] = OrderedDict()
         self._ready: list[_Subscriber] = []  # handshake done: the ones a message may go to
         self._pending: list[_Subscriber] = []  # with messages published in this pass, to write at its end

@@ -29,8 +29,8 @@ Requests (every one names ``group`` and ``instance``, except CREATE without a na
     CONSUMER_LIST          {}                                         -> {instances: [{group, instance, ...}]}
 
 Each instance is a ``fabric.client.group.GroupConsumer`` driven by its own thread (its poll
-blocks; ``nodes.consumer_instance``); the reactor hands it commands through a bounded queue and gets answers back through
-a deque and an inproc wake-up socket. An instance idle for its ``idle_timeout_ms`` (default
+blocks; ``nodes.consumer_instance``); the reactor hands it commands through a bounded queue
+and gets answers back through a deque and an inproc wake-up socket. An instance idle for its ``idle_timeout_ms`` (default
 ``services.consumer_instance_idle_timeout_ms``) is closed, which leaves its group at once.
 If this whole service dies, its members stop heartbeating and the coordinator hands their
 partitions to the members living elsewhere after their session timeout.

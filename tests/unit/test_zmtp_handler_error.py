@@ -23,16 +23,22 @@ PASSES = 50
 POLL_MS = 2
 
 
-def test_a_request_whose_handler_raised_is_not_delivered_again(caplog) -> None:  # noqa: ANN001
+def _server(raising_id: int) -> tuple[Reactor, ZmtpServer, int, list[int]]:
+    """A request port whose handler records each request's id and raises (an operating error,
+    contained by the reactor) for the request ``raising_id``: (reactor, server, port, ids)."""
     reactor = Reactor(contain_handler_errors=True)
     port = free_ports(1)[0]
     delivered: list[int] = []
 
     def on_message(frames: list[bytes]) -> None:
         delivered.append(wire.unpack(frames[4])["id"])
-        if len(delivered) == 1:
+        if delivered[-1] == raising_id:
             raise FabricError("an operating error while handling it")
-    server = ZmtpServer(zmq.Context.instance(), reactor, f"tcp://127.0.0.1:{port}", on_message)
+    return reactor, ZmtpServer(zmq.Context.instance(), reactor, f"tcp://127.0.0.1:{port}", on_message), port, delivered
+
+
+def test_a_request_whose_handler_raised_is_not_delivered_again(caplog) -> None:  # noqa: ANN001
+    reactor, server, port, delivered = _server(raising_id=1)
     dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(f"tcp://127.0.0.1:{port}")
@@ -51,15 +57,7 @@ def test_a_request_whose_handler_raised_is_not_delivered_again(caplog) -> None: 
 def test_the_requests_after_one_whose_handler_raised_are_handed_on_with_nothing_more_sent(caplog) -> None:  # noqa: ANN001
     # the rest of the chunk waits in the connection's buffer: a peer that sent its requests at
     # once and waits for the answers must get them without sending anything more
-    reactor = Reactor(contain_handler_errors=True)
-    port = free_ports(1)[0]
-    delivered: list[int] = []
-
-    def on_message(frames: list[bytes]) -> None:
-        delivered.append(wire.unpack(frames[4])["id"])
-        if delivered[-1] == 2:
-            raise FabricError("an operating error while handling it")
-    server = ZmtpServer(zmq.Context.instance(), reactor, f"tcp://127.0.0.1:{port}", on_message)
+    reactor, server, port, delivered = _server(raising_id=2)
     peer = socket.create_connection(("127.0.0.1", port))
     requests = b"".join(encode_frames(wire.encode_request(P.PING, {"id": rid}), 1 << 16)[0][0] for rid in (1, 2, 3))
     try:
