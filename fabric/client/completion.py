@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from fabric.client.accumulator import RecordFutures
+    from fabric.client.futures import RecordFutures
 
 log = logging.getLogger(__name__)
 

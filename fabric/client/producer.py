@@ -22,10 +22,10 @@ from itertools import repeat
 from typing import Any, Callable, Sequence
 
 from engines import batch as B
-from fabric.client.accumulator import (BATCH_RECORDS_MAX, AccumulatorSettings, BatchState, DeliveryCallback,
-                                       RecordAccumulator, RecordFuture, RecordFutures, RecordMetadata)
+from fabric.client.accumulator import BATCH_RECORDS_MAX, AccumulatorSettings, RecordAccumulator
 from fabric.client.bootstrap import parse_bootstrap
 from fabric.client.completion import Completion
+from fabric.client.futures import BatchState, DeliveryCallback, RecordFuture, RecordFutures, RecordMetadata
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender import Sender, SenderSettings
 from fabric.clock import Clock

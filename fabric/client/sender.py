@@ -28,7 +28,7 @@ import zmq
 
 from engines import batch as B
 from fabric import protocol as P
-from fabric.client.accumulator import BatchState
+from fabric.client.futures import BatchState
 from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock

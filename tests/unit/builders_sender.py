@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fabric import protocol as P
-from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator, RecordFuture
+from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator
+from fabric.client.futures import RecordFuture
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender import Sender, SenderSettings
 from fabric.clock import ManualClock

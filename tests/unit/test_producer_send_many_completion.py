@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from fabric import protocol as P
-from fabric.client.accumulator import RecordFutures
+from fabric.client.futures import RecordFutures
 from fabric.client.completion import Completion
 from fabric.client.producer import RECORD_OVERHEAD_BYTES, Producer
 from fabric.errors import BufferExhaustedError, RecordSizeExceededError, RemoteError

@@ -116,7 +116,7 @@ def test_a_failed_piece_fails_its_records_only(rig: Rig) -> None:
 
 def test_send_many_outcomes_follow_the_pieces(rig: Rig) -> None:
     values = [b"m%d" % i for i in range(10)]
-    from fabric.client.accumulator import RecordFutures
+    from fabric.client.futures import RecordFutures
     futures = RecordFutures(rig.many(values))
     rig.payloads()
     _answer(rig, TOO_LARGE)

@@ -1,0 +1,318 @@
+"""A produced batch's state and the futures that read it: ``BatchState`` (one batch of a
+partition: its records until it is built, then its outcome and the waiters on it),
+``RecordFuture`` (one ``send``'s record: a batch and an index in it), ``RecordFutures`` (one
+``send_many``'s records: runs of them in batches) and ``RecordMetadata`` (where a record landed).
+
+The accumulator (fabric/client/accumulator.py) fills batches; the sender's I/O thread completes
+them (``complete``, ``complete_from_pieces`` for a batch sent split); the application waits on
+the futures. A future is a tuple, built without a Python-level ``__init__`` on the hot path.
+
+Thread-safety: a batch is completed once, on the sender's thread, and read-only after its event
+is set; the futures only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from itertools import repeat
+from operator import itemgetter
+from typing import Callable, Sequence
+
+from fabric.client.completion import Completion
+from fabric.errors import ClientTimeoutError, RemoteError
+from fabric.records import build_batch, build_batch_from_chunks, pack_records
+
+log = logging.getLogger(__name__)
+_timestamp = itemgetter(0)
+
+DeliveryCallback = Callable[["RecordMetadata | None", "Exception | None"], None]
+
+
+class RecordMetadata(tuple):
+    """(topic, partition, offset)."""
+
+    __slots__ = ()
+
+    def __new__(cls, topic: str, partition: int, offset: int) -> "RecordMetadata":
+        return tuple.__new__(cls, (topic, partition, offset))
+
+    topic = property(lambda self: self[0])
+    partition = property(lambda self: self[1])
+    offset = property(lambda self: self[2])
+
+
+class BatchState:
+    """One closed (or open) batch: its records and the waiters on its result."""
+
+    __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
+                 "error", "sequence", "data", "possibly_written", "deadline_ms", "callbacks", "last_error",
+                 "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
+                 "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in")
+
+    def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.records: list[tuple] = []  # (timestamp_ms, key, value, headers) appended after the chunks
+        self.chunks: list[bytes] = []   # pieces of packed runs of records (fabric.records), in order
+        self.record_count = 0           # records in chunks and records together
+        self.first_timestamp_ms = first_timestamp_ms
+        self.max_timestamp_ms = first_timestamp_ms  # of the chunks; the records' own are taken when packed
+        self.size_bytes = 0
+        self.created_ms = created_ms
+        self.event = threading.Event()
+        self.base_offset = -1
+        self.error: Exception | None = None
+        self.sequence = -1
+        self.data: bytes | None = None
+        # a send of it may be in a log: one not answered with an error for the batch itself
+        # whose base offset is -1 (the broker's "not written by this request")
+        self.possibly_written = False
+        self.deadline_ms = 0
+        self.numbered_in = -1  # the sender's producer-id generation its sequence numbers belong to
+        self.callbacks: list | None = None  # (first index, record count, callback)
+        self.last_error: RemoteError | None = None  # the last retriable error: reported if it never lands
+        self.completions: list[Completion] | None = None  # of the send_many calls with records here
+        # a batch the leader refused as too large is sent split in pieces (``split``): the
+        # pieces, in record order; a piece's batch (``parent``) and where its records start there
+        self.pieces: list[BatchState] | None = None
+        self.parent: BatchState | None = None
+        self.parent_lo = 0
+        # per record, when its pieces were not written back to back (else base_offset + index)
+        self.offsets: list[int] | None = None
+        self.errors: list[Exception | None] | None = None
+
+    def seal_records(self) -> None:
+        """Pack the records ``append`` added into a chunk (before a packed run follows them)."""
+        if self.records:
+            self.max_timestamp_ms = max(self.max_timestamp_ms, max(map(_timestamp, self.records)))
+            self.chunks += pack_records(self.records)
+            self.records = []
+
+    def build(self, *, compression: int, producer_id: int, producer_epoch: int, base_sequence: int) -> bytes:
+        """The batch's bytes (may be called again: after a producer-id reset it is renumbered)."""
+        if not self.chunks:
+            return build_batch(self.records, compression=compression, producer_id=producer_id,
+                               producer_epoch=producer_epoch, base_sequence=base_sequence)
+        self.seal_records()
+        return build_batch_from_chunks(self.chunks, self.record_count, self.first_timestamp_ms, self.max_timestamp_ms,
+                                       compression=compression, producer_id=producer_id,
+                                       producer_epoch=producer_epoch, base_sequence=base_sequence)
+
+    def split(self, records: list[tuple], producer_id: int, producer_epoch: int, compression: int) -> list[BatchState]:
+        """This batch (or piece), whose ``records`` the caller decoded from its bytes, as two
+        pieces of half its records each, built with its sequence numbers (the first piece
+        takes its base sequence, the second continues it: the batches after it keep theirs).
+        The pieces take its place among its batch's pieces; the batch completes when they all
+        have (``Sender``)."""
+        top = self.parent if self.parent is not None else self
+        half = len(records) // 2
+        pieces = []
+        for lo, hi in ((0, half), (half, len(records))):
+            c = BatchState(self.topic, self.partition, self.created_ms, records[lo][0])
+            c.records, c.record_count = records[lo:hi], hi - lo
+            c.parent, c.parent_lo = top, self.parent_lo + lo
+            c.deadline_ms, c.last_error = self.deadline_ms, self.last_error
+            c.sequence = (self.sequence + lo) & 0x7FFFFFFF if self.sequence >= 0 else -1
+            c.data = c.build(compression=compression, producer_id=producer_id, producer_epoch=producer_epoch,
+                             base_sequence=c.sequence)
+            pieces.append(c)
+        if top.pieces is None:
+            top.pieces = pieces
+            top.records, top.chunks, top.data = [], [], None  # the pieces hold the records now
+        else:
+            at = top.pieces.index(self)
+            top.pieces[at:at + 1] = pieces
+        return pieces
+
+    def complete_from_pieces(self) -> bool:
+        """Complete this batch from its pieces once all of them have completed; True if it did
+        now. Written back to back without error (the common case), it completes as one batch;
+        else each record keeps its own piece's offset and error."""
+        pieces = self.pieces
+        if self.event.is_set() or pieces is None or not all(p.event.is_set() for p in pieces):
+            return False
+        first = pieces[0].base_offset
+        if all(p.error is None and (p.base_offset == first + p.parent_lo if first >= 0 else p.base_offset < 0)
+               for p in pieces):
+            self.complete(first, None)
+            return True
+        offsets: list[int] = []
+        errors: list[Exception | None] = []
+        for p in pieces:
+            offsets += range(p.base_offset, p.base_offset + p.record_count) if p.base_offset >= 0 and p.error is None \
+                else repeat(-1, p.record_count)
+            errors += repeat(p.error, p.record_count)
+        self.offsets, self.errors = offsets, errors
+        self.complete(-1, next(e for e in errors if e is not None) if any(errors) else None)
+        return True
+
+    def outcome(self, index: int) -> tuple[int, Exception | None]:
+        """Record ``index``'s offset (-1 when failed or not known) and error."""
+        if self.errors is not None:
+            return self.offsets[index], self.errors[index]  # type: ignore[index]
+        return (_offset(self.base_offset, index) if self.error is None else -1), self.error
+
+    def complete(self, base_offset: int, error: Exception | None) -> None:
+        self.base_offset = base_offset
+        self.error = error
+        self.records = []  # free the memory; the packed data goes too
+        self.chunks = []
+        self.data = None
+        self.event.set()
+        if self.callbacks:
+            for first, count, cb in self.callbacks:
+                for index in range(first, first + count):
+                    offset, err = self.outcome(index)
+                    try:
+                        cb(None if err else RecordMetadata(self.topic, self.partition, offset), err)
+                    except Exception:  # the application's callback: logged, the other callbacks still run
+                        log.exception("delivery callback failed")
+        if self.completions:
+            for c in self.completions:
+                c.release()
+
+
+class RecordFuture(tuple):
+    """The future result of one ``send``: ``result()`` returns RecordMetadata or raises.
+    (A tuple underneath: built without a Python-level ``__init__`` on the hot path.)"""
+
+    __slots__ = ()
+
+    def __new__(cls, batch: BatchState, index: int) -> "RecordFuture":
+        return tuple.__new__(cls, (batch, index))
+
+    @property
+    def partition(self) -> int:
+        """The partition the record was queued for (known at once; delivery keeps it)."""
+        return self[0].partition
+
+    def done(self) -> bool:
+        return self[0].event.is_set()
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """Raises ``ClientTimeoutError`` if the outcome is not known within ``timeout`` seconds
+        (the record may still be delivered), else the delivery's error, if any."""
+        b = self[0]
+        if not b.event.wait(timeout):
+            raise ClientTimeoutError("no acknowledgement yet")
+        if b.errors is not None:
+            offset, error = b.outcome(self[1])
+            if error is not None:
+                raise error
+            return RecordMetadata(b.topic, b.partition, offset)
+        if b.error is not None:
+            raise b.error
+        return RecordMetadata(b.topic, b.partition, _offset(b.base_offset, self[1]))
+
+    def exception(self, timeout: float | None = None) -> Exception | None:
+        b = self[0]
+        b.event.wait(timeout)
+        return b.error if b.errors is None else b.errors[self[1]]
+
+
+Segment = tuple  # (BatchState, first index in it, record count): where a run of records went
+
+
+class RecordFutures:
+    """The outcome of one ``send_many``: the records in the order they were given.
+
+    ``len(f)``; ``f[i]`` is record i's ``RecordFuture``; ``done()``; ``result(timeout)`` waits
+    for every record and returns their ``RecordMetadata`` in order, or raises the first
+    delivery error (``ClientTimeoutError`` when not all are known within ``timeout`` seconds);
+    ``exception(timeout)`` returns that error or None; ``outcomes(timeout)`` gives every
+    record's position, partition, offset and error as lists, and ``positions`` where each
+    record was in the caller's list. Thread-safe (read-only after creation)."""
+
+    __slots__ = ("_segments", "_order", "_index")
+
+    def __init__(self, segments: list[Segment], order: Sequence[int] | None = None) -> None:
+        """``segments`` in queue order; ``order[j]`` is the position, in the caller's list, of
+        the j-th record of the segments (None: the same order)."""
+        self._segments = segments
+        self._order = order
+        self._index: list[tuple[BatchState, int]] | None = None
+
+    def __len__(self) -> int:
+        return sum(s[2] for s in self._segments)
+
+    def __getitem__(self, i: int) -> RecordFuture:
+        if self._index is None:  # (batch, index) per record in the caller's order, built once
+            self._index = self._in_callers_order(
+                [(b, k) for b, first, count in self._segments for k in range(first, first + count)])
+        b, k = self._index[i]
+        return RecordFuture(b, k)
+
+    def done(self) -> bool:
+        return all(s[0].event.is_set() for s in self._segments)
+
+    def _wait(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for b, _, _ in self._segments:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not b.event.wait(left):
+                raise ClientTimeoutError("no acknowledgement yet")
+
+    def exception(self, timeout: float | None = None) -> Exception | None:
+        self._wait(timeout)
+        for b, first, count in self._segments:
+            if b.errors is not None:
+                error = next((e for e in b.errors[first:first + count] if e is not None), None)
+                if error is not None:
+                    return error
+            elif b.error is not None:
+                return b.error
+        return None
+
+    def outcomes(self, timeout: float | None = None) -> tuple[Sequence[int], list[int], list[int], list[Exception | None]]:
+        """``(positions, partitions, offsets, errors)``: for each record, its position in the
+        list given to ``send_many``, its partition, its offset (-1 when failed or acks=0) and
+        its error (None when delivered), in queue order -- built per batch by C-level calls,
+        without an object per record. ``positions`` is a ``range`` when the records are in the
+        order given (always, except keyed records over several partitions); for the
+        ``futures`` of a ``BufferExhaustedError`` it covers only the records queued. Raises
+        ``ClientTimeoutError`` when not all are known within ``timeout`` seconds."""
+        self._wait(timeout)
+        partitions: list[int] = []
+        offsets: list[int] = []
+        errors: list[Exception | None] = []
+        for b, first, count in self._segments:
+            partitions += repeat(b.partition, count)
+            if b.errors is not None:  # a batch sent in pieces, not written back to back
+                offsets += b.offsets[first:first + count]  # type: ignore[index]
+                errors += b.errors[first:first + count]
+                continue
+            if b.error is None and b.base_offset >= 0:
+                offsets += range(b.base_offset + first, b.base_offset + first + count)
+            else:
+                offsets += repeat(-1, count)
+            errors += repeat(b.error, count)
+        return self.positions, partitions, offsets, errors
+
+    @property
+    def positions(self) -> Sequence[int]:
+        """Where the records of these futures are, in queue order, in the list given to
+        ``send_many``: a ``range`` unless keyed records went to several partitions. Known at
+        once (for the ``futures`` of a ``BufferExhaustedError``: the records queued)."""
+        n = len(self)
+        return range(n) if self._order is None else self._order[:n]
+
+    def result(self, timeout: float | None = None) -> list[RecordMetadata]:
+        error = self.exception(timeout)
+        if error is not None:
+            raise error
+        return self._in_callers_order([RecordMetadata(b.topic, b.partition, b.outcome(k)[0])
+                                       for b, first, count in self._segments for k in range(first, first + count)])
+
+    def _in_callers_order(self, items: list) -> list:
+        """``items`` (one per queued record, in queue order) in the order the caller gave the
+        records; of a call cut short by a full buffer, only the records that were queued."""
+        if self._order is None:
+            return items
+        return [item for _, item in sorted(zip(self._order[:len(items)], items), key=itemgetter(0))]
+
+
+def _offset(base_offset: int, index: int) -> int:
+    """-1 when the broker did not say (acks=0)."""
+    return base_offset + index if base_offset >= 0 else -1
