@@ -45,6 +45,8 @@ from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.roles import ROLES
 from fabric.rpc import BlockingClient
 from nodes.control import ControlServer, EventLog, control_path
+from nodes.processes import (SUPERVISED_ENV, is_loom_process, kill_group, pid_alive, process_group, send_signal,
+                             supervised_group_members, terminate_and_wait)
 from nodes.run import EXIT_CONFIG_ERROR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +56,6 @@ LOG_DIR_NAME = "logs"
 PING_TIMEOUT_MS = 500
 LOOP_INTERVAL_MS = 200           # how often the supervisor looks at its children
 STABLE_RUN_MS = 10_000          # a child that ran this long resets its backoff
-SUPERVISED_ENV = "LOOM_SUPERVISED_DATA_DIR"  # in every node's environment: the data dir of its cluster
 STOP_TIMEOUT_S = 15.0           # SIGTERM grace before SIGKILL
 LOG_TAIL_LINES_MAX = 5
 NOT_AVAILABLE = "not available in this build"
@@ -110,39 +111,6 @@ def read_pid_file(config: LoomConfig) -> dict | None:
         return json.loads(pid_file_path(config).read_text())
     except (OSError, ValueError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Is ``pid`` a running process? A zombie (exited, not yet reaped by its parent) is not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
-
-
-def is_loom_process(pid: int) -> bool:
-    """True when ``pid`` runs Loom: a node (``-m nodes.run``), the CLI (``-m nodes.cli``) or
-    the ``loom`` script. Guards against signalling a reused pid, so an argument that merely
-    contains "loom" (an editor on loom.yaml) does not count. Without /proc the answer is
-    whether the pid is alive."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return pid_alive(pid) and not Path("/proc/self").exists()
-    except OSError:
-        return pid_alive(pid)
-    args = cmdline.split(b"\0")
-    if b"nodes.run" in args or b"nodes.cli" in args:
-        return True
-    # the console script: `python …/bin/loom up` (or `loom up` run directly)
-    return any(os.path.basename(a) == b"loom" for a in args[:2])
 
 
 def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
@@ -470,91 +438,13 @@ class Supervisor:
         replace_file(pid_file_path(self.config), json.dumps(info).encode(), sync=False)
 
 
-def terminate_and_wait(pids: list[int], timeout_s: float, procs: list[subprocess.Popen] | None = None) -> list[int]:
-    """SIGTERM ``pids``, wait up to ``timeout_s`` for them to exit, SIGKILL the rest.
-    Returns the pids that needed SIGKILL. ``procs`` (our own children) are reaped."""
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    by_pid = {p.pid: p for p in procs or ()}
-
-    def alive(pid: int) -> bool:
-        proc = by_pid.get(pid)
-        return proc.poll() is None if proc is not None else pid_alive(pid)
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    killed = [p for p in pids if alive(p)]
-    for pid in killed:
-        _signal(pid, signal.SIGKILL)
-    for proc in by_pid.values():
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    return killed
-
-
 def end_group(child: Child) -> None:
     """SIGKILL whatever is left of the process group ``child``'s process led (nothing when none
     is), and forget it. A process group's id is not reused while any of its processes lives."""
     if child.group is None:
         return
-    _kill_group(child.group)
+    kill_group(child.group)
     child.group = None
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL process group ``pgid``; nothing when it has no process left."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _loom_group_members(pgid: int, data_dir: str) -> list[int]:
-    """Processes of process group ``pgid`` that a supervisor of the cluster in ``data_dir``
-    started, or that they forked (their environment says so: ``SUPERVISED_ENV``), from /proc;
-    [] without it. The group's leader may be gone (a group id is not reused while a member
-    lives), and a pid file's stale pid may name someone else's group since: only our own count."""
-    out = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for e in entries:
-        if not e.isdigit() or int(e) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{e}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid and _supervised_by(int(e), data_dir):
-            out.append(int(e))
-    return out
-
-
-def _supervised_by(pid: int, data_dir: str) -> bool:
-    """``pid``'s environment names the cluster in ``data_dir`` (``_spawn`` sets it; forks inherit it)."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return False
-    return f"{SUPERVISED_ENV}={data_dir}".encode() in environ.split(b"\0")
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def log_tail(path: Path, lines_max: int = LOG_TAIL_LINES_MAX) -> list[str]:
@@ -584,18 +474,18 @@ def stop_cluster(config: LoomConfig, timeout_s: float = 30.0, emit: Callable[[st
         if killed:
             emit(f"the supervisor did not stop within {timeout_s:.0f} s: killed it")
     elif not live_children:
-        orphans = [m for g in children for m in _loom_group_members(g, str(config.cluster.data_dir))]
+        orphans = [m for g in children for m in supervised_group_members(g, str(config.cluster.data_dir))]
         for m in orphans:  # a dead node's forked worker (a gateway's, holding its ports)
-            _signal(m, signal.SIGKILL)
+            send_signal(m, signal.SIGKILL)
         pid_file_path(config).unlink(missing_ok=True)
         return bool(orphans)
     # Children the supervisor could not stop (or orphans of a killed supervisor).
     left = [p for p in children if pid_alive(p) and is_loom_process(p)]
     if left:
         emit(f"stopping {len(left)} nodes left behind: {', '.join(map(str, left))}")
-        groups = [p for p in left if _pgid(p) == p]  # each node leads a group of its own (_spawn)
+        groups = [p for p in left if process_group(p) == p]  # each node leads a group of its own (_spawn)
         terminate_and_wait(left, STOP_TIMEOUT_S)
         for g in groups:  # and what it forked (a gateway's worker holding its ports)
-            _kill_group(g)
+            kill_group(g)
     pid_file_path(config).unlink(missing_ok=True)
     return True

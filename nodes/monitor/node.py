@@ -41,7 +41,8 @@ from fabric.metrics import Sample, decode_samples
 from fabric.roles import HTTP, ROLES
 from fabric.rpc import RpcClient, make_socket
 from nodes.base import Node
-from nodes.launcher import pid_alive, role_available
+from nodes.launcher import role_available
+from nodes.processes import pid_alive
 from nodes.monitor import health as H
 from nodes.monitor.alerts import FIRING, Alert, AlertBook
 from nodes.monitor.cluster import ClusterFacts

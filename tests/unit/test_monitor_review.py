@@ -19,7 +19,7 @@ from fabric.clock import ManualClock
 from fabric.config import load_config
 from fabric.metrics import Sample
 from fabric.reactor import Reactor
-from nodes.launcher import pid_alive
+from nodes.processes import pid_alive
 from nodes.local_cluster import make_config
 from nodes.monitor import Monitor
 from nodes.monitor import health as H

@@ -63,11 +63,11 @@ def test_loom_down_on_a_stale_pid_file_kills_nothing_of_a_group_that_is_not_ours
     job = subprocess.Popen(["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(30)' -m nodes.cli & wait"],
                            start_new_session=True)  # a job leader (not Loom) and its `loom` CLI
     killed: list[int] = []
-    monkeypatch.setattr(launcher, "_signal", lambda pid, sig: killed.append(pid))
+    monkeypatch.setattr(launcher, "send_signal", lambda pid, sig: killed.append(pid))
     try:
         deadline = time.monotonic() + 10
         while not (cli := [int(p) for p in os.listdir("/proc") if p.isdigit() and p != str(job.pid)
-                           and launcher._pgid(int(p)) == job.pid and launcher.is_loom_process(int(p))]):
+                           and launcher.process_group(int(p)) == job.pid and launcher.is_loom_process(int(p))]):
             assert time.monotonic() < deadline, "the job's loom CLI did not start"
             time.sleep(0.02)
         dead_supervisor = subprocess.Popen([sys.executable, "-c", "pass"])
