@@ -18,13 +18,9 @@ Inbound bound: simple_websocket's reader thread queues every message it reads, w
 ``ws_guard.InboxGate`` makes it read from the network only while few messages wait for the
 route: a client sending faster than its route takes messages is held back by TCP.
 
-Backpressure: everything a client is sent goes through its ``Outbox`` -- a bounded queue
-(``gateway.ws_send_queue_max`` messages) drained by one sender thread. When the queue stays
-full for ``gateway.ws_slow_client_timeout_ms`` the client is too slow: the queue is dropped,
-the client gets close code 1013 ("try again later") with a reason, and if it does not even
-read that within ``CLOSE_GRACE_S`` its socket is shut down. So a slow client costs at most
-its queue and its (bounded) socket buffers, never the gateway's memory. Each connection also
-sets a small kernel send buffer (``SOCKET_SNDBUF_BYTES``).
+Backpressure: everything a client is sent goes through its ``Outbox`` (webui/ws_outbox.py): a
+bounded queue drained by one sender thread; a client too slow to drain it is closed with 1013.
+Each connection also sets a small kernel send buffer (``SOCKET_SNDBUF_BYTES``).
 
 Threads: each connection holds one gunicorn worker thread (the route) and one sender thread;
 at most ``gateway.websockets_max`` connections are open at once (more are closed with 1013).
@@ -36,27 +32,24 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
 from typing import Any, Callable
 
 from flask import Flask, request
 from flask_sock import Sock
-from simple_websocket import ConnectionClosed
 
 from webui.auth import Principal, rate_limit_client, retry_after_s
 from webui.context import Gateway
 from webui.events import EVENTS_QUEUE_MAX
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import ACKS, encode_records, offsets_json, records_json
-from webui.spec import Op, dumps, loads_json
+from webui.spec import Op, loads_json
 from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, SocketsPer
+from webui.ws_outbox import TRY_AGAIN_LATER, Closed, Outbox
 
 log = logging.getLogger(__name__)
 
 AUTH_TIMEOUT_S = 10.0
-CLOSE_GRACE_S = 5.0
 POLICY = 1008            # policy violation: auth, bad messages, too many unanswered messages
-TRY_AGAIN_LATER = 1013   # the client cannot keep up
 FETCH_TIMEOUT_MS = 500
 # /ws/consume: a fetch's wait while the stream's consumer is not positioned, so that "ready"
 # goes out at most this long after it is (a 500 ms wait held it back with nothing to send)
@@ -67,9 +60,6 @@ PENDING_AUTH_SHARE = 4   # one address may hold 1/4 of the slots with sockets no
 AUTO_COMMIT_INTERVAL_S = 5.0  # /ws/consume: what went out to the client is committed this often
 SOCKET_SNDBUF_BYTES = 256 * 1024
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
-# what one client's send queue may hold, whatever the message count (a message larger than
-# this is still taken when the queue is empty): a consume message can carry FETCH_BYTES_MAX
-OUTBOX_BYTES_MAX = 4 * 1024 * 1024
 
 
 DESCRIPTION = {
@@ -91,104 +81,6 @@ DESCRIPTION = {
                     "1013": "client too slow, too many sockets (in all, or of one key), or too many from one address "
                             "waiting for their key"},
 }
-
-
-class Closed(Exception):
-    """The connection is over (closed by either side); the route returns."""
-
-
-class Outbox:
-    """A send queue bounded in messages (``queue_max``) and bytes (``OUTBOX_BYTES_MAX``), and
-    the thread that drains it into the WebSocket. Thread-safe."""
-
-    def __init__(self, ws: Any, queue_max: int, slow_timeout_s: float) -> None:
-        self.ws, self.queue_max, self.slow_timeout_s = ws, queue_max, slow_timeout_s
-        self._q: deque[tuple[str, Any]] = deque()  # JSON text, its mark
-        self._chars = 0  # of the texts in _q
-        self._cond = threading.Condition()
-        self._closing: tuple[int, str] | None = None
-        self.done = threading.Event()
-        self.dropped_messages = 0
-        # the marks of messages that went out whole (put(..., mark=)), for take_sent_marks
-        self._sent_marks: list[Any] = []
-        self._thread = threading.Thread(target=self._run, name="loom-ws-sender", daemon=True)
-        self._thread.start()
-
-    def put(self, message: dict, mark: Any = None) -> None:
-        """Queue a message; waits while the queue is full, up to slow_timeout_s, then closes
-        the connection with 1013 and raises Closed. ``mark`` (not None) comes back from
-        ``take_sent_marks`` once the message went out whole."""
-        text = dumps(message).decode()
-        deadline = time.monotonic() + self.slow_timeout_s
-        with self._cond:
-            while self._full(len(text)) and self._closing is None and not self.done.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            if self._closing is not None or self.done.is_set():
-                raise Closed()
-            if not self._full(len(text)):
-                self._q.append((text, mark))
-                self._chars += len(text)
-                self._cond.notify_all()
-                return
-            queued, chars = len(self._q), self._chars
-        self.close(TRY_AGAIN_LATER, f"client too slow: {queued} messages ({chars} bytes) waited over "
-                                    f"{self.slow_timeout_s * 1000:.0f} ms")
-        raise Closed()
-
-    def take_sent_marks(self) -> list[Any]:
-        """The marks of the messages sent since the last call, in order."""
-        with self._cond:
-            marks, self._sent_marks = self._sent_marks, []
-        return marks
-
-    def _full(self, chars: int) -> bool:
-        """Whether a text of ``chars`` must wait (never when the queue is empty). Under _cond."""
-        return bool(self._q) and (len(self._q) >= self.queue_max or self._chars + chars > OUTBOX_BYTES_MAX)
-
-    def close(self, code: int, reason: str) -> None:
-        """Drop what is queued, send a close frame after the message being sent, and cut the
-        socket when the client does not take it within CLOSE_GRACE_S."""
-        with self._cond:
-            if self._closing is None:
-                self.dropped_messages += len(self._q)
-                self._q.clear()
-                self._chars = 0
-                self._closing = (code, reason[:120])
-            self._cond.notify_all()
-        if not self.done.wait(CLOSE_GRACE_S):
-            try:
-                self.ws.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.done.wait(CLOSE_GRACE_S)
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._q and self._closing is None:
-                        self._cond.wait()
-                    if self._closing is not None:
-                        code, reason = self._closing
-                        break
-                    text, mark = self._q.popleft()
-                    self._chars -= len(text)
-                    self._cond.notify_all()
-                self.ws.send(text)
-                if mark is not None:
-                    with self._cond:
-                        self._sent_marks.append(mark)
-            if self.ws.connected:
-                self.ws.close(code, reason)
-        except (ConnectionClosed, OSError):
-            pass
-        finally:
-            self.done.set()
-            with self._cond:
-                self._cond.notify_all()
 
 
 def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
@@ -528,4 +420,4 @@ def _events(ws: Any, out: Outbox, gw: Gateway) -> None:
         sub.close()
 
 
-__all__ = ["install", "Outbox"]
+__all__ = ["install"]

@@ -13,7 +13,7 @@ import pkgutil
 from fabric.errors import LoomError
 
 PACKAGES = ("engines", "fabric", "nodes", "webui")
-CONTROL_FLOW = {"webui.ws.Closed"}  # a WebSocket's send loop ends; caught where it is raised
+CONTROL_FLOW = {"webui.ws_outbox.Closed"}  # a WebSocket's stream ends; caught by its route (webui/ws.py)
 STOPS_THE_NODE = {"engines.api.StorageFailed"}  # nodes/run.py exits on it (EXIT_STORAGE_FAILED)
 
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from webui.ws import OUTBOX_BYTES_MAX, TRY_AGAIN_LATER, Closed, Outbox
+from webui.ws_outbox import OUTBOX_BYTES_MAX, TRY_AGAIN_LATER, Closed, Outbox
 
 
 class StuckSocket:

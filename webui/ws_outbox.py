@@ -1,0 +1,128 @@
+"""A WebSocket's send queue (webui/ws.py's routes write to it, one thread sends).
+
+Everything a WebSocket client is sent goes through its ``Outbox``: a bounded queue
+(``gateway.ws_send_queue_max`` messages) drained by one sender thread. When the queue stays
+full for ``gateway.ws_slow_client_timeout_ms`` the client is too slow: the queue is dropped,
+the client gets close code 1013 ("try again later") with a reason, and if it does not even
+read that within ``CLOSE_GRACE_S`` its socket is shut down. So a slow client costs at most
+its queue and its (bounded) socket buffers, never the gateway's memory.
+
+Thread-safety: ``put`` and ``close`` from any thread; the sender thread is the Outbox's own.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from simple_websocket import ConnectionClosed
+
+from webui.spec import dumps
+
+CLOSE_GRACE_S = 5.0
+TRY_AGAIN_LATER = 1013   # the client cannot keep up
+# what one client's send queue may hold, whatever the message count (a message larger than
+# this is still taken when the queue is empty): a consume message (webui/ws.py) can carry
+# FETCH_BYTES_MAX, 2 MiB
+OUTBOX_BYTES_MAX = 4 * 1024 * 1024
+
+
+class Closed(Exception):
+    """The connection is over (closed by either side); the route returns."""
+
+
+class Outbox:
+    """A send queue bounded in messages (``queue_max``) and bytes (``OUTBOX_BYTES_MAX``), and
+    the thread that drains it into the WebSocket. Thread-safe."""
+
+    def __init__(self, ws: Any, queue_max: int, slow_timeout_s: float) -> None:
+        self.ws, self.queue_max, self.slow_timeout_s = ws, queue_max, slow_timeout_s
+        self._q: deque[tuple[str, Any]] = deque()  # JSON text, its mark
+        self._chars = 0  # of the texts in _q
+        self._cond = threading.Condition()
+        self._closing: tuple[int, str] | None = None
+        self.done = threading.Event()
+        self.dropped_messages = 0
+        # the marks of messages that went out whole (put(..., mark=)), for take_sent_marks
+        self._sent_marks: list[Any] = []
+        self._thread = threading.Thread(target=self._run, name="loom-ws-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, message: dict, mark: Any = None) -> None:
+        """Queue a message; waits while the queue is full, up to slow_timeout_s, then closes
+        the connection with 1013 and raises Closed. ``mark`` (not None) comes back from
+        ``take_sent_marks`` once the message went out whole."""
+        text = dumps(message).decode()
+        deadline = time.monotonic() + self.slow_timeout_s
+        with self._cond:
+            while self._full(len(text)) and self._closing is None and not self.done.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._closing is not None or self.done.is_set():
+                raise Closed()
+            if not self._full(len(text)):
+                self._q.append((text, mark))
+                self._chars += len(text)
+                self._cond.notify_all()
+                return
+            queued, chars = len(self._q), self._chars
+        self.close(TRY_AGAIN_LATER, f"client too slow: {queued} messages ({chars} bytes) waited over "
+                                    f"{self.slow_timeout_s * 1000:.0f} ms")
+        raise Closed()
+
+    def take_sent_marks(self) -> list[Any]:
+        """The marks of the messages sent since the last call, in order."""
+        with self._cond:
+            marks, self._sent_marks = self._sent_marks, []
+        return marks
+
+    def _full(self, chars: int) -> bool:
+        """Whether a text of ``chars`` must wait (never when the queue is empty). Under _cond."""
+        return bool(self._q) and (len(self._q) >= self.queue_max or self._chars + chars > OUTBOX_BYTES_MAX)
+
+    def close(self, code: int, reason: str) -> None:
+        """Drop what is queued, send a close frame after the message being sent, and cut the
+        socket when the client does not take it within CLOSE_GRACE_S."""
+        with self._cond:
+            if self._closing is None:
+                self.dropped_messages += len(self._q)
+                self._q.clear()
+                self._chars = 0
+                self._closing = (code, reason[:120])
+            self._cond.notify_all()
+        if not self.done.wait(CLOSE_GRACE_S):
+            try:
+                self.ws.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.done.wait(CLOSE_GRACE_S)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._q and self._closing is None:
+                        self._cond.wait()
+                    if self._closing is not None:
+                        code, reason = self._closing
+                        break
+                    text, mark = self._q.popleft()
+                    self._chars -= len(text)
+                    self._cond.notify_all()
+                self.ws.send(text)
+                if mark is not None:
+                    with self._cond:
+                        self._sent_marks.append(mark)
+            if self.ws.connected:
+                self.ws.close(code, reason)
+        except (ConnectionClosed, OSError):
+            pass
+        finally:
+            self.done.set()
+            with self._cond:
+                self._cond.notify_all()
