@@ -112,7 +112,7 @@ def decode_entries(value: bytes) -> list[Entry]:
     for e in raw:
         # the topic id, 7th, is absent from snapshots older than it
         if not (isinstance(e, list) and len(e) in (6, 7) and isinstance(e[0], str) and isinstance(e[1], str)
-                and isinstance(e[2], int) and isinstance(e[3], int)):
+                and isinstance(e[2], int) and isinstance(e[3], int) and isinstance(e[5], int)):
             raise ValueError(f"bad snapshot entry {e!r}")
-        out.append((e[0], e[1], e[2], e[3], str(e[4]), int(e[5]), str(e[6]) if len(e) == 7 else ""))
+        out.append((e[0], e[1], e[2], e[3], str(e[4]), e[5], str(e[6]) if len(e) == 7 else ""))
     return out

@@ -52,6 +52,10 @@ def test_commits_tombstones_and_snapshots_decode() -> None:
     (_key("g", "t", 0), _key("x", "", 1)),  # an offset that is not a number
     (None, _key(1, "", 1)),                # no key
     (_key("g", "t", 0), b"\x93\x01"),      # a truncated value
+    # a snapshot entry whose commit time is not an integer (int() of an infinite float raised
+    # OverflowError, which stopped the coordinator at every start while the record was in the log)
+    (_key(S.SNAPSHOT_KEY_TAG, "s", 0, True), _key(["g", "t", 0, 5, "", float("inf")])),
+    (_key(S.SNAPSHOT_KEY_TAG, "s", 0, True), _key(["g", "t", 0, 5, "", "9"])),
 ])
 def test_a_record_that_cannot_be_read_is_counted_logged_and_skipped(
         key: bytes | None, value: bytes, caplog: pytest.LogCaptureFixture) -> None:
