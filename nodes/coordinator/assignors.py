@@ -11,13 +11,14 @@ Pure functions; thread-safe.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, Collection, Mapping
 
 TopicPartition = tuple[str, int]
 Assignment = dict[str, list[TopicPartition]]
+Subscriptions = Mapping[str, Collection[str]]   # member -> its topics (the coordinator hands in sets)
 
 
-def range_assign(subscriptions: dict[str, list[str]], partitions: dict[str, int],
+def range_assign(subscriptions: Subscriptions, partitions: dict[str, int],
                  previous: Assignment | None = None) -> Assignment:
     """Per topic, members (sorted by id) get contiguous ranges; the first ones one more."""
     out: Assignment = {m: [] for m in subscriptions}
@@ -35,7 +36,7 @@ def range_assign(subscriptions: dict[str, list[str]], partitions: dict[str, int]
     return {m: sorted(tps) for m, tps in out.items()}
 
 
-def round_robin_assign(subscriptions: dict[str, list[str]], partitions: dict[str, int],
+def round_robin_assign(subscriptions: Subscriptions, partitions: dict[str, int],
                        previous: Assignment | None = None) -> Assignment:
     """Every partition of every topic, in order, dealt to the members in turn (skipping
     members not subscribed to that partition's topic)."""
@@ -55,7 +56,7 @@ def round_robin_assign(subscriptions: dict[str, list[str]], partitions: dict[str
     return out
 
 
-def sticky_assign(subscriptions: dict[str, list[str]], partitions: dict[str, int],
+def sticky_assign(subscriptions: Subscriptions, partitions: dict[str, int],
                   previous: Assignment | None = None) -> Assignment:
     """Balanced like round-robin, but a member keeps the partitions it had where possible:
     only the excess of over-full members and the orphans of departed members move."""
@@ -90,7 +91,7 @@ def sticky_assign(subscriptions: dict[str, list[str]], partitions: dict[str, int
     return {m: sorted(tps) for m, tps in out.items()}
 
 
-def _rebalance_sticky(out: Assignment, subscriptions: dict[str, list[str]]) -> None:
+def _rebalance_sticky(out: Assignment, subscriptions: Subscriptions) -> None:
     """Move single partitions from the fullest to the emptiest member while that narrows
     the spread to more than one (bounded: each move strictly reduces the imbalance)."""
     for _ in range(sum(len(v) for v in out.values()) + 1):
@@ -114,7 +115,7 @@ ASSIGNORS: dict[str, Callable[..., Assignment]] = {
 DEFAULT_ASSIGNOR = "range"
 
 
-def assign(strategy: str, subscriptions: dict[str, list[str]], partitions: dict[str, int],
+def assign(strategy: str, subscriptions: Subscriptions, partitions: dict[str, int],
            previous: Assignment | None = None) -> Assignment:
     """Run the named assignor. Raises KeyError for an unknown name (validated at join)."""
     result = ASSIGNORS[strategy](subscriptions, partitions, previous)

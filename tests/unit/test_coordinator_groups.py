@@ -11,7 +11,10 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
+from nodes.coordinator import groups as groups_module
+from nodes.coordinator.assignors import assign
 from nodes.coordinator.groups import GroupCoordinator
+from nodes.coordinator.store import PartitionState, TopicState
 from tests.unit.fakes import (FakeGroupContext, admin_commit, group_coordinator, loaded_group_coordinator, request,
                               two_partition_state)
 
@@ -124,3 +127,67 @@ def test_a_member_heartbeating_with_the_generation_it_knows_keeps_its_session_wh
     assert a["member_id"] in gc.groups["g"].members and gc.groups["g"].generation == 2
     synced = gc._on_sync(request(P.SYNC_GROUP, group="g", member_id=a["member_id"], generation=2))
     assert synced["assignment"]
+
+
+# -- the tick and a rebalance do not redo work per member and subscribed topic ------------------------
+class _CountedTopics(list):
+    """A member's topics that count how often they are read through."""
+
+    reads = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        _CountedTopics.reads += 1
+        return super().__iter__()
+
+
+def _stable(gc: GroupCoordinator, topics: list[str]) -> dict:
+    req = request(P.JOIN_GROUP, group="g", member_id="", client_id="a", topics=topics, session_timeout_ms=10_000,
+                  rebalance_timeout_ms=10_000)
+    assert gc._on_join(req) is DEFER
+    return gc.context.server.answer(req)  # type: ignore[attr-defined]
+
+
+def test_ticks_compare_a_stable_groups_partition_counts_only_when_a_subscribed_topic_changed() -> None:
+    """Every 100 ms tick gathered every stable group's members' topics again: 2,000 groups of
+    one member subscribed to 1,000 topics took 90 ms of each tick."""
+    gc, context, _ = _loaded_without_offsets_topic()
+    a = _stable(gc, ["t", "u"])
+    member = gc.groups["g"].members[a["member_id"]]
+    member.topics = _CountedTopics(member.topics)
+    gc.tick()  # the first tick after the assignment compares
+    _CountedTopics.reads = 0
+    for _ in range(10):
+        context.reactor.clock.advance(100)
+        gc.tick()
+    assert _CountedTopics.reads == 0
+    context.state.topics["other"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3])])
+    gc.tick()
+    assert gc.groups["g"].state == "Stable", "a topic nobody subscribes to changes nothing"
+    context.state.topics["u"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3])])
+    gc.tick()
+    assert gc.groups["g"].state == "PreparingRebalance", "a subscribed topic made: its partitions are assigned"
+
+
+def test_a_topic_made_again_between_an_assignment_and_the_next_tick_is_still_assigned() -> None:
+    gc, context, _ = _loaded_without_offsets_topic()
+    context.state.topics["u"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3])])
+    gc.tick()
+    del context.state.topics["u"]  # deleted ...
+    _stable(gc, ["t", "u"])          # ... assigned without it ...
+    context.state.topics["u"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3])])  # ... made again
+    gc.tick()  # the same counts as at the tick before: only the comparison after the assignment sees it
+    assert gc.groups["g"].state == "PreparingRebalance"
+
+
+def test_the_assignor_gets_each_members_topics_as_a_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The assignors ask "does this member subscribe to this topic?" per topic and member: on
+    lists a range rebalance of 500 members subscribed to 1,000 topics took 3 s of the reactor."""
+    seen: list = []
+
+    def spy(strategy: str, subscriptions: dict, partitions: dict, previous: dict | None = None) -> dict:
+        seen.extend(subscriptions.values())
+        return assign(strategy, subscriptions, partitions, previous)
+    monkeypatch.setattr(groups_module, "assign", spy)
+    gc, _, _ = _loaded_without_offsets_topic()
+    _stable(gc, ["t", "u"])
+    assert seen and all(isinstance(topics, (set, frozenset)) for topics in seen)
