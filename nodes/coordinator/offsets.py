@@ -465,20 +465,25 @@ class OffsetStore:
         assert queue.items and queue.items[0] is job
         queue.items.popleft()
         queue.busy, queue.snapshot_queued, job.finished = False, False, True
-        if ok:
-            # remembered only once every record is acknowledged: a load never starts at a
-            # snapshot that is not whole
-            self.context.state.offsets_snapshots[q] = [job.start_offset, job.snapshot_id, self.reactor.clock.wall_ms()]
-            self.context.save_state()
-            queue.records_since_snapshot = 0  # nothing was appended meanwhile: the queue was busy
-            queue.last_snapshot_ms = self.reactor.clock.now_ms()
-            self.counters["offsets_snapshots"] += 1
-            log.info("%s-%d snapshot %s at offset %d (%d records)", OFFSETS_TOPIC, q, job.snapshot_id,
-                     job.start_offset, len(job.records or ()))
-            self._maybe_enable_retention()
-        else:
-            self.counters["offsets_snapshots_abandoned"] += 1
-        self._pump(q)
+        try:
+            if ok:
+                # remembered only once every record is acknowledged: a load never starts at a
+                # snapshot that is not whole
+                self.context.state.offsets_snapshots[q] = [job.start_offset, job.snapshot_id,
+                                                           self.reactor.clock.wall_ms()]
+                # taken before the write: one that fails (a full disk; the pointer goes with the
+                # next write of the state) must not have the next tick write the snapshot again
+                queue.records_since_snapshot = 0  # nothing was appended meanwhile: the queue was busy
+                queue.last_snapshot_ms = self.reactor.clock.now_ms()
+                self.counters["offsets_snapshots"] += 1
+                log.info("%s-%d snapshot %s at offset %d (%d records)", OFFSETS_TOPIC, q, job.snapshot_id,
+                         job.start_offset, len(job.records or ()))
+                self.context.save_state()
+                self._maybe_enable_retention()
+            else:
+                self.counters["offsets_snapshots_abandoned"] += 1
+        finally:
+            self._pump(q)  # the commits queued behind the snapshot, also after a failed write
 
     def _maybe_enable_retention(self) -> None:
         """An offsets topic made before snapshots existed is kept forever; once every partition

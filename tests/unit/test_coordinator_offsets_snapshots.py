@@ -10,6 +10,7 @@ import msgpack
 import pytest
 
 from engines import batch as B
+from engines.api import StorageFull
 from fabric import protocol as P
 from fabric.records import build_batch
 from nodes.coordinator import snapshots as S
@@ -28,8 +29,10 @@ def _groups_of_partition(q: int, n: int) -> list[str]:
     return out
 
 
-def test_snapshot_after_n_commits_holds_every_offset_of_its_partition_and_is_remembered(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _snapshot_after_three_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """A loaded coordinator after three commits of offsets partition 0 (offsets 10, 11, 12 of
+    three groups) and the tick that sends its snapshot (unanswered):
+    (gc, context, client, groups, the snapshot's PRODUCE)."""
     monkeypatch.setattr(S, "SNAPSHOT_COMMIT_RECORDS", 3)
     gc, context, client = loaded_group_coordinator(tmp_path)
     groups = _groups_of_partition(0, 3)
@@ -37,6 +40,12 @@ def test_snapshot_after_n_commits_holds_every_offset_of_its_partition_and_is_rem
         admin_commit(gc, client, g, 10 + i, base_offset=i)
     gc.tick()
     (snap,) = client.of(P.PRODUCE)[3:]
+    return gc, context, client, groups, snap
+
+
+def test_snapshot_after_n_commits_holds_every_offset_of_its_partition_and_is_remembered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gc, context, client, groups, snap = _snapshot_after_three_commits(tmp_path, monkeypatch)
     assert snap[1]["acks"] == -1 and snap[1]["parts"] == [[OFFSETS_TOPIC, 0]]
     (record,) = offsets_records(snap[2][0])
     ident, index, last = S.parse_key(record.key)
@@ -149,3 +158,25 @@ def test_offsets_topic_from_before_snapshots_gets_its_retention_once_every_parti
         cb({"results": [[0, 0, "", 0]]}, [], None)
     assert len(snaps) == 3
     assert StateStore(tmp_path).load().topics[OFFSETS_TOPIC].configs["retention.ms"] == S.OFFSETS_RETENTION_MS
+
+
+def test_a_snapshot_whose_pointer_cannot_be_stored_is_not_written_again_at_every_tick(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state write after a snapshot failed (a full disk on the coordinator): the snapshot
+    was still due, so each tick appended the whole partition's offsets to the log again, and the
+    commits queued behind the snapshot waited for a commit that came later to send them."""
+    gc, context, client, groups, snap = _snapshot_after_three_commits(tmp_path, monkeypatch)
+    late = admin_commit(gc, client, groups[0], 20, ack=False)  # queued behind the snapshot
+
+    def full(_state: object) -> None:
+        raise StorageFull("No space left on device")
+    monkeypatch.setattr(context.store, "save", full)
+    with pytest.raises(StorageFull):  # logged by the reactor; the coordinator serves on
+        snap[3]({"results": [[3, 0, "", 0]]}, [], None)
+    assert len(client.of(P.PRODUCE)) == 5, "the commit queued behind the snapshot was not sent"
+    ack_last_produce(client, 4)
+    assert context.server.answer(late) == {"group": groups[0], "committed": 1}
+    for _ in range(30):
+        context.reactor.clock.advance(100)
+        gc.tick()
+    assert len(client.of(P.PRODUCE)) == 5, "the snapshot was written again at every tick"
