@@ -29,7 +29,7 @@ Kafka's eager protocol with coordinator-side assignment:
 - At most ``GROUPS_MAX`` groups (with members or only committed offsets); a join or an
   administrative commit that would make one more gets ``buffer_full``.
 - LIST_GROUPS -> ``{groups: [{group, state, generation, assignor, members}]}``;
-  DESCRIBE_GROUPS ``{groups: [...]}`` -> ``{groups: [{group, state, generation, assignor,
+  DESCRIBE_GROUPS ``{groups: [...]}`` (each group once) -> ``{groups: [{group, state, generation, assignor,
   leader, members: [{member_id, client_id, host, topics, assignment}], offsets: [[t, p, o]]}]}``;
   DELETE_GROUP ``{group}`` (only without active members; its offsets are deleted).
 
@@ -493,7 +493,7 @@ class GroupCoordinator:
         if len(names) > P.GROUPS_MAX or not all(isinstance(n, str) for n in names):
             raise RemoteError(P.MALFORMED_REQUEST, "groups must be a list of group ids")
         out = []
-        for gid in names:
+        for gid in dict.fromkeys(names):  # each once: a group named thousands of times was described as often
             d = self._summary(gid)
             g = self.groups.get(gid)
             d["leader"] = g.leader if g else None
