@@ -374,11 +374,13 @@ class GroupCoordinator:
 
     def _check_room_for_group(self, gid: str) -> None:
         """Raise buffer_full if ``gid`` would be one group more than ``GROUPS_MAX`` (groups with
-        members and groups that only have committed offsets count alike)."""
+        members, groups that only have committed offsets and groups whose first commit is being
+        written count alike)."""
         offsets = self.offsets
         if gid in self.groups or gid in offsets.table or offsets.has_in_flight(gid):
             return  # held already (also by offsets of a deleted topic only: it counts below)
-        held = len(self.groups) + sum(1 for g in offsets.table if g not in self.groups)
+        held = len(self.groups) + sum(1 for g in offsets.table if g not in self.groups) + sum(
+            1 for g in offsets.groups_in_flight() if g not in self.groups and g not in offsets.table)
         if held >= P.GROUPS_MAX:
             raise RemoteError(P.BUFFER_FULL, f"the coordinator already holds {P.GROUPS_MAX} groups")
 

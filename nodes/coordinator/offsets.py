@@ -159,6 +159,10 @@ class OffsetStore:
     def has_in_flight(self, group: str) -> bool:
         return group in self._in_flight
 
+    def groups_in_flight(self) -> list[str]:
+        """The groups with a commit (or deletion) queued or being written."""
+        return list(self._in_flight)
+
     def unstable(self, group: str, partitions: list[TopicPartition] | None) -> list[TopicPartition]:
         """The partitions (all of the group's with None) that a commit in flight may change."""
         pending = self._in_flight.get(group)

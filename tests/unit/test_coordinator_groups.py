@@ -203,3 +203,15 @@ def test_describe_answers_a_group_named_many_times_once() -> None:
     assert [d["group"] for d in out["groups"]] == ["g", "h"]
     assert len(out["groups"][0]["members"]) == 1 and out["groups"][1]["state"] == "Dead"
 
+def test_admin_commits_in_flight_count_towards_the_groups_limit(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups whose first commit was still being written were not counted: commits of new
+    groups sent together all passed, up to PENDING_COMMITS_MAX groups past the limit."""
+    monkeypatch.setattr(P, "GROUPS_MAX", 2)
+    gc, _, client = loaded_group_coordinator(tmp_path)
+    admin_commit(gc, client, "a", 1, ack=False)
+    admin_commit(gc, client, "b", 1, ack=False)
+    with pytest.raises(RemoteError) as e:
+        gc._on_offset_commit(request(P.OFFSET_COMMIT, group="c", generation=-1, offsets=[["t", 0, 1]]))
+    assert e.value.code == P.BUFFER_FULL
+    admin_commit(gc, client, "a", 2, ack=False)  # a group held already still commits
