@@ -26,7 +26,7 @@ ALTER_TOPIC = b"ALTER_TOPIC"      # coordinator: add partitions, change configs
 # partition_epoch, isr}]}: see nodes/coordinator/alter_isr.py
 ALTER_ISR = b"ALTER_ISR"
 BROKER_REGISTER = b"REGISTER"     # broker -> coordinator at start: my id and process incarnation
-PRODUCE = b"PRODUCE"              # broker
+PRODUCE = b"PRODUCE"              # broker; header {acks, timeout_ms, parts, topic_ids?, internal?}
 FETCH = b"FETCH"                  # broker: consumers and follower replicas
 LIST_OFFSETS = b"LIST_OFFSETS"    # broker
 INIT_PRODUCER_ID = b"INIT_PID"    # coordinator: allocate an idempotent producer id
@@ -227,6 +227,11 @@ OWNED_FRAME_BYTES_MIN = 1024
 # the rest of the reply: one such round trip per reply, not per batch.
 REPLY_ZERO_COPY_BYTES_MIN = 256 * 1024
 TOPIC_NAME_LEN_MAX = 249
+# Topics named so are the cluster's own (``__consumer_offsets``): made by the coordinator, never
+# over the wire, and written only by it -- a PRODUCE to one is refused (``invalid_topic``) unless
+# its header says ``internal: true``, which only the coordinator's offsets client sends (Kafka's
+# "cannot append to internal topic"); reading one is allowed
+INTERNAL_TOPIC_PREFIX = "__"
 PARTITIONS_MAX = 10_000
 ALTER_ISR_PARTITIONS_MAX = 2000       # ISR changes in one ALTER_ISR request
 REPLICA_HEARTBEAT_PARTITIONS_MAX = 5000  # partitions in one replica heartbeat message

@@ -283,7 +283,7 @@ class BrokerCore:
             res: list[Any] = [None] * len(r.inputs)
             results.append(res)
             for pi, inp in enumerate(r.inputs):
-                err = self._produce_precheck(inp, r.acks, r.topic_ids)
+                err = self._produce_precheck(inp, r.acks, r.topic_ids, r.internal)
                 if err is not None:
                     res[pi] = err
                 else:
@@ -306,7 +306,11 @@ class BrokerCore:
             self.changed(key)
         return results
 
-    def _produce_precheck(self, inp: ProduceInput, acks: int, topic_ids: dict | None) -> ProduceResult | None:
+    def _produce_precheck(self, inp: ProduceInput, acks: int, topic_ids: dict | None,
+                          internal: bool = False) -> ProduceResult | None:
+        if not internal and inp.topic.startswith(P.INTERNAL_TOPIC_PREFIX):
+            return ProduceResult(-1, P.INVALID_TOPIC, f"cannot append to internal topic {inp.topic}: only the "
+                                                      "coordinator writes it")
         key = (inp.topic, inp.partition)
         part = self.partitions.get(key)
         if topic_ids and part is not None and self.is_other_topic_id(key, topic_ids.get(inp.topic)):

@@ -99,7 +99,8 @@ class RequestHandlers:
             else:
                 inputs.append(inp)
         ids = req.header.get("topic_ids")
-        self._produce_queue.append((req, AppendRequest(acks, inputs, ids if isinstance(ids, dict) else None), malformed))
+        request = AppendRequest(acks, inputs, ids if isinstance(ids, dict) else None, req.header.get("internal") is True)
+        self._produce_queue.append((req, request, malformed))
         return DEFER
 
     def _process_produces(self) -> None:

@@ -63,6 +63,7 @@ class AppendRequest(NamedTuple):
     acks: int                            # 0, 1 or -1 (all: checked against min.insync.replicas)
     inputs: Sequence[ProduceInput]
     topic_ids: dict[str, str] | None     # the client's topic ids by name, if it sent them
+    internal: bool = False               # the coordinator's append (may write internal topics)
 
 
 MALFORMED_PRODUCE_MESSAGE = "each part is [topic, partition], [topic, partition, leader_epoch] or [topic, partition, leader_epoch, possibly_written]"

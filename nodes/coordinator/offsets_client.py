@@ -106,7 +106,8 @@ class OffsetsTopicClient:
 
         def on_reply(header: dict | None, _payloads: list, err: CodedError | None) -> None:
             on_outcome(AppendOutcome.from_reply(header, err))
-        self._client(endpoint).request(P.PRODUCE, {"acks": -1, "timeout_ms": APPEND_TIMEOUT_MS, "parts": [[self.topic, q]]},
+        self._client(endpoint).request(P.PRODUCE, {"acks": -1, "timeout_ms": APPEND_TIMEOUT_MS, "parts": [[self.topic, q]],
+                                                   "internal": True},
                                        [build_batch(records)], callback=on_reply,
                                        timeout_ms=APPEND_TIMEOUT_MS + APPEND_REPLY_GRACE_MS)
         return True

@@ -12,7 +12,7 @@ from fabric import protocol as P
 from fabric.errors import RemoteError
 
 TOPIC_NAME_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{P.TOPIC_NAME_LEN_MAX}}}$")
-INTERNAL_PREFIX = "__"
+INTERNAL_PREFIX = P.INTERNAL_TOPIC_PREFIX
 
 # topic config key -> (parser, check, description)
 _CONFIGS: dict[str, tuple[Any, Any, str]] = {

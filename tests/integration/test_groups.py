@@ -307,7 +307,7 @@ def test_committed_offsets_survive_coordinator_restart_and_broker_kill(tmp_path:
         cluster.stop_all()
 
 
-def test_internal_offsets_topic_cannot_be_altered_or_deleted_by_clients(cluster: Cluster, admin: Admin) -> None:
+def test_internal_offsets_topic_cannot_be_altered_deleted_or_written_by_clients(cluster: Cluster, admin: Admin) -> None:
     make_topic(cluster, admin, "g-internal", 1)
     produce(cluster, "g-internal", 3)
     c = Consumer(cluster.bootstrap, group_id="g-internal", auto_offset_reset="earliest")
@@ -328,6 +328,20 @@ def test_internal_offsets_topic_cannot_be_altered_or_deleted_by_clients(cluster:
         assert e.value.code == P.INVALID_TOPIC
     after = admin.metadata().topics["__consumer_offsets"]
     assert (after.configs, len(after.partitions)) == (before.configs, len(before.partitions))
+    # a client's records there would be loaded as commits or tombstones at the coordinator's next start
+    with Producer(cluster.bootstrap, acks="all") as p:
+        with pytest.raises(RemoteError) as e:
+            p.send("__consumer_offsets", b"forged", key=b"g-internal", partition=0).result(10)
+    assert e.value.code == P.INVALID_TOPIC
+    produce(cluster, "g-internal", 2)
+    again = Consumer(cluster.bootstrap, group_id="g-internal", auto_offset_reset="earliest")
+    try:  # the coordinator's own appends still go through
+        again.subscribe(["g-internal"])
+        wait_until(lambda: again.poll(200), 20, what="the records after the group's commit")
+        again.commit()
+        assert again.committed(("g-internal", 0)) == 5
+    finally:
+        again.close()
 
 
 def test_an_assigned_consumers_poll_does_not_wait_for_a_stalled_coordinator(cluster: Cluster, admin: Admin) -> None:
