@@ -401,7 +401,7 @@ class GroupCoordinator:
         entries = []
         for e in raw:
             if not (isinstance(e, (list, tuple)) and 3 <= len(e) <= 4 and isinstance(e[0], str)
-                    and isinstance(e[1], int) and isinstance(e[2], int)):
+                    and type(e[1]) is int and type(e[2]) is int):  # not a bool: stored, it would come back as one
                 raise RemoteError(P.MALFORMED_REQUEST, "each offset is [topic, partition, offset, metadata?]")
             if e[2] < 0:
                 raise RemoteError(P.INVALID_COMMIT_OFFSET, f"offset {e[2]} for {e[0]}-{e[1]} is negative")
@@ -458,7 +458,7 @@ class GroupCoordinator:
         if wanted is None:
             keys = sorted(table)
         elif isinstance(wanted, list) and len(wanted) <= P.PARTITIONS_MAX and all(
-                isinstance(w, (list, tuple)) and len(w) == 2 and isinstance(w[0], str) and isinstance(w[1], int)
+                isinstance(w, (list, tuple)) and len(w) == 2 and isinstance(w[0], str) and type(w[1]) is int
                 for w in wanted):
             keys = [(w[0], w[1]) for w in wanted]
         else:

@@ -69,6 +69,17 @@ def test_offset_fetch_with_mistyped_partitions_is_malformed() -> None:
     assert e.value.code == P.MALFORMED_REQUEST
 
 
+@pytest.mark.parametrize("entry", [["t", True, 1], ["t", 0, True], ["t", 0, False]])
+def test_a_boolean_partition_or_offset_is_malformed_not_stored(entry: list) -> None:
+    gc, _, _ = _loaded_without_offsets_topic()
+    with pytest.raises(RemoteError) as e:
+        gc._on_offset_commit(request(P.OFFSET_COMMIT, group="g", generation=-1, offsets=[entry]))
+    assert e.value.code == P.MALFORMED_REQUEST
+    with pytest.raises(RemoteError) as e:
+        gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", True]]))
+    assert e.value.code == P.MALFORMED_REQUEST
+
+
 # -- a retried JOIN creates no ghost member ----------------------------------------------------------
 def test_join_hands_out_the_member_id_first_so_a_lost_reply_leaves_no_ghost() -> None:
     context = FakeGroupContext(two_partition_state())
