@@ -42,7 +42,8 @@ from webui.context import Gateway
 from webui.events import EVENTS_QUEUE_MAX
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import ACKS, encode_records, offsets_json, records_json
-from webui.spec import Op, loads_json
+from webui.schemas import produce_schema
+from webui.spec import Op, body_checker, loads_json
 from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, SocketsPer
 from webui.ws_outbox import TRY_AGAIN_LATER, Closed, Outbox
 
@@ -60,6 +61,10 @@ PENDING_AUTH_SHARE = 4   # one address may hold 1/4 of the slots with sockets no
 AUTO_COMMIT_INTERVAL_S = 5.0  # /ws/consume: what went out to the client is committed this often
 SOCKET_SNDBUF_BYTES = 256 * 1024
 MESSAGE_BYTES_MAX = 4 * 1024 * 1024
+# /ws/produce: a message is checked as a REST produce body is (a record, or {"records": [...]}):
+# the agent packs what passes for the producer service, and a header name that is not a string
+# or a partition msgpack cannot pack failed there, as a programmer error that stopped the worker
+PRODUCE_CHECKS = {fmt: body_checker(produce_schema(fmt == "binary")) for fmt in ("json", "binary")}
 
 
 DESCRIPTION = {
@@ -379,20 +384,25 @@ def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dic
         if text is None:
             continue
         limited = limit()  # every message, as every REST request, before its body is decoded
+        msg_id = None
         try:
             msg = loads_json(text)
             if not isinstance(msg, dict):
                 raise ValueError(f"a JSON object is wanted, not {type(msg).__name__}")
+            msg_id = msg.get("id")
             if limited is not None:
-                out.put({"id": msg.get("id"), **limited})
+                out.put({"id": msg_id, **limited})
                 continue
             body = msg if "records" in msg else {"records": [msg]}
+            problem = PRODUCE_CHECKS[fmt](body)
+            if problem is not None:
+                raise ApiError(42204, problem)
             records = encode_records(body, fmt == "binary")
         except (ValueError, TypeError, KeyError, AttributeError) as e:
-            out.put({"error_code": 42204, "message": f"expected a record or {{\"records\": [...]}}: {e}"})
+            out.put({"error_code": 42204, "message": f"expected a record or {{\"records\": [...]}}: {e}", "id": msg_id})
             continue
         except ApiError as e:
-            out.put(e.body())
+            out.put({**e.body(), "id": msg_id})
             continue
         try:
             outcomes = gw.agent.produce(topic, records, acks)
