@@ -232,9 +232,11 @@ class RpcClient:
     """Reactor-driven DEALER to one endpoint, many requests in flight. For a tcp:// endpoint
     it is a ``fabric.zmtp_client.ZmtpDealer`` (ZMTP on a socket the reactor thread reads and
     writes itself: no libzmq I/O thread between the request and the wire); else a libzmq
-    DEALER."""
+    DEALER. ``reconnect_ivl_max_ms``: the cap of its reconnect backoff (tcp:// only), for a
+    client that must see a restarted peer sooner than ``P.RECONNECT_IVL_MAX_MS``."""
 
-    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None) -> None:
+    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None,
+                 reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
         self._ids = itertools.count(1)
@@ -243,7 +245,8 @@ class RpcClient:
         self.drop_replies: Callable[[], bool] | None = None  # fault injection
         if endpoint.startswith("tcp://"):
             self.transport: ZmtpDealer | _LibzmqDealer = ZmtpDealer(
-                reactor, endpoint, self._on_message, identity=dealer_identity(identity), counters=self.counters)
+                reactor, endpoint, self._on_message, identity=dealer_identity(identity), counters=self.counters,
+                reconnect_ivl_max_ms=reconnect_ivl_max_ms)
         else:
             self.transport = _LibzmqDealer(ctx, reactor, endpoint, identity, self._on_message)
 

@@ -58,7 +58,11 @@ class GatewayControl(Node):
         self.relay = MonitorRelay(self.ctx, self.reactor, config, hub)
         self.node_up: dict[str, bool] = {}
         self._peers = {n: c for n, c in config.nodes.items() if n != name and c.role != "gateway"}
-        self._clients = {n: RpcClient(self.ctx, self.reactor, c.endpoint, identity=f"{name}-health")
+        # a node back from an outage is seen up within a health interval: produce is refused
+        # while the producer service is seen down, and a reconnect backoff grown to its usual
+        # 5 s cap kept refusing it that long after the service was back
+        self._clients = {n: RpcClient(self.ctx, self.reactor, c.endpoint, identity=f"{name}-health",
+                                      reconnect_ivl_max_ms=HEALTH_INTERVAL_MS)
                          for n, c in self._peers.items()}
         self._asked: set[str] = set()
         self.reactor.call_every(HEALTH_INTERVAL_MS, self._check)

@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -258,6 +259,30 @@ def test_producer_service_down_is_503_and_back_is_200(cluster: Cluster, http: Ht
         cluster.start_node("producer")
     wait_until(lambda: http("POST", "/topics/p503", {"records": [{"value": 1}]}).status_code == 200, 15,
                what="produce to work again")
+
+
+def test_produce_works_again_soon_after_a_long_producer_service_outage(cluster: Cluster, http: Http) -> None:
+    """The gateway's health watcher PINGs the producer service every HEALTH_INTERVAL_MS, and
+    produce is refused (503) while it says the service is down. Its connection's reconnect
+    backoff grew to P.RECONNECT_IVL_MAX_MS (5 s) while the service was down, so the gateway
+    went on refusing every produce for up to 5 s after the service was back and answering."""
+    from fabric import protocol as P
+    from nodes.gateway.control import HEALTH_INTERVAL_MS, PING_TIMEOUT_MS
+    make_topic(http, "outage", 1)
+    cluster.kill("producer")
+    try:
+        down_until = time.monotonic() + 1.2 * P.RECONNECT_IVL_MAX_MS / 1000  # long enough for the backoff to reach its cap
+
+        def refused_until_then() -> bool:
+            r = http("POST", "/topics/outage", {"records": [{"value": 1}]})
+            assert r.status_code == 503 and r.json()["error_code"] == 50301, (r.status_code, r.text)
+            return time.monotonic() >= down_until
+        wait_until(refused_until_then, 30, interval_s=0.2, what="the outage's end")
+    finally:
+        cluster.start_node("producer")  # returns once the service answers PING
+    # a health check within HEALTH_INTERVAL_MS, answered within PING_TIMEOUT_MS, and slack for a busy machine
+    wait_until(lambda: http("POST", "/topics/outage", {"records": [{"value": 1}]}).status_code == 200,
+               (2 * HEALTH_INTERVAL_MS + PING_TIMEOUT_MS) / 1000 + 1.0, what="produce to work again")
 
 
 def test_readme_rest_block_runs_as_written(cluster: Cluster, http: Http) -> None:
