@@ -24,11 +24,24 @@ class InboxGate:
     within INBOX_MESSAGES_MAX + 1 messages and INBOX_BYTES_MAX bytes: a client that sends
     faster than its route takes messages is held back by TCP, never queued in memory. (The
     reader looks ``ws.sock`` up at every read, so the gate holds from its next read on.)
-    Everything else goes to the socket. Thread-safe: the reader thread calls ``recv``."""
+
+    It also writes each frame whole: the reader thread sends pings, pongs and close answers
+    while the route's sender thread may be blocked in the middle of a large message (a slow
+    client), and a blocking send gives the socket's lock up while it waits for buffer space,
+    so a ping's bytes landed inside the message's payload and the client lost the stream.
+    Everything else goes to the socket. Thread-safe: the reader thread calls ``recv``, any
+    thread ``send``."""
 
     def __init__(self, ws: Any) -> None:
         self._ws = ws
         self._sock = ws.sock
+        self._send_lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        """Write ``data`` (one or more whole frames) before any other thread's."""
+        with self._send_lock:
+            self._sock.sendall(data)
+        return len(data)
 
     def _full(self) -> bool:
         waiting = list(self._ws.input_buffer)  # appended by the reader, popped by the route
