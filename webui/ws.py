@@ -57,6 +57,8 @@ FETCH_TIMEOUT_MS = 500
 UNPOSITIONED_FETCH_TIMEOUT_MS = 50
 FETCH_BYTES_MAX = 2 * 1024 * 1024   # keys and values per consumer-service fetch (one message)
 FETCH_RECORDS_MAX = 5000
+# /ws/consume: marks of messages sent and not yet committed kept one by one (more are merged)
+PENDING_MARKS_MAX = 1024
 PENDING_AUTH_SHARE = 4   # one address may hold 1/4 of the slots with sockets not yet authenticated
 AUTO_COMMIT_INTERVAL_S = 5.0  # /ws/consume: what went out to the client is committed this often
 SOCKET_SNDBUF_BYTES = 256 * 1024
@@ -73,8 +75,10 @@ DESCRIPTION = {
                     "out": "{id, offsets: [{partition, offset, error_code, error}]} or {error_code, message}"},
     "/ws/consume": {"role": "consume", "query": ["topic", "group", "from=beginning|end", "format=json|binary",
                                                  "auto_commit=true|false"],
-                    "in": '{"commit": "all"} or {"commit": [{topic, partition, offset}]}',
-                    "out": "{records: [{topic, partition, offset, timestamp, key, value, headers}]}, {committed: true}, "
+                    "in": '{"commit": "all"}, {"commit": "all", "through": SEQ} (the records of messages 1..SEQ: '
+                          'what the client has read) or {"commit": [{topic, partition, offset}]}',
+                    "out": "{records: [{topic, partition, offset, timestamp, key, value, headers}], seq: 1, 2, ...}, "
+                           "{committed: true}, "
                            "{ready: true, assignment: [{topic, partition, offset}]} once the stream's consumer is "
                            "positioned (every record produced after it is delivered), or {ready: false} when a "
                            "rebalance takes its positions away"},
@@ -221,30 +225,60 @@ def _query(q: dict, name: str, allowed: tuple[str, ...] | None = None, default: 
 
 
 class _Delivered:
-    """What of a /ws/consume stream went out to the client: per partition, the offset after
-    the last record sent. Commits cover only that -- the instance's own positions are past
-    records fetched and still queued, or dropped when the socket closed, which a commit of
-    them would have the group skip."""
+    """What of a /ws/consume stream went out to the client, and what the client said it read.
+    Commits cover only that -- the instance's own positions are past records fetched and still
+    queued, or dropped when the socket closed, which a commit of them would have the group skip.
+
+    Every records message is numbered (``seq``); the marks of those that went out (message
+    number, the offset after its records per partition) wait in ``pending`` until a commit
+    covers them: ``{"commit": "all"}`` every one, ``{"commit": "all", "through": N}`` those up
+    to message N -- what the client has read, where messages after it may be on their way and
+    never arrive (the connection breaks). Once a client has named ``through``, the auto-commit
+    adds nothing past it. ``pending`` is bounded: past PENDING_MARKS_MAX its older half is merged
+    into one mark, which only a ``through`` at or past its last message covers. Not thread-safe:
+    the stream's route thread."""
 
     def __init__(self, out: Outbox, gw: Gateway, group: str, name: str) -> None:
         self.out, self.gw, self.group, self.name = out, gw, group, name
+        self.seq = 0  # of the last records message numbered
+        self.pending: list[tuple[int, dict[tuple[str, int], int]]] = []  # went out, not yet covered
+        self.client_confirms = False  # the client names what it read (through): no auto-commit past it
         self.sent: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.last_commit_s = time.monotonic()
 
-    @staticmethod
-    def mark(records: list) -> dict[tuple[str, int], int]:
-        """The offsets after a message's records, per partition (a partition's records ascend)."""
-        return {(r.topic, r.partition): r.offset + 1 for r in records}
+    def number(self, records: list) -> tuple[int, dict[tuple[str, int], int]]:
+        """The next message's number and its mark: the offsets after its records, per partition
+        (a partition's records ascend)."""
+        self.seq += 1
+        return self.seq, {(r.topic, r.partition): r.offset + 1 for r in records}
 
-    def commit(self) -> None:
-        """Commit what went out since the last commit (nothing if nothing did)."""
-        for after in self.out.take_sent_marks():
+    def collect(self) -> None:
+        """Take the marks of the messages that went out since the last call (bounded)."""
+        self.pending += self.out.take_sent_marks()
+        if len(self.pending) > PENDING_MARKS_MAX:
+            half = len(self.pending) // 2
+            merged: dict[tuple[str, int], int] = {}
+            for _, after in self.pending[:half]:
+                merged.update(after)  # a partition's offsets ascend from message to message
+            self.pending[:half] = [(self.pending[half - 1][0], merged)]
+
+    def commit(self, through: int | None = None, auto: bool = False) -> None:
+        """Commit what went out up to message ``through`` (every message when None) and was not
+        committed yet; ``auto``: the auto-commit's, nothing once the client names ``through``."""
+        self.collect()
+        self.last_commit_s = time.monotonic()
+        if through is not None:
+            self.client_confirms = True
+        elif auto and self.client_confirms:
+            return
+        covered = [after for seq, after in self.pending if through is None or seq <= through]
+        self.pending = [m for m in self.pending if through is not None and m[0] > through]
+        for after in covered:
             for tp, offset in after.items():
                 if offset > self.sent.get(tp, -1):
                     self.sent[tp] = offset
         wanted = {tp: o for tp, o in self.sent.items() if o > self.committed.get(tp, -1)}
-        self.last_commit_s = time.monotonic()
         if wanted:
             self.gw.agent.call_instance(self.group, self.name, lambda h: self._commit_owned(h, wanted))
 
@@ -318,17 +352,20 @@ def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dic
                 timeout_ms=wait_ms, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
             records = fetched.records
             if records:
-                out.put({"records": records_json(records, fmt)}, mark=delivered.mark(records))
+                mark = delivered.number(records)
+                # an anonymous stream commits nothing: no mark to keep
+                out.put({"records": records_json(records, fmt), "seq": mark[0]}, mark=mark if named else None)
             ready.note(fetched)
+            delivered.collect()
             if auto_commit and time.monotonic() - delivered.last_commit_s >= AUTO_COMMIT_INTERVAL_S:
                 try:
-                    delivered.commit()
+                    delivered.commit(auto=True)
                 except ClusterError as e:  # a rebalance meanwhile: the next one, or the new owner, goes on
                     log.info("ws consume %s: auto-commit failed: %s", group, e)
     finally:
         try:
             if auto_commit:
-                delivered.commit()  # what went out, before the instance leaves the group
+                delivered.commit(auto=True)  # what went out, before the instance leaves the group
         except ClusterError:
             pass
         finally:
@@ -340,7 +377,8 @@ def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dic
 
 def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered,
                       limit: Callable[[], dict | None]) -> None:
-    """Handle what the client sent: {"commit": "all" | [{topic, partition, offset}]}."""
+    """Handle what the client sent: {"commit": "all", "through"?: N} or {"commit": [{topic,
+    partition, offset}]}."""
     while True:
         text = ws.receive(timeout=0)
         if text is None:
@@ -356,8 +394,12 @@ def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered,
             out.close(POLICY, 'expected {"commit": "all"} or {"commit": [{"topic", "partition", "offset"}]}')
             raise Closed() from None
         if commit == "all":
+            through = msg.get("through")
+            if through is not None and not (type(through) is int and through > 0):
+                out.close(POLICY, '"through" is the seq of a records message (1, 2, ...)')
+                raise Closed() from None
             try:
-                delivered.commit()  # what went out to the client, not what is still queued for it
+                delivered.commit(through)  # what went out to the client, not what is still queued for it
             except ClusterError as e:  # a rebalance under way: the client may ask again
                 out.put({"committed": False, "error": e.kind, "message": e.message})
                 continue

@@ -231,7 +231,7 @@ def test_ws_consume_commit_commands_take_tokens_too() -> None:
     class Delivered:
         commits = 0
 
-        def commit(self) -> None:
+        def commit(self, through: int | None = None) -> None:
             self.commits += 1
 
     tokens = [None, {"error_code": 42901, "message": "over", "retry_after_s": 1}, None]
