@@ -27,6 +27,7 @@ CODES: dict[int, str] = {
     40902: "topic already exists",
     40903: "the consumer group has active members",
     40904: "the consumer instance is subscribed or assigned: unsubscribe first",
+    40905: "the consumer group rebalanced: fetch records again, then commit",
     41301: "request body too large",
     41501: "unsupported content type",
     42201: "invalid key",
@@ -65,7 +66,7 @@ class ApiError(LoomError):
 KIND_CODES: dict[str, int] = {
     "topic_not_found": 40401, "partition_not_found": 40402, "instance_not_found": 40403,
     "group_not_found": 40405, "instance_exists": 40901, "topic_exists": 40902, "group_not_empty": 40903,
-    "subscription_conflict": 40904,
+    "subscription_conflict": 40904, "rebalance": 40905,
     "invalid": 42204, "invalid_config": 42203, "invalid_offset": 42205, "timeout": 40801,
     "unavailable": 50301, "cluster": 50002,
 }

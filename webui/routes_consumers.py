@@ -124,7 +124,7 @@ def register(api: Api, gw: Gateway) -> None:
 
     @api.op("POST", base + "/offsets", role="consume", tag="consumers",
             summary="Commit offsets (each the last record processed; without offsets: everything fetched)",
-            path_params=inst_path, errors=(40403, 42205),
+            path_params=inst_path, errors=(40403, 40905, 42205),
             body=body_types({"type": "object", "properties": {"offsets": tpos["properties"]["offsets"]}}))
     def commit(group_name: str, instance: str, body: dict, content_type: str) -> None:
         offsets = body.get("offsets")

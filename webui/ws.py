@@ -57,6 +57,9 @@ FETCH_TIMEOUT_MS = 500
 UNPOSITIONED_FETCH_TIMEOUT_MS = 50
 FETCH_BYTES_MAX = 2 * 1024 * 1024   # keys and values per consumer-service fetch (one message)
 FETCH_RECORDS_MAX = 5000
+# /ws/consume: a commit of explicit offsets refused for these is answered {"committed": false, ...}
+# (the client may commit again); others close the stream as a bad request
+RETRIABLE_COMMIT_ERRORS = ("rebalance", "unavailable", "timeout")
 # /ws/consume: marks of messages sent and not yet committed kept one by one (more are merged)
 PENDING_MARKS_MAX = 1024
 PENDING_AUTH_SHARE = 4   # one address may hold 1/4 of the slots with sockets not yet authenticated
@@ -409,7 +412,13 @@ def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered,
             except (TypeError, KeyError, ValueError):
                 out.close(POLICY, "commit entries need topic, partition and offset")
                 raise Closed() from None
-            gw.agent.call_instance(delivered.group, delivered.name, lambda h: h.commit(wanted))
+            try:
+                gw.agent.call_instance(delivered.group, delivered.name, lambda h: h.commit(wanted))
+            except ClusterError as e:
+                if e.kind not in RETRIABLE_COMMIT_ERRORS:
+                    raise
+                out.put({"committed": False, "error": e.kind, "message": e.message})
+                continue
             delivered.note_committed(wanted)
         out.put({"committed": True})
 

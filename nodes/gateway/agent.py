@@ -62,7 +62,13 @@ KINDS = {
     P.PARTITION_NOT_ASSIGNED: "invalid_offset", P.OFFSET_OUT_OF_RANGE: "invalid_offset",
     P.REQUEST_TIMED_OUT: "timeout", P.BUFFER_FULL: "unavailable", P.UNKNOWN_GROUP: "group_not_found",
     P.SUBSCRIPTION_CONFLICT: "subscription_conflict",
+    P.UNKNOWN_MEMBER: "rebalance", P.ILLEGAL_GENERATION: "rebalance", P.REBALANCE_IN_PROGRESS: "rebalance",
 }
+# a commit the group refused because it moved on: said for a REST client (the library's own
+# message tells an application to poll)
+REBALANCE_MESSAGE = ("the consumer instance is not a member of its group's current generation (a rebalance, or "
+                     "its consumer service restarted): fetch records again, which rejoins, then commit what was "
+                     "processed")
 
 
 @contextmanager
@@ -73,7 +79,8 @@ def translated(what: str) -> Iterator[None]:
     except RequestTimeout as e:
         raise ClusterError("unavailable", f"{what} did not answer: {e.message}") from e
     except RemoteError as e:
-        raise ClusterError(KINDS.get(e.code, "cluster"), f"{e.name}: {e.message}") from e
+        kind = KINDS.get(e.code, "cluster")
+        raise ClusterError(kind, f"{e.name}: {REBALANCE_MESSAGE if kind == 'rebalance' else e.message}") from e
     except FabricError as e:
         raise ClusterError("unavailable", f"{what}: {e}") from e
 

@@ -122,3 +122,18 @@ def test_a_stream_that_never_commits_keeps_no_mark_per_message() -> None:
         assert len([m for m in ws.received if "records" in m]) == messages
         held = len(out._sent_marks) + len(out.delivered.pending)
         assert held <= wsmod.PENDING_MARKS_MAX, f"{held} marks held for {messages} messages ({query})"
+
+
+def test_an_explicit_commit_refused_by_a_rebalance_is_answered_and_the_stream_goes_on() -> None:
+    from webui.errors import ClusterError
+    ws = ClientSocket()
+    agent = ReadingClient(ws, ['{"commit": [{"topic": "t", "partition": 0, "offset": 4}]}'], after=1, leave_at_fetch=4)
+
+    def refused(offsets: dict | None = None) -> None:
+        raise ClusterError("rebalance", "unknown_member: fetch records again, then commit")
+    agent.commit = refused  # type: ignore[method-assign]
+    out = _run(agent, ws, {"topic": "t", "group": "billing", "auto_commit": "false"})
+    assert {"committed": False, "error": "rebalance", "message": "unknown_member: fetch records again, then commit"} \
+        in ws.received
+    assert out._closing == (1000, "done"), out._closing
+    assert len([m for m in ws.received if "records" in m]) == 3, "the stream did not go on"
