@@ -30,13 +30,14 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterator
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST, Admin
 from fabric.client.consumer import Consumer
 from fabric.client.group_admin import GroupAdmin
-from fabric.client.services import ServiceConsumer, ServiceProducer, service_endpoints
+from fabric.client.services import PARTITION_OF, ServiceConsumer, ServiceProducer, service_endpoints
 from fabric.config import LoomConfig
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.records import Record
@@ -64,6 +65,8 @@ KINDS = {
     P.SUBSCRIPTION_CONFLICT: "subscription_conflict",
     P.UNKNOWN_MEMBER: "rebalance", P.ILLEGAL_GENERATION: "rebalance", P.REBALANCE_IN_PROGRESS: "rebalance",
 }
+_NOT_NONE = partial(operator.is_not, None)
+
 # a commit the group refused because it moved on: said for a REST client (the library's own
 # message tells an application to poll)
 REBALANCE_MESSAGE = ("the consumer instance is not a member of its group's current generation (a rebalance, or "
@@ -218,8 +221,13 @@ class GatewayAgent:
         t = self._recent_metadata().topics.get(topic)
         if t is None or (partition is not None and partition >= len(t.partitions)):
             t = self._checked_topic(topic, partition is None)
-        if partition is not None and partition >= len(t.partitions):
-            raise ClusterError("partition_not_found", f"topic {topic!r} has no partition {partition} "
+        # the route's partition, or the highest a record names: one the topic lacks is no retriable error
+        named = partition if partition is not None else max(filter(_NOT_NONE, map(PARTITION_OF, records)),
+                                                              default=None)
+        if named is not None and named >= len(t.partitions) and partition is None:
+            t = self._checked_topic(topic, False)  # partitions added since the cached look
+        if named is not None and named >= len(t.partitions):
+            raise ClusterError("partition_not_found", f"topic {topic!r} has no partition {named} "
                                                       f"(it has {len(t.partitions)})")
         live = [ep for ep in self.producer_endpoints if self.is_up(ep)]
         if not live:

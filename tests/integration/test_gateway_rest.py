@@ -132,6 +132,10 @@ def test_missing_topics_partitions_and_clusters_are_404(http: Http) -> None:
     make_topic(http, "one", 1)
     r = http("POST", "/topics/one/partitions/7", {"records": [{"value": 1}]})
     assert r.status_code == 404 and r.json()["error_code"] == 40402
+    # a record naming a partition the topic does not have: not a retriable per-record error
+    r = http("POST", "/topics/one", {"records": [{"value": 1}, {"value": 2, "partition": 7}]})
+    assert r.status_code == 404 and r.json()["error_code"] == 40402 and "7" in r.json()["message"], r.text
+    assert http.ok("GET", "/topics/one/partitions/0/records", count=10) == [], "a record of the refused request was written"
     assert http("GET", "/v3/clusters/other/topics").json()["error_code"] == 40404
     r = http("POST", "/consumers/g/instances/nobody/subscription", {"topics": ["one"]})
     assert r.status_code == 404 and r.json()["error_code"] == 40403
