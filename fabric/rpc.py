@@ -232,11 +232,18 @@ class RpcClient:
     """Reactor-driven DEALER to one endpoint, many requests in flight. For a tcp:// endpoint
     it is a ``fabric.zmtp_client.ZmtpDealer`` (ZMTP on a socket the reactor thread reads and
     writes itself: no libzmq I/O thread between the request and the wire); else a libzmq
-    DEALER. ``reconnect_ivl_max_ms``: the cap of its reconnect backoff (tcp:// only), for a
-    client that must see a restarted peer sooner than ``P.RECONNECT_IVL_MAX_MS``."""
+    DEALER.
 
-    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None,
-                 reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS) -> None:
+    ``reconnect_ivl_max_ms``: the cap of its reconnect backoff (tcp:// only), for a client that
+    must see a restarted peer sooner than ``P.RECONNECT_IVL_MAX_MS``. ``fail_on_disconnect``
+    (tcp:// only): when the connection the requests in flight went out on ends, they fail at
+    once (on the reactor's next pass) with a retriable ``RequestTimeout`` instead of at their
+    deadlines: no answer can come on it (a peer killed with them took them along). For callers
+    whose deadlines are long and whose retries are harmless (a group member's requests to its
+    coordinator); an answer its peer still sends on a new connection is dropped as a late one."""
+
+    def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None, *,
+                 reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS, fail_on_disconnect: bool = False) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
         self._ids = itertools.count(1)
@@ -246,7 +253,8 @@ class RpcClient:
         if endpoint.startswith("tcp://"):
             self.transport: ZmtpDealer | _LibzmqDealer = ZmtpDealer(
                 reactor, endpoint, self._on_message, identity=dealer_identity(identity), counters=self.counters,
-                reconnect_ivl_max_ms=reconnect_ivl_max_ms)
+                reconnect_ivl_max_ms=reconnect_ivl_max_ms,
+                on_lost=self._connection_lost if fail_on_disconnect else None)
         else:
             self.transport = _LibzmqDealer(ctx, reactor, endpoint, identity, self._on_message)
 
@@ -282,6 +290,20 @@ class RpcClient:
         entry = self._pending.pop(rid, None)
         if entry is not None:
             entry[0](None, [], RequestTimeout(f"no reply from {self.endpoint}"))
+
+    def _connection_lost(self) -> None:
+        """The requests pending now went out on a connection that ended: fail them on the next
+        pass (not inside the transport's handling, which may be inside a ``request``)."""
+        lost = list(self._pending)
+        error = RequestTimeout(f"connection to {self.endpoint} lost before the reply")
+        self.reactor.call_later(0, lambda: self._fail(lost, error))
+
+    def _fail(self, request_ids: list[int], error: CodedError) -> None:
+        for rid in request_ids:
+            entry = self._pending.pop(rid, None)
+            if entry is not None:  # else answered or timed out meanwhile
+                entry[1].cancel()
+                entry[0](None, [], error)
 
     def _on_message(self, frames: list[bytes]) -> None:
         if self.drop_replies is not None and self.drop_replies():

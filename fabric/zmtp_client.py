@@ -141,15 +141,20 @@ class ZmtpDealer:
     is refused (nothing could ever be read, and the ready socket would be polled without end).
     ``reconnect_ivl_max_ms``: the reconnect backoff's cap (libzmq's ``ZMQ_RECONNECT_IVL_MAX``:
     one not above ``P.RECONNECT_IVL_MS``, 0 included, caps nothing and the interval stays at
-    ``P.RECONNECT_IVL_MS``, rather than shortening it -- to nothing, for 0)."""
+    ``P.RECONNECT_IVL_MS``, rather than shortening it -- to nothing, for 0).
+    ``on_lost``: called when a connection that completed its handshake ends (never at
+    ``close``): what was sent on it, and the answers to it, are gone with it -- a caller whose
+    requests would otherwise wait out their timeouts (a peer killed with them) fails them."""
 
     SOCKET_TYPE = b"DEALER"
     PEER_SOCKET_TYPES: tuple[bytes, ...] = (b"ROUTER",)
 
     def __init__(self, reactor: Reactor, endpoint: str, on_message: Callable[[list[bytes]], None], *,
                  identity: bytes | None = None, counters: Counter[str] | None = None,
-                 messages_per_pass: int | None = None, reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS) -> None:
+                 messages_per_pass: int | None = None, reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS,
+                 on_lost: Callable[[], None] | None = None) -> None:
         self.reactor = reactor
+        self.on_lost = on_lost
         self.endpoint = endpoint
         self.on_message = on_message
         self.counters: Counter[str] = counters if counters is not None else Counter()
@@ -478,8 +483,11 @@ class ZmtpDealer:
         new one after the reconnect interval."""
         log.debug("%s: %s", self.endpoint, why)
         self.counters["disconnects"] += 1
+        was_ready = self._state == _READY
         self._drop()
         self._retry_later(why)
+        if was_ready and self.on_lost is not None:
+            self.on_lost()
 
     def _drop(self) -> None:
         if self._sock is not None:

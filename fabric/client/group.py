@@ -63,7 +63,9 @@ half of ``GroupConsumer``, mixed in.
 
 The consumer reaches the coordinator through a ``CoordinatorLink`` and is heartbeated by a
 ``HeartbeatThread`` (``fabric.client.group_link``); both can be handed in (``coordinator``,
-``heartbeat_factory``), so tests drive the real consumer with small fakes.
+``heartbeat_factory``), so tests drive the real consumer with small fakes. The requests in
+flight on a connection to the coordinator that ends (a coordinator killed) fail with it, as
+retriable timeouts, and are retried: the restarted coordinator answers them.
 
 Thread-safety: like ``fabric.client.Consumer``, one thread uses a consumer; the heartbeat
 thread shares only a few fields under a lock.
@@ -444,7 +446,11 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         return self.metadata.coordinator
 
     def _connect_coordinator(self) -> RpcClient:
-        return RpcClient(self.ctx, self.reactor, self._coordinator_endpoint(), identity=self.client_id)
+        # a request in flight when the coordinator dies fails with its connection (retriable), so
+        # the restarted coordinator answers its retry: a sync commit waited out its whole budget
+        # (20 s) and a JOIN_GROUP rebalance_timeout_ms + 5 s for an answer that could not come
+        return RpcClient(self.ctx, self.reactor, self._coordinator_endpoint(), identity=self.client_id,
+                         fail_on_disconnect=True)
 
     def _call(self, command: bytes, header: dict, *, timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS,
               retry_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> dict:
