@@ -33,7 +33,7 @@ from fabric import protocol as P
 from fabric.client.consumer import TopicPartition
 from fabric.client.group_link import REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink, Pump
 from fabric.clock import Clock
-from fabric.errors import CodedError, RemoteError
+from fabric.errors import CodedError, FabricError, RemoteError
 
 # the consumer's logger, as before this half had a module of its own: hosts configure one
 log = logging.getLogger("fabric.client.group")
@@ -78,6 +78,7 @@ class GroupCommits:
     auto_commit_interval_ms: int
     on_commit: CommitCallback | None
     _lock: threading.Lock
+    _closed: bool
     _active: bool
     _join: object | None            # the join under way (GroupConsumer's _JoinAttempt), if any
     _link: CoordinatorLink
@@ -107,7 +108,10 @@ class GroupCommits:
         positions (all of them: ``auto_commit_bounds`` limits auto-commits only). Sync:
         returns once replicated; raises CommitFailed when this member lost the partitions (a
         rebalance), RemoteError for other refusals. Async: the result goes to
-        ``on_commit(offsets, error)``."""
+        ``on_commit(offsets, error)``. Raises FabricError once the consumer is closed, sync or
+        async, sending nothing: a closed assigned consumer's commit (outside any generation)
+        moved the group's offsets, back too, on a link opened again for it."""
+        self._check_open()
         if offsets is None:
             offsets = {tp: pos for tp, pos in self.positions.items()
                        if pos is not None and self._last_committed.get(tp) != pos}
@@ -148,6 +152,10 @@ class GroupCommits:
                 raise CommitFailed(e.code, e.message) from e
             raise
         self._committed(offsets)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FabricError("consumer is closed")
 
     def _commit_header(self, offsets: dict[TopicPartition, int], member_id: str, generation: int) -> dict:
         """OFFSET_COMMIT's header: as member ``member_id`` of ``generation`` (read once, under
@@ -206,7 +214,9 @@ class GroupCommits:
     def committed_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets of ``tps`` (None: nothing committed), in one request
         (Kafka's ``committed(Set<TopicPartition>)``): an assignment of thousands of partitions
-        looks them up at once, not one round trip (and retry budget) each."""
+        looks them up at once, not one round trip (and retry budget) each. Raises FabricError
+        once the consumer is closed."""
+        self._check_open()
         if not tps:
             return {}
         h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in tps]})
