@@ -249,6 +249,16 @@ class _Delivered:
         self.sent: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.last_commit_s = time.monotonic()
+        # the membership generation the last fetch reported, and whether the group's committed
+        # offsets are to be looked up before the next commit (after every new generation)
+        self.generation: int | None = None
+        self.baseline_due = True
+
+    def note_generation(self, generation: int) -> None:
+        """A fetch reported ``generation``: after a rebalance, marks sent before it may be below
+        what another member committed meanwhile (it held a partition that came back)."""
+        if generation != self.generation:
+            self.generation, self.baseline_due = generation, True
 
     def number(self, records: list) -> tuple[int, dict[tuple[str, int], int]]:
         """The next message's number and its mark: the offsets after its records, per partition
@@ -293,6 +303,15 @@ class _Delivered:
             del self.sent[tp]
             self.committed.pop(tp, None)
         wanted = {tp: o for tp, o in wanted.items() if tp in owned}
+        if wanted and self.baseline_due:
+            # marks sent before a rebalance below what the group holds now: the coordinator
+            # refuses a commit that moves an offset backward, and the whole commit with it -- every
+            # later one too, for as long as that partition brings nothing new
+            for tp, o in handle.committed(sorted(wanted)).items():
+                if o > self.committed.get(tp, -1):
+                    self.committed[tp] = o
+            self.baseline_due = False
+            wanted = {tp: o for tp, o in wanted.items() if o > self.committed.get(tp, -1)}
         if wanted:
             handle.commit(wanted)
             self.committed.update(wanted)
@@ -354,6 +373,7 @@ def _consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dic
             fetched = gw.agent.call_instance(group, entry.name, lambda h: h.fetch_with_positions(
                 timeout_ms=wait_ms, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
             records = fetched.records
+            delivered.note_generation(fetched.generation)
             if records:
                 mark = delivered.number(records)
                 # an anonymous stream commits nothing: no mark to keep

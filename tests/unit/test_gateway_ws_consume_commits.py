@@ -93,6 +93,13 @@ class InstanceAgent:
     def assignment(self) -> list[tuple[str, int]]:
         return [("t", 0)]
 
+    def committed(self, partitions: list[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
+        """The group's committed offsets (-1: none): what this instance's commits made them."""
+        held: dict[tuple[str, int], int] = {}
+        for c in self.commits:
+            held.update(c)
+        return {tp: held.get(tp, -1) for tp in partitions or self.assignment()}
+
     def delete_instance(self, group: str, name: str) -> None:
         if self.auto_commit:
             self.commits.append({("t", 0): self.position})
