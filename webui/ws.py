@@ -42,7 +42,7 @@ from webui.context import Gateway
 from webui.events import EVENTS_QUEUE_MAX
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import ACKS, encode_records, offsets_json, records_json
-from webui.schemas import produce_schema
+from webui.schemas import OFFSET, PARTITION, produce_schema
 from webui.spec import Op, body_checker, loads_json
 from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, SocketsPer
 from webui.ws_outbox import TRY_AGAIN_LATER, Closed, Outbox
@@ -429,7 +429,12 @@ def _consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: _Delivered,
         else:
             try:
                 wanted = {(c["topic"], int(c["partition"])): int(c["offset"]) + 1 for c in commit}
-            except (TypeError, KeyError, ValueError):
+            except (TypeError, KeyError, ValueError, OverflowError):  # OverflowError: 1e999 is a float
+                wanted = None
+            # what REST's commit takes: anything else failed past this route (sorting mixed
+            # topics, packing an offset beyond 64 bits) as a programmer error, stopping the worker
+            if wanted is None or not all(type(t) is str and 0 <= p <= PARTITION["maximum"]
+                                         and 0 < o <= OFFSET["maximum"] + 1 for (t, p), o in wanted.items()):
                 out.close(POLICY, "commit entries need topic, partition and offset")
                 raise Closed() from None
             try:
