@@ -3,7 +3,8 @@
 Produce goes through the producer service and consumer instances live on the consumer
 services (``fabric.client.services``); metadata, topics, offsets and groups go to the
 coordinator and brokers (``fabric.client.admin``, ``fabric.client.group_admin``). Fabric errors
-become ``webui.errors.ClusterError`` here, so the app never sees ZeroMQ.
+become ``webui.errors.ClusterError`` here (``nodes.gateway.translate``), so the app never sees
+ZeroMQ.
 
 Consumer instances: the agent remembers each instance's service, configuration and
 subscription. When the instance's consumer service does not answer (it died), the agent makes
@@ -28,7 +29,6 @@ import operator
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterator
@@ -39,9 +39,10 @@ from fabric.client.consumer import Consumer
 from fabric.client.group_admin import GroupAdmin
 from fabric.client.services import PARTITION_OF, ServiceConsumer, ServiceProducer, service_endpoints
 from fabric.config import LoomConfig
-from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
+from fabric.errors import CodedError, FabricError
 from fabric.records import Record
 from nodes.gateway.monitor_link import MonitorAccess
+from nodes.gateway.translate import translated
 from webui.errors import ClusterError
 
 log = logging.getLogger(__name__)
@@ -54,38 +55,7 @@ SERVICE_REQUEST_BYTES_MAX = 8 * 1024 * 1024   # record bytes per SVC_PRODUCE (on
 RECORD_WIRE_OVERHEAD_BYTES = 64
 PRODUCE_METADATA_MAX_AGE_MS = 1000   # how old the topic list that produce trusts may be
 
-KINDS = {
-    P.UNKNOWN_TOPIC_OR_PARTITION: "topic_not_found", P.TOPIC_ALREADY_EXISTS: "topic_exists",
-    P.INVALID_TOPIC: "invalid", P.INVALID_PARTITIONS: "invalid", P.INVALID_REPLICATION_FACTOR: "invalid",
-    P.INVALID_CONFIG: "invalid", P.MALFORMED_REQUEST: "invalid", P.INVALID_RECORD: "invalid",
-    P.RECORD_TOO_LARGE: "invalid", P.NON_EMPTY_GROUP: "group_not_empty",
-    P.UNKNOWN_CONSUMER_INSTANCE: "instance_not_found", P.CONSUMER_INSTANCE_EXISTS: "instance_exists",
-    P.PARTITION_NOT_ASSIGNED: "invalid_offset", P.OFFSET_OUT_OF_RANGE: "invalid_offset",
-    P.REQUEST_TIMED_OUT: "timeout", P.BUFFER_FULL: "unavailable", P.UNKNOWN_GROUP: "group_not_found",
-    P.SUBSCRIPTION_CONFLICT: "subscription_conflict",
-    P.UNKNOWN_MEMBER: "rebalance", P.ILLEGAL_GENERATION: "rebalance", P.REBALANCE_IN_PROGRESS: "rebalance",
-}
 _NOT_NONE = partial(operator.is_not, None)
-
-# a commit the group refused because it moved on: said for a REST client (the library's own
-# message tells an application to poll)
-REBALANCE_MESSAGE = ("the consumer instance is not a member of its group's current generation (a rebalance, or "
-                     "its consumer service restarted): fetch records again, which rejoins, then commit what was "
-                     "processed")
-
-
-@contextmanager
-def translated(what: str) -> Iterator[None]:
-    """Fabric errors as ClusterError, with ``what`` (the service asked) in timeouts."""
-    try:
-        yield
-    except RequestTimeout as e:
-        raise ClusterError("unavailable", f"{what} did not answer: {e.message}") from e
-    except RemoteError as e:
-        kind = KINDS.get(e.code, "cluster")
-        raise ClusterError(kind, f"{e.name}: {REBALANCE_MESSAGE if kind == 'rebalance' else e.message}") from e
-    except FabricError as e:
-        raise ClusterError("unavailable", f"{what}: {e}") from e
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from nodes.gateway.agent import translated
+from nodes.gateway.translate import translated
 from webui.errors import ClusterError
 
 
