@@ -56,6 +56,7 @@ RECORD_WIRE_OVERHEAD_BYTES = 64
 PRODUCE_METADATA_MAX_AGE_MS = 1000   # how old the topic list that produce trusts may be
 
 _NOT_NONE = partial(operator.is_not, None)
+_PARTITION_TYPES = {int, type(None)}  # of a record's own partition (not bool, not 1.0)
 
 
 @dataclass
@@ -192,8 +193,11 @@ class GatewayAgent:
         if t is None or (partition is not None and partition >= len(t.partitions)):
             t = self._checked_topic(topic, partition is None)
         # the route's partition, or the highest a record names: one the topic lacks is no retriable error
-        named = partition if partition is not None else max(filter(_NOT_NONE, map(PARTITION_OF, records)),
-                                                              default=None)
+        named = partition
+        if partition is None:
+            if not set(map(type, map(PARTITION_OF, records))) <= _PARTITION_TYPES:  # JSON Schema's 1.0 is one
+                raise ClusterError("invalid", "a record's partition is an integer")
+            named = max(filter(_NOT_NONE, map(PARTITION_OF, records)), default=None)
         if named is not None and named >= len(t.partitions) and partition is None:
             t = self._checked_topic(topic, False)  # partitions added since the cached look
         if named is not None and named >= len(t.partitions):

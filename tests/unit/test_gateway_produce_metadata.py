@@ -94,3 +94,21 @@ def test_per_record_unknown_topic_errors_stay_per_record_while_the_topic_exists(
     service.error = P.UNKNOWN_TOPIC_OR_PARTITION  # e.g. a partition the service's metadata lacks
     outcomes = a.produce("t", [RECORD], "all")
     assert outcomes[0][2].startswith("unknown_topic_or_partition") and outcomes[0][:2] == (0, -1)
+
+
+@pytest.mark.parametrize("partition", [1.0, True, "1"])
+def test_a_record_whose_partition_is_no_integer_is_refused_as_invalid(agent: Any, partition: Any) -> None:
+    """JSON Schema counts 1.0 as an integer: such a record reached the producer service, whose
+    refusal came back as a 500."""
+    a, _, _ = agent
+    with pytest.raises(ClusterError) as e:
+        a.produce("t", [RECORD, (None, b"v", None, partition)], "all")
+    assert e.value.kind == "invalid" and "partition" in e.value.message, e.value
+
+
+def test_a_record_naming_a_partition_the_topic_lacks_is_refused_whole(agent: Any) -> None:
+    a, _, _ = agent
+    with pytest.raises(ClusterError) as e:
+        a.produce("t", [RECORD, (None, b"v", None, 1), (None, b"v", None, 2)], "all")
+    assert e.value.kind == "partition_not_found" and "2" in e.value.message, e.value
+    assert a.produce("t", [RECORD, (None, b"v", None, 1)], "all") == [(0, 7, None, False)] * 2
