@@ -24,8 +24,9 @@ from webui.spec import dumps
 
 CLOSE_GRACE_S = 5.0
 TRY_AGAIN_LATER = 1013   # the client cannot keep up
+POLICY = 1008            # policy violation: auth, bad messages, too many unanswered messages
 # what one client's send queue may hold, whatever the message count (a message larger than
-# this is still taken when the queue is empty): a consume message (webui/ws.py) can carry
+# this is still taken when the queue is empty): a consume message (webui/ws_consume.py) can carry
 # FETCH_BYTES_MAX, 2 MiB
 OUTBOX_BYTES_MAX = 4 * 1024 * 1024
 

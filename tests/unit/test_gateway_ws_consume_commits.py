@@ -19,6 +19,7 @@ from simple_websocket import ConnectionClosed
 from fabric.client.services import Fetched
 from fabric.records import Record
 from webui import ws as wsmod
+from webui import ws_consume as consumemod
 from webui.errors import ClusterError
 
 DEADLINE_S = 10.0
@@ -108,7 +109,7 @@ class InstanceAgent:
 def run(agent: InstanceAgent, ws: ClientSocket, query: dict) -> None:
     out = wsmod.Outbox(ws, queue_max=100, slow_timeout_s=1.0)
     try:
-        wsmod._consume(ws, out, SimpleNamespace(agent=agent), query)
+        consumemod.consume(ws, out, SimpleNamespace(agent=agent), query)
     except wsmod.Closed:
         pass
     out.close(1000, "done")

@@ -18,6 +18,7 @@ from fabric.client.services import Fetched
 from fabric.records import Record
 from tests.unit.test_gateway_ws_consume_commits import DEADLINE_S, ClientSocket
 from webui import ws as wsmod
+from webui import ws_consume as consumemod
 from webui.errors import ClusterError
 
 P0, P1 = ("t", 0), ("t", 1)
@@ -118,7 +119,7 @@ def test_marks_sent_before_a_rebalance_do_not_make_every_later_commit_go_backwar
     agent = RebalancedInstance(ws)
     out = wsmod.Outbox(ws, queue_max=100, slow_timeout_s=1.0)
     try:
-        wsmod._consume(ws, out, SimpleNamespace(agent=agent), {"topic": "t", "group": "billing", "auto_commit": "false"})
+        consumemod.consume(ws, out, SimpleNamespace(agent=agent), {"topic": "t", "group": "billing", "auto_commit": "false"})
     except wsmod.Closed:
         pass
     out.close(1000, "done")

@@ -14,7 +14,7 @@ import time
 from fabric.client.services import Fetched
 from fabric.records import Record
 from tests.unit.test_gateway_ws_consume_commits import DEADLINE_S, ClientSocket, InstanceAgent, run
-from webui import ws as wsmod
+from webui import ws_consume as consumemod
 
 T0, T1 = ("t", 0), ("t", 1)
 
@@ -66,8 +66,8 @@ def test_ready_comes_once_the_consumer_is_positioned_after_that_fetch_s_records(
         [(1, 4)],
     ], received
     # until ready, the stream asks often: ready goes out soon after the consumer is positioned
-    assert agent.timeouts_ms[:3] == [wsmod.UNPOSITIONED_FETCH_TIMEOUT_MS] * 3
-    assert agent.timeouts_ms[3:] == [wsmod.FETCH_TIMEOUT_MS] * 2
+    assert agent.timeouts_ms[:3] == [consumemod.UNPOSITIONED_FETCH_TIMEOUT_MS] * 3
+    assert agent.timeouts_ms[3:] == [consumemod.FETCH_TIMEOUT_MS] * 2
 
 
 def test_a_rebalance_is_told_not_ready_then_ready_with_the_new_assignment() -> None:

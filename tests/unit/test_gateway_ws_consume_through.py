@@ -17,23 +17,24 @@ from types import SimpleNamespace
 from fabric.records import Record
 from tests.unit.test_gateway_ws_consume_commits import DEADLINE_S, ClientSocket, InstanceAgent
 from webui import ws as wsmod
+from webui import ws_consume as consumemod
 
 
 def _run(agent: InstanceAgent, ws: ClientSocket, query: dict) -> wsmod.Outbox:
     out = wsmod.Outbox(ws, queue_max=100, slow_timeout_s=1.0)
-    delivered: list[wsmod._Delivered] = []
-    real = wsmod._Delivered
+    delivered: list[consumemod.Delivered] = []
+    real = consumemod.Delivered
 
     def keep(*a, **k):  # noqa: ANN002, ANN003, ANN202
         delivered.append(real(*a, **k))
         return delivered[-1]
-    wsmod._Delivered = keep  # type: ignore[misc]
+    consumemod.Delivered = keep  # type: ignore[misc]
     try:
-        wsmod._consume(ws, out, SimpleNamespace(agent=agent), query)
+        consumemod.consume(ws, out, SimpleNamespace(agent=agent), query)
     except wsmod.Closed:
         pass
     finally:
-        wsmod._Delivered = real  # type: ignore[misc]
+        consumemod.Delivered = real  # type: ignore[misc]
     out.close(1000, "done")
     assert out.done.wait(DEADLINE_S)
     out.delivered = delivered[0]  # type: ignore[attr-defined]
@@ -116,12 +117,12 @@ def test_a_bad_through_closes_the_stream_with_what_is_wanted() -> None:
 def test_a_stream_that_never_commits_keeps_no_mark_per_message() -> None:
     for query in ({"topic": "t"}, {"topic": "t", "group": "billing", "auto_commit": "false"}):
         ws = ClientSocket()
-        messages = wsmod.PENDING_MARKS_MAX * 3
+        messages = consumemod.PENDING_MARKS_MAX * 3
         agent = ReadingClient(ws, [], after=messages, leave_at_fetch=messages + 1)
         out = _run(agent, ws, query)
         assert len([m for m in ws.received if "records" in m]) == messages
         held = len(out._sent_marks) + len(out.delivered.pending)
-        assert held <= wsmod.PENDING_MARKS_MAX, f"{held} marks held for {messages} messages ({query})"
+        assert held <= consumemod.PENDING_MARKS_MAX, f"{held} marks held for {messages} messages ({query})"
 
 
 def test_an_explicit_commit_refused_by_a_rebalance_is_answered_and_the_stream_goes_on() -> None:

@@ -31,6 +31,7 @@ from fabric.apikeys import hash_key
 from fabric.config import GatewayConfig, SecurityConfig
 from tests.unit.fakes import KEYS, StubAgent
 from webui import ws as wsmod
+from webui import ws_consume as consumemod
 from webui.app import create_app
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway
@@ -236,7 +237,7 @@ def test_ws_consume_commit_commands_take_tokens_too() -> None:
 
     tokens = [None, {"error_code": 42901, "message": "over", "retry_after_s": 1}, None]
     out, delivered = Out(), Delivered()
-    wsmod._consume_commands(Socket(), out, None, delivered, lambda: tokens.pop(0))
+    consumemod.consume_commands(Socket(), out, None, delivered, lambda: tokens.pop(0))
     assert delivered.commits == 2
     assert out.sent == [{"committed": True}, {"committed": False, "error_code": 42901, "message": "over",
                                                "retry_after_s": 1}, {"committed": True}]

@@ -1,0 +1,266 @@
+"""The ``/ws/consume`` stream (webui/ws.py routes it, after auth and a slot): records pushed as
+they come, each message numbered (``seq``), ``{"ready": ...}`` once the stream's consumer is
+positioned, and the client's commits -- ``{"commit": "all"}``, ``{"commit": "all", "through": N}``
+or ``{"commit": [{topic, partition, offset}]}`` -- with the auto-commit for a named group.
+
+Commits cover only what went out to the client (``Delivered``), never what the instance fetched
+and still queues: see docs/gateway.md. Runs on the route's thread; the Outbox's thread sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from webui.context import Gateway
+from webui.errors import ApiError, ClusterError
+from webui.routes_v2 import records_json
+from webui.schemas import OFFSET, PARTITION
+from webui.spec import loads_json
+from webui.ws_outbox import POLICY, Closed, Outbox
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_MS = 500
+# /ws/consume: a fetch's wait while the stream's consumer is not positioned, so that "ready"
+# goes out at most this long after it is (a 500 ms wait held it back with nothing to send)
+UNPOSITIONED_FETCH_TIMEOUT_MS = 50
+FETCH_BYTES_MAX = 2 * 1024 * 1024   # keys and values per consumer-service fetch (one message)
+FETCH_RECORDS_MAX = 5000
+# /ws/consume: a commit of explicit offsets refused for these is answered {"committed": false, ...}
+# (the client may commit again); others close the stream as a bad request
+RETRIABLE_COMMIT_ERRORS = ("rebalance", "unavailable", "timeout")
+# /ws/consume: marks of messages sent and not yet committed kept one by one (more are merged)
+PENDING_MARKS_MAX = 1024
+AUTO_COMMIT_INTERVAL_S = 5.0  # /ws/consume: what went out to the client is committed this often
+
+
+def query_param(q: dict, name: str, allowed: tuple[str, ...] | None = None, default: str | None = None) -> str:
+    """The WebSocket's query parameter ``name`` (``default`` when absent), one of ``allowed``
+    when given. Raises ApiError 42206."""
+    value = q.get(name, default)
+    if value is None or value == "" or (allowed and value not in allowed):
+        raise ApiError(42206, f"query parameter {name} must be " + (" or ".join(allowed) if allowed else "given"))
+    return value
+
+
+class Delivered:
+    """What of a /ws/consume stream went out to the client, and what the client said it read.
+    Commits cover only that -- the instance's own positions are past records fetched and still
+    queued, or dropped when the socket closed, which a commit of them would have the group skip.
+
+    Every records message is numbered (``seq``); the marks of those that went out (message
+    number, the offset after its records per partition) wait in ``pending`` until a commit
+    covers them: ``{"commit": "all"}`` every one, ``{"commit": "all", "through": N}`` those up
+    to message N -- what the client has read, where messages after it may be on their way and
+    never arrive (the connection breaks). Once a client has named ``through``, the auto-commit
+    adds nothing past it. ``pending`` is bounded: past PENDING_MARKS_MAX its older half is merged
+    into one mark, which only a ``through`` at or past its last message covers. Not thread-safe:
+    the stream's route thread."""
+
+    def __init__(self, out: Outbox, gw: Gateway, group: str, name: str) -> None:
+        self.out, self.gw, self.group, self.name = out, gw, group, name
+        self.seq = 0  # of the last records message numbered
+        self.pending: list[tuple[int, dict[tuple[str, int], int]]] = []  # went out, not yet covered
+        self.client_confirms = False  # the client names what it read (through): no auto-commit past it
+        self.sent: dict[tuple[str, int], int] = {}
+        self.committed: dict[tuple[str, int], int] = {}
+        self.last_commit_s = time.monotonic()
+        # the membership generation the last fetch reported, and whether the group's committed
+        # offsets are to be looked up before the next commit (after every new generation)
+        self.generation: int | None = None
+        self.baseline_due = True
+
+    def note_generation(self, generation: int) -> None:
+        """A fetch reported ``generation``: after a rebalance, marks sent before it may be below
+        what another member committed meanwhile (it held a partition that came back)."""
+        if generation != self.generation:
+            self.generation, self.baseline_due = generation, True
+
+    def number(self, records: list) -> tuple[int, dict[tuple[str, int], int]]:
+        """The next message's number and its mark: the offsets after its records, per partition
+        (a partition's records ascend)."""
+        self.seq += 1
+        return self.seq, {(r.topic, r.partition): r.offset + 1 for r in records}
+
+    def collect(self) -> None:
+        """Take the marks of the messages that went out since the last call (bounded)."""
+        self.pending += self.out.take_sent_marks()
+        if len(self.pending) > PENDING_MARKS_MAX:
+            half = len(self.pending) // 2
+            merged: dict[tuple[str, int], int] = {}
+            for _, after in self.pending[:half]:
+                merged.update(after)  # a partition's offsets ascend from message to message
+            self.pending[:half] = [(self.pending[half - 1][0], merged)]
+
+    def commit(self, through: int | None = None, auto: bool = False) -> None:
+        """Commit what went out up to message ``through`` (every message when None) and was not
+        committed yet; ``auto``: the auto-commit's, nothing once the client names ``through``."""
+        self.collect()
+        self.last_commit_s = time.monotonic()
+        if through is not None:
+            self.client_confirms = True
+        elif auto and self.client_confirms:
+            return
+        covered = [after for seq, after in self.pending if through is None or seq <= through]
+        self.pending = [m for m in self.pending if through is not None and m[0] > through]
+        for after in covered:
+            for tp, offset in after.items():
+                if offset > self.sent.get(tp, -1):
+                    self.sent[tp] = offset
+        wanted = {tp: o for tp, o in self.sent.items() if o > self.committed.get(tp, -1)}
+        if wanted:
+            self.gw.agent.call_instance(self.group, self.name, lambda h: self._commit_owned(h, wanted))
+
+    def _commit_owned(self, handle: Any, wanted: dict[tuple[str, int], int]) -> None:
+        """Commit ``wanted`` for the partitions the instance still owns: one a rebalance gave to
+        another member is its to commit now (and would have the whole commit refused)."""
+        owned = set(handle.assignment())
+        for tp in [tp for tp in self.sent if tp not in owned]:
+            del self.sent[tp]
+            self.committed.pop(tp, None)
+        wanted = {tp: o for tp, o in wanted.items() if tp in owned}
+        if wanted and self.baseline_due:
+            # marks sent before a rebalance below what the group holds now: the coordinator
+            # refuses a commit that moves an offset backward, and the whole commit with it -- every
+            # later one too, for as long as that partition brings nothing new
+            for tp, o in handle.committed(sorted(wanted)).items():
+                if o > self.committed.get(tp, -1):
+                    self.committed[tp] = o
+            self.baseline_due = False
+            wanted = {tp: o for tp, o in wanted.items() if o > self.committed.get(tp, -1)}
+        if wanted:
+            handle.commit(wanted)
+            self.committed.update(wanted)
+
+    def note_committed(self, offsets: dict[tuple[str, int], int]) -> None:
+        """The client committed ``offsets`` itself (of records it got): never commit below them."""
+        for tp, o in offsets.items():
+            self.committed[tp] = max(o, self.committed.get(tp, -1))
+
+
+class Ready:
+    """Tells a /ws/consume client when the stream's consumer is positioned: it has its
+    assignment and a position in every partition of it, so every record produced from then on
+    is delivered (a new group's member joins and looks up the log end, ~100 ms, after the
+    socket opens: a tail "from the end" that counted from the open missed what came
+    meanwhile). ``{"ready": true, "assignment": [{topic, partition, offset}]}`` (offset: the
+    next one the stream sends from that partition) goes out after the records of the fetch
+    that found it positioned, and again after every rebalance (a new generation) or position
+    looked up anew; ``{"ready": false}`` when a fetch finds it no longer positioned after a
+    ready (a rebalance under way). Not thread-safe: owned by the stream's route thread."""
+
+    def __init__(self, out: Outbox) -> None:
+        self.out = out
+        self.generation: int | None = None  # the membership announced ready, None while not
+
+    def note(self, fetched: Any) -> None:
+        """Announce what ``fetched`` (``fabric.client.services.Fetched``) says, if it changed."""
+        if fetched.positions is None:
+            if self.generation is not None:
+                self.generation = None
+                self.out.put({"ready": False})
+            return
+        if fetched.generation != self.generation:
+            self.generation = fetched.generation
+            self.out.put({"ready": True, "assignment": [{"topic": t, "partition": p, "offset": o}
+                                                        for (t, p), o in sorted(fetched.positions.items())]})
+
+
+def consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict | None] = lambda: None) -> None:
+    topic = query_param(q, "topic")
+    fmt = query_param(q, "format", ("json", "binary"), "json")
+    start = query_param(q, "from", ("beginning", "end"), "end")
+    named = bool(q.get("group"))
+    group = q.get("group") or f"ws-{time.monotonic_ns():x}"
+    gw.agent.topic(topic)
+    # a generated group is never joined again: committing would only leave it on the
+    # coordinator for good (one group per stream, up to GROUPS_MAX). A named group's commits are
+    # the stream's own (Delivered): the instance does not auto-commit
+    auto_commit = named and q.get("auto_commit", "true") != "false"
+    config = {"auto_offset_reset": "earliest" if start == "beginning" else "latest", "enable_auto_commit": False}
+    entry = gw.agent.create_instance(group, None, config, fmt)
+    delivered = Delivered(out, gw, group, entry.name)
+    ready = Ready(out)
+    try:
+        gw.agent.subscribe(group, entry.name, [topic])
+        while ws.connected and not out.done.is_set():
+            consume_commands(ws, out, gw, delivered, limit)
+            wait_ms = FETCH_TIMEOUT_MS if ready.generation is not None else UNPOSITIONED_FETCH_TIMEOUT_MS
+            fetched = gw.agent.call_instance(group, entry.name, lambda h: h.fetch_with_positions(
+                timeout_ms=wait_ms, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
+            records = fetched.records
+            delivered.note_generation(fetched.generation)
+            if records:
+                mark = delivered.number(records)
+                # an anonymous stream commits nothing: no mark to keep
+                out.put({"records": records_json(records, fmt), "seq": mark[0]}, mark=mark if named else None)
+            ready.note(fetched)
+            delivered.collect()
+            if auto_commit and time.monotonic() - delivered.last_commit_s >= AUTO_COMMIT_INTERVAL_S:
+                try:
+                    delivered.commit(auto=True)
+                except ClusterError as e:  # a rebalance meanwhile: the next one, or the new owner, goes on
+                    log.info("ws consume %s: auto-commit failed: %s", group, e)
+    finally:
+        try:
+            if auto_commit:
+                delivered.commit(auto=True)  # what went out, before the instance leaves the group
+        except ClusterError:
+            pass
+        finally:
+            try:
+                gw.agent.delete_instance(group, entry.name)  # leaves the group at once
+            except ClusterError:
+                pass
+
+
+def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
+                      limit: Callable[[], dict | None]) -> None:
+    """Handle what the client sent: {"commit": "all", "through"?: N} or {"commit": [{topic,
+    partition, offset}]}."""
+    while True:
+        text = ws.receive(timeout=0)
+        if text is None:
+            return
+        limited = limit()
+        if limited is not None:
+            out.put({"committed": False, **limited})
+            continue
+        try:
+            msg = loads_json(text)
+            commit = msg["commit"]
+        except (ValueError, TypeError, KeyError):
+            out.close(POLICY, 'expected {"commit": "all"} or {"commit": [{"topic", "partition", "offset"}]}')
+            raise Closed() from None
+        if commit == "all":
+            through = msg.get("through")
+            if through is not None and not (type(through) is int and through > 0):
+                out.close(POLICY, '"through" is the seq of a records message (1, 2, ...)')
+                raise Closed() from None
+            try:
+                delivered.commit(through)  # what went out to the client, not what is still queued for it
+            except ClusterError as e:  # a rebalance under way: the client may ask again
+                out.put({"committed": False, "error": e.kind, "message": e.message})
+                continue
+        else:
+            try:
+                wanted = {(c["topic"], int(c["partition"])): int(c["offset"]) + 1 for c in commit}
+            except (TypeError, KeyError, ValueError, OverflowError):  # OverflowError: 1e999 is a float
+                wanted = None
+            # what REST's commit takes: anything else failed past this route (sorting mixed
+            # topics, packing an offset beyond 64 bits) as a programmer error, stopping the worker
+            if wanted is None or not all(type(t) is str and 0 <= p <= PARTITION["maximum"]
+                                         and 0 < o <= OFFSET["maximum"] + 1 for (t, p), o in wanted.items()):
+                out.close(POLICY, "commit entries need topic, partition and offset")
+                raise Closed() from None
+            try:
+                gw.agent.call_instance(delivered.group, delivered.name, lambda h: h.commit(wanted))
+            except ClusterError as e:
+                if e.kind not in RETRIABLE_COMMIT_ERRORS:
+                    raise
+                out.put({"committed": False, "error": e.kind, "message": e.message})
+                continue
+            delivered.note_committed(wanted)
+        out.put({"committed": True})
