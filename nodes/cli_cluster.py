@@ -15,6 +15,7 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
+from fabric import protocol as P
 from fabric.apikeys import ensure_admin_key
 from fabric.config import ConfigError, LoomConfig, NodeConfig, load_config
 from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
@@ -168,7 +169,7 @@ def _metadata(endpoints: list[str]) -> ClusterMetadata | None:
 def _leads(md: ClusterMetadata | None, broker_id: int | None) -> str:
     if md is None or broker_id is None:
         return "-"
-    led = [f"{p.topic}-{p.partition}" for p in md.partitions() if p.leader == broker_id and not p.topic.startswith("__")]
+    led = [f"{p.topic}-{p.partition}" for p in md.partitions() if p.leader == broker_id and not p.topic.startswith(P.INTERNAL_TOPIC_PREFIX)]
     shown = " ".join(led[:LEADS_SHOWN_MAX]) + (f" +{len(led) - LEADS_SHOWN_MAX} more" if len(led) > LEADS_SHOWN_MAX else "")
     return f"{len(led)}" + (f" ({shown})" if led else "")
 
@@ -221,8 +222,8 @@ def status(config: str | None, bootstrap: str | None) -> None:
     if md is None:
         out.print("partitions: unknown (no metadata: is the coordinator up?)")
     else:
-        parts = [p for p in md.partitions() if not p.topic.startswith("__")]
-        out.print(f"topics: {sum(1 for t in md.topics if not t.startswith('__'))}, partitions: {len(parts)}, "
+        parts = [p for p in md.partitions() if not p.topic.startswith(P.INTERNAL_TOPIC_PREFIX)]
+        out.print(f"topics: {sum(1 for t in md.topics if not t.startswith(P.INTERNAL_TOPIC_PREFIX))}, partitions: {len(parts)}, "
                   f"under-replicated: {sum(p.under_replicated for p in parts)}, "
                   f"offline: {sum(p.offline for p in parts)}")
     _print_supervisor(out, config)

@@ -167,7 +167,7 @@ def describe(config: str | None, bootstrap: str | None, name: str | None, topic:
         md = admin.metadata()
     if name is not None and name not in md.topics:
         raise TopicNotInMetadataError(f"no topic {name!r}")
-    names = [name] if name else sorted(t for t in md.topics if not t.startswith("__"))
+    names = [name] if name else sorted(t for t in md.topics if not t.startswith(P.INTERNAL_TOPIC_PREFIX))
     filtered = under_replicated or unavailable
     for n in names:
         t = md.topics[n]

@@ -29,7 +29,6 @@ Thread-safety: every method is thread-safe (one lock; ``append`` may block only 
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from bisect import bisect_right
@@ -44,8 +43,6 @@ from fabric.client.futures import BatchState, DeliveryCallback, RecordFuture, Se
 from fabric.clock import Clock
 from fabric.errors import BufferExhaustedError
 from fabric.hoptrace import mark
-
-log = logging.getLogger(__name__)
 
 _new_future = tuple.__new__
 

@@ -226,7 +226,7 @@ class Coordinator(Node):
         name = req.header.get("topic")
         if not isinstance(name, str) or name not in self.state.topics:
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
-        if isinstance(name, str) and name.startswith("__"):
+        if isinstance(name, str) and name.startswith(P.INTERNAL_TOPIC_PREFIX):
             raise RemoteError(P.INVALID_TOPIC, "internal topics cannot be deleted")
         self.state.topic_deleted(self.state.topics.pop(name).topic_id)  # brokers delete only these
         self.commit()
@@ -238,7 +238,7 @@ class Coordinator(Node):
         topic = self.state.topics.get(name) if isinstance(name, str) else None
         if topic is None:
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
-        if name.startswith("__"):  # type: ignore[union-attr]
+        if name.startswith(P.INTERNAL_TOPIC_PREFIX):  # type: ignore[union-attr]
             raise RemoteError(P.INVALID_TOPIC, "internal topics are configured by the coordinator")
         rf = len(topic.partitions[0].replicas)
         new_configs = req.header.get("configs")

@@ -12,7 +12,6 @@ from fabric import protocol as P
 from fabric.errors import RemoteError
 
 TOPIC_NAME_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{P.TOPIC_NAME_LEN_MAX}}}$")
-INTERNAL_PREFIX = P.INTERNAL_TOPIC_PREFIX
 
 # topic config key -> (parser, check, description)
 _CONFIGS: dict[str, tuple[Any, Any, str]] = {
@@ -31,8 +30,8 @@ def validate_topic_name(name: Any, allow_internal: bool = False) -> str:
         raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {shown}: use 1-{P.TOPIC_NAME_LEN_MAX} characters of [A-Za-z0-9._-]")
     if name in (".", ".."):
         raise RemoteError(P.INVALID_TOPIC, f"invalid topic name {name!r}")
-    if name.startswith(INTERNAL_PREFIX) and not allow_internal:
-        raise RemoteError(P.INVALID_TOPIC, f"topic names starting with {INTERNAL_PREFIX!r} are reserved for internal topics")
+    if name.startswith(P.INTERNAL_TOPIC_PREFIX) and not allow_internal:
+        raise RemoteError(P.INVALID_TOPIC, f"topic names starting with {P.INTERNAL_TOPIC_PREFIX!r} are reserved for internal topics")
     return name
 
 

@@ -156,7 +156,7 @@ class GatewayAgent:
 
     def topic(self, name: str) -> Any:
         t = self.metadata().topics.get(name)
-        if t is None or name.startswith("__"):
+        if t is None or name.startswith(P.INTERNAL_TOPIC_PREFIX):
             raise ClusterError("topic_not_found", f"topic {name!r} not found")
         return t
 
@@ -187,7 +187,7 @@ class GatewayAgent:
                 partition: int | None = None) -> list[Outcome]:
         """Produce ``records`` (key, value, headers, partition) tuples; with ``partition``,
         the route's partition (which must exist: no auto-create then)."""
-        if topic.startswith("__"):
+        if topic.startswith(P.INTERNAL_TOPIC_PREFIX):
             raise ClusterError("topic_not_found", f"topic {topic!r} not found")
         t = self._recent_metadata().topics.get(topic)
         if t is None or (partition is not None and partition >= len(t.partitions)):
@@ -195,11 +195,12 @@ class GatewayAgent:
         # the route's partition, or the highest a record names: one the topic lacks is no retriable error
         named = partition
         if partition is None:
-            if not set(map(type, map(PARTITION_OF, records))) <= _PARTITION_TYPES:  # JSON Schema's 1.0 is one
+            own = list(map(PARTITION_OF, records))
+            if not set(map(type, own)) <= _PARTITION_TYPES:  # JSON Schema counts 1.0 as an integer
                 raise ClusterError("invalid", "a record's partition is an integer")
-            named = max(filter(_NOT_NONE, map(PARTITION_OF, records)), default=None)
-        if named is not None and named >= len(t.partitions) and partition is None:
-            t = self._checked_topic(topic, False)  # partitions added since the cached look
+            named = max(filter(_NOT_NONE, own), default=None)
+            if named is not None and named >= len(t.partitions):
+                t = self._checked_topic(topic, False)  # partitions added since the cached look
         if named is not None and named >= len(t.partitions):
             raise ClusterError("partition_not_found", f"topic {topic!r} has no partition {named} "
                                                       f"(it has {len(t.partitions)})")

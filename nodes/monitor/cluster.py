@@ -50,8 +50,8 @@ class ClusterFacts:
         if md is None:
             return {}
         parts = list(md.partitions())
-        return {"topics": sum(1 for t in md.topics if not t.startswith("__")), "partitions": len(parts),
-                "internal_partitions": sum(1 for p in parts if p.topic.startswith("__")),
+        return {"topics": sum(1 for t in md.topics if not t.startswith(P.INTERNAL_TOPIC_PREFIX)), "partitions": len(parts),
+                "internal_partitions": sum(1 for p in parts if p.topic.startswith(P.INTERNAL_TOPIC_PREFIX)),
                 "under_replicated": sum(p.under_replicated for p in parts), "offline": sum(p.offline for p in parts),
                 "brokers": len(md.brokers), "brokers_alive": sum(1 for b in md.brokers.values() if b.alive),
                 "metadata_version": md.version}
