@@ -122,6 +122,7 @@ RECORD_TOO_LARGE = 30
 CORRUPT_MESSAGE = 31
 OFFSET_OUT_OF_RANGE = 32
 INVALID_RECORD = 33
+OFFSET_NOT_AVAILABLE = 34           # a new leader whose HW has not reached its epoch start yet (KIP-207)
 OUT_OF_ORDER_SEQUENCE = 40
 DUPLICATE_SEQUENCE = 41
 INVALID_PRODUCER_EPOCH = 42
@@ -163,6 +164,7 @@ ERROR_NAMES: dict[int, str] = {
     INVALID_ISR: "invalid_isr", UNKNOWN_BROKER: "unknown_broker",
     RECORD_TOO_LARGE: "record_too_large", CORRUPT_MESSAGE: "corrupt_message",
     OFFSET_OUT_OF_RANGE: "offset_out_of_range", INVALID_RECORD: "invalid_record",
+    OFFSET_NOT_AVAILABLE: "offset_not_available",
     OUT_OF_ORDER_SEQUENCE: "out_of_order_sequence", DUPLICATE_SEQUENCE: "duplicate_sequence",
     INVALID_PRODUCER_EPOCH: "invalid_producer_epoch", UNKNOWN_PRODUCER_ID: "unknown_producer_id",
     REQUEST_TIMED_OUT: "request_timed_out", STORAGE_ERROR: "storage_error",
@@ -190,7 +192,7 @@ ERROR_NAMES.update({UNKNOWN_NODE: "unknown_node", NODE_GIVEN_UP: "node_given_up"
 RETRIABLE = frozenset({
     NOT_LEADER, LEADER_NOT_AVAILABLE, NOT_ENOUGH_REPLICAS, REQUEST_TIMED_OUT,
     FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH, NOT_COORDINATOR, UNKNOWN_TOPIC_OR_PARTITION,
-    NOT_ENOUGH_REPLICAS_AFTER_APPEND, BUFFER_FULL, THROTTLED, UNSTABLE_OFFSET_COMMIT,
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND, BUFFER_FULL, THROTTLED, UNSTABLE_OFFSET_COMMIT, OFFSET_NOT_AVAILABLE,
 })
 
 # -- limits: every bound of the fabric, named once -------------------------------------------

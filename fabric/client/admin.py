@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import zmq
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 EARLIEST = -2
 LATEST = -1
+OFFSET_NOT_AVAILABLE_BACKOFF_S = 0.05  # list_offsets asks a leader that does not know its HW yet again
 
 
 class Admin:
@@ -90,7 +92,10 @@ class Admin:
     # -- offsets ------------------------------------------------------------------------------
     def list_offsets(self, topic: str, spec: int = LATEST) -> dict[int, int]:
         """partition -> offset: spec EARLIEST (-2), LATEST (-1: the high watermark) or a
-        timestamp in ms (first offset at or after it)."""
+        timestamp in ms (first offset at or after it). A leader just elected answers
+        offset_not_available until its followers have told it its HW (milliseconds, or a lag
+        time when a follower died with it): asked again every OFFSET_NOT_AVAILABLE_BACKOFF_S
+        within ``timeout_ms``, then raised."""
         md = self.metadata()
         t = md.topics.get(topic)
         if t is None:
@@ -101,13 +106,23 @@ class Admin:
                 raise RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p.partition} has no leader")
             by_leader.setdefault(p.leader, []).append([topic, p.partition, spec])
         out: dict[int, int] = {}
+        deadline = time.monotonic() + self.timeout_ms / 1000
         for leader, parts in by_leader.items():
-            h, _ = self._client(md.brokers[leader].endpoint).call(P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
-                                                                  timeout_ms=self.timeout_ms, retries=2)
-            for entry in decode_parts(h, ListOffsetsEntry):  # raises MalformedFrame
-                if entry.error:
-                    raise RemoteError(entry.error, f"{topic}-{entry.partition}")
-                out[entry.partition] = entry.offset  # type: ignore[index]
+            while parts:
+                h, _ = self._client(md.brokers[leader].endpoint).call(
+                    P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
+                    timeout_ms=self.timeout_ms, retries=2)
+                unknown = []
+                for entry in decode_parts(h, ListOffsetsEntry):  # raises MalformedFrame
+                    if entry.error == P.OFFSET_NOT_AVAILABLE and time.monotonic() < deadline:
+                        unknown.append([topic, entry.partition, spec])
+                    elif entry.error:
+                        raise RemoteError(entry.error, f"{topic}-{entry.partition}")
+                    else:
+                        out[entry.partition] = entry.offset  # type: ignore[index]
+                if unknown:
+                    time.sleep(OFFSET_NOT_AVAILABLE_BACKOFF_S)
+                parts = unknown
         return out
 
     def broker_stats(self, broker_id: int) -> dict:

@@ -453,8 +453,8 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
                          fail_on_disconnect=True)
 
     def _call(self, command: bytes, header: dict, *, timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS,
-              retry_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> dict:
-        return self._link.call(command, header, timeout_ms=timeout_ms, retry_ms=retry_ms)
+              retry_ms: int = COORDINATOR_CALL_TIMEOUT_MS, final: frozenset[int] = frozenset()) -> dict:
+        return self._link.call(command, header, timeout_ms=timeout_ms, retry_ms=retry_ms, final=final)
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None:

@@ -40,6 +40,9 @@ log = logging.getLogger("fabric.client.group")
 
 CommitCallback = Callable[[dict[TopicPartition, int], Exception | None], None]
 COMMIT_TIMEOUT_MS = 20_000       # a sync commit retries retriable errors this long
+# answered by the coordinator from its own metadata (no such partition, or the topic was
+# deleted while the commit waited): retrying cannot help (Kafka's consumer raises it too)
+COMMIT_FINAL_ERRORS = frozenset({P.UNKNOWN_TOPIC_OR_PARTITION})
 
 
 class CommitFailed(RemoteError):
@@ -85,7 +88,8 @@ class GroupCommits:
     reactor: Pump
 
     if TYPE_CHECKING:  # GroupConsumer's, never these
-        def _call(self, command: bytes, header: dict, *, timeout_ms: int = ..., retry_ms: int = ...) -> dict: ...
+        def _call(self, command: bytes, header: dict, *, timeout_ms: int = ..., retry_ms: int = ...,
+                  final: frozenset[int] = ...) -> dict: ...
         def _on_group_error(self, e: RemoteError, generation: int | None = None) -> None: ...
 
     def _init_commits(self) -> None:
@@ -145,7 +149,8 @@ class GroupCommits:
                                                                         self.group_id, err))
             return
         try:
-            self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS)
+            self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS,
+                       final=COMMIT_FINAL_ERRORS)
         except CodedError as e:
             self._on_group_error(e, generation)
             if e.code in REJOIN_ERRORS:

@@ -71,9 +71,11 @@ class CoordinatorLink:
         self._client.request(command, header, callback=callback, timeout_ms=timeout_ms)
 
     def call(self, command: bytes, header: dict, *, timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS,
-             retry_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> dict:
+             retry_ms: int = COORDINATOR_CALL_TIMEOUT_MS, final: frozenset[int] = frozenset()) -> dict:
         """The reply header. Retriable errors (not_coordinator while it loads, timeouts) are
-        retried for ``retry_ms``; then raised (RemoteError, or RequestTimeout: both CodedError)."""
+        retried for ``retry_ms``; then raised (RemoteError, or RequestTimeout: both CodedError).
+        The codes in ``final`` are raised at once, retriable or not (what the coordinator
+        answers from its own metadata)."""
         deadline = self.clock.now_ms() + retry_ms
         while True:
             box: dict[str, Any] = {}
@@ -89,7 +91,7 @@ class CoordinatorLink:
             h, err = box["reply"]
             if err is None:
                 return h
-            if not err.retriable or self.clock.now_ms() >= deadline or self._stopped():
+            if not err.retriable or err.code in final or self.clock.now_ms() >= deadline or self._stopped():
                 raise err
             self.reactor.run_once(RETRY_BACKOFF_MS)
 

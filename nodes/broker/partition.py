@@ -500,15 +500,23 @@ class Partition:
         self._check_offsets()
 
     # -- reads ------------------------------------------------------------------------------
-    def offset_for_spec(self, spec: int) -> int:
+    @property
+    def high_watermark_known(self) -> bool:
+        """A leader knows the end consumers may see once its HW has reached the start of its
+        epoch (KIP-207): elected, it starts from its follower view of the HW, which may lag the
+        HW the deposed leader acknowledged and consumers read to, until its followers fetch."""
+        return self.high_watermark >= self._epoch_start_offset
+
+    def offset_for_spec(self, spec: int) -> int | None:
         """LIST_OFFSETS: -2 the log start, -1 the high watermark (the end consumers see), else
-        the first offset at or after timestamp ``spec`` (the HW when there is none)."""
+        the first offset at or after timestamp ``spec`` (the HW when there is none). None when
+        the answer would be the HW and the HW is not known yet (``high_watermark_known``)."""
         if spec == -2:
             return self.log_start_offset
-        if spec == -1:
-            return self.high_watermark
-        offset = self.engine.offset_for_timestamp(spec)
-        return self.high_watermark if offset is None else min(offset, self.high_watermark)
+        offset = None if spec == -1 else self.engine.offset_for_timestamp(spec)
+        if offset is not None and offset < self.high_watermark:
+            return offset
+        return self.high_watermark if self.high_watermark_known else None
 
     def read(self, offset: int, max_bytes: int, upto_offset: int) -> bytes:
         """Whole batches from ``offset`` that end at or before ``upto_offset`` (the HW for

@@ -263,7 +263,10 @@ class OffsetStore:
                     entries = []
                 for e in entries:
                     tp = (e.topic, e.partition)
-                    if e.error:
+                    if e.error == P.UNKNOWN_TOPIC_OR_PARTITION:  # we know it: the leader has not heard yet
+                        self._reject(pc, RemoteError(P.LEADER_NOT_AVAILABLE, f"{e.topic}-{e.partition}: the leader "
+                                                                             "has not learned of the partition yet"))
+                    elif e.error:  # offset_not_available: a new leader's HW is not known yet (retriable)
                         self._reject(pc, RemoteError(e.error, f"{e.topic}-{e.partition}: log end lookup failed"))
                     elif e.offset > self._hw_seen.get(tp, -1):  # type: ignore[arg-type]
                         self._hw_seen[tp] = e.offset  # type: ignore[index]

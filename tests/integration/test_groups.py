@@ -18,7 +18,7 @@ from fabric import protocol as P
 from fabric.client import Admin, Producer
 from fabric.client.group import Consumer
 from fabric.client.group_admin import GroupAdmin
-from fabric.errors import RemoteError
+from fabric.errors import RemoteError, UnknownTopicOrPartitionError
 from fabric.rpc import BlockingClient
 from tests.harness import ROOT, Cluster, make_config, wait_until
 from tests.integration.groups_support import HEARTBEAT_MS, SESSION_MS, Member, make_topic, produce
@@ -130,6 +130,7 @@ def _coordinator_call(cluster: Cluster, command: bytes, header: dict) -> dict:
 
 def test_bad_commits_get_clear_errors_and_change_nothing(cluster: Cluster, admin: Admin) -> None:
     make_topic(cluster, admin, "strict")
+    make_topic(cluster, admin, "strict-other", partitions=1)  # a topic the member is not assigned
     produce(cluster, "strict", 30)
     join = {"group": "g-strict", "member_id": "", "topics": ["strict"], "session_timeout_ms": 10_000}
     joined = _coordinator_call(cluster, P.JOIN_GROUP, join)
@@ -145,7 +146,7 @@ def test_bad_commits_get_clear_errors_and_change_nothing(cluster: Cluster, admin
         (dict(good, group="g-nobody"), P.UNKNOWN_GROUP),
         (dict(good, member_id="stranger"), P.UNKNOWN_MEMBER),
         (dict(good, offsets=[["strict", 1, ends[1] + 5]]), P.OFFSET_OUT_OF_RANGE),
-        (dict(good, offsets=[["lagged", 0, 0]]), P.PARTITION_NOT_ASSIGNED),
+        (dict(good, offsets=[["strict-other", 0, 0]]), P.PARTITION_NOT_ASSIGNED),
         (dict(good, offsets=[["strict", 0, 0]]), P.INVALID_COMMIT_OFFSET),  # backward
         (dict(good, offsets=[["strict", 1, -3]]), P.INVALID_COMMIT_OFFSET),
         (dict(good, offsets=[["strict", 7, 0]]), P.UNKNOWN_TOPIC_OR_PARTITION),
@@ -372,3 +373,20 @@ def test_an_assigned_consumers_poll_does_not_wait_for_a_stalled_coordinator(clus
         assert got[0].offset == 30 and [r.offset for r in got] == list(range(30, 40))
     finally:
         c.close()
+
+
+def test_a_commit_of_a_partition_the_topic_lacks_fails_at_once(cluster: Cluster, admin: Admin) -> None:
+    """The coordinator holds the cluster's metadata: when it answers that a commit's partition
+    does not exist, it does not. The commit raised only after retrying for COMMIT_TIMEOUT_MS
+    (20 s), unknown_topic_or_partition being retriable elsewhere (a broker that has not heard
+    of a new topic yet); now it raises at once, as Kafka's consumer does, and changes nothing."""
+    make_topic(cluster, admin, "few", partitions=1)
+    with Consumer(cluster.bootstrap, group_id="g-few", enable_auto_commit=False) as c:
+        c.assign([("few", 0)])
+        c.commit({("few", 0): 0})
+        for offsets in ({("few", 7): 0}, {("no-such-topic", 0): 0}):
+            started = time.monotonic()
+            with pytest.raises(UnknownTopicOrPartitionError):
+                c.commit(offsets)
+            assert time.monotonic() - started < 5, f"{offsets}: a commit the coordinator refused for good was retried"
+        assert c.committed(("few", 0)) == 0

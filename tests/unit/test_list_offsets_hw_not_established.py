@@ -1,0 +1,108 @@
+"""A leader whose high watermark has not reached the start of its epoch does not know the end
+consumers may see yet (KIP-207). A replica elected leader starts from its follower view of
+the HW, which may lag the HW the deposed leader had acknowledged and consumers had read to;
+it learns the real one only when its followers fetch. Before, LIST_OFFSETS "latest" answered
+that lagging HW: the coordinator then refused, as offset_out_of_range (not retriable), a
+commit of an offset a consumer had really read, and a consumer resetting to latest moved
+back. Now "latest" -- and a timestamp whose offset is not below the HW -- answers the
+retriable offset_not_available until the HW reaches the epoch start; "earliest" and a
+timestamp found below the HW are known and answered. The real BrokerCore on the segment
+engine, and the real group coordinator on a RecordingClient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fabric import protocol as P
+from fabric.errors import RemoteError
+from fabric.records import build_batch
+from nodes.broker.core import BrokerCore
+from fabric.rpc import DEFER
+from tests.unit.fakes import ack_last_produce, broker_core, loaded_group_coordinator, request
+
+LEADER, FOLLOWER = 1, 2
+KEY = ("t", 0)
+T0 = 1_700_000_000_000
+
+
+def _reelected_leader(directory: Path) -> BrokerCore:
+    """A leader of epoch 2 holding offsets 0-9 (timestamps T0 + offset) whose HW is 5: under
+    epoch 1 its follower had fetched only to 5 when the leadership moved on and came back."""
+    core = broker_core(directory, LEADER, engine="segment")
+    part = core.open_partition(*KEY, {})
+    part.become_leader(1, [LEADER, FOLLOWER], [LEADER, FOLLOWER], now_ms=0)
+    part.append_as_leader([build_batch([(T0 + i, None, b"v%d" % i, None)]) for i in range(10)], 1 << 20)
+    part.record_follower_fetch(FOLLOWER, 5, now_ms=10)
+    assert part.high_watermark == 5
+    part.become_leader(2, [LEADER, FOLLOWER], [LEADER, FOLLOWER], now_ms=20)
+    assert part.high_watermark == 5 and part.log_end_offset == 10
+    return core
+
+
+def test_latest_is_not_available_until_the_hw_reaches_the_epoch_start(tmp_path: Path) -> None:
+    core = _reelected_leader(tmp_path)
+    try:
+        code, _ = core.list_offset(KEY, -1)
+        assert code == P.OFFSET_NOT_AVAILABLE, "a lagging HW must not be answered as the log end"
+        assert P.OFFSET_NOT_AVAILABLE in P.RETRIABLE
+        assert core.list_offset(KEY, -2) == (0, 0), "the log start is known"
+        assert core.list_offset(KEY, T0 + 3) == (0, 3), "an offset below the HW is known"
+        assert core.list_offset(KEY, T0 + 7)[0] == P.OFFSET_NOT_AVAILABLE, "past the HW it may be the end"
+        core.partitions[KEY].record_follower_fetch(FOLLOWER, 10, now_ms=30)
+        assert core.list_offset(KEY, -1) == (0, 10)
+        assert core.list_offset(KEY, T0 + 7) == (0, 7)
+        assert core.list_offset(KEY, T0 + 99) == (0, 10), "no record that late: the HW"
+    finally:
+        core.close()
+
+
+def test_a_leader_alone_in_its_isr_knows_its_end_at_once(tmp_path: Path) -> None:
+    core = broker_core(tmp_path, LEADER, engine="segment")
+    try:
+        part = core.open_partition(*KEY, {})
+        part.become_leader(1, [LEADER, FOLLOWER], [LEADER], now_ms=0)
+        part.append_as_leader([build_batch([(T0, None, b"v", None)])], 1 << 20)
+        part.become_leader(2, [LEADER, FOLLOWER], [LEADER], now_ms=10)
+        assert core.list_offset(KEY, -1) == (0, 1)
+    finally:
+        core.close()
+
+
+def test_a_commit_checked_against_such_a_leader_is_refused_retriably(tmp_path: Path) -> None:
+    gc, _context, client = loaded_group_coordinator(tmp_path)
+    results: list[RemoteError | None] = []
+    gc.offsets.commit("g", [("t", 0, 8, "")], allow_backward=True, check_log_end=True, done=results.append)
+    (lookup,) = [s for s in client.sent if s[0] == P.LIST_OFFSETS]
+    lookup[3]({"parts": [["t", 0, P.OFFSET_NOT_AVAILABLE, -1]]}, [], None)
+    assert len(results) == 1 and results[0] is not None
+    assert results[0].code == P.OFFSET_NOT_AVAILABLE and results[0].retriable
+    assert not client.of(P.PRODUCE), "nothing appended"
+
+
+def test_a_leader_that_has_not_learned_the_topic_yet_is_a_retriable_refusal(tmp_path: Path) -> None:
+    """A commit names a partition the coordinator knows (it checked), so a leader answering
+    unknown_topic_or_partition has not heard of it yet: retriable as leader_not_available,
+    while unknown_topic_or_partition from the coordinator itself is final for a commit."""
+    gc, _context, client = loaded_group_coordinator(tmp_path)
+    results: list[RemoteError | None] = []
+    gc.offsets.commit("g", [("t", 0, 8, "")], allow_backward=True, check_log_end=True, done=results.append)
+    (lookup,) = [s for s in client.sent if s[0] == P.LIST_OFFSETS]
+    lookup[3]({"parts": [["t", 0, P.UNKNOWN_TOPIC_OR_PARTITION, -1]]}, [], None)
+    assert len(results) == 1 and results[0] is not None
+    assert results[0].code == P.LEADER_NOT_AVAILABLE and results[0].retriable
+
+
+def test_the_commit_goes_through_once_the_leader_knows(tmp_path: Path) -> None:
+    gc, _context, client = loaded_group_coordinator(tmp_path)
+    req = request(P.OFFSET_COMMIT, group="g", generation=-1, offsets=[["t", 0, 8]])
+    assert gc._on_offset_commit(req) is DEFER
+    (lookup,) = [s for s in client.sent if s[0] == P.LIST_OFFSETS]
+    lookup[3]({"parts": [["t", 0, 0, 10]]}, [], None)
+    ack_last_produce(client, 0)
+    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 8
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__])
