@@ -289,9 +289,12 @@ class OffsetStore:
         self._pump(self.partition_for_group(pc.group))
 
     def _topic_replaced(self, pc: PendingCommit) -> RemoteError | None:
-        """A topic of the commit was deleted (and perhaps made again) since it was taken."""
+        """A topic the commit sets an offset of was deleted (and perhaps made again) since it
+        was taken. Tombstones (offset None) only delete, and are applied before any commit of a
+        topic made again that was queued after them: a group's deletion goes on."""
+        setting = {topic for topic, _, offset, _ in pc.entries if offset is not None}
         for topic, tid in pc.topic_ids.items():
-            if tid and self._topic_id(topic) != tid:
+            if tid and topic in setting and self._topic_id(topic) != tid:
                 return RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} was deleted while the commit waited")
         return None
 

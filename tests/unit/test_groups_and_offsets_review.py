@@ -382,3 +382,26 @@ def test_a_commit_reads_the_membership_once_a_leave_meanwhile_is_no_administrato
     finally:
         a.leave = None
         a.close()
+
+
+@pytest.mark.parametrize("recreated", [False, True])
+def test_a_group_is_deleted_though_a_topic_of_it_goes_while_its_tombstones_wait(tmp_path: Path, recreated: bool) -> None:
+    """DELETE_GROUP failed (unknown_topic_or_partition, the group kept) when one of the group's
+    topics was deleted while the tombstones waited in the offsets partition's queue: the check
+    that keeps a deleted topic's offset from landing on a topic made again under its name also
+    ran on tombstones, which only delete. A tombstone queued before a commit of the new topic
+    is written and applied before it, so nothing of the new topic is lost."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    admin_commit(gc, client, "g", 5)
+    admin_commit(gc, client, "g", 6, ack=False)  # the offsets partition's append is busy
+    deleted = request(P.DELETE_GROUP, group="g")
+    assert gc._on_delete_group(deleted) is DEFER
+    if recreated:
+        _delete_and_recreate(gc, context)
+    else:
+        context.state.topic_deleted(context.state.topics.pop("t").topic_id)
+        gc.topic_deleted("t")
+    ack_last_produce(client, 1)  # the commit lands; the tombstones go next
+    ack_last_produce(client, 2)
+    assert context.server.answer(deleted) == {"group": "g", "deleted": True}
+    assert "g" not in gc.offsets.table
