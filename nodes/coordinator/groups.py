@@ -117,6 +117,10 @@ class GroupCoordinator:
         self.groups: dict[str, Group] = {}
         self.offsets = OffsetStore(context, offsets_client)
         self._topic_partitions: dict[str, int] = {}  # every topic's partition count at the last tick
+        # what all groups hold (P.MEMBERS_MAX, P.SUBSCRIBED_TOPICS_MAX): counted again every
+        # tick, and raised by each join admitted between two ticks (leaves lower them at the next)
+        self._members_held = 0
+        self._names_held = 0
 
     def install(self) -> None:
         """Register routes and timers on the coordinator and start loading offsets."""
@@ -169,13 +173,14 @@ class GroupCoordinator:
         if assignor not in ASSIGNORS:
             raise RemoteError(P.INVALID_CONFIG, f"unknown assignor {assignor!r} (known: range, round-robin, sticky)")
         group = self.groups.get(gid)
+        mid = req.get("member_id", str, "")
         if group is None:
             self._check_room_for_group(gid)
+            self._check_room_for_member(1 if not mid else 0, len(topics))  # before a group is made
             group = self.groups[gid] = Group(gid, assignor=assignor)
         if group.members and assignor != group.assignor:
             raise RemoteError(P.INCONSISTENT_GROUP_PROTOCOL, f"group {gid!r} uses the {group.assignor} assignor, not {assignor}")
         group.assignor = assignor
-        mid = req.get("member_id", str, "")
         now = self.clock.now_ms()
         if not mid or mid in group.pending_members:
             if len(group.members) + len(group.pending_members) >= P.GROUP_MEMBERS_MAX + (1 if mid else 0):
@@ -184,8 +189,12 @@ class GroupCoordinator:
             if not mid:
                 mid = f"{client_id}-{os.urandom(6).hex()}"
                 if req.header.get("require_member_id") is True:
+                    self._hold_member(1, 0)
                     group.pending_members[mid] = now + session
                     return {"group": gid, "member_id": mid, "member_id_required": True}
+                self._hold_member(1, len(topics))
+            else:  # a member id handed out (counted then) joins
+                self._hold_member(0, len(topics))
             group.pending_members.pop(mid, None)
             member = group.members[mid] = Member(mid, client_id, req.get("client_host", str, "")[:100], list(topics),
                                                  session, rebalance, now)
@@ -195,6 +204,7 @@ class GroupCoordinator:
             if member is None:
                 raise RemoteError(P.UNKNOWN_MEMBER, f"{mid!r} is not a member of {gid!r}: join with an empty member id")
             unchanged = sorted(member.topics) == sorted(topics)
+            self._hold_member(0, max(0, len(topics) - len(member.topics)))
             member.topics, member.session_timeout_ms, member.rebalance_timeout_ms = list(topics), session, rebalance
             member.last_seen_ms = now
             if group.state == STABLE and unchanged and req.header.get("generation") == group.generation:
@@ -292,6 +302,7 @@ class GroupCoordinator:
         now = self.clock.now_ms()
         self.offsets.tick()
         changed = self._topics_changed()
+        members = names = 0
         for gid, group in list(self.groups.items()):
             for mid in [mid for mid, expiry_ms in group.pending_members.items() if expiry_ms <= now]:
                 del group.pending_members[mid]  # handed out, never used to join
@@ -302,6 +313,8 @@ class GroupCoordinator:
                     log.warning("group %s: %s missed its session (%d ms)", gid, m.member_id, now - m.last_seen_ms)
                     self._remove_member(group, m.member_id, f"{m.member_id} session expired")
             self._maybe_complete(group)
+            members += len(group.members) + len(group.pending_members)
+            names += sum(len(m.topics) for m in group.members.values())
             # compared only after an assignment and when a subscribed topic changed: every tick
             # compared every stable group's subscriptions (2,000 groups of 1,000 topics: 90 ms a tick)
             if group.state == STABLE and (not group.counts_checked or not changed.isdisjoint(group.subscribed)):
@@ -311,6 +324,7 @@ class GroupCoordinator:
             if group.state == EMPTY and not group.members and not group.pending_members \
                     and not self.offsets.offsets_for(gid) and not self.offsets.has_in_flight(gid):
                 del self.groups[gid]
+        self._members_held, self._names_held = members, names
         if self._expiry_checked_ms is None or now - self._expiry_checked_ms >= OFFSETS_EXPIRY_CHECK_MS:
             self._expiry_checked_ms = now
             self._expire_offsets()
@@ -371,6 +385,21 @@ class GroupCoordinator:
         topics = self.context.state.topics
         now = {t: len(topics[t].partitions) for t in group.subscribed if t in topics}
         return now != group.partition_counts
+
+    def _check_room_for_member(self, members: int, names: int) -> None:
+        """Raise buffer_full if ``members`` more members subscribing to ``names`` more topic
+        names would pass what all groups may hold together."""
+        if members and self._members_held + members > P.MEMBERS_MAX:
+            raise RemoteError(P.BUFFER_FULL, f"the coordinator already holds {P.MEMBERS_MAX} group members")
+        if names and self._names_held + names > P.SUBSCRIBED_TOPICS_MAX:
+            raise RemoteError(P.BUFFER_FULL, f"the group members' subscriptions already name {P.SUBSCRIBED_TOPICS_MAX} "
+                                             "topics together")
+
+    def _hold_member(self, members: int, names: int) -> None:
+        """``_check_room_for_member``, then count them held (until the next tick counts again)."""
+        self._check_room_for_member(members, names)
+        self._members_held += members
+        self._names_held += names
 
     def _check_room_for_group(self, gid: str) -> None:
         """Raise buffer_full if ``gid`` would be one group more than ``GROUPS_MAX`` (groups with

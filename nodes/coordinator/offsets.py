@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 OFFSETS_PARTITIONS = 3
 OFFSETS_REPLICATION_FACTOR_MAX = 3
 COMMIT_TIMEOUT_MS = 15_000         # a commit not appended by then fails (request_timed_out)
+ENTRY_BYTES = 100                  # what an entry of a waiting commit costs besides its strings
 RETRY_MS = 200                     # pause before retrying an append
 COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch
 HW_PRUNE_INTERVAL_MS = 10_000      # forget cached log ends of deleted topics at least this often
@@ -92,6 +93,7 @@ class PendingCommit:
     # the broker refuses does not undo an earlier one that may be in the log.
     maybe_in_log: bool = False
     answered: bool = False  # ``done`` was called (at the deadline, it may still be appended)
+    size: int = 0  # its bytes as P.PENDING_COMMIT_BYTES_MAX counts them
     # the id of each entry's topic when the commit was taken: a topic deleted and made again
     # under its name before the append does not get the old topic's offset
     topic_ids: dict[str, str] = field(default_factory=dict)
@@ -123,6 +125,7 @@ class OffsetStore:
         self.table: dict[str, dict[TopicPartition, Committed]] = {}
         self._queues: dict[int, _Queue] = {q: _Queue() for q in range(OFFSETS_PARTITIONS)}
         self._pending_count = 0
+        self._pending_bytes = 0  # P.PENDING_COMMIT_BYTES_MAX
         self._hw_seen: dict[TopicPartition, int] = {}
         self._hw_pruned_ms = 0
         self.loader = OffsetsLoader(context, client, self)
@@ -212,13 +215,15 @@ class OffsetStore:
         """Queue a commit; ``done(None)`` once it is replicated and applied, ``done(error)``
         when it is rejected (nothing changed) or could not be appended in time. ``recheck``
         runs again just before the append; an error it returns rejects the commit."""
-        if self._pending_count >= P.PENDING_COMMITS_MAX:
+        size = len(group) + sum(ENTRY_BYTES + len(t) + len(m) for t, _, _, m in entries)
+        if self._pending_count >= P.PENDING_COMMITS_MAX or self._pending_bytes + size > P.PENDING_COMMIT_BYTES_MAX:
             raise RemoteError(P.BUFFER_FULL, "too many offset commits waiting; retry later")
         self.ensure_topic()
         pc = PendingCommit(group, entries, allow_backward, done, self.reactor.clock.now_ms() + COMMIT_TIMEOUT_MS,
-                           recheck=recheck, topic_ids={t: self._topic_id(t) for t, _, _, _ in entries})
+                           recheck=recheck, topic_ids={t: self._topic_id(t) for t, _, _, _ in entries}, size=size)
         self._queues[self.partition_for_group(group)].items.append(pc)
         self._pending_count += 1
+        self._pending_bytes += size
         self._in_flight.setdefault(group, Counter()).update((t, p) for t, p, _, _ in entries)
         if check_log_end:
             pc.ready = False
@@ -231,6 +236,7 @@ class OffsetStore:
             return
         pc.finished = True
         self._pending_count -= 1
+        self._pending_bytes -= pc.size
         pending = self._in_flight[pc.group]
         pending.subtract((t, p) for t, p, _, _ in pc.entries)
         for tp in [tp for tp, n in pending.items() if n <= 0]:
