@@ -101,7 +101,7 @@ class ListOffsetsEntry(NamedTuple):
     topic: str | None
     partition: int | None
     error: int
-    offset: int  # -1 with an error
+    offset: int  # -1 with an error; with offset_not_available the leader's HW so far (a lower bound)
 
     @classmethod
     def decode(cls, raw: Any) -> "ListOffsetsEntry":

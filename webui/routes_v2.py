@@ -183,7 +183,7 @@ def register(api: Api, gw: Gateway) -> None:
             errors=tp_errors)
     def partition_offsets(topic_name: str, partition_id: int) -> dict:
         one_partition(topic_name, partition_id)
-        start, end = gw.agent.offsets(topic_name)[partition_id]
+        start, end = gw.agent.offsets(topic_name, [partition_id])[partition_id]
         return {"beginning_offset": start, "end_offset": end}
 
     @api.op("GET", "/topics/{topic_name}/partitions/{partition_id}/records", role="read", tag="v2",

@@ -134,7 +134,7 @@ def register(api: Api, gw: Gateway) -> None:
 
     def partitions_v3(topic_name: str) -> list[dict]:
         t = gw.agent.topic(topic_name)
-        offsets = gw.agent.offsets(topic_name) if all(p.leader >= 0 for p in t.partitions) else {}
+        offsets = gw.agent.offsets(topic_name, partial=True)  # -1 for a partition whose leader is not known
         out = []
         for p in t.partitions:
             start, hw = offsets.get(p.partition, (-1, -1))

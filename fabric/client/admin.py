@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import zmq
 
@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 
 EARLIEST = -2
 LATEST = -1
-OFFSET_NOT_AVAILABLE_BACKOFF_S = 0.05  # list_offsets asks a leader that does not know its HW yet again
+LIST_OFFSETS_BACKOFF_S = 0.05  # list_offsets asks again for partitions whose leader is not known or moving
+# answers that a moment and fresh metadata cure (a leader just elected, deposed, or not yet known)
+LIST_OFFSETS_ASK_AGAIN = frozenset({P.OFFSET_NOT_AVAILABLE, P.NOT_LEADER, P.LEADER_NOT_AVAILABLE,
+                                    P.FENCED_LEADER_EPOCH, P.UNKNOWN_LEADER_EPOCH})
 
 
 class Admin:
@@ -90,40 +93,62 @@ class Admin:
         return sorted(t for t in self.metadata().topics if not t.startswith("__"))
 
     # -- offsets ------------------------------------------------------------------------------
-    def list_offsets(self, topic: str, spec: int = LATEST) -> dict[int, int]:
-        """partition -> offset: spec EARLIEST (-2), LATEST (-1: the high watermark) or a
-        timestamp in ms (first offset at or after it). A leader just elected answers
-        offset_not_available until its followers have told it its HW (milliseconds, or a lag
-        time when a follower died with it): asked again every OFFSET_NOT_AVAILABLE_BACKOFF_S
-        within ``timeout_ms``, then raised."""
-        md = self.metadata()
-        t = md.topics.get(topic)
-        if t is None:
-            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {topic!r}")
-        by_leader: dict[int, list] = {}
-        for p in t.partitions:
-            if p.leader < 0:
-                raise RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p.partition} has no leader")
-            by_leader.setdefault(p.leader, []).append([topic, p.partition, spec])
-        out: dict[int, int] = {}
+    def list_offsets(self, topic: str, spec: int = LATEST, *, partitions: Iterable[int] | None = None,
+                     partial: bool = False) -> dict[int, int]:
+        """partition -> offset of ``partitions`` (default: all): spec EARLIEST (-2), LATEST (-1:
+        the high watermark) or a timestamp in ms (first offset at or after it). A leader just
+        elected answers offset_not_available until its followers have told it its HW
+        (milliseconds, or a lag time when a follower died with it), a deposed one not_leader:
+        such partitions are asked again, at the leader the metadata names then, every
+        LIST_OFFSETS_BACKOFF_S within ``timeout_ms``, and the last error is raised after it;
+        ``partial`` leaves them out of the answer instead, at once."""
         deadline = time.monotonic() + self.timeout_ms / 1000
-        for leader, parts in by_leader.items():
-            while parts:
+        md = self.metadata()
+        wanted = self._partitions_of(md, topic, partitions)
+        out: dict[int, int] = {}
+        while True:
+            by_leader: dict[int, list] = {}
+            again: list[int] = []
+            last: RemoteError | None = None
+            for p in wanted:
+                leader = md.topics[topic].partitions[p].leader
+                if leader < 0 or leader not in md.brokers:
+                    again.append(p)
+                    last = RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} has no leader")
+                else:
+                    by_leader.setdefault(leader, []).append([topic, p, spec])
+            for leader, parts in by_leader.items():
                 h, _ = self._client(md.brokers[leader].endpoint).call(
                     P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
                     timeout_ms=self.timeout_ms, retries=2)
-                unknown = []
                 for entry in decode_parts(h, ListOffsetsEntry):  # raises MalformedFrame
-                    if entry.error == P.OFFSET_NOT_AVAILABLE and time.monotonic() < deadline:
-                        unknown.append([topic, entry.partition, spec])
-                    elif entry.error:
-                        raise RemoteError(entry.error, f"{topic}-{entry.partition}")
-                    else:
+                    if not entry.error:
                         out[entry.partition] = entry.offset  # type: ignore[index]
-                if unknown:
-                    time.sleep(OFFSET_NOT_AVAILABLE_BACKOFF_S)
-                parts = unknown
-        return out
+                    elif entry.error in LIST_OFFSETS_ASK_AGAIN:
+                        again.append(entry.partition)  # type: ignore[arg-type]
+                        last = RemoteError(entry.error, f"{topic}-{entry.partition}")
+                    else:
+                        raise RemoteError(entry.error, f"{topic}-{entry.partition}")
+            if not again or partial:
+                return out
+            if last is not None and time.monotonic() >= deadline:
+                raise last
+            time.sleep(LIST_OFFSETS_BACKOFF_S)
+            md = self.metadata()
+            wanted = self._partitions_of(md, topic, again)
+
+    @staticmethod
+    def _partitions_of(md: ClusterMetadata, topic: str, partitions: Iterable[int] | None) -> list[int]:
+        t = md.topics.get(topic)
+        if t is None:
+            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {topic!r}")
+        if partitions is None:
+            return [p.partition for p in t.partitions]
+        wanted = sorted(set(partitions))
+        for p in wanted:
+            if not 0 <= p < len(t.partitions):
+                raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no partition {topic}-{p}")
+        return wanted
 
     def broker_stats(self, broker_id: int) -> dict:
         md = self.metadata(refresh=self._metadata is None)

@@ -441,14 +441,17 @@ class BrokerCore:
     # -- list offsets --------------------------------------------------------------------------
     def list_offset(self, key: TopicPartition, spec: int) -> tuple[int, int]:
         """(error code, offset) for ``spec``: -2 earliest, -1 latest (the HW), >= 0 a timestamp;
-        offset_not_available (retriable) from a new leader that does not know its HW yet."""
+        offset_not_available (retriable) with the HW so far from a new leader that does not know
+        its HW yet."""
         part = self.partitions.get(key)
         if part is None:
             return P.UNKNOWN_TOPIC_OR_PARTITION, -1
         if not part.is_leader:
             return P.NOT_LEADER, -1
         offset = part.offset_for_spec(spec)
-        return (P.OFFSET_NOT_AVAILABLE, -1) if offset is None else (0, offset)
+        # not known yet: the HW so far goes with the code (a lower bound of the end: every
+        # offset below it is committed, which is all the coordinator's check of a commit needs)
+        return (P.OFFSET_NOT_AVAILABLE, part.high_watermark) if offset is None else (0, offset)
 
     # -- timers -------------------------------------------------------------------------------
     def apply_retention(self) -> None:

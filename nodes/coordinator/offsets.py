@@ -265,6 +265,7 @@ class OffsetStore:
             self._validated(pc)
             return
         waiting = {"n": len(unknown)}
+        ends_unknown: set[tuple] = set()
 
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
             waiting["n"] -= 1
@@ -281,18 +282,28 @@ class OffsetStore:
                     if e.error == P.UNKNOWN_TOPIC_OR_PARTITION:  # we know it: the leader has not heard yet
                         self._reject(pc, RemoteError(P.LEADER_NOT_AVAILABLE, f"{e.topic}-{e.partition}: the leader "
                                                                              "has not learned of the partition yet"))
-                    elif e.error:  # offset_not_available: a new leader's HW is not known yet (retriable)
+                    elif e.error and e.error != P.OFFSET_NOT_AVAILABLE:
                         self._reject(pc, RemoteError(e.error, f"{e.topic}-{e.partition}: log end lookup failed"))
-                    elif e.offset > self._hw_seen.get(tp, -1):  # type: ignore[arg-type]
-                        self._hw_seen[tp] = e.offset  # type: ignore[index]
+                    else:
+                        if e.error:  # a new leader's HW so far: the end may be further (_validated)
+                            ends_unknown.add(tp)
+                        if e.offset > self._hw_seen.get(tp, -1):  # type: ignore[arg-type]
+                            self._hw_seen[tp] = e.offset  # type: ignore[index]
             if waiting["n"] == 0 and not pc.finished:
-                self._validated(pc)
+                self._validated(pc, ends_unknown)
+        ids = {t: tid for t, tid in pc.topic_ids.items() if tid}
         for ep, parts in unknown.items():
-            self.client.log_ends(ep, parts, on_reply)
+            self.client.log_ends(ep, parts, on_reply, ids)
 
-    def _validated(self, pc: PendingCommit) -> None:
+    def _validated(self, pc: PendingCommit, ends_unknown: set | frozenset = frozenset()) -> None:
+        """Refuse offsets past the HW seen: retriably (offset_not_available) where the leader
+        answered only its HW so far (it was just elected), for good (out of range) elsewhere."""
         for topic, p, offset, _ in pc.entries:
             hw = self._hw_seen.get((topic, p), -1)
+            if offset is not None and offset > hw and (topic, p) in ends_unknown:
+                self._reject(pc, RemoteError(P.OFFSET_NOT_AVAILABLE, f"{topic}-{p}: its new leader does not know its "
+                                                                     f"log end yet (at least {hw}); retry"))
+                return
             if offset is not None and offset > hw:
                 self._reject(pc, RemoteError(P.OFFSET_OUT_OF_RANGE, f"offset {offset} is beyond the log end {hw} of {topic}-{p}"))
                 return

@@ -119,10 +119,15 @@ class OffsetsTopicClient:
                       "parts": [[self.topic, q, offset, LOAD_FETCH_BYTES_MAX]]},
             callback=callback, timeout_ms=LOAD_FETCH_TIMEOUT_MS)
 
-    def log_ends(self, endpoint: str, parts: list[list], callback: ReplyCallback) -> None:
-        """LIST_OFFSETS of ``parts`` ([topic, partition, -1]) at their leader ``endpoint``."""
-        self._client(endpoint).request(P.LIST_OFFSETS, {"parts": parts}, callback=callback,
-                                       timeout_ms=HW_LOOKUP_TIMEOUT_MS)
+    def log_ends(self, endpoint: str, parts: list[list], callback: ReplyCallback,
+                 topic_ids: dict[str, str] | None = None) -> None:
+        """LIST_OFFSETS of ``parts`` ([topic, partition, -1]) at their leader ``endpoint``;
+        ``topic_ids``: a leader still holding a deleted topic of one of those names answers
+        unknown_topic_or_partition, not the deleted topic's end."""
+        header: dict = {"parts": parts}
+        if topic_ids:
+            header["topic_ids"] = topic_ids
+        self._client(endpoint).request(P.LIST_OFFSETS, header, callback=callback, timeout_ms=HW_LOOKUP_TIMEOUT_MS)
 
     def close(self) -> None:
         for c in self._clients.values():

@@ -160,12 +160,15 @@ class GatewayAgent:
             raise ClusterError("topic_not_found", f"topic {name!r} not found")
         return t
 
-    def offsets(self, topic: str) -> dict[int, tuple[int, int]]:
-        """partition -> (log start offset, high watermark)."""
+    def offsets(self, topic: str, partitions: list[int] | None = None, *,
+                partial: bool = False) -> dict[int, tuple[int, int]]:
+        """partition -> (log start offset, high watermark) of ``partitions`` (default: all);
+        ``partial``: without waiting for the partitions whose leader is being elected or does not
+        know its HW yet (they are left out), so one such partition does not hold up the rest."""
         with translated("the brokers"):
-            start = self.admin().list_offsets(topic, EARLIEST)
-            end = self.admin().list_offsets(topic, LATEST)
-        return {p: (start[p], end[p]) for p in end}
+            start = self.admin().list_offsets(topic, EARLIEST, partitions=partitions, partial=partial)
+            end = self.admin().list_offsets(topic, LATEST, partitions=partitions, partial=partial)
+        return {p: (start[p], end[p]) for p in end if p in start}
 
     def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,
                      configs: dict[str, Any]) -> None:
@@ -272,7 +275,7 @@ class GatewayAgent:
         t = self.topic(topic)
         if not 0 <= partition < len(t.partitions):
             raise ClusterError("partition_not_found", f"{topic} has no partition {partition}")
-        start, end = self.offsets(topic)[partition]
+        start, end = self.offsets(topic, [partition])[partition]
         offset = start if offset is None else max(offset, start)
         want = min(count, max(0, end - offset))
         wait_ms = timeout_ms if want == 0 else BROWSE_WAIT_MS_MAX

@@ -21,7 +21,9 @@ KINDS = {
     P.RECORD_TOO_LARGE: "invalid", P.NON_EMPTY_GROUP: "group_not_empty",
     P.UNKNOWN_CONSUMER_INSTANCE: "instance_not_found", P.CONSUMER_INSTANCE_EXISTS: "instance_exists",
     P.PARTITION_NOT_ASSIGNED: "invalid_offset", P.OFFSET_OUT_OF_RANGE: "invalid_offset",
-    P.REQUEST_TIMED_OUT: "timeout", P.BUFFER_FULL: "unavailable", P.OFFSET_NOT_AVAILABLE: "unavailable", P.UNKNOWN_GROUP: "group_not_found",
+    P.REQUEST_TIMED_OUT: "timeout", P.BUFFER_FULL: "unavailable", P.UNKNOWN_GROUP: "group_not_found",
+    # a moment's state of the cluster (a leader being elected, moving, or learning its end)
+    P.OFFSET_NOT_AVAILABLE: "unavailable", P.LEADER_NOT_AVAILABLE: "unavailable", P.NOT_LEADER: "unavailable",
     P.SUBSCRIPTION_CONFLICT: "subscription_conflict",
     P.UNKNOWN_MEMBER: "rebalance", P.ILLEGAL_GENERATION: "rebalance", P.REBALANCE_IN_PROGRESS: "rebalance",
 }

@@ -44,8 +44,8 @@ def _reelected_leader(directory: Path) -> BrokerCore:
 def test_latest_is_not_available_until_the_hw_reaches_the_epoch_start(tmp_path: Path) -> None:
     core = _reelected_leader(tmp_path)
     try:
-        code, _ = core.list_offset(KEY, -1)
-        assert code == P.OFFSET_NOT_AVAILABLE, "a lagging HW must not be answered as the log end"
+        assert core.list_offset(KEY, -1) == (P.OFFSET_NOT_AVAILABLE, 5), \
+            "a lagging HW must not be answered as the log end (it goes with the code as a lower bound)"
         assert P.OFFSET_NOT_AVAILABLE in P.RETRIABLE
         assert core.list_offset(KEY, -2) == (0, 0), "the log start is known"
         assert core.list_offset(KEY, T0 + 3) == (0, 3), "an offset below the HW is known"
@@ -70,15 +70,47 @@ def test_a_leader_alone_in_its_isr_knows_its_end_at_once(tmp_path: Path) -> None
         core.close()
 
 
-def test_a_commit_checked_against_such_a_leader_is_refused_retriably(tmp_path: Path) -> None:
-    gc, _context, client = loaded_group_coordinator(tmp_path)
-    results: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 0, 8, "")], allow_backward=True, check_log_end=True, done=results.append)
-    (lookup,) = [s for s in client.sent if s[0] == P.LIST_OFFSETS]
-    lookup[3]({"parts": [["t", 0, P.OFFSET_NOT_AVAILABLE, -1]]}, [], None)
+def _commit_checked_by(tmp_path: Path, offset: int) -> tuple[list[RemoteError | None], object]:
+    """A commit of t-0 ``offset`` whose log-end lookup the re-elected leader (HW 5, log end 10)
+    answers, as the real broker does."""
+    core = _reelected_leader(tmp_path / "broker")
+    gc, _context, client = loaded_group_coordinator(tmp_path / "coordinator")
+    try:
+        results: list[RemoteError | None] = []
+        gc.offsets.commit("g", [("t", 0, offset, "")], allow_backward=True, check_log_end=True, done=results.append)
+        (lookup,) = client.of(P.LIST_OFFSETS)
+        code, end = core.list_offset(KEY, lookup[1]["parts"][0][2])
+        lookup[3]({"parts": [["t", 0, code, end]]}, [], None)
+        if client.of(P.PRODUCE):
+            ack_last_produce(client, 0)
+        return results, gc
+    finally:
+        core.close()
+
+
+def test_a_commit_past_such_a_leaders_hw_is_refused_retriably(tmp_path: Path) -> None:
+    results, gc = _commit_checked_by(tmp_path, 8)
     assert len(results) == 1 and results[0] is not None
     assert results[0].code == P.OFFSET_NOT_AVAILABLE and results[0].retriable
-    assert not client.of(P.PRODUCE), "nothing appended"
+    assert "g" not in gc.offsets.table  # type: ignore[attr-defined]
+
+
+def test_a_commit_its_hw_so_far_covers_goes_through(tmp_path: Path) -> None:
+    """Offsets up to the HW the new leader has are committed whatever it learns next: a commit
+    of them is not held up until the followers fetch (after a whole-cluster restart, every
+    leader starts that way)."""
+    results, gc = _commit_checked_by(tmp_path, 5)
+    assert results == [None]
+    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 5  # type: ignore[attr-defined]
+
+
+def test_a_commit_past_a_known_log_end_is_still_out_of_range(tmp_path: Path) -> None:
+    gc, _context, client = loaded_group_coordinator(tmp_path)
+    results: list[RemoteError | None] = []
+    gc.offsets.commit("g", [("t", 0, 12, "")], allow_backward=True, check_log_end=True, done=results.append)
+    (lookup,) = client.of(P.LIST_OFFSETS)
+    lookup[3]({"parts": [["t", 0, 0, 10]]}, [], None)
+    assert len(results) == 1 and results[0] is not None and results[0].code == P.OFFSET_OUT_OF_RANGE
 
 
 def test_a_leader_that_has_not_learned_the_topic_yet_is_a_retriable_refusal(tmp_path: Path) -> None:
@@ -88,7 +120,7 @@ def test_a_leader_that_has_not_learned_the_topic_yet_is_a_retriable_refusal(tmp_
     gc, _context, client = loaded_group_coordinator(tmp_path)
     results: list[RemoteError | None] = []
     gc.offsets.commit("g", [("t", 0, 8, "")], allow_backward=True, check_log_end=True, done=results.append)
-    (lookup,) = [s for s in client.sent if s[0] == P.LIST_OFFSETS]
+    (lookup,) = client.of(P.LIST_OFFSETS)
     lookup[3]({"parts": [["t", 0, P.UNKNOWN_TOPIC_OR_PARTITION, -1]]}, [], None)
     assert len(results) == 1 and results[0] is not None
     assert results[0].code == P.LEADER_NOT_AVAILABLE and results[0].retriable
@@ -98,11 +130,19 @@ def test_the_commit_goes_through_once_the_leader_knows(tmp_path: Path) -> None:
     gc, _context, client = loaded_group_coordinator(tmp_path)
     req = request(P.OFFSET_COMMIT, group="g", generation=-1, offsets=[["t", 0, 8]])
     assert gc._on_offset_commit(req) is DEFER
-    (lookup,) = [s for s in client.sent if s[0] == P.LIST_OFFSETS]
+    (lookup,) = client.of(P.LIST_OFFSETS)
     lookup[3]({"parts": [["t", 0, 0, 10]]}, [], None)
     ack_last_produce(client, 0)
     assert gc.offsets.offsets_for("g")[("t", 0)].offset == 8
 
 
-if __name__ == "__main__":  # pragma: no cover
-    pytest.main([__file__])
+
+
+def test_the_log_end_lookup_names_the_topics_ids(tmp_path: Path) -> None:
+    """A leader that has not yet applied the deletion of a topic made again under its name
+    would answer the deleted topic's end: with the ids it answers unknown_topic_or_partition
+    (retried by the commit as leader_not_available)."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    gc.offsets.commit("g", [("t", 0, 8, "")], allow_backward=True, check_log_end=True, done=lambda _e: None)
+    (lookup,) = client.of(P.LIST_OFFSETS)
+    assert lookup[1]["topic_ids"] == {"t": context.state.topics["t"].topic_id} != {"t": ""}

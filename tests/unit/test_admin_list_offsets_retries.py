@@ -1,0 +1,85 @@
+"""``Admin.list_offsets`` across a leadership change, and the gateway's offsets of one partition
+while another's leader does not know its end yet -- through the real Admin and GatewayAgent
+with scripted brokers (no cluster). A partition whose leader was just elected answers
+offset_not_available until its followers fetch; asked again at the same (deposed) leader,
+its not_leader reached the caller; and one such partition made every offsets answer of the
+gateway wait for it and fail (503), those of the other partitions too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fabric.client.admin as admin_mod
+from fabric import protocol as P
+from fabric.client.admin import EARLIEST, LATEST, Admin
+from fabric.config import load_config
+from fabric.errors import RemoteError
+from nodes.gateway.agent import GatewayAgent
+from nodes.local_cluster import GATEWAY_NODES, make_config
+from tests.unit.fakes import metadata_of
+
+
+class _Broker:
+    """Answers each LIST_OFFSETS with ``answer(topic, partition, spec)`` -> (error, offset)."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.asked: list[list] = []
+
+    def call(self, command: bytes, header: dict, *a: Any, **kw: Any) -> tuple[dict, list]:
+        assert command == P.LIST_OFFSETS
+        self.asked.append([p for _, p, _ in header["parts"]])
+        return {"parts": [[t, p, *self.answer(t, p, spec)] for t, p, spec in header["parts"]]}, []
+
+
+def _admin(monkeypatch: pytest.MonkeyPatch, metadatas: list, brokers: dict[int, _Broker], timeout_ms: int = 2000) -> Admin:
+    monkeypatch.setattr(admin_mod, "LIST_OFFSETS_BACKOFF_S", 0.001)
+    admin = Admin("tcp://127.0.0.1:1", timeout_ms=timeout_ms)
+    seen = iter(metadatas)
+    last: list = [None]
+
+    def metadata(refresh: bool = True) -> Any:
+        last[0] = next(seen, last[0])
+        return last[0]
+    admin.metadata = metadata  # type: ignore[method-assign]
+    admin._client = lambda ep: brokers[int(ep.rsplit(":", 1)[1]) - 30_000]  # type: ignore[method-assign]
+    return admin
+
+
+def test_asked_again_at_the_leader_the_metadata_names_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    old_answers = iter([(P.OFFSET_NOT_AVAILABLE, 5), (P.NOT_LEADER, -1)])
+    old = _Broker(lambda t, p, spec: next(old_answers))
+    new = _Broker(lambda t, p, spec: (0, 10))
+    admin = _admin(monkeypatch, [metadata_of({"t": 1}, brokers=2, leader=1), metadata_of({"t": 1}, brokers=2, leader=1),
+                                 metadata_of({"t": 1}, brokers=2, leader=2)], {1: old, 2: new})
+    assert admin.list_offsets("t", LATEST) == {0: 10}
+    assert new.asked == [[0]]
+
+
+def test_a_partition_that_stays_unknown_raises_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = _Broker(lambda t, p, spec: (P.OFFSET_NOT_AVAILABLE, 5) if p == 1 else (0, 10))
+    admin = _admin(monkeypatch, [metadata_of({"t": 2})], {1: broker}, timeout_ms=50)
+    with pytest.raises(RemoteError) as e:
+        admin.list_offsets("t")
+    assert e.value.code == P.OFFSET_NOT_AVAILABLE and e.value.retriable
+    assert admin.list_offsets("t", partial=True) == {0: 10}, "partial: the known ones, at once"
+    assert admin.list_offsets("t", partitions=[0]) == {0: 10}
+    with pytest.raises(RemoteError) as e:
+        admin.list_offsets("t", partitions=[2])
+    assert e.value.code == P.UNKNOWN_TOPIC_OR_PARTITION
+
+
+def test_the_gateways_offsets_of_a_partition_do_not_wait_for_another(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def answer(t: str, p: int, spec: int) -> tuple[int, int]:
+        if spec == EARLIEST:
+            return 0, 0
+        return (0, 10) if p == 0 else (P.OFFSET_NOT_AVAILABLE, 3)
+    broker = _Broker(answer)
+    agent = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))),
+                         make_admin=lambda: _admin(monkeypatch, [metadata_of({"t": 2})], {1: broker}, timeout_ms=60_000))
+    assert agent.offsets("t", [0]) == {0: (0, 10)}
+    assert agent.offsets("t", partial=True) == {0: (0, 10)}, "the v3 partition list shows -1 for partition 1"
