@@ -216,6 +216,26 @@ def consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict
                 pass
 
 
+def commit_entries(commit: Any) -> dict[tuple[str, int], int] | None:
+    """An explicit commit's entries [{topic, partition, offset}] as (topic, partition) -> the
+    next offset to read, or None unless each is what REST's commit takes, integers only
+    (``int()`` made an offset 5.9 offset 5 and a partition ``true`` partition 1): anything
+    else failed past the route (sorting mixed topics, packing an offset beyond 64 bits) as a
+    programmer error, stopping the worker."""
+    if not isinstance(commit, list):
+        return None
+    wanted = {}
+    for c in commit:
+        if not isinstance(c, dict):
+            return None
+        t, p, o = c.get("topic"), c.get("partition"), c.get("offset")
+        if not (type(t) is str and type(p) is int and type(o) is int
+                and 0 <= p <= PARTITION["maximum"] and 0 <= o <= OFFSET["maximum"]):
+            return None
+        wanted[(t, p)] = o + 1
+    return wanted
+
+
 def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
                       limit: Callable[[], dict | None]) -> None:
     """Handle what the client sent: {"commit": "all", "through"?: N} or {"commit": [{topic,
@@ -245,14 +265,8 @@ def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
                 out.put({"committed": False, "error": e.kind, "message": e.message})
                 continue
         else:
-            try:
-                wanted = {(c["topic"], int(c["partition"])): int(c["offset"]) + 1 for c in commit}
-            except (TypeError, KeyError, ValueError, OverflowError):  # OverflowError: 1e999 is a float
-                wanted = None
-            # what REST's commit takes: anything else failed past this route (sorting mixed
-            # topics, packing an offset beyond 64 bits) as a programmer error, stopping the worker
-            if wanted is None or not all(type(t) is str and 0 <= p <= PARTITION["maximum"]
-                                         and 0 < o <= OFFSET["maximum"] + 1 for (t, p), o in wanted.items()):
+            wanted = commit_entries(commit)
+            if wanted is None:
                 out.close(POLICY, "commit entries need topic, partition and offset")
                 raise Closed() from None
             try:

@@ -1,6 +1,6 @@
 """/ws/consume: an explicit commit ``{"commit": [{topic, partition, offset}]}`` whose entries
 cannot be offsets is a bad message (the stream closes with 1008), checked before anything goes
-to the consumer instance. An offset of 1e999 (JSON's way to an infinite float) raised
+to the consumer instance: integers only, as REST's commit takes them. An offset of 1e999 (JSON's way to an infinite float) raised
 OverflowError out of the route, and a topic that is not a string or an offset past 64 bits
 failed in the consumer-service client (sorting mixed keys, packing the header): an exception
 that is no ApiError or ClusterError is taken for a programmer error, which stops the gateway's
@@ -23,6 +23,12 @@ BAD_ENTRIES = [
     '[{"topic": "t", "partition": 99999999999999999999999, "offset": 3}]',
     '[{"topic": "t", "partition": 0, "offset": 3}, {"topic": 5, "partition": 0, "offset": 3}]',
     '[{"topic": null, "partition": 0, "offset": 3}]',
+    # no integers: int() took them (5.9 committed 6, true partition 1, "3" offset 3)
+    '[{"topic": "t", "partition": 0, "offset": 5.9}]',
+    '[{"topic": "t", "partition": true, "offset": 3}]',
+    '[{"topic": "t", "partition": 0, "offset": "3"}]',
+    '[{"topic": "t", "partition": "0", "offset": 3}]',
+    '{"topic": "t", "partition": 0, "offset": 3}',
 ]
 
 
