@@ -23,10 +23,7 @@ waiting for the HW means a record that could still be truncated is never relied 
 
 While a commit is queued or being written, OFFSET_FETCH of its partitions answers
 ``unstable_offset_commit`` (retriable), so a member never starts from an offset that the
-commit in flight is about to replace. A commit not appended within ``COMMIT_TIMEOUT_MS`` is
-answered ``request_timed_out``; one whose append may have landed (sent, and no answer said it
-was not written) stays queued and is sent again until its outcome is known, so the table never
-lacks what the log holds.
+commit in flight is about to replace.
 
 The store sees the coordinator through ``nodes.coordinator.context.GroupContext`` and talks
 to the brokers through one ``OffsetsTopicClient`` (nodes/coordinator/offsets_client.py), which
@@ -92,7 +89,6 @@ class PendingCommit:
     # meanwhile must not turn it into illegal_generation). Never reset: a later attempt that
     # the broker refuses does not undo an earlier one that may be in the log.
     maybe_in_log: bool = False
-    answered: bool = False  # ``done`` was called (at the deadline, it may still be appended)
     size: int = 0  # its bytes as P.PENDING_COMMIT_BYTES_MAX counts them
     # the id of each entry's topic when the commit was taken: a topic deleted and made again
     # under its name before the append does not get the old topic's offset
@@ -243,12 +239,7 @@ class OffsetStore:
             del pending[tp]
         if not pending:
             del self._in_flight[pc.group]
-        self._answer(pc, error)
-
-    def _answer(self, pc: PendingCommit, error: RemoteError | None) -> None:
-        if not pc.answered:
-            pc.answered = True
-            pc.done(error)  # a bug in it is not swallowed: it stops the node (fabric/reactor.py)
+        pc.done(error)  # a bug in it is not swallowed: it stops the node (fabric/reactor.py)
 
     def _check_log_end(self, pc: PendingCommit) -> None:
         """Reject offsets beyond a partition's high watermark (asks the leaders once for
@@ -358,15 +349,9 @@ class OffsetStore:
                 queue.items.popleft()
                 continue
             if pc.deadline_ms <= now:
-                late = RemoteError(P.REQUEST_TIMED_OUT, "the offset commit was not replicated in time")
-                if not pc.maybe_in_log:
-                    queue.items.popleft()
-                    self._finish(pc, late)
-                    continue
-                # it may be in the log: the caller hears now (the outcome is unknown to it), and
-                # the same append goes on until its outcome is known -- dropped, the log could
-                # hold it while the table did not, until a restart read it (a deleted group back)
-                self._answer(pc, late)
+                queue.items.popleft()
+                self._finish(pc, RemoteError(P.REQUEST_TIMED_OUT, "the offset commit was not replicated in time"))
+                continue
             if not pc.ready:
                 break  # later commits of this partition wait: order is kept
             queue.items.popleft()

@@ -11,7 +11,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.errors import RemoteError, RequestQueueFullError, RequestTimeout
-from nodes.coordinator.offsets import COMMIT_TIMEOUT_MS, OFFSETS_TOPIC, RETRY_MS
+from nodes.coordinator.offsets import OFFSETS_TOPIC, RETRY_MS
 from nodes.coordinator.offsets_client import AppendOutcome
 from tests.unit.fakes import (FakeGroupContext, ack_last_produce, admin_commit, group_coordinator,
                               loaded_group_coordinator, offsets_records, request, two_partition_state)
@@ -123,31 +123,6 @@ def test_a_refused_retry_does_not_undo_an_earlier_append_that_may_have_landed(tm
     assert len(produces) == 3, "a commit that may be in the log was refused on its retry"
     produces[2][3]({"results": [[0, 0, "", 0]]}, [], None)
     assert results == [None] and gc.offsets.offsets_for("g")[("t", 0)].offset == 7
-
-
-def test_a_commit_that_may_be_in_the_log_is_answered_at_its_deadline_but_kept_until_it_is_known(tmp_path: Path) -> None:
-    """A commit whose append may have landed and whose retries did not get through before its
-    deadline was dropped with request_timed_out: the log might hold it while the running
-    coordinator's table did not, and only a restart (which reads the log) showed it -- a
-    group deleted that way came back after the restart, or an offset moved. Now the caller
-    hears of the timeout at the deadline (the outcome is unknown to it: it may retry), and the
-    same append goes on until its outcome is known; the table then follows the log."""
-    gc, context, client, _refusal, results = _commit_with_a_recheck(tmp_path)
-    client.of(P.PRODUCE)[0][3](None, [], RequestTimeout("no reply"))  # may be in the log
-    waited = 0
-    while waited <= COMMIT_TIMEOUT_MS:  # the offsets partition's ISR is too small meanwhile
-        context.reactor.advance(RETRY_MS)
-        waited += RETRY_MS
-        client.of(P.PRODUCE)[-1][3]({"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr [1]"]]}, [], None)
-    assert [e.code for e in results if e is not None] == [P.REQUEST_TIMED_OUT], "the caller hears at the deadline"
-    assert gc.offsets._in_flight.get("g"), "still in flight: OFFSET_FETCH must not read around it"
-    sent = len(client.of(P.PRODUCE))
-    context.reactor.advance(RETRY_MS)
-    assert len(client.of(P.PRODUCE)) == sent + 1, "an append that may have landed is sent again until known"
-    client.of(P.PRODUCE)[-1][3]({"results": [[3, 0, "", 0]]}, [], None)
-    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 7, "the table follows the log"
-    assert len(results) == 1, "answered once"
-    assert not gc.offsets._in_flight.get("g") and gc.offsets._pending_count == 0
 
 
 # -- one reading of an append's reply, for commits and snapshots alike --------------------------------
