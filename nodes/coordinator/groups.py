@@ -542,8 +542,11 @@ class GroupCoordinator:
         if g is not None and g.members:
             n = len(g.members)
             raise RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has {n} active member{'s' * (n != 1)}")
-        table = self.offsets.table.get(gid, {})  # offsets of deleted topics too: they go with the group
-        if g is None and not table:
+        # offsets of deleted topics too: they go with the group; and the partitions of commits on
+        # their way (queued before the tombstones, they land first: without a tombstone of
+        # their own, the group would be back with them)
+        partitions = set(self.offsets.table.get(gid, {})) | set(self.offsets.unstable(gid, None))
+        if g is None and not partitions:
             raise RemoteError(P.UNKNOWN_GROUP, f"no group {gid!r}")
 
         def done(err: RemoteError | None) -> None:
@@ -554,10 +557,10 @@ class GroupCoordinator:
             if group is not None and not group.members:
                 del self.groups[gid]
             self.server.reply(req, {"group": gid, "deleted": True})
-        if not table:
+        if not partitions:
             done(None)
             return DEFER
-        entries = [(t, p, None, "") for (t, p) in sorted(table)]
+        entries = [(t, p, None, "") for (t, p) in sorted(partitions)]
         self.offsets.commit(gid, entries, allow_backward=True, check_log_end=False, done=done)
         return DEFER
 

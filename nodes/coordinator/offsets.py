@@ -61,8 +61,17 @@ OFFSETS_PARTITIONS = 3
 OFFSETS_REPLICATION_FACTOR_MAX = 3
 COMMIT_TIMEOUT_MS = 15_000         # a commit not appended by then fails (request_timed_out)
 ENTRY_BYTES = 100                  # what an entry of a waiting commit costs besides its strings
+
+
+def commit_bytes(group: str, entries: list[tuple[str, int, int | None, str]]) -> int:
+    """A commit's bytes in the log, about (each entry's record repeats the group id), as
+    P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them."""
+    per_entry = ENTRY_BYTES + len(group.encode())
+    return sum(per_entry + len(t.encode()) + len(m.encode()) for t, _, _, m in entries)
 RETRY_MS = 200                     # pause before retrying an append
 COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch
+APPEND_BYTES_MAX = 4 * 1024 * 1024  # ... and their bytes (a commit always goes, alone if it must):
+#                                    well within the broker's batch limit (16 MiB by default)
 HW_PRUNE_INTERVAL_MS = 10_000      # forget cached log ends of deleted topics at least this often
 
 TopicPartition = tuple[str, int]
@@ -211,7 +220,7 @@ class OffsetStore:
         """Queue a commit; ``done(None)`` once it is replicated and applied, ``done(error)``
         when it is rejected (nothing changed) or could not be appended in time. ``recheck``
         runs again just before the append; an error it returns rejects the commit."""
-        size = len(group) + sum(ENTRY_BYTES + len(t) + len(m) for t, _, _, m in entries)
+        size = commit_bytes(group, entries)
         if self._pending_count >= P.PENDING_COMMITS_MAX or self._pending_bytes + size > P.PENDING_COMMIT_BYTES_MAX:
             raise RemoteError(P.BUFFER_FULL, "too many offset commits waiting; retry later")
         self.ensure_topic()
@@ -337,9 +346,12 @@ class OffsetStore:
             return
         now = self.reactor.clock.now_ms()
         take: list[PendingCommit] = []
+        take_bytes = 0
         overlay: dict[tuple[str, str, int], int | None] = {}
         while queue.items and len(take) < COMMITS_PER_APPEND_MAX:
             pc = queue.items[0]
+            if take and take_bytes + pc.size > APPEND_BYTES_MAX:
+                break  # the next append takes it
             if isinstance(pc, SnapshotJob):
                 if take:
                     break  # the commits before it go first, and are in it
@@ -364,6 +376,7 @@ class OffsetStore:
             for topic, p, offset, _ in pc.entries:
                 overlay[(pc.group, topic, p)] = offset
             take.append(pc)
+            take_bytes += pc.size
         if take:
             self._append(q, take)
 

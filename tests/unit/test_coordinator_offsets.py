@@ -10,9 +10,11 @@ import msgpack
 import pytest
 
 from fabric import protocol as P
+from fabric.config import LimitsConfig
 from fabric.errors import RemoteError, RequestQueueFullError, RequestTimeout
 from nodes.coordinator.offsets import OFFSETS_TOPIC, RETRY_MS
 from nodes.coordinator.offsets_client import AppendOutcome
+from nodes.coordinator.store import PartitionState, TopicState
 from tests.unit.fakes import (FakeGroupContext, ack_last_produce, admin_commit, group_coordinator,
                               loaded_group_coordinator, offsets_records, request, two_partition_state)
 
@@ -123,6 +125,43 @@ def test_a_refused_retry_does_not_undo_an_earlier_append_that_may_have_landed(tm
     assert len(produces) == 3, "a commit that may be in the log was refused on its retry"
     produces[2][3]({"results": [[0, 0, "", 0]]}, [], None)
     assert results == [None] and gc.offsets.offsets_for("g")[("t", 0)].offset == 7
+
+
+def test_an_append_stays_within_the_brokers_batch_limit(tmp_path: Path) -> None:
+    """An append folded up to COMMITS_PER_APPEND_MAX commits whatever their bytes: 20 commits of
+    250 partitions with 4 KiB metadata (each within the 1 MiB request header) made one ~21 MB
+    append, over the broker's 16 MiB batch limit -- refused, and every commit in it with it,
+    other groups' too. Appends are bounded by their bytes now (a commit always fits alone)."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    context.state.topics["t"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3]) for _ in range(250)])
+    entries = [("t", p, 1, "m" * 4096) for p in range(250)]
+    results: list[RemoteError | None] = []
+    for _ in range(21):
+        gc.offsets.commit("g", entries, allow_backward=False, check_log_end=False, done=results.append)
+    base = 0
+    while len(results) < 21:
+        (_, _, payloads, _) = client.of(P.PRODUCE)[-1]
+        assert len(payloads[0]) <= LimitsConfig().batch_bytes_max // 2, f"an append of {len(payloads[0])} bytes"
+        ack_last_produce(client, base)
+        base += 1
+    assert results == [None] * 21
+
+
+def test_a_waiting_commit_is_counted_in_encoded_bytes_with_its_group_per_entry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What P.PENDING_COMMIT_BYTES_MAX bounds is what the commits will be in the log: each
+    entry's record repeats the group id, and characters are up to four bytes (the count took
+    the metadata's characters and the group once: 64 MiB nominal could be ~200 MiB)."""
+    monkeypatch.setattr(P, "PENDING_COMMIT_BYTES_MAX", 30_000)
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    group = "g" * 249
+    gc.offsets.commit(group, [("t", 0, 1, "\u20ac" * 2000), ("t", 1, 1, "")], allow_backward=False,
+                      check_log_end=False, done=lambda _e: None)
+    with pytest.raises(RemoteError) as e:  # ~6 KB + 2 x 249 + the fixed cost, twice, is over 30,000 three times
+        for _ in range(4):
+            gc.offsets.commit(group, [("t", 0, 1, "\u20ac" * 2000), ("t", 1, 1, "")], allow_backward=False,
+                              check_log_end=False, done=lambda _e: None)
+    assert e.value.code == P.BUFFER_FULL
 
 
 # -- one reading of an append's reply, for commits and snapshots alike --------------------------------

@@ -405,3 +405,39 @@ def test_a_group_is_deleted_though_a_topic_of_it_goes_while_its_tombstones_wait(
     ack_last_produce(client, 2)
     assert context.server.answer(deleted) == {"group": "g", "deleted": True}
     assert "g" not in gc.offsets.table
+
+
+def test_a_deleted_group_does_not_come_back_with_a_commit_that_was_in_flight(tmp_path: Path) -> None:
+    """The tombstones named only the partitions in the table: a first commit of t-1 queued
+    before DELETE_GROUP landed before them and survived them -- the deletion was answered
+    "deleted" and the group was back with an offset. The partitions of commits in flight get
+    tombstones too (queued behind them: they land, then go)."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    admin_commit(gc, client, "g", 5)
+    reset = request(P.OFFSET_COMMIT, group="g", generation=-1, offsets=[["t", 1, 3]])
+    gc._on_offset_commit(reset)
+    for cmd, _h, _p, cb in list(client.sent):
+        if cmd == P.LIST_OFFSETS:
+            cb({"parts": [["t", 1, 0, 1000]]}, [], None)
+    deleted = request(P.DELETE_GROUP, group="g")
+    gc._on_delete_group(deleted)
+    ack_last_produce(client, 1)  # the commit of t-1
+    ack_last_produce(client, 2)  # the tombstones
+    assert context.server.answer(reset) == {"group": "g", "committed": 1}
+    assert context.server.answer(deleted) == {"group": "g", "deleted": True}
+    assert "g" not in gc.offsets.table, f"the deleted group is back: {gc.offsets.table.get('g')}"
+
+
+def test_a_group_whose_only_offsets_are_in_flight_can_be_deleted(tmp_path: Path) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    first = request(P.OFFSET_COMMIT, group="g", generation=-1, offsets=[["t", 1, 3]])
+    gc._on_offset_commit(first)  # waits for its log-end lookup
+    deleted = request(P.DELETE_GROUP, group="g")
+    assert gc._on_delete_group(deleted) is DEFER, "not unknown_group: its first commit is on its way"
+    for cmd, _h, _p, cb in list(client.sent):
+        if cmd == P.LIST_OFFSETS:
+            cb({"parts": [["t", 1, 0, 1000]]}, [], None)
+    ack_last_produce(client, 0)
+    ack_last_produce(client, 1)
+    assert context.server.answer(deleted) == {"group": "g", "deleted": True}
+    assert "g" not in gc.offsets.table
