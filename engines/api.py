@@ -83,7 +83,7 @@ class CacheWindow:
     """How many bytes at the end of a log to keep in the page cache once durable; -1: leave
     the cache to the kernel. One object may be shared by many logs: a broker divides its
     ``storage.page_cache_tail_bytes`` among the partitions written to lately and updates
-    ``window_bytes`` every second (nodes/broker/core.py ``share_page_cache``), and each log
+    ``window_bytes`` every second (nodes/broker/core_timers.py ``share_page_cache``), and each log
     reads it when it drops."""
 
     window_bytes: int = -1

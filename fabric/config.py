@@ -73,7 +73,7 @@ class StorageConfig(_Model):
     index_interval_bytes: int = Field(4096, ge=64)
     # the page cache a broker keeps for the durable tails of its logs, divided equally among
     # the partitions written to lately; older durable bytes are dropped from it
-    # (engines/segment_cache.py, nodes/broker/core.py share_page_cache).
+    # (engines/segment_cache.py, nodes/broker/core_timers.py share_page_cache).
     # -1: leave the cache to the kernel. The segment engine's; lmdb and memory ignore it.
     page_cache_tail_bytes: int = Field(256 * 1024 * 1024, ge=-1)
     # writes of at least this many bytes go past the page cache (O_DIRECT; engines/direct_write.py):

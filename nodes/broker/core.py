@@ -17,8 +17,8 @@ What the core guarantees, whichever front end calls it:
   end; a follower's fetch offset moves the high watermark and is answered with a divergence
   (KIP-320) when its last epoch parts from ours; stale leaders are fenced by epoch.
 - ``list_offset``, retention (never past the high watermark), flushing, high-watermark
-  checkpoints, leader/follower transitions by partition epoch (never backwards) and the
-  leader's ISR proposals (``nodes/broker/isr.py``).
+  checkpoints (these timers: ``nodes/broker/core_timers.py``), leader/follower transitions by
+  partition epoch (never backwards) and the leader's ISR proposals (``nodes/broker/isr.py``).
 - Batches are the unit of work: the core reads batch headers only, never records.
 - Waiters hear of every partition that got data or whose high watermark moved, and of every
   partition whose leadership moved away (parked writes on it are not acknowledged).
@@ -33,25 +33,26 @@ import logging
 from collections import Counter, defaultdict, deque
 from typing import Any, Callable, Iterable, Protocol
 
-from engines.api import CacheWindow, EngineError, OffsetOutOfRange, async_flush_of
+from engines.api import CacheWindow, EngineError, OffsetOutOfRange
 from engines.registry import open_engine
 from fabric import protocol as P
 from fabric.clock import Clock
 from fabric.config import LimitsConfig, StorageConfig, TopicDefaults
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata, PartitionInfo
+# the timers' limits are importable from here as well (the timers are BrokerCore's)
+from nodes.broker.core_timers import (CACHE_ACTIVE_MS, CACHE_SHARE_INTERVAL_MS, UNFLUSHED_INTERVALS_MAX,
+                                      CoreTimersMixin)
 from nodes.broker.flusher import Flusher
 from nodes.broker.isr import IsrProposer
 from nodes.broker.messages import AppendRequest, FetchEntry, FetchInput, ProduceInput, ProduceResult, TopicPartition
 from nodes.broker.partition import Partition
 from nodes.broker.partition_dirs import PartitionDirs
 
-log = logging.getLogger(__name__)
+__all__ = ["BrokerCore", "Waiters", "OnAppended", "UNFLUSHED_INTERVALS_MAX", "CACHE_ACTIVE_MS",
+           "CACHE_SHARE_INTERVAL_MS"]
 
-UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
-# the page-cache budget goes to partitions written to within this long (share_page_cache)
-CACHE_ACTIVE_MS = 60_000
-CACHE_SHARE_INTERVAL_MS = 1_000
+log = logging.getLogger(__name__)
 
 # (partition, records, batches written, their base offsets): after every leader append
 OnAppended = Callable[[Partition, int, list, list], None]
@@ -68,7 +69,7 @@ class Waiters(Protocol):
         """``key`` is no longer led here (or is gone): fail parked writes on it with ``code``."""
 
 
-class BrokerCore:
+class BrokerCore(CoreTimersMixin):
     def __init__(self, broker_id: int, dirs: PartitionDirs, storage: StorageConfig, limits: LimitsConfig,
                  topic_defaults: TopicDefaults, clock: Clock, *, on_appended: OnAppended | None = None,
                  flusher: Flusher | None = None, counters: Counter | None = None) -> None:
@@ -159,29 +160,6 @@ class BrokerCore:
         part.before_first_write = lambda: self.dirs.make_durable(key)
         self.partitions[key] = part
         return part
-
-    def share_page_cache(self) -> None:
-        """Divide ``storage.page_cache_tail_bytes`` equally among the partitions whose log end
-        moved within CACHE_ACTIVE_MS (at least one share): a partition nobody writes to needs no
-        window for new bytes, and what it has cached the kernel evicts as it sees fit. Run
-        every CACHE_SHARE_INTERVAL_MS (Broker): one pass over the partitions held here."""
-        budget = self.storage.page_cache_tail_bytes
-        if budget < 0:
-            self.cache_window.window_bytes = -1
-            return
-        now = self.clock.now_ms()
-        seen, active = self._log_ends, 0
-        for key, part in self.partitions.items():
-            end = part.log_end_offset
-            last = seen.get(key)
-            if last is None:
-                seen[key] = (end, now - CACHE_ACTIVE_MS)  # first seen: not known to be written to
-            elif last[0] != end:
-                seen[key] = (end, now)
-                active += 1
-            elif now - last[1] < CACHE_ACTIVE_MS:
-                active += 1
-        self.cache_window.window_bytes = budget // max(1, active)
 
     def retire_partition(self, key: TopicPartition, deleted_topic_ids: tuple[str, ...]) -> None:
         """Stop serving a replica the metadata no longer has (or has under another topic id):
@@ -453,91 +431,7 @@ class BrokerCore:
         # offset below it is committed, which is all the coordinator's check of a commit needs)
         return (P.OFFSET_NOT_AVAILABLE, part.high_watermark) if offset is None else (0, offset)
 
-    # -- timers -------------------------------------------------------------------------------
-    def apply_retention(self) -> None:
-        now = self.clock.wall_ms()
-        for key, part in list(self.partitions.items()):
-            try:
-                part.apply_retention(now)
-            except EngineError as e:
-                log.error("%s-%d retention failed: %s", key[0], key[1], e)
-
-    def flush_due(self) -> None:
-        """fsync=interval: flush what was appended lately (idle partitions cost nothing). An
-        engine with an asynchronous flush (``engines.api.AsyncFlush``) gets its job run by the
-        flusher thread; a partition stays watched while its job is in flight and after a job
-        that was dropped as stale, refused (queue full) or failed, until a later one succeeds."""
-        self.collect_flushes()
-        now = self.clock.now_ms()
-        # a partition silent for a few intervals has had a call with its interval passed: flushed
-        settled_ms = UNFLUSHED_INTERVALS_MAX * self.storage.fsync_interval_ms
-        for key, appended_ms in list(self._unflushed.items()):
-            part = self.partitions.get(key)
-            if part is None:
-                del self._unflushed[key]
-                self._flush_again.discard(key)
-                continue
-            if key in self._flushing:
-                continue  # its completion decides
-            try:
-                if self.flusher is not None and async_flush_of(part.engine) is not None:
-                    flushed = False
-                    self._submit_flush(key, part, now)
-                else:
-                    flushed = part.engine.maybe_flush(now)
-            except EngineError as e:
-                log.error("%s-%d flush failed: %s", key[0], key[1], e)
-                continue
-            if key in self._flushing or key in self._flush_again:
-                continue
-            if flushed or now - appended_ms >= settled_ms:
-                del self._unflushed[key]
-
-    def _submit_flush(self, key: TopicPartition, part: Partition, now_ms: int) -> None:
-        assert self.flusher is not None
-        if not self.flusher.has_room():
-            self._flush_again.add(key)  # the thread is behind: try again at the next tick
-            return
-        job = part.engine.flush_job(now_ms)
-        if job is None:
-            # nothing to flush (after a dropped job the engine makes the next one due at once)
-            self._flush_again.discard(key)
-            return
-        if not self.flusher.submit(part, job):  # has_room said yes: only a stopping flusher refuses
-            job.discard()
-            part.engine.flush_done(job)
-            self._flush_again.add(key)
-            return
-        self._flushing[key] = job
-
-    def collect_flushes(self) -> None:
-        """Apply the flusher thread's completed jobs (a reactor per-pass hook; cheap when none).
-        A failed job is logged with its partition, as a synchronous flush failure is, and the
-        partition stays watched; a stale one (the log changed meanwhile) is flushed again."""
-        if self.flusher is None:
-            return
-        for part, job in self.flusher.completed():
-            key = (part.topic, part.partition)
-            if self._flushing.get(key) is job:
-                del self._flushing[key]
-            try:
-                applied = part.engine.flush_done(job)
-            except EngineError as e:
-                log.error("%s-%d flush failed: %s", key[0], key[1], e)
-                applied = False
-            if self.partitions.get(key) is not part:
-                continue  # closed or retired meanwhile
-            if applied:
-                self._flush_again.discard(key)
-            else:
-                self._flush_again.add(key)
-                self._unflushed[key] = self._unflushed.get(key, self.clock.now_ms())
-
-    def checkpoint_high_watermarks(self) -> None:
-        """Write each partition's HW if it moved: a restarted leader serves it at once."""
-        for part in self.partitions.values():
-            part.checkpoint_high_watermark()
-
+    # -- close (the timers: nodes/broker/core_timers.py) ---------------------------------------
     def close(self) -> None:
         """Close every partition (each cancels its flush job in flight and flushes itself), then
         stop the flusher thread (bounded: FLUSHER_STOP_TIMEOUT_S)."""

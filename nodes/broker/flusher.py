@@ -3,10 +3,11 @@
 Under fsync ``interval`` the reactor used to fdatasync every partition appended to lately once
 per ``fsync_interval_ms``, stalling every request and replication message for milliseconds.
 Engines that offer ``flush_job``/``flush_done`` (``engines.api.AsyncFlush``; the segment engine,
-``engines/segment_flush.py``) now hand the reactor a job; ``BrokerCore.flush_due`` submits it
-here, one thread per broker runs the jobs in order (``os.fdatasync``/``os.fsync`` release the
-GIL), and the reactor collects completions in a per-pass hook (``BrokerCore.collect_flushes``;
-a deque, cheap when empty) and applies each with ``engine.flush_done`` on its own thread.
+``engines/segment_flush.py``) now hand the reactor a job; ``BrokerCore.flush_due``
+(``nodes/broker/core_timers.py``) submits it here, one thread per broker runs the jobs in order
+(``os.fdatasync``/``os.fsync`` release the GIL), and the reactor collects completions in a
+per-pass hook (``BrokerCore.collect_flushes``; a deque, cheap when empty) and applies each with
+``engine.flush_done`` on its own thread.
 
 Bounds: at most FLUSH_JOBS_MAX jobs outstanding (queued, running, or completed and not yet
 collected); ``submit`` refuses more (the partition is flushed at a later tick). ``stop`` discards

@@ -32,7 +32,8 @@ from fabric.rpc import RpcClient
 from fabric.stall import StallWatch
 from fabric.zmtp_sub import ZmtpSubscriber
 from nodes.base import Node
-from nodes.broker.core import CACHE_SHARE_INTERVAL_MS, BrokerCore
+from nodes.broker.core import BrokerCore
+from nodes.broker.core_timers import CACHE_SHARE_INTERVAL_MS
 from nodes.broker.fetcher import FetchSettings, LeaderEndpoint, ReplicaFetcher
 from nodes.broker.flusher import Flusher
 from nodes.broker.handlers import RequestHandlers

@@ -9,7 +9,9 @@ recovered from it at open, so a restarted leader serves it before its followers 
 nodes/broker/hw_checkpoint.py).
 Producer and epoch state follow the log: recorded after the write they describe, trimmed when
 it is cut, and checked against the log's batch headers at open (a leader epoch that
-contradicts the epoch checkpoint cuts the log there).
+contradicts the epoch checkpoint cuts the log there). What a follower does to its log (append
+the leader's batches, truncate, reset, take the leader's HW) is the partition's follower half,
+nodes/broker/partition_follower.py.
 
 Invariants, checked after every method that changes the partition: ``log_start_offset <=
 high_watermark <= log_end_offset``; the engine stores a follower's batches at the offsets they
@@ -32,6 +34,7 @@ from fabric.buffers import Payload, stampable
 from fabric.errors import RemoteError
 from nodes.broker.epochs import EpochCache
 from nodes.broker.hw_checkpoint import HighWatermarkCheckpoint
+from nodes.broker.partition_follower import PartitionFollowerMixin
 from nodes.broker.producers import ProducerStateTable
 from nodes.broker.tail_recovery import recover_tail
 
@@ -49,7 +52,7 @@ class FollowerState:
     leo_at_last_fetch: int = 0  # the leader's LEO when this follower last fetched
 
 
-class Partition:
+class Partition(PartitionFollowerMixin):
     def __init__(self, topic: str, partition: int, broker_id: int, engine: Engine, directory: str | None) -> None:
         self.topic = topic
         self.partition = partition
@@ -306,96 +309,6 @@ class Partition:
         if h.size_bytes != len(data):
             raise RemoteError(P.CORRUPT_MESSAGE, f"frame holds {len(data)} bytes, batch says {h.size_bytes}")
         return h
-
-    # -- follower: replication ----------------------------------------------------------------
-    def append_as_follower(self, data: Payload) -> int:
-        """Append the leader's batches that continue our log; skip what we already have.
-        Returns the number of batches appended. A bad batch (CRC, or a leader epoch older than
-        one we already hold) raises BatchError and nothing of ``data`` is appended;
-        StorageFull / EngineError from the engine, or from the epoch checkpoint of a new epoch,
-        leave the log unchanged.
-
-        Producer and epoch state are recorded only after the engine stored the batches they
-        describe, so a failed write leaves no state naming offsets the log does not hold."""
-        fresh: list[memoryview] = []
-        headers: list[B.BatchHeader] = []
-        end = start = self.log_end_offset
-        last_epoch = self.epochs.latest_epoch
-        for h, view in B.iter_batches(data, check_crc=True):
-            if h.next_offset <= end:
-                continue  # already have it
-            if h.base_offset != end:
-                break  # a gap: the next fetch repairs it
-            if h.leader_epoch < last_epoch:
-                # epochs never go down along a log: a damaged header, or not our leader's
-                raise B.BatchError(f"batch at offset {h.base_offset} has leader epoch {h.leader_epoch}, "
-                                   f"older than {last_epoch} before it")
-            last_epoch = h.leader_epoch
-            fresh.append(view)
-            headers.append(h)
-            end = h.next_offset
-        if fresh:
-            self._before_write()
-            counts = [h.record_count for h in headers]
-            self._check_stored_at(start, counts, [h.base_offset for h in headers], stored=False)
-            offsets = self.engine.append_many(fresh, **self._verified_kwargs)  # iter_batches verified each CRC
-            self._check_stored_at(start, counts, offsets)
-            try:
-                self.record_appended(headers)
-            except EngineError:  # the epoch checkpoint could not be written: undo the append
-                self.engine.truncate_to(start)
-                self.epochs.truncate_from_end(start)
-                self.producers.truncate_from(start)
-                raise
-            self._check_offsets()
-        return len(fresh)
-
-    def record_appended(self, headers: list[B.BatchHeader]) -> None:
-        """Producer and epoch state of batches the engine has stored (also at open:
-        nodes/broker/tail_recovery.py)."""
-        for h in headers:
-            self.epochs.assign(h.leader_epoch, h.base_offset)
-            self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
-
-    def truncate_to(self, offset: int) -> None:
-        """Cut the log at ``offset`` (divergence found via the epoch cache)."""
-        self._before_write()
-        if offset >= self.log_end_offset:
-            # nothing to cut, but an epoch we started with no batch in it (we led briefly and
-            # wrote nothing) must go, or we would keep naming it as our last fetched epoch
-            self.epochs.truncate_from_end(offset)
-            return
-        log.warning("%s-%d: truncating from %d to %d", self.topic, self.partition, self.log_end_offset, offset)
-        self.engine.truncate_to(offset)
-        self.epochs.truncate_from_end(self.log_end_offset)
-        self.high_watermark = min(self.high_watermark, self.log_end_offset)
-        self.producers.truncate_from(self.log_end_offset)
-        self._check_offsets()
-
-    def reset_to(self, offset: int) -> None:
-        """Drop the whole log and restart it empty at ``offset`` (a follower whose log end is
-        below the leader's log start after retention: Kafka's truncateFullyAndStartAt).
-        Durable on return. Raises EngineError (the log is then unchanged or a prefix of it)."""
-        log.warning("%s-%d: resetting the log [%d, %d) to start at %d", self.topic, self.partition,
-                    self.log_start_offset, self.log_end_offset, offset)
-        self._before_write()
-        self.engine.reset_to(offset)
-        # An empty log has no epochs: any entry kept (even the one covering ``offset``, which
-        # truncate_from_start would keep) would be sent as our last fetched epoch, and a leader
-        # that no longer knows it answers with a divergence we cannot truncate away. Every
-        # entry starts at an offset >= 0, so truncating from 0 clears the cache; the next
-        # fetched batches assign their epochs from ``offset`` on.
-        self.epochs.truncate_from_end(0)
-        self.high_watermark = offset
-        # producers that wrote only before ``offset`` (batches the leader's retention deleted;
-        # the leader may still know them) are unknown to the table
-        self.producers.truncate(forgot_producers=offset > 0)
-        self._check_offsets()
-
-    def set_high_watermark_from_leader(self, leader_hw: int) -> None:
-        if leader_hw > self.high_watermark:  # else it stays (every idle heartbeat comes here)
-            self.high_watermark = max(self.high_watermark, min(leader_hw, self.log_end_offset))
-        self._check_offsets()
 
     # -- leader: follower tracking, HW, ISR -----------------------------------------------------
     def record_follower_fetch(self, follower_id: int, fetch_offset: int, now_ms: int) -> bool:

@@ -25,7 +25,7 @@ from engines.segment import SegmentEngine
 from engines.segment_cache import FOLIO_BYTES_MAX, PAGE_BYTES, cold_drops, drop_step
 from fabric.config import ConfigError, load_config
 from fabric.clock import ManualClock
-from nodes.broker.core import CACHE_ACTIVE_MS
+from nodes.broker.core_timers import CACHE_ACTIVE_MS
 from tests.harness import make_config
 from tests.unit.builders_broker import new_broker
 from tests.unit.builders_segment import SyncRecorder, cached, run_in_thread
