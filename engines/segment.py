@@ -1,26 +1,17 @@
 """The segment engine (Kafka's Log): an ordered list of LogSegments in one partition
 directory, with roll, retention, truncation, flush and recovery.
 
+This module holds ``SegmentEngine`` itself: opening (recovery: ``engines.segment_recovery``),
+the log's state, appends and rolls, reads with their index lookups and the reader LRU, and
+close. Its other halves are mixins in their own modules, each over the engine's own state:
+``engines.segment_durability`` (fsyncs, flush, the recovery checkpoint: when data is durable),
+``engines.segment_retention`` (truncation, reset, retention: what removes records), and
+``engines.segment_flush`` (the interval flush run on a flusher thread).
+
 Files: ``{base_offset:020d}.log`` / ``.index`` per segment and ``recovery.checkpoint``
 (see ``engines.segment_recovery``). Memory: O(#segments + index entries); file descriptors:
 the active segment (two, once it has taken a direct write: engines/direct_write.py) plus at
 most OPEN_SEGMENTS_MAX older ones (LRU).
-
-Durability: fsync ``always`` = one fdatasync at the end of append/append_many (group commit; the
-directory too while a file's creation or removal is not yet durable, as a new log's first segment);
-``interval`` = maybe_flush(now_ms); ``never`` = only flush()/close(). A flush fsyncs the dirty
-segments and indexes and moves the recovery checkpoint -- an interval flush moves it at most
-every RECOVERY_CHECKPOINT_INTERVAL_MS (Kafka's ``log.flush.offset.checkpoint.interval.ms``):
-replacing the file costs two fsyncs and a rename, ~0.7 ms median but 10-70 ms in the tail on
-this machine's disk. ``flush_job``/``flush_done`` split the interval flush so that a broker runs
-its fsyncs and checkpoint replacement on its flusher thread (design: engines/segment_flush.py);
-truncation, reset, retention, a synchronous flush and close invalidate a job in flight. A checkpoint
-left behind is still true (only truncation and retention change bytes it vouches for, and both
-write a new one at once); recovery after a crash then re-validates more of the log.
-
-Retention and delete_before work on whole segments and never delete the active one.
-Time retention and offset_for_timestamp use each segment's largest timestamp (timestamps may
-go down along the log), known from appends or found by one header walk of the segment.
 
 Not thread-safe: one owner (the broker reactor) calls it; only a FlushJob's ``run`` runs on
 another thread (and touches only its own descriptors and the checkpoint, under the lock).
@@ -35,23 +26,25 @@ import threading
 from collections import OrderedDict
 from typing import Callable, TypeVar
 
-from engines.api import (OFFSET_LIMIT, CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS,
-                         FSYNC_INTERVAL, StorageFailed)
+from engines.api import CorruptBatch, EngineClosed, EngineConfig, EngineError, FSYNC_ALWAYS, StorageFailed
 from engines.batch import BatchHeader
-from engines.checks import check_read_range, fence, sync_translated, translate_os_error, validate_batch_fields
+from engines.checks import check_read_range, translate_os_error, validate_batch_fields
 from engines.offset_index import POSITION_MAX, RELATIVE_OFFSET_MAX, IndexDamaged
-from engines.segment_cache import cold_drops, drop_cached, drop_step, read_drop_range
+from engines.segment_cache import drop_cached, read_drop_range
+from engines.segment_durability import RECOVERY_CHECKPOINT_INTERVAL_MS, DurabilityMixin
 from engines.segment_file import LogSegment
 from engines.segment_flush import AsyncFlushMixin, FlushJob
-from engines.segment_recovery import Checkpoint, recover, write_checkpoint
+from engines.segment_recovery import Checkpoint, recover
+from engines.segment_retention import RetentionMixin
+
+__all__ = ["SegmentEngine", "OPEN_SEGMENTS_MAX", "RECOVERY_CHECKPOINT_INTERVAL_MS"]
 
 OPEN_SEGMENTS_MAX = 16  # older segments kept open for reads (LRU); the active one always is
-RECOVERY_CHECKPOINT_INTERVAL_MS = 10_000  # an interval flush moves the recovery checkpoint at most this often
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SegmentEngine(AsyncFlushMixin):
+class SegmentEngine(DurabilityMixin, RetentionMixin, AsyncFlushMixin):
     """One partition's log as segment files. See ``engines.api.Engine`` for the contract."""
 
     name = "segment"
@@ -134,32 +127,6 @@ class SegmentEngine(AsyncFlushMixin):
         if self._failed is not None:
             raise StorageFailed(str(self._failed))
 
-    def _fence(self, e: BaseException) -> StorageFailed:
-        """An fsync failed: refuse every write and checkpoint from now on (see StorageFailed).
-        Also called on the flusher thread when a job's fsync fails (``FlushJob.on_sync_failed``):
-        it only sets ``_failed``, once, which the owner reads."""
-        self._failed = fence(self._failed, self.directory, e)
-        return StorageFailed(str(self._failed))
-
-    def _sync_segment(self, seg: LogSegment) -> None:
-        try:
-            seg.sync()
-        except EngineError as e:
-            raise self._fence(e) from e
-
-    def _sync_appended(self) -> None:
-        """Under fsync ``always``, after an append: fdatasync the active segment, and fsync the
-        directory if a file's creation or removal is not yet durable there (a new log's first
-        segment: a record acknowledged as synced must not vanish with its file's name).
-        Raises StorageFailed (fenced)."""
-        seg = self._segments[-1]
-        self._sync_segment(seg)
-        if self._dir_dirty:
-            self._fsync_dir()
-        window = self.config.cache_window.window_bytes
-        if window >= 0 and seg.size_bytes >= seg.cache_drop_at:  # a step grown: out of the page cache
-            self._drop_cold(window)
-
     # -- append -------------------------------------------------------------------------------
     def append(self, batch: bytes | bytearray | memoryview) -> int:
         """Raises CorruptBatch / BatchTooLarge / StorageFull / EngineClosed. The hot path: one
@@ -199,17 +166,6 @@ class SegmentEngine(AsyncFlushMixin):
             self._sync_cut()
             raise
         return offsets
-
-    def _sync_cut(self) -> None:
-        """Under fsync ``always``, make the cut of a failed append durable before its error is
-        answered: a direct write may have put whole batches of the call on the device, a roll
-        in the middle of the call fsynced its first batches into the old segment, and a crash
-        must not bring back records a client was told were not written."""
-        if self.config.fsync != FSYNC_ALWAYS or self._failed is not None or not self._active.dirty:
-            return
-        self._sync_segment(self._active)
-        if self._dir_dirty:
-            self._fsync_dir()
 
     def _cut_back(self, offset: int) -> None:
         """Cut a failed append's batches again. An error of the cut itself (a disk that is
@@ -421,237 +377,7 @@ class SegmentEngine(AsyncFlushMixin):
                     return header.base_offset
         return None
 
-    # -- truncation and retention -------------------------------------------------------------
-    def truncate_to(self, offset: int) -> None:
-        """See Engine.truncate_to; below log_start_offset everything is dropped. The new end is
-        flushed (and checkpointed) before returning. Raises StorageFull / EngineError."""
-        self._check_writable()
-        if offset >= self.log_end_offset or self.log_start_offset == self.log_end_offset:
-            return  # nothing at or after offset (an empty log may start above it)
-        offset = max(offset, self.log_start_offset)
-        self._checkpoint_at_or_below_cut(offset)
-        self._truncate(offset)
-        self.flush()
-
-    def _checkpoint_at_or_below_cut(self, offset: int) -> None:
-        """Before cutting the log at ``offset``: the checkpoint on disk must not vouch for bytes
-        the cut removes. If the cut's flush then failed, appends would write other batches over
-        them, and a power failure could leave the old bytes (or a mix) that recovery trusts
-        without validating them. So a checkpoint past the cut is first replaced by one at the
-        cut -- true, as everything before it was durable already -- and when which checkpoint
-        is on disk is unknown (a flush job's may have landed), everything is flushed first.
-        Raises StorageFull / EngineError with the log unchanged."""
-        self._invalidate_flushes()  # no job's checkpoint lands after this one
-        if self._checkpoint is None:
-            self.flush()
-        on_disk = self._checkpoint
-        assert on_disk is not None
-        i = bisect.bisect_right(self._bases, offset) - 1
-        seg = self._segments[i]
-        position, header = self._find(seg, offset)
-        if position == 0 and i > 0:  # the cut deletes this segment: the one before ends the log
-            prev = self._segments[i - 1]
-            cut = Checkpoint(prev.base_offset, prev.size_bytes, header.base_offset, False)
-        else:
-            cut = Checkpoint(seg.base_offset, position, header.base_offset, False)
-        if (cut.segment_base_offset, cut.position) < (on_disk.segment_base_offset, on_disk.position):
-            self._write_checkpoint(cut)
-
-    def _truncate(self, offset: int) -> None:
-        self._invalidate_flushes()
-        self._read_hint = None
-        i = bisect.bisect_right(self._bases, offset) - 1
-        for seg in reversed(self._segments[i + 1:]):  # newest first: a crash leaves a prefix
-            self._delete_segment(seg)
-        del self._segments[i + 1:], self._bases[i + 1:]
-        seg = self._segments[i]
-        position, header = self._find(seg, offset)
-        seg.truncate_to_position(position)
-        seg.next_offset = header.base_offset
-        if position == 0 and i > 0:
-            self._delete_segment(seg)
-            del self._segments[i], self._bases[i]
-        active = self._active
-        self._readers.pop(active.base_offset, None)
-        self._walk_from_index(active, active.load_tail)  # the cut may leave a damaged entry last
-        active.dirty = True
-        self._size_bytes = sum(s.size_bytes for s in self._segments)
-
-    def reset_to(self, offset: int) -> None:
-        """See Engine.reset_to (Kafka's truncateFullyAndStartAt). Crash-safe order: the
-        checkpoint names the new empty segment first (an old log beside it is then fully
-        scanned on open), the old segments go newest first (a crash leaves a prefix of the old
-        log: a valid truncation), and the new segment is created last (an empty directory
-        recovers at the checkpoint's offset). Raises EngineError / StorageFull."""
-        self._check_writable()
-        if not 0 <= offset < OFFSET_LIMIT:
-            raise EngineError(f"cannot reset the log to offset {offset}")
-        self._invalidate_flushes()
-        self._write_checkpoint(Checkpoint(offset, 0, offset, False))
-        for seg in reversed(self._segments):
-            self._delete_segment(seg)
-        self._readers.clear()
-        self._unsynced = []
-        self._read_hint = None
-        new = LogSegment(self.directory, offset, self.config.index_interval_bytes)
-        new.index.reset()
-        new.fd  # create the file
-        new.dirty = True
-        self._segments, self._bases, self._size_bytes = [new], [offset], 0
-        self._dir_dirty = True
-        self._dir_version += 1
-        self.flush()
-        log.info("reset %s to offset %d", self.directory, offset)
-
-    def _delete_segment(self, seg: LogSegment) -> None:
-        self._readers.pop(seg.base_offset, None)
-        # every mention: a flush fsyncing a deleted segment would re-create its file (empty)
-        self._unsynced = [s for s in self._unsynced if s is not seg]
-        seg.delete()
-        # the removal survives a power loss only once the directory is fsynced: a truncation's
-        # flush does it (a deleted segment back after the cut would serve the cut records again)
-        self._dir_dirty = True
-        self._dir_version += 1
-
-    def _delete_first(self, count: int) -> int:
-        """Delete the first ``count`` segments (never the active one); returns bytes freed."""
-        count = min(count, len(self._segments) - 1)
-        if count > 0:
-            self._invalidate_flushes()  # a job's checkpoint may name a segment deleted here
-        freed = 0
-        for seg in self._segments[:count]:
-            freed += seg.size_bytes
-            self._delete_segment(seg)
-        del self._segments[:count], self._bases[:count]
-        self._size_bytes -= freed
-        if count:
-            self._read_hint = None
-            if self._checkpoint_base < self.log_start_offset:
-                self.flush()  # the checkpoint named a deleted segment
-        return freed
-
-    def delete_before(self, offset: int) -> int:
-        """Delete whole segments whose records all lie before ``offset``; returns the new
-        log_start_offset."""
-        self._check_writable()
-        count = 0
-        while count < len(self._segments) - 1 and self._segments[count].next_offset <= offset:
-            count += 1
-        self._delete_first(count)
-        return self.log_start_offset
-
-    def apply_retention(self, now_ms: int, upper_bound_offset: int | None = None) -> int:
-        """Delete the oldest segments past retention_ms (judged by the largest timestamp in
-        the segment, as Kafka's maxTimestamp: a late record ending a segment does not expire
-        fresher records before it) or past retention_bytes, never a segment that ends past
-        ``upper_bound_offset``; returns bytes deleted."""
-        self._check_writable()
-        retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
-        count, size_bytes = 0, self._size_bytes
-        while count < len(self._segments) - 1:
-            seg = self._segments[count]
-            if upper_bound_offset is not None and self._segments[count + 1].base_offset > upper_bound_offset:
-                break  # the segment holds records at or past the bound
-            expired = False
-            if retention_ms >= 0:
-                largest = self._max_timestamp_ms(seg)
-                expired = largest is not None and largest < now_ms - retention_ms
-            oversize = retention_bytes >= 0 and size_bytes - seg.size_bytes >= retention_bytes
-            if not (expired or oversize):
-                break
-            size_bytes -= seg.size_bytes
-            count += 1
-        return self._delete_first(count)
-
-    # -- durability ---------------------------------------------------------------------------
-    def _fsync_dir(self) -> None:
-        try:
-            sync_translated(os.fsync, self._dir_fd, self.directory)
-        except EngineError as e:  # a segment's creation or removal may not survive: as a data fsync
-            raise self._fence(e) from e
-        self._dir_dirty = False
-
-    def flush(self, clean: bool = False, checkpoint: bool = True) -> None:
-        """fsync every dirty segment and index, then (``checkpoint``) move the recovery
-        checkpoint to the log end. Raises StorageFull / EngineError / EngineClosed /
-        StorageFailed."""
-        self._check_writable()
-        self._invalidate_flushes()  # this flush covers what a job in flight would, and more
-        for seg in self._unsynced + [self._active]:
-            try:
-                seg.index.write_pending(sync=seg.dirty)
-            except OSError as e:
-                raise translate_os_error(e, f"write {seg.index.path}") from e
-            if seg.dirty:
-                self._sync_segment(seg)
-        self._unsynced = []
-        if self._dir_dirty:
-            self._fsync_dir()
-        self._await_overlapping_job()
-        window = self.config.cache_window.window_bytes
-        if window >= 0:  # every byte is durable now
-            self._drop_cold(window)
-        if not checkpoint:
-            return
-        active = self._active
-        point = Checkpoint(active.base_offset, active.size_bytes, active.next_offset, clean)
-        if point != self._checkpoint:
-            self._write_checkpoint(point)
-
-    def _drop_cold(self, window: int) -> None:
-        """Drop the log's bytes outside the page-cache window from the cache
-        (engines/segment_cache.py); every byte of the log is durable when this runs."""
-        active = self._active
-        for seg, start, end in cold_drops(self._segments, window):
-            if seg is not active:
-                self._touch(seg)  # a descriptor the reader LRU closed opens again: keep them bounded
-            drop_cached(seg.fd, start, end)
-            seg.cache_dropped_to = end
-        active.cache_drop_at = active.size_bytes + drop_step(window)
-
-    def _await_overlapping_job(self) -> None:
-        """Before a flush vouches for anything: a flush job whose fsyncs overlapped this one's
-        may have been told of a writeback error this one was not (the kernel reports one once
-        per open file, and the job's descriptors are dups of ours). Wait for its fsyncs to end,
-        then for the fence it sets when one failed. The wait is at most what is left of the
-        job's fsyncs of the same files, which this flush has just done itself; a job whose
-        fsyncs began after ours ended cannot have taken an error ours did not see."""
-        job = self._flush_in_flight
-        if job is not None and job.syncing:
-            job.synced.wait()
-        self._check_writable()
-
-    def _write_checkpoint(self, point: Checkpoint) -> None:
-        """Replace the checkpoint with ``point``. Until that returns, which checkpoint is on disk
-        is unknown (a replacement that fails after its rename leaves the new one): a later flush
-        then writes its own even at the old point. Raises StorageFull / EngineError /
-        StorageFailed (never a checkpoint after a failed fsync)."""
-        self._check_writable()
-        self._checkpoint = None
-        write_checkpoint(self.directory, self._dir_fd, point)
-        self._checkpoint = point
-        self._checkpoint_base = point.segment_base_offset
-
-    def _interval_flush_due(self, now_ms: int) -> bool:
-        """Under fsync ``interval``: the interval has passed (restarted here) and data is dirty."""
-        if self.config.fsync != FSYNC_INTERVAL or now_ms - self._last_flush_ms < self.config.fsync_interval_ms:
-            return False
-        self._last_flush_ms = now_ms
-        return bool(self._active.dirty or self._unsynced)
-
-    def _checkpoint_due(self, now_ms: int) -> bool:
-        return self._last_checkpoint_ms is None or now_ms - self._last_checkpoint_ms >= RECOVERY_CHECKPOINT_INTERVAL_MS
-
-    def maybe_flush(self, now_ms: int) -> bool:
-        self._check_writable()
-        if not self._interval_flush_due(now_ms):
-            return False
-        due = self._checkpoint_due(now_ms)
-        self.flush(checkpoint=due)
-        if due:
-            self._last_checkpoint_ms = now_ms
-        return True
-
+    # -- close --------------------------------------------------------------------------------
     def close(self) -> None:
         """Flush (marking the checkpoint clean) and close every file. Idempotent."""
         if self._closed:

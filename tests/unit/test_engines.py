@@ -169,7 +169,7 @@ class TestSegmentEngine(EngineConformance):
     def test_crash_before_new_segment_recovers_empty_at_offset(self) -> None:
         e = self.open_engine()
         self.fill(e, 100, payload_bytes=500)
-        with mock.patch("engines.segment.LogSegment", side_effect=EngineError("simulated crash")):
+        with mock.patch("engines.segment_retention.LogSegment", side_effect=EngineError("simulated crash")):
             with pytest.raises(EngineError):
                 e.reset_to(50_000)
         assert not glob.glob(os.path.join(self.directory, "*.log"))

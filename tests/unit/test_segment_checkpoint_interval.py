@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engines.conformance import read_all
-from engines.segment import RECOVERY_CHECKPOINT_INTERVAL_MS
+from engines.segment_durability import RECOVERY_CHECKPOINT_INTERVAL_MS
 from engines.segment_recovery import read_checkpoint
 from tests.unit.builders_segment import INTERVAL_MS, fill, open_engine
 

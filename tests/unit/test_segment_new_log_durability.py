@@ -6,7 +6,7 @@ fsyncs (index, segment, directory, recovery checkpoint) for a log with nothing i
 a broker's reactor on this machine's disk. Nothing in a new log can be lost, so the flush waits
 for data; but a record acknowledged as synced must not vanish with its file's name after a
 power loss, so the flush (fsync ``interval``) or the append (fsync ``always``) that first makes
-data durable fsyncs the directory too (engines/segment.py, ``_sync_appended``)."""
+data durable fsyncs the directory too (engines/segment_durability.py, ``_sync_appended``)."""
 
 from __future__ import annotations
 

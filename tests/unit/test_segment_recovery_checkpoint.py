@@ -283,7 +283,7 @@ def test_a_truncation_that_cannot_first_move_the_checkpoint_leaves_the_log_uncha
     fill(e, 0, 20)
     e.flush()
     before = read_all(e)
-    with mock.patch("engines.segment.write_checkpoint", side_effect=StorageFull("no space left for the checkpoint")), \
+    with mock.patch("engines.segment_durability.write_checkpoint", side_effect=StorageFull("no space left for the checkpoint")), \
             pytest.raises(StorageFull):
         e.truncate_to(5)
     assert read_all(e) == before
