@@ -55,7 +55,6 @@ REGISTER_REFUSED_RETRY_MS = 2000  # a coordinator of another cluster, a duplicat
 STRAYS_SHOWN_MAX = 100  # in STATS
 PARTITION_OPENS_PER_PASS_MAX = 25  # new partitions opened per reactor pass (each creates files)
 PARTITION_OPEN_RETRY_MS = 1000  # a pass whose opens all failed (a full disk): the next one after this
-UNFLUSHED_INTERVALS_MAX = 3  # fsync intervals a partition is watched after its latest append
 STALL_THRESHOLD_MS = 2000  # a reactor pass gap over this means this broker did not run
 METADATA_PUSH_KINDS = (P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 
