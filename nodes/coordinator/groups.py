@@ -34,7 +34,9 @@ Kafka's eager protocol with coordinator-side assignment:
   DELETE_GROUP ``{group}`` (only without active members; its offsets are deleted).
 
 Membership lives in memory: after a coordinator restart members get ``unknown_member`` and
-join again. Offsets live in ``nodes.coordinator.offsets``.
+join again. Offsets live in ``nodes.coordinator.offsets``; OFFSET_COMMIT, OFFSET_FETCH and the
+expiry of empty groups' offsets are ``GroupOffsetsMixin`` (nodes/coordinator/groups_offsets.py),
+a base of ``GroupCoordinator``.
 
 Not thread-safe: runs on the coordinator's reactor.
 """
@@ -53,7 +55,8 @@ from fabric.errors import RemoteError
 from fabric.rpc import DEFER
 from nodes.coordinator.assignors import ASSIGNORS, DEFAULT_ASSIGNOR, assign
 from nodes.coordinator.context import GroupContext
-from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore
+from nodes.coordinator.groups_offsets import GroupOffsetsMixin
+from nodes.coordinator.offsets import OffsetStore
 from nodes.coordinator.offsets_client import OffsetsTopicClient
 from nodes.coordinator.topics import validate_topic_name
 
@@ -101,7 +104,7 @@ class Group:
     emptied_ms: int | None = None   # when (monotonic) it last lost its last member (None: not in this process)
 
 
-class GroupCoordinator:
+class GroupCoordinator(GroupOffsetsMixin):
     def __init__(self, context: GroupContext, offsets_client: OffsetsTopicClient, *,
                  offsets_retention_ms: int = OFFSETS_RETENTION_MS) -> None:
         """``context``: the coordinator node as the groups see it (``nodes.coordinator.context``);
@@ -329,38 +332,6 @@ class GroupCoordinator:
             self._expiry_checked_ms = now
             self._expire_offsets()
 
-    def _expire_offsets(self) -> None:
-        """Delete the committed offsets of groups that have had no members, and no commit, for
-        longer than the retention (Kafka's offsets.retention.minutes, KIP-211): without it, groups
-        nobody uses again stayed for good, up to GROUPS_MAX, and every new group was then refused."""
-        if not self.offsets.loaded:
-            return
-        now = self.clock.now_ms()
-        if self._loaded_ms is None:
-            self._loaded_ms = now  # who was a member before a restart is unknown: count from now
-        horizon = self.clock.wall_ms() - self.offsets_retention_ms  # commit times are wall times (stored)
-        for gid, table in list(self.offsets.table.items()):
-            if self.offsets.pending_count >= P.PENDING_COMMITS_MAX // 2:
-                return  # the rest at the next check: live groups' commits keep room
-            group = self.groups.get(gid)
-            if not table or (group is not None and (group.members or group.pending_members)) \
-                    or self.offsets.has_in_flight(gid) or max(c.commit_ts_ms for c in table.values()) > horizon:
-                continue
-            emptied = group.emptied_ms if group is not None and group.emptied_ms is not None else self._loaded_ms
-            if now - emptied < self.offsets_retention_ms:
-                continue  # in use until lately (KIP-211): the retention counts from when it emptied
-                # (on the monotonic clock: a wall clock stepped forward expires nothing early)
-            log.info("group %s: no members and no commit for %d ms: its committed offsets expire",
-                     gid, self.offsets_retention_ms)
-            try:
-                self.offsets.commit(gid, [(t, p, None, "") for (t, p) in sorted(table)], allow_backward=True,
-                                    check_log_end=False, done=lambda err, gid=gid: err and log.warning(
-                                        "group %s: expired offsets not deleted (next check): %s", gid, err))
-            except RemoteError as e:  # commits queued to their bound: the next check goes on
-                log.info("offset expiry paused: %s", e)
-                return
-            self.context.counters["group_offsets_expired"] += 1
-
     def resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
         """The coordinator did not run for ``stalled_ms``: members' sessions and running deadlines
         move by the stall (capped at now), so that nobody is judged by silence we did not hear
@@ -416,93 +387,6 @@ class GroupCoordinator:
     def topic_deleted(self, topic: str) -> None:
         """Called by the coordinator when a topic is deleted."""
         self.offsets.forget_topic(topic)
-
-    # -- offsets ------------------------------------------------------------------------------------
-    def _require_loaded(self) -> None:
-        if not self.offsets.loaded:
-            raise RemoteError(P.NOT_COORDINATOR, "the coordinator is still loading committed offsets; retry")
-
-    def _on_offset_commit(self, req: wire.Request) -> Any:
-        gid = self._group_id(req)
-        raw = req.get("offsets", list)
-        if not raw or len(raw) > P.PARTITIONS_MAX:
-            raise RemoteError(P.MALFORMED_REQUEST, "offsets must be a non-empty list of [topic, partition, offset]")
-        entries = []
-        for e in raw:
-            if not (isinstance(e, (list, tuple)) and 3 <= len(e) <= 4 and isinstance(e[0], str)
-                    and type(e[1]) is int and type(e[2]) is int):  # not a bool: stored, it would come back as one
-                raise RemoteError(P.MALFORMED_REQUEST, "each offset is [topic, partition, offset, metadata?]")
-            if e[2] < 0:
-                raise RemoteError(P.INVALID_COMMIT_OFFSET, f"offset {e[2]} for {e[0]}-{e[1]} is negative")
-            t = self.context.state.topics.get(e[0])
-            if t is None or not 0 <= e[1] < len(t.partitions) or e[0] == OFFSETS_TOPIC:
-                raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no partition {e[0]}-{e[1]}")
-            entries.append((e[0], e[1], e[2], str(e[3])[:4096] if len(e) > 3 and e[3] is not None else ""))
-        self._require_loaded()
-        generation = req.get("generation", int, -1)
-        if generation >= 0:
-            self._member(req)
-        else:
-            self._check_room_for_group(gid)
-        mid = req.header.get("member_id")
-        err = self._commit_refusal(gid, mid, generation, entries)
-        if err is not None:
-            raise err
-
-        def done(err: RemoteError | None) -> None:
-            if err is None:
-                self.server.reply(req, {"group": gid, "committed": len(entries)})
-            else:
-                self.server.reply_error(req, err.code, err.message)
-        # validated again just before the append: the log-end lookup and the offsets
-        # partition's queue take time, and a rebalance may hand the partitions on meanwhile
-        self.offsets.commit(gid, entries, allow_backward=generation < 0, check_log_end=True, done=done,
-                            recheck=lambda: self._commit_refusal(gid, mid, generation, entries))
-        return DEFER
-
-    def _commit_refusal(self, gid: str, mid: Any, generation: int,
-                        entries: list[tuple[str, int, int, str]]) -> RemoteError | None:
-        """Why this commit may not be applied now (None: it may)."""
-        group = self.groups.get(gid)
-        if generation < 0:
-            if group is not None and group.members:
-                return RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has active members: only they may commit")
-            return None
-        member = group.members.get(mid) if group is not None and isinstance(mid, str) else None
-        if group is None or member is None:
-            return RemoteError(P.UNKNOWN_MEMBER, f"{mid!r} is not a member of {gid!r}: join again")
-        if generation != group.generation:
-            return RemoteError(P.ILLEGAL_GENERATION, f"generation {generation} is not the current {group.generation} of {gid!r}")
-        owned = set(member.assignment)
-        for t, p, _, _ in entries:
-            if (t, p) not in owned:
-                return RemoteError(P.PARTITION_NOT_ASSIGNED, f"{t}-{p} is not assigned to {member.member_id} in generation {group.generation}")
-        return None
-
-    def _on_offset_fetch(self, req: wire.Request) -> dict:
-        gid = self._group_id(req)
-        self._require_loaded()
-        table = self.offsets.offsets_for(gid)
-        wanted = req.header.get("partitions")
-        if wanted is None:
-            keys = sorted(table)
-        elif isinstance(wanted, list) and len(wanted) <= P.PARTITIONS_MAX and all(
-                isinstance(w, (list, tuple)) and len(w) == 2 and isinstance(w[0], str) and type(w[1]) is int
-                for w in wanted):
-            keys = [(w[0], w[1]) for w in wanted]
-        else:
-            raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition] or null")
-        unstable = self.offsets.unstable(gid, None if wanted is None else keys)
-        if unstable:
-            # the commit in flight may replace these offsets: whoever starts from them now could
-            # read records twice, and its own later commit would be refused as going backward
-            raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"a commit of {unstable[0][0]}-{unstable[0][1]} "
-                                                        f"for group {gid!r} is being written; retry")
-        out = []
-        for tp in keys:
-            c = table.get(tp)
-            out.append([tp[0], tp[1], c.offset if c else -1, c.metadata if c else ""])
-        return {"group": gid, "offsets": out}
 
     # -- administration --------------------------------------------------------------------------------
     def _summary(self, gid: str) -> dict:

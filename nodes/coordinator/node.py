@@ -6,6 +6,9 @@ the last member, which keeps the partition offline rather than lose track of who
 data), and partitions it led get a new leader from the remaining ISR with the leader epoch
 bumped. Every change bumps the metadata version, is written durably, and is published.
 
+CREATE_TOPIC, DELETE_TOPIC and ALTER_TOPIC are ``TopicAdminMixin``
+(nodes/coordinator/topic_admin.py), a base of ``Coordinator``.
+
 Not thread-safe: everything runs on the reactor's thread.
 """
 
@@ -32,8 +35,8 @@ from nodes.coordinator.alter_isr import result as alter_isr_result
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.liveness import DisconnectWatch
 from nodes.coordinator.offsets_client import OffsetsTopicClient
-from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState, new_id
-from nodes.coordinator.topics import place_replicas, validate_configs, validate_topic_name
+from nodes.coordinator.store import ClusterState, StateStore, new_id
+from nodes.coordinator.topic_admin import TopicAdminMixin
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ STALL_THRESHOLD_MS_MIN = 2000
 PREFERRED_LEADER_CHECK_MS = 5000
 
 
-class Coordinator(Node):
+class Coordinator(TopicAdminMixin, Node):
     role = "coordinator"
     PUB_KIND = zmq.XPUB  # a new subscriber is answered with the metadata version (_on_subscription)
 
@@ -196,69 +199,7 @@ class Coordinator(Node):
     def _on_metadata(self, req: wire.Request) -> dict:
         return {"metadata": self.metadata_wire()}
 
-    # -- topics ----------------------------------------------------------------------------------
-    def _on_create_topic(self, req: wire.Request) -> dict:
-        # internal topics (``__…``) are made by the coordinator itself, never over the wire
-        name = validate_topic_name(req.header.get("topic"))
-        if name in self.state.topics:
-            raise RemoteError(P.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
-        defaults = self.config.topics
-        partitions = req.header.get("partitions", defaults.partitions)
-        rf = req.header.get("replication_factor", defaults.replication_factor)
-        if not isinstance(partitions, int) or isinstance(partitions, bool) or not 1 <= partitions <= P.PARTITIONS_MAX:
-            raise RemoteError(P.INVALID_PARTITIONS, f"partitions must be an integer from 1 to {P.PARTITIONS_MAX}, not {partitions!r}")
-        alive = sorted(self.alive)
-        if not isinstance(rf, int) or isinstance(rf, bool) or rf < 1:
-            raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"replication factor must be a positive integer, not {rf!r}")
-        if rf > len(alive):
-            raise RemoteError(P.INVALID_REPLICATION_FACTOR,
-                              f"replication factor {rf} is larger than the {len(alive)} live brokers")
-        configs = validate_configs(req.header.get("configs"), rf)
-        configs.setdefault("min.insync.replicas", min(defaults.min_insync_replicas, rf))
-        start = len(self.state.topics) % len(alive)
-        placement = place_replicas(alive, partitions, rf, start)
-        self.state.topics[name] = TopicState([PartitionState(r[0], 0, r, list(r)) for r in placement], configs)
-        self.commit()
-        log.info("created topic %s: %d partitions, rf %d", name, partitions, rf)
-        return {"topic": name, "partitions": partitions, "replication_factor": rf, "configs": configs}
-
-    def _on_delete_topic(self, req: wire.Request) -> dict:
-        name = req.header.get("topic")
-        if not isinstance(name, str) or name not in self.state.topics:
-            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
-        if isinstance(name, str) and name.startswith(P.INTERNAL_TOPIC_PREFIX):
-            raise RemoteError(P.INVALID_TOPIC, "internal topics cannot be deleted")
-        self.state.topic_deleted(self.state.topics.pop(name).topic_id)  # brokers delete only these
-        self.commit()
-        self.groups.topic_deleted(name)
-        return {"topic": name}
-
-    def _on_alter_topic(self, req: wire.Request) -> dict:
-        name = req.header.get("topic")
-        topic = self.state.topics.get(name) if isinstance(name, str) else None
-        if topic is None:
-            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
-        if name.startswith(P.INTERNAL_TOPIC_PREFIX):  # type: ignore[union-attr]
-            raise RemoteError(P.INVALID_TOPIC, "internal topics are configured by the coordinator")
-        rf = len(topic.partitions[0].replicas)
-        new_configs = req.header.get("configs")
-        if new_configs is not None:
-            merged = dict(topic.configs)
-            merged.update(validate_configs(new_configs, rf))
-            topic.configs = merged
-        partitions = req.header.get("partitions")
-        if partitions is not None:
-            current = len(topic.partitions)
-            if not isinstance(partitions, int) or partitions <= current or partitions > P.PARTITIONS_MAX:
-                raise RemoteError(P.INVALID_PARTITIONS, f"partitions can only grow: {name} has {current}, asked for {partitions!r}")
-            alive = sorted(self.alive)
-            if rf > len(alive):
-                raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"only {len(alive)} live brokers for replication factor {rf}")
-            placement = place_replicas(alive, partitions - current, rf, current % len(alive), current)
-            topic.partitions += [PartitionState(r[0], 0, r, list(r)) for r in placement]
-        self.commit()
-        return {"topic": name, "partitions": len(topic.partitions), "configs": topic.configs}
-
+    # -- producer ids -------------------------------------------------------------------------
     def _on_init_producer_id(self, req: wire.Request) -> dict:
         """A new producer id, from the block this process reserved last. The stored
         ``next_producer_id`` is where the reserved ids end: every id handed out is below it, and

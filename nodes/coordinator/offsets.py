@@ -21,6 +21,10 @@ such snapshot any more) up to the leader's log end as seen at the first read, wa
 the high watermark covers it (an acknowledged commit is always below a leader's log end, and
 waiting for the HW means a record that could still be truncated is never relied upon).
 
+Before its append a commit is checked (offsets within the log end, its topics not replaced,
+not backward) by ``CommitValidationMixin`` (nodes/coordinator/offsets_validation.py), a base
+of ``OffsetStore``.
+
 While a commit is queued or being written, OFFSET_FETCH of its partitions answers
 ``unstable_offset_commit`` (retriable), so a member never starts from an offset that the
 commit in flight is about to replace.
@@ -42,13 +46,13 @@ from typing import Callable
 import msgpack
 
 from fabric import protocol as P
-from fabric.errors import MalformedFrame, RemoteError
+from fabric.errors import RemoteError
 from fabric.records import partition_for_key
-from fabric.replies import ListOffsetsEntry, decode_parts
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome, OffsetsTopicClient
 from nodes.coordinator.offsets_loader import OffsetsLoader
+from nodes.coordinator.offsets_validation import CommitValidationMixin
 from nodes.coordinator.snapshots import SnapshotJob
 from nodes.coordinator.store import PartitionState, TopicState
 from nodes.coordinator.topics import place_replicas
@@ -121,7 +125,7 @@ class _Queue:
     snapshot_queued: bool = False
 
 
-class OffsetStore:
+class OffsetStore(CommitValidationMixin):
     def __init__(self, context: GroupContext, client: OffsetsTopicClient) -> None:
         """``client``: the one client of the offsets topic, shared with the loader."""
         self.context = context
@@ -181,11 +185,6 @@ class OffsetStore:
         if not pending:
             return []
         return sorted(pending) if partitions is None else [tp for tp in partitions if tp in pending]
-
-    def forget_topic(self, topic: str) -> None:
-        """A topic was deleted: its cached log ends must not vouch for a new topic of that name."""
-        for tp in [tp for tp in self._hw_seen if tp[0] == topic]:
-            del self._hw_seen[tp]
 
     @staticmethod
     def partition_for_group(group: str) -> int:
@@ -249,95 +248,6 @@ class OffsetStore:
         if not pending:
             del self._in_flight[pc.group]
         pc.done(error)  # a bug in it is not swallowed: it stops the node (fabric/reactor.py)
-
-    def _check_log_end(self, pc: PendingCommit) -> None:
-        """Reject offsets beyond a partition's high watermark (asks the leaders once for
-        partitions whose cached high watermark is lower than the offset)."""
-        unknown: dict[str, list[list]] = {}
-        for topic, p, offset, _ in pc.entries:
-            if offset is not None and offset > self._hw_seen.get((topic, p), -1):
-                ep = self.client.leader_endpoint(topic, p)
-                if ep is None:
-                    self._reject(pc, RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} has no leader"))
-                    return
-                unknown.setdefault(ep, []).append([topic, p, -1])
-        if not unknown:
-            self._validated(pc)
-            return
-        waiting = {"n": len(unknown)}
-        ends_unknown: set[tuple] = set()
-
-        def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            waiting["n"] -= 1
-            if h is None:
-                self._reject(pc, err or RemoteError(P.REQUEST_TIMED_OUT, "log end lookup failed"))
-            else:
-                try:
-                    entries = decode_parts(h, ListOffsetsEntry)
-                except MalformedFrame as e:  # a broker's bad answer: the lookup failed
-                    self._reject(pc, RemoteError(P.UNKNOWN, f"log end lookup failed: {e}"))
-                    entries = []
-                for e in entries:
-                    tp = (e.topic, e.partition)
-                    if e.error == P.UNKNOWN_TOPIC_OR_PARTITION:  # we know it: the leader has not heard yet
-                        self._reject(pc, RemoteError(P.LEADER_NOT_AVAILABLE, f"{e.topic}-{e.partition}: the leader "
-                                                                             "has not learned of the partition yet"))
-                    elif e.error and e.error != P.OFFSET_NOT_AVAILABLE:
-                        self._reject(pc, RemoteError(e.error, f"{e.topic}-{e.partition}: log end lookup failed"))
-                    else:
-                        if e.error:  # a new leader's HW so far: the end may be further (_validated)
-                            ends_unknown.add(tp)
-                        if e.offset > self._hw_seen.get(tp, -1):  # type: ignore[arg-type]
-                            self._hw_seen[tp] = e.offset  # type: ignore[index]
-            if waiting["n"] == 0 and not pc.finished:
-                self._validated(pc, ends_unknown)
-        ids = {t: tid for t, tid in pc.topic_ids.items() if tid}
-        for ep, parts in unknown.items():
-            self.client.log_ends(ep, parts, on_reply, ids)
-
-    def _validated(self, pc: PendingCommit, ends_unknown: set | frozenset = frozenset()) -> None:
-        """Refuse offsets past the HW seen: retriably (offset_not_available) where the leader
-        answered only its HW so far (it was just elected), for good (out of range) elsewhere."""
-        for topic, p, offset, _ in pc.entries:
-            hw = self._hw_seen.get((topic, p), -1)
-            if offset is not None and offset > hw and (topic, p) in ends_unknown:
-                self._reject(pc, RemoteError(P.OFFSET_NOT_AVAILABLE, f"{topic}-{p}: its new leader does not know its "
-                                                                     f"log end yet (at least {hw}); retry"))
-                return
-            if offset is not None and offset > hw:
-                self._reject(pc, RemoteError(P.OFFSET_OUT_OF_RANGE, f"offset {offset} is beyond the log end {hw} of {topic}-{p}"))
-                return
-        pc.ready = True
-        self._pump(self.partition_for_group(pc.group))
-
-    def _reject(self, pc: PendingCommit, error: RemoteError) -> None:
-        self._finish(pc, error)
-        self._pump(self.partition_for_group(pc.group))
-
-    def _topic_replaced(self, pc: PendingCommit) -> RemoteError | None:
-        """A topic the commit sets an offset of was deleted (and perhaps made again) since it
-        was taken. Tombstones (offset None) only delete, and are applied before any commit of a
-        topic made again that was queued after them: a group's deletion goes on."""
-        setting = {topic for topic, _, offset, _ in pc.entries if offset is not None}
-        for topic, tid in pc.topic_ids.items():
-            if tid and topic in setting and self._topic_id(topic) != tid:
-                return RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} was deleted while the commit waited")
-        return None
-
-    def _check_not_backward(self, pc: PendingCommit, overlay: dict) -> RemoteError | None:
-        if pc.allow_backward:
-            return None
-        current = self.offsets_for(pc.group)
-        for topic, p, offset, _ in pc.entries:
-            if offset is None:
-                continue
-            key = (pc.group, topic, p)
-            before = overlay[key] if key in overlay else (current[(topic, p)].offset if (topic, p) in current else None)
-            if before is not None and offset < before:
-                return RemoteError(P.INVALID_COMMIT_OFFSET,
-                                   f"offset {offset} for {topic}-{p} is below the committed {before}: committed "
-                                   "offsets only move backward by an explicit reset (loom group reset-offsets)")
-        return None
 
     def _pump(self, q: int) -> None:
         """Send the next append of offsets partition ``q`` if none is outstanding."""

@@ -1,7 +1,7 @@
 """A group consumer's world, once: one fake broker leading t-0 whose replies land in the
 consumer's next reactor pass, that reactor on a ManualClock, and a scripted coordinator of
 group g that keeps the committed offsets and applies the real commit rules
-(nodes/coordinator/groups.py ``_commit_refusal``). Used by the tests of
+(nodes/coordinator/groups_offsets.py ``_commit_refusal``). Used by the tests of
 ``fabric.client.group.GroupConsumer`` and of the consumer service's instances, which host one.
 Kept apart from ``fakes.py``: it builds the client consumer, which most unit tests do not need.
 """

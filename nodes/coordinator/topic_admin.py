@@ -1,0 +1,103 @@
+"""The coordinator's topic administration: CREATE_TOPIC, DELETE_TOPIC and ALTER_TOPIC (configs,
+more partitions). Each change is one ``commit`` of the cluster state (version bump, durable
+write, push); the rules for names, configs and replica placement are ``nodes.coordinator.topics``.
+
+``TopicAdminMixin`` is that part of ``Coordinator`` (nodes/coordinator/node.py): its state is
+the coordinator's own (set by ``Coordinator.__init__``).
+
+Not thread-safe: runs on the coordinator's reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.errors import RemoteError
+from nodes.coordinator.store import PartitionState, TopicState
+from nodes.coordinator.topics import place_replicas, validate_configs, validate_topic_name
+
+if TYPE_CHECKING:
+    from fabric.config import LoomConfig
+    from nodes.coordinator.groups import GroupCoordinator
+    from nodes.coordinator.store import ClusterState
+
+log = logging.getLogger(__name__)
+
+
+class TopicAdminMixin:
+    """``Coordinator``'s topic handlers. Part of Coordinator (its state is the coordinator's own)."""
+
+    # the coordinator's state this part uses (set by Coordinator.__init__ and Node)
+    config: LoomConfig
+    state: ClusterState
+    alive: set[int]
+    groups: GroupCoordinator
+
+    if TYPE_CHECKING:  # Coordinator's, never this
+        def commit(self) -> None: ...
+
+    # -- topics ----------------------------------------------------------------------------------
+    def _on_create_topic(self, req: wire.Request) -> dict:
+        # internal topics (``__…``) are made by the coordinator itself, never over the wire
+        name = validate_topic_name(req.header.get("topic"))
+        if name in self.state.topics:
+            raise RemoteError(P.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+        defaults = self.config.topics
+        partitions = req.header.get("partitions", defaults.partitions)
+        rf = req.header.get("replication_factor", defaults.replication_factor)
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or not 1 <= partitions <= P.PARTITIONS_MAX:
+            raise RemoteError(P.INVALID_PARTITIONS, f"partitions must be an integer from 1 to {P.PARTITIONS_MAX}, not {partitions!r}")
+        alive = sorted(self.alive)
+        if not isinstance(rf, int) or isinstance(rf, bool) or rf < 1:
+            raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"replication factor must be a positive integer, not {rf!r}")
+        if rf > len(alive):
+            raise RemoteError(P.INVALID_REPLICATION_FACTOR,
+                              f"replication factor {rf} is larger than the {len(alive)} live brokers")
+        configs = validate_configs(req.header.get("configs"), rf)
+        configs.setdefault("min.insync.replicas", min(defaults.min_insync_replicas, rf))
+        start = len(self.state.topics) % len(alive)
+        placement = place_replicas(alive, partitions, rf, start)
+        self.state.topics[name] = TopicState([PartitionState(r[0], 0, r, list(r)) for r in placement], configs)
+        self.commit()
+        log.info("created topic %s: %d partitions, rf %d", name, partitions, rf)
+        return {"topic": name, "partitions": partitions, "replication_factor": rf, "configs": configs}
+
+    def _on_delete_topic(self, req: wire.Request) -> dict:
+        name = req.header.get("topic")
+        if not isinstance(name, str) or name not in self.state.topics:
+            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        if isinstance(name, str) and name.startswith(P.INTERNAL_TOPIC_PREFIX):
+            raise RemoteError(P.INVALID_TOPIC, "internal topics cannot be deleted")
+        self.state.topic_deleted(self.state.topics.pop(name).topic_id)  # brokers delete only these
+        self.commit()
+        self.groups.topic_deleted(name)
+        return {"topic": name}
+
+    def _on_alter_topic(self, req: wire.Request) -> dict:
+        name = req.header.get("topic")
+        topic = self.state.topics.get(name) if isinstance(name, str) else None
+        if topic is None:
+            raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        if name.startswith(P.INTERNAL_TOPIC_PREFIX):  # type: ignore[union-attr]
+            raise RemoteError(P.INVALID_TOPIC, "internal topics are configured by the coordinator")
+        rf = len(topic.partitions[0].replicas)
+        new_configs = req.header.get("configs")
+        if new_configs is not None:
+            merged = dict(topic.configs)
+            merged.update(validate_configs(new_configs, rf))
+            topic.configs = merged
+        partitions = req.header.get("partitions")
+        if partitions is not None:
+            current = len(topic.partitions)
+            if not isinstance(partitions, int) or partitions <= current or partitions > P.PARTITIONS_MAX:
+                raise RemoteError(P.INVALID_PARTITIONS, f"partitions can only grow: {name} has {current}, asked for {partitions!r}")
+            alive = sorted(self.alive)
+            if rf > len(alive):
+                raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"only {len(alive)} live brokers for replication factor {rf}")
+            placement = place_replicas(alive, partitions - current, rf, current % len(alive), current)
+            topic.partitions += [PartitionState(r[0], 0, r, list(r)) for r in placement]
+        self.commit()
+        return {"topic": name, "partitions": len(topic.partitions), "configs": topic.configs}
