@@ -7,17 +7,9 @@ returns records in offset order per partition. ``poll_batch()`` returns the same
 when read (the batch path: no Python object per record unless asked for). Reads stop at the high watermark, so a
 consumer never sees a record that could still be lost.
 
-Failover: a fetch unanswered ``FETCH_STALL_MS`` past its long-poll wait (a dead or paused
-leader never answers; the RPC timeout would take ``request_timeout_ms``) makes the consumer
-ask for metadata, again at every stall check while it lasts; as soon as newer metadata names
-another leader for a partition of a fetch (or a LIST_OFFSETS) in flight, or the same one at
-another epoch (a restarted process: ``ClusterMetadata.leader_moved``), that request is
-cancelled -- a late answer of the old leader is dropped -- and the partition is fetched from
-the new leader at the same position. Fetches to other brokers are not touched. A partition
-whose fetch was refused (not_leader, an epoch error) or failed waits
-``FETCH_RETRY_BACKOFF_MS`` or for newer metadata, and metadata requests back off
-(``METADATA_BACKOFF_MS`` doubling to ``METADATA_BACKOFF_MS_MAX`` while nothing new comes),
-so a cluster with no leader for a partition is asked a few times a second, not flooded.
+Failover -- a stalled fetch makes the consumer ask for metadata (with a backoff), and a
+request whose leader moved is cancelled and sent to the new one at the same position -- is
+``ConsumerFailover`` (``fabric.client.consumer_failover``), mixed in.
 
 Consumer groups (``subscribe``/``commit``) build on this class; see ``fabric.client.group``.
 
@@ -35,26 +27,29 @@ import zmq
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
-from fabric.client.bootstrap import metadata_endpoint, parse_bootstrap
+from fabric.client.bootstrap import parse_bootstrap
+from fabric.client.consumer_failover import (METADATA_BACKOFF_MS, METADATA_BACKOFF_MS_MAX, METADATA_RETRY_MS,
+                                             METADATA_TIMEOUT_MS, ConsumerFailover)
 from fabric.clock import Clock
 from fabric.errors import FabricError, MalformedFrame, RemoteError, TopicNotInMetadataError
-from fabric.metadata import ClusterMetadata, read_answer
+from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.records import Record, RecordBatchView, view_batches
 from fabric.replies import FetchEntry, ListOffsetsEntry, decode_parts
 from fabric.rpc import RpcClient
 
+# the metadata limits live in consumer_failover; importable from here as before
+__all__ = ["FETCH_RETRY_BACKOFF_MS", "FETCH_STALL_MS", "FETCH_WAIT_MS", "METADATA_BACKOFF_MS", "METADATA_BACKOFF_MS_MAX",
+           "METADATA_RETRY_MS", "METADATA_TIMEOUT_MS", "STALL_CHECK_INTERVAL_MS", "Consumer", "ConsumerClient",
+           "TopicPartition"]
+
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 FETCH_WAIT_MS = 500
-METADATA_TIMEOUT_MS = 3000
 FETCH_STALL_MS = 300           # a fetch unanswered this long past its wait_ms: look for a new leader
 STALL_CHECK_INTERVAL_MS = 100  # how often requests in flight are checked for a stall
 FETCH_RETRY_BACKOFF_MS = 100   # a partition whose fetch was refused or failed waits this long
-METADATA_BACKOFF_MS = 100      # between two metadata requests (doubled while nothing new comes)
-METADATA_BACKOFF_MS_MAX = 1000
-METADATA_RETRY_MS = 100        # after a metadata request that got no answer
 
 
 class ConsumerClient(Protocol):
@@ -81,7 +76,7 @@ class _InFlight:
     request_id: int = 0
 
 
-class Consumer:
+class Consumer(ConsumerFailover):
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
                  auto_offset_reset: str = "latest", fetch_bytes_max: int = 8 * 1024 * 1024,
                  partition_fetch_bytes_max: int = 4 * 1024 * 1024, fetch_wait_ms: int = FETCH_WAIT_MS,
@@ -411,75 +406,7 @@ class Consumer:
             P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]], "topic_ids": self.metadata.topic_ids_of([tp[0]])},
             callback=done, timeout_ms=self.request_timeout_ms)
 
-    # -- failover ------------------------------------------------------------------------------
-    def _check_stalls(self) -> None:
-        """A request unanswered past its stall time may sit at a dead (or paused) leader: ask
-        for metadata; a newer version that names another leader reroutes it
-        (``_reroute_in_flight``)."""
-        if self._closed:
-            return
-        now = self.clock.now_ms()
-        for r in (*self._fetching.values(), *self._resetting.values()):
-            if now - r.sent_ms >= r.stall_ms:
-                self._refresh_metadata()
-                return
-
-    def _reroute_in_flight(self) -> None:
-        """Give up every request in flight whose broker the metadata no longer names as the
-        leader, at the epoch it was sent at, of one of its partitions -- assigned now or not (a
-        rebalance revokes and reassigns while the metadata moves): it would be answered late
-        or never, and a late answer of a deposed leader must not be read. The partitions are
-        fetched again from the new leader at the same positions (nothing of the request was
-        read)."""
-        for endpoint, fetch in list(self._fetching.items()):
-            if self._moved(fetch):
-                del self._fetching[endpoint]
-                self._client(endpoint).cancel(fetch.request_id)
-        for tp, pending in list(self._resetting.items()):
-            if self._moved(pending):
-                del self._resetting[tp]
-                self._client(pending.endpoint).cancel(pending.request_id)
-
-    def _moved(self, r: _InFlight) -> bool:
-        return any(self.metadata.leader_moved(*tp, r.endpoint, epoch) for tp, epoch in zip(r.partitions, r.epochs))
-
-    def _refresh_metadata(self) -> None:
-        """Ask for metadata now, or once the backoff since the last answer is over (at most
-        one request in flight or waiting)."""
-        if self._md_in_flight or self._closed:
-            return
-        self._md_in_flight = True
-        wait_ms = self._md_next_ms - self.clock.now_ms()
-        if wait_ms > 0:
-            self.reactor.call_later(wait_ms, self._request_metadata)
-        else:
-            self._request_metadata()
-
-    def _request_metadata(self) -> None:
-        if self._closed:
-            return
-        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index)
-
-        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            self._md_in_flight = False
-            md = read_answer(h, endpoint) if h is not None else None
-            if md is None:
-                self._md_index += 1
-                self._md_next_ms = self.clock.now_ms() + METADATA_RETRY_MS
-                return
-            if md.version > self.metadata.version:
-                self._md_backoff_ms = METADATA_BACKOFF_MS
-                self._take_metadata(md)
-            else:  # nothing new (an election still under way): ask less often
-                self._md_backoff_ms = min(2 * self._md_backoff_ms, METADATA_BACKOFF_MS_MAX)
-            self._md_next_ms = self.clock.now_ms() + self._md_backoff_ms
-        self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
-
-    def _take_metadata(self, md: ClusterMetadata) -> None:
-        self.metadata = md
-        self._held_until_ms.clear()  # a refused partition may have a new leader: ask it now
-        self._reroute_in_flight()
-
+    # -- metadata, closing --------------------------------------------------------------------
     def partitions_for(self, topic: str, timeout_ms: int = 5000) -> list[int]:
         """Partition numbers of ``topic`` (waits up to ``timeout_ms`` for metadata that has it).
         Raises ``TopicNotInMetadataError``."""

@@ -53,13 +53,12 @@ application that has not called ``poll`` for ``max_poll_interval_ms`` is taken t
 the heartbeat thread stops heartbeating and leaves the group, so its partitions go to the
 others; the next ``poll`` joins again as a new member (Kafka's ``max.poll.interval.ms``).
 
-A new member asks the coordinator for its member id first and then joins with it (KIP-394),
-so a join retried after a lost reply never leaves a ghost member holding partitions.
-
-This module holds the membership (subscribe, assign, join and sync, rebalance, leave) and the
-polling. The commits and the auto-commit -- what is committed, as whom, and when, including
-``_auto_commit_offsets`` -- are ``GroupCommits`` (``fabric.client.group_commit``), the other
-half of ``GroupConsumer``, mixed in.
+This module holds the membership's API (subscribe, assign, unsubscribe, leave), the polling
+and what the heartbeat thread asks of the member. Two halves of ``GroupConsumer`` are mixed
+in: the join and the rebalance -- JOIN_GROUP, SYNC_GROUP and OFFSET_FETCH across polls, the
+revocation before and the assignment after -- are ``GroupJoin`` (``fabric.client.group_join``);
+the commits and the auto-commit -- what is committed, as whom, and when, including
+``_auto_commit_offsets`` -- are ``GroupCommits`` (``fabric.client.group_commit``).
 
 The consumer reaches the coordinator through a ``CoordinatorLink`` and is heartbeated by a
 ``HeartbeatThread`` (``fabric.client.group_link``); both can be handed in (``coordinator``,
@@ -74,7 +73,6 @@ thread shares only a few fields under a lock.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from typing import Any, Callable
 
@@ -82,13 +80,15 @@ from fabric import protocol as P
 from fabric.client.consumer import Consumer as _AssignConsumer
 from fabric.client.consumer import TopicPartition
 from fabric.client.group_commit import COMMIT_TIMEOUT_MS, CommitCallback, CommitFailed, GroupCommits
-from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, CoordinatorLink, HeartbeatMember,
-                                      HeartbeatSettings, HeartbeatThread)
-from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout, SubscriptionConflictError
+from fabric.client.group_join import RETRY_BACKOFF_MS, GroupJoin, _JoinAttempt
+from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, CoordinatorLink, HeartbeatMember, HeartbeatSettings,
+                                      HeartbeatThread)
+from fabric.errors import CodedError, FabricError, RequestTimeout, SubscriptionConflictError
 from fabric.records import RecordBatchView
 from fabric.rpc import RpcClient
 
-# CommitFailed, CommitCallback and COMMIT_TIMEOUT_MS live in group_commit; importable from here as before
+# CommitFailed, CommitCallback and COMMIT_TIMEOUT_MS live in group_commit, RETRY_BACKOFF_MS in group_join;
+# importable from here as before
 __all__ = ["COMMIT_TIMEOUT_MS", "POLL_SLICE_MS", "RETRY_BACKOFF_MS", "CommitCallback", "CommitFailed", "Consumer",
            "GroupConsumer", "HeartbeatFactory", "PartitionsCallback", "start_heartbeat_thread"]
 
@@ -96,21 +96,8 @@ log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 HeartbeatFactory = Callable[[HeartbeatMember, HeartbeatSettings, Callable[[], str]], Any]
-RETRY_BACKOFF_MS = 200
 POLL_SLICE_MS = 200              # how often a waiting poll looks for a pending rebalance
 JOIN_SLICE_MS = 10               # ... and for the answers of a join under way
-
-
-class _JoinAttempt:
-    """One join under way (``GroupConsumer._advance_join``): what its answers brought."""
-
-    __slots__ = ("error", "assignment", "offsets", "retry_at_ms")
-
-    def __init__(self) -> None:
-        self.error: CodedError | None = None        # an answer's error, for _advance_join
-        self.assignment: list[TopicPartition] = []  # SYNC_GROUP's
-        self.offsets: list | None = None            # OFFSET_FETCH's: the join is done
-        self.retry_at_ms: int | None = None         # after a retriable error: JOIN_GROUP again then
 
 
 def start_heartbeat_thread(member: HeartbeatMember, settings: HeartbeatSettings, endpoint: Callable[[], str]) -> HeartbeatThread:
@@ -120,7 +107,7 @@ def start_heartbeat_thread(member: HeartbeatMember, settings: HeartbeatSettings,
     return thread
 
 
-class GroupConsumer(GroupCommits, _AssignConsumer):
+class GroupConsumer(GroupJoin, GroupCommits, _AssignConsumer):
     def __init__(self, bootstrap: str | list[str] | None = None, *, group_id: str, config_path: str | None = None,
                  auto_offset_reset: str = "latest", enable_auto_commit: bool = True,
                  auto_commit_interval_ms: int = 5000, session_timeout_ms: int = 10_000,
@@ -293,145 +280,6 @@ class GroupConsumer(GroupCommits, _AssignConsumer):
         self._maybe_auto_commit()
         self.reactor.run_once(0)
         self._advance_join()  # what that pass brought
-    # -- the rebalance ---------------------------------------------------------------------------
-    def _revoke(self) -> None:
-        """Give up the current partitions: commit (auto-commit), tell the application."""
-        owned = self.assignment()
-        if owned and self.enable_auto_commit and self.member_id and self.generation >= 0:
-            # still a member of the generation that owns them (the heartbeat thread may have
-            # paused heartbeats already): commits are accepted until the rebalance completes
-            try:
-                self.commit(self._auto_commit_offsets())
-            except CodedError as e:
-                log.warning("group %s: commit before revocation failed: %s", self.group_id, e)
-        self.auto_commit_bounds = {}  # of partitions given up: a new assignment starts at their commits
-        with self._lock:
-            self._active = False
-        if owned and self.on_revoke is not None:
-            self.on_revoke(owned)
-        super().assign([])
-
-    def _advance_join(self) -> None:
-        """Move the join along without waiting (KIP-266): start one when a rejoin is needed
-        (revoking first), take the assignment once JOIN_GROUP, SYNC_GROUP and the committed
-        offsets' OFFSET_FETCH -- sent one after the other as their answers arrive, on this
-        consumer's reactor (``_JoinAttempt``) -- are answered, and deal with an error: a rejoin
-        error joins again at once, a retriable one after RETRY_BACKOFF_MS, and one retrying
-        cannot cure (an assignor the group does not use, a session timeout out of range) is
-        raised, the next poll trying again."""
-        join = self._join
-        if join is None:
-            with self._lock:
-                rejoin = self._rejoin_needed
-            if not rejoin:
-                return
-            if not self._link.connected and not self.metadata.coordinator:
-                self._refresh_metadata()  # the join starts once the metadata names the coordinator
-                return
-            self._revoke()
-            join = _JoinAttempt()
-            with self._lock:  # the heartbeat thread reads it (heartbeat_state, leave_if_poll_expired)
-                self._join = join
-            self._send_join(join)
-        if self._heartbeat is None and self._link.connected:  # its endpoint is known from now on
-            self._ensure_heartbeat()
-        if join.error is not None:
-            e, join.error = join.error, None
-            self._on_group_error(e)
-            if e.code in REJOIN_ERRORS:
-                self._send_join(join)
-            elif not e.retriable:
-                with self._lock:
-                    self._join = None
-                    self._rejoin_needed = True
-                raise e
-            else:
-                join.retry_at_ms = self.clock.now_ms() + RETRY_BACKOFF_MS
-        elif join.retry_at_ms is not None and self.clock.now_ms() >= join.retry_at_ms:
-            self._send_join(join)
-        elif join.offsets is not None:
-            with self._lock:
-                stale = self._rejoin_needed
-                if not stale:
-                    self._join = None
-            if stale:
-                # since this JOIN_GROUP went out the subscription changed, the heartbeat thread left
-                # the group (max_poll_interval_ms) or an answer ended the generation: what it brought
-                # is not this member's to take (Kafka's "assignment does not match the
-                # subscription"): join again
-                self._send_join(join)
-            else:
-                self._take_assignment(join.assignment, join.offsets)
-
-    def _send_join(self, join: "_JoinAttempt") -> None:
-        """Send JOIN_GROUP for ``join``; its answer sends SYNC_GROUP, whose answer sends the
-        OFFSET_FETCH (``_step``). Answers to an attempt given up (``self._join`` is another
-        one, or none: unsubscribe, close) change nothing."""
-        with self._lock:
-            self._rejoin_needed = False  # what changes from here on is seen when the join completes
-        join.retry_at_ms, join.assignment, join.offsets = None, [], None
-        self._step(join, P.JOIN_GROUP, {
-            "group": self.group_id, "member_id": self.member_id, "generation": self.generation,
-            "client_id": self.client_id, "client_host": socket.gethostname(), "topics": self.subscription,
-            "session_timeout_ms": self.session_timeout_ms, "rebalance_timeout_ms": self.rebalance_timeout_ms,
-            "assignor": self.assignor, "require_member_id": True}, self.rebalance_timeout_ms + 5000)
-
-    def _step(self, join: "_JoinAttempt", command: bytes, header: dict,
-              timeout_ms: int = COORDINATOR_CALL_TIMEOUT_MS) -> None:
-        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            if join is not self._join or self._closed:
-                return  # an attempt given up
-            if err is not None:
-                join.error = err
-            elif command == P.JOIN_GROUP and h.get("member_id_required"):
-                with self._lock:
-                    self.member_id = h["member_id"]  # join again, now under that id (KIP-394)
-                self._send_join(join)
-            elif command == P.JOIN_GROUP:
-                with self._lock:
-                    self.member_id, self.generation = h["member_id"], h["generation"]
-                self._step(join, P.SYNC_GROUP, {"group": self.group_id, "member_id": self.member_id,
-                                                 "generation": self.generation})
-            elif command == P.SYNC_GROUP:
-                join.assignment = sorted((t, p) for t, p in h["assignment"])
-                self._step(join, P.OFFSET_FETCH, {"group": self.group_id,
-                                                  "partitions": [list(tp) for tp in join.assignment]})
-            else:
-                join.offsets = h["offsets"]
-        try:
-            self._link.request(command, header, callback=done, timeout_ms=timeout_ms)
-        except CodedError as e:  # not sent (the coordinator could not be found, a full queue)
-            join.error = e
-
-    def _take_assignment(self, assignment: list[TopicPartition], offsets: list) -> None:
-        super().assign(assignment)  # the group's: not the application's assign()
-        self._last_committed = {}  # what an earlier ownership committed says nothing now
-        committed = {(t, p): o for t, p, o, _ in offsets}
-        for tp in assignment:
-            off = committed.get(tp, -1)
-            if off >= 0:
-                self.positions[tp] = off
-                self._last_committed[tp] = off
-            else:
-                self._reset([tp], self._policy_spec())
-        self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
-        with self._lock:
-            self._active = True
-        log.info("group %s: %s generation %d assigned %s", self.group_id, self.member_id, self.generation, assignment)
-        if self.on_assign is not None:
-            self.on_assign(list(assignment))
-
-    def _on_group_error(self, e: RemoteError, generation: int | None = None) -> None:
-        """Coordinator errors that mean "join again" (and, for unknown_member, as new).
-        An error about an older generation than ours (a late reply) is ignored."""
-        if generation is not None and generation != self.generation:
-            return
-        if e.code in (P.UNKNOWN_MEMBER, P.UNKNOWN_GROUP):
-            self.member_id = ""
-        if e.code in REJOIN_ERRORS:
-            with self._lock:
-                self._rejoin_needed = True
-                self._active = False
 
     # -- talking to the coordinator --------------------------------------------------------------
     def _coordinator_endpoint(self) -> str:

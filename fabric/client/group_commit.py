@@ -5,9 +5,10 @@ auto-commit -- its timer, the offsets it may commit (``_auto_commit_offsets``, w
 ``GroupCommits`` is one half of ``fabric.client.group.GroupConsumer``, which mixes it in: its
 state is the consumer's own (set up by ``_init_commits``), and it reads the consumer's
 positions and membership (member id, generation, subscription) as they are when a commit goes
-out. The membership itself -- join, sync, rebalance, leave -- and the polling are in
-``fabric.client.group``; kept apart so that each reads on its own: that module decides *when*
-the consumer owns which partitions, this one *what* it commits of them and *as whom*.
+out. The membership and the polling -- subscribe, assign, leave and poll in
+``fabric.client.group``; join, sync and rebalance in ``fabric.client.group_join`` -- are kept
+apart so that each reads on its own: those modules decide *when* the consumer owns which
+partitions, this one *what* it commits of them and *as whom*.
 
 As whom: a subscribed member commits as its member id in its generation; one that is a member
 of no generation (it left for ``max_poll_interval_ms``, or has not joined yet) is refused here
@@ -83,7 +84,7 @@ class GroupCommits:
     _lock: threading.Lock
     _closed: bool
     _active: bool
-    _join: object | None            # the join under way (GroupConsumer's _JoinAttempt), if any
+    _join: object | None            # the join under way (group_join's _JoinAttempt), if any
     _link: CoordinatorLink
     reactor: Pump
 

@@ -1,0 +1,129 @@
+"""The consumer's failover: the stall checks of requests in flight, the metadata requests
+and their backoff, and the rerouting of requests whose leader moved. ``ConsumerFailover`` is
+that half of ``fabric.client.consumer.Consumer``, which mixes it in: its state is the
+consumer's own (set by ``Consumer.__init__``); the fetches and resets it reroutes are sent
+there.
+
+Failover: a fetch unanswered ``FETCH_STALL_MS`` past its long-poll wait (a dead or paused
+leader never answers; the RPC timeout would take ``request_timeout_ms``) makes the consumer
+ask for metadata, again at every stall check while it lasts; as soon as newer metadata names
+another leader for a partition of a fetch (or a LIST_OFFSETS) in flight, or the same one at
+another epoch (a restarted process: ``ClusterMetadata.leader_moved``), that request is
+cancelled -- a late answer of the old leader is dropped -- and the partition is fetched from
+the new leader at the same position. Fetches to other brokers are not touched. A partition
+whose fetch was refused (not_leader, an epoch error) or failed waits
+``FETCH_RETRY_BACKOFF_MS`` or for newer metadata, and metadata requests back off
+(``METADATA_BACKOFF_MS`` doubling to ``METADATA_BACKOFF_MS_MAX`` while nothing new comes),
+so a cluster with no leader for a partition is asked a few times a second, not flooded.
+
+Not thread-safe: part of Consumer, owned by the thread that uses the consumer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fabric import protocol as P
+from fabric.client.bootstrap import metadata_endpoint
+from fabric.clock import Clock
+from fabric.errors import RemoteError
+from fabric.metadata import ClusterMetadata, read_answer
+
+if TYPE_CHECKING:
+    from fabric.client.consumer import ConsumerClient, TopicPartition, _InFlight
+
+METADATA_TIMEOUT_MS = 3000
+METADATA_BACKOFF_MS = 100      # between two metadata requests (doubled while nothing new comes)
+METADATA_BACKOFF_MS_MAX = 1000
+METADATA_RETRY_MS = 100        # after a metadata request that got no answer
+
+
+class ConsumerFailover:
+    """``Consumer``'s stall checks, metadata and rerouting (see the module doc). Not usable
+    alone: the attributes below are the consumer's, set by ``Consumer.__init__``."""
+
+    # the consumer's state this half uses
+    endpoints: list[str]
+    clock: Clock
+    reactor: Any
+    metadata: ClusterMetadata
+    _md_in_flight: bool
+    _md_index: int
+    _md_backoff_ms: int
+    _md_next_ms: int
+    _fetching: dict[str, _InFlight]
+    _resetting: dict[TopicPartition, _InFlight]
+    _held_until_ms: dict[TopicPartition, int]
+    _closed: bool
+
+    if TYPE_CHECKING:  # Consumer's, never these
+        def _client(self, endpoint: str) -> ConsumerClient: ...
+
+    # -- failover ------------------------------------------------------------------------------
+    def _check_stalls(self) -> None:
+        """A request unanswered past its stall time may sit at a dead (or paused) leader: ask
+        for metadata; a newer version that names another leader reroutes it
+        (``_reroute_in_flight``)."""
+        if self._closed:
+            return
+        now = self.clock.now_ms()
+        for r in (*self._fetching.values(), *self._resetting.values()):
+            if now - r.sent_ms >= r.stall_ms:
+                self._refresh_metadata()
+                return
+
+    def _reroute_in_flight(self) -> None:
+        """Give up every request in flight whose broker the metadata no longer names as the
+        leader, at the epoch it was sent at, of one of its partitions -- assigned now or not (a
+        rebalance revokes and reassigns while the metadata moves): it would be answered late
+        or never, and a late answer of a deposed leader must not be read. The partitions are
+        fetched again from the new leader at the same positions (nothing of the request was
+        read)."""
+        for endpoint, fetch in list(self._fetching.items()):
+            if self._moved(fetch):
+                del self._fetching[endpoint]
+                self._client(endpoint).cancel(fetch.request_id)
+        for tp, pending in list(self._resetting.items()):
+            if self._moved(pending):
+                del self._resetting[tp]
+                self._client(pending.endpoint).cancel(pending.request_id)
+
+    def _moved(self, r: _InFlight) -> bool:
+        return any(self.metadata.leader_moved(*tp, r.endpoint, epoch) for tp, epoch in zip(r.partitions, r.epochs))
+
+    def _refresh_metadata(self) -> None:
+        """Ask for metadata now, or once the backoff since the last answer is over (at most
+        one request in flight or waiting)."""
+        if self._md_in_flight or self._closed:
+            return
+        self._md_in_flight = True
+        wait_ms = self._md_next_ms - self.clock.now_ms()
+        if wait_ms > 0:
+            self.reactor.call_later(wait_ms, self._request_metadata)
+        else:
+            self._request_metadata()
+
+    def _request_metadata(self) -> None:
+        if self._closed:
+            return
+        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index)
+
+        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            self._md_in_flight = False
+            md = read_answer(h, endpoint) if h is not None else None
+            if md is None:
+                self._md_index += 1
+                self._md_next_ms = self.clock.now_ms() + METADATA_RETRY_MS
+                return
+            if md.version > self.metadata.version:
+                self._md_backoff_ms = METADATA_BACKOFF_MS
+                self._take_metadata(md)
+            else:  # nothing new (an election still under way): ask less often
+                self._md_backoff_ms = min(2 * self._md_backoff_ms, METADATA_BACKOFF_MS_MAX)
+            self._md_next_ms = self.clock.now_ms() + self._md_backoff_ms
+        self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
+
+    def _take_metadata(self, md: ClusterMetadata) -> None:
+        self.metadata = md
+        self._held_until_ms.clear()  # a refused partition may have a new leader: ask it now
+        self._reroute_in_flight()

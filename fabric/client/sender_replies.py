@@ -1,0 +1,168 @@
+"""What comes back to the producer's I/O thread: a PRODUCE reply, batch by batch -- done,
+retried (back at the head of its partition's queue, after RETRY_BACKOFF_MS), sent again in two
+pieces (refused as too large), or failed -- the producer-id reset that a numbered batch's
+failure brings, and failing every batch at once (close, or a programmer error on the I/O
+thread). ``SenderReplies`` is that half of ``fabric.client.sender.Sender``, which mixes it in:
+its state is the sender's own (set by ``Sender.__init__``); packing and sending, the other
+half, is in ``fabric.client.sender``.
+
+Not thread-safe: part of Sender, run on its I/O thread only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from typing import TYPE_CHECKING, Any
+
+from engines import batch as B
+from fabric import protocol as P
+from fabric.client.futures import BatchState
+from fabric.client.metadata_cache import MetadataCache
+from fabric.errors import CodedError, MalformedFrame, ProducerClosedError, RemoteError
+from fabric.hoptrace import mark
+from fabric.records import decode_batches
+from fabric.replies import decode_produce_results
+
+if TYPE_CHECKING:
+    from fabric.client.sender import BatchSource, SenderSettings
+
+RETRY_BACKOFF_MS = 50        # a retried batch waits this long (a failover under way)
+
+
+class SenderReplies:
+    """``Sender``'s handling of replies and the end of batches (see the module doc). Not
+    usable alone: the attributes below are the sender's, set by ``Sender.__init__``."""
+
+    # the sender's state this half uses
+    settings: SenderSettings
+    batches: BatchSource
+    metadata_cache: MetadataCache
+    reactor: Any
+    producer_id: int
+    producer_epoch: int
+    _id_generation: int
+    _sequences: dict[tuple[str, int], int]
+    _queues: dict[tuple[str, int], deque[BatchState]]
+    _in_flight: dict[tuple[str, int], tuple[str, int, int]]
+    _unsent_oneway: dict[int, list[BatchState]]
+    _stopping: bool
+    errors: Counter[str]
+    splits: int
+
+    if TYPE_CHECKING:  # Sender's, never these
+        def wake(self) -> None: ...
+        def _requeue_lost_oneway(self) -> None: ...
+
+    def _on_reply(self, groups: list, batches: list, header: dict | None, err: CodedError | None) -> None:
+        mark("sender.reply")
+        for tp, _ in groups:
+            self._in_flight.pop(tp, None)
+        try:
+            results = decode_produce_results(header) if header is not None else []
+        except MalformedFrame as e:  # a broker's bad answer: every batch of it failed, unknown how
+            results, err = [], RemoteError(P.UNKNOWN, str(e))
+        mark("sender.decoded")  # before the futures complete: the application's thread may run first
+        retry: dict[tuple[str, int], list] = defaultdict(list)
+        # a batch behind which a later one of its partition (in this request) was written is not
+        # sent again in pieces: they would land after it, out of order
+        written_after = [False] * len(batches)
+        written: set[tuple[str, int]] = set()
+        for i in range(min(len(batches), len(results)) - 1, -1, -1):
+            tp = (batches[i].topic, batches[i].partition)
+            written_after[i] = tp in written
+            if results[i].base_offset >= 0 or not results[i].error:
+                written.add(tp)
+        dead: set[tuple[str, int]] = set()  # a numbered batch of the partition failed for good here
+        for i, b in enumerate(batches):
+            tp = (b.topic, b.partition)
+            if header is not None and i < len(results):
+                r = results[i]
+                base, code = r.base_offset, r.error
+                error = RemoteError(code, r.message) if code else None
+                if base >= 0:  # written, perhaps refused after the write (acks=all not met)
+                    b.possibly_written = True
+            else:  # no reply (kept as found: a local condition stays a ClientError), or no result
+                error = err if err is not None else RemoteError(P.UNKNOWN, "no result for this batch")
+                base, code = -1, error.code
+                if error.may_have_arrived:
+                    b.possibly_written = True
+            if code:
+                self.errors[P.error_name(code)] += 1
+            if error is None:
+                self._finish(b, base, None)  # a recognised retry also answers 0, with its offset
+            elif (tp in dead and not b.possibly_written and not written_after[i]
+                  and (code == P.OUT_OF_ORDER_SEQUENCE or (code == P.RECORD_TOO_LARGE and b.record_count > 1))):
+                # not written: a gap behind a batch of its partition that failed for good, under
+                # a producer id that is gone (_finish reset it); numbered again under the next one
+                if code == P.RECORD_TOO_LARGE:
+                    self.metadata_cache.want_refresh()
+                retry[tp] += self._split(b) if code == P.RECORD_TOO_LARGE else [b]  # _pack numbers them
+            elif code in P.RETRIABLE or (code == P.OUT_OF_ORDER_SEQUENCE and retry.get(tp)) or header is None:
+                retry[tp].append(b)
+                if code != P.OUT_OF_ORDER_SEQUENCE:  # that one only follows an earlier batch's error
+                    b.last_error = error
+                if header is None or code not in (P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
+                    self.metadata_cache.want_refresh()  # the leader may have moved (or died)
+            else:
+                if code == P.RECORD_TOO_LARGE:  # the topic's max.message.bytes may have fallen:
+                    self.metadata_cache.want_refresh()  # the batches made from now on fit it
+                    if b.record_count > 1 and not b.possibly_written and not written_after[i]:
+                        # and this one goes again in two pieces (Kafka's producer splits too)
+                        retry[tp] += self._split(b)
+                        continue
+                if b.sequence >= 0:
+                    dead.add(tp)
+                self._finish(b, -1, error)
+        for tp, bs in retry.items():
+            self._queues[tp].extendleft(reversed(bs))
+        if retry:
+            # give the cluster a moment (failover) before the retry goes out
+            assert self.reactor is not None
+            self.reactor.call_later(RETRY_BACKOFF_MS, self.wake)
+
+    def _split(self, b: BatchState) -> list[BatchState]:
+        """``b``, refused as too large, as two pieces with its own producer id, epoch and
+        sequence numbers (the leader refused it whole, before its sequence counted), to go
+        again at the head of its partition's queue."""
+        assert b.data is not None  # packed when it was sent
+        h = B.parse_header(b.data)
+        records = [(r.timestamp_ms, r.key, r.value, r.headers) for r in decode_batches(b.topic, b.partition, b.data)]
+        self.splits += 1
+        pieces = b.split(records, h.producer_id, h.producer_epoch, self.settings.compression)
+        for c in pieces:
+            c.numbered_in = b.numbered_in  # numbered under its batch's id
+        return pieces
+
+    def _finish(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
+        if error is not None and b.sequence >= 0 and not self._stopping:
+            self._reset_producer_id()
+        b.complete(base_offset, error)
+        if b.parent is None:
+            self.batches.release(b)
+        elif b.parent.complete_from_pieces():  # the last piece of a split batch
+            self.batches.release(b.parent)
+
+    def _reset_producer_id(self) -> None:
+        """A numbered batch failed for good: the broker still expects its sequence, so every
+        later batch of the partition would fail out of order, forever. Start over under a new
+        producer id (Kafka's producer-id reset). A batch in no log is numbered again when it is
+        next packed (``_pack``); one that may be in a log keeps its numbers, so that its retry
+        is still recognised as one."""
+        self.producer_id = self.producer_epoch = -1
+        self._id_generation += 1
+        self._sequences.clear()
+
+    def _fail_everything(self, error: Exception | None) -> None:
+        """Fail every batch with ``error`` (None: closed, ProducerClosedError per batch)."""
+        for waiting in self._unsent_oneway.values():
+            for b in waiting:  # queued in the client: may have gone out
+                b.possibly_written = True
+                self._finish(b, -1, error or ProducerClosedError(True))
+        self._unsent_oneway.clear()
+        self._requeue_lost_oneway()  # failed with the queues below
+        for q in self._queues.values():
+            while q:
+                b = q.popleft()
+                self._finish(b, -1, error or ProducerClosedError(b.possibly_written))
+        for b in self.batches.take_ready(1 << 62):
+            self._finish(b, -1, error or ProducerClosedError(b.possibly_written))
