@@ -43,37 +43,33 @@ A reply handler that raises (an operating error that a client's reactor hands to
 or that a node's reactor logs) does not strand the messages received after it in the same
 read: they are parsed on the reactor's next pass, as a libzmq socket would still hold them.
 
+This module holds ``ZmtpDealer``'s messages: sending them and receiving them. Its connection
+-- resolving, connecting, the handshake, losing a connection and making the next one -- is
+``ConnectionMixin`` in ``fabric.zmtp_client_connection``, over the dealer's own state; this
+module re-exports that module's public names.
+
 Not thread-safe: owned by the reactor's thread.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
 import socket
 import sys
-import threading
 from collections import Counter, deque
 from typing import Callable
-
-import zmq
 
 from fabric import protocol as P
 from fabric.buffers import OwnedFrame
 from fabric.reactor import Reactor, Timer
-from fabric.tcp_port import READS_PER_PASS, RECEIVE_BYTES, SEND_PIECES_MAX, Outbox, resolve
+from fabric.tcp_port import READS_PER_PASS, RECEIVE_BYTES, SEND_PIECES_MAX, Outbox
+from fabric.zmtp_client_connection import (_CLOSED, _IDLE, _POLLIN, _POLLOUT, _READY, HANDSHAKE_IVL_MS,
+                                           RESOLVE_POLL_MS, ConnectionMixin, Resolution, connect_address)
 from fabric.zmtp_codec import (FLAG_COMMAND, FLAG_LONG, FLAG_MORE, GREETING, HANDSHAKE_BYTES_MAX, ProtocolViolation,
-                               encode_frames, frame_header_at, next_unit, parse_ready, pong_for, ready_command)
-
-log = logging.getLogger(__name__)
+                               encode_frames, frame_header_at, next_unit, ready_command)
 
 _NOT_SHORT_FRAME = FLAG_LONG | FLAG_COMMAND
-_POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 JOIN_BYTES_MAX = 64 * 1024  # frames up to this size are joined with their headers into one piece
 DIRECT_BYTES_MIN = 256 * 1024  # a frame this large is read straight into a buffer of its own
-HANDSHAKE_IVL_MS = 30_000   # libzmq's ZMQ_HANDSHAKE_IVL default
-
-_IDLE, _CONNECTING, _HANDSHAKE, _READY, _CLOSED = range(5)
 
 
 def _input_limit(flags: int) -> int:
@@ -81,60 +77,12 @@ def _input_limit(flags: int) -> int:
     return HANDSHAKE_BYTES_MAX if flags & FLAG_COMMAND else P.REQUEST_BYTES_MAX
 
 
-def connect_address(endpoint: str) -> tuple[str, int]:
-    """``tcp://HOST:PORT`` (``[v6]`` in brackets) as a host and port to connect to; a
-    malformed endpoint is a ``zmq.ZMQError`` (EINVAL), as libzmq's connect raised it."""
-    host, _, port_text = endpoint[6:].rpartition(":")
-    if not endpoint.startswith("tcp://") or not host or host == "*" or not port_text.isdigit() \
-            or not 0 < int(port_text) <= 65535:
-        raise zmq.ZMQError(errno.EINVAL, f"not a tcp://host:port endpoint to connect to: {endpoint!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port_text)
-
-
 def encode_message(frames: list) -> tuple[list, list[int]]:
     """``fabric.zmtp_codec.encode_frames`` with a dealer's join bound (``JOIN_BYTES_MAX``)."""
     return encode_frames(frames, JOIN_BYTES_MAX)
 
 
-RESOLVE_POLL_MS = 5  # how often a connection waiting for its host name looks for the answer
-
-
-class Resolution:
-    """One host name's resolution, on a daemon thread (a resolver that never answers must not
-    hold up the process's exit either); an IP address is taken at once, with no thread.
-    ``done`` is set when ``address`` or ``error`` is there."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.address: tuple | None = None
-        self.error: Exception | None = None
-        self.done = threading.Event()
-        if _is_address(host):
-            self._run()
-        else:
-            threading.Thread(target=self._run, name=f"loom-resolve-{host}", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self.address = resolve(self.host, self.port)
-        except (OSError, UnicodeError) as e:
-            self.error = e
-        self.done.set()
-
-
-def _is_address(host: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return True
-        except (OSError, ValueError):
-            pass
-    return False
-
-
-class ZmtpDealer:
+class ZmtpDealer(ConnectionMixin):
     """``messages_per_pass``: at most this many messages handed on per reactor pass (the rest
     of what was read waits for the next one, and nothing more is read meanwhile), as a libzmq
     socket's ``Reactor.add_socket(messages_max=...)``; None: all that arrived; 0 or less
@@ -243,74 +191,7 @@ class ZmtpDealer:
         if self._outbox.bytes and not was_waiting:
             self.reactor.modify_descriptor(self._fd, _POLLIN | _POLLOUT)
 
-    # -- the connection --------------------------------------------------------------------------
-    def _connect(self) -> None:
-        self._timer = None
-        if self._state == _CLOSED:
-            return
-        if self._address is None:  # resolved once, and again after a connect to it failed
-            if self._resolving is None:
-                self._resolving = Resolution(self.host, self.port)
-            if not self._resolving.done.is_set():
-                self._timer = self.reactor.call_later(RESOLVE_POLL_MS, self._connect)
-                return
-            resolution, self._resolving = self._resolving, None
-            if resolution.error is not None:  # a name that does not resolve (yet), or that the
-                # resolver cannot even encode (a label over 63 bytes): tried again, as libzmq does
-                self.counters["resolve_failed"] += 1
-                self._retry_later(f"cannot resolve {self.endpoint}: {resolution.error}")
-                return
-            self._address = resolution.address
-        family, address = self._address
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as e:  # out of descriptors: tried again
-            self._retry_later(f"cannot connect to {self.endpoint}: {e}")
-            return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        code = sock.connect_ex(address)
-        if code not in (0, errno.EINPROGRESS):
-            sock.close()
-            self._address = None
-            self._retry_later(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
-            return
-        self._sock, self._fd = sock, sock.fileno()
-        self._state = _CONNECTING
-        self.reactor.add_descriptor(self._fd, self._on_ready, _POLLOUT)
-
-    def _on_ready(self, ready: int) -> None:
-        if self._state == _CONNECTING:
-            assert self._sock is not None
-            code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                self._address = None  # the name may point elsewhere by the next attempt
-                self._lost(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
-                return
-            self._state = _HANDSHAKE
-            self._handshake_timer = self.reactor.call_later(HANDSHAKE_IVL_MS, self._handshake_expired)
-            self.reactor.modify_descriptor(self._fd, _POLLIN)
-            self._write([self._hello], [len(self._hello)])
-            return
-        if ready & _POLLOUT:
-            assert self._sock is not None
-            try:
-                self._flushed_total += self._outbox.flush(self._sock)
-            except OSError as e:
-                self._lost(f"send failed: {e}")
-                return
-            ends = self._queued_ends
-            while ends and ends[0] <= self._flushed_total:
-                ends.popleft()
-            hooks = self._written_hooks
-            while hooks and hooks[0][0] <= self._flushed_total:
-                hooks.popleft()[1](True)
-            if not self._outbox.bytes:
-                self.reactor.modify_descriptor(self._fd, _POLLIN)
-        if ready & (_POLLIN | _POLLERR):
-            self._budget = self._messages_per_pass
-            self._read()
-
+    # -- receiving -------------------------------------------------------------------------------
     def _read(self) -> None:
         if self._resume is not None:  # what an earlier pass left unparsed goes first
             self._resume.cancel()
@@ -432,34 +313,6 @@ class ZmtpDealer:
                 self._resume_later()
                 raise
 
-    def _on_command(self, body: bytes) -> None:
-        if self._state == _HANDSHAKE:
-            props = parse_ready(body)
-            peer_type = props.get(b"socket-type")
-            if peer_type not in self.PEER_SOCKET_TYPES:
-                raise ProtocolViolation(f"socket type {peer_type!r} cannot answer a {self.SOCKET_TYPE.decode()}")
-            self._state = _READY
-            self._reconnect_ms = P.RECONNECT_IVL_MS
-            if self._handshake_timer is not None:
-                self._handshake_timer.cancel()
-                self._handshake_timer = None
-            self._handshake_done()
-            return
-        pong = pong_for(body)
-        if pong is not None:
-            self._write([pong], [len(pong)])
-
-    def _handshake_done(self) -> None:
-        """The peer's READY was accepted: what waited for the connection goes out."""
-        while self._waiting and self._state == _READY:  # a failed send ends the connection:
-            self._write(*self._waiting.popleft())      # the rest wait for the next one
-
-    def _handshake_expired(self) -> None:
-        self._handshake_timer = None
-        if self._state == _HANDSHAKE:
-            self.counters["handshake_timeouts"] += 1
-            self._lost(f"no handshake within {HANDSHAKE_IVL_MS} ms")
-
     def _resume_later(self) -> None:
         if self._resume is None and self._sock is not None:
             self._resume = self.reactor.call_later(0, self._resume_parse)
@@ -478,51 +331,6 @@ class ZmtpDealer:
             self.counters["protocol_violations"] += 1
             self._lost(f"protocol violation: {e}")
 
-    def _lost(self, why: str) -> None:
-        """The connection failed or ended: drop it (and what it had not sent yet) and make a
-        new one after the reconnect interval."""
-        log.debug("%s: %s", self.endpoint, why)
-        self.counters["disconnects"] += 1
-        was_ready = self._state == _READY
-        self._drop()
-        self._retry_later(why)
-        if was_ready and self.on_lost is not None:
-            self.on_lost()
-
-    def _drop(self) -> None:
-        if self._sock is not None:
-            self.reactor.remove_descriptor(self._fd)
-            self._sock.close()
-            self._sock, self._fd = None, -1
-        for timer in (self._handshake_timer, self._resume):
-            if timer is not None:
-                timer.cancel()
-        self._handshake_timer = self._resume = None
-        self._outbox.clear()
-        self._queued_ends.clear()
-        self._queued_total = self._flushed_total = 0
-        # told after the connection's state is reset: a hook may send again (to _waiting)
-        dropped = [hook for _, hook in self._written_hooks]
-        self._written_hooks.clear()
-        if self._waiting and any(hook is not None for _, _, hook in self._waiting):
-            dropped += [hook for _, _, hook in self._waiting if hook is not None]
-            self._waiting = deque(w for w in self._waiting if w[2] is None)
-        self._in = bytearray()
-        self._body = None
-        self._frames = []
-        self._greeted = False
-        if self._state != _CLOSED:
-            self._state = _IDLE
-        for hook in dropped:
-            hook(False)
-
-    def _retry_later(self, why: str) -> None:
-        if self._state == _CLOSED or self._timer is not None:
-            return
-        self._timer = self.reactor.call_later(self._reconnect_ms, self._connect)
-        if self._reconnect_max_ms > P.RECONNECT_IVL_MS:  # else no backoff, as libzmq
-            self._reconnect_ms = min(2 * self._reconnect_ms, self._reconnect_max_ms)
-
     def close(self) -> None:
         """Close now: nothing waiting is sent, nothing more is received."""
         self._state = _CLOSED
@@ -534,4 +342,5 @@ class ZmtpDealer:
         self._waiting.clear()
 
 
-__all__ = ["ZmtpDealer", "connect_address", "encode_message", "SEND_PIECES_MAX"]
+__all__ = ["ZmtpDealer", "connect_address", "encode_message", "SEND_PIECES_MAX", "HANDSHAKE_IVL_MS",
+           "RESOLVE_POLL_MS", "Resolution"]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fabric import protocol as P
-from fabric import zmtp_client
+from fabric import zmtp_client, zmtp_client_connection
 from fabric.errors import LoomError
 from fabric.reactor import Reactor
 from fabric.zmtp_codec import GREETING, frame_header
@@ -51,7 +51,7 @@ def test_a_reply_handler_that_raises_does_not_strand_the_replies_received_with_i
 @pytest.mark.parametrize("greet", [False, True])
 def test_a_server_that_never_completes_the_handshake_is_dropped_and_connected_to_again(
         monkeypatch: pytest.MonkeyPatch, greet: bool, raw_server: RawServer, dealer_client: MakeClient) -> None:
-    monkeypatch.setattr(zmtp_client, "HANDSHAKE_IVL_MS", 200)
+    monkeypatch.setattr(zmtp_client_connection, "HANDSHAKE_IVL_MS", 200)
     client = dealer_client(raw_server.port)
     assert client.dealer.send([b"", b"waits"])
     first = raw_server.accept(client)
@@ -68,7 +68,7 @@ def test_a_server_that_never_completes_the_handshake_is_dropped_and_connected_to
 
 def test_the_handshake_timer_is_cancelled_once_the_handshake_completes(
         monkeypatch: pytest.MonkeyPatch, raw_server: RawServer, dealer_client: MakeClient) -> None:
-    monkeypatch.setattr(zmtp_client, "HANDSHAKE_IVL_MS", 200)
+    monkeypatch.setattr(zmtp_client_connection, "HANDSHAKE_IVL_MS", 200)
     client = dealer_client(raw_server.port)
     raw_server.connect(client)
     assert client.reactor.timers_live == 0
@@ -159,7 +159,7 @@ def test_a_slow_resolver_does_not_stall_the_reactor(monkeypatch: pytest.MonkeyPa
         asked.append(host)
         time.sleep(1.5)
         return socket.AF_INET, ("127.0.0.1", port_)
-    monkeypatch.setattr(zmtp_client, "resolve", slow_resolve)
+    monkeypatch.setattr(zmtp_client_connection, "resolve", slow_resolve)
     reactor = Reactor()
     ticks: list[float] = []
     ticker = reactor.call_every(10, lambda: ticks.append(time.monotonic()))

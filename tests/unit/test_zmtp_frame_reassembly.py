@@ -1,4 +1,4 @@
-"""The request port's frame reassembly on the zero-copy receive path (fabric/zmtp.py,
+"""The request port's frame reassembly on the zero-copy receive path (fabric/zmtp_parser.py,
 fabric/buffers.py): every cut of a stream at every chunk boundary, a peer that closes mid-frame
 or declares more than it sends, and no chunk view kept past the handler.
 

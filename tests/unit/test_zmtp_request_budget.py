@@ -1,5 +1,5 @@
 """The request limit bounds one connection, and a peer can open many: the partly received
-requests of all connections together stay within ``fabric.zmtp.BUFFERED_REQUEST_BYTES_MAX``.
+requests of all connections together stay within ``fabric.zmtp_parser.BUFFERED_REQUEST_BYTES_MAX``.
 Hostile raw ZMTP peers each hold one unfinished request open; requests that would go over the
 shared budget are discarded as they arrive and answered ``buffer_full`` (retriable), small
 requests are still served meanwhile, and the budget is free again once the peers are done."""
@@ -15,7 +15,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric import zmtp
+from fabric import zmtp_parser
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer
 from tests.harness import free_ports
@@ -32,7 +32,7 @@ POLL_MS = 5
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Reactor, RpcServer, int]]:
-    monkeypatch.setattr(zmtp, "BUFFERED_REQUEST_BYTES_MAX", BUDGET_BYTES, raising=False)
+    monkeypatch.setattr(zmtp_parser, "BUFFERED_REQUEST_BYTES_MAX", BUDGET_BYTES)
     reactor = Reactor()
     port = free_ports(1)[0]
     server = RpcServer(zmq.Context.instance(), reactor, f"tcp://127.0.0.1:{port}")

@@ -1,4 +1,4 @@
-"""The request port's fast path (fabric/zmtp.py ``_deliver_whole``): requests of short frames
+"""The request port's fast path (fabric/zmtp_parser.py ``_deliver_whole``): requests of short frames
 that arrive whole in one chunk are handed on straight from the chunk; anything else -- a
 message cut by the chunk's end, a long frame, a command, too many frames -- goes through the
 general parser from its first byte. Every cut of a mixed stream delivers every request once,
