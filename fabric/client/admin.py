@@ -106,10 +106,11 @@ class Admin:
         md = self.metadata()
         wanted = self._partitions_of(md, topic, partitions)
         out: dict[int, int] = {}
+        first = True  # the first round as any call; a re-ask gets what is left of timeout_ms
+        last: CodedError | None = None
         while True:
             by_leader: dict[int, list] = {}
             again: list[int] = []
-            last: RemoteError | None = None
             for p in wanted:
                 leader = md.topics[topic].partitions[p].leader
                 if leader < 0 or leader not in md.brokers:
@@ -118,9 +119,12 @@ class Admin:
                 else:
                     by_leader.setdefault(leader, []).append([topic, p, spec])
             for leader, parts in by_leader.items():
+                left_ms = self.timeout_ms if first else int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0:
+                    raise last or RequestTimeout(f"{topic}: list_offsets timed out")
                 h, _ = self._client(md.brokers[leader].endpoint).call(
                     P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
-                    timeout_ms=self.timeout_ms, retries=2)
+                    timeout_ms=left_ms, retries=2 if first else 0)
                 for entry in decode_parts(h, ListOffsetsEntry):  # raises MalformedFrame
                     if not entry.error:
                         out[entry.partition] = entry.offset  # type: ignore[index]
@@ -136,6 +140,7 @@ class Admin:
             time.sleep(LIST_OFFSETS_BACKOFF_S)
             md = self.metadata()
             wanted = self._partitions_of(md, topic, again)
+            first = False
 
     @staticmethod
     def _partitions_of(md: ClusterMetadata, topic: str, partitions: Iterable[int] | None) -> list[int]:

@@ -67,7 +67,7 @@ class GroupAdmin:
         for tp in sorted(set(owners) | set(committed)):
             if tp[0] not in ends:
                 try:
-                    ends[tp[0]] = self.admin.list_offsets(tp[0], LATEST)
+                    ends[tp[0]] = self.admin.list_offsets(tp[0], LATEST, partial=True)  # unknown ends shown so
                 except CodedError as e:  # the lag is shown as unknown
                     log.debug("log end offsets of %s: %s", tp[0], e)
                     ends[tp[0]] = {}

@@ -260,13 +260,13 @@ class OffsetStore(CommitValidationMixin):
         overlay: dict[tuple[str, str, int], int | None] = {}
         while queue.items and len(take) < COMMITS_PER_APPEND_MAX:
             pc = queue.items[0]
-            if take and take_bytes + pc.size > APPEND_BYTES_MAX:
-                break  # the next append takes it
             if isinstance(pc, SnapshotJob):
                 if take:
                     break  # the commits before it go first, and are in it
                 self._snapshot_step(q, pc)
                 return
+            if take and take_bytes + pc.size > APPEND_BYTES_MAX:
+                break  # the next append takes it
             if pc.finished:
                 queue.items.popleft()
                 continue

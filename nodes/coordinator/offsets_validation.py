@@ -73,7 +73,13 @@ class CommitValidationMixin:
                     entries = []
                 for e in entries:
                     tp = (e.topic, e.partition)
-                    if e.error == P.UNKNOWN_TOPIC_OR_PARTITION:  # we know it: the leader has not heard yet
+                    taken_id = pc.topic_ids.get(e.topic)  # type: ignore[arg-type]
+                    if taken_id and self._topic_id(e.topic) != taken_id:  # type: ignore[arg-type]
+                        # deleted (and perhaps made again) meanwhile: the answer is of the old
+                        # topic, and kept it would vouch for the new one's offsets
+                        self._reject(pc, RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {e.topic!r} was deleted "
+                                                                                   "while its log end was looked up"))
+                    elif e.error == P.UNKNOWN_TOPIC_OR_PARTITION:  # we know it: the leader has not heard yet
                         self._reject(pc, RemoteError(P.LEADER_NOT_AVAILABLE, f"{e.topic}-{e.partition}: the leader "
                                                                              "has not learned of the partition yet"))
                     elif e.error and e.error != P.OFFSET_NOT_AVAILABLE:

@@ -83,3 +83,58 @@ def test_the_gateways_offsets_of_a_partition_do_not_wait_for_another(tmp_path: P
                          make_admin=lambda: _admin(monkeypatch, [metadata_of({"t": 2})], {1: broker}, timeout_ms=60_000))
     assert agent.offsets("t", [0]) == {0: (0, 10)}
     assert agent.offsets("t", partial=True) == {0: (0, 10)}, "the v3 partition list shows -1 for partition 1"
+
+
+class _Clock:
+    """Stands in for the admin module's ``time``: sleeps advance it, and are counted."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.sleeps += 1
+        self.now += s
+
+
+def test_group_lag_with_an_offline_partition_answers_at_once_with_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lag() shows an unknown end as such, but list_offsets waited its whole timeout for a
+    partition without a leader (`loom group describe`, the gateway's lag, a worker held), then
+    showed every partition of the topic unknown: it asks for what is known, at once."""
+    from fabric.client.group_admin import GroupAdmin
+    from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
+    clock = _Clock()
+    monkeypatch.setattr(admin_mod, "time", clock)
+    md = ClusterMetadata(1, "test", {1: BrokerInfo(1, "127.0.0.1", 30_001, 31_001)}, {
+        "t": TopicInfo("t", (PartitionInfo("t", 0, 1, 0, (1,), (1,)),
+                             PartitionInfo("t", 1, -1, 0, (2,), ())))})  # its only replica is down
+    admin = _admin(monkeypatch, [md], {1: _Broker(lambda t, p, spec: (0, 10))}, timeout_ms=10_000)
+    monkeypatch.setattr(admin_mod, "time", clock)
+    ga = GroupAdmin(admin)
+    ga.describe = lambda group: {"members": [], "offsets": [["t", 0, 4], ["t", 1, 4]]}  # type: ignore[method-assign]
+    rows = ga.lag("g")
+    assert clock.sleeps == 0, "lag waited for a partition without a leader"
+    assert [(r.partition, r.log_end_offset) for r in rows] == [(0, 10), (1, -1)]
+
+
+def test_asking_again_keeps_within_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-ask started just before the deadline got the whole timeout and two retries again:
+    the old leader answering not_leader and the new one silent took timeout + 3 x timeout."""
+    from fabric.errors import RequestTimeout
+    clock = _Clock()
+
+    class Silent:  # what BlockingClient.call does against a peer that does not answer
+        def call(self, command: bytes, header: dict, *a: Any, timeout_ms: int = 5000, retries: int = 0,
+                 **kw: Any) -> tuple[dict, list]:
+            clock.now += timeout_ms / 1000 * (1 + retries)
+            raise RequestTimeout("no reply")
+    deposed = _Broker(lambda t, p, spec: (P.NOT_LEADER, -1))
+    admin = _admin(monkeypatch, [metadata_of({"t": 1}, brokers=2, leader=1), metadata_of({"t": 1}, brokers=2, leader=2)],
+                   {1: deposed, 2: Silent()}, timeout_ms=200)  # type: ignore[dict-item]
+    monkeypatch.setattr(admin_mod, "time", clock)
+    with pytest.raises(RequestTimeout):
+        admin.list_offsets("t")
+    assert clock.now <= 0.2 + 0.01, f"list_offsets(timeout_ms=200) took {clock.now:.2f} s"

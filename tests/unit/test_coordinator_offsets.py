@@ -164,6 +164,20 @@ def test_a_waiting_commit_is_counted_in_encoded_bytes_with_its_group_per_entry(
     assert e.value.code == P.BUFFER_FULL
 
 
+def test_a_snapshot_queued_behind_a_commit_does_not_stop_the_coordinator(tmp_path: Path) -> None:
+    """The byte bound of an append read the size of the queue's next item before asking whether
+    it was a snapshot job, which has none: an append in flight, a commit and then a snapshot
+    queued behind it, and the acknowledgement's pump raised AttributeError on the reactor."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    results: list[RemoteError | None] = []
+    gc.offsets.commit("g", [("t", 0, 1, "")], allow_backward=False, check_log_end=False, done=results.append)
+    gc.offsets.commit("g", [("t", 0, 2, "")], allow_backward=False, check_log_end=False, done=results.append)
+    gc.offsets.snapshot(gc.offsets.partition_for_group("g"))
+    ack_last_produce(client, 0)
+    ack_last_produce(client, 1)
+    assert results == [None, None]
+
+
 # -- one reading of an append's reply, for commits and snapshots alike --------------------------------
 def test_an_append_outcome_says_whether_it_may_be_in_the_log() -> None:
     ok = AppendOutcome.from_reply({"results": [[12, 0, "", 0]]}, None)

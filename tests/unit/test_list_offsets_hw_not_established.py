@@ -146,3 +146,23 @@ def test_the_log_end_lookup_names_the_topics_ids(tmp_path: Path) -> None:
     gc.offsets.commit("g", [("t", 0, 8, "")], allow_backward=True, check_log_end=True, done=lambda _e: None)
     (lookup,) = client.of(P.LIST_OFFSETS)
     assert lookup[1]["topic_ids"] == {"t": context.state.topics["t"].topic_id} != {"t": ""}
+
+
+def test_a_late_log_end_answer_of_a_deleted_topic_does_not_vouch_for_its_successor(tmp_path: Path) -> None:
+    """An answer that came after its topic was deleted and made again under its name was kept
+    as the name's log end: commits of the new, empty topic then went through past its end
+    without a lookup. It now refuses the commit it was asked for and is not kept."""
+    from nodes.coordinator.store import PartitionState, TopicState
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    old = request(P.OFFSET_COMMIT, group="g", generation=-1, offsets=[["t", 0, 900]])
+    gc._on_offset_commit(old)
+    lookup = client.of(P.LIST_OFFSETS)[-1][3]
+    del context.state.topics["t"]
+    gc.topic_deleted("t")
+    context.state.topics["t"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3]) for _ in range(2)])
+    lookup({"parts": [["t", 0, 0, 1000]]}, [], None)  # a leader that still held the old t
+    assert context.server.answer(old)["error"] == P.UNKNOWN_TOPIC_OR_PARTITION
+    before = len(client.sent)
+    gc._on_offset_commit(request(P.OFFSET_COMMIT, group="h", generation=-1, offsets=[["t", 0, 500]]))
+    assert [c for c, *_ in client.sent[before:] if c == P.LIST_OFFSETS], \
+        f"the new t's offset 500 taken on the old t's end: {gc.offsets._hw_seen}"
