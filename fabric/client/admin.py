@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 EARLIEST = -2
 LATEST = -1
-LIST_OFFSETS_BACKOFF_S = 0.05  # list_offsets asks again for partitions whose leader is not known or moving
+LIST_OFFSETS_BACKOFF_S = 0.05  # list_offsets asks again for partitions whose leader is not known or moving,
+LIST_OFFSETS_BACKOFF_MAX_S = 0.5  # after a pause that doubles up to this
 # answers that a moment and fresh metadata cure (a leader just elected, deposed, or not yet known)
 LIST_OFFSETS_ASK_AGAIN = frozenset({P.OFFSET_NOT_AVAILABLE, P.NOT_LEADER, P.LEADER_NOT_AVAILABLE,
                                     P.FENCED_LEADER_EPOCH, P.UNKNOWN_LEADER_EPOCH})
@@ -99,14 +100,16 @@ class Admin:
         the high watermark) or a timestamp in ms (first offset at or after it). A leader just
         elected answers offset_not_available until its followers have told it its HW
         (milliseconds, or a lag time when a follower died with it), a deposed one not_leader:
-        such partitions are asked again, at the leader the metadata names then, every
-        LIST_OFFSETS_BACKOFF_S within ``timeout_ms``, and the last error is raised after it;
+        such partitions are asked again, at the leader the metadata names then, after a pause
+        from LIST_OFFSETS_BACKOFF_S doubling to LIST_OFFSETS_BACKOFF_MAX_S, within ``timeout_ms``,
+        and the last error is raised after it;
         ``partial`` leaves them out of the answer instead, at once."""
         deadline = time.monotonic() + self.timeout_ms / 1000
         md = self.metadata()
         wanted = self._partitions_of(md, topic, partitions)
         out: dict[int, int] = {}
         first = True  # the first round as any call; a re-ask gets what is left of timeout_ms
+        rounds = 0
         last: CodedError | None = None
         while True:
             by_leader: dict[int, list] = {}
@@ -137,8 +140,9 @@ class Admin:
                 return out
             if last is not None and time.monotonic() >= deadline:
                 raise last
-            time.sleep(LIST_OFFSETS_BACKOFF_S)
-            md = self.metadata()
+            time.sleep(min(LIST_OFFSETS_BACKOFF_S * 2 ** rounds, LIST_OFFSETS_BACKOFF_MAX_S))
+            rounds += 1
+            md = self.metadata()  # a whole metadata answer per round: the backoff grows
             wanted = self._partitions_of(md, topic, again)
             first = False
 
