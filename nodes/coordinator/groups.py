@@ -422,6 +422,9 @@ class GroupCoordinator(GroupOffsetsMixin):
     def _on_delete_group(self, req: wire.Request) -> Any:
         gid = self._group_id(req)
         self._require_loaded()
+        if self.offsets.resyncing(gid):  # its table may lack partitions the log has: no tombstones for them
+            raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"the committed offsets of group {gid!r} are being read "
+                                                        "again; retry")
         g = self.groups.get(gid)
         if g is not None and g.members:
             n = len(g.members)

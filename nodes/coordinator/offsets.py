@@ -27,7 +27,9 @@ of ``OffsetStore``.
 
 While a commit is queued or being written, OFFSET_FETCH of its partitions answers
 ``unstable_offset_commit`` (retriable), so a member never starts from an offset that the
-commit in flight is about to replace.
+commit in flight is about to replace. A commit whose append may have landed but that ended
+unacknowledged has its offsets partition read again (nodes/coordinator/offsets_resync.py), so
+the table never goes on lacking what the log holds.
 
 The store sees the coordinator through ``nodes.coordinator.context.GroupContext`` and talks
 to the brokers through one ``OffsetsTopicClient`` (nodes/coordinator/offsets_client.py), which
@@ -52,6 +54,7 @@ from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome, OffsetsTopicClient
 from nodes.coordinator.offsets_loader import OffsetsLoader
+from nodes.coordinator.offsets_resync import ResyncMixin
 from nodes.coordinator.offsets_validation import CommitValidationMixin
 from nodes.coordinator.snapshots import SnapshotJob
 from nodes.coordinator.store import PartitionState, TopicState
@@ -125,7 +128,7 @@ class _Queue:
     snapshot_queued: bool = False
 
 
-class OffsetStore(CommitValidationMixin):
+class OffsetStore(CommitValidationMixin, ResyncMixin):
     def __init__(self, context: GroupContext, client: OffsetsTopicClient) -> None:
         """``client``: the one client of the offsets topic, shared with the loader."""
         self.context = context
@@ -142,6 +145,7 @@ class OffsetStore(CommitValidationMixin):
         self.counters = context.counters
         # group -> (topic, partition) -> commits queued or being written
         self._in_flight: dict[str, Counter[TopicPartition]] = {}
+        self._resyncing: dict[int, OffsetsLoader] = {}  # offsets partitions being read again
 
     # -- lookups -----------------------------------------------------------------------------
     def offsets_for(self, group: str) -> dict[TopicPartition, Committed]:
@@ -173,7 +177,9 @@ class OffsetStore(CommitValidationMixin):
         return self._pending_count
 
     def has_in_flight(self, group: str) -> bool:
-        return group in self._in_flight
+        """A commit (or deletion) of the group is queued or being written, or its offsets
+        partition is being read again (nodes/coordinator/offsets_resync.py)."""
+        return group in self._in_flight or self.resyncing(group)
 
     def groups_in_flight(self) -> list[str]:
         """The groups with a commit (or deletion) queued or being written."""
@@ -247,6 +253,8 @@ class OffsetStore(CommitValidationMixin):
             del pending[tp]
         if not pending:
             del self._in_flight[pc.group]
+        if error is not None and pc.maybe_in_log:  # the log may hold it, the table will not
+            self._resync(self.partition_for_group(pc.group))
         pc.done(error)  # a bug in it is not swallowed: it stops the node (fabric/reactor.py)
 
     def _pump(self, q: int) -> None:
@@ -260,6 +268,12 @@ class OffsetStore(CommitValidationMixin):
         overlay: dict[tuple[str, str, int], int | None] = {}
         while queue.items and len(take) < COMMITS_PER_APPEND_MAX:
             pc = queue.items[0]
+            if q in self._resyncing:  # being read again: nothing is appended; deadlines still hold
+                if isinstance(pc, SnapshotJob) or not (pc.finished or pc.deadline_ms <= now):
+                    break
+                queue.items.popleft()
+                self._finish(pc, RemoteError(P.REQUEST_TIMED_OUT, "the offset commit was not replicated in time"))
+                continue
             if isinstance(pc, SnapshotJob):
                 if take:
                     break  # the commits before it go first, and are in it
@@ -287,7 +301,9 @@ class OffsetStore(CommitValidationMixin):
                 overlay[(pc.group, topic, p)] = offset
             take.append(pc)
             take_bytes += pc.size
-        if take:
+        if take and q in self._resyncing:  # began with a commit that ended in this pass
+            queue.items.extendleft(reversed(take))
+        elif take:
             self._append(q, take)
 
     def _append(self, q: int, take: list[PendingCommit]) -> None:
@@ -318,6 +334,7 @@ class OffsetStore(CommitValidationMixin):
             else:
                 queue.busy = False
                 for pc in take:
+                    pc.maybe_in_log |= out.maybe_written  # written, then refused (e.g. storage_error)
                     self._finish(pc, RemoteError(out.code, out.message))
                 self._pump(q)
         queue.busy = True
@@ -334,20 +351,27 @@ class OffsetStore(CommitValidationMixin):
               topic_ids: dict[str, str] | None = None) -> None:
         """Apply acknowledged changes (offset None: deleted) to the table; ``topic_ids``: the id
         of each entry's topic when it was committed."""
-        table = self.table.setdefault(group, {})
+        self._apply_to(self.table, group, entries, ts, topic_ids)
+
+    @staticmethod
+    def _apply_to(tables: dict[str, dict[TopicPartition, Committed]], group: str,
+                  entries: list[tuple[str, int, int | None, str]], ts: int, topic_ids: dict[str, str] | None) -> None:
+        table = tables.setdefault(group, {})
         for topic, p, offset, metadata in entries:
             if offset is None:
                 table.pop((topic, p), None)
             else:
                 table[(topic, p)] = Committed(offset, metadata, ts, topic_ids.get(topic, "") if topic_ids else "")
         if not table:
-            del self.table[group]
+            del tables[group]
 
     # -- snapshots ------------------------------------------------------------------------------------
     def tick(self) -> None:
         """Queue the snapshots that are due; forget log ends of deleted topics now and then."""
         if not self.loaded:
             return
+        for q in list(self._resyncing):  # answers its waiting commits at their deadlines
+            self._pump(q)
         now, wall = self.reactor.clock.now_ms(), self.reactor.clock.wall_ms()
         for q, queue in self._queues.items():
             if queue.snapshot_queued:

@@ -90,7 +90,11 @@ class OffsetsLoader:
 
     def start(self, partitions: int) -> None:
         """Read every partition; ``store.loaded_all()`` once all are read."""
-        for q in range(partitions):
+        self.start_partitions(list(range(partitions)))
+
+    def start_partitions(self, partitions: list[int]) -> None:
+        """Read these partitions; ``store.loaded_all()`` once all are read."""
+        for q in partitions:
             pointer = self.context.state.offsets_snapshots.get(q)
             self.states[q] = LoadState(pointer[0], snapshot_id=pointer[1]) if pointer else LoadState()
             self._step(q)

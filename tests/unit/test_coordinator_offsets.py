@@ -12,7 +12,7 @@ import pytest
 from fabric import protocol as P
 from fabric.config import LimitsConfig
 from fabric.errors import RemoteError, RequestQueueFullError, RequestTimeout
-from nodes.coordinator.offsets import OFFSETS_TOPIC, RETRY_MS
+from nodes.coordinator.offsets import COMMIT_TIMEOUT_MS, OFFSETS_TOPIC, RETRY_MS
 from nodes.coordinator.offsets_client import AppendOutcome
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.unit.fakes import (FakeGroupContext, ack_last_produce, admin_commit, group_coordinator,
@@ -176,6 +176,84 @@ def test_a_snapshot_queued_behind_a_commit_does_not_stop_the_coordinator(tmp_pat
     ack_last_produce(client, 0)
     ack_last_produce(client, 1)
     assert results == [None, None]
+
+
+# -- a commit that may be in the log but ended unacknowledged: its offsets partition is read again ------
+def _timed_out_after_a_write(tmp_path: Path, landed: bool):  # noqa: ANN202 - (gc, context, client, results, batch)
+    """A commit of t-0 offset 7 whose first append reached the log (``landed``) or was discarded
+    unread, whose answer never came, and whose retries failed until its deadline."""
+    gc, context, client, _refusal, results = _commit_with_a_recheck(tmp_path)
+    (_, _, payloads, cb) = client.of(P.PRODUCE)[0]
+    cb(None, [], RequestTimeout("no reply"))
+    for _ in range(COMMIT_TIMEOUT_MS // RETRY_MS + 1):
+        context.reactor.advance(RETRY_MS)
+        for i in list(client.unanswered):
+            if client.sent[i][0] == P.PRODUCE:
+                client.unanswered.remove(i)
+                client.sent[i][3]({"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr [1]"]]}, [], None)
+    assert [e.code for e in results if e is not None] == [P.REQUEST_TIMED_OUT]
+    return gc, context, client, results, payloads[0] if landed else b""
+
+
+def _answer_the_reread(context, client, batch: bytes) -> None:  # noqa: ANN001
+    """The offsets partition read again holds ``batch`` only (its snapshot is not there: the
+    reader goes back to the log start, as at a start)."""
+    end = len(offsets_records(batch)) if batch else 0
+    for _ in range(10):
+        context.reactor.advance(0)
+        fetches = [i for i in client.unanswered if client.sent[i][0] == P.FETCH]
+        if not fetches:
+            return
+        for i in fetches:
+            client.unanswered.remove(i)
+            header, cb = client.sent[i][1], client.sent[i][3]
+            (_, q, offset, _max) = header["parts"][0]
+            cb({"parts": [[OFFSETS_TOPIC, q, 0, end, end, 0, None]]}, [batch if offset < end else b""], None)
+
+
+def test_a_commit_that_landed_unacknowledged_is_read_back_from_the_log(tmp_path: Path) -> None:
+    """The log held the commit while the table did not, until a restart read it: the group
+    then jumped to an offset the running coordinator had never shown (a group deleted that way
+    came back). Now its offsets partition is read again at once; meanwhile the group's offsets
+    are not answered, nor is it deleted (both retriable), and its new commits wait."""
+    gc, context, client, results, batch = _timed_out_after_a_write(tmp_path, landed=True)
+    for req in (request(P.OFFSET_FETCH, group="g", partitions=None), request(P.DELETE_GROUP, group="g")):
+        handler = gc._on_offset_fetch if req.command == P.OFFSET_FETCH else gc._on_delete_group
+        with pytest.raises(RemoteError) as e:
+            handler(req)
+        assert e.value.code == P.UNSTABLE_OFFSET_COMMIT and e.value.retriable
+    later: list[RemoteError | None] = []
+    gc.offsets.commit("g", [("t", 1, 3, "")], allow_backward=False, check_log_end=False, done=later.append)
+    produces = len(client.of(P.PRODUCE))
+    _answer_the_reread(context, client, batch)
+    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 7, "the table follows the log"
+    assert len(client.of(P.PRODUCE)) == produces + 1, "the commit that waited goes now"
+    ack_last_produce(client, 1)
+    assert later == [None] and gc.offsets.offsets_for("g")[("t", 1)].offset == 3
+    assert gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=None))["offsets"]
+
+
+def test_an_append_discarded_unread_does_not_wedge_the_offsets_partition(tmp_path: Path) -> None:
+    """Its outcome is unknown (no answer for the partition) until the partition is read again:
+    then known, nothing of it there, and the partition takes commits again."""
+    gc, context, client, results, batch = _timed_out_after_a_write(tmp_path, landed=False)
+    _answer_the_reread(context, client, batch)
+    assert "g" not in gc.offsets.table and gc.offsets.pending_count == 0 and not gc.offsets.has_in_flight("g")
+    again: list[RemoteError | None] = []
+    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False, done=again.append)
+    ack_last_produce(client, 0)
+    assert again == [None] and gc.offsets.offsets_for("g")[("t", 0)].offset == 7
+
+
+def test_a_commit_written_then_refused_for_good_is_read_back(tmp_path: Path) -> None:
+    """Written by the leader, then refused (storage_error, with the offset it was written at):
+    the refusal is not the outcome -- the log holds it."""
+    gc, context, client, _refusal, results = _commit_with_a_recheck(tmp_path)
+    (_, _, payloads, cb) = client.of(P.PRODUCE)[0]
+    cb({"results": [[0, P.STORAGE_ERROR, "disk"]]}, [], None)
+    assert [e.code for e in results if e is not None] == [P.STORAGE_ERROR]
+    _answer_the_reread(context, client, payloads[0])
+    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 7
 
 
 # -- one reading of an append's reply, for commits and snapshots alike --------------------------------

@@ -1,0 +1,92 @@
+"""Reading an offsets partition again while the coordinator runs.
+
+A commit whose append may have landed (it went out and no answer said it was not written)
+can still end unacknowledged: its deadline passes while the retries fail, or a retry is
+refused for good. The log may then hold it while the table does not -- until a restart,
+which reads the log. So the offsets partition is read again, as at a start
+(``nodes.coordinator.offsets_loader``), and its groups' part of the table is replaced by
+what was read. Meanwhile nothing of that partition is appended (its waiting commits are
+answered at their deadlines), and its groups' OFFSET_FETCH and DELETE_GROUP are refused with
+the retriable ``unstable_offset_commit``: the table may be missing what the log has.
+
+``ResyncMixin`` is that part of ``OffsetStore`` (nodes/coordinator/offsets.py): its state is the
+store's own (set by ``OffsetStore.__init__``).
+
+Not thread-safe: runs on the coordinator's reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from nodes.coordinator.offsets_loader import OffsetsLoader
+
+if TYPE_CHECKING:
+    from nodes.coordinator.context import GroupContext
+    from nodes.coordinator.offsets import Committed, TopicPartition
+    from nodes.coordinator.offsets_client import OffsetsTopicClient
+
+log = logging.getLogger(__name__)
+
+Table = dict  # group -> (topic, partition) -> Committed
+
+
+class _Reread:
+    """Where a partition read again goes (the loader's LoadTarget): a table of its own."""
+
+    def __init__(self, apply_to: Callable[..., None], done: Callable[[Table], None]) -> None:
+        self.table: Table = {}
+        self._apply_to = apply_to
+        self._done = done
+
+    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int,
+              topic_ids: dict[str, str] | None = None) -> None:
+        self._apply_to(self.table, group, entries, ts, topic_ids)
+
+    def loaded_all(self) -> None:
+        self._done(self.table)
+
+
+class ResyncMixin:
+    """``OffsetStore``'s reading of an offsets partition again. Part of OffsetStore (its state
+    is the store's own)."""
+
+    # the store's state this part uses (set by OffsetStore.__init__)
+    context: GroupContext
+    client: OffsetsTopicClient
+    table: dict[str, dict[TopicPartition, Committed]]
+    counters: Any
+    _resyncing: dict[int, OffsetsLoader]  # offsets partition -> the loader reading it again
+
+    if TYPE_CHECKING:  # OffsetStore's, never these
+        @staticmethod
+        def partition_for_group(group: str) -> int: ...
+        @staticmethod
+        def _apply_to(table: Table, group: str, entries: list, ts: int, topic_ids: dict | None) -> None: ...
+        def _pump(self, q: int) -> None: ...
+
+    def resyncing(self, group: str) -> bool:
+        """The group's offsets partition is being read again: its table may lack what the log has."""
+        return bool(self._resyncing) and self.partition_for_group(group) in self._resyncing
+
+    def _resync(self, q: int) -> None:
+        """Read offsets partition ``q`` again (the module docstring says why)."""
+        if q in self._resyncing:
+            return
+        log.warning("offsets partition %d: a commit that may be in the log ended unacknowledged: reading the "
+                    "partition again", q)
+        self.counters["offsets_resyncs"] += 1
+        loader = OffsetsLoader(self.context, self.client, _Reread(self._apply_to, lambda table: self._resynced(q, table)))
+        self._resyncing[q] = loader
+        loader.start_partitions([q])
+
+    def _resynced(self, q: int, table: Table) -> None:
+        """Offsets partition ``q`` was read again (nothing of it was appended meanwhile): its
+        groups' offsets are what it holds."""
+        for group in [g for g in self.table if self.partition_for_group(g) == q]:
+            del self.table[group]
+        self.table.update((g, t) for g, t in table.items() if t)
+        del self._resyncing[q]
+        log.info("offsets partition %d read again: %d groups", q, sum(1 for g in table if table[g]))
+        self._pump(q)
