@@ -101,15 +101,15 @@ class Admin:
         elected answers offset_not_available until its followers have told it its HW
         (milliseconds, or a lag time when a follower died with it), a deposed one not_leader:
         such partitions are asked again, at the leader the metadata names then, after a pause
-        from LIST_OFFSETS_BACKOFF_S doubling to LIST_OFFSETS_BACKOFF_MAX_S, within ``timeout_ms``,
-        and the last error is raised after it;
-        ``partial`` leaves them out of the answer instead, at once."""
+        from LIST_OFFSETS_BACKOFF_S doubling to LIST_OFFSETS_BACKOFF_MAX_S, until ``timeout_ms``
+        has passed since the call (the first round is any call's: up to three tries of
+        ``timeout_ms``); then the last error is raised. ``partial`` leaves such partitions out of
+        the answer instead, at once."""
         deadline = time.monotonic() + self.timeout_ms / 1000
         md = self.metadata()
         wanted = self._partitions_of(md, topic, partitions)
         out: dict[int, int] = {}
-        first = True  # the first round as any call; a re-ask gets what is left of timeout_ms
-        rounds = 0
+        rounds = 0  # the first round as any call; a re-ask gets what is left of timeout_ms
         last: CodedError | None = None
         while True:
             by_leader: dict[int, list] = {}
@@ -122,12 +122,12 @@ class Admin:
                 else:
                     by_leader.setdefault(leader, []).append([topic, p, spec])
             for leader, parts in by_leader.items():
-                left_ms = self.timeout_ms if first else int((deadline - time.monotonic()) * 1000)
+                left_ms = self.timeout_ms if rounds == 0 else int((deadline - time.monotonic()) * 1000)
                 if left_ms <= 0:
                     raise last or RequestTimeout(f"{topic}: list_offsets timed out")
                 h, _ = self._client(md.brokers[leader].endpoint).call(
                     P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
-                    timeout_ms=left_ms, retries=2 if first else 0)
+                    timeout_ms=left_ms, retries=2 if rounds == 0 else 0)
                 for entry in decode_parts(h, ListOffsetsEntry):  # raises MalformedFrame
                     if not entry.error:
                         out[entry.partition] = entry.offset  # type: ignore[index]
@@ -138,13 +138,13 @@ class Admin:
                         raise RemoteError(entry.error, f"{topic}-{entry.partition}")
             if not again or partial:
                 return out
-            if last is not None and time.monotonic() >= deadline:
-                raise last
-            time.sleep(min(LIST_OFFSETS_BACKOFF_S * 2 ** rounds, LIST_OFFSETS_BACKOFF_MAX_S))
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise last  # type: ignore[misc]  # set with every partition left to ask again
+            time.sleep(min(LIST_OFFSETS_BACKOFF_S * 2 ** rounds, LIST_OFFSETS_BACKOFF_MAX_S, left_s))
             rounds += 1
             md = self.metadata()  # a whole metadata answer per round: the backoff grows
             wanted = self._partitions_of(md, topic, again)
-            first = False
 
     @staticmethod
     def _partitions_of(md: ClusterMetadata, topic: str, partitions: Iterable[int] | None) -> list[int]:

@@ -69,13 +69,6 @@ OFFSETS_PARTITIONS = 3
 OFFSETS_REPLICATION_FACTOR_MAX = 3
 COMMIT_TIMEOUT_MS = 15_000         # a commit not appended by then fails (request_timed_out)
 ENTRY_BYTES = 100                  # what an entry of a waiting commit costs besides its strings
-
-
-def commit_bytes(group: str, entries: list[tuple[str, int, int | None, str]]) -> int:
-    """A commit's bytes in the log, about (each entry's record repeats the group id), as
-    P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them."""
-    per_entry = ENTRY_BYTES + len(group.encode())
-    return sum(per_entry + len(t.encode()) + len(m.encode()) for t, _, _, m in entries)
 RETRY_MS = 200                     # pause before retrying an append
 COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch
 APPEND_BYTES_MAX = 4 * 1024 * 1024  # ... and their bytes (a commit always goes, alone if it must):
@@ -84,6 +77,13 @@ HW_PRUNE_INTERVAL_MS = 10_000      # forget cached log ends of deleted topics at
 
 TopicPartition = tuple[str, int]
 DoneCallback = Callable[[RemoteError | None], None]
+
+
+def commit_bytes(group: str, entries: list[tuple[str, int, int | None, str]]) -> int:
+    """A commit's bytes in the log, about (each entry's record repeats the group id), as
+    P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them."""
+    per_entry = ENTRY_BYTES + len(group.encode())
+    return sum(per_entry + len(t.encode()) + len(m.encode()) for t, _, _, m in entries)
 
 
 @dataclass
@@ -106,7 +106,7 @@ class PendingCommit:
     # meanwhile must not turn it into illegal_generation). Never reset: a later attempt that
     # the broker refuses does not undo an earlier one that may be in the log.
     maybe_in_log: bool = False
-    size: int = 0  # its bytes as P.PENDING_COMMIT_BYTES_MAX counts them
+    size: int = 0  # its bytes as P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them (commit_bytes)
     # the id of each entry's topic when the commit was taken: a topic deleted and made again
     # under its name before the append does not get the old topic's offset
     topic_ids: dict[str, str] = field(default_factory=dict)

@@ -71,15 +71,13 @@ class CommitValidationMixin:
                 except MalformedFrame as e:  # a broker's bad answer: the lookup failed
                     self._reject(pc, RemoteError(P.UNKNOWN, f"log end lookup failed: {e}"))
                     entries = []
+                replaced = self._topic_replaced(pc)
+                if replaced is not None:  # the answer may be the old topic's: kept, it would vouch for the new one
+                    self._reject(pc, replaced)
+                    entries = []
                 for e in entries:
                     tp = (e.topic, e.partition)
-                    taken_id = pc.topic_ids.get(e.topic)  # type: ignore[arg-type]
-                    if taken_id and self._topic_id(e.topic) != taken_id:  # type: ignore[arg-type]
-                        # deleted (and perhaps made again) meanwhile: the answer is of the old
-                        # topic, and kept it would vouch for the new one's offsets
-                        self._reject(pc, RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {e.topic!r} was deleted "
-                                                                                   "while its log end was looked up"))
-                    elif e.error == P.UNKNOWN_TOPIC_OR_PARTITION:  # we know it: the leader has not heard yet
+                    if e.error == P.UNKNOWN_TOPIC_OR_PARTITION:  # we know it: the leader has not heard yet
                         self._reject(pc, RemoteError(P.LEADER_NOT_AVAILABLE, f"{e.topic}-{e.partition}: the leader "
                                                                              "has not learned of the partition yet"))
                     elif e.error and e.error != P.OFFSET_NOT_AVAILABLE:

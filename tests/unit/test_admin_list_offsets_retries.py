@@ -112,7 +112,6 @@ def test_group_lag_with_an_offline_partition_answers_at_once_with_the_others(mon
         "t": TopicInfo("t", (PartitionInfo("t", 0, 1, 0, (1,), (1,)),
                              PartitionInfo("t", 1, -1, 0, (2,), ())))})  # its only replica is down
     admin = _admin(monkeypatch, [md], {1: _Broker(lambda t, p, spec: (0, 10))}, timeout_ms=10_000)
-    monkeypatch.setattr(admin_mod, "time", clock)
     ga = GroupAdmin(admin)
     ga.describe = lambda group: {"members": [], "offsets": [["t", 0, 4], ["t", 1, 4]]}  # type: ignore[method-assign]
     rows = ga.lag("g")

@@ -140,6 +140,7 @@ def test_an_append_stays_within_the_brokers_batch_limit(tmp_path: Path) -> None:
         gc.offsets.commit("g", entries, allow_backward=False, check_log_end=False, done=results.append)
     base = 0
     while len(results) < 21:
+        assert base < 21, "more appends than commits"
         (_, _, payloads, _) = client.of(P.PRODUCE)[-1]
         assert len(payloads[0]) <= LimitsConfig().batch_bytes_max // 2, f"an append of {len(payloads[0])} bytes"
         ack_last_produce(client, base)

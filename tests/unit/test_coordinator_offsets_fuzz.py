@@ -34,6 +34,7 @@ def _run(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     gc, context, client = loaded_group_coordinator(tmp_path)
     store = gc.offsets
+    parked: list = []  # requests answered later: each must be answered exactly once
     batches: dict[int, list[tuple[int, bytes]]] = {}  # offsets partition -> (base offset, batch) in the log
     next_offset: dict[int, int] = {}
 
@@ -90,10 +91,12 @@ def _run(tmp_path: Path, seed: int) -> None:
                 assert getattr(e, "retriable", None) is not None, e
                 continue
             assert result is DEFER
+            parked.append(req)
         elif op < 0.45:
             req = request(P.DELETE_GROUP, group=group)
             try:
-                gc._on_delete_group(req)
+                assert gc._on_delete_group(req) is DEFER
+                parked.append(req)
             except Exception as e:  # noqa: BLE001 - unknown_group
                 assert getattr(e, "retriable", None) is not None, e
         elif op < 0.5:
@@ -116,6 +119,7 @@ def _run(tmp_path: Path, seed: int) -> None:
     replies: dict[int, int] = {}
     for req, _h, _p in context.server.replies:
         replies[id(req)] = replies.get(id(req), 0) + 1
+    assert all(replies.get(id(req)) == 1 for req in parked), "a commit or deletion not answered exactly once"
     assert all(n == 1 for n in replies.values()), "a request answered more than once"
     # what a restart rebuilds from the acknowledged appends, in log order
     rebuilt: dict[str, dict[tuple[str, int], int]] = {}

@@ -4,8 +4,8 @@ append. Before, GROUPS_MAX groups of GROUP_MEMBERS_MAX members of TOPICS_PER_MEM
 each (10,000 x 1,000 x 1,000 names of up to 249 characters), or PENDING_COMMITS_MAX commits of
 up to a megabyte each, were all admitted: a client could grow the coordinator's memory without
 bound it would notice. Past a bound a request is refused with the retriable buffer_full and
-nothing changes; the held totals are counted again on every tick, so room comes back as
-members leave or expire and commits land. The real GroupCoordinator on a FakeGroupContext."""
+nothing changes. Room comes back as members leave or expire (the held totals are counted
+again on every tick) and as commits land (their bytes at once). The real GroupCoordinator on a FakeGroupContext."""
 
 from __future__ import annotations
 

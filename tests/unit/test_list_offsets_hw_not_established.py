@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from fabric import protocol as P
 from fabric.errors import RemoteError
 from fabric.records import build_batch
-from nodes.broker.core import BrokerCore
 from fabric.rpc import DEFER
+from nodes.broker.core import BrokerCore
 from tests.unit.fakes import ack_last_produce, broker_core, loaded_group_coordinator, request
 
 LEADER, FOLLOWER = 1, 2
@@ -134,8 +132,6 @@ def test_the_commit_goes_through_once_the_leader_knows(tmp_path: Path) -> None:
     lookup[3]({"parts": [["t", 0, 0, 10]]}, [], None)
     ack_last_produce(client, 0)
     assert gc.offsets.offsets_for("g")[("t", 0)].offset == 8
-
-
 
 
 def test_the_log_end_lookup_names_the_topics_ids(tmp_path: Path) -> None:
