@@ -377,7 +377,7 @@ class GroupCoordinator(GroupOffsetsMixin):
         members, groups that only have committed offsets and groups whose first commit is being
         written count alike)."""
         offsets = self.offsets
-        if gid in self.groups or gid in offsets.table or offsets.has_in_flight(gid):
+        if gid in self.groups or gid in offsets.table or gid in offsets.groups_in_flight():
             return  # held already (also by offsets of a deleted topic only: it counts below)
         held = len(self.groups) + sum(1 for g in offsets.table if g not in self.groups) + sum(
             1 for g in offsets.groups_in_flight() if g not in self.groups and g not in offsets.table)

@@ -269,12 +269,14 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
         overlay: dict[tuple[str, str, int], int | None] = {}
         while queue.items and len(take) < COMMITS_PER_APPEND_MAX:
             pc = queue.items[0]
-            if q in self._resyncing:  # being read again: nothing is appended; deadlines still hold
-                if isinstance(pc, SnapshotJob) or not (pc.finished or pc.deadline_ms <= now):
-                    break
-                queue.items.popleft()
-                self._finish(pc, RemoteError(P.REQUEST_TIMED_OUT, "the offset commit was not replicated in time"))
-                continue
+            if q in self._resyncing:  # being read again: nothing is appended; every deadline still holds
+                expired = [pc for pc in queue.items if not isinstance(pc, SnapshotJob)
+                           and (pc.finished or pc.deadline_ms <= now)]
+                gone = {id(pc) for pc in expired}
+                queue.items = deque(pc for pc in queue.items if id(pc) not in gone)
+                for pc in expired:
+                    self._finish(pc, RemoteError(P.REQUEST_TIMED_OUT, "the offset commit was not replicated in time"))
+                break
             if isinstance(pc, SnapshotJob):
                 if take:
                     break  # the commits before it go first, and are in it

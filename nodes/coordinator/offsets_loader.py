@@ -125,7 +125,7 @@ class OffsetsLoader:
                 self._later(q, LOAD_RETRY_MS)
                 return
             hw, leo = entry.high_watermark, entry.log_end_offset
-            if st.target is None:
+            if st.target is None or leo < st.target:  # a log end never goes back but by truncation
                 st.target = leo
             if st.snapshot_id is not None and st.offset >= st.target:
                 self._snapshot_missing(q, st, 0)

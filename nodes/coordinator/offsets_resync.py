@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from nodes.coordinator import snapshots as S
 from nodes.coordinator.offsets_loader import OffsetsLoader
 
 if TYPE_CHECKING:
     from nodes.coordinator.context import GroupContext
-    from nodes.coordinator.offsets import Committed, TopicPartition
+    from nodes.coordinator.offsets import Committed, TopicPartition, _Queue
     from nodes.coordinator.offsets_client import OffsetsTopicClient
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class ResyncMixin:
     client: OffsetsTopicClient
     table: dict[str, dict[TopicPartition, Committed]]
     counters: Any
+    reactor: Any
+    _queues: dict[int, _Queue]
     _resyncing: dict[int, OffsetsLoader]  # offsets partition -> the loader reading it again
 
     if TYPE_CHECKING:  # OffsetStore's, never these
@@ -87,6 +90,12 @@ class ResyncMixin:
         for group in [g for g in self.table if self.partition_for_group(g) == q]:
             del self.table[group]
         self.table.update((g, t) for g, t in table.items() if t)
-        del self._resyncing[q]
+        loader = self._resyncing.pop(q)
+        queue = self._queues[q]
+        st = loader.states[q]
+        queue.records_since_snapshot = max(queue.records_since_snapshot, st.records_read)
+        if q not in self.context.state.offsets_snapshots:  # its pointer was stale: a new snapshot at once
+            queue.last_snapshot_ms = self.reactor.clock.now_ms() - S.SNAPSHOT_INTERVAL_MS
+            queue.records_since_snapshot = max(1, queue.records_since_snapshot)
         log.info("offsets partition %d read again: %d groups", q, sum(1 for g in table if table[g]))
         self._pump(q)

@@ -17,7 +17,7 @@ import heapq
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -44,6 +44,7 @@ from nodes.coordinator import snapshots as S
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.offsets import OFFSETS_TOPIC
 from nodes.coordinator.offsets_client import OffsetsTopicClient
+from nodes.coordinator.offsets_loader import decode_record
 from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
 from webui.errors import ClusterError
 
@@ -323,6 +324,20 @@ def offsets_records(payload: bytes, base_offset: int = 0) -> list:
     data = bytearray(payload)
     B.set_base_offset(data, base_offset)
     return decode_batches(OFFSETS_TOPIC, 0, bytes(data))
+
+
+def offsets_log_table(batches: Iterable[bytes]) -> dict[str, dict[tuple[str, int], int]]:
+    """group -> (topic, partition) -> offset: what a coordinator's load rebuilds from these
+    appends to the offsets topic, read in order (commits, tombstones, snapshot records)."""
+    rebuilt: dict[str, dict[tuple[str, int], int]] = {}
+    for r in (r for b in batches for r in offsets_records(b, 0)):
+        for group, topic, p, offset, *_ in decode_record(r.key, r.value):
+            table = rebuilt.setdefault(group, {})
+            if offset is None:
+                table.pop((topic, p), None)
+            else:
+                table[(topic, p)] = offset
+    return {g: t for g, t in rebuilt.items() if t}
 
 
 def loaded_group_coordinator(store_dir: Any) -> tuple[GroupCoordinator, FakeGroupContext, RecordingClient]:

@@ -23,8 +23,7 @@ from fabric import protocol as P
 from fabric.errors import RequestTimeout
 from fabric.rpc import DEFER
 from nodes.coordinator.offsets import OFFSETS_TOPIC, RETRY_MS
-from nodes.coordinator.offsets_loader import decode_record
-from tests.unit.fakes import loaded_group_coordinator, offsets_records, request
+from tests.unit.fakes import loaded_group_coordinator, offsets_log_table, offsets_records, request
 
 GROUPS = ["g0", "g1", "g2", "g3", "g4"]
 STEPS = 400
@@ -122,16 +121,7 @@ def _run(tmp_path: Path, seed: int) -> None:
     assert all(replies.get(id(req)) == 1 for req in parked), "a commit or deletion not answered exactly once"
     assert all(n == 1 for n in replies.values()), "a request answered more than once"
     # what a restart rebuilds from the acknowledged appends, in log order
-    rebuilt: dict[str, dict[tuple[str, int], int]] = {}
-    for q in sorted(batches):
-        for r in (r for _, b in batches[q] for r in offsets_records(b, 0)):
-            for group, topic, p, offset, *_ in decode_record(r.key, r.value):
-                table = rebuilt.setdefault(group, {})
-                if offset is None:
-                    table.pop((topic, p), None)
-                else:
-                    table[(topic, p)] = offset
-    rebuilt = {g: t for g, t in rebuilt.items() if t}
+    rebuilt = offsets_log_table(b for q in sorted(batches) for _, b in batches[q])
     have = {g: {tp: c.offset for tp, c in t.items()} for g, t in store.table.items() if t}
     assert have == rebuilt, f"seed {seed}: the table is not what the log says"
 
