@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import bisect
 import logging
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING
 
 from engines.api import OFFSET_LIMIT, EngineConfig, EngineError
 from engines.batch import BatchHeader
 from engines.segment_file import LogSegment
 from engines.segment_recovery import Checkpoint
 
+if TYPE_CHECKING:
+    from typing import Callable, TypeVar
+
+    T = TypeVar("T")
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class RetentionMixin:

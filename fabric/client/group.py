@@ -80,14 +80,14 @@ from fabric import protocol as P
 from fabric.client.consumer import Consumer as _AssignConsumer
 from fabric.client.consumer import TopicPartition
 from fabric.client.group_commit import COMMIT_TIMEOUT_MS, CommitCallback, CommitFailed, GroupCommits
-from fabric.client.group_join import RETRY_BACKOFF_MS, GroupJoin, _JoinAttempt
-from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, CoordinatorLink, HeartbeatMember, HeartbeatSettings,
-                                      HeartbeatThread)
+from fabric.client.group_join import GroupJoin, _JoinAttempt
+from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, RETRY_BACKOFF_MS, CoordinatorLink, HeartbeatMember,
+                                      HeartbeatSettings, HeartbeatThread)
 from fabric.errors import CodedError, FabricError, RequestTimeout, SubscriptionConflictError
 from fabric.records import RecordBatchView
 from fabric.rpc import RpcClient
 
-# CommitFailed, CommitCallback and COMMIT_TIMEOUT_MS live in group_commit, RETRY_BACKOFF_MS in group_join;
+# CommitFailed, CommitCallback and COMMIT_TIMEOUT_MS live in group_commit, RETRY_BACKOFF_MS in group_link;
 # importable from here as before
 __all__ = ["COMMIT_TIMEOUT_MS", "POLL_SLICE_MS", "RETRY_BACKOFF_MS", "CommitCallback", "CommitFailed", "Consumer",
            "GroupConsumer", "HeartbeatFactory", "PartitionsCallback", "start_heartbeat_thread"]

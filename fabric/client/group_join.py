@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from fabric import protocol as P
 from fabric.client.consumer import TopicPartition
-from fabric.client.group_link import COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, CoordinatorLink
+from fabric.client.group_link import COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
 from fabric.metadata import ClusterMetadata
@@ -34,7 +34,6 @@ from fabric.metadata import ClusterMetadata
 # the consumer's logger, as before this half had a module of its own: hosts configure one
 log = logging.getLogger("fabric.client.group")
 
-RETRY_BACKOFF_MS = 200
 
 
 class _JoinAttempt:

@@ -422,9 +422,7 @@ class GroupCoordinator(GroupOffsetsMixin):
     def _on_delete_group(self, req: wire.Request) -> Any:
         gid = self._group_id(req)
         self._require_loaded()
-        if self.offsets.resyncing(gid):  # its table may lack partitions the log has: no tombstones for them
-            raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"the committed offsets of group {gid!r} are being read "
-                                                        "again; retry")
+        self.offsets.check_not_resyncing(gid)  # its table may lack partitions the log has: no tombstones for them
         g = self.groups.get(gid)
         if g is not None and g.members:
             n = len(g.members)

@@ -125,9 +125,7 @@ class GroupOffsetsMixin:
             keys = [(w[0], w[1]) for w in wanted]
         else:
             raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition] or null")
-        if self.offsets.resyncing(gid):  # its table may lack what the log has
-            raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"the committed offsets of group {gid!r} are being read "
-                                                        "again; retry")
+        self.offsets.check_not_resyncing(gid)
         unstable = self.offsets.unstable(gid, None if wanted is None else keys)
         if unstable:
             # the commit in flight may replace these offsets: whoever starts from them now could

@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from fabric import protocol as P
+from fabric.errors import RemoteError
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.offsets_loader import OffsetsLoader
 
@@ -72,6 +74,13 @@ class ResyncMixin:
     def resyncing(self, group: str) -> bool:
         """The group's offsets partition is being read again: its table may lack what the log has."""
         return bool(self._resyncing) and self.partition_for_group(group) in self._resyncing
+
+    def check_not_resyncing(self, group: str) -> None:
+        """Raise the retriable unstable_offset_commit while the group's table may lack what the
+        log has (OFFSET_FETCH and DELETE_GROUP may not go by it)."""
+        if self.resyncing(group):
+            raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"the committed offsets of group {group!r} are being read "
+                                                        "again; retry")
 
     def _resync(self, q: int) -> None:
         """Read offsets partition ``q`` again (the module docstring says why)."""
