@@ -183,7 +183,6 @@ class GroupCoordinator(GroupOffsetsMixin):
             group = self.groups[gid] = Group(gid, assignor=assignor)
         if group.members and assignor != group.assignor:
             raise RemoteError(P.INCONSISTENT_GROUP_PROTOCOL, f"group {gid!r} uses the {group.assignor} assignor, not {assignor}")
-        group.assignor = assignor
         now = self.clock.now_ms()
         if not mid or mid in group.pending_members:
             if len(group.members) + len(group.pending_members) >= P.GROUP_MEMBERS_MAX + (1 if mid else 0):
@@ -213,6 +212,7 @@ class GroupCoordinator(GroupOffsetsMixin):
             if group.state == STABLE and unchanged and req.header.get("generation") == group.generation:
                 return self._join_result(group, member)  # nothing changed: stay in this generation
             reason = f"{mid} rejoined"
+        group.assignor = assignor  # set once the join is taken: a refused one changes nothing
         if member.join_req is not None:
             self.context.counters["group_join_replaced"] += 1  # the client retried; answer the newest
         member.join_req = req

@@ -226,3 +226,18 @@ def test_admin_commits_in_flight_count_towards_the_groups_limit(tmp_path: Path,
         gc._on_offset_commit(request(P.OFFSET_COMMIT, group="c", generation=-1, offsets=[["t", 0, 1]]))
     assert e.value.code == P.BUFFER_FULL
     admin_commit(gc, client, "a", 2, ack=False)  # a group held already still commits
+
+
+def test_a_refused_join_leaves_the_groups_assignor_as_it_was() -> None:
+    """A join refused (an unknown member id here) changes nothing of the group: not its assignor,
+    which DESCRIBE_GROUPS shows and which a group with only committed offsets keeps."""
+    gc, context, _ = _loaded_without_offsets_topic()
+    a = context.server.answer(_join(gc, "a"))
+    gc._remove_member(gc.groups["g"], a["member_id"], "left")  # empty now, still held
+    assert not gc.groups["g"].members and gc.groups["g"].assignor == "range"
+    bad = request(P.JOIN_GROUP, group="g", member_id="ghost-1", generation=-1, client_id="x", topics=["t"],
+                  session_timeout_ms=10_000, assignor="sticky")
+    with pytest.raises(RemoteError) as e:
+        gc._on_join(bad)
+    assert e.value.code == P.UNKNOWN_MEMBER
+    assert gc.groups["g"].assignor == "range"
