@@ -186,6 +186,9 @@ def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str,
     if by_message:
         try:
             out.put({"authenticated": True, "key": principal.name, "roles": sorted(principal.roles)})
+            # sent before anything else can close the socket (a close drops what is queued): the
+            # dashboard learns the key's roles from it even when the stream then refuses its query
+            out.flush(AUTH_TIMEOUT_S)
         except Closed:
             leave()
             raise

@@ -45,6 +45,7 @@ class Outbox:
         self._chars = 0  # of the texts in _q
         self._cond = threading.Condition()
         self._closing: tuple[int, str] | None = None
+        self._sending = False  # a message taken from _q is being written
         self.done = threading.Event()
         self.dropped_messages = 0
         # the marks of messages that went out whole (put(..., mark=)), for take_sent_marks
@@ -75,6 +76,18 @@ class Outbox:
         self.close(TRY_AGAIN_LATER, f"client too slow: {queued} messages ({chars} bytes) waited over "
                                     f"{self.slow_timeout_s * 1000:.0f} ms")
         raise Closed()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every message queued so far went out (True), the outbox closed or
+        ``timeout_s`` passed (False): what must reach the client before a close that may follow."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while (self._q or self._sending) and self._closing is None and not self.done.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return not self._q and not self._sending
 
     def take_sent_marks(self) -> list[Any]:
         """The marks of the messages sent since the last call, in order."""
@@ -114,11 +127,14 @@ class Outbox:
                         break
                     text, mark = self._q.popleft()
                     self._chars -= len(text)
+                    self._sending = True
                     self._cond.notify_all()
                 self.ws.send(text)
-                if mark is not None:
-                    with self._cond:
+                with self._cond:
+                    self._sending = False
+                    if mark is not None:
                         self._sent_marks.append(mark)
+                    self._cond.notify_all()
             if self.ws.connected:
                 self.ws.close(code, reason)
         except (ConnectionClosed, OSError):

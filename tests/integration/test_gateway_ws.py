@@ -143,6 +143,19 @@ def test_browsers_authenticate_with_a_first_message(cluster: Cluster) -> None:
     assert close_code(ws)[0] == 1008
 
 
+@pytest.mark.parametrize("path,role", [("/ws/produce", "produce"), ("/ws/consume", "consume")])
+def test_a_browsers_key_is_confirmed_before_the_stream_refuses_its_query(cluster: Cluster, path: str, role: str) -> None:
+    """The dashboard learns a key's roles from the first socket that accepts it; a stream
+    without ``topic=`` is refused after the key, and the ``authenticated`` message must reach
+    the browser before that close (it was dropped with the outbox, and produce-only or
+    consume-only keys could not log in)."""
+    ws = connect(cluster, path, role=None)
+    ws.send(json.dumps({"api_key": ROLE_KEYS[role]}))
+    assert recv_json(ws) == {"authenticated": True, "key": role, "roles": [role]}
+    code, reason = close_code(ws)
+    assert code == 1008 and "topic" in reason
+
+
 def test_events_stream_node_health(cluster: Cluster) -> None:
     ws = connect(cluster, "/ws/events", role="read")
     try:

@@ -55,3 +55,16 @@ def test_a_message_larger_than_the_bound_still_goes_when_the_queue_is_empty() ->
     out.put({"records": ["y" * (OUTBOX_BYTES_MAX + 10)]})
     out.close(1000, "done")
     assert out.done.wait(5)
+
+
+def test_flush_waits_for_the_message_being_written_not_only_the_queue() -> None:
+    ws = StuckSocket()
+    out = Outbox(ws, queue_max=10, slow_timeout_s=1.0)
+    try:
+        out.put({"authenticated": True})
+        assert out.flush(0.2) is False  # taken from the queue, still being written
+        ws.release.set()
+        assert out.flush(5) is True
+    finally:
+        ws.release.set()
+        out.close(1000, "done")
