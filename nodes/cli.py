@@ -51,8 +51,8 @@ class LoomGroup(click.Group):
         except (FabricError, ConfigError) as e:
             click.echo(f"loom: error: {e}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            sys.exit(143 if isinstance(e, cli_data.Terminated) else 130)
         except BrokenPipeError:  # `loom status | head -1`: the reader left; that is not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
             sys.exit(0)

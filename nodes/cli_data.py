@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -110,6 +111,7 @@ def produce(config: str | None, bootstrap: str | None, topic: str, key_separator
     Every acknowledged record's line is printed (--print-offsets), in input order, even when a
     record fails; then the first error is reported and the exit status is non-zero."""
     header_list = parse_headers(headers)
+    _sigterm_as_interrupt()
     target = Target(config, bootstrap)
     _check_partition(target, topic, partition)
     sep = key_separator.encode() if key_separator else None
@@ -231,6 +233,19 @@ def _write_line(data: bytes) -> None:
     sys.stdout.buffer.write(data + b"\n")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, ended as Ctrl-C ends a command (what was read is delivered, a group consumer
+    commits what was printed and leaves); the exit status is 143."""
+
+
+def _sigterm_as_interrupt() -> None:
+    """From now on SIGTERM raises ``Terminated`` in the main thread (a service manager's or
+    ``kill PID``'s stop is a clean stop, not a death that drops what was read or printed)."""
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated()
+    signal.signal(signal.SIGTERM, stop)
+
+
 # -- consume ---------------------------------------------------------------------------------
 @click.command()
 @target_options
@@ -255,6 +270,7 @@ def consume(config: str | None, bootstrap: str | None, topic: str, group: str | 
     if offset is not None and offset not in ("earliest", "latest") and not offset.isdigit():
         # before any network call; a negative offset would silently become auto_offset_reset
         raise click.BadParameter(f"expected earliest, latest or an offset >= 0, not {offset!r}", param_hint="--offset")
+    _sigterm_as_interrupt()
     target = Target(config, bootstrap)
     _check_partition(target, topic, partition)
     reset = "earliest" if from_beginning else "latest"

@@ -171,3 +171,32 @@ def test_cli_details_and_errors(cluster_factory, loom_env) -> None:
 
     assert ok(loom(env, cluster, "topic", "delete", "raw")).strip() == "Deleted topic raw."
     assert ok(loom(env, cluster, "topic", "list")) == ""
+
+
+def test_consume_with_a_group_stopped_by_sigterm_commits_what_it_printed(cluster_factory, loom_env) -> None:
+    """SIGTERM (a service manager, `kill PID`) ends `loom consume --group` as Ctrl-C does: what
+    it printed is committed and the member leaves, so the next run starts after it (it died at
+    once, nothing committed, its member held its partitions until the session expired)."""
+    import signal
+    cluster = cluster_factory(1)
+    env = loom_env
+    ok(loom(env, cluster, "topic", "create", "--topic", "term", "--partitions", "1", "--replication-factor", "1"))
+    ok(loom(env, cluster, "produce", "term", "--acks", "1", stdin=b"".join(b"r%d\n" % i for i in range(5))))
+    proc = subprocess.Popen([sys.executable, "-m", "nodes.cli", "consume", "term", "--group", "gterm",
+                             "--from-beginning", "--bootstrap", cluster.bootstrap],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(ROOT))
+    try:
+        lines = [proc.stdout.readline() for _ in range(5)]  # blocks until printed (the command's timeout bounds the test)
+        assert lines == [b"r%d\n" % i for i in range(5)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=COMMAND_TIMEOUT_S) == 143, proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Processed a total of 5 messages" in proc.stderr.read().decode()
+    # left, not waiting for its session to expire (10 s)
+    assert "has no active members" in ok(loom(env, cluster, "group", "describe", "gterm"))
+    ok(loom(env, cluster, "produce", "term", "--acks", "1", stdin=b"r5\n"))
+    rest = loom(env, cluster, "consume", "term", "--group", "gterm", "--from-beginning", "--max-messages", "1")
+    assert ok(rest) == "r5\n"
