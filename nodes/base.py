@@ -122,7 +122,7 @@ class Node:
     # -- PING / STATS ----------------------------------------------------------------------
     def _on_ping(self, req: wire.Request) -> dict:
         return {"node": self.name, "role": self.role, "pid": os.getpid(),
-                "uptime_ms": self.clock.now_ms() - self.started_ms}
+                "uptime_ms": self.clock.now_ms() - self.started_ms, "cluster": self.config.cluster.name}
 
     def _on_stats(self, req: wire.Request) -> dict:
         if req.header.get("metrics_only") is True:  # the monitor's poll: typed metrics only

@@ -18,7 +18,7 @@ from rich.table import Table
 from fabric import protocol as P
 from fabric.apikeys import ensure_admin_key
 from fabric.config import ConfigError, LoomConfig, NodeConfig, load_config
-from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
+from fabric.client.bootstrap import check_cluster, fetch_metadata, parse_bootstrap
 from fabric.errors import FabricError
 from fabric.metadata import ClusterMetadata
 from nodes import launcher
@@ -174,17 +174,20 @@ def _leads(md: ClusterMetadata | None, broker_id: int | None) -> str:
     return f"{len(led)}" + (f" ({shown})" if led else "")
 
 
-def _status_nodes(config: str | None, bootstrap: str | None) -> tuple[dict[str, NodeConfig], ClusterMetadata | None]:
-    """The nodes to show: the config's; with only --bootstrap, the brokers in the metadata."""
+def _status_nodes(config: str | None, bootstrap: str | None) -> tuple[dict[str, NodeConfig], ClusterMetadata | None,
+                                                                      str | None]:
+    """The nodes to show: the config's; with only --bootstrap, the brokers in the metadata.
+    Also the cluster name the config gives (None without a config)."""
     try:
-        return load_config(config).nodes, None
+        cfg = load_config(config)
+        return cfg.nodes, None, cfg.cluster.name
     except ConfigError:
         if not bootstrap:
             raise
     md = _metadata(parse_bootstrap(bootstrap))
     brokers = md.brokers.values() if md else ()
     return {f"broker-{b.broker_id}": NodeConfig(role="broker", host=b.host, port=b.port, broker_id=b.broker_id)
-            for b in brokers}, md
+            for b in brokers}, md, None
 
 
 @click.command()
@@ -194,7 +197,7 @@ def status(config: str | None, bootstrap: str | None) -> None:
     Exits 1 when a node that should run is down. When the monitor answers, its view is shown."""
     if _monitor_view(config):
         return
-    nodes, md = _status_nodes(config, bootstrap)
+    nodes, md, cluster = _status_nodes(config, bootstrap)
     available = {n: c for n, c in nodes.items() if launcher.role_available(c.role)}
     with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, max(1, len(available)))) as pool:
         replies = dict(zip(available, pool.map(launcher.ping, available.values())))
@@ -202,6 +205,8 @@ def status(config: str | None, bootstrap: str | None) -> None:
         live = [c.endpoint for n, c in sorted(available.items(), key=lambda i: i[1].role != "coordinator")
                 if replies[n] and c.role in ("coordinator", "broker")]
         md = _metadata(parse_bootstrap(bootstrap) if bootstrap else live)
+    if md is not None:
+        check_cluster(md.cluster, cluster, "the node answering metadata")
     table = Table(box=None, pad_edge=False)
     for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS", "ENGINE"):
         table.add_column(col)

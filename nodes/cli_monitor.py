@@ -48,6 +48,8 @@ def print_monitor_status(cfg: LoomConfig, out: Console) -> int | None:
         return None
     finally:
         client.close()
+    from fabric.client.bootstrap import check_cluster
+    check_cluster(st["cluster"].get("name", ""), cfg.cluster.name, "the monitor")
     table = Table(box=None, pad_edge=False)
     for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "RESTARTS", "REASON"):
         table.add_column(col)

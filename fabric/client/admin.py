@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import zmq
 
 from fabric import protocol as P
-from fabric.client.bootstrap import fetch_metadata, parse_bootstrap
+from fabric.client.bootstrap import check_cluster, expected_cluster, fetch_metadata, parse_bootstrap
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from fabric.replies import ListOffsetsEntry, decode_parts
@@ -31,6 +31,7 @@ class Admin:
                  timeout_ms: int = 10_000) -> None:
         self.ctx = zmq.Context.instance()
         self.endpoints = parse_bootstrap(bootstrap, config_path)
+        self.cluster = expected_cluster(bootstrap, config_path)
         self.timeout_ms = timeout_ms
         self._clients: dict[str, BlockingClient] = {}
         self._metadata: ClusterMetadata | None = None
@@ -44,7 +45,9 @@ class Admin:
     def metadata(self, refresh: bool = True) -> ClusterMetadata:
         if refresh or self._metadata is None:
             prefer = self._metadata.coordinator if self._metadata is not None else None
-            self._metadata, _ = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, 3000), prefer)
+            md, endpoint = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, 3000), prefer)
+            check_cluster(md.cluster, self.cluster, endpoint)
+            self._metadata = md
         return self._metadata
 
     def coordinator_endpoint(self) -> str:
@@ -58,6 +61,7 @@ class Admin:
                 continue
             answered = True
             if h.get("role") == "coordinator":
+                check_cluster(h.get("cluster", ""), self.cluster, ep)
                 return ep
         if not answered:  # the cluster is down or unreachable: retriable, not a bad bootstrap list
             raise RequestTimeout(f"no coordinator among the bootstrap endpoints: no node answered at {', '.join(self.endpoints)}")

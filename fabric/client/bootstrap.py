@@ -38,6 +38,20 @@ def parse_bootstrap(bootstrap: str | list[str] | None = None, config_path: str |
     return load_config(config_path).bootstrap()
 
 
+def expected_cluster(bootstrap: str | list[str] | None, config_path: str | None) -> str | None:
+    """The cluster name a client that finds its nodes through a config expects (the config's
+    ``cluster.name``); None with ``bootstrap`` endpoints, which name no cluster."""
+    return None if bootstrap else load_config(config_path).cluster.name
+
+
+def check_cluster(answered: str, expected: str | None, where: str) -> None:
+    """Raise when ``where`` serves a cluster other than the config's: the shipped configs
+    share ports, and a command must not list, make or write another cluster's topics."""
+    if expected and answered and answered != expected:
+        raise FabricError(f"{where} serves cluster {answered!r}, not {expected!r} as the config says: another "
+                          "cluster runs on the config's ports (stop it, or name its own config)")
+
+
 def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int) -> str:
     """Where to ask for metadata on the ``attempt``-th try. The coordinator is the source of
     truth (a broker cut off from it serves a stale copy), so once it is known it gets every

@@ -200,3 +200,25 @@ def test_consume_with_a_group_stopped_by_sigterm_commits_what_it_printed(cluster
     ok(loom(env, cluster, "produce", "term", "--acks", "1", stdin=b"r5\n"))
     rest = loom(env, cluster, "consume", "term", "--group", "gterm", "--from-beginning", "--max-messages", "1")
     assert ok(rest) == "r5\n"
+
+
+def test_a_config_naming_another_cluster_is_refused_not_served_by_the_one_on_its_ports(cluster_factory, loom_env,
+                                                                                        tmp_path: Path) -> None:
+    """The shipped configs share the default ports: `-c config/lmdb.yaml` against the running
+    default cluster listed, made and wrote topics of that cluster without a word. A command
+    that finds its cluster through a config checks the cluster's name."""
+    import yaml
+    cluster = cluster_factory(1)
+    other = yaml.safe_load(Path(cluster.config_path).read_text())
+    other["cluster"]["name"] = "other"
+    other_path = tmp_path / "other.yaml"
+    other_path.write_text(yaml.safe_dump(other))
+    env = loom_env
+    run = lambda *a: subprocess.run([sys.executable, "-m", "nodes.cli", *a], capture_output=True, env=env,  # noqa: E731
+                                    cwd=str(ROOT), timeout=COMMAND_TIMEOUT_S)
+    for args in (("topic", "list"), ("topic", "create", "--topic", "stray"), ("status",)):
+        p = run(*args, "-c", str(other_path))
+        assert p.returncode == 1, (args, p.stdout, p.stderr)
+        assert "serves cluster 'test', not 'other'" in p.stderr.decode(), (args, p.stderr)
+    assert ok(run("topic", "list", "-c", str(cluster.config_path))).split() == []  # nothing was made
+    assert ok(run("topic", "list", "--bootstrap", cluster.bootstrap)).split() == []  # endpoints alone: no name to check
