@@ -111,6 +111,8 @@ def produce(config: str | None, bootstrap: str | None, topic: str, key_separator
     Every acknowledged record's line is printed (--print-offsets), in input order, even when a
     record fails; then the first error is reported and the exit status is non-zero."""
     header_list = parse_headers(headers)
+    if key_separator == "":
+        raise click.BadParameter("must not be empty (leave it out for records without keys)", param_hint="--key-separator")
     _sigterm_as_interrupt()
     target = Target(config, bootstrap)
     _check_partition(target, topic, partition)

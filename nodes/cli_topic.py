@@ -193,7 +193,9 @@ def alter(config: str | None, bootstrap: str | None, name: str | None, topic: st
         reply = admin.alter_topic(name, partitions, parse_key_values(configs) or None)
         if partitions is not None and not wait_ready(admin, name, partitions):
             click.echo(f"loom: warning: not every new partition of {name} has a leader yet", err=True)
-    click.echo(f"Altered topic {name}: {reply.get('partitions')} partitions.")
+    changed = ([f"{reply.get('partitions')} partitions"] if partitions is not None else []) + \
+        ([f"configs set: {', '.join(sorted(parse_key_values(configs)))}"] if configs else [])
+    click.echo(f"Altered topic {name}: {'; '.join(changed)}.")
 
 
 @topic.command()

@@ -149,7 +149,9 @@ def test_cli_details_and_errors(cluster_factory, loom_env) -> None:
         assert len(rest.stdout.splitlines()) == 22 - 3, rest.stderr
 
     # Alter; the under-replicated filter (none here).
-    assert "3 partitions" in ok(loom(env, cluster, "topic", "alter", "raw", "--partitions", "3"))
+    assert ok(loom(env, cluster, "topic", "alter", "raw", "--partitions", "3")) == "Altered topic raw: 3 partitions.\n"
+    assert ok(loom(env, cluster, "topic", "alter", "raw", "--config", "retention.ms=86400000")) == \
+        "Altered topic raw: configs set: retention.ms.\n"  # not the partition count, which did not change
     assert ok(loom(env, cluster, "topic", "describe", "raw", "--under-replicated-partitions")) == ""
 
     errors = {
@@ -159,6 +161,7 @@ def test_cli_details_and_errors(cluster_factory, loom_env) -> None:
         ("consume", "missing", "--max-messages", "1"): "no topic 'missing'",
         ("produce", "missing"): "no topic 'missing'",
         ("topic", "create", "raw"): "topic 'raw' already exists",
+        ("produce", "raw", "--key-separator", ""): "--key-separator",  # was ignored: every line a keyless record
     }
     if importlib.util.find_spec("fabric.client.group") is None:
         errors[("consume", "raw", "--group", "g", "--max-messages", "1")] = "consumer groups are not available in this build"

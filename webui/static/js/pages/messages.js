@@ -119,7 +119,7 @@ export async function render(root, ctx) {
     prev.disabled = atStart;
     next.disabled = atEnd;
     const ranges = page.parts.map((p) => `p${p} ${page.first[p]}–${Math.max(page.first[p], page.next[p] - 1)} of [${page.b[p].begin}, ${page.b[p].end})`);
-    info.textContent = `${records.length} records shown` + (filtering ? ` · scanned ${fmtNum(page.scanned)} records` : "") +
+    info.textContent = `${records.length} record${records.length === 1 ? "" : "s"} shown` + (filtering ? ` · scanned ${fmtNum(page.scanned)} records` : "") +
       ` · ${ranges.slice(0, 6).join(" · ")}${ranges.length > 6 ? " …" : ""}`;
     clear(resultEl, table([
       { label: "Partition", cls: "num", cell: (r) => r.partition },
