@@ -211,3 +211,13 @@ def test_message_browser_starts_at_a_time(dashboard, page) -> None:
     assert page.locator("#msg-results tbody tr").count() == 5
     assert '"after"' in page.inner_text("#msg-results tbody") and '"before"' not in page.inner_text("#msg-results tbody")
     assert page.console_errors == []
+
+
+def test_a_topic_that_does_not_exist_offers_nothing_to_do_with_it(dashboard, page) -> None:
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/topics/no-such-topic")
+    page.wait_for_selector("#partitions .error")
+    assert "no-such-topic" in page.inner_text("#partitions .error") or "404" in page.inner_text("#partitions .error")
+    page.wait_for_function("!document.querySelector('#delete-topic')")
+    for selector in ("#add-partitions", "#delete-topic", '.toolbar a[href^="#/produce"]', '.toolbar a[href^="#/tail"]'):
+        assert page.locator(selector).count() == 0, selector

@@ -92,6 +92,10 @@ export async function render(root, ctx) {
       clear(partsEl, partitionTable(parts.data));
     } catch (e) {
       clear(partsEl, h("div.error", { role: "alert" }, e.message));
+      if (e.status === 404) {  // no such topic (or deleted meanwhile): nothing here to produce to, tail, grow or delete
+        summary.textContent = "";
+        clear(actions, h("a", { href: "#/topics" }, "← all topics"));
+      }
     }
   }
   await refresh();
