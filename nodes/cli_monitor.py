@@ -60,10 +60,13 @@ def print_monitor_status(cfg: LoomConfig, out: Console) -> int | None:
                       str(n["restarts"]), n["reason"] or "")
     out.print(table)
     c = st["cluster"]
-    internal = c.get("internal_partitions", 0)  # counted apart, as the topics are (__consumer_offsets)
+    # the internal topics' partitions (__consumer_offsets) counted apart, as the topics are
+    internal, i_under, i_offline = (c.get(k, 0) for k in ("internal_partitions", "internal_under_replicated",
+                                                           "internal_offline"))
+    besides = f" ({internal} internal partitions besides" + (f": {i_under} under-replicated" if i_under else "") + \
+        (f", {i_offline} offline" if i_offline else "") + ")" if internal else ""
     parts = (f"topics: {c['topics']}, partitions: {c['partitions'] - internal}, under-replicated: "
-             f"{c['under_replicated']}, offline: {c['offline']}" + (f" ({internal} internal partitions besides)"
-                                                                   if internal else "")) \
+             f"{c['under_replicated'] - i_under}, offline: {c['offline'] - i_offline}" + besides) \
         if "partitions" in c else "partitions: unknown (no metadata yet)"
     out.print(f"cluster: {c['state']} (coordinator {'up' if c['coordinator_up'] else 'down'}, "
               f"brokers up: {c['brokers_up']}); {parts}")

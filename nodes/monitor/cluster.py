@@ -50,9 +50,13 @@ class ClusterFacts:
         if md is None:
             return {}
         parts = list(md.partitions())
+        internal = [p for p in parts if p.topic.startswith(P.INTERNAL_TOPIC_PREFIX)]
         return {"topics": sum(1 for t in md.topics if not t.startswith(P.INTERNAL_TOPIC_PREFIX)), "partitions": len(parts),
-                "internal_partitions": sum(1 for p in parts if p.topic.startswith(P.INTERNAL_TOPIC_PREFIX)),
+                "internal_partitions": len(internal),
                 "under_replicated": sum(p.under_replicated for p in parts), "offline": sum(p.offline for p in parts),
+                # of the counts above (which the alert rules read), the internal topics' share
+                "internal_under_replicated": sum(p.under_replicated for p in internal),
+                "internal_offline": sum(p.offline for p in internal),
                 "brokers": len(md.brokers), "brokers_alive": sum(1 for b in md.brokers.values() if b.alive),
                 "metadata_version": md.version}
 

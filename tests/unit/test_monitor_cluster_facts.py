@@ -20,3 +20,35 @@ def test_cluster_facts_count_isr_changes_elections_and_lag() -> None:
     assert facts.partition_counts()["under_replicated"] == 0
     facts.apply_groups([{"group": "g", "offsets": [["t", 0, 40], ["t", 9, 1]]}, "junk"], {("t", 0): 100.0})
     assert facts.lag == {("g", "t", 0): 60} and facts.group_lag() == {"g": 60}
+
+
+def test_loom_status_counts_the_internal_topics_partitions_apart_in_every_column(monkeypatch) -> None:  # noqa: ANN001
+    """`loom status` showed "partitions: 1, under-replicated: 2" when an internal partition
+    was under-replicated too: the partitions were counted without the internal topics, the
+    under-replicated with them. The totals stay (the alert rules read them)."""
+    import io
+
+    from rich.console import Console
+
+    from fabric.config import load_config
+    from nodes import cli_monitor
+    parts = {"t": TopicInfo("t", (PartitionInfo("t", 0, 1, 0, (1, 2), (1,)),)),
+             "__consumer_offsets": TopicInfo("__consumer_offsets", (PartitionInfo("__consumer_offsets", 0, 1, 0, (1, 2), (1,)),))}
+    facts = ClusterFacts()
+    facts.apply_metadata(ClusterMetadata(1, "loom", {1: BrokerInfo(1, "h", 1, 2)}, parts))
+    counts = facts.partition_counts()
+    assert (counts["under_replicated"], counts["internal_under_replicated"], counts["internal_partitions"]) == (2, 1, 1)
+    status = {"nodes": [], "cluster": {"name": "loom", "state": "degraded", "coordinator_up": True, "brokers_up": 1, **counts},
+              "rates": {"records_in_per_s": 0, "records_out_per_s": 0}, "alerts_firing": 0}
+
+    class Monitor:
+        def status(self) -> dict:
+            return status
+
+        def close(self) -> None:
+            pass
+    buf = io.StringIO()
+    monkeypatch.setattr(cli_monitor, "_monitor_client", lambda cfg: Monitor())
+    cli_monitor.print_monitor_status(load_config(None), Console(file=buf, width=200))
+    assert "topics: 1, partitions: 1, under-replicated: 1, offline: 0 (1 internal partitions besides: 1 under-replicated)" \
+        in buf.getvalue()
