@@ -34,6 +34,8 @@ RETRIABLE_COMMIT_ERRORS = ("rebalance", "unavailable", "timeout")
 # /ws/consume: marks of messages sent and not yet committed kept one by one (more are merged)
 PENDING_MARKS_MAX = 1024
 AUTO_COMMIT_INTERVAL_S = 5.0  # /ws/consume: what went out to the client is committed this often
+ANONYMOUS_COMMIT_MESSAGE = ("this stream has no group= and commits nothing (its generated group is never joined "
+                            "again): open the stream with group=NAME to commit")
 
 
 def query_param(q: dict, name: str, allowed: tuple[str, ...] | None = None, default: str | None = None) -> str:
@@ -59,8 +61,8 @@ class Delivered:
     into one mark, which only a ``through`` at or past its last message covers. Not thread-safe:
     the stream's route thread."""
 
-    def __init__(self, out: Outbox, gw: Gateway, group: str, name: str) -> None:
-        self.out, self.gw, self.group, self.name = out, gw, group, name
+    def __init__(self, out: Outbox, gw: Gateway, group: str, name: str, named: bool) -> None:
+        self.out, self.gw, self.group, self.name, self.named = out, gw, group, name, named
         self.seq = 0  # of the last records message numbered
         self.pending: list[tuple[int, dict[tuple[str, int], int]]] = []  # went out, not yet covered
         self.client_confirms = False  # the client names what it read (through): no auto-commit past it
@@ -181,7 +183,7 @@ def consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict
     auto_commit = named and q.get("auto_commit", "true") != "false"
     config = {"auto_offset_reset": "earliest" if start == "beginning" else "latest", "enable_auto_commit": False}
     entry = gw.agent.create_instance(group, None, config, fmt)
-    delivered = Delivered(out, gw, group, entry.name)
+    delivered = Delivered(out, gw, group, entry.name, named)
     ready = Ready(out)
     try:
         gw.agent.subscribe(group, entry.name, [topic])
@@ -239,7 +241,8 @@ def commit_entries(commit: Any) -> dict[tuple[str, int], int] | None:
 def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
                       limit: Callable[[], dict | None]) -> None:
     """Handle what the client sent: {"commit": "all", "through"?: N} or {"commit": [{topic,
-    partition, offset}]}."""
+    partition, offset}]}; on an anonymous stream each is answered {"committed": false, "error":
+    "no_group"} and commits nothing."""
     while True:
         text = ws.receive(timeout=0)
         if text is None:
@@ -254,6 +257,9 @@ def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
         except (ValueError, TypeError, KeyError):
             out.close(POLICY, 'expected {"commit": "all"} or {"commit": [{"topic", "partition", "offset"}]}')
             raise Closed() from None
+        if not delivered.named:  # a generated group nobody joins again: a commit would only keep it for good
+            out.put({"committed": False, "error": "no_group", "message": ANONYMOUS_COMMIT_MESSAGE})
+            continue
         if commit == "all":
             through = msg.get("through")
             if through is not None and not (type(through) is int and through > 0):

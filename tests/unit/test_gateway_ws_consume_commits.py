@@ -156,6 +156,22 @@ def test_an_anonymous_stream_commits_nothing() -> None:
     assert agent.commits == [], f"the anonymous stream's group {agent.groups[0]} was left with committed offsets"
 
 
+def test_an_anonymous_stream_refuses_every_commit_command_and_stays_open() -> None:
+    """{"commit": [...]} on a stream without group= was answered committed: true and left the
+    generated ws-... group on the coordinator (kept 7 days, up to the 10,000-group limit);
+    {"commit": "all"} was answered committed: true although nothing was committed."""
+    commands = ['{"commit": [{"topic": "t", "partition": 0, "offset": 3}]}', '{"commit": "all"}',
+                '{"commit": "all", "through": 1}']
+    ws = ClientSocket(inbox=list(commands))
+    agent = InstanceAgent(ws, leave_at_fetch=3)
+    run(agent, ws, {"topic": "t"})
+    answers = [m for m in ws.received if "committed" in m]
+    assert len(answers) == 3 and all(m["committed"] is False and m["error"] == "no_group" and "group=" in m["message"]
+                                     for m in answers), answers
+    assert agent.commits == [], f"the anonymous stream's group {agent.groups[0]} was left with committed offsets"
+    assert any("records" in m for m in ws.received[ws.received.index(answers[-1]):]), "the stream went on"
+
+
 class RebalancedAgent(InstanceAgent):
     """t-0 and t-1 first; a rebalance then gives t-0 to another member. A commit naming a
     partition the member does not own is refused whole, as the coordinator does."""

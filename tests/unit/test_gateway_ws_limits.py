@@ -231,6 +231,7 @@ def test_ws_consume_commit_commands_take_tokens_too() -> None:
 
     class Delivered:
         commits = 0
+        named = True
 
         def commit(self, through: int | None = None) -> None:
             self.commits += 1
