@@ -3,7 +3,7 @@ instance or a WebSocket stream is one instance here).
 
 Requests (every one names ``group`` and ``instance``, except CREATE without a name and LIST):
 
-    CONSUMER_CREATE        {group, instance?, config?}  -> {group, instance, node}
+    CONSUMER_CREATE        {group, instance?, config?}  -> {group, instance, node, pid}
         config: auto_offset_reset (earliest|latest), enable_auto_commit, auto_commit_interval_ms,
                 session_timeout_ms, heartbeat_interval_ms, rebalance_timeout_ms, assignor,
                 client_id, idle_timeout_ms

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import queue
 import threading
 import time
@@ -165,7 +166,10 @@ class Instance(threading.Thread):
     def _do(self, op: str, h: dict) -> dict | Framed:
         if op == "create":
             self.consumer = GroupConsumer(self.host.bootstrap, group_id=self.group, **self.config)
-            return {"group": self.group, "instance": self.instance_name, "node": self.host.node_name}
+            # the pid tells the gateway whether a later "unknown instance" comes from a restarted
+            # service (another process: make it again) or this one (expired or deleted)
+            return {"group": self.group, "instance": self.instance_name, "node": self.host.node_name,
+                    "pid": os.getpid()}
         c = self.consumer
         if c is None:
             raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {self.instance_name} did not start")

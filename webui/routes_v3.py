@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fabric.protocol import INTERNAL_TOPIC_PREFIX
 from webui import schemas as S
 from webui.context import Gateway
 from webui.errors import ApiError
@@ -67,7 +68,8 @@ def register(api: Api, gw: Gateway) -> None:
             raise ApiError(40404, f"no cluster {cluster_id!r} (this is {gw.cluster_id!r})")
 
     def topic_v3(t: Any) -> dict:
-        return {"kind": "KafkaTopic", "cluster_id": gw.cluster_id, "topic_name": t.name, "is_internal": False,
+        return {"kind": "KafkaTopic", "cluster_id": gw.cluster_id, "topic_name": t.name,
+                "is_internal": t.name.startswith(INTERNAL_TOPIC_PREFIX),
                 "replication_factor": len(t.partitions[0].replicas) if t.partitions else 0,
                 "partitions_count": len(t.partitions)}
 
@@ -87,7 +89,7 @@ def register(api: Api, gw: Gateway) -> None:
     def topics(cluster_id: str) -> dict:
         check_cluster(cluster_id)
         md = gw.agent.metadata()
-        return {"kind": "KafkaTopicList", "data": [topic_v3(t) for n, t in sorted(md.topics.items()) if not n.startswith("__")]}
+        return {"kind": "KafkaTopicList", "data": [topic_v3(t) for n, t in sorted(md.topics.items()) if not n.startswith(INTERNAL_TOPIC_PREFIX)]}
 
     create_schema = {"type": "object", "required": ["topic_name"], "properties": {
         "topic_name": {"$ref": "#/components/schemas/TopicName"},
@@ -102,7 +104,7 @@ def register(api: Api, gw: Gateway) -> None:
     def create_topic(cluster_id: str, body: dict, content_type: str) -> dict:
         check_cluster(cluster_id)
         name = body["topic_name"]
-        if name.startswith("__"):
+        if name.startswith(INTERNAL_TOPIC_PREFIX):
             raise ApiError(42204, "topic names starting with '__' are reserved for internal topics")
         gw.agent.create_topic(name, body.get("partitions_count"), body.get("replication_factor"),
                               {x["name"]: x["value"] for x in body.get("configs") or []})

@@ -232,6 +232,7 @@ class ConsumerInstance:
     name: str
     endpoint: str
     node: str = ""
+    pid: int | None = None  # of the service process that made it (None: not said)
     _base: dict = field(default_factory=dict)
 
     def _call(self, command: bytes, header: dict | None = None, timeout_ms: int = CALL_TIMEOUT_MS) -> dict:
@@ -360,7 +361,9 @@ class ServiceConsumer:
             except RequestTimeout as e:
                 last = e
                 continue
-            return ConsumerInstance(self, h["group"], h["instance"], endpoint, h.get("node", ""))
+            pid = h.get("pid")
+            return ConsumerInstance(self, h["group"], h["instance"], endpoint, h.get("node", ""),
+                                    pid if type(pid) is int else None)
         assert last is not None
         raise last
 

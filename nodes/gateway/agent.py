@@ -10,7 +10,12 @@ Consumer instances: the agent remembers each instance's service, configuration a
 subscription. When the instance's consumer service does not answer (it died), the agent makes
 the instance again, under the same name and group, on a live service, subscribes it again and
 retries the request: the group hands it the partitions, and it resumes from the committed
-offsets (records after the last commit are delivered again, as after any rebalance).
+offsets (records after the last commit are delivered again, as after any rebalance). The same
+when the service restarted (the supervisor brings it back on its endpoint before the health
+watcher sees it down): it answers that it does not know the instance, or a request the killed
+process took times out, and another process (pid, from PING) than the one that made the
+instance serves the endpoint. An instance unknown to the process that made it expired or was
+deleted: 404, and forgotten.
 
 Produce looks topics up in metadata at most ``PRODUCE_METADATA_MAX_AGE_MS`` old (shared by the
 request threads) instead of asking the coordinator on every request: a topic not in it is
@@ -39,10 +44,10 @@ from fabric.client.consumer import Consumer
 from fabric.client.group_admin import GroupAdmin
 from fabric.client.services import PARTITION_OF, ServiceConsumer, ServiceProducer, service_endpoints
 from fabric.config import LoomConfig
-from fabric.errors import CodedError, FabricError
+from fabric.errors import CodedError, FabricError, RequestTimeout
 from fabric.records import Record
 from nodes.gateway.monitor_link import MonitorAccess
-from nodes.gateway.translate import translated
+from nodes.gateway.translate import KINDS, translated
 from webui.errors import ClusterError
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,7 @@ CREATE_TOPIC_WAIT_MS = 5000            # auto-create: wait for leaders before pr
 SERVICE_REQUEST_BYTES_MAX = 8 * 1024 * 1024   # record bytes per SVC_PRODUCE (one payload frame)
 RECORD_WIRE_OVERHEAD_BYTES = 64
 PRODUCE_METADATA_MAX_AGE_MS = 1000   # how old the topic list that produce trusts may be
+SERVICE_PING_TIMEOUT_MS = 1000       # asking a consumer service's pid (did it restart?)
 
 _NOT_NONE = partial(operator.is_not, None)
 _PARTITION_TYPES = {int, type(None)}  # of a record's own partition (not bool, not 1.0)
@@ -68,6 +74,9 @@ class InstanceEntry:
     fmt: str
     topics: list[str] = field(default_factory=list)
     assigned: list[tuple[str, int]] = field(default_factory=list)
+    service_pid: int | None = None  # the pid of the service process that made it (None: unknown)
+    made: int = 0                   # times made again: a thread whose call failed before that retries
+    deleted: bool = False           # a DELETE took it: never made again
     move_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -155,8 +164,10 @@ class GatewayAgent:
         return self.metadata()
 
     def topic(self, name: str) -> Any:
+        """The topic's metadata, an internal one's too (readable; only produce refuses it).
+        Raises ClusterError(topic_not_found)."""
         t = self.metadata().topics.get(name)
-        if t is None or name.startswith(P.INTERNAL_TOPIC_PREFIX):
+        if t is None:
             raise ClusterError("topic_not_found", f"topic {name!r} not found")
         return t
 
@@ -190,8 +201,9 @@ class GatewayAgent:
                 partition: int | None = None) -> list[Outcome]:
         """Produce ``records`` (key, value, headers, partition) tuples; with ``partition``,
         the route's partition (which must exist: no auto-create then)."""
-        if topic.startswith(P.INTERNAL_TOPIC_PREFIX):
-            raise ClusterError("topic_not_found", f"topic {topic!r} not found")
+        if topic.startswith(P.INTERNAL_TOPIC_PREFIX):  # as the brokers answer a client's append there
+            raise ClusterError(KINDS[P.INVALID_TOPIC], f"{P.error_name(P.INVALID_TOPIC)}: cannot append to internal "
+                                                       f"topic {topic}: only the coordinator writes it")
         t = self._recent_metadata().topics.get(topic)
         if t is None or (partition is not None and partition >= len(t.partitions)):
             t = self._checked_topic(topic, partition is None)
@@ -341,7 +353,7 @@ class GatewayAgent:
         with translated("the consumer services"):
             inst = ServiceConsumer(live, is_down=self._is_down).create(group, name, config) \
                 if len(live) != len(self.consumer_endpoints) else self._consumers().create(group, name, config)
-        entry = InstanceEntry(group, inst.name, inst.endpoint, dict(config), fmt)
+        entry = InstanceEntry(group, inst.name, inst.endpoint, dict(config), fmt, service_pid=inst.pid)
         with self._lock:
             self._instances[(group, inst.name)] = entry
         return entry
@@ -392,53 +404,125 @@ class GatewayAgent:
         with self._lock:
             entry = self._instances.get((group, name))
         if entry is None:
-            raise ClusterError("instance_not_found", f"consumer instance {name!r} of group {group!r} not found")
+            raise _not_found(group, name)
         return entry
 
     def call_instance(self, group: str, name: str, op: Callable[[Any], Any]) -> Any:
-        """Run ``op(instance handle)``; when the instance's service is down, move the instance
-        to a live service first (see the module doc)."""
+        """Run ``op(instance handle)``. When the instance's service is down, move the instance
+        to a live service first; when the service lost it by restarting (it answers "unknown
+        instance", or a call to it timed out, and another process than the one that made it
+        answers PING), make it again and run ``op`` once more (see the module doc). Raises
+        ClusterError; instance_not_found (the entry forgotten) when it was deleted or expired."""
         entry = self.instance(group, name)
         for attempt in range(2):
             with entry.move_lock:  # one move per instance: a second thread finds it moved
+                if entry.deleted:
+                    raise _not_found(entry.group, entry.name)
                 if not self.is_up(entry.endpoint):  # only then: a slow but live service keeps its instance
-                    self._move(entry)
+                    self._make_again(entry, elsewhere=True)
+                made = entry.made
             handle = self._consumers().instance(entry.group, entry.name, entry.endpoint)
             try:
                 with translated("the consumer service"):
                     return op(handle)
             except ClusterError as e:
+                lost = e.kind == "instance_not_found" or isinstance(e.__cause__, RequestTimeout)
+                if not attempt and lost and self._made_again_after_restart(entry, made):
+                    continue
                 if e.kind == "instance_not_found":
-                    with self._lock:
-                        self._instances.pop((group, name), None)
+                    self._forget(entry)
                     raise
                 if e.kind != "unavailable" or attempt or self.is_up(entry.endpoint):
                     raise
         raise AssertionError("unreachable")
 
-    def _move(self, entry: InstanceEntry) -> None:
-        others = [ep for ep in self.consumer_endpoints if ep != entry.endpoint and self.is_up(ep)]
-        if not others:
+    def _made_again_after_restart(self, entry: InstanceEntry, made: int) -> bool:
+        """After a call made on the ``made``-th making of ``entry`` failed as if its service
+        lost it: True when it is to be asked again -- another thread made it again meanwhile, or
+        its service restarted (another pid) and it is made again now, on a live service with
+        its subscription or assignment. False when it is gone for good (deleted, or expired on
+        that same process) or nothing can be told (the service does not answer PING)."""
+        with entry.move_lock:
+            if entry.deleted:
+                return False
+            if entry.made != made:
+                return True
+            if not self._service_restarted(entry):
+                return False
+            self._make_again(entry, elsewhere=False)
+            return True
+
+    def _service_restarted(self, entry: InstanceEntry) -> bool:
+        """Whether another process than the one that made ``entry`` serves its endpoint now."""
+        if entry.service_pid is None:
+            return False  # made by a service that did not say its pid: no telling
+        try:
+            pid = self._consumers().call(entry.endpoint, P.PING, {}, timeout_ms=SERVICE_PING_TIMEOUT_MS).get("pid")
+        except FabricError:
+            return False
+        return type(pid) is int and pid != entry.service_pid
+
+    def _make_again(self, entry: InstanceEntry, elsewhere: bool) -> None:
+        """Make ``entry``'s instance again (same group, name and config) on a live consumer
+        service -- another one than its own with ``elsewhere`` -- and subscribe or assign it as
+        it was; it starts at the group's committed offsets. Caller holds ``entry.move_lock``.
+        Raises ClusterError: unavailable without a live service; instance_not_found (the entry
+        forgotten) when the name is taken there by an instance this gateway did not make."""
+        live = [ep for ep in self.consumer_endpoints if self.is_up(ep)]
+        targets = [ep for ep in live if ep != entry.endpoint] if elsewhere else live or [entry.endpoint]
+        if not targets:
             raise ClusterError("unavailable", "no consumer service is up to host the consumer instance")
-        with translated("the consumer services"):
-            moved = ServiceConsumer(others, is_down=self._is_down)
-            try:
-                inst = moved.create(entry.group, entry.name, entry.config)
-                if entry.topics:
-                    inst.subscribe(entry.topics)
-                elif entry.assigned:
-                    inst.assign(entry.assigned)
-                log.warning("consumer instance %s/%s moved from %s to %s", entry.group, entry.name, entry.endpoint, inst.endpoint)
-            finally:
-                moved.close()
-        entry.endpoint = inst.endpoint
+        services = ServiceConsumer(targets, is_down=self._is_down)
+        try:
+            with translated("the consumer services"):
+                inst = services.create(entry.group, entry.name, entry.config)
+                try:
+                    if entry.topics:
+                        inst.subscribe(entry.topics)
+                    elif entry.assigned:
+                        inst.assign(entry.assigned)
+                except FabricError:
+                    _delete_quietly(inst, entry.config.get("owner"))  # not left behind half made
+                    raise
+        except ClusterError as e:
+            if e.kind != "instance_exists":
+                raise
+            self._forget(entry)  # another gateway process's instance holds the name now
+            raise ClusterError("instance_not_found", f"consumer instance {entry.name!r} of group {entry.group!r} "
+                                                     "was lost with its consumer service, and another gateway "
+                                                     "process has made one of that name since") from e
+        finally:
+            services.close()
+        log.warning("consumer instance %s/%s made again on %s (its service %s %s)", entry.group, entry.name,
+                    inst.endpoint, entry.endpoint, "is down" if elsewhere else "restarted")
+        entry.endpoint, entry.service_pid, entry.made = inst.endpoint, inst.pid, entry.made + 1
+
+    def _forget(self, entry: InstanceEntry) -> None:
+        with self._lock:
+            if self._instances.get((entry.group, entry.name)) is entry:  # not a newer one of the same name
+                del self._instances[(entry.group, entry.name)]
 
     def delete_instance(self, group: str, name: str) -> None:
+        """Delete the instance (it commits with auto-commit and leaves its group). An instance
+        its service lost (the service is down, or restarted) is gone already: deleted without
+        being made again. Raises ClusterError(instance_not_found) when it expired or another
+        request deleted it."""
+        entry = self.instance(group, name)
+        with entry.move_lock:  # a move under way ends first; none starts after this
+            if entry.deleted:
+                raise _not_found(entry.group, entry.name)
+            entry.deleted = True
         try:
-            self.call_instance(group, name, lambda h: h.delete())
+            handle = self._consumers().instance(entry.group, entry.name, entry.endpoint)
+            with translated("the consumer service"):
+                handle.delete()
+        except ClusterError as e:
+            gone = (e.kind == "instance_not_found" and self._service_restarted(entry)) or \
+                (e.kind == "unavailable" and not self.is_up(entry.endpoint))
+            if not gone:
+                raise
         finally:
-            with self._lock:
-                self._instances.pop((group, name), None)
+            self._forget(entry)
 
     def subscribe(self, group: str, name: str, topics: list[str]) -> None:
         for t in topics:
@@ -465,6 +549,17 @@ class GatewayAgent:
             client = getattr(self._local, name, None)
             if client is not None:
                 client.close()
+
+
+def _not_found(group: str, name: str) -> ClusterError:
+    return ClusterError("instance_not_found", f"consumer instance {name!r} of group {group!r} not found")
+
+
+def _delete_quietly(inst: Any, owner: str | None) -> None:
+    try:
+        inst.delete(owner=owner)
+    except FabricError as e:  # its idle expiry ends it
+        log.info("consumer instance %s/%s left half made on %s: %s", inst.group, inst.name, inst.endpoint, e)
 
 
 def _chunks(records: list[Record4]) -> Iterator[list[Record4]]:

@@ -223,20 +223,32 @@ def test_auth_matrix_from_openapi(http: Http) -> None:
     assert checked >= 35, "every route of the document was checked"
 
 
-def test_an_instance_survives_the_loss_of_its_consumer_service(cluster: Cluster, http: Http) -> None:
-    make_topic(http, "survive")
-    http.ok("POST", "/topics/survive", {"records": [{"key": i, "value": i} for i in range(30)]})
-    http.ok("POST", "/consumers/g-survive", {"name": "s", "format": "json", "auto.offset.reset": "earliest",
-                                             "auto.commit.enable": "false", "session.timeout.ms": "1500"})
-    base = "/consumers/g-survive/instances/s"
-    http.ok("POST", base + "/subscription", {"topics": ["survive"]})
+def _consumed_and_committed(http: Http, topic: str, name: str) -> tuple[str, list[dict]]:
+    """Instance ``name`` of group g-TOPIC subscribed to a new TOPIC of 30 records: its base path
+    and the records, all fetched and committed."""
+    make_topic(http, topic)
+    http.ok("POST", f"/topics/{topic}", {"records": [{"key": i, "value": i} for i in range(30)]})
+    http.ok("POST", f"/consumers/g-{topic}", {"name": name, "format": "json", "auto.offset.reset": "earliest",
+                                              "auto.commit.enable": "false", "session.timeout.ms": "1500"})
+    base = f"/consumers/g-{topic}/instances/{name}"
+    http.ok("POST", base + "/subscription", {"topics": [topic]})
     first = consume_all(http, base, 30)
     http.ok("POST", base + "/offsets", {})  # commit everything fetched
+    return base, first
+
+
+def _host_of(cluster: Cluster, instance: str) -> str:
+    hosts = [n for n in ("consumer-1", "consumer-2")
+             if any(i["instance"] == instance for i in cluster.call(n, b"CI_LIST")[0]["instances"])]
+    assert len(hosts) == 1, hosts
+    return hosts[0]
+
+
+def test_an_instance_survives_the_loss_of_its_consumer_service(cluster: Cluster, http: Http) -> None:
+    base, first = _consumed_and_committed(http, "survive", "s")
     states = http.ok("GET", "/status/ready")["nodes"]
     assert states["consumer-1"] == "up" and states["consumer-2"] == "up"
-    hosts = [n for n in ("consumer-1", "consumer-2")
-             if any(i["instance"] == "s" for i in cluster.call(n, b"CI_LIST")[0]["instances"])]
-    assert len(hosts) == 1
+    hosts = [_host_of(cluster, "s")]
     cluster.kill(hosts[0])
     try:
         http.ok("POST", "/topics/survive", {"records": [{"key": i, "value": 100 + i} for i in range(30)]})
@@ -248,6 +260,58 @@ def test_an_instance_survives_the_loss_of_its_consumer_service(cluster: Cluster,
         http.ok("DELETE", base)
     finally:
         cluster.start_node(hosts[0])
+
+
+def test_an_instance_survives_its_consumer_service_restarted_on_the_same_endpoint(cluster: Cluster, http: Http) -> None:
+    """What the supervisor does under ``make up``: the killed service is back on its endpoint
+    within a second or two, before the instance's next request. The gateway saw it up, asked it,
+    was told the instance is unknown there -- and forgot the instance (404, 40403). Restarted
+    twice: the instance made again must be made again once more."""
+    base, first = _consumed_and_committed(http, "restart", "s1")
+    seen = {(r["partition"], r["offset"]) for r in first}
+    for round_ in (1, 2):
+        host = _host_of(cluster, "s1")
+        cluster.kill(host)
+        cluster.start_node(host)  # the same endpoint, another process
+        wait_until(lambda: http.ok("GET", "/status/ready")["nodes"][host] == "up", 10, what=f"{host} seen up")
+        http.ok("POST", "/topics/restart", {"records": [{"key": i, "value": 100 * round_ + i} for i in range(30)]})
+        later = consume_all(http, base, 30, timeout_s=30)
+        assert sorted(r["value"] for r in later) == [100 * round_ + i for i in range(30)], "resumes at the committed offsets"
+        assert not {(r["partition"], r["offset"]) for r in later} & seen
+        seen |= {(r["partition"], r["offset"]) for r in later}
+        assert http.ok("GET", base + "/subscription")["topics"] == ["restart"]
+        http.ok("POST", base + "/offsets", {})
+    http.ok("DELETE", base)
+    r = http("GET", base + "/records", timeout=100)
+    assert r.status_code == 404 and r.json()["error_code"] == 40403, "a deleted instance is not made again"
+
+
+def test_the_offsets_topic_is_readable_and_refuses_produce(http: Http) -> None:
+    """README: only the coordinator writes ``__consumer_offsets``; a client's produce is refused
+    with invalid_topic and reading it is allowed (as the CLI does). Over REST both were 404."""
+    make_topic(http, "offsets-src", 1)
+    http.ok("POST", "/topics/offsets-src", {"records": [{"value": 1}]})
+    http.ok("POST", "/consumers/g-offsets", {"name": "o", "auto.offset.reset": "earliest"})
+    http.ok("POST", "/consumers/g-offsets/instances/o/assignments", {"partitions": [{"topic": "offsets-src", "partition": 0}]})
+    http.ok("POST", "/consumers/g-offsets/instances/o/offsets",
+            {"offsets": [{"topic": "offsets-src", "partition": 0, "offset": 0}]})  # the topic exists from the first commit
+    http.ok("DELETE", "/consumers/g-offsets/instances/o")
+    t = http.ok("GET", "/topics/__consumer_offsets")
+    assert t["name"] == "__consumer_offsets" and t["partitions"]
+    v3 = http.ok("GET", "/v3/clusters/test/topics/__consumer_offsets")
+    assert v3["is_internal"] is True
+    assert http.ok("GET", "/v3/clusters/test/topics/offsets-src")["is_internal"] is False
+    assert http("GET", "/topics/__consumer_offsets/partitions/0/offsets").status_code == 200
+    r = http("POST", "/topics/__consumer_offsets", {"records": [{"value": 1}]})
+    assert r.status_code == 422 and r.json()["error_code"] == 42204 and "invalid_topic" in r.json()["message"], r.text
+    r = http("POST", "/topics/__consumer_offsets/partitions/0", {"records": [{"value": 1}]})
+    assert r.status_code == 422 and r.json()["error_code"] == 42204, r.text
+    for method, body in (("PATCH", {"partitions_count": 99}), ("DELETE", None)):
+        r = http(method, "/v3/clusters/test/topics/__consumer_offsets", body)
+        assert r.status_code == 422 and r.json()["error_code"] == 42204, (method, r.text)
+    # listings keep hiding internal topics, as before
+    assert "__consumer_offsets" not in http.ok("GET", "/topics")
+    assert all(not t["is_internal"] for t in http.ok("GET", "/v3/clusters/test/topics")["data"])
 
 
 def test_producer_service_down_is_503_and_back_is_200(cluster: Cluster, http: Http) -> None:

@@ -81,7 +81,7 @@ class _Services:
         self.n += 1
         name = name or f"i{self.n}"
         self.hosted.add((group, name))
-        return type("Inst", (), {"name": name, "endpoint": "tcp://consumer-1"})()
+        return type("Inst", (), {"name": name, "endpoint": "tcp://consumer-1", "pid": None})()
 
     def list_instances(self) -> dict:
         self.lists += 1
@@ -134,7 +134,7 @@ class _Hosts:
         if (group, name) in self.hosted.setdefault(ep, {}):
             raise RemoteError(P.CONSUMER_INSTANCE_EXISTS, f"instance {name!r} of group {group!r} already exists")
         self.hosted[ep][(group, name)] = config.get("owner", "")
-        return type("Inst", (), {"name": name, "endpoint": ep, "subscribe": lambda self, t: None})()
+        return type("Inst", (), {"name": name, "endpoint": ep, "pid": None, "subscribe": lambda self, t: None})()
 
     def list_instances(self) -> dict:
         return {ep: [{"group": g, "instance": n, "owner": o} for (g, n), o in sorted(inst.items())]

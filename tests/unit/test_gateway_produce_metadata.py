@@ -112,3 +112,16 @@ def test_a_record_naming_a_partition_the_topic_lacks_is_refused_whole(agent: Any
         a.produce("t", [RECORD, (None, b"v", None, 1), (None, b"v", None, 2)], "all")
     assert e.value.kind == "partition_not_found" and "2" in e.value.message, e.value
     assert a.produce("t", [RECORD, (None, b"v", None, 1)], "all") == [(0, 7, None, False)] * 2
+
+
+def test_the_offsets_topic_is_described_and_its_produce_refused_with_invalid_topic(agent: Any) -> None:
+    """README: a client's produce to ``__consumer_offsets`` is refused with invalid_topic and
+    reading it is allowed. Over REST both were 404 (topic not found)."""
+    a, admin, _ = agent
+    admin.topics["__consumer_offsets"] = 4
+    assert a.topic("__consumer_offsets").name == "__consumer_offsets"
+    for partition in (None, 0):
+        with pytest.raises(ClusterError) as e:
+            a.produce("__consumer_offsets", [RECORD], "all", partition)
+        assert e.value.kind == "invalid" and e.value.message.startswith("invalid_topic:")
+        assert e.value.to_api().error_code == 42204

@@ -1,0 +1,208 @@
+"""A REST consumer instance whose consumer service restarted (the supervisor brings a killed
+service back on its endpoint within a second or two): the gateway saw the service up, asked it,
+was told the instance is unknown there -- and forgot the instance (404). The gateway now tells
+a restart (another process answers PING than the one that made the instance) from an instance
+that expired or was deleted on the same process, and makes a lost one again -- once, whichever
+of the instance's request threads notices first, and never one a DELETE took.
+
+The real GatewayAgent with scripted consumer services (no cluster)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fabric import protocol as P
+from fabric.config import load_config
+from fabric.errors import RemoteError, RequestTimeout
+import nodes.gateway.agent as agent_mod
+from nodes.gateway.agent import GatewayAgent
+from nodes.local_cluster import GATEWAY_NODES, make_config
+from webui.errors import ClusterError
+
+
+class Services:
+    """Consumer services by endpoint, each one process (``pid``) hosting instances:
+    (group, name) -> (owner, subscribed topics). ``restart(ep)`` is a kill -9 and a start on the
+    same endpoint. ``on_fetch`` runs inside a fetch (another request thread, a DELETE)."""
+
+    def __init__(self, endpoints: list[str]) -> None:
+        self.pid = {ep: 100 + i for i, ep in enumerate(endpoints)}
+        self.hosted: dict[str, dict[tuple[str, str], list]] = {ep: {} for ep in endpoints}
+        self.creates: list[tuple[str, str]] = []
+        self.fetches = 0
+        self.on_fetch: Any = None
+        self.hang_next_fetch = False
+
+    def restart(self, ep: str) -> None:
+        self.pid[ep] += 1000
+        self.hosted[ep] = {}
+
+    def client(self, endpoints: list[str] | None = None, is_down: Any = None) -> "Client":
+        return Client(self, endpoints or list(self.pid))
+
+
+class Client:
+    """What ServiceConsumer does, against ``Services``."""
+
+    def __init__(self, services: Services, endpoints: list[str]) -> None:
+        self.s, self.endpoints = services, endpoints
+
+    def create(self, group: str, name: str, config: dict) -> Any:
+        ep = self.endpoints[0]
+        if (group, name) in self.s.hosted[ep]:
+            raise RemoteError(P.CONSUMER_INSTANCE_EXISTS, f"instance {name!r} of group {group!r} already exists")
+        self.s.hosted[ep][(group, name)] = [config.get("owner", ""), []]
+        self.s.creates.append((ep, name))
+        return Handle(self.s, group, name, ep, self.s.pid[ep])
+
+    def instance(self, group: str, name: str, ep: str) -> "Handle":
+        return Handle(self.s, group, name, ep, None)
+
+    def call(self, ep: str, command: bytes, header: dict, timeout_ms: int = 0) -> dict:
+        assert command == P.PING
+        return {"node": ep, "pid": self.s.pid[ep]}
+
+    def close(self) -> None:
+        pass
+
+
+class Handle:
+    def __init__(self, services: Services, group: str, name: str, endpoint: str, pid: int | None) -> None:
+        self.s, self.group, self.name, self.endpoint, self.pid = services, group, name, endpoint, pid
+
+    def _hosted(self) -> list:
+        got = self.s.hosted[self.endpoint].get((self.group, self.name))
+        if got is None:
+            raise RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"no consumer instance {self.name!r} on {self.endpoint}")
+        return got
+
+    def subscribe(self, topics: list[str]) -> None:
+        self._hosted()[1] = list(topics)
+
+    def fetch(self, **_kw: Any) -> list:
+        self.s.fetches += 1
+        if self.s.on_fetch is not None:
+            hook, self.s.on_fetch = self.s.on_fetch, None
+            hook()
+        if self.s.hang_next_fetch:  # the request went to the process that died: never answered
+            self.s.hang_next_fetch = False
+            raise RequestTimeout(P.REQUEST_TIMED_OUT, "no answer in 10500 ms")
+        return list(self._hosted()[1])
+
+    def delete(self, owner: str | None = None) -> None:
+        self._hosted()
+        del self.s.hosted[self.endpoint][(self.group, self.name)]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[GatewayAgent, Services]:
+    a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))), owner="gateway:gateway")
+    services = Services(a.consumer_endpoints)
+    monkeypatch.setattr(agent_mod, "ServiceConsumer", services.client)
+    a._consumers = services.client  # type: ignore[method-assign]  # every request thread's ServiceConsumer
+    a.create_instance("g", "s1", {}, "json")
+    a.call_instance("g", "s1", lambda h: h.subscribe(["t"]))
+    a.instance("g", "s1").topics = ["t"]
+    return a, services
+
+
+def _host(services: Services) -> str:
+    (ep,) = [ep for ep, hosted in services.hosted.items() if ("g", "s1") in hosted]
+    return ep
+
+
+def test_an_instance_its_restarted_service_lost_is_made_again_and_subscribed(setup: Any) -> None:
+    a, services = setup
+    ep = _host(services)
+    for _ in range(2):  # restarted twice: made again twice
+        services.restart(ep)
+        assert a.call_instance("g", "s1", lambda h: h.fetch()) == ["t"], "made again and subscribed to t"
+        ep = _host(services)
+        assert services.hosted[ep][("g", "s1")][0] == a.owner, "made again under this gateway's owner"
+    assert len(services.creates) == 3
+
+
+def test_an_instance_that_expired_on_a_live_service_is_404_and_forgotten(setup: Any) -> None:
+    a, services = setup
+    services.hosted[_host(services)].clear()  # the idle expiry, the same process
+    with pytest.raises(ClusterError) as e:
+        a.call_instance("g", "s1", lambda h: h.fetch())
+    assert e.value.kind == "instance_not_found"
+    assert len(services.creates) == 1, "an expired instance was made again"
+    with pytest.raises(ClusterError):
+        a.instance("g", "s1")
+
+
+def test_a_fetch_in_flight_when_its_service_restarted_is_asked_again_of_the_instance_made_again(setup: Any) -> None:
+    """The request went to the killed process and is never answered: it times out (the
+    service is up again by then). A /ws/consume stream was closed with 1011 that way."""
+    a, services = setup
+    ep = _host(services)
+    services.hang_next_fetch = True
+    services.on_fetch = lambda: services.restart(ep)
+    assert a.call_instance("g", "s1", lambda h: h.fetch()) == ["t"]
+
+
+def test_a_timeout_of_a_service_that_did_not_restart_is_not_retried(setup: Any) -> None:
+    a, services = setup
+    services.hang_next_fetch = True
+    with pytest.raises(ClusterError) as e:
+        a.call_instance("g", "s1", lambda h: h.fetch())
+    assert e.value.kind == "unavailable" and len(services.creates) == 1 and services.fetches == 1
+
+
+def test_two_request_threads_noticing_make_it_again_once(setup: Any) -> None:
+    a, services = setup
+    services.restart(_host(services))
+    answers: list[Any] = []
+
+    def other_thread() -> None:  # the second request, failing on the lost instance meanwhile
+        t = threading.Thread(target=lambda: answers.append(a.call_instance("g", "s1", lambda h: h.fetch())))
+        t.start()
+        t.join(5)
+    services.on_fetch = other_thread
+    answers.append(a.call_instance("g", "s1", lambda h: h.fetch()))
+    assert answers == [["t"], ["t"]] and len(services.creates) == 2
+
+
+def test_an_instance_deleted_while_a_fetch_finds_it_unknown_is_not_made_again(setup: Any) -> None:
+    a, services = setup
+
+    def delete_meanwhile() -> None:
+        t = threading.Thread(target=a.delete_instance, args=("g", "s1"))
+        t.start()
+        t.join(5)
+    services.on_fetch = delete_meanwhile
+    with pytest.raises(ClusterError) as e:
+        a.call_instance("g", "s1", lambda h: h.fetch())
+    assert e.value.kind == "instance_not_found"
+    assert len(services.creates) == 1 and not any(services.hosted.values()), "the deleted instance was made again"
+
+
+def test_deleting_an_instance_its_restarted_service_lost_does_not_make_it_again(setup: Any) -> None:
+    a, services = setup
+    services.restart(_host(services))
+    a.delete_instance("g", "s1")
+    assert len(services.creates) == 1
+    with pytest.raises(ClusterError):
+        a.instance("g", "s1")
+
+
+def test_a_name_taken_meanwhile_by_another_gateway_process_is_404(setup: Any) -> None:
+    """Its service died; where it would be made again, another gateway process's client has made
+    an instance of that name: not this gateway's to use (it was answered 409 on a fetch)."""
+    a, services = setup
+    dead = _host(services)
+    (other,) = [ep for ep in services.hosted if ep != dead]
+    services.hosted[other][("g", "s1")] = ["gateway:gateway:another", []]
+    a.is_up = lambda ep: ep != dead
+    with pytest.raises(ClusterError) as e:
+        a.call_instance("g", "s1", lambda h: h.fetch())
+    assert e.value.kind == "instance_not_found"
+    assert services.hosted[other][("g", "s1")][0] == "gateway:gateway:another"
+    with pytest.raises(ClusterError):
+        a.instance("g", "s1")
