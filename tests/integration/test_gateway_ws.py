@@ -216,7 +216,9 @@ def test_auto_create_topics_when_configured(cluster: Cluster) -> None:
     r = http.ok("POST", "/topics/made-on-demand", {"records": [{"value": {"a": 1}}]})
     assert r["offsets"][0]["error_code"] is None
     assert http.ok("GET", "/topics/made-on-demand")["name"] == "made-on-demand"
-    assert http("POST", "/topics/__consumer_offsets", {"records": [{"value": 1}]}).status_code == 404
+    # an internal topic is not made on demand nor written: refused as invalid_topic (README)
+    r = http("POST", "/topics/__consumer_offsets", {"records": [{"value": 1}]})
+    assert (r.status_code, r.json()["error_code"]) == (422, 42204), r.text
 
 
 def test_dashboard_port_page_and_offline_docs(cluster: Cluster) -> None:
