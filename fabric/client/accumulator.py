@@ -9,7 +9,8 @@ bytes of records not yet finished are bounded by ``buffer_bytes_max``: ``append`
 takes ready batches (``take_ready``) and hands each back when it is finished (``release``).
 
 Keyless records without a partition stick to one partition until its batch closes (Kafka's
-sticky partitioner): full batches, spread round-robin over time.
+sticky partitioner): full batches, spread round-robin over time -- or until metadata shows the
+topic without that partition (``set_partition_counts``: re-created with fewer).
 
 A batch holds packed runs of records (``chunks``, from ``append_many``) followed by the records
 ``append`` added since (tuples, packed when the batch is built or before the next run): its
@@ -84,6 +85,9 @@ class RecordAccumulator:
         # topic -> partition of its keyless records; read without the lock on the hot path (a
         # stale read only starts a new batch), written under it
         self.sticky: dict[str, int] = {}
+        # topic -> partitions in the newest metadata (set_partition_counts): a sticky partition
+        # is chosen below it even by a thread that read older metadata
+        self._partition_counts: dict[str, int] = {}
         self._round_robin = 0
         self._unfinished: set[BatchState] = set()
         self._closed = False
@@ -102,6 +106,7 @@ class RecordAccumulator:
         return p
 
     def _sticky_locked(self, topic: str, partition_count: int) -> int:
+        partition_count = min(partition_count, self._partition_counts.get(topic, partition_count))
         p = self.sticky.get(topic)
         if p is None or p >= partition_count:
             self._round_robin += 1
@@ -266,6 +271,17 @@ class RecordAccumulator:
         self._closed_batches.append(b)
         if not overflow and self.sticky.get(b.topic) == b.partition:
             del self.sticky[b.topic]
+
+    def set_partition_counts(self, counts: dict[str, int]) -> None:
+        """Each topic's partitions in the newest metadata; replaces the previous table. A sticky
+        partition a topic no longer has (deleted and re-created with fewer) is dropped: the next
+        keyless record chooses again below the new count (the open batch of the old partition is
+        left to close and fail in the sender, as the records already in it would)."""
+        with self._lock:
+            self._partition_counts = counts
+            for topic, p in list(self.sticky.items()):
+                if p >= counts.get(topic, p + 1):
+                    del self.sticky[topic]
 
     def set_topic_bytes_max(self, limits: dict[str, int]) -> None:
         """Per topic, a batch bound below ``batch_bytes_max`` (the topic's largest batch the

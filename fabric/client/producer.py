@@ -9,7 +9,10 @@ leaders -- at most one request in flight per partition, carrying every batch que
 order holds and retries cannot reorder -- and resolves futures. Retriable errors
 (not_leader, timeouts, not_enough_replicas…) refresh metadata and retry until
 ``delivery_timeout_ms``. With ``idempotent=True`` (default) every batch carries the producer
-id and a per-partition sequence, so a retried batch is never written twice.
+id and a per-partition sequence, so a retried batch is never written twice. A record queued for
+a partition that fresh metadata shows gone (the topic deleted and re-created with fewer
+partitions) fails at once with ``UnknownTopicOrPartitionError``; keyed and keyless records sent
+after that metadata arrived go to partitions the topic has.
 
 Thread-safety: ``send``, ``send_many``, ``flush`` and ``close`` are thread-safe.
 """
@@ -73,7 +76,7 @@ class Producer:
         self._closed = False
         clock = Clock()
         # the sender is built last but woken first: a late-bound wake-up
-        self.metadata = MetadataCache(wake=lambda: self.sender.wake(), on_update=self._take_topic_limits)
+        self.metadata = MetadataCache(wake=lambda: self.sender.wake(), on_update=self._take_metadata)
         self.accumulator = RecordAccumulator(
             AccumulatorSettings(linger_ms=linger_ms, batch_records_max=batch_records_max, batch_bytes_max=batch_bytes_max,
                                 buffer_bytes_max=buffer_bytes_max, max_block_ms=max_block_ms),
@@ -269,10 +272,12 @@ class Producer:
         if biggest > self.record_bytes_max:
             raise RecordSizeExceededError(f"record {sizes.index(biggest)} of {biggest} bytes is over {self.record_bytes_max}")
 
-    def _take_topic_limits(self, md: ClusterMetadata) -> None:
-        """Topics whose ``max.message.bytes`` is under ``batch_bytes_max`` get batches the
-        leader takes: the record bytes a batch may count, its header and array head (and, when
-        compressed, a codec's worst-case growth) left out."""
+    def _take_metadata(self, md: ClusterMetadata) -> None:
+        """Before ``md`` is current: topics whose ``max.message.bytes`` is under
+        ``batch_bytes_max`` get batches the leader takes: the record bytes a batch may count,
+        its header and array head (and, when compressed, a codec's worst-case growth) left out;
+        and keyless records go to partitions each topic has now."""
+        self.accumulator.set_partition_counts({name: len(t.partitions) for name, t in md.topics.items()})
         limits = {}
         for name, t in md.topics.items():
             configured = t.configs.get("max.message.bytes")

@@ -4,7 +4,10 @@ leaders, handles replies and retries, and keeps the metadata cache fresh.
 Per partition, at most one PRODUCE request is in flight; it carries every batch queued for the
 partition (in sequence order), and batches for all partitions led by one broker share one
 request. A retriable failure puts the batches back at the head of their queue, so order and
-sequence numbers hold across retries.
+sequence numbers hold across retries. A partition that fresh metadata shows gone from its
+topic (deleted and re-created with fewer partitions) is no retriable condition: its batches fail
+at once with unknown_topic_or_partition. A topic missing from the metadata altogether is waited
+for (it may be being made again), up to the delivery timeout.
 
 The sender depends on three narrow things, not on the producer that owns it: its
 ``SenderSettings``, a ``BatchSource`` (the record accumulator: ``take_ready`` and ``release``)
@@ -287,12 +290,16 @@ class Sender(SenderReplies, threading.Thread):
     def _send_ready(self) -> None:
         by_broker: dict[str, list[tuple[tuple[str, int], list[BatchState]]]] = defaultdict(list)
         frames: dict[str, int] = defaultdict(int)
+        gone: list[tuple[str, int]] = []
         for tp, q in self._queues.items():
             if not q or tp in self._in_flight:
                 continue
             endpoint = self.metadata.leader_endpoint(*tp)
             if endpoint is None:
-                self.metadata_cache.want_refresh()
+                if self._partition_gone(tp):
+                    gone.append(tp)
+                else:
+                    self.metadata_cache.want_refresh()  # no leader now, or a topic not (yet) known
                 continue
             if frames[endpoint] >= REQUEST_BATCHES_MAX:
                 continue  # next request to that broker
@@ -312,6 +319,27 @@ class Sender(SenderReplies, threading.Thread):
             by_broker[endpoint].append((tp, take))
         for endpoint, groups in by_broker.items():
             self._send_request(endpoint, groups)
+        for tp in gone:  # after the packing above: failing a numbered batch resets the producer id
+            self._fail_partition_gone(tp, self._queues[tp])
+
+    def _partition_gone(self, tp: tuple[str, int]) -> bool:
+        """The metadata has the topic but not this partition: it was deleted and re-created
+        with fewer partitions (no leader will ever take the partition's batches)."""
+        t = self.metadata.topics.get(tp[0])
+        return t is not None and tp[1] >= len(t.partitions)
+
+    def _fail_partition_gone(self, tp: tuple[str, int], q: deque[BatchState]) -> None:
+        """Fail every batch queued for ``tp``, a partition gone (``_partition_gone``), with
+        unknown_topic_or_partition at once: the cluster's metadata says so, and retrying to the
+        delivery timeout cannot change it. A numbered batch resets the producer id (``_finish``)
+        as any batch failed for good; a partition of that number made later (partitions added,
+        or the topic made again) is a new log, numbered from 0."""
+        count = len(self.metadata.topics[tp[0]].partitions)
+        while q:
+            self._finish(q.popleft(), -1, RemoteError(
+                P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]}: the topic has {count} partition(s) now "
+                                              "(deleted and made again with fewer)"))
+        self._sequences.pop(tp, None)
 
     def _send_request(self, endpoint: str, groups: list) -> None:
         parts, payloads, batches = [], [], []
@@ -358,7 +386,10 @@ class Sender(SenderReplies, threading.Thread):
         they were sent at will not be answered usefully: fail them now (retriable) so the
         batches go to the new leader. The same endpoint at a new epoch is a leader re-elected
         after a restart, whose old process took the request with it (the retry is recognised
-        by the idempotent producer's sequence if that process had written it)."""
+        by the idempotent producer's sequence if that process had written it). A partition the
+        newer metadata does not have at all fails the same way; its batches then fail for good
+        at the next pass (``_fail_partition_gone``), while the other batches of the request go
+        again."""
         stale = {ep for tp, (ep, _, epoch) in self._in_flight.items() if self.metadata.leader_moved(*tp, ep, epoch)}
         for ep in stale:
             self._client(ep).fail_all(ClientError("leadership moved (newer metadata names another leader)", P.NOT_LEADER))

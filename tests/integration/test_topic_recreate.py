@@ -4,16 +4,27 @@ Broker 3 misses both the delete and the re-create (it drops the coordinator's tr
 still holds the old topic's replicas when it hears of the new topic, in which it leads one
 partition: it must delete the old replicas (their topic id was deleted explicitly), start the
 new ones empty, and never serve (or replicate) the old records as the new topic's. A broker
-that was down at the delete deletes the old replica when it returns."""
+that was down at the delete deletes the old replica when it returns.
+
+A producer that sends right after the topic was re-created with fewer partitions -- a
+long-lived library ``Producer``, or the producer service the gateway uses -- may still pick a
+partition from the old topic's metadata: the record fails at once with
+``unknown_topic_or_partition`` once fresh metadata shows the partition gone (it used to be
+retried for the whole delivery timeout), and the sends after it go to partitions that exist."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from fabric import protocol as P
 from fabric.client import Admin, Producer
+from fabric.client.producer import RecordFuture
+from fabric.client.services import ServiceProducer, ServiceRecord
+from fabric.errors import FabricError, UnknownTopicOrPartitionError
+from fabric.records import partition_for_key
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -48,4 +59,78 @@ def test_a_recreated_topic_never_serves_the_old_topics_records(cluster_factory) 
         data = Path(c.raw["cluster"]["data_dir"])
         assert not list(data.glob("broker-*/*.stray")), "explicitly deleted: nothing to set aside"
     finally:
+        admin.close()
+
+
+SHRUNK = "shrunk"
+# short, so that a record retried to its delivery timeout fails the test instead of holding it
+DELIVERY_TIMEOUT_MS = 8000
+PROMPT_S = 4.0  # well below the delivery timeout: a record for a gone partition fails by then
+KEYS = [b"k-%d" % i for i in range(12)]  # under 3 partitions, some hash to each
+
+
+def _recreate_with_one_partition(admin: Admin) -> None:
+    old_id = admin.metadata().topics[SHRUNK].topic_id
+    admin.delete_topic(SHRUNK)
+    admin.create_topic(SHRUNK, 1, 3)
+    assert admin.metadata().topics[SHRUNK].topic_id != old_id
+
+
+def _outcome(future: RecordFuture, deadline: float) -> tuple[int, Exception | None]:
+    """(partition, None) when delivered, else (the partition it was queued for, the error)."""
+    try:
+        return future.result(max(0.0, deadline - time.monotonic())).partition, None
+    except FabricError as e:  # the test judges which
+        return future.partition, e
+
+
+def test_a_long_lived_producer_fails_records_of_a_gone_partition_at_once(cluster_factory) -> None:  # noqa: ANN001
+    c = cluster_factory(3)
+    admin = Admin(c.bootstrap)
+    p = Producer(c.bootstrap, acks="all", delivery_timeout_ms=DELIVERY_TIMEOUT_MS)
+    try:
+        admin.create_topic(SHRUNK, 3, 3)
+        c.wait_topic_ready(admin, SHRUNK)
+        assert {partition_for_key(k, 3) for k in KEYS} == {0, 1, 2}
+        for k in KEYS:  # the producer knows the 3-partition topic
+            p.send(SHRUNK, b"old", key=k).result(10)
+        p.send(SHRUNK, b"old").result(10)
+        _recreate_with_one_partition(admin)
+        started = time.monotonic()
+        futures = [p.send(SHRUNK, b"new", key=k) for k in KEYS] + [p.send(SHRUNK, b"new") for _ in range(3)]
+        deadline = started + DELIVERY_TIMEOUT_MS / 1000 + 5
+        outcomes = [_outcome(f, deadline) for f in futures]
+        elapsed = time.monotonic() - started
+        for partition, error in outcomes:
+            if partition == 0:
+                assert error is None, f"{error!r} for partition 0, which exists"
+            else:  # queued from the old topic's metadata before the producer refreshed it
+                assert isinstance(error, UnknownTopicOrPartitionError), f"partition {partition}: {error!r}"
+        assert elapsed < PROMPT_S, f"{elapsed:.1f} s: retried as if the partition had only lost its leader"
+        again = [p.send(SHRUNK, b"again", key=k) for k in KEYS] + [p.send(SHRUNK, b"again")]
+        assert {f.result(10).partition for f in again} == {0}
+    finally:
+        p.close(5)
+        admin.close()
+
+
+def test_the_producer_service_fails_records_of_a_gone_partition_at_once(cluster_factory) -> None:  # noqa: ANN001
+    c = cluster_factory(3, extra_nodes=("producer",))
+    admin = Admin(c.bootstrap)
+    # a regression answers after the service's 30 s delivery timeout: this client gives up first
+    sp = ServiceProducer(c.endpoint("producer"), timeout_ms=DELIVERY_TIMEOUT_MS)
+    try:
+        admin.create_topic(SHRUNK, 3, 3)
+        c.wait_topic_ready(admin, SHRUNK)
+        records = [ServiceRecord(b"v", key=k) for k in KEYS] + [ServiceRecord(b"v")]
+        assert all(r.ok for r in sp.produce(SHRUNK, records)), "the service's producer knows the topic"
+        _recreate_with_one_partition(admin)
+        started = time.monotonic()
+        results = sp.produce(SHRUNK, records)
+        elapsed = time.monotonic() - started
+        assert all(r.partition == 0 if r.ok else r.error == P.UNKNOWN_TOPIC_OR_PARTITION for r in results), results
+        assert elapsed < PROMPT_S, f"{elapsed:.1f} s"
+        assert all(r.ok and r.partition == 0 for r in sp.produce(SHRUNK, records))
+    finally:
+        sp.close()
         admin.close()

@@ -23,11 +23,13 @@ COORDINATOR = "tcp://127.0.0.1:9"
 LEADER = "tcp://127.0.0.1:1"
 
 
-def sender_metadata(version: int = 1, leader: int = 1, epoch: int = 3) -> ClusterMetadata:
+def sender_metadata(version: int = 1, leader: int = 1, epoch: int = 3, partitions: int = 1,
+                    topic_id: str = "") -> ClusterMetadata:
+    """Topic ``t`` (id ``topic_id``) with ``partitions`` partitions, each led by ``leader`` at ``epoch``."""
     return ClusterMetadata.from_wire({
         "version": version, "cluster": "c", "coordinator": COORDINATOR,
         "brokers": [[1, "127.0.0.1", 1, 101, True], [2, "127.0.0.1", 2, 102, True]],
-        "topics": {"t": {"configs": {}, "partitions": [[leader, epoch, [1, 2], [1, 2]]]}}})
+        "topics": {"t": {"configs": {}, "id": topic_id, "partitions": [[leader, epoch, [1, 2], [1, 2]]] * partitions}}})
 
 
 @dataclass
@@ -38,9 +40,15 @@ class Rig:
     reactor: FakeReactor
     clients: dict[str, RecordingClient] = field(default_factory=dict)
 
-    def send(self, tag: str, n: int = 2) -> list[RecordFuture]:
-        return [self.accumulator.append("t", 0, 1_700_000_000_000, None, f"{tag}{i}".encode(), None, 30)
+    def send(self, tag: str, n: int = 2, partition: int = 0) -> list[RecordFuture]:
+        return [self.accumulator.append("t", partition, 1_700_000_000_000, None, f"{tag}{i}".encode(), None, 30)
                 for i in range(n)]
+
+    def refresh_metadata(self, md: ClusterMetadata) -> None:
+        """A metadata refresh the sender asks for, answered with ``md``."""
+        self.metadata.want_refresh()
+        self.sender.run_pass()
+        self.client(COORDINATOR).answer_last(P.METADATA, {"metadata": md.to_wire()})
 
     def client(self, endpoint: str) -> RecordingClient:
         """The client the sender made for ``endpoint`` (an empty one if it made none)."""

@@ -1,6 +1,7 @@
 """A real ``fabric.client.Producer`` whose real sender is never started: the test runs its
 passes on the test's thread and answers its PRODUCE requests through recording RPC clients
-(tests/unit/fakes.py). Topic ``t`` has three partitions, all led by one broker."""
+(tests/unit/fakes.py). Topic ``t`` has three partitions, all led by one broker (``driven_metadata``
+makes other shapes of it)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,16 @@ def driven_producer(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Produce
     topic ``t``; stop it with ``p.sender.stop()``."""
     monkeypatch.setattr(producer_module, "Sender", DrivenSender)
     p = Producer(NOWHERE, **{"linger_ms": 0, "idempotent": False, **settings})
-    p.metadata.update(ClusterMetadata.from_wire({
-        "version": 1, "cluster": "c", "coordinator": "tcp://127.0.0.1:9",
-        "brokers": [[1, "127.0.0.1", 1, 101, True]],
-        "topics": {"t": {"configs": {}, "partitions": [[1, 3, [1], [1]]] * 3}}}))
+    p.metadata.update(driven_metadata())
     return p
+
+
+def driven_metadata(version: int = 1, partitions: int = 3, topic_id: str = "") -> ClusterMetadata:
+    """Topic ``t`` (id ``topic_id``) with ``partitions`` partitions, all led by broker 1."""
+    return ClusterMetadata.from_wire({
+        "version": version, "cluster": "c", "coordinator": "tcp://127.0.0.1:9",
+        "brokers": [[1, "127.0.0.1", 1, 101, True]],
+        "topics": {"t": {"configs": {}, "id": topic_id, "partitions": [[1, 3, [1], [1]]] * partitions}}})
 
 
 def send_pass(p: Producer) -> list[tuple[str, int]]:
