@@ -20,7 +20,10 @@ deleted: 404, and forgotten.
 Produce looks topics up in metadata at most ``PRODUCE_METADATA_MAX_AGE_MS`` old (shared by the
 request threads) instead of asking the coordinator on every request: a topic not in it is
 looked up afresh before the request is refused, and a request whose every record fails with
-an unknown topic (deleted meanwhile) is answered 404 after a fresh look too.
+an unknown topic or partition (deleted, or made again with fewer partitions, meanwhile) is
+answered 404 after a fresh look too when that look shows the topic, or a partition the request
+names, missing. A record failed for a partition gone from a topic that exists (one the service's
+producer chose from older metadata) is no retriable error.
 
 Thread-safety: thread-safe. Every request thread gets its own clients (``threading.local``:
 the fabric's blocking clients are not thread-safe); the instance table and the cached
@@ -82,6 +85,22 @@ class InstanceEntry:
 
 Record4 = tuple  # (key bytes|None, value bytes, headers [[name, bytes|None]]|None, partition int|None)
 Outcome = tuple  # (partition, offset, error text|None, retriable): plain tuples, 500 of them per request
+
+
+def _retriable(code: int) -> bool:
+    """Whether a record the producer service failed with ``code`` may be sent again as it is.
+    Not unknown_topic_or_partition: the service's producer retries that itself until its
+    metadata shows the record's partition gone from a topic that exists (a missing topic is
+    answered 404 instead), which no retry brings back."""
+    return code in P.RETRIABLE and code != P.UNKNOWN_TOPIC_OR_PARTITION
+
+
+def _refuse_missing_partition(topic: str, named: int | None, t: Any) -> None:
+    """Raise ClusterError(partition_not_found) when ``named`` is a partition topic ``t``
+    (its metadata; None: not known) lacks."""
+    if named is not None and t is not None and named >= len(t.partitions):
+        raise ClusterError("partition_not_found", f"topic {topic!r} has no partition {named} "
+                                                  f"(it has {len(t.partitions)})")
 
 
 class GatewayAgent:
@@ -216,9 +235,7 @@ class GatewayAgent:
             named = max(filter(_NOT_NONE, own), default=None)
             if named is not None and named >= len(t.partitions):
                 t = self._checked_topic(topic, False)  # partitions added since the cached look
-        if named is not None and named >= len(t.partitions):
-            raise ClusterError("partition_not_found", f"topic {topic!r} has no partition {named} "
-                                                      f"(it has {len(t.partitions)})")
+        _refuse_missing_partition(topic, named, t)
         live = [ep for ep in self.producer_endpoints if self.is_up(ep)]
         if not live:
             raise ClusterError("unavailable", "the producer service is down: no produce is possible until it is back")
@@ -234,7 +251,7 @@ class GatewayAgent:
                 results += rows
                 # a record the client will retry: the later chunks wait for that retry as well
                 failed = next(((code, f"not sent: an earlier record of the request failed: {message}")
-                               for _, _, code, message in rows if code in P.RETRIABLE), None)
+                               for _, _, code, message in rows if _retriable(code)), None)
             except ClusterError as e:
                 if not results:
                     raise  # nothing of the request written: refuse it as a whole
@@ -243,9 +260,12 @@ class GatewayAgent:
                 # earlier chunks are in the log: answer per record, these ones failed
                 failed = (code, str(e))
                 results += [(-1, -1, *failed)] * len(chunk)
-        if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results) and self.topic_missing(topic):
-            raise ClusterError("topic_not_found", f"topic {topic!r} not found")  # deleted since the cached look
-        return [(p, o, None, False) if not e else (p, o, f"{P.error_name(e)}: {m}", e in P.RETRIABLE)
+        if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results):
+            # deleted, or made again with fewer partitions, since the cached look: refused whole
+            if self.topic_missing(topic):
+                raise ClusterError("topic_not_found", f"topic {topic!r} not found")
+            _refuse_missing_partition(topic, named, self._recent_metadata().topics.get(topic))  # that fresh look
+        return [(p, o, None, False) if not e else (p, o, f"{P.error_name(e)}: {m}", _retriable(e))
                 for p, o, e, m in results]
 
     def _checked_topic(self, topic: str, may_create: bool) -> Any:

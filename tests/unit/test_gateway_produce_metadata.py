@@ -94,6 +94,22 @@ def test_per_record_unknown_topic_errors_stay_per_record_while_the_topic_exists(
     service.error = P.UNKNOWN_TOPIC_OR_PARTITION  # e.g. a partition the service's metadata lacks
     outcomes = a.produce("t", [RECORD], "all")
     assert outcomes[0][2].startswith("unknown_topic_or_partition") and outcomes[0][:2] == (0, -1)
+    assert outcomes[0][3] is False, "the topic exists: the record's partition is gone, which no retry brings back"
+
+
+def test_a_named_partition_gone_since_the_cached_look_is_404_not_per_record_errors(agent: Any) -> None:
+    """The topic was re-created with fewer partitions within the cached metadata's age: the
+    service fails every record, and a fresh look shows the partition is gone."""
+    a, admin, service = agent
+    assert a.produce("t", [RECORD], "all", partition=1) == [(0, 7, None, False)]
+    admin.topics["t"] = 1
+    service.error = P.UNKNOWN_TOPIC_OR_PARTITION
+    with pytest.raises(ClusterError) as e:
+        a.produce("t", [RECORD, RECORD], "all", partition=1)
+    assert e.value.kind == "partition_not_found" and "1" in e.value.message, e.value
+    with pytest.raises(ClusterError) as e:
+        a.produce("t", [RECORD, (None, b"v", None, 1)], "all")
+    assert e.value.kind == "partition_not_found", e.value
 
 
 @pytest.mark.parametrize("partition", [1.0, True, "1"])
