@@ -13,7 +13,8 @@ import pkgutil
 from fabric.errors import LoomError
 
 PACKAGES = ("engines", "fabric", "nodes", "webui")
-CONTROL_FLOW = {"webui.ws_outbox.Closed"}  # a WebSocket's stream ends; caught by its route (webui/ws.py)
+CONTROL_FLOW = {"webui.ws_outbox.Closed",  # a WebSocket's stream ends; caught by its route (webui/ws.py)
+                "nodes.cli_data.Terminated"}  # SIGTERM ends `loom produce|consume` as Ctrl-C; caught by nodes/cli.py
 STOPS_THE_NODE = {"engines.api.StorageFailed"}  # nodes/run.py exits on it (EXIT_STORAGE_FAILED)
 
 
