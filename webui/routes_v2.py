@@ -58,12 +58,16 @@ def encode_records(body: dict, binary: bool, partition: int | None = None) -> li
 
 
 def _embedded(value: Any, error_code: int) -> bytes:
-    """An embedded JSON key or value as the bytes stored. Raises ApiError ``error_code`` when it
-    is nested too deeply for the interpreter's stack (not a programmer error)."""
+    """An embedded JSON key or value as the bytes stored: strict JSON. Raises ApiError
+    ``error_code`` when it is nested too deeply for the interpreter's stack (not a programmer
+    error) or holds a NaN or infinity (the bodies are read strictly: none should)."""
+    what = CODES[error_code].split()[-1]
     try:
-        return json.dumps(value, separators=(",", ":")).encode()
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
     except RecursionError:
-        raise ApiError(error_code, f"{CODES[error_code].split()[-1]} nested too deeply") from None
+        raise ApiError(error_code, f"{what} nested too deeply") from None
+    except ValueError:
+        raise ApiError(error_code, f"{what} holds NaN or an infinity: not JSON") from None
 
 
 def _decode_binary(records: list[dict], partition: int | None) -> list[tuple]:

@@ -13,12 +13,17 @@ JSON embedded format would store changed, so other bodies keep the standard libr
 orjson refuses is parsed again with the standard library, so that what is accepted and the
 errors given stay as they were (``loads_body``, ``dumps``).
 
+JSON here is strict (RFC 8259) both ways: NaN, Infinity, -Infinity and numbers that overflow a
+double (1e999) are not JSON, so a body holding one is refused (40001), never stored as the text
+NaN that no JSON parser reads back, and nothing the gateway writes holds one.
+
 Thread-safe after ``install`` (the table is read-only then).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -130,9 +135,9 @@ def _read_body() -> bytes:
 
 
 def loads_body(data: bytes, content_type: str) -> Any:
-    """A request body as JSON. Raises ValueError. orjson first for FAST_JSON_TYPES; the
-    standard library otherwise, and for what orjson refuses but it accepts (NaN, lone
-    surrogates)."""
+    """A request body as strict JSON. Raises ValueError. orjson first for FAST_JSON_TYPES; the
+    standard library otherwise, and for what orjson refuses but it accepts (lone surrogates),
+    so that the errors are the same whatever the content type."""
     if content_type in FAST_JSON_TYPES:
         try:
             return orjson.loads(data)
@@ -145,23 +150,37 @@ def loads_body(data: bytes, content_type: str) -> Any:
 NESTED_TOO_DEEPLY = "nested too deeply"
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"{text[:40]} is not JSON (beyond a double: read as infinity)")
+    return value
+
+
 def loads_json(data: bytes | str) -> Any:
-    """``json.loads``; ValueError also for nesting too deep for the interpreter's stack (a
-    RecursionError would be taken for a programmer error and stop the gateway's worker)."""
+    """``json.loads`` of strict JSON: ValueError for NaN, Infinity, -Infinity and numbers that
+    overflow a double (the standard library reads them all), and for nesting too deep for the
+    interpreter's stack (a RecursionError would be taken for a programmer error and stop the
+    gateway's worker). Integers of any size are kept exact."""
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError(NESTED_TOO_DEEPLY) from None
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON (orjson; the standard library for what orjson cannot write, e.g.
-    integers beyond 64 bits)."""
+    """Compact strict JSON (orjson; the standard library for what orjson cannot write, e.g.
+    integers beyond 64 bits). Raises ValueError for a NaN or infinite float that orjson did
+    not write (as null): the routes hand it none (``loads_json`` reads none)."""
     try:
         return orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError (also nesting over its 254 levels)
         try:
-            return json.dumps(value, separators=(",", ":")).encode()
+            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
         except RecursionError:  # a stored value nested too deeply for the interpreter's stack
             raise ApiError(42202, "a value is nested too deeply to write as JSON: read it in the binary format") from None
 

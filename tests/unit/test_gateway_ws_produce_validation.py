@@ -102,3 +102,20 @@ def test_a_message_rest_would_refuse_is_answered_42204_and_the_socket_goes_on(se
     assert refused.get("error_code") == 42204 and refused.get("id") == "bad", refused
     assert accepted.get("id") == "good" and accepted["offsets"][0]["error_code"] is None, accepted
     assert len(agent.produced) == 1, "a message REST would refuse reached the agent"
+
+
+@pytest.mark.parametrize("text", ['{"id": "bad", "value": NaN}', '{"id": "bad", "value": [Infinity]}',
+                                  '{"id": "bad", "records": [{"value": -Infinity}]}', '{"id": "bad", "value": 1e999}'])
+def test_a_message_with_a_number_json_cannot_carry_is_refused_and_nothing_written(served: Any, text: str) -> None:
+    """NaN, Infinity and numbers beyond a double are not JSON: refused as REST refuses such a
+    body (they were stored as the text NaN or Infinity, read back as no JSON parser reads)."""
+    url, agent, bugs = served
+    c = simple_websocket.Client.connect(f"{url}/ws/produce?topic=t&format=json",
+                                        headers={"Authorization": f"Bearer {KEYS['produce']}"})
+    try:
+        c.send(text)
+        refused = json.loads(c.receive(timeout=DEADLINE_S))
+    finally:
+        c.close()
+    assert refused.get("error_code") == 42204 and "not JSON" in refused["message"], refused
+    assert agent.produced == [] and bugs == []
