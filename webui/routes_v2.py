@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, Callable
 
 from webui import schemas as S
 from webui.context import Gateway
@@ -89,31 +89,58 @@ def _decode_binary(records: list[dict], partition: int | None) -> list[tuple]:
 
 def decode_value(data: bytes | None, fmt: str) -> Any:
     """A stored key or value in the consumer's format: base64 (binary) or JSON (json: values
-    that are not JSON come as text, or base64 when not UTF-8)."""
+    that are not strict JSON come as text, or base64 when not UTF-8)."""
     if data is None:
         return None
     if fmt == "binary":
         return b64(data)
+    return _json_field(data)[0]
+
+
+def _json_field(data: bytes) -> tuple[Any, bool]:
+    """(the bytes as JSON, or else as text, or else in base64; whether base64)."""
     try:
-        return loads_json(bytes(data))
+        return loads_json(bytes(data)), False
     except ValueError:  # not JSON, or nested too deeply to read: as text
-        try:
-            return bytes(data).decode("utf-8")
-        except UnicodeDecodeError:
-            return b64(data)
+        return text_or_base64(data)
 
 
-def record_json(r: Any, fmt: str) -> dict:
-    headers = [{"name": n, "value": (b64(v) if fmt == "binary" else decode_text(v))} for n, v in (r.headers or [])]
-    return {"topic": r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp_ms,
-            "key": decode_value(r.key, fmt), "value": decode_value(r.value, fmt), "headers": headers}
+def text_or_base64(data: bytes) -> tuple[str, bool]:
+    """(``data`` as UTF-8 text, or in base64 when it is not UTF-8; whether base64)."""
+    try:
+        return bytes(data).decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(bytes(data)).decode("ascii"), True
+
+
+def _put_json(out: dict, name: str, data: bytes | None, read: Callable[[bytes], tuple[Any, bool]]) -> dict:
+    """``out[name]`` in the JSON format (``read``: _json_field or text_or_base64), with
+    ``name + "_encoding": "base64"`` beside it when it is base64 -- which alone cannot be told
+    from a JSON string -- as ``loom consume --format json`` marks it."""
+    if data is None:
+        out[name] = None
+        return out
+    out[name], encoded = read(data)
+    if encoded:
+        out[name + "_encoding"] = "base64"
+    return out
+
+
+def record_json(r: Any) -> dict:
+    """A record in the JSON format (keys and values JSON, or text, or base64; header values
+    text or base64)."""
+    out = {"topic": r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp_ms}
+    _put_json(out, "key", r.key, _json_field)
+    _put_json(out, "value", r.value, _json_field)
+    out["headers"] = [_put_json({"name": n}, "value", v, text_or_base64) for n, v in (r.headers or [])]
+    return out
 
 
 def records_json(records: list, fmt: str) -> list[dict]:
-    """``record_json`` of each record; for the binary format in one comprehension (the
-    WebSocket stream's hot path: a dict and a base64 per record)."""
+    """The records in ``fmt``: ``record_json`` of each, or for the binary format (everything
+    base64) one comprehension (the WebSocket stream's hot path: a dict and a base64 per record)."""
     if fmt != "binary":
-        return [record_json(r, fmt) for r in records]
+        return [record_json(r) for r in records]
     b2a = binascii.b2a_base64
     return [{"topic": t, "partition": p, "offset": o, "timestamp": ts,
              "key": None if k is None else b2a(k, newline=False).decode("ascii"),
@@ -121,15 +148,6 @@ def records_json(records: list, fmt: str) -> list[dict]:
              "headers": [{"name": n, "value": None if hv is None else b2a(hv, newline=False).decode("ascii")}
                          for n, hv in h] if h else []}
             for t, p, o, ts, k, v, h in records]
-
-
-def decode_text(v: bytes | None) -> str | None:
-    if v is None:
-        return None
-    try:
-        return bytes(v).decode("utf-8")
-    except UnicodeDecodeError:
-        return b64(v)
 
 
 def offsets_json(outcomes: list) -> list[dict]:

@@ -38,11 +38,14 @@ PRODUCE_RESPONSE = {"type": "object", "required": ["offsets"], "properties": {
                                                           "error_code": {"type": ["integer", "null"], "enum": [None, 1, 2]},
                                                           "error": NULLABLE_STR}}}}}
 
+# format=json: beside a key, value or header value that is not UTF-8 (so given in base64)
+ENCODING = {"const": "base64", "description": "the field beside it is in base64 (its bytes are not UTF-8)"}
 RECORD_OUT = {"type": "object", "required": ["topic", "partition", "offset", "timestamp", "key", "value", "headers"],
               "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"},
                              "timestamp": {"type": "integer"}, "key": {}, "value": {},
+                             "key_encoding": ENCODING, "value_encoding": ENCODING,
                              "headers": {"type": "array", "items": {"type": "object", "properties": {
-                                 "name": {"type": "string"}, "value": NULLABLE_STR}}}}}
+                                 "name": {"type": "string"}, "value": NULLABLE_STR, "value_encoding": ENCODING}}}}}
 
 REPLICA_V2 = {"type": "object", "required": ["broker", "leader", "in_sync"], "properties": {
     "broker": {"type": "integer"}, "leader": {"type": "boolean"}, "in_sync": {"type": "boolean"}}}

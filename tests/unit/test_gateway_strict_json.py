@@ -159,3 +159,23 @@ def test_the_shared_json_functions_are_strict() -> None:
         except ValueError:
             continue  # refused to write: no programmer error reaches a client as NaN
         strict_loads(written)
+
+
+def test_bytes_that_are_not_utf8_are_marked_base64_in_the_json_format(served: Any) -> None:
+    """A value that is not UTF-8 comes back in base64, which alone cannot be told from a stored
+    JSON string: ``value_encoding`` / ``key_encoding`` / a header's ``value_encoding`` say
+    "base64" then, as ``loom consume --format json`` does; other fields have none."""
+    client, agent, _ = served
+    agent.store(b"\xff\xfe", b"\x00\xffbin")
+    agent.store(b'"k"', b'"//4AYmlu"')  # JSON strings that look like base64
+    agent.log.append(Record("clicks", 0, 2, 0, None, b"plain text", [("h", b"\xff"), ("t", b"text"), ("n", None)]))
+    first, second, third = browse(client)
+    assert first["key"] == "//4=" and first["key_encoding"] == "base64"
+    assert first["value"] == "AP9iaW4=" and first["value_encoding"] == "base64"
+    assert second["key"] == "k" and second["value"] == "//4AYmlu"
+    assert "key_encoding" not in second and "value_encoding" not in second
+    assert third["value"] == "plain text" and "value_encoding" not in third and third["key"] is None
+    assert third["headers"] == [{"name": "h", "value": "/w==", "value_encoding": "base64"},
+                                {"name": "t", "value": "text"}, {"name": "n", "value": None}]
+    binary = records_json(agent.log[:1], "binary")[0]
+    assert "value_encoding" not in binary and "key_encoding" not in binary, "binary: everything is base64"
