@@ -136,17 +136,28 @@ class Consumer(ConsumerFailover):
         return sorted(self.positions)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        if tp not in self.positions:
-            raise FabricError(f"{tp[0]}-{tp[1]} is not assigned")
+        """Fetch ``tp`` from ``offset`` next. Raises FabricError when it is not assigned."""
+        self._check_assigned([tp])
         self.positions[tp] = offset
         self._forget_reset(tp)
         self._drop_buffered(tp)
 
     def seek_to_beginning(self, tps: list[TopicPartition] | None = None) -> None:
+        """Fetch ``tps`` (default: every assigned partition) from their log start next. Raises
+        FabricError, changing nothing, when one is not assigned (as ``seek``)."""
+        self._check_assigned(tps or [])
         self._reset(tps, EARLIEST)
 
     def seek_to_end(self, tps: list[TopicPartition] | None = None) -> None:
+        """``seek_to_beginning``, to the log end."""
+        self._check_assigned(tps or [])
         self._reset(tps, LATEST)
+
+    def _check_assigned(self, tps: list[TopicPartition]) -> None:
+        # a reset of a partition not assigned gave it a position: fetched until the next assign
+        for tp in tps:
+            if tp not in self.positions:
+                raise FabricError(f"{tp[0]}-{tp[1]} is not assigned")
 
     def position(self, tp: TopicPartition) -> int | None:
         return self.positions.get(tp)

@@ -89,18 +89,24 @@ def test_a_readable_op_header_passes(op: str, header: dict) -> None:
     check_op_header(op, header)
 
 
-def test_fetches_without_a_wait_still_deliver_the_records() -> None:
-    """A fetch with ``timeout_ms: 0`` (what the gateway asks for once its long-poll budget is
-    taken) answers with what is there now; polled again and again, it must still get the
-    records: its poll used to return before it read any answer that had come in, so an
-    instance whose thread does nothing else with the consumer (assigned, no auto-commit) never
-    got one. A real GroupConsumer on a fake broker, served on the test thread."""
+def _assigned_instance() -> tuple[Instance, BrokerRepliesReactor]:
+    """An instance of group g assigned t-0 (no auto-commit) on a fake broker, and its reactor."""
     broker = OnePartitionBroker()
     reactor = BrokerRepliesReactor(broker)
     config = consumer_config(broker, reactor, ScriptedCoordinatorLink(OffsetsCoordinator()), enable_auto_commit=False)
     inst = Instance(_host(), "g", "i", config, 0)
     serve(inst, "create")
     serve(inst, "assign", partitions=[list(T0)])
+    return inst, reactor
+
+
+def test_fetches_without_a_wait_still_deliver_the_records() -> None:
+    """A fetch with ``timeout_ms: 0`` (what the gateway asks for once its long-poll budget is
+    taken) answers with what is there now; polled again and again, it must still get the
+    records: its poll used to return before it read any answer that had come in, so an
+    instance whose thread does nothing else with the consumer (assigned, no auto-commit) never
+    got one. A real GroupConsumer on a fake broker, served on the test thread."""
+    inst, reactor = _assigned_instance()
     offsets: list[int] = []
     for _ in range(FETCHES_WITHOUT_WAIT_MAX):
         offsets += [r[2] for r in serve(inst, "fetch", timeout_ms=0, max_records=10)["records"]]
@@ -141,4 +147,19 @@ def test_a_fetch_asked_for_positions_says_none_until_the_member_is_positioned() 
     assert seen[-1] == ([["t", 0, LOG_END_OFFSET]], 1), seen
     assert len(seen) > 1 and all(positions is None for positions, _ in seen[:-1]), seen
     assert "positions" not in serve(inst, "fetch", timeout_ms=0), "only when asked"
+    inst._close()
+
+
+@pytest.mark.parametrize("to", ["beginning", "end", "offsets"])
+@pytest.mark.parametrize("tp", [["t", 7], ["nope", 0]])
+def test_seeking_a_partition_not_assigned_is_refused_alike_whatever_the_target(to: str, tp: list) -> None:
+    """Seeking to offsets refused a partition the instance was not assigned (unknown topics
+    too) with partition_not_assigned (REST: 422 / 42205); seeking it to its beginning or end
+    was answered done and did nothing -- it even gave the consumer a position for it."""
+    inst, _ = _assigned_instance()
+    header = {"offsets": [[*tp, 0]]} if to == "offsets" else {"partitions": [tp]}
+    with pytest.raises(RemoteError) as e:
+        serve(inst, "seek", to=to, **header)
+    assert e.value.code == P.PARTITION_NOT_ASSIGNED and f"{tp[0]}-{tp[1]}" in e.value.message
+    assert serve(inst, "assignment")["partitions"] == [list(T0)]
     inst._close()
