@@ -9,8 +9,8 @@ from flask import request
 
 from webui import schemas as S
 from webui.context import Gateway
-from webui.errors import ApiError
-from webui.routes_v2 import records_json
+from webui.errors import ApiError, ClusterError
+from webui.routes_v2 import check_partitions, records_json
 from webui.spec import Api
 
 V2 = "application/vnd.kafka.v2+json"
@@ -124,15 +124,22 @@ def register(api: Api, gw: Gateway) -> None:
 
     @api.op("POST", base + "/offsets", role="consume", tag="consumers",
             summary="Commit offsets (each the last record processed; without offsets: everything fetched)",
-            path_params=inst_path, errors=(40403, 40905, 42205),
-            body=body_types({"type": "object", "properties": {"offsets": tpos["properties"]["offsets"]}}))
-    def commit(group_name: str, instance: str, body: dict, content_type: str) -> None:
-        offsets = body.get("offsets")
-        if offsets:  # Confluent's v2: the offset given is the last record processed
-            wanted = {(o["topic"], o["partition"]): o["offset"] + 1 for o in offsets}
-            call(group_name, instance, lambda h: h.commit(wanted))
-        else:
+            path_params=inst_path, errors=(40401, 40402, 40403, 40905, 42205),
+            description="Without a body, or without offsets in it, everything fetched is committed.",
+            body=body_types({"type": "object", "properties": {"offsets": tpos["properties"]["offsets"]}}),
+            body_required=False)
+    def commit(group_name: str, instance: str, body: dict | None, content_type: str | None) -> None:
+        offsets = (body or {}).get("offsets")
+        if not offsets:
             call(group_name, instance, lambda h: h.commit())
+            return
+        wanted = {(o["topic"], o["partition"]): o["offset"] + 1 for o in offsets}  # o: the last record processed
+        try:
+            call(group_name, instance, lambda h: h.commit(wanted))
+        except ClusterError as e:
+            if e.kind == "topic_not_found":  # the cluster's unknown_topic_or_partition: say which it lacks
+                check_partitions(gw.agent.metadata(), wanted)
+            raise
 
     @api.op("GET", base + "/offsets", role="consume", tag="consumers",
             summary="Committed offsets (next offset to read; -1: none) of the partitions in the body "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from webui import schemas as S
 from webui.context import Gateway
@@ -161,6 +161,18 @@ def offsets_json(outcomes: list) -> list[dict]:
 def partition_v2(p: Any) -> dict:
     return {"partition": p.partition, "leader": p.leader,
             "replicas": [{"broker": b, "leader": b == p.leader, "in_sync": b in p.isr} for b in p.replicas]}
+
+
+def check_partitions(metadata: Any, partitions: Iterable[tuple[str, int]]) -> None:
+    """Raises ClusterError topic_not_found or partition_not_found for the first of
+    ``partitions`` that ``metadata`` lacks."""
+    for topic, partition in partitions:
+        t = metadata.topics.get(topic)
+        if t is None:
+            raise ClusterError("topic_not_found", f"topic {topic!r} not found")
+        if partition >= len(t.partitions):
+            raise ClusterError("partition_not_found",
+                               f"topic {topic!r} has no partition {partition} (it has {len(t.partitions)})")
 
 
 def register(api: Api, gw: Gateway) -> None:

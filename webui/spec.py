@@ -279,8 +279,10 @@ class Api:
         elif op.body is not None:
             if mimetype not in body_v:
                 raise ApiError(41501, f"Content-Type must be one of: {', '.join(body_v)}")
+            if not raw:
+                raise ApiError(40001, "the body is empty: a JSON object is wanted")
             try:
-                body = loads_body(raw or b"null", mimetype)
+                body = loads_body(raw, mimetype)
             except ValueError as e:
                 raise ApiError(40001, f"the body is not JSON: {e}") from None
             problem = _first_error(body_v[mimetype], body)

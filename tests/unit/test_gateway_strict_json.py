@@ -179,3 +179,12 @@ def test_bytes_that_are_not_utf8_are_marked_base64_in_the_json_format(served: An
                                 {"name": "t", "value": "text"}, {"name": "n", "value": None}]
     binary = records_json(agent.log[:1], "binary")[0]
     assert "value_encoding" not in binary and "key_encoding" not in binary, "binary: everything is base64"
+
+
+@pytest.mark.parametrize("content_type", [EMBEDDED, BINARY, "application/json"])
+def test_an_empty_produce_body_is_not_json(served: Any, content_type: str) -> None:
+    """It was answered 422 ("(body): null is not of type object"): an empty body is no JSON."""
+    client, agent, _ = served
+    r = produce(client, "", content_type)
+    assert r.status_code == 400 and r.get_json()["error_code"] == 40001, r.data
+    assert "empty" in r.get_json()["message"] and agent.log == []
