@@ -93,7 +93,7 @@ def register(api: Api, gw: Gateway) -> None:
 
     create_schema = {"type": "object", "required": ["topic_name"], "properties": {
         "topic_name": {"$ref": "#/components/schemas/TopicName"},
-        "partitions_count": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "partitions_count": S.PARTITIONS_COUNT,
         "replication_factor": {"type": "integer", "minimum": 1, "maximum": 16},
         "configs": {"type": "array", "maxItems": 20, "items": {"type": "object", "required": ["name", "value"], "properties": {
             "name": {"type": "string", "enum": S.TOPIC_CONFIGS}, "value": {"type": "string", "maxLength": 64}}}}}}
@@ -119,7 +119,7 @@ def register(api: Api, gw: Gateway) -> None:
     @api.op("PATCH", c + "/topics/{topic_name}", role="admin", tag="v3", summary="Add partitions",
             path_params=topic_path, errors=(40401,), response=topic_s,
             body={JSON: {"type": "object", "required": ["partitions_count"], "properties": {
-                "partitions_count": {"type": "integer", "minimum": 1, "maximum": 1000}}}},
+                "partitions_count": S.PARTITIONS_COUNT}}},
             description="partitions_count must be larger than today's count (else 422, 42204).")
     def patch_topic(cluster_id: str, topic_name: str, body: dict, content_type: str) -> dict:
         check_cluster(cluster_id)

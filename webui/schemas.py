@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from fabric import protocol as P
+
 NAME = {"type": "string", "minLength": 1, "maxLength": 249, "pattern": "^[A-Za-z0-9._-]+$"}
-PARTITION = {"type": "integer", "minimum": 0, "maximum": 9999}
+PARTITION = {"type": "integer", "minimum": 0, "maximum": P.PARTITIONS_MAX - 1}
+PARTITIONS_COUNT = {"type": "integer", "minimum": 1, "maximum": P.PARTITIONS_MAX}  # the coordinator's limit
 OFFSET = {"type": "integer", "minimum": 0, "maximum": 2 ** 62}
 BASE64 = {"type": "string", "maxLength": 16 * 1024 * 1024,
           "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
