@@ -349,7 +349,7 @@ class JobSender:
             if err is None:  # md is (topic, partition, offset)
                 self._finish(job, i, [md[1], md[2] if job.acks != 0 else -1, 0, ""])
             else:
-                self._finish(job, i, [-1, -1, _error_code(err), str(err)])
+                self._finish(job, i, [-1, -1, _error_code(err), _error_message(err)])
         try:
             producer.send(job.topic, value, key=key, headers=headers, partition=partition, on_delivery=delivered)
         except CodedError as e:  # a broker's answer, or the client's own (buffer full, unknown topic…)
@@ -372,7 +372,7 @@ class JobSender:
         if errors.count(None) == len(errors):
             rows: list = list(zip(partitions, offsets, repeat(0), repeat("")))  # packed as arrays, as lists are
         else:
-            rows = [[p, o, 0, ""] if err is None else [-1, -1, _error_code(err), str(err)]
+            rows = [[p, o, 0, ""] if err is None else [-1, -1, _error_code(err), _error_message(err)]
                     for p, o, err in zip(partitions, offsets, errors)]
         self._finish_many(job, start, positions, rows)
 
@@ -387,6 +387,12 @@ class JobSender:
 
 def _error_code(err: Exception) -> int:
     return err.code if isinstance(err, CodedError) else P.UNKNOWN
+
+
+def _error_message(err: Exception) -> str:
+    """The row's message: without the code's name (``str`` of a CodedError starts with it, and
+    the gateway puts it in front of the message again)."""
+    return err.message if isinstance(err, CodedError) else str(err)
 
 
 def _records_bytes(records: list | tuple) -> int:

@@ -256,9 +256,9 @@ class GatewayAgent:
                 if not results:
                     raise  # nothing of the request written: refuse it as a whole
                 cause = e.__cause__
-                code = cause.code if isinstance(cause, CodedError) else P.UNKNOWN
-                # earlier chunks are in the log: answer per record, these ones failed
-                failed = (code, str(e))
+                # earlier chunks are in the log: answer per record, these ones failed (the
+                # rows' messages go without the code's name: it is put in front below)
+                failed = (cause.code, cause.message) if isinstance(cause, CodedError) else (P.UNKNOWN, e.message)
                 results += [(-1, -1, *failed)] * len(chunk)
         if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results):
             # deleted, or made again with fewer partitions, since the cached look: refused whole

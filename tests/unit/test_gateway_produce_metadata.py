@@ -13,6 +13,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.config import load_config
+from fabric.errors import RemoteError
 from nodes.gateway.agent import GatewayAgent
 from nodes.local_cluster import GATEWAY_NODES, make_config
 from tests.unit.fakes import metadata_of
@@ -141,3 +142,20 @@ def test_the_offsets_topic_is_described_and_its_produce_refused_with_invalid_top
             a.produce("__consumer_offsets", [RECORD], "all", partition)
         assert e.value.kind == "invalid" and e.value.message.startswith("invalid_topic:")
         assert e.value.to_api().error_code == 42204
+
+
+def test_a_later_chunk_refused_is_reported_per_record_with_one_error_prefix(agent: Any) -> None:
+    """A request over P.SERVICE_RECORDS_PER_REQUEST_MAX goes in chunks; one refused after an
+    earlier one was written is answered per record, its message prefixed by the error's name
+    once (it read ``not_leader: unavailable: not_leader: …``)."""
+    a, _, service = agent
+    calls = []
+
+    def produce_rows(topic: str, records: list, acks: Any, is_down: Any = None) -> tuple:
+        calls.append(len(records))
+        if len(calls) > 1:
+            raise RemoteError(P.NOT_LEADER, "broker 2 does not lead t-0")
+        return tuple((0, 7, 0, "") for _ in records)
+    service.produce_rows = produce_rows
+    outcomes = a.produce("t", [RECORD] * (P.SERVICE_RECORDS_PER_REQUEST_MAX + 1), "all")
+    assert len(calls) == 2 and outcomes[-1] == (-1, -1, "not_leader: broker 2 does not lead t-0", True)

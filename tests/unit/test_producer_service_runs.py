@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fabric import protocol as P
 from fabric.records import decode_batches, partition_for_key
-from tests.unit.driven_producer import LEADER
+from tests.unit.driven_producer import LEADER, answer, send_pass
 
 
 def test_mixed_records_get_the_results_one_send_per_record_gave(make_rig) -> None:  # noqa: ANN001
@@ -65,3 +65,16 @@ def test_a_full_buffer_part_way_fails_the_rest_and_answers_once(make_rig) -> Non
     rig.deliver()
     assert rig.answered == [job]
     assert all(x[2] == 0 and x[1] >= 0 for x in job.results[:57])
+
+
+def test_a_brokers_refusal_is_reported_with_its_message_alone(make_rig) -> None:  # noqa: ANN001
+    """A row carries the error code and its message; the gateway puts the code's name in front
+    (``record_too_large: …``). The message used to carry the name already, so REST clients read
+    ``invalid_record: invalid_record: …``."""
+    rig = make_rig()
+    job = rig.job([(None, b"a", None, 0), (None, b"b", None, 0),          # one run: send_many
+                   (None, b"h", (("n", b"v"),), 1)])                       # headers: send
+    parts = send_pass(rig.producer)
+    answer(rig.producer, [[-1, P.INVALID_RECORD, "the broker says no"] for _ in parts])
+    assert rig.answered == [job]
+    assert [list(r[2:]) for r in job.results] == [[P.INVALID_RECORD, "the broker says no"]] * 3
