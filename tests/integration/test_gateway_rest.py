@@ -379,3 +379,12 @@ def test_a_request_line_over_the_limit_is_a_documented_414(http: Http) -> None:
     long_topic = "t" * (REQUEST_LINE_BYTES_MAX - 100)  # a request line within the limit: the route answers
     assert http("GET", f"/topics/{long_topic}").status_code in (404, 422)
     assert http("GET", f"/topics/{long_topic}", x="y" * 200).status_code == 414
+
+
+def test_too_many_or_too_large_headers_are_the_http_servers_html_431(http: Http) -> None:
+    """gunicorn answers these before any route runs, as HTML (docs/gateway.md, Errors)."""
+    url = http.base + "/health/live"
+    assert http.session.get(url, headers={f"x-h{i}": "v" for i in range(90)}).status_code == 200
+    for headers in ({f"x-h{i}": "v" for i in range(101)}, {"x-big": "v" * 9000}):
+        r = http.session.get(url, headers=headers)
+        assert r.status_code == 431 and r.headers["Content-Type"].startswith("text/html"), (r.status_code, r.text[:200])
