@@ -20,6 +20,7 @@ from fabric import protocol as P
 from fabric.config import load_config
 from fabric.errors import RemoteError, RequestTimeout
 import nodes.gateway.agent as agent_mod
+import nodes.gateway.agent_instances as instances_mod
 from nodes.gateway.agent import GatewayAgent
 from nodes.local_cluster import GATEWAY_NODES, make_config
 from tests.unit.fakes import metadata_of
@@ -110,7 +111,7 @@ def test_instances_expired_by_their_service_do_not_fill_the_gateway_table_for_go
     script): the consumer service closes the instance after its idle timeout, but the gateway
     keeps its entry. After INSTANCES_MAX of those, every create is refused 503 for the rest of
     the worker's life, though no service hosts a single instance."""
-    monkeypatch.setattr(agent_mod, "INSTANCES_MAX", 5)
+    monkeypatch.setattr(instances_mod, "INSTANCES_MAX", 5)
     services = _Services()
     a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))), make_admin=_Admin)
     a._local.consumers = services  # the request thread's ServiceConsumer
@@ -162,7 +163,8 @@ def test_two_requests_of_one_instance_whose_service_died_both_get_an_answer(
     service dies: both threads see the service down and both move the instance; the second
     create on the new service is refused 'exists' and that request is answered 409 (40901)
     -- a fetch or commit answered 'instance exists'."""
-    monkeypatch.setattr(agent_mod, "ServiceConsumer", _Hosts)
+    for module in (agent_mod, instances_mod):  # the agent's own client and the instances'
+        monkeypatch.setattr(module, "ServiceConsumer", _Hosts)
     _Hosts.hosted = {}
     up = {"dead": False}
     a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))), make_admin=_Admin,
@@ -191,7 +193,8 @@ def test_reclaim_deletes_only_what_the_previous_process_made(tmp_path: Path, mon
     instance went away meanwhile (idle expiry, the service restarted) and this worker's client
     made its instance again under the same name on the same service, the delete hits the new,
     live instance: nothing checks the owner at delete time."""
-    monkeypatch.setattr(agent_mod, "ServiceConsumer", _Hosts)
+    for module in (agent_mod, instances_mod):  # the agent's own client and the instances'
+        monkeypatch.setattr(module, "ServiceConsumer", _Hosts)
     a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))), make_admin=_Admin,
                      owner="gateway:gateway")
     ep = a.consumer_endpoints[0]
@@ -210,7 +213,7 @@ def test_reclaim_deletes_only_what_the_previous_process_made(tmp_path: Path, mon
 
 def test_an_instance_made_while_another_thread_forgets_expired_ones_is_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_mod, "INSTANCES_MAX", 2)
+    monkeypatch.setattr(instances_mod, "INSTANCES_MAX", 2)
     services = _Services()
     a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))), make_admin=_Admin)
     a._consumers = lambda: services  # type: ignore[method-assign]  # every request thread's ServiceConsumer

@@ -19,6 +19,7 @@ from fabric import protocol as P
 from fabric.config import load_config
 from fabric.errors import RemoteError, RequestTimeout
 import nodes.gateway.agent as agent_mod
+import nodes.gateway.agent_instances as instances_mod
 from nodes.gateway.agent import GatewayAgent
 from nodes.local_cluster import GATEWAY_NODES, make_config
 from webui.errors import ClusterError
@@ -102,7 +103,8 @@ class Handle:
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[GatewayAgent, Services]:
     a = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))), owner="gateway:gateway")
     services = Services(a.consumer_endpoints)
-    monkeypatch.setattr(agent_mod, "ServiceConsumer", services.client)
+    for module in (agent_mod, instances_mod):  # the agent's own client and the instances'
+        monkeypatch.setattr(module, "ServiceConsumer", services.client)
     a._consumers = services.client  # type: ignore[method-assign]  # every request thread's ServiceConsumer
     a.create_instance("g", "s1", {}, "json")
     a.call_instance("g", "s1", lambda h: h.subscribe(["t"]))
