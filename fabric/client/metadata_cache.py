@@ -30,6 +30,7 @@ class MetadataCache:
         self.current = ClusterMetadata.empty()
         self.wanted = True
         self.closed = False
+        self.answers = 0  # updates kept (each answer to a refresh that is not older than ``current``)
 
     def want_refresh(self) -> None:
         self.wanted = True
@@ -47,6 +48,7 @@ class MetadataCache:
             if self._on_update is not None:
                 self._on_update(md)
             self.current = md
+            self.answers += 1
             self._cond.notify_all()
         return True
 
@@ -67,6 +69,30 @@ class MetadataCache:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.closed:
                     raise TopicNotInMetadataError(f"topic {topic!r} not found in the cluster metadata")
+                self._cond.wait(min(left, WAIT_SLICE_S))
+
+    def partition_count_having(self, topic: str, partition: int, max_block_ms: int) -> int:
+        """Partitions of ``topic`` (``partition_count``), from metadata fetched after this call
+        when the metadata held lacks ``partition``: partitions may have been added since it was
+        fetched. Waits (within ``max_block_ms``) for the partition to show, or for two answers
+        to refreshes asked for meanwhile (the first may answer a request sent before the call),
+        then returns the count they show. Raises ``TopicNotInMetadataError``."""
+        deadline = time.monotonic() + max_block_ms / 1000
+        count = self.partition_count(topic, max_block_ms)
+        if partition < count:
+            return count
+        with self._cond:
+            start = self.answers
+            while True:
+                t = self.current.topics.get(topic)
+                count = len(t.partitions) if t is not None else 0
+                left = deadline - time.monotonic()
+                if partition < count or self.answers >= start + 2 or left <= 0 or self.closed:
+                    if t is None:
+                        raise TopicNotInMetadataError(f"topic {topic!r} not found in the cluster metadata")
+                    return count
+                self.wanted = True
+                self._wake()
                 self._cond.wait(min(left, WAIT_SLICE_S))
 
     def close(self) -> None:

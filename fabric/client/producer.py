@@ -100,7 +100,9 @@ class Producer:
         (a bytearray value, key or header value is copied: the record is queued as it is
         now), ``RecordSizeExceededError`` for a record whose value, key and headers are over
         ``record_bytes_max``, and
-        ``TopicNotInMetadataError`` for a topic or partition the metadata does not have (all
+        ``TopicNotInMetadataError`` for a topic or partition the metadata does not have (a
+        partition beyond the count held is looked for in fresh metadata first: it may have been
+        added since the last refresh) (all
         local ``ClientError``s, with the protocol code of the condition)."""
         # the hot path of every application: kept to a few dict and attribute operations
         if value.__class__ is not bytes:
@@ -136,7 +138,7 @@ class Producer:
             nparts = self._partition_count(topic)
             if partition is None:
                 partition = partition_for_key(key, nparts)  # type: ignore[arg-type]
-            elif not 0 <= partition < nparts:
+            elif not 0 <= partition < nparts and not 0 <= partition < self._fresh_partition_count(topic, partition):
                 raise TopicNotInMetadataError(f"{topic} has no partition {partition}")
         return self._append(topic, partition, _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms,
                             key, value, headers, size, on_delivery)
@@ -188,7 +190,9 @@ class Producer:
         ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
         nparts = self._partition_count(topic) if n else 0
         if partition is not None and not 0 <= partition < nparts and n:
-            raise TopicNotInMetadataError(f"{topic} has no partition {partition}")
+            nparts = self._fresh_partition_count(topic, partition)
+            if not 0 <= partition < nparts:
+                raise TopicNotInMetadataError(f"{topic} has no partition {partition}")
         if on_complete is None:
             return self._queue_many(topic, values, keys, partition, ts, nparts, on_delivery, None)
         completion = Completion(on_complete)
@@ -292,6 +296,14 @@ class Producer:
     def _partition_count(self, topic: str) -> int:
         t = self.metadata.current.topics.get(topic)
         return len(t.partitions) if t is not None else self.metadata.partition_count(topic, self.max_block_ms)
+
+    def _fresh_partition_count(self, topic: str, partition: int) -> int:
+        """The count of ``topic``'s partitions once fresh metadata was asked for: a
+        ``partition`` beyond the count held may have been added since it was fetched (a refresh
+        comes every few seconds), which is no reason to refuse the record."""
+        if partition < 0:
+            return self._partition_count(topic)
+        return self.metadata.partition_count_having(topic, partition, self.max_block_ms)
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything buffered and wait until every batch is acknowledged or failed.
