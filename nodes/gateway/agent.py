@@ -22,8 +22,8 @@ request threads) instead of asking the coordinator on every request: a topic not
 looked up afresh before the request is refused, and a request whose every record fails with
 an unknown topic or partition (deleted, or made again with fewer partitions, meanwhile) is
 answered 404 after a fresh look too when that look shows the topic, or a partition the request
-names, missing. A record failed for a partition gone from a topic that exists (one the service's
-producer chose from older metadata) is no retriable error.
+names, missing. A record failed with unknown_topic_or_partition while the topic exists is
+retriable (the service places it again) unless it names a partition a fresh look shows gone.
 
 Thread-safety: thread-safe. Every request thread gets its own clients (``threading.local``:
 the fabric's blocking clients are not thread-safe); the instance table and the cached
@@ -70,12 +70,26 @@ Record4 = tuple  # (key bytes|None, value bytes, headers [[name, bytes|None]]|No
 Outcome = tuple  # (partition, offset, error text|None, retriable): plain tuples, 500 of them per request
 
 
-def _retriable(code: int) -> bool:
-    """Whether a record the producer service failed with ``code`` may be sent again as it is.
-    Not unknown_topic_or_partition: the service's producer retries that itself until its
-    metadata shows the record's partition gone from a topic that exists (a missing topic is
-    answered 404 instead), which no retry brings back."""
-    return code in P.RETRIABLE and code != P.UNKNOWN_TOPIC_OR_PARTITION
+def _retriable(code: int, gone: Callable[[int], bool] | None = None, index: int = 0) -> bool:
+    """Whether record ``index``, which the producer service failed with ``code``, may be sent
+    again as it is. unknown_topic_or_partition is, unless the record names a partition a fresh
+    look shows gone (``gone``: the topic made again with fewer partitions): the service's
+    producer failed it at once for a partition its metadata no longer has (placed again on the
+    retry), or retried it to its delivery timeout while brokers refused it (a replica not yet
+    opened, a broker still holding the deleted topic's), both transient (a missing topic is
+    answered 404 instead)."""
+    return code in P.RETRIABLE and not (code == P.UNKNOWN_TOPIC_OR_PARTITION and gone is not None and gone(index))
+
+
+def _gone_in(topic: str, partition: int | None, records: list[Record4], t: Any) -> Callable[[int], bool]:
+    """Whether record ``i`` names a partition (the route's, or its own) that topic ``t`` (fresh
+    metadata; None: gone) lacks."""
+    count = len(t.partitions) if t is not None else 0
+
+    def gone(i: int) -> bool:
+        named = partition if partition is not None else records[i][3]
+        return named is not None and named >= count
+    return gone
 
 
 def _refuse_missing_partition(topic: str, named: int | None, t: Any) -> None:
@@ -243,13 +257,16 @@ class GatewayAgent(ConsumerInstances):
                 # rows' messages go without the code's name: it is put in front below)
                 failed = (cause.code, cause.message) if isinstance(cause, CodedError) else (P.UNKNOWN, e.message)
                 results += [(-1, -1, *failed)] * len(chunk)
-        if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results):
-            # deleted, or made again with fewer partitions, since the cached look: refused whole
-            if self.topic_missing(topic):
-                raise ClusterError("topic_not_found", f"topic {topic!r} not found")
-            _refuse_missing_partition(topic, named, self._recent_metadata().topics.get(topic))  # that fresh look
-        return [(p, o, None, False) if not e else (p, o, f"{P.error_name(e)}: {m}", _retriable(e))
-                for p, o, e, m in results]
+        gone: Callable[[int], bool] | None = None
+        if any(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results):
+            if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results):
+                # deleted, or made again with fewer partitions, since the cached look: refused whole
+                if self.topic_missing(topic):
+                    raise ClusterError("topic_not_found", f"topic {topic!r} not found")
+                _refuse_missing_partition(topic, named, self._recent_metadata().topics.get(topic))  # that fresh look
+            gone = _gone_in(topic, partition, records, self.metadata().topics.get(topic))
+        return [(p, o, None, False) if not e else (p, o, f"{P.error_name(e)}: {m}", _retriable(e, gone, i))
+                for i, (p, o, e, m) in enumerate(results)]
 
     def _checked_topic(self, topic: str, may_create: bool) -> Any:
         """The topic from fresh metadata; created first when missing, ``may_create`` and

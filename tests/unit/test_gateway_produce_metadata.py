@@ -95,7 +95,9 @@ def test_per_record_unknown_topic_errors_stay_per_record_while_the_topic_exists(
     service.error = P.UNKNOWN_TOPIC_OR_PARTITION  # e.g. a partition the service's metadata lacks
     outcomes = a.produce("t", [RECORD], "all")
     assert outcomes[0][2].startswith("unknown_topic_or_partition") and outcomes[0][:2] == (0, -1)
-    assert outcomes[0][3] is False, "the topic exists: the record's partition is gone, which no retry brings back"
+    # the record names no partition: the service placed it on one its older metadata had, and
+    # places it again, under the metadata that failed it, when the client retries
+    assert outcomes[0][3] is True
 
 
 def test_a_named_partition_gone_since_the_cached_look_is_404_not_per_record_errors(agent: Any) -> None:
@@ -159,3 +161,17 @@ def test_a_later_chunk_refused_is_reported_per_record_with_one_error_prefix(agen
     service.produce_rows = produce_rows
     outcomes = a.produce("t", [RECORD] * (P.SERVICE_RECORDS_PER_REQUEST_MAX + 1), "all")
     assert len(calls) == 2 and outcomes[-1] == (-1, -1, "not_leader: broker 2 does not lead t-0", True)
+
+
+def test_unknown_partition_is_final_only_for_a_record_naming_a_partition_gone() -> None:
+    """Per record (the request partly written): unknown_topic_or_partition is retriable unless
+    the record names (itself or by the route) a partition the fresh metadata lacks."""
+    from types import SimpleNamespace
+
+    from nodes.gateway.agent import _gone_in, _retriable
+    t = SimpleNamespace(partitions=[0, 1])  # made again with 2 partitions
+    records = [(None, b"a", None, None), (None, b"b", None, 1), (None, b"c", None, 3)]
+    gone = _gone_in("t", None, records, t)
+    assert [_retriable(P.UNKNOWN_TOPIC_OR_PARTITION, gone, i) for i in range(3)] == [True, True, False]
+    assert _retriable(P.UNKNOWN_TOPIC_OR_PARTITION, _gone_in("t", 2, records, t), 0) is False  # the route's partition
+    assert _retriable(P.NOT_LEADER, gone, 2) is True and _retriable(P.INVALID_RECORD, gone, 0) is False
