@@ -242,7 +242,10 @@ class Api:
             self.authorize(op)
             status, data, content_type = self.dispatch(op, path, request.args.get, (request.mimetype or "").lower(),
                                                        _read_body)
-            return Response(data, status=status, content_type=content_type)
+            response = Response(data, status=status, content_type=content_type)
+            if data is None:
+                del response.headers["Content-Type"]  # 204: no content, so no type (Flask's default is text/html)
+            return response
         view.__name__ = op.endpoint
         return view
 

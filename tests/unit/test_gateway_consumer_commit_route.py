@@ -69,6 +69,7 @@ def test_a_commit_without_offsets_commits_everything_fetched(served: Any, body: 
     r = client.post(OFFSETS, data=body, headers={**AUTH, **headers})
     assert r.status_code == 204, (r.status_code, r.data)
     assert agent.commits == [None]
+    assert "Content-Type" not in r.headers and r.data == b""  # no content: no type (it said text/html)
 
 
 def test_an_empty_body_is_documented_as_optional(served: Any) -> None:
