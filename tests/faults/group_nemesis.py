@@ -1,0 +1,539 @@
+"""A randomized nemesis for consumer groups and committed offsets (exploratory, seedable).
+
+    python -m tests.faults.group_nemesis --seed 7 [--duration-s 60] [--dir DIR]
+
+Per seed: a 3-broker cluster and its coordinator on 127.0.0.1 (free ports, fsync always), a
+topic of 3 to 6 partitions RF 3, the fault suite's idempotent acks=all producer writing unique
+values (``workload_checker.Workload``), 2 or 3 group members in processes of their own
+(``group_nemesis_member``: sync, async and auto commits; range, round-robin or sticky), an
+observer of the group's committed offsets (OFFSET_FETCH through GroupAdmin, with the log ends),
+and a nemesis -- one fault at a time (seeds divisible by 4) or in three concurrent lanes
+(brokers, coordinator, members; still at most one broker down) -- that at random times:
+
+- SIGKILLs a broker (often the leader of the group's offsets partition) and restarts it, or
+  every broker at once;
+- SIGSTOPs a broker past its session and SIGCONTs it;
+- cuts the offsets leader from the other brokers (not from the coordinator) past the commit
+  deadline; SIGSTOPs the coordinator past the commit deadline while the offsets leader is killed;
+- SIGKILLs the coordinator and restarts it (alone or with a member), SIGSTOPs it past the
+  sessions and SIGCONTs it;
+- SIGKILLs a member and starts it again, SIGSTOPs one past its session (a zombie that then
+  polls and commits), stalls one past max_poll_interval_ms between its records and their commit.
+
+Some seeds have the coordinator snapshot the offsets every 50 or 300 commit records
+(``group_nemesis_node``), so that snapshots are written and loaded under the faults.
+
+After healing (every node running) the members are killed under load (uncommitted tails left
+behind), the producer stops, the emptied group is reset backward (``reset-offsets --shift-by``)
+and the coordinator and/or the offsets leader SIGKILLed right after, then a fresh member reads
+the group from its commits. The checker asserts:
+
+- every acknowledged record was delivered to some member (redelivery allowed, a skip is not);
+- the value delivered at (partition, offset) is the one acknowledged there;
+- within one assignment of one member process, offsets of a partition are contiguous and
+  increasing (no record twice, none skipped, no position going back);
+- an assignment starts a partition at its first delivered record, never above every offset the
+  group may have committed by then, and never below a commit acknowledged before it;
+- the committed offset of a partition never goes backwards (until the explicit reset), and
+  never exceeds the log end; an acknowledged reset survives the SIGKILLs after it;
+- the fresh member starts each partition exactly at the last committed offset;
+- the group settles with every partition assigned to exactly one member;
+- no node logged a Traceback or exited by itself, no member crashed.
+
+Every process is stopped by its pid at the end; the seed is printed for reproduction. Exit
+status 0: no violation; 1: violations (printed); 2: the run itself could not complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python tests/faults/group_nemesis.py): the repository's packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from fabric import protocol as P  # noqa: E402 (after the path for a run as a file)
+from fabric.client import Admin  # noqa: E402
+from fabric.client.admin import LATEST  # noqa: E402
+from fabric.client.group import Consumer  # noqa: E402
+from fabric.client.group_admin import GroupAdmin  # noqa: E402
+from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore  # noqa: E402
+from tests.faults import workload_checker as J  # noqa: E402
+from tests.faults.group_nemesis_checks import (  # noqa: E402
+    check_acked_commits, check_assignment_starts, check_commits, check_deliveries, check_sessions)
+from tests.harness import Cluster, make_config, wait_until  # noqa: E402
+
+PARTITIONS = 4  # set per seed by run(): 3 to 6
+MEMBERS = 3     # set per seed by run(): 2 or 3
+GROUP = "nemesis-group"
+TOPIC = J.TOPIC
+MODES = ("sync", "async", "auto")
+SESSION_COORDINATOR_MS = 3000  # make_config's liveness.session_timeout_ms
+MEMBER_SESSION_MS = 3000  # group_nemesis_member.SESSION_MS
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class NemesisCluster(Cluster):
+    """A ``Cluster`` whose nodes run ``group_nemesis_node`` (snapshots every ``snapshot_records``
+    commit records when given) and that remembers the nodes the nemesis stopped on purpose."""
+
+    def __init__(self, config_path: Path, snapshot_records: int = 0) -> None:
+        super().__init__(config_path)
+        self.snapshot_records = snapshot_records
+
+    def start_node(self, name: str, wait: bool = True) -> None:
+        assert name not in self.procs or self.procs[name].poll() is not None, f"{name} already running"
+        log = open(self.log_dir / f"{name}.log", "ab")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
+                   LOOM_NEMESIS_SNAPSHOT_RECORDS=str(self.snapshot_records))
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.group_nemesis_node", "-c", str(self.config_path), "--node", name],
+            stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
+        if wait:
+            self.wait_ready(name)
+
+
+class Members:
+    """The member processes, by name; each journals to ``dir/<name>.jsonl``."""
+
+    def __init__(self, bootstrap: str, directory: Path, seed: int) -> None:
+        self.bootstrap, self.dir, self.seed = bootstrap, directory, seed
+        self.modes = {f"m{i}": MODES[(i + seed) % len(MODES)] for i in range(MEMBERS)}
+        self.assignor = ("range", "round-robin", "sticky")[seed % 3]
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.started_at: dict[str, float] = {}
+        self.all_pids: list[int] = []
+
+    def start(self, name: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        log = open(self.dir / f"{name}.out", "ab")
+        p = subprocess.Popen([sys.executable, "-m", "tests.faults.group_nemesis_member", self.bootstrap, GROUP, TOPIC,
+                              name, self.modes[name], str(self.seed), str(self.dir / f"{name}.jsonl"), self.assignor],
+                             stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
+        self.procs[name] = p
+        self.all_pids.append(p.pid)
+        self.started_at[name] = time.monotonic()
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs[name]
+        if p.poll() is None:
+            os.kill(p.pid, sig)
+            if sig == signal.SIGKILL:
+                p.wait(timeout=10)
+
+    def alive(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is None]
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+
+    def events(self) -> list[dict]:
+        out = []
+        for name in self.modes:
+            path = self.dir / f"{name}.jsonl"
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    try:
+                        out.append(dict(json.loads(line), member=name))
+                    except json.JSONDecodeError:
+                        pass  # a line torn by SIGKILL
+        return out
+
+
+class CommitObserver(threading.Thread):
+    """Polls the group's committed offsets (OFFSET_FETCH) and, after each, the log ends."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(name="commit-observer", daemon=True)
+        self.admin = Admin(bootstrap, timeout_ms=1000)
+        self.groups = GroupAdmin(self.admin)
+        self.samples: list[tuple[float, dict[int, int], dict[int, int]]] = []  # (t, committed, ends)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.1):
+            try:
+                committed = {p: o for (t, p), o in self.groups.committed(GROUP).items() if t == TOPIC}
+                t = time.time()
+                ends = self.admin.list_offsets(TOPIC, LATEST, partial=True)
+            except Exception:
+                continue
+            self.samples.append((t, committed, ends))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+        self.admin.close()
+
+
+class Nemesis(threading.Thread):
+    """Random faults, one at a time, healed before the next; or (``concurrent``) in three
+    lanes at once -- brokers, the coordinator, the members -- each one fault at a time, so
+    at most one broker is down."""
+
+    def __init__(self, cluster: Cluster, members: Members, rng: random.Random, duration_s: float,
+                 concurrent: bool) -> None:
+        super().__init__(name="nemesis", daemon=True)
+        self.c, self.members, self.rng, self.duration_s = cluster, members, rng, duration_s
+        self.concurrent = concurrent
+        self.history: list[tuple[float, str]] = []
+        self.error: Exception | None = None
+        self._halt = threading.Event()
+
+    def note(self, what: str) -> None:
+        self.history.append((time.time(), what))
+        print(f"  nemesis {time.strftime('%H:%M:%S')} {what}", flush=True)
+
+    ALL = ("kill-broker", "kill-coordinator", "pause-broker", "pause-coordinator", "kill-member", "pause-member",
+           "kill-coordinator+member", "kill-broker+member", "kill-broker", "pause-broker", "stall-member",
+           "long-pause-coordinator+kill-broker", "isolate-offsets-leader", "kill-all-brokers")
+    # concurrent lanes: faults of different kinds overlap (still at most one broker down)
+    LANES = (("kill-broker", "pause-broker", "kill-broker", "pause-broker", "long-pause-coordinator+kill-broker",
+              "isolate-offsets-leader", "kill-all-brokers"), ("kill-coordinator", "pause-coordinator"), ("kill-member", "pause-member", "stall-member"))
+
+    def run(self) -> None:
+        lanes = [threading.Thread(target=self.lane, args=(kinds, random.Random(self.rng.random())), daemon=True)
+                 for kinds in (self.LANES if self.concurrent else (self.ALL,))]
+        for t in lanes:
+            t.start()
+        for t in lanes:
+            t.join()
+
+    def lane(self, kinds: tuple[str, ...], rng: random.Random) -> None:
+        try:
+            end = time.monotonic() + self.duration_s
+            while time.monotonic() < end and not self._halt.wait(rng.uniform(0.5, 3)):
+                self.one_fault(rng.choice(kinds), rng)
+        except Exception as e:  # reported by the runner
+            self.error = e
+
+    def one_fault(self, kind: str, rng: random.Random) -> None:
+        c = self.c
+        broker = rng.choice(c.broker_names())
+        if kind.endswith("broker") and rng.random() < 0.6:
+            broker = self.offsets_leader() or broker  # the leader of the group's offsets partition
+        member = rng.choice(list(self.members.modes))
+        down_s = rng.uniform(0.5, 5)
+        if kind == "long-pause-coordinator+kill-broker":
+            # the append in flight when the coordinator stopped goes unanswered (its leader dies),
+            # and the commits' deadlines pass while it is stopped: commits that may be in the log
+            # end unacknowledged, and the offsets partition is read again
+            leader = self.offsets_leader() or broker
+            pause_s = rng.uniform(16, 19)
+            self.note(f"SIGSTOP coordinator for {pause_s:.1f}s, SIGKILL {leader} (the offsets leader)")
+            c.kill("coordinator", signal.SIGSTOP)
+            time.sleep(rng.uniform(0, 0.5))
+            c.kill(leader)
+            time.sleep(pause_s)
+            c.kill("coordinator", signal.SIGCONT)
+            time.sleep(rng.uniform(0, 2))
+            c.start_node(leader, wait=False)
+            c.wait_ready(leader, 30)
+        elif kind == "kill-all-brokers":  # fsync always: nothing acknowledged may be lost
+            down_s = rng.uniform(0.2, 3)
+            self.note(f"SIGKILL every broker for {down_s:.1f}s")
+            for b in c.broker_names():
+                c.kill(b)
+            time.sleep(down_s)
+            for b in c.broker_names():
+                c.start_node(b, wait=False)
+            for b in c.broker_names():
+                c.wait_ready(b, 30)
+        elif kind == "isolate-offsets-leader":
+            # cut from the other brokers, not from the coordinator: it stays the leader, its
+            # acks=all appends wait, its ISR shrinks below min.insync.replicas, and commits that
+            # may be in the log end unacknowledged at their deadline
+            leader = self.offsets_leader() or broker
+            others = [b for b in c.broker_names() if b != leader]
+            cut_s = rng.uniform(16, 20)
+            self.note(f"cut {leader} (the offsets leader) from {others} for {cut_s:.1f}s")
+            try:
+                c.call(leader, P.FAULTS, {"block": others})
+                for b in others:
+                    c.call(b, P.FAULTS, {"block": [leader]})
+                time.sleep(cut_s)
+            finally:
+                for b in [leader, *others]:
+                    c.call(b, P.FAULTS, {"block": []})
+        elif kind.startswith("kill-broker"):
+            self.note(f"SIGKILL {broker} for {down_s:.1f}s (offsets leader: {self.offsets_leader()})")
+            c.kill(broker)
+            if kind.endswith("member"):
+                self.note(f"SIGKILL {member}")
+                self.members.kill(member)
+            time.sleep(down_s)
+            c.start_node(broker, wait=False)
+            if kind.endswith("member"):
+                self.members.start(member)
+            c.wait_ready(broker, 30)
+        elif kind.startswith("kill-coordinator"):
+            self.note(f"SIGKILL coordinator for {down_s:.1f}s")
+            c.kill("coordinator")
+            if kind.endswith("member"):
+                self.note(f"SIGKILL {member}")
+                self.members.kill(member)
+            time.sleep(down_s)
+            c.start_node("coordinator", wait=False)
+            if kind.endswith("member"):
+                self.members.start(member)
+            c.wait_ready("coordinator", 30)
+        elif kind in ("pause-broker", "pause-coordinator"):
+            node = broker if kind == "pause-broker" else "coordinator"
+            pause_s = SESSION_COORDINATOR_MS / 1000 + rng.uniform(0.5, 3)
+            self.note(f"SIGSTOP {node} for {pause_s:.1f}s (offsets leader: {self.offsets_leader()})")
+            c.kill(node, signal.SIGSTOP)
+            time.sleep(pause_s)
+            c.kill(node, signal.SIGCONT)
+        elif kind == "pause-member":  # a zombie: its session ends, then it polls and commits again
+            pause_s = MEMBER_SESSION_MS / 1000 + rng.uniform(0.5, 3)
+            self.note(f"SIGSTOP {member} for {pause_s:.1f}s")
+            self.members.kill(member, signal.SIGSTOP)
+            time.sleep(pause_s)
+            self.members.kill(member, signal.SIGCONT)
+        elif kind == "stall-member":  # processing past max_poll_interval_ms: the member leaves, then commits
+            # (not before the process installed its handler: SIGUSR1 would end it)
+            time.sleep(max(0.0, self.members.started_at[member] + 4 - time.monotonic()))
+            self.note(f"SIGUSR1 {member} (a stall past max_poll_interval_ms)")
+            self.members.kill(member, signal.SIGUSR1)
+            time.sleep(7)
+        else:
+            self.note(f"SIGKILL {member} for {down_s:.1f}s")
+            self.members.kill(member)
+            time.sleep(down_s)
+            self.members.start(member)
+
+    def offsets_leader(self) -> str | None:
+        try:
+            with Admin(self.c.bootstrap, timeout_ms=1000) as admin:
+                p = admin.metadata().topics[OFFSETS_TOPIC].partitions[OffsetStore.partition_for_group(GROUP)]
+            return f"broker-{p.leader}" if p.leader >= 0 else None
+        except Exception:
+            return None
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=60)
+
+
+def check_fresh_member(bootstrap: str, committed: dict[int, int], ends: dict[int, int],
+                       violations: list[str]) -> list[dict]:
+    """A new member of the group (alone in it) must start each partition at its commit."""
+    first: dict[int, int] = {}
+    got: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    c = Consumer(bootstrap, group_id=GROUP, auto_offset_reset="latest", enable_auto_commit=False,
+                 session_timeout_ms=3000, heartbeat_interval_ms=300, client_id="fresh")
+    try:
+        c.subscribe([TOPIC])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for r in c.poll(200):
+                first.setdefault(r.partition, r.offset)
+                got[r.partition].append((r.offset, r.value.decode()))
+            positions = {p: c.positions.get((TOPIC, p)) for p in range(PARTITIONS)}
+            if len(c.assignment()) == PARTITIONS and all(positions[p] is not None and positions[p] >= ends[p]
+                                                         for p in ends):
+                break
+        else:
+            violations.append(f"the fresh member did not reach the log ends {ends}: positions "
+                              f"{ {p: c.positions.get((TOPIC, p)) for p in range(PARTITIONS)} }")
+    finally:
+        c.close()
+    for p, end in ends.items():
+        want = committed.get(p)
+        if want is None:
+            violations.append(f"partition {p}: nothing committed at the end")
+            continue
+        if want < end and first.get(p) != want:
+            violations.append(f"partition {p}: the fresh member started at {first.get(p)}, the commit is {want} "
+                              f"(log end {end})")
+    return [{"ev": "recs", "inc": "fresh", "seq": 1, "gen": -1, "mid": "fresh",
+             "recs": [[p, off, v] for off, v in recs]} for p, recs in got.items()]
+
+
+def explicit_reset(cluster: Cluster, groups: GroupAdmin, rng: random.Random, nemesis: Nemesis,
+                   violations: list[str]) -> dict[int, int] | None:
+    """An explicit reset of the empty group backward (``reset-offsets --shift-by``), then a
+    SIGKILL of the coordinator and/or of the group's offsets-partition leader right after its
+    acknowledgement: once they are back, the committed offsets are the reset ones."""
+    shift = -rng.randint(1, 300)
+    plan = groups.plan_reset(GROUP, TOPIC, shift_by=shift)
+    groups.execute_reset(GROUP, plan)
+    want = {p: new for (_, p), (_, new) in plan.items()}
+    victims = rng.choice((["coordinator"], [nemesis.offsets_leader() or "broker-1"],
+                          ["coordinator", nemesis.offsets_leader() or "broker-1"]))
+    print(f"  reset by {shift}: {want}; SIGKILL {victims}", flush=True)
+    for v in victims:
+        cluster.kill(v)
+    for v in victims:
+        cluster.start_node(v)
+
+    def read() -> dict[int, int]:
+        return {p: o for (t, p), o in groups.committed(GROUP).items() if t == TOPIC}
+    got = wait_until(read, 60, interval_s=0.5, what="the committed offsets after the reset")
+    if got != want:
+        violations.append(f"after an acknowledged reset to {want} and SIGKILL of {victims}: committed {got}")
+    return got
+
+
+def settled_assignment(groups: GroupAdmin, live: int) -> dict | None:
+    d = groups.describe(GROUP)
+    owners: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for m in d["members"]:
+        for t, p in m["assignment"]:
+            owners[(t, p)].append(m["member_id"])
+    ok = (d["state"] == "Stable" and len(d["members"]) == live
+          and all(len(owners[(TOPIC, p)]) == 1 for p in range(PARTITIONS)))
+    return d if ok else None
+
+
+def tracebacks(cluster: Cluster) -> list[str]:
+    out = []
+    for log in sorted(cluster.log_dir.glob("*.log")):
+        text = log.read_text(errors="replace")
+        if "Traceback" in text:
+            i = text.index("Traceback")
+            out.append(f"{log.name}: {text[i:i + 1500]}")
+    return out
+
+
+def run(seed: int, duration_s: float, directory: Path) -> int:
+    global PARTITIONS, MEMBERS
+    rng = random.Random(seed)
+    PARTITIONS, MEMBERS = rng.choice((3, 4, 5, 6)), rng.choice((2, 3, 3))
+    print(f"group nemesis: seed {seed}, {duration_s:.0f}s of faults, in {directory}", flush=True)
+    snapshot_records = (0, 300, 50)[(seed // 3) % 3]  # 0: the production schedule
+    cluster = NemesisCluster(make_config(directory, 3, fsync="always", overrides={"faults": {"enabled": True}}),
+                             snapshot_records)
+    print(f"  {PARTITIONS} partitions, {MEMBERS} members", flush=True)
+    print(f"  offsets snapshots every {snapshot_records or 'default'} commit records", flush=True)
+    mdir = directory / "members"
+    mdir.mkdir()
+    members = Members(cluster.bootstrap, mdir, seed)
+    violations: list[str] = []
+    workload = observer = nemesis = None
+    try:
+        cluster.start()
+        admin, workload, leaders = J.setup(cluster, partitions=PARTITIONS, rate_per_s=300, keys=40)
+        groups = GroupAdmin(admin)
+        observer = CommitObserver(cluster.bootstrap)
+        observer.start()
+        for name in members.modes:
+            members.start(name)
+        print(f"  member modes {members.modes}, assignor {members.assignor}", flush=True)
+        nemesis = Nemesis(cluster, members, rng, duration_s, concurrent=seed % 4 != 0)
+        print(f"  nemesis {'concurrent lanes' if nemesis.concurrent else 'one fault at a time'}", flush=True)
+        nemesis.start()
+        nemesis.join(timeout=duration_s + 120)
+        if nemesis.is_alive() or nemesis.error is not None:
+            raise RuntimeError(f"the nemesis failed: {nemesis.error!r}")
+        # heal: every node up and running, every member running
+        for name in cluster.node_names:
+            if cluster.procs[name].poll() is not None:  # the nemesis restarts what it kills
+                violations.append(f"{name} had exited by itself (code {cluster.procs[name].returncode})")
+                cluster.start_node(name)
+            else:
+                os.kill(cluster.procs[name].pid, signal.SIGCONT)
+        for name in members.modes:
+            if members.procs[name].poll() is not None:
+                members.start(name)
+        J.wait_healed(cluster, admin, 60)
+        workload.wait_acks(200, 30)
+        try:
+            settled = wait_until(lambda: settled_assignment(groups, MEMBERS), 60, interval_s=0.5,
+                                 what="the group to settle with every partition owned once")
+            print(f"  settled: generation {settled['generation']}, "
+                  f"{[(m['client_id'], m['assignment']) for m in settled['members']]}", flush=True)
+        except AssertionError as e:
+            violations.append(f"group did not settle: {e}; last describe {groups.describe(GROUP)}")
+        # let the members catch up, then kill them under load (an uncommitted tail remains)
+        acked_values = {v.decode() for v in list(workload.acked)}
+
+        def all_read() -> bool:
+            got = {v for e in members.events() if e["ev"] == "recs" for _, _, v in e["recs"]}
+            return acked_values <= got
+        try:
+            wait_until(all_read, 60, interval_s=0.5, what="the members to read every acknowledged record")
+        except AssertionError as e:
+            print(f"  {e}", flush=True)  # the skip check below says which
+        time.sleep(rng.uniform(0, 1.0))
+        members.stop_all()
+        workload.wait_acks(300, 30)
+        workload.stop()
+        leaders.stop()
+        hws = J.wait_healed(cluster, admin, 60)
+        print(f"  healed: HW {hws}, acknowledged {len(workload.acked)}, failed {len(workload.failed)}", flush=True)
+        wait_until(lambda: not groups.describe(GROUP)["members"], 30, interval_s=0.3, what="the group to empty")
+        committed = {p: o for (t, p), o in groups.committed(GROUP).items() if t == TOPIC}
+        time.sleep(0.5)
+        observer.stop()
+        final_ends = admin.list_offsets(TOPIC, LATEST)
+        print(f"  committed {committed}, log ends {final_ends}", flush=True)
+        committed = explicit_reset(cluster, groups, rng, nemesis, violations) or committed
+        events = members.events()
+        (directory / "commit_samples.json").write_text(json.dumps(observer.samples))
+        events += check_fresh_member(cluster.bootstrap, committed, final_ends, violations)
+        report = {"seed": seed, "faults": len(nemesis.history), "acknowledged": len(workload.acked),
+                  "member_events": len(events)}
+        report.update(check_deliveries(events, workload.acked, violations))
+        report.update(check_sessions(events, violations))
+        report.update(check_acked_commits(events, violations))
+        report.update(check_assignment_starts(events, observer.samples, violations))
+        report.update(check_commits(observer.samples, final_ends, violations))
+        violations += [f"node log with a Traceback: {t}" for t in tracebacks(cluster)]
+        for out in sorted(mdir.glob("*.out")):
+            text = out.read_text(errors="replace")
+            if "Traceback" in text:
+                i = text.index("Traceback")
+                violations.append(f"member crashed: {out.name}: {text[i:i + 1500]}")
+        print(f"  report {report}", flush=True)
+        admin.close()
+    except Exception as e:
+        print(f"RUN FAILED seed {seed}: {e!r}", flush=True)
+        violations.append(f"run error: {e!r}")
+        code = 2
+    else:
+        code = 1 if violations else 0
+    finally:
+        if nemesis is not None:
+            nemesis.stop()
+        members.stop_all()
+        if observer is not None and observer.is_alive():
+            observer.stop()
+        cluster.stop_all()
+    for v in violations:
+        print(f"VIOLATION seed {seed}: {v}", flush=True)
+    if nemesis is not None:
+        print(f"  fault history: {[w for _, w in nemesis.history]}", flush=True)
+    print(f"seed {seed}: {'OK' if code == 0 else 'FAIL' if code == 1 else 'ERROR'}", flush=True)
+    return code
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    ap.add_argument("--duration-s", type=float, default=60)
+    ap.add_argument("--dir", type=Path, default=None, help="where the cluster lives (default: a temporary directory)")
+    args = ap.parse_args()
+    directory = args.dir or Path(tempfile.mkdtemp(prefix=f"group-nemesis-{args.seed}-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    # a hard bound on the run: the nemesis, healing, the checks
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("the run took too long")))
+    signal.alarm(int(args.duration_s) + 420)
+    return run(args.seed, args.duration_s, directory)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

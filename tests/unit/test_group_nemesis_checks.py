@@ -1,0 +1,78 @@
+"""The group nemesis's checks (tests/faults/group_nemesis_checks.py) find what they are for:
+on a small journal of two member processes they pass, and each defect put into it -- a record
+skipped, a record twice in one assignment, an assignment started above the commits or below an
+acknowledged one, a committed offset going back or past the log end -- is reported."""
+
+from __future__ import annotations
+
+import copy
+
+from tests.faults.group_nemesis_checks import (check_acked_commits, check_assignment_starts, check_commits,
+                                               check_deliveries, check_sessions)
+
+
+def _recs(inc: str, seq: int, t: float, p: int, first: int, last: int) -> dict:
+    return {"ev": "recs", "inc": inc, "seq": seq, "gen": seq, "mid": inc, "t": t,
+            "recs": [[p, o, f"v{p}-{o}"] for o in range(first, last + 1)]}
+
+
+def _journal() -> list[dict]:
+    """a/1 reads partition 0 from 0 to 9 and commits 10 (acknowledged); b/2 takes it over at 10."""
+    return [
+        {"ev": "assign", "inc": "a/1", "seq": 1, "gen": 1, "mid": "a", "t": 1.0, "positions": {"t:0": None}},
+        _recs("a/1", 1, 1.1, 0, 0, 9),
+        {"ev": "commit-sent", "inc": "a/1", "mid": "a", "gen": 1, "t": 1.2, "offsets": {"t:0": 10}},
+        {"ev": "commit", "inc": "a/1", "mid": "a", "gen": 1, "t": 1.3, "offsets": {"t:0": 10}, "ok": True},
+        _recs("a/1", 1, 1.4, 0, 10, 11),  # read past its last commit: b reads them again
+        {"ev": "assign", "inc": "b/2", "seq": 1, "gen": 2, "mid": "b", "t": 5.0, "positions": {"t:0": 10}},
+        _recs("b/2", 1, 5.1, 0, 10, 14),
+    ]
+
+
+ACKED = {f"v0-{o}".encode(): (0, o) for o in range(15)}
+SAMPLES = [(1.35, {0: 10}, {0: 12}), (5.5, {0: 10}, {0: 15})]
+
+
+def _all(events: list[dict], samples: list = SAMPLES, ends: dict | None = None) -> list[str]:
+    violations: list[str] = []
+    check_deliveries(events, ACKED, violations)
+    check_sessions(events, violations)
+    check_acked_commits(events, violations)
+    check_assignment_starts(events, samples, violations)
+    check_commits(samples, ends or {0: 15}, violations)
+    return violations
+
+
+def test_a_clean_journal_passes() -> None:
+    assert _all(_journal()) == []
+
+
+def test_a_record_nobody_got_is_reported() -> None:
+    events = _journal()
+    events[-1] = _recs("b/2", 1, 5.1, 0, 10, 13)
+    assert any("never delivered" in v for v in _all(events))
+
+
+def test_a_gap_or_a_repeat_within_one_assignment_is_reported() -> None:
+    events = _journal()
+    events[-1]["recs"].pop(2)
+    assert any("a gap" in v for v in _all(events))
+    events = _journal()
+    events[-1]["recs"].insert(1, list(events[-1]["recs"][0]))
+    assert any("going back" in v for v in _all(events))
+
+
+def test_an_assignment_above_every_commit_or_below_an_acknowledged_one_is_reported() -> None:
+    events = _journal()
+    events[5]["positions"] = {"t:0": 12}
+    events[-1] = _recs("b/2", 1, 5.1, 0, 12, 14)
+    assert any("above every offset committed" in v for v in _all(events))
+    events = copy.deepcopy(_journal())
+    events[5]["positions"] = {"t:0": 8}
+    events[-1] = _recs("b/2", 1, 5.1, 0, 8, 14)
+    assert any("below the commit of 10 acknowledged" in v for v in _all(events))
+
+
+def test_a_committed_offset_going_back_or_past_the_log_end_is_reported() -> None:
+    assert any("went back" in v for v in _all(_journal(), samples=[*SAMPLES, (6.0, {0: 9}, {0: 15})]))
+    assert any("beyond its final log end" in v for v in _all(_journal(), ends={0: 9}))
