@@ -14,13 +14,14 @@ prints the raw value (``--print-key`` puts the key and ``--key-separator`` in fr
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
 from collections import deque
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import click
 from rich.console import Console
@@ -240,12 +241,32 @@ class Terminated(KeyboardInterrupt):
     commits what was printed and leaves); the exit status is 143."""
 
 
+# SIGTERM held back while a record's line is written and counted (``_sigterm_held``): raised
+# between the two, it left a printed line uncounted in "Processed a total of N messages"
+_SIGTERM = {"held": False, "pending": False}
+
+
 def _sigterm_as_interrupt() -> None:
     """From now on SIGTERM raises ``Terminated`` in the main thread (a service manager's or
     ``kill PID``'s stop is a clean stop, not a death that drops what was read or printed)."""
     def stop(signum: int, frame: Any) -> None:
+        if _SIGTERM["held"]:
+            _SIGTERM["pending"] = True  # raised once the line is counted
+            return
         raise Terminated()
     signal.signal(signal.SIGTERM, stop)
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    _SIGTERM["held"] = True
+    try:
+        yield
+    finally:
+        _SIGTERM["held"] = False
+    if _SIGTERM["pending"]:
+        _SIGTERM["pending"] = False
+        raise Terminated()
 
 
 # -- consume ---------------------------------------------------------------------------------
@@ -281,8 +302,10 @@ def consume(config: str | None, bootstrap: str | None, topic: str, group: str | 
     printed = [0]  # counted as written, so that Ctrl-C in the middle reports the true total
 
     def emit(r: Record) -> None:
-        _write_line(_format_record(r, fmt, print_key, key_separator))
-        printed[0] += 1
+        line = _format_record(r, fmt, print_key, key_separator)
+        with _sigterm_held():
+            _write_line(line)
+            printed[0] += 1
     try:
         _consume_loop(consumer, max_messages, timeout_ms, emit)
     except BrokenPipeError:  # `loom consume … | head`: the reader left; that is not an error
