@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import zmq
 
 from fabric import protocol as P
-from fabric.client.bootstrap import check_cluster, expected_cluster, fetch_metadata, parse_bootstrap
+from fabric.client.bootstrap import bootstrap_target, check_cluster, fetch_metadata
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from fabric.replies import ListOffsetsEntry, decode_parts
@@ -30,8 +30,7 @@ class Admin:
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
                  timeout_ms: int = 10_000) -> None:
         self.ctx = zmq.Context.instance()
-        self.endpoints = parse_bootstrap(bootstrap, config_path)
-        self.cluster = expected_cluster(bootstrap, config_path)
+        self.endpoints, self.cluster = bootstrap_target(bootstrap, config_path)
         self.timeout_ms = timeout_ms
         self._clients: dict[str, BlockingClient] = {}
         self._metadata: ClusterMetadata | None = None

@@ -38,10 +38,14 @@ def parse_bootstrap(bootstrap: str | list[str] | None = None, config_path: str |
     return load_config(config_path).bootstrap()
 
 
-def expected_cluster(bootstrap: str | list[str] | None, config_path: str | None) -> str | None:
-    """The cluster name a client that finds its nodes through a config expects (the config's
-    ``cluster.name``); None with ``bootstrap`` endpoints, which name no cluster."""
-    return None if bootstrap else load_config(config_path).cluster.name
+def bootstrap_target(bootstrap: str | list[str] | None, config_path: str | None) -> tuple[list[str], str | None]:
+    """``parse_bootstrap``'s endpoints and the cluster name a client that finds its nodes through
+    a config expects (the config's ``cluster.name``; None with ``bootstrap`` endpoints, which name
+    no cluster): the config read once."""
+    if bootstrap:
+        return parse_bootstrap(bootstrap), None
+    cfg = load_config(config_path)
+    return cfg.bootstrap(), cfg.cluster.name
 
 
 def check_cluster(answered: str, expected: str | None, where: str) -> None:
