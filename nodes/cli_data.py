@@ -114,7 +114,7 @@ def produce(config: str | None, bootstrap: str | None, topic: str, key_separator
     header_list = parse_headers(headers)
     if key_separator == "":
         raise click.BadParameter("must not be empty (leave it out for records without keys)", param_hint="--key-separator")
-    _sigterm_as_interrupt()
+    _signals_as_interrupt()
     target = Target(config, bootstrap)
     _check_partition(target, topic, partition)
     sep = key_separator.encode() if key_separator else None
@@ -133,24 +133,25 @@ def produce(config: str | None, bootstrap: str | None, topic: str, key_separator
                 key, value = (None, line)
                 if sep is not None and sep in line:
                     key, value = line.split(sep, 1)
-                pending.append((producer.send(topic, value, key=key, headers=header_list, partition=partition), key))
+                with _signals_held():  # a record queued is one whose answer is reported
+                    pending.append((producer.send(topic, value, key=key, headers=header_list, partition=partition), key))
                 count += 1
                 if typed:  # a person typing: answer this line now, not once the next one is read
                     _flush(producer, flush_timeout_s)
                 while pending and (pending[0][0].done() or len(pending) > PENDING_RECORDS_MAX):
-                    report.take(pending.popleft())
+                    report.take(pending)
                 progress.update(count)
         except FabricError as e:  # this line cannot be sent: stop reading, report what landed
             report.fail(e)
         _flush(producer, flush_timeout_s)
         while pending:
-            report.take(pending.popleft())
+            report.take(pending)
     except KeyboardInterrupt:
         # Ctrl-C ends the input. The lines already read are still delivered (close() flushes
         # them anyway), so report their offsets as promised instead of dropping the answers.
         _flush(producer, INTERRUPT_FLUSH_TIMEOUT_S)
         while pending and pending[0][0].done():
-            report.take(pending.popleft())
+            report.take(pending)
         sys.stdout.flush()
         raise
     finally:
@@ -179,9 +180,15 @@ class _Acknowledgements:
         self.acks = acks
         self.first_error: Exception | None = None
 
-    def take(self, item: tuple) -> None:
-        future, key = item
-        future.exception(self.wait_s)
+    def take(self, pending: deque) -> None:
+        """Wait for the first pending record's answer, then report it. SIGINT and SIGTERM are
+        held from taking it off ``pending`` until its line is printed; the wait may be cut
+        short (the record stays pending)."""
+        pending[0][0].exception(self.wait_s)
+        with _signals_held():
+            self._report(*pending.popleft())
+
+    def _report(self, future: Any, key: bytes | None) -> None:
         if not future.done():
             self.fail(ClientTimeoutError("no acknowledgement within the delivery timeout"))
             return
@@ -241,32 +248,42 @@ class Terminated(KeyboardInterrupt):
     commits what was printed and leaves); the exit status is 143."""
 
 
-# SIGTERM held back while a record's line is written and counted (``_sigterm_held``): raised
-# between the two, it left a printed line uncounted in "Processed a total of N messages"
-_SIGTERM = {"held": False, "pending": False}
+# SIGINT and SIGTERM held back while a step that must not be cut in two runs (``_signals_held``):
+# a record's line written and counted, a poll's records taken in hand, a record queued or
+# answered and its line printed. Raised between the two halves, they left a printed line out of
+# "Processed a total of N messages", committed records never printed, or dropped an
+# acknowledged record's line. ``pending``: the exception a held signal raises at the step's end.
+_HELD: dict[str, Any] = {"held": False, "pending": None}
 
 
-def _sigterm_as_interrupt() -> None:
-    """From now on SIGTERM raises ``Terminated`` in the main thread (a service manager's or
-    ``kill PID``'s stop is a clean stop, not a death that drops what was read or printed)."""
+def _signals_as_interrupt() -> None:
+    """From now on SIGTERM raises ``Terminated`` and SIGINT ``KeyboardInterrupt`` in the main
+    thread (a service manager's or ``kill PID``'s stop is a clean stop, not a death that drops
+    what was read or printed), each held while ``_signals_held``; a second signal while one is
+    held raises at once (a step that blocks -- a poll during a rebalance, a send waiting for
+    buffer space -- can always be cut short). A SIGINT ignored when the command started (a
+    background job of a non-interactive shell) stays ignored."""
     def stop(signum: int, frame: Any) -> None:
-        if _SIGTERM["held"]:
-            _SIGTERM["pending"] = True  # raised once the line is counted
+        raised = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if _HELD["held"] and _HELD["pending"] is None:
+            _HELD["pending"] = raised  # raised once the step is done
             return
-        raise Terminated()
+        raise raised()
     signal.signal(signal.SIGTERM, stop)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, stop)
 
 
 @contextlib.contextmanager
-def _sigterm_held() -> Iterator[None]:
-    _SIGTERM["held"] = True
+def _signals_held() -> Iterator[None]:
+    _HELD["held"] = True
     try:
         yield
     finally:
-        _SIGTERM["held"] = False
-    if _SIGTERM["pending"]:
-        _SIGTERM["pending"] = False
-        raise Terminated()
+        _HELD["held"] = False
+        raised, _HELD["pending"] = _HELD["pending"], None
+        if raised is not None:
+            raise raised()
 
 
 # -- consume ---------------------------------------------------------------------------------
@@ -293,29 +310,61 @@ def consume(config: str | None, bootstrap: str | None, topic: str, group: str | 
     if offset is not None and offset not in ("earliest", "latest") and not offset.isdigit():
         # before any network call; a negative offset would silently become auto_offset_reset
         raise click.BadParameter(f"expected earliest, latest or an offset >= 0, not {offset!r}", param_hint="--offset")
-    _sigterm_as_interrupt()
+    _signals_as_interrupt()
     target = Target(config, bootstrap)
     _check_partition(target, topic, partition)
     reset = "earliest" if from_beginning else "latest"
     consumer = _group_consumer(target, group, topic, reset) if group else _assigned_consumer(
         target, topic, partition, offset, reset)
-    printed = [0]  # counted as written, so that Ctrl-C in the middle reports the true total
-
-    def emit(r: Record) -> None:
-        line = _format_record(r, fmt, print_key, key_separator)
-        with _sigterm_held():
-            _write_line(line)
-            printed[0] += 1
+    lines = _Lines(consumer, fmt, print_key, key_separator)
     try:
-        _consume_loop(consumer, max_messages, timeout_ms, emit)
+        _consume_loop(lines, max_messages, timeout_ms)
     except BrokenPipeError:  # `loom consume … | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        consumer.close()
-        click.echo(f"Processed a total of {printed[0]} messages", err=True)
+        try:
+            lines.give_back()  # a stop between two lines: close() commits what was printed, no more
+        finally:
+            consumer.close()
+            click.echo(f"Processed a total of {lines.count} messages", err=True)
 
 
-def _consume_loop(consumer: Any, max_messages: int | None, timeout_ms: int | None, emit: Any) -> int:
+class _Lines:
+    """The records of ``consume``'s polls, printed one line each and counted as printed, and
+    the records of the last poll not printed (given back before a group consumer's close
+    commits its positions). SIGINT and SIGTERM are held while a line is written and counted and
+    while a poll runs (its positions move past records before it returns them), so that a stop
+    never lands between the two halves of either. Not thread-safe: the consume command's own."""
+
+    def __init__(self, consumer: Any, fmt: str, print_key: bool, key_separator: str) -> None:
+        self.consumer = consumer
+        self.fmt, self.print_key, self.key_separator = fmt, print_key, key_separator
+        self.count = 0  # lines printed
+        self._polled: list[Record] = []  # the last poll's records
+        self._polled_from = 0  # self.count when they came
+
+    def poll(self, wait_ms: int, max_records: int) -> list[Record]:
+        with _signals_held():
+            self._polled = self.consumer.poll(wait_ms, max_records=max_records)
+            self._polled_from = self.count
+        return self._polled
+
+    def print(self, r: Record) -> None:
+        line = _format_record(r, self.fmt, self.print_key, self.key_separator)
+        with _signals_held():
+            _write_line(line)
+            self.count += 1
+
+    def give_back(self) -> None:
+        """Seek each partition back to the first record of the last poll not printed."""
+        first: dict[tuple[str, int], int] = {}
+        for r in self._polled[self.count - self._polled_from:]:
+            first.setdefault((r.topic, r.partition), r.offset)
+        for tp, offset in first.items():
+            self.consumer.seek(tp, offset)
+
+
+def _consume_loop(lines: _Lines, max_messages: int | None, timeout_ms: int | None) -> None:
     count = 0
     last_record_s = time.monotonic()
     while max_messages is None or count < max_messages:
@@ -326,14 +375,13 @@ def _consume_loop(consumer: Any, max_messages: int | None, timeout_ms: int | Non
                 break
             wait_ms = max(1, min(wait_ms, int(left_ms)))
         want = POLL_RECORDS_MAX if max_messages is None else min(POLL_RECORDS_MAX, max_messages - count)
-        records = consumer.poll(wait_ms, max_records=want)
+        records = lines.poll(wait_ms, want)
         for r in records:
-            emit(r)
+            lines.print(r)
         if records:
             count += len(records)
             last_record_s = time.monotonic()
             sys.stdout.flush()
-    return count
 
 
 def _format_record(r: Record, fmt: str, print_key: bool, key_separator: str) -> bytes:

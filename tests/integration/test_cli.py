@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -176,11 +177,12 @@ def test_cli_details_and_errors(cluster_factory, loom_env) -> None:
     assert ok(loom(env, cluster, "topic", "list")) == ""
 
 
-def test_consume_with_a_group_stopped_by_sigterm_commits_what_it_printed(cluster_factory, loom_env) -> None:
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "sigint"])
+def test_consume_with_a_group_stopped_by_a_signal_commits_what_it_printed(cluster_factory, loom_env, sig: int,
+                                                                          status: int) -> None:
     """SIGTERM (a service manager, `kill PID`) ends `loom consume --group` as Ctrl-C does: what
     it printed is committed and the member leaves, so the next run starts after it (it died at
     once, nothing committed, its member held its partitions until the session expired)."""
-    import signal
     cluster = cluster_factory(1)
     env = loom_env
     ok(loom(env, cluster, "topic", "create", "--topic", "term", "--partitions", "1", "--replication-factor", "1"))
@@ -191,8 +193,8 @@ def test_consume_with_a_group_stopped_by_sigterm_commits_what_it_printed(cluster
     try:
         lines = [proc.stdout.readline() for _ in range(5)]  # blocks until printed (the command's timeout bounds the test)
         assert lines == [b"r%d\n" % i for i in range(5)]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=COMMAND_TIMEOUT_S) == 143, proc.stderr.read().decode()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=COMMAND_TIMEOUT_S) == status, proc.stderr.read().decode()
     finally:
         if proc.poll() is None:
             proc.kill()
