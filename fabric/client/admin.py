@@ -98,21 +98,24 @@ class Admin:
 
     # -- offsets ------------------------------------------------------------------------------
     def list_offsets(self, topic: str, spec: int = LATEST, *, partitions: Iterable[int] | None = None,
-                     partial: bool = False) -> dict[int, int]:
+                     partial: bool = False, leader_wait_ms: int | None = None) -> dict[int, int]:
         """partition -> offset of ``partitions`` (default: all): spec EARLIEST (-2), LATEST (-1:
         the high watermark) or a timestamp in ms (first offset at or after it). A leader just
         elected answers offset_not_available until its followers have told it its HW
-        (milliseconds, or a lag time when a follower died with it), a deposed one not_leader:
-        such partitions are asked again, at the leader the metadata names then, after a pause
-        from LIST_OFFSETS_BACKOFF_S doubling to LIST_OFFSETS_BACKOFF_MAX_S, until ``timeout_ms``
-        has passed since the call (the first round is any call's: up to three tries of
-        ``timeout_ms``); then the last error is raised. ``partial`` leaves such partitions out of
-        the answer instead, at once."""
-        deadline = time.monotonic() + self.timeout_ms / 1000
+        (milliseconds, or a lag time when a follower died with it), a deposed one not_leader,
+        and a partition being elected has no leader in the metadata: such partitions are asked
+        again, at the leader the metadata names then, after a pause from LIST_OFFSETS_BACKOFF_S
+        doubling to LIST_OFFSETS_BACKOFF_MAX_S, until ``leader_wait_ms`` (at most, and by
+        default, ``timeout_ms``; 0: not asked again) has passed since the call (the first round
+        is any call's: up to three tries of ``timeout_ms``); then the last error is raised
+        (leader_not_available for a partition without a leader: an offline one stays so).
+        ``partial`` leaves such partitions out of the answer instead, at once."""
+        wait_ms = self.timeout_ms if leader_wait_ms is None else max(0, min(leader_wait_ms, self.timeout_ms))
+        deadline = time.monotonic() + wait_ms / 1000
         md = self.metadata()
         wanted = self._partitions_of(md, topic, partitions)
         out: dict[int, int] = {}
-        rounds = 0  # the first round as any call; a re-ask gets what is left of timeout_ms
+        rounds = 0  # the first round as any call; a re-ask gets what is left of the wait
         last: CodedError | None = None
         while True:
             by_leader: dict[int, list] = {}

@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 
 BROWSE_WAIT_MS_MAX = 2000              # how long a records-browser read polls for data it knows exists
 ADMIN_TIMEOUT_MS = 5000
+# how long one partition's offsets wait for a leader: an election (about 0.7 s after a leader's
+# SIGKILL) is waited out, an offline partition answers 503 then instead of holding a worker
+# for ADMIN_TIMEOUT_MS
+OFFSETS_LEADER_WAIT_MS = 1500
 CREATE_TOPIC_WAIT_MS = 5000            # auto-create: wait for leaders before producing
 SERVICE_REQUEST_BYTES_MAX = 8 * 1024 * 1024   # record bytes per SVC_PRODUCE (one payload frame)
 RECORD_WIRE_OVERHEAD_BYTES = 64
@@ -191,10 +195,15 @@ class GatewayAgent(ConsumerInstances):
                 partial: bool = False) -> dict[int, tuple[int, int]]:
         """partition -> (log start offset, high watermark) of ``partitions`` (default: all);
         ``partial``: without waiting for the partitions whose leader is being elected or does not
-        know its HW yet (they are left out), so one such partition does not hold up the rest."""
+        know its HW yet (they are left out), so one such partition does not hold up the rest;
+        else such a partition is waited for up to OFFSETS_LEADER_WAIT_MS, then ClusterError
+        (unavailable: 503)."""
         with translated("the brokers"):
-            start = self.admin().list_offsets(topic, EARLIEST, partitions=partitions, partial=partial)
-            end = self.admin().list_offsets(topic, LATEST, partitions=partitions, partial=partial)
+            admin = self.admin()
+            start = admin.list_offsets(topic, EARLIEST, partitions=partitions, partial=partial,
+                                       leader_wait_ms=OFFSETS_LEADER_WAIT_MS)
+            end = admin.list_offsets(topic, LATEST, partitions=partitions, partial=partial,
+                                     leader_wait_ms=OFFSETS_LEADER_WAIT_MS)
         return {p: (start[p], end[p]) for p in end if p in start}
 
     def create_topic(self, name: str, partitions: int | None, replication_factor: int | None,

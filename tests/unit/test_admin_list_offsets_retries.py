@@ -137,3 +137,59 @@ def test_asking_again_keeps_within_the_timeout(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(RequestTimeout):
         admin.list_offsets("t")
     assert clock.now <= 0.2 + 0.01, f"list_offsets(timeout_ms=200) took {clock.now:.2f} s"
+
+
+def _offline_then_led(after_s: float | None, clock: _Clock) -> Any:
+    """Metadata of topic t (partition 0 led by broker 1; partition 1 without a leader until
+    ``after_s`` on ``clock``, then led by 1; None: never -- its only replica stays down)."""
+    from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
+    brokers = {1: BrokerInfo(1, "127.0.0.1", 30_001, 31_001)}
+
+    def metadata(refresh: bool = True) -> ClusterMetadata:
+        led = after_s is not None and clock.now >= after_s
+        return ClusterMetadata(1, "test", brokers, {"t": TopicInfo("t", (
+            PartitionInfo("t", 0, 1, 0, (1,), (1,)),
+            PartitionInfo("t", 1, 1 if led else -1, 1 if led else 0, (1,), (1,) if led else ())))})
+    return metadata
+
+
+@pytest.mark.parametrize("election_s, answered", [(None, False), (1.0, True)], ids=["offline", "election"])
+def test_leader_wait_ms_bounds_the_wait_for_a_partition_without_a_leader(monkeypatch: pytest.MonkeyPatch,
+                                                                         election_s: float | None,
+                                                                         answered: bool) -> None:
+    """An offline partition held every caller for the whole timeout (the gateway's admin: 5 s,
+    a worker held, then 503); ``leader_wait_ms`` bounds that wait while an election of a second
+    still gets its answer."""
+    clock = _Clock()
+    admin = _admin(monkeypatch, [], {1: _Broker(lambda t, p, spec: (0, 10))}, timeout_ms=10_000)
+    admin.metadata = _offline_then_led(election_s, clock)  # type: ignore[method-assign]
+    monkeypatch.setattr(admin_mod, "time", clock)
+    if answered:
+        assert admin.list_offsets("t", leader_wait_ms=1500) == {0: 10, 1: 10}
+    else:
+        with pytest.raises(RemoteError) as e:
+            admin.list_offsets("t", leader_wait_ms=1500)
+        assert e.value.code == P.LEADER_NOT_AVAILABLE and "t-1" in str(e.value)
+    assert clock.now <= 1.5 + 0.01, f"waited {clock.now:.2f} s for a leader"
+    clock.now, clock.sleeps = 0.0, 0
+    with pytest.raises(RemoteError) as e:  # 0: no wait at all (the first round only)
+        admin.list_offsets("t", leader_wait_ms=0)
+    assert e.value.code == P.LEADER_NOT_AVAILABLE and (clock.now, clock.sleeps) == (0.0, 0)
+
+
+def test_the_gateways_offsets_of_an_offline_partition_answer_503_soon(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The v2 partition-offsets route and the records browser ask for one partition's offsets:
+    without a leader they held a worker for the gateway's admin timeout (5 s) before the 503."""
+    from nodes.gateway import agent as agent_mod
+    from nodes.gateway.translate import ClusterError
+    clock = _Clock()
+    admin = _admin(monkeypatch, [], {1: _Broker(lambda t, p, spec: (0, 10))}, timeout_ms=agent_mod.ADMIN_TIMEOUT_MS)
+    admin.metadata = _offline_then_led(None, clock)  # type: ignore[method-assign]
+    monkeypatch.setattr(admin_mod, "time", clock)
+    agent = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))), make_admin=lambda: admin)
+    assert agent.offsets("t", [0]) == {0: (10, 10)}
+    with pytest.raises(ClusterError) as e:
+        agent.offsets("t", [1])
+    assert e.value.kind == "unavailable", e.value
+    assert clock.now <= 2.0, f"the gateway waited {clock.now:.2f} s for a partition without a leader"
