@@ -26,6 +26,9 @@ pytestmark = pytest.mark.timeout(90)
 
 README = ROOT / "README.md"
 COMMAND_TIMEOUT_S = 30
+# `loom consume --timeout-ms` in these tests: the idle time counts from the start, so it holds the
+# first fetch, a group's join and the records' arrival -- with room for a loaded 2-core machine
+IDLE_MS = "4000"
 
 
 def readme_block(marker: str, lang: str) -> str:
@@ -127,13 +130,13 @@ def test_cli_details_and_errors(cluster_factory, loom_env) -> None:
     out = ok(loom(env, cluster, "consume", "raw", "--partition", "1", "--offset", "1", "--max-messages", "1"))
     assert out == "text\n"
     # An offset past the log end is said (the read goes on from the end, as auto_offset_reset says).
-    p = loom(env, cluster, "consume", "raw", "--partition", "1", "--offset", "99", "--timeout-ms", "1500")
+    p = loom(env, cluster, "consume", "raw", "--partition", "1", "--offset", "99", "--timeout-ms", IDLE_MS)
     assert p.returncode == 0 and p.stdout == b""
     assert "raw-1: position 99 is out of the log's range; starting again at the latest offset" in p.stderr.decode()
 
     # --timeout-ms: every record, then exit once nothing arrived for that long.
     t0 = time.monotonic()
-    p = loom(env, cluster, "consume", "raw", "--from-beginning", "--timeout-ms", "1500", "--print-key", "--key-separator", "=")
+    p = loom(env, cluster, "consume", "raw", "--from-beginning", "--timeout-ms", IDLE_MS, "--print-key", "--key-separator", "=")
     assert p.returncode == 0 and p.stdout == b"null=\xff\xfe\x00bin\nnull=text\n"  # text format: raw bytes
     assert "Processed a total of 2 messages" in p.stderr.decode()
     assert time.monotonic() - t0 < 15
@@ -146,7 +149,7 @@ def test_cli_details_and_errors(cluster_factory, loom_env) -> None:
     if importlib.util.find_spec("fabric.client.group") is not None:
         first_run = loom(env, cluster, "consume", "raw", "--group", "g1", "--from-beginning", "--max-messages", "3")
         assert len(first_run.stdout.splitlines()) == 3, first_run.stderr
-        rest = loom(env, cluster, "consume", "raw", "--group", "g1", "--from-beginning", "--timeout-ms", "2000")
+        rest = loom(env, cluster, "consume", "raw", "--group", "g1", "--from-beginning", "--timeout-ms", IDLE_MS)
         assert len(rest.stdout.splitlines()) == 22 - 3, rest.stderr
 
     # Alter; the under-replicated filter (none here).

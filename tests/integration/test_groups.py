@@ -240,9 +240,12 @@ def test_sigkilled_member_partitions_taken_over_at_committed_offsets(cluster: Cl
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         killed_at = time.monotonic()
-        wait_until(lambda: len(survivor.assignment) == 3, 10, what="the survivor to take every partition")
+        # the session (1.5 s) expires, the survivor rejoins: a couple of seconds, more on a loaded
+        # 2-core machine; a takeover that waited for the dead member's rebalance timeout (30 s)
+        # instead is what the bound catches
+        wait_until(lambda: len(survivor.assignment) == 3, 30, what="the survivor to take every partition")
         took_s = time.monotonic() - killed_at
-        assert took_s < SESSION_MS / 1000 + 3, f"takeover took {took_s:.1f}s"
+        assert took_s < SESSION_MS / 1000 + 10, f"takeover took {took_s:.1f}s"
         producer.join(timeout=30)
         wait_until(lambda: set(produced) <= set(survivor.seen()) | set(_read_victim(out)[1]), 20,
                    what="every produced record to be delivered")

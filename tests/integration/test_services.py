@@ -168,13 +168,15 @@ def test_idle_consumer_instances_expire_and_leave_their_group(cluster: Cluster) 
     alive = "consumer-2" if cluster.procs["consumer-2"].poll() is None else "consumer-1"
     sc = ServiceConsumer(cluster.endpoint(alive))
     try:
-        inst = sc.create("g-idle", "sleepy", {"auto_offset_reset": "earliest", "idle_timeout_ms": 1000,
-                                              "session_timeout_ms": 10_000})
+        # idle for 3 s: time to be seen joined first (it was 1 s, the join and a look at the
+        # group within it on a loaded machine); the session (30 s) is far above both
+        inst = sc.create("g-idle", "sleepy", {"auto_offset_reset": "earliest", "idle_timeout_ms": 3000,
+                                              "session_timeout_ms": 30_000})
         inst.subscribe(["svc"])
         with Admin(cluster.bootstrap) as admin:
             wait_until(lambda: GroupAdmin(admin).describe("g-idle")["members"], 10, what="the instance to join")
-            wait_until(lambda: not GroupAdmin(admin).describe("g-idle")["members"], 10,
-                       what="the idle instance to leave (well before its 10 s session timeout)")
+            wait_until(lambda: not GroupAdmin(admin).describe("g-idle")["members"], 15,
+                       what="the idle instance to leave (well before its 30 s session timeout)")
         with pytest.raises(RemoteError) as e:
             inst.fetch(timeout_ms=0)
         assert e.value.code == P.UNKNOWN_CONSUMER_INSTANCE

@@ -63,9 +63,14 @@ def test_a_recreated_topic_never_serves_the_old_topics_records(cluster_factory) 
 
 
 SHRUNK = "shrunk"
-# short, so that a record retried to its delivery timeout fails the test instead of holding it
-DELIVERY_TIMEOUT_MS = 8000
-PROMPT_S = 4.0  # well below the delivery timeout: a record for a gone partition fails by then
+# short, so that a record retried to its delivery timeout fails the test instead of holding it;
+# long enough for the new topic's leader election on a loaded machine (partition 0's records wait for it)
+DELIVERY_TIMEOUT_MS = 20_000
+PROMPT_S = 6.0  # well below the delivery timeout: a record for a gone partition fails by then
+# the producer service's answer waits for partition 0's records too (the new topic's election);
+# a regression answers after the service's own 30 s delivery timeout, after this client gave up
+SERVICE_PROMPT_S = 15.0
+SERVICE_CALL_TIMEOUT_MS = 25_000
 KEYS = [b"k-%d" % i for i in range(12)]  # under 3 partitions, some hash to each
 
 
@@ -99,8 +104,11 @@ def test_a_long_lived_producer_fails_records_of_a_gone_partition_at_once(cluster
         started = time.monotonic()
         futures = [p.send(SHRUNK, b"new", key=k) for k in KEYS] + [p.send(SHRUNK, b"new") for _ in range(3)]
         deadline = started + DELIVERY_TIMEOUT_MS / 1000 + 5
-        outcomes = [_outcome(f, deadline) for f in futures]
+        for f in futures:  # those of a gone partition first: partition 0's wait for the new topic's leader
+            if f.partition != 0:
+                _outcome(f, deadline)
         elapsed = time.monotonic() - started
+        outcomes = [_outcome(f, deadline) for f in futures]
         for partition, error in outcomes:
             if partition == 0:
                 assert error is None, f"{error!r} for partition 0, which exists"
@@ -118,7 +126,7 @@ def test_the_producer_service_fails_records_of_a_gone_partition_at_once(cluster_
     c = cluster_factory(3, extra_nodes=("producer",))
     admin = Admin(c.bootstrap)
     # a regression answers after the service's 30 s delivery timeout: this client gives up first
-    sp = ServiceProducer(c.endpoint("producer"), timeout_ms=DELIVERY_TIMEOUT_MS)
+    sp = ServiceProducer(c.endpoint("producer"), timeout_ms=SERVICE_CALL_TIMEOUT_MS)
     try:
         admin.create_topic(SHRUNK, 3, 3)
         c.wait_topic_ready(admin, SHRUNK)
@@ -129,7 +137,7 @@ def test_the_producer_service_fails_records_of_a_gone_partition_at_once(cluster_
         results = sp.produce(SHRUNK, records)
         elapsed = time.monotonic() - started
         assert all(r.partition == 0 if r.ok else r.error == P.UNKNOWN_TOPIC_OR_PARTITION for r in results), results
-        assert elapsed < PROMPT_S, f"{elapsed:.1f} s"
+        assert elapsed < SERVICE_PROMPT_S, f"{elapsed:.1f} s"
         assert all(r.ok and r.partition == 0 for r in sp.produce(SHRUNK, records))
     finally:
         sp.close()
