@@ -81,16 +81,20 @@ class GroupAdmin:
 
     def plan_reset(self, group: str, topic: str, *, to_earliest: bool = False, to_latest: bool = False,
                    to_offset: int | None = None, to_datetime_ms: int | None = None,
-                   shift_by: int | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+                   shift_by: int | None = None,
+                   leader_wait_ms: int | None = None) -> dict[tuple[str, int], tuple[int, int]]:
         """(topic, partition) -> (current committed or -1, new offset), clamped to each
-        partition's [log start, log end] as Kafka does. Exactly one target must be given."""
+        partition's [log start, log end] as Kafka does. Exactly one target must be given.
+        ``leader_wait_ms``: how long a partition without a leader is waited for
+        (``Admin.list_offsets``)."""
         chosen = [to_earliest, to_latest, to_offset is not None, to_datetime_ms is not None, shift_by is not None]
         if sum(bool(c) for c in chosen) != 1:
             raise FabricError("give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by")
-        starts = self.admin.list_offsets(topic, EARLIEST)
-        ends = self.admin.list_offsets(topic, LATEST)
+        starts = self.admin.list_offsets(topic, EARLIEST, leader_wait_ms=leader_wait_ms)
+        ends = self.admin.list_offsets(topic, LATEST, leader_wait_ms=leader_wait_ms)
         committed = self.committed(group)
-        when = self.admin.list_offsets(topic, to_datetime_ms) if to_datetime_ms is not None else {}
+        when = self.admin.list_offsets(topic, to_datetime_ms, leader_wait_ms=leader_wait_ms) \
+            if to_datetime_ms is not None else {}
         plan = {}
         for p in sorted(ends):
             cur = committed.get((topic, p), -1)

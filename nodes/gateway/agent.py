@@ -57,9 +57,9 @@ log = logging.getLogger(__name__)
 
 BROWSE_WAIT_MS_MAX = 2000              # how long a records-browser read polls for data it knows exists
 ADMIN_TIMEOUT_MS = 5000
-# how long one partition's offsets wait for a leader: an election (about 0.7 s after a leader's
-# SIGKILL) is waited out, an offline partition answers 503 then instead of holding a worker
-# for ADMIN_TIMEOUT_MS
+# how long a partition's offsets (a partition's, the browser's, an offsets reset's) wait for a
+# leader: an election (about 0.7 s after a leader's SIGKILL) is waited out, an offline
+# partition answers 503 then instead of holding a worker for ADMIN_TIMEOUT_MS
 OFFSETS_LEADER_WAIT_MS = 1500
 CREATE_TOPIC_WAIT_MS = 5000            # auto-create: wait for leaders before producing
 SERVICE_REQUEST_BYTES_MAX = 8 * 1024 * 1024   # record bytes per SVC_PRODUCE (one payload frame)
@@ -360,7 +360,7 @@ class GatewayAgent(ConsumerInstances):
         self.topic(topic)
         with translated("the coordinator"):
             ga = self._groups()
-            plan = ga.plan_reset(group, topic, **target)
+            plan = ga.plan_reset(group, topic, leader_wait_ms=OFFSETS_LEADER_WAIT_MS, **target)
             if execute:
                 ga.execute_reset(group, plan)
         return plan

@@ -193,3 +193,8 @@ def test_the_gateways_offsets_of_an_offline_partition_answer_503_soon(tmp_path: 
         agent.offsets("t", [1])
     assert e.value.kind == "unavailable", e.value
     assert clock.now <= 2.0, f"the gateway waited {clock.now:.2f} s for a partition without a leader"
+    clock.now = 0.0  # v3's reset of a group's offsets plans from every partition's offsets too
+    with pytest.raises(ClusterError) as e:
+        agent.reset_offsets("g", "t", False, to_latest=True)
+    assert e.value.kind == "unavailable", e.value
+    assert clock.now <= 2.0, f"the offsets reset waited {clock.now:.2f} s for a partition without a leader"
