@@ -180,6 +180,12 @@ def test_cli_details_and_errors(cluster_factory, loom_env) -> None:
     assert ok(loom(env, cluster, "topic", "list")) == ""
 
 
+def _sigint_default() -> None:
+    """In the child before exec: Ctrl-C as in a terminal (a test run in the background of a
+    shell has SIGINT ignored, which the child would inherit and the command keep)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "sigint"])
 def test_consume_with_a_group_stopped_by_a_signal_commits_what_it_printed(cluster_factory, loom_env, sig: int,
                                                                           status: int) -> None:
@@ -192,7 +198,8 @@ def test_consume_with_a_group_stopped_by_a_signal_commits_what_it_printed(cluste
     ok(loom(env, cluster, "produce", "term", "--acks", "1", stdin=b"".join(b"r%d\n" % i for i in range(5))))
     proc = subprocess.Popen([sys.executable, "-m", "nodes.cli", "consume", "term", "--group", "gterm",
                              "--from-beginning", "--bootstrap", cluster.bootstrap],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(ROOT))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(ROOT),
+                            preexec_fn=_sigint_default)
     try:
         lines = [proc.stdout.readline() for _ in range(5)]  # blocks until printed (the command's timeout bounds the test)
         assert lines == [b"r%d\n" % i for i in range(5)]

@@ -21,8 +21,11 @@ from nodes.cli import main
 
 @pytest.fixture(autouse=True)
 def _handlers_restored() -> Iterator[None]:
-    """The commands install their handlers in this process: put pytest's back."""
+    """The commands install their handlers in this process: put pytest's back. Ctrl-C starts as
+    Python's own handler, as in a terminal (a run in the background of a shell inherits SIGINT
+    ignored, which the commands keep ignored)."""
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     for s, handler in before.items():
         signal.signal(s, handler)
