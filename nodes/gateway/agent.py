@@ -85,6 +85,11 @@ def _retriable(code: int, gone: Callable[[int], bool] | None = None, index: int 
     return code in P.RETRIABLE and not (code == P.UNKNOWN_TOPIC_OR_PARTITION and gone is not None and gone(index))
 
 
+def _named_partition(record: Record4) -> int:
+    """The partition a record names itself, -1 when none."""
+    return -1 if record[3] is None else record[3]
+
+
 def _gone_in(topic: str, partition: int | None, records: list[Record4], t: Any) -> Callable[[int], bool]:
     """Whether record ``i`` names a partition (the route's, or its own) that topic ``t`` (fresh
     metadata; None: gone) lacks."""
@@ -274,7 +279,11 @@ class GatewayAgent(ConsumerInstances):
                     raise ClusterError("topic_not_found", f"topic {topic!r} not found")
                 _refuse_missing_partition(topic, named, self._recent_metadata().topics.get(topic))  # that fresh look
             gone = _gone_in(topic, partition, records, self.metadata().topics.get(topic))
-        return [(p, o, None, False) if not e else (p, o, f"{P.error_name(e)}: {m}", _retriable(e, gone, i))
+        # a failed record's partition: where the service placed it, else the one the request
+        # named for it (the route's, or its own; -1 only when neither did)
+        return [(p, o, None, False) if not e else (
+                    p if p >= 0 else partition if partition is not None else _named_partition(records[i]),
+                    o, f"{P.error_name(e)}: {m}", _retriable(e, gone, i))
                 for i, (p, o, e, m) in enumerate(results)]
 
     def _checked_topic(self, topic: str, may_create: bool) -> Any:

@@ -146,10 +146,12 @@ def test_the_offsets_topic_is_described_and_its_produce_refused_with_invalid_top
         assert e.value.to_api().error_code == 42204
 
 
-def test_a_later_chunk_refused_is_reported_per_record_with_one_error_prefix(agent: Any) -> None:
+@pytest.mark.parametrize("route", [None, 1])
+def test_a_later_chunk_refused_is_reported_per_record_with_one_error_prefix(agent: Any, route: Any) -> None:
     """A request over P.SERVICE_RECORDS_PER_REQUEST_MAX goes in chunks; one refused after an
     earlier one was written is answered per record, its message prefixed by the error's name
-    once (it read ``not_leader: unavailable: not_leader: …``)."""
+    once (it read ``not_leader: unavailable: not_leader: …``), with the route's partition when
+    it named one (-1 otherwise: nothing placed the records)."""
     a, _, service = agent
     calls = []
 
@@ -157,10 +159,11 @@ def test_a_later_chunk_refused_is_reported_per_record_with_one_error_prefix(agen
         calls.append(len(records))
         if len(calls) > 1:
             raise RemoteError(P.NOT_LEADER, "broker 2 does not lead t-0")
-        return tuple((0, 7, 0, "") for _ in records)
+        return tuple((route or 0, 7, 0, "") for _ in records)
     service.produce_rows = produce_rows
-    outcomes = a.produce("t", [RECORD] * (P.SERVICE_RECORDS_PER_REQUEST_MAX + 1), "all")
-    assert len(calls) == 2 and outcomes[-1] == (-1, -1, "not_leader: broker 2 does not lead t-0", True)
+    outcomes = a.produce("t", [RECORD] * (P.SERVICE_RECORDS_PER_REQUEST_MAX + 1), "all", route)
+    assert len(calls) == 2 and outcomes[0] == (route or 0, 7, None, False)
+    assert outcomes[-1] == (-1 if route is None else route, -1, "not_leader: broker 2 does not lead t-0", True)
 
 
 def test_unknown_partition_is_final_only_for_a_record_naming_a_partition_gone() -> None:
@@ -175,3 +178,19 @@ def test_unknown_partition_is_final_only_for_a_record_naming_a_partition_gone() 
     assert [_retriable(P.UNKNOWN_TOPIC_OR_PARTITION, gone, i) for i in range(3)] == [True, True, False]
     assert _retriable(P.UNKNOWN_TOPIC_OR_PARTITION, _gone_in("t", 2, records, t), 0) is False  # the route's partition
     assert _retriable(P.NOT_LEADER, gone, 2) is True and _retriable(P.INVALID_RECORD, gone, 0) is False
+
+
+@pytest.mark.parametrize("route, own, reported", [
+    (1, [None, None], [1, 1]),        # POST /topics/t/partitions/1
+    (None, [1, None], [1, -1]),       # a record naming its partition; one the service places
+])
+def test_a_failed_record_reports_the_partition_the_request_named(agent: Any, route: Any, own: list,
+                                                                 reported: list) -> None:
+    """The producer service fails a record with partition -1; the route's partition, or the
+    record's own, is known all the same and reported (it said -1 in every per-record error)."""
+    a, _, service = agent
+    service.produce_rows = lambda topic, records, acks, is_down=None: tuple(
+        (-1, -1, P.NOT_ENOUGH_REPLICAS, "isr too small") for _ in records)
+    records = [(None, b"v", None, p) for p in own]
+    outcomes = a.produce("t", records, "all", route)
+    assert [o[0] for o in outcomes] == reported and all(o[1] == -1 and o[2] for o in outcomes)
