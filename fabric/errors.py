@@ -25,7 +25,8 @@ from fabric import protocol as P
 
 __all__ = ["LoomError", "FabricError", "MalformedFrame", "CodedError", "RemoteError", "RequestTimeout",
            "ClientError", "BufferExhaustedError", "RecordSizeExceededError", "ClientTimeoutError",
-           "DeliveryTimeoutError", "TopicNotInMetadataError", "RequestQueueFullError", "SubscriptionConflictError"]
+           "DeliveryTimeoutError", "TopicNotInMetadataError", "RequestQueueFullError", "SubscriptionConflictError",
+           "ConnectionLost"]
 
 
 class FabricError(LoomError):
@@ -183,6 +184,12 @@ class RequestTimeout(ClientError):
 
     def __init__(self, message: str = "request timed out", code: int | None = None) -> None:
         super().__init__(message, code)
+
+
+class ConnectionLost(RequestTimeout):
+    """The connection the request went out on ended before its reply came (the peer was
+    killed with the request, which it took along): found at once, not at the deadline. Like
+    any ``RequestTimeout``, the request may or may not have been carried out."""
 
 
 class RequestQueueFullError(ClientError):

@@ -32,7 +32,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import CodedError, LoomError, MalformedFrame, RemoteError, RequestQueueFullError, RequestTimeout
+from fabric.errors import (CodedError, ConnectionLost, LoomError, MalformedFrame, RemoteError, RequestQueueFullError,
+                           RequestTimeout)
 from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmq_io import send_frames
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFER = object()
 GIVE_UP_CHECK_MS = 100  # how often a blocking call with give_up asks whether to stop waiting
+_MONITOR_IDS = itertools.count(1)  # BlockingClient's disconnect monitors: one inproc endpoint each
 Handler = Callable[[wire.Request], Any]
 # err: the node's answer (RemoteError), or the client's own condition (RequestTimeout,
 # RequestQueueFullError): both CodedError
@@ -349,11 +351,21 @@ def _details(header: dict) -> dict:
 
 class BlockingClient:
     """A synchronous DEALER for simple callers. Retries idempotent requests with capped
-    exponential backoff. Not thread-safe."""
+    exponential backoff. ``fail_on_disconnect``: when the connection a call's request went out
+    on ends before the reply, the call fails at once with ``ConnectionLost`` (a retriable
+    ``RequestTimeout``) instead of at its deadline -- a peer killed with the request took it
+    along (libzmq's socket monitor reports the disconnect). A disconnect before the request
+    was sent does not count: it goes out on the next connection. Not thread-safe."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, identity: str | None = "client") -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, identity: str | None = "client", *,
+                 fail_on_disconnect: bool = False) -> None:
         self.endpoint = endpoint
         self.sock = make_socket(ctx, zmq.DEALER, identity)
+        self._disconnects: zmq.Socket | None = None
+        if fail_on_disconnect:  # before connecting: no connection goes unwatched
+            self._disconnects = self.sock.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED, f"inproc://loom-disconnects-{os.getpid()}-{next(_MONITOR_IDS)}")
+            self._disconnects.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
         self._ids = itertools.count(1)
 
@@ -362,7 +374,7 @@ class BlockingClient:
              give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         """Send and wait for the reply. Raises RemoteError (the node's answer) or RequestTimeout
         (after the last try, or as soon as ``give_up()`` -- asked every GIVE_UP_CHECK_MS -- says
-        the peer is gone): catch CodedError for both."""
+        the peer is gone; ConnectionLost, see the class): catch CodedError for both."""
         attempt = 0
         while True:
             try:
@@ -376,16 +388,27 @@ class BlockingClient:
     def _call_once(self, command: bytes, header: dict, payloads: list | tuple, timeout_ms: int,
                    give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         rid = next(self._ids)
+        self._disconnected()  # ended before this request: it goes out on the next connection
         self.sock.send_multipart(wire.encode_request(command, dict(header, id=rid), payloads), copy=False)
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        if self._disconnects is not None:
+            poller.register(self._disconnects, zmq.POLLIN)
         deadline = time.monotonic() + timeout_ms / 1000
+        lost = False  # the connection ended: only what it delivered before may still be read
         while True:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
-            if not poller.poll(left_ms if give_up is None else min(left_ms, GIVE_UP_CHECK_MS)):
-                if give_up is not None and give_up():
+            ready = dict(poller.poll(0 if lost else left_ms if give_up is None else min(left_ms, GIVE_UP_CHECK_MS)))
+            if self._disconnects in ready and self._disconnected():
+                lost = True
+            # what the connection delivered before it ended is read first (its arrival is
+            # queued ahead of the disconnect's event)
+            if self.sock not in ready and not (lost and self.sock.poll(0)):
+                if lost:
+                    raise ConnectionLost(f"connection to {self.endpoint} lost before the reply")
+                if not ready and give_up is not None and give_up():
                     raise RequestTimeout(f"gave up waiting for {self.endpoint}: it is down")
                 continue
             try:
@@ -400,5 +423,16 @@ class BlockingClient:
                 raise RemoteError(code, reply.get("message", ""), **_details(reply))
             return reply, payloads_in
 
+    def _disconnected(self) -> bool:
+        """Whether a connection ended since the last look (the monitor's events, all taken)."""
+        seen = False
+        while self._disconnects is not None and self._disconnects.poll(0):
+            self._disconnects.recv_multipart()  # only EVENT_DISCONNECTED is asked for
+            seen = True
+        return seen
+
     def close(self) -> None:
+        if self._disconnects is not None:
+            self.sock.disable_monitor()
+            self._disconnects.close(0)
         self.sock.close(0)

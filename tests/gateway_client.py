@@ -45,3 +45,12 @@ class Http:
 def gateway_port(config_path: Path) -> int:
     import yaml
     return yaml.safe_load(config_path.read_text())["nodes"]["gateway"]["port"]
+
+
+def consumer_host(cluster: Any, **match: str) -> str:
+    """The consumer service (consumer-1 or consumer-2) hosting the one consumer instance whose
+    CI_LIST entry has ``match`` (``instance=NAME``, ``group=NAME``)."""
+    hosts = [n for n in ("consumer-1", "consumer-2")
+             if any(all(i[k] == v for k, v in match.items()) for i in cluster.call(n, b"CI_LIST")[0]["instances"])]
+    assert len(hosts) == 1, hosts
+    return hosts[0]

@@ -329,10 +329,13 @@ class ServiceConsumer:
 
     def call_frames(self, endpoint: str, command: bytes, header: dict,
                     timeout_ms: int = CALL_TIMEOUT_MS) -> tuple[dict, list[bytes]]:
-        """The reply's header and payload frames. Raises RemoteError (RequestTimeout)."""
+        """The reply's header and payload frames. Raises RemoteError (RequestTimeout; at once
+        ConnectionLost when the connection the request went out on ended: the service was killed
+        with it, and a long poll does not wait out its timeout for a reply that cannot come)."""
         c = self._clients.get(endpoint)
         if c is None:
-            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-consumer")
+            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-consumer",
+                                                         fail_on_disconnect=True)
         give_up = (lambda: self.is_down(endpoint)) if self.is_down is not None else None  # type: ignore[misc]
         try:
             return c.call(command, header, timeout_ms=timeout_ms, give_up=give_up)

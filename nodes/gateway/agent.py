@@ -13,8 +13,9 @@ retries the request: the group hands it the partitions, and it resumes from the 
 offsets (records after the last commit are delivered again, as after any rebalance). The same
 when the service restarted (the supervisor brings it back on its endpoint before the health
 watcher sees it down): it answers that it does not know the instance, or a request the killed
-process took times out, and another process (pid, from PING) than the one that made the
-instance serves the endpoint. An instance unknown to the process that made it expired or was
+process took times out or loses its connection (seen at once: ``ConnectionLost``; PING is then
+asked again while the service starts), and another process (pid, from PING) than the one that
+made the instance serves the endpoint. An instance unknown to the process that made it expired or was
 deleted: 404, and forgotten.
 
 Produce looks topics up in metadata at most ``PRODUCE_METADATA_MAX_AGE_MS`` old (shared by the

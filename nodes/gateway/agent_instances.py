@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from fabric import protocol as P
-from fabric.client.services import ServiceConsumer
-from fabric.errors import CodedError, FabricError, RequestTimeout
+from fabric.client.services import CALL_TIMEOUT_MS, ServiceConsumer
+from fabric.errors import CodedError, ConnectionLost, FabricError, RequestTimeout
 from nodes.gateway.translate import translated
 from webui.errors import ClusterError
 
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 
 INSTANCES_MAX = 10_000                 # consumer instances the gateway remembers
 SERVICE_PING_TIMEOUT_MS = 1000       # asking a consumer service's pid (did it restart?)
+# a call's connection to its consumer service ended (killed with the call): how long PING is
+# asked again while the supervisor starts it again -- no longer than the lost call would have
+# waited; the health watcher seeing it down ends the wait sooner (made again elsewhere)
+SERVICE_RESTART_WAIT_MS = CALL_TIMEOUT_MS
 
 
 @dataclass
@@ -130,8 +135,9 @@ class ConsumerInstances:
     def call_instance(self, group: str, name: str, op: Callable[[Any], Any]) -> Any:
         """Run ``op(instance handle)``. When the instance's service is down, move the instance
         to a live service first; when the service lost it by restarting (it answers "unknown
-        instance", or a call to it timed out, and another process than the one that made it
-        answers PING), make it again and run ``op`` once more (see the module doc). Raises
+        instance", or a call to it timed out or lost its connection -- the process was killed
+        with it -- and another process than the one that made it answers PING), make it again
+        and run ``op`` once more (see the module doc). Raises
         ClusterError; instance_not_found (the entry forgotten) when it was deleted or expired."""
         entry = self.instance(group, name)
         for attempt in range(2):
@@ -147,7 +153,9 @@ class ConsumerInstances:
                     return op(handle)
             except ClusterError as e:
                 lost = e.kind == "instance_not_found" or isinstance(e.__cause__, RequestTimeout)
-                if not attempt and lost and self._made_again_after_restart(entry, made):
+                # killed with the call: it is being started again (PING unanswered meanwhile)
+                wait_ms = SERVICE_RESTART_WAIT_MS if isinstance(e.__cause__, ConnectionLost) else 0
+                if not attempt and lost and self._made_again_after_restart(entry, made, wait_ms):
                     continue
                 if e.kind == "instance_not_found":
                     self._forget(entry)
@@ -156,31 +164,40 @@ class ConsumerInstances:
                     raise
         raise AssertionError("unreachable")
 
-    def _made_again_after_restart(self, entry: InstanceEntry, made: int) -> bool:
+    def _made_again_after_restart(self, entry: InstanceEntry, made: int, wait_ms: int = 0) -> bool:
         """After a call made on the ``made``-th making of ``entry`` failed as if its service
         lost it: True when it is to be asked again -- another thread made it again meanwhile, or
         its service restarted (another pid) and it is made again now, on a live service with
         its subscription or assignment. False when it is gone for good (deleted, or expired on
-        that same process) or nothing can be told (the service does not answer PING)."""
+        that same process) or nothing can be told (the service does not answer PING, within
+        ``wait_ms`` while it is not seen down)."""
         with entry.move_lock:
             if entry.deleted:
                 return False
             if entry.made != made:
                 return True
-            if not self._service_restarted(entry):
+            if not self._service_restarted(entry, wait_ms):
                 return False
             self._make_again(entry, elsewhere=False)
             return True
 
-    def _service_restarted(self, entry: InstanceEntry) -> bool:
-        """Whether another process than the one that made ``entry`` serves its endpoint now."""
+    def _service_restarted(self, entry: InstanceEntry, wait_ms: int = 0) -> bool:
+        """Whether another process than the one that made ``entry`` serves its endpoint now;
+        with ``wait_ms``, PING is asked again until then while unanswered and the health
+        watcher does not see the service down (the supervisor is starting it again)."""
         if entry.service_pid is None:
             return False  # made by a service that did not say its pid: no telling
-        try:
-            pid = self._consumers().call(entry.endpoint, P.PING, {}, timeout_ms=SERVICE_PING_TIMEOUT_MS).get("pid")
-        except FabricError:
-            return False
-        return type(pid) is int and pid != entry.service_pid
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            try:
+                pid = self._consumers().call(entry.endpoint, P.PING, {}, timeout_ms=SERVICE_PING_TIMEOUT_MS).get("pid")
+            except RequestTimeout:  # each one on a fresh connection (the timed-out one is closed)
+                if time.monotonic() < deadline and self.is_up(entry.endpoint):
+                    continue
+                return False
+            except FabricError:
+                return False
+            return type(pid) is int and pid != entry.service_pid
 
     def _make_again(self, entry: InstanceEntry, elsewhere: bool) -> None:
         """Make ``entry``'s instance again (same group, name and config) on a live consumer

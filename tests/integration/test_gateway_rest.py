@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from tests.gateway_client import BINARY, GATEWAY_NODES, JSON_V2, ROLE_KEYS, Http, b64, gateway_overrides
+from tests.gateway_client import (BINARY, GATEWAY_NODES, JSON_V2, ROLE_KEYS, Http, b64, consumer_host,
+                                  gateway_overrides)
 from tests.harness import ROOT, Cluster, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,18 +238,11 @@ def _consumed_and_committed(http: Http, topic: str, name: str) -> tuple[str, lis
     return base, first
 
 
-def _host_of(cluster: Cluster, instance: str) -> str:
-    hosts = [n for n in ("consumer-1", "consumer-2")
-             if any(i["instance"] == instance for i in cluster.call(n, b"CI_LIST")[0]["instances"])]
-    assert len(hosts) == 1, hosts
-    return hosts[0]
-
-
 def test_an_instance_survives_the_loss_of_its_consumer_service(cluster: Cluster, http: Http) -> None:
     base, first = _consumed_and_committed(http, "survive", "s")
     states = http.ok("GET", "/status/ready")["nodes"]
     assert states["consumer-1"] == "up" and states["consumer-2"] == "up"
-    hosts = [_host_of(cluster, "s")]
+    hosts = [consumer_host(cluster, instance="s")]
     cluster.kill(hosts[0])
     try:
         http.ok("POST", "/topics/survive", {"records": [{"key": i, "value": 100 + i} for i in range(30)]})
@@ -270,7 +264,7 @@ def test_an_instance_survives_its_consumer_service_restarted_on_the_same_endpoin
     base, first = _consumed_and_committed(http, "restart", "s1")
     seen = {(r["partition"], r["offset"]) for r in first}
     for round_ in (1, 2):
-        host = _host_of(cluster, "s1")
+        host = consumer_host(cluster, instance="s1")
         cluster.kill(host)
         cluster.start_node(host)  # the same endpoint, another process
         wait_until(lambda: http.ok("GET", "/status/ready")["nodes"][host] == "up", 10, what=f"{host} seen up")

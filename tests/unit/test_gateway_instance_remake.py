@@ -17,7 +17,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import RemoteError, RequestTimeout
+from fabric.errors import ConnectionLost, RemoteError, RequestTimeout
 import nodes.gateway.agent as agent_mod
 import nodes.gateway.agent_instances as instances_mod
 from nodes.gateway.agent import GatewayAgent
@@ -37,6 +37,9 @@ class Services:
         self.fetches = 0
         self.on_fetch: Any = None
         self.hang_next_fetch = False
+        self.lose_next_fetch = False          # its connection ends: the process died with it
+        self.pings_unanswered: dict[str, int] = {ep: 0 for ep in endpoints}  # starting again meanwhile
+        self.pings = 0
 
     def restart(self, ep: str) -> None:
         self.pid[ep] += 1000
@@ -65,6 +68,10 @@ class Client:
 
     def call(self, ep: str, command: bytes, header: dict, timeout_ms: int = 0) -> dict:
         assert command == P.PING
+        self.s.pings += 1
+        if self.s.pings_unanswered[ep]:
+            self.s.pings_unanswered[ep] -= 1
+            raise RequestTimeout(f"no reply from {ep} within {timeout_ms} ms")
         return {"node": ep, "pid": self.s.pid[ep]}
 
     def close(self) -> None:
@@ -92,6 +99,9 @@ class Handle:
         if self.s.hang_next_fetch:  # the request went to the process that died: never answered
             self.s.hang_next_fetch = False
             raise RequestTimeout(P.REQUEST_TIMED_OUT, "no answer in 10500 ms")
+        if self.s.lose_next_fetch:
+            self.s.lose_next_fetch = False
+            raise ConnectionLost(f"connection to {self.endpoint} lost before the reply")
         return list(self._hosted()[1])
 
     def delete(self, owner: str | None = None) -> None:
@@ -147,6 +157,49 @@ def test_a_fetch_in_flight_when_its_service_restarted_is_asked_again_of_the_inst
     services.hang_next_fetch = True
     services.on_fetch = lambda: services.restart(ep)
     assert a.call_instance("g", "s1", lambda h: h.fetch()) == ["t"]
+
+
+def test_a_fetch_whose_connection_ended_waits_for_the_restarted_service_and_is_asked_again(setup: Any) -> None:
+    """SIGKILLed with a long poll in flight: the connection's end is seen at once (no 10.5 s
+    wait), while the supervisor is still starting the service again -- PING goes unanswered for
+    a while, then another process answers it: made again there and asked again."""
+    a, services = setup
+    ep = _host(services)
+    services.lose_next_fetch = True
+
+    def killed() -> None:
+        services.restart(ep)
+        services.pings_unanswered[ep] = 3
+    services.on_fetch = killed
+    assert a.call_instance("g", "s1", lambda h: h.fetch()) == ["t"]
+    assert services.pings == 4 and len(services.creates) == 2
+
+
+def test_a_lost_fetch_whose_service_is_seen_down_meanwhile_moves_the_instance(setup: Any) -> None:
+    """The health watcher sees the killed service down before it is back: the wait for its
+    restart ends there and the instance is made again on a live service."""
+    a, services = setup
+    ep = _host(services)
+    services.lose_next_fetch = True
+
+    def killed_and_seen_down_after_a_ping() -> None:
+        services.hosted[ep].clear()
+        services.pings_unanswered[ep] = 1_000_000  # not back
+        a.is_up = lambda endpoint: endpoint != ep or services.pings < 2
+    services.on_fetch = killed_and_seen_down_after_a_ping
+    assert a.call_instance("g", "s1", lambda h: h.fetch()) == ["t"]
+    assert _host(services) != ep and services.pings == 2
+
+
+def test_a_lost_fetch_whose_service_never_answers_again_is_unavailable(setup: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    a, services = setup
+    monkeypatch.setattr(instances_mod, "SERVICE_RESTART_WAIT_MS", 300)
+    services.lose_next_fetch = True
+    services.pings_unanswered[_host(services)] = 1_000_000
+    with pytest.raises(ClusterError) as e:
+        a.call_instance("g", "s1", lambda h: h.fetch())
+    assert e.value.kind == "unavailable" and len(services.creates) == 1 and services.pings >= 2
 
 
 def test_a_timeout_of_a_service_that_did_not_restart_is_not_retried(setup: Any) -> None:
