@@ -355,12 +355,15 @@ class BlockingClient:
     on ends before the reply, the call fails at once with ``ConnectionLost`` (a retriable
     ``RequestTimeout``) instead of at its deadline -- a peer killed with the request took it
     along (libzmq's socket monitor reports the disconnect). A disconnect before the request
-    was sent does not count: it goes out on the next connection. Not thread-safe."""
+    was sent does not count: it goes out on the next connection. ``reconnect_ivl_max_ms``: the
+    cap of its reconnect backoff, for a caller that must reach a restarted peer sooner than
+    ``P.RECONNECT_IVL_MAX_MS``. Not thread-safe."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, identity: str | None = "client", *,
-                 fail_on_disconnect: bool = False) -> None:
+                 fail_on_disconnect: bool = False, reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS) -> None:
         self.endpoint = endpoint
         self.sock = make_socket(ctx, zmq.DEALER, identity)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ivl_max_ms)
         self._disconnects: zmq.Socket | None = None
         if fail_on_disconnect:  # before connecting: no connection goes unwatched
             self._disconnects = self.sock.get_monitor_socket(

@@ -54,6 +54,10 @@ CALL_TIMEOUT_MS = 10_000
 # delete): the instance retries its commit for up to the group consumer's COMMIT_TIMEOUT_MS (20 s)
 COMMITTING_CALL_TIMEOUT_MS = 30_000
 CREATE_TIMEOUT_MS = 5_000
+# a service back from an outage (restarted by the supervisor) is reached this soon: a connection
+# kept through the outage retried at most every P.RECONNECT_IVL_MAX_MS (5 s), and the first
+# request after it waited that long for its connection
+SERVICE_RECONNECT_IVL_MAX_MS = 500
 
 
 def service_endpoints(config: LoomConfig, role: str) -> list[str]:
@@ -147,7 +151,8 @@ class ServiceProducer:
     def _client(self, endpoint: str) -> BlockingClient:
         c = self._clients.get(endpoint)
         if c is None:
-            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-producer")
+            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-producer",
+                                                         reconnect_ivl_max_ms=SERVICE_RECONNECT_IVL_MAX_MS)
         return c
 
     def produce(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
@@ -335,7 +340,8 @@ class ServiceConsumer:
         c = self._clients.get(endpoint)
         if c is None:
             c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-consumer",
-                                                         fail_on_disconnect=True)
+                                                         fail_on_disconnect=True,
+                                                         reconnect_ivl_max_ms=SERVICE_RECONNECT_IVL_MAX_MS)
         give_up = (lambda: self.is_down(endpoint)) if self.is_down is not None else None  # type: ignore[misc]
         try:
             return c.call(command, header, timeout_ms=timeout_ms, give_up=give_up)

@@ -137,3 +137,26 @@ def test_without_it_a_call_waits_for_its_deadline_as_before(endpoint: str) -> No
     finally:
         client.close()
 
+
+def test_the_service_clients_retry_their_connection_at_least_every_half_second(endpoint: str) -> None:
+    """A producer or consumer service back from an outage is reached within
+    SERVICE_RECONNECT_IVL_MAX_MS: the gateway's connections to it, kept through the outage,
+    retried only every P.RECONNECT_IVL_MAX_MS (5 s) by then, and the first produce accepted
+    after the outage waited that long for its connection."""
+    from fabric.client.services import SERVICE_RECONNECT_IVL_MAX_MS, ServiceConsumer, ServiceProducer
+
+    assert SERVICE_RECONNECT_IVL_MAX_MS <= 500 < P.RECONNECT_IVL_MAX_MS
+    producer = ServiceProducer(endpoint)
+    consumer = ServiceConsumer(endpoint)
+    service = Service(endpoint)
+    try:
+        t = threading.Thread(target=lambda: consumer.call(endpoint, P.PING, {}), daemon=True)
+        t.start()
+        service.answer(service.take(), {"node": "c"})
+        t.join(10)
+        for client in (producer._client(endpoint), consumer._clients[endpoint]):
+            assert client.sock.getsockopt(zmq.RECONNECT_IVL_MAX) == SERVICE_RECONNECT_IVL_MAX_MS
+    finally:
+        producer.close()
+        consumer.close()
+        service.die()
