@@ -26,11 +26,15 @@ from fabric import protocol as P
 __all__ = ["LoomError", "FabricError", "MalformedFrame", "CodedError", "RemoteError", "RequestTimeout",
            "ClientError", "BufferExhaustedError", "RecordSizeExceededError", "ClientTimeoutError",
            "DeliveryTimeoutError", "TopicNotInMetadataError", "RequestQueueFullError", "SubscriptionConflictError",
-           "ConnectionLost"]
+           "ConnectionLost", "MAY_HAVE_BEEN_WRITTEN"]
 
 
 class FabricError(LoomError):
     """Root of every error raised by the fabric and the client library."""
+
+
+# said after the message of a record's failure when a send of it may be in a log
+MAY_HAVE_BEEN_WRITTEN = "; an earlier send of it may have been written"
 
 
 class ProducerClosedError(FabricError):
@@ -39,7 +43,7 @@ class ProducerClosedError(FabricError):
     known), so sending the records again may store them twice."""
 
     def __init__(self, possibly_written: bool = False) -> None:
-        super().__init__("producer closed" + ("; an earlier send of it may have been written" if possibly_written else ""))
+        super().__init__("producer closed" + (MAY_HAVE_BEEN_WRITTEN if possibly_written else ""))
         self.possibly_written = possibly_written
 
 

@@ -40,6 +40,10 @@ CODES: dict[int, str] = {
     50001: "internal error",
     50002: "error in the cluster",
     50301: "a cluster service is unavailable",
+    # a produce the producer service took and did not answer (it died, restarted, hung): its
+    # records may be in the log; 50301 means nothing was sent (503 either way: a 408 is one
+    # that browsers send again by themselves)
+    50302: "the cluster did not answer: the request may have been carried out",
 }
 
 
@@ -68,7 +72,7 @@ KIND_CODES: dict[str, int] = {
     "group_not_found": 40405, "instance_exists": 40901, "topic_exists": 40902, "group_not_empty": 40903,
     "subscription_conflict": 40904, "rebalance": 40905,
     "invalid": 42204, "invalid_config": 42203, "invalid_offset": 42205, "timeout": 40801,
-    "unavailable": 50301, "cluster": 50002,
+    "unavailable": 50301, "outcome_unknown": 50302, "cluster": 50002,
 }
 
 

@@ -38,7 +38,8 @@ from fabric.client.bootstrap import metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender_replies import RETRY_BACKOFF_MS, SenderReplies
 from fabric.clock import Clock
-from fabric.errors import ClientError, DeliveryTimeoutError, FabricError, RemoteError, RequestTimeout
+from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, ClientError, DeliveryTimeoutError, FabricError, RemoteError,
+                           RequestTimeout)
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata, read_answer
 from fabric.reactor import Reactor
@@ -442,6 +443,6 @@ def _expired_error(b: BatchState, tp: tuple[str, int], delivery_timeout_ms: int)
     last = b.last_error
     code = last.code if last is not None else P.REQUEST_TIMED_OUT
     why = f" (last error: {last.message})" if last is not None and last.message else ""
-    maybe = "; an earlier send of it may have been written" if b.possibly_written else ""
+    maybe = MAY_HAVE_BEEN_WRITTEN if b.possibly_written else ""
     return DeliveryTimeoutError(f"{tp[0]}-{tp[1]}: not delivered within delivery_timeout_ms={delivery_timeout_ms}{why}{maybe}",
                                 code, last_error=last, possibly_written=b.possibly_written)

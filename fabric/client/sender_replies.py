@@ -18,7 +18,7 @@ from engines import batch as B
 from fabric import protocol as P
 from fabric.client.futures import BatchState
 from fabric.client.metadata_cache import MetadataCache
-from fabric.errors import CodedError, MalformedFrame, ProducerClosedError, RemoteError
+from fabric.errors import MAY_HAVE_BEEN_WRITTEN, CodedError, MalformedFrame, ProducerClosedError, RemoteError
 from fabric.hoptrace import mark
 from fabric.records import decode_batches
 from fabric.replies import decode_produce_results
@@ -112,6 +112,8 @@ class SenderReplies:
                         continue
                 if b.sequence >= 0:
                     dead.add(tp)
+                if b.possibly_written and isinstance(error, RemoteError):  # the broker's words do not say so
+                    error = RemoteError(code, error.message + MAY_HAVE_BEEN_WRITTEN)
                 self._finish(b, -1, error)
         for tp, bs in retry.items():
             self._queues[tp].extendleft(reversed(bs))

@@ -115,6 +115,13 @@ def unpack_rows(frame: bytes, rows_max: int, width: int | None) -> tuple:
     return rows
 
 
+class ServiceDown(RequestTimeout):
+    """A SERVICE_PRODUCE not sent: every service it could go to is down (``is_down``). Nothing
+    of it was written (``may_have_arrived`` False), unlike a RequestTimeout after sending."""
+
+    may_have_arrived = False
+
+
 @dataclass
 class ServiceRecord:
     value: bytes
@@ -160,7 +167,9 @@ class ServiceProducer:
         """One result per record, in order; records are ServiceRecords or (key, value,
         headers, partition) tuples. Raises RemoteError for a refused request (buffer_full:
         retry later; invalid_record; malformed_request) or a timeout -- at once when
-        ``is_down(endpoint)`` says the service being waited for went down."""
+        ``is_down(endpoint)`` says the service being waited for went down (or restarted: a new
+        process never answers the old one's requests). A RequestTimeout's records may have been
+        written, a ``ServiceDown``'s (no service up to send to) were not."""
         return list(map(ProduceResult._make, self.produce_rows(topic, records, acks, is_down)))
 
     def produce_rows(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
@@ -180,7 +189,7 @@ class ServiceProducer:
         last: RemoteError | None = None
         for endpoint in self.endpoints:
             if is_down is not None and is_down(endpoint):
-                last = RequestTimeout(f"producer service {endpoint} is down")  # not sent: the next one
+                last = ServiceDown(f"producer service {endpoint} is down: the request was not sent")  # the next one
                 continue
             try:
                 give_up = (lambda: is_down(endpoint)) if is_down is not None else None

@@ -47,7 +47,7 @@ from fabric.client.consumer import Consumer
 from fabric.client.group_admin import GroupAdmin
 from fabric.client.services import PARTITION_OF, ServiceConsumer, ServiceProducer, service_endpoints
 from fabric.config import LoomConfig
-from fabric.errors import CodedError, FabricError
+from fabric.errors import CodedError, FabricError, RequestTimeout
 from fabric.records import Record
 from nodes.gateway.agent_instances import ConsumerInstances, InstanceEntry
 from nodes.gateway.monitor_link import MonitorAccess
@@ -113,8 +113,9 @@ def _refuse_missing_partition(topic: str, named: int | None, t: Any) -> None:
 class GatewayAgent(ConsumerInstances):
     def __init__(self, config: LoomConfig, is_up: Callable[[str], bool] | None = None, *,
                  make_admin: Callable[[], Any] | None = None, make_producer: Callable[[], Any] | None = None,
-                 owner: str = "") -> None:
-        """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast).
+                 owner: str = "", process_of: Callable[[str], int | None] | None = None) -> None:
+        """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast);
+        ``process_of(endpoint)``: the pid the watcher last saw answer there (None: unknown).
         ``make_admin()`` / ``make_producer()``: a request thread's Admin / producer-service
         client (default: to the cluster of ``config``). ``owner``: this gateway's name for the
         consumer instances it makes (``reclaim_instances``); each process adds its own id."""
@@ -125,6 +126,7 @@ class GatewayAgent(ConsumerInstances):
         self.producer_endpoints = service_endpoints(config, "producer")
         self.consumer_endpoints = service_endpoints(config, "consumer")
         self.is_up = is_up or (lambda endpoint: True)
+        self.process_of = process_of or (lambda endpoint: None)
         self._local = threading.local()
         self._instances: dict[tuple[str, str], InstanceEntry] = {}
         self.monitor = MonitorAccess(config)
@@ -258,8 +260,7 @@ class GatewayAgent(ConsumerInstances):
                 results += [(-1, -1, *failed)] * len(chunk)
                 continue
             try:
-                with translated("the producer service"):
-                    rows = self._producer().produce_rows(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
+                rows = self._produce_chunk(topic, chunk, acks)
                 results += rows
                 # a record the client will retry: the later chunks wait for that retry as well
                 failed = next(((code, f"not sent: an earlier record of the request failed: {message}")
@@ -270,8 +271,10 @@ class GatewayAgent(ConsumerInstances):
                 cause = e.__cause__
                 # earlier chunks are in the log: answer per record, these ones failed (the
                 # rows' messages go without the code's name: it is put in front below)
-                failed = (cause.code, cause.message) if isinstance(cause, CodedError) else (P.UNKNOWN, e.message)
-                results += [(-1, -1, *failed)] * len(chunk)
+                code = cause.code if isinstance(cause, CodedError) else P.UNKNOWN
+                message = cause.message if isinstance(cause, CodedError) and e.kind != "outcome_unknown" else e.message
+                results += [(-1, -1, code, message)] * len(chunk)
+                failed = (code, f"not sent: an earlier record of the request failed: {message}")
         gone: Callable[[int], bool] | None = None
         if any(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results):
             if all(r[2] == P.UNKNOWN_TOPIC_OR_PARTITION for r in results):
@@ -286,6 +289,26 @@ class GatewayAgent(ConsumerInstances):
                     p if p >= 0 else partition if partition is not None else _named_partition(records[i]),
                     o, f"{P.error_name(e)}: {m}", _retriable(e, gone, i))
                 for i, (p, o, e, m) in enumerate(results)]
+
+    def _produce_chunk(self, topic: str, chunk: list[Record4], acks: str | int) -> tuple:
+        """One SERVICE_PRODUCE's rows. Waits while the service that took it is up and is the
+        process it was (one restarted on its endpoint never answers the old one's requests).
+        Raises ClusterError: ``outcome_unknown`` (503 / 50302) when the request was sent and
+        not answered -- its records may have been written --, ``unavailable`` (503 / 50301)
+        when it was refused or not sent (nothing written), others as ``translated``."""
+        pids = {ep: self.process_of(ep) for ep in self.producer_endpoints}
+
+        def gone(ep: str) -> bool:
+            was, now = pids.get(ep), self.process_of(ep)
+            return not self.is_up(ep) or (was is not None and now is not None and now != was)
+        with translated("the producer service"):
+            try:
+                return self._producer().produce_rows(topic, chunk, acks=acks, is_down=gone)
+            except RequestTimeout as e:
+                if not e.may_have_arrived:
+                    raise
+                raise ClusterError("outcome_unknown", f"the producer service did not answer: {e.message}: the records "
+                                                      "may have been written (sending them again may store them twice)") from e
 
     def _checked_topic(self, topic: str, may_create: bool) -> Any:
         """The topic from fresh metadata; created first when missing, ``may_create`` and

@@ -172,7 +172,7 @@ def follower_name(admin: Admin, partition: int) -> str:
     return f"broker-{[r for r in p.replicas if r != p.leader][0]}"
 
 
-def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45) -> dict[int, int]:
+def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45, topic: str = TOPIC) -> dict[int, int]:
     """Every partition led, full ISR, every replica at the leader's LEO; returns HW per partition."""
     def healed() -> dict[int, int] | None:
         md = admin.metadata()
@@ -180,9 +180,9 @@ def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45) -> dict[i
         by_partition: dict[int, list[dict]] = defaultdict(list)
         for b in cluster.broker_names():
             for r in cluster.stats(b)["partitions"]:
-                if r["topic"] == TOPIC:
+                if r["topic"] == topic:
                     by_partition[r["partition"]].append(r)
-        for p in md.topics[TOPIC].partitions:
+        for p in md.topics[topic].partitions:
             if p.leader < 0 or len(p.isr) < len(p.replicas):
                 return None
             rows = by_partition[p.partition]
@@ -195,9 +195,9 @@ def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45) -> dict[i
     return wait_until(healed, timeout_s, interval_s=0.25, what="the cluster to heal")
 
 
-def read_replica(cluster: Cluster, broker: str, partition: int) -> tuple[bytes, list]:
+def read_replica(cluster: Cluster, broker: str, partition: int, topic: str = TOPIC) -> tuple[bytes, list]:
     """(raw batch bytes, records) of one replica, read from disk (the broker must be stopped)."""
-    d = cluster.replica_log_dir(broker, TOPIC, partition)
+    d = cluster.replica_log_dir(broker, topic, partition)
     engine = open_engine(cluster.raw["storage"]["engine"], str(d), EngineConfig(fsync="never"))
     try:
         chunks, offset = [], engine.log_start_offset
@@ -206,7 +206,7 @@ def read_replica(cluster: Cluster, broker: str, partition: int) -> tuple[bytes, 
             chunks.append(data)
             offset = B.split_headers(data)[-1].next_offset
         data = b"".join(chunks)
-        return data, decode_batches(TOPIC, partition, data)
+        return data, decode_batches(topic, partition, data)
     finally:
         engine.close()
 

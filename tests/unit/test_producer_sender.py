@@ -251,3 +251,22 @@ def test_records_never_sent_when_the_producer_stops_are_failed_as_not_written(ri
     error = futures[0].exception(0)
     assert isinstance(error, ProducerClosedError) and not error.possibly_written, error
     assert str(error) == "producer closed"
+
+
+def test_a_retry_refused_for_good_says_an_earlier_send_may_have_been_written(rig: Rig) -> None:
+    """A batch whose first send got no reply (it may be in the log) and whose retry is refused
+    for good (a broker that forgot the producer: unknown_producer_id) failed with the broker's
+    words alone: the producer service relays the message per record, and a REST client read a
+    failure that did not say the record may be in the log (the timeout's did)."""
+    futures = rig.send("a")
+    rig.sender.run_pass()
+    rig.grant_producer_id(7)
+    rig.sender.run_pass()
+    rig.client(LEADER).answer_last(P.PRODUCE, None, err=RequestTimeout(f"no reply from {LEADER}"))
+    rig.reactor.advance(100)  # the retry backoff
+    rig.sender.run_pass()
+    assert len(rig.produce_requests()) == 2, "the batch is sent again"
+    rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[-1, P.UNKNOWN_PRODUCER_ID, "the broker forgot the producer"]]})
+    error = futures[0].exception(0)
+    assert error.code == P.UNKNOWN_PRODUCER_ID and "the broker forgot the producer" in str(error)
+    assert "may have been written" in str(error), str(error)

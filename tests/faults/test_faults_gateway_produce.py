@@ -1,0 +1,97 @@
+"""The gateway's produce acknowledgements under faults, with real processes: REST clients
+(``POST /topics/{t}``, ``.../partitions/{p}``, keyless, keyed, records naming their partition)
+and a ``/ws/produce`` client with several messages in flight, while the producer service is
+SIGKILLed or SIGSTOPped, the gateway's worker is SIGKILLed, or a partition leader and the
+coordinator are. The checker (``gateway_produce_checker.py``) reads every replica after
+healing: an acknowledged record is in the log at the offset it was answered with, nothing is
+written twice (no client retries), nothing answered "not written" is in the log, a WebSocket's
+answers come in sending order, and every failure answer says whether its records may have
+been written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from fabric.client import Admin
+from tests.faults import gateway_produce_checker as G
+from tests.gateway_client import GATEWAY_NODES, gateway_overrides
+from tests.harness import Cluster, wait_until
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
+TOPIC = "gwacks"
+PARTITIONS = 3
+
+
+def _setup(cluster_factory, seed: int) -> tuple[Cluster, Admin, G.Clients]:  # noqa: ANN001
+    c = cluster_factory(3, extra_nodes=GATEWAY_NODES, overrides=gateway_overrides())
+    admin = Admin(c.bootstrap)
+    admin.create_topic(TOPIC, PARTITIONS, 3)
+    c.wait_topic_ready(admin, TOPIC)
+    clients = G.Clients(c, TOPIC, PARTITIONS, seed).start()
+    clients.wait_acked(100)
+    return c, admin, clients
+
+
+def _finish(c: Cluster, admin: Admin, clients: G.Clients, more: int = 150) -> dict:
+    """Once ``more`` further records are acknowledged (the path works again), stop and check."""
+    clients.wait_acked(len(clients.ledger.acked) + more, timeout_s=45)
+    clients.stop()
+    try:
+        report = G.check(c, admin, TOPIC, clients.ledger)
+    finally:
+        admin.close()
+    assert not clients.ledger.unclassified, \
+        f"failure answers that say neither 'not written' nor 'may have been written': " \
+        f"{sorted(set(clients.ledger.unclassified.values()))[:3]}"
+    return report
+
+
+def _failures(clients: G.Clients) -> int:
+    s = clients.ledger.summary()
+    return s["not_written"] + s["maybe"] + s["unclassified"]
+
+
+def test_producer_service_sigkilled_and_restarted_under_rest_and_ws_produce(cluster_factory) -> None:  # noqa: ANN001
+    c, admin, clients = _setup(cluster_factory, seed=1)
+    for _ in range(2):
+        c.kill("producer")
+        c.start_node("producer")  # at once, as the supervisor does: the health watcher may not notice
+        clients.wait_acked(len(clients.ledger.acked) + 100, timeout_s=45)
+    report = _finish(c, admin, clients)
+    assert report["slowest_answer_s"] < 20, f"a produce waited {report['slowest_answer_s']} s for a dead service"
+
+
+def test_producer_service_sigstopped_past_the_gateways_patience(cluster_factory) -> None:  # noqa: ANN001
+    c, admin, clients = _setup(cluster_factory, seed=2)
+    before = _failures(clients)
+    c.kill("producer", signal.SIGSTOP)
+    try:  # the health watcher sees it down: requests waiting for it give up
+        wait_until(lambda: _failures(clients) > before + 3, 20, what="produce answered while the service is stopped")
+    finally:
+        c.kill("producer", signal.SIGCONT)
+    _finish(c, admin, clients)
+
+
+def test_gateway_worker_sigkilled_under_produce(cluster_factory) -> None:  # noqa: ANN001
+    c, admin, clients = _setup(cluster_factory, seed=3)
+    worker = c.ping("gateway")["worker_pid"]
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: c.ping("gateway").get("worker_pid") not in (None, worker), 30, what="a new gateway worker")
+    _finish(c, admin, clients)
+
+
+def test_partition_leader_and_coordinator_sigkilled_under_produce(cluster_factory) -> None:  # noqa: ANN001
+    c, admin, clients = _setup(cluster_factory, seed=4)
+    old = admin.metadata().topics[TOPIC].partitions[0].leader
+    leader = f"broker-{old}"
+    c.kill(leader)
+    wait_until(lambda: admin.metadata().topics[TOPIC].partitions[0].leader not in (-1, old), 20, what="a new leader")
+    c.kill("coordinator")
+    clients.wait_acked(len(clients.ledger.acked) + 50, timeout_s=45)  # the other leaders go on
+    c.start_node("coordinator")
+    c.start_node(leader)
+    _finish(c, admin, clients)
