@@ -97,6 +97,21 @@ def test_produce_from_the_form_then_find_it_in_the_browser_and_the_live_tail(das
         tail.context.close()
 
 
+def test_a_produce_whose_answer_never_came_says_the_record_may_have_been_written(dashboard, page) -> None:
+    """The produce request went out and its answer was lost (a dropped connection, the page's
+    own 15 s timeout): the form said only "the gateway is not reachable", and a user who
+    submitted again could store the record twice."""
+    dashboard.ensure_topic("payments", 2)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/produce?topic=payments")
+    page.route("**/topics/payments*", lambda route: route.abort("connectionreset")
+               if route.request.method == "POST" else route.continue_())
+    page.fill("#produce-value", "lost-answer")
+    page.click("#produce-form button[type=submit]")
+    page.wait_for_selector("#produce-error:not([hidden])")
+    assert "may have been written" in page.inner_text("#produce-error"), page.inner_text("#produce-error")
+
+
 def test_message_browser_filters_a_bounded_range(dashboard, page) -> None:
     dashboard.ensure_topic("clicks", 1)
     records = [{"key": f"k{i}", "value": f"click {i} {'special' if i % 10 == 3 else ''}"} for i in range(60)]

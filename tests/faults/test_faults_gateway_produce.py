@@ -95,3 +95,18 @@ def test_partition_leader_and_coordinator_sigkilled_under_produce(cluster_factor
     c.start_node("coordinator")
     c.start_node(leader)
     _finish(c, admin, clients)
+
+
+def test_partition_leader_sigstopped_past_its_session_then_resumed_under_produce(cluster_factory) -> None:  # noqa: ANN001
+    """A paused leader loses its partitions (session timeout 3 s) and comes back believing it
+    leads: what the gateway acknowledged meanwhile, through the new leaders, must stay."""
+    c, admin, clients = _setup(cluster_factory, seed=5)
+    old = admin.metadata().topics[TOPIC].partitions[0].leader
+    leader = f"broker-{old}"
+    c.kill(leader, signal.SIGSTOP)
+    try:
+        wait_until(lambda: admin.metadata().topics[TOPIC].partitions[0].leader not in (-1, old), 20, what="a new leader")
+        clients.wait_acked(len(clients.ledger.acked) + 100, timeout_s=45)
+    finally:
+        c.kill(leader, signal.SIGCONT)
+    _finish(c, admin, clients)

@@ -60,7 +60,11 @@ export async function render(root, ctx) {
         { label: "Key", cell: (x) => x.key || "—" },
       ], history));
     } catch (ex) {
-      err.textContent = ex.message;
+      // no answer (status 0: the connection dropped, or the page's timeout): the request may
+      // have reached the gateway, and the record the log -- producing it again may store it twice
+      err.textContent = ex.status === 0
+        ? `${ex.message}: the record may have been written (look for it in the message browser before producing it again)`
+        : ex.message;
       err.hidden = false;
     } finally {
       button.disabled = false;
