@@ -84,12 +84,25 @@ def test_gateway_worker_sigkilled_under_produce(cluster_factory) -> None:  # noq
     _finish(c, admin, clients)
 
 
+def _new_leader(admin: Admin, partition: int, old: int) -> None:
+    wait_until(lambda: admin.metadata().topics[TOPIC].partitions[partition].leader not in (-1, old), 20,
+               what=f"a new leader of partition {partition}")
+
+
 def test_partition_leader_and_coordinator_sigkilled_under_produce(cluster_factory) -> None:  # noqa: ANN001
     c, admin, clients = _setup(cluster_factory, seed=4)
+    for partition in (1, 2):  # leaders killed with requests in flight, then back in the ISR
+        old = admin.metadata().topics[TOPIC].partitions[partition].leader
+        c.kill(f"broker-{old}")
+        _new_leader(admin, partition, old)
+        clients.wait_acked(len(clients.ledger.acked) + 50, timeout_s=45)
+        c.start_node(f"broker-{old}")
+        wait_until(lambda: all(old in p.isr for p in admin.metadata().topics[TOPIC].partitions), 30,
+                   what=f"broker-{old} back in every ISR")
     old = admin.metadata().topics[TOPIC].partitions[0].leader
     leader = f"broker-{old}"
     c.kill(leader)
-    wait_until(lambda: admin.metadata().topics[TOPIC].partitions[0].leader not in (-1, old), 20, what="a new leader")
+    _new_leader(admin, 0, old)
     c.kill("coordinator")
     clients.wait_acked(len(clients.ledger.acked) + 50, timeout_s=45)  # the other leaders go on
     c.start_node("coordinator")
@@ -105,7 +118,7 @@ def test_partition_leader_sigstopped_past_its_session_then_resumed_under_produce
     leader = f"broker-{old}"
     c.kill(leader, signal.SIGSTOP)
     try:
-        wait_until(lambda: admin.metadata().topics[TOPIC].partitions[0].leader not in (-1, old), 20, what="a new leader")
+        _new_leader(admin, 0, old)
         clients.wait_acked(len(clients.ledger.acked) + 100, timeout_s=45)
     finally:
         c.kill(leader, signal.SIGCONT)
