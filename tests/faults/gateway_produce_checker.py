@@ -148,7 +148,7 @@ class RestClient(threading.Thread):
             self.ledger.record_answer(values, status, body, time.monotonic() - t0)
             self.requests += 1
             if status is not None and status >= 500:
-                self.halt.wait(0.05)  # a failing gateway is not hammered
+                self.halt.wait(0.2)  # a failing gateway is not hammered
 
 
 class WsClient(threading.Thread):

@@ -55,11 +55,18 @@ def _failures(clients: G.Clients) -> int:
     return s["not_written"] + s["maybe"] + s["unclassified"]
 
 
-def test_producer_service_sigkilled_and_restarted_under_rest_and_ws_produce(cluster_factory) -> None:  # noqa: ANN001
-    c, admin, clients = _setup(cluster_factory, seed=1)
+@pytest.mark.parametrize("at_once", [True, False], ids=["restarted-at-once", "down-until-refused"])
+def test_producer_service_sigkilled_and_restarted_under_rest_and_ws_produce(cluster_factory, at_once: bool) -> None:  # noqa: ANN001
+    """Restarted at once, as the supervisor does (the health watcher may never see it down: the
+    requests the dead process took wait for another pid to answer PING), or only once the
+    gateway refuses produce (503 / 50301: nothing sent -- the checker holds it to that)."""
+    c, admin, clients = _setup(cluster_factory, seed=1 if at_once else 6)
     for _ in range(2):
+        refused = len(clients.ledger.not_written)
         c.kill("producer")
-        c.start_node("producer")  # at once, as the supervisor does: the health watcher may not notice
+        if not at_once:
+            wait_until(lambda: len(clients.ledger.not_written) > refused, 20, what="produce refused")
+        c.start_node("producer")
         clients.wait_acked(len(clients.ledger.acked) + 100, timeout_s=45)
     report = _finish(c, admin, clients)
     assert report["slowest_answer_s"] < 20, f"a produce waited {report['slowest_answer_s']} s for a dead service"
