@@ -158,7 +158,9 @@ class ServiceProducer:
     def _client(self, endpoint: str) -> BlockingClient:
         c = self._clients.get(endpoint)
         if c is None:
+            # a service killed with a request fails it at once (ConnectionLost), not at the deadline
             c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-producer",
+                                                         fail_on_disconnect=True,
                                                          reconnect_ivl_max_ms=SERVICE_RECONNECT_IVL_MAX_MS)
         return c
 
@@ -167,9 +169,10 @@ class ServiceProducer:
         """One result per record, in order; records are ServiceRecords or (key, value,
         headers, partition) tuples. Raises RemoteError for a refused request (buffer_full:
         retry later; invalid_record; malformed_request) or a timeout -- at once when
-        ``is_down(endpoint)`` says the service being waited for went down (or restarted: a new
-        process never answers the old one's requests). A RequestTimeout's records may have been
-        written, a ``ServiceDown``'s (no service up to send to) were not."""
+        ``is_down(endpoint)`` says the service being waited for went down, or (ConnectionLost) the
+        connection the request went out on ended: a process restarted on the endpoint never
+        answers the old one's requests. A RequestTimeout's records may have been written, a
+        ``ServiceDown``'s (no service up to send to) were not."""
         return list(map(ProduceResult._make, self.produce_rows(topic, records, acks, is_down)))
 
     def produce_rows(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",

@@ -113,9 +113,8 @@ def _refuse_missing_partition(topic: str, named: int | None, t: Any) -> None:
 class GatewayAgent(ConsumerInstances):
     def __init__(self, config: LoomConfig, is_up: Callable[[str], bool] | None = None, *,
                  make_admin: Callable[[], Any] | None = None, make_producer: Callable[[], Any] | None = None,
-                 owner: str = "", process_of: Callable[[str], int | None] | None = None) -> None:
-        """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast);
-        ``process_of(endpoint)``: the pid the watcher last saw answer there (None: unknown).
+                 owner: str = "") -> None:
+        """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast).
         ``make_admin()`` / ``make_producer()``: a request thread's Admin / producer-service
         client (default: to the cluster of ``config``). ``owner``: this gateway's name for the
         consumer instances it makes (``reclaim_instances``); each process adds its own id."""
@@ -126,7 +125,6 @@ class GatewayAgent(ConsumerInstances):
         self.producer_endpoints = service_endpoints(config, "producer")
         self.consumer_endpoints = service_endpoints(config, "consumer")
         self.is_up = is_up or (lambda endpoint: True)
-        self.process_of = process_of or (lambda endpoint: None)
         self._local = threading.local()
         self._instances: dict[tuple[str, str], InstanceEntry] = {}
         self.monitor = MonitorAccess(config)
@@ -291,19 +289,15 @@ class GatewayAgent(ConsumerInstances):
                 for i, (p, o, e, m) in enumerate(results)]
 
     def _produce_chunk(self, topic: str, chunk: list[Record4], acks: str | int) -> tuple:
-        """One SERVICE_PRODUCE's rows. Waits while the service that took it is up and is the
-        process it was (one restarted on its endpoint never answers the old one's requests).
-        Raises ClusterError: ``outcome_unknown`` (503 / 50302) when the request was sent and
-        not answered -- its records may have been written --, ``unavailable`` (503 / 50301)
-        when it was refused or not sent (nothing written), others as ``translated``."""
-        pids = {ep: self.process_of(ep) for ep in self.producer_endpoints}
-
-        def gone(ep: str) -> bool:
-            was, now = pids.get(ep), self.process_of(ep)
-            return not self.is_up(ep) or (was is not None and now is not None and now != was)
+        """One SERVICE_PRODUCE's rows. Waits while the service that took it is up and the
+        connection it went out on holds (a service killed with it, and restarted on its endpoint
+        before the health watcher saw it down, never answers). Raises ClusterError:
+        ``outcome_unknown`` (503 / 50302) when the request was sent and not answered -- its
+        records may have been written --, ``unavailable`` (503 / 50301) when it was refused or
+        not sent (nothing written), others as ``translated``."""
         with translated("the producer service"):
             try:
-                return self._producer().produce_rows(topic, chunk, acks=acks, is_down=gone)
+                return self._producer().produce_rows(topic, chunk, acks=acks, is_down=lambda ep: not self.is_up(ep))
             except RequestTimeout as e:
                 if not e.may_have_arrived:
                     raise

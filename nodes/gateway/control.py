@@ -17,8 +17,8 @@ FAULTS also takes ``hold_http_ms`` here (only with ``faults.enabled``): every HT
 that long, or until ``hold_http_ms: 0``, while this node answers on (webui/request_hold.py); a
 ``block`` list in the same request is applied too.
 
-Not thread-safe: owned by the control thread, except ``is_up`` and ``process_of``, which read
-dicts that only the control thread replaces (atomic under the GIL).
+Not thread-safe: owned by the control thread, except ``is_up``, which reads a dict that only
+the control thread replaces (atomic under the GIL).
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ class GatewayControl(Node):
         self.metrics.add_collector(http_requests.samples)  # the monitor's gateway_5xx rule reads it
         self.relay = MonitorRelay(self.ctx, self.reactor, config, hub)
         self.node_up: dict[str, bool] = {}
-        self.node_pid: dict[str, int] = {}  # the process that answered each node's last PING
         self._peers = {n: c for n, c in config.nodes.items() if n != name and c.role != "gateway"}
         # a node back from an outage is seen up within a health interval: produce is refused
         # while the producer service is seen down, and a reconnect backoff grown to its usual
@@ -78,14 +77,6 @@ class GatewayControl(Node):
             if cfg.endpoint == endpoint:
                 return self.node_up.get(name, True)
         return True
-
-    def process_of(self, endpoint: str) -> int | None:
-        """The pid that answered the last PING at ``endpoint`` (None: none yet): another one
-        than before means the node restarted there."""
-        for name, cfg in self._peers.items():
-            if cfg.endpoint == endpoint:
-                return self.node_pid.get(name)
-        return None
 
     def _on_ping(self, req: Any) -> dict:
         reply = super()._on_ping(req)
@@ -130,10 +121,7 @@ class GatewayControl(Node):
 
             def done(h: dict | None, _p: list, err: RemoteError | None, name: str = name) -> None:
                 self._asked.discard(name)
-                up = err is None and h is not None and h.get("node") == name
-                if up and type(h.get("pid")) is int:  # type: ignore[union-attr]
-                    self.node_pid = {**self.node_pid, name: h["pid"]}  # type: ignore[index]
-                self._set(name, up)
+                self._set(name, err is None and h is not None and h.get("node") == name)
             client.request(P.PING, {}, callback=done, timeout_ms=PING_TIMEOUT_MS)
 
     def _set(self, name: str, up: bool) -> None:
