@@ -409,6 +409,13 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
             return
         self.loader.start(len(self.context.state.topics[OFFSETS_TOPIC].partitions))
 
+    def forget_partition(self, q: int) -> None:
+        """The load of offsets partition ``q`` starts again: drop its groups (nothing but the
+        load has changed the table before ``loaded``)."""
+        assert not self.loaded, "the table holds acknowledged commits"
+        for group in [g for g in self.table if self.partition_for_group(g) == q]:
+            del self.table[group]
+
     def loaded_all(self) -> None:
         """The loader read every offsets partition: take commits from now on."""
         self._loaded()

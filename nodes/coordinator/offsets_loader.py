@@ -11,7 +11,10 @@ it is not (the log was truncated or rewritten), or the offset is below the log s
 (retention) or beyond the log end, the partition is read from its log start instead: nothing
 of it was applied yet, and a replay from there is correct, only slower -- every record is an
 upsert or a deletion in log order, and a snapshot in the log is the whole state as of its
-position.
+position. The same answer in the middle of the read (the log start passed the read position,
+or the log end went back below it after an unclean election) starts the read again from the
+log start into a fresh table (``LoadTarget.forget_partition``): replayed over what was
+applied, a key that only the part now gone set would stay.
 
 Not thread-safe: runs on the coordinator's reactor.
 """
@@ -43,6 +46,9 @@ class LoadTarget(Protocol):
     def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int,
               topic_ids: dict[str, str] | None = None) -> None: ...
 
+    def forget_partition(self, q: int) -> None:
+        """Drop what was applied of offsets partition ``q`` (its read starts again)."""
+
     def loaded_all(self) -> None: ...
 
 
@@ -54,6 +60,7 @@ class LoadState:
     done: bool = False
     snapshot_id: str | None = None   # the first record read must start this snapshot
     records_read: int = 0
+    applied: bool = False            # records of this read are in the table (a restart forgets them)
 
 
 def decode_record(key: bytes | None, value: bytes) -> list[tuple[str, str, int, int | None, str, int, str]]:
@@ -120,7 +127,10 @@ class OffsetsLoader:
             if entry is None or entry.error:
                 if entry is not None and entry.error == P.OFFSET_OUT_OF_RANGE and entry.log_start_offset >= 0:
                     # below the log start or beyond its end
-                    self._snapshot_missing(q, st, entry.log_start_offset)
+                    if st.applied:
+                        self._restart(q, st, entry.log_start_offset)
+                    else:
+                        self._snapshot_missing(q, st, entry.log_start_offset)
                 st.endpoint = None
                 self._later(q, LOAD_RETRY_MS)
                 return
@@ -142,6 +152,7 @@ class OffsetsLoader:
             for r in records:
                 self.apply_record(r.key, r.value)
             if records:
+                st.applied = True
                 st.offset = records[-1].offset + 1
                 st.records_read += len(records)
             if st.offset >= st.target:
@@ -165,6 +176,17 @@ class OffsetsLoader:
             return
         for group, topic, p, offset, metadata, ts, topic_id in entries:
             self.store.apply(group, [(topic, p, offset, metadata)], ts, {topic: topic_id})
+
+    def _restart(self, q: int, st: LoadState, log_start_offset: int) -> None:
+        """The log start passed the read position (retention), or the log end went back below it
+        (an unclean election lost a part that was read): what was applied may hold keys that only
+        the part now gone set, and a replay over it would keep them (a stale committed offset, a
+        deleted group's back). The read starts again from the log start into a fresh table."""
+        log.warning("%s-%d: offset %d is out of range (log start %d) in the middle of the read: reading "
+                    "again from the log start", self.topic, q, st.offset, log_start_offset)
+        self.context.counters["offsets_load_restarts"] += 1
+        self.store.forget_partition(q)
+        self.states[q] = LoadState(log_start_offset)
 
     def _snapshot_missing(self, q: int, st: LoadState, log_start_offset: int) -> None:
         """Read from ``log_start_offset`` instead (0: the leader says where the log starts)."""

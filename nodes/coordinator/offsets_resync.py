@@ -47,6 +47,9 @@ class _Reread:
               topic_ids: dict[str, str] | None = None) -> None:
         self._apply_to(self.table, group, entries, ts, topic_ids)
 
+    def forget_partition(self, q: int) -> None:
+        self.table.clear()  # the one partition read again
+
     def loaded_all(self) -> None:
         self._done(self.table)
 
