@@ -31,7 +31,8 @@ Kafka's eager protocol with coordinator-side assignment:
 - LIST_GROUPS -> ``{groups: [{group, state, generation, assignor, members}]}``;
   DESCRIBE_GROUPS ``{groups: [...]}`` (each group once) -> ``{groups: [{group, state, generation, assignor,
   leader, members: [{member_id, client_id, host, topics, assignment}], offsets: [[t, p, o]]}]}``;
-  DELETE_GROUP ``{group}`` (only without active members; its offsets are deleted).
+  DELETE_GROUP ``{group}`` (only without active members; its offsets are deleted, in bounded
+  parts: ``GroupOffsetsMixin._on_delete_group``).
 
 Membership lives in memory: after a coordinator restart members get ``unknown_member`` and
 join again. Offsets live in ``nodes.coordinator.offsets``; OFFSET_COMMIT, OFFSET_FETCH and the
@@ -418,36 +419,6 @@ class GroupCoordinator(GroupOffsetsMixin):
             d["offsets"] = [[t, p, c.offset] for (t, p), c in sorted(self.offsets.offsets_for(gid).items())]
             out.append(d)
         return {"groups": out}
-
-    def _on_delete_group(self, req: wire.Request) -> Any:
-        gid = self._group_id(req)
-        self._require_loaded()
-        self.offsets.check_not_resyncing(gid)  # its table may lack partitions the log has: no tombstones for them
-        g = self.groups.get(gid)
-        if g is not None and g.members:
-            n = len(g.members)
-            raise RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has {n} active member{'s' * (n != 1)}")
-        # offsets of deleted topics too: they go with the group; and the partitions of commits on
-        # their way (queued before the tombstones, they land first: without a tombstone of
-        # their own, the group would be back with them)
-        partitions = set(self.offsets.table.get(gid, {})) | set(self.offsets.unstable(gid, None))
-        if g is None and not partitions:
-            raise RemoteError(P.UNKNOWN_GROUP, f"no group {gid!r}")
-
-        def done(err: RemoteError | None) -> None:
-            if err is not None:
-                self.server.reply_error(req, err.code, err.message)
-                return
-            group = self.groups.get(gid)
-            if group is not None and not group.members:
-                del self.groups[gid]
-            self.server.reply(req, {"group": gid, "deleted": True})
-        if not partitions:
-            done(None)
-            return DEFER
-        entries = [(t, p, None, "") for (t, p) in sorted(partitions)]
-        self.offsets.commit(gid, entries, allow_backward=True, check_log_end=False, done=done)
-        return DEFER
 
     def stats(self) -> dict:
         return {"groups": len(self.groups), "group_members": sum(len(g.members) for g in self.groups.values()),

@@ -1,7 +1,8 @@
 """The group coordinator's committed offsets: OFFSET_COMMIT (who may commit what, judged when
-the request comes and again just before the append: ``_commit_refusal``), OFFSET_FETCH, and
-the expiry of the offsets of groups that have had no members, and no commit, for longer than
-the retention (KIP-211). The request shapes are in ``nodes.coordinator.groups``; the offsets
+the request comes and again just before the append: ``_commit_refusal``), OFFSET_FETCH,
+DELETE_GROUP (its tombstones in bounded parts, one after another), and the expiry of the
+offsets of groups that have had no members, and no commit, for longer than the retention
+(KIP-211). The request shapes are in ``nodes.coordinator.groups``; the offsets
 themselves live in ``nodes.coordinator.offsets``.
 
 ``GroupOffsetsMixin`` is that part of ``GroupCoordinator`` (nodes/coordinator/groups.py): its
@@ -20,6 +21,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
+from nodes.coordinator.offsets import deletion_parts
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
 
 if TYPE_CHECKING:
@@ -137,6 +139,56 @@ class GroupOffsetsMixin:
             c = table.get(tp)
             out.append([tp[0], tp[1], c.offset if c else -1, c.metadata if c else ""])
         return {"group": gid, "offsets": out}
+
+    def _on_delete_group(self, req: wire.Request) -> Any:
+        """Delete an empty group and its committed offsets. Its tombstones go in commits of at
+        most ``offsets.deletion_part_bytes()`` each, one after another (one commit of a group
+        with very many partitions could exceed PENDING_COMMIT_BYTES_MAX: refused buffer_full
+        every time, the group could never be deleted). A part is written only while the group
+        has no members (judged again just before its append, as Kafka deletes only an empty
+        group); a deletion that fails part way is answered with the error, the parts written
+        stay deleted, and a retry deletes the rest."""
+        gid = self._group_id(req)
+        self._require_loaded()
+        self.offsets.check_not_resyncing(gid)  # its table may lack partitions the log has: no tombstones for them
+        g = self.groups.get(gid)
+        if g is not None and g.members:
+            raise self._non_empty(g)
+        # offsets of deleted topics too: they go with the group; and the partitions of commits on
+        # their way (queued before the tombstones, they land first: without a tombstone of
+        # their own, the group would be back with them)
+        partitions = set(self.offsets.table.get(gid, {})) | set(self.offsets.unstable(gid, None))
+        if g is None and not partitions:
+            raise RemoteError(P.UNKNOWN_GROUP, f"no group {gid!r}")
+        parts = deletion_parts(gid, sorted(partitions))
+
+        def recheck() -> RemoteError | None:
+            group = self.groups.get(gid)
+            return self._non_empty(group) if group is not None and group.members else None
+
+        def next_part(err: RemoteError | None = None) -> None:
+            """The previous part is written (or failed: the deletion stops there): the next one."""
+            if err is None and parts:
+                try:
+                    self.offsets.commit(gid, parts.pop(0), allow_backward=True, check_log_end=False, done=next_part,
+                                        recheck=recheck)
+                    return
+                except RemoteError as e:  # buffer_full; the offsets topic not made yet (not_enough_replicas)
+                    err = e
+            if err is not None:
+                self.server.reply_error(req, err.code, err.message)
+                return
+            group = self.groups.get(gid)
+            if group is not None and not group.members:
+                del self.groups[gid]
+            self.server.reply(req, {"group": gid, "deleted": True})
+        next_part()
+        return DEFER
+
+    @staticmethod
+    def _non_empty(group: Group) -> RemoteError:
+        n = len(group.members)
+        return RemoteError(P.NON_EMPTY_GROUP, f"group {group.group_id!r} has {n} active member{'s' * (n != 1)}")
 
     def _expire_offsets(self) -> None:
         """Delete the committed offsets of groups that have had no members, and no commit, for

@@ -61,7 +61,7 @@ from nodes.coordinator.snapshots import SnapshotJob
 from nodes.coordinator.store import PartitionState, TopicState
 from nodes.coordinator.topics import place_replicas
 
-__all__ = ["OFFSETS_TOPIC", "Committed", "OffsetStore", "PendingCommit"]
+__all__ = ["OFFSETS_TOPIC", "Committed", "OffsetStore", "PendingCommit", "deletion_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch
 APPEND_BYTES_MAX = 4 * 1024 * 1024  # ... and their bytes (a commit always goes, alone if it must):
 #                                    well within the broker's batch limit (16 MiB by default)
 HW_PRUNE_INTERVAL_MS = 10_000      # forget cached log ends of deleted topics at least this often
+DELETION_PARTS_IN_BUFFER = 8       # a part of a group's deletion takes at most this share of
+#                                    P.PENDING_COMMIT_BYTES_MAX (and at most APPEND_BYTES_MAX)
 
 TopicPartition = tuple[str, int]
 DoneCallback = Callable[[RemoteError | None], None]
@@ -84,6 +86,24 @@ def commit_bytes(group: str, entries: list[tuple[str, int, int | None, str]]) ->
     P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them."""
     per_entry = ENTRY_BYTES + len(group.encode())
     return sum(per_entry + len(t.encode()) + len(m.encode()) for t, _, _, m in entries)
+
+
+def deletion_parts(group: str, partitions: list[TopicPartition]) -> list[list[tuple[str, int, None, str]]]:
+    """The tombstones of ``partitions`` in parts of at most DELETION_PART_BYTES (as
+    ``commit_bytes`` counts them; each part at least one), in order: a group's deletion goes as
+    these commits, one after another (the groups' DELETE_GROUP)."""
+    limit = min(APPEND_BYTES_MAX, P.PENDING_COMMIT_BYTES_MAX // DELETION_PARTS_IN_BUFFER)
+    parts: list[list[tuple[str, int, None, str]]] = []
+    size = 0
+    for t, p in partitions:
+        entry = (t, p, None, "")
+        n = commit_bytes(group, [entry])
+        if not parts or size + n > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(entry)
+        size += n
+    return parts
 
 
 @dataclass
@@ -324,8 +344,9 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
             if out.ok:
                 queue.busy = False
                 queue.records_since_snapshot += len(records)
+                for pc in take:  # all applied before any is answered: an answer may queue (and
+                    self.apply(pc.group, pc.entries, ts, pc.topic_ids)  # judge) the next commit
                 for pc in take:
-                    self.apply(pc.group, pc.entries, ts, pc.topic_ids)
                     self._finish(pc, None)
                 self.counters["offset_commits"] += len(take)
                 self._pump(q)

@@ -1,0 +1,93 @@
+"""DELETE_GROUP of a group with very many committed partitions: its tombstones once went as one
+commit, which a long group id and enough partitions made larger than PENDING_COMMIT_BYTES_MAX,
+so the deletion was refused buffer_full every time and the group could never be deleted. They
+go in bounded commits, one after another; a deletion that fails part way has deleted a part
+and a retry deletes the rest. The real GroupCoordinator and OffsetStore on a FakeGroupContext
+with a RecordingClient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fabric import protocol as P
+from fabric.rpc import DEFER
+from nodes.coordinator.offsets import Committed
+from tests.unit.fakes import loaded_group_coordinator, offsets_records, request
+
+GROUP = "g" * 200
+PARTITIONS = 300  # about 300 * (100 + 200 + 5) bytes of tombstones: 90 KB
+
+
+def _big_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202 - (gc, context, client)
+    monkeypatch.setattr(P, "PENDING_COMMIT_BYTES_MAX", 64 * 1024)  # below what its tombstones take
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    gc.offsets.table[GROUP] = {(f"t{p % 7}", p): Committed(5) for p in range(PARTITIONS)}
+    return gc, context, client
+
+
+def _answer_produces(client, code: int = 0) -> int:  # noqa: ANN001
+    """Answer the PRODUCEs sent and not answered (base offset 10, ``code``); how many."""
+    n = 0
+    for i in [i for i in client.unanswered if client.sent[i][0] == P.PRODUCE]:
+        client.unanswered.remove(i)
+        client.sent[i][3]({"results": [[10 if code == 0 else -1, code, "x"]]}, [], None)
+        n += 1
+    return n
+
+
+def test_a_group_whose_tombstones_exceed_the_pending_bound_is_deleted_in_bounded_commits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gc, context, client = _big_group(tmp_path, monkeypatch)
+    req = request(P.DELETE_GROUP, group=GROUP)
+    assert gc._on_delete_group(req) is DEFER
+    appends = []
+    for _ in range(100):
+        sent = [client.sent[i] for i in client.unanswered if client.sent[i][0] == P.PRODUCE]
+        if not sent:
+            break
+        appends.extend(len(offsets_records(s[2][0])) for s in sent)
+        assert gc.offsets._pending_bytes <= P.PENDING_COMMIT_BYTES_MAX
+        _answer_produces(client)
+    assert context.server.replies and context.server.replies[-1][1] == {"group": GROUP, "deleted": True}
+    assert sum(appends) == PARTITIONS and len(appends) > 1
+    assert GROUP not in gc.offsets.table and GROUP not in gc.offsets.groups()
+
+
+def test_a_deletion_that_fails_part_way_leaves_the_rest_for_a_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gc, context, client = _big_group(tmp_path, monkeypatch)
+    req = request(P.DELETE_GROUP, group=GROUP)
+    assert gc._on_delete_group(req) is DEFER
+    assert _answer_produces(client) == 1  # the first part is deleted
+    left = len(gc.offsets.table[GROUP])
+    assert 0 < left < PARTITIONS
+    assert _answer_produces(client, P.NOT_ENOUGH_REPLICAS) == 1  # the next one is refused (retried)...
+    context.reactor.advance(30_000)  # ... until its deadline
+    while _answer_produces(client, P.NOT_ENOUGH_REPLICAS):
+        context.reactor.advance(30_000)
+    assert [e for _r, e, _p in context.server.replies if e.get("error")], "the failure was not answered"
+    assert len(gc.offsets.table[GROUP]) == left, "a part not written was dropped from the table"
+    retry = request(P.DELETE_GROUP, group=GROUP)
+    assert gc._on_delete_group(retry) is DEFER
+    while _answer_produces(client):
+        pass
+    assert context.server.replies[-1][0] is retry and context.server.replies[-1][1] == {"group": GROUP, "deleted": True}
+    assert GROUP not in gc.offsets.table
+
+
+def test_a_member_that_joins_while_the_group_is_deleted_stops_the_deletion(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kafka deletes only an empty group: the next part of the deletion is not written once a
+    member is in the group (answered non_empty_group); what was deleted stays deleted."""
+    gc, context, client = _big_group(tmp_path, monkeypatch)
+    req = request(P.DELETE_GROUP, group=GROUP)
+    assert gc._on_delete_group(req) is DEFER
+    sent = len(client.sent)
+    gc._on_join(request(P.JOIN_GROUP, group=GROUP, member_id="", client_id="c", topics=["t0"],
+                        session_timeout_ms=10_000))
+    _answer_produces(client)
+    assert not [c for c, *_ in client.sent[sent:] if c == P.PRODUCE], "a part was written for a group with a member"
+    errors = [e for r, e, _p in context.server.replies if r is req]
+    assert errors and errors[0].get("error") == P.NON_EMPTY_GROUP
