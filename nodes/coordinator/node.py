@@ -35,7 +35,7 @@ from nodes.coordinator.alter_isr import result as alter_isr_result
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.liveness import DisconnectWatch
 from nodes.coordinator.offsets_client import OffsetsTopicClient
-from nodes.coordinator.store import ClusterState, StateStore, new_id
+from nodes.coordinator.store import PRODUCER_IDS_PER_WALL_MS, ClusterState, StateStore, new_id
 from nodes.coordinator.topic_admin import TopicAdminMixin
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,6 @@ REPUBLISH_INTERVAL_MS = 1000
 # state on the reactor thread -- a file that grows with the partitions (24 KB for one
 # 1,000-partition topic), in the way of every heartbeat and request while the disk was busy
 PRODUCER_ID_BLOCK = 1000
-# a block never starts below the wall clock's milliseconds times this: ids handed out before a
-# restart on an older copy of the state (a backup put back) lie below the clock of that moment,
-# so the copy's stale ``next_producer_id`` cannot hand them out again -- a reused id's first
-# batches could be taken by a broker for duplicates of the old producer's (acknowledged, not
-# written). Ids stay below 2^53 (exact in JSON and JavaScript) until the year 2248; the clock
-# floor outruns the ids as long as fewer than ~1,000,000 producers start per second
-PRODUCER_IDS_PER_WALL_MS = 1024
 # a pass gap over this (or over half the session timeout, if longer) is a stall of our own
 STALL_THRESHOLD_MS_MIN = 2000
 PREFERRED_LEADER_CHECK_MS = 5000

@@ -29,7 +29,9 @@ While a commit is queued or being written, OFFSET_FETCH of its partitions answer
 ``unstable_offset_commit`` (retriable), so a member never starts from an offset that the
 commit in flight is about to replace. A commit whose append may have landed but that ended
 unacknowledged has its offsets partition read again (nodes/coordinator/offsets_resync.py), so
-the table never goes on lacking what the log holds.
+the table never goes on lacking what the log holds. The appends go as an idempotent producer
+whose epochs are fenced (nodes/coordinator/offsets_producer.py): an append the coordinator gave
+up on cannot land after that read, nor a late copy of a retried one after the next commit.
 
 The store sees the coordinator through ``nodes.coordinator.context.GroupContext`` and talks
 to the brokers through one ``OffsetsTopicClient`` (nodes/coordinator/offsets_client.py), which
@@ -54,6 +56,7 @@ from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome, OffsetsTopicClient
 from nodes.coordinator.offsets_loader import OffsetsLoader
+from nodes.coordinator.offsets_producer import PRODUCER_STATE_ERRORS, ProducerMixin, Sent
 from nodes.coordinator.offsets_resync import ResyncMixin
 from nodes.coordinator.offsets_snapshot_jobs import SnapshotJobsMixin
 from nodes.coordinator.offsets_validation import CommitValidationMixin
@@ -144,12 +147,19 @@ class Committed:
 class _Queue:
     items: deque[PendingCommit | SnapshotJob] = field(default_factory=deque)
     busy: bool = False      # an append (or its retry pause) is outstanding
+    # the idempotent producer (nodes/coordinator/offsets_producer.py)
+    sent: Sent | None = None  # the append being written: sent again as it is until acknowledged or given up
+    seq: int = 0              # the next sequence of the partition's epoch
+    fenced: bool = False      # its epoch's fence is in the log: commits may be appended
+    new_producer_id: bool = False  # the next epoch takes a new producer id
+    attempts: int = 0         # sends so far: only the outcome of the latest is acted on
+    log_end: int | None = None  # where the table's part of the log ends (None: not known)
     records_since_snapshot: int = 0
     last_snapshot_ms: int = 0           # monotonic
     snapshot_queued: bool = False
 
 
-class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
+class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, ProducerMixin):
     def __init__(self, context: GroupContext, client: OffsetsTopicClient) -> None:
         """``client``: the one client of the offsets topic, shared with the loader."""
         self.context = context
@@ -166,7 +176,8 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
         self.counters = context.counters
         # group -> (topic, partition) -> commits queued or being written
         self._in_flight: dict[str, Counter[TopicPartition]] = {}
-        self._resyncing: dict[int, OffsetsLoader] = {}  # offsets partitions being read again
+        # offsets partitions being read again (None: its fence is not in yet)
+        self._resyncing: dict[int, OffsetsLoader | None] = {}
 
     # -- lookups -----------------------------------------------------------------------------
     def offsets_for(self, group: str) -> dict[TopicPartition, Committed]:
@@ -274,7 +285,8 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
             del pending[tp]
         if not pending:
             del self._in_flight[pc.group]
-        if error is not None and pc.maybe_in_log:  # the log may hold it, the table will not
+        if error is not None and (pc.maybe_in_log or error.code in PRODUCER_STATE_ERRORS):
+            # the log may hold it, the table will not; or the epoch cannot go on (offsets_producer)
             self._resync(self.partition_for_group(pc.group))
         pc.done(error)  # a bug in it is not swallowed: it stops the node (fabric/reactor.py)
 
@@ -283,20 +295,22 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
         queue = self._queues[q]
         if queue.busy or not self.loaded:
             return
+        if queue.sent is not None:  # an append to send again, as it was (offsets_producer)
+            self._resend(q)
+            return
+        if q in self._resyncing or not queue.fenced:
+            # being read again, or its epoch's fence not in yet: nothing is appended but the
+            # fence; every deadline still holds
+            self._expire_waiting(q)
+            if not queue.fenced:
+                self._fence_step(q)
+            return
         now = self.reactor.clock.now_ms()
         take: list[PendingCommit] = []
         take_bytes = 0
         overlay: dict[tuple[str, str, int], int | None] = {}
         while queue.items and len(take) < COMMITS_PER_APPEND_MAX:
             pc = queue.items[0]
-            if q in self._resyncing:  # being read again: nothing is appended; every deadline still holds
-                expired = [pc for pc in queue.items if not isinstance(pc, SnapshotJob)
-                           and (pc.finished or pc.deadline_ms <= now)]
-                gone = {id(pc) for pc in expired}
-                queue.items = deque(pc for pc in queue.items if id(pc) not in gone)
-                for pc in expired:
-                    self._finish(pc, RemoteError(P.REQUEST_TIMED_OUT, "the offset commit was not replicated in time"))
-                break
             if isinstance(pc, SnapshotJob):
                 if take:
                     break  # the commits before it go first, and are in it
@@ -314,9 +328,8 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
             if not pc.ready:
                 break  # later commits of this partition wait: order is kept
             queue.items.popleft()
-            err = None if pc.maybe_in_log else (
-                self._topic_replaced(pc) or (pc.recheck() if pc.recheck is not None else None)
-                or self._check_not_backward(pc, overlay))
+            err = self._topic_replaced(pc) or (pc.recheck() if pc.recheck is not None else None) \
+                or self._check_not_backward(pc, overlay)
             if err is not None:
                 self._finish(pc, err)
                 continue
@@ -324,13 +337,13 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
                 overlay[(pc.group, topic, p)] = offset
             take.append(pc)
             take_bytes += pc.size
-        if take and q in self._resyncing:  # began with a commit that ended in this pass
+        if take and (q in self._resyncing or not queue.fenced):  # a commit that ended in this pass ended the epoch
             queue.items.extendleft(reversed(take))
+            self._pump(q)
         elif take:
             self._append(q, take)
 
     def _append(self, q: int, take: list[PendingCommit]) -> None:
-        queue = self._queues[q]
         ts = self.reactor.clock.wall_ms()
         records = []
         for pc in take:
@@ -339,37 +352,40 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
                 value = b"" if offset is None else msgpack.packb([offset, metadata, ts, pc.topic_ids.get(topic, "")],
                                                                  use_bin_type=True)
                 records.append((ts, key, value, None))
+        self._queues[q].sent = self._new_sent(q, records, take)
+        self._send_commits(q)
+
+    def _send_commits(self, q: int) -> None:
+        queue = self._queues[q]
+        sent = queue.sent
+        assert sent is not None
 
         def on_outcome(out: AppendOutcome) -> None:
+            for pc in sent.take:
+                pc.maybe_in_log |= sent.possibly_written
             if out.ok:
                 queue.busy = False
-                queue.records_since_snapshot += len(records)
-                for pc in take:  # all applied before any is answered: an answer may queue (and
-                    self.apply(pc.group, pc.entries, ts, pc.topic_ids)  # judge) the next commit
-                for pc in take:
+                self._acked(q, out.base_offset)
+                queue.records_since_snapshot += sent.records
+                for pc in sent.take:  # all applied before any is answered: an answer may queue (and
+                    self.apply(pc.group, pc.entries, sent.ts, pc.topic_ids)  # judge) the next commit
+                for pc in sent.take:
                     self._finish(pc, None)
-                self.counters["offset_commits"] += len(take)
+                self.counters["offset_commits"] += len(sent.take)
                 self._pump(q)
             elif out.retriable:
                 self.counters["offset_append_retries"] += 1
-                for pc in take:
-                    pc.maybe_in_log |= out.maybe_written
-                self._retry_later(q, take)
+                if not sent.possibly_written:  # in no log: its commits are judged again, its sequence is free
+                    queue.sent = None
+                    queue.items.extendleft(reversed(sent.take))
+                self._pause(q)  # else sent again as it is (_resend)
             else:
                 queue.busy = False
-                for pc in take:
-                    pc.maybe_in_log |= out.maybe_written  # written, then refused (e.g. storage_error)
+                queue.sent = None
+                for pc in sent.take:
                     self._finish(pc, RemoteError(out.code, out.message))
                 self._pump(q)
-        queue.busy = True
-        if not self.client.append(q, records, on_outcome):
-            self._retry_later(q, take)  # no live leader: nothing left
-
-    def _retry_later(self, q: int, take: list[PendingCommit]) -> None:
-        """Put the batch back at the front (order kept) and try again after a pause; a
-        failover or a still-starting topic usually clears within a few retries."""
-        self._queues[q].items.extendleft(reversed(take))
-        self._pause(q)
+        self._send(q, sent, on_outcome)
 
     def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int,
               topic_ids: dict[str, str] | None = None) -> None:
@@ -447,6 +463,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin):
         now = self.reactor.clock.now_ms()
         for q, queue in self._queues.items():
             st = self.loader.states.get(q)
+            queue.log_end = st.offset if st is not None else None  # the fence goes there (offsets_producer)
             queue.records_since_snapshot = st.records_read if st is not None else 0
             if q not in self.context.state.offsets_snapshots:
                 # read without a snapshot: it gets its first one at once (an empty one too, so

@@ -14,7 +14,6 @@ from typing import Any, Callable, NamedTuple
 
 from fabric import protocol as P
 from fabric.errors import CodedError, MalformedFrame
-from fabric.records import build_batch
 from fabric.replies import decode_produce_results
 from nodes.coordinator.context import BrokerRequester, GroupContext, ReplyCallback
 
@@ -96,20 +95,20 @@ class OffsetsTopicClient:
             c = self._clients[endpoint] = self._connect(endpoint)
         return c
 
-    def append(self, q: int, records: list[Record], on_outcome: Callable[[AppendOutcome], None]) -> bool:
-        """Append ``records`` as one batch to offsets partition ``q`` with acks=all;
-        ``on_outcome`` gets what became of it. False (nothing sent, no callback) if the
-        partition has no live leader."""
+    def append(self, q: int, batch: bytes, possibly_written: bool, on_outcome: Callable[[AppendOutcome], None]) -> bool:
+        """Append ``batch`` (fabric.records.build_batch) to offsets partition ``q`` with acks=all;
+        ``possibly_written``: an earlier send of it may be in the log (the leader's producer
+        state judges it so: nodes/broker/producers.py). ``on_outcome`` gets what became of it.
+        False (nothing sent, no callback) if the partition has no live leader."""
         endpoint = self.leader_endpoint(self.topic, q)
         if endpoint is None:
             return False
 
         def on_reply(header: dict | None, _payloads: list, err: CodedError | None) -> None:
             on_outcome(AppendOutcome.from_reply(header, err))
-        self._client(endpoint).request(P.PRODUCE, {"acks": -1, "timeout_ms": APPEND_TIMEOUT_MS, "parts": [[self.topic, q]],
-                                                   "internal": True},
-                                       [build_batch(records)], callback=on_reply,
-                                       timeout_ms=APPEND_TIMEOUT_MS + APPEND_REPLY_GRACE_MS)
+        self._client(endpoint).request(P.PRODUCE, {"acks": -1, "timeout_ms": APPEND_TIMEOUT_MS, "internal": True,
+                                                   "parts": [[self.topic, q, -1, int(possibly_written)]]},
+                                       [batch], callback=on_reply, timeout_ms=APPEND_TIMEOUT_MS + APPEND_REPLY_GRACE_MS)
         return True
 
     def fetch(self, endpoint: str, q: int, offset: int, callback: ReplyCallback) -> None:

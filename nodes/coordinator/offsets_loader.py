@@ -38,6 +38,9 @@ from nodes.coordinator.offsets_client import OffsetsTopicClient
 log = logging.getLogger(__name__)
 
 LOAD_RETRY_MS = 200
+# the key of the record that begins a producer epoch of an offsets partition
+# (nodes/coordinator/offsets_producer.py): no change of the table
+FENCE_KEY = msgpack.packb(["loom.offsets.fence"])
 
 
 class LoadTarget(Protocol):
@@ -69,6 +72,8 @@ def decode_record(key: bytes | None, value: bytes) -> list[tuple[str, str, int, 
     ValueError / TypeError / msgpack.UnpackException for a record that is not one."""
     if S.parse_key(key) is not None:
         return list(S.decode_entries(value))
+    if key == FENCE_KEY:
+        return []
     if key is None:
         raise ValueError("a commit record needs a key")
     group, topic, p = msgpack.unpackb(key, raw=False)

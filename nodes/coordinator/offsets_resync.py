@@ -65,7 +65,7 @@ class ResyncMixin:
     counters: Any
     reactor: Any
     _queues: dict[int, _Queue]
-    _resyncing: dict[int, OffsetsLoader]  # offsets partition -> the loader reading it again
+    _resyncing: dict[int, OffsetsLoader | None]  # offsets partition -> the loader reading it again (None: fencing)
 
     if TYPE_CHECKING:  # OffsetStore's, never these
         @staticmethod
@@ -86,12 +86,22 @@ class ResyncMixin:
                                                         "again; retry")
 
     def _resync(self, q: int) -> None:
-        """Read offsets partition ``q`` again (the module docstring says why)."""
+        """Read offsets partition ``q`` again (the module docstring says why), under a new
+        producer epoch whose fence goes first (nodes/coordinator/offsets_producer.py): the read
+        then covers all that was sent before. The caller pumps the queue (that sends the fence)."""
         if q in self._resyncing:
             return
-        log.warning("offsets partition %d: a commit that may be in the log ended unacknowledged: reading the "
-                    "partition again", q)
+        queue = self._queues[q]
+        assert queue.sent is None or queue.sent.fence, "an append still being written"
+        log.warning("offsets partition %d: a commit that may be in the log ended unacknowledged (or the log holds "
+                    "what the table lacks): reading the partition again", q)
         self.counters["offsets_resyncs"] += 1
+        self._resyncing[q] = None
+        if not (queue.sent is not None and queue.sent.fence):
+            queue.fenced = False  # a new epoch; its fence comes first (_pump)
+
+    def _read_again(self, q: int) -> None:
+        """The new epoch's fence is in the log: read the partition up to its end (past the fence)."""
         loader = OffsetsLoader(self.context, self.client, _Reread(self._apply_to, lambda table: self._resynced(q, table)))
         self._resyncing[q] = loader
         loader.start_partitions([q])
@@ -103,8 +113,10 @@ class ResyncMixin:
             del self.table[group]
         self.table.update((g, t) for g, t in table.items() if t)
         loader = self._resyncing.pop(q)
+        assert loader is not None
         queue = self._queues[q]
         st = loader.states[q]
+        queue.log_end = st.offset  # our next append goes there (nothing can land before it)
         queue.records_since_snapshot = max(queue.records_since_snapshot, st.records_read)
         if q not in self.context.state.offsets_snapshots:  # its pointer was stale: a new snapshot at once
             queue.last_snapshot_ms = self.reactor.clock.now_ms() - S.SNAPSHOT_INTERVAL_MS

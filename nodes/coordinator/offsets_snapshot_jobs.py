@@ -15,16 +15,18 @@ Not thread-safe: runs on the coordinator's reactor.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome
+from nodes.coordinator.offsets_producer import PRODUCER_STATE_ERRORS
 from nodes.coordinator.snapshots import SnapshotJob
 
 if TYPE_CHECKING:
     from nodes.coordinator.context import GroupContext
     from nodes.coordinator.offsets import Committed, TopicPartition, _Queue
     from nodes.coordinator.offsets_client import OffsetsTopicClient
+    from nodes.coordinator.offsets_producer import Sent
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ class SnapshotJobsMixin:
         def offsets_for(self, group: str) -> dict[TopicPartition, Committed]: ...
         def _pump(self, q: int) -> None: ...
         def _pause(self, q: int) -> None: ...
+        def _resync(self, q: int) -> None: ...
+        def _new_sent(self, q: int, records: list, take: list | None = None, *, fence: bool = False) -> Sent: ...
+        def _send(self, q: int, sent: Sent, on_outcome: Callable[[AppendOutcome], None]) -> None: ...
+        def _acked(self, q: int, base_offset: int) -> bool: ...
 
     def snapshot(self, q: int) -> None:
         """Queue a snapshot of offsets partition ``q`` behind the commits already queued."""
@@ -67,15 +73,20 @@ class SnapshotJobsMixin:
                 for g in sorted(self.table) if self.partition_for_group(g) == q
                 for (t, p), c in sorted(self.offsets_for(g).items())))
         if self.reactor.clock.now_ms() >= job.deadline_ms:
+            gave_up, queue.sent = queue.sent, None
+            if gave_up is not None and gave_up.possibly_written:  # its sequence may be taken: a new epoch
+                self._resync(q)
             self._end_snapshot(q, job, ok=False)
             return
-        queue.busy = True
-        ts = self.reactor.clock.wall_ms()
-        key, value = job.records[job.next_index]
+        if queue.sent is None:  # built once: sent again as it is (offsets_producer)
+            key, value = job.records[job.next_index]
+            queue.sent = self._new_sent(q, [(self.reactor.clock.wall_ms(), key, value, None)])
+        sent = queue.sent
         records = job.records
 
         def on_outcome(out: AppendOutcome) -> None:
             if out.ok:
+                self._acked(q, out.base_offset)
                 if job.next_index == 0:
                     job.start_offset = out.base_offset
                 job.next_index += 1
@@ -88,9 +99,11 @@ class SnapshotJobsMixin:
                 self._pause(q)
             else:
                 log.warning("%s-%d snapshot failed: %s", OFFSETS_TOPIC, q, out.message)
+                queue.sent = None
+                if sent.possibly_written or out.code in PRODUCER_STATE_ERRORS:
+                    self._resync(q)
                 self._end_snapshot(q, job, ok=False)
-        if not self.client.append(q, [(ts, key, value, None)], on_outcome):
-            self._pause(q)  # no live leader yet
+        self._send(q, sent, on_outcome)
 
     def _end_snapshot(self, q: int, job: SnapshotJob, ok: bool) -> None:
         queue = self._queues[q]

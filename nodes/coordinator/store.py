@@ -22,6 +22,15 @@ from engines.durable import replace_file
 FILE_NAME = "cluster-state.json"
 # ids of explicitly deleted topics kept (and published) so that a broker that was down at the
 # delete still removes that topic's data; older ones are forgotten (their data is then set aside)
+# a producer id block never starts below the wall clock's milliseconds times this (the
+# coordinator's blocks, nodes/coordinator/node.py, and the offsets topic's producer ids,
+# nodes/coordinator/offsets_producer.py): ids handed out before a
+# restart on an older copy of the state (a backup put back) lie below the clock of that moment,
+# so the copy's stale ``next_producer_id`` cannot hand them out again -- a reused id's first
+# batches could be taken by a broker for duplicates of the old producer's (acknowledged, not
+# written). Ids stay below 2^53 (exact in JSON and JavaScript) until the year 2248; the clock
+# floor outruns the ids as long as fewer than ~1,000,000 producers start per second
+PRODUCER_IDS_PER_WALL_MS = 1024
 DELETED_TOPIC_IDS_MAX = 256
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,9 @@ class ClusterState:
     replaced_incarnations: dict[int, list[str]] = field(default_factory=dict)
     # broker id -> the data directory id its current process named (absent: it named none)
     directories: dict[int, str] = field(default_factory=dict)
+    # offsets partition -> [producer id, epoch] of the coordinator's appends to it
+    # (nodes/coordinator/offsets_producer.py): an epoch is stored before it is used
+    offsets_producer: dict[int, list[int]] = field(default_factory=dict)
 
     def topic_deleted(self, topic_id: str) -> None:
         self.deleted_topic_ids = (self.deleted_topic_ids + [topic_id])[-DELETED_TOPIC_IDS_MAX:]
@@ -101,7 +113,9 @@ class StateStore:
                              cluster_id=raw.get("cluster_id") or new_id(),
                              replaced_incarnations={int(k): [str(i) for i in v]
                                                     for k, v in raw.get("replaced_incarnations", {}).items()},
-                             directories={int(k): str(v) for k, v in raw.get("directories", {}).items()})
+                             directories={int(k): str(v) for k, v in raw.get("directories", {}).items()},
+                             offsets_producer={int(k): [int(x) for x in v]
+                                               for k, v in raw.get("offsets_producer", {}).items()})
         if not raw.get("cluster_id") or any(not t.get("id") for t in raw.get("topics", {}).values()):
             self.save(state)  # ids made for an older state file must not change at the next start
         return state
@@ -117,6 +131,7 @@ class StateStore:
             "replaced_incarnations": {str(k): v for k, v in state.replaced_incarnations.items()},
             "directories": {str(k): v for k, v in state.directories.items()},
             "offsets_snapshots": {str(k): v for k, v in state.offsets_snapshots.items()},
+            "offsets_producer": {str(k): v for k, v in state.offsets_producer.items()},
             "deleted_topic_ids": state.deleted_topic_ids,
             "topics": {n: {"id": t.topic_id, "configs": t.configs, "partitions": [p.to_list() for p in t.partitions]}
                        for n, t in state.topics.items()},

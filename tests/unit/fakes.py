@@ -44,7 +44,7 @@ from nodes.coordinator import snapshots as S
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.offsets import OFFSETS_TOPIC
 from nodes.coordinator.offsets_client import OffsetsTopicClient
-from nodes.coordinator.offsets_loader import decode_record
+from nodes.coordinator.offsets_loader import FENCE_KEY, decode_record
 from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
 from webui.errors import ClusterError
 
@@ -350,8 +350,10 @@ def loaded_group_coordinator(store_dir: Any) -> tuple[GroupCoordinator, FakeGrou
     for q, (_, _, _, cb) in enumerate(client.of(P.FETCH)):  # every offsets partition is empty
         cb({"parts": [[OFFSETS_TOPIC, q, 0, 0, 0, 0, None]]}, [b""], None)
     assert gc.offsets.loaded
+    for _, h, _, cb in client.of(P.PRODUCE):  # each partition's fence (nodes/coordinator/offsets_producer.py)
+        cb({"results": [[0, 0, "", 0]]}, [], None)
     gc.tick()  # read without a snapshot: each partition gets its first (empty) one at once
-    snaps = client.of(P.PRODUCE)
+    snaps = client.of(P.PRODUCE)[3:]
     assert len(snaps) == 3
     for _, _, payloads, cb in snaps:
         (record,) = offsets_records(payloads[0])
@@ -363,10 +365,31 @@ def loaded_group_coordinator(store_dir: Any) -> tuple[GroupCoordinator, FakeGrou
     return gc, context, client
 
 
+def is_fence(payload: bytes) -> bool:
+    """An append to the offsets topic that begins a producer epoch (nodes/coordinator/offsets_producer.py)."""
+    return [r.key for r in offsets_records(payload)] == [FENCE_KEY]
+
+
+def ack_fences(client: RecordingClient, base_offset: int) -> int:
+    """Acknowledge every unanswered fence at ``base_offset``; how many."""
+    fences = [i for i in client.unanswered if client.sent[i][0] == P.PRODUCE and is_fence(client.sent[i][2][0])]
+    for i in fences:
+        client.unanswered.remove(i)
+        client.sent[i][3]({"results": [[base_offset, 0, "", 0]]}, [], None)
+    return len(fences)
+
+
+def commit_produces(client: RecordingClient) -> list[tuple[bytes, dict, list, Callable]]:
+    """The PRODUCEs sent that are not fences."""
+    return [s for s in client.of(P.PRODUCE) if not is_fence(s[2][0])]
+
+
 def ack_last_produce(client: RecordingClient, base_offset: int) -> None:
     """Acknowledge the last request sent, which must be a PRODUCE, at ``base_offset``."""
     cmd, _h, _p, cb = client.sent[-1]
     assert cmd == P.PRODUCE
+    if len(client.sent) - 1 in client.unanswered:  # answered once (as a real client)
+        client.unanswered.remove(len(client.sent) - 1)
     cb({"results": [[base_offset, 0, "", 0]]}, [], None)
 
 

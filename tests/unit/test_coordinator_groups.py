@@ -15,7 +15,7 @@ from nodes.coordinator import groups as groups_module
 from nodes.coordinator.assignors import assign
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.unit.fakes import (FakeGroupContext, admin_commit, group_coordinator, loaded_group_coordinator, request,
+from tests.unit.fakes import (FakeGroupContext, ack_fences, admin_commit, commit_produces, group_coordinator, loaded_group_coordinator, request,
                               two_partition_state)
 
 
@@ -49,13 +49,14 @@ def test_commit_of_a_partition_handed_on_by_a_rebalance_is_not_applied() -> None
     b = context.server.answer(b_join)
     assert b["generation"] == 2 and gc.groups["g"].members[b["member_id"]].assignment == [("t", 1)]
     lookup[0][3]({"parts": [["t", 1, 0, 100]]}, [], None)  # the lookup answers late
-    assert client.of(P.PRODUCE) == [], "a commit of generation 1 was appended in generation 2"
+    ack_fences(client, 0)  # the offsets partition's first epoch begins (nodes/coordinator/offsets_producer.py)
+    assert commit_produces(client) == [], "a commit of generation 1 was appended in generation 2"
     assert context.server.answer(commit).get("error") == P.ILLEGAL_GENERATION
     assert gc.offsets.offsets_for("g") == {}
     # a commit of the current owner still goes through
     ok = request(P.OFFSET_COMMIT, group="g", member_id=b["member_id"], generation=2, offsets=[["t", 1, 7]])
     gc._on_offset_commit(ok)
-    (produce,) = client.of(P.PRODUCE)
+    (produce,) = commit_produces(client)
     produce[3]({"results": [[0, 0, ""]]}, [], None)
     assert context.server.answer(ok) == {"group": "g", "committed": 1}
     assert gc.offsets.offsets_for("g")[("t", 1)].offset == 7

@@ -15,8 +15,9 @@ from fabric.errors import RemoteError, RequestQueueFullError, RequestTimeout
 from nodes.coordinator.offsets import COMMIT_TIMEOUT_MS, OFFSETS_TOPIC, RETRY_MS
 from nodes.coordinator.offsets_client import AppendOutcome
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.unit.fakes import (FakeGroupContext, ack_last_produce, admin_commit, group_coordinator,
-                              loaded_group_coordinator, offsets_records, request, two_partition_state)
+from tests.unit.fakes import (FakeGroupContext, ack_fences, ack_last_produce, admin_commit, commit_produces,
+                              group_coordinator, loaded_group_coordinator, offsets_records, request,
+                              two_partition_state)
 
 
 # -- the offsets topic: full replication factor, no size retention (time retention: see
@@ -185,6 +186,7 @@ def _timed_out_after_a_write(tmp_path: Path, landed: bool):  # noqa: ANN202 - (g
     unread, whose answer never came, and whose retries failed until its deadline."""
     gc, context, client, _refusal, results = _commit_with_a_recheck(tmp_path)
     (_, _, payloads, cb) = client.of(P.PRODUCE)[0]
+    client.unanswered.remove(client.sent.index(client.of(P.PRODUCE)[0]))  # answered once
     cb(None, [], RequestTimeout("no reply"))
     for _ in range(COMMIT_TIMEOUT_MS // RETRY_MS + 1):
         context.reactor.advance(RETRY_MS)
@@ -201,10 +203,9 @@ def _answer_the_reread(context, client, batch: bytes) -> None:  # noqa: ANN001
     reader goes back to the log start, as at a start)."""
     end = len(offsets_records(batch)) if batch else 0
     for _ in range(10):
-        context.reactor.advance(0)
+        context.reactor.advance(RETRY_MS)
+        ack_fences(client, end)  # the new epoch's fence goes first (nodes/coordinator/offsets_producer.py)
         fetches = [i for i in client.unanswered if client.sent[i][0] == P.FETCH]
-        if not fetches:
-            return
         for i in fetches:
             client.unanswered.remove(i)
             header, cb = client.sent[i][1], client.sent[i][3]
@@ -225,10 +226,10 @@ def test_a_commit_that_landed_unacknowledged_is_read_back_from_the_log(tmp_path:
         assert e.value.code == P.UNSTABLE_OFFSET_COMMIT and e.value.retriable
     later: list[RemoteError | None] = []
     gc.offsets.commit("g", [("t", 1, 3, "")], allow_backward=False, check_log_end=False, done=later.append)
-    produces = len(client.of(P.PRODUCE))
+    produces = len(commit_produces(client))
     _answer_the_reread(context, client, batch)
     assert gc.offsets.offsets_for("g")[("t", 0)].offset == 7, "the table follows the log"
-    assert len(client.of(P.PRODUCE)) == produces + 1, "the commit that waited goes now"
+    assert len(commit_produces(client)) == produces + 1, "the commit that waited goes now"
     ack_last_produce(client, 1)
     assert later == [None] and gc.offsets.offsets_for("g")[("t", 1)].offset == 3
     assert gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=None))["offsets"]
@@ -290,10 +291,10 @@ def test_a_bug_in_a_commit_callback_leaves_the_store_instead_of_being_logged_and
 
 
 # -- a zombie member's retried commit cannot land after the new owner's ---------------------------------
-# A zombie member's commit whose append timed out is retried without a new generation check; it
-# cannot land after the partition's new owner started or committed: while it is in flight the new
-# owner's OFFSET_FETCH is unstable (retriable), and the new owner's commit queues behind the retry,
-# so the log and the table end with the new owner's offset.
+# A zombie member's commit whose append timed out is retried without a new generation check (the
+# same append, as it was); it cannot land after the partition's new owner started or committed:
+# while it is in flight the new owner's OFFSET_FETCH is unstable (retriable), and the new owner's
+# commit queues behind the retry, so the log and the table end with the new owner's offset.
 def test_a_retried_zombie_commit_lands_before_the_new_owners_commit(tmp_path: Path) -> None:
     gc, context, client = loaded_group_coordinator(tmp_path)
     zombie: list[RemoteError | None] = []
@@ -309,8 +310,11 @@ def test_a_retried_zombie_commit_lands_before_the_new_owners_commit(tmp_path: Pa
     context.reactor.advance(RETRY_MS)
     retry = client.of(P.PRODUCE)[1]
     offsets = [msgpack.unpackb(r.value)[0] for r in offsets_records(retry[2][0])]
-    assert offsets == [7, 9], "the zombie's retry goes first, the new owner's commit after it"
+    assert offsets == [7], "the zombie's retry is the append as it was (nodes/coordinator/offsets_producer.py)"
     retry[3]({"results": [[0, 0, "", 0]]}, [], None)
+    after = client.of(P.PRODUCE)[2]
+    assert [msgpack.unpackb(r.value)[0] for r in offsets_records(after[2][0])] == [9], "the new owner's goes after it"
+    after[3]({"results": [[1, 0, "", 0]]}, [], None)
     assert zombie == [None] and owner == [None]
     assert gc.offsets.offsets_for("g")[("t", 0)].offset == 9
     assert gc.offsets.unstable("g", [("t", 0)]) == []

@@ -18,13 +18,14 @@ from fabric.errors import RemoteError
 from fabric.records import build_batch
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.offsets import COMMIT_TIMEOUT_MS, OFFSETS_TOPIC
-from tests.unit.fakes import loaded_group_coordinator, request
+from nodes.coordinator.offsets_loader import FENCE_KEY
+from tests.unit.fakes import loaded_group_coordinator, offsets_records, request
 
 
 def _resyncing(tmp_path: Path, group: str = "g"):  # noqa: ANN202 - (gc, context, client, q, written batch)
     """A commit of ``group`` written by the leader at offset 1 (after the partition's snapshot at
-    0), then refused for good (storage_error): its offsets partition is being read again, the
-    read not answered yet."""
+    0), then refused for good (storage_error): its offsets partition is being read again (the
+    new epoch's fence at offset 2 acknowledged), the read not answered yet."""
     gc, context, client = loaded_group_coordinator(tmp_path)
     q = gc.offsets.partition_for_group(group)
     done: list = []
@@ -33,6 +34,11 @@ def _resyncing(tmp_path: Path, group: str = "g"):  # noqa: ANN202 - (gc, context
     client.unanswered.remove(len(client.sent) - 1)
     cb({"results": [[1, P.STORAGE_ERROR, "disk"]]}, [], None)
     assert [e.code for e in done] == [P.STORAGE_ERROR]
+    assert gc.offsets.resyncing(group) and not client.of(P.FETCH)
+    (_, _, fence, fence_cb) = client.of(P.PRODUCE)[-1]  # a new epoch's fence first (offsets_producer)
+    assert [r.key for r in offsets_records(fence[0])] == [FENCE_KEY]
+    client.unanswered.remove(len(client.sent) - 1)
+    fence_cb({"results": [[2, 0, "", 0]]}, [], None)
     assert gc.offsets.resyncing(group) and client.of(P.FETCH)
     return gc, context, client, q, payloads[0]
 

@@ -46,7 +46,7 @@ def _snapshot_after_three_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_snapshot_after_n_commits_holds_every_offset_of_its_partition_and_is_remembered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gc, context, client, groups, snap = _snapshot_after_three_commits(tmp_path, monkeypatch)
-    assert snap[1]["acks"] == -1 and snap[1]["parts"] == [[OFFSETS_TOPIC, 0]]
+    assert snap[1]["acks"] == -1 and snap[1]["parts"] == [[OFFSETS_TOPIC, 0, -1, 0]]
     (record,) = offsets_records(snap[2][0])
     ident, index, last = S.parse_key(record.key)
     assert index == 0 and last
@@ -71,7 +71,7 @@ def test_large_snapshot_is_split_into_bounded_records_with_a_last_marker(tmp_pat
     seen, base, pieces = [], 100, 0
     while True:
         cmd, header, payloads, cb = client.sent[-1]
-        assert cmd == P.PRODUCE and header["parts"] == [[OFFSETS_TOPIC, 1]]
+        assert cmd == P.PRODUCE and header["parts"] == [[OFFSETS_TOPIC, 1, -1, 0]]
         (record,) = offsets_records(payloads[0])
         assert len(record.value) <= 200
         ident, index, last = S.parse_key(record.key)
@@ -151,8 +151,10 @@ def test_offsets_topic_from_before_snapshots_gets_its_retention_once_every_parti
     gc.offsets.start_loading()
     for q, (_, _, _, cb) in enumerate(client.of(P.FETCH)):
         cb({"parts": [[OFFSETS_TOPIC, q, 0, 0, 0, 0, None]]}, [b""], None)
+    for _, _, _, cb in client.of(P.PRODUCE):  # the fences (nodes/coordinator/offsets_producer.py)
+        cb({"results": [[0, 0, "", 0]]}, [], None)
     gc.tick()
-    snaps = client.of(P.PRODUCE)
+    snaps = client.of(P.PRODUCE)[3:]
     for _, _, _, cb in snaps:
         assert context.state.topics[OFFSETS_TOPIC].configs["retention.ms"] == -1, "retention before every snapshot"
         cb({"results": [[0, 0, "", 0]]}, [], None)

@@ -53,6 +53,7 @@ def test_the_coordinators_append_and_other_topics_are_written(tmp_path: Path) ->
 
 
 def test_the_coordinators_offsets_client_marks_its_appends_internal() -> None:
+    from fabric.records import build_batch
     from nodes.coordinator.offsets_client import OffsetsTopicClient
 
     sent: list[tuple[bytes, dict]] = []
@@ -68,6 +69,6 @@ def test_the_coordinators_offsets_client_marks_its_appends_internal() -> None:
         alive = {1}
 
     client = OffsetsTopicClient(Context(), lambda endpoint: Requester())  # type: ignore[arg-type]
-    assert client.append(0, [(1_700_000_000_000, b"k", b"v", None)], lambda outcome: None)
+    assert client.append(0, build_batch([(1_700_000_000_000, b"k", b"v", None)]), False, lambda outcome: None)
     [(command, header)] = sent
     assert command == P.PRODUCE and header.get("internal") is True, header
