@@ -14,6 +14,7 @@ from typing import Callable
 
 from engines import batch as B
 from fabric import protocol as P
+from engines.api import StorageFull
 from fabric.errors import RemoteError, RequestTimeout
 from fabric.rpc import DEFER
 from nodes.broker.producers import ProducerStateTable
@@ -53,14 +54,17 @@ class _Leader:
 
 
 class _Cluster:
-    def __init__(self, tmp_path: Path) -> None:
-        self.context = FakeGroupContext(two_partition_state(), store=StateStore(tmp_path))
+    def __init__(self, tmp_path: Path, leaders: dict[int, _Leader] | None = None, settle: bool = True) -> None:
+        """A coordinator on the state in ``tmp_path`` (a restart if there is one) and ``leaders``."""
+        store = StateStore(tmp_path)
+        self.context = FakeGroupContext(store.load() if store.path.exists() else two_partition_state(), store=store)
         self.gc, self.client = group_coordinator(self.context)
-        self.leaders = {q: _Leader() for q in range(3)}
+        self.leaders = leaders or {q: _Leader() for q in range(3)}
         self.lost: list[int] = []  # PRODUCEs that the coordinator saw time out, not yet landed
         self.gc.offsets.ensure_topic()
         self.gc.offsets.start_loading()
-        self.settle()
+        if settle:
+            self.settle()
 
     def serve(self, lose: Callable[[int], bool] = lambda q: False) -> bool:
         """Answer every request sent; a PRODUCE to a partition ``lose`` names is held (the
@@ -136,3 +140,70 @@ def test_a_late_first_send_of_a_commit_a_retry_wrote_does_not_land_after_the_nex
     c.land_lost()  # the first send reaches the leader
     c.settle()
     assert c.fresh_load() == {"g": {("t", 0): 9}}, "a restart would move the committed offset back to 7"
+
+
+def test_a_late_append_of_the_previous_run_that_lands_after_the_load_is_read(tmp_path: Path) -> None:
+    """The coordinator restarted while an append of its previous run was on its way; it lands
+    after the new run read the partition, before the new run's fence."""
+    before = _Cluster(tmp_path)
+    q = before.gc.offsets.partition_for_group("g")
+    before.commit("g", 7)
+    before.serve()  # the log-end lookup: the append goes out ...
+    assert before.serve(lose=lambda p: p == q) and before.lost  # ... and is held (the coordinator stops)
+    after = _Cluster(tmp_path, before.leaders, settle=False)
+    after.serve()  # the load reads the partitions (the fences go out)
+    assert after.gc.offsets.loaded
+    before.land_lost()  # the previous run's append lands now
+    after.settle()
+    assert after.table() == after.fresh_load() == {"g": {("t", 0): 7}}, "the table lacks what the log holds"
+
+
+def test_a_new_epoch_is_used_only_once_it_is_stored(tmp_path: Path) -> None:
+    """An epoch used before it is durable could be used again after a restart, and a fence of
+    that epoch would not fence the appends sent under it."""
+    store = StateStore(tmp_path)
+    context = FakeGroupContext(two_partition_state(), store=store)
+    gc, client = group_coordinator(context)
+    gc.offsets.ensure_topic()
+    fail = [True]
+    save = context.save_state
+
+    def failing_save() -> None:
+        if fail[0]:
+            raise StorageFull("disk full")
+        save()
+    context.save_state = failing_save  # type: ignore[method-assign]
+    gc.offsets.start_loading()
+    for i in list(client.unanswered):  # empty partitions
+        client.unanswered.remove(i)
+        client.sent[i][3]({"parts": [[OFFSETS_TOPIC, client.sent[i][1]["parts"][0][1], 0, 0, 0, 0, None]]}, [b""], None)
+    assert gc.offsets.loaded
+    context.reactor.advance(RETRY_MS)
+    assert not client.of(P.PRODUCE), "a fence under an epoch that is not stored"
+    fail[0] = False
+    context.reactor.advance(RETRY_MS)
+    fences = client.of(P.PRODUCE)
+    assert len(fences) == 3
+    stored = store.load().offsets_producer
+    for _c, header, payloads, _cb in fences:
+        h = B.parse_header(payloads[0])
+        assert stored[header["parts"][0][1]] == [h.producer_id, h.producer_epoch]
+
+
+def test_an_outcome_of_an_append_no_longer_outstanding_is_not_applied(tmp_path: Path) -> None:
+    c = _Cluster(tmp_path)
+    c.commit("g", 7)
+    c.serve()  # the lookup
+    q = c.gc.offsets.partition_for_group("g")
+    (i,) = [i for i in c.client.unanswered if c.client.sent[i][0] == P.PRODUCE]
+    c.client.unanswered.remove(i)
+    cb = c.client.sent[i][3]
+    base, code, message = c.leaders[q].land(c.client.sent[i][1], c.client.sent[i][2][0])
+    cb({"results": [[base, code, message, 0]]}, [], None)
+    c.commit("g", 9)
+    c.serve()
+    cb({"results": [[base, P.STORAGE_ERROR, "a second answer", 0]]}, [], None)  # answered again, late
+    assert c.context.counters["offsets_stale_append_outcomes"] == 1
+    c.settle()
+    assert c.table() == c.fresh_load() == {"g": {("t", 0): 9}}
+    assert [h.get("error") for _r, h, _p in c.context.server.replies] == [None, None]
