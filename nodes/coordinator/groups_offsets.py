@@ -213,11 +213,13 @@ class GroupOffsetsMixin:
                 # (on the monotonic clock: a wall clock stepped forward expires nothing early)
             log.info("group %s: no members and no commit for %d ms: its committed offsets expire",
                      gid, self.offsets_retention_ms)
-            try:
-                self.offsets.commit(gid, [(t, p, None, "") for (t, p) in sorted(table)], allow_backward=True,
+            parts = deletion_parts(gid, sorted(table))
+            try:  # the first part of its tombstones: the next checks delete the rest
+                self.offsets.commit(gid, parts[0], allow_backward=True,
                                     check_log_end=False, done=lambda err, gid=gid: err and log.warning(
                                         "group %s: expired offsets not deleted (next check): %s", gid, err))
             except RemoteError as e:  # commits queued to their bound: the next check goes on
                 log.info("offset expiry paused: %s", e)
                 return
-            self.context.counters["group_offsets_expired"] += 1
+            if len(parts) == 1:  # its last part: the group's offsets are gone
+                self.context.counters["group_offsets_expired"] += 1

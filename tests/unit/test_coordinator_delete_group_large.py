@@ -91,3 +91,21 @@ def test_a_member_that_joins_while_the_group_is_deleted_stops_the_deletion(
     assert not [c for c, *_ in client.sent[sent:] if c == P.PRODUCE], "a part was written for a group with a member"
     errors = [e for r, e, _p in context.server.replies if r is req]
     assert errors and errors[0].get("error") == P.NON_EMPTY_GROUP
+
+
+def test_the_expiry_of_a_group_whose_tombstones_exceed_the_pending_bound_goes_in_parts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The expiry wrote all of a group's tombstones as one commit too: refused buffer_full at
+    every check, the group never expired, and the check stopped there, so no group after it
+    expired either."""
+    gc, context, client = _big_group(tmp_path, monkeypatch)
+    gc.offsets.table["small"] = {("t0", 0): Committed(5)}
+    gc.offsets_retention_ms = 60_000
+    gc._expire_offsets()  # the retention counts from here (no member was seen)
+    for _ in range(100):
+        context.clock.advance(gc.offsets_retention_ms)
+        gc._expire_offsets()
+        _answer_produces(client)
+        if not gc.offsets.table:
+            break
+    assert gc.offsets.table == {}, f"left: {[(g, len(t)) for g, t in gc.offsets.table.items()]}"
