@@ -410,8 +410,10 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         """Queue the snapshots that are due; forget log ends of deleted topics now and then."""
         if not self.loaded:
             return
-        for q in list(self._resyncing):  # answers its waiting commits at their deadlines
-            self._pump(q)
+        for q, queue in self._queues.items():  # nothing is appended but a fence: the waiting commits
+            if q in self._resyncing or not queue.fenced:  # are answered at their deadlines (also while
+                self._expire_waiting(q)  # the fence is being written)
+                self._pump(q)
         now, wall = self.reactor.clock.now_ms(), self.reactor.clock.wall_ms()
         for q, queue in self._queues.items():
             if queue.snapshot_queued:

@@ -207,3 +207,19 @@ def test_an_outcome_of_an_append_no_longer_outstanding_is_not_applied(tmp_path: 
     c.settle()
     assert c.table() == c.fresh_load() == {"g": {("t", 0): 9}}
     assert [h.get("error") for _r, h, _p in c.context.server.replies] == [None, None]
+
+
+def test_commits_waiting_for_a_fence_that_is_not_written_are_answered_at_their_deadline(tmp_path: Path) -> None:
+    """The fence of a start is refused again and again (the partition is not writable): the
+    commits behind it wait, and are answered request_timed_out at their deadline, not never."""
+    c = _Cluster(tmp_path, settle=False)
+    c.serve()  # the load; the fences go out
+    c.commit("g", 7)
+    for _ in range((COMMIT_TIMEOUT_MS + 5000) // 1000):
+        for i in [i for i in c.client.unanswered if c.client.sent[i][0] == P.PRODUCE]:
+            c.client.unanswered.remove(i)
+            c.client.sent[i][3](None, [], RequestTimeout("no reply"))  # not even answered
+        c.serve()
+        c.context.reactor.advance(1000)
+        c.gc.tick()
+    assert [h.get("error") for _r, h, _p in c.context.server.replies] == [P.REQUEST_TIMED_OUT]
