@@ -110,10 +110,11 @@ def _run(tmp_path: Path, seed: int) -> None:
     for _ in range(10_000):
         if client.unanswered:
             answer_one(ok_only=True)
-        elif store.pending_count or any(q.items for q in store._queues.values()):
+        elif store.pending_count or any(q.items for q in store._queues.values()) or store._resyncing:
             context.reactor.advance(RETRY_MS)
         else:
             break
+    assert not store._resyncing, f"seed {seed}: a read again never ended"
     assert store.pending_count == 0 and store._pending_bytes == 0 and not store.groups_in_flight()
     replies: dict[int, int] = {}
     for req, _h, _p in context.server.replies:
