@@ -223,3 +223,23 @@ def test_commits_waiting_for_a_fence_that_is_not_written_are_answered_at_their_d
         c.context.reactor.advance(1000)
         c.gc.tick()
     assert [h.get("error") for _r, h, _p in c.context.server.replies] == [P.REQUEST_TIMED_OUT]
+
+
+def test_a_state_file_put_back_from_a_copy_does_not_wedge_the_offsets_partitions(tmp_path: Path) -> None:
+    """A copy of the state file holds older producer epochs than the brokers know: the fences
+    of the epochs used again are refused (or taken for duplicates of the old fences); the
+    partitions still end fenced, and commits go on and stay what the log says."""
+    first = _Cluster(tmp_path)
+    first.commit("g", 5)
+    first.settle()
+    copy = StateStore(tmp_path).path.read_bytes()
+    second = _Cluster(tmp_path, first.leaders)  # a restart: new epochs
+    second.commit("g", 6)
+    second.settle()
+    StateStore(tmp_path).path.write_bytes(copy)  # the older copy is put back
+    third = _Cluster(tmp_path, first.leaders)
+    third.commit("g", 7)
+    third.settle()
+    assert [h.get("committed") for _r, h, _p in third.context.server.replies] == [1]
+    assert third.table() == third.fresh_load() == {"g": {("t", 0): 7}}
+    assert all(qq.fenced for qq in third.gc.offsets._queues.values())
