@@ -285,8 +285,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
             del pending[tp]
         if not pending:
             del self._in_flight[pc.group]
-        if error is not None and (pc.maybe_in_log or error.code in PRODUCER_STATE_ERRORS):
-            # the log may hold it, the table will not; or the epoch cannot go on (offsets_producer)
+        if error is not None and pc.maybe_in_log:  # the log may hold it, the table will not
             self._resync(self.partition_for_group(pc.group))
         pc.done(error)  # a bug in it is not swallowed: it stops the node (fabric/reactor.py)
 
@@ -382,8 +381,17 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
             else:
                 queue.busy = False
                 queue.sent = None
+                error = RemoteError(out.code, out.message)
+                if out.code in PRODUCER_STATE_ERRORS:
+                    # the epoch cannot go on (offsets_producer): read again under a new one. The
+                    # commits may be in the log (a retry refused unknown_producer_id by a leader
+                    # that rebuilt its producer state): answered as of unknown outcome, retriable --
+                    # the producer's refusal is the coordinator's matter, not the committer's
+                    self._resync(q)
+                    error = RemoteError(P.REQUEST_TIMED_OUT, f"the offset commit's outcome is not known ({out.message}); "
+                                                             "retry")
                 for pc in sent.take:
-                    self._finish(pc, RemoteError(out.code, out.message))
+                    self._finish(pc, error)
                 self._pump(q)
         self._send(q, sent, on_outcome)
 
