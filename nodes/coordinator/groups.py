@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,7 @@ class GroupCoordinator(GroupOffsetsMixin):
         self.offsets_retention_ms = offsets_retention_ms
         self._expiry_checked_ms: int | None = None
         self._loaded_ms: int | None = None  # when (monotonic) the offsets were first seen loaded
+        self._deleting: Counter[str] = Counter()  # groups whose DELETE_GROUP is writing its parts
         self.server = context.server
         self.clock = context.reactor.clock
         self.groups: dict[str, Group] = {}

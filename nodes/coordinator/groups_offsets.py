@@ -25,6 +25,8 @@ from nodes.coordinator.offsets import deletion_parts
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
 
 if TYPE_CHECKING:
+    from collections import Counter
+
     from fabric.clock import Clock
     from nodes.coordinator.context import GroupContext, RequestRoutes
     from nodes.coordinator.groups import Group, Member
@@ -45,6 +47,7 @@ class GroupOffsetsMixin:
     offsets: OffsetStore
     offsets_retention_ms: int
     _loaded_ms: int | None
+    _deleting: Counter[str]  # groups whose DELETE_GROUP is writing its parts (_on_delete_group)
 
     if TYPE_CHECKING:  # GroupCoordinator's, never these
         @staticmethod
@@ -102,6 +105,10 @@ class GroupOffsetsMixin:
         if generation < 0:
             if group is not None and group.members:
                 return RemoteError(P.NON_EMPTY_GROUP, f"group {gid!r} has active members: only they may commit")
+            if self._deleting[gid]:
+                # landed between two parts of the deletion, it would be half deleted (a part
+                # written before it keeps it, one after deletes it)
+                return RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"group {gid!r} is being deleted; retry")
             return None
         member = group.members.get(mid) if group is not None and isinstance(mid, str) else None
         if group is None or member is None:
@@ -161,6 +168,7 @@ class GroupOffsetsMixin:
         if g is None and not partitions:
             raise RemoteError(P.UNKNOWN_GROUP, f"no group {gid!r}")
         parts = deletion_parts(gid, sorted(partitions))
+        self._deleting[gid] += 1  # an administrator's commit meanwhile is refused (_commit_refusal)
 
         def recheck() -> RemoteError | None:
             group = self.groups.get(gid)
@@ -175,6 +183,9 @@ class GroupOffsetsMixin:
                     return
                 except RemoteError as e:  # buffer_full; the offsets topic not made yet (not_enough_replicas)
                     err = e
+            self._deleting[gid] -= 1
+            if not self._deleting[gid]:
+                del self._deleting[gid]
             if err is not None:
                 self.server.reply_error(req, err.code, err.message)
                 return

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from fabric import protocol as P
+from fabric.errors import RemoteError
 from fabric.rpc import DEFER
 from nodes.coordinator.offsets import Committed
+from nodes.coordinator.store import PartitionState, TopicState
 from tests.unit.fakes import loaded_group_coordinator, offsets_records, request
 
 GROUP = "g" * 200
@@ -109,3 +111,35 @@ def test_the_expiry_of_a_group_whose_tombstones_exceed_the_pending_bound_goes_in
         if not gc.offsets.table:
             break
     assert gc.offsets.table == {}, f"left: {[(g, len(t)) for g, t in gc.offsets.table.items()]}"
+
+
+def test_a_commit_between_the_parts_of_a_deletion_is_not_half_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An administrator's commit (generation -1, allowed on an empty group) of one partition in
+    the deletion's first part and one in its last, taken while the first part is written: it
+    landed between the parts, so the deletion kept the first and deleted the last -- half of one
+    acknowledged commit gone, the other half there after the group was answered deleted (no
+    order of the two requests gives that). Kafka's group is dead while it is deleted."""
+    gc, context, client = _big_group(tmp_path, monkeypatch)
+    for name in ("a", "z"):  # a partition sorted before every other of the group, one after
+        context.state.topics[name] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3])])
+    gc.offsets.table[GROUP].update({("a", 0): Committed(5), ("z", 0): Committed(5)})
+    delete = request(P.DELETE_GROUP, group=GROUP)
+    assert gc._on_delete_group(delete) is DEFER  # its first part is being written
+    commit = request(P.OFFSET_COMMIT, group=GROUP, generation=-1, offsets=[["a", 0, 99], ["z", 0, 99]])
+    try:
+        assert gc._on_offset_commit(commit) is DEFER
+    except RemoteError as e:  # refused at once: fine, nothing of it is applied
+        context.server.reply_error(commit, e.code, e.message)
+    for _ in range(100):
+        for i in [i for i in client.unanswered if client.sent[i][0] == P.LIST_OFFSETS]:
+            client.unanswered.remove(i)
+            client.sent[i][3]({"parts": [[t, p, 0, 1 << 40] for t, p, _ in client.sent[i][1]["parts"]]}, [], None)
+        if not _answer_produces(client):
+            break
+    answers = {id(r): e for r, e, _p in context.server.replies}
+    assert id(delete) in answers and id(commit) in answers
+    left = gc.offsets.table.get(GROUP, {})
+    assert (("a", 0) in left) == (("z", 0) in left), f"half of a commit deleted: {answers[id(commit)]}"
+    if answers[id(commit)].get("error"):
+        assert answers[id(commit)]["error"] in P.RETRIABLE
