@@ -27,6 +27,11 @@ is fenced, with the brokers' idempotent-producer state (nodes/broker/producers.p
 Giving up an append that may have landed, or a refusal by the producer state, ends the epoch:
 the partition is read again under a new one (a sequence that may be taken is never reused).
 
+A new producer id (the epochs run out; a fence refused by the producer state, e.g. a state file
+put back from a copy whose epochs the brokers already saw) fences nothing sent under the old
+one: the old id is first ended with a fence under EPOCH_MAX, an epoch no append uses, then the
+new id begins with its own fence.
+
 ``ProducerMixin`` is that part of ``OffsetStore`` (nodes/coordinator/offsets.py): its state is
 the store's own (set by ``OffsetStore.__init__``).
 
@@ -75,6 +80,7 @@ class Sent:
     take: list = field(default_factory=list)       # the PendingCommits it carries
     fence: bool = False
     possibly_written: bool = False                 # a send of it may be in the log
+    retire: bool = False                           # the fence that ends a producer id (EPOCH_MAX)
 
 
 class ProducerMixin:
@@ -179,12 +185,18 @@ class ProducerMixin:
             pid, epoch = self.context.state.offsets_producer[q]
             ts = self.reactor.clock.wall_ms()
             queue.sent = self._new_sent(q, [(ts, FENCE_KEY, msgpack.packb([pid, epoch]), None)], fence=True)
+            queue.sent.retire = epoch == EPOCH_MAX
         sent = queue.sent
 
         def on_outcome(out: AppendOutcome) -> None:
             if out.ok:
                 queue.busy = False
                 in_order = self._acked(q, out.base_offset)
+                if sent.retire:  # the old producer id is fenced for good: the next fence takes a new one
+                    if not in_order:
+                        self._resync(q)  # read after that fence
+                    self._pump(q)
+                    return
                 queue.fenced = True
                 if q in self._resyncing:
                     self._read_again(q)  # it reads past the fence
@@ -202,13 +214,18 @@ class ProducerMixin:
         self._send(q, sent, on_outcome)
 
     def _new_epoch(self, q: int) -> None:
-        """Raise partition ``q``'s producer epoch (a new producer id past EPOCH_MAX, or when
-        asked), stored before it is used. Raises what the state write raises."""
+        """Raise partition ``q``'s producer epoch, stored before it is used: a producer id left
+        (its epochs run out, or asked) gets EPOCH_MAX, its retiring fence, and then a new id.
+        Raises what the state write raises."""
         state = self.context.state
         queue = self._queues[q]
         before = (state.offsets_producer.get(q), state.next_producer_id)
         pid, epoch = before[0] or (-1, EPOCH_MAX)
-        if pid < 0 or epoch >= EPOCH_MAX or queue.new_producer_id:
+        if pid >= 0 and epoch < EPOCH_MAX and (queue.new_producer_id or epoch + 1 >= EPOCH_MAX):
+            # the id is left: first a fence under its last epoch, which no append uses, so that
+            # nothing sent under it can land later (a new id's fence fences only the new id)
+            epoch = EPOCH_MAX
+        elif pid < 0 or epoch >= EPOCH_MAX or queue.new_producer_id:
             # above every id handed out, and above the wall clock's floor (as the coordinator's own
             # blocks: nodes/coordinator/node.py), so a state put back from a copy never reuses one
             pid = max(state.next_producer_id, self.reactor.clock.wall_ms() * PRODUCER_IDS_PER_WALL_MS)

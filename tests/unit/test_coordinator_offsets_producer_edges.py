@@ -47,14 +47,15 @@ def test_a_commit_refused_by_a_leader_that_forgot_the_producer_is_answered_retri
 
 
 def test_an_epoch_at_its_maximum_goes_on_under_a_new_producer_id(tmp_path: Path) -> None:
-    """A producer epoch is 16 bits: a state file whose epoch reached EPOCH_MAX takes a new
-    producer id at the next start (an epoch past it would not fit the batch header)."""
+    """A producer epoch is 16 bits: once the epochs run out the partition takes a new producer
+    id (an epoch past EPOCH_MAX would not fit the batch header), after a fence that ends the old
+    one under EPOCH_MAX."""
     first = _Cluster(tmp_path)
     q = first.gc.offsets.partition_for_group("g")
     store = StateStore(tmp_path)
     state = store.load()
     pid, _epoch = state.offsets_producer[q]
-    state.offsets_producer[q] = [pid, EPOCH_MAX]
+    state.offsets_producer[q] = [pid, EPOCH_MAX - 1]
     store.save(state)
     second = _Cluster(tmp_path, first.leaders)
     second.commit("g", 7)
@@ -64,3 +65,36 @@ def test_an_epoch_at_its_maximum_goes_on_under_a_new_producer_id(tmp_path: Path)
     assert new_pid > pid and new_epoch == 0
     last = B.parse_header(second.leaders[q].batches[-1][1])
     assert (last.producer_id, last.producer_epoch) == (new_pid, 0)
+    ids = [(h.producer_id, h.producer_epoch) for h in (B.parse_header(b) for _o, b in second.leaders[q].batches)]
+    assert ids.index((pid, EPOCH_MAX)) < ids.index((new_pid, 0)), f"the old id was not ended: {ids}"
+
+
+def test_a_late_append_under_a_producer_id_given_up_is_fenced_too(tmp_path: Path) -> None:
+    """A state file put back from a copy two epochs older than the brokers know: the next
+    start's fence is refused (invalid_producer_epoch) and the partition takes a new producer id.
+    A fence of the new id fences nothing of the old: an append of the run before the copy was
+    put back, held on its way (a partition between the coordinator's host and the leader; the
+    killed process's socket still sends it), landed after the new run's fence and after its
+    next commit -- the table lacked it, and a restart moved the committed offset back from 9
+    to 7. The old id must be fenced before it is left."""
+    first = _Cluster(tmp_path)
+    q = first.gc.offsets.partition_for_group("g")
+    first.commit("g", 5)
+    first.settle()
+    copy = StateStore(tmp_path).path.read_bytes()
+    _Cluster(tmp_path, first.leaders)  # a restart: a new epoch
+    before = _Cluster(tmp_path, first.leaders)  # and another
+    old_pid = StateStore(tmp_path).load().offsets_producer[q][0]
+    before.commit("g", 6)
+    before.settle()
+    before.commit("g", 7)  # (its partition's log end known: no lookup) the append goes out ...
+    assert before.serve(lose=lambda p: p == q) and before.lost  # ... and is held; the coordinator is killed
+    StateStore(tmp_path).path.write_bytes(copy)  # the older copy is put back
+    after = _Cluster(tmp_path, first.leaders)
+    assert StateStore(tmp_path).load().offsets_producer[q][0] != old_pid, "no new producer id: not the case"
+    after.commit("g", 9)
+    after.settle()
+    assert [h.get("committed") for _r, h, _p in after.context.server.replies] == [1]
+    before.land_lost()  # the held append reaches the leader now
+    after.settle()
+    assert after.fresh_load() == {"g": {("t", 0): 9}}, "a restart would move the committed offset back"
