@@ -152,6 +152,7 @@ class _Queue:
     seq: int = 0              # the next sequence of the partition's epoch
     fenced: bool = False      # its epoch's fence is in the log: commits may be appended
     new_producer_id: bool = False  # the next epoch takes a new producer id
+    ended_id: int | None = None  # the producer id whose ending fence (EPOCH_MAX) this run sent
     attempts: int = 0         # sends so far: only the outcome of the latest is acted on
     log_end: int | None = None  # where the table's part of the log ends (None: not known)
     records_since_snapshot: int = 0

@@ -221,9 +221,11 @@ class ProducerMixin:
         queue = self._queues[q]
         before = (state.offsets_producer.get(q), state.next_producer_id)
         pid, epoch = before[0] or (-1, EPOCH_MAX)
-        if pid >= 0 and epoch < EPOCH_MAX and (queue.new_producer_id or epoch + 1 >= EPOCH_MAX):
+        ending = pid >= 0 and (queue.new_producer_id or epoch + 1 >= EPOCH_MAX) and queue.ended_id != pid
+        if ending:
             # the id is left: first a fence under its last epoch, which no append uses, so that
-            # nothing sent under it can land later (a new id's fence fences only the new id)
+            # nothing sent under it can land later (a new id's fence fences only the new id); also
+            # when EPOCH_MAX is stored already (a run that died before that fence landed)
             epoch = EPOCH_MAX
         elif pid < 0 or epoch >= EPOCH_MAX or queue.new_producer_id:
             # above every id handed out, and above the wall clock's floor (as the coordinator's own
@@ -243,4 +245,6 @@ class ProducerMixin:
             state.next_producer_id = before[1]
             raise
         queue.seq, queue.new_producer_id, queue.fenced = 0, False, False
+        if ending:
+            queue.ended_id = pid
         self.counters["offsets_producer_epochs"] += 1

@@ -24,6 +24,16 @@ def _forget_producers(c: _Cluster, q: int) -> None:
     c.leaders[q].producers.forgot_producers = True
 
 
+def _store_epoch(tmp_path: Path, q: int, epoch: int) -> int:
+    """Partition ``q``'s producer epoch in the state file set to ``epoch``; its producer id."""
+    store = StateStore(tmp_path)
+    state = store.load()
+    pid = state.offsets_producer[q][0]
+    state.offsets_producer[q] = [pid, epoch]
+    store.save(state)
+    return pid
+
+
 def test_a_commit_refused_by_a_leader_that_forgot_the_producer_is_answered_retriable(tmp_path: Path) -> None:
     """The first send of a commit lands but its answer is lost; the retry (possibly written) goes
     to a new leader that rebuilt its producer state from the tail and is refused
@@ -52,11 +62,7 @@ def test_an_epoch_at_its_maximum_goes_on_under_a_new_producer_id(tmp_path: Path)
     one under EPOCH_MAX."""
     first = _Cluster(tmp_path)
     q = first.gc.offsets.partition_for_group("g")
-    store = StateStore(tmp_path)
-    state = store.load()
-    pid, _epoch = state.offsets_producer[q]
-    state.offsets_producer[q] = [pid, EPOCH_MAX - 1]
-    store.save(state)
+    pid = _store_epoch(tmp_path, q, EPOCH_MAX - 1)
     second = _Cluster(tmp_path, first.leaders)
     second.commit("g", 7)
     second.settle()
@@ -96,5 +102,28 @@ def test_a_late_append_under_a_producer_id_given_up_is_fenced_too(tmp_path: Path
     after.settle()
     assert [h.get("committed") for _r, h, _p in after.context.server.replies] == [1]
     before.land_lost()  # the held append reaches the leader now
+    after.settle()
+    assert after.fresh_load() == {"g": {("t", 0): 9}}, "a restart would move the committed offset back"
+
+
+def test_a_start_after_a_crash_between_storing_the_ending_epoch_and_its_fence_ends_the_id(
+        tmp_path: Path) -> None:
+    """The state file holds EPOCH_MAX (the old id's ending fence was stored) but the process died
+    before that fence landed: the next start must send it, not go straight to a new id -- an
+    append held on its way under the old id's last epoch would land after everything."""
+    first = _Cluster(tmp_path)
+    q = first.gc.offsets.partition_for_group("g")
+    pid = _store_epoch(tmp_path, q, EPOCH_MAX - 2)
+    before = _Cluster(tmp_path, first.leaders)  # fences under EPOCH_MAX - 1, the id's last for appends
+    before.commit("g", 6)
+    before.settle()
+    before.commit("g", 7)
+    assert before.serve(lose=lambda p: p == q) and before.lost  # held on its way
+    _store_epoch(tmp_path, q, EPOCH_MAX)  # the ending epoch stored; the process dies
+    after = _Cluster(tmp_path, first.leaders)
+    after.commit("g", 9)
+    after.settle()
+    assert [h.get("committed") for _r, h, _p in after.context.server.replies] == [1]
+    before.land_lost()
     after.settle()
     assert after.fresh_load() == {"g": {("t", 0): 9}}, "a restart would move the committed offset back"
