@@ -46,14 +46,13 @@ status 0: no violation; 1: violations (printed); 2: the run itself could not com
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -62,7 +61,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (python tests/faults/group_nemesis.py): the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fabric import protocol as P  # noqa: E402 (after the path for a run as a file)
 from fabric.client import Admin  # noqa: E402
 from fabric.client.admin import LATEST  # noqa: E402
 from fabric.client.group import Consumer  # noqa: E402
@@ -71,6 +69,9 @@ from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore  # noqa: E402
 from tests.faults import workload_checker as J  # noqa: E402
 from tests.faults.group_nemesis_checks import (  # noqa: E402
     check_acked_commits, check_assignment_starts, check_commits, check_deliveries, check_sessions)
+from tests.faults.nemesis_common import (  # noqa: E402
+    LaneNemesis, cut, heal_nodes, kill_and_restart, pause, print_outcome, run_failed, tracebacks)
+from tests.faults.nemesis_common import main as nemesis_main  # noqa: E402
 from tests.harness import Cluster, make_config, wait_until  # noqa: E402
 
 PARTITIONS = 4  # set per seed by run(): 3 to 6
@@ -179,23 +180,17 @@ class CommitObserver(threading.Thread):
         self.admin.close()
 
 
-class Nemesis(threading.Thread):
+class Nemesis(LaneNemesis):
     """Random faults, one at a time, healed before the next; or (``concurrent``) in three
     lanes at once -- brokers, the coordinator, the members -- each one fault at a time, so
     at most one broker is down."""
 
     def __init__(self, cluster: Cluster, members: Members, rng: random.Random, duration_s: float,
                  concurrent: bool) -> None:
-        super().__init__(name="nemesis", daemon=True)
-        self.c, self.members, self.rng, self.duration_s = cluster, members, rng, duration_s
+        self.c, self.members, self.duration_s = cluster, members, duration_s
         self.concurrent = concurrent
-        self.history: list[tuple[float, str]] = []
-        self.error: Exception | None = None
-        self._halt = threading.Event()
-
-    def note(self, what: str) -> None:
-        self.history.append((time.time(), what))
-        print(f"  nemesis {time.strftime('%H:%M:%S')} {what}", flush=True)
+        super().__init__([functools.partial(self.lane, kinds) for kinds in (self.LANES if concurrent else (self.ALL,))],
+                         rng)
 
     ALL = ("kill-broker", "kill-coordinator", "pause-broker", "pause-coordinator", "kill-member", "pause-member",
            "kill-coordinator+member", "kill-broker+member", "kill-broker", "pause-broker", "stall-member",
@@ -204,21 +199,10 @@ class Nemesis(threading.Thread):
     LANES = (("kill-broker", "pause-broker", "kill-broker", "pause-broker", "long-pause-coordinator+kill-broker",
               "isolate-offsets-leader", "kill-all-brokers"), ("kill-coordinator", "pause-coordinator"), ("kill-member", "pause-member", "stall-member"))
 
-    def run(self) -> None:
-        lanes = [threading.Thread(target=self.lane, args=(kinds, random.Random(self.rng.random())), daemon=True)
-                 for kinds in (self.LANES if self.concurrent else (self.ALL,))]
-        for t in lanes:
-            t.start()
-        for t in lanes:
-            t.join()
-
     def lane(self, kinds: tuple[str, ...], rng: random.Random) -> None:
-        try:
-            end = time.monotonic() + self.duration_s
-            while time.monotonic() < end and not self._halt.wait(rng.uniform(0.5, 3)):
-                self.one_fault(rng.choice(kinds), rng)
-        except Exception as e:  # reported by the runner
-            self.error = e
+        end = time.monotonic() + self.duration_s
+        while time.monotonic() < end and not self.halted(rng.uniform(0.5, 3)):
+            self.one_fault(rng.choice(kinds), rng)
 
     def one_fault(self, kind: str, rng: random.Random) -> None:
         c = self.c
@@ -245,13 +229,7 @@ class Nemesis(threading.Thread):
         elif kind == "kill-all-brokers":  # fsync always: nothing acknowledged may be lost
             down_s = rng.uniform(0.2, 3)
             self.note(f"SIGKILL every broker for {down_s:.1f}s")
-            for b in c.broker_names():
-                c.kill(b)
-            time.sleep(down_s)
-            for b in c.broker_names():
-                c.start_node(b, wait=False)
-            for b in c.broker_names():
-                c.wait_ready(b, 30)
+            kill_and_restart(c, c.broker_names(), down_s)
         elif kind == "isolate-offsets-leader":
             # cut from the other brokers, not from the coordinator: it stays the leader, its
             # acks=all appends wait, its ISR shrinks below min.insync.replicas, and commits that
@@ -260,14 +238,7 @@ class Nemesis(threading.Thread):
             others = [b for b in c.broker_names() if b != leader]
             cut_s = rng.uniform(16, 20)
             self.note(f"cut {leader} (the offsets leader) from {others} for {cut_s:.1f}s")
-            try:
-                c.call(leader, P.FAULTS, {"block": others})
-                for b in others:
-                    c.call(b, P.FAULTS, {"block": [leader]})
-                time.sleep(cut_s)
-            finally:
-                for b in [leader, *others]:
-                    c.call(b, P.FAULTS, {"block": []})
+            cut(c, [leader], others, cut_s)
         elif kind.startswith("kill-broker"):
             self.note(f"SIGKILL {broker} for {down_s:.1f}s (offsets leader: {self.offsets_leader()})")
             c.kill(broker)
@@ -294,9 +265,7 @@ class Nemesis(threading.Thread):
             node = broker if kind == "pause-broker" else "coordinator"
             pause_s = SESSION_COORDINATOR_MS / 1000 + rng.uniform(0.5, 3)
             self.note(f"SIGSTOP {node} for {pause_s:.1f}s (offsets leader: {self.offsets_leader()})")
-            c.kill(node, signal.SIGSTOP)
-            time.sleep(pause_s)
-            c.kill(node, signal.SIGCONT)
+            pause(c, node, pause_s)
         elif kind == "pause-member":  # a zombie: its session ends, then it polls and commits again
             pause_s = MEMBER_SESSION_MS / 1000 + rng.uniform(0.5, 3)
             self.note(f"SIGSTOP {member} for {pause_s:.1f}s")
@@ -322,11 +291,6 @@ class Nemesis(threading.Thread):
             return f"broker-{p.leader}" if p.leader >= 0 else None
         except Exception:
             return None
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=60)
-
 
 def check_fresh_member(bootstrap: str, committed: dict[int, int], ends: dict[int, int],
                        violations: list[str]) -> list[dict]:
@@ -399,16 +363,6 @@ def settled_assignment(groups: GroupAdmin, live: int) -> dict | None:
     return d if ok else None
 
 
-def tracebacks(cluster: Cluster) -> list[str]:
-    out = []
-    for log in sorted(cluster.log_dir.glob("*.log")):
-        text = log.read_text(errors="replace")
-        if "Traceback" in text:
-            i = text.index("Traceback")
-            out.append(f"{log.name}: {text[i:i + 1500]}")
-    return out
-
-
 def run(seed: int, duration_s: float, directory: Path) -> int:
     global PARTITIONS, MEMBERS
     rng = random.Random(seed)
@@ -439,13 +393,7 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         nemesis.join(timeout=duration_s + 120)
         if nemesis.is_alive() or nemesis.error is not None:
             raise RuntimeError(f"the nemesis failed: {nemesis.error!r}")
-        # heal: every node up and running, every member running
-        for name in cluster.node_names:
-            if cluster.procs[name].poll() is not None:  # the nemesis restarts what it kills
-                violations.append(f"{name} had exited by itself (code {cluster.procs[name].returncode})")
-                cluster.start_node(name)
-            else:
-                os.kill(cluster.procs[name].pid, signal.SIGCONT)
+        heal_nodes(cluster, violations)  # every node up and running, every member running
         for name in members.modes:
             if members.procs[name].poll() is not None:
                 members.start(name)
@@ -501,9 +449,7 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         print(f"  report {report}", flush=True)
         admin.close()
     except Exception as e:
-        print(f"RUN FAILED seed {seed}: {e!r}", flush=True)
-        violations.append(f"run error: {e!r}")
-        code = 2
+        code = run_failed(seed, e, violations)
     else:
         code = 1 if violations else 0
     finally:
@@ -513,26 +459,11 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         if observer is not None and observer.is_alive():
             observer.stop()
         cluster.stop_all()
-    for v in violations:
-        print(f"VIOLATION seed {seed}: {v}", flush=True)
-    if nemesis is not None:
-        print(f"  fault history: {[w for _, w in nemesis.history]}", flush=True)
-    print(f"seed {seed}: {'OK' if code == 0 else 'FAIL' if code == 1 else 'ERROR'}", flush=True)
-    return code
+    return print_outcome(seed, code, violations, nemesis)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
-    ap.add_argument("--duration-s", type=float, default=60)
-    ap.add_argument("--dir", type=Path, default=None, help="where the cluster lives (default: a temporary directory)")
-    args = ap.parse_args()
-    directory = args.dir or Path(tempfile.mkdtemp(prefix=f"group-nemesis-{args.seed}-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    # a hard bound on the run: the nemesis, healing, the checks
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("the run took too long")))
-    signal.alarm(int(args.duration_s) + 420)
-    return run(args.seed, args.duration_s, directory)
+    return nemesis_main(run, __doc__.splitlines()[0], "group-nemesis")
 
 
 if __name__ == "__main__":

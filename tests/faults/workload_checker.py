@@ -48,14 +48,16 @@ class Workload:
     sent: set[bytes] = field(default_factory=set)
     ack_times: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # partition -> times
     timestamp_ms_for: Callable[[int], int | None] | None = None  # seq -> record timestamp (None: now)
+    producer_options: dict = field(default_factory=dict)  # Producer arguments over the defaults below (linger_ms...)
     _halt: threading.Event = field(default_factory=threading.Event)
     _resumed: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
     def start(self) -> "Workload":
-        self.producer = Producer(self.bootstrap, acks="all", linger_ms=2, delivery_timeout_ms=60_000,
-                                 request_timeout_ms=3000, max_block_ms=10_000)
+        options = {"acks": "all", "linger_ms": 2, "delivery_timeout_ms": 60_000, "request_timeout_ms": 3000,
+                   "max_block_ms": 10_000, **self.producer_options}
+        self.producer = Producer(self.bootstrap, **options)
         self._resumed.set()
         self._thread = threading.Thread(target=self._run, name="workload", daemon=True)
         self._thread.start()
