@@ -9,15 +9,20 @@ under either), every segment write direct or the default; a topic of 1 to 6 part
 with min.insync.replicas 1, 2 or 3; the fault suite's idempotent acks=all producer writing
 unique values (``workload_checker.Workload``) with a linger of 0 to 20 ms and batches of 1 to
 1,000 records; one or two readers -- plain consumers, no group -- reading every partition from
-offset 0 throughout; and a nemesis, one fault at a time (seeds divisible by 3) or in three
-concurrent lanes (brokers, the coordinator, topic administration), that:
+offset 0 throughout; and a nemesis, one fault at a time (seeds divisible by 3) or in three or
+four concurrent lanes (one or two of brokers -- two brokers' faults may overlap, never on one
+node --, the coordinator, topic administration), that:
 
 - SIGKILLs a partition's leader, a follower, or every broker at once, and restarts them;
 - SIGSTOPs a leader (a zombie leader) or a follower past its session, then SIGCONTs it;
-- cuts a leader from the coordinator past its session, a follower from its leader past the
-  replica lag time (the harness's ``faults`` control);
+- cuts a leader from the coordinator past its session, a follower from its leader or a leader
+  from its followers past the replica lag time (the harness's ``faults`` control);
 - SIGKILLs a broker, restarts it and kills it again while it catches up;
-- restarts every broker in quick succession (each killed once the one before answers);
+- restarts every broker in quick succession (each killed once the one before answers), kills
+  a partition's leader three to five times in a row (each time the new one, down a moment);
+- SIGSTOPs every broker past the session, then SIGCONTs them;
+- SIGKILLs a leader while the coordinator is SIGSTOPped, restarting it before the coordinator
+  runs again;
 - SIGKILLs and SIGSTOPs the coordinator;
 - changes the topic's min.insync.replicas under load, and adds partitions to it.
 
@@ -139,6 +144,8 @@ class Nemesis(LaneNemesis):
     def __init__(self, cluster: WatchedCluster, plan: Plan, rng: random.Random, duration_s: float) -> None:
         self.c, self.plan, self.duration_s = cluster, plan, duration_s
         self.admin_errors: list[str] = []
+        self.busy: set[str] = set()  # the nodes a lane's fault is on (two broker lanes: not the same)
+        self._busy_lock = threading.Lock()
         super().__init__([self._lane_of(faults) for faults in plan.lanes], rng)
 
     def _lane_of(self, faults: tuple[Fault, ...]):  # noqa: ANN202
@@ -166,12 +173,29 @@ class Nemesis(LaneNemesis):
         return -1, leader, [b for b in brokers if b != leader]
 
     def one_fault(self, f: Fault) -> None:
-        c, kind = self.c, f.kind
-        if kind in ("set-min-isr", "add-partitions"):
+        if f.kind in ("set-min-isr", "add-partitions"):
             self.alter(f)
             return
         p, leader, followers = self.targets(f.pick)
         follower = followers[int(f.pick * 1000) % len(followers)]
+        nodes = {"kill-leader": [leader], "pause-leader": [leader], "cut-leader-from-coordinator": [leader],
+                 "kill-follower": [follower], "pause-follower": [follower], "kill-catching-up": [follower],
+                 "cut-follower-from-leader": [leader, follower], "isolate-leader": [leader, *followers],
+                 "kill-coordinator": ["coordinator"], "pause-coordinator": ["coordinator"],
+                 "kill-leader-coordinator-paused": [leader, "coordinator"]}.get(f.kind, self.c.broker_names())
+        with self._busy_lock:
+            if self.busy & set(nodes):
+                self.note(f"{f.kind} on {nodes} skipped: {sorted(self.busy & set(nodes))} under another fault")
+                return
+            self.busy |= set(nodes)
+        try:
+            self._fault_on(f, p, leader, followers, follower)
+        finally:
+            with self._busy_lock:
+                self.busy -= set(nodes)
+
+    def _fault_on(self, f: Fault, p: int, leader: str, followers: list[str], follower: str) -> None:
+        c, kind = self.c, f.kind
         on = f"(partition {p})"
         if kind == "kill-leader":
             self.note(f"SIGKILL {leader}, the leader {on}, for {f.hold_s:.1f}s")
@@ -192,6 +216,9 @@ class Nemesis(LaneNemesis):
         elif kind == "cut-follower-from-leader":
             self.note(f"cut {follower} from {leader}, its leader {on}, for {f.hold_s:.1f}s")
             cut(c, [leader], [follower], f.hold_s)
+        elif kind == "isolate-leader":
+            self.note(f"cut {leader}, the leader {on}, from {followers} for {f.hold_s:.1f}s")
+            cut(c, [leader], followers, f.hold_s)
         elif kind == "kill-catching-up":
             self.note(f"SIGKILL {follower} {on} for {f.hold_s:.1f}s, again {f.again_s:.2f}s after its restart")
             kill_and_restart(c, [follower], f.hold_s)
@@ -205,6 +232,28 @@ class Nemesis(LaneNemesis):
             for b in order:
                 kill_and_restart(c, [b], f.hold_s)
                 time.sleep(f.again_s)
+        elif kind == "bounce-leader":
+            self.note(f"SIGKILL the leader {on} {f.value} times in a row, {f.hold_s:.2f}s down each")
+            for _ in range(f.value):
+                p, leader, _ = self.targets(f.pick)
+                kill_and_restart(c, [leader], f.hold_s)
+        elif kind == "pause-all-brokers":
+            self.note(f"SIGSTOP every broker for {f.hold_s:.1f}s")
+            brokers = c.broker_names()
+            for b in brokers:
+                c.kill(b, signal.SIGSTOP)
+            time.sleep(f.hold_s)
+            for b in brokers[int(f.pick * 3):] + brokers[:int(f.pick * 3)]:
+                c.kill(b, signal.SIGCONT)
+        elif kind == "kill-leader-coordinator-paused":
+            self.note(f"SIGSTOP coordinator, SIGKILL {leader}, the leader {on}, for {f.hold_s:.1f}s, "
+                      f"SIGCONT coordinator {f.again_s:.1f}s after its restart")
+            c.kill("coordinator", signal.SIGSTOP)
+            try:
+                kill_and_restart(c, [leader], f.hold_s)
+                time.sleep(f.again_s)
+            finally:
+                c.kill("coordinator", signal.SIGCONT)
         elif kind == "kill-coordinator":
             self.note(f"SIGKILL coordinator for {f.hold_s:.1f}s")
             kill_and_restart(c, ["coordinator"], f.hold_s)
@@ -215,20 +264,50 @@ class Nemesis(LaneNemesis):
             raise ValueError(f"unknown fault {kind!r}")
 
     def alter(self, f: Fault) -> None:
-        """A topic change under load; refused or unanswered (the coordinator down, a broker
-        short for new partitions) is noted, not a violation."""
-        try:
-            with Admin(self.c.bootstrap, timeout_ms=3000) as admin:
+        """A topic change under load, asked again for up to 20 s (the coordinator may be down or
+        paused); refused all that time (a broker short for new partitions) is noted, not a
+        violation. A growth asks for one partition count, so a retry of a growth that took
+        effect is refused and the change is not made twice."""
+        with Admin(self.c.bootstrap, timeout_ms=3000) as admin:
+            try:
                 if f.kind == "set-min-isr":
                     self.note(f"set min.insync.replicas to {f.value}")
-                    admin.alter_topic(TOPIC, configs={"min.insync.replicas": f.value})
+                    change = {"configs": {"min.insync.replicas": f.value}}
                 else:
                     count = len(admin.metadata().topics[TOPIC].partitions) + f.value
                     self.note(f"grow the topic to {count} partitions")
-                    admin.alter_topic(TOPIC, partitions=count)
+                    change = {"partitions": count}
+
+                def done() -> bool:
+                    try:
+                        admin.alter_topic(TOPIC, **change)
+                        return True
+                    except Exception:
+                        if "partitions" in change and len(admin.metadata().topics[TOPIC].partitions) >= count:
+                            return True
+                        raise
+                wait_until(done, 20, interval_s=0.5, what=f"the topic change {change}")
+            except Exception as e:
+                self.note(f"  not done: {e!r}")
+                self.admin_errors.append(f"{f.kind}: {e!r}")
+
+
+def heal_state(cluster: Cluster, admin: Admin) -> str:
+    """What the metadata and each broker say of the topic's partitions (a heal that timed out)."""
+    out = []
+    try:
+        for p in admin.metadata().topics[TOPIC].partitions:
+            out.append(f"p{p.partition}: leader {p.leader} epoch {p.leader_epoch} isr {p.isr}")
+    except Exception as e:
+        out.append(f"metadata: {e!r}")
+    for b in cluster.broker_names():
+        try:
+            rows = [r for r in cluster.stats(b)["partitions"] if r["topic"] == TOPIC]
+            out.append(f"{b}: " + ", ".join(f"p{r['partition']} {r['role']} leo {r['log_end_offset']} "
+                                            f"hw {r['high_watermark']}" for r in rows))
         except Exception as e:
-            self.note(f"  not done: {e!r}")
-            self.admin_errors.append(f"{f.kind}: {e!r}")
+            out.append(f"{b}: {e!r}")
+    return "; ".join(out)
 
 
 def final_logs(cluster: Cluster, hws: dict[int, int]) -> dict[int, dict[int, bytes]]:
@@ -272,7 +351,11 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         heal_nodes(cluster, violations)
         for n in cluster.node_names:
             set_blocked(cluster, n, [])
-        J.wait_healed(cluster, admin, 90)
+        try:
+            J.wait_healed(cluster, admin, 90)
+        except AssertionError:
+            print(f"  not healed: {heal_state(cluster, admin)}", flush=True)
+            raise
         workload.wait_acks(200, 60)
         workload.stop()
         hws = J.wait_healed(cluster, admin, 60)
@@ -291,7 +374,7 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         except AssertionError as e:
             violations.append(f"workload check: {e}")
         report.update(check_reads({r.name: r.reads for r in readers}, final_logs(cluster, hws), violations))
-        report["faults"] = len(nemesis.history)
+        report["faults"] = sum(1 for _, w in nemesis.history if not w.startswith(" ") and "skipped" not in w)
         report["topic_changes_refused"] = len(nemesis.admin_errors)
         admin.close()
     except Exception as e:

@@ -14,7 +14,8 @@ REPLICA_LAG_S = 2.0      # make_config's replication.replica_lag_time_max_ms
 PARTITIONS_MAX = 8       # the topic never grows past this (add-partitions)
 
 BROKER_KINDS = ("kill-leader", "kill-follower", "kill-all-brokers", "pause-leader", "pause-follower",
-                "cut-leader-from-coordinator", "cut-follower-from-leader", "kill-catching-up", "rolling-restart")
+                "cut-leader-from-coordinator", "cut-follower-from-leader", "isolate-leader", "kill-catching-up",
+                "rolling-restart", "bounce-leader", "pause-all-brokers", "kill-leader-coordinator-paused")
 COORDINATOR_KINDS = ("kill-coordinator", "pause-coordinator")
 ADMIN_KINDS = ("set-min-isr", "add-partitions")
 KINDS = BROKER_KINDS + COORDINATOR_KINDS + ADMIN_KINDS
@@ -28,7 +29,9 @@ class Fault:
     pick: float          # in [0, 1): which partition (its leader or a follower) at run time
     value: int = 0       # set-min-isr: the new min.insync.replicas; add-partitions: how many
     again_s: float = 0   # kill-catching-up: the second kill this long after the restart;
-    #                      rolling-restart: between one broker ready and the next killed
+    #                      rolling-restart: between one broker ready and the next killed;
+    #                      kill-leader-coordinator-paused: the coordinator's SIGCONT this long
+    #                      after the leader's restart
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Plan:
     batch_records_max: int
     readers: int
     concurrent: bool                   # lanes (brokers, coordinator, topic admin) at once, or one lane
+    broker_lanes: int                  # concurrent: 1, or 2 (two brokers' faults may overlap)
     lanes: tuple[tuple[Fault, ...], ...]
 
     def describe(self) -> str:
@@ -50,22 +54,26 @@ class Plan:
                 f"{'every write' if self.direct_write_min_bytes == 0 else 'default'}, {self.partitions} partitions, "
                 f"min.insync.replicas {self.min_insync_replicas}, linger {self.linger_ms} ms, batches of at most "
                 f"{self.batch_records_max} records, {self.readers} reader(s), "
-                f"{'concurrent lanes' if self.concurrent else 'one fault at a time'}")
+                f"{f'concurrent lanes ({self.broker_lanes} of brokers)' if self.concurrent else 'one fault at a time'}")
 
 
 def _fault(kind: str, rng: random.Random, waits: tuple[float, float]) -> Fault:
     wait_s = rng.uniform(*waits)
     pick = rng.random()
-    if kind in ("pause-leader", "pause-follower", "pause-coordinator"):
+    if kind in ("pause-leader", "pause-follower", "pause-coordinator", "pause-all-brokers"):
         return Fault(kind, wait_s, SESSION_S + rng.uniform(0.5, 3), pick)
     if kind == "cut-leader-from-coordinator":
         return Fault(kind, wait_s, SESSION_S + rng.uniform(1, 4), pick)
-    if kind == "cut-follower-from-leader":
+    if kind in ("cut-follower-from-leader", "isolate-leader"):
         return Fault(kind, wait_s, REPLICA_LAG_S + rng.uniform(1, 5), pick)
     if kind == "kill-all-brokers":
         return Fault(kind, wait_s, rng.uniform(0.2, 3), pick)
     if kind == "kill-catching-up":
         return Fault(kind, wait_s, rng.uniform(0.5, 4), pick, again_s=rng.uniform(0.05, 1.5))
+    if kind == "bounce-leader":  # value: how many leaders in a row, each down hold_s
+        return Fault(kind, wait_s, rng.uniform(0.05, 0.6), pick, value=rng.randint(3, 5))
+    if kind == "kill-leader-coordinator-paused":  # the leader back before the coordinator
+        return Fault(kind, wait_s, rng.uniform(0.2, 2), pick, again_s=rng.uniform(0, SESSION_S + 2))
     if kind == "rolling-restart":
         return Fault(kind, wait_s, rng.uniform(0.1, 1), pick, again_s=rng.uniform(0, 0.5))
     if kind == "set-min-isr":
@@ -77,7 +85,9 @@ def _fault(kind: str, rng: random.Random, waits: tuple[float, float]) -> Fault:
 
 def _nominal_s(f: Fault) -> float:
     """About how long a fault takes (a restart's wait for readiness counted as 1 s)."""
-    return f.wait_s + f.hold_s + f.again_s + (1 if f.kind.startswith(("kill", "rolling")) else 0)
+    times = max(1, f.value) if f.kind == "bounce-leader" else 1
+    return f.wait_s + (f.hold_s + 1) * times + f.again_s if f.kind.startswith(("kill", "rolling", "bounce")) \
+        else f.wait_s + f.hold_s
 
 
 def _lane(kinds: tuple[str, ...], rng: random.Random, duration_s: float, partitions: int,
@@ -111,14 +121,15 @@ def make_plan(seed: int, duration_s: float) -> Plan:
     batch_records_max = rng.choice((1, 8, 64, 1000))
     readers = rng.choice((1, 2))
     concurrent = seed % 3 != 0
+    broker_lanes = rng.choice((1, 2)) if concurrent else 1
     if concurrent:
-        lanes = (_lane(BROKER_KINDS, rng, duration_s, partitions, (0.5, 3)),
+        lanes = (*(_lane(BROKER_KINDS, rng, duration_s, partitions, (0.5, 3)) for _ in range(broker_lanes)),
                  _lane(COORDINATOR_KINDS, rng, duration_s, partitions, (2, 8)),
                  _lane(ADMIN_KINDS, rng, duration_s, partitions, (3, 10)))
     else:
         lanes = (_lane(KINDS, rng, duration_s, partitions, (0.5, 3)),)
     return Plan(seed, engine, fsync, direct, partitions, min_isr, linger_ms, batch_records_max, readers, concurrent,
-                lanes)
+                broker_lanes, lanes)
 
 
 Read = tuple[int, int, bytes]  # (partition, offset, value) as a reader was given it

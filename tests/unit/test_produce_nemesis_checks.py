@@ -22,6 +22,7 @@ def test_plans_vary_every_setting_and_fault_over_seeds() -> None:
     assert {p.partitions for p in plans} == set(range(1, 7))
     assert {p.min_insync_replicas for p in plans} == {1, 2, 3}
     assert {p.concurrent for p in plans} == {True, False}
+    assert {p.broker_lanes for p in plans if p.concurrent} == {1, 2}
     assert {p.readers for p in plans} == {1, 2}
     assert {f.kind for p in plans for lane in p.lanes for f in lane} == set(KINDS)
     # the memory engine loses everything on a restart by design; direct writes are the segment engine's
@@ -31,7 +32,7 @@ def test_plans_vary_every_setting_and_fault_over_seeds() -> None:
 def test_plan_fills_the_duration_and_bounds_the_topic() -> None:
     for seed in range(40):
         plan = make_plan(seed, 60)
-        assert len(plan.lanes) == (3 if plan.concurrent else 1)
+        assert len(plan.lanes) == (2 + plan.broker_lanes if plan.concurrent else 1)
         for lane in plan.lanes:
             assert sum(f.wait_s + f.hold_s for f in lane) >= 30
         grown = sum(f.value for lane in plan.lanes for f in lane if f.kind == "add-partitions")
