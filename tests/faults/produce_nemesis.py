@@ -5,7 +5,8 @@
 Per seed (``produce_nemesis_checks.make_plan``: the same seed, the same plan): a 3-broker
 cluster and its coordinator on 127.0.0.1 (free ports) on the segment or the lmdb engine, fsync
 ``always`` or ``interval`` (a SIGKILL keeps the page cache: nothing acknowledged may be lost
-under either), every segment write direct or the default; a topic of 1 to 6 partitions RF 3
+under either), every segment write direct or the default, segments of 8 or 64 KiB (rolled
+often) or the default, a page-cache tail of 64 KiB (reads from disk) or the default; a topic of 1 to 6 partitions RF 3
 with min.insync.replicas 1, 2 or 3; the fault suite's idempotent acks=all producer writing
 unique values (``workload_checker.Workload``) with a linger of 0 to 20 ms and batches of 1 to
 1,000 records; one or two readers -- plain consumers, no group -- reading every partition from
@@ -327,8 +328,9 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
     print(f"produce nemesis: seed {seed}, {duration_s:.0f}s of faults, in {directory}", flush=True)
     print(f"  {plan.describe()}", flush=True)
     overrides: dict = {"faults": {"enabled": True}}
-    if plan.direct_write_min_bytes is not None:
-        overrides["storage"] = {"direct_write_min_bytes": plan.direct_write_min_bytes}
+    storage = {"direct_write_min_bytes": plan.direct_write_min_bytes, "segment_bytes_max": plan.segment_bytes_max,
+               "page_cache_tail_bytes": plan.page_cache_tail_bytes}
+    overrides["storage"] = {k: v for k, v in storage.items() if v is not None}
     cluster = WatchedCluster(make_config(directory, 3, engine=plan.engine, fsync=plan.fsync, overrides=overrides))
     violations: list[str] = []
     observer = nemesis = None

@@ -47,6 +47,8 @@ class Plan:
     readers: int
     concurrent: bool                   # lanes (brokers, coordinator, topic admin) at once, or one lane
     broker_lanes: int                  # concurrent: 1, or 2 (two brokers' faults may overlap)
+    segment_bytes_max: int | None      # segment engine: None (the default) or small (rolls often)
+    page_cache_tail_bytes: int | None  # segment engine: None (the default) or small (reads from disk)
     lanes: tuple[tuple[Fault, ...], ...]
 
     def describe(self) -> str:
@@ -54,7 +56,9 @@ class Plan:
                 f"{'every write' if self.direct_write_min_bytes == 0 else 'default'}, {self.partitions} partitions, "
                 f"min.insync.replicas {self.min_insync_replicas}, linger {self.linger_ms} ms, batches of at most "
                 f"{self.batch_records_max} records, {self.readers} reader(s), "
-                f"{f'concurrent lanes ({self.broker_lanes} of brokers)' if self.concurrent else 'one fault at a time'}")
+                f"{f'concurrent lanes ({self.broker_lanes} of brokers)' if self.concurrent else 'one fault at a time'}, "
+                f"segments of {self.segment_bytes_max or 'the default'} bytes, page-cache tail "
+                f"{self.page_cache_tail_bytes or 'the default'}")
 
 
 def _fault(kind: str, rng: random.Random, waits: tuple[float, float]) -> Fault:
@@ -128,8 +132,11 @@ def make_plan(seed: int, duration_s: float) -> Plan:
                  _lane(ADMIN_KINDS, rng, duration_s, partitions, (3, 10)))
     else:
         lanes = (_lane(KINDS, rng, duration_s, partitions, (0.5, 3)),)
+    # drawn last, so that the settings and faults above stay what they were for a seed
+    segment_bytes_max = rng.choice((None, None, 8192, 65536)) if engine == "segment" else None
+    page_cache_tail_bytes = rng.choice((None, 65536)) if engine == "segment" else None
     return Plan(seed, engine, fsync, direct, partitions, min_isr, linger_ms, batch_records_max, readers, concurrent,
-                broker_lanes, lanes)
+                broker_lanes, segment_bytes_max, page_cache_tail_bytes, lanes)
 
 
 Read = tuple[int, int, bytes]  # (partition, offset, value) as a reader was given it

@@ -23,10 +23,13 @@ def test_plans_vary_every_setting_and_fault_over_seeds() -> None:
     assert {p.min_insync_replicas for p in plans} == {1, 2, 3}
     assert {p.concurrent for p in plans} == {True, False}
     assert {p.broker_lanes for p in plans if p.concurrent} == {1, 2}
+    assert {p.segment_bytes_max for p in plans} == {None, 8192, 65536}
+    assert {p.page_cache_tail_bytes for p in plans} == {None, 65536}
     assert {p.readers for p in plans} == {1, 2}
     assert {f.kind for p in plans for lane in p.lanes for f in lane} == set(KINDS)
     # the memory engine loses everything on a restart by design; direct writes are the segment engine's
-    assert all(p.direct_write_min_bytes is None for p in plans if p.engine == "lmdb")
+    assert all(p.direct_write_min_bytes is None and p.segment_bytes_max is None
+               for p in plans if p.engine == "lmdb")
 
 
 def test_plan_fills_the_duration_and_bounds_the_topic() -> None:
