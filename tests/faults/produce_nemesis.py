@@ -236,7 +236,7 @@ class Nemesis(LaneNemesis):
         elif kind == "bounce-leader":
             self.note(f"SIGKILL the leader {on} {f.value} times in a row, {f.hold_s:.2f}s down each")
             for _ in range(f.value):
-                p, leader, _ = self.targets(f.pick)
+                leader = self.targets(f.pick)[1]  # the one elected after the kill before
                 kill_and_restart(c, [leader], f.hold_s)
         elif kind == "pause-all-brokers":
             self.note(f"SIGSTOP every broker for {f.hold_s:.1f}s")
