@@ -21,6 +21,11 @@ from fabric.client.group_admin import GroupAdmin
 from fabric.errors import FabricError
 from nodes.cli_common import Target, target_options
 
+# how long reset-offsets waits for a partition's leader: an election (under a second after a
+# leader's SIGKILL; a paused leader is replaced once its session times out, 3 s by default) is
+# waited out, while an offline partition (no in-sync replica alive) fails the plan at once
+RESET_LEADER_WAIT_MS = 5000
+
 
 def _table(headers: list[str], rows: list[list]) -> None:
     cells = [headers] + [["-" if v is None else str(v) for v in r] for r in rows]
@@ -119,7 +124,7 @@ def reset_cmd(group_id: str, topic: str, to_earliest: bool, to_latest: bool, to_
                               "offsets can only be reset while the group is empty")
         when = _parse_datetime_ms(to_datetime) if to_datetime is not None else None
         plan = ga.plan_reset(group_id, topic, to_earliest=to_earliest, to_latest=to_latest, to_offset=to_offset,
-                             to_datetime_ms=when, shift_by=shift_by)
+                             to_datetime_ms=when, shift_by=shift_by, leader_wait_ms=RESET_LEADER_WAIT_MS)
         _table(["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "NEW-OFFSET"],
                [[group_id, t, p, cur if cur >= 0 else None, new] for (t, p), (cur, new) in sorted(plan.items())])
         asked = {tp: to_offset if to_offset is not None else cur + shift_by

@@ -11,7 +11,7 @@ import zmq
 from fabric import protocol as P
 from fabric.client.bootstrap import bootstrap_target, check_cluster, fetch_metadata
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
-from fabric.metadata import ClusterMetadata
+from fabric.metadata import ClusterMetadata, PartitionInfo, read_answer
 from fabric.replies import ListOffsetsEntry, decode_parts
 from fabric.rpc import BlockingClient
 
@@ -19,16 +19,33 @@ log = logging.getLogger(__name__)
 
 EARLIEST = -2
 LATEST = -1
+TIMEOUT_MS_DEFAULT = 10_000  # an Admin's request timeout unless given
 LIST_OFFSETS_BACKOFF_S = 0.05  # list_offsets asks again for partitions whose leader is not known or moving,
 LIST_OFFSETS_BACKOFF_MAX_S = 0.5  # after a pause that doubles up to this
+# A list_offsets try begun within its wait gets at least this, whatever is left of the wait: a
+# LIST_OFFSETS takes milliseconds, and a second covers a healthy leader stalled by a GC pause or
+# a busy machine, so the last try is not doomed; it bounds how far past its wait a call runs.
+LIST_OFFSETS_TRY_MS_MIN = 1000
+# how often a try that waits asks the coordinator whether the leader it waits for still leads
+# (a SIGKILLed one is replaced within a second), and for how long at most
+LIST_OFFSETS_LEADER_CHECK_MS = 250
+LIST_OFFSETS_CHECK_TIMEOUT_MS = 500
 # answers that a moment and fresh metadata cure (a leader just elected, deposed, or not yet known)
 LIST_OFFSETS_ASK_AGAIN = frozenset({P.OFFSET_NOT_AVAILABLE, P.NOT_LEADER, P.LEADER_NOT_AVAILABLE,
                                     P.FENCED_LEADER_EPOCH, P.UNKNOWN_LEADER_EPOCH})
 
 
+def no_leader_coming(md: ClusterMetadata, p: PartitionInfo) -> bool:
+    """Whether ``p`` is offline for good as ``md`` shows it: no leader, and none of its in-sync
+    replicas (of its replicas, with an empty ISR) alive to be elected -- the coordinator elects
+    from the ISR at once when one of them is (unclean election: any live replica at once), so
+    a leader comes only once one of those brokers is back."""
+    return p.leader < 0 and not any(b in md.brokers and md.brokers[b].alive for b in (p.isr or p.replicas))
+
+
 class Admin:
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
-                 timeout_ms: int = 10_000) -> None:
+                 timeout_ms: int = TIMEOUT_MS_DEFAULT) -> None:
         self.ctx = zmq.Context.instance()
         self.endpoints, self.cluster = bootstrap_target(bootstrap, config_path)
         self.timeout_ms = timeout_ms
@@ -38,7 +55,8 @@ class Admin:
     def _client(self, endpoint: str) -> BlockingClient:
         c = self._clients.get(endpoint)
         if c is None:
-            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="admin")
+            # a node killed with a request fails it at once (ConnectionLost), not at the deadline
+            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="admin", fail_on_disconnect=True)
         return c
 
     def metadata(self, refresh: bool = True) -> ClusterMetadata:
@@ -102,38 +120,51 @@ class Admin:
         """partition -> offset of ``partitions`` (default: all): spec EARLIEST (-2), LATEST (-1:
         the high watermark) or a timestamp in ms (first offset at or after it). A leader just
         elected answers offset_not_available until its followers have told it its HW
-        (milliseconds, or a lag time when a follower died with it), a deposed one not_leader,
-        and a partition being elected has no leader in the metadata: such partitions are asked
-        again, at the leader the metadata names then, after a pause from LIST_OFFSETS_BACKOFF_S
-        doubling to LIST_OFFSETS_BACKOFF_MAX_S, until ``leader_wait_ms`` (at most, and by
-        default, ``timeout_ms``; 0: not asked again) has passed since the call (the first round
-        is any call's: up to three tries of ``timeout_ms``); then the last error is raised
-        (leader_not_available for a partition without a leader: an offline one stays so).
-        ``partial`` leaves such partitions out of the answer instead, at once."""
+        (milliseconds, or a lag time when a follower died with it), a deposed one not_leader, a
+        dead or paused one the metadata still names nothing (``_ask_leader``), and a partition
+        being elected has no leader in the metadata: such partitions are asked again, at the
+        leader the metadata names then, after a pause from LIST_OFFSETS_BACKOFF_S doubling to
+        LIST_OFFSETS_BACKOFF_MAX_S, until ``leader_wait_ms`` (at most, and by default,
+        ``timeout_ms``; 0: not asked again) has passed since the call; then the last error is
+        raised (leader_not_available for a partition without a leader, request_timed_out for a
+        leader that did not answer). A try begun in time gets at least LIST_OFFSETS_TRY_MS_MIN
+        (not more than ``timeout_ms``): the call takes at most ``leader_wait_ms`` plus that
+        (and the metadata asks on the way). With ``leader_wait_ms`` given, a partition offline
+        for good -- no leader, and no in-sync replica alive to elect (``no_leader_coming``) --
+        raises leader_not_available at once. ``partial`` leaves such partitions out of the
+        answer instead, at once."""
         wait_ms = self.timeout_ms if leader_wait_ms is None else max(0, min(leader_wait_ms, self.timeout_ms))
         deadline = time.monotonic() + wait_ms / 1000
         md = self.metadata()
         wanted = self._partitions_of(md, topic, partitions)
         out: dict[int, int] = {}
-        rounds = 0  # the first round as any call; a re-ask gets what is left of the wait
+        rounds = 0
         last: CodedError | None = None
         while True:
             by_leader: dict[int, list] = {}
             again: list[int] = []
             for p in wanted:
-                leader = md.topics[topic].partitions[p].leader
-                if leader < 0 or leader not in md.brokers:
+                info = md.topics[topic].partitions[p]
+                if info.leader >= 0 and info.leader in md.brokers:
+                    by_leader.setdefault(info.leader, []).append([topic, p, spec])
+                elif leader_wait_ms is not None and not partial and no_leader_coming(md, info):
+                    isr = list(info.isr or info.replicas)
+                    raise RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} is offline: no leader, and none "
+                                                              f"of its in-sync replicas {isr} is alive")
+                else:
                     again.append(p)
                     last = RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} has no leader")
-                else:
-                    by_leader.setdefault(leader, []).append([topic, p, spec])
+            # a try begun before the deadline gets at least LIST_OFFSETS_TRY_MS_MIN: the round ends then
+            round_end = max(deadline, time.monotonic() + LIST_OFFSETS_TRY_MS_MIN / 1000)
             for leader, parts in by_leader.items():
-                left_ms = self.timeout_ms if rounds == 0 else int((deadline - time.monotonic()) * 1000)
-                if left_ms <= 0:
-                    raise last or RequestTimeout(f"{topic}: list_offsets timed out")
-                h, _ = self._client(md.brokers[leader].endpoint).call(
-                    P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
-                    timeout_ms=left_ms, retries=2 if rounds == 0 else 0)
+                try:
+                    h = self._ask_leader(md, topic, leader, parts, round_end)
+                except CodedError as e:  # a dead, paused, deposed or busy leader: where the metadata points next
+                    if not e.retriable:
+                        raise
+                    again.extend(p for _, p, _ in parts)
+                    last = e
+                    continue
                 for entry in decode_parts(h, ListOffsetsEntry):  # raises MalformedFrame
                     if not entry.error:
                         out[entry.partition] = entry.offset  # type: ignore[index]
@@ -152,6 +183,52 @@ class Admin:
             md = self.metadata()  # a whole metadata answer per round: the backoff grows
             wanted = self._partitions_of(md, topic, again)
 
+    def _ask_leader(self, md: ClusterMetadata, topic: str, leader: int, parts: list, until: float) -> dict:
+        """LIST_OFFSETS of ``parts`` ([topic, partition, spec]) at ``leader``, the one ``md``
+        names: its answer, waited for until ``until`` (monotonic s; at most ``timeout_ms``).
+        Raises CodedError: RemoteError (its refusal), or RequestTimeout at the deadline -- and
+        at once when the connection the request went out on ends (ConnectionLost: killed with
+        it) or when the coordinator names another leader (or epoch) for one of ``parts``,
+        asked every LIST_OFFSETS_LEADER_CHECK_MS of the wait: a dead or paused leader's answer
+        does not come, and a killed one is no longer named within a second. A leader still
+        named is waited for to the deadline, not a shorter per-try timeout: a healthy broker
+        slowed by a long GC pause or a busy machine is not given up on while it leads."""
+        endpoint = md.brokers[leader].endpoint
+        epochs = [(p, md.leader_epoch(topic, p)) for _, p, _ in parts]
+        try_ms = min(int((until - time.monotonic()) * 1000), self.timeout_ms)
+        if try_ms <= 0:
+            raise RequestTimeout(f"{topic}: list_offsets timed out before asking broker {leader}")
+        checked_s = time.monotonic()
+
+        def moved() -> bool:
+            nonlocal checked_s
+            if time.monotonic() - checked_s < LIST_OFFSETS_LEADER_CHECK_MS / 1000:
+                return False
+            left_ms = int((until - time.monotonic()) * 1000)
+            fresh = self._coordinator_metadata(max(1, min(LIST_OFFSETS_CHECK_TIMEOUT_MS, left_ms)), endpoint)
+            checked_s = time.monotonic()
+            return fresh is not None and any(fresh.leader_moved(topic, p, endpoint, e) for p, e in epochs)
+        try:
+            h, _ = self._client(endpoint).call(P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
+                                               timeout_ms=try_ms, give_up=moved)
+        except RequestTimeout as e:
+            self._drop_client(endpoint)  # its socket holds the unanswered request: a fresh one next time
+            raise RequestTimeout(f"{topic}: leader broker {leader} did not answer list_offsets: {e.message}") from e
+        return h
+
+    def _coordinator_metadata(self, timeout_ms: int, besides: str) -> ClusterMetadata | None:
+        """The coordinator's metadata now, or None when it did not answer within ``timeout_ms``
+        (or is not known apart from ``besides``, the endpoint being waited for)."""
+        where = self._metadata.coordinator if self._metadata is not None else ""
+        if not where or where == besides:
+            return None
+        try:
+            h, _ = self._client(where).call(P.METADATA, {}, timeout_ms=timeout_ms)
+        except CodedError as e:
+            log.debug("metadata from %s: %s", where, e)
+            return None
+        return read_answer(h, where)
+
     @staticmethod
     def _partitions_of(md: ClusterMetadata, topic: str, partitions: Iterable[int] | None) -> list[int]:
         t = md.topics.get(topic)
@@ -169,6 +246,11 @@ class Admin:
         md = self.metadata(refresh=self._metadata is None)
         h, _ = self._client(md.brokers[broker_id].endpoint).call(P.STATS, timeout_ms=min(self.timeout_ms, 3000))
         return h
+
+    def _drop_client(self, endpoint: str) -> None:
+        c = self._clients.pop(endpoint, None)
+        if c is not None:
+            c.close()
 
     def close(self) -> None:
         for c in self._clients.values():

@@ -85,8 +85,8 @@ class GroupAdmin:
                    leader_wait_ms: int | None = None) -> dict[tuple[str, int], tuple[int, int]]:
         """(topic, partition) -> (current committed or -1, new offset), clamped to each
         partition's [log start, log end] as Kafka does. Exactly one target must be given.
-        ``leader_wait_ms``: how long a partition without a leader is waited for
-        (``Admin.list_offsets``)."""
+        ``leader_wait_ms``: how long a partition without a leader is waited for (given, an
+        offline one raises leader_not_available at once: ``Admin.list_offsets``)."""
         chosen = [to_earliest, to_latest, to_offset is not None, to_datetime_ms is not None, shift_by is not None]
         if sum(bool(c) for c in chosen) != 1:
             raise FabricError("give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by")

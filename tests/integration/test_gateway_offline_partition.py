@@ -3,7 +3,8 @@ v2 partition-offsets route and its records browser (the dashboard's) ask for tha
 offsets: they held a worker for the gateway's whole admin timeout (5 s) before answering 503,
 as Admin.list_offsets waits up to its timeout for a leader. They now wait for a leader only as
 long as an election takes (OFFSETS_LEADER_WAIT_MS), and `loom group describe` shows the
-partition's log end as unknown at once."""
+partition's log end as unknown at once. `loom group reset-offsets` on such a partition waited
+the Admin's whole timeout (10 s) for a leader before its error: it fails at once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 import pytest
 
 from fabric.client import Admin
+from fabric.client.admin import TIMEOUT_MS_DEFAULT
 from nodes.gateway.agent import ADMIN_TIMEOUT_MS, OFFSETS_LEADER_WAIT_MS
 from tests.gateway_client import GATEWAY_NODES, Http, b64, gateway_overrides
 from tests.harness import ROOT, wait_until
@@ -61,3 +63,13 @@ def test_an_offline_partition_answers_503_soon(cluster_factory) -> None:  # noqa
         row = next(line.split() for line in out.splitlines() if line.startswith("g "))
         assert row[1:5] == [TOPIC, "0", "1", "-"], out
         assert took_s < ADMIN_TIMEOUT_MS / 1000, f"group describe took {took_s:.1f} s"
+
+        # a reset's plan needs every partition's offsets: the offline one fails it, soon
+        t0 = time.monotonic()
+        reset = subprocess.run([*cli, "group", "reset-offsets", "g", "--topic", TOPIC, "--to-earliest",
+                                "--bootstrap", c.bootstrap], cwd=ROOT, capture_output=True, timeout=60)
+        took_s = time.monotonic() - t0
+        err = reset.stderr.decode()
+        assert reset.returncode == 1 and "leader_not_available" in err and f"{TOPIC}-0 is offline" in err, (
+            reset.returncode, err, reset.stdout.decode())
+        assert took_s < TIMEOUT_MS_DEFAULT / 2 / 1000, f"reset-offsets failed after {took_s:.1f} s"

@@ -198,3 +198,153 @@ def test_the_gateways_offsets_of_an_offline_partition_answer_503_soon(tmp_path: 
         agent.reset_offsets("g", "t", False, to_latest=True)
     assert e.value.kind == "unavailable", e.value
     assert clock.now <= 2.0, f"the offsets reset waited {clock.now:.2f} s for a partition without a leader"
+
+
+# -- a leader that does not answer: killed or paused while the metadata still names it ----------
+COORDINATOR_ID = 9  # the fake coordinator's place in ``_admin``'s brokers (port 30_009)
+
+
+class _Coordinator:
+    """Answers METADATA with ``metadata()``."""
+
+    def __init__(self, metadata: Any) -> None:
+        self.metadata = metadata
+        self.asked = 0
+
+    def call(self, command: bytes, header: dict, *a: Any, **kw: Any) -> tuple[dict, list]:
+        assert command == P.METADATA
+        self.asked += 1
+        return {"metadata": self.metadata().to_wire()}, []
+
+
+class _Unanswering:
+    """What BlockingClient.call does at a leader that will not answer: it fails at once with
+    ConnectionLost (``lost``: killed with the request), or lets the clock run in steps of
+    GIVE_UP_CHECK_MS, asking ``give_up``, to the call's deadline (paused, or killed before)."""
+
+    def __init__(self, clock: _Clock, lost: bool = False) -> None:
+        self.clock = clock
+        self.lost = lost
+        self.asked = 0
+
+    def call(self, command: bytes, header: dict, *a: Any, timeout_ms: int = 5000, retries: int = 0,
+             give_up: Any = None, **kw: Any) -> tuple[dict, list]:
+        from fabric.errors import ConnectionLost, RequestTimeout
+        from fabric.rpc import GIVE_UP_CHECK_MS
+        for _ in range(1 + retries):
+            self.asked += 1
+            if self.lost:
+                raise ConnectionLost("connection lost before the reply")
+            deadline = self.clock.now + timeout_ms / 1000
+            while self.clock.now < deadline:
+                self.clock.now = min(deadline, self.clock.now + GIVE_UP_CHECK_MS / 1000)
+                if give_up is not None and give_up():
+                    raise RequestTimeout("gave up waiting: it is down")
+        raise RequestTimeout(f"no reply within {timeout_ms} ms")
+
+
+def _led_by(leader: int, coordinator: bool = True) -> Any:
+    import dataclasses
+    md = metadata_of({"t": 1}, brokers=2, leader=leader)
+    return dataclasses.replace(md, coordinator="tcp://127.0.0.1:30009" if coordinator else "")
+
+
+def test_a_leader_killed_with_the_request_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its request lost with it, the call tried it twice more (the same dead endpoint, a whole
+    timeout each) and failed: the partition is asked again where the metadata points next."""
+    clock = _Clock()
+    dead = _Unanswering(clock, lost=True)
+    new = _Broker(lambda t, p, spec: (0, 10))
+    brokers: dict = {1: dead, 2: new}
+    admin = _admin(monkeypatch, [_led_by(1), _led_by(2)], brokers, timeout_ms=10_000)
+    monkeypatch.setattr(admin_mod, "time", clock)
+    assert admin.list_offsets("t", LATEST, leader_wait_ms=1500) == {0: 10}
+    assert (dead.asked, new.asked) == (1, [[0]])
+    assert clock.now < 0.5, f"took {clock.now:.2f} s"
+
+
+@pytest.mark.parametrize("named_s", [0.4, None], ids=["killed", "paused"])
+def test_a_silent_leader_is_waited_for_while_it_leads_within_the_wait(monkeypatch: pytest.MonkeyPatch,
+                                                                      named_s: float | None) -> None:
+    """A leader that died (or stopped) without a word, the metadata still naming it: its
+    request waited three times the Admin's whole timeout (30 s), whatever ``leader_wait_ms``
+    said. The coordinator is asked meanwhile: once it names another leader (a killed one's
+    election, ``named_s``) that one is asked; while it names the silent one (a paused broker
+    until its session times out) the call ends with the wait and one last try."""
+    from fabric.errors import RequestTimeout
+    clock = _Clock()
+    silent = _Unanswering(clock)
+    new = _Broker(lambda t, p, spec: (0, 10))
+
+    def now_led() -> Any:
+        return _led_by(2 if named_s is not None and clock.now >= named_s else 1)
+    coordinator = _Coordinator(now_led)
+    admin = _admin(monkeypatch, [], {1: silent, 2: new, COORDINATOR_ID: coordinator},  # type: ignore[dict-item]
+                   timeout_ms=10_000)
+    admin.metadata = lambda refresh=True: now_led()  # type: ignore[method-assign]
+    admin._metadata = now_led()
+    monkeypatch.setattr(admin_mod, "time", clock)
+    wait_s = 1.5
+    if named_s is not None:
+        assert admin.list_offsets("t", LATEST, leader_wait_ms=int(wait_s * 1000)) == {0: 10}
+        assert clock.now <= named_s + (admin_mod.LIST_OFFSETS_LEADER_CHECK_MS + 100) / 1000 + 0.1, clock.now
+    else:
+        with pytest.raises(RequestTimeout) as e:
+            admin.list_offsets("t", LATEST, leader_wait_ms=int(wait_s * 1000))
+        assert "leader broker 1" in str(e.value)
+        assert clock.now <= wait_s + admin_mod.LIST_OFFSETS_TRY_MS_MIN / 1000 + 0.1, f"took {clock.now:.2f} s"
+        assert coordinator.asked >= 2, "the coordinator was not asked whether broker 1 still leads"
+
+
+def _offline(isr_alive: bool) -> Any:
+    """Topic t: partition 0 led by broker 1, partition 1 without a leader, its only in-sync
+    replica broker 2 (alive or not in the metadata)."""
+    from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
+    brokers = {1: BrokerInfo(1, "127.0.0.1", 30_001, 31_001), 2: BrokerInfo(2, "127.0.0.1", 30_002, 31_002, isr_alive)}
+    return ClusterMetadata(1, "test", brokers, {"t": TopicInfo("t", (
+        PartitionInfo("t", 0, 1, 0, (1,), (1,)), PartitionInfo("t", 1, -1, 3, (2,), (2,))))})
+
+
+def test_an_offline_partition_fails_at_once_when_the_caller_bounds_its_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No leader and no in-sync replica alive: no election comes until a broker is back, and
+    `loom group reset-offsets` (and the gateway) waited the whole wait for it first."""
+    clock = _Clock()
+    monkeypatch.setattr(admin_mod, "time", clock)
+    admin = _admin(monkeypatch, [_offline(isr_alive=False)], {1: _Broker(lambda t, p, spec: (0, 10))},
+                   timeout_ms=10_000)
+    with pytest.raises(RemoteError) as e:
+        admin.list_offsets("t", leader_wait_ms=5000)
+    assert e.value.code == P.LEADER_NOT_AVAILABLE and "t-1 is offline" in str(e.value)
+    assert (clock.now, clock.sleeps) == (0.0, 0)
+    assert admin.list_offsets("t", leader_wait_ms=5000, partial=True) == {0: 10}
+    with pytest.raises(RemoteError):  # not bounded: waited for, as a broker's restart may bring it back
+        admin.list_offsets("t")
+    assert clock.now >= 10.0
+    clock.now = 0.0  # an in-sync replica alive: being elected, waited for
+    admin.metadata = lambda refresh=True: _offline(isr_alive=True)  # type: ignore[method-assign]
+    with pytest.raises(RemoteError) as e:
+        admin.list_offsets("t", leader_wait_ms=1500)
+    assert "has no leader" in str(e.value) and 1.5 <= clock.now <= 1.51
+
+
+def test_a_slow_leader_still_leading_is_waited_for_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A healthy leader slowed (a long GC pause, a busy machine) answers late: while the
+    coordinator names it, the try waits for it -- no short per-try timeout fails it, and no
+    second request joins the first."""
+    from fabric.rpc import GIVE_UP_CHECK_MS
+    clock = _Clock()
+    slow_s = 3.0
+
+    class Slow(_Broker):
+        def call(self, command: bytes, header: dict, *a: Any, give_up: Any = None, **kw: Any) -> tuple[dict, list]:
+            while clock.now < slow_s:
+                clock.now += GIVE_UP_CHECK_MS / 1000
+                assert give_up is None or not give_up(), "gave up on the leader the coordinator names"
+            return super().call(command, header)
+    slow = Slow(lambda t, p, spec: (0, 10))
+    coordinator = _Coordinator(lambda: _led_by(1))
+    admin = _admin(monkeypatch, [_led_by(1)], {1: slow, COORDINATOR_ID: coordinator}, timeout_ms=10_000)
+    admin._metadata = _led_by(1)
+    monkeypatch.setattr(admin_mod, "time", clock)
+    assert admin.list_offsets("t", LATEST) == {0: 10}
+    assert slow.asked == [[0]] and coordinator.asked >= 2
