@@ -5,7 +5,8 @@
 and returns where they went. A batch closes when it holds ``batch_records_max`` records or
 ``batch_bytes_max`` bytes, at ``flush``, or once it is ``linger_ms`` old (``take_ready``). The
 bytes of records not yet finished are bounded by ``buffer_bytes_max``: ``append`` waits up to
-``max_block_ms`` for space and then raises ``BufferExhaustedError``. The sender's I/O thread
+``max_block_ms`` for space and then raises ``BufferExhaustedError`` (at once on the sender's
+thread, which frees the space). The sender's I/O thread
 takes ready batches (``take_ready``) and hands each back when it is finished (``release``).
 
 Keyless records without a partition stick to one partition until its batch closes (Kafka's
@@ -64,13 +65,17 @@ class AccumulatorSettings:
 
 class RecordAccumulator:
     def __init__(self, settings: AccumulatorSettings, clock: Clock, wake: Callable[[], None],
-                 idle: Callable[[tuple[str, int]], bool] | None = None) -> None:
+                 idle: Callable[[tuple[str, int]], bool] | None = None,
+                 frees_space: Callable[[], bool] | None = None) -> None:
         """``wake``: tells the sender that a batch is ready (called outside the lock);
         ``idle(topic_partition)``: nothing is in flight or queued for it (called outside the
-        lock, from the application's thread; a stale answer costs one wake-up or one tick)."""
+        lock, from the application's thread; a stale answer costs one wake-up or one tick);
+        ``frees_space()``: True on the thread that frees space (the sender's, running a
+        delivery callback), which must not wait for it (called under the lock)."""
         self.settings = settings
         self.clock = clock
         self._wake = wake
+        self._frees_space = frees_space
         self._idle = idle if settings.linger_ms == 0 else None  # only linger 0 sends an opened batch at once
         # the settings the hot path reads, as plain attributes
         self._records_max = settings.batch_records_max
@@ -289,7 +294,12 @@ class RecordAccumulator:
         self._topic_bytes_max = {t: min(v, self._bytes_max) for t, v in limits.items()}
 
     def _wait_for_space(self, size_bytes: int) -> None:
-        """Caller holds the lock."""
+        """Caller holds the lock. Raises ``BufferExhaustedError`` at once on the thread that
+        frees space (``frees_space``): it would wait for itself."""
+        if self._frees_space is not None and self._frees_space():
+            raise BufferExhaustedError(f"producer buffer of {self.settings.buffer_bytes_max} bytes is full, and a send on "
+                                       "the producer's I/O thread (a delivery callback) cannot wait for space: "
+                                       "only that thread frees it")
         deadline = time.monotonic() + self.settings.max_block_ms / 1000
         self._wake()
         while self._buffered_bytes + size_bytes > self._buffer_max:

@@ -14,6 +14,14 @@ a partition that fresh metadata shows gone (the topic deleted and re-created wit
 partitions) fails at once with ``UnknownTopicOrPartitionError``; keyed and keyless records sent
 after that metadata arrived go to partitions the topic has.
 
+Delivery callbacks and ``on_complete`` hooks run on the I/O thread, so nothing they call may
+wait for it: a ``send``/``send_many`` there naming a partition beyond the count held (added
+since the last refresh) is queued on trust, and the I/O thread checks it against fresh metadata
+once the callback returns (failing its records with ``TopicNotInMetadataError`` if that has no
+such partition either); one that would wait for a topic's metadata or for buffer space raises
+``TopicNotInMetadataError`` or ``BufferExhaustedError`` at once; ``flush`` raises
+``FabricError``; ``close`` closes without waiting (as ``close(0)``: what is not sent fails).
+
 Thread-safety: ``send``, ``send_many``, ``flush`` and ``close`` are thread-safe.
 """
 
@@ -80,7 +88,8 @@ class Producer:
         self.accumulator = RecordAccumulator(
             AccumulatorSettings(linger_ms=linger_ms, batch_records_max=batch_records_max, batch_bytes_max=batch_bytes_max,
                                 buffer_bytes_max=buffer_bytes_max, max_block_ms=max_block_ms),
-            clock, wake=lambda: self.sender.wake(), idle=lambda tp: self.sender.partition_idle(tp))
+            clock, wake=lambda: self.sender.wake(), idle=lambda tp: self.sender.partition_idle(tp),
+            frees_space=lambda: self.sender.on_io_thread())
         self.sender = Sender(
             SenderSettings(acks=self.acks, compression=COMPRESSION_CODECS[compression], idempotent=idempotent,
                            delivery_timeout_ms=delivery_timeout_ms, request_timeout_ms=request_timeout_ms,
@@ -103,7 +112,8 @@ class Producer:
         ``TopicNotInMetadataError`` for a topic or partition the metadata does not have (a
         partition beyond the count held is looked for in fresh metadata first: it may have been
         added since the last refresh) (all
-        local ``ClientError``s, with the protocol code of the condition)."""
+        local ``ClientError``s, with the protocol code of the condition). On the I/O thread (a
+        delivery callback) it never waits: see the module doc."""
         # the hot path of every application: kept to a few dict and attribute operations
         if value.__class__ is not bytes:
             if not isinstance(value, (bytes, bytearray)):
@@ -295,19 +305,35 @@ class Producer:
 
     def _partition_count(self, topic: str) -> int:
         t = self.metadata.current.topics.get(topic)
-        return len(t.partitions) if t is not None else self.metadata.partition_count(topic, self.max_block_ms)
+        if t is not None:
+            return len(t.partitions)
+        if self.sender.on_io_thread():  # only this thread could fetch the metadata waited for
+            raise TopicNotInMetadataError(f"topic {topic!r} is not in the metadata the producer holds, and a send on "
+                                          "its I/O thread (a delivery callback) cannot wait for it")
+        return self.metadata.partition_count(topic, self.max_block_ms)
 
     def _fresh_partition_count(self, topic: str, partition: int) -> int:
         """The count of ``topic``'s partitions once fresh metadata was asked for: a
         ``partition`` beyond the count held may have been added since it was fetched (a refresh
-        comes every few seconds), which is no reason to refuse the record."""
+        comes every few seconds), which is no reason to refuse the record. On the I/O thread,
+        which cannot wait for its own refresh, the partition is taken on trust (the count
+        returned has it) and the sender judges its batches by fresh metadata
+        (``Sender.expect_partition``)."""
         if partition < 0:
             return self._partition_count(topic)
+        if self.sender.on_io_thread():
+            self.sender.expect_partition((topic, partition))
+            return partition + 1
         return self.metadata.partition_count_having(topic, partition, self.max_block_ms)
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything buffered and wait until every batch is acknowledged or failed.
-        Raises ``ClientTimeoutError`` if that takes longer than ``timeout`` seconds."""
+        Raises ``ClientTimeoutError`` if that takes longer than ``timeout`` seconds, and
+        ``FabricError`` at once on the I/O thread (a delivery callback), which would wait for
+        itself."""
+        if self.sender.on_io_thread():
+            raise FabricError("flush() on the producer's I/O thread (from a delivery callback or on_complete hook) "
+                              "would wait for that thread itself")
         pending = self.accumulator.close_all()
         self.sender.wake()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -317,9 +343,15 @@ class Producer:
                 raise ClientTimeoutError("flush timed out")
 
     def close(self, timeout: float | None = 30.0) -> None:
+        """Flush (up to ``timeout`` seconds), then stop the I/O thread; what is not delivered
+        fails with ``ProducerClosedError``. On the I/O thread (a delivery callback) it does not
+        flush, which would wait for that thread: the thread stops when the callback returns."""
         if self._closed:
             return
         try:
+            if self.sender.on_io_thread():
+                log.warning("producer closed from its I/O thread (a delivery callback): not flushed")
+                return
             self.flush(timeout)
         finally:
             self._closed = True

@@ -7,7 +7,11 @@ request. A retriable failure puts the batches back at the head of their queue, s
 sequence numbers hold across retries. A partition that fresh metadata shows gone from its
 topic (deleted and re-created with fewer partitions) is no retriable condition: its batches fail
 at once with unknown_topic_or_partition. A topic missing from the metadata altogether is waited
-for (it may be being made again), up to the delivery timeout.
+for (it may be being made again), up to the delivery timeout. A partition that a send on this
+thread (a delivery callback) named beyond the count held (``expect_partition``: it may have
+been added since the last refresh, and the thread could not wait for a refresh while it ran the
+callback) is judged by fresh metadata instead: its batches wait for two answers to refreshes
+asked for after the send, and fail with ``TopicNotInMetadataError`` if neither shows it.
 
 The sender depends on three narrow things, not on the producer that owns it: its
 ``SenderSettings``, a ``BatchSource`` (the record accumulator: ``take_ready`` and ``release``)
@@ -17,8 +21,8 @@ and a ``MetadataCache`` (which it keeps fresh). RPC clients come from ``client_f
 What a reply does to its batches (done, retried, split, failed), the producer-id reset and
 failing everything at close are ``SenderReplies`` (``fabric.client.sender_replies``), mixed in.
 
-Thread-safety: ``wake``, ``partition_idle``, ``partition_count``, ``metadata`` and ``stop`` may be called from any
-thread; everything else runs on the I/O thread.
+Thread-safety: ``wake``, ``partition_idle``, ``partition_count``, ``metadata``, ``on_io_thread`` and ``stop`` may be
+called from any thread; everything else runs on the I/O thread.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender_replies import RETRY_BACKOFF_MS, SenderReplies
 from fabric.clock import Clock
 from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, ClientError, DeliveryTimeoutError, FabricError, RemoteError,
-                           RequestTimeout)
+                           RequestTimeout, TopicNotInMetadataError)
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata, read_answer
 from fabric.reactor import Reactor
@@ -119,6 +123,9 @@ class Sender(SenderReplies, threading.Thread):
         self._pid_in_flight = False
         self._sequences: dict[tuple[str, int], int] = defaultdict(int)
         self._queues: dict[tuple[str, int], deque[BatchState]] = defaultdict(deque)
+        # partitions a send on this thread named beyond the count held -> the metadata cache's
+        # answers then (``expect_partition``)
+        self._expected: dict[tuple[str, int], int] = {}
         self._in_flight: dict[tuple[str, int], tuple[str, int, int]] = {}  # tp -> (endpoint, sent_ms, leader epoch)
         # acks=0: the batches of each one-way request not yet written to the kernel, and of
         # those dropped unwritten (a lost connection), to go again; by request, in sending order
@@ -151,6 +158,11 @@ class Sender(SenderReplies, threading.Thread):
         Raises ``TopicNotInMetadataError``."""
         return self.metadata_cache.partition_count(topic, max_block_ms)
 
+    def on_io_thread(self) -> bool:
+        """True on the I/O thread (a delivery callback, an ``on_complete`` hook): it must never
+        wait for itself."""
+        return threading.current_thread() is self
+
     def start_sequence_at_for_testing(self, topic: str, partition: int, sequence: int) -> None:
         """Test hook: number the next batch of (topic, partition) from ``sequence``
         (0..2**31-1), so that a test reaches the 2**31 wrap without sending 2 billion records.
@@ -161,6 +173,8 @@ class Sender(SenderReplies, threading.Thread):
     def stop(self) -> None:
         self._stopping = True
         self.metadata_cache.close()
+        if self.on_io_thread():
+            return  # from a callback: the loop ends when it returns, and shuts down (``run``)
         if self.is_alive():
             self.wake()
             self.join(timeout=5)
@@ -296,6 +310,8 @@ class Sender(SenderReplies, threading.Thread):
             if not q or tp in self._in_flight:
                 continue
             endpoint = self.metadata.leader_endpoint(*tp)
+            if self._expected and endpoint is not None:
+                self._expected.pop(tp, None)
             if endpoint is None:
                 if self._partition_gone(tp):
                     gone.append(tp)
@@ -323,11 +339,23 @@ class Sender(SenderReplies, threading.Thread):
         for tp in gone:  # after the packing above: failing a numbered batch resets the producer id
             self._fail_partition_gone(tp, self._queues[tp])
 
+    def expect_partition(self, tp: tuple[str, int]) -> None:
+        """I/O thread: a send on it (from a callback) queued records for ``tp``, beyond the
+        partition count held. Its batches are judged gone only by metadata answered after
+        this call (``_partition_gone``); a refresh is asked for now."""
+        self._expected[tp] = self.metadata_cache.answers
+        self.metadata_cache.want_refresh()
+
     def _partition_gone(self, tp: tuple[str, int]) -> bool:
         """The metadata has the topic but not this partition: it was deleted and re-created
-        with fewer partitions (no leader will ever take the partition's batches)."""
+        with fewer partitions (no leader will ever take the partition's batches) -- or, for a
+        partition ``expect_partition`` named, two answers to refreshes asked for after that
+        (the first may answer a request sent before) do not have it either."""
         t = self.metadata.topics.get(tp[0])
-        return t is not None and tp[1] >= len(t.partitions)
+        if t is None or tp[1] < len(t.partitions):
+            return False
+        since = self._expected.get(tp)
+        return since is None or self.metadata_cache.answers >= since + 2
 
     def _fail_partition_gone(self, tp: tuple[str, int], q: deque[BatchState]) -> None:
         """Fail every batch queued for ``tp``, a partition gone (``_partition_gone``), with
@@ -336,10 +364,12 @@ class Sender(SenderReplies, threading.Thread):
         as any batch failed for good; a partition of that number made later (partitions added,
         or the topic made again) is a new log, numbered from 0."""
         count = len(self.metadata.topics[tp[0]].partitions)
+        expected = self._expected.pop(tp, None) is not None
         while q:
-            self._finish(q.popleft(), -1, RemoteError(
-                P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]}: the topic has {count} partition(s) now "
-                                              "(deleted and made again with fewer)"))
+            # a partition a callback named beyond the count: the error its send would have raised
+            self._finish(q.popleft(), -1, TopicNotInMetadataError(f"{tp[0]} has no partition {tp[1]}") if expected
+                         else RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]}: the topic has {count} "
+                                                                        "partition(s) now (deleted and made again with fewer)"))
         self._sequences.pop(tp, None)
 
     def _send_request(self, endpoint: str, groups: list) -> None:
