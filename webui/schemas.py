@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from fabric import protocol as P
 
-NAME = {"type": "string", "minLength": 1, "maxLength": 249, "pattern": "^[A-Za-z0-9._-]+$"}
+# a name: of a topic, a consumer group, a consumer instance, a cluster -- in a path or a body
+NAME_LEN_MAX = P.TOPIC_NAME_LEN_MAX  # as the coordinator's (group ids too: P.GROUP_ID_LEN_MAX)
+NAME_CHARS = "[A-Za-z0-9._-]"
+NAME_RULE = f"1 to {NAME_LEN_MAX} characters of {NAME_CHARS}"
+NAME = {"type": "string", "minLength": 1, "maxLength": NAME_LEN_MAX, "pattern": f"^{NAME_CHARS}+$"}
+NAME_RE = re.compile(f"{NAME_CHARS}{{1,{NAME_LEN_MAX}}}")  # NAME, for what no schema checks (a WebSocket's query)
 PARTITION = {"type": "integer", "minimum": 0, "maximum": P.PARTITIONS_MAX - 1}
 PARTITIONS_COUNT = {"type": "integer", "minimum": 1, "maximum": P.PARTITIONS_MAX}  # the coordinator's limit
 OFFSET = {"type": "integer", "minimum": 0, "maximum": 2 ** 62}

@@ -32,6 +32,7 @@ import jsonschema_rs
 import orjson
 
 from webui.errors import CODES, ApiError
+from webui.schemas import NAME, NAME_LEN_MAX, NAME_RULE
 
 ERROR_SCHEMA = {"type": "object", "required": ["error_code", "message"], "additionalProperties": False,
                 "properties": {"error_code": {"type": "integer", "enum": sorted(CODES)}, "message": {"type": "string"}}}
@@ -84,7 +85,7 @@ class Op:
             rule = rule.replace("{" + name + "}", f"<{conv}{name}>")
         return rule
 
-    def error_codes(self) -> list[int]:
+    def error_codes(self, components: dict[str, dict]) -> list[int]:
         codes = set(self.errors) | {42901, 50001}
         if self.role:
             codes |= {40101, 40301}
@@ -94,6 +95,8 @@ class Op:
             codes |= {42206}
         if self.path_params:
             codes |= {40404}
+        if any(_inline(s, components).get("type") != "integer" for s in self.path_params.values()):
+            codes |= {40002}  # a name in the path that breaks the naming rule
         if self.cluster:
             codes |= {40801, 50002, 50301}
         return sorted(codes)
@@ -185,6 +188,15 @@ def dumps(value: Any) -> bytes:
             raise ApiError(42202, "a value is nested too deeply to write as JSON: read it in the binary format") from None
 
 
+def invalid_name(what: str, value: str) -> str:
+    """The message for ``value``, a ``what`` (a topic name, a group...) that breaks the
+    naming rule (webui/schemas.py NAME): what is wrong, and the rule."""
+    shown = repr(value[:20]) + ("..." if len(value) > 20 else "")  # short: a WebSocket's close reason holds 123 bytes
+    why = f"{len(value)} characters, over {NAME_LEN_MAX}" if len(value) > NAME_LEN_MAX else \
+        "empty" if not value else "characters outside the allowed ones"
+    return f"invalid {what} {shown}: {why}; a name has {NAME_RULE}"
+
+
 def _first_error(validator: Any, value: Any) -> str | None:
     if validator.is_valid(value):
         return None
@@ -232,6 +244,10 @@ class Api:
         return jsonschema_rs.Draft202012Validator(_inline(schema, self.components))
 
     def _view(self, op: Op) -> Callable:
+        for name, schema in op.path_params.items():
+            inlined = _inline(schema, self.components)
+            # dispatch answers a string path parameter that fails its schema as an invalid name
+            assert inlined.get("type") == "integer" or inlined == NAME, (op.endpoint, name)
         op.validators = (
             {n: self._validator(s) for n, s in op.path_params.items()},
             {n: self._validator(s) for n, s in op.query.items()},
@@ -260,6 +276,8 @@ class Api:
         path_v, query_v, body_v = op.validators
         for name, value in path.items():
             if _first_error(path_v[name], value):
+                if isinstance(value, str):  # a name no such thing can have: the request is wrong, nothing is missing
+                    raise ApiError(40002, invalid_name(name.replace("_", " "), value))
                 raise ApiError(40404, f"no such {name.replace('_', ' ')}: {str(value)[:100]!r}")
         kw: dict[str, Any] = dict(path)
         if op.query:
@@ -316,7 +334,7 @@ class Api:
                 responses[str(op.status)] = {"description": "Success",
                                              "content": {op.response_type: {"schema": op.response}}}
             by_status: dict[int, list[int]] = {}
-            for code in op.error_codes():
+            for code in op.error_codes(self.components):
                 by_status.setdefault(code // 100, []).append(code)
             for status, codes in sorted(by_status.items()):
                 desc = STATUS_TEXT.get(status, "Error") + ": " + "; ".join(f"{c} {CODES[c]}" for c in codes)

@@ -44,7 +44,7 @@ from webui.routes_v2 import ACKS, encode_records, offsets_json
 from webui.schemas import produce_schema
 from webui.spec import Op, body_checker, loads_json
 from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, SocketsPer
-from webui.ws_consume import consume, query_param
+from webui.ws_consume import consume, name_param, query_param
 from webui.ws_outbox import POLICY, TRY_AGAIN_LATER, Closed, Outbox
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ DESCRIPTION = {
     "auth": 'Authorization or X-API-Key header, or a first message {"api_key": KEY}; 1008 when refused',
     "rate_limit": "opening a socket and every message to /ws/produce or /ws/consume take a token of the key's "
                   "limit; a message over it is answered {error_code: 42901, message, retry_after_s}",
-    "close_codes": {"1008": "auth, role or a bad message",
+    "close_codes": {"1008": "auth, role, a bad message, or a query parameter missing or invalid (a topic or group "
+                            "name breaking the naming rule: 1 to 249 characters of [A-Za-z0-9._-])",
                     "1013": "client too slow, too many sockets (in all, or of one key), or too many from one address "
                             "waiting for their key"},
 }
@@ -211,7 +212,7 @@ def _limit(gw: Gateway, principal: Principal) -> Callable[[], dict | None]:
 
 
 def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict | None] = lambda: None) -> None:
-    topic = query_param(q, "topic")
+    topic = name_param(q, "topic")
     fmt = query_param(q, "format", ("json", "binary"), "json")
     acks = ACKS[query_param(q, "acks", tuple(ACKS), "all")]
     while ws.connected and not out.done.is_set():

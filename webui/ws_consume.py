@@ -16,8 +16,8 @@ from typing import Any, Callable
 from webui.context import Gateway
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import records_json
-from webui.schemas import OFFSET, PARTITION
-from webui.spec import loads_json
+from webui.schemas import NAME_RE, OFFSET, PARTITION
+from webui.spec import invalid_name, loads_json
 from webui.ws_outbox import POLICY, Closed, Outbox
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,15 @@ def query_param(q: dict, name: str, allowed: tuple[str, ...] | None = None, defa
     value = q.get(name, default)
     if value is None or value == "" or (allowed and value not in allowed):
         raise ApiError(42206, f"query parameter {name} must be " + (" or ".join(allowed) if allowed else "given"))
+    return value
+
+
+def name_param(q: dict, name: str) -> str:
+    """The WebSocket's query parameter ``name``, a topic or group name. Raises ApiError 42206
+    when it is absent, 40002 when it breaks the naming rule (as a REST path's name)."""
+    value = query_param(q, name)
+    if not NAME_RE.fullmatch(value):
+        raise ApiError(40002, invalid_name(name, value))
     return value
 
 
@@ -171,11 +180,11 @@ class Ready:
 
 
 def consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict | None] = lambda: None) -> None:
-    topic = query_param(q, "topic")
+    topic = name_param(q, "topic")
     fmt = query_param(q, "format", ("json", "binary"), "json")
     start = query_param(q, "from", ("beginning", "end"), "end")
     named = bool(q.get("group"))
-    group = q.get("group") or f"ws-{time.monotonic_ns():x}"
+    group = name_param(q, "group") if named else f"ws-{time.monotonic_ns():x}"
     gw.agent.topic(topic)
     # a generated group is never joined again: committing would only leave it on the
     # coordinator for good (one group per stream, up to GROUPS_MAX). A named group's commits are

@@ -224,6 +224,34 @@ def test_auth_matrix_from_openapi(http: Http) -> None:
     assert checked >= 35, "every route of the document was checked"
 
 
+INVALID_NAMES = {"too long": "n" * 250, "bad characters": "bad*name"}
+
+
+def test_an_invalid_name_in_any_path_is_400_and_a_valid_unknown_one_404(http: Http) -> None:
+    """Every route of /openapi.json with a name in its path (topic, group, instance, cluster):
+    a name that breaks the naming rule -- over 249 characters, or characters outside
+    [A-Za-z0-9._-] -- is a bad request (400, 40002) whose message names the rule, not a 404
+    that tells the client the (valid) thing is missing."""
+    doc = http.ok("GET", "/openapi.json")
+    checked = 0
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            names = [p["name"] for p in op["parameters"] if p["in"] == "path" and p["name"] != "partition_id"]
+            ctype = next(iter(op["requestBody"]["content"]), None) if "requestBody" in op else None
+            for name in names:
+                for why, bad in INVALID_NAMES.items():
+                    url = _fill(path.replace("{" + name + "}", bad))
+                    r = http(method.upper(), url, {} if ctype else None, ctype or "application/json")
+                    assert (r.status_code, r.json()["error_code"]) == (400, 40002), (method, path, name, why, r.text)
+                    message = r.json()["message"]
+                    assert "249" in message and "[A-Za-z0-9._-]" in message, (method, path, message)
+                    assert "400" in op["responses"], (method, path, "documented")
+                checked += 1
+    assert checked >= 30, "every name of every route was checked"
+    assert http("GET", "/topics/" + "n" * 249).json()["error_code"] == 40401  # the longest valid name: not found
+    assert http("GET", "/v3/clusters/test/consumer-groups/" + "g" * 249 + "/lags").json()["error_code"] == 40405
+
+
 def _consumed_and_committed(http: Http, topic: str, name: str) -> tuple[str, list[dict]]:
     """Instance ``name`` of group g-TOPIC subscribed to a new TOPIC of 30 records: its base path
     and the records, all fetched and committed."""
@@ -384,7 +412,7 @@ def test_a_request_line_over_the_limit_is_a_documented_414(http: Http) -> None:
     doc = http.ok("GET", "/openapi.json")
     assert all("414" in op["responses"] for ops in doc["paths"].values() for op in ops.values())
     long_topic = "t" * (REQUEST_LINE_BYTES_MAX - 100)  # a request line within the limit: the route answers
-    assert http("GET", f"/topics/{long_topic}").status_code in (404, 422)
+    assert http("GET", f"/topics/{long_topic}").status_code == 400  # over the name's 249 characters
     assert http("GET", f"/topics/{long_topic}", x="y" * 200).status_code == 414
 
 

@@ -157,6 +157,19 @@ def test_a_browsers_key_is_confirmed_before_the_stream_refuses_its_query(cluster
     assert code == 1008 and "topic" in reason
 
 
+@pytest.mark.parametrize("path,role", [
+    ("/ws/produce?topic=" + "n" * 250, "produce"), ("/ws/produce?topic=bad*name", "produce"),
+    ("/ws/consume?topic=" + "n" * 250, "consume"), ("/ws/consume?topic=ws&group=" + "g" * 250, "consume"),
+    ("/ws/consume?topic=ws&group=bad*name", "consume")])
+def test_an_invalid_topic_or_group_name_closes_the_stream_naming_the_rule(cluster: Cluster, path: str,
+                                                                          role: str) -> None:
+    """As REST answers 400 (40002): refused at once, saying why, before anything is made (this
+    cluster creates topics on first use)."""
+    ws = connect(cluster, path, role=role)
+    code, reason = close_code(ws)
+    assert code == 1008 and reason.startswith("invalid ") and "[A-Za-z0-9._-]" in reason, (code, reason)
+
+
 def test_events_stream_node_health(cluster: Cluster) -> None:
     ws = connect(cluster, "/ws/events", role="read")
     try:
