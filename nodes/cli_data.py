@@ -314,19 +314,24 @@ def consume(config: str | None, bootstrap: str | None, topic: str, group: str | 
     target = Target(config, bootstrap)
     _check_partition(target, topic, partition)
     reset = "earliest" if from_beginning else "latest"
-    consumer = _group_consumer(target, group, topic, reset) if group else _assigned_consumer(
-        target, topic, partition, offset, reset)
-    lines = _Lines(consumer, fmt, print_key, key_separator)
+    lines: _Lines | None = None
     try:
+        # a stop while the consumer is made is raised once ``lines`` holds it, to be closed below
+        # (between its making and the ``try``, its group member never left, nothing was committed)
+        with _signals_held():
+            consumer = _group_consumer(target, group, topic, reset) if group else _assigned_consumer(
+                target, topic, partition, offset, reset)
+            lines = _Lines(consumer, fmt, print_key, key_separator)
         _consume_loop(lines, max_messages, timeout_ms)
     except BrokenPipeError:  # `loom consume … | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        try:
-            lines.give_back()  # a stop between two lines: close() commits what was printed, no more
-        finally:
-            consumer.close()
-            click.echo(f"Processed a total of {lines.count} messages", err=True)
+        if lines is not None:  # else it was not made (its maker closed what it had made)
+            try:
+                lines.give_back()  # a stop between two lines: close() commits what was printed, no more
+            finally:
+                lines.consumer.close()
+                click.echo(f"Processed a total of {lines.count} messages", err=True)
 
 
 class _Lines:
@@ -418,7 +423,11 @@ def _group_consumer(target: Target, group: str, topic: str, reset: str) -> Any:
     """A GroupConsumer subscribed to ``topic`` (auto-commit; ``close`` commits what was printed)."""
     from fabric.client.group import GroupConsumer  # lazy: keeps `loom produce` start-up light
     consumer = GroupConsumer(target.bootstrap, config_path=target.config, group_id=group, auto_offset_reset=reset)
-    consumer.subscribe([topic])
+    try:
+        consumer.subscribe([topic])
+    except BaseException:  # a second stop is raised at once, even while the first is held
+        consumer.close()
+        raise
     return consumer
 
 

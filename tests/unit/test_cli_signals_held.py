@@ -129,6 +129,42 @@ def test_ctrl_c_inside_a_poll_commits_none_of_its_records(monkeypatch: pytest.Mo
     assert consumer.committed == {("t", 0): 2}
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_as_the_consumer_is_made_closes_it(monkeypatch: pytest.MonkeyPatch, sig: int) -> None:
+    """The stop lands once the consumer exists and before the command holds it in its
+    ``try``: it was never closed (its group member did not leave, nothing was committed)."""
+    consumer = _GroupConsumer([])
+
+    def made(*a: Any) -> _GroupConsumer:
+        os.kill(os.getpid(), sig)  # handled at the next bytecode: the consumer is not handed over yet
+        return consumer
+    monkeypatch.setattr(cli_data, "_check_partition", lambda *a: None)
+    monkeypatch.setattr(cli_data, "_group_consumer", made)
+    result = CliRunner().invoke(main, ["consume", "t", "--group", "g", "--bootstrap", "127.0.0.1:9"])
+    assert result.exit_code == (130 if sig == signal.SIGINT else 143), result.output
+    assert consumer.committed == {}, "the consumer was not closed"
+    assert consumer.polls == 0 and "Processed a total of 0 messages" in result.stderr, result.stderr
+
+
+def test_a_second_signal_while_the_group_consumer_subscribes_closes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second stop is raised at once, even while the first is held: the group consumer made
+    and not yet subscribed is closed on the way out."""
+    import fabric.client.group as group_module
+    made: list[Any] = []
+
+    class Subscribing(_GroupConsumer):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__([])
+            made.append(self)
+
+        def subscribe(self, topics: list[str]) -> None:
+            raise KeyboardInterrupt  # as the stop handler raises a second signal
+    monkeypatch.setattr(group_module, "GroupConsumer", Subscribing)
+    with pytest.raises(KeyboardInterrupt):
+        cli_data._group_consumer(cli_data.Target(None, "127.0.0.1:9"), "g", "t", "latest")
+    assert [c.committed for c in made] == [{}], "the consumer was not closed"
+
+
 class _Future:
     """An acknowledged record's future (what ``_Acknowledgements`` reads)."""
 
