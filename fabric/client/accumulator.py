@@ -297,9 +297,9 @@ class RecordAccumulator:
         """Caller holds the lock. Raises ``BufferExhaustedError`` at once on the thread that
         frees space (``frees_space``): it would wait for itself."""
         if self._frees_space is not None and self._frees_space():
-            raise BufferExhaustedError(f"producer buffer of {self.settings.buffer_bytes_max} bytes is full, and a send on "
-                                       "the producer's I/O thread (a delivery callback) cannot wait for space: "
-                                       "only that thread frees it")
+            raise BufferExhaustedError(f"producer buffer of {self.settings.buffer_bytes_max} bytes is full, and a "
+                                       "send on the producer's I/O thread (a delivery callback) cannot wait for "
+                                       "space: only that thread frees it")
         deadline = time.monotonic() + self.settings.max_block_ms / 1000
         self._wake()
         while self._buffered_bytes + size_bytes > self._buffer_max:

@@ -366,10 +366,12 @@ class Sender(SenderReplies, threading.Thread):
         count = len(self.metadata.topics[tp[0]].partitions)
         expected = self._expected.pop(tp, None) is not None
         while q:
-            # a partition a callback named beyond the count: the error its send would have raised
-            self._finish(q.popleft(), -1, TopicNotInMetadataError(f"{tp[0]} has no partition {tp[1]}") if expected
-                         else RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]}: the topic has {count} "
-                                                                        "partition(s) now (deleted and made again with fewer)"))
+            if expected:  # a partition a callback named beyond the count: the error its send would have raised
+                error: Exception = TopicNotInMetadataError(f"{tp[0]} has no partition {tp[1]}")
+            else:
+                error = RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]}: the topic has {count} partition(s) "
+                                                                  "now (deleted and made again with fewer)")
+            self._finish(q.popleft(), -1, error)
         self._sequences.pop(tp, None)
 
     def _send_request(self, endpoint: str, groups: list) -> None:

@@ -65,13 +65,15 @@ def test_a_send_from_a_callback_to_a_partition_added_meanwhile_is_delivered(clus
             assert len(p.metadata.current.topics[topic].partitions) == 1
             started = time.monotonic()
             future = p.send(topic, b"second", partition=1)
-            return future, time.monotonic() - started
+            many = p.send_many(topic, [b"third", b"fourth"], partition=1)
+            return future, many, time.monotonic() - started
         out = _in_callback(p, topic, grow_and_send)
         assert "error" not in out, repr(out.get("error"))
-        future, send_s = out["value"]
+        future, many, send_s = out["value"]
         assert send_s < NOT_BLOCKED_S, f"send() blocked the I/O thread for {send_s:.1f} s"
         md = future.result(30)
         assert (md.partition, md.offset) == (1, 0)
+        assert [(md.partition, md.offset) for md in many.result(30)] == [(1, 1), (1, 2)]
 
 
 def test_a_send_from_a_callback_to_a_partition_no_metadata_has_fails_its_future(cluster: Cluster) -> None:

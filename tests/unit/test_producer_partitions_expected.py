@@ -37,7 +37,8 @@ def _send_expected_with_a_refresh_in_flight(rig: Rig) -> list:
 
 
 def _answer_refresh(rig: Rig, partitions: int, version: int) -> None:
-    rig.client(COORDINATOR).answer_last(P.METADATA, {"metadata": sender_metadata(version, partitions=partitions).to_wire()})
+    md = sender_metadata(version, partitions=partitions)
+    rig.client(COORDINATOR).answer_last(P.METADATA, {"metadata": md.to_wire()})
     rig.sender.run_pass()  # asks for the next refresh while the partition is not known
 
 
