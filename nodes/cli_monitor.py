@@ -88,11 +88,14 @@ def alerts(config: str | None, bootstrap: str | None, show_all: bool, show_event
     if client is None:
         raise FabricError(f"{cfg.source}: no node with role monitor in the config")
     try:
-        rows = client.events()["events"] if show_events else client.alerts(show_all)
+        reply = client.events() if show_events else client.alerts_reply(show_all)
     except CodedError as e:
         raise FabricError(f"the monitor does not answer: {e}") from e
     finally:
         client.close()
+    from fabric.client.bootstrap import check_cluster
+    check_cluster(reply.get("cluster", ""), cfg.cluster.name, "the monitor")
+    rows = reply["events"] if show_events else reply["alerts"]
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, sort_keys=True))

@@ -38,7 +38,11 @@ class MonitorClient:
         return self._call(P.MONITOR_HISTORY, {"series": series, "since_ms": since_ms})[0]
 
     def alerts(self, include_resolved: bool = True) -> list[dict]:
-        return self._call(P.MONITOR_ALERTS, {"all": include_resolved})[0]["alerts"]
+        return self.alerts_reply(include_resolved)["alerts"]
+
+    def alerts_reply(self, include_resolved: bool = True) -> dict[str, Any]:
+        """The whole MONITOR_ALERTS reply: ``alerts`` and the monitor's ``cluster`` name."""
+        return self._call(P.MONITOR_ALERTS, {"all": include_resolved})[0]
 
     def events(self, since_seq: int = 0, limit: int = 1000) -> dict[str, Any]:
         return self._call(P.MONITOR_EVENTS, {"since_seq": since_seq, "limit": limit})[0]

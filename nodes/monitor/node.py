@@ -411,13 +411,14 @@ class Monitor(Node):
         return {"interval_ms": self.mon.health_interval_ms, **self.history.query(prefixes, since)}
 
     def _on_alerts(self, req: wire.Request) -> dict:
-        return {"alerts": self.alerts.listing(bool(req.header.get("all", True)))}
+        # "cluster": a client found through a config checks it, as for MONITOR_STATUS
+        return {"alerts": self.alerts.listing(bool(req.header.get("all", True))), "cluster": self.config.cluster.name}
 
     def _on_events(self, req: wire.Request) -> dict:
         since = req.get("since_seq", int, 0)
         limit = min(max(req.get("limit", int, EVENTS_REPLY_MAX), 1), EVENTS_REPLY_MAX)
         events = [e for e in self.events if e["seq"] > since][-limit:]
-        return {"events": events, "seq": self.event_seq}
+        return {"events": events, "seq": self.event_seq, "cluster": self.config.cluster.name}
 
     def _on_metrics(self, req: wire.Request) -> tuple[dict, list]:
         return {"content_type": CONTENT_TYPE}, [render_text(self.exposition)]

@@ -223,7 +223,7 @@ def test_a_config_naming_another_cluster_is_refused_not_served_by_the_one_on_its
     default cluster listed, made and wrote topics of that cluster without a word. A command
     that finds its cluster through a config checks the cluster's name."""
     import yaml
-    cluster = cluster_factory(1)
+    cluster = cluster_factory(1, extra_nodes=("monitor",))
     other = yaml.safe_load(Path(cluster.config_path).read_text())
     other["cluster"]["name"] = "other"
     other_path = tmp_path / "other.yaml"
@@ -231,7 +231,9 @@ def test_a_config_naming_another_cluster_is_refused_not_served_by_the_one_on_its
     env = loom_env
     run = lambda *a: subprocess.run([sys.executable, "-m", "nodes.cli", *a], capture_output=True, env=env,  # noqa: E731
                                     cwd=str(ROOT), timeout=COMMAND_TIMEOUT_S)
-    for args in (("topic", "list"), ("topic", "create", "--topic", "stray"), ("status",)):
+    # `loom alerts` asks the monitor alone: it listed another cluster's alerts and events as its own
+    for args in (("topic", "list"), ("topic", "create", "--topic", "stray"), ("status",), ("alerts",),
+                 ("alerts", "--events")):
         p = run(*args, "-c", str(other_path))
         assert p.returncode == 1, (args, p.stdout, p.stderr)
         assert "serves cluster 'test', not 'other'" in p.stderr.decode(), (args, p.stderr)
