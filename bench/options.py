@@ -28,6 +28,7 @@ import argparse
 from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
+from engines import registry as engine_registry
 from fabric.client.accumulator import BATCH_RECORDS_MAX
 
 COMMANDS = ("produce", "consume", "e2e")            # the workload runner's (bench.runner)
@@ -353,6 +354,9 @@ def validate(o: BenchOptions) -> None:
     _check(bool(o.engines) and bool(o.fsyncs), "--engine and --fsync need at least one value")
     bad = [f for f in o.fsyncs if f not in ("always", "interval", "never")]
     _check(not bad, f"--fsync: unknown mode {', '.join(bad)} (always, interval, never)")
+    known = engine_registry.available()
+    bad = [e for e in o.engines if e not in known]
+    _check(not bad, f"--engine: unknown storage engine {', '.join(bad)} ({', '.join(known)})")
     _check(o.self_contained or (len(o.engines) == 1 and len(o.fsyncs) == 1),
            "--engine/--fsync lists need a self-contained cluster (the engine of a running cluster is its config's)")
     _check(all(d >= -1 for d in o.direct_write_min_bytes), "--direct-write-min-bytes must be -1 (never) or >= 0")

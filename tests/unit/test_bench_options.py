@@ -72,6 +72,7 @@ def test_backlog_preset_sets_the_consume_size_in_bytes() -> None:
     (["--producers", "0"], "--producers"),
     (["--rate", "0"], "--rate"),
     (["--fsync", "sometimes"], "--fsync"),
+    (["--engine", "segment,bogus"], "--engine: unknown storage engine bogus"),  # not a cluster that fails to start
     (["--api", "post"], "--api"),
     (["--rate", "100", "--api", "send_many"], "--rate"),
     (["--engine", "segment,lmdb", "--bootstrap", "127.0.0.1:1"], "self-contained"),
