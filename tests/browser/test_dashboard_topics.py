@@ -112,6 +112,23 @@ def test_a_produce_whose_answer_never_came_says_the_record_may_have_been_written
     assert "may have been written" in page.inner_text("#produce-error"), page.inner_text("#produce-error")
 
 
+def test_a_failed_produce_does_not_leave_the_last_success_on_show(dashboard, page) -> None:
+    """A record written, then one refused (a partition the topic lacks): the form showed the
+    error under the first record's "Written to ... at offset N", as if the second had landed."""
+    dashboard.ensure_topic("payments", 2)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/produce?topic=payments")
+    page.fill("#produce-value", "first")
+    page.click("#produce-form button[type=submit]")
+    page.wait_for_selector("#produce-ok")
+    page.fill("#produce-partition", "7")
+    page.fill("#produce-value", "second")
+    page.click("#produce-form button[type=submit]")
+    page.wait_for_selector("#produce-error:not([hidden])")
+    assert "no partition 7" in page.inner_text("#produce-error"), page.inner_text("#produce-error")
+    assert page.locator("#produce-ok").count() == 0, page.inner_text("#produce-result")
+
+
 def test_message_browser_filters_a_bounded_range(dashboard, page) -> None:
     dashboard.ensure_topic("clicks", 1)
     records = [{"key": f"k{i}", "value": f"click {i} {'special' if i % 10 == 3 else ''}"} for i in range(60)]

@@ -36,6 +36,7 @@ export async function render(root, ctx) {
   const form = h("form#produce-form", { on: { submit: async (e) => {
     e.preventDefault();
     err.hidden = true;
+    clear(resultEl);  // the last record's "Written to ..." is not this one's answer
     const hs = [...headers.querySelectorAll(".header-row")].map((r) => ({ name: r.querySelector(".header-name").value.trim(), value: r.querySelector(".header-value").value }))
       .filter((x) => x.name);
     const record = { value: textToB64(value.value) };
