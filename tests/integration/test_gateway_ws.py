@@ -170,6 +170,16 @@ def test_an_invalid_topic_or_group_name_closes_the_stream_naming_the_rule(cluste
     assert code == 1008 and reason.startswith("invalid ") and "[A-Za-z0-9._-]" in reason, (code, reason)
 
 
+@pytest.mark.parametrize("group", ["two words", "caf\u00e9", "g" * 250])
+def test_a_group_name_rest_cannot_address_is_refused(cluster: Cluster, group: str) -> None:
+    """/ws/consume took any group= and committed under it, while REST (and so the dashboard)
+    answers 404 for such a name: a group nobody could look at or reset but `loom group`."""
+    from urllib.parse import quote
+    ws = connect(cluster, f"/ws/consume?topic=ws&group={quote(group)}&from=beginning", role="consume")
+    code, reason = close_code(ws)
+    assert code == 1008 and "group" in reason, (code, reason)
+
+
 def test_events_stream_node_health(cluster: Cluster) -> None:
     ws = connect(cluster, "/ws/events", role="read")
     try:
