@@ -40,6 +40,7 @@ from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, read_answer
 from fabric.metrics import Sample, decode_samples
 from fabric.roles import HTTP, ROLES
 from fabric.rpc import RpcClient, make_socket
+from fabric.stall import StallWatch
 from nodes.base import Node
 from nodes.launcher import role_available
 from nodes.processes import pid_alive
@@ -61,6 +62,7 @@ RATE_METRICS = frozenset({"loom_broker_records_in_total", "loom_broker_bytes_in_
 EVENTS_REPLY_MAX = 1000
 SUB_KINDS = (P.PUB_HEARTBEAT, P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 METADATA_RETRY_MS = 500
+STALL_THRESHOLD_MS_MIN = 2000  # a pass gap over this (or two checks) means the monitor did not run
 EVENT_TYPES = {"health": "node", "alert": "alert", "recovery": "recovery"}
 
 
@@ -114,6 +116,11 @@ class Monitor(Node):
         except OSError as e:  # reported like a taken ROUTER port (nodes/run.py)
             raise zmq.ZMQError(e.errno, f"metrics_port {self.node_config.http_metrics_port}: {e.strerror}") from e
         self.started_check_ms = now
+        # a monitor back from a pause of its own (SIGSTOP, starved) judged every node by the
+        # heartbeats it had not read: unresponsive, and the supervisor restarted them all at once
+        self.stall_watch = StallWatch(self.clock, max(STALL_THRESHOLD_MS_MIN, 2 * mon.health_interval_ms),
+                                      self._resume_after_stall)
+        self.reactor.after_pass(self.stall_watch.tick)  # before the check that passes verdicts
         self.reactor.call_every(mon.health_interval_ms, self._check)
 
     # -- what the nodes say ------------------------------------------------------------------
@@ -270,8 +277,15 @@ class Monitor(Node):
         return out
 
     # -- the check ----------------------------------------------------------------------------
+    def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
+        """The monitor did not run for ``stalled_ms``: no node's silence of that time counts."""
+        self.started_check_ms = min(now_ms, self.started_check_ms + stalled_ms)
+        for view in self.views.values():
+            view.forgive_stall(now_ms, stalled_ms)
+
     def _check(self) -> None:
         now, wall = self.clock.now_ms(), self.clock.wall_ms()
+        self.stall_watch.tick()  # also when a check is run by hand (tests)
         for name in self.stats_clients:
             self._poll(name)
         self._poll_groups()
@@ -424,7 +438,7 @@ class Monitor(Node):
         return {"content_type": CONTENT_TYPE}, [render_text(self.exposition)]
 
     def stats(self) -> dict[str, Any]:
-        return {"checks": self.checks, "nodes": {v.name: v.state for v in self.views.values()},
+        return {"checks": self.checks, "stalls": self.stall_watch.stalls, "nodes": {v.name: v.state for v in self.views.values()},
                 "alerts_firing": len(self.alerts.firing()), "history_series": len(self.history.series),
                 "webhooks": [{"url": w.config.url, "delivered": w.delivered, "failed": w.failed, "dropped": w.dropped}
                              for w in self.webhooks]}
