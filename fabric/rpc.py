@@ -130,6 +130,12 @@ class RpcServer:
     def route(self, command: bytes, handler: Handler) -> None:
         self.handlers[command] = handler
 
+    @property
+    def output_bytes(self) -> int:
+        """Bytes of replies waiting for the kernel to take them (``close`` drops them); 0 on a
+        libzmq port, whose own queues hold them."""
+        return self.port.tcp.output_bytes if isinstance(self.port, ZmtpServer) else 0
+
     def reply(self, req: wire.Request, header: dict | None = None, payloads: list | tuple = ()) -> None:
         h = {"id": req.id}
         if header:

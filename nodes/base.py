@@ -2,6 +2,12 @@
 for heartbeats (and whatever else the role publishes), PING and STATS, and a clean stop on
 SIGTERM/SIGINT. A role subclasses ``Node`` and adds routes, sockets and timers.
 
+A clean stop: the signal stops the reactor, then ``drain`` runs (on the reactor's thread, the
+reactor still usable through ``run_once``: a role that took requests it answers later -- the
+producer and consumer services -- finishes them there, within its own deadline), then
+``close``. While it drains, PING answers ``stopping: true`` (the gateway's health watcher then
+counts the node down and sends it nothing more).
+
 A programmer error on the reactor thread (see ``fabric.reactor``), or one a worker thread
 hands over with ``fail_from_thread``, leaves ``run`` without the clean close -- a close could persist the broken state -- and ``nodes.run`` exits with
 ``EXIT_PROGRAMMER_ERROR`` so that the supervisor restarts the node from disk.
@@ -74,6 +80,7 @@ class Node:
         self._thread_error: BaseException | None = None
         self.reactor.after_pass(self._raise_thread_error)
         self._data_dir_lock: int | None = None
+        self.draining = False  # SIGTERM/SIGINT came: ``drain`` runs (PING says ``stopping``)
 
     def take_data_dir(self, path: Path) -> Path:
         """Create ``path`` and hold its lock for this process's life (``nodes.data_dir_lock``):
@@ -121,8 +128,11 @@ class Node:
 
     # -- PING / STATS ----------------------------------------------------------------------
     def _on_ping(self, req: wire.Request) -> dict:
-        return {"node": self.name, "role": self.role, "pid": os.getpid(),
-                "uptime_ms": self.clock.now_ms() - self.started_ms, "cluster": self.config.cluster.name}
+        reply = {"node": self.name, "role": self.role, "pid": os.getpid(),
+                 "uptime_ms": self.clock.now_ms() - self.started_ms, "cluster": self.config.cluster.name}
+        if self.draining:
+            reply["stopping"] = True
+        return reply
 
     def _on_stats(self, req: wire.Request) -> dict:
         if req.header.get("metrics_only") is True:  # the monitor's poll: typed metrics only
@@ -151,7 +161,9 @@ class Node:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
-        """Run until SIGTERM/SIGINT, then close."""
+        """Run until SIGTERM/SIGINT, then drain and close. A second signal while it drains
+        changes nothing: Ctrl-C at ``loom up`` reaches the node and its supervisor, which
+        sends SIGTERM on top; the drain is bounded by its role's deadline instead."""
         def _stop(signum: int, frame: Any) -> None:
             self.reactor.stop()
         signal.signal(signal.SIGTERM, _stop)
@@ -159,7 +171,15 @@ class Node:
         log.info("%s (%s) serving on %s:%d pid %d", self.name, self.role, self.node_config.host,
                  self.node_config.port, os.getpid())
         self.reactor.run()  # a programmer error propagates: no clean close of a broken state
+        self.draining = True
+        self.drain()
         self.close()
+
+    def drain(self) -> None:
+        """After SIGTERM/SIGINT stopped the reactor, before ``close``: finish what was taken,
+        driving the reactor with ``run_once`` so that answers still go out, within a deadline
+        well inside the supervisor's SIGKILL escalation (``nodes.launcher.STOP_TIMEOUT_S``).
+        Nothing by default (override)."""
 
     def close(self) -> None:
         self.server.close()

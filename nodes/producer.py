@@ -28,6 +28,17 @@ producers (``JobSender``: ``send_many`` per run of records without headers to on
 or none, ``send`` for the others; either may wait for metadata); the producers' I/O threads
 report the outcome of each run at once (``on_complete``) and of the other records one by one;
 a finished request comes back to the reactor through a queue and an inproc wake-up socket.
+
+Stopping (SIGTERM/SIGINT: ``drain``, run by ``nodes.base.Node.run`` with the reactor still
+turning): a request arriving from then on is refused at once with ``buffer_full`` saying nothing
+of it was written (PING says ``stopping``: the gateway sends elsewhere or answers 503 / 50301);
+every request already taken is sent and answered as its records are acknowledged, within
+``services.producer_drain_timeout_ms``. The drain ends once nothing is left and no request came
+for DRAIN_QUIET_MS (the gateway's health watcher has seen the service stopping: no request is
+in flight to it when its port closes). At the deadline the worker stops -- a request it has not
+started is answered not written -- and the producers close: each record still unacknowledged
+is answered ``request_timed_out``, saying whether an earlier send of it may have been written;
+those answers go out before the port closes. No request taken goes unanswered.
 """
 
 from __future__ import annotations
@@ -46,7 +57,8 @@ from fabric.client.producer import ACKS, RECORD_OVERHEAD_BYTES, Producer, Record
 from fabric.client.services import (COLUMNS_FORM, HEADERS_OF, KEY_OF, PARTITION_OF, VALUE_OF, VALUES_FORM, pack_rows,
                                     unpack_rows, unpack_values)
 from fabric.config import LoomConfig
-from fabric.errors import BufferExhaustedError, CodedError, FabricError, RemoteError
+from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, BufferExhaustedError, CodedError, FabricError, ProducerClosedError,
+                           RemoteError)
 from fabric.waker import Waker
 from fabric.records import headers_bytes
 from fabric.rpc import DEFER
@@ -57,6 +69,15 @@ log = logging.getLogger(__name__)
 JOBS_MAX = 10_000                  # requests accepted and not yet answered
 DELIVERY_TIMEOUT_MS = 30_000       # a record not acknowledged by then fails (request_timed_out)
 SEND_BLOCK_MS = 5000               # how long the worker waits for a topic's metadata
+# Stopping (the module doc). The supervisor SIGKILLs a node 15 s after SIGTERM
+# (nodes.launcher.STOP_TIMEOUT_S): producer_drain_timeout_ms (at most 8 s), a send of the worker
+# blocked on metadata (SEND_BLOCK_MS) and DRAIN_ANSWERS_MS fit inside it.
+DRAIN_QUIET_MS = 1000              # no request for this long: the gateway saw PING say stopping
+DRAIN_ANSWERS_MS = 1000            # after the producers closed: their last answers go out
+DRAIN_PASS_MS = 50                 # a drain's reactor pass waits at most this long
+STOPPING_MESSAGE = ("the producer service is stopping: nothing of the request was written; send it again "
+                    "(another producer service takes it, or this one once it is back)")
+NOT_SENT_MESSAGE = "not sent: the producer service stopped before sending it; nothing written"
 
 
 class _Job:
@@ -206,7 +227,9 @@ class ProducerService(Node):
         self._jobs = self.intake.jobs
         self._done: deque[_Job] = deque()
         self._producers: dict[int, Producer] = {}
-        self._stopping = False
+        self._stopping = False  # the drain's deadline passed (or close): the worker sends nothing more
+        self._jobs_open = 0  # requests taken and not yet answered (reactor thread)
+        self._last_request_ms = 0  # when the last SERVICE_PRODUCE arrived (the drain's quiet period)
         self._waker = Waker()
         self.reactor.add_waker(self._waker, self._on_wake)
         self._job_sender = JobSender(self._producer, self._answer)
@@ -218,7 +241,12 @@ class ProducerService(Node):
 
     # -- reactor thread ------------------------------------------------------------------------
     def _on_produce(self, req: wire.Request) -> Any:
+        self._last_request_ms = req.received_ms
+        if self.draining:
+            self.counters["refused_stopping"] += 1
+            raise RemoteError(P.BUFFER_FULL, STOPPING_MESSAGE)
         job = self.intake.admit(req)
+        self._jobs_open += 1
         self.metrics.inc("loom_producer_service_records_total", (job.topic,), len(job.records))
         return DEFER
 
@@ -226,6 +254,7 @@ class ProducerService(Node):
         while self._done:
             job = self._done.popleft()
             self.intake.release(job)
+            self._jobs_open -= 1
             self.server.reply(job.req, *job.reply())
 
     def _answer(self, job: _Job) -> None:
@@ -244,13 +273,18 @@ class ProducerService(Node):
         return p
 
     def _work(self) -> None:
-        while not self._stopping:
+        while True:
             try:
                 job = self._jobs.get(timeout=0.5)
             except queue.Empty:
+                if self._stopping:
+                    return
                 continue
             if job is None:
                 return
+            if self._stopping:  # the drain's deadline passed before it was sent: answered, not sent
+                self._job_sender.refuse(job, P.BUFFER_FULL, NOT_SENT_MESSAGE)
+                continue
             try:
                 self._job_sender.send(job)
             except Exception as e:  # a bug: stop the node (it restarts), not answer and carry on
@@ -262,14 +296,46 @@ class ProducerService(Node):
         return {"buffered_bytes": self.intake.buffered_bytes, "buffer_bytes_max": self.services.producer_buffer_bytes_max,
                 "jobs_waiting": self._jobs.qsize()}
 
-    def close(self) -> None:
+    def drain(self) -> None:
+        """SIGTERM/SIGINT (``Node.run``, the reactor still usable): see the module doc. Returns
+        once every request taken is answered and those answers are handed to the kernel, or
+        when the drain's time is up."""
+        timeout_ms = self.services.producer_drain_timeout_ms
+        log.info("stopping: draining %d produce requests (at most %d ms)", self._jobs_open, timeout_ms)
+        started_ms = self.clock.now_ms()
+        self._run_until(lambda now_ms: not self._jobs_open and now_ms - self._last_request_ms >= DRAIN_QUIET_MS,
+                        started_ms + timeout_ms)
+        if self._jobs_open:
+            log.warning("stopping: %d produce requests still unanswered after %d ms: their records not yet "
+                        "acknowledged are answered request_timed_out", self._jobs_open, timeout_ms)
+        self._stop_sending(0)
+        self._run_until(lambda now_ms: not self._jobs_open, self.clock.now_ms() + DRAIN_ANSWERS_MS)
+        if self._jobs_open:  # a bug: a job the producers' close did not finish
+            log.error("stopping: %d produce requests left unanswered", self._jobs_open)
+
+    def _run_until(self, done: Callable[[int], bool], deadline_ms: int) -> None:
+        """Turn the reactor until ``done(now_ms)`` and every reply is handed to the kernel, or
+        ``deadline_ms``."""
+        while True:
+            now_ms = self.clock.now_ms()
+            if (done(now_ms) and not self.server.output_bytes) or now_ms >= deadline_ms:
+                return
+            self.reactor.run_once(min(DRAIN_PASS_MS, max(1, deadline_ms - now_ms)))
+
+    def _stop_sending(self, flush_timeout_s: float) -> None:
+        """Stop the worker (a job it has not started is answered not sent) and close the
+        producers, waiting ``flush_timeout_s`` for what they hold: a record still unacknowledged
+        then fails (ProducerClosedError: answered request_timed_out) and its job is answered."""
         self._stopping = True
-        self._worker.join(timeout=5)
+        self._worker.join(timeout=SEND_BLOCK_MS / 1000 + 1)  # a send may wait for metadata that long
         for p in self._producers.values():
             try:
-                p.close(timeout=5)
+                p.close(timeout=flush_timeout_s)
             except CodedError as e:
-                log.warning("producer close: %s", e)
+                log.info("producer close: %s", e)
+
+    def close(self) -> None:
+        self._stop_sending(5)
         self.reactor.remove_waker(self._waker)
         self._waker.close()
         super().close()
@@ -376,6 +442,11 @@ class JobSender:
                     for p, o, err in zip(partitions, offsets, errors)]
         self._finish_many(job, start, positions, rows)
 
+    def refuse(self, job: _Job, code: int, message: str) -> None:
+        """Answer every record of a job not sent with ``code`` and ``message``."""
+        n = len(job.records)
+        self._finish_many(job, 0, range(n), [[-1, -1, code, message]] * n)
+
     def _finish(self, job: _Job, index: int, result: list) -> None:
         if job.resolve(index, result):
             self._answer(job)
@@ -386,12 +457,19 @@ class JobSender:
 
 
 def _error_code(err: Exception) -> int:
+    """A producer closed at the drain's deadline: its record timed out (retriable)."""
+    if isinstance(err, ProducerClosedError):
+        return P.REQUEST_TIMED_OUT
     return err.code if isinstance(err, CodedError) else P.UNKNOWN
 
 
 def _error_message(err: Exception) -> str:
     """The row's message: without the code's name (``str`` of a CodedError starts with it, and
-    the gateway puts it in front of the message again)."""
+    the gateway puts it in front of the message again); for a record failed by the producers'
+    close at the drain's deadline, whether it may have been written."""
+    if isinstance(err, ProducerClosedError):
+        return ("the producer service stopped before the record was acknowledged"
+                + (MAY_HAVE_BEEN_WRITTEN if err.possibly_written else ": it was not sent, nothing written"))
     return err.message if isinstance(err, CodedError) else str(err)
 
 

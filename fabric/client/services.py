@@ -147,11 +147,16 @@ class ProduceResult(NamedTuple):
 
 
 class ServiceProducer:
-    def __init__(self, endpoints: str | list[str], timeout_ms: int = PRODUCE_TIMEOUT_MS) -> None:
+    def __init__(self, endpoints: str | list[str], timeout_ms: int = PRODUCE_TIMEOUT_MS,
+                 takes_work: Callable[[str], bool] | None = None) -> None:
+        """``takes_work(endpoint)`` False: that service is up but stopping (it drains after
+        SIGTERM and refuses new requests): nothing is sent to it, while a request already sent
+        to it is waited for -- it answers (``is_down`` of ``produce`` gives up on it)."""
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise FabricError("no producer service endpoint")
         self.timeout_ms = timeout_ms
+        self.takes_work = takes_work
         self.ctx = zmq.Context.instance()
         self._clients: dict[str, BlockingClient] = {}
 
@@ -168,11 +173,12 @@ class ServiceProducer:
                 is_down: Callable[[str], bool] | None = None) -> list[ProduceResult]:
         """One result per record, in order; records are ServiceRecords or (key, value,
         headers, partition) tuples. Raises RemoteError for a refused request (buffer_full:
-        retry later; invalid_record; malformed_request) or a timeout -- at once when
-        ``is_down(endpoint)`` says the service being waited for went down, or (ConnectionLost) the
-        connection the request went out on ended: a process restarted on the endpoint never
-        answers the old one's requests. A RequestTimeout's records may have been written, a
-        ``ServiceDown``'s (no service up to send to) were not."""
+        retry later -- also from a service stopping after SIGTERM, nothing written;
+        invalid_record; malformed_request) or a timeout -- at once when ``is_down(endpoint)``
+        says the service being waited for went down, or (ConnectionLost) the connection the
+        request went out on ended: a process restarted on the endpoint never answers the old
+        one's requests. A RequestTimeout's records may have been written, a ``ServiceDown``'s (no
+        service up to send to, or every one up is stopping: ``takes_work``) were not."""
         return list(map(ProduceResult._make, self.produce_rows(topic, records, acks, is_down)))
 
     def produce_rows(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
@@ -193,6 +199,9 @@ class ServiceProducer:
         for endpoint in self.endpoints:
             if is_down is not None and is_down(endpoint):
                 last = ServiceDown(f"producer service {endpoint} is down: the request was not sent")  # the next one
+                continue
+            if self.takes_work is not None and not self.takes_work(endpoint):
+                last = ServiceDown(f"producer service {endpoint} is stopping: the request was not sent")
                 continue
             try:
                 give_up = (lambda: is_down(endpoint)) if is_down is not None else None

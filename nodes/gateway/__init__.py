@@ -120,7 +120,8 @@ class Gateway:
         http_requests = HttpRequestCounter()
         hold = RequestHold() if self.config.faults.enabled else None  # test configs only
         self.control = GatewayControl(self.config, self.name, self.master_pid, hub, http_requests, hold)
-        agent = GatewayAgent(self.config, is_up=self.control.is_up, owner=f"gateway:{self.name}")
+        agent = GatewayAgent(self.config, is_up=self.control.is_up, takes_work=self.control.takes_work,
+                             owner=f"gateway:{self.name}")
         sec = self.config.security
         keys = KeyStore([(k.name, k.key_hash, list(k.roles)) for k in sec.api_keys], self.admin_key)
         limiter = RateLimiter(sec.rate_limit_per_s, sec.rate_limit_burst, self.config.gateway.rate_limit_clients_max)

@@ -112,9 +112,12 @@ def _refuse_missing_partition(topic: str, named: int | None, t: Any) -> None:
 
 class GatewayAgent(ConsumerInstances):
     def __init__(self, config: LoomConfig, is_up: Callable[[str], bool] | None = None, *,
+                 takes_work: Callable[[str], bool] | None = None,
                  make_admin: Callable[[], Any] | None = None, make_producer: Callable[[], Any] | None = None,
                  owner: str = "") -> None:
         """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast).
+        ``takes_work(endpoint)``: False also while it is up but stopping (it drains after
+        SIGTERM): new work goes elsewhere, what it took is waited for (default: ``is_up``).
         ``make_admin()`` / ``make_producer()``: a request thread's Admin / producer-service
         client (default: to the cluster of ``config``). ``owner``: this gateway's name for the
         consumer instances it makes (``reclaim_instances``); each process adds its own id."""
@@ -125,13 +128,15 @@ class GatewayAgent(ConsumerInstances):
         self.producer_endpoints = service_endpoints(config, "producer")
         self.consumer_endpoints = service_endpoints(config, "consumer")
         self.is_up = is_up or (lambda endpoint: True)
+        self.takes_work = takes_work or self.is_up
         self._local = threading.local()
         self._instances: dict[tuple[str, str], InstanceEntry] = {}
         self.monitor = MonitorAccess(config)
         self._lock = threading.Lock()
         self._produce_md: tuple[Any, float] | None = None   # (metadata, time.monotonic() it was fetched)
         self._make_admin = make_admin or (lambda: Admin(self.bootstrap, timeout_ms=ADMIN_TIMEOUT_MS))
-        self._make_producer = make_producer or (lambda: ServiceProducer(self.producer_endpoints))
+        self._make_producer = make_producer or (lambda: ServiceProducer(self.producer_endpoints,
+                                                                        takes_work=self.takes_work))
 
     # -- per-thread clients ---------------------------------------------------------------
     def _get(self, name: str, make: Callable[[], Any]) -> Any:
@@ -248,9 +253,10 @@ class GatewayAgent(ConsumerInstances):
             if named is not None and named >= len(t.partitions):
                 t = self._checked_topic(topic, False)  # partitions added since the cached look
         _refuse_missing_partition(topic, named, t)
-        live = [ep for ep in self.producer_endpoints if self.is_up(ep)]
+        live = [ep for ep in self.producer_endpoints if self.takes_work(ep)]
         if not live:
-            raise ClusterError("unavailable", "the producer service is down: no produce is possible until it is back")
+            raise ClusterError("unavailable", "the producer service is down or stopping: no produce is possible until "
+                                              "it is back; nothing was written")
         results: list[tuple] = []  # (partition, offset, error code, message) rows
         failed: tuple | None = None  # (code, message) of the first chunk that failed
         for chunk in _chunks(records):  # each SVC_PRODUCE frame stays under SERVICE_REQUEST_BYTES_MAX

@@ -6,7 +6,9 @@ Everything here is made in the worker after gunicorn forked it (ZeroMQ contexts 
 survive a fork) and runs on one reactor thread.
 
 Health watcher: every ``HEALTH_INTERVAL_MS`` it PINGs every other node (one DEALER per node,
-all in flight at once) and publishes ``{"type": "node", "node", "role", "state": up|down}``
+all in flight at once; a node whose answer says ``stopping`` drains after SIGTERM, see
+``nodes.base``: up, but ``takes_work`` says no -- new produce and consumer instances go
+elsewhere while what it took is still waited for) and publishes ``{"type": "node", "node", "role", "state": up|down}``
 on the event hub when a node's state changes (and with every broker's liveness from the
 coordinator's metadata). When the config has a monitor, its events and status are relayed to
 the hub too (nodes/gateway/monitor_link.py); the watcher stays as the fallback without one.
@@ -17,8 +19,8 @@ FAULTS also takes ``hold_http_ms`` here (only with ``faults.enabled``): every HT
 that long, or until ``hold_http_ms: 0``, while this node answers on (webui/request_hold.py); a
 ``block`` list in the same request is applied too.
 
-Not thread-safe: owned by the control thread, except ``is_up``, which reads a dict that only
-the control thread replaces (atomic under the GIL).
+Not thread-safe: owned by the control thread, except ``is_up`` and ``takes_work``, which read
+dicts that only the control thread replaces (atomic under the GIL).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class GatewayControl(Node):
         self.metrics.add_collector(http_requests.samples)  # the monitor's gateway_5xx rule reads it
         self.relay = MonitorRelay(self.ctx, self.reactor, config, hub)
         self.node_up: dict[str, bool] = {}
+        self.node_stopping: dict[str, bool] = {}  # up, draining after SIGTERM (PING says ``stopping``)
         self._peers = {n: c for n, c in config.nodes.items() if n != name and c.role != "gateway"}
         # a node back from an outage is seen up within a health interval: produce is refused
         # while the producer service is seen down, and a reconnect backoff grown to its usual
@@ -76,6 +79,13 @@ class GatewayControl(Node):
         for name, cfg in self._peers.items():
             if cfg.endpoint == endpoint:
                 return self.node_up.get(name, True)
+        return True
+
+    def takes_work(self, endpoint: str) -> bool:
+        """Up and not stopping: new work may go there (``is_up``: what it took is waited for)."""
+        for name, cfg in self._peers.items():
+            if cfg.endpoint == endpoint:
+                return self.node_up.get(name, True) and not self.node_stopping.get(name, False)
         return True
 
     def _on_ping(self, req: Any) -> dict:
@@ -121,7 +131,13 @@ class GatewayControl(Node):
 
             def done(h: dict | None, _p: list, err: RemoteError | None, name: str = name) -> None:
                 self._asked.discard(name)
-                self._set(name, err is None and h is not None and h.get("node") == name)
+                up = err is None and h is not None and h.get("node") == name
+                stopping = up and h.get("stopping") is True  # type: ignore[union-attr]
+                if self.node_stopping.get(name, False) != stopping:
+                    self.node_stopping = {**self.node_stopping, name: stopping}
+                    if stopping:
+                        log.info("%s (%s) is stopping: nothing new is sent to it", name, self._peers[name].role)
+                self._set(name, up)
             client.request(P.PING, {}, callback=done, timeout_ms=PING_TIMEOUT_MS)
 
     def _set(self, name: str, up: bool) -> None:

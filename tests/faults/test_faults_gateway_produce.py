@@ -1,7 +1,7 @@
 """The gateway's produce acknowledgements under faults, with real processes: REST clients
 (``POST /topics/{t}``, ``.../partitions/{p}``, keyless, keyed, records naming their partition)
 and a ``/ws/produce`` client with several messages in flight, while the producer service is
-SIGKILLed or SIGSTOPped, the gateway's worker is SIGKILLed, or a partition leader and the
+SIGKILLed, SIGTERMed (it drains: no answer says "may have been written") or SIGSTOPped, the gateway's worker is SIGKILLed, or a partition leader and the
 coordinator are. The checker (``gateway_produce_checker.py``) reads every replica after
 healing: an acknowledged record is in the log at the offset it was answered with, nothing is
 written twice (no client retries), nothing answered "not written" is in the log, a WebSocket's
@@ -70,6 +70,21 @@ def test_producer_service_sigkilled_and_restarted_under_rest_and_ws_produce(clus
         clients.wait_acked(len(clients.ledger.acked) + 100, timeout_s=45)
     report = _finish(c, admin, clients)
     assert report["slowest_answer_s"] < 20, f"a produce waited {report['slowest_answer_s']} s for a dead service"
+
+
+def test_producer_service_sigtermed_under_rest_and_ws_produce_answers_every_request_precisely(cluster_factory) -> None:  # noqa: ANN001
+    """A clean stop drains: every request the service took is answered with its offsets, those
+    arriving meanwhile are refused 503 / 50301 (nothing written), and none is answered "may have
+    been written" (50302, or a dropped connection) -- that answer is for a service killed."""
+    c, admin, clients = _setup(cluster_factory, seed=7)
+    service = c.procs["producer"]
+    os.kill(service.pid, signal.SIGTERM)
+    assert service.wait(timeout=15) == 0
+    c.start_node("producer")
+    clients.wait_acked(len(clients.ledger.acked) + 100, timeout_s=45)
+    _finish(c, admin, clients, more=50)
+    assert not clients.ledger.maybe, f"answers that say 'may have been written' after a SIGTERM: " \
+                                     f"{sorted(set(clients.ledger.maybe.values()))[:3]}"
 
 
 def test_producer_service_sigstopped_past_the_gateways_patience(cluster_factory) -> None:  # noqa: ANN001
