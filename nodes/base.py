@@ -23,7 +23,7 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -41,6 +41,12 @@ from fabric.zmtp_pub import ZmtpPublisher
 from nodes.data_dir_lock import lock_data_dir, unlock_data_dir
 
 log = logging.getLogger(__name__)
+
+# A draining node (``drain``) ends once no request of its role came for DRAIN_QUIET_MS: by then
+# the gateway's health watcher (nodes.gateway.control.HEALTH_INTERVAL_MS, 500 ms) has seen PING
+# say ``stopping`` and sends it nothing, so no request is in flight to it when its port closes.
+DRAIN_QUIET_MS = 1000
+DRAIN_PASS_MS = 50  # a drain's reactor pass waits at most this long
 
 
 class Node:
@@ -180,6 +186,15 @@ class Node:
         driving the reactor with ``run_once`` so that answers still go out, within a deadline
         well inside the supervisor's SIGKILL escalation (``nodes.launcher.STOP_TIMEOUT_S``).
         Nothing by default (override)."""
+
+    def drive_until(self, done: Callable[[int], bool], deadline_ms: int) -> None:
+        """Turn the reactor (in ``drain``) until ``done(now_ms)`` and every reply is handed to
+        the kernel (``close`` drops what is not), or until ``deadline_ms``."""
+        while True:
+            now_ms = self.clock.now_ms()
+            if (done(now_ms) and not self.server.output_bytes) or now_ms >= deadline_ms:
+                return
+            self.reactor.run_once(min(DRAIN_PASS_MS, max(1, deadline_ms - now_ms)))
 
     def close(self) -> None:
         self.server.close()

@@ -35,6 +35,15 @@ and gets answers back through a deque and an inproc wake-up socket. An instance 
 If this whole service dies, its members stop heartbeating and the coordinator hands their
 partitions to the members living elsewhere after their session timeout.
 
+Stopped cleanly (SIGTERM/SIGINT: ``drain``, run by ``nodes.base.Node.run`` with the reactor
+still turning), it answers what it took and its members leave their groups at once: every
+instance stops -- the request it serves ends (a fetch's long poll returns what it has) and is
+answered, it commits (auto-commit, as at any close) and leaves its group, and a request queued
+behind is answered ``buffer_full`` -- and a request arriving meanwhile is refused at once with
+``buffer_full`` (retriable; PING says ``stopping``, and the gateway makes its instances again on
+another consumer service). The drain ends once every instance has closed and answered and no
+request came for ``DRAIN_QUIET_MS``, or after DRAIN_TIMEOUT_MS.
+
 Auto-commit follows Kafka's REST proxy, whose consumer commits inside its next poll: the
 records of a fetch answer may never reach the client (it timed out, its connection dropped,
 the gateway worker died mid-answer), so until the instance's next request (any op) arrives,
@@ -61,12 +70,17 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
-from nodes.base import Node
+from nodes.base import DRAIN_QUIET_MS, Node
 from nodes.consumer_instance import OPS, Answer, Framed, Instance, InstanceHost, check_op_header
 
 log = logging.getLogger(__name__)
 
 IDLE_CHECK_INTERVAL_MS = 500
+# SIGTERM: how long the instances get to answer, commit and leave their groups (a leave waits
+# 2 s at most); inside the supervisor's 15 s before SIGKILL, with close's joins (5 s) after it
+DRAIN_TIMEOUT_MS = 8000
+STOPPING_MESSAGE = ("the consumer service is stopping: its consumer instances leave their groups; make the "
+                    "instance again on another consumer service (the gateway does), then ask again")
 CONFIG_TYPES: dict[str, type] = {
     "auto_offset_reset": str, "enable_auto_commit": bool, "auto_commit_interval_ms": int,
     "session_timeout_ms": int, "heartbeat_interval_ms": int, "rebalance_timeout_ms": int,
@@ -93,6 +107,7 @@ class ConsumerService(Node):
             self.server.route(cmd, self._on_op)
         self.reactor.call_every(IDLE_CHECK_INTERVAL_MS, self._expire_idle)
         self.metrics.add_collector(lambda: (("loom_consumer_service_instances", (), len(self.instances)),))
+        self._last_request_ms = 0  # when the last instance request arrived (the drain's quiet period)
 
     # -- answers from instance threads ---------------------------------------------------------
     def _answer(self, req: wire.Request) -> Answer:
@@ -114,7 +129,14 @@ class ConsumerService(Node):
                 self.server.reply_error(req, err.code, err.message)
 
     # -- requests ----------------------------------------------------------------------------------
+    def _refuse_while_stopping(self, req: wire.Request) -> None:
+        self._last_request_ms = req.received_ms
+        if self.draining:
+            self.counters["refused_stopping"] += 1
+            raise RemoteError(P.BUFFER_FULL, STOPPING_MESSAGE)
+
     def _on_create(self, req: wire.Request) -> Any:
+        self._refuse_while_stopping(req)
         group = req.get("group", str)
         name = req.get("instance", str, "") or f"{self.name}-{os.urandom(6).hex()}"
         if not 1 <= len(group) <= P.GROUP_ID_LEN_MAX or len(name) > P.GROUP_ID_LEN_MAX:
@@ -152,6 +174,7 @@ class ConsumerService(Node):
             inst.stop()
 
     def _on_op(self, req: wire.Request) -> Any:
+        self._refuse_while_stopping(req)
         key = (req.get("group", str), req.get("instance", str))
         inst = self.instances.get(key)
         if inst is None:
@@ -189,11 +212,25 @@ class ConsumerService(Node):
     def stats(self) -> dict[str, Any]:
         return {"instances": len(self.instances), "instances_max": self.config.services.consumer_instances_max}
 
+    def drain(self) -> None:
+        """SIGTERM/SIGINT (``Node.run``, the reactor still usable): see the module doc."""
+        log.info("stopping: closing %d consumer instances (at most %d ms)", len(self.instances), DRAIN_TIMEOUT_MS)
+        refusal = RemoteError(P.BUFFER_FULL, STOPPING_MESSAGE)
+        for inst in self.instances.values():
+            inst.stop(refusal)
+        self.drive_until(lambda now_ms: (not self._done and now_ms - self._last_request_ms >= DRAIN_QUIET_MS
+                                         and not any(i.is_alive() for i in self.instances.values())),
+                         self.clock.now_ms() + DRAIN_TIMEOUT_MS)
+        left = [f"{g}/{n}" for (g, n), i in self.instances.items() if i.is_alive()]
+        if left:
+            log.warning("stopping: consumer instances %s did not close in %d ms", left, DRAIN_TIMEOUT_MS)
+
     def close(self) -> None:
         for inst in self.instances.values():
             inst.stop()
+        deadline = time.monotonic() + 5  # one wait for them all: the supervisor's SIGKILL comes at 15 s
         for inst in self.instances.values():
-            inst.join(timeout=5)
+            inst.join(timeout=max(0.0, deadline - time.monotonic()))
         self.reactor.remove_waker(self._waker)
         self._waker.close()
         super().close()

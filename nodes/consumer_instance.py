@@ -69,6 +69,8 @@ class Instance(threading.Thread):
         self.commands: queue.Queue[tuple[str, dict, Answer] | None] = queue.Queue(COMMANDS_PER_INSTANCE_MAX)
         self.consumer: GroupConsumer | None = None
         self._stop_requested = threading.Event()
+        # what a request still queued when the instance stops is answered
+        self._refusal = RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {name} was closed")
         self._maintain_error: tuple[int, str] | None = None  # the last one logged, until maintain succeeds
 
     def submit(self, op: str, header: dict, answer: Answer) -> None:
@@ -132,7 +134,7 @@ class Instance(threading.Thread):
             except queue.Empty:
                 return
             if item is not None:
-                item[2](None, RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {self.instance_name} was closed"))
+                item[2](None, self._refusal)
 
     def _maintain_interval_s(self) -> float:
         """Until the next ``maintain``: short while the consumer joins (the join goes on
@@ -279,10 +281,19 @@ class Instance(threading.Thread):
             raise RemoteError(P.PARTITION_NOT_ASSIGNED, str(e)) from e
         return {}
 
-    def stop(self) -> None:
-        """Ask the thread to close the instance. Never blocks (the caller is the reactor): the
-        event is seen even when the command queue is full; the None only wakes the thread."""
+    def stop(self, refusal: RemoteError | None = None) -> None:
+        """Ask the thread to close the instance: the request it serves ends (a fetch's poll
+        returns what it has, ``GroupConsumer.wakeup``) and is answered, the consumer closes
+        (commits with auto-commit, leaves its group), and the requests still queued are answered
+        ``refusal`` (default: unknown_consumer_instance). Never blocks (the caller is the
+        reactor): the event is seen even when the command queue is full; the None only wakes
+        the thread."""
+        if refusal is not None:
+            self._refusal = refusal
         self._stop_requested.set()
+        consumer = self.consumer  # set by the thread: read once
+        if consumer is not None:
+            consumer.wakeup()
         try:
             self.commands.put_nowait(None)
         except queue.Full:

@@ -62,7 +62,7 @@ from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, BufferExhaustedError, CodedErr
 from fabric.waker import Waker
 from fabric.records import headers_bytes
 from fabric.rpc import DEFER
-from nodes.base import Node
+from nodes.base import DRAIN_QUIET_MS, Node
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ SEND_BLOCK_MS = 5000               # how long the worker waits for a topic's met
 # Stopping (the module doc). The supervisor SIGKILLs a node 15 s after SIGTERM
 # (nodes.launcher.STOP_TIMEOUT_S): producer_drain_timeout_ms (at most 8 s), a send of the worker
 # blocked on metadata (SEND_BLOCK_MS) and DRAIN_ANSWERS_MS fit inside it.
-DRAIN_QUIET_MS = 1000              # no request for this long: the gateway saw PING say stopping
 DRAIN_ANSWERS_MS = 1000            # after the producers closed: their last answers go out
-DRAIN_PASS_MS = 50                 # a drain's reactor pass waits at most this long
 STOPPING_MESSAGE = ("the producer service is stopping: nothing of the request was written; send it again "
                     "(another producer service takes it, or this one once it is back)")
 NOT_SENT_MESSAGE = "not sent: the producer service stopped before sending it; nothing written"
@@ -303,24 +301,15 @@ class ProducerService(Node):
         timeout_ms = self.services.producer_drain_timeout_ms
         log.info("stopping: draining %d produce requests (at most %d ms)", self._jobs_open, timeout_ms)
         started_ms = self.clock.now_ms()
-        self._run_until(lambda now_ms: not self._jobs_open and now_ms - self._last_request_ms >= DRAIN_QUIET_MS,
-                        started_ms + timeout_ms)
+        self.drive_until(lambda now_ms: not self._jobs_open and now_ms - self._last_request_ms >= DRAIN_QUIET_MS,
+                         started_ms + timeout_ms)
         if self._jobs_open:
             log.warning("stopping: %d produce requests still unanswered after %d ms: their records not yet "
                         "acknowledged are answered request_timed_out", self._jobs_open, timeout_ms)
         self._stop_sending(0)
-        self._run_until(lambda now_ms: not self._jobs_open, self.clock.now_ms() + DRAIN_ANSWERS_MS)
+        self.drive_until(lambda now_ms: not self._jobs_open, self.clock.now_ms() + DRAIN_ANSWERS_MS)
         if self._jobs_open:  # a bug: a job the producers' close did not finish
             log.error("stopping: %d produce requests left unanswered", self._jobs_open)
-
-    def _run_until(self, done: Callable[[int], bool], deadline_ms: int) -> None:
-        """Turn the reactor until ``done(now_ms)`` and every reply is handed to the kernel, or
-        ``deadline_ms``."""
-        while True:
-            now_ms = self.clock.now_ms()
-            if (done(now_ms) and not self.server.output_bytes) or now_ms >= deadline_ms:
-                return
-            self.reactor.run_once(min(DRAIN_PASS_MS, max(1, deadline_ms - now_ms)))
 
     def _stop_sending(self, flush_timeout_s: float) -> None:
         """Stop the worker (a job it has not started is answered not sent) and close the

@@ -13,12 +13,14 @@ request whose leader moved is cancelled and sent to the new one at the same posi
 
 Consumer groups (``subscribe``/``commit``) build on this class; see ``fabric.client.group``.
 
-Thread-safety: not thread-safe; use one Consumer per thread.
+Thread-safety: not thread-safe; use one Consumer per thread -- except ``wakeup``, which any
+thread may call (Kafka's ``KafkaConsumer.wakeup``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -119,6 +121,7 @@ class Consumer(ConsumerFailover):
         # had then and the error ``poll`` raises (at its start: never after it took records)
         self._position_errors: dict[TopicPartition, tuple[int | None, RemoteError]] = {}
         self._closed = False
+        self._woken = threading.Event()  # ``wakeup``: the poll waiting (or the next one) returns now
         self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
 
     # -- assignment ---------------------------------------------------------------------------
@@ -200,6 +203,7 @@ class Consumer(ConsumerFailover):
         left behind them would be skipped -- and committed by the next auto-commit."""
         out: list[Record] = []
         views = self._poll_views(timeout_ms, max_records)
+        self._woken.clear()
         for i, view in enumerate(views):
             try:
                 out += view.records()
@@ -217,7 +221,15 @@ class Consumer(ConsumerFailover):
         run of one partition, in offset order per partition; waits up to ``timeout_ms`` for
         at least one. A view reads its records from the fetched bytes when first asked
         (``values``, ``keys``...; see ``fabric.records.RecordBatchView``)."""
-        return self._poll_views(timeout_ms, max_records)
+        views = self._poll_views(timeout_ms, max_records)
+        self._woken.clear()
+        return views
+
+    def wakeup(self) -> None:
+        """Any thread: the poll waiting for records returns what it has (none) within one of
+        its passes (100 ms), or the next poll does, as a poll whose timeout ran out -- nothing
+        is lost or skipped (a consumer service stopping answers its fetch in flight so)."""
+        self._woken.set()
 
     def _poll_views(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:
         """What ``poll`` and ``poll_batch`` share (a group consumer joins and commits here)."""
@@ -231,8 +243,8 @@ class Consumer(ConsumerFailover):
             if self._buffer:
                 return self._take(max_records)
             left = deadline - self.clock.now_ms()
-            if left <= 0 and passes:
-                return []
+            if (left <= 0 or self._woken.is_set()) and passes:
+                return []  # the wakeup is cleared by ``poll``: the group consumer's loops around this end too
             # at least one pass, without waiting when the time is up: answers already in are
             # read, so that polls with no wait (timeout 0) get what is there, as Kafka's
             # poll(0) does, instead of never reading the answers to their own fetches

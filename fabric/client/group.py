@@ -239,7 +239,7 @@ class GroupConsumer(GroupJoin, GroupCommits, _AssignConsumer):
             views = super()._poll_views(max(0, min(left, JOIN_SLICE_MS if joining else POLL_SLICE_MS)), max_records)
             if joining and not views:  # (never with records in hand: a join starts with a revocation)
                 self._advance_join()  # what that pass brought: a join's answers, the metadata that starts one
-            if views or self.clock.now_ms() >= deadline:
+            if views or self.clock.now_ms() >= deadline or self._woken.is_set():
                 return views
 
     def _poll_assigned(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:
@@ -261,7 +261,7 @@ class GroupConsumer(GroupJoin, GroupCommits, _AssignConsumer):
             else:
                 slice_ms = left
             views = super()._poll_views(max(0, min(left, slice_ms)), max_records)
-            if views or self.clock.now_ms() >= deadline:
+            if views or self.clock.now_ms() >= deadline or self._woken.is_set():
                 return views
 
     def maintain(self) -> None:

@@ -372,7 +372,8 @@ class ServiceConsumer:
             raise
 
     def create(self, group: str, name: str | None = None, config: dict[str, Any] | None = None) -> ConsumerInstance:
-        """Create an instance on one of the services (spread by name; the next on timeout).
+        """Create an instance on one of the services (spread by name; the next on a timeout or a
+        ``buffer_full`` refusal: that service is stopping or full).
         Raises RemoteError(consumer_instance_exists) if the name is taken there."""
         n = len(self.endpoints)
         if name:
@@ -389,6 +390,11 @@ class ServiceConsumer:
             try:
                 h = self.call(endpoint, P.CONSUMER_CREATE, header, timeout_ms=CREATE_TIMEOUT_MS)
             except RequestTimeout as e:
+                last = e
+                continue
+            except RemoteError as e:  # buffer_full: stopping, or full of instances -- made nothing there
+                if e.code != P.BUFFER_FULL:
+                    raise
                 last = e
                 continue
             pid = h.get("pid")

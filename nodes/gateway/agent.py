@@ -128,7 +128,7 @@ class GatewayAgent(ConsumerInstances):
         self.producer_endpoints = service_endpoints(config, "producer")
         self.consumer_endpoints = service_endpoints(config, "consumer")
         self.is_up = is_up or (lambda endpoint: True)
-        self.takes_work = takes_work or self.is_up
+        self._takes_work = takes_work
         self._local = threading.local()
         self._instances: dict[tuple[str, str], InstanceEntry] = {}
         self.monitor = MonitorAccess(config)
@@ -160,6 +160,10 @@ class GatewayAgent(ConsumerInstances):
 
     def _is_down(self, endpoint: str) -> bool:
         return not self.is_up(endpoint)
+
+    def takes_work(self, endpoint: str) -> bool:
+        """Up and not stopping (draining after SIGTERM): new work may go there."""
+        return self._takes_work(endpoint) if self._takes_work is not None else self.is_up(endpoint)
 
     def _browser(self) -> Consumer:
         return self._get("browser", lambda: Consumer(self.bootstrap, auto_offset_reset="earliest"))

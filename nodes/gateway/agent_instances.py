@@ -47,7 +47,7 @@ class InstanceEntry:
 
 class ConsumerInstances:
     """The consumer-instance half of the gateway agent: the state it reads (``_instances``,
-    ``_lock``, ``consumer_endpoints``, ``owner``, ``is_up``) and the calls it makes
+    ``_lock``, ``consumer_endpoints``, ``owner``, ``is_up``, ``takes_work``) and the calls it makes
     (``_consumers``, ``_is_down``, ``topic``) are the agent's."""
 
     _instances: dict[tuple[str, str], InstanceEntry]
@@ -60,6 +60,7 @@ class ConsumerInstances:
     if TYPE_CHECKING:
         def _consumers(self) -> ServiceConsumer: ...
         def _is_down(self, endpoint: str) -> bool: ...
+        def takes_work(self, endpoint: str) -> bool: ...  # up and not stopping (its instances leave)
         def topic(self, name: str) -> Any: ...
 
     def create_instance(self, group: str, name: str | None, config: dict[str, Any], fmt: str) -> InstanceEntry:
@@ -74,7 +75,7 @@ class ConsumerInstances:
                 raise ClusterError("instance_exists", f"consumer instance {name!r} of group {group!r} already exists")
         if self.owner:
             config = {**config, "owner": self.owner}
-        live = [ep for ep in self.consumer_endpoints if self.is_up(ep)] or self.consumer_endpoints
+        live = [ep for ep in self.consumer_endpoints if self.takes_work(ep)] or self.consumer_endpoints
         with translated("the consumer services"):
             inst = ServiceConsumer(live, is_down=self._is_down).create(group, name, config) \
                 if len(live) != len(self.consumer_endpoints) else self._consumers().create(group, name, config)
@@ -144,7 +145,8 @@ class ConsumerInstances:
             with entry.move_lock:  # one move per instance: a second thread finds it moved
                 if entry.deleted:
                     raise _not_found(entry.group, entry.name)
-                if not self.is_up(entry.endpoint):  # only then: a slow but live service keeps its instance
+                # only then: a slow but live service keeps its instance; a stopping one closes it
+                if not self.takes_work(entry.endpoint):
                     self._make_again(entry, elsewhere=True)
                 made = entry.made
             handle = self._consumers().instance(entry.group, entry.name, entry.endpoint)
@@ -160,7 +162,7 @@ class ConsumerInstances:
                 if e.kind == "instance_not_found":
                     self._forget(entry)
                     raise
-                if e.kind != "unavailable" or attempt or self.is_up(entry.endpoint):
+                if e.kind != "unavailable" or attempt or self.takes_work(entry.endpoint):
                     raise
         raise AssertionError("unreachable")
 
@@ -205,7 +207,7 @@ class ConsumerInstances:
         it was; it starts at the group's committed offsets. Caller holds ``entry.move_lock``.
         Raises ClusterError: unavailable without a live service; instance_not_found (the entry
         forgotten) when the name is taken there by an instance this gateway did not make."""
-        live = [ep for ep in self.consumer_endpoints if self.is_up(ep)]
+        live = [ep for ep in self.consumer_endpoints if self.takes_work(ep)]
         targets = [ep for ep in live if ep != entry.endpoint] if elsewhere else live or [entry.endpoint]
         if not targets:
             raise ClusterError("unavailable", "no consumer service is up to host the consumer instance")
@@ -255,7 +257,7 @@ class ConsumerInstances:
                 handle.delete()
         except ClusterError as e:
             gone = (e.kind == "instance_not_found" and self._service_restarted(entry)) or \
-                (e.kind == "unavailable" and not self.is_up(entry.endpoint))
+                (e.kind == "unavailable" and not self.takes_work(entry.endpoint))
             if not gone:
                 raise
         finally:

@@ -72,6 +72,9 @@ class _FakeGroupConsumer:
     def seek(self, tp: Any, offset: int) -> None:
         self.position = offset
 
+    def wakeup(self) -> None:  # the instance's stop: nothing to cut short here
+        pass
+
     def close(self) -> None:
         pass
 
