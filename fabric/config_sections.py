@@ -357,7 +357,7 @@ class ServicesConfig(_Model):
     producer_buffer_bytes_max: int = Field(32 * 1024 * 1024, ge=1024)
     # after SIGTERM, how long the requests taken get to be acknowledged (nodes/producer.py): the
     # supervisor's SIGKILL comes 15 s after SIGTERM, and the rest of the stop needs up to 7 s
-    producer_drain_timeout_ms: int = Field(7000, ge=0, le=8000)
+    producer_drain_timeout_ms: int = Field(5000, ge=0, le=6000)
     consumer_instances_max: int = Field(256, ge=1, le=10_000)
     consumer_instance_idle_timeout_ms: int = Field(300_000, ge=100)
 

@@ -5,8 +5,8 @@ SIGTERM/SIGINT. A role subclasses ``Node`` and adds routes, sockets and timers.
 A clean stop: the signal stops the reactor, then ``drain`` runs (on the reactor's thread, the
 reactor still usable through ``run_once``: a role that took requests it answers later -- the
 producer and consumer services -- finishes them there, within its own deadline), then
-``close``. While it drains, PING answers ``stopping: true`` (the gateway's health watcher then
-counts the node down and sends it nothing more).
+``close``. While it drains, PING answers ``stopping: true``: the gateway's health watcher then
+sends it nothing new and still waits for what it sent (``nodes.gateway.control.takes_work``).
 
 A programmer error on the reactor thread (see ``fabric.reactor``), or one a worker thread
 hands over with ``fail_from_thread``, leaves ``run`` without the clean close -- a close could persist the broken state -- and ``nodes.run`` exits with

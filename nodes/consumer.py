@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 IDLE_CHECK_INTERVAL_MS = 500
 # SIGTERM: how long the instances get to answer, commit and leave their groups (a leave waits
-# 2 s at most); inside the supervisor's 15 s before SIGKILL, with close's joins (5 s) after it
+# 2 s at most): well inside the supervisor's 15 s before SIGKILL, and the test harness's 10 s
 DRAIN_TIMEOUT_MS = 8000
 STOPPING_MESSAGE = ("the consumer service is stopping: its consumer instances leave their groups; make the "
                     "instance again on another consumer service (the gateway does), then ask again")
@@ -228,7 +228,9 @@ class ConsumerService(Node):
     def close(self) -> None:
         for inst in self.instances.values():
             inst.stop()
-        deadline = time.monotonic() + 5  # one wait for them all: the supervisor's SIGKILL comes at 15 s
+        # one wait for them all, none after a drain that gave them theirs (the supervisor's
+        # SIGKILL comes 15 s after SIGTERM)
+        deadline = time.monotonic() + (0 if self.draining else 5)
         for inst in self.instances.values():
             inst.join(timeout=max(0.0, deadline - time.monotonic()))
         self.reactor.remove_waker(self._waker)

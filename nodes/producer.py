@@ -70,7 +70,7 @@ JOBS_MAX = 10_000                  # requests accepted and not yet answered
 DELIVERY_TIMEOUT_MS = 30_000       # a record not acknowledged by then fails (request_timed_out)
 SEND_BLOCK_MS = 5000               # how long the worker waits for a topic's metadata
 # Stopping (the module doc). The supervisor SIGKILLs a node 15 s after SIGTERM
-# (nodes.launcher.STOP_TIMEOUT_S): producer_drain_timeout_ms (at most 8 s), a send of the worker
+# (nodes.launcher.STOP_TIMEOUT_S): producer_drain_timeout_ms (at most 6 s), a send of the worker
 # blocked on metadata (SEND_BLOCK_MS) and DRAIN_ANSWERS_MS fit inside it.
 DRAIN_ANSWERS_MS = 1000            # after the producers closed: their last answers go out
 STOPPING_MESSAGE = ("the producer service is stopping: nothing of the request was written; send it again "

@@ -26,7 +26,7 @@ from tests.gateway_client import BINARY, Http, b64, gateway_overrides
 from tests.harness import Cluster, wait_until
 
 TOPIC = "drain"
-DRAIN_TIMEOUT_MS = 1500
+DRAIN_TIMEOUT_MS = 4000  # long enough for the drain tests' steps on a slow machine
 # one broker (the topic's only replica, paused to hold requests in flight) whose pause of a few
 # seconds stays inside its session; the producer service's drain cut short for the deadline test
 CLUSTER_OPTIONS = {"brokers": 1, "extra_nodes": ("producer", "gateway"),
