@@ -129,14 +129,15 @@ class ConsumerService(Node):
                 self.server.reply_error(req, err.code, err.message)
 
     # -- requests ----------------------------------------------------------------------------------
-    def _refuse_while_stopping(self, req: wire.Request) -> None:
+    def _take_request(self, req: wire.Request) -> None:
+        """Note when an instance request came (the drain's quiet period); refused while stopping."""
         self._last_request_ms = req.received_ms
         if self.draining:
             self.counters["refused_stopping"] += 1
             raise RemoteError(P.BUFFER_FULL, STOPPING_MESSAGE)
 
     def _on_create(self, req: wire.Request) -> Any:
-        self._refuse_while_stopping(req)
+        self._take_request(req)
         group = req.get("group", str)
         name = req.get("instance", str, "") or f"{self.name}-{os.urandom(6).hex()}"
         if not 1 <= len(group) <= P.GROUP_ID_LEN_MAX or len(name) > P.GROUP_ID_LEN_MAX:
@@ -174,7 +175,7 @@ class ConsumerService(Node):
             inst.stop()
 
     def _on_op(self, req: wire.Request) -> Any:
-        self._refuse_while_stopping(req)
+        self._take_request(req)
         key = (req.get("group", str), req.get("instance", str))
         inst = self.instances.get(key)
         if inst is None:
