@@ -202,8 +202,11 @@ class Instance(threading.Thread):
         if op == "seek":
             return self._seek(c, h)
         if op == "assignment":
+            # joining: a member in a rebalance holds no partition until its join completes -- an
+            # empty assignment then is not one that gave its partitions to other members
             return {"partitions": [list(tp) for tp in c.assignment()],
-                    "positions": [[t, p, -1 if c.position((t, p)) is None else c.position((t, p))] for t, p in c.assignment()]}
+                    "positions": [[t, p, -1 if c.position((t, p)) is None else c.position((t, p))] for t, p in c.assignment()],
+                    "joining": c.joining}
         if op == "assign":
             return self._assign(c, h)
         if op == "delete":

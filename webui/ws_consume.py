@@ -126,8 +126,13 @@ class Delivered:
 
     def _commit_owned(self, handle: Any, wanted: dict[tuple[str, int], int]) -> None:
         """Commit ``wanted`` for the partitions the instance still owns: one a rebalance gave to
-        another member is its to commit now (and would have the whole commit refused)."""
-        owned = set(handle.assignment())
+        another member is its to commit now (and would have the whole commit refused). Raises
+        ClusterError(rebalance) while the instance joins its group, keeping ``sent``: it owns
+        nothing until the join completes, and what it held may come back to it."""
+        held = handle.owned()
+        if held is None:
+            raise ClusterError("rebalance", "a rebalance is under way: commit again once the stream says ready")
+        owned = set(held)
         for tp in [tp for tp in self.sent if tp not in owned]:
             del self.sent[tp]
             self.committed.pop(tp, None)

@@ -330,6 +330,12 @@ class ConsumerInstance:
     def assignment(self) -> list[tuple[str, int]]:
         return [(t, p) for t, p in self._call(P.CONSUMER_ASSIGNMENT)["partitions"]]
 
+    def owned(self) -> list[tuple[str, int]] | None:
+        """The assigned partitions, or None while the instance joins its group (a rebalance
+        under way: which partitions it will own is not known yet)."""
+        h = self._call(P.CONSUMER_ASSIGNMENT)
+        return None if h.get("joining") else [(t, p) for t, p in h["partitions"]]
+
     def positions(self) -> dict[tuple[str, int], int]:
         return {(t, p): o for t, p, o in self._call(P.CONSUMER_ASSIGNMENT)["positions"]}
 

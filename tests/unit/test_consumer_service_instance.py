@@ -163,3 +163,21 @@ def test_seeking_a_partition_not_assigned_is_refused_alike_whatever_the_target(t
     assert e.value.code == P.PARTITION_NOT_ASSIGNED and f"{tp[0]}-{tp[1]}" in e.value.message
     assert serve(inst, "assignment")["partitions"] == [list(T0)]
     inst._close()
+
+
+def test_the_assignment_says_whether_the_member_is_joining() -> None:
+    """``joining`` in the assignment's answer: a member in a rebalance holds no partition yet,
+    and its empty assignment is not one that gave its partitions to others (/ws/consume's
+    commits tell the two apart). A subscribed instance before and after its join."""
+    broker = OnePartitionBroker()
+    reactor = BrokerRepliesReactor(broker)
+    config = consumer_config(broker, reactor, ScriptedCoordinatorLink(OffsetsCoordinator()), enable_auto_commit=False)
+    inst = Instance(_host(), "g", "i", config, 0)
+    serve(inst, "create")
+    serve(inst, "subscribe", topics=["t"])
+    assert serve(inst, "assignment") == {"partitions": [], "positions": [], "joining": True}
+    for _ in range(FETCHES_WITHOUT_WAIT_MAX):
+        if serve(inst, "fetch", timeout_ms=0, frame=True, positions=True).header["positions"] is not None:
+            break
+    assert serve(inst, "assignment")["partitions"] == [list(T0)] and serve(inst, "assignment")["joining"] is False
+    inst._close()

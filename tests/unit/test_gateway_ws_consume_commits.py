@@ -94,6 +94,10 @@ class InstanceAgent:
     def assignment(self) -> list[tuple[str, int]]:
         return [("t", 0)]
 
+    def owned(self) -> list[tuple[str, int]] | None:
+        """The assignment, None while the member joins its group."""
+        return self.assignment()
+
     def committed(self, partitions: list[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
         """The group's committed offsets (-1: none): what this instance's commits made them."""
         held: dict[tuple[str, int], int] = {}
@@ -178,7 +182,7 @@ class RebalancedAgent(InstanceAgent):
 
     def __init__(self, ws: ClientSocket) -> None:
         super().__init__(ws, leave_at_fetch=0)
-        self.owned = {("t", 0), ("t", 1)}
+        self.held = {("t", 0), ("t", 1)}
         self.pos = {("t", 0): 0, ("t", 1): 0}
         self.refused: list[str] = []
 
@@ -186,7 +190,7 @@ class RebalancedAgent(InstanceAgent):
         self.fetches += 1
         tp = ("t", 0) if self.fetches == 1 else ("t", 1)
         if self.fetches == 2:
-            self.owned = {("t", 1)}  # the rebalance
+            self.held = {("t", 1)}  # the rebalance
         if self.fetches > 1:
             deadline = time.monotonic() + DEADLINE_S
             while len(self.ws.received) < self.fetches - 1 and time.monotonic() < deadline:
@@ -201,11 +205,11 @@ class RebalancedAgent(InstanceAgent):
         return [Record(tp[0], tp[1], x, 0, None, b"v", None) for x in range(o, o + 5)]
 
     def assignment(self) -> list[tuple[str, int]]:
-        return sorted(self.owned)
+        return sorted(self.held)
 
     def commit(self, offsets: dict | None = None) -> None:
         for tp in offsets or {}:
-            if tp not in self.owned:
+            if tp not in self.held:
                 self.refused.append(f"{tp} not assigned")
                 raise ClusterError("invalid", f"{tp[0]}-{tp[1]} is not assigned to this member")
         self.commits.append(dict(offsets or {}))
@@ -239,3 +243,50 @@ def test_a_produce_message_that_is_not_an_object_is_answered_with_what_is_wanted
     assert out.done.wait(DEADLINE_S)
     [answer] = ws.received
     assert answer["error_code"] == 42204 and "a JSON object is wanted, not list" in answer["message"], answer
+
+
+class JoiningAgent(InstanceAgent):
+    """t-0 throughout, but when the client's first ``through`` comes its member is in a
+    rebalance -- joining, no partition yet -- which is over (t-0 back) by its second."""
+
+    def __init__(self, ws: ClientSocket) -> None:
+        super().__init__(ws, leave_at_fetch=0)
+        self.joining = False
+
+    def fetch(self, **_kw: object) -> list[Record]:
+        self.fetches += 1
+        if self.fetches == 3:  # messages 1 and 2 reached the client, which confirms them
+            self._wait_for(lambda: len([m for m in self.ws.received if "records" in m]) == 2)
+            self.joining = True
+            self.ws.inbox.append('{"commit": "all", "through": 2}')
+        if self.fetches == 4:  # answered; the join is over and the client asks again
+            self._wait_for(lambda: len([m for m in self.ws.received if "committed" in m]) == 1)
+            self.joining = False
+            self.ws.inbox.append('{"commit": "all", "through": 2}')
+        if self.fetches == 5:
+            self._wait_for(lambda: len([m for m in self.ws.received if "committed" in m]) == 2)
+            self.ws.connected = False
+        if self.fetches > 2:
+            return []
+        self.position += 10
+        return [Record("t", 0, o, 0, None, b"v", None) for o in range(self.position - 10, self.position)]
+
+    def _wait_for(self, condition) -> None:  # noqa: ANN001
+        deadline = time.monotonic() + DEADLINE_S
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def owned(self) -> list[tuple[str, int]] | None:
+        return None if self.joining else self.assignment()
+
+
+def test_a_commit_while_the_member_joins_is_refused_and_what_it_covered_is_committed_later() -> None:
+    """A member in a rebalance holds no partition until its join completes: a ``through`` then
+    was answered committed: true, committed nothing, and forgot the messages it covered -- a
+    client that went away on that answer had the group deliver them again."""
+    ws = ClientSocket()
+    agent = JoiningAgent(ws)
+    run(agent, ws, {"topic": "t", "group": "billing", "auto_commit": "false"})
+    answers = [m for m in ws.received if "committed" in m]
+    assert [(m["committed"], m.get("error")) for m in answers] == [(False, "rebalance"), (True, None)], answers
+    assert agent.commits == [{("t", 0): 20}], agent.commits

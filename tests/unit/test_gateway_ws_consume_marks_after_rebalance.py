@@ -33,7 +33,7 @@ class RebalancedInstance:
         self.ws = ws
         self.fetches = 0
         self.generation = 1
-        self.owned = [P0, P1]
+        self.held = [P0, P1]
         self.group_committed: dict[tuple[str, int], int] = {}
         self.commits: list[dict] = []
         self.refuse_as_rebalance = False
@@ -67,11 +67,11 @@ class RebalancedInstance:
         elif self.fetches == 3:
             self._wait_for(lambda: self._answers() >= 1)
             self.refuse_as_rebalance = False
-            self.generation, self.owned = 2, [P1]
+            self.generation, self.held = 2, [P1]
             self.group_committed[P0] = 50  # the member that took p0 read on and committed
             records = [Record("t", 1, o, 0, None, b"v", None) for o in range(10, 20)]
         elif self.fetches == 4:
-            self.generation, self.owned = 3, [P0, P1]  # p0 is back, at 50, and nothing new comes to it
+            self.generation, self.held = 3, [P0, P1]  # p0 is back, at 50, and nothing new comes to it
             records = [Record("t", 1, o, 0, None, b"v", None) for o in range(20, 30)]
         elif self.fetches == 5:
             self._wait_for(lambda: self._records_messages() >= 3)
@@ -79,21 +79,24 @@ class RebalancedInstance:
         elif self.fetches == 6:
             self._wait_for(lambda: self._answers() >= 2)
             self.ws.connected = False
-        positions = {tp: 0 for tp in self.owned}
+        positions = {tp: 0 for tp in self.held}
         return Fetched(records, positions, self.generation)
 
     def assignment(self) -> list[tuple[str, int]]:
-        return list(self.owned)
+        return list(self.held)
+
+    def owned(self) -> list[tuple[str, int]]:
+        return self.assignment()  # never joining here
 
     def committed(self, partitions: list[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
-        return {tp: self.group_committed.get(tp, -1) for tp in (partitions or self.owned)}
+        return {tp: self.group_committed.get(tp, -1) for tp in (partitions or self.held)}
 
     def commit(self, offsets: dict | None = None) -> None:
         assert offsets is not None
         if self.refuse_as_rebalance:
             raise ClusterError("rebalance", "rebalance_in_progress: fetch records again, then commit")
         for tp, o in offsets.items():
-            if tp not in self.owned:
+            if tp not in self.held:
                 raise ClusterError("invalid_offset", f"partition_not_assigned: {tp}")
             if o < self.group_committed.get(tp, -1):
                 raise ClusterError("cluster", f"invalid_commit_offset: offset {o} for {tp} is below the committed "
