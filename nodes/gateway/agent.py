@@ -50,6 +50,7 @@ from fabric.config import LoomConfig
 from fabric.errors import CodedError, FabricError, RequestTimeout
 from fabric.records import Record
 from nodes.gateway.agent_instances import ConsumerInstances, InstanceEntry
+from nodes.gateway.left_behind import LeftBehind
 from nodes.gateway.monitor_link import MonitorAccess
 from nodes.gateway.translate import KINDS, translated
 from webui.errors import ClusterError
@@ -131,6 +132,7 @@ class GatewayAgent(ConsumerInstances):
         self._takes_work = takes_work
         self._local = threading.local()
         self._instances: dict[tuple[str, str], InstanceEntry] = {}
+        self.left_behind = LeftBehind(self.is_up, self.holder)
         self.monitor = MonitorAccess(config)
         self._lock = threading.Lock()
         self._produce_md: tuple[Any, float] | None = None   # (metadata, time.monotonic() it was fetched)

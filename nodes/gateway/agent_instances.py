@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from fabric import protocol as P
 from fabric.client.services import CALL_TIMEOUT_MS, ServiceConsumer
 from fabric.errors import CodedError, ConnectionLost, FabricError, RequestTimeout
+from nodes.gateway.left_behind import LeftBehind
 from nodes.gateway.translate import translated
 from webui.errors import ClusterError
 
@@ -52,6 +53,7 @@ class ConsumerInstances:
 
     _instances: dict[tuple[str, str], InstanceEntry]
     _lock: threading.Lock
+    left_behind: LeftBehind  # instances on services seen down, made again elsewhere: deleted when back
     consumer_endpoints: list[str]
     owner: str
     owner_base: str
@@ -125,6 +127,11 @@ class ConsumerInstances:
             return deleted if len(listed) == len(self.consumer_endpoints) else None
         finally:
             services.close()
+
+    def holder(self, group: str, name: str) -> InstanceEntry | None:
+        """The entry of the instance of that name, if this gateway process has one."""
+        with self._lock:
+            return self._instances.get((group, name))
 
     def instance(self, group: str, name: str) -> InstanceEntry:
         with self._lock:
@@ -234,6 +241,8 @@ class ConsumerInstances:
             services.close()
         log.warning("consumer instance %s/%s made again on %s (its service %s %s)", entry.group, entry.name,
                     inst.endpoint, entry.endpoint, "is down" if elsewhere else "restarted")
+        if elsewhere:  # a service only paused still hosts the old one: a member of its group once resumed
+            self.left_behind.add(entry)
         entry.endpoint, entry.service_pid, entry.made = inst.endpoint, inst.pid, entry.made + 1
 
     def _forget(self, entry: InstanceEntry) -> None:

@@ -4,7 +4,8 @@ connection end and makes the instance again at once, instead of waiting out the 
 timeout (a fetch's ``timeout`` plus 10 s) for a reply the killed process took along. A REST long
 poll is answered, and a ``/ws/consume`` stream goes on (``{"ready": false}``, then records),
 well before that; in both, nothing committed is delivered again and no committed offset goes
-back."""
+back. And a service paused until the gateway sees it down: the instance made again elsewhere
+leaves nothing behind there to hold partitions once the service resumes."""
 
 from __future__ import annotations
 
@@ -158,3 +159,36 @@ def test_a_ws_consume_stream_whose_service_is_killed_goes_on_soon(cluster: Clust
         assert sum(after.values()) == 30
     finally:
         ws.close()
+
+
+def test_an_instance_moved_off_a_paused_service_leaves_nothing_behind_there(cluster: Cluster, http: Http) -> None:
+    """A consumer service paused (SIGSTOP) long enough for the gateway to see it down: the
+    gateway makes the instance again on a live service. The old instance lives on in the paused
+    process and, resumed, was a member of the group again -- holding partitions nobody fetches
+    until its idle expiry (5 minutes): their records were not delivered meanwhile."""
+    import signal
+
+    make_topic(http, "paused", partitions=2)
+    http.ok("POST", "/consumers/g-paused", {"name": "pz", "format": "json", "auto.offset.reset": "earliest",
+                                            "auto.commit.enable": "false"})
+    base = "/consumers/g-paused/instances/pz"
+    http.ok("POST", base + "/subscription", {"topics": ["paused"]})
+    http.ok("POST", "/topics/paused", {"records": [{"key": i, "value": i} for i in range(10)]})
+    seen: list[dict] = []
+    wait_until(lambda: seen.extend(http.ok("GET", base + "/records", timeout=500)) or len(seen) >= 10, 20,
+               what="the first 10 records")
+    host = consumer_host(cluster, group="g-paused")
+    cluster.kill(host, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not cluster.stats("gateway")["nodes_up"].get(host, True), 15,
+                   what=f"the gateway to see {host} down")
+        http.ok("GET", base + "/records", timeout=0)  # made again on the other service
+    finally:
+        cluster.kill(host, signal.SIGCONT)
+    http.ok("POST", "/topics/paused", {"records": [{"key": i, "value": 100 + i} for i in range(20)]})
+    later: list[dict] = []
+    wait_until(lambda: later.extend(http.ok("GET", base + "/records", timeout=500)) or
+               {r["value"] for r in later} >= {100 + i for i in range(20)}, 30,
+               what="every record produced after the pause, from both partitions")
+    assert {r["partition"] for r in later if r["value"] >= 100} == {0, 1}
+    http.ok("DELETE", base)
