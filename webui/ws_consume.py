@@ -78,16 +78,16 @@ class Delivered:
         self.sent: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.last_commit_s = time.monotonic()
-        # the membership generation the last fetch reported, and whether the group's committed
-        # offsets are to be looked up before the next commit (after every new generation)
+        # the membership generation the last fetch reported, and the partitions whose committed
+        # offsets were looked up in it (each is, before its first commit of every generation)
         self.generation: int | None = None
-        self.baseline_due = True
+        self.baselined: set[tuple[str, int]] = set()
 
     def note_generation(self, generation: int) -> None:
         """A fetch reported ``generation``: after a rebalance, marks sent before it may be below
         what another member committed meanwhile (it held a partition that came back)."""
         if generation != self.generation:
-            self.generation, self.baseline_due = generation, True
+            self.generation, self.baselined = generation, set()
 
     def number(self, records: list) -> tuple[int, dict[tuple[str, int], int]]:
         """The next message's number and its mark: the offsets after its records, per partition
@@ -137,14 +137,17 @@ class Delivered:
             del self.sent[tp]
             self.committed.pop(tp, None)
         wanted = {tp: o for tp, o in wanted.items() if tp in owned}
-        if wanted and self.baseline_due:
+        unknown = sorted(tp for tp in wanted if tp not in self.baselined)
+        if unknown:
             # marks sent before a rebalance below what the group holds now: the coordinator
             # refuses a commit that moves an offset backward, and the whole commit with it -- every
-            # later one too, for as long as that partition brings nothing new
-            for tp, o in handle.committed(sorted(wanted)).items():
+            # later one too, for as long as that partition brings nothing new. Each partition is
+            # looked up, not only those of the generation's first commit: a client reading behind
+            # confirms a mark of another partition later
+            for tp, o in handle.committed(unknown).items():
                 if o > self.committed.get(tp, -1):
                     self.committed[tp] = o
-            self.baseline_due = False
+            self.baselined.update(unknown)
             wanted = {tp: o for tp, o in wanted.items() if o > self.committed.get(tp, -1)}
         if wanted:
             handle.commit(wanted)

@@ -117,9 +117,8 @@ class RebalancedInstance:
             time.sleep(0.01)
 
 
-def test_marks_sent_before_a_rebalance_do_not_make_every_later_commit_go_backward() -> None:
-    ws = ClientSocket()
-    agent = RebalancedInstance(ws)
+def _commit_answers(agent: RebalancedInstance, ws: ClientSocket) -> list[dict]:
+    """Run the stream of group billing with ``agent`` to its end; the answers to its commits."""
     out = wsmod.Outbox(ws, queue_max=100, slow_timeout_s=1.0)
     try:
         consumemod.consume(ws, out, SimpleNamespace(agent=agent), {"topic": "t", "group": "billing", "auto_commit": "false"})
@@ -127,7 +126,13 @@ def test_marks_sent_before_a_rebalance_do_not_make_every_later_commit_go_backwar
         pass
     out.close(1000, "done")
     assert out.done.wait(DEADLINE_S)
-    answers = [m for m in ws.received if "committed" in m]
+    return [m for m in ws.received if "committed" in m]
+
+
+def test_marks_sent_before_a_rebalance_do_not_make_every_later_commit_go_backward() -> None:
+    ws = ClientSocket()
+    agent = RebalancedInstance(ws)
+    answers = _commit_answers(agent, ws)
     assert len(answers) == 2, answers
     assert answers[0]["committed"] is False, "the first commit came during the rebalance"
     assert answers[1] == {"committed": True}, \
@@ -135,3 +140,39 @@ def test_marks_sent_before_a_rebalance_do_not_make_every_later_commit_go_backwar
         "the group committed meanwhile, and the coordinator refuses the whole commit"
     assert agent.group_committed.get(P1) == 30, agent.group_committed
     assert agent.group_committed.get(P0) == 50, "p0 went backward"
+
+class LaggingClient(RebalancedInstance):
+    """Generation 1: message 1 has p1 0-9, message 2 p0 0-9. Generation 3 (p0 was another
+    member's in 2, which committed 50): p0 is back, idle at 50, message 3 has p1 10-19. The
+    client, reading behind, confirms message 1 (p1 only: the first commit of generation 3), then
+    2 (p0 below 50), then 3."""
+
+    def fetch_with_positions(self, **_kw: object) -> Fetched:
+        self.fetches += 1
+        records: list[Record] = []
+        if self.fetches in (1, 2):
+            records = [Record("t", 2 - self.fetches, o, 0, None, b"v", None) for o in range(10)]
+        elif self.fetches == 3:
+            self._wait_for(lambda: self._records_messages() >= 2)
+            self.generation = 3
+            self.group_committed[P0] = 50  # the member that held p0 in generation 2 read on and committed
+            records = [Record("t", 1, o, 0, None, b"v", None) for o in range(10, 20)]
+        elif self.fetches in (4, 5, 6):
+            self._wait_for(lambda: self._records_messages() >= 3 and self._answers() >= self.fetches - 4)
+            self.ws.inbox.append('{"commit": "all", "through": %d}' % (self.fetches - 3))
+        elif self.fetches == 7:
+            self._wait_for(lambda: self._answers() >= 3)
+            self.ws.connected = False
+        return Fetched(records, {tp: 0 for tp in self.held}, self.generation)
+
+
+def test_a_mark_confirmed_after_the_first_commit_of_a_generation_is_not_committed_backward() -> None:
+    """The group's committed offsets were looked up once per generation, for the partitions of
+    its first commit only: a mark of another partition from before the rebalance, confirmed
+    later, went out below what the group held -- refused, and with it every later commit for as
+    long as that partition brought nothing new."""
+    ws = ClientSocket()
+    agent = LaggingClient(ws)
+    answers = _commit_answers(agent, ws)
+    assert answers == [{"committed": True}] * 3, answers
+    assert agent.group_committed == {P0: 50, P1: 20}, agent.group_committed
