@@ -13,6 +13,8 @@ import logging
 import time
 from typing import Any, Callable
 
+from fabric import protocol as P
+from fabric.errors import RemoteError
 from webui.context import Gateway
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import records_json
@@ -255,6 +257,13 @@ def commit_entries(commit: Any) -> dict[tuple[str, int], int] | None:
     return wanted
 
 
+def partition_taken(e: ClusterError) -> bool:
+    """Whether the coordinator refused a commit because it names a partition the member no
+    longer owns: a rebalance gave it to another member after the client read its records -- a
+    race the client cannot avoid, not a broken protocol (it closed the stream with 1008)."""
+    return isinstance(e.__cause__, RemoteError) and e.__cause__.code == P.PARTITION_NOT_ASSIGNED
+
+
 def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
                       limit: Callable[[], dict | None]) -> None:
     """Handle what the client sent: {"commit": "all", "through"?: N} or {"commit": [{topic,
@@ -295,9 +304,10 @@ def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
             try:
                 gw.agent.call_instance(delivered.group, delivered.name, lambda h: h.commit(wanted))
             except ClusterError as e:
-                if e.kind not in RETRIABLE_COMMIT_ERRORS:
+                taken = partition_taken(e)
+                if e.kind not in RETRIABLE_COMMIT_ERRORS and not taken:
                     raise
-                out.put({"committed": False, "error": e.kind, "message": e.message})
+                out.put({"committed": False, "error": "rebalance" if taken else e.kind, "message": e.message})
                 continue
             delivered.note_committed(wanted)
         out.put({"committed": True})

@@ -138,3 +138,25 @@ def test_an_explicit_commit_refused_by_a_rebalance_is_answered_and_the_stream_go
         in ws.received
     assert out._closing == (1000, "done"), out._closing
     assert len([m for m in ws.received if "records" in m]) == 3, "the stream did not go on"
+
+
+def test_an_explicit_commit_of_a_partition_a_rebalance_took_is_answered_and_the_stream_goes_on() -> None:
+    """The coordinator refuses a commit naming a partition the member no longer owns (a
+    rebalance gave it to another member after the client read it): the stream was closed with
+    1008 as if the client had broken the protocol."""
+    from fabric import protocol as P
+    from fabric.errors import RemoteError
+    from nodes.gateway.translate import translated
+    ws = ClientSocket()
+    agent = ReadingClient(ws, ['{"commit": [{"topic": "t", "partition": 0, "offset": 4}]}'], after=1, leave_at_fetch=4)
+
+    def taken(offsets: dict | None = None) -> None:
+        with translated("the consumer service"):
+            raise RemoteError(P.PARTITION_NOT_ASSIGNED, "t-0 is not assigned to i-1 in generation 2")
+    agent.commit = taken  # type: ignore[method-assign]
+    out = _run(agent, ws, {"topic": "t", "group": "billing", "auto_commit": "false"})
+    answers = [m for m in ws.received if "committed" in m]
+    assert [(m["committed"], m["error"]) for m in answers] == [(False, "rebalance")], answers
+    assert "t-0 is not assigned" in answers[0]["message"], answers
+    assert out._closing == (1000, "done"), out._closing
+    assert len([m for m in ws.received if "records" in m]) == 3, "the stream did not go on"
