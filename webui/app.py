@@ -28,7 +28,7 @@ from webui.context import Gateway
 from webui.dashboard import dashboard_blueprint, forbid_framing
 from webui.errors import ApiError, ClusterError
 from webui.fastpath import NOSNIFF, ProduceFastPath, presented_key_of, request_id_of
-from webui.spec import JSON, Api, Op
+from webui.spec import JSON, Answer, Api, Op
 
 log = logging.getLogger("loom.gateway.http")
 STATIC = Path(__file__).parent / "static"
@@ -88,18 +88,30 @@ def build_api(gw: Gateway) -> Api:
         return {"status": "ok"}
 
     @api.op("GET", "/status/ready", role="read", tag="ops", summary="Readiness: coordinator, brokers and services",
+            description="200 when ready, 503 when not (a load balancer or a Kubernetes probe reads the status "
+                        "code), with the same body: `reasons` says what is not ready.",
+            statuses={503: "Not ready: the same body, `ready` false, with its `reasons`"},
             response={"type": "object", "required": ["ready", "nodes"], "properties": {
                 "ready": {"type": "boolean"}, "nodes": {"type": "object", "additionalProperties": {"type": "string"}},
-                "brokers_alive": {"type": "integer"}, "brokers": {"type": "integer"}}})
-    def ready() -> dict:
-        md = gw.agent.metadata()
-        alive = sum(1 for b in md.brokers.values() if b.alive)
+                "brokers_alive": {"type": "integer"}, "brokers": {"type": "integer"},
+                "coordinator": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}}})
+    def ready() -> dict | Answer:
         states = gw.hub.node_states()
         # "up"/"down" from the gateway's own health watcher; the monitor's finer states when it
         # runs (a degraded node serves; an unresponsive one does not)
-        services_up = all(s in SERVING_STATES for s in states.values())
-        return {"ready": alive == len(md.brokers) and alive > 0 and services_up, "nodes": states,
-                "brokers_alive": alive, "brokers": len(md.brokers)}
+        reasons = [f"{node} is {state}" for node, state in sorted(states.items()) if state not in SERVING_STATES]
+        body: dict = {"ready": False, "nodes": states}
+        try:
+            md = gw.agent.metadata()
+        except ClusterError as e:  # no broker counts without the coordinator's metadata
+            body.update(coordinator=False, reasons=[f"the coordinator: {e.message}", *reasons])
+            return Answer(503, body)
+        alive = sum(1 for b in md.brokers.values() if b.alive)
+        if alive < len(md.brokers) or alive == 0:
+            reasons.insert(0, f"{alive} of {len(md.brokers)} brokers alive")
+        body.update(ready=not reasons, brokers_alive=alive, brokers=len(md.brokers), coordinator=True,
+                    reasons=reasons)
+        return body if not reasons else Answer(503, body)
 
     @api.op("GET", "/metrics", role="read", tag="ops", response={"type": "string"}, response_type=PROMETHEUS_TEXT,
             summary="Every node's metrics in the Prometheus text format, from the monitor (503 without one)",

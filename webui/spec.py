@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from flask import Flask, Response, g, request
 import jsonschema_rs
@@ -50,6 +50,14 @@ URI_TOO_LONG = {"description": f"URI too long: a request line over {REQUEST_LINE
 FAST_JSON_TYPES = frozenset({"application/vnd.kafka.binary.v2+json"})  # bodies parsed with orjson
 
 
+class Answer(NamedTuple):
+    """A handler's answer with another status than its op's ``status``: one of the op's
+    ``statuses``, with a body of the op's ``response`` schema (a readiness probe is read by its
+    status code, and its body says why)."""
+    status: int
+    body: Any
+
+
 @dataclass
 class Op:
     method: str
@@ -66,6 +74,7 @@ class Op:
     response: dict | None = None         # None: 204 No Content
     response_type: str = JSON            # another type: the handler returns (body bytes, content type)
     status: int = 200
+    statuses: dict[int, str] = field(default_factory=dict)  # other status -> its description (Answer)
     errors: tuple[int, ...] = ()         # error codes besides the common ones
     cluster: bool = True                 # talks to the cluster: may answer 408 / 503
     description: str = ""
@@ -312,12 +321,16 @@ class Api:
             kw["body"] = body
             kw["content_type"] = mimetype
         result = op.handler(**kw)
+        status = op.status
+        if isinstance(result, Answer):
+            assert result.status in op.statuses and op.response_type == JSON, (op.endpoint, result.status)
+            status, result = result
         if op.response is None:
             return 204, None, None
         if op.response_type != JSON:
             body_bytes, content_type = result
             return op.status, body_bytes, content_type
-        return op.status, dumps(result), JSON
+        return status, dumps(result), JSON
 
     # -- the document ----------------------------------------------------------------------
     def openapi(self) -> dict[str, Any]:
@@ -345,6 +358,13 @@ class Api:
                     entry["headers"] = {"Retry-After": {"description": "seconds to wait", "required": True,
                                                         "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
                 responses[str(status)] = entry
+            for status, desc in op.statuses.items():  # the op's body; or else an error of that status
+                assert op.response is not None, op.endpoint
+                other = responses.get(str(status))
+                schemas = [op.response] + ([other["content"][JSON]["schema"]] if other else [])
+                responses[str(status)] = {
+                    "description": desc + (" -- or an error. " + other["description"] if other else ""),
+                    "content": {JSON: {"schema": {"anyOf": schemas} if other else op.response}}}
             responses["414"] = URI_TOO_LONG
             item: dict[str, Any] = {"operationId": _operation_id(op), "summary": op.summary, "tags": [op.tag],
                                     "parameters": params, "responses": responses,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -423,3 +424,22 @@ def test_too_many_or_too_large_headers_are_the_http_servers_html_431(http: Http)
     for headers in ({f"x-h{i}": "v" for i in range(101)}, {"x-big": "v" * 9000}):
         r = http.session.get(url, headers=headers)
         assert r.status_code == 431 and r.headers["Content-Type"].startswith("text/html"), (r.status_code, r.text[:200])
+
+
+def test_ready_answers_503_with_its_reasons_while_a_broker_is_stopped(cluster: Cluster, http: Http) -> None:
+    """A load balancer or a Kubernetes probe reads /status/ready by its status code: a cluster
+    that is not ready was answered 200 with "ready": false."""
+    def answer() -> tuple[int, dict]:
+        r = http("GET", "/status/ready")
+        return r.status_code, r.json()
+    wait_until(lambda: (a := answer())[0] == 200 and a[1]["ready"], 20, what="the cluster ready")
+    cluster.kill("broker-3", signal.SIGSTOP)
+    try:
+        status, body = wait_until(lambda: (a := answer())[0] != 200 and a, 20, what="not ready")
+        assert status == 503 and body["ready"] is False and body["nodes"]["broker-3"] == "down", body
+        assert "broker-3 is down" in body["reasons"], body
+    finally:
+        cluster.kill("broker-3", signal.SIGCONT)
+    status, body = wait_until(lambda: (a := answer())[0] == 200 and a, 30, what="ready again")
+    assert body["ready"] is True and body["nodes"]["broker-3"] == "up" and body["reasons"] == [], body
+    assert body["brokers_alive"] == body["brokers"] == 3 and body["coordinator"] is True, body
