@@ -211,6 +211,7 @@ def status(config: str | None, bootstrap: str | None) -> None:
     for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS", "ENGINE"):
         table.add_column(col)
     down_count = 0
+    running = _supervised_running(config)
     for name, node in nodes.items():
         if name not in available:
             table.add_row(name, node.role, f"{node.host}:{node.port}", launcher.NOT_AVAILABLE, "-", "-", "-", "")
@@ -219,8 +220,11 @@ def status(config: str | None, bootstrap: str | None) -> None:
         down_count += r is None
         leads = _leads(md, node.broker_id) if node.role == "broker" else ""
         engine = (r.get("engine") or "-" if r else "-") if node.role == "broker" else ""  # a swap shows here
-        table.add_row(name, node.role, f"{node.host}:{node.port}", "up" if r else "down",
-                      str(r["pid"]) if r else "-", format_uptime(r.get("uptime_ms")) if r else "-", leads, engine)
+        # silent, but the process the supervisor runs for it exists (SIGSTOP, a deadlock): not down
+        state = "up" if r else "unresponsive" if name in running else "down"
+        pid = str(r["pid"]) if r else str(running.get(name, "-"))
+        table.add_row(name, node.role, f"{node.host}:{node.port}", state, pid,
+                      format_uptime(r.get("uptime_ms")) if r else "-", leads, engine)
     out = _stdout()
     out.print(table)
     _print_broker_warnings(out, {n: r for n, r in replies.items() if r and nodes[n].role == "broker"})
@@ -235,6 +239,17 @@ def status(config: str | None, bootstrap: str | None) -> None:
     sys.stdout.flush()
     if down_count:
         sys.exit(1)
+
+
+def _supervised_running(config: str | None) -> dict[str, int]:
+    """The nodes whose process, as the supervisor's pid file names it, runs: name -> pid
+    (none without a config or a supervisor)."""
+    try:
+        cfg = load_config(config)
+    except ConfigError:
+        return {}
+    children = (launcher.read_pid_file(cfg) or {}).get("children") or {}
+    return {n: p for n, p in children.items() if isinstance(p, int) and launcher.pid_alive(p)}
 
 
 def _print_broker_warnings(out: Console, replies: dict[str, dict]) -> None:

@@ -17,6 +17,11 @@ drops the lock when the supervisor dies, even by SIGKILL. A child that exits wit
 ``EXIT_CONFIG_ERROR`` (its config no longer loads, or its host is not this machine) is not
 restarted: the supervisor says why and keeps the others running.
 
+The monitor restarts nodes that hang through the supervisor; the supervisor watches the monitor
+(nodes/monitor_watch.py): one that does not answer PING for as long as the monitor would call
+any node unresponsive is SIGKILLed and restarted like a node that crashed (with the backoff),
+unless ``supervisor.restart`` is off.
+
 Thread-safety: a ``Supervisor`` belongs to the thread that calls ``run``; its signal handlers
 only set a flag.
 """
@@ -40,11 +45,13 @@ import zmq
 
 from engines.durable import replace_file
 from fabric import protocol as P
+from fabric.clock import Clock
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.roles import ROLES
 from fabric.rpc import BlockingClient
 from nodes.control import ControlServer, EventLog, control_path
+from nodes.monitor_watch import MonitorWatch
 from nodes.processes import (SUPERVISED_ENV, is_loom_process, kill_group, pid_alive, process_group, send_signal,
                              supervised_group_members, terminate_and_wait)
 from nodes.run import EXIT_CONFIG_ERROR
@@ -142,6 +149,7 @@ class Child:
     # the process group the node's process leads (started in a session of its own): it and what
     # it forked, e.g. the gateway's gunicorn worker; None when no group of ours may be left
     group: int | None = None
+    killed_for: str | None = None  # why the supervisor killed this process (a hung monitor)
 
     @property
     def pid(self) -> int | None:
@@ -172,6 +180,7 @@ class Supervisor:
         self._lock_fd: int | None = None
         self.events = EventLog()
         self.control: ControlServer | None = None
+        self.watches: dict[str, MonitorWatch] = {}
 
     # -- start ------------------------------------------------------------------------------
     def check_not_running(self) -> None:
@@ -244,6 +253,7 @@ class Supervisor:
         child.started_ms = _now_ms()
         child.restart_at_ms = None
         child.healthy = False
+        child.killed_for = None
 
     def _open_control(self) -> None:
         try:
@@ -327,15 +337,38 @@ class Supervisor:
 
     def run(self) -> None:
         """Supervise until SIGTERM/SIGINT, then stop every child."""
+        if self.config.supervisor.restart:
+            self.watches = {n: MonitorWatch(zmq.Context.instance(), Clock(), self.config, n, c.node)
+                            for n, c in self.children.items() if c.node.role == "monitor"}
         try:
             while not self._stopping:
                 self.tick(_now_ms())
+                self.watch_monitors()
                 if self.control is not None:
                     self.control.serve(LOOP_INTERVAL_MS)
                 else:
                     time.sleep(LOOP_INTERVAL_MS / 1000)
         finally:
+            for watch in self.watches.values():
+                watch.close()
             self.stop_all()
+
+    def watch_monitors(self) -> None:
+        """SIGKILL a monitor that stopped answering PING; ``tick`` restarts it, with the backoff,
+        on seeing it exit."""
+        for name, watch in self.watches.items():
+            child = self.children[name]
+            pid = child.pid if child.restart_at_ms is None and not child.given_up else None
+            why = watch.tick(pid)
+            if why is None or child.proc is None:
+                continue
+            child.killed_for = why
+            self.emit(f"loom: {name} (pid {pid}) is alive but does not answer: {why}; killing it to restart it")
+            child.proc.kill()  # SIGKILL: a stopped or hung process cannot handle SIGTERM
+            try:
+                child.proc.wait(timeout=STOP_TIMEOUT_S)  # so that the next tick sees it exit, and it is killed once
+            except subprocess.TimeoutExpired:
+                self.emit(f"loom: {name} (pid {pid}) did not die on SIGKILL")
 
     def tick(self, now_ms: int) -> None:
         """Notice exits, schedule restarts with backoff, start what is due."""
@@ -348,6 +381,8 @@ class Supervisor:
                 child.last_exit = proc.returncode
                 ran_ms = now_ms - child.started_ms
                 why = self._exit_reason(child.name, proc.returncode)
+                if child.killed_for:
+                    why = f"killed by the supervisor: {child.killed_for}"
                 self.events.add("exited", child.name, why or f"exit code {proc.returncode}", pid=proc.pid,
                                 code=proc.returncode)
                 if proc.returncode == EXIT_CONFIG_ERROR:
