@@ -411,6 +411,8 @@ class JobSender:
             self._finish(job, i, [-1, -1, e.code, e.message])
             if e.code in (P.UNKNOWN_TOPIC_OR_PARTITION, P.BUFFER_FULL) and partition is None:
                 return e
+        except ProducerClosedError as e:  # closed at the drain's deadline with this job under way: not sent
+            self._finish(job, i, [-1, -1, _error_code(e), _error_message(e)])
         except FabricError as e:
             self._finish(job, i, [-1, -1, P.INVALID_RECORD, str(e)])
         return None

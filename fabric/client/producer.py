@@ -40,8 +40,8 @@ from fabric.client.futures import BatchState, DeliveryCallback, RecordFuture, Re
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender import Sender, SenderSettings
 from fabric.clock import Clock
-from fabric.errors import (BufferExhaustedError, ClientTimeoutError, FabricError, RecordSizeExceededError,
-                           TopicNotInMetadataError)
+from fabric.errors import (BufferExhaustedError, ClientTimeoutError, FabricError, ProducerClosedError,
+                           RecordSizeExceededError, TopicNotInMetadataError)
 from fabric.metadata import ClusterMetadata
 from fabric.records import COMPRESSION_CODECS, frozen_headers, pack_records, pack_values, partition_for_key
 
@@ -112,8 +112,8 @@ class Producer:
         ``TopicNotInMetadataError`` for a topic or partition the metadata does not have (a
         partition beyond the count held is looked for in fresh metadata first: it may have been
         added since the last refresh) (all
-        local ``ClientError``s, with the protocol code of the condition). On the I/O thread (a
-        delivery callback) it never waits: see the module doc."""
+        local ``ClientError``s, with the protocol code of the condition), ``ProducerClosedError``
+        after ``close``. On the I/O thread (a delivery callback) it never waits: see the module doc."""
         # the hot path of every application: kept to a few dict and attribute operations
         if value.__class__ is not bytes:
             if not isinstance(value, (bytes, bytearray)):
@@ -136,7 +136,7 @@ class Producer:
         if size > self.record_bytes_max:
             raise RecordSizeExceededError(f"record of {size} bytes is over {self.record_bytes_max}")
         if self._closed:
-            raise FabricError("producer is closed")
+            raise ProducerClosedError()
         if self.sender.failure is not None:
             raise self.sender.failure
         if partition is None and key is None:
@@ -176,14 +176,15 @@ class Producer:
         in the order given).
 
         Raises, with nothing queued: ``FabricError`` (a value that is not bytes or bytearray,
-        a key that is not bytes or None, ``keys`` of another length, a closed producer),
+        a key that is not bytes or None, ``keys`` of another length; ``ProducerClosedError``
+        for a closed producer),
         ``RecordSizeExceededError`` (any record over ``record_bytes_max``),
         ``TopicNotInMetadataError``. ``BufferExhaustedError`` after ``max_block_ms`` without
         space: the records before the one that did not fit are queued (its ``futures``), and
         ``on_complete`` is still called once, with those futures, when they are known; after
         any other error it is never called. Thread-safe."""
         if self._closed:
-            raise FabricError("producer is closed")
+            raise ProducerClosedError()
         if self.sender.failure is not None:
             raise self.sender.failure
         n = len(values)
