@@ -50,6 +50,10 @@ class MonitorWatch:
         self.silent_after_ms = silent_after_ms(config)
         self.sock = make_socket(ctx, zmq.DEALER, None)
         self.sock.setsockopt(zmq.SNDHWM, 4)  # PINGs to a stopped monitor: a few queued, the rest dropped
+        # refused while the monitor is down (killed, restarting), the reconnects back off: at the
+        # usual cap (5 s) a restarted monitor went unheard for seconds after it began to serve,
+        # silence that is the watch's own -- killed again at once on a slow start
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.interval_ms)
         self.sock.connect(node.endpoint)
         now = clock.now_ms()
         self.pid: int | None = None
