@@ -228,7 +228,10 @@ class Consumer(ConsumerFailover):
     def wakeup(self) -> None:
         """Any thread: the poll waiting for records returns what it has (none) within one of
         its passes (100 ms), or the next poll does, as a poll whose timeout ran out -- nothing
-        is lost or skipped (a consumer service stopping answers its fetch in flight so)."""
+        is lost or skipped (a consumer service stopping answers its fetch in flight so). A
+        wakeup that comes just as a poll returns can be cleared by that poll's end instead of
+        cutting the next one short: a caller stopping for good checks its own flag as well (the
+        consumer service does)."""
         self._woken.set()
 
     def _poll_views(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:

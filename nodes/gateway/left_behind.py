@@ -78,12 +78,23 @@ class LeftBehind:
             time.sleep(LEFT_BEHIND_CHECK_MS / 1000)
             with self._lock:
                 left, self._left = self._left, []
-            kept = [x for x in left if not self._done(x)]
+            kept = [x for x in left if not self._look(x)]
             with self._lock:
                 self._left += kept
                 if not self._left:
                     self._thread = None
                     return
+
+    def _look(self, left: Left) -> bool:
+        """``_done``, and True (dropped, the error logged) when it fails unexpectedly -- not a
+        coded answer: a socket error, a bug --, which would otherwise end this thread with the
+        table's thread still named, and no instance left behind later would be deleted."""
+        try:
+            return self._done(left)
+        except Exception:
+            log.exception("consumer instance %s/%s left behind on %s: not deleted", left.group, left.name,
+                          left.endpoint)
+            return True
 
     def _done(self, left: Left) -> bool:
         """Whether ``left`` needs nothing more: deleted now, or gone. False: look again later."""
