@@ -20,6 +20,14 @@ from fabric.clock import Clock
 
 log = logging.getLogger(__name__)
 
+STALL_THRESHOLD_MS_MIN = 2000  # a pass gap under this is a busy machine, not a stall
+
+
+def stall_threshold_ms(interval_ms: int) -> int:
+    """The threshold of a loop that runs every ``interval_ms``: two of its passes missed, and at
+    least STALL_THRESHOLD_MS_MIN."""
+    return max(STALL_THRESHOLD_MS_MIN, 2 * interval_ms)
+
 
 class StallWatch:
     def __init__(self, clock: Clock, threshold_ms: int, on_resume: Callable[[int, int], None]) -> None:

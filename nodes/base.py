@@ -87,6 +87,7 @@ class Node:
         self.reactor.after_pass(self._raise_thread_error)
         self._data_dir_lock: int | None = None
         self.draining = False  # SIGTERM/SIGINT came: ``drain`` runs (PING says ``stopping``)
+        self.last_request_ms = 0  # when the last request ``take_request`` saw came (the drain's quiet period)
 
     def take_data_dir(self, path: Path) -> Path:
         """Create ``path`` and hold its lock for this process's life (``nodes.data_dir_lock``):
@@ -186,6 +187,19 @@ class Node:
         driving the reactor with ``run_once`` so that answers still go out, within a deadline
         well inside the supervisor's SIGKILL escalation (``nodes.launcher.STOP_TIMEOUT_S``).
         Nothing by default (override)."""
+
+    def take_request(self, req: wire.Request, stopping_message: str) -> None:
+        """A request of the kind ``drain`` finishes (the services' own): note when it came (the
+        drain's quiet period, ``quiet``), and refuse it with ``buffer_full`` (retriable: nothing
+        of it was done) and ``stopping_message`` while the node drains."""
+        self.last_request_ms = req.received_ms
+        if self.draining:
+            self.counters["refused_stopping"] += 1
+            raise RemoteError(P.BUFFER_FULL, stopping_message)
+
+    def quiet(self, now_ms: int) -> bool:
+        """No request ``take_request`` saw came for DRAIN_QUIET_MS."""
+        return now_ms - self.last_request_ms >= DRAIN_QUIET_MS
 
     def drive_until(self, done: Callable[[int], bool], deadline_ms: int) -> None:
         """Turn the reactor (in ``drain``) until ``done(now_ms)`` and every reply is handed to

@@ -70,7 +70,7 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
-from nodes.base import DRAIN_QUIET_MS, Node
+from nodes.base import Node
 from nodes.consumer_instance import OPS, Answer, Framed, Instance, InstanceHost, check_op_header
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,6 @@ class ConsumerService(Node):
             self.server.route(cmd, self._on_op)
         self.reactor.call_every(IDLE_CHECK_INTERVAL_MS, self._expire_idle)
         self.metrics.add_collector(lambda: (("loom_consumer_service_instances", (), len(self.instances)),))
-        self._last_request_ms = 0  # when the last instance request arrived (the drain's quiet period)
 
     # -- answers from instance threads ---------------------------------------------------------
     def _answer(self, req: wire.Request) -> Answer:
@@ -129,15 +128,8 @@ class ConsumerService(Node):
                 self.server.reply_error(req, err.code, err.message)
 
     # -- requests ----------------------------------------------------------------------------------
-    def _take_request(self, req: wire.Request) -> None:
-        """Note when an instance request came (the drain's quiet period); refused while stopping."""
-        self._last_request_ms = req.received_ms
-        if self.draining:
-            self.counters["refused_stopping"] += 1
-            raise RemoteError(P.BUFFER_FULL, STOPPING_MESSAGE)
-
     def _on_create(self, req: wire.Request) -> Any:
-        self._take_request(req)
+        self.take_request(req, STOPPING_MESSAGE)
         group = req.get("group", str)
         name = req.get("instance", str, "") or f"{self.name}-{os.urandom(6).hex()}"
         if not 1 <= len(group) <= P.GROUP_ID_LEN_MAX or len(name) > P.GROUP_ID_LEN_MAX:
@@ -175,7 +167,7 @@ class ConsumerService(Node):
             inst.stop()
 
     def _on_op(self, req: wire.Request) -> Any:
-        self._take_request(req)
+        self.take_request(req, STOPPING_MESSAGE)
         key = (req.get("group", str), req.get("instance", str))
         inst = self.instances.get(key)
         if inst is None:
@@ -219,7 +211,7 @@ class ConsumerService(Node):
         refusal = RemoteError(P.BUFFER_FULL, STOPPING_MESSAGE)
         for inst in self.instances.values():
             inst.stop(refusal)
-        self.drive_until(lambda now_ms: (not self._done and now_ms - self._last_request_ms >= DRAIN_QUIET_MS
+        self.drive_until(lambda now_ms: (not self._done and self.quiet(now_ms)
                                          and not any(i.is_alive() for i in self.instances.values())),
                          self.clock.now_ms() + DRAIN_TIMEOUT_MS)
         left = [f"{g}/{n}" for (g, n), i in self.instances.items() if i.is_alive()]

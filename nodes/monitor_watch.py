@@ -26,10 +26,9 @@ from fabric.clock import Clock
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import MalformedFrame
 from fabric.rpc import make_socket
-from fabric.stall import StallWatch
+from fabric.stall import StallWatch, stall_threshold_ms
 
 log = logging.getLogger(__name__)
-STALL_THRESHOLD_MS_MIN = 2000    # a loop gap over this (or two PINGs) means the supervisor did not run
 REPLIES_PER_TICK_MAX = 64        # replies read per loop pass (late ones of a resumed monitor pile up)
 
 
@@ -59,7 +58,7 @@ class MonitorWatch:
         self.pid: int | None = None
         self.last_answer_ms = now
         self.next_ping_ms = now
-        self.stall_watch = StallWatch(clock, max(STALL_THRESHOLD_MS_MIN, 2 * self.interval_ms), self._forgive)
+        self.stall_watch = StallWatch(clock, stall_threshold_ms(self.interval_ms), self._forgive)
 
     def _forgive(self, now_ms: int, stalled_ms: int) -> None:
         self.last_answer_ms = min(now_ms, self.last_answer_ms + stalled_ms)

@@ -62,7 +62,7 @@ from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, BufferExhaustedError, CodedErr
 from fabric.waker import Waker
 from fabric.records import headers_bytes
 from fabric.rpc import DEFER
-from nodes.base import DRAIN_QUIET_MS, Node
+from nodes.base import Node
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,6 @@ class ProducerService(Node):
         self._producers: dict[int, Producer] = {}
         self._stopping = False  # the drain's deadline passed (or close): the worker sends nothing more
         self._jobs_open = 0  # requests taken and not yet answered (reactor thread)
-        self._last_request_ms = 0  # when the last SERVICE_PRODUCE arrived (the drain's quiet period)
         self._waker = Waker()
         self.reactor.add_waker(self._waker, self._on_wake)
         self._job_sender = JobSender(self._producer, self._answer)
@@ -239,10 +238,7 @@ class ProducerService(Node):
 
     # -- reactor thread ------------------------------------------------------------------------
     def _on_produce(self, req: wire.Request) -> Any:
-        self._last_request_ms = req.received_ms
-        if self.draining:
-            self.counters["refused_stopping"] += 1
-            raise RemoteError(P.BUFFER_FULL, STOPPING_MESSAGE)
+        self.take_request(req, STOPPING_MESSAGE)
         job = self.intake.admit(req)
         self._jobs_open += 1
         self.metrics.inc("loom_producer_service_records_total", (job.topic,), len(job.records))
@@ -301,7 +297,7 @@ class ProducerService(Node):
         timeout_ms = self.services.producer_drain_timeout_ms
         log.info("stopping: draining %d produce requests (at most %d ms)", self._jobs_open, timeout_ms)
         started_ms = self.clock.now_ms()
-        self.drive_until(lambda now_ms: not self._jobs_open and now_ms - self._last_request_ms >= DRAIN_QUIET_MS,
+        self.drive_until(lambda now_ms: not self._jobs_open and self.quiet(now_ms),
                          started_ms + timeout_ms)
         if self._jobs_open:
             log.warning("stopping: %d produce requests still unanswered after %d ms: their records not yet "

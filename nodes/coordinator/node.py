@@ -27,7 +27,7 @@ from fabric.config import LoomConfig
 from fabric.errors import MalformedFrame, RemoteError
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from fabric.rpc import RpcClient, make_socket
-from fabric.stall import StallWatch
+from fabric.stall import STALL_THRESHOLD_MS_MIN, StallWatch
 from nodes.base import Node
 from nodes.coordinator import election
 from nodes.coordinator.alter_isr import IsrChange, judge
@@ -46,8 +46,6 @@ REPUBLISH_INTERVAL_MS = 1000
 # state on the reactor thread -- a file that grows with the partitions (24 KB for one
 # 1,000-partition topic), in the way of every heartbeat and request while the disk was busy
 PRODUCER_ID_BLOCK = 1000
-# a pass gap over this (or over half the session timeout, if longer) is a stall of our own
-STALL_THRESHOLD_MS_MIN = 2000
 PREFERRED_LEADER_CHECK_MS = 5000
 
 
@@ -88,6 +86,7 @@ class Coordinator(TopicAdminMixin, Node):
                         (P.ALTER_ISR, self._on_alter_isr), (P.INIT_PRODUCER_ID, self._on_init_producer_id),
                         (P.BROKER_REGISTER, self._on_register)):
             self.server.route(cmd, fn)
+        # a pass gap over half the session timeout (at least the minimum) is a stall of our own
         self.stall_watch = StallWatch(self.clock, max(STALL_THRESHOLD_MS_MIN, config.liveness.session_timeout_ms // 2),
                                       self._resume_after_stall)
         self.reactor.after_pass(self.stall_watch.tick)  # before the timers that judge liveness

@@ -76,17 +76,16 @@ class GatewayControl(Node):
         self._thread.start()
 
     def is_up(self, endpoint: str) -> bool:
-        for name, cfg in self._peers.items():
-            if cfg.endpoint == endpoint:
-                return self.node_up.get(name, True)
-        return True
+        name = self._peer_at(endpoint)
+        return name is None or self.node_up.get(name, True)
 
     def takes_work(self, endpoint: str) -> bool:
         """Up and not stopping: new work may go there (``is_up``: what it took is waited for)."""
-        for name, cfg in self._peers.items():
-            if cfg.endpoint == endpoint:
-                return self.node_up.get(name, True) and not self.node_stopping.get(name, False)
-        return True
+        name = self._peer_at(endpoint)
+        return name is None or (self.node_up.get(name, True) and not self.node_stopping.get(name, False))
+
+    def _peer_at(self, endpoint: str) -> str | None:
+        return next((name for name, cfg in self._peers.items() if cfg.endpoint == endpoint), None)
 
     def _on_ping(self, req: Any) -> dict:
         reply = super()._on_ping(req)

@@ -40,7 +40,7 @@ from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, read_answer
 from fabric.metrics import Sample, decode_samples
 from fabric.roles import HTTP, ROLES
 from fabric.rpc import RpcClient, make_socket
-from fabric.stall import StallWatch
+from fabric.stall import StallWatch, stall_threshold_ms
 from nodes.base import Node
 from nodes.launcher import role_available
 from nodes.processes import pid_alive
@@ -62,7 +62,6 @@ RATE_METRICS = frozenset({"loom_broker_records_in_total", "loom_broker_bytes_in_
 EVENTS_REPLY_MAX = 1000
 SUB_KINDS = (P.PUB_HEARTBEAT, P.PUB_METADATA, P.PUB_METADATA_DELTA, P.PUB_METADATA_VERSION)
 METADATA_RETRY_MS = 500
-STALL_THRESHOLD_MS_MIN = 2000  # a pass gap over this (or two checks) means the monitor did not run
 EVENT_TYPES = {"health": "node", "alert": "alert", "recovery": "recovery"}
 
 
@@ -118,7 +117,7 @@ class Monitor(Node):
         self.started_check_ms = now
         # a monitor back from a pause of its own (SIGSTOP, starved) judged every node by the
         # heartbeats it had not read: unresponsive, and the supervisor restarted them all at once
-        self.stall_watch = StallWatch(self.clock, max(STALL_THRESHOLD_MS_MIN, 2 * mon.health_interval_ms),
+        self.stall_watch = StallWatch(self.clock, stall_threshold_ms(mon.health_interval_ms),
                                       self._resume_after_stall)
         self.reactor.after_pass(self.stall_watch.tick)  # before the check that passes verdicts
         self.reactor.call_every(mon.health_interval_ms, self._check)
