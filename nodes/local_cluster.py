@@ -27,10 +27,12 @@ from fabric.errors import CodedError
 from fabric.roles import HTTP
 from fabric.roles import ROLES as NODE_ROLES
 from fabric.rpc import BlockingClient
+from nodes.processes import terminate_and_wait
 
 # the directory that holds the `nodes` package: node processes import the same code as we do
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 TEST_ADMIN_KEY = "test-admin-key"  # make_config's key with every role (only its hash is written)
+STOP_TIMEOUT_S = 10.0  # a node's SIGTERM grace before SIGKILL in stop_all (the drains end well inside it)
 
 
 def free_ports(n: int) -> list[int]:
@@ -207,8 +209,18 @@ class Cluster:
             proc.wait(timeout=10)
 
     def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
+        """Stop every node as ``loom down`` does, a wave at a time, each wave at once: the
+        front ends and services (their drains still reach the brokers and the coordinator),
+        then the brokers, then the coordinator. One by one, each node's stop waited for the one
+        before it (seconds per cluster in every test's teardown)."""
+        roles = {name: node["role"] for name, node in self.raw["nodes"].items()}
+        for wave in ([n for n in self.procs if roles.get(n) not in ("broker", "coordinator")],
+                     [n for n in self.procs if roles.get(n) == "broker"],
+                     [n for n in self.procs if roles.get(n) == "coordinator"]):
+            procs = [self.procs[n] for n in wave if self.procs[n].poll() is None]
+            for proc in procs:
+                os.kill(proc.pid, signal.SIGCONT)  # a SIGSTOPped node would never see the SIGTERM
+            terminate_and_wait([p.pid for p in procs], STOP_TIMEOUT_S, procs)
 
     def replica_log_dir(self, broker: str, topic: str, partition: int, engine: str | None = None) -> Path:
         """The engine's directory of one replica (layout: nodes/broker/partition_dirs.py)."""
