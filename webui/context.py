@@ -13,6 +13,7 @@ from webui.auth import KeyStore, RateLimiter
 from webui.events import EventHub
 from webui.long_polls import LongPollBudget
 from webui.request_hold import RequestHold
+from webui.ws_outbox import OpenSockets
 
 
 class ClusterAgent(Protocol):
@@ -89,6 +90,8 @@ class Gateway:
     hold: RequestHold | None = None
     # the request threads that may wait in a long poll at once (webui/long_polls.py)
     long_polls: LongPollBudget = field(init=False)
+    # the WebSockets open in this worker, closed with 1001 when it stops (webui/ws_outbox.py)
+    websockets: OpenSockets = field(default_factory=OpenSockets)
 
     def __post_init__(self) -> None:
         self.long_polls = LongPollBudget(self.settings.long_polls_max)

@@ -76,7 +76,8 @@ DESCRIPTION = {
     "auth": 'Authorization or X-API-Key header, or a first message {"api_key": KEY}; 1008 when refused',
     "rate_limit": "opening a socket and every message to /ws/produce or /ws/consume take a token of the key's "
                   "limit; a message over it is answered {error_code: 42901, message, retry_after_s}",
-    "close_codes": {"1008": "auth, role, a bad message, or a query parameter missing or invalid (a topic or group "
+    "close_codes": {"1001": "the gateway is stopping: reconnect (to it once restarted, or another)",
+                    "1008": "auth, role, a bad message, or a query parameter missing or invalid (a topic or group "
                             "name breaking the naming rule: 1 to 249 characters of [A-Za-z0-9._-])",
                     "1013": "client too slow, too many sockets (in all, or of one key), or too many from one address "
                             "waiting for their key"},
@@ -99,6 +100,7 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
             except (AttributeError, OSError):
                 pass
             out = Outbox(ws, gw.settings.ws_send_queue_max, gw.settings.ws_slow_client_timeout_ms / 1000)
+            gw.websockets.add(out)
             admitted = None
             try:
                 try:
@@ -117,6 +119,7 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
             finally:
                 if not out.done.is_set():
                     out.close(1000, "done")
+                gw.websockets.discard(out)
                 if admitted is not None:
                     admitted[1]()  # the key's count, once the socket is closed
         return handler

@@ -23,6 +23,7 @@ from simple_websocket import ConnectionClosed
 from webui.spec import dumps
 
 CLOSE_GRACE_S = 5.0
+GOING_AWAY = 1001        # the gateway is stopping: reconnect (to it once restarted, or another)
 TRY_AGAIN_LATER = 1013   # the client cannot keep up
 POLICY = 1008            # policy violation: auth, bad messages, too many unanswered messages
 # what one client's send queue may hold, whatever the message count (a message larger than
@@ -102,6 +103,16 @@ class Outbox:
     def close(self, code: int, reason: str) -> None:
         """Drop what is queued, send a close frame after the message being sent, and cut the
         socket when the client does not take it within CLOSE_GRACE_S."""
+        self.begin_close(code, reason)
+        if not self.done.wait(CLOSE_GRACE_S):
+            try:
+                self.ws.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.done.wait(CLOSE_GRACE_S)
+
+    def begin_close(self, code: int, reason: str) -> None:
+        """``close`` without waiting for the client: the queue dropped, the close frame next."""
         with self._cond:
             if self._closing is None:
                 self.dropped_messages += len(self._q)
@@ -109,12 +120,6 @@ class Outbox:
                 self._chars = 0
                 self._closing = (code, reason[:120])
             self._cond.notify_all()
-        if not self.done.wait(CLOSE_GRACE_S):
-            try:
-                self.ws.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.done.wait(CLOSE_GRACE_S)
 
     def _run(self) -> None:
         try:
@@ -143,3 +148,45 @@ class Outbox:
             self.done.set()
             with self._cond:
                 self._cond.notify_all()
+
+
+class OpenSockets:
+    """The Outboxes of the WebSockets open in this worker, so that a stopping worker can close
+    them all with 1001 ("going away", RFC 6455 7.4.1) instead of leaving their routes running
+    until its hard exit cuts them without a close frame. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._open: set[Outbox] = set()
+        self._cond = threading.Condition()
+        self._going_away: str | None = None
+
+    def add(self, out: Outbox) -> None:
+        """Count ``out`` as open; one opened after ``going_away`` is closed at once."""
+        with self._cond:
+            self._open.add(out)
+            reason = self._going_away
+        if reason is not None:
+            out.begin_close(GOING_AWAY, reason)
+
+    def discard(self, out: Outbox) -> None:
+        with self._cond:
+            self._open.discard(out)
+            self._cond.notify_all()
+
+    def going_away(self, reason: str) -> None:
+        """Close every open socket (and any opened from now on) with 1001 and ``reason``,
+        without waiting: safe in a signal handler of a thread that serves no WebSocket."""
+        with self._cond:
+            self._going_away = reason
+            open_now = list(self._open)
+        for out in open_now:
+            out.begin_close(GOING_AWAY, reason)
+
+    def wait_closed(self, wait_s: float) -> int:
+        """Wait up to ``wait_s`` for every route to end (a /ws/consume stream commits what went
+        out and leaves its group first); how many were still open at the deadline."""
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while self._open and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            return len(self._open)

@@ -11,7 +11,9 @@ watcher) -- and hands the agent to ``webui.app.create_app``. One worker with
 ``gateway.worker_threads`` threads: the consumer-instance table and the rate limiter live in
 one process, and a WebSocket holds one thread.
 
-SIGTERM/SIGINT stop gunicorn (workers get ``GRACEFUL_TIMEOUT_S`` to finish requests).
+SIGTERM/SIGINT stop gunicorn (workers get ``GRACEFUL_TIMEOUT_S`` to finish requests); a
+stopping worker closes its WebSockets with 1001 "going away" (a /ws/consume stream commits what
+went out and leaves its group first) and exits once their routes end.
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ from webui.context import HttpRequestCounter
 from webui.spec import REQUEST_LINE_BYTES_MAX
 from webui.events import EventHub
 from webui.request_hold import RequestHold
+from webui.ws_outbox import OpenSockets
 
 log = logging.getLogger(__name__)
 
 GRACEFUL_TIMEOUT_S = 5
+GOING_AWAY_WAIT_S = 3.0     # a stopping worker waits this long for its WebSocket routes to end (1001)
+GOING_AWAY_REASON = "the gateway is stopping: reconnect"
 RECLAIM_TRIES = 30          # consumer services asked for the previous worker's instances, RECLAIM_PAUSE_S apart
 RECLAIM_PAUSE_S = 2.0
 EXIT_HUNG_AT_EXIT = 70      # a worker's exit code when threads still running held its exit past the grace
@@ -86,6 +91,7 @@ class Gateway:
         self.node_config = config.node(name)
         self.master_pid = os.getpid()
         self.control: Any = None
+        self.websockets: OpenSockets | None = None  # the worker's, once it built the app
         try:  # read here, in the master: a bad key stops the node with a config error, not each worker
             self.admin_key = read_admin_key(config.cluster.data_dir)
         except ValueError as e:
@@ -102,7 +108,8 @@ class Gateway:
             "threads": self.config.gateway.worker_threads, "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "timeout": WORKER_TIMEOUT_S, "keepalive": KEEPALIVE_S, "proc_name": f"loom-{self.name}",
             "accesslog": None, "errorlog": "-", "loglevel": "info", "preload_app": False,
-            "worker_exit": self._worker_exit,
+            "worker_exit": self._worker_exit, "post_worker_init": self._post_worker_init,
+            "worker_int": self._worker_int,
             "control_socket_disable": True,  # one per host by default: two gateways would clash
             "limit_request_line": REQUEST_LINE_BYTES_MAX,  # longer: 414, documented in /openapi.json
         }
@@ -130,13 +137,37 @@ class Gateway:
                              http_requests=http_requests, broker_storage=broker_storage(self.config),
                              on_bug=stop_worker, hold=hold)
         app = create_app(ctx)
+        self.websockets = ctx.websockets
         self.control.metrics.add_collector(ctx.long_polls.samples)
         self.control.metrics.add_collector(limiter.samples)
         self.control.start()
         threading.Thread(target=reclaim_instances, args=(agent,), name="loom-reclaim-instances", daemon=True).start()
         return app
 
+    def _post_worker_init(self, worker: Any) -> None:
+        """On SIGTERM the worker stops accepting and waits up to GRACEFUL_TIMEOUT_S for its
+        connections to end; a WebSocket's route never ends by itself, so it waited the whole
+        grace and was then cut without a close frame. Its sockets are now closed with 1001 at
+        the signal: their routes end (a /ws/consume stream commits what went out and leaves
+        its group first), and the worker exits as soon as they have."""
+        stop = worker.handle_exit  # gunicorn's: stop accepting, then the graceful wait
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self.websockets is not None:
+                self.websockets.going_away(GOING_AWAY_REASON)
+            stop(signum, frame)
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _worker_int(self, worker: Any) -> None:
+        if self.websockets is not None:  # SIGINT/SIGQUIT: gunicorn exits at once, then _worker_exit
+            self.websockets.going_away(GOING_AWAY_REASON)
+
     def _worker_exit(self, server: Any, worker: Any) -> None:
+        if self.websockets is not None:
+            self.websockets.going_away(GOING_AWAY_REASON)  # a stop on a bug, or a signal's race
+            left = self.websockets.wait_closed(GOING_AWAY_WAIT_S)
+            if left:
+                log.warning("%d WebSockets still open %.0f s after their close: cut at exit", left, GOING_AWAY_WAIT_S)
         if self.control is not None:
             self.control.stop()
         exit_hard_after(GRACEFUL_TIMEOUT_S)

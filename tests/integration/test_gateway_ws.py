@@ -7,6 +7,7 @@ with 1013 while the gateway's RSS stays flat. This cluster also has
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 import time
@@ -256,3 +257,22 @@ def test_dashboard_port_page_and_offline_docs(cluster: Cluster) -> None:
     docs = requests.get(f"http://127.0.0.1:{node['port']}/docs", timeout=10)
     assert docs.status_code == 200 and "/openapi.json" in docs.text
     assert "http://" not in docs.text and "https://" not in docs.text, "no CDN: the page loads nothing from elsewhere"
+
+
+def test_a_stopping_gateway_closes_its_websockets_with_going_away(cluster: Cluster) -> None:
+    """SIGTERM (``loom down``, a restart): every open WebSocket gets close code 1001 "going away"
+    (reconnect) and the gateway exits. Its WebSocket routes never ended by themselves: the worker
+    waited out its grace and cut them at its hard exit, no close frame (1006 at the client).
+    Last in this module: the gateway stays down."""
+    events = connect(cluster, "/ws/events", role="read")
+    stream = connect(cluster, "/ws/consume?topic=tail&group=going-away", role="consume")
+    stream.settimeout(20)
+    while "ready" not in recv_json(stream):  # the stream is in its fetch loop
+        pass
+    gateway = cluster.procs["gateway"]
+    gateway.send_signal(signal.SIGTERM)
+    for ws in (events, stream):
+        code, reason = close_code(ws, timeout_s=5)
+        assert code == 1001 and "stopping" in reason, (code, reason)
+        ws.close()  # the client's answer: the gateway lingers (up to 2 s) for it before it closes the TCP side
+    gateway.wait(timeout=10)

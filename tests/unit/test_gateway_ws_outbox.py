@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from webui.ws_outbox import OUTBOX_BYTES_MAX, TRY_AGAIN_LATER, Closed, Outbox
+from webui.ws_outbox import GOING_AWAY, OUTBOX_BYTES_MAX, TRY_AGAIN_LATER, Closed, OpenSockets, Outbox
 
 
 class StuckSocket:
@@ -68,3 +68,24 @@ def test_flush_waits_for_the_message_being_written_not_only_the_queue() -> None:
     finally:
         ws.release.set()
         out.close(1000, "done")
+
+
+def test_going_away_closes_every_open_socket_and_any_opened_after_it_with_1001() -> None:
+    sockets = OpenSockets()
+    first, second, late = StuckSocket(), StuckSocket(), StuckSocket()
+    for ws in (first, second, late):
+        ws.release.set()
+    outs = [Outbox(ws, queue_max=4, slow_timeout_s=0.5) for ws in (first, second)]
+    for out in outs:
+        sockets.add(out)
+    sockets.going_away("stopping")
+    assert all(out.done.wait(5) for out in outs)
+    assert first.closed_with == second.closed_with == (GOING_AWAY, "stopping")
+    assert sockets.wait_closed(0.01) == 2, "open until their routes end"
+    sockets.discard(outs[0])
+    late_out = Outbox(late, queue_max=4, slow_timeout_s=0.5)
+    sockets.add(late_out)  # a route that got its socket while the worker stopped
+    assert late_out.done.wait(5) and late.closed_with == (GOING_AWAY, "stopping")
+    done = threading.Timer(0.1, lambda: (sockets.discard(outs[1]), sockets.discard(late_out)))
+    done.start()
+    assert sockets.wait_closed(5) == 0
