@@ -1,6 +1,6 @@
 """A 1,000-partition, replication-factor-3 topic on a 3-broker cluster settles: fully replicated
 (within a functional bound; the time it took is printed, and issue 13's 10 s target is a
-measured figure in bench/RESULTS.md, not a timed test), it stays so (no ISR shrink, no leader change) for a minute of no
+measured figure in bench/RESULTS.md, not a timed test), it stays so (no ISR shrink, no leader change) for 30 s of no
 traffic, and the idle brokers use under 5 % of a core each.
 
 CPU is read from /proc/<pid>/stat (user + system time) over a window: a functional check with a
@@ -18,7 +18,7 @@ from fabric.client import Admin
 from tests.harness import Cluster, running_cluster
 from tests.integration.large_topic_support import IDLE_CPU_CORE_FRACTION_MAX, cpu_seconds, create_settled
 
-STEADY_S = 60
+STEADY_S = 30  # three times replica_lag_time_max_ms (10 s): an idle ISR that shrinks does so inside it
 
 
 def leaders(admin: Admin, topic: str) -> list[tuple[int, int]]:
