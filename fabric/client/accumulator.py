@@ -71,7 +71,8 @@ class RecordAccumulator:
         ``idle(topic_partition)``: nothing is in flight or queued for it (called outside the
         lock, from the application's thread; a stale answer costs one wake-up or one tick);
         ``frees_space()``: True on the thread that frees space (the sender's, running a
-        delivery callback), which must not wait for it (called under the lock)."""
+        delivery callback), which must not wait for it (called under the lock), nor for the
+        batches it completes (``BatchState.wait``)."""
         self.settings = settings
         self.clock = clock
         self._wake = wake
@@ -121,6 +122,7 @@ class RecordAccumulator:
     def _open_batch(self, topic: str, partition: int, timestamp_ms: int) -> BatchState:
         """Caller holds the lock."""
         b = self._open[(topic, partition)] = BatchState(topic, partition, self.clock.now_ms(), timestamp_ms)
+        b.on_io_thread = self._frees_space  # the thread that frees space completes the batch: it cannot wait for it
         self._unfinished.add(b)
         return b
 

@@ -8,7 +8,8 @@ them (``complete``, ``complete_from_pieces`` for a batch sent split); the applic
 the futures. A future is a tuple, built without a Python-level ``__init__`` on the hot path.
 
 Thread-safety: a batch is completed once, on the sender's thread, and read-only after its event
-is set; the futures only read.
+is set; the futures only read. A wait on that thread (a delivery callback, an ``on_complete``
+hook) for a batch not yet complete would wait for itself: it raises ``FabricError`` at once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from operator import itemgetter
 from typing import Callable, Sequence
 
 from fabric.client.completion import Completion
-from fabric.errors import ClientTimeoutError, RemoteError
+from fabric.errors import ClientTimeoutError, FabricError, RemoteError
 from fabric.records import build_batch, build_batch_from_chunks, pack_records
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class BatchState:
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
                  "error", "sequence", "data", "possibly_written", "deadline_ms", "callbacks", "last_error",
                  "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
-                 "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in")
+                 "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in", "on_io_thread")
 
     def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
         self.topic = topic
@@ -82,6 +83,19 @@ class BatchState:
         # per record, when its pieces were not written back to back (else base_offset + index)
         self.offsets: list[int] | None = None
         self.errors: list[Exception | None] | None = None
+        # True on the thread that completes the batch (the producer's I/O thread), which must
+        # never wait for it; None: no thread is known (a batch built outside a producer)
+        self.on_io_thread: Callable[[], bool] | None = None
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) until the batch is complete; False if
+        it is not by then. Raises ``FabricError`` at once on the thread that completes it."""
+        if self.event.is_set():
+            return True
+        if self.on_io_thread is not None and self.on_io_thread():
+            raise FabricError("waiting for a record's outcome on the producer's I/O thread (in a delivery callback or "
+                              "on_complete hook) would wait for that thread itself: it is not known yet")
+        return self.event.wait(timeout)
 
     def seal_records(self) -> None:
         """Pack the records ``append`` added into a chunk (before a packed run follows them)."""
@@ -193,9 +207,11 @@ class RecordFuture(tuple):
 
     def result(self, timeout: float | None = None) -> RecordMetadata:
         """Raises ``ClientTimeoutError`` if the outcome is not known within ``timeout`` seconds
-        (the record may still be delivered), else the delivery's error, if any."""
+        (the record may still be delivered), else the delivery's error, if any; ``FabricError``
+        at once on the producer's I/O thread (a delivery callback) when the outcome is not known
+        yet, since only that thread can complete it."""
         b = self[0]
-        if not b.event.wait(timeout):
+        if not b.wait(timeout):
             raise ClientTimeoutError("no acknowledgement yet")
         if b.errors is not None:
             offset, error = b.outcome(self[1])
@@ -207,8 +223,10 @@ class RecordFuture(tuple):
         return RecordMetadata(b.topic, b.partition, _offset(b.base_offset, self[1]))
 
     def exception(self, timeout: float | None = None) -> Exception | None:
+        """The delivery's error, or None (also when not known within ``timeout`` seconds).
+        Raises as ``result`` does on the I/O thread."""
         b = self[0]
-        b.event.wait(timeout)
+        b.wait(timeout)
         return b.error if b.errors is None else b.errors[self[1]]
 
 
@@ -223,7 +241,9 @@ class RecordFutures:
     delivery error (``ClientTimeoutError`` when not all are known within ``timeout`` seconds);
     ``exception(timeout)`` returns that error or None; ``outcomes(timeout)`` gives every
     record's position, partition, offset and error as lists, and ``positions`` where each
-    record was in the caller's list. Thread-safe (read-only after creation)."""
+    record was in the caller's list. Each wait raises ``FabricError`` at once on the
+    producer's I/O thread (a delivery callback) when an outcome is not known yet, since only
+    that thread can complete it. Thread-safe (read-only after creation)."""
 
     __slots__ = ("_segments", "_order", "_index")
 
@@ -251,7 +271,7 @@ class RecordFutures:
         deadline = None if timeout is None else time.monotonic() + timeout
         for b, _, _ in self._segments:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not b.event.wait(left):
+            if not b.wait(left):
                 raise ClientTimeoutError("no acknowledgement yet")
 
     def exception(self, timeout: float | None = None) -> Exception | None:

@@ -19,8 +19,9 @@ wait for it: a ``send``/``send_many`` there naming a partition beyond the count 
 since the last refresh) is queued on trust, and the I/O thread checks it against fresh metadata
 once the callback returns (failing its records with ``TopicNotInMetadataError`` if that has no
 such partition either); one that would wait for a topic's metadata or for buffer space raises
-``TopicNotInMetadataError`` or ``BufferExhaustedError`` at once; ``flush`` raises
-``FabricError``; ``close`` closes without waiting (as ``close(0)``: what is not sent fails).
+``TopicNotInMetadataError`` or ``BufferExhaustedError`` at once; ``flush``, and a wait on a
+future not yet done (``BatchState.wait``), raise ``FabricError``; ``close`` closes without
+waiting (as ``close(0)``: what is not sent fails).
 
 Thread-safety: ``send``, ``send_many``, ``flush`` and ``close`` are thread-safe.
 """
