@@ -69,8 +69,8 @@ class Delivered:
     to message N -- what the client has read, where messages after it may be on their way and
     never arrive (the connection breaks). Once a client has named ``through``, the auto-commit
     adds nothing past it. ``pending`` is bounded: past PENDING_MARKS_MAX its older half is merged
-    into one mark, which only a ``through`` at or past its last message covers. Not thread-safe:
-    the stream's route thread."""
+    into one mark (each partition's highest offset in it), which only a ``through`` at or past
+    its last message covers. Not thread-safe: the stream's route thread."""
 
     def __init__(self, out: Outbox, gw: Gateway, group: str, name: str, named: bool) -> None:
         self.out, self.gw, self.group, self.name, self.named = out, gw, group, name, named
@@ -104,7 +104,7 @@ class Delivered:
             half = len(self.pending) // 2
             merged: dict[tuple[str, int], int] = {}
             for _, after in self.pending[:half]:
-                merged.update(after)  # a partition's offsets ascend from message to message
+                _keep_highest(merged, after)
             self.pending[:half] = [(self.pending[half - 1][0], merged)]
 
     def commit(self, through: int | None = None, auto: bool = False) -> None:
@@ -119,9 +119,7 @@ class Delivered:
         covered = [after for seq, after in self.pending if through is None or seq <= through]
         self.pending = [m for m in self.pending if through is not None and m[0] > through]
         for after in covered:
-            for tp, offset in after.items():
-                if offset > self.sent.get(tp, -1):
-                    self.sent[tp] = offset
+            _keep_highest(self.sent, after)
         wanted = {tp: o for tp, o in self.sent.items() if o > self.committed.get(tp, -1)}
         if wanted:
             self.gw.agent.call_instance(self.group, self.name, lambda h: self._commit_owned(h, wanted))
@@ -159,6 +157,15 @@ class Delivered:
         """The client committed ``offsets`` itself (of records it got): never commit below them."""
         for tp, o in offsets.items():
             self.committed[tp] = max(o, self.committed.get(tp, -1))
+
+
+def _keep_highest(into: dict[tuple[str, int], int], after: dict[tuple[str, int], int]) -> None:
+    """Raise each partition's offset in ``into`` to its offset in ``after`` where that is higher:
+    a partition's offsets need not ascend from message to message (its position moved back
+    between fetches: a rebalance handed it back at a lower committed offset, a seek)."""
+    for tp, offset in after.items():
+        if offset > into.get(tp, -1):
+            into[tp] = offset
 
 
 class Ready:
