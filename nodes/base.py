@@ -191,11 +191,13 @@ class Node:
     def take_request(self, req: wire.Request, stopping_message: str) -> None:
         """A request of the kind ``drain`` finishes (the services' own): note when it came (the
         drain's quiet period, ``quiet``), and refuse it with ``buffer_full`` (retriable: nothing
-        of it was done) and ``stopping_message`` while the node drains."""
+        of it was done), ``stopping_message`` and ``stopping: true`` while the node drains: a
+        client may send it to another service at once (``services.is_stopping_refusal``), where
+        a full buffer is back-pressure."""
         self.last_request_ms = req.received_ms
         if self.draining:
             self.counters["refused_stopping"] += 1
-            raise RemoteError(P.BUFFER_FULL, stopping_message)
+            raise RemoteError(P.BUFFER_FULL, stopping_message, stopping=True)
 
     def quiet(self, now_ms: int) -> bool:
         """No request ``take_request`` saw came for DRAIN_QUIET_MS."""

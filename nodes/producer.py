@@ -31,7 +31,8 @@ a finished request comes back to the reactor through a queue and an inproc wake-
 
 Stopping (SIGTERM/SIGINT: ``drain``, run by ``nodes.base.Node.run`` with the reactor still
 turning): a request arriving from then on is refused at once with ``buffer_full`` saying nothing
-of it was written (PING says ``stopping``: the gateway sends elsewhere or answers 503 / 50301);
+of it was written, with ``stopping: true`` (PING says ``stopping`` too: the gateway sends it to
+another producer service, or answers 503 / 50301 when none takes work);
 every request already taken is sent and answered as its records are acknowledged, within
 ``services.producer_drain_timeout_ms``. The drain ends once nothing is left and no request came
 for DRAIN_QUIET_MS (the gateway's health watcher has seen the service stopping: no request is

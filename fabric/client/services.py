@@ -146,6 +146,13 @@ class ProduceResult(NamedTuple):
         return self.error == 0
 
 
+def is_stopping_refusal(e: RemoteError) -> bool:
+    """``e`` is a service's refusal of a request because it is stopping (draining after
+    SIGTERM: ``buffer_full`` with ``stopping: true`` in the reply): nothing of the request was
+    done, so another service may take it -- unlike a full buffer, the service's back-pressure."""
+    return e.code == P.BUFFER_FULL and e.details.get("stopping") is True
+
+
 class ServiceProducer:
     def __init__(self, endpoints: str | list[str], timeout_ms: int = PRODUCE_TIMEOUT_MS,
                  takes_work: Callable[[str], bool] | None = None) -> None:
@@ -172,8 +179,10 @@ class ServiceProducer:
     def produce(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
                 is_down: Callable[[str], bool] | None = None) -> list[ProduceResult]:
         """One result per record, in order; records are ServiceRecords or (key, value,
-        headers, partition) tuples. Raises RemoteError for a refused request (buffer_full:
-        retry later -- also from a service stopping after SIGTERM, nothing written;
+        headers, partition) tuples. A request a service refuses because it is stopping (after
+        SIGTERM, before ``takes_work`` says so) goes to the next service that takes work, each
+        tried once. Raises RemoteError for a refused request (buffer_full: retry later -- also
+        from a service stopping after SIGTERM when no other one took it, nothing written;
         invalid_record; malformed_request) or a timeout -- at once when ``is_down(endpoint)``
         says the service being waited for went down, or (ConnectionLost) the connection the
         request went out on ended: a process restarted on the endpoint never answers the old
@@ -196,7 +205,7 @@ class ServiceProducer:
             frame = pack_rows(rows)
             header = {"topic": topic, "acks": acks, "count": n}
         last: RemoteError | None = None
-        for endpoint in self.endpoints:
+        for endpoint in list(self.endpoints):  # a copy: a service found stopping moves to the back
             if is_down is not None and is_down(endpoint):
                 last = ServiceDown(f"producer service {endpoint} is down: the request was not sent")  # the next one
                 continue
@@ -212,9 +221,16 @@ class ServiceProducer:
                 # the next calls try the others first (without ``is_down`` nothing else tells us
                 # this one stopped answering); this call is not sent again elsewhere: it was
                 # sent and may have been written
-                self.endpoints.remove(endpoint)
-                self.endpoints.append(endpoint)
+                self._ask_last(endpoint)
                 raise
+            except RemoteError as e:
+                if not is_stopping_refusal(e):
+                    raise
+                # it began draining before ``takes_work`` knew (a health interval): nothing of
+                # the request was written, so the next service that takes work gets it
+                self._ask_last(endpoint)
+                last = e
+                continue
             if len(payloads) != 1:
                 raise MalformedFrame(P.MALFORMED_REQUEST, "a SERVICE_PRODUCE reply has one results frame")
             if h.get("form") == COLUMNS_FORM:
@@ -226,6 +242,11 @@ class ServiceProducer:
             return rows
         assert last is not None
         raise last
+
+    def _ask_last(self, endpoint: str) -> None:
+        """The next calls try ``endpoint`` after the others."""
+        self.endpoints.remove(endpoint)
+        self.endpoints.append(endpoint)
 
     def _drop(self, endpoint: str) -> None:
         c = self._clients.pop(endpoint, None)

@@ -1,10 +1,11 @@
 """The producer service stopped by SIGTERM, with a real cluster: it drains. A request it took
 is answered with its records' offsets once the (paused) leader acknowledges them; a request
-arriving meanwhile is refused at once with ``buffer_full`` saying nothing was written, and
-nothing of it is in the log; PING says ``stopping``; the process exits 0. A request still
-unacknowledged at the drain's deadline is answered ``request_timed_out`` saying it may have
-been written, not dropped. Through the gateway: it sends a stopping service nothing new (503 /
-50301) and waits for the answer of what it sent before (200 with the offset, not 50302).
+arriving meanwhile is refused at once with ``buffer_full`` saying nothing was written (and
+``stopping: true``, which a full buffer's refusal lacks), and nothing of it is in the log;
+PING says ``stopping``; the process exits 0. A request still unacknowledged at the drain's
+deadline is answered ``request_timed_out`` saying it may have been written, not dropped.
+Through the gateway: it sends a stopping service nothing new (503 / 50301) and waits for the
+answer of what it sent before (200 with the offset, not 50302).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def test_sigterm_answers_every_request_taken_and_refuses_new_ones_unwritten(clus
         finally:
             late.close()
         assert refused.value.code == P.BUFFER_FULL and "nothing of the request was written" in refused.value.message
+        assert refused.value.details.get("stopping") is True  # not a full buffer: another service may take it
         assert service.poll() is None, "the service exited with a request of its unanswered"
     finally:
         cluster.kill("broker-1", signal.SIGCONT)
