@@ -356,7 +356,8 @@ class ServicesConfig(_Model):
     producer_linger_ms: int = Field(0, ge=0, le=10_000)   # a request is a batch already: no wait for more
     producer_buffer_bytes_max: int = Field(32 * 1024 * 1024, ge=1024)
     # after SIGTERM, how long the requests taken get to be acknowledged (nodes/producer.py): the
-    # supervisor's SIGKILL comes 15 s after SIGTERM, and the rest of the stop needs up to 7 s
+    # supervisor's SIGKILL comes 15 s after SIGTERM, and the rest of the stop takes up to 2 s
+    # (nodes.producer.DRAIN_STOP_MS)
     producer_drain_timeout_ms: int = Field(5000, ge=0, le=6000)
     consumer_instances_max: int = Field(256, ge=1, le=10_000)
     consumer_instance_idle_timeout_ms: int = Field(300_000, ge=100)

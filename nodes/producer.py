@@ -36,10 +36,14 @@ another producer service, or answers 503 / 50301 when none takes work);
 every request already taken is sent and answered as its records are acknowledged, within
 ``services.producer_drain_timeout_ms``. The drain ends once nothing is left and no request came
 for DRAIN_QUIET_MS (the gateway's health watcher has seen the service stopping: no request is
-in flight to it when its port closes). At the deadline the worker stops -- a request it has not
-started is answered not written -- and the producers close: each record still unacknowledged
-is answered ``request_timed_out``, saying whether an earlier send of it may have been written;
-those answers go out before the port closes. No request taken goes unanswered.
+in flight to it when its port closes). At the deadline the producers close: each record still
+unacknowledged is answered ``request_timed_out``, saying whether an earlier send of it may have
+been written, and a send of the worker waiting on them (for buffer space or metadata) ends at
+once, its records answered not sent; then the worker stops -- a request it has not started is
+answered not sent. A record still without a result then is answered too (not sent, unless a
+producer's I/O thread did not stop: may have been written), and those answers go out before
+the port closes: the whole stop takes at most the drain's deadline and DRAIN_STOP_MS, far
+inside the supervisor's SIGKILL. No request taken goes unanswered.
 """
 
 from __future__ import annotations
@@ -71,9 +75,12 @@ JOBS_MAX = 10_000                  # requests accepted and not yet answered
 DELIVERY_TIMEOUT_MS = 30_000       # a record not acknowledged by then fails (request_timed_out)
 SEND_BLOCK_MS = 5000               # how long the worker waits for a topic's metadata
 # Stopping (the module doc). The supervisor SIGKILLs a node 15 s after SIGTERM
-# (nodes.launcher.STOP_TIMEOUT_S): producer_drain_timeout_ms (at most 6 s), a send of the worker
-# blocked on metadata (SEND_BLOCK_MS) and DRAIN_ANSWERS_MS fit inside it.
-DRAIN_ANSWERS_MS = 1000            # after the producers closed: their last answers go out
+# (nodes.launcher.STOP_TIMEOUT_S): producer_drain_timeout_ms (at most 6 s) and DRAIN_STOP_MS
+# after it bound the whole stop, whatever the worker is blocked on (a send waits up to
+# SEND_BLOCK_MS for buffer space or metadata: closing the producers ends that wait at once).
+DRAIN_STOP_MS = 2000               # after the drain's deadline: producers closed, worker stopped, answers out
+DRAIN_ANSWERS_MS = 500             # of DRAIN_STOP_MS: for the last answers to go out
+CLOSE_FLUSH_S = 5.0                # ``close`` without a drain: how long the producers may flush
 STOPPING_MESSAGE = ("the producer service is stopping: nothing of the request was written; send it again "
                     "(another producer service takes it, or this one once it is back)")
 NOT_SENT_MESSAGE = "not sent: the producer service stopped before sending it; nothing written"
@@ -125,6 +132,17 @@ class _Job:
                     self.results[start + pos] = row
             self.remaining -= len(rows)
             return self.remaining == 0
+
+    def resolve_rest(self, row: list) -> bool:
+        """Give ``row`` to every record without a result; True if there was one (the job is
+        now complete). A result that comes after is dropped (``resolve``) or changes nothing
+        the answer depends on (``resolve_many``: ``remaining`` below 0)."""
+        with self.lock:
+            if self.remaining <= 0:
+                return False
+            self.results = [row if r is None else r for r in self.results]
+            self.remaining = 0
+            return True
 
     def resolve(self, index: int, result: list) -> bool:
         """Record one result; True when it was the last one."""
@@ -219,15 +237,22 @@ class ProduceIntake:
 class ProducerService(Node):
     role = "producer"
 
-    def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
+    def __init__(self, config: LoomConfig, name: str, *, make_producer: Callable[[int], Producer] | None = None,
+                 **kw: Any) -> None:
+        """``make_producer(acks)``: the client producer for an acks level (default: to the
+        cluster of ``config``), made once per level when a request first needs it."""
         super().__init__(config, name, **kw)
         self.services = config.services
+        self._make_producer = make_producer or self._new_producer
         self.intake = ProduceIntake(self.services.producer_buffer_bytes_max, self.counters)
         self._jobs = self.intake.jobs
         self._done: deque[_Job] = deque()
         self._producers: dict[int, Producer] = {}
-        self._stopping = False  # the drain's deadline passed (or close): the worker sends nothing more
-        self._jobs_open = 0  # requests taken and not yet answered (reactor thread)
+        # the drain's deadline passed (or close): the worker sends nothing more, and no producer
+        # is made (under the lock, which the worker takes to get its producer)
+        self._stopping = False
+        self._producers_lock = threading.Lock()
+        self._taken: set[_Job] = set()  # requests taken and not yet answered (reactor thread)
         self._waker = Waker()
         self.reactor.add_waker(self._waker, self._on_wake)
         self._job_sender = JobSender(self._producer, self._answer)
@@ -241,7 +266,7 @@ class ProducerService(Node):
     def _on_produce(self, req: wire.Request) -> Any:
         self.take_request(req, STOPPING_MESSAGE)
         job = self.intake.admit(req)
-        self._jobs_open += 1
+        self._taken.add(job)
         self.metrics.inc("loom_producer_service_records_total", (job.topic,), len(job.records))
         return DEFER
 
@@ -249,7 +274,7 @@ class ProducerService(Node):
         while self._done:
             job = self._done.popleft()
             self.intake.release(job)
-            self._jobs_open -= 1
+            self._taken.discard(job)
             self.server.reply(job.req, *job.reply())
 
     def _answer(self, job: _Job) -> None:
@@ -258,14 +283,21 @@ class ProducerService(Node):
         self._waker.wake()
 
     def _producer(self, acks: int) -> Producer:
-        p = self._producers.get(acks)
-        if p is None:
-            p = self._producers[acks] = Producer(
-                self.config.bootstrap(), acks=acks, linger_ms=self.services.producer_linger_ms,
-                buffer_bytes_max=2 * self.services.producer_buffer_bytes_max, max_block_ms=SEND_BLOCK_MS,
-                delivery_timeout_ms=DELIVERY_TIMEOUT_MS, request_timeout_ms=DELIVERY_TIMEOUT_MS // 2,
-                record_bytes_max=self.config.limits.message_bytes_max)
-        return p
+        """The worker's producer for ``acks``. Raises ProducerClosedError once the service
+        stopped sending (``_stop_sending`` closes every producer made before)."""
+        with self._producers_lock:
+            if self._stopping:
+                raise ProducerClosedError()
+            p = self._producers.get(acks)
+            if p is None:
+                p = self._producers[acks] = self._make_producer(acks)
+            return p
+
+    def _new_producer(self, acks: int) -> Producer:
+        return Producer(self.config.bootstrap(), acks=acks, linger_ms=self.services.producer_linger_ms,
+                        buffer_bytes_max=2 * self.services.producer_buffer_bytes_max, max_block_ms=SEND_BLOCK_MS,
+                        delivery_timeout_ms=DELIVERY_TIMEOUT_MS, request_timeout_ms=DELIVERY_TIMEOUT_MS // 2,
+                        record_bytes_max=self.config.limits.message_bytes_max)
 
     def _work(self) -> None:
         while True:
@@ -294,34 +326,64 @@ class ProducerService(Node):
     def drain(self) -> None:
         """SIGTERM/SIGINT (``Node.run``, the reactor still usable): see the module doc. Returns
         once every request taken is answered and those answers are handed to the kernel, or
-        when the drain's time is up."""
+        when the drain's time is up: within ``producer_drain_timeout_ms`` + DRAIN_STOP_MS."""
         timeout_ms = self.services.producer_drain_timeout_ms
-        log.info("stopping: draining %d produce requests (at most %d ms)", self._jobs_open, timeout_ms)
-        started_ms = self.clock.now_ms()
-        self.drive_until(lambda now_ms: not self._jobs_open and self.quiet(now_ms),
-                         started_ms + timeout_ms)
-        if self._jobs_open:
+        log.info("stopping: draining %d produce requests (at most %d ms)", len(self._taken), timeout_ms)
+        self.drive_until(lambda now_ms: not self._taken and self.quiet(now_ms), self.clock.now_ms() + timeout_ms)
+        if self._taken:
             log.warning("stopping: %d produce requests still unanswered after %d ms: their records not yet "
-                        "acknowledged are answered request_timed_out", self._jobs_open, timeout_ms)
-        self._stop_sending(0)
-        self.drive_until(lambda now_ms: not self._jobs_open, self.clock.now_ms() + DRAIN_ANSWERS_MS)
-        if self._jobs_open:  # a bug: a job the producers' close did not finish
-            log.error("stopping: %d produce requests left unanswered", self._jobs_open)
+                        "acknowledged are answered request_timed_out", len(self._taken), timeout_ms)
+        stop_deadline_ms = self.clock.now_ms() + DRAIN_STOP_MS
+        self._stop_sending(0, stop_deadline_ms - DRAIN_ANSWERS_MS)
+        self._answer_unfinished()
+        self.drive_until(lambda _now_ms: not self._taken, stop_deadline_ms)
+        if self._taken:
+            log.error("stopping: the answers of %d produce requests did not go out in time", len(self._taken))
 
-    def _stop_sending(self, flush_timeout_s: float) -> None:
-        """Stop the worker (a job it has not started is answered not sent) and close the
-        producers, waiting ``flush_timeout_s`` for what they hold: a record still unacknowledged
-        then fails (ProducerClosedError: answered request_timed_out) and its job is answered."""
-        self._stopping = True
-        self._worker.join(timeout=SEND_BLOCK_MS / 1000 + 1)  # a send may wait for metadata that long
-        for p in self._producers.values():
+    def _stop_sending(self, flush_timeout_s: float, deadline_ms: int) -> None:
+        """Close the producers, waiting ``flush_timeout_s`` for what they hold: a record still
+        unacknowledged then fails (ProducerClosedError: answered request_timed_out, saying
+        whether it may have been written), and so does at once a send of the worker waiting for
+        their buffer space or for metadata (answered not sent). Then stop the worker: a job it
+        has not started is answered not sent. The waits for the producers' I/O threads and for
+        the worker end by ``deadline_ms``. The producers close first because that is what frees
+        a worker blocked on them: waiting for the worker first waits out its send's SEND_BLOCK_MS."""
+        with self._producers_lock:
+            self._stopping = True
+            producers = list(self._producers.values())
+        try:
+            self._jobs.put_nowait(None)  # an idle worker stops at once
+        except queue.Full:
+            pass  # a busy one sees _stopping
+        for p in producers:
             try:
-                p.close(timeout=flush_timeout_s)
+                p.close(timeout=flush_timeout_s, stop_timeout_s=self._left_s(deadline_ms))
             except CodedError as e:
                 log.info("producer close: %s", e)
+        self._worker.join(timeout=self._left_s(deadline_ms))
+        if self._worker.is_alive():
+            log.warning("stopping: the worker is still handing over a request: its records left are answered not sent")
+
+    def _left_s(self, deadline_ms: int) -> float:
+        return max(0, deadline_ms - self.clock.now_ms()) / 1000
+
+    def _answer_unfinished(self) -> None:
+        """After ``_stop_sending``: answer the records of the requests taken that still have no
+        result. With every producer stopped (closed, its I/O thread ended, every batch it held
+        failed) such a record never reached one that could send it -- the worker had not handed
+        it over, or handed it over as its producer closed --: not sent, nothing written. A
+        producer whose I/O thread did not end in time may still be sending it: it may have been
+        written."""
+        stopped = all(p.stopped for p in self._producers.values())
+        error = ProducerClosedError(possibly_written=not stopped)
+        row = [-1, -1, _error_code(error), _error_message(error)]
+        for job in list(self._taken):
+            if job.resolve_rest(row):
+                self._answer(job)
 
     def close(self) -> None:
-        self._stop_sending(5)
+        if not self._stopping:  # no drain ran (a test, an embedding); after one nothing is left to wait for
+            self._stop_sending(CLOSE_FLUSH_S, self.clock.now_ms() + int(CLOSE_FLUSH_S * 1000) + DRAIN_STOP_MS)
         self.reactor.remove_waker(self._waker)
         self._waker.close()
         super().close()
@@ -342,7 +404,11 @@ class JobSender:
         headers and with the same partition (or none) in one ``send_many`` -- answered by one
         completion hook, with no Python per record on the I/O thread -- the others one by one.
         Runs keep the request's order within every partition, as one ``send`` per record did."""
-        producer = self._producer_for(job.acks)
+        try:
+            producer = self._producer_for(job.acks)
+        except ProducerClosedError:  # the service stopped sending as the job began
+            self.refuse(job, P.BUFFER_FULL, NOT_SENT_MESSAGE)
+            return
         records, n = job.records, len(job.records)
         partitions = list(map(PARTITION_OF, records))
         if partitions.count(partitions[0]) == n and list(map(HEADERS_OF, records)).count(None) == n:

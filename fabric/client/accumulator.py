@@ -305,8 +305,11 @@ class RecordAccumulator:
         deadline = time.monotonic() + self.settings.max_block_ms / 1000
         self._wake()
         while self._buffered_bytes + size_bytes > self._buffer_max:
+            if self._closed:  # (``close`` wakes the wait)
+                raise BufferExhaustedError("the producer was closed while the record waited for buffer space: "
+                                           "not sent, nothing written")
             left = deadline - time.monotonic()
-            if left <= 0 or self._closed:
+            if left <= 0:
                 raise BufferExhaustedError(f"producer buffer of {self.settings.buffer_bytes_max} bytes is full")
             self._space.wait(left)
 

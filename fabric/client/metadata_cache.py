@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from fabric.errors import TopicNotInMetadataError
+from fabric.errors import ProducerClosedError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
 
 WAIT_SLICE_S = 0.2  # a waiting application thread asks again for a refresh this often
@@ -54,20 +54,23 @@ class MetadataCache:
 
     def partition_count(self, topic: str, max_block_ms: int) -> int:
         """Partitions of ``topic``; waits (up to ``max_block_ms``) for metadata that has it.
-        Raises ``TopicNotInMetadataError``."""
+        Raises ``TopicNotInMetadataError``, and ``ProducerClosedError`` when the cache closes
+        (the producer did) during the wait: a record queued then would never be sent."""
         t = self.current.topics.get(topic)
         if t is not None:
             return len(t.partitions)
         deadline = time.monotonic() + max_block_ms / 1000
         with self._cond:
             while True:
+                if self.closed:  # not an answer about the topic; a record queued now would never be sent
+                    raise ProducerClosedError()
                 self.wanted = True
                 self._wake()
                 t = self.current.topics.get(topic)
                 if t is not None:
                     return len(t.partitions)
                 left = deadline - time.monotonic()
-                if left <= 0 or self.closed:
+                if left <= 0:
                     raise TopicNotInMetadataError(f"topic {topic!r} not found in the cluster metadata")
                 self._cond.wait(min(left, WAIT_SLICE_S))
 
@@ -76,7 +79,8 @@ class MetadataCache:
         when the metadata held lacks ``partition``: partitions may have been added since it was
         fetched. Waits (within ``max_block_ms``) for the partition to show, or for two answers
         to refreshes asked for meanwhile (the first may answer a request sent before the call),
-        then returns the count they show. Raises ``TopicNotInMetadataError``."""
+        then returns the count they show. Raises ``TopicNotInMetadataError``, and
+        ``ProducerClosedError`` when the cache closes during the wait."""
         deadline = time.monotonic() + max_block_ms / 1000
         count = self.partition_count(topic, max_block_ms)
         if partition < count:
@@ -84,10 +88,12 @@ class MetadataCache:
         with self._cond:
             start = self.answers
             while True:
+                if self.closed:
+                    raise ProducerClosedError()
                 t = self.current.topics.get(topic)
                 count = len(t.partitions) if t is not None else 0
                 left = deadline - time.monotonic()
-                if partition < count or self.answers >= start + 2 or left <= 0 or self.closed:
+                if partition < count or self.answers >= start + 2 or left <= 0:
                     if t is None:
                         raise TopicNotInMetadataError(f"topic {topic!r} not found in the cluster metadata")
                     return count

@@ -39,7 +39,7 @@ from fabric.client.bootstrap import parse_bootstrap
 from fabric.client.completion import Completion
 from fabric.client.futures import BatchState, DeliveryCallback, RecordFuture, RecordFutures, RecordMetadata
 from fabric.client.metadata_cache import MetadataCache
-from fabric.client.sender import Sender, SenderSettings
+from fabric.client.sender import STOP_JOIN_S, Sender, SenderSettings
 from fabric.clock import Clock
 from fabric.errors import (BufferExhaustedError, ClientTimeoutError, FabricError, ProducerClosedError,
                            RecordSizeExceededError, TopicNotInMetadataError)
@@ -328,6 +328,11 @@ class Producer:
             return partition + 1
         return self.metadata.partition_count_having(topic, partition, self.max_block_ms)
 
+    @property
+    def stopped(self) -> bool:
+        """Closed, and its I/O thread has ended: every record it took has its outcome."""
+        return self._closed and not self.sender.is_alive()
+
     def flush(self, timeout: float | None = None) -> None:
         """Send everything buffered and wait until every batch is acknowledged or failed.
         Raises ``ClientTimeoutError`` if that takes longer than ``timeout`` seconds, and
@@ -344,10 +349,13 @@ class Producer:
             if not b.event.wait(left):
                 raise ClientTimeoutError("flush timed out")
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Flush (up to ``timeout`` seconds), then stop the I/O thread; what is not delivered
-        fails with ``ProducerClosedError``. On the I/O thread (a delivery callback) it does not
-        flush, which would wait for that thread: the thread stops when the callback returns."""
+    def close(self, timeout: float | None = 30.0, stop_timeout_s: float = STOP_JOIN_S) -> None:
+        """Flush (up to ``timeout`` seconds), then stop the I/O thread, waiting up to
+        ``stop_timeout_s`` for it to end; what is not delivered fails with
+        ``ProducerClosedError`` -- as does a ``send`` waiting meanwhile for buffer space
+        (``BufferExhaustedError`` saying so) or for metadata, which returns at once. On the I/O
+        thread (a delivery callback) it does not flush, which would wait for that thread: the
+        thread stops when the callback returns."""
         if self._closed:
             return
         try:
@@ -358,7 +366,7 @@ class Producer:
         finally:
             self._closed = True
             self.accumulator.close()
-            self.sender.stop()
+            self.sender.stop(stop_timeout_s)
 
     def __enter__(self) -> "Producer":
         return self

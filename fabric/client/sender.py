@@ -65,6 +65,7 @@ METADATA_TIMEOUT_MS = 3000
 METADATA_RETRY_MS = 100
 METADATA_MAX_AGE_MS = 5000   # refresh at least this often (new partitions, moved leaders)
 REQUEST_STALL_MS = 400       # a request unanswered this long makes us look for a new leader
+STOP_JOIN_S = 5.0            # ``stop`` waits this long at most for the I/O thread to fail what is left and end
 
 
 @dataclass(frozen=True)
@@ -170,14 +171,16 @@ class Sender(SenderReplies, threading.Thread):
         assert 0 <= sequence <= 0x7FFFFFFF, sequence
         self._sequences[(topic, partition)] = sequence
 
-    def stop(self) -> None:
+    def stop(self, join_timeout_s: float = STOP_JOIN_S) -> None:
+        """End the I/O thread, which fails every batch left (``ProducerClosedError``); waits
+        up to ``join_timeout_s`` for it (it ends on its own after, within a poll)."""
         self._stopping = True
         self.metadata_cache.close()
         if self.on_io_thread():
             return  # from a callback: the loop ends when it returns, and shuts down (``run``)
         if self.is_alive():
             self.wake()
-            self.join(timeout=5)
+            self.join(timeout=join_timeout_s)
         elif not self._shut:
             self._shut_down()  # never started as a thread (a test drove it): release its sockets
 
