@@ -14,7 +14,8 @@ from fabric import wire
 from fabric.errors import MalformedFrame, RemoteError
 
 from fabric.client.producer import Producer
-from nodes.producer import JobSender, ProduceIntake, _Job
+from nodes.producer import ProduceIntake
+from nodes.producer_jobs import Job, JobSender
 from tests.unit.driven_producer import answer, driven_producer, send_pass
 
 
@@ -23,11 +24,11 @@ class Rig:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> None:
         self.producer: Producer = driven_producer(monkeypatch, max_block_ms=100, record_bytes_max=200, **settings)
-        self.answered: list[_Job] = []
+        self.answered: list[Job] = []
         self.sender = JobSender(lambda acks: self.producer, self.answered.append)
 
-    def job(self, records: list, topic: str = "t", acks: int = -1) -> _Job:
-        job = _Job(None, topic, acks, records, 0)  # type: ignore[arg-type]
+    def job(self, records: list, topic: str = "t", acks: int = -1) -> Job:
+        job = Job(None, topic, acks, records, 0)  # type: ignore[arg-type]
         self.sender.send(job)
         return job
 
