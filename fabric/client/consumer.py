@@ -362,8 +362,17 @@ class Consumer(ConsumerFailover):
                     self._fetch_positions[tp] = view.next_offset
 
     def _out_of_range(self, tp: TopicPartition, fetched_at: int) -> None:
+        """The log no longer holds ``fetched_at`` (retention moved its start past it, or its
+        end is below it). A prefetch's answer -- records before ``fetched_at`` buffered, not yet
+        returned -- changes nothing yet: the partition is fetched again after a backoff, and the
+        reset (or the error) comes once the position reaches it. Reset at once, it dropped the
+        records the consumer held, and skipped them; Kafka's consumer never fetches a partition
+        past records it buffers of it, so its out-of-range is always at the position."""
+        if self.positions.get(tp) != fetched_at:
+            self._hold([tp])
+            return
         if self.auto_offset_reset == "none":
-            # raised once the records buffered before it are taken (the position reaches it)
+            # raised at a poll's start (``_raise_position_error``), never after it took records
             self._cannot_position(tp, f"position {fetched_at} is out of range", fetched_at)
             return
         # said, as Kafka's consumer does: records may be skipped, or read again, from here

@@ -1,0 +1,201 @@
+"""The consumer's two positions -- ``position`` (the next offset ``poll`` returns) and the fetch
+position ahead of it (prefetch: records fetched, buffered, not yet returned) -- under answers
+that land late or say the log moved.
+
+- An OFFSET_OUT_OF_RANGE answer to a prefetch (retention moved the log start past the fetch
+  position while records before it sat in the buffer) reset the partition at once, dropping
+  the buffered records: records the consumer held, below the log end and never returned, were
+  skipped -- and committed past by the next auto-commit. Kafka's consumer never has a fetch of
+  a partition in flight past records it buffers of it, so its out-of-range is always at the
+  position. Now the records buffered are returned first, and the reset (or, for
+  ``auto_offset_reset="none"``, the error) happens once the position reaches the offset found
+  out of range.
+- A fetch sent before a ``seek`` (or before the partition was given up and assigned again) is
+  not read after it: its records are not returned and do not move the position, whether the
+  seek went back, forward, or to the offset the fetch was sent at.
+
+A real Consumer on a ManualClock with one RecordingClient per endpoint (tests/unit/fakes.py);
+broker 1 leads t-0."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fabric import protocol as P
+from fabric.client.consumer import FETCH_RETRY_BACKOFF_MS, Consumer
+from fabric.clock import ManualClock
+from fabric.errors import RemoteError
+from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
+from tests.unit.fakes import FakeReactor, RecordingClient, as_leader_wrote, make_batch
+
+T0 = ("t", 0)
+LEADER = "tcp://b1:1"
+
+
+class _Broker:
+    """The consumer's clients: broker 1 (leader of t-0 at epoch 1) answered by the test."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, RecordingClient] = {}
+
+    def client(self, endpoint: str) -> RecordingClient:
+        return self.clients.setdefault(endpoint, RecordingClient())
+
+    def _open(self, command: bytes) -> list[tuple[RecordingClient, int]]:
+        return [(c, i) for c in self.clients.values() for i in c.unanswered if c.sent[i][0] == command]
+
+    def answer_metadata(self) -> None:
+        md = ClusterMetadata(1, "c", {1: BrokerInfo(1, "b1", 1, 2)},
+                             {"t": TopicInfo("t", (PartitionInfo("t", 0, 1, 1, (1,), (1,)),), {}, "id-t")})
+        for c, i in self._open(P.METADATA):
+            c.unanswered.remove(i)
+            c.sent[i][3]({"metadata": md.to_wire()}, [], None)
+
+    def fetch_offset(self) -> int | None:
+        """The offset of t-0 in the one FETCH in flight (None: none)."""
+        open_ = self._open(P.FETCH)
+        assert len(open_) <= 1
+        if not open_:
+            return None
+        c, i = open_[0]
+        [[_, _, offset, _, _]] = c.sent[i][1]["parts"]
+        return offset
+
+    def answer_fetch(self, records: int = 0, *, error: int = 0, hw: int = 1000, log_start: int = 0,
+                     at: int | None = None) -> None:
+        """Answer the FETCH in flight: ``records`` records from its offset (or ``at``), or
+        ``error``."""
+        [(c, i)] = self._open(P.FETCH)
+        [[_, _, offset, _, _]] = c.sent[i][1]["parts"]
+        base = offset if at is None else at
+        data = as_leader_wrote(make_batch(records, tag="r"), base, 1) if records and not error else b""
+        c.unanswered.remove(i)
+        c.sent[i][3]({"parts": [["t", 0, error, hw, hw, log_start, None]]}, [data], None)
+
+    def answer_list_offsets(self, offset: int) -> list[int]:
+        """Answer every LIST_OFFSETS in flight with ``offset``; the specs they asked for."""
+        specs = []
+        for c, i in self._open(P.LIST_OFFSETS):
+            [[_, _, spec]] = c.sent[i][1]["parts"]
+            specs.append(spec)
+            c.unanswered.remove(i)
+            c.sent[i][3]({"parts": [["t", 0, 0, offset]]}, [], None)
+        return specs
+
+
+@pytest.fixture
+def make() -> Any:
+    made: list[Consumer] = []
+
+    def build(policy: str = "earliest") -> tuple[Consumer, _Broker, FakeReactor]:
+        broker, reactor = _Broker(), FakeReactor(ManualClock(1_000))
+        c = Consumer("tcp://127.0.0.1:1", clock=reactor.clock, reactor=reactor, client_factory=broker.client,
+                     auto_offset_reset=policy)
+        made.append(c)
+        c.assign([T0])
+        c.seek(T0, 0)
+        c.poll(0)
+        broker.answer_metadata()
+        c.poll(0)
+        assert broker.fetch_offset() == 0
+        return c, broker, reactor
+    yield build
+    for c in made:
+        c.close()
+
+
+def _offsets(records: list) -> list[int]:
+    return [r.offset for r in records]
+
+
+# -- an out-of-range prefetch ----------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["earliest", "latest"])
+def test_records_buffered_before_a_prefetch_found_out_of_range_are_returned_before_the_reset(make: Any,
+                                                                                            policy: str) -> None:
+    c, broker, reactor = make(policy)
+    broker.answer_fetch(50)  # 0..49 buffered; the prefetch at 50 goes out at once
+    assert broker.fetch_offset() == 50
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    # retention moved the log start to 60 meanwhile: the prefetch at 50 is out of range
+    broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=60)
+    got: list = []
+    for _ in range(10):
+        got += c.poll(0, max_records=10)
+        reactor.advance(FETCH_RETRY_BACKOFF_MS)
+        if (broker.fetch_offset() or 60) < 60:
+            broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=60)
+        broker.answer_list_offsets(60 if policy == "earliest" else 1000)
+    assert _offsets(got) == list(range(10, 50))  # what the consumer held is not skipped
+    assert c.position(T0) == (60 if policy == "earliest" else 1000)
+
+
+def test_with_no_reset_policy_the_records_buffered_before_an_out_of_range_prefetch_come_first(make: Any) -> None:
+    c, broker, reactor = make("none")
+    broker.answer_fetch(50)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=60)
+    assert _offsets(c.poll(0, max_records=100)) == list(range(10, 50))
+    fetches = sum(1 for cl in broker.clients.values() for s in cl.sent if s[0] == P.FETCH)
+    with pytest.raises(RemoteError) as raised:
+        for _ in range(5):
+            reactor.advance(FETCH_RETRY_BACKOFF_MS)
+            if broker.fetch_offset() is not None:
+                broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=60)
+            c.poll(0)
+    assert raised.value.code == P.OFFSET_OUT_OF_RANGE and c.position(T0) == 50
+    assert sum(1 for cl in broker.clients.values() for s in cl.sent if s[0] == P.FETCH) - fetches <= 5
+
+
+def test_a_prefetch_found_out_of_range_is_not_asked_again_in_a_loop_while_records_wait(make: Any) -> None:
+    c, broker, reactor = make("earliest")
+    broker.answer_fetch(50)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=60)
+    for _ in range(20):  # the application works on its records; its polls find the answers in
+        c.poll(0, max_records=1)
+        if broker.fetch_offset() is not None:
+            broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=60)
+    assert sum(1 for cl in broker.clients.values() for s in cl.sent if s[0] == P.FETCH) <= 4
+
+
+# -- answers sent before a seek or a reassignment --------------------------------------------------
+@pytest.mark.parametrize("to", [20, 50, 80, 0])
+def test_a_prefetch_sent_before_a_seek_is_not_read_after_it(make: Any, to: int) -> None:
+    c, broker, reactor = make("earliest")
+    broker.answer_fetch(50)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    assert broker.fetch_offset() == 50
+    c.seek(T0, to)
+    broker.answer_fetch(50, hw=1000)  # the prefetch's answer: 50..99
+    got = c.poll(0)
+    assert got == [] and c.position(T0) == to
+    assert broker.fetch_offset() == to
+    broker.answer_fetch(5)
+    assert _offsets(c.poll(0)) == list(range(to, to + 5))
+
+
+def test_an_out_of_range_answer_sent_before_a_seek_does_not_reset_after_it(make: Any) -> None:
+    c, broker, reactor = make("latest")
+    broker.answer_fetch(50)
+    c.poll(0, max_records=50)
+    assert broker.fetch_offset() == 50
+    c.seek(T0, 10)
+    broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=60)  # about offset 50, not 10
+    c.poll(0)
+    assert c.position(T0) == 10 and broker.fetch_offset() == 10
+    assert broker.answer_list_offsets(1000) == []
+
+
+def test_a_fetch_sent_before_the_partition_was_given_up_is_not_read_once_it_is_assigned_again(make: Any) -> None:
+    c, broker, reactor = make("earliest")
+    broker.answer_fetch(50)
+    c.poll(0, max_records=10)
+    c.assign([])        # a rebalance: revoked...
+    c.assign([T0])      # ...and assigned again, at the committed offset 5
+    c.seek(T0, 5)
+    broker.answer_fetch(50)  # the old prefetch's answer: 50..99
+    assert c.poll(0) == [] and c.position(T0) == 5
+    broker.answer_fetch(3)
+    assert _offsets(c.poll(0)) == [5, 6, 7]
