@@ -1,0 +1,88 @@
+"""What a group member commits is the position of the records ``poll`` returned -- never of
+records fetched and buffered but not yet returned (the consumer prefetches: a fetch answer of 50
+records serves several polls of 10) -- at every commit point: the auto-commit at a poll's
+start, the commit before a revocation, ``close``, and an explicit ``commit()``. A member that
+gets the partition again starts where the last returned record left off.
+
+A real GroupConsumer on a ManualClock, a fake broker leading t-0 that hands out 50 records per
+FETCH, and a scripted coordinator that keeps the committed offsets
+(tests/unit/builders_group_consumer.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fabric import protocol as P
+from fabric.client.group import GroupConsumer
+from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
+                                                consumer_config)
+from tests.unit.fakes import ScriptedCoordinatorLink
+
+AUTO_COMMIT_INTERVAL_MS = 1000
+
+
+class _Member:
+    def __init__(self) -> None:
+        self.broker = OnePartitionBroker()
+        self.reactor = BrokerRepliesReactor(self.broker)
+        self.coordinator = OffsetsCoordinator()
+        self.coordinator.uncommitted = -1
+        self.link = ScriptedCoordinatorLink(self.coordinator)
+        self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
+            self.broker, self.reactor, self.link, auto_commit_interval_ms=AUTO_COMMIT_INTERVAL_MS))
+        self.consumer.subscribe(["t"])
+
+    def poll(self, max_records: int = 10) -> list[int]:
+        return [r.offset for r in self.consumer.poll(1000, max_records=max_records)]
+
+    def first_poll(self) -> list[int]:
+        got: list[int] = []
+        for _ in range(5):
+            got = self.poll()
+            if got:
+                return got
+        return got
+
+    def commits(self) -> list[int]:
+        return [o for c, h in self.link.calls if c == P.OFFSET_COMMIT for _, _, o in h["offsets"]]
+
+
+@pytest.fixture
+def member() -> Iterator[_Member]:
+    m = _Member()
+    yield m
+    m.consumer.close()
+
+
+def test_the_auto_commit_commits_the_records_returned_not_those_buffered(member: _Member) -> None:
+    assert member.first_poll() == list(range(10))
+    assert member.consumer._buffered_records >= 40  # 10..49 fetched, not returned
+    member.reactor.advance(AUTO_COMMIT_INTERVAL_MS)
+    assert member.poll() == list(range(10, 20))
+    assert member.commits() == [10]
+
+
+def test_close_commits_the_records_returned_not_those_buffered(member: _Member) -> None:
+    assert member.first_poll() == list(range(10))
+    member.consumer.close()
+    assert member.coordinator.committed == {T0: 10}
+
+
+def test_an_explicit_commit_of_the_positions_covers_the_records_returned_only(member: _Member) -> None:
+    assert member.first_poll() == list(range(10))
+    member.consumer.commit()
+    assert member.coordinator.committed == {T0: 10}
+
+
+def test_a_rebalance_with_records_buffered_commits_and_resumes_at_the_last_returned(member: _Member) -> None:
+    assert member.first_poll() == list(range(10))
+    member.consumer.request_rejoin(member.consumer.generation, reset_member=False)  # the heartbeat's news
+    got: list[int] = []
+    for _ in range(5):
+        got = member.poll()
+        if got:
+            break
+    assert member.coordinator.committed == {T0: 10}
+    assert got == list(range(10, 20))  # nothing skipped, nothing again
