@@ -199,3 +199,53 @@ def test_a_fetch_sent_before_the_partition_was_given_up_is_not_read_once_it_is_a
     assert c.poll(0) == [] and c.position(T0) == 5
     broker.answer_fetch(3)
     assert _offsets(c.poll(0)) == [5, 6, 7]
+
+
+# -- a topic deleted and made again under the consumer -----------------------------------------------
+def _metadata(version: int, topic_id: str | None) -> dict:
+    """Metadata naming topic t with ``topic_id`` (None: no topic t -- deleted)."""
+    topics = {} if topic_id is None else {
+        "t": TopicInfo("t", (PartitionInfo("t", 0, 1, 1, (1,), (1,)),), {}, topic_id)}
+    return {"metadata": ClusterMetadata(version, "c", {1: BrokerInfo(1, "b1", 1, 2)}, topics).to_wire()}
+
+
+def _answer_metadata(broker: _Broker, reply: dict) -> None:
+    for c in broker.clients.values():
+        for i in [i for i in c.unanswered if c.sent[i][0] == P.METADATA]:
+            c.unanswered.remove(i)
+            c.sent[i][3](reply, [], None)
+
+
+@pytest.mark.parametrize("deleted_first", [False, True])
+def test_a_position_in_a_topic_deleted_and_made_again_is_not_taken_into_the_new_topic(make: Any,
+                                                                                    deleted_first: bool) -> None:
+    """Topic t (id-t) read to offset 50, then deleted and made again with the same name (id-t2)
+    and 80 records written to it: position 50 belongs to the old topic. Kept, the consumer
+    fetched the new topic from 50 and skipped its records 0..49 (and a group member committed
+    50 for them). The new topic is read as one never read: from ``auto_offset_reset``."""
+    c, broker, reactor = make("earliest")
+    broker.answer_fetch(50, hw=50)
+    assert _offsets(c.poll(0, max_records=100)) == list(range(50))
+    # the old leader no longer holds the topic under id-t: the fetch is refused, metadata asked for
+    broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)
+    if deleted_first:
+        reactor.advance(FETCH_RETRY_BACKOFF_MS)
+        c.poll(0)
+        _answer_metadata(broker, _metadata(2, None))
+        reactor.advance(1000)
+        c.poll(0)
+    reactor.advance(1000)
+    c.poll(0)
+    _answer_metadata(broker, _metadata(3, "id-t2"))
+    if broker.fetch_offset() is not None:  # a fetch of the old topic sent meanwhile: refused as such
+        broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)
+    for _ in range(5):
+        reactor.advance(FETCH_RETRY_BACKOFF_MS)
+        c.poll(0)
+        broker.answer_list_offsets(0)
+    new_topic_fetched_at = [h["parts"][0][2] for cl in broker.clients.values() for cmd, h, _, _ in cl.sent
+                            if cmd == P.FETCH and h["topic_ids"] == {"t": "id-t2"}]
+    assert new_topic_fetched_at == [0], "the new topic was fetched at the old topic's position"
+    assert c.position(T0) == 0
+    broker.answer_fetch(80, hw=80)
+    assert _offsets(c.poll(0, max_records=100)) == list(range(80))
