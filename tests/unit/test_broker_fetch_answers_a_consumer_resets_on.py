@@ -1,0 +1,79 @@
+"""What a broker answers a consumer's FETCH (replica id -1) when the consumer's position and the
+replica it reaches disagree -- the answers ``fabric.client.consumer.Consumer`` resets a position
+on (OFFSET_OUT_OF_RANGE: ``auto_offset_reset``) or only retries on (NOT_LEADER,
+FENCED_LEADER_EPOCH: a backoff and new metadata, the position kept).
+
+A consumer must not be sent to ``auto_offset_reset`` -- at ``latest``, past records that exist
+-- by a replica that is not the leader: a deposed leader truncated after the failover (its log
+end now below the consumer's position) answers NOT_LEADER, a leader that has not yet heard of
+the epoch the consumer knows answers FENCED_LEADER_EPOCH, and a newly elected leader whose high
+watermark still lags the one the consumer read to answers nothing yet (no error). Only a
+position outside the leader's own log -- below a log start that retention moved, past its log
+end -- is out of range. Real BrokerCore on the memory engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fabric import protocol as P
+from fabric.records import build_batch
+from nodes.broker.core import BrokerCore
+from nodes.broker.messages import FetchEntry, FetchInput
+from nodes.broker.partition import Partition
+from tests.unit.fakes import broker_core
+
+ME, OTHER = 1, 2
+EPOCH = 3
+
+
+def _leader_of_ten(tmp_path: Path) -> tuple[BrokerCore, Partition]:
+    """Broker 1 leads t-0 at EPOCH with records 0..9, all under the HW."""
+    core = broker_core(tmp_path, ME)
+    part = core.open_partition("t", 0, {})
+    part.become_leader(EPOCH, [ME], [ME], now_ms=0)
+    for first in (0, 5):  # two batches of five
+        part.append_as_leader([build_batch([(1_700_000_000_000, None, b"v%d" % i, None)
+                                            for i in range(first, first + 5)])], 1 << 20)
+    part.maybe_advance_high_watermark()
+    assert part.high_watermark == 10
+    return core, part
+
+
+def _consumer_fetch(core: BrokerCore, offset: int, epoch: int = EPOCH) -> FetchEntry:
+    entry, _ = core.fetch(FetchInput("t", 0, offset, 64 * 1024, epoch, -1), -1, now_ms=1000, budget_bytes=64 * 1024)
+    return entry
+
+
+def test_a_deposed_leader_truncated_below_the_consumers_position_answers_not_leader(tmp_path: Path) -> None:
+    core, part = _leader_of_ten(tmp_path)
+    part.become_follower(OTHER, EPOCH + 1, [ME, OTHER], [OTHER])
+    part.truncate_to(6)  # (an unclean election's truncation: a clean one keeps the HW)
+    entry = _consumer_fetch(core, 10)  # the consumer's metadata still names broker 1
+    assert entry.error == P.NOT_LEADER
+
+
+def test_a_leader_behind_the_epoch_the_consumer_knows_answers_fenced(tmp_path: Path) -> None:
+    core, part = _leader_of_ten(tmp_path)
+    assert _consumer_fetch(core, 12, epoch=EPOCH + 1).error == P.FENCED_LEADER_EPOCH
+
+
+def test_a_new_leader_whose_high_watermark_lags_answers_no_records_and_no_error(tmp_path: Path) -> None:
+    core, part = _leader_of_ten(tmp_path)
+    part.become_follower(OTHER, EPOCH + 1, [ME, OTHER], [ME, OTHER])
+    part.high_watermark = 4  # its follower view of the HW lagged the old leader's (10)
+    part.become_leader(EPOCH + 2, [ME, OTHER], [ME, OTHER], now_ms=0)
+    assert part.high_watermark < 10
+    entry, data = core.fetch(FetchInput("t", 0, 10, 64 * 1024, EPOCH + 2, -1), -1, now_ms=1000,
+                             budget_bytes=64 * 1024)
+    assert entry.error == 0 and data == b""
+
+
+def test_only_a_position_outside_the_leaders_own_log_is_out_of_range(tmp_path: Path) -> None:
+    core, part = _leader_of_ten(tmp_path)
+    assert _consumer_fetch(core, 10).error == 0  # at the log end: waits for records
+    assert _consumer_fetch(core, 11).error == P.OFFSET_OUT_OF_RANGE
+    part.engine.delete_before(5)  # retention
+    assert part.log_start_offset == 5
+    entry = _consumer_fetch(core, 4)
+    assert entry.error == P.OFFSET_OUT_OF_RANGE and entry.log_start_offset == 5
+    assert _consumer_fetch(core, 5).error == 0
