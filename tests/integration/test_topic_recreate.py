@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fabric import protocol as P
-from fabric.client import Admin, Producer
+from fabric.client import Admin, Consumer, Producer
 from fabric.client.producer import RecordFuture
 from fabric.client.services import ServiceProducer, ServiceRecord
 from fabric.errors import FabricError, UnknownTopicOrPartitionError
@@ -141,4 +141,46 @@ def test_the_producer_service_fails_records_of_a_gone_partition_at_once(cluster_
         assert all(r.ok and r.partition == 0 for r in sp.produce(SHRUNK, records))
     finally:
         sp.close()
+        admin.close()
+
+
+READ = "readagain"
+
+
+def test_a_consumer_reads_a_topic_made_again_from_its_start_not_from_its_old_position(cluster_factory) -> None:  # noqa: ANN001
+    """A consumer assigned ``READ``-0 read 30 records of it; the topic is deleted and made again,
+    and 10 records are written to the new one: the consumer reads them all (auto_offset_reset
+    earliest), not from offset 30 -- the old topic's position, at which the new topic's records
+    0..29 were skipped (and a group member committed past them)."""
+    c = cluster_factory(1)
+    admin = Admin(c.bootstrap)
+    consumer = Consumer(c.bootstrap, auto_offset_reset="earliest")
+    try:
+        admin.create_topic(READ, 1, 1)
+        c.wait_topic_ready(admin, READ)
+        with Producer(c.bootstrap, acks="all") as p:
+            for i in range(30):
+                p.send(READ, b"old-%d" % i, partition=0)
+            p.flush(30)
+        consumer.assign([(READ, 0)])
+        consumer.seek((READ, 0), 0)
+        old = []
+        deadline = time.monotonic() + 20
+        while len(old) < 30 and time.monotonic() < deadline:
+            old += consumer.poll(200)
+        assert len(old) == 30 and consumer.position((READ, 0)) == 30
+        admin.delete_topic(READ)
+        admin.create_topic(READ, 1, 1)
+        c.wait_topic_ready(admin, READ)
+        with Producer(c.bootstrap, acks="all") as p:
+            for i in range(40):
+                p.send(READ, b"new-%d" % i, partition=0)
+            p.flush(30)
+        new = []
+        deadline = time.monotonic() + 30
+        while len(new) < 40 and time.monotonic() < deadline:
+            new += consumer.poll(200)
+        assert [r.value for r in new] == [b"new-%d" % i for i in range(40)]
+    finally:
+        consumer.close()
         admin.close()
