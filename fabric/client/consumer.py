@@ -203,20 +203,33 @@ class Consumer(ConsumerFailover):
         before it, and the next poll raises RemoteError(corrupt_message) with the position at
         it, as long as it is there (Kafka's consumer does the same): the positions went past
         every run of this poll when they were taken, and a corrupt batch or the runs after it
-        left behind them would be skipped -- and committed by the next auto-commit."""
+        left behind them would be skipped -- and committed by the next auto-commit. Any other
+        exception once records were taken (a KeyboardInterrupt while they are unpacked) moves
+        the positions back to where this poll began, for the same reason."""
         out: list[Record] = []
         views = self._poll_views(timeout_ms, max_records)
-        self._woken.clear()
-        for i, view in enumerate(views):
-            try:
-                out += view.records()
-            except RemoteError:
-                for rest in reversed(views[i:]):  # each partition back to its first run not returned
-                    self.seek((rest.topic, rest.partition), rest.first_offset)
-                if out:
+        try:
+            self._woken.clear()
+            for i, view in enumerate(views):
+                try:
+                    out += view.records()
+                except RemoteError:
+                    if not out:
+                        raise
+                    self._give_back(views[i:])
                     return out
-                raise
+        except BaseException:  # also a KeyboardInterrupt while unpacking: none reach the application
+            self._give_back(views)
+            raise
         return out
+
+    def _give_back(self, views: list[RecordBatchView]) -> None:
+        """Move each partition of ``views`` back to its first record in them: they were taken
+        (the positions went past them) but are not returned. Left past them, the next poll
+        skipped them and the next commit -- a ``close`` in a ``with`` block or a ``finally``
+        after a Ctrl-C -- committed them."""
+        for view in reversed(views):  # each partition back to its first run not returned
+            self.seek((view.topic, view.partition), view.first_offset)
 
     def poll_batch(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[RecordBatchView]:
         """``poll`` as views: the records after the current positions (advancing them past
@@ -258,18 +271,33 @@ class Consumer(ConsumerFailover):
             passes += 1
 
     def _take(self, max_records: int) -> list[RecordBatchView]:
+        """Up to ``max_records`` buffered records, the positions moved past them. Cut short by
+        an exception (a KeyboardInterrupt) before it returns, it moves every partition it took
+        from back where it was (``seek``): nothing taken is lost from the buffer and skipped."""
         buf, positions = self._buffer, self.positions
         out: list[RecordBatchView] = []
         left = max(1, max_records)
-        while buf and left > 0:
-            run, rest = buf.popleft().split(left)
-            if rest is not None:
-                buf.appendleft(rest)
-            out.append(run)
-            left -= len(run)
-            positions[(run.topic, run.partition)] = run.next_offset
-        self._buffered_records -= max(1, max_records) - left
-        self.reactor.run_once(0)  # let replies of prefetches in flight land
+        taken_from: dict[TopicPartition, int | None] = {}  # the positions before this take
+        try:
+            while buf and left > 0:
+                head = buf[0]
+                tp = (head.topic, head.partition)
+                taken_from.setdefault(tp, positions.get(tp))
+                run, rest = head.split(left)
+                if rest is not None:
+                    buf[0] = rest
+                else:
+                    buf.popleft()
+                out.append(run)
+                left -= len(run)
+                positions[tp] = run.next_offset
+            self._buffered_records -= max(1, max_records) - left
+            self.reactor.run_once(0)  # let replies of prefetches in flight land
+        except BaseException:
+            for tp, position in taken_from.items():
+                if position is not None and tp in positions:
+                    self.seek(tp, position)
+            raise
         return out
 
     def _awaits_position(self, tp: TopicPartition) -> bool:

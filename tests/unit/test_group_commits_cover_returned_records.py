@@ -10,12 +10,14 @@ FETCH, and a scripted coordinator that keeps the committed offsets
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from fabric import protocol as P
 from fabric.client.group import GroupConsumer
+from fabric.records import RecordBatchView
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
                                                 consumer_config)
 from tests.unit.fakes import ScriptedCoordinatorLink
@@ -86,3 +88,51 @@ def test_a_rebalance_with_records_buffered_commits_and_resumes_at_the_last_retur
             break
     assert member.coordinator.committed == {T0: 10}
     assert got == list(range(10, 20))  # nothing skipped, nothing again
+
+
+# -- a poll cut short: Ctrl-C (KeyboardInterrupt) once it took records, before it returned them ----
+def _interrupted_once(monkeypatch: pytest.MonkeyPatch, target: object, name: str, when: Callable[..., bool]) -> None:
+    """``target.name`` raises KeyboardInterrupt the first time ``when(*args)`` holds."""
+    real = getattr(target, name)
+    fired = []
+
+    def cut(*args: Any, **kw: Any) -> Any:
+        if not fired and when(*args, **kw):
+            fired.append(True)
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(target, name, cut)
+
+
+@pytest.mark.parametrize("where", ["decoding", "the pass after taking"])
+def test_a_poll_interrupted_after_it_took_records_gives_them_back_so_close_does_not_commit_them(
+        member: _Member, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A KeyboardInterrupt inside ``poll`` after the positions moved past the records it was
+    returning (while it unpacked them, or in the reactor pass that lets prefetch answers land)
+    left the positions past records the application never got -- and the ``close`` that
+    follows (a ``with`` block, a ``finally``) committed them: skipped for the group. The
+    interrupted poll now gives them back: the positions are where that poll began."""
+    assert member.first_poll() == list(range(10))
+    if where == "decoding":
+        _interrupted_once(monkeypatch, RecordBatchView, "records", lambda view: True)
+    else:
+        _interrupted_once(monkeypatch, member.reactor, "run_once", lambda timeout_ms_max=1000: timeout_ms_max == 0)
+    with pytest.raises(KeyboardInterrupt):
+        member.poll(max_records=20)
+    assert member.consumer.position(T0) == 10
+    member.consumer.close()
+    assert member.coordinator.committed == {T0: 10}
+
+
+def test_a_poll_after_an_interrupted_one_returns_the_records_it_did_not(member: _Member,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    assert member.first_poll() == list(range(10))
+    _interrupted_once(monkeypatch, RecordBatchView, "records", lambda view: True)
+    with pytest.raises(KeyboardInterrupt):
+        member.poll(max_records=20)
+    got: list[int] = []
+    for _ in range(5):
+        got += member.poll(max_records=20)
+        if got:
+            break
+    assert got == list(range(10, 30))
