@@ -473,36 +473,6 @@ class Consumer(ConsumerFailover):
             callback=done, timeout_ms=self.request_timeout_ms)
 
     # -- metadata, closing --------------------------------------------------------------------
-    def _take_metadata(self, md: ClusterMetadata) -> None:
-        """Newer metadata (``ConsumerFailover``); a topic of the assignment that it names by
-        another id than the one its positions were taken in was deleted and made again: its
-        partitions start again as never read (``auto_offset_reset``). Kept, a position of the
-        old topic was fetched in the new one, whose records before it were skipped (and, by a
-        group member, committed past)."""
-        recreated = self._recreated_topics(md)
-        super()._take_metadata(md)
-        if recreated:
-            log.warning("topics %s were deleted and made again: their partitions start again at the %s offset "
-                        "(auto_offset_reset)", ", ".join(sorted(recreated)), self.auto_offset_reset)
-            self._reset([tp for tp in self.positions if tp[0] in recreated], self._policy_spec())
-
-    def _recreated_topics(self, md: ClusterMetadata) -> set[str]:
-        """The assigned topics ``md`` names by another id than the one remembered for them (or
-        the current metadata's); remembers ``md``'s ids, of assigned topics only (bounded)."""
-        assigned = {t for t, _ in self.positions}
-        out = set()
-        for topic in assigned:
-            new = md.topics.get(topic)
-            if new is None or not new.topic_id:
-                continue  # deleted (not made again yet), or metadata without ids: the id stays remembered
-            old = self._topic_ids.get(topic) or self.metadata.topic_ids_of([topic]).get(topic, "")
-            if old and old != new.topic_id:
-                out.add(topic)
-            self._topic_ids[topic] = new.topic_id
-        for topic in [t for t in self._topic_ids if t not in assigned]:
-            del self._topic_ids[topic]
-        return out
-
     def partitions_for(self, topic: str, timeout_ms: int = 5000) -> list[int]:
         """Partition numbers of ``topic`` (waits up to ``timeout_ms`` for metadata that has it).
         Raises ``TopicNotInMetadataError``."""

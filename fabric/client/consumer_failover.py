@@ -10,8 +10,9 @@ ask for metadata, again at every stall check while it lasts; as soon as newer me
 another leader for a partition of a fetch (or a LIST_OFFSETS) in flight, or the same one at
 another epoch (a restarted process: ``ClusterMetadata.leader_moved``), that request is
 cancelled -- a late answer of the old leader is dropped -- and the partition is fetched from
-the new leader at the same position. Fetches to other brokers are not touched. A partition
-whose fetch was refused (not_leader, an epoch error) or failed waits
+the new leader at the same position. Fetches to other brokers are not touched. Metadata that
+names a topic of the assignment by a new id (deleted and made again) starts its partitions again
+at ``auto_offset_reset``. A partition whose fetch was refused (not_leader, an epoch error) or failed waits
 ``FETCH_RETRY_BACKOFF_MS`` or for newer metadata, and metadata requests back off
 (``METADATA_BACKOFF_MS`` doubling to ``METADATA_BACKOFF_MS_MAX`` while nothing new comes),
 so a cluster with no leader for a partition is asked a few times a second, not flooded.
@@ -21,6 +22,7 @@ Not thread-safe: part of Consumer, owned by the thread that uses the consumer.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from fabric import protocol as P
@@ -31,6 +33,9 @@ from fabric.metadata import ClusterMetadata, read_answer
 
 if TYPE_CHECKING:
     from fabric.client.consumer import ConsumerClient, TopicPartition, _InFlight
+
+# the consumer's logger, as before this half had a module of its own: hosts configure one
+log = logging.getLogger("fabric.client.consumer")
 
 METADATA_TIMEOUT_MS = 3000
 METADATA_BACKOFF_MS = 100      # between two metadata requests (doubled while nothing new comes)
@@ -55,9 +60,14 @@ class ConsumerFailover:
     _resetting: dict[TopicPartition, _InFlight]
     _held_until_ms: dict[TopicPartition, int]
     _closed: bool
+    positions: dict[TopicPartition, int | None]
+    auto_offset_reset: str
+    _topic_ids: dict[str, str]  # per assigned topic, the id its positions belong to
 
     if TYPE_CHECKING:  # Consumer's, never these
         def _client(self, endpoint: str) -> ConsumerClient: ...
+        def _reset(self, tps: list[TopicPartition] | None, spec: int | None) -> None: ...
+        def _policy_spec(self) -> int | None: ...
 
     # -- failover ------------------------------------------------------------------------------
     def _check_stalls(self) -> None:
@@ -124,6 +134,33 @@ class ConsumerFailover:
         self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
 
     def _take_metadata(self, md: ClusterMetadata) -> None:
+        """Take newer metadata: refused partitions are asked again, requests whose leader moved
+        rerouted. A topic of the assignment that it names by another id than the one its
+        positions were taken in was deleted and made again: its partitions start again as never
+        read (``auto_offset_reset``). Kept, a position of the old topic was fetched in the new
+        one, whose records before it were skipped (and, by a group member, committed past)."""
+        recreated = self._recreated_topics(md)
         self.metadata = md
         self._held_until_ms.clear()  # a refused partition may have a new leader: ask it now
         self._reroute_in_flight()
+        if recreated:
+            log.warning("topics %s were deleted and made again: their partitions start again at the %s offset "
+                        "(auto_offset_reset)", ", ".join(sorted(recreated)), self.auto_offset_reset)
+            self._reset([tp for tp in self.positions if tp[0] in recreated], self._policy_spec())
+
+    def _recreated_topics(self, md: ClusterMetadata) -> set[str]:
+        """The assigned topics ``md`` names by another id than the one remembered for them (or
+        the current metadata's); remembers ``md``'s ids, of assigned topics only (bounded)."""
+        assigned = {t for t, _ in self.positions}
+        out = set()
+        for topic in assigned:
+            new = md.topics.get(topic)
+            if new is None or not new.topic_id:
+                continue  # deleted (not made again yet), or metadata without ids: the id stays remembered
+            old = self._topic_ids.get(topic) or self.metadata.topic_ids_of([topic]).get(topic, "")
+            if old and old != new.topic_id:
+                out.add(topic)
+            self._topic_ids[topic] = new.topic_id
+        for topic in [t for t in self._topic_ids if t not in assigned]:
+            del self._topic_ids[topic]
+        return out
