@@ -26,7 +26,7 @@ from fabric import protocol as P
 __all__ = ["LoomError", "FabricError", "MalformedFrame", "CodedError", "RemoteError", "RequestTimeout",
            "ClientError", "BufferExhaustedError", "RecordSizeExceededError", "ClientTimeoutError",
            "DeliveryTimeoutError", "TopicNotInMetadataError", "RequestQueueFullError", "SubscriptionConflictError",
-           "ConnectionLost", "MAY_HAVE_BEEN_WRITTEN"]
+           "ConnectionLost", "NoCommittedOffsetError", "MAY_HAVE_BEEN_WRITTEN"]
 
 
 class FabricError(LoomError):
@@ -45,6 +45,20 @@ class ProducerClosedError(FabricError):
     def __init__(self, possibly_written: bool = False) -> None:
         super().__init__("producer closed" + (MAY_HAVE_BEEN_WRITTEN if possibly_written else ""))
         self.possibly_written = possibly_written
+
+
+class NoCommittedOffsetError(FabricError):
+    """A reset by shift asked of partitions where the group has no committed offset to shift
+    from (Kafka's tool refuses it too). ``partitions``: those (topic, partition), sorted; no
+    offset was changed, of them or of any other partition."""
+
+    def __init__(self, group: str, partitions: list[tuple[str, int]]) -> None:
+        self.group = group
+        self.partitions = sorted(partitions)
+        names = ", ".join(f"{t}-{p}" for t, p in self.partitions)
+        super().__init__(f"cannot shift the offsets of group {group!r}: no committed offset for partition"
+                         f"{'s' * (len(self.partitions) != 1)} {names} (give those a committed offset first, "
+                         "with a reset to the earliest, the latest, an offset or a time)")
 
 
 class MalformedFrame(FabricError):

@@ -8,7 +8,8 @@
 
 reset-offsets prints the plan and changes nothing unless ``--execute`` is given; like Kafka it
 only works on a group without active members, and clamps new offsets to each partition's
-[log start, log end].
+[log start, log end]. ``--shift-by`` moves committed offsets: a partition without one fails the
+whole reset (nothing changes), as Kafka's tool refuses it.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def _parse_datetime_ms(text: str) -> int:
 @click.option("--to-latest", is_flag=True, help="each partition's log end offset")
 @click.option("--to-offset", type=int, default=None, help="this offset on every partition")
 @click.option("--to-datetime", default=None, help="first offset at or after this ISO 8601 time")
-@click.option("--shift-by", type=int, default=None, help="move the committed offsets by N (negative: back)")
+@click.option("--shift-by", type=int, default=None, help="move the committed offsets by N (negative: back); refused, with nothing "
+              "changed, when a partition of the topic has no committed offset")
 @click.option("--execute", is_flag=True, help="apply the plan (without it: a dry run that prints it)")
 @target_options
 def reset_cmd(group_id: str, topic: str, to_earliest: bool, to_latest: bool, to_offset: int | None,
@@ -127,8 +129,8 @@ def reset_cmd(group_id: str, topic: str, to_earliest: bool, to_latest: bool, to_
                              to_datetime_ms=when, shift_by=shift_by, leader_wait_ms=RESET_LEADER_WAIT_MS)
         _table(["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "NEW-OFFSET"],
                [[group_id, t, p, cur if cur >= 0 else None, new] for (t, p), (cur, new) in sorted(plan.items())])
-        asked = {tp: to_offset if to_offset is not None else cur + shift_by
-                 for tp, (cur, _new) in plan.items() if to_offset is not None or (shift_by is not None and cur >= 0)}
+        asked = {tp: to_offset if to_offset is not None else cur + shift_by  # a shift: every cur was committed
+                 for tp, (cur, _new) in plan.items() if to_offset is not None or shift_by is not None}
         clamped = sorted(tp for tp, want in asked.items() if plan[tp][1] != want)
         if clamped:  # as Kafka's tool warns: the offset asked for is outside the log
             click.echo(f"Note: partition{'s' * (len(clamped) != 1)} {', '.join(str(p) for _t, p in clamped)}: the "

@@ -253,8 +253,10 @@ def register(api: Api, gw: Gateway) -> None:
     @api.op("POST", c + "/consumer-groups/{group_name}/reset-offsets", role="admin", tag="v3",
             summary="Reset a group's committed offsets for a topic (dry run unless execute is true)",
             description="Like `loom group reset-offsets`: new offsets are clamped to each partition's log start and "
-                        "end; executing needs a group without active members (409, 40903).",
-            path_params=group_path, errors=(40401, 40903),
+                        "end; executing needs a group without active members (409, 40903). `shift` moves committed "
+                        "offsets: when a partition of the topic has none the whole reset is refused, nothing changed, "
+                        "with the partitions named (422, 42205), as Kafka's tool refuses it.",
+            path_params=group_path, errors=(40401, 40903, 42205),
             body={JSON: api.schema("ResetOffsetsV3", reset_schema)},
             response={"type": "object", "required": ["executed", "data"], "properties": {
                 "executed": {"type": "boolean"}, "data": {"type": "array", "items": {"type": "object", "properties": {

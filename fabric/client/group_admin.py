@@ -11,7 +11,7 @@ from typing import Any
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST, Admin
-from fabric.errors import CodedError, FabricError
+from fabric.errors import CodedError, FabricError, NoCommittedOffsetError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,10 @@ class GroupAdmin:
         """(topic, partition) -> (current committed or -1, new offset), clamped to each
         partition's [log start, log end] as Kafka does. Exactly one target must be given.
         ``leader_wait_ms``: how long a partition without a leader is waited for (given, an
-        offline one raises leader_not_available at once: ``Admin.list_offsets``)."""
+        offline one raises leader_not_available at once: ``Admin.list_offsets``). Raises
+        NoCommittedOffsetError for ``shift_by`` when a partition has no committed offset (the
+        whole plan is refused, as Kafka's tool does: a shift from the log start is not what
+        was asked)."""
         chosen = [to_earliest, to_latest, to_offset is not None, to_datetime_ms is not None, shift_by is not None]
         if sum(bool(c) for c in chosen) != 1:
             raise FabricError("give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by")
@@ -95,6 +98,10 @@ class GroupAdmin:
         committed = self.committed(group)
         when = self.admin.list_offsets(topic, to_datetime_ms, leader_wait_ms=leader_wait_ms) \
             if to_datetime_ms is not None else {}
+        if shift_by is not None:
+            uncommitted = [(topic, p) for p in sorted(ends) if committed.get((topic, p), -1) < 0]
+            if uncommitted:
+                raise NoCommittedOffsetError(group, uncommitted)
         plan = {}
         for p in sorted(ends):
             cur = committed.get((topic, p), -1)
@@ -108,7 +115,7 @@ class GroupAdmin:
                 new = when[p]
             else:
                 assert shift_by is not None
-                new = (cur if cur >= 0 else starts[p]) + shift_by
+                new = cur + shift_by
             plan[(topic, p)] = (cur, min(max(new, starts[p]), ends[p]))
         return plan
 

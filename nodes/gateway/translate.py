@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from fabric import protocol as P
-from fabric.errors import FabricError, RemoteError, RequestTimeout
+from fabric.errors import FabricError, NoCommittedOffsetError, RemoteError, RequestTimeout
 from webui.errors import ClusterError
 
 KINDS = {
@@ -45,5 +45,7 @@ def translated(what: str) -> Iterator[None]:
     except RemoteError as e:
         kind = KINDS.get(e.code, "cluster")
         raise ClusterError(kind, f"{e.name}: {REBALANCE_MESSAGE if kind == 'rebalance' else e.message}") from e
+    except NoCommittedOffsetError as e:  # the request's fault, not the cluster's
+        raise ClusterError("invalid_offset", str(e)) from e
     except FabricError as e:
         raise ClusterError("unavailable", f"{what}: {e}") from e
