@@ -261,7 +261,8 @@ def register(api: Api, gw: Gateway) -> None:
             response={"type": "object", "required": ["executed", "data"], "properties": {
                 "executed": {"type": "boolean"}, "data": {"type": "array", "items": {"type": "object", "properties": {
                     "topic_name": {"type": "string"}, "partition_id": {"type": "integer"},
-                    "current_offset": {"type": "integer"}, "new_offset": {"type": "integer"}}}}}})
+                    "current_offset": {"type": "integer", "description": "-1: the group has no committed offset"},
+                    "new_offset": {"type": "integer"}}}}}})
     def reset(cluster_id: str, group_name: str, body: dict, content_type: str) -> dict:
         check_cluster(cluster_id)
         to = body["to"]

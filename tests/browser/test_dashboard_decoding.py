@@ -1,5 +1,5 @@
-"""How the page shows bytes (pretty JSON, UTF-8 text, hex, folding) and reads the monitor's
-Prometheus text, checked on the page's own modules in the browser."""
+"""How the page shows bytes (pretty JSON, UTF-8 text, hex, folding), reads the monitor's
+Prometheus text and shows an absent offset, checked on the page's own modules in the browser."""
 
 from __future__ import annotations
 
@@ -40,3 +40,17 @@ def test_prometheus_text_gives_per_node_disk_engine_rss_and_cpu(dashboard, page)
                           EXPOSITION)
     assert nodes == {"broker-1": {"log_bytes": 2048, "engine": "segment", "disk_used_ratio": 0.25,
                                   "rss_bytes": 50_000_000, "cpu_seconds": 12.5}}
+
+
+def test_the_reset_preview_shows_no_committed_offset_as_absent(dashboard, page) -> None:
+    """A reset-offsets plan answers current_offset -1 for a partition the group has not
+    committed; the preview showed "-1" where the page shows an absent value as "—"."""
+    page.goto(dashboard.url + "/")
+    cells = page.evaluate("""async () => {
+      const g = await import('/static/js/pages/group.js');
+      const el = g.resetPlanTable([{ topic_name: 't', partition_id: 0, current_offset: -1, new_offset: 0 },
+                                   { topic_name: 't', partition_id: 1, current_offset: 1500, new_offset: 1400 }]);
+      return [...el.querySelectorAll('tbody tr')].map((tr) => [...tr.cells].map((td) => td.textContent));
+    }""")
+    assert cells == [["t-0", "—", "0"], ["t-1", "1,500", "1,400"]]
+    assert page.console_errors == []

@@ -7,6 +7,16 @@ import { badge, card, clear, every, field, fmtNum, h, stat, table, toast } from 
 
 const REFRESH_MS = 2000;
 
+// The rows of a reset-offsets answer: per partition its current and new offset (a current
+// offset of -1: none committed, shown as absent).
+export function resetPlanTable(rows) {
+  return table([
+    { label: "Partition", cls: "num", cell: (x) => `${x.topic_name}-${x.partition_id}` },
+    { label: "Current", cls: "num", cell: (x) => (x.current_offset < 0 ? "—" : fmtNum(x.current_offset)) },
+    { label: "New", cls: "num", cell: (x) => fmtNum(x.new_offset) },
+  ], rows);
+}
+
 function resetForm(group, base, topics, onDone) {
   const topic = h("select#reset-topic", { name: "topic" }, topics.map((t) => h("option", { value: t }, t)));
   const to = h("select#reset-to", { name: "to" }, [["earliest", "earliest"], ["latest", "latest"], ["offset", "to offset"], ["timestamp", "to time"], ["shift", "shift by"]]
@@ -34,11 +44,7 @@ function resetForm(group, base, topics, onDone) {
     try {
       const r = await post(`${base}/reset-offsets`, body(exec));
       clear(preview, h("p", {}, r.executed ? h("strong", {}, "Executed:") : "Dry run — nothing changed yet:"),
-        table([
-          { label: "Partition", cls: "num", cell: (x) => `${x.topic_name}-${x.partition_id}` },
-          { label: "Current", cls: "num", cell: (x) => fmtNum(x.current_offset) },
-          { label: "New", cls: "num", cell: (x) => fmtNum(x.new_offset) },
-        ], r.data));
+        resetPlanTable(r.data));
       execute.disabled = r.executed;
       if (r.executed) { toast(`Offsets of ${group} reset`); onDone(); }
     } catch (e) {
