@@ -342,7 +342,8 @@ class Monitor(Node):
                    Sample("loom_node_restarts_total", (), v.restarts)]
             own += [Sample("loom_node_health", (v.role, s), 1.0 if v.state == s else 0.0) for s in H.STATES]
             per_node.append((v.name, tuple(v.samples if up else ()) + tuple(own)))
-        per_node.append((self.name, tuple(self.metrics.snapshot())))
+        per_node.append((self.name, tuple(self.metrics.snapshot())
+                         + (Sample("loom_node_restarts_total", (), self.recovery.restarts(self.name)),)))
         firing: dict[str, int] = {}
         for a in self.alerts.firing():
             firing[a.rule] = firing.get(a.rule, 0) + 1
@@ -383,7 +384,8 @@ class Monitor(Node):
                   "supervised": self.recovery.supervises(v.name), "http_probe": self._http_probe_status(v, now)}
                  for v in self.views.values()]
         nodes.append({"node": self.name, "role": self.role, "host": self.node_config.host, "port": self.node_config.port,
-                      "state": H.HEALTHY, "reason": "", "pid": os.getpid(), "since_ms": 0, "restarts": 0, "silent_ms": 0,
+                      "state": H.HEALTHY, "reason": "", "pid": os.getpid(), "since_ms": 0,
+                      "restarts": self.recovery.restarts(self.name), "silent_ms": 0,
                       "supervised": self.recovery.supervises(self.name), "http_probe": None})
         if not up(coord) or counts.get("offline") or not any(up(b) for b in brokers):
             cluster_state = H.DOWN if not up(coord) or not any(up(b) for b in brokers) else H.DEGRADED

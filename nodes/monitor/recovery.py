@@ -53,6 +53,13 @@ class Recovery:
     def supervises(self, node: str) -> bool:
         return self.available and node in self.children
 
+    def restarts(self, node: str) -> int:
+        """How many times the supervisor restarted ``node`` (a crash, a kill the monitor asked
+        for, a hung monitor its watch replaced), as its last status said; 0 when not known.
+        The monitor's own count comes from here: no view of the monitor holds it."""
+        n = self.children.get(node, {}).get("restarts")
+        return n if isinstance(n, int) else 0
+
     def poll(self, views: Mapping[str, H.NodeView]) -> None:
         if self._in_flight:
             return

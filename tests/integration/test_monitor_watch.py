@@ -1,7 +1,8 @@
 """The supervisor watches the monitor (nodes/monitor_watch.py), real processes under ``loom up``:
 a monitor that answers PING is left alone; a SIGSTOPped one -- alive, silent -- is SIGKILLed
-and restarted like a crashed node, within a bound computed from the config. Nobody restarted
-a hung monitor before, and ``loom status`` showed it down with no pid."""
+and restarted like a crashed node, within a bound computed from the config, and ``loom status``
+counts that restart as any node's. Nobody restarted a hung monitor before, and ``loom status``
+showed it down with no pid; once it was, its RESTARTS stayed 0."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from typing import Iterator
 
 import pytest
 
+from fabric.client.monitor import MonitorClient
+from fabric.errors import CodedError
 from nodes import launcher
 from nodes.monitor_watch import silent_after_ms
 from tests.harness import make_config, wait_until
-from tests.integration.loom_up_support import Up
+from tests.integration.loom_up_support import Up, loom
 from tests.integration.monitor_support import monitor_options
 
 pytestmark = pytest.mark.timeout(90)
@@ -47,6 +50,16 @@ def monitor_pid(up: Up) -> int | None:
 def answers(up: Up, pid: int | None) -> bool:
     reply = launcher.ping(up.config.node("monitor"))
     return pid is not None and reply is not None and reply.get("pid") == pid
+
+
+def restarts_shown(up: Up, node: str) -> int | None:
+    """The RESTARTS the monitor's status shows for ``node`` (None: it does not answer)."""
+    with MonitorClient(up.config.node("monitor").endpoint, timeout_ms=1000) as client:
+        try:
+            rows = client.status()["nodes"]
+        except CodedError:
+            return None
+    return next(n["restarts"] for n in rows if n["node"] == node)
 
 
 def test_a_hung_monitor_is_restarted_and_an_answering_one_never(up: Up, tmp_path: Path) -> None:
@@ -79,3 +92,8 @@ def test_a_hung_monitor_is_restarted_and_an_answering_one_never(up: Up, tmp_path
     log = (tmp_path / "up.out").read_text()
     assert f"monitor (pid {first}) is alive but does not answer" in log, log
     assert "has not answered PING" in log, log
+    # counted like any node's restart: the monitor learns its own count from the supervisor
+    wait_until(lambda: restarts_shown(up, "monitor") == 1, 10, what="the monitor to show its restart")
+    status = loom("status", "-c", str(up.config_path))
+    row = next(line.split() for line in status.stdout.splitlines() if line.startswith("monitor "))
+    assert row[5] == "1", status.stdout  # NODE ROLE ENDPOINT STATE PID RESTARTS
