@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from flask import request
 
@@ -29,7 +30,7 @@ CREATE_SCHEMA = {"type": "object", "properties": {
 
 
 def register(api: Api, gw: Gateway) -> None:
-    group_path = {"group_name": api.schema("GroupName", S.NAME)}
+    group_path = {"group_name": api.schema("GroupName", S.GROUP_NAME)}
     inst_path = {**group_path, "instance": api.schema("InstanceName", S.NAME)}
     base = "/consumers/{group_name}/instances/{instance}"
     body_types = lambda schema: {V2: schema, "application/json": schema}  # noqa: E731
@@ -60,7 +61,8 @@ def register(api: Api, gw: Gateway) -> None:
             config["session_timeout_ms"] = int(body["session.timeout.ms"])
         entry = gw.agent.create_instance(group_name, body.get("name"), config, body.get("format", "binary"))
         return {"instance_id": entry.name,
-                "base_uri": f"{request.host_url.rstrip('/')}/consumers/{group_name}/instances/{entry.name}"}
+                "base_uri": f"{request.host_url.rstrip('/')}/consumers/{quote(group_name, safe='')}/instances/"
+                            f"{quote(entry.name, safe='')}"}
 
     @api.op("DELETE", base, role="consume", tag="consumers", summary="Delete a consumer instance (leaves its group)",
             path_params=inst_path, errors=inst_errors)

@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from fabric import protocol as P
 
-# a name: of a topic, a consumer group, a consumer instance, a cluster -- in a path or a body
-NAME_LEN_MAX = P.TOPIC_NAME_LEN_MAX  # as the coordinator's (group ids too: P.GROUP_ID_LEN_MAX)
+
+class NameRule(NamedTuple):
+    """A naming rule: its schema (a path parameter's), the same as a regex for what no schema
+    checks (a WebSocket's query), and how a 40002 message words it."""
+
+    schema: dict
+    regex: re.Pattern  # fullmatch: the name keeps the rule
+    len_max: int
+    text: str  # "a name has <text>"
+
+
+# a name: of a topic, a consumer instance, a cluster -- in a path or a body
+NAME_LEN_MAX = P.TOPIC_NAME_LEN_MAX  # as the coordinator's
 NAME_CHARS = "[A-Za-z0-9._-]"
-NAME_RULE = f"1 to {NAME_LEN_MAX} characters of {NAME_CHARS}"
 NAME = {"type": "string", "minLength": 1, "maxLength": NAME_LEN_MAX, "pattern": f"^{NAME_CHARS}+$"}
-NAME_RE = re.compile(f"{NAME_CHARS}{{1,{NAME_LEN_MAX}}}")  # NAME, for what no schema checks (a WebSocket's query)
+NAME_RULE = NameRule(NAME, re.compile(f"{NAME_CHARS}{{1,{NAME_LEN_MAX}}}"), NAME_LEN_MAX,
+                     f"1 to {NAME_LEN_MAX} characters of {NAME_CHARS}")
+# a consumer group's name: every group id the coordinator takes (1 to P.GROUP_ID_LEN_MAX
+# characters, any: nodes/coordinator/groups.py), so that a group a client library made can be
+# addressed, but "/": a URL path cannot carry it inside one segment (%2F is decoded before
+# routing). A WebSocket's group= keeps the same rule, so that a group it makes can be looked at
+# and reset over REST.
+GROUP_NAME_LEN_MAX = P.GROUP_ID_LEN_MAX
+GROUP_NAME = {"type": "string", "minLength": 1, "maxLength": GROUP_NAME_LEN_MAX, "pattern": "^[^/]+$"}
+GROUP_NAME_RULE = NameRule(GROUP_NAME, re.compile(f"[^/]{{1,{GROUP_NAME_LEN_MAX}}}"), GROUP_NAME_LEN_MAX,
+                           f"1 to {GROUP_NAME_LEN_MAX} characters, any but '/' (percent-encoded in a URL)")
+# the rule of a name parameter (in a path or a WebSocket's query) other than NAME_RULE
+NAME_RULES = {"group_name": GROUP_NAME_RULE, "group": GROUP_NAME_RULE}
 PARTITION = {"type": "integer", "minimum": 0, "maximum": P.PARTITIONS_MAX - 1}
 PARTITIONS_COUNT = {"type": "integer", "minimum": 1, "maximum": P.PARTITIONS_MAX}  # the coordinator's limit
 OFFSET = {"type": "integer", "minimum": 0, "maximum": 2 ** 62}

@@ -32,7 +32,7 @@ import jsonschema_rs
 import orjson
 
 from webui.errors import CODES, ApiError
-from webui.schemas import NAME, NAME_LEN_MAX, NAME_RULE
+from webui.schemas import NAME_RULE, NAME_RULES, NameRule
 
 ERROR_SCHEMA = {"type": "object", "required": ["error_code", "message"], "additionalProperties": False,
                 "properties": {"error_code": {"type": "integer", "enum": sorted(CODES)}, "message": {"type": "string"}}}
@@ -197,13 +197,13 @@ def dumps(value: Any) -> bytes:
             raise ApiError(42202, "a value is nested too deeply to write as JSON: read it in the binary format") from None
 
 
-def invalid_name(what: str, value: str) -> str:
-    """The message for ``value``, a ``what`` (a topic name, a group...) that breaks the
-    naming rule (webui/schemas.py NAME): what is wrong, and the rule."""
+def invalid_name(what: str, value: str, rule: NameRule = NAME_RULE) -> str:
+    """The message for ``value``, a ``what`` (a topic name, a group...) that breaks its naming
+    ``rule`` (webui/schemas.py): what is wrong, and the rule."""
     shown = repr(value[:20]) + ("..." if len(value) > 20 else "")  # short: a WebSocket's close reason holds 123 bytes
-    why = f"{len(value)} characters, over {NAME_LEN_MAX}" if len(value) > NAME_LEN_MAX else \
+    why = f"{len(value)} characters, over {rule.len_max}" if len(value) > rule.len_max else \
         "empty" if not value else "characters outside the allowed ones"
-    return f"invalid {what} {shown}: {why}; a name has {NAME_RULE}"
+    return f"invalid {what} {shown}: {why}; a name has {rule.text}"
 
 
 def _first_error(validator: Any, value: Any) -> str | None:
@@ -256,7 +256,8 @@ class Api:
         for name, schema in op.path_params.items():
             inlined = _inline(schema, self.components)
             # dispatch answers a string path parameter that fails its schema as an invalid name
-            assert inlined.get("type") == "integer" or inlined == NAME, (op.endpoint, name)
+            assert inlined.get("type") == "integer" or inlined == NAME_RULES.get(name, NAME_RULE).schema, \
+                (op.endpoint, name)
         op.validators = (
             {n: self._validator(s) for n, s in op.path_params.items()},
             {n: self._validator(s) for n, s in op.query.items()},
@@ -286,7 +287,7 @@ class Api:
         for name, value in path.items():
             if _first_error(path_v[name], value):
                 if isinstance(value, str):  # a name no such thing can have: the request is wrong, nothing is missing
-                    raise ApiError(40002, invalid_name(name.replace("_", " "), value))
+                    raise ApiError(40002, invalid_name(name.replace("_", " "), value, NAME_RULES.get(name, NAME_RULE)))
                 raise ApiError(40404, f"no such {name.replace('_', ' ')}: {str(value)[:100]!r}")
         kw: dict[str, Any] = dict(path)
         if op.query:

@@ -18,7 +18,7 @@ from fabric.errors import RemoteError
 from webui.context import Gateway
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import records_json
-from webui.schemas import NAME_RE, OFFSET, PARTITION
+from webui.schemas import NAME_RULE, NAME_RULES, OFFSET, PARTITION
 from webui.spec import invalid_name, loads_json
 from webui.ws_outbox import POLICY, Closed, Outbox
 
@@ -51,10 +51,12 @@ def query_param(q: dict, name: str, allowed: tuple[str, ...] | None = None, defa
 
 def name_param(q: dict, name: str) -> str:
     """The WebSocket's query parameter ``name``, a topic or group name. Raises ApiError 42206
-    when it is absent, 40002 when it breaks the naming rule (as a REST path's name)."""
+    when it is absent, 40002 when it breaks its naming rule (as a REST path's name: a group's is
+    GROUP_NAME_RULE)."""
     value = query_param(q, name)
-    if not NAME_RE.fullmatch(value):
-        raise ApiError(40002, invalid_name(name, value))
+    rule = NAME_RULES.get(name, NAME_RULE)
+    if not rule.regex.fullmatch(value):
+        raise ApiError(40002, invalid_name(name, value, rule))
     return value
 
 

@@ -27,10 +27,11 @@ from werkzeug.serving import make_server
 
 from engines import batch as B
 from fabric import protocol as P
-from fabric.apikeys import ROLES, generate_key
+from fabric.apikeys import ROLES, generate_key, hash_key
 from fabric import wire
 from fabric.clock import Clock, ManualClock
-from fabric.config import LimitsConfig, LoomConfig, StorageConfig, TopicDefaults, parse_config
+from fabric.config import (GatewayConfig, LimitsConfig, LoomConfig, SecurityConfig, StorageConfig, TopicDefaults,
+                           parse_config)
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from fabric.reactor import Reactor
 from fabric.records import build_batch, decode_batches
@@ -46,7 +47,11 @@ from nodes.coordinator.offsets import OFFSETS_TOPIC
 from nodes.coordinator.offsets_client import OffsetsTopicClient
 from nodes.coordinator.offsets_loader import FENCE_KEY, decode_record
 from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
+from webui.app import create_app
+from webui.auth import KeyStore, RateLimiter
+from webui.context import Gateway
 from webui.errors import ClusterError
+from webui.events import EventHub
 
 BASE_TIMESTAMP_MS = 1_700_000_000_000
 
@@ -517,6 +522,17 @@ def ask(reactor: Reactor, dealer: zmq.Socket, rid: int, big: bool) -> list[bytes
 
 # -- gateway: keys and a cluster agent --------------------------------------------------------
 KEYS = {role: generate_key() for role in ROLES}
+
+
+def gateway_test_client(agent: Any) -> Any:
+    """The gateway's Flask app over ``agent`` (cluster "test"; a key per role, KEYS, each
+    with that role alone), as Flask's test client. A bug in a request fails the test."""
+    def bug() -> None:
+        raise AssertionError("a bug in the gateway")
+    keys = KeyStore([(role, hash_key(k), [role]) for role, k in KEYS.items()])
+    gw = Gateway(agent=agent, hub=EventHub(), keys=keys, limiter=RateLimiter(1000.0, 1000, 100),
+                 settings=GatewayConfig(), security=SecurityConfig(), cluster_id="test", on_bug=bug)
+    return create_app(gw).test_client()
 
 
 @contextmanager

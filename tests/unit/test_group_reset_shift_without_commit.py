@@ -14,22 +14,16 @@ import pytest
 from click.testing import CliRunner
 
 from fabric import protocol as P
-from fabric.apikeys import hash_key
 from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.group_admin import GroupAdmin
-from fabric.config import GatewayConfig, SecurityConfig, load_config
+from fabric.config import load_config
 from fabric.errors import FabricError
 from nodes import cli_group
 from nodes.cli import main as cli_main
 from nodes.gateway.agent import GatewayAgent
 from nodes.local_cluster import GATEWAY_NODES, make_config
-from tests.unit.fakes import metadata_of
-from webui.app import create_app
-from webui.auth import KeyStore, RateLimiter
-from webui.context import Gateway
-from webui.events import EventHub
+from tests.unit.fakes import KEYS, gateway_test_client, metadata_of
 
-KEY = "loom_admin_key_0123456789"
 RESET = "/v3/clusters/test/consumer-groups/g/reset-offsets"
 
 
@@ -90,11 +84,8 @@ def test_rest_answers_422_and_commits_nothing(tmp_path: Path) -> None:
     fake = _GroupsAdmin({0: 5})
     agent = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))),
                          make_admin=lambda: fake)
-    gw = Gateway(agent=agent, hub=EventHub(), keys=KeyStore([("admin", hash_key(KEY), ["admin"])]),
-                 limiter=RateLimiter(1000.0, 1000, 100), settings=GatewayConfig(), security=SecurityConfig(),
-                 cluster_id="test", on_bug=lambda: pytest.fail("a bug"))
-    client = create_app(gw).test_client()
-    auth = {"Authorization": f"Bearer {KEY}"}
+    client = gateway_test_client(agent)
+    auth = {"Authorization": f"Bearer {KEYS['admin']}"}
     for execute in (False, True):
         r = client.post(RESET, headers=auth, json={"topic_name": "t", "to": "shift", "shift_by": -2, "execute": execute})
         assert r.status_code == 422, r.get_json()
