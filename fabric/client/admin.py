@@ -59,10 +59,14 @@ class Admin:
             c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="admin", fail_on_disconnect=True)
         return c
 
-    def metadata(self, refresh: bool = True) -> ClusterMetadata:
+    def metadata(self, refresh: bool = True, *, deadline_s: float | None = None) -> ClusterMetadata:
+        """The cluster's metadata (asked again unless ``refresh`` is False and some is known).
+        ``deadline_s`` (monotonic s): the asks end by then (``fetch_metadata``). Raises
+        RequestTimeout when no node answers in time."""
         if refresh or self._metadata is None:
             prefer = self._metadata.coordinator if self._metadata is not None else None
-            md, endpoint = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, 3000), prefer)
+            md, endpoint = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, 3000), prefer,
+                                          deadline_s=deadline_s)
             check_cluster(md.cluster, self.cluster, endpoint)
             self._metadata = md
         return self._metadata
@@ -128,14 +132,18 @@ class Admin:
         ``timeout_ms``; 0: not asked again) has passed since the call; then the last error is
         raised (leader_not_available for a partition without a leader, request_timed_out for a
         leader that did not answer). A try begun in time gets at least LIST_OFFSETS_TRY_MS_MIN
-        (not more than ``timeout_ms``): the call takes at most ``leader_wait_ms`` plus that
-        (and the metadata asks on the way). With ``leader_wait_ms`` given, a partition offline
+        (not more than ``timeout_ms``): the call takes at most ``leader_wait_ms`` plus that,
+        its metadata asks included (each cut to the time left: a stopped or dead coordinator
+        does not stretch it). With ``leader_wait_ms`` given, a partition offline
         for good -- no leader, and no in-sync replica alive to elect (``no_leader_coming``) --
         raises leader_not_available at once. ``partial`` leaves such partitions out of the
         answer instead, at once."""
         wait_ms = self.timeout_ms if leader_wait_ms is None else max(0, min(leader_wait_ms, self.timeout_ms))
         deadline = time.monotonic() + wait_ms / 1000
-        md = self.metadata()
+        # the end of the whole call: a try begun by the deadline gets its minimum, and no ask of
+        # the call, metadata included, runs past that
+        call_end = deadline + min(LIST_OFFSETS_TRY_MS_MIN, self.timeout_ms) / 1000
+        md = self.metadata(deadline_s=call_end)
         wanted = self._partitions_of(md, topic, partitions)
         out: dict[int, int] = {}
         rounds = 0
@@ -155,7 +163,7 @@ class Admin:
                     again.append(p)
                     last = RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} has no leader")
             # a try begun before the deadline gets at least LIST_OFFSETS_TRY_MS_MIN: the round ends then
-            round_end = max(deadline, time.monotonic() + LIST_OFFSETS_TRY_MS_MIN / 1000)
+            round_end = min(max(deadline, time.monotonic() + LIST_OFFSETS_TRY_MS_MIN / 1000), call_end)
             for leader, parts in by_leader.items():
                 try:
                     h = self._ask_leader(md, topic, leader, parts, round_end)
@@ -180,7 +188,7 @@ class Admin:
                 raise last  # type: ignore[misc]  # set with every partition left to ask again
             time.sleep(min(LIST_OFFSETS_BACKOFF_S * 2 ** rounds, LIST_OFFSETS_BACKOFF_MAX_S, left_s))
             rounds += 1
-            md = self.metadata()  # a whole metadata answer per round: the backoff grows
+            md = self.metadata(deadline_s=call_end)  # a whole metadata answer per round: the backoff grows
             wanted = self._partitions_of(md, topic, again)
 
     def _ask_leader(self, md: ClusterMetadata, topic: str, leader: int, parts: list, until: float) -> dict:

@@ -7,6 +7,8 @@ functions are thread-safe; a ``BlockingClient`` is not.
 
 from __future__ import annotations
 
+import time
+
 import zmq
 
 from fabric import protocol as P
@@ -68,15 +70,22 @@ def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: 
 
 
 def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 3000,
-                   prefer: str | None = None) -> tuple[ClusterMetadata, str]:
-    """Ask ``prefer`` (the coordinator, once known) and then each endpoint in turn; return
-    (metadata, endpoint that answered). Raises ``RequestTimeout`` (``request_timed_out``,
-    retriable) when none answers with metadata: the cluster is down, unreachable or starting."""
+                   prefer: str | None = None, *, deadline_s: float | None = None) -> tuple[ClusterMetadata, str]:
+    """Ask ``prefer`` (the coordinator, once known) and then each endpoint in turn, each for at
+    most ``timeout_ms``; return (metadata, endpoint that answered). ``deadline_s`` (monotonic
+    s): an ask gets at most what is left until then, and none begins after it -- a caller's
+    bound holds when a node does not answer (a stopped coordinator took ``timeout_ms`` before
+    the next endpoint was asked). Raises ``RequestTimeout`` (``request_timed_out``, retriable)
+    when none answers with metadata in time: the cluster is down, unreachable or starting."""
     last: Exception | None = None
     for ep in ([prefer] if prefer else []) + [e for e in endpoints if e != prefer]:
+        try_ms = timeout_ms if deadline_s is None else min(timeout_ms, int((deadline_s - time.monotonic()) * 1000))
+        if try_ms <= 0:
+            last = last or RequestTimeout(f"no time left to ask {ep}")
+            break
         client = BlockingClient(ctx, ep)
         try:
-            header, _ = client.call(P.METADATA, {}, timeout_ms=timeout_ms)
+            header, _ = client.call(P.METADATA, {}, timeout_ms=try_ms)
             md = read_answer(header, ep)
             if md is None:
                 last = MalformedFrame(P.MALFORMED_REQUEST, f"unreadable metadata from {ep}")

@@ -41,7 +41,7 @@ def _admin(monkeypatch: pytest.MonkeyPatch, metadatas: list, brokers: dict[int, 
     seen = iter(metadatas)
     last: list = [None]
 
-    def metadata(refresh: bool = True) -> Any:
+    def metadata(refresh: bool = True, deadline_s: float | None = None) -> Any:
         last[0] = next(seen, last[0])
         return last[0]
     admin.metadata = metadata  # type: ignore[method-assign]
@@ -145,7 +145,7 @@ def _offline_then_led(after_s: float | None, clock: _Clock) -> Any:
     from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
     brokers = {1: BrokerInfo(1, "127.0.0.1", 30_001, 31_001)}
 
-    def metadata(refresh: bool = True) -> ClusterMetadata:
+    def metadata(refresh: bool = True, deadline_s: float | None = None) -> ClusterMetadata:
         led = after_s is not None and clock.now >= after_s
         return ClusterMetadata(1, "test", brokers, {"t": TopicInfo("t", (
             PartitionInfo("t", 0, 1, 0, (1,), (1,)),
@@ -281,7 +281,7 @@ def test_a_silent_leader_is_waited_for_while_it_leads_within_the_wait(monkeypatc
     coordinator = _Coordinator(now_led)
     admin = _admin(monkeypatch, [], {1: silent, 2: new, COORDINATOR_ID: coordinator},  # type: ignore[dict-item]
                    timeout_ms=10_000)
-    admin.metadata = lambda refresh=True: now_led()  # type: ignore[method-assign]
+    admin.metadata = lambda refresh=True, deadline_s=None: now_led()  # type: ignore[method-assign]
     admin._metadata = now_led()
     monkeypatch.setattr(admin_mod, "time", clock)
     wait_s = 1.5
@@ -321,7 +321,7 @@ def test_an_offline_partition_fails_at_once_when_the_caller_bounds_its_wait(monk
         admin.list_offsets("t")
     assert clock.now >= 10.0
     clock.now = 0.0  # an in-sync replica alive: being elected, waited for
-    admin.metadata = lambda refresh=True: _offline(isr_alive=True)  # type: ignore[method-assign]
+    admin.metadata = lambda refresh=True, deadline_s=None: _offline(isr_alive=True)  # type: ignore[method-assign]
     with pytest.raises(RemoteError) as e:
         admin.list_offsets("t", leader_wait_ms=1500)
     assert "has no leader" in str(e.value) and 1.5 <= clock.now <= 1.51
@@ -348,3 +348,54 @@ def test_a_slow_leader_still_leading_is_waited_for_not_asked_again(monkeypatch: 
     monkeypatch.setattr(admin_mod, "time", clock)
     assert admin.list_offsets("t", LATEST) == {0: 10}
     assert slow.asked == [[0]] and coordinator.asked >= 2
+
+
+@pytest.mark.parametrize("answered_first", [False, True], ids=["stopped", "stopped-after-its-first-answer"])
+def test_a_stopped_coordinator_does_not_stretch_the_bound(monkeypatch: pytest.MonkeyPatch,
+                                                          answered_first: bool) -> None:
+    """``leader_wait_ms`` bounded the waits for a leader, but not the metadata asks of the call:
+    each asked a stopped (SIGSTOP) coordinator for its own timeout (3 s) before a broker's copy,
+    so a call bounded to 1.5 s took over 3 s -- at its start, or at a round's refresh while a
+    partition waits for its election. Every ask is cut to what is left of the bound: the call
+    ends within it, a try's minimum included."""
+    import dataclasses
+
+    import fabric.client.bootstrap as bootstrap_mod
+    from fabric.errors import CodedError, RequestTimeout
+    clock = _Clock()
+    monkeypatch.setattr(admin_mod, "time", clock)
+    monkeypatch.setattr(bootstrap_mod, "time", clock, raising=False)
+    coordinator = "tcp://127.0.0.1:30009"
+    md = dataclasses.replace(_offline(isr_alive=True), coordinator=coordinator)  # t-1 waits for an election
+    asked = {coordinator: 0}
+
+    class MetadataClient:
+        """``fetch_metadata``'s client: the coordinator stopped (silent to the timeout) once it
+        has answered, if ``answered_first``; a broker answering with its copy."""
+
+        def __init__(self, ctx: Any, endpoint: str, *a: Any, **kw: Any) -> None:
+            self.endpoint = endpoint
+
+        def call(self, command: bytes, header: dict | None = None, *a: Any, timeout_ms: int = 5000,
+                 **kw: Any) -> tuple[dict, list]:
+            assert command == P.METADATA
+            asked[self.endpoint] = asked.get(self.endpoint, 0) + 1
+            if self.endpoint == coordinator and not (answered_first and asked[coordinator] == 1):
+                clock.now += timeout_ms / 1000
+                raise RequestTimeout(f"no reply within {timeout_ms} ms")
+            return {"metadata": md.to_wire()}, []
+
+        def close(self) -> None:
+            pass
+    monkeypatch.setattr(bootstrap_mod, "BlockingClient", MetadataClient)
+    admin = Admin(f"{coordinator},tcp://127.0.0.1:30001", timeout_ms=10_000)
+    brokers: dict = {1: _Broker(lambda t, p, spec: (0, 10)), COORDINATOR_ID: _Unanswering(clock)}
+    admin._client = lambda ep: brokers[int(ep.rsplit(":", 1)[1]) - 30_000]  # type: ignore[method-assign]
+    admin._metadata = md
+    wait_s = 1.5
+    with pytest.raises(CodedError) as e:
+        admin.list_offsets("t", LATEST, leader_wait_ms=int(wait_s * 1000))
+    assert e.value.retriable, e.value
+    bound_s = wait_s + admin_mod.LIST_OFFSETS_TRY_MS_MIN / 1000
+    assert clock.now <= bound_s + 0.01, f"list_offsets(leader_wait_ms=1500) took {clock.now:.2f} s"
+    assert asked[coordinator] >= 1 + answered_first, "the stopped coordinator was not asked"
