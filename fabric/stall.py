@@ -4,8 +4,9 @@ a handler that blocked).
 A node's reactor passes are normally at most one poll timeout apart, so a much longer gap means
 the node did not listen for that long. Silence it did not listen to is no evidence against
 anyone: the owner moves every peer's last sign of life (or lag clock) forward by the stall,
-capped at the resume, so that only silence it listened to counts -- also when it stalls again
-and again (restarting every session from the resume let a dead peer escape forever then).
+capped at the resume (``forgiven_ms``, the one rule every node uses), so that only silence it
+listened to counts -- also when it stalls again and again (restarting every session from the
+resume let a dead peer escape forever then).
 Deciding late is safe; deciding on silence nobody listened to is not.
 
 Not thread-safe: owned by the node's reactor.
@@ -21,6 +22,13 @@ from fabric.clock import Clock
 log = logging.getLogger(__name__)
 
 STALL_THRESHOLD_MS_MIN = 2000  # a pass gap under this is a busy machine, not a stall
+
+
+def forgiven_ms(since_ms: int, now_ms: int, stalled_ms: int) -> int:
+    """``since_ms`` (a peer's last sign of life, the start of its lag or of a run of failures)
+    after this node stalled for ``stalled_ms`` until ``now_ms``: moved forward by the stall,
+    never past ``now_ms`` -- the stall's silence does not count, what was heard before it does."""
+    return min(now_ms, since_ms + stalled_ms)
 
 
 def stall_threshold_ms(interval_ms: int) -> int:

@@ -26,7 +26,7 @@ from fabric.clock import Clock
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import MalformedFrame
 from fabric.rpc import make_socket
-from fabric.stall import StallWatch, stall_threshold_ms
+from fabric.stall import StallWatch, forgiven_ms, stall_threshold_ms
 
 log = logging.getLogger(__name__)
 REPLIES_PER_TICK_MAX = 64        # replies read per loop pass (late ones of a resumed monitor pile up)
@@ -61,7 +61,7 @@ class MonitorWatch:
         self.stall_watch = StallWatch(clock, stall_threshold_ms(self.interval_ms), self._forgive)
 
     def _forgive(self, now_ms: int, stalled_ms: int) -> None:
-        self.last_answer_ms = min(now_ms, self.last_answer_ms + stalled_ms)
+        self.last_answer_ms = forgiven_ms(self.last_answer_ms, now_ms, stalled_ms)
 
     def silent_ms(self) -> int:
         return self.clock.now_ms() - self.last_answer_ms

@@ -40,6 +40,7 @@ from fabric.clock import Clock
 from fabric.config import LimitsConfig, StorageConfig, TopicDefaults
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata, PartitionInfo
+from fabric.stall import forgiven_ms
 # the timers' limits are importable from here as well (the timers are BrokerCore's)
 from nodes.broker.core_timers import (CACHE_ACTIVE_MS, CACHE_SHARE_INTERVAL_MS, UNFLUSHED_INTERVALS_MAX,
                                       CoreTimersMixin)
@@ -249,7 +250,7 @@ class BrokerCore(CoreTimersMixin):
         for part in self.partitions.values():
             for st in part.followers.values():
                 # the stall is forgiven, the lag heard before it is not (repeated stalls)
-                st.last_caught_up_ms = min(now_ms, st.last_caught_up_ms + stalled_ms)
+                st.last_caught_up_ms = forgiven_ms(st.last_caught_up_ms, now_ms, stalled_ms)
 
     # -- produce -------------------------------------------------------------------------------
     def append(self, requests: Iterable[AppendRequest]) -> list[list[ProduceResult]]:

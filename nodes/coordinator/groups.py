@@ -55,6 +55,7 @@ from fabric import wire
 from fabric.config import LimitsConfig
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
+from fabric.stall import forgiven_ms
 from nodes.coordinator.assignors import ASSIGNORS, DEFAULT_ASSIGNOR, assign
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.groups_offsets import GroupOffsetsMixin
@@ -341,7 +342,7 @@ class GroupCoordinator(GroupOffsetsMixin):
         and silence we did hear still counts, however often we stall."""
         for group in self.groups.values():
             for m in group.members.values():
-                m.last_seen_ms = min(now_ms, m.last_seen_ms + stalled_ms)  # silence heard before still counts
+                m.last_seen_ms = forgiven_ms(m.last_seen_ms, now_ms, stalled_ms)  # silence heard before still counts
             if group.state == PREPARING:
                 group.rebalance_deadline_ms += stalled_ms
             for mid in group.pending_members:

@@ -27,7 +27,7 @@ from fabric.config import LoomConfig
 from fabric.errors import MalformedFrame, RemoteError
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from fabric.rpc import RpcClient, make_socket
-from fabric.stall import STALL_THRESHOLD_MS_MIN, StallWatch
+from fabric.stall import STALL_THRESHOLD_MS_MIN, StallWatch, forgiven_ms
 from nodes.base import Node
 from nodes.coordinator import election
 from nodes.coordinator.alter_isr import IsrChange, judge
@@ -385,7 +385,7 @@ class Coordinator(TopicAdminMixin, Node):
         for bid in self.brokers:
             # forgive the stall, not the silence heard before it: with max(last_seen, now) a
             # coordinator stalling more often than once a session never found a dead broker
-            self.last_seen_ms[bid] = min(now_ms, self.last_seen_ms[bid] + stalled_ms)
+            self.last_seen_ms[bid] = forgiven_ms(self.last_seen_ms[bid], now_ms, stalled_ms)
         self.groups.resume_after_stall(now_ms, stalled_ms)
 
     def _check_liveness(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from fabric.config import LoomConfig, MonitorConfig, NodeConfig
 from fabric.metrics import Sample
+from fabric.stall import forgiven_ms
 from nodes.monitor.http_probe import ProbeOutcome
 
 HEALTHY = "healthy"
@@ -91,11 +92,11 @@ class NodeView:
         """The monitor did not run for ``stalled_ms`` until ``now_ms``: its silence and failing
         HTTP probes of that time do not count (fabric/stall.py), what was heard before still does."""
         if self.last_heard_ms is not None:
-            self.last_heard_ms = min(now_ms, self.last_heard_ms + stalled_ms)
+            self.last_heard_ms = forgiven_ms(self.last_heard_ms, now_ms, stalled_ms)
         if self.process_since_ms is not None:
-            self.process_since_ms = min(now_ms, self.process_since_ms + stalled_ms)
+            self.process_since_ms = forgiven_ms(self.process_since_ms, now_ms, stalled_ms)
         if self.http_failing_since_ms is not None:
-            self.http_failing_since_ms = min(now_ms, self.http_failing_since_ms + stalled_ms)
+            self.http_failing_since_ms = forgiven_ms(self.http_failing_since_ms, now_ms, stalled_ms)
 
     def heard(self, now_ms: int, pid: object) -> None:
         self.last_heard_ms = now_ms

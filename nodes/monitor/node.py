@@ -40,7 +40,7 @@ from fabric.metadata import UNREADABLE_METADATA, ClusterMetadata, read_answer
 from fabric.metrics import Sample, decode_samples
 from fabric.roles import HTTP, ROLES
 from fabric.rpc import RpcClient, make_socket
-from fabric.stall import StallWatch, stall_threshold_ms
+from fabric.stall import StallWatch, forgiven_ms, stall_threshold_ms
 from nodes.base import Node
 from nodes.launcher import role_available
 from nodes.processes import pid_alive
@@ -278,7 +278,7 @@ class Monitor(Node):
     # -- the check ----------------------------------------------------------------------------
     def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
         """The monitor did not run for ``stalled_ms``: no node's silence of that time counts."""
-        self.started_check_ms = min(now_ms, self.started_check_ms + stalled_ms)
+        self.started_check_ms = forgiven_ms(self.started_check_ms, now_ms, stalled_ms)
         for view in self.views.values():
             view.forgive_stall(now_ms, stalled_ms)
 

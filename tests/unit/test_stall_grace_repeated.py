@@ -65,3 +65,13 @@ def test_a_stuck_follower_leaves_the_isr_although_the_leader_keeps_stalling(tmp_
         assert listened_ms <= 2 * lag_ms + lag_ms // 2
     finally:
         broker.close()
+
+
+def test_forgiven_ms_moves_a_sign_of_life_by_the_stall_never_past_the_resume() -> None:
+    """The one rule by which the monitor (its NodeViews), the supervisor's monitor watch, the
+    brokers and the coordinator forgive their own stall (fabric/stall.py)."""
+    from fabric.stall import forgiven_ms
+    assert forgiven_ms(5_000, 20_000, 10_000) == 15_000  # the 5 s heard before the stall still count
+    assert forgiven_ms(19_000, 20_000, 5_000) == 20_000  # never later than the resume
+    heard = forgiven_ms(0, 10_000, 5_000)  # stalls again and again: what was heard adds up
+    assert forgiven_ms(heard, 20_000, 5_000) == 10_000
