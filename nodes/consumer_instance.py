@@ -344,10 +344,10 @@ def check_op_header(op: str, h: dict) -> None:
         if v is None:
             return
         if not isinstance(v, list) or not all(
-                isinstance(e, (list, tuple)) and len(e) == width and isinstance(e[0], str) and all(map(is_int, e[1:]))
-                for e in v):
+                isinstance(e, (list, tuple)) and len(e) == width and isinstance(e[0], str)
+                and all(is_int(n) and n >= 0 for n in e[1:]) for e in v):
             fields = "topic, partition" + (", offset" if width == 3 else "")
-            raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a list of [{fields}]")
+            raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a list of [{fields}], numbers of 0 or more")
     if op == "delete" and not isinstance(h.get("owner", ""), str):
         raise RemoteError(P.MALFORMED_REQUEST, "owner must be a string")
     if op == "fetch":

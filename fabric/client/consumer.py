@@ -142,7 +142,10 @@ class Consumer(ConsumerFailover):
         return sorted(self.positions)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Fetch ``tp`` from ``offset`` next. Raises FabricError when it is not assigned."""
+        """Fetch ``tp`` from ``offset`` next. Raises FabricError when it is not assigned,
+        ValueError for a negative offset (as Kafka's: ``seek_to_beginning``/``_end`` name those)."""
+        if offset < 0:
+            raise ValueError(f"seek offset must not be negative, got {offset}")
         self._check_assigned([tp])
         self.positions[tp] = offset
         self._forget_reset(tp)

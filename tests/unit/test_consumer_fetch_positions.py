@@ -249,3 +249,12 @@ def test_a_position_in_a_topic_deleted_and_made_again_is_not_taken_into_the_new_
     assert c.position(T0) == 0
     broker.answer_fetch(80, hw=80)
     assert _offsets(c.poll(0, max_records=100)) == list(range(80))
+
+
+def test_a_negative_seek_is_refused_and_the_position_kept(make: Any) -> None:
+    """Kafka's ``seek`` refuses a negative offset. Taken, -1 reset the partition by its policy
+    (``latest``: past records never read) and an auto-commit meanwhile was refused whole."""
+    c, broker, _ = make()
+    with pytest.raises(ValueError, match="negative"):
+        c.seek(T0, -1)
+    assert c.position(T0) == 0

@@ -73,6 +73,8 @@ def test_a_bug_on_the_instance_thread_goes_to_the_host_and_is_not_answered(monke
     ("commit", {"offsets": [["t", 0]]}), ("commit", {"offsets": "all"}), ("commit", {"offsets": [[0, 0, 5]]}),
     ("committed", {"partitions": [["t", "0"]]}), ("seek", {"to": "offsets", "offsets": [["t", 0, None]]}),
     ("seek", {"to": "beginning", "partitions": [["t"]]}),
+    ("seek", {"to": "offsets", "offsets": [["t", 0, -1]]}), ("commit", {"offsets": [["t", 0, -5]]}),
+    ("seek", {"to": "end", "partitions": [["t", -1]]}),
 ])
 def test_an_op_header_the_instance_could_not_read_is_malformed(op: str, header: dict) -> None:
     with pytest.raises(RemoteError) as e:
