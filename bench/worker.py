@@ -43,6 +43,7 @@ FLUSH_S_MAX = 300.0
 CALLBACKS_WAIT_S_MAX = 10.0  # after flush(): the last delivery callbacks to run
 STOP_DRAIN_S_MAX = 60.0      # a following consumer: after "stop", reading up to the end offsets
 POLL_MS = 100
+DRIVE_INTERVAL_S = 0.05     # a group member waiting for "go" keeps its membership this often (maintain)
 POLL_RECORDS_MAX = 50_000
 PACED_TIMED_PER_S_MAX = 5000  # open loop: records timed per second at most (1 in k above that)
 PACE_SLEEP_S_MIN = 0.0002     # open loop: sleep only when this far ahead (a sleep costs ~60 µs)
@@ -133,8 +134,20 @@ class Commands:
             self.lines.put(word)
         self.lines.put("eof")
 
-    def wait(self, word: str, timeout_s: float) -> None:
-        line = self.lines.get(timeout=timeout_s)
+    def wait(self, word: str, timeout_s: float, drive: Callable[[], None] | None = None) -> None:
+        """The next line, which must be ``word``; ``drive`` is called every DRIVE_INTERVAL_S
+        meanwhile (a group member's ``maintain``: it takes part in the rebalance a later member's
+        join starts, which otherwise waited for it until the go, and then some)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, min(DRIVE_INTERVAL_S, deadline - time.monotonic()))
+                                      if drive is not None else timeout_s)
+                break
+            except queue.Empty:
+                if drive is None or time.monotonic() >= deadline:
+                    raise
+                drive()
         if line != word:
             raise RuntimeError(f"expected {word!r} on stdin, got {line!r}")
 
@@ -301,7 +314,7 @@ def run_consumer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -
         c, start, early = _open_consumer(spec, admin)
         try:
             emit({"ready": {"role": "consumer", "index": spec["index"]}})
-            commands.wait("go", GO_WAIT_S_MAX)
+            commands.wait("go", GO_WAIT_S_MAX, c.maintain if group else None)
             s = Sampler(emit)
             s.consumed = early
             cpu0, wall0, t0 = time.process_time(), time.time(), time.perf_counter()
