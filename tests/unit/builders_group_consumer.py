@@ -16,11 +16,13 @@ from fabric.client.group_link import CoordinatorLink
 from fabric.clock import ManualClock
 from fabric.errors import RemoteError, RequestTimeout
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
-from tests.unit.fakes import FakeReactor, NoHeartbeat, as_leader_wrote, make_batch
+from nodes.consumer_instance import Instance, InstanceHost
+from tests.unit.fakes import FakeReactor, NoHeartbeat, ScriptedCoordinatorLink, as_leader_wrote, make_batch
 
 T0 = ("t", 0)
 LOG_END_OFFSET = 1000
 RECORDS_PER_FETCH_ANSWER = 50   # what the broker hands out per FETCH: a fetch of 10 leaves some buffered
+AUTO_COMMIT_INTERVAL_MS = 1000  # a RestInstance's
 
 
 class OnePartitionBroker:
@@ -207,3 +209,40 @@ def serve(instance: Any, op: str, **header: Any) -> Any:
     if err is not None:
         raise err
     return answer
+
+
+class RestInstance:
+    """A consumer service's ``Instance`` (nodes/consumer_instance.py) as a REST consumer instance:
+    group g (auto-commit every AUTO_COMMIT_INTERVAL_MS), created and subscribed to t, driven on
+    the test thread one request at a time as its client and its service drive it."""
+
+    def __init__(self, coordinator: OffsetsCoordinator | None = None, **config: Any) -> None:
+        """``config``: GroupConsumer keywords over the rig's."""
+        self.broker = OnePartitionBroker()
+        self.reactor = BrokerRepliesReactor(self.broker)
+        self.coordinator = coordinator or OffsetsCoordinator()
+        self.link = ScriptedCoordinatorLink(self.coordinator)
+        config = consumer_config(self.broker, self.reactor, self.link,
+                                 **{"auto_commit_interval_ms": AUTO_COMMIT_INTERVAL_MS, **config})
+        host = InstanceHost("consumer-1", ["127.0.0.1:1"], 60_000, lambda e: None)  # a bug raises out of _serve
+        self.instance = Instance(host, "g", "rest-1", config, 0)
+        self.request("create")
+        self.request("subscribe", topics=["t"])
+
+    def request(self, op: str, **header: Any) -> dict:
+        """One request from the REST client, served as the instance's thread serves it."""
+        return serve(self.instance, op, **header)
+
+    def fetch(self, max_records: int = 10, **header: Any) -> list[int]:
+        """The offsets of one fetch answer (records of t-0)."""
+        return [r.offset for r in self.request("fetch", timeout_ms=1000, max_records=max_records, **header)["records"]]
+
+    def idle(self, ms: int) -> None:
+        """``ms`` pass with no request from the client: the service maintains the instance."""
+        for _ in range(ms // 100):
+            self.reactor.clock.advance(100)
+            self.instance._maintain()
+
+    @property
+    def committed(self) -> int:
+        return self.coordinator.committed.get(T0, 0)

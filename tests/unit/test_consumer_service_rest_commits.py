@@ -16,55 +16,14 @@ request at a time, as its thread would."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 import nodes.consumer_instance as consumer_mod
 from fabric import protocol as P
 from fabric.errors import RemoteError
-from nodes.consumer_instance import Instance, InstanceHost
-from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
-                                                consumer_config, serve)
-from tests.unit.fakes import ScriptedCoordinatorLink
-
-AUTO_COMMIT_INTERVAL_MS = 1000
-
-
-class _Rig:
-    """A REST instance of group g (auto-commit every AUTO_COMMIT_INTERVAL_MS), created and
-    subscribed to t, as its client and its service drive it."""
-
-    def __init__(self, **config: Any) -> None:
-        """``config``: GroupConsumer keywords over the rig's."""
-        self.broker = OnePartitionBroker()
-        self.reactor = BrokerRepliesReactor(self.broker)
-        self.coordinator = OffsetsCoordinator()
-        self.link = ScriptedCoordinatorLink(self.coordinator)
-        config = consumer_config(self.broker, self.reactor, self.link,
-                                 **{"auto_commit_interval_ms": AUTO_COMMIT_INTERVAL_MS, **config})
-        host = InstanceHost("consumer-1", ["127.0.0.1:1"], 60_000, lambda e: None)  # a bug raises out of _serve
-        self.instance = Instance(host, "g", "rest-1", config, 0)
-        self.request("create")
-        self.request("subscribe", topics=["t"])
-
-    def request(self, op: str, **header: Any) -> dict:
-        """One request from the REST client, served as the instance's thread serves it."""
-        return serve(self.instance, op, **header)
-
-    def fetch(self, max_records: int = 10, **header: Any) -> list[int]:
-        """The offsets of one fetch answer (records of t-0)."""
-        return [r.offset for r in self.request("fetch", timeout_ms=1000, max_records=max_records, **header)["records"]]
-
-    def idle(self, ms: int) -> None:
-        """``ms`` pass with no request from the client: the service maintains the instance."""
-        for _ in range(ms // 100):
-            self.reactor.clock.advance(100)
-            self.instance._maintain()
-
-    @property
-    def committed(self) -> int:
-        return self.coordinator.committed.get(T0, 0)
+from tests.unit.builders_group_consumer import AUTO_COMMIT_INTERVAL_MS, T0, RestInstance as _Rig
 
 
 @pytest.fixture
