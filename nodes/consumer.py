@@ -9,13 +9,17 @@ Requests (every one names ``group`` and ``instance``, except CREATE without a na
                 client_id, idle_timeout_ms
     CONSUMER_SUBSCRIBE     {topics: [...]}  ([] unsubscribes; not while assigned) -> {}
     CONSUMER_SUBSCRIPTION  {}                                         -> {topics}
-    CONSUMER_FETCH         {timeout_ms?, max_bytes?, max_records?, frame?, positions?} -> {records: [[topic,
+    CONSUMER_FETCH         {timeout_ms?, max_bytes?, max_records?, frame?, positions?, budget_ms?,
+                            fetch_id?} -> {records: [[topic,
                                                    partition, offset, timestamp_ms, key, value, headers], ...]}
                            with frame: true -> {count} + one payload frame of those rows
                            (fabric.client.services.pack_rows: out of the 1 MiB header)
                            with positions: true the answer adds {positions: [[t, p, offset]] | null,
                            generation}: where the instance stands after these records, null while it
                            is not positioned (it joins, or looks a partition's position up)
+                           fetch_id (from the gateway: its fetches of the instance numbered from 1):
+                           one at or below the last one run is refused (request_timed_out): its
+                           caller went on without it
     CONSUMER_COMMIT        {offsets: [[topic, partition, offset]...] | null (= current positions)} -> {}
     CONSUMER_COMMITTED     {partitions: [[topic, partition]...]}      -> {offsets: [[t, p, offset|-1]]}
     CONSUMER_SEEK          {to: beginning|end|offsets, partitions?, offsets?} -> {}
@@ -43,6 +47,12 @@ behind is answered ``buffer_full`` -- and a request arriving meanwhile is refuse
 ``buffer_full`` (retriable; PING says ``stopping``, and the gateway makes its instances again on
 another consumer service). The drain ends once every instance has closed and answered and no
 request came for ``DRAIN_QUIET_MS``, or after DRAIN_TIMEOUT_MS.
+
+Any request may say ``answered`` and ``lost`` (the gateway's ``fabric.client.fetch_ledger``: its
+last fetch answered, and the last that ended without its answer): when the last fetch the
+instance ran is numbered in between, its answer was lost, and before serving the request the
+instance seeks that fetch's partitions back to where it began (in the same generation only;
+never forward) -- its records go out again instead of being skipped.
 
 Auto-commit follows Kafka's REST proxy, whose consumer commits inside its next poll: the
 records of a fetch answer may never reach the client (it timed out, its connection dropped,

@@ -48,6 +48,16 @@ Answer = Callable[[dict | Framed | None, RemoteError | None], None]
 
 
 @dataclass(frozen=True)
+class _FetchUndo:
+    """What undoes one fetch whose answer may be lost (``Instance._undo_lost_fetch``)."""
+
+    fetch_id: int
+    generation: int                                  # of the membership the records came from
+    first_offsets: dict[tuple[str, int], int]        # where it began, per partition it returned records of
+    auto_commit_bounds: dict[tuple[str, int], int]   # as they were before it
+
+
+@dataclass(frozen=True)
 class InstanceHost:
     """What an instance needs of the service hosting it."""
 
@@ -72,6 +82,8 @@ class Instance(threading.Thread):
         # what a request still queued when the instance stops is answered
         self._refusal = RemoteError(P.UNKNOWN_CONSUMER_INSTANCE, f"instance {name} was closed")
         self._maintain_error: tuple[int, str] | None = None  # the last one logged, until maintain succeeds
+        self._last_fetch_id = 0                 # of the last numbered fetch run (``fetch_id``)
+        self._undo: _FetchUndo | None = None    # of the last fetch run, until a request settles it
 
     def submit(self, op: str, header: dict, answer: Answer) -> None:
         try:
@@ -103,12 +115,22 @@ class Instance(threading.Thread):
     def _serve(self, op: str, header: dict, answer: Answer) -> bool:
         """Do one request and answer it; False when the thread is to stop (a delete). A bug
         raises."""
+        fetch_id = header.get("fetch_id") if op == "fetch" else None
+        if fetch_id is not None and fetch_id <= self._last_fetch_id:
+            # sent before the last fetch run and taken late (from a connection its caller closed
+            # at its timeout): it confirms no answer, and run it would move the positions past
+            # records whose answer nobody reads -- the caller, answered for the later one,
+            # would never say it was lost
+            answer(None, RemoteError(P.REQUEST_TIMED_OUT, f"fetch {fetch_id} came after fetch {self._last_fetch_id}"))
+            return True
         if self.consumer is not None and (op != "delete" or "owner" not in header):
             # the client came back, so it has read the answers before this request: auto-commits
             # may now cover their records, as a Kafka consumer's next poll commits what earlier
             # polls returned. (A delete naming its owner is not the client's: it is a gateway
             # reclaiming the instances of a process of its that died, maybe mid-answer.)
             self.consumer.auto_commit_bounds = {}
+        if self.consumer is not None and "lost" in header:  # the gateway's caller lost an answer
+            self._undo_lost_fetch(self.consumer, header["answered"], header["lost"])
         budget_ms = header.get("budget_ms") if op == "fetch" else None
         if budget_ms is not None and _waited_ms(header) > budget_ms / 2:
             # the client has given up (or soon will): a fetch now moves the positions past
@@ -184,13 +206,7 @@ class Instance(threading.Thread):
         if op == "subscription":
             return {"topics": list(c.subscription)}
         if op == "fetch":
-            records = self._fetch(c, h)
-            if records and c.enable_auto_commit:  # until the client's next request confirms them
-                c.auto_commit_bounds = _first_offsets(records)
-            header = {"count": len(records)} if h.get("frame") else {"records": records}
-            if h.get("positions"):
-                header.update(positions=_positions(c), generation=c.generation)
-            return Framed(header, [pack_rows(records)]) if h.get("frame") else header
+            return self._fetch_answer(c, h)
         if op == "commit":
             offsets = h.get("offsets")
             c.commit({(o[0], o[1]): o[2] for o in offsets} if offsets else None)
@@ -213,6 +229,47 @@ class Instance(threading.Thread):
             return {}
         raise RemoteError(P.UNKNOWN_COMMAND, f"unknown instance operation {op}")
 
+    def _fetch_answer(self, c: GroupConsumer, h: dict) -> dict | Framed:
+        """The answer to a fetch. A numbered one (``fetch_id``, above the last one run:
+        ``_serve``) is remembered until a request says whether its answer arrived
+        (``_undo_lost_fetch``)."""
+        fetch_id = h.get("fetch_id")
+        if fetch_id is not None:
+            self._last_fetch_id = fetch_id
+        self._undo = None  # any fetch moves the positions on from where the last one left them
+        bounds = dict(c.auto_commit_bounds)
+        records = self._fetch(c, h)
+        if records:
+            first_offsets = _first_offsets(records)
+            if fetch_id is not None:
+                self._undo = _FetchUndo(fetch_id, c.generation, first_offsets, bounds)
+            if c.enable_auto_commit:  # until the client's next request confirms them
+                c.auto_commit_bounds = dict(first_offsets)
+        header = {"count": len(records)} if h.get("frame") else {"records": records}
+        if h.get("positions"):
+            header.update(positions=_positions(c), generation=c.generation)
+        return Framed(header, [pack_rows(records)]) if h.get("frame") else header
+
+    def _undo_lost_fetch(self, c: GroupConsumer, answered: int, lost: int) -> None:
+        """The caller's last answered fetch is ``answered``, and fetches up to ``lost`` ended
+        without their answer (``fabric.client.fetch_ledger``): if the last fetch run is
+        one of those in between, its answer was lost -- seek its partitions back to where it
+        began and put the auto-commit bounds back as they were before it, so that its records
+        go out again (at-least-once), once. A request sent before that fetch ended (a fetch the
+        caller gave up on, taken late) names a lower ``lost``: it undoes nothing. Only within
+        the membership it ran in: after a rebalance the positions came from the committed
+        offsets (which its bounds kept before its records), and a partition no longer held is
+        not touched (``_give_back``)."""
+        undo = self._undo
+        if undo is None or not answered < undo.fetch_id <= lost:
+            return
+        self._undo = None
+        if c.generation != undo.generation:
+            return
+        _give_back(c, undo.first_offsets)
+        held = set(c.assignment())
+        c.auto_commit_bounds = {tp: o for tp, o in undo.auto_commit_bounds.items() if tp in held}
+
     @staticmethod
     def _fetch(c: GroupConsumer, h: dict) -> list:
         """Records (``fabric.records.Record`` rows) of one poll, at most ``max_bytes`` of keys
@@ -224,8 +281,7 @@ class Instance(threading.Thread):
         budget_ms = h.get("budget_ms")
         if records and budget_ms is not None and _waited_ms(h) > timeout_ms + budget_ms / 2:
             # the poll itself outlasted the caller (a rejoin inside it): give the records back
-            for tp, offset in _first_offsets(records).items():
-                c.seek(tp, offset)
+            _give_back(c, _first_offsets(records))
             raise RemoteError(P.REQUEST_TIMED_OUT, "the fetch outlasted its caller's patience (a rebalance)")
         if sum(map(len, map(_VALUE, records))) + sum(len(k) for k in map(_KEY, records) if k) <= max_bytes:
             return records  # the common case, counted without a Python-level loop
@@ -234,8 +290,7 @@ class Instance(threading.Thread):
             size += len(r.value) + len(r.key or b"")
             if i and size > max_bytes:
                 # give back what does not fit: the positions move to the first record not returned
-                for tp, offset in _first_offsets(records[i:]).items():
-                    c.seek(tp, offset)
+                _give_back(c, _first_offsets(records[i:]))
                 return records[:i]
         return records
 
@@ -318,6 +373,16 @@ def _first_offsets(records: list) -> dict[tuple[str, int], int]:
     return dict(zip(map(_TOPIC_PARTITION, backward), map(_OFFSET, backward)))
 
 
+def _give_back(c: GroupConsumer, first_offsets: dict[tuple[str, int], int]) -> None:
+    """Seek each partition of ``first_offsets`` back to its offset, so that the records from
+    there go out again. Only back, and only a partition assigned and positioned: one sought
+    back further since, no longer assigned, or being looked up keeps its position."""
+    for tp, offset in first_offsets.items():
+        position = c.position(tp)
+        if position is not None and position > offset:
+            c.seek(tp, offset)
+
+
 def _positions(c: GroupConsumer) -> list[list] | None:
     """``[[topic, partition, offset], ...]``: every assigned partition's next offset to fetch,
     or None while the consumer is not positioned -- a join is due or under way (its assignment
@@ -348,10 +413,12 @@ def check_op_header(op: str, h: dict) -> None:
                 and all(is_int(n) and n >= 0 for n in e[1:]) for e in v):
             fields = "topic, partition" + (", offset" if width == 3 else "")
             raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a list of [{fields}], numbers of 0 or more")
+    if "lost" in h and not (is_int(h["lost"]) and is_int(h.get("answered"))):
+        raise RemoteError(P.MALFORMED_REQUEST, "lost and answered must be int")
     if op == "delete" and not isinstance(h.get("owner", ""), str):
         raise RemoteError(P.MALFORMED_REQUEST, "owner must be a string")
     if op == "fetch":
-        for name in ("timeout_ms", "max_records", "max_bytes", "budget_ms"):
+        for name in ("timeout_ms", "max_records", "max_bytes", "budget_ms", "fetch_id"):
             if name in h and not is_int(h[name]):
                 raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be int")
         for name in ("frame", "positions"):

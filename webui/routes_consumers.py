@@ -112,7 +112,11 @@ def register(api: Api, gw: Gateway) -> None:
     @api.op("GET", base + "/records", role="consume", tag="consumers",
             summary="Fetch records (the positions advance)", path_params=inst_path, errors=inst_errors,
             description="Waits up to `timeout` ms (default 1000) for records, unless the gateway's long-poll "
-                        "budget is taken: then it answers at once with the records there (maybe none; poll again).",
+                        "budget is taken: then it answers at once with the records there (maybe none; poll again). "
+                        "A fetch whose answer the gateway did not get from the consumer service (answered "
+                        "503) leaves the positions where it began: the instance's next request puts them back, "
+                        "so the retry gets the same records (at-least-once) and no commit covers them before. "
+                        "One fetch of an instance at a time: a parallel one waits up to 5 s, then 408.",
             query={"timeout": {"type": "integer", "minimum": 0, "maximum": FETCH_TIMEOUT_MS_MAX},
                    "max_bytes": {"type": "integer", "minimum": 1, "maximum": FETCH_BYTES_MAX}},
             response={"type": "array", "items": {"$ref": "#/components/schemas/Record"}})

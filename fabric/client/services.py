@@ -39,6 +39,7 @@ import msgpack
 import zmq
 
 from fabric import protocol as P
+from fabric.client.fetch_ledger import FetchLedger
 from fabric.config import LoomConfig
 from fabric.errors import CodedError, FabricError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.records import Record
@@ -281,10 +282,17 @@ class ConsumerInstance:
     node: str = ""
     pid: int | None = None  # of the service process that made it (None: not said)
     _base: dict = field(default_factory=dict)
+    # the caller's record of this instance's fetches (the gateway's, kept per instance across
+    # its handles); None: fetches are neither numbered nor undone
+    fetches: FetchLedger | None = None
 
     def _call(self, command: bytes, header: dict | None = None, timeout_ms: int = CALL_TIMEOUT_MS) -> dict:
-        h = {"group": self.group, "instance": self.name, **(header or {})}
+        h = {"group": self.group, "instance": self.name, **self._settled(), **(header or {})}
         return self.client.call(self.endpoint, command, h, timeout_ms)
+
+    def _settled(self) -> dict[str, int]:
+        """``{answered, lost}`` while a fetch of this instance was lost (``FetchLedger``)."""
+        return {} if self.fetches is None else self.fetches.settled()
 
     def subscribe(self, topics: list[str]) -> None:
         self._call(P.CONSUMER_SUBSCRIBE, {"topics": list(topics)})
@@ -312,7 +320,22 @@ class ConsumerInstance:
                   "max_records": max_records, "frame": True, "budget_ms": CALL_TIMEOUT_MS}
         if positions:
             header["positions"] = True
-        h, payloads = self.client.call_frames(self.endpoint, P.CONSUMER_FETCH, header, timeout_ms + CALL_TIMEOUT_MS)
+        if self.fetches is None:
+            return self._fetched(header, max_records, positions)
+        with self.fetches.turn():
+            header.update(self.fetches.settled())  # as they are now that the one before ended
+            fetch_id = header["fetch_id"] = self.fetches.begin()
+            try:
+                fetched = self._fetched(header, max_records, positions)
+            except BaseException:  # whatever ended it, its records (if any) reached nobody
+                self.fetches.settle(fetch_id, answered=False)
+                raise
+            self.fetches.settle(fetch_id, answered=True)
+            return fetched
+
+    def _fetched(self, header: dict, max_records: int, positions: bool) -> "Fetched":
+        h, payloads = self.client.call_frames(self.endpoint, P.CONSUMER_FETCH, header,
+                                              header["timeout_ms"] + CALL_TIMEOUT_MS)
         if len(payloads) != 1:
             raise MalformedFrame(P.MALFORMED_REQUEST, "a CONSUMER_FETCH reply with frame: true has one records frame")
         records = list(map(Record._make, unpack_rows(payloads[0], max_records, len(Record._fields))))

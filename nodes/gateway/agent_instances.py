@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from fabric import protocol as P
+from fabric.client.fetch_ledger import FetchLedger
 from fabric.client.services import CALL_TIMEOUT_MS, ServiceConsumer
 from fabric.errors import CodedError, ConnectionLost, FabricError, RequestTimeout
 from nodes.gateway.left_behind import LeftBehind
@@ -42,6 +43,9 @@ class InstanceEntry:
     service_pid: int | None = None  # the pid of the service process that made it (None: unknown)
     made: int = 0                   # times made again: a thread whose call failed before that retries
     deleted: bool = False           # a DELETE took it: never made again
+    # its fetches, numbered, and whether their answers arrived: every call on it says when one
+    # was lost, and the instance sends that one's records again (fabric.client.fetch_ledger)
+    fetches: FetchLedger = field(default_factory=FetchLedger, repr=False, compare=False)
     move_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -156,7 +160,7 @@ class ConsumerInstances:
                 if not self.takes_work(entry.endpoint):
                     self._make_again(entry, elsewhere=True)
                 made = entry.made
-            handle = self._consumers().instance(entry.group, entry.name, entry.endpoint)
+            handle = self._handle(entry)
             try:
                 with translated("the consumer service"):
                     return op(handle)
@@ -172,6 +176,12 @@ class ConsumerInstances:
                 if e.kind != "unavailable" or attempt or self.takes_work(entry.endpoint):
                     raise
         raise AssertionError("unreachable")
+
+    def _handle(self, entry: InstanceEntry) -> Any:
+        """A handle on ``entry``'s instance where it lives now, keeping the entry's fetch ledger."""
+        handle = self._consumers().instance(entry.group, entry.name, entry.endpoint)
+        handle.fetches = entry.fetches
+        return handle
 
     def _made_again_after_restart(self, entry: InstanceEntry, made: int, wait_ms: int = 0) -> bool:
         """After a call made on the ``made``-th making of ``entry`` failed as if its service
@@ -261,7 +271,7 @@ class ConsumerInstances:
                 raise _not_found(entry.group, entry.name)
             entry.deleted = True
         try:
-            handle = self._consumers().instance(entry.group, entry.name, entry.endpoint)
+            handle = self._handle(entry)
             with translated("the consumer service"):
                 handle.delete()
         except ClusterError as e:

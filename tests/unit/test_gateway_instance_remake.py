@@ -35,6 +35,7 @@ class Services:
         self.hosted: dict[str, dict[tuple[str, str], list]] = {ep: {} for ep in endpoints}
         self.creates: list[tuple[str, str]] = []
         self.fetches = 0
+        self.ledgers: list = []               # the fetch ledger each fetch's handle carried
         self.on_fetch: Any = None
         self.hang_next_fetch = False
         self.lose_next_fetch = False          # its connection ends: the process died with it
@@ -93,6 +94,7 @@ class Handle:
 
     def fetch(self, **_kw: Any) -> list:
         self.s.fetches += 1
+        self.s.ledgers.append(getattr(self, "fetches", None))
         if self.s.on_fetch is not None:
             hook, self.s.on_fetch = self.s.on_fetch, None
             hook()
@@ -157,6 +159,20 @@ def test_a_fetch_in_flight_when_its_service_restarted_is_asked_again_of_the_inst
     services.hang_next_fetch = True
     services.on_fetch = lambda: services.restart(ep)
     assert a.call_instance("g", "s1", lambda h: h.fetch()) == ["t"]
+
+
+def test_every_fetch_of_an_instance_keeps_its_entrys_ledger_also_when_asked_again(setup: Any) -> None:
+    """The instance's fetches are numbered in its entry (fabric.client.services.FetchLedger),
+    whichever handle and request thread makes them -- the gateway's own second attempt on the
+    instance made again too, so that one lost answer is said once and never undone twice."""
+    a, services = setup
+    ep = _host(services)
+    services.hang_next_fetch = True
+    services.on_fetch = lambda: services.restart(ep)
+    a.call_instance("g", "s1", lambda h: h.fetch())
+    a.call_instance("g", "s1", lambda h: h.fetch())
+    ledger = a.instance("g", "s1").fetches
+    assert len(services.ledgers) == 3 and all(got is ledger for got in services.ledgers), services.ledgers
 
 
 def test_a_fetch_whose_connection_ended_waits_for_the_restarted_service_and_is_asked_again(setup: Any) -> None:

@@ -46,7 +46,7 @@ class _FakeGroupConsumer:
     def __init__(self, bootstrap: Any, group_id: str, **config: Any) -> None:
         if config.get("session_timeout_ms") == 1:
             raise FabricError("session_timeout_ms out of range")  # as GroupConsumer's own check
-        self.position = 0
+        self.next_offset = 0
         self.subscription: list[str] = []
         self.enable_auto_commit = config.get("enable_auto_commit", True)
         self.auto_commit_bounds: dict = {}
@@ -65,12 +65,15 @@ class _FakeGroupConsumer:
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
         if _FakeGroupConsumer.in_poll:
             self._held()
-        out = [Record("t", 0, o, 0, None, b"v%d" % o, None) for o in range(self.position, self.position + 10)]
-        self.position += 10
+        out = [Record("t", 0, o, 0, None, b"v%d" % o, None) for o in range(self.next_offset, self.next_offset + 10)]
+        self.next_offset += 10
         return out
 
     def seek(self, tp: Any, offset: int) -> None:
-        self.position = offset
+        self.next_offset = offset
+
+    def position(self, tp: Any) -> int | None:
+        return self.next_offset if tp == ("t", 0) else None
 
     def wakeup(self) -> None:  # the instance's stop: nothing to cut short here
         pass
