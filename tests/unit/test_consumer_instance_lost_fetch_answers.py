@@ -3,13 +3,15 @@ timed out while the service, paused, ran it later; the connection dropped after 
 ran it): the instance's positions were past its records, so the client's retry got the records
 after them, and the next auto-commit (or the client's commit of what it got) committed past
 the lost ones -- skipped. The gateway numbers an instance's fetches (``fetch_id``) and, while
-one was lost, says in every request which one it got the answer to last (``answered``): the
-instance then seeks the lost fetch's partitions back to where it began, once, and the records
-go out again.
+one was lost, says in every request which one it got the answer to last (``answered``) and
+which it lost last (``lost``): the instance then seeks the lost fetch's partitions back to where
+it began, once, and the records go out again.
 
 A real Instance with a real GroupConsumer on a ManualClock (tests/unit/builders_group_consumer.py),
 driven on the test thread one request at a time, as its thread would; the gateway's side is
-``fabric.client.services.FetchLedger`` and ``ConsumerInstance`` on a scripted service."""
+``fabric.client.fetch_ledger.FetchLedger`` and ``ConsumerInstance`` on a scripted service, and
+both together at the end. (Real processes cannot lose an answer on a live instance on cue: a
+consumer service paused past the call's timeout is seen down first, and the instance moves.)"""
 
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ from fabric.errors import RemoteError, RequestTimeout
 from fabric.records import Record
 from nodes.consumer_instance import OPS, Framed, check_op_header
 from tests.unit.builders_group_consumer import AUTO_COMMIT_INTERVAL_MS, T0, OffsetsCoordinator, RestInstance, serve
-
 
 LOST = {"answered": 1, "lost": 2}  # what the gateway says after fetch 1 was answered and fetch 2 lost
 
