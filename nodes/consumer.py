@@ -52,7 +52,9 @@ Any request may say ``answered`` and ``lost`` (the gateway's ``fabric.client.fet
 last fetch answered, and the last that ended without its answer): when the last fetch the
 instance ran is numbered in between, its answer was lost, and before serving the request the
 instance seeks that fetch's partitions back to where it began (in the same generation only;
-never forward) -- its records go out again instead of being skipped.
+never forward; not a partition the client sought since) -- its records go out again instead of
+being skipped. A request whose ``answered`` is below the last fetch run (lost, or still on its
+way when another thread sent it) does not count as the client coming back for that fetch.
 
 Auto-commit follows Kafka's REST proxy, whose consumer commits inside its next poll: the
 records of a fetch answer may never reach the client (it timed out, its connection dropped,

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, NamedTuple
 
 import zmq
@@ -123,11 +123,14 @@ class Instance(threading.Thread):
             # would never say it was lost
             answer(None, RemoteError(P.REQUEST_TIMED_OUT, f"fetch {fetch_id} came after fetch {self._last_fetch_id}"))
             return True
-        if self.consumer is not None and (op != "delete" or "owner" not in header):
+        if self.consumer is not None and (op != "delete" or "owner" not in header) \
+                and header.get("answered", self._last_fetch_id) >= self._last_fetch_id:
             # the client came back, so it has read the answers before this request: auto-commits
             # may now cover their records, as a Kafka consumer's next poll commits what earlier
             # polls returned. (A delete naming its owner is not the client's: it is a gateway
-            # reclaiming the instances of a process of its that died, maybe mid-answer.)
+            # reclaiming the instances of a process of its that died, maybe mid-answer. A
+            # request whose gateway had no answer to the last fetch run -- lost, or on its way
+            # while another thread sent this one -- confirms nothing of it.)
             self.consumer.auto_commit_bounds = {}
         if self.consumer is not None and "lost" in header:  # the gateway's caller lost an answer
             self._undo_lost_fetch(self.consumer, header["answered"], header["lost"])
@@ -216,7 +219,9 @@ class Instance(threading.Thread):
             found = c.committed_offsets(tps)
             return {"offsets": [[t, p, -1 if found[(t, p)] is None else found[(t, p)]] for t, p in tps]}
         if op == "seek":
-            return self._seek(c, h)
+            self._seek(c, h)
+            self._keep_undo_off(_sought(c, h))
+            return {}
         if op == "assignment":
             # joining: a member in a rebalance holds no partition until its join completes -- an
             # empty assignment then is not one that gave its partitions to other members
@@ -269,6 +274,15 @@ class Instance(threading.Thread):
         _give_back(c, undo.first_offsets)
         held = set(c.assignment())
         c.auto_commit_bounds = {tp: o for tp, o in undo.auto_commit_bounds.items() if tp in held}
+
+    def _keep_undo_off(self, sought: set[tuple[str, int]]) -> None:
+        """The client sought these partitions after the last fetch ran (another thread's seek,
+        served before that fetch's call ended): undoing the fetch, if its answer turns out
+        lost, must not move them back under where the client put them."""
+        undo = self._undo
+        if undo is not None and sought & undo.first_offsets.keys():
+            kept = {tp: o for tp, o in undo.first_offsets.items() if tp not in sought}
+            self._undo = replace(undo, first_offsets=kept) if kept else None
 
     @staticmethod
     def _fetch(c: GroupConsumer, h: dict) -> list:
@@ -383,6 +397,13 @@ def _give_back(c: GroupConsumer, first_offsets: dict[tuple[str, int], int]) -> N
             c.seek(tp, offset)
 
 
+def _sought(c: GroupConsumer, h: dict) -> set[tuple[str, int]]:
+    """The partitions a seek of header ``h`` moved: those named, all assigned when none is."""
+    if h.get("to") == "offsets":
+        return {(t, p) for t, p, _o in h.get("offsets") or []}
+    return {(t, p) for t, p in h.get("partitions") or []} or set(c.assignment())
+
+
 def _positions(c: GroupConsumer) -> list[list] | None:
     """``[[topic, partition, offset], ...]``: every assigned partition's next offset to fetch,
     or None while the consumer is not positioned -- a join is due or under way (its assignment
@@ -413,14 +434,16 @@ def check_op_header(op: str, h: dict) -> None:
                 and all(is_int(n) and n >= 0 for n in e[1:]) for e in v):
             fields = "topic, partition" + (", offset" if width == 3 else "")
             raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a list of [{fields}], numbers of 0 or more")
-    if "lost" in h and not (is_int(h["lost"]) and is_int(h.get("answered"))):
-        raise RemoteError(P.MALFORMED_REQUEST, "lost and answered must be int")
+    if ("lost" in h or "answered" in h) and not all(is_int(h.get(n)) and h[n] >= 0 for n in ("lost", "answered")):
+        raise RemoteError(P.MALFORMED_REQUEST, "lost and answered must both be ints of 0 or more")
     if op == "delete" and not isinstance(h.get("owner", ""), str):
         raise RemoteError(P.MALFORMED_REQUEST, "owner must be a string")
     if op == "fetch":
         for name in ("timeout_ms", "max_records", "max_bytes", "budget_ms", "fetch_id"):
             if name in h and not is_int(h[name]):
                 raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be int")
+        if "fetch_id" in h and h["fetch_id"] < 1:
+            raise RemoteError(P.MALFORMED_REQUEST, "fetch_id must be 1 or more")
         for name in ("frame", "positions"):
             if not isinstance(h.get(name, False), bool):
                 raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a boolean")

@@ -23,13 +23,15 @@ class FetchLedger:
     instance can undo a fetch whose answer was lost (a timeout, a dropped connection, a reply
     that did not decode): its records went nowhere, and the positions are past them.
 
-    Each fetch is numbered (``fetch_id``, from 1). While a fetch settled without its answer
-    after the last one answered, every request to the instance says so: ``answered``, the id of
-    the last fetch whose answer arrived (0: none), and ``lost``, the id of the last one settled
-    without it. Before it serves the request, the instance seeks the partitions of the last
-    fetch it ran back to where that fetch began if its id is in ``(answered, lost]``
-    (nodes/consumer_instance.py). A fetch still on its way when the request goes out (another
-    thread's) is above ``lost``: never undone while its answer may still come.
+    Each fetch is numbered (``fetch_id``, from 1). While the last fetch handed out has no
+    answer -- it settled without it, or it is still on its way (another thread's) -- every
+    request to the instance says so: ``answered``, the id of the last fetch whose answer
+    arrived (0: none), and ``lost``, the id of the last one settled without it. Before it
+    serves the request, the instance seeks the partitions of the last fetch it ran back to
+    where that fetch began if its id is in ``(answered, lost]`` (nodes/consumer_instance.py). A
+    fetch still on its way when the request goes out is above ``lost``: never undone while its
+    answer may still come, and above ``answered``: the request does not confirm its records
+    (they stay out of the auto-commits).
 
     One fetch is on its way at a time (``turn``): the instance undoes only the last fetch it
     ran, so a fetch lost while a later one ran after it would be skipped.
@@ -70,7 +72,7 @@ class FetchLedger:
                 self._lost = max(self._lost, fetch_id)
 
     def settled(self) -> dict[str, int]:
-        """What a request says: ``{answered, lost}`` while a fetch after the last one answered
-        was lost, else nothing."""
+        """What a request says: ``{answered, lost}`` while the last fetch handed out has no
+        answer (lost, or on its way), else nothing."""
         with self._lock:
-            return {"answered": self._answered, "lost": self._lost} if self._lost > self._answered else {}
+            return {"answered": self._answered, "lost": self._lost} if self._issued > self._answered else {}

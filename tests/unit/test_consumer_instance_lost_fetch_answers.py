@@ -258,3 +258,76 @@ def test_a_retried_fetch_gets_the_records_of_the_lost_answer_and_commits_none_pa
     assert [r.offset for r in handle.fetch(max_records=10)] == list(range(10, 20)), "10..19 were skipped"
     handle.commit()  # the client commits everything fetched
     assert rig.committed == 20
+
+
+# -- requests served while a fetch's answer is on its way -------------------------------------------
+class HeldAnswerService(ServedInstance):
+    """``ServedInstance`` whose next fetch once ``hold`` is set, once served, keeps its answer
+    until ``release`` is set (then times out: the answer lost): meanwhile other threads'
+    requests are served."""
+
+    def __init__(self, rig: RestInstance) -> None:
+        super().__init__(rig)
+        self.hold, self.served, self.release = False, threading.Event(), threading.Event()
+
+    def call_frames(self, endpoint: str, command: bytes, header: dict, timeout_ms: int) -> tuple[dict, list[bytes]]:
+        got = super().call_frames(endpoint, command, header, timeout_ms)
+        if command == P.CONSUMER_FETCH and self.hold:
+            self.hold = False
+            self.served.set()
+            self.release.wait(timeout=10)
+            raise RequestTimeout(f"no reply from {endpoint} within {timeout_ms} ms")
+        return got
+
+
+def _lose_a_fetch_around(rig: RestInstance, meanwhile: Any) -> ConsumerInstance:
+    """A handle that fetched 0..9, then fetched 10..19 and lost the answer, ``meanwhile(handle)``
+    (another thread's request) being served after that fetch ran and before its call ended."""
+    service, ledger = HeldAnswerService(rig), FetchLedger()
+    handle = ConsumerInstance(service, "g", "rest-1", "tcp://127.0.0.1:1", fetches=ledger)  # type: ignore[arg-type]
+    assert [r.offset for r in handle.fetch(max_records=10)] == list(range(0, 10))
+    service.hold = True
+    lost: list[BaseException] = []
+    fetching = threading.Thread(target=lambda: _catch(lambda: handle.fetch(max_records=10), lost))
+    fetching.start()
+    try:
+        assert service.served.wait(timeout=5)
+        meanwhile(handle)
+    finally:
+        service.release.set()
+        fetching.join(timeout=5)
+    assert len(lost) == 1 and isinstance(lost[0], RequestTimeout)
+    return handle
+
+
+def _catch(fn: Any, into: list) -> None:
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 -- handed to the test thread
+        into.append(e)
+
+
+def test_a_request_sent_while_a_fetch_is_on_its_way_does_not_confirm_its_answer(rig: RestInstance) -> None:
+    """Another thread's request, served after the fetch ran, is no sign that the client read
+    that fetch's answer: auto-commit must not cover its records, whose answer is then lost."""
+    handle = _lose_a_fetch_around(rig, lambda h: h.positions())
+    rig.idle(2 * AUTO_COMMIT_INTERVAL_MS)
+    assert rig.committed == 10, "auto-commit covered the records of an answer that was on its way, then lost"
+    assert handle.positions() == {T0: 10}  # the retry starts at the lost records
+
+
+def test_a_seek_served_after_a_fetch_whose_answer_is_then_lost_stands(rig: RestInstance) -> None:
+    """The client sought to 25 while a fetch was on its way; its answer was lost. Undoing that
+    fetch must not move the partition back under where the client sought it."""
+    handle = _lose_a_fetch_around(rig, lambda h: h.seek({T0: 25}))
+    assert [r.offset for r in handle.fetch(max_records=10)] == list(range(25, 35)), "the client's seek was undone"
+
+
+@pytest.mark.parametrize("op, header", [
+    ("fetch", {"fetch_id": 0}), ("fetch", {"fetch_id": -3}),
+    ("assignment", {"answered": "1"}), ("assignment", {"answered": 1, "lost": -1}),
+    ("fetch", {"answered": -1, "lost": 2})])
+def test_malformed_fetch_numbers_are_refused_on_the_reactor(op: str, header: dict) -> None:
+    with pytest.raises(RemoteError) as e:
+        check_op_header(op, header)
+    assert e.value.code == P.MALFORMED_REQUEST
