@@ -291,7 +291,8 @@ class ConsumerInstance:
         return self.client.call(self.endpoint, command, h, timeout_ms)
 
     def _settled(self) -> dict[str, int]:
-        """``{answered, lost}`` while a fetch of this instance was lost (``FetchLedger``)."""
+        """``{answered, lost}`` while a fetch of this instance has no answer: lost, or on its way
+        (``FetchLedger``)."""
         return {} if self.fetches is None else self.fetches.settled()
 
     def subscribe(self, topics: list[str]) -> None:

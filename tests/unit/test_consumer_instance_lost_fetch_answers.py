@@ -316,6 +316,16 @@ def test_a_request_sent_while_a_fetch_is_on_its_way_does_not_confirm_its_answer(
     assert handle.positions() == {T0: 10}  # the retry starts at the lost records
 
 
+@pytest.mark.parametrize("meanwhile", [lambda h: h.delete(), lambda h: h.unsubscribe()], ids=["delete", "unsubscribe"])
+def test_a_delete_or_unsubscribe_sent_while_a_fetch_is_on_its_way_commits_none_of_its_records(
+        rig: RestInstance, meanwhile: Any) -> None:
+    """Each commits the positions with auto-commit, up to what the client has read: not the
+    records of a fetch whose answer was on its way (then lost)."""
+    _lose_a_fetch_around(rig, meanwhile)
+    rig.instance._close()
+    assert rig.committed == 10
+
+
 def test_a_seek_served_after_a_fetch_whose_answer_is_then_lost_stands(rig: RestInstance) -> None:
     """The client sought to 25 while a fetch was on its way; its answer was lost. Undoing that
     fetch must not move the partition back under where the client sought it."""
