@@ -239,7 +239,9 @@ class Consumer(ConsumerFailover):
         every record returned), at most ``max_records`` in all, as one ``RecordBatchView`` per
         run of one partition, in offset order per partition; waits up to ``timeout_ms`` for
         at least one. A view reads its records from the fetched bytes when first asked
-        (``values``, ``keys``...; see ``fabric.records.RecordBatchView``)."""
+        (``values``, ``keys``...; see ``fabric.records.RecordBatchView``): a view that then
+        raises (a corrupt batch) has its partition's position past it already -- seek back to
+        its ``first_offset`` to read it again, as ``poll`` does for its caller."""
         views = self._poll_views(timeout_ms, max_records)
         self._woken.clear()
         return views
