@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import zmq
@@ -76,6 +76,7 @@ class _InFlight:
     stall_ms: int  # unanswered this long: stalled
     epochs: tuple[int, ...] = ()
     request_id: int = 0
+    topic_ids: dict[str, str] = field(default_factory=dict)  # the ids it named its topics by
 
 
 class Consumer(ConsumerFailover):
@@ -120,9 +121,11 @@ class Consumer(ConsumerFailover):
         # auto_offset_reset "none": a partition that cannot be positioned, with the position it
         # had then and the error ``poll`` raises (at its start: never after it took records)
         self._position_errors: dict[TopicPartition, tuple[int | None, RemoteError]] = {}
-        # per topic of an assigned partition, the id (UUID) its positions belong to: a topic deleted
-        # and made again with the same name is another topic (``_take_metadata``)
-        self._topic_ids: dict[str, str] = {}
+        # per assigned partition, the id (UUID) of the topic its position was read in: a FETCH or
+        # LIST_OFFSETS naming that id was answered. A topic deleted and made again with the same
+        # name is another topic (``_take_metadata``); a position set from outside (``seek``, a
+        # group's committed offset) was read in none: metadata older than the topic named one
+        self._read_in: dict[TopicPartition, str] = {}
         self._closed = False
         self._woken = threading.Event()  # ``wakeup``: the poll waiting (or the next one) returns now
         self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
@@ -136,6 +139,7 @@ class Consumer(ConsumerFailover):
                 self._forget_reset(tp)
         self.positions = keep
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
+        self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
         self._keep_buffered(lambda tp: tp in keep)
 
     def assignment(self) -> list[TopicPartition]:
@@ -147,6 +151,11 @@ class Consumer(ConsumerFailover):
         if offset < 0:
             raise ValueError(f"seek offset must not be negative, got {offset}")
         self._check_assigned([tp])
+        self._move_to(tp, offset)
+        self._read_in.pop(tp, None)
+
+    def _move_to(self, tp: TopicPartition, offset: int) -> None:
+        """``seek``, in the topic the position was read in (records taken and given back)."""
         self.positions[tp] = offset
         self._forget_reset(tp)
         self._drop_buffered(tp)
@@ -198,6 +207,7 @@ class Consumer(ConsumerFailover):
             self.positions[tp] = None
             self._reset_specs[tp] = spec
             self._drop_buffered(tp)
+            self._read_in.pop(tp, None)
 
     # -- polling ------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
@@ -232,7 +242,7 @@ class Consumer(ConsumerFailover):
         skipped them and the next commit -- a ``close`` in a ``with`` block or a ``finally``
         after a Ctrl-C -- committed them."""
         for view in reversed(views):  # each partition back to its first run not returned
-            self.seek((view.topic, view.partition), view.first_offset)
+            self._move_to((view.topic, view.partition), view.first_offset)
 
     def poll_batch(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[RecordBatchView]:
         """``poll`` as views: the records after the current positions (advancing them past
@@ -301,7 +311,7 @@ class Consumer(ConsumerFailover):
         except BaseException:
             for tp, position in taken_from.items():
                 if position is not None and tp in positions:
-                    self.seek(tp, position)
+                    self._move_to(tp, position)
             raise
         return out
 
@@ -343,7 +353,7 @@ class Consumer(ConsumerFailover):
                                                        self.metadata.leader_epoch(*tp)])
         for endpoint, parts in by_leader.items():
             fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
-                              tuple(p[4] for p in parts))
+                              tuple(p[4] for p in parts), topic_ids=self.metadata.topic_ids_of({p[0] for p in parts}))
             self._fetching[endpoint] = fetch
 
             def done(h: dict | None, payloads: list, err: RemoteError | None, fetch: _InFlight = fetch) -> None:
@@ -356,7 +366,7 @@ class Consumer(ConsumerFailover):
                     self._send_fetches()  # prefetch: the broker reads the next chunk while the app works
             fetch.request_id = self._client(endpoint).request(
                 P.FETCH, {"replica_id": -1, "wait_ms": self.fetch_wait_ms, "max_bytes": self.fetch_bytes_max,
-                          "parts": parts, "topic_ids": self.metadata.topic_ids_of({p[0] for p in parts})},
+                          "parts": parts, "topic_ids": fetch.topic_ids},
                 callback=done, timeout_ms=self.fetch_wait_ms + self.request_timeout_ms)
 
     def _hold(self, tps: Any) -> None:
@@ -383,6 +393,8 @@ class Consumer(ConsumerFailover):
             pos = self._fetch_positions.get(tp)
             if pos is None or self.positions.get(tp) is None:
                 continue  # unassigned, seeked or being reset meanwhile
+            if self._of_another_topic(topic, fetch.topic_ids):
+                continue  # fetched again under the id the metadata names now
             if code == P.OFFSET_OUT_OF_RANGE:
                 self._out_of_range(tp, pos)
                 continue
@@ -390,6 +402,8 @@ class Consumer(ConsumerFailover):
                 self._hold([tp])
                 continue
             self.high_watermarks[tp] = hw
+            if topic in fetch.topic_ids:
+                self._read_in[tp] = fetch.topic_ids[topic]
             if data:
                 view = view_batches(topic, partition, data, start_offset=pos, end_offset=hw)
                 if view is not None and view.first_offset == pos:  # else: a stale reply from before a seek
@@ -457,7 +471,8 @@ class Consumer(ConsumerFailover):
             self._refresh_metadata()
             return
         pending = self._resetting[tp] = _InFlight(endpoint, (tp,), self.clock.now_ms(), FETCH_STALL_MS,
-                                                  (self.metadata.leader_epoch(*tp),))
+                                                  (self.metadata.leader_epoch(*tp),),
+                                                  topic_ids=self.metadata.topic_ids_of([tp[0]]))
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             if self._resetting.get(tp) is not pending:
@@ -467,14 +482,16 @@ class Consumer(ConsumerFailover):
                 entries = decode_parts(h, ListOffsetsEntry) if h is not None else []
             except MalformedFrame:
                 entries = []
-            if not entries or entries[0].error:
+            if not entries or entries[0].error or self._of_another_topic(tp[0], pending.topic_ids):
                 self._hold([tp])
                 return
             if tp in self.positions and self.positions[tp] is None:
                 self.positions[tp] = entries[0].offset
                 self._reset_specs.pop(tp, None)
+                if tp[0] in pending.topic_ids:
+                    self._read_in[tp] = pending.topic_ids[tp[0]]
         pending.request_id = self._client(endpoint).request(
-            P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]], "topic_ids": self.metadata.topic_ids_of([tp[0]])},
+            P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]], "topic_ids": pending.topic_ids},
             callback=done, timeout_ms=self.request_timeout_ms)
 
     # -- metadata, closing --------------------------------------------------------------------

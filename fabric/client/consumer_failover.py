@@ -62,7 +62,7 @@ class ConsumerFailover:
     _closed: bool
     positions: dict[TopicPartition, int | None]
     auto_offset_reset: str
-    _topic_ids: dict[str, str]  # per assigned topic, the id its positions belong to
+    _read_in: dict[TopicPartition, str]  # per assigned partition, the topic id its position was read in
 
     if TYPE_CHECKING:  # Consumer's, never these
         def _client(self, endpoint: str) -> ConsumerClient: ...
@@ -135,32 +135,33 @@ class ConsumerFailover:
 
     def _take_metadata(self, md: ClusterMetadata) -> None:
         """Take newer metadata: refused partitions are asked again, requests whose leader moved
-        rerouted. A topic of the assignment that it names by another id than the one its
-        positions were taken in was deleted and made again: its partitions start again as never
-        read (``auto_offset_reset``). Kept, a position of the old topic was fetched in the new
-        one, whose records before it were skipped (and, by a group member, committed past)."""
-        recreated = self._recreated_topics(md)
+        rerouted. A partition whose position was read in a topic that ``md`` names by another
+        id was deleted and made again: it starts again as never read (``auto_offset_reset``).
+        Kept, a position of the old topic was fetched in the new one, whose records before it
+        were skipped (and, by a group member, committed past). Only a position read in the old
+        topic: one set from outside (a seek, a committed offset) while the consumer's metadata
+        was older than the topic is the new topic's, and a reset skipped it (``latest``)."""
+        recreated = self._recreated_partitions(md)
         self.metadata = md
         self._held_until_ms.clear()  # a refused partition may have a new leader: ask it now
         self._reroute_in_flight()
         if recreated:
             log.warning("topics %s were deleted and made again: their partitions start again at the %s offset "
-                        "(auto_offset_reset)", ", ".join(sorted(recreated)), self.auto_offset_reset)
-            self._reset([tp for tp in self.positions if tp[0] in recreated], self._policy_spec())
+                        "(auto_offset_reset)", ", ".join(sorted({t for t, _ in recreated})), self.auto_offset_reset)
+            self._reset(recreated, self._policy_spec())
 
-    def _recreated_topics(self, md: ClusterMetadata) -> set[str]:
-        """The assigned topics ``md`` names by another id than the one remembered for them (or
-        the current metadata's); remembers ``md``'s ids, of assigned topics only (bounded)."""
-        assigned = {t for t, _ in self.positions}
-        out = set()
-        for topic in assigned:
-            new = md.topics.get(topic)
-            if new is None or not new.topic_id:
-                continue  # deleted (not made again yet), or metadata without ids: the id stays remembered
-            old = self._topic_ids.get(topic) or self.metadata.topic_ids_of([topic]).get(topic, "")
-            if old and old != new.topic_id:
-                out.add(topic)
-            self._topic_ids[topic] = new.topic_id
-        for topic in [t for t in self._topic_ids if t not in assigned]:
-            del self._topic_ids[topic]
+    def _recreated_partitions(self, md: ClusterMetadata) -> list[TopicPartition]:
+        """The partitions whose position was read in a topic ``md`` names by another id (a topic
+        ``md`` lacks -- deleted, not made again yet -- or names without an id: not yet)."""
+        out = []
+        for tp, read_in in self._read_in.items():
+            new = md.topics.get(tp[0])
+            if new is not None and new.topic_id and new.topic_id != read_in:
+                out.append(tp)
         return out
+
+    def _of_another_topic(self, topic: str, sent_ids: dict[str, str]) -> bool:
+        """An answer to a request that named ``topic`` by another id than the metadata names it
+        now (made again since it was sent): not of the topic now assigned, not read."""
+        sent, now = sent_ids.get(topic), self.metadata.topic_ids_of([topic]).get(topic)
+        return bool(sent and now and sent != now)

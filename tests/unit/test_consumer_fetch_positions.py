@@ -209,6 +209,11 @@ def _metadata(version: int, topic_id: str | None) -> dict:
     return {"metadata": ClusterMetadata(version, "c", {1: BrokerInfo(1, "b1", 1, 2)}, topics).to_wire()}
 
 
+def _fetch_topic_ids(broker: _Broker) -> dict:
+    [(c, i)] = broker._open(P.FETCH)
+    return c.sent[i][1]["topic_ids"]
+
+
 def _answer_metadata(broker: _Broker, reply: dict) -> None:
     for c in broker.clients.values():
         for i in [i for i in c.unanswered if c.sent[i][0] == P.METADATA]:
@@ -258,3 +263,28 @@ def test_a_negative_seek_is_refused_and_the_position_kept(make: Any) -> None:
     with pytest.raises(ValueError, match="negative"):
         c.seek(T0, -1)
     assert c.position(T0) == 0
+
+
+@pytest.mark.parametrize("policy", ["latest", "earliest"])
+def test_a_position_never_read_in_the_old_topic_is_kept_when_metadata_names_the_new_one(make: Any,
+                                                                                      policy: str) -> None:
+    """The consumer's metadata (id-t) is older than the topic: t was deleted and made again
+    (id-t2) before anything of it was read here, and the position 0 was set by the application
+    (a seek; a group member's committed offset is set so too). Its first fetch, naming id-t, is
+    refused; newer metadata names id-t2. The position belongs to no old topic: it is kept, and
+    the new topic is read from 0. Taken for a topic made again, it was reset -- ``latest``
+    skipped the new topic's records 0..999, ``earliest`` read from the log start, not 0."""
+    c, broker, reactor = make(policy)
+    broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)  # the broker holds t as id-t2
+    _answer_metadata(broker, _metadata(2, "id-t2"))
+    for _ in range(5):
+        reactor.advance(1000)
+        c.poll(0)
+        _answer_metadata(broker, _metadata(2, "id-t2"))
+        broker.answer_list_offsets(1000 if policy == "latest" else 500)
+        if broker.fetch_offset() is not None and _fetch_topic_ids(broker) == {"t": "id-t"}:
+            broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)
+    assert c.position(T0) == 0
+    assert broker.fetch_offset() == 0 and _fetch_topic_ids(broker) == {"t": "id-t2"}
+    broker.answer_fetch(3)
+    assert _offsets(c.poll(0)) == [0, 1, 2]
