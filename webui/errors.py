@@ -14,7 +14,7 @@ from fabric.errors import LoomError
 # error_code -> (HTTP status, what it means); status*100+n as Confluent's REST Proxy
 CODES: dict[int, str] = {
     40001: "malformed request (the body is not JSON)",
-    40002: "invalid name in the path (too long, or characters outside [A-Za-z0-9._-]; a group's: any but '/')",
+    40002: "invalid name in the path (too long, or characters outside [A-Za-z0-9._-]; a group's: any but '/', not '.' or '..', in UTF-8)",
     40101: "no valid API key",
     40301: "the API key lacks the role this route needs",
     40401: "topic not found",

@@ -30,9 +30,13 @@ NAME_RULE = NameRule(NAME, re.compile(f"{NAME_CHARS}{{1,{NAME_LEN_MAX}}}"), NAME
 # routing). A WebSocket's group= keeps the same rule, so that a group it makes can be looked at
 # and reset over REST.
 GROUP_NAME_LEN_MAX = P.GROUP_ID_LEN_MAX
-GROUP_NAME = {"type": "string", "minLength": 1, "maxLength": GROUP_NAME_LEN_MAX, "pattern": "^[^/]+$"}
-GROUP_NAME_RULE = NameRule(GROUP_NAME, re.compile(f"[^/]{{1,{GROUP_NAME_LEN_MAX}}}"), GROUP_NAME_LEN_MAX,
-                           f"1 to {GROUP_NAME_LEN_MAX} characters, any but '/' (percent-encoded in a URL)")
+# Nor "." or "..": dot segments, which HTTP clients, browsers and proxies remove from a path (also
+# percent-encoded: RFC 3986 6.2.2), so that a URL naming such a group reaches another route or none.
+GROUP_NAME = {"type": "string", "minLength": 1, "maxLength": GROUP_NAME_LEN_MAX,
+              "pattern": r"^(?:[^/.]|\.[^/.]|\.\.[^/])[^/]*$"}  # no lookahead: not every schema engine has one
+GROUP_NAME_RULE = NameRule(GROUP_NAME, re.compile(rf"(?!\.\.?\Z)[^/]{{1,{GROUP_NAME_LEN_MAX}}}"), GROUP_NAME_LEN_MAX,
+                           f"1 to {GROUP_NAME_LEN_MAX} characters, any but '/', and not '.' or '..' (percent-encoded "
+                           "in a URL)")
 # the rule of a name parameter (in a path or a WebSocket's query) other than NAME_RULE
 NAME_RULES = {"group_name": GROUP_NAME_RULE, "group": GROUP_NAME_RULE}
 PARTITION = {"type": "integer", "minimum": 0, "maximum": P.PARTITIONS_MAX - 1}

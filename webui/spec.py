@@ -26,6 +26,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from flask import Flask, Response, g, request
 import jsonschema_rs
@@ -202,8 +203,33 @@ def invalid_name(what: str, value: str, rule: NameRule = NAME_RULE) -> str:
     ``rule`` (webui/schemas.py): what is wrong, and the rule."""
     shown = repr(value[:20]) + ("..." if len(value) > 20 else "")  # short: a WebSocket's close reason holds 123 bytes
     why = f"{len(value)} characters, over {rule.len_max}" if len(value) > rule.len_max else \
-        "empty" if not value else "characters outside the allowed ones"
+        "empty" if not value else "a dot segment" if value in (".", "..") else "characters outside the allowed ones"
     return f"invalid {what} {shown}: {why}; a name has {rule.text}"
+
+
+# a name whose percent-escapes are not UTF-8: decoded with replacement (werkzeug's), "%FF" named the
+# group "\ufffd" -- another group than the client's
+NOT_UTF8_NAME = "invalid name: its percent-escapes are not UTF-8 (a name is text, percent-encoded as UTF-8)"
+
+
+def is_utf8(environ: dict, part: str) -> bool:
+    """The request target's ``part`` ("path" or "query"), its percent-escapes decoded, is UTF-8
+    text. The path is read from the raw target (RAW_URI or REQUEST_URI, as gunicorn and werkzeug
+    give it), else from PATH_INFO, whose characters are the request's bytes; the query from
+    QUERY_STRING (never decoded by the server)."""
+    try:
+        if part == "query":
+            parse_qsl(environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8"), keep_blank_values=True,
+                      errors="strict")
+            return True
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if raw is not None:
+            unquote_to_bytes(raw.partition("?")[0].encode("latin-1")).decode("utf-8")
+        else:
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except (UnicodeError, ValueError):
+        return False
+    return True
 
 
 def _first_error(validator: Any, value: Any) -> str | None:
@@ -266,6 +292,9 @@ class Api:
         def view(**path: Any) -> Response:
             g.op = op
             self.authorize(op)
+            if any("\ufffd" in v for v in path.values() if isinstance(v, str)) \
+                    and not is_utf8(request.environ, "path"):
+                raise ApiError(40002, NOT_UTF8_NAME)
             status, data, content_type = self.dispatch(op, path, request.args.get, (request.mimetype or "").lower(),
                                                        _read_body)
             response = Response(data, status=status, content_type=content_type)

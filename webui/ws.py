@@ -44,7 +44,7 @@ from webui.routes_v2 import ACKS, encode_records, offsets_json
 from webui.schemas import produce_schema
 from webui.spec import Op, body_checker, loads_json
 from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, SocketsPer
-from webui.ws_consume import consume, name_param, query_param
+from webui.ws_consume import consume, name_param, query_args, query_param
 from webui.ws_outbox import POLICY, TRY_AGAIN_LATER, Closed, Outbox
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
                 finally:
                     authenticated()
                 if admitted is not None:
-                    body(ws, out, admitted[0], dict(request.args))
+                    body(ws, out, admitted[0], query_args(request.environ))
                     out.close(1000, "done")
             except Closed:
                 pass

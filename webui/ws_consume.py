@@ -13,13 +13,15 @@ import logging
 import time
 from typing import Any, Callable
 
+from werkzeug.wrappers import Request
+
 from fabric import protocol as P
 from fabric.errors import RemoteError
 from webui.context import Gateway
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import records_json
 from webui.schemas import NAME_RULE, NAME_RULES, OFFSET, PARTITION
-from webui.spec import invalid_name, loads_json
+from webui.spec import NOT_UTF8_NAME, invalid_name, is_utf8, loads_json
 from webui.ws_outbox import POLICY, Closed, Outbox
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,15 @@ def query_param(q: dict, name: str, allowed: tuple[str, ...] | None = None, defa
     if value is None or value == "" or (allowed and value not in allowed):
         raise ApiError(42206, f"query parameter {name} must be " + (" or ".join(allowed) if allowed else "given"))
     return value
+
+
+def query_args(environ: dict) -> dict[str, str]:
+    """The WebSocket's query parameters (the first value of each), as ``request.args`` reads
+    them. Raises ApiError 40002 when the query's percent-escapes are not UTF-8: read so,
+    group=%FF named the group "%FF" -- another group than the client's."""
+    if not is_utf8(environ, "query"):
+        raise ApiError(40002, NOT_UTF8_NAME)
+    return dict(Request(environ).args)
 
 
 def name_param(q: dict, name: str) -> str:

@@ -4,22 +4,26 @@ topic naming rule ([A-Za-z0-9._-]), while the coordinator takes any group id of 
 characters, so a group a client library made ("orders service", "billing:eu", "équipe") was
 refused 40002 and could not be looked at, reset or consumed over REST. Every such name a URL
 path can carry (percent-encoded; not "/") is accepted now; only what the coordinator refuses is
-40002. Through the Flask app with a stub agent."""
+40002 -- and what a URL cannot carry to the group it names: "." and ".." (dot segments, which
+clients remove), escapes that are no UTF-8 (read with replacement: another group). Through the
+Flask app with a stub agent."""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
+from werkzeug.test import EnvironBuilder
 
 from fabric import protocol as P
 from tests.unit.fakes import KEYS, StubAgent, gateway_test_client
 from webui.errors import ApiError, ClusterError
-from webui.ws_consume import name_param
+from webui.ws_consume import name_param, query_args
 
 # names the coordinator takes (1 to 249 characters, any) that the old rule refused
-GROUPS = ["orders service", "billing:eu", "équipe-1", "a*b?c#d%e&f", "g+h=i@j!", "\u4e2d\u6587", "x" * 249]
+GROUPS = ["orders service", "billing:eu", "équipe-1", "a*b?c#d%e&f", "g+h=i@j!", "\u4e2d\u6587", "x" * 249,
+          "...", ".x", "x.", "\ufffd"]
 
 
 class GroupsAgent(StubAgent):
@@ -82,3 +86,48 @@ def test_topic_names_keep_their_rule() -> None:
     with pytest.raises(ApiError) as e:
         name_param({"topic": "orders service"}, "topic")
     assert e.value.error_code == 40002
+
+
+CREATE = {**_auth("consume"), "Content-Type": "application/vnd.kafka.v2+json"}
+
+
+def _refused(client: Any, raw: str) -> str:
+    """The 40002 message of a group named ``raw`` (as it goes in the path), which both a v3
+    lookup and a v2 instance create must answer so."""
+    r = client.get(f"/v3/clusters/test/consumer-groups/{raw}", headers=_auth("read"))
+    assert (r.status_code, r.get_json()["error_code"]) == (400, 40002), r.get_json()
+    created = client.post(f"/consumers/{raw}", headers=CREATE, json={"name": "c1"})
+    assert (created.status_code, created.get_json()["error_code"]) == (400, 40002), created.get_json()
+    return r.get_json()["message"]
+
+
+@pytest.mark.parametrize("raw", ["%FF", "a%FFb", "%ED%A0%80", "%C0%AE"], ids=["ff", "inside", "surrogate", "overlong"])
+def test_a_group_name_whose_escapes_are_not_utf8_is_40002_not_another_group(served: tuple[Any, GroupsAgent],
+                                                                            raw: str) -> None:
+    """Percent-escapes that are no UTF-8 name no group (a group id is text). Decoded with
+    replacement, they named the group of U+FFFD characters -- another group, created, consumed
+    and committed for a client that asked for something else."""
+    client, agent = served
+    assert "UTF-8" in _refused(client, raw)
+    with pytest.raises(ApiError) as e:  # /ws/consume?group=
+        query_args(EnvironBuilder(query_string=f"topic=t&group={raw}").get_environ())
+    assert e.value.error_code == 40002 and "UTF-8" in e.value.message
+    assert agent.asked == []
+
+
+def test_a_websockets_query_of_utf8_names_is_read_as_given() -> None:
+    q = query_args(EnvironBuilder(query_string="topic=t&group=%C3%A9quipe+1%EF%BF%BD").get_environ())
+    assert q == {"topic": "t", "group": "\u00e9quipe 1\ufffd"}
+
+
+@pytest.mark.parametrize("raw", [".", "..", "%2E", "%2e%2E", ".%2E"])
+def test_a_group_named_as_a_dot_segment_is_40002(served: tuple[Any, GroupsAgent], raw: str) -> None:
+    """"." and ".." are dot segments: HTTP clients, browsers and proxies remove them from a path
+    (also percent-encoded, RFC 3986 6.2.2), so a URL with such a group -- the base_uri the create
+    answers -- reaches another route or none. Refused, saying why, wherever a group is named."""
+    client, agent = served
+    assert "'.' or '..'" in _refused(client, raw)
+    with pytest.raises(ApiError) as e:
+        name_param({"group": unquote(raw)}, "group")
+    assert e.value.error_code == 40002
+    assert agent.asked == []
