@@ -45,7 +45,7 @@ from webui.schemas import produce_schema
 from webui.spec import Op, body_checker, loads_json
 from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, SocketsPer
 from webui.ws_consume import consume, name_param, query_args, query_param
-from webui.ws_outbox import POLICY, TRY_AGAIN_LATER, Closed, Outbox
+from webui.ws_outbox import GOING_AWAY, GOING_AWAY_FLUSH_S, POLICY, TRY_AGAIN_LATER, Closed, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ DESCRIPTION = {
     "auth": 'Authorization or X-API-Key header, or a first message {"api_key": KEY}; 1008 when refused',
     "rate_limit": "opening a socket and every message to /ws/produce or /ws/consume take a token of the key's "
                   "limit; a message over it is answered {error_code: 42901, message, retry_after_s}",
-    "close_codes": {"1001": "the gateway is stopping: reconnect (to it once restarted, or another)",
+    "close_codes": {"1001": "the gateway is stopping: reconnect (to it once restarted, or another); /ws/produce "
+                            "answers the messages it took first",
                     "1008": "auth, role, a bad message, or a query parameter missing or invalid (a topic or group "
                             "name breaking the naming rule: 1 to 249 characters of [A-Za-z0-9._-])",
                     "1013": "client too slow, too many sockets (in all, or of one key), or too many from one address "
@@ -218,7 +219,12 @@ def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dic
     topic = name_param(q, "topic")
     fmt = query_param(q, "format", ("json", "binary"), "json")
     acks = ACKS[query_param(q, "acks", tuple(ACKS), "all")]
+    out.answers_first = True  # a client must learn whether each message it sent was written
     while ws.connected and not out.done.is_set():
+        if out.going_away is not None:  # the message under way was answered: its answers go out, then 1001
+            out.flush(GOING_AWAY_FLUSH_S)
+            out.close(GOING_AWAY, out.going_away)
+            return
         if len(getattr(ws, "input_buffer", ())) > INBOX_MESSAGES_MAX:
             out.close(POLICY, f"more than {INBOX_MESSAGES_MAX} messages unanswered: wait for the answers")
             return

@@ -23,6 +23,7 @@ from simple_websocket import ConnectionClosed
 from webui.spec import dumps
 
 CLOSE_GRACE_S = 5.0
+GOING_AWAY_FLUSH_S = 1.0  # a route that answers what it took (/ws/produce): its answers' time to go out at 1001
 GOING_AWAY = 1001        # the gateway is stopping: reconnect (to it once restarted, or another)
 TRY_AGAIN_LATER = 1013   # the client cannot keep up
 POLICY = 1008            # policy violation: auth, bad messages, too many unanswered messages
@@ -51,6 +52,11 @@ class Outbox:
         self.dropped_messages = 0
         # the marks of messages that went out whole (put(..., mark=)), for take_sent_marks
         self._sent_marks: list[Any] = []
+        # set by a route whose every message taken must be answered (/ws/produce: were the
+        # records written?): at going away it finishes the message under way, its answers go
+        # out, then it closes; else the close drops the queue at once (``go_away``)
+        self.answers_first = False
+        self.going_away: str | None = None  # the reason, once the gateway is stopping
         self._thread = threading.Thread(target=self._run, name="loom-ws-sender", daemon=True)
         self._thread.start()
 
@@ -111,6 +117,13 @@ class Outbox:
                 pass
             self.done.wait(CLOSE_GRACE_S)
 
+    def go_away(self, reason: str) -> None:
+        """The gateway is stopping: close with 1001 and ``reason`` -- at once, or, with
+        ``answers_first``, once the route has answered what it took (it sees ``going_away``)."""
+        self.going_away = reason
+        if not self.answers_first:
+            self.begin_close(GOING_AWAY, reason)
+
     def begin_close(self, code: int, reason: str) -> None:
         """``close`` without waiting for the client: the queue dropped, the close frame next."""
         with self._cond:
@@ -166,7 +179,7 @@ class OpenSockets:
             self._open.add(out)
             reason = self._going_away
         if reason is not None:
-            out.begin_close(GOING_AWAY, reason)
+            out.go_away(reason)
 
     def discard(self, out: Outbox) -> None:
         with self._cond:
@@ -174,13 +187,14 @@ class OpenSockets:
             self._cond.notify_all()
 
     def going_away(self, reason: str) -> None:
-        """Close every open socket (and any opened from now on) with 1001 and ``reason``,
-        without waiting: safe in a signal handler of a thread that serves no WebSocket."""
+        """Close every open socket (and any opened from now on) with 1001 and ``reason``
+        (``Outbox.go_away``), without waiting: safe in a signal handler of a thread that serves
+        no WebSocket."""
         with self._cond:
             self._going_away = reason
             open_now = list(self._open)
         for out in open_now:
-            out.begin_close(GOING_AWAY, reason)
+            out.go_away(reason)
 
     def wait_closed(self, wait_s: float) -> int:
         """Wait up to ``wait_s`` for every route to end (a /ws/consume stream commits what went
