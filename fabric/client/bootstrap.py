@@ -73,13 +73,17 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
                    prefer: str | None = None, *, deadline_s: float | None = None) -> tuple[ClusterMetadata, str]:
     """Ask ``prefer`` (the coordinator, once known) and then each endpoint in turn, each for at
     most ``timeout_ms``; return (metadata, endpoint that answered). ``deadline_s`` (monotonic
-    s): an ask gets at most what is left until then, and none begins after it -- a caller's
-    bound holds when a node does not answer (a stopped coordinator took ``timeout_ms`` before
-    the next endpoint was asked). Raises ``RequestTimeout`` (``request_timed_out``, retriable)
-    when none answers with metadata in time: the cluster is down, unreachable or starting."""
+    s): an ask gets at most an even share of what is left until then among the endpoints still
+    to ask, and none begins after it -- a caller's bound holds when a node does not answer (a
+    stopped coordinator took ``timeout_ms`` before the next endpoint was asked), and a silent
+    first one leaves the others time to answer (given all that was left, it failed a call a
+    broker's copy answers). Raises ``RequestTimeout`` (``request_timed_out``, retriable) when
+    none answers with metadata in time: the cluster is down, unreachable or starting."""
     last: Exception | None = None
-    for ep in ([prefer] if prefer else []) + [e for e in endpoints if e != prefer]:
-        try_ms = timeout_ms if deadline_s is None else min(timeout_ms, int((deadline_s - time.monotonic()) * 1000))
+    order = ([prefer] if prefer else []) + [e for e in endpoints if e != prefer]
+    for i, ep in enumerate(order):
+        try_ms = timeout_ms if deadline_s is None else \
+            min(timeout_ms, int((deadline_s - time.monotonic()) * 1000) // (len(order) - i))
         if try_ms <= 0:
             last = last or RequestTimeout(f"no time left to ask {ep}")
             break

@@ -350,14 +350,17 @@ def test_a_slow_leader_still_leading_is_waited_for_not_asked_again(monkeypatch: 
     assert slow.asked == [[0]] and coordinator.asked >= 2
 
 
-@pytest.mark.parametrize("answered_first", [False, True], ids=["stopped", "stopped-after-its-first-answer"])
+@pytest.mark.parametrize("answered_first, all_led", [(False, False), (True, False), (False, True)],
+                         ids=["stopped", "stopped-after-its-first-answer", "stopped-every-partition-led"])
 def test_a_stopped_coordinator_does_not_stretch_the_bound(monkeypatch: pytest.MonkeyPatch,
-                                                          answered_first: bool) -> None:
+                                                          answered_first: bool, all_led: bool) -> None:
     """``leader_wait_ms`` bounded the waits for a leader, but not the metadata asks of the call:
     each asked a stopped (SIGSTOP) coordinator for its own timeout (3 s) before a broker's copy,
     so a call bounded to 1.5 s took over 3 s -- at its start, or at a round's refresh while a
     partition waits for its election. Every ask is cut to what is left of the bound: the call
-    ends within it, a try's minimum included."""
+    ends within it, a try's minimum included. The coordinator's ask is not given all of it: a
+    broker's copy, asked next, answers a call whose partitions all have a leader (cut to what
+    the coordinator left, nothing, such a call failed while the coordinator was down)."""
     import dataclasses
 
     import fabric.client.bootstrap as bootstrap_mod
@@ -366,7 +369,8 @@ def test_a_stopped_coordinator_does_not_stretch_the_bound(monkeypatch: pytest.Mo
     monkeypatch.setattr(admin_mod, "time", clock)
     monkeypatch.setattr(bootstrap_mod, "time", clock, raising=False)
     coordinator = "tcp://127.0.0.1:30009"
-    md = dataclasses.replace(_offline(isr_alive=True), coordinator=coordinator)  # t-1 waits for an election
+    md = dataclasses.replace(_offline_then_led(0, clock)() if all_led else _offline(isr_alive=True),
+                             coordinator=coordinator)  # unless all_led, t-1 waits for an election
     asked = {coordinator: 0}
 
     class MetadataClient:
@@ -393,9 +397,12 @@ def test_a_stopped_coordinator_does_not_stretch_the_bound(monkeypatch: pytest.Mo
     admin._client = lambda ep: brokers[int(ep.rsplit(":", 1)[1]) - 30_000]  # type: ignore[method-assign]
     admin._metadata = md
     wait_s = 1.5
-    with pytest.raises(CodedError) as e:
-        admin.list_offsets("t", LATEST, leader_wait_ms=int(wait_s * 1000))
-    assert e.value.retriable, e.value
+    if all_led:
+        assert admin.list_offsets("t", LATEST, leader_wait_ms=int(wait_s * 1000)) == {0: 10, 1: 10}
+    else:
+        with pytest.raises(CodedError) as e:
+            admin.list_offsets("t", LATEST, leader_wait_ms=int(wait_s * 1000))
+        assert e.value.retriable, e.value
     bound_s = wait_s + admin_mod.LIST_OFFSETS_TRY_MS_MIN / 1000
     assert clock.now <= bound_s + 0.01, f"list_offsets(leader_wait_ms=1500) took {clock.now:.2f} s"
     assert asked[coordinator] >= 1 + answered_first, "the stopped coordinator was not asked"
