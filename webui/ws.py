@@ -79,7 +79,8 @@ DESCRIPTION = {
     "close_codes": {"1001": "the gateway is stopping: reconnect (to it once restarted, or another); /ws/produce "
                             "answers the messages it took first",
                     "1008": "auth, role, a bad message, or a query parameter missing or invalid (a topic or group "
-                            "name breaking the naming rule: 1 to 249 characters of [A-Za-z0-9._-])",
+                            "name breaking the naming rule: a topic's 1 to 249 characters of [A-Za-z0-9._-], a group's "
+                            "any but '/', not '.' or '..', in UTF-8)",
                     "1013": "client too slow, too many sockets (in all, or of one key), or too many from one address "
                             "waiting for their key"},
 }

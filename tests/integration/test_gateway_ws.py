@@ -162,11 +162,13 @@ def test_a_browsers_key_is_confirmed_before_the_stream_refuses_its_query(cluster
     ("/ws/produce?topic=" + "n" * 250, "produce", "[A-Za-z0-9._-]"),
     ("/ws/produce?topic=bad*name", "produce", "[A-Za-z0-9._-]"),
     ("/ws/consume?topic=" + "n" * 250, "consume", "[A-Za-z0-9._-]"),
-    ("/ws/consume?topic=ws&group=" + "g" * 250, "consume", "1 to 249 characters, any but '/'")])
+    ("/ws/consume?topic=ws&group=" + "g" * 250, "consume", "any but '/'"),
+    ("/ws/consume?topic=ws&group=..", "consume", "any but '/'")])
 def test_an_invalid_topic_or_group_name_closes_the_stream_naming_the_rule(cluster: Cluster, path: str,
                                                                           role: str, rule: str) -> None:
     """As REST answers 400 (40002): refused at once, saying why, before anything is made (this
-    cluster creates topics on first use)."""
+    cluster creates topics on first use). A group's rule is not a topic's: any but '/', not a
+    dot segment."""
     ws = connect(cluster, path, role=role)
     code, reason = close_code(ws)
     assert code == 1008 and reason.startswith("invalid ") and rule in reason, (code, reason)
@@ -187,6 +189,16 @@ def test_a_group_name_outside_the_topic_rule_is_served_and_rest_addresses_it(clu
         assert found["consumer_group_id"] == group, found
     finally:
         ws.close()
+
+
+@pytest.mark.parametrize("group", [".", "%2E%2E", "%FF"])
+def test_a_group_name_rest_cannot_address_is_refused(cluster: Cluster, group: str) -> None:
+    """/ws/consume took any group= and committed under it, while REST (and so the dashboard)
+    cannot address it: a dot segment (clients drop it from a path), or escapes that are no UTF-8
+    (group=%FF joined the group '%FF'). A group nobody could look at or reset but `loom group`."""
+    ws = connect(cluster, f"/ws/consume?topic=ws&group={group}&from=beginning", role="consume")
+    code, reason = close_code(ws)
+    assert code == 1008 and reason.startswith("invalid "), (code, reason)
 
 
 def test_events_stream_node_health(cluster: Cluster) -> None:
