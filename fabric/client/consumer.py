@@ -387,13 +387,14 @@ class Consumer(ConsumerFailover):
             log.warning("malformed fetch answer dropped: %s", e)
             self._hold(fetch.partitions)
             return
+        made_again = self._made_again_since(fetch.topic_ids)  # once per answer: thousands of parts
         for entry, data in zip(entries, payloads):
             topic, partition, code, hw = entry.topic, entry.partition, entry.error, entry.high_watermark
             tp = (topic, partition)
             pos = self._fetch_positions.get(tp)
             if pos is None or self.positions.get(tp) is None:
                 continue  # unassigned, seeked or being reset meanwhile
-            if self._of_another_topic(topic, fetch.topic_ids):
+            if made_again and topic in made_again:
                 continue  # fetched again under the id the metadata names now
             if code == P.OFFSET_OUT_OF_RANGE:
                 self._out_of_range(tp, pos)
@@ -482,7 +483,7 @@ class Consumer(ConsumerFailover):
                 entries = decode_parts(h, ListOffsetsEntry) if h is not None else []
             except MalformedFrame:
                 entries = []
-            if not entries or entries[0].error or self._of_another_topic(tp[0], pending.topic_ids):
+            if not entries or entries[0].error or self._made_again_since(pending.topic_ids):
                 self._hold([tp])
                 return
             if tp in self.positions and self.positions[tp] is None:

@@ -160,8 +160,8 @@ class ConsumerFailover:
                 out.append(tp)
         return out
 
-    def _of_another_topic(self, topic: str, sent_ids: dict[str, str]) -> bool:
-        """An answer to a request that named ``topic`` by another id than the metadata names it
-        now (made again since it was sent): not of the topic now assigned, not read."""
-        sent, now = sent_ids.get(topic), self.metadata.topic_ids_of([topic]).get(topic)
-        return bool(sent and now and sent != now)
+    def _made_again_since(self, sent_ids: dict[str, str]) -> set[str]:
+        """The topics a request named by another id than the metadata names them now (made again
+        since it was sent): its answers about them are not of the topics now assigned, not read."""
+        now = self.metadata.topic_ids_of(sent_ids)
+        return {t for t, i in sent_ids.items() if now.get(t, i) != i}

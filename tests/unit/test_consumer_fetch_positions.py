@@ -288,3 +288,18 @@ def test_a_position_never_read_in_the_old_topic_is_kept_when_metadata_names_the_
     assert broker.fetch_offset() == 0 and _fetch_topic_ids(broker) == {"t": "id-t2"}
     broker.answer_fetch(3)
     assert _offsets(c.poll(0)) == [0, 1, 2]
+
+
+def test_records_of_a_fetch_naming_the_old_topic_id_answered_after_the_new_metadata_are_not_read(make: Any) -> None:
+    """A fetch sent naming id-t is answered (the broker still held the old topic) only after
+    metadata naming id-t2 was taken: its records are the deleted topic's. Read, they reached the
+    application and moved the position to 50 -- in the new topic, whose records 0..49 were
+    then skipped. They are dropped, and the new topic fetched from the position."""
+    c, broker, reactor = make("earliest")
+    reactor.advance(5_000)  # the fetch at 0 stalls: metadata is asked for
+    c.poll(0)
+    _answer_metadata(broker, _metadata(2, "id-t2"))
+    assert _fetch_topic_ids(broker) == {"t": "id-t"}, "still in flight: same leader, same epoch"
+    broker.answer_fetch(50, hw=50)  # the old topic's records
+    assert c.poll(0) == [] and c.position(T0) == 0
+    assert broker.fetch_offset() == 0 and _fetch_topic_ids(broker) == {"t": "id-t2"}
