@@ -28,7 +28,7 @@ from webui.context import Gateway
 from webui.dashboard import dashboard_blueprint, forbid_framing
 from webui.errors import ApiError, ClusterError
 from webui.fastpath import NOSNIFF, ProduceFastPath, presented_key_of, request_id_of
-from webui.spec import JSON, Answer, Api, Op
+from webui.spec import ENCODED_SLASH_NAME, JSON, Answer, Api, Op, has_encoded_slash
 
 log = logging.getLogger("loom.gateway.http")
 STATIC = Path(__file__).parent / "static"
@@ -165,6 +165,8 @@ def create_app(gw: Gateway) -> Flask:
     @app.before_request
     def request_id() -> Response | None:
         g.request_id = request_id_of(request.headers.get("X-Request-Id", ""))
+        if has_encoded_slash(request.environ):  # routed as decoded: another route's path, or none
+            raise ApiError(40002, ENCODED_SLASH_NAME)
         if request.blueprint == dashboard_blueprint.name:
             authorize(static_op)  # no key needed, but the per-address rate limit applies
         length = request.content_length

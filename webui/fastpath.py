@@ -14,8 +14,9 @@ through both and compares.
 
 What it does not recognise exactly -- another method, a path the two routes' pattern does not
 match as werkzeug's router would (a trailing slash, a partition that is not plain digits), no
-``Content-Length`` (a chunked body), a ``SCRIPT_NAME`` -- goes to Flask untouched: nothing
-has been read or counted by then.
+``Content-Length`` (a chunked body), a ``SCRIPT_NAME``, a "/" percent-encoded in the path (Flask
+refuses it: decoded, it reads as another route's path) -- goes to Flask untouched: nothing has
+been read or counted by then.
 
 Thread-safe: no state of its own; what it calls is thread-safe (gunicorn's gthread threads).
 """
@@ -32,7 +33,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import ClosingIterator
 
 from webui.errors import ApiError, ClusterError
-from webui.spec import JSON, Op
+from webui.spec import JSON, Op, has_encoded_slash
 
 log = logging.getLogger("loom.gateway.http")
 
@@ -88,7 +89,8 @@ class ProduceFastPath:
         m = PRODUCE_PATH_RE.fullmatch(environ.get("PATH_INFO", ""))
         length_text = environ.get("CONTENT_LENGTH", "")
         query_string = environ.get("QUERY_STRING", "")
-        if m is None or not length_text.isdigit() or not PLAIN_QUERY_RE.fullmatch(query_string):
+        if m is None or not length_text.isdigit() or not PLAIN_QUERY_RE.fullmatch(query_string) \
+                or has_encoded_slash(environ):  # "/topics/t%2Fpartitions%2F0" is no produce to t-0
             return self.app(environ, start_response)
         topic, partition = m.group(1), m.group(2)
         which = 0 if partition is None else 1

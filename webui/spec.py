@@ -212,6 +212,18 @@ def invalid_name(what: str, value: str, rule: NameRule = NAME_RULE) -> str:
 NOT_UTF8_NAME = "invalid name: its percent-escapes are not UTF-8 (a name is text, percent-encoded as UTF-8)"
 
 
+# "/" percent-encoded in a path: decoded before routing, it made the path another route's
+ENCODED_SLASH_NAME = ("invalid name: it holds '/' (%2F), which a path cannot carry in a name -- the server reads it "
+                      "as a separator (a topic, instance or cluster name never holds one; a group's cannot be "
+                      "named over REST)")
+
+
+def has_encoded_slash(environ: dict) -> bool:
+    """The raw request target's path (RAW_URI or REQUEST_URI) holds "/" percent-encoded."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+    return "%2f" in raw.partition("?")[0].lower()
+
+
 def is_utf8(environ: dict, part: str) -> bool:
     """The request target's ``part`` ("path" or "query"), its percent-escapes decoded, is UTF-8
     text. The path is read from the raw target (RAW_URI or REQUEST_URI, as gunicorn and werkzeug

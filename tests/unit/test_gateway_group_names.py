@@ -131,3 +131,35 @@ def test_a_group_named_as_a_dot_segment_is_40002(served: tuple[Any, GroupsAgent]
         name_param({"group": unquote(raw)}, "group")
     assert e.value.error_code == 40002
     assert agent.asked == []
+
+
+class RecordingAgent(GroupsAgent):
+    """Notes every group whose lags are asked for and every produce."""
+
+    def group_lag(self, group: str) -> list:
+        self.asked.append(group)
+        return []
+
+    def produce(self, topic: str, records: list, acks: Any) -> list:
+        self.asked.append(topic)
+        return [(0, 0, None, False)] * len(records)
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v3/clusters/test/consumer-groups/g%2Flags"),          # the lags of group "g"
+    ("GET", "/v3/clusters/test/consumer-groups/g%2flag-summary"),
+    ("POST", "/consumers/g%2Finstances"),                           # no route: a 404 that said nothing
+    ("POST", "/topics/t%2Fpartitions%2F0"),                         # served ahead of Flask: t-0 written
+], ids=["lags", "lag-summary", "no-route", "produce"])
+def test_an_encoded_slash_in_a_name_is_40002_not_another_route(method: str, path: str) -> None:
+    """%2F is decoded before routing: a name holding "/" (a group id the coordinator takes) made
+    the path another route's -- the lags of group "g" for the group "g/lags", a produce to
+    topic t partition 0 for the topic "t/partitions/0" -- or none. No name in a path can hold
+    "/": 40002, saying so, and nothing asked of the cluster."""
+    agent = RecordingAgent()
+    client = gateway_test_client(agent)
+    headers = {**_auth("admin"), "Content-Type": "application/vnd.kafka.json.v2+json"}
+    r = client.open(path, method=method, headers=headers, json={"records": [{"value": 1}]})
+    assert (r.status_code, r.get_json()["error_code"]) == (400, 40002), r.get_json()
+    assert "'/'" in r.get_json()["message"]
+    assert agent.asked == []
