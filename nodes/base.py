@@ -197,7 +197,7 @@ class Node:
         self.last_request_ms = req.received_ms
         if self.draining:
             self.counters["refused_stopping"] += 1
-            raise RemoteError(P.BUFFER_FULL, stopping_message, stopping=True)
+            raise stopping_refusal(stopping_message)
 
     def quiet(self, now_ms: int) -> bool:
         """No request ``take_request`` saw came for DRAIN_QUIET_MS."""
@@ -221,6 +221,14 @@ class Node:
         if self._data_dir_lock is not None:
             unlock_data_dir(self._data_dir_lock)
             self._data_dir_lock = None
+
+
+def stopping_refusal(message: str) -> RemoteError:
+    """A draining node's answer to a request it takes no more (``Node.take_request``), or took
+    and will not do (a consumer service's queued instance requests): ``buffer_full`` --
+    retriable, nothing of it was done -- with ``stopping: true``, which tells a client it may
+    go to another service at once (``services.is_stopping_refusal``)."""
+    return RemoteError(P.BUFFER_FULL, message, stopping=True)
 
 
 def setup_logging(level: str = "INFO") -> None:

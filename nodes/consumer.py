@@ -82,7 +82,7 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.waker import Waker
 from fabric.rpc import DEFER
-from nodes.base import Node
+from nodes.base import Node, stopping_refusal
 from nodes.consumer_instance import OPS, Answer, Framed, Instance, InstanceHost, check_op_header
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class ConsumerService(Node):
     def drain(self) -> None:
         """SIGTERM/SIGINT (``Node.run``, the reactor still usable): see the module doc."""
         log.info("stopping: closing %d consumer instances (at most %d ms)", len(self.instances), DRAIN_TIMEOUT_MS)
-        refusal = RemoteError(P.BUFFER_FULL, STOPPING_MESSAGE)
+        refusal = stopping_refusal(STOPPING_MESSAGE)
         for inst in self.instances.values():
             inst.stop(refusal)
         self.drive_until(lambda now_ms: (not self._done and self.quiet(now_ms)

@@ -147,6 +147,25 @@ def test_the_producer_service_fails_records_of_a_gone_partition_at_once(cluster_
 READ = "readagain"
 
 
+def _made_with(c, admin: Admin, prefix: bytes, n: int) -> None:  # noqa: ANN001
+    """``READ`` made (one partition) and ``n`` records ``prefix + i`` written to it."""
+    admin.create_topic(READ, 1, 1)
+    c.wait_topic_ready(admin, READ)
+    with Producer(c.bootstrap, acks="all") as p:
+        for i in range(n):
+            p.send(READ, prefix + b"%d" % i, partition=0)
+        p.flush(30)
+
+
+def _polled(consumer: Consumer, n: int, within_s: float) -> list:
+    """What ``consumer`` polls until it has ``n`` records or ``within_s`` passed."""
+    out: list = []
+    deadline = time.monotonic() + within_s
+    while len(out) < n and time.monotonic() < deadline:
+        out += consumer.poll(200)
+    return out
+
+
 def test_a_consumer_reads_a_topic_made_again_from_its_start_not_from_its_old_position(cluster_factory) -> None:  # noqa: ANN001
     """A consumer assigned ``READ``-0 read 30 records of it; the topic is deleted and made again,
     and 10 records are written to the new one: the consumer reads them all (auto_offset_reset
@@ -156,30 +175,14 @@ def test_a_consumer_reads_a_topic_made_again_from_its_start_not_from_its_old_pos
     admin = Admin(c.bootstrap)
     consumer = Consumer(c.bootstrap, auto_offset_reset="earliest")
     try:
-        admin.create_topic(READ, 1, 1)
-        c.wait_topic_ready(admin, READ)
-        with Producer(c.bootstrap, acks="all") as p:
-            for i in range(30):
-                p.send(READ, b"old-%d" % i, partition=0)
-            p.flush(30)
+        _made_with(c, admin, b"old-", 30)
         consumer.assign([(READ, 0)])
         consumer.seek((READ, 0), 0)
-        old = []
-        deadline = time.monotonic() + 20
-        while len(old) < 30 and time.monotonic() < deadline:
-            old += consumer.poll(200)
+        old = _polled(consumer, 30, 20)
         assert len(old) == 30 and consumer.position((READ, 0)) == 30
         admin.delete_topic(READ)
-        admin.create_topic(READ, 1, 1)
-        c.wait_topic_ready(admin, READ)
-        with Producer(c.bootstrap, acks="all") as p:
-            for i in range(40):
-                p.send(READ, b"new-%d" % i, partition=0)
-            p.flush(30)
-        new = []
-        deadline = time.monotonic() + 30
-        while len(new) < 40 and time.monotonic() < deadline:
-            new += consumer.poll(200)
+        _made_with(c, admin, b"new-", 40)
+        new = _polled(consumer, 40, 30)
         assert [r.value for r in new] == [b"new-%d" % i for i in range(40)]
     finally:
         consumer.close()
