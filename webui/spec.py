@@ -218,10 +218,16 @@ ENCODED_SLASH_NAME = ("invalid name: it holds '/' (%2F), which a path cannot car
                       "named over REST)")
 
 
+def raw_path(environ: dict) -> str | None:
+    """The raw request target's path, still percent-encoded (RAW_URI or REQUEST_URI, as
+    gunicorn and werkzeug give it, before its "?"); None when the server gives neither."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    return None if raw is None else raw.partition("?")[0]
+
+
 def has_encoded_slash(environ: dict) -> bool:
-    """The raw request target's path (RAW_URI or REQUEST_URI) holds "/" percent-encoded."""
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
-    return "%2f" in raw.partition("?")[0].lower()
+    """The raw request target's path holds "/" percent-encoded."""
+    return "%2f" in (raw_path(environ) or "").lower()
 
 
 def is_utf8(environ: dict, part: str) -> bool:
@@ -234,9 +240,9 @@ def is_utf8(environ: dict, part: str) -> bool:
             parse_qsl(environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8"), keep_blank_values=True,
                       errors="strict")
             return True
-        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        raw = raw_path(environ)
         if raw is not None:
-            unquote_to_bytes(raw.partition("?")[0].encode("latin-1")).decode("utf-8")
+            unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
         else:
             environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
     except (UnicodeError, ValueError):
