@@ -169,9 +169,11 @@ class RecordSizeExceededError(ClientError):
     code_for_class = P.RECORD_TOO_LARGE
 
 
-class ClientTimeoutError(ClientError):
-    """A wait in the client (``flush``, ``RecordFuture.result``) ended before the outcome was
-    known; the records may still be delivered (code ``request_timed_out``)."""
+class ClientTimeoutError(ClientError, TimeoutError):
+    """A wait in the client (``flush``, a future's ``result``, ``exception`` or ``outcomes``)
+    ended before the outcome was known; the records may still be delivered (code
+    ``request_timed_out``). Also a ``TimeoutError``, which ``concurrent.futures`` futures raise
+    for the same wait, so ``except TimeoutError`` catches either."""
 
     code_for_class = P.REQUEST_TIMED_OUT
 

@@ -184,7 +184,10 @@ class _Acknowledgements:
         """Wait for the first pending record's answer, then report it. SIGINT and SIGTERM are
         held from taking it off ``pending`` until its line is printed; the wait may be cut
         short (the record stays pending)."""
-        pending[0][0].exception(self.wait_s)
+        try:
+            pending[0][0].exception(self.wait_s)
+        except ClientTimeoutError:
+            pass  # not answered within the delivery timeout: reported so by _report
         with _signals_held():
             self._report(*pending.popleft())
 

@@ -223,10 +223,13 @@ class RecordFuture(tuple):
         return RecordMetadata(b.topic, b.partition, _offset(b.base_offset, self[1]))
 
     def exception(self, timeout: float | None = None) -> Exception | None:
-        """The delivery's error, or None (also when not known within ``timeout`` seconds).
-        Raises as ``result`` does on the I/O thread."""
+        """The delivery's error, or None when the record was delivered. Raises
+        ``ClientTimeoutError`` (a ``TimeoutError``, as ``concurrent.futures.Future.exception``)
+        if the outcome is not known within ``timeout`` seconds -- never None then: the record
+        may not be written -- and ``FabricError`` on the I/O thread, as ``result`` does."""
         b = self[0]
-        b.wait(timeout)
+        if not b.wait(timeout):
+            raise ClientTimeoutError("no acknowledgement yet")
         return b.error if b.errors is None else b.errors[self[1]]
 
 
@@ -239,7 +242,8 @@ class RecordFutures:
     ``len(f)``; ``f[i]`` is record i's ``RecordFuture``; ``done()``; ``result(timeout)`` waits
     for every record and returns their ``RecordMetadata`` in order, or raises the first
     delivery error (``ClientTimeoutError`` when not all are known within ``timeout`` seconds);
-    ``exception(timeout)`` returns that error or None; ``outcomes(timeout)`` gives every
+    ``exception(timeout)`` returns that error or None (all delivered), and raises
+    ``ClientTimeoutError`` as ``result`` does; ``outcomes(timeout)`` gives every
     record's position, partition, offset and error as lists, and ``positions`` where each
     record was in the caller's list. Each wait raises ``FabricError`` at once on the
     producer's I/O thread (a delivery callback) when an outcome is not known yet, since only

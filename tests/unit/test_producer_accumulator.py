@@ -11,6 +11,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator
+from fabric.client.futures import RecordFutures
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.producer import Producer
 from fabric.clock import ManualClock
@@ -114,6 +115,25 @@ def test_waiting_for_a_result_that_is_not_there_is_a_local_timeout() -> None:
     with pytest.raises(ClientTimeoutError) as e:
         future.result(0)
     assert e.value.code == P.REQUEST_TIMED_OUT and not isinstance(e.value, RemoteError)
+
+
+def test_asking_for_the_error_of_a_record_whose_outcome_is_not_known_is_a_timeout_not_none() -> None:
+    """``exception(timeout)`` of a record not yet answered raised nothing and returned None --
+    what it returns for a delivered record -- so ``if f.exception(1) is None: mark_written()``
+    marked a record nobody acknowledged. It raises ``ClientTimeoutError`` as ``result`` does
+    (a ``TimeoutError``, as ``concurrent.futures.Future.exception`` raises); answered, it
+    returns the record's error or None."""
+    acc, _, _ = _accumulator()
+    delivered, failed = _append(acc), _append(acc, partition=1)
+    of_send_many = RecordFutures([(delivered[0], delivered[1], 1)])
+    for waits in (lambda: delivered.exception(0), lambda: of_send_many.exception(0)):
+        with pytest.raises(TimeoutError) as e:
+            waits()
+        assert isinstance(e.value, ClientTimeoutError) and e.value.code == P.REQUEST_TIMED_OUT
+    delivered[0].complete(7, None)
+    failed[0].complete(-1, RemoteError(P.NOT_ENOUGH_REPLICAS, "isr too small"))
+    assert delivered.exception(0) is None and delivered.result(0).offset == 7
+    assert failed.exception(0).code == P.NOT_ENOUGH_REPLICAS
 
 
 def test_keyless_records_stick_to_one_partition_until_its_batch_closes() -> None:
