@@ -23,7 +23,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import zmq
 
@@ -126,6 +126,10 @@ class Consumer(ConsumerFailover):
         # name is another topic (``_take_metadata``); a position set from outside (``seek``, a
         # group's committed offset) was read in none: metadata older than the topic named one
         self._read_in: dict[TopicPartition, str] = {}
+        # per partition whose position the last poll's take moved and nothing has moved since,
+        # the position it had before: what ``give_back`` may move back. A seek, a reset or an
+        # assignment takes a partition out, so that no give-back undoes it
+        self._taken: dict[TopicPartition, int | None] = {}
         self._closed = False
         self._woken = threading.Event()  # ``wakeup``: the poll waiting (or the next one) returns now
         self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
@@ -138,6 +142,7 @@ class Consumer(ConsumerFailover):
             if tp not in keep:
                 self._forget_reset(tp)
         self.positions = keep
+        self._taken = {}
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
         self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
         self._keep_buffered(lambda tp: tp in keep)
@@ -153,6 +158,7 @@ class Consumer(ConsumerFailover):
         self._check_assigned([tp])
         self._move_to(tp, offset)
         self._read_in.pop(tp, None)
+        self._taken.pop(tp, None)
 
     def _move_to(self, tp: TopicPartition, offset: int) -> None:
         """``seek``, in the topic the position was read in (records taken and given back)."""
@@ -208,6 +214,7 @@ class Consumer(ConsumerFailover):
             self._reset_specs[tp] = spec
             self._drop_buffered(tp)
             self._read_in.pop(tp, None)
+            self._taken.pop(tp, None)
 
     # -- polling ------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
@@ -229,20 +236,41 @@ class Consumer(ConsumerFailover):
                 except RemoteError:
                     if not out:
                         raise
-                    self._give_back(views[i:])
+                    self.give_back([((v.topic, v.partition), v.first_offset) for v in views[i:]])
                     return out
         except BaseException:  # also a KeyboardInterrupt while unpacking: none reach the application
-            self._give_back(views)
+            self.give_back([((v.topic, v.partition), v.first_offset) for v in views])
             raise
         return out
 
-    def _give_back(self, views: list[RecordBatchView]) -> None:
-        """Move each partition of ``views`` back to its first record in them: they were taken
-        (the positions went past them) but are not returned. Left past them, the next poll
-        skipped them and the next commit -- a ``close`` in a ``with`` block or a ``finally``
-        after a Ctrl-C -- committed them."""
-        for view in reversed(views):  # each partition back to its first run not returned
-            self._move_to((view.topic, view.partition), view.first_offset)
+    def give_back(self, offsets: Iterable[tuple[TopicPartition, int]]) -> None:
+        """Move partitions back to records the last poll took (moved the positions past) but
+        that did not reach the application, so that the next poll returns them: ``offsets`` is
+        (partition, offset) pairs, each the first offset of a run not handed over; a partition
+        named more than once goes back to the lowest. Left past them, the next poll skipped them
+        and the next commit -- a ``close`` in a ``with`` block or a ``finally`` after a Ctrl-C
+        -- committed them. Used by ``poll`` and by the consumer service's instances.
+
+        Never forward, and only a partition whose position that poll moved and nothing moved
+        since: one sought, reset (``seek_to_*``, its topic made again) or assigned anew since --
+        also by a callback in the reactor pass inside that poll -- keeps what that set (put back,
+        the old position undid it: a topic made again was read from the old topic's position),
+        and one no longer assigned or waiting for a position is left alone. An out-of-range
+        answer at the position that poll set is not such a move: the give-back takes that
+        position back, and the range is checked again when the position gets there (the records
+        before it, maybe still in the log, are not skipped). Not thread-safe (as ``poll``)."""
+        lowest: dict[TopicPartition, int] = {}
+        for tp, offset in offsets:
+            if offset < lowest.get(tp, offset + 1):
+                lowest[tp] = offset
+        positions, taken = self.positions, self._taken
+        for tp, offset in lowest.items():
+            position = positions.get(tp)
+            # None: an out-of-range reset at the position that poll set (nothing else leaves one
+            # in ``taken``); equal: a take cut before it moved the position past a run it took
+            # off the buffer -- moved, the buffer is dropped and fetched again from there
+            if tp in taken and (position is None or position >= offset):
+                self._move_to(tp, offset)
 
     def poll_batch(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[RecordBatchView]:
         """``poll`` as views: the records after the current positions (advancing them past
@@ -269,6 +297,7 @@ class Consumer(ConsumerFailover):
         """What ``poll`` and ``poll_batch`` share (a group consumer joins and commits here)."""
         if self._closed:
             raise FabricError("consumer is closed")
+        self._taken = {}  # a give-back moves back what this poll takes, never what an earlier one took
         deadline = self.clock.now_ms() + timeout_ms
         passes = 0
         while True:
@@ -287,12 +316,13 @@ class Consumer(ConsumerFailover):
 
     def _take(self, max_records: int) -> list[RecordBatchView]:
         """Up to ``max_records`` buffered records, the positions moved past them. Cut short by
-        an exception (a KeyboardInterrupt) before it returns, it moves every partition it took
-        from back where it was (``seek``): nothing taken is lost from the buffer and skipped."""
+        an exception (a KeyboardInterrupt, a callback raising in its reactor pass) before it
+        returns, it gives back what it took (``give_back``): nothing taken is lost from the
+        buffer and skipped -- except of a partition that pass moved itself (a reset, a seek)."""
         buf, positions = self._buffer, self.positions
         out: list[RecordBatchView] = []
         left = max(1, max_records)
-        taken_from: dict[TopicPartition, int | None] = {}  # the positions before this take
+        taken_from = self._taken = {}  # the positions before this take
         try:
             while buf and left > 0:
                 head = buf[0]
@@ -309,9 +339,7 @@ class Consumer(ConsumerFailover):
             self._buffered_records -= max(1, max_records) - left
             self.reactor.run_once(0)  # let replies of prefetches in flight land
         except BaseException:
-            for tp, position in taken_from.items():
-                if position is not None and tp in positions:
-                    self._move_to(tp, position)
+            self.give_back([(tp, position) for tp, position in taken_from.items() if position is not None])
             raise
         return out
 
@@ -429,7 +457,11 @@ class Consumer(ConsumerFailover):
         # said, as Kafka's consumer does: records may be skipped, or read again, from here
         log.warning("%s-%d: position %d is out of the log's range; starting again at the %s offset "
                     "(auto_offset_reset)", tp[0], tp[1], fetched_at, self.auto_offset_reset)
+        taken = tp in self._taken
+        before = self._taken.get(tp)
         self._reset([tp], self._policy_spec())
+        if taken:  # found at the position a take set: its give-back takes the reset back with it
+            self._taken[tp] = before
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
         """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no

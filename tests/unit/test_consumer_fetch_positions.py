@@ -13,13 +13,18 @@ that land late or say the log moved.
 - A fetch sent before a ``seek`` (or before the partition was given up and assigned again) is
   not read after it: its records are not returned and do not move the position, whether the
   seek went back, forward, or to the offset the fetch was sent at.
+- A poll cut short (a Ctrl-C, a callback raising) in the reactor pass after it took records
+  gives them back -- but not over a position something else set in that pass after it took
+  them (a reset of a topic made again, a seek, an assignment); an out-of-range answer at the
+  position the poll itself set does not stop it (the records are read again, the range is
+  checked again when the position gets there).
 
 A real Consumer on a ManualClock with one RecordingClient per endpoint (tests/unit/fakes.py);
 broker 1 leads t-0."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -303,3 +308,88 @@ def test_records_of_a_fetch_naming_the_old_topic_id_answered_after_the_new_metad
     broker.answer_fetch(50, hw=50)  # the old topic's records
     assert c.poll(0) == [] and c.position(T0) == 0
     assert broker.fetch_offset() == 0 and _fetch_topic_ids(broker) == {"t": "id-t2"}
+
+
+# -- a poll cut short in the reactor pass after it took records ----------------------------------------
+def _cut_in_the_pass_after_the_take(monkeypatch: pytest.MonkeyPatch, reactor: FakeReactor,
+                                    callbacks: Callable[[], None]) -> None:
+    """The next pass that ``_take`` runs once it moved the positions (``run_once(0)``): the
+    ``callbacks`` land in it, then a KeyboardInterrupt (a Ctrl-C there, or a callback raising)."""
+    real = reactor.run_once
+
+    def run_once(timeout_ms_max: int = 1000) -> None:
+        if timeout_ms_max != 0:
+            return real(timeout_ms_max)
+        monkeypatch.setattr(reactor, "run_once", real)
+        callbacks()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(reactor, "run_once", run_once)
+
+
+def test_a_poll_cut_after_a_reset_of_a_topic_made_again_in_its_pass_does_not_give_the_old_position_back(
+        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll took 10..19 of topic t (id-t), moving the position to 20; in the reactor pass
+    that follows, metadata naming t by a new id (deleted and made again) resets the partition,
+    then a Ctrl-C cuts the poll. Its give-back put the old topic's position 10 back over the
+    reset: the new topic was read from 10 and its records 0..9 skipped. The reset stands."""
+    c, broker, reactor = make("earliest")
+    broker.answer_fetch(50, hw=50)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)  # the prefetch refused: metadata is asked for
+    reactor.advance(FETCH_RETRY_BACKOFF_MS)
+    _cut_in_the_pass_after_the_take(monkeypatch, reactor, lambda: _answer_metadata(broker, _metadata(2, "id-t2")))
+    with pytest.raises(KeyboardInterrupt):
+        c.poll(0, max_records=10)
+    assert c.position(T0) is None, "the give-back put the old topic's position back over the reset"
+    assert _fetch_topic_ids(broker) == {"t": "id-t"}  # sent by the cut poll before it took: refused
+    broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)
+    for _ in range(3):
+        reactor.advance(FETCH_RETRY_BACKOFF_MS)
+        c.poll(0)
+        broker.answer_list_offsets(0)
+    assert c.position(T0) == 0 and broker.fetch_offset() == 0 and _fetch_topic_ids(broker) == {"t": "id-t2"}
+
+
+@pytest.mark.parametrize("moved", ["seek forward", "seek to where the poll moved it", "assigned again"])
+def test_a_poll_cut_after_a_callback_in_its_pass_moved_the_position_leaves_it_there(
+        make: Any, monkeypatch: pytest.MonkeyPatch, moved: str) -> None:
+    """The poll took 10..19 (position 20); a callback in the pass after it seeks the partition
+    (or it is revoked and assigned again: no position, to be found by ``auto_offset_reset``),
+    then raises. Its give-back put the position back to 10 over that -- also over a seek to 20
+    itself, which a give-back that compared the position with the one the poll set would take
+    for its own."""
+    c, broker, reactor = make("earliest")
+    broker.answer_fetch(50)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+
+    def callback() -> None:
+        if moved == "assigned again":
+            c.assign([])
+            c.assign([T0])
+        else:
+            c.seek(T0, 40 if moved == "seek forward" else 20)
+    _cut_in_the_pass_after_the_take(monkeypatch, reactor, callback)
+    with pytest.raises(KeyboardInterrupt):
+        c.poll(0, max_records=10)
+    assert c.position(T0) == {"seek forward": 40, "seek to where the poll moved it": 20, "assigned again": None}[moved]
+
+
+def test_a_poll_cut_after_an_out_of_range_answer_at_the_position_it_set_gives_its_records_back(
+        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll took 0..49 (position 50); in the pass after it, the prefetch at 50 is answered
+    out of range -- the log end fell to 40 (records 40..49 lost with a leader) -- which resets
+    the partition (latest), then a Ctrl-C cuts the poll. The reset is about the position the
+    poll set, which its give-back takes back: the records go out again from 0 (0..39 are in
+    the log), and the range is checked again when the position gets there. Left to the reset,
+    0..39 -- never returned -- were skipped."""
+    c, broker, reactor = make("latest")
+    broker.answer_fetch(50)
+    _cut_in_the_pass_after_the_take(monkeypatch, reactor,
+                                    lambda: broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, hw=40))
+    with pytest.raises(KeyboardInterrupt):
+        c.poll(0, max_records=100)
+    assert c.position(T0) == 0
+    c.poll(0)
+    assert broker.fetch_offset() == 0
+    broker.answer_fetch(40, hw=40)
+    assert _offsets(c.poll(0, max_records=100)) == list(range(40))
