@@ -264,14 +264,14 @@ class Instance(threading.Thread):
         caller gave up on, taken late) names a lower ``lost``: it undoes nothing. Only within
         the membership it ran in: after a rebalance the positions came from the committed
         offsets (which its bounds kept before its records), and a partition no longer held is
-        not touched (``_give_back``)."""
+        not touched (``GroupConsumer.give_back``)."""
         undo = self._undo
         if undo is None or not answered < undo.fetch_id <= lost:
             return
         self._undo = None
         if c.generation != undo.generation:
             return
-        _give_back(c, undo.first_offsets)
+        c.give_back(undo.first_offsets.items())
         held = set(c.assignment())
         c.auto_commit_bounds = {tp: o for tp, o in undo.auto_commit_bounds.items() if tp in held}
 
@@ -295,7 +295,7 @@ class Instance(threading.Thread):
         budget_ms = h.get("budget_ms")
         if records and budget_ms is not None and _waited_ms(h) > timeout_ms + budget_ms / 2:
             # the poll itself outlasted the caller (a rejoin inside it): give the records back
-            _give_back(c, _first_offsets(records))
+            c.give_back(_first_offsets(records).items())
             raise RemoteError(P.REQUEST_TIMED_OUT, "the fetch outlasted its caller's patience (a rebalance)")
         if sum(map(len, map(_VALUE, records))) + sum(len(k) for k in map(_KEY, records) if k) <= max_bytes:
             return records  # the common case, counted without a Python-level loop
@@ -304,7 +304,7 @@ class Instance(threading.Thread):
             size += len(r.value) + len(r.key or b"")
             if i and size > max_bytes:
                 # give back what does not fit: the positions move to the first record not returned
-                _give_back(c, _first_offsets(records[i:]))
+                c.give_back(_first_offsets(records[i:]).items())
                 return records[:i]
         return records
 
@@ -385,16 +385,6 @@ def _first_offsets(records: list) -> dict[tuple[str, int], int]:
     partition's first record is the last one the dict keeps."""
     backward = records[::-1]
     return dict(zip(map(_TOPIC_PARTITION, backward), map(_OFFSET, backward)))
-
-
-def _give_back(c: GroupConsumer, first_offsets: dict[tuple[str, int], int]) -> None:
-    """Seek each partition of ``first_offsets`` back to its offset, so that the records from
-    there go out again. Only back, and only a partition assigned and positioned: one sought
-    back further since, no longer assigned, or being looked up keeps its position."""
-    for tp, offset in first_offsets.items():
-        position = c.position(tp)
-        if position is not None and position > offset:
-            c.seek(tp, offset)
 
 
 def _sought(c: GroupConsumer, h: dict) -> set[tuple[str, int]]:

@@ -96,8 +96,9 @@ def test_a_frame_larger_than_the_free_buffer_is_refused_before_it_is_decoded() -
 
 # -- the consumer service ------------------------------------------------------------------
 class _PollingConsumer:
-    """What an instance's GroupConsumer does for a fetch: poll, seek when records go back (a
-    position is past every record polled), and keep the auto-commit bounds the instance sets."""
+    """What an instance's GroupConsumer does for a fetch: poll, give records back (``seeks``:
+    the (partition, offset) pairs given back; a position is past every record polled), and keep
+    the auto-commit bounds the instance sets."""
 
     enable_auto_commit = True
 
@@ -111,6 +112,9 @@ class _PollingConsumer:
 
     def seek(self, tp: tuple[str, int], offset: int) -> None:
         self.seeks.append((tp, offset))
+
+    def give_back(self, offsets: Any) -> None:
+        self.seeks.extend(offsets)
 
     def position(self, tp: tuple[str, int]) -> int | None:
         return max((r.offset + 1 for r in self.records if (r.topic, r.partition) == tp), default=None)

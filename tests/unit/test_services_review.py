@@ -72,6 +72,11 @@ class _FakeGroupConsumer:
     def seek(self, tp: Any, offset: int) -> None:
         self.next_offset = offset
 
+    def give_back(self, offsets: Any) -> None:  # GroupConsumer's: only back
+        for tp, offset in offsets:
+            if tp == ("t", 0) and offset < self.next_offset:
+                self.next_offset = offset
+
     def position(self, tp: Any) -> int | None:
         return self.next_offset if tp == ("t", 0) else None
 
