@@ -78,12 +78,15 @@ KIND_CODES: dict[str, int] = {
 
 
 class ClusterError(LoomError):
-    """What the cluster agent raises: a ``kind`` of KIND_CODES and a message for the client."""
+    """What the cluster agent raises: a ``kind`` of KIND_CODES and a message for the client;
+    ``code``: the protocol error code (``fabric.protocol``) of the node's answer it stands for
+    (several codes share a kind), None when no node answered with one."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, code: int | None = None) -> None:
         assert kind in KIND_CODES, kind
         self.kind = kind
         self.message = message
+        self.code = code
         super().__init__(f"{kind}: {message}")
 
     def to_api(self) -> ApiError:

@@ -16,7 +16,6 @@ from typing import Any, Callable
 from werkzeug.wrappers import Request
 
 from fabric import protocol as P
-from fabric.errors import RemoteError
 from webui.context import Gateway
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import records_json
@@ -281,7 +280,7 @@ def partition_taken(e: ClusterError) -> bool:
     """Whether the coordinator refused a commit because it names a partition the member no
     longer owns: a rebalance gave it to another member after the client read its records -- a
     race the client cannot avoid, not a broken protocol (it closed the stream with 1008)."""
-    return isinstance(e.__cause__, RemoteError) and e.__cause__.code == P.PARTITION_NOT_ASSIGNED
+    return e.code == P.PARTITION_NOT_ASSIGNED
 
 
 def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,

@@ -44,7 +44,7 @@ def translated(what: str) -> Iterator[None]:
         raise ClusterError("unavailable", f"{what} did not answer: {e.message}") from e
     except RemoteError as e:
         kind = KINDS.get(e.code, "cluster")
-        raise ClusterError(kind, f"{e.name}: {REBALANCE_MESSAGE if kind == 'rebalance' else e.message}") from e
+        raise ClusterError(kind, f"{e.name}: {REBALANCE_MESSAGE if kind == 'rebalance' else e.message}", e.code) from e
     except NoCommittedOffsetError as e:  # the request's fault, not the cluster's
         raise ClusterError("invalid_offset", str(e)) from e
     except FabricError as e:
