@@ -17,13 +17,21 @@ class NameRule(NamedTuple):
     len_max: int
     text: str  # "a name has <text>"
 
+    @classmethod
+    def of(cls, schema: dict, text: str) -> "NameRule":
+        """The rule of ``schema`` (a string's: minLength, maxLength, and a pattern anchored by
+        ^...$), its regex made from the schema's pattern and bounds: written once, the two
+        cannot say different things."""
+        pattern = schema["pattern"].removeprefix("^").removesuffix("$")
+        bounds = rf"(?=.{{{schema['minLength']},{schema['maxLength']}}}\Z)"  # a lookahead: the pattern's own length
+        return cls(schema, re.compile(f"{bounds}(?:{pattern})", re.DOTALL), schema["maxLength"], text)
+
 
 # a name: of a topic, a consumer instance, a cluster -- in a path or a body
 NAME_LEN_MAX = P.TOPIC_NAME_LEN_MAX  # as the coordinator's
 NAME_CHARS = "[A-Za-z0-9._-]"
 NAME = {"type": "string", "minLength": 1, "maxLength": NAME_LEN_MAX, "pattern": f"^{NAME_CHARS}+$"}
-NAME_RULE = NameRule(NAME, re.compile(f"{NAME_CHARS}{{1,{NAME_LEN_MAX}}}"), NAME_LEN_MAX,
-                     f"1 to {NAME_LEN_MAX} characters of {NAME_CHARS}")
+NAME_RULE = NameRule.of(NAME, f"1 to {NAME_LEN_MAX} characters of {NAME_CHARS}")
 # a consumer group's name: every group id the coordinator takes (1 to P.GROUP_ID_LEN_MAX
 # characters, any: nodes/coordinator/groups.py), so that a group a client library made can be
 # addressed, but "/": a URL path cannot carry it inside one segment (%2F is decoded before
@@ -34,9 +42,8 @@ GROUP_NAME_LEN_MAX = P.GROUP_ID_LEN_MAX
 # percent-encoded: RFC 3986 6.2.2), so that a URL naming such a group reaches another route or none.
 GROUP_NAME = {"type": "string", "minLength": 1, "maxLength": GROUP_NAME_LEN_MAX,
               "pattern": r"^(?:[^/.]|\.[^/.]|\.\.[^/])[^/]*$"}  # no lookahead: not every schema engine has one
-GROUP_NAME_RULE = NameRule(GROUP_NAME, re.compile(rf"(?!\.\.?\Z)[^/]{{1,{GROUP_NAME_LEN_MAX}}}"), GROUP_NAME_LEN_MAX,
-                           f"1 to {GROUP_NAME_LEN_MAX} characters, any but '/', and not '.' or '..' (percent-encoded "
-                           "in a URL)")
+GROUP_NAME_RULE = NameRule.of(GROUP_NAME, f"1 to {GROUP_NAME_LEN_MAX} characters, any but '/', and not '.' or '..' "
+                                          "(percent-encoded in a URL)")
 # the rule of a name parameter (in a path or a WebSocket's query) other than NAME_RULE
 NAME_RULES = {"group_name": GROUP_NAME_RULE, "group": GROUP_NAME_RULE}
 PARTITION = {"type": "integer", "minimum": 0, "maximum": P.PARTITIONS_MAX - 1}

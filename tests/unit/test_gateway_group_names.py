@@ -163,3 +163,18 @@ def test_an_encoded_slash_in_a_name_is_40002_not_another_route(method: str, path
     assert (r.status_code, r.get_json()["error_code"]) == (400, 40002), r.get_json()
     assert "'/'" in r.get_json()["message"]
     assert agent.asked == []
+
+
+@pytest.mark.parametrize("rule", ["name", "group"])
+def test_a_name_rules_regex_says_what_its_schema_says(rule: str) -> None:
+    """The regex that checks a WebSocket's query is made from the schema that checks a path
+    (``NameRule.of``): on the edges -- dot segments, "/", a newline, the length bounds -- the
+    two take and refuse the same names."""
+    import jsonschema_rs
+
+    from webui.schemas import GROUP_NAME_RULE, NAME_RULE
+    r = NAME_RULE if rule == "name" else GROUP_NAME_RULE
+    schema = jsonschema_rs.Draft202012Validator(r.schema)  # as the routes check a path (webui/spec.py)
+    names = ["", ".", "..", "...", ".x", "..x", "x.", "a/b", "/", "a\n", "\n.", "a b", "équipe",
+             "x" * r.len_max, "x" * (r.len_max + 1), "." + "x" * (r.len_max - 1), *GROUPS]
+    assert [r.regex.fullmatch(n) is not None for n in names] == [schema.is_valid(n) for n in names]
