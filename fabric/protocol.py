@@ -147,6 +147,10 @@ INCONSISTENT_CLUSTER_ID = 80     # a broker that belongs to another cluster (its
 STALE_BROKER_EPOCH = 84          # a broker process that a restart of the same broker replaced
 DUPLICATE_BROKER_REGISTRATION = 85  # another live process is this broker (from another data directory)
                                  # (81-83 are the supervisor's, below)
+# a request names a topic by an id that is not its topic's now (Kafka's code, KIP-516): the topic
+# was deleted (and perhaps made again under its name) since the id was learned. An OFFSET_COMMIT
+# so refused is refused for good: its offsets were read in a topic that is gone
+UNKNOWN_TOPIC_ID = 100
 
 ERROR_NAMES: dict[int, str] = {
     NONE: "none", UNKNOWN: "unknown", MALFORMED_REQUEST: "malformed_request",
@@ -181,6 +185,7 @@ ERROR_NAMES: dict[int, str] = {
 ERROR_NAMES[INCONSISTENT_CLUSTER_ID] = "inconsistent_cluster_id"
 ERROR_NAMES[STALE_BROKER_EPOCH] = "stale_broker_epoch"
 ERROR_NAMES[DUPLICATE_BROKER_REGISTRATION] = "duplicate_broker_registration"
+ERROR_NAMES[UNKNOWN_TOPIC_ID] = "unknown_topic_id"
 # the supervisor's control socket (SUPERVISOR_RESTART): why it restarts nothing
 UNKNOWN_NODE = 81                # no such node among the supervisor's children
 NODE_GIVEN_UP = 82               # the supervisor gave up on the node (crash loop)

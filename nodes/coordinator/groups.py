@@ -18,11 +18,14 @@ Kafka's eager protocol with coordinator-side assignment:
 - A member silent for its session timeout is dropped and the others rebalance. Any request
   naming it counts, also a heartbeat refused for its generation: a consumer whose JOIN_GROUP
   answer still waits in its socket heartbeats with the generation it knew.
-- OFFSET_COMMIT ``{group, member_id, generation, offsets: [[topic, p, offset, metadata?]...]}``:
-  only a member of the current generation, only for partitions it owns, offsets from 0 up to
-  the partition's high watermark, never below the committed offset. With ``generation: -1``
-  it is an administrative commit (reset-offsets): only for a group without active members,
-  and it may move offsets backward. A rejected commit changes nothing.
+- OFFSET_COMMIT ``{group, member_id, generation, offsets: [[topic, p, offset, metadata?]...],
+  topic_ids?: {topic: id}}``: only a member of the current generation, only for partitions it
+  owns, offsets from 0 up to the partition's high watermark, never below the committed offset.
+  With ``generation: -1`` it is an administrative commit (reset-offsets): only for a group
+  without active members, and it may move offsets backward. ``topic_ids`` names the topics the
+  offsets were read in: a commit naming an id that is not its topic's now (deleted, perhaps made
+  again under its name) is refused whole, ``unknown_topic_id`` -- when it comes and again just
+  before its append; without it topics are judged by name. A rejected commit changes nothing.
 - OFFSET_FETCH ``{group, partitions: [[topic, p]...] | null}`` -> ``{offsets: [[topic, p, offset, metadata]]}``
   (offset -1: nothing committed); ``unstable_offset_commit`` (retriable) while a commit of one
   of those partitions is queued or being written.

@@ -65,6 +65,10 @@ class GroupOffsetsMixin:
         raw = req.get("offsets", list)
         if not raw or len(raw) > P.PARTITIONS_MAX:
             raise RemoteError(P.MALFORMED_REQUEST, "offsets must be a non-empty list of [topic, partition, offset]")
+        named = self._named_topic_ids(req)
+        err = self.offsets.ids_refusal(named, named)  # the topics read in are gone: refused for good
+        if err is not None:
+            raise err
         entries = []
         for e in raw:
             if not (isinstance(e, (list, tuple)) and 3 <= len(e) <= 4 and isinstance(e[0], str)
@@ -95,8 +99,20 @@ class GroupOffsetsMixin:
         # validated again just before the append: the log-end lookup and the offsets
         # partition's queue take time, and a rebalance may hand the partitions on meanwhile
         self.offsets.commit(gid, entries, allow_backward=generation < 0, check_log_end=True, done=done,
-                            recheck=lambda: self._commit_refusal(gid, mid, generation, entries))
+                            recheck=lambda: self._commit_refusal(gid, mid, generation, entries), named=set(named))
         return DEFER
+
+    @staticmethod
+    def _named_topic_ids(req: wire.Request) -> dict[str, str]:
+        """OFFSET_COMMIT's ``topic_ids``: {topic: the id of the topic its offsets were read in}
+        ({} when absent: an older client, or the CLI naming topics by name; an id "" names none)."""
+        ids = req.header.get("topic_ids")
+        if ids is None:
+            return {}
+        if not isinstance(ids, dict) or len(ids) > P.PARTITIONS_MAX \
+                or not all(isinstance(t, str) and isinstance(i, str) for t, i in ids.items()):
+            raise RemoteError(P.MALFORMED_REQUEST, "topic_ids must be a map of topic name to topic id")
+        return {t: i for t, i in ids.items() if i}
 
     def _commit_refusal(self, gid: str, mid: Any, generation: int,
                         entries: list[tuple[str, int, int, str]]) -> RemoteError | None:

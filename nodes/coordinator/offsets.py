@@ -133,6 +133,9 @@ class PendingCommit:
     # the id of each entry's topic when the commit was taken: a topic deleted and made again
     # under its name before the append does not get the old topic's offset
     topic_ids: dict[str, str] = field(default_factory=dict)
+    # the topics whose id the committer named (OFFSET_COMMIT's topic_ids): their offsets were read
+    # in that topic, and one replaced meanwhile refuses the commit for good (unknown_topic_id)
+    named: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -254,16 +257,18 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
     # -- commits ---------------------------------------------------------------------------------
     def commit(self, group: str, entries: list[tuple[str, int, int | None, str]], *, allow_backward: bool,
                check_log_end: bool, done: DoneCallback,
-               recheck: Callable[[], RemoteError | None] | None = None) -> None:
+               recheck: Callable[[], RemoteError | None] | None = None, named: set[str] | None = None) -> None:
         """Queue a commit; ``done(None)`` once it is replicated and applied, ``done(error)``
         when it is rejected (nothing changed) or could not be appended in time. ``recheck``
-        runs again just before the append; an error it returns rejects the commit."""
+        runs again just before the append; an error it returns rejects the commit. ``named``:
+        the topics whose current id the committer named (``ids_refusal``)."""
         size = commit_bytes(group, entries)
         if self._pending_count >= P.PENDING_COMMITS_MAX or self._pending_bytes + size > P.PENDING_COMMIT_BYTES_MAX:
             raise RemoteError(P.BUFFER_FULL, "too many offset commits waiting; retry later")
         self.ensure_topic()
         pc = PendingCommit(group, entries, allow_backward, done, self.reactor.clock.now_ms() + COMMIT_TIMEOUT_MS,
-                           recheck=recheck, topic_ids={t: self._topic_id(t) for t, _, _, _ in entries}, size=size)
+                           recheck=recheck, topic_ids={t: self._topic_id(t) for t, _, _, _ in entries}, size=size,
+                           named=named or set())
         self._queues[self.partition_for_group(group)].items.append(pc)
         self._pending_count += 1
         self._pending_bytes += size

@@ -117,8 +117,21 @@ class CommitValidationMixin:
         was taken. Tombstones (offset None) only delete, and are applied before any commit of a
         topic made again that was queued after them: a group's deletion goes on."""
         setting = {topic for topic, _, offset, _ in pc.entries if offset is not None}
-        for topic, tid in pc.topic_ids.items():
-            if tid and topic in setting and self._topic_id(topic) != tid:
+        return self.ids_refusal({t: i for t, i in pc.topic_ids.items() if t in setting}, pc.named)
+
+    def ids_refusal(self, topic_ids: dict[str, str], named: set[str] | dict[str, str]) -> RemoteError | None:
+        """Why offsets of the topics ``topic_ids`` names ({topic: id}; "" names none) may not be
+        committed: a topic is no longer the one of that id (deleted, perhaps made again under its
+        name). For good (unknown_topic_id) where the committer ``named`` the id (OFFSET_COMMIT's
+        ``topic_ids``: its offsets were read in a topic that is gone); else the commit, by name,
+        is refused retriably (unknown_topic_or_partition) and may be sent again for the topic
+        there is now."""
+        for topic, tid in topic_ids.items():
+            if tid and self._topic_id(topic) != tid:
+                if topic in named:
+                    return RemoteError(P.UNKNOWN_TOPIC_ID, f"topic {topic!r} of id {tid} was deleted (and perhaps made "
+                                                           "again under its name) since its offsets were read: nothing "
+                                                           "was committed")
                 return RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} was deleted while the commit waited")
         return None
 
