@@ -162,8 +162,22 @@ class Delivered:
             self.baselined.update(unknown)
             wanted = {tp: o for tp, o in wanted.items() if o > self.committed.get(tp, -1)}
         if wanted:
-            handle.commit(wanted)
+            try:
+                handle.commit(wanted)
+            except RemoteError as e:
+                if e.code == P.UNKNOWN_TOPIC_ID:
+                    self.forget_marks()
+                raise
             self.committed.update(wanted)
+
+    def forget_marks(self) -> None:
+        """A commit was refused because the topic its marks were read in was deleted and made
+        again (unknown_topic_id): the marks of what went out so far -- of the old topic, most of
+        them -- are dropped, and so is what the group was known to hold. Kept, every later
+        commit named an old offset above the new topic's and was refused, until the new topic's
+        records passed it; the records of the new topic that went out and are dropped with them
+        are covered by the next mark of their partition, or read again by the group."""
+        self.pending, self.sent, self.committed, self.baselined = [], {}, {}, set()
 
     def note_committed(self, offsets: dict[tuple[str, int], int]) -> None:
         """The client committed ``offsets`` itself (of records it got): never commit below them."""
@@ -283,6 +297,13 @@ def partition_taken(e: ClusterError) -> bool:
     return e.code == P.PARTITION_NOT_ASSIGNED
 
 
+def topic_made_again(e: ClusterError) -> bool:
+    """Whether the coordinator refused a commit because the topic it was read in was deleted
+    (and perhaps made again under its name) since: a race with an administrator the client
+    cannot avoid either; answered, the stream goes on with the new topic."""
+    return isinstance(e.__cause__, RemoteError) and e.__cause__.code == P.UNKNOWN_TOPIC_ID
+
+
 def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
                       limit: Callable[[], dict | None]) -> None:
     """Handle what the client sent: {"commit": "all", "through"?: N} or {"commit": [{topic,
@@ -324,7 +345,7 @@ def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
                 gw.agent.call_instance(delivered.group, delivered.name, lambda h: h.commit(wanted))
             except ClusterError as e:
                 taken = partition_taken(e)
-                if e.kind not in RETRIABLE_COMMIT_ERRORS and not taken:
+                if e.kind not in RETRIABLE_COMMIT_ERRORS and not taken and not topic_made_again(e):
                     raise
                 out.put({"committed": False, "error": "rebalance" if taken else e.kind, "message": e.message})
                 continue

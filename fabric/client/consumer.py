@@ -130,6 +130,12 @@ class Consumer(ConsumerFailover):
         # the position it had before: what ``give_back`` may move back. A seek, a reset or an
         # assignment takes a partition out, so that no give-back undoes it
         self._taken: dict[TopicPartition, int | None] = {}
+        # per assigned partition not in ``_read_in``, the topic id a commit of its position names
+        # (``_commit_topic_ids``): the id the metadata named when the position was set from
+        # outside (``_positioned_from_outside``), or the one its last position was read in (reset
+        # since). A position of a topic deleted and made again is then refused, not committed for
+        # the new topic
+        self._positioned_in: dict[TopicPartition, str] = {}
         self._closed = False
         self._woken = threading.Event()  # ``wakeup``: the poll waiting (or the next one) returns now
         self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
@@ -145,6 +151,7 @@ class Consumer(ConsumerFailover):
         self._taken = {}
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
         self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
+        self._positioned_in = {tp: i for tp, i in self._positioned_in.items() if tp in keep}
         self._keep_buffered(lambda tp: tp in keep)
 
     def assignment(self) -> list[TopicPartition]:
@@ -157,8 +164,20 @@ class Consumer(ConsumerFailover):
             raise ValueError(f"seek offset must not be negative, got {offset}")
         self._check_assigned([tp])
         self._move_to(tp, offset)
-        self._read_in.pop(tp, None)
         self._taken.pop(tp, None)
+        self._positioned_from_outside([tp])
+
+    def _positioned_from_outside(self, tps: list[TopicPartition]) -> None:
+        """``tps`` were given positions from outside (a seek, a group's committed offset): read in
+        no topic yet, they are offsets of the topic the metadata names now, as far as a commit of
+        them goes (``_commit_topic_ids``)."""
+        for tp in tps:
+            self._read_in.pop(tp, None)
+            t = self.metadata.topics.get(tp[0])
+            if t is not None and t.topic_id:
+                self._positioned_in[tp] = t.topic_id
+            else:
+                self._positioned_in.pop(tp, None)
 
     def _move_to(self, tp: TopicPartition, offset: int) -> None:
         """``seek``, in the topic the position was read in (records taken and given back)."""
@@ -213,8 +232,10 @@ class Consumer(ConsumerFailover):
             self.positions[tp] = None
             self._reset_specs[tp] = spec
             self._drop_buffered(tp)
-            self._read_in.pop(tp, None)
             self._taken.pop(tp, None)
+            read_in = self._read_in.pop(tp, None)
+            if read_in:  # what a commit of it names until it has a position again
+                self._positioned_in[tp] = read_in
 
     # -- polling ------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:

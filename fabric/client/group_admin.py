@@ -34,6 +34,17 @@ class LagRow:
         return dict(self.__dict__)
 
 
+class ResetPlan(dict):
+    """``plan_reset``'s plan: (topic, partition) -> (current committed or -1, new offset), and
+    ``topic_ids``, the id of the topic it was computed against ({} when the metadata named none):
+    ``execute_reset`` names it, so that a plan of a topic deleted and made again before it is
+    applied is refused (unknown_topic_id) instead of moving the new topic's offsets."""
+
+    def __init__(self, entries: dict[tuple[str, int], tuple[int, int]], topic_ids: dict[str, str]) -> None:
+        super().__init__(entries)
+        self.topic_ids = topic_ids
+
+
 class GroupAdmin:
     def __init__(self, admin: Admin) -> None:
         self.admin = admin
@@ -82,7 +93,7 @@ class GroupAdmin:
     def plan_reset(self, group: str, topic: str, *, to_earliest: bool = False, to_latest: bool = False,
                    to_offset: int | None = None, to_datetime_ms: int | None = None,
                    shift_by: int | None = None,
-                   leader_wait_ms: int | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+                   leader_wait_ms: int | None = None) -> ResetPlan:
         """(topic, partition) -> (current committed or -1, new offset), clamped to each
         partition's [log start, log end] as Kafka does. Exactly one target must be given.
         ``leader_wait_ms``: how long a partition without a leader is waited for (given, an
@@ -94,6 +105,9 @@ class GroupAdmin:
         if sum(bool(c) for c in chosen) != 1:
             raise FabricError("give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by")
         starts = self.admin.list_offsets(topic, EARLIEST, leader_wait_ms=leader_wait_ms)
+        # the topic the offsets are looked up in: the metadata that lookup used (one made again
+        # before a later lookup makes the plan the old topic's: refused when executed)
+        topic_ids = self.admin.metadata(refresh=False).topic_ids_of([topic])
         ends = self.admin.list_offsets(topic, LATEST, leader_wait_ms=leader_wait_ms)
         committed = self.committed(group)
         when = self.admin.list_offsets(topic, to_datetime_ms, leader_wait_ms=leader_wait_ms) \
@@ -117,13 +131,16 @@ class GroupAdmin:
                 assert shift_by is not None
                 new = cur + shift_by
             plan[(topic, p)] = (cur, min(max(new, starts[p]), ends[p]))
-        return plan
+        return ResetPlan(plan, topic_ids)
 
     def execute_reset(self, group: str, plan: dict[tuple[str, int], tuple[int, int]]) -> None:
-        """Apply a plan. Raises RemoteError(non_empty_group) while the group has members."""
+        """Apply a plan. Raises RemoteError(non_empty_group) while the group has members, and
+        RemoteError(unknown_topic_id), changing nothing, when the topic a ``ResetPlan`` was
+        computed against was deleted since (perhaps made again under its name)."""
         offsets = [[t, p, new] for (t, p), (_, new) in sorted(plan.items())]
         if offsets:
-            self._call(P.OFFSET_COMMIT, {"group": group, "generation": -1, "member_id": "", "offsets": offsets}, retries=0)
+            self._call(P.OFFSET_COMMIT, {"group": group, "generation": -1, "member_id": "", "offsets": offsets,
+                                         "topic_ids": getattr(plan, "topic_ids", {})}, retries=0)
 
     def delete(self, group: str) -> None:
         self._call(P.DELETE_GROUP, {"group": group}, retries=0)

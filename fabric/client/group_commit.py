@@ -35,6 +35,7 @@ from fabric.client.consumer import TopicPartition
 from fabric.client.group_link import REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink, Pump
 from fabric.clock import Clock
 from fabric.errors import CodedError, FabricError, RemoteError
+from fabric.metadata import ClusterMetadata
 
 # the consumer's logger, as before this half had a module of its own: hosts configure one
 log = logging.getLogger("fabric.client.group")
@@ -42,8 +43,9 @@ log = logging.getLogger("fabric.client.group")
 CommitCallback = Callable[[dict[TopicPartition, int], Exception | None], None]
 COMMIT_TIMEOUT_MS = 20_000       # a sync commit retries retriable errors this long
 # answered by the coordinator from its own metadata (no such partition, or the topic was
-# deleted while the commit waited): retrying cannot help (Kafka's consumer raises it too)
-COMMIT_FINAL_ERRORS = frozenset({P.UNKNOWN_TOPIC_OR_PARTITION})
+# deleted while the commit waited; the topic the positions were read in is gone): retrying
+# cannot help (Kafka's consumer raises it too)
+COMMIT_FINAL_ERRORS = frozenset({P.UNKNOWN_TOPIC_OR_PARTITION, P.UNKNOWN_TOPIC_ID})
 
 
 class CommitFailed(RemoteError):
@@ -73,6 +75,9 @@ class GroupCommits:
     clock: Clock
     positions: dict[TopicPartition, int | None]
     _reset_specs: dict[TopicPartition, int | None]
+    metadata: ClusterMetadata
+    _read_in: dict[TopicPartition, str]         # the topic id each position was read in
+    _positioned_in: dict[TopicPartition, str]   # ... or was set in from outside, or read in before a reset
     auto_offset_reset: str
     group_id: str
     subscription: list[str]
@@ -88,10 +93,12 @@ class GroupCommits:
     _link: CoordinatorLink
     reactor: Pump
 
-    if TYPE_CHECKING:  # GroupConsumer's, never these
+    if TYPE_CHECKING:  # GroupConsumer's (and Consumer's), never these
         def _call(self, command: bytes, header: dict, *, timeout_ms: int = ..., retry_ms: int = ...,
                   final: frozenset[int] = ...) -> dict: ...
         def _on_group_error(self, e: RemoteError, generation: int | None = None) -> None: ...
+        def _positioned_from_outside(self, tps: list[TopicPartition]) -> None: ...
+        def _refresh_metadata(self) -> None: ...
 
     def _init_commits(self) -> None:
         """The state this half owns; called by ``GroupConsumer.__init__`` once
@@ -112,7 +119,8 @@ class GroupCommits:
         """Commit ``offsets`` (the next offset to read, per partition) or the current
         positions (all of them: ``auto_commit_bounds`` limits auto-commits only). Sync:
         returns once replicated; raises CommitFailed when this member lost the partitions (a
-        rebalance), RemoteError for other refusals. Async: the result goes to
+        rebalance) or a topic the positions were read in was deleted since (unknown_topic_id:
+        perhaps made again under its name; nothing was committed), RemoteError for other refusals. Async: the result goes to
         ``on_commit(offsets, error)``. Raises FabricError once the consumer is closed, sync or
         async, sending nothing: a closed assigned consumer's commit (outside any generation)
         moved the group's offsets, back too, on a link opened again for it."""
@@ -153,11 +161,21 @@ class GroupCommits:
             self._call(P.OFFSET_COMMIT, header, timeout_ms=COMMIT_TIMEOUT_MS, retry_ms=COMMIT_TIMEOUT_MS,
                        final=COMMIT_FINAL_ERRORS)
         except CodedError as e:
-            self._on_group_error(e, generation)
-            if e.code in REJOIN_ERRORS:
+            self._commit_refused(e, generation)
+            if e.code in REJOIN_ERRORS or e.code == P.UNKNOWN_TOPIC_ID:
                 raise CommitFailed(e.code, e.message) from e
             raise
         self._committed(offsets)
+
+    def _commit_refused(self, e: CodedError, generation: int) -> None:
+        """A commit as of ``generation`` failed with ``e``: a rejoin error joins again; a topic
+        its positions were read in was deleted (unknown_topic_id, final: nothing was committed)
+        -- the metadata is asked for at once, so that those positions start again in the topic
+        there is now (``_take_metadata``) rather than be offered at every commit, by a member
+        that fetches nothing meanwhile too."""
+        self._on_group_error(e, generation)  # type: ignore[arg-type]  # a CodedError: its code is what is read
+        if e.code == P.UNKNOWN_TOPIC_ID:
+            self._refresh_metadata()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -166,9 +184,37 @@ class GroupCommits:
     def _commit_header(self, offsets: dict[TopicPartition, int], member_id: str, generation: int) -> dict:
         """OFFSET_COMMIT's header: as member ``member_id`` of ``generation`` (read once, under
         the lock), or (an assigned consumer, member id "" and generation -1) outside any
-        generation."""
+        generation; naming the topics the offsets were read in (``_commit_topic_ids``)."""
         return {"group": self.group_id, "member_id": member_id, "generation": generation,
-                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())]}
+                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
+                "topic_ids": self._commit_topic_ids(offsets)}
+
+    def _commit_topic_ids(self, offsets: dict[TopicPartition, int]) -> dict[str, str]:
+        """{topic: id} for a commit of ``offsets`` (OFFSET_COMMIT's ``topic_ids``): the topic each
+        position was read in (``_read_in``), else the one ``_positioned_in`` names, else the
+        metadata's now; a topic known by no id is left out (judged by name). An offset beyond
+        the position read in a topic made again (its records were not returned yet: the
+        application's own offsets, of records the topic before gave it) names the topic before.
+        Partitions of one topic that name two ids -- one position of a topic made again since,
+        not yet reset -- name the one the metadata does not: the coordinator refuses the commit
+        rather than take a position of the topic that is gone for the new one."""
+        ids: dict[str, set[str]] = {}
+        for tp, offset in offsets.items():
+            tid, before = self._read_in.get(tp), self._positioned_in.get(tp)
+            if tid and before and before != tid and offset > (self.positions.get(tp) or 0):
+                tid = before
+            tid = tid or before
+            if not tid:
+                t = self.metadata.topics.get(tp[0])
+                tid = t.topic_id if t is not None else ""
+            if tid:
+                ids.setdefault(tp[0], set()).add(tid)
+        out = {}
+        for topic, named in ids.items():
+            now = self.metadata.topics.get(topic)
+            gone = sorted(named - {now.topic_id}) if now is not None and len(named) > 1 else []
+            out[topic] = gone[0] if gone else min(named)
+        return out
 
     def _commit_async(self, offsets: dict[TopicPartition, int], header: dict,
                       failed: Callable[[RemoteError], None]) -> None:
@@ -182,7 +228,7 @@ class GroupCommits:
             if err is None:
                 self._committed(offsets)
             else:
-                self._on_group_error(err, generation)
+                self._commit_refused(err, generation)
                 failed(err)
             if self.on_commit is not None:
                 self.on_commit(dict(offsets), err)
@@ -280,6 +326,7 @@ class GroupCommits:
                 off = found[tp]
                 if off is not None:
                     self.positions[tp] = off
+                    self._positioned_from_outside([tp])
                 else:  # nothing committed: the reset policy, looked up once
                     self._reset_specs[tp] = self._policy_spec()
         # _awaits_position, in the scan itself: a call per partition cost ~2 ms a pass with 10,000 of them

@@ -16,6 +16,8 @@ from webui.errors import ClusterError
 
 KINDS = {
     P.UNKNOWN_TOPIC_OR_PARTITION: "topic_not_found", P.TOPIC_ALREADY_EXISTS: "topic_exists",
+    # a commit of positions read in a topic deleted (and perhaps made again under its name) since
+    P.UNKNOWN_TOPIC_ID: "topic_not_found",
     P.INVALID_TOPIC: "invalid", P.INVALID_PARTITIONS: "invalid", P.INVALID_REPLICATION_FACTOR: "invalid",
     P.INVALID_CONFIG: "invalid", P.MALFORMED_REQUEST: "invalid", P.INVALID_RECORD: "invalid",
     P.RECORD_TOO_LARGE: "invalid", P.NON_EMPTY_GROUP: "group_not_empty",

@@ -39,12 +39,27 @@ class OnePartitionBroker:
     def client(self, endpoint: str) -> "OnePartitionBroker":
         return self
 
+    def make_topic_again(self, topic_id: str) -> None:
+        """t deleted and made again under its name (id ``topic_id``): newer metadata names it, and a
+        request naming the old id is refused as a real broker refuses it."""
+        t = self.metadata.topics["t"]
+        self.metadata = ClusterMetadata(self.metadata.version + 1, "c", self.metadata.brokers,
+                                        {"t": TopicInfo("t", t.partitions, {}, topic_id)}, coordinator="tcp://coordinator")
+
+    def _other_topic(self, header: dict) -> bool:
+        named = (header.get("topic_ids") or {}).get("t")
+        return named is not None and named != self.metadata.topics["t"].topic_id
+
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
                 timeout_ms: int = 0) -> int:
         if command == P.METADATA:
             self.replies.append(lambda: callback({"metadata": self.metadata.to_wire()}, [], None))
         elif command == P.FETCH:
             [[topic, partition, offset, _max_bytes, _epoch]] = header["parts"]
+            if self._other_topic(header):
+                refused = [topic, partition, P.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, 0, None]
+                self.replies.append(lambda: callback({"parts": [refused]}, [b""], None))
+                return len(self.replies)
             if self.out_of_range_from is not None and offset >= self.out_of_range_from:
                 refused = [topic, partition, P.OFFSET_OUT_OF_RANGE, LOG_END_OFFSET, LOG_END_OFFSET, 0, None]
                 self.replies.append(lambda: callback({"parts": [refused]}, [b""], None))
@@ -97,6 +112,7 @@ class OffsetsCoordinator:
         self.committed: dict[tuple[str, int], int] = {}
         self.members: set[str] = set()
         self.uncommitted = 0  # what OFFSET_FETCH answers for nothing committed (the real coordinator: -1)
+        self.topic_ids = {"t": "id-t"}  # as the real one, a commit naming another id is refused whole
 
     def __call__(self, command: bytes, header: dict) -> dict:
         if command == P.JOIN_GROUP:
@@ -108,6 +124,9 @@ class OffsetsCoordinator:
         if command == P.OFFSET_FETCH:
             return {"offsets": [[t, p, self.committed.get((t, p), self.uncommitted), ""] for t, p in header["partitions"]]}
         if command == P.OFFSET_COMMIT:
+            for t, named in (header.get("topic_ids") or {}).items():
+                if named and named != self.topic_ids.get(t):
+                    raise RemoteError(P.UNKNOWN_TOPIC_ID, f"topic {t!r} of id {named} was deleted: nothing was committed")
             if header["generation"] < 0 and self.members:
                 raise RemoteError(P.NON_EMPTY_GROUP, "group 'g' has active members: only they may commit")
             if header["generation"] >= 0 and any(o < self.committed.get((t, p), 0) for t, p, o in header["offsets"]):
@@ -198,6 +217,21 @@ def consumer_config(broker: OnePartitionBroker, reactor: BrokerRepliesReactor, c
     ``ScriptedCoordinatorLink``), with no heartbeat thread and ``auto_offset_reset`` earliest."""
     return {"coordinator": coordinator, "heartbeat_factory": NoHeartbeat.make, "clock": reactor.clock,
             "reactor": reactor, "client_factory": broker.client, "auto_offset_reset": "earliest", **kw}
+
+
+class SubscribedMember:
+    """A real GroupConsumer of group g subscribed to t (``kw``: its settings over the rig's), on
+    a fake broker and a scripted coordinator with nothing committed yet (-1)."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.broker = OnePartitionBroker()
+        self.reactor = BrokerRepliesReactor(self.broker)
+        self.coordinator = OffsetsCoordinator()
+        self.coordinator.uncommitted = -1
+        self.link = ScriptedCoordinatorLink(self.coordinator)
+        self.consumer = GroupConsumer("127.0.0.1:1", group_id="g",
+                                      **consumer_config(self.broker, self.reactor, self.link, **kw))
+        self.consumer.subscribe(["t"])
 
 
 def serve(instance: Any, op: str, **header: Any) -> Any:

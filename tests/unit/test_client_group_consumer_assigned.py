@@ -70,7 +70,8 @@ def test_poll_auto_commits_the_positions_once_the_interval_passes(assigned) -> N
     assert a.commits() == []
     a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
     assert a.poll() == list(range(10, 20))
-    assert a.commits() == [{"group": "g", "member_id": "", "generation": -1, "offsets": [["t", 0, 10]]}]
+    assert a.commits() == [{"group": "g", "member_id": "", "generation": -1, "offsets": [["t", 0, 10]],
+                           "topic_ids": {"t": "id-t"}}]
     assert a.coordinator.committed[T0] == 10
 
 

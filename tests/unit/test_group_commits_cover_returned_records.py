@@ -16,25 +16,15 @@ from typing import Any
 import pytest
 
 from fabric import protocol as P
-from fabric.client.group import GroupConsumer
 from fabric.records import RecordBatchView
-from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
-                                                consumer_config)
-from tests.unit.fakes import ScriptedCoordinatorLink
+from tests.unit.builders_group_consumer import T0, SubscribedMember
 
 AUTO_COMMIT_INTERVAL_MS = 1000
 
 
-class _Member:
+class _Member(SubscribedMember):
     def __init__(self) -> None:
-        self.broker = OnePartitionBroker()
-        self.reactor = BrokerRepliesReactor(self.broker)
-        self.coordinator = OffsetsCoordinator()
-        self.coordinator.uncommitted = -1
-        self.link = ScriptedCoordinatorLink(self.coordinator)
-        self.consumer = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
-            self.broker, self.reactor, self.link, auto_commit_interval_ms=AUTO_COMMIT_INTERVAL_MS))
-        self.consumer.subscribe(["t"])
+        super().__init__(auto_commit_interval_ms=AUTO_COMMIT_INTERVAL_MS)
 
     def poll(self, max_records: int = 10) -> list[int]:
         return [r.offset for r in self.consumer.poll(1000, max_records=max_records)]

@@ -1,0 +1,117 @@
+"""A commit the coordinator refuses because the topic its positions were read in was deleted
+and made again since (``unknown_topic_id``): REST answers it as the topic not found (404,
+40401); /ws/consume answers an explicit commit so and goes on, and forgets the marks of the
+records it sent from the old topic -- kept, every later commit of the stream named an offset of
+the topic that is gone and was refused, until the new topic's records passed it.
+
+``_consume`` runs for real, with the agent of tests/unit/test_gateway_ws_consume_commits.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from fabric import protocol as P
+from fabric.errors import RemoteError
+from fabric.records import Record
+from nodes.gateway.translate import translated
+from tests.unit.test_gateway_ws_consume_commits import ClientSocket
+from tests.unit.test_gateway_ws_consume_through import ReadingClient, _run
+from webui import ws_consume as consumemod
+from webui.errors import ClusterError
+
+MADE_AGAIN_AT_FETCH = 3  # fetches 1 and 2 bring records 0..19 of the old topic, then 0.. of the new
+
+
+def test_a_rest_commit_of_a_topic_made_again_is_the_topic_not_found() -> None:
+    with pytest.raises(ClusterError) as e:
+        with translated("the consumer service"):
+            raise RemoteError(P.UNKNOWN_TOPIC_ID, "topic 't' of id x was deleted")
+    api = e.value.to_api()
+    assert (api.status, api.error_code) == (404, 40401), (api.status, api.error_code)
+
+
+class MadeAgainClient(ReadingClient):
+    """t is deleted and made again before fetch MADE_AGAIN_AT_FETCH: the instance reads the new
+    topic from offset 0, and (as the coordinator, through the instance's consumer) refuses a
+    commit past the position it read the new topic to."""
+
+    def fetch(self, **kw: object) -> list[Record]:
+        if self.fetches + 1 == MADE_AGAIN_AT_FETCH:
+            self.position = 0
+        return super().fetch(**kw)
+
+    def call_instance(self, group: str, name: str, op):  # noqa: ANN001, ANN201
+        with translated("the consumer service"):
+            return op(self)
+
+    def commit(self, offsets: dict | None = None) -> None:
+        if self.fetches >= MADE_AGAIN_AT_FETCH and offsets and any(o > self.position for o in offsets.values()):
+            raise RemoteError(P.UNKNOWN_TOPIC_ID, "topic 't' of id id-t was deleted: nothing was committed")
+        super().commit(offsets)
+
+
+def test_an_explicit_commit_refused_for_a_topic_made_again_is_answered_and_the_stream_goes_on() -> None:
+    ws = ClientSocket()
+    agent = MadeAgainClient(ws, ['{"commit": [{"topic": "t", "partition": 0, "offset": 25}]}'],
+                            after=MADE_AGAIN_AT_FETCH, leave_at_fetch=5)
+    out = _run(agent, ws, {"topic": "t", "group": "billing", "auto_commit": "false"})
+    answers = [m for m in ws.received if "committed" in m]
+    assert [(m["committed"], m["error"]) for m in answers] == [(False, "topic_not_found")], answers
+    assert out._closing == (1000, "done"), out._closing
+    assert len([m for m in ws.received if "records" in m]) == 4, "the stream did not go on"
+
+
+class _SentMarks:
+    """The stream's Outbox as Delivered reads it: the marks of the messages that went out."""
+
+    def __init__(self) -> None:
+        self.marks: list = []
+
+    def take_sent_marks(self) -> list:
+        marks, self.marks = self.marks, []
+        return marks
+
+
+class _Instance:
+    """The stream's instance owning t-0: after ``made_again`` it has read the new topic up to
+    ``position``, and (as the coordinator, through its consumer) refuses a commit past it."""
+
+    def __init__(self) -> None:
+        self.made_again = False
+        self.position = 0
+        self.commits: list[dict] = []
+
+    def call_instance(self, group: str, name: str, op):  # noqa: ANN001, ANN201
+        with translated("the consumer service"):
+            return op(self)
+
+    def owned(self) -> list[tuple[str, int]]:
+        return [("t", 0)]
+
+    def committed(self, partitions: list) -> dict:
+        return {tp: -1 for tp in partitions}
+
+    def commit(self, offsets: dict) -> None:
+        if self.made_again and any(o > self.position for o in offsets.values()):
+            raise RemoteError(P.UNKNOWN_TOPIC_ID, "topic 't' of id id-t was deleted: nothing was committed")
+        self.commits.append(dict(offsets))
+
+
+def test_the_stream_forgets_the_old_topics_marks_once_a_commit_of_them_is_refused() -> None:
+    out, instance = _SentMarks(), _Instance()
+    delivered = consumemod.Delivered(out, SimpleNamespace(agent=instance), "billing", "i-1", True)  # type: ignore[arg-type]
+    out.marks = [(1, {("t", 0): 10})]
+    delivered.commit(auto=True)
+    out.marks = [(2, {("t", 0): 20})]  # records 10..19 of the old topic went out, not committed yet
+    instance.made_again, instance.position = True, 10
+    out.marks = [(2, {("t", 0): 20}), (3, {("t", 0): 10})]  # then 0..9 of the new one
+    with pytest.raises(ClusterError) as refused:
+        delivered.commit(auto=True)
+    assert refused.value.kind == "topic_not_found"
+    instance.position = 15
+    out.marks = [(4, {("t", 0): 15})]  # 10..14 of the new topic
+    delivered.commit(auto=True)
+    assert instance.commits == [{("t", 0): 10}, {("t", 0): 15}], \
+        f"the new topic's records that went out were not committed until it passed the old marks: {instance.commits}"
