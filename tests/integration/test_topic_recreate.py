@@ -10,7 +10,10 @@ A producer that sends right after the topic was re-created with fewer partitions
 long-lived library ``Producer``, or the producer service the gateway uses -- may still pick a
 partition from the old topic's metadata: the record fails at once with
 ``unknown_topic_or_partition`` once fresh metadata shows the partition gone (it used to be
-retried for the whole delivery timeout), and the sends after it go to partitions that exist."""
+retried for the whole delivery timeout), and the sends after it go to partitions that exist.
+
+A group member's commit of a position it read in the old topic is refused (``unknown_topic_id``)
+instead of becoming the new topic's committed offset."""
 
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client import Admin, Consumer, Producer
+from fabric.client.group import CommitFailed, GroupConsumer
+from fabric.client.group_admin import GroupAdmin
 from fabric.client.producer import RecordFuture
 from fabric.client.services import ServiceProducer, ServiceRecord
 from fabric.errors import FabricError, UnknownTopicOrPartitionError
@@ -186,4 +191,37 @@ def test_a_consumer_reads_a_topic_made_again_from_its_start_not_from_its_old_pos
         assert [r.value for r in new] == [b"new-%d" % i for i in range(40)]
     finally:
         consumer.close()
+        admin.close()
+
+
+def test_a_members_commit_of_the_old_topics_position_is_refused_and_the_group_reads_the_new_topic_whole(
+        cluster_factory) -> None:  # noqa: ANN001
+    """A member read 30 records of ``READ``; the topic is deleted and made again with 40 records
+    before the member commits (it has not polled since: its metadata still names the old topic).
+    Its commit of position 30 names the old topic's id and is refused (``unknown_topic_id``),
+    nothing stored: taken by name, it became the new topic's committed offset -- within its high
+    watermark -- and the group's next member skipped the new topic's records 0..29."""
+    c = cluster_factory(1)
+    admin = Admin(c.bootstrap)
+    first = GroupConsumer(c.bootstrap, group_id="recreate", auto_offset_reset="earliest", enable_auto_commit=False)
+    second = None
+    try:
+        _made_with(c, admin, b"old-", 30)
+        first.subscribe([READ])
+        assert len(_polled(first, 30, 30)) == 30 and first.position((READ, 0)) == 30
+        admin.delete_topic(READ)
+        _made_with(c, admin, b"new-", 40)
+        with pytest.raises(CommitFailed) as refused:
+            first.commit()
+        assert refused.value.code == P.UNKNOWN_TOPIC_ID, refused.value
+        first.close()  # leaves the group (no auto-commit): the partition goes to the next member
+        assert GroupAdmin(admin).committed("recreate") == {}, "the old topic's position was stored for the new topic"
+        second = GroupConsumer(c.bootstrap, group_id="recreate", auto_offset_reset="earliest", enable_auto_commit=False)
+        second.subscribe([READ])
+        new = _polled(second, 40, 30)
+        assert [r.value for r in new] == [b"new-%d" % i for i in range(40)], "the new topic's records were skipped"
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
         admin.close()
