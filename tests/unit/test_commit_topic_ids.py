@@ -148,3 +148,23 @@ def test_a_topic_made_again_after_the_commit_was_taken_refuses_it_before_the_app
     assert got.get("error") == P.UNKNOWN_TOPIC_ID, f"the commit landed on the new topic: {got}"
     assert ("t", 0) not in gc.offsets.offsets_for("g")
     assert ("t", 0) not in gc.offsets.table.get("g", {}), "the deleted topic's offset was appended"
+
+
+def test_an_append_already_sent_when_the_topic_is_made_again_stays_the_old_topics(tmp_path: Path) -> None:
+    """Once its append went out a commit is not judged again (the log may hold it): acknowledged
+    after the topic was made again, it is stored under the old topic's id -- as a restarted
+    coordinator reading the log would -- and counts for no offset of the new topic."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    member = _member(gc, context)
+    read_in = context.state.topics["t"].topic_id
+    req, lookups = _send(gc, client, member, [["t", 0, 500]], topic_ids={"t": read_in})
+    _answer_log_ends(lookups)
+    assert client.sent[-1][0] == P.PRODUCE
+    _recreate(context, gc)
+    ack_last_produce(client, 0)
+    assert context.server.answer(req) == {"group": "g", "committed": 1}  # it is in the log
+    assert gc.offsets.table["g"][("t", 0)].topic_id == read_in
+    assert gc.offsets.offsets_for("g") == {}, "the new topic starts at the old topic's offset"
+    now = context.state.topics["t"].topic_id
+    assert _commit(gc, context, client, member, [["t", 0, 5]], topic_ids={"t": now})["committed"] == 1
+    assert gc.offsets.offsets_for("g")[("t", 0)].offset == 5
