@@ -252,7 +252,7 @@ class Instance(threading.Thread):
                 c.auto_commit_bounds = dict(first_offsets)
         header = {"count": len(records)} if h.get("frame") else {"records": records}
         if h.get("positions"):
-            header.update(positions=_positions(c), generation=c.generation)
+            header.update(positions=_positions(c), generation=c.generation, topic_ids=c.position_topic_ids())
         return Framed(header, [pack_rows(records)]) if h.get("frame") else header
 
     def _undo_lost_fetch(self, c: GroupConsumer, answered: int, lost: int) -> None:

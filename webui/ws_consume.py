@@ -96,12 +96,24 @@ class Delivered:
         # offsets were looked up in it (each is, before its first commit of every generation)
         self.generation: int | None = None
         self.baselined: set[tuple[str, int]] = set()
+        # the topic ids the instance's positions were of at the last fetch, and the first message
+        # whose mark counts: those numbered before the topic was deleted and made again are of
+        # the old topic, also when they go out (and come back from the outbox) after it
+        self.topic_ids: dict[str, str] = {}
+        self.marks_from_seq = 1
 
     def note_generation(self, generation: int) -> None:
         """A fetch reported ``generation``: after a rebalance, marks sent before it may be below
         what another member committed meanwhile (it held a partition that came back)."""
         if generation != self.generation:
             self.generation, self.baselined = generation, set()
+
+    def note_topic_ids(self, topic_ids: dict[str, str]) -> None:
+        """A fetch said which topics (by id) its instance's positions are of: a topic deleted and
+        made again since the last one ends the marks of every message numbered before it."""
+        if any(self.topic_ids.get(t, i) != i for t, i in topic_ids.items()):
+            self.forget_marks()
+        self.topic_ids.update(topic_ids)
 
     def number(self, records: list) -> tuple[int, dict[tuple[str, int], int]]:
         """The next message's number and its mark: the offsets after its records, per partition
@@ -111,7 +123,7 @@ class Delivered:
 
     def collect(self) -> None:
         """Take the marks of the messages that went out since the last call (bounded)."""
-        self.pending += self.out.take_sent_marks()
+        self.pending += [m for m in self.out.take_sent_marks() if m[0] >= self.marks_from_seq]
         if len(self.pending) > PENDING_MARKS_MAX:
             half = len(self.pending) // 2
             merged: dict[tuple[str, int], int] = {}
@@ -171,13 +183,15 @@ class Delivered:
             self.committed.update(wanted)
 
     def forget_marks(self) -> None:
-        """A commit was refused because the topic its marks were read in was deleted and made
-        again (unknown_topic_id): the marks of what went out so far -- of the old topic, most of
-        them -- are dropped, and so is what the group was known to hold. Kept, every later
-        commit named an old offset above the new topic's and was refused, until the new topic's
-        records passed it; the records of the new topic that went out and are dropped with them
-        are covered by the next mark of their partition, or read again by the group."""
+        """The topic was deleted and made again (a fetch says its instance's positions are of
+        another topic id, or a commit was refused unknown_topic_id): the marks of every message
+        numbered so far -- of the old topic, most of them, also those still on their way -- are
+        dropped, and so is what the group was known to hold. Kept, an old offset above the new
+        topic's was committed for it past records that had not gone out, or refused at every
+        commit until the new topic's records passed it; records of the new topic dropped with
+        them are covered by the next mark of their partition, or read again by the group."""
         self.pending, self.sent, self.committed, self.baselined = [], {}, {}, set()
+        self.marks_from_seq = self.seq + 1
 
     def note_committed(self, offsets: dict[tuple[str, int], int]) -> None:
         """The client committed ``offsets`` itself (of records it got): never commit below them."""
@@ -246,6 +260,7 @@ def consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict
                 timeout_ms=wait_ms, max_bytes=FETCH_BYTES_MAX, max_records=FETCH_RECORDS_MAX))
             records = fetched.records
             delivered.note_generation(fetched.generation)
+            delivered.note_topic_ids(fetched.topic_ids)
             if records:
                 mark = delivered.number(records)
                 # an anonymous stream commits nothing: no mark to keep

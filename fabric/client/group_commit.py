@@ -189,6 +189,13 @@ class GroupCommits:
                 "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
                 "topic_ids": self._commit_topic_ids(offsets)}
 
+    def position_topic_ids(self) -> dict[str, str]:
+        """{topic: id} of the topics the current positions are of, as a commit of them names
+        them: a host that hands records on (the consumer service) tells its client when they
+        change -- the topic was deleted and made again, and what the client was sent before is
+        of the old one."""
+        return self._commit_topic_ids({tp: o for tp, o in self.positions.items() if o is not None})
+
     def _commit_topic_ids(self, offsets: dict[TopicPartition, int]) -> dict[str, str]:
         """{topic: id} for a commit of ``offsets`` (OFFSET_COMMIT's ``topic_ids``): the topic each
         position was read in (``_read_in``), else the one ``_positioned_in`` names, else the

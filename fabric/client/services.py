@@ -269,6 +269,9 @@ class Fetched(NamedTuple):
     # log start or end: ``auto_offset_reset`` without a committed offset, or out of range)
     positions: dict[tuple[str, int], int] | None
     generation: int  # of the group membership the assignment came from (-1: none, or assigned)
+    # {topic: id} of the topics the positions are of (a topic deleted and made again changes it);
+    # {} when unknown (an older service, or none named)
+    topic_ids: dict[str, str] = {}
 
 
 @dataclass
@@ -344,8 +347,11 @@ class ConsumerInstance:
             return Fetched(records, None, -1)
         try:
             at = None if h["positions"] is None else {(t, p): o for t, p, o in h["positions"]}
-            return Fetched(records, at, int(h["generation"]))
-        except (KeyError, TypeError, ValueError) as e:
+            ids = h.get("topic_ids") or {}
+            if not all(isinstance(t, str) and isinstance(i, str) for t, i in ids.items()):
+                raise TypeError("topic_ids must map topic names to ids")
+            return Fetched(records, at, int(h["generation"]), dict(ids))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MalformedFrame(P.MALFORMED_REQUEST,
                                  f"a CONSUMER_FETCH reply without readable positions: {e}") from None
 

@@ -16,11 +16,13 @@ from fabric import protocol as P
 from fabric.errors import RemoteError
 from fabric.records import Record
 from nodes.gateway.translate import translated
+from tests.unit.builders_group_consumer import RestInstance
 from tests.unit.test_gateway_ws_consume_commits import ClientSocket
 from tests.unit.test_gateway_ws_consume_through import ReadingClient, _run
 from webui import ws_consume as consumemod
 from webui.errors import ClusterError
 
+NEW_ID = "id-t2"
 MADE_AGAIN_AT_FETCH = 3  # fetches 1 and 2 bring records 0..19 of the old topic, then 0.. of the new
 
 
@@ -115,3 +117,44 @@ def test_the_stream_forgets_the_old_topics_marks_once_a_commit_of_them_is_refuse
     delivered.commit(auto=True)
     assert instance.commits == [{("t", 0): 10}, {("t", 0): 15}], \
         f"the new topic's records that went out were not committed until it passed the old marks: {instance.commits}"
+
+
+def _records(offsets: range) -> list[Record]:
+    return [Record("t", 0, o, 0, None, b"v", None) for o in offsets]
+
+
+def test_marks_of_the_old_topic_still_on_their_way_are_not_committed_for_the_new_one() -> None:
+    """The stream learns from its fetches which topic its instance's positions are of: a mark
+    of an old-topic message that reaches the client after the instance moved to the new topic
+    -- the outbox was behind -- must not be committed as an offset of the new topic, whose
+    records below it did not all go out (the instance's position is past them: nothing refuses
+    it), and were skipped if the connection broke then."""
+    out, instance = _SentMarks(), _Instance()
+    delivered = consumemod.Delivered(out, SimpleNamespace(agent=instance), "billing", "i-1", True)  # type: ignore[arg-type]
+    delivered.note_topic_ids({"t": "id-t"})
+    out.marks = [delivered.number(_records(range(10)))]
+    delivered.commit(auto=True)
+    on_its_way = delivered.number(_records(range(10, 20)))  # old records, still in the outbox
+    instance.made_again, instance.position = True, 30  # the instance read the new topic to 30
+    delivered.note_topic_ids({"t": NEW_ID})
+    out.marks = [on_its_way, delivered.number(_records(range(10)))]  # both went out: new 0..9 last
+    delivered.commit(auto=True)
+    assert instance.commits == [{("t", 0): 10}, {("t", 0): 10}], \
+        f"an old topic's mark was committed for the new topic past what went out of it: {instance.commits}"
+
+
+def test_a_rest_instance_fetch_says_which_topic_its_positions_are_of() -> None:
+    rest = RestInstance(auto_offset_reset="earliest")
+    try:
+        fetched = rest.request("fetch", timeout_ms=1000, max_records=10, positions=True)
+        assert [r.offset for r in fetched["records"]] == list(range(10)) and fetched["topic_ids"] == {"t": "id-t"}
+        rest.broker.make_topic_again(NEW_ID)
+        rest.coordinator.topic_ids["t"] = NEW_ID
+        for _ in range(40):  # the old topic's records fetched before go out first
+            fetched = rest.request("fetch", timeout_ms=1000, max_records=10, positions=True)
+            if fetched["records"] and fetched["records"][0].offset == 0:
+                break
+            assert fetched["topic_ids"] == {"t": "id-t"}, "positions of the old topic said to be the new topic's"
+        assert fetched["topic_ids"] == {"t": NEW_ID}
+    finally:
+        rest.instance._close()
