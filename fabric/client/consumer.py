@@ -167,17 +167,33 @@ class Consumer(ConsumerFailover):
         self._taken.pop(tp, None)
         self._positioned_from_outside([tp])
 
-    def _positioned_from_outside(self, tps: list[TopicPartition]) -> None:
-        """``tps`` were given positions from outside (a seek, a group's committed offset): read in
-        no topic yet, they are offsets of the topic the metadata names now, as far as a commit of
-        them goes (``_commit_topic_ids``)."""
+    def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None:
+        """``tps`` were given positions from outside (a seek, a group's committed offset). Where
+        the source said which topic they are offsets of (``of``, {topic: id}: the coordinator's
+        committed offsets), they count as read in it: metadata that names the topic by another
+        id starts them again (``_take_metadata``), at once where the metadata lists that id as
+        deleted -- an old topic's committed offset, taken as the topic was made again, skipped
+        the new topic's records below it. Else they are offsets of the topic the metadata names
+        now, as far as a commit of them goes (``_positioned_in``)."""
+        gone = []
         for tp in tps:
+            named = of.get(tp[0]) if of else None
+            if named:
+                self._read_in[tp] = named
+                self._positioned_in.pop(tp, None)
+                if named in self.metadata.deleted_topic_ids:
+                    gone.append(tp)
+                continue
             self._read_in.pop(tp, None)
             t = self.metadata.topics.get(tp[0])
             if t is not None and t.topic_id:
                 self._positioned_in[tp] = t.topic_id
             else:
                 self._positioned_in.pop(tp, None)
+        if gone:
+            log.warning("the committed offsets of %s are of a topic deleted since: they start again at the %s "
+                        "offset (auto_offset_reset)", ", ".join(f"{t}-{p}" for t, p in gone), self.auto_offset_reset)
+            self._reset(gone, self._policy_spec())
 
     def _move_to(self, tp: TopicPartition, offset: int) -> None:
         """``seek``, in the topic the position was read in (records taken and given back)."""

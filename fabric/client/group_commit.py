@@ -57,11 +57,12 @@ class _CommitLookup:
     until ``offsets`` (its answer's) or ``error`` is set; ``committed_since``: what this
     consumer's commits answered meanwhile (newer than the answer may say)."""
 
-    __slots__ = ("tps", "offsets", "error", "committed_since")
+    __slots__ = ("tps", "offsets", "topic_ids", "error", "committed_since")
 
     def __init__(self, tps: list[TopicPartition]) -> None:
         self.tps = tps
         self.offsets: list | None = None
+        self.topic_ids: dict[str, str] = {}  # the topics the answer's offsets are of
         self.error: CodedError | None = None
         self.committed_since: dict[TopicPartition, int] = {}
 
@@ -97,7 +98,7 @@ class GroupCommits:
         def _call(self, command: bytes, header: dict, *, timeout_ms: int = ..., retry_ms: int = ...,
                   final: frozenset[int] = ...) -> dict: ...
         def _on_group_error(self, e: RemoteError, generation: int | None = None) -> None: ...
-        def _positioned_from_outside(self, tps: list[TopicPartition]) -> None: ...
+        def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None: ...
         def _refresh_metadata(self) -> None: ...
 
     def _init_commits(self) -> None:
@@ -333,7 +334,8 @@ class GroupCommits:
                 off = found[tp]
                 if off is not None:
                     self.positions[tp] = off
-                    self._positioned_from_outside([tp])
+                    # one of this consumer's own commits since: of the topic the metadata names
+                    self._positioned_from_outside([tp], None if tp in since else lookup.topic_ids)
                 else:  # nothing committed: the reset policy, looked up once
                     self._reset_specs[tp] = self._policy_spec()
         # _awaits_position, in the scan itself: a call per partition cost ~2 ms a pass with 10,000 of them
@@ -348,7 +350,7 @@ class GroupCommits:
             if err is not None:
                 lookup.error = err
             else:
-                lookup.offsets = h["offsets"]
+                lookup.offsets, lookup.topic_ids = h["offsets"], h.get("topic_ids") or {}
         try:
             self._link.request(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]},
                                callback=done)

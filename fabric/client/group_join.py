@@ -39,12 +39,13 @@ log = logging.getLogger("fabric.client.group")
 class _JoinAttempt:
     """One join under way (``GroupConsumer._advance_join``): what its answers brought."""
 
-    __slots__ = ("error", "assignment", "offsets", "retry_at_ms")
+    __slots__ = ("error", "assignment", "offsets", "topic_ids", "retry_at_ms")
 
     def __init__(self) -> None:
         self.error: CodedError | None = None        # an answer's error, for _advance_join
         self.assignment: list[TopicPartition] = []  # SYNC_GROUP's
         self.offsets: list | None = None            # OFFSET_FETCH's: the join is done
+        self.topic_ids: dict[str, str] = {}         # ... and the topics its offsets are of
         self.retry_at_ms: int | None = None         # after a retriable error: JOIN_GROUP again then
 
 
@@ -87,7 +88,7 @@ class GroupJoin:
         def _refresh_metadata(self) -> None: ...
         def _reset(self, tps: list[TopicPartition] | None, spec: int | None) -> None: ...
         def _policy_spec(self) -> int | None: ...
-        def _positioned_from_outside(self, tps: list[TopicPartition]) -> None: ...
+        def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None: ...
         def _ensure_heartbeat(self) -> None: ...
 
     # -- the rebalance ---------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class GroupJoin:
                 # subscription"): join again
                 self._send_join(join)
             else:
-                self._take_assignment(join.assignment, join.offsets)
+                self._take_assignment(join.assignment, join.offsets, join.topic_ids)
 
     def _send_join(self, join: "_JoinAttempt") -> None:
         """Send JOIN_GROUP for ``join``; its answer sends SYNC_GROUP, whose answer sends the
@@ -194,13 +195,13 @@ class GroupJoin:
                 self._step(join, P.OFFSET_FETCH, {"group": self.group_id,
                                                   "partitions": [list(tp) for tp in join.assignment]})
             else:
-                join.offsets = h["offsets"]
+                join.offsets, join.topic_ids = h["offsets"], h.get("topic_ids") or {}
         try:
             self._link.request(command, header, callback=done, timeout_ms=timeout_ms)
         except CodedError as e:  # not sent (the coordinator could not be found, a full queue)
             join.error = e
 
-    def _take_assignment(self, assignment: list[TopicPartition], offsets: list) -> None:
+    def _take_assignment(self, assignment: list[TopicPartition], offsets: list, topic_ids: dict[str, str]) -> None:
         super().assign(assignment)  # the group's: not the application's assign()
         self._last_committed = {}  # what an earlier ownership committed says nothing now
         committed = {(t, p): o for t, p, o, _ in offsets}
@@ -211,7 +212,7 @@ class GroupJoin:
                 self._last_committed[tp] = off
             else:
                 self._reset([tp], self._policy_spec())
-        self._positioned_from_outside([tp for tp in assignment if self.positions.get(tp) is not None])
+        self._positioned_from_outside([tp for tp in assignment if self.positions.get(tp) is not None], topic_ids)
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
         with self._lock:
             self._active = True

@@ -158,10 +158,17 @@ class GroupOffsetsMixin:
             raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"a commit of {unstable[0][0]}-{unstable[0][1]} "
                                                         f"for group {gid!r} is being written; retry")
         out = []
+        ids: dict[str, str] = {}  # the topic each committed offset is of (offsets_for: the current one)
+        topics = self.context.state.topics
         for tp in keys:
             c = table.get(tp)
             out.append([tp[0], tp[1], c.offset if c else -1, c.metadata if c else ""])
-        return {"group": gid, "offsets": out}
+            if c is not None and tp[0] not in ids:
+                now = topics.get(tp[0])
+                tid = c.topic_id or (now.topic_id if now is not None else "")
+                if tid:
+                    ids[tp[0]] = tid
+        return {"group": gid, "offsets": out, "topic_ids": ids}
 
     def _on_delete_group(self, req: wire.Request) -> Any:
         """Delete an empty group and its committed offsets. Its tombstones go in commits of at

@@ -44,7 +44,8 @@ class OnePartitionBroker:
         request naming the old id is refused as a real broker refuses it."""
         t = self.metadata.topics["t"]
         self.metadata = ClusterMetadata(self.metadata.version + 1, "c", self.metadata.brokers,
-                                        {"t": TopicInfo("t", t.partitions, {}, topic_id)}, coordinator="tcp://coordinator")
+                                        {"t": TopicInfo("t", t.partitions, {}, topic_id)}, coordinator="tcp://coordinator",
+                                        deleted_topic_ids=(*self.metadata.deleted_topic_ids, t.topic_id))
 
     def _other_topic(self, header: dict) -> bool:
         named = (header.get("topic_ids") or {}).get("t")
@@ -122,7 +123,8 @@ class OffsetsCoordinator:
         if command == P.SYNC_GROUP:
             return {"generation": 1, "assignment": [list(T0)]}
         if command == P.OFFSET_FETCH:
-            return {"offsets": [[t, p, self.committed.get((t, p), self.uncommitted), ""] for t, p in header["partitions"]]}
+            return {"offsets": [[t, p, self.committed.get((t, p), self.uncommitted), ""] for t, p in header["partitions"]],
+                    "topic_ids": {t: self.topic_ids[t] for t, p in header["partitions"] if (t, p) in self.committed}}
         if command == P.OFFSET_COMMIT:
             for t, named in (header.get("topic_ids") or {}).items():
                 if named and named != self.topic_ids.get(t):

@@ -168,3 +168,18 @@ def test_an_append_already_sent_when_the_topic_is_made_again_stays_the_old_topic
     now = context.state.topics["t"].topic_id
     assert _commit(gc, context, client, member, [["t", 0, 5]], topic_ids={"t": now})["committed"] == 1
     assert gc.offsets.offsets_for("g")[("t", 0)].offset == 5
+
+
+def test_offset_fetch_names_the_topic_each_committed_offset_is_of(tmp_path: Path) -> None:
+    """A member that takes a committed offset must know which topic it is of: the topic may be
+    made again before the member reads from it, and the old topic's offset is no offset of
+    the new one."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    member = _member(gc, context)
+    read_in = context.state.topics["t"].topic_id
+    _commit(gc, context, client, member, [["t", 0, 5]], topic_ids={"t": read_in})
+    fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0], ["t", 1]]))
+    assert fetched["offsets"] == [["t", 0, 5, ""], ["t", 1, -1, ""]] and fetched["topic_ids"] == {"t": read_in}
+    _recreate(context, gc)
+    fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=None))
+    assert fetched == {"group": "g", "offsets": [], "topic_ids": {}}

@@ -45,9 +45,11 @@ class _Member(SubscribedMember):
         return got
 
     def make_topic_again(self) -> None:
-        """t deleted and made again: the coordinator and the broker know, the consumer not yet."""
+        """t deleted and made again: the coordinator (which forgets the old topic's committed
+        offsets) and the broker know, the consumer not yet."""
         self.broker.make_topic_again(NEW_ID)
         self.coordinator.topic_ids["t"] = NEW_ID
+        self.coordinator.committed.clear()
 
     def commits(self) -> list[dict]:
         return [h for c, h in self.link.calls if c == P.OFFSET_COMMIT]
@@ -138,6 +140,45 @@ def test_a_position_from_the_committed_offset_names_the_topic_of_the_assignment(
     assert member.poll() == list(range(20, 30))
     member.consumer.commit({T0: 25})
     assert member.commits()[-1]["topic_ids"] == {"t": "id-t"}
+
+
+def _made_again_after_the_committed_offsets(member: _Member, consumer_knows: bool) -> None:
+    """The group holds 20 for t-0; t is made again just after the coordinator answers the
+    member's OFFSET_FETCH with it (``consumer_knows``: the member has the new metadata at once)."""
+    member.coordinator.committed[T0] = 20
+    answer = member.link.answer
+
+    def made_again_after_the_answer(command: bytes, header: dict) -> dict:
+        reply = answer(command, header)
+        if command == P.OFFSET_FETCH:
+            member.make_topic_again()
+            if consumer_knows:
+                member.consumer._take_metadata(ClusterMetadata.from_wire(member.broker.metadata.to_wire()))
+        return reply
+    member.link.answer = made_again_after_the_answer
+
+
+@pytest.mark.parametrize("consumer_knows", [False, True])
+def test_a_committed_offset_of_a_topic_made_again_before_the_member_reads_is_not_used_in_the_new_topic(
+        member: _Member, consumer_knows: bool) -> None:
+    """The group's committed offset 20 of t is taken at the assignment; the topic is made again
+    before the member fetched from it -- the member's metadata still names the old topic, or
+    already the new one. The member reads the new topic from its start, not from 20 (the new
+    topic's records 0..19 were skipped, and its commits moved the group past them)."""
+    _made_again_after_the_committed_offsets(member, consumer_knows)
+    assert member.poll() == list(range(10)), "the old topic's committed offset was used in the new topic"
+    member.consumer.commit()
+    assert member.commits()[-1]["topic_ids"] == {"t": NEW_ID} and member.coordinator.committed == {T0: 10}
+
+
+def test_an_assigned_consumers_committed_offset_of_a_topic_made_again_is_not_used_in_the_new_topic(
+        member: _Member) -> None:
+    """The same for a consumer assigned t-0 (no subscription): its start at the group's committed
+    offset (``_position_at_commits``) is of the old topic."""
+    member.consumer.unsubscribe()
+    _made_again_after_the_committed_offsets(member, consumer_knows=False)
+    member.consumer.assign([T0])
+    assert member.poll() == list(range(10)), "the old topic's committed offset was used in the new topic"
 
 
 def test_partitions_of_one_topic_read_in_two_of_its_ids_name_the_replaced_one(member: _Member) -> None:
