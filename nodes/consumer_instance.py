@@ -322,11 +322,11 @@ class Instance(threading.Thread):
         # an assigned one keeps its position. Looked up before anything changes: a lookup that
         # fails leaves the instance as it was -- assigned first, the partitions still without a
         # position would start at auto_offset_reset (latest: past records nobody got)
-        committed = c.committed_offsets([(t, p) for t, p in parts if (t, p) not in held])
+        committed, ids = c.committed_with_topic_ids([(t, p) for t, p in parts if (t, p) not in held])
         c.assign([(t, p) for t, p in parts])
         for tp, offset in committed.items():
-            if offset is not None:
-                c.seek(tp, offset)
+            if offset is not None:  # of that topic: one made again meanwhile starts at auto_offset_reset
+                c.seek(tp, offset, topic_id=ids.get(tp[0], ""))
         # nothing committed: auto_offset_reset at once (the consumer would look them up again)
         fresh = [tp for tp, offset in committed.items() if offset is None]
         if fresh:

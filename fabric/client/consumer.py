@@ -157,15 +157,17 @@ class Consumer(ConsumerFailover):
     def assignment(self) -> list[TopicPartition]:
         return sorted(self.positions)
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Fetch ``tp`` from ``offset`` next. Raises FabricError when it is not assigned,
-        ValueError for a negative offset (as Kafka's: ``seek_to_beginning``/``_end`` name those)."""
+    def seek(self, tp: TopicPartition, offset: int, *, topic_id: str = "") -> None:
+        """Fetch ``tp`` from ``offset`` next. ``topic_id``: the id of the topic ``offset`` is of,
+        where known (a group's committed offset: ``committed_with_topic_ids``), else the topic the
+        metadata names now. Raises FabricError when it is not assigned, ValueError for a
+        negative offset (as Kafka's: ``seek_to_beginning``/``_end`` name those)."""
         if offset < 0:
             raise ValueError(f"seek offset must not be negative, got {offset}")
         self._check_assigned([tp])
         self._move_to(tp, offset)
         self._taken.pop(tp, None)
-        self._positioned_from_outside([tp])
+        self._positioned_from_outside([tp], {tp[0]: topic_id} if topic_id else None)
 
     def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None:
         """``tps`` were given positions from outside (a seek, a group's committed offset). Where

@@ -276,11 +276,18 @@ class GroupCommits:
         (Kafka's ``committed(Set<TopicPartition>)``): an assignment of thousands of partitions
         looks them up at once, not one round trip (and retry budget) each. Raises FabricError
         once the consumer is closed."""
+        return self.committed_with_topic_ids(tps)[0]
+
+    def committed_with_topic_ids(self, tps: list[TopicPartition]) -> tuple[dict[TopicPartition, int | None],
+                                                                          dict[str, str]]:
+        """``committed_offsets``, and {topic: id} of the topics those offsets are of (empty from an
+        older coordinator): a host that seeks to them says so (``seek(..., topic_id=)``), so that
+        an offset of a topic made again since is not taken for one of the new topic."""
         self._check_open()
         if not tps:
-            return {}
+            return {}, {}
         h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in tps]})
-        return self._took_committed(tps, h["offsets"])
+        return self._took_committed(tps, h["offsets"]), h.get("topic_ids") or {}
 
     def _took_committed(self, tps: list[TopicPartition], offsets: list) -> dict[TopicPartition, int | None]:
         """OFFSET_FETCH's ``offsets`` of ``tps``, per partition (None: nothing committed), also

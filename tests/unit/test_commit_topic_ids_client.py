@@ -181,6 +181,35 @@ def test_an_assigned_consumers_committed_offset_of_a_topic_made_again_is_not_use
     assert member.poll() == list(range(10)), "the old topic's committed offset was used in the new topic"
 
 
+def test_a_rest_instance_assigned_at_an_old_topics_committed_offset_reads_the_new_topic_whole() -> None:
+    """A REST instance's assign starts new partitions at the group's committed offsets, looked
+    up before it assigns them (``committed_offsets``, then a seek): taken just before the topic
+    was made again, the old topic's offset must not become a position in the new one."""
+    rest = RestInstance(auto_offset_reset="earliest")
+    try:
+        rest.request("subscribe", topics=[])  # no member: an assigned instance
+        rest.coordinator.committed[T0] = 20
+        answer = rest.link.answer
+
+        def made_again_after_the_answer(command: bytes, header: dict) -> dict:
+            reply = answer(command, header)
+            if command == P.OFFSET_FETCH:
+                rest.broker.make_topic_again(NEW_ID)
+                rest.coordinator.topic_ids["t"] = NEW_ID
+                rest.coordinator.committed.clear()
+            return reply
+        rest.link.answer = made_again_after_the_answer
+        rest.request("assign", partitions=[["t", 0]])
+        got: list[int] = []
+        for _ in range(10):
+            got = rest.fetch()
+            if got:
+                break
+        assert got == list(range(10)), "the old topic's committed offset was used in the new topic"
+    finally:
+        rest.instance._close()
+
+
 def test_partitions_of_one_topic_read_in_two_of_its_ids_name_the_replaced_one(member: _Member) -> None:
     """Whatever the commit names for a topic is judged for all its partitions: one position of
     the topic that is gone refuses the commit, never lets it through as the new topic's."""
