@@ -121,10 +121,11 @@ class GroupCommits:
         positions (all of them: ``auto_commit_bounds`` limits auto-commits only). Sync:
         returns once replicated; raises CommitFailed when this member lost the partitions (a
         rebalance) or a topic the positions were read in was deleted since (unknown_topic_id:
-        perhaps made again under its name; nothing was committed), RemoteError for other refusals. Async: the result goes to
-        ``on_commit(offsets, error)``. Raises FabricError once the consumer is closed, sync or
-        async, sending nothing: a closed assigned consumer's commit (outside any generation)
-        moved the group's offsets, back too, on a link opened again for it."""
+        perhaps made again under its name; nothing was committed), RemoteError for other
+        refusals. Async: the result goes to ``on_commit(offsets, error)``. Raises FabricError
+        once the consumer is closed, sync or async, sending nothing: a closed assigned
+        consumer's commit (outside any generation) moved the group's offsets, back too, on a
+        link opened again for it."""
         self._check_open()
         if offsets is None:
             offsets = {tp: pos for tp, pos in self.positions.items()
@@ -174,7 +175,7 @@ class GroupCommits:
         -- the metadata is asked for at once, so that those positions start again in the topic
         there is now (``_take_metadata``) rather than be offered at every commit, by a member
         that fetches nothing meanwhile too."""
-        self._on_group_error(e, generation)  # type: ignore[arg-type]  # a CodedError: its code is what is read
+        self._on_group_error(e, generation)
         if e.code == P.UNKNOWN_TOPIC_ID:
             self._refresh_metadata()
 

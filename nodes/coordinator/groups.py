@@ -26,10 +26,11 @@ Kafka's eager protocol with coordinator-side assignment:
   offsets were read in: a commit naming an id that is not its topic's now (deleted, perhaps made
   again under its name) is refused whole, ``unknown_topic_id`` -- when it comes and again just
   before its append; without it topics are judged by name. A rejected commit changes nothing.
-- OFFSET_FETCH ``{group, partitions: [[topic, p]...] | null}`` -> ``{offsets: [[topic, p, offset, metadata]],
-  topic_ids: {topic: id}}`` (offset -1: nothing committed; ``topic_ids``: the topic the committed
-  offsets are of, as a member's commits of positions started there name it); ``unstable_offset_commit`` (retriable) while a commit of one
-  of those partitions is queued or being written.
+- OFFSET_FETCH ``{group, partitions: [[topic, p]...] | null}`` -> ``{offsets: [[topic, p, offset,
+  metadata]], topic_ids: {topic: id}}`` (offset -1: nothing committed; ``topic_ids``: the topic
+  the committed offsets are of, as a member's commits of positions started there name it);
+  ``unstable_offset_commit`` (retriable) while a commit of one of those partitions is queued or
+  being written.
 - At most ``GROUPS_MAX`` groups (with members or only committed offsets); a join or an
   administrative commit that would make one more gets ``buffer_full``.
 - LIST_GROUPS -> ``{groups: [{group, state, generation, assignor, members}]}``;

@@ -12,6 +12,7 @@ Not thread-safe: runs on the coordinator's reactor.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from fabric import protocol as P
@@ -119,7 +120,7 @@ class CommitValidationMixin:
         setting = {topic for topic, _, offset, _ in pc.entries if offset is not None}
         return self.ids_refusal({t: i for t, i in pc.topic_ids.items() if t in setting}, pc.named)
 
-    def ids_refusal(self, topic_ids: dict[str, str], named: set[str] | dict[str, str]) -> RemoteError | None:
+    def ids_refusal(self, topic_ids: dict[str, str], named: Collection[str]) -> RemoteError | None:
         """Why offsets of the topics ``topic_ids`` names ({topic: id}; "" names none) may not be
         committed: a topic is no longer the one of that id (deleted, perhaps made again under its
         name). For good (unknown_topic_id) where the committer ``named`` the id (OFFSET_COMMIT's
