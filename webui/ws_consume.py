@@ -16,6 +16,7 @@ from typing import Any, Callable
 from werkzeug.wrappers import Request
 
 from fabric import protocol as P
+from fabric.errors import RemoteError
 from webui.context import Gateway
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import records_json
@@ -316,7 +317,7 @@ def topic_made_again(e: ClusterError) -> bool:
     """Whether the coordinator refused a commit because the topic it was read in was deleted
     (and perhaps made again under its name) since: a race with an administrator the client
     cannot avoid either; answered, the stream goes on with the new topic."""
-    return isinstance(e.__cause__, RemoteError) and e.__cause__.code == P.UNKNOWN_TOPIC_ID
+    return e.code == P.UNKNOWN_TOPIC_ID
 
 
 def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
