@@ -128,7 +128,7 @@ class Consumer(ConsumerFailover):
         self._read_in: dict[TopicPartition, str] = {}
         # per partition whose position the last poll's take moved and nothing has moved since,
         # the position it had before: what ``give_back`` may move back. A seek, a reset or an
-        # assignment takes a partition out, so that no give-back undoes it
+        # assignment that leaves it out takes a partition out, so that no give-back undoes it
         self._taken: dict[TopicPartition, int | None] = {}
         # per assigned partition not in ``_read_in``, the topic id a commit of its position names
         # (``_commit_topic_ids``): the id the metadata named when the position was set from
@@ -148,7 +148,8 @@ class Consumer(ConsumerFailover):
             if tp not in keep:
                 self._forget_reset(tp)
         self.positions = keep
-        self._taken = {}
+        # a partition kept keeps its position, and so what the last poll's give-back may undo
+        self._taken = {tp: o for tp, o in self._taken.items() if tp in keep}
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
         self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
         self._positioned_in = {tp: i for tp, i in self._positioned_in.items() if tp in keep}

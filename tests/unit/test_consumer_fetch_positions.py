@@ -393,3 +393,18 @@ def test_a_poll_cut_after_an_out_of_range_answer_at_the_position_it_set_gives_it
     assert broker.fetch_offset() == 0
     broker.answer_fetch(40, hw=40)
     assert _offsets(c.poll(0, max_records=100)) == list(range(40))
+
+
+def test_a_poll_cut_after_a_callback_assigns_the_partitions_it_holds_gives_the_records_back(
+        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll took 10..19 (position 20); a callback in the pass after it calls ``assign`` with
+    the partitions already held (t-0 kept: it keeps its position, as ``assign`` says), then
+    raises. The assignment took t-0 out of what the give-back may move back, so 10..19 --
+    never returned -- were skipped, and committed past by the next commit."""
+    c, broker, reactor = make("earliest")
+    broker.answer_fetch(50)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    _cut_in_the_pass_after_the_take(monkeypatch, reactor, lambda: c.assign([T0]))
+    with pytest.raises(KeyboardInterrupt):
+        c.poll(0, max_records=10)
+    assert c.position(T0) == 10, "the records the cut poll took were skipped"

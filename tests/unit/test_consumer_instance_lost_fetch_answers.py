@@ -151,6 +151,25 @@ def test_the_undo_stays_out_of_another_generation(rig: RestInstance) -> None:
     assert rig.fetch(fetch_id=3, **LOST) == list(range(15, 25)), "the undo sought back into the old generation"
 
 
+def test_an_assign_keeping_the_partition_before_the_loss_is_known_does_not_stop_the_undo() -> None:
+    """An assigned instance (the REST ``assign``): fetch 2's answer is on its way when another
+    thread of the client assigns t-0 again (a kept partition keeps its position); then fetch 2
+    turns out lost. The assignment took t-0 out of what the undo may move back, and the undo put
+    the auto-commit bounds back as before fetch 2: 10..19 were skipped and committed past."""
+    rig = RestInstance()
+    try:
+        rig.request("subscribe", topics=[])
+        rig.request("assign", partitions=[list(T0)])
+        assert rig.fetch(fetch_id=1) == list(range(0, 10))
+        assert rig.fetch(fetch_id=2) == list(range(10, 20))  # lost
+        rig.request("assign", partitions=[list(T0)], answered=1, lost=0)  # sent while fetch 2 was on its way
+        assert rig.fetch(fetch_id=3, **LOST) == list(range(10, 20)), "the records of the lost answer were skipped"
+        rig.idle(2 * AUTO_COMMIT_INTERVAL_MS)
+        assert rig.committed == 10, "auto-commit covered records the client never got"
+    finally:
+        rig.instance._close()
+
+
 # -- the gateway's side: which ids each request carries --------------------------------------------
 class ScriptedService:
     """A consumer service as ``ConsumerInstance`` calls it: records what each request carried;
