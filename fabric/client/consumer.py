@@ -498,10 +498,12 @@ class Consumer(ConsumerFailover):
         log.warning("%s-%d: position %d is out of the log's range; starting again at the %s offset "
                     "(auto_offset_reset)", tp[0], tp[1], fetched_at, self.auto_offset_reset)
         taken = tp in self._taken
-        before = self._taken.get(tp)
+        before, read_in = self._taken.get(tp), self._read_in.get(tp)
         self._reset([tp], self._policy_spec())
         if taken:  # found at the position a take set: its give-back takes the reset back with it
             self._taken[tp] = before
+            if read_in is not None:  # ... to a position of the topic it was read in (made again: reset)
+                self._read_in[tp] = read_in
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
         """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no

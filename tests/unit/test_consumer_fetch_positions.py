@@ -408,3 +408,36 @@ def test_a_poll_cut_after_a_callback_assigns_the_partitions_it_holds_gives_the_r
     with pytest.raises(KeyboardInterrupt):
         c.poll(0, max_records=10)
     assert c.position(T0) == 10, "the records the cut poll took were skipped"
+
+
+def test_records_given_back_over_an_out_of_range_reset_stay_the_old_topics(make: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll took 10..49 of topic t (id-t; position 50); in the pass after it the prefetch at
+    50 is answered out of range, which resets the partition, then a Ctrl-C cuts the poll and
+    its give-back takes position 10 back. Position 10 is the old topic's, as before the reset.
+    Then t is deleted and made again (id-t2): the position starts again as never read. The
+    reset forgot which topic the position was read in, and the given-back 10 counted as set
+    from outside: the new topic was read from 10, its records 0..9 skipped."""
+    c, broker, reactor = make("earliest")
+    broker.answer_fetch(50)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    _cut_in_the_pass_after_the_take(monkeypatch, reactor,
+                                    lambda: broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, hw=40))
+    with pytest.raises(KeyboardInterrupt):
+        c.poll(0, max_records=100)
+    assert c.position(T0) == 10
+    c.poll(0)
+    assert broker.fetch_offset() == 10
+    broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)  # the broker holds t as id-t2 now
+    reactor.advance(FETCH_RETRY_BACKOFF_MS)
+    c.poll(0)
+    _answer_metadata(broker, _metadata(2, "id-t2"))
+    for _ in range(3):
+        if broker.fetch_offset() is not None and _fetch_topic_ids(broker) == {"t": "id-t"}:
+            broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)  # sent before the metadata came
+        reactor.advance(FETCH_RETRY_BACKOFF_MS)
+        c.poll(0)
+        broker.answer_list_offsets(0)
+    new_topic_fetched_at = [h["parts"][0][2] for cl in broker.clients.values() for cmd, h, _, _ in cl.sent
+                            if cmd == P.FETCH and h["topic_ids"] == {"t": "id-t2"}]
+    assert new_topic_fetched_at == [0], "the old topic's position was taken into the new topic"
