@@ -226,6 +226,12 @@ def _answer_metadata(broker: _Broker, reply: dict) -> None:
             c.sent[i][3](reply, [], None)
 
 
+def _fetched_at(broker: _Broker, topic_id: str) -> list[int]:
+    """The offsets of t-0 of every FETCH sent naming t by ``topic_id``."""
+    return [h["parts"][0][2] for cl in broker.clients.values() for cmd, h, _, _ in cl.sent
+            if cmd == P.FETCH and h["topic_ids"] == {"t": topic_id}]
+
+
 @pytest.mark.parametrize("deleted_first", [False, True])
 def test_a_position_in_a_topic_deleted_and_made_again_is_not_taken_into_the_new_topic(make: Any,
                                                                                     deleted_first: bool) -> None:
@@ -253,8 +259,7 @@ def test_a_position_in_a_topic_deleted_and_made_again_is_not_taken_into_the_new_
         reactor.advance(FETCH_RETRY_BACKOFF_MS)
         c.poll(0)
         broker.answer_list_offsets(0)
-    new_topic_fetched_at = [h["parts"][0][2] for cl in broker.clients.values() for cmd, h, _, _ in cl.sent
-                            if cmd == P.FETCH and h["topic_ids"] == {"t": "id-t2"}]
+    new_topic_fetched_at = _fetched_at(broker, "id-t2")
     assert new_topic_fetched_at == [0], "the new topic was fetched at the old topic's position"
     assert c.position(T0) == 0
     broker.answer_fetch(80, hw=80)
@@ -326,6 +331,16 @@ def _cut_in_the_pass_after_the_take(monkeypatch: pytest.MonkeyPatch, reactor: Fa
     monkeypatch.setattr(reactor, "run_once", run_once)
 
 
+def _poll_cut_by_an_out_of_range_answer(c: Consumer, broker: _Broker, reactor: FakeReactor,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll that takes up to 100 records, cut by a Ctrl-C in the pass after its take, in which
+    the prefetch is answered out of range (the log end fell to 40)."""
+    _cut_in_the_pass_after_the_take(monkeypatch, reactor,
+                                    lambda: broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, hw=40))
+    with pytest.raises(KeyboardInterrupt):
+        c.poll(0, max_records=100)
+
+
 def test_a_poll_cut_after_a_reset_of_a_topic_made_again_in_its_pass_does_not_give_the_old_position_back(
         make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The poll took 10..19 of topic t (id-t), moving the position to 20; in the reactor pass
@@ -384,10 +399,7 @@ def test_a_poll_cut_after_an_out_of_range_answer_at_the_position_it_set_gives_it
     0..39 -- never returned -- were skipped."""
     c, broker, reactor = make("latest")
     broker.answer_fetch(50)
-    _cut_in_the_pass_after_the_take(monkeypatch, reactor,
-                                    lambda: broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, hw=40))
-    with pytest.raises(KeyboardInterrupt):
-        c.poll(0, max_records=100)
+    _poll_cut_by_an_out_of_range_answer(c, broker, reactor, monkeypatch)
     assert c.position(T0) == 0
     c.poll(0)
     assert broker.fetch_offset() == 0
@@ -421,10 +433,7 @@ def test_records_given_back_over_an_out_of_range_reset_stay_the_old_topics(make:
     c, broker, reactor = make("earliest")
     broker.answer_fetch(50)
     assert _offsets(c.poll(0, max_records=10)) == list(range(10))
-    _cut_in_the_pass_after_the_take(monkeypatch, reactor,
-                                    lambda: broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, hw=40))
-    with pytest.raises(KeyboardInterrupt):
-        c.poll(0, max_records=100)
+    _poll_cut_by_an_out_of_range_answer(c, broker, reactor, monkeypatch)
     assert c.position(T0) == 10
     c.poll(0)
     assert broker.fetch_offset() == 10
@@ -438,6 +447,5 @@ def test_records_given_back_over_an_out_of_range_reset_stay_the_old_topics(make:
         reactor.advance(FETCH_RETRY_BACKOFF_MS)
         c.poll(0)
         broker.answer_list_offsets(0)
-    new_topic_fetched_at = [h["parts"][0][2] for cl in broker.clients.values() for cmd, h, _, _ in cl.sent
-                            if cmd == P.FETCH and h["topic_ids"] == {"t": "id-t2"}]
+    new_topic_fetched_at = _fetched_at(broker, "id-t2")
     assert new_topic_fetched_at == [0], "the old topic's position was taken into the new topic"
