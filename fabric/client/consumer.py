@@ -287,9 +287,11 @@ class Consumer(ConsumerFailover):
         """Move partitions back to records the last poll took (moved the positions past) but
         that did not reach the application, so that the next poll returns them: ``offsets`` is
         (partition, offset) pairs, each the first offset of a run not handed over; a partition
-        named more than once goes back to the lowest. Left past them, the next poll skipped them
-        and the next commit -- a ``close`` in a ``with`` block or a ``finally`` after a Ctrl-C
-        -- committed them. Used by ``poll`` and by the consumer service's instances.
+        named more than once goes back to the lowest, but never before where that poll took it
+        from; a negative offset raises ValueError, changing nothing. Left past them, the next
+        poll skipped them and the next commit -- a ``close`` in a ``with`` block or a ``finally``
+        after a Ctrl-C -- committed them. Used by ``poll`` and by the consumer service's
+        instances.
 
         Never forward, and only a partition whose position that poll moved and nothing moved
         since: one sought, reset (``seek_to_*``, its topic made again) or assigned anew since --
@@ -301,15 +303,21 @@ class Consumer(ConsumerFailover):
         before it, maybe still in the log, are not skipped). Not thread-safe (as ``poll``)."""
         lowest: dict[TopicPartition, int] = {}
         for tp, offset in offsets:
+            if offset < 0:  # as ``seek``: taken, the fetch there was out of range, the partition reset
+                raise ValueError(f"give_back offset must not be negative, got {offset} for {tp[0]}-{tp[1]}")
             if offset < lowest.get(tp, offset + 1):
                 lowest[tp] = offset
         positions, taken = self.positions, self._taken
         for tp, offset in lowest.items():
-            position = positions.get(tp)
+            if tp not in taken:
+                continue
+            start, position = taken[tp], positions.get(tp)
+            if start is not None and offset < start:
+                offset = start  # that poll took nothing before: an earlier poll returned those
             # None: an out-of-range reset at the position that poll set (nothing else leaves one
             # in ``taken``); equal: a take cut before it moved the position past a run it took
             # off the buffer -- moved, the buffer is dropped and fetched again from there
-            if tp in taken and (position is None or position >= offset):
+            if position is None or position >= offset:
                 self._move_to(tp, offset)
 
     def poll_batch(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[RecordBatchView]:

@@ -449,3 +449,26 @@ def test_records_given_back_over_an_out_of_range_reset_stay_the_old_topics(make:
         broker.answer_list_offsets(0)
     new_topic_fetched_at = _fetched_at(broker, "id-t2")
     assert new_topic_fetched_at == [0], "the old topic's position was taken into the new topic"
+
+
+# -- give_back's own input ---------------------------------------------------------------------------
+def test_a_give_back_to_a_negative_offset_is_refused_and_changes_nothing(make: Any) -> None:
+    """As ``seek``: taken, -1 became the position, the fetch at -1 was answered out of range and
+    the partition reset by its policy (``latest``: past records never returned)."""
+    c, broker, _ = make("latest")
+    broker.answer_fetch(50)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    with pytest.raises(ValueError, match="negative"):
+        c.give_back([(T0, 5), (T0, -1)])
+    assert c.position(T0) == 10
+
+
+def test_a_give_back_moves_no_partition_before_where_the_poll_took_from(make: Any) -> None:
+    """The last poll took 10..19: a give-back names the first record not handed over, never one
+    an earlier poll returned; below that, the partition goes back only to 10."""
+    c, broker, _ = make("earliest")
+    broker.answer_fetch(50)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10, 20))
+    c.give_back([(T0, 3)])
+    assert c.position(T0) == 10
