@@ -136,6 +136,9 @@ class Consumer(ConsumerFailover):
         # since). A position of a topic deleted and made again is then refused, not committed for
         # the new topic
         self._positioned_in: dict[TopicPartition, str] = {}
+        # per partition of ``_taken`` that an out-of-range answer reset, the position that take
+        # set: how far a give-back may move it (never forward)
+        self._taken_to: dict[TopicPartition, int] = {}
         self._closed = False
         self._woken = threading.Event()  # ``wakeup``: the poll waiting (or the next one) returns now
         self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
@@ -314,10 +317,11 @@ class Consumer(ConsumerFailover):
             start, position = taken[tp], positions.get(tp)
             if start is not None and offset < start:
                 offset = start  # that poll took nothing before: an earlier poll returned those
-            # None: an out-of-range reset at the position that poll set (nothing else leaves one
-            # in ``taken``); equal: a take cut before it moved the position past a run it took
-            # off the buffer -- moved, the buffer is dropped and fetched again from there
-            if position is None or position >= offset:
+            if position is None:  # an out-of-range reset at the position that poll set (nothing
+                position = self._taken_to.get(tp)  # else leaves one in ``taken``): as if still there
+            # equal: a take cut before it moved the position past a run it took off the buffer --
+            # moved, the buffer is dropped and fetched again from there
+            if position is not None and position >= offset:
                 self._move_to(tp, offset)
 
     def poll_batch(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[RecordBatchView]:
@@ -345,7 +349,8 @@ class Consumer(ConsumerFailover):
         """What ``poll`` and ``poll_batch`` share (a group consumer joins and commits here)."""
         if self._closed:
             raise FabricError("consumer is closed")
-        self._taken = {}  # a give-back moves back what this poll takes, never what an earlier one took
+        # a give-back moves back what this poll takes, never what an earlier one took
+        self._taken, self._taken_to = {}, {}
         deadline = self.clock.now_ms() + timeout_ms
         passes = 0
         while True:
@@ -509,7 +514,7 @@ class Consumer(ConsumerFailover):
         before, read_in = self._taken.get(tp), self._read_in.get(tp)
         self._reset([tp], self._policy_spec())
         if taken:  # found at the position a take set: its give-back takes the reset back with it
-            self._taken[tp] = before
+            self._taken[tp], self._taken_to[tp] = before, fetched_at
             if read_in is not None:  # ... to a position of the topic it was read in (made again: reset)
                 self._read_in[tp] = read_in
 

@@ -472,3 +472,28 @@ def test_a_give_back_moves_no_partition_before_where_the_poll_took_from(make: An
     assert _offsets(c.poll(0, max_records=10)) == list(range(10, 20))
     c.give_back([(T0, 3)])
     assert c.position(T0) == 10
+
+
+def test_a_give_back_after_an_out_of_range_reset_never_moves_past_where_the_poll_left_the_partition(
+        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll returned 0..49 (position 50); in its pass, the prefetch at 50 was answered out of
+    range (retention moved the log start to 60), which reset the partition -- no position until
+    the log start is looked up -- and kept it for the give-back. A give-back naming 70, past
+    anything the poll took, moved the partition there: forward, past 60..69, which the reset
+    (``earliest``) would have returned."""
+    c, broker, reactor = make("earliest")
+    broker.answer_fetch(50)
+    real = reactor.run_once
+
+    def run_once(timeout_ms_max: int = 1000) -> None:  # the take's pass: the prefetch's answer lands
+        if timeout_ms_max == 0 and broker.fetch_offset() == 50:
+            broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=60)
+        real(timeout_ms_max)
+    monkeypatch.setattr(reactor, "run_once", run_once)
+    assert _offsets(c.poll(0, max_records=100)) == list(range(50))
+    assert c.position(T0) is None
+    c.give_back([(T0, 70)])
+    assert c.position(T0) != 70, "the give-back moved the partition forward, past records never returned"
+    c.poll(0)
+    assert broker.answer_list_offsets(60) == [-2]
+    assert c.position(T0) == 60
