@@ -364,12 +364,12 @@ class _Lines:
             self.count += 1
 
     def give_back(self) -> None:
-        """Seek each partition back to the first record of the last poll not printed."""
-        first: dict[tuple[str, int], int] = {}
-        for r in self._polled[self.count - self._polled_from:]:
-            first.setdefault((r.topic, r.partition), r.offset)
-        for tp, offset in first.items():
-            self.consumer.seek(tp, offset)
+        """Move each partition back to the first record of the last poll not printed
+        (``Consumer.give_back``: not over a position moved since that poll took them -- a topic
+        deleted and made again; a seek put the old topic's offset back, and close committed it)."""
+        left = self._polled[self.count - self._polled_from:]
+        if left:
+            self.consumer.give_back(((r.topic, r.partition), r.offset) for r in left)
 
 
 def _consume_loop(lines: _Lines, max_messages: int | None, timeout_ms: int | None) -> None:

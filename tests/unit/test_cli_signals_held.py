@@ -81,8 +81,9 @@ class _GroupConsumer:
             os.kill(os.getpid(), signal.SIGINT)  # the positions moved; the records are not returned yet
         return records
 
-    def seek(self, tp: tuple[str, int], offset: int) -> None:
-        self.positions[tp] = offset
+    def give_back(self, offsets: Any) -> None:  # Consumer.give_back's: only back
+        for tp, offset in offsets:
+            self.positions[tp] = min(self.positions[tp], offset)
 
     def close(self) -> None:
         self.committed = dict(self.positions)
