@@ -297,9 +297,9 @@ class Consumer(ConsumerFailover):
         instances.
 
         Never forward, and only a partition whose position that poll moved and nothing moved
-        since: one sought, reset (``seek_to_*``, its topic made again) or assigned anew since --
-        also by a callback in the reactor pass inside that poll -- keeps what that set (put back,
-        the old position undid it: a topic made again was read from the old topic's position),
+        since: one sought, reset (``seek_to_*``, its topic made again) or assigned anew since
+        keeps what that set (put back, the old position undid it: a topic made again was read
+        from the old topic's position),
         and one no longer assigned or waiting for a position is left alone. An out-of-range
         answer at the position that poll set is not such a move: the give-back takes that
         position back, and the range is checked again when the position gets there (the records
@@ -357,7 +357,14 @@ class Consumer(ConsumerFailover):
             self._send_fetches()
             self._raise_position_error()
             if self._buffer:
-                return self._take(max_records)
+                # the replies in flight land first (their callbacks -- ``on_commit`` -- run), before
+                # the take moves any position: a callback never sees a position past records this
+                # poll has not returned, nor commits one (after the take, a commit there covered them)
+                self.reactor.run_once(0)
+                passes += 1
+                if self._buffer:  # else a seek, a reset in that pass dropped it
+                    return self._take(max_records)
+                continue
             left = deadline - self.clock.now_ms()
             if (left <= 0 or self._woken.is_set()) and passes:
                 return []  # the wakeup is cleared by ``poll``: the group consumer's loops around this end too
@@ -368,10 +375,10 @@ class Consumer(ConsumerFailover):
             passes += 1
 
     def _take(self, max_records: int) -> list[RecordBatchView]:
-        """Up to ``max_records`` buffered records, the positions moved past them. Cut short by
-        an exception (a KeyboardInterrupt, a callback raising in its reactor pass) before it
-        returns, it gives back what it took (``give_back``): nothing taken is lost from the
-        buffer and skipped -- except of a partition that pass moved itself (a reset, a seek)."""
+        """Up to ``max_records`` buffered records, the positions moved past them; no callback
+        runs in it (``_poll_views`` runs the reactor pass before). Cut short by an exception (a
+        KeyboardInterrupt) before it returns, it gives back what it took (``give_back``):
+        nothing taken is lost from the buffer and skipped."""
         buf, positions = self._buffer, self.positions
         out: list[RecordBatchView] = []
         left = max(1, max_records)
@@ -390,7 +397,6 @@ class Consumer(ConsumerFailover):
                 left -= len(run)
                 positions[tp] = run.next_offset
             self._buffered_records -= max(1, max_records) - left
-            self.reactor.run_once(0)  # let replies of prefetches in flight land
         except BaseException:
             self.give_back([(tp, position) for tp, position in taken_from.items() if position is not None])
             raise

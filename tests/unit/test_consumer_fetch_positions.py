@@ -13,11 +13,13 @@ that land late or say the log moved.
 - A fetch sent before a ``seek`` (or before the partition was given up and assigned again) is
   not read after it: its records are not returned and do not move the position, whether the
   seek went back, forward, or to the offset the fetch was sent at.
-- A poll cut short (a Ctrl-C, a callback raising) in the reactor pass after it took records
-  gives them back -- but not over a position something else set in that pass after it took
-  them (a reset of a topic made again, a seek, an assignment); an out-of-range answer at the
-  position the poll itself set does not stop it (the records are read again, the range is
-  checked again when the position gets there).
+- A poll's reactor pass (its callbacks) runs before it takes records: a poll cut short there
+  (a Ctrl-C, a callback raising) leaves the positions as that pass set them (a reset of a topic
+  made again, a seek, an assignment).
+- Records given back (``give_back``) after their poll took them go out again -- but not over a
+  position something else set since (a seek, a reset, an assignment leaving the partition out);
+  an out-of-range answer at the position the poll itself set does not stop it (the records are
+  read again, the range is checked again when the position gets there).
 
 A real Consumer on a ManualClock with one RecordingClient per endpoint (tests/unit/fakes.py);
 broker 1 leads t-0."""
@@ -315,11 +317,12 @@ def test_records_of_a_fetch_naming_the_old_topic_id_answered_after_the_new_metad
     assert broker.fetch_offset() == 0 and _fetch_topic_ids(broker) == {"t": "id-t2"}
 
 
-# -- a poll cut short in the reactor pass after it took records ----------------------------------------
-def _cut_in_the_pass_after_the_take(monkeypatch: pytest.MonkeyPatch, reactor: FakeReactor,
-                                    callbacks: Callable[[], None]) -> None:
-    """The next pass that ``_take`` runs once it moved the positions (``run_once(0)``): the
-    ``callbacks`` land in it, then a KeyboardInterrupt (a Ctrl-C there, or a callback raising)."""
+# -- a poll cut short in its reactor pass, and records given back ------------------------------------------
+def _cut_in_the_polls_pass(monkeypatch: pytest.MonkeyPatch, reactor: FakeReactor,
+                           callbacks: Callable[[], None]) -> None:
+    """The next pass a poll runs with records buffered (``run_once(0)``, before it takes them):
+    the ``callbacks`` land in it, then a KeyboardInterrupt (a Ctrl-C there, or a callback
+    raising)."""
     real = reactor.run_once
 
     def run_once(timeout_ms_max: int = 1000) -> None:
@@ -331,32 +334,32 @@ def _cut_in_the_pass_after_the_take(monkeypatch: pytest.MonkeyPatch, reactor: Fa
     monkeypatch.setattr(reactor, "run_once", run_once)
 
 
-def _poll_cut_by_an_out_of_range_answer(c: Consumer, broker: _Broker, reactor: FakeReactor,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A poll that takes up to 100 records, cut by a Ctrl-C in the pass after its take, in which
-    the prefetch is answered out of range (the log end fell to 40)."""
-    _cut_in_the_pass_after_the_take(monkeypatch, reactor,
-                                    lambda: broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, hw=40))
-    with pytest.raises(KeyboardInterrupt):
-        c.poll(0, max_records=100)
+def _returned_then_out_of_range(c: Consumer, broker: _Broker, offsets: range, **answer: int) -> None:
+    """A poll returns ``offsets``, the records buffered; then, outside any poll (as in a consumer
+    service's pass between its client's fetches), the prefetch at the position that poll set is
+    answered out of range (``answer``: the log's new bounds), which resets the partition."""
+    assert _offsets(c.poll(0, max_records=len(offsets))) == list(offsets)
+    assert broker.fetch_offset() == offsets[-1] + 1
+    broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, **answer)
+    assert c.position(T0) is None
 
 
 def test_a_poll_cut_after_a_reset_of_a_topic_made_again_in_its_pass_does_not_give_the_old_position_back(
         make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The poll took 10..19 of topic t (id-t), moving the position to 20; in the reactor pass
-    that follows, metadata naming t by a new id (deleted and made again) resets the partition,
-    then a Ctrl-C cuts the poll. Its give-back put the old topic's position 10 back over the
-    reset: the new topic was read from 10 and its records 0..9 skipped. The reset stands."""
+    """Records 10..49 of topic t (id-t) buffered; in the poll's reactor pass, metadata naming t
+    by a new id (deleted and made again) resets the partition, then a Ctrl-C cuts the poll. The
+    reset stands: put back, the old topic's position 10 had the new topic read from 10 and its
+    records 0..9 skipped."""
     c, broker, reactor = make("earliest")
     broker.answer_fetch(50, hw=50)
     assert _offsets(c.poll(0, max_records=10)) == list(range(10))
     broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)  # the prefetch refused: metadata is asked for
     reactor.advance(FETCH_RETRY_BACKOFF_MS)
-    _cut_in_the_pass_after_the_take(monkeypatch, reactor, lambda: _answer_metadata(broker, _metadata(2, "id-t2")))
+    _cut_in_the_polls_pass(monkeypatch, reactor, lambda: _answer_metadata(broker, _metadata(2, "id-t2")))
     with pytest.raises(KeyboardInterrupt):
         c.poll(0, max_records=10)
     assert c.position(T0) is None, "the give-back put the old topic's position back over the reset"
-    assert _fetch_topic_ids(broker) == {"t": "id-t"}  # sent by the cut poll before it took: refused
+    assert _fetch_topic_ids(broker) == {"t": "id-t"}  # sent by the cut poll before its pass: refused
     broker.answer_fetch(error=P.UNKNOWN_TOPIC_OR_PARTITION)
     for _ in range(3):
         reactor.advance(FETCH_RETRY_BACKOFF_MS)
@@ -368,11 +371,9 @@ def test_a_poll_cut_after_a_reset_of_a_topic_made_again_in_its_pass_does_not_giv
 @pytest.mark.parametrize("moved", ["seek forward", "seek to where the poll moved it", "assigned again"])
 def test_a_poll_cut_after_a_callback_in_its_pass_moved_the_position_leaves_it_there(
         make: Any, monkeypatch: pytest.MonkeyPatch, moved: str) -> None:
-    """The poll took 10..19 (position 20); a callback in the pass after it seeks the partition
-    (or it is revoked and assigned again: no position, to be found by ``auto_offset_reset``),
-    then raises. Its give-back put the position back to 10 over that -- also over a seek to 20
-    itself, which a give-back that compared the position with the one the poll set would take
-    for its own."""
+    """Position 10, records buffered; a callback in the poll's pass seeks the partition (or it is
+    revoked and assigned again: no position, to be found by ``auto_offset_reset``), then raises.
+    The position stays where the callback put it."""
     c, broker, reactor = make("earliest")
     broker.answer_fetch(50)
     assert _offsets(c.poll(0, max_records=10)) == list(range(10))
@@ -383,23 +384,24 @@ def test_a_poll_cut_after_a_callback_in_its_pass_moved_the_position_leaves_it_th
             c.assign([T0])
         else:
             c.seek(T0, 40 if moved == "seek forward" else 20)
-    _cut_in_the_pass_after_the_take(monkeypatch, reactor, callback)
+    _cut_in_the_polls_pass(monkeypatch, reactor, callback)
     with pytest.raises(KeyboardInterrupt):
         c.poll(0, max_records=10)
     assert c.position(T0) == {"seek forward": 40, "seek to where the poll moved it": 20, "assigned again": None}[moved]
 
 
-def test_a_poll_cut_after_an_out_of_range_answer_at_the_position_it_set_gives_its_records_back(
-        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The poll took 0..49 (position 50); in the pass after it, the prefetch at 50 is answered
-    out of range -- the log end fell to 40 (records 40..49 lost with a leader) -- which resets
-    the partition (latest), then a Ctrl-C cuts the poll. The reset is about the position the
-    poll set, which its give-back takes back: the records go out again from 0 (0..39 are in
-    the log), and the range is checked again when the position gets there. Left to the reset,
-    0..39 -- never returned -- were skipped."""
+def test_records_given_back_after_an_out_of_range_answer_at_the_position_their_poll_set_go_out_again(
+        make: Any) -> None:
+    """The poll returned 0..49 (position 50); then the prefetch at 50 is answered out of range --
+    the log end fell to 40 (records 40..49 lost with a leader) -- which resets the partition
+    (latest), and the records are given back (a consumer service's client never got them). The
+    reset is about the position the poll set, which the give-back takes back: the records go
+    out again from 0 (0..39 are in the log), and the range is checked again when the position
+    gets there. Left to the reset, 0..39 -- never processed -- were skipped."""
     c, broker, reactor = make("latest")
     broker.answer_fetch(50)
-    _poll_cut_by_an_out_of_range_answer(c, broker, reactor, monkeypatch)
+    _returned_then_out_of_range(c, broker, range(50), hw=40)
+    c.give_back([(T0, 0)])
     assert c.position(T0) == 0
     c.poll(0)
     assert broker.fetch_offset() == 0
@@ -407,33 +409,32 @@ def test_a_poll_cut_after_an_out_of_range_answer_at_the_position_it_set_gives_it
     assert _offsets(c.poll(0, max_records=100)) == list(range(40))
 
 
-def test_a_poll_cut_after_a_callback_assigns_the_partitions_it_holds_gives_the_records_back(
-        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The poll took 10..19 (position 20); a callback in the pass after it calls ``assign`` with
-    the partitions already held (t-0 kept: it keeps its position, as ``assign`` says), then
-    raises. The assignment took t-0 out of what the give-back may move back, so 10..19 --
-    never returned -- were skipped, and committed past by the next commit."""
+def test_records_given_back_after_an_assign_that_keeps_their_partition_go_out_again(make: Any) -> None:
+    """The poll returned 10..19 (position 20); ``assign`` names the partitions already held (t-0
+    kept: it keeps its position, as ``assign`` says); then the records are given back (a consumer
+    service's client never got them). The assignment took t-0 out of what the give-back may move
+    back, so 10..19 -- never processed -- were skipped, and committed past by the next commit."""
     c, broker, reactor = make("earliest")
     broker.answer_fetch(50)
     assert _offsets(c.poll(0, max_records=10)) == list(range(10))
-    _cut_in_the_pass_after_the_take(monkeypatch, reactor, lambda: c.assign([T0]))
-    with pytest.raises(KeyboardInterrupt):
-        c.poll(0, max_records=10)
-    assert c.position(T0) == 10, "the records the cut poll took were skipped"
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10, 20))
+    c.assign([T0])
+    c.give_back([(T0, 10)])
+    assert c.position(T0) == 10, "the records given back were skipped"
 
 
-def test_records_given_back_over_an_out_of_range_reset_stay_the_old_topics(make: Any,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The poll took 10..49 of topic t (id-t; position 50); in the pass after it the prefetch at
-    50 is answered out of range, which resets the partition, then a Ctrl-C cuts the poll and
-    its give-back takes position 10 back. Position 10 is the old topic's, as before the reset.
-    Then t is deleted and made again (id-t2): the position starts again as never read. The
-    reset forgot which topic the position was read in, and the given-back 10 counted as set
-    from outside: the new topic was read from 10, its records 0..9 skipped."""
+def test_records_given_back_over_an_out_of_range_reset_stay_the_old_topics(make: Any) -> None:
+    """The poll returned 10..49 of topic t (id-t; position 50); then the prefetch at 50 is
+    answered out of range, which resets the partition, and the give-back takes position 10
+    back. Position 10 is the old topic's, as before the reset. Then t is deleted and made again
+    (id-t2): the position starts again as never read. The reset forgot which topic the position
+    was read in, and the given-back 10 counted as set from outside: the new topic was read from
+    10, its records 0..9 skipped."""
     c, broker, reactor = make("earliest")
     broker.answer_fetch(50)
     assert _offsets(c.poll(0, max_records=10)) == list(range(10))
-    _poll_cut_by_an_out_of_range_answer(c, broker, reactor, monkeypatch)
+    _returned_then_out_of_range(c, broker, range(10, 50), hw=40)
+    c.give_back([(T0, 10)])
     assert c.position(T0) == 10
     c.poll(0)
     assert broker.fetch_offset() == 10
@@ -475,23 +476,15 @@ def test_a_give_back_moves_no_partition_before_where_the_poll_took_from(make: An
 
 
 def test_a_give_back_after_an_out_of_range_reset_never_moves_past_where_the_poll_left_the_partition(
-        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The poll returned 0..49 (position 50); in its pass, the prefetch at 50 was answered out of
-    range (retention moved the log start to 60), which reset the partition -- no position until
-    the log start is looked up -- and kept it for the give-back. A give-back naming 70, past
+        make: Any) -> None:
+    """The poll returned 0..49 (position 50); then the prefetch at 50 was answered out of range
+    (retention moved the log start to 60), which reset the partition -- no position until the
+    log start is looked up -- and kept it for the give-back. A give-back naming 70, past
     anything the poll took, moved the partition there: forward, past 60..69, which the reset
     (``earliest``) would have returned."""
     c, broker, reactor = make("earliest")
     broker.answer_fetch(50)
-    real = reactor.run_once
-
-    def run_once(timeout_ms_max: int = 1000) -> None:  # the take's pass: the prefetch's answer lands
-        if timeout_ms_max == 0 and broker.fetch_offset() == 50:
-            broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=60)
-        real(timeout_ms_max)
-    monkeypatch.setattr(reactor, "run_once", run_once)
-    assert _offsets(c.poll(0, max_records=100)) == list(range(50))
-    assert c.position(T0) is None
+    _returned_then_out_of_range(c, broker, range(50), log_start=60)
     c.give_back([(T0, 70)])
     assert c.position(T0) != 70, "the give-back moved the partition forward, past records never returned"
     c.poll(0)
