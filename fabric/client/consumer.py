@@ -299,11 +299,11 @@ class Consumer(ConsumerFailover):
         Never forward, and only a partition whose position that poll moved and nothing moved
         since: one sought, reset (``seek_to_*``, its topic made again) or assigned anew since
         keeps what that set (put back, the old position undid it: a topic made again was read
-        from the old topic's position),
-        and one no longer assigned or waiting for a position is left alone. An out-of-range
-        answer at the position that poll set is not such a move: the give-back takes that
-        position back, and the range is checked again when the position gets there (the records
-        before it, maybe still in the log, are not skipped). Not thread-safe (as ``poll``)."""
+        from the old topic's position), and one no longer assigned or waiting for a position is
+        left alone. An out-of-range answer at the position that poll set is not such a move:
+        the give-back takes that position back, and the range is checked again when the position
+        gets there (the records before it, maybe still in the log, are not skipped). Not
+        thread-safe (as ``poll``)."""
         lowest: dict[TopicPartition, int] = {}
         for tp, offset in offsets:
             if offset < 0:  # as ``seek``: taken, the fetch there was out of range, the partition reset
