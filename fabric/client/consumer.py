@@ -139,6 +139,7 @@ class Consumer(ConsumerFailover):
         # per partition of ``_taken`` that an out-of-range answer reset, the position that take
         # set: how far a give-back may move it (never forward)
         self._taken_to: dict[TopicPartition, int] = {}
+        self._ahead_of_metadata: dict[TopicPartition, str] = {}
         self._closed = False
         self._woken = threading.Event()  # ``wakeup``: the poll waiting (or the next one) returns now
         self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
@@ -156,6 +157,7 @@ class Consumer(ConsumerFailover):
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
         self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
         self._positioned_in = {tp: i for tp, i in self._positioned_in.items() if tp in keep}
+        self._ahead_of_metadata = {tp: i for tp, i in self._ahead_of_metadata.items() if tp in keep}
         self._keep_buffered(lambda tp: tp in keep)
 
     def assignment(self) -> list[TopicPartition]:
@@ -184,11 +186,14 @@ class Consumer(ConsumerFailover):
         gone = []
         for tp in tps:
             named = of.get(tp[0]) if of else None
+            self._ahead_of_metadata.pop(tp, None)
             if named:
                 self._read_in[tp] = named
                 self._positioned_in.pop(tp, None)
                 if named in self.metadata.deleted_topic_ids:
                     gone.append(tp)
+                elif self.metadata.topic_ids_of([tp[0]]).get(tp[0]) != named:
+                    self._ahead_of_metadata[tp] = named  # read once the metadata names it (``_on_fetch``)
                 continue
             self._read_in.pop(tp, None)
             t = self.metadata.topics.get(tp[0])
@@ -483,6 +488,12 @@ class Consumer(ConsumerFailover):
                 continue  # unassigned, seeked or being reset meanwhile
             if made_again and topic in made_again:
                 continue  # fetched again under the id the metadata names now
+            sent_id = fetch.topic_ids.get(topic)
+            if sent_id is not None and self._read_in.get(tp, sent_id) != sent_id:
+                # the position is an offset of another topic of this name (a committed offset
+                # of one made again, the metadata behind it): read once the metadata names it
+                self._hold([tp])
+                continue
             if code == P.OFFSET_OUT_OF_RANGE:
                 self._out_of_range(tp, pos)
                 continue
@@ -490,8 +501,8 @@ class Consumer(ConsumerFailover):
                 self._hold([tp])
                 continue
             self.high_watermarks[tp] = hw
-            if topic in fetch.topic_ids:
-                self._read_in[tp] = fetch.topic_ids[topic]
+            if sent_id is not None:
+                self._read_in[tp] = sent_id
             if data:
                 view = view_batches(topic, partition, data, start_offset=pos, end_offset=hw)
                 if view is not None and view.first_offset == pos:  # else: a stale reply from before a seek

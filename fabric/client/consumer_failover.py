@@ -63,6 +63,8 @@ class ConsumerFailover:
     positions: dict[TopicPartition, int | None]
     auto_offset_reset: str
     _read_in: dict[TopicPartition, str]  # per assigned partition, the topic id its position was read in
+    # ... where that is an id the metadata did not name yet (``_positioned_from_outside``)
+    _ahead_of_metadata: dict[TopicPartition, str]
 
     if TYPE_CHECKING:  # Consumer's, never these
         def _client(self, endpoint: str) -> ConsumerClient: ...
@@ -152,12 +154,22 @@ class ConsumerFailover:
 
     def _recreated_partitions(self, md: ClusterMetadata) -> list[TopicPartition]:
         """The partitions whose position was read in a topic ``md`` names by another id (a topic
-        ``md`` lacks -- deleted, not made again yet -- or names without an id: not yet)."""
+        ``md`` lacks -- deleted, not made again yet -- or names without an id: not yet). Not one
+        positioned in a topic this consumer's metadata did not name yet (``_ahead_of_metadata``:
+        a group's committed offset of a topic made again, taken while the metadata, or the
+        broker's copy it came from, was older than the topic) unless ``md`` lists that id as
+        deleted: else ``md`` is behind it, and a reset there lost the committed offset
+        (``latest``: the new topic's records from it on were skipped, and committed past)."""
+        ahead = self._ahead_of_metadata
+        if ahead:  # those ``md`` names are no longer ahead of the metadata
+            self._ahead_of_metadata = ahead = {tp: i for tp, i in ahead.items()
+                                               if md.topic_ids_of([tp[0]]).get(tp[0]) != i}
         out = []
         for tp, read_in in self._read_in.items():
             new = md.topics.get(tp[0])
             if new is not None and new.topic_id and new.topic_id != read_in:
-                out.append(tp)
+                if ahead.get(tp) != read_in or read_in in md.deleted_topic_ids:
+                    out.append(tp)
         return out
 
     def _made_again_since(self, sent_ids: dict[str, str]) -> set[str]:

@@ -1,0 +1,46 @@
+"""A member whose metadata is older than the topic it is handed positions in: the group's
+committed offset names the new topic (OFFSET_FETCH's ``topic_ids``) while the member's metadata
+-- or the broker its metadata points to, not yet told of the deletion -- still names the topic
+that was deleted. The position is an offset of the new topic: it must be read there, once the
+metadata names it, never in the old topic (whose answer made it "read in" the old topic, so
+that the newer metadata then started it again at ``auto_offset_reset``: with ``latest``, the
+new topic's records from the committed offset on were skipped, and committed past).
+
+A real GroupConsumer on the fake broker and scripted coordinator of
+tests/unit/builders_group_consumer.py.
+"""
+
+from __future__ import annotations
+
+from fabric.client.group import GroupConsumer
+from tests.unit.builders_group_consumer import T0, SubscribedMember
+
+NEW_ID = "id-t2"
+COMMITTED = 500
+
+
+def _poll(consumer: GroupConsumer, polls: int) -> list[int]:
+    got: list[int] = []
+    for _ in range(polls):
+        got = [r.offset for r in consumer.poll(1000, max_records=10)]
+        if got:
+            break
+    return got
+
+
+def test_a_committed_offset_of_the_new_topic_is_not_read_in_the_old_one_by_a_member_with_stale_metadata() -> None:
+    m = SubscribedMember(auto_offset_reset="latest")
+    try:
+        # t was deleted and made again (NEW_ID), and the group committed 500 in the new topic; the
+        # member's metadata, and the broker it points to, still name the old topic
+        m.coordinator.topic_ids["t"] = NEW_ID
+        m.coordinator.committed[T0] = COMMITTED
+        before = _poll(m.consumer, 5)
+        assert before == [], f"records of the deleted topic were returned at the new topic's offsets: {before}"
+        m.broker.make_topic_again(NEW_ID)  # the broker learns of it; the member's metadata follows
+        got = _poll(m.consumer, 40)
+        assert got[:1] == [COMMITTED], \
+            f"the new topic's committed offset {COMMITTED} was lost: the member read from {got[:1]} " \
+            f"(position {m.consumer.position(T0)})"
+    finally:
+        m.consumer.close()
