@@ -111,8 +111,13 @@ class Delivered:
 
     def note_topic_ids(self, topic_ids: dict[str, str]) -> None:
         """A fetch said which topics (by id) its instance's positions are of: a topic deleted and
-        made again since the last one ends the marks of every message numbered before it."""
-        if any(self.topic_ids.get(t, i) != i for t, i in topic_ids.items()):
+        made again since the last one ends the marks of every message numbered before it -- and
+        so does the first id heard of a topic once messages were numbered without one (a fetch
+        whose poll took records and then reset the partition, its topic made again: those
+        records may be of the topic before, and their marks would pass the new topic's records
+        still in the outbox)."""
+        unnamed_marks = self.seq >= self.marks_from_seq and any(t not in self.topic_ids for t in topic_ids)
+        if unnamed_marks or any(self.topic_ids.get(t, i) != i for t, i in topic_ids.items()):
             self.forget_marks()
         self.topic_ids.update(topic_ids)
 

@@ -158,3 +158,24 @@ def test_a_rest_instance_fetch_says_which_topic_its_positions_are_of() -> None:
         assert fetched["topic_ids"] == {"t": NEW_ID}
     finally:
         rest.instance._close()
+
+
+def test_marks_numbered_before_the_stream_first_learns_its_topics_id_are_not_committed_for_a_new_topic() -> None:
+    """The stream's first fetch brings records of the old topic, and the instance learns inside
+    that poll (its reactor pass after the records were taken) that the topic was made again: the
+    partition waits for a position, so the answer names no id for t. The next fetch names the new
+    topic -- the first id the stream hears of, so no change it could see -- and its records stay
+    in the outbox. The old message's mark must not be committed for the new topic: the
+    instance's position there is past it (nothing refuses it), and the new topic's records below
+    it had not gone out (skipped, had the connection broken then)."""
+    out, instance = _SentMarks(), _Instance()
+    delivered = consumemod.Delivered(out, SimpleNamespace(agent=instance), "billing", "i-1", True)  # type: ignore[arg-type]
+    delivered.note_topic_ids({})  # the first fetch: t's position was reset inside it
+    old = delivered.number(_records(range(20)))
+    instance.made_again, instance.position = True, 30
+    delivered.note_topic_ids({"t": NEW_ID})
+    delivered.number(_records(range(30)))  # the new topic's 0..29: still in the outbox
+    out.marks = [old]
+    delivered.commit(auto=True)
+    assert instance.commits == [], \
+        f"a mark of the old topic was committed for the new one past records that had not gone out: {instance.commits}"
