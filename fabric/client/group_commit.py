@@ -79,6 +79,7 @@ class GroupCommits:
     metadata: ClusterMetadata
     _read_in: dict[TopicPartition, str]         # the topic id each position was read in
     _positioned_in: dict[TopicPartition, str]   # ... or was set in from outside, or read in before a reset
+    _ahead_of_metadata: dict[TopicPartition, str]  # ... a set one the metadata did not name yet
     auto_offset_reset: str
     group_id: str
     subscription: list[str]
@@ -205,8 +206,11 @@ class GroupCommits:
         the position read in a topic made again (its records were not returned yet: the
         application's own offsets, of records the topic before gave it) names the topic before.
         Partitions of one topic that name two ids -- one position of a topic made again since,
-        not yet reset -- name the one the metadata does not: the coordinator refuses the commit
-        rather than take a position of the topic that is gone for the new one."""
+        not yet reset -- name the older: the coordinator refuses the commit rather than take a
+        position of the topic that is gone for the new one. The older is the one the metadata
+        lists as deleted, else the one it names where the other is ahead of it (a committed
+        offset of a topic it does not name yet: ``_ahead_of_metadata``), else the one it does not
+        name."""
         ids: dict[str, set[str]] = {}
         for tp, offset in offsets.items():
             tid, before = self._read_in.get(tp), self._positioned_in.get(tp)
@@ -220,10 +224,21 @@ class GroupCommits:
                 ids.setdefault(tp[0], set()).add(tid)
         out = {}
         for topic, named in ids.items():
-            now = self.metadata.topics.get(topic)
-            gone = sorted(named - {now.topic_id}) if now is not None and len(named) > 1 else []
-            out[topic] = gone[0] if gone else min(named)
+            out[topic] = self._older_topic_id(topic, named) if len(named) > 1 else min(named)
         return out
+
+    def _older_topic_id(self, topic: str, named: set[str]) -> str:
+        """Of two or more ids of ``topic``, one that is not its newest (``_commit_topic_ids``)."""
+        md = self.metadata
+        deleted = sorted(named & set(md.deleted_topic_ids))
+        if deleted:
+            return deleted[0]
+        now = md.topic_ids_of([topic]).get(topic)
+        ahead = {i for tp, i in self._ahead_of_metadata.items() if tp[0] == topic}
+        if now in named and named & ahead:
+            return now
+        gone = sorted(named - {now})
+        return gone[0] if gone else min(named)
 
     def _commit_async(self, offsets: dict[TopicPartition, int], header: dict,
                       failed: Callable[[RemoteError], None]) -> None:

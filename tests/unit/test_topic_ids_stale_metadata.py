@@ -13,6 +13,7 @@ tests/unit/builders_group_consumer.py.
 from __future__ import annotations
 
 from fabric.client.group import GroupConsumer
+from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
 from tests.unit.builders_group_consumer import T0, SubscribedMember
 
 NEW_ID = "id-t2"
@@ -42,5 +43,27 @@ def test_a_committed_offset_of_the_new_topic_is_not_read_in_the_old_one_by_a_mem
         assert got[:1] == [COMMITTED], \
             f"the new topic's committed offset {COMMITTED} was lost: the member read from {got[:1]} " \
             f"(position {m.consumer.position(T0)})"
+    finally:
+        m.consumer.close()
+
+
+def test_partitions_of_one_topic_read_in_two_ids_with_stale_metadata_name_the_older_one() -> None:
+    """t-0 starts at the group's committed offset of the new topic (NEW_ID, which the member's
+    metadata does not name yet); t-1, with nothing committed, was started in the topic the
+    stale metadata names (a broker's stale copy still serving it). A commit of both names one
+    id for t: it must be the old one -- refused -- not the new one, which the coordinator takes
+    for t-1's position too (an offset of the deleted topic, committed for the new one)."""
+    m = SubscribedMember()
+    try:
+        c = m.consumer
+        c.metadata = ClusterMetadata(2, "c", {1: BrokerInfo(1, "b1", 1, 2)},
+                                     {"t": TopicInfo("t", tuple(PartitionInfo("t", p, 1, 1, (1,), (1,)) for p in range(2)),
+                                                     {}, "id-t")}, coordinator="tcp://coordinator")
+        t1 = ("t", 1)
+        c.positions = {T0: COMMITTED, t1: 1000}
+        c._positioned_from_outside([T0], {"t": NEW_ID})  # as the assignment's committed offsets do
+        c._read_in[t1] = "id-t"  # as a fetch of the metadata's topic does
+        assert c._commit_topic_ids({T0: COMMITTED, t1: 1000}) == {"t": "id-t"}, \
+            "a position of the old topic was offered as the new topic's"
     finally:
         m.consumer.close()
