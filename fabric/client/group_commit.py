@@ -129,8 +129,8 @@ class GroupCommits:
         link opened again for it."""
         self._check_open()
         if offsets is None:
-            offsets = {tp: pos for tp, pos in self.positions.items()
-                       if pos is not None and self._last_committed.get(tp) != pos}
+            offsets = self._without_deleted_topics({tp: pos for tp, pos in self.positions.items()
+                                                    if pos is not None and self._last_committed.get(tp) != pos})
         if not offsets:
             return
         with self._lock:  # once: the heartbeat thread may leave meanwhile (max_poll_interval_ms)
@@ -462,4 +462,17 @@ class GroupCommits:
                 pos = bound
             if last.get(tp) != pos:
                 offsets[tp] = pos
-        return offsets
+        return self._without_deleted_topics(offsets)
+
+    def _without_deleted_topics(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """``offsets`` (the positions a commit of them all takes) without those read in a topic
+        the metadata lists as deleted and names no more (not made again yet): the coordinator
+        refuses a commit naming one whole (unknown_topic_id), at every attempt for as long as
+        the member holds the partition -- its other partitions' positions were never committed."""
+        md = self.metadata
+        absent = [tp for tp in offsets if tp[0] not in md.topics]
+        if not absent:
+            return offsets
+        deleted = set(md.deleted_topic_ids)
+        gone = {tp for tp in absent if (self._read_in.get(tp) or self._positioned_in.get(tp)) in deleted}
+        return {tp: o for tp, o in offsets.items() if tp not in gone} if gone else offsets

@@ -315,3 +315,29 @@ def test_the_new_topics_position_is_committed_where_the_old_topics_was_committed
     assert member.coordinator.committed == {T0: 10}, \
         "the new topic's position was not committed: the old topic's commit at the same offset stood for it"
     assert member.commits()[-1]["topic_ids"] == {"t": NEW_ID}
+
+
+@pytest.mark.parametrize("path", ["sync", "auto"])
+def test_a_member_holding_a_deleted_topic_still_commits_its_other_topics(member: _Member, path: str) -> None:
+    """The member holds t-0 and u-0; t is deleted (not made again): the metadata no longer names
+    it and lists its id as deleted. A commit of the positions that names t's position is refused
+    whole, at every attempt -- the member read u fine and committed none of it, for as long as it
+    held t-0 (no rebalance follows a deletion). A position of a deleted topic has nothing to be
+    committed for: it is left out."""
+    assert member.poll() == list(range(10))  # a member of generation 1
+    c = member.consumer
+    u0 = ("u", 0)
+    c.metadata = ClusterMetadata(5, "c", {1: BrokerInfo(1, "b1", 1, 2)},
+                                 {"u": TopicInfo("u", (PartitionInfo("u", 0, 1, 1, (1,), (1,)),), {}, "id-u")},
+                                 coordinator="tcp://coordinator", deleted_topic_ids=("id-t",))
+    member.coordinator.topic_ids = {"u": "id-u"}
+    c.positions = {T0: 10, u0: 20}
+    c._read_in = {T0: "id-t", u0: "id-u"}
+    for _ in range(2):
+        try:
+            _commit_by(member, path)
+        except CommitFailed:
+            pass
+    assert member.coordinator.committed == {u0: 20}, \
+        f"the member's commits of u were refused for its position in the deleted t: {member.commits()}"
+    assert all(["t", 0, 10] not in h["offsets"] for h in member.commits())
