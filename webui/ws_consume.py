@@ -199,6 +199,19 @@ class Delivered:
         self.pending, self.sent, self.committed, self.baselined = [], {}, {}, set()
         self.marks_from_seq = self.seq + 1
 
+    def past_what_went_out(self, wanted: dict[tuple[str, int], int]) -> list[tuple[str, int]]:
+        """Once the topic was made again (``forget_marks``), the partitions of an explicit commit
+        ``wanted`` whose offset is past every record that went out since: the client got that
+        record from the topic before. Committed, it passed records of the new topic the instance
+        read (its position is past them: nothing refuses it) that may still be on their way."""
+        if self.marks_from_seq == 1:
+            return []
+        self.collect()
+        went_out = dict(self.sent)
+        for _, after in self.pending:
+            _keep_highest(went_out, after)
+        return sorted(tp for tp, o in wanted.items() if o > went_out.get(tp, -1))
+
     def note_committed(self, offsets: dict[tuple[str, int], int]) -> None:
         """The client committed ``offsets`` itself (of records it got): never commit below them."""
         for tp, o in offsets.items():
@@ -362,6 +375,13 @@ def consume_commands(ws: Any, out: Outbox, gw: Gateway, delivered: Delivered,
             if wanted is None:
                 out.close(POLICY, "commit entries need topic, partition and offset")
                 raise Closed() from None
+            past = delivered.past_what_went_out(wanted)
+            if past:
+                t, p = past[0]
+                out.put({"committed": False, "error": "topic_not_found",
+                         "message": f"topic {t!r} was deleted and made again: the offset for {t}-{p} is past what this "
+                                    "stream sent of the new topic (a record of the topic before): nothing was committed"})
+                continue
             try:
                 gw.agent.call_instance(delivered.group, delivered.name, lambda h: h.commit(wanted))
             except ClusterError as e:

@@ -179,3 +179,45 @@ def test_marks_numbered_before_the_stream_first_learns_its_topics_id_are_not_com
     delivered.commit(auto=True)
     assert instance.commits == [], \
         f"a mark of the old topic was committed for the new one past records that had not gone out: {instance.commits}"
+
+
+class _Socket:
+    """The stream's WebSocket as consume_commands reads it: ``texts`` from the client, once."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = list(texts)
+
+    def receive(self, timeout: float = 0) -> str | None:
+        return self.texts.pop(0) if self.texts else None
+
+
+class _Out(_SentMarks):
+    """The stream's Outbox: the marks of what went out, and the messages put for the client."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_messages: list[dict] = []
+
+    def put(self, msg: dict, mark: object = None) -> None:
+        self.put_messages.append(msg)
+
+
+def test_an_explicit_commit_of_an_old_topics_offset_is_not_taken_for_new_records_still_on_their_way() -> None:
+    """The client got the old topic's records up to 149 and commits offset 149 explicitly; the
+    topic was made again meanwhile and the instance read the new topic to 200, whose records sit
+    in the outbox (none went out yet). The instance's position is past 150: nothing refuses it
+    there, and the new topic's records 0..149 -- never delivered if the connection breaks now --
+    were skipped by the group. What the client commits of the new topic can only be of records
+    that went out of it."""
+    out, instance = _Out(), _Instance()
+    delivered = consumemod.Delivered(out, SimpleNamespace(agent=instance), "billing", "i-1", True)  # type: ignore[arg-type]
+    delivered.note_topic_ids({"t": "id-t"})
+    out.marks = [delivered.number(_records(range(150)))]
+    delivered.collect()
+    instance.made_again, instance.position = True, 200
+    delivered.note_topic_ids({"t": NEW_ID})
+    delivered.number(_records(range(200)))  # the new topic's 0..199: in the outbox
+    ws = _Socket(['{"commit": [{"topic": "t", "partition": 0, "offset": 149}]}'])
+    consumemod.consume_commands(ws, out, SimpleNamespace(agent=instance), delivered, lambda: None)  # type: ignore[arg-type]
+    assert instance.commits == [], f"an old topic's offset was committed for the new topic: {instance.commits}"
+    assert [m.get("committed") for m in out.put_messages] == [False], out.put_messages
