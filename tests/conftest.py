@@ -8,7 +8,16 @@ from typing import Iterator
 import pytest
 
 from fabric.client import Admin
+from tests.gateway_client import Http
 from tests.harness import Cluster, make_config, running_cluster
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Before a test's fixtures are torn down (its clusters stopped), close the HTTP clients it
+    opened: a gateway stopping with an idle kept-alive connection open waited 2 s for it."""
+    Http.close_all()
+    yield
 
 
 @pytest.fixture

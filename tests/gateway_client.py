@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,25 @@ def b64(data: bytes) -> str:
 
 
 class Http:
+    # Every client made, so that a test's teardown closes their kept-alive connections before it
+    # stops the gateway (``close_all``): a stopping gunicorn worker keeps an idle kept-alive
+    # connection open for 2 s, for a request its client may already be sending.
+    _made: "weakref.WeakSet[Http]" = weakref.WeakSet()
+
     def __init__(self, port: int, role: str = "admin") -> None:
         self.base = f"http://127.0.0.1:{port}"
         self.key = ROLE_KEYS[role]
         self.session = requests.Session()
+        Http._made.add(self)
+
+    def close(self) -> None:
+        """Close the kept-alive connections; a later request opens a new one."""
+        self.session.close()
+
+    @classmethod
+    def close_all(cls) -> None:
+        for http in list(cls._made):
+            http.close()
 
     def __call__(self, method: str, path: str, body: Any = None, ctype: str = "application/json",
                  key: str | None = "", timeout_s: float = 30, **params: Any) -> requests.Response:
