@@ -11,10 +11,12 @@ from pathlib import Path
 from fabric.client import Admin
 from fabric.client.group_admin import GroupAdmin
 from tests.harness import running_cluster, wait_until
+from tests.integration.groups_support import SESSION_MS as MEMBER_SESSION_MS
 from tests.integration.groups_support import Member
 
-STALL_S = 10  # the fault: over three session timeouts (3 s) of the test cluster
-WATCH_AFTER_RESUME_S = 8  # more than two sessions: long enough for any verdict to be passed
+SESSION_MS = 2000  # the brokers' session here (the test config's 3 s made every wait below longer)
+STALL_S = 3.25 * max(SESSION_MS, MEMBER_SESSION_MS) / 1000  # the fault: over three sessions of brokers and members
+WATCH_AFTER_RESUME_S = 2.25 * max(SESSION_MS, MEMBER_SESSION_MS) / 1000  # over two: any verdict would be passed
 
 
 def _leaders(admin: Admin, topic: str) -> list[tuple[int, int]]:
@@ -22,7 +24,8 @@ def _leaders(admin: Admin, topic: str) -> list[tuple[int, int]]:
 
 
 def test_stalled_coordinator_declares_no_broker_dead_moves_no_leader_rebalances_no_group(tmp_path: Path) -> None:
-    with running_cluster(tmp_path) as cluster, Admin(cluster.bootstrap) as admin:
+    with running_cluster(tmp_path, overrides={"liveness": {"session_timeout_ms": SESSION_MS}}) as cluster, \
+            Admin(cluster.bootstrap) as admin:
         admin.create_topic("stall", 3)
         cluster.wait_topic_ready(admin, "stall")
         groups = GroupAdmin(admin)
