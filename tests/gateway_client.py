@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +19,27 @@ def b64(data: bytes) -> str:
 
 
 class Http:
-    # Every client made, so that a test's teardown closes their kept-alive connections before it
-    # stops the gateway (``close_all``): a stopping gunicorn worker keeps an idle kept-alive
-    # connection open for 2 s, for a request its client may already be sending.
-    _made: "weakref.WeakSet[Http]" = weakref.WeakSet()
+    # The sessions used since the last ``close_all``, which a test's teardown calls before it
+    # stops the gateway: a stopping gunicorn worker keeps an idle kept-alive connection open for
+    # 2 s, for a request its client may already be sending. Held here, not weakly: a connection
+    # outlives its client in a reference cycle (a response and its pool) until the collector runs.
+    _used: set[requests.Session] = set()
 
     def __init__(self, port: int, role: str = "admin") -> None:
         self.base = f"http://127.0.0.1:{port}"
         self.key = ROLE_KEYS[role]
         self.session = requests.Session()
-        Http._made.add(self)
-
-    def close(self) -> None:
-        """Close the kept-alive connections; a later request opens a new one."""
-        self.session.close()
 
     @classmethod
     def close_all(cls) -> None:
-        for http in list(cls._made):
-            http.close()
+        """Close the kept-alive connections of every client used since the last call; a later
+        request opens a new one."""
+        while cls._used:
+            cls._used.pop().close()
 
     def __call__(self, method: str, path: str, body: Any = None, ctype: str = "application/json",
                  key: str | None = "", timeout_s: float = 30, **params: Any) -> requests.Response:
+        Http._used.add(self.session)
         headers = {}
         k = self.key if key == "" else key
         if k is not None:

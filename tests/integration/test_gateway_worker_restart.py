@@ -63,4 +63,5 @@ def test_a_worker_stopped_by_a_bug_is_replaced_and_the_gateway_serves_again(tmp_
         wait_until(lambda: [len(m["assignments"]) for m in _members_after_a_poll(http)] == [2], 30,
                    what="the new c1 the group's only member, with both partitions")
     finally:
+        Http.close_all()  # a gateway stopping with a kept-alive connection open waits 2 s for it
         c.stop_all()
