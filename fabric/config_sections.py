@@ -192,6 +192,8 @@ class ReplicationConfig(_Model):
     unclean_leader_election: bool = False
     replica_fetch_wait_ms: int = Field(200, ge=1)
     replica_fetch_bytes_max: int = Field(8 * 1024 * 1024, ge=1024)
+    # how often the coordinator moves leadership back to preferred replicas alive and in sync
+    preferred_leader_check_ms: int = Field(5000, ge=100)
 
 
 class LivenessConfig(_Model):

@@ -46,7 +46,6 @@ REPUBLISH_INTERVAL_MS = 1000
 # state on the reactor thread -- a file that grows with the partitions (24 KB for one
 # 1,000-partition topic), in the way of every heartbeat and request while the disk was busy
 PRODUCER_ID_BLOCK = 1000
-PREFERRED_LEADER_CHECK_MS = 5000
 
 
 class Coordinator(TopicAdminMixin, Node):
@@ -96,7 +95,7 @@ class Coordinator(TopicAdminMixin, Node):
         self._fenced: set[tuple[str, int]] = set()  # partitions whose next commit bumps their epoch
         # the next producer id and the end of the block this process stored (nothing yet)
         self._pid_next = self._pid_end = self.state.next_producer_id
-        self.reactor.call_every(PREFERRED_LEADER_CHECK_MS, self._restore_preferred_leaders)
+        self.reactor.call_every(config.replication.preferred_leader_check_ms, self._restore_preferred_leaders)
         self.extensions: list[Any] = []  # group coordinator etc. plug in here
         offsets_client = OffsetsTopicClient(self, lambda endpoint: RpcClient(self.ctx, self.reactor, endpoint,
                                                                             identity="coordinator-offsets"))

@@ -65,7 +65,8 @@ def _restart(c: Cluster, admin: Admin) -> None:
 
 
 def test_engine_swap_and_back_settles_without_a_truncation_loop(cluster_factory, monkeypatch) -> None:
-    c = cluster_factory(3)
+    # leadership back to the preferred replicas within a second of a restart, not five
+    c = cluster_factory(3, overrides={"replication": {"preferred_leader_check_ms": 1000}})
     admin = Admin(c.bootstrap)
     try:
         admin.create_topic(TOPIC, PARTITIONS, 3)

@@ -44,6 +44,14 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert cfg.bootstrap() == ["tcp://127.0.0.1:19004", "tcp://127.0.0.1:19001"]
 
 
+def test_preferred_leader_check_interval_defaults_to_5_s_and_is_bounded(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL), environ={}).replication.preferred_leader_check_ms == 5000
+    raw = {**MINIMAL, "replication": {"preferred_leader_check_ms": 1000}}
+    assert load_config(write(tmp_path, raw), environ={}).replication.preferred_leader_check_ms == 1000
+    with pytest.raises(ConfigError, match="replication.preferred_leader_check_ms"):
+        load_config(write(tmp_path, {**MINIMAL, "replication": {"preferred_leader_check_ms": 0}}), environ={})
+
+
 def test_unknown_key_is_rejected_with_file_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, {**MINIMAL, "storage": {"engin": "lmdb"}})
     with pytest.raises(ConfigError) as e:
