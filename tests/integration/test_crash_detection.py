@@ -10,6 +10,7 @@ from fabric.client import Admin
 from tests.harness import wait_until
 
 SESSION_MS = 30_000  # long enough that only crash detection can explain a quick election
+PAUSED_SESSION_MS = 2000  # five crash graces (2 heartbeats of 200 ms): only the session can end a pause
 
 
 def _leader(admin: Admin) -> int:
@@ -33,7 +34,8 @@ def test_killed_leader_is_replaced_before_its_session_expires(cluster_factory) -
 
 
 def test_paused_leader_keeps_its_session(cluster_factory) -> None:
-    c = cluster_factory(3, overrides={"liveness": {"heartbeat_interval_ms": 200, "session_timeout_ms": 4000}})
+    c = cluster_factory(3, overrides={"liveness": {"heartbeat_interval_ms": 200,
+                                                   "session_timeout_ms": PAUSED_SESSION_MS}})
     admin = Admin(c.bootstrap)
     try:
         admin.create_topic("crash", 1, 3)
@@ -45,8 +47,8 @@ def test_paused_leader_keeps_its_session(cluster_factory) -> None:
             wait_until(lambda: _leader(admin) != victim, 15, what="the session to expire")
         finally:
             c.kill(f"broker-{victim}", signal.SIGCONT)
-        # its connections stayed open, so only the session (4 s) could end it -- not the
+        # its connections stayed open, so only the session (2 s) could end it -- not the
         # crash grace (2 heartbeats, 0.4 s)
-        assert time.monotonic() - paused_at >= 3.5
+        assert time.monotonic() - paused_at >= (PAUSED_SESSION_MS - 500) / 1000
     finally:
         admin.close()

@@ -13,6 +13,8 @@ from fabric import protocol as P
 from fabric.metadata import ClusterMetadata
 from tests.harness import Cluster, free_ports, make_config, wait_until
 
+SESSION_MS = 1500  # the twin test waits for a session to run out: half the test config's 3 s
+
 
 def _broker_1_process(cluster: Cluster) -> str:
     header, _ = cluster.call("coordinator", P.METADATA, {})
@@ -24,7 +26,7 @@ def _cluster_and_twin(tmp_path: Path) -> tuple[Cluster, Cluster]:
     data directory and ports of its own: the twin."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    cluster = Cluster(make_config(tmp_path / "a", 3))
+    cluster = Cluster(make_config(tmp_path / "a", 3, overrides={"liveness": {"session_timeout_ms": SESSION_MS}}))
     raw = yaml.safe_load(cluster.config_path.read_text())
     raw["cluster"]["data_dir"] = str(tmp_path / "b" / "data")
     raw["nodes"]["broker-1"]["port"], raw["nodes"]["broker-1"]["pub_port"] = free_ports(2)
