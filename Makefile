@@ -39,11 +39,19 @@ down: install
 status: install
 	$(BIN)/loom status -c $(CONFIG)
 
+# The unit tests on two processes (pytest-xdist): they bind only ports picked free at run time
+# and write only under their tmp_path, and most of their time is waiting, not CPU. Then the
+# integration, fault and browser tests one at a time, as their clusters need. Both always run.
+UNIT_WORKERS ?= 2
+
 test: dev
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	status=0; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(UNIT_WORKERS) tests/unit || status=$$?; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests --ignore=tests/unit || status=$$?; \
+	exit $$status
 
 test-fast: dev
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(UNIT_WORKERS) tests/unit
 
 bench: install
 	$(BIN)/python -m bench.engines --quick
