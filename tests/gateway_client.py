@@ -35,7 +35,14 @@ class Http:
         """Close the kept-alive connections of every client used since the last call; a later
         request opens a new one."""
         while cls._used:
-            cls._used.pop().close()
+            session = cls._used.pop()
+            # urllib3's PoolManager.clear() (what Session.close() calls) only drops its pools: a
+            # pool a response still references (its ``_pool``) kept its connection open
+            for adapter in session.adapters.values():
+                pools = adapter.poolmanager.pools
+                for key in pools.keys():
+                    pools[key].close()
+            session.close()
 
     def __call__(self, method: str, path: str, body: Any = None, ctype: str = "application/json",
                  key: str | None = "", timeout_s: float = 30, **params: Any) -> requests.Response:
