@@ -81,7 +81,9 @@ def browser_available() -> None:
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
 
 
-@pytest.fixture(scope="session")
+# The cluster and the browser end with the browser tests (package scope): for the whole session
+# they stayed up, nine idle node processes and a Chromium beside every later test.
+@pytest.fixture(scope="package")
 def dashboard(browser_available: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     keys = [{"name": "test", "key_hash": hash_key(TEST_ADMIN_KEY), "roles": ["admin", "produce", "consume", "read"]},
             {"name": "viewer", "key_hash": hash_key(READ_ONLY_KEY), "roles": ["read"]}]
@@ -93,7 +95,7 @@ def dashboard(browser_available: None, tmp_path_factory: pytest.TempPathFactory)
         yield d
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(browser_available: None) -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
