@@ -61,11 +61,13 @@ def check_cluster(answered: str, expected: str | None, where: str) -> None:
 def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int) -> str:
     """Where to ask for metadata on the ``attempt``-th try. The coordinator is the source of
     truth (a broker cut off from it serves a stale copy), so once it is known it gets every
-    other try; the bootstrap endpoints take the rest in turn."""
+    other try; the other bootstrap endpoints take the rest in turn (the list usually names the
+    coordinator too: with it down, its turns there were more timeouts before a broker was asked)."""
     if metadata.coordinator:
         if attempt % 2 == 0:
             return metadata.coordinator
         attempt //= 2
+        endpoints = [e for e in endpoints if e != metadata.coordinator] or endpoints
     return endpoints[attempt % len(endpoints)]
 
 
