@@ -139,6 +139,10 @@ class Consumer(ConsumerFailover):
         # per partition of ``_taken`` that an out-of-range answer reset, the position that take
         # set: how far a give-back may move it (never forward)
         self._taken_to: dict[TopicPartition, int] = {}
+        # per partition of ``_read_in`` set from a group's committed offset of a topic id the
+        # metadata did not name yet (made again, the metadata behind): that metadata's other id
+        # does not start it again (``_recreated_partitions``), and it is read once the metadata
+        # names its id (``_positioned_from_outside``)
         self._ahead_of_metadata: dict[TopicPartition, str] = {}
         self._closed = False
         self._woken = threading.Event()  # ``wakeup``: the poll waiting (or the next one) returns now
