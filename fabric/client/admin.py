@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import zmq
 
 from fabric import protocol as P
-from fabric.client.bootstrap import bootstrap_target, check_cluster, fetch_metadata
+from fabric.client.bootstrap import CoordinatorSilence, bootstrap_target, check_cluster, fetch_metadata
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata, PartitionInfo, read_answer
 from fabric.replies import ListOffsetsEntry, decode_parts
@@ -51,6 +51,7 @@ class Admin:
         self.timeout_ms = timeout_ms
         self._clients: dict[str, BlockingClient] = {}
         self._metadata: ClusterMetadata | None = None
+        self._md_silence = CoordinatorSilence()  # a coordinator silent lately is asked after the brokers
 
     def _client(self, endpoint: str) -> BlockingClient:
         c = self._clients.get(endpoint)
@@ -66,7 +67,7 @@ class Admin:
         if refresh or self._metadata is None:
             prefer = self._metadata.coordinator if self._metadata is not None else None
             md, endpoint = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, 3000), prefer,
-                                          deadline_s=deadline_s)
+                                          deadline_s=deadline_s, silence=self._md_silence)
             check_cluster(md.cluster, self.cluster, endpoint)
             self._metadata = md
         return self._metadata
@@ -226,15 +227,18 @@ class Admin:
 
     def _coordinator_metadata(self, timeout_ms: int, besides: str) -> ClusterMetadata | None:
         """The coordinator's metadata now, or None when it did not answer within ``timeout_ms``
-        (or is not known apart from ``besides``, the endpoint being waited for)."""
+        (or is not known apart from ``besides``, the endpoint being waited for, or went silent
+        lately: ``CoordinatorSilence``)."""
         where = self._metadata.coordinator if self._metadata is not None else ""
-        if not where or where == besides:
+        if not where or where == besides or self._md_silence.skips(where, int(time.monotonic() * 1000)):
             return None
         try:
             h, _ = self._client(where).call(P.METADATA, {}, timeout_ms=timeout_ms)
         except CodedError as e:
             log.debug("metadata from %s: %s", where, e)
+            self._md_silence.heard(where, e, int(time.monotonic() * 1000))
             return None
+        self._md_silence.heard(where, None, int(time.monotonic() * 1000))
         return read_answer(h, where)
 
     @staticmethod

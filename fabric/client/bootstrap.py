@@ -7,13 +7,14 @@ functions are thread-safe; a ``BlockingClient`` is not.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import zmq
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import CodedError, FabricError, MalformedFrame, RequestTimeout
+from fabric.errors import CodedError, FabricError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata, read_answer
 from fabric.rpc import BlockingClient
 
@@ -58,31 +59,106 @@ def check_cluster(answered: str, expected: str | None, where: str) -> None:
                           "cluster runs on the config's ports (stop it, or name its own config)")
 
 
-def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int) -> str:
-    """Where to ask for metadata on the ``attempt``-th try. The coordinator is the source of
-    truth (a broker cut off from it serves a stale copy), so once it is known it gets every
-    other try; the other bootstrap endpoints take the rest in turn (the list usually names the
-    coordinator too: with it down, its turns there were more timeouts before a broker was asked)."""
-    if metadata.coordinator:
-        if attempt % 2 == 0:
-            return metadata.coordinator
-        attempt //= 2
-        endpoints = [e for e in endpoints if e != metadata.coordinator] or endpoints
-    return endpoints[attempt % len(endpoints)]
+COORDINATOR_SILENT_BACKOFF_MS_MIN = 1000   # brokers first for this long after the coordinator went silent
+COORDINATOR_SILENT_BACKOFF_MS_MAX = 10000  # doubled at each further silence, up to this
+
+
+class CoordinatorSilence:
+    """Whether the coordinator went silent: a metadata ask of it timed out or its connection
+    failed. For a backoff from then (``COORDINATOR_SILENT_BACKOFF_MS_MIN``, doubled at each
+    silence in a row up to ``..._MAX``) metadata is asked of the other endpoints first -- with
+    the coordinator's process dead, every refresh spent its whole timeout (3 s) there before a
+    broker's copy was asked; then the coordinator is asked again. The silence ends at once when
+    the coordinator answers anything, or when metadata names another coordinator (endpoint, or
+    process: ``state_id``) than the one that went silent. Times are ms of the caller's monotonic
+    clock. Thread-safe; its calls come with metadata asks only, never per request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: tuple[str, str] = ("", "")  # (coordinator, state_id) of the latest metadata seen
+        self._silent: tuple[str, str] | None = None  # that of the coordinator that went silent
+        self._backoff_ms = 0
+        self._until_ms = 0
+
+    def seen(self, md: ClusterMetadata) -> None:
+        """Metadata taken, from any node: one naming another coordinator ends the silence."""
+        with self._lock:
+            self._known = (md.coordinator, md.state_id)
+            if self._silent is not None and self._silent != self._known:
+                self._silent = None
+
+    def heard(self, endpoint: str, error: Exception | None, now_ms: int) -> None:
+        """A metadata ask of ``endpoint`` ended with ``error`` (None: a reply). Any answer of
+        the node (a reply, ``RemoteError``) ends its silence; a timeout or a connection lost
+        (``RequestTimeout``) of the coordinator begins one, or doubles its backoff once that is
+        over -- an ask ending within the backoff (sent before it began) does not. Other errors
+        (found by the client alone) tell nothing."""
+        with self._lock:
+            if error is None or isinstance(error, RemoteError):
+                if self._silent is not None and self._silent[0] == endpoint:
+                    self._silent = None
+                return
+            if not isinstance(error, RequestTimeout) or endpoint != self._known[0]:
+                return
+            if self._silent != self._known:
+                self._silent, self._backoff_ms = self._known, COORDINATOR_SILENT_BACKOFF_MS_MIN
+            elif now_ms >= self._until_ms:
+                self._backoff_ms = min(2 * self._backoff_ms, COORDINATOR_SILENT_BACKOFF_MS_MAX)
+            else:
+                return
+            self._until_ms = now_ms + self._backoff_ms
+
+    def silent(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` is the coordinator that went silent and has not answered since."""
+        with self._lock:
+            return self._silent is not None and self._silent[0] == endpoint
+
+    def skips(self, endpoint: str, now_ms: int) -> bool:
+        """Whether ``endpoint`` is to be asked after the others at ``now_ms``: within its backoff."""
+        with self._lock:
+            return self._silent is not None and self._silent[0] == endpoint and now_ms < self._until_ms
+
+
+def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int,
+                      silence: CoordinatorSilence | None = None, now_ms: int = 0) -> str:
+    """Where to ask for metadata on the ``attempt``-th try (``now_ms``: the clock ``silence``
+    is told). The coordinator is the source of truth (a broker cut off from it serves a stale
+    copy), so once it is known it gets every other try; the other bootstrap endpoints take the
+    rest in turn (the list usually names the coordinator too: with it down, its turns there
+    were more timeouts before a broker was asked). A coordinator gone silent (``silence``, told
+    of ``metadata`` here) gets no turn within its backoff, and the next try once the backoff is
+    over. A list of the coordinator alone asks it every time."""
+    if silence is not None:
+        silence.seen(metadata)
+    coordinator = metadata.coordinator
+    if not coordinator:
+        return endpoints[attempt % len(endpoints)]
+    others = [e for e in endpoints if e != coordinator]
+    if not others:
+        return coordinator
+    if silence is not None and silence.silent(coordinator):
+        return others[attempt % len(others)] if silence.skips(coordinator, now_ms) else coordinator
+    return coordinator if attempt % 2 == 0 else others[attempt // 2 % len(others)]
 
 
 def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 3000,
-                   prefer: str | None = None, *, deadline_s: float | None = None) -> tuple[ClusterMetadata, str]:
+                   prefer: str | None = None, *, deadline_s: float | None = None,
+                   silence: CoordinatorSilence | None = None) -> tuple[ClusterMetadata, str]:
     """Ask ``prefer`` (the coordinator, once known) and then each endpoint in turn, each for at
     most ``timeout_ms``; return (metadata, endpoint that answered). ``deadline_s`` (monotonic
     s): an ask gets at most an even share of what is left until then among the endpoints still
     to ask, and none begins after it -- a caller's bound holds when a node does not answer (a
     stopped coordinator took ``timeout_ms`` before the next endpoint was asked), and a silent
     first one leaves the others time to answer (given all that was left, it failed a call a
-    broker's copy answers). Raises ``RequestTimeout`` (``request_timed_out``, retriable) when
-    none answers with metadata in time: the cluster is down, unreachable or starting."""
+    broker's copy answers). ``silence``: told of the asks' outcomes; while ``prefer`` is in its
+    backoff there it is asked last, after the others. Raises ``RequestTimeout``
+    (``request_timed_out``, retriable) when none answers with metadata in time: the cluster is
+    down, unreachable or starting."""
     last: Exception | None = None
-    order = ([prefer] if prefer else []) + [e for e in endpoints if e != prefer]
+    order = [e for e in endpoints if e != prefer]
+    if prefer:
+        skipped = silence is not None and silence.skips(prefer, int(time.monotonic() * 1000))
+        order = order + [prefer] if skipped else [prefer] + order
     for i, ep in enumerate(order):
         try_ms = timeout_ms if deadline_s is None else \
             min(timeout_ms, int((deadline_s - time.monotonic()) * 1000) // (len(order) - i))
@@ -90,16 +166,21 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             last = last or RequestTimeout(f"no time left to ask {ep}")
             break
         client = BlockingClient(ctx, ep)
+        heard: CodedError | None = None
         try:
             header, _ = client.call(P.METADATA, {}, timeout_ms=try_ms)
             md = read_answer(header, ep)
             if md is None:
                 last = MalformedFrame(P.MALFORMED_REQUEST, f"unreadable metadata from {ep}")
             elif md.version >= 0:
+                if silence is not None:
+                    silence.seen(md)
                 return md, ep
         except CodedError as e:
-            last = e
+            last = heard = e
         finally:
             client.close()
+            if silence is not None:
+                silence.heard(ep, heard, int(time.monotonic() * 1000))
     why = getattr(last, "message", None) or str(last)  # its text: the code is this error's own
     raise RequestTimeout(f"no node answered at {', '.join(endpoints)}: {why}")

@@ -29,7 +29,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST
-from fabric.client.bootstrap import parse_bootstrap
+from fabric.client.bootstrap import CoordinatorSilence, parse_bootstrap
 from fabric.client.consumer_failover import (METADATA_BACKOFF_MS, METADATA_BACKOFF_MS_MAX, METADATA_RETRY_MS,
                                              METADATA_TIMEOUT_MS, ConsumerFailover)
 from fabric.clock import Clock
@@ -103,6 +103,7 @@ class Consumer(ConsumerFailover):
         self.metadata = ClusterMetadata.empty()
         self._md_in_flight = False      # a metadata request in flight or waiting out its backoff
         self._md_index = 0
+        self._md_silence = CoordinatorSilence()  # a coordinator silent lately is asked after the brokers
         self._md_backoff_ms = METADATA_BACKOFF_MS
         self._md_next_ms = 0            # no metadata request before this
         self._clients: dict[str, ConsumerClient] = {}

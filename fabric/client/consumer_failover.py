@@ -26,7 +26,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fabric import protocol as P
-from fabric.client.bootstrap import metadata_endpoint
+from fabric.client.bootstrap import CoordinatorSilence, metadata_endpoint
 from fabric.clock import Clock
 from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata, read_answer
@@ -54,6 +54,7 @@ class ConsumerFailover:
     metadata: ClusterMetadata
     _md_in_flight: bool
     _md_index: int
+    _md_silence: CoordinatorSilence
     _md_backoff_ms: int
     _md_next_ms: int
     _fetching: dict[str, _InFlight]
@@ -118,10 +119,11 @@ class ConsumerFailover:
     def _request_metadata(self) -> None:
         if self._closed:
             return
-        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index)
+        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index, self._md_silence, self.clock.now_ms())
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False
+            self._md_silence.heard(endpoint, err, self.clock.now_ms())
             md = read_answer(h, endpoint) if h is not None else None
             if md is None:
                 self._md_index += 1

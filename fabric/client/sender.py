@@ -38,7 +38,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.client.futures import BatchState
-from fabric.client.bootstrap import metadata_endpoint
+from fabric.client.bootstrap import CoordinatorSilence, metadata_endpoint
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender_replies import RETRY_BACKOFF_MS, SenderReplies
 from fabric.clock import Clock
@@ -118,6 +118,7 @@ class Sender(SenderReplies, threading.Thread):
         self._client_factory = client_factory or self._rpc_client
         self._md_in_flight = False
         self._md_endpoint_index = 0
+        self._md_silence = CoordinatorSilence()  # a coordinator silent lately is asked after the brokers
         self.producer_id = -1
         self._id_generation = 0  # producer ids had so far (a reset starts the next)
         self.producer_epoch = -1
@@ -434,10 +435,12 @@ class Sender(SenderReplies, threading.Thread):
         if self._md_in_flight:
             return
         self._md_in_flight = True
-        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_endpoint_index)
+        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_endpoint_index,
+                                     self._md_silence, self.clock.now_ms())
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False
+            self._md_silence.heard(endpoint, err, self.clock.now_ms())
             md = read_answer(h, endpoint) if h is not None else None
             if md is not None:
                 if self.metadata_cache.update(md):

@@ -1,0 +1,151 @@
+"""Metadata asks with the coordinator's process dead: every refresh asked it first and waited
+its whole timeout (3 s) before a broker's copy was asked -- a producer service whose
+coordinator was SIGKILLed acknowledged nothing for 15 s (test_faults_gateway_produce). A
+coordinator that went silent (a metadata ask timed out, or its connection was lost) is asked
+after the brokers for a backoff (``CoordinatorSilence``: 1 s, doubled while it stays silent, up
+to 10 s), then again; anything it answers ends that at once, and so does metadata naming
+another coordinator. Both paths: ``metadata_endpoint`` (a producer's sender, a consumer) and
+``fetch_metadata`` (``Admin.metadata``: the gateway, the CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import zmq
+
+from fabric import protocol as P
+from fabric.client.bootstrap import (COORDINATOR_SILENT_BACKOFF_MS_MAX, COORDINATOR_SILENT_BACKOFF_MS_MIN,
+                                     CoordinatorSilence, fetch_metadata, metadata_endpoint)
+from fabric.errors import ConnectionLost, RemoteError, RequestTimeout
+from fabric.metadata import ClusterMetadata
+from fabric.client.consumer import Consumer
+from fabric.clock import ManualClock
+from tests.unit.fakes import RecordingClient
+
+COORDINATOR = "tcp://127.0.0.1:19004"
+BROKERS = ["tcp://127.0.0.1:19001", "tcp://127.0.0.1:19002", "tcp://127.0.0.1:19003"]
+MD = dataclasses.replace(ClusterMetadata.empty(), version=7, coordinator=COORDINATOR, state_id="s1")
+
+
+def _silent_since(now_ms: int, md: ClusterMetadata = MD) -> CoordinatorSilence:
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    silence.heard(md.coordinator, RequestTimeout("no reply"), now_ms)
+    return silence
+
+
+def _asked(silence: CoordinatorSilence | None, now_ms: int, tries: int, endpoints: list[str] | None = None) -> list[str]:
+    return [metadata_endpoint(MD, endpoints or [COORDINATOR, *BROKERS], a, silence, now_ms) for a in range(tries)]
+
+
+def test_a_coordinator_that_timed_out_is_asked_after_the_brokers_until_its_backoff_ends() -> None:
+    silence = _silent_since(1000)
+    within = 1000 + COORDINATOR_SILENT_BACKOFF_MS_MIN - 1
+    assert _asked(silence, within, 4) == [*BROKERS, BROKERS[0]]  # no turn of the coordinator's
+    assert _asked(silence, 1000 + COORDINATOR_SILENT_BACKOFF_MS_MIN, 2) == [COORDINATOR] * 2  # asked again
+
+
+def test_a_lost_connection_is_silence_too_and_an_ask_sent_before_it_does_not_lengthen_it() -> None:
+    silence = CoordinatorSilence()
+    silence.seen(MD)
+    silence.heard(COORDINATOR, ConnectionLost("lost"), 0)
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), 10)  # sent before: the backoff stays
+    assert silence.skips(COORDINATOR, COORDINATOR_SILENT_BACKOFF_MS_MIN - 1)
+    assert not silence.skips(COORDINATOR, COORDINATOR_SILENT_BACKOFF_MS_MIN)
+
+
+def test_the_backoff_grows_while_the_coordinator_stays_silent_up_to_its_bound() -> None:
+    now, silence, lengths = 0, _silent_since(0), []
+    for _ in range(8):
+        backoff = next(ms for ms in range(0, 10 * COORDINATOR_SILENT_BACKOFF_MS_MAX, 250)
+                       if not silence.skips(COORDINATOR, now + ms))
+        lengths.append(backoff)
+        now += backoff  # the backoff is over: asked again, silent again
+        silence.heard(COORDINATOR, RequestTimeout("no reply"), now)
+    assert lengths[0] == COORDINATOR_SILENT_BACKOFF_MS_MIN
+    assert lengths == sorted(lengths) and lengths[1] > lengths[0], lengths
+    assert max(lengths) == COORDINATOR_SILENT_BACKOFF_MS_MAX, lengths
+
+
+@pytest.mark.parametrize("answer", [None, RemoteError(P.NOT_LEADER, "an error is an answer")], ids=["reply", "error"])
+def test_an_answer_of_the_coordinator_ends_its_backoff_at_once(answer: Exception | None) -> None:
+    silence = _silent_since(0)
+    silence.heard(COORDINATOR, answer, 10)
+    assert _asked(silence, 10, 4)[0::2] == [COORDINATOR] * 2  # its every other turn again
+
+
+def test_a_brokers_answer_or_the_clients_own_errors_do_not_end_the_backoff() -> None:
+    silence = _silent_since(0)
+    silence.heard(BROKERS[0], None, 10)
+    silence.seen(MD)  # a broker's copy naming the same coordinator process
+    silence.heard(COORDINATOR, ConnectionRefusedError(), 20)
+    assert silence.skips(COORDINATOR, 30)
+
+
+@pytest.mark.parametrize("changed", [{"state_id": "s2"}, {"coordinator": "tcp://127.0.0.1:19005"}],
+                         ids=["restarted", "moved"])
+def test_metadata_naming_another_coordinator_ends_the_backoff(changed: dict) -> None:
+    silence = _silent_since(0)
+    new = dataclasses.replace(MD, version=8, **changed)
+    silence.seen(new)
+    assert metadata_endpoint(new, [COORDINATOR, *BROKERS], 0, silence, 10) == new.coordinator
+
+
+def test_a_bootstrap_list_of_the_coordinator_alone_asks_it_while_silent_too() -> None:
+    assert _asked(_silent_since(0), 10, 3, [COORDINATOR]) == [COORDINATOR] * 3
+
+
+def test_a_broker_that_times_out_is_not_taken_for_the_coordinator() -> None:
+    silence = CoordinatorSilence()
+    silence.seen(MD)
+    silence.heard(BROKERS[0], RequestTimeout("no reply"), 0)
+    assert not silence.silent(COORDINATOR) and _asked(silence, 10, 2) == [COORDINATOR, BROKERS[0]]
+
+
+# -- the paths that ask: a consumer (as a producer's sender), fetch_metadata (Admin) ------------
+
+def test_a_consumer_asks_the_brokers_while_its_coordinator_is_silent_then_the_coordinator_again() -> None:
+    clock, clients = ManualClock(), {}
+    consumer = Consumer([COORDINATOR, *BROKERS], clock=clock,
+                        client_factory=lambda endpoint: clients.setdefault(endpoint, RecordingClient()))
+
+    def ask(answer: Exception | None) -> str:
+        consumer._request_metadata()
+        [asked] = [ep for ep, c in clients.items() if c.unanswered]
+        client = clients[asked]
+        _, _, _, callback = client.sent[client.unanswered.pop()]
+        callback(None, [], answer) if answer else callback({"metadata": MD.to_wire()}, [], None)
+        return asked
+    try:
+        consumer.metadata = MD
+        assert ask(RequestTimeout("no reply")) == COORDINATOR
+        asked = [ask(RequestTimeout("no reply")), ask(None), ask(None)]  # a broker silent too, the next answers
+        assert asked == [BROKERS[1], BROKERS[2], BROKERS[2]], asked  # the unchanged code asked the coordinator second
+        clock.advance(COORDINATOR_SILENT_BACKOFF_MS_MIN)
+        assert ask(None) == COORDINATOR  # the backoff is over: asked again, and it answers
+        assert not consumer._md_silence.silent(COORDINATOR)
+    finally:
+        consumer.close()
+
+
+def test_fetch_metadata_asks_a_coordinator_that_went_silent_after_the_brokers(scripted: Any) -> None:
+    ctx = zmq.Context.instance()
+    mute = ctx.socket(zmq.ROUTER)  # takes requests, answers none: a hung coordinator
+    mute.bind("inproc://silent-coordinator")
+    md = dataclasses.replace(MD, coordinator="inproc://silent-coordinator")
+    broker = scripted(lambda req: ({"metadata": md.to_wire()}, []))
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    try:
+        for _ in range(3):  # the first ask waits for the coordinator; the others ask the broker first
+            got, endpoint = fetch_metadata(ctx, [md.coordinator, broker], 300, md.coordinator, silence=silence)
+            assert (got.version, endpoint) == (md.version, broker)
+        asked = 0
+        while mute.poll(0):
+            mute.recv_multipart()
+            asked += 1
+        assert asked == 1, f"the silent coordinator was asked {asked} times"
+    finally:
+        mute.close(0)
