@@ -233,7 +233,7 @@ class Admin:
         if not where or where == besides or self._md_silence.skips(where, int(time.monotonic() * 1000)):
             return None
         try:
-            h, _ = self._client(where).call(P.METADATA, {}, timeout_ms=timeout_ms)
+            h, _ = self._client(where).call(P.METADATA, {}, timeout_ms=self._md_silence.timeout_ms(where, timeout_ms))
         except CodedError as e:
             log.debug("metadata from %s: %s", where, e)
             self._md_silence.heard(where, e, int(time.monotonic() * 1000))

@@ -61,6 +61,7 @@ def check_cluster(answered: str, expected: str | None, where: str) -> None:
 
 COORDINATOR_SILENT_BACKOFF_MS_MIN = 1000   # brokers first for this long after the coordinator went silent
 COORDINATOR_SILENT_BACKOFF_MS_MAX = 10000  # doubled at each further silence, up to this
+COORDINATOR_PROBE_TIMEOUT_MS = 500  # the ask of a silent coordinator once its backoff is over
 
 
 class CoordinatorSilence:
@@ -68,10 +69,13 @@ class CoordinatorSilence:
     failed. For a backoff from then (``COORDINATOR_SILENT_BACKOFF_MS_MIN``, doubled at each
     silence in a row up to ``..._MAX``) metadata is asked of the other endpoints first -- with
     the coordinator's process dead, every refresh spent its whole timeout (3 s) there before a
-    broker's copy was asked; then the coordinator is asked again. The silence ends at once when
-    the coordinator answers anything, or when metadata names another coordinator (endpoint, or
-    process: ``state_id``) than the one that went silent. Times are ms of the caller's monotonic
-    clock. Thread-safe; its calls come with metadata asks only, never per request."""
+    broker's copy was asked; then the coordinator is asked again, for at most
+    ``COORDINATOR_PROBE_TIMEOUT_MS`` (a live one answers in ms; a dead one held each such
+    refresh, and a gateway's produce requests behind it, for the whole timeout again). The
+    silence ends at once when the coordinator answers anything, or when metadata names another
+    coordinator (endpoint, or process: ``state_id``) than the one that went silent. Times are ms
+    of the caller's monotonic clock. Thread-safe; its calls come with metadata asks only, never
+    per request."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -113,6 +117,11 @@ class CoordinatorSilence:
         with self._lock:
             return self._silent is not None and self._silent[0] == endpoint
 
+    def timeout_ms(self, endpoint: str, timeout_ms: int) -> int:
+        """How long to wait for ``endpoint``'s answer: ``COORDINATOR_PROBE_TIMEOUT_MS`` at most
+        while it is the coordinator gone silent, else ``timeout_ms``."""
+        return min(timeout_ms, COORDINATOR_PROBE_TIMEOUT_MS) if self.silent(endpoint) else timeout_ms
+
     def skips(self, endpoint: str, now_ms: int) -> bool:
         """Whether ``endpoint`` is to be asked after the others at ``now_ms``: within its backoff."""
         with self._lock:
@@ -151,7 +160,8 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     stopped coordinator took ``timeout_ms`` before the next endpoint was asked), and a silent
     first one leaves the others time to answer (given all that was left, it failed a call a
     broker's copy answers). ``silence``: told of the asks' outcomes; while ``prefer`` is in its
-    backoff there it is asked last, after the others. Raises ``RequestTimeout``
+    backoff there it is asked last, after the others, and gone silent it is waited for no longer
+    than ``silence.timeout_ms`` says. Raises ``RequestTimeout``
     (``request_timed_out``, retriable) when none answers with metadata in time: the cluster is
     down, unreachable or starting."""
     last: Exception | None = None
@@ -165,6 +175,8 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
         if try_ms <= 0:
             last = last or RequestTimeout(f"no time left to ask {ep}")
             break
+        if silence is not None:
+            try_ms = silence.timeout_ms(ep, try_ms)
         client = BlockingClient(ctx, ep)
         heard: CodedError | None = None
         try:

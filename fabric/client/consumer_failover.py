@@ -119,7 +119,8 @@ class ConsumerFailover:
     def _request_metadata(self) -> None:
         if self._closed:
             return
-        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index, self._md_silence, self.clock.now_ms())
+        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index, self._md_silence,
+                                     self.clock.now_ms())
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False
@@ -135,7 +136,8 @@ class ConsumerFailover:
             else:  # nothing new (an election still under way): ask less often
                 self._md_backoff_ms = min(2 * self._md_backoff_ms, METADATA_BACKOFF_MS_MAX)
             self._md_next_ms = self.clock.now_ms() + self._md_backoff_ms
-        self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
+        self._client(endpoint).request(P.METADATA, {}, callback=done,
+                                       timeout_ms=self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS))
 
     def _take_metadata(self, md: ClusterMetadata) -> None:
         """Take newer metadata: refused partitions are asked again, requests whose leader moved

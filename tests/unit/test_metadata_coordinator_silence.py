@@ -10,14 +10,16 @@ another coordinator. Both paths: ``metadata_endpoint`` (a producer's sender, a c
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import pytest
 import zmq
 
 from fabric import protocol as P
-from fabric.client.bootstrap import (COORDINATOR_SILENT_BACKOFF_MS_MAX, COORDINATOR_SILENT_BACKOFF_MS_MIN,
-                                     CoordinatorSilence, fetch_metadata, metadata_endpoint)
+from fabric.client.bootstrap import (COORDINATOR_PROBE_TIMEOUT_MS, COORDINATOR_SILENT_BACKOFF_MS_MAX,
+                                     COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence, fetch_metadata,
+                                     metadata_endpoint)
 from fabric.errors import ConnectionLost, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from fabric.client.consumer import Consumer
@@ -36,7 +38,8 @@ def _silent_since(now_ms: int, md: ClusterMetadata = MD) -> CoordinatorSilence:
     return silence
 
 
-def _asked(silence: CoordinatorSilence | None, now_ms: int, tries: int, endpoints: list[str] | None = None) -> list[str]:
+def _asked(silence: CoordinatorSilence | None, now_ms: int, tries: int,
+           endpoints: list[str] | None = None) -> list[str]:
     return [metadata_endpoint(MD, endpoints or [COORDINATOR, *BROKERS], a, silence, now_ms) for a in range(tries)]
 
 
@@ -130,22 +133,50 @@ def test_a_consumer_asks_the_brokers_while_its_coordinator_is_silent_then_the_co
         consumer.close()
 
 
-def test_fetch_metadata_asks_a_coordinator_that_went_silent_after_the_brokers(scripted: Any) -> None:
-    ctx = zmq.Context.instance()
-    mute = ctx.socket(zmq.ROUTER)  # takes requests, answers none: a hung coordinator
-    mute.bind("inproc://silent-coordinator")
-    md = dataclasses.replace(MD, coordinator="inproc://silent-coordinator")
+@pytest.fixture
+def mute() -> Any:
+    """A coordinator's socket that takes requests and answers none (a hung or dead one); yields
+    (endpoint, a count of the requests it got so far)."""
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(f"inproc://silent-coordinator-{id(sock)}")
+    got = [0]
+
+    def asked() -> int:
+        while sock.poll(0):
+            sock.recv_multipart()
+            got[0] += 1
+        return got[0]
+    yield sock.getsockopt_string(zmq.LAST_ENDPOINT), asked
+    sock.close(0)
+
+
+def test_fetch_metadata_asks_a_coordinator_that_went_silent_after_the_brokers(scripted: Any, mute: Any) -> None:
+    coordinator, asked = mute
+    md = dataclasses.replace(MD, coordinator=coordinator)
     broker = scripted(lambda req: ({"metadata": md.to_wire()}, []))
     silence = CoordinatorSilence()
     silence.seen(md)
-    try:
-        for _ in range(3):  # the first ask waits for the coordinator; the others ask the broker first
-            got, endpoint = fetch_metadata(ctx, [md.coordinator, broker], 300, md.coordinator, silence=silence)
-            assert (got.version, endpoint) == (md.version, broker)
-        asked = 0
-        while mute.poll(0):
-            mute.recv_multipart()
-            asked += 1
-        assert asked == 1, f"the silent coordinator was asked {asked} times"
-    finally:
-        mute.close(0)
+    for _ in range(3):  # the first ask waits for the coordinator; the others ask the broker first
+        got, endpoint = fetch_metadata(zmq.Context.instance(), [coordinator, broker], 300, coordinator,
+                                       silence=silence)
+        assert (got.version, endpoint) == (md.version, broker)
+    assert asked() == 1, f"the silent coordinator was asked {asked()} times"
+
+
+def test_a_silent_coordinator_asked_again_after_its_backoff_is_waited_for_briefly(scripted: Any, mute: Any) -> None:
+    """Asked for the whole timeout again, a dead coordinator held the refresh (and a gateway's
+    produce requests behind it) as long as before its backoff."""
+    coordinator, asked = mute
+    md = dataclasses.replace(MD, coordinator=coordinator)
+    broker = scripted(lambda req: ({"metadata": md.to_wire()}, []))
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    began_ms = int(time.monotonic() * 1000) - COORDINATOR_SILENT_BACKOFF_MS_MIN
+    silence.heard(coordinator, RequestTimeout("no reply"), began_ms)  # its backoff is over
+    assert silence.timeout_ms(coordinator, 20_000) == COORDINATOR_PROBE_TIMEOUT_MS
+    assert silence.timeout_ms(broker, 20_000) == 20_000
+    start = time.monotonic()
+    got, endpoint = fetch_metadata(zmq.Context.instance(), [coordinator, broker], 20_000, coordinator, silence=silence)
+    assert (endpoint, asked()) == (broker, 1)  # the backoff was over: the coordinator asked first, again
+    assert time.monotonic() - start < 10, "the silent coordinator was waited for the whole timeout"
+    assert silence.skips(coordinator, int(time.monotonic() * 1000))  # silent again: a longer backoff
