@@ -83,6 +83,7 @@ class CoordinatorSilence:
         self._silent: tuple[str, str] | None = None  # that of the coordinator that went silent
         self._backoff_ms = 0
         self._until_ms = 0
+        self._answered = ""  # the endpoint that answered last
 
     def seen(self, md: ClusterMetadata) -> None:
         """Metadata taken, from any node: one naming another coordinator ends the silence."""
@@ -99,6 +100,7 @@ class CoordinatorSilence:
         (found by the client alone) tell nothing."""
         with self._lock:
             if error is None or isinstance(error, RemoteError):
+                self._answered = endpoint
                 if self._silent is not None and self._silent[0] == endpoint:
                     self._silent = None
                 return
@@ -121,6 +123,19 @@ class CoordinatorSilence:
         """How long to wait for ``endpoint``'s answer: ``COORDINATOR_PROBE_TIMEOUT_MS`` at most
         while it is the coordinator gone silent, else ``timeout_ms``."""
         return min(timeout_ms, COORDINATOR_PROBE_TIMEOUT_MS) if self.silent(endpoint) else timeout_ms
+
+    def order(self, endpoints: list[str], prefer: str | None, now_ms: int) -> list[str]:
+        """``endpoints`` in the order to ask them: ``prefer`` (the coordinator) first, or last
+        within its backoff; the others from the one that answered last (a dead broker first in
+        the list held every ask the whole timeout too, the coordinator skipped or not)."""
+        others = [e for e in endpoints if e != prefer]
+        with self._lock:
+            if self._answered in others:
+                at = others.index(self._answered)
+                others = others[at:] + others[:at]
+        if not prefer:
+            return others
+        return others + [prefer] if self.skips(prefer, now_ms) else [prefer] + others
 
     def skips(self, endpoint: str, now_ms: int) -> bool:
         """Whether ``endpoint`` is to be asked after the others at ``now_ms``: within its backoff."""
@@ -159,16 +174,17 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     to ask, and none begins after it -- a caller's bound holds when a node does not answer (a
     stopped coordinator took ``timeout_ms`` before the next endpoint was asked), and a silent
     first one leaves the others time to answer (given all that was left, it failed a call a
-    broker's copy answers). ``silence``: told of the asks' outcomes; while ``prefer`` is in its
-    backoff there it is asked last, after the others, and gone silent it is waited for no longer
-    than ``silence.timeout_ms`` says. Raises ``RequestTimeout``
+    broker's copy answers). ``silence``: told of the asks' outcomes, it orders them
+    (``CoordinatorSilence.order``: ``prefer`` last within its backoff, the others from the one
+    that answered last), and a coordinator gone silent is waited for no longer than
+    ``silence.timeout_ms`` says. Raises ``RequestTimeout``
     (``request_timed_out``, retriable) when none answers with metadata in time: the cluster is
     down, unreachable or starting."""
     last: Exception | None = None
-    order = [e for e in endpoints if e != prefer]
-    if prefer:
-        skipped = silence is not None and silence.skips(prefer, int(time.monotonic() * 1000))
-        order = order + [prefer] if skipped else [prefer] + order
+    if silence is not None:
+        order = silence.order(endpoints, prefer, int(time.monotonic() * 1000))
+    else:
+        order = ([prefer] if prefer else []) + [e for e in endpoints if e != prefer]
     for i, ep in enumerate(order):
         try_ms = timeout_ms if deadline_s is None else \
             min(timeout_ms, int((deadline_s - time.monotonic()) * 1000) // (len(order) - i))

@@ -180,3 +180,27 @@ def test_a_silent_coordinator_asked_again_after_its_backoff_is_waited_for_briefl
     assert (endpoint, asked()) == (broker, 1)  # the backoff was over: the coordinator asked first, again
     assert time.monotonic() - start < 10, "the silent coordinator was waited for the whole timeout"
     assert silence.skips(coordinator, int(time.monotonic() * 1000))  # silent again: a longer backoff
+
+
+def test_fetch_metadata_asks_first_the_broker_that_answered_last(scripted: Any, mute: Any) -> None:
+    """The bootstrap list's first broker dead as well (a leader killed, then the coordinator):
+    asked first at every refresh, it held each for the whole timeout after the coordinator's."""
+    coordinator, asked = mute
+    md = dataclasses.replace(MD, coordinator=coordinator)
+    dead_broker = zmq.Context.instance().socket(zmq.ROUTER)
+    dead_broker.bind("inproc://silent-broker")
+    broker = scripted(lambda req: ({"metadata": md.to_wire()}, []))
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    endpoints = [coordinator, "inproc://silent-broker", broker]
+    try:
+        for _ in range(3):
+            got, endpoint = fetch_metadata(zmq.Context.instance(), endpoints, 300, coordinator, silence=silence)
+            assert endpoint == broker
+        dead_asked = 0
+        while dead_broker.poll(0):
+            dead_broker.recv_multipart()
+            dead_asked += 1
+        assert (asked(), dead_asked) == (1, 1), "a silent endpoint asked again while a broker answers"
+    finally:
+        dead_broker.close(0)
