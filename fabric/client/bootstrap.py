@@ -84,11 +84,13 @@ class CoordinatorSilence:
         self._backoff_ms = 0
         self._until_ms = 0
         self._answered = ""  # the endpoint that answered last
+        self._dead: frozenset[str] = frozenset()  # endpoints of brokers the latest metadata says are dead
 
     def seen(self, md: ClusterMetadata) -> None:
         """Metadata taken, from any node: one naming another coordinator ends the silence."""
+        dead = frozenset(b.endpoint for b in md.brokers.values() if not b.alive)
         with self._lock:
-            self._known = (md.coordinator, md.state_id)
+            self._known, self._dead = (md.coordinator, md.state_id), dead
             if self._silent is not None and self._silent != self._known:
                 self._silent = None
 
@@ -126,13 +128,15 @@ class CoordinatorSilence:
 
     def order(self, endpoints: list[str], prefer: str | None, now_ms: int) -> list[str]:
         """``endpoints`` in the order to ask them: ``prefer`` (the coordinator) first, or last
-        within its backoff; the others from the one that answered last (a dead broker first in
-        the list held every ask the whole timeout too, the coordinator skipped or not)."""
+        within its backoff; the others from the one that answered last, those of brokers the
+        metadata says are dead after the rest (a dead broker first in the list held every ask
+        the whole timeout too, the coordinator skipped or not)."""
         others = [e for e in endpoints if e != prefer]
         with self._lock:
             if self._answered in others:
                 at = others.index(self._answered)
                 others = others[at:] + others[:at]
+            others.sort(key=self._dead.__contains__)  # stable: the live ones in the same order
         if not prefer:
             return others
         return others + [prefer] if self.skips(prefer, now_ms) else [prefer] + others

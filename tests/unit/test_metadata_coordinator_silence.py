@@ -21,7 +21,7 @@ from fabric.client.bootstrap import (COORDINATOR_PROBE_TIMEOUT_MS, COORDINATOR_S
                                      COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence, fetch_metadata,
                                      metadata_endpoint)
 from fabric.errors import ConnectionLost, RemoteError, RequestTimeout
-from fabric.metadata import ClusterMetadata
+from fabric.metadata import BrokerInfo, ClusterMetadata
 from fabric.client.consumer import Consumer
 from fabric.clock import ManualClock
 from tests.unit.fakes import RecordingClient
@@ -204,3 +204,16 @@ def test_fetch_metadata_asks_first_the_broker_that_answered_last(scripted: Any, 
         assert (asked(), dead_asked) == (1, 1), "a silent endpoint asked again while a broker answers"
     finally:
         dead_broker.close(0)
+
+
+def test_the_brokers_the_metadata_says_are_dead_are_asked_after_the_others() -> None:
+    """The leader killed just before the coordinator, first in the bootstrap list, held the
+    first refresh after the coordinator's timeout for a timeout of its own."""
+    def broker(broker_id: int, alive: bool) -> BrokerInfo:
+        return BrokerInfo(broker_id, "127.0.0.1", 19000 + broker_id, 19100 + broker_id, alive)
+    md = dataclasses.replace(MD, brokers={1: broker(1, False), 2: broker(2, True), 3: broker(3, True)})
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0) == [COORDINATOR, *BROKERS[1:], BROKERS[0]]
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), 0)
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 10) == [*BROKERS[1:], BROKERS[0], COORDINATOR]
