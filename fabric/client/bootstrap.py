@@ -155,7 +155,9 @@ def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: 
     rest in turn (the list usually names the coordinator too: with it down, its turns there
     were more timeouts before a broker was asked). A coordinator gone silent (``silence``, told
     of ``metadata`` here) gets no turn within its backoff, and the next try once the backoff is
-    over. A list of the coordinator alone asks it every time."""
+    over. Brokers ``metadata`` says are dead get no turn while another endpoint is left (the
+    leader killed just before the coordinator held a refresh the whole timeout after the
+    coordinator's). A list of the coordinator alone asks it every time."""
     if silence is not None:
         silence.seen(metadata)
     coordinator = metadata.coordinator
@@ -164,6 +166,8 @@ def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: 
     others = [e for e in endpoints if e != coordinator]
     if not others:
         return coordinator
+    dead = {b.endpoint for b in metadata.brokers.values() if not b.alive}
+    others = [e for e in others if e not in dead] or others
     if silence is not None and silence.silent(coordinator):
         return others[attempt % len(others)] if silence.skips(coordinator, now_ms) else coordinator
     return coordinator if attempt % 2 == 0 else others[attempt // 2 % len(others)]

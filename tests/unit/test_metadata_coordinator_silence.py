@@ -31,6 +31,10 @@ BROKERS = ["tcp://127.0.0.1:19001", "tcp://127.0.0.1:19002", "tcp://127.0.0.1:19
 MD = dataclasses.replace(ClusterMetadata.empty(), version=7, coordinator=COORDINATOR, state_id="s1")
 
 
+def _broker(broker_id: int, alive: bool) -> BrokerInfo:
+    return BrokerInfo(broker_id, "127.0.0.1", 19000 + broker_id, 19100 + broker_id, alive)
+
+
 def _silent_since(now_ms: int, md: ClusterMetadata = MD) -> CoordinatorSilence:
     silence = CoordinatorSilence()
     silence.seen(md)
@@ -209,11 +213,17 @@ def test_fetch_metadata_asks_first_the_broker_that_answered_last(scripted: Any, 
 def test_the_brokers_the_metadata_says_are_dead_are_asked_after_the_others() -> None:
     """The leader killed just before the coordinator, first in the bootstrap list, held the
     first refresh after the coordinator's timeout for a timeout of its own."""
-    def broker(broker_id: int, alive: bool) -> BrokerInfo:
-        return BrokerInfo(broker_id, "127.0.0.1", 19000 + broker_id, 19100 + broker_id, alive)
-    md = dataclasses.replace(MD, brokers={1: broker(1, False), 2: broker(2, True), 3: broker(3, True)})
+    md = dataclasses.replace(MD, brokers={1: _broker(1, False), 2: _broker(2, True), 3: _broker(3, True)})
     silence = CoordinatorSilence()
     silence.seen(md)
     assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0) == [COORDINATOR, *BROKERS[1:], BROKERS[0]]
     silence.heard(COORDINATOR, RequestTimeout("no reply"), 0)
     assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 10) == [*BROKERS[1:], BROKERS[0], COORDINATOR]
+
+
+def test_a_producer_or_consumer_asks_no_broker_the_metadata_says_is_dead() -> None:
+    md = dataclasses.replace(MD, brokers={1: _broker(1, False), 2: _broker(2, True), 3: _broker(3, True)})
+    asked = [metadata_endpoint(md, [COORDINATOR, *BROKERS], a, _silent_since(0, md), 10) for a in range(3)]
+    assert asked == [BROKERS[1], BROKERS[2], BROKERS[1]], asked
+    all_dead = dataclasses.replace(MD, brokers={i: _broker(i, False) for i in (1, 2, 3)})
+    assert metadata_endpoint(all_dead, [COORDINATOR, *BROKERS], 1) == BROKERS[0]  # none left: asked anyway
