@@ -62,6 +62,7 @@ def check_cluster(answered: str, expected: str | None, where: str) -> None:
 COORDINATOR_SILENT_BACKOFF_MS_MIN = 1000   # brokers first for this long after the coordinator went silent
 COORDINATOR_SILENT_BACKOFF_MS_MAX = 10000  # doubled at each further silence, up to this
 COORDINATOR_PROBE_TIMEOUT_MS = 500  # the ask of a silent coordinator once its backoff is over
+COORDINATOR_ASK_TIMEOUT_MS = 1000  # any ask of the coordinator while a broker could be asked instead
 
 
 class CoordinatorSilence:
@@ -121,10 +122,18 @@ class CoordinatorSilence:
         with self._lock:
             return self._silent is not None and self._silent[0] == endpoint
 
-    def timeout_ms(self, endpoint: str, timeout_ms: int) -> int:
+    def timeout_ms(self, endpoint: str, timeout_ms: int, brokers_left: bool = True) -> int:
         """How long to wait for ``endpoint``'s answer: ``COORDINATOR_PROBE_TIMEOUT_MS`` at most
-        while it is the coordinator gone silent, else ``timeout_ms``."""
-        return min(timeout_ms, COORDINATOR_PROBE_TIMEOUT_MS) if self.silent(endpoint) else timeout_ms
+        while it is the coordinator gone silent; ``COORDINATOR_ASK_TIMEOUT_MS`` at most while it
+        is the coordinator and ``brokers_left`` (another endpoint may be asked instead: a
+        coordinator just killed held the first refresh of every client the whole timeout,
+        one process after the other); else ``timeout_ms``."""
+        with self._lock:
+            silent = self._silent is not None and self._silent[0] == endpoint
+            coordinator = endpoint == self._known[0]
+        if silent:
+            return min(timeout_ms, COORDINATOR_PROBE_TIMEOUT_MS)
+        return min(timeout_ms, COORDINATOR_ASK_TIMEOUT_MS) if coordinator and brokers_left else timeout_ms
 
     def order(self, endpoints: list[str], prefer: str | None, now_ms: int) -> list[str]:
         """``endpoints`` in the order to ask them: ``prefer`` (the coordinator) first, or last
@@ -200,7 +209,7 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             last = last or RequestTimeout(f"no time left to ask {ep}")
             break
         if silence is not None:
-            try_ms = silence.timeout_ms(ep, try_ms)
+            try_ms = silence.timeout_ms(ep, try_ms, len(order) > 1)
         client = BlockingClient(ctx, ep)
         heard: CodedError | None = None
         try:

@@ -136,8 +136,8 @@ class ConsumerFailover:
             else:  # nothing new (an election still under way): ask less often
                 self._md_backoff_ms = min(2 * self._md_backoff_ms, METADATA_BACKOFF_MS_MAX)
             self._md_next_ms = self.clock.now_ms() + self._md_backoff_ms
-        self._client(endpoint).request(P.METADATA, {}, callback=done,
-                                       timeout_ms=self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS))
+        timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS, len(self.endpoints) > 1)
+        self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=timeout_ms)
 
     def _take_metadata(self, md: ClusterMetadata) -> None:
         """Take newer metadata: refused partitions are asked again, requests whose leader moved

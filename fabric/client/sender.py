@@ -450,8 +450,8 @@ class Sender(SenderReplies, threading.Thread):
                 self.metadata_cache.want_refresh()
                 assert self.reactor is not None
                 self.reactor.call_later(METADATA_RETRY_MS, self.wake)
-        self._client(endpoint).request(P.METADATA, {}, callback=done,
-                                       timeout_ms=self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS))
+        timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS, len(self.endpoints) > 1)
+        self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=timeout_ms)
 
     def _init_producer_id(self) -> None:
         if self._pid_in_flight or not self.metadata.coordinator:

@@ -17,9 +17,9 @@ import pytest
 import zmq
 
 from fabric import protocol as P
-from fabric.client.bootstrap import (COORDINATOR_PROBE_TIMEOUT_MS, COORDINATOR_SILENT_BACKOFF_MS_MAX,
-                                     COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence, fetch_metadata,
-                                     metadata_endpoint)
+from fabric.client.bootstrap import (COORDINATOR_ASK_TIMEOUT_MS, COORDINATOR_PROBE_TIMEOUT_MS,
+                                     COORDINATOR_SILENT_BACKOFF_MS_MAX, COORDINATOR_SILENT_BACKOFF_MS_MIN,
+                                     CoordinatorSilence, fetch_metadata, metadata_endpoint)
 from fabric.errors import ConnectionLost, RemoteError, RequestTimeout
 from fabric.metadata import BrokerInfo, ClusterMetadata
 from fabric.client.consumer import Consumer
@@ -227,3 +227,19 @@ def test_a_producer_or_consumer_asks_no_broker_the_metadata_says_is_dead() -> No
     assert asked == [BROKERS[1], BROKERS[2], BROKERS[1]], asked
     all_dead = dataclasses.replace(MD, brokers={i: _broker(i, False) for i in (1, 2, 3)})
     assert metadata_endpoint(all_dead, [COORDINATOR, *BROKERS], 1) == BROKERS[0]  # none left: asked anyway
+
+
+def test_a_coordinator_is_waited_for_briefly_while_a_broker_could_answer_instead(scripted: Any, mute: Any) -> None:
+    """Just killed, the coordinator held the first refresh of every client the whole timeout
+    (3 s), the producer service's and then the gateway's, before it counted as silent."""
+    coordinator, asked = mute
+    md = dataclasses.replace(MD, coordinator=coordinator)
+    broker = scripted(lambda req: ({"metadata": md.to_wire()}, []))
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    assert silence.timeout_ms(coordinator, 20_000) == COORDINATOR_ASK_TIMEOUT_MS
+    assert silence.timeout_ms(coordinator, 20_000, brokers_left=False) == 20_000  # the only endpoint
+    start = time.monotonic()
+    got, endpoint = fetch_metadata(zmq.Context.instance(), [coordinator, broker], 20_000, coordinator, silence=silence)
+    assert (endpoint, asked()) == (broker, 1)
+    assert time.monotonic() - start < 10, "the coordinator was waited for the whole timeout"
