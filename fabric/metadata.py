@@ -163,6 +163,10 @@ class ClusterMetadata:
             return None
         return t.partitions[partition]
 
+    def dead_endpoints(self) -> frozenset[str]:
+        """The request endpoints of the brokers this metadata says are dead."""
+        return frozenset(b.endpoint for b in self.brokers.values() if not b.alive)
+
     def topic_ids_of(self, topics: Iterable[str]) -> dict[str, str]:
         """{name: topic id} of the known ``topics`` that have one: requests carry it so that a
         broker holding a deleted topic of the same name refuses them (retriably)."""

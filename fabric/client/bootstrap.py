@@ -89,7 +89,7 @@ class CoordinatorSilence:
 
     def seen(self, md: ClusterMetadata) -> None:
         """Metadata taken, from any node: one naming another coordinator ends the silence."""
-        dead = frozenset(b.endpoint for b in md.brokers.values() if not b.alive)
+        dead = md.dead_endpoints()
         with self._lock:
             self._known, self._dead = (md.coordinator, md.state_id), dead
             if self._silent is not None and self._silent != self._known:
@@ -104,7 +104,7 @@ class CoordinatorSilence:
         with self._lock:
             if error is None or isinstance(error, RemoteError):
                 self._answered = endpoint
-                if self._silent is not None and self._silent[0] == endpoint:
+                if self._is_silent(endpoint):
                     self._silent = None
                 return
             if not isinstance(error, RequestTimeout) or endpoint != self._known[0]:
@@ -117,10 +117,14 @@ class CoordinatorSilence:
                 return
             self._until_ms = now_ms + self._backoff_ms
 
+    def _is_silent(self, endpoint: str) -> bool:
+        """``silent``, with the lock held."""
+        return self._silent is not None and self._silent[0] == endpoint
+
     def silent(self, endpoint: str) -> bool:
         """Whether ``endpoint`` is the coordinator that went silent and has not answered since."""
         with self._lock:
-            return self._silent is not None and self._silent[0] == endpoint
+            return self._is_silent(endpoint)
 
     def timeout_ms(self, endpoint: str, timeout_ms: int, brokers_left: bool = True) -> int:
         """How long to wait for ``endpoint``'s answer: ``COORDINATOR_PROBE_TIMEOUT_MS`` at most
@@ -129,7 +133,7 @@ class CoordinatorSilence:
         coordinator just killed held the first refresh of every client the whole timeout,
         one process after the other); else ``timeout_ms``."""
         with self._lock:
-            silent = self._silent is not None and self._silent[0] == endpoint
+            silent = self._is_silent(endpoint)
             coordinator = endpoint == self._known[0]
         if silent:
             return min(timeout_ms, COORDINATOR_PROBE_TIMEOUT_MS)
@@ -153,7 +157,7 @@ class CoordinatorSilence:
     def skips(self, endpoint: str, now_ms: int) -> bool:
         """Whether ``endpoint`` is to be asked after the others at ``now_ms``: within its backoff."""
         with self._lock:
-            return self._silent is not None and self._silent[0] == endpoint and now_ms < self._until_ms
+            return self._is_silent(endpoint) and now_ms < self._until_ms
 
 
 def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int,
@@ -175,7 +179,7 @@ def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: 
     others = [e for e in endpoints if e != coordinator]
     if not others:
         return coordinator
-    dead = {b.endpoint for b in metadata.brokers.values() if not b.alive}
+    dead = metadata.dead_endpoints()
     others = [e for e in others if e not in dead] or others
     if silence is not None and silence.silent(coordinator):
         return others[attempt % len(others)] if silence.skips(coordinator, now_ms) else coordinator
