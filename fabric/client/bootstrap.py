@@ -127,17 +127,20 @@ class CoordinatorSilence:
             return self._is_silent(endpoint)
 
     def timeout_ms(self, endpoint: str, timeout_ms: int, brokers_left: bool = True) -> int:
-        """How long to wait for ``endpoint``'s answer: ``COORDINATOR_PROBE_TIMEOUT_MS`` at most
-        while it is the coordinator gone silent; ``COORDINATOR_ASK_TIMEOUT_MS`` at most while it
-        is the coordinator and ``brokers_left`` (another endpoint may be asked instead: a
-        coordinator just killed held the first refresh of every client the whole timeout,
-        one process after the other); else ``timeout_ms``."""
+        """How long to wait for ``endpoint``'s answer while ``brokers_left`` (another endpoint
+        may be asked instead): ``COORDINATOR_PROBE_TIMEOUT_MS`` at most while it is the
+        coordinator gone silent, ``COORDINATOR_ASK_TIMEOUT_MS`` at most while it is the
+        coordinator (one just killed held the first refresh of every client the whole timeout,
+        one process after the other); else, and with nothing else to ask (a probe that short
+        never heard a coordinator back but slow), ``timeout_ms``."""
+        if not brokers_left:
+            return timeout_ms
         with self._lock:
             silent = self._is_silent(endpoint)
             coordinator = endpoint == self._known[0]
         if silent:
             return min(timeout_ms, COORDINATOR_PROBE_TIMEOUT_MS)
-        return min(timeout_ms, COORDINATOR_ASK_TIMEOUT_MS) if coordinator and brokers_left else timeout_ms
+        return min(timeout_ms, COORDINATOR_ASK_TIMEOUT_MS) if coordinator else timeout_ms
 
     def order(self, endpoints: list[str], prefer: str | None, now_ms: int) -> list[str]:
         """``endpoints`` in the order to ask them: ``prefer`` (the coordinator) first, or last

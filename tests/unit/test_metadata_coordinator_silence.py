@@ -243,3 +243,14 @@ def test_a_coordinator_is_waited_for_briefly_while_a_broker_could_answer_instead
     got, endpoint = fetch_metadata(zmq.Context.instance(), [coordinator, broker], 20_000, coordinator, silence=silence)
     assert (endpoint, asked()) == (broker, 1)
     assert time.monotonic() - start < 10, "the coordinator was waited for the whole timeout"
+
+
+def test_a_silent_coordinator_that_is_the_only_endpoint_is_waited_for_the_whole_timeout() -> None:
+    """With nothing else to ask, a short probe only failed again: a coordinator back but slower
+    than the probe (a loaded machine) was never heard, every refresh a timeout."""
+    md = dataclasses.replace(MD, coordinator="tcp://127.0.0.1:9")
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    silence.heard(md.coordinator, RequestTimeout("no reply"), 0)
+    assert silence.timeout_ms(md.coordinator, 3000, brokers_left=False) == 3000
+    assert silence.timeout_ms(md.coordinator, 3000) == COORDINATOR_PROBE_TIMEOUT_MS
