@@ -52,6 +52,10 @@ FETCH_WAIT_MS = 500
 FETCH_STALL_MS = 300           # a fetch unanswered this long past its wait_ms: look for a new leader
 STALL_CHECK_INTERVAL_MS = 100  # how often requests in flight are checked for a stall
 FETCH_RETRY_BACKOFF_MS = 100   # a partition whose fetch was refused or failed waits this long
+# a reset to where a partition with nothing to start from starts: decided when it is sent
+# (``_start_spec``: its log start if it appeared while the consumer read its topic, else the policy)
+AUTO_RESET = "auto"
+ResetSpec = int | str | None   # EARLIEST, LATEST, AUTO_RESET, or None: auto_offset_reset "none"
 
 
 class ConsumerClient(Protocol):
@@ -109,7 +113,7 @@ class Consumer(ConsumerFailover):
         self._clients: dict[str, ConsumerClient] = {}
         self.positions: dict[TopicPartition, int | None] = {}  # next offset poll() returns; None: reset
         self._fetch_positions: dict[TopicPartition, int] = {}  # next offset to fetch (prefetch)
-        self._reset_specs: dict[TopicPartition, int | None] = {}  # None: auto_offset_reset "none"
+        self._reset_specs: dict[TopicPartition, ResetSpec] = {}
         self.buffered_records_max = 200_000
         self.high_watermarks: dict[TopicPartition, int] = {}
         # fetched records not yet returned: views of runs of one partition in offset order
@@ -145,6 +149,7 @@ class Consumer(ConsumerFailover):
         # does not start it again (``_recreated_partitions``), and it is read once the metadata
         # names its id (``_positioned_from_outside``)
         self._ahead_of_metadata: dict[TopicPartition, str] = {}
+        self._first_seen: dict[str, tuple[str | None, int]] = {}  # ``_began_reading``
         self._closed = False
         self._woken = threading.Event()  # ``wakeup``: the poll waiting (or the next one) returns now
         self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)
@@ -164,6 +169,11 @@ class Consumer(ConsumerFailover):
         self._positioned_in = {tp: i for tp, i in self._positioned_in.items() if tp in keep}
         self._ahead_of_metadata = {tp: i for tp, i in self._ahead_of_metadata.items() if tp in keep}
         self._keep_buffered(lambda tp: tp in keep)
+        self._began_reading()
+
+    def _topics_read(self) -> set[str]:
+        """The topics this consumer reads: those of its assignment (a group member: its subscription)."""
+        return {t for t, _ in self.positions}
 
     def assignment(self) -> list[TopicPartition]:
         return sorted(self.positions)
@@ -207,9 +217,11 @@ class Consumer(ConsumerFailover):
             else:
                 self._positioned_in.pop(tp, None)
         if gone:
-            log.warning("the committed offsets of %s are of a topic deleted since: they start again at the %s "
-                        "offset (auto_offset_reset)", ", ".join(f"{t}-{p}" for t, p in gone), self.auto_offset_reset)
-            self._reset(gone, self._policy_spec())
+            # the group read the topic deleted since: every record of a topic made again under its
+            # name is newer than that, whatever auto_offset_reset says (``_take_metadata``)
+            log.warning("the committed offsets of %s are of a topic deleted since: they start again at the new "
+                        "topic's log start", ", ".join(f"{t}-{p}" for t, p in gone))
+            self._reset(gone, EARLIEST)
 
     def _move_to(self, tp: TopicPartition, offset: int) -> None:
         """``seek``, in the topic the position was read in (records taken and given back)."""
@@ -258,7 +270,7 @@ class Consumer(ConsumerFailover):
         if pending is not None and pending.endpoint in self._clients:
             self._clients[pending.endpoint].cancel(pending.request_id)
 
-    def _reset(self, tps: list[TopicPartition] | None, spec: int | None) -> None:
+    def _reset(self, tps: list[TopicPartition] | None, spec: ResetSpec) -> None:
         for tp in tps or list(self.positions):
             self._forget_reset(tp)
             self.positions[tp] = None
@@ -561,13 +573,18 @@ class Consumer(ConsumerFailover):
 
     def _policy_spec(self) -> int | None:
         """Where ``auto_offset_reset`` starts a partition with nothing to start from (never
-        seeked, nothing committed, out of range): EARLIEST, LATEST, or None for "none" -- no
+        seeked, nothing committed, out of range; one that appeared while the consumer read its
+        topic starts at its log start instead: ``_start_spec``): EARLIEST, LATEST, or None for "none" -- no
         reset: ``poll`` raises until the application seeks, as Kafka's
         NoOffsetForPartitionException (it was taken for "latest": the log end, silently)."""
         return {"earliest": EARLIEST, "latest": LATEST}.get(self.auto_offset_reset)
 
     def _start_reset(self, tp: TopicPartition) -> None:
-        spec = self._reset_specs.get(tp, self._policy_spec())
+        spec = self._reset_specs.get(tp, AUTO_RESET)
+        if spec == AUTO_RESET:
+            spec = self._start_spec(tp)
+            if spec is None and self._md_in_flight:
+                return  # "none" raises once the metadata asked for says whether the partition is new
         if spec is None:
             self._cannot_position(tp, "no position to start from (never seeked, nothing committed) and "
                                       "auto_offset_reset is none: seek first")

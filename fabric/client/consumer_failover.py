@@ -12,7 +12,12 @@ another epoch (a restarted process: ``ClusterMetadata.leader_moved``), that requ
 cancelled -- a late answer of the old leader is dropped -- and the partition is fetched from
 the new leader at the same position. Fetches to other brokers are not touched. Metadata that
 names a topic of the assignment by a new id (deleted and made again) starts its partitions again
-at ``auto_offset_reset``. A partition whose fetch was refused (not_leader, an epoch error) or failed waits
+at the new topic's log start, whatever ``auto_offset_reset`` says: every record of the new topic
+is newer than the consumer's reading of the topic (the policy is for a partition the consumer
+has no position in at all; ``latest`` there skipped what was written to the new topic before the
+consumer noticed it). So does a partition that appears while the consumer reads its topic (more
+partitions, a topic made again, a topic subscribed to before it existed) and has nothing to start
+from: ``_appeared_while_read``. A partition whose fetch was refused (not_leader, an epoch error) or failed waits
 ``FETCH_RETRY_BACKOFF_MS`` or for newer metadata, and metadata requests back off
 (``METADATA_BACKOFF_MS`` doubling to ``METADATA_BACKOFF_MS_MAX`` while nothing new comes),
 so a cluster with no leader for a partition is asked a few times a second, not flooded.
@@ -26,6 +31,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fabric import protocol as P
+from fabric.client.admin import EARLIEST
 from fabric.client.bootstrap import CoordinatorSilence, metadata_endpoint
 from fabric.clock import Clock
 from fabric.errors import RemoteError
@@ -66,11 +72,15 @@ class ConsumerFailover:
     _read_in: dict[TopicPartition, str]  # per assigned partition, the topic id its position was read in
     # ... where that is an id the metadata did not name yet (``_positioned_from_outside``)
     _ahead_of_metadata: dict[TopicPartition, str]
+    # per topic read, (its id, its partition count) as the metadata named it when the consumer began
+    # reading it (id None: the metadata had no such topic); ``_appeared_while_read``
+    _first_seen: dict[str, tuple[str | None, int]]
 
     if TYPE_CHECKING:  # Consumer's, never these
         def _client(self, endpoint: str) -> ConsumerClient: ...
         def _reset(self, tps: list[TopicPartition] | None, spec: int | None) -> None: ...
         def _policy_spec(self) -> int | None: ...
+        def _topics_read(self) -> set[str]: ...
 
     # -- failover ------------------------------------------------------------------------------
     def _check_stalls(self) -> None:
@@ -142,19 +152,57 @@ class ConsumerFailover:
     def _take_metadata(self, md: ClusterMetadata) -> None:
         """Take newer metadata: refused partitions are asked again, requests whose leader moved
         rerouted. A partition whose position was read in a topic that ``md`` names by another
-        id was deleted and made again: it starts again as never read (``auto_offset_reset``).
-        Kept, a position of the old topic was fetched in the new one, whose records before it
+        id was deleted and made again: it starts again at the new topic's log start (every record
+        of it is newer than this consumer's reading; ``auto_offset_reset`` -- ``latest`` -- skipped
+        those written before the consumer noticed). Kept, a position of the old topic was fetched in the new one, whose records before it
         were skipped (and, by a group member, committed past). Only a position read in the old
         topic: one set from outside (a seek, a committed offset) while the consumer's metadata
         was older than the topic is the new topic's, and a reset skipped it (``latest``)."""
         recreated = self._recreated_partitions(md)
+        if self.metadata.version >= 0:
+            self._began_reading()  # what the metadata said before ``md``: a topic read since is seen as it was
         self.metadata = md
+        self._began_reading()  # the first metadata: the topics read before it came
         self._held_until_ms.clear()  # a refused partition may have a new leader: ask it now
         self._reroute_in_flight()
         if recreated:
-            log.warning("topics %s were deleted and made again: their partitions start again at the %s offset "
-                        "(auto_offset_reset)", ", ".join(sorted({t for t, _ in recreated})), self.auto_offset_reset)
-            self._reset(recreated, self._policy_spec())
+            log.warning("topics %s were deleted and made again: their partitions start again at the new topic's "
+                        "log start", ", ".join(sorted({t for t, _ in recreated})))
+            self._reset(recreated, EARLIEST)
+
+    def _began_reading(self) -> None:
+        """Note, for each topic read (subscribed, or of the assignment) not noted yet, how the
+        metadata names it now -- once the consumer has metadata; forget the topics no longer read."""
+        read = self._topics_read()
+        seen = self._first_seen
+        if seen.keys() - read:
+            self._first_seen = seen = {t: s for t, s in seen.items() if t in read}
+        if self.metadata.version < 0:
+            return
+        for topic in read - seen.keys():
+            t = self.metadata.topics.get(topic)
+            seen[topic] = (t.topic_id, len(t.partitions)) if t is not None else (None, 0)
+
+    def _appeared_while_read(self, tp: TopicPartition) -> bool:
+        """``tp`` was not there when the consumer began reading its topic: the topic had fewer
+        partitions, another id (deleted and made again since), or did not exist. Every record of
+        it is newer than the reading: with nothing to start from it starts at its log start, not
+        at ``auto_offset_reset`` (``latest`` skipped what was written to it before the consumer
+        saw it: the same loss Kafka documents for partitions added under ``latest``,
+        KAFKA-12261). A partition in metadata the consumer got after it began reading (not
+        before) counts as there: at most records older than the reading are read, none lost."""
+        seen = self._first_seen.get(tp[0])
+        if seen is None:
+            return False
+        seen_id, seen_count = seen
+        now = self.metadata.topics.get(tp[0])
+        return tp[1] >= seen_count or (now is not None and bool(seen_id) and bool(now.topic_id)
+                                       and now.topic_id != seen_id)
+
+    def _start_spec(self, tp: TopicPartition) -> int | None:
+        """Where a partition with nothing to start from starts (``AUTO_RESET``): its log start
+        when it appeared while the consumer read its topic, else ``auto_offset_reset``."""
+        return EARLIEST if self._appeared_while_read(tp) else self._policy_spec()
 
     def _recreated_partitions(self, md: ClusterMetadata) -> list[TopicPartition]:
         """The partitions whose position was read in a topic ``md`` names by another id (a topic

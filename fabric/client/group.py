@@ -166,6 +166,7 @@ class GroupConsumer(GroupJoin, GroupCommits, _AssignConsumer):
                 f"group {self.group_id}: this consumer reads assigned partitions; subscribe() and assign() "
                 "are mutually exclusive: call unsubscribe() first")
         self.subscription = sorted(set(topics))
+        self._began_reading()
         with self._lock:
             self._rejoin_needed = True
 
@@ -217,9 +218,15 @@ class GroupConsumer(GroupJoin, GroupCommits, _AssignConsumer):
             self._finish_async_commits()
             super().assign([])
         self.subscription = []
+        self._began_reading()  # forgets how the topics read until now were when reading began
         self.auto_commit_bounds = {}
         self._last_committed = {}  # what the membership committed says nothing once it is given up
         self._commit_lookup = None  # an assigned consumer's lookup on its way: its answer is given up
+
+    def _topics_read(self) -> set[str]:
+        """A subscribed member reads its subscription's topics, also the partitions of them it
+        does not own (yet): one that appears while it is subscribed is newer than the subscription."""
+        return set(self.subscription) if self.subscription else super()._topics_read()
 
     # -- polling ---------------------------------------------------------------------------------
     def _poll_views(self, timeout_ms: int, max_records: int) -> list[RecordBatchView]:

@@ -31,7 +31,7 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from fabric import protocol as P
-from fabric.client.consumer import TopicPartition
+from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
 from fabric.client.group_link import REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink, Pump
 from fabric.clock import Clock
 from fabric.errors import CodedError, FabricError, RemoteError
@@ -75,7 +75,7 @@ class GroupCommits:
     # the consumer's state this half reads (fabric.client.consumer.Consumer's, then GroupConsumer's)
     clock: Clock
     positions: dict[TopicPartition, int | None]
-    _reset_specs: dict[TopicPartition, int | None]
+    _reset_specs: dict[TopicPartition, ResetSpec]
     metadata: ClusterMetadata
     _read_in: dict[TopicPartition, str]         # the topic id each position was read in
     _positioned_in: dict[TopicPartition, str]   # ... or was set in from outside, or read in before a reset
@@ -180,7 +180,7 @@ class GroupCommits:
         if e.code == P.UNKNOWN_TOPIC_ID:
             self._refresh_metadata()
 
-    def _reset(self, tps: list[TopicPartition] | None, spec: int | None) -> None:
+    def _reset(self, tps: list[TopicPartition] | None, spec: ResetSpec) -> None:
         """``Consumer._reset``, and what the coordinator was known to hold for ``tps`` forgotten:
         a partition started again may be of a topic made again, of which nothing is committed
         -- an equal position there is not "committed already" (its commit was left out, and the
@@ -368,8 +368,8 @@ class GroupCommits:
                     self.positions[tp] = off
                     # one of this consumer's own commits since: of the topic the metadata names
                     self._positioned_from_outside([tp], None if tp in since else lookup.topic_ids)
-                else:  # nothing committed: the reset policy, looked up once
-                    self._reset_specs[tp] = self._policy_spec()
+                else:  # nothing committed: the reset policy (``Consumer._start_spec``), looked up once
+                    self._reset_specs[tp] = AUTO_RESET
         # _awaits_position, in the scan itself: a call per partition cost ~2 ms a pass with 10,000 of them
         fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
         if not fresh or self.clock.now_ms() < self._commit_lookup_retry_at_ms:

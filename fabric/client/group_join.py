@@ -25,7 +25,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from fabric import protocol as P
-from fabric.client.consumer import TopicPartition
+from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
 from fabric.client.group_link import COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
@@ -86,8 +86,7 @@ class GroupJoin:
         def commit(self, offsets: dict[TopicPartition, int] | None = None, asynchronous: bool = False) -> None: ...
         def _auto_commit_offsets(self) -> dict[TopicPartition, int]: ...
         def _refresh_metadata(self) -> None: ...
-        def _reset(self, tps: list[TopicPartition] | None, spec: int | None) -> None: ...
-        def _policy_spec(self) -> int | None: ...
+        def _reset(self, tps: list[TopicPartition] | None, spec: ResetSpec) -> None: ...
         def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None: ...
         def _ensure_heartbeat(self) -> None: ...
 
@@ -210,8 +209,8 @@ class GroupJoin:
             if off >= 0:
                 self.positions[tp] = off
                 self._last_committed[tp] = off
-            else:
-                self._reset([tp], self._policy_spec())
+            else:  # the policy, or the log start of a partition that appeared while subscribed
+                self._reset([tp], AUTO_RESET)
         self._positioned_from_outside([tp for tp in assignment if self.positions.get(tp) is not None], topic_ids)
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
         with self._lock:
