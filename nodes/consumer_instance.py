@@ -216,8 +216,9 @@ class Instance(threading.Thread):
             return {}
         if op == "committed":
             tps = [(t, p) for t, p in h.get("partitions") or c.assignment()]
-            found = c.committed_offsets(tps)
-            return {"offsets": [[t, p, -1 if found[(t, p)] is None else found[(t, p)]] for t, p in tps]}
+            found, ids = c.committed_with_topic_ids(tps)
+            return {"offsets": [[t, p, -1 if found[(t, p)] is None else found[(t, p)]] for t, p in tps],
+                    "topic_ids": ids}
         if op == "seek":
             self._seek(c, h)
             self._keep_undo_off(_sought(c, h))
@@ -343,8 +344,10 @@ class Instance(threading.Thread):
             elif to == "end":
                 c.seek_to_end(tps)
             elif to == "offsets":
-                for t, p, o in h.get("offsets") or []:
-                    c.seek((t, p), o)
+                entries = h.get("offsets") or []
+                _check_not_deleted(c, entries)
+                for t, p, o, *topic_id in entries:  # [topic, partition, offset(, topic id)]
+                    c.seek((t, p), o, topic_id=topic_id[0] if topic_id else "")
             else:
                 raise RemoteError(P.MALFORMED_REQUEST, "to must be beginning, end or offsets")
         except FabricError as e:
@@ -390,7 +393,7 @@ def _first_offsets(records: list) -> dict[tuple[str, int], int]:
 def _sought(c: GroupConsumer, h: dict) -> set[tuple[str, int]]:
     """The partitions a seek of header ``h`` moved: those named, all assigned when none is."""
     if h.get("to") == "offsets":
-        return {(t, p) for t, p, _o in h.get("offsets") or []}
+        return {(e[0], e[1]) for e in h.get("offsets") or []}  # [topic, partition, offset(, topic id)]
     return {(t, p) for t, p in h.get("partitions") or []} or set(c.assignment())
 
 
@@ -404,6 +407,20 @@ def _positions(c: GroupConsumer) -> list[list] | None:
     return None if any(o is None for _t, _p, o in positions) else positions
 
 
+def _check_not_deleted(c: GroupConsumer, entries: list) -> None:
+    """Raise RemoteError(unknown_topic_id), before anything is sought, when an entry of a seek
+    names a topic id the instance's metadata lists as deleted: its offset is of a topic made
+    again under its name since (a committed offset looked up before), not one of the topic there
+    is now -- taken, the new topic's records below it were skipped. An id the metadata cannot
+    judge yet (newer than it) is sought as that topic's offset (``GroupConsumer.seek``)."""
+    deleted = set(c.metadata.deleted_topic_ids)
+    for t, p, _o, *topic_id in entries:
+        if topic_id and topic_id[0] in deleted:
+            raise RemoteError(P.UNKNOWN_TOPIC_ID, f"{t}-{p}: topic id {topic_id[0]} was deleted (the topic was made "
+                                                  f"again under its name since?): its offsets are not the new "
+                                                  f"topic's; nothing was sought")
+
+
 def _waited_ms(h: dict) -> float:
     """How long ago the service received the fetch of header ``h`` (``_on_op`` stamps it)."""
     return (time.monotonic() - h["_received"]) * 1000
@@ -415,14 +432,20 @@ def check_op_header(op: str, h: dict) -> None:
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    def partition_list(name: str, width: int) -> None:  # [[topic, partition(, offset)], ...] or null
+    def partition_list(name: str, width: int, topic_id: bool = False) -> None:
+        """[[topic, partition(, offset)(, topic id: with ``topic_id``)], ...] or null."""
         v = h.get(name)
         if v is None:
             return
-        if not isinstance(v, list) or not all(
-                isinstance(e, (list, tuple)) and len(e) == width and isinstance(e[0], str)
-                and all(is_int(n) and n >= 0 for n in e[1:]) for e in v):
-            fields = "topic, partition" + (", offset" if width == 3 else "")
+
+        def fits(e: Any) -> bool:
+            if not isinstance(e, (list, tuple)):
+                return False
+            if topic_id and len(e) == width + 1 and isinstance(e[-1], str):
+                e = e[:-1]
+            return len(e) == width and isinstance(e[0], str) and all(is_int(n) and n >= 0 for n in e[1:])
+        if not isinstance(v, list) or not all(map(fits, v)):
+            fields = "topic, partition" + (", offset" if width == 3 else "") + ("(, topic id)" if topic_id else "")
             raise RemoteError(P.MALFORMED_REQUEST, f"{name} must be a list of [{fields}], numbers of 0 or more")
     if ("lost" in h or "answered" in h) and not all(is_int(h.get(n)) and h[n] >= 0 for n in ("lost", "answered")):
         raise RemoteError(P.MALFORMED_REQUEST, "lost and answered must both be ints of 0 or more")
@@ -443,4 +466,4 @@ def check_op_header(op: str, h: dict) -> None:
         partition_list("partitions", 2)
     elif op == "seek":
         partition_list("partitions", 2)
-        partition_list("offsets", 3)
+        partition_list("offsets", 3, topic_id=True)

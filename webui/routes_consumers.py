@@ -42,7 +42,11 @@ def register(api: Api, gw: Gateway) -> None:
     offsets_out = {"type": "object", "required": ["offsets"], "properties": {"offsets": {"type": "array", "items": {
         "type": "object", "required": ["topic", "partition", "offset", "metadata"],
         "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"},
-                       "metadata": {"type": "string"}}}}}}
+                       "metadata": {"type": "string"},
+                       "topic_id": {"type": "string", "description": "the id of the topic a committed offset is of "
+                                                                     "(where one is committed)"}}}}}}
+    seeks = {"type": "object", "required": ["offsets"], "properties": {
+        "offsets": {"type": "array", "maxItems": 10_000, "items": api.schema("SeekOffset", S.SEEK_OFFSET)}}}
     inst_errors = (40403,)
 
     def call(group: str, inst: str, fn: Any) -> Any:
@@ -154,13 +158,24 @@ def register(api: Api, gw: Gateway) -> None:
             body_required=False)
     def committed(group_name: str, instance: str, body: dict | None, content_type: str | None) -> dict:
         asked = None if body is None else [(p["topic"], p["partition"]) for p in body["partitions"]]
-        got = call(group_name, instance, lambda h: h.committed(asked))
-        return {"offsets": [{"topic": t, "partition": p, "offset": o, "metadata": ""} for (t, p), o in sorted(got.items())]}
+        got, ids = call(group_name, instance, lambda h: h.committed_with_topic_ids(asked))
+        out = []
+        for (t, p), o in sorted(got.items()):
+            entry = {"topic": t, "partition": p, "offset": o, "metadata": ""}
+            if o >= 0 and t in ids:
+                entry["topic_id"] = ids[t]
+            out.append(entry)
+        return {"offsets": out}
 
     @api.op("POST", base + "/positions", role="consume", tag="consumers", summary="Seek to offsets",
-            path_params=inst_path, errors=(40403, 42205), body=body_types(tpos))
+            path_params=inst_path, errors=(40401, 40403, 42205), body=body_types(seeks),
+            description="An entry may name the `topic_id` its offset is of (as GET …/offsets answers it): an "
+                        "id of a topic deleted since -- made again under its name -- is refused 404 (40401) "
+                        "and nothing is sought, instead of taking the old topic's offset for the new topic.")
     def seek(group_name: str, instance: str, body: dict, content_type: str) -> None:
-        call(group_name, instance, lambda h: h.seek({(o["topic"], o["partition"]): o["offset"] for o in body["offsets"]}))
+        offsets = {(o["topic"], o["partition"]): o["offset"] for o in body["offsets"]}
+        ids = {(o["topic"], o["partition"]): o["topic_id"] for o in body["offsets"] if "topic_id" in o}
+        call(group_name, instance, lambda h: h.seek(offsets, ids or None))
 
     @api.op("GET", base + "/positions", role="consume", tag="consumers",
             summary="Current positions (next offset to fetch; -1: not known yet)", path_params=inst_path,

@@ -100,3 +100,9 @@ TOPIC_V2 = {"type": "object", "required": ["name", "configs", "partitions"], "pr
 TOPIC_PARTITION = {"type": "object", "required": ["topic", "partition"], "properties": {"topic": NAME, "partition": PARTITION}}
 TOPIC_PARTITION_OFFSET = {"type": "object", "required": ["topic", "partition", "offset"],
                           "properties": {"topic": NAME, "partition": PARTITION, "offset": OFFSET}}
+# the id of the topic an offset is of (a topic deleted and made again under its name is another)
+TOPIC_ID = {"type": "string", "minLength": 1, "maxLength": 64,
+            "description": "the id of the topic the offset is of, as GET …/offsets answers it: an id of a topic "
+                           "deleted since (made again under its name) is refused, 404 / 40401"}
+SEEK_OFFSET = {"type": "object", "required": ["topic", "partition", "offset"],
+               "properties": {**TOPIC_PARTITION_OFFSET["properties"], "topic_id": TOPIC_ID}}

@@ -362,8 +362,20 @@ class ConsumerInstance:
 
     def committed(self, partitions: list[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
         """Committed offsets (-1: none) of these partitions, or of the assigned ones."""
+        return self.committed_with_topic_ids(partitions)[0]
+
+    def committed_with_topic_ids(self, partitions: list[tuple[str, int]] | None = None
+                                 ) -> tuple[dict[tuple[str, int], int], dict[str, str]]:
+        """``committed``, and {topic: id} of the topics those offsets are of (the coordinator's
+        OFFSET_FETCH ``topic_ids``; empty from an older service): a seek to them names it
+        (``seek(..., topic_ids=)``), so that an offset of a topic made again since is refused.
+        Raises MalformedFrame for ids that are not strings."""
         body = None if partitions is None else [list(tp) for tp in partitions]
-        return {(t, p): o for t, p, o in self._call(P.CONSUMER_COMMITTED, {"partitions": body})["offsets"]}
+        h = self._call(P.CONSUMER_COMMITTED, {"partitions": body})
+        ids = h.get("topic_ids") or {}
+        if not isinstance(ids, dict) or not all(isinstance(t, str) and isinstance(i, str) for t, i in ids.items()):
+            raise MalformedFrame(P.MALFORMED_REQUEST, "a CONSUMER_COMMITTED reply's topic_ids must map names to ids")
+        return {(t, p): o for t, p, o in h["offsets"]}, dict(ids)
 
     def seek_to_beginning(self, partitions: list[tuple[str, int]] | None = None) -> None:
         self._call(P.CONSUMER_SEEK, {"to": "beginning", "partitions": [list(tp) for tp in partitions or []]})
@@ -371,8 +383,13 @@ class ConsumerInstance:
     def seek_to_end(self, partitions: list[tuple[str, int]] | None = None) -> None:
         self._call(P.CONSUMER_SEEK, {"to": "end", "partitions": [list(tp) for tp in partitions or []]})
 
-    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
-        self._call(P.CONSUMER_SEEK, {"to": "offsets", "offsets": [[t, p, o] for (t, p), o in offsets.items()]})
+    def seek(self, offsets: dict[tuple[str, int], int], topic_ids: dict[tuple[str, int], str] | None = None) -> None:
+        """Seek to ``offsets``; ``topic_ids``: per partition, the id of the topic its offset is of
+        (``committed_with_topic_ids``): one the instance knows was deleted since (its topic made
+        again under the name) is refused, unknown_topic_id, and nothing is sought."""
+        ids = topic_ids or {}
+        self._call(P.CONSUMER_SEEK, {"to": "offsets", "offsets": [[t, p, o, ids[(t, p)]] if (t, p) in ids else [t, p, o]
+                                                                  for (t, p), o in offsets.items()]})
 
     def assign(self, partitions: list[tuple[str, int]]) -> None:
         """Read exactly these partitions (no group membership); not while subscribed."""

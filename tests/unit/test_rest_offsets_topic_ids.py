@@ -1,0 +1,146 @@
+"""A REST consumer instance's committed offsets name the topic they are of, and a seek may name
+it back: ``GET …/offsets`` (Confluent's shape) answered offsets without topic ids, so a client
+that looked a committed offset up and sought to it after the topic was deleted and made again
+under its name applied the old topic's offset to the new topic (its records below it skipped).
+Now each committed entry carries ``topic_id`` (every other field as before), and
+``POST …/positions`` takes an optional ``topic_id`` per entry: one of a topic the instance knows
+was deleted is refused, 404 / 40401 (the coordinator's ``unknown_topic_id``, as a commit of such
+a position is), and nothing is sought.
+
+The consumer service's ``Instance`` on the fake broker and scripted coordinator of
+tests/unit/builders_group_consumer.py, and the gateway app with a stub agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fabric import protocol as P
+from fabric.apikeys import hash_key
+from fabric.config import GatewayConfig, SecurityConfig
+from fabric.errors import RemoteError
+from nodes.consumer_instance import check_op_header
+from nodes.gateway.translate import translated
+from tests.unit.builders_group_consumer import T0, RestInstance
+from tests.unit.fakes import KEYS, StubAgent
+from webui.app import create_app
+from webui.auth import KeyStore, RateLimiter
+from webui.context import Gateway
+from webui.events import EventHub
+
+NEW_ID = "id-t2"
+
+
+# -- the consumer service's instance -------------------------------------------------------------
+def test_the_committed_offsets_name_the_topic_they_are_of() -> None:
+    rest = RestInstance()
+    rest.coordinator.committed[T0] = 20
+    assert rest.request("committed", partitions=[["t", 0]]) == {"offsets": [["t", 0, 20]], "topic_ids": {"t": "id-t"}}
+
+
+def _made_again_under_the_instance(rest: RestInstance) -> None:
+    """t deleted and made again (NEW_ID); the instance's metadata learns of it."""
+    rest.broker.make_topic_again(NEW_ID)
+    rest.coordinator.topic_ids["t"] = NEW_ID
+    rest.coordinator.committed.clear()
+    consumer = rest.instance.consumer
+    for _ in range(50):
+        if consumer.metadata.topics["t"].topic_id == NEW_ID:
+            return
+        rest.fetch()
+    raise AssertionError("the instance's metadata never named the new topic")
+
+
+def test_a_seek_to_an_offset_of_a_topic_deleted_since_is_refused_and_nothing_is_sought() -> None:
+    rest = RestInstance()
+    rest.coordinator.committed[T0] = 500
+    looked_up = rest.request("committed", partitions=[["t", 0]])
+    assert rest.fetch()[:1] == [500]
+    _made_again_under_the_instance(rest)
+    position = rest.instance.consumer.position(T0)
+    [[t, p, offset]] = looked_up["offsets"]
+    with pytest.raises(RemoteError) as refused:
+        rest.request("seek", to="offsets", offsets=[[t, p, offset, looked_up["topic_ids"][t]]])
+    assert refused.value.code == P.UNKNOWN_TOPIC_ID
+    assert rest.instance.consumer.position(T0) == position, "a refused seek moved the position"
+    rest.request("seek", to="offsets", offsets=[["t", 0, 7, NEW_ID]])  # an offset of the topic there is now
+    assert rest.fetch()[:1] == [7]
+
+
+@pytest.mark.parametrize("entry, ok", [(["t", 0, 5], True), (["t", 0, 5, "id-t"], True), (["t", 0, 5, 7], False),
+                                       (["t", 0, 5, "id-t", "x"], False)])
+def test_a_seeks_entries_may_name_a_topic_id(entry: list, ok: bool) -> None:
+    if ok:
+        check_op_header("seek", {"to": "offsets", "offsets": [entry]})
+        return
+    with pytest.raises(RemoteError) as refused:
+        check_op_header("seek", {"to": "offsets", "offsets": [entry]})
+    assert refused.value.code == P.MALFORMED_REQUEST
+
+
+# -- the REST routes ------------------------------------------------------------------------------
+class _Instance(StubAgent):
+    """Consumer instance g/c1: t-0 committed at 20 (topic id-t), t-1 nothing; seeks naming a
+    topic id other than id-t are refused as the instance refuses one of a deleted topic."""
+
+    def __init__(self) -> None:
+        self.sought: list[tuple[dict, dict | None]] = []
+
+    def instance(self, group: str, name: str) -> Any:
+        return None
+
+    def call_instance(self, group: str, name: str, op: Any) -> Any:
+        with translated("consumer-1"):
+            return op(self)
+
+    def committed_with_topic_ids(self, partitions: list | None = None) -> tuple[dict, dict]:
+        return {("t", 0): 20, ("t", 1): -1}, {"t": "id-t"}
+
+    def seek(self, offsets: dict, topic_ids: dict | None = None) -> None:
+        if any(i != "id-t" for i in (topic_ids or {}).values()):
+            raise RemoteError(P.UNKNOWN_TOPIC_ID, "t-0: topic id id-t0 was deleted")
+        self.sought.append((offsets, topic_ids))
+
+
+@pytest.fixture
+def served() -> tuple[Any, _Instance]:
+    agent = _Instance()
+    keys = KeyStore([(role, hash_key(k), [role]) for role, k in KEYS.items()])
+    gw = Gateway(agent=agent, hub=EventHub(), keys=keys, limiter=RateLimiter(1000.0, 1000, 100),
+                 settings=GatewayConfig(), security=SecurityConfig(), cluster_id="test",
+                 on_bug=lambda: pytest.fail("a bug in the gateway"))
+    return create_app(gw).test_client(), agent
+
+
+HEADERS = {"Authorization": f"Bearer {KEYS['consume']}", "Content-Type": "application/vnd.kafka.v2+json"}
+BASE = "/consumers/g/instances/c1"
+
+
+def test_get_offsets_answers_the_topic_id_of_each_committed_offset(served: Any) -> None:
+    client, _ = served
+    r = client.get(BASE + "/offsets", headers=HEADERS)
+    assert r.status_code == 200, r.data
+    assert r.get_json() == {"offsets": [
+        {"topic": "t", "partition": 0, "offset": 20, "metadata": "", "topic_id": "id-t"},
+        {"topic": "t", "partition": 1, "offset": -1, "metadata": ""}]}
+
+
+def test_a_seek_names_the_topic_id_and_one_of_a_deleted_topic_is_404(served: Any) -> None:
+    client, agent = served
+    r = client.post(BASE + "/positions", headers=HEADERS,
+                    json={"offsets": [{"topic": "t", "partition": 0, "offset": 20, "topic_id": "id-t"},
+                                      {"topic": "t", "partition": 1, "offset": 3}]})
+    assert r.status_code == 204, r.data
+    assert agent.sought == [({("t", 0): 20, ("t", 1): 3}, {("t", 0): "id-t"})]
+    r = client.post(BASE + "/positions", headers=HEADERS,
+                    json={"offsets": [{"topic": "t", "partition": 0, "offset": 20, "topic_id": "id-t0"}]})
+    assert r.status_code == 404 and r.get_json()["error_code"] == 40401, r.data
+    assert len(agent.sought) == 1
+
+
+def test_a_seek_without_topic_ids_is_as_before(served: Any) -> None:
+    client, agent = served
+    r = client.post(BASE + "/positions", headers=HEADERS, json={"offsets": [{"topic": "t", "partition": 0, "offset": 9}]})
+    assert r.status_code == 204, r.data
+    assert agent.sought == [({("t", 0): 9}, None)]
