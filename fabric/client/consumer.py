@@ -270,16 +270,27 @@ class Consumer(ConsumerFailover):
         if pending is not None and pending.endpoint in self._clients:
             self._clients[pending.endpoint].cancel(pending.request_id)
 
-    def _reset(self, tps: list[TopicPartition] | None, spec: ResetSpec) -> None:
+    def _reset(self, tps: list[TopicPartition] | None, spec: ResetSpec, *, keep_give_back: bool = False) -> None:
+        """Start ``tps`` (None: every assigned partition) again at ``spec``: no position until
+        the LIST_OFFSETS answers, nothing buffered, and no give-back of the last poll moves them
+        back (the reset stands) -- unless ``keep_give_back``: a partition found out of range at
+        the position the last poll's take set (``_out_of_range``) may still be given back, to a
+        position of the topic it was read in, and its range is checked again there (the records
+        before it, maybe still in the log, are not skipped)."""
         for tp in tps or list(self.positions):
+            at = self.positions.get(tp)
             self._forget_reset(tp)
             self.positions[tp] = None
             self._reset_specs[tp] = spec
             self._drop_buffered(tp)
-            self._taken.pop(tp, None)
-            read_in = self._read_in.pop(tp, None)
+            read_in = self._read_in.get(tp)
             if read_in:  # what a commit of it names until it has a position again
                 self._positioned_in[tp] = read_in
+            if keep_give_back and tp in self._taken and at is not None:
+                self._taken_to[tp] = at  # how far the give-back may move it (never forward)
+                continue
+            self._taken.pop(tp, None)
+            self._read_in.pop(tp, None)
 
     # -- polling ------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
@@ -544,13 +555,8 @@ class Consumer(ConsumerFailover):
         # said, as Kafka's consumer does: records may be skipped, or read again, from here
         log.warning("%s-%d: position %d is out of the log's range; starting again at the %s offset "
                     "(auto_offset_reset)", tp[0], tp[1], fetched_at, self.auto_offset_reset)
-        taken = tp in self._taken
-        before, read_in = self._taken.get(tp), self._read_in.get(tp)
-        self._reset([tp], self._policy_spec())
-        if taken:  # found at the position a take set: its give-back takes the reset back with it
-            self._taken[tp], self._taken_to[tp] = before, fetched_at
-            if read_in is not None:  # ... to a position of the topic it was read in (made again: reset)
-                self._read_in[tp] = read_in
+        # found at the position a take set: its give-back takes the reset back with it
+        self._reset([tp], self._policy_spec(), keep_give_back=True)
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
         """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no

@@ -180,12 +180,12 @@ class GroupCommits:
         if e.code == P.UNKNOWN_TOPIC_ID:
             self._refresh_metadata()
 
-    def _reset(self, tps: list[TopicPartition] | None, spec: ResetSpec) -> None:
+    def _reset(self, tps: list[TopicPartition] | None, spec: ResetSpec, *, keep_give_back: bool = False) -> None:
         """``Consumer._reset``, and what the coordinator was known to hold for ``tps`` forgotten:
         a partition started again may be of a topic made again, of which nothing is committed
         -- an equal position there is not "committed already" (its commit was left out, and the
         group kept no offset of the new topic)."""
-        super()._reset(tps, spec)  # type: ignore[misc]
+        super()._reset(tps, spec, keep_give_back=keep_give_back)  # type: ignore[misc]
         for tp in list(self._last_committed) if tps is None else tps:
             self._last_committed.pop(tp, None)
 
