@@ -345,7 +345,7 @@ class Instance(threading.Thread):
                 c.seek_to_end(tps)
             elif to == "offsets":
                 entries = h.get("offsets") or []
-                _check_not_deleted(c, entries)
+                _check_topic_ids(c, entries)
                 for t, p, o, *topic_id in entries:  # [topic, partition, offset(, topic id)]
                     c.seek((t, p), o, topic_id=topic_id[0] if topic_id else "")
             else:
@@ -407,18 +407,28 @@ def _positions(c: GroupConsumer) -> list[list] | None:
     return None if any(o is None for _t, _p, o in positions) else positions
 
 
-def _check_not_deleted(c: GroupConsumer, entries: list) -> None:
+def _check_topic_ids(c: GroupConsumer, entries: list) -> None:
     """Raise RemoteError(unknown_topic_id), before anything is sought, when an entry of a seek
-    names a topic id the instance's metadata lists as deleted: its offset is of a topic made
-    again under its name since (a committed offset looked up before), not one of the topic there
-    is now -- taken, the new topic's records below it were skipped. An id the metadata cannot
-    judge yet (newer than it) is sought as that topic's offset (``GroupConsumer.seek``)."""
+    names a topic id that is not its topic's as the instance's metadata names it. One listed as
+    deleted is of a topic made again under its name since (a committed offset looked up before):
+    taken, the new topic's records below it were skipped. Any other (the instance's metadata
+    older than a topic just made again, or an id that never was) is refused too -- taken, the
+    partition waited for metadata naming it, forever for an id that never was -- and the
+    metadata is asked for, so that a client whose topic was just made again can seek again."""
     deleted = set(c.metadata.deleted_topic_ids)
     for t, p, _o, *topic_id in entries:
-        if topic_id and topic_id[0] in deleted:
-            raise RemoteError(P.UNKNOWN_TOPIC_ID, f"{t}-{p}: topic id {topic_id[0]} was deleted (the topic was made "
-                                                  f"again under its name since?): its offsets are not the new "
-                                                  f"topic's; nothing was sought")
+        named = topic_id[0] if topic_id else ""
+        now = c.metadata.topic_ids_of([t]).get(t, "")
+        if not named or named == now:
+            continue
+        if named in deleted:
+            raise RemoteError(P.UNKNOWN_TOPIC_ID, f"{t}-{p}: topic id {named} was deleted (the topic was made again "
+                                                  f"under its name since?): its offsets are not the new topic's; "
+                                                  f"nothing was sought")
+        c._refresh_metadata()
+        raise RemoteError(P.UNKNOWN_TOPIC_ID, f"{t}-{p}: topic id {named} is not the id of topic {t!r} as this "
+                                              f"instance knows it ({now or 'no such topic'}); nothing was sought "
+                                              f"(a topic just made again: seek again in a moment)")
 
 
 def _waited_ms(h: dict) -> float:

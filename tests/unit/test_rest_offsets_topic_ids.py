@@ -68,6 +68,21 @@ def test_a_seek_to_an_offset_of_a_topic_deleted_since_is_refused_and_nothing_is_
     assert rest.fetch()[:1] == [7]
 
 
+def test_a_seek_naming_an_id_the_instance_does_not_know_is_refused_and_the_metadata_asked_for() -> None:
+    """An id that never was (or of a topic made again that the instance's metadata does not name
+    yet): taken, the partition waited for metadata naming it -- forever for one that never was."""
+    rest = RestInstance()
+    rest.coordinator.committed[T0] = 500
+    assert rest.fetch()[:1] == [500]
+    position = rest.instance.consumer.position(T0)
+    with pytest.raises(RemoteError) as refused:
+        rest.request("seek", to="offsets", offsets=[["t", 0, 3, "no-such-id"]])
+    assert refused.value.code == P.UNKNOWN_TOPIC_ID
+    assert rest.instance.consumer.position(T0) == position
+    assert rest.instance.consumer._md_in_flight, "the metadata was not asked for"
+    assert rest.fetch()[:1] == [position], "the partition stopped being read"
+
+
 @pytest.mark.parametrize("entry, ok", [(["t", 0, 5], True), (["t", 0, 5, "id-t"], True), (["t", 0, 5, 7], False),
                                        (["t", 0, 5, "id-t", "x"], False)])
 def test_a_seeks_entries_may_name_a_topic_id(entry: list, ok: bool) -> None:
