@@ -166,9 +166,14 @@ class ConsumerFailover:
         self._held_until_ms.clear()  # a refused partition may have a new leader: ask it now
         self._reroute_in_flight()
         if recreated:
-            log.warning("topics %s were deleted and made again: their partitions start again at the new topic's "
-                        "log start", ", ".join(sorted({t for t, _ in recreated})))
-            self._reset(recreated, EARLIEST)
+            log.warning("topics %s were deleted and made again: their partitions start again in the new topic",
+                        ", ".join(sorted({t for t, _ in recreated})))
+            self._start_again(recreated)
+
+    def _start_again(self, tps: list[TopicPartition]) -> None:
+        """``tps`` were read in a topic deleted and made again since: they start at the new
+        topic's log start (a group consumer looks its committed offset of the new topic up first)."""
+        self._reset(tps, EARLIEST)
 
     def _began_reading(self) -> None:
         """Note, for each topic read (subscribed, or of the assignment) not noted yet, how the

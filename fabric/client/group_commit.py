@@ -189,6 +189,18 @@ class GroupCommits:
         for tp in list(self._last_committed) if tps is None else tps:
             self._last_committed.pop(tp, None)
 
+    def _start_again(self, tps: list[TopicPartition]) -> None:
+        """``Consumer._start_again``: an assigned consumer looks the group's committed offset of
+        the new topic up first (``_position_at_commits``) -- an operator's ``reset-offsets`` of
+        it, or another consumer of the group that read it -- and starts at the log start only where
+        there is none (``AUTO_RESET``: the partition appeared while it was read). A member gets
+        the group's committed offsets with its next assignment; until then nobody else owns its
+        partitions, so the new topic has none of its commits."""
+        super()._start_again(tps)  # type: ignore[misc]
+        if not self.subscription:
+            for tp in tps:
+                self._reset_specs.pop(tp, None)  # awaits its committed offset (``_awaits_position``)
+
     def _check_open(self) -> None:
         if self._closed:
             raise FabricError("consumer is closed")

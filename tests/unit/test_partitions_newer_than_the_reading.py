@@ -132,6 +132,21 @@ def _member_of_growing_topic(policy: str, partitions: int = 1) -> tuple[GroupCon
     return c, broker, coordinator
 
 
+def _made_again(broker: _GrowingBroker, coordinator: _GroupOfT, topic_id: str, partitions: int = 1,
+                committed: dict | None = None) -> None:
+    """t deleted and made again as ``topic_id`` with ``partitions`` partitions: the broker and the
+    coordinator know (it forgets the old topic's offsets; ``committed``: those of the new one)."""
+    broker._set_partitions(partitions, topic_id, (broker.metadata.topics["t"].topic_id,))
+    coordinator.topic_ids["t"] = topic_id
+    coordinator.committed = dict(committed or {})
+
+
+def _first_below(c: Consumer, offset: int) -> tuple[str, int, int] | None:
+    """Poll until a record of t-0 below ``offset`` comes (the new topic's): the first such."""
+    got = _poll_until(c, lambda got: any(g[:2] == T0 and g[2] < offset for g in got))
+    return next((g for g in got if g[:2] == T0 and g[2] < offset), None)
+
+
 def _rebalance(c: GroupConsumer, coordinator: _GroupOfT) -> None:
     """The coordinator saw the partitions change: the heartbeat thread is told to join again."""
     coordinator.generation += 1
@@ -154,9 +169,8 @@ def test_an_assigned_consumer_reads_a_topic_made_again_from_its_log_start_whatev
         c.seek(T0, 900)
         assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
         broker.make_topic_again(NEW_ID)  # 1000 records written to the new topic before the consumer noticed
-        got = _poll_until(c, lambda got: any(o < 900 for _, _, o in got))
-        assert _first_offset([g for g in got if g[2] < 900], T0) == 0, \
-            f"the new topic's records before the consumer noticed it were skipped ({policy}): read {got[:3]}..."
+        assert _first_below(c, 900) == ("t", 0, 0), \
+            f"the new topic's records before the consumer noticed it were skipped ({policy})"
     finally:
         c.close()
 
@@ -171,14 +185,11 @@ def test_a_member_reads_a_topic_made_again_from_its_log_start_whatever_its_polic
     try:
         coordinator.committed[T0] = 900
         assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
-        broker.make_topic_again(NEW_ID)
-        coordinator.topic_ids["t"] = NEW_ID
-        coordinator.committed.clear()  # the coordinator forgets the deleted topic's offsets
+        _made_again(broker, coordinator, NEW_ID)
         if rebalance:
             _rebalance(c, coordinator)
-        got = _poll_until(c, lambda got: any(o < 900 for _, _, o in got))
-        assert [g for g in got if g[2] < 900][:1] == [("t", 0, 0)], \
-            f"the new topic's records before the member noticed it were skipped ({policy}): read {got[:3]}..."
+        assert _first_below(c, 900) == ("t", 0, 0), \
+            f"the new topic's records before the member noticed it were skipped ({policy})"
     finally:
         c.close()
 
@@ -231,12 +242,57 @@ def test_a_committed_offset_of_the_new_topic_wins_over_its_log_start() -> None:
     try:
         coordinator.committed[T0] = 900
         assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
-        broker.make_topic_again(NEW_ID)
-        coordinator.topic_ids["t"] = NEW_ID
-        coordinator.committed = {T0: 300}
+        _made_again(broker, coordinator, NEW_ID, committed={T0: 300})
         _rebalance(c, coordinator)
-        got = _poll_until(c, lambda got: any(o < 900 for _, _, o in got))
-        assert [g for g in got if g[2] < 900][:1] == [("t", 0, 300)], f"read {got[:3]}..."
+        assert _first_below(c, 900) == ("t", 0, 300)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("committed", [300, None])
+def test_an_assigned_group_consumer_starts_a_topic_made_again_at_the_groups_committed_offset_of_it(
+        committed: int | None) -> None:
+    """An assigned consumer (no membership) of group g reads t; t is made again and an operator
+    resets g's offset of the new topic to 300 (``loom group reset-offsets``: the group has no
+    members). The consumer starts there; with nothing committed, at the log start."""
+    broker = _GrowingBroker()
+    reactor = _LongPollReactor(broker)
+    coordinator = _GroupOfT(broker)
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(broker, reactor, ScriptedCoordinatorLink(coordinator),
+                                                                     auto_offset_reset="latest"))
+    try:
+        coordinator.committed[T0] = 900
+        c.assign([T0])
+        assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
+        _made_again(broker, coordinator, NEW_ID, committed=None if committed is None else {T0: committed})
+        assert _first_below(c, 900) == ("t", 0, committed or 0)
+    finally:
+        c.close()
+
+
+def test_a_topic_made_again_twice_is_read_from_the_last_ones_log_start() -> None:
+    c, broker, coordinator = _member_of_growing_topic("latest")
+    try:
+        coordinator.committed[T0] = 900
+        assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
+        _made_again(broker, coordinator, NEW_ID)
+        assert _first_below(c, 900) == ("t", 0, 0)
+        _made_again(broker, coordinator, "id-t3")  # again, while the member reads the second one at 10
+        assert _first_below(c, 10) == ("t", 0, 0)
+    finally:
+        c.close()
+
+
+def test_a_topic_made_again_with_more_partitions_is_read_from_the_log_start_of_each() -> None:
+    c, broker, coordinator = _member_of_growing_topic("latest")
+    try:
+        coordinator.committed[T0] = 900
+        assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
+        _made_again(broker, coordinator, NEW_ID, partitions=2)
+        _rebalance(c, coordinator)
+        got = _poll_until(c, lambda got: _first_of(T1)(got) and any(g[:2] == T0 and g[2] < 900 for g in got))
+        assert _first_offset(got, T1) == 0 and _first_offset([g for g in got if g[2] < 900], T0) == 0, \
+            f"read {sorted(set((t, p) for t, p, _ in got))}: {got[:3]}..."
     finally:
         c.close()
 
