@@ -171,14 +171,17 @@ def _polled(consumer: Consumer, n: int, within_s: float) -> list:
     return out
 
 
-def test_a_consumer_reads_a_topic_made_again_from_its_start_not_from_its_old_position(cluster_factory) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("policy", ["earliest", "latest"])
+def test_a_consumer_reads_a_topic_made_again_from_its_start_not_from_its_old_position(cluster_factory,  # noqa: ANN001
+                                                                                      policy: str) -> None:
     """A consumer assigned ``READ``-0 read 30 records of it; the topic is deleted and made again,
-    and 10 records are written to the new one: the consumer reads them all (auto_offset_reset
-    earliest), not from offset 30 -- the old topic's position, at which the new topic's records
-    0..29 were skipped (and a group member committed past them)."""
+    and 40 records are written to the new one before the consumer polls again: the consumer reads
+    them all, not from offset 30 -- the old topic's position, at which the new topic's records
+    0..29 were skipped (and a group member committed past them) -- nor, with ``latest``, from the
+    new topic's end (every record of it is newer than the consumer's reading)."""
     c = cluster_factory(1)
     admin = Admin(c.bootstrap)
-    consumer = Consumer(c.bootstrap, auto_offset_reset="earliest")
+    consumer = Consumer(c.bootstrap, auto_offset_reset=policy)
     try:
         _made_with(c, admin, b"old-", 30)
         consumer.assign([(READ, 0)])
