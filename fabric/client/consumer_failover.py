@@ -152,12 +152,13 @@ class ConsumerFailover:
     def _take_metadata(self, md: ClusterMetadata) -> None:
         """Take newer metadata: refused partitions are asked again, requests whose leader moved
         rerouted. A partition whose position was read in a topic that ``md`` names by another
-        id was deleted and made again: it starts again at the new topic's log start (every record
-        of it is newer than this consumer's reading; ``auto_offset_reset`` -- ``latest`` -- skipped
-        those written before the consumer noticed). Kept, a position of the old topic was fetched in the new one, whose records before it
-        were skipped (and, by a group member, committed past). Only a position read in the old
-        topic: one set from outside (a seek, a committed offset) while the consumer's metadata
-        was older than the topic is the new topic's, and a reset skipped it (``latest``)."""
+        id was deleted and made again: it starts again in the new topic (``_start_again``: at its
+        log start -- every record of it is newer than this consumer's reading, and
+        ``auto_offset_reset`` ``latest`` skipped those written before the consumer noticed). Kept,
+        a position of the old topic was fetched in the new one, whose records before it were
+        skipped (and, by a group member, committed past). Only a position read in the old topic:
+        one set from outside (a seek, a committed offset) while the consumer's metadata was older
+        than the topic is the new topic's, and a reset skipped it (``latest``)."""
         recreated = self._recreated_partitions(md)
         if self.metadata.version >= 0:
             self._began_reading()  # what the metadata said before ``md``: a topic read since is seen as it was

@@ -193,9 +193,10 @@ class GroupCommits:
         """``Consumer._start_again``: an assigned consumer looks the group's committed offset of
         the new topic up first (``_position_at_commits``) -- an operator's ``reset-offsets`` of
         it, or another consumer of the group that read it -- and starts at the log start only where
-        there is none (``AUTO_RESET``: the partition appeared while it was read). A member gets
-        the group's committed offsets with its next assignment; until then nobody else owns its
-        partitions, so the new topic has none of its commits."""
+        there is none (``AUTO_RESET``: the partition appeared while it was read). A member goes to
+        the log start: while the group has members only they commit, and this one owns the
+        partition, so the group has no offset of the new topic for it before its next assignment
+        (which starts at whatever is committed then)."""
         super()._start_again(tps)  # type: ignore[misc]
         if not self.subscription:
             for tp in tps:

@@ -385,8 +385,9 @@ class ConsumerInstance:
 
     def seek(self, offsets: dict[tuple[str, int], int], topic_ids: dict[tuple[str, int], str] | None = None) -> None:
         """Seek to ``offsets``; ``topic_ids``: per partition, the id of the topic its offset is of
-        (``committed_with_topic_ids``): one the instance knows was deleted since (its topic made
-        again under the name) is refused, unknown_topic_id, and nothing is sought."""
+        (``committed_with_topic_ids``): one that is not the topic's as the instance knows it -- a
+        topic deleted since and made again under the name -- is refused, unknown_topic_id, and
+        nothing is sought."""
         ids = topic_ids or {}
         self._call(P.CONSUMER_SEEK, {"to": "offsets", "offsets": [[t, p, o, ids[(t, p)]] if (t, p) in ids else [t, p, o]
                                                                   for (t, p), o in offsets.items()]})

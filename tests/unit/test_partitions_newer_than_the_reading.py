@@ -69,7 +69,8 @@ class _GrowingBroker(OnePartitionBroker):
         md = self.metadata
         parts = tuple(PartitionInfo("t", p, 1, 1, (1,), (1,)) for p in range(n))
         self.metadata = ClusterMetadata(md.version + 1, "c", md.brokers, {"t": TopicInfo("t", parts, {}, topic_id)},
-                                        coordinator="tcp://coordinator", deleted_topic_ids=md.deleted_topic_ids + deleted)
+                                        coordinator="tcp://coordinator",
+                                        deleted_topic_ids=md.deleted_topic_ids + deleted)
         self.replies += self.parked
         self.parked = []
 
@@ -126,8 +127,8 @@ def _member_of_growing_topic(policy: str, partitions: int = 1) -> tuple[GroupCon
     broker = _GrowingBroker(partitions)
     reactor = _LongPollReactor(broker)
     coordinator = _GroupOfT(broker)
-    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(broker, reactor, ScriptedCoordinatorLink(coordinator),
-                                                                     auto_offset_reset=policy))
+    link = ScriptedCoordinatorLink(coordinator)
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(broker, reactor, link, auto_offset_reset=policy))
     c.subscribe(["t"])
     return c, broker, coordinator
 
@@ -258,8 +259,8 @@ def test_an_assigned_group_consumer_starts_a_topic_made_again_at_the_groups_comm
     broker = _GrowingBroker()
     reactor = _LongPollReactor(broker)
     coordinator = _GroupOfT(broker)
-    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(broker, reactor, ScriptedCoordinatorLink(coordinator),
-                                                                     auto_offset_reset="latest"))
+    link = ScriptedCoordinatorLink(coordinator)
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(broker, reactor, link, auto_offset_reset="latest"))
     try:
         coordinator.committed[T0] = 900
         c.assign([T0])

@@ -156,6 +156,7 @@ def test_a_seek_names_the_topic_id_and_one_of_a_deleted_topic_is_404(served: Any
 
 def test_a_seek_without_topic_ids_is_as_before(served: Any) -> None:
     client, agent = served
-    r = client.post(BASE + "/positions", headers=HEADERS, json={"offsets": [{"topic": "t", "partition": 0, "offset": 9}]})
+    r = client.post(BASE + "/positions", headers=HEADERS,
+                    json={"offsets": [{"topic": "t", "partition": 0, "offset": 9}]})
     assert r.status_code == 204, r.data
     assert agent.sought == [({("t", 0): 9}, None)]
