@@ -110,6 +110,10 @@ class Consumer(ConsumerFailover):
         self._md_silence = CoordinatorSilence()  # a coordinator silent lately is asked after the brokers
         self._md_backoff_ms = METADATA_BACKOFF_MS
         self._md_next_ms = 0            # no metadata request before this
+        self._md_answers = 0            # metadata answers read so far
+        # auto_offset_reset "none": per partition waiting for a position, the metadata answers read
+        # when it began to (``_heard_since_waiting``)
+        self._waiting_since_answer: dict[TopicPartition, int] = {}
         self._clients: dict[str, ConsumerClient] = {}
         self.positions: dict[TopicPartition, int | None] = {}  # next offset poll() returns; None: reset
         self._fetch_positions: dict[TopicPartition, int] = {}  # next offset to fetch (prefetch)
@@ -266,6 +270,7 @@ class Consumer(ConsumerFailover):
         error waiting for the partition's position (auto_offset_reset "none") goes too."""
         self._reset_specs.pop(tp, None)
         self._position_errors.pop(tp, None)
+        self._waiting_since_answer.pop(tp, None)
         pending = self._resetting.pop(tp, None)
         if pending is not None and pending.endpoint in self._clients:
             self._clients[pending.endpoint].cancel(pending.request_id)
@@ -585,12 +590,25 @@ class Consumer(ConsumerFailover):
         NoOffsetForPartitionException (it was taken for "latest": the log end, silently)."""
         return {"earliest": EARLIEST, "latest": LATEST}.get(self.auto_offset_reset)
 
+    def _heard_since_waiting(self, tp: TopicPartition) -> bool:
+        """``tp`` has nothing to start from and auto_offset_reset is "none": the error is raised
+        only once metadata asked for after the partition began waiting has answered. The metadata
+        at hand may be older than the topic (a group's assignment of a topic made again, come
+        before the metadata naming it): newer metadata may show the partition appeared while it
+        was read, and it starts at its log start instead (``_start_spec``)."""
+        since = self._waiting_since_answer.get(tp)
+        if since is None:
+            self._waiting_since_answer[tp] = self._md_answers
+            self._refresh_metadata()
+            return False
+        return self._md_answers > since
+
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, AUTO_RESET)
         if spec == AUTO_RESET:
             spec = self._start_spec(tp)
-            if spec is None and self._md_in_flight:
-                return  # "none" raises once the metadata asked for says whether the partition is new
+            if spec is None and not self._heard_since_waiting(tp):
+                return
         if spec is None:
             self._cannot_position(tp, "no position to start from (never seeked, nothing committed) and "
                                       "auto_offset_reset is none: seek first")

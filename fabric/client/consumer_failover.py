@@ -63,6 +63,7 @@ class ConsumerFailover:
     _md_silence: CoordinatorSilence
     _md_backoff_ms: int
     _md_next_ms: int
+    _md_answers: int  # metadata answers read so far (``Consumer._heard_since_waiting``)
     _fetching: dict[str, _InFlight]
     _resetting: dict[TopicPartition, _InFlight]
     _held_until_ms: dict[TopicPartition, int]
@@ -136,6 +137,8 @@ class ConsumerFailover:
             self._md_in_flight = False
             self._md_silence.heard(endpoint, err, self.clock.now_ms())
             md = read_answer(h, endpoint) if h is not None else None
+            if md is not None:
+                self._md_answers += 1
             if md is None:
                 self._md_index += 1
                 self._md_next_ms = self.clock.now_ms() + METADATA_RETRY_MS

@@ -336,3 +336,18 @@ def test_none_still_raises_for_a_partition_the_topic_had_when_reading_began() ->
         assert raised.value.code == P.OFFSET_OUT_OF_RANGE
     finally:
         c.close()
+
+
+def test_none_raises_while_the_metadata_is_asked_for_again_and_again() -> None:
+    """t-5, which the metadata does not list (no leader), has the consumer ask for metadata at
+    every pass. ``none`` for t-0 waits for one metadata answer (it may show t-0 new), then raises
+    -- not only in a pass with no metadata request on its way, which never came."""
+    c, _ = _assigned_consumer("none")
+    try:
+        c.assign([("t", 5), T0])
+        with pytest.raises(RemoteError) as raised:
+            for _ in range(30):
+                c.poll(100)
+        assert raised.value.code == P.OFFSET_OUT_OF_RANGE and "t-0" in raised.value.message
+    finally:
+        c.close()
