@@ -111,6 +111,7 @@ class Consumer(ConsumerFailover):
         self._md_backoff_ms = METADATA_BACKOFF_MS
         self._md_next_ms = 0            # no metadata request before this
         self._md_answers = 0            # metadata answers read so far
+        self._md_asked = 0              # metadata requests sent so far
         # auto_offset_reset "none": per partition waiting for a position, the metadata answers read
         # when it began to (``_heard_since_waiting``)
         self._waiting_since_answer: dict[TopicPartition, int] = {}
@@ -153,7 +154,8 @@ class Consumer(ConsumerFailover):
         # does not start it again (``_recreated_partitions``), and it is read once the metadata
         # names its id (``_positioned_from_outside``)
         self._ahead_of_metadata: dict[TopicPartition, str] = {}
-        self._first_seen: dict[str, tuple[str | None, int]] = {}  # ``_began_reading``
+        self._first_seen: dict[str, tuple[str | None, int]] = {}  # ``_note_first_seen``
+        self._unseen: dict[str, int] = {}  # ``_began_reading``
         self._closed = False
         self._woken = threading.Event()  # ``wakeup``: the poll waiting (or the next one) returns now
         self._stall_timer = self.reactor.call_every(STALL_CHECK_INTERVAL_MS, self._check_stalls)

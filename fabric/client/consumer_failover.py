@@ -64,6 +64,7 @@ class ConsumerFailover:
     _md_backoff_ms: int
     _md_next_ms: int
     _md_answers: int  # metadata answers read so far (``Consumer._heard_since_waiting``)
+    _md_asked: int    # metadata requests sent so far (``_note_first_seen``)
     _fetching: dict[str, _InFlight]
     _resetting: dict[TopicPartition, _InFlight]
     _held_until_ms: dict[TopicPartition, int]
@@ -76,6 +77,9 @@ class ConsumerFailover:
     # per topic read, (its id, its partition count) as the metadata named it when the consumer began
     # reading it (id None: the metadata had no such topic); ``_appeared_while_read``
     _first_seen: dict[str, tuple[str | None, int]]
+    # per topic read not in ``_first_seen`` yet, ``_md_asked`` when the consumer began reading it:
+    # the answer to a later request notes it (``_note_first_seen``)
+    _unseen: dict[str, int]
 
     if TYPE_CHECKING:  # Consumer's, never these
         def _client(self, endpoint: str) -> ConsumerClient: ...
@@ -132,23 +136,27 @@ class ConsumerFailover:
             return
         endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index, self._md_silence,
                                      self.clock.now_ms())
+        self._md_asked += 1
+        asked = self._md_asked
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False
             self._md_silence.heard(endpoint, err, self.clock.now_ms())
             md = read_answer(h, endpoint) if h is not None else None
-            if md is not None:
-                self._md_answers += 1
             if md is None:
                 self._md_index += 1
                 self._md_next_ms = self.clock.now_ms() + METADATA_RETRY_MS
-                return
-            if md.version > self.metadata.version:
-                self._md_backoff_ms = METADATA_BACKOFF_MS
-                self._take_metadata(md)
-            else:  # nothing new (an election still under way): ask less often
-                self._md_backoff_ms = min(2 * self._md_backoff_ms, METADATA_BACKOFF_MS_MAX)
-            self._md_next_ms = self.clock.now_ms() + self._md_backoff_ms
+            else:
+                self._md_answers += 1
+                if md.version > self.metadata.version:
+                    self._md_backoff_ms = METADATA_BACKOFF_MS
+                    self._take_metadata(md)
+                elif not self._unseen:  # nothing new (an election still under way): ask less often
+                    self._md_backoff_ms = min(2 * self._md_backoff_ms, METADATA_BACKOFF_MS_MAX)
+                self._md_next_ms = self.clock.now_ms() + self._md_backoff_ms
+                self._note_first_seen(endpoint, asked)
+            if self._unseen:
+                self._refresh_metadata()
         timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS, len(self.endpoints) > 1)
         self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=timeout_ms)
 
@@ -163,10 +171,7 @@ class ConsumerFailover:
         one set from outside (a seek, a committed offset) while the consumer's metadata was older
         than the topic is the new topic's, and a reset skipped it (``latest``)."""
         recreated = self._recreated_partitions(md)
-        if self.metadata.version >= 0:
-            self._began_reading()  # what the metadata said before ``md``: a topic read since is seen as it was
         self.metadata = md
-        self._began_reading()  # the first metadata: the topics read before it came
         self._held_until_ms.clear()  # a refused partition may have a new leader: ask it now
         self._reroute_in_flight()
         if recreated:
@@ -180,17 +185,44 @@ class ConsumerFailover:
         self._reset(tps, EARLIEST)
 
     def _began_reading(self) -> None:
-        """Note, for each topic read (subscribed, or of the assignment) not noted yet, how the
-        metadata names it now -- once the consumer has metadata; forget the topics no longer read."""
+        """Forget the topics no longer read (subscribed, or of the assignment); for each one read
+        that is new, ask for metadata: its answer notes how the topic was when the reading began
+        (``_note_first_seen``). Not the metadata at hand: asked for only when needed, it may be
+        older than a topic made (or given partitions) long before the reading began, whose
+        partitions then looked newer than the reading and were read from their log start."""
         read = self._topics_read()
-        seen = self._first_seen
-        if seen.keys() - read:
-            self._first_seen = seen = {t: s for t, s in seen.items() if t in read}
-        if self.metadata.version < 0:
+        if self._first_seen.keys() - read:
+            self._first_seen = {t: s for t, s in self._first_seen.items() if t in read}
+        if self._unseen.keys() - read:
+            self._unseen = {t: n for t, n in self._unseen.items() if t in read}
+        new = read - self._first_seen.keys() - self._unseen.keys()
+        if new:
+            self._unseen.update(dict.fromkeys(new, self._md_asked))
+            self._refresh_metadata()
+
+    def _note_first_seen(self, endpoint: str, asked: int) -> None:
+        """A metadata answer from ``endpoint`` to the ``asked``-th request came: note, for each topic
+        whose reading began before that request was sent, how the metadata (as new as that answer,
+        or newer) names it. Only an answer of the coordinator, the source of truth -- a broker's copy
+        may be behind it, without a topic or partitions older than the reading -- unless the
+        metadata names none or it went silent (the brokers' copies are all there is); else the
+        coordinator is asked next, at once (``metadata_endpoint``: its turn is every even attempt):
+        one request more, and the time a partition is judged by the policy stays short. Until a
+        topic is noted, a partition of it with nothing to start from starts by ``auto_offset_reset``:
+        the metadata at hand names it, so it was there before (or about when) the reading began."""
+        if not self._unseen:
             return
-        for topic in read - seen.keys():
-            t = self.metadata.topics.get(topic)
-            seen[topic] = (t.topic_id, len(t.partitions)) if t is not None else (None, 0)
+        coordinator = self.metadata.coordinator
+        if coordinator and endpoint != coordinator and not self._md_silence.silent(coordinator):
+            self._md_index += self._md_index % 2
+            self._md_next_ms = self.clock.now_ms()
+            return
+        topics = self.metadata.topics
+        for topic, began in list(self._unseen.items()):
+            if began < asked:
+                del self._unseen[topic]
+                t = topics.get(topic)
+                self._first_seen[topic] = (t.topic_id, len(t.partitions)) if t is not None else (None, 0)
 
     def _appeared_while_read(self, tp: TopicPartition) -> bool:
         """``tp`` was not there when the consumer began reading its topic: the topic had fewer

@@ -104,6 +104,8 @@ def _started(make: Any) -> tuple[Consumer, Net, FakeReactor]:
     c, net, reactor = make()
     assert c.poll(0) == []
     net.answer_metadata(metadata(1, {0: 1, 1: 2}))
+    # that was a broker's answer: the coordinator is asked how t was when the reading began
+    net.answer_metadata(metadata(1, {0: 1, 1: 2}))
     assert c.poll(0) == []
     assert net.fetch(1)[1]["parts"] == [[T, 0, 0, c.partition_fetch_bytes_max, 1]]
     assert net.fetch(2)[1]["parts"] == [[T, 1, 0, c.partition_fetch_bytes_max, 1]]
