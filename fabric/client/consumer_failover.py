@@ -77,6 +77,7 @@ class ConsumerFailover:
     # per topic read, (its id, its partition count) as the metadata named it when the consumer began
     # reading it (id None: the metadata had no such topic); ``_appeared_while_read``
     _first_seen: dict[str, tuple[str | None, int]]
+    _positioned_in: dict[TopicPartition, str]  # per partition not in ``_read_in``, the id a commit of it names
     # per topic read not in ``_first_seen`` yet, ``_md_asked`` when the consumer began reading it:
     # the answer to a later request notes it (``_note_first_seen``)
     _unseen: dict[str, int]
@@ -209,7 +210,10 @@ class ConsumerFailover:
         coordinator is asked next, at once (``metadata_endpoint``: its turn is every even attempt):
         one request more, and the time a partition is judged by the policy stays short. Until a
         topic is noted, a partition of it with nothing to start from starts by ``auto_offset_reset``:
-        the metadata at hand names it, so it was there before (or about when) the reading began."""
+        the metadata at hand names it, so it was there before (or about when) the reading began. A
+        topic read meanwhile by an id the answer no longer names is noted by that id: made again
+        after the reading began (else the new topic, judged there when the reading began, started
+        by the policy -- ``latest`` skipped its records written before the consumer noticed)."""
         if not self._unseen:
             return
         coordinator = self.metadata.coordinator
@@ -217,11 +221,22 @@ class ConsumerFailover:
             self._md_index += self._md_index % 2
             self._md_next_ms = self.clock.now_ms()
             return
+        noted = [topic for topic, began in self._unseen.items() if began < asked]
+        if not noted:
+            return
+        # a topic the consumer read (or was positioned in) by another id than the metadata names,
+        # not one newer than the metadata (``_ahead_of_metadata``): the reading began before the
+        # topic was made again, whatever the metadata says
+        ahead = self._ahead_of_metadata
+        read_before = {tp[0]: i for d in (self._positioned_in, self._read_in) for tp, i in d.items()
+                       if tp[0] in noted and tp not in ahead}
         topics = self.metadata.topics
-        for topic, began in list(self._unseen.items()):
-            if began < asked:
-                del self._unseen[topic]
-                t = topics.get(topic)
+        for topic in noted:
+            del self._unseen[topic]
+            t = topics.get(topic)
+            if topic in read_before and (t is None or t.topic_id != read_before[topic]):
+                self._first_seen[topic] = (read_before[topic], 0)
+            else:
                 self._first_seen[topic] = (t.topic_id, len(t.partitions)) if t is not None else (None, 0)
 
     def _appeared_while_read(self, tp: TopicPartition) -> bool:

@@ -23,7 +23,8 @@ from fabric.client.group import GroupConsumer
 from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
 from tests.unit.builders_group_consumer import LOG_END_OFFSET, T0, OffsetsCoordinator, consumer_config
 from tests.unit.fakes import ScriptedCoordinatorLink
-from tests.unit.test_partitions_newer_than_the_reading import _GrowingBroker, _LongPollReactor, _poll_until
+from tests.unit.test_partitions_newer_than_the_reading import (NEW_ID, _GrowingBroker, _LongPollReactor, _made_again,
+                                                               _poll_until)
 
 U0, U1 = ("u", 0), ("u", 1)
 COORDINATOR = "tcp://coordinator"
@@ -37,6 +38,20 @@ class _Cluster(_GrowingBroker):
     def __init__(self) -> None:
         super().__init__()
         self.copy: ClusterMetadata | None = None
+        self.held: list[Callable[[], None]] | None = None  # a list: the coordinator's METADATA answers wait there
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        if command == P.METADATA and self.held is not None:
+            self.held.append(lambda: callback({"metadata": self.metadata.to_wire()}, [], None))
+            return 0
+        return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+
+    def release(self) -> None:
+        """The coordinator's METADATA answers held come, naming the metadata as it is now."""
+        assert self.held is not None
+        self.replies += self.held
+        self.held = None
 
     def add_topic(self, name: str, partitions: int) -> None:
         md = self.metadata
@@ -62,7 +77,7 @@ class _BrokerCopy:
             assert copy is not None
             self.cluster.replies.append(lambda: callback({"metadata": copy.to_wire()}, [], None))
             return len(self.cluster.replies)
-        return self.cluster.request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+        return _GrowingBroker.request(self.cluster, command, header, payloads, callback=callback, timeout_ms=timeout_ms)
 
     def cancel(self, request_id: int) -> bool:
         return False
@@ -188,5 +203,32 @@ def test_a_topic_made_after_the_reading_began_is_still_read_from_its_log_start(g
             c.request_rejoin(c.generation, False)
         got = _poll_until(c, lambda got: any(g[:2] == U0 for g in got))
         assert next(o for t, p, o in got if (t, p) == U0) == 0, "u's records written before the consumer saw it were skipped"
+    finally:
+        c.close()
+
+
+def test_an_assigned_group_consumer_that_read_the_old_topic_before_the_coordinator_answered_reads_the_new_one_from_its_log_start(
+        ) -> None:
+    """An assigned consumer of g reads t (id-t) from g's committed offset 900 by a broker's answer
+    while the coordinator's is on its way; t is made again (nothing committed of it) before the
+    coordinator answers. Its answer names the new t only, but the consumer read the old one: the
+    new topic is newer than the reading, and starts at its log start, not at ``latest``."""
+    cluster = _Cluster()
+    cluster.copy = cluster.metadata
+    cluster.held = []
+    reactor = _LongPollReactor(cluster)
+    coordinator = _SubscribedTopics(cluster)
+    coordinator.committed[T0] = 900
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(cluster, reactor, ScriptedCoordinatorLink(coordinator),
+                                                                     auto_offset_reset="latest"))
+    try:
+        c.assign([T0])
+        assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
+        assert cluster.held, "the coordinator was not asked for metadata"
+        _made_again(cluster, coordinator, NEW_ID)
+        cluster.release()
+        got = _poll_until(c, lambda got: any(o < 900 for _t, _p, o in got))
+        assert next((o for _t, _p, o in got if o < 900), None) == 0, \
+            f"positions {c.positions}: the new topic's records before the consumer noticed it were skipped"
     finally:
         c.close()
