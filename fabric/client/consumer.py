@@ -110,11 +110,11 @@ class Consumer(ConsumerFailover):
         self._md_silence = CoordinatorSilence()  # a coordinator silent lately is asked after the brokers
         self._md_backoff_ms = METADATA_BACKOFF_MS
         self._md_next_ms = 0            # no metadata request before this
-        self._md_answers = 0            # metadata answers read so far
         self._md_asked = 0              # metadata requests sent so far
-        # auto_offset_reset "none": per partition waiting for a position, the metadata answers read
+        self._md_answered = 0           # the latest of them (by that count) answered with metadata
+        # auto_offset_reset "none": per partition waiting for a position, the metadata requests sent
         # when it began to (``_heard_since_waiting``)
-        self._waiting_since_answer: dict[TopicPartition, int] = {}
+        self._waiting_since_asked: dict[TopicPartition, int] = {}
         self._clients: dict[str, ConsumerClient] = {}
         self.positions: dict[TopicPartition, int | None] = {}  # next offset poll() returns; None: reset
         self._fetch_positions: dict[TopicPartition, int] = {}  # next offset to fetch (prefetch)
@@ -272,7 +272,7 @@ class Consumer(ConsumerFailover):
         error waiting for the partition's position (auto_offset_reset "none") goes too."""
         self._reset_specs.pop(tp, None)
         self._position_errors.pop(tp, None)
-        self._waiting_since_answer.pop(tp, None)
+        self._waiting_since_asked.pop(tp, None)
         pending = self._resetting.pop(tp, None)
         if pending is not None and pending.endpoint in self._clients:
             self._clients[pending.endpoint].cancel(pending.request_id)
@@ -598,12 +598,12 @@ class Consumer(ConsumerFailover):
         at hand may be older than the topic (a group's assignment of a topic made again, come
         before the metadata naming it): newer metadata may show the partition appeared while it
         was read, and it starts at its log start instead (``_start_spec``)."""
-        since = self._waiting_since_answer.get(tp)
-        if since is None:
-            self._waiting_since_answer[tp] = self._md_answers
-            self._refresh_metadata()
-            return False
-        return self._md_answers > since
+        since = self._waiting_since_asked.setdefault(tp, self._md_asked)
+        if self._md_answered > since:
+            return True
+        # (an answer to a request sent before does not count: it may be older than the wait)
+        self._refresh_metadata()
+        return False
 
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, AUTO_RESET)

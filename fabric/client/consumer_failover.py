@@ -63,8 +63,8 @@ class ConsumerFailover:
     _md_silence: CoordinatorSilence
     _md_backoff_ms: int
     _md_next_ms: int
-    _md_answers: int  # metadata answers read so far (``Consumer._heard_since_waiting``)
-    _md_asked: int    # metadata requests sent so far (``_note_first_seen``)
+    _md_asked: int     # metadata requests sent so far (``_note_first_seen``, ``Consumer._heard_since_waiting``)
+    _md_answered: int  # the latest of them (by that count) answered with metadata
     _fetching: dict[str, _InFlight]
     _resetting: dict[TopicPartition, _InFlight]
     _held_until_ms: dict[TopicPartition, int]
@@ -148,7 +148,7 @@ class ConsumerFailover:
                 self._md_index += 1
                 self._md_next_ms = self.clock.now_ms() + METADATA_RETRY_MS
             else:
-                self._md_answers += 1
+                self._md_answered = max(self._md_answered, asked)
                 if md.version > self.metadata.version:
                     self._md_backoff_ms = METADATA_BACKOFF_MS
                     self._take_metadata(md)

@@ -20,11 +20,12 @@ import pytest
 from fabric import protocol as P
 from fabric.client.consumer import Consumer
 from fabric.client.group import GroupConsumer
+from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
 from tests.unit.builders_group_consumer import LOG_END_OFFSET, T0, OffsetsCoordinator, consumer_config
 from tests.unit.fakes import ScriptedCoordinatorLink
-from tests.unit.test_partitions_newer_than_the_reading import (NEW_ID, _GrowingBroker, _LongPollReactor, _made_again,
-                                                               _poll_until)
+from tests.unit.test_partitions_newer_than_the_reading import (NEW_ID, _GroupOfT, _GrowingBroker, _LongPollReactor,
+                                                               _made_again, _poll_until, _rebalance)
 
 U0, U1 = ("u", 0), ("u", 1)
 COORDINATOR = "tcp://coordinator"
@@ -39,16 +40,18 @@ class _Cluster(_GrowingBroker):
         super().__init__()
         self.copy: ClusterMetadata | None = None
         self.held: list[Callable[[], None]] | None = None  # a list: the coordinator's METADATA answers wait there
+        self.held_answer: ClusterMetadata | None = None  # what they name (None: the metadata when released)
 
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
                 timeout_ms: int = 0) -> int:
         if command == P.METADATA and self.held is not None:
-            self.held.append(lambda: callback({"metadata": self.metadata.to_wire()}, [], None))
+            named = self.held_answer
+            self.held.append(lambda: callback({"metadata": (named or self.metadata).to_wire()}, [], None))
             return 0
         return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
 
     def release(self) -> None:
-        """The coordinator's METADATA answers held come, naming the metadata as it is now."""
+        """The coordinator's METADATA answers held come."""
         assert self.held is not None
         self.replies += self.held
         self.held = None
@@ -230,5 +233,38 @@ def test_an_assigned_group_consumer_that_read_the_old_topic_before_the_coordinat
         got = _poll_until(c, lambda got: any(o < 900 for _t, _p, o in got))
         assert next((o for _t, _p, o in got if o < 900), None) == 0, \
             f"positions {c.positions}: the new topic's records before the consumer noticed it were skipped"
+    finally:
+        c.close()
+
+
+def test_none_does_not_raise_on_an_answer_to_metadata_asked_for_before_the_partition_began_waiting() -> None:
+    """A member with ``none`` reads t-0 (id-t) from g's committed offset; a metadata request is on
+    its way (its answer, held, names t as it was). t is made again and the group rebalances
+    before the member's metadata names the new topic: t-0, nothing committed, waits for newer
+    metadata, which shows it appeared while read (its log start). The answer to the request sent
+    before it began waiting is not that: raised on it, ``none`` stopped the member."""
+    cluster = _Cluster()
+    reactor = _LongPollReactor(cluster)
+    coordinator = _GroupOfT(cluster)
+    coordinator.committed[T0] = 900
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(cluster, reactor, ScriptedCoordinatorLink(coordinator),
+                                                                     auto_offset_reset="none"))
+    try:
+        c.subscribe(["t"])
+        assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
+        cluster.held, cluster.held_answer = [], cluster.metadata
+        c._refresh_metadata()  # a request on its way, as after a stall
+        reactor.advance(1000)  # (sent once its backoff is over)
+        assert cluster.held, "no metadata request went out"
+        _made_again(cluster, coordinator, NEW_ID)
+        _rebalance(c, coordinator)
+        for _ in range(5):  # the rebalance: t-0 begins waiting
+            c.poll(100)
+        cluster.held_answer = None
+        cluster.release()
+        got = _poll_until(c, lambda got: any(o < 900 for _t, _p, o in got))
+        assert next((o for _t, _p, o in got if o < 900), None) == 0
+    except RemoteError as e:
+        pytest.fail(f"none raised on metadata asked for before t-0 began waiting: {e}")
     finally:
         c.close()
