@@ -111,15 +111,18 @@ class _SubscribedTopics(OffsetsCoordinator):
         return super().__call__(command, header)
 
 
+def _group_consumer(cluster: _Cluster, coordinator: OffsetsCoordinator, policy: str = "latest") -> GroupConsumer:
+    """A consumer of group g, which ``coordinator`` runs; g committed 900 of t-0."""
+    coordinator.committed[T0] = 900
+    return GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
+        cluster, _LongPollReactor(cluster), ScriptedCoordinatorLink(coordinator), auto_offset_reset=policy))
+
+
 def _consumer(cluster: _Cluster, group: bool = False) -> Consumer:
     """A consumer (``group``: a member of g) with ``latest``; g committed 900 of t-0."""
-    reactor = _LongPollReactor(cluster)
     if group:
-        coordinator = _SubscribedTopics(cluster)
-        coordinator.committed[T0] = 900
-        link = ScriptedCoordinatorLink(coordinator)
-        return GroupConsumer("127.0.0.1:1", group_id="g",
-                             **consumer_config(cluster, reactor, link, auto_offset_reset="latest"))
+        return _group_consumer(cluster, _SubscribedTopics(cluster))
+    reactor = _LongPollReactor(cluster)
     return Consumer("127.0.0.1:1", clock=reactor.clock, reactor=reactor, client_factory=cluster.client,
                     auto_offset_reset="latest")
 
@@ -219,11 +222,8 @@ def test_an_assigned_group_consumer_that_read_the_old_topic_before_the_coordinat
     cluster = _Cluster()
     cluster.copy = cluster.metadata
     cluster.held = []
-    reactor = _LongPollReactor(cluster)
     coordinator = _SubscribedTopics(cluster)
-    coordinator.committed[T0] = 900
-    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(cluster, reactor, ScriptedCoordinatorLink(coordinator),
-                                                                     auto_offset_reset="latest"))
+    c = _group_consumer(cluster, coordinator)
     try:
         c.assign([T0])
         assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
@@ -244,17 +244,14 @@ def test_none_does_not_raise_on_an_answer_to_metadata_asked_for_before_the_parti
     metadata, which shows it appeared while read (its log start). The answer to the request sent
     before it began waiting is not that: raised on it, ``none`` stopped the member."""
     cluster = _Cluster()
-    reactor = _LongPollReactor(cluster)
     coordinator = _GroupOfT(cluster)
-    coordinator.committed[T0] = 900
-    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(cluster, reactor, ScriptedCoordinatorLink(coordinator),
-                                                                     auto_offset_reset="none"))
+    c = _group_consumer(cluster, coordinator, "none")
     try:
         c.subscribe(["t"])
         assert _poll_until(c, bool)[:1] == [("t", 0, 900)]
         cluster.held, cluster.held_answer = [], cluster.metadata
         c._refresh_metadata()  # a request on its way, as after a stall
-        reactor.advance(1000)  # (sent once its backoff is over)
+        c.reactor.advance(1000)  # (sent once its backoff is over)
         assert cluster.held, "no metadata request went out"
         _made_again(cluster, coordinator, NEW_ID)
         _rebalance(c, coordinator)
