@@ -346,6 +346,12 @@ class Instance(threading.Thread):
             elif to == "offsets":
                 entries = h.get("offsets") or []
                 _check_topic_ids(c, entries)
+                # every partition checked before any is sought: a refusal leaves every position as it was
+                assigned = set(c.assignment())
+                missing = sorted({(e[0], e[1]) for e in entries} - assigned)
+                if missing:
+                    raise RemoteError(P.PARTITION_NOT_ASSIGNED, f"{', '.join(f'{t}-{p}' for t, p in missing)} not "
+                                                                f"assigned; nothing was sought")
                 for t, p, o, *topic_id in entries:  # [topic, partition, offset(, topic id)]
                     c.seek((t, p), o, topic_id=topic_id[0] if topic_id else "")
             else:

@@ -94,6 +94,22 @@ def test_a_seeks_entries_may_name_a_topic_id(entry: list, ok: bool) -> None:
     assert refused.value.code == P.MALFORMED_REQUEST
 
 
+@pytest.mark.parametrize("topic_id", [None, "id-t"])
+def test_a_seek_naming_a_partition_not_assigned_among_others_is_refused_and_nothing_is_sought(
+        topic_id: str | None) -> None:
+    """``POST …/positions`` with t-0 (assigned) and t-1 (not): refused, and t-0 not moved either --
+    sought before the refusal came, the client was told the seek failed while its position moved."""
+    rest = RestInstance()
+    rest.coordinator.committed[T0] = 500
+    assert rest.fetch()[:1] == [500]
+    position = rest.instance.consumer.position(T0)
+    first = ["t", 0, 7] if topic_id is None else ["t", 0, 7, topic_id]
+    with pytest.raises(RemoteError) as refused:
+        rest.request("seek", to="offsets", offsets=[first, ["t", 1, 3]])
+    assert refused.value.code == P.PARTITION_NOT_ASSIGNED
+    assert rest.instance.consumer.position(T0) == position, "a refused seek moved t-0"
+
+
 # -- the REST routes ------------------------------------------------------------------------------
 class _Instance(StubAgent):
     """Consumer instance g/c1: t-0 committed at 20 (topic id-t), t-1 nothing; seeks naming a
