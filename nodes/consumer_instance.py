@@ -328,10 +328,10 @@ class Instance(threading.Thread):
         for tp, offset in committed.items():
             if offset is not None:  # of that topic: one made again meanwhile starts at auto_offset_reset
                 c.seek(tp, offset, topic_id=ids.get(tp[0], ""))
-        # nothing committed: auto_offset_reset at once (the consumer would look them up again)
-        fresh = [tp for tp, offset in committed.items() if offset is None]
-        if fresh:
-            (c.seek_to_beginning if c.auto_offset_reset == "earliest" else c.seek_to_end)(fresh)
+        # nothing committed: reset at once (the consumer would look them up again) -- to the log
+        # start of one that appeared while the instance read its topic, else auto_offset_reset
+        # (sought to the log end, latest skipped what was written to a partition added meanwhile)
+        c.reset_positions([tp for tp, offset in committed.items() if offset is None])
         return {}
 
     @staticmethod

@@ -246,6 +246,15 @@ class Consumer(ConsumerFailover):
         self._check_assigned(tps or [])
         self._reset(tps, LATEST)
 
+    def reset_positions(self, tps: list[TopicPartition]) -> None:
+        """Start ``tps`` where a partition with nothing to start from starts: its log start if it
+        appeared while the consumer read its topic (``_start_spec``), else ``auto_offset_reset``
+        -- not looked up again as a group's committed offset. Raises FabricError, changing
+        nothing, when one is not assigned (as ``seek``)."""
+        self._check_assigned(tps)
+        if tps:
+            self._reset(tps, AUTO_RESET)
+
     def _check_assigned(self, tps: list[TopicPartition]) -> None:
         # a reset of a partition not assigned gave it a position: fetched until the next assign
         for tp in tps:
