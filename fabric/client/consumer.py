@@ -603,14 +603,16 @@ class Consumer(ConsumerFailover):
 
     def _heard_since_waiting(self, tp: TopicPartition) -> bool:
         """``tp`` has nothing to start from and auto_offset_reset is "none": the error is raised
-        only once metadata asked for after the partition began waiting has answered. The metadata
+        only once metadata asked for after the partition began waiting has answered, and how its
+        topic was when the consumer began reading it is known. The metadata
         at hand may be older than the topic (a group's assignment of a topic made again, come
         before the metadata naming it): newer metadata may show the partition appeared while it
         was read, and it starts at its log start instead (``_start_spec``)."""
         since = self._waiting_since_asked.setdefault(tp, self._md_asked)
-        if self._md_answered > since:
+        # an answer to a request sent before does not count (it may be older than the wait), nor
+        # one while how the topic was when the reading began is not known yet (``_note_first_seen``)
+        if self._md_answered > since and tp[0] not in self._unseen:
             return True
-        # (an answer to a request sent before does not count: it may be older than the wait)
         self._refresh_metadata()
         return False
 

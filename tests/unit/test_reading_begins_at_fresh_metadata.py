@@ -13,17 +13,24 @@ tests/unit/test_partitions_newer_than_the_reading.py (log end 1000: ``latest`` s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 import pytest
 
 from fabric import protocol as P
+from fabric.client.admin import EARLIEST
 from fabric.client.consumer import Consumer
 from fabric.client.group import GroupConsumer
 from fabric.errors import RemoteError
+from fabric.clock import ManualClock
 from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
 from tests.unit.builders_group_consumer import LOG_END_OFFSET, T0, OffsetsCoordinator, consumer_config
-from tests.unit.fakes import ScriptedCoordinatorLink
+from tests.unit.fakes import FakeReactor, ScriptedCoordinatorLink
+from tests.unit.test_consumer_failover import BOOTSTRAP as CF_BOOTSTRAP
+from tests.unit.test_consumer_failover import Net
+from tests.unit.test_consumer_failover import endpoint as cf_endpoint
+from tests.unit.test_consumer_failover import metadata as cf_metadata
 from tests.unit.test_partitions_newer_than_the_reading import (NEW_ID, _GroupOfT, _GrowingBroker, _LongPollReactor,
                                                                _made_again, _poll_until, _rebalance)
 
@@ -263,5 +270,48 @@ def test_none_does_not_raise_on_an_answer_to_metadata_asked_for_before_the_parti
         assert next((o for _t, _p, o in got if o < 900), None) == 0
     except RemoteError as e:
         pytest.fail(f"none raised on metadata asked for before t-0 began waiting: {e}")
+    finally:
+        c.close()
+
+
+def test_none_waits_for_the_coordinator_to_say_how_a_topic_was_when_the_reading_began() -> None:
+    """A consumer with ``none`` reading t is assigned u-0 too, of a topic u that does not exist yet.
+    Its next metadata answer is a broker's (the request before was refused, and a broker is asked
+    next): it cannot tell whether u-0 is older than the reading, and the coordinator is asked. Raised
+    then, ``none`` stopped the consumer for a partition that, once u is made, starts at its log start."""
+    net, reactor = Net(), FakeReactor(ManualClock(1_000))
+    c = Consumer(CF_BOOTSTRAP, clock=reactor.clock, reactor=reactor, client_factory=net.client, auto_offset_reset="none")
+    try:
+        c.assign([T0])
+        c.seek(T0, 0)
+        c.poll(0)
+        net.answer_metadata(cf_metadata(1, {0: 1}))  # a broker's answer
+        net.answer_metadata(cf_metadata(1, {0: 1}))  # the coordinator's: how t was
+        c.poll(0)
+        i, _ = net.fetch(1)
+        net.answer_fetch(1, i, [(0, P.NOT_LEADER, -1)], [b""])  # metadata is asked for
+        reactor.advance(1000)
+        [(ep, i)] = net.open(P.METADATA)
+        net.answer(ep, i, None, err=RemoteError(P.UNKNOWN_COMMAND, "refused"))  # the next goes to a broker
+        c.assign([T0, U0])
+        c.poll(0)
+        reactor.advance(1000)
+        [(ep, _)] = net.open(P.METADATA)
+        assert ep == CF_BOOTSTRAP, "the scenario needs a broker's answer next"
+        net.answer_metadata(cf_metadata(1, {0: 1}))
+        for _ in range(3):
+            c.poll(0)
+        net.answer_metadata(cf_metadata(1, {0: 1}))  # the coordinator's: no u when the reading began
+        c.poll(0)
+        md = ClusterMetadata.from_wire(cf_metadata(2, {0: 1})["metadata"])  # u is made
+        u = TopicInfo("u", (PartitionInfo("u", 0, 1, 1, (1,), (1,)),), {}, "id-u")
+        reactor.advance(1000)
+        c.poll(0)
+        net.answer_metadata({"metadata": replace(md, topics={**md.topics, "u": u}).to_wire()})
+        c.poll(0)
+        asked = [s[1]["parts"] for s in net.clients[cf_endpoint(1)].sent if s[0] == P.LIST_OFFSETS]
+        assert asked == [[["u", 0, EARLIEST]]], f"u-0 was asked {asked}"
+    except RemoteError as e:
+        pytest.fail(f"none raised before the coordinator said how u was when the reading began: {e}")
     finally:
         c.close()
