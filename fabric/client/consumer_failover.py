@@ -221,7 +221,9 @@ class ConsumerFailover:
             self._md_index += self._md_index % 2
             self._md_next_ms = self.clock.now_ms()
             return
-        noted = [topic for topic, began in self._unseen.items() if began < asked]
+        topics = self.metadata.topics
+        noted = {topic: topics[topic].topic_id if topic in topics else None
+                 for topic, began in self._unseen.items() if began < asked}
         if not noted:
             return
         # a topic the consumer read (or was positioned in) by another id than the metadata names,
@@ -229,12 +231,11 @@ class ConsumerFailover:
         # topic was made again, whatever the metadata says
         ahead = self._ahead_of_metadata
         read_before = {tp[0]: i for d in (self._positioned_in, self._read_in) for tp, i in d.items()
-                       if tp[0] in noted and tp not in ahead}
-        topics = self.metadata.topics
+                       if tp[0] in noted and i != noted[tp[0]] and tp not in ahead}
         for topic in noted:
             del self._unseen[topic]
             t = topics.get(topic)
-            if topic in read_before and (t is None or t.topic_id != read_before[topic]):
+            if topic in read_before:
                 self._first_seen[topic] = (read_before[topic], 0)
             else:
                 self._first_seen[topic] = (t.topic_id, len(t.partitions)) if t is not None else (None, 0)
