@@ -101,6 +101,7 @@ class GroupCommits:
         def _on_group_error(self, e: RemoteError, generation: int | None = None) -> None: ...
         def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None: ...
         def _refresh_metadata(self) -> None: ...
+        def _made_again_since(self, sent_ids: dict[str, str]) -> set[str]: ...
 
     def _init_commits(self) -> None:
         """The state this half owns; called by ``GroupConsumer.__init__`` once
@@ -168,7 +169,7 @@ class GroupCommits:
             if e.code in REJOIN_ERRORS or e.code == P.UNKNOWN_TOPIC_ID:
                 raise CommitFailed(e.code, e.message) from e
             raise
-        self._committed(offsets)
+        self._committed(offsets, header["topic_ids"])
 
     def _commit_refused(self, e: CodedError, generation: int) -> None:
         """A commit as of ``generation`` failed with ``e``: a rejoin error joins again; a topic
@@ -272,7 +273,7 @@ class GroupCommits:
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._async_commits_in_flight -= 1
             if err is None:
-                self._committed(offsets)
+                self._committed(offsets, header["topic_ids"])
             else:
                 self._commit_refused(err, generation)
                 failed(err)
@@ -295,7 +296,15 @@ class GroupCommits:
         while self._async_commits_in_flight and self.clock.now_ms() < deadline:
             self.reactor.run_once(min(100, max(1, deadline - self.clock.now_ms())))
 
-    def _committed(self, offsets: dict[TopicPartition, int]) -> None:
+    def _committed(self, offsets: dict[TopicPartition, int], topic_ids: dict[str, str]) -> None:
+        """A commit of ``offsets``, naming their topics by ``topic_ids``, was taken. Those of a
+        topic the metadata names by another id now -- deleted and made again before the answer
+        came -- are the old topic's, which the coordinator forgets: they say nothing of the new
+        one (taken for it, a lookup of the new topic's committed offset under way was answered by
+        the old topic's, and the new topic read from there, its records below it skipped)."""
+        made_again = self._made_again_since(topic_ids)
+        if made_again:
+            offsets = {tp: o for tp, o in offsets.items() if tp[0] not in made_again}
         # what the coordinator holds now, also below the last commit (a commit outside any
         # generation -- an assigned consumer's -- may move it back): a higher value kept here
         # would be taken for committed once the position reaches it again, and commit() of the
