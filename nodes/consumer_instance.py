@@ -326,7 +326,7 @@ class Instance(threading.Thread):
         committed, ids = c.committed_with_topic_ids([(t, p) for t, p in parts if (t, p) not in held])
         c.assign([(t, p) for t, p in parts])
         for tp, offset in committed.items():
-            if offset is not None:  # of that topic: one made again meanwhile starts at auto_offset_reset
+            if offset is not None:  # of that topic: one made again meanwhile starts at the new one's log start
                 c.seek(tp, offset, topic_id=ids.get(tp[0], ""))
         # nothing committed: reset at once (the consumer would look them up again) -- to the log
         # start of one that appeared while the instance read its topic, else auto_offset_reset
