@@ -57,6 +57,7 @@ class Ledger:
     unclassified: dict[bytes, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # answers that break the protocol itself
     answer_s: list[float] = field(default_factory=list)  # how long each request took to be answered
+    acked_at_s: list[float] = field(default_factory=list)  # when (monotonic s) each answer acknowledging records came
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record_answer(self, values: list[bytes], status: int | None, body: Any, elapsed_s: float) -> None:
@@ -80,6 +81,8 @@ class Ledger:
                 for v in values:
                     self.maybe[v] = "malformed answer"
                 return
+            if any(o.get("error_code") is None for o in offsets):
+                self.acked_at_s.append(time.monotonic())
             for v, o in zip(values, offsets):
                 if o.get("error_code") is None:
                     self.acked[v] = (o["partition"], o["offset"])
@@ -87,6 +90,15 @@ class Ledger:
                     self.not_written[v] = o["error"]
                 else:
                     self.maybe[v] = o["error"]
+
+    def longest_unacked_s(self, since_s: float, until_s: float) -> tuple[float, float]:
+        """Between ``since_s`` and ``until_s`` (monotonic s): how long until the first answer
+        acknowledging records, and the longest time with none (both measured, not asserted)."""
+        with self._lock:
+            at = sorted(t for t in self.acked_at_s if since_s <= t <= until_s)
+        if not at:
+            return until_s - since_s, until_s - since_s
+        return at[0] - since_s, max(b - a for a, b in zip([since_s, *at], [*at, until_s]))
 
     def summary(self) -> dict:
         with self._lock:
