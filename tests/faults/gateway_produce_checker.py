@@ -91,14 +91,15 @@ class Ledger:
                 else:
                     self.maybe[v] = o["error"]
 
-    def longest_unacked_s(self, since_s: float, until_s: float) -> tuple[float, float]:
+    def unacked_windows_s(self, since_s: float, until_s: float) -> tuple[float, float, float]:
         """Between ``since_s`` and ``until_s`` (monotonic s): how long until the first answer
-        acknowledging records, and the longest time with none (both measured, not asserted)."""
+        acknowledging records, the longest time with none, and when (from ``since_s``) that
+        began -- measured, not asserted. A window still open at ``until_s`` counts to it."""
         with self._lock:
             at = sorted(t for t in self.acked_at_s if since_s <= t <= until_s)
-        if not at:
-            return until_s - since_s, until_s - since_s
-        return at[0] - since_s, max(b - a for a, b in zip([since_s, *at], [*at, until_s]))
+        edges = [since_s, *at, until_s]
+        gap, begun = max((b - a, a) for a, b in zip(edges, edges[1:]))
+        return (at[0] if at else until_s) - since_s, gap, begun - since_s
 
     def summary(self) -> dict:
         with self._lock:
