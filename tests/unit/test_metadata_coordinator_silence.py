@@ -254,3 +254,28 @@ def test_a_silent_coordinator_that_is_the_only_endpoint_is_waited_for_the_whole_
     silence.heard(md.coordinator, RequestTimeout("no reply"), 0)
     assert silence.timeout_ms(md.coordinator, 3000, brokers_left=False) == 3000
     assert silence.timeout_ms(md.coordinator, 3000) == COORDINATOR_PROBE_TIMEOUT_MS
+
+
+# -- one silence shared by several clients (a gateway's request threads) ---------------------
+
+def test_a_client_with_no_metadata_yet_neither_ends_a_shared_silence_nor_asks_the_silent_coordinator() -> None:
+    """A gateway's request threads share one silence: a thread's records-browser consumer,
+    with no metadata of its own yet, ended it for every thread (its empty metadata names no
+    coordinator) and asked the silent coordinator first."""
+    silence = _silent_since(0)
+    empty = ClusterMetadata.empty()
+    asked = [metadata_endpoint(empty, [COORDINATOR, *BROKERS], a, silence, 10) for a in range(4)]
+    assert silence.skips(COORDINATOR, 10), "metadata naming no coordinator ended the silence"
+    assert COORDINATOR not in asked, asked
+    assert silence.order([COORDINATOR, *BROKERS], None, 10)[-1] == COORDINATOR  # an Admin with none yet
+
+
+def test_an_ask_sent_before_the_silence_began_does_not_lengthen_it_however_late_it_ends() -> None:
+    """Shared, the silence hears asks of other threads sent before it began that time out after
+    its backoff is over (a longer timeout): that is no further silence."""
+    silence = _silent_since(1000)
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), 1000 + COORDINATOR_SILENT_BACKOFF_MS_MIN + 500, sent_ms=0)
+    assert not silence.skips(COORDINATOR, 1000 + COORDINATOR_SILENT_BACKOFF_MS_MIN)
+    probe_ms = 1000 + COORDINATOR_SILENT_BACKOFF_MS_MIN + 600
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), probe_ms + 500, sent_ms=probe_ms)  # a probe: silent again
+    assert silence.skips(COORDINATOR, probe_ms + 500 + 2 * COORDINATOR_SILENT_BACKOFF_MS_MIN - 1)

@@ -1,0 +1,234 @@
+"""The gateway's request threads share one metadata fetch at a time and one view of a silent
+coordinator. Each thread asked the cluster on its own: N concurrent requests made N fetches
+at once, and with the coordinator's process dead every request thread waited for it (1 s) on
+its first fetch, one thread after the other (test_faults_gateway_produce: seconds with nothing
+acknowledged). Through the real ``GatewayAgent``: with scripted Admins whose fetches the test
+holds, and with real ZeroMQ sockets for a coordinator that never answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import zmq
+
+from fabric import wire
+from fabric.config import load_config
+from fabric.errors import RequestTimeout
+from fabric.metadata import ClusterMetadata
+from nodes.gateway.agent import GatewayAgent
+from nodes.local_cluster import GATEWAY_NODES, make_config, wait_until
+from tests.unit.fakes import metadata_of
+from webui.errors import ClusterError
+
+THREADS = 6
+WAIT_S = 10  # how long a test waits for a condition (deadline, not a sleep)
+
+
+class _Cluster:
+    """What every request thread's Admin asks: counts the fetches, and holds each one until the
+    test lets it go (``hold``) -- the fetch in flight of the tests. Thread-safe."""
+
+    def __init__(self, topics: dict[str, int]) -> None:
+        self.topics = dict(topics)
+        self.lock = threading.Lock()
+        self.started = 0
+        self.in_flight = 0
+        self.in_flight_max = 0
+        self.hold = threading.Event()
+        self.hold.set()
+        self.error: Exception | None = None
+
+    def fetch(self) -> ClusterMetadata:
+        with self.lock:
+            self.started += 1
+            self.in_flight += 1
+            self.in_flight_max = max(self.in_flight_max, self.in_flight)
+            topics, n, error = dict(self.topics), self.started, self.error
+        try:
+            assert self.hold.wait(WAIT_S), "a fetch was held past the test"
+            if error is not None:
+                raise error
+            return dataclasses.replace(metadata_of(topics), version=n)  # the version says which fetch answered
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+class _Admin:
+    def __init__(self, cluster: _Cluster) -> None:
+        self.cluster = cluster
+
+    def metadata(self) -> ClusterMetadata:
+        return self.cluster.fetch()
+
+
+class _Service:
+    def produce_rows(self, topic: str, records: list, acks: Any, is_down: Any = None) -> tuple:
+        return tuple((0, 7, 0, "") for _ in records)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> tuple[GatewayAgent, _Cluster]:
+    cluster = _Cluster({"t": 1})
+    agent = GatewayAgent(load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES))),
+                         make_admin=lambda: _Admin(cluster), make_producer=_Service)
+    return agent, cluster
+
+
+class _Requests:
+    """Request threads, each calling ``call`` once; what each got (an answer or an error)."""
+
+    def __init__(self, call: Callable[[], Any], n: int) -> None:
+        self.got: list[Any] = [None] * n
+        self.threads = [threading.Thread(target=self._run, args=(call, i), daemon=True) for i in range(n)]
+
+    def _run(self, call: Callable[[], Any], i: int) -> None:
+        try:
+            self.got[i] = call()
+        except Exception as e:  # noqa: BLE001 - what the request was answered is the test's subject
+            self.got[i] = e
+
+    def start(self) -> "_Requests":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def join(self) -> list[Any]:
+        for t in self.threads:
+            t.join(WAIT_S)
+            assert not t.is_alive(), "a request thread still waits"
+        return self.got
+
+
+def _held_first(agent: GatewayAgent, cluster: _Cluster, call: Callable[[], Any]) -> _Requests:
+    """One request whose fetch is in flight (held), then THREADS more calling ``call``, each
+    either waiting for that fetch or (as each thread did on its own) fetching itself."""
+    cluster.hold.clear()
+    first = _Requests(call, 1).start()
+    wait_until(lambda: cluster.started == 1, WAIT_S, what="the first fetch in flight")
+    rest = _Requests(call, THREADS).start()
+    # the unchanged code: every thread fetched on its own
+    wait_until(lambda: cluster.started == 1 + THREADS or agent.metadata_waiting() == THREADS, WAIT_S,
+               what="every request waiting for the fetch in flight")
+    cluster.hold.set()
+    first.join()
+    return rest
+
+
+def test_concurrent_requests_make_one_fetch_at_a_time_and_those_that_came_later_share_one(rig: Any) -> None:
+    """An answer fetched before a request began is not fresh for it (a topic made just before
+    must be seen): those that came while a fetch was in flight share the next one."""
+    agent, cluster = rig
+    got = _held_first(agent, cluster, agent.metadata).join()
+    assert (cluster.started, cluster.in_flight_max) == (2, 1), \
+        f"{cluster.started} fetches, {cluster.in_flight_max} at once, for {THREADS + 1} requests"
+    assert {md.version for md in got} == {2}, "a request was answered with a fetch begun before it"
+
+
+def test_concurrent_produce_requests_share_the_fetch_in_flight(rig: Any) -> None:
+    """Produce trusts metadata up to PRODUCE_METADATA_MAX_AGE_MS old: a fetch in flight that
+    began that recently is as good, and every request takes its answer."""
+    agent, cluster = rig
+    got = _held_first(agent, cluster, lambda: agent.produce("t", [(None, b"v", None, None)], "all")).join()
+    assert got == [[(0, 7, None, False)]] * THREADS
+    assert cluster.started == 1, f"{cluster.started} fetches for {THREADS + 1} produce requests"
+
+
+def test_a_topic_made_while_a_fetch_was_in_flight_is_found_by_a_request_after_it(rig: Any) -> None:
+    agent, cluster = rig
+    cluster.hold.clear()
+    first = _Requests(agent.metadata, 1).start()
+    wait_until(lambda: cluster.started == 1, WAIT_S, what="the fetch in flight")
+    cluster.topics["new"] = 2  # made (e.g. by an earlier request of a client) after that fetch began
+    later = _Requests(lambda: agent.topic("new"), 1).start()
+    wait_until(lambda: agent.metadata_waiting() == 1, WAIT_S, what="the request waiting")
+    cluster.hold.set()
+    first.join()
+    [t] = later.join()
+    assert not isinstance(t, Exception), f"the topic made just before was not found: {t!r}"
+    assert len(t.partitions) == 2
+
+
+def test_a_fetch_that_fails_fails_the_requests_waiting_for_it_and_the_next_fetches_again(rig: Any) -> None:
+    agent, cluster = rig
+    cluster.error = RequestTimeout("no node answered")
+    got = _held_first(agent, cluster, agent.metadata).join()
+    assert cluster.started == 1, "the requests waiting for a failed fetch each fetched again"
+    assert all(isinstance(e, ClusterError) and e.kind == "unavailable" and "no node answered" in e.message
+               for e in got), got
+    cluster.error = None
+    assert agent.metadata().version == 2
+
+
+def test_requests_waiting_for_a_hung_fetch_give_up_with_a_clear_error_and_the_next_fetches(rig: Any) -> None:
+    made, cluster = rig
+    agent = GatewayAgent(made.config, make_admin=lambda: _Admin(cluster), make_producer=_Service,
+                         metadata_wait_ms_max=300)  # how long after a fetch began it counts as hung
+    cluster.hold.clear()
+    hung = _Requests(agent.metadata, 1).start()
+    wait_until(lambda: cluster.started == 1, WAIT_S, what="the fetch in flight")
+    [e] = _Requests(agent.metadata, 1).start().join()
+    assert isinstance(e, ClusterError) and e.kind == "unavailable" and "did not end within 300 ms" in e.message, e
+    got = _Requests(agent.metadata, 1)
+    got.start()
+    wait_until(lambda: cluster.started == 2, WAIT_S, what="a fetch beside the hung one")
+    cluster.hold.set()
+    assert got.join()[0].version == 2
+    hung.join()
+
+
+# -- one view of a silent coordinator, on real sockets ---------------------------------------
+
+def _serve(sock: zmq.Socket, answer: Callable[[int], dict | None], stop: threading.Event) -> tuple[list[int], threading.Thread]:
+    """Serve ``sock`` in a thread until ``stop``: the n-th request (from 0) is answered with
+    ``answer(n)``, or taken and left unanswered when that is None; returns (the count of
+    requests, the thread)."""
+    got = [0]
+
+    def serve() -> None:
+        while not stop.is_set():
+            if sock.poll(20):
+                req = wire.decode_request(sock.recv_multipart())
+                header = answer(got[0])
+                got[0] += 1
+                if header is not None:
+                    sock.send_multipart(wire.encode_reply(req.identity, {"id": req.id, **header}, []))
+        sock.close(0)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return got, thread
+
+
+@pytest.fixture(params=[0, 1], ids=["silent-from-the-start", "silent-after-answering"])
+def silent_coordinator(tmp_path: Path, request: Any) -> Iterator[tuple[GatewayAgent, Callable[[], int]]]:
+    """A gateway agent of a config whose coordinator answers metadata ``request.param`` times,
+    then takes requests and answers none (killed), and whose broker answers metadata naming
+    it; yields (agent, the count of the coordinator's asks left unanswered)."""
+    config = load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES)))
+    coordinator, broker = config.bootstrap()
+    md = {"metadata": dataclasses.replace(metadata_of({"t": 1}), version=3, coordinator=coordinator,
+                                          state_id="s1").to_wire()}
+    ctx, stop, answers = zmq.Context.instance(), threading.Event(), request.param
+    coordinator_sock, broker_sock = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    coordinator_sock.bind(coordinator)
+    broker_sock.bind(broker)
+    asked, coordinator_thread = _serve(coordinator_sock, lambda n: md if n < answers else None, stop)
+    _, broker_thread = _serve(broker_sock, lambda n: md, stop)
+    try:
+        yield GatewayAgent(config), lambda: asked[0] - answers
+    finally:
+        stop.set()
+        coordinator_thread.join(5)
+        broker_thread.join(5)
+
+
+def test_a_request_thread_does_not_wait_for_a_coordinator_another_found_silent(silent_coordinator: Any) -> None:
+    agent, unanswered = silent_coordinator
+    for _ in range(3):  # each on a thread of its own: its own Admin
+        [md] = _Requests(agent.metadata, 1).start().join()
+        assert getattr(md, "version", md) == 3
+    assert unanswered() == 1, f"the silent coordinator was asked {unanswered()} times: each request thread waited for it"
