@@ -213,13 +213,15 @@ class GatewayAgent(ConsumerInstances):
         return self._metadata_since(time.monotonic())
 
     def _recent_metadata(self) -> Any:
-        """Metadata from a fetch begun at most PRODUCE_METADATA_MAX_AGE_MS ago (and after the
-        last topic deleted here): the latest, the one in flight, or a new one."""
-        return self._metadata_since(max(time.monotonic() - PRODUCE_METADATA_MAX_AGE_MS / 1000, self._md_floor_s))
+        """Metadata from a fetch begun at most PRODUCE_METADATA_MAX_AGE_MS ago, or the fetch in
+        flight's however long ago it began (newer than any such), both after the last topic
+        deleted here; else a new one."""
+        floor_s = self._md_floor_s
+        return self._metadata_since(max(time.monotonic() - PRODUCE_METADATA_MAX_AGE_MS / 1000, floor_s), floor_s)
 
-    def _metadata_since(self, since_s: float) -> Any:
+    def _metadata_since(self, since_s: float, join_since_s: float | None = None) -> Any:
         with translated("the coordinator"):
-            return self._metadata_flight.get(self._fetch_metadata, since_s)
+            return self._metadata_flight.get(self._fetch_metadata, since_s, join_since_s)
 
     def _fetch_metadata(self) -> Any:
         return self.admin().metadata()

@@ -9,8 +9,10 @@ that fetch instead of starting its own, and its answer -- or its error -- is eve
 Freshness: a caller names how fresh an answer it needs, ``since_s`` (monotonic s): the answer
 of a fetch *begun* at or after it. ``since_s`` is the call (``GatewayAgent.metadata``: a topic
 made or deleted by an earlier request is seen, as when each request fetched its own) or up to
-a max age before it (produce). A fetch in flight that began earlier is waited for all the same
-(one at a time), and a fetch is then begun for everyone who waited for it and needs a newer one.
+a max age before it (produce). A caller may take the fetch in flight when it began after an
+earlier ``join_since_s`` (produce: any begun after a topic was deleted here -- its answer is
+newer than any it would trust). A fetch in flight that began earlier is waited for all the
+same (one at a time), and a fetch is then begun for everyone who waited for it and needs a newer one.
 An error ends every wait on the fetch that raised it: the cluster did not answer while they
 waited (it is not stale data); the next call begins a fetch again.
 
@@ -53,12 +55,14 @@ class MetadataFlight:
         self._latest: _Flight | None = None   # the fetch begun last of those that answered
         self.waiting = 0  # threads waiting for a fetch now
 
-    def get(self, fetch: Callable[[], Any], since_s: float) -> Any:
+    def get(self, fetch: Callable[[], Any], since_s: float, join_since_s: float | None = None) -> Any:
         """The answer of a fetch begun at or after ``since_s`` (monotonic s): the latest
         answer when its fetch began by then; else the fetch in flight's, waited for, when it
-        began by then; else ``fetch()``'s, run in this thread -- once the fetch in flight (begun
-        earlier) has ended, whose error is raised here too. Raises what ``fetch`` raises, and
-        ``RequestTimeout`` when the fetch waited for has not ended ``wait_ms_max`` after it began."""
+        began by then (or by ``join_since_s``, when earlier); else ``fetch()``'s, run in this
+        thread -- once the fetch in flight (begun earlier) has ended, whose error is raised
+        here too. Raises what ``fetch`` raises, and ``RequestTimeout`` when the fetch waited
+        for has not ended ``wait_ms_max`` after it began."""
+        join_since_s = since_s if join_since_s is None else min(join_since_s, since_s)
         with self._cond:
             while True:
                 latest = self._latest
@@ -70,7 +74,7 @@ class MetadataFlight:
                 self._wait(flight)
                 if flight.error is not None:
                     raise flight.error
-                if flight.started_s >= since_s:
+                if flight.started_s >= join_since_s:
                     return flight.answer
             mine = self._flight = _Flight(time.monotonic())
         try:

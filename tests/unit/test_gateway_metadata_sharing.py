@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,6 +20,7 @@ from fabric import wire
 from fabric.config import load_config
 from fabric.errors import RequestTimeout
 from fabric.metadata import ClusterMetadata
+import nodes.gateway.agent as agent_mod
 from nodes.gateway.agent import GatewayAgent
 from nodes.local_cluster import GATEWAY_NODES, make_config, wait_until
 from tests.unit.fakes import metadata_of
@@ -136,6 +138,59 @@ def test_concurrent_produce_requests_share_the_fetch_in_flight(rig: Any) -> None
     got = _held_first(agent, cluster, lambda: agent.produce("t", [(None, b"v", None, None)], "all")).join()
     assert got == [[(0, 7, None, False)]] * THREADS
     assert cluster.started == 1, f"{cluster.started} fetches for {THREADS + 1} produce requests"
+
+
+def test_a_produce_takes_the_fetch_in_flight_however_long_ago_it_began(rig: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch still in flight past the max age (one waiting out a dead coordinator and then a
+    dead broker) answers with metadata newer than any the produce would trust: waiting for it
+    and then fetching again held every produce twice as long."""
+    agent, cluster = rig
+    monkeypatch.setattr(agent_mod, "PRODUCE_METADATA_MAX_AGE_MS", 50)
+    cluster.hold.clear()
+    first = _Requests(agent.metadata, 1).start()
+    wait_until(lambda: cluster.started == 1, WAIT_S, what="the fetch in flight")
+    began_s = time.monotonic()
+    wait_until(lambda: time.monotonic() - began_s > 0.1, WAIT_S, what="the fetch older than the max age")
+    produce = _Requests(lambda: agent.produce("t", [(None, b"v", None, None)], "all"), 1).start()
+    wait_until(lambda: cluster.started == 2 or agent.metadata_waiting() == 1, WAIT_S, what="the produce waiting")
+    cluster.hold.set()
+    first.join()
+    assert produce.join() == [[(0, 7, None, False)]]
+    assert cluster.started == 1, "the produce fetched again after the fetch in flight"
+
+
+def test_a_produce_right_after_a_topic_is_made_finds_it_while_an_older_fetch_is_in_flight(rig: Any) -> None:
+    agent, cluster = rig
+    cluster.hold.clear()
+    first = _Requests(agent.metadata, 1).start()
+    wait_until(lambda: cluster.started == 1, WAIT_S, what="the fetch in flight")
+    cluster.topics["new"] = 1
+    produce = _Requests(lambda: agent.produce("new", [(None, b"v", None, None)], "all"), 1).start()
+    wait_until(lambda: agent.metadata_waiting() == 1, WAIT_S, what="the produce waiting")
+    cluster.hold.set()
+    first.join()
+    assert produce.join() == [[(0, 7, None, False)]], "the topic made just before was not found"
+
+
+def test_a_produce_after_a_topic_is_deleted_here_does_not_take_a_fetch_begun_before(tmp_path: Path) -> None:
+    """With auto-create on, a produce after the delete makes the topic again; taking the answer
+    of a fetch begun before the delete, it went to the service and was refused 404."""
+    cluster = _Cluster({"t": 1})
+    config = make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES, overrides={"gateway": {"auto_create_topics": True}})
+    agent = GatewayAgent(load_config(str(config)), make_admin=lambda: _Admin(cluster), make_producer=_Service)
+    made: list[str] = []
+    agent.create_topic = lambda name, *a: (made.append(name), cluster.topics.__setitem__(name, 1))  # type: ignore[method-assign]
+    agent.admin().delete_topic = lambda name: cluster.topics.pop(name)  # type: ignore[attr-defined]
+    cluster.hold.clear()
+    first = _Requests(agent.metadata, 1).start()
+    wait_until(lambda: cluster.started == 1, WAIT_S, what="the fetch in flight")
+    agent.delete_topic("t")
+    produce = _Requests(lambda: agent.produce("t", [(None, b"v", None, None)], "all"), 1).start()
+    wait_until(lambda: agent.metadata_waiting() == 1, WAIT_S, what="the produce waiting")
+    cluster.hold.set()
+    first.join()
+    assert produce.join() == [[(0, 7, None, False)]]
+    assert made == ["t"], "the produce did not make the deleted topic again"
 
 
 def test_a_topic_made_while_a_fetch_was_in_flight_is_found_by_a_request_after_it(rig: Any) -> None:
