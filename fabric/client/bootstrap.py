@@ -63,6 +63,9 @@ COORDINATOR_SILENT_BACKOFF_MS_MIN = 1000   # brokers first for this long after t
 COORDINATOR_SILENT_BACKOFF_MS_MAX = 10000  # doubled at each further silence, up to this
 COORDINATOR_PROBE_TIMEOUT_MS = 500  # the ask of a silent coordinator once its backoff is over
 COORDINATOR_ASK_TIMEOUT_MS = 1000  # any ask of the coordinator while a broker could be asked instead
+# fetch_metadata: any ask but the round's last (a live node answers in ms; the leader killed just
+# before the coordinator, which the metadata taken last still said alive, held the whole timeout)
+NOT_LAST_ASK_TIMEOUT_MS = 1000
 
 
 class CoordinatorSilence:
@@ -215,8 +218,8 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     (``CoordinatorSilence.order``: ``prefer`` last within its backoff, the others from the one
     that answered last), and a coordinator gone silent is waited for no longer than
     ``silence.timeout_ms`` says -- also one that did not answer before the metadata that
-    answered showed it the coordinator (a first fetch: the next would wait for it again).
-    Raises ``RequestTimeout``
+    answered showed it the coordinator (a first fetch: the next would wait for it again). Any
+    ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. Raises ``RequestTimeout``
     (``request_timed_out``, retriable) when none answers with metadata in time: the cluster is
     down, unreachable or starting."""
     last: Exception | None = None
@@ -233,6 +236,8 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             break
         if silence is not None:
             try_ms = silence.timeout_ms(ep, try_ms, len(order) > 1)
+        if i < len(order) - 1:
+            try_ms = min(try_ms, NOT_LAST_ASK_TIMEOUT_MS)
         client = BlockingClient(ctx, ep)
         heard: CodedError | None = None
         sent_ms = int(time.monotonic() * 1000)
