@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import zmq
 
@@ -82,7 +83,10 @@ class CoordinatorSilence:
     threads on one clock (a gateway's request threads: what one learnt, the others need not
     wait for); its calls come with metadata asks only, never per request."""
 
-    def __init__(self) -> None:
+    def __init__(self, down: Callable[[str], bool] | None = None) -> None:
+        """``down(endpoint)``: whether another watcher (a gateway's health watcher, which PINGs
+        every node) sees that node down now: it is asked after the others (``order``)."""
+        self._down = down
         self._lock = threading.Lock()
         self._known: tuple[str, str] = ("", "")  # (coordinator, state_id) of the latest metadata seen
         self._silent: tuple[str, str] | None = None  # that of the coordinator that went silent
@@ -153,10 +157,11 @@ class CoordinatorSilence:
 
     def order(self, endpoints: list[str], prefer: str | None, now_ms: int) -> list[str]:
         """``endpoints`` in the order to ask them: ``prefer`` (the coordinator; default: the one
-        the latest metadata seen names, when listed) first, or last within its backoff; the
-        others from the one that answered last, those of brokers the metadata says are dead
-        after the rest (a dead broker first in the list held every ask the whole timeout too,
-        the coordinator skipped or not)."""
+        the latest metadata seen names, when listed) first, or last within its backoff or while
+        ``down`` says so; the others from the one that answered last, those of brokers the
+        metadata says are dead, and then those ``down`` says are, after the rest (a dead broker
+        first in the list held every ask the whole timeout too, the coordinator skipped or not)."""
+        down = self._down or _never_down
         with self._lock:
             if not prefer and self._known[0] in endpoints:
                 prefer = self._known[0]  # another client's (shared): this one has no metadata yet
@@ -164,15 +169,20 @@ class CoordinatorSilence:
             if self._answered in others:
                 at = others.index(self._answered)
                 others = others[at:] + others[:at]
-            others.sort(key=self._dead.__contains__)  # stable: the live ones in the same order
+            dead = self._dead
+        others.sort(key=lambda e: (e in dead, down(e)))  # stable: the live ones in the same order
         if not prefer:
             return others
-        return others + [prefer] if self.skips(prefer, now_ms) else [prefer] + others
+        return others + [prefer] if self.skips(prefer, now_ms) or down(prefer) else [prefer] + others
 
     def skips(self, endpoint: str, now_ms: int) -> bool:
         """Whether ``endpoint`` is to be asked after the others at ``now_ms``: within its backoff."""
         with self._lock:
             return self._is_silent(endpoint) and now_ms < self._until_ms
+
+
+def _never_down(endpoint: str) -> bool:
+    return False
 
 
 def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int,

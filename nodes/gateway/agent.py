@@ -22,7 +22,8 @@ Metadata: one fetch in flight per gateway process (``MetadataFlight``): a reques
 needs metadata while another thread's fetch is in flight waits for it instead of asking the
 cluster too; ``metadata()`` answers from a fetch begun after the call (a topic just made is
 seen). The request threads' clients share one ``CoordinatorSilence``: a coordinator one thread
-found silent is asked after the brokers by every thread (each waited for it on its own first).
+found silent is asked after the brokers by every thread (each waited for it on its own first),
+and so are the nodes the health watcher sees down.
 
 Produce looks topics up in metadata from a fetch begun at most ``PRODUCE_METADATA_MAX_AGE_MS``
 ago (shared by the request threads) instead of asking the coordinator on every request: a topic not in it is
@@ -149,7 +150,9 @@ class GatewayAgent(ConsumerInstances):
         self.left_behind = LeftBehind(self.is_up, self.holder)
         self.monitor = MonitorAccess(config)
         self._lock = threading.Lock()
-        self.md_silence = CoordinatorSilence()  # every request thread's view of a silent coordinator
+        # every request thread's view of a silent coordinator; nodes the health watcher sees
+        # down asked last (PINGed every health interval, they were waited for first)
+        self.md_silence = CoordinatorSilence(down=self._is_down)
         if metadata_wait_ms_max is None:
             metadata_wait_ms_max = len(self.bootstrap) * min(ADMIN_TIMEOUT_MS, METADATA_ASK_TIMEOUT_MS) \
                 + METADATA_WAIT_SLACK_MS

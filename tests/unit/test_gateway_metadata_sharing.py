@@ -258,11 +258,18 @@ def _serve(sock: zmq.Socket, answer: Callable[[int], dict | None], stop: threadi
     return got, thread
 
 
+@dataclasses.dataclass
+class _Silent:
+    agent: GatewayAgent
+    asked: Callable[[], int]  # the coordinator's count of asks
+    answers: int  # how many of them it answered
+    down: set[str]  # endpoints the agent's health watcher (``is_up``) sees down
+
+
 @pytest.fixture(params=[0, 1], ids=["silent-from-the-start", "silent-after-answering"])
-def silent_coordinator(tmp_path: Path, request: Any) -> Iterator[tuple[GatewayAgent, Callable[[], int]]]:
+def silent_coordinator(tmp_path: Path, request: Any) -> Iterator[_Silent]:
     """A gateway agent of a config whose coordinator answers metadata ``request.param`` times,
-    then takes requests and answers none (killed), and whose broker answers metadata naming
-    it; yields (agent, the count of the coordinator's asks left unanswered)."""
+    then takes requests and answers none (killed), and whose broker answers metadata naming it."""
     config = load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES)))
     coordinator, broker = config.bootstrap()
     md = {"metadata": dataclasses.replace(metadata_of({"t": 1}), version=3, coordinator=coordinator,
@@ -273,17 +280,27 @@ def silent_coordinator(tmp_path: Path, request: Any) -> Iterator[tuple[GatewayAg
     broker_sock.bind(broker)
     asked, coordinator_thread = _serve(coordinator_sock, lambda n: md if n < answers else None, stop)
     _, broker_thread = _serve(broker_sock, lambda n: md, stop)
+    down: set[str] = set()
     try:
-        yield GatewayAgent(config), lambda: asked[0] - answers
+        yield _Silent(GatewayAgent(config, is_up=lambda endpoint: endpoint not in down), lambda: asked[0], answers, down)
     finally:
         stop.set()
         coordinator_thread.join(5)
         broker_thread.join(5)
 
 
-def test_a_request_thread_does_not_wait_for_a_coordinator_another_found_silent(silent_coordinator: Any) -> None:
-    agent, unanswered = silent_coordinator
+def test_a_request_thread_does_not_wait_for_a_coordinator_another_found_silent(silent_coordinator: _Silent) -> None:
     for _ in range(3):  # each on a thread of its own: its own Admin
-        [md] = _Requests(agent.metadata, 1).start().join()
+        [md] = _Requests(silent_coordinator.agent.metadata, 1).start().join()
         assert getattr(md, "version", md) == 3
-    assert unanswered() == 1, f"the silent coordinator was asked {unanswered()} times: each request thread waited for it"
+    unanswered = silent_coordinator.asked() - silent_coordinator.answers
+    assert unanswered == 1, f"the silent coordinator was asked {unanswered} times: each request thread waited for it"
+
+
+def test_a_coordinator_the_health_watcher_sees_down_is_asked_after_the_brokers(silent_coordinator: _Silent) -> None:
+    """It is PINGed every health interval: seen down, a metadata fetch waited 1 s for it (or,
+    at each backoff's end, 0.5 s) with every produce request behind that fetch."""
+    silent_coordinator.down.add(silent_coordinator.agent.bootstrap[0])
+    [md] = _Requests(silent_coordinator.agent.metadata, 1).start().join()
+    assert getattr(md, "version", md) == 3
+    assert silent_coordinator.asked() == 0, "the coordinator the health watcher sees down was asked first"

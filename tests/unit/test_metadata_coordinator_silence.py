@@ -300,3 +300,17 @@ def test_a_broker_not_yet_known_dead_is_waited_for_briefly_while_another_endpoin
                                    silence=silence)
     assert (endpoint, dead_asked()) == (broker, 1)
     assert time.monotonic() - start < 10, "the broker that does not answer was waited for the whole timeout"
+
+
+def test_endpoints_another_watcher_sees_down_are_asked_last() -> None:
+    """A gateway's health watcher PINGs every node: the leader it saw down 0.2 s before a fetch,
+    still alive in the metadata taken last, was asked right after the coordinator; and a
+    coordinator it sees down was probed at every backoff's end, holding produce 0.5 s."""
+    down = {BROKERS[0]}
+    silence = CoordinatorSilence(down=down.__contains__)
+    silence.seen(MD)
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0) == [COORDINATOR, *BROKERS[1:], BROKERS[0]]
+    down.add(COORDINATOR)
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0)[-2:] == [BROKERS[0], COORDINATOR]
+    down.clear()  # seen up again: first again
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0) == [COORDINATOR, *BROKERS]
