@@ -8,6 +8,7 @@ holds, and with real ZeroMQ sockets for a coordinator that never answers."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from fabric.errors import RequestTimeout
 from fabric.metadata import ClusterMetadata
 import nodes.gateway.agent as agent_mod
 from nodes.gateway.agent import GatewayAgent
+from nodes.gateway.metadata_flight import MetadataFlight
 from nodes.local_cluster import GATEWAY_NODES, make_config, wait_until
 from tests.unit.fakes import metadata_of
 from webui.errors import ClusterError
@@ -304,3 +306,47 @@ def test_a_coordinator_the_health_watcher_sees_down_is_asked_after_the_brokers(s
     [md] = _Requests(silent_coordinator.agent.metadata, 1).start().join()
     assert getattr(md, "version", md) == 3
     assert silent_coordinator.asked() == 0, "the coordinator the health watcher sees down was asked first"
+
+
+def test_many_threads_asking_at_random_get_fresh_enough_answers_one_fetch_at_a_time() -> None:
+    """MetadataFlight under concurrent calls of both kinds (a route's: begun after the call; a
+    produce's: begun within 20 ms, or in flight), some fetches failing: every answer is as
+    fresh as its caller asked, and no two fetches ever run at once."""
+    flight, lock = MetadataFlight(wait_ms_max=5000), threading.Lock()
+    state = {"in_flight": 0, "most": 0, "fetches": 0}
+    problems: list[str] = []
+
+    def fetch() -> float:
+        began = time.monotonic()
+        with lock:
+            state["in_flight"] += 1
+            state["most"] = max(state["most"], state["in_flight"])
+            state["fetches"] += 1
+            n = state["fetches"]
+        threading.Event().wait(0.002)  # a fetch's round trip
+        with lock:
+            state["in_flight"] -= 1
+        if n % 7 == 0:
+            raise RequestTimeout("no node answered")
+        return began
+
+    def caller(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(40):
+            called = time.monotonic()
+            strict = rng.random() < 0.5
+            try:
+                began = flight.get(fetch, called if strict else called - 0.02, None if strict else float("-inf"))
+            except RequestTimeout:
+                continue
+            if strict and began < called:
+                problems.append(f"an answer fetched {called - began:.4f} s before a call that needed a fresh one")
+    threads = [threading.Thread(target=caller, args=(seed,), daemon=True) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+        assert not t.is_alive()
+    assert not problems, problems[:3]
+    assert state["most"] == 1, f"{state['most']} fetches ran at once"
+    assert state["fetches"] < 8 * 40, "every call fetched"
