@@ -159,7 +159,7 @@ class GatewayAgent(ConsumerInstances):
         self._metadata_flight = MetadataFlight(metadata_wait_ms_max)
         self._md_floor_s = float("-inf")  # produce trusts no fetch begun before this: a topic deleted then
         self._make_admin = make_admin or (lambda: Admin(self.bootstrap, timeout_ms=ADMIN_TIMEOUT_MS,
-                                                        silence=self.md_silence))
+                                                        silence=self.md_silence, fetches=self._admin_fetches))
         self._make_producer = make_producer or (lambda: ServiceProducer(self.producer_endpoints,
                                                                         takes_work=self.takes_work))
 
@@ -227,7 +227,12 @@ class GatewayAgent(ConsumerInstances):
             return self._metadata_flight.get(self._fetch_metadata, since_s, join_since_s)
 
     def _fetch_metadata(self) -> Any:
-        return self.admin().metadata()
+        return self.admin().metadata()  # the Admin's fetches (_admin_fetches): run here, this is the one in flight
+
+    def _admin_fetches(self, fetch: Callable[[], Any], deadline_s: float | None) -> Any:
+        """A request thread's Admin's own metadata fetches (``Admin.list_offsets``'s) share the
+        one in flight too: begun after the call, waited for until the call's deadline."""
+        return self._metadata_flight.get(fetch, time.monotonic(), deadline_s=deadline_s)
 
     def metadata_waiting(self) -> int:
         """Request threads waiting for another's metadata fetch now."""

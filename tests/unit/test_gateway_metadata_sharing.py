@@ -108,26 +108,27 @@ class _Requests:
         return self.got
 
 
-def _held_first(agent: GatewayAgent, cluster: _Cluster, call: Callable[[], Any]) -> _Requests:
-    """One request whose fetch is in flight (held), then THREADS more calling ``call``, each
-    either waiting for that fetch or (as each thread did on its own) fetching itself."""
-    cluster.hold.clear()
+def _held_first(agent: GatewayAgent, started: Callable[[], int], gate: threading.Event,
+                call: Callable[[], Any]) -> tuple[list[Any], _Requests]:
+    """One request whose fetch is in flight (held until ``gate`` is set; ``started``: the count
+    of fetches begun), then THREADS more calling ``call``, each either waiting for that fetch or
+    (as each thread did on its own) fetching itself; returns (what the first got, the rest)."""
+    gate.clear()
     first = _Requests(call, 1).start()
-    wait_until(lambda: cluster.started == 1, WAIT_S, what="the first fetch in flight")
+    wait_until(lambda: started() == 1, WAIT_S, what="the first fetch in flight")
     rest = _Requests(call, THREADS).start()
     # the unchanged code: every thread fetched on its own
-    wait_until(lambda: cluster.started == 1 + THREADS or agent.metadata_waiting() == THREADS, WAIT_S,
+    wait_until(lambda: started() == 1 + THREADS or agent.metadata_waiting() == THREADS, WAIT_S,
                what="every request waiting for the fetch in flight")
-    cluster.hold.set()
-    first.join()
-    return rest
+    gate.set()
+    return first.join(), rest
 
 
 def test_concurrent_requests_make_one_fetch_at_a_time_and_those_that_came_later_share_one(rig: Any) -> None:
     """An answer fetched before a request began is not fresh for it (a topic made just before
     must be seen): those that came while a fetch was in flight share the next one."""
     agent, cluster = rig
-    got = _held_first(agent, cluster, agent.metadata).join()
+    got = _held_first(agent, lambda: cluster.started, cluster.hold, agent.metadata)[1].join()
     assert (cluster.started, cluster.in_flight_max) == (2, 1), \
         f"{cluster.started} fetches, {cluster.in_flight_max} at once, for {THREADS + 1} requests"
     assert {md.version for md in got} == {2}, "a request was answered with a fetch begun before it"
@@ -137,7 +138,8 @@ def test_concurrent_produce_requests_share_the_fetch_in_flight(rig: Any) -> None
     """Produce trusts metadata up to PRODUCE_METADATA_MAX_AGE_MS old: a fetch in flight that
     began that recently is as good, and every request takes its answer."""
     agent, cluster = rig
-    got = _held_first(agent, cluster, lambda: agent.produce("t", [(None, b"v", None, None)], "all")).join()
+    got = _held_first(agent, lambda: cluster.started, cluster.hold,
+                      lambda: agent.produce("t", [(None, b"v", None, None)], "all"))[1].join()
     assert got == [[(0, 7, None, False)]] * THREADS
     assert cluster.started == 1, f"{cluster.started} fetches for {THREADS + 1} produce requests"
 
@@ -213,7 +215,7 @@ def test_a_topic_made_while_a_fetch_was_in_flight_is_found_by_a_request_after_it
 def test_a_fetch_that_fails_fails_the_requests_waiting_for_it_and_the_next_fetches_again(rig: Any) -> None:
     agent, cluster = rig
     cluster.error = RequestTimeout("no node answered")
-    got = _held_first(agent, cluster, agent.metadata).join()
+    got = _held_first(agent, lambda: cluster.started, cluster.hold, agent.metadata)[1].join()
     assert cluster.started == 1, "the requests waiting for a failed fetch each fetched again"
     assert all(isinstance(e, ClusterError) and e.kind == "unavailable" and "no node answered" in e.message
                for e in got), got
@@ -350,3 +352,86 @@ def test_many_threads_asking_at_random_get_fresh_enough_answers_one_fetch_at_a_t
     assert not problems, problems[:3]
     assert state["most"] == 1, f"{state['most']} fetches ran at once"
     assert state["fetches"] < 8 * 40, "every call fetched"
+
+
+# -- the Admin's own fetches (offsets: Admin.list_offsets) share the gateway's one fetch ----------
+
+class _HeldNode:
+    """A node answering METADATA on ``endpoint`` (a thread): requests are counted as they come,
+    and answered only once ``release`` is set."""
+
+    def __init__(self, endpoint: str, md: ClusterMetadata) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.bind(endpoint)
+        self.md, self.got, self.release, self.stop = md, 0, threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        held: list[wire.Request] = []
+        while not self.stop.is_set():
+            if self.sock.poll(10):
+                held.append(wire.decode_request(self.sock.recv_multipart()))
+                self.got += 1
+            while held and self.release.is_set():
+                req = held.pop(0)
+                self.sock.send_multipart(wire.encode_reply(req.identity, {"id": req.id, "metadata": self.md.to_wire()}, []))
+        self.sock.close(0)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Iterator[tuple[GatewayAgent, _HeldNode]]:
+    """A gateway agent whose coordinator holds its metadata answers (``_HeldNode``); its broker
+    answers none."""
+    config = load_config(str(make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES)))
+    coordinator, _ = config.bootstrap()
+    node = _HeldNode(coordinator, dataclasses.replace(metadata_of({"t": 1}), version=3, coordinator=coordinator))
+    try:
+        yield GatewayAgent(config), node
+    finally:
+        node.close()
+
+
+def test_concurrent_offsets_requests_make_one_metadata_fetch_at_a_time(held: Any) -> None:
+    """Admin.list_offsets (a partition's offsets, the records browser, reset-offsets) fetches
+    metadata through the request thread's Admin, within the call's deadline: each fetched on
+    its own."""
+    agent, node = held
+
+    def fetch() -> ClusterMetadata:
+        return agent.admin().metadata(deadline_s=time.monotonic() + WAIT_S)
+    first, rest = _held_first(agent, lambda: node.got, node.release, fetch)
+    got = first + rest.join()
+    assert all(getattr(md, "version", md) == 3 for md in got), got
+    assert node.got == 2, f"{node.got} fetches for {THREADS + 1} requests"
+
+
+def test_a_request_with_a_shorter_deadline_than_the_fetch_in_flight_stops_waiting_at_it(held: Any) -> None:
+    agent, node = held
+    first = _Requests(agent.metadata, 1).start()
+    wait_until(lambda: node.got == 1, WAIT_S, what="the fetch in flight")
+    [e] = _Requests(lambda: agent.admin().metadata(deadline_s=time.monotonic() + 0.2), 1).start().join()
+    assert isinstance(e, RequestTimeout) and "deadline" in e.message, e
+    node.release.set()
+    assert first.join()[0].version == 3
+
+
+def test_a_fetch_that_timed_out_at_its_shorter_deadline_is_tried_again_by_a_request_with_more_time() -> None:
+    flight, ran = MetadataFlight(wait_ms_max=5000), threading.Event()
+
+    def short() -> str:
+        ran.set()
+        assert go.wait(WAIT_S)
+        raise RequestTimeout("no node answered by the deadline")
+    go = threading.Event()
+    leader = _Requests(lambda: flight.get(short, time.monotonic(), deadline_s=time.monotonic() + 1), 1).start()
+    assert ran.wait(WAIT_S)
+    waiter = _Requests(lambda: flight.get(lambda: "answered", time.monotonic()), 1).start()
+    wait_until(lambda: flight.waiting == 1, WAIT_S, what="the request waiting")
+    go.set()
+    assert isinstance(leader.join()[0], RequestTimeout)
+    assert waiter.join() == ["answered"], "a request with no deadline took the error of a fetch cut short by another's"
