@@ -1,10 +1,12 @@
-"""Admin client: topics, metadata, offsets. Blocking; not thread-safe (one per thread)."""
+"""Admin client: topics, metadata, offsets. Blocking; not thread-safe (one per thread): the
+``CoordinatorSilence`` and the ``fetches`` it may be given are, and can be shared by the Admins
+of several threads."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import zmq
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 EARLIEST = -2
 LATEST = -1
 TIMEOUT_MS_DEFAULT = 10_000  # an Admin's request timeout unless given
+METADATA_ASK_TIMEOUT_MS = 3000  # a metadata ask of one node waits at most this (less when the timeout is)
 LIST_OFFSETS_BACKOFF_S = 0.05  # list_offsets asks again for partitions whose leader is not known or moving,
 LIST_OFFSETS_BACKOFF_MAX_S = 0.5  # after a pause that doubles up to this
 # A list_offsets try begun within its wait gets at least this, whatever is left of the wait: a
@@ -45,13 +48,22 @@ def no_leader_coming(md: ClusterMetadata, p: PartitionInfo) -> bool:
 
 class Admin:
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
-                 timeout_ms: int = TIMEOUT_MS_DEFAULT) -> None:
+                 timeout_ms: int = TIMEOUT_MS_DEFAULT, silence: CoordinatorSilence | None = None,
+                 fetches: Callable[[Callable[[], ClusterMetadata], float | None], ClusterMetadata] | None = None) -> None:
+        """``silence``: what this client's metadata asks learn of a silent coordinator, shared
+        with other clients of the same cluster and clock (a gateway's request threads: what one
+        learnt, the others need not wait for); default: its own. ``fetches(fetch, deadline_s)``:
+        metadata begun after the call, by ``fetch()`` or by another client's fetch it shares
+        (a gateway's one fetch at a time), waited for until ``deadline_s`` (monotonic s, None:
+        none); default: ``fetch()``."""
         self.ctx = zmq.Context.instance()
         self.endpoints, self.cluster = bootstrap_target(bootstrap, config_path)
         self.timeout_ms = timeout_ms
         self._clients: dict[str, BlockingClient] = {}
         self._metadata: ClusterMetadata | None = None
-        self._md_silence = CoordinatorSilence()  # a coordinator silent lately is asked after the brokers
+        # a coordinator silent lately is asked after the brokers
+        self._md_silence = silence if silence is not None else CoordinatorSilence()
+        self._fetches = fetches
 
     def _client(self, endpoint: str) -> BlockingClient:
         c = self._clients.get(endpoint)
@@ -65,11 +77,13 @@ class Admin:
         ``deadline_s`` (monotonic s): the asks end by then (``fetch_metadata``). Raises
         RequestTimeout when no node answers in time."""
         if refresh or self._metadata is None:
-            prefer = self._metadata.coordinator if self._metadata is not None else None
-            md, endpoint = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, 3000), prefer,
-                                          deadline_s=deadline_s, silence=self._md_silence)
-            check_cluster(md.cluster, self.cluster, endpoint)
-            self._metadata = md
+            def fetch() -> ClusterMetadata:
+                prefer = self._metadata.coordinator if self._metadata is not None else None
+                md, endpoint = fetch_metadata(self.ctx, self.endpoints, min(self.timeout_ms, METADATA_ASK_TIMEOUT_MS),
+                                              prefer, deadline_s=deadline_s, silence=self._md_silence)
+                check_cluster(md.cluster, self.cluster, endpoint)
+                return md
+            self._metadata = fetch() if self._fetches is None else self._fetches(fetch, deadline_s)
         return self._metadata
 
     def coordinator_endpoint(self) -> str:
@@ -232,13 +246,14 @@ class Admin:
         where = self._metadata.coordinator if self._metadata is not None else ""
         if not where or where == besides or self._md_silence.skips(where, int(time.monotonic() * 1000)):
             return None
+        sent_ms = int(time.monotonic() * 1000)
         try:
             h, _ = self._client(where).call(P.METADATA, {}, timeout_ms=self._md_silence.timeout_ms(where, timeout_ms))
         except CodedError as e:
             log.debug("metadata from %s: %s", where, e)
-            self._md_silence.heard(where, e, int(time.monotonic() * 1000))
+            self._md_silence.heard(where, e, int(time.monotonic() * 1000), sent_ms)
             return None
-        self._md_silence.heard(where, None, int(time.monotonic() * 1000))
+        self._md_silence.heard(where, None, int(time.monotonic() * 1000), sent_ms)
         return read_answer(h, where)
 
     @staticmethod

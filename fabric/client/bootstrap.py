@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import zmq
 
@@ -63,6 +64,9 @@ COORDINATOR_SILENT_BACKOFF_MS_MIN = 1000   # brokers first for this long after t
 COORDINATOR_SILENT_BACKOFF_MS_MAX = 10000  # doubled at each further silence, up to this
 COORDINATOR_PROBE_TIMEOUT_MS = 500  # the ask of a silent coordinator once its backoff is over
 COORDINATOR_ASK_TIMEOUT_MS = 1000  # any ask of the coordinator while a broker could be asked instead
+# fetch_metadata: any ask but the round's last (a live node answers in ms; the leader killed just
+# before the coordinator, which the metadata taken last still said alive, held the whole timeout)
+NOT_LAST_ASK_TIMEOUT_MS = 1000
 
 
 class CoordinatorSilence:
@@ -75,10 +79,14 @@ class CoordinatorSilence:
     refresh, and a gateway's produce requests behind it, for the whole timeout again). The
     silence ends at once when the coordinator answers anything, or when metadata names another
     coordinator (endpoint, or process: ``state_id``) than the one that went silent. Times are ms
-    of the caller's monotonic clock. Thread-safe; its calls come with metadata asks only, never
-    per request."""
+    of the caller's monotonic clock. Thread-safe, and may be shared by the clients of several
+    threads on one clock (a gateway's request threads: what one learnt, the others need not
+    wait for); its calls come with metadata asks only, never per request."""
 
-    def __init__(self) -> None:
+    def __init__(self, down: Callable[[str], bool] | None = None) -> None:
+        """``down(endpoint)``: whether another watcher (a gateway's health watcher, which PINGs
+        every node) sees that node down now: it is asked after the others (``order``)."""
+        self._down = down
         self._lock = threading.Lock()
         self._known: tuple[str, str] = ("", "")  # (coordinator, state_id) of the latest metadata seen
         self._silent: tuple[str, str] | None = None  # that of the coordinator that went silent
@@ -88,19 +96,24 @@ class CoordinatorSilence:
         self._dead: frozenset[str] = frozenset()  # endpoints of brokers the latest metadata says are dead
 
     def seen(self, md: ClusterMetadata) -> None:
-        """Metadata taken, from any node: one naming another coordinator ends the silence."""
+        """Metadata taken, from any node: one naming another coordinator ends the silence. One
+        naming none (a client's before its first answer) tells nothing: shared, it ended the
+        silence of every client."""
+        if not md.coordinator:
+            return
         dead = md.dead_endpoints()
         with self._lock:
             self._known, self._dead = (md.coordinator, md.state_id), dead
             if self._silent is not None and self._silent != self._known:
                 self._silent = None
 
-    def heard(self, endpoint: str, error: Exception | None, now_ms: int) -> None:
-        """A metadata ask of ``endpoint`` ended with ``error`` (None: a reply). Any answer of
-        the node (a reply, ``RemoteError``) ends its silence; a timeout or a connection lost
-        (``RequestTimeout``) of the coordinator begins one, or doubles its backoff once that is
-        over -- an ask ending within the backoff (sent before it began) does not. Other errors
-        (found by the client alone) tell nothing."""
+    def heard(self, endpoint: str, error: Exception | None, now_ms: int, sent_ms: int | None = None) -> None:
+        """A metadata ask of ``endpoint`` sent at ``sent_ms`` (default: taken for ``now_ms``)
+        ended with ``error`` (None: a reply) at ``now_ms``. Any answer of the node (a reply,
+        ``RemoteError``) ends its silence; a timeout or a connection lost (``RequestTimeout``)
+        of the coordinator begins one, or doubles its backoff when the ask was sent once that
+        was over -- one sent before (another thread's, however late it ends) does not. Other
+        errors (found by the client alone) tell nothing."""
         with self._lock:
             if error is None or isinstance(error, RemoteError):
                 self._answered = endpoint
@@ -111,7 +124,7 @@ class CoordinatorSilence:
                 return
             if self._silent != self._known:
                 self._silent, self._backoff_ms = self._known, COORDINATOR_SILENT_BACKOFF_MS_MIN
-            elif now_ms >= self._until_ms:
+            elif (now_ms if sent_ms is None else sent_ms) >= self._until_ms:
                 self._backoff_ms = min(2 * self._backoff_ms, COORDINATOR_SILENT_BACKOFF_MS_MAX)
             else:
                 return
@@ -143,24 +156,33 @@ class CoordinatorSilence:
         return min(timeout_ms, COORDINATOR_ASK_TIMEOUT_MS) if coordinator else timeout_ms
 
     def order(self, endpoints: list[str], prefer: str | None, now_ms: int) -> list[str]:
-        """``endpoints`` in the order to ask them: ``prefer`` (the coordinator) first, or last
-        within its backoff; the others from the one that answered last, those of brokers the
-        metadata says are dead after the rest (a dead broker first in the list held every ask
-        the whole timeout too, the coordinator skipped or not)."""
-        others = [e for e in endpoints if e != prefer]
+        """``endpoints`` in the order to ask them: ``prefer`` (the coordinator; default: the one
+        the latest metadata seen names, when listed) first, or last within its backoff or while
+        ``down`` says so; the others from the one that answered last, those of brokers the
+        metadata says are dead, and then those ``down`` says are, after the rest (a dead broker
+        first in the list held every ask the whole timeout too, the coordinator skipped or not)."""
+        down = self._down or _never_down
         with self._lock:
+            if not prefer and self._known[0] in endpoints:
+                prefer = self._known[0]  # another client's (shared): this one has no metadata yet
+            others = [e for e in endpoints if e != prefer]
             if self._answered in others:
                 at = others.index(self._answered)
                 others = others[at:] + others[:at]
-            others.sort(key=self._dead.__contains__)  # stable: the live ones in the same order
+            dead = self._dead
+        others.sort(key=lambda e: (e in dead, down(e)))  # stable: the live ones in the same order
         if not prefer:
             return others
-        return others + [prefer] if self.skips(prefer, now_ms) else [prefer] + others
+        return others + [prefer] if self.skips(prefer, now_ms) or down(prefer) else [prefer] + others
 
     def skips(self, endpoint: str, now_ms: int) -> bool:
         """Whether ``endpoint`` is to be asked after the others at ``now_ms``: within its backoff."""
         with self._lock:
             return self._is_silent(endpoint) and now_ms < self._until_ms
+
+
+def _never_down(endpoint: str) -> bool:
+    return False
 
 
 def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int,
@@ -173,11 +195,15 @@ def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: 
     of ``metadata`` here) gets no turn within its backoff, and the next try once the backoff is
     over. Brokers ``metadata`` says are dead get no turn while another endpoint is left (the
     leader killed just before the coordinator held a refresh the whole timeout after the
-    coordinator's). A list of the coordinator alone asks it every time."""
+    coordinator's). A list of the coordinator alone asks it every time. Without metadata naming
+    a coordinator the endpoints take turns, but for one ``silence`` skips (another client's
+    coordinator gone silent)."""
     if silence is not None:
         silence.seen(metadata)
     coordinator = metadata.coordinator
     if not coordinator:
+        if silence is not None:
+            endpoints = [e for e in endpoints if not silence.skips(e, now_ms)] or endpoints
         return endpoints[attempt % len(endpoints)]
     others = [e for e in endpoints if e != coordinator]
     if not others:
@@ -201,10 +227,13 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     broker's copy answers). ``silence``: told of the asks' outcomes, it orders them
     (``CoordinatorSilence.order``: ``prefer`` last within its backoff, the others from the one
     that answered last), and a coordinator gone silent is waited for no longer than
-    ``silence.timeout_ms`` says. Raises ``RequestTimeout``
+    ``silence.timeout_ms`` says -- also one that did not answer before the metadata that
+    answered showed it the coordinator (a first fetch: the next would wait for it again). Any
+    ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. Raises ``RequestTimeout``
     (``request_timed_out``, retriable) when none answers with metadata in time: the cluster is
     down, unreachable or starting."""
     last: Exception | None = None
+    unanswered: list[tuple[str, CodedError, int, int]] = []  # (endpoint, error, sent ms, ended ms)
     if silence is not None:
         order = silence.order(endpoints, prefer, int(time.monotonic() * 1000))
     else:
@@ -217,8 +246,11 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             break
         if silence is not None:
             try_ms = silence.timeout_ms(ep, try_ms, len(order) > 1)
+        if i < len(order) - 1:
+            try_ms = min(try_ms, NOT_LAST_ASK_TIMEOUT_MS)
         client = BlockingClient(ctx, ep)
         heard: CodedError | None = None
+        sent_ms = int(time.monotonic() * 1000)
         try:
             header, _ = client.call(P.METADATA, {}, timeout_ms=try_ms)
             md = read_answer(header, ep)
@@ -227,12 +259,18 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             elif md.version >= 0:
                 if silence is not None:
                     silence.seen(md)
+                    for asked, error, asked_ms, ended_ms in unanswered:
+                        if asked == md.coordinator:
+                            silence.heard(asked, error, ended_ms, asked_ms)
                 return md, ep
         except CodedError as e:
             last = heard = e
         finally:
             client.close()
             if silence is not None:
-                silence.heard(ep, heard, int(time.monotonic() * 1000))
+                ended_ms = int(time.monotonic() * 1000)
+                silence.heard(ep, heard, ended_ms, sent_ms)
+                if heard is not None:
+                    unanswered.append((ep, heard, sent_ms, ended_ms))
     why = getattr(last, "message", None) or str(last)  # its text: the code is this error's own
     raise RequestTimeout(f"no node answered at {', '.join(endpoints)}: {why}")

@@ -88,10 +88,13 @@ class Consumer(ConsumerFailover):
                  auto_offset_reset: str = "latest", fetch_bytes_max: int = 8 * 1024 * 1024,
                  partition_fetch_bytes_max: int = 4 * 1024 * 1024, fetch_wait_ms: int = FETCH_WAIT_MS,
                  request_timeout_ms: int = 10_000, clock: Clock | None = None, reactor: Any = None,
-                 client_factory: Callable[[str], ConsumerClient] | None = None) -> None:
+                 client_factory: Callable[[str], ConsumerClient] | None = None,
+                 silence: CoordinatorSilence | None = None) -> None:
         """``clock``: the consumer's monotonic clock (a test passes a ``ManualClock``);
         ``reactor`` (default: a ``Reactor`` on it) and ``client_factory`` (endpoint -> an RPC
-        client on that reactor; default ``RpcClient``): a test passes fakes."""
+        client on that reactor; default ``RpcClient``): a test passes fakes. ``silence``: what
+        its metadata asks learn of a silent coordinator, shared with other clients of the same
+        cluster on the same clock (a gateway's request threads); default: its own."""
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise FabricError("auto_offset_reset must be earliest, latest or none")
         self.endpoints = parse_bootstrap(bootstrap, config_path)
@@ -107,7 +110,8 @@ class Consumer(ConsumerFailover):
         self.metadata = ClusterMetadata.empty()
         self._md_in_flight = False      # a metadata request in flight or waiting out its backoff
         self._md_index = 0
-        self._md_silence = CoordinatorSilence()  # a coordinator silent lately is asked after the brokers
+        # a coordinator silent lately is asked after the brokers
+        self._md_silence = silence if silence is not None else CoordinatorSilence()
         self._md_backoff_ms = METADATA_BACKOFF_MS
         self._md_next_ms = 0            # no metadata request before this
         self._md_asked = 0              # metadata requests sent so far

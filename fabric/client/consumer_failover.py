@@ -135,14 +135,14 @@ class ConsumerFailover:
     def _request_metadata(self) -> None:
         if self._closed:
             return
-        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index, self._md_silence,
-                                     self.clock.now_ms())
+        sent_ms = self.clock.now_ms()
+        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_index, self._md_silence, sent_ms)
         self._md_asked += 1
         asked = self._md_asked
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False
-            self._md_silence.heard(endpoint, err, self.clock.now_ms())
+            self._md_silence.heard(endpoint, err, self.clock.now_ms(), sent_ms)
             md = read_answer(h, endpoint) if h is not None else None
             if md is None:
                 self._md_index += 1

@@ -18,8 +18,15 @@ asked again while the service starts), and another process (pid, from PING) than
 made the instance serves the endpoint. An instance unknown to the process that made it expired or was
 deleted: 404, and forgotten.
 
-Produce looks topics up in metadata at most ``PRODUCE_METADATA_MAX_AGE_MS`` old (shared by the
-request threads) instead of asking the coordinator on every request: a topic not in it is
+Metadata: one fetch in flight per gateway process (``MetadataFlight``): a request thread that
+needs metadata while another thread's fetch is in flight waits for it instead of asking the
+cluster too; ``metadata()`` answers from a fetch begun after the call (a topic just made is
+seen). The request threads' clients share one ``CoordinatorSilence``: a coordinator one thread
+found silent is asked after the brokers by every thread (each waited for it on its own first),
+and so are the nodes the health watcher sees down.
+
+Produce looks topics up in metadata from a fetch begun at most ``PRODUCE_METADATA_MAX_AGE_MS``
+ago (shared by the request threads) instead of asking the coordinator on every request: a topic not in it is
 looked up afresh before the request is refused, and a request whose every record fails with
 an unknown topic or partition (deleted, or made again with fewer partitions, meanwhile) is
 answered 404 after a fresh look too when that look shows the topic, or a partition the request
@@ -27,8 +34,8 @@ names, missing. A record failed with unknown_topic_or_partition while the topic 
 retriable (the service places it again) unless it names a partition a fresh look shows gone.
 
 Thread-safety: thread-safe. Every request thread gets its own clients (``threading.local``:
-the fabric's blocking clients are not thread-safe); the instance table and the cached
-metadata have a lock.
+the fabric's blocking clients are not thread-safe); the instance table has a lock, and the
+metadata fetch and the coordinator's silence are thread-safe.
 """
 
 from __future__ import annotations
@@ -42,15 +49,17 @@ from functools import partial
 from typing import Any, Callable, Iterator
 
 from fabric import protocol as P
-from fabric.client.admin import EARLIEST, LATEST, Admin
+from fabric.client.admin import EARLIEST, LATEST, METADATA_ASK_TIMEOUT_MS, Admin
+from fabric.client.bootstrap import CoordinatorSilence
 from fabric.client.consumer import Consumer
 from fabric.client.group_admin import GroupAdmin
 from fabric.client.services import PARTITION_OF, ServiceConsumer, ServiceProducer, service_endpoints
 from fabric.config import LoomConfig
-from fabric.errors import CodedError, FabricError, RequestTimeout
+from fabric.errors import CodedError, RequestTimeout
 from fabric.records import Record
 from nodes.gateway.agent_instances import ConsumerInstances, InstanceEntry
 from nodes.gateway.left_behind import LeftBehind
+from nodes.gateway.metadata_flight import MetadataFlight
 from nodes.gateway.monitor_link import MonitorAccess
 from nodes.gateway.translate import KINDS, translated
 from webui.errors import ClusterError
@@ -67,6 +76,9 @@ CREATE_TOPIC_WAIT_MS = 5000            # auto-create: wait for leaders before pr
 SERVICE_REQUEST_BYTES_MAX = 8 * 1024 * 1024   # record bytes per SVC_PRODUCE (one payload frame)
 RECORD_WIRE_OVERHEAD_BYTES = 64
 PRODUCE_METADATA_MAX_AGE_MS = 1000   # how old the topic list that produce trusts may be
+# a request waiting for another's metadata fetch gives up this long after the longest the
+# fetch's asks can take (each bootstrap endpoint's timeout, one after the other): it hangs
+METADATA_WAIT_SLACK_MS = 1000
 
 _NOT_NONE = partial(operator.is_not, None)
 _PARTITION_TYPES = {int, type(None)}  # of a record's own partition (not bool, not 1.0)
@@ -115,13 +127,16 @@ class GatewayAgent(ConsumerInstances):
     def __init__(self, config: LoomConfig, is_up: Callable[[str], bool] | None = None, *,
                  takes_work: Callable[[str], bool] | None = None,
                  make_admin: Callable[[], Any] | None = None, make_producer: Callable[[], Any] | None = None,
-                 owner: str = "") -> None:
+                 owner: str = "", metadata_wait_ms_max: int | None = None) -> None:
         """``is_up(endpoint)``: False when the health watcher saw that node down (fail fast).
         ``takes_work(endpoint)``: False also while it is up but stopping (it drains after
         SIGTERM): new work goes elsewhere, what it took is waited for (default: ``is_up``).
         ``make_admin()`` / ``make_producer()``: a request thread's Admin / producer-service
-        client (default: to the cluster of ``config``). ``owner``: this gateway's name for the
-        consumer instances it makes (``reclaim_instances``); each process adds its own id."""
+        client (default: to the cluster of ``config``, sharing ``md_silence``). ``owner``: this
+        gateway's name for the consumer instances it makes (``reclaim_instances``); each process
+        adds its own id. ``metadata_wait_ms_max``: how long a request waits at most for another's
+        metadata fetch, from its start (default: the longest its asks take, and
+        METADATA_WAIT_SLACK_MS)."""
         self.config = config
         self.owner_base = owner
         self.owner = f"{owner}:{uuid.uuid4().hex[:12]}" if owner else ""
@@ -135,8 +150,16 @@ class GatewayAgent(ConsumerInstances):
         self.left_behind = LeftBehind(self.is_up, self.holder)
         self.monitor = MonitorAccess(config)
         self._lock = threading.Lock()
-        self._produce_md: tuple[Any, float] | None = None   # (metadata, time.monotonic() it was fetched)
-        self._make_admin = make_admin or (lambda: Admin(self.bootstrap, timeout_ms=ADMIN_TIMEOUT_MS))
+        # every request thread's view of a silent coordinator; nodes the health watcher sees
+        # down asked last (PINGed every health interval, they were waited for first)
+        self.md_silence = CoordinatorSilence(down=self._is_down)
+        if metadata_wait_ms_max is None:
+            metadata_wait_ms_max = len(self.bootstrap) * min(ADMIN_TIMEOUT_MS, METADATA_ASK_TIMEOUT_MS) \
+                + METADATA_WAIT_SLACK_MS
+        self._metadata_flight = MetadataFlight(metadata_wait_ms_max)
+        self._md_floor_s = float("-inf")  # produce trusts no fetch begun before this: a topic deleted then
+        self._make_admin = make_admin or (lambda: Admin(self.bootstrap, timeout_ms=ADMIN_TIMEOUT_MS,
+                                                        silence=self.md_silence, fetches=self._admin_fetches))
         self._make_producer = make_producer or (lambda: ServiceProducer(self.producer_endpoints,
                                                                         takes_work=self.takes_work))
 
@@ -168,7 +191,8 @@ class GatewayAgent(ConsumerInstances):
         return self._takes_work(endpoint) if self._takes_work is not None else self.is_up(endpoint)
 
     def _browser(self) -> Consumer:
-        return self._get("browser", lambda: Consumer(self.bootstrap, auto_offset_reset="earliest"))
+        return self._get("browser", lambda: Consumer(self.bootstrap, auto_offset_reset="earliest",
+                                                     silence=self.md_silence))
 
     # -- the monitor (503 / unavailable without one) -----------------------------------------
     def monitor_metrics(self) -> tuple[bytes, str]:
@@ -180,25 +204,39 @@ class GatewayAgent(ConsumerInstances):
     # -- cluster and topics ------------------------------------------------------------------
     def coordinator_reachable(self) -> bool:
         try:
-            self.admin().metadata()
+            self.metadata()
             return True
-        except FabricError:
+        except ClusterError:
             return False
 
     def metadata(self) -> Any:
-        with translated("the coordinator"):
-            md = self.admin().metadata()
-        with self._lock:
-            self._produce_md = (md, time.monotonic())
-        return md
+        """The cluster's metadata from a fetch begun after this call (a topic made or deleted
+        just before is seen): the fetch another request thread begins meanwhile, or this
+        thread's own once the one in flight has ended (``MetadataFlight``). Raises ClusterError."""
+        return self._metadata_since(time.monotonic())
 
     def _recent_metadata(self) -> Any:
-        """Metadata at most PRODUCE_METADATA_MAX_AGE_MS old (fetched when older)."""
-        with self._lock:
-            cached = self._produce_md
-        if cached is not None and time.monotonic() - cached[1] < PRODUCE_METADATA_MAX_AGE_MS / 1000:
-            return cached[0]
-        return self.metadata()
+        """Metadata from a fetch begun at most PRODUCE_METADATA_MAX_AGE_MS ago, or the fetch in
+        flight's however long ago it began (newer than any such), both after the last topic
+        deleted here; else a new one."""
+        floor_s = self._md_floor_s
+        return self._metadata_since(max(time.monotonic() - PRODUCE_METADATA_MAX_AGE_MS / 1000, floor_s), floor_s)
+
+    def _metadata_since(self, since_s: float, join_since_s: float | None = None) -> Any:
+        with translated("the coordinator"):
+            return self._metadata_flight.get(self._fetch_metadata, since_s, join_since_s)
+
+    def _fetch_metadata(self) -> Any:
+        return self.admin().metadata()  # the Admin's fetches (_admin_fetches): run here, this is the one in flight
+
+    def _admin_fetches(self, fetch: Callable[[], Any], deadline_s: float | None) -> Any:
+        """A request thread's Admin's own metadata fetches (``Admin.list_offsets``'s) share the
+        one in flight too: begun after the call, waited for until the call's deadline."""
+        return self._metadata_flight.get(fetch, time.monotonic(), deadline_s=deadline_s)
+
+    def metadata_waiting(self) -> int:
+        """Request threads waiting for another's metadata fetch now."""
+        return self._metadata_flight.waiting
 
     def topic(self, name: str) -> Any:
         """The topic's metadata, an internal one's too (readable; only produce refuses it).
@@ -235,8 +273,7 @@ class GatewayAgent(ConsumerInstances):
     def delete_topic(self, name: str) -> None:
         with translated("the coordinator"):
             self.admin().delete_topic(name)
-        with self._lock:
-            self._produce_md = None
+        self._md_floor_s = time.monotonic()
 
     # -- produce ----------------------------------------------------------------------------
     def produce(self, topic: str, records: list[Record4], acks: str | int,

@@ -57,6 +57,7 @@ class Ledger:
     unclassified: dict[bytes, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # answers that break the protocol itself
     answer_s: list[float] = field(default_factory=list)  # how long each request took to be answered
+    acked_at_s: list[float] = field(default_factory=list)  # when (monotonic s) each answer acknowledging records came
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record_answer(self, values: list[bytes], status: int | None, body: Any, elapsed_s: float) -> None:
@@ -80,6 +81,8 @@ class Ledger:
                 for v in values:
                     self.maybe[v] = "malformed answer"
                 return
+            if any(o.get("error_code") is None for o in offsets):
+                self.acked_at_s.append(time.monotonic())
             for v, o in zip(values, offsets):
                 if o.get("error_code") is None:
                     self.acked[v] = (o["partition"], o["offset"])
@@ -87,6 +90,16 @@ class Ledger:
                     self.not_written[v] = o["error"]
                 else:
                     self.maybe[v] = o["error"]
+
+    def unacked_windows_s(self, since_s: float, until_s: float) -> tuple[float, float, float]:
+        """Between ``since_s`` and ``until_s`` (monotonic s): how long until the first answer
+        acknowledging records, the longest time with none, and when (from ``since_s``) that
+        began -- measured, not asserted. A window still open at ``until_s`` counts to it."""
+        with self._lock:
+            at = sorted(t for t in self.acked_at_s if since_s <= t <= until_s)
+        edges = [since_s, *at, until_s]
+        gap, begun = max((b - a, a) for a, b in zip(edges, edges[1:]))
+        return (at[0] if at else until_s) - since_s, gap, begun - since_s
 
     def summary(self) -> dict:
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 import zmq
@@ -137,12 +137,11 @@ def test_a_consumer_asks_the_brokers_while_its_coordinator_is_silent_then_the_co
         consumer.close()
 
 
-@pytest.fixture
-def mute() -> Any:
-    """A coordinator's socket that takes requests and answers none (a hung or dead one); yields
+def _muted(name: str) -> Iterator[tuple[str, Callable[[], int]]]:
+    """A node's socket that takes requests and answers none (a hung or dead one); yields
     (endpoint, a count of the requests it got so far)."""
     sock = zmq.Context.instance().socket(zmq.ROUTER)
-    sock.bind(f"inproc://silent-coordinator-{id(sock)}")
+    sock.bind(f"inproc://{name}-{id(sock)}")
     got = [0]
 
     def asked() -> int:
@@ -152,6 +151,18 @@ def mute() -> Any:
         return got[0]
     yield sock.getsockopt_string(zmq.LAST_ENDPOINT), asked
     sock.close(0)
+
+
+@pytest.fixture
+def mute() -> Iterator[tuple[str, Callable[[], int]]]:
+    """The coordinator, silent (``_muted``)."""
+    yield from _muted("silent-coordinator")
+
+
+@pytest.fixture
+def mute_broker() -> Iterator[tuple[str, Callable[[], int]]]:
+    """A broker, silent (``_muted``): killed while the metadata says it is alive."""
+    yield from _muted("silent-broker")
 
 
 def test_fetch_metadata_asks_a_coordinator_that_went_silent_after_the_brokers(scripted: Any, mute: Any) -> None:
@@ -186,28 +197,24 @@ def test_a_silent_coordinator_asked_again_after_its_backoff_is_waited_for_briefl
     assert silence.skips(coordinator, int(time.monotonic() * 1000))  # silent again: a longer backoff
 
 
-def test_fetch_metadata_asks_first_the_broker_that_answered_last(scripted: Any, mute: Any) -> None:
-    """The bootstrap list's first broker dead as well (a leader killed, then the coordinator):
-    asked first at every refresh, it held each for the whole timeout after the coordinator's."""
-    coordinator, asked = mute
+def _answering_broker(scripted: Any, coordinator: str) -> tuple[str, CoordinatorSilence]:
+    """A broker answering metadata that names ``coordinator``, and a silence that has seen it."""
     md = dataclasses.replace(MD, coordinator=coordinator)
-    dead_broker = zmq.Context.instance().socket(zmq.ROUTER)
-    dead_broker.bind("inproc://silent-broker")
-    broker = scripted(lambda req: ({"metadata": md.to_wire()}, []))
     silence = CoordinatorSilence()
     silence.seen(md)
-    endpoints = [coordinator, "inproc://silent-broker", broker]
-    try:
-        for _ in range(3):
-            got, endpoint = fetch_metadata(zmq.Context.instance(), endpoints, 300, coordinator, silence=silence)
-            assert endpoint == broker
-        dead_asked = 0
-        while dead_broker.poll(0):
-            dead_broker.recv_multipart()
-            dead_asked += 1
-        assert (asked(), dead_asked) == (1, 1), "a silent endpoint asked again while a broker answers"
-    finally:
-        dead_broker.close(0)
+    return scripted(lambda req: ({"metadata": md.to_wire()}, [])), silence
+
+
+def test_fetch_metadata_asks_first_the_broker_that_answered_last(scripted: Any, mute: Any, mute_broker: Any) -> None:
+    """The bootstrap list's first broker dead as well (a leader killed, then the coordinator):
+    asked first at every refresh, it held each for the whole timeout after the coordinator's."""
+    (coordinator, asked), (dead_broker, dead_asked) = mute, mute_broker
+    broker, silence = _answering_broker(scripted, coordinator)
+    for _ in range(3):
+        got, endpoint = fetch_metadata(zmq.Context.instance(), [coordinator, dead_broker, broker], 300, coordinator,
+                                       silence=silence)
+        assert endpoint == broker
+    assert (asked(), dead_asked()) == (1, 1), "a silent endpoint asked again while a broker answers"
 
 
 def test_the_brokers_the_metadata_says_are_dead_are_asked_after_the_others() -> None:
@@ -254,3 +261,56 @@ def test_a_silent_coordinator_that_is_the_only_endpoint_is_waited_for_the_whole_
     silence.heard(md.coordinator, RequestTimeout("no reply"), 0)
     assert silence.timeout_ms(md.coordinator, 3000, brokers_left=False) == 3000
     assert silence.timeout_ms(md.coordinator, 3000) == COORDINATOR_PROBE_TIMEOUT_MS
+
+
+# -- one silence shared by several clients (a gateway's request threads) ---------------------
+
+def test_a_client_with_no_metadata_yet_neither_ends_a_shared_silence_nor_asks_the_silent_coordinator() -> None:
+    """A gateway's request threads share one silence: a thread's records-browser consumer,
+    with no metadata of its own yet, ended it for every thread (its empty metadata names no
+    coordinator) and asked the silent coordinator first."""
+    silence = _silent_since(0)
+    empty = ClusterMetadata.empty()
+    asked = [metadata_endpoint(empty, [COORDINATOR, *BROKERS], a, silence, 10) for a in range(4)]
+    assert silence.skips(COORDINATOR, 10), "metadata naming no coordinator ended the silence"
+    assert COORDINATOR not in asked, asked
+    assert silence.order([COORDINATOR, *BROKERS], None, 10)[-1] == COORDINATOR  # an Admin with none yet
+
+
+def test_an_ask_sent_before_the_silence_began_does_not_lengthen_it_however_late_it_ends() -> None:
+    """Shared, the silence hears asks of other threads sent before it began that time out after
+    its backoff is over (a longer timeout): that is no further silence."""
+    silence = _silent_since(1000)
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), 1000 + COORDINATOR_SILENT_BACKOFF_MS_MIN + 500, sent_ms=0)
+    assert not silence.skips(COORDINATOR, 1000 + COORDINATOR_SILENT_BACKOFF_MS_MIN)
+    probe_ms = 1000 + COORDINATOR_SILENT_BACKOFF_MS_MIN + 600
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), probe_ms + 500, sent_ms=probe_ms)  # a probe: silent again
+    assert silence.skips(COORDINATOR, probe_ms + 500 + 2 * COORDINATOR_SILENT_BACKOFF_MS_MIN - 1)
+
+
+def test_a_broker_not_yet_known_dead_is_waited_for_briefly_while_another_endpoint_is_left(
+        scripted: Any, mute: Any, mute_broker: Any) -> None:
+    """The leader killed just before the coordinator, while the metadata taken last still said
+    it was alive: the first refresh after the coordinator's second asked it next and waited its
+    whole timeout (3 s) -- a gateway acknowledged no produce for 4 s."""
+    (coordinator, _), (dead_broker, dead_asked) = mute, mute_broker
+    broker, silence = _answering_broker(scripted, coordinator)
+    start = time.monotonic()
+    got, endpoint = fetch_metadata(zmq.Context.instance(), [coordinator, dead_broker, broker], 20_000, coordinator,
+                                   silence=silence)
+    assert (endpoint, dead_asked()) == (broker, 1)
+    assert time.monotonic() - start < 10, "the broker that does not answer was waited for the whole timeout"
+
+
+def test_endpoints_another_watcher_sees_down_are_asked_last() -> None:
+    """A gateway's health watcher PINGs every node: the leader it saw down 0.2 s before a fetch,
+    still alive in the metadata taken last, was asked right after the coordinator; and a
+    coordinator it sees down was probed at every backoff's end, holding produce 0.5 s."""
+    down = {BROKERS[0]}
+    silence = CoordinatorSilence(down=down.__contains__)
+    silence.seen(MD)
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0) == [COORDINATOR, *BROKERS[1:], BROKERS[0]]
+    down.add(COORDINATOR)
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0)[-2:] == [BROKERS[0], COORDINATOR]
+    down.clear()  # seen up again: first again
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0) == [COORDINATOR, *BROKERS]
