@@ -248,6 +248,8 @@ class ZmtpDealer(ConnectionMixin):
                     return
                 end = len(buf)
                 avail = end - pos
+                if not avail:
+                    return  # all of it parsed (the common end of a read)
                 if avail >= 2 and not buf[pos] & _NOT_SHORT_FRAME and self._state == _READY:
                     if not self._frames:
                         # a whole message of short frames here (a replicated one-record batch, a

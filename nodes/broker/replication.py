@@ -195,14 +195,15 @@ class ReplicationSubscriber:
         fetcher = self.fetcher_for(part.leader_id)
         if fetcher is None:
             return None
+        # until a fetch has checked our log against this leader's, our log end may count records
+        # of an older epoch the leader does not have: neither report it nor take the leader's HW
+        # (an append, a fetch it triggers, does not change it: only a fetch's answer does)
+        ready = fetcher.stream_ready(key)
         if payloads:
-            if not fetcher.stream_ready(key):
+            if not ready:
                 fetcher.trigger()  # the log is not yet checked against this leader's
                 return None
             self._apply(part, payloads, fetcher)
-        # until a fetch has checked our log against this leader's, our log end may count records
-        # of an older epoch the leader does not have: neither report it nor take the leader's HW
-        ready = fetcher.stream_ready(key)
         if ready:
             part.set_high_watermark_from_leader(pos.hw)
         if part.log_end_offset < pos.leo:
