@@ -72,6 +72,19 @@ def split_router_frames(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 def decode_request(frames: list[bytes], received_ms: int = 0) -> Request:
     """Decode a ROUTER message. Raises MalformedFrame; the caller answers (identity permitting)
     and counts it."""
+    n = len(frames)
+    if 4 < n <= P.FRAMES_MAX and frames[0] and not frames[1] and frames[2] == P.VERSION:
+        # the common request, one identity frame and every limit kept: decoded with a call per
+        # step; anything else, and every refusal, goes the general way below
+        header = unpack(frames[4])
+        if header.__class__ is dict:
+            rid = header.get("id", 0)
+            if rid.__class__ is int and frames[3].__class__ is bytes and sum(map(len, frames)) <= P.REQUEST_BYTES_MAX:
+                return Request(frames[:1], frames[3], header, frames[5:], received_ms)
+    return _decode_request_general(frames, received_ms)
+
+
+def _decode_request_general(frames: list[bytes], received_ms: int) -> Request:
     identity, _ = split_router_frames(frames[:8])  # the delimiter is near the front
     body = frames[len(identity) + 1:]
     if not identity:

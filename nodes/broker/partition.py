@@ -311,12 +311,14 @@ class Partition(PartitionFollowerMixin):
         return h
 
     # -- leader: follower tracking, HW, ISR -----------------------------------------------------
-    def record_follower_fetch(self, follower_id: int, fetch_offset: int, now_ms: int) -> bool:
-        """A follower fetched from ``fetch_offset`` (= its LEO). Returns True if the HW moved."""
+    def record_follower_fetch(self, follower_id: int, fetch_offset: int, now_ms: int,
+                              log_end_offset: int | None = None) -> bool:
+        """A follower fetched from ``fetch_offset`` (= its LEO). Returns True if the HW moved.
+        ``log_end_offset``: ours, when the caller has just read it (a REPLICA_ACK's check)."""
         st = self.followers.get(follower_id)
         if st is None:
             return False
-        leo = self.log_end_offset
+        leo = self.engine.log_end_offset if log_end_offset is None else log_end_offset
         if fetch_offset >= leo:
             st.last_caught_up_ms = now_ms
         elif fetch_offset >= st.leo_at_last_fetch:
