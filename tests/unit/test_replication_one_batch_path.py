@@ -9,6 +9,7 @@ checked on its own (so that both paths being wrong the same way fails too)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -48,11 +49,19 @@ def _crc_broken(data: bytes) -> bytes:
     return bytes(out)
 
 
-# each scenario: the messages the follower receives (it holds offsets 0..3 of epoch 2 first)
-SCENARIOS: dict[str, list[list]] = {
+def _truncated_to(offset: int) -> Callable[[Partition], None]:
+    """A step between two messages: the follower cuts its log (a fetch found a divergence)."""
+    return lambda part: part.truncate_to(offset)
+
+
+# each scenario: the messages the follower receives (it holds offsets 0..3 of epoch 2 first),
+# and steps between them
+SCENARIOS: dict[str, list] = {
     "the next batch": [_message([_stamped(2, 4)])],
     "the next idempotent batches": [_message([_stamped(2, 4, pid=PID, seq=0)]),
                                     _message([_stamped(3, 6, pid=PID, seq=2)], leo=9)],
+    "idempotent batches across the sequence wrap": [_message([_stamped(3, 4, pid=PID, seq=2**31 - 2)]),
+                                                    _message([_stamped(1, 7, pid=PID, seq=1)], leo=8)],
     "a duplicate": [_message([_stamped(2, 2)])],
     "the same batch twice": [_message([_stamped(2, 4)]), _message([_stamped(2, 4)])],
     "an overlap": [_message([_stamped(2, 3)])],
@@ -70,6 +79,10 @@ SCENARIOS: dict[str, list[list]] = {
     "a payload of trailing bytes": [_message([_stamped(2, 4) + b"\x00" * 3])],
     "the leader's high watermark ahead of the follower": [_message([_stamped(2, 4)], hw=6, leo=6)],
     "the leader's log end past the batch": [_message([_stamped(2, 4)], leo=20)],
+    "a truncation between two messages": [_message([_stamped(2, 4)]), _truncated_to(4),
+                                          _message([_stamped(3, 4, epoch=EPOCH)], leo=7)],
+    "a truncation below the next batch": [_message([_stamped(2, 4)]), _truncated_to(4),
+                                          _message([_stamped(2, 6)], leo=8), _message([_stamped(1, 4)], leo=8)],
     # 40 batches of ~300 bytes each cross the 4 KiB segments of the test cores: rolls mid-stream
     "batches across segment rolls": [_message([_stamped(10, SYNCED_LEO + 10 * i)], hw=SYNCED_LEO + 10 * i,
                                               leo=SYNCED_LEO + 10 * (i + 1)) for i in range(40)],
@@ -109,14 +122,18 @@ def _run(tmp_path: Path, engine: str, messages: list[list], one_batch_path: bool
                         lambda self, *a: taken.append(1) or original(self, *a))
     if not one_batch_path:
         monkeypatch.setattr(replication.B, "whole_batch_fields", lambda data: None)
-    for frames in messages:
-        sub.on_message(frames)
+    for step in messages:
+        if callable(step):
+            step(f)
+        else:
+            sub.on_message(step)
     monkeypatch.undo()
     state = {
         "log": bytes(f.read(0, 1 << 24, f.log_end_offset)) if f.log_end_offset else b"",
         "log_end_offset": f.log_end_offset, "high_watermark": f.high_watermark,
         "epochs": list(f.epochs.entries),
         "producer": f.producers.check(PID, 0, 2, 3, possibly_written=True) if f.producers._producers else None,
+        "producers": {pid: (e.epoch, list(e.batches)) for pid, e in f.producers._producers.items()},
         "acks": [(c, h["parts"]) for c, h, _ in client.oneway],
         "fetches": [c for c, _, _, _ in client.sent[fetches_before:]],
         "counters": dict(sub.counters),
@@ -140,19 +157,36 @@ def test_the_one_batch_path_decides_as_the_general_path(tmp_path: Path, engine: 
                         "a batch and a partial tail": 1, "a truncated batch": 0, "a short payload": 0,
                         "a payload of trailing bytes": 1,
                         "the leader's high watermark ahead of the follower": 1,
-                        "the leader's log end past the batch": 1, "batches across segment rolls": 40}[name]
+                        "the leader's log end past the batch": 1, "batches across segment rolls": 40,
+                        "a truncation between two messages": 2, "a truncation below the next batch": 2,
+                        "idempotent batches across the sequence wrap": 2}[name]
     assert fast["counters"].get("repl_batches", 0) == expected_appends
     assert len(fast["acks"]) == (expected_appends if name not in ("two payloads", "two batches in one payload")
                                  else 1)
     one_batch_messages = {"the next batch": 1, "the next idempotent batches": 2, "a duplicate": 1,
                           "the same batch twice": 2, "an overlap": 1, "a stale batch epoch": 1,
                           "a newer batch epoch": 1, "the leader's high watermark ahead of the follower": 1,
-                          "the leader's log end past the batch": 1, "batches across segment rolls": 40}
+                          "the leader's log end past the batch": 1, "batches across segment rolls": 40,
+                          "a truncation between two messages": 2, "a truncation below the next batch": 2,
+                          "idempotent batches across the sequence wrap": 2}
     assert taken == one_batch_messages.get(name, 0)  # the gap is decided before the append
     if name in ("a gap", "a crc mismatch", "a crc mismatch past a gap", "a stale batch epoch",
-                "the leader's log end past the batch"):
+                "the leader's log end past the batch", "a truncation below the next batch"):
         assert fast["fetches"] == [P.FETCH]  # repaired over the fetch path
     if name == "the next idempotent batches":
         assert fast["producer"] == 6  # the second batch's offset: its sequence is known
+    if name == "idempotent batches across the sequence wrap":
+        assert fast["producers"][PID][1][-1] == (1, 1, 7)  # (base sequence, last, offset) after the wrap
+    if name == "a truncation between two messages":
+        assert fast["log_end_offset"] == 7  # the batch after the cut appended at the new log end
+    if name == "a truncation below the next batch":
+        assert fast["log_end_offset"] == 5  # the batch past the cut's end waited for the fetch
     if name == "batches across segment rolls":
         assert fast["log_end_offset"] == SYNCED_LEO + 400 and fast["high_watermark"] == SYNCED_LEO + 390
+
+
+def test_the_raw_field_places_are_those_of_the_batch_header() -> None:
+    names = [f.name for f in dataclasses.fields(B.BatchHeader)]
+    assert [getattr(B, f"F_{n.upper()}") for n in names] == list(range(len(names)))
+    data = _stamped(3, 11, pid=PID, seq=5)
+    assert tuple(getattr(B.verify(data), n) for n in names) == B.whole_batch_fields(data)
