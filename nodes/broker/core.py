@@ -315,7 +315,7 @@ class BrokerCore(CoreTimersMixin):
         """acks=all: the high watermark of ``key`` reached ``offset`` -- or the partition is not
         led here any more (its waiters were failed by ``leadership_lost``)."""
         part = self.partitions.get(key)
-        return part is None or not part.is_leader or part.high_watermark >= offset
+        return part is None or part.role != LEADER or part.high_watermark >= offset
 
     def isr_shortfall(self, key: TopicPartition) -> str | None:
         """Why an acks=all write on ``key`` whose HW arrived is not acknowledged after all: an
