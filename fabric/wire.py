@@ -79,7 +79,8 @@ def decode_request(frames: list[bytes], received_ms: int = 0) -> Request:
         header = unpack(frames[4])
         if header.__class__ is dict:
             rid = header.get("id", 0)
-            if rid.__class__ is int and frames[3].__class__ is bytes and sum(map(len, frames)) <= P.REQUEST_BYTES_MAX:
+            if rid.__class__ is int and frames[3].__class__ is bytes \
+                    and sum(map(len, frames)) <= P.REQUEST_BYTES_MAX:
                 return Request(frames[:1], frames[3], header, frames[5:], received_ms)
     return _decode_request_general(frames, received_ms)
 

@@ -152,10 +152,9 @@ class ZmtpPublisher:
         PUB matches at send). The messages of one reactor pass go out together at its end
         (``Reactor.at_pass_end``: after the pass's handlers, hooks and timers), one ``sendmsg``
         per subscriber for all of them -- a produce of many partitions publishes a message per
-        partition. A
-        message dropped for a subscriber (its output full, its connection broken or gone) is
-        counted in ``counters["dropped"]``. A frame that is not a contiguous buffer raises
-        before anything is queued."""
+        partition. A message dropped for a subscriber (its output full, its connection broken or
+        gone) is counted in ``counters["dropped"]``. A frame that is not a contiguous buffer
+        raises before anything is queued."""
         topic = frames[0]
         if topic.__class__ is not bytes:
             topic = bytes(topic)

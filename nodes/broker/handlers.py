@@ -85,14 +85,15 @@ class RequestHandlers:
     def on_produce(self, req: wire.Request) -> Any:
         mark("produce.request")
         get = req.header.get
-        parts, acks, timeout_ms = get("parts"), get("acks", 1), get("timeout_ms", 0)
-        if parts.__class__ is not list or acks.__class__ is not int or timeout_ms.__class__ is not int:
-            # not the usual fields: checked one by one (the error names the field)
+        parts, acks = get("parts"), get("acks", 1)
+        if parts.__class__ is not list or acks.__class__ is not int:
+            # not the usual fields: checked one by one, in this order (the error names the field)
             parts = req.get("parts", list)
             acks = req.get("acks", int, 1)
-            req.get("timeout_ms", int, 0)  # checked here: the group commit after the pass must not fail on it
         if acks not in (0, 1, -1):
             raise RemoteError(P.MALFORMED_REQUEST, "acks must be 0, 1 or -1 (all)")
+        if get("timeout_ms", 0).__class__ is not int:
+            req.get("timeout_ms", int, 0)  # checked here: the group commit after the pass must not fail on it
         if len(parts) != len(req.payloads):
             raise RemoteError(P.MALFORMED_REQUEST, f"{len(parts)} parts but {len(req.payloads)} payload frames")
         inputs, malformed = [], {}

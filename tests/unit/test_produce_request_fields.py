@@ -43,3 +43,11 @@ def test_the_usual_fields_and_their_defaults_are_queued(tmp_path: Path, header: 
     assert handlers.on_produce(request(P.PRODUCE, [make_batch(1)], **header)) is DEFER
     [(_, append, malformed)] = handlers._produce_queue
     assert append.acks == header.get("acks", 1) and len(append.inputs) == 1 and malformed == {}
+
+
+def test_a_request_wrong_in_two_fields_is_refused_for_the_first_checked(tmp_path: Path) -> None:
+    handlers, _ = loom_handlers(broker_core(tmp_path))
+    with pytest.raises(RemoteError, match="acks must be"):  # acks before timeout_ms, as always
+        handlers.on_produce(request(P.PRODUCE, [make_batch(1)], **dict(GOOD, acks=2, timeout_ms="x")))
+    with pytest.raises(MalformedFrame, match="parts"):  # parts before acks
+        handlers.on_produce(request(P.PRODUCE, [make_batch(1)], **dict(GOOD, parts="x", acks="all")))
