@@ -15,9 +15,17 @@ request is in flight at a time, so each request's points line up on the machine'
 clock, and the run prints the time between consecutive points (p50/p90/p99 over the requests):
 which thread, which wire hop, which piece of work the milliseconds go to.
 
+With ``--loom --calls`` every broker counts the Python calls its reactor thread makes over the
+measured requests (``fabric.callcount``: cProfile, started and stopped by signals after the
+warm-up and after the last request) and the run prints the calls per request of the leader and
+of each follower, and the functions called most per request. A count, unlike a time, does not
+move with the machine's load: the measure of a change to the per-message Python. (The profiler
+slows the Python down ~4x: that run's latency and CPU figures are not comparable.)
+
     python -m bench.rtt --pause-ms 0.5 --count 3000 --runs 3
     python -m bench.rtt --loom --count 3000 --runs 3
     python -m bench.rtt --loom --hops --count 3000 --runs 3
+    python -m bench.rtt --loom --calls --count 3000 --runs 1
 
 Every process started here is stopped (joined, then killed by its pid). Not thread-safe.
 """
@@ -28,6 +36,8 @@ import bisect
 import json
 import multiprocessing
 import os
+import pstats
+import signal
 import statistics
 import tempfile
 import time
@@ -38,7 +48,7 @@ import zmq
 
 from bench.options import UsageParser
 from bench.stats import LatencyHistogram, nearest_rank, process_cpu_s
-from fabric import hoptrace
+from fabric import callcount, hoptrace
 from nodes.local_cluster import free_ports, running_cluster
 
 COUNT_MAX = 1_000_000
@@ -50,6 +60,8 @@ WARM_UP_REQUESTS = 200      # --loom: connections, metadata and the producer id 
 LOOM_FSYNC_INTERVAL_MS = 1000
 LOOM_TOPIC = "bench-rtt"
 HOP_FOUND_SHARE_MIN = 0.5   # --hops: a point found in fewer of the requests is one this run does not pass (RF 1: the followers')
+CALLS_FILE_WAIT_S = 30.0    # --calls: a broker that has not started or written its count by then is gone
+CALLS_TOP = 25              # --calls: the functions shown per process
 
 # --hops: the points one acks=all produce passes, in order: (process, point, what the time
 # since the previous point went to, its kind: "work" in a thread, or "hop" -- a wake-up or the
@@ -133,12 +145,23 @@ def _per_request_us(cpu_s: float, count: int) -> float:
     return round(cpu_s / count * 1e6, 1)
 
 
-def measure_loom(count: int, pause_s: float, replication_factor: int, hops: bool = False) -> dict:
+def measure_loom(count: int, pause_s: float, replication_factor: int, hops: bool = False,
+                 calls: bool = False) -> dict:
     """``count`` one-record produces through a fresh self-contained cluster, each waited for,
     with ``pause_s`` between them: latency summary in ms and, per process, CPU µs per request
     above its idle CPU; with ``hops``, also the time between the points each request passed
-    (``hop_table``). The cluster is stopped by its pids and its directory removed."""
+    (``hop_table``); with ``calls``, the Python calls per request of each broker's reactor
+    thread (``calls_table``). The cluster is stopped by its pids and its directory removed."""
     with tempfile.TemporaryDirectory(prefix="loom-bench-rtt-", ignore_cleanup_errors=True) as work:
+        if calls:
+            counts = Path(work) / "calls"
+            counts.mkdir()
+            os.environ[callcount.ENV] = str(counts)  # the node processes inherit it
+            try:
+                out = _measure_loom(Path(work), count, pause_s, replication_factor, counts)
+            finally:
+                del os.environ[callcount.ENV]
+            return out
         if not hops:
             out = _measure_loom(Path(work), count, pause_s, replication_factor)
             del out["roles"]
@@ -156,7 +179,8 @@ def measure_loom(count: int, pause_s: float, replication_factor: int, hops: bool
         return dict(out, hops=hop_table(hoptrace.read(traces), roles))
 
 
-def _measure_loom(work: Path, count: int, pause_s: float, replication_factor: int) -> dict:
+def _measure_loom(work: Path, count: int, pause_s: float, replication_factor: int,
+                  counts: Path | None = None) -> dict:
     from fabric.client import Admin, Producer
     overrides = {"storage": {"fsync_interval_ms": LOOM_FSYNC_INTERVAL_MS}}
     with running_cluster(work, 3, overrides=overrides) as cluster:
@@ -173,6 +197,9 @@ def _measure_loom(work: Path, count: int, pause_s: float, replication_factor: in
             after, t1 = _cpu_s(pids), time.perf_counter()
             idle_s = t1 - t0
             idle = {n: (after[n] - before[n]) / idle_s for n in after}
+            brokers = {n: pid for n, pid in pids.items() if n.startswith("broker-")}
+            if counts is not None:
+                _signal_and_wait(brokers.values(), callcount.START_SIGNAL, counts, callcount.STARTED_SUFFIX)
             lat = LatencyHistogram()
             for _ in range(count):
                 t = time.perf_counter()
@@ -182,6 +209,8 @@ def _measure_loom(work: Path, count: int, pause_s: float, replication_factor: in
                 lat.record_us((time.perf_counter() - t) * 1e6)
                 if pause_s:
                     time.sleep(pause_s)  # the offered pace, not synchronisation
+            if counts is not None:
+                _signal_and_wait(brokers.values(), callcount.STOP_SIGNAL, counts, callcount.SUFFIX)
             end, elapsed = _cpu_s(pids), time.perf_counter() - t1
     cpu = {("leader" if n == f"broker-{leader}" else n): _per_request_us(end[n] - after[n] - idle[n] * elapsed, count)
            for n in end}
@@ -189,7 +218,50 @@ def _measure_loom(work: Path, count: int, pause_s: float, replication_factor: in
     roles = {pid: ("leader" if n == f"broker-{leader}" else "follower" if n.startswith("broker-") else n)
              for n, pid in pids.items()}
     roles[os.getpid()] = "client"
-    return dict(lat.summary_ms(), cpu_us_per_request=cpu, roles=roles)
+    out = dict(lat.summary_ms(), cpu_us_per_request=cpu, roles=roles)
+    if counts is not None:
+        out["calls"] = calls_table(counts, {n: pids[n] for n in pids if n.startswith("broker-")},
+                                   f"broker-{leader}", count)
+        del out["roles"]
+    return out
+
+
+def _signal_and_wait(pids: Iterable[int], signum: int, directory: Path, suffix: str) -> None:
+    """Send ``signum`` to every pid, then wait until each has written ``<pid><suffix>``."""
+    pids = list(pids)
+    for pid in pids:
+        os.kill(pid, signum)
+    deadline = time.monotonic() + CALLS_FILE_WAIT_S
+    while not all((directory / f"{pid}{suffix}").exists() for pid in pids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a broker wrote no {suffix} file within {CALLS_FILE_WAIT_S} s: is it running?")
+        time.sleep(0.01)  # polling for files the brokers write, within a deadline
+
+
+def calls_table(directory: Path, brokers: dict[str, int], leader: str, count: int) -> dict:
+    """Per broker (``leader``, ``follower-1``, ``follower-2``): Python calls of its reactor thread
+    per request, and the ``CALLS_TOP`` functions called most (calls per request)."""
+    out = {}
+    followers = 0
+    for name, pid in sorted(brokers.items()):
+        st = pstats.Stats(str(directory / f"{pid}{callcount.SUFFIX}"))
+        if name == leader:
+            role = "leader"
+        else:
+            followers += 1
+            role = f"follower-{followers}"
+        top = sorted(st.stats.items(), key=lambda kv: -kv[1][1])[:CALLS_TOP]  # type: ignore[attr-defined]
+        out[role] = {"calls_per_request": round(st.total_calls / count, 1),  # type: ignore[attr-defined]
+                     "top": [(pstats.func_std_string(f), round(v[1] / count, 2)) for f, v in top]}
+    return out
+
+
+def print_calls(calls: dict) -> None:
+    print("Python calls per request of each broker's reactor thread (cProfile, the measured requests only):")
+    for role, c in calls.items():
+        print(f"  {role}: {c['calls_per_request']} calls per request; the most called:")
+        for name, n in c["top"]:
+            print(f"    {n:8.2f}  {name}")
 
 
 def hop_table(marks: dict[int, list[tuple[int, str]]], roles: dict[int, str]) -> dict:
@@ -285,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replication-factor", type=int, default=3, help="with --loom (default 3)")
     ap.add_argument("--hops", action="store_true",
                     help="with --loom: mark the points each produce passes in every process and print where its time goes")
+    ap.add_argument("--calls", action="store_true",
+                    help="with --loom: count the Python calls per request of each broker's reactor thread (cProfile)")
     ap.add_argument("--json", help="write the figures to this file")
     a = ap.parse_args(argv)
     if not 0 < a.count <= COUNT_MAX or not 0 <= a.pause_ms <= 1000 or not 1 <= a.runs <= 20:
@@ -293,16 +367,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--replication-factor must be 1..3 (the self-contained cluster has 3 brokers)")
     if a.hops and not a.loom:
         ap.error("--hops needs --loom (the bare round trip has no points to mark)")
+    if a.calls and (not a.loom or a.hops):
+        ap.error("--calls needs --loom and no --hops (the two would count each other)")
     cpu_key = "cpu_us_per_request" if a.loom else "cpu_us_per_round_trip"
     runs = []
     for i in range(a.runs):
-        r = (measure_loom(a.count, a.pause_ms / 1000, a.replication_factor, a.hops) if a.loom
+        r = (measure_loom(a.count, a.pause_ms / 1000, a.replication_factor, a.hops, a.calls) if a.loom
              else measure(a.count, a.pause_ms / 1000))
         runs.append(r)
         cpu = ", ".join(f"{n} {v}" for n, v in r[cpu_key].items())
         print(f"run {i + 1}/{a.runs}: round trip p50/p99/p99.9 {r['p50']}/{r['p99']}/{r['p999']} ms; CPU us: {cpu}")
         if a.hops:
             print_hops(r["hops"])
+        if a.calls:
+            print_calls(r["calls"])
     med = {k: _median(r[k] for r in runs) for k in ("p50", "p99", "p999")}
     med_cpu = {n: round(statistics.median(r[cpu_key][n] for r in runs), 1) for n in runs[0][cpu_key]}
     what = (f"one-record produce (RF {a.replication_factor}, acks=all, linger_ms 0) through Loom" if a.loom

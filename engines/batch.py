@@ -137,6 +137,12 @@ def build_from_parts(
     return b"".join((head, fixed, *parts))
 
 
+# the raw header fields' places (``verify_fields``' tuple, in BatchHeader's field order): hot
+# paths that build no BatchHeader read them by these
+(F_BASE_OFFSET, F_BATCH_LENGTH, F_LEADER_EPOCH, F_MAGIC, F_CRC, F_ATTRIBUTES, F_RECORD_COUNT, F_FIRST_TIMESTAMP_MS,
+ F_LAST_TIMESTAMP_MS, F_PRODUCER_ID, F_PRODUCER_EPOCH, F_BASE_SEQUENCE) = range(12)
+
+
 def _unpack_checked(buf: bytes | bytearray | memoryview, pos: int) -> tuple:
     """The raw HEADER fields at ``pos`` (in BatchHeader field order) after the header checks
     that need no CRC. The one place those checks live; raises BatchError."""
@@ -179,6 +185,17 @@ def verify_fields(buf: bytes | bytearray | memoryview, pos: int = 0, *, check_cr
     if check_crc and _crc32c.crc32c(memoryview(buf)[pos + CRC_START:end]) != fields[4]:
         raise BatchError(f"batch at offset {fields[0]}: crc mismatch")
     return fields
+
+
+def whole_batch_fields(buf: bytes | bytearray | memoryview) -> tuple | None:
+    """``verify_fields`` of ``buf`` when it is exactly one whole batch whose CRC matches; None
+    for anything else (a short or damaged batch, a CRC mismatch, more than one batch, a partial
+    tail), which a caller hands to its general path to be judged there."""
+    try:
+        fields = verify_fields(buf)
+    except BatchError:
+        return None
+    return fields if fields[1] + LENGTH_PREFIX_BYTES == len(buf) else None
 
 
 def verify(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:

@@ -151,11 +151,15 @@ class SegmentEngine(DurabilityMixin, RetentionMixin, AsyncFlushMixin):
     def append_many(self, batches: list[bytes | bytearray | memoryview], *, crc_checked: bool = False) -> list[int]:
         """Validate all, then write all, then (fsync always) one fdatasync. On StorageFull the
         batches of this call already written are cut again, so the log is unchanged."""
-        self._check_writable()
+        if self._closed or self._failed is not None:
+            self._check_writable()
         batch_bytes_max = self.config.batch_bytes_max
         check_crc = not crc_checked
-        headers = [validate_batch_fields(b, batch_bytes_max, check_crc=check_crc) for b in batches]
-        start_offset = self.log_end_offset
+        if len(batches) == 1:  # the common call (one partition's batch of a request): no comprehension
+            headers = [validate_batch_fields(batches[0], batch_bytes_max, check_crc=check_crc)]
+        else:
+            headers = [validate_batch_fields(b, batch_bytes_max, check_crc=check_crc) for b in batches]
+        start_offset = self._segments[-1].next_offset
         try:
             offsets = self._append_grouped(batches, headers)
             if self.config.fsync == FSYNC_ALWAYS and offsets:
@@ -191,32 +195,36 @@ class SegmentEngine(DurabilityMixin, RetentionMixin, AsyncFlushMixin):
         active = self._segments[-1]
         offset, size_bytes, first_ts = active.next_offset, active.size_bytes, active.first_timestamp_ms
         began = (active.base_offset, size_bytes, offset)  # where this call began (a roll's checkpoint)
+        group_bytes = 0
         for batch, fields in zip(batches, headers):
             _, _, _, _, _, _, record_count, first_timestamp_ms, last_timestamp_ms, _, _, _ = fields
+            batch_bytes = len(batch)
             # Roll by age compares batch timestamps, so no clock is read per append.
             if size_bytes and (
-                size_bytes + len(batch) > config.segment_bytes_max
+                size_bytes + batch_bytes > config.segment_bytes_max
                 or last_timestamp_ms - (first_ts or 0) >= config.segment_ms_max
                 or offset + record_count - active.base_offset > RELATIVE_OFFSET_MAX
             ):
-                self._write_group(active, group, offsets)
-                group = []
+                self._write_group(active, group, group_bytes)
+                group, group_bytes = [], 0
                 self._roll(offset, Checkpoint(*began, False))
                 active = self._segments[-1]
                 size_bytes, first_ts = 0, None
             if not size_bytes:
                 first_ts = first_timestamp_ms
             group.append((batch, offset, record_count, first_timestamp_ms, last_timestamp_ms))
+            offsets.append(offset)  # returned once every group is written (an error raises)
             offset += record_count
-            size_bytes += len(batch)
-        self._write_group(active, group, offsets)
+            size_bytes += batch_bytes
+            group_bytes += batch_bytes
+        self._write_group(active, group, group_bytes)
         return offsets
 
-    def _write_group(self, active: LogSegment, group: list[tuple], offsets: list[int]) -> None:
+    def _write_group(self, active: LogSegment, group: list[tuple], group_bytes: int) -> None:
+        """Write ``group`` (``group_bytes`` in all) to ``active``."""
         if group:
-            active.append_many(group, self.config.direct_write_min_bytes)
-            self._size_bytes += sum(len(g[0]) for g in group)
-            offsets += (g[1] for g in group)
+            active.append_many(group, self.config.direct_write_min_bytes, group_bytes)
+            self._size_bytes += group_bytes
 
     def _roll(self, offset: int, began: Checkpoint) -> None:
         """Close the active segment for appends and start a new one at ``offset``. Under fsync

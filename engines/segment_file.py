@@ -137,17 +137,20 @@ class LogSegment:
 
     # -- append -------------------------------------------------------------------------------
     def append_many(self, batches: list[tuple[bytes | bytearray | memoryview, int, int, int, int]],
-                    direct_write_min_bytes: int = -1) -> None:
+                    direct_write_min_bytes: int = -1, nbytes_total: int | None = None) -> None:
         """Write (already validated) batches at the end, each ``(batch, offset, record_count,
         first_timestamp_ms, last_timestamp_ms)`` with its first 8 bytes replaced by ``offset``
         -- in one pwritev (per IOV_BATCHES_MAX batches): no copy, no header parsing; a run of
         at least ``direct_write_min_bytes`` (-1: never) in direct writes instead, through one
         copy (engines/direct_write.py). On a write error the file is cut back to its previous
         size and StorageFull / EngineError is raised; the segment is unchanged. The choice is
-        made once per call, on the bytes of all its batches."""
+        made once per call, on the bytes of all its batches (``nbytes_total``, when the caller
+        has counted them)."""
         position = self.size_bytes
         fd = self._fd if self._fd >= 0 else self.fd
-        direct = 0 <= direct_write_min_bytes <= sum(len(b[0]) for b in batches) and self._direct_ok
+        if nbytes_total is None:
+            nbytes_total = sum(len(b[0]) for b in batches)
+        direct = 0 <= direct_write_min_bytes <= nbytes_total and self._direct_ok
         at = position
         try:
             for i in range(0, len(batches), IOV_BATCHES_MAX):

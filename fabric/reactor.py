@@ -3,7 +3,8 @@
 The poll timeout is the time to the next timer. After every wake-up the loop drains each
 ready socket (at most ``DRAIN_MESSAGES_MAX`` messages, or the socket's own lower bound given to
 ``add_socket``, so one busy peer cannot starve the rest), runs the per-pass hooks (group
-commit, parked-request checks), then due timers in deadline order.
+commit, parked-request checks), then due timers in deadline order, then what was handed to
+``at_pass_end`` (the publisher's write of the pass's messages).
 
 Errors: an operating error (a ``LoomError``: a refused request, a peer's bad message, a full
 disk) raised by a timer or a hook is logged and the loop goes on; so is one raised by a message
@@ -79,6 +80,7 @@ class Reactor:
         self._pushed = 0  # timers ever pushed: each one's place among equal deadlines
         self._cancelled_in_heap = 0
         self._after_pass: list[Callable[[], None]] = []
+        self._pass_end: list[Callable[[], None]] = []  # at_pass_end: run once, after the timers
         self._stopped = False
         self._pass_soon = False  # the next poll does not wait (pass_soon)
         self.passes = 0  # run_once calls so far: a handler's per-pass budgets start again when it moves
@@ -134,6 +136,14 @@ class Reactor:
         """Run ``fn`` once after every drain pass (before timers): e.g. group commit."""
         self._after_pass.append(fn)
 
+    def at_pass_end(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once, after this pass's timers (the next pass's, called outside a pass,
+        which then does not wait in its poll): e.g. write out what the pass's handlers, hooks
+        and timers published. What a ``call_later(0)`` timer did, without a timer: its caller
+        keeps at most one waiting (bounded like the timers, ``P.TIMERS_MAX``)."""
+        assert len(self._pass_end) < P.TIMERS_MAX, "pass-end table full"
+        self._pass_end.append(fn)
+
     def pass_soon(self) -> None:
         """Make the next pass's poll not wait: a timer handed on work (a paused connection's
         buffered requests) that this pass's after-pass hooks, run before the timers, did not
@@ -188,7 +198,7 @@ class Reactor:
 
     def run_once(self, timeout_ms_max: int = 1000) -> None:
         self.passes += 1
-        timeout = 0 if self._pass_soon else self._timeout_ms(timeout_ms_max)
+        timeout = 0 if self._pass_soon or self._pass_end else self._timeout_ms(timeout_ms_max)
         self._pass_soon = False
         events = self.poller.poll(timeout)
         for sock, ready in events:
@@ -206,6 +216,18 @@ class Reactor:
             except LoomError:  # an operating error; a bug (anything else) stops the loop
                 log.exception("after-pass hook %r failed", fn)
         self._run_timers()
+        if self._pass_end:
+            self._run_pass_end()
+
+    def _run_pass_end(self) -> None:
+        """The ``at_pass_end`` functions given so far, each once; one given while they run waits
+        for the next pass (whose poll then does not wait)."""
+        due, self._pass_end = self._pass_end, []
+        for fn in due:
+            try:
+                fn()
+            except LoomError:  # an operating error; a bug (anything else) stops the loop
+                log.exception("pass-end function %r failed", fn)
 
     def _timeout_ms(self, timeout_ms_max: int) -> int:
         while self._timers and self._timers[0][2].cancelled:

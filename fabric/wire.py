@@ -6,6 +6,7 @@ is done, and every failure is a ``MalformedFrame`` with an error code to answer 
 
 from __future__ import annotations
 
+import operator
 from typing import Any, NamedTuple
 
 import msgpack
@@ -71,6 +72,20 @@ def split_router_frames(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 def decode_request(frames: list[bytes], received_ms: int = 0) -> Request:
     """Decode a ROUTER message. Raises MalformedFrame; the caller answers (identity permitting)
     and counts it."""
+    n = len(frames)
+    if 4 < n <= P.FRAMES_MAX and frames[0] and not frames[1] and frames[2] == P.VERSION:
+        # the common request, one identity frame and every limit kept: decoded with a call per
+        # step; anything else, and every refusal, goes the general way below
+        header = unpack(frames[4])
+        if header.__class__ is dict:
+            rid = header.get("id", 0)
+            if rid.__class__ is int and frames[3].__class__ is bytes \
+                    and sum(map(len, frames)) <= P.REQUEST_BYTES_MAX:
+                return Request(frames[:1], frames[3], header, frames[5:], received_ms)
+    return _decode_request_general(frames, received_ms)
+
+
+def _decode_request_general(frames: list[bytes], received_ms: int) -> Request:
     identity, _ = split_router_frames(frames[:8])  # the delimiter is near the front
     body = frames[len(identity) + 1:]
     if not identity:
@@ -215,6 +230,9 @@ class ReplicaPosition(NamedTuple):
                    _field(h, "hw", int), _field(h, "leo", int), _field(h, "topic_id", str, True) or "")
 
 
+_REPLICA_POSITION_FIELDS = operator.itemgetter(*ReplicaPosition._fields)  # a header's, in one call
+
+
 def encode_heartbeat(hb: Heartbeat | dict) -> list:
     return encode_pub(P.TOPIC_HEARTBEAT, P.PUB_HEARTBEAT, hb.to_header() if isinstance(hb, Heartbeat) else hb)
 
@@ -305,6 +323,19 @@ def decode_replication(frames: list[bytes]) -> tuple[str, list[ReplicaPosition],
     """A follower's SUB message, ``PUB_REPLICA`` or ``PUB_REPLICA_HEARTBEAT``: (the sender's node
     name, the leader positions in it, the batches -- of the one partition of a ``PUB_REPLICA``).
     Raises MalformedFrame."""
+    if len(frames) > 3 and frames[2] == P.PUB_REPLICA and frames[1] == P.VERSION:
+        # a partition's batches, the stream's common message: its header read with one call
+        # per step (decode_pub's and from_header's checks, the same MalformedFrame otherwise)
+        header = unpack(frames[3])
+        if header.__class__ is dict:
+            try:
+                fields = _REPLICA_POSITION_FIELDS(header)
+            except KeyError:
+                fields = None
+            if fields is not None and fields[0].__class__ is str and fields[1].__class__ is str \
+                    and fields[2].__class__ is int and fields[3].__class__ is int and fields[4].__class__ is int \
+                    and fields[5].__class__ is int and fields[6].__class__ is str:
+                return fields[0], [tuple.__new__(ReplicaPosition, fields)], frames[4:]
     if len(frames) > 2 and frames[2] == P.PUB_REPLICA_HEARTBEAT:
         hb = ReplicaHeartbeat.from_header(decode_pub(frames, P.PUB_REPLICA_HEARTBEAT).header)
         return hb.node, hb.positions, []

@@ -246,8 +246,34 @@ class ZmtpDealer(ConnectionMixin):
                     if pos < len(buf):
                         self._resume_later()  # the rest on the next pass
                     return
-                avail = len(buf) - pos
+                end = len(buf)
+                avail = end - pos
+                if not avail:
+                    return  # all of it parsed (the common end of a read)
                 if avail >= 2 and not buf[pos] & _NOT_SHORT_FRAME and self._state == _READY:
+                    if not self._frames:
+                        # a whole message of short frames here (a replicated one-record batch, a
+                        # reply): parsed in one loop and handed on once, not frame by frame
+                        frames, at, whole = [], pos, False
+                        while at + 2 <= end and not buf[at] & _NOT_SHORT_FRAME:
+                            body_end = at + 2 + buf[at + 1]
+                            if body_end > end:
+                                break
+                            frames.append(bytes(buf[at + 2:body_end]))
+                            flags, at = buf[at], body_end
+                            if not flags & FLAG_MORE:
+                                if len(frames) > P.FRAMES_MAX:
+                                    break  # the frame by frame path below refuses it
+                                pos, whole = at, True  # consumed before it is handed on
+                                self._budget -= 1
+                                try:
+                                    self.on_message(frames)
+                                except BaseException:  # the rest of what was read: on the next pass
+                                    self._resume_later()
+                                    raise
+                                break
+                        if whole:
+                            continue
                     # the common frame (a message frame of at most 255 bytes) parsed in place:
                     # the limits below cannot refuse it, and the handshake is done
                     end = pos + 2 + buf[pos + 1]

@@ -133,7 +133,7 @@ class RequestParserMixin:
                 if not self._budget_left(conn):
                     return pos  # the rest is parsed on a later pass (_feed_general pauses the connection)
                 frames: list = []
-                held = 0
+                held = count = 0  # the message's bytes and frames so far
                 at = pos
                 while True:
                     if at + 2 > end:
@@ -144,9 +144,10 @@ class RequestParserMixin:
                     size = data[at + 1]
                     held += size
                     body_end = at + 2 + size
-                    if body_end > end or len(frames) >= frames_max or held > bytes_max or size >= owned_min:
+                    if body_end > end or count >= frames_max or held > bytes_max or size >= owned_min:
                         return pos
                     frames.append(bytes(data[at + 2:body_end]))
+                    count += 1
                     at = body_end
                     if not flags & FLAG_MORE:
                         break

@@ -130,7 +130,7 @@ class ZmtpPublisher:
         self._subscribers: OrderedDict[bytes, _Subscriber] = OrderedDict()
         self._ready: list[_Subscriber] = []  # handshake done: the ones a message may go to
         self._pending: list[_Subscriber] = []  # with messages published in this pass, to write at its end
-        self._flush_timer: Timer | None = None
+        self._flush_waiting = False  # a flush is handed to the reactor's pass end
         # connections whose handshake is under way -> its deadline (ms), oldest first: one timer for all
         self._handshaking: dict[bytes, int] = {}
         self._handshake_timer: Timer | None = None
@@ -149,12 +149,12 @@ class ZmtpPublisher:
     # -- publishing ------------------------------------------------------------------------------
     def send(self, frames: list) -> None:
         """Publish one message to every subscriber of its first frame (matched now, as libzmq's
-        PUB matches at send). The messages of one reactor pass go out together at its end (a
-        timer due at once: after the pass's handlers and hooks), one ``sendmsg`` per subscriber
-        for all of them -- a produce of many partitions publishes a message per partition. A
-        message dropped for a subscriber (its output full, its connection broken or gone) is
-        counted in ``counters["dropped"]``. A frame that is not a contiguous buffer raises
-        before anything is queued."""
+        PUB matches at send). The messages of one reactor pass go out together at its end
+        (``Reactor.at_pass_end``: after the pass's handlers, hooks and timers), one ``sendmsg``
+        per subscriber for all of them -- a produce of many partitions publishes a message per
+        partition. A message dropped for a subscriber (its output full, its connection broken or
+        gone) is counted in ``counters["dropped"]``. A frame that is not a contiguous buffer
+        raises before anything is queued."""
         topic = frames[0]
         if topic.__class__ is not bytes:
             topic = bytes(topic)
@@ -169,14 +169,16 @@ class ZmtpPublisher:
             sub.pieces += pieces
             sub.sizes += sizes
             sub.messages += 1
-        if self._pending and self._flush_timer is None:
-            self._flush_timer = self.reactor.call_later(0, self.flush)
+        if self._pending and not self._flush_waiting:
+            self._flush_waiting = True
+            self.reactor.at_pass_end(self._flush_at_pass_end)
+
+    def _flush_at_pass_end(self) -> None:
+        self._flush_waiting = False
+        self.flush()
 
     def flush(self) -> None:
         """Write what was published since the last flush now."""
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
         pending, self._pending = self._pending, []
         dropped = 0
         for sub in pending:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import zmq
 
+from fabric import callcount
 from fabric import protocol as P
 from fabric import wire
 from fabric.clock import Clock
@@ -175,6 +176,8 @@ class Node:
             self.reactor.stop()
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        if callcount.install():
+            log.warning("call counting on (%s): SIGUSR1 starts it, SIGUSR2 writes it", callcount.ENV)
         log.info("%s (%s) serving on %s:%d pid %d", self.name, self.role, self.node_config.host,
                  self.node_config.port, os.getpid())
         self.reactor.run()  # a programmer error propagates: no clean close of a broken state

@@ -47,7 +47,7 @@ from nodes.broker.core_timers import (CACHE_ACTIVE_MS, CACHE_SHARE_INTERVAL_MS, 
 from nodes.broker.flusher import Flusher
 from nodes.broker.isr import IsrProposer
 from nodes.broker.messages import AppendRequest, FetchEntry, FetchInput, ProduceInput, ProduceResult, TopicPartition
-from nodes.broker.partition import Partition
+from nodes.broker.partition import LEADER, Partition
 from nodes.broker.partition_dirs import PartitionDirs
 
 __all__ = ["BrokerCore", "Waiters", "OnAppended", "UNFLUSHED_INTERVALS_MAX", "CACHE_ACTIVE_MS",
@@ -315,7 +315,7 @@ class BrokerCore(CoreTimersMixin):
         """acks=all: the high watermark of ``key`` reached ``offset`` -- or the partition is not
         led here any more (its waiters were failed by ``leadership_lost``)."""
         part = self.partitions.get(key)
-        return part is None or not part.is_leader or part.high_watermark >= offset
+        return part is None or part.role != LEADER or part.high_watermark >= offset
 
     def isr_shortfall(self, key: TopicPartition) -> str | None:
         """Why an acks=all write on ``key`` whose HW arrived is not acknowledged after all: an
@@ -405,11 +405,12 @@ class BrokerCore(CoreTimersMixin):
         """A follower's log end offset in ``leader_epoch`` (REPLICA_ACK): progress if it can be
         our data."""
         part = self.partitions.get(key)
+        if part is None or leader_epoch != part.leader_epoch or part.role != LEADER:
+            return
+        ours = part.engine.log_end_offset  # read once: every follower's ack comes here
         # past our log end it cannot be our data (a divergent tail): not progress
-        if part is not None and leader_epoch == part.leader_epoch and part.is_leader \
-                and log_end_offset <= part.log_end_offset:
-            if part.record_follower_fetch(follower_id, log_end_offset, now_ms):
-                self.changed(key)
+        if log_end_offset <= ours and part.record_follower_fetch(follower_id, log_end_offset, now_ms, ours):
+            self.changed(key)
 
     def follower_appended(self, part: Partition) -> None:
         """A follower's log grew (replication stream or fetch): flush it in time, wake waiters."""

@@ -84,11 +84,16 @@ class RequestHandlers:
     # -- produce -----------------------------------------------------------------------------------
     def on_produce(self, req: wire.Request) -> Any:
         mark("produce.request")
-        parts = req.get("parts", list)
-        acks = req.get("acks", int, 1)
+        get = req.header.get
+        parts, acks = get("parts"), get("acks", 1)
+        if parts.__class__ is not list or acks.__class__ is not int:
+            # not the usual fields: checked one by one, in this order (the error names the field)
+            parts = req.get("parts", list)
+            acks = req.get("acks", int, 1)
         if acks not in (0, 1, -1):
             raise RemoteError(P.MALFORMED_REQUEST, "acks must be 0, 1 or -1 (all)")
-        req.get("timeout_ms", int, 0)  # checked here: the group commit after the pass must not fail on it
+        if get("timeout_ms", 0).__class__ is not int:
+            req.get("timeout_ms", int, 0)  # checked here: the group commit after the pass must not fail on it
         if len(parts) != len(req.payloads):
             raise RemoteError(P.MALFORMED_REQUEST, f"{len(parts)} parts but {len(req.payloads)} payload frames")
         inputs, malformed = [], {}

@@ -49,6 +49,15 @@ class ProduceInput(NamedTuple):
         leader_epoch, possibly_written]`` (0 or 1; absent: 0, so a client from before the field
         is judged as it was, never refused for a producer the broker forgot) with its payload
         frame; None when malformed."""
+        # the part every client of today sends, checked with type() (msgpack makes exact ints
+        # and strs) and built without the Python-level __new__; anything else: the full check
+        if tp.__class__ is list and len(tp) == 4 and tp[0].__class__ is str and tp[1].__class__ is int \
+                and tp[2].__class__ is int and tp[3].__class__ is int and (tp[3] == 0 or tp[3] == 1):
+            return tuple.__new__(cls, (tp[0], tp[1], tp[2], data, tp[3] == 1))
+        return cls._decode_checked(tp, data)
+
+    @classmethod
+    def _decode_checked(cls, tp: Any, data: bytes) -> "ProduceInput | None":
         if not (isinstance(tp, (list, tuple)) and 2 <= len(tp) <= 4 and isinstance(tp[0], str)
                 and all(_is_int(x) for x in tp[1:])):
             return None

@@ -102,7 +102,9 @@ class ParkingLot:
         self._changed, self._all_changed = set(), False
         keep_p = []
         for item in self.produces:
-            if all(replicated(key, offset) for _, key, offset in item.waits):
+            waits = item.waits
+            if (replicated(waits[0][1], waits[0][2]) if len(waits) == 1  # the common produce: one partition
+                    else all(replicated(key, offset) for _, key, offset in waits)):
                 ready.replicated.append(item)
             elif now_ms >= item.deadline_ms:
                 for i, _, _ in item.waits:

@@ -224,6 +224,8 @@ class Partition(PartitionFollowerMixin):
         headers: list[B.BatchHeader] = []
         slots: list[int] = []
         dups_here: list[int] = []  # duplicates of a batch earlier in this call: as good as its write
+        end = self.engine.log_end_offset  # nothing is written before the engine's append below
+        next_offset = end  # where the next batch to write will start
         self.producers.begin_write()
         for i, data in enumerate(batches):
             written_maybe = i >= len(possibly_written) or possibly_written[i]
@@ -237,7 +239,7 @@ class Partition(PartitionFollowerMixin):
                     results.append((-1, e.code, e.message))
                     continue
             if dup is not None:
-                if dup >= self.log_end_offset:
+                if dup >= end:
                     dups_here.append(len(results))
                 results.append((dup, 0, "duplicate"))
                 continue
@@ -249,12 +251,11 @@ class Partition(PartitionFollowerMixin):
             results.append((-1, 0, ""))
             # producer state must see in-request ordering before the write (several batches of
             # one producer in one request)
-            self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
-                                  self.log_end_offset + sum(x.record_count for x in headers[:-1]))
+            self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, next_offset)
+            next_offset += h.record_count
         if not to_write:
             self.producers.end_write()
             return results, []
-        end = self.log_end_offset
         try:
             self._before_write()
             if self.epochs.latest_epoch != self.leader_epoch:
@@ -311,12 +312,14 @@ class Partition(PartitionFollowerMixin):
         return h
 
     # -- leader: follower tracking, HW, ISR -----------------------------------------------------
-    def record_follower_fetch(self, follower_id: int, fetch_offset: int, now_ms: int) -> bool:
-        """A follower fetched from ``fetch_offset`` (= its LEO). Returns True if the HW moved."""
+    def record_follower_fetch(self, follower_id: int, fetch_offset: int, now_ms: int,
+                              log_end_offset: int | None = None) -> bool:
+        """A follower fetched from ``fetch_offset`` (= its LEO). Returns True if the HW moved.
+        ``log_end_offset``: ours, when the caller has just read it (a REPLICA_ACK's check)."""
         st = self.followers.get(follower_id)
         if st is None:
             return False
-        leo = self.log_end_offset
+        leo = self.engine.log_end_offset if log_end_offset is None else log_end_offset
         if fetch_offset >= leo:
             st.last_caught_up_ms = now_ms
         elif fetch_offset >= st.leo_at_last_fetch:

@@ -15,7 +15,7 @@ by ``Partition.__init__``). Not thread-safe: owned by the broker's reactor, with
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from engines import batch as B
 from engines.api import EngineError
@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from nodes.broker.producers import ProducerStateTable
 
 log = logging.getLogger(__name__)
+
+
+def _older_epoch(base_offset: int, leader_epoch: int, last_epoch: int) -> B.BatchError:
+    return B.BatchError(f"batch at offset {base_offset} has leader epoch {leader_epoch}, older than {last_epoch} "
+                        "before it")
 
 
 class PartitionFollowerMixin:
@@ -73,27 +78,50 @@ class PartitionFollowerMixin:
                 break  # a gap: the next fetch repairs it
             if h.leader_epoch < last_epoch:
                 # epochs never go down along a log: a damaged header, or not our leader's
-                raise B.BatchError(f"batch at offset {h.base_offset} has leader epoch {h.leader_epoch}, "
-                                   f"older than {last_epoch} before it")
+                raise _older_epoch(h.base_offset, h.leader_epoch, last_epoch)
             last_epoch = h.leader_epoch
             fresh.append(view)
             headers.append(h)
             end = h.next_offset
         if fresh:
-            self._before_write()
-            counts = [h.record_count for h in headers]
-            self._check_stored_at(start, counts, [h.base_offset for h in headers], stored=False)
-            offsets = self.engine.append_many(fresh, **self._verified_kwargs)  # iter_batches verified each CRC
-            self._check_stored_at(start, counts, offsets)
-            try:
-                self.record_appended(headers)
-            except EngineError:  # the epoch checkpoint could not be written: undo the append
-                self.engine.truncate_to(start)
-                self.epochs.truncate_from_end(start)
-                self.producers.truncate_from(start)
-                raise
-            self._check_offsets()
+            self._write_fresh(start, fresh, [h.record_count for h in headers], [h.base_offset for h in headers],
+                              lambda: self.record_appended(headers))
         return len(fresh)
+
+    def append_batch_as_follower(self, data: Payload, fields: tuple, log_end_offset: int) -> int:
+        """``append_as_follower`` of ``data`` that is exactly one whole batch whose raw header
+        fields (``B.verify_fields``: its CRC verified) are ``fields``, our log end being
+        ``log_end_offset``: the replication stream's common message, its header parsed once by
+        the caller. The same decisions as ``append_as_follower`` takes for that batch: 0 when
+        we hold it already or it does not start at our log end, BatchError when its leader
+        epoch is older than our last, else it is appended (1). Raises as that method does."""
+        base, leader_epoch = fields[B.F_BASE_OFFSET], fields[B.F_LEADER_EPOCH]
+        if base + fields[B.F_RECORD_COUNT] <= log_end_offset or base != log_end_offset:
+            return 0  # already have it, or not the next batch (the next fetch repairs a gap)
+        last_epoch = self.epochs.latest_epoch
+        if leader_epoch < last_epoch:
+            raise _older_epoch(base, leader_epoch, last_epoch)
+        self._write_fresh(log_end_offset, [data], [fields[B.F_RECORD_COUNT]], [base],
+                          lambda: self._record_fields(fields))
+        return 1
+
+    def _write_fresh(self, start: int, fresh: list, record_counts: list[int], base_offsets: list[int],
+                     record: Callable[[], None]) -> None:
+        """Write the batches ``fresh`` (CRCs verified; of ``record_counts`` records at
+        ``base_offsets``) that continue the log end ``start``, then ``record()`` their producer
+        and epoch state; every method that appends as a follower ends here."""
+        self._before_write()
+        self._check_stored_at(start, record_counts, base_offsets, stored=False)
+        offsets = self.engine.append_many(fresh, **self._verified_kwargs)  # the caller verified each CRC
+        self._check_stored_at(start, record_counts, offsets)
+        try:
+            record()
+        except EngineError:  # the epoch checkpoint could not be written: undo the append
+            self.engine.truncate_to(start)
+            self.epochs.truncate_from_end(start)
+            self.producers.truncate_from(start)
+            raise
+        self._check_offsets()
 
     def record_appended(self, headers: list[B.BatchHeader]) -> None:
         """Producer and epoch state of batches the engine has stored (also at open:
@@ -101,6 +129,12 @@ class PartitionFollowerMixin:
         for h in headers:
             self.epochs.assign(h.leader_epoch, h.base_offset)
             self.producers.update(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset)
+
+    def _record_fields(self, fields: tuple) -> None:
+        """``record_appended`` of one batch given as its raw header fields."""
+        self.epochs.assign(fields[B.F_LEADER_EPOCH], fields[B.F_BASE_OFFSET])
+        self.producers.update(fields[B.F_PRODUCER_ID], fields[B.F_PRODUCER_EPOCH], fields[B.F_BASE_SEQUENCE],
+                              fields[B.F_RECORD_COUNT], fields[B.F_BASE_OFFSET])
 
     def truncate_to(self, offset: int) -> None:
         """Cut the log at ``offset`` (divergence found via the epoch cache)."""

@@ -195,14 +195,15 @@ class ReplicationSubscriber:
         fetcher = self.fetcher_for(part.leader_id)
         if fetcher is None:
             return None
+        # until a fetch has checked our log against this leader's, our log end may count records
+        # of an older epoch the leader does not have: neither report it nor take the leader's HW
+        # (an append, a fetch it triggers, does not change it: only a fetch's answer does)
+        ready = fetcher.stream_ready(key)
         if payloads:
-            if not fetcher.stream_ready(key):
+            if not ready:
                 fetcher.trigger()  # the log is not yet checked against this leader's
                 return None
             self._apply(part, payloads, fetcher)
-        # until a fetch has checked our log against this leader's, our log end may count records
-        # of an older epoch the leader does not have: neither report it nor take the leader's HW
-        ready = fetcher.stream_ready(key)
         if ready:
             part.set_high_watermark_from_leader(pos.hw)
         if part.log_end_offset < pos.leo:
@@ -212,17 +213,22 @@ class ReplicationSubscriber:
         return None
 
     def _apply(self, part: Partition, payloads: list[bytes], fetcher: ReplicaFetcher) -> None:
+        # the common message, one payload that is one whole batch whose CRC matches: its header
+        # parsed once (``fields``) and the log end read once, for append_batch_as_follower, which
+        # decides as append_as_follower does; anything else goes batch by batch
+        fields = B.whole_batch_fields(payloads[0]) if len(payloads) == 1 else None
         appended = 0
         for data in payloads:
-            if len(data) < B.HEADER_BYTES:
+            if fields is None and len(data) < B.HEADER_BYTES:
                 self.counters["repl_malformed"] += 1
                 return
-            base = B.base_offset_of(data)
-            if base > part.log_end_offset:
+            end = part.log_end_offset
+            if (B.base_offset_of(data) if fields is None else fields[B.F_BASE_OFFSET]) > end:
                 fetcher.trigger()  # a gap
                 return
             try:
-                appended += part.append_as_follower(data)
+                appended += (part.append_as_follower(data) if fields is None
+                             else part.append_batch_as_follower(data, fields, end))
             except (EngineError, B.BatchError) as e:
                 log.error("%s-%d: replicated batch rejected: %s", part.topic, part.partition, e)
                 fetcher.trigger()
