@@ -90,7 +90,8 @@ class RequestHandlers:
             # not the usual fields: checked one by one (the error names the field)
             parts = req.get("parts", list)
             acks = req.get("acks", int, 1)
-            req.get("timeout_ms", int, 0)  # checked here: the group commit after the pass must not fail on it
+            if acks in (0, 1, -1):  # else refused below, for acks before timeout_ms
+                req.get("timeout_ms", int, 0)  # checked here: the group commit after the pass must not fail on it
         if acks not in (0, 1, -1):
             raise RemoteError(P.MALFORMED_REQUEST, "acks must be 0, 1 or -1 (all)")
         if len(parts) != len(req.payloads):
