@@ -171,10 +171,14 @@ def register(api: Api, gw: Gateway) -> None:
             path_params=inst_path, errors=(40401, 40403, 42205), body=body_types(seeks),
             description="An entry may name the `topic_id` its offset is of (as GET …/offsets answers it): an "
                         "id of a topic deleted since -- made again under its name -- is refused 404 (40401) "
-                        "and nothing is sought, instead of taking the old topic's offset for the new topic.")
+                        "and nothing is sought, instead of taking the old topic's offset for the new topic. A "
+                        "partition named twice takes its last entry (its offset with its own `topic_id`, or none).")
     def seek(group_name: str, instance: str, body: dict, content_type: str) -> None:
-        offsets = {(o["topic"], o["partition"]): o["offset"] for o in body["offsets"]}
-        ids = {(o["topic"], o["partition"]): o["topic_id"] for o in body["offsets"] if "topic_id" in o}
+        # a partition named twice takes its last entry, as a commit's body does: its offset with its
+        # own topic_id (or none) -- never an earlier entry's id with a later entry's offset
+        last = {(o["topic"], o["partition"]): o for o in body["offsets"]}
+        offsets = {tp: o["offset"] for tp, o in last.items()}
+        ids = {tp: o["topic_id"] for tp, o in last.items() if "topic_id" in o}
         call(group_name, instance, lambda h: h.seek(offsets, ids or None))
 
     @api.op("GET", base + "/positions", role="consume", tag="consumers",

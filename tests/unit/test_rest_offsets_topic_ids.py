@@ -176,3 +176,18 @@ def test_a_seek_without_topic_ids_is_as_before(served: Any) -> None:
                     json={"offsets": [{"topic": "t", "partition": 0, "offset": 9}]})
     assert r.status_code == 204, r.data
     assert agent.sought == [({("t", 0): 9}, None)]
+
+
+@pytest.mark.parametrize("second", [{"offset": 7}, {"offset": 7, "topic_id": "id-t"}])
+def test_a_partition_named_twice_in_a_seek_takes_offset_and_topic_id_from_the_same_entry(
+        served: Any, second: dict) -> None:
+    """The last entry of a partition wins, as in a commit's body -- its offset with its own
+    topic_id (or none): the offset of the last entry was sought with the topic_id of an earlier
+    one, naming a topic the offset may not be of (a spurious 404, or the wrong topic's check)."""
+    client, agent = served
+    r = client.post(BASE + "/positions", headers=HEADERS,
+                    json={"offsets": [{"topic": "t", "partition": 0, "offset": 20, "topic_id": "id-t0"},
+                                      {"topic": "t", "partition": 0, **second}]})
+    assert r.status_code == 204, r.data
+    ids = {("t", 0): second["topic_id"]} if "topic_id" in second else None
+    assert agent.sought == [({("t", 0): 7}, ids)]
