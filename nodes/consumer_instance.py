@@ -326,8 +326,8 @@ class Instance(threading.Thread):
         committed, ids = c.committed_with_topic_ids([(t, p) for t, p in parts if (t, p) not in held])
         c.assign([(t, p) for t, p in parts])
         for tp, offset in committed.items():
-            if offset is not None:  # of that topic: one made again meanwhile starts at the new one's log start
-                c.seek(tp, offset, topic_id=ids.get(tp[0], ""))
+            if offset is not None:  # of that topic: one deleted meanwhile starts at the new one's log start
+                c.seek(tp, offset, topic_id=ids.get(tp[0], ""), committed=True)
         # nothing committed: reset at once (the consumer would look them up again) -- to the log
         # start of one that appeared while the instance read its topic, else auto_offset_reset
         # (sought to the log end, latest skipped what was written to a partition added meanwhile)
@@ -419,8 +419,9 @@ def _check_topic_ids(c: GroupConsumer, entries: list) -> None:
     deleted is of a topic made again under its name since (a committed offset looked up before):
     taken, the new topic's records below it were skipped. Any other (the instance's metadata
     older than a topic just made again, or an id that never was) is refused too -- taken, the
-    partition waited for metadata naming it, forever for an id that never was -- and the
-    metadata is asked for, so that a client whose topic was just made again can seek again."""
+    partition waited for the coordinator's metadata, and for an id that never was the client's
+    next fetch failed -- and the metadata is asked for, so that a client whose topic was just
+    made again can seek again."""
     deleted = set(c.metadata.deleted_topic_ids)
     for t, p, _o, *topic_id in entries:
         named = topic_id[0] if topic_id else ""

@@ -55,7 +55,9 @@ FETCH_RETRY_BACKOFF_MS = 100   # a partition whose fetch was refused or failed w
 # a reset to where a partition with nothing to start from starts: decided when it is sent
 # (``_start_spec``: its log start if it appeared while the consumer read its topic, else the policy)
 AUTO_RESET = "auto"
-ResetSpec = int | str | None   # EARLIEST, LATEST, AUTO_RESET, or None: auto_offset_reset "none"
+# EARLIEST, LATEST, AUTO_RESET, None: auto_offset_reset "none", or the error ``poll`` raises until the
+# application seeks (a seek naming a topic id that will never be its topic's: ``_never_current``)
+ResetSpec = int | str | RemoteError | None
 
 
 class ConsumerClient(Protocol):
@@ -158,6 +160,9 @@ class Consumer(ConsumerFailover):
         # does not start it again (``_recreated_partitions``), and it is read once the metadata
         # names its id (``_positioned_from_outside``)
         self._ahead_of_metadata: dict[TopicPartition, str] = {}
+        # per partition of ``_ahead_of_metadata``, (``_md_asked`` when its position was set, whether that
+        # was a committed offset): the coordinator's answer to a later request judges it (``_judge_ahead``)
+        self._ahead_since: dict[TopicPartition, tuple[int, bool]] = {}
         self._first_seen: dict[str, tuple[str | None, int]] = {}  # ``_note_first_seen``
         self._unseen: dict[str, int] = {}  # ``_began_reading``
         self._closed = False
@@ -178,6 +183,7 @@ class Consumer(ConsumerFailover):
         self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
         self._positioned_in = {tp: i for tp, i in self._positioned_in.items() if tp in keep}
         self._ahead_of_metadata = {tp: i for tp, i in self._ahead_of_metadata.items() if tp in keep}
+        self._ahead_since = {tp: s for tp, s in self._ahead_since.items() if tp in keep}
         self._keep_buffered(lambda tp: tp in keep)
         self._began_reading()
 
@@ -188,30 +194,41 @@ class Consumer(ConsumerFailover):
     def assignment(self) -> list[TopicPartition]:
         return sorted(self.positions)
 
-    def seek(self, tp: TopicPartition, offset: int, *, topic_id: str = "") -> None:
+    def seek(self, tp: TopicPartition, offset: int, *, topic_id: str = "", committed: bool = False) -> None:
         """Fetch ``tp`` from ``offset`` next. ``topic_id``: the id of the topic ``offset`` is of,
-        where known (a group's committed offset: ``committed_with_topic_ids``), else the topic the
-        metadata names now. Raises FabricError when it is not assigned, ValueError for a
-        negative offset (as Kafka's: ``seek_to_beginning``/``_end`` name those)."""
+        where known, else the topic the metadata names now. An id the metadata lists as deleted
+        starts ``tp`` at the new topic's log start (an offset of the topic before, made again
+        since); one it does not name yet is waited for (a topic just made again) until the
+        coordinator's metadata, asked for after this seek, says: not its topic's id then, ``poll``
+        raises RemoteError(unknown_topic_id) for ``tp`` until it is sought again -- unless
+        ``committed``: ``offset`` is the group's committed offset of ``topic_id``
+        (``committed_with_topic_ids``), so the id was its topic's once, and ``tp`` starts at the
+        new topic's log start, as for one listed as deleted (``_judge_ahead``). Raises FabricError
+        when ``tp`` is not assigned, ValueError for a negative offset (as Kafka's:
+        ``seek_to_beginning``/``_end`` name those)."""
         if offset < 0:
             raise ValueError(f"seek offset must not be negative, got {offset}")
         self._check_assigned([tp])
         self._move_to(tp, offset)
         self._taken.pop(tp, None)
-        self._positioned_from_outside([tp], {tp[0]: topic_id} if topic_id else None)
+        self._positioned_from_outside([tp], {tp[0]: topic_id} if topic_id else None, committed=committed)
 
-    def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None:
+    def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None, *,
+                                 committed: bool = True) -> None:
         """``tps`` were given positions from outside (a seek, a group's committed offset). Where
         the source said which topic they are offsets of (``of``, {topic: id}: the coordinator's
         committed offsets), they count as read in it: metadata that names the topic by another
         id starts them again (``_take_metadata``), at once where the metadata lists that id as
         deleted -- an old topic's committed offset, taken as the topic was made again, skipped
-        the new topic's records below it. Else they are offsets of the topic the metadata names
-        now, as far as a commit of them goes (``_positioned_in``)."""
+        the new topic's records below it. One the metadata does not name yet waits for the
+        coordinator's word (``_judge_ahead``; ``committed``: the id is a committed offset's, not
+        an application's seek's). Else they are offsets of the topic the metadata names now, as
+        far as a commit of them goes (``_positioned_in``)."""
         gone = []
         for tp in tps:
             named = of.get(tp[0]) if of else None
             self._ahead_of_metadata.pop(tp, None)
+            self._ahead_since.pop(tp, None)
             if named:
                 self._read_in[tp] = named
                 self._positioned_in.pop(tp, None)
@@ -219,6 +236,8 @@ class Consumer(ConsumerFailover):
                     gone.append(tp)
                 elif self.metadata.topic_ids_of([tp[0]]).get(tp[0]) != named:
                     self._ahead_of_metadata[tp] = named  # read once the metadata names it (``_on_fetch``)
+                    self._ahead_since[tp] = (self._md_asked, committed)
+                    self._refresh_metadata()
                 continue
             self._read_in.pop(tp, None)
             t = self.metadata.topics.get(tp[0])
@@ -227,11 +246,7 @@ class Consumer(ConsumerFailover):
             else:
                 self._positioned_in.pop(tp, None)
         if gone:
-            # the group read the topic deleted since: every record of a topic made again under its
-            # name is newer than that, whatever auto_offset_reset says (``_take_metadata``)
-            log.warning("the committed offsets of %s are of a topic deleted since: they start again at the new "
-                        "topic's log start", ", ".join(f"{t}-{p}" for t, p in gone))
-            self._reset(gone, EARLIEST)
+            self._start_deleted(gone)
 
     def _move_to(self, tp: TopicPartition, offset: int) -> None:
         """``seek``, in the topic the position was read in (records taken and given back)."""
@@ -300,6 +315,8 @@ class Consumer(ConsumerFailover):
         for tp in tps or list(self.positions):
             at = self.positions.get(tp)
             self._forget_reset(tp)
+            self._ahead_of_metadata.pop(tp, None)  # no longer a position set from outside
+            self._ahead_since.pop(tp, None)
             self.positions[tp] = None
             self._reset_specs[tp] = spec
             self._drop_buffered(tp)
@@ -622,6 +639,9 @@ class Consumer(ConsumerFailover):
 
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, AUTO_RESET)
+        if isinstance(spec, RemoteError):  # raised by every poll until the application seeks
+            self._position_errors[tp] = (None, spec)
+            return
         if spec == AUTO_RESET:
             spec = self._start_spec(tp)
             if spec is None and not self._heard_since_waiting(tp):

@@ -74,6 +74,7 @@ class ConsumerFailover:
     _read_in: dict[TopicPartition, str]  # per assigned partition, the topic id its position was read in
     # ... where that is an id the metadata did not name yet (``_positioned_from_outside``)
     _ahead_of_metadata: dict[TopicPartition, str]
+    _ahead_since: dict[TopicPartition, tuple[int, bool]]  # per one of those, (``_md_asked`` then, committed?)
     # per topic read, (its id, its partition count) as the metadata named it when the consumer began
     # reading it (id None: the metadata had no such topic); ``_appeared_while_read``
     _first_seen: dict[str, tuple[str | None, int]]
@@ -84,7 +85,7 @@ class ConsumerFailover:
 
     if TYPE_CHECKING:  # Consumer's, never these
         def _client(self, endpoint: str) -> ConsumerClient: ...
-        def _reset(self, tps: list[TopicPartition] | None, spec: int | None) -> None: ...
+        def _reset(self, tps: list[TopicPartition] | None, spec: int | RemoteError | None) -> None: ...
         def _policy_spec(self) -> int | None: ...
         def _topics_read(self) -> set[str]: ...
 
@@ -156,7 +157,8 @@ class ConsumerFailover:
                     self._md_backoff_ms = min(2 * self._md_backoff_ms, METADATA_BACKOFF_MS_MAX)
                 self._md_next_ms = self.clock.now_ms() + self._md_backoff_ms
                 self._note_first_seen(endpoint, asked)
-            if self._unseen:
+                self._judge_ahead(endpoint, asked)
+            if self._unseen or self._ahead_of_metadata:
                 self._refresh_metadata()
         timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS, len(self.endpoints) > 1)
         self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=timeout_ms)
@@ -218,8 +220,7 @@ class ConsumerFailover:
             return
         coordinator = self.metadata.coordinator
         if coordinator and endpoint != coordinator and not self._md_silence.silent(coordinator):
-            self._md_index += self._md_index % 2
-            self._md_next_ms = self.clock.now_ms()
+            self._ask_coordinator_next()
             return
         topics = self.metadata.topics
         noted = {topic: topics[topic].topic_id if topic in topics else None
@@ -239,6 +240,74 @@ class ConsumerFailover:
                 self._first_seen[topic] = (read_before[topic], 0)
             else:
                 self._first_seen[topic] = (t.topic_id, len(t.partitions)) if t is not None else (None, 0)
+
+    def _ask_coordinator_next(self) -> None:
+        """The next metadata request goes to the coordinator, at once (``metadata_endpoint``: its
+        turn is every even attempt)."""
+        self._md_index += self._md_index % 2
+        self._md_next_ms = self.clock.now_ms()
+
+    def _judge_ahead(self, endpoint: str, asked: int) -> None:
+        """A metadata answer from ``endpoint`` to the ``asked``-th request came. A position set
+        from outside in a topic id the metadata did not name (``_ahead_of_metadata``) waits for
+        metadata naming it -- the id may be newer than the metadata -- only until the coordinator,
+        the source of truth, answers a request sent after the position was set: naming another
+        id for its topic (or no such topic), the id is deleted or never was, and ids are never
+        used again, so the wait would be forever (``_never_current``). Never on a broker's answer
+        (its copy may be behind the coordinator's, older than the id), nor on one to a request
+        sent before the position was set; while the coordinator is silent the partition waits.
+        The metadata judged is the consumer's after the answer: as new as it, or newer."""
+        ahead = self._ahead_of_metadata
+        if not ahead:
+            return
+        md = self.metadata
+        if not md.coordinator or endpoint != md.coordinator:
+            if md.coordinator and not self._md_silence.silent(md.coordinator):
+                self._ask_coordinator_next()
+            return
+        since, topics = self._ahead_since, md.topics
+        # a topic named without an id (an older coordinator) tells nothing: still waiting
+        judged = [tp for tp in ahead if since.get(tp, (asked, True))[0] < asked
+                  and (tp[0] not in topics or topics[tp[0]].topic_id)]
+        never = []
+        for tp in judged:
+            topic_id = ahead.pop(tp)
+            _asked, committed = since.pop(tp)
+            if tp[0] not in topics or topics[tp[0]].topic_id != topic_id:
+                never.append((tp, topic_id, committed))
+        if never:
+            self._never_current(never)
+
+    def _never_current(self, never: list[tuple[TopicPartition, str, bool]]) -> None:
+        """Partitions positioned in a topic id that will never be their topic's (``_judge_ahead``),
+        as (partition, id, whether a committed offset's). A committed offset's id was its topic's
+        once (the coordinator named it), so it is of a topic deleted since, and the partition starts
+        at the new topic's log start, as for an id the metadata lists as deleted -- after more
+        deletions than that list keeps, it is no longer listed (``_start_deleted``). So does an
+        application's seek naming an id listed as deleted; any other id of a seek is one the
+        consumer cannot place (deleted long ago, or never an id of the topic): ``poll`` raises
+        RemoteError(unknown_topic_id) for the partition until the application seeks it again."""
+        deleted = set(self.metadata.deleted_topic_ids)
+        gone = [tp for tp, topic_id, committed in never if committed or topic_id in deleted]
+        if gone:
+            self._start_deleted(gone)
+        for tp, topic_id, committed in never:
+            if committed or topic_id in deleted:
+                continue
+            why = (f"{tp[0]}-{tp[1]}: topic id {topic_id}, named by its seek, is not the id of topic {tp[0]!r} and "
+                   f"never will be (deleted long since, or never an id of it): seek it again")
+            log.warning("%s", why)
+            self._reset([tp], RemoteError(P.UNKNOWN_TOPIC_ID, why))
+            self._positioned_in.pop(tp, None)  # a position of nothing: no commit or reading began by it
+
+    def _start_deleted(self, tps: list[TopicPartition]) -> None:
+        """``tps`` were positioned at offsets of their topic deleted since (a group's committed
+        offsets; a seek naming the id): every record of a topic made again under its name is newer
+        than that reading, whatever auto_offset_reset says -- they start at its log start
+        (``_take_metadata``)."""
+        log.warning("the committed offsets of %s are of a topic deleted since: they start again at the new "
+                    "topic's log start", ", ".join(f"{t}-{p}" for t, p in tps))
+        self._reset(tps, EARLIEST)
 
     def _appeared_while_read(self, tp: TopicPartition) -> bool:
         """``tp`` was not there when the consumer began reading its topic: the topic had fewer
@@ -273,6 +342,7 @@ class ConsumerFailover:
         if ahead:  # those ``md`` names are no longer ahead of the metadata
             self._ahead_of_metadata = ahead = {tp: i for tp, i in ahead.items()
                                                if md.topic_ids_of([tp[0]]).get(tp[0]) != i}
+            self._ahead_since = {tp: s for tp, s in self._ahead_since.items() if tp in ahead}
         out = []
         for tp, read_in in self._read_in.items():
             new = md.topics.get(tp[0])

@@ -328,8 +328,8 @@ class GroupCommits:
     def committed_with_topic_ids(self, tps: list[TopicPartition]) -> tuple[dict[TopicPartition, int | None],
                                                                           dict[str, str]]:
         """``committed_offsets``, and {topic: id} of the topics those offsets are of (empty from an
-        older coordinator): a host that seeks to them says so (``seek(..., topic_id=)``), so that
-        an offset of a topic made again since is not taken for one of the new topic."""
+        older coordinator): a host that seeks to them says so (``seek(..., topic_id=, committed=True)``),
+        so that an offset of a topic made again since is not taken for one of the new topic."""
         self._check_open()
         if not tps:
             return {}, {}

@@ -273,6 +273,15 @@ class RestInstance:
         """The offsets of one fetch answer (records of t-0)."""
         return [r.offset for r in self.request("fetch", timeout_ms=1000, max_records=max_records, **header)["records"]]
 
+    def fetch_records(self, fetches: int = 20) -> list[int]:
+        """``fetch`` until an answer has records, at most ``fetches`` times: that answer's offsets."""
+        got: list[int] = []
+        for _ in range(fetches):
+            got = self.fetch()
+            if got:
+                break
+        return got
+
     def idle(self, ms: int) -> None:
         """``ms`` pass with no request from the client: the service maintains the instance."""
         for _ in range(ms // 100):

@@ -200,11 +200,7 @@ def test_a_rest_instance_assigned_at_an_old_topics_committed_offset_reads_the_ne
             return reply
         rest.link.answer = made_again_after_the_answer
         rest.request("assign", partitions=[["t", 0]])
-        got: list[int] = []
-        for _ in range(10):
-            got = rest.fetch()
-            if got:
-                break
+        got = rest.fetch_records()
         assert got == list(range(10)), "the old topic's committed offset was used in the new topic"
     finally:
         rest.instance._close()

@@ -12,9 +12,13 @@ tests/unit/builders_group_consumer.py.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+from fabric import protocol as P
 from fabric.client.group import GroupConsumer
+from fabric.errors import RequestTimeout
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
-from tests.unit.builders_group_consumer import T0, SubscribedMember
+from tests.unit.builders_group_consumer import T0, OnePartitionBroker, SubscribedMember
 
 NEW_ID = "id-t2"
 COMMITTED = 500
@@ -29,11 +33,35 @@ def _poll(consumer: GroupConsumer, polls: int) -> list[int]:
     return got
 
 
+class _SilentCoordinator:
+    """The coordinator's endpoint while it is silent: every METADATA ask times out (in the
+    member's next reactor pass). Its metadata would name the new topic -- the coordinator's
+    OFFSET_FETCH named it -- so the member's metadata comes from the broker's stale copy only."""
+
+    def __init__(self, broker: OnePartitionBroker) -> None:
+        self.broker = broker
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        assert command == P.METADATA, command
+        self.broker.replies.append(lambda: callback(None, [], RequestTimeout("metadata timed out")))
+        return len(self.broker.replies)
+
+    def cancel(self, request_id: int) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 def test_a_committed_offset_of_the_new_topic_is_not_read_in_the_old_one_by_a_member_with_stale_metadata() -> None:
     m = SubscribedMember(auto_offset_reset="latest")
+    silent = _SilentCoordinator(m.broker)
+    m.consumer._client_factory = lambda endpoint: silent if endpoint == m.broker.metadata.coordinator else m.broker
     try:
         # t was deleted and made again (NEW_ID), and the group committed 500 in the new topic; the
-        # member's metadata, and the broker it points to, still name the old topic
+        # member's metadata, and the broker it points to, still name the old topic (the
+        # coordinator, silent, is not heard)
         m.coordinator.topic_ids["t"] = NEW_ID
         m.coordinator.committed[T0] = COMMITTED
         before = _poll(m.consumer, 5)
