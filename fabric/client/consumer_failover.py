@@ -305,8 +305,9 @@ class ConsumerFailover:
         offsets; a seek naming the id): every record of a topic made again under its name is newer
         than that reading, whatever auto_offset_reset says -- they start at its log start
         (``_take_metadata``)."""
-        log.warning("the committed offsets of %s are of a topic deleted since: they start again at the new "
-                    "topic's log start", ", ".join(f"{t}-{p}" for t, p in tps))
+        log.warning("the positions of %s (committed offsets, or a seek naming the topic's id) are of a topic "
+                    "deleted since: they start again at the new topic's log start",
+                    ", ".join(f"{t}-{p}" for t, p in tps))
         self._reset(tps, EARLIEST)
 
     def _appeared_while_read(self, tp: TopicPartition) -> bool:

@@ -93,8 +93,7 @@ def test_a_committed_offset_of_a_topic_deleted_and_no_longer_listed_starts_at_th
         c.close()
 
 
-def test_a_rest_instance_assigned_a_partition_committed_in_a_topic_deleted_and_no_longer_listed_reads_it_from_its_log_start(
-        ) -> None:
+def test_a_rest_instance_assigned_a_partition_committed_in_an_unlisted_deleted_topic_reads_from_the_log_start() -> None:
     rest = RestInstance()
     rest.coordinator.committed[T0] = 500
     rest.coordinator.topic_ids["t"] = GONE_ID
@@ -128,14 +127,20 @@ def _new_topic_behind_the_brokers(cluster: _Cluster, coordinator: _SubscribedTop
     coordinator.topic_ids["t"] = NEW_ID
 
 
-def test_a_committed_offset_newer_than_the_metadata_waits_while_only_brokers_stale_copies_answer() -> None:
+@pytest.mark.parametrize("how", ["committed", "seek"])
+def test_a_position_in_an_id_newer_than_the_metadata_waits_while_only_brokers_stale_copies_answer(how: str) -> None:
+    """``seek``: the application seeks to 900 of the new topic, naming its id."""
     cluster = _SilentCoordinatorCluster()
     coordinator = _SubscribedTopics(cluster)
     _new_topic_behind_the_brokers(cluster, coordinator)
     cluster.silent = True
     c = _group_consumer(cluster, coordinator)
     try:
-        c.subscribe(["t"])
+        if how == "committed":
+            c.subscribe(["t"])
+        else:
+            c.assign([T0])
+            c.seek(T0, COMMITTED, topic_id=NEW_ID)
         got = _poll_until(c, bool, 30)
         assert got == [] and c.position(T0) == COMMITTED, \
             f"given up on the word of brokers' copies: read {got[:1]}, position {c.position(T0)}"
@@ -190,8 +195,7 @@ def test_the_coordinators_answer_naming_the_id_is_read_at_the_committed_offset()
         c.close()
 
 
-def test_a_committed_offset_of_a_topic_deleted_and_not_made_again_waits_for_the_new_topic_and_reads_it_from_its_log_start(
-        ) -> None:
+def test_a_committed_offset_of_a_topic_deleted_and_not_made_again_reads_the_new_topic_from_its_log_start() -> None:
     """The coordinator's metadata has no topic t (deleted, its id no longer listed): given up, the
     partition has nothing to fetch until t is made again, and then starts at its log start -- never
     at the old topic's committed offset."""
