@@ -17,8 +17,10 @@ is newer than the consumer's reading of the topic (the policy is for a partition
 has no position in at all; ``latest`` there skipped what was written to the new topic before the
 consumer noticed it). So does a partition that appears while the consumer reads its topic (more
 partitions, a topic made again, a topic subscribed to before it existed) and has nothing to start
-from: ``_appeared_while_read``. A partition whose fetch was refused (not_leader, an epoch error) or failed waits
-``FETCH_RETRY_BACKOFF_MS`` or for newer metadata, and metadata requests back off
+from: ``_appeared_while_read``. A position set from outside in a topic id the metadata does not
+name yet waits for it only until the coordinator's metadata, asked for after the position was
+set, names another id (``_judge_ahead``). A partition whose fetch was refused (not_leader, an
+epoch error) or failed waits ``FETCH_RETRY_BACKOFF_MS`` or for newer metadata, and metadata requests back off
 (``METADATA_BACKOFF_MS`` doubling to ``METADATA_BACKOFF_MS_MAX`` while nothing new comes),
 so a cluster with no leader for a partition is asked a few times a second, not flooded.
 
