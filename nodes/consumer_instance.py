@@ -344,7 +344,9 @@ class Instance(threading.Thread):
             elif to == "end":
                 c.seek_to_end(tps)
             elif to == "offsets":
-                entries = h.get("offsets") or []
+                # a partition named twice takes its last entry whole (offset and topic id), as the
+                # REST route does: an earlier entry's id neither refuses the seek nor goes with it
+                entries = list({(e[0], e[1]): e for e in h.get("offsets") or []}.values())
                 _check_topic_ids(c, entries)
                 # every partition checked before any is sought: a refusal leaves every position as it was
                 assigned = set(c.assignment())

@@ -83,6 +83,19 @@ def test_a_seek_naming_an_id_the_instance_does_not_know_is_refused_and_the_metad
     assert rest.fetch()[:1] == [position], "the partition stopped being read"
 
 
+def test_a_partition_named_twice_in_a_seek_is_judged_by_its_last_entry_only() -> None:
+    """The instance's side of ``POST …/positions`` (and of any client of CONSUMER_SEEK): the last
+    entry of a partition wins, and an earlier one's id neither refuses the seek nor goes with it."""
+    rest = RestInstance()
+    rest.coordinator.committed[T0] = 500
+    assert rest.fetch()[:1] == [500]
+    rest.request("seek", to="offsets", offsets=[["t", 0, 3, "no-such-id"], ["t", 0, 7]])
+    assert rest.fetch()[:1] == [7]
+    with pytest.raises(RemoteError) as refused:
+        rest.request("seek", to="offsets", offsets=[["t", 0, 3], ["t", 0, 9, "no-such-id"]])
+    assert refused.value.code == P.UNKNOWN_TOPIC_ID
+
+
 @pytest.mark.parametrize("entry, ok", [(["t", 0, 5], True), (["t", 0, 5, "id-t"], True), (["t", 0, 5, 7], False),
                                        (["t", 0, 5, "id-t", "x"], False)])
 def test_a_seeks_entries_may_name_a_topic_id(entry: list, ok: bool) -> None:
