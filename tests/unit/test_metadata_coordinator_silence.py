@@ -314,3 +314,41 @@ def test_endpoints_another_watcher_sees_down_are_asked_last() -> None:
     assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0)[-2:] == [BROKERS[0], COORDINATOR]
     down.clear()  # seen up again: first again
     assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0) == [COORDINATOR, *BROKERS]
+
+
+# -- a slow but live node, every other endpoint dead ----------------------------------------
+
+def _slow(scripted: Any, delay_s: float, md: ClusterMetadata = MD) -> str:
+    """A node answering metadata ``delay_s`` after each ask (a loaded machine)."""
+    def answer(req: Any) -> tuple[dict, list]:
+        time.sleep(delay_s)
+        return {"metadata": md.to_wire()}, []
+    return scripted(answer)
+
+
+def test_a_slow_first_endpoint_is_heard_when_the_endpoints_after_it_do_not_answer(scripted: Any,
+                                                                                    mute_broker: Any) -> None:
+    """[coordinator, broker], the broker dead and the coordinator answering in 1.2 s: waited
+    for the whole timeout it answered; cut to NOT_LAST_ASK_TIMEOUT_MS as not the round's last,
+    every fetch failed -- the dead broker, asked last, was the one given the whole timeout."""
+    dead, _ = mute_broker
+    slow = _slow(scripted, 1.2)
+    got, endpoint = fetch_metadata(zmq.Context.instance(), [slow, dead], 1500)
+    assert (got.version, endpoint) == (MD.version, slow)
+
+
+def test_a_silent_coordinator_asked_last_is_heard_when_it_answers_within_the_whole_timeout(
+        scripted: Any, mute_broker: Any) -> None:
+    """Within its backoff the coordinator is asked last: with every broker dead it is the one
+    node left, yet it was probed for COORDINATOR_PROBE_TIMEOUT_MS -- a coordinator back but
+    slower than that (0.8 s) never answered a fetch (the backoff grew, the probe stayed short)."""
+    dead, _ = mute_broker
+    slow = _slow(scripted, 0.8)
+    md = dataclasses.replace(MD, coordinator=slow)
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    silence.heard(slow, RequestTimeout("no reply"), int(time.monotonic() * 1000))
+    assert silence.order([slow, dead], slow, int(time.monotonic() * 1000)) == [dead, slow]
+    got, endpoint = fetch_metadata(zmq.Context.instance(), [slow, dead], 1500, slow, silence=silence)
+    assert endpoint == slow
+    assert not silence.silent(slow), "its answer did not end its silence"
