@@ -90,6 +90,7 @@ class CoordinatorSilence:
         self._down = down
         self._lock = threading.Lock()
         self._known: tuple[str, str] = ("", "")  # (coordinator, state_id) of the latest metadata seen
+        self._known_cluster_id, self._known_version = "", -1  # of that metadata (versions only grow)
         self._silent: tuple[str, str] | None = None  # that of the coordinator that went silent
         self._backoff_ms = 0
         self._until_ms = 0
@@ -99,11 +100,16 @@ class CoordinatorSilence:
     def seen(self, md: ClusterMetadata) -> None:
         """Metadata taken, from any node: one naming another coordinator ends the silence. One
         naming none (a client's before its first answer) tells nothing: shared, it ended the
-        silence of every client."""
+        silence of every client; nor does one older than the latest seen of the same cluster (a
+        lower version: another client's, kept since its last refresh -- naming the coordinator's
+        process before a restart, it ended the silence of the process after)."""
         if not md.coordinator:
             return
         dead = md.dead_endpoints()
         with self._lock:
+            if md.cluster_id == self._known_cluster_id and md.version < self._known_version:
+                return
+            self._known_cluster_id, self._known_version = md.cluster_id, md.version
             self._known, self._dead = (md.coordinator, md.state_id), dead
             if self._silent is not None and self._silent != self._known:
                 self._silent = None

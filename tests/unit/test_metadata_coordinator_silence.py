@@ -352,3 +352,17 @@ def test_a_silent_coordinator_asked_last_is_heard_when_it_answers_within_the_who
     got, endpoint = fetch_metadata(zmq.Context.instance(), [slow, dead], 1500, slow, silence=silence)
     assert endpoint == slow
     assert not silence.silent(slow), "its answer did not end its silence"
+
+
+def test_a_client_holding_older_metadata_neither_ends_a_shared_silence_nor_asks_the_silent_coordinator() -> None:
+    """A gateway request thread's records-browser consumer keeps the metadata of its last read:
+    one from before the coordinator's restart (another ``state_id``) ended the silence of every
+    thread when it asked for metadata (``seen`` took it for the newest), and was sent to the
+    silent coordinator; the next fetch of every thread waited for it again (1 s) and its backoff
+    started over from the least."""
+    old = dataclasses.replace(MD, version=5, state_id="s0")
+    silence = _silent_since(0, MD)  # MD: version 7 of the restarted coordinator, silent now
+    asked = [metadata_endpoint(old, [COORDINATOR, *BROKERS], a, silence, 10) for a in range(4)]
+    assert silence.skips(COORDINATOR, 10), "metadata older than the latest seen ended the silence"
+    assert COORDINATOR not in asked, asked
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 10)[-1] == COORDINATOR
