@@ -149,7 +149,7 @@ class CoordinatorSilence:
     def timeout_ms(self, endpoint: str, timeout_ms: int, brokers_left: bool = True) -> int:
         """How long to wait for ``endpoint``'s answer while ``brokers_left`` (another endpoint
         may be asked instead): ``COORDINATOR_PROBE_TIMEOUT_MS`` at most while it is the
-        coordinator gone silent, ``COORDINATOR_ASK_TIMEOUT_MS`` at most while it is the
+        coordinator gone silent or seen down by ``down``, ``COORDINATOR_ASK_TIMEOUT_MS`` at most while it is the
         coordinator (one just killed held the first refresh of every client the whole timeout,
         one process after the other); else, and with nothing else to ask (a probe that short
         never heard a coordinator back but slow), ``timeout_ms``."""
@@ -158,14 +158,17 @@ class CoordinatorSilence:
         with self._lock:
             silent = self._is_silent(endpoint)
             coordinator = endpoint == self._known[0]
-        if silent:
+        if silent or coordinator and self._down is not None and self._down(endpoint):
             return min(timeout_ms, COORDINATOR_PROBE_TIMEOUT_MS)
         return min(timeout_ms, COORDINATOR_ASK_TIMEOUT_MS) if coordinator else timeout_ms
 
     def order(self, endpoints: list[str], prefer: str | None, now_ms: int) -> list[str]:
         """``endpoints`` in the order to ask them: ``prefer`` (the coordinator; default: the one
         the latest metadata seen names, when listed) first, or last within its backoff or while
-        ``down`` says so; the others from the one that answered last, those of brokers the
+        ``down`` says so of it silent (not probed at its backoff's end; not silent, it is asked
+        first all the same, briefly: ``timeout_ms`` -- it is the source of truth, and the
+        watcher takes a busy node for down too, while the brokers' copies lag a topic just made
+        through it); the others from the one that answered last, those of brokers the
         metadata says are dead, and then those ``down`` says are, after the rest (a dead broker
         first in the list held every ask the whole timeout too, the coordinator skipped or not)."""
         down = self._down or _never_down
@@ -180,7 +183,8 @@ class CoordinatorSilence:
         others.sort(key=lambda e: (e in dead, down(e)))  # stable: the live ones in the same order
         if not prefer:
             return others
-        return others + [prefer] if self.skips(prefer, now_ms) or down(prefer) else [prefer] + others
+        last = self.skips(prefer, now_ms) or down(prefer) and self.silent(prefer)
+        return others + [prefer] if last else [prefer] + others
 
     def skips(self, endpoint: str, now_ms: int) -> bool:
         """Whether ``endpoint`` is to be asked after the others at ``now_ms``: within its backoff."""
