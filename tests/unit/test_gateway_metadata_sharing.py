@@ -468,3 +468,15 @@ def test_a_coordinator_the_health_watcher_wrongly_sees_down_still_answers_a_look
         stop.set()
         coordinator_thread.join(5)
         broker_thread.join(5)
+
+
+def test_health_says_the_coordinator_is_unreachable_while_only_a_brokers_copy_answers(
+        silent_coordinator: _Silent) -> None:
+    """``GET /health``: 200 while the gateway reaches the coordinator, else 503. Its look for
+    metadata takes a broker's copy when the coordinator does not answer (and, once one fetch
+    found it silent, asks the brokers first): the coordinator killed, /health said 200."""
+    agent = silent_coordinator.agent
+    if silent_coordinator.answers:
+        assert agent.coordinator_reachable(), "the coordinator answered"
+    for _ in range(2):  # found silent, then asked after the brokers within its backoff
+        assert not agent.coordinator_reachable(), "a broker's copy taken for the coordinator's answer"
