@@ -276,7 +276,9 @@ class GatewayAgent(ConsumerInstances):
     def delete_topic(self, name: str) -> None:
         with translated("the coordinator"):
             self.admin().delete_topic(name)
-        self._md_floor_s = time.monotonic()
+        now_s = time.monotonic()
+        with self._lock:  # never back: a delete ending at the same time may set it first
+            self._md_floor_s = max(self._md_floor_s, now_s)
 
     # -- produce ----------------------------------------------------------------------------
     def produce(self, topic: str, records: list[Record4], acks: str | int,

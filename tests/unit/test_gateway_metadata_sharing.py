@@ -480,3 +480,49 @@ def test_health_says_the_coordinator_is_unreachable_while_only_a_brokers_copy_an
         assert agent.coordinator_reachable(), "the coordinator answered"
     for _ in range(2):  # found silent, then asked after the brokers within its backoff
         assert not agent.coordinator_reachable(), "a broker's copy taken for the coordinator's answer"
+
+
+def test_the_floor_a_topic_deleted_here_sets_never_goes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two deletes ending together: the one whose thread read the clock first and set the
+    floor last put it back before the other's delete, and a produce to the topic deleted last
+    took a fetch begun before that delete (refused by the service where it should have made
+    the topic again)."""
+    import time as real_time
+    cluster = _Cluster({"t": 1, "a": 1, "b": 1})
+    config = make_config(tmp_path, 1, extra_nodes=GATEWAY_NODES, overrides={"gateway": {"auto_create_topics": True}})
+    agent = GatewayAgent(load_config(str(config)), make_admin=lambda: _Admin(cluster), make_producer=_Service)
+    made: list[str] = []
+    agent.create_topic = lambda name, *a: (made.append(name), cluster.topics.__setitem__(name, 1))  # type: ignore[method-assign]
+    slow_clock, go = threading.Event(), threading.Event()
+
+    class _Time:
+        """The module's clock: the deleting thread of "a" is held right after reading it."""
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_time, name)
+
+        def monotonic(self) -> float:
+            now = real_time.monotonic()
+            if threading.current_thread().name == "delete-a":
+                slow_clock.set()
+                assert go.wait(WAIT_S)
+            return now
+    monkeypatch.setattr(agent_mod, "time", _Time())
+
+    def delete(name: str) -> None:
+        agent.admin().delete_topic = lambda n: cluster.topics.pop(n)  # type: ignore[attr-defined]
+        agent.delete_topic(name)
+    first = threading.Thread(target=delete, args=("a",), name="delete-a", daemon=True)
+    first.start()
+    assert slow_clock.wait(WAIT_S)
+    cluster.hold.clear()
+    fetch = _Requests(agent.metadata, 1).start()  # begun after "a"'s delete, before "b"'s
+    wait_until(lambda: cluster.started == 1, WAIT_S, what="the fetch in flight")
+    delete("b")
+    go.set()
+    first.join(WAIT_S)
+    produce = _Requests(lambda: agent.produce("b", [(None, b"v", None, None)], "all"), 1).start()
+    wait_until(lambda: agent.metadata_waiting() == 1 or cluster.started == 2, WAIT_S, what="the produce waiting")
+    cluster.hold.set()
+    fetch.join()
+    assert produce.join() == [[(0, 7, None, False)]]
+    assert made == ["b"], "the produce took a fetch begun before the topic was deleted"
