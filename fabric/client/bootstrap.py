@@ -95,6 +95,7 @@ class CoordinatorSilence:
         self._backoff_ms = 0
         self._until_ms = 0
         self._answered = ""  # the endpoint that answered last
+        self._answered_at: tuple[str, int] = ("", 0)  # the coordinator, and when (ms) it answered last
         self._dead: frozenset[str] = frozenset()  # endpoints of brokers the latest metadata says are dead
 
     def seen(self, md: ClusterMetadata) -> None:
@@ -119,16 +120,22 @@ class CoordinatorSilence:
         ended with ``error`` (None: a reply) at ``now_ms``. Any answer of the node (a reply,
         ``RemoteError``) ends its silence; a timeout or a connection lost (``RequestTimeout``)
         of the coordinator begins one, or doubles its backoff when the ask was sent once that
-        was over -- one sent before (another thread's, however late it ends) does not. Other
-        errors (found by the client alone) tell nothing."""
+        was over -- one sent before (another thread's, however late it ends) does not, nor does
+        one sent before the coordinator last answered (another thread's ask). Other errors
+        (found by the client alone) tell nothing."""
         with self._lock:
             if error is None or isinstance(error, RemoteError):
                 self._answered = endpoint
+                if endpoint == self._known[0]:
+                    last_ms = self._answered_at[1] if self._answered_at[0] == endpoint else now_ms
+                    self._answered_at = (endpoint, max(now_ms, last_ms))
                 if self._is_silent(endpoint):
                     self._silent = None
                 return
             if not isinstance(error, RequestTimeout) or endpoint != self._known[0]:
                 return
+            if self._answered_at[0] == endpoint and (now_ms if sent_ms is None else sent_ms) < self._answered_at[1]:
+                return  # it answered an ask sent after this one (another thread's): not silent
             if self._silent != self._known:
                 self._silent, self._backoff_ms = self._known, COORDINATOR_SILENT_BACKOFF_MS_MIN
             elif (now_ms if sent_ms is None else sent_ms) >= self._until_ms:
@@ -335,19 +342,16 @@ class _Asks:
         return None
 
     def _answered(self, header: dict, ep: str, sent_ms: int) -> tuple[ClusterMetadata, str] | None:
-        self._heard(ep, None, sent_ms)
         md = read_answer(header, ep)
         if md is None:
             self.last = MalformedFrame(P.MALFORMED_REQUEST, f"unreadable metadata from {ep}")
-            return None
-        if md.version < 0:
-            return None
-        if self.silence is not None:
-            self.silence.seen(md)
+        elif md.version >= 0 and self.silence is not None:
+            self.silence.seen(md)  # before heard: the coordinator it names is known when its answer is heard
             for asked, error, asked_ms, ended_ms in self._unanswered:
                 if asked == md.coordinator != ep:
                     self.silence.heard(asked, error, ended_ms, asked_ms)
-        return md, ep
+        self._heard(ep, None, sent_ms)
+        return (md, ep) if md is not None and md.version >= 0 else None
 
     def _heard(self, ep: str, error: CodedError | None, sent_ms: int) -> None:
         if self.silence is None:

@@ -374,3 +374,31 @@ def test_a_client_holding_older_metadata_neither_ends_a_shared_silence_nor_asks_
     assert silence.skips(COORDINATOR, 10), "metadata older than the latest seen ended the silence"
     assert COORDINATOR not in asked, asked
     assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 10)[-1] == COORDINATOR
+
+
+def test_a_timeout_of_an_ask_sent_before_the_coordinators_last_answer_begins_no_silence() -> None:
+    """Shared, the silence hears the asks of several threads: one sent before another thread's
+    ask that the coordinator answered, and timing out after it (the coordinator slow for a
+    moment), silenced a coordinator that had just answered -- every thread asked the brokers
+    first for the backoff, and a gateway's /health said it unreachable."""
+    silence = CoordinatorSilence()
+    silence.seen(MD)
+    silence.heard(COORDINATOR, None, 600, sent_ms=500)  # another thread's ask, answered
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), 1000, sent_ms=0)  # sent before it
+    assert not silence.silent(COORDINATOR), "an answer newer than the ask that timed out was ignored"
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), 1700, sent_ms=700)  # sent after it: silence
+    assert silence.skips(COORDINATOR, 1700)
+
+
+def test_a_first_fetch_answered_by_the_coordinator_counts_as_its_answer(scripted: Any) -> None:
+    """The first fetch of a client names the coordinator only in its answer: that answer is
+    the coordinator's all the same, and an ask of another thread sent before it does not
+    silence it."""
+    coordinator = scripted(lambda req: ({"metadata": dataclasses.replace(MD, coordinator=endpoint[0]).to_wire()}, []))
+    endpoint = [coordinator]
+    silence = CoordinatorSilence()
+    sent_ms = int(time.monotonic() * 1000) - 1
+    got, asked = fetch_metadata(zmq.Context.instance(), [coordinator], 1000, silence=silence)
+    assert asked == coordinator
+    silence.heard(coordinator, RequestTimeout("no reply"), int(time.monotonic() * 1000) + 1, sent_ms)
+    assert not silence.silent(coordinator)
