@@ -526,3 +526,29 @@ def test_the_floor_a_topic_deleted_here_sets_never_goes_back(tmp_path: Path, mon
     fetch.join()
     assert produce.join() == [[(0, 7, None, False)]]
     assert made == ["b"], "the produce took a fetch begun before the topic was deleted"
+
+
+def test_a_request_waiting_for_a_fetch_whose_thread_is_stopped_fetches_itself() -> None:
+    """A fetch interrupted by a BaseException (its thread being stopped) has no answer of the
+    cluster to share: the requests waiting for it were answered 503 (``the metadata fetch in
+    flight was interrupted``) though the cluster answered and they had time to ask it."""
+    flight = MetadataFlight(WAIT_S * 1000)
+    gate, begun = threading.Event(), threading.Event()
+
+    def stopped() -> ClusterMetadata:
+        begun.set()
+        assert gate.wait(WAIT_S)
+        raise KeyboardInterrupt  # the thread being stopped
+
+    def first() -> None:
+        with pytest.raises(KeyboardInterrupt):
+            flight.get(stopped, time.monotonic())
+    interrupted = threading.Thread(target=first, daemon=True)
+    interrupted.start()
+    assert begun.wait(WAIT_S)
+    waiting = _Requests(lambda: flight.get(lambda: metadata_of({"t": 1}), time.monotonic()), 1).start()
+    wait_until(lambda: flight.waiting == 1, WAIT_S, what="the request waiting")
+    gate.set()
+    interrupted.join(WAIT_S)
+    [md] = waiting.join()
+    assert isinstance(md, ClusterMetadata), f"the request waiting got {md!r}"
