@@ -203,6 +203,14 @@ def _never_down(endpoint: str) -> bool:
     return False
 
 
+def others_may_answer(metadata: ClusterMetadata, endpoints: list[str], endpoint: str) -> bool:
+    """Whether an endpoint besides ``endpoint`` may answer a metadata ask instead: one that
+    ``metadata`` does not say is dead (``CoordinatorSilence.timeout_ms``'s ``brokers_left``; with
+    every broker dead, a silent coordinator's short probe never heard it back but slow)."""
+    dead = metadata.dead_endpoints()
+    return any(e != endpoint and e not in dead for e in endpoints)
+
+
 def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int,
                       silence: CoordinatorSilence | None = None, now_ms: int = 0) -> str:
     """Where to ask for metadata on the ``attempt``-th try (``now_ms``: the clock ``silence``

@@ -402,3 +402,31 @@ def test_a_first_fetch_answered_by_the_coordinator_counts_as_its_answer(scripted
     assert asked == coordinator
     silence.heard(coordinator, RequestTimeout("no reply"), int(time.monotonic() * 1000) + 1, sent_ms)
     assert not silence.silent(coordinator)
+
+
+def test_a_consumer_whose_brokers_are_all_dead_waits_for_its_silent_coordinators_answer_the_whole_timeout() -> None:
+    """With every broker dead (the metadata says so) the coordinator is the only node that can
+    answer, yet its ask at each backoff's end was a probe of COORDINATOR_PROBE_TIMEOUT_MS: a
+    coordinator back but slower than that (a loaded machine) was never heard again, and the
+    consumer (or a producer's sender) never got metadata."""
+    from fabric.client.consumer_failover import METADATA_TIMEOUT_MS
+    all_dead = dataclasses.replace(MD, brokers={i: _broker(i, False) for i in (1, 2, 3)})
+    clock, clients, timeouts = ManualClock(), {}, []
+
+    class Timed(RecordingClient):
+        def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                    timeout_ms: int = 0) -> int:
+            timeouts.append(timeout_ms)
+            return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+    consumer = Consumer([COORDINATOR, *BROKERS], clock=clock,
+                        client_factory=lambda endpoint: clients.setdefault(endpoint, Timed()))
+    try:
+        consumer.metadata = all_dead
+        consumer._md_silence.seen(all_dead)
+        consumer._md_silence.heard(COORDINATOR, RequestTimeout("no reply"), clock.now_ms())
+        clock.advance(COORDINATOR_SILENT_BACKOFF_MS_MIN)  # its backoff is over: asked again
+        consumer._request_metadata()
+        assert [ep for ep, c in clients.items() if c.unanswered] == [COORDINATOR]
+        assert timeouts == [METADATA_TIMEOUT_MS], timeouts
+    finally:
+        consumer.close()
