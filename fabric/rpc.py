@@ -377,6 +377,7 @@ class BlockingClient:
             self._disconnects.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
         self._ids = itertools.count(1)
+        self._rid = 0  # the id of the last call's request
 
     def call(self, command: bytes, header: dict | None = None, payloads: list | tuple = (), *,
              timeout_ms: int = 5000, retries: int = 0, backoff_ms: int = 100,
@@ -396,9 +397,17 @@ class BlockingClient:
 
     def _call_once(self, command: bytes, header: dict, payloads: list | tuple, timeout_ms: int,
                    give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
-        rid = next(self._ids)
+        rid = self._rid = next(self._ids)
         self._disconnected()  # ended before this request: it goes out on the next connection
         self.sock.send_multipart(wire.encode_request(command, dict(header, id=rid), payloads), copy=False)
+        return self._reply(rid, timeout_ms, give_up)
+
+    def late_reply(self, timeout_ms: int = 0) -> tuple[dict, list[bytes]]:
+        """The reply to the last call, which timed out, when it comes within ``timeout_ms``
+        (0: only one already here). Raises as ``call``."""
+        return self._reply(self._rid, timeout_ms)
+
+    def _reply(self, rid: int, timeout_ms: int, give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         if self._disconnects is not None:
@@ -407,8 +416,9 @@ class BlockingClient:
         lost = False  # the connection ended: only what it delivered before may still be read
         while True:
             left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
+            if left_ms <= 0 and not self.sock.poll(0):  # one here at the deadline is taken
                 raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
+            left_ms = max(0, left_ms)
             ready = dict(poller.poll(0 if lost else left_ms if give_up is None else min(left_ms, GIVE_UP_CHECK_MS)))
             if self._disconnects in ready and self._disconnected():
                 lost = True

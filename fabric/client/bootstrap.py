@@ -67,6 +67,7 @@ COORDINATOR_ASK_TIMEOUT_MS = 1000  # any ask of the coordinator while a broker c
 # fetch_metadata: any ask but the round's last (a live node answers in ms; the leader killed just
 # before the coordinator, which the metadata taken last still said alive, held the whole timeout)
 NOT_LAST_ASK_TIMEOUT_MS = 1000
+LATE_ANSWER_LOOK_MS = 50  # a round's asks all failed: each cut short is looked at this long in turn
 
 
 class CoordinatorSilence:
@@ -89,20 +90,27 @@ class CoordinatorSilence:
         self._down = down
         self._lock = threading.Lock()
         self._known: tuple[str, str] = ("", "")  # (coordinator, state_id) of the latest metadata seen
+        self._known_cluster_id, self._known_version = "", -1  # of that metadata (versions only grow)
         self._silent: tuple[str, str] | None = None  # that of the coordinator that went silent
         self._backoff_ms = 0
         self._until_ms = 0
         self._answered = ""  # the endpoint that answered last
+        self._answered_at: tuple[str, int] = ("", 0)  # the coordinator, and when (ms) it answered last
         self._dead: frozenset[str] = frozenset()  # endpoints of brokers the latest metadata says are dead
 
     def seen(self, md: ClusterMetadata) -> None:
         """Metadata taken, from any node: one naming another coordinator ends the silence. One
         naming none (a client's before its first answer) tells nothing: shared, it ended the
-        silence of every client."""
+        silence of every client; nor does one older than the latest seen of the same cluster (a
+        lower version: another client's, kept since its last refresh -- naming the coordinator's
+        process before a restart, it ended the silence of the process after)."""
         if not md.coordinator:
             return
         dead = md.dead_endpoints()
         with self._lock:
+            if md.cluster_id == self._known_cluster_id and md.version < self._known_version:
+                return
+            self._known_cluster_id, self._known_version = md.cluster_id, md.version
             self._known, self._dead = (md.coordinator, md.state_id), dead
             if self._silent is not None and self._silent != self._known:
                 self._silent = None
@@ -112,16 +120,22 @@ class CoordinatorSilence:
         ended with ``error`` (None: a reply) at ``now_ms``. Any answer of the node (a reply,
         ``RemoteError``) ends its silence; a timeout or a connection lost (``RequestTimeout``)
         of the coordinator begins one, or doubles its backoff when the ask was sent once that
-        was over -- one sent before (another thread's, however late it ends) does not. Other
-        errors (found by the client alone) tell nothing."""
+        was over -- one sent before (another thread's, however late it ends) does not, nor does
+        one sent before the coordinator last answered (another thread's ask). Other errors
+        (found by the client alone) tell nothing."""
         with self._lock:
             if error is None or isinstance(error, RemoteError):
                 self._answered = endpoint
+                if endpoint == self._known[0]:
+                    last_ms = self._answered_at[1] if self._answered_at[0] == endpoint else now_ms
+                    self._answered_at = (endpoint, max(now_ms, last_ms))
                 if self._is_silent(endpoint):
                     self._silent = None
                 return
             if not isinstance(error, RequestTimeout) or endpoint != self._known[0]:
                 return
+            if self._answered_at[0] == endpoint and (now_ms if sent_ms is None else sent_ms) < self._answered_at[1]:
+                return  # it answered an ask sent after this one (another thread's): not silent
             if self._silent != self._known:
                 self._silent, self._backoff_ms = self._known, COORDINATOR_SILENT_BACKOFF_MS_MIN
             elif (now_ms if sent_ms is None else sent_ms) >= self._until_ms:
@@ -142,7 +156,7 @@ class CoordinatorSilence:
     def timeout_ms(self, endpoint: str, timeout_ms: int, brokers_left: bool = True) -> int:
         """How long to wait for ``endpoint``'s answer while ``brokers_left`` (another endpoint
         may be asked instead): ``COORDINATOR_PROBE_TIMEOUT_MS`` at most while it is the
-        coordinator gone silent, ``COORDINATOR_ASK_TIMEOUT_MS`` at most while it is the
+        coordinator gone silent or seen down by ``down``, ``COORDINATOR_ASK_TIMEOUT_MS`` at most while it is the
         coordinator (one just killed held the first refresh of every client the whole timeout,
         one process after the other); else, and with nothing else to ask (a probe that short
         never heard a coordinator back but slow), ``timeout_ms``."""
@@ -151,14 +165,17 @@ class CoordinatorSilence:
         with self._lock:
             silent = self._is_silent(endpoint)
             coordinator = endpoint == self._known[0]
-        if silent:
+        if silent or coordinator and self._down is not None and self._down(endpoint):
             return min(timeout_ms, COORDINATOR_PROBE_TIMEOUT_MS)
         return min(timeout_ms, COORDINATOR_ASK_TIMEOUT_MS) if coordinator else timeout_ms
 
     def order(self, endpoints: list[str], prefer: str | None, now_ms: int) -> list[str]:
         """``endpoints`` in the order to ask them: ``prefer`` (the coordinator; default: the one
         the latest metadata seen names, when listed) first, or last within its backoff or while
-        ``down`` says so; the others from the one that answered last, those of brokers the
+        ``down`` says so of it silent (not probed at its backoff's end; not silent, it is asked
+        first all the same, briefly: ``timeout_ms`` -- it is the source of truth, and the
+        watcher takes a busy node for down too, while the brokers' copies lag a topic just made
+        through it); the others from the one that answered last, those of brokers the
         metadata says are dead, and then those ``down`` says are, after the rest (a dead broker
         first in the list held every ask the whole timeout too, the coordinator skipped or not)."""
         down = self._down or _never_down
@@ -173,7 +190,8 @@ class CoordinatorSilence:
         others.sort(key=lambda e: (e in dead, down(e)))  # stable: the live ones in the same order
         if not prefer:
             return others
-        return others + [prefer] if self.skips(prefer, now_ms) or down(prefer) else [prefer] + others
+        last = self.skips(prefer, now_ms) or down(prefer) and self.silent(prefer)
+        return others + [prefer] if last else [prefer] + others
 
     def skips(self, endpoint: str, now_ms: int) -> bool:
         """Whether ``endpoint`` is to be asked after the others at ``now_ms``: within its backoff."""
@@ -183,6 +201,14 @@ class CoordinatorSilence:
 
 def _never_down(endpoint: str) -> bool:
     return False
+
+
+def others_may_answer(metadata: ClusterMetadata, endpoints: list[str], endpoint: str) -> bool:
+    """Whether an endpoint besides ``endpoint`` may answer a metadata ask instead: one that
+    ``metadata`` does not say is dead (``CoordinatorSilence.timeout_ms``'s ``brokers_left``; with
+    every broker dead, a silent coordinator's short probe never heard it back but slow)."""
+    dead = metadata.dead_endpoints()
+    return any(e != endpoint and e not in dead for e in endpoints)
 
 
 def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: int,
@@ -229,48 +255,121 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     that answered last), and a coordinator gone silent is waited for no longer than
     ``silence.timeout_ms`` says -- also one that did not answer before the metadata that
     answered showed it the coordinator (a first fetch: the next would wait for it again). Any
-    ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. Raises ``RequestTimeout``
-    (``request_timed_out``, retriable) when none answers with metadata in time: the cluster is
-    down, unreachable or starting."""
-    last: Exception | None = None
-    unanswered: list[tuple[str, CodedError, int, int]] = []  # (endpoint, error, sent ms, ended ms)
+    ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. An ask cut short so (or by
+    ``silence``) still has its answer taken while the later asks are made, and when none of
+    them answers, for as long as the cut took off it (by ``deadline_s``): a node slower than the
+    cut but within ``timeout_ms`` (a loaded coordinator, the brokers dead) answered every fetch
+    before the cuts, and none after. Raises ``RequestTimeout`` (``request_timed_out``,
+    retriable) when none answers with metadata in time: the cluster is down, unreachable or
+    starting."""
+    asks = _Asks(silence)
     if silence is not None:
         order = silence.order(endpoints, prefer, int(time.monotonic() * 1000))
     else:
         order = ([prefer] if prefer else []) + [e for e in endpoints if e != prefer]
-    for i, ep in enumerate(order):
-        try_ms = timeout_ms if deadline_s is None else \
-            min(timeout_ms, int((deadline_s - time.monotonic()) * 1000) // (len(order) - i))
-        if try_ms <= 0:
-            last = last or RequestTimeout(f"no time left to ask {ep}")
-            break
-        if silence is not None:
-            try_ms = silence.timeout_ms(ep, try_ms, len(order) > 1)
-        if i < len(order) - 1:
-            try_ms = min(try_ms, NOT_LAST_ASK_TIMEOUT_MS)
+    try:
+        for i, ep in enumerate(order):
+            full_ms = timeout_ms if deadline_s is None else \
+                min(timeout_ms, int((deadline_s - time.monotonic()) * 1000) // (len(order) - i))
+            if full_ms <= 0:
+                asks.last = asks.last or RequestTimeout(f"no time left to ask {ep}")
+                break
+            try_ms = full_ms if silence is None else silence.timeout_ms(ep, full_ms, len(order) > 1)
+            if i < len(order) - 1:
+                try_ms = min(try_ms, NOT_LAST_ASK_TIMEOUT_MS)
+            got = asks.ask(ctx, ep, try_ms, full_ms - try_ms) or asks.late(0)
+            if got is not None:
+                return got
+        left_ms = asks.saved_ms if deadline_s is None else \
+            min(asks.saved_ms, int((deadline_s - time.monotonic()) * 1000))
+        got = asks.late(max(0, left_ms))
+        if got is not None:
+            return got
+    finally:
+        asks.close()
+    why = getattr(asks.last, "message", None) or str(asks.last)  # its text: the code is this error's own
+    raise RequestTimeout(f"no node answered at {', '.join(endpoints)}: {why}")
+
+
+class _Asks:
+    """One ``fetch_metadata`` round's asks: what they told ``silence``, and the clients of
+    those cut short, whose late answers are still taken. Not thread-safe: the round's own."""
+
+    def __init__(self, silence: CoordinatorSilence | None) -> None:
+        self.silence = silence
+        self.last: Exception | None = None  # the last ask's error
+        self.saved_ms = 0  # the most an ask cut short had taken off its timeout
+        self._cut: list[tuple[BlockingClient, int]] = []  # (client, sent ms) of the asks cut short
+        self._unanswered: list[tuple[str, CodedError, int, int]] = []  # (endpoint, error, sent ms, ended ms)
+
+    def ask(self, ctx: zmq.Context, ep: str, try_ms: int, cut_ms: int) -> tuple[ClusterMetadata, str] | None:
+        """Ask ``ep`` for at most ``try_ms``, ``cut_ms`` less than it would have had: the
+        metadata and ``ep``, or None (kept for its late answer when it timed out cut short)."""
         client = BlockingClient(ctx, ep)
-        heard: CodedError | None = None
+        kept = False
         sent_ms = int(time.monotonic() * 1000)
         try:
             header, _ = client.call(P.METADATA, {}, timeout_ms=try_ms)
-            md = read_answer(header, ep)
-            if md is None:
-                last = MalformedFrame(P.MALFORMED_REQUEST, f"unreadable metadata from {ep}")
-            elif md.version >= 0:
-                if silence is not None:
-                    silence.seen(md)
-                    for asked, error, asked_ms, ended_ms in unanswered:
-                        if asked == md.coordinator:
-                            silence.heard(asked, error, ended_ms, asked_ms)
-                return md, ep
         except CodedError as e:
-            last = heard = e
+            self.last = e
+            self._heard(ep, e, sent_ms)
+            if isinstance(e, RequestTimeout) and cut_ms > 0:
+                self._cut.append((client, sent_ms))
+                self.saved_ms, kept = max(self.saved_ms, cut_ms), True
+            return None
         finally:
+            if not kept:
+                client.close()
+        return self._answered(header, ep, sent_ms)
+
+    def late(self, wait_ms: int) -> tuple[ClusterMetadata, str] | None:
+        """A late answer of an ask cut short that comes within ``wait_ms`` (0: one already
+        here): the metadata and its endpoint, or None. The clients are looked at in turn, each
+        for at most ``LATE_ANSWER_LOOK_MS`` (a round that failed, the cut asks few)."""
+        deadline_s = time.monotonic() + wait_ms / 1000
+        while self._cut:
+            for client, sent_ms in list(self._cut):
+                look_ms = max(0, min(LATE_ANSWER_LOOK_MS, int((deadline_s - time.monotonic()) * 1000)))
+                try:
+                    header, _ = client.late_reply(look_ms)
+                except RequestTimeout:
+                    continue  # not yet: it may still come
+                except CodedError as e:  # an answer, but no metadata
+                    self._cut.remove((client, sent_ms))
+                    client.close()
+                    self.last = e
+                    self._heard(client.endpoint, e, sent_ms)
+                    continue
+                got = self._answered(header, client.endpoint, sent_ms)
+                if got is not None:
+                    return got
+                self._cut.remove((client, sent_ms))
+                client.close()
+            if time.monotonic() >= deadline_s:
+                return None
+        return None
+
+    def _answered(self, header: dict, ep: str, sent_ms: int) -> tuple[ClusterMetadata, str] | None:
+        md = read_answer(header, ep)
+        if md is None:
+            self.last = MalformedFrame(P.MALFORMED_REQUEST, f"unreadable metadata from {ep}")
+        elif md.version >= 0 and self.silence is not None:
+            self.silence.seen(md)  # before heard: the coordinator it names is known when its answer is heard
+            for asked, error, asked_ms, ended_ms in self._unanswered:
+                if asked == md.coordinator != ep:
+                    self.silence.heard(asked, error, ended_ms, asked_ms)
+        self._heard(ep, None, sent_ms)
+        return (md, ep) if md is not None and md.version >= 0 else None
+
+    def _heard(self, ep: str, error: CodedError | None, sent_ms: int) -> None:
+        if self.silence is None:
+            return
+        ended_ms = int(time.monotonic() * 1000)
+        self.silence.heard(ep, error, ended_ms, sent_ms)
+        if error is not None:
+            self._unanswered.append((ep, error, sent_ms, ended_ms))
+
+    def close(self) -> None:
+        for client, _ in self._cut:
             client.close()
-            if silence is not None:
-                ended_ms = int(time.monotonic() * 1000)
-                silence.heard(ep, heard, ended_ms, sent_ms)
-                if heard is not None:
-                    unanswered.append((ep, heard, sent_ms, ended_ms))
-    why = getattr(last, "message", None) or str(last)  # its text: the code is this error's own
-    raise RequestTimeout(f"no node answered at {', '.join(endpoints)}: {why}")
+        self._cut.clear()

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST
-from fabric.client.bootstrap import CoordinatorSilence, metadata_endpoint
+from fabric.client.bootstrap import CoordinatorSilence, metadata_endpoint, others_may_answer
 from fabric.clock import Clock
 from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata, read_answer
@@ -162,7 +162,8 @@ class ConsumerFailover:
                 self._judge_ahead(endpoint, asked)
             if self._unseen or self._ahead_of_metadata:
                 self._refresh_metadata()
-        timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS, len(self.endpoints) > 1)
+        timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS,
+                                                 others_may_answer(self.metadata, self.endpoints, endpoint))
         self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=timeout_ms)
 
     def _take_metadata(self, md: ClusterMetadata) -> None:

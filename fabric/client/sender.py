@@ -38,7 +38,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.client.futures import BatchState
-from fabric.client.bootstrap import CoordinatorSilence, metadata_endpoint
+from fabric.client.bootstrap import CoordinatorSilence, metadata_endpoint, others_may_answer
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender_replies import RETRY_BACKOFF_MS, SenderReplies
 from fabric.clock import Clock
@@ -450,7 +450,8 @@ class Sender(SenderReplies, threading.Thread):
                 self.metadata_cache.want_refresh()
                 assert self.reactor is not None
                 self.reactor.call_later(METADATA_RETRY_MS, self.wake)
-        timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS, len(self.endpoints) > 1)
+        timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS,
+                                                 others_may_answer(self.metadata, self.endpoints, endpoint))
         self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=timeout_ms)
 
     def _init_producer_id(self) -> None:

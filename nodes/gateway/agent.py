@@ -203,11 +203,14 @@ class GatewayAgent(ConsumerInstances):
 
     # -- cluster and topics ------------------------------------------------------------------
     def coordinator_reachable(self) -> bool:
+        """Whether the coordinator answers: metadata from a fetch begun after the call, and the
+        coordinator it names not gone silent (``md_silence``: its last ask, any thread's, timed
+        out; it is asked again at its backoff's end) -- a broker's copy answers a fetch too."""
         try:
-            self.metadata()
-            return True
+            md = self.metadata()
         except ClusterError:
             return False
+        return not self.md_silence.silent(md.coordinator)
 
     def metadata(self) -> Any:
         """The cluster's metadata from a fetch begun after this call (a topic made or deleted
@@ -273,7 +276,9 @@ class GatewayAgent(ConsumerInstances):
     def delete_topic(self, name: str) -> None:
         with translated("the coordinator"):
             self.admin().delete_topic(name)
-        self._md_floor_s = time.monotonic()
+        now_s = time.monotonic()
+        with self._lock:  # never back: a delete ending at the same time may set it first
+            self._md_floor_s = max(self._md_floor_s, now_s)
 
     # -- produce ----------------------------------------------------------------------------
     def produce(self, topic: str, records: list[Record4], acks: str | int,

@@ -14,7 +14,8 @@ earlier ``join_since_s`` (produce: any begun after a topic was deleted here -- i
 newer than any it would trust). A fetch in flight that began earlier is waited for all the
 same (one at a time), and a fetch is then begun for everyone who waited for it and needs a newer one.
 An error ends every wait on the fetch that raised it: the cluster did not answer while they
-waited (it is not stale data); the next call begins a fetch again.
+waited (it is not stale data); the next call begins a fetch again. A fetch whose thread was
+stopped (a BaseException) told nothing: one of its waiters begins the next at once.
 
 A waiter waits at most ``wait_ms_max`` from the fetch's start (a fetch's own asks end well
 before: each has its timeout); past it the fetch counts as hung: its waiters raise
@@ -40,7 +41,7 @@ from fabric.errors import RequestTimeout
 class _Flight:
     """One fetch: when it began, and once done, its answer or its error."""
 
-    __slots__ = ("started_s", "deadline_s", "thread", "done", "answer", "error")
+    __slots__ = ("started_s", "deadline_s", "thread", "done", "answer", "error", "interrupted")
 
     def __init__(self, started_s: float, deadline_s: float | None) -> None:
         self.started_s = started_s
@@ -49,6 +50,7 @@ class _Flight:
         self.done = False
         self.answer: Any = None
         self.error: Exception | None = None
+        self.interrupted = False  # its thread was stopped (a BaseException): the cluster said nothing
 
 
 class MetadataFlight:
@@ -81,6 +83,8 @@ class MetadataFlight:
                 if flight is None or self._hung(flight) or flight.thread is threading.current_thread():
                     break
                 self._wait(flight, deadline_s)
+                if flight.interrupted:
+                    continue  # no answer of the cluster to share: this one asks it
                 if flight.error is not None:
                     if isinstance(flight.error, RequestTimeout) and _later(deadline_s, flight.deadline_s):
                         continue  # cut short by the deadline of the request that fetched: this one has more time
@@ -97,8 +101,8 @@ class MetadataFlight:
         except Exception as e:
             self._end(mine, None, e)
             raise
-        except BaseException:  # the thread is being stopped: its waiters are told, not stopped too
-            self._end(mine, None, RequestTimeout("the metadata fetch in flight was interrupted"))
+        except BaseException:  # the thread is being stopped: its waiters fetch again, not stopped too
+            self._end(mine, None, RequestTimeout("the metadata fetch in flight was interrupted"), interrupted=True)
             raise
         self._end(mine, answer, None)
         return answer
@@ -126,9 +130,9 @@ class MetadataFlight:
         finally:
             self.waiting -= 1
 
-    def _end(self, flight: _Flight, answer: Any, error: Exception | None) -> None:
+    def _end(self, flight: _Flight, answer: Any, error: Exception | None, interrupted: bool = False) -> None:
         with self._cond:
-            flight.done, flight.answer, flight.error = True, answer, error
+            flight.done, flight.answer, flight.error, flight.interrupted = True, answer, error, interrupted
             if self._flight is flight:
                 self._flight = None
             if error is None and (self._latest is None or flight.started_s > self._latest.started_s):

@@ -389,6 +389,10 @@ def test_a_stopped_coordinator_does_not_stretch_the_bound(monkeypatch: pytest.Mo
                 raise RequestTimeout(f"no reply within {timeout_ms} ms")
             return {"metadata": md.to_wire()}, []
 
+        def late_reply(self, timeout_ms: int = 0) -> tuple[dict, list]:
+            clock.now += timeout_ms / 1000  # the stopped coordinator's answer never comes
+            raise RequestTimeout(f"no reply within {timeout_ms} ms")
+
         def close(self) -> None:
             pass
     monkeypatch.setattr(bootstrap_mod, "BlockingClient", MetadataClient)

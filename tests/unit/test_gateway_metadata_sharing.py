@@ -435,3 +435,4 @@ def test_a_fetch_that_timed_out_at_its_shorter_deadline_is_tried_again_by_a_requ
     go.set()
     assert isinstance(leader.join()[0], RequestTimeout)
     assert waiter.join() == ["answered"], "a request with no deadline took the error of a fetch cut short by another's"
+

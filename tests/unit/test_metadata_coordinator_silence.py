@@ -305,12 +305,128 @@ def test_a_broker_not_yet_known_dead_is_waited_for_briefly_while_another_endpoin
 def test_endpoints_another_watcher_sees_down_are_asked_last() -> None:
     """A gateway's health watcher PINGs every node: the leader it saw down 0.2 s before a fetch,
     still alive in the metadata taken last, was asked right after the coordinator; and a
-    coordinator it sees down was probed at every backoff's end, holding produce 0.5 s."""
+    coordinator it sees down was probed at every backoff's end, holding produce 0.5 s. A
+    coordinator it sees down that no ask found silent is asked first all the same, briefly
+    (``test_a_coordinator_the_health_watcher_wrongly_sees_down_still_answers_a_look_for_a_topic_just_made``)."""
     down = {BROKERS[0]}
     silence = CoordinatorSilence(down=down.__contains__)
     silence.seen(MD)
     assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0) == [COORDINATOR, *BROKERS[1:], BROKERS[0]]
     down.add(COORDINATOR)
-    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0)[-2:] == [BROKERS[0], COORDINATOR]
-    down.clear()  # seen up again: first again
-    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0) == [COORDINATOR, *BROKERS]
+    # not found silent, it is still asked first (the source of truth; the watcher takes a busy
+    # node for down too), only briefly
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 0)[0] == COORDINATOR
+    assert silence.timeout_ms(COORDINATOR, 3000) == COORDINATOR_PROBE_TIMEOUT_MS
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), 0)
+    over_ms = COORDINATOR_SILENT_BACKOFF_MS_MIN  # its backoff is over: no probe while seen down
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, over_ms)[-2:] == [BROKERS[0], COORDINATOR]
+    down.clear()  # seen up again: probed first again
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, over_ms) == [COORDINATOR, *BROKERS]
+
+
+# -- a slow but live node, every other endpoint dead ----------------------------------------
+
+def _slow(scripted: Any, delay_s: float, md: ClusterMetadata = MD) -> str:
+    """A node answering metadata ``delay_s`` after each ask (a loaded machine)."""
+    def answer(req: Any) -> tuple[dict, list]:
+        time.sleep(delay_s)
+        return {"metadata": md.to_wire()}, []
+    return scripted(answer)
+
+
+def test_a_slow_first_endpoint_is_heard_when_the_endpoints_after_it_do_not_answer(scripted: Any,
+                                                                                    mute_broker: Any) -> None:
+    """[coordinator, broker], the broker dead and the coordinator answering in 1.2 s: waited
+    for the whole timeout it answered; cut to NOT_LAST_ASK_TIMEOUT_MS as not the round's last,
+    every fetch failed -- the dead broker, asked last, was the one given the whole timeout."""
+    dead, _ = mute_broker
+    slow = _slow(scripted, 1.2)
+    got, endpoint = fetch_metadata(zmq.Context.instance(), [slow, dead], 1500)
+    assert (got.version, endpoint) == (MD.version, slow)
+
+
+def test_a_silent_coordinator_asked_last_is_heard_when_it_answers_within_the_whole_timeout(
+        scripted: Any, mute_broker: Any) -> None:
+    """Within its backoff the coordinator is asked last: with every broker dead it is the one
+    node left, yet it was probed for COORDINATOR_PROBE_TIMEOUT_MS -- a coordinator back but
+    slower than that (0.8 s) never answered a fetch (the backoff grew, the probe stayed short)."""
+    dead, _ = mute_broker
+    slow = _slow(scripted, 0.8)
+    md = dataclasses.replace(MD, coordinator=slow)
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    silence.heard(slow, RequestTimeout("no reply"), int(time.monotonic() * 1000))
+    assert silence.order([slow, dead], slow, int(time.monotonic() * 1000)) == [dead, slow]
+    got, endpoint = fetch_metadata(zmq.Context.instance(), [slow, dead], 1500, slow, silence=silence)
+    assert endpoint == slow
+    assert not silence.silent(slow), "its answer did not end its silence"
+
+
+def test_a_client_holding_older_metadata_neither_ends_a_shared_silence_nor_asks_the_silent_coordinator() -> None:
+    """A gateway request thread's records-browser consumer keeps the metadata of its last read:
+    one from before the coordinator's restart (another ``state_id``) ended the silence of every
+    thread when it asked for metadata (``seen`` took it for the newest), and was sent to the
+    silent coordinator; the next fetch of every thread waited for it again (1 s) and its backoff
+    started over from the least."""
+    old = dataclasses.replace(MD, version=5, state_id="s0")
+    silence = _silent_since(0, MD)  # MD: version 7 of the restarted coordinator, silent now
+    asked = [metadata_endpoint(old, [COORDINATOR, *BROKERS], a, silence, 10) for a in range(4)]
+    assert silence.skips(COORDINATOR, 10), "metadata older than the latest seen ended the silence"
+    assert COORDINATOR not in asked, asked
+    assert silence.order([COORDINATOR, *BROKERS], COORDINATOR, 10)[-1] == COORDINATOR
+
+
+def test_a_timeout_of_an_ask_sent_before_the_coordinators_last_answer_begins_no_silence() -> None:
+    """Shared, the silence hears the asks of several threads: one sent before another thread's
+    ask that the coordinator answered, and timing out after it (the coordinator slow for a
+    moment), silenced a coordinator that had just answered -- every thread asked the brokers
+    first for the backoff, and a gateway's /health said it unreachable."""
+    silence = CoordinatorSilence()
+    silence.seen(MD)
+    silence.heard(COORDINATOR, None, 600, sent_ms=500)  # another thread's ask, answered
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), 1000, sent_ms=0)  # sent before it
+    assert not silence.silent(COORDINATOR), "an answer newer than the ask that timed out was ignored"
+    silence.heard(COORDINATOR, RequestTimeout("no reply"), 1700, sent_ms=700)  # sent after it: silence
+    assert silence.skips(COORDINATOR, 1700)
+
+
+def test_a_first_fetch_answered_by_the_coordinator_counts_as_its_answer(scripted: Any) -> None:
+    """The first fetch of a client names the coordinator only in its answer: that answer is
+    the coordinator's all the same, and an ask of another thread sent before it does not
+    silence it."""
+    coordinator = scripted(lambda req: ({"metadata": dataclasses.replace(MD, coordinator=endpoint[0]).to_wire()}, []))
+    endpoint = [coordinator]
+    silence = CoordinatorSilence()
+    sent_ms = int(time.monotonic() * 1000) - 1
+    got, asked = fetch_metadata(zmq.Context.instance(), [coordinator], 1000, silence=silence)
+    assert asked == coordinator
+    silence.heard(coordinator, RequestTimeout("no reply"), int(time.monotonic() * 1000) + 1, sent_ms)
+    assert not silence.silent(coordinator)
+
+
+def test_a_consumer_whose_brokers_are_all_dead_waits_for_its_silent_coordinators_answer_the_whole_timeout() -> None:
+    """With every broker dead (the metadata says so) the coordinator is the only node that can
+    answer, yet its ask at each backoff's end was a probe of COORDINATOR_PROBE_TIMEOUT_MS: a
+    coordinator back but slower than that (a loaded machine) was never heard again, and the
+    consumer (or a producer's sender) never got metadata."""
+    from fabric.client.consumer_failover import METADATA_TIMEOUT_MS
+    all_dead = dataclasses.replace(MD, brokers={i: _broker(i, False) for i in (1, 2, 3)})
+    clock, clients, timeouts = ManualClock(), {}, []
+
+    class Timed(RecordingClient):
+        def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                    timeout_ms: int = 0) -> int:
+            timeouts.append(timeout_ms)
+            return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+    consumer = Consumer([COORDINATOR, *BROKERS], clock=clock,
+                        client_factory=lambda endpoint: clients.setdefault(endpoint, Timed()))
+    try:
+        consumer.metadata = all_dead
+        consumer._md_silence.seen(all_dead)
+        consumer._md_silence.heard(COORDINATOR, RequestTimeout("no reply"), clock.now_ms())
+        clock.advance(COORDINATOR_SILENT_BACKOFF_MS_MIN)  # its backoff is over: asked again
+        consumer._request_metadata()
+        assert [ep for ep, c in clients.items() if c.unanswered] == [COORDINATOR]
+        assert timeouts == [METADATA_TIMEOUT_MS], timeouts
+    finally:
+        consumer.close()
