@@ -159,7 +159,7 @@ class ConsumerFailover:
                     self._md_backoff_ms = min(2 * self._md_backoff_ms, METADATA_BACKOFF_MS_MAX)
                 self._md_next_ms = self.clock.now_ms() + self._md_backoff_ms
                 self._note_first_seen(endpoint, asked)
-                self._judge_ahead(endpoint, asked)
+                self._judge_ahead(endpoint, asked, md.version)
             if self._unseen or self._ahead_of_metadata:
                 self._refresh_metadata()
         timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS,
@@ -250,8 +250,8 @@ class ConsumerFailover:
         self._md_index += self._md_index % 2
         self._md_next_ms = self.clock.now_ms()
 
-    def _judge_ahead(self, endpoint: str, asked: int) -> None:
-        """A metadata answer from ``endpoint`` to the ``asked``-th request came. A position set
+    def _judge_ahead(self, endpoint: str, asked: int, version: int) -> None:
+        """A metadata answer (of ``version``) from ``endpoint`` to the ``asked``-th request came. A position set
         from outside in a topic id the metadata did not name (``_ahead_of_metadata``) waits for
         metadata naming it -- the id may be newer than the metadata -- only until the coordinator,
         the source of truth, answers a request sent after the position was set: naming another
@@ -259,7 +259,10 @@ class ConsumerFailover:
         used again, so the wait would be forever (``_never_current``). Never on a broker's answer
         (its copy may be behind the coordinator's, older than the id), nor on one to a request
         sent before the position was set; while the coordinator is silent the partition waits.
-        The metadata judged is the consumer's after the answer: as new as it, or newer."""
+        The metadata judged is the consumer's after the answer, and only when that is the
+        answer's version: an answer older than the metadata the consumer holds (a coordinator
+        put back from an old copy of its state, which the brokers refuse) judged the consumer's
+        metadata -- a broker's copy, maybe behind the id -- and is no verdict."""
         ahead = self._ahead_of_metadata
         if not ahead:
             return
@@ -267,6 +270,8 @@ class ConsumerFailover:
         if not md.coordinator or endpoint != md.coordinator:
             if md.coordinator and not self._md_silence.silent(md.coordinator):
                 self._ask_coordinator_next()
+            return
+        if version < md.version:  # asked again after the backoff, as any answer with nothing new
             return
         since, topics = self._ahead_since, md.topics
         # a topic named without an id (an older coordinator) tells nothing: still waiting

@@ -213,3 +213,51 @@ def test_a_committed_offset_of_a_topic_deleted_and_not_made_again_reads_the_new_
         assert _first_of_t0(c) == 0
     finally:
         c.close()
+
+
+class _RestoredCoordinatorCluster(_Cluster):
+    """``_Cluster`` whose coordinator answers METADATA with ``restored`` when set: a coordinator
+    started from an old copy of its state (docs/replication.md), behind what the brokers took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restored: Any = None
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        restored = self.restored
+        if command == P.METADATA and restored is not None:
+            self.replies.append(lambda: callback({"metadata": restored.to_wire()}, [], None))
+            return len(self.replies)
+        return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+
+
+@pytest.mark.parametrize("how", ["committed", "seek"])
+def test_a_coordinator_answer_older_than_the_consumers_metadata_gives_no_position_up(how: str) -> None:
+    """The coordinator was put back from an old copy of its state (version 1, the old topic);
+    the consumer's metadata is a broker's copy at version 6, also behind the topic made again
+    (NEW_ID), whose offset 900 the group committed. The coordinator's answer, older than the
+    metadata the consumer holds, is no verdict on NEW_ID: judged, the consumer's metadata -- a
+    broker's copy -- gave the position up (read again from the log start, or ``poll`` raising).
+    Once the coordinator serves its state again (put back from a newer copy), the offset is read."""
+    cluster = _RestoredCoordinatorCluster()
+    coordinator = _SubscribedTopics(cluster)
+    old = cluster.metadata
+    cluster.copy = replace(old, version=old.version + 5)
+    cluster.make_topic_again(NEW_ID)
+    made_again = cluster.metadata = replace(cluster.metadata, version=old.version + 10)
+    cluster.restored = old
+    coordinator.topic_ids["t"] = NEW_ID
+    c = _group_consumer(cluster, coordinator)
+    try:
+        c.assign([T0])
+        if how == "seek":
+            c.seek(T0, COMMITTED, topic_id=NEW_ID)
+        got = _poll_until(c, bool, 10)
+        assert got == [] and c.position(T0) == COMMITTED and T0 in c._ahead_of_metadata, \
+            f"given up on an answer older than the consumer's metadata: read {got[:1]}, position {c.position(T0)}"
+        assert c.metadata.version == old.version + 5, "the scenario needs the broker's copy held"
+        cluster.restored, cluster.copy = None, made_again  # put back from a newer copy of its state
+        assert _first_of_t0(c) == COMMITTED, "the new topic's committed offset was lost"
+    finally:
+        c.close()

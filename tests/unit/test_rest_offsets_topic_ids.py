@@ -204,3 +204,31 @@ def test_a_partition_named_twice_in_a_seek_takes_offset_and_topic_id_from_the_sa
     assert r.status_code == 204, r.data
     ids = {("t", 0): second["topic_id"]} if "topic_id" in second else None
     assert agent.sought == [({("t", 0): 7}, ids)]
+
+
+@pytest.mark.parametrize("entries, sought", [
+    ([{"offset": 20, "topic_id": "id-t0"}, {"offset": 7}, {"offset": 9, "topic_id": "id-t"}], (9, "id-t")),
+    ([{"offset": 20, "topic_id": "id-t0"}, {"offset": 7, "topic_id": "id-t"}, {"offset": 9}], (9, None)),
+    ([{"offset": 20}, {"offset": 7, "topic_id": "id-t0"}, {"offset": 9}], (9, None)),
+])
+def test_a_partition_named_three_times_with_mixed_topic_ids_takes_its_last_entry(
+        served: Any, entries: list[dict], sought: tuple[int, str | None]) -> None:
+    client, agent = served
+    r = client.post(BASE + "/positions", headers=HEADERS,
+                    json={"offsets": [{"topic": "t", "partition": 0, **e} for e in entries]})
+    assert r.status_code == 204, r.data
+    offset, topic_id = sought
+    assert agent.sought == [({("t", 0): offset}, {("t", 0): topic_id} if topic_id else None)]
+
+
+def test_an_instance_seek_naming_a_partition_three_times_takes_its_last_entry() -> None:
+    rest = RestInstance()
+    rest.coordinator.committed[T0] = 500
+    assert rest.fetch()[:1] == [500]
+    rest.request("seek", to="offsets", offsets=[["t", 0, 3, "no-such-id"], ["t", 0, 5, "id-t"], ["t", 0, 7]])
+    assert rest.fetch()[:1] == [7]
+    before = rest.instance.consumer.position(T0)
+    with pytest.raises(RemoteError) as refused:
+        rest.request("seek", to="offsets", offsets=[["t", 0, 3], ["t", 0, 5, "id-t"], ["t", 0, 9, "no-such-id"]])
+    assert refused.value.code == P.UNKNOWN_TOPIC_ID
+    assert rest.instance.consumer.position(T0) == before, "a refused seek moved the position"
