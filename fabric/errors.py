@@ -212,6 +212,13 @@ class ConnectionLost(RequestTimeout):
     any ``RequestTimeout``, the request may or may not have been carried out."""
 
 
+class GaveUp(RequestTimeout):
+    """The caller stopped waiting before the deadline because its ``give_up()`` said the peer
+    is down (a health watcher's view, which may be wrong for a moment: a lost health PING):
+    unlike a deadline's timeout, nothing says the peer is slow, and it may answer again at once.
+    Like any ``RequestTimeout``, the request may or may not have been carried out."""
+
+
 class RequestQueueFullError(ClientError):
     """A request was not sent: too many in flight on one connection, or its send queue is full
     (code ``buffer_full``, retriable)."""

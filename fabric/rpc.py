@@ -32,8 +32,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import (CodedError, ConnectionLost, LoomError, MalformedFrame, RemoteError, RequestQueueFullError,
-                           RequestTimeout)
+from fabric.errors import (CodedError, ConnectionLost, GaveUp, LoomError, MalformedFrame, RemoteError,
+                           RequestQueueFullError, RequestTimeout)
 from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmq_io import send_frames
@@ -383,8 +383,8 @@ class BlockingClient:
              timeout_ms: int = 5000, retries: int = 0, backoff_ms: int = 100,
              give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         """Send and wait for the reply. Raises RemoteError (the node's answer) or RequestTimeout
-        (after the last try, or as soon as ``give_up()`` -- asked every GIVE_UP_CHECK_MS -- says
-        the peer is gone; ConnectionLost, see the class): catch CodedError for both."""
+        (after the last try, or -- GaveUp -- as soon as ``give_up()``, asked every GIVE_UP_CHECK_MS,
+        says the peer is gone; ConnectionLost, see the class): catch CodedError for both."""
         attempt = 0
         while True:
             try:
@@ -428,7 +428,7 @@ class BlockingClient:
                 if lost:
                     raise ConnectionLost(f"connection to {self.endpoint} lost before the reply")
                 if not ready and give_up is not None and give_up():
-                    raise RequestTimeout(f"gave up waiting for {self.endpoint}: it is down")
+                    raise GaveUp(f"gave up waiting for {self.endpoint}: it is down")
                 continue
             try:
                 reply, payloads_in = wire.decode_reply(self.sock.recv_multipart())

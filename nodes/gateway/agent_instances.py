@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from fabric import protocol as P
 from fabric.client.fetch_ledger import FetchLedger
 from fabric.client.services import CALL_TIMEOUT_MS, ServiceConsumer
-from fabric.errors import CodedError, ConnectionLost, FabricError, RequestTimeout
+from fabric.errors import CodedError, ConnectionLost, FabricError, GaveUp, RequestTimeout
 from nodes.gateway.left_behind import LeftBehind
 from nodes.gateway.translate import translated
 from webui.errors import ClusterError
@@ -149,8 +149,12 @@ class ConsumerInstances:
         to a live service first; when the service lost it by restarting (it answers "unknown
         instance", or a call to it timed out or lost its connection -- the process was killed
         with it -- and another process than the one that made it answers PING), make it again
-        and run ``op`` once more (see the module doc). Raises
-        ClusterError; instance_not_found (the entry forgotten) when it was deleted or expired."""
+        and run ``op`` once more (see the module doc). A call that ended because the health
+        watcher saw its service down -- it gave up waiting (``GaveUp``), or the wait for the
+        service's restart ended there -- is run once more too: on the instance where it is, if
+        the watcher sees the service up again by then (it saw it down only for a moment: a
+        health PING lost with a process killed just before), else moved. Raises ClusterError;
+        instance_not_found (the entry forgotten) when it was deleted or expired."""
         entry = self.instance(group, name)
         for attempt in range(2):
             with entry.move_lock:  # one move per instance: a second thread finds it moved
@@ -168,12 +172,17 @@ class ConsumerInstances:
                 lost = e.kind == "instance_not_found" or isinstance(e.__cause__, RequestTimeout)
                 # killed with the call: it is being started again (PING unanswered meanwhile)
                 wait_ms = SERVICE_RESTART_WAIT_MS if isinstance(e.__cause__, ConnectionLost) else 0
-                if not attempt and lost and self._made_again_after_restart(entry, made, wait_ms):
+                again = self._made_again_after_restart(entry, made, wait_ms) if not attempt and lost else False
+                if again:
                     continue
                 if e.kind == "instance_not_found":
                     self._forget(entry)
                     raise
-                if e.kind != "unavailable" or attempt or self.takes_work(entry.endpoint):
+                # seen down while it was handled, not only now: a watcher that saw a live
+                # service down for a moment sees it up again by now, and the call that gave up
+                # on it was taken for a live service's timeout (final) -- a /ws/consume stream closed
+                seen_down = again is None or isinstance(e.__cause__, GaveUp)
+                if e.kind != "unavailable" or attempt or (self.takes_work(entry.endpoint) and not seen_down):
                     raise
         raise AssertionError("unreachable")
 
@@ -183,35 +192,40 @@ class ConsumerInstances:
         handle.fetches = entry.fetches
         return handle
 
-    def _made_again_after_restart(self, entry: InstanceEntry, made: int, wait_ms: int = 0) -> bool:
+    def _made_again_after_restart(self, entry: InstanceEntry, made: int, wait_ms: int = 0) -> bool | None:
         """After a call made on the ``made``-th making of ``entry`` failed as if its service
         lost it: True when it is to be asked again -- another thread made it again meanwhile, or
         its service restarted (another pid) and it is made again now, on a live service with
         its subscription or assignment. False when it is gone for good (deleted, or expired on
-        that same process) or nothing can be told (the service does not answer PING, within
-        ``wait_ms`` while it is not seen down)."""
+        that same process) or nothing can be told (the service does not answer PING within
+        ``wait_ms``); None when the health watcher saw the service down before PING was
+        answered (``_service_restarted``)."""
         with entry.move_lock:
             if entry.deleted:
                 return False
             if entry.made != made:
                 return True
-            if not self._service_restarted(entry, wait_ms):
-                return False
+            restarted = self._service_restarted(entry, wait_ms)
+            if not restarted:
+                return restarted
             self._make_again(entry, elsewhere=False)
             return True
 
-    def _service_restarted(self, entry: InstanceEntry, wait_ms: int = 0) -> bool:
+    def _service_restarted(self, entry: InstanceEntry, wait_ms: int = 0) -> bool | None:
         """Whether another process than the one that made ``entry`` serves its endpoint now;
         with ``wait_ms``, PING is asked again until then while unanswered and the health
-        watcher does not see the service down (the supervisor is starting it again)."""
+        watcher does not see the service down (the supervisor is starting it again). None
+        (falsy: no telling) when the watcher saw it down before PING was answered."""
         if entry.service_pid is None:
             return False  # made by a service that did not say its pid: no telling
         deadline = time.monotonic() + wait_ms / 1000
         while True:
             try:
                 pid = self._consumers().call(entry.endpoint, P.PING, {}, timeout_ms=SERVICE_PING_TIMEOUT_MS).get("pid")
-            except RequestTimeout:  # each one on a fresh connection (the timed-out one is closed)
-                if time.monotonic() < deadline and self.is_up(entry.endpoint):
+            except RequestTimeout as e:  # each one on a fresh connection (the timed-out one is closed)
+                if isinstance(e, GaveUp) or not self.is_up(entry.endpoint):
+                    return None
+                if time.monotonic() < deadline:
                     continue
                 return False
             except FabricError:

@@ -17,7 +17,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import ConnectionLost, RemoteError, RequestTimeout
+from fabric.errors import ConnectionLost, GaveUp, RemoteError, RequestTimeout
 import nodes.gateway.agent as agent_mod
 import nodes.gateway.agent_instances as instances_mod
 from nodes.gateway.agent import GatewayAgent
@@ -39,6 +39,10 @@ class Services:
         self.on_fetch: Any = None
         self.hang_next_fetch = False
         self.lose_next_fetch = False          # its connection ends: the process died with it
+        # the health watcher sees the service down for a moment while it waits (a health PING
+        # lost with a process killed just before): it gives up waiting, and the service (the
+        # same process) is seen up again before the gateway decides what to do
+        self.give_up_next_fetch: Any = None
         self.pings_unanswered: dict[str, int] = {ep: 0 for ep in endpoints}  # starting again meanwhile
         self.pings = 0
 
@@ -104,6 +108,10 @@ class Handle:
         if self.s.lose_next_fetch:
             self.s.lose_next_fetch = False
             raise ConnectionLost(f"connection to {self.endpoint} lost before the reply")
+        if self.s.give_up_next_fetch is not None:
+            seen_up_again, self.s.give_up_next_fetch = self.s.give_up_next_fetch, None
+            seen_up_again()
+            raise GaveUp(f"gave up waiting for {self.endpoint}: it is down")  # as BlockingClient's give_up
         return list(self._hosted()[1])
 
     def delete(self, owner: str | None = None) -> None:
@@ -205,6 +213,41 @@ def test_a_lost_fetch_whose_service_is_seen_down_meanwhile_moves_the_instance(se
     services.on_fetch = killed_and_seen_down_after_a_ping
     assert a.call_instance("g", "s1", lambda h: h.fetch()) == ["t"]
     assert _host(services) != ep and services.pings == 2
+
+
+def test_a_fetch_given_up_while_its_live_service_was_seen_down_for_a_moment_is_asked_again(setup: Any) -> None:
+    """The health watcher saw the instance's service down for a moment (its PING was lost with
+    a process killed and restarted on that endpoint just before -- the instance was made again
+    there) while a /ws/consume stream's fetch waited: the fetch gave up, and by the time the
+    gateway looked the same process answered again. That was taken as a live service's timeout
+    -- final: the stream was closed with 1011 -- where nothing was wrong with the instance."""
+    a, services = setup
+    ep = _host(services)
+    down: set[str] = set()
+    a.is_up = lambda endpoint: endpoint not in down
+    # seen down (the fetch gives up on it), then up again before the gateway looks
+    services.give_up_next_fetch = lambda: (down.add(ep), down.discard(ep))
+    assert a.call_instance("g", "s1", lambda h: h.fetch()) == ["t"]
+    assert _host(services) == ep and len(services.creates) == 1, "the live instance was not asked again"
+    assert services.fetches == 2
+
+
+def test_a_lost_fetch_whose_wait_ended_on_a_moments_down_is_asked_again_of_the_live_instance(setup: Any) -> None:
+    """The connection a fetch went out on ended while the process lived on, and the health
+    watcher saw the service down for a moment while PING went unanswered: the wait ended
+    there, and by the time the gateway decided the watcher saw it up again -- taken for a live
+    service's failure (final), where the instance was there all along."""
+    a, services = setup
+    ep = _host(services)
+    services.lose_next_fetch = True
+
+    def down_for_a_moment() -> None:
+        views = iter([False])  # the watcher's next look at ep, then up again
+        a.is_up = lambda endpoint: endpoint != ep or next(views, True)
+        services.pings_unanswered[ep] = 1
+    services.on_fetch = down_for_a_moment
+    assert a.call_instance("g", "s1", lambda h: h.fetch()) == ["t"]
+    assert _host(services) == ep and len(services.creates) == 1 and services.fetches == 2
 
 
 def test_a_lost_fetch_whose_service_never_answers_again_is_unavailable(setup: Any,

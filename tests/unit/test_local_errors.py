@@ -18,7 +18,7 @@ from fabric import protocol as P
 from fabric.clock import ManualClock
 from fabric.client.admin import Admin
 from fabric.config import NodeConfig
-from fabric.errors import (ClientError, CodedError, FabricError, RemoteError, RequestQueueFullError,
+from fabric.errors import (ClientError, CodedError, FabricError, GaveUp, RemoteError, RequestQueueFullError,
                            RequestTimeout)
 from fabric.reactor import Reactor
 from fabric.rpc import BlockingClient, RpcClient
@@ -27,6 +27,7 @@ from nodes.local_cluster import free_ports
 
 
 @pytest.mark.parametrize("err, code", [(RequestTimeout("no reply"), P.REQUEST_TIMED_OUT),
+                                       (GaveUp("it is down"), P.REQUEST_TIMED_OUT),
                                        (RequestQueueFullError("too many in flight"), P.BUFFER_FULL)])
 def test_local_conditions_are_client_errors_with_their_code(err: ClientError, code: int) -> None:
     assert isinstance(err, ClientError) and isinstance(err, CodedError) and not isinstance(err, RemoteError)
@@ -45,7 +46,8 @@ def test_a_blocking_call_nobody_answers_is_a_local_timeout_after_its_retries() -
         with pytest.raises(RequestTimeout) as e:
             client.call(P.PING, timeout_ms=50, retries=1, backoff_ms=1)
         assert not isinstance(e.value, RemoteError)
-        with pytest.raises(RequestTimeout, match="it is down"):
+        # given up (the peer seen down) is told from a deadline's timeout: GaveUp
+        with pytest.raises(GaveUp, match="it is down"):
             client.call(P.PING, timeout_ms=5000, give_up=lambda: True)
     finally:
         client.close()
