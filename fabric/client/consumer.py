@@ -9,7 +9,9 @@ consumer never sees a record that could still be lost.
 
 Failover -- a stalled fetch makes the consumer ask for metadata (with a backoff), and a
 request whose leader moved is cancelled and sent to the new one at the same position -- is
-``ConsumerFailover`` (``fabric.client.consumer_failover``), mixed in.
+``ConsumerFailover`` (``fabric.client.consumer_failover``), mixed in. Seeking, resets, the topic
+id a position belongs to, give-back and the errors of a partition that cannot be positioned are
+``ConsumerPositions`` (``fabric.client.consumer_positions``), mixed in too.
 
 Consumer groups (``subscribe``/``commit``) build on this class; see ``fabric.client.group``.
 
@@ -23,15 +25,16 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 
 import zmq
 
 from fabric import protocol as P
-from fabric.client.admin import EARLIEST, LATEST
 from fabric.client.bootstrap import CoordinatorSilence, parse_bootstrap
 from fabric.client.consumer_failover import (METADATA_BACKOFF_MS, METADATA_BACKOFF_MS_MAX, METADATA_RETRY_MS,
                                              METADATA_TIMEOUT_MS, ConsumerFailover)
+# AUTO_RESET and ResetSpec live in consumer_positions; importable from here as before
+from fabric.client.consumer_positions import AUTO_RESET, ConsumerPositions, ResetSpec
 from fabric.clock import Clock
 from fabric.errors import FabricError, MalformedFrame, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
@@ -52,12 +55,6 @@ FETCH_WAIT_MS = 500
 FETCH_STALL_MS = 300           # a fetch unanswered this long past its wait_ms: look for a new leader
 STALL_CHECK_INTERVAL_MS = 100  # how often requests in flight are checked for a stall
 FETCH_RETRY_BACKOFF_MS = 100   # a partition whose fetch was refused or failed waits this long
-# a reset to where a partition with nothing to start from starts: decided when it is sent
-# (``_start_spec``: its log start if it appeared while the consumer read its topic, else the policy)
-AUTO_RESET = "auto"
-# EARLIEST, LATEST, AUTO_RESET, None: auto_offset_reset "none", or the error ``poll`` raises until the
-# application seeks (a seek naming a topic id that will never be its topic's: ``_never_current``)
-ResetSpec = int | str | RemoteError | None
 
 
 class ConsumerClient(Protocol):
@@ -85,7 +82,7 @@ class _InFlight:
     topic_ids: dict[str, str] = field(default_factory=dict)  # the ids it named its topics by
 
 
-class Consumer(ConsumerFailover):
+class Consumer(ConsumerPositions, ConsumerFailover):
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
                  auto_offset_reset: str = "latest", fetch_bytes_max: int = 8 * 1024 * 1024,
                  partition_fetch_bytes_max: int = 4 * 1024 * 1024, fetch_wait_ms: int = FETCH_WAIT_MS,
@@ -194,95 +191,6 @@ class Consumer(ConsumerFailover):
     def assignment(self) -> list[TopicPartition]:
         return sorted(self.positions)
 
-    def seek(self, tp: TopicPartition, offset: int, *, topic_id: str = "", committed: bool = False) -> None:
-        """Fetch ``tp`` from ``offset`` next. ``topic_id``: the id of the topic ``offset`` is of,
-        where known, else the topic the metadata names now. An id the metadata lists as deleted
-        starts ``tp`` at the new topic's log start (an offset of the topic before, made again
-        since); one it does not name yet is waited for (a topic just made again) until the
-        coordinator's metadata, asked for after this seek, says: not its topic's id then, ``poll``
-        raises RemoteError(unknown_topic_id) for ``tp`` until it is sought again -- unless
-        ``committed``: ``offset`` is the group's committed offset of ``topic_id``
-        (``committed_with_topic_ids``), so the id was its topic's once, and ``tp`` starts at the
-        new topic's log start, as for one listed as deleted (``_judge_ahead``). Raises FabricError
-        when ``tp`` is not assigned, ValueError for a negative offset (as Kafka's:
-        ``seek_to_beginning``/``_end`` name those)."""
-        if offset < 0:
-            raise ValueError(f"seek offset must not be negative, got {offset}")
-        self._check_assigned([tp])
-        self._move_to(tp, offset)
-        self._taken.pop(tp, None)
-        self._positioned_from_outside([tp], {tp[0]: topic_id} if topic_id else None, committed=committed)
-
-    def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None, *,
-                                 committed: bool = True) -> None:
-        """``tps`` were given positions from outside (a seek, a group's committed offset). Where
-        the source said which topic they are offsets of (``of``, {topic: id}: the coordinator's
-        committed offsets), they count as read in it: metadata that names the topic by another
-        id starts them again (``_take_metadata``), at once where the metadata lists that id as
-        deleted -- an old topic's committed offset, taken as the topic was made again, skipped
-        the new topic's records below it. One the metadata does not name yet waits for the
-        coordinator's word (``_judge_ahead``; ``committed``: the id is a committed offset's, not
-        an application's seek's). Else they are offsets of the topic the metadata names now, as
-        far as a commit of them goes (``_positioned_in``)."""
-        gone = []
-        for tp in tps:
-            named = of.get(tp[0]) if of else None
-            self._ahead_of_metadata.pop(tp, None)
-            self._ahead_since.pop(tp, None)
-            if named:
-                self._read_in[tp] = named
-                self._positioned_in.pop(tp, None)
-                if named in self.metadata.deleted_topic_ids:
-                    gone.append(tp)
-                elif self.metadata.topic_ids_of([tp[0]]).get(tp[0]) != named:
-                    self._ahead_of_metadata[tp] = named  # read once the metadata names it (``_on_fetch``)
-                    self._ahead_since[tp] = (self._md_asked, committed)
-                    self._refresh_metadata()
-                continue
-            self._read_in.pop(tp, None)
-            t = self.metadata.topics.get(tp[0])
-            if t is not None and t.topic_id:
-                self._positioned_in[tp] = t.topic_id
-            else:
-                self._positioned_in.pop(tp, None)
-        if gone:
-            self._start_deleted(gone)
-
-    def _move_to(self, tp: TopicPartition, offset: int) -> None:
-        """``seek``, in the topic the position was read in (records taken and given back)."""
-        self.positions[tp] = offset
-        self._forget_reset(tp)
-        self._drop_buffered(tp)
-
-    def seek_to_beginning(self, tps: list[TopicPartition] | None = None) -> None:
-        """Fetch ``tps`` (default: every assigned partition) from their log start next. Raises
-        FabricError, changing nothing, when one is not assigned (as ``seek``)."""
-        self._check_assigned(tps or [])
-        self._reset(tps, EARLIEST)
-
-    def seek_to_end(self, tps: list[TopicPartition] | None = None) -> None:
-        """``seek_to_beginning``, to the log end."""
-        self._check_assigned(tps or [])
-        self._reset(tps, LATEST)
-
-    def reset_positions(self, tps: list[TopicPartition]) -> None:
-        """Start ``tps`` where a partition with nothing to start from starts: its log start if it
-        appeared while the consumer read its topic (``_start_spec``), else ``auto_offset_reset``
-        -- not looked up again as a group's committed offset. Raises FabricError, changing
-        nothing, when one is not assigned (as ``seek``)."""
-        self._check_assigned(tps)
-        if tps:
-            self._reset(tps, AUTO_RESET)
-
-    def _check_assigned(self, tps: list[TopicPartition]) -> None:
-        # a reset of a partition not assigned gave it a position: fetched until the next assign
-        for tp in tps:
-            if tp not in self.positions:
-                raise FabricError(f"{tp[0]}-{tp[1]} is not assigned")
-
-    def position(self, tp: TopicPartition) -> int | None:
-        return self.positions.get(tp)
-
     def _drop_buffered(self, tp: TopicPartition) -> None:
         self._keep_buffered(lambda other: other != tp)
         self._fetch_positions.pop(tp, None)
@@ -290,44 +198,6 @@ class Consumer(ConsumerFailover):
     def _keep_buffered(self, keep: Any) -> None:
         self._buffer = deque(run for run in self._buffer if keep((run.topic, run.partition)))
         self._buffered_records = sum(map(len, self._buffer))
-
-    def _forget_reset(self, tp: TopicPartition) -> None:
-        """``tp`` is no longer to be reset as asked before (seeked, given up, reset again): its
-        policy and its LIST_OFFSETS in flight go. Else the old answer positioned the partition
-        once it waited for a position again -- assigned anew and waiting for the group's committed
-        offset, or reset the other way (seek_to_beginning after seek_to_end) -- and a policy left
-        behind reset it when assigned again instead of starting at the committed offset. An
-        error waiting for the partition's position (auto_offset_reset "none") goes too."""
-        self._reset_specs.pop(tp, None)
-        self._position_errors.pop(tp, None)
-        self._waiting_since_asked.pop(tp, None)
-        pending = self._resetting.pop(tp, None)
-        if pending is not None and pending.endpoint in self._clients:
-            self._clients[pending.endpoint].cancel(pending.request_id)
-
-    def _reset(self, tps: list[TopicPartition] | None, spec: ResetSpec, *, keep_give_back: bool = False) -> None:
-        """Start ``tps`` (None: every assigned partition) again at ``spec``: no position until
-        the LIST_OFFSETS answers, nothing buffered, and no give-back of the last poll moves them
-        back (the reset stands) -- unless ``keep_give_back``: a partition found out of range at
-        the position the last poll's take set (``_out_of_range``) may still be given back, to a
-        position of the topic it was read in, and its range is checked again there (the records
-        before it, maybe still in the log, are not skipped)."""
-        for tp in tps or list(self.positions):
-            at = self.positions.get(tp)
-            self._forget_reset(tp)
-            self._ahead_of_metadata.pop(tp, None)  # no longer a position set from outside
-            self._ahead_since.pop(tp, None)
-            self.positions[tp] = None
-            self._reset_specs[tp] = spec
-            self._drop_buffered(tp)
-            read_in = self._read_in.get(tp)
-            if read_in:  # what a commit of it names until it has a position again
-                self._positioned_in[tp] = read_in
-            if keep_give_back and tp in self._taken and at is not None:
-                self._taken_to[tp] = at  # how far the give-back may move it (never forward)
-                continue
-            self._taken.pop(tp, None)
-            self._read_in.pop(tp, None)
 
     # -- polling ------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
@@ -355,44 +225,6 @@ class Consumer(ConsumerFailover):
             self.give_back([((v.topic, v.partition), v.first_offset) for v in views])
             raise
         return out
-
-    def give_back(self, offsets: Iterable[tuple[TopicPartition, int]]) -> None:
-        """Move partitions back to records the last poll took (moved the positions past) but
-        that did not reach the application, so that the next poll returns them: ``offsets`` is
-        (partition, offset) pairs, each the first offset of a run not handed over; a partition
-        named more than once goes back to the lowest, but never before where that poll took it
-        from; a negative offset raises ValueError, changing nothing. Left past them, the next
-        poll skipped them and the next commit -- a ``close`` in a ``with`` block or a ``finally``
-        after a Ctrl-C -- committed them. Used by ``poll`` and by the consumer service's
-        instances.
-
-        Never forward, and only a partition whose position that poll moved and nothing moved
-        since: one sought, reset (``seek_to_*``, its topic made again) or assigned anew since
-        keeps what that set (put back, the old position undid it: a topic made again was read
-        from the old topic's position), and one no longer assigned or waiting for a position is
-        left alone. An out-of-range answer at the position that poll set is not such a move:
-        the give-back takes that position back, and the range is checked again when the position
-        gets there (the records before it, maybe still in the log, are not skipped). Not
-        thread-safe (as ``poll``)."""
-        lowest: dict[TopicPartition, int] = {}
-        for tp, offset in offsets:
-            if offset < 0:  # as ``seek``: taken, the fetch there was out of range, the partition reset
-                raise ValueError(f"give_back offset must not be negative, got {offset} for {tp[0]}-{tp[1]}")
-            if offset < lowest.get(tp, offset + 1):
-                lowest[tp] = offset
-        positions, taken = self.positions, self._taken
-        for tp, offset in lowest.items():
-            if tp not in taken:
-                continue
-            start, position = taken[tp], positions.get(tp)
-            if start is not None and offset < start:
-                offset = start  # that poll took nothing before: an earlier poll returned those
-            if position is None:  # an out-of-range reset at the position that poll set (nothing
-                position = self._taken_to.get(tp)  # else leaves one in ``taken``): as if still there
-            # equal: a take cut before it moved the position past a run it took off the buffer --
-            # moved, the buffer is dropped and fetched again from there
-            if position is not None and position >= offset:
-                self._move_to(tp, offset)
 
     def poll_batch(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[RecordBatchView]:
         """``poll`` as views: the records after the current positions (advancing them past
@@ -574,68 +406,6 @@ class Consumer(ConsumerFailover):
                     self._buffer.append(view)
                     self._buffered_records += len(view)
                     self._fetch_positions[tp] = view.next_offset
-
-    def _out_of_range(self, tp: TopicPartition, fetched_at: int) -> None:
-        """The log no longer holds ``fetched_at`` (retention moved its start past it, or its
-        end is below it). A prefetch's answer -- records before ``fetched_at`` buffered, not yet
-        returned -- changes nothing yet: the partition is fetched again after a backoff, and the
-        reset (or the error) comes once the position reaches it. Reset at once, it dropped the
-        records the consumer held, and skipped them; Kafka's consumer never fetches a partition
-        past records it buffers of it, so its out-of-range is always at the position."""
-        if self.positions.get(tp) != fetched_at:
-            self._hold([tp])
-            return
-        if self.auto_offset_reset == "none":
-            # raised at a poll's start (``_raise_position_error``), never after it took records
-            self._cannot_position(tp, f"position {fetched_at} is out of range", fetched_at)
-            return
-        # said, as Kafka's consumer does: records may be skipped, or read again, from here
-        log.warning("%s-%d: position %d is out of the log's range; starting again at the %s offset "
-                    "(auto_offset_reset)", tp[0], tp[1], fetched_at, self.auto_offset_reset)
-        # found at the position a take set: its give-back takes the reset back with it
-        self._reset([tp], self._policy_spec(), keep_give_back=True)
-
-    def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
-        """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no
-        position); a ``poll`` raises once its position is there, before it takes any record.
-        Raised here -- in a fetch's answer, read also after ``_take`` advanced the positions --
-        it lost the records that poll was returning."""
-        self._position_errors[tp] = (at, RemoteError(P.OFFSET_OUT_OF_RANGE, f"{tp[0]}-{tp[1]}: {why}"))
-
-    def _raise_position_error(self) -> None:
-        """Raise the error of a partition ``_cannot_position`` found once its position is
-        where it was found (records buffered before it are taken first); forget it once the
-        partition was seeked past it or given up."""
-        for tp, (at, error) in list(self._position_errors.items()):
-            position = self.positions.get(tp, -1)
-            if position == at:
-                del self._position_errors[tp]
-                raise error
-            if tp not in self.positions or position is None or at is None or position > at:
-                del self._position_errors[tp]
-
-    def _policy_spec(self) -> int | None:
-        """Where ``auto_offset_reset`` starts a partition with nothing to start from (never
-        seeked, nothing committed, out of range; one that appeared while the consumer read its
-        topic starts at its log start instead: ``_start_spec``): EARLIEST, LATEST, or None for "none" -- no
-        reset: ``poll`` raises until the application seeks, as Kafka's
-        NoOffsetForPartitionException (it was taken for "latest": the log end, silently)."""
-        return {"earliest": EARLIEST, "latest": LATEST}.get(self.auto_offset_reset)
-
-    def _heard_since_waiting(self, tp: TopicPartition) -> bool:
-        """``tp`` has nothing to start from and auto_offset_reset is "none": the error is raised
-        only once metadata asked for after the partition began waiting has answered, and how its
-        topic was when the consumer began reading it is known. The metadata
-        at hand may be older than the topic (a group's assignment of a topic made again, come
-        before the metadata naming it): newer metadata may show the partition appeared while it
-        was read, and it starts at its log start instead (``_start_spec``)."""
-        since = self._waiting_since_asked.setdefault(tp, self._md_asked)
-        # an answer to a request sent before does not count (it may be older than the wait), nor
-        # one while how the topic was when the reading began is not known yet (``_note_first_seen``)
-        if self._md_answered > since and tp[0] not in self._unseen:
-            return True
-        self._refresh_metadata()
-        return False
 
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, AUTO_RESET)
