@@ -300,7 +300,7 @@ class ConsumerFailover:
         if gone:
             self._start_deleted(gone)
         for tp, topic_id, committed in never:
-            if committed or topic_id in deleted:
+            if tp in gone:
                 continue
             why = (f"{tp[0]}-{tp[1]}: topic id {topic_id}, named by its seek, is not the id of topic {tp[0]!r} and "
                    f"never will be (deleted long since, or never an id of it): seek it again")
