@@ -13,7 +13,10 @@ from fabric import protocol as P
 from fabric.metadata import ClusterMetadata
 from tests.harness import Cluster, free_ports, make_config, wait_until
 
-SESSION_MS = 1500  # the twin test waits for a session to run out: half the test config's 3 s
+# the test config's session: at 1.5 s, seen once in CI, the twin of the refusal test was taken instead of
+# refused (broker 1's heartbeats held past the session while the twin process started on a loaded
+# machine: broker 1 taken for dead -- the suspected cause; the run's logs were not kept)
+SESSION_MS = 3000
 
 
 def _broker_1_process(cluster: Cluster) -> str:
