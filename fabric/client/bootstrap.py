@@ -15,7 +15,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import CodedError, FabricError, MalformedFrame, RemoteError, RequestTimeout
+from fabric.errors import CodedError, ConnectionRefused, FabricError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata, read_answer
 from fabric.rpc import BlockingClient
 
@@ -72,7 +72,7 @@ LATE_ANSWER_LOOK_MS = 50  # a round's asks all failed: each cut short is looked 
 
 class CoordinatorSilence:
     """Whether the coordinator went silent: a metadata ask of it timed out or its connection
-    failed. For a backoff from then (``COORDINATOR_SILENT_BACKOFF_MS_MIN``, doubled at each
+    failed or was refused. For a backoff from then (``COORDINATOR_SILENT_BACKOFF_MS_MIN``, doubled at each
     silence in a row up to ``..._MAX``) metadata is asked of the other endpoints first -- with
     the coordinator's process dead, every refresh spent its whole timeout (3 s) there before a
     broker's copy was asked; then the coordinator is asked again, for at most
@@ -118,7 +118,8 @@ class CoordinatorSilence:
     def heard(self, endpoint: str, error: Exception | None, now_ms: int, sent_ms: int | None = None) -> None:
         """A metadata ask of ``endpoint`` sent at ``sent_ms`` (default: taken for ``now_ms``)
         ended with ``error`` (None: a reply) at ``now_ms``. Any answer of the node (a reply,
-        ``RemoteError``) ends its silence; a timeout or a connection lost (``RequestTimeout``)
+        ``RemoteError``) ends its silence; a timeout, a connection lost or refused (each a
+        ``RequestTimeout``: a refusal does not tell a dead coordinator from one restarting)
         of the coordinator begins one, or doubles its backoff when the ask was sent once that
         was over -- one sent before (another thread's, however late it ends) does not, nor does
         one sent before the coordinator last answered (another thread's ask). Other errors
@@ -255,13 +256,16 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     that answered last), and a coordinator gone silent is waited for no longer than
     ``silence.timeout_ms`` says -- also one that did not answer before the metadata that
     answered showed it the coordinator (a first fetch: the next would wait for it again). Any
-    ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. An ask cut short so (or by
+    ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. An ask whose connection is
+    refused (``ConnectionRefused``: the node's process is dead, its host up) ends at once, and
+    the next endpoint is asked; a node that takes the connection and does not answer, or a host
+    that does not answer the connect, is waited for as above. An ask cut short so (or by
     ``silence``) still has its answer taken while the later asks are made, and when none of
     them answers, for as long as the cut took off it (by ``deadline_s``): a node slower than the
     cut but within ``timeout_ms`` (a loaded coordinator, the brokers dead) answered every fetch
     before the cuts, and none after. Raises ``RequestTimeout`` (``request_timed_out``,
     retriable) when none answers with metadata in time: the cluster is down, unreachable or
-    starting."""
+    starting -- at once when every endpoint refused the connection."""
     asks = _Asks(silence)
     if silence is not None:
         order = silence.order(endpoints, prefer, int(time.monotonic() * 1000))
@@ -305,7 +309,9 @@ class _Asks:
     def ask(self, ctx: zmq.Context, ep: str, try_ms: int, cut_ms: int) -> tuple[ClusterMetadata, str] | None:
         """Ask ``ep`` for at most ``try_ms``, ``cut_ms`` less than it would have had: the
         metadata and ``ep``, or None (kept for its late answer when it timed out cut short)."""
-        client = BlockingClient(ctx, ep)
+        # a refused connect (the node's process dead, its host up) ends the ask at once: the
+        # next endpoint is asked, not after the timeout libzmq's retries of the connect took
+        client = BlockingClient(ctx, ep, fail_on_refused=True)
         kept = False
         sent_ms = int(time.monotonic() * 1000)
         try:
@@ -313,7 +319,8 @@ class _Asks:
         except CodedError as e:
             self.last = e
             self._heard(ep, e, sent_ms)
-            if isinstance(e, RequestTimeout) and cut_ms > 0:
+            # refused: the node is down now, and the round's end does not wait for its answer
+            if isinstance(e, RequestTimeout) and not isinstance(e, ConnectionRefused) and cut_ms > 0:
                 self._cut.append((client, sent_ms))
                 self.saved_ms, kept = max(self.saved_ms, cut_ms), True
             return None

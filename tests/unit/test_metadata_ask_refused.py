@@ -1,0 +1,159 @@
+"""A metadata ask of a node whose port refuses the connection (its process is dead, its host
+up: nothing listens there) ends at once, and ``fetch_metadata`` asks the next endpoint: a
+refused connect is a definite answer that the node cannot answer now. A libzmq DEALER retries
+a refused connect without a word, so the ask waited out its timeout (1 s: the gateway's window
+after the coordinator's SIGKILL). A node that takes the connection and does not answer (slow,
+hung) is still waited for its whole timeout.
+
+Real sockets on 127.0.0.1: ports picked free at run time; nothing listens on the refused one,
+a libzmq ROUTER that never answers is the silent one."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+import zmq
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.client.bootstrap import COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence, fetch_metadata
+from fabric.errors import ConnectionRefused, RequestTimeout
+from fabric.metadata import ClusterMetadata
+from fabric.rpc import BlockingClient
+from nodes.local_cluster import free_ports, wait_until
+
+TIMEOUT_MS = 3000
+MD = dataclasses.replace(ClusterMetadata.empty(), version=7, coordinator="tcp://127.0.0.1:1", state_id="s1")
+LATE_S = 0.01  # a deadline in whole ms is met up to a ms early
+SOON_S = 0.5  # a refusal on loopback comes in well under a millisecond; the timeouts are 1 s and more
+
+
+@pytest.fixture
+def refused() -> str:
+    """An endpoint with nothing listening: a connect to it is refused."""
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """An endpoint that takes connections and requests and answers none."""
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    sock.bind(endpoint)
+    yield endpoint
+    sock.close(0)
+
+
+def _timed(fn: Any, *args: Any, **kw: Any) -> tuple[Any, float]:
+    start = time.monotonic()
+    try:
+        out = fn(*args, **kw)
+    except RequestTimeout as e:
+        out = e
+    return out, time.monotonic() - start
+
+
+def test_an_ask_of_a_refused_endpoint_ends_at_once(refused: str) -> None:
+    client = BlockingClient(zmq.Context.instance(), refused, fail_on_refused=True)
+    try:
+        error, elapsed_s = _timed(client.call, P.METADATA, {}, timeout_ms=TIMEOUT_MS)
+    finally:
+        client.close()
+    assert isinstance(error, ConnectionRefused), error
+    assert elapsed_s < SOON_S, f"waited {elapsed_s:.2f} s for a node that refused the connection"
+
+
+@pytest.mark.parametrize("where, fail_on_refused", [("silent", True), ("refused", False)])
+def test_an_ask_waits_its_timeout_for_a_silent_endpoint_or_without_the_option(
+        where: str, fail_on_refused: bool, request: pytest.FixtureRequest) -> None:
+    """A node that took the connection may still answer; and the client's other users keep
+    libzmq's behaviour, the request waiting for a refused node to come up."""
+    endpoint = request.getfixturevalue(where)
+    client = BlockingClient(zmq.Context.instance(), endpoint, fail_on_refused=fail_on_refused)
+    try:
+        error, elapsed_s = _timed(client.call, P.METADATA, {}, timeout_ms=300)
+    finally:
+        client.close()
+    assert type(error) is RequestTimeout, error
+    assert elapsed_s >= 0.3 - LATE_S
+
+
+def test_fetch_metadata_asks_the_next_endpoint_at_once_after_a_refusal(refused: str, scripted: Any) -> None:
+    live = scripted(lambda req: ({"metadata": MD.to_wire()}, []))
+    (md, endpoint), elapsed_s = _timed(fetch_metadata, zmq.Context.instance(), [refused, live], TIMEOUT_MS)
+    assert (md.version, endpoint) == (MD.version, live)
+    assert elapsed_s < SOON_S, f"the refused endpoint held the round {elapsed_s:.2f} s"
+
+
+def test_a_round_where_every_endpoint_refused_ends_at_once_with_a_timeout(refused: str) -> None:
+    other = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    error, elapsed_s = _timed(fetch_metadata, zmq.Context.instance(), [refused, other], TIMEOUT_MS)
+    assert isinstance(error, RequestTimeout) and error.code == P.REQUEST_TIMED_OUT and error.retriable, error
+    assert "no node answered" in error.message, error.message
+    assert elapsed_s < SOON_S, f"a round of refusals took {elapsed_s:.2f} s"
+
+
+def test_a_silent_first_endpoint_still_holds_the_round_its_timeout(silent: str, scripted: Any) -> None:
+    live = scripted(lambda req: ({"metadata": MD.to_wire()}, []))
+    (md, endpoint), elapsed_s = _timed(fetch_metadata, zmq.Context.instance(), [silent, live], 400)
+    assert endpoint == live
+    assert elapsed_s >= 0.4 - LATE_S
+
+
+def test_a_coordinator_that_refused_is_silent_as_one_that_timed_out(refused: str, scripted: Any) -> None:
+    """A refusal says nothing of whether the coordinator is dead or restarting: its silence
+    begins as at a timeout, and the next rounds ask the brokers first for its backoff."""
+    md = dataclasses.replace(MD, coordinator=refused)
+    live = scripted(lambda req: ({"metadata": md.to_wire()}, []))
+    silence = CoordinatorSilence()
+    silence.seen(md)
+    got, endpoint = fetch_metadata(zmq.Context.instance(), [refused, live], TIMEOUT_MS, refused, silence=silence)
+    assert endpoint == live
+    now_ms = int(time.monotonic() * 1000)
+    assert silence.silent(refused) and silence.skips(refused, now_ms)
+    assert not silence.skips(refused, now_ms + COORDINATOR_SILENT_BACKOFF_MS_MIN + 1)
+    assert silence.order([refused, live], refused, now_ms) == [live, refused]
+
+
+def test_a_refused_client_answers_again_once_its_peer_listens(refused: str) -> None:
+    """A refusal holds until a connection is made: the node started on its port is asked again."""
+    client = BlockingClient(zmq.Context.instance(), refused, fail_on_refused=True)
+    service = zmq.Context.instance().socket(zmq.ROUTER)
+    service.setsockopt(zmq.LINGER, 0)
+    try:
+        with pytest.raises(ConnectionRefused):
+            client.call(P.METADATA, {}, timeout_ms=TIMEOUT_MS)
+        service.bind(refused)
+        replies: list[dict] = []
+
+        def answered() -> bool:
+            try:
+                replies.append(client.call(P.PING, {}, timeout_ms=TIMEOUT_MS)[0])
+            except ConnectionRefused:
+                return False  # the reconnect is not made yet (its interval)
+            return True
+        stop = threading.Event()
+        serving = threading.Thread(target=_answer_until, args=(service, stop), daemon=True)
+        serving.start()
+        try:
+            wait_until(answered, 5, what="an answer once the peer listens")
+        finally:
+            stop.set()
+            serving.join(5)
+        assert replies[-1].get("node") == "up", replies
+    finally:
+        client.close()
+        service.close(0)
+
+
+def _answer_until(sock: zmq.Socket, stop: threading.Event) -> None:
+    """Answer every request (the refused call's too: libzmq kept it for the connection)."""
+    while not stop.is_set():
+        if sock.poll(50):
+            req = wire.decode_request(sock.recv_multipart())
+            sock.send_multipart(wire.encode_reply(req.identity, {"id": req.id, "node": "up"}))
