@@ -33,8 +33,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import (CodedError, ConnectionLost, ConnectionRefused, GaveUp, LoomError, MalformedFrame, RemoteError,
-                           RequestQueueFullError, RequestTimeout)
+from fabric.errors import (CodedError, ConnectionLost, ConnectionRefused, GaveUp, LoomError, MalformedFrame,
+                           RemoteError, RequestQueueFullError, RequestTimeout)
 from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmq_io import send_frames
@@ -249,21 +249,31 @@ class RpcClient:
     once (on the reactor's next pass) with a retriable ``RequestTimeout`` instead of at their
     deadlines: no answer can come on it (a peer killed with them took them along). For callers
     whose deadlines are long and whose retries are harmless (a group member's requests to its
-    coordinator); an answer its peer still sends on a new connection is dropped as a late one."""
+    coordinator); an answer its peer still sends on a new connection is dropped as a late one.
+    ``fail_on_refused`` (tcp:// only): the commands whose requests fail when a connect to the
+    peer fails while they wait (its port refused it: its process is dead, its host up) -- at
+    once, on the reactor's next pass, with a retriable ``ConnectionRefused`` instead of at
+    their deadlines, as the transport retries the connect in silence; one made while the last
+    connect failed is not sent and fails so too. For requests another node can answer instead
+    (metadata asks), never for one whose outcome matters (a produce: it may still go out on
+    the next connection)."""
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None, *,
-                 reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS, fail_on_disconnect: bool = False) -> None:
+                 reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS, fail_on_disconnect: bool = False,
+                 fail_on_refused: tuple[bytes, ...] = ()) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
+        self._fail_on_refused = frozenset(fail_on_refused)
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[ReplyCallback, Timer]] = {}
+        self._refusable: set[int] = set()  # pending requests that a refused connect fails (fail_on_refused)
         self.counters: Counter[str] = Counter()
         self.drop_replies: Callable[[], bool] | None = None  # fault injection
         if endpoint.startswith("tcp://"):
             self.transport: ZmtpDealer | _LibzmqDealer = ZmtpDealer(
                 reactor, endpoint, self._on_message, identity=dealer_identity(identity), counters=self.counters,
                 reconnect_ivl_max_ms=reconnect_ivl_max_ms,
-                on_lost=self._connection_lost if fail_on_disconnect else None)
+                on_lost=self._connection_lost if fail_on_disconnect else None, on_refused=self._connection_refused)
         else:
             self.transport = _LibzmqDealer(ctx, reactor, endpoint, identity, self._on_message)
 
@@ -273,16 +283,24 @@ class RpcClient:
 
     def request(self, command: bytes, header: dict, payloads: list | tuple = (), *,
                 callback: ReplyCallback, timeout_ms: int) -> int:
+        """Send a request; ``callback`` gets its reply or error once. Returns its id (0: it
+        failed at once)."""
         if len(self._pending) >= P.IN_FLIGHT_REQUESTS_MAX:
             callback(None, [], RequestQueueFullError("too many requests in flight"))
             return 0
         rid = next(self._ids)
         header = dict(header, id=rid)
-        if not self.transport.send(wire.encode_request(command, header, payloads)):
+        fail_on_refused = command in self._fail_on_refused
+        refused = fail_on_refused and getattr(self.transport, "refused", False)
+        if not refused and not self.transport.send(wire.encode_request(command, header, payloads)):
             callback(None, [], RequestQueueFullError(f"send queue to {self.endpoint} is full"))
             return 0
         timer = self.reactor.call_later(timeout_ms, lambda: self._expire(rid))
         self._pending[rid] = (callback, timer)
+        if fail_on_refused:
+            self._refusable.add(rid)
+        if refused:
+            self._connection_refused()
         return rid
 
     def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = (),
@@ -296,6 +314,7 @@ class RpcClient:
         return True
 
     def _expire(self, rid: int) -> None:
+        self._refusable.discard(rid)
         entry = self._pending.pop(rid, None)
         if entry is not None:
             entry[0](None, [], RequestTimeout(f"no reply from {self.endpoint}"))
@@ -307,8 +326,17 @@ class RpcClient:
         error = RequestTimeout(f"connection to {self.endpoint} lost before the reply")
         self.reactor.call_later(0, lambda: self._fail(lost, error))
 
+    def _connection_refused(self) -> None:
+        """A connect failed: the pending requests of the ``fail_on_refused`` commands fail on the
+        next pass, as at a lost connection."""
+        refused = list(self._refusable)
+        if refused:
+            error = ConnectionRefused(f"{self.endpoint} refused the connection: nothing listens there")
+            self.reactor.call_later(0, lambda: self._fail(refused, error))
+
     def _fail(self, request_ids: list[int], error: CodedError) -> None:
         for rid in request_ids:
+            self._refusable.discard(rid)
             entry = self._pending.pop(rid, None)
             if entry is not None:  # else answered or timed out meanwhile
                 entry[1].cancel()
@@ -325,6 +353,7 @@ class RpcClient:
         entry = self._pending.pop(header.get("id", -1), None)
         if entry is None:
             return  # late reply to a request that timed out, or a one-way ack
+        self._refusable.discard(header["id"])
         callback, timer = entry
         timer.cancel()
         code = header.get("error", 0)
@@ -336,6 +365,7 @@ class RpcClient:
     def cancel(self, request_id: int) -> bool:
         """Forget request ``request_id``: its callback is never called, and a reply that still
         comes is dropped like a late one. False if it was not pending (answered, timed out)."""
+        self._refusable.discard(request_id)
         entry = self._pending.pop(request_id, None)
         if entry is None:
             return False
@@ -344,6 +374,7 @@ class RpcClient:
 
     def fail_all(self, error: CodedError) -> None:
         pending, self._pending = self._pending, {}
+        self._refusable.clear()
         for callback, timer in pending.values():
             timer.cancel()
             callback(None, [], error)
@@ -437,7 +468,8 @@ class BlockingClient:
             if left_ms <= 0 and not self.sock.poll(0):  # one here at the deadline is taken
                 raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
             left_ms = max(0, left_ms)
-            ready = dict(poller.poll(0 if lost is not None else left_ms if give_up is None else min(left_ms, GIVE_UP_CHECK_MS)))
+            wait_ms = left_ms if give_up is None else min(left_ms, GIVE_UP_CHECK_MS)
+            ready = dict(poller.poll(0 if lost is not None else wait_ms))
             if self._events in ready and lost is None:
                 lost = self._failed(self._connection_events())
             # what the connection delivered before it ended is read first (its arrival is

@@ -224,7 +224,9 @@ class Sender(SenderReplies, threading.Thread):
         self._waker.close()
 
     def _rpc_client(self, endpoint: str) -> RpcClient:
-        return RpcClient(self.ctx, self.reactor, endpoint, identity="producer")
+        # a metadata ask of a node whose port refuses the connection (dead) ends at once: the
+        # next endpoint is asked, not after the ask's timeout (the coordinator's: 1 s)
+        return RpcClient(self.ctx, self.reactor, endpoint, identity="producer", fail_on_refused=(P.METADATA,))
 
     def _client(self, endpoint: str) -> SenderClient:
         c = self._clients.get(endpoint)

@@ -153,3 +153,20 @@ def raw_server() -> Iterator[RawServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def refused_endpoint() -> str:
+    """A tcp:// endpoint on 127.0.0.1 with nothing listening: a connect to it is refused."""
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """A tcp:// endpoint on 127.0.0.1 that takes connections and requests and answers none."""
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    sock.bind(endpoint)
+    yield endpoint
+    sock.close(0)

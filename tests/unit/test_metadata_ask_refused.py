@@ -32,23 +32,6 @@ LATE_S = 0.01  # a deadline in whole ms is met up to a ms early
 SOON_S = 0.5  # a refusal on loopback comes in well under a millisecond; the timeouts are 1 s and more
 
 
-@pytest.fixture
-def refused() -> str:
-    """An endpoint with nothing listening: a connect to it is refused."""
-    return f"tcp://127.0.0.1:{free_ports(1)[0]}"
-
-
-@pytest.fixture
-def silent() -> Iterator[str]:
-    """An endpoint that takes connections and requests and answers none."""
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
-    sock.bind(endpoint)
-    yield endpoint
-    sock.close(0)
-
-
 def _timed(fn: Any, *args: Any, **kw: Any) -> tuple[Any, float]:
     start = time.monotonic()
     try:
@@ -58,8 +41,8 @@ def _timed(fn: Any, *args: Any, **kw: Any) -> tuple[Any, float]:
     return out, time.monotonic() - start
 
 
-def test_an_ask_of_a_refused_endpoint_ends_at_once(refused: str) -> None:
-    client = BlockingClient(zmq.Context.instance(), refused, fail_on_refused=True)
+def test_an_ask_of_a_refused_endpoint_ends_at_once(refused_endpoint: str) -> None:
+    client = BlockingClient(zmq.Context.instance(), refused_endpoint, fail_on_refused=True)
     try:
         error, elapsed_s = _timed(client.call, P.METADATA, {}, timeout_ms=TIMEOUT_MS)
     finally:
@@ -68,7 +51,7 @@ def test_an_ask_of_a_refused_endpoint_ends_at_once(refused: str) -> None:
     assert elapsed_s < SOON_S, f"waited {elapsed_s:.2f} s for a node that refused the connection"
 
 
-@pytest.mark.parametrize("where, fail_on_refused", [("silent", True), ("refused", False)])
+@pytest.mark.parametrize("where, fail_on_refused", [("silent_endpoint", True), ("refused_endpoint", False)])
 def test_an_ask_waits_its_timeout_for_a_silent_endpoint_or_without_the_option(
         where: str, fail_on_refused: bool, request: pytest.FixtureRequest) -> None:
     """A node that took the connection may still answer; and the client's other users keep
@@ -83,52 +66,54 @@ def test_an_ask_waits_its_timeout_for_a_silent_endpoint_or_without_the_option(
     assert elapsed_s >= 0.3 - LATE_S
 
 
-def test_fetch_metadata_asks_the_next_endpoint_at_once_after_a_refusal(refused: str, scripted: Any) -> None:
+def test_fetch_metadata_asks_the_next_endpoint_at_once_after_a_refusal(refused_endpoint: str, scripted: Any) -> None:
     live = scripted(lambda req: ({"metadata": MD.to_wire()}, []))
-    (md, endpoint), elapsed_s = _timed(fetch_metadata, zmq.Context.instance(), [refused, live], TIMEOUT_MS)
+    (md, endpoint), elapsed_s = _timed(fetch_metadata, zmq.Context.instance(), [refused_endpoint, live], TIMEOUT_MS)
     assert (md.version, endpoint) == (MD.version, live)
     assert elapsed_s < SOON_S, f"the refused endpoint held the round {elapsed_s:.2f} s"
 
 
-def test_a_round_where_every_endpoint_refused_ends_at_once_with_a_timeout(refused: str) -> None:
+def test_a_round_where_every_endpoint_refused_ends_at_once_with_a_timeout(refused_endpoint: str) -> None:
     other = f"tcp://127.0.0.1:{free_ports(1)[0]}"
-    error, elapsed_s = _timed(fetch_metadata, zmq.Context.instance(), [refused, other], TIMEOUT_MS)
+    error, elapsed_s = _timed(fetch_metadata, zmq.Context.instance(), [refused_endpoint, other], TIMEOUT_MS)
     assert isinstance(error, RequestTimeout) and error.code == P.REQUEST_TIMED_OUT and error.retriable, error
     assert "no node answered" in error.message, error.message
     assert elapsed_s < SOON_S, f"a round of refusals took {elapsed_s:.2f} s"
 
 
-def test_a_silent_first_endpoint_still_holds_the_round_its_timeout(silent: str, scripted: Any) -> None:
+def test_a_silent_first_endpoint_still_holds_the_round_its_timeout(silent_endpoint: str, scripted: Any) -> None:
     live = scripted(lambda req: ({"metadata": MD.to_wire()}, []))
-    (md, endpoint), elapsed_s = _timed(fetch_metadata, zmq.Context.instance(), [silent, live], 400)
+    (md, endpoint), elapsed_s = _timed(fetch_metadata, zmq.Context.instance(), [silent_endpoint, live], 400)
     assert endpoint == live
     assert elapsed_s >= 0.4 - LATE_S
 
 
-def test_a_coordinator_that_refused_is_silent_as_one_that_timed_out(refused: str, scripted: Any) -> None:
+def test_a_coordinator_that_refused_is_silent_as_one_that_timed_out(refused_endpoint: str, scripted: Any) -> None:
     """A refusal says nothing of whether the coordinator is dead or restarting: its silence
     begins as at a timeout, and the next rounds ask the brokers first for its backoff."""
-    md = dataclasses.replace(MD, coordinator=refused)
+    coordinator = refused_endpoint
+    md = dataclasses.replace(MD, coordinator=coordinator)
     live = scripted(lambda req: ({"metadata": md.to_wire()}, []))
     silence = CoordinatorSilence()
     silence.seen(md)
-    got, endpoint = fetch_metadata(zmq.Context.instance(), [refused, live], TIMEOUT_MS, refused, silence=silence)
+    _, endpoint = fetch_metadata(zmq.Context.instance(), [coordinator, live], TIMEOUT_MS, coordinator,
+                                 silence=silence)
     assert endpoint == live
     now_ms = int(time.monotonic() * 1000)
-    assert silence.silent(refused) and silence.skips(refused, now_ms)
-    assert not silence.skips(refused, now_ms + COORDINATOR_SILENT_BACKOFF_MS_MIN + 1)
-    assert silence.order([refused, live], refused, now_ms) == [live, refused]
+    assert silence.silent(coordinator) and silence.skips(coordinator, now_ms)
+    assert not silence.skips(coordinator, now_ms + COORDINATOR_SILENT_BACKOFF_MS_MIN + 1)
+    assert silence.order([coordinator, live], coordinator, now_ms) == [live, coordinator]
 
 
-def test_a_refused_client_answers_again_once_its_peer_listens(refused: str) -> None:
+def test_a_refused_client_answers_again_once_its_peer_listens(refused_endpoint: str) -> None:
     """A refusal holds until a connection is made: the node started on its port is asked again."""
-    client = BlockingClient(zmq.Context.instance(), refused, fail_on_refused=True)
+    client = BlockingClient(zmq.Context.instance(), refused_endpoint, fail_on_refused=True)
     service = zmq.Context.instance().socket(zmq.ROUTER)
     service.setsockopt(zmq.LINGER, 0)
     try:
         with pytest.raises(ConnectionRefused):
             client.call(P.METADATA, {}, timeout_ms=TIMEOUT_MS)
-        service.bind(refused)
+        service.bind(refused_endpoint)
         replies: list[dict] = []
 
         def answered() -> bool:

@@ -1,0 +1,98 @@
+"""``RpcClient(fail_on_refused=(P.METADATA,))``: a request of those commands (the producer's and
+the consumer's metadata asks) waiting for a connection that the peer's port refuses (its process dead, its
+host up) fails at once with ``ConnectionRefused``, a retriable ``RequestTimeout``: the client's
+own ZMTP connection retried the connect in silence, and the ask waited out its timeout (1 s for
+the coordinator: the gateway's window after the coordinator's SIGKILL, through the producer
+service's sender). A request made while the last connect was refused fails at once too, and is
+not sent. Other commands' requests (produce) still wait for the next connection or their timeout, and a
+peer that takes the connection and does not answer is waited for as before.
+
+Real sockets on 127.0.0.1, ports picked free at run time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+import zmq
+
+from fabric import protocol as P
+from fabric.errors import ConnectionRefused, RequestTimeout
+from fabric.reactor import Reactor
+from fabric.rpc import RpcClient
+from nodes.local_cluster import free_ports
+
+TIMEOUT_MS = 3000
+DEADLINE_S = 10.0
+SOON_S = 0.5  # a refusal on loopback comes in well under a millisecond; the timeouts are 1 s and more
+LATE_S = 0.01  # a timer in whole ms fires up to a ms early
+
+
+@pytest.fixture
+def reactor() -> Reactor:
+    return Reactor()
+
+
+def _client(reactor: Reactor, endpoint: str, fail_on_refused: bool = True) -> RpcClient:
+    return RpcClient(zmq.Context.instance(), reactor, endpoint, identity="t",
+                     fail_on_refused=(P.METADATA,) if fail_on_refused else ())
+
+
+def _ask(reactor: Reactor, client: RpcClient, timeout_ms: int) -> tuple[Any, float]:
+    """The error a METADATA request ended with, and how long it took."""
+    out: list[Any] = []
+    start = time.monotonic()
+    client.request(P.METADATA, {}, callback=lambda h, _p, err: out.append(err), timeout_ms=timeout_ms)
+    _run_until(reactor, lambda: out)
+    return out[0], time.monotonic() - start
+
+
+def _run_until(reactor: Reactor, condition: Callable[[], Any]) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        reactor.run_once(5)
+
+
+def test_a_request_waiting_for_a_refused_connection_fails_at_once_and_so_do_the_next(
+        reactor: Reactor, refused_endpoint: str) -> None:
+    client = _client(reactor, refused_endpoint)
+    try:
+        error, elapsed_s = _ask(reactor, client, TIMEOUT_MS)
+        assert isinstance(error, ConnectionRefused), error
+        assert elapsed_s < SOON_S, f"waited {elapsed_s:.2f} s for a node that refused the connection"
+        # the next connect is made only at the reconnect interval: the last one said enough
+        error, elapsed_s = _ask(reactor, client, TIMEOUT_MS)
+        assert isinstance(error, ConnectionRefused), error
+        assert elapsed_s < SOON_S
+        assert client.in_flight == 0
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("where, fail_on_refused", [("silent_endpoint", True), ("refused_endpoint", False)])
+def test_a_request_waits_its_timeout_for_a_silent_peer_or_without_the_flag(
+        reactor: Reactor, where: str, fail_on_refused: bool, request: pytest.FixtureRequest) -> None:
+    client = _client(reactor, request.getfixturevalue(where), fail_on_refused)
+    try:
+        error, elapsed_s = _ask(reactor, client, 300)
+        assert type(error) is RequestTimeout, error
+        assert elapsed_s >= 0.3 - LATE_S
+    finally:
+        client.close()
+
+
+def test_only_the_named_commands_fail_at_a_refusal(reactor: Reactor, refused_endpoint: str) -> None:
+    client = _client(reactor, refused_endpoint)
+    ended: dict[str, Any] = {}
+    try:
+        client.request(P.PRODUCE, {}, callback=lambda h, _p, err: ended.setdefault("produce", err), timeout_ms=400)
+        client.request(P.METADATA, {}, callback=lambda h, _p, err: ended.setdefault("metadata", err),
+                       timeout_ms=TIMEOUT_MS)
+        _run_until(reactor, lambda: "metadata" in ended)
+        assert isinstance(ended["metadata"], ConnectionRefused) and "produce" not in ended, ended
+        _run_until(reactor, lambda: "produce" in ended)
+        assert type(ended["produce"]) is RequestTimeout, ended  # its own timeout, as before
+    finally:
+        client.close()
