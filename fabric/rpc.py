@@ -212,7 +212,9 @@ class RpcServer:
 
 class _LibzmqDealer:
     """A libzmq DEALER as an RpcClient's transport, for endpoints no remote peer can reach
-    (inproc, ipc): the same ``send``/``close`` as ``ZmtpDealer``."""
+    (inproc, ipc): the same ``send``/``close``/``refused`` as ``ZmtpDealer``."""
+
+    refused = False  # not watched (libzmq retries in silence): these endpoints serve one host's tests
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None,
                  on_message: Callable[[list[bytes]], None]) -> None:
@@ -291,7 +293,7 @@ class RpcClient:
         rid = next(self._ids)
         header = dict(header, id=rid)
         fail_on_refused = command in self._fail_on_refused
-        refused = fail_on_refused and getattr(self.transport, "refused", False)
+        refused = fail_on_refused and self.transport.refused
         if not refused and not self.transport.send(wire.encode_request(command, header, payloads)):
             callback(None, [], RequestQueueFullError(f"send queue to {self.endpoint} is full"))
             return 0
