@@ -19,12 +19,12 @@ import pytest
 import zmq
 
 from fabric import protocol as P
-from fabric import wire
 from fabric.client.bootstrap import COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence, fetch_metadata
 from fabric.errors import ConnectionRefused, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from fabric.rpc import BlockingClient
 from nodes.local_cluster import free_ports, wait_until
+from tests.unit.tcp_endpoints import serve_until
 
 TIMEOUT_MS = 3000
 MD = dataclasses.replace(ClusterMetadata.empty(), version=7, coordinator="tcp://127.0.0.1:1", state_id="s1")
@@ -123,7 +123,8 @@ def test_a_refused_client_answers_again_once_its_peer_listens(refused_endpoint: 
                 return False  # the reconnect is not made yet (its interval)
             return True
         stop = threading.Event()
-        serving = threading.Thread(target=_answer_until, args=(service, stop), daemon=True)
+        # every request answered, the refused call's too: libzmq kept it for the connection
+        serving = threading.Thread(target=serve_until, args=(service, stop, lambda req: {"node": "up"}), daemon=True)
         serving.start()
         try:
             wait_until(answered, 5, what="an answer once the peer listens")
@@ -135,10 +136,3 @@ def test_a_refused_client_answers_again_once_its_peer_listens(refused_endpoint: 
         client.close()
         service.close(0)
 
-
-def _answer_until(sock: zmq.Socket, stop: threading.Event) -> None:
-    """Answer every request (the refused call's too: libzmq kept it for the connection)."""
-    while not stop.is_set():
-        if sock.poll(50):
-            req = wire.decode_request(sock.recv_multipart())
-            sock.send_multipart(wire.encode_reply(req.identity, {"id": req.id, "node": "up"}))

@@ -11,6 +11,7 @@ Real sockets on 127.0.0.1, ports picked free at run time."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -18,10 +19,12 @@ import pytest
 import zmq
 
 from fabric import protocol as P
+from fabric.client.consumer import Consumer
 from fabric.errors import ConnectionRefused, RequestTimeout
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient
-from nodes.local_cluster import free_ports
+from tests.unit.builders_sender import sender_metadata
+from tests.unit.tcp_endpoints import serve_until, tcp_router
 
 TIMEOUT_MS = 3000
 DEADLINE_S = 10.0
@@ -96,3 +99,30 @@ def test_only_the_named_commands_fail_at_a_refusal(reactor: Reactor, refused_end
         assert type(ended["produce"]) is RequestTimeout, ended  # its own timeout, as before
     finally:
         client.close()
+
+
+@pytest.fixture
+def live_tcp() -> Iterator[str]:
+    """A tcp:// endpoint answering every METADATA with ``sender_metadata()`` (topic ``t``)."""
+    sock, endpoint = tcp_router()
+    stop = threading.Event()
+    metadata = {"metadata": sender_metadata().to_wire()}
+    serving = threading.Thread(target=serve_until, args=(sock, stop, lambda req: metadata), daemon=True)
+    serving.start()
+    yield endpoint
+    stop.set()
+    serving.join(5)
+    sock.close(0)
+
+
+def test_a_consumer_asks_the_next_endpoint_at_once_after_a_refusal(refused_endpoint: str, live_tcp: str) -> None:
+    """Its own RpcClients: without metadata yet, the first ask (of the refused endpoint) waited
+    its whole timeout (3 s) before the next endpoint was asked."""
+    consumer = Consumer([refused_endpoint, live_tcp])
+    try:
+        start = time.monotonic()
+        assert consumer.partitions_for("t", timeout_ms=TIMEOUT_MS) == [0]
+        elapsed_s = time.monotonic() - start
+    finally:
+        consumer.close()
+    assert elapsed_s < SOON_S, f"the refused endpoint held the consumer's first metadata {elapsed_s:.2f} s"
