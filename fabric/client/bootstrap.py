@@ -72,17 +72,17 @@ LATE_ANSWER_LOOK_MS = 50  # a round's asks all failed: each cut short is looked 
 
 class CoordinatorSilence:
     """Whether the coordinator went silent: a metadata ask of it timed out or its connection
-    failed or was refused. For a backoff from then (``COORDINATOR_SILENT_BACKOFF_MS_MIN``, doubled at each
-    silence in a row up to ``..._MAX``) metadata is asked of the other endpoints first -- with
-    the coordinator's process dead, every refresh spent its whole timeout (3 s) there before a
-    broker's copy was asked; then the coordinator is asked again, for at most
-    ``COORDINATOR_PROBE_TIMEOUT_MS`` (a live one answers in ms; a dead one held each such
-    refresh, and a gateway's produce requests behind it, for the whole timeout again). The
-    silence ends at once when the coordinator answers anything, or when metadata names another
-    coordinator (endpoint, or process: ``state_id``) than the one that went silent. Times are ms
-    of the caller's monotonic clock. Thread-safe, and may be shared by the clients of several
-    threads on one clock (a gateway's request threads: what one learnt, the others need not
-    wait for); its calls come with metadata asks only, never per request."""
+    failed or was refused. For a backoff from then (``COORDINATOR_SILENT_BACKOFF_MS_MIN``,
+    doubled at each silence in a row up to ``..._MAX``) metadata is asked of the other
+    endpoints first -- with the coordinator's process dead, every refresh spent its whole
+    timeout (3 s) there before a broker's copy was asked; then the coordinator is asked
+    again, for at most ``COORDINATOR_PROBE_TIMEOUT_MS`` (a live one answers in ms; a dead one
+    held each such refresh, and a gateway's produce requests behind it, for the whole timeout
+    again). The silence ends at once when the coordinator answers anything, or when metadata
+    names another coordinator (endpoint, or process: ``state_id``) than the one that went
+    silent. Times are ms of the caller's monotonic clock. Thread-safe, and may be shared by
+    the clients of several threads on one clock (a gateway's request threads: what one learnt,
+    the others need not wait for); its calls come with metadata asks only, never per request."""
 
     def __init__(self, down: Callable[[str], bool] | None = None) -> None:
         """``down(endpoint)``: whether another watcher (a gateway's health watcher, which PINGs
