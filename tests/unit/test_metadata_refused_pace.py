@@ -6,23 +6,41 @@ Real sockets on 127.0.0.1: ports picked free at run time, nothing listening on t
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from fabric.client.consumer import Consumer
+from fabric.client.producer import Producer
+from fabric.client.sender import METADATA_RETRY_MS
 from fabric.clock import ManualClock
 from fabric.errors import TopicNotInMetadataError
 from fabric.reactor import Reactor
-from nodes.local_cluster import free_ports
+from nodes.local_cluster import free_ports, wait_until
 
 WINDOW_S = 1.0
+ASKS_MAX = int(WINDOW_S * 1000 / METADATA_RETRY_MS) + 3  # the retry pace, and the window's ends
 CPU_SHARE_MAX = 0.3  # a spinning loop takes a whole core; waiting takes a few percent at most
 
 
 @pytest.fixture
 def refused_endpoints() -> list[str]:
     return [f"tcp://127.0.0.1:{port}" for port in free_ports(2)]
+
+
+def test_a_producer_whose_every_endpoint_refuses_asks_at_its_retry_pace(refused_endpoints: list[str]) -> None:
+    producer = Producer(refused_endpoints, linger_ms=1)
+    sender = producer.sender
+    try:
+        # each failed ask moves the next to another endpoint: the count of failed asks
+        wait_until(lambda: sender._md_endpoint_index >= 1, 5, what="a first refused metadata ask")
+        before = sender._md_endpoint_index
+        threading.Event().wait(WINDOW_S)  # the window the asks are counted over
+        asks = sender._md_endpoint_index - before
+    finally:
+        producer.close(timeout=0)
+    assert asks <= ASKS_MAX, f"{asks} metadata asks in {WINDOW_S} s, every one refused (at most {ASKS_MAX})"
 
 
 def test_a_consumer_waiting_for_metadata_of_refused_endpoints_does_not_spin(refused_endpoints: list[str]) -> None:
