@@ -339,22 +339,28 @@ class _Asks:
                 look_ms = max(0, min(LATE_ANSWER_LOOK_MS, int((deadline_s - time.monotonic()) * 1000)))
                 try:
                     header, _ = client.late_reply(look_ms)
+                except ConnectionRefused:  # the node is gone, and the ask with it: no answer comes
+                    self._drop(client, sent_ms)
+                    continue
                 except RequestTimeout:
                     continue  # not yet: it may still come
                 except CodedError as e:  # an answer, but no metadata
-                    self._cut.remove((client, sent_ms))
-                    client.close()
+                    self._drop(client, sent_ms)
                     self.last = e
                     self._heard(client.endpoint, e, sent_ms)
                     continue
                 got = self._answered(header, client.endpoint, sent_ms)
                 if got is not None:
                     return got
-                self._cut.remove((client, sent_ms))
-                client.close()
+                self._drop(client, sent_ms)
             if time.monotonic() >= deadline_s:
                 return None
         return None
+
+    def _drop(self, client: BlockingClient, sent_ms: int) -> None:
+        """An ask cut short whose answer came, or can no longer come: not looked at again."""
+        self._cut.remove((client, sent_ms))
+        client.close()
 
     def _answered(self, header: dict, ep: str, sent_ms: int) -> tuple[ClusterMetadata, str] | None:
         md = read_answer(header, ep)

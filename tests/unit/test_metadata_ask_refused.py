@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from fabric import protocol as P
-from fabric.client.bootstrap import COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence, fetch_metadata
+from fabric.client.bootstrap import COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence, _Asks, fetch_metadata
 from fabric.errors import ConnectionRefused, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from fabric.rpc import BlockingClient
@@ -136,3 +136,26 @@ def test_a_refused_client_answers_again_once_its_peer_listens(refused_endpoint: 
         client.close()
         service.close(0)
 
+
+
+def test_an_ask_cut_short_whose_node_then_refuses_is_no_longer_waited_for() -> None:
+    """The node of an ask cut short (kept for its late answer) dies: its port refuses the
+    reconnect, and the answer cannot come -- the request died with the process. The round's
+    end stops waiting for it at once, and without polling it in a loop meanwhile."""
+    service = zmq.Context.instance().socket(zmq.ROUTER)
+    service.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    service.bind(endpoint)
+    asks = _Asks(None)
+    try:
+        assert asks.ask(zmq.Context.instance(), endpoint, 200, 3000) is None  # cut short: kept
+        assert service.poll(TIMEOUT_MS), "the ask never reached the node"
+        service.close(0)  # the node dies with the ask
+        cpu_s, wall_s = time.thread_time(), time.monotonic()
+        assert asks.late(2000) is None
+        cpu_s, wall_s = time.thread_time() - cpu_s, time.monotonic() - wall_s
+    finally:
+        asks.close()
+        service.close(0)
+    assert cpu_s < 0.3 * wall_s, f"{cpu_s:.2f} s of CPU in {wall_s:.2f} s waiting for a late answer"
+    assert wall_s < 1.5, f"waited {wall_s:.2f} s for the answer of a node that refuses the connection"
