@@ -256,7 +256,7 @@ class RpcClient:
     peer fails while they wait (its port refused it: its process is dead, its host up) -- at
     once, on the reactor's next pass, with a retriable ``ConnectionRefused`` instead of at
     their deadlines, as the transport retries the connect in silence; one made while the last
-    connect failed is not sent and fails so too. For requests another node can answer instead
+    connect failed (and the next is not under way) is not sent and fails so too. For requests another node can answer instead
     (metadata asks), never for one whose outcome matters (a produce: it may still go out on
     the next connection)."""
 

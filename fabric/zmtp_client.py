@@ -94,7 +94,7 @@ class ZmtpDealer(ConnectionMixin):
     ``close``): what was sent on it, and the answers to it, are gone with it -- a caller whose
     requests would otherwise wait out their timeouts (a peer killed with them) fails them.
     ``on_refused``: called when a connect fails (the peer's port refused it: its process dead,
-    its host up); ``refused`` says so until a connect succeeds. The messages waiting for a
+    its host up); ``refused`` says so until the next connect is under way. The messages waiting for a
     connection still wait for the next one: a caller that would rather fail some of them (a
     metadata ask another node can answer) does so itself."""
 
@@ -108,7 +108,7 @@ class ZmtpDealer(ConnectionMixin):
         self.reactor = reactor
         self.on_lost = on_lost
         self.on_refused = on_refused
-        self.refused = False  # the last connect failed, and none succeeded since
+        self.refused = False  # the last connect failed, and no other is under way
         self.endpoint = endpoint
         self.on_message = on_message
         self.counters: Counter[str] = counters if counters is not None else Counter()

@@ -165,6 +165,8 @@ class ConnectionMixin:
             return
         self._sock, self._fd = sock, sock.fileno()
         self._state = _CONNECTING
+        # a request made now waits for this connect, which the node (listening again) may take
+        self.refused = False
         self.reactor.add_descriptor(self._fd, self._on_ready, _POLLOUT)
 
     def _on_ready(self, ready: int) -> None:
@@ -176,7 +178,6 @@ class ConnectionMixin:
                 self._lost(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
                 self._connect_failed()
                 return
-            self.refused = False
             self._state = _HANDSHAKE
             self._handshake_timer = self.reactor.call_later(HANDSHAKE_IVL_MS, self._handshake_expired)
             self.reactor.modify_descriptor(self._fd, _POLLIN)
@@ -242,7 +243,7 @@ class ConnectionMixin:
 
     def _connect_failed(self) -> None:
         """A connect failed (refused: the peer's host is up and nothing listens on its port;
-        or unreachable): ``refused`` until one succeeds, and ``on_refused`` told."""
+        or unreachable): ``refused`` until the next is under way, and ``on_refused`` told."""
         self.refused = True
         if self.on_refused is not None and self._state != _CLOSED:
             self.on_refused()

@@ -11,6 +11,7 @@ Real sockets on 127.0.0.1, ports picked free at run time."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -23,6 +24,7 @@ from fabric.client.consumer import Consumer
 from fabric.errors import ConnectionRefused, RequestTimeout
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient
+from fabric.zmtp_client_connection import _CONNECTING
 from tests.unit.builders_sender import sender_metadata
 from tests.unit.tcp_endpoints import serve_until, tcp_router
 
@@ -126,3 +128,28 @@ def test_a_consumer_asks_the_next_endpoint_at_once_after_a_refusal(refused_endpo
     finally:
         consumer.close()
     assert elapsed_s < SOON_S, f"the refused endpoint held the consumer's first metadata {elapsed_s:.2f} s"
+
+
+def test_a_request_made_while_a_connect_is_under_way_waits_for_it(reactor: Reactor, refused_endpoint: str) -> None:
+    """The last connect was refused, and the next one is under way (the node listens again; its
+    accept queue is full here, so the connect stays in progress): the request is not failed as
+    refused -- the node may take this connection -- but waits for it, or its timeout."""
+    client = _client(reactor, refused_endpoint)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        error, _ = _ask(reactor, client, TIMEOUT_MS)
+        assert isinstance(error, ConnectionRefused), error
+        host, port = refused_endpoint[len("tcp://"):].rsplit(":", 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, int(port)))
+        listener.listen(0)
+        filler.connect((host, int(port)))  # fills the accept queue: the next SYNs are dropped
+        _run_until(reactor, lambda: client.transport._state == _CONNECTING)
+        error, elapsed_s = _ask(reactor, client, 300)
+        assert type(error) is RequestTimeout, error
+        assert elapsed_s >= 0.3 - LATE_S
+    finally:
+        client.close()
+        filler.close()
+        listener.close()
