@@ -121,7 +121,8 @@ class CoordinatorSilence:
         ``RemoteError``) ends its silence; a timeout, a connection lost or refused (each a
         ``RequestTimeout``: a refusal does not tell a dead coordinator from one restarting)
         of the coordinator begins one, or doubles its backoff when the ask was sent once that
-        was over -- one sent before (another thread's, however late it ends) does not, nor does
+        was over -- but for a refusal, which ended at once: the backoff is the shortest again,
+        and a coordinator restarting is probed (for nothing) until it listens -- one sent before (another thread's, however late it ends) does not, nor does
         one sent before the coordinator last answered (another thread's ask). Other errors
         (found by the client alone) tell nothing."""
         with self._lock:
@@ -140,7 +141,10 @@ class CoordinatorSilence:
             if self._silent != self._known:
                 self._silent, self._backoff_ms = self._known, COORDINATOR_SILENT_BACKOFF_MS_MIN
             elif (now_ms if sent_ms is None else sent_ms) >= self._until_ms:
-                self._backoff_ms = min(2 * self._backoff_ms, COORDINATOR_SILENT_BACKOFF_MS_MAX)
+                # a refused probe cost nothing (it ended at once): probed as often as at first, a
+                # coordinator restarting is seen back within the shortest backoff of listening
+                self._backoff_ms = COORDINATOR_SILENT_BACKOFF_MS_MIN if isinstance(error, ConnectionRefused) \
+                    else min(2 * self._backoff_ms, COORDINATOR_SILENT_BACKOFF_MS_MAX)
             else:
                 return
             self._until_ms = now_ms + self._backoff_ms

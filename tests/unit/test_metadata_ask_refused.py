@@ -159,3 +159,21 @@ def test_an_ask_cut_short_whose_node_then_refuses_is_no_longer_waited_for() -> N
         service.close(0)
     assert cpu_s < 0.3 * wall_s, f"{cpu_s:.2f} s of CPU in {wall_s:.2f} s waiting for a late answer"
     assert wall_s < 1.5, f"waited {wall_s:.2f} s for the answer of a node that refuses the connection"
+
+
+def test_a_coordinator_that_keeps_refusing_is_probed_again_at_the_shortest_backoff() -> None:
+    """A refused probe costs nothing (it ends at once), so it does not double the backoff: a
+    coordinator restarting is asked again, and seen back, within the shortest backoff of
+    listening again. Doubled as after a timeout, one back 3.5 s after its kill was asked first at
+    7 s (at 4.5 s when each probe waited its 0.5 s)."""
+    coordinator = "tcp://127.0.0.1:9"
+    silence = CoordinatorSilence()
+    silence.seen(dataclasses.replace(MD, coordinator=coordinator))
+    now_ms = 10_000
+    for _ in range(4):
+        silence.heard(coordinator, ConnectionRefused(f"{coordinator} refused the connection"), now_ms)
+        assert silence.skips(coordinator, now_ms + COORDINATOR_SILENT_BACKOFF_MS_MIN - 1)
+        now_ms += COORDINATOR_SILENT_BACKOFF_MS_MIN
+        assert not silence.skips(coordinator, now_ms), "a refused probe lengthened the backoff"
+    silence.heard(coordinator, RequestTimeout("no reply"), now_ms)  # a probe that waited: doubled as before
+    assert silence.skips(coordinator, now_ms + COORDINATOR_SILENT_BACKOFF_MS_MIN)
