@@ -26,7 +26,7 @@ from fabric import protocol as P
 __all__ = ["LoomError", "FabricError", "MalformedFrame", "CodedError", "RemoteError", "RequestTimeout",
            "ClientError", "BufferExhaustedError", "RecordSizeExceededError", "ClientTimeoutError",
            "DeliveryTimeoutError", "TopicNotInMetadataError", "RequestQueueFullError", "SubscriptionConflictError",
-           "ConnectionLost", "NoCommittedOffsetError", "MAY_HAVE_BEEN_WRITTEN"]
+           "ConnectionLost", "ConnectionRefused", "NoCommittedOffsetError", "MAY_HAVE_BEEN_WRITTEN"]
 
 
 class FabricError(LoomError):
@@ -210,6 +210,14 @@ class ConnectionLost(RequestTimeout):
     """The connection the request went out on ended before its reply came (the peer was
     killed with the request, which it took along): found at once, not at the deadline. Like
     any ``RequestTimeout``, the request may or may not have been carried out."""
+
+
+class ConnectionRefused(RequestTimeout):
+    """No connection to the peer could be made while the request waited for one: its port
+    refused the connect (its host is up and nothing listens there: the node is dead or not yet
+    started). Found at once, not at the deadline; it says nothing of whether the node is gone
+    for good or restarting. Like any ``RequestTimeout``, retriable; the request was most likely
+    never delivered, but a caller treats it as any other "no answer"."""
 
 
 class GaveUp(RequestTimeout):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from typing import Callable
 
 import zmq
@@ -43,6 +44,15 @@ DescriptorHandler = Callable[[int], None]
 # reply cancels, so they would fill the table. The heap is rebuilt without them once they are
 # at least this many and make up half of it (amortised O(1) per cancel, like asyncio's loop).
 CANCELLED_TIMERS_COMPACT_MIN = 256
+
+
+def _wait(timeout_ms: int) -> list:
+    """The poll of a reactor with nothing to poll (a client whose connections are all between
+    two connect attempts): pyzmq's poll of no sockets returns at once, and the loop spun a core
+    until its next timer."""
+    if timeout_ms > 0:
+        time.sleep(timeout_ms / 1000)
+    return []
 
 
 class Timer:
@@ -200,7 +210,7 @@ class Reactor:
         self.passes += 1
         timeout = 0 if self._pass_soon or self._pass_end else self._timeout_ms(timeout_ms_max)
         self._pass_soon = False
-        events = self.poller.poll(timeout)
+        events = self.poller.poll(timeout) if self.poller.sockets else _wait(timeout)
         for sock, ready in events:
             if sock.__class__ is int:  # a plain descriptor: a TCP socket or a waker
                 handler = self._descriptors.get(sock)

@@ -29,11 +29,12 @@ from collections import Counter
 from typing import Any, Callable
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import (CodedError, ConnectionLost, GaveUp, LoomError, MalformedFrame, RemoteError,
-                           RequestQueueFullError, RequestTimeout)
+from fabric.errors import (CodedError, ConnectionLost, ConnectionRefused, GaveUp, LoomError, MalformedFrame,
+                           RemoteError, RequestQueueFullError, RequestTimeout)
 from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmq_io import send_frames
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFER = object()
 GIVE_UP_CHECK_MS = 100  # how often a blocking call with give_up asks whether to stop waiting
-_MONITOR_IDS = itertools.count(1)  # BlockingClient's disconnect monitors: one inproc endpoint each
+_MONITOR_IDS = itertools.count(1)  # BlockingClient's connection monitors: one inproc endpoint each
 Handler = Callable[[wire.Request], Any]
 # err: the node's answer (RemoteError), or the client's own condition (RequestTimeout,
 # RequestQueueFullError): both CodedError
@@ -211,7 +212,9 @@ class RpcServer:
 
 class _LibzmqDealer:
     """A libzmq DEALER as an RpcClient's transport, for endpoints no remote peer can reach
-    (inproc, ipc): the same ``send``/``close`` as ``ZmtpDealer``."""
+    (inproc, ipc): the same ``send``/``close``/``refused`` as ``ZmtpDealer``."""
+
+    refused = False  # not watched (libzmq retries in silence): these endpoints serve one host's tests
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None,
                  on_message: Callable[[list[bytes]], None]) -> None:
@@ -248,21 +251,31 @@ class RpcClient:
     once (on the reactor's next pass) with a retriable ``RequestTimeout`` instead of at their
     deadlines: no answer can come on it (a peer killed with them took them along). For callers
     whose deadlines are long and whose retries are harmless (a group member's requests to its
-    coordinator); an answer its peer still sends on a new connection is dropped as a late one."""
+    coordinator); an answer its peer still sends on a new connection is dropped as a late one.
+    ``fail_on_refused`` (tcp:// only): the commands whose requests fail when a connect to the
+    peer fails while they wait (its port refused it: its process is dead, its host up) -- at
+    once, on the reactor's next pass, with a retriable ``ConnectionRefused`` instead of at
+    their deadlines, as the transport retries the connect in silence; one made while the last
+    connect failed (and the next is not under way) is not sent and fails so too. For requests another node can answer instead
+    (metadata asks), never for one whose outcome matters (a produce: it may still go out on
+    the next connection)."""
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None, *,
-                 reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS, fail_on_disconnect: bool = False) -> None:
+                 reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS, fail_on_disconnect: bool = False,
+                 fail_on_refused: tuple[bytes, ...] = ()) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
+        self._fail_on_refused = frozenset(fail_on_refused)
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[ReplyCallback, Timer]] = {}
+        self._refusable: set[int] = set()  # pending requests that a refused connect fails (fail_on_refused)
         self.counters: Counter[str] = Counter()
         self.drop_replies: Callable[[], bool] | None = None  # fault injection
         if endpoint.startswith("tcp://"):
             self.transport: ZmtpDealer | _LibzmqDealer = ZmtpDealer(
                 reactor, endpoint, self._on_message, identity=dealer_identity(identity), counters=self.counters,
                 reconnect_ivl_max_ms=reconnect_ivl_max_ms,
-                on_lost=self._connection_lost if fail_on_disconnect else None)
+                on_lost=self._connection_lost if fail_on_disconnect else None, on_refused=self._connection_refused)
         else:
             self.transport = _LibzmqDealer(ctx, reactor, endpoint, identity, self._on_message)
 
@@ -272,16 +285,24 @@ class RpcClient:
 
     def request(self, command: bytes, header: dict, payloads: list | tuple = (), *,
                 callback: ReplyCallback, timeout_ms: int) -> int:
+        """Send a request; ``callback`` gets its reply or error once. Returns its id (0: it
+        failed at once)."""
         if len(self._pending) >= P.IN_FLIGHT_REQUESTS_MAX:
             callback(None, [], RequestQueueFullError("too many requests in flight"))
             return 0
         rid = next(self._ids)
         header = dict(header, id=rid)
-        if not self.transport.send(wire.encode_request(command, header, payloads)):
+        fail_on_refused = command in self._fail_on_refused
+        refused = fail_on_refused and self.transport.refused
+        if not refused and not self.transport.send(wire.encode_request(command, header, payloads)):
             callback(None, [], RequestQueueFullError(f"send queue to {self.endpoint} is full"))
             return 0
         timer = self.reactor.call_later(timeout_ms, lambda: self._expire(rid))
         self._pending[rid] = (callback, timer)
+        if fail_on_refused:
+            self._refusable.add(rid)
+        if refused:
+            self._connection_refused()
         return rid
 
     def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = (),
@@ -295,6 +316,7 @@ class RpcClient:
         return True
 
     def _expire(self, rid: int) -> None:
+        self._refusable.discard(rid)
         entry = self._pending.pop(rid, None)
         if entry is not None:
             entry[0](None, [], RequestTimeout(f"no reply from {self.endpoint}"))
@@ -306,8 +328,17 @@ class RpcClient:
         error = RequestTimeout(f"connection to {self.endpoint} lost before the reply")
         self.reactor.call_later(0, lambda: self._fail(lost, error))
 
+    def _connection_refused(self) -> None:
+        """A connect failed: the pending requests of the ``fail_on_refused`` commands fail on the
+        next pass, as at a lost connection."""
+        refused = list(self._refusable)
+        if refused:
+            error = ConnectionRefused(f"{self.endpoint} refused the connection: nothing listens there")
+            self.reactor.call_later(0, lambda: self._fail(refused, error))
+
     def _fail(self, request_ids: list[int], error: CodedError) -> None:
         for rid in request_ids:
+            self._refusable.discard(rid)
             entry = self._pending.pop(rid, None)
             if entry is not None:  # else answered or timed out meanwhile
                 entry[1].cancel()
@@ -324,6 +355,7 @@ class RpcClient:
         entry = self._pending.pop(header.get("id", -1), None)
         if entry is None:
             return  # late reply to a request that timed out, or a one-way ack
+        self._refusable.discard(header["id"])
         callback, timer = entry
         timer.cancel()
         code = header.get("error", 0)
@@ -335,6 +367,7 @@ class RpcClient:
     def cancel(self, request_id: int) -> bool:
         """Forget request ``request_id``: its callback is never called, and a reply that still
         comes is dropped like a late one. False if it was not pending (answered, timed out)."""
+        self._refusable.discard(request_id)
         entry = self._pending.pop(request_id, None)
         if entry is None:
             return False
@@ -343,6 +376,7 @@ class RpcClient:
 
     def fail_all(self, error: CodedError) -> None:
         pending, self._pending = self._pending, {}
+        self._refusable.clear()
         for callback, timer in pending.values():
             timer.cancel()
             callback(None, [], error)
@@ -361,20 +395,34 @@ class BlockingClient:
     on ends before the reply, the call fails at once with ``ConnectionLost`` (a retriable
     ``RequestTimeout``) instead of at its deadline -- a peer killed with the request took it
     along (libzmq's socket monitor reports the disconnect). A disconnect before the request
-    was sent does not count: it goes out on the next connection. ``reconnect_ivl_max_ms``: the
-    cap of its reconnect backoff, for a caller that must reach a restarted peer sooner than
+    was sent does not count: it goes out on the next connection. ``fail_on_refused``: when a
+    connect fails while a call's request waits for a connection (the peer's port refused it:
+    its process is dead, its host up), the call fails at once with ``ConnectionRefused`` (a
+    retriable ``RequestTimeout``) instead of at its deadline, as libzmq would retry the connect
+    until then; a peer that takes the connection and does not answer, or a host that does not
+    answer the connect at all, is still waited for until the deadline. For asks that another
+    node can answer instead (``fetch_metadata``'s). ``reconnect_ivl_max_ms``: the cap of its
+    reconnect backoff, for a caller that must reach a restarted peer sooner than
     ``P.RECONNECT_IVL_MAX_MS``. Not thread-safe."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, identity: str | None = "client", *,
-                 fail_on_disconnect: bool = False, reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS) -> None:
+                 fail_on_disconnect: bool = False, fail_on_refused: bool = False,
+                 reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS) -> None:
         self.endpoint = endpoint
         self.sock = make_socket(ctx, zmq.DEALER, identity)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ivl_max_ms)
-        self._disconnects: zmq.Socket | None = None
-        if fail_on_disconnect:  # before connecting: no connection goes unwatched
-            self._disconnects = self.sock.get_monitor_socket(
-                zmq.EVENT_DISCONNECTED, f"inproc://loom-disconnects-{os.getpid()}-{next(_MONITOR_IDS)}")
-            self._disconnects.setsockopt(zmq.LINGER, 0)
+        self._fail_on_disconnect = fail_on_disconnect
+        self._fail_on_refused = fail_on_refused
+        self._up = False  # a connection is made (known from the monitor's events)
+        self._refused = False  # the last connect failed, and none is up
+        self._events: zmq.Socket | None = None
+        if fail_on_disconnect or fail_on_refused:  # before connecting: no connection goes unwatched
+            # a failed connect is EVENT_CLOSED of the connecting descriptor (then a retry, which
+            # libzmq also reports after a disconnect); an ended connection is EVENT_DISCONNECTED
+            events = zmq.EVENT_DISCONNECTED | (zmq.EVENT_CONNECTED | zmq.EVENT_CLOSED if fail_on_refused else 0)
+            self._events = self.sock.get_monitor_socket(
+                events, f"inproc://loom-connection-events-{os.getpid()}-{next(_MONITOR_IDS)}")
+            self._events.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
         self._ids = itertools.count(1)
         self._rid = 0  # the id of the last call's request
@@ -384,7 +432,8 @@ class BlockingClient:
              give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         """Send and wait for the reply. Raises RemoteError (the node's answer) or RequestTimeout
         (after the last try, or -- GaveUp -- as soon as ``give_up()``, asked every GIVE_UP_CHECK_MS,
-        says the peer is gone; ConnectionLost, see the class): catch CodedError for both."""
+        says the peer is gone; ConnectionLost and ConnectionRefused, see the class): catch
+        CodedError for both."""
         attempt = 0
         while True:
             try:
@@ -398,7 +447,7 @@ class BlockingClient:
     def _call_once(self, command: bytes, header: dict, payloads: list | tuple, timeout_ms: int,
                    give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         rid = self._rid = next(self._ids)
-        self._disconnected()  # ended before this request: it goes out on the next connection
+        self._connection_events()  # ended before this request: it goes out on the next connection
         self.sock.send_multipart(wire.encode_request(command, dict(header, id=rid), payloads), copy=False)
         return self._reply(rid, timeout_ms, give_up)
 
@@ -410,23 +459,26 @@ class BlockingClient:
     def _reply(self, rid: int, timeout_ms: int, give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        if self._disconnects is not None:
-            poller.register(self._disconnects, zmq.POLLIN)
+        if self._events is not None:
+            poller.register(self._events, zmq.POLLIN)
         deadline = time.monotonic() + timeout_ms / 1000
-        lost = False  # the connection ended: only what it delivered before may still be read
+        # the connection ended, or its peer refused it (also before the request was sent: a
+        # refused peer cannot answer it): only what it delivered before may still be read
+        lost = self._failed(False)
         while True:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0 and not self.sock.poll(0):  # one here at the deadline is taken
                 raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_ms} ms")
             left_ms = max(0, left_ms)
-            ready = dict(poller.poll(0 if lost else left_ms if give_up is None else min(left_ms, GIVE_UP_CHECK_MS)))
-            if self._disconnects in ready and self._disconnected():
-                lost = True
+            wait_ms = left_ms if give_up is None else min(left_ms, GIVE_UP_CHECK_MS)
+            ready = dict(poller.poll(0 if lost is not None else wait_ms))
+            if self._events in ready and lost is None:
+                lost = self._failed(self._connection_events())
             # what the connection delivered before it ended is read first (its arrival is
             # queued ahead of the disconnect's event)
-            if self.sock not in ready and not (lost and self.sock.poll(0)):
-                if lost:
-                    raise ConnectionLost(f"connection to {self.endpoint} lost before the reply")
+            if self.sock not in ready and not (lost is not None and self.sock.poll(0)):
+                if lost is not None:
+                    raise lost
                 if not ready and give_up is not None and give_up():
                     raise GaveUp(f"gave up waiting for {self.endpoint}: it is down")
                 continue
@@ -442,16 +494,31 @@ class BlockingClient:
                 raise RemoteError(code, reply.get("message", ""), **_details(reply))
             return reply, payloads_in
 
-    def _disconnected(self) -> bool:
-        """Whether a connection ended since the last look (the monitor's events, all taken)."""
-        seen = False
-        while self._disconnects is not None and self._disconnects.poll(0):
-            self._disconnects.recv_multipart()  # only EVENT_DISCONNECTED is asked for
-            seen = True
-        return seen
+    def _connection_events(self) -> bool:
+        """Take the monitor's events since the last look: whether a connection ended among
+        them. A connect that fails with none up (refused) marks the peer refused until one is
+        made; libzmq reports a retry after a disconnect too, but no failed connect."""
+        ended = False
+        while self._events is not None and self._events.poll(0):
+            event = parse_monitor_message(self._events.recv_multipart())["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self._up, self._refused = True, False
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._up, ended = False, True
+            elif event == zmq.EVENT_CLOSED and not self._up:
+                self._refused = True
+        return ended
+
+    def _failed(self, ended: bool) -> CodedError | None:
+        """The error that ends a call waiting now, its connection's events just taken."""
+        if ended and self._fail_on_disconnect:
+            return ConnectionLost(f"connection to {self.endpoint} lost before the reply")
+        if self._refused and self._fail_on_refused:
+            return ConnectionRefused(f"{self.endpoint} refused the connection: nothing listens there")
+        return None
 
     def close(self) -> None:
-        if self._disconnects is not None:
+        if self._events is not None:
             self.sock.disable_monitor()
-            self._disconnects.close(0)
+            self._events.close(0)
         self.sock.close(0)

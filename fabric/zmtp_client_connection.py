@@ -96,6 +96,8 @@ class ConnectionMixin:
     # the dealer's state this half uses (set by ZmtpDealer.__init__)
     reactor: Reactor
     on_lost: Callable[[], None] | None
+    on_refused: Callable[[], None] | None
+    refused: bool
     endpoint: str
     counters: Counter[str]
     host: str
@@ -159,9 +161,12 @@ class ConnectionMixin:
             sock.close()
             self._address = None
             self._retry_later(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
+            self._connect_failed()
             return
         self._sock, self._fd = sock, sock.fileno()
         self._state = _CONNECTING
+        # a request made now waits for this connect, which the node (listening again) may take
+        self.refused = False
         self.reactor.add_descriptor(self._fd, self._on_ready, _POLLOUT)
 
     def _on_ready(self, ready: int) -> None:
@@ -171,6 +176,7 @@ class ConnectionMixin:
             if code:
                 self._address = None  # the name may point elsewhere by the next attempt
                 self._lost(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
+                self._connect_failed()
                 return
             self._state = _HANDSHAKE
             self._handshake_timer = self.reactor.call_later(HANDSHAKE_IVL_MS, self._handshake_expired)
@@ -234,6 +240,13 @@ class ConnectionMixin:
         self._retry_later(why)
         if was_ready and self.on_lost is not None:
             self.on_lost()
+
+    def _connect_failed(self) -> None:
+        """A connect failed (refused: the peer's host is up and nothing listens on its port;
+        or unreachable): ``refused`` until the next is under way, and ``on_refused`` told."""
+        self.refused = True
+        if self.on_refused is not None and self._state != _CLOSED:
+            self.on_refused()
 
     def _drop(self) -> None:
         if self._sock is not None:

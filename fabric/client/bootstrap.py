@@ -15,7 +15,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import CodedError, FabricError, MalformedFrame, RemoteError, RequestTimeout
+from fabric.errors import CodedError, ConnectionRefused, FabricError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata, read_answer
 from fabric.rpc import BlockingClient
 
@@ -72,17 +72,17 @@ LATE_ANSWER_LOOK_MS = 50  # a round's asks all failed: each cut short is looked 
 
 class CoordinatorSilence:
     """Whether the coordinator went silent: a metadata ask of it timed out or its connection
-    failed. For a backoff from then (``COORDINATOR_SILENT_BACKOFF_MS_MIN``, doubled at each
-    silence in a row up to ``..._MAX``) metadata is asked of the other endpoints first -- with
-    the coordinator's process dead, every refresh spent its whole timeout (3 s) there before a
-    broker's copy was asked; then the coordinator is asked again, for at most
-    ``COORDINATOR_PROBE_TIMEOUT_MS`` (a live one answers in ms; a dead one held each such
-    refresh, and a gateway's produce requests behind it, for the whole timeout again). The
-    silence ends at once when the coordinator answers anything, or when metadata names another
-    coordinator (endpoint, or process: ``state_id``) than the one that went silent. Times are ms
-    of the caller's monotonic clock. Thread-safe, and may be shared by the clients of several
-    threads on one clock (a gateway's request threads: what one learnt, the others need not
-    wait for); its calls come with metadata asks only, never per request."""
+    failed or was refused. For a backoff from then (``COORDINATOR_SILENT_BACKOFF_MS_MIN``,
+    doubled at each silence in a row up to ``..._MAX``) metadata is asked of the other
+    endpoints first -- with the coordinator's process dead, every refresh spent its whole
+    timeout (3 s) there before a broker's copy was asked; then the coordinator is asked
+    again, for at most ``COORDINATOR_PROBE_TIMEOUT_MS`` (a live one answers in ms; a dead one
+    held each such refresh, and a gateway's produce requests behind it, for the whole timeout
+    again). The silence ends at once when the coordinator answers anything, or when metadata
+    names another coordinator (endpoint, or process: ``state_id``) than the one that went
+    silent. Times are ms of the caller's monotonic clock. Thread-safe, and may be shared by
+    the clients of several threads on one clock (a gateway's request threads: what one learnt,
+    the others need not wait for); its calls come with metadata asks only, never per request."""
 
     def __init__(self, down: Callable[[str], bool] | None = None) -> None:
         """``down(endpoint)``: whether another watcher (a gateway's health watcher, which PINGs
@@ -118,9 +118,11 @@ class CoordinatorSilence:
     def heard(self, endpoint: str, error: Exception | None, now_ms: int, sent_ms: int | None = None) -> None:
         """A metadata ask of ``endpoint`` sent at ``sent_ms`` (default: taken for ``now_ms``)
         ended with ``error`` (None: a reply) at ``now_ms``. Any answer of the node (a reply,
-        ``RemoteError``) ends its silence; a timeout or a connection lost (``RequestTimeout``)
+        ``RemoteError``) ends its silence; a timeout, a connection lost or refused (each a
+        ``RequestTimeout``: a refusal does not tell a dead coordinator from one restarting)
         of the coordinator begins one, or doubles its backoff when the ask was sent once that
-        was over -- one sent before (another thread's, however late it ends) does not, nor does
+        was over -- but for a refusal, which ended at once: the backoff is the shortest again,
+        and a coordinator restarting is probed (for nothing) until it listens -- one sent before (another thread's, however late it ends) does not, nor does
         one sent before the coordinator last answered (another thread's ask). Other errors
         (found by the client alone) tell nothing."""
         with self._lock:
@@ -139,7 +141,10 @@ class CoordinatorSilence:
             if self._silent != self._known:
                 self._silent, self._backoff_ms = self._known, COORDINATOR_SILENT_BACKOFF_MS_MIN
             elif (now_ms if sent_ms is None else sent_ms) >= self._until_ms:
-                self._backoff_ms = min(2 * self._backoff_ms, COORDINATOR_SILENT_BACKOFF_MS_MAX)
+                # a refused probe cost nothing (it ended at once): probed as often as at first, a
+                # coordinator restarting is seen back within the shortest backoff of listening
+                self._backoff_ms = COORDINATOR_SILENT_BACKOFF_MS_MIN if isinstance(error, ConnectionRefused) \
+                    else min(2 * self._backoff_ms, COORDINATOR_SILENT_BACKOFF_MS_MAX)
             else:
                 return
             self._until_ms = now_ms + self._backoff_ms
@@ -255,13 +260,16 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     that answered last), and a coordinator gone silent is waited for no longer than
     ``silence.timeout_ms`` says -- also one that did not answer before the metadata that
     answered showed it the coordinator (a first fetch: the next would wait for it again). Any
-    ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. An ask cut short so (or by
+    ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. An ask whose connection is
+    refused (``ConnectionRefused``: the node's process is dead, its host up) ends at once, and
+    the next endpoint is asked; a node that takes the connection and does not answer, or a host
+    that does not answer the connect, is waited for as above. An ask cut short so (or by
     ``silence``) still has its answer taken while the later asks are made, and when none of
     them answers, for as long as the cut took off it (by ``deadline_s``): a node slower than the
     cut but within ``timeout_ms`` (a loaded coordinator, the brokers dead) answered every fetch
     before the cuts, and none after. Raises ``RequestTimeout`` (``request_timed_out``,
     retriable) when none answers with metadata in time: the cluster is down, unreachable or
-    starting."""
+    starting -- at once when every endpoint refused the connection."""
     asks = _Asks(silence)
     if silence is not None:
         order = silence.order(endpoints, prefer, int(time.monotonic() * 1000))
@@ -305,7 +313,9 @@ class _Asks:
     def ask(self, ctx: zmq.Context, ep: str, try_ms: int, cut_ms: int) -> tuple[ClusterMetadata, str] | None:
         """Ask ``ep`` for at most ``try_ms``, ``cut_ms`` less than it would have had: the
         metadata and ``ep``, or None (kept for its late answer when it timed out cut short)."""
-        client = BlockingClient(ctx, ep)
+        # a refused connect (the node's process dead, its host up) ends the ask at once: the
+        # next endpoint is asked, not after the timeout libzmq's retries of the connect took
+        client = BlockingClient(ctx, ep, fail_on_refused=True)
         kept = False
         sent_ms = int(time.monotonic() * 1000)
         try:
@@ -313,7 +323,8 @@ class _Asks:
         except CodedError as e:
             self.last = e
             self._heard(ep, e, sent_ms)
-            if isinstance(e, RequestTimeout) and cut_ms > 0:
+            # refused: the node is down now, and the round's end does not wait for its answer
+            if isinstance(e, RequestTimeout) and not isinstance(e, ConnectionRefused) and cut_ms > 0:
                 self._cut.append((client, sent_ms))
                 self.saved_ms, kept = max(self.saved_ms, cut_ms), True
             return None
@@ -332,22 +343,28 @@ class _Asks:
                 look_ms = max(0, min(LATE_ANSWER_LOOK_MS, int((deadline_s - time.monotonic()) * 1000)))
                 try:
                     header, _ = client.late_reply(look_ms)
+                except ConnectionRefused:  # the node is gone, and the ask with it: no answer comes
+                    self._drop(client, sent_ms)
+                    continue
                 except RequestTimeout:
                     continue  # not yet: it may still come
                 except CodedError as e:  # an answer, but no metadata
-                    self._cut.remove((client, sent_ms))
-                    client.close()
+                    self._drop(client, sent_ms)
                     self.last = e
                     self._heard(client.endpoint, e, sent_ms)
                     continue
                 got = self._answered(header, client.endpoint, sent_ms)
                 if got is not None:
                     return got
-                self._cut.remove((client, sent_ms))
-                client.close()
+                self._drop(client, sent_ms)
             if time.monotonic() >= deadline_s:
                 return None
         return None
+
+    def _drop(self, client: BlockingClient, sent_ms: int) -> None:
+        """An ask cut short whose answer came, or can no longer come: not looked at again."""
+        self._cut.remove((client, sent_ms))
+        client.close()
 
     def _answered(self, header: dict, ep: str, sent_ms: int) -> tuple[ClusterMetadata, str] | None:
         md = read_answer(header, ep)

@@ -310,7 +310,9 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         return False
 
     def _rpc_client(self, endpoint: str) -> RpcClient:
-        return RpcClient(self.ctx, self.reactor, endpoint, identity="consumer")
+        # a metadata ask of a node whose port refuses the connection (dead) ends at once: the
+        # next endpoint is asked, not after the ask's timeout (the coordinator's: 1 s)
+        return RpcClient(self.ctx, self.reactor, endpoint, identity="consumer", fail_on_refused=(P.METADATA,))
 
     def _client(self, endpoint: str) -> ConsumerClient:
         c = self._clients.get(endpoint)

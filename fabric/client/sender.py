@@ -118,6 +118,7 @@ class Sender(SenderReplies, threading.Thread):
         self._client_factory = client_factory or self._rpc_client
         self._md_in_flight = False
         self._md_endpoint_index = 0
+        self._md_retry_at_ms = 0  # no metadata ask before this, after one that got no answer
         self._md_silence = CoordinatorSilence()  # a coordinator silent lately is asked after the brokers
         self.producer_id = -1
         self._id_generation = 0  # producer ids had so far (a reset starts the next)
@@ -224,7 +225,9 @@ class Sender(SenderReplies, threading.Thread):
         self._waker.close()
 
     def _rpc_client(self, endpoint: str) -> RpcClient:
-        return RpcClient(self.ctx, self.reactor, endpoint, identity="producer")
+        # a metadata ask of a node whose port refuses the connection (dead) ends at once: the
+        # next endpoint is asked, not after the ask's timeout (the coordinator's: 1 s)
+        return RpcClient(self.ctx, self.reactor, endpoint, identity="producer", fail_on_refused=(P.METADATA,))
 
     def _client(self, endpoint: str) -> SenderClient:
         c = self._clients.get(endpoint)
@@ -434,6 +437,11 @@ class Sender(SenderReplies, threading.Thread):
     def _refresh_metadata(self) -> None:
         if self._md_in_flight:
             return
+        if self.clock.now_ms() < self._md_retry_at_ms:
+            # asked again at the retry's wake-up: an ask refused at once (every endpoint's port
+            # closed) would otherwise go again at the next pass, hundreds of times a second
+            self.metadata_cache.want_refresh()
+            return
         self._md_in_flight = True
         endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_endpoint_index,
                                      self._md_silence, self.clock.now_ms())
@@ -447,6 +455,7 @@ class Sender(SenderReplies, threading.Thread):
                     self._reroute_in_flight()
             else:
                 self._md_endpoint_index += 1
+                self._md_retry_at_ms = self.clock.now_ms() + METADATA_RETRY_MS
                 self.metadata_cache.want_refresh()
                 assert self.reactor is not None
                 self.reactor.call_later(METADATA_RETRY_MS, self.wake)

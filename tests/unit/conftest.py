@@ -24,6 +24,7 @@ from tests.harness import free_ports, make_config
 from tests.unit.builders_broker import Loopback
 from tests.unit.builders_sender import sender_rigs
 from tests.unit.fakes import BIG, SendSpy
+from tests.unit.tcp_endpoints import tcp_router
 from tests.unit.zmtp_support import DealerClient, MakeClient, RawServer
 
 
@@ -153,3 +154,17 @@ def raw_server() -> Iterator[RawServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def refused_endpoint() -> str:
+    """A tcp:// endpoint on 127.0.0.1 with nothing listening: a connect to it is refused."""
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """A tcp:// endpoint on 127.0.0.1 that takes connections and requests and answers none."""
+    sock, endpoint = tcp_router()
+    yield endpoint
+    sock.close(0)
