@@ -34,6 +34,19 @@ RETRY_BACKOFF_MS = 200
 REJOIN_ERRORS = frozenset({P.UNKNOWN_MEMBER, P.ILLEGAL_GENERATION, P.UNKNOWN_GROUP, P.REBALANCE_IN_PROGRESS})
 
 
+def newer_than_reading(answer: dict) -> set[tuple[str, int]]:
+    """OFFSET_FETCH's ``newer_than_reading``: of the partitions asked for that have nothing
+    committed, those the coordinator knows were made after the group began reading their topic
+    (nodes/coordinator/group_readings.py). They start at their log start whatever
+    ``auto_offset_reset`` says. Empty from an older coordinator, which sends no such field (the
+    consumer then behaves as before); an entry that is not ``[topic, partition]`` is left out."""
+    raw = answer.get("newer_than_reading")
+    if not isinstance(raw, list):
+        return set()
+    return {(e[0], e[1]) for e in raw
+            if isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str) and type(e[1]) is int}
+
+
 class RequestClient(Protocol):
     """What the link needs of an RPC client (``fabric.rpc.RpcClient``)."""
 

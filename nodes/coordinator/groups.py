@@ -110,6 +110,10 @@ class Group:
     counts_checked: bool = True     # False: partition counts not compared with the topics since then
     pending_members: dict[str, int] = field(default_factory=dict)   # member id handed out -> expiry (ms)
     emptied_ms: int | None = None   # when (monotonic) it last lost its last member (None: not in this process)
+    # per topic its latest generation subscribed to, the metadata version when the first generation
+    # (in this process) that did was made: partitions made after it are newer than the group's
+    # reading (nodes/coordinator/group_readings.py). Kept while the group is empty
+    reading_since: dict[str, int] = field(default_factory=dict)
 
 
 class GroupCoordinator(GroupOffsetsMixin):
@@ -260,6 +264,10 @@ class GroupCoordinator(GroupOffsetsMixin):
         # of 500 members with 1,000 topics take seconds of the reactor)
         subs = {m.member_id: frozenset(m.topics) for m in group.members.values()}
         group.subscribed = frozenset().union(*subs.values())
+        # bounded by the subscriptions held; a topic subscribed to again later is read anew
+        # from then on (its commits of before still count: group_readings.py)
+        version = self.context.state.version
+        group.reading_since = {t: group.reading_since.get(t, version) for t in group.subscribed}
         counts = {t: len(self.context.state.topics[t].partitions) for t in sorted(group.subscribed)
                   if t in self.context.state.topics}
         result = assign(group.assignor, subs, counts, {m.member_id: m.assignment for m in group.members.values()})

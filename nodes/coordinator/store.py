@@ -50,9 +50,22 @@ class PartitionState:
     # grows at every change of leader, leader epoch or ISR (Kafka's partition epoch): brokers
     # apply a partition state only if it is newer than theirs; the coordinator bumps it in commit
     partition_epoch: int = 0
+    # when the partition was made: the metadata version of the change that made it, and the
+    # coordinator's wall clock then (0: unknown -- a state written before these were kept). A
+    # group judges by them which partitions are newer than its reading of their topic
+    # (nodes/coordinator/group_readings.py)
+    created_version: int = 0
+    created_ms: int = 0
 
     def to_list(self) -> list:
-        return [self.leader, self.leader_epoch, list(self.replicas), list(self.isr), self.partition_epoch]
+        return [self.leader, self.leader_epoch, list(self.replicas), list(self.isr), self.partition_epoch,
+                self.created_version, self.created_ms]
+
+
+def new_partitions(placement: list[list[int]], version: int, wall_ms: int) -> list[PartitionState]:
+    """Partitions placed on ``placement`` (each a replica list, the leader first), made by the
+    change that becomes metadata ``version`` at wall time ``wall_ms``."""
+    return [PartitionState(r[0], 0, r, list(r), created_version=version, created_ms=wall_ms) for r in placement]
 
 
 @dataclass

@@ -393,3 +393,50 @@ def test_a_commit_of_a_partition_the_topic_lacks_fails_at_once(cluster: Cluster,
                 c.commit(offsets)
             assert time.monotonic() - started < 5, f"{offsets}: a commit the coordinator refused for good was retried"
         assert c.committed(("few", 0)) == 0
+
+
+def _poll_until(c: Consumer, done, timeout_s: float, what: str) -> list:
+    """Poll ``c`` until ``done(records so far)``, for up to ``timeout_s``."""
+    got: list = []
+    wait_until(lambda: got.extend(c.poll(timeout_ms=200)) or done(got), timeout_s, what=what)
+    return got
+
+
+def test_a_partition_added_while_the_group_had_no_member_is_read_from_its_log_start_under_latest(
+        cluster: Cluster, admin: Admin) -> None:
+    """KAFKA-12261 for a group: its one member reads a 1-partition topic with ``latest`` and
+    closes; a partition is added and written to; a new member (another process: it never saw the
+    topic with one partition) joins. The partition was made after the group began reading the
+    topic, so it starts at its log start -- it started at the log end, past every record."""
+    make_topic(cluster, admin, "grown", partitions=1)
+    settings = dict(group_id="g-grown", auto_offset_reset="latest", session_timeout_ms=SESSION_MS,
+                    heartbeat_interval_ms=HEARTBEAT_MS)
+    first = Consumer(cluster.bootstrap, **settings)
+    try:
+        first.subscribe(["grown"])
+        wait_until(lambda: first.poll(timeout_ms=100) == [] and first.assignment() == [("grown", 0)]
+                   and first.position(("grown", 0)) is not None, 20, what="the first member positioned")
+        with Producer(cluster.bootstrap, acks="all") as p:
+            for i in range(5):
+                p.send("grown", b"old-%d" % i, partition=0)
+            p.flush(20)
+        _poll_until(first, lambda got: len(got) >= 5, 20, what="the first member's records")
+    finally:
+        first.close()  # commits grown-0 and leaves: the group has no member
+    assert GroupAdmin(admin).committed("g-grown") == {("grown", 0): 5}
+    admin.alter_topic("grown", partitions=2)
+    cluster.wait_topic_ready(admin, "grown")
+    with Producer(cluster.bootstrap, acks="all") as p:
+        for i in range(20):
+            p.send("grown", b"new-%d" % i, partition=1)
+        p.flush(20)
+    second = Consumer(cluster.bootstrap, **settings)
+    try:
+        second.subscribe(["grown"])
+        got = _poll_until(second, lambda got: len(got) >= 20 or (second.position(("grown", 1)) or 0) >= 20,
+                          20, what="the new partition read")
+        assert sorted(r.offset for r in got if r.partition == 1) == list(range(20)), \
+            f"read {[(r.partition, r.offset) for r in got]}: the new partition's records were skipped"
+        assert not [r for r in got if r.partition == 0], "grown-0 was read again past its committed offset"
+    finally:
+        second.close()
