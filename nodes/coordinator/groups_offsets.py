@@ -188,6 +188,8 @@ class GroupOffsetsMixin:
         g = self.groups.get(gid)
         if g is not None and g.members:
             raise self._non_empty(g)
+        if g is not None:  # also if the deletion stops part way: what the group read is old now
+            g.reading_since = {}
         # offsets of deleted topics too: they go with the group; and the partitions of commits on
         # their way (queued before the tombstones, they land first: without a tombstone of
         # their own, the group would be back with them)

@@ -216,6 +216,15 @@ def test_a_group_whose_offsets_expire_forgets_what_it_read(cluster: _Cluster) ->
     assert newer_than_reading([T1], cluster.coord.state.topics, {}, group.reading_since) == []
 
 
+def test_a_deleted_group_forgets_what_it_read_as_soon_as_its_deletion_starts(cluster: _Cluster) -> None:
+    cluster.make_topic("t", 1)
+    a = cluster.join("a")
+    cluster.committed(T0, 5)
+    cluster.leave(a)
+    assert cluster.coord.groups._on_delete_group(request(P.DELETE_GROUP, group="g")) is DEFER  # its tombstones go out
+    assert cluster.coord.groups.groups["g"].reading_since == {}
+
+
 # -- bounds, bad input, state from older code ------------------------------------------------------
 def test_the_reading_is_kept_only_for_the_topics_subscribed_to(cluster: _Cluster) -> None:
     cluster.make_topic("t", 1)
@@ -241,8 +250,8 @@ def test_a_state_written_before_the_markers_loads_and_judges_nothing_newer(clust
     cluster.grow("t", 2)
     path = Path(cluster.coord.store.path)
     raw = json.loads(path.read_text())
-    for t in raw["topics"].values():  # partitions as older code stored them: five fields
-        t["partitions"] = [p[:5] for p in t["partitions"]]
+    for t in raw["topics"].values():  # topics as older code stored them
+        del t["created"]
     path.write_text(json.dumps(raw))
     cluster.restart()
     assert [(p.created_version, p.created_ms) for p in cluster.coord.state.topics["t"].partitions] == [(0, 0), (0, 0)]
@@ -259,6 +268,15 @@ def test_the_creation_markers_are_the_version_and_time_of_the_change_that_made_t
     parts = StateStore(Path(cluster.coord.store.path).parent).load().topics["t"].partitions
     assert [p.created_version for p in parts] == [made, grown] and parts[1].created_ms == at
     assert Path(cluster.coord.store.path).name == FILE_NAME
+
+
+def test_a_state_file_with_the_markers_keeps_the_shape_older_code_reads(cluster: _Cluster) -> None:
+    """The markers are a topic's ``created`` list, beside its partitions: older code, which
+    builds a partition from exactly the five fields of its list, still loads a state written now."""
+    cluster.make_topic("t", 2)
+    raw = json.loads(Path(cluster.coord.store.path).read_text())
+    assert [len(p) for p in raw["topics"]["t"]["partitions"]] == [5, 5]
+    assert len(raw["topics"]["t"]["created"]) == 2
 
 
 def test_the_judgement_alone_never_names_a_committed_partition_or_an_empty_list() -> None:
