@@ -402,6 +402,49 @@ def _poll_until(c: Consumer, done, timeout_s: float, what: str) -> list:
     return got
 
 
+def _read_by_a_member_that_closes(cluster: Cluster, topic: str, group: str, **settings: object) -> None:
+    """A member of ``group`` (``auto_offset_reset="latest"``) reads the 5 records written to
+    ``topic``-0 once it is positioned, then closes: it commits 5 and leaves the group empty."""
+    first = Consumer(cluster.bootstrap, group_id=group, **settings)
+    try:
+        first.subscribe([topic])
+        wait_until(lambda: first.poll(timeout_ms=100) == [] and first.assignment() == [(topic, 0)]
+                   and first.position((topic, 0)) is not None, 20, what="the first member positioned")
+        with Producer(cluster.bootstrap, acks="all") as p:
+            for i in range(5):
+                p.send(topic, b"old-%d" % i, partition=0)
+            p.flush(20)
+        _poll_until(first, lambda got: len(got) >= 5, 20, what="the first member's records")
+    finally:
+        first.close()
+
+
+def _written_to(cluster: Cluster, topic: str, partitions: list[int], n: int) -> list[tuple[int, int]]:
+    """``n`` records to each of ``partitions``: their (partition, offset)s."""
+    with Producer(cluster.bootstrap, acks="all") as p:
+        futures = [p.send(topic, b"new-%d" % i, partition=q) for q in partitions for i in range(n)]
+        p.flush(20)
+        return sorted((f.result().partition, f.result().offset) for f in futures)
+
+
+def _read_by_a_new_member(cluster: Cluster, topic: str, group: str, expected: list[tuple[int, int]],
+                          **settings: object) -> list[tuple[int, int]]:
+    """What a new member of ``group`` (another process) reads of ``topic`` until it has every
+    record ``expected`` or is positioned past them, as (partition, offset)s."""
+    second = Consumer(cluster.bootstrap, group_id=group, **settings)
+    last = {q: o for q, o in expected}  # the last expected offset of each partition
+    try:
+        second.subscribe([topic])
+        got = _poll_until(second, lambda got: len(got) >= len(expected) or all(
+            (second.position((topic, q)) or 0) > o for q, o in last.items()), 20, what="the new partitions read")
+        return sorted((r.partition, r.offset) for r in got)
+    finally:
+        second.close()
+
+
+LATEST = dict(auto_offset_reset="latest", session_timeout_ms=SESSION_MS, heartbeat_interval_ms=HEARTBEAT_MS)
+
+
 def test_a_partition_added_while_the_group_had_no_member_is_read_from_its_log_start_under_latest(
         cluster: Cluster, admin: Admin) -> None:
     """KAFKA-12261 for a group: its one member reads a 1-partition topic with ``latest`` and
@@ -409,34 +452,24 @@ def test_a_partition_added_while_the_group_had_no_member_is_read_from_its_log_st
     topic with one partition) joins. The partition was made after the group began reading the
     topic, so it starts at its log start -- it started at the log end, past every record."""
     make_topic(cluster, admin, "grown", partitions=1)
-    settings = dict(group_id="g-grown", auto_offset_reset="latest", session_timeout_ms=SESSION_MS,
-                    heartbeat_interval_ms=HEARTBEAT_MS)
-    first = Consumer(cluster.bootstrap, **settings)
-    try:
-        first.subscribe(["grown"])
-        wait_until(lambda: first.poll(timeout_ms=100) == [] and first.assignment() == [("grown", 0)]
-                   and first.position(("grown", 0)) is not None, 20, what="the first member positioned")
-        with Producer(cluster.bootstrap, acks="all") as p:
-            for i in range(5):
-                p.send("grown", b"old-%d" % i, partition=0)
-            p.flush(20)
-        _poll_until(first, lambda got: len(got) >= 5, 20, what="the first member's records")
-    finally:
-        first.close()  # commits grown-0 and leaves: the group has no member
+    _read_by_a_member_that_closes(cluster, "grown", "g-grown", **LATEST)
     assert GroupAdmin(admin).committed("g-grown") == {("grown", 0): 5}
     admin.alter_topic("grown", partitions=2)
     cluster.wait_topic_ready(admin, "grown")
-    with Producer(cluster.bootstrap, acks="all") as p:
-        for i in range(20):
-            p.send("grown", b"new-%d" % i, partition=1)
-        p.flush(20)
-    second = Consumer(cluster.bootstrap, **settings)
-    try:
-        second.subscribe(["grown"])
-        got = _poll_until(second, lambda got: len(got) >= 20 or (second.position(("grown", 1)) or 0) >= 20,
-                          20, what="the new partition read")
-        assert sorted(r.offset for r in got if r.partition == 1) == list(range(20)), \
-            f"read {[(r.partition, r.offset) for r in got]}: the new partition's records were skipped"
-        assert not [r for r in got if r.partition == 0], "grown-0 was read again past its committed offset"
-    finally:
-        second.close()
+    written = _written_to(cluster, "grown", [1], 20)
+    got = _read_by_a_new_member(cluster, "grown", "g-grown", written, **LATEST)
+    assert got == written, f"read {got}: the new partition's records were skipped (or grown-0 read again)"
+
+
+def test_a_topic_made_again_while_the_group_had_no_member_is_read_from_its_log_start_under_latest(
+        cluster: Cluster, admin: Admin) -> None:
+    """The group's one member reads a topic with ``latest`` and closes; the topic is deleted and
+    made again (two partitions) and written to; a new member joins. Every record of the new topic
+    is newer than the group's reading of the topic: it reads them all."""
+    make_topic(cluster, admin, "remade", partitions=1)
+    _read_by_a_member_that_closes(cluster, "remade", "g-remade", **LATEST)
+    admin.delete_topic("remade")
+    make_topic(cluster, admin, "remade", partitions=2)
+    written = _written_to(cluster, "remade", [0, 1], 10)
+    got = _read_by_a_new_member(cluster, "remade", "g-remade", written, **LATEST)
+    assert got == written, f"read {got}: the new topic's records were skipped"
