@@ -328,10 +328,11 @@ class Instance(threading.Thread):
         for tp, offset in committed.items():
             if offset is not None:  # of that topic: one deleted meanwhile starts at the new one's log start
                 c.seek(tp, offset, topic_id=ids.get(tp[0], ""), committed=True)
-        # nothing committed: reset at once (the consumer would look them up again) -- to the log
-        # start of one that appeared while the instance read its topic, else auto_offset_reset
-        # (sought to the log end, latest skipped what was written to a partition added meanwhile)
-        c.reset_positions([tp for tp, offset in committed.items() if offset is None])
+        # nothing committed: left to the consumer's own lookup, which also learns which of them
+        # are newer than the group's reading of their topic (its log start then), and otherwise
+        # starts them where it starts a partition with nothing to start from -- the log start of
+        # one that appeared while the instance read its topic, else auto_offset_reset (sought to
+        # the log end, latest skipped what was written to a partition added meanwhile)
         return {}
 
     @staticmethod

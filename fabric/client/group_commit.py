@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Callable
 
 from fabric import protocol as P
 from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
-from fabric.client.group_link import REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink, Pump
+from fabric.client.admin import EARLIEST
+from fabric.client.group_link import REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink, Pump, newer_than_reading
 from fabric.clock import Clock
 from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
@@ -57,12 +58,13 @@ class _CommitLookup:
     until ``offsets`` (its answer's) or ``error`` is set; ``committed_since``: what this
     consumer's commits answered meanwhile (newer than the answer may say)."""
 
-    __slots__ = ("tps", "offsets", "topic_ids", "error", "committed_since")
+    __slots__ = ("tps", "offsets", "topic_ids", "newer", "error", "committed_since")
 
     def __init__(self, tps: list[TopicPartition]) -> None:
         self.tps = tps
         self.offsets: list | None = None
         self.topic_ids: dict[str, str] = {}  # the topics the answer's offsets are of
+        self.newer: set[TopicPartition] = set()  # ... and its partitions newer than the group's reading
         self.error: CodedError | None = None
         self.committed_since: dict[TopicPartition, int] = {}
 
@@ -358,7 +360,8 @@ class GroupCommits:
         group's committed offset, as Kafka's consumer does after ``assign()`` with a group id
         (with or without auto-commit); ``auto_offset_reset`` only where nothing is committed.
         Else a restarted application skipped what came after its last commit (latest) or read
-        the log again (earliest), and an auto-commit moved the group there.
+        the log again (earliest), and an auto-commit moved the group there. One the coordinator
+        names newer than the group's reading of its topic starts at its log start.
 
         Never waits (KIP-266): one OFFSET_FETCH goes out for the partitions without a position
         and its answer is taken up by a later call; meanwhile they are neither fetched nor reset
@@ -390,8 +393,9 @@ class GroupCommits:
                     self.positions[tp] = off
                     # one of this consumer's own commits since: of the topic the metadata names
                     self._positioned_from_outside([tp], None if tp in since else lookup.topic_ids)
-                else:  # nothing committed: the reset policy (``Consumer._start_spec``), looked up once
-                    self._reset_specs[tp] = AUTO_RESET
+                else:  # nothing committed: the log start of one newer than the group's reading, else
+                    # the reset policy (``Consumer._start_spec``), looked up once
+                    self._reset_specs[tp] = EARLIEST if tp in lookup.newer else AUTO_RESET
         # _awaits_position, in the scan itself: a call per partition cost ~2 ms a pass with 10,000 of them
         fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
         if not fresh or self.clock.now_ms() < self._commit_lookup_retry_at_ms:
@@ -405,6 +409,7 @@ class GroupCommits:
                 lookup.error = err
             else:
                 lookup.offsets, lookup.topic_ids = h["offsets"], h.get("topic_ids") or {}
+                lookup.newer = newer_than_reading(h)
         try:
             self._link.request(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]},
                                callback=done)

@@ -443,3 +443,22 @@ def test_a_malformed_judgement_is_left_out(newer: Any) -> None:
         assert _positions_taken(c, [T0, T1]) == {T0: LOG_END_OFFSET, T1: LOG_END_OFFSET}
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("newer", [[["t", 1]], None])
+def test_an_assigned_consumer_starts_a_partition_newer_than_the_groups_reading_at_its_log_start(newer: Any) -> None:
+    """A consumer of group g assigned t-0 and t-1 (no membership; nothing committed of t-1): the
+    coordinator's lookup of the committed offsets names t-1 newer than the group's reading, and it
+    starts at its log start; without that (an older coordinator), at ``latest`` as before."""
+    broker = _GrowingBroker(2)
+    reactor = _LongPollReactor(broker)
+    coordinator = _GroupThatJudges(broker, newer)
+    coordinator.committed[T0] = 900
+    link = ScriptedCoordinatorLink(coordinator)
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(broker, reactor, link, auto_offset_reset="latest"))
+    try:
+        c.assign([T0, T1])
+        got = _poll_until(c, lambda got: _first_of(T1)(got) or c.position(T1) == LOG_END_OFFSET)
+        assert (_first_offset(got, T1), c.position(T1) is not None) == ((0, True) if newer else (None, True))
+    finally:
+        c.close()
