@@ -332,11 +332,18 @@ class GroupCommits:
         """``committed_offsets``, and {topic: id} of the topics those offsets are of (empty from an
         older coordinator): a host that seeks to them says so (``seek(..., topic_id=, committed=True)``),
         so that an offset of a topic made again since is not taken for one of the new topic."""
+        return self.committed_starts(tps)[:2]
+
+    def committed_starts(self, tps: list[TopicPartition]) -> tuple[dict[TopicPartition, int | None], dict[str, str],
+                                                                   set[TopicPartition]]:
+        """``committed_with_topic_ids``, and those of ``tps`` with nothing committed that the
+        coordinator names newer than the group's reading of their topic (``newer_than_reading``):
+        a host that starts them itself starts those at their log start (``seek_to_beginning``)."""
         self._check_open()
         if not tps:
-            return {}, {}
+            return {}, {}, set()
         h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in tps]})
-        return self._took_committed(tps, h["offsets"]), h.get("topic_ids") or {}
+        return self._took_committed(tps, h["offsets"]), h.get("topic_ids") or {}, newer_than_reading(h)
 
     def _took_committed(self, tps: list[TopicPartition], offsets: list) -> dict[TopicPartition, int | None]:
         """OFFSET_FETCH's ``offsets`` of ``tps``, per partition (None: nothing committed), also
