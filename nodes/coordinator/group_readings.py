@@ -18,7 +18,9 @@ fact that is not known says nothing, and the partition follows the policy, as be
 2. A committed offset of the topic's name for another topic id than the topic has now (the
    topic was deleted and made again since; the committed-offsets table keeps such an entry until
    a commit of the new topic replaces it): the group read the topic before this one was made, so
-   every partition of it is newer. Durable (the offsets topic), no clock.
+   every partition of it is newer. No clock. In the offsets topic, but the snapshots keep only
+   offsets of the topics as they are (nodes/coordinator/offsets_snapshot_jobs.py): a coordinator
+   restarted after the group's offsets partition took its next snapshot has forgotten it.
 3. A committed offset of the topic's name whose ``commit_ts_ms`` is below the partition's
    ``created_ms``: the group was reading the topic before the partition was made. Durable, so it
    covers a coordinator restart, as far as the table's latest commit of some partition of the

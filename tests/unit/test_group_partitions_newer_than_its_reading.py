@@ -180,7 +180,9 @@ def test_after_a_restart_a_partition_older_than_every_commit_is_judged_by_the_po
 def test_every_partition_of_a_topic_made_again_is_newer_than_a_reading_of_the_one_before(
         cluster: _Cluster, restart: bool) -> None:
     """The group's members were all down while t was deleted and made again (with more
-    partitions): its commit of the old topic shows that it read t before the new one was made."""
+    partitions): its commit of the old topic shows that it read t before the new one was made --
+    also to a coordinator restarted before a snapshot of the group's offsets left that commit out
+    (the loader reads it from the log)."""
     cluster.make_topic("t", 1)
     a = cluster.join("a")
     cluster.committed(T0, 5)
