@@ -4,7 +4,9 @@ reading. It starts at its log start whatever ``auto_offset_reset`` says: ``lates
 record written to it between its creation and the moment the consumer noticed it (the loss Kafka
 documents for partitions added under ``latest``, KAFKA-12261), ``none`` stopped a consumer that
 had a position all along. A group's committed offset of the new partition wins, as for any
-assignment, and so does an explicit seek.
+assignment, and so does an explicit seek. A group consumer also starts at its log start a partition
+the coordinator names newer than the group's reading of its topic (OFFSET_FETCH's
+``newer_than_reading``): a member that joined after the partition was made cannot tell itself.
 
 Real Consumer and GroupConsumer objects on the fake broker and scripted coordinator of
 tests/unit/builders_group_consumer.py (log end 1000: ``latest`` starts at 1000, the log start 0).
