@@ -473,3 +473,29 @@ def test_a_topic_made_again_while_the_group_had_no_member_is_read_from_its_log_s
     written = _written_to(cluster, "remade", [0, 1], 10)
     got = _read_by_a_new_member(cluster, "remade", "g-remade", written, **LATEST)
     assert got == written, f"read {got}: the new topic's records were skipped"
+
+
+def test_a_new_partition_its_first_owner_read_but_never_committed_is_read_from_its_log_start_by_the_next(
+        cluster: Cluster, admin: Admin) -> None:
+    """The member that noticed a partition added to its topic (and read it from its log start)
+    stops before committing it; its successor, a new process, saw the partition from the start.
+    The partition is newer than the group's reading, so the successor reads it from its log start
+    too -- it started at the log end (``latest``), past every record the first owner never committed."""
+    make_topic(cluster, admin, "noticed", partitions=1)
+    settings = dict(LATEST, enable_auto_commit=False)
+    first = Consumer(cluster.bootstrap, group_id="g-noticed", **settings)
+    try:
+        first.subscribe(["noticed"])
+        wait_until(lambda: first.poll(timeout_ms=100) == [] and first.assignment() == [("noticed", 0)]
+                   and first.position(("noticed", 0)) is not None, 20, what="the first member positioned")
+        first.commit()
+        admin.alter_topic("noticed", partitions=2)
+        cluster.wait_topic_ready(admin, "noticed")
+        written = _written_to(cluster, "noticed", [1], 20)
+        got = _poll_until(first, lambda got: len(got) >= 20, 20, what="the first member reading the new partition")
+        assert sorted((r.partition, r.offset) for r in got) == written
+    finally:
+        first.close()  # no auto-commit: nothing committed of noticed-1
+    assert ("noticed", 1) not in GroupAdmin(admin).committed("g-noticed")
+    got = _read_by_a_new_member(cluster, "noticed", "g-noticed", written, **settings)
+    assert got == written, f"read {got}: the records of the new partition that nobody committed were skipped"
