@@ -14,7 +14,8 @@ fact that is not known says nothing, and the partition follows the policy, as be
    ``created_version`` (nodes/coordinator/store.py). Versions only grow with the stored state:
    no clock step can fool them. Membership lives in memory, so this goes with a coordinator
    restart (a group's first generation after it is made at the version then, newer than every
-   partition there is) and with the group (deleted, expired: a group made again is a new one).
+   partition there is) and with the group (deleted, expired: a group made again is a new one);
+   a group without members keeps it only for the topics it has committed offsets of.
 2. A committed offset of the topic's name for another topic id than the topic has now (the
    topic was deleted and made again since; the committed-offsets table keeps such an entry until
    a commit of the new topic replaces it): the group read the topic before this one was made, so

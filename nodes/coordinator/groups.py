@@ -115,7 +115,8 @@ class Group:
     emptied_ms: int | None = None   # when (monotonic) it last lost its last member (None: not in this process)
     # per topic its latest generation subscribed to, the metadata version when the first generation
     # (in this process) that did was made: partitions made after it are newer than the group's
-    # reading (nodes/coordinator/group_readings.py). Kept while the group is empty
+    # reading (nodes/coordinator/group_readings.py). Once the group is empty, only for the topics
+    # it has committed offsets of (``_emptied``)
     reading_since: dict[str, int] = field(default_factory=dict)
 
 
@@ -260,8 +261,7 @@ class GroupCoordinator(GroupOffsetsMixin):
             del group.members[mid]
         group.generation += 1
         if not group.members:
-            group.state, group.leader, group.partition_counts = EMPTY, None, {}
-            group.emptied_ms = self.clock.now_ms()
+            self._emptied(group)
             return
         # sets: the assignors ask "is t subscribed?" per topic and member (lists made a rebalance
         # of 500 members with 1,000 topics take seconds of the reactor)
@@ -293,14 +293,23 @@ class GroupCoordinator(GroupOffsetsMixin):
         if member.join_req is not None:
             self.server.reply_error(member.join_req, P.UNKNOWN_MEMBER, f"{mid} left the group")
         if not group.members:
-            group.state, group.leader, group.partition_counts = EMPTY, None, {}
-            group.emptied_ms = self.clock.now_ms()
+            self._emptied(group)
             group.generation += 1
             log.info("group %s: %s; the group is empty (generation %d)", group.group_id, reason, group.generation)
             return
         if group.state != PREPARING:
             self._prepare_rebalance(group, reason)
         self._maybe_complete(group)
+
+    def _emptied(self, group: Group) -> None:
+        """``group`` lost its last member. What it read is kept only for the topics it has
+        committed offsets of: without members its subscriptions no longer bound it (thousands of
+        groups with one commit each could hold every name members ever subscribed to), and a
+        topic it holds no position in is no reading to be newer than."""
+        group.state, group.leader, group.partition_counts = EMPTY, None, {}
+        group.emptied_ms = self.clock.now_ms()
+        held = {t for t, _ in self.offsets.table.get(group.group_id, {})}
+        group.reading_since = {t: v for t, v in group.reading_since.items() if t in held}
 
     def _on_sync(self, req: wire.Request) -> dict:
         group, member = self._member(req)

@@ -237,6 +237,23 @@ def test_the_reading_is_kept_only_for_the_topics_subscribed_to(cluster: _Cluster
     assert set(cluster.coord.groups.groups["g"].reading_since) == {"u"}
 
 
+@pytest.mark.parametrize("how", ["left", "session expired"])
+def test_an_empty_group_keeps_the_reading_only_of_the_topics_it_has_offsets_of(cluster: _Cluster, how: str) -> None:
+    """A group without members is bounded by its committed offsets, not by what its members
+    subscribed to: thousands of groups, each with one commit, could otherwise hold the million
+    topic names (made up, or of topics that do not exist) that members may subscribe to together."""
+    cluster.make_topic("t", 1)
+    a = cluster.join("a", ["t", "no-such-topic", "u"])
+    cluster.committed(T0, 5)
+    if how == "left":
+        cluster.leave(a)
+    else:
+        cluster.clock.advance(20_000)
+        cluster.coord.groups.tick()
+    group = cluster.coord.groups.groups["g"]
+    assert group.state == EMPTY and set(group.reading_since) == {"t"}
+
+
 def test_partitions_the_topic_lacks_are_never_newer_and_nothing_breaks(cluster: _Cluster) -> None:
     cluster.make_topic("t", 1)
     cluster.join("a")
