@@ -39,12 +39,13 @@ def newer_than_reading(answer: dict) -> set[tuple[str, int]]:
     committed, those the coordinator knows were made after the group began reading their topic
     (nodes/coordinator/group_readings.py). They start at their log start whatever
     ``auto_offset_reset`` says. Empty from an older coordinator, which sends no such field (the
-    consumer then behaves as before); an entry that is not ``[topic, partition]`` is left out."""
+    consumer then behaves as before). ``{topic: [partition...]}``; an entry of another shape is
+    left out."""
     raw = answer.get("newer_than_reading")
-    if not isinstance(raw, list):
+    if not isinstance(raw, dict):
         return set()
-    return {(e[0], e[1]) for e in raw
-            if isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str) and type(e[1]) is int}
+    return {(t, p) for t, ps in raw.items() if isinstance(t, str) and isinstance(ps, list)
+            for p in ps if type(p) is int}
 
 
 class RequestClient(Protocol):

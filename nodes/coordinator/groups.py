@@ -27,7 +27,7 @@ Kafka's eager protocol with coordinator-side assignment:
   again under its name) is refused whole, ``unknown_topic_id`` -- when it comes and again just
   before its append; without it topics are judged by name. A rejected commit changes nothing.
 - OFFSET_FETCH ``{group, partitions: [[topic, p]...] | null}`` -> ``{offsets: [[topic, p, offset,
-  metadata]], topic_ids: {topic: id}, newer_than_reading: [[topic, p]...]}`` (offset -1: nothing
+  metadata]], topic_ids: {topic: id}, newer_than_reading: {topic: [p...]}}`` (offset -1: nothing
   committed; ``topic_ids``: the topic the committed offsets are of, as a member's commits of
   positions started there name it; ``newer_than_reading``: of the partitions with nothing
   committed, those made after the group began reading their topic, which a member starts at their

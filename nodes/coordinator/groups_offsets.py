@@ -172,7 +172,13 @@ class GroupOffsetsMixin:
         group = self.groups.get(gid)
         newer = newer_than_reading([tp for tp in keys if tp not in table], topics, self.offsets.table.get(gid, {}),
                                    group.reading_since if group is not None else {})
-        return {"group": gid, "offsets": out, "topic_ids": ids, "newer_than_reading": [list(tp) for tp in newer]}
+        # per topic, its partition numbers: [[topic, p]...] repeated the name per partition and so
+        # doubled an answer whose offsets already name it -- over HEADER_BYTES_MAX, dropped by the
+        # member, for a request that fits
+        by_topic: dict[str, list[int]] = {}
+        for t, p in newer:
+            by_topic.setdefault(t, []).append(p)
+        return {"group": gid, "offsets": out, "topic_ids": ids, "newer_than_reading": by_topic}
 
     def _on_delete_group(self, req: wire.Request) -> Any:
         """Delete an empty group and its committed offsets. Its tombstones go in commits of at

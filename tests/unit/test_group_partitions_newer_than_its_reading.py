@@ -94,7 +94,7 @@ class _Cluster:
         return self.coord.groups._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[list(tp) for tp in tps]))
 
     def newer(self, *tps: tuple[str, int]) -> list[tuple[str, int]]:
-        return [tuple(tp) for tp in self.fetch(*tps)["newer_than_reading"]]
+        return [(t, p) for t, ps in self.fetch(*tps)["newer_than_reading"].items() for p in ps]
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_a_partition_added_while_the_group_had_no_member_is_newer_than_its_readi
     cluster.join("b")  # a new process: it saw t with 3 partitions from the start
     answer = cluster.fetch(T0, T1, T2)
     assert answer["offsets"] == [["t", 0, 5, ""], ["t", 1, -1, ""], ["t", 2, -1, ""]]
-    assert answer["newer_than_reading"] == [["t", 1], ["t", 2]]
+    assert answer["newer_than_reading"] == {"t": [1, 2]}
 
 
 def test_a_partition_added_while_the_group_reads_is_newer_also_for_a_member_that_joins_later(cluster: _Cluster) -> None:
@@ -140,7 +140,7 @@ def test_partitions_there_when_the_group_began_reading_follow_the_policy(cluster
     cluster.grow("t", 3)  # before the group's first generation
     cluster.join("a")
     cluster.committed(T0, 5)
-    assert cluster.fetch(T0, T1, T2)["newer_than_reading"] == []
+    assert cluster.fetch(T0, T1, T2)["newer_than_reading"] == {}
 
 
 def test_a_partition_of_a_topic_subscribed_to_before_it_existed_is_newer(cluster: _Cluster) -> None:
@@ -194,7 +194,7 @@ def test_every_partition_of_a_topic_made_again_is_newer_than_a_reading_of_the_on
     cluster.join("b")
     answer = cluster.fetch(T0, T1)
     assert answer["offsets"] == [["t", 0, -1, ""], ["t", 1, -1, ""]], "the old topic's offset is not the new one's"
-    assert answer["newer_than_reading"] == [["t", 0], ["t", 1]]
+    assert answer["newer_than_reading"] == {"t": [0, 1]}
 
 
 # -- a new group is cold ---------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def test_partitions_the_topic_lacks_are_never_newer_and_nothing_breaks(cluster: 
     cluster.join("a")
     cluster.grow("t", 2)
     answer = cluster.fetch(("t", -1), ("t", 2), ("nope", 0), T1)
-    assert answer["newer_than_reading"] == [["t", 1]]
+    assert answer["newer_than_reading"] == {"t": [1]}
     assert [o for _, _, o, _ in answer["offsets"]] == [-1, -1, -1, -1]
 
 
@@ -299,3 +299,19 @@ def test_a_state_file_with_the_markers_keeps_the_shape_older_code_reads(cluster:
 
 def test_the_judgement_of_no_partitions_is_empty() -> None:
     assert newer_than_reading([], {}, {}, {"t": 1}) == []
+
+
+def test_the_answer_to_a_fetch_that_fits_the_header_limit_fits_it_too(cluster: _Cluster) -> None:
+    """Every partition of a member's assignment newer (a topic with a long name made while the
+    group was subscribed to it): the judgement must not double the answer's size. An answer over
+    HEADER_BYTES_MAX is dropped by the member as malformed -- its OFFSET_FETCH times out and is
+    sent again for ever, and the member never starts -- where older coordinators' answer fits."""
+    name = "n" * 100
+    cluster.join("a", [name])
+    cluster.make_topic(name, 5000)
+    tps = [(name, p) for p in range(5000)]
+    asked = request(P.OFFSET_FETCH, group="g", partitions=[list(tp) for tp in tps])
+    assert len(wire.pack(asked.header)) <= P.HEADER_BYTES_MAX
+    answer = cluster.coord.groups._on_offset_fetch(asked)
+    assert len(wire.pack({k: v for k, v in answer.items() if k != "newer_than_reading"})) <= P.HEADER_BYTES_MAX
+    assert len(wire.pack({"id": asked.id, **answer})) <= P.HEADER_BYTES_MAX

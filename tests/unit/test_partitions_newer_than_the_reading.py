@@ -361,7 +361,7 @@ class _GroupThatJudges(_GroupOfT):
     (nodes/coordinator/group_readings.py), as a coordinator that knows it does; None: an older
     coordinator, which sends no such field."""
 
-    def __init__(self, broker: _GrowingBroker, newer: list | None) -> None:
+    def __init__(self, broker: _GrowingBroker, newer: Any) -> None:
         super().__init__(broker)
         self.newer = newer
 
@@ -372,7 +372,7 @@ class _GroupThatJudges(_GroupOfT):
         return answer
 
 
-def _new_member_of_two_partitions(policy: str, newer: list | None,
+def _new_member_of_two_partitions(policy: str, newer: Any,
                                   **kw: Any) -> tuple[GroupConsumer, _GrowingBroker, _GroupThatJudges]:
     """A new member (a process that never read t) of group g, subscribed to t of two partitions,
     nothing committed."""
@@ -397,7 +397,7 @@ def _positions_taken(c: GroupConsumer, tps: list[tuple[str, int]]) -> dict:
 def test_a_new_member_starts_a_partition_newer_than_the_groups_reading_at_its_log_start(policy: str) -> None:
     """The coordinator says t-1 was made after the group began reading t: the new member, which
     saw t with both partitions from the start, reads it from its log start whatever the policy."""
-    c, _, coordinator = _new_member_of_two_partitions(policy, [["t", 1]])
+    c, _, coordinator = _new_member_of_two_partitions(policy, {"t": [1]})
     coordinator.committed[T0] = 900
     try:
         got = _poll_until(c, _first_of(T1))
@@ -408,7 +408,7 @@ def test_a_new_member_starts_a_partition_newer_than_the_groups_reading_at_its_lo
 
 
 def test_a_partition_older_than_the_groups_reading_still_follows_the_policy() -> None:
-    c, _, _ = _new_member_of_two_partitions("latest", [["t", 1]])
+    c, _, _ = _new_member_of_two_partitions("latest", {"t": [1]})
     try:
         got = _poll_until(c, _first_of(T1))
         assert _first_offset(got, T1) == 0 and c.position(T0) == LOG_END_OFFSET
@@ -428,7 +428,7 @@ def test_without_the_coordinators_judgement_a_new_member_follows_the_policy_as_b
 def test_a_committed_offset_and_a_seek_in_on_assign_win_over_the_groups_judgement() -> None:
     holder: list[GroupConsumer] = []
     c, _, coordinator = _new_member_of_two_partitions(
-        "latest", [["t", 0], ["t", 1]], on_assign=lambda tps: holder[0].seek(T1, 700))
+        "latest", {"t": [0, 1]}, on_assign=lambda tps: holder[0].seek(T1, 700))
     holder.append(c)
     coordinator.committed[T0] = 300  # a coordinator would not list it: the committed offset wins anyway
     try:
@@ -438,7 +438,7 @@ def test_a_committed_offset_and_a_seek_in_on_assign_win_over_the_groups_judgemen
         c.close()
 
 
-@pytest.mark.parametrize("newer", [[["t"]], [[1, "t"]], "t-1", [["t", 1, 2]], [None], [["t", True]]])
+@pytest.mark.parametrize("newer", [[["t", 1]], {"t": 1}, {1: [1]}, "t-1", {"t": ["1"]}, {"t": [None]}, {"t": [True]}])
 def test_a_malformed_judgement_is_left_out(newer: Any) -> None:
     c, _, _ = _new_member_of_two_partitions("latest", newer)
     try:
@@ -447,7 +447,7 @@ def test_a_malformed_judgement_is_left_out(newer: Any) -> None:
         c.close()
 
 
-@pytest.mark.parametrize("newer", [[["t", 1]], None])
+@pytest.mark.parametrize("newer", [{"t": [1]}, None])
 def test_an_assigned_consumer_starts_a_partition_newer_than_the_groups_reading_at_its_log_start(newer: Any) -> None:
     """A consumer of group g assigned t-0 and t-1 (no membership; nothing committed of t-1): the
     coordinator's lookup of the committed offsets names t-1 newer than the group's reading, and it

@@ -20,7 +20,7 @@ from tests.unit.test_partitions_newer_than_the_reading import (T1, _GroupOfT, _G
                                                                 _LongPollReactor)
 
 
-def _assigned_instance(policy: str, partitions: int = 1, newer: list | None = None) -> tuple[Instance, _GrowingBroker]:
+def _assigned_instance(policy: str, partitions: int = 1, newer: dict | None = None) -> tuple[Instance, _GrowingBroker]:
     """An instance of group g (``auto.offset.reset`` ``policy``) assigned t-0 of t (``partitions``
     partitions), read from g's committed offset 900; ``newer``: what the coordinator's OFFSET_FETCH
     answers name newer than the group's reading (None: nothing, as an older coordinator)."""
@@ -78,7 +78,7 @@ def test_a_new_instance_assigned_a_partition_newer_than_the_groups_reading_start
     """The instance (a new one: t had both partitions when it began reading) is assigned t-1,
     which the coordinator says was made after the group began reading t: its log start, not
     ``latest`` -- another consumer of the group read t before t-1 was made."""
-    instance, _ = _assigned_instance("latest", partitions=2, newer=[["t", 1]])
+    instance, _ = _assigned_instance("latest", partitions=2, newer={"t": [1]})
     try:
         assert _first_offsets(instance).get(T0) == 900
         serve(instance, "assign", partitions=[list(T0), list(T1)])
