@@ -315,3 +315,34 @@ def test_the_answer_to_a_fetch_that_fits_the_header_limit_fits_it_too(cluster: _
     answer = cluster.coord.groups._on_offset_fetch(asked)
     assert len(wire.pack({k: v for k, v in answer.items() if k != "newer_than_reading"})) <= P.HEADER_BYTES_MAX
     assert len(wire.pack({"id": asked.id, **answer})) <= P.HEADER_BYTES_MAX
+
+
+# a state file as the code before the creation markers wrote it (a topic "t" made with one
+# partition, then given a second): no ``created`` lists
+STATE_WRITTEN_BEFORE_THE_MARKERS = (
+    '{"cluster_id":"232cd732-aaf9-4cf6-a22a-73e78a1aeb7c","version":2,"next_producer_id":1,"incarnations":{},'
+    '"replaced_incarnations":{},"directories":{},"offsets_snapshots":{},"offsets_producer":{},'
+    '"deleted_topic_ids":[],"topics":{"t":{"id":"759cc407-dffc-4d51-affc-2972929c8382",'
+    '"configs":{"min.insync.replicas":2},"partitions":[[1,0,[1,2,3],[1,2,3],1],[3,0,[3,1,2],[3,1,2],1]]}}}')
+
+
+def test_a_state_file_written_by_the_code_before_the_markers_loads_and_partitions_made_after_are_judged(
+        cluster: _Cluster) -> None:
+    """Upgraded on a state file the code before wrote: its partitions are of unknown age (the
+    policy, as before), a partition added since has its markers, and the next write keeps both."""
+    cluster.coord.close()
+    Path(cluster.coord.store.path).write_text(STATE_WRITTEN_BEFORE_THE_MARKERS)
+    cluster.coord = cluster._start()
+    state = cluster.coord.state
+    assert state.version == 2 and state.topics["t"].topic_id == "759cc407-dffc-4d51-affc-2972929c8382"
+    assert [(p.leader, p.partition_epoch, p.created_version, p.created_ms) for p in state.topics["t"].partitions] \
+        == [(1, 1, 0, 0), (3, 1, 0, 0)]
+    a = cluster.join("a")
+    cluster.committed(T0, 5)
+    cluster.leave(a)
+    cluster.grow("t", 3)
+    cluster.restart()
+    cluster.join("b")
+    assert cluster.newer(T0, T1, T2) == [T2]
+    raw = json.loads(Path(cluster.coord.store.path).read_text())
+    assert raw["topics"]["t"]["created"][:2] == [[0, 0], [0, 0]]
