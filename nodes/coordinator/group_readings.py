@@ -15,7 +15,9 @@ fact that is not known says nothing, and the partition follows the policy, as be
    no clock step can fool them. Membership lives in memory, so this goes with a coordinator
    restart (a group's first generation after it is made at the version then, newer than every
    partition there is) and with the group (deleted, expired: a group made again is a new one);
-   a group without members keeps it only for the topics it has committed offsets of.
+   it is kept for the topics subscribed to and those the group has committed offsets of (a
+   topic no member reads for a while, and so no commit of it is newer than a partition made
+   meanwhile, still shows that partition newer when it is read again).
 2. A committed offset of the topic's name for another topic id than the topic has now (the
    topic was deleted and made again since; the committed-offsets table keeps such an entry until
    a commit of the new topic replaces it): the group read the topic before this one was made, so

@@ -114,10 +114,10 @@ class Group:
     counts_checked: bool = True     # False: partition counts not compared with the topics since then
     pending_members: dict[str, int] = field(default_factory=dict)   # member id handed out -> expiry (ms)
     emptied_ms: int | None = None   # when (monotonic) it last lost its last member (None: not in this process)
-    # per topic its latest generation subscribed to, the metadata version when the first generation
-    # (in this process) that did was made: partitions made after it are newer than the group's
-    # reading (nodes/coordinator/group_readings.py). Once the group is empty, only for the topics
-    # it has committed offsets of (``_emptied``)
+    # per topic its latest generation subscribed to (or that it has committed offsets of), the
+    # metadata version when the first generation (in this process) that did was made: partitions
+    # made after it are newer than the group's reading (nodes/coordinator/group_readings.py). Only
+    # for the topics subscribed to now or with committed offsets (``_readings_with_offsets``)
     reading_since: dict[str, int] = field(default_factory=dict)
 
 
@@ -268,10 +268,14 @@ class GroupCoordinator(GroupOffsetsMixin):
         # of 500 members with 1,000 topics take seconds of the reactor)
         subs = {m.member_id: frozenset(m.topics) for m in group.members.values()}
         group.subscribed = frozenset().union(*subs.values())
-        # bounded by the subscriptions held; a topic subscribed to again later is read anew
-        # from then on (its commits of before still count: group_readings.py)
+        # bounded by the subscriptions and the committed offsets held: a topic no member subscribes
+        # to now keeps its reading while the group has offsets of it (as when the group empties),
+        # so a partition made meanwhile is newer once the topic is read again -- also when every
+        # commit of the topic came after that partition was made. One without offsets is read
+        # anew from then on
         version = self.context.state.version
-        group.reading_since = {t: group.reading_since.get(t, version) for t in group.subscribed}
+        group.reading_since = {**self._readings_with_offsets(group),
+                               **{t: group.reading_since.get(t, version) for t in group.subscribed}}
         counts = {t: len(self.context.state.topics[t].partitions) for t in sorted(group.subscribed)
                   if t in self.context.state.topics}
         result = assign(group.assignor, subs, counts, {m.member_id: m.assignment for m in group.members.values()})
@@ -309,8 +313,12 @@ class GroupCoordinator(GroupOffsetsMixin):
         topic it holds no position in is no reading to be newer than."""
         group.state, group.leader, group.partition_counts = EMPTY, None, {}
         group.emptied_ms = self.clock.now_ms()
+        group.reading_since = self._readings_with_offsets(group)
+
+    def _readings_with_offsets(self, group: Group) -> dict[str, int]:
+        """``group.reading_since`` of the topics the group has committed offsets of."""
         held = {t for t, _ in self.offsets.table.get(group.group_id, {})}
-        group.reading_since = {t: v for t, v in group.reading_since.items() if t in held}
+        return {t: v for t, v in group.reading_since.items() if t in held}
 
     def _on_sync(self, req: wire.Request) -> dict:
         group, member = self._member(req)

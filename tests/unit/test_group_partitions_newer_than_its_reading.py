@@ -346,3 +346,24 @@ def test_a_state_file_written_by_the_code_before_the_markers_loads_and_partition
     assert cluster.newer(T0, T1, T2) == [T2]
     raw = json.loads(Path(cluster.coord.store.path).read_text())
     assert raw["topics"]["t"]["created"][:2] == [[0, 0], [0, 0]]
+
+
+def test_a_topic_its_members_stop_reading_for_a_while_keeps_the_reading_its_commits_show(cluster: _Cluster) -> None:
+    """t-1 was made while the group read t; t-0 was committed after that (so no commit is older
+    than t-1). The only member reading t goes (the group goes on with another member, reading u),
+    and a new process joins for t: t-1 is still newer than the group's reading of t -- as it is
+    when the group had emptied instead (``_emptied`` keeps the topics it has offsets of)."""
+    cluster.make_topic("t", 1)
+    cluster.make_topic("u", 1)
+    a = cluster.join("a", ["t"])
+    joining = cluster.start_join("b", ["u"])
+    cluster.join("a", ["t"], member_id=a)
+    b = cluster.coord.groups.server.answer(joining)["member_id"]
+    cluster.grow("t", 2)
+    cluster.committed(T0, 5)
+    cluster.leave(a)
+    cluster.join("b", ["u"], member_id=b)  # a generation of u alone
+    joining = cluster.start_join("c", ["t"])
+    cluster.join("b", ["u"], member_id=b)
+    cluster.coord.groups.server.answer(joining)
+    assert cluster.newer(T1) == [T1], "t-1's records before the new member's first fetch were skipped"
