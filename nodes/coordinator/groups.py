@@ -57,7 +57,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from fabric import protocol as P
 from fabric import wire
@@ -274,7 +274,8 @@ class GroupCoordinator(GroupOffsetsMixin):
         # commit of the topic came after that partition was made. One without offsets is read
         # anew from then on
         version = self.context.state.version
-        group.reading_since = {**self._readings_with_offsets(group),
+        dropped = group.reading_since.keys() - group.subscribed  # (the table is read only for these)
+        group.reading_since = {**(self._readings_with_offsets(group, dropped) if dropped else {}),
                                **{t: group.reading_since.get(t, version) for t in group.subscribed}}
         counts = {t: len(self.context.state.topics[t].partitions) for t in sorted(group.subscribed)
                   if t in self.context.state.topics}
@@ -313,12 +314,12 @@ class GroupCoordinator(GroupOffsetsMixin):
         topic it holds no position in is no reading to be newer than."""
         group.state, group.leader, group.partition_counts = EMPTY, None, {}
         group.emptied_ms = self.clock.now_ms()
-        group.reading_since = self._readings_with_offsets(group)
+        group.reading_since = self._readings_with_offsets(group, group.reading_since.keys())
 
-    def _readings_with_offsets(self, group: Group) -> dict[str, int]:
-        """``group.reading_since`` of the topics the group has committed offsets of."""
+    def _readings_with_offsets(self, group: Group, topics: Iterable[str]) -> dict[str, int]:
+        """``group.reading_since`` of those of ``topics`` the group has committed offsets of."""
         held = {t for t, _ in self.offsets.table.get(group.group_id, {})}
-        return {t: v for t, v in group.reading_since.items() if t in held}
+        return {t: group.reading_since[t] for t in topics if t in held}
 
     def _on_sync(self, req: wire.Request) -> dict:
         group, member = self._member(req)
