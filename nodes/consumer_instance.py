@@ -323,15 +323,19 @@ class Instance(threading.Thread):
         # an assigned one keeps its position. Looked up before anything changes: a lookup that
         # fails leaves the instance as it was -- assigned first, the partitions still without a
         # position would start at auto_offset_reset (latest: past records nobody got)
-        committed, ids = c.committed_with_topic_ids([(t, p) for t, p in parts if (t, p) not in held])
+        committed, ids, newer = c.committed_starts([(t, p) for t, p in parts if (t, p) not in held])
         c.assign([(t, p) for t, p in parts])
         for tp, offset in committed.items():
             if offset is not None:  # of that topic: one deleted meanwhile starts at the new one's log start
                 c.seek(tp, offset, topic_id=ids.get(tp[0], ""), committed=True)
         # nothing committed: reset at once (the consumer would look them up again) -- to the log
-        # start of one that appeared while the instance read its topic, else auto_offset_reset
-        # (sought to the log end, latest skipped what was written to a partition added meanwhile)
-        c.reset_positions([tp for tp, offset in committed.items() if offset is None])
+        # start of one newer than the group's reading of its topic (the coordinator's judgement)
+        # or that appeared while the instance read its topic, else auto_offset_reset (sought to
+        # the log end, latest skipped what was written to a partition added meanwhile)
+        uncommitted = [tp for tp, offset in committed.items() if offset is None]
+        if newer.intersection(uncommitted):  # (never seek_to_beginning([]): that is every partition)
+            c.seek_to_beginning([tp for tp in uncommitted if tp in newer])
+        c.reset_positions([tp for tp in uncommitted if tp not in newer])
         return {}
 
     @staticmethod

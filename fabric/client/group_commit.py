@@ -1,6 +1,8 @@
-"""A group consumer's offset commits: ``commit`` (sync or async), ``committed``, and the
-auto-commit -- its timer, the offsets it may commit (``_auto_commit_offsets``, within
-``auto_commit_bounds``), and the logging of an assigned consumer's refused auto-commits.
+"""A group consumer's offset commits: ``commit`` (sync or async) and the auto-commit -- its
+timer, the offsets it may commit (``_auto_commit_offsets``, within ``auto_commit_bounds``), and
+the logging of an assigned consumer's refused auto-commits. Looking the group's committed
+offsets up (``committed``, an assigned consumer's start at them) is its base
+``GroupCommittedLookups`` (fabric/client/group_committed.py).
 
 ``GroupCommits`` is one half of ``fabric.client.group.GroupConsumer``, which mixes it in: its
 state is the consumer's own (set up by ``_init_commits``), and it reads the consumer's
@@ -31,8 +33,9 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from fabric import protocol as P
-from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
-from fabric.client.group_link import REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink, Pump
+from fabric.client.consumer import ResetSpec, TopicPartition
+from fabric.client.group_committed import CommitLookup, GroupCommittedLookups
+from fabric.client.group_link import REJOIN_ERRORS, CoordinatorLink, Pump
 from fabric.clock import Clock
 from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
@@ -52,22 +55,7 @@ class CommitFailed(RemoteError):
     """The commit was refused because this member no longer owns the partitions."""
 
 
-class _CommitLookup:
-    """An assigned consumer's OFFSET_FETCH of the committed offsets of ``tps``: on its way
-    until ``offsets`` (its answer's) or ``error`` is set; ``committed_since``: what this
-    consumer's commits answered meanwhile (newer than the answer may say)."""
-
-    __slots__ = ("tps", "offsets", "topic_ids", "error", "committed_since")
-
-    def __init__(self, tps: list[TopicPartition]) -> None:
-        self.tps = tps
-        self.offsets: list | None = None
-        self.topic_ids: dict[str, str] = {}  # the topics the answer's offsets are of
-        self.error: CodedError | None = None
-        self.committed_since: dict[TopicPartition, int] = {}
-
-
-class GroupCommits:
+class GroupCommits(GroupCommittedLookups):
     """``GroupConsumer``'s commits and auto-commit (see the module doc). Not usable alone:
     the attributes below are the consumer's, set by ``Consumer.__init__`` and
     ``GroupConsumer.__init__``."""
@@ -114,7 +102,7 @@ class GroupCommits:
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
         self._async_commits_in_flight = 0
         self._auto_commit_failures_logged: set[int] = set()  # codes of an assigned consumer's refusals
-        self._commit_lookup: _CommitLookup | None = None  # an assigned consumer's OFFSET_FETCH on its way
+        self._commit_lookup: CommitLookup | None = None  # an assigned consumer's OFFSET_FETCH on its way
         self._commit_lookup_retry_at_ms = 0
 
     # -- commits ---------------------------------------------------------------------------------
@@ -313,109 +301,6 @@ class GroupCommits:
         self._auto_commit_failures_logged.clear()  # a later refusal is news again
         if self._commit_lookup is not None:
             self._commit_lookup.committed_since.update(offsets)
-
-    def committed(self, tp: TopicPartition) -> int | None:
-        """The group's committed offset of ``tp`` (None: nothing committed)."""
-        return self.committed_offsets([tp])[tp]
-
-    def committed_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
-        """The group's committed offsets of ``tps`` (None: nothing committed), in one request
-        (Kafka's ``committed(Set<TopicPartition>)``): an assignment of thousands of partitions
-        looks them up at once, not one round trip (and retry budget) each. Raises FabricError
-        once the consumer is closed."""
-        return self.committed_with_topic_ids(tps)[0]
-
-    def committed_with_topic_ids(self, tps: list[TopicPartition]) -> tuple[dict[TopicPartition, int | None],
-                                                                          dict[str, str]]:
-        """``committed_offsets``, and {topic: id} of the topics those offsets are of (empty from an
-        older coordinator): a host that seeks to them says so (``seek(..., topic_id=, committed=True)``),
-        so that an offset of a topic made again since is not taken for one of the new topic."""
-        self._check_open()
-        if not tps:
-            return {}, {}
-        h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in tps]})
-        return self._took_committed(tps, h["offsets"]), h.get("topic_ids") or {}
-
-    def _took_committed(self, tps: list[TopicPartition], offsets: list) -> dict[TopicPartition, int | None]:
-        """OFFSET_FETCH's ``offsets`` of ``tps``, per partition (None: nothing committed), also
-        kept in ``_last_committed`` by an assigned consumer."""
-        found = {(t, p): o for t, p, o, *_ in offsets}
-        out: dict[TopicPartition, int | None] = {}
-        for tp in tps:
-            off = found.get(tp, -1)
-            if not self.subscription and off >= 0:
-                # what the group holds: an assigned consumer seeked there (the consumer
-                # service's assign) has nothing to auto-commit until its position moves
-                self._last_committed[tp] = off
-            elif not self.subscription:
-                self._last_committed.pop(tp, None)
-            out[tp] = off if off >= 0 else None
-        return out
-
-    # -- an assigned consumer's start ------------------------------------------------------------
-    def _position_at_commits(self) -> bool:
-        """Start an assigned partition that has no position (not seeked, no records yet) at the
-        group's committed offset, as Kafka's consumer does after ``assign()`` with a group id
-        (with or without auto-commit); ``auto_offset_reset`` only where nothing is committed.
-        Else a restarted application skipped what came after its last commit (latest) or read
-        the log again (earliest), and an auto-commit moved the group there.
-
-        Never waits (KIP-266): one OFFSET_FETCH goes out for the partitions without a position
-        and its answer is taken up by a later call; meanwhile they are neither fetched nor reset
-        (``_awaits_position``). A blocking lookup, retried for up to 10 s while the coordinator
-        was away, held ``poll(0)`` as long. A retriable failure is tried again after
-        RETRY_BACKOFF_MS; one retrying cannot cure is raised (the next call tries again).
-        True while a partition awaits its position so."""
-        lookup = self._commit_lookup
-        if lookup is not None:
-            if lookup.offsets is None and lookup.error is None:
-                return True  # on its way
-            self._commit_lookup = None
-            if lookup.error is not None:
-                self._commit_lookup_retry_at_ms = self.clock.now_ms() + RETRY_BACKOFF_MS
-                if not lookup.error.retriable:
-                    raise lookup.error
-                return True
-            # a commit answered after the lookup went out wins over its answer, also in
-            # _last_committed (else the older answer taken for committed left a later commit of
-            # the same offset out)
-            since = lookup.committed_since
-            found = self._took_committed([tp for tp in lookup.tps if tp not in since], lookup.offsets)
-            found.update(since)
-            for tp in lookup.tps:
-                if not self._awaits_position(tp):
-                    continue  # seeked or given up meanwhile
-                off = found[tp]
-                if off is not None:
-                    self.positions[tp] = off
-                    # one of this consumer's own commits since: of the topic the metadata names
-                    self._positioned_from_outside([tp], None if tp in since else lookup.topic_ids)
-                else:  # nothing committed: the reset policy (``Consumer._start_spec``), looked up once
-                    self._reset_specs[tp] = AUTO_RESET
-        # _awaits_position, in the scan itself: a call per partition cost ~2 ms a pass with 10,000 of them
-        fresh = [tp for tp, pos in self.positions.items() if pos is None and tp not in self._reset_specs]
-        if not fresh or self.clock.now_ms() < self._commit_lookup_retry_at_ms:
-            return bool(fresh)
-        lookup = self._commit_lookup = _CommitLookup(fresh)
-
-        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            if lookup is not self._commit_lookup:
-                return  # given up (close, a subscribe)
-            if err is not None:
-                lookup.error = err
-            else:
-                lookup.offsets, lookup.topic_ids = h["offsets"], h.get("topic_ids") or {}
-        try:
-            self._link.request(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]},
-                               callback=done)
-        except CodedError as e:  # not sent (the coordinator could not be found yet): as an answer
-            lookup.error = e
-        return True
-
-    def _awaits_position(self, tp: TopicPartition) -> bool:
-        """``tp`` is assigned without a position or a reset to take: its committed offset is
-        (to be) looked up. ``Consumer._send_fetches`` resets no such partition."""
-        return self.positions.get(tp, 0) is None and tp not in self._reset_specs
 
     # -- auto-commit -----------------------------------------------------------------------------
     def _maybe_auto_commit(self) -> None:

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from fabric import protocol as P
 from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
-from fabric.client.group_link import COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink
+from fabric.client.admin import EARLIEST
+from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink,
+                                     newer_than_reading)
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
 from fabric.metadata import ClusterMetadata
@@ -39,13 +41,14 @@ log = logging.getLogger("fabric.client.group")
 class _JoinAttempt:
     """One join under way (``GroupConsumer._advance_join``): what its answers brought."""
 
-    __slots__ = ("error", "assignment", "offsets", "topic_ids", "retry_at_ms")
+    __slots__ = ("error", "assignment", "offsets", "topic_ids", "newer", "retry_at_ms")
 
     def __init__(self) -> None:
         self.error: CodedError | None = None        # an answer's error, for _advance_join
         self.assignment: list[TopicPartition] = []  # SYNC_GROUP's
         self.offsets: list | None = None            # OFFSET_FETCH's: the join is done
         self.topic_ids: dict[str, str] = {}         # ... and the topics its offsets are of
+        self.newer: set[TopicPartition] = set()     # ... and its partitions newer than the group's reading
         self.retry_at_ms: int | None = None         # after a retriable error: JOIN_GROUP again then
 
 
@@ -158,7 +161,7 @@ class GroupJoin:
                 # subscription"): join again
                 self._send_join(join)
             else:
-                self._take_assignment(join.assignment, join.offsets, join.topic_ids)
+                self._take_assignment(join.assignment, join.offsets, join.topic_ids, join.newer)
 
     def _send_join(self, join: "_JoinAttempt") -> None:
         """Send JOIN_GROUP for ``join``; its answer sends SYNC_GROUP, whose answer sends the
@@ -194,13 +197,20 @@ class GroupJoin:
                 self._step(join, P.OFFSET_FETCH, {"group": self.group_id,
                                                   "partitions": [list(tp) for tp in join.assignment]})
             else:
-                join.offsets, join.topic_ids = h["offsets"], h.get("topic_ids") or {}
+                join.offsets, join.topic_ids, join.newer = h["offsets"], h.get("topic_ids") or {}, newer_than_reading(h)
         try:
             self._link.request(command, header, callback=done, timeout_ms=timeout_ms)
         except CodedError as e:  # not sent (the coordinator could not be found, a full queue)
             join.error = e
 
-    def _take_assignment(self, assignment: list[TopicPartition], offsets: list, topic_ids: dict[str, str]) -> None:
+    def _take_assignment(self, assignment: list[TopicPartition], offsets: list, topic_ids: dict[str, str],
+                         newer: set[TopicPartition]) -> None:
+        """Take the assignment a join brought, each partition at its committed offset (``offsets``,
+        of the topics ``topic_ids`` names); one with nothing committed at its log start if the
+        coordinator judged it ``newer`` than the group's reading of its topic (OFFSET_FETCH's
+        ``newer_than_reading``: a member that joined after it was made -- a new process --
+        cannot tell), else at ``auto_offset_reset`` (or, appeared while this consumer read
+        its topic, at its log start: ``Consumer._start_spec``)."""
         super().assign(assignment)  # the group's: not the application's assign()
         self._last_committed = {}  # what an earlier ownership committed says nothing now
         committed = {(t, p): o for t, p, o, _ in offsets}
@@ -209,8 +219,8 @@ class GroupJoin:
             if off >= 0:
                 self.positions[tp] = off
                 self._last_committed[tp] = off
-            else:  # the policy, or the log start of a partition that appeared while subscribed
-                self._reset([tp], AUTO_RESET)
+            else:
+                self._reset([tp], EARLIEST if tp in newer else AUTO_RESET)
         self._positioned_from_outside([tp for tp in assignment if self.positions.get(tp) is not None], topic_ids)
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
         with self._lock:

@@ -34,6 +34,20 @@ RETRY_BACKOFF_MS = 200
 REJOIN_ERRORS = frozenset({P.UNKNOWN_MEMBER, P.ILLEGAL_GENERATION, P.UNKNOWN_GROUP, P.REBALANCE_IN_PROGRESS})
 
 
+def newer_than_reading(answer: dict) -> set[tuple[str, int]]:
+    """OFFSET_FETCH's ``newer_than_reading``: of the partitions asked for that have nothing
+    committed, those the coordinator knows were made after the group began reading their topic
+    (nodes/coordinator/group_readings.py). They start at their log start whatever
+    ``auto_offset_reset`` says. Empty from an older coordinator, which sends no such field (the
+    consumer then behaves as before). ``{topic: [partition...]}``; an entry of another shape is
+    left out."""
+    raw = answer.get("newer_than_reading")
+    if not isinstance(raw, dict):
+        return set()
+    return {(t, p) for t, ps in raw.items() if isinstance(t, str) and isinstance(ps, list)
+            for p in ps if type(p) is int}
+
+
 class RequestClient(Protocol):
     """What the link needs of an RPC client (``fabric.rpc.RpcClient``)."""
 

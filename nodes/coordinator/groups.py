@@ -27,10 +27,13 @@ Kafka's eager protocol with coordinator-side assignment:
   again under its name) is refused whole, ``unknown_topic_id`` -- when it comes and again just
   before its append; without it topics are judged by name. A rejected commit changes nothing.
 - OFFSET_FETCH ``{group, partitions: [[topic, p]...] | null}`` -> ``{offsets: [[topic, p, offset,
-  metadata]], topic_ids: {topic: id}}`` (offset -1: nothing committed; ``topic_ids``: the topic
-  the committed offsets are of, as a member's commits of positions started there name it);
-  ``unstable_offset_commit`` (retriable) while a commit of one of those partitions is queued or
-  being written.
+  metadata]], topic_ids: {topic: id}, newer_than_reading: {topic: [p...]}}`` (offset -1: nothing
+  committed; ``topic_ids``: the topic the committed offsets are of, as a member's commits of
+  positions started there name it; ``newer_than_reading``: of the partitions with nothing
+  committed, those made after the group began reading their topic, which a member starts at their
+  log start whatever its ``auto_offset_reset`` -- ``nodes.coordinator.group_readings``; absent
+  from older coordinators); ``unstable_offset_commit`` (retriable) while a commit of one of those
+  partitions is queued or being written.
 - At most ``GROUPS_MAX`` groups (with members or only committed offsets); a join or an
   administrative commit that would make one more gets ``buffer_full``.
 - LIST_GROUPS -> ``{groups: [{group, state, generation, assignor, members}]}``;
@@ -40,7 +43,8 @@ Kafka's eager protocol with coordinator-side assignment:
   parts: ``GroupOffsetsMixin._on_delete_group``).
 
 Membership lives in memory: after a coordinator restart members get ``unknown_member`` and
-join again. Offsets live in ``nodes.coordinator.offsets``; OFFSET_COMMIT, OFFSET_FETCH and the
+join again (and when each group's first generation subscribed to a topic is forgotten:
+``nodes.coordinator.group_readings`` says what shows a partition newer than a group's reading then). Offsets live in ``nodes.coordinator.offsets``; OFFSET_COMMIT, OFFSET_FETCH and the
 expiry of empty groups' offsets are ``GroupOffsetsMixin`` (nodes/coordinator/groups_offsets.py),
 a base of ``GroupCoordinator``.
 
@@ -53,7 +57,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from fabric import protocol as P
 from fabric import wire
@@ -110,6 +114,11 @@ class Group:
     counts_checked: bool = True     # False: partition counts not compared with the topics since then
     pending_members: dict[str, int] = field(default_factory=dict)   # member id handed out -> expiry (ms)
     emptied_ms: int | None = None   # when (monotonic) it last lost its last member (None: not in this process)
+    # per topic its latest generation subscribed to (or that it has committed offsets of), the
+    # metadata version when the first generation (in this process) that did was made: partitions
+    # made after it are newer than the group's reading (nodes/coordinator/group_readings.py). Only
+    # for the topics subscribed to now or with committed offsets (``_readings_with_offsets``)
+    reading_since: dict[str, int] = field(default_factory=dict)
 
 
 class GroupCoordinator(GroupOffsetsMixin):
@@ -253,13 +262,21 @@ class GroupCoordinator(GroupOffsetsMixin):
             del group.members[mid]
         group.generation += 1
         if not group.members:
-            group.state, group.leader, group.partition_counts = EMPTY, None, {}
-            group.emptied_ms = self.clock.now_ms()
+            self._emptied(group)
             return
         # sets: the assignors ask "is t subscribed?" per topic and member (lists made a rebalance
         # of 500 members with 1,000 topics take seconds of the reactor)
         subs = {m.member_id: frozenset(m.topics) for m in group.members.values()}
         group.subscribed = frozenset().union(*subs.values())
+        # bounded by the subscriptions and the committed offsets held: a topic no member subscribes
+        # to now keeps its reading while the group has offsets of it (as when the group empties),
+        # so a partition made meanwhile is newer once the topic is read again -- also when every
+        # commit of the topic came after that partition was made. One without offsets is read
+        # anew from then on
+        version = self.context.state.version
+        dropped = group.reading_since.keys() - group.subscribed  # (the table is read only for these)
+        group.reading_since = {**(self._readings_with_offsets(group, dropped) if dropped else {}),
+                               **{t: group.reading_since.get(t, version) for t in group.subscribed}}
         counts = {t: len(self.context.state.topics[t].partitions) for t in sorted(group.subscribed)
                   if t in self.context.state.topics}
         result = assign(group.assignor, subs, counts, {m.member_id: m.assignment for m in group.members.values()})
@@ -282,14 +299,27 @@ class GroupCoordinator(GroupOffsetsMixin):
         if member.join_req is not None:
             self.server.reply_error(member.join_req, P.UNKNOWN_MEMBER, f"{mid} left the group")
         if not group.members:
-            group.state, group.leader, group.partition_counts = EMPTY, None, {}
-            group.emptied_ms = self.clock.now_ms()
+            self._emptied(group)
             group.generation += 1
             log.info("group %s: %s; the group is empty (generation %d)", group.group_id, reason, group.generation)
             return
         if group.state != PREPARING:
             self._prepare_rebalance(group, reason)
         self._maybe_complete(group)
+
+    def _emptied(self, group: Group) -> None:
+        """``group`` lost its last member. What it read is kept only for the topics it has
+        committed offsets of: without members its subscriptions no longer bound it (thousands of
+        groups with one commit each could hold every name members ever subscribed to), and a
+        topic it holds no position in is no reading to be newer than."""
+        group.state, group.leader, group.partition_counts = EMPTY, None, {}
+        group.emptied_ms = self.clock.now_ms()
+        group.reading_since = self._readings_with_offsets(group, group.reading_since.keys())
+
+    def _readings_with_offsets(self, group: Group, topics: Iterable[str]) -> dict[str, int]:
+        """``group.reading_since`` of those of ``topics`` the group has committed offsets of."""
+        held = {t for t, _ in self.offsets.table.get(group.group_id, {})}
+        return {t: group.reading_since[t] for t in topics if t in held}
 
     def _on_sync(self, req: wire.Request) -> dict:
         group, member = self._member(req)

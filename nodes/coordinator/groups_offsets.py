@@ -21,6 +21,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
+from nodes.coordinator.group_readings import newer_than_reading
 from nodes.coordinator.offsets import deletion_parts
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
 
@@ -168,7 +169,16 @@ class GroupOffsetsMixin:
                 tid = c.topic_id or (now.topic_id if now is not None else "")
                 if tid:
                     ids[tp[0]] = tid
-        return {"group": gid, "offsets": out, "topic_ids": ids}
+        group = self.groups.get(gid)
+        newer = newer_than_reading([tp for tp in keys if tp not in table], topics, self.offsets.table.get(gid, {}),
+                                   group.reading_since if group is not None else {})
+        # per topic, its partition numbers: [[topic, p]...] repeated the name per partition and so
+        # doubled an answer whose offsets already name it -- over HEADER_BYTES_MAX, dropped by the
+        # member, for a request that fits
+        by_topic: dict[str, list[int]] = {}
+        for t, p in newer:
+            by_topic.setdefault(t, []).append(p)
+        return {"group": gid, "offsets": out, "topic_ids": ids, "newer_than_reading": by_topic}
 
     def _on_delete_group(self, req: wire.Request) -> Any:
         """Delete an empty group and its committed offsets. Its tombstones go in commits of at
@@ -184,6 +194,8 @@ class GroupOffsetsMixin:
         g = self.groups.get(gid)
         if g is not None and g.members:
             raise self._non_empty(g)
+        if g is not None:  # also if the deletion stops part way: what the group read is old now
+            g.reading_since = {}
         # offsets of deleted topics too: they go with the group; and the partitions of commits on
         # their way (queued before the tombstones, they land first: without a tombstone of
         # their own, the group would be back with them)
@@ -247,6 +259,8 @@ class GroupOffsetsMixin:
                 # (on the monotonic clock: a wall clock stepped forward expires nothing early)
             log.info("group %s: no members and no commit for %d ms: its committed offsets expire",
                      gid, self.offsets_retention_ms)
+            if group is not None:
+                group.reading_since = {}  # a group that comes back is a new one: what it read is old
             parts = deletion_parts(gid, sorted(table))
             try:  # the first part of its tombstones: the next checks delete the rest
                 self.offsets.commit(gid, parts[0], allow_backward=True,

@@ -61,7 +61,7 @@ from nodes.coordinator.offsets_resync import ResyncMixin
 from nodes.coordinator.offsets_snapshot_jobs import SnapshotJobsMixin
 from nodes.coordinator.offsets_validation import CommitValidationMixin
 from nodes.coordinator.snapshots import SnapshotJob
-from nodes.coordinator.store import PartitionState, TopicState
+from nodes.coordinator.store import TopicState, new_partitions
 from nodes.coordinator.topics import place_replicas
 
 __all__ = ["OFFSETS_TOPIC", "Committed", "OffsetStore", "PendingCommit", "deletion_parts"]
@@ -250,7 +250,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         # keeps its offsets in every snapshot; no size retention (it could reach the snapshot)
         configs = {"min.insync.replicas": min(2, rf), "retention.ms": S.OFFSETS_RETENTION_MS, "retention.bytes": -1}
         self.context.state.topics[OFFSETS_TOPIC] = TopicState(
-            [PartitionState(r[0], 0, r, list(r)) for r in placement], configs)
+            new_partitions(placement, self.context.state.version + 1, self.reactor.clock.wall_ms()), configs)
         self.context.commit()
         log.info("created %s: %d partitions, rf %d", OFFSETS_TOPIC, OFFSETS_PARTITIONS, rf)
 

@@ -50,9 +50,22 @@ class PartitionState:
     # grows at every change of leader, leader epoch or ISR (Kafka's partition epoch): brokers
     # apply a partition state only if it is newer than theirs; the coordinator bumps it in commit
     partition_epoch: int = 0
+    # when the partition was made: the metadata version of the change that made it, and the
+    # coordinator's wall clock then (0: unknown -- a state written before these were kept). A
+    # group judges by them which partitions are newer than its reading of their topic
+    # (nodes/coordinator/group_readings.py). Stored apart from ``to_list`` (a topic's
+    # ``created``), so that a state file written now still loads in older code
+    created_version: int = 0
+    created_ms: int = 0
 
     def to_list(self) -> list:
         return [self.leader, self.leader_epoch, list(self.replicas), list(self.isr), self.partition_epoch]
+
+
+def new_partitions(placement: list[list[int]], version: int, wall_ms: int) -> list[PartitionState]:
+    """Partitions placed on ``placement`` (each a replica list, the leader first), made by the
+    change that becomes metadata ``version`` at wall time ``wall_ms``."""
+    return [PartitionState(r[0], 0, r, list(r), created_version=version, created_ms=wall_ms) for r in placement]
 
 
 @dataclass
@@ -106,6 +119,9 @@ class StateStore:
             name: TopicState([PartitionState(*p) for p in t["partitions"]], t.get("configs", {}), t.get("id") or new_id())
             for name, t in raw.get("topics", {}).items()
         }
+        for name, t in raw.get("topics", {}).items():  # absent in a state written before they were kept
+            for ps, (version, wall_ms) in zip(topics[name].partitions, t.get("created", [])):
+                ps.created_version, ps.created_ms = int(version), int(wall_ms)
         incarnations = {int(k): str(v) for k, v in raw.get("incarnations", {}).items()}
         snapshots = {int(k): list(v) for k, v in raw.get("offsets_snapshots", {}).items()}
         state = ClusterState(raw.get("version", 0), raw.get("next_producer_id", 1), topics, incarnations, snapshots,
@@ -133,7 +149,8 @@ class StateStore:
             "offsets_snapshots": {str(k): v for k, v in state.offsets_snapshots.items()},
             "offsets_producer": {str(k): v for k, v in state.offsets_producer.items()},
             "deleted_topic_ids": state.deleted_topic_ids,
-            "topics": {n: {"id": t.topic_id, "configs": t.configs, "partitions": [p.to_list() for p in t.partitions]}
+            "topics": {n: {"id": t.topic_id, "configs": t.configs, "partitions": [p.to_list() for p in t.partitions],
+                           "created": [[p.created_version, p.created_ms] for p in t.partitions]}
                        for n, t in state.topics.items()},
         }
         replace_file(self.path, json.dumps(raw, separators=(",", ":")).encode())

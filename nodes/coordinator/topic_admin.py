@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
-from nodes.coordinator.store import PartitionState, TopicState
+from nodes.coordinator.store import TopicState, new_partitions
 from nodes.coordinator.topics import place_replicas, validate_configs, validate_topic_name
 
 if TYPE_CHECKING:
+    from fabric.clock import Clock
     from fabric.config import LoomConfig
     from nodes.coordinator.groups import GroupCoordinator
     from nodes.coordinator.store import ClusterState
@@ -35,6 +36,7 @@ class TopicAdminMixin:
     state: ClusterState
     alive: set[int]
     groups: GroupCoordinator
+    clock: Clock
 
     if TYPE_CHECKING:  # Coordinator's, never this
         def commit(self) -> None: ...
@@ -60,10 +62,14 @@ class TopicAdminMixin:
         configs.setdefault("min.insync.replicas", min(defaults.min_insync_replicas, rf))
         start = len(self.state.topics) % len(alive)
         placement = place_replicas(alive, partitions, rf, start)
-        self.state.topics[name] = TopicState([PartitionState(r[0], 0, r, list(r)) for r in placement], configs)
+        self.state.topics[name] = TopicState(self._new_partitions(placement), configs)
         self.commit()
         log.info("created topic %s: %d partitions, rf %d", name, partitions, rf)
         return {"topic": name, "partitions": partitions, "replication_factor": rf, "configs": configs}
+
+    def _new_partitions(self, placement: list[list[int]]) -> list:
+        """Partitions on ``placement`` made by the next ``commit`` (it bumps the version)."""
+        return new_partitions(placement, self.state.version + 1, self.clock.wall_ms())
 
     def _on_delete_topic(self, req: wire.Request) -> dict:
         name = req.header.get("topic")
@@ -98,6 +104,6 @@ class TopicAdminMixin:
             if rf > len(alive):
                 raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"only {len(alive)} live brokers for replication factor {rf}")
             placement = place_replicas(alive, partitions - current, rf, current % len(alive), current)
-            topic.partitions += [PartitionState(r[0], 0, r, list(r)) for r in placement]
+            topic.partitions += self._new_partitions(placement)
         self.commit()
         return {"topic": name, "partitions": len(topic.partitions), "configs": topic.configs}

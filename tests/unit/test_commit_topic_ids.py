@@ -182,4 +182,4 @@ def test_offset_fetch_names_the_topic_each_committed_offset_is_of(tmp_path: Path
     assert fetched["offsets"] == [["t", 0, 5, ""], ["t", 1, -1, ""]] and fetched["topic_ids"] == {"t": read_in}
     _recreate(context, gc)
     fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=None))
-    assert fetched == {"group": "g", "offsets": [], "topic_ids": {}}
+    assert fetched == {"group": "g", "offsets": [], "topic_ids": {}, "newer_than_reading": {}}

@@ -4,7 +4,9 @@ reading. It starts at its log start whatever ``auto_offset_reset`` says: ``lates
 record written to it between its creation and the moment the consumer noticed it (the loss Kafka
 documents for partitions added under ``latest``, KAFKA-12261), ``none`` stopped a consumer that
 had a position all along. A group's committed offset of the new partition wins, as for any
-assignment, and so does an explicit seek.
+assignment, and so does an explicit seek. A group consumer also starts at its log start a partition
+the coordinator names newer than the group's reading of its topic (OFFSET_FETCH's
+``newer_than_reading``): a member that joined after the partition was made cannot tell itself.
 
 Real Consumer and GroupConsumer objects on the fake broker and scripted coordinator of
 tests/unit/builders_group_consumer.py (log end 1000: ``latest`` starts at 1000, the log start 0).
@@ -349,5 +351,116 @@ def test_none_raises_while_the_metadata_is_asked_for_again_and_again() -> None:
             for _ in range(30):
                 c.poll(100)
         assert raised.value.code == P.OFFSET_OUT_OF_RANGE and "t-0" in raised.value.message
+    finally:
+        c.close()
+
+
+# -- the group's judgement: partitions newer than the group's reading (the coordinator's) ---------
+class _GroupThatJudges(_GroupOfT):
+    """``_GroupOfT`` whose OFFSET_FETCH answer lists ``newer`` as newer than the group's reading
+    (nodes/coordinator/group_readings.py), as a coordinator that knows it does; None: an older
+    coordinator, which sends no such field."""
+
+    def __init__(self, broker: _GrowingBroker, newer: Any) -> None:
+        super().__init__(broker)
+        self.newer = newer
+
+    def __call__(self, command: bytes, header: dict) -> dict:
+        answer = super().__call__(command, header)
+        if command == P.OFFSET_FETCH and self.newer is not None:
+            answer["newer_than_reading"] = self.newer
+        return answer
+
+
+def _new_member_of_two_partitions(policy: str, newer: Any,
+                                  **kw: Any) -> tuple[GroupConsumer, _GrowingBroker, _GroupThatJudges]:
+    """A new member (a process that never read t) of group g, subscribed to t of two partitions,
+    nothing committed."""
+    broker = _GrowingBroker(2)
+    reactor = _LongPollReactor(broker)
+    coordinator = _GroupThatJudges(broker, newer)
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(broker, reactor, ScriptedCoordinatorLink(coordinator),
+                                                                     auto_offset_reset=policy), **kw)
+    c.subscribe(["t"])
+    return c, broker, coordinator
+
+
+def _positions_taken(c: GroupConsumer, tps: list[tuple[str, int]]) -> dict:
+    for _ in range(60):
+        if c.assignment() == tps and all(c.position(tp) is not None for tp in tps):
+            break
+        c.poll(100, max_records=1)
+    return {tp: c.position(tp) for tp in tps}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_new_member_starts_a_partition_newer_than_the_groups_reading_at_its_log_start(policy: str) -> None:
+    """The coordinator says t-1 was made after the group began reading t: the new member, which
+    saw t with both partitions from the start, reads it from its log start whatever the policy."""
+    c, _, coordinator = _new_member_of_two_partitions(policy, {"t": [1]})
+    coordinator.committed[T0] = 900
+    try:
+        got = _poll_until(c, _first_of(T1))
+        assert _first_offset(got, T1) == 0, f"t-1's records before the member's first fetch were skipped ({policy})"
+        assert _first_offset(got, T0) in (None, 900)
+    finally:
+        c.close()
+
+
+def test_a_partition_older_than_the_groups_reading_still_follows_the_policy() -> None:
+    c, _, _ = _new_member_of_two_partitions("latest", {"t": [1]})
+    try:
+        got = _poll_until(c, _first_of(T1))
+        assert _first_offset(got, T1) == 0 and c.position(T0) == LOG_END_OFFSET
+    finally:
+        c.close()
+
+
+def test_without_the_coordinators_judgement_a_new_member_follows_the_policy_as_before() -> None:
+    """An older coordinator sends no ``newer_than_reading``: the member behaves as before."""
+    c, _, _ = _new_member_of_two_partitions("latest", None)
+    try:
+        assert _positions_taken(c, [T0, T1]) == {T0: LOG_END_OFFSET, T1: LOG_END_OFFSET}
+    finally:
+        c.close()
+
+
+def test_a_committed_offset_and_a_seek_in_on_assign_win_over_the_groups_judgement() -> None:
+    holder: list[GroupConsumer] = []
+    c, _, coordinator = _new_member_of_two_partitions(
+        "latest", {"t": [0, 1]}, on_assign=lambda tps: holder[0].seek(T1, 700))
+    holder.append(c)
+    coordinator.committed[T0] = 300  # a coordinator would not list it: the committed offset wins anyway
+    try:
+        got = _poll_until(c, lambda got: _first_of(T0)(got) and _first_of(T1)(got))
+        assert (_first_offset(got, T0), _first_offset(got, T1)) == (300, 700)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("newer", [[["t", 1]], {"t": 1}, {1: [1]}, "t-1", {"t": ["1"]}, {"t": [None]}, {"t": [True]}])
+def test_a_malformed_judgement_is_left_out(newer: Any) -> None:
+    c, _, _ = _new_member_of_two_partitions("latest", newer)
+    try:
+        assert _positions_taken(c, [T0, T1]) == {T0: LOG_END_OFFSET, T1: LOG_END_OFFSET}
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("newer", [{"t": [1]}, None])
+def test_an_assigned_consumer_starts_a_partition_newer_than_the_groups_reading_at_its_log_start(newer: Any) -> None:
+    """A consumer of group g assigned t-0 and t-1 (no membership; nothing committed of t-1): the
+    coordinator's lookup of the committed offsets names t-1 newer than the group's reading, and it
+    starts at its log start; without that (an older coordinator), at ``latest`` as before."""
+    broker = _GrowingBroker(2)
+    reactor = _LongPollReactor(broker)
+    coordinator = _GroupThatJudges(broker, newer)
+    coordinator.committed[T0] = 900
+    link = ScriptedCoordinatorLink(coordinator)
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(broker, reactor, link, auto_offset_reset="latest"))
+    try:
+        c.assign([T0, T1])
+        got = _poll_until(c, lambda got: _first_of(T1)(got) or c.position(T1) == LOG_END_OFFSET)
+        assert (_first_offset(got, T1), c.position(T1) is not None) == ((0, True) if newer else (None, True))
     finally:
         c.close()

@@ -16,14 +16,16 @@ import pytest
 from nodes.consumer_instance import Instance, InstanceHost
 from tests.unit.builders_group_consumer import LOG_END_OFFSET, T0, consumer_config, serve
 from tests.unit.fakes import ScriptedCoordinatorLink
-from tests.unit.test_partitions_newer_than_the_reading import T1, _GroupOfT, _GrowingBroker, _LongPollReactor
+from tests.unit.test_partitions_newer_than_the_reading import (T1, _GroupOfT, _GroupThatJudges, _GrowingBroker,
+                                                                _LongPollReactor)
 
 
-def _assigned_instance(policy: str, partitions: int = 1) -> tuple[Instance, _GrowingBroker]:
+def _assigned_instance(policy: str, partitions: int = 1, newer: dict | None = None) -> tuple[Instance, _GrowingBroker]:
     """An instance of group g (``auto.offset.reset`` ``policy``) assigned t-0 of t (``partitions``
-    partitions), read from g's committed offset 900."""
+    partitions), read from g's committed offset 900; ``newer``: what the coordinator's OFFSET_FETCH
+    answers name newer than the group's reading (None: nothing, as an older coordinator)."""
     broker = _GrowingBroker(partitions)
-    coordinator = _GroupOfT(broker)
+    coordinator = _GroupOfT(broker) if newer is None else _GroupThatJudges(broker, newer)
     coordinator.committed[T0] = 900
     config = consumer_config(broker, _LongPollReactor(broker), ScriptedCoordinatorLink(coordinator),
                              auto_offset_reset=policy)
@@ -68,5 +70,18 @@ def test_a_partition_there_when_the_instance_began_reading_starts_by_the_policy(
                 break
             serve(instance, "fetch", timeout_ms=100, max_records=10)
         assert instance.consumer.position(T1) == LOG_END_OFFSET
+    finally:
+        instance.consumer.close()
+
+
+def test_a_new_instance_assigned_a_partition_newer_than_the_groups_reading_starts_at_its_log_start() -> None:
+    """The instance (a new one: t had both partitions when it began reading) is assigned t-1,
+    which the coordinator says was made after the group began reading t: its log start, not
+    ``latest`` -- another consumer of the group read t before t-1 was made."""
+    instance, _ = _assigned_instance("latest", partitions=2, newer={"t": [1]})
+    try:
+        assert _first_offsets(instance).get(T0) == 900
+        serve(instance, "assign", partitions=[list(T0), list(T1)])
+        assert _first_offsets(instance).get(T1) == 0, "t-1's records written before the assign were skipped"
     finally:
         instance.consumer.close()
