@@ -86,6 +86,8 @@ class RecordAccumulator:
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._open: dict[tuple[str, int], BatchState] = {}
+        self._last: BatchState | None = None  # the open batch an append last looked up (None once closed)
+        self._space_waiters = 0  # appends waiting for buffer space (``release`` wakes them)
         self._closed_batches: deque[BatchState] = deque()
         self._buffered_bytes = 0
         # topic -> partition of its keyless records; read without the lock on the hot path (a
@@ -137,12 +139,14 @@ class RecordAccumulator:
         try:
             if self._buffered_bytes + size_bytes > self._buffer_max:
                 self._wait_for_space(size_bytes)
-            b = self._open.get((topic, partition))
+            b = self._last
+            if b is None or b.partition != partition or b.topic != topic:
+                b = self._last = self._open.get((topic, partition))
             if b is None or b.size_bytes + size_bytes > bytes_max:
                 handed_on = b is not None
                 if handed_on:  # it does not fit: the open batch goes, the record starts the next one
                     self._close_batch(b, overflow=True)
-                b = self._open_batch(topic, partition, timestamp_ms)
+                b = self._last = self._open_batch(topic, partition, timestamp_ms)
                 opened = True
             else:
                 opened = handed_on = False
@@ -285,6 +289,8 @@ class RecordAccumulator:
         record opens the partition's next batch, which the keyless records after it fill."""
         del self._open[(b.topic, b.partition)]
         self._closed_batches.append(b)
+        if self._last is b:
+            self._last = None
         if not overflow and self.sticky.get(b.topic) == b.partition:
             del self.sticky[b.topic]
 
@@ -313,20 +319,25 @@ class RecordAccumulator:
                                        "space: only that thread frees it")
         deadline = time.monotonic() + self.settings.max_block_ms / 1000
         self._wake()
-        while self._buffered_bytes + size_bytes > self._buffer_max:
-            if self._closed:  # (``close`` wakes the wait)
-                raise BufferExhaustedError("the producer was closed while the record waited for buffer space: "
-                                           "not sent, nothing written")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BufferExhaustedError(f"producer buffer of {self.settings.buffer_bytes_max} bytes is full")
-            self._space.wait(left)
+        self._space_waiters += 1
+        try:
+            while self._buffered_bytes + size_bytes > self._buffer_max:
+                if self._closed:  # (``close`` wakes the wait)
+                    raise BufferExhaustedError("the producer was closed while the record waited for buffer space: "
+                                               "not sent, nothing written")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BufferExhaustedError(f"producer buffer of {self.settings.buffer_bytes_max} bytes is full")
+                self._space.wait(left)
+        finally:
+            self._space_waiters -= 1
 
     def close_all(self) -> list[BatchState]:
         """Close every open batch (``flush``); returns every batch not yet finished."""
         with self._lock:
             self._closed_batches.extend(self._open.values())
             self._open.clear()
+            self._last = None
             self.sticky.clear()
             return list(self._unfinished)
 
@@ -341,6 +352,8 @@ class RecordAccumulator:
                     del self._open[tp]
                     self._closed_batches.append(b)
                     self.sticky.pop(tp[0], None)
+                    if self._last is b:
+                        self._last = None
             out = list(self._closed_batches)
             self._closed_batches.clear()
         return out
@@ -350,7 +363,8 @@ class RecordAccumulator:
         with self._lock:
             self._buffered_bytes -= batch.size_bytes
             self._unfinished.discard(batch)
-            self._space.notify_all()
+            if self._space_waiters:  # (a Python-level call under the lock otherwise, per batch)
+                self._space.notify_all()
 
     def close(self) -> None:
         """No more appends wait for space; ``take_ready`` hands out every open batch."""

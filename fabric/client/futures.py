@@ -112,9 +112,12 @@ class BatchState:
                    size_bytes: int) -> None:
         """Add one record at the end, counted as ``size_bytes``: to the run (``run_values``)
         if it can be one of it or start it, else as a tuple. ``append`` extends a run itself
-        (the per-record path) and calls this for any other record. A run whose records keep
-        changing timestamp (under ``RUN_RECORDS_MIN`` records each) ends: the batch keeps
-        tuples from then on rather than pack a run per few records."""
+        (the per-record path) and calls this for any other record. Keyless, header-less
+        records counted alike must have values of one length (``Producer.send`` counts
+        len(value) + RECORD_OVERHEAD_BYTES): a run is told apart by the size. A run cut short by
+        a new timestamp (under ``RUN_RECORDS_MIN`` records, but for the batch's first run) ends
+        runs for the batch: it keeps tuples from then on rather than pack a run per few
+        records."""
         run = self.run_values
         if run is not None and key is None and headers is None:
             if not run:
@@ -122,7 +125,7 @@ class BatchState:
                 run.append(value)
                 return
             if size_bytes == self.run_record_bytes and timestamp_ms != self.run_timestamp_ms \
-                    and len(run) >= RUN_RECORDS_MIN:
+                    and (len(run) >= RUN_RECORDS_MIN or not self.chunks):  # (a batch's first run may be cut short)
                 self._seal_run()
                 self.run_values, self.run_timestamp_ms = [value], timestamp_ms
                 return
@@ -137,7 +140,9 @@ class BatchState:
         if run:
             if self.run_timestamp_ms > self.max_timestamp_ms:
                 self.max_timestamp_ms = self.run_timestamp_ms
-            self.chunks += pack_values(run, self.run_timestamp_ms)  # (it checks that their lengths are one)
+            length = len(run[0])  # every value's: their sizes were counted alike (``add_record``)
+            assert len(run[-1]) == length, "a run's records were counted alike for values of other lengths"
+            self.chunks += pack_values(run, self.run_timestamp_ms, length)
             self.run_values = []
 
     def seal_records(self) -> None:

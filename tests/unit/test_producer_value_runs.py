@@ -74,11 +74,11 @@ def test_batches_of_runs_are_the_bytes_msgpack_writes_for_the_record_tuples(seed
 
 
 def test_records_counted_at_the_runs_size_join_it_only_if_keyless_and_header_less() -> None:
-    """The run is told apart by the size counted; a key or headers of the same total size
-    stay apart, and the values' own lengths decide the packing."""
+    """The run is told apart by the size counted: a key or headers of the same total size
+    stay apart."""
     acc = RecordAccumulator(AccumulatorSettings(linger_ms=60_000), ManualClock(1000), wake=lambda: None)
-    run = [(TS, None, b"a", None), (TS, None, b"bb", None)]
-    after = {0: [(TS, b"k", b"a", None), (TS, None, b"ccc", None)], 1: [(TS, None, b"a", (("h", b"x"),))]}
+    run = [(TS, None, b"abc", None), (TS, None, b"abc", None)]
+    after = {0: [(TS, b"k", b"ab", None), (TS, None, b"abc", None)], 1: [(TS, None, b"", (("h", b""),))]}
     for partition, records in after.items():
         for record in run + records:
             acc.append("t", partition, *record, 100)
@@ -91,16 +91,19 @@ def test_timestamps_that_change_every_few_records_end_the_run_instead_of_packing
         monkeypatch: pytest.MonkeyPatch) -> None:
     packed: list[int] = []
     real = futures_module.pack_values
-    monkeypatch.setattr(futures_module, "pack_values", lambda values, ts: packed.append(len(values)) or real(values, ts))
+    monkeypatch.setattr(futures_module, "pack_values",
+                        lambda values, ts, length: packed.append(len(values)) or real(values, ts, length))
     acc = RecordAccumulator(AccumulatorSettings(linger_ms=60_000), ManualClock(1000), wake=lambda: None)
     for i in range(1000):
         acc.append("t", 0, TS + i // 3, None, b"v", None, 25)  # a new millisecond every 3 records
     for i in range(1000):
         acc.append("t", 1, TS + i // 500, None, b"v", None, 25)  # every 500
-    assert packed == [3, 500]  # partition 0: one run of 3, then tuples; partition 1: a join per millisecond
+    # partition 0: the first run of 3 (a batch's first run may be cut short), and another
+    # run of 3, then tuples; partition 1: a join per millisecond
+    assert packed == [3, 3, 500]
     for b in acc.take_ready(1 << 62):
         b.build(compression=0, producer_id=-1, producer_epoch=-1, base_sequence=-1)
-    assert packed == [3, 500, 500]
+    assert packed == [3, 3, 500, 500]
 
 
 @pytest.fixture
