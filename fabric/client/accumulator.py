@@ -14,8 +14,11 @@ sticky partitioner): full batches, spread round-robin over time -- or until meta
 topic without that partition (``set_partition_counts``: re-created with fewer).
 
 A batch holds packed runs of records (``chunks``, from ``append_many``) followed by the records
-``append`` added since (tuples, packed when the batch is built or before the next run): its
-payload is the same msgpack array either way (``fabric.records``).
+``append`` added since, packed when the batch is built or before the next packed run: keyless,
+header-less records of one timestamp and one size as their values alone (``run_values``: no
+object per record; one join packs them at the next millisecond), any other as a tuple
+(``BatchState.add_record``). Its payload is the same msgpack array either way
+(``fabric.records``).
 
 A partition with a request in flight keeps its open batch filling (``take_ready``'s ``busy``).
 With ``linger_ms`` 0 a batch opened on an idle partition (nothing in flight or queued: the

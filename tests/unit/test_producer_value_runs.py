@@ -9,6 +9,8 @@ record its own offset, in order."""
 from __future__ import annotations
 
 import random
+import sys
+import threading
 from typing import Iterator
 
 import pytest
@@ -19,7 +21,7 @@ from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator
 from fabric.client.futures import RUN_RECORDS_MIN
 from fabric.client.producer import RECORD_OVERHEAD_BYTES, Producer
 from fabric.clock import ManualClock
-from fabric.records import COMPRESSION_CODECS, build_batch, frozen_headers, pack_values
+from fabric.records import COMPRESSION_CODECS, build_batch, decode_batches, frozen_headers, pack_values
 from tests.unit.driven_producer import LEADER, driven_producer
 
 TS = 1_700_000_000_123
@@ -132,3 +134,51 @@ def test_futures_and_callbacks_give_each_record_of_a_run_its_offset(producer: Pr
     assert [f.result(0).offset for f in futures] == list(range(2000))
     assert [(f.result(0).topic, f.result(0).partition) for f in futures[::500]] == [("t", 1)] * 4
     assert reports == [(i, i, None) for i in range(0, 2000, 7)]
+
+
+def test_appends_from_several_threads_while_batches_are_taken_keep_every_record_once_at_its_future() -> None:
+    """Four threads append (runs and, now and then, keyed records) while a fifth takes ready
+    batches as the I/O thread does: each future's batch holds its record at its index, every
+    record is in exactly one batch, and each thread's records keep their order."""
+    clock = ManualClock(1000)
+    acc = RecordAccumulator(AccumulatorSettings(linger_ms=1, batch_bytes_max=5000), clock, wake=lambda: None)
+    futures: dict[int, list] = {}
+    taken: list = []
+    done = threading.Event()
+
+    def produce(thread: int) -> None:
+        mine = futures[thread] = []
+        for n in range(3000):
+            value = b"%d-%06d" % (thread, n)
+            key = b"k" if n % 97 == 0 else None
+            mine.append((value, acc.append("t", n // 700 % 2, TS + n // 50, key, value, None,
+                                           _size(key, value, None))))
+
+    def take() -> None:
+        while not done.is_set():
+            clock.advance(1)
+            taken.extend(acc.take_ready(clock.now_ms()))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns every few bytecodes, inside appends too
+    try:
+        taker = threading.Thread(target=take)
+        taker.start()
+        threads = [threading.Thread(target=produce, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done.set()
+        taker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    taken.extend(acc.take_ready(1 << 62))
+    held = {}
+    for b in taken:
+        data = b.build(compression=0, producer_id=-1, producer_epoch=-1, base_sequence=-1)
+        held[id(b)] = [r.value for r in decode_batches("t", b.partition, data)]
+    assert sum(map(len, held.values())) == 4 * 3000
+    for thread, mine in futures.items():
+        assert [held[id(f[0])][f[1]] for _, f in mine] == [value for value, _ in mine]
+        order = [(taken.index(f[0]), f[1]) for _, f in mine if f.partition == 0]
+        assert order == sorted(order)
