@@ -28,8 +28,9 @@ from fabric.records import build_batch, build_batch_from_chunks, pack_records, p
 log = logging.getLogger(__name__)
 _timestamp = itemgetter(0)
 
-# a run of values shorter than this whose next record has another timestamp ends the run
-# (``BatchState.add_record``): packing a run costs about as much as this many tuples
+# a run of values shorter than this whose next record has another timestamp (but for its batch's
+# first run) ends runs for the batch (``BatchState.add_record``): packing a run costs about as
+# much as this many tuples
 RUN_RECORDS_MIN = 16
 
 DeliveryCallback = Callable[["RecordMetadata | None", "Exception | None"], None]
