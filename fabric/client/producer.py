@@ -149,9 +149,6 @@ class Producer:
             size += extra
         if size > self.record_bytes_max:
             raise RecordSizeExceededError(f"record of {size} bytes is over {self.record_bytes_max}")
-        if timestamp_ms is not None and (timestamp_ms.__class__ is not int
-                                         or not TIMESTAMP_MS_MIN <= timestamp_ms <= TIMESTAMP_MS_MAX):
-            timestamp_ms = _checked_timestamp(timestamp_ms)
         if self._closed:
             raise ProducerClosedError()
         if self.sender.failure is not None:
@@ -167,8 +164,11 @@ class Producer:
                 partition = partition_for_key(key, nparts)  # type: ignore[arg-type]
             elif not 0 <= partition < nparts and not 0 <= partition < self._fresh_partition_count(topic, partition):
                 raise TopicNotInMetadataError(f"{topic} has no partition {partition}")
-        return self._append(topic, partition, _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms,
-                            key, value, headers, size, on_delivery)
+        if timestamp_ms is None:
+            timestamp_ms = _time_ns() // 1_000_000
+        elif timestamp_ms.__class__ is not int or not TIMESTAMP_MS_MIN <= timestamp_ms <= TIMESTAMP_MS_MAX:
+            timestamp_ms = _checked_timestamp(timestamp_ms)
+        return self._append(topic, partition, timestamp_ms, key, value, headers, size, on_delivery)
 
     def send_many(self, topic: str, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None, *,
                   partition: int | None = None, timestamp_ms: int | None = None,
