@@ -5,6 +5,7 @@ run of values packed when a later record ends it) or stop the I/O thread (the ba
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Iterator
 
 import pytest
@@ -56,7 +57,13 @@ def test_send_many_refuses_a_timestamp_a_batch_cannot_hold_with_nothing_queued(p
     assert _sent_batches(producer) == [build_batch([(TS, None, b"abc", None)])]
 
 
+class At(IntEnum):
+    NOW = TS
+
+
 def test_the_int64_bounds_and_int_subclasses_are_timestamps(producer: Producer) -> None:
-    for ts in (-(1 << 63), (1 << 63) - 1, 0):
+    for ts in (-(1 << 63), (1 << 63) - 1, 0, At.NOW):
         producer.send("t", b"abc", partition=0, timestamp_ms=ts)
-    assert _sent_batches(producer) == [build_batch([(ts, None, b"abc", None) for ts in (-(1 << 63), (1 << 63) - 1, 0)])]
+    producer.send_many("t", [b"abc"], partition=0, timestamp_ms=At.NOW)
+    stamps = (-(1 << 63), (1 << 63) - 1, 0, TS, TS)  # an int subclass is written as the int
+    assert _sent_batches(producer) == [build_batch([(ts, None, b"abc", None) for ts in stamps])]
