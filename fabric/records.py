@@ -131,6 +131,15 @@ _BIN8_HEADERS = tuple(b"\xc4" + bytes([n]) for n in range(256))
 _NIL = b"\xc0"
 
 
+def bin_header(length: int) -> bytes:
+    """msgpack's header of a bin of ``length`` bytes (bin 8, bin 16 or bin 32)."""
+    if length < 0x100:
+        return _BIN8_HEADERS[length]
+    if length < 0x10000:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
 def array_header(count: int) -> bytes:
     """msgpack's header of an array of ``count`` items (fixarray, array 16 or array 32)."""
     if count < 16:
@@ -149,15 +158,14 @@ def pack_records(records: list[tuple]) -> list[bytes]:
 def pack_values(values: list, timestamp_ms: int, length: int | None = None) -> list[bytes]:
     """Keyless, header-less records of one timestamp as a chunk (see ``pack_records``).
     ``values``: bytes or bytearray (the caller checks); ``length``: the length of every value
-    if the caller knows they are all alike. Values of one length under 256 (fixed-size
-    records) take one ``bytes.join`` -- no Python per record; others are built as records and
-    packed by msgpack."""
+    if the caller knows they are all alike. Values of one length (fixed-size records) take one
+    ``bytes.join`` -- no Python per record; others are built as records and packed by msgpack."""
     if length is None:
         lengths = set(map(len, values))
         length = lengths.pop() if len(lengths) == 1 else None
-    if length is not None and length < 256:
-        # each record is [ts, nil, bin8 value, nil]: one separator between equal-length values
-        head = b"\x94" + msgpack.packb(timestamp_ms) + _NIL + _BIN8_HEADERS[length]
+    if length is not None:
+        # each record is [ts, nil, bin value, nil]: one separator between equal-length values
+        head = b"\x94" + msgpack.packb(timestamp_ms) + _NIL + bin_header(length)
         return [head, (_NIL + head).join(values), _NIL]
     return pack_records([(timestamp_ms, None, v, None) for v in values])
 

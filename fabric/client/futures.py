@@ -23,10 +23,15 @@ from typing import Callable, Sequence
 
 from fabric.client.completion import Completion
 from fabric.errors import ClientTimeoutError, FabricError, RemoteError
-from fabric.records import build_batch, build_batch_from_chunks, pack_records
+from fabric.records import build_batch, build_batch_from_chunks, pack_records, pack_values
 
 log = logging.getLogger(__name__)
 _timestamp = itemgetter(0)
+
+# a run of values shorter than this whose next record has another timestamp (but for its batch's
+# first run) ends runs for the batch (``BatchState.add_record``): packing a run costs about as
+# much as this many tuples
+RUN_RECORDS_MIN = 16
 
 DeliveryCallback = Callable[["RecordMetadata | None", "Exception | None"], None]
 
@@ -50,13 +55,20 @@ class BatchState:
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
                  "error", "sequence", "data", "possibly_written", "deadline_ms", "callbacks", "last_error",
                  "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
-                 "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in", "on_io_thread")
+                 "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in", "on_io_thread",
+                 "run_values", "run_timestamp_ms", "run_record_bytes")
 
     def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
         self.topic = topic
         self.partition = partition
         self.records: list[tuple] = []  # (timestamp_ms, key, value, headers) appended after the chunks
         self.chunks: list[bytes] = []   # pieces of packed runs of records (fabric.records), in order
+        # the values alone of the keyless, header-less records of one timestamp and one size
+        # appended after the chunks (``add_record``): no tuple per record, and one join packs
+        # them (``pack_values``); None once another record made the batch keep ``records``
+        self.run_values: list[bytes] | None = []
+        self.run_timestamp_ms = first_timestamp_ms
+        self.run_record_bytes = -1      # the size ``append`` counted for each record of the run
         self.record_count = 0           # records in chunks and records together
         self.first_timestamp_ms = first_timestamp_ms
         self.max_timestamp_ms = first_timestamp_ms  # of the chunks; the records' own are taken when packed
@@ -97,8 +109,46 @@ class BatchState:
                               "on_complete hook) would wait for that thread itself: it is not known yet")
         return self.event.wait(timeout)
 
+    def add_record(self, timestamp_ms: int, key: bytes | None, value: bytes, headers: tuple | None,
+                   size_bytes: int) -> None:
+        """Add one record at the end, counted as ``size_bytes``: to the run (``run_values``)
+        if it can be one of it or start it, else as a tuple. ``append`` extends a run itself
+        (the per-record path) and calls this for any other record. Keyless, header-less
+        records counted alike must have values of one length (``Producer.send`` counts
+        len(value) + RECORD_OVERHEAD_BYTES): a run is told apart by the size. A run cut short by
+        a new timestamp (under ``RUN_RECORDS_MIN`` records, but for the batch's first run) ends
+        runs for the batch: it keeps tuples from then on rather than pack a run per few
+        records."""
+        run = self.run_values
+        if run is not None and key is None and headers is None:
+            if not run:
+                self.run_timestamp_ms, self.run_record_bytes = timestamp_ms, size_bytes
+                run.append(value)
+                return
+            if size_bytes == self.run_record_bytes and timestamp_ms != self.run_timestamp_ms \
+                    and (len(run) >= RUN_RECORDS_MIN or not self.chunks):  # (a batch's first run may be cut short)
+                self._seal_run()
+                self.run_values, self.run_timestamp_ms = [value], timestamp_ms
+                return
+        if run is not None:
+            self._seal_run()
+            self.run_values = None
+        self.records.append((timestamp_ms, key, value, headers))
+
+    def _seal_run(self) -> None:
+        """Pack the run's values into a chunk."""
+        run = self.run_values
+        if run:
+            if self.run_timestamp_ms > self.max_timestamp_ms:
+                self.max_timestamp_ms = self.run_timestamp_ms
+            length = len(run[0])  # every value's: their sizes were counted alike (``add_record``)
+            assert len(run[-1]) == length, "a run's records were counted alike for values of other lengths"
+            self.chunks += pack_values(run, self.run_timestamp_ms, length)
+            self.run_values = []
+
     def seal_records(self) -> None:
         """Pack the records ``append`` added into a chunk (before a packed run follows them)."""
+        self._seal_run()
         if self.records:
             self.max_timestamp_ms = max(self.max_timestamp_ms, max(map(_timestamp, self.records)))
             self.chunks += pack_records(self.records)
@@ -106,7 +156,7 @@ class BatchState:
 
     def build(self, *, compression: int, producer_id: int, producer_epoch: int, base_sequence: int) -> bytes:
         """The batch's bytes (may be called again: after a producer-id reset it is renumbered)."""
-        if not self.chunks:
+        if not self.chunks and not self.run_values:
             return build_batch(self.records, compression=compression, producer_id=producer_id,
                                producer_epoch=producer_epoch, base_sequence=base_sequence)
         self.seal_records()
@@ -125,7 +175,7 @@ class BatchState:
         pieces = []
         for lo, hi in ((0, half), (half, len(records))):
             c = BatchState(self.topic, self.partition, self.created_ms, records[lo][0])
-            c.records, c.record_count = records[lo:hi], hi - lo
+            c.records, c.record_count, c.run_values = records[lo:hi], hi - lo, None
             c.parent, c.parent_lo = top, self.parent_lo + lo
             c.deadline_ms, c.last_error = self.deadline_ms, self.last_error
             c.sequence = (self.sequence + lo) & 0x7FFFFFFF if self.sequence >= 0 else -1
@@ -134,7 +184,7 @@ class BatchState:
             pieces.append(c)
         if top.pieces is None:
             top.pieces = pieces
-            top.records, top.chunks, top.data = [], [], None  # the pieces hold the records now
+            top.records, top.chunks, top.run_values, top.data = [], [], None, None  # the pieces hold the records now
         else:
             at = top.pieces.index(self)
             top.pieces[at:at + 1] = pieces
@@ -173,6 +223,7 @@ class BatchState:
         self.error = error
         self.records = []  # free the memory; the packed data goes too
         self.chunks = []
+        self.run_values = None
         self.data = None
         self.event.set()
         if self.callbacks:

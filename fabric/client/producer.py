@@ -59,8 +59,20 @@ PAYLOAD_HEAD_BYTES_MAX = 5          # the payload's array head (array 32)
 COMPRESSION_GROWTH_DIVISOR = 128    # incompressible input grows by at most 1/128 (lz4: 1/255) ...
 COMPRESSION_FRAME_BYTES = 64        # ... plus the codec's frame
 _VALUE_TYPES = frozenset((bytes, bytearray))
+# the timestamps a batch holds: its header's fields are int64 (engines.batch)
+TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX = -(1 << 63), (1 << 63) - 1
 _time_ns = time.time_ns
 _KEY_TYPES = frozenset((bytes, bytearray, type(None)))
+
+
+def _checked_timestamp(timestamp_ms: object) -> int:
+    """``timestamp_ms`` as the int a batch holds. Raises ``FabricError`` for anything else
+    (a bool, a float, an int beyond 64 bits): caught at the call, it cannot fail the packing of
+    other records' batches on the I/O thread, nor another record's ``send``."""
+    if isinstance(timestamp_ms, int) and not isinstance(timestamp_ms, bool) \
+            and TIMESTAMP_MS_MIN <= timestamp_ms <= TIMESTAMP_MS_MAX:
+        return int(timestamp_ms)
+    raise FabricError(f"timestamp_ms must be an int of 64 bits (ms since the epoch), not {timestamp_ms!r}")
 
 
 class Producer:
@@ -106,7 +118,8 @@ class Producer:
              on_delivery: DeliveryCallback | None = None) -> RecordFuture:
         """Queue one record. Blocks (up to max_block_ms) while the buffer is full, then raises
         ``BufferExhaustedError``; raises ``FabricError`` for a value that is not bytes, a key
-        that is not bytes or None, or headers that are not (name str, value bytes|None) pairs
+        that is not bytes or None, headers that are not (name str, value bytes|None) pairs, or
+        a ``timestamp_ms`` that is not an int of 64 bits
         (a bytearray value, key or header value is copied: the record is queued as it is
         now), ``RecordSizeExceededError`` for a record whose value, key and headers are over
         ``record_bytes_max``, and
@@ -151,8 +164,11 @@ class Producer:
                 partition = partition_for_key(key, nparts)  # type: ignore[arg-type]
             elif not 0 <= partition < nparts and not 0 <= partition < self._fresh_partition_count(topic, partition):
                 raise TopicNotInMetadataError(f"{topic} has no partition {partition}")
-        return self._append(topic, partition, _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms,
-                            key, value, headers, size, on_delivery)
+        if timestamp_ms is None:
+            timestamp_ms = _time_ns() // 1_000_000
+        elif timestamp_ms.__class__ is not int or not TIMESTAMP_MS_MIN <= timestamp_ms <= TIMESTAMP_MS_MAX:
+            timestamp_ms = _checked_timestamp(timestamp_ms)
+        return self._append(topic, partition, timestamp_ms, key, value, headers, size, on_delivery)
 
     def send_many(self, topic: str, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None, *,
                   partition: int | None = None, timestamp_ms: int | None = None,
@@ -177,7 +193,8 @@ class Producer:
         in the order given).
 
         Raises, with nothing queued: ``FabricError`` (a value that is not bytes or bytearray,
-        a key that is not bytes or None, ``keys`` of another length; ``ProducerClosedError``
+        a key that is not bytes or None, ``keys`` of another length, a ``timestamp_ms`` that
+        is not an int of 64 bits; ``ProducerClosedError``
         for a closed producer),
         ``RecordSizeExceededError`` (any record over ``record_bytes_max``),
         ``TopicNotInMetadataError``. ``BufferExhaustedError`` after ``max_block_ms`` without
@@ -199,7 +216,7 @@ class Producer:
                 raise FabricError("keys must be bytes or None")
             if key_types <= {type(None)}:
                 keys = None
-        ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
+        ts = _checked_timestamp(timestamp_ms) if timestamp_ms is not None else time.time_ns() // 1_000_000
         nparts = self._partition_count(topic) if n else 0
         if partition is not None and not 0 <= partition < nparts and n:
             nparts = self._fresh_partition_count(topic, partition)

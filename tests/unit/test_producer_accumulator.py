@@ -40,7 +40,7 @@ def test_a_batch_closes_at_its_record_limit_and_wakes_the_sender() -> None:
     assert acc.take_ready(clock.now_ms()) == [] and wakes == []
     _append(acc)
     [batch] = acc.take_ready(clock.now_ms())
-    assert len(batch.records) == 3 and wakes == [1000]
+    assert batch.record_count == 3 and wakes == [1000]
 
 
 def test_by_default_a_batch_of_small_records_closes_at_its_byte_bound_not_at_a_thousand_records() -> None:
@@ -54,7 +54,7 @@ def test_by_default_a_batch_of_small_records_closes_at_its_byte_bound_not_at_a_t
     assert acc.take_ready(clock.now_ms()) == []
     _append(acc, size=record_bytes)  # the next would not fit: the batch is full
     [batch] = acc.take_ready(clock.now_ms())
-    assert len(batch.records) == per_batch > 9_000 and batch.size_bytes <= AccumulatorSettings().batch_bytes_max
+    assert batch.record_count == per_batch > 9_000 and batch.size_bytes <= AccumulatorSettings().batch_bytes_max
 
 
 def test_an_open_batch_is_ready_once_its_linger_has_passed() -> None:

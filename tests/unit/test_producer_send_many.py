@@ -39,7 +39,8 @@ def _md(partitions: int = 3) -> ClusterMetadata:
 
 # -- packing: the same bytes as msgpack over the whole list -------------------------------------
 @pytest.mark.parametrize("values", [[b"v" * 100] * 1000, [b"a"], [b""] * 3, [b"x" * 300] * 17,
-                                    [bytes(n) for n in range(300)], [bytearray(b"xy")] * 20])
+                                    [bytes(n) for n in range(300)], [bytearray(b"xy")] * 20,
+                                    [b"w" * 255] * 3, [b"x" * 256] * 3, [b"y" * 65535] * 2, [b"z" * 65536] * 2])
 def test_packed_values_are_the_bytes_msgpack_writes_for_the_records(values: list) -> None:
     records = [(TS, None, v, None) for v in values]
     assert b"".join([array_header(len(values)), *pack_values(values, TS)]) == msgpack.packb(records, use_bin_type=True)
