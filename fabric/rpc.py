@@ -267,8 +267,8 @@ class RpcClient:
         self.endpoint = endpoint
         self._fail_on_refused = frozenset(fail_on_refused)
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[ReplyCallback, Timer]] = {}
-        self._refusable: set[int] = set()  # pending requests that a refused connect fails (fail_on_refused)
+        # request id -> (callback, timeout timer, whether a refused connect fails it: fail_on_refused)
+        self._pending: dict[int, tuple[ReplyCallback, Timer, bool]] = {}
         self.counters: Counter[str] = Counter()
         self.drop_replies: Callable[[], bool] | None = None  # fault injection
         if endpoint.startswith("tcp://"):
@@ -298,9 +298,7 @@ class RpcClient:
             callback(None, [], RequestQueueFullError(f"send queue to {self.endpoint} is full"))
             return 0
         timer = self.reactor.call_later(timeout_ms, lambda: self._expire(rid))
-        self._pending[rid] = (callback, timer)
-        if fail_on_refused:
-            self._refusable.add(rid)
+        self._pending[rid] = (callback, timer, fail_on_refused)
         if refused:
             self._connection_refused()
         return rid
@@ -316,7 +314,6 @@ class RpcClient:
         return True
 
     def _expire(self, rid: int) -> None:
-        self._refusable.discard(rid)
         entry = self._pending.pop(rid, None)
         if entry is not None:
             entry[0](None, [], RequestTimeout(f"no reply from {self.endpoint}"))
@@ -331,14 +328,13 @@ class RpcClient:
     def _connection_refused(self) -> None:
         """A connect failed: the pending requests of the ``fail_on_refused`` commands fail on the
         next pass, as at a lost connection."""
-        refused = list(self._refusable)
+        refused = [rid for rid, (_, _, refusable) in self._pending.items() if refusable]
         if refused:
             error = ConnectionRefused(f"{self.endpoint} refused the connection: nothing listens there")
             self.reactor.call_later(0, lambda: self._fail(refused, error))
 
     def _fail(self, request_ids: list[int], error: CodedError) -> None:
         for rid in request_ids:
-            self._refusable.discard(rid)
             entry = self._pending.pop(rid, None)
             if entry is not None:  # else answered or timed out meanwhile
                 entry[1].cancel()
@@ -355,8 +351,7 @@ class RpcClient:
         entry = self._pending.pop(header.get("id", -1), None)
         if entry is None:
             return  # late reply to a request that timed out, or a one-way ack
-        self._refusable.discard(header["id"])
-        callback, timer = entry
+        callback, timer, _ = entry
         timer.cancel()
         code = header.get("error", 0)
         if code:
@@ -367,7 +362,6 @@ class RpcClient:
     def cancel(self, request_id: int) -> bool:
         """Forget request ``request_id``: its callback is never called, and a reply that still
         comes is dropped like a late one. False if it was not pending (answered, timed out)."""
-        self._refusable.discard(request_id)
         entry = self._pending.pop(request_id, None)
         if entry is None:
             return False
@@ -376,8 +370,7 @@ class RpcClient:
 
     def fail_all(self, error: CodedError) -> None:
         pending, self._pending = self._pending, {}
-        self._refusable.clear()
-        for callback, timer in pending.values():
+        for callback, timer, _ in pending.values():
             timer.cancel()
             callback(None, [], error)
 
