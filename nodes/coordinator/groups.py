@@ -44,7 +44,8 @@ Kafka's eager protocol with coordinator-side assignment:
 
 Membership lives in memory: after a coordinator restart members get ``unknown_member`` and
 join again (and when each group's first generation subscribed to a topic is forgotten:
-``nodes.coordinator.group_readings`` says what shows a partition newer than a group's reading then). Offsets live in ``nodes.coordinator.offsets``; OFFSET_COMMIT, OFFSET_FETCH and the
+``nodes.coordinator.group_readings`` says what shows a partition newer than a group's reading
+then). Offsets live in ``nodes.coordinator.offsets``; OFFSET_COMMIT, OFFSET_FETCH and the
 expiry of empty groups' offsets are ``GroupOffsetsMixin`` (nodes/coordinator/groups_offsets.py),
 a base of ``GroupCoordinator``.
 
