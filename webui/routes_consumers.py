@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -29,31 +30,57 @@ CREATE_SCHEMA = {"type": "object", "properties": {
     "session.timeout.ms": {"type": "string", "pattern": "^[1-9][0-9]{2,5}$"}}}
 
 
+BASE = "/consumers/{group_name}/instances/{instance}"
+INSTANCE_ERRORS = (40403,)
+
+
+@dataclass(frozen=True)
+class _Shapes:
+    """The path parameters and bodies the routes share."""
+    group_path: dict
+    inst_path: dict
+    tps: dict          # {partitions: [{topic, partition}]}
+    tpos: dict         # {offsets: [{topic, partition, offset}]}
+    offsets_out: dict
+    seeks: dict
+
+
+def _body_types(schema: dict) -> dict:
+    return {V2: schema, "application/json": schema}
+
+
 def register(api: Api, gw: Gateway) -> None:
     group_path = {"group_name": api.schema("GroupName", S.GROUP_NAME)}
-    inst_path = {**group_path, "instance": api.schema("InstanceName", S.NAME)}
-    base = "/consumers/{group_name}/instances/{instance}"
-    body_types = lambda schema: {V2: schema, "application/json": schema}  # noqa: E731
-    tps = {"type": "object", "required": ["partitions"], "properties": {
-        "partitions": {"type": "array", "minItems": 1, "maxItems": 10_000, "items": api.schema("TopicPartition", S.TOPIC_PARTITION)}}}
-    tpos = {"type": "object", "required": ["offsets"], "properties": {
-        "offsets": {"type": "array", "maxItems": 10_000,
-                    "items": api.schema("TopicPartitionOffset", S.TOPIC_PARTITION_OFFSET)}}}
-    offsets_out = {"type": "object", "required": ["offsets"], "properties": {"offsets": {"type": "array", "items": {
-        "type": "object", "required": ["topic", "partition", "offset", "metadata"],
-        "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"},
-                       "metadata": {"type": "string"},
-                       "topic_id": {"type": "string", "description": "the id of the topic a committed offset is of "
-                                                                     "(where one is committed)"}}}}}}
-    seeks = {"type": "object", "required": ["offsets"], "properties": {
-        "offsets": {"type": "array", "maxItems": 10_000, "items": api.schema("SeekOffset", S.SEEK_OFFSET)}}}
-    inst_errors = (40403,)
+    sh = _Shapes(
+        group_path=group_path,
+        inst_path={**group_path, "instance": api.schema("InstanceName", S.NAME)},
+        tps={"type": "object", "required": ["partitions"], "properties": {
+            "partitions": {"type": "array", "minItems": 1, "maxItems": 10_000,
+                           "items": api.schema("TopicPartition", S.TOPIC_PARTITION)}}},
+        tpos={"type": "object", "required": ["offsets"], "properties": {
+            "offsets": {"type": "array", "maxItems": 10_000,
+                        "items": api.schema("TopicPartitionOffset", S.TOPIC_PARTITION_OFFSET)}}},
+        offsets_out={"type": "object", "required": ["offsets"], "properties": {"offsets": {"type": "array", "items": {
+            "type": "object", "required": ["topic", "partition", "offset", "metadata"],
+            "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"},
+                           "metadata": {"type": "string"},
+                           "topic_id": {"type": "string", "description": "the id of the topic a committed offset is "
+                                                                         "of (where one is committed)"}}}}}},
+        seeks={"type": "object", "required": ["offsets"], "properties": {
+            "offsets": {"type": "array", "maxItems": 10_000, "items": api.schema("SeekOffset", S.SEEK_OFFSET)}}})
+    _instance_ops(api, gw, sh)
+    _record_ops(api, gw, sh)
+    _position_ops(api, gw, sh)
 
-    def call(group: str, inst: str, fn: Any) -> Any:
-        return gw.agent.call_instance(group, inst, fn)
 
+def _call(gw: Gateway, group: str, inst: str, fn: Any) -> Any:
+    return gw.agent.call_instance(group, inst, fn)
+
+
+def _instance_ops(api: Api, gw: Gateway, sh: _Shapes) -> None:
+    """Create and delete an instance; its subscription or assigned partitions."""
     @api.op("POST", "/consumers/{group_name}", role="consume", tag="consumers", summary="Create a consumer instance",
-            path_params=group_path, body=body_types(api.schema("CreateConsumer", CREATE_SCHEMA)),
+            path_params=sh.group_path, body=_body_types(api.schema("CreateConsumer", CREATE_SCHEMA)),
             response={"type": "object", "required": ["instance_id", "base_uri"],
                       "properties": {"instance_id": {"type": "string"}, "base_uri": {"type": "string"}}},
             errors=(40901, 42203))
@@ -68,53 +95,56 @@ def register(api: Api, gw: Gateway) -> None:
                 "base_uri": f"{request.host_url.rstrip('/')}/consumers/{quote(group_name, safe='')}/instances/"
                             f"{quote(entry.name, safe='')}"}
 
-    @api.op("DELETE", base, role="consume", tag="consumers", summary="Delete a consumer instance (leaves its group)",
-            path_params=inst_path, errors=inst_errors)
+    @api.op("DELETE", BASE, role="consume", tag="consumers", summary="Delete a consumer instance (leaves its group)",
+            path_params=sh.inst_path, errors=INSTANCE_ERRORS)
     def delete(group_name: str, instance: str) -> None:
         gw.agent.delete_instance(group_name, instance)
 
-    @api.op("POST", base + "/subscription", role="consume", tag="consumers", summary="Subscribe to topics",
-            path_params=inst_path, errors=(40401, 40403, 40904),
+    @api.op("POST", BASE + "/subscription", role="consume", tag="consumers", summary="Subscribe to topics",
+            path_params=sh.inst_path, errors=(40401, 40403, 40904),
             description="An instance with assigned partitions answers 409 (40904) and keeps them: "
                         "unsubscribe first (DELETE …/subscription commits their positions with auto-commit).",
-            body=body_types({"type": "object", "required": ["topics"], "properties": {
+            body=_body_types({"type": "object", "required": ["topics"], "properties": {
                 "topics": {"type": "array", "minItems": 1, "maxItems": 1000, "items": S.NAME}}}))
     def subscribe(group_name: str, instance: str, body: dict, content_type: str) -> None:
         gw.agent.subscribe(group_name, instance, sorted(set(body["topics"])))
 
-    @api.op("GET", base + "/subscription", role="consume", tag="consumers", summary="The subscribed topics",
-            path_params=inst_path, errors=inst_errors,
+    @api.op("GET", BASE + "/subscription", role="consume", tag="consumers", summary="The subscribed topics",
+            path_params=sh.inst_path, errors=INSTANCE_ERRORS,
             response={"type": "object", "required": ["topics"],
                       "properties": {"topics": {"type": "array", "items": {"type": "string"}}}})
     def subscription(group_name: str, instance: str) -> dict:
-        return {"topics": call(group_name, instance, lambda h: h.subscription())}
+        return {"topics": _call(gw, group_name, instance, lambda h: h.subscription())}
 
-    @api.op("DELETE", base + "/subscription", role="consume", tag="consumers",
-            summary="Unsubscribe, or give up the assigned partitions", path_params=inst_path, errors=inst_errors,
+    @api.op("DELETE", BASE + "/subscription", role="consume", tag="consumers",
+            summary="Unsubscribe, or give up the assigned partitions", path_params=sh.inst_path, errors=INSTANCE_ERRORS,
             description="With auto-commit, the positions are committed first (up to what the client has "
                         "confirmed by coming back); then the instance may subscribe or be assigned partitions.")
     def unsubscribe(group_name: str, instance: str) -> None:
         gw.agent.subscribe(group_name, instance, [])
 
-    @api.op("POST", base + "/assignments", role="consume", tag="consumers",
-            summary="Read exactly these partitions (instead of a subscription)", path_params=inst_path,
-            errors=(40401, 40402, 40403, 40904), body=body_types(tps),
+    @api.op("POST", BASE + "/assignments", role="consume", tag="consumers",
+            summary="Read exactly these partitions (instead of a subscription)", path_params=sh.inst_path,
+            errors=(40401, 40402, 40403, 40904), body=_body_types(sh.tps),
             description="An instance with a subscription answers 409 (40904) and keeps it: unsubscribe first. "
                         "Partitions already assigned keep their positions, new ones start at the group's "
                         "committed offsets; with auto-commit, those left out are committed first.")
     def assign(group_name: str, instance: str, body: dict, content_type: str) -> None:
         gw.agent.assign(group_name, instance, sorted({(x["topic"], x["partition"]) for x in body["partitions"]}))
 
-    @api.op("GET", base + "/assignments", role="consume", tag="consumers",
-            summary="The partitions the group assigned to this instance", path_params=inst_path, errors=inst_errors,
+    @api.op("GET", BASE + "/assignments", role="consume", tag="consumers",
+            summary="The partitions the group assigned to this instance", path_params=sh.inst_path, errors=INSTANCE_ERRORS,
             response={"type": "object", "required": ["partitions"], "properties": {
                 "partitions": {"type": "array", "items": {"$ref": "#/components/schemas/TopicPartition"}}}})
     def assignments(group_name: str, instance: str) -> dict:
-        parts = call(group_name, instance, lambda h: h.assignment())
+        parts = _call(gw, group_name, instance, lambda h: h.assignment())
         return {"partitions": [{"topic": t, "partition": p} for t, p in parts]}
 
-    @api.op("GET", base + "/records", role="consume", tag="consumers",
-            summary="Fetch records (the positions advance)", path_params=inst_path, errors=inst_errors,
+
+def _record_ops(api: Api, gw: Gateway, sh: _Shapes) -> None:
+    """Fetch records, commit offsets, read the committed ones."""
+    @api.op("GET", BASE + "/records", role="consume", tag="consumers",
+            summary="Fetch records (the positions advance)", path_params=sh.inst_path, errors=INSTANCE_ERRORS,
             description="Waits up to `timeout` ms (default 1000) for records, unless the gateway's long-poll "
                         "budget is taken: then it answers at once with the records there (maybe none; poll again). "
                         "A fetch whose answer the gateway did not get from the consumer service (answered "
@@ -127,38 +157,38 @@ def register(api: Api, gw: Gateway) -> None:
     def records(group_name: str, instance: str, query: dict) -> list[dict]:
         entry = gw.agent.instance(group_name, instance)
         with gw.long_polls.wait_ms(query.get("timeout", 1000)) as timeout_ms:  # over the budget: no wait
-            got = call(group_name, instance, lambda h: h.fetch(timeout_ms=timeout_ms,
+            got = _call(gw, group_name, instance, lambda h: h.fetch(timeout_ms=timeout_ms,
                                                                max_bytes=query.get("max_bytes", FETCH_BYTES_MAX),
                                                                max_records=FETCH_RECORDS_MAX))
         return records_json(got, entry.fmt)
 
-    @api.op("POST", base + "/offsets", role="consume", tag="consumers",
+    @api.op("POST", BASE + "/offsets", role="consume", tag="consumers",
             summary="Commit offsets (each the last record processed; without offsets: everything fetched)",
-            path_params=inst_path, errors=(40401, 40402, 40403, 40905, 42205),
+            path_params=sh.inst_path, errors=(40401, 40402, 40403, 40905, 42205),
             description="Without a body, or without offsets in it, everything fetched is committed.",
-            body=body_types({"type": "object", "properties": {"offsets": tpos["properties"]["offsets"]}}),
+            body=_body_types({"type": "object", "properties": {"offsets": sh.tpos["properties"]["offsets"]}}),
             body_required=False)
     def commit(group_name: str, instance: str, body: dict | None, content_type: str | None) -> None:
         offsets = (body or {}).get("offsets")
         if not offsets:
-            call(group_name, instance, lambda h: h.commit())
+            _call(gw, group_name, instance, lambda h: h.commit())
             return
         wanted = {(o["topic"], o["partition"]): o["offset"] + 1 for o in offsets}  # o: the last record processed
         try:
-            call(group_name, instance, lambda h: h.commit(wanted))
+            _call(gw, group_name, instance, lambda h: h.commit(wanted))
         except ClusterError as e:
             if e.kind == "topic_not_found":  # the cluster's unknown_topic_or_partition: say which it lacks
                 check_partitions(gw.agent.metadata(), wanted)
             raise
 
-    @api.op("GET", base + "/offsets", role="consume", tag="consumers",
+    @api.op("GET", BASE + "/offsets", role="consume", tag="consumers",
             summary="Committed offsets (next offset to read; -1: none) of the partitions in the body "
                     "(Confluent's {partitions: [{topic, partition}]}), or without one of the assigned partitions",
-            path_params=inst_path, errors=inst_errors, response=offsets_out, body=body_types(tps),
+            path_params=sh.inst_path, errors=INSTANCE_ERRORS, response=sh.offsets_out, body=_body_types(sh.tps),
             body_required=False)
     def committed(group_name: str, instance: str, body: dict | None, content_type: str | None) -> dict:
         asked = None if body is None else [(p["topic"], p["partition"]) for p in body["partitions"]]
-        got, ids = call(group_name, instance, lambda h: h.committed_with_topic_ids(asked))
+        got, ids = _call(gw, group_name, instance, lambda h: h.committed_with_topic_ids(asked))
         out = []
         for (t, p), o in sorted(got.items()):
             entry = {"topic": t, "partition": p, "offset": o, "metadata": ""}
@@ -167,8 +197,11 @@ def register(api: Api, gw: Gateway) -> None:
             out.append(entry)
         return {"offsets": out}
 
-    @api.op("POST", base + "/positions", role="consume", tag="consumers", summary="Seek to offsets",
-            path_params=inst_path, errors=(40401, 40403, 42205), body=body_types(seeks),
+
+def _position_ops(api: Api, gw: Gateway, sh: _Shapes) -> None:
+    """Seek, read the positions, seek to either end."""
+    @api.op("POST", BASE + "/positions", role="consume", tag="consumers", summary="Seek to offsets",
+            path_params=sh.inst_path, errors=(40401, 40403, 42205), body=_body_types(sh.seeks),
             description="An entry may name the `topic_id` its offset is of (as GET …/offsets answers it): an "
                         "id of a topic deleted since -- made again under its name -- is refused 404 (40401) "
                         "and nothing is sought, instead of taking the old topic's offset for the new topic. A "
@@ -179,13 +212,13 @@ def register(api: Api, gw: Gateway) -> None:
         last = {(o["topic"], o["partition"]): o for o in body["offsets"]}
         offsets = {tp: o["offset"] for tp, o in last.items()}
         ids = {tp: o["topic_id"] for tp, o in last.items() if "topic_id" in o}
-        call(group_name, instance, lambda h: h.seek(offsets, ids or None))
+        _call(gw, group_name, instance, lambda h: h.seek(offsets, ids or None))
 
-    @api.op("GET", base + "/positions", role="consume", tag="consumers",
-            summary="Current positions (next offset to fetch; -1: not known yet)", path_params=inst_path,
-            errors=inst_errors, response=offsets_out)
+    @api.op("GET", BASE + "/positions", role="consume", tag="consumers",
+            summary="Current positions (next offset to fetch; -1: not known yet)", path_params=sh.inst_path,
+            errors=INSTANCE_ERRORS, response=sh.offsets_out)
     def positions(group_name: str, instance: str) -> dict:
-        got = call(group_name, instance, lambda h: h.positions())
+        got = _call(gw, group_name, instance, lambda h: h.positions())
         return {"offsets": [{"topic": t, "partition": p, "offset": o, "metadata": ""} for (t, p), o in sorted(got.items())]}
 
     for where in ("beginning", "end"):
@@ -193,7 +226,7 @@ def register(api: Api, gw: Gateway) -> None:
             tps_ = [(x["topic"], x["partition"]) for x in body["partitions"]]
             if not tps_:
                 raise ApiError(42205, "partitions must name at least one partition")
-            call(group_name, instance, lambda h: h.seek_to_beginning(tps_) if where == "beginning" else h.seek_to_end(tps_))
-        api.op("POST", f"{base}/positions/{where}", role="consume", tag="consumers",
-               summary=f"Seek partitions to their {where}", path_params=inst_path, errors=(40403, 42205),
-               body=body_types(tps))(seek_edge)
+            _call(gw, group_name, instance, lambda h: h.seek_to_beginning(tps_) if where == "beginning" else h.seek_to_end(tps_))
+        api.op("POST", f"{BASE}/positions/{where}", role="consume", tag="consumers",
+               summary=f"Seek partitions to their {where}", path_params=sh.inst_path, errors=(40403, 42205),
+               body=_body_types(sh.tps))(seek_edge)
