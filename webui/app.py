@@ -17,6 +17,7 @@ import json
 import logging
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from flask import Flask, Response, g, request, send_from_directory
 from werkzeug.exceptions import HTTPException
@@ -160,6 +161,23 @@ def create_app(gw: Gateway) -> Flask:
         return send_from_directory(STATIC, "docs.html", max_age=0)
 
     app.register_blueprint(dashboard_blueprint)  # "/" and "/static/...": the dashboard (webui/dashboard.py)
+    _install_request_hooks(app, gw, authorize)
+    _install_error_handlers(app, gw)
+    app.extensions["loom.api"] = api
+    ops = {op.endpoint: op for op in api.ops}
+    produce_ops = (ops["POST /topics/{topic_name}"], ops["POST /topics/{topic_name}/partitions/{partition_id}"])
+    app.wsgi_app = ProduceFastPath(  # type: ignore[method-assign]
+        app.wsgi_app, *produce_ops, api.dispatch, lambda op, key, address: check_access(gw, op, key, address),
+        gw.http_requests.record, tuple(op.flask_rule(api.components) for op in produce_ops),  # type: ignore[arg-type]
+        gw.settings.request_bytes_max, on_bug=gw.on_bug)
+    if gw.hold is not None:  # outermost: the fault holds every request, the fast path's too
+        app.wsgi_app = gw.hold.wrap(app.wsgi_app)  # type: ignore[method-assign]
+    return app
+
+
+def _install_request_hooks(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
+    """Every request: its id, the encoded-slash and body-size refusals, the dashboard's rate
+    limit; every answer: its id, the security headers, the per-route count."""
     static_op = Op("GET", "/static", lambda: None, None, "", "ops")
 
     @app.before_request
@@ -183,6 +201,10 @@ def create_app(gw: Gateway) -> Flask:
         gw.http_requests.record(request.url_rule.rule if request.url_rule else "unmatched", resp.status_code)
         return resp
 
+
+def _install_error_handlers(app: Flask, gw: Gateway) -> None:
+    """Every error the routes raise answered as Loom's JSON error body; a bug also stops the
+    worker once answered."""
     def error_response(e: ApiError) -> Response:
         if e.status >= 500:
             log.error("%s %s -> %d %d %s (request id %s)", request.method, request.path, e.status, e.error_code,
@@ -231,14 +253,3 @@ def create_app(gw: Gateway) -> Flask:
         resp = error_response(ApiError(50001, f"internal error (request id {g.get('request_id')})"))
         resp.call_on_close(gw.on_bug)  # answered first, then the worker stops (a bug)
         return resp
-
-    app.extensions["loom.api"] = api
-    ops = {op.endpoint: op for op in api.ops}
-    produce_ops = (ops["POST /topics/{topic_name}"], ops["POST /topics/{topic_name}/partitions/{partition_id}"])
-    app.wsgi_app = ProduceFastPath(  # type: ignore[method-assign]
-        app.wsgi_app, *produce_ops, api.dispatch, lambda op, key, address: check_access(gw, op, key, address),
-        gw.http_requests.record, tuple(op.flask_rule(api.components) for op in produce_ops),  # type: ignore[arg-type]
-        gw.settings.request_bytes_max, on_bug=gw.on_bug)
-    if gw.hold is not None:  # outermost: the fault holds every request, the fast path's too
-        app.wsgi_app = gw.hold.wrap(app.wsgi_app)  # type: ignore[method-assign]
-    return app
