@@ -1,8 +1,8 @@
 """``BrokerCore``'s periodic work, each run by a reactor timer of the broker (``Broker``): retention
 (never past a partition's high watermark), interval flushes of the partitions appended to lately
 (handed to the flusher thread, ``nodes/broker/flusher.py``, when the engine flushes
-asynchronously; completions collected in a per-pass hook), high-watermark checkpoints, and the
-page-cache budget shared among the partitions written to lately.
+asynchronously; completions collected in a per-pass hook), high-watermark checkpoints and
+producer-state snapshots, and the page-cache budget shared among the partitions written to lately.
 
 ``CoreTimersMixin`` is that half of ``BrokerCore``: its state is the core's own (set by
 ``BrokerCore.__init__``), and the appends that make a partition due for a flush are the core's.
@@ -129,9 +129,13 @@ class CoreTimersMixin:
                 self._unflushed[key] = self._unflushed.get(key, self.clock.now_ms())
 
     def checkpoint_high_watermarks(self) -> None:
-        """Write each partition's HW if it moved: a restarted leader serves it at once."""
+        """Write each partition's HW if it moved: a restarted leader serves it at once. Then
+        snapshot the producer state of the partitions whose log end moved enough since their
+        last snapshot (nodes/broker/producer_snapshots.py): a restart restores it."""
+        now = self.clock.now_ms()
         for part in self.partitions.values():
             part.checkpoint_high_watermark()
+            part.maybe_snapshot_producers(now)
 
     def share_page_cache(self) -> None:
         """Divide ``storage.page_cache_tail_bytes`` equally among the partitions whose log end

@@ -35,8 +35,10 @@ from fabric.errors import RemoteError
 from nodes.broker.epochs import EpochCache
 from nodes.broker.hw_checkpoint import HighWatermarkCheckpoint
 from nodes.broker.partition_follower import PartitionFollowerMixin
+from nodes.broker import producer_snapshots as snapshots_module
+from nodes.broker.producer_snapshots import ProducerSnapshots, Snapshot
 from nodes.broker.producers import ProducerStateTable
-from nodes.broker.tail_recovery import recover_tail
+from nodes.broker.tail_recovery import last_batch, recover_tail
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ class Partition(PartitionFollowerMixin):
         self._verified_kwargs = verified_append_kwargs(engine)
         self.epochs = EpochCache(directory)
         self.producers = ProducerStateTable()
+        # the producer table's snapshots (nodes/broker/producer_snapshots.py); none for an engine
+        # that keeps nothing on disk (its log starts empty at every open)
+        self.producer_snapshots = ProducerSnapshots(directory) \
+            if directory is not None and engine.name != "memory" else None
+        # (log end, monotonic ms) of the last snapshot written or restored; ms None: not timed yet
+        self._snapshot_at: tuple[int, int | None] = (-1, None)
         self.role: str | None = None
         self.leader_id = -1
         self.leader_epoch = -1
@@ -90,6 +98,8 @@ class Partition(PartitionFollowerMixin):
         # returning replica would keep records the leader has overwritten (Kafka does the same)
         self.epochs.truncate_from_end(self.log_end_offset)
         recover_tail(self)
+        if self.producer_snapshots is not None and self.producer_snapshots.offsets:
+            self._snapshot_at = (self.producer_snapshots.offsets[-1], None)
         self.high_watermark = self._hw_checkpoint.load(self.log_start_offset, self.log_end_offset)
         self._check_offsets()
 
@@ -413,6 +423,8 @@ class Partition(PartitionFollowerMixin):
         log start. Raises EngineError."""
         self.engine.apply_retention(now_wall_ms, self.high_watermark)
         self.epochs.truncate_from_start(self.log_start_offset)
+        if self.producer_snapshots is not None:
+            self.producer_snapshots.delete_from_start(self.log_start_offset)
         self._check_offsets()
 
     # -- reads ------------------------------------------------------------------------------
@@ -459,6 +471,49 @@ class Partition(PartitionFollowerMixin):
         except EngineError as e:
             log.error("%s-%d: cannot checkpoint the high watermark: %s", self.topic, self.partition, e)
 
+    def maybe_snapshot_producers(self, now_ms: int) -> None:
+        """Snapshot the producer table when the log end moved PRODUCER_SNAPSHOT_INTERVAL_RECORDS
+        since the last snapshot, or moved at all and PRODUCER_SNAPSHOT_INTERVAL_MS passed (the
+        first call only starts that clock). Without fsync (nodes/broker/producer_snapshots.py
+        says why). Raises nothing: a failed write is logged, and a later call tries again."""
+        if self.producer_snapshots is None:
+            return
+        offset, taken_ms = self._snapshot_at
+        end = self.engine.log_end_offset
+        if taken_ms is None:
+            self._snapshot_at = (offset, now_ms)
+            taken_ms = now_ms
+        if end == offset or (end - offset < snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_RECORDS
+                             and now_ms - taken_ms < snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_MS):
+            return
+        self._snapshot_producers(sync=False, now_ms=now_ms)
+
+    def _snapshot_producers(self, sync: bool, now_ms: int | None = None) -> None:
+        """Write the producer table's snapshot at the log end (nothing when the log holds no
+        batch, or the last snapshot is at this end). Raises nothing: a failure is logged."""
+        end = self.engine.log_end_offset
+        if self.producer_snapshots is None or end == self._snapshot_at[0]:
+            return
+        try:
+            last = last_batch(self, end)
+            if last is None:
+                return  # an empty log: nothing to describe
+            self.producer_snapshots.write(
+                Snapshot(end, last, self.producers.forgot_producers, self.producers.export()), sync=sync)
+        except EngineError as e:
+            log.error("%s-%d: cannot snapshot the producer state: %s", self.topic, self.partition, e)
+            return
+        self._snapshot_at = (end, now_ms)
+
+    def _delete_snapshots_above(self, offset: int) -> None:
+        """Before the log is cut at ``offset``: its snapshots past it describe what is cut.
+        Raises EngineError (the log must then stay as it is)."""
+        if self.producer_snapshots is not None:
+            self.producer_snapshots.delete_above(offset)
+            if self._snapshot_at[0] > offset:
+                self._snapshot_at = (-1, self._snapshot_at[1])
+
     def close(self) -> None:
         self.checkpoint_high_watermark()
+        self._snapshot_producers(sync=True)
         self.engine.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
@@ -145,6 +146,29 @@ class ProducerStateTable:
             entry = self._producers[producer_id] = _Entry(epoch)
         self._producers.move_to_end(producer_id)
         entry.batches.append((base_sequence, sequence_add(base_sequence, record_count - 1), base_offset))
+
+    def export(self) -> list[tuple[int, int, Sequence[tuple[int, int, int]]]]:
+        """Every producer as (producer_id, epoch, its remembered batches as (base_sequence,
+        last_sequence, base_offset)), least recently used first (the order ``restore`` takes):
+        what a producer-state snapshot holds (nodes/broker/producer_snapshots.py). The batches
+        are the table's own: read them before the table changes. Not during a leader's write."""
+        assert self._saved is None, "export during a write"
+        return [(pid, e.epoch, e.batches) for pid, e in self._producers.items()]
+
+    def restore(self, producers: Iterable[tuple[int, int, Sequence[tuple[int, int, int]]]],
+                forgot_producers: bool) -> None:
+        """The table as ``export`` gave it (from a snapshot) and its ``forgot_producers``;
+        what was in the table is dropped. Only the newest BATCHES_REMEMBERED batches of a
+        producer and the PRODUCERS_MAX most recently used producers are kept (a snapshot
+        written with larger limits); dropping a producer sets ``forgot_producers``."""
+        self._producers.clear()
+        self.forgot_producers = forgot_producers
+        for producer_id, epoch, batches in producers:
+            self._producers[producer_id] = _Entry(epoch, deque(batches, maxlen=BATCHES_REMEMBERED))
+            self._producers.move_to_end(producer_id)
+            if len(self._producers) > PRODUCERS_MAX:
+                self._producers.popitem(last=False)
+                self.forgot_producers = True
 
     def truncate(self, forgot_producers: bool = False) -> None:
         """Forget every producer (the log was emptied, or is about to be re-read).
