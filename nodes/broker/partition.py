@@ -9,7 +9,9 @@ recovered from it at open, so a restarted leader serves it before its followers 
 nodes/broker/hw_checkpoint.py).
 Producer and epoch state follow the log: recorded after the write they describe, trimmed when
 it is cut, and checked against the log's batch headers at open (a leader epoch that
-contradicts the epoch checkpoint cuts the log there). What a follower does to its log (append
+contradicts the epoch checkpoint cuts the log there); the producer table is also snapshotted
+beside the checkpoints (at close and periodically: nodes/broker/producer_snapshots.py) and
+restored from a snapshot at open. What a follower does to its log (append
 the leader's batches, truncate, reset, take the leader's HW) is the partition's follower half,
 nodes/broker/partition_follower.py.
 

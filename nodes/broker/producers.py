@@ -2,18 +2,24 @@
 
 Per producer id: its epoch and the last few batches it wrote (sequence range and offsets), so
 a broker recognises a retried batch and answers with the original offsets instead of writing
-it twice, and rejects a sequence that skips ahead. Rebuilt from the log's batch headers on
-open; replicated implicitly (followers apply the same headers). Not thread-safe.
+it twice, and rejects a sequence that skips ahead. Restored on open from the newest valid
+producer-state snapshot (nodes/broker/producer_snapshots.py: at clean close and periodically)
+and the log's batch headers after it, or, without one, rebuilt from the headers of the log's
+tail (nodes/broker/tail_recovery.py); replicated implicitly (followers apply the same
+headers). Not thread-safe.
 
 Sequences are 31-bit and wrap from SEQUENCE_MAX to 0, as Kafka's (the client numbers batches
 modulo 2**31): every comparison here is modulo 2**31, so the 2**31-th record of a producer is
 in sequence, not an "old duplicate". The table holds at most PRODUCERS_MAX producers and evicts
-the least recently used one (a check or an update is a use).
+the least recently used one (a check or an update is a use). There is no expiry by time
+(Kafka's producer.id.expiration.ms): a producer stays, through retention and restarts (the
+snapshots), until the LRU bound evicts it or a truncation removes every batch remembered of it.
 
 A producer the table does not know is taken at any sequence (its first batch here, or state
 that expired) -- unless the table may have forgotten it (``forgot_producers``: an eviction; a
-rebuild at open that did not read the log from offset 0, whether it read only the tail or
-retention had deleted the start; a follower's log reset to start past 0) and the client says
+rebuild at open without a valid snapshot that did not read the log from offset 0, whether it
+read only the tail or retention had deleted the start; a follower's log reset to start past
+0; a snapshot of a table that had forgotten producers) and the client says
 an earlier send of the batch may have been written (it got no answer for it, or one with a
 base offset: a write refused after the fact). Such a retry may already be in the log, where
 the table can no longer see it: it is refused with unknown_producer_id (written neither twice
