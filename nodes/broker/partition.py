@@ -496,6 +496,9 @@ class Partition(PartitionFollowerMixin):
         end = self.engine.log_end_offset
         if self.producer_snapshots is None or end == self._snapshot_at[0]:
             return
+        if self.producers.writing:  # closed by a write that failed: the table names unwritten batches
+            log.warning("%s-%d: no producer snapshot: closed during a write", self.topic, self.partition)
+            return
         try:
             last = last_batch(self, end)
             if last is None:

@@ -49,6 +49,7 @@ import crc32c
 
 from engines.checks import translate_os_error
 from engines.durable import replace_file
+from engines.errors import LoomError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ _CRC = struct.Struct(">I")
 _HEAD = struct.Struct("<qqqqqq")
 
 
-class SnapshotError(Exception):
+class SnapshotError(LoomError):
     """A snapshot file that cannot be read or does not parse (never raised past this module's
     callers: the snapshot is skipped)."""
 

@@ -78,6 +78,12 @@ class ProducerStateTable:
         the write fails, kept by ``end_write``."""
         self._saved, self._evicted, self._forgot_saved = {}, [], self.forgot_producers
 
+    @property
+    def writing(self) -> bool:
+        """Between ``begin_write`` and its end: the table may name batches not written (yet,
+        or ever: a write stopped by an exception that stops the node)."""
+        return self._saved is not None
+
     def end_write(self) -> None:
         self._saved = None
         self._evicted = []

@@ -17,7 +17,7 @@ import pytest
 from fabric import protocol as P
 from fabric.client import Admin
 from fabric.records import build_batch
-from tests.harness import Cluster, make_config, wait_until
+from tests.harness import Cluster, running_cluster, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,16 +49,10 @@ def _part(cluster: Cluster) -> dict:
 
 @pytest.fixture
 def cluster(tmp_path: Path):
-    path = make_config(tmp_path, brokers=1, overrides={
-        "storage": {"segment_bytes_max": 4096, "index_interval_bytes": 512},
-        "topics": {"retention_check_interval_ms": 200},
-    })
-    c = Cluster(path)
-    try:
-        c.start()
+    with running_cluster(tmp_path, brokers=1, overrides={
+            "storage": {"segment_bytes_max": 4096, "index_interval_bytes": 512},
+            "topics": {"retention_check_interval_ms": 200}}) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def test_a_restarted_broker_answers_a_retry_of_a_batch_retention_deleted(cluster: Cluster) -> None:

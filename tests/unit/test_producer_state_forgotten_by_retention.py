@@ -23,8 +23,8 @@ from nodes.broker import producers as producers_module
 from nodes.broker.core import BrokerCore
 from nodes.broker.messages import AppendRequest, ProduceInput, encode_produce_results
 from nodes.broker.partition import Partition
-from nodes.broker.producer_snapshots import SNAPSHOT_SUFFIX
-from tests.unit.fakes import FakeReactor, broker_core, loom_handlers, make_batch, padded_batch, replica_fetcher, serve_fetch
+from tests.unit.fakes import (FakeReactor, broker_core, drop_producer_snapshots, loom_handlers, make_batch, padded_batch,
+                              replica_fetcher, serve_fetch)
 from tests.unit.builders_sender import LEADER
 
 PID = 7
@@ -100,8 +100,7 @@ def test_a_broker_reopened_after_retention_does_not_write_a_retry_twice(tmp_path
     # ... from a data directory without producer-state snapshots (written before them): the
     # table is rebuilt from what retention left (with its snapshot, the retry is recognised:
     # tests/unit/test_producer_state_snapshots.py)
-    for snapshot in tmp_path.rglob("*" + SNAPSHOT_SUFFIX):
-        snapshot.unlink()
+    drop_producer_snapshots(tmp_path)
     core = broker_core(tmp_path, 1, engine="segment")
     part = core.open_partition("t", 0, {"retention.bytes": 1})
     try:

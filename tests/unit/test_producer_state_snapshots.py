@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from engines.api import EngineConfig
+from engines.api import EngineConfig, StorageFailed
 from engines.lmdb_engine import LmdbEngine
 from engines.memory import MemoryEngine
 from engines.segment import SegmentEngine
 from fabric import protocol as P
 from nodes.broker import producer_snapshots, tail_recovery
 from nodes.broker.partition import Partition
-from tests.unit.fakes import broker_core, make_batch, padded_batch
+from tests.unit.fakes import broker_core, drop_producer_snapshots, make_batch, padded_batch
 
 BATCH_MAX = 1024 * 1024
 PID = 7
@@ -243,8 +243,7 @@ def test_an_older_data_directory_without_snapshots_opens_as_before(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tail_recovery, "PRODUCER_STATE_SCAN_RECORDS_MAX", SCAN_MAX)
     _leader_with_ours_before_the_tail(tmp_path).close()
-    for name in _snapshots(tmp_path):
-        os.unlink(tmp_path / name)
+    drop_producer_snapshots(tmp_path)
     reopened = _open(tmp_path)
     try:
         assert reopened.producers.forgot_producers
@@ -259,8 +258,7 @@ def test_a_forgetful_table_stays_forgetful_through_a_snapshot(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tail_recovery, "PRODUCER_STATE_SCAN_RECORDS_MAX", SCAN_MAX)
     _leader_with_ours_before_the_tail(tmp_path).close()
-    for name in _snapshots(tmp_path):
-        os.unlink(tmp_path / name)
+    drop_producer_snapshots(tmp_path)
     _open(tmp_path).close()  # rebuilt from the tail only: its snapshot says so
     reopened = _open(tmp_path)
     try:
@@ -284,5 +282,22 @@ def test_the_memory_engine_writes_no_snapshot(tmp_path: Path) -> None:
     part.become_leader(1, [1], [1], now_ms=0)
     _write(part, [_ours()])
     part.maybe_snapshot_producers(now_ms=producer_snapshots.PRODUCER_SNAPSHOT_INTERVAL_MS * 2)
+    part.close()
+    assert _snapshots(tmp_path) == []
+
+
+def test_a_partition_closed_by_a_write_that_stopped_the_node_writes_no_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed fsync stops the broker from inside a leader's write (StorageFailed): the table
+    already names the batches being written, which the log does not hold."""
+    part = _open(tmp_path)
+    part.become_leader(1, [1], [1], now_ms=0)
+    _write(part, [_ours()])
+
+    def failed(*_: object, **__: object) -> list[int]:
+        raise StorageFailed("fsync failed")
+    monkeypatch.setattr(part.engine, "append_many", failed)
+    with pytest.raises(StorageFailed):
+        part.append_as_leader([_ours(seq=3)], BATCH_MAX, [False])
     part.close()
     assert _snapshots(tmp_path) == []
