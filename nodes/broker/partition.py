@@ -34,10 +34,10 @@ from engines.api import Engine, EngineError, StorageFull, verified_append_kwargs
 from fabric import protocol as P
 from fabric.buffers import Payload, stampable
 from fabric.errors import RemoteError
+from nodes.broker import producer_snapshots as snapshots_module
 from nodes.broker.epochs import EpochCache
 from nodes.broker.hw_checkpoint import HighWatermarkCheckpoint
 from nodes.broker.partition_follower import PartitionFollowerMixin
-from nodes.broker import producer_snapshots as snapshots_module
 from nodes.broker.producer_snapshots import ProducerSnapshots, Snapshot
 from nodes.broker.producers import ProducerStateTable
 from nodes.broker.tail_recovery import last_batch, recover_tail
@@ -99,9 +99,8 @@ class Partition(PartitionFollowerMixin):
         # before its first batch, or a batch that was not durable): forget such epochs, or a
         # returning replica would keep records the leader has overwritten (Kafka does the same)
         self.epochs.truncate_from_end(self.log_end_offset)
-        recover_tail(self)
-        if self.producer_snapshots is not None and self.producer_snapshots.offsets:
-            self._snapshot_at = (self.producer_snapshots.offsets[-1], None)
+        # (the snapshot restored: a newer, damaged one at the log end is replaced at close)
+        self._snapshot_at = (recover_tail(self), None)
         self.high_watermark = self._hw_checkpoint.load(self.log_start_offset, self.log_end_offset)
         self._check_offsets()
 

@@ -147,9 +147,10 @@ class PartitionFollowerMixin:
             self.epochs.truncate_from_end(offset)
             return
         log.warning("%s-%d: truncating from %d to %d", self.topic, self.partition, self.log_end_offset, offset)
-        self._delete_snapshots_above(offset)  # first: a crash after the cut must not find them
+        # first: a crash after the cut must not find them (a snapshot is at a batch boundary,
+        # so none lies inside the batch the cut may start at, below ``offset``)
+        self._delete_snapshots_above(offset)
         self.engine.truncate_to(offset)
-        self._delete_snapshots_above(self.log_end_offset)  # (the cut may start below ``offset``)
         self.epochs.truncate_from_end(self.log_end_offset)
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
         self.producers.truncate_from(self.log_end_offset)

@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Iterator
 
 from engines import batch as B
+from engines.api import EngineError
 from nodes.broker.epochs import epoch_contradiction
 from nodes.broker.producer_snapshots import LastBatch, Snapshot, SnapshotError
 
@@ -68,7 +69,8 @@ def restore_snapshot(part: Partition) -> Snapshot | None:
     snapshots = part.producer_snapshots
     if snapshots is None:
         return None
-    snapshots.delete_above(part.log_end_offset)
+    for offset in [o for o in snapshots.offsets if o > part.log_end_offset]:
+        _forget(part, offset, "above the log end")
     for offset in reversed(list(snapshots.offsets)):
         try:
             snapshot = snapshots.load(offset)
@@ -79,19 +81,27 @@ def restore_snapshot(part: Partition) -> Snapshot | None:
         if found != snapshot.last_batch:
             # a log cut and written again since (a crash between the cut and the deletion), or
             # one whose start retention deleted past it: not this log's state
-            log.warning("%s-%d: producer snapshot at offset %d ignored: it ends with batch %s, the log with %s",
-                        part.topic, part.partition, offset, snapshot.last_batch, found)
-            snapshots.delete(offset)
+            _forget(part, offset, f"it ends with batch {snapshot.last_batch}, the log with {found}")
             continue
         part.producers.restore(snapshot.producers, snapshot.forgot_producers)
         return snapshot
     return None
 
 
-def recover_tail(part: Partition) -> None:
+def _forget(part: Partition, offset: int, why: str) -> None:
+    """Delete a snapshot that does not describe ``part``'s log. One that cannot be deleted is
+    only logged: it fails the same check at the next open (or describes the log again)."""
+    log.warning("%s-%d: producer snapshot at offset %d not used, deleted: %s", part.topic, part.partition, offset, why)
+    try:
+        part.producer_snapshots.delete(offset)  # type: ignore[union-attr]
+    except EngineError as e:
+        log.error("%s-%d: %s", part.topic, part.partition, e)
+
+
+def recover_tail(part: Partition) -> int:
     """Rebuild ``part``'s producer state from its newest valid snapshot and the log after it, or
     from its log's tail, cutting the log at the first batch whose leader epoch contradicts the
-    checkpoint. Raises EngineError."""
+    checkpoint. Returns the offset of the snapshot restored (-1: none). Raises EngineError."""
     snapshot = restore_snapshot(part)
     if snapshot is not None:
         start, previous = snapshot.offset, snapshot.last_batch.leader_epoch
@@ -113,3 +123,4 @@ def recover_tail(part: Partition) -> None:
             break
         previous = h.leader_epoch
         part.record_appended([h])
+    return -1 if snapshot is None else snapshot.offset

@@ -237,6 +237,8 @@ def test_a_corrupt_snapshot_is_ignored(tmp_path: Path, monkeypatch: pytest.Monke
         assert _retry(reopened, _ours())[1] == P.UNKNOWN_PRODUCER_ID
     finally:
         reopened.close()
+    # the damaged file at that log end was replaced at close
+    assert producer_snapshots.ProducerSnapshots(str(tmp_path)).load(15).forgot_producers
 
 
 def test_an_older_data_directory_without_snapshots_opens_as_before(tmp_path: Path,
