@@ -17,10 +17,12 @@ Which log a snapshot describes: the one whose batch ending at ``offset`` is ``la
 logs that hold the same batch (base offset, leader epoch, CRC) at the same place hold the same
 batches before it (the leader-epoch rule that truncation follows, KIP-101), so a snapshot whose
 ``last_batch`` is where it says is valid for the log as it is now. Truncations, resets and the
-cuts of recovery delete the snapshots above the new log end before they cut; a crash between
-the two, or a log end that recovery cut, leaves a snapshot that the check at open refuses (and
-deletes). A snapshot at or below the log start cannot be checked (its last batch is gone): not
-used, and deleted with retention.
+cuts of recovery delete the snapshots above the new log end before they cut, so a crash between
+the two leaves none; one that outlives a cut anyway -- a deletion lost with a power failure
+(unlinks are not fsync'd), older code that ran on the directory meanwhile and knows nothing of
+snapshots, a log end that recovery cut -- fails the check at open and is deleted. A snapshot at
+or below the log start cannot be checked (its last batch is gone): not used, and deleted with
+retention.
 
 When written: at clean close (fsync'd: ``engines.durable.replace_file``) and, from the broker's
 HW-checkpoint timer, once the log end moved by PRODUCER_SNAPSHOT_INTERVAL_RECORDS or moved at all
