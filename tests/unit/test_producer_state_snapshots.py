@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.api import EngineConfig, StorageFailed
+from engines.api import EngineConfig, StorageFailed, StorageFull
 from engines.lmdb_engine import LmdbEngine
 from engines.memory import MemoryEngine
 from engines.segment import SegmentEngine
@@ -303,3 +303,31 @@ def test_a_partition_closed_by_a_write_that_stopped_the_node_writes_no_snapshot(
         part.append_as_leader([_ours(seq=3)], BATCH_MAX, [False])
     part.close()
     assert _snapshots(tmp_path) == []
+
+
+def test_a_failed_snapshot_is_tried_again_an_interval_later_not_at_every_tick(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails (a full disk) costs the table's encoding on the reactor each time: it
+    is tried again PRODUCER_SNAPSHOT_INTERVAL_MS later, not at each HW-checkpoint tick (5 s)."""
+    attempts: list[str] = []
+    real_replace_file = producer_snapshots.replace_file
+
+    def full_disk(path: str, data: bytes, **kwargs: object) -> bool:
+        attempts.append(path)
+        if len(attempts) == 1:
+            raise StorageFull(f"write {path}: no space left on device")
+        return real_replace_file(path, data, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(producer_snapshots, "replace_file", full_disk)
+    monkeypatch.setattr(producer_snapshots, "PRODUCER_SNAPSHOT_INTERVAL_RECORDS", 10)
+    part = _leader_with_ours_before_the_tail(tmp_path)  # 15 records: due at once
+    interval_ms = producer_snapshots.PRODUCER_SNAPSHOT_INTERVAL_MS
+    try:
+        part.maybe_snapshot_producers(now_ms=0)
+        assert len(attempts) == 1 and _snapshots(tmp_path) == []
+        for now_ms in range(5_000, interval_ms, 5_000):
+            part.maybe_snapshot_producers(now_ms=now_ms)
+        assert len(attempts) == 1, "a failed snapshot was tried again at every tick"
+        part.maybe_snapshot_producers(now_ms=interval_ms)
+        assert len(attempts) == 2 and _snapshots(tmp_path) == [producer_snapshots.snapshot_name(15)]
+    finally:
+        part.close()
