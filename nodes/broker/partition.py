@@ -73,6 +73,8 @@ class Partition(PartitionFollowerMixin):
             if directory is not None and engine.name != "memory" else None
         # (log end, monotonic ms) of the last snapshot written or restored; ms None: not timed yet
         self._snapshot_at: tuple[int, int | None] = (-1, None)
+        # monotonic ms of the last periodic snapshot that failed (None: the last one did not)
+        self._snapshot_failed_ms: int | None = None
         self.role: str | None = None
         self.leader_id = -1
         self.leader_epoch = -1
@@ -476,7 +478,9 @@ class Partition(PartitionFollowerMixin):
         """Snapshot the producer table when the log end moved PRODUCER_SNAPSHOT_INTERVAL_RECORDS
         since the last snapshot, or moved at all and PRODUCER_SNAPSHOT_INTERVAL_MS passed (the
         first call only starts that clock). Without fsync (nodes/broker/producer_snapshots.py
-        says why). Raises nothing: a failed write is logged, and a later call tries again."""
+        says why). Raises nothing: a failed write is logged, and tried again
+        PRODUCER_SNAPSHOT_INTERVAL_MS later (each try encodes the table on the reactor: at every
+        tick, a full disk kept a broker of large tables busy encoding them)."""
         if self.producer_snapshots is None:
             return
         offset, taken_ms = self._snapshot_at
@@ -484,30 +488,35 @@ class Partition(PartitionFollowerMixin):
         if taken_ms is None:
             self._snapshot_at = (offset, now_ms)
             taken_ms = now_ms
+        interval_ms = snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_MS
         if end == offset or (end - offset < snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_RECORDS
-                             and now_ms - taken_ms < snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_MS):
+                             and now_ms - taken_ms < interval_ms):
             return
-        self._snapshot_producers(sync=False, now_ms=now_ms)
+        if self._snapshot_failed_ms is not None and now_ms - self._snapshot_failed_ms < interval_ms:
+            return
+        self._snapshot_failed_ms = None if self._snapshot_producers(sync=False, now_ms=now_ms) else now_ms
 
-    def _snapshot_producers(self, sync: bool, now_ms: int | None = None) -> None:
+    def _snapshot_producers(self, sync: bool, now_ms: int | None = None) -> bool:
         """Write the producer table's snapshot at the log end (nothing when the log holds no
-        batch, or the last snapshot is at this end). Raises nothing: a failure is logged."""
+        batch, or the last snapshot is at this end). Returns False if a write failed. Raises
+        nothing: a failure is logged."""
         end = self.engine.log_end_offset
         if self.producer_snapshots is None or end == self._snapshot_at[0]:
-            return
+            return True
         if self.producers.writing:  # closed by a write that failed: the table names unwritten batches
             log.warning("%s-%d: no producer snapshot: closed during a write", self.topic, self.partition)
-            return
+            return True
         try:
             last = last_batch(self, end)
             if last is None:
-                return  # an empty log: nothing to describe
+                return True  # an empty log: nothing to describe
             self.producer_snapshots.write(
                 Snapshot(end, last, self.producers.forgot_producers, self.producers.export()), sync=sync)
         except EngineError as e:
             log.error("%s-%d: cannot snapshot the producer state: %s", self.topic, self.partition, e)
-            return
+            return False
         self._snapshot_at = (end, now_ms)
+        return True
 
     def _delete_snapshots_above(self, offset: int) -> None:
         """Before the log is cut at ``offset``: its snapshots past it describe what is cut.

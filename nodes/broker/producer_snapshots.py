@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import sys
 from typing import NamedTuple, Sequence
@@ -50,7 +51,7 @@ from itertools import chain
 import crc32c
 
 from engines.checks import translate_os_error
-from engines.durable import replace_file
+from engines.durable import TEMP_SUFFIX, replace_file
 from engines.errors import LoomError
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,14 @@ BATCHES_REMEMBERED_MAX = 1024  # per producer in a file (the table keeps its own
 _CRC = struct.Struct(">I")
 # offset, last batch (base offset, leader epoch, CRC), forgot_producers, producer count
 _HEAD = struct.Struct("<qqqqqq")
+
+
+# the files of this module, and only they: 20 ASCII digits (``snapshot_name``); ``temp``, the
+# one replace_file writes first, which a crash in the middle of a write leaves behind. Any other
+# entry is not read, and not deleted (str.isdigit takes digits that int() refuses or that name
+# another file; a directory cannot be unlinked, and would stop every cut and pruning after it).
+_NAME = re.compile(r"(?P<offset>[0-9]{20})" + re.escape(SNAPSHOT_SUFFIX) + r"(?P<temp>" + re.escape(TEMP_SUFFIX)
+                   + r")?")
 
 
 class SnapshotError(LoomError):
@@ -142,13 +151,17 @@ class ProducerSnapshots:
         self.directory = directory
         self.offsets: list[int] = []  # ascending
         try:
-            names = os.listdir(directory)
+            entries = list(os.scandir(directory))
         except OSError:
-            names = []  # a directory not made yet: no snapshots
-        for name in names:
-            stem = name[:-len(SNAPSHOT_SUFFIX)]
-            if name.endswith(SNAPSHOT_SUFFIX) and stem.isdigit():
-                self.offsets.append(int(stem))
+            entries = []  # a directory not made yet: no snapshots
+        for entry in entries:
+            match = _NAME.fullmatch(entry.name)
+            if match is None:
+                continue
+            if match["temp"]:
+                _remove_temp(entry.path)
+            elif _is_file(entry):
+                self.offsets.append(int(match["offset"]))
         self.offsets.sort()
 
     def path(self, offset: int) -> str:
@@ -201,3 +214,22 @@ class ProducerSnapshots:
         their last batch is gone, so they can no longer be checked. Raises EngineError."""
         while self.offsets and self.offsets[0] <= log_start_offset:
             self.delete(self.offsets[0])
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False  # vanished, or unreadable: not a snapshot to use or delete
+
+
+def _remove_temp(path: str) -> None:
+    """A snapshot's temp file left by a crash during its write (each snapshot has its own name,
+    so the next write does not reuse it): removed, else a restart loop would pile them up. A
+    failure is only logged: nothing reads these files."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("cannot remove %s: %s", path, e)
