@@ -475,14 +475,19 @@ class Partition(PartitionFollowerMixin):
             log.error("%s-%d: cannot checkpoint the high watermark: %s", self.topic, self.partition, e)
 
     def maybe_snapshot_producers(self, now_ms: int) -> None:
-        """Snapshot the producer table when the log end moved PRODUCER_SNAPSHOT_INTERVAL_RECORDS
-        since the last snapshot, or moved at all and PRODUCER_SNAPSHOT_INTERVAL_MS passed (the
-        first call only starts that clock). Without fsync (nodes/broker/producer_snapshots.py
-        says why). Raises nothing: a failed write is logged, and tried again
-        PRODUCER_SNAPSHOT_INTERVAL_MS later (each try encodes the table on the reactor: at every
-        tick, a full disk kept a broker of large tables busy encoding them)."""
+        """``snapshot_producers`` if ``producer_snapshot_due``."""
+        if self.producer_snapshot_due(now_ms):
+            self.snapshot_producers(now_ms)
+
+    def producer_snapshot_due(self, now_ms: int) -> bool:
+        """Whether the producer table is due for its periodic snapshot: the log end moved
+        PRODUCER_SNAPSHOT_INTERVAL_RECORDS since the last snapshot, or moved at all and
+        PRODUCER_SNAPSHOT_INTERVAL_MS passed (the first call only starts that clock) -- and
+        the last periodic write did not fail within PRODUCER_SNAPSHOT_INTERVAL_MS (each try
+        encodes the table on the reactor: at every tick, a full disk kept a broker of large
+        tables busy encoding them)."""
         if self.producer_snapshots is None:
-            return
+            return False
         offset, taken_ms = self._snapshot_at
         end = self.engine.log_end_offset
         if taken_ms is None:
@@ -491,9 +496,13 @@ class Partition(PartitionFollowerMixin):
         interval_ms = snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_MS
         if end == offset or (end - offset < snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_RECORDS
                              and now_ms - taken_ms < interval_ms):
-            return
-        if self._snapshot_failed_ms is not None and now_ms - self._snapshot_failed_ms < interval_ms:
-            return
+            return False
+        return self._snapshot_failed_ms is None or now_ms - self._snapshot_failed_ms >= interval_ms
+
+    def snapshot_producers(self, now_ms: int) -> None:
+        """The periodic snapshot of the producer table at the log end, without fsync
+        (nodes/broker/producer_snapshots.py says why). Raises nothing: a failed write is
+        logged, and ``producer_snapshot_due`` waits an interval before the next try."""
         self._snapshot_failed_ms = None if self._snapshot_producers(sync=False, now_ms=now_ms) else now_ms
 
     def _snapshot_producers(self, sync: bool, now_ms: int | None = None) -> bool:

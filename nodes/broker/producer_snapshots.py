@@ -24,9 +24,10 @@ snapshots, a log end that recovery cut -- fails the check at open and is deleted
 or below the log start cannot be checked (its last batch is gone): not used, and deleted with
 retention.
 
-When written: at clean close (fsync'd: ``engines.durable.replace_file``) and, from the broker's
-HW-checkpoint timer, once the log end moved by PRODUCER_SNAPSHOT_INTERVAL_RECORDS or moved at all
-PRODUCER_SNAPSHOT_INTERVAL_MS after the last one -- never on the produce path. The periodic ones
+When written: at clean close (fsync'd: ``engines.durable.replace_file``) and, found due by the
+broker's HW-checkpoint timer, once the log end moved by PRODUCER_SNAPSHOT_INTERVAL_RECORDS or moved
+at all PRODUCER_SNAPSHOT_INTERVAL_MS after the last one -- never on the produce path; those due are
+written a slice per pass of the broker's snapshot timer (nodes/broker/core_timers.py). The periodic ones
 skip the fsyncs (as the HW checkpoint does): the rename keeps them atomic for a process crash,
 and one lost or torn by a power failure fails its CRC or its check at open and only makes the
 next open read more log. At most PRODUCER_SNAPSHOTS_KEPT files are kept, the newest.
@@ -61,6 +62,12 @@ MAGIC = b"LOOMPSS1"  # the format's version is its last byte
 PRODUCER_SNAPSHOTS_KEPT = 2
 PRODUCER_SNAPSHOT_INTERVAL_RECORDS = 100_000  # a snapshot at least this often (records appended)
 PRODUCER_SNAPSHOT_INTERVAL_MS = 60_000  # and this long after the last one, when the log end moved
+# the periodic snapshots due are written a slice per pass of the broker's snapshot timer, each
+# pass at most this many producers' worth of tables (at least one table: ~10 ms of encoding),
+# a snapshot's file work counted as PRODUCER_SNAPSHOT_FILE_PRODUCERS producers (~0.1 ms)
+PRODUCER_SNAPSHOT_PASS_INTERVAL_MS = 200
+PRODUCER_SNAPSHOT_PRODUCERS_PER_PASS_MAX = 2_000
+PRODUCER_SNAPSHOT_FILE_PRODUCERS = 20
 SNAPSHOT_BYTES_MAX = 256 * 1024 * 1024  # larger than any table PRODUCERS_MAX allows: a damaged file
 BATCHES_REMEMBERED_MAX = 1024  # per producer in a file (the table keeps its own BATCHES_REMEMBERED)
 _CRC = struct.Struct(">I")
