@@ -100,6 +100,8 @@ class BrokerCore(CoreTimersMixin):
         # written to lately (share_page_cache); -1 until the first share
         self.cache_window = CacheWindow()
         self._log_ends: dict[TopicPartition, tuple[int, int]] = {}  # partition -> (log end, when it moved)
+        # partitions due for a producer-state snapshot, in the order found (core_timers.py)
+        self._snapshots_due: dict[TopicPartition, None] = {}
 
     def add_waiters(self, waiters: Waiters) -> None:
         self._waiters.append(waiters)

@@ -43,6 +43,7 @@ from nodes.broker.isr import ALTER_ISR_TIMEOUT_MS, IsrProposer
 from nodes.broker.meter import BrokerMeter
 from nodes.broker.partition import Partition
 from nodes.broker.partition_dirs import PartitionDirs
+from nodes.broker.producer_snapshots import PRODUCER_SNAPSHOT_PASS_INTERVAL_MS
 from nodes.broker.replication import REPLICA_HEARTBEAT_INTERVAL_MS, ReplicationPublisher, ReplicationSubscriber
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class Broker(Node):
             self.reactor.call_every(self.storage.fsync_interval_ms, self.core.flush_due)
             self.reactor.after_pass(self.core.collect_flushes)
         self.reactor.call_every(HW_CHECKPOINT_INTERVAL_MS, self.core.checkpoint_high_watermarks)
+        self.reactor.call_every(PRODUCER_SNAPSHOT_PASS_INTERVAL_MS, self.core.snapshot_producers_due)
         self.reactor.call_every(CACHE_SHARE_INTERVAL_MS, self.core.share_page_cache)
         # a random id per process: the coordinator treats a new one as a restart and moves
         # leadership away from epochs this process may not have all the data of

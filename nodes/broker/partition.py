@@ -9,7 +9,9 @@ recovered from it at open, so a restarted leader serves it before its followers 
 nodes/broker/hw_checkpoint.py).
 Producer and epoch state follow the log: recorded after the write they describe, trimmed when
 it is cut, and checked against the log's batch headers at open (a leader epoch that
-contradicts the epoch checkpoint cuts the log there). What a follower does to its log (append
+contradicts the epoch checkpoint cuts the log there); the producer table is also snapshotted
+beside the checkpoints (at close and periodically: nodes/broker/producer_snapshots.py) and
+restored from a snapshot at open. What a follower does to its log (append
 the leader's batches, truncate, reset, take the leader's HW) is the partition's follower half,
 nodes/broker/partition_follower.py.
 
@@ -32,11 +34,13 @@ from engines.api import Engine, EngineError, StorageFull, verified_append_kwargs
 from fabric import protocol as P
 from fabric.buffers import Payload, stampable
 from fabric.errors import RemoteError
+from nodes.broker import producer_snapshots as snapshots_module
 from nodes.broker.epochs import EpochCache
 from nodes.broker.hw_checkpoint import HighWatermarkCheckpoint
 from nodes.broker.partition_follower import PartitionFollowerMixin
+from nodes.broker.producer_snapshots import ProducerSnapshots, Snapshot
 from nodes.broker.producers import ProducerStateTable
-from nodes.broker.tail_recovery import recover_tail
+from nodes.broker.tail_recovery import last_batch, recover_tail
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,14 @@ class Partition(PartitionFollowerMixin):
         self._verified_kwargs = verified_append_kwargs(engine)
         self.epochs = EpochCache(directory)
         self.producers = ProducerStateTable()
+        # the producer table's snapshots (nodes/broker/producer_snapshots.py); none for an engine
+        # that keeps nothing on disk (its log starts empty at every open)
+        self.producer_snapshots = ProducerSnapshots(directory) \
+            if directory is not None and engine.name != "memory" else None
+        # (log end, monotonic ms) of the last snapshot written or restored; ms None: not timed yet
+        self._snapshot_at: tuple[int, int | None] = (-1, None)
+        # monotonic ms of the last periodic snapshot that failed (None: the last one did not)
+        self._snapshot_failed_ms: int | None = None
         self.role: str | None = None
         self.leader_id = -1
         self.leader_epoch = -1
@@ -89,7 +101,8 @@ class Partition(PartitionFollowerMixin):
         # before its first batch, or a batch that was not durable): forget such epochs, or a
         # returning replica would keep records the leader has overwritten (Kafka does the same)
         self.epochs.truncate_from_end(self.log_end_offset)
-        recover_tail(self)
+        # (the snapshot restored: a newer, damaged one at the log end is replaced at close)
+        self._snapshot_at = (recover_tail(self), None)
         self.high_watermark = self._hw_checkpoint.load(self.log_start_offset, self.log_end_offset)
         self._check_offsets()
 
@@ -413,6 +426,8 @@ class Partition(PartitionFollowerMixin):
         log start. Raises EngineError."""
         self.engine.apply_retention(now_wall_ms, self.high_watermark)
         self.epochs.truncate_from_start(self.log_start_offset)
+        if self.producer_snapshots is not None:
+            self.producer_snapshots.delete_from_start(self.log_start_offset)
         self._check_offsets()
 
     # -- reads ------------------------------------------------------------------------------
@@ -459,6 +474,68 @@ class Partition(PartitionFollowerMixin):
         except EngineError as e:
             log.error("%s-%d: cannot checkpoint the high watermark: %s", self.topic, self.partition, e)
 
+    def maybe_snapshot_producers(self, now_ms: int) -> None:
+        """``snapshot_producers`` if ``producer_snapshot_due``."""
+        if self.producer_snapshot_due(now_ms):
+            self.snapshot_producers(now_ms)
+
+    def producer_snapshot_due(self, now_ms: int) -> bool:
+        """Whether the producer table is due for its periodic snapshot: the log end moved
+        PRODUCER_SNAPSHOT_INTERVAL_RECORDS since the last snapshot, or moved at all and
+        PRODUCER_SNAPSHOT_INTERVAL_MS passed (the first call only starts that clock) -- and
+        the last periodic write did not fail within PRODUCER_SNAPSHOT_INTERVAL_MS (each try
+        encodes the table on the reactor: at every tick, a full disk kept a broker of large
+        tables busy encoding them)."""
+        if self.producer_snapshots is None:
+            return False
+        offset, taken_ms = self._snapshot_at
+        end = self.engine.log_end_offset
+        if taken_ms is None:
+            self._snapshot_at = (offset, now_ms)
+            taken_ms = now_ms
+        interval_ms = snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_MS
+        if end == offset or (end - offset < snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_RECORDS
+                             and now_ms - taken_ms < interval_ms):
+            return False
+        return self._snapshot_failed_ms is None or now_ms - self._snapshot_failed_ms >= interval_ms
+
+    def snapshot_producers(self, now_ms: int) -> None:
+        """The periodic snapshot of the producer table at the log end, without fsync
+        (nodes/broker/producer_snapshots.py says why). Raises nothing: a failed write is
+        logged, and ``producer_snapshot_due`` waits an interval before the next try."""
+        self._snapshot_failed_ms = None if self._snapshot_producers(sync=False, now_ms=now_ms) else now_ms
+
+    def _snapshot_producers(self, sync: bool, now_ms: int | None = None) -> bool:
+        """Write the producer table's snapshot at the log end (nothing when the log holds no
+        batch, or the last snapshot is at this end). Returns False if a write failed. Raises
+        nothing: a failure is logged."""
+        end = self.engine.log_end_offset
+        if self.producer_snapshots is None or end == self._snapshot_at[0]:
+            return True
+        if self.producers.writing:  # closed by a write that failed: the table names unwritten batches
+            log.warning("%s-%d: no producer snapshot: closed during a write", self.topic, self.partition)
+            return True
+        try:
+            last = last_batch(self, end)
+            if last is None:
+                return True  # an empty log: nothing to describe
+            self.producer_snapshots.write(
+                Snapshot(end, last, self.producers.forgot_producers, self.producers.export()), sync=sync)
+        except EngineError as e:
+            log.error("%s-%d: cannot snapshot the producer state: %s", self.topic, self.partition, e)
+            return False
+        self._snapshot_at = (end, now_ms)
+        return True
+
+    def _delete_snapshots_above(self, offset: int) -> None:
+        """Before the log is cut at ``offset``: its snapshots past it describe what is cut.
+        Raises EngineError (the log must then stay as it is)."""
+        if self.producer_snapshots is not None:
+            self.producer_snapshots.delete_above(offset)
+            if self._snapshot_at[0] > offset:
+                self._snapshot_at = (-1, self._snapshot_at[1])
+
     def close(self) -> None:
         self.checkpoint_high_watermark()
+        self._snapshot_producers(sync=True)
         self.engine.close()

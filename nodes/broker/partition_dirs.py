@@ -8,6 +8,7 @@ they belong to, whose engine wrote them, and the ones set aside.
             log/                                 the engine's own files
             leader-epoch-checkpoint              per-log state: it describes this engine's log only
             high-watermark-checkpoint            per-log state too (nodes/broker/hw_checkpoint.py)
+            <offset>.producer-snapshot           per-log state too (nodes/broker/producer_snapshots.py)
     <data_dir>/<topic>-<partition>.<topic id>.stray/   set aside, with everything in it
 
 Nothing is deleted because metadata does not mention it: a partition directory whose topic is

@@ -55,6 +55,7 @@ class PartitionFollowerMixin:
         def log_start_offset(self) -> int: ...
         def _check_offsets(self) -> None: ...
         def _before_write(self) -> None: ...
+        def _delete_snapshots_above(self, offset: int) -> None: ...
         def _check_stored_at(self, end: int, record_counts: list[int], offsets: list[int],
                              stored: bool = True) -> None: ...
 
@@ -117,6 +118,7 @@ class PartitionFollowerMixin:
         try:
             record()
         except EngineError:  # the epoch checkpoint could not be written: undo the append
+            self._delete_snapshots_above(start)
             self.engine.truncate_to(start)
             self.epochs.truncate_from_end(start)
             self.producers.truncate_from(start)
@@ -145,6 +147,9 @@ class PartitionFollowerMixin:
             self.epochs.truncate_from_end(offset)
             return
         log.warning("%s-%d: truncating from %d to %d", self.topic, self.partition, self.log_end_offset, offset)
+        # first: a crash after the cut must not find them (a snapshot is at a batch boundary,
+        # so none lies inside the batch the cut may start at, below ``offset``)
+        self._delete_snapshots_above(offset)
         self.engine.truncate_to(offset)
         self.epochs.truncate_from_end(self.log_end_offset)
         self.high_watermark = min(self.high_watermark, self.log_end_offset)
@@ -158,6 +163,7 @@ class PartitionFollowerMixin:
         log.warning("%s-%d: resetting the log [%d, %d) to start at %d", self.topic, self.partition,
                     self.log_start_offset, self.log_end_offset, offset)
         self._before_write()
+        self._delete_snapshots_above(-1)  # first: every snapshot describes the log dropped here
         self.engine.reset_to(offset)
         # An empty log has no epochs: any entry kept (even the one covering ``offset``, which
         # truncate_from_start would keep) would be sent as our last fetched epoch, and a leader

@@ -2,18 +2,24 @@
 
 Per producer id: its epoch and the last few batches it wrote (sequence range and offsets), so
 a broker recognises a retried batch and answers with the original offsets instead of writing
-it twice, and rejects a sequence that skips ahead. Rebuilt from the log's batch headers on
-open; replicated implicitly (followers apply the same headers). Not thread-safe.
+it twice, and rejects a sequence that skips ahead. Restored on open from the newest valid
+producer-state snapshot (nodes/broker/producer_snapshots.py: at clean close and periodically)
+and the log's batch headers after it, or, without one, rebuilt from the headers of the log's
+tail (nodes/broker/tail_recovery.py); replicated implicitly (followers apply the same
+headers). Not thread-safe.
 
 Sequences are 31-bit and wrap from SEQUENCE_MAX to 0, as Kafka's (the client numbers batches
 modulo 2**31): every comparison here is modulo 2**31, so the 2**31-th record of a producer is
 in sequence, not an "old duplicate". The table holds at most PRODUCERS_MAX producers and evicts
-the least recently used one (a check or an update is a use).
+the least recently used one (a check or an update is a use). There is no expiry by time
+(Kafka's producer.id.expiration.ms): a producer stays, through retention and restarts (the
+snapshots), until the LRU bound evicts it or a truncation removes every batch remembered of it.
 
 A producer the table does not know is taken at any sequence (its first batch here, or state
 that expired) -- unless the table may have forgotten it (``forgot_producers``: an eviction; a
-rebuild at open that did not read the log from offset 0, whether it read only the tail or
-retention had deleted the start; a follower's log reset to start past 0) and the client says
+rebuild at open without a valid snapshot that did not read the log from offset 0, whether it
+read only the tail or retention had deleted the start; a follower's log reset to start past
+0; a snapshot of a table that had forgotten producers) and the client says
 an earlier send of the batch may have been written (it got no answer for it, or one with a
 base offset: a write refused after the fact). Such a retry may already be in the log, where
 the table can no longer see it: it is refused with unknown_producer_id (written neither twice
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
@@ -70,6 +77,12 @@ class ProducerStateTable:
         one write must see each other): what changes from here is undone by ``undo_write`` if
         the write fails, kept by ``end_write``."""
         self._saved, self._evicted, self._forgot_saved = {}, [], self.forgot_producers
+
+    @property
+    def writing(self) -> bool:
+        """Between ``begin_write`` and its end: the table may name batches not written (yet,
+        or ever: a write stopped by an exception that stops the node)."""
+        return self._saved is not None
 
     def end_write(self) -> None:
         self._saved = None
@@ -145,6 +158,29 @@ class ProducerStateTable:
             entry = self._producers[producer_id] = _Entry(epoch)
         self._producers.move_to_end(producer_id)
         entry.batches.append((base_sequence, sequence_add(base_sequence, record_count - 1), base_offset))
+
+    def export(self) -> list[tuple[int, int, Sequence[tuple[int, int, int]]]]:
+        """Every producer as (producer_id, epoch, its remembered batches as (base_sequence,
+        last_sequence, base_offset)), least recently used first (the order ``restore`` takes):
+        what a producer-state snapshot holds (nodes/broker/producer_snapshots.py). The batches
+        are the table's own: read them before the table changes. Not during a leader's write."""
+        assert self._saved is None, "export during a write"
+        return [(pid, e.epoch, e.batches) for pid, e in self._producers.items()]
+
+    def restore(self, producers: Iterable[tuple[int, int, Sequence[tuple[int, int, int]]]],
+                forgot_producers: bool) -> None:
+        """The table as ``export`` gave it (from a snapshot) and its ``forgot_producers``;
+        what was in the table is dropped. Only the newest BATCHES_REMEMBERED batches of a
+        producer and the PRODUCERS_MAX most recently used producers are kept (a snapshot
+        written with larger limits); dropping a producer sets ``forgot_producers``."""
+        self._producers.clear()
+        self.forgot_producers = forgot_producers
+        for producer_id, epoch, batches in producers:
+            self._producers[producer_id] = _Entry(epoch, deque(batches, maxlen=BATCHES_REMEMBERED))
+            self._producers.move_to_end(producer_id)
+            if len(self._producers) > PRODUCERS_MAX:
+                self._producers.popitem(last=False)
+                self.forgot_producers = True
 
     def truncate(self, forgot_producers: bool = False) -> None:
         """Forget every producer (the log was emptied, or is about to be re-read).

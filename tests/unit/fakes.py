@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import zmq
@@ -41,6 +42,7 @@ from nodes.broker.fetcher import FetchSettings, LeaderEndpoint, ReplicaFetcher
 from nodes.broker.handlers import RequestHandlers
 from nodes.broker.partition import Partition
 from nodes.broker.partition_dirs import PartitionDirs
+from nodes.broker.producer_snapshots import SNAPSHOT_SUFFIX
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.offsets import OFFSETS_TOPIC
@@ -70,6 +72,13 @@ def padded_batch(n: int = 3, pid: int = -1, seq: int = -1, tag: str = "v") -> by
     segment (``broker_core``'s); an idempotent producer's (epoch 0) when ``pid`` >= 0."""
     recs = [(BASE_TIMESTAMP_MS + i, f"k{i}".encode(), f"{tag}{i}".encode() * 20, None) for i in range(n)]
     return build_batch(recs, producer_id=pid, producer_epoch=0 if pid >= 0 else -1, base_sequence=seq)
+
+
+def drop_producer_snapshots(directory: Path) -> None:
+    """Delete every producer-state snapshot under ``directory``: the data directory as a broker
+    from before snapshots (or one that crashed before its first) left it."""
+    for snapshot in directory.rglob("*" + SNAPSHOT_SUFFIX):
+        snapshot.unlink()
 
 
 def as_leader_wrote(data: bytes, base_offset: int, epoch: int) -> bytes:

@@ -27,12 +27,14 @@ from nodes.broker import producers as producers_module
 from nodes.broker.core import BrokerCore
 from nodes.broker.messages import AppendRequest, ProduceInput, encode_produce_results
 from nodes.coordinator.offsets_client import AppendOutcome
-from tests.unit.fakes import RecordingClient, broker_core, loom_handlers, make_batch, padded_batch, request
+from tests.unit.fakes import (RecordingClient, broker_core, drop_producer_snapshots, loom_handlers, make_batch,
+                              padded_batch, request)
 from tests.unit.builders_sender import LEADER
 
 
 def _restarted_broker_after_retention(tmp_path: Path) -> tuple[BrokerCore, Any]:
-    """A leader whose retention deleted the log's start, restarted: forgot_producers is set."""
+    """A leader whose retention deleted the log's start, restarted without a producer-state
+    snapshot: forgot_producers is set."""
     core = broker_core(tmp_path, 1, engine="segment")
     part = core.open_partition("t", 0, {"retention.bytes": 1})
     part.become_leader(1, [1], [1], now_ms=0)
@@ -42,6 +44,7 @@ def _restarted_broker_after_retention(tmp_path: Path) -> tuple[BrokerCore, Any]:
     core.apply_retention()
     assert part.log_start_offset > 0
     core.close()
+    drop_producer_snapshots(tmp_path)  # (a snapshot keeps the table: it forgot no producer)
     core = broker_core(tmp_path, 1, engine="segment")
     part = core.open_partition("t", 0, {"retention.bytes": 1})
     part.become_leader(2, [1], [1], now_ms=0)

@@ -2,9 +2,10 @@
 
 1. A replica that lost a producer's state because retention deleted that producer's batches,
    and then rebuilt its table from what is left (a follower reset to the leader's log start;
-   a broker reopened, whose log no longer starts at 0), may have forgotten producers: the
-   producer's retry of a committed batch whose reply was lost is refused once that replica
-   leads (it was written a second time, where the old leader answers it "duplicate").
+   a broker reopened without a producer-state snapshot, whose log no longer starts at 0), may
+   have forgotten producers: the producer's retry of a committed batch whose reply was lost is
+   refused once that replica leads (it was written a second time, where the old leader
+   answers it "duplicate").
 2. A send the broker refused before any write (not_enough_replicas: the precheck; base offset
    -1) leaves the batch unwritten: its retry says so, and a leader that may have forgotten
    producers takes it (it failed for good with unknown_producer_id, though no broker wrote it).
@@ -22,7 +23,8 @@ from nodes.broker import producers as producers_module
 from nodes.broker.core import BrokerCore
 from nodes.broker.messages import AppendRequest, ProduceInput, encode_produce_results
 from nodes.broker.partition import Partition
-from tests.unit.fakes import FakeReactor, broker_core, loom_handlers, make_batch, padded_batch, replica_fetcher, serve_fetch
+from tests.unit.fakes import (FakeReactor, broker_core, drop_producer_snapshots, loom_handlers, make_batch, padded_batch,
+                              replica_fetcher, serve_fetch)
 from tests.unit.builders_sender import LEADER
 
 PID = 7
@@ -95,6 +97,10 @@ def test_a_broker_reopened_after_retention_does_not_write_a_retry_twice(tmp_path
     ours = make_batch(3, pid=PID, epoch=0, seq=0, tag="ours")
     _leader_whose_retention_deleted_ours(core, ours)
     core.close()  # the broker restarts before the producer's retry arrives
+    # ... from a data directory without producer-state snapshots (written before them): the
+    # table is rebuilt from what retention left (with its snapshot, the retry is recognised:
+    # tests/unit/test_producer_state_snapshots.py)
+    drop_producer_snapshots(tmp_path)
     core = broker_core(tmp_path, 1, engine="segment")
     part = core.open_partition("t", 0, {"retention.bytes": 1})
     try:

@@ -29,7 +29,7 @@ from nodes.broker.messages import ProduceInput
 from nodes.broker.partition import Partition
 from nodes.broker.producers import ProducerStateTable
 from fabric.errors import RequestTimeout
-from tests.unit.fakes import make_batch
+from tests.unit.fakes import drop_producer_snapshots, make_batch
 from tests.unit.builders_sender import LEADER
 
 BATCH_MAX = 1024 * 1024
@@ -124,6 +124,7 @@ def test_a_rebuild_at_open_that_read_only_the_tail_may_have_forgotten_producers(
     for other in range(100, 103):
         part.append_as_leader([make_batch(3, pid=other, epoch=0, seq=0)], BATCH_MAX, [False])
     part.close()
+    drop_producer_snapshots(tmp_path)  # as before producer-state snapshots
     reopened = _open(tmp_path)
     assert reopened.producers.forgot_producers is forgot
     reopened.become_leader(2, [1], [1], now_ms=0)
