@@ -10,7 +10,7 @@ nodes/broker/hw_checkpoint.py).
 Producer and epoch state follow the log: recorded after the write they describe, trimmed when
 it is cut, and checked against the log's batch headers at open (a leader epoch that
 contradicts the epoch checkpoint cuts the log there); the producer table is also snapshotted
-beside the checkpoints (at close and periodically: nodes/broker/producer_snapshots.py) and
+beside the checkpoints (at close and periodically: nodes/broker/partition_snapshots.py) and
 restored from a snapshot at open. What a follower does to its log (append
 the leader's batches, truncate, reset, take the leader's HW) is the partition's follower half,
 nodes/broker/partition_follower.py.
@@ -34,13 +34,13 @@ from engines.api import Engine, EngineError, StorageFull, verified_append_kwargs
 from fabric import protocol as P
 from fabric.buffers import Payload, stampable
 from fabric.errors import RemoteError
-from nodes.broker import producer_snapshots as snapshots_module
 from nodes.broker.epochs import EpochCache
 from nodes.broker.hw_checkpoint import HighWatermarkCheckpoint
 from nodes.broker.partition_follower import PartitionFollowerMixin
-from nodes.broker.producer_snapshots import ProducerSnapshots, Snapshot
+from nodes.broker.partition_snapshots import PartitionSnapshotsMixin
+from nodes.broker.producer_snapshots import ProducerSnapshots
 from nodes.broker.producers import ProducerStateTable
-from nodes.broker.tail_recovery import last_batch, recover_tail
+from nodes.broker.tail_recovery import recover_tail
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class FollowerState:
     leo_at_last_fetch: int = 0  # the leader's LEO when this follower last fetched
 
 
-class Partition(PartitionFollowerMixin):
+class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
     def __init__(self, topic: str, partition: int, broker_id: int, engine: Engine, directory: str | None) -> None:
         self.topic = topic
         self.partition = partition
@@ -473,67 +473,6 @@ class Partition(PartitionFollowerMixin):
             self._hw_checkpoint.save(self.high_watermark)
         except EngineError as e:
             log.error("%s-%d: cannot checkpoint the high watermark: %s", self.topic, self.partition, e)
-
-    def maybe_snapshot_producers(self, now_ms: int) -> None:
-        """``snapshot_producers`` if ``producer_snapshot_due``."""
-        if self.producer_snapshot_due(now_ms):
-            self.snapshot_producers(now_ms)
-
-    def producer_snapshot_due(self, now_ms: int) -> bool:
-        """Whether the producer table is due for its periodic snapshot: the log end moved
-        PRODUCER_SNAPSHOT_INTERVAL_RECORDS since the last snapshot, or moved at all and
-        PRODUCER_SNAPSHOT_INTERVAL_MS passed (the first call only starts that clock) -- and
-        the last periodic write did not fail within PRODUCER_SNAPSHOT_INTERVAL_MS (each try
-        encodes the table on the reactor: at every tick, a full disk kept a broker of large
-        tables busy encoding them)."""
-        if self.producer_snapshots is None:
-            return False
-        offset, taken_ms = self._snapshot_at
-        end = self.engine.log_end_offset
-        if taken_ms is None:
-            self._snapshot_at = (offset, now_ms)
-            taken_ms = now_ms
-        interval_ms = snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_MS
-        if end == offset or (end - offset < snapshots_module.PRODUCER_SNAPSHOT_INTERVAL_RECORDS
-                             and now_ms - taken_ms < interval_ms):
-            return False
-        return self._snapshot_failed_ms is None or now_ms - self._snapshot_failed_ms >= interval_ms
-
-    def snapshot_producers(self, now_ms: int) -> None:
-        """The periodic snapshot of the producer table at the log end, without fsync
-        (nodes/broker/producer_snapshots.py says why). Raises nothing: a failed write is
-        logged, and ``producer_snapshot_due`` waits an interval before the next try."""
-        self._snapshot_failed_ms = None if self._snapshot_producers(sync=False, now_ms=now_ms) else now_ms
-
-    def _snapshot_producers(self, sync: bool, now_ms: int | None = None) -> bool:
-        """Write the producer table's snapshot at the log end (nothing when the log holds no
-        batch, or the last snapshot is at this end). Returns False if a write failed. Raises
-        nothing: a failure is logged."""
-        end = self.engine.log_end_offset
-        if self.producer_snapshots is None or end == self._snapshot_at[0]:
-            return True
-        if self.producers.writing:  # closed by a write that failed: the table names unwritten batches
-            log.warning("%s-%d: no producer snapshot: closed during a write", self.topic, self.partition)
-            return True
-        try:
-            last = last_batch(self, end)
-            if last is None:
-                return True  # an empty log: nothing to describe
-            self.producer_snapshots.write(
-                Snapshot(end, last, self.producers.forgot_producers, self.producers.export()), sync=sync)
-        except EngineError as e:
-            log.error("%s-%d: cannot snapshot the producer state: %s", self.topic, self.partition, e)
-            return False
-        self._snapshot_at = (end, now_ms)
-        return True
-
-    def _delete_snapshots_above(self, offset: int) -> None:
-        """Before the log is cut at ``offset``: its snapshots past it describe what is cut.
-        Raises EngineError (the log must then stay as it is)."""
-        if self.producer_snapshots is not None:
-            self.producer_snapshots.delete_above(offset)
-            if self._snapshot_at[0] > offset:
-                self._snapshot_at = (-1, self._snapshot_at[1])
 
     def close(self) -> None:
         self.checkpoint_high_watermark()
