@@ -5,6 +5,14 @@ offsets of groups that have had no members, and no commit, for longer than the r
 (KIP-211). The request shapes are in ``nodes.coordinator.groups``; the offsets
 themselves live in ``nodes.coordinator.offsets``.
 
+Also the storing of each group's reading of its topics (``Group.reading_since``,
+nodes/coordinator/group_readings.py) in its offsets partition: written (changes only) whenever
+a rebalance or the group's emptying changes it, through the group's commit queue; OFFSET_FETCH
+of the group answers the retriable ``unstable_offset_commit`` until it is stored as it is, so no
+member starts a partition by ``auto_offset_reset`` on a reading that a coordinator restart could
+still forget. Deleted with the group (DELETE_GROUP, the offsets' expiry) in the same commit as
+its first tombstones.
+
 ``GroupOffsetsMixin`` is that part of ``GroupCoordinator`` (nodes/coordinator/groups.py): its
 state is the coordinator's own (set by ``GroupCoordinator.__init__``), and the membership a
 commit is judged by is the coordinator's.
@@ -21,7 +29,7 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
-from nodes.coordinator.group_readings import newer_than_reading
+from nodes.coordinator.group_readings import ALL_TOPICS, Reading, merged_readings, newer_than_reading
 from nodes.coordinator.offsets import deletion_parts
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
 
@@ -55,6 +63,7 @@ class GroupOffsetsMixin:
         def _group_id(req: wire.Request) -> str: ...
         def _member(self, req: wire.Request, check_generation: bool = True) -> tuple[Group, Member]: ...
         def _check_room_for_group(self, gid: str) -> None: ...
+        def _readings_with_offsets(self, group: Group, topics: Any) -> dict[str, int]: ...
 
     # -- offsets ------------------------------------------------------------------------------------
     def _require_loaded(self) -> None:
@@ -152,6 +161,10 @@ class GroupOffsetsMixin:
         else:
             raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition] or null")
         self.offsets.check_not_resyncing(gid)
+        group = self.groups.get(gid)
+        if self.offsets.reading_in_flight(gid) or (group is not None and group.readings_dirty):
+            raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"the reading of its topics of group {gid!r} is being "
+                                                        "stored; retry")
         unstable = self.offsets.unstable(gid, None if wanted is None else keys)
         if unstable:
             # the commit in flight may replace these offsets: whoever starts from them now could
@@ -169,9 +182,9 @@ class GroupOffsetsMixin:
                 tid = c.topic_id or (now.topic_id if now is not None else "")
                 if tid:
                     ids[tp[0]] = tid
-        group = self.groups.get(gid)
+        since = merged_readings(group.reading_since if group is not None else {}, self.offsets.readings.get(gid, {}))
         newer = newer_than_reading([tp for tp in keys if tp not in table], topics, self.offsets.table.get(gid, {}),
-                                   group.reading_since if group is not None else {})
+                                   since)
         # per topic, its partition numbers: [[topic, p]...] repeated the name per partition and so
         # doubled an answer whose offsets already name it -- over HEADER_BYTES_MAX, dropped by the
         # member, for a request that fits
@@ -194,15 +207,17 @@ class GroupOffsetsMixin:
         g = self.groups.get(gid)
         if g is not None and g.members:
             raise self._non_empty(g)
-        if g is not None:  # also if the deletion stops part way: what the group read is old now
-            g.reading_since = {}
         # offsets of deleted topics too: they go with the group; and the partitions of commits on
         # their way (queued before the tombstones, they land first: without a tombstone of
         # their own, the group would be back with them)
         partitions = set(self.offsets.table.get(gid, {})) | set(self.offsets.unstable(gid, None))
-        if g is None and not partitions:
+        if g is None and not partitions and not self._has_readings(gid):
             raise RemoteError(P.UNKNOWN_GROUP, f"no group {gid!r}")
-        parts = deletion_parts(gid, sorted(partitions))
+        if g is not None:  # also if the deletion stops part way: what the group read is old now
+            g.reading_since, g.readings_dirty = {}, False
+        # the stored readings go with the first part (also those on their way: it lands after them)
+        parts = deletion_parts(gid, sorted(partitions)) or [[]]
+        forget: dict[str, Reading | None] = {ALL_TOPICS: None} if self._has_readings(gid) else {}
         self._deleting[gid] += 1  # an administrator's commit meanwhile is refused (_commit_refusal)
 
         def recheck() -> RemoteError | None:
@@ -213,8 +228,10 @@ class GroupOffsetsMixin:
             """The previous part is written (or failed: the deletion stops there): the next one."""
             if err is None and parts:
                 try:
-                    self.offsets.commit(gid, parts.pop(0), allow_backward=True, check_log_end=False, done=next_part,
-                                        recheck=recheck)
+                    self.offsets.commit(gid, parts[0], allow_backward=True, check_log_end=False, done=next_part,
+                                        recheck=recheck, readings=dict(forget))
+                    parts.pop(0)
+                    forget.clear()
                     return
                 except RemoteError as e:  # buffer_full; the offsets topic not made yet (not_enough_replicas)
                     err = e
@@ -231,6 +248,57 @@ class GroupOffsetsMixin:
         next_part()
         return DEFER
 
+    # -- the groups' readings, stored ---------------------------------------------------------------
+    def _has_readings(self, gid: str) -> bool:
+        return gid in self.offsets.readings or self.offsets.reading_in_flight(gid)
+
+    def _seed_readings(self, group: Group) -> None:
+        """Once the offsets are loaded, take the group's stored readings into ``reading_since``
+        (a group is new to this process, or was made before the load: its first generation here
+        is no reading's start if an earlier one is stored). Every stored one is kept (the rules of
+        what is kept apply from the next change on); of two, the earlier."""
+        if group.readings_seeded or not self.offsets.loaded:
+            return
+        group.readings_seeded = True
+        group.reading_since = merged_readings(group.reading_since, self.offsets.readings.get(group.group_id, {}))
+
+    def _store_readings(self, group: Group) -> None:
+        """``group.reading_since`` changed (or may have): store it (``_write_readings``)."""
+        group.readings_dirty = True
+        self._write_readings(group)
+
+    def _write_readings(self, group: Group) -> None:
+        """Append the changes of the group's stored readings that make them ``reading_since``
+        (none: nothing is written). Waits (stays dirty: the tick tries again) until the offsets
+        are loaded and while a change is on its way, and after a failure."""
+        gid = group.group_id
+        if not self.offsets.loaded or self.offsets.reading_in_flight(gid):
+            return
+        self._seed_readings(group)
+        stored = self.offsets.readings.get(gid, {})
+        wall = self.clock.wall_ms()
+        changes: dict[str, Reading | None] = {t: None for t in stored if t not in group.reading_since}
+        changes.update((t, Reading(v, wall)) for t, v in group.reading_since.items()
+                       if t not in stored or stored[t].version != v)
+        if not changes:
+            group.readings_dirty = False
+            return
+
+        def done(err: RemoteError | None) -> None:
+            if self.groups.get(gid) is not group:
+                return
+            if err is not None:
+                log.info("group %s: its reading not stored (tried again): %s", gid, err)
+                group.readings_dirty = True
+            elif group.readings_dirty:  # changed again while this was on its way
+                self._write_readings(group)
+        try:
+            self.offsets.commit(gid, [], allow_backward=True, check_log_end=False, done=done, readings=changes)
+        except RemoteError as e:  # buffer_full; the offsets topic not made yet (not_enough_replicas)
+            log.info("group %s: its reading not stored yet: %s", gid, e)
+            return
+        group.readings_dirty = False
+
     @staticmethod
     def _non_empty(group: Group) -> RemoteError:
         n = len(group.members)
@@ -239,19 +307,25 @@ class GroupOffsetsMixin:
     def _expire_offsets(self) -> None:
         """Delete the committed offsets of groups that have had no members, and no commit, for
         longer than the retention (Kafka's offsets.retention.minutes, KIP-211): without it, groups
-        nobody uses again stayed for good, up to GROUPS_MAX, and every new group was then refused."""
+        nobody uses again stayed for good, up to GROUPS_MAX, and every new group was then refused.
+        Their stored readings go with the first part; so do those of a group that has nothing
+        else stored (its members were gone when the coordinator restarted and never came back)."""
         if not self.offsets.loaded:
             return
         now = self.clock.now_ms()
         if self._loaded_ms is None:
             self._loaded_ms = now  # who was a member before a restart is unknown: count from now
         horizon = self.clock.wall_ms() - self.offsets_retention_ms  # commit times are wall times (stored)
-        for gid, table in list(self.offsets.table.items()):
+        stored = self.offsets.readings
+        for gid in list(self.offsets.table) + [g for g in stored if g not in self.offsets.table]:
             if self.offsets.pending_count >= P.PENDING_COMMITS_MAX // 2:
                 return  # the rest at the next check: live groups' commits keep room
             group = self.groups.get(gid)
-            if not table or (group is not None and (group.members or group.pending_members)) \
-                    or self.offsets.has_in_flight(gid) or max(c.commit_ts_ms for c in table.values()) > horizon:
+            table = self.offsets.table.get(gid, {})
+            newest_ms = max([c.commit_ts_ms for c in table.values()]
+                            + [r.written_ms for r in stored.get(gid, {}).values()], default=None)
+            if newest_ms is None or (group is not None and (group.members or group.pending_members)) \
+                    or self.offsets.has_in_flight(gid) or newest_ms > horizon:
                 continue
             emptied = group.emptied_ms if group is not None and group.emptied_ms is not None else self._loaded_ms
             if now - emptied < self.offsets_retention_ms:
@@ -259,13 +333,14 @@ class GroupOffsetsMixin:
                 # (on the monotonic clock: a wall clock stepped forward expires nothing early)
             log.info("group %s: no members and no commit for %d ms: its committed offsets expire",
                      gid, self.offsets_retention_ms)
-            if group is not None:
-                group.reading_since = {}  # a group that comes back is a new one: what it read is old
-            parts = deletion_parts(gid, sorted(table))
+            if group is not None:  # a group that comes back is a new one: what it read is old
+                group.reading_since, group.readings_dirty = {}, False
+            parts = deletion_parts(gid, sorted(table)) or [[]]
             try:  # the first part of its tombstones: the next checks delete the rest
                 self.offsets.commit(gid, parts[0], allow_backward=True,
                                     check_log_end=False, done=lambda err, gid=gid: err and log.warning(
-                                        "group %s: expired offsets not deleted (next check): %s", gid, err))
+                                        "group %s: expired offsets not deleted (next check): %s", gid, err),
+                                    readings={ALL_TOPICS: None} if gid in stored else None)
             except RemoteError as e:  # commits queued to their bound: the next check goes on
                 log.info("offset expiry paused: %s", e)
                 return
