@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import zmq
 
@@ -34,18 +34,31 @@ RETRY_BACKOFF_MS = 200
 REJOIN_ERRORS = frozenset({P.UNKNOWN_MEMBER, P.ILLEGAL_GENERATION, P.UNKNOWN_GROUP, P.REBALANCE_IN_PROGRESS})
 
 
-def newer_than_reading(answer: dict) -> set[tuple[str, int]]:
-    """OFFSET_FETCH's ``newer_than_reading``: of the partitions asked for that have nothing
-    committed, those the coordinator knows were made after the group began reading their topic
-    (nodes/coordinator/group_readings.py). They start at their log start whatever
-    ``auto_offset_reset`` says. Empty from an older coordinator, which sends no such field (the
-    consumer then behaves as before). ``{topic: [partition...]}``; an entry of another shape is
-    left out."""
+class OffsetFetchAnswer(NamedTuple):
+    """OFFSET_FETCH's answer as a client reads it (``read_offset_fetch``)."""
+
+    offsets: list  # [[topic, partition, offset (-1: nothing committed), metadata]...], as sent
+    topic_ids: dict[str, str]  # {topic: the id of the topic its committed offsets are of}
+    newer: set[tuple[str, int]]  # newer than the group's reading of their topic (``newer_than_reading``)
+
+
+def read_offset_fetch(answer: dict) -> OffsetFetchAnswer:
+    """Read OFFSET_FETCH's answer: the one reader of the join's lookup (group_join), an assigned
+    consumer's and ``committed_starts`` (group_committed). ``topic_ids``: empty from an older
+    coordinator, and an entry that is not a name's string id is left out. ``newer``: of the
+    partitions asked for that have nothing committed, those the coordinator knows were made after
+    the group began reading their topic (nodes/coordinator/group_readings.py) -- they start at
+    their log start whatever ``auto_offset_reset`` says; empty from an older coordinator (the
+    consumer then behaves as before); sent as ``{topic: [partition...]}``, and an entry of another
+    shape is left out. Raises KeyError without ``offsets`` (each reader takes what it asked for
+    from it)."""
+    ids = answer.get("topic_ids")
     raw = answer.get("newer_than_reading")
-    if not isinstance(raw, dict):
-        return set()
-    return {(t, p) for t, ps in raw.items() if isinstance(t, str) and isinstance(ps, list)
-            for p in ps if type(p) is int}
+    return OffsetFetchAnswer(
+        answer["offsets"],
+        {t: i for t, i in ids.items() if isinstance(t, str) and isinstance(i, str)} if isinstance(ids, dict) else {},
+        {(t, p) for t, ps in raw.items() if isinstance(t, str) and isinstance(ps, list) for p in ps if type(p) is int}
+        if isinstance(raw, dict) else set())
 
 
 class RequestClient(Protocol):
