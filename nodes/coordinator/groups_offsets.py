@@ -30,7 +30,7 @@ from fabric import wire
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
 from nodes.coordinator.group_readings import ALL_TOPICS, Reading, merged_readings, newer_than_reading
-from nodes.coordinator.offsets import deletion_parts
+from nodes.coordinator.offsets import READINGS_PER_COMMIT_MAX, deletion_parts
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
 
 if TYPE_CHECKING:
@@ -269,8 +269,9 @@ class GroupOffsetsMixin:
 
     def _write_readings(self, group: Group) -> None:
         """Append the changes of the group's stored readings that make them ``reading_since``
-        (none: nothing is written). Waits (stays dirty: the tick tries again) until the offsets
-        are loaded and while a change is on its way, and after a failure."""
+        (none: nothing is written), at most READINGS_PER_COMMIT_MAX a commit (the next as it
+        lands). Waits (stays dirty: the tick tries again) until the offsets are loaded and while
+        a change is on its way, and after a failure."""
         gid = group.group_id
         if not self.offsets.loaded or self.offsets.reading_in_flight(gid):
             return
@@ -283,6 +284,9 @@ class GroupOffsetsMixin:
         if not changes:
             group.readings_dirty = False
             return
+        more = len(changes) > READINGS_PER_COMMIT_MAX
+        if more:
+            changes = dict(list(changes.items())[:READINGS_PER_COMMIT_MAX])
 
         def done(err: RemoteError | None) -> None:
             if self.groups.get(gid) is not group:
@@ -295,9 +299,9 @@ class GroupOffsetsMixin:
         try:
             self.offsets.commit(gid, [], allow_backward=True, check_log_end=False, done=done, readings=changes)
         except RemoteError as e:  # buffer_full; the offsets topic not made yet (not_enough_replicas)
-            log.info("group %s: its reading not stored yet: %s", gid, e)
+            log.debug("group %s: its reading not stored yet: %s", gid, e)  # tried at every tick
             return
-        group.readings_dirty = False
+        group.readings_dirty = more
 
     @staticmethod
     def _non_empty(group: Group) -> RemoteError:

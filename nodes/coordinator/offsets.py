@@ -70,7 +70,7 @@ from nodes.coordinator.snapshots import SnapshotJob
 from nodes.coordinator.store import TopicState, new_partitions
 from nodes.coordinator.topics import place_replicas
 
-__all__ = ["OFFSETS_TOPIC", "Committed", "OffsetStore", "PendingCommit", "deletion_parts"]
+__all__ = ["OFFSETS_TOPIC", "READINGS_PER_COMMIT_MAX", "Committed", "OffsetStore", "PendingCommit", "deletion_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch
 APPEND_BYTES_MAX = 4 * 1024 * 1024  # ... and their bytes (a commit always goes, alone if it must):
 #                                    well within the broker's batch limit (16 MiB by default)
 HW_PRUNE_INTERVAL_MS = 10_000      # forget cached log ends of deleted topics at least this often
+READINGS_PER_COMMIT_MAX = 5000    # changes of a group's stored readings in one commit (~3 MiB at most,
+#                                    within APPEND_BYTES_MAX); more go in the next ones
 DELETION_PARTS_IN_BUFFER = 8       # a part of a group's deletion takes at most this share of
 #                                    P.PENDING_COMMIT_BYTES_MAX (and at most APPEND_BYTES_MAX)
 

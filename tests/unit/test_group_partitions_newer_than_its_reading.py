@@ -29,7 +29,8 @@ from fabric.config import load_config
 from fabric.errors import RemoteError
 from fabric.records import decode_batches
 from fabric.rpc import DEFER
-from nodes.coordinator.group_readings import newer_than_reading
+from nodes.coordinator import groups_offsets
+from nodes.coordinator.group_readings import newer_than_reading, parse_reading_key
 from nodes.coordinator.groups import EMPTY
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.offsets import OFFSETS_TOPIC
@@ -318,6 +319,22 @@ def test_every_partition_of_a_topic_made_again_is_newer_than_a_reading_of_the_on
     answer = cluster.fetch(T0, T1)
     assert answer["offsets"] == [["t", 0, -1, ""], ["t", 1, -1, ""]], "the old topic's offset is not the new one's"
     assert answer["newer_than_reading"] == {"t": [0, 1]}
+
+
+def test_a_group_reading_many_topics_stores_its_readings_in_bounded_commits(
+        cluster: _Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One commit of a group subscribed to very many topics could pass what one append (or the
+    commits waiting) may hold: refused every time, its OFFSET_FETCH would wait for ever."""
+    monkeypatch.setattr(groups_offsets, "READINGS_PER_COMMIT_MAX", 2)
+    for name in ("t", "u", "v", "w", "x"):
+        cluster.make_topic(name, 1)
+    cluster.join("a", ["t", "u", "v", "w", "x"])
+    cluster.log.settle()  # each commit sends the next as it lands
+    readings = [r for r in cluster.log.records() if parse_reading_key(r.key) is not None]
+    assert len(readings) == 5
+    assert max(len(decode_batches(OFFSETS_TOPIC, q, b)) for q, bs in cluster.log.logs.items() for b in bs) <= 2
+    assert set(cluster.coord.groups.offsets.readings["g"]) == {"t", "u", "v", "w", "x"}
+    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, ""]]
 
 
 def test_a_reading_stored_before_a_snapshot_comes_back_from_it(cluster: _Cluster) -> None:
