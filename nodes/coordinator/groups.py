@@ -33,7 +33,8 @@ Kafka's eager protocol with coordinator-side assignment:
   committed, those made after the group began reading their topic, which a member starts at their
   log start whatever its ``auto_offset_reset`` -- ``nodes.coordinator.group_readings``; absent
   from older coordinators); ``unstable_offset_commit`` (retriable) while a commit of one of those
-  partitions is queued or being written, or the group's reading of its topics is not stored yet.
+  partitions is queued or being written, or (partitions named) the group's reading of its topics
+  is not stored yet.
 - At most ``GROUPS_MAX`` groups (with members or only committed offsets); a join or an
   administrative commit that would make one more gets ``buffer_full``.
 - LIST_GROUPS -> ``{groups: [{group, state, generation, assignor, members}]}``;

@@ -8,7 +8,8 @@ themselves live in ``nodes.coordinator.offsets``.
 Also the storing of each group's reading of its topics (``Group.reading_since``,
 nodes/coordinator/group_readings.py) in its offsets partition: written (changes only) whenever
 a rebalance or the group's emptying changes it, through the group's commit queue; OFFSET_FETCH
-of the group answers the retriable ``unstable_offset_commit`` until it is stored as it is, so no
+of the group naming partitions (as members ask) answers the retriable ``unstable_offset_commit``
+until it is stored as it is, so no
 member starts a partition by ``auto_offset_reset`` on a reading that a coordinator restart could
 still forget. Deleted with the group (DELETE_GROUP, the offsets' expiry) in the same commit as
 its first tombstones.
@@ -162,7 +163,8 @@ class GroupOffsetsMixin:
             raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition] or null")
         self.offsets.check_not_resyncing(gid)
         group = self.groups.get(gid)
-        if self.offsets.reading_in_flight(gid) or (group is not None and group.readings_dirty):
+        # every partition of an answer to all (an administrator's look) has an offset: none is judged
+        if wanted is not None and (self.offsets.reading_in_flight(gid) or (group is not None and group.readings_dirty)):
             raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"the reading of its topics of group {gid!r} is being "
                                                         "stored; retry")
         unstable = self.offsets.unstable(gid, None if wanted is None else keys)
