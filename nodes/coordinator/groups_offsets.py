@@ -9,9 +9,8 @@ Also the storing of each group's reading of its topics (``Group.reading_since``,
 nodes/coordinator/group_readings.py) in its offsets partition: written (changes only) whenever
 a rebalance or the group's emptying changes it, through the group's commit queue; OFFSET_FETCH
 of the group naming partitions (as members ask) answers the retriable ``unstable_offset_commit``
-until it is stored as it is, so no
-member starts a partition by ``auto_offset_reset`` on a reading that a coordinator restart could
-still forget. Deleted with the group (DELETE_GROUP, the offsets' expiry) in the same commit as
+until it is stored as it is, so no member starts a partition by ``auto_offset_reset`` on a
+reading that a coordinator restart could still forget. Deleted with the group (DELETE_GROUP, the offsets' expiry) in the same commit as
 its first tombstones.
 
 ``GroupOffsetsMixin`` is that part of ``GroupCoordinator`` (nodes/coordinator/groups.py): its
@@ -64,7 +63,6 @@ class GroupOffsetsMixin:
         def _group_id(req: wire.Request) -> str: ...
         def _member(self, req: wire.Request, check_generation: bool = True) -> tuple[Group, Member]: ...
         def _check_room_for_group(self, gid: str) -> None: ...
-        def _readings_with_offsets(self, group: Group, topics: Any) -> dict[str, int]: ...
 
     # -- offsets ------------------------------------------------------------------------------------
     def _require_loaded(self) -> None:
