@@ -103,14 +103,21 @@ def parse_reading_key(key: bytes | None) -> tuple[str, str] | None:
     return None
 
 
-def decode_reading(value: bytes) -> Reading | None:
-    """A reading record's value (None: deleted). Raises ValueError / TypeError /
-    msgpack.UnpackException for a value that is not one."""
+def decode_reading(value: bytes, version_max: int) -> Reading | None:
+    """A reading record's value (None: deleted). ``version_max``: the metadata version there is
+    now (every one a coordinator of this state wrote is at most that: versions are stored before
+    they are used). Raises ValueError / TypeError / msgpack.UnpackException for a value that is
+    not one -- also a version below 0 or above ``version_max``, or a negative time: taken, one
+    too high made partitions made since the group's reading look older (started by the policy:
+    ``latest`` skips their records), and one below 0, the earlier reading winning, made every
+    partition of the topic look newer for as long as the group lives."""
     if not value:
         return None
     fields = msgpack.unpackb(value, raw=False)
     if not (isinstance(fields, list) and len(fields) >= 2 and type(fields[0]) is int and type(fields[1]) is int):
         raise ValueError(f"bad reading value {fields!r}")  # more fields: a newer writer's, ignored
+    if not (0 <= fields[0] <= version_max and fields[1] >= 0):
+        raise ValueError(f"bad reading value {fields!r} (the metadata version is {version_max})")
     return Reading(fields[0], fields[1])
 
 

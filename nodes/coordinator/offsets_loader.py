@@ -33,7 +33,7 @@ from fabric.records import decode_batches
 from fabric.replies import FetchEntry, decode_parts
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
-from nodes.coordinator.group_readings import Reading, decode_reading, parse_reading_key
+from nodes.coordinator.group_readings import ALL_TOPICS, Reading, decode_reading, parse_reading_key
 from nodes.coordinator.offsets_client import OffsetsTopicClient
 
 log = logging.getLogger(__name__)
@@ -177,15 +177,20 @@ class OffsetsLoader:
         group's reading). A record that cannot be read is counted, logged and skipped: it must not
         stop the load (anything can be produced to the topic; older code skips reading records
         so). Applying what was read raises nothing but a bug."""
+        reading_of = parse_reading_key(key)
         try:
-            reading_of = parse_reading_key(key)
             if reading_of is not None:
-                self.store.apply_readings(reading_of[0], {reading_of[1]: decode_reading(value)})
-                return
-            entries = decode_record(key, value)
+                reading = decode_reading(value, self.context.state.version)
+                if reading is not None and reading_of[1] == ALL_TOPICS:  # only ever a deletion
+                    raise ValueError(f"a reading of every topic of group {reading_of[0]!r}")
+            else:
+                entries = decode_record(key, value)
         except (ValueError, TypeError, msgpack.UnpackException) as e:
             self.context.counters["offsets_bad_records"] += 1
             log.warning("%s: a record that cannot be read is skipped: %s", self.topic, e)
+            return
+        if reading_of is not None:
+            self.store.apply_readings(reading_of[0], {reading_of[1]: reading})
             return
         for group, topic, p, offset, metadata, ts, topic_id in entries:
             self.store.apply(group, [(topic, p, offset, metadata)], ts, {topic: topic_id})
