@@ -161,7 +161,10 @@ class GroupCommittedLookups:
             if err is not None:
                 lookup.error = err
             else:
-                lookup.offsets, lookup.topic_ids, lookup.newer = read_offset_fetch(h)
+                try:
+                    lookup.offsets, lookup.topic_ids, lookup.newer = read_offset_fetch(h)
+                except CodedError as e:  # a malformed answer
+                    lookup.error = e
         try:
             self._link.request(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]},
                                callback=done)

@@ -197,7 +197,10 @@ class GroupJoin:
                 self._step(join, P.OFFSET_FETCH, {"group": self.group_id,
                                                   "partitions": [list(tp) for tp in join.assignment]})
             else:
-                join.offsets, join.topic_ids, join.newer = read_offset_fetch(h)
+                try:
+                    join.offsets, join.topic_ids, join.newer = read_offset_fetch(h)
+                except CodedError as e:  # a malformed answer
+                    join.error = e
         try:
             self._link.request(command, header, callback=done, timeout_ms=timeout_ms)
         except CodedError as e:  # not sent (the coordinator could not be found, a full queue)
