@@ -19,8 +19,8 @@ fact that is not known says nothing, and the partition follows the policy, as be
    also in its snapshots), so that it survives a coordinator restart: the restarted coordinator
    takes the stored reading, the earlier of the two where its own first generation of the group
    also has one. Written (its changes only) when a rebalance or the group's emptying changes it,
-   and OFFSET_FETCH of the group answers the retriable ``unstable_offset_commit`` until it is
-   stored: no member starts a partition by the policy before the reading is durable, so a
+   and OFFSET_FETCH of the group waits until it is stored (its answer is held: at most
+   ``OFFSET_FETCH_HOLD_MS``, then the retriable ``unstable_offset_commit``): no member starts a partition by the policy before the reading is durable, so a
    restart can forget only a reading that no member has started by (the group's reading then
    begins after the restart, as it did for whoever starts by it). Goes with the group (deleted,
    expired: a group made again is a new one), in the commit of its first tombstones.

@@ -33,8 +33,9 @@ Kafka's eager protocol with coordinator-side assignment:
   committed, those made after the group began reading their topic, which a member starts at their
   log start whatever its ``auto_offset_reset`` -- ``nodes.coordinator.group_readings``; absent
   from older coordinators); ``unstable_offset_commit`` (retriable) while a commit of one of those
-  partitions is queued or being written, or (partitions named) the group's reading of its topics
-  is not stored yet.
+  partitions is queued or being written. With partitions named, the answer waits while the group's
+  reading of its topics is being stored (at most ``OFFSET_FETCH_HOLD_MS``, then
+  ``unstable_offset_commit``).
 - At most ``GROUPS_MAX`` groups (with members or only committed offsets); a join or an
   administrative commit that would make one more gets ``buffer_full``.
 - LIST_GROUPS -> ``{groups: [{group, state, generation, assignor, members}]}``;
@@ -138,6 +139,7 @@ class GroupCoordinator(GroupOffsetsMixin):
         self._expiry_checked_ms: int | None = None
         self._loaded_ms: int | None = None  # when (monotonic) the offsets were first seen loaded
         self._deleting: Counter[str] = Counter()  # groups whose DELETE_GROUP is writing its parts
+        self._fetches_held: dict[str, list[tuple[wire.Request, int]]] = {}  # waiting for their group's reading
         self.server = context.server
         self.clock = context.reactor.clock
         self.groups: dict[str, Group] = {}
@@ -378,6 +380,8 @@ class GroupCoordinator(GroupOffsetsMixin):
                     and not self.offsets.offsets_for(gid) and not self.offsets.has_in_flight(gid):
                 del self.groups[gid]
         self._members_held, self._names_held = members, names
+        for gid in list(self._fetches_held):  # stored by a write another made, or at their deadlines
+            self._answer_held_fetches(gid)
         if self._expiry_checked_ms is None or now - self._expiry_checked_ms >= OFFSETS_EXPIRY_CHECK_MS:
             self._expiry_checked_ms = now
             self._expire_offsets()

@@ -8,10 +8,13 @@ themselves live in ``nodes.coordinator.offsets``.
 Also the storing of each group's reading of its topics (``Group.reading_since``,
 nodes/coordinator/group_readings.py) in its offsets partition: written (changes only) whenever
 a rebalance or the group's emptying changes it, through the group's commit queue; OFFSET_FETCH
-of the group naming partitions (as members ask) answers the retriable ``unstable_offset_commit``
-until it is stored as it is, so no member starts a partition by ``auto_offset_reset`` on a
-reading that a coordinator restart could still forget. Deleted with the group (DELETE_GROUP, the offsets' expiry) in the same commit as
-its first tombstones.
+of the group naming partitions (as members ask) is held until it is stored as it is, so no
+member starts a partition by ``auto_offset_reset`` on a reading that a coordinator restart could
+still forget: answered as soon as the append is acknowledged (as an OFFSET_COMMIT's answer waits
+for its append), or at ``OFFSET_FETCH_HOLD_MS`` with the retriable ``unstable_offset_commit``
+(the member backs off and asks again) -- refused so at once, each member's first start paid its
+200 ms back-off and a JOIN_GROUP, SYNC_GROUP and OFFSET_FETCH again. Deleted with the group
+(DELETE_GROUP, the offsets' expiry) in the same commit as its first tombstones.
 
 ``GroupOffsetsMixin`` is that part of ``GroupCoordinator`` (nodes/coordinator/groups.py): its
 state is the coordinator's own (set by ``GroupCoordinator.__init__``), and the membership a
@@ -43,6 +46,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# OFFSET_FETCH of a group whose reading is being stored waits for it at most this long, then is
+# the retriable unstable_offset_commit (the member backs off and asks again): well within a
+# member's request timeout (fabric/client/group_link.py COORDINATOR_CALL_TIMEOUT_MS, 10 s)
+OFFSET_FETCH_HOLD_MS = 2_000
+OFFSET_FETCHES_HELD_MAX = P.GROUP_MEMBERS_MAX  # per group; one more is refused at once (retriable)
+
 
 class GroupOffsetsMixin:
     """``GroupCoordinator``'s offset commits and fetches, and the expiry of empty groups'
@@ -57,6 +66,8 @@ class GroupOffsetsMixin:
     offsets_retention_ms: int
     _loaded_ms: int | None
     _deleting: Counter[str]  # groups whose DELETE_GROUP is writing its parts (_on_delete_group)
+    # per group, its OFFSET_FETCHes waiting for its reading to be stored, with their deadlines (ms)
+    _fetches_held: dict[str, list[tuple[wire.Request, int]]]
 
     if TYPE_CHECKING:  # GroupCoordinator's, never these
         @staticmethod
@@ -146,7 +157,7 @@ class GroupOffsetsMixin:
                 return RemoteError(P.PARTITION_NOT_ASSIGNED, f"{t}-{p} is not assigned to {member.member_id} in generation {group.generation}")
         return None
 
-    def _on_offset_fetch(self, req: wire.Request) -> dict:
+    def _on_offset_fetch(self, req: wire.Request) -> Any:
         gid = self._group_id(req)
         self._require_loaded()
         table = self.offsets.offsets_for(gid)
@@ -162,9 +173,12 @@ class GroupOffsetsMixin:
         self.offsets.check_not_resyncing(gid)
         group = self.groups.get(gid)
         # every partition of an answer to all (an administrator's look) has an offset: none is judged
-        if wanted is not None and (self.offsets.reading_in_flight(gid) or (group is not None and group.readings_dirty)):
-            raise RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"the reading of its topics of group {gid!r} is being "
-                                                        "stored; retry")
+        if wanted is not None and self._storing_reading(gid):
+            held = self._fetches_held.setdefault(gid, [])
+            if len(held) >= OFFSET_FETCHES_HELD_MAX:
+                raise self._reading_unstable(gid)
+            held.append((req, self.clock.now_ms() + OFFSET_FETCH_HOLD_MS))  # answered once it is stored
+            return DEFER
         unstable = self.offsets.unstable(gid, None if wanted is None else keys)
         if unstable:
             # the commit in flight may replace these offsets: whoever starts from them now could
@@ -249,6 +263,37 @@ class GroupOffsetsMixin:
         return DEFER
 
     # -- the groups' readings, stored ---------------------------------------------------------------
+    def _storing_reading(self, gid: str) -> bool:
+        group = self.groups.get(gid)
+        return self.offsets.reading_in_flight(gid) or (group is not None and group.readings_dirty)
+
+    @staticmethod
+    def _reading_unstable(gid: str) -> RemoteError:
+        return RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"the reading of its topics of group {gid!r} is being stored; retry")
+
+    def _answer_held_fetches(self, gid: str) -> None:
+        """Answer the group's OFFSET_FETCHes held (``_on_offset_fetch``) once its reading is
+        stored, or at their deadlines with the retriable unstable_offset_commit."""
+        held = self._fetches_held.pop(gid, None)
+        if not held:
+            return
+        storing, now = self._storing_reading(gid), self.clock.now_ms()
+        waiting = [(req, deadline_ms) for req, deadline_ms in held if storing and now < deadline_ms]
+        if waiting:
+            self._fetches_held[gid] = waiting
+        for req, deadline_ms in held:
+            if storing and now < deadline_ms:
+                continue
+            try:
+                if storing:  # its deadline
+                    raise self._reading_unstable(gid)
+                answer = self._on_offset_fetch(req)
+            except RemoteError as e:  # also what changed meanwhile (the offsets being read again)
+                self.server.reply_error(req, e.code, e.message)
+            else:
+                assert answer is not DEFER, "held again while its reading is stored"
+                self.server.reply(req, answer)
+
     def _has_readings(self, gid: str) -> bool:
         return gid in self.offsets.readings or self.offsets.reading_in_flight(gid)
 
@@ -296,6 +341,7 @@ class GroupOffsetsMixin:
                 group.readings_dirty = True
             elif group.readings_dirty:  # changed again while this was on its way
                 self._write_readings(group)
+            self._answer_held_fetches(gid)  # those waiting for it, at once (not at the next tick)
         try:
             self.offsets.commit(gid, [], allow_backward=True, check_log_end=False, done=done, readings=changes)
         except RemoteError as e:  # buffer_full; the offsets topic not made yet (not_enough_replicas)

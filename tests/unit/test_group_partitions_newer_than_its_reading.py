@@ -24,6 +24,7 @@ import pytest
 from engines import batch as B
 from fabric import protocol as P
 from fabric import wire
+from fabric.client.group_link import COORDINATOR_CALL_TIMEOUT_MS
 from fabric.clock import ManualClock
 from fabric.config import load_config
 from fabric.errors import RemoteError
@@ -275,26 +276,66 @@ def test_a_partition_made_after_a_restart_is_newer_than_the_reading_stored_befor
     cluster.join("b")  # a generation before the offsets are loaded
     cluster.coord.groups.offsets.start_loading()
     cluster.log.settle()
-    with pytest.raises(RemoteError) as e:  # its reading is not stored yet: nobody starts by it
-        cluster.fetch(T1, settle=False)
-    assert e.value.code == P.UNSTABLE_OFFSET_COMMIT
-    cluster.clock.advance(1000)
+    held = request(P.OFFSET_FETCH, group="g", partitions=[list(T1)])
+    # its reading is not stored yet: nobody starts by it (the answer waits for it)
+    assert cluster.coord.groups._on_offset_fetch(held) is DEFER
+    cluster.clock.advance(100)
     cluster.coord.groups.tick()
+    cluster.log.settle()
+    assert cluster.coord.groups.server.answer(held)["newer_than_reading"] == {"t": [1]}
     assert cluster.newer(T1) == [T1]
 
 
 def test_a_fetch_waits_until_the_groups_reading_is_stored(cluster: _Cluster) -> None:
     """A member that started a partition by the policy before the group's reading was durable
     could lose, after a coordinator restart, the evidence that a partition made meanwhile is
-    newer: OFFSET_FETCH answers the retriable unstable_offset_commit until it is appended."""
+    newer: OFFSET_FETCH's answer waits until it is appended, and goes out as soon as it is
+    (before, the retriable unstable_offset_commit: every member's first start paid the client's
+    200 ms back-off and a JOIN_GROUP, SYNC_GROUP and OFFSET_FETCH again)."""
     cluster.make_topic("t", 1)
     cluster.join("a")
-    with pytest.raises(RemoteError) as e:
-        cluster.fetch(T0, settle=False)
-    assert e.value.code == P.UNSTABLE_OFFSET_COMMIT
+    held = request(P.OFFSET_FETCH, group="g", partitions=[list(T0)])
+    assert cluster.coord.groups._on_offset_fetch(held) is DEFER
+    assert not [h for r, h, _ in cluster.coord.groups.server.replies if r is held]
     everything = cluster.coord.groups._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=None))
     assert everything["offsets"] == [], "an administrator's look at every committed offset judges nothing: not held up"
+    cluster.log.settle()  # the reading is appended: the answer goes out at once (no tick)
+    assert cluster.coord.groups.server.answer(held)["offsets"] == [["t", 0, -1, ""]]
     assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, ""]]
+
+
+def test_a_held_fetch_is_refused_at_its_deadline_while_the_reading_cannot_be_stored(cluster: _Cluster) -> None:
+    """The offsets partition takes no append (its leader gone, too few replicas): the answer
+    waits at most OFFSET_FETCH_HOLD_MS, then is the retriable unstable_offset_commit, as before
+    (the member backs off and asks again), well within the member's request timeout."""
+    cluster.make_topic("t", 1)
+    cluster.join("a")
+    held = request(P.OFFSET_FETCH, group="g", partitions=[list(T0)])
+    assert cluster.coord.groups._on_offset_fetch(held) is DEFER
+    cluster.clock.advance(groups_offsets.OFFSET_FETCH_HOLD_MS - 1)
+    cluster.coord.groups.tick()
+    assert not [h for r, h, _ in cluster.coord.groups.server.replies if r is held]
+    cluster.clock.advance(1)
+    cluster.coord.groups.tick()
+    assert cluster.coord.groups.server.answer(held)["error"] == P.UNSTABLE_OFFSET_COMMIT
+    assert groups_offsets.OFFSET_FETCH_HOLD_MS < COORDINATOR_CALL_TIMEOUT_MS // 2
+    cluster.log.settle()
+    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, ""]]
+
+
+def test_fetches_held_are_bounded(cluster: _Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past OFFSET_FETCHES_HELD_MAX of a group, one is refused at once (retriable), as before."""
+    monkeypatch.setattr(groups_offsets, "OFFSET_FETCHES_HELD_MAX", 2)
+    cluster.make_topic("t", 1)
+    cluster.join("a")
+    reqs = [request(P.OFFSET_FETCH, group="g", partitions=[list(T0)]) for _ in range(3)]
+    assert cluster.coord.groups._on_offset_fetch(reqs[0]) is DEFER
+    assert cluster.coord.groups._on_offset_fetch(reqs[1]) is DEFER
+    with pytest.raises(RemoteError) as e:
+        cluster.coord.groups._on_offset_fetch(reqs[2])
+    assert e.value.code == P.UNSTABLE_OFFSET_COMMIT
+    cluster.log.settle()
+    assert [cluster.coord.groups.server.answer(r)["offsets"] for r in reqs[:2]] == [[["t", 0, -1, ""]]] * 2
 
 
 # -- scenario 3: the topic deleted and made again -------------------------------------------------
