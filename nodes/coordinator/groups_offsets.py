@@ -289,7 +289,7 @@ class GroupOffsetsMixin:
                     raise self._reading_unstable(gid)
                 answer = self._on_offset_fetch(req)
             except RemoteError as e:  # also what changed meanwhile (the offsets being read again)
-                self.server.reply_error(req, e.code, e.message)
+                self.server.reply_error(req, e.code, e.message, **e.details)
             else:
                 assert answer is not DEFER, "held again while its reading is stored"
                 self.server.reply(req, answer)

@@ -439,6 +439,20 @@ def test_what_older_code_reads_of_an_offsets_log_with_readings(cluster: _Cluster
     assert old_table == {"g": {T0: 5}}
 
 
+def test_a_rejoin_storm_writes_the_groups_reading_once(cluster: _Cluster) -> None:
+    """A reading is written only when it changes: members leaving and joining again (the group
+    keeps its offsets of t, so its reading of t while empty) add no reading record per generation
+    to the offsets log (nor to its snapshots)."""
+    cluster.make_topic("t", 1)
+    a = cluster.join("a")
+    cluster.committed(T0, 5)
+    for i in range(20):
+        cluster.leave(a)
+        a = cluster.join(f"a{i}")
+    cluster.log.settle()
+    assert sum(1 for r in cluster.log.records() if parse_reading_key(r.key) is not None) == 1
+
+
 # -- a new group is cold ---------------------------------------------------------------------------
 def test_a_group_that_begins_reading_after_the_partitions_were_made_judges_none_newer(cluster: _Cluster) -> None:
     cluster.make_topic("t", 1)
