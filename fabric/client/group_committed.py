@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST
 from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
-from fabric.client.group_link import RETRY_BACKOFF_MS, CoordinatorLink, newer_than_reading
+from fabric.client.group_link import RETRY_BACKOFF_MS, CoordinatorLink, read_offset_fetch
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
 
@@ -88,7 +88,8 @@ class GroupCommittedLookups:
         if not tps:
             return {}, {}, set()
         h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in tps]})
-        return self._took_committed(tps, h["offsets"]), h.get("topic_ids") or {}, newer_than_reading(h)
+        offsets, topic_ids, newer = read_offset_fetch(h)
+        return self._took_committed(tps, offsets), topic_ids, newer
 
     def _took_committed(self, tps: list[TopicPartition], offsets: list) -> dict[TopicPartition, int | None]:
         """OFFSET_FETCH's ``offsets`` of ``tps``, per partition (None: nothing committed), also
@@ -160,8 +161,10 @@ class GroupCommittedLookups:
             if err is not None:
                 lookup.error = err
             else:
-                lookup.offsets, lookup.topic_ids = h["offsets"], h.get("topic_ids") or {}
-                lookup.newer = newer_than_reading(h)
+                try:
+                    lookup.offsets, lookup.topic_ids, lookup.newer = read_offset_fetch(h)
+                except CodedError as e:  # a malformed answer
+                    lookup.error = e
         try:
             self._link.request(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]},
                                callback=done)

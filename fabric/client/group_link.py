@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import zmq
 
 from fabric import protocol as P
 from fabric.clock import Clock
-from fabric.errors import CodedError, RemoteError
+from fabric.errors import ClientError, CodedError, RemoteError
 from fabric.rpc import BlockingClient, ReplyCallback
 
 log = logging.getLogger(__name__)
@@ -34,18 +34,51 @@ RETRY_BACKOFF_MS = 200
 REJOIN_ERRORS = frozenset({P.UNKNOWN_MEMBER, P.ILLEGAL_GENERATION, P.UNKNOWN_GROUP, P.REBALANCE_IN_PROGRESS})
 
 
-def newer_than_reading(answer: dict) -> set[tuple[str, int]]:
-    """OFFSET_FETCH's ``newer_than_reading``: of the partitions asked for that have nothing
-    committed, those the coordinator knows were made after the group began reading their topic
-    (nodes/coordinator/group_readings.py). They start at their log start whatever
-    ``auto_offset_reset`` says. Empty from an older coordinator, which sends no such field (the
-    consumer then behaves as before). ``{topic: [partition...]}``; an entry of another shape is
-    left out."""
+class OffsetFetchAnswer(NamedTuple):
+    """OFFSET_FETCH's answer as a client reads it (``read_offset_fetch``)."""
+
+    offsets: list  # [[topic, partition, offset (-1: nothing committed), metadata]...], as sent
+    topic_ids: dict[str, str]  # {topic: the id of the topic its committed offsets are of}
+    newer: set[tuple[str, int]]  # newer than the group's reading of their topic (``newer_than_reading``)
+
+
+def read_offset_fetch(answer: dict) -> OffsetFetchAnswer:
+    """Read OFFSET_FETCH's answer: the one reader of the join's lookup (group_join), an assigned
+    consumer's and ``committed_starts`` (group_committed). ``offsets``: each entry
+    ``[topic, partition, offset, metadata]`` (fields after those, a newer coordinator's, are left
+    out). ``topic_ids``: empty from an older coordinator, and an entry that is not a name's string
+    id is left out. ``newer``: of the partitions asked for that have nothing committed, those the
+    coordinator knows were made after the group began reading their topic
+    (nodes/coordinator/group_readings.py) -- they start at their log start whatever
+    ``auto_offset_reset`` says; empty from an older coordinator, which sends no such field (the
+    consumer then behaves as before). Sent as ``{topic: [partition...]}``; one that is not of that
+    shape names every partition of the answer with nothing committed: read as "nothing is newer",
+    a partition made after the group began reading would start by the policy (``latest`` never
+    reads its records so far), while from its log start they are at most read again. Raises
+    ClientError(malformed_request) for an answer without readable ``offsets`` (not an exception
+    that stops the reactor inside the reply's callback)."""
+    raw_offsets = answer.get("offsets")
+    if not (isinstance(raw_offsets, list) and all(
+            isinstance(e, list) and len(e) >= 4 and isinstance(e[0], str) and type(e[1]) is int
+            and type(e[2]) is int and isinstance(e[3], str) for e in raw_offsets)):
+        raise ClientError("an OFFSET_FETCH answer's offsets must be [[topic, partition, offset, metadata]...]",
+                          P.MALFORMED_REQUEST)
+    offsets = [e[:4] for e in raw_offsets]
+    ids = answer.get("topic_ids")
     raw = answer.get("newer_than_reading")
-    if not isinstance(raw, dict):
-        return set()
-    return {(t, p) for t, ps in raw.items() if isinstance(t, str) and isinstance(ps, list)
-            for p in ps if type(p) is int}
+    newer: set[tuple[str, int]] = set()
+    if raw is not None:
+        readable = isinstance(raw, dict) and all(
+            isinstance(t, str) and isinstance(ps, list) and all(type(p) is int for p in ps) for t, ps in raw.items())
+        if readable:
+            newer = {(t, p) for t, ps in raw.items() for p in ps}
+        else:
+            log.warning("OFFSET_FETCH's newer_than_reading cannot be read (%.200r): every partition with nothing "
+                        "committed starts at its log start", raw)
+            newer = {(t, p) for t, p, o, _ in offsets if o < 0}
+    return OffsetFetchAnswer(
+        offsets, {t: i for t, i in ids.items() if isinstance(t, str) and isinstance(i, str)} if isinstance(ids, dict) else {},
+        newer)
 
 
 class RequestClient(Protocol):

@@ -33,7 +33,9 @@ Kafka's eager protocol with coordinator-side assignment:
   committed, those made after the group began reading their topic, which a member starts at their
   log start whatever its ``auto_offset_reset`` -- ``nodes.coordinator.group_readings``; absent
   from older coordinators); ``unstable_offset_commit`` (retriable) while a commit of one of those
-  partitions is queued or being written.
+  partitions is queued or being written. With partitions named, the answer waits while the group's
+  reading of its topics is being stored (at most ``OFFSET_FETCH_HOLD_MS``, then
+  ``unstable_offset_commit``).
 - At most ``GROUPS_MAX`` groups (with members or only committed offsets); a join or an
   administrative commit that would make one more gets ``buffer_full``.
 - LIST_GROUPS -> ``{groups: [{group, state, generation, assignor, members}]}``;
@@ -43,9 +45,9 @@ Kafka's eager protocol with coordinator-side assignment:
   parts: ``GroupOffsetsMixin._on_delete_group``).
 
 Membership lives in memory: after a coordinator restart members get ``unknown_member`` and
-join again (and when each group's first generation subscribed to a topic is forgotten:
-``nodes.coordinator.group_readings`` says what shows a partition newer than a group's reading
-then). Offsets live in ``nodes.coordinator.offsets``; OFFSET_COMMIT, OFFSET_FETCH and the
+join again; when each group's first generation subscribed to a topic is stored in its offsets
+partition and comes back (``nodes.coordinator.group_readings``).
+Offsets live in ``nodes.coordinator.offsets``; OFFSET_COMMIT, OFFSET_FETCH and the
 expiry of empty groups' offsets are ``GroupOffsetsMixin`` (nodes/coordinator/groups_offsets.py),
 a base of ``GroupCoordinator``.
 
@@ -116,10 +118,13 @@ class Group:
     pending_members: dict[str, int] = field(default_factory=dict)   # member id handed out -> expiry (ms)
     emptied_ms: int | None = None   # when (monotonic) it last lost its last member (None: not in this process)
     # per topic its latest generation subscribed to (or that it has committed offsets of), the
-    # metadata version when the first generation (in this process) that did was made: partitions
-    # made after it are newer than the group's reading (nodes/coordinator/group_readings.py). Only
-    # for the topics subscribed to now or with committed offsets (``_readings_with_offsets``)
+    # metadata version when the first generation that did was made: partitions made after it are
+    # newer than the group's reading (nodes/coordinator/group_readings.py). Only for the topics
+    # subscribed to now or with committed offsets (``_readings_with_offsets``). Stored in the
+    # group's offsets partition (``OffsetStore.readings``), so that it outlives this process
     reading_since: dict[str, int] = field(default_factory=dict)
+    readings_seeded: bool = False  # reading_since has taken in the stored readings (once loaded)
+    readings_dirty: bool = False   # reading_since is not stored as it is (OFFSET_FETCH waits)
 
 
 class GroupCoordinator(GroupOffsetsMixin):
@@ -134,6 +139,7 @@ class GroupCoordinator(GroupOffsetsMixin):
         self._expiry_checked_ms: int | None = None
         self._loaded_ms: int | None = None  # when (monotonic) the offsets were first seen loaded
         self._deleting: Counter[str] = Counter()  # groups whose DELETE_GROUP is writing its parts
+        self._fetches_held: dict[str, list[tuple[wire.Request, int]]] = {}  # waiting for their group's reading
         self.server = context.server
         self.clock = context.reactor.clock
         self.groups: dict[str, Group] = {}
@@ -269,6 +275,7 @@ class GroupCoordinator(GroupOffsetsMixin):
         # of 500 members with 1,000 topics take seconds of the reactor)
         subs = {m.member_id: frozenset(m.topics) for m in group.members.values()}
         group.subscribed = frozenset().union(*subs.values())
+        self._seed_readings(group)
         # bounded by the subscriptions and the committed offsets held: a topic no member subscribes
         # to now keeps its reading while the group has offsets of it (as when the group empties),
         # so a partition made meanwhile is newer once the topic is read again -- also when every
@@ -278,6 +285,7 @@ class GroupCoordinator(GroupOffsetsMixin):
         dropped = group.reading_since.keys() - group.subscribed  # (the table is read only for these)
         group.reading_since = {**(self._readings_with_offsets(group, dropped) if dropped else {}),
                                **{t: group.reading_since.get(t, version) for t in group.subscribed}}
+        self._store_readings(group)  # before any member may fetch by it (OFFSET_FETCH waits for it)
         counts = {t: len(self.context.state.topics[t].partitions) for t in sorted(group.subscribed)
                   if t in self.context.state.topics}
         result = assign(group.assignor, subs, counts, {m.member_id: m.assignment for m in group.members.values()})
@@ -315,7 +323,9 @@ class GroupCoordinator(GroupOffsetsMixin):
         topic it holds no position in is no reading to be newer than."""
         group.state, group.leader, group.partition_counts = EMPTY, None, {}
         group.emptied_ms = self.clock.now_ms()
+        self._seed_readings(group)
         group.reading_since = self._readings_with_offsets(group, group.reading_since.keys())
+        self._store_readings(group)
 
     def _readings_with_offsets(self, group: Group, topics: Iterable[str]) -> dict[str, int]:
         """``group.reading_since`` of those of ``topics`` the group has committed offsets of."""
@@ -356,6 +366,8 @@ class GroupCoordinator(GroupOffsetsMixin):
                     log.warning("group %s: %s missed its session (%d ms)", gid, m.member_id, now - m.last_seen_ms)
                     self._remove_member(group, m.member_id, f"{m.member_id} session expired")
             self._maybe_complete(group)
+            if group.readings_dirty:  # not stored yet (loading, a write failed or one in flight)
+                self._write_readings(group)
             members += len(group.members) + len(group.pending_members)
             names += sum(len(m.topics) for m in group.members.values())
             # compared only after an assignment and when a subscribed topic changed: every tick
@@ -364,10 +376,12 @@ class GroupCoordinator(GroupOffsetsMixin):
                 group.counts_checked = True
                 if self._partition_counts_changed(group):
                     self._prepare_rebalance(group, "partitions of a subscribed topic changed")
-            if group.state == EMPTY and not group.members and not group.pending_members \
+            if group.state == EMPTY and not group.members and not group.pending_members and not group.readings_dirty \
                     and not self.offsets.offsets_for(gid) and not self.offsets.has_in_flight(gid):
                 del self.groups[gid]
         self._members_held, self._names_held = members, names
+        for gid in list(self._fetches_held):  # stored by a write another made, or at their deadlines
+            self._answer_held_fetches(gid)
         if self._expiry_checked_ms is None or now - self._expiry_checked_ms >= OFFSETS_EXPIRY_CHECK_MS:
             self._expiry_checked_ms = now
             self._expire_offsets()

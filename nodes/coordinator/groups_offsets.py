@@ -5,6 +5,17 @@ offsets of groups that have had no members, and no commit, for longer than the r
 (KIP-211). The request shapes are in ``nodes.coordinator.groups``; the offsets
 themselves live in ``nodes.coordinator.offsets``.
 
+Also the storing of each group's reading of its topics (``Group.reading_since``,
+nodes/coordinator/group_readings.py) in its offsets partition: written (changes only) whenever
+a rebalance or the group's emptying changes it, through the group's commit queue; OFFSET_FETCH
+of the group naming partitions (as members ask) is held until it is stored as it is, so no
+member starts a partition by ``auto_offset_reset`` on a reading that a coordinator restart could
+still forget: answered as soon as the append is acknowledged (as an OFFSET_COMMIT's answer waits
+for its append), or at ``OFFSET_FETCH_HOLD_MS`` with the retriable ``unstable_offset_commit``
+(the member backs off and asks again) -- refused so at once, each member's first start paid its
+200 ms back-off and a JOIN_GROUP, SYNC_GROUP and OFFSET_FETCH again. Deleted with the group
+(DELETE_GROUP, the offsets' expiry) in the same commit as its first tombstones.
+
 ``GroupOffsetsMixin`` is that part of ``GroupCoordinator`` (nodes/coordinator/groups.py): its
 state is the coordinator's own (set by ``GroupCoordinator.__init__``), and the membership a
 commit is judged by is the coordinator's.
@@ -21,8 +32,8 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
-from nodes.coordinator.group_readings import newer_than_reading
-from nodes.coordinator.offsets import deletion_parts
+from nodes.coordinator.group_readings import ALL_TOPICS, Reading, merged_readings, newer_than_reading
+from nodes.coordinator.offsets import READINGS_PER_COMMIT_MAX, deletion_parts
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
 
 if TYPE_CHECKING:
@@ -34,6 +45,12 @@ if TYPE_CHECKING:
     from nodes.coordinator.offsets import OffsetStore
 
 log = logging.getLogger(__name__)
+
+# OFFSET_FETCH of a group whose reading is being stored waits for it at most this long, then is
+# the retriable unstable_offset_commit (the member backs off and asks again): well within a
+# member's request timeout (fabric/client/group_link.py COORDINATOR_CALL_TIMEOUT_MS, 10 s)
+OFFSET_FETCH_HOLD_MS = 2_000
+OFFSET_FETCHES_HELD_MAX = P.GROUP_MEMBERS_MAX  # per group; one more is refused at once (retriable)
 
 
 class GroupOffsetsMixin:
@@ -49,6 +66,8 @@ class GroupOffsetsMixin:
     offsets_retention_ms: int
     _loaded_ms: int | None
     _deleting: Counter[str]  # groups whose DELETE_GROUP is writing its parts (_on_delete_group)
+    # per group, its OFFSET_FETCHes waiting for its reading to be stored, with their deadlines (ms)
+    _fetches_held: dict[str, list[tuple[wire.Request, int]]]
 
     if TYPE_CHECKING:  # GroupCoordinator's, never these
         @staticmethod
@@ -138,7 +157,7 @@ class GroupOffsetsMixin:
                 return RemoteError(P.PARTITION_NOT_ASSIGNED, f"{t}-{p} is not assigned to {member.member_id} in generation {group.generation}")
         return None
 
-    def _on_offset_fetch(self, req: wire.Request) -> dict:
+    def _on_offset_fetch(self, req: wire.Request) -> Any:
         gid = self._group_id(req)
         self._require_loaded()
         table = self.offsets.offsets_for(gid)
@@ -152,6 +171,14 @@ class GroupOffsetsMixin:
         else:
             raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition] or null")
         self.offsets.check_not_resyncing(gid)
+        group = self.groups.get(gid)
+        # every partition of an answer to all (an administrator's look) has an offset: none is judged
+        if wanted is not None and self._storing_reading(gid):
+            held = self._fetches_held.setdefault(gid, [])
+            if len(held) >= OFFSET_FETCHES_HELD_MAX:
+                raise self._reading_unstable(gid)
+            held.append((req, self.clock.now_ms() + OFFSET_FETCH_HOLD_MS))  # answered once it is stored
+            return DEFER
         unstable = self.offsets.unstable(gid, None if wanted is None else keys)
         if unstable:
             # the commit in flight may replace these offsets: whoever starts from them now could
@@ -169,9 +196,9 @@ class GroupOffsetsMixin:
                 tid = c.topic_id or (now.topic_id if now is not None else "")
                 if tid:
                     ids[tp[0]] = tid
-        group = self.groups.get(gid)
+        since = merged_readings(group.reading_since if group is not None else {}, self.offsets.readings.get(gid, {}))
         newer = newer_than_reading([tp for tp in keys if tp not in table], topics, self.offsets.table.get(gid, {}),
-                                   group.reading_since if group is not None else {})
+                                   since)
         # per topic, its partition numbers: [[topic, p]...] repeated the name per partition and so
         # doubled an answer whose offsets already name it -- over HEADER_BYTES_MAX, dropped by the
         # member, for a request that fits
@@ -194,15 +221,17 @@ class GroupOffsetsMixin:
         g = self.groups.get(gid)
         if g is not None and g.members:
             raise self._non_empty(g)
-        if g is not None:  # also if the deletion stops part way: what the group read is old now
-            g.reading_since = {}
         # offsets of deleted topics too: they go with the group; and the partitions of commits on
         # their way (queued before the tombstones, they land first: without a tombstone of
         # their own, the group would be back with them)
         partitions = set(self.offsets.table.get(gid, {})) | set(self.offsets.unstable(gid, None))
-        if g is None and not partitions:
+        if g is None and not partitions and not self._has_readings(gid):
             raise RemoteError(P.UNKNOWN_GROUP, f"no group {gid!r}")
-        parts = deletion_parts(gid, sorted(partitions))
+        if g is not None:  # also if the deletion stops part way: what the group read is old now
+            g.reading_since, g.readings_dirty = {}, False
+        # the stored readings go with the first part (also those on their way: it lands after them)
+        parts = deletion_parts(gid, sorted(partitions)) or [[]]
+        forget: dict[str, Reading | None] = {ALL_TOPICS: None} if self._has_readings(gid) else {}
         self._deleting[gid] += 1  # an administrator's commit meanwhile is refused (_commit_refusal)
 
         def recheck() -> RemoteError | None:
@@ -213,8 +242,10 @@ class GroupOffsetsMixin:
             """The previous part is written (or failed: the deletion stops there): the next one."""
             if err is None and parts:
                 try:
-                    self.offsets.commit(gid, parts.pop(0), allow_backward=True, check_log_end=False, done=next_part,
-                                        recheck=recheck)
+                    self.offsets.commit(gid, parts[0], allow_backward=True, check_log_end=False, done=next_part,
+                                        recheck=recheck, readings=dict(forget))
+                    parts.pop(0)
+                    forget.clear()
                     return
                 except RemoteError as e:  # buffer_full; the offsets topic not made yet (not_enough_replicas)
                     err = e
@@ -231,6 +262,93 @@ class GroupOffsetsMixin:
         next_part()
         return DEFER
 
+    # -- the groups' readings, stored ---------------------------------------------------------------
+    def _storing_reading(self, gid: str) -> bool:
+        group = self.groups.get(gid)
+        return self.offsets.reading_in_flight(gid) or (group is not None and group.readings_dirty)
+
+    @staticmethod
+    def _reading_unstable(gid: str) -> RemoteError:
+        return RemoteError(P.UNSTABLE_OFFSET_COMMIT, f"the reading of its topics of group {gid!r} is being stored; retry")
+
+    def _answer_held_fetches(self, gid: str) -> None:
+        """Answer the group's OFFSET_FETCHes held (``_on_offset_fetch``) once its reading is
+        stored, or at their deadlines with the retriable unstable_offset_commit."""
+        held = self._fetches_held.pop(gid, None)
+        if not held:
+            return
+        storing, now = self._storing_reading(gid), self.clock.now_ms()
+        waiting = [(req, deadline_ms) for req, deadline_ms in held if storing and now < deadline_ms]
+        if waiting:
+            self._fetches_held[gid] = waiting
+        for req, deadline_ms in held:
+            if storing and now < deadline_ms:
+                continue
+            try:
+                if storing:  # its deadline
+                    raise self._reading_unstable(gid)
+                answer = self._on_offset_fetch(req)
+            except RemoteError as e:  # also what changed meanwhile (the offsets being read again)
+                self.server.reply_error(req, e.code, e.message, **e.details)
+            else:
+                assert answer is not DEFER, "held again while its reading is stored"
+                self.server.reply(req, answer)
+
+    def _has_readings(self, gid: str) -> bool:
+        return gid in self.offsets.readings or self.offsets.reading_in_flight(gid)
+
+    def _seed_readings(self, group: Group) -> None:
+        """Once the offsets are loaded, take the group's stored readings into ``reading_since``
+        (a group is new to this process, or was made before the load: its first generation here
+        is no reading's start if an earlier one is stored). Every stored one is kept (the rules of
+        what is kept apply from the next change on); of two, the earlier."""
+        if group.readings_seeded or not self.offsets.loaded:
+            return
+        group.readings_seeded = True
+        group.reading_since = merged_readings(group.reading_since, self.offsets.readings.get(group.group_id, {}))
+
+    def _store_readings(self, group: Group) -> None:
+        """``group.reading_since`` changed (or may have): store it (``_write_readings``)."""
+        group.readings_dirty = True
+        self._write_readings(group)
+
+    def _write_readings(self, group: Group) -> None:
+        """Append the changes of the group's stored readings that make them ``reading_since``
+        (none: nothing is written), at most READINGS_PER_COMMIT_MAX a commit (the next as it
+        lands). Waits (stays dirty: the tick tries again) until the offsets are loaded and while
+        a change is on its way, and after a failure."""
+        gid = group.group_id
+        if not self.offsets.loaded or self.offsets.reading_in_flight(gid):
+            return
+        self._seed_readings(group)
+        stored = self.offsets.readings.get(gid, {})
+        wall = self.clock.wall_ms()
+        changes: dict[str, Reading | None] = {t: None for t in stored if t not in group.reading_since}
+        changes.update((t, Reading(v, wall)) for t, v in group.reading_since.items()
+                       if t not in stored or stored[t].version != v)
+        if not changes:
+            group.readings_dirty = False
+            return
+        more = len(changes) > READINGS_PER_COMMIT_MAX
+        if more:
+            changes = dict(list(changes.items())[:READINGS_PER_COMMIT_MAX])
+
+        def done(err: RemoteError | None) -> None:
+            if self.groups.get(gid) is not group:
+                return
+            if err is not None:
+                log.info("group %s: its reading not stored (tried again): %s", gid, err)
+                group.readings_dirty = True
+            elif group.readings_dirty:  # changed again while this was on its way
+                self._write_readings(group)
+            self._answer_held_fetches(gid)  # those waiting for it, at once (not at the next tick)
+        try:
+            self.offsets.commit(gid, [], allow_backward=True, check_log_end=False, done=done, readings=changes)
+        except RemoteError as e:  # buffer_full; the offsets topic not made yet (not_enough_replicas)
+            log.debug("group %s: its reading not stored yet: %s", gid, e)  # tried at every tick
+            return
+        group.readings_dirty = more
+
     @staticmethod
     def _non_empty(group: Group) -> RemoteError:
         n = len(group.members)
@@ -239,19 +357,25 @@ class GroupOffsetsMixin:
     def _expire_offsets(self) -> None:
         """Delete the committed offsets of groups that have had no members, and no commit, for
         longer than the retention (Kafka's offsets.retention.minutes, KIP-211): without it, groups
-        nobody uses again stayed for good, up to GROUPS_MAX, and every new group was then refused."""
+        nobody uses again stayed for good, up to GROUPS_MAX, and every new group was then refused.
+        Their stored readings go with the first part; so do those of a group that has nothing
+        else stored (its members were gone when the coordinator restarted and never came back)."""
         if not self.offsets.loaded:
             return
         now = self.clock.now_ms()
         if self._loaded_ms is None:
             self._loaded_ms = now  # who was a member before a restart is unknown: count from now
         horizon = self.clock.wall_ms() - self.offsets_retention_ms  # commit times are wall times (stored)
-        for gid, table in list(self.offsets.table.items()):
+        stored = self.offsets.readings
+        for gid in list(self.offsets.table) + [g for g in stored if g not in self.offsets.table]:
             if self.offsets.pending_count >= P.PENDING_COMMITS_MAX // 2:
                 return  # the rest at the next check: live groups' commits keep room
             group = self.groups.get(gid)
-            if not table or (group is not None and (group.members or group.pending_members)) \
-                    or self.offsets.has_in_flight(gid) or max(c.commit_ts_ms for c in table.values()) > horizon:
+            table = self.offsets.table.get(gid, {})
+            newest_ms = max([c.commit_ts_ms for c in table.values()]
+                            + [r.written_ms for r in stored.get(gid, {}).values()], default=None)
+            if newest_ms is None or (group is not None and (group.members or group.pending_members)) \
+                    or self.offsets.has_in_flight(gid) or newest_ms > horizon:
                 continue
             emptied = group.emptied_ms if group is not None and group.emptied_ms is not None else self._loaded_ms
             if now - emptied < self.offsets_retention_ms:
@@ -259,13 +383,14 @@ class GroupOffsetsMixin:
                 # (on the monotonic clock: a wall clock stepped forward expires nothing early)
             log.info("group %s: no members and no commit for %d ms: its committed offsets expire",
                      gid, self.offsets_retention_ms)
-            if group is not None:
-                group.reading_since = {}  # a group that comes back is a new one: what it read is old
-            parts = deletion_parts(gid, sorted(table))
+            if group is not None:  # a group that comes back is a new one: what it read is old
+                group.reading_since, group.readings_dirty = {}, False
+            parts = deletion_parts(gid, sorted(table)) or [[]]
             try:  # the first part of its tombstones: the next checks delete the rest
                 self.offsets.commit(gid, parts[0], allow_backward=True,
                                     check_log_end=False, done=lambda err, gid=gid: err and log.warning(
-                                        "group %s: expired offsets not deleted (next check): %s", gid, err))
+                                        "group %s: expired offsets not deleted (next check): %s", gid, err),
+                                    readings={ALL_TOPICS: None} if gid in stored else None)
             except RemoteError as e:  # commits queued to their bound: the next check goes on
                 log.info("offset expiry paused: %s", e)
                 return

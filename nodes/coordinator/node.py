@@ -15,7 +15,7 @@ Not thread-safe: everything runs on the reactor's thread.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -32,6 +32,7 @@ from nodes.base import Node
 from nodes.coordinator import election
 from nodes.coordinator.alter_isr import IsrChange, judge
 from nodes.coordinator.alter_isr import result as alter_isr_result
+from nodes.coordinator.context import BrokerRequester
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.liveness import DisconnectWatch
 from nodes.coordinator.offsets_client import OffsetsTopicClient
@@ -52,7 +53,10 @@ class Coordinator(TopicAdminMixin, Node):
     role = "coordinator"
     PUB_KIND = zmq.XPUB  # a new subscriber is answered with the metadata version (_on_subscription)
 
-    def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
+    def __init__(self, config: LoomConfig, name: str, *,
+                 offsets_connect: Callable[[str], BrokerRequester] | None = None, **kw: Any) -> None:
+        """``offsets_connect(endpoint)``: the RPC client of the committed-offsets machinery to one
+        broker (an RpcClient by default); ``kw``: the Node's (clock, ...)."""
         super().__init__(config, name, **kw)
         self.store = StateStore(self.take_data_dir(config.data_dir_for(name)))  # raises DataDirInUse
         self.state: ClusterState = self.store.load()
@@ -97,8 +101,8 @@ class Coordinator(TopicAdminMixin, Node):
         self._pid_next = self._pid_end = self.state.next_producer_id
         self.reactor.call_every(config.replication.preferred_leader_check_ms, self._restore_preferred_leaders)
         self.extensions: list[Any] = []  # group coordinator etc. plug in here
-        offsets_client = OffsetsTopicClient(self, lambda endpoint: RpcClient(self.ctx, self.reactor, endpoint,
-                                                                            identity="coordinator-offsets"))
+        offsets_client = OffsetsTopicClient(self, offsets_connect or (
+            lambda endpoint: RpcClient(self.ctx, self.reactor, endpoint, identity="coordinator-offsets")))
         self.groups = GroupCoordinator(self, offsets_client, offsets_retention_ms=config.limits.group_offsets_retention_ms)
         self.groups.install()
         self.extensions.append(self.groups)

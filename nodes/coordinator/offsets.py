@@ -8,11 +8,16 @@ restart and the loss of any one broker. A group's records all go to one offsets 
 has at most one append in flight: commits of one group are applied in the order they came.
 
 Record format: key = msgpack ``[group, topic, partition]``; value = msgpack
-``[offset, metadata, commit_ts_ms]``, or empty bytes for a deletion (tombstone).
+``[offset, metadata, commit_ts_ms, topic_id]``, or empty bytes for a deletion (tombstone). A
+group's reading of a topic (when its first generation that subscribed to it was made:
+nodes/coordinator/group_readings.py) goes the same way, in records of its own kind (key msgpack
+``["loom.offsets.reading", group, topic]``, value ``[version, written_ms]``; a commit key's third
+element is a partition number, so older code, whose loader skips a record it cannot read,
+ignores them): ``readings`` (group -> topic -> Reading), next to the table.
 
 Snapshots (``nodes.coordinator.snapshots``, written by ``offsets_snapshot_jobs``): now and then each offsets partition gets a
-snapshot of its groups' committed offsets, through the same queue as the commits, and its
-start offset is remembered in the coordinator's state file. The topic has a time retention
+snapshot of its groups' committed offsets and readings, through the same queue as the commits,
+and its start offset is remembered in the coordinator's state file. The topic has a time retention
 (``OFFSETS_RETENTION_MS``) that the snapshot schedule keeps safe.
 
 On start the coordinator rebuilds the table by reading every offsets partition from its
@@ -45,7 +50,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import msgpack
 
@@ -54,6 +59,7 @@ from fabric.errors import RemoteError
 from fabric.records import partition_for_key
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
+from nodes.coordinator.group_readings import Reading, apply_readings, reading_records
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome, OffsetsTopicClient
 from nodes.coordinator.offsets_loader import OffsetsLoader
 from nodes.coordinator.offsets_producer import PRODUCER_STATE_ERRORS, ProducerMixin, Sent
@@ -64,7 +70,7 @@ from nodes.coordinator.snapshots import SnapshotJob
 from nodes.coordinator.store import TopicState, new_partitions
 from nodes.coordinator.topics import place_replicas
 
-__all__ = ["OFFSETS_TOPIC", "Committed", "OffsetStore", "PendingCommit", "deletion_parts"]
+__all__ = ["OFFSETS_TOPIC", "READINGS_PER_COMMIT_MAX", "Committed", "OffsetStore", "PendingCommit", "deletion_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,8 @@ COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch
 APPEND_BYTES_MAX = 4 * 1024 * 1024  # ... and their bytes (a commit always goes, alone if it must):
 #                                    well within the broker's batch limit (16 MiB by default)
 HW_PRUNE_INTERVAL_MS = 10_000      # forget cached log ends of deleted topics at least this often
+READINGS_PER_COMMIT_MAX = 5000    # changes of a group's stored readings in one commit (~3 MiB at most,
+#                                    within APPEND_BYTES_MAX); more go in the next ones
 DELETION_PARTS_IN_BUFFER = 8       # a part of a group's deletion takes at most this share of
 #                                    P.PENDING_COMMIT_BYTES_MAX (and at most APPEND_BYTES_MAX)
 
@@ -84,11 +92,13 @@ TopicPartition = tuple[str, int]
 DoneCallback = Callable[[RemoteError | None], None]
 
 
-def commit_bytes(group: str, entries: list[tuple[str, int, int | None, str]]) -> int:
+def commit_bytes(group: str, entries: list[tuple[str, int, int | None, str]], readings: Iterable[str] = ()) -> int:
     """A commit's bytes in the log, about (each entry's record repeats the group id), as
-    P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them."""
+    P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them; ``readings``: the topics of the
+    reading records it carries."""
     per_entry = ENTRY_BYTES + len(group.encode())
-    return sum(per_entry + len(t.encode()) + len(m.encode()) for t, _, _, m in entries)
+    return sum(per_entry + len(t.encode()) + len(m.encode()) for t, _, _, m in entries) \
+        + sum(per_entry + len(t.encode()) for t in readings)
 
 
 def deletion_parts(group: str, partitions: list[TopicPartition]) -> list[list[tuple[str, int, None, str]]]:
@@ -136,6 +146,9 @@ class PendingCommit:
     # the topics whose id the committer named (OFFSET_COMMIT's topic_ids): their offsets were read
     # in that topic, and one replaced meanwhile refuses the commit for good (unknown_topic_id)
     named: set[str] = field(default_factory=set)
+    # changes of the group's stored readings it carries (topic -> Reading, None: deleted;
+    # group_readings.ALL_TOPICS: every one), appended after its offsets
+    readings: dict[str, Reading | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,6 +183,9 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         self.reactor = context.reactor
         self.client = client
         self.table: dict[str, dict[TopicPartition, Committed]] = {}
+        # group -> topic -> its reading as stored (nodes/coordinator/group_readings.py)
+        self.readings: dict[str, dict[str, Reading]] = {}
+        self._readings_in_flight: Counter[str] = Counter()  # group -> its commits carrying readings
         self._queues: dict[int, _Queue] = {q: _Queue() for q in range(OFFSETS_PARTITIONS)}
         self._pending_count = 0
         self._pending_bytes = 0  # P.PENDING_COMMIT_BYTES_MAX
@@ -189,7 +205,8 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         topic since deleted is not an offset of a topic made again under its name: it would have
         the group skip the new topic's first records, and refuse its commits as going backward.
         Such an entry stays in the table (it names another topic id, it is not judged by
-        absence) until a commit of the new topic replaces it or a snapshot leaves it out."""
+        absence), and in the snapshots, until a commit of the new topic replaces it or the group
+        goes: it shows that the group read the name before (nodes/coordinator/group_readings.py)."""
         table = self.table.get(group, {})
         if not any(self._stale(tp[0], c) for tp, c in table.items()):
             return table
@@ -213,13 +230,17 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         return self._pending_count
 
     def has_in_flight(self, group: str) -> bool:
-        """A commit (or deletion) of the group is queued or being written, or its offsets
-        partition is being read again (nodes/coordinator/offsets_resync.py)."""
-        return group in self._in_flight or self.resyncing(group)
+        """A commit (or deletion, or a change of its readings) of the group is queued or being
+        written, or its offsets partition is being read again (nodes/coordinator/offsets_resync.py)."""
+        return group in self._in_flight or self.reading_in_flight(group) or self.resyncing(group)
+
+    def reading_in_flight(self, group: str) -> bool:
+        """A change of the group's stored readings is queued or being written."""
+        return self._readings_in_flight[group] > 0
 
     def groups_in_flight(self) -> list[str]:
-        """The groups with a commit (or deletion) queued or being written."""
-        return list(self._in_flight)
+        """The groups with a commit (or deletion, or a change of their readings) queued or being written."""
+        return list(self._in_flight) + [g for g in self._readings_in_flight if g not in self._in_flight]
 
     def unstable(self, group: str, partitions: list[TopicPartition] | None) -> list[TopicPartition]:
         """The partitions (all of the group's with None) that a commit in flight may change."""
@@ -257,22 +278,27 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
     # -- commits ---------------------------------------------------------------------------------
     def commit(self, group: str, entries: list[tuple[str, int, int | None, str]], *, allow_backward: bool,
                check_log_end: bool, done: DoneCallback,
-               recheck: Callable[[], RemoteError | None] | None = None, named: set[str] | None = None) -> None:
+               recheck: Callable[[], RemoteError | None] | None = None, named: set[str] | None = None,
+               readings: dict[str, Reading | None] | None = None) -> None:
         """Queue a commit; ``done(None)`` once it is replicated and applied, ``done(error)``
         when it is rejected (nothing changed) or could not be appended in time. ``recheck``
         runs again just before the append; an error it returns rejects the commit. ``named``:
-        the topics whose current id the committer named (``ids_refusal``)."""
-        size = commit_bytes(group, entries)
+        the topics whose current id the committer named (``ids_refusal``). ``readings``: changes
+        of the group's stored readings, appended with it (``entries`` may then be empty)."""
+        size = commit_bytes(group, entries, readings or ())
         if self._pending_count >= P.PENDING_COMMITS_MAX or self._pending_bytes + size > P.PENDING_COMMIT_BYTES_MAX:
             raise RemoteError(P.BUFFER_FULL, "too many offset commits waiting; retry later")
         self.ensure_topic()
         pc = PendingCommit(group, entries, allow_backward, done, self.reactor.clock.now_ms() + COMMIT_TIMEOUT_MS,
                            recheck=recheck, topic_ids={t: self._topic_id(t) for t, _, _, _ in entries}, size=size,
-                           named=named or set())
+                           named=named or set(), readings=dict(readings or {}))
+        if pc.readings:
+            self._readings_in_flight[group] += 1
         self._queues[self.partition_for_group(group)].items.append(pc)
         self._pending_count += 1
         self._pending_bytes += size
-        self._in_flight.setdefault(group, Counter()).update((t, p) for t, p, _, _ in entries)
+        if entries:
+            self._in_flight.setdefault(group, Counter()).update((t, p) for t, p, _, _ in entries)
         if check_log_end:
             pc.ready = False
             self._check_log_end(pc)
@@ -285,12 +311,17 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         pc.finished = True
         self._pending_count -= 1
         self._pending_bytes -= pc.size
-        pending = self._in_flight[pc.group]
-        pending.subtract((t, p) for t, p, _, _ in pc.entries)
-        for tp in [tp for tp, n in pending.items() if n <= 0]:
-            del pending[tp]
-        if not pending:
-            del self._in_flight[pc.group]
+        if pc.entries:
+            pending = self._in_flight[pc.group]
+            pending.subtract((t, p) for t, p, _, _ in pc.entries)
+            for tp in [tp for tp, n in pending.items() if n <= 0]:
+                del pending[tp]
+            if not pending:
+                del self._in_flight[pc.group]
+        if pc.readings:
+            self._readings_in_flight[pc.group] -= 1
+            if not self._readings_in_flight[pc.group]:
+                del self._readings_in_flight[pc.group]
         if error is not None and pc.maybe_in_log:  # the log may hold it, the table will not
             self._resync(self.partition_for_group(pc.group))
         pc.done(error)  # a bug in it is not swallowed: it stops the node (fabric/reactor.py)
@@ -357,6 +388,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
                 value = b"" if offset is None else msgpack.packb([offset, metadata, ts, pc.topic_ids.get(topic, "")],
                                                                  use_bin_type=True)
                 records.append((ts, key, value, None))
+            records.extend((ts, key, value, None) for key, value in reading_records(pc.group, pc.readings))
         self._queues[q].sent = self._new_sent(q, records, take)
         self._send_commits(q)
 
@@ -374,6 +406,8 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
                 queue.records_since_snapshot += sent.records
                 for pc in sent.take:  # all applied before any is answered: an answer may queue (and
                     self.apply(pc.group, pc.entries, sent.ts, pc.topic_ids)  # judge) the next commit
+                    if pc.readings:
+                        self.apply_readings(pc.group, pc.readings)
                 for pc in sent.take:
                     self._finish(pc, None)
                 self.counters["offset_commits"] += len(sent.take)
@@ -406,6 +440,10 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         """Apply acknowledged changes (offset None: deleted) to the table; ``topic_ids``: the id
         of each entry's topic when it was committed."""
         self._apply_to(self.table, group, entries, ts, topic_ids)
+
+    def apply_readings(self, group: str, changes: dict[str, Reading | None]) -> None:
+        """Apply acknowledged changes of the group's stored readings."""
+        apply_readings(self.readings, group, changes)
 
     @staticmethod
     def _apply_to(tables: dict[str, dict[TopicPartition, Committed]], group: str,
@@ -468,6 +506,8 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         assert not self.loaded, "the table holds acknowledged commits"
         for group in [g for g in self.table if self.partition_for_group(g) == q]:
             del self.table[group]
+        for group in [g for g in self.readings if self.partition_for_group(g) == q]:
+            del self.readings[group]
 
     def loaded_all(self) -> None:
         """The loader read every offsets partition: take commits from now on."""

@@ -33,6 +33,7 @@ from fabric.records import decode_batches
 from fabric.replies import FetchEntry, decode_parts
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
+from nodes.coordinator.group_readings import ALL_TOPICS, Reading, decode_reading, parse_reading_key
 from nodes.coordinator.offsets_client import OffsetsTopicClient
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class LoadTarget(Protocol):
 
     def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int,
               topic_ids: dict[str, str] | None = None) -> None: ...
+
+    def apply_readings(self, group: str, changes: dict[str, Reading | None]) -> None: ...
 
     def forget_partition(self, q: int) -> None:
         """Drop what was applied of offsets partition ``q`` (its read starts again)."""
@@ -170,14 +173,24 @@ class OffsetsLoader:
         self.client.fetch(endpoint, q, st.offset, on_reply)
 
     def apply_record(self, key: bytes | None, value: bytes) -> None:
-        """Apply one record of the offsets topic (a commit, a tombstone or a snapshot record).
-        A record that cannot be read is counted, logged and skipped: it must not stop the load
-        (anything can be produced to the topic). Applying what was read raises nothing but a bug."""
+        """Apply one record of the offsets topic (a commit, a tombstone, a snapshot record or a
+        group's reading). A record that cannot be read is counted, logged and skipped: it must not
+        stop the load (anything can be produced to the topic; older code skips reading records
+        so). Applying what was read raises nothing but a bug."""
+        reading_of = parse_reading_key(key)
         try:
-            entries = decode_record(key, value)
+            if reading_of is not None:
+                reading = decode_reading(value, self.context.state.version)
+                if reading is not None and reading_of[1] == ALL_TOPICS:  # only ever a deletion
+                    raise ValueError(f"a reading of every topic of group {reading_of[0]!r}")
+            else:
+                entries = decode_record(key, value)
         except (ValueError, TypeError, msgpack.UnpackException) as e:
             self.context.counters["offsets_bad_records"] += 1
             log.warning("%s: a record that cannot be read is skipped: %s", self.topic, e)
+            return
+        if reading_of is not None:
+            self.store.apply_readings(reading_of[0], {reading_of[1]: reading})
             return
         for group, topic, p, offset, metadata, ts, topic_id in entries:
             self.store.apply(group, [(topic, p, offset, metadata)], ts, {topic: topic_id})

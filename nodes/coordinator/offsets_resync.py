@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from fabric import protocol as P
 from fabric.errors import RemoteError
 from nodes.coordinator import snapshots as S
+from nodes.coordinator.group_readings import Reading, apply_readings
 from nodes.coordinator.offsets_loader import OffsetsLoader
 
 if TYPE_CHECKING:
@@ -33,13 +34,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Table = dict  # group -> (topic, partition) -> Committed
+Readings = dict  # group -> topic -> Reading
 
 
 class _Reread:
     """Where a partition read again goes (the loader's LoadTarget): a table of its own."""
 
-    def __init__(self, apply_to: Callable[..., None], done: Callable[[Table], None]) -> None:
+    def __init__(self, apply_to: Callable[..., None], done: Callable[[Table, Readings], None]) -> None:
         self.table: Table = {}
+        self.readings: Readings = {}
         self._apply_to = apply_to
         self._done = done
 
@@ -47,11 +50,15 @@ class _Reread:
               topic_ids: dict[str, str] | None = None) -> None:
         self._apply_to(self.table, group, entries, ts, topic_ids)
 
+    def apply_readings(self, group: str, changes: dict[str, Reading | None]) -> None:
+        apply_readings(self.readings, group, changes)
+
     def forget_partition(self, q: int) -> None:
         self.table.clear()  # the one partition read again
+        self.readings.clear()
 
     def loaded_all(self) -> None:
-        self._done(self.table)
+        self._done(self.table, self.readings)
 
 
 class ResyncMixin:
@@ -62,6 +69,7 @@ class ResyncMixin:
     context: GroupContext
     client: OffsetsTopicClient
     table: dict[str, dict[TopicPartition, Committed]]
+    readings: dict[str, dict[str, Reading]]
     counters: Any
     reactor: Any
     _queues: dict[int, _Queue]
@@ -102,16 +110,20 @@ class ResyncMixin:
 
     def _read_again(self, q: int) -> None:
         """The new epoch's fence is in the log: read the partition up to its end (past the fence)."""
-        loader = OffsetsLoader(self.context, self.client, _Reread(self._apply_to, lambda table: self._resynced(q, table)))
+        reread = _Reread(self._apply_to, lambda table, readings: self._resynced(q, table, readings))
+        loader = OffsetsLoader(self.context, self.client, reread)
         self._resyncing[q] = loader
         loader.start_partitions([q])
 
-    def _resynced(self, q: int, table: Table) -> None:
+    def _resynced(self, q: int, table: Table, readings: Readings) -> None:
         """Offsets partition ``q`` was read again (nothing of it was appended meanwhile): its
-        groups' offsets are what it holds."""
+        groups' offsets and readings are what it holds."""
         for group in [g for g in self.table if self.partition_for_group(g) == q]:
             del self.table[group]
         self.table.update((g, t) for g, t in table.items() if t)
+        for group in [g for g in self.readings if self.partition_for_group(g) == q]:
+            del self.readings[group]
+        self.readings.update((g, r) for g, r in readings.items() if r)
         loader = self._resyncing.pop(q)
         assert loader is not None
         queue = self._queues[q]

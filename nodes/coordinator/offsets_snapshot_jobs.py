@@ -1,5 +1,10 @@
 """Snapshots of the committed offsets, written: now and then each offsets partition gets a
-snapshot of its groups' committed offsets (the record format is nodes/coordinator/snapshots.py),
+snapshot of its groups' committed offsets (the record format is nodes/coordinator/snapshots.py)
+-- every entry of the table, also one of a topic deleted (and perhaps made again) since, which
+shows that the group read that name before the topic there is now (nodes/coordinator/
+group_readings.py; such an entry goes when a commit of the new topic or the group's deletion
+replaces it, as in the running coordinator) -- and its groups' readings, as reading records
+after the snapshot's last one (older code skips them, and loads the offsets as before),
 through the same queue as the commits -- the job captures the table when it reaches the front,
 so every commit queued before it is in it, and the queue stays busy until its last record is
 acknowledged, so nothing overtakes it. Its start offset is remembered in the coordinator's
@@ -18,12 +23,14 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from nodes.coordinator import snapshots as S
+from nodes.coordinator.group_readings import reading_records
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome
 from nodes.coordinator.offsets_producer import PRODUCER_STATE_ERRORS
 from nodes.coordinator.snapshots import SnapshotJob
 
 if TYPE_CHECKING:
     from nodes.coordinator.context import GroupContext
+    from nodes.coordinator.group_readings import Reading
     from nodes.coordinator.offsets import Committed, TopicPartition, _Queue
     from nodes.coordinator.offsets_client import OffsetsTopicClient
     from nodes.coordinator.offsets_producer import Sent
@@ -40,12 +47,12 @@ class SnapshotJobsMixin:
     client: OffsetsTopicClient
     counters: Any
     table: dict[str, dict[TopicPartition, Committed]]
+    readings: dict[str, dict[str, Reading]]
     _queues: dict[int, _Queue]
 
     if TYPE_CHECKING:  # OffsetStore's, never these
         @staticmethod
         def partition_for_group(group: str) -> int: ...
-        def offsets_for(self, group: str) -> dict[TopicPartition, Committed]: ...
         def _pump(self, q: int) -> None: ...
         def _pause(self, q: int) -> None: ...
         def _resync(self, q: int) -> None: ...
@@ -68,10 +75,12 @@ class SnapshotJobsMixin:
         queue = self._queues[q]
         if job.records is None:  # captured now: every commit queued before it is applied
             job.snapshot_id = S.new_snapshot_id()
-            job.records = S.snapshot_records(job.snapshot_id, (  # without offsets of deleted topics
+            job.records = [[kv] for kv in S.snapshot_records(job.snapshot_id, (
                 (g, t, p, c.offset, c.metadata, c.commit_ts_ms, c.topic_id)
                 for g in sorted(self.table) if self.partition_for_group(g) == q
-                for (t, p), c in sorted(self.offsets_for(g).items())))
+                for (t, p), c in sorted(self.table[g].items())))]
+            job.records += S.in_appends([kv for g in sorted(self.readings) if self.partition_for_group(g) == q
+                                         for kv in reading_records(g, dict(sorted(self.readings[g].items())))])
         if self.reactor.clock.now_ms() >= job.deadline_ms:
             gave_up, queue.sent = queue.sent, None
             if gave_up is not None and gave_up.possibly_written:  # its sequence may be taken: a new epoch
@@ -79,8 +88,8 @@ class SnapshotJobsMixin:
             self._end_snapshot(q, job, ok=False)
             return
         if queue.sent is None:  # built once: sent again as it is (offsets_producer)
-            key, value = job.records[job.next_index]
-            queue.sent = self._new_sent(q, [(self.reactor.clock.wall_ms(), key, value, None)])
+            wall = self.reactor.clock.wall_ms()
+            queue.sent = self._new_sent(q, [(wall, key, value, None) for key, value in job.records[job.next_index]])
         sent = queue.sent
         records = job.records
 
@@ -121,7 +130,7 @@ class SnapshotJobsMixin:
                 queue.records_since_snapshot = 0  # nothing was appended meanwhile: the queue was busy
                 queue.last_snapshot_ms = self.reactor.clock.now_ms()
                 self.counters["offsets_snapshots"] += 1
-                log.info("%s-%d snapshot %s at offset %d (%d records)", OFFSETS_TOPIC, q, job.snapshot_id,
+                log.info("%s-%d snapshot %s at offset %d (%d appends)", OFFSETS_TOPIC, q, job.snapshot_id,
                          job.start_offset, len(job.records or ()))
                 self.context.save_state()
                 self._maybe_enable_retention()

@@ -21,7 +21,9 @@ as Kafka expires offsets after ``offsets.retention.minutes``.)
 Record format: key = msgpack ``["snapshot", snapshot_id, index, last]`` (4 elements, where a
 commit key has 3); value = msgpack ``[[group, topic, partition, offset, metadata,
 commit_ts_ms], ...]``. A snapshot larger than ``SNAPSHOT_RECORD_BYTES_MAX`` is split into
-several records, one append each; ``last`` marks the final one.
+several records, one append each; ``last`` marks the final one. The groups' readings
+(nodes/coordinator/group_readings.py) follow it as reading records, several to an append
+(``in_appends``): part of the snapshot -- its pointer is remembered only once they are in too.
 
 Not thread-safe (pure functions and plain data).
 """
@@ -55,7 +57,7 @@ class SnapshotJob:
     partition: int
     deadline_ms: int
     snapshot_id: str = ""
-    records: list[tuple[bytes, bytes]] | None = None   # captured when it reaches the front
+    records: list[list[tuple[bytes, bytes]]] | None = None   # its appends, captured when it reaches the front
     next_index: int = 0
     start_offset: int = -1
     finished: bool = False
@@ -86,6 +88,21 @@ def snapshot_records(snapshot_id: str, entries: Iterable[Entry]) -> list[tuple[b
         head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 65536
                                                     else b"\xdd" + n.to_bytes(4, "big"))
         out.append((key, head + b"".join(chunk)))
+    return out
+
+
+def in_appends(records: list[tuple[bytes, bytes]]) -> list[list[tuple[bytes, bytes]]]:
+    """``records`` in order, in appends of at most SNAPSHOT_RECORD_BYTES_MAX bytes (each at least
+    one record)."""
+    out: list[list[tuple[bytes, bytes]]] = []
+    size = 0
+    for k, v in records:
+        n = len(k) + len(v) + 16  # besides its bytes, a record's header in the batch (about)
+        if not out or size + n > SNAPSHOT_RECORD_BYTES_MAX:
+            out.append([])
+            size = 0
+        out[-1].append((k, v))
+        size += n
     return out
 
 

@@ -4,15 +4,21 @@ for a group): also for a member that joined, or restarted, after it was made -- 
 cannot tell, and under ``latest`` it skipped every record written to the partition before its
 first fetch. The coordinator judges (nodes/coordinator/group_readings.py) and says so in its
 OFFSET_FETCH answer (``newer_than_reading``). Real processes on one 3-broker cluster for the
-module; the last test has a cluster of its own, whose coordinator it restarts."""
+module; the last tests each have a cluster of their own, whose coordinator they restart."""
 
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from fabric.client import Admin, Producer
 from fabric.client.group import Consumer
 from fabric.client.group_admin import GroupAdmin
+from nodes.coordinator.offsets import OffsetStore
 from tests.harness import Cluster, make_config, wait_until
 from tests.integration.groups_support import HEARTBEAT_MS, SESSION_MS, make_topic
 
@@ -125,31 +131,95 @@ def test_a_new_partition_its_first_owner_read_but_never_committed_is_read_from_i
     assert got == written, f"read {got}: the records of the new partition that nobody committed were skipped"
 
 
-def test_a_partition_added_before_a_coordinator_restart_is_still_newer_than_the_groups_reading(
-        tmp_path: Path) -> None:
-    """Scenario of the first test above with the coordinator SIGKILLed and restarted between the
-    new partition's records and the new member's join: membership (and when the group's first
-    generation was) is gone, but the group's commit of the topic is older than the partition --
-    both stored -- so the new member still reads the partition from its log start."""
-    cluster = Cluster(make_config(tmp_path, 3))
-    admins: list[Admin] = []
-    try:
-        cluster.start()
-        admins.append(Admin(cluster.bootstrap, timeout_ms=3000))
-        make_topic(cluster, admins[-1], "restarted", partitions=1)
-        _read_by_a_member_that_closes(cluster, "restarted", "g-restarted", **LATEST)
-        admins[-1].alter_topic("restarted", partitions=2)
-        cluster.wait_topic_ready(admins[-1], "restarted")
-        written = _written_to(cluster, "restarted", [1], 20)
-        cluster.kill("coordinator")
-        cluster.start_node("coordinator")
-        admins.append(Admin(cluster.bootstrap, timeout_ms=3000))  # no waiting out the old socket's backoff
-        ga = GroupAdmin(admins[-1])
-        wait_until(lambda: ga.committed("g-restarted") == {("restarted", 0): 5}, 20,
+class _Restartable:
+    """A 3-broker cluster of a test's own, whose coordinator the test kills and starts again."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.cluster = Cluster(make_config(tmp_path, 3))
+        self.state_file = tmp_path / "data" / "coordinator" / "cluster-state.json"
+        self.admins: list[Admin] = []
+
+    @property
+    def admin(self) -> Admin:
+        return self.admins[-1]
+
+    def restart_coordinator(self) -> None:
+        """SIGKILL the coordinator and start it again; a new admin client (no waiting out the old
+        socket's backoff)."""
+        self.cluster.kill("coordinator")
+        self.cluster.start_node("coordinator")
+        self.admins.append(Admin(self.cluster.bootstrap, timeout_ms=3000))
+
+    def wait_committed(self, group: str, expected: dict) -> None:
+        ga = GroupAdmin(self.admin)
+        wait_until(lambda: ga.committed(group) == expected, 20,
                    what="the group's offsets after the coordinator's restart")
-        got = _read_by_a_new_member(cluster, "restarted", "g-restarted", written, **LATEST)
-        assert got == written, f"read {got}: the new partition's records were skipped after the coordinator restarted"
+
+
+@contextmanager
+def _restartable(tmp_path: Path) -> Iterator[_Restartable]:
+    r = _Restartable(tmp_path)
+    try:
+        r.cluster.start()
+        r.admins.append(Admin(r.cluster.bootstrap, timeout_ms=3000))
+        yield r
     finally:
-        for a in admins:
+        for a in r.admins:
             a.close()
-        cluster.stop_all()
+        r.cluster.stop_all()
+
+
+@pytest.mark.parametrize("recommitted", [False, True])
+def test_a_partition_added_before_a_coordinator_restart_is_still_newer_than_the_groups_reading(
+        tmp_path: Path, recommitted: bool) -> None:
+    """Scenario of the first test above with the coordinator SIGKILLed and restarted between the
+    new partition's records and the new member's join: membership is gone, but the group's
+    reading of the topic, older than the partition, is stored in its offsets partition -- so the
+    new member still reads the partition from its log start. ``recommitted``: the group's offset
+    of the first partition is committed again (an administrator's reset) after the second was
+    made, so no commit is older than the new partition and only the stored reading shows it newer
+    (before, it followed ``latest``: every record written to it before the new member's first
+    fetch was skipped)."""
+    with _restartable(tmp_path) as r:
+        cluster, topic, group = r.cluster, f"restarted-{int(recommitted)}", f"g-restarted-{int(recommitted)}"
+        make_topic(cluster, r.admin, topic, partitions=1)
+        _read_by_a_member_that_closes(cluster, topic, group, **LATEST)
+        r.admin.alter_topic(topic, partitions=2)
+        cluster.wait_topic_ready(r.admin, topic)
+        written = _written_to(cluster, topic, [1], 20)
+        if recommitted:
+            GroupAdmin(r.admin).execute_reset(group, {(topic, 0): (5, 5)})
+        r.restart_coordinator()
+        r.wait_committed(group, {(topic, 0): 5})
+        got = _read_by_a_new_member(cluster, topic, group, written, **LATEST)
+        assert got == written, f"read {got}: the new partition's records were skipped after the coordinator restarted"
+
+
+def test_a_topic_made_again_is_read_from_its_log_start_after_a_snapshot_and_a_coordinator_restart(
+        tmp_path: Path) -> None:
+    """The group reads a topic with ``latest`` and closes; the topic is deleted and made again
+    and written to. The coordinator restarts on a state file that remembers no snapshot (as one
+    written before snapshots existed): it reads the offsets topic from its start and at once
+    writes each partition's snapshot; it restarts again, now from that snapshot. The snapshot kept
+    the group's reading and its commit of the old topic: a new member reads every record of the
+    new topic. Before, the snapshot left the old topic's commit out, the reading was not stored,
+    and the member started at the log end."""
+    with _restartable(tmp_path) as r:
+        cluster = r.cluster
+        make_topic(cluster, r.admin, "remade-snap", partitions=1)
+        _read_by_a_member_that_closes(cluster, "remade-snap", "g-remade-snap", **LATEST)
+        r.admin.delete_topic("remade-snap")
+        make_topic(cluster, r.admin, "remade-snap", partitions=2)
+        written = _written_to(cluster, "remade-snap", [0, 1], 10)
+        cluster.kill("coordinator")
+        state = json.loads(r.state_file.read_text())
+        state["offsets_snapshots"] = {}
+        r.state_file.write_text(json.dumps(state))
+        cluster.start_node("coordinator")
+        r.admins.append(Admin(cluster.bootstrap, timeout_ms=3000))
+        q = str(OffsetStore.partition_for_group("g-remade-snap"))
+        wait_until(lambda: q in json.loads(r.state_file.read_text()).get("offsets_snapshots", {}), 30,
+                   what="the group's offsets partition's snapshot")
+        r.restart_coordinator()
+        got = _read_by_a_new_member(cluster, "remade-snap", "g-remade-snap", written, **LATEST)
+        assert got == written, f"read {got}: the new topic's records were skipped after the snapshot and the restart"

@@ -44,6 +44,7 @@ from nodes.broker.partition import Partition
 from nodes.broker.partition_dirs import PartitionDirs
 from nodes.broker.producer_snapshots import SNAPSHOT_SUFFIX
 from nodes.coordinator import snapshots as S
+from nodes.coordinator.group_readings import parse_reading_key
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.offsets import OFFSETS_TOPIC
 from nodes.coordinator.offsets_client import OffsetsTopicClient
@@ -342,9 +343,12 @@ def offsets_records(payload: bytes, base_offset: int = 0) -> list:
 
 def offsets_log_table(batches: Iterable[bytes]) -> dict[str, dict[tuple[str, int], int]]:
     """group -> (topic, partition) -> offset: what a coordinator's load rebuilds from these
-    appends to the offsets topic, read in order (commits, tombstones, snapshot records)."""
+    appends to the offsets topic, read in order (commits, tombstones, snapshot records; the
+    groups' readings, nodes/coordinator/group_readings.py, left out)."""
     rebuilt: dict[str, dict[tuple[str, int], int]] = {}
     for r in (r for b in batches for r in offsets_records(b, 0)):
+        if parse_reading_key(r.key) is not None:
+            continue
         for group, topic, p, offset, *_ in decode_record(r.key, r.value):
             table = rebuilt.setdefault(group, {})
             if offset is None:
@@ -393,9 +397,27 @@ def ack_fences(client: RecordingClient, base_offset: int) -> int:
     return len(fences)
 
 
+def is_readings(payload: bytes) -> bool:
+    """An append to the offsets topic of groups' readings only (nodes/coordinator/group_readings.py)."""
+    return all(parse_reading_key(r.key) is not None for r in offsets_records(payload))
+
+
+def ack_readings(client: RecordingClient, base_offset: int = 0) -> int:
+    """Acknowledge every unanswered append of groups' readings at ``base_offset`` (also those
+    sent by the acknowledgements); how many."""
+    n = 0
+    while True:
+        waiting = [i for i in client.unanswered if client.sent[i][0] == P.PRODUCE and is_readings(client.sent[i][2][0])]
+        if not waiting:
+            return n
+        client.unanswered.remove(waiting[0])
+        client.sent[waiting[0]][3]({"results": [[base_offset, 0, "", 0]]}, [], None)
+        n += 1
+
+
 def commit_produces(client: RecordingClient) -> list[tuple[bytes, dict, list, Callable]]:
-    """The PRODUCEs sent that are not fences."""
-    return [s for s in client.of(P.PRODUCE) if not is_fence(s[2][0])]
+    """The PRODUCEs sent that are not fences nor of groups' readings only."""
+    return [s for s in client.of(P.PRODUCE) if not is_fence(s[2][0]) and not is_readings(s[2][0])]
 
 
 def ack_last_produce(client: RecordingClient, base_offset: int) -> None:

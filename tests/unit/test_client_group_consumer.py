@@ -16,7 +16,7 @@ from fabric import protocol as P
 from fabric.client.group import GroupConsumer
 from fabric.client.group_link import CoordinatorLink, HeartbeatSettings, HeartbeatThread
 from fabric.clock import ManualClock
-from fabric.errors import FabricError, RemoteError, RequestTimeout
+from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from nodes.local_cluster import wait_until
 from tests.unit.fakes import FakeReactor, NoHeartbeat, RecordingClient, ScriptedCoordinatorLink
 
@@ -209,3 +209,22 @@ def test_poll_0_does_not_wait_for_metadata_that_names_the_coordinator() -> None:
         assert took_s < 2, f"poll(0) and maintain() took {took_s:.1f} s without a coordinator"
     finally:
         c.close()
+
+
+def test_an_offset_fetch_answer_without_offsets_is_a_join_error_not_a_dead_consumer(make_member) -> None:  # noqa: ANN001
+    """An OFFSET_FETCH answer that cannot be read (a coordinator's bug) raised KeyError inside the
+    reply's callback: the join hung (or the consumer's reactor stopped). It is a malformed answer,
+    raised by poll like any error retrying cannot cure, and the next poll joins again."""
+    answers = [{"newer_than_reading": {}}, {"offsets": []}]
+
+    def answer(command: bytes, header: dict) -> dict:
+        if command == P.OFFSET_FETCH:
+            return answers.pop(0)
+        return _group()(command, header)
+    c, link = make_member(answer)
+    c.subscribe(["t"])
+    with pytest.raises(CodedError) as e:
+        c.poll(100)
+    assert e.value.code == P.MALFORMED_REQUEST
+    c.poll(100)
+    assert c.assignment() == [] and not answers and link.commands().count(P.OFFSET_FETCH) == 2

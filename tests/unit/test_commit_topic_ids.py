@@ -15,7 +15,7 @@ from fabric import protocol as P
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.unit.fakes import ack_last_produce, loaded_group_coordinator, request
+from tests.unit.fakes import ack_last_produce, ack_readings, loaded_group_coordinator, request
 
 
 def _recreate(context, gc, topic: str = "t") -> str:  # noqa: ANN001
@@ -28,13 +28,14 @@ def _recreate(context, gc, topic: str = "t") -> str:  # noqa: ANN001
     return old.topic_id
 
 
-def _member(gc, context) -> dict:  # noqa: ANN001
+def _member(gc, context, client) -> dict:  # noqa: ANN001
     """A member of group g owning t-0 and t-1 (and u-0 where there is a topic u)."""
     topics = sorted(t for t in context.state.topics if not t.startswith("__"))
     req = request(P.JOIN_GROUP, group="g", member_id="", generation=-1, client_id="a", topics=topics,
                   session_timeout_ms=10_000, rebalance_timeout_ms=10_000)
     assert gc._on_join(req) is DEFER
     joined = context.server.answer(req)
+    ack_readings(client)  # the group's reading of its topics, stored
     sync = request(P.SYNC_GROUP, group="g", member_id=joined["member_id"], generation=joined["generation"])
     gc._on_sync(sync)
     return joined
@@ -71,7 +72,7 @@ def _commit(gc, context, client, member: dict | None, offsets: list, **header) -
 def test_a_commit_naming_the_id_of_a_topic_made_again_since_is_refused_and_stores_nothing(
         tmp_path: Path, as_member: bool) -> None:
     gc, context, client = loaded_group_coordinator(tmp_path)
-    member = _member(gc, context) if as_member else None
+    member = _member(gc, context, client) if as_member else None
     read_in = context.state.topics["t"].topic_id
     assert _commit(gc, context, client, member, [["t", 0, 5]], topic_ids={"t": read_in})["committed"] == 1
     _recreate(context, gc)  # the member keeps t-0: the new topic has as many partitions
@@ -84,7 +85,7 @@ def test_a_commit_naming_the_id_of_a_topic_made_again_since_is_refused_and_store
 
 def test_a_commit_naming_the_current_id_or_none_is_taken(tmp_path: Path) -> None:
     gc, context, client = loaded_group_coordinator(tmp_path)
-    member = _member(gc, context)
+    member = _member(gc, context, client)
     _recreate(context, gc)
     now = context.state.topics["t"].topic_id
     assert _commit(gc, context, client, member, [["t", 0, 5]], topic_ids={"t": now}) == {"group": "g", "committed": 1}
@@ -97,7 +98,7 @@ def test_a_commit_naming_the_current_id_or_none_is_taken(tmp_path: Path) -> None
 def test_a_multi_topic_commit_with_one_replaced_id_is_refused_whole(tmp_path: Path) -> None:
     gc, context, client = loaded_group_coordinator(tmp_path)
     context.state.topics["u"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3])])
-    member = _member(gc, context)
+    member = _member(gc, context, client)
     ids = {"t": context.state.topics["t"].topic_id, "u": context.state.topics["u"].topic_id}
     _recreate(context, gc, "u")
     got = _commit(gc, context, client, member, [["t", 0, 5], ["u", 0, 9]], topic_ids=ids)
@@ -126,7 +127,7 @@ def test_a_topic_made_again_after_the_commit_was_taken_refuses_it_before_the_app
     """The check made when the commit came is made again just before its append: the topic may
     be made again while its log-end lookup is out, or while it waits behind another append."""
     gc, context, client = loaded_group_coordinator(tmp_path)
-    member = _member(gc, context)
+    member = _member(gc, context, client)
     read_in = context.state.topics["t"].topic_id
     ahead = None
     if when == "append queue":  # a commit of the same group, appended and not yet acknowledged
@@ -155,7 +156,7 @@ def test_an_append_already_sent_when_the_topic_is_made_again_stays_the_old_topic
     after the topic was made again, it is stored under the old topic's id -- as a restarted
     coordinator reading the log would -- and counts for no offset of the new topic."""
     gc, context, client = loaded_group_coordinator(tmp_path)
-    member = _member(gc, context)
+    member = _member(gc, context, client)
     read_in = context.state.topics["t"].topic_id
     req, lookups = _send(gc, client, member, [["t", 0, 500]], topic_ids={"t": read_in})
     _answer_log_ends(lookups)
@@ -175,7 +176,7 @@ def test_offset_fetch_names_the_topic_each_committed_offset_is_of(tmp_path: Path
     made again before the member reads from it, and the old topic's offset is no offset of
     the new one."""
     gc, context, client = loaded_group_coordinator(tmp_path)
-    member = _member(gc, context)
+    member = _member(gc, context, client)
     read_in = context.state.topics["t"].topic_id
     _commit(gc, context, client, member, [["t", 0, 5]], topic_ids={"t": read_in})
     fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0], ["t", 1]]))

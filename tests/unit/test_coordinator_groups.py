@@ -15,7 +15,8 @@ from nodes.coordinator import groups as groups_module
 from nodes.coordinator.assignors import assign
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.unit.fakes import (FakeGroupContext, ack_fences, admin_commit, commit_produces, group_coordinator, loaded_group_coordinator, request,
+from tests.unit.fakes import (FakeGroupContext, ack_fences, ack_readings, admin_commit, commit_produces, group_coordinator,
+                              loaded_group_coordinator, request,
                               two_partition_state)
 
 
@@ -50,6 +51,7 @@ def test_commit_of_a_partition_handed_on_by_a_rebalance_is_not_applied() -> None
     assert b["generation"] == 2 and gc.groups["g"].members[b["member_id"]].assignment == [("t", 1)]
     lookup[0][3]({"parts": [["t", 1, 0, 100]]}, [], None)  # the lookup answers late
     ack_fences(client, 0)  # the offsets partition's first epoch begins (nodes/coordinator/offsets_producer.py)
+    ack_readings(client)  # the group's reading of t, stored at each generation that changed it
     assert commit_produces(client) == [], "a commit of generation 1 was appended in generation 2"
     assert context.server.answer(commit).get("error") == P.ILLEGAL_GENERATION
     assert gc.offsets.offsets_for("g") == {}

@@ -76,3 +76,52 @@ def test_a_bug_in_applying_a_record_is_not_counted_as_a_bad_record() -> None:
     with pytest.raises(TypeError, match="a bug in the store"):
         loader.apply_record(_key("g", "t", 0), _key(3, "", 1))
     assert context.counters["offsets_bad_records"] == 0
+
+
+class ReadingsStore(Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings: list = []
+
+    def apply_readings(self, group: str, changes: dict) -> None:
+        self.readings.append((group, changes))
+
+
+@pytest.mark.parametrize("value", [
+    _key(-1, 5),              # a negative metadata version: every partition would look newer, for good
+    _key(2**63 - 1, 5),       # beyond the state's version: no partition would ever look newer (skipped records)
+    _key(3, -5),              # a negative time
+    _key("3", 5),             # not numbers
+    _key(True, 5),
+    _key(3),                  # one field
+    _key({"v": 3}),           # not a list
+    b"\x93\x01",              # truncated
+])
+def test_a_reading_record_that_cannot_be_read_is_counted_logged_and_skipped(
+        value: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A group's reading whose version no coordinator of this state could have written (negative,
+    or beyond the metadata version there is now) is no evidence: taken, a version too high made
+    every partition look older than the group's reading -- started by the policy (``latest``
+    skips) -- and one below zero made every partition of the topic look newer for as long as the
+    group lives (the earlier reading wins)."""
+    store = ReadingsStore()
+    loader, context = _loader(store)
+    context.state.version = 10
+    loader.apply_record(_key("loom.offsets.reading", "g", "t"), _key(10, 5))
+    loader.apply_record(_key("loom.offsets.reading", "g", "t"), value)
+    assert context.counters["offsets_bad_records"] == 1
+    assert "cannot be read" in caplog.text
+    assert [(g, {t: tuple(r) for t, r in c.items()}) for g, c in store.readings] == [("g", {"t": (10, 5)})]
+
+
+def test_a_reading_of_every_topic_is_only_ever_a_deletion(caplog: pytest.LogCaptureFixture) -> None:
+    """The topic "" (every topic of the group) with a value is no record a coordinator writes:
+    taken as the deletion it would be applied as, it forgot the group's readings, and after a
+    restart its first generation began them anew -- later than the group's reading."""
+    store = ReadingsStore()
+    loader, context = _loader(store)
+    context.state.version = 10
+    loader.apply_record(_key("loom.offsets.reading", "g", ""), _key(3, 5))
+    loader.apply_record(_key("loom.offsets.reading", "g", ""), b"")
+    assert context.counters["offsets_bad_records"] == 1
+    assert store.readings == [("g", {"": None})]

@@ -17,6 +17,7 @@ from fabric import protocol as P
 from fabric.errors import RemoteError
 from fabric.records import build_batch
 from nodes.coordinator import snapshots as S
+from nodes.coordinator.group_readings import Reading
 from nodes.coordinator.offsets import COMMIT_TIMEOUT_MS, OFFSETS_TOPIC
 from nodes.coordinator.offsets_loader import FENCE_KEY
 from tests.unit.fakes import loaded_group_coordinator, offsets_records, request
@@ -128,3 +129,34 @@ def test_a_snapshot_pointer_dropped_by_a_read_again_gets_a_new_snapshot(tmp_path
     _advance_with_ticks(gc, context, 2 * S.SNAPSHOT_REFRESH_MS, step=60_000)
     snaps = [h for c, h, _p, _cb in client.sent[sent:] if c == P.PRODUCE and h["parts"][0][1] == q]
     assert snaps, "no snapshot of the partition in two days: it has no pointer, and none is scheduled"
+
+
+# 5 -- a change of a group's stored readings that may have landed is read back with the partition
+def test_a_readings_change_that_ended_unacknowledged_is_read_back_with_its_partition(tmp_path: Path) -> None:
+    """A group's reading of a topic (nodes/coordinator/group_readings.py) goes through the commit
+    queue as commits do: when its append ends unacknowledged but may be in the log, the partition
+    read again takes it into the stored readings, as a restart would."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    context.state.version = 5  # the reading's version is one there has been
+    q = gc.offsets.partition_for_group("g")
+    done: list = []
+    gc.offsets.commit("g", [], allow_backward=True, check_log_end=False, done=done.append,
+                      readings={"t": Reading(5, 77)})
+    assert gc.offsets.reading_in_flight("g")
+    (_, _, payloads, cb) = client.of(P.PRODUCE)[-1]
+    client.unanswered.remove(len(client.sent) - 1)
+    cb({"results": [[1, P.STORAGE_ERROR, "disk"]]}, [], None)
+    assert [e.code for e in done] == [P.STORAGE_ERROR] and gc.offsets.readings == {}
+    assert not gc.offsets.reading_in_flight("g") and gc.offsets.resyncing("g")
+    (_, _, _fence, fence_cb) = client.of(P.PRODUCE)[-1]
+    client.unanswered.remove(len(client.sent) - 1)
+    fence_cb({"results": [[2, 0, "", 0]]}, [], None)
+    sid = context.state.offsets_snapshots[q][1]
+    snap = build_batch([(0, k, v, None) for k, v in S.snapshot_records(sid, [])])
+    written = bytearray(payloads[0])
+    B.set_base_offset(written, 1)  # where the leader wrote it
+    for i in [i for i in client.unanswered if client.sent[i][0] == P.FETCH]:
+        client.unanswered.remove(i)
+        client.sent[i][3]({"parts": [[OFFSETS_TOPIC, q, 0, 2, 2, 0, None]]}, [snap + bytes(written)], None)
+    assert not gc.offsets.resyncing("g")
+    assert gc.offsets.readings == {"g": {"t": Reading(5, 77)}}

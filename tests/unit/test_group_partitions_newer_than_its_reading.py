@@ -7,8 +7,10 @@ the policy as before.
 
 A real Coordinator on a ManualClock (memory engine, no sockets answered): topics made and given
 partitions through its own handlers (the metadata version and the state file as they are in
-service), joins and fetches through the group coordinator's handlers, acknowledged commits put
-in the committed-offsets table as the loader puts them there.
+service), joins and fetches through the group coordinator's handlers, commits through its
+OffsetStore. Its brokers are ``_OffsetsLog``: the offsets topic's partitions as byte logs that
+take every append and answer every read in order, so that what a restarted coordinator knows is
+what its loader reads back from them (the records and snapshots as written).
 """
 
 from __future__ import annotations
@@ -19,14 +21,21 @@ from typing import Iterator
 
 import pytest
 
+from engines import batch as B
 from fabric import protocol as P
 from fabric import wire
+from fabric.client.group_link import COORDINATOR_CALL_TIMEOUT_MS
 from fabric.clock import ManualClock
 from fabric.config import load_config
+from fabric.errors import RemoteError
+from fabric.records import decode_batches
 from fabric.rpc import DEFER
-from nodes.coordinator.group_readings import newer_than_reading
+from nodes.coordinator import groups_offsets
+from nodes.coordinator.group_readings import newer_than_reading, parse_reading_key
 from nodes.coordinator.groups import EMPTY
 from nodes.coordinator.node import Coordinator
+from nodes.coordinator.offsets import OFFSETS_TOPIC
+from nodes.coordinator.offsets_loader import decode_record
 from nodes.coordinator.store import StateStore
 from tests.harness import make_config
 from tests.unit.fakes import RecordingServer, request
@@ -34,31 +43,90 @@ from tests.unit.fakes import RecordingServer, request
 T0, T1, T2 = ("t", 0), ("t", 1), ("t", 2)
 
 
+class _OffsetsLog:
+    """The brokers as the coordinator's offsets machinery sees them: each offsets partition a
+    log of batches, numbered as a leader numbers them. Requests wait until ``settle`` answers
+    them, in order: every append is taken (acks=all, at once), every read gets all there is."""
+
+    def __init__(self) -> None:
+        self.logs: dict[int, list[bytes]] = {}  # offsets partition -> its batches, base offsets set
+        self.ends: dict[int, int] = {}
+        self.waiting: list[tuple[bytes, dict, list, object]] = []
+
+    def request(self, command: bytes, header: dict, payloads: object = (), *, callback: object,
+                timeout_ms: int = 0) -> int:
+        self.waiting.append((command, header, list(payloads), callback))  # type: ignore[arg-type]
+        return len(self.waiting)
+
+    def cancel(self, request_id: int) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def settle(self) -> None:
+        """Answer every request, also those sent by the answers' callbacks (bounded)."""
+        for _ in range(1000):
+            if not self.waiting:
+                return
+            (command, header, payloads, callback), self.waiting = self.waiting[0], self.waiting[1:]
+            (_topic, q, *_rest), = header["parts"]
+            end = self.ends.get(q, 0)
+            if command == P.PRODUCE:
+                data = bytearray(payloads[0])
+                B.set_base_offset(data, end)
+                self.logs.setdefault(q, []).append(bytes(data))
+                self.ends[q] = end + len(decode_batches(OFFSETS_TOPIC, q, bytes(data)))
+                callback({"results": [[end, 0, "", 0]]}, [], None)  # type: ignore[operator]
+            elif command == P.FETCH:
+                callback({"parts": [[OFFSETS_TOPIC, q, 0, end, end, 0, None]]},  # type: ignore[operator]
+                         [b"".join(self.logs.get(q, []))], None)
+            else:
+                raise AssertionError(f"no {command!r} expected of the offsets machinery here")
+        raise AssertionError("requests keep coming")
+
+    def records(self) -> list:
+        return [r for q, batches in sorted(self.logs.items()) for b in batches
+                for r in decode_batches(OFFSETS_TOPIC, q, b)]
+
+
 class _Cluster:
-    """A coordinator with brokers 1-3 alive, restartable on its state file."""
+    """A coordinator with brokers 1-3 alive, restartable on its state file and its offsets log."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.clock = ManualClock(start_ms=1_000_000)
+        self.log = _OffsetsLog()
         self.coord = self._start()
 
     def _start(self) -> Coordinator:
-        """A coordinator on the state file under ``tmp_path`` (ports picked free each time)."""
-        coord = Coordinator(load_config(make_config(self.tmp_path, 3, engine="memory")), "coordinator", clock=self.clock)
+        """A coordinator on the state file under ``tmp_path`` (ports picked free each time), its
+        committed offsets loaded from the offsets log."""
+        coord = Coordinator(load_config(make_config(self.tmp_path, 3, engine="memory")), "coordinator",
+                            clock=self.clock, offsets_connect=lambda endpoint: self.log)
         for bid in (1, 2, 3):
             coord._seen(bid)
         coord.groups.server = RecordingServer()  # the joins' answers, read by the test
-        coord.groups.offsets.start_loading()  # no offsets topic: loaded at once
+        coord.groups.offsets.start_loading()
+        self.log.settle()
         assert coord.groups.offsets.loaded
         return coord
 
     def restart(self) -> None:
-        """A new coordinator process on the same state file; the group's acknowledged commits
-        come back (as the loader reads them from the offsets topic), its membership does not."""
-        table = {g: dict(t) for g, t in self.coord.groups.offsets.table.items()}
+        """A new coordinator process on the same state file and offsets log: the group's
+        acknowledged commits come back (the loader reads them), its membership does not."""
+        self.log.settle()
         self.coord.close()
         self.coord = self._start()
-        self.coord.groups.offsets.table.update(table)
+
+    def snapshot(self) -> None:
+        """The offsets partition of group g takes a snapshot (remembered in the state file)."""
+        offsets = self.coord.groups.offsets
+        q = offsets.partition_for_group("g")
+        before = self.coord.state.offsets_snapshots.get(q)
+        offsets.snapshot(q)
+        self.log.settle()
+        assert self.coord.state.offsets_snapshots.get(q) not in (None, before)
 
     def make_topic(self, name: str, partitions: int) -> None:
         self.coord._on_create_topic(request(P.CREATE_TOPIC, topic=name, partitions=partitions, replication_factor=3))
@@ -85,12 +153,19 @@ class _Cluster:
         self.coord.groups._on_leave(request(P.LEAVE_GROUP, group="g", member_id=member_id))
 
     def committed(self, tp: tuple[str, int], offset: int) -> None:
-        """Group g's commit of ``tp`` acknowledged now (stamped as the coordinator stamps it)."""
+        """Group g's commit of ``tp``, appended and acknowledged now."""
         self.clock.advance(1000)
-        topic_id = self.coord.state.topics[tp[0]].topic_id
-        self.coord.groups.offsets.apply("g", [(tp[0], tp[1], offset, "")], self.clock.wall_ms(), {tp[0]: topic_id})
+        self.log.settle()  # what went before it (the group's reading) first
+        outcome: list = []
+        self.coord.groups.offsets.commit("g", [(tp[0], tp[1], offset, "")], allow_backward=True, check_log_end=False,
+                                         done=outcome.append)
+        self.log.settle()
+        assert outcome == [None]
 
-    def fetch(self, *tps: tuple[str, int]) -> dict:
+    def fetch(self, *tps: tuple[str, int], settle: bool = True) -> dict:
+        """OFFSET_FETCH of group g; ``settle``: once the appends sent so far are acknowledged."""
+        if settle:
+            self.log.settle()
         return self.coord.groups._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[list(tp) for tp in tps]))
 
     def newer(self, *tps: tuple[str, int]) -> list[tuple[str, int]]:
@@ -162,39 +237,220 @@ def test_after_a_restart_a_commit_older_than_a_partition_shows_it_newer(cluster:
     assert cluster.newer(T0, T1) == [T1]
 
 
-def test_after_a_restart_a_partition_older_than_every_commit_is_judged_by_the_policy(cluster: _Cluster) -> None:
-    """The limit of what is stored: t-0 was committed again after t-1 was made, and the first
-    generation's version went with the restart -- nothing shows t-1 newer, so it follows the
-    policy, as before (never judged newer without evidence)."""
+@pytest.mark.parametrize("emptied", [False, True])
+def test_after_a_restart_a_partition_made_while_the_group_read_is_newer_though_every_other_was_committed_since(
+        cluster: _Cluster, emptied: bool) -> None:
+    """t-0 was committed again after t-1 was made, so no commit is older than t-1; the group's
+    reading of t (its first generation's version) is stored in its offsets partition and comes
+    back with the restart: t-1 is still newer. It followed the policy (``latest``: its records
+    before the new owner's first fetch skipped)."""
     cluster.make_topic("t", 1)
-    cluster.join("a")
+    a = cluster.join("a")
     cluster.grow("t", 2)
     cluster.committed(T0, 5)
+    if emptied:
+        cluster.leave(a)
     cluster.restart()
+    assert cluster.newer(T1) == [T1], "judged before any member joined (an administrator's look)"
     cluster.join("b")
-    assert cluster.newer(T1) == []
+    assert cluster.newer(T1) == [T1]
+    assert cluster.newer(T0) == [], "t-0 has a committed offset"
+
+
+def test_a_partition_made_after_a_restart_is_newer_than_the_reading_stored_before_it(cluster: _Cluster) -> None:
+    """A member joins the restarted coordinator before it has read the group's stored reading
+    (its first generation there is at a later version): the earlier, stored reading wins."""
+    cluster.make_topic("t", 1)
+    cluster.join("a")
+    cluster.committed(T0, 5)
+    cluster.grow("t", 2)
+    cluster.clock.advance(1000)
+    cluster.committed(T0, 6)
+    cluster.log.settle()
+    cluster.coord.close()
+    cluster.coord = Coordinator(load_config(make_config(cluster.tmp_path, 3, engine="memory")), "coordinator",
+                                clock=cluster.clock, offsets_connect=lambda endpoint: cluster.log)
+    for bid in (1, 2, 3):
+        cluster.coord._seen(bid)
+    cluster.coord.groups.server = RecordingServer()
+    cluster.join("b")  # a generation before the offsets are loaded
+    cluster.coord.groups.offsets.start_loading()
+    cluster.log.settle()
+    held = request(P.OFFSET_FETCH, group="g", partitions=[list(T1)])
+    # its reading is not stored yet: nobody starts by it (the answer waits for it)
+    assert cluster.coord.groups._on_offset_fetch(held) is DEFER
+    cluster.clock.advance(100)
+    cluster.coord.groups.tick()
+    cluster.log.settle()
+    assert cluster.coord.groups.server.answer(held)["newer_than_reading"] == {"t": [1]}
+    assert cluster.newer(T1) == [T1]
+
+
+def test_a_fetch_waits_until_the_groups_reading_is_stored(cluster: _Cluster) -> None:
+    """A member that started a partition by the policy before the group's reading was durable
+    could lose, after a coordinator restart, the evidence that a partition made meanwhile is
+    newer: OFFSET_FETCH's answer waits until it is appended, and goes out as soon as it is
+    (before, the retriable unstable_offset_commit: every member's first start paid the client's
+    200 ms back-off and a JOIN_GROUP, SYNC_GROUP and OFFSET_FETCH again)."""
+    cluster.make_topic("t", 1)
+    cluster.join("a")
+    held = request(P.OFFSET_FETCH, group="g", partitions=[list(T0)])
+    assert cluster.coord.groups._on_offset_fetch(held) is DEFER
+    assert not [h for r, h, _ in cluster.coord.groups.server.replies if r is held]
+    everything = cluster.coord.groups._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=None))
+    assert everything["offsets"] == [], "an administrator's look at every committed offset judges nothing: not held up"
+    cluster.log.settle()  # the reading is appended: the answer goes out at once (no tick)
+    assert cluster.coord.groups.server.answer(held)["offsets"] == [["t", 0, -1, ""]]
+    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, ""]]
+
+
+def test_a_held_fetch_is_refused_at_its_deadline_while_the_reading_cannot_be_stored(cluster: _Cluster) -> None:
+    """The offsets partition takes no append (its leader gone, too few replicas): the answer
+    waits at most OFFSET_FETCH_HOLD_MS, then is the retriable unstable_offset_commit, as before
+    (the member backs off and asks again), well within the member's request timeout."""
+    cluster.make_topic("t", 1)
+    cluster.join("a")
+    held = request(P.OFFSET_FETCH, group="g", partitions=[list(T0)])
+    assert cluster.coord.groups._on_offset_fetch(held) is DEFER
+    cluster.clock.advance(groups_offsets.OFFSET_FETCH_HOLD_MS - 1)
+    cluster.coord.groups.tick()
+    assert not [h for r, h, _ in cluster.coord.groups.server.replies if r is held]
+    cluster.clock.advance(1)
+    cluster.coord.groups.tick()
+    assert cluster.coord.groups.server.answer(held)["error"] == P.UNSTABLE_OFFSET_COMMIT
+    assert groups_offsets.OFFSET_FETCH_HOLD_MS < COORDINATOR_CALL_TIMEOUT_MS // 2
+    cluster.log.settle()
+    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, ""]]
+
+
+def test_fetches_held_are_bounded(cluster: _Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past OFFSET_FETCHES_HELD_MAX of a group, one is refused at once (retriable), as before."""
+    monkeypatch.setattr(groups_offsets, "OFFSET_FETCHES_HELD_MAX", 2)
+    cluster.make_topic("t", 1)
+    cluster.join("a")
+    reqs = [request(P.OFFSET_FETCH, group="g", partitions=[list(T0)]) for _ in range(3)]
+    assert cluster.coord.groups._on_offset_fetch(reqs[0]) is DEFER
+    assert cluster.coord.groups._on_offset_fetch(reqs[1]) is DEFER
+    with pytest.raises(RemoteError) as e:
+        cluster.coord.groups._on_offset_fetch(reqs[2])
+    assert e.value.code == P.UNSTABLE_OFFSET_COMMIT
+    cluster.log.settle()
+    assert [cluster.coord.groups.server.answer(r)["offsets"] for r in reqs[:2]] == [[["t", 0, -1, ""]]] * 2
 
 
 # -- scenario 3: the topic deleted and made again -------------------------------------------------
-@pytest.mark.parametrize("restart", [False, True])
+@pytest.mark.parametrize("restart", ["no", "restart", "snapshot, restart"])
 def test_every_partition_of_a_topic_made_again_is_newer_than_a_reading_of_the_one_before(
-        cluster: _Cluster, restart: bool) -> None:
+        cluster: _Cluster, restart: str) -> None:
     """The group's members were all down while t was deleted and made again (with more
-    partitions): its commit of the old topic shows that it read t before the new one was made --
-    also to a coordinator restarted before a snapshot of the group's offsets left that commit out
-    (the loader reads it from the log)."""
+    partitions): its commit of the old topic, and its stored reading of t, show that it read t
+    before the new one was made -- also to a restarted coordinator, and one restarted after the
+    group's offsets partition took a snapshot (it keeps both; before, it left the commit out, and
+    the reading was not stored)."""
     cluster.make_topic("t", 1)
     a = cluster.join("a")
     cluster.committed(T0, 5)
     cluster.leave(a)
     cluster.delete_topic("t")
     cluster.make_topic("t", 2)
-    if restart:
+    if restart == "snapshot, restart":
+        cluster.snapshot()
+    if restart != "no":
         cluster.restart()
+        assert cluster.coord.groups.offsets.table["g"][T0].offset == 5, "the old topic's commit"
     cluster.join("b")
     answer = cluster.fetch(T0, T1)
     assert answer["offsets"] == [["t", 0, -1, ""], ["t", 1, -1, ""]], "the old topic's offset is not the new one's"
     assert answer["newer_than_reading"] == {"t": [0, 1]}
+
+
+def test_a_group_reading_many_topics_stores_its_readings_in_bounded_commits(
+        cluster: _Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One commit of a group subscribed to very many topics could pass what one append (or the
+    commits waiting) may hold: refused every time, its OFFSET_FETCH would wait for ever."""
+    monkeypatch.setattr(groups_offsets, "READINGS_PER_COMMIT_MAX", 2)
+    for name in ("t", "u", "v", "w", "x"):
+        cluster.make_topic(name, 1)
+    cluster.join("a", ["t", "u", "v", "w", "x"])
+    cluster.log.settle()  # each commit sends the next as it lands
+    readings = [r for r in cluster.log.records() if parse_reading_key(r.key) is not None]
+    assert len(readings) == 5
+    assert max(len(decode_batches(OFFSETS_TOPIC, q, b)) for q, bs in cluster.log.logs.items() for b in bs) <= 2
+    assert set(cluster.coord.groups.offsets.readings["g"]) == {"t", "u", "v", "w", "x"}
+    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, ""]]
+
+
+def test_a_reading_stored_before_a_snapshot_comes_back_from_it(cluster: _Cluster) -> None:
+    cluster.make_topic("t", 1)
+    cluster.join("a")
+    cluster.grow("t", 2)
+    cluster.committed(T0, 5)
+    cluster.snapshot()
+    cluster.restart()
+    assert cluster.newer(T1) == [T1]
+
+
+@pytest.mark.parametrize("how", ["deleted", "expired"])
+def test_a_group_deleted_or_expired_forgets_its_stored_reading(cluster: _Cluster, how: str) -> None:
+    """A group made again is a new one, also after a coordinator restart: what the old one
+    read is deleted with its offsets."""
+    cluster.make_topic("t", 1)
+    a = cluster.join("a")
+    cluster.grow("t", 2)
+    cluster.committed(T0, 5)
+    cluster.leave(a)
+    cluster.log.settle()
+    if how == "deleted":
+        assert cluster.coord.groups._on_delete_group(request(P.DELETE_GROUP, group="g")) is DEFER
+    else:
+        cluster.clock.advance(cluster.coord.groups.offsets_retention_ms + 1000)
+        cluster.coord.groups._expire_offsets()
+    cluster.restart()
+    assert cluster.coord.groups.offsets.readings == {} and cluster.coord.groups.offsets.table == {}
+    cluster.join("b")
+    assert cluster.newer(T0, T1) == []
+
+
+def test_what_older_code_reads_of_an_offsets_log_with_readings(cluster: _Cluster) -> None:
+    """An older coordinator decodes the offsets topic's records with ``decode_record`` (unchanged):
+    a reading record is one it cannot read, and its loader counts and skips such a record; every
+    commit and snapshot record still reads as before. A rolling downgrade loads the offsets and
+    only forgets the readings (as a restart did before they were stored)."""
+    cluster.make_topic("t", 1)
+    a = cluster.join("a")
+    cluster.committed(T0, 5)
+    cluster.leave(a)
+    cluster.snapshot()
+    cluster.log.settle()
+    old_table: dict = {}
+    unreadable = 0
+    for r in cluster.log.records():
+        try:
+            entries = decode_record(r.key, r.value)
+        except ValueError:
+            unreadable += 1
+            continue
+        for group, topic, p, offset, *_ in entries:
+            if offset is None:
+                old_table.get(group, {}).pop((topic, p), None)
+            else:
+                old_table.setdefault(group, {})[(topic, p)] = offset
+    assert unreadable >= 2, "the reading written at the join and the one in the snapshot"
+    assert old_table == {"g": {T0: 5}}
+
+
+def test_a_rejoin_storm_writes_the_groups_reading_once(cluster: _Cluster) -> None:
+    """A reading is written only when it changes: members leaving and joining again (the group
+    keeps its offsets of t, so its reading of t while empty) add no reading record per generation
+    to the offsets log (nor to its snapshots)."""
+    cluster.make_topic("t", 1)
+    a = cluster.join("a")
+    cluster.committed(T0, 5)
+    for i in range(20):
+        cluster.leave(a)
+        a = cluster.join(f"a{i}")
+    cluster.log.settle()
+    assert sum(1 for r in cluster.log.records() if parse_reading_key(r.key) is not None) == 1
 
 
 # -- a new group is cold ---------------------------------------------------------------------------
@@ -312,6 +568,7 @@ def test_the_answer_to_a_fetch_that_fits_the_header_limit_fits_it_too(cluster: _
     tps = [(name, p) for p in range(5000)]
     asked = request(P.OFFSET_FETCH, group="g", partitions=[list(tp) for tp in tps])
     assert len(wire.pack(asked.header)) <= P.HEADER_BYTES_MAX
+    cluster.log.settle()  # the group's reading stored
     answer = cluster.coord.groups._on_offset_fetch(asked)
     assert len(wire.pack({k: v for k, v in answer.items() if k != "newer_than_reading"})) <= P.HEADER_BYTES_MAX
     assert len(wire.pack({"id": asked.id, **answer})) <= P.HEADER_BYTES_MAX

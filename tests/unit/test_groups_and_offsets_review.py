@@ -22,7 +22,8 @@ from fabric.rpc import DEFER
 from nodes.coordinator.groups import GroupCoordinator
 from nodes.coordinator.offsets_loader import decode_record
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.unit.fakes import (FakeGroupContext, NoHeartbeat, ScriptedCoordinatorLink, ack_last_produce, admin_commit,
+from tests.unit.fakes import (FakeGroupContext, NoHeartbeat, ScriptedCoordinatorLink, ack_last_produce, ack_readings,
+                              admin_commit,
                               group_coordinator, loaded_group_coordinator, request, two_partition_state)
 
 
@@ -36,6 +37,7 @@ def _join(gc: GroupCoordinator, client_id: str, member_id: str = "", generation:
 def _member_commit(gc: GroupCoordinator, context, client, member: dict, offset: int, log_end: int) -> dict:  # noqa: ANN001
     req = request(P.OFFSET_COMMIT, group="g", member_id=member["member_id"], generation=member["generation"],
                   offsets=[["t", 0, offset]])
+    ack_readings(client)  # the group's reading of t, stored when it joined
     before = len(client.sent)
     try:
         assert gc._on_offset_commit(req) is DEFER
@@ -103,6 +105,7 @@ def _bridge(gc: GroupCoordinator, context, client):  # noqa: ANN001, ANN202
 
     def answer(command: bytes, header: dict) -> dict:
         req = request(command, **header)
+        ack_readings(client)  # the groups' readings stored so far
         before = len(client.sent)
         out = handlers[command](req)
         if out is not DEFER:
