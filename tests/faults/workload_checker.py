@@ -2,7 +2,11 @@
 
 Workload: one idempotent producer with acks=all writes unique values (``v<seq>``) keyed over a
 3-partition RF 3 topic at a bounded rate, for a bounded count and time, recording every
-acknowledgement. Observer: a thread that polls metadata and records which broker led each
+acknowledgement -- or, with a ``RecordMix``, stretches of records sent otherwise: keyless (the
+sticky partition, kept in the producer as runs of values), some with a header, some without a
+delivery callback (their outcome read from the future), with timestamps that stay put for a
+few dozen records or are now. Every value is unique, so that the checker matches values alone,
+keyed or not. Observer: a thread that polls metadata and records which broker led each
 (partition, epoch). Checker: after healing, every replica's log is read from disk and checked:
 
 - every acknowledged value is present exactly once, at the acknowledged offset;
@@ -37,6 +41,28 @@ TOPIC = "jepsen"
 PARTITIONS = 3
 
 
+BLOCK_RECORDS = 40  # records of one kind in a row (RecordMix): runs form in the producer
+
+
+@dataclass(frozen=True)
+class RecordMix:
+    """How the records of each block of ``BLOCK_RECORDS`` are sent, drawn from the seed and the
+    block's number alone (the same seed, the same records, whatever the timing): keyed as
+    without a mix, or (``keyless_share`` of the blocks) keyless, each such block either every
+    record with a delivery callback, or none (outcomes read from the futures), or a record in
+    eight with a header and a callback; its timestamps now, or one per ten records of the block
+    (runs of one timestamp at the workload's low rate)."""
+
+    seed: int
+    keyless_share: float
+
+    def block(self, seq: int) -> tuple[bool, str, bool]:
+        """(keyless, "callback" | "future" | "headers", fixed timestamps) of ``seq``'s block."""
+        rnd = random.Random(self.seed * 1_000_003 + seq // BLOCK_RECORDS)
+        keyless = rnd.random() < self.keyless_share
+        return keyless, rnd.choice(("callback", "future", "future", "headers")), rnd.random() < 0.7
+
+
 @dataclass
 class Workload:
     bootstrap: str
@@ -49,12 +75,15 @@ class Workload:
     ack_times: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # partition -> times
     timestamp_ms_for: Callable[[int], int | None] | None = None  # seq -> record timestamp (None: now)
     producer_options: dict = field(default_factory=dict)  # Producer arguments over the defaults below (linger_ms...)
+    mix: RecordMix | None = None  # None: every record keyed, with a callback
+    _futures: list = field(default_factory=list)  # (value, future) of records sent without a callback
     _halt: threading.Event = field(default_factory=threading.Event)
     _resumed: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
     def start(self) -> "Workload":
+        self._block_timestamp_ms = time.time_ns() // 1_000_000
         options = {"acks": "all", "linger_ms": 2, "delivery_timeout_ms": 60_000, "request_timeout_ms": 3000,
                    "max_block_ms": 10_000, **self.producer_options}
         self.producer = Producer(self.bootstrap, **options)
@@ -79,21 +108,61 @@ class Workload:
         while not self._halt.is_set() and seq < self.count_max:
             if not self._resumed.wait(0.05):
                 t0 += 0.05  # paused: the rate counts from the resume
+                self._take_futures()
                 continue
             value = b"v%09d" % seq
-            key = b"k%d" % (seq % self.keys)
             with self._lock:
                 self.sent.add(value)
             try:
-                ts = self.timestamp_ms_for(seq) if self.timestamp_ms_for is not None else None
-                self.producer.send(TOPIC, value, key=key, timestamp_ms=ts, on_delivery=self._on_delivery(value))
+                self._send(seq, value)
             except Exception as e:  # buffer full during a long outage: counted, not fatal
                 with self._lock:
                     self.failed[value] = str(e)
             seq += 1
+            if seq % BLOCK_RECORDS == 0:
+                self._take_futures()
             ahead = seq / self.rate_per_s - (time.monotonic() - t0)
             if ahead > 0:
                 time.sleep(min(ahead, 0.05))  # pacing the offered load, not synchronisation
+
+    def _send(self, seq: int, value: bytes) -> None:
+        ts = self.timestamp_ms_for(seq) if self.timestamp_ms_for is not None else None
+        if self.mix is None:
+            self.producer.send(TOPIC, value, key=b"k%d" % (seq % self.keys), timestamp_ms=ts,
+                               on_delivery=self._on_delivery(value))
+            return
+        keyless, how, fixed_ts = self.mix.block(seq)
+        if fixed_ts and ts is None:  # one timestamp per ten records of the block
+            ts = self._block_timestamp_ms + seq // 10
+        key = None if keyless else b"k%d" % (seq % self.keys)
+        if how == "future" and keyless:
+            future = self.producer.send(TOPIC, value, key=key, timestamp_ms=ts)
+            with self._lock:
+                self._futures.append((value, future))
+            return
+        headers = [("seq", b"%d" % seq)] if how == "headers" and seq % 8 == 0 else None
+        self.producer.send(TOPIC, value, key=key, headers=headers, timestamp_ms=ts, on_delivery=self._on_delivery(value))
+
+    def _take_futures(self, timeout_s: float = 0) -> None:
+        """Record the outcomes of the records sent without a callback that are known (all of
+        them, waiting up to ``timeout_s`` each, when it is not 0)."""
+        with self._lock:
+            futures, self._futures = self._futures, []
+        waiting = []
+        for value, f in futures:
+            if not timeout_s and not f.done():
+                waiting.append((value, f))
+                continue
+            try:
+                md = f.result(timeout_s or None)
+            except Exception as e:  # its delivery failed (or is still unknown: the timeout's error)
+                with self._lock:
+                    self.failed[value] = str(e)
+                continue
+            with self._lock:
+                self.acked[value] = (md.partition, md.offset)
+        with self._lock:
+            self._futures[:0] = waiting
 
     def pause(self) -> None:
         """Stop offering new records (those sent go on being delivered) until resume()."""
@@ -112,6 +181,7 @@ class Workload:
             self._thread.join(timeout=10)
         self.producer.flush(90)
         self.producer.close()
+        self._take_futures(timeout_s=1)
 
     def unavailable_s(self) -> float:
         """The longest gap between two acknowledgements of one partition."""
