@@ -76,11 +76,15 @@ def _run(settings: dict, ops: list, long_way: bool) -> list:
     acc = _accumulator(long_way, **settings)
     seen: list = []
     numbers: dict[int, int] = {}
+    kept: list = []
     taken: list = []
     reports: list = []
 
     def number(b: object) -> int:
-        return numbers.setdefault(id(b), len(numbers))
+        if id(b) not in numbers:
+            numbers[id(b)] = len(numbers)
+            kept.append(b)  # (alive to the end: a freed batch's id may be another's)
+        return numbers[id(b)]
 
     def take(batches: list) -> None:
         for b in batches:
