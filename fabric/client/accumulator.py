@@ -22,9 +22,10 @@ object per record; one join packs them at the next millisecond), any other as a 
 
 A run of values is granted room (``_grant``): the records of its size it could take one by one
 without closing the batch or waiting for buffer space, their bytes reserved at once in the
-batch and the buffer. ``append`` adds a record that goes on the run (keyless, header-less, no
-callback, the run's timestamp and size) within that room checking nothing else: a few
-attribute reads under the lock. Only the batch an append last looked up (``_last``) holds
+batch and the buffer. ``append`` adds a record that goes on the run (keyless, header-less, the
+run's timestamp and size) within that room checking nothing else: a few attribute reads under
+the lock. Room is granted to a run whose record before went to the same batch: records that
+switch batches (keys over partitions) do not pay for grants they would not use. Only the batch an append last looked up (``_last``) holds
 room; every other locked section gives it back first (``_settle``), so that what they read
 counts records only. No room is granted while an append waits for space.
 
@@ -153,70 +154,70 @@ class RecordAccumulator:
         b = self._last
         index = b.record_count
         if (index < b.run_records_end and timestamp_ms == b.run_timestamp_ms and size_bytes == b.run_record_bytes
-                and b.partition == partition and b.topic == topic and key is None and headers is None
-                and on_delivery is None):
+                and b.partition == partition and b.topic == topic and key is None and headers is None):
             # the short path: the record goes on its batch's run, within room checked and
             # reserved when the run was granted it (``_grant``)
             b.run_values.append(value)  # type: ignore[union-attr]
             b.record_count = index + 1
-            lock.release()
-        else:
+            wake = opened = False
+        else:  # the long way (in line: a call more per record costs keyed records ~10 %)
             try:
-                b, index, wake = self._append_locked(topic, partition, timestamp_ms, key, value, headers, size_bytes,
-                                                     on_delivery)
-            finally:
+                if index < b.run_records_end:
+                    self._settle()
+                if self._buffered_bytes + size_bytes > self._buffer_max:
+                    self._wait_for_space(size_bytes)
+                    b = self._last  # (other appends went on while it waited)
+                limits = self._topic_bytes_max
+                bytes_max = limits.get(topic, self._bytes_max) if limits else self._bytes_max
+                last = b
+                if b.partition != partition or b.topic != topic:
+                    b = self._last = self._open.get((topic, partition), _NO_BATCH)
+                if b is _NO_BATCH or b.size_bytes + size_bytes > bytes_max:
+                    b, wake = self._next_batch(b, topic, partition, timestamp_ms)
+                    opened = True
+                else:
+                    wake = opened = False
+                run = b.run_values
+                if (run is not None and timestamp_ms == b.run_timestamp_ms and size_bytes == b.run_record_bytes
+                        and key is None and headers is None):
+                    run.append(value)  # the run goes on: the value alone
+                else:
+                    b.add_record(timestamp_ms, key, value, headers, size_bytes)
+                index = b.record_count
+                b.record_count = index + 1
+                size = b.size_bytes = b.size_bytes + size_bytes
+                self._buffered_bytes += size_bytes
+                if index + 1 >= self._records_max or size + size_bytes > bytes_max:  # no room for another
+                    self._close_batch(b)
+                    wake = True
+                elif b is last and b.run_values and b.run_timestamp_ms == timestamp_ms \
+                        and b.run_record_bytes == size_bytes > 0:
+                    self._grant(b, bytes_max)  # (not at a batch's first record after another's: records that switch do not pay)
+            except BaseException:
                 lock.release()
-            if wake:
-                mark("producer.queued")  # only where the record is handed on: nothing per record
-                self._wake()  # outside the lock: the woken I/O thread takes it at once
+                raise
+        if on_delivery is not None:
+            if b.callbacks is None:
+                b.callbacks = []
+            b.callbacks.append((index, 1, on_delivery))
+        lock.release()
+        if wake or (opened and self._idle is not None and self._idle((topic, partition))):
+            mark("producer.queued")  # only where the record is handed on: nothing per record
+            self._wake()  # outside the lock: the woken I/O thread takes it at once
         f = _new_future()
         f.batch = b
         f.index = index
         return f
 
-    def _append_locked(self, topic: str, partition: int, timestamp_ms: int, key: bytes | None, value: bytes,
-                       headers: list | None, size_bytes: int,
-                       on_delivery: DeliveryCallback | None) -> tuple[BatchState, int, bool]:
-        """``append`` but for its short path. Caller holds the lock. Returns the batch, the
-        record's index there, and whether to wake the sender."""
-        self._settle()
-        if self._buffered_bytes + size_bytes > self._buffer_max:
-            self._wait_for_space(size_bytes)
-        limits = self._topic_bytes_max
-        bytes_max = limits.get(topic, self._bytes_max) if limits else self._bytes_max
-        b = self._last
-        if b.partition != partition or b.topic != topic:
-            b = self._last = self._open.get((topic, partition), _NO_BATCH)
-        if b is _NO_BATCH or b.size_bytes + size_bytes > bytes_max:
-            handed_on = b is not _NO_BATCH
-            if handed_on:  # it does not fit: the open batch goes, the record starts the next one
-                self._close_batch(b, overflow=True)
-            b = self._last = self._open_batch(topic, partition, timestamp_ms)
-            opened = True
-        else:
-            opened = handed_on = False
-        run = b.run_values
-        in_run = run is not None and timestamp_ms == b.run_timestamp_ms and size_bytes == b.run_record_bytes \
-            and key is None and headers is None
-        if in_run:
-            run.append(value)  # type: ignore[union-attr]  # the run goes on: the value alone
-        else:
-            b.add_record(timestamp_ms, key, value, headers, size_bytes)
-        index = b.record_count
-        b.record_count = index + 1
-        size = b.size_bytes = b.size_bytes + size_bytes
-        self._buffered_bytes += size_bytes
-        if on_delivery is not None:
-            if b.callbacks is None:
-                b.callbacks = []
-            b.callbacks.append((index, 1, on_delivery))
-        if index + 1 >= self._records_max or size + size_bytes > bytes_max:  # no room for another
-            self._close_batch(b)
-            handed_on = True
-        elif b.run_values and b.run_record_bytes > 0 and b.run_timestamp_ms == timestamp_ms \
-                and size_bytes == b.run_record_bytes:
-            self._grant(b, bytes_max)
-        return b, index, handed_on or (opened and self._idle is not None and self._idle((topic, partition)))
+    def _next_batch(self, b: BatchState, topic: str, partition: int, timestamp_ms: int) -> tuple[BatchState, bool]:
+        """A new open batch of (``topic``, ``partition``), made ``_last``, for a record that
+        does not fit in ``b``, its open batch (closed: handed on), or that has none
+        (``_NO_BATCH``). Returns it and whether ``b`` was handed on. Caller holds the lock."""
+        handed_on = b is not _NO_BATCH
+        if handed_on:  # it does not fit: the open batch goes, the record starts the next one
+            self._close_batch(b, overflow=True)
+        b = self._last = self._open_batch(topic, partition, timestamp_ms)
+        return b, handed_on
 
     def _grant(self, b: BatchState, bytes_max: int) -> None:
         """Let the run of ``b`` (the last batch appended to) take as many more records of its

@@ -71,8 +71,8 @@ def _other_operation(rnd: random.Random, r: float, ts: int, size: int) -> tuple:
 
 def _run(settings: dict, ops: list, long_way: bool) -> list:
     """Everything the accumulator shows: each append's (batch number, index) or the error it
-    raised, ``buffered_bytes`` now and then, and each batch taken: its records' count,
-    ``size_bytes`` and bytes."""
+    raised, ``buffered_bytes`` now and then, each batch taken: its records' count,
+    ``size_bytes`` and bytes, and the delivery callbacks' reports once it completes."""
     acc = _accumulator(long_way, **settings)
     seen: list = []
     numbers: dict[int, int] = {}
@@ -90,6 +90,7 @@ def _run(settings: dict, ops: list, long_way: bool) -> list:
         for b in batches:
             seen.append(("batch", number(b), b.record_count, b.size_bytes,
                          b.build(compression=0, producer_id=-1, producer_epoch=-1, base_sequence=-1)))
+            b.complete(1000 * number(b), None)  # its records' callbacks: offset 1000 x batch number + index
             taken.append(b)
 
     for op in ops:
@@ -121,7 +122,7 @@ def _run(settings: dict, ops: list, long_way: bool) -> list:
         elif op[0] == "count":  # (it gives the room back: not after every operation)
             seen.append(acc.buffered_bytes)
     take(acc.take_ready(1 << 62))
-    return seen
+    return seen + reports
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -195,3 +196,32 @@ def test_a_run_granted_room_while_an_append_waited_for_space_gives_it_back() -> 
     batches = acc.take_ready(1 << 62)
     assert sorted((b.partition, b.record_count, b.size_bytes) for b in batches) == [(1, 1, 30), (2, 3, 90)]
     assert acc.buffered_bytes == 4 * 30
+
+
+def test_an_append_that_waited_for_space_while_its_batch_was_taken_starts_the_next_one() -> None:
+    """The batch an append looked at before it waited for space may be taken meanwhile (the
+    I/O thread's ``take_ready``): once it goes on, the record goes to a new batch."""
+    acc = _accumulator(buffer_bytes_max=10 * 30, max_block_ms=1000)
+    for _ in range(9):
+        acc.append("t", 0, TS, b"k", b"v" * 5, None, 30)  # keyed: no room granted
+    [full] = acc.take_ready(1 << 62)
+    acc.append("t", 0, TS, b"k", b"v" * 5, None, 30)  # the buffer is full; partition 0's open batch holds it
+    lock = acc._lock
+    taken: list = []
+
+    class Meanwhile:
+        def wait(self, timeout: float) -> bool:
+            lock.release()
+            taken.extend(acc.take_ready(1 << 62))
+            acc.release(full)
+            lock.acquire()
+            return True
+
+        def notify_all(self) -> None:
+            pass
+
+    acc._space = Meanwhile()  # type: ignore[assignment]
+    f = acc.append("t", 0, TS, b"k", b"v" * 5, None, 30)
+    [then] = taken
+    assert f.batch is not then and then.record_count == 1
+    assert acc.take_ready(1 << 62) == [f.batch] and f.batch.record_count == 1
