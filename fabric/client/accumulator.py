@@ -25,9 +25,10 @@ without closing the batch or waiting for buffer space, their bytes reserved at o
 batch and the buffer. ``append`` adds a record that goes on the run (keyless, header-less, the
 run's timestamp and size) within that room checking nothing else: a few attribute reads under
 the lock. Room is granted to a run whose record before went to the same batch: records that
-switch batches (keys over partitions) do not pay for grants they would not use. Only the batch an append last looked up (``_last``) holds
-room; every other locked section gives it back first (``_settle``), so that what they read
-counts records only. No room is granted while an append waits for space.
+switch batches (keys over partitions) do not pay for grants they would not use. Only the batch
+an append last looked up (``_last``) holds room; every other locked section gives it back first
+(``_settle``), so that what they read counts records only. No room is granted while an append
+waits for space.
 
 A partition with a request in flight keeps its open batch filling (``take_ready``'s ``busy``).
 With ``linger_ms`` 0 a batch opened on an idle partition (nothing in flight or queued: the
@@ -192,7 +193,7 @@ class RecordAccumulator:
                     wake = True
                 elif b is last and b.run_values and b.run_timestamp_ms == timestamp_ms \
                         and b.run_record_bytes == size_bytes > 0:
-                    self._grant(b, bytes_max)  # (not at a batch's first record after another's: records that switch do not pay)
+                    self._grant(b, bytes_max)  # (not at a batch's first record after another's)
             except BaseException:
                 lock.release()
                 raise

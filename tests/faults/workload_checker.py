@@ -141,7 +141,8 @@ class Workload:
                 self._futures.append((value, future))
             return
         headers = [("seq", b"%d" % seq)] if how == "headers" and seq % 8 == 0 else None
-        self.producer.send(TOPIC, value, key=key, headers=headers, timestamp_ms=ts, on_delivery=self._on_delivery(value))
+        self.producer.send(TOPIC, value, key=key, headers=headers, timestamp_ms=ts,
+                           on_delivery=self._on_delivery(value))
 
     def _take_futures(self, timeout_s: float = 0) -> None:
         """Record the outcomes of the records sent without a callback that are known (all of
