@@ -152,17 +152,18 @@ class RecordAccumulator:
         ``BufferExhaustedError`` when no space frees within ``max_block_ms``."""
         lock = self._lock
         lock.acquire()  # (not ``with``: half the cost, per record)
-        b = self._last
-        index = b.record_count
-        if (index < b.run_records_end and timestamp_ms == b.run_timestamp_ms and size_bytes == b.run_record_bytes
-                and b.partition == partition and b.topic == topic and key is None and headers is None):
-            # the short path: the record goes on its batch's run, within room checked and
-            # reserved when the run was granted it (``_grant``)
-            b.run_values.append(value)  # type: ignore[union-attr]
-            b.record_count = index + 1
-            wake = opened = False
-        else:  # the long way (in line: a call more per record costs keyed records ~10 %)
-            try:
+        try:  # (from the first call on: an exception where Python checks for signals lets the lock go)
+            b = self._last
+            index = b.record_count
+            if (index < b.run_records_end and timestamp_ms == b.run_timestamp_ms and size_bytes == b.run_record_bytes
+                    and b.partition == partition and b.topic == topic and key is None and headers is None):
+                # the short path: the record goes on its batch's run, within room checked and
+                # reserved when the run was granted it (``_grant``); counted before the call that
+                # adds it, so that an exception raised as the call returns leaves it counted
+                b.record_count = index + 1
+                b.run_values.append(value)  # type: ignore[union-attr]
+                wake = opened = False
+            else:  # the long way (in line: a call more per record costs keyed records ~10 %)
                 if index < b.run_records_end:
                     self._settle()
                 if self._buffered_bytes + size_bytes > self._buffer_max:
@@ -194,14 +195,12 @@ class RecordAccumulator:
                 elif b is last and b.run_values and b.run_timestamp_ms == timestamp_ms \
                         and b.run_record_bytes == size_bytes > 0:
                     self._grant(b, bytes_max)  # (not at a batch's first record after another's)
-            except BaseException:
-                lock.release()
-                raise
-        if on_delivery is not None:
-            if b.callbacks is None:
-                b.callbacks = []
-            b.callbacks.append((index, 1, on_delivery))
-        lock.release()
+            if on_delivery is not None:
+                if b.callbacks is None:
+                    b.callbacks = []
+                b.callbacks.append((index, 1, on_delivery))
+        finally:
+            lock.release()
         if wake or (opened and self._idle is not None and self._idle((topic, partition))):
             mark("producer.queued")  # only where the record is handed on: nothing per record
             self._wake()  # outside the lock: the woken I/O thread takes it at once
