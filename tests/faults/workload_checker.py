@@ -5,15 +5,17 @@ Workload: one idempotent producer with acks=all writes unique values (``v<seq>``
 acknowledgement -- or, with a ``RecordMix``, stretches of records sent otherwise: keyless (the
 sticky partition, kept in the producer as runs of values), some with a header, some without a
 delivery callback (their outcome read from the future), with timestamps that stay put for a
-few dozen records or are now. Every value is unique, so that the checker matches values alone,
-keyed or not. Observer: a thread that polls metadata and records which broker led each
+few dozen records or are now. Every value is unique, so that the checker matches records by
+value, keyed or not, and then checks what else was sent with it (``contents``). Observer: a thread that polls metadata and records which broker led each
 (partition, epoch). Checker: after healing, every replica's log is read from disk and checked:
 
 - every acknowledged value is present exactly once, at the acknowledged offset;
 - the producer's order per partition is preserved;
 - one value per (partition, offset) across all replicas: replicas byte-identical up to the HW;
 - at most one leader per (partition, epoch);
-- no value that was never sent.
+- no value that was never sent;
+- every record holds the key, the headers and the timestamp sent with its value (the time of
+  the send when none was given).
 
 With retention (``check(..., retention=True)``) replicas are compared from the largest log
 start among them, and an acknowledged value below it counts as retained, not lost; without,
@@ -34,7 +36,7 @@ from engines import batch as B
 from engines.api import EngineConfig
 from engines.registry import open_engine
 from fabric.client import Admin, Producer
-from fabric.records import decode_batches
+from fabric.records import Record, decode_batches
 from tests.harness import Cluster, wait_until
 
 TOPIC = "jepsen"
@@ -72,6 +74,8 @@ class Workload:
     acked: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # value -> (partition, offset)
     failed: dict[bytes, str] = field(default_factory=dict)
     sent: set[bytes] = field(default_factory=set)
+    # value -> (key, headers as read, timestamp_ms given or the (first, last) ms the send took)
+    contents: dict[bytes, tuple] = field(default_factory=dict)
     ack_times: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # partition -> times
     timestamp_ms_for: Callable[[int], int | None] | None = None  # seq -> record timestamp (None: now)
     producer_options: dict = field(default_factory=dict)  # Producer arguments over the defaults below (linger_ms...)
@@ -127,22 +131,31 @@ class Workload:
 
     def _send(self, seq: int, value: bytes) -> None:
         ts = self.timestamp_ms_for(seq) if self.timestamp_ms_for is not None else None
-        if self.mix is None:
-            self.producer.send(TOPIC, value, key=b"k%d" % (seq % self.keys), timestamp_ms=ts,
-                               on_delivery=self._on_delivery(value))
-            return
-        keyless, how, fixed_ts = self.mix.block(seq)
-        if fixed_ts and ts is None:  # one timestamp per ten records of the block
-            ts = self._block_timestamp_ms + seq // 10
-        key = None if keyless else b"k%d" % (seq % self.keys)
-        if how == "future" and keyless:
-            future = self.producer.send(TOPIC, value, key=key, timestamp_ms=ts)
+        key: bytes | None = b"k%d" % (seq % self.keys)
+        headers = None
+        with_callback = True
+        if self.mix is not None:
+            keyless, how, fixed_ts = self.mix.block(seq)
+            if fixed_ts and ts is None:  # one timestamp per ten records of the block
+                ts = self._block_timestamp_ms + seq // 10
+            if keyless:
+                key = None
+            with_callback = not (how == "future" and keyless)
+            if how == "headers" and seq % 8 == 0:
+                headers = [("seq", b"%d" % seq)]
+        first_ms = time.time_ns() // 1_000_000
+        try:
+            if with_callback:
+                self.producer.send(TOPIC, value, key=key, headers=headers, timestamp_ms=ts,
+                                   on_delivery=self._on_delivery(value))
+            else:
+                future = self.producer.send(TOPIC, value, key=key, headers=headers, timestamp_ms=ts)
+                with self._lock:
+                    self._futures.append((value, future))
+        finally:
+            when = ts if ts is not None else (first_ms, time.time_ns() // 1_000_000)
             with self._lock:
-                self._futures.append((value, future))
-            return
-        headers = [("seq", b"%d" % seq)] if how == "headers" and seq % 8 == 0 else None
-        self.producer.send(TOPIC, value, key=key, headers=headers, timestamp_ms=ts,
-                           on_delivery=self._on_delivery(value))
+                self.contents[value] = (key, tuple(headers) if headers else None, when)
 
     def _take_futures(self, timeout_s: float = 0) -> None:
         """Record the outcomes of the records sent without a callback that are known (all of
@@ -321,6 +334,8 @@ def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: d
         last_seq = -1
         for r in prefix:
             assert r.value in workload.sent, f"partition {p} offset {r.offset}: value {r.value!r} was never sent"
+            problem = content_violation(r, workload.contents)
+            assert problem is None, f"partition {p} offset {r.offset}: {problem}"
             seen[r.value].append((p, r.offset))
             seq = int(r.value[1:])
             assert seq > last_seq, f"partition {p}: order broken at offset {r.offset} ({seq} after {last_seq})"
@@ -343,6 +358,23 @@ def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: d
     assert report["duplicated"] == 0, report
     assert not multi, f"more than one leader in an epoch: {multi}"
     return report
+
+
+def content_violation(record: Record, contents: dict[bytes, tuple]) -> str | None:
+    """What differs between ``record`` and what was sent with its value (``Workload.contents``):
+    its key, its headers, its timestamp (the one given, or within the milliseconds the send
+    took); None when nothing does, or the value was never sent (a violation of its own)."""
+    sent = contents.get(record.value)
+    if sent is None:
+        return None
+    key, headers, when = sent
+    got_headers = tuple(map(tuple, record.headers)) if record.headers else None
+    if record.key != key or got_headers != headers:
+        return f"{record.value!r} holds key {record.key!r} and headers {got_headers!r}, sent with {key!r} and {headers!r}"
+    first_ms, last_ms = when if isinstance(when, tuple) else (when, when)
+    if not first_ms <= record.timestamp_ms <= last_ms:
+        return f"{record.value!r} holds timestamp {record.timestamp_ms}, sent with {when}"
+    return None
 
 
 def finish(cluster: Cluster, admin: Admin, workload: Workload, observer: LeaderObserver,

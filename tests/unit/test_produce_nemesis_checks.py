@@ -8,8 +8,9 @@ at fixed timestamps and at now."""
 
 from __future__ import annotations
 
+from fabric.records import Record
 from tests.faults.produce_nemesis_checks import (KINDS, PARTITIONS_MAX, check_reads, make_plan, read_ends)
-from tests.faults.workload_checker import BLOCK_RECORDS, RecordMix
+from tests.faults.workload_checker import BLOCK_RECORDS, RecordMix, content_violation
 
 
 def test_plan_is_a_function_of_the_seed() -> None:
@@ -110,3 +111,23 @@ def test_the_record_mix_is_a_function_of_the_seed_and_sends_keyless_records_ever
         keyless = {(how, fixed) for is_keyless, how, fixed in blocks if is_keyless}
         assert {how for how, _ in keyless} == {"callback", "future", "headers"} and {f for _, f in keyless} == {True, False}
         assert any(not is_keyless for is_keyless, _, _ in blocks)
+
+
+def test_a_record_found_with_another_key_headers_or_timestamp_than_it_was_sent_with_is_reported() -> None:
+    """The checker matches records by value; what else was sent with the value (the key, the
+    headers, the timestamp given, or the time of the send when none was) must be what the log
+    holds: a record that took another's timestamp or lost its key or headers on the way (the
+    producer's runs of values keep only values) is a violation."""
+    contents = {b"v1": (None, None, 1_000), b"v2": (b"k2", (("seq", b"2"),), (2_000, 2_003))}
+
+    def record(value: bytes, key: bytes | None, headers: tuple | None, timestamp_ms: int) -> Record:
+        return Record("jepsen", 0, 0, timestamp_ms, key, value, headers)
+
+    assert content_violation(record(b"v1", None, None, 1_000), contents) is None
+    assert content_violation(record(b"v2", b"k2", (("seq", b"2"),), 2_003), contents) is None
+    assert content_violation(record(b"v9", None, None, 7), contents) is None  # never sent: reported as such elsewhere
+    for wrong in (record(b"v1", None, None, 1_001), record(b"v1", b"k", None, 1_000),
+                  record(b"v1", None, (("seq", b"1"),), 1_000), record(b"v2", None, (("seq", b"2"),), 2_000),
+                  record(b"v2", b"k2", None, 2_000), record(b"v2", b"k2", (("seq", b"2"),), 2_004),
+                  record(b"v2", b"k2", (("seq", b"2"),), 1_999)):
+        assert content_violation(wrong, contents) is not None, wrong
