@@ -363,10 +363,10 @@ def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: d
 def content_violation(record: Record, contents: dict[bytes, tuple]) -> str | None:
     """What differs between ``record`` and what was sent with its value (``Workload.contents``):
     its key, its headers, its timestamp (the one given, or within the milliseconds the send
-    took); None when nothing does, or the value was never sent (a violation of its own)."""
+    took); None when nothing does."""
     sent = contents.get(record.value)
     if sent is None:
-        return None
+        return f"{record.value!r}: nothing recorded as sent with it"
     key, headers, when = sent
     got_headers = tuple(map(tuple, record.headers)) if record.headers else None
     if record.key != key or got_headers != headers:
