@@ -5,7 +5,8 @@ partition: its records until it is built, then its outcome and the waiters on it
 
 The accumulator (fabric/client/accumulator.py) fills batches; the sender's I/O thread completes
 them (``complete``, ``complete_from_pieces`` for a batch sent split); the application waits on
-the futures. A future is a tuple, built without a Python-level ``__init__`` on the hot path.
+the futures. A future is two slots (its batch and its index there), made without Python-level
+code on the hot path (``QueuedFuture``).
 
 Thread-safety: a batch is completed once, on the sender's thread, and read-only after its event
 is set; the futures only read. A wait on that thread (a delivery callback, an ``on_complete``
@@ -56,7 +57,7 @@ class BatchState:
                  "error", "sequence", "data", "possibly_written", "deadline_ms", "callbacks", "last_error",
                  "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
                  "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in", "on_io_thread",
-                 "run_values", "run_timestamp_ms", "run_record_bytes")
+                 "run_values", "run_timestamp_ms", "run_record_bytes", "run_records_end")
 
     def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
         self.topic = topic
@@ -69,6 +70,10 @@ class BatchState:
         self.run_values: list[bytes] | None = []
         self.run_timestamp_ms = first_timestamp_ms
         self.run_record_bytes = -1      # the size ``append`` counted for each record of the run
+        # the record count up to which the run may take records on ``append``'s short path,
+        # their bytes reserved in ``size_bytes`` and the accumulator's buffer
+        # (``RecordAccumulator._grant``); at or under ``record_count``: no room
+        self.run_records_end = 0
         self.record_count = 0           # records in chunks and records together
         self.first_timestamp_ms = first_timestamp_ms
         self.max_timestamp_ms = first_timestamp_ms  # of the chunks; the records' own are taken when packed
@@ -239,49 +244,63 @@ class BatchState:
                 c.release()
 
 
-class RecordFuture(tuple):
+class RecordFuture:
     """The future result of one ``send``: ``result()`` returns RecordMetadata or raises.
-    (A tuple underneath: built without a Python-level ``__init__`` on the hot path.)"""
+    ``batch`` is the batch that holds the record, ``index`` its place there (read-only).
 
-    __slots__ = ()
+    ``send`` makes one per record, so it is made the cheapest way Python has: a class with
+    two slots and no Python-level ``__init__`` (``QueuedFuture``, the type ``send`` returns),
+    its slots stored by the caller -- half the cost of a tuple subclass built by
+    ``tuple.__new__``."""
 
-    def __new__(cls, batch: BatchState, index: int) -> "RecordFuture":
-        return tuple.__new__(cls, (batch, index))
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: BatchState, index: int) -> None:
+        self.batch = batch
+        self.index = index
 
     @property
     def partition(self) -> int:
         """The partition the record was queued for (known at once; delivery keeps it)."""
-        return self[0].partition
+        return self.batch.partition
 
     def done(self) -> bool:
-        return self[0].event.is_set()
+        return self.batch.event.is_set()
 
     def result(self, timeout: float | None = None) -> RecordMetadata:
         """Raises ``ClientTimeoutError`` if the outcome is not known within ``timeout`` seconds
         (the record may still be delivered), else the delivery's error, if any; ``FabricError``
         at once on the producer's I/O thread (a delivery callback) when the outcome is not known
         yet, since only that thread can complete it."""
-        b = self[0]
+        b = self.batch
         if not b.wait(timeout):
             raise ClientTimeoutError("no acknowledgement yet")
         if b.errors is not None:
-            offset, error = b.outcome(self[1])
+            offset, error = b.outcome(self.index)
             if error is not None:
                 raise error
             return RecordMetadata(b.topic, b.partition, offset)
         if b.error is not None:
             raise b.error
-        return RecordMetadata(b.topic, b.partition, _offset(b.base_offset, self[1]))
+        return RecordMetadata(b.topic, b.partition, _offset(b.base_offset, self.index))
 
     def exception(self, timeout: float | None = None) -> Exception | None:
         """The delivery's error, or None when the record was delivered. Raises
         ``ClientTimeoutError`` (a ``TimeoutError``, as ``concurrent.futures.Future.exception``)
         if the outcome is not known within ``timeout`` seconds -- never None then: the record
         may not be written -- and ``FabricError`` on the I/O thread, as ``result`` does."""
-        b = self[0]
+        b = self.batch
         if not b.wait(timeout):
             raise ClientTimeoutError("no acknowledgement yet")
-        return b.error if b.errors is None else b.errors[self[1]]
+        return b.error if b.errors is None else b.errors[self.index]
+
+
+class QueuedFuture(RecordFuture):
+    """A ``RecordFuture`` made by ``RecordAccumulator.append``: ``QueuedFuture()`` runs no
+    Python code (object's own ``__init__``), and the caller stores both slots."""
+
+    __slots__ = ()
+    __init__ = object.__init__  # type: ignore[assignment]
 
 
 Segment = tuple  # (BatchState, first index in it, record count): where a run of records went

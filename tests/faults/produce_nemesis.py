@@ -9,7 +9,9 @@ under either), every segment write direct or the default, segments of 8 or 64 Ki
 often) or the default, a page-cache tail of 64 KiB (reads from disk) or the default; a topic of 1 to 6 partitions RF 3
 with min.insync.replicas 1, 2 or 3; the fault suite's idempotent acks=all producer writing
 unique values (``workload_checker.Workload``) with a linger of 0 to 20 ms and batches of 1 to
-1,000 records; one or two readers -- plain consumers, no group -- reading every partition from
+1,000 records, in blocks of 40 keyed or (a quarter to three quarters of them) keyless records,
+some with a header, some without a callback, timestamps now or held for ten records
+(``workload_checker.RecordMix``: the producer's runs of values and its short path); one or two readers -- plain consumers, no group -- reading every partition from
 offset 0 throughout; and a nemesis, one fault at a time (seeds divisible by 3) or in three or
 four concurrent lanes (one or two of brokers -- two brokers' faults may overlap, never on one
 node --, the coordinator, topic administration), that:
@@ -340,7 +342,7 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         cluster.start()
         admin, workload, observer = J.setup(
             cluster, configs={"min.insync.replicas": plan.min_insync_replicas}, partitions=plan.partitions,
-            rate_per_s=400, keys=40,
+            rate_per_s=400, keys=40, mix=J.RecordMix(plan.seed, plan.keyless_share),
             producer_options={"linger_ms": plan.linger_ms, "batch_records_max": plan.batch_records_max})
         readers = [Reader(f"reader-{i}", cluster.bootstrap) for i in range(plan.readers)]
         for r in readers:

@@ -50,6 +50,7 @@ class Plan:
     segment_bytes_max: int | None      # segment engine: None (the default) or small (rolls often)
     page_cache_tail_bytes: int | None  # segment engine: None (the default) or small (reads from disk)
     lanes: tuple[tuple[Fault, ...], ...]
+    keyless_share: float               # of the workload's blocks of records (workload_checker.RecordMix)
 
     def describe(self) -> str:
         return (f"engine {self.engine}, fsync {self.fsync}, direct writes "
@@ -58,7 +59,8 @@ class Plan:
                 f"{self.batch_records_max} records, {self.readers} reader(s), "
                 f"{f'concurrent lanes ({self.broker_lanes} of brokers)' if self.concurrent else 'one fault at a time'}, "
                 f"segments of {self.segment_bytes_max or 'the default'} bytes, page-cache tail "
-                f"{self.page_cache_tail_bytes or 'the default'}")
+                f"{self.page_cache_tail_bytes or 'the default'}, keyless records in {self.keyless_share:.0%} of the "
+                f"blocks")
 
 
 def _fault(kind: str, rng: random.Random, waits: tuple[float, float]) -> Fault:
@@ -135,8 +137,9 @@ def make_plan(seed: int, duration_s: float) -> Plan:
     # drawn last, so that the settings and faults above stay what they were for a seed
     segment_bytes_max = rng.choice((None, None, 8192, 65536)) if engine == "segment" else None
     page_cache_tail_bytes = rng.choice((None, 65536)) if engine == "segment" else None
+    keyless_share = rng.choice((0.25, 0.5, 0.75))
     return Plan(seed, engine, fsync, direct, partitions, min_isr, linger_ms, batch_records_max, readers, concurrent,
-                broker_lanes, segment_bytes_max, page_cache_tail_bytes, lanes)
+                broker_lanes, segment_bytes_max, page_cache_tail_bytes, lanes, keyless_share)
 
 
 Read = tuple[int, int, bytes]  # (partition, offset, value) as a reader was given it

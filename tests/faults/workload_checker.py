@@ -2,14 +2,20 @@
 
 Workload: one idempotent producer with acks=all writes unique values (``v<seq>``) keyed over a
 3-partition RF 3 topic at a bounded rate, for a bounded count and time, recording every
-acknowledgement. Observer: a thread that polls metadata and records which broker led each
+acknowledgement -- or, with a ``RecordMix``, stretches of records sent otherwise: keyless (the
+sticky partition, kept in the producer as runs of values), some with a header, some without a
+delivery callback (their outcome read from the future), with timestamps that stay put for a
+few dozen records or are now. Every value is unique, so that the checker matches records by
+value, keyed or not, and then checks what else was sent with it (``contents``). Observer: a thread that polls metadata and records which broker led each
 (partition, epoch). Checker: after healing, every replica's log is read from disk and checked:
 
 - every acknowledged value is present exactly once, at the acknowledged offset;
 - the producer's order per partition is preserved;
 - one value per (partition, offset) across all replicas: replicas byte-identical up to the HW;
 - at most one leader per (partition, epoch);
-- no value that was never sent.
+- no value that was never sent;
+- every record holds the key, the headers and the timestamp sent with its value (the time of
+  the send when none was given).
 
 With retention (``check(..., retention=True)``) replicas are compared from the largest log
 start among them, and an acknowledged value below it counts as retained, not lost; without,
@@ -30,11 +36,33 @@ from engines import batch as B
 from engines.api import EngineConfig
 from engines.registry import open_engine
 from fabric.client import Admin, Producer
-from fabric.records import decode_batches
+from fabric.records import Record, decode_batches
 from tests.harness import Cluster, wait_until
 
 TOPIC = "jepsen"
 PARTITIONS = 3
+
+
+BLOCK_RECORDS = 40  # records of one kind in a row (RecordMix): runs form in the producer
+
+
+@dataclass(frozen=True)
+class RecordMix:
+    """How the records of each block of ``BLOCK_RECORDS`` are sent, drawn from the seed and the
+    block's number alone (the same seed, the same records, whatever the timing): keyed as
+    without a mix, or (``keyless_share`` of the blocks) keyless, each such block either every
+    record with a delivery callback, or none (outcomes read from the futures), or a record in
+    eight with a header and a callback; its timestamps now, or one per ten records of the block
+    (runs of one timestamp at the workload's low rate)."""
+
+    seed: int
+    keyless_share: float
+
+    def block(self, seq: int) -> tuple[bool, str, bool]:
+        """(keyless, "callback" | "future" | "headers", fixed timestamps) of ``seq``'s block."""
+        rnd = random.Random(self.seed * 1_000_003 + seq // BLOCK_RECORDS)
+        keyless = rnd.random() < self.keyless_share
+        return keyless, rnd.choice(("callback", "future", "future", "headers")), rnd.random() < 0.7
 
 
 @dataclass
@@ -46,15 +74,20 @@ class Workload:
     acked: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # value -> (partition, offset)
     failed: dict[bytes, str] = field(default_factory=dict)
     sent: set[bytes] = field(default_factory=set)
+    # value -> (key, headers as read, timestamp_ms given or the (first, last) ms the send took)
+    contents: dict[bytes, tuple] = field(default_factory=dict)
     ack_times: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # partition -> times
     timestamp_ms_for: Callable[[int], int | None] | None = None  # seq -> record timestamp (None: now)
     producer_options: dict = field(default_factory=dict)  # Producer arguments over the defaults below (linger_ms...)
+    mix: RecordMix | None = None  # None: every record keyed, with a callback
+    _futures: list = field(default_factory=list)  # (value, future) of records sent without a callback
     _halt: threading.Event = field(default_factory=threading.Event)
     _resumed: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
     def start(self) -> "Workload":
+        self._block_timestamp_ms = time.time_ns() // 1_000_000
         options = {"acks": "all", "linger_ms": 2, "delivery_timeout_ms": 60_000, "request_timeout_ms": 3000,
                    "max_block_ms": 10_000, **self.producer_options}
         self.producer = Producer(self.bootstrap, **options)
@@ -79,21 +112,71 @@ class Workload:
         while not self._halt.is_set() and seq < self.count_max:
             if not self._resumed.wait(0.05):
                 t0 += 0.05  # paused: the rate counts from the resume
+                self._take_futures()
                 continue
             value = b"v%09d" % seq
-            key = b"k%d" % (seq % self.keys)
             with self._lock:
                 self.sent.add(value)
             try:
-                ts = self.timestamp_ms_for(seq) if self.timestamp_ms_for is not None else None
-                self.producer.send(TOPIC, value, key=key, timestamp_ms=ts, on_delivery=self._on_delivery(value))
+                self._send(seq, value)
             except Exception as e:  # buffer full during a long outage: counted, not fatal
                 with self._lock:
                     self.failed[value] = str(e)
             seq += 1
+            if seq % BLOCK_RECORDS == 0:
+                self._take_futures()
             ahead = seq / self.rate_per_s - (time.monotonic() - t0)
             if ahead > 0:
                 time.sleep(min(ahead, 0.05))  # pacing the offered load, not synchronisation
+
+    def _send(self, seq: int, value: bytes) -> None:
+        ts = self.timestamp_ms_for(seq) if self.timestamp_ms_for is not None else None
+        key: bytes | None = b"k%d" % (seq % self.keys)
+        headers = None
+        with_callback = True
+        if self.mix is not None:
+            keyless, how, fixed_ts = self.mix.block(seq)
+            if fixed_ts and ts is None:  # one timestamp per ten records of the block
+                ts = self._block_timestamp_ms + seq // 10
+            if keyless:
+                key = None
+            with_callback = not (how == "future" and keyless)
+            if how == "headers" and seq % 8 == 0:
+                headers = [("seq", b"%d" % seq)]
+        first_ms = time.time_ns() // 1_000_000
+        try:
+            if with_callback:
+                self.producer.send(TOPIC, value, key=key, headers=headers, timestamp_ms=ts,
+                                   on_delivery=self._on_delivery(value))
+            else:
+                future = self.producer.send(TOPIC, value, key=key, headers=headers, timestamp_ms=ts)
+                with self._lock:
+                    self._futures.append((value, future))
+        finally:
+            when = ts if ts is not None else (first_ms, time.time_ns() // 1_000_000)
+            with self._lock:
+                self.contents[value] = (key, tuple(headers) if headers else None, when)
+
+    def _take_futures(self, timeout_s: float = 0) -> None:
+        """Record the outcomes of the records sent without a callback that are known (all of
+        them, waiting up to ``timeout_s`` each, when it is not 0)."""
+        with self._lock:
+            futures, self._futures = self._futures, []
+        waiting = []
+        for value, f in futures:
+            if not timeout_s and not f.done():
+                waiting.append((value, f))
+                continue
+            try:
+                md = f.result(timeout_s or None)
+            except Exception as e:  # its delivery failed (or is still unknown: the timeout's error)
+                with self._lock:
+                    self.failed[value] = str(e)
+                continue
+            with self._lock:
+                self.acked[value] = (md.partition, md.offset)
+        with self._lock:
+            self._futures[:0] = waiting
 
     def pause(self) -> None:
         """Stop offering new records (those sent go on being delivered) until resume()."""
@@ -112,6 +195,7 @@ class Workload:
             self._thread.join(timeout=10)
         self.producer.flush(90)
         self.producer.close()
+        self._take_futures(timeout_s=1)
 
     def unavailable_s(self) -> float:
         """The longest gap between two acknowledgements of one partition."""
@@ -250,6 +334,8 @@ def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: d
         last_seq = -1
         for r in prefix:
             assert r.value in workload.sent, f"partition {p} offset {r.offset}: value {r.value!r} was never sent"
+            problem = content_violation(r, workload.contents)
+            assert problem is None, f"partition {p} offset {r.offset}: {problem}"
             seen[r.value].append((p, r.offset))
             seq = int(r.value[1:])
             assert seq > last_seq, f"partition {p}: order broken at offset {r.offset} ({seq} after {last_seq})"
@@ -272,6 +358,23 @@ def check(cluster: Cluster, workload: Workload, observer: LeaderObserver, hws: d
     assert report["duplicated"] == 0, report
     assert not multi, f"more than one leader in an epoch: {multi}"
     return report
+
+
+def content_violation(record: Record, contents: dict[bytes, tuple]) -> str | None:
+    """What differs between ``record`` and what was sent with its value (``Workload.contents``):
+    its key, its headers, its timestamp (the one given, or within the milliseconds the send
+    took); None when nothing does."""
+    sent = contents.get(record.value)
+    if sent is None:
+        return f"{record.value!r}: nothing recorded as sent with it"
+    key, headers, when = sent
+    got_headers = tuple(map(tuple, record.headers)) if record.headers else None
+    if record.key != key or got_headers != headers:
+        return f"{record.value!r} holds key {record.key!r} and headers {got_headers!r}, sent with {key!r} and {headers!r}"
+    first_ms, last_ms = when if isinstance(when, tuple) else (when, when)
+    if not first_ms <= record.timestamp_ms <= last_ms:
+        return f"{record.value!r} holds timestamp {record.timestamp_ms}, sent with {when}"
+    return None
 
 
 def finish(cluster: Cluster, admin: Admin, workload: Workload, observer: LeaderObserver,

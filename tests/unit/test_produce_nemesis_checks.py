@@ -2,11 +2,15 @@
 function of the seed (the same seed, the same settings and faults; seeds vary them all), and
 the reader check passes clean reads and reports each defect put into them -- a dirty read
 (a value the final log does not have there, or an offset past its HW), an offset read twice,
-going back or skipped."""
+going back or skipped. The workload's record mix is a function of the seed too, and in a
+standard run sends keyless records every way: with callbacks, without (futures), with headers,
+at fixed timestamps and at now."""
 
 from __future__ import annotations
 
+from fabric.records import Record
 from tests.faults.produce_nemesis_checks import (KINDS, PARTITIONS_MAX, check_reads, make_plan, read_ends)
+from tests.faults.workload_checker import BLOCK_RECORDS, RecordMix, content_violation
 
 
 def test_plan_is_a_function_of_the_seed() -> None:
@@ -26,6 +30,7 @@ def test_plans_vary_every_setting_and_fault_over_seeds() -> None:
     assert {p.segment_bytes_max for p in plans} == {None, 8192, 65536}
     assert {p.page_cache_tail_bytes for p in plans} == {None, 65536}
     assert {p.readers for p in plans} == {1, 2}
+    assert {p.keyless_share for p in plans} == {0.25, 0.5, 0.75}
     assert {f.kind for p in plans for lane in p.lanes for f in lane} == set(KINDS)
     # the memory engine loses everything on a restart by design; direct writes are the segment engine's
     assert all(p.direct_write_min_bytes is None and p.segment_bytes_max is None
@@ -96,3 +101,32 @@ def test_violations_are_capped_per_reader() -> None:
     violations: list[str] = []
     check_reads(reads, FINAL, violations, shown_max=3)
     assert len(violations) == 4 and violations[-1] == "r0: 7 more read violations"
+
+
+def test_the_record_mix_is_a_function_of_the_seed_and_sends_keyless_records_every_way() -> None:
+    for seed in (75, 76, 77):
+        mix = RecordMix(seed, make_plan(seed, 60).keyless_share)
+        blocks = [mix.block(b * BLOCK_RECORDS) for b in range(60)]  # a minute at the nemesis's 400 records/s
+        assert blocks == [RecordMix(seed, mix.keyless_share).block(b * BLOCK_RECORDS + 7) for b in range(60)]
+        keyless = {(how, fixed) for is_keyless, how, fixed in blocks if is_keyless}
+        assert {how for how, _ in keyless} == {"callback", "future", "headers"} and {f for _, f in keyless} == {True, False}
+        assert any(not is_keyless for is_keyless, _, _ in blocks)
+
+
+def test_a_record_found_with_another_key_headers_or_timestamp_than_it_was_sent_with_is_reported() -> None:
+    """The checker matches records by value; what else was sent with the value (the key, the
+    headers, the timestamp given, or the time of the send when none was) must be what the log
+    holds: a record that took another's timestamp or lost its key or headers on the way (the
+    producer's runs of values keep only values) is a violation."""
+    contents = {b"v1": (None, None, 1_000), b"v2": (b"k2", (("seq", b"2"),), (2_000, 2_003))}
+
+    def record(value: bytes, key: bytes | None, headers: tuple | None, timestamp_ms: int) -> Record:
+        return Record("jepsen", 0, 0, timestamp_ms, key, value, headers)
+
+    assert content_violation(record(b"v1", None, None, 1_000), contents) is None
+    assert content_violation(record(b"v2", b"k2", (("seq", b"2"),), 2_003), contents) is None
+    for wrong in (record(b"v9", None, None, 7), record(b"v1", None, None, 1_001), record(b"v1", b"k", None, 1_000),
+                  record(b"v1", None, (("seq", b"1"),), 1_000), record(b"v2", None, (("seq", b"2"),), 2_000),
+                  record(b"v2", b"k2", None, 2_000), record(b"v2", b"k2", (("seq", b"2"),), 2_004),
+                  record(b"v2", b"k2", (("seq", b"2"),), 1_999)):
+        assert content_violation(wrong, contents) is not None, wrong

@@ -125,13 +125,13 @@ def test_asking_for_the_error_of_a_record_whose_outcome_is_not_known_is_a_timeou
     returns the record's error or None."""
     acc, _, _ = _accumulator()
     delivered, failed = _append(acc), _append(acc, partition=1)
-    of_send_many = RecordFutures([(delivered[0], delivered[1], 1)])
+    of_send_many = RecordFutures([(delivered.batch, delivered.index, 1)])
     for waits in (lambda: delivered.exception(0), lambda: of_send_many.exception(0)):
         with pytest.raises(TimeoutError) as e:
             waits()
         assert isinstance(e.value, ClientTimeoutError) and e.value.code == P.REQUEST_TIMED_OUT
-    delivered[0].complete(7, None)
-    failed[0].complete(-1, RemoteError(P.NOT_ENOUGH_REPLICAS, "isr too small"))
+    delivered.batch.complete(7, None)
+    failed.batch.complete(-1, RemoteError(P.NOT_ENOUGH_REPLICAS, "isr too small"))
     assert delivered.exception(0) is None and delivered.result(0).offset == 7
     assert failed.exception(0).code == P.NOT_ENOUGH_REPLICAS
 
@@ -196,9 +196,9 @@ def test_header_bytes_count_against_the_record_and_batch_bounds() -> None:
     with Producer(NOWHERE, max_block_ms=100, linger_ms=60_000, batch_bytes_max=10_000, record_bytes_max=4_000) as p:
         p.metadata.update(_md(1))
         futures = [p.send("t", b"v" * 10, headers=headers, partition=0) for _ in range(7)]
-        first = futures[0][0]
+        first = futures[0].batch
         assert 5 * 1800 <= first.size_bytes <= 10_000  # a sixth would not fit
-        assert [f[0] is first for f in futures] == [True] * 5 + [False] * 2
+        assert [f.batch is first for f in futures] == [True] * 5 + [False] * 2
         with pytest.raises(RecordSizeExceededError):
             p.send("t", b"v", headers=[("big", b"x" * 4_000)], partition=0)
         with pytest.raises(RecordSizeExceededError):  # the name is counted too

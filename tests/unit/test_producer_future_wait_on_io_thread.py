@@ -52,9 +52,9 @@ WAITS: dict[str, Callable[[RecordFuture], object]] = {
     "result(None)": lambda f: f.result(None),
     "result(timeout)": lambda f: f.result(WAIT_S * 2),
     "exception(None)": lambda f: f.exception(None),
-    "many.result(None)": lambda f: RecordFutures([(f[0], f[1], 1)]).result(None),
-    "many.exception(None)": lambda f: RecordFutures([(f[0], f[1], 1)]).exception(None),
-    "many.outcomes(None)": lambda f: RecordFutures([(f[0], f[1], 1)]).outcomes(None),
+    "many.result(None)": lambda f: RecordFutures([(f.batch, f.index, 1)]).result(None),
+    "many.exception(None)": lambda f: RecordFutures([(f.batch, f.index, 1)]).exception(None),
+    "many.outcomes(None)": lambda f: RecordFutures([(f.batch, f.index, 1)]).outcomes(None),
 }
 
 
@@ -72,9 +72,9 @@ def test_a_wait_on_the_io_thread_for_a_future_not_done_raises_at_once(wait: str)
 def test_a_future_already_done_answers_on_the_io_thread() -> None:
     rig = _Rig()
     done, other = rig.send(partition=0), rig.send(partition=1)
-    done[0].complete(41, None)
+    done.batch.complete(41, None)
     out = rig.on_io_thread(lambda: (done.result(None), done.exception(None),
-                                    RecordFutures([(done[0], done[1], 1)]).result(None)))
+                                    RecordFutures([(done.batch, done.index, 1)]).result(None)))
     assert out["value"] == (RecordMetadata("t", 0, 41), None, [RecordMetadata("t", 0, 41)])
     assert not other.done()
 

@@ -134,13 +134,13 @@ def test_a_batch_never_holds_more_than_its_byte_limit_unless_it_is_one_record(ma
     rnd = random.Random(seed)
     values = [b"x" * rnd.choice([1, 5, 40, 90, 130, 290]) for _ in range(400)]
     singles, runs = make_rig(batch_bytes_max=300), make_rig(batch_bytes_max=300)
-    single_batches = {id(f[0]): f[0] for f in (singles.one(v) for v in values)}.values()
+    single_batches = {id(f.batch): f.batch for f in (singles.one(v) for v in values)}.values()
     segments: list = []
     at = 0
     while at < len(values):  # runs of random lengths, a single record now and then
         n = rnd.choice([1, 3, 17, 60])
         if n == 1:
-            b = runs.one(values[at])[0]
+            b = runs.one(values[at]).batch
             segments.append((b, 0, 1))
         else:
             segments += runs.many(values[at:at + n])
@@ -167,12 +167,12 @@ def test_a_topics_max_message_bytes_bounds_its_batches(make_rig) -> None:  # noq
         runs = p.send_many("small", [b"w" * 150] * 200)
         big = p.send_many("big", [b"w" * 150] * 200)
         for futures in (singles, [runs[i] for i in range(200)]):
-            batches = {id(f[0]): f[0] for f in futures}.values()
+            batches = {id(f.batch): f.batch for f in futures}.values()
             assert len(batches) >= 10
             for b in batches:
                 data = b.build(compression=0, producer_id=1, producer_epoch=0, base_sequence=0)
                 assert len(data) <= 2048
-        assert len({id(big[i][0]) for i in range(200)}) == 1  # other topics keep the producer's bound
+        assert len({id(big[i].batch) for i in range(200)}) == 1  # other topics keep the producer's bound
         for b in p.accumulator.close_all():
             b.complete(-1, None)
 
@@ -208,7 +208,7 @@ def test_keys_go_to_the_partitions_send_picks_in_the_order_given(producer: Produ
     assert [futures[i].partition for i in range(40)] == [partition_for_key(k, 3) for k in keys]
     # within a partition, the records sit in the order given
     for p in range(3):
-        placed = [(f[0].sequence, id(f[0]), f[1]) for i in range(40) if (f := futures[i]).partition == p]
+        placed = [(f.batch.sequence, id(f.batch), f.index) for i in range(40) if (f := futures[i]).partition == p]
         batches = list(dict.fromkeys(pid for _, pid, _ in placed))
         assert [(batches.index(pid), k) for _, pid, k in placed] == sorted((batches.index(pid), k) for _, pid, k in placed)
 
@@ -330,7 +330,7 @@ def test_what_the_caller_changes_after_send_changes_nothing_queued() -> None:
         key[:] = b"q" * 500
         header_value[:] = b"z" * 3000
         try:
-            b = futures[0][0]
+            b = futures[0].batch
             assert _built_bytes(b) <= 4096
             records = decode_batches("t", 0, b.build(compression=0, producer_id=1, producer_epoch=0, base_sequence=0))
             assert {(r.key, r.value, r.headers) for r in records} == {

@@ -216,7 +216,7 @@ def test_closing_with_pieces_queued_fails_each_record_once() -> None:
     rig.grant_pid()
     rig.deliver(L1)  # refused: the pieces wait for the backoff
     [pending] = rig.acc.close_all()
-    assert pending is futures[0][0]
+    assert pending is futures[0].batch
     rig.sender.stop()
     assert len(calls) == 10 and all(isinstance(e, FabricError) for e in calls)
     assert rig.acc.buffered_bytes == 0 and futures[0].done()

@@ -179,6 +179,6 @@ def test_appends_from_several_threads_while_batches_are_taken_keep_every_record_
         held[id(b)] = [r.value for r in decode_batches("t", b.partition, data)]
     assert sum(map(len, held.values())) == 4 * 3000
     for thread, mine in futures.items():
-        assert [held[id(f[0])][f[1]] for _, f in mine] == [value for value, _ in mine]
-        order = [(taken.index(f[0]), f[1]) for _, f in mine if f.partition == 0]
+        assert [held[id(f.batch)][f.index] for _, f in mine] == [value for value, _ in mine]
+        order = [(taken.index(f.batch), f.index) for _, f in mine if f.partition == 0]
         assert order == sorted(order)
