@@ -56,7 +56,7 @@ from typing import Callable, Container, Sequence
 from fabric.client.completion import Completion
 from fabric.client.futures import BatchState, DeliveryCallback, QueuedFuture, RecordFuture, Segment
 from fabric.clock import Clock
-from fabric.errors import BufferExhaustedError
+from fabric.errors import BufferExhaustedError, ProducerClosedError
 from fabric.hoptrace import mark
 
 _new_future = QueuedFuture
@@ -164,6 +164,8 @@ class RecordAccumulator:
                 b.run_values.append(value)  # type: ignore[union-attr]
                 wake = opened = False
             else:  # the long way (in line: a call more per record costs keyed records ~10 %)
+                if self._closed:  # (``close`` ends the short path: no batch is ``_last`` then)
+                    raise ProducerClosedError()
                 if index < b.run_records_end:
                     self._settle()
                 if self._buffered_bytes + size_bytes > self._buffer_max:
@@ -268,6 +270,8 @@ class RecordAccumulator:
         try:
             while i < n:
                 with self._lock:
+                    if self._closed:
+                        raise ProducerClosedError()
                     self._settle()
                     p = partition if partition is not None else self._sticky_locked(topic, partition_count)
                     b = self._open.get((topic, p))
@@ -309,7 +313,7 @@ class RecordAccumulator:
                         self._close_batch(b)  # full: no room for another record like the last
                         wake = True
                 i += k
-        except BufferExhaustedError as e:
+        except (BufferExhaustedError, ProducerClosedError) as e:
             e.segments = segments  # type: ignore[attr-defined]
             raise
         finally:
@@ -446,7 +450,13 @@ class RecordAccumulator:
                 self._space.notify_all()
 
     def close(self) -> None:
-        """No more appends wait for space; ``take_ready`` hands out every open batch."""
+        """No more appends (``ProducerClosedError``; one waiting for space gets
+        ``BufferExhaustedError``); ``take_ready`` hands out every open batch. Whoever ends the
+        producer closes the accumulator before its last ``take_ready``, so that a record is
+        either taken (and failed) with the rest or refused -- never queued after it, its future
+        done by nobody (``Producer.send`` checks "closed" before it appends, outside the lock)."""
         with self._lock:
             self._closed = True
+            self._settle()
+            self._last = _NO_BATCH  # the short path, which does not look at the flag, ends here
             self._space.notify_all()

@@ -127,7 +127,9 @@ class Producer:
         partition beyond the count held is looked for in fresh metadata first: it may have been
         added since the last refresh) (all
         local ``ClientError``s, with the protocol code of the condition), ``ProducerClosedError``
-        after ``close``. On the I/O thread (a delivery callback) it never waits: see the module doc."""
+        after ``close`` (also one from another thread while this call runs: the record is either
+        queued before it, and fails with the rest, or refused). On the I/O thread (a delivery
+        callback) it never waits: see the module doc."""
         # the hot path of every application: kept to a few dict and attribute operations
         if value.__class__ is not bytes:
             if not isinstance(value, (bytes, bytearray)):
@@ -199,8 +201,10 @@ class Producer:
         ``RecordSizeExceededError`` (any record over ``record_bytes_max``),
         ``TopicNotInMetadataError``. ``BufferExhaustedError`` after ``max_block_ms`` without
         space: the records before the one that did not fit are queued (its ``futures``), and
-        ``on_complete`` is still called once, with those futures, when they are known; after
-        any other error it is never called. Thread-safe."""
+        ``on_complete`` is still called once, with those futures, when they are known; the same
+        for a ``ProducerClosedError`` of a ``close`` from another thread during the call (the
+        records queued before it fail with the rest); after any other error it is never called.
+        Thread-safe."""
         if self._closed:
             raise ProducerClosedError()
         if self.sender.failure is not None:
@@ -228,7 +232,7 @@ class Producer:
         try:
             futures = completion.futures = self._queue_many(topic, values, keys, partition, ts, nparts, on_delivery,
                                                             completion)
-        except BufferExhaustedError as e:
+        except (BufferExhaustedError, ProducerClosedError) as e:
             completion.futures = e.futures  # type: ignore[attr-defined]
             completion.release()
             raise
@@ -259,7 +263,7 @@ class Producer:
                     return pack_values(values[a:b], ts)
             try:
                 return RecordFutures(append_many(topic, partition, ts, values, sizes, pack, nparts, on_delivery, completion))
-            except BufferExhaustedError as e:
+            except (BufferExhaustedError, ProducerClosedError) as e:  # (closed meanwhile: ``RecordAccumulator.close``)
                 e.futures = RecordFutures(e.segments)  # type: ignore[attr-defined]
                 raise
         return self._send_keyed(topic, values, keys, partition, ts, nparts, on_delivery, completion)
@@ -294,7 +298,7 @@ class Producer:
                 segments += append_many(topic, p, ts, gvalues, [sizes[i] for i in idx], pack_keyed, nparts, on_delivery,
                                         completion)
                 start = end
-        except BufferExhaustedError as e:
+        except (BufferExhaustedError, ProducerClosedError) as e:
             queued = segments + e.segments  # type: ignore[attr-defined]
             e.futures = RecordFutures(queued, order[:sum(s[2] for s in queued)])  # type: ignore[attr-defined]
             raise

@@ -166,5 +166,6 @@ class SenderReplies:
             while q:
                 b = q.popleft()
                 self._finish(b, -1, error or ProducerClosedError(b.possibly_written))
+        self.batches.close()  # first: an append after the take below is refused, not left to nobody
         for b in self.batches.take_ready(1 << 62):
             self._finish(b, -1, error or ProducerClosedError(b.possibly_written))
