@@ -5,8 +5,8 @@ producer's I/O thread, ``flush`` and ``close`` do not wait for it for ever; on t
 (a record going on its run) the batch counts exactly the records it holds.
 
 The exception is injected by a trace function at every point after a call in ``append`` at
-which the lock is held, but one: the return of ``lock.acquire()`` itself, which comes before
-any ``try`` can start (``with`` would close it, at ~70 ns per record)."""
+which the lock is held, and right after the ``with`` took it: the return of a ``lock.acquire()``
+comes before any ``try`` can start, which is why ``append`` takes the lock with ``with``."""
 
 from __future__ import annotations
 
@@ -31,11 +31,10 @@ class Interrupt(BaseException):
 
 
 def _after_calls() -> set[int]:
-    """The offsets in ``append`` right after a call returns, but the lock's acquire."""
+    """The offsets in ``append`` right after a call returns (a ``lock.acquire()``'s too), or
+    after ``with`` took the lock."""
     ins = list(dis.get_instructions(CODE))
-    acquire = next(i for i, x in enumerate(ins) if x.argval == "acquire")
-    acquired = next(i for i in range(acquire, len(ins)) if ins[i].opname == "CALL") + 1
-    return {ins[i + 1].offset for i, x in enumerate(ins[:-1]) if x.opname == "CALL" and i + 1 != acquired}
+    return {ins[i + 1].offset for i, x in enumerate(ins[:-1]) if x.opname in ("CALL", "BEFORE_WITH")}
 
 
 AFTER_CALLS = _after_calls()
