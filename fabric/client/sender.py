@@ -249,6 +249,9 @@ class Sender(SenderReplies, threading.Thread):
         # its open batch fills meanwhile
         busy = self._in_flight.keys() | {tp for tp, q in self._queues.items() if q}
         for b in self.batches.take_ready(now, busy):
+            if not b.record_count:  # opened by an append a signal's exception cut before its record went in
+                self._finish(b, -1, None)
+                continue
             b.deadline_ms = now + self.settings.delivery_timeout_ms
             self._queues[(b.topic, b.partition)].append(b)
         self._requeue_lost_oneway()

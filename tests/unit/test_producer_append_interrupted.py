@@ -45,11 +45,25 @@ def _interrupted(acc: RecordAccumulator, point: int, call: Callable[[], Any]) ->
     at which the lock is held; False if there are fewer such places."""
     seen = [0]
 
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "opcode" and frame.f_lasti in AFTER_CALLS and acc._lock.locked():
+    def here(offset: int) -> bool:
+        if offset in AFTER_CALLS and acc._lock.locked():
             seen[0] += 1
-            if seen[0] == point:
-                raise Interrupt()
+        return seen[0] == point
+
+    return _raising(here, call) or seen[0] >= point
+
+
+def _interrupted_at(offset: int, call: Callable[[], Any]) -> bool:
+    """Run ``call`` raising ``Interrupt`` the first time ``append`` reaches ``offset``."""
+    return _raising(offset.__eq__, call)
+
+
+def _raising(here: Callable[[int], bool], call: Callable[[], Any]) -> bool:
+    """Run ``call`` raising ``Interrupt`` (from a trace function) before the first instruction
+    of ``append`` at whose offset ``here`` is true; True if it was raised."""
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "opcode" and here(frame.f_lasti):
+            raise Interrupt()
         return local
 
     def enter(frame: FrameType, event: str, arg: Any) -> Any:
@@ -66,7 +80,7 @@ def _interrupted(acc: RecordAccumulator, point: int, call: Callable[[], Any]) ->
         return True
     finally:
         sys.settrace(old)
-    return seen[0] >= point
+    return False
 
 
 def _accumulator() -> RecordAccumulator:
@@ -105,3 +119,30 @@ def test_an_exception_inside_append_lets_the_lock_go_and_leaves_the_batch_whole(
         assert len(records) == b.record_count and b.size_bytes == SIZE * b.record_count, (record, point)
         assert acc.buffered_bytes == b.size_bytes
     assert points > 0
+
+
+def test_an_empty_batch_an_interrupted_append_left_is_dropped_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append cut right after it opened a new batch, before the record went in (a Ctrl-C: 4
+    of 1,000 SIGALRM interrupts of a sending loop did it): the open batch holds nothing. The
+    sender drops it instead of building it (``build_batch`` of no record raised IndexError on
+    the I/O thread, which then stopped and failed every record of the producer, and every later
+    send); the records around it go out."""
+    from fabric import protocol as P
+    from tests.unit.driven_producer import driven_producer
+    p = driven_producer(monkeypatch)
+    before = p.send("t", b"a", key=b"k", partition=0, timestamp_ms=TS)
+    code = RecordAccumulator.append.__code__
+    ins = list(dis.get_instructions(code))
+    opened = next(i for i, x in enumerate(ins) if x.argval == "_next_batch")
+    at = next(ins[i + 1].offset for i in range(opened, len(ins)) if ins[i].opname == "CALL")
+    assert _interrupted_at(at, lambda: p.send("t", b"b", key=b"k", partition=1, timestamp_ms=TS))
+    [empty] = [b for b in p.accumulator._open.values() if b.partition == 1]
+    assert empty.record_count == 0
+    p.sender.run_pass()
+    assert p.sender.failure is None, p.sender.failure
+    after = p.send("t", b"c", key=b"k", partition=1, timestamp_ms=TS)
+    p.sender.run_pass()
+    sent = [s for c in p.sender.recording.values() for s in c.sent if s[0] == P.PRODUCE]
+    assert sent and p.sender.failure is None
+    assert not before.done() and not after.done()  # in flight, not failed
+    p.sender.stop()
