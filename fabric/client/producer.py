@@ -263,7 +263,7 @@ class Producer:
                     return pack_values(values[a:b], ts)
             try:
                 return RecordFutures(append_many(topic, partition, ts, values, sizes, pack, nparts, on_delivery, completion))
-            except (BufferExhaustedError, ProducerClosedError) as e:  # (closed meanwhile: ``RecordAccumulator.close``)
+            except (BufferExhaustedError, ProducerClosedError) as e:  # (closed meanwhile: RecordAccumulator.close)
                 e.futures = RecordFutures(e.segments)  # type: ignore[attr-defined]
                 raise
         return self._send_keyed(topic, values, keys, partition, ts, nparts, on_delivery, completion)

@@ -2,7 +2,8 @@
 (never past a partition's high watermark), interval flushes of the partitions appended to lately
 (handed to the flusher thread, ``nodes/broker/flusher.py``, when the engine flushes
 asynchronously; completions collected in a per-pass hook), high-watermark checkpoints and
-producer-state snapshots (those due written a slice per pass), and the page-cache budget shared among the partitions written to lately.
+producer-state snapshots (those due written a slice per pass), and the page-cache budget shared
+among the partitions written to lately.
 
 ``CoreTimersMixin`` is that half of ``BrokerCore``: its state is the core's own (set by
 ``BrokerCore.__init__``), and the appends that make a partition due for a flush are the core's.
