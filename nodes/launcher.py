@@ -45,11 +45,11 @@ import zmq
 
 from engines.durable import replace_file
 from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
 from fabric.clock import Clock
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.roles import ROLES
-from fabric.rpc import BlockingClient
 from nodes.control import ControlServer, EventLog, control_path
 from nodes.monitor_watch import MonitorWatch
 from nodes.processes import (SUPERVISED_ENV, is_loom_process, kill_group, pid_alive, process_group, send_signal,

@@ -23,10 +23,10 @@ import zmq
 
 from fabric import protocol as P
 from fabric.apikeys import ROLES, hash_key
+from fabric.blocking_client import BlockingClient
 from fabric.errors import CodedError
 from fabric.roles import HTTP
 from fabric.roles import ROLES as NODE_ROLES
-from fabric.rpc import BlockingClient
 from nodes.processes import terminate_and_wait
 
 # the directory that holds the `nodes` package: node processes import the same code as we do

@@ -11,11 +11,11 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
 from fabric.client.bootstrap import CoordinatorSilence, bootstrap_target, check_cluster, fetch_metadata
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata, PartitionInfo, read_answer
 from fabric.replies import ListOffsetsEntry, decode_parts
-from fabric.rpc import BlockingClient
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Callable
 import zmq
 
 from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
 from fabric.config import load_config
 from fabric.errors import CodedError, ConnectionRefused, FabricError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata, read_answer
-from fabric.rpc import BlockingClient
 
 
 def parse_bootstrap(bootstrap: str | list[str] | None = None, config_path: str | None = None) -> list[str]:

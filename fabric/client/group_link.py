@@ -23,9 +23,10 @@ from typing import Any, Callable, NamedTuple, Protocol
 import zmq
 
 from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
 from fabric.clock import Clock
 from fabric.errors import ClientError, CodedError, RemoteError
-from fabric.rpc import BlockingClient, ReplyCallback
+from fabric.rpc import ReplyCallback
 
 log = logging.getLogger(__name__)
 

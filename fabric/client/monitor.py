@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from fabric import protocol as P
-from fabric.rpc import BlockingClient
+from fabric.blocking_client import BlockingClient
 
 TIMEOUT_MS = 2000
 

@@ -39,11 +39,11 @@ import msgpack
 import zmq
 
 from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
 from fabric.client.fetch_ledger import FetchLedger
 from fabric.config import LoomConfig
 from fabric.errors import CodedError, FabricError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.records import Record
-from fabric.rpc import BlockingClient
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
 from fabric.client import Admin, Producer
 from fabric.client.group import Consumer
 from fabric.client.group_admin import GroupAdmin
 from fabric.errors import RemoteError, UnknownTopicOrPartitionError
-from fabric.rpc import BlockingClient
 from tests.harness import ROOT, Cluster, make_config, wait_until
 from tests.integration.groups_support import HEARTBEAT_MS, SESSION_MS, Member, make_topic, produce
 

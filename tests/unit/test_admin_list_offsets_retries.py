@@ -230,7 +230,7 @@ class _Unanswering:
     def call(self, command: bytes, header: dict, *a: Any, timeout_ms: int = 5000, retries: int = 0,
              give_up: Any = None, **kw: Any) -> tuple[dict, list]:
         from fabric.errors import ConnectionLost, RequestTimeout
-        from fabric.rpc import GIVE_UP_CHECK_MS
+        from fabric.blocking_client import GIVE_UP_CHECK_MS
         for _ in range(1 + retries):
             self.asked += 1
             if self.lost:
@@ -331,7 +331,7 @@ def test_a_slow_leader_still_leading_is_waited_for_not_asked_again(monkeypatch: 
     """A healthy leader slowed (a long GC pause, a busy machine) answers late: while the
     coordinator names it, the try waits for it -- no short per-try timeout fails it, and no
     second request joins the first."""
-    from fabric.rpc import GIVE_UP_CHECK_MS
+    from fabric.blocking_client import GIVE_UP_CHECK_MS
     clock = _Clock()
     slow_s = 3.0
 

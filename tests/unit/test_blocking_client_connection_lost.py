@@ -17,8 +17,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
+from fabric.blocking_client import BlockingClient
 from fabric.errors import ConnectionLost, RequestTimeout
-from fabric.rpc import BlockingClient
 from nodes.local_cluster import free_ports
 
 CALL_TIMEOUT_MS = 10_000

@@ -15,13 +15,14 @@ import pytest
 import zmq
 
 from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
 from fabric.clock import ManualClock
 from fabric.client.admin import Admin
 from fabric.config import NodeConfig
 from fabric.errors import (ClientError, CodedError, FabricError, GaveUp, RemoteError, RequestQueueFullError,
                            RequestTimeout)
 from fabric.reactor import Reactor
-from fabric.rpc import BlockingClient, RpcClient
+from fabric.rpc import RpcClient
 from nodes import launcher
 from nodes.local_cluster import free_ports
 

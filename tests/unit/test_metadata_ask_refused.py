@@ -19,10 +19,10 @@ import pytest
 import zmq
 
 from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
 from fabric.client.bootstrap import COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence, _Asks, fetch_metadata
 from fabric.errors import ConnectionRefused, RequestTimeout
 from fabric.metadata import ClusterMetadata
-from fabric.rpc import BlockingClient
 from nodes.local_cluster import free_ports, wait_until
 from tests.unit.tcp_endpoints import serve_until
 

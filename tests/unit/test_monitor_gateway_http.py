@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
 from fabric.clock import ManualClock
 from fabric.config import LoomConfig, load_config
-from fabric.rpc import BlockingClient
 from nodes.gateway.control import GatewayControl
 from nodes.local_cluster import free_ports, make_config, wait_until
 from nodes.monitor import Monitor
