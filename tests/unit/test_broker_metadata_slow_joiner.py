@@ -27,7 +27,7 @@ from fabric.config import load_config
 from fabric.errors import RequestQueueFullError, RequestTimeout
 from fabric.reactor import Reactor
 from fabric.zmtp_sub import ZmtpSubscriber
-from nodes.broker.node import METADATA_RETRY_MS
+from nodes.broker.metadata_intake import METADATA_RETRY_MS
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
