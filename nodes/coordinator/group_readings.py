@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple
 import msgpack
 
 if TYPE_CHECKING:
-    from nodes.coordinator.offsets import Committed
+    from nodes.coordinator.offsets_commits import Committed
     from nodes.coordinator.store import TopicState
 
 TopicPartition = tuple[str, int]

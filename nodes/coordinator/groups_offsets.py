@@ -33,8 +33,8 @@ from fabric import wire
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
 from nodes.coordinator.group_readings import ALL_TOPICS, Reading, merged_readings, newer_than_reading
-from nodes.coordinator.offsets import READINGS_PER_COMMIT_MAX, deletion_parts
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
+from nodes.coordinator.offsets_commits import READINGS_PER_COMMIT_MAX, deletion_parts
 
 if TYPE_CHECKING:
     from collections import Counter

@@ -26,9 +26,10 @@ such snapshot any more) up to the leader's log end as seen at the first read, wa
 the high watermark covers it (an acknowledged commit is always below a leader's log end, and
 waiting for the HW means a record that could still be truncated is never relied upon).
 
-Before its append a commit is checked (offsets within the log end, its topics not replaced,
-not backward) by ``CommitValidationMixin`` (nodes/coordinator/offsets_validation.py), a base
-of ``OffsetStore``.
+A waiting commit (``PendingCommit``), a committed offset (``Committed``) and what a commit
+costs in the log are nodes/coordinator/offsets_commits.py. Before its append a commit is
+checked (offsets within the log end, its topics not replaced, not backward) by
+``CommitValidationMixin`` (nodes/coordinator/offsets_validation.py), a base of ``OffsetStore``.
 
 While a commit is queued or being written, OFFSET_FETCH of its partitions answers
 ``unstable_offset_commit`` (retriable), so a member never starts from an offset that the
@@ -50,7 +51,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import msgpack
 
@@ -61,6 +62,8 @@ from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.group_readings import Reading, apply_readings, reading_records
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome, OffsetsTopicClient
+from nodes.coordinator.offsets_commits import (APPEND_BYTES_MAX, Committed, DoneCallback, PendingCommit, TopicPartition,
+                                               commit_bytes)
 from nodes.coordinator.offsets_loader import OffsetsLoader
 from nodes.coordinator.offsets_producer import PRODUCER_STATE_ERRORS, ProducerMixin, Sent
 from nodes.coordinator.offsets_resync import ResyncMixin
@@ -70,93 +73,16 @@ from nodes.coordinator.snapshots import SnapshotJob
 from nodes.coordinator.store import TopicState, new_partitions
 from nodes.coordinator.topics import place_replicas
 
-__all__ = ["OFFSETS_TOPIC", "READINGS_PER_COMMIT_MAX", "Committed", "OffsetStore", "PendingCommit", "deletion_parts"]
+__all__ = ["OFFSETS_TOPIC", "OffsetStore"]
 
 log = logging.getLogger(__name__)
 
 OFFSETS_PARTITIONS = 3
 OFFSETS_REPLICATION_FACTOR_MAX = 3
 COMMIT_TIMEOUT_MS = 15_000         # a commit not appended by then fails (request_timed_out)
-ENTRY_BYTES = 100                  # what an entry of a waiting commit costs besides its strings
 RETRY_MS = 200                     # pause before retrying an append
-COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch
-APPEND_BYTES_MAX = 4 * 1024 * 1024  # ... and their bytes (a commit always goes, alone if it must):
-#                                    well within the broker's batch limit (16 MiB by default)
+COMMITS_PER_APPEND_MAX = 500       # commit requests folded into one batch (and their bytes: APPEND_BYTES_MAX)
 HW_PRUNE_INTERVAL_MS = 10_000      # forget cached log ends of deleted topics at least this often
-READINGS_PER_COMMIT_MAX = 5000    # changes of a group's stored readings in one commit (~3 MiB at most,
-#                                    within APPEND_BYTES_MAX); more go in the next ones
-DELETION_PARTS_IN_BUFFER = 8       # a part of a group's deletion takes at most this share of
-#                                    P.PENDING_COMMIT_BYTES_MAX (and at most APPEND_BYTES_MAX)
-
-TopicPartition = tuple[str, int]
-DoneCallback = Callable[[RemoteError | None], None]
-
-
-def commit_bytes(group: str, entries: list[tuple[str, int, int | None, str]], readings: Iterable[str] = ()) -> int:
-    """A commit's bytes in the log, about (each entry's record repeats the group id), as
-    P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them; ``readings``: the topics of the
-    reading records it carries."""
-    per_entry = ENTRY_BYTES + len(group.encode())
-    return sum(per_entry + len(t.encode()) + len(m.encode()) for t, _, _, m in entries) \
-        + sum(per_entry + len(t.encode()) for t in readings)
-
-
-def deletion_parts(group: str, partitions: list[TopicPartition]) -> list[list[tuple[str, int, None, str]]]:
-    """The tombstones of ``partitions`` in parts of at most DELETION_PART_BYTES (as
-    ``commit_bytes`` counts them; each part at least one), in order: a group's deletion goes as
-    these commits, one after another (the groups' DELETE_GROUP)."""
-    limit = min(APPEND_BYTES_MAX, P.PENDING_COMMIT_BYTES_MAX // DELETION_PARTS_IN_BUFFER)
-    parts: list[list[tuple[str, int, None, str]]] = []
-    size = 0
-    for t, p in partitions:
-        entry = (t, p, None, "")
-        n = commit_bytes(group, [entry])
-        if not parts or size + n > limit:
-            parts.append([])
-            size = 0
-        parts[-1].append(entry)
-        size += n
-    return parts
-
-
-@dataclass
-class PendingCommit:
-    """One commit request (or group deletion) waiting for its append."""
-
-    group: str
-    entries: list[tuple[str, int, int | None, str]]  # topic, partition, offset (None: delete), metadata
-    allow_backward: bool
-    done: DoneCallback
-    deadline_ms: int
-    ready: bool = True      # False while the log-end check is still out
-    finished: bool = False
-    # re-checked just before the append: a commit validated for a generation that a rebalance
-    # has since ended must not land after the partition's new owner read the committed offsets
-    recheck: Callable[[], RemoteError | None] | None = None
-    error: RemoteError | None = None
-    # An append carrying it may have landed (it went out and no answer said it was not
-    # written): every retry is then the same append and is not judged again (a rebalance
-    # meanwhile must not turn it into illegal_generation). Never reset: a later attempt that
-    # the broker refuses does not undo an earlier one that may be in the log.
-    maybe_in_log: bool = False
-    size: int = 0  # its bytes as P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them (commit_bytes)
-    # the id of each entry's topic when the commit was taken: a topic deleted and made again
-    # under its name before the append does not get the old topic's offset
-    topic_ids: dict[str, str] = field(default_factory=dict)
-    # the topics whose id the committer named (OFFSET_COMMIT's topic_ids): their offsets were read
-    # in that topic, and one replaced meanwhile refuses the commit for good (unknown_topic_id)
-    named: set[str] = field(default_factory=set)
-    # changes of the group's stored readings it carries (topic -> Reading, None: deleted;
-    # group_readings.ALL_TOPICS: every one), appended after its offsets
-    readings: dict[str, Reading | None] = field(default_factory=dict)
-
-
-@dataclass
-class Committed:
-    offset: int
-    metadata: str = ""
-    commit_ts_ms: int = 0
-    topic_id: str = ""  # the id of the topic it was committed for ("" in records older than the field)
 
 
 @dataclass

@@ -58,8 +58,9 @@ from nodes.coordinator.store import PRODUCER_IDS_PER_WALL_MS
 
 if TYPE_CHECKING:
     from nodes.coordinator.context import GroupContext
-    from nodes.coordinator.offsets import PendingCommit, _Queue
+    from nodes.coordinator.offsets import _Queue
     from nodes.coordinator.offsets_client import OffsetsTopicClient
+    from nodes.coordinator.offsets_commits import PendingCommit
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from nodes.coordinator.offsets_loader import OffsetsLoader
 
 if TYPE_CHECKING:
     from nodes.coordinator.context import GroupContext
-    from nodes.coordinator.offsets import Committed, TopicPartition, _Queue
+    from nodes.coordinator.offsets import _Queue
     from nodes.coordinator.offsets_client import OffsetsTopicClient
+    from nodes.coordinator.offsets_commits import Committed, TopicPartition
 
 log = logging.getLogger(__name__)
 

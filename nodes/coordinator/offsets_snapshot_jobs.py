@@ -31,8 +31,9 @@ from nodes.coordinator.snapshots import SnapshotJob
 if TYPE_CHECKING:
     from nodes.coordinator.context import GroupContext
     from nodes.coordinator.group_readings import Reading
-    from nodes.coordinator.offsets import Committed, TopicPartition, _Queue
+    from nodes.coordinator.offsets import _Queue
     from nodes.coordinator.offsets_client import OffsetsTopicClient
+    from nodes.coordinator.offsets_commits import Committed, TopicPartition
     from nodes.coordinator.offsets_producer import Sent
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from fabric.errors import MalformedFrame, RemoteError
 from fabric.replies import ListOffsetsEntry, decode_parts
 
 if TYPE_CHECKING:
-    from nodes.coordinator.offsets import Committed, PendingCommit, TopicPartition
     from nodes.coordinator.offsets_client import OffsetsTopicClient
+    from nodes.coordinator.offsets_commits import Committed, PendingCommit, TopicPartition
 
 
 class CommitValidationMixin:

@@ -14,7 +14,7 @@ import pytest
 from fabric import protocol as P
 from fabric.errors import RemoteError
 from fabric.rpc import DEFER
-from nodes.coordinator.offsets import Committed
+from nodes.coordinator.offsets_commits import Committed
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.unit.fakes import is_readings, loaded_group_coordinator, offsets_records, request
 

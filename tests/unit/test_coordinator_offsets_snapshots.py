@@ -14,7 +14,8 @@ from engines.api import StorageFull
 from fabric import protocol as P
 from fabric.records import build_batch
 from nodes.coordinator import snapshots as S
-from nodes.coordinator.offsets import OFFSETS_TOPIC, Committed, OffsetStore
+from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore
+from nodes.coordinator.offsets_commits import Committed
 from nodes.coordinator.store import ClusterState, PartitionState, StateStore, TopicState
 from tests.unit.fakes import (FakeGroupContext, ack_last_produce, admin_commit, group_coordinator,
                               loaded_group_coordinator, offsets_records, two_partition_state)
