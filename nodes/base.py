@@ -188,7 +188,7 @@ class Node:
     def drain(self) -> None:
         """After SIGTERM/SIGINT stopped the reactor, before ``close``: finish what was taken,
         driving the reactor with ``run_once`` so that answers still go out, within a deadline
-        well inside the supervisor's SIGKILL escalation (``nodes.launcher.STOP_TIMEOUT_S``).
+        well inside the supervisor's SIGKILL escalation (``nodes.running_cluster.STOP_TIMEOUT_S``).
         Nothing by default (override)."""
 
     def take_request(self, req: wire.Request, stopping_message: str) -> None:

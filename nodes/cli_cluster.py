@@ -21,7 +21,7 @@ from fabric.config import ConfigError, LoomConfig, NodeConfig, load_config
 from fabric.client.bootstrap import check_cluster, fetch_metadata, parse_bootstrap
 from fabric.errors import FabricError
 from fabric.metadata import ClusterMetadata
-from nodes import launcher
+from nodes import launcher, running_cluster
 from nodes.cli_common import config_for, target_options
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor, admin_key: tuple[st
     for name, node in cfg.nodes_with_role("monitor").items():
         if name in sup.children:
             out.print(f"metrics:   http://{node.host}:{node.http_metrics_port}/metrics  (`loom alerts` for alerts)")
-    out.print(f"logs:      {launcher.log_path(cfg, 'NODE').parent}/NODE.log")
+    out.print(f"logs:      {running_cluster.log_path(cfg, 'NODE').parent}/NODE.log")
     out.print(f"stop:      Ctrl-C, or `loom down -c {cfg.source}`")
     sys.stdout.flush()
 
@@ -149,8 +149,8 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor, admin_key: tuple[st
 def down(config: str | None, bootstrap: str | None, timeout_s: float) -> None:
     """Stop the cluster that `loom up` started from this config."""
     cfg = config_for(config, bootstrap, "loom down", "the supervisor's pid file is in the config's data dir")
-    if not launcher.stop_cluster(cfg, timeout_s, emit=lambda line: click.echo(line, err=True)):
-        raise FabricError(f"no running cluster found (no live supervisor in {launcher.pid_file_path(cfg)})")
+    if not running_cluster.stop_cluster(cfg, timeout_s, emit=lambda line: click.echo(line, err=True)):
+        raise FabricError(f"no running cluster found (no live supervisor in {running_cluster.pid_file_path(cfg)})")
     click.echo("stopped")
 
 
@@ -200,7 +200,7 @@ def status(config: str | None, bootstrap: str | None) -> None:
     nodes, md, cluster = _status_nodes(config, bootstrap)
     available = {n: c for n, c in nodes.items() if launcher.role_available(c.role)}
     with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, max(1, len(available)))) as pool:
-        replies = dict(zip(available, pool.map(launcher.ping, available.values())))
+        replies = dict(zip(available, pool.map(running_cluster.ping, available.values())))
     if md is None:  # ask only nodes that answered PING: a down node would cost a timeout each
         live = [c.endpoint for n, c in sorted(available.items(), key=lambda i: i[1].role != "coordinator")
                 if replies[n] and c.role in ("coordinator", "broker")]
@@ -248,7 +248,7 @@ def _supervised_running(config: str | None) -> dict[str, int]:
         cfg = load_config(config)
     except ConfigError:
         return {}
-    children = (launcher.read_pid_file(cfg) or {}).get("children") or {}
+    children = (running_cluster.read_pid_file(cfg) or {}).get("children") or {}
     return {n: p for n, p in children.items() if isinstance(p, int) and launcher.pid_alive(p)}
 
 
@@ -268,7 +268,7 @@ def _print_broker_notes(out: Console, nodes: dict[str, NodeConfig]) -> None:
     if not brokers:
         return
     with ThreadPoolExecutor(max_workers=min(PING_THREADS_MAX, len(brokers))) as pool:
-        replies = {n: r for n, r in zip(brokers, pool.map(launcher.ping, brokers.values())) if r}
+        replies = {n: r for n, r in zip(brokers, pool.map(running_cluster.ping, brokers.values())) if r}
     coordinators = [c.endpoint for c in nodes.values() if c.role == "coordinator"]
     md = _metadata(coordinators + [brokers[n].endpoint for n in replies]) if replies else None
     if md is not None:
@@ -302,10 +302,10 @@ def _print_supervisor(out: Console, config: str | None) -> None:
         cfg = load_config(config)
     except ConfigError:
         return
-    info = launcher.read_pid_file(cfg)
+    info = running_cluster.read_pid_file(cfg)
     pid = info.get("pid") if info else None
     if isinstance(pid, int) and launcher.pid_alive(pid):
-        out.print(f"supervisor: pid {pid} ({launcher.pid_file_path(cfg)})")
+        out.print(f"supervisor: pid {pid} ({running_cluster.pid_file_path(cfg)})")
     else:
         out.print("supervisor: not running")
 

@@ -3,10 +3,11 @@
 Every node of the config runs as ``python -m nodes.run -c CONFIG --node NAME`` with its output
 in ``<data_dir>/logs/NAME.log``. Roles whose implementation module is not part of this build
 are listed but never started. The supervisor writes ``<data_dir>/loom.pid`` (JSON: its own pid
-and its children's) so that ``loom down`` can find it; SIGTERM or SIGINT stop every child by
-pid (SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``). SIGHUP (the terminal closed) does the
-same, and a closed stdout or stderr (``loom up | head``, a vanished terminal) never kills the
-supervisor: its output goes to /dev/null from then on, and the nodes keep being supervised.
+and its children's) so that ``loom down`` can find it (nodes/running_cluster.py, which owns
+these files); SIGTERM or SIGINT stop every child by pid (SIGTERM, then SIGKILL after
+``STOP_TIMEOUT_S``). SIGHUP (the terminal closed) does the same, and a closed stdout or stderr
+(``loom up | head``, a vanished terminal) never kills the supervisor: its output goes to
+/dev/null from then on, and the nodes keep being supervised.
 
 Children run in their own session, so Ctrl-C reaches only the supervisor, which then stops
 them in order (the coordinator last, so brokers do not see it vanish first).
@@ -45,25 +46,20 @@ import zmq
 
 from engines.durable import replace_file
 from fabric import protocol as P
-from fabric.blocking_client import BlockingClient
 from fabric.clock import Clock
 from fabric.config import LoomConfig, NodeConfig
-from fabric.errors import CodedError, FabricError, RemoteError
+from fabric.errors import FabricError, RemoteError
 from fabric.roles import ROLES
 from nodes.control import ControlServer, EventLog, control_path
 from nodes.monitor_watch import MonitorWatch
-from nodes.processes import (SUPERVISED_ENV, is_loom_process, kill_group, pid_alive, process_group, send_signal,
-                             supervised_group_members, terminate_and_wait)
+from nodes.processes import SUPERVISED_ENV, is_loom_process, kill_group, pid_alive, terminate_and_wait
 from nodes.run import EXIT_CONFIG_ERROR
+from nodes.running_cluster import LOG_DIR_NAME, STOP_TIMEOUT_S, log_path, pid_file_path, ping, read_pid_file
 
 ROOT = Path(__file__).resolve().parent.parent
-PID_FILE_NAME = "loom.pid"
 LOCK_FILE_NAME = "loom.lock"
-LOG_DIR_NAME = "logs"
-PING_TIMEOUT_MS = 500
 LOOP_INTERVAL_MS = 200           # how often the supervisor looks at its children
 STABLE_RUN_MS = 10_000          # a child that ran this long resets its backoff
-STOP_TIMEOUT_S = 15.0           # SIGTERM grace before SIGKILL
 LOG_TAIL_LINES_MAX = 5
 NOT_AVAILABLE = "not available in this build"
 # Each stops every node as Ctrl-C does; SIGHUP's default (exit) would orphan them all.
@@ -102,33 +98,6 @@ def role_available(role: str) -> bool:
 def control_endpoint(config: LoomConfig) -> str:
     """The supervisor's control socket (nodes/control.py): local to this host by construction."""
     return f"ipc://{control_path(config.cluster.data_dir)}"
-
-
-def pid_file_path(config: LoomConfig) -> Path:
-    return Path(config.cluster.data_dir) / PID_FILE_NAME
-
-
-def log_path(config: LoomConfig, name: str) -> Path:
-    return Path(config.cluster.data_dir) / LOG_DIR_NAME / f"{name}.log"
-
-
-def read_pid_file(config: LoomConfig) -> dict | None:
-    """The supervisor's pid file, or None when there is none (or it is unreadable)."""
-    try:
-        return json.loads(pid_file_path(config).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
-    """PING a node over the fabric: its reply (node, role, pid, uptime_ms) or None."""
-    client = BlockingClient(zmq.Context.instance(), node.endpoint, identity=None)
-    try:
-        return client.call(P.PING, timeout_ms=timeout_ms)[0]
-    except CodedError:
-        return None
-    finally:
-        client.close()
 
 
 @dataclass
@@ -492,35 +461,3 @@ def log_tail(path: Path, lines_max: int = LOG_TAIL_LINES_MAX) -> list[str]:
     except OSError:
         return []
     return [ln for ln in text.splitlines() if ln.strip()][-lines_max:]
-
-
-def stop_cluster(config: LoomConfig, timeout_s: float = 30.0, emit: Callable[[str], None] = print) -> bool:
-    """``loom down``: SIGTERM the supervisor named in the pid file and wait for it and its
-    children to exit; kill what is left. Returns False when no cluster was running."""
-    info = read_pid_file(config)
-    if not info:
-        return False
-    sup_pid = info.get("pid")
-    children = [p for p in (info.get("children") or {}).values() if isinstance(p, int)]
-    live_children = [p for p in children if pid_alive(p) and is_loom_process(p)]
-    if isinstance(sup_pid, int) and pid_alive(sup_pid) and is_loom_process(sup_pid):
-        emit(f"stopping the supervisor (pid {sup_pid}) and {len(live_children)} nodes")
-        killed = terminate_and_wait([sup_pid], timeout_s)
-        if killed:
-            emit(f"the supervisor did not stop within {timeout_s:.0f} s: killed it")
-    elif not live_children:
-        orphans = [m for g in children for m in supervised_group_members(g, str(config.cluster.data_dir))]
-        for m in orphans:  # a dead node's forked worker (a gateway's, holding its ports)
-            send_signal(m, signal.SIGKILL)
-        pid_file_path(config).unlink(missing_ok=True)
-        return bool(orphans)
-    # Children the supervisor could not stop (or orphans of a killed supervisor).
-    left = [p for p in children if pid_alive(p) and is_loom_process(p)]
-    if left:
-        emit(f"stopping {len(left)} nodes left behind: {', '.join(map(str, left))}")
-        groups = [p for p in left if process_group(p) == p]  # each node leads a group of its own (_spawn)
-        terminate_and_wait(left, STOP_TIMEOUT_S)
-        for g in groups:  # and what it forked (a gateway's worker holding its ports)
-            kill_group(g)
-    pid_file_path(config).unlink(missing_ok=True)
-    return True

@@ -74,7 +74,7 @@ JOBS_MAX = 10_000                  # requests accepted and not yet answered
 DELIVERY_TIMEOUT_MS = 30_000       # a record not acknowledged by then fails (request_timed_out)
 SEND_BLOCK_MS = 5000               # how long the worker waits for a topic's metadata
 # Stopping (the module doc). The supervisor SIGKILLs a node 15 s after SIGTERM
-# (nodes.launcher.STOP_TIMEOUT_S): producer_drain_timeout_ms (at most 6 s) and DRAIN_STOP_MS
+# (nodes.running_cluster.STOP_TIMEOUT_S): producer_drain_timeout_ms (at most 6 s) and DRAIN_STOP_MS
 # after it bound the whole stop, whatever the worker is blocked on (a send waits up to
 # SEND_BLOCK_MS for buffer space or metadata: closing the producers ends that wait at once).
 DRAIN_STOP_MS = 2000               # after the drain's deadline: producers closed, worker stopped, answers out

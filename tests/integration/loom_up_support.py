@@ -12,7 +12,7 @@ from typing import IO
 
 from bench.stats import kill_tree
 from fabric.config import load_config
-from nodes import launcher
+from nodes import launcher, running_cluster
 from tests.harness import ROOT, wait_until
 
 LOOM_TIMEOUT_S = 40.0
@@ -39,12 +39,12 @@ class Up:
     def wait_all_up(self, timeout_s: float = 30) -> None:
         """Until the pid file names a child for every node and each answers PING with that pid."""
         def up() -> bool:
-            info = launcher.read_pid_file(self.config) or {}
+            info = running_cluster.read_pid_file(self.config) or {}
             kids = info.get("children") or {}
             if info.get("pid") != self.proc.pid or set(kids) != set(self.config.nodes):
                 return False
             for name, pid in kids.items():
-                reply = launcher.ping(self.config.nodes[name])
+                reply = running_cluster.ping(self.config.nodes[name])
                 if not reply or reply.get("pid") != pid:
                     return False
             self.children = dict(kids)
@@ -61,7 +61,7 @@ class Up:
     def kill_all(self) -> None:
         """SIGKILL the supervisor, every node it ran (those it reports now too) and the processes
         below them (the gateway's workers)."""
-        info = launcher.read_pid_file(self.config) or {}
+        info = running_cluster.read_pid_file(self.config) or {}
         for pid in [self.proc.pid, *self.children.values(), *(info.get("children") or {}).values()]:
             kill_tree(pid)  # a node outlives a killed supervisor (its own session): each by its pid
         self.proc.wait(timeout=10)

@@ -28,7 +28,7 @@ import yaml
 from fabric.client import Admin
 from fabric.client.monitor import MonitorClient
 from fabric.config import LoomConfig
-from nodes import launcher
+from nodes import running_cluster
 from tests.harness import ROOT, make_config, wait_until
 from tests.integration.large_topic_support import IDLE_CPU_CORE_FRACTION_MAX, PARTITIONS, cpu_seconds, create_settled
 from tests.integration.loom_up_support import Up, loom
@@ -103,7 +103,7 @@ def test_thousand_partitions_on_make_ups_node_set_led_healthy_and_idle(tmp_path:
             time.sleep(1)  # sampling interval of a condition that must hold throughout
         window_s = time.monotonic() - window_start
         usage = {n: (cpu_seconds(p) - cpu_start[n]) / window_s for n, p in brokers.items()}
-        info = launcher.read_pid_file(up.config) or {}
+        info = running_cluster.read_pid_file(up.config) or {}
         assert info.get("children") == up.children, "a node was restarted in a cluster with no faults"
         print(f"created in {created_s:.2f} s, settled {settled_s:.2f} s after the create, "
               f"idle CPU per broker {usage}")

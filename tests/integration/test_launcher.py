@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fabric.config import load_config, parse_config
-from nodes import launcher
+from nodes import launcher, running_cluster
 from tests.harness import ROOT, make_config, wait_until
 from tests.integration.loom_up_support import loom
 from tests.unit.fakes import ExitedProc
@@ -103,21 +103,21 @@ def test_up_restart_status_down(supervised) -> None:
         one = loom("up", "--node", "gateway", "-c", str(config_path))
         assert one.returncode == 1 and one.stderr.strip() == "loom: error: gateway: role gateway is not available in this build"
 
-    info = json.loads(launcher.pid_file_path(cfg).read_text())
+    info = json.loads(running_cluster.pid_file_path(cfg).read_text())
     assert info["pid"] == proc.pid and set(info["children"]) == set(expected_up)
     seen.update(info["children"].values())
     for name in expected_up:
-        assert launcher.ping(cfg.node(name))["pid"] == info["children"][name]
+        assert running_cluster.ping(cfg.node(name))["pid"] == info["children"][name]
 
     # kill -9 a broker: the supervisor starts a new one, which answers PING with its new pid.
     old_pid = info["children"]["broker-2"]
     os.kill(old_pid, signal.SIGKILL)
 
     def restarted() -> int | None:
-        pid = json.loads(launcher.pid_file_path(cfg).read_text())["children"].get("broker-2")
+        pid = json.loads(running_cluster.pid_file_path(cfg).read_text())["children"].get("broker-2")
         if pid and pid != old_pid:
             seen.add(pid)
-            reply = launcher.ping(cfg.node("broker-2"))
+            reply = running_cluster.ping(cfg.node("broker-2"))
             return pid if reply and reply["pid"] == pid else None
         return None
     new_pid = wait_until(restarted, 20, what="broker-2 to be restarted")
@@ -132,12 +132,12 @@ def test_up_restart_status_down(supervised) -> None:
     assert "under-replicated: 0, offline: 0" in status.stdout
     assert f"supervisor: pid {proc.pid}" in status.stdout
 
-    all_pids = set(json.loads(launcher.pid_file_path(cfg).read_text())["children"].values())
+    all_pids = set(json.loads(running_cluster.pid_file_path(cfg).read_text())["children"].values())
     down = loom("down", "-c", str(config_path))
     assert down.returncode == 0, down.stderr
     assert proc.wait(timeout=30) == 0
     assert not any(launcher.pid_alive(p) for p in all_pids | {proc.pid})
-    assert not launcher.pid_file_path(cfg).exists()
+    assert not running_cluster.pid_file_path(cfg).exists()
 
     after = loom("status", "-c", str(config_path), timeout_s=20)
     assert after.returncode == 1 and re.search(r"^broker-1\s.*\bdown\b", after.stdout, re.M)

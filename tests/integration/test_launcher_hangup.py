@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from nodes import launcher
+from nodes import running_cluster
 from tests.harness import make_config, wait_until
 from tests.integration.loom_up_support import Up
 
@@ -53,8 +53,8 @@ def test_a_closed_stdout_does_not_kill_the_supervisor(tmp_path: Path, started: l
     os.kill(pid, signal.SIGKILL)
 
     def restarted() -> bool:
-        new = (launcher.read_pid_file(up.config) or {}).get("children", {}).get(name)
-        reply = launcher.ping(up.config.nodes[name]) if new and new != pid else None
+        new = (running_cluster.read_pid_file(up.config) or {}).get("children", {}).get(name)
+        reply = running_cluster.ping(up.config.nodes[name]) if new and new != pid else None
         if reply and reply.get("pid") == new:
             up.children[name] = new
             return True
@@ -75,9 +75,9 @@ def test_a_closed_stderr_does_not_kill_the_supervisor(tmp_path: Path, started: l
     up.wait_all_up()
     name, pid = next(iter(up.children.items()))
     os.kill(pid, signal.SIGKILL)  # the supervisor reports the exit and the restart on stderr
-    wait_until(lambda: (launcher.read_pid_file(up.config) or {}).get("children", {}).get(name) not in (None, pid), 30,
+    wait_until(lambda: (running_cluster.read_pid_file(up.config) or {}).get("children", {}).get(name) not in (None, pid), 30,
                what=f"{name} restarted by a supervisor whose stderr is closed")
-    up.children[name] = json.loads(launcher.pid_file_path(up.config).read_text())["children"][name]
+    up.children[name] = json.loads(running_cluster.pid_file_path(up.config).read_text())["children"][name]
     assert up.proc.poll() is None
     up.proc.send_signal(signal.SIGHUP)
     assert up.assert_stops_everything() == 0

@@ -20,7 +20,7 @@ import pytest
 from fabric.client import Admin, Consumer, Producer
 from fabric.client.monitor import MonitorClient
 from fabric.config import LoomConfig, load_config
-from nodes import launcher
+from nodes import launcher, running_cluster
 from tests.harness import ROOT, wait_until
 from tests.integration.loom_up_support import loom
 from tests.integration.monitor_support import alert, monitor_config
@@ -36,7 +36,7 @@ class Supervised:
         self.seen: set[int] = set()
 
     def pid(self, name: str) -> int | None:
-        pid = json.loads(launcher.pid_file_path(self.cfg).read_text())["children"].get(name)
+        pid = json.loads(running_cluster.pid_file_path(self.cfg).read_text())["children"].get(name)
         if pid:
             self.seen.add(pid)
         return pid

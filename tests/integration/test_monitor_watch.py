@@ -17,7 +17,7 @@ import pytest
 
 from fabric.client.monitor import MonitorClient
 from fabric.errors import CodedError
-from nodes import launcher
+from nodes import launcher, running_cluster
 from nodes.monitor_watch import silent_after_ms
 from tests.harness import make_config, wait_until
 from tests.integration.loom_up_support import Up, loom
@@ -44,11 +44,11 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 
 def monitor_pid(up: Up) -> int | None:
-    return (launcher.read_pid_file(up.config) or {}).get("children", {}).get("monitor")
+    return (running_cluster.read_pid_file(up.config) or {}).get("children", {}).get("monitor")
 
 
 def answers(up: Up, pid: int | None) -> bool:
-    reply = launcher.ping(up.config.node("monitor"))
+    reply = running_cluster.ping(up.config.node("monitor"))
     return pid is not None and reply is not None and reply.get("pid") == pid
 
 

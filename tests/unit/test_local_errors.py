@@ -23,7 +23,7 @@ from fabric.errors import (ClientError, CodedError, FabricError, GaveUp, RemoteE
                            RequestTimeout)
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient
-from nodes import launcher
+from nodes import running_cluster
 from nodes.local_cluster import free_ports
 
 
@@ -74,7 +74,7 @@ def test_the_reactor_client_reports_local_conditions_as_client_errors() -> None:
 def test_callers_that_handled_a_timeout_still_do() -> None:
     silent = _silent_endpoint()
     port = int(silent.rsplit(":", 1)[1])
-    assert launcher.ping(NodeConfig(role="coordinator", port=port), timeout_ms=50) is None
+    assert running_cluster.ping(NodeConfig(role="coordinator", port=port), timeout_ms=50) is None
     admin = Admin([silent], timeout_ms=50)
     try:
         with pytest.raises(FabricError, match="no coordinator"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from nodes import launcher
+from nodes import running_cluster
 from nodes.cli_cluster import status
 from nodes.local_cluster import free_ports
 
@@ -27,7 +27,7 @@ def test_a_silent_node_whose_process_runs_is_unresponsive_with_its_pid(tmp_path:
     data = tmp_path / "data"
     data.mkdir()
     # the supervisor's pid file: this test's process stands in for the silent monitor's
-    (data / launcher.PID_FILE_NAME).write_text(json.dumps({"pid": os.getpid(), "children": {"monitor": os.getpid()}}))
+    (data / running_cluster.PID_FILE_NAME).write_text(json.dumps({"pid": os.getpid(), "children": {"monitor": os.getpid()}}))
     result = CliRunner().invoke(status, ["-c", str(path)])
     assert result.exit_code == 1, result.output  # still counted as not up
     rows = {ln.split()[0]: ln.split() for ln in result.output.splitlines() if ln.split()}

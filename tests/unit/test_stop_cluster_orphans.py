@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes import launcher
+from nodes import processes, running_cluster
 from tests.unit.fakes import small_cluster_config
 from tests.unit.test_supervisor_process_groups import _gone
 
@@ -38,16 +38,16 @@ def test_loom_down_ends_the_group_of_a_node_whose_own_process_is_gone(tmp_path: 
     cfg = small_cluster_config(tmp_path)
     node = subprocess.Popen([sys.executable, "-c", NODE, "-m", "nodes.run"], stdout=subprocess.PIPE,
                             start_new_session=True,  # as _spawn starts a node: its environment names the cluster
-                            env=dict(os.environ, **{launcher.SUPERVISED_ENV: str(cfg.cluster.data_dir)}))
+                            env=dict(os.environ, **{processes.SUPERVISED_ENV: str(cfg.cluster.data_dir)}))
     worker = int(node.stdout.readline())  # type: ignore[union-attr]
     try:
         node.kill()
         node.wait()   # the node's own process is gone; its worker lives on in its group
         dead_supervisor = subprocess.Popen([sys.executable, "-c", "pass"])
         dead_supervisor.wait()
-        launcher.pid_file_path(cfg).write_text(json.dumps({"pid": dead_supervisor.pid, "config": "c.yaml",
+        running_cluster.pid_file_path(cfg).write_text(json.dumps({"pid": dead_supervisor.pid, "config": "c.yaml",
                                                            "children": {"gateway": node.pid}}))
-        launcher.stop_cluster(cfg, timeout_s=1.0, emit=lambda line: None)
+        running_cluster.stop_cluster(cfg, timeout_s=1.0, emit=lambda line: None)
         assert _wait_gone_fast(worker), f"loom down left pid {worker} (group {node.pid}, whose leader died) running"
     finally:
         node.stdout.close()  # type: ignore[union-attr]
@@ -63,18 +63,18 @@ def test_loom_down_on_a_stale_pid_file_kills_nothing_of_a_group_that_is_not_ours
     job = subprocess.Popen(["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(30)' -m nodes.cli & wait"],
                            start_new_session=True)  # a job leader (not Loom) and its `loom` CLI
     killed: list[int] = []
-    monkeypatch.setattr(launcher, "send_signal", lambda pid, sig: killed.append(pid))
+    monkeypatch.setattr(running_cluster, "send_signal", lambda pid, sig: killed.append(pid))
     try:
         deadline = time.monotonic() + 10
         while not (cli := [int(p) for p in os.listdir("/proc") if p.isdigit() and p != str(job.pid)
-                           and launcher.process_group(int(p)) == job.pid and launcher.is_loom_process(int(p))]):
+                           and processes.process_group(int(p)) == job.pid and processes.is_loom_process(int(p))]):
             assert time.monotonic() < deadline, "the job's loom CLI did not start"
             time.sleep(0.02)
         dead_supervisor = subprocess.Popen([sys.executable, "-c", "pass"])
         dead_supervisor.wait()
-        launcher.pid_file_path(cfg).write_text(json.dumps({"pid": dead_supervisor.pid, "config": "c.yaml",
+        running_cluster.pid_file_path(cfg).write_text(json.dumps({"pid": dead_supervisor.pid, "config": "c.yaml",
                                                            "children": {"gateway": job.pid}}))  # a reused pid
-        assert launcher.stop_cluster(cfg, timeout_s=1.0, emit=lambda line: None) is False
+        assert running_cluster.stop_cluster(cfg, timeout_s=1.0, emit=lambda line: None) is False
         assert not set(killed) & set(cli), f"loom down killed {cli}, not a node of this cluster"
     finally:
         os.killpg(job.pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ import pytest
 
 from fabric.config import parse_config
 from fabric.errors import FabricError
-from nodes import launcher
+from nodes import launcher, running_cluster
 
 
 class _ExitedProc:
@@ -36,7 +36,7 @@ def _exited(tmp_path: Path, log_text: str, returncode: int) -> tuple[launcher.Su
     cfg = _two_node_config(tmp_path)
     lines: list[str] = []
     sup = launcher.Supervisor(cfg, str(tmp_path / "c.yaml"), emit=lines.append)
-    log = launcher.log_path(cfg, "broker-1")
+    log = running_cluster.log_path(cfg, "broker-1")
     log.parent.mkdir(parents=True)
     log.write_text(log_text)
     sup.children["broker-1"].proc = _ExitedProc(4242, returncode)  # type: ignore[assignment]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes import launcher
+from nodes import launcher, running_cluster
 from tests.unit.fakes import small_cluster_config
 
 DEADLINE_S = 10.0
@@ -118,7 +118,7 @@ def test_loom_down_after_the_supervisor_was_killed_ends_the_nodes_process_groups
     master that needs the SIGKILL leaves its worker behind, holding the gateway's ports, and
     the next `loom up` (the pid file is gone) starts a gateway that cannot bind them: the
     failure b1e960d fixed for the supervisor's own restarts, by another way."""
-    monkeypatch.setattr(launcher, "STOP_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(running_cluster, "STOP_TIMEOUT_S", 0.5)
     cfg = small_cluster_config(tmp_path)
     node = subprocess.Popen([sys.executable, "-c", NODE, "-m", "nodes.run"], stdout=subprocess.PIPE,
                             start_new_session=True)
@@ -126,9 +126,9 @@ def test_loom_down_after_the_supervisor_was_killed_ends_the_nodes_process_groups
     try:
         dead_supervisor = subprocess.Popen([sys.executable, "-c", "pass"])
         dead_supervisor.wait()
-        launcher.pid_file_path(cfg).write_text(json.dumps({"pid": dead_supervisor.pid, "config": "c.yaml",
+        running_cluster.pid_file_path(cfg).write_text(json.dumps({"pid": dead_supervisor.pid, "config": "c.yaml",
                                                            "children": {"broker-1": node.pid}}))
-        assert launcher.stop_cluster(cfg, timeout_s=1.0, emit=lambda line: None)
+        assert running_cluster.stop_cluster(cfg, timeout_s=1.0, emit=lambda line: None)
         node.wait(timeout=5)
         assert _wait_gone(worker), f"loom down left pid {worker}, forked by the node pid {node.pid}, running"
     finally:

@@ -1,0 +1,88 @@
+"""A cluster that ``loom up`` runs, as the commands after it find it: the supervisor's pid file
+(``<data_dir>/loom.pid``: JSON, its own pid and its children's), each node's log
+(``<data_dir>/logs/NAME.log``), PING of a node, and ``loom down`` (``stop_cluster``), which
+stops the supervisor named in the pid file -- or, when the supervisor is gone, the nodes it left.
+The supervisor that writes these files is nodes/launcher.py.
+
+Thread-safe: plain functions; ``ping`` opens a client of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Callable
+
+import zmq
+
+from fabric import protocol as P
+from fabric.blocking_client import BlockingClient
+from fabric.config import LoomConfig, NodeConfig
+from fabric.errors import CodedError
+from nodes.processes import (is_loom_process, kill_group, pid_alive, process_group, send_signal, supervised_group_members,
+                             terminate_and_wait)
+
+PID_FILE_NAME = "loom.pid"
+LOG_DIR_NAME = "logs"
+PING_TIMEOUT_MS = 500
+STOP_TIMEOUT_S = 15.0           # a node's SIGTERM grace before SIGKILL (the supervisor's, and loom down's)
+
+
+def pid_file_path(config: LoomConfig) -> Path:
+    return Path(config.cluster.data_dir) / PID_FILE_NAME
+
+
+def log_path(config: LoomConfig, name: str) -> Path:
+    return Path(config.cluster.data_dir) / LOG_DIR_NAME / f"{name}.log"
+
+
+def read_pid_file(config: LoomConfig) -> dict | None:
+    """The supervisor's pid file, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads(pid_file_path(config).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
+    """PING a node over the fabric: its reply (node, role, pid, uptime_ms) or None."""
+    client = BlockingClient(zmq.Context.instance(), node.endpoint, identity=None)
+    try:
+        return client.call(P.PING, timeout_ms=timeout_ms)[0]
+    except CodedError:
+        return None
+    finally:
+        client.close()
+
+
+def stop_cluster(config: LoomConfig, timeout_s: float = 30.0, emit: Callable[[str], None] = print) -> bool:
+    """``loom down``: SIGTERM the supervisor named in the pid file and wait for it and its
+    children to exit; kill what is left. Returns False when no cluster was running."""
+    info = read_pid_file(config)
+    if not info:
+        return False
+    sup_pid = info.get("pid")
+    children = [p for p in (info.get("children") or {}).values() if isinstance(p, int)]
+    live_children = [p for p in children if pid_alive(p) and is_loom_process(p)]
+    if isinstance(sup_pid, int) and pid_alive(sup_pid) and is_loom_process(sup_pid):
+        emit(f"stopping the supervisor (pid {sup_pid}) and {len(live_children)} nodes")
+        killed = terminate_and_wait([sup_pid], timeout_s)
+        if killed:
+            emit(f"the supervisor did not stop within {timeout_s:.0f} s: killed it")
+    elif not live_children:
+        orphans = [m for g in children for m in supervised_group_members(g, str(config.cluster.data_dir))]
+        for m in orphans:  # a dead node's forked worker (a gateway's, holding its ports)
+            send_signal(m, signal.SIGKILL)
+        pid_file_path(config).unlink(missing_ok=True)
+        return bool(orphans)
+    # Children the supervisor could not stop (or orphans of a killed supervisor).
+    left = [p for p in children if pid_alive(p) and is_loom_process(p)]
+    if left:
+        emit(f"stopping {len(left)} nodes left behind: {', '.join(map(str, left))}")
+        groups = [p for p in left if process_group(p) == p]  # each node leads a group of its own (_spawn)
+        terminate_and_wait(left, STOP_TIMEOUT_S)
+        for g in groups:  # and what it forked (a gateway's worker holding its ports)
+            kill_group(g)
+    pid_file_path(config).unlink(missing_ok=True)
+    return True
