@@ -12,7 +12,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric.blocking_client import BlockingClient
-from fabric.client.bootstrap import CoordinatorSilence, bootstrap_target, check_cluster, fetch_metadata
+from fabric.client.bootstrap import bootstrap_target, check_cluster, fetch_metadata
+from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata, PartitionInfo, read_answer
 from fabric.replies import ListOffsetsEntry, decode_parts

@@ -30,11 +30,12 @@ from typing import Any, Callable, Protocol
 import zmq
 
 from fabric import protocol as P
-from fabric.client.bootstrap import CoordinatorSilence, parse_bootstrap
+from fabric.client.bootstrap import parse_bootstrap
 from fabric.client.consumer_failover import (METADATA_BACKOFF_MS, METADATA_BACKOFF_MS_MAX, METADATA_RETRY_MS,
                                              METADATA_TIMEOUT_MS, ConsumerFailover)
 # AUTO_RESET and ResetSpec live in consumer_positions; importable from here as before
 from fabric.client.consumer_positions import AUTO_RESET, ConsumerPositions, ResetSpec
+from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.clock import Clock
 from fabric.errors import FabricError, MalformedFrame, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST
-from fabric.client.bootstrap import CoordinatorSilence, metadata_endpoint, others_may_answer
+from fabric.client.bootstrap import metadata_endpoint
+from fabric.client.coordinator_silence import CoordinatorSilence, others_may_answer
 from fabric.clock import Clock
 from fabric.errors import RemoteError
 from fabric.metadata import ClusterMetadata, read_answer

@@ -37,8 +37,9 @@ from typing import Any, Callable, Container, Protocol
 import zmq
 
 from fabric import protocol as P
+from fabric.client.bootstrap import metadata_endpoint
+from fabric.client.coordinator_silence import CoordinatorSilence, others_may_answer
 from fabric.client.futures import BatchState
-from fabric.client.bootstrap import CoordinatorSilence, metadata_endpoint, others_may_answer
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender_replies import RETRY_BACKOFF_MS, SenderReplies
 from fabric.clock import Clock

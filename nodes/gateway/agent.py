@@ -50,8 +50,8 @@ from typing import Any, Callable, Iterator
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST, METADATA_ASK_TIMEOUT_MS, Admin
-from fabric.client.bootstrap import CoordinatorSilence
 from fabric.client.consumer import Consumer
+from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.client.group_admin import GroupAdmin
 from fabric.client.services import PARTITION_OF, ServiceConsumer, ServiceProducer, service_endpoints
 from fabric.config import LoomConfig

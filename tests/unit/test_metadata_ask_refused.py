@@ -20,7 +20,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric.blocking_client import BlockingClient
-from fabric.client.bootstrap import COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence, _Asks, fetch_metadata
+from fabric.client.bootstrap import _Asks, fetch_metadata
+from fabric.client.coordinator_silence import COORDINATOR_SILENT_BACKOFF_MS_MIN, CoordinatorSilence
 from fabric.errors import ConnectionRefused, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from nodes.local_cluster import free_ports, wait_until

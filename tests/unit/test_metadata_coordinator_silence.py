@@ -17,9 +17,10 @@ import pytest
 import zmq
 
 from fabric import protocol as P
-from fabric.client.bootstrap import (COORDINATOR_ASK_TIMEOUT_MS, COORDINATOR_PROBE_TIMEOUT_MS,
-                                     COORDINATOR_SILENT_BACKOFF_MS_MAX, COORDINATOR_SILENT_BACKOFF_MS_MIN,
-                                     CoordinatorSilence, fetch_metadata, metadata_endpoint)
+from fabric.client.bootstrap import fetch_metadata, metadata_endpoint
+from fabric.client.coordinator_silence import (COORDINATOR_ASK_TIMEOUT_MS, COORDINATOR_PROBE_TIMEOUT_MS,
+                                               COORDINATOR_SILENT_BACKOFF_MS_MAX, COORDINATOR_SILENT_BACKOFF_MS_MIN,
+                                               CoordinatorSilence)
 from fabric.errors import ConnectionLost, RemoteError, RequestTimeout
 from fabric.metadata import BrokerInfo, ClusterMetadata
 from fabric.client.consumer import Consumer
