@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST
 from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
-from fabric.client.group_link import RETRY_BACKOFF_MS, CoordinatorLink, read_offset_fetch
+from fabric.client.group_link import RETRY_BACKOFF_MS, CoordinatorLink, read_offset_fetch, take_offset_fetch
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
 
@@ -161,10 +161,7 @@ class GroupCommittedLookups:
             if err is not None:
                 lookup.error = err
             else:
-                try:
-                    lookup.offsets, lookup.topic_ids, lookup.newer = read_offset_fetch(h)
-                except CodedError as e:  # a malformed answer
-                    lookup.error = e
+                take_offset_fetch(lookup, h)
         try:
             self._link.request(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]},
                                callback=done)

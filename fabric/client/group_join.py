@@ -28,7 +28,7 @@ from fabric import protocol as P
 from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
 from fabric.client.admin import EARLIEST
 from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink,
-                                     read_offset_fetch)
+                                     take_offset_fetch)
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
 from fabric.metadata import ClusterMetadata
@@ -197,10 +197,7 @@ class GroupJoin:
                 self._step(join, P.OFFSET_FETCH, {"group": self.group_id,
                                                   "partitions": [list(tp) for tp in join.assignment]})
             else:
-                try:
-                    join.offsets, join.topic_ids, join.newer = read_offset_fetch(h)
-                except CodedError as e:  # a malformed answer
-                    join.error = e
+                take_offset_fetch(join, h)
         try:
             self._link.request(command, header, callback=done, timeout_ms=timeout_ms)
         except CodedError as e:  # not sent (the coordinator could not be found, a full queue)

@@ -82,6 +82,26 @@ def read_offset_fetch(answer: dict) -> OffsetFetchAnswer:
         newer)
 
 
+class OffsetFetchHolder(Protocol):
+    """What waits for an OFFSET_FETCH answer on the consumer's reactor (the join's lookup, an
+    assigned consumer's): the answer's fields, or the error that ended it."""
+
+    offsets: list | None
+    topic_ids: dict[str, str]
+    newer: set[tuple[str, int]]
+    error: CodedError | None
+
+
+def take_offset_fetch(holder: OffsetFetchHolder, answer: dict) -> None:
+    """Read OFFSET_FETCH's ``answer`` into ``holder`` (``read_offset_fetch``), or, a malformed
+    one, keep its ClientError as ``holder.error``: read inside the reply's callback, where a
+    raise would stop the reactor."""
+    try:
+        holder.offsets, holder.topic_ids, holder.newer = read_offset_fetch(answer)
+    except CodedError as e:
+        holder.error = e
+
+
 class RequestClient(Protocol):
     """What the link needs of an RPC client (``fabric.rpc.RpcClient``)."""
 
