@@ -161,3 +161,30 @@ class BlockingClient:
             self.sock.disable_monitor()
             self._events.close(0)
         self.sock.close(0)
+
+
+class ClientsByEndpoint:
+    """One ``BlockingClient`` per endpoint, made by ``make(endpoint)`` when first asked for; one
+    dropped (closed) is made afresh next time -- a client whose call timed out holds the
+    unanswered request, whose late reply a fresh socket never sees. Not thread-safe: its
+    owner's."""
+
+    def __init__(self, make: Callable[[str], BlockingClient]) -> None:
+        self._make = make
+        self._clients: dict[str, BlockingClient] = {}
+
+    def get(self, endpoint: str) -> BlockingClient:
+        c = self._clients.get(endpoint)
+        if c is None:
+            c = self._clients[endpoint] = self._make(endpoint)
+        return c
+
+    def drop(self, endpoint: str) -> None:
+        c = self._clients.pop(endpoint, None)
+        if c is not None:
+            c.close()
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from fabric import protocol as P
-from fabric.blocking_client import BlockingClient
+from fabric.blocking_client import BlockingClient, ClientsByEndpoint
 from fabric.client.bootstrap import bootstrap_target, check_cluster, fetch_metadata
 from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
@@ -60,18 +60,16 @@ class Admin:
         self.ctx = zmq.Context.instance()
         self.endpoints, self.cluster = bootstrap_target(bootstrap, config_path)
         self.timeout_ms = timeout_ms
-        self._clients: dict[str, BlockingClient] = {}
+        # a node killed with a request fails it at once (ConnectionLost), not at the deadline
+        self._clients = ClientsByEndpoint(lambda endpoint: BlockingClient(self.ctx, endpoint, identity="admin",
+                                                                          fail_on_disconnect=True))
         self._metadata: ClusterMetadata | None = None
         # a coordinator silent lately is asked after the brokers
         self._md_silence = silence if silence is not None else CoordinatorSilence()
         self._fetches = fetches
 
     def _client(self, endpoint: str) -> BlockingClient:
-        c = self._clients.get(endpoint)
-        if c is None:
-            # a node killed with a request fails it at once (ConnectionLost), not at the deadline
-            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="admin", fail_on_disconnect=True)
-        return c
+        return self._clients.get(endpoint)
 
     def metadata(self, refresh: bool = True, *, deadline_s: float | None = None) -> ClusterMetadata:
         """The cluster's metadata (asked again unless ``refresh`` is False and some is known).
@@ -236,7 +234,7 @@ class Admin:
             h, _ = self._client(endpoint).call(P.LIST_OFFSETS, {"parts": parts, "topic_ids": md.topic_ids_of([topic])},
                                                timeout_ms=try_ms, give_up=moved)
         except RequestTimeout as e:
-            self._drop_client(endpoint)  # its socket holds the unanswered request: a fresh one next time
+            self._clients.drop(endpoint)  # its socket holds the unanswered request: a fresh one next time
             raise RequestTimeout(f"{topic}: leader broker {leader} did not answer list_offsets: {e.message}") from e
         return h
 
@@ -275,15 +273,8 @@ class Admin:
         h, _ = self._client(md.brokers[broker_id].endpoint).call(P.STATS, timeout_ms=min(self.timeout_ms, 3000))
         return h
 
-    def _drop_client(self, endpoint: str) -> None:
-        c = self._clients.pop(endpoint, None)
-        if c is not None:
-            c.close()
-
     def close(self) -> None:
-        for c in self._clients.values():
-            c.close()
-        self._clients.clear()
+        self._clients.close()
 
     def __enter__(self) -> "Admin":
         return self

@@ -39,7 +39,7 @@ import msgpack
 import zmq
 
 from fabric import protocol as P
-from fabric.blocking_client import BlockingClient
+from fabric.blocking_client import BlockingClient, ClientsByEndpoint
 from fabric.client.fetch_ledger import FetchLedger
 from fabric.config import LoomConfig
 from fabric.errors import CodedError, FabricError, MalformedFrame, RemoteError, RequestTimeout
@@ -147,6 +147,12 @@ class ProduceResult(NamedTuple):
         return self.error == 0
 
 
+def _service_client(ctx: zmq.Context, endpoint: str, identity: str) -> BlockingClient:
+    # a service killed with a request fails it at once (ConnectionLost), not at the deadline
+    return BlockingClient(ctx, endpoint, identity=identity, fail_on_disconnect=True,
+                          reconnect_ivl_max_ms=SERVICE_RECONNECT_IVL_MAX_MS)
+
+
 def is_stopping_refusal(e: RemoteError) -> bool:
     """``e`` is a service's refusal of a request because it is stopping (draining after
     SIGTERM: ``buffer_full`` with ``stopping: true`` in the reply): nothing of the request was
@@ -166,16 +172,10 @@ class ServiceProducer:
         self.timeout_ms = timeout_ms
         self.takes_work = takes_work
         self.ctx = zmq.Context.instance()
-        self._clients: dict[str, BlockingClient] = {}
+        self._clients = ClientsByEndpoint(lambda endpoint: _service_client(self.ctx, endpoint, "service-producer"))
 
     def _client(self, endpoint: str) -> BlockingClient:
-        c = self._clients.get(endpoint)
-        if c is None:
-            # a service killed with a request fails it at once (ConnectionLost), not at the deadline
-            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-producer",
-                                                         fail_on_disconnect=True,
-                                                         reconnect_ivl_max_ms=SERVICE_RECONNECT_IVL_MAX_MS)
-        return c
+        return self._clients.get(endpoint)
 
     def produce(self, topic: str, records: list[ServiceRecord | tuple], acks: int | str = "all",
                 is_down: Callable[[str], bool] | None = None) -> list[ProduceResult]:
@@ -218,7 +218,7 @@ class ServiceProducer:
                 h, payloads = self._client(endpoint).call(P.SERVICE_PRODUCE, header, [frame], timeout_ms=self.timeout_ms,
                                                           give_up=give_up)
             except RequestTimeout:
-                self._drop(endpoint)
+                self._clients.drop(endpoint)
                 # the next calls try the others first (without ``is_down`` nothing else tells us
                 # this one stopped answering); this call is not sent again elsewhere: it was
                 # sent and may have been written
@@ -249,15 +249,8 @@ class ServiceProducer:
         self.endpoints.remove(endpoint)
         self.endpoints.append(endpoint)
 
-    def _drop(self, endpoint: str) -> None:
-        c = self._clients.pop(endpoint, None)
-        if c is not None:
-            c.close()
-
     def close(self) -> None:
-        for c in self._clients.values():
-            c.close()
-        self._clients.clear()
+        self._clients.close()
 
 
 class Fetched(NamedTuple):
@@ -422,7 +415,7 @@ class ServiceConsumer:
         if not self.endpoints:
             raise FabricError("no consumer service endpoint")
         self.ctx = zmq.Context.instance()
-        self._clients: dict[str, BlockingClient] = {}
+        self._clients = ClientsByEndpoint(lambda endpoint: _service_client(self.ctx, endpoint, "service-consumer"))
         self._round_robin = 0
 
     def call(self, endpoint: str, command: bytes, header: dict, timeout_ms: int = CALL_TIMEOUT_MS) -> dict:
@@ -434,16 +427,11 @@ class ServiceConsumer:
         ConnectionLost when the connection the request went out on ended: the service was killed
         with it, and a long poll does not wait out its timeout for a reply that cannot come)."""
         c = self._clients.get(endpoint)
-        if c is None:
-            c = self._clients[endpoint] = BlockingClient(self.ctx, endpoint, identity="service-consumer",
-                                                         fail_on_disconnect=True,
-                                                         reconnect_ivl_max_ms=SERVICE_RECONNECT_IVL_MAX_MS)
         give_up = (lambda: self.is_down(endpoint)) if self.is_down is not None else None  # type: ignore[misc]
         try:
             return c.call(command, header, timeout_ms=timeout_ms, give_up=give_up)
         except RequestTimeout:
-            self._clients.pop(endpoint, None)
-            c.close()  # a fresh socket next time: no late replies to sort out
+            self._clients.drop(endpoint)  # a fresh socket next time: no late replies to sort out
             raise
 
     def create(self, group: str, name: str | None = None, config: dict[str, Any] | None = None) -> ConsumerInstance:
@@ -494,6 +482,4 @@ class ServiceConsumer:
         return out
 
     def close(self) -> None:
-        for c in self._clients.values():
-            c.close()
-        self._clients.clear()
+        self._clients.close()

@@ -154,7 +154,7 @@ def test_the_service_clients_retry_their_connection_at_least_every_half_second(e
         t.start()
         service.answer(service.take(), {"node": "c"})
         t.join(10)
-        for client in (producer._client(endpoint), consumer._clients[endpoint]):
+        for client in (producer._client(endpoint), consumer._clients.get(endpoint)):
             assert client.sock.getsockopt(zmq.RECONNECT_IVL_MAX) == SERVICE_RECONNECT_IVL_MAX_MS
     finally:
         producer.close()
