@@ -116,18 +116,7 @@ class Broker(MetadataIntakeMixin, Node):
         self._refresh_backoff_ms = METADATA_RETRY_MS
         self._to_open: dict[tuple[str, int], PartitionInfo] = {}  # in metadata, not yet opened here
         self._open_scheduled = False
-        # a leader that did not run (SIGSTOP, a frozen host) did not hear its followers either
-        self.stall_watch = StallWatch(self.clock, STALL_THRESHOLD_MS, self.core.forgive_stall)
-        self.reactor.after_pass(self.stall_watch.tick)
-        lag_max_ms = config.replication.replica_lag_time_max_ms
-        self.reactor.call_every(ISR_CHECK_INTERVAL_MS, lambda: self.core.check_isr(lag_max_ms))
-        self.reactor.call_every(config.topics.retention_check_interval_ms, self.core.apply_retention)
-        if self.storage.fsync == "interval":
-            self.reactor.call_every(self.storage.fsync_interval_ms, self.core.flush_due)
-            self.reactor.after_pass(self.core.collect_flushes)
-        self.reactor.call_every(HW_CHECKPOINT_INTERVAL_MS, self.core.checkpoint_high_watermarks)
-        self.reactor.call_every(PRODUCER_SNAPSHOT_PASS_INTERVAL_MS, self.core.snapshot_producers_due)
-        self.reactor.call_every(CACHE_SHARE_INTERVAL_MS, self.core.share_page_cache)
+        self._schedule_core_timers(config)
         # a random id per process: the coordinator treats a new one as a restart and moves
         # leadership away from epochs this process may not have all the data of
         self.incarnation = os.urandom(8).hex()
@@ -140,6 +129,22 @@ class Broker(MetadataIntakeMixin, Node):
         self._stood_aside = False  # refused as a duplicate: leads and follows nothing until taken
         self._registered = False
         self.reactor.call_later(0, self._register)
+
+    def _schedule_core_timers(self, config: LoomConfig) -> None:
+        """The core's timers and after-pass work: the stall watch, ISR checks, retention, interval
+        flushes, high-watermark checkpoints, producer snapshots, page-cache sharing."""
+        # a leader that did not run (SIGSTOP, a frozen host) did not hear its followers either
+        self.stall_watch = StallWatch(self.clock, STALL_THRESHOLD_MS, self.core.forgive_stall)
+        self.reactor.after_pass(self.stall_watch.tick)
+        lag_max_ms = config.replication.replica_lag_time_max_ms
+        self.reactor.call_every(ISR_CHECK_INTERVAL_MS, lambda: self.core.check_isr(lag_max_ms))
+        self.reactor.call_every(config.topics.retention_check_interval_ms, self.core.apply_retention)
+        if self.storage.fsync == "interval":
+            self.reactor.call_every(self.storage.fsync_interval_ms, self.core.flush_due)
+            self.reactor.after_pass(self.core.collect_flushes)
+        self.reactor.call_every(HW_CHECKPOINT_INTERVAL_MS, self.core.checkpoint_high_watermarks)
+        self.reactor.call_every(PRODUCER_SNAPSHOT_PASS_INTERVAL_MS, self.core.snapshot_producers_due)
+        self.reactor.call_every(CACHE_SHARE_INTERVAL_MS, self.core.share_page_cache)
 
     @property
     def metadata(self) -> ClusterMetadata:
