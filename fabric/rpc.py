@@ -33,18 +33,22 @@ from zmq.utils.monitor import parse_monitor_message
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import (CodedError, ConnectionLost, ConnectionRefused, GaveUp, LoomError, MalformedFrame,
-                           RemoteError, RequestQueueFullError, RequestTimeout)
+from fabric.errors import (CodedError, ConnectFailed, ConnectionLost, GaveUp, LoomError, MalformedFrame, RemoteError,
+                           RequestQueueFullError, RequestTimeout, connect_failed)
 from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmq_io import send_frames
 from fabric.zmtp import ZmtpServer
 from fabric.zmtp_client import ZmtpDealer
+from fabric.zmtp_client_connection import connect_errno
 
 log = logging.getLogger(__name__)
 
 DEFER = object()
 GIVE_UP_CHECK_MS = 100  # how often a blocking call with give_up asks whether to stop waiting
+# a BlockingClient's connect failed (libzmq does not say why): its own connect, to learn the
+# errno, waits at most this long (a refusal or a route's absence answers at once)
+CONNECT_PROBE_MS = 200
 _MONITOR_IDS = itertools.count(1)  # BlockingClient's connection monitors: one inproc endpoint each
 Handler = Callable[[wire.Request], Any]
 # err: the node's answer (RemoteError), or the client's own condition (RequestTimeout,
@@ -215,6 +219,7 @@ class _LibzmqDealer:
     (inproc, ipc): the same ``send``/``close``/``refused`` as ``ZmtpDealer``."""
 
     refused = False  # not watched (libzmq retries in silence): these endpoints serve one host's tests
+    connect_error = 0
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None,
                  on_message: Callable[[list[bytes]], None]) -> None:
@@ -233,6 +238,9 @@ class _LibzmqDealer:
         if on_written is not None:
             on_written(True)
         return True
+
+    def connect_now(self) -> None:
+        """Nothing to do: never ``refused``."""
 
     def close(self) -> None:
         self.reactor.remove_socket(self.sock)
@@ -253,12 +261,16 @@ class RpcClient:
     whose deadlines are long and whose retries are harmless (a group member's requests to its
     coordinator); an answer its peer still sends on a new connection is dropped as a late one.
     ``fail_on_refused`` (tcp:// only): the commands whose requests fail when a connect to the
-    peer fails while they wait (its port refused it: its process is dead, its host up) -- at
-    once, on the reactor's next pass, with a retriable ``ConnectionRefused`` instead of at
-    their deadlines, as the transport retries the connect in silence; one made while the last
-    connect failed (and the next is not under way) is not sent and fails so too. For requests another node can answer instead
-    (metadata asks), never for one whose outcome matters (a produce: it may still go out on
-    the next connection)."""
+    peer fails while they wait -- at once, on the reactor's next pass, with a retriable
+    ``ConnectFailed`` instead of at their deadlines, as the transport retries the connect in
+    silence: ``ConnectionRefused`` when its port refused it (its process dead, its host up),
+    ``PeerUnreachable`` when its host is out of reach (EHOSTUNREACH, ENETUNREACH, the kernel's
+    connect timeout), the errno named in the message either way. One made while the last
+    connect failed (and the next is not under way) is not sent and fails so too, and has the
+    next connect made at once: the caller's retry finds the peer back on its port (or refusing
+    again), paced by the caller, not by the transport's backoff (seconds). For requests another node can answer instead, or that change nothing when
+    carried out twice (metadata asks, INIT_PRODUCER_ID), never for one whose outcome matters
+    (a produce: it may still go out on the next connection)."""
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None, *,
                  reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS, fail_on_disconnect: bool = False,
@@ -294,13 +306,15 @@ class RpcClient:
         header = dict(header, id=rid)
         fail_on_refused = command in self._fail_on_refused
         refused = fail_on_refused and self.transport.refused
+        if refused:  # not sent (it would wait, and go out late); the caller's retry finds this connect
+            self.transport.connect_now()
         if not refused and not self.transport.send(wire.encode_request(command, header, payloads)):
             callback(None, [], RequestQueueFullError(f"send queue to {self.endpoint} is full"))
             return 0
         timer = self.reactor.call_later(timeout_ms, lambda: self._expire(rid))
         self._pending[rid] = (callback, timer, fail_on_refused)
         if refused:
-            self._connection_refused()
+            self._connection_refused(self.transport.connect_error)
         return rid
 
     def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = (),
@@ -325,12 +339,13 @@ class RpcClient:
         error = RequestTimeout(f"connection to {self.endpoint} lost before the reply")
         self.reactor.call_later(0, lambda: self._fail(lost, error))
 
-    def _connection_refused(self) -> None:
-        """A connect failed: the pending requests of the ``fail_on_refused`` commands fail on the
-        next pass, as at a lost connection."""
+    def _connection_refused(self, code: int) -> None:
+        """A connect failed with errno ``code``: the pending requests of the ``fail_on_refused``
+        commands fail on the next pass, as at a lost connection."""
         refused = [rid for rid, (_, _, refusable) in self._pending.items() if refusable]
         if refused:
-            error = ConnectionRefused(f"{self.endpoint} refused the connection: nothing listens there")
+            error = connect_failed(self.endpoint, code)
+            log.debug("%s: %d request(s) failed: %s", self.endpoint, len(refused), error.message)
             self.reactor.call_later(0, lambda: self._fail(refused, error))
 
     def _fail(self, request_ids: list[int], error: CodedError) -> None:
@@ -389,11 +404,16 @@ class BlockingClient:
     ``RequestTimeout``) instead of at its deadline -- a peer killed with the request took it
     along (libzmq's socket monitor reports the disconnect). A disconnect before the request
     was sent does not count: it goes out on the next connection. ``fail_on_refused``: when a
-    connect fails while a call's request waits for a connection (the peer's port refused it:
-    its process is dead, its host up), the call fails at once with ``ConnectionRefused`` (a
-    retriable ``RequestTimeout``) instead of at its deadline, as libzmq would retry the connect
-    until then; a peer that takes the connection and does not answer, or a host that does not
-    answer the connect at all, is still waited for until the deadline. For asks that another
+    connect fails while a call's request waits for a connection, the call fails at once with a
+    ``ConnectFailed`` (a retriable ``RequestTimeout``) instead of at its deadline, as libzmq
+    would retry the connect until then: ``ConnectionRefused`` when the peer's port refused it
+    (its process is dead, its host up), ``PeerUnreachable`` when its host is out of reach
+    (EHOSTUNREACH, ENETUNREACH, ETIMEDOUT), the errno named in the message -- libzmq's monitor
+    does not say it, so one connect of the client's own finds it (``connect_errno``, at most
+    CONNECT_PROBE_MS; one that is taken means the peer listens again, and libzmq's next connect
+    is waited for). A peer that takes the connection and does not answer, or a host that does
+    not answer the connect at all (no failed connect before the deadline), is still waited for
+    until the deadline. For asks that another
     node can answer instead (``fetch_metadata``'s). ``reconnect_ivl_max_ms``: the cap of its
     reconnect backoff, for a caller that must reach a restarted peer sooner than
     ``P.RECONNECT_IVL_MAX_MS``. Not thread-safe."""
@@ -425,7 +445,7 @@ class BlockingClient:
              give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         """Send and wait for the reply. Raises RemoteError (the node's answer) or RequestTimeout
         (after the last try, or -- GaveUp -- as soon as ``give_up()``, asked every GIVE_UP_CHECK_MS,
-        says the peer is gone; ConnectionLost and ConnectionRefused, see the class): catch
+        says the peer is gone; ConnectionLost and ConnectFailed, see the class): catch
         CodedError for both."""
         attempt = 0
         while True:
@@ -507,7 +527,14 @@ class BlockingClient:
         if ended and self._fail_on_disconnect:
             return ConnectionLost(f"connection to {self.endpoint} lost before the reply")
         if self._refused and self._fail_on_refused:
-            return ConnectionRefused(f"{self.endpoint} refused the connection: nothing listens there")
+            code = connect_errno(self.endpoint, CONNECT_PROBE_MS)
+            if code == 0:  # listening again: libzmq's next connect is waited for
+                self._refused = False
+                return None
+            if code is None:
+                return ConnectFailed(f"cannot connect to {self.endpoint} (a second connect got no answer within "
+                                     f"{CONNECT_PROBE_MS} ms)", reason="unknown")
+            return connect_failed(self.endpoint, code)
         return None
 
     def close(self) -> None:

@@ -15,7 +15,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import CodedError, ConnectionRefused, FabricError, MalformedFrame, RemoteError, RequestTimeout
+from fabric.errors import (CodedError, ConnectFailed, ConnectionRefused, FabricError, MalformedFrame, RemoteError,
+                           RequestTimeout)
 from fabric.metadata import ClusterMetadata, read_answer
 from fabric.rpc import BlockingClient
 
@@ -261,9 +262,10 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     ``silence.timeout_ms`` says -- also one that did not answer before the metadata that
     answered showed it the coordinator (a first fetch: the next would wait for it again). Any
     ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. An ask whose connection is
-    refused (``ConnectionRefused``: the node's process is dead, its host up) ends at once, and
-    the next endpoint is asked; a node that takes the connection and does not answer, or a host
-    that does not answer the connect, is waited for as above. An ask cut short so (or by
+    refused (``ConnectionRefused``: the node's process is dead, its host up), or whose host is
+    out of reach (``PeerUnreachable``: EHOSTUNREACH, ENETUNREACH...), ends at once, and the next
+    endpoint is asked; a node that takes the connection and does not answer, or a host that
+    does not answer the connect, is waited for as above. An ask cut short so (or by
     ``silence``) still has its answer taken while the later asks are made, and when none of
     them answers, for as long as the cut took off it (by ``deadline_s``): a node slower than the
     cut but within ``timeout_ms`` (a loaded coordinator, the brokers dead) answered every fetch
@@ -313,8 +315,9 @@ class _Asks:
     def ask(self, ctx: zmq.Context, ep: str, try_ms: int, cut_ms: int) -> tuple[ClusterMetadata, str] | None:
         """Ask ``ep`` for at most ``try_ms``, ``cut_ms`` less than it would have had: the
         metadata and ``ep``, or None (kept for its late answer when it timed out cut short)."""
-        # a refused connect (the node's process dead, its host up) ends the ask at once: the
-        # next endpoint is asked, not after the timeout libzmq's retries of the connect took
+        # a failed connect (refused: the node's process dead, its host up; or its host out of
+        # reach) ends the ask at once: the next endpoint is asked, not after the timeout
+        # libzmq's retries of the connect took
         client = BlockingClient(ctx, ep, fail_on_refused=True)
         kept = False
         sent_ms = int(time.monotonic() * 1000)
@@ -323,8 +326,9 @@ class _Asks:
         except CodedError as e:
             self.last = e
             self._heard(ep, e, sent_ms)
-            # refused: the node is down now, and the round's end does not wait for its answer
-            if isinstance(e, RequestTimeout) and not isinstance(e, ConnectionRefused) and cut_ms > 0:
+            # no connection (refused, or the host out of reach): the node cannot answer now, and
+            # the round's end does not wait for its answer
+            if isinstance(e, RequestTimeout) and not isinstance(e, ConnectFailed) and cut_ms > 0:
                 self._cut.append((client, sent_ms))
                 self.saved_ms, kept = max(self.saved_ms, cut_ms), True
             return None
@@ -343,7 +347,7 @@ class _Asks:
                 look_ms = max(0, min(LATE_ANSWER_LOOK_MS, int((deadline_s - time.monotonic()) * 1000)))
                 try:
                     header, _ = client.late_reply(look_ms)
-                except ConnectionRefused:  # the node is gone, and the ask with it: no answer comes
+                except ConnectFailed:  # the node is gone (or out of reach), and the ask with it: no answer comes
                     self._drop(client, sent_ms)
                     continue
                 except RequestTimeout:
