@@ -125,6 +125,7 @@ class Sender(SenderReplies, threading.Thread):
         self.producer_epoch = -1
         self._pid_in_flight = False
         self._pid_retry_at_ms = 0  # no INIT_PRODUCER_ID before this, after one that got no id
+        self.producer_id_errors: Counter[str] = Counter()  # error type -> INIT_PRODUCER_IDs it ended
         self._sequences: dict[tuple[str, int], int] = defaultdict(int)
         self._queues: dict[tuple[str, int], deque[BatchState]] = defaultdict(deque)
         # partitions a send on this thread named beyond the count held -> the metadata cache's
@@ -488,6 +489,7 @@ class Sender(SenderReplies, threading.Thread):
                 self.producer_id, self.producer_epoch = h["producer_id"], h["producer_epoch"]
                 self.wake()
             else:
+                self.producer_id_errors[type(err).__name__] += 1
                 log.debug("no producer id from %s (asked again in %d ms): %s", coordinator, METADATA_RETRY_MS, err)
                 self._pid_retry_at_ms = self.clock.now_ms() + METADATA_RETRY_MS
                 assert self.reactor is not None
