@@ -15,8 +15,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric.config import load_config
-from fabric.errors import (CodedError, ConnectFailed, ConnectionRefused, FabricError, MalformedFrame, RemoteError,
-                           RequestTimeout)
+from fabric.errors import (CodedError, ConnectFailed, ConnectionRefused, FabricError, MalformedFrame, PeerUnreachable,
+                           RemoteError, RequestTimeout)
 from fabric.metadata import ClusterMetadata, read_answer
 from fabric.rpc import BlockingClient
 
@@ -271,7 +271,8 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     cut but within ``timeout_ms`` (a loaded coordinator, the brokers dead) answered every fetch
     before the cuts, and none after. Raises ``RequestTimeout`` (``request_timed_out``,
     retriable) when none answers with metadata in time: the cluster is down, unreachable or
-    starting -- at once when every endpoint refused the connection."""
+    starting -- at once when no endpoint could be connected to, as a ``ConnectFailed``
+    (``ConnectionRefused`` when every one refused) naming each endpoint's errno."""
     asks = _Asks(silence)
     if silence is not None:
         order = silence.order(endpoints, prefer, int(time.monotonic() * 1000))
@@ -297,8 +298,23 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             return got
     finally:
         asks.close()
+    if asks.refusals and set(asks.refusals) >= set(order):
+        raise _none_connected(asks.refusals)
     why = getattr(asks.last, "message", None) or str(asks.last)  # its text: the code is this error's own
     raise RequestTimeout(f"no node answered at {', '.join(endpoints)}: {why}")
+
+
+def _none_connected(refusals: dict[str, ConnectFailed]) -> ConnectFailed:
+    """The error of a round whose every ask failed to connect: each endpoint with its errno's
+    name; ``ConnectionRefused`` when every one refused (the nodes' processes are down, their
+    hosts up), ``PeerUnreachable`` when every one was out of reach, else ``ConnectFailed``."""
+    kinds = {type(e) for e in refusals.values()}
+    kind = kinds.pop() if len(kinds) == 1 else ConnectFailed
+    what = {ConnectionRefused: "every one refused the connection (nothing listens there: the nodes are down)",
+            PeerUnreachable: "none could be reached (their hosts are down, or cut off)"}.get(
+        kind, "none could be connected to")
+    each = ", ".join(f"{ep} ({e.reason})" for ep, e in refusals.items())
+    return kind(f"no node answered at {each}: {what}", reason="/".join(sorted({e.reason for e in refusals.values()})))
 
 
 class _Asks:
@@ -308,6 +324,7 @@ class _Asks:
     def __init__(self, silence: CoordinatorSilence | None) -> None:
         self.silence = silence
         self.last: Exception | None = None  # the last ask's error
+        self.refusals: dict[str, ConnectFailed] = {}  # endpoint -> how its connect failed, this round
         self.saved_ms = 0  # the most an ask cut short had taken off its timeout
         self._cut: list[tuple[BlockingClient, int]] = []  # (client, sent ms) of the asks cut short
         self._unanswered: list[tuple[str, CodedError, int, int]] = []  # (endpoint, error, sent ms, ended ms)
@@ -325,6 +342,8 @@ class _Asks:
             header, _ = client.call(P.METADATA, {}, timeout_ms=try_ms)
         except CodedError as e:
             self.last = e
+            if isinstance(e, ConnectFailed):
+                self.refusals[ep] = e
             self._heard(ep, e, sent_ms)
             # no connection (refused, or the host out of reach): the node cannot answer now, and
             # the round's end does not wait for its answer

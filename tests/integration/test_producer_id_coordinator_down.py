@@ -20,7 +20,7 @@ import pytest
 from fabric.client import Admin
 from fabric.client.producer import Producer
 from fabric.client.sender import METADATA_TIMEOUT_MS
-from tests.harness import Cluster, make_config, wait_until
+from tests.harness import Cluster, running_cluster, wait_until
 
 TOPIC = "orders"
 REFUSALS = 40  # at the retry interval (100 ms), about 4 s
@@ -28,12 +28,8 @@ REFUSALS = 40  # at the retry interval (100 ms), about 4 s
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(make_config(tmp_path, 1))
-    try:
-        c.start()
+    with running_cluster(tmp_path, 1) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def test_a_producer_gets_its_id_at_the_coordinators_return_not_at_a_reconnect(cluster: Cluster) -> None:

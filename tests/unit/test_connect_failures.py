@@ -17,9 +17,11 @@ import pytest
 import zmq
 
 from fabric import protocol as P
-from fabric.errors import (ConnectFailed, ConnectionRefused, PeerUnreachable, RequestTimeout, connect_failed)
+from fabric.client.bootstrap import _none_connected, fetch_metadata
+from fabric.errors import ConnectFailed, ConnectionRefused, PeerUnreachable, RequestTimeout, connect_failed
 from fabric.reactor import Reactor
 from fabric.rpc import BlockingClient, RpcClient
+from nodes.local_cluster import free_ports
 
 DEADLINE_S = 10.0
 ENDPOINT = "tcp://10.1.2.3:19001"
@@ -94,3 +96,21 @@ def test_a_blocking_client_names_the_refusal(refused_endpoint: str) -> None:
         assert "ECONNREFUSED" in caught.value.message and caught.value.reason == "ECONNREFUSED", caught.value
     finally:
         client.close()
+
+
+def test_a_metadata_round_no_node_took_the_connection_of_names_each_node(refused_endpoint: str) -> None:
+    other = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    with pytest.raises(ConnectionRefused) as caught:
+        fetch_metadata(zmq.Context.instance(), [refused_endpoint, other], timeout_ms=5000)
+    message = caught.value.message
+    assert f"{refused_endpoint} (ECONNREFUSED)" in message and f"{other} (ECONNREFUSED)" in message, message
+    assert "every one refused" in message and caught.value.reason == "ECONNREFUSED", message
+
+
+def test_a_round_of_refusals_and_hosts_out_of_reach_says_none_could_be_connected_to() -> None:
+    error = _none_connected({"tcp://a:1": connect_failed("tcp://a:1", errno.ECONNREFUSED),
+                             "tcp://b:1": connect_failed("tcp://b:1", errno.EHOSTUNREACH)})
+    assert type(error) is ConnectFailed and "none could be connected to" in error.message, error
+    assert "tcp://a:1 (ECONNREFUSED)" in error.message and "tcp://b:1 (EHOSTUNREACH)" in error.message
+    error = _none_connected({"tcp://b:1": connect_failed("tcp://b:1", errno.ENETUNREACH)})
+    assert type(error) is PeerUnreachable and "none could be reached" in error.message, error
