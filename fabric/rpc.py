@@ -268,9 +268,10 @@ class RpcClient:
     connect timeout), the errno named in the message either way. One made while the last
     connect failed (and the next is not under way) is not sent and fails so too, and has the
     next connect made at once: the caller's retry finds the peer back on its port (or refusing
-    again), paced by the caller, not by the transport's backoff (seconds). For requests another node can answer instead, or that change nothing when
-    carried out twice (metadata asks, INIT_PRODUCER_ID), never for one whose outcome matters
-    (a produce: it may still go out on the next connection)."""
+    again), paced by the caller, not by the transport's backoff (seconds). For requests another
+    node can answer instead, or that change nothing when carried out twice (metadata asks,
+    INIT_PRODUCER_ID), never for one whose outcome matters (a produce: it may still go out on
+    the next connection)."""
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None, *,
                  reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS, fail_on_disconnect: bool = False,

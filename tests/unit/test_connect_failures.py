@@ -21,6 +21,7 @@ from fabric.client.bootstrap import _none_connected, fetch_metadata
 from fabric.errors import ConnectFailed, ConnectionRefused, PeerUnreachable, RequestTimeout, connect_failed
 from fabric.reactor import Reactor
 from fabric.rpc import BlockingClient, RpcClient
+from fabric.zmtp_client_connection import connect_errno
 from nodes.local_cluster import free_ports
 
 DEADLINE_S = 10.0
@@ -114,3 +115,13 @@ def test_a_round_of_refusals_and_hosts_out_of_reach_says_none_could_be_connected
     assert "tcp://a:1 (ECONNREFUSED)" in error.message and "tcp://b:1 (EHOSTUNREACH)" in error.message
     error = _none_connected({"tcp://b:1": connect_failed("tcp://b:1", errno.ENETUNREACH)})
     assert type(error) is PeerUnreachable and "none could be reached" in error.message, error
+
+
+def test_the_probe_of_a_blocking_client_finds_the_errno_or_a_listener(
+        refused_endpoint: str, silent_endpoint: str) -> None:
+    """libzmq's monitor says a connect failed, not why: ``connect_errno`` connects once to find
+    it; one that is taken means the node listens again (the call then waits for libzmq's next
+    connect, not failed as refused)."""
+    assert connect_errno(refused_endpoint, 1000) == errno.ECONNREFUSED
+    assert connect_errno(silent_endpoint, 1000) == 0
+    assert connect_errno("tcp://127.0.0.1:notaport", 1000) == errno.EINVAL

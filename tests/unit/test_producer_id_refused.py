@@ -1,9 +1,10 @@
 """An idempotent producer's INIT_PRODUCER_ID to a coordinator whose port refuses the connection
 (its process dead, its host up) ends at the refusal (``ConnectionRefused``), as a metadata ask
-does, and is asked again at the sender's retry interval (METADATA_RETRY_MS) -- a retry that finds
-the connection refused makes the next connect at once -- instead of waiting in the connection for the dealer's reconnect (its
-backoff grows to ``P.RECONNECT_IVL_MAX_MS``) or for the request's timeout (METADATA_TIMEOUT_MS):
-a coordinator back on its port gives the producer its id at the next retry.
+does, and is asked again at the sender's retry interval (METADATA_RETRY_MS) -- a retry that
+finds the connection refused makes the next connect at once -- instead of waiting in the
+connection for the dealer's reconnect (its backoff grows to ``P.RECONNECT_IVL_MAX_MS``) or for
+the request's timeout (METADATA_TIMEOUT_MS): a coordinator back on its port gives the producer
+its id at the next retry.
 
 A second INIT_PRODUCER_ID is harmless: every one hands out a fresh id at epoch 0 (nothing is
 bumped), and an id nobody uses holds no state anywhere (a broker learns of a producer only
@@ -104,7 +105,8 @@ def test_a_refused_init_producer_id_ends_at_once_and_is_asked_again_at_the_retry
     assert producer.sender.producer_id < 0
 
 
-def test_a_coordinator_back_on_its_port_gives_the_id_at_the_next_retry(producer: _Producer, refused_endpoint: str) -> None:
+def test_a_coordinator_back_on_its_port_gives_the_id_at_the_next_retry(
+        producer: _Producer, refused_endpoint: str) -> None:
     producer.accumulator.append("t", 0, 1_700_000_000_000, None, b"v", None, 30)
     producer.run_until(lambda: len(producer.init_errors) > 8, step_ms=METADATA_RETRY_MS // 2)
     dealer = producer.sender._clients[refused_endpoint].transport  # type: ignore[attr-defined]
@@ -114,7 +116,8 @@ def test_a_coordinator_back_on_its_port_gives_the_id_at_the_next_retry(producer:
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(refused_endpoint)  # the coordinator restarted on its port
     stop = threading.Event()
-    server = threading.Thread(target=serve_until, args=(sock, stop, lambda _req: {"producer_id": 77, "producer_epoch": 0}))
+    granted = {"producer_id": 77, "producer_epoch": 0}
+    server = threading.Thread(target=serve_until, args=(sock, stop, lambda _req: granted))
     server.start()
     try:
         started_ms = producer.clock.now_ms()
