@@ -19,13 +19,18 @@ from zmq.utils.monitor import parse_monitor_message
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import CodedError, ConnectionLost, ConnectionRefused, GaveUp, MalformedFrame, RemoteError, RequestTimeout
+from fabric.errors import (CodedError, ConnectFailed, ConnectionLost, GaveUp, MalformedFrame, RemoteError, RequestTimeout,
+                           connect_failed)
 from fabric.rpc import make_socket, reply_details
+from fabric.zmtp_client_connection import connect_errno
 
 log = logging.getLogger(__name__)
 
 GIVE_UP_CHECK_MS = 100  # how often a blocking call with give_up asks whether to stop waiting
 _MONITOR_IDS = itertools.count(1)  # the clients' connection monitors: one inproc endpoint each
+# a BlockingClient's connect failed (libzmq does not say why): its own connect, to learn the
+# errno, waits at most this long (a refusal or a route's absence answers at once)
+CONNECT_PROBE_MS = 200
 
 
 class BlockingClient:
@@ -35,11 +40,16 @@ class BlockingClient:
     ``RequestTimeout``) instead of at its deadline -- a peer killed with the request took it
     along (libzmq's socket monitor reports the disconnect). A disconnect before the request
     was sent does not count: it goes out on the next connection. ``fail_on_refused``: when a
-    connect fails while a call's request waits for a connection (the peer's port refused it:
-    its process is dead, its host up), the call fails at once with ``ConnectionRefused`` (a
-    retriable ``RequestTimeout``) instead of at its deadline, as libzmq would retry the connect
-    until then; a peer that takes the connection and does not answer, or a host that does not
-    answer the connect at all, is still waited for until the deadline. For asks that another
+    connect fails while a call's request waits for a connection, the call fails at once with a
+    ``ConnectFailed`` (a retriable ``RequestTimeout``) instead of at its deadline, as libzmq
+    would retry the connect until then: ``ConnectionRefused`` when the peer's port refused it
+    (its process is dead, its host up), ``PeerUnreachable`` when its host is out of reach
+    (EHOSTUNREACH, ENETUNREACH, ETIMEDOUT), the errno named in the message -- libzmq's monitor
+    does not say it, so one connect of the client's own finds it (``connect_errno``, at most
+    CONNECT_PROBE_MS; one that is taken means the peer listens again, and libzmq's next connect
+    is waited for). A peer that takes the connection and does not answer, or a host that does
+    not answer the connect at all (no failed connect before the deadline), is still waited for
+    until the deadline. For asks that another
     node can answer instead (``fetch_metadata``'s). ``reconnect_ivl_max_ms``: the cap of its
     reconnect backoff, for a caller that must reach a restarted peer sooner than
     ``P.RECONNECT_IVL_MAX_MS``. Not thread-safe."""
@@ -71,7 +81,7 @@ class BlockingClient:
              give_up: Callable[[], bool] | None = None) -> tuple[dict, list[bytes]]:
         """Send and wait for the reply. Raises RemoteError (the node's answer) or RequestTimeout
         (after the last try, or -- GaveUp -- as soon as ``give_up()``, asked every GIVE_UP_CHECK_MS,
-        says the peer is gone; ConnectionLost and ConnectionRefused, see the class): catch
+        says the peer is gone; ConnectionLost and ConnectFailed, see the class): catch
         CodedError for both."""
         attempt = 0
         while True:
@@ -153,7 +163,14 @@ class BlockingClient:
         if ended and self._fail_on_disconnect:
             return ConnectionLost(f"connection to {self.endpoint} lost before the reply")
         if self._refused and self._fail_on_refused:
-            return ConnectionRefused(f"{self.endpoint} refused the connection: nothing listens there")
+            code = connect_errno(self.endpoint, CONNECT_PROBE_MS)
+            if code == 0:  # listening again: libzmq's next connect is waited for
+                self._refused = False
+                return None
+            if code is None:
+                return ConnectFailed(f"cannot connect to {self.endpoint} (a second connect got no answer within "
+                                     f"{CONNECT_PROBE_MS} ms)", reason="unknown")
+            return connect_failed(self.endpoint, code)
         return None
 
     def close(self) -> None:

@@ -18,6 +18,8 @@ of both: catch it to relay any error that has a code.
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any, ClassVar
 
 from engines.errors import LoomError
@@ -26,7 +28,8 @@ from fabric import protocol as P
 __all__ = ["LoomError", "FabricError", "MalformedFrame", "CodedError", "RemoteError", "RequestTimeout",
            "ClientError", "BufferExhaustedError", "RecordSizeExceededError", "ClientTimeoutError",
            "DeliveryTimeoutError", "TopicNotInMetadataError", "RequestQueueFullError", "SubscriptionConflictError",
-           "ConnectionLost", "ConnectionRefused", "NoCommittedOffsetError", "MAY_HAVE_BEEN_WRITTEN"]
+           "ConnectionLost", "ConnectFailed", "ConnectionRefused", "PeerUnreachable", "connect_failed",
+           "NoCommittedOffsetError", "MAY_HAVE_BEEN_WRITTEN"]
 
 
 class FabricError(LoomError):
@@ -212,12 +215,50 @@ class ConnectionLost(RequestTimeout):
     any ``RequestTimeout``, the request may or may not have been carried out."""
 
 
-class ConnectionRefused(RequestTimeout):
-    """No connection to the peer could be made while the request waited for one: its port
-    refused the connect (its host is up and nothing listens there: the node is dead or not yet
-    started). Found at once, not at the deadline; it says nothing of whether the node is gone
-    for good or restarting. Like any ``RequestTimeout``, retriable; the request was most likely
-    never delivered, but a caller treats it as any other "no answer"."""
+class ConnectFailed(RequestTimeout):
+    """No connection to the peer could be made while the request waited for one: the last
+    connect failed with ``reason`` (the errno's name: ECONNREFUSED, EHOSTUNREACH...). Found at
+    once, not at the deadline; it says nothing of how long the peer stays out of reach. Like any
+    ``RequestTimeout``, retriable; the request was most likely never delivered (it may still go
+    out on the next connection), so a caller treats it as any other "no answer". The two kinds,
+    told apart by type and in the message: ``ConnectionRefused`` and ``PeerUnreachable``."""
+
+    def __init__(self, message: str = "connect failed", code: int | None = None, reason: str = "") -> None:
+        super().__init__(message, code)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.message, self.code, self.reason))
+
+
+class ConnectionRefused(ConnectFailed):
+    """The peer's port refused the connect (ECONNREFUSED: its host is up and nothing listens
+    there: the node is dead or not yet started)."""
+
+
+class PeerUnreachable(ConnectFailed):
+    """The peer's host could not be reached (EHOSTUNREACH, ENETUNREACH, ETIMEDOUT: the
+    kernel's connect timeout, ...): down, cut off, or no route to it now -- whether a node
+    listens there is unknown."""
+
+
+# connect errnos that say the host (not only its port) is out of reach now
+UNREACHABLE_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "EHOSTDOWN", "ENETDOWN", "EADDRNOTAVAIL") if hasattr(errno, name))
+
+
+def connect_failed(endpoint: str, code: int) -> ConnectFailed:
+    """The error of a request that waited for a connect to ``endpoint`` that failed with errno
+    ``code``: ``ConnectionRefused`` for ECONNREFUSED, ``PeerUnreachable`` for the errnos of a
+    host out of reach (``UNREACHABLE_ERRNOS``), else a ``ConnectFailed``; the message names
+    the errno either way."""
+    reason = errno.errorcode.get(code, f"errno {code}")
+    why = f"{reason}: {os.strerror(code)}" if code in errno.errorcode else reason
+    if code == errno.ECONNREFUSED:
+        return ConnectionRefused(f"{endpoint} refused the connection ({why}): nothing listens there", reason=reason)
+    if code in UNREACHABLE_ERRNOS:
+        return PeerUnreachable(f"{endpoint} cannot be reached ({why})", reason=reason)
+    return ConnectFailed(f"cannot connect to {endpoint} ({why})", reason=reason)
 
 
 class GaveUp(RequestTimeout):

@@ -32,8 +32,8 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.errors import (CodedError, ConnectionRefused, LoomError, MalformedFrame, RemoteError,
-                           RequestQueueFullError, RequestTimeout)
+from fabric.errors import (CodedError, LoomError, MalformedFrame, RemoteError, RequestQueueFullError, RequestTimeout,
+                           connect_failed)
 from fabric.metrics import MetricsRegistry
 from fabric.reactor import Reactor, Timer
 from fabric.zmq_io import send_frames
@@ -212,6 +212,7 @@ class _LibzmqDealer:
     (inproc, ipc): the same ``send``/``close``/``refused`` as ``ZmtpDealer``."""
 
     refused = False  # not watched (libzmq retries in silence): these endpoints serve one host's tests
+    connect_error = 0
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None,
                  on_message: Callable[[list[bytes]], None]) -> None:
@@ -230,6 +231,9 @@ class _LibzmqDealer:
         if on_written is not None:
             on_written(True)
         return True
+
+    def connect_now(self) -> None:
+        """Nothing to do: never ``refused``."""
 
     def close(self) -> None:
         self.reactor.remove_socket(self.sock)
@@ -250,11 +254,16 @@ class RpcClient:
     whose deadlines are long and whose retries are harmless (a group member's requests to its
     coordinator); an answer its peer still sends on a new connection is dropped as a late one.
     ``fail_on_refused`` (tcp:// only): the commands whose requests fail when a connect to the
-    peer fails while they wait (its port refused it: its process is dead, its host up) -- at
-    once, on the reactor's next pass, with a retriable ``ConnectionRefused`` instead of at
-    their deadlines, as the transport retries the connect in silence; one made while the last
-    connect failed (and the next is not under way) is not sent and fails so too. For requests another node can answer instead
-    (metadata asks), never for one whose outcome matters (a produce: it may still go out on
+    peer fails while they wait -- at once, on the reactor's next pass, with a retriable
+    ``ConnectFailed`` instead of at their deadlines, as the transport retries the connect in
+    silence: ``ConnectionRefused`` when its port refused it (its process dead, its host up),
+    ``PeerUnreachable`` when its host is out of reach (EHOSTUNREACH, ENETUNREACH, the kernel's
+    connect timeout), the errno named in the message either way. One made while the last
+    connect failed (and the next is not under way) is not sent and fails so too, and has the
+    next connect made at once: the caller's retry finds the peer back on its port (or refusing
+    again), paced by the caller, not by the transport's backoff (seconds). For requests another
+    node can answer instead, or that change nothing when carried out twice (metadata asks,
+    INIT_PRODUCER_ID), never for one whose outcome matters (a produce: it may still go out on
     the next connection)."""
 
     def __init__(self, ctx: zmq.Context, reactor: Reactor, endpoint: str, identity: str | None = None, *,
@@ -291,13 +300,15 @@ class RpcClient:
         header = dict(header, id=rid)
         fail_on_refused = command in self._fail_on_refused
         refused = fail_on_refused and self.transport.refused
+        if refused:  # not sent (it would wait, and go out late); the caller's retry finds this connect
+            self.transport.connect_now()
         if not refused and not self.transport.send(wire.encode_request(command, header, payloads)):
             callback(None, [], RequestQueueFullError(f"send queue to {self.endpoint} is full"))
             return 0
         timer = self.reactor.call_later(timeout_ms, lambda: self._expire(rid))
         self._pending[rid] = (callback, timer, fail_on_refused)
         if refused:
-            self._connection_refused()
+            self._connection_refused(self.transport.connect_error)
         return rid
 
     def send_oneway(self, command: bytes, header: dict, payloads: list | tuple = (),
@@ -322,12 +333,13 @@ class RpcClient:
         error = RequestTimeout(f"connection to {self.endpoint} lost before the reply")
         self.reactor.call_later(0, lambda: self._fail(lost, error))
 
-    def _connection_refused(self) -> None:
-        """A connect failed: the pending requests of the ``fail_on_refused`` commands fail on the
-        next pass, as at a lost connection."""
+    def _connection_refused(self, code: int) -> None:
+        """A connect failed with errno ``code``: the pending requests of the ``fail_on_refused``
+        commands fail on the next pass, as at a lost connection."""
         refused = [rid for rid, (_, _, refusable) in self._pending.items() if refusable]
         if refused:
-            error = ConnectionRefused(f"{self.endpoint} refused the connection: nothing listens there")
+            error = connect_failed(self.endpoint, code)
+            log.debug("%s: %d request(s) failed: %s", self.endpoint, len(refused), error.message)
             self.reactor.call_later(0, lambda: self._fail(refused, error))
 
     def _fail(self, request_ids: list[int], error: CodedError) -> None:

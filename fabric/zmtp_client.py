@@ -93,10 +93,12 @@ class ZmtpDealer(ConnectionMixin):
     ``on_lost``: called when a connection that completed its handshake ends (never at
     ``close``): what was sent on it, and the answers to it, are gone with it -- a caller whose
     requests would otherwise wait out their timeouts (a peer killed with them) fails them.
-    ``on_refused``: called when a connect fails (the peer's port refused it: its process dead,
-    its host up); ``refused`` says so until the next connect is under way. The messages waiting for a
-    connection still wait for the next one: a caller that would rather fail some of them (a
-    metadata ask another node can answer) does so itself."""
+    ``on_refused(errno)``: called when a connect fails (ECONNREFUSED: the peer's port refused it,
+    its process dead and its host up; or EHOSTUNREACH, ETIMEDOUT...: its host out of reach);
+    ``refused`` says so until the next connect is under way, and ``connect_error`` is the
+    errno. The messages waiting for a connection still wait for the next one: a caller that
+    would rather fail some of them (a metadata ask another node can answer) does so itself,
+    and may ask for the next connect at once (``connect_now``)."""
 
     SOCKET_TYPE = b"DEALER"
     PEER_SOCKET_TYPES: tuple[bytes, ...] = (b"ROUTER",)
@@ -104,11 +106,12 @@ class ZmtpDealer(ConnectionMixin):
     def __init__(self, reactor: Reactor, endpoint: str, on_message: Callable[[list[bytes]], None], *,
                  identity: bytes | None = None, counters: Counter[str] | None = None,
                  messages_per_pass: int | None = None, reconnect_ivl_max_ms: int = P.RECONNECT_IVL_MAX_MS,
-                 on_lost: Callable[[], None] | None = None, on_refused: Callable[[], None] | None = None) -> None:
+                 on_lost: Callable[[], None] | None = None, on_refused: Callable[[int], None] | None = None) -> None:
         self.reactor = reactor
         self.on_lost = on_lost
         self.on_refused = on_refused
         self.refused = False  # the last connect failed, and no other is under way
+        self.connect_error = 0  # the errno of the last connect that failed
         self.endpoint = endpoint
         self.on_message = on_message
         self.counters: Counter[str] = counters if counters is not None else Counter()

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 import threading
+import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Callable
 
@@ -87,6 +89,32 @@ def _is_address(host: str) -> bool:
     return False
 
 
+def connect_errno(endpoint: str, wait_ms: int) -> int | None:
+    """The errno a connect to ``endpoint`` ends with now (0: it was taken), or None when it
+    does not end within ``wait_ms`` (a host that does not answer; a name not resolved by then).
+    For a caller whose transport failed a connect without saying why (libzmq's socket monitor
+    reports a failed connect as the descriptor's EVENT_CLOSED, with no errno): one connect of
+    its own, closed at once."""
+    end_s = time.monotonic() + wait_ms / 1000
+    try:
+        host, port = connect_address(endpoint)
+    except zmq.ZMQError:
+        return errno.EINVAL
+    resolution = Resolution(host, port)
+    if not resolution.done.wait(max(0.0, end_s - time.monotonic())):
+        return None
+    if resolution.address is None:
+        return getattr(resolution.error, "errno", None) or errno.EADDRNOTAVAIL
+    family, address = resolution.address
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        code = sock.connect_ex(address)
+        if code != errno.EINPROGRESS:
+            return code
+        _, writable, _ = select.select([], [sock], [], max(0.0, end_s - time.monotonic()))
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if writable else None
+
+
 class ConnectionMixin:
     """``ZmtpDealer``'s connection, handshake and reconnects. Part of ZmtpDealer (its state is
     the dealer's own)."""
@@ -96,8 +124,9 @@ class ConnectionMixin:
     # the dealer's state this half uses (set by ZmtpDealer.__init__)
     reactor: Reactor
     on_lost: Callable[[], None] | None
-    on_refused: Callable[[], None] | None
+    on_refused: Callable[[int], None] | None
     refused: bool
+    connect_error: int
     endpoint: str
     counters: Counter[str]
     host: str
@@ -161,7 +190,7 @@ class ConnectionMixin:
             sock.close()
             self._address = None
             self._retry_later(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
-            self._connect_failed()
+            self._connect_failed(code)
             return
         self._sock, self._fd = sock, sock.fileno()
         self._state = _CONNECTING
@@ -176,7 +205,7 @@ class ConnectionMixin:
             if code:
                 self._address = None  # the name may point elsewhere by the next attempt
                 self._lost(f"cannot connect to {self.endpoint}: {errno.errorcode.get(code, code)}")
-                self._connect_failed()
+                self._connect_failed(code)
                 return
             self._state = _HANDSHAKE
             self._handshake_timer = self.reactor.call_later(HANDSHAKE_IVL_MS, self._handshake_expired)
@@ -241,12 +270,21 @@ class ConnectionMixin:
         if was_ready and self.on_lost is not None:
             self.on_lost()
 
-    def _connect_failed(self) -> None:
-        """A connect failed (refused: the peer's host is up and nothing listens on its port;
-        or unreachable): ``refused`` until the next is under way, and ``on_refused`` told."""
-        self.refused = True
+    def _connect_failed(self, code: int) -> None:
+        """A connect failed with errno ``code`` (ECONNREFUSED: the peer's host is up and nothing
+        listens on its port; EHOSTUNREACH, ETIMEDOUT...: the host is out of reach): ``refused``
+        until the next is under way, ``connect_error`` says why, and ``on_refused`` is told."""
+        self.refused, self.connect_error = True, code
         if self.on_refused is not None and self._state != _CLOSED:
-            self.on_refused()
+            self.on_refused(code)
+
+    def connect_now(self) -> None:
+        """A caller wants the peer now (a request that would rather fail than wait, after the
+        last connect failed): the connect the reconnect timer waits for is made at once. The
+        backoff is kept for the dealer's own retries; the caller's retries pace these."""
+        if self._state == _IDLE and self._timer is not None and self._resolving is None:
+            self._timer.cancel()
+            self._connect()
 
     def _drop(self) -> None:
         if self._sock is not None:

@@ -17,7 +17,8 @@ from fabric import protocol as P
 from fabric.blocking_client import BlockingClient
 from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.config import load_config
-from fabric.errors import CodedError, ConnectionRefused, FabricError, MalformedFrame, RequestTimeout
+from fabric.errors import (CodedError, ConnectFailed, ConnectionRefused, FabricError, MalformedFrame, PeerUnreachable,
+                           RequestTimeout)
 from fabric.metadata import ClusterMetadata, read_answer
 
 
@@ -112,15 +113,17 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
     ``silence.timeout_ms`` says -- also one that did not answer before the metadata that
     answered showed it the coordinator (a first fetch: the next would wait for it again). Any
     ask but the last waits at most ``NOT_LAST_ASK_TIMEOUT_MS``. An ask whose connection is
-    refused (``ConnectionRefused``: the node's process is dead, its host up) ends at once, and
-    the next endpoint is asked; a node that takes the connection and does not answer, or a host
-    that does not answer the connect, is waited for as above. An ask cut short so (or by
+    refused (``ConnectionRefused``: the node's process is dead, its host up), or whose host is
+    out of reach (``PeerUnreachable``: EHOSTUNREACH, ENETUNREACH...), ends at once, and the next
+    endpoint is asked; a node that takes the connection and does not answer, or a host that
+    does not answer the connect, is waited for as above. An ask cut short so (or by
     ``silence``) still has its answer taken while the later asks are made, and when none of
     them answers, for as long as the cut took off it (by ``deadline_s``): a node slower than the
     cut but within ``timeout_ms`` (a loaded coordinator, the brokers dead) answered every fetch
     before the cuts, and none after. Raises ``RequestTimeout`` (``request_timed_out``,
     retriable) when none answers with metadata in time: the cluster is down, unreachable or
-    starting -- at once when every endpoint refused the connection."""
+    starting -- at once when no endpoint could be connected to, as a ``ConnectFailed``
+    (``ConnectionRefused`` when every one refused) naming each endpoint's errno."""
     asks = _Asks(silence)
     if silence is not None:
         order = silence.order(endpoints, prefer, int(time.monotonic() * 1000))
@@ -146,8 +149,23 @@ def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 300
             return got
     finally:
         asks.close()
+    if asks.refusals and set(asks.refusals) >= set(order):
+        raise _none_connected(asks.refusals)
     why = getattr(asks.last, "message", None) or str(asks.last)  # its text: the code is this error's own
     raise RequestTimeout(f"no node answered at {', '.join(endpoints)}: {why}")
+
+
+def _none_connected(refusals: dict[str, ConnectFailed]) -> ConnectFailed:
+    """The error of a round whose every ask failed to connect: each endpoint with its errno's
+    name; ``ConnectionRefused`` when every one refused (the nodes' processes are down, their
+    hosts up), ``PeerUnreachable`` when every one was out of reach, else ``ConnectFailed``."""
+    kinds = {type(e) for e in refusals.values()}
+    kind = kinds.pop() if len(kinds) == 1 else ConnectFailed
+    what = {ConnectionRefused: "every one refused the connection (nothing listens there: the nodes are down)",
+            PeerUnreachable: "none could be reached (their hosts are down, or cut off)"}.get(
+        kind, "none could be connected to")
+    each = ", ".join(f"{ep} ({e.reason})" for ep, e in refusals.items())
+    return kind(f"no node answered at {each}: {what}", reason="/".join(sorted({e.reason for e in refusals.values()})))
 
 
 class _Asks:
@@ -157,6 +175,7 @@ class _Asks:
     def __init__(self, silence: CoordinatorSilence | None) -> None:
         self.silence = silence
         self.last: Exception | None = None  # the last ask's error
+        self.refusals: dict[str, ConnectFailed] = {}  # endpoint -> how its connect failed, this round
         self.saved_ms = 0  # the most an ask cut short had taken off its timeout
         self._cut: list[tuple[BlockingClient, int]] = []  # (client, sent ms) of the asks cut short
         self._unanswered: list[tuple[str, CodedError, int, int]] = []  # (endpoint, error, sent ms, ended ms)
@@ -164,8 +183,9 @@ class _Asks:
     def ask(self, ctx: zmq.Context, ep: str, try_ms: int, cut_ms: int) -> tuple[ClusterMetadata, str] | None:
         """Ask ``ep`` for at most ``try_ms``, ``cut_ms`` less than it would have had: the
         metadata and ``ep``, or None (kept for its late answer when it timed out cut short)."""
-        # a refused connect (the node's process dead, its host up) ends the ask at once: the
-        # next endpoint is asked, not after the timeout libzmq's retries of the connect took
+        # a failed connect (refused: the node's process dead, its host up; or its host out of
+        # reach) ends the ask at once: the next endpoint is asked, not after the timeout
+        # libzmq's retries of the connect took
         client = BlockingClient(ctx, ep, fail_on_refused=True)
         kept = False
         sent_ms = int(time.monotonic() * 1000)
@@ -173,9 +193,12 @@ class _Asks:
             header, _ = client.call(P.METADATA, {}, timeout_ms=try_ms)
         except CodedError as e:
             self.last = e
+            if isinstance(e, ConnectFailed):
+                self.refusals[ep] = e
             self._heard(ep, e, sent_ms)
-            # refused: the node is down now, and the round's end does not wait for its answer
-            if isinstance(e, RequestTimeout) and not isinstance(e, ConnectionRefused) and cut_ms > 0:
+            # no connection (refused, or the host out of reach): the node cannot answer now, and
+            # the round's end does not wait for its answer
+            if isinstance(e, RequestTimeout) and not isinstance(e, ConnectFailed) and cut_ms > 0:
                 self._cut.append((client, sent_ms))
                 self.saved_ms, kept = max(self.saved_ms, cut_ms), True
             return None
@@ -194,7 +217,7 @@ class _Asks:
                 look_ms = max(0, min(LATE_ANSWER_LOOK_MS, int((deadline_s - time.monotonic()) * 1000)))
                 try:
                     header, _ = client.late_reply(look_ms)
-                except ConnectionRefused:  # the node is gone, and the ask with it: no answer comes
+                except ConnectFailed:  # the node is gone (or out of reach), and the ask with it: no answer comes
                     self._drop(client, sent_ms)
                     continue
                 except RequestTimeout:

@@ -125,6 +125,8 @@ class Sender(SenderReplies, threading.Thread):
         self._id_generation = 0  # producer ids had so far (a reset starts the next)
         self.producer_epoch = -1
         self._pid_in_flight = False
+        self._pid_retry_at_ms = 0  # no INIT_PRODUCER_ID before this, after one that got no id
+        self.producer_id_errors: Counter[str] = Counter()  # error type -> INIT_PRODUCER_IDs it ended
         self._sequences: dict[tuple[str, int], int] = defaultdict(int)
         self._queues: dict[tuple[str, int], deque[BatchState]] = defaultdict(deque)
         # partitions a send on this thread named beyond the count held -> the metadata cache's
@@ -226,9 +228,14 @@ class Sender(SenderReplies, threading.Thread):
         self._waker.close()
 
     def _rpc_client(self, endpoint: str) -> RpcClient:
-        # a metadata ask of a node whose port refuses the connection (dead) ends at once: the
-        # next endpoint is asked, not after the ask's timeout (the coordinator's: 1 s)
-        return RpcClient(self.ctx, self.reactor, endpoint, identity="producer", fail_on_refused=(P.METADATA,))
+        # a metadata ask of a node that cannot be connected to (its port refuses: dead) ends at
+        # once: the next endpoint is asked, not after the ask's timeout (the coordinator's: 1 s).
+        # So does INIT_PRODUCER_ID, asked again at METADATA_RETRY_MS, each retry a connect of its
+        # own: a coordinator restarted gives the id then, not at the connection's reconnect (its
+        # backoff grows to seconds). Asked twice, it is harmless: each answer is a fresh id at
+        # epoch 0 (nothing bumped), and an id nobody uses holds no state at any broker
+        return RpcClient(self.ctx, self.reactor, endpoint, identity="producer",
+                         fail_on_refused=(P.METADATA, P.INIT_PRODUCER_ID))
 
     def _client(self, endpoint: str) -> SenderClient:
         c = self._clients.get(endpoint)
@@ -472,7 +479,10 @@ class Sender(SenderReplies, threading.Thread):
             if not self.metadata.coordinator:
                 self.metadata_cache.want_refresh()
             return
+        if self.clock.now_ms() < self._pid_retry_at_ms:
+            return  # asked again at the retry's wake-up, not at every pass (a refusal ends at once)
         self._pid_in_flight = True
+        coordinator = self.metadata.coordinator
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._pid_in_flight = False
@@ -480,9 +490,12 @@ class Sender(SenderReplies, threading.Thread):
                 self.producer_id, self.producer_epoch = h["producer_id"], h["producer_epoch"]
                 self.wake()
             else:
+                self.producer_id_errors[type(err).__name__] += 1
+                log.debug("no producer id from %s (asked again in %d ms): %s", coordinator, METADATA_RETRY_MS, err)
+                self._pid_retry_at_ms = self.clock.now_ms() + METADATA_RETRY_MS
                 assert self.reactor is not None
                 self.reactor.call_later(METADATA_RETRY_MS, self.wake)
-        self._client(self.metadata.coordinator).request(P.INIT_PRODUCER_ID, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
+        self._client(coordinator).request(P.INIT_PRODUCER_ID, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
 
 
 def _nothing() -> None:

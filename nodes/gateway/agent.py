@@ -226,7 +226,7 @@ class GatewayAgent(ConsumerInstances):
         return self._metadata_since(max(time.monotonic() - PRODUCE_METADATA_MAX_AGE_MS / 1000, floor_s), floor_s)
 
     def _metadata_since(self, since_s: float, join_since_s: float | None = None) -> Any:
-        with translated("the coordinator"):
+        with translated("the cluster"):  # the coordinator, then the brokers, are asked
             return self._metadata_flight.get(self._fetch_metadata, since_s, join_since_s)
 
     def _fetch_metadata(self) -> Any:
@@ -288,9 +288,7 @@ class GatewayAgent(ConsumerInstances):
         if topic.startswith(P.INTERNAL_TOPIC_PREFIX):  # as the brokers answer a client's append there
             raise ClusterError(KINDS[P.INVALID_TOPIC], f"{P.error_name(P.INVALID_TOPIC)}: cannot append to internal "
                                                        f"topic {topic}: only the coordinator writes it")
-        t = self._recent_metadata().topics.get(topic)
-        if t is None or (partition is not None and partition >= len(t.partitions)):
-            t = self._checked_topic(topic, partition is None)
+        t = self._produce_topic(topic, partition)
         # the route's partition, or the highest a record names: one the topic lacks is no retriable error
         named = partition
         if partition is None:
@@ -341,6 +339,22 @@ class GatewayAgent(ConsumerInstances):
                     p if p >= 0 else partition if partition is not None else _named_partition(records[i]),
                     o, f"{P.error_name(e)}: {m}", _retriable(e, gone, i))
                 for i, (p, o, e, m) in enumerate(results)]
+
+    def _produce_topic(self, topic: str, partition: int | None) -> Any:
+        """The topic a produce writes to, from metadata fetched lately (``_recent_metadata``),
+        else afresh (made first when ``_checked_topic`` may). With no node answering (a
+        whole-cluster outage) ClusterError(unavailable) at once, saying nothing was written:
+        the request holds no worker waiting for a node to come back (docs/gateway.md)."""
+        try:
+            t = self._recent_metadata().topics.get(topic)
+            if t is None or (partition is not None and partition >= len(t.partitions)):
+                t = self._checked_topic(topic, partition is None)
+        except ClusterError as e:
+            if e.kind != "unavailable":
+                raise
+            raise ClusterError("unavailable", f"{e.message}; nothing was written: send the records again once "
+                                              "a node is back") from e
+        return t
 
     def _produce_chunk(self, topic: str, chunk: list[Record4], acks: str | int) -> tuple:
         """One SERVICE_PRODUCE's rows. Waits while the service that took it is up and the

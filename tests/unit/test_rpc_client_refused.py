@@ -21,6 +21,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.client.consumer import Consumer
+from fabric.clock import ManualClock
 from fabric.errors import ConnectionRefused, RequestTimeout
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient
@@ -67,7 +68,8 @@ def test_a_request_waiting_for_a_refused_connection_fails_at_once_and_so_do_the_
         error, elapsed_s = _ask(reactor, client, TIMEOUT_MS)
         assert isinstance(error, ConnectionRefused), error
         assert elapsed_s < SOON_S, f"waited {elapsed_s:.2f} s for a node that refused the connection"
-        # the next connect is made only at the reconnect interval: the last one said enough
+        # made while the last connect failed: not sent, it fails at once too (and has the next
+        # connect made now, for the caller's retry: test_a_retry_after_a_refusal_makes_the_next_connect_now)
         error, elapsed_s = _ask(reactor, client, TIMEOUT_MS)
         assert isinstance(error, ConnectionRefused), error
         assert elapsed_s < SOON_S
@@ -153,3 +155,19 @@ def test_a_request_made_while_a_connect_is_under_way_waits_for_it(reactor: React
         client.close()
         filler.close()
         listener.close()
+
+
+def test_a_retry_after_a_refusal_makes_the_next_connect_now(refused_endpoint: str) -> None:
+    """A request of a fail-fast command made while the last connect failed has the next
+    connect made at once, not at the transport's reconnect timer (whose backoff grows to
+    seconds): the clock stands still here, so no timer can make it."""
+    reactor = Reactor(ManualClock(0))
+    client = _client(reactor, refused_endpoint)
+    try:
+        _ask(reactor, client, TIMEOUT_MS)
+        failed = client.transport.counters["disconnects"]  # type: ignore[union-attr]
+        error, _ = _ask(reactor, client, TIMEOUT_MS)
+        assert isinstance(error, ConnectionRefused), error
+        _run_until(reactor, lambda: client.transport.counters["disconnects"] > failed)  # type: ignore[union-attr]
+    finally:
+        client.close()
