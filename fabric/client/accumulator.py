@@ -430,10 +430,16 @@ class RecordAccumulator:
     def close_all(self) -> list[BatchState]:
         """Close every open batch (``flush``); returns every batch not yet finished."""
         with self._lock:
-            self._closed_batches.extend(self._open.values())
-            self._open.clear()
+            # in this order, each step whole before the next call (where a signal's exception
+            # may land: a Ctrl-C in flush): room given back and ``_last`` let go before the
+            # batches move, and no batch both open and closed -- an exception between moving
+            # them and clearing ``_open`` had the next send fill a batch the sender then took
+            # (and built, and sent) twice
             self._settle()
             self._last = _NO_BATCH
+            opened = list(self._open.values())
+            self._open = {}
+            self._closed_batches.extend(opened)
             self.sticky.clear()
             return list(self._unfinished)
 

@@ -27,14 +27,23 @@ from tests.unit.test_producer_append_interrupted import _raising
 
 TS = 1_700_000_000_000
 CODES = (RecordAccumulator.append.__code__, BatchState.add_record.__code__, BatchState._seal_run.__code__,
-         BatchState.seal_records.__code__, RecordAccumulator._close_batch.__code__)
+         BatchState.seal_records.__code__, RecordAccumulator._close_batch.__code__, RecordAccumulator.close_all.__code__,
+         RecordAccumulator._settle.__code__)
 
 
 def _check_points(code: CodeType) -> set[int]:
     """The offsets in ``code`` where CPython may run a signal handler: after a call returns,
-    and at the function's start (RESUME)."""
+    and at the function's start (RESUME). (The handler's exception is raised at the call, so
+    the call's ``try``/``with`` handles it: the instruction after a call that the same handler
+    does not cover -- the exit of a ``with`` whose last statement returns a call's result --
+    is no such point; the trace function raises at the instruction after.)"""
+    table = dis._parse_exception_table(code)  # type: ignore[attr-defined]
+
+    def handler(offset: int) -> int:
+        return next((e.target for e in table if e.start <= offset < e.end), -1)
     ins = list(dis.get_instructions(code))
-    after = {ins[i + 1].offset for i, x in enumerate(ins[:-1]) if x.opname in ("CALL", "BEFORE_WITH")}
+    after = {ins[i + 1].offset for i, x in enumerate(ins[:-1])
+             if x.opname in ("CALL", "BEFORE_WITH") and handler(x.offset) == handler(ins[i + 1].offset)}
     return after | {x.offset for x in ins if x.opname == "RESUME"}
 
 
@@ -55,8 +64,9 @@ def _interrupt_at(point: int, call: Callable[[], Any], lock: Any) -> bool:
 
 
 # (key, value, size, timestamp) of the record interrupted: one that goes on the run, one of
-# another size (a new run), one of another millisecond, a keyed one (a tuple)
+# another size (a new run), one of another millisecond, a keyed one (a tuple); or a flush
 CUT = {
+    "a flush": None,
     "on the run": (None, b"w" * 6, 30, TS),
     "another size": (None, b"w" * 16, 40, TS),
     "another millisecond": (None, b"w" * 6, 30, TS + 1),
@@ -76,9 +86,9 @@ BEFORE = {
 @pytest.mark.parametrize("before", sorted(BEFORE))
 @pytest.mark.parametrize("cut", sorted(CUT))
 def test_an_interrupted_send_leaves_its_batch_holding_exactly_what_it_counts(before: str, cut: str, fills: bool) -> None:
-    """The sender takes (and builds) the ready batches right after the interrupted send, then
-    the application sends on: every record whose ``send`` returned is in the bytes of its
-    batch as built, at its future's index."""
+    """The sender takes (and builds) the ready batches right after the interrupted send (or
+    flush), then the application sends on: every record whose ``send`` returned is in the bytes
+    of its batch as built, at its future's index, and no batch is taken twice."""
     points = 0
     for point in range(1, 80):
         records_max = len(BEFORE[before]) + 1 if fills else 10_000
@@ -87,10 +97,15 @@ def test_an_interrupted_send_leaves_its_batch_holding_exactly_what_it_counts(bef
         sent = []
         for key, value, size, ts in BEFORE[before]:
             sent.append((acc.append("t", 0, ts, key, value, None, size), value))
-        key, value, size, ts = CUT[cut]
-        value = b"CUT" + value[3:]
-        if not _interrupt_at(point, lambda: acc.append("t", 0, ts, key, value, None, size), acc._lock):
-            break
+        if CUT[cut] is None:
+            value = None
+            if not _interrupt_at(point, acc.close_all, acc._lock):
+                break
+        else:
+            key, value, size, ts = CUT[cut]
+            value = b"CUT" + value[3:]
+            if not _interrupt_at(point, lambda: acc.append("t", 0, ts, key, value, None, size), acc._lock):
+                break
         points += 1
         built = {}
 
@@ -115,4 +130,4 @@ def test_an_interrupted_send_leaves_its_batch_holding_exactly_what_it_counts(bef
         held = [v for b, values in built.values() for v in values]
         assert sorted(v for v in held if v != value) == sorted(v for _, v in sent), where
         assert acc.buffered_bytes == sum(b.size_bytes for b, _ in built.values()), where
-    assert points > 1
+    assert points > 0
