@@ -184,14 +184,23 @@ class RecordAccumulator:
                     opened = True
                 else:
                     wake = opened = False
-                run = b.run_values
-                if (run is not None and timestamp_ms == b.run_timestamp_ms and size_bytes == b.run_record_bytes
-                        and key is None and headers is None):
-                    run.append(value)  # the run goes on: the value alone
-                else:
-                    b.add_record(timestamp_ms, key, value, headers, size_bytes)
+                # counted before it goes in, and given back if the add is cut: an exception a
+                # signal handler raises as a call returns (a KeyboardInterrupt, in add_record or
+                # after it) left the batch holding a record it did not count -- built with one
+                # record more than its header says, which the leader stores and no consumer
+                # can read, or (a batch of tuples) with every later record's future one short
                 index = b.record_count
                 b.record_count = index + 1
+                run = b.run_values
+                try:
+                    if (run is not None and timestamp_ms == b.run_timestamp_ms and size_bytes == b.run_record_bytes
+                            and key is None and headers is None):
+                        run.append(value)  # the run goes on: the value alone
+                    else:
+                        b.add_record(timestamp_ms, key, value, headers, size_bytes)
+                except BaseException:
+                    b.hold_only(index)
+                    raise
                 size = b.size_bytes = b.size_bytes + size_bytes
                 self._buffered_bytes += size_bytes
                 if index + 1 >= self._records_max or size + size_bytes > bytes_max:  # no room for another
@@ -293,6 +302,7 @@ class RecordAccumulator:
                             opened.append((topic, p))
                     b.seal_records()
                     b.chunks += pack(i, i + k)
+                    b.chunk_records += k
                     if timestamp_ms > b.max_timestamp_ms:
                         b.max_timestamp_ms = timestamp_ms
                     first = b.record_count
@@ -365,11 +375,14 @@ class RecordAccumulator:
         """The batch is full: ready for the sender. Caller holds the lock. A batch closed by a
         record that did not fit (``overflow``) leaves the sticky partition where it is: that
         record opens the partition's next batch, which the keyless records after it fill."""
-        del self._open[(b.topic, b.partition)]
-        self._closed_batches.append(b)
         assert b.run_records_end <= b.record_count, "a batch closed with room granted: its bytes were not settled"
+        # no longer ``_last`` before the first call: an exception a signal raises as a call
+        # returns left the closed batch there, and the next append of its partition went on
+        # filling it -- after the sender may have built and sent it
         if self._last is b:
             self._last = _NO_BATCH
+        del self._open[(b.topic, b.partition)]
+        self._closed_batches.append(b)
         if not overflow and self.sticky.get(b.topic) == b.partition:
             del self.sticky[b.topic]
 
@@ -417,10 +430,16 @@ class RecordAccumulator:
     def close_all(self) -> list[BatchState]:
         """Close every open batch (``flush``); returns every batch not yet finished."""
         with self._lock:
-            self._closed_batches.extend(self._open.values())
-            self._open.clear()
+            # in this order, each step whole before the next call (where a signal's exception
+            # may land: a Ctrl-C in flush): room given back and ``_last`` let go before the
+            # batches move, and no batch both open and closed -- an exception between moving
+            # them and clearing ``_open`` had the next send fill a batch the sender then took
+            # (and built, and sent) twice
             self._settle()
             self._last = _NO_BATCH
+            opened = list(self._open.values())
+            self._open = {}
+            self._closed_batches.extend(opened)
             self.sticky.clear()
             return list(self._unfinished)
 

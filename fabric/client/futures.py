@@ -55,7 +55,7 @@ class BatchState:
 
     __slots__ = ("topic", "partition", "records", "size_bytes", "created_ms", "event", "base_offset",
                  "error", "sequence", "data", "possibly_written", "deadline_ms", "callbacks", "last_error",
-                 "chunks", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
+                 "chunks", "chunk_records", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
                  "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in", "on_io_thread",
                  "run_values", "run_timestamp_ms", "run_record_bytes", "run_records_end")
 
@@ -64,6 +64,7 @@ class BatchState:
         self.partition = partition
         self.records: list[tuple] = []  # (timestamp_ms, key, value, headers) appended after the chunks
         self.chunks: list[bytes] = []   # pieces of packed runs of records (fabric.records), in order
+        self.chunk_records = 0          # the records packed in ``chunks``
         # the values alone of the keyless, header-less records of one timestamp and one size
         # appended after the chunks (``add_record``): no tuple per record, and one join packs
         # them (``pack_values``); None once another record made the batch keep ``records``
@@ -148,7 +149,11 @@ class BatchState:
                 self.max_timestamp_ms = self.run_timestamp_ms
             length = len(run[0])  # every value's: their sizes were counted alike (``add_record``)
             assert len(run[-1]) == length, "a run's records were counted alike for values of other lengths"
-            self.chunks += pack_values(run, self.run_timestamp_ms, length)
+            packed, count = pack_values(run, self.run_timestamp_ms, length), len(run)
+            # no call from here until the run is emptied: a signal's exception lands only after
+            # a call returns, and must find the records either in the run or in a chunk
+            self.chunks += packed
+            self.chunk_records += count
             self.run_values = []
 
     def seal_records(self) -> None:
@@ -156,8 +161,24 @@ class BatchState:
         self._seal_run()
         if self.records:
             self.max_timestamp_ms = max(self.max_timestamp_ms, max(map(_timestamp, self.records)))
-            self.chunks += pack_records(self.records)
+            packed, count = pack_records(self.records), len(self.records)
+            self.chunks += packed  # (no call until the records are emptied: ``_seal_run``)
+            self.chunk_records += count
             self.records = []
+
+    def hold_only(self, count: int) -> None:
+        """Hold and count ``count`` records again, after an add of record ``count`` that an
+        exception cut (a signal handler's, raised as a call returned: ``append`` counts a
+        record before it adds it): the record goes if it went in -- the last one of the run
+        or of ``records`` -- so that the batch holds exactly the records it counts, and the
+        ``send`` that raised queued nothing."""
+        run = self.run_values
+        if self.chunk_records + len(self.records) + (len(run) if run else 0) > count:
+            if run:
+                run.pop()
+            else:
+                self.records.pop()
+        self.record_count = count
 
     def build(self, *, compression: int, producer_id: int, producer_epoch: int, base_sequence: int) -> bytes:
         """The batch's bytes (may be called again: after a producer-id reset it is renumbered)."""
@@ -190,6 +211,7 @@ class BatchState:
         if top.pieces is None:
             top.pieces = pieces
             top.records, top.chunks, top.run_values, top.data = [], [], None, None  # the pieces hold the records now
+            top.chunk_records = 0
         else:
             at = top.pieces.index(self)
             top.pieces[at:at + 1] = pieces
@@ -228,6 +250,7 @@ class BatchState:
         self.error = error
         self.records = []  # free the memory; the packed data goes too
         self.chunks = []
+        self.chunk_records = 0
         self.run_values = None
         self.data = None
         self.event.set()

@@ -14,7 +14,8 @@ callback) is judged by fresh metadata instead: its batches wait for two answers 
 asked for after the send, and fail with ``TopicNotInMetadataError`` if neither shows it.
 
 The sender depends on three narrow things, not on the producer that owns it: its
-``SenderSettings``, a ``BatchSource`` (the record accumulator: ``take_ready`` and ``release``)
+``SenderSettings``, a ``BatchSource`` (the record accumulator: ``take_ready``, ``release``, and
+``close`` and ``close_all`` when the producer ends)
 and a ``MetadataCache`` (which it keeps fresh). RPC clients come from ``client_factory``
 (one per broker endpoint), so tests hand it recording fakes.
 
@@ -85,6 +86,10 @@ class BatchSource(Protocol):
     def take_ready(self, now_ms: int, busy: Container[tuple[str, int]] = ()) -> list[BatchState]: ...
 
     def release(self, batch: BatchState) -> None: ...
+
+    def close(self) -> None: ...
+
+    def close_all(self) -> list[BatchState]: ...
 
 
 class SenderClient(Protocol):

@@ -18,7 +18,8 @@ from engines import batch as B
 from fabric import protocol as P
 from fabric.client.futures import BatchState
 from fabric.client.metadata_cache import MetadataCache
-from fabric.errors import MAY_HAVE_BEEN_WRITTEN, CodedError, MalformedFrame, ProducerClosedError, RemoteError
+from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, CodedError, FabricError, MalformedFrame, ProducerClosedError,
+                           RemoteError)
 from fabric.hoptrace import mark
 from fabric.records import decode_batches
 from fabric.replies import decode_produce_results
@@ -159,13 +160,35 @@ class SenderReplies:
         for waiting in self._unsent_oneway.values():
             for b in waiting:  # queued in the client: may have gone out
                 b.possibly_written = True
-                self._finish(b, -1, error or ProducerClosedError(True))
+                self._finish(b, -1, _end_error(b, error))
         self._unsent_oneway.clear()
         self._requeue_lost_oneway()  # failed with the queues below
         for q in self._queues.values():
             while q:
                 b = q.popleft()
-                self._finish(b, -1, error or ProducerClosedError(b.possibly_written))
+                self._finish(b, -1, _end_error(b, error))
         self.batches.close()  # first: an append after the take below is refused, not left to nobody
         for b in self.batches.take_ready(1 << 62):
-            self._finish(b, -1, error or ProducerClosedError(b.possibly_written))
+            self._finish(b, -1, _end_error(b, error))
+        # what a pass held in hand when a bug stopped the thread -- batches taken from their
+        # queue for a request not yet sent, a reply's not yet handled, a take not yet queued:
+        # in no queue, and never completed (``result()``, ``flush`` and ``on_complete`` waited
+        # for ever) but for this look at every batch the accumulator has not seen finish
+        for b in self.batches.close_all():
+            for piece in b.pieces or (b,):  # (a batch sent in pieces completes when they all have)
+                if not piece.event.is_set():
+                    if piece.data is not None:  # built: it may have gone out, its answer unread
+                        piece.possibly_written = True
+                    self._finish(piece, -1, _end_error(piece, error))
+
+
+def _end_error(b: BatchState, error: Exception | None) -> Exception:
+    """The error that fails ``b`` when the producer ends: ``error`` (a bug stopped the I/O
+    thread), saying so when an earlier send of ``b`` may be in the log; None: closed."""
+    if error is None:
+        return ProducerClosedError(b.possibly_written)
+    if not b.possibly_written:
+        return error
+    maybe = FabricError(f"{error}{MAY_HAVE_BEEN_WRITTEN}")
+    maybe.__cause__ = error.__cause__
+    return maybe
