@@ -265,7 +265,9 @@ class Sender(SenderReplies, threading.Thread):
             if not b.record_count:  # opened by an append a signal's exception cut before its record went in
                 self._finish(b, -1, None)
                 continue
-            b.deadline_ms = now + self.settings.delivery_timeout_ms
+            # from the batch's first send(), not from now: a batch held open behind a request in
+            # flight would otherwise have the application wait up to twice the timeout
+            b.deadline_ms = b.created_ms + self.settings.delivery_timeout_ms
             self._queues[(b.topic, b.partition)].append(b)
         self._requeue_lost_oneway()
         self._expire(now)  # also while waiting for a producer id: delivery_timeout_ms bounds that wait too

@@ -270,3 +270,28 @@ def test_a_retry_refused_for_good_says_an_earlier_send_may_have_been_written(rig
     error = futures[0].exception(0)
     assert error.code == P.UNKNOWN_PRODUCER_ID and "the broker forgot the producer" in str(error)
     assert "may have been written" in str(error), str(error)
+
+
+def test_the_delivery_timeout_counts_from_the_send_not_from_when_the_sender_took_the_batch(rig: Rig) -> None:
+    """``delivery_timeout_ms`` bounds the time from ``send()`` to the record's success or failure
+    (Kafka's ``delivery.timeout.ms`` counts from the batch's creation too): a record sent while
+    its partition had a request in flight waited in its open batch, and its clock started only
+    when the sender took that batch -- up to twice the timeout before the application heard."""
+    first = rig.send("a")
+    rig.sender.run_pass()
+    rig.grant_producer_id(7)
+    rig.sender.run_pass()
+    assert len(rig.produce_requests()) == 1 and rig.client(LEADER).unanswered, "a request in flight"
+    rig.reactor.advance(100)
+    later = rig.send("b")  # its partition is busy: the batch stays open behind the request in flight
+    for _ in range(12):    # 1.2 s more: the request answered only past the later records' timeout (1 s)
+        rig.reactor.advance(100)
+        rig.sender.run_pass()
+    assert not any(f.done() for f in later), "expired while its partition had a request in flight"
+    rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[40, 0, ""]]})
+    rig.sender.run_pass()
+    assert [f.result(0).offset for f in first] == [40, 41]
+    assert all(f.done() for f in later), "1.2 s after send() the records still wait: the timeout began when taken"
+    error = later[0].exception(0)
+    assert isinstance(error, DeliveryTimeoutError) and not error.possibly_written, "never sent"
+    assert len(rig.produce_requests()) == 1, "an expired batch was sent"
