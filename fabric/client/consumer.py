@@ -124,6 +124,11 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         self._reset_specs: dict[TopicPartition, ResetSpec] = {}
         self.buffered_records_max = 200_000
         self.high_watermarks: dict[TopicPartition, int] = {}
+        # per assigned partition, the highest HW a fetch of its current reading was answered with
+        # (none since a seek, a reset or a committed offset set the position): a position at or
+        # below it was in the log, and an out-of-range answer there is a truncation
+        # (``ConsumerPositions._out_of_range``), not a position to reset by the policy
+        self._read_hw: dict[TopicPartition, int] = {}
         # fetched records not yet returned: views of runs of one partition in offset order
         # (per-run, not per-record, bookkeeping keeps poll() cheap; nothing unpacked yet)
         self._buffer: deque[RecordBatchView] = deque()
@@ -178,6 +183,7 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         self._taken = {tp: o for tp, o in self._taken.items() if tp in keep}
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
         self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
+        self._read_hw = {tp: h for tp, h in self._read_hw.items() if tp in keep}
         self._positioned_in = {tp: i for tp, i in self._positioned_in.items() if tp in keep}
         self._ahead_of_metadata = {tp: i for tp, i in self._ahead_of_metadata.items() if tp in keep}
         self._ahead_since = {tp: s for tp, s in self._ahead_since.items() if tp in keep}
@@ -394,12 +400,14 @@ class Consumer(ConsumerPositions, ConsumerFailover):
                 self._hold([tp])
                 continue
             if code == P.OFFSET_OUT_OF_RANGE:
-                self._out_of_range(tp, pos)
+                self._out_of_range(tp, pos, entry)
                 continue
             if code:
                 self._hold([tp])
                 continue
             self.high_watermarks[tp] = hw
+            if hw > self._read_hw.get(tp, -1):
+                self._read_hw[tp] = hw
             if sent_id is not None:
                 self._read_in[tp] = sent_id
             if data:

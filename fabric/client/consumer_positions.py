@@ -23,6 +23,7 @@ from fabric.metadata import ClusterMetadata
 
 if TYPE_CHECKING:
     from fabric.client.consumer import ConsumerClient, TopicPartition, _InFlight
+    from fabric.replies import FetchEntry
 
 # the consumer's logger, as before this part had a module of its own: hosts configure one
 log = logging.getLogger("fabric.client.consumer")
@@ -56,6 +57,7 @@ class ConsumerPositions:
     _ahead_since: dict[TopicPartition, tuple[int, bool]]
     _taken: dict[TopicPartition, int | None]
     _taken_to: dict[TopicPartition, int]
+    _read_hw: dict[TopicPartition, int]
     _unseen: dict[str, int]
 
     if TYPE_CHECKING:  # Consumer's (and ConsumerFailover's), never these
@@ -97,6 +99,7 @@ class ConsumerPositions:
         far as a commit of them goes (``_positioned_in``)."""
         gone = []
         for tp in tps:
+            self._read_hw.pop(tp, None)  # a position of nothing this consumer read (``_out_of_range``)
             named = of.get(tp[0]) if of else None
             self._ahead_of_metadata.pop(tp, None)
             self._ahead_since.pop(tp, None)
@@ -192,6 +195,7 @@ class ConsumerPositions:
                 continue
             self._taken.pop(tp, None)
             self._read_in.pop(tp, None)
+            self._read_hw.pop(tp, None)
 
     # -- give-back ----------------------------------------------------------------------------
     def give_back(self, offsets: Iterable[tuple[TopicPartition, int]]) -> None:
@@ -233,15 +237,19 @@ class ConsumerPositions:
                 self._move_to(tp, offset)
 
     # -- partitions that cannot be positioned -------------------------------------------------
-    def _out_of_range(self, tp: TopicPartition, fetched_at: int) -> None:
+    def _out_of_range(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> None:
         """The log no longer holds ``fetched_at`` (retention moved its start past it, or its
-        end is below it). A prefetch's answer -- records before ``fetched_at`` buffered, not yet
-        returned -- changes nothing yet: the partition is fetched again after a backoff, and the
-        reset (or the error) comes once the position reaches it. Reset at once, it dropped the
-        records the consumer held, and skipped them; Kafka's consumer never fetches a partition
-        past records it buffers of it, so its out-of-range is always at the position."""
+        end is below it), as the leader's answer ``entry`` says. A prefetch's answer -- records
+        before ``fetched_at`` buffered, not yet returned -- changes nothing yet: the partition is
+        fetched again after a backoff, and the reset (or the error) comes once the position
+        reaches it. Reset at once, it dropped the records the consumer held, and skipped them;
+        Kafka's consumer never fetches a partition past records it buffers of it, so its
+        out-of-range is always at the position. A log truncated under a position this consumer
+        read up to is not reset by the policy (``_truncated_under``)."""
         if self.positions.get(tp) != fetched_at:
             self._hold([tp])
+            return
+        if self._truncated_under(tp, fetched_at, entry):
             return
         if self.auto_offset_reset == "none":
             # raised at a poll's start (``_raise_position_error``), never after it took records
@@ -252,6 +260,29 @@ class ConsumerPositions:
                     "(auto_offset_reset)", tp[0], tp[1], fetched_at, self.auto_offset_reset)
         # found at the position a take set: its give-back takes the reset back with it
         self._reset([tp], self._policy_spec(), keep_give_back=True)
+
+    def _truncated_under(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> bool:
+        """The leader's log ends (``entry``) below ``fetched_at``, a position at or below a high
+        watermark a fetch of this reading was answered with: the log was truncated under records
+        this consumer read (an unclean election, a leader that lost its tail). The offsets from
+        its end on will hold records written after the truncation, none of which the consumer
+        saw: it reads on from the answer's high watermark (at most its log end; records below
+        it may come again, none is skipped), whatever ``auto_offset_reset`` says, as Kafka's
+        consumer does on a truncation it detects (KIP-320). Reset by the policy, ``latest``
+        went to the log end a LIST_OFFSETS found later -- past the records the new leader took
+        meanwhile, skipped and committed past -- and ``earliest`` read the whole log again.
+        False (nothing done) for any other out-of-range position."""
+        read_hw, end = self._read_hw.get(tp), entry.log_end_offset
+        if read_hw is None or not 0 <= end < fetched_at <= read_hw:
+            return False
+        to = min(end, max(entry.high_watermark, entry.log_start_offset, 0))
+        log.warning("%s-%d: the leader's log was truncated under position %d (it ends at %d; records were read "
+                    "up to a high watermark of %d): reading on from %d", tp[0], tp[1], fetched_at, end, read_hw, to)
+        # as an out-of-range reset at the position a take set, a give-back may still move it back
+        self.positions[tp] = to
+        self._forget_reset(tp)
+        self._drop_buffered(tp)
+        return True
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
         """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no
