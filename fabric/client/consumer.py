@@ -124,9 +124,9 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         self._reset_specs: dict[TopicPartition, ResetSpec] = {}
         self.buffered_records_max = 200_000
         self.high_watermarks: dict[TopicPartition, int] = {}
-        # per assigned partition, the highest HW a fetch of its current reading was answered with
-        # (none since a seek, a reset or a committed offset set the position): a position at or
-        # below it was in the log, and an out-of-range answer there is a truncation
+        # per assigned partition, the highest HW a fetch of its current reading was answered with,
+        # or the group's committed offset it started at (none since a seek or a reset): a position
+        # at or below it was in the log, and an out-of-range answer there is a truncation
         # (``ConsumerPositions._out_of_range``), not a position to reset by the policy
         self._read_hw: dict[TopicPartition, int] = {}
         # fetched records not yet returned: views of runs of one partition in offset order

@@ -99,7 +99,13 @@ class ConsumerPositions:
         far as a commit of them goes (``_positioned_in``)."""
         gone = []
         for tp in tps:
-            self._read_hw.pop(tp, None)  # a position of nothing this consumer read (``_out_of_range``)
+            at = self.positions.get(tp)
+            if committed and at is not None:
+                # the coordinator takes no offset past the high watermark it knows: the log held
+                # it once, and past the log end now it was truncated under it (``_truncated_under``)
+                self._read_hw[tp] = at
+            else:  # an application's seek may be anywhere: out of range, the policy resets it
+                self._read_hw.pop(tp, None)
             named = of.get(tp[0]) if of else None
             self._ahead_of_metadata.pop(tp, None)
             self._ahead_since.pop(tp, None)
@@ -263,8 +269,9 @@ class ConsumerPositions:
 
     def _truncated_under(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> bool:
         """The leader's log ends (``entry``) below ``fetched_at``, a position at or below a high
-        watermark a fetch of this reading was answered with: the log was truncated under records
-        this consumer read (an unclean election, a leader that lost its tail). The offsets from
+        watermark a fetch of this reading was answered with (or a group's committed offset, which
+        was at or below the HW when committed): the log was truncated under records the consumer
+        (or its group) read (an unclean election, a leader that lost its tail). The offsets from
         its end on will hold records written after the truncation, none of which the consumer
         saw: it reads on from the answer's high watermark (at most its log end; records below
         it may come again, none is skipped), whatever ``auto_offset_reset`` says, as Kafka's
