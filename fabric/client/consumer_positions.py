@@ -58,6 +58,7 @@ class ConsumerPositions:
     _taken: dict[TopicPartition, int | None]
     _taken_to: dict[TopicPartition, int]
     _read_hw: dict[TopicPartition, int]
+    _position_epochs: dict[TopicPartition, int]
     _unseen: dict[str, int]
 
     if TYPE_CHECKING:  # Consumer's (and ConsumerFailover's), never these
@@ -99,6 +100,7 @@ class ConsumerPositions:
         far as a commit of them goes (``_positioned_in``)."""
         gone = []
         for tp in tps:
+            self._position_epochs.pop(tp, None)  # no record read before it
             at = self.positions.get(tp)
             if committed and at is not None:
                 # the coordinator takes no offset past the high watermark it knows: the log held
@@ -131,6 +133,7 @@ class ConsumerPositions:
     def _move_to(self, tp: TopicPartition, offset: int) -> None:
         """``seek``, in the topic the position was read in (records taken and given back)."""
         self.positions[tp] = offset
+        self._position_epochs.pop(tp, None)  # the epoch of the record before it is not known
         self._forget_reset(tp)
         self._drop_buffered(tp)
 
@@ -202,6 +205,7 @@ class ConsumerPositions:
             self._taken.pop(tp, None)
             self._read_in.pop(tp, None)
             self._read_hw.pop(tp, None)
+            self._position_epochs.pop(tp, None)
 
     # -- give-back ----------------------------------------------------------------------------
     def give_back(self, offsets: Iterable[tuple[TopicPartition, int]]) -> None:
@@ -271,16 +275,16 @@ class ConsumerPositions:
         """The leader's log ends (``entry``) below ``fetched_at``, a position at or below a high
         watermark a fetch of this reading was answered with (or a group's committed offset, which
         was at or below the HW when committed): the log was truncated under records the consumer
-        (or its group) read (an unclean election, a leader that lost its tail). The offsets from
-        its end on will hold records written after the truncation, none of which the consumer
-        saw: it reads on from the answer's high watermark (at most its log end; records below
-        it may come again, none is skipped), whatever ``auto_offset_reset`` says, as Kafka's
-        consumer does on a truncation it detects (KIP-320). Reset by the policy, ``latest``
-        went to the log end a LIST_OFFSETS found later -- past the records the new leader took
-        meanwhile, skipped and committed past -- and ``earliest`` read the whole log again.
-        False (nothing done) for any other out-of-range position."""
+        (or its group) read (an unclean election, a leader that lost its tail), and the leader did
+        not say where (``_diverged``: a leader that does, told the epoch of the last record read,
+        answers that instead; a committed offset names no epoch). With ``auto_offset_reset``
+        ``latest`` the consumer reads on from the answer's high watermark (at most its log end):
+        reset to the log end a LIST_OFFSETS found later, it also skipped the records the leader
+        took meanwhile. ``earliest`` reads the log again from its start (nothing skipped: the
+        truncation point is not known, records written since may lie anywhere above it) and
+        ``none`` raises, as before. False (nothing done) for any other out-of-range position."""
         read_hw, end = self._read_hw.get(tp), entry.log_end_offset
-        if read_hw is None or not 0 <= end < fetched_at <= read_hw:
+        if self.auto_offset_reset != "latest" or read_hw is None or not 0 <= end < fetched_at <= read_hw:
             return False
         to = min(end, max(entry.high_watermark, entry.log_start_offset, 0))
         log.warning("%s-%d: the leader's log was truncated under position %d (it ends at %d; records were read "
@@ -290,6 +294,30 @@ class ConsumerPositions:
         self._forget_reset(tp)
         self._drop_buffered(tp)
         return True
+
+    def _diverged(self, tp: TopicPartition, fetched_at: int, diverging: list) -> None:
+        """The leader answered the fetch at ``fetched_at`` with where its log parts from the one
+        this consumer read (KIP-320: ``[epoch, end]``, the end of the last epoch both share): its
+        records from ``end`` on are not the ones read (a log an unclean election truncated, then
+        written again). What is buffered is dropped (fetched again, from the leader's log); a
+        position past ``end`` goes back to it, whatever ``auto_offset_reset`` says, and is said,
+        as Kafka's consumer does -- reset by the policy, ``latest`` skipped the records written
+        since the truncation. The next fetch names ``epoch``, which both logs share up to ``end``."""
+        epoch, end = diverging
+        position = self.positions.get(tp)
+        self._drop_buffered(tp)
+        self._position_epochs[tp] = epoch
+        if epoch < 0:
+            # no epoch of the leader's is as old as the one read (retention took them; a log kept no
+            # epochs): nothing says where the logs part -- fetched again naming none, a position
+            # past the log is out of range and the policy applies
+            return
+        if position is not None and position > end:
+            log.warning("%s-%d: the leader's log parts from the one read at offset %d (the end of epoch %d there): "
+                        "position %d goes back to it (the records read from there on are gone)",
+                        tp[0], tp[1], end, epoch, position)
+            # as an out-of-range answer at the position a take set, a give-back may still move it back
+            self.positions[tp] = end
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
         """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no
