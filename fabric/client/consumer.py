@@ -188,6 +188,9 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         # a partition kept keeps its position, and so what the last poll's give-back may undo
         self._taken = {tp: o for tp, o in self._taken.items() if tp in keep}
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
+        # with its fetch position: left behind, a partition assigned again named the epoch of the
+        # records buffered before at the position it starts at now (a committed offset)
+        self._fetch_epochs = {tp: e for tp, e in self._fetch_epochs.items() if tp in keep}
         self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
         self._read_hw = {tp: h for tp, h in self._read_hw.items() if tp in keep}
         self._position_epochs = {tp: e for tp, e in self._position_epochs.items() if tp in keep}

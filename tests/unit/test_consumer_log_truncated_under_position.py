@@ -240,3 +240,73 @@ def test_a_divergence_naming_no_epoch_moves_nothing(make: Any) -> None:
     _answer_diverging(broker, -1, 0, hw=60)
     c.poll(0)
     assert c.position(T0) == 50 and broker.fetch_offset() == 50 and _fetch_part(broker)[5] == -1
+
+
+@pytest.mark.parametrize("how", ["assigned again", "sought"])
+def test_a_fetch_names_no_epoch_of_records_read_before_the_partition_was_given_up_or_sought(make: Any,
+                                                                                          how: str) -> None:
+    """Records 0..49 (epoch 1) fetched, 0..9 taken; the partition is given up and assigned again
+    (a rebalance: it starts at the committed offset, 2000, read in a later epoch) or sought. The
+    fetch there named epoch 1, the epoch of records read before -- and the leader, whose epoch 1
+    ends at 855, said the logs part there: the position went back from 2000 to 855, and 855..1999
+    came again (the group nemesis, seed 49)."""
+    c, broker, reactor = make("latest")
+    broker.answer_fetch(50, hw=5000)
+    assert _offsets(c.poll(0, max_records=10)) == list(range(10))
+    if how == "assigned again":
+        c.assign([])
+        c.assign([T0])
+    c.seek(T0, 2000)
+    c.poll(0)
+    if broker.fetch_offset() == 50:  # the prefetch sent before: not read after the seek
+        broker.answer_fetch(error=P.NOT_LEADER)
+        reactor.advance(FETCH_RETRY_BACKOFF_MS)
+        c.poll(0)
+    assert broker.fetch_offset() == 2000 and _fetch_part(broker)[5] == -1
+
+
+class _RecordingBroker(OnePartitionBroker):
+    """``OnePartitionBroker`` that keeps the t-0 part of every FETCH."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetched: list[list] = []
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        if command == P.FETCH:
+            self.fetched += header["parts"]
+        return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+
+
+def test_a_group_consumer_starting_at_a_committed_offset_names_no_epoch_of_records_read_before() -> None:
+    """An assigned group consumer reads t-0 (records of epoch 1, some buffered), gives it up and is
+    assigned it again: it starts at the group's committed offset (900). Its fetch there named
+    epoch 1 -- the epoch of the records buffered before -- which a leader whose epoch 1 ended
+    earlier answers as a divergence, moving the position back."""
+    broker = _RecordingBroker()
+    reactor = BrokerRepliesReactor(broker)
+    coordinator = OffsetsCoordinator()
+    coordinator.uncommitted = -1
+    coordinator.committed[T0] = 0
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
+        broker, reactor, ScriptedCoordinatorLink(coordinator), enable_auto_commit=False))
+    try:
+        c.assign([T0])
+        got: list[int] = []
+        for _ in range(20):
+            got += [r.offset for r in c.poll(100, max_records=10)]
+            if got:
+                break
+        assert got == list(range(10))
+        c.assign([])
+        coordinator.committed[T0] = 900
+        c.assign([T0])
+        broker.fetched.clear()
+        for _ in range(20):
+            if [r.offset for r in c.poll(100, max_records=10)]:
+                break
+        assert broker.fetched and broker.fetched[0][2] == 900
+        assert broker.fetched[0][5] == -1, "the fetch at the committed offset named the epoch of records read before"
+    finally:
+        c.close()
