@@ -335,6 +335,12 @@ class RecordBatchView:
     def __repr__(self) -> str:
         return f"RecordBatchView({self.topic}-{self.partition} [{self.first_offset}, {self.next_offset}))"
 
+    @property
+    def last_leader_epoch(self) -> int:
+        """The leader epoch of the batch that holds the view's last record (from its header)."""
+        s = self._slices[-1]
+        return B.parse_header(s.data, s.start - B.HEADER_BYTES).leader_epoch
+
     def _decoded(self) -> list[_Fixed | tuple]:
         """Per slice, a ``_Fixed`` or its records as (timestamp_ms, key, value, headers)
         tuples (cached)."""

@@ -125,6 +125,17 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         self._reset_specs: dict[TopicPartition, ResetSpec] = {}
         self.buffered_records_max = 200_000
         self.high_watermarks: dict[TopicPartition, int] = {}
+        # per assigned partition, the highest HW a fetch of its current reading was answered with,
+        # or the group's committed offset it started at (none since a seek or a reset): a position
+        # at or below it was in the log, and an out-of-range answer there is a truncation
+        # (``ConsumerPositions._out_of_range``), not a position to reset by the policy
+        self._read_hw: dict[TopicPartition, int] = {}
+        # per partition, the leader epoch of the batch of the record before its position (taken),
+        # and of the record before its fetch position (buffered): a fetch names it (KIP-320), and
+        # the leader answers where its log parts from the one read (``_diverged``). None after a
+        # seek, a reset or a give-back until a take sets it again: nothing is checked meanwhile
+        self._position_epochs: dict[TopicPartition, int] = {}
+        self._fetch_epochs: dict[TopicPartition, int] = {}
         # fetched records not yet returned: views of runs of one partition in offset order
         # (per-run, not per-record, bookkeeping keeps poll() cheap; nothing unpacked yet)
         self._buffer: deque[RecordBatchView] = deque()
@@ -178,7 +189,12 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         # a partition kept keeps its position, and so what the last poll's give-back may undo
         self._taken = {tp: o for tp, o in self._taken.items() if tp in keep}
         self._fetch_positions = {tp: o for tp, o in self._fetch_positions.items() if tp in keep}
+        # with its fetch position: left behind, a partition assigned again named the epoch of the
+        # records buffered before at the position it starts at now (a committed offset)
+        self._fetch_epochs = {tp: e for tp, e in self._fetch_epochs.items() if tp in keep}
         self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
+        self._read_hw = {tp: h for tp, h in self._read_hw.items() if tp in keep}
+        self._position_epochs = {tp: e for tp, e in self._position_epochs.items() if tp in keep}
         self._positioned_in = {tp: i for tp, i in self._positioned_in.items() if tp in keep}
         self._ahead_of_metadata = {tp: i for tp, i in self._ahead_of_metadata.items() if tp in keep}
         self._ahead_since = {tp: s for tp, s in self._ahead_since.items() if tp in keep}
@@ -195,6 +211,7 @@ class Consumer(ConsumerPositions, ConsumerFailover):
     def _drop_buffered(self, tp: TopicPartition) -> None:
         self._keep_buffered(lambda other: other != tp)
         self._fetch_positions.pop(tp, None)
+        self._fetch_epochs.pop(tp, None)
 
     def _keep_buffered(self, keep: Any) -> None:
         self._buffer = deque(run for run in self._buffer if keep((run.topic, run.partition)))
@@ -299,6 +316,7 @@ class Consumer(ConsumerPositions, ConsumerFailover):
                 out.append(run)
                 left -= len(run)
                 positions[tp] = run.next_offset
+                self._position_epochs[tp] = run.last_leader_epoch
             self._buffered_records -= max(1, max_records) - left
         except BaseException:
             self.give_back([(tp, position) for tp, position in taken_from.items() if position is not None])
@@ -341,8 +359,9 @@ class Consumer(ConsumerPositions, ConsumerFailover):
             if endpoint in self._fetching or self._buffered_records >= self.buffered_records_max:
                 continue
             fetch_pos = self._fetch_positions.setdefault(tp, pos)
+            last_epoch = self._fetch_epochs.get(tp, self._position_epochs.get(tp, -1))
             by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max,
-                                                       self.metadata.leader_epoch(*tp)])
+                                                       self.metadata.leader_epoch(*tp), last_epoch])
         for endpoint, parts in by_leader.items():
             fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
                               tuple(p[4] for p in parts), topic_ids=self.metadata.topic_ids_of({p[0] for p in parts}))
@@ -395,12 +414,17 @@ class Consumer(ConsumerPositions, ConsumerFailover):
                 self._hold([tp])
                 continue
             if code == P.OFFSET_OUT_OF_RANGE:
-                self._out_of_range(tp, pos)
+                self._out_of_range(tp, pos, entry)
                 continue
             if code:
                 self._hold([tp])
                 continue
+            if entry.diverging is not None:
+                self._diverged(tp, pos, entry.diverging)
+                continue
             self.high_watermarks[tp] = hw
+            if hw > self._read_hw.get(tp, -1):
+                self._read_hw[tp] = hw
             if sent_id is not None:
                 self._read_in[tp] = sent_id
             if data:
@@ -409,6 +433,7 @@ class Consumer(ConsumerPositions, ConsumerFailover):
                     self._buffer.append(view)
                     self._buffered_records += len(view)
                     self._fetch_positions[tp] = view.next_offset
+                    self._fetch_epochs[tp] = view.last_leader_epoch
 
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, AUTO_RESET)

@@ -23,6 +23,7 @@ from fabric.metadata import ClusterMetadata
 
 if TYPE_CHECKING:
     from fabric.client.consumer import ConsumerClient, TopicPartition, _InFlight
+    from fabric.replies import FetchEntry
 
 # the consumer's logger, as before this part had a module of its own: hosts configure one
 log = logging.getLogger("fabric.client.consumer")
@@ -56,6 +57,8 @@ class ConsumerPositions:
     _ahead_since: dict[TopicPartition, tuple[int, bool]]
     _taken: dict[TopicPartition, int | None]
     _taken_to: dict[TopicPartition, int]
+    _read_hw: dict[TopicPartition, int]
+    _position_epochs: dict[TopicPartition, int]
     _unseen: dict[str, int]
 
     if TYPE_CHECKING:  # Consumer's (and ConsumerFailover's), never these
@@ -97,6 +100,14 @@ class ConsumerPositions:
         far as a commit of them goes (``_positioned_in``)."""
         gone = []
         for tp in tps:
+            self._position_epochs.pop(tp, None)  # no record read before it
+            at = self.positions.get(tp)
+            if committed and at is not None:
+                # the coordinator takes no offset past the high watermark it knows: the log held
+                # it once, and past the log end now it was truncated under it (``_truncated_under``)
+                self._read_hw[tp] = at
+            else:  # an application's seek may be anywhere: out of range, the policy resets it
+                self._read_hw.pop(tp, None)
             named = of.get(tp[0]) if of else None
             self._ahead_of_metadata.pop(tp, None)
             self._ahead_since.pop(tp, None)
@@ -122,6 +133,7 @@ class ConsumerPositions:
     def _move_to(self, tp: TopicPartition, offset: int) -> None:
         """``seek``, in the topic the position was read in (records taken and given back)."""
         self.positions[tp] = offset
+        self._position_epochs.pop(tp, None)  # the epoch of the record before it is not known
         self._forget_reset(tp)
         self._drop_buffered(tp)
 
@@ -192,6 +204,8 @@ class ConsumerPositions:
                 continue
             self._taken.pop(tp, None)
             self._read_in.pop(tp, None)
+            self._read_hw.pop(tp, None)
+            self._position_epochs.pop(tp, None)
 
     # -- give-back ----------------------------------------------------------------------------
     def give_back(self, offsets: Iterable[tuple[TopicPartition, int]]) -> None:
@@ -233,15 +247,19 @@ class ConsumerPositions:
                 self._move_to(tp, offset)
 
     # -- partitions that cannot be positioned -------------------------------------------------
-    def _out_of_range(self, tp: TopicPartition, fetched_at: int) -> None:
+    def _out_of_range(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> None:
         """The log no longer holds ``fetched_at`` (retention moved its start past it, or its
-        end is below it). A prefetch's answer -- records before ``fetched_at`` buffered, not yet
-        returned -- changes nothing yet: the partition is fetched again after a backoff, and the
-        reset (or the error) comes once the position reaches it. Reset at once, it dropped the
-        records the consumer held, and skipped them; Kafka's consumer never fetches a partition
-        past records it buffers of it, so its out-of-range is always at the position."""
+        end is below it), as the leader's answer ``entry`` says. A prefetch's answer -- records
+        before ``fetched_at`` buffered, not yet returned -- changes nothing yet: the partition is
+        fetched again after a backoff, and the reset (or the error) comes once the position
+        reaches it. Reset at once, it dropped the records the consumer held, and skipped them;
+        Kafka's consumer never fetches a partition past records it buffers of it, so its
+        out-of-range is always at the position. A log truncated under a position this consumer
+        read up to is not reset by the policy (``_truncated_under``)."""
         if self.positions.get(tp) != fetched_at:
             self._hold([tp])
+            return
+        if self._truncated_under(tp, fetched_at, entry):
             return
         if self.auto_offset_reset == "none":
             # raised at a poll's start (``_raise_position_error``), never after it took records
@@ -252,6 +270,54 @@ class ConsumerPositions:
                     "(auto_offset_reset)", tp[0], tp[1], fetched_at, self.auto_offset_reset)
         # found at the position a take set: its give-back takes the reset back with it
         self._reset([tp], self._policy_spec(), keep_give_back=True)
+
+    def _truncated_under(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> bool:
+        """The leader's log ends (``entry``) below ``fetched_at``, a position at or below a high
+        watermark a fetch of this reading was answered with (or a group's committed offset, which
+        was at or below the HW when committed): the log was truncated under records the consumer
+        (or its group) read (an unclean election, a leader that lost its tail), and the leader did
+        not say where (``_diverged``: a leader that does, told the epoch of the last record read,
+        answers that instead; a committed offset names no epoch). With ``auto_offset_reset``
+        ``latest`` the consumer reads on from the answer's high watermark (at most its log end):
+        reset to the log end a LIST_OFFSETS found later, it also skipped the records the leader
+        took meanwhile. ``earliest`` reads the log again from its start (nothing skipped: the
+        truncation point is not known, records written since may lie anywhere above it) and
+        ``none`` raises, as before. False (nothing done) for any other out-of-range position."""
+        read_hw, end = self._read_hw.get(tp), entry.log_end_offset
+        if self.auto_offset_reset != "latest" or read_hw is None or not 0 <= end < fetched_at <= read_hw:
+            return False
+        to = min(end, max(entry.high_watermark, entry.log_start_offset, 0))
+        log.warning("%s-%d: the leader's log was truncated under position %d (it ends at %d; records were read "
+                    "up to a high watermark of %d): reading on from %d", tp[0], tp[1], fetched_at, end, read_hw, to)
+        # as an out-of-range reset at the position a take set, a give-back may still move it back
+        self.positions[tp] = to
+        self._forget_reset(tp)
+        self._drop_buffered(tp)
+        return True
+
+    def _diverged(self, tp: TopicPartition, fetched_at: int, diverging: list) -> None:
+        """The leader answered the fetch at ``fetched_at`` with where its log parts from the one
+        this consumer read (KIP-320: ``[epoch, end]``, the end of the last epoch both share): its
+        records from ``end`` on are not the ones read (a log an unclean election truncated, then
+        written again). What is buffered is dropped (fetched again, from the leader's log); a
+        position past ``end`` goes back to it, whatever ``auto_offset_reset`` says, and is said,
+        as Kafka's consumer does -- reset by the policy, ``latest`` skipped the records written
+        since the truncation. The next fetch names ``epoch``, which both logs share up to ``end``."""
+        epoch, end = diverging
+        position = self.positions.get(tp)
+        self._drop_buffered(tp)
+        self._position_epochs[tp] = epoch
+        if epoch < 0:
+            # no epoch of the leader's is as old as the one read (retention took them; a log kept no
+            # epochs): nothing says where the logs part -- fetched again naming none, a position
+            # past the log is out of range and the policy applies
+            return
+        if position is not None and position > end:
+            log.warning("%s-%d: the leader's log parts from the one read at offset %d (the end of epoch %d there): "
+                        "position %d goes back to it (the records read from there on are gone)",
+                        tp[0], tp[1], end, epoch, position)
+            # as an out-of-range answer at the position a take set, a give-back may still move it back
+            self.positions[tp] = end
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
         """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no

@@ -355,6 +355,16 @@ class BrokerCore(CoreTimersMixin):
                                   part.log_start_offset, None), b""
             if diverging is None and counts and part.record_follower_fetch(replica_id, offset, now_ms):
                 self.changed((topic, p))
+        elif 0 <= inp.last_epoch <= part.leader_epoch:
+            # a consumer that names the epoch of the last record it read (KIP-320): told where our
+            # log parts from the one it read -- a log an unclean election truncated under its
+            # position -- it reads on from there; past our log end it was reset by its policy,
+            # past the records written since the truncation. (An epoch newer than ours is not
+            # judged: it read a newer leader, which the metadata will name.)
+            diverging = part.divergence(offset, inp.last_epoch)
+            if diverging is not None:
+                return FetchEntry(topic, p, 0, part.high_watermark, part.log_end_offset, part.log_start_offset,
+                                  diverging), b""
         upto = part.log_end_offset if replica_id >= 0 else part.high_watermark
         if replica_id < 0 and not part.log_start_offset <= offset <= part.log_end_offset:
             # a consumer past the log end (e.g. after an unclean election) must reset, not wait forever

@@ -115,7 +115,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         self._queues: dict[int, _Queue] = {q: _Queue() for q in range(OFFSETS_PARTITIONS)}
         self._pending_count = 0
         self._pending_bytes = 0  # P.PENDING_COMMIT_BYTES_MAX
-        self._hw_seen: dict[TopicPartition, int] = {}
+        self._hw_seen: dict[TopicPartition, tuple[int, int]] = {}  # (HW, the leader epoch asked in)
         self._hw_pruned_ms = 0
         self.loader = OffsetsLoader(context, client, self)
         self.loaded = False

@@ -20,6 +20,7 @@ from fabric.errors import MalformedFrame, RemoteError
 from fabric.replies import ListOffsetsEntry, decode_parts
 
 if TYPE_CHECKING:
+    from nodes.coordinator.context import GroupContext
     from nodes.coordinator.offsets_client import OffsetsTopicClient
     from nodes.coordinator.offsets_commits import Committed, PendingCommit, TopicPartition
 
@@ -30,7 +31,10 @@ class CommitValidationMixin:
 
     # the store's state this part uses (set by OffsetStore.__init__)
     client: OffsetsTopicClient
-    _hw_seen: dict[TopicPartition, int]
+    context: GroupContext
+    # per partition, the highest high watermark its leaders answered, and the leader epoch it was
+    # asked in (``_hw_known``)
+    _hw_seen: dict[TopicPartition, tuple[int, int]]
 
     if TYPE_CHECKING:  # OffsetStore's, never these
         @staticmethod
@@ -45,12 +49,27 @@ class CommitValidationMixin:
         for tp in [tp for tp in self._hw_seen if tp[0] == topic]:
             del self._hw_seen[tp]
 
+    def _leader_epoch(self, tp: TopicPartition) -> int:
+        t = self.context.state.topics.get(tp[0])
+        return t.partitions[tp[1]].leader_epoch if t is not None and 0 <= tp[1] < len(t.partitions) else -1
+
+    def _hw_known(self, tp: TopicPartition) -> int:
+        """The highest high watermark of ``tp`` seen under its current leader epoch (-1: none).
+        One a leader before answered does not vouch for an offset now: a leader elected since
+        may hold less (an unclean election truncated the log under it), and an offset committed
+        past its log end would have the next member start past the records it writes there."""
+        seen = self._hw_seen.get(tp)
+        return seen[0] if seen is not None and seen[1] == self._leader_epoch(tp) else -1
+
     def _check_log_end(self, pc: PendingCommit) -> None:
         """Reject offsets beyond a partition's high watermark (asks the leaders once for
-        partitions whose cached high watermark is lower than the offset)."""
+        partitions whose cached high watermark, under their current leader epoch, is lower than
+        the offset)."""
         unknown: dict[str, list[list]] = {}
+        epochs: dict[TopicPartition, int] = {}  # the leader epoch of each partition asked, when asked
         for topic, p, offset, _ in pc.entries:
-            if offset is not None and offset > self._hw_seen.get((topic, p), -1):
+            if offset is not None and offset > self._hw_known((topic, p)):
+                epochs[(topic, p)] = self._leader_epoch((topic, p))
                 ep = self.client.leader_endpoint(topic, p)
                 if ep is None:
                     self._reject(pc, RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} has no leader"))
@@ -61,6 +80,7 @@ class CommitValidationMixin:
             return
         waiting = {"n": len(unknown)}
         ends_unknown: set[tuple] = set()
+        found: dict[TopicPartition, int] = {}  # what this lookup's answers said
 
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
             waiting["n"] -= 1
@@ -77,7 +97,7 @@ class CommitValidationMixin:
                     self._reject(pc, replaced)
                     entries = []
                 for e in entries:
-                    tp = (e.topic, e.partition)
+                    tp: TopicPartition = (e.topic, e.partition)  # type: ignore[assignment]  # named: decoded
                     if e.error == P.UNKNOWN_TOPIC_OR_PARTITION:  # we know it: the leader has not heard yet
                         self._reject(pc, RemoteError(P.LEADER_NOT_AVAILABLE, f"{e.topic}-{e.partition}: the leader "
                                                                              "has not learned of the partition yet"))
@@ -86,19 +106,28 @@ class CommitValidationMixin:
                     else:
                         if e.error:  # a new leader's HW so far: the end may be further (_validated)
                             ends_unknown.add(tp)
-                        if e.offset > self._hw_seen.get(tp, -1):  # type: ignore[arg-type]
-                            self._hw_seen[tp] = e.offset  # type: ignore[index]
+                        found[tp] = max(e.offset, found.get(tp, -1))
+                        self._note_hw(tp, e.offset, epochs.get(tp, -1))
             if waiting["n"] == 0 and not pc.finished:
-                self._validated(pc, ends_unknown)
+                self._validated(pc, ends_unknown, found)
         ids = {t: tid for t, tid in pc.topic_ids.items() if tid}
         for ep, parts in unknown.items():
             self.client.log_ends(ep, parts, on_reply, ids)
 
-    def _validated(self, pc: PendingCommit, ends_unknown: set | frozenset = frozenset()) -> None:
-        """Refuse offsets past the HW seen: retriably (offset_not_available) where the leader
-        answered only its HW so far (it was just elected), for good (out of range) elsewhere."""
+    def _note_hw(self, tp: TopicPartition, hw: int, epoch: int) -> None:
+        """A leader of ``tp`` in ``epoch`` answered ``hw``: the cache keeps the highest of an epoch,
+        and an answer of another epoch replaces it."""
+        seen = self._hw_seen.get(tp)
+        if seen is None or seen[1] != epoch or hw > seen[0]:
+            self._hw_seen[tp] = (hw, epoch)
+
+    def _validated(self, pc: PendingCommit, ends_unknown: set | frozenset = frozenset(),
+                   found: dict[TopicPartition, int] | None = None) -> None:
+        """Refuse offsets past the HW seen (``found``: what the commit's own lookup answered):
+        retriably (offset_not_available) where the leader answered only its HW so far (it was
+        just elected), for good (out of range) elsewhere."""
         for topic, p, offset, _ in pc.entries:
-            hw = self._hw_seen.get((topic, p), -1)
+            hw = max(self._hw_known((topic, p)), (found or {}).get((topic, p), -1))
             if offset is not None and offset > hw and (topic, p) in ends_unknown:
                 self._reject(pc, RemoteError(P.OFFSET_NOT_AVAILABLE, f"{topic}-{p}: its new leader does not know its "
                                                                      f"log end yet (at least {hw}); retry"))

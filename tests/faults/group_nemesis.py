@@ -29,7 +29,8 @@ and the coordinator and/or the offsets leader SIGKILLed right after, then a fres
 the group from its commits. The checker asserts:
 
 - every acknowledged record was delivered to some member (redelivery allowed, a skip is not);
-- the value delivered at (partition, offset) is the one acknowledged there;
+- the value delivered at (partition, offset) is the one acknowledged there, and the one the
+  final log holds there (no dirty read: a record read past the HW, then truncated);
 - within one assignment of one member process, offsets of a partition are contiguous and
   increasing (no record twice, none skipped, no position going back);
 - an assignment starts a partition at its first delivered record, never above every offset the
@@ -63,12 +64,14 @@ if __package__ in (None, ""):  # run as a file (python tests/faults/group_nemesi
 
 from fabric.client import Admin  # noqa: E402
 from fabric.client.admin import LATEST  # noqa: E402
+from fabric.client.consumer import Consumer as LogReader  # noqa: E402
 from fabric.client.group import Consumer  # noqa: E402
 from fabric.client.group_admin import GroupAdmin  # noqa: E402
 from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore  # noqa: E402
 from tests.faults import workload_checker as J  # noqa: E402
 from tests.faults.group_nemesis_checks import (  # noqa: E402
-    check_acked_commits, check_assignment_starts, check_commits, check_deliveries, check_sessions)
+    check_acked_commits, check_assignment_starts, check_commits, check_delivered_in_log, check_deliveries,
+    check_sessions)
 from tests.faults.nemesis_common import (  # noqa: E402
     LaneNemesis, cut, heal_nodes, kill_and_restart, pause, print_outcome, run_failed, tracebacks)
 from tests.faults.nemesis_common import main as nemesis_main  # noqa: E402
@@ -327,6 +330,28 @@ def check_fresh_member(bootstrap: str, committed: dict[int, int], ends: dict[int
              "recs": [[p, off, v] for off, v in recs]} for p, recs in got.items()]
 
 
+def read_final_log(bootstrap: str, ends: dict[int, int], violations: list[str]) -> dict[tuple[int, int], str]:
+    """(partition, offset) -> value of every record of the topic up to ``ends`` (the healed
+    cluster's HWs): what ``check_delivered_in_log`` compares the deliveries with."""
+    held: dict[tuple[int, int], str] = {}
+    c = LogReader(bootstrap, auto_offset_reset="earliest")
+    try:
+        c.assign([(TOPIC, p) for p in ends])
+        c.seek_to_beginning()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for r in c.poll(200):
+                held[(r.partition, r.offset)] = r.value.decode()
+            if all((c.position((TOPIC, p)) or 0) >= end for p, end in ends.items()):
+                break
+        else:
+            violations.append(f"the final log could not be read to its ends {ends}: positions "
+                              f"{ {p: c.position((TOPIC, p)) for p in ends} }")
+    finally:
+        c.close()
+    return held
+
+
 def explicit_reset(cluster: Cluster, groups: GroupAdmin, rng: random.Random, nemesis: Nemesis,
                    violations: list[str]) -> dict[int, int] | None:
     """An explicit reset of the empty group backward (``reset-offsets --shift-by``), then a
@@ -429,6 +454,7 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         observer.stop()
         final_ends = admin.list_offsets(TOPIC, LATEST)
         print(f"  committed {committed}, log ends {final_ends}", flush=True)
+        final_log = read_final_log(cluster.bootstrap, final_ends, violations)
         committed = explicit_reset(cluster, groups, rng, nemesis, violations) or committed
         events = members.events()
         (directory / "commit_samples.json").write_text(json.dumps(observer.samples))
@@ -436,6 +462,7 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         report = {"seed": seed, "faults": len(nemesis.history), "acknowledged": len(workload.acked),
                   "member_events": len(events)}
         report.update(check_deliveries(events, workload.acked, violations))
+        report.update(check_delivered_in_log(events, final_log, violations))
         report.update(check_sessions(events, violations))
         report.update(check_acked_commits(events, violations))
         report.update(check_assignment_starts(events, observer.samples, violations))

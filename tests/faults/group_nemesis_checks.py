@@ -2,6 +2,7 @@
 (``tests/faults/group_nemesis.py``). Pure functions: each appends what it finds to
 ``violations`` and returns its counts for the run's report.
 
+The final log (``check_delivered_in_log``) is read by ``group_nemesis`` once every replica is healed.
 Journal events (``group_nemesis_member``): ``assign`` (inc, seq, gen, positions), ``recs`` (inc,
 seq, recs: [partition, offset, value]), ``commit-sent`` and ``commit`` (offsets, ok), with the
 time ``t`` each was written. Observer samples: (time, {partition: committed}, {partition: end}).
@@ -33,6 +34,31 @@ def check_deliveries(events: list[dict], acked: dict[bytes, tuple[int, int]], vi
         skipped.sort()
         violations.append(f"{len(skipped)} acknowledged records never delivered, e.g. {skipped[:10]}")
     return {"delivered_positions": len(delivered), "skipped": len(skipped)}
+
+
+def check_delivered_in_log(events: list[dict], final_log: dict[tuple[int, int], str], violations: list[str]) -> dict:
+    """Every record delivered is the one the final log (``final_log``: (partition, offset) ->
+    value, read once every replica is healed) holds at its offset: no member read past the high
+    watermark a record a failover then truncated (a dirty read). ``check_deliveries`` starts from
+    the acknowledged records, so it saw one only where the offset later held an acknowledged
+    record that was delivered too (two values) or never (a skip) -- not one whose offset was
+    written again by a write the producer never learnt the outcome of, nor one past the final
+    log end."""
+    wrong: dict[tuple[int, int], tuple[str, str | None]] = {}
+    checked = 0
+    for e in events:
+        if e["ev"] != "recs":
+            continue
+        for p, off, value in e["recs"]:
+            checked += 1
+            held = final_log.get((p, off))
+            if held != value:
+                wrong.setdefault((p, off), (value, held))
+    if wrong:
+        shown = [f"{p}@{off}: delivered {v!r}, the log holds {h!r}" for (p, off), (v, h) in sorted(wrong.items())[:10]]
+        violations.append(f"{len(wrong)} records delivered that the final log does not hold there (dirty reads), "
+                          f"e.g. {'; '.join(shown)}")
+    return {"deliveries_checked_against_the_log": checked}
 
 
 def check_sessions(events: list[dict], violations: list[str]) -> dict:

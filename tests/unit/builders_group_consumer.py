@@ -56,7 +56,7 @@ class OnePartitionBroker:
         if command == P.METADATA:
             self.replies.append(lambda: callback({"metadata": self.metadata.to_wire()}, [], None))
         elif command == P.FETCH:
-            [[topic, partition, offset, _max_bytes, _epoch]] = header["parts"]
+            [[topic, partition, offset, _max_bytes, _epoch, *_last_epoch]] = header["parts"]
             if self._other_topic(header):
                 refused = [topic, partition, P.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, 0, None]
                 self.replies.append(lambda: callback({"parts": [refused]}, [b""], None))

@@ -77,3 +77,32 @@ def test_only_a_position_outside_the_leaders_own_log_is_out_of_range(tmp_path: P
     entry = _consumer_fetch(core, 4)
     assert entry.error == P.OFFSET_OUT_OF_RANGE and entry.log_start_offset == 5
     assert _consumer_fetch(core, 5).error == 0
+
+
+def test_a_consumer_naming_the_epoch_of_its_last_record_is_told_where_a_new_leaders_log_parts(tmp_path: Path) -> None:
+    """Records 0..9 were written in epoch EPOCH; the consumer read them from that leader (it names
+    EPOCH as its last record's epoch) up to 10. This replica, which had only 0..4 (the rest of
+    epoch EPOCH lost with the old leader), was elected uncleanly in a later epoch and took 5..6.
+    A consumer fetch at 10 naming EPOCH is answered where the logs part -- the end of EPOCH here,
+    5 -- so that it reads 5..6 instead of being reset by its policy past them."""
+    core, part = _leader_of_ten(tmp_path)
+    part.become_follower(OTHER, EPOCH + 1, [ME, OTHER], [OTHER])
+    part.truncate_to(5)
+    part.become_leader(EPOCH + 2, [ME, OTHER], [ME], now_ms=0)
+    part.append_as_leader([build_batch([(1_700_000_000_000, None, b"new%d" % i, None) for i in range(2)])], 1 << 20)
+    part.maybe_advance_high_watermark()
+    entry, data = core.fetch(FetchInput("t", 0, 10, 64 * 1024, EPOCH + 2, EPOCH), -1, now_ms=1000,
+                             budget_bytes=64 * 1024)
+    assert entry.error == 0 and entry.diverging == [EPOCH, 5] and data == b""
+    entry, data = core.fetch(FetchInput("t", 0, 5, 64 * 1024, EPOCH + 2, EPOCH), -1, now_ms=1000,
+                             budget_bytes=64 * 1024)
+    assert entry.error == 0 and entry.diverging is None and data != b"", "at the end of its epoch: read on"
+    # a consumer that read a newer epoch than this leader's is not judged by it (it is the one behind)
+    entry = _consumer_fetch_last(core, 5, EPOCH + 3)
+    assert entry.error == 0 and entry.diverging is None
+
+
+def _consumer_fetch_last(core: BrokerCore, offset: int, last_epoch: int) -> FetchEntry:
+    entry, _ = core.fetch(FetchInput("t", 0, offset, 64 * 1024, -1, last_epoch), -1, now_ms=1000,
+                          budget_bytes=64 * 1024)
+    return entry

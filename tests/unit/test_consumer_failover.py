@@ -107,8 +107,8 @@ def _started(make: Any) -> tuple[Consumer, Net, FakeReactor]:
     # that was a broker's answer: the coordinator is asked how t was when the reading began
     net.answer_metadata(metadata(1, {0: 1, 1: 2}))
     assert c.poll(0) == []
-    assert net.fetch(1)[1]["parts"] == [[T, 0, 0, c.partition_fetch_bytes_max, 1]]
-    assert net.fetch(2)[1]["parts"] == [[T, 1, 0, c.partition_fetch_bytes_max, 1]]
+    assert net.fetch(1)[1]["parts"] == [[T, 0, 0, c.partition_fetch_bytes_max, 1, -1]]
+    assert net.fetch(2)[1]["parts"] == [[T, 1, 0, c.partition_fetch_bytes_max, 1, -1]]
     return c, net, reactor
 
 
@@ -138,7 +138,7 @@ def test_a_fetch_stalled_at_a_dead_leader_is_given_up_when_metadata_names_the_ne
     assert net.clients[endpoint(2)].cancelled == []  # broker 2 still leads partition 1
     assert c.poll(0) == []
     _, header = net.fetch(3)
-    assert header["parts"] == [[T, 0, 0, c.partition_fetch_bytes_max, 2]]  # same position, new epoch
+    assert header["parts"] == [[T, 0, 0, c.partition_fetch_bytes_max, 2, -1]]  # same position, new epoch
     assert net.count(P.FETCH, endpoint(2)) == fetches_to_2  # not fetched again needlessly
     # the old leader comes back and answers the old fetch: not read
     net.answer_fetch(1, old_fetch, [(0, 0, 3)], [as_leader_wrote(make_batch(3, tag="old"), 0, 1)])
@@ -215,7 +215,7 @@ def test_a_partition_reassigned_during_the_failover_starts_at_its_new_position(m
     c.seek((T, 0), 5)
     net.answer_metadata(metadata(2, {0: (3, 2), 1: 2}))
     c.poll(0)
-    assert net.fetch(3)[1]["parts"] == [[T, 0, 5, c.partition_fetch_bytes_max, 2]]
+    assert net.fetch(3)[1]["parts"] == [[T, 0, 5, c.partition_fetch_bytes_max, 2, -1]]
     net.answer_fetch(1, old_fetch, [(0, 0, 3)], [as_leader_wrote(make_batch(3, tag="old"), 0, 1)])
     i, _ = net.fetch(3)
     net.answer_fetch(3, i, [(0, 0, 7)], [as_leader_wrote(make_batch(2, tag="new"), 5, 2)])

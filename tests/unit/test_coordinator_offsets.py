@@ -318,3 +318,27 @@ def test_a_retried_zombie_commit_lands_before_the_new_owners_commit(tmp_path: Pa
     assert zombie == [None] and owner == [None]
     assert gc.offsets.offsets_for("g")[("t", 0)].offset == 9
     assert gc.offsets.unstable("g", [("t", 0)]) == []
+
+
+def test_the_log_end_cache_does_not_vouch_for_a_partition_under_a_new_leader(tmp_path: Path) -> None:
+    """A commit of t-0 at 900 was taken on a log end of 1000 its leader answered; then t-0 got a
+    new leader (a new epoch) whose log ends at 40 (an unclean election truncated it). A commit
+    of 900 (a member whose position was read before the truncation) was taken on the cached end
+    of the old leader's log, with no lookup: the next member then started past records the new
+    leader writes at 40..899 -- once the log grows past 900, they are skipped."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    admin_commit(gc, client, "g", 900)
+    assert ("t", 0) in gc.offsets._hw_seen
+    part = context.state.topics["t"].partitions[0]
+    part.leader, part.leader_epoch = 2, part.leader_epoch + 1
+    before = len(client.sent)
+    late = request(P.OFFSET_COMMIT, group="h", generation=-1, offsets=[["t", 0, 900]])
+    gc._on_offset_commit(late)
+    lookups = [cb for c, _h, _p, cb in client.sent[before:] if c == P.LIST_OFFSETS]
+    assert lookups, "the old leader's log end vouched for an offset under the new leader"
+    lookups[0]({"parts": [["t", 0, 0, 40]]}, [], None)
+    assert context.server.answer(late)["error"] == P.OFFSET_OUT_OF_RANGE
+    fine = request(P.OFFSET_COMMIT, group="h", generation=-1, offsets=[["t", 0, 40]])
+    before = len(client.sent)
+    gc._on_offset_commit(fine)
+    assert not [c for c, *_ in client.sent[before:] if c == P.LIST_OFFSETS], "the new leader's end is cached"

@@ -1,14 +1,15 @@
 """The group nemesis's checks (tests/faults/group_nemesis_checks.py) find what they are for:
 on a small journal of two member processes they pass, and each defect put into it -- a record
 skipped, a record twice in one assignment, an assignment started above the commits or below an
-acknowledged one, a committed offset going back or past the log end -- is reported."""
+acknowledged one, a committed offset going back or past the log end, a record delivered that the
+final log does not hold there (a dirty read) -- is reported."""
 
 from __future__ import annotations
 
 import copy
 
 from tests.faults.group_nemesis_checks import (check_acked_commits, check_assignment_starts, check_commits,
-                                               check_deliveries, check_sessions)
+                                               check_delivered_in_log, check_deliveries, check_sessions)
 
 
 def _recs(inc: str, seq: int, t: float, p: int, first: int, last: int) -> dict:
@@ -30,6 +31,7 @@ def _journal() -> list[dict]:
 
 
 ACKED = {f"v0-{o}".encode(): (0, o) for o in range(15)}
+FINAL_LOG = {(0, o): f"v0-{o}" for o in range(15)}  # (partition, offset) -> value
 SAMPLES = [(1.35, {0: 10}, {0: 12}), (5.5, {0: 10}, {0: 15})]
 
 
@@ -40,6 +42,7 @@ def _all(events: list[dict], samples: list = SAMPLES, ends: dict | None = None) 
     check_acked_commits(events, violations)
     check_assignment_starts(events, samples, violations)
     check_commits(samples, ends or {0: 15}, violations)
+    check_delivered_in_log(events, FINAL_LOG, violations)
     return violations
 
 
@@ -76,3 +79,21 @@ def test_an_assignment_above_every_commit_or_below_an_acknowledged_one_is_report
 def test_a_committed_offset_going_back_or_past_the_log_end_is_reported() -> None:
     assert any("went back" in v for v in _all(_journal(), samples=[*SAMPLES, (6.0, {0: 9}, {0: 15})]))
     assert any("beyond its final log end" in v for v in _all(_journal(), ends={0: 9}))
+
+
+def test_a_record_delivered_that_the_final_log_does_not_hold_is_reported() -> None:
+    """Dirty reads: a/1 got, at 0@11, a record the final log holds another value at (read past the
+    HW, truncated by a failover, the offset written again by a write whose outcome the producer
+    never learnt: not acknowledged, so the delivery checks, which start from the acknowledged
+    records, do not see it; b took the partition over at 12), and, at 0@20, one past the final
+    log end (truncated, its offset never written again)."""
+    events = copy.deepcopy(_journal())
+    events[4]["recs"][1][2] = "dirty"  # a/1's 0@11
+    events[5]["positions"] = {"t:0": 12}
+    events[-1] = _recs("b/2", 1, 5.1, 0, 12, 14)
+    events.append({"ev": "recs", "inc": "b/2", "seq": 1, "gen": 2, "mid": "b", "t": 5.2, "recs": [[0, 20, "gone"]]})
+    log = {**FINAL_LOG, (0, 11): "written-again"}
+    violations: list[str] = []
+    check_delivered_in_log(events, log, violations)
+    assert len(violations) == 1 and "0@11" in violations[0] and "0@20" in violations[0], violations
+    assert "2 records delivered" in violations[0]

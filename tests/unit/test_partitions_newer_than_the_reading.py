@@ -85,7 +85,7 @@ class _GrowingBroker(OnePartitionBroker):
         if command != P.FETCH or self._other_topic(header):
             return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
         entries, datas = [], []
-        for topic, partition, offset, _max_bytes, _epoch in header["parts"]:
+        for topic, partition, offset, _max_bytes, _epoch, *_last_epoch in header["parts"]:
             n = min(10, LOG_END_OFFSET - offset)
             entries.append([topic, partition, 0, LOG_END_OFFSET, LOG_END_OFFSET, 0, None])
             datas.append(as_leader_wrote(make_batch(n), offset, 1) if n > 0 else b"")
