@@ -393,9 +393,10 @@ class Sender(SenderReplies, threading.Thread):
         while q:
             if expected:  # a partition a callback named beyond the count: the error its send would have raised
                 error: Exception = TopicNotInMetadataError(f"{tp[0]} has no partition {tp[1]}")
-            else:
+            else:  # an earlier send may be in the deleted topic's log: said, as for every other error
+                maybe = MAY_HAVE_BEEN_WRITTEN if q[0].possibly_written else ""
                 error = RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]}: the topic has {count} partition(s) "
-                                                                  "now (deleted and made again with fewer)")
+                                                                  f"now (deleted and made again with fewer){maybe}")
             self._finish(q.popleft(), -1, error)
         self._sequences.pop(tp, None)
 

@@ -18,7 +18,7 @@ from fabric import protocol as P
 from fabric.errors import DeliveryTimeoutError, UnknownTopicOrPartitionError
 from fabric.records import partition_for_key
 from nodes.broker.partition import Partition
-from tests.unit.builders_sender import BATCH_BYTES_MAX, LEADER, Rig, sender_metadata
+from tests.unit.builders_sender import BATCH_BYTES_MAX, COORDINATOR, LEADER, Rig, sender_metadata
 from tests.unit.driven_producer import answer, driven_metadata, driven_producer, send_pass
 
 
@@ -196,3 +196,31 @@ def test_a_keyless_record_sent_before_the_refresh_fails_at_once_and_the_next_one
         assert after.result(0).offset == 9
     finally:
         p.sender.stop()
+
+
+def test_a_batch_whose_request_got_no_answer_fails_gone_saying_it_may_have_been_written(rig: Rig) -> None:
+    """A batch of a partition gone whose earlier send may be in a log (its request lost with its
+    answer) fails saying so, as every other error of such a batch does: the application must not
+    read "unknown partition" as "never written" (the deleted topic's log may have held it)."""
+    written = _leader(1)
+    gone = rig.send("g", partition=1)
+    _start(rig)
+    _serve(rig, {0: _leader(0), 1: written}, answer=False)  # written, the answer lost
+    assert written.log_end_offset == 2
+    rig.refresh_metadata(sender_metadata(version=2, partitions=1, topic_id="new"))
+    rig.reactor.advance(100)
+    rig.sender.run_pass()
+    _assert_gone(gone, rig)
+    assert "may have been written" in gone[0].exception(0).message, gone[0].exception(0).message
+
+
+def test_a_batch_never_sent_fails_gone_without_saying_it_may_have_been_written(rig: Rig) -> None:
+    gone = rig.send("g", partition=1)
+    rig.refresh_metadata(sender_metadata(version=2, partitions=1, topic_id="new"))  # before any send
+    for _ in range(3):
+        rig.sender.run_pass()
+        if rig.client(COORDINATOR).unanswered:
+            rig.grant_producer_id(7)
+        rig.reactor.advance(100)
+    _assert_gone(gone, rig)
+    assert "may have been written" not in gone[0].exception(0).message
