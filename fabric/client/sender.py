@@ -20,7 +20,9 @@ and a ``MetadataCache`` (which it keeps fresh). RPC clients come from ``client_f
 (one per broker endpoint), so tests hand it recording fakes.
 
 What a reply does to its batches (done, retried, split, failed), the producer-id reset and
-failing everything at close are ``SenderReplies`` (``fabric.client.sender_replies``), mixed in.
+failing everything at close are ``SenderReplies`` (``fabric.client.sender_replies``), mixed in;
+the asks to the cluster (metadata, a producer id) and what fresh metadata does to the requests
+in flight are ``SenderAsks`` (``fabric.client.sender_asks``), mixed in too.
 
 Thread-safety: ``wake``, ``partition_idle``, ``partition_count``, ``metadata``, ``on_io_thread`` and ``stop`` may be
 called from any thread; everything else runs on the I/O thread.
@@ -38,21 +40,21 @@ from typing import Any, Callable, Container, Protocol
 import zmq
 
 from fabric import protocol as P
-from fabric.client.bootstrap import metadata_endpoint
-from fabric.client.coordinator_silence import CoordinatorSilence, others_may_answer
+from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.client.futures import BatchState
 from fabric.client.metadata_cache import MetadataCache
+from fabric.client.sender_asks import METADATA_RETRY_MS, METADATA_TIMEOUT_MS, REQUEST_STALL_MS, SenderAsks
 from fabric.client.sender_replies import RETRY_BACKOFF_MS, SenderReplies
 from fabric.clock import Clock
-from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, ClientError, DeliveryTimeoutError, FabricError, RemoteError,
+from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, DeliveryTimeoutError, FabricError, RemoteError,
                            RequestTimeout, TopicNotInMetadataError)
 from fabric.hoptrace import mark
-from fabric.metadata import ClusterMetadata, read_answer
+from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient
 from fabric.waker import Waker
 
-# RETRY_BACKOFF_MS lives in sender_replies; importable from here as before
+# RETRY_BACKOFF_MS lives in sender_replies, the asks' timings in sender_asks; importable from here as before
 __all__ = ["METADATA_MAX_AGE_MS", "METADATA_RETRY_MS", "METADATA_TIMEOUT_MS", "PARTITION_BATCHES_MAX",
            "REQUEST_BATCHES_MAX", "REQUEST_BYTES_TARGET", "REQUEST_STALL_MS", "RETRY_BACKOFF_MS", "BatchSource",
            "Sender", "SenderClient", "SenderSettings"]
@@ -63,10 +65,7 @@ REQUEST_BYTES_TARGET = 8 * 1024 * 1024
 REQUEST_BATCHES_MAX = 512  # payload frames per request (the wire allows P.FRAMES_MAX)
 PARTITION_BATCHES_MAX = 32  # batches of one partition per request: the broker remembers as many
                             # per producer (nodes.broker.producers) to recognise a retry
-METADATA_TIMEOUT_MS = 3000
-METADATA_RETRY_MS = 100
 METADATA_MAX_AGE_MS = 5000   # refresh at least this often (new partitions, moved leaders)
-REQUEST_STALL_MS = 400       # a request unanswered this long makes us look for a new leader
 STOP_JOIN_S = 5.0            # ``stop`` waits this long at most for the I/O thread to fail what is left and end
 
 
@@ -106,7 +105,7 @@ class SenderClient(Protocol):
     def close(self) -> None: ...
 
 
-class Sender(SenderReplies, threading.Thread):
+class Sender(SenderAsks, SenderReplies, threading.Thread):
     def __init__(self, settings: SenderSettings, batches: BatchSource, metadata: MetadataCache,
                  endpoints: list[str], *, clock: Clock | None = None,
                  client_factory: Callable[[str], SenderClient] | None = None) -> None:
@@ -435,75 +434,6 @@ class Sender(SenderReplies, threading.Thread):
 
 
     # -- metadata and producer id ---------------------------------------------------------------
-    def _check_stalls(self) -> None:
-        now = self.clock.now_ms()
-        if any(now - sent >= REQUEST_STALL_MS for _, sent, _ in self._in_flight.values()):
-            self.metadata_cache.want_refresh()
-
-    def _reroute_in_flight(self) -> None:
-        """Requests in flight to a broker that no longer leads their partition at the epoch
-        they were sent at will not be answered usefully: fail them now (retriable) so the
-        batches go to the new leader. The same endpoint at a new epoch is a leader re-elected
-        after a restart, whose old process took the request with it (the retry is recognised
-        by the idempotent producer's sequence if that process had written it). A partition the
-        newer metadata does not have at all fails the same way; its batches then fail for good
-        at the next pass (``_fail_partition_gone``), while the other batches of the request go
-        again."""
-        stale = {ep for tp, (ep, _, epoch) in self._in_flight.items() if self.metadata.leader_moved(*tp, ep, epoch)}
-        for ep in stale:
-            self._client(ep).fail_all(ClientError("leadership moved (newer metadata names another leader)", P.NOT_LEADER))
-
-    def _refresh_metadata(self) -> None:
-        if self._md_in_flight:
-            return
-        if self.clock.now_ms() < self._md_retry_at_ms:
-            # asked again at the retry's wake-up: an ask refused at once (every endpoint's port
-            # closed) would otherwise go again at the next pass, hundreds of times a second
-            self.metadata_cache.want_refresh()
-            return
-        self._md_in_flight = True
-        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_endpoint_index,
-                                     self._md_silence, self.clock.now_ms())
-
-        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            self._md_in_flight = False
-            self._md_silence.heard(endpoint, err, self.clock.now_ms())
-            md = read_answer(h, endpoint) if h is not None else None
-            if md is not None:
-                if self.metadata_cache.update(md):
-                    self._reroute_in_flight()
-            else:
-                self._md_endpoint_index += 1
-                self._md_retry_at_ms = self.clock.now_ms() + METADATA_RETRY_MS
-                self.metadata_cache.want_refresh()
-                assert self.reactor is not None
-                self.reactor.call_later(METADATA_RETRY_MS, self.wake)
-        timeout_ms = self._md_silence.timeout_ms(endpoint, METADATA_TIMEOUT_MS,
-                                                 others_may_answer(self.metadata, self.endpoints, endpoint))
-        self._client(endpoint).request(P.METADATA, {}, callback=done, timeout_ms=timeout_ms)
-
-    def _init_producer_id(self) -> None:
-        if self._pid_in_flight or not self.metadata.coordinator:
-            if not self.metadata.coordinator:
-                self.metadata_cache.want_refresh()
-            return
-        if self.clock.now_ms() < self._pid_retry_at_ms:
-            return  # asked again at the retry's wake-up, not at every pass (a refusal ends at once)
-        self._pid_in_flight = True
-        coordinator = self.metadata.coordinator
-
-        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            self._pid_in_flight = False
-            if h is not None:
-                self.producer_id, self.producer_epoch = h["producer_id"], h["producer_epoch"]
-                self.wake()
-            else:
-                self.producer_id_errors[type(err).__name__] += 1
-                log.debug("no producer id from %s (asked again in %d ms): %s", coordinator, METADATA_RETRY_MS, err)
-                self._pid_retry_at_ms = self.clock.now_ms() + METADATA_RETRY_MS
-                assert self.reactor is not None
-                self.reactor.call_later(METADATA_RETRY_MS, self.wake)
-        self._client(coordinator).request(P.INIT_PRODUCER_ID, {}, callback=done, timeout_ms=METADATA_TIMEOUT_MS)
 
 
 def _nothing() -> None:
