@@ -10,9 +10,8 @@ it read; the new leader answers where its log parts from it (10), and the consum
 Reset by ``auto_offset_reset`` ``latest`` instead -- an out-of-range position -- it went to 15,
 past them, and never read them.
 
-So too where the follower held none of the records the consumer read: its whole log is written
-after the election, in an epoch newer than any the consumer read, and parts from the one read at
-its start."""
+So too where the follower held none of the records (a0..a9 not written): its whole log is written
+after the election, in epochs newer than any the consumer read, and parts from it at its start."""
 
 from __future__ import annotations
 
@@ -46,73 +45,44 @@ def _read(c: Consumer, until: Callable[[list], bool], what: str) -> list:
     return got
 
 
-def _unclean(cluster_factory: Callable[..., Cluster]) -> Cluster:
-    return cluster_factory(2, overrides={"replication": {"unclean_leader_election": True},
-                                         "topics": {"min_insync_replicas": 1}})
-
-
+@pytest.mark.parametrize("held,written", [(10, 5), (0, 30)], ids=["truncated", "held_none"])
 def test_a_consumer_reads_what_a_new_leader_wrote_after_an_unclean_election_truncated_its_log(
-        cluster_factory: Callable[..., Cluster]) -> None:
-    cluster = _unclean(cluster_factory)
+        cluster_factory: Callable[..., Cluster], held: int, written: int) -> None:
+    """``held``: the records a0.. both replicas hold before the follower stops; ``written``: the
+    records c0.. the new leader takes at its log end. Where it held none (its whole log written
+    after the election, in epochs newer than any the consumer read), the consumer, answered no
+    place where the logs part, read on from its position 20 (c20..c29) and never read c0..c19."""
+    cluster = cluster_factory(2, overrides={"replication": {"unclean_leader_election": True},
+                                            "topics": {"min_insync_replicas": 1}})
     with Admin(cluster.bootstrap) as admin:
         admin.create_topic(TOPIC, 1, replication_factor=2)
         cluster.wait_topic_ready(admin, TOPIC)
-        _produce(cluster.bootstrap, [b"a%d" % i for i in range(10)])
+        a = [b"a%d" % i for i in range(held)]
+        if a:
+            _produce(cluster.bootstrap, a)
         part = admin.metadata().partition(TOPIC, 0)
         leader, follower = part.leader, next(r for r in part.replicas if r != part.leader)
         wait_until(lambda: [r["log_end_offset"] for r in cluster.stats(f"broker-{follower}")["partitions"]
-                            if r["topic"] == TOPIC] == [10], 20, what="the follower to hold a0..a9")
+                            if r["topic"] == TOPIC] == [held], 20, what=f"the follower to hold {held} records")
         cluster.stop(f"broker-{follower}")
         wait_until(lambda: tuple(admin.metadata().partition(TOPIC, 0).isr) == (leader,), 30,
                    what="the stopped follower to leave the ISR")
-        _produce(cluster.bootstrap, [b"b%d" % i for i in range(20)])
+        b = [b"b%d" % i for i in range(20)]
+        _produce(cluster.bootstrap, b)
 
         with Consumer(cluster.bootstrap, auto_offset_reset="latest") as c:
             c.assign([(TOPIC, 0)])
             c.seek((TOPIC, 0), 0)
-            got = _read(c, lambda got: len(got) >= 30, "the consumer to read a0..a9 and b0..b19")
-            assert [r.value for r in got] == [b"a%d" % i for i in range(10)] + [b"b%d" % i for i in range(20)]
-            assert c.position((TOPIC, 0)) == 30
+            got = _read(c, lambda got: len(got) >= held + 20, "the consumer to read the a and b records")
+            assert [r.value for r in got] == a + b
+            assert c.position((TOPIC, 0)) == held + 20
 
             cluster.kill(f"broker-{leader}")
             cluster.start_node(f"broker-{follower}")
             wait_until(lambda: admin.metadata().partition(TOPIC, 0).leader == follower, 60,
                        what="the follower to be elected (uncleanly)")
-            _produce(cluster.bootstrap, [b"c%d" % i for i in range(5)])  # offsets 10..14 of its log
+            _produce(cluster.bootstrap, [b"c%d" % i for i in range(written)])  # from its log end, ``held``
 
-            got = _read(c, lambda got: len(got) >= 5, "the consumer to read c0..c4, written after the truncation")
-            assert [(r.offset, r.value) for r in got] == [(10 + i, b"c%d" % i) for i in range(5)]
-
-
-def test_a_consumer_reads_a_new_leaders_whole_log_when_it_held_none_of_the_records_read(
-        cluster_factory: Callable[..., Cluster]) -> None:
-    """The follower stops before the first record: the leader alone takes b0..b19, which the
-    consumer reads (position 20, epoch e). Elected uncleanly, the follower's log is empty, and
-    c0..c29 are written there (offsets 0..29). Its epochs are all newer than e: answered no place
-    to part from, the consumer read on from 20 (c20..c29), never reading c0..c19."""
-    cluster = _unclean(cluster_factory)
-    with Admin(cluster.bootstrap) as admin:
-        admin.create_topic(TOPIC, 1, replication_factor=2)
-        cluster.wait_topic_ready(admin, TOPIC)
-        part = admin.metadata().partition(TOPIC, 0)
-        leader, follower = part.leader, next(r for r in part.replicas if r != part.leader)
-        cluster.stop(f"broker-{follower}")
-        wait_until(lambda: tuple(admin.metadata().partition(TOPIC, 0).isr) == (leader,), 30,
-                   what="the stopped follower to leave the ISR")
-        _produce(cluster.bootstrap, [b"b%d" % i for i in range(20)])
-
-        with Consumer(cluster.bootstrap, auto_offset_reset="latest") as c:
-            c.assign([(TOPIC, 0)])
-            c.seek((TOPIC, 0), 0)
-            got = _read(c, lambda got: len(got) >= 20, "the consumer to read b0..b19")
-            assert [r.value for r in got] == [b"b%d" % i for i in range(20)]
-
-            cluster.kill(f"broker-{leader}")
-            cluster.start_node(f"broker-{follower}")
-            wait_until(lambda: admin.metadata().partition(TOPIC, 0).leader == follower, 60,
-                       what="the follower to be elected (uncleanly)")
-            _produce(cluster.bootstrap, [b"c%d" % i for i in range(30)])  # offsets 0..29 of its log
-
-            got = _read(c, lambda got: len(got) >= 30 or any(r.value == b"c29" for r in got),
-                        "the consumer to read up to c29")
-            assert [(r.offset, r.value) for r in got] == [(i, b"c%d" % i) for i in range(30)]
+            last = b"c%d" % (written - 1)
+            got = _read(c, lambda got: any(r.value == last for r in got), "the consumer to read the c records")
+            assert [(r.offset, r.value) for r in got] == [(held + i, b"c%d" % i) for i in range(written)]
