@@ -152,3 +152,20 @@ def test_retention_past_a_consumers_epoch_leaves_its_position_to_the_out_of_rang
     entry = _consumer_fetch_last(core, 7, EPOCH)
     assert entry.error == P.OFFSET_OUT_OF_RANGE and entry.diverging is None, entry
 
+
+
+def test_a_consumer_that_read_an_epoch_this_leader_never_had_is_told_where_its_older_epoch_ends(
+        tmp_path: Path) -> None:
+    """This replica led EPOCH and took 0..9; another, elected in EPOCH + 1 with a log ending at 5,
+    wrote 5.. there, which the consumer read (it names EPOCH + 1). Elected uncleanly in EPOCH + 2
+    without ever following it, this replica answers the end of the newest epoch it shares with
+    the consumer's, EPOCH, at 10 -- above the consumer's position 8, so that the consumer alone
+    can tell that the logs part lower, where it began reading EPOCH + 1
+    (``Consumer._diverged``)."""
+    core, part = _leader_of_ten(tmp_path)
+    part.become_follower(OTHER, EPOCH + 1, [ME, OTHER], [OTHER])
+    part.become_leader(EPOCH + 2, [ME, OTHER], [ME], now_ms=0)
+    part.append_as_leader([build_batch([(1_700_000_000_000, None, b"new", None)])], 1 << 20)
+    part.maybe_advance_high_watermark()
+    entry = _consumer_fetch_last(core, 8, EPOCH + 1)
+    assert entry.error == 0 and entry.diverging == [EPOCH, 10], entry
