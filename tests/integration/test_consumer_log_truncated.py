@@ -27,8 +27,8 @@ pytestmark = pytest.mark.timeout(240)
 TOPIC = "truncated"
 
 
-def _produce(bootstrap: str, values: list[bytes]) -> None:
-    with Producer(bootstrap, acks="all", linger_ms=1) as p:
+def _produce(bootstrap: str, values: list[bytes], acks: str | int = "all") -> None:
+    with Producer(bootstrap, acks=acks, linger_ms=1) as p:
         futures = [p.send(TOPIC, v, partition=0) for v in values]
         p.flush(60)
         for f in futures:
@@ -86,3 +86,57 @@ def test_a_consumer_reads_what_a_new_leader_wrote_after_an_unclean_election_trun
             last = b"c%d" % (written - 1)
             got = _read(c, lambda got: any(r.value == last for r in got), "the consumer to read the c records")
             assert [(r.offset, r.value) for r in got] == [(held + i, b"c%d" % i) for i in range(written)]
+
+
+def _log_end(cluster: Cluster, broker: int) -> list[int]:
+    return [r["log_end_offset"] for r in cluster.stats(f"broker-{broker}")["partitions"] if r["topic"] == TOPIC]
+
+
+def test_a_consumer_that_read_an_epoch_the_new_leader_never_had_reads_from_where_it_began(
+        cluster_factory: Callable[..., Cluster]) -> None:
+    """Both replicas hold a0..a9 (epoch e1); the follower B is stopped and the leader A takes
+    x0..x4 (10..14, acks=1: acknowledged). A is killed and B, started again, is elected (e2) with
+    its log ending at 10: it takes b0..b9 there, which the consumer reads (position 20, having
+    begun epoch e2 at 10). B is killed and A, started again (it never followed B), is elected
+    uncleanly (e3) and takes c0..c4 at 15..19. A never had e2: it answers the end of e1 in its
+    log, 15, above where the consumer began reading e2. The logs part at 10: the consumer reads
+    x0..x4 and c0..c4. Moved back only to 15, it skipped x0..x4, acknowledged and in the final
+    log."""
+    cluster = cluster_factory(2, overrides={"replication": {"unclean_leader_election": True},
+                                            "topics": {"min_insync_replicas": 1}})
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic(TOPIC, 1, replication_factor=2)
+        cluster.wait_topic_ready(admin, TOPIC)
+        a_log = [b"a%d" % i for i in range(10)]
+        _produce(cluster.bootstrap, a_log)
+        part = admin.metadata().partition(TOPIC, 0)
+        a, b = part.leader, next(r for r in part.replicas if r != part.leader)
+        wait_until(lambda: _log_end(cluster, b) == [10], 20, what="the follower to hold a0..a9")
+        cluster.stop(f"broker-{b}")
+        x_values = [b"x%d" % i for i in range(5)]
+        _produce(cluster.bootstrap, x_values, acks=1)
+        a_log += x_values
+        cluster.kill(f"broker-{a}")
+        cluster.start_node(f"broker-{b}")
+        wait_until(lambda: admin.metadata().partition(TOPIC, 0).leader == b, 60, what="B to be elected")
+        [held] = _log_end(cluster, b)
+        assert held == 10, f"B's log ends at {held}, not at a0..a9's end"
+        b_values = [b"b%d" % i for i in range(10)]
+        _produce(cluster.bootstrap, b_values)  # offsets held.. of B's log
+
+        with Consumer(cluster.bootstrap, auto_offset_reset="latest") as c:
+            c.assign([(TOPIC, 0)])
+            c.seek((TOPIC, 0), 0)
+            got = _read(c, lambda got: len(got) >= held + 10, "the consumer to read B's log")
+            assert [r.value for r in got] == a_log[:held] + b_values
+
+            cluster.kill(f"broker-{b}")
+            cluster.start_node(f"broker-{a}")
+            wait_until(lambda: admin.metadata().partition(TOPIC, 0).leader == a, 60,
+                       what="A to be elected (uncleanly)")
+            c_values = [b"c%d" % i for i in range(5)]
+            _produce(cluster.bootstrap, c_values)  # offsets 15..19 of A's log
+            a_log += c_values
+
+            got = _read(c, lambda got: any(r.value == b"c4" for r in got), "the consumer to read c4")
+            assert [(r.offset, r.value) for r in got] == list(enumerate(a_log))[held:]
