@@ -225,6 +225,10 @@ class _Slice(NamedTuple):
         return memoryview(self.data)[self.start:self.end]
 
 
+def _leader_epoch(s: _Slice) -> int:
+    return B.parse_header(s.data, s.start - B.HEADER_BYTES).leader_epoch
+
+
 class _Fixed(NamedTuple):
     """A slice whose records are all laid out alike (``fabric.fixed_records``): its columns
     are read with one struct unpack each, never as per-record tuples."""
@@ -338,8 +342,17 @@ class RecordBatchView:
     @property
     def last_leader_epoch(self) -> int:
         """The leader epoch of the batch that holds the view's last record (from its header)."""
-        s = self._slices[-1]
-        return B.parse_header(s.data, s.start - B.HEADER_BYTES).leader_epoch
+        return _leader_epoch(self._slices[-1])
+
+    def leader_epoch_starts(self) -> list[tuple[int, int]]:
+        """(leader epoch, the offset of the view's first record in it) for each epoch its
+        batches carry, in offset order (from their headers)."""
+        starts: list[tuple[int, int]] = []
+        for s in self._slices:
+            epoch = _leader_epoch(s)
+            if not starts or starts[-1][0] != epoch:
+                starts.append((epoch, s.base_offset + s.lo))
+        return starts
 
     def _decoded(self) -> list[_Fixed | tuple]:
         """Per slice, a ``_Fixed`` or its records as (timestamp_ms, key, value, headers)

@@ -136,6 +136,10 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         # seek, a reset or a give-back until a take sets it again: nothing is checked meanwhile
         self._position_epochs: dict[TopicPartition, int] = {}
         self._fetch_epochs: dict[TopicPartition, int] = {}
+        # per partition, (leader epoch, the first offset taken in it) for the epochs of the records
+        # taken since the position was set from outside, as far as the position: a divergence into
+        # an older epoch goes back to where the reading of a newer one began (``_diverged``)
+        self._epoch_starts: dict[TopicPartition, list[tuple[int, int]]] = {}
         # fetched records not yet returned: views of runs of one partition in offset order
         # (per-run, not per-record, bookkeeping keeps poll() cheap; nothing unpacked yet)
         self._buffer: deque[RecordBatchView] = deque()
@@ -195,6 +199,7 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         self._read_in = {tp: i for tp, i in self._read_in.items() if tp in keep}
         self._read_hw = {tp: h for tp, h in self._read_hw.items() if tp in keep}
         self._position_epochs = {tp: e for tp, e in self._position_epochs.items() if tp in keep}
+        self._epoch_starts = {tp: e for tp, e in self._epoch_starts.items() if tp in keep}
         self._positioned_in = {tp: i for tp, i in self._positioned_in.items() if tp in keep}
         self._ahead_of_metadata = {tp: i for tp, i in self._ahead_of_metadata.items() if tp in keep}
         self._ahead_since = {tp: s for tp, s in self._ahead_since.items() if tp in keep}
@@ -316,7 +321,10 @@ class Consumer(ConsumerPositions, ConsumerFailover):
                 out.append(run)
                 left -= len(run)
                 positions[tp] = run.next_offset
-                self._position_epochs[tp] = run.last_leader_epoch
+                epoch = self._position_epochs[tp] = run.last_leader_epoch
+                starts = self._epoch_starts.get(tp)
+                if epoch >= 0 and (not starts or starts[-1][0] != epoch):  # (once per election)
+                    self._note_epoch_starts(tp, run)
             self._buffered_records -= max(1, max_records) - left
         except BaseException:
             self.give_back([(tp, position) for tp, position in taken_from.items() if position is not None])

@@ -23,6 +23,7 @@ from fabric.metadata import ClusterMetadata
 
 if TYPE_CHECKING:
     from fabric.client.consumer import ConsumerClient, TopicPartition, _InFlight
+    from fabric.records import RecordBatchView
     from fabric.replies import FetchEntry
 
 # the consumer's logger, as before this part had a module of its own: hosts configure one
@@ -31,6 +32,7 @@ log = logging.getLogger("fabric.client.consumer")
 # a reset to where a partition with nothing to start from starts: decided when it is sent
 # (``_start_spec``: its log start if it appeared while the consumer read its topic, else the policy)
 AUTO_RESET = "auto"
+EPOCH_STARTS_KEPT = 16  # leader epochs per partition whose start in the reading is kept (``_note_epoch_starts``)
 # EARLIEST, LATEST, AUTO_RESET, None: auto_offset_reset "none", or the error ``poll`` raises until the
 # application seeks (a seek naming a topic id that will never be its topic's: ``_never_current``)
 ResetSpec = int | str | RemoteError | None
@@ -59,6 +61,7 @@ class ConsumerPositions:
     _taken_to: dict[TopicPartition, int]
     _read_hw: dict[TopicPartition, int]
     _position_epochs: dict[TopicPartition, int]
+    _epoch_starts: dict[TopicPartition, list[tuple[int, int]]]
     _unseen: dict[str, int]
 
     if TYPE_CHECKING:  # Consumer's (and ConsumerFailover's), never these
@@ -100,7 +103,7 @@ class ConsumerPositions:
         far as a commit of them goes (``_positioned_in``)."""
         gone = []
         for tp in tps:
-            self._position_epochs.pop(tp, None)  # no record read before it
+            self._forget_epochs(tp)  # no record read before it
             at = self.positions.get(tp)
             if committed and at is not None:
                 # the coordinator takes no offset past the high watermark it knows: the log held
@@ -133,9 +136,24 @@ class ConsumerPositions:
     def _move_to(self, tp: TopicPartition, offset: int) -> None:
         """``seek``, in the topic the position was read in (records taken and given back)."""
         self.positions[tp] = offset
-        self._position_epochs.pop(tp, None)  # the epoch of the record before it is not known
+        self._forget_epochs(tp)  # the epoch of the record before it is not known
         self._forget_reset(tp)
         self._drop_buffered(tp)
+
+    def _forget_epochs(self, tp: TopicPartition) -> None:
+        self._position_epochs.pop(tp, None)
+        self._epoch_starts.pop(tp, None)
+
+    def _note_epoch_starts(self, tp: TopicPartition, run: RecordBatchView) -> None:
+        """The epochs of ``run``, just taken, newer than those noted. Past EPOCH_STARTS_KEPT the
+        two oldest become one, with the newer epoch and the older start: a divergence into the
+        older goes back too far (records delivered again), never too short (records skipped)."""
+        starts = self._epoch_starts.setdefault(tp, [])
+        for epoch, offset in run.leader_epoch_starts():
+            if epoch >= 0 and (not starts or epoch > starts[-1][0]):
+                starts.append((epoch, offset))
+        while len(starts) > EPOCH_STARTS_KEPT:
+            starts[0:2] = [(starts[1][0], starts[0][1])]
 
     def seek_to_beginning(self, tps: list[TopicPartition] | None = None) -> None:
         """Fetch ``tps`` (default: every assigned partition) from their log start next. Raises
@@ -205,7 +223,7 @@ class ConsumerPositions:
             self._taken.pop(tp, None)
             self._read_in.pop(tp, None)
             self._read_hw.pop(tp, None)
-            self._position_epochs.pop(tp, None)
+            self._forget_epochs(tp)
 
     # -- give-back ----------------------------------------------------------------------------
     def give_back(self, offsets: Iterable[tuple[TopicPartition, int]]) -> None:
@@ -291,6 +309,7 @@ class ConsumerPositions:
                     "up to a high watermark of %d): reading on from %d", tp[0], tp[1], fetched_at, end, read_hw, to)
         # as an out-of-range reset at the position a take set, a give-back may still move it back
         self.positions[tp] = to
+        self._epoch_starts[tp] = [(e, offset) for e, offset in self._epoch_starts.get(tp, []) if offset < to]
         self._forget_reset(tp)
         self._drop_buffered(tp)
         return True
@@ -302,7 +321,12 @@ class ConsumerPositions:
         written again). What is buffered is dropped (fetched again, from the leader's log); a
         position past ``end`` goes back to it, whatever ``auto_offset_reset`` says, and is said,
         as Kafka's consumer does -- reset by the policy, ``latest`` skipped the records written
-        since the truncation. The next fetch names ``epoch``, which both logs share up to ``end``."""
+        since the truncation. The next fetch names ``epoch``, which both logs share up to ``end``.
+
+        Where this consumer read a newer epoch than ``epoch`` (one the leader never had), its
+        records from where it began reading that one are not the leader's either: the logs part
+        there if it is below ``end`` (Kafka's follower truncates so, KIP-279) -- kept at a position
+        below ``end``, the consumer skipped the leader's records from there to it."""
         epoch, end = diverging
         position = self.positions.get(tp)
         self._drop_buffered(tp)
@@ -312,12 +336,15 @@ class ConsumerPositions:
             # epochs): nothing says where the logs part -- fetched again naming none, a position
             # past the log is out of range and the policy applies
             return
-        if position is not None and position > end:
-            log.warning("%s-%d: the leader's log parts from the one read at offset %d (the end of epoch %d there): "
+        starts = self._epoch_starts.get(tp, [])
+        to = min([end] + [offset for e, offset in starts if e > epoch])
+        self._epoch_starts[tp] = [(e, offset) for e, offset in starts if e <= epoch and offset < to]
+        if position is not None and position > to:
+            log.warning("%s-%d: the leader's log parts from the one read at offset %d (its epoch %d ends at %d): "
                         "position %d goes back to it (the records read from there on are gone)",
-                        tp[0], tp[1], end, epoch, position)
+                        tp[0], tp[1], to, epoch, end, position)
             # as an out-of-range answer at the position a take set, a give-back may still move it back
-            self.positions[tp] = end
+            self.positions[tp] = to
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
         """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no

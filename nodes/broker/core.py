@@ -361,7 +361,7 @@ class BrokerCore(CoreTimersMixin):
             # position -- it reads on from there; past our log end it was reset by its policy,
             # past the records written since the truncation. (An epoch newer than ours is not
             # judged: it read a newer leader, which the metadata will name.)
-            diverging = part.divergence(offset, inp.last_epoch)
+            diverging = part.consumer_divergence(offset, inp.last_epoch)
             if diverging is not None:
                 return FetchEntry(topic, p, 0, part.high_watermark, part.log_end_offset, part.log_start_offset,
                                   diverging), b""

@@ -419,6 +419,21 @@ class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
             return [-1, self.log_start_offset]
         return [epoch, end]
 
+    def consumer_divergence(self, fetch_offset: int, last_epoch: int) -> list | None:
+        """``divergence`` for a consumer, which names the epoch of the last record it read: an
+        epoch older than every one we know is answered too. All our records were then written
+        after the one it read (an unclean election to a replica that held none of its epoch), and
+        our log parts from its at our first epoch's start (at least our log start) -- answered
+        none (-1), it read on from its position, or was reset by its policy, past them. A position
+        at or below that point is not a divergence: below our log start it is out of range."""
+        diverging = self.divergence(fetch_offset, last_epoch)
+        if diverging is None or diverging[0] >= 0:
+            return diverging
+        if not self.epochs.entries:
+            return None  # no epoch known at all: nothing says where the logs part
+        end = max(self.epochs.entries[0][1], self.log_start_offset)
+        return [last_epoch, end] if end < fetch_offset else None
+
     # -- retention ----------------------------------------------------------------------------
     def apply_retention(self, now_wall_ms: int) -> None:
         """Delete whole segments/batches that retention allows, never past the high watermark

@@ -106,3 +106,66 @@ def _consumer_fetch_last(core: BrokerCore, offset: int, last_epoch: int) -> Fetc
     entry, _ = core.fetch(FetchInput("t", 0, offset, 64 * 1024, -1, last_epoch), -1, now_ms=1000,
                           budget_bytes=64 * 1024)
     return entry
+
+
+def _empty_replica_elected_uncleanly(tmp_path: Path, written: int) -> tuple[BrokerCore, Partition]:
+    """Broker 1 held nothing of t-0 (records 0..9 of epoch EPOCH went to another replica, which
+    was lost); elected uncleanly in a later epoch, it took ``written`` records from offset 0."""
+    core = broker_core(tmp_path, ME)
+    part = core.open_partition("t", 0, {})
+    part.become_leader(EPOCH + 2, [ME, OTHER], [ME], now_ms=0)
+    part.append_as_leader([build_batch([(1_700_000_000_000, None, b"new%d" % i, None) for i in range(written)])],
+                          1 << 20)
+    part.maybe_advance_high_watermark()
+    assert part.epochs.entries == [(EPOCH + 2, 0)] and part.high_watermark == written
+    return core, part
+
+
+def test_a_consumer_whose_epoch_is_older_than_every_one_of_a_leaders_is_told_its_log_parts_at_the_start(
+        tmp_path: Path) -> None:
+    """Every record of this leader was written in an epoch newer than the one the consumer read
+    (its records 0..9 were of EPOCH, lost with the replica that held them): the logs part at
+    this leader's log start, whether the consumer's position is past its log end (10: reset by
+    the policy, ``latest`` skipped 0..6) or inside it (5: read on, the consumer skipped 0..4,
+    never delivered). Answered no place to part from (-1), the consumer did so."""
+    core, part = _empty_replica_elected_uncleanly(tmp_path, 7)
+    for position in (10, 5):
+        entry = _consumer_fetch_last(core, position, EPOCH)
+        assert entry.error == 0 and entry.diverging is not None and entry.diverging[0] >= 0, entry
+        assert entry.diverging[1] == 0, entry
+    # at the point where they part, it reads on (the epoch it names is one this leader never had)
+    entry, data = core.fetch(FetchInput("t", 0, 0, 64 * 1024, -1, EPOCH), -1, now_ms=1000, budget_bytes=64 * 1024)
+    assert entry.error == 0 and entry.diverging is None and data != b""
+
+
+def test_retention_past_a_consumers_epoch_leaves_its_position_to_the_out_of_range_answer(tmp_path: Path) -> None:
+    """Retention took the batch of the epoch the consumer read, with the epoch: a position below
+    the log start is out of range (the policy applies), not a divergence."""
+    core, part = _leader_of_ten(tmp_path)
+    part.become_follower(OTHER, EPOCH + 1, [ME, OTHER], [ME, OTHER])
+    part.become_leader(EPOCH + 2, [ME, OTHER], [ME, OTHER], now_ms=0)
+    part.append_as_leader([build_batch([(1_700_000_000_000, None, b"new", None)])], 1 << 20)
+    part.maybe_advance_high_watermark()
+    part.engine.delete_before(10)
+    part.epochs.truncate_from_start(part.log_start_offset)
+    assert part.epochs.entries == [(EPOCH + 2, 10)] and part.log_start_offset == 10
+    entry = _consumer_fetch_last(core, 7, EPOCH)
+    assert entry.error == P.OFFSET_OUT_OF_RANGE and entry.diverging is None, entry
+
+
+
+def test_a_consumer_that_read_an_epoch_this_leader_never_had_is_told_where_its_older_epoch_ends(
+        tmp_path: Path) -> None:
+    """This replica led EPOCH and took 0..9; another, elected in EPOCH + 1 with a log ending at 5,
+    wrote 5.. there, which the consumer read (it names EPOCH + 1). Elected uncleanly in EPOCH + 2
+    without ever following it, this replica answers the end of the newest epoch it shares with
+    the consumer's, EPOCH, at 10 -- above the consumer's position 8, so that the consumer alone
+    can tell that the logs part lower, where it began reading EPOCH + 1
+    (``Consumer._diverged``)."""
+    core, part = _leader_of_ten(tmp_path)
+    part.become_follower(OTHER, EPOCH + 1, [ME, OTHER], [OTHER])
+    part.become_leader(EPOCH + 2, [ME, OTHER], [ME], now_ms=0)
+    part.append_as_leader([build_batch([(1_700_000_000_000, None, b"new", None)])], 1 << 20)
+    part.maybe_advance_high_watermark()
+    entry = _consumer_fetch_last(core, 8, EPOCH + 1)
+    assert entry.error == 0 and entry.diverging == [EPOCH, 10], entry

@@ -25,6 +25,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client.consumer import FETCH_RETRY_BACKOFF_MS, Consumer
+from fabric.client.consumer_positions import EPOCH_STARTS_KEPT
 from fabric.client.group import GroupConsumer
 from fabric.errors import RemoteError
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
@@ -120,6 +121,19 @@ def _fetch_part(broker: _Broker) -> list:
     return part
 
 
+def _answer_epochs(broker: _Broker, runs: list[tuple[int, int]], hw: int) -> None:
+    """Answer the FETCH in flight with batches written in these leader epochs: ``runs`` is
+    (epoch, records) from its offset on."""
+    [(c, i)] = broker._open(P.FETCH)
+    [[_, _, offset, *_]] = c.sent[i][1]["parts"]
+    data = b""
+    for epoch, n in runs:
+        data += as_leader_wrote(make_batch(n, tag=f"e{epoch}-"), offset, epoch)
+        offset += n
+    c.unanswered.remove(i)
+    c.sent[i][3]({"parts": [["t", 0, 0, hw, hw, 0, None]]}, [data], None)
+
+
 def _answer_diverging(broker: _Broker, epoch: int, end: int, hw: int) -> None:
     """Answer the FETCH in flight: the leader's log parts from the consumer's at ``end`` (the end
     of ``epoch`` in its log), no records."""
@@ -131,13 +145,14 @@ def _answer_diverging(broker: _Broker, epoch: int, end: int, hw: int) -> None:
 @pytest.mark.parametrize("policy", ["latest", "earliest", "none"])
 def test_a_fetch_names_the_epoch_of_the_last_record_read_and_a_divergence_moves_the_position_back(
         make: Any, policy: str, caplog: pytest.LogCaptureFixture) -> None:
-    """The consumer read 0..49 (written in leader epoch 1); its prefetch at 50 names epoch 1 as
-    the epoch of its last record. A leader elected uncleanly (epoch 0's log ends at 40 there, its
-    own epoch 2 began at 40 and has 40..44 by now) answers where the logs part: [0, 40]. The
-    consumer reads on from 40 -- the records written since the truncation -- whatever the policy."""
+    """The consumer read 0..39 (written in leader epoch 0) and 40..49 (epoch 1); its prefetch at
+    50 names epoch 1 as the epoch of its last record. A leader elected uncleanly (epoch 0's log
+    ends at 40 there, its own epoch 2 began at 40 and has 40..44 by now) answers where the logs
+    part: [0, 40]. The consumer reads on from 40 -- the records written since the truncation --
+    whatever the policy."""
     c, broker, reactor = make(policy)
     assert _fetch_part(broker)[5:] in ([], [-1])  # nothing read yet: no epoch to check
-    broker.answer_fetch(50, hw=50)
+    _answer_epochs(broker, [(0, 40), (1, 10)], hw=50)
     with caplog.at_level(logging.WARNING, logger="fabric.client.consumer"):
         assert _offsets(c.poll(0, max_records=100)) == list(range(50))
         assert _fetch_part(broker)[2] == 50 and _fetch_part(broker)[5] == 1
@@ -167,6 +182,34 @@ def test_a_divergence_past_the_position_keeps_it_and_drops_what_the_prefetch_buf
     got = c.poll(0)
     assert got == [] and c.position(T0) == 10
     assert broker.fetch_offset() == 10 and _fetch_part(broker)[5] == 1
+
+
+def test_a_divergence_into_an_older_epoch_goes_back_to_where_the_consumer_began_reading_a_newer_one(
+        make: Any) -> None:
+    """The consumer read 0..29 of epoch 2, then 30..49 of epoch 4 (a leader elected with a log
+    ending at 30). A leader elected uncleanly later, which never held epoch 4, has epoch 2 up to
+    60 (records 30..59 that the epoch 4 leader never had) and answers [2, 60]. Its records 30..49
+    are not the ones read (those were epoch 4's): the consumer goes back to 30, where it began
+    reading epoch 4. Kept at 50 (below the answer's end), it skipped the new leader's 30..49."""
+    c, broker, reactor = make("latest")
+    _answer_epochs(broker, [(2, 30), (4, 20)], hw=50)
+    assert _offsets(c.poll(0, max_records=100)) == list(range(50))
+    assert _fetch_part(broker)[2] == 50 and _fetch_part(broker)[5] == 4
+    _answer_diverging(broker, 2, 60, hw=70)
+    assert c.poll(0) == [] and c.position(T0) == 30, "the new leader's 30..49 were skipped"
+    assert broker.fetch_offset() == 30 and _fetch_part(broker)[5] == 2
+
+
+def test_the_epochs_read_are_kept_bounded_and_a_divergence_never_goes_back_too_short(make: Any) -> None:
+    """Eighteen epochs read, one record each (epoch 1 at 0 .. epoch 18 at 17): past the bound the
+    oldest starts merge -- a divergence into epoch 1 ([1, 100]: the leader never had 2..18) goes
+    back to 0, not 1 (one record delivered again), never to a start past 1 (records skipped)."""
+    c, broker, reactor = make("latest")
+    _answer_epochs(broker, [(e, 1) for e in range(1, 19)], hw=18)
+    assert _offsets(c.poll(0, max_records=100)) == list(range(18))
+    assert len(c._epoch_starts[T0]) == EPOCH_STARTS_KEPT
+    _answer_diverging(broker, 1, 100, hw=100)
+    assert c.poll(0) == [] and c.position(T0) == 0
 
 
 # -- a committed offset the log was truncated under ------------------------------------------------
