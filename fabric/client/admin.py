@@ -34,9 +34,11 @@ LIST_OFFSETS_TRY_MS_MIN = 1000
 # (a SIGKILLed one is replaced within a second), and for how long at most
 LIST_OFFSETS_LEADER_CHECK_MS = 250
 LIST_OFFSETS_CHECK_TIMEOUT_MS = 500
-# answers that a moment and fresh metadata cure (a leader just elected, deposed, or not yet known)
+# answers that a moment and fresh metadata cure (a leader just elected, deposed, or not yet known;
+# unknown_topic_or_partition: a leader the metadata names that has not opened a partition just
+# made -- a topic deleted meanwhile is unknown to the next round's metadata, which raises it)
 LIST_OFFSETS_ASK_AGAIN = frozenset({P.OFFSET_NOT_AVAILABLE, P.NOT_LEADER, P.LEADER_NOT_AVAILABLE,
-                                    P.FENCED_LEADER_EPOCH, P.UNKNOWN_LEADER_EPOCH})
+                                    P.FENCED_LEADER_EPOCH, P.UNKNOWN_LEADER_EPOCH, P.UNKNOWN_TOPIC_OR_PARTITION})
 
 
 def no_leader_coming(md: ClusterMetadata, p: PartitionInfo) -> bool:

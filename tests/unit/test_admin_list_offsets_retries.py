@@ -85,6 +85,29 @@ def test_the_gateways_offsets_of_a_partition_do_not_wait_for_another(tmp_path: P
     assert agent.offsets("t", partial=True) == {0: (0, 10)}, "the v3 partition list shows -1 for partition 1"
 
 
+
+def test_a_leader_that_has_not_opened_a_new_partition_yet_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A topic just made: the coordinator's metadata names its leaders before each has applied
+    it and opened the partition, and the leader answers unknown_topic_or_partition for a while
+    (milliseconds). That is the metadata's lag, not a topic that does not exist: asked again
+    (answered once the leader knows it) -- and, ``partial``, left out (-1 in the gateway's
+    partition list) -- instead of raised: the dashboard's partitions view of a topic it had just
+    made was answered 404."""
+    answers = iter([(P.UNKNOWN_TOPIC_OR_PARTITION, -1), (P.UNKNOWN_TOPIC_OR_PARTITION, -1)])
+    broker = _Broker(lambda t, p, spec: next(answers, (0, 7)))
+    admin = _admin(monkeypatch, [metadata_of({"t": 1})], {1: broker})
+    assert admin.list_offsets("t", partial=True) == {}, "partial: left out at once, not raised"
+    assert admin.list_offsets("t") == {0: 7}
+    assert broker.asked == [[0], [0], [0]]
+
+
+def test_a_topic_gone_from_fresh_metadata_is_unknown_when_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = _Broker(lambda t, p, spec: (P.UNKNOWN_TOPIC_OR_PARTITION, -1))
+    admin = _admin(monkeypatch, [metadata_of({"t": 1}), metadata_of({"u": 1})], {1: broker})
+    with pytest.raises(RemoteError) as e:  # deleted meanwhile: the next round's metadata says so
+        admin.list_offsets("t")
+    assert e.value.code == P.UNKNOWN_TOPIC_OR_PARTITION and broker.asked == [[0]]
+
 class _Clock:
     """Stands in for the admin module's ``time``: sleeps advance it, and are counted."""
 
