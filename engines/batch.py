@@ -53,6 +53,7 @@ LENGTH_PREFIX = struct.Struct(">qi")  # base_offset, batch_length: a batch's siz
 OFFSET_SPAN = struct.Struct(">qi11xi")
 OFFSET_SPAN_BYTES = OFFSET_SPAN.size  # 27
 _LEADER_EPOCH = struct.Struct(">i")
+LEADER_EPOCH_AT = 12  # its place in the header (after base_offset and batch_length)
 _HEAD_CRC = struct.Struct(">qiibI")       # the fields before CRC_START (crc last)
 _TAIL_FIXED = struct.Struct(">hiqqqhi")   # the fixed fields the CRC covers
 
@@ -214,7 +215,12 @@ def set_base_offset(batch: bytearray | memoryview, base_offset: int, pos: int = 
 
 
 def set_leader_epoch(batch: bytearray | memoryview, leader_epoch: int, pos: int = 0) -> None:
-    _LEADER_EPOCH.pack_into(batch, pos + 12, leader_epoch)
+    _LEADER_EPOCH.pack_into(batch, pos + LEADER_EPOCH_AT, leader_epoch)
+
+
+def leader_epoch(buf: bytes | bytearray | memoryview, pos: int = 0) -> int:
+    """The leader epoch of the batch whose header starts at ``pos`` (the field alone: no parse)."""
+    return _LEADER_EPOCH.unpack_from(buf, pos + LEADER_EPOCH_AT)[0]
 
 
 def iter_batches(buf: bytes | bytearray | memoryview, check_crc: bool = False) -> Iterator[tuple[BatchHeader, memoryview]]:

@@ -226,7 +226,7 @@ class _Slice(NamedTuple):
 
 
 def _leader_epoch(s: _Slice) -> int:
-    return B.parse_header(s.data, s.start - B.HEADER_BYTES).leader_epoch
+    return B.leader_epoch(s.data, s.start - B.HEADER_BYTES)
 
 
 class _Fixed(NamedTuple):
