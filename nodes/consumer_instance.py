@@ -323,11 +323,11 @@ class Instance(threading.Thread):
         # an assigned one keeps its position. Looked up before anything changes: a lookup that
         # fails leaves the instance as it was -- assigned first, the partitions still without a
         # position would start at auto_offset_reset (latest: past records nobody got)
-        committed, ids, newer = c.committed_starts([(t, p) for t, p in parts if (t, p) not in held])
+        committed, ids, newer, epochs = c.committed_starts([(t, p) for t, p in parts if (t, p) not in held])
         c.assign([(t, p) for t, p in parts])
         for tp, offset in committed.items():
             if offset is not None:  # of that topic: one deleted meanwhile starts at the new one's log start
-                c.seek(tp, offset, topic_id=ids.get(tp[0], ""), committed=True)
+                c.seek(tp, offset, topic_id=ids.get(tp[0], ""), committed=True, leader_epoch=epochs.get(tp, -1))
         # nothing committed: reset at once (the consumer would look them up again) -- to the log
         # start of one newer than the group's reading of its topic (the coordinator's judgement)
         # or that appeared while the instance read its topic, else auto_offset_reset (sought to

@@ -71,7 +71,8 @@ class ConsumerPositions:
         def _start_deleted(self, tps: list[TopicPartition]) -> None: ...
 
     # -- seeking ------------------------------------------------------------------------------
-    def seek(self, tp: TopicPartition, offset: int, *, topic_id: str = "", committed: bool = False) -> None:
+    def seek(self, tp: TopicPartition, offset: int, *, topic_id: str = "", committed: bool = False,
+             leader_epoch: int = -1) -> None:
         """Fetch ``tp`` from ``offset`` next. ``topic_id``: the id of the topic ``offset`` is of,
         where known, else the topic the metadata names now. An id the metadata lists as deleted
         starts ``tp`` at the new topic's log start (an offset of the topic before, made again
@@ -80,18 +81,22 @@ class ConsumerPositions:
         raises RemoteError(unknown_topic_id) for ``tp`` until it is sought again -- unless
         ``committed``: ``offset`` is the group's committed offset of ``topic_id``
         (``committed_with_topic_ids``), so the id was its topic's once, and ``tp`` starts at the
-        new topic's log start, as for one listed as deleted (``_judge_ahead``). Raises FabricError
-        when ``tp`` is not assigned, ValueError for a negative offset (as Kafka's:
-        ``seek_to_beginning``/``_end`` name those)."""
+        new topic's log start, as for one listed as deleted (``_judge_ahead``). ``leader_epoch``:
+        of the record before ``offset``, where known (-1: not known) -- a committed offset's
+        (``committed_starts``), as Kafka's ``seek(tp, OffsetAndMetadata)``: the first fetch names
+        it, and a leader whose log parts from the one read there says where (``_diverged``).
+        Raises FabricError when ``tp`` is not assigned, ValueError for a negative offset (as
+        Kafka's: ``seek_to_beginning``/``_end`` name those)."""
         if offset < 0:
             raise ValueError(f"seek offset must not be negative, got {offset}")
         self._check_assigned([tp])
         self._move_to(tp, offset)
         self._taken.pop(tp, None)
-        self._positioned_from_outside([tp], {tp[0]: topic_id} if topic_id else None, committed=committed)
+        self._positioned_from_outside([tp], {tp[0]: topic_id} if topic_id else None, committed=committed,
+                                      epochs={tp: leader_epoch} if leader_epoch >= 0 else None)
 
     def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None, *,
-                                 committed: bool = True) -> None:
+                                 committed: bool = True, epochs: dict[TopicPartition, int] | None = None) -> None:
         """``tps`` were given positions from outside (a seek, a group's committed offset). Where
         the source said which topic they are offsets of (``of``, {topic: id}: the coordinator's
         committed offsets), they count as read in it: metadata that names the topic by another
@@ -100,10 +105,15 @@ class ConsumerPositions:
         the new topic's records below it. One the metadata does not name yet waits for the
         coordinator's word (``_judge_ahead``; ``committed``: the id is a committed offset's, not
         an application's seek's). Else they are offsets of the topic the metadata names now, as
-        far as a commit of them goes (``_positioned_in``)."""
+        far as a commit of them goes (``_positioned_in``). ``epochs``: the leader epoch of the
+        record before each position, where the source said (a committed offset's, KIP-320): the
+        first fetch names it, as after a record read there."""
         gone = []
         for tp in tps:
             self._forget_epochs(tp)  # no record read before it
+            epoch = epochs.get(tp, -1) if epochs else -1
+            if epoch >= 0:
+                self._position_epochs[tp] = epoch
             at = self.positions.get(tp)
             if committed and at is not None:
                 # the coordinator takes no offset past the high watermark it knows: the log held

@@ -62,7 +62,7 @@ class GroupAdmin:
         return self._call(P.DESCRIBE_GROUPS, {"groups": [group]})["groups"][0]
 
     def committed(self, group: str) -> dict[tuple[str, int], int]:
-        return {(t, p): o for t, p, o, _ in self._call(P.OFFSET_FETCH, {"group": group, "partitions": None})["offsets"]}
+        return {(t, p): o for t, p, o, *_ in self._call(P.OFFSET_FETCH, {"group": group, "partitions": None})["offsets"]}
 
     def lag(self, group: str) -> list[LagRow]:
         """Per partition the group owns or has committed: committed offset, log end (high

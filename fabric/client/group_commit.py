@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable
 from fabric import protocol as P
 from fabric.client.consumer import ResetSpec, TopicPartition
 from fabric.client.group_committed import CommitLookup, GroupCommittedLookups
-from fabric.client.group_link import REJOIN_ERRORS, CoordinatorLink, Pump
+from fabric.client.group_link import NO_LEADER_EPOCH, REJOIN_ERRORS, CoordinatorLink, Pump
 from fabric.clock import Clock
 from fabric.errors import CodedError, FabricError, RemoteError
 from fabric.metadata import ClusterMetadata
@@ -68,6 +68,7 @@ class GroupCommits(GroupCommittedLookups):
     _read_in: dict[TopicPartition, str]         # the topic id each position was read in
     _positioned_in: dict[TopicPartition, str]   # ... or was set in from outside, or read in before a reset
     _ahead_of_metadata: dict[TopicPartition, str]  # ... a set one the metadata did not name yet
+    _position_epochs: dict[TopicPartition, int]    # the leader epoch the next fetch at each position names
     auto_offset_reset: str
     group_id: str
     subscription: list[str]
@@ -87,7 +88,8 @@ class GroupCommits(GroupCommittedLookups):
         def _call(self, command: bytes, header: dict, *, timeout_ms: int = ..., retry_ms: int = ...,
                   final: frozenset[int] = ...) -> dict: ...
         def _on_group_error(self, e: RemoteError, generation: int | None = None) -> None: ...
-        def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None: ...
+        def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None, *,
+                                     epochs: dict[TopicPartition, int] | None = None) -> None: ...
         def _refresh_metadata(self) -> None: ...
         def _made_again_since(self, sent_ids: dict[str, str]) -> set[str]: ...
 
@@ -198,10 +200,25 @@ class GroupCommits(GroupCommittedLookups):
     def _commit_header(self, offsets: dict[TopicPartition, int], member_id: str, generation: int) -> dict:
         """OFFSET_COMMIT's header: as member ``member_id`` of ``generation`` (read once, under
         the lock), or (an assigned consumer, member id "" and generation -1) outside any
-        generation; naming the topics the offsets were read in (``_commit_topic_ids``)."""
+        generation; naming the topics the offsets were read in (``_commit_topic_ids``) and, for
+        an offset at its partition's position, the leader epoch the next fetch from there names
+        (``_commit_entry``)."""
         return {"group": self.group_id, "member_id": member_id, "generation": generation,
-                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
+                "offsets": [self._commit_entry(t, p, o) for (t, p), o in sorted(offsets.items())],
                 "topic_ids": self._commit_topic_ids(offsets)}
+
+    def _commit_entry(self, t: str, p: int, offset: int) -> list:
+        """One offset of OFFSET_COMMIT: ``[t, p, offset]``, and where ``offset`` is the partition's
+        position, ``metadata`` ("") and the leader epoch of the record before it as this consumer
+        knows it -- the one its next fetch names (``Consumer._send_fetches``): KIP-320's committed
+        leader epoch. Who starts from the offset names it in its first fetch, and a leader whose
+        log parts from the one read there (an unclean election: truncated under the offset, then
+        written again) says where, instead of the records written since being skipped. Another
+        offset (an application's own, an auto-commit's bound, a position given back) goes without
+        one: which epoch its record was of is not known here."""
+        tp = (t, p)
+        epoch = self._position_epochs.get(tp, NO_LEADER_EPOCH) if self.positions.get(tp) == offset else NO_LEADER_EPOCH
+        return [t, p, offset, "", epoch] if epoch >= 0 else [t, p, offset]
 
     def position_topic_ids(self) -> dict[str, str]:
         """{topic: id} of the topics the current positions are of, as a commit of them names

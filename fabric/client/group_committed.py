@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST
 from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
-from fabric.client.group_link import RETRY_BACKOFF_MS, CoordinatorLink, read_offset_fetch, take_offset_fetch
+from fabric.client.group_link import (RETRY_BACKOFF_MS, CoordinatorLink, committed_epochs, read_offset_fetch,
+                                     take_offset_fetch)
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
 
@@ -59,7 +60,8 @@ class GroupCommittedLookups:
         def _call(self, command: bytes, header: dict, *, timeout_ms: int = ..., retry_ms: int = ...,
                   final: frozenset[int] = ...) -> dict: ...
         def _check_open(self) -> None: ...
-        def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None: ...
+        def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None, *,
+                                     epochs: dict[TopicPartition, int] | None = None) -> None: ...
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of ``tp`` (None: nothing committed)."""
@@ -77,19 +79,23 @@ class GroupCommittedLookups:
         """``committed_offsets``, and {topic: id} of the topics those offsets are of (empty from an
         older coordinator): a host that seeks to them says so (``seek(..., topic_id=, committed=True)``),
         so that an offset of a topic made again since is not taken for one of the new topic."""
-        return self.committed_starts(tps)[:2]
+        offsets, topic_ids, _, _ = self.committed_starts(tps)
+        return offsets, topic_ids
 
     def committed_starts(self, tps: list[TopicPartition]) -> tuple[dict[TopicPartition, int | None], dict[str, str],
-                                                                   set[TopicPartition]]:
-        """``committed_with_topic_ids``, and those of ``tps`` with nothing committed that the
+                                                                   set[TopicPartition], dict[TopicPartition, int]]:
+        """``committed_with_topic_ids``; those of ``tps`` with nothing committed that the
         coordinator names newer than the group's reading of their topic (``newer_than_reading``):
-        a host that starts them itself starts those at their log start (``seek_to_beginning``)."""
+        a host that starts them itself starts those at their log start (``seek_to_beginning``);
+        and {partition: the leader epoch of the record before its committed offset}, where the
+        commit said (KIP-320): a host that seeks to a committed offset passes it on
+        (``seek(..., leader_epoch=)``)."""
         self._check_open()
         if not tps:
-            return {}, {}, set()
+            return {}, {}, set(), {}
         h = self._call(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in tps]})
         offsets, topic_ids, newer = read_offset_fetch(h)
-        return self._took_committed(tps, offsets), topic_ids, newer
+        return self._took_committed(tps, offsets), topic_ids, newer, committed_epochs(offsets)
 
     def _took_committed(self, tps: list[TopicPartition], offsets: list) -> dict[TopicPartition, int | None]:
         """OFFSET_FETCH's ``offsets`` of ``tps``, per partition (None: nothing committed), also
@@ -138,6 +144,7 @@ class GroupCommittedLookups:
             since = lookup.committed_since
             found = self._took_committed([tp for tp in lookup.tps if tp not in since], lookup.offsets)
             found.update(since)
+            epochs = committed_epochs(lookup.offsets)
             for tp in lookup.tps:
                 if not self._awaits_position(tp):
                     continue  # seeked or given up meanwhile
@@ -145,7 +152,8 @@ class GroupCommittedLookups:
                 if off is not None:
                     self.positions[tp] = off
                     # one of this consumer's own commits since: of the topic the metadata names
-                    self._positioned_from_outside([tp], None if tp in since else lookup.topic_ids)
+                    self._positioned_from_outside([tp], None if tp in since else lookup.topic_ids,
+                                                  epochs=None if tp in since else epochs)
                 else:  # nothing committed: the log start of one newer than the group's reading, else
                     # the reset policy (``Consumer._start_spec``), looked up once
                     self._reset_specs[tp] = EARLIEST if tp in lookup.newer else AUTO_RESET

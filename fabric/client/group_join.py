@@ -28,7 +28,7 @@ from fabric import protocol as P
 from fabric.client.consumer import AUTO_RESET, ResetSpec, TopicPartition
 from fabric.client.admin import EARLIEST
 from fabric.client.group_link import (COORDINATOR_CALL_TIMEOUT_MS, REJOIN_ERRORS, RETRY_BACKOFF_MS, CoordinatorLink,
-                                     take_offset_fetch)
+                                     committed_epochs, take_offset_fetch)
 from fabric.clock import Clock
 from fabric.errors import CodedError, RemoteError
 from fabric.metadata import ClusterMetadata
@@ -90,7 +90,8 @@ class GroupJoin:
         def _auto_commit_offsets(self) -> dict[TopicPartition, int]: ...
         def _refresh_metadata(self) -> None: ...
         def _reset(self, tps: list[TopicPartition] | None, spec: ResetSpec) -> None: ...
-        def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None) -> None: ...
+        def _positioned_from_outside(self, tps: list[TopicPartition], of: dict[str, str] | None = None, *,
+                                     epochs: dict[TopicPartition, int] | None = None) -> None: ...
         def _ensure_heartbeat(self) -> None: ...
 
     # -- the rebalance ---------------------------------------------------------------------------
@@ -213,7 +214,7 @@ class GroupJoin:
         its topic, at its log start: ``Consumer._start_spec``)."""
         super().assign(assignment)  # the group's: not the application's assign()
         self._last_committed = {}  # what an earlier ownership committed says nothing now
-        committed = {(t, p): o for t, p, o, _ in offsets}
+        committed = {(t, p): o for t, p, o, *_ in offsets}
         for tp in assignment:
             off = committed.get(tp, -1)
             if off >= 0:
@@ -221,7 +222,8 @@ class GroupJoin:
                 self._last_committed[tp] = off
             else:
                 self._reset([tp], EARLIEST if tp in newer else AUTO_RESET)
-        self._positioned_from_outside([tp for tp in assignment if self.positions.get(tp) is not None], topic_ids)
+        self._positioned_from_outside([tp for tp in assignment if self.positions.get(tp) is not None], topic_ids,
+                                      epochs=committed_epochs(offsets))
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
         with self._lock:
             self._active = True

@@ -33,12 +33,14 @@ log = logging.getLogger(__name__)
 COORDINATOR_CALL_TIMEOUT_MS = 10_000
 RETRY_BACKOFF_MS = 200
 REJOIN_ERRORS = frozenset({P.UNKNOWN_MEMBER, P.ILLEGAL_GENERATION, P.UNKNOWN_GROUP, P.REBALANCE_IN_PROGRESS})
+NO_LEADER_EPOCH = -1  # a committed offset whose record before it is of an epoch not known (OFFSET_FETCH, OFFSET_COMMIT)
 
 
 class OffsetFetchAnswer(NamedTuple):
     """OFFSET_FETCH's answer as a client reads it (``read_offset_fetch``)."""
 
-    offsets: list  # [[topic, partition, offset (-1: nothing committed), metadata]...], as sent
+    # [[topic, partition, offset (-1: nothing committed), metadata, leader epoch (-1: not known)]...]
+    offsets: list
     topic_ids: dict[str, str]  # {topic: the id of the topic its committed offsets are of}
     newer: set[tuple[str, int]]  # newer than the group's reading of their topic (``newer_than_reading``)
 
@@ -46,8 +48,10 @@ class OffsetFetchAnswer(NamedTuple):
 def read_offset_fetch(answer: dict) -> OffsetFetchAnswer:
     """Read OFFSET_FETCH's answer: the one reader of the join's lookup (group_join), an assigned
     consumer's and ``committed_starts`` (group_committed). ``offsets``: each entry
-    ``[topic, partition, offset, metadata]`` (fields after those, a newer coordinator's, are left
-    out). ``topic_ids``: empty from an older coordinator, and an entry that is not a name's string
+    ``[topic, partition, offset, metadata, leader_epoch]``: the leader epoch of the record before
+    the offset, as the committer read it (KIP-320), -1 where not known -- also from an older
+    coordinator, which sends none, or a value that is not an epoch (fields after it, a newer
+    coordinator's, are left out). ``topic_ids``: empty from an older coordinator, and an entry that is not a name's string
     id is left out. ``newer``: of the partitions asked for that have nothing committed, those the
     coordinator knows were made after the group began reading their topic
     (nodes/coordinator/group_readings.py) -- they start at their log start whatever
@@ -64,7 +68,8 @@ def read_offset_fetch(answer: dict) -> OffsetFetchAnswer:
             and type(e[2]) is int and isinstance(e[3], str) for e in raw_offsets)):
         raise ClientError("an OFFSET_FETCH answer's offsets must be [[topic, partition, offset, metadata]...]",
                           P.MALFORMED_REQUEST)
-    offsets = [e[:4] for e in raw_offsets]
+    offsets = [e[:4] + [e[4] if len(e) > 4 and type(e[4]) is int and e[4] >= 0 else NO_LEADER_EPOCH]
+               for e in raw_offsets]
     ids = answer.get("topic_ids")
     raw = answer.get("newer_than_reading")
     newer: set[tuple[str, int]] = set()
@@ -76,10 +81,16 @@ def read_offset_fetch(answer: dict) -> OffsetFetchAnswer:
         else:
             log.warning("OFFSET_FETCH's newer_than_reading cannot be read (%.200r): every partition with nothing "
                         "committed starts at its log start", raw)
-            newer = {(t, p) for t, p, o, _ in offsets if o < 0}
+            newer = {(t, p) for t, p, o, *_ in offsets if o < 0}
     return OffsetFetchAnswer(
         offsets, {t: i for t, i in ids.items() if isinstance(t, str) and isinstance(i, str)} if isinstance(ids, dict) else {},
         newer)
+
+
+def committed_epochs(offsets: list) -> dict[tuple[str, int], int]:
+    """{partition: the leader epoch of the record before its committed offset} of a read
+    OFFSET_FETCH answer's ``offsets`` (``read_offset_fetch``), where both are known."""
+    return {(t, p): e for t, p, o, _, e in offsets if o >= 0 and e >= 0}
 
 
 class OffsetFetchHolder(Protocol):

@@ -18,17 +18,22 @@ Kafka's eager protocol with coordinator-side assignment:
 - A member silent for its session timeout is dropped and the others rebalance. Any request
   naming it counts, also a heartbeat refused for its generation: a consumer whose JOIN_GROUP
   answer still waits in its socket heartbeats with the generation it knew.
-- OFFSET_COMMIT ``{group, member_id, generation, offsets: [[topic, p, offset, metadata?]...],
-  topic_ids?: {topic: id}}``: only a member of the current generation, only for partitions it
-  owns, offsets from 0 up to the partition's high watermark, never below the committed offset.
+- OFFSET_COMMIT ``{group, member_id, generation, offsets: [[topic, p, offset, metadata?,
+  leader_epoch?]...], topic_ids?: {topic: id}}`` (``leader_epoch``: of the record before the
+  offset, as the member read it; -1 or absent: not known -- KIP-320's committed leader epoch,
+  answered by OFFSET_FETCH, which a member starting there names in its first fetch, so a leader
+  whose log parts from the one read says where): only a member of the current generation, only
+  for partitions it owns, offsets from 0 up to the partition's high watermark, never below the
+  committed offset.
   With ``generation: -1`` it is an administrative commit (reset-offsets): only for a group
   without active members, and it may move offsets backward. ``topic_ids`` names the topics the
   offsets were read in: a commit naming an id that is not its topic's now (deleted, perhaps made
   again under its name) is refused whole, ``unknown_topic_id`` -- when it comes and again just
   before its append; without it topics are judged by name. A rejected commit changes nothing.
 - OFFSET_FETCH ``{group, partitions: [[topic, p]...] | null}`` -> ``{offsets: [[topic, p, offset,
-  metadata]], topic_ids: {topic: id}, newer_than_reading: {topic: [p...]}}`` (offset -1: nothing
-  committed; ``topic_ids``: the topic the committed offsets are of, as a member's commits of
+  metadata, leader_epoch]], topic_ids: {topic: id}, newer_than_reading: {topic: [p...]}}``
+  (offset -1: nothing committed; leader_epoch -1: not known; ``topic_ids``: the topic the
+  committed offsets are of, as a member's commits of
   positions started there name it; ``newer_than_reading``: of the partitions with nothing
   committed, those made after the group began reading their topic, which a member starts at their
   log start whatever its ``auto_offset_reset`` -- ``nodes.coordinator.group_readings``; absent

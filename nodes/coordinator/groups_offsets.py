@@ -34,7 +34,7 @@ from fabric.errors import RemoteError
 from fabric.rpc import DEFER
 from nodes.coordinator.group_readings import ALL_TOPICS, Reading, merged_readings, newer_than_reading
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
-from nodes.coordinator.offsets_commits import READINGS_PER_COMMIT_MAX, deletion_parts
+from nodes.coordinator.offsets_commits import NO_LEADER_EPOCH, READINGS_PER_COMMIT_MAX, CommitEntry, deletion_parts
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -84,22 +84,27 @@ class GroupOffsetsMixin:
         gid = self._group_id(req)
         raw = req.get("offsets", list)
         if not raw or len(raw) > P.PARTITIONS_MAX:
-            raise RemoteError(P.MALFORMED_REQUEST, "offsets must be a non-empty list of [topic, partition, offset]")
+            raise RemoteError(P.MALFORMED_REQUEST, "offsets must be a non-empty list of [topic, partition, offset, "
+                                                   "metadata?, leader_epoch?]")
         named = self._named_topic_ids(req)
         err = self.offsets.ids_refusal(named, named)  # the topics read in are gone: refused for good
         if err is not None:
             raise err
-        entries = []
+        entries: list[CommitEntry] = []
         for e in raw:
-            if not (isinstance(e, (list, tuple)) and 3 <= len(e) <= 4 and isinstance(e[0], str)
-                    and type(e[1]) is int and type(e[2]) is int):  # not a bool: stored, it would come back as one
-                raise RemoteError(P.MALFORMED_REQUEST, "each offset is [topic, partition, offset, metadata?]")
+            # not a bool: stored, it would come back as one
+            if not (isinstance(e, (list, tuple)) and 3 <= len(e) <= 5 and isinstance(e[0], str)
+                    and type(e[1]) is int and type(e[2]) is int
+                    and (len(e) < 5 or (type(e[4]) is int and e[4] >= NO_LEADER_EPOCH))):
+                raise RemoteError(P.MALFORMED_REQUEST, "each offset is [topic, partition, offset, metadata?, "
+                                                       "leader_epoch?] (leader_epoch -1: not known)")
             if e[2] < 0:
                 raise RemoteError(P.INVALID_COMMIT_OFFSET, f"offset {e[2]} for {e[0]}-{e[1]} is negative")
             t = self.context.state.topics.get(e[0])
             if t is None or not 0 <= e[1] < len(t.partitions) or e[0] == OFFSETS_TOPIC:
                 raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no partition {e[0]}-{e[1]}")
-            entries.append((e[0], e[1], e[2], str(e[3])[:4096] if len(e) > 3 and e[3] is not None else ""))
+            entries.append((e[0], e[1], e[2], str(e[3])[:4096] if len(e) > 3 and e[3] is not None else "",
+                            e[4] if len(e) > 4 else NO_LEADER_EPOCH))
         self._require_loaded()
         generation = req.get("generation", int, -1)
         if generation >= 0:
@@ -135,7 +140,7 @@ class GroupOffsetsMixin:
         return {t: i for t, i in ids.items() if i}
 
     def _commit_refusal(self, gid: str, mid: Any, generation: int,
-                        entries: list[tuple[str, int, int, str]]) -> RemoteError | None:
+                        entries: list[CommitEntry]) -> RemoteError | None:
         """Why this commit may not be applied now (None: it may)."""
         group = self.groups.get(gid)
         if generation < 0:
@@ -152,7 +157,7 @@ class GroupOffsetsMixin:
         if generation != group.generation:
             return RemoteError(P.ILLEGAL_GENERATION, f"generation {generation} is not the current {group.generation} of {gid!r}")
         owned = set(member.assignment)
-        for t, p, _, _ in entries:
+        for t, p, *_ in entries:
             if (t, p) not in owned:
                 return RemoteError(P.PARTITION_NOT_ASSIGNED, f"{t}-{p} is not assigned to {member.member_id} in generation {group.generation}")
         return None
@@ -190,7 +195,8 @@ class GroupOffsetsMixin:
         topics = self.context.state.topics
         for tp in keys:
             c = table.get(tp)
-            out.append([tp[0], tp[1], c.offset if c else -1, c.metadata if c else ""])
+            out.append([tp[0], tp[1], c.offset if c else -1, c.metadata if c else "",
+                        c.leader_epoch if c else NO_LEADER_EPOCH])
             if c is not None and tp[0] not in ids:
                 now = topics.get(tp[0])
                 tid = c.topic_id or (now.topic_id if now is not None else "")

@@ -8,7 +8,9 @@ restart and the loss of any one broker. A group's records all go to one offsets 
 has at most one append in flight: commits of one group are applied in the order they came.
 
 Record format: key = msgpack ``[group, topic, partition]``; value = msgpack
-``[offset, metadata, commit_ts_ms, topic_id]``, or empty bytes for a deletion (tombstone). A
+``[offset, metadata, commit_ts_ms, topic_id, leader_epoch?]`` (the leader epoch of the record
+before the offset, as the committer read it: written only when known), or empty bytes for a
+deletion (tombstone). A
 group's reading of a topic (when its first generation that subscribed to it was made:
 nodes/coordinator/group_readings.py) goes the same way, in records of its own kind (key msgpack
 ``["loom.offsets.reading", group, topic]``, value ``[version, written_ms]``; a commit key's third
@@ -62,8 +64,8 @@ from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.group_readings import Reading, apply_readings, reading_records
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC, AppendOutcome, OffsetsTopicClient
-from nodes.coordinator.offsets_commits import (APPEND_BYTES_MAX, Committed, DoneCallback, PendingCommit, TopicPartition,
-                                               commit_bytes)
+from nodes.coordinator.offsets_commits import (APPEND_BYTES_MAX, CommitEntry, Committed, DoneCallback, PendingCommit,
+                                               TopicPartition, commit_bytes)
 from nodes.coordinator.offsets_loader import OffsetsLoader
 from nodes.coordinator.offsets_producer import PRODUCER_STATE_ERRORS, ProducerMixin, Sent
 from nodes.coordinator.offsets_resync import ResyncMixin
@@ -202,7 +204,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         log.info("created %s: %d partitions, rf %d", OFFSETS_TOPIC, OFFSETS_PARTITIONS, rf)
 
     # -- commits ---------------------------------------------------------------------------------
-    def commit(self, group: str, entries: list[tuple[str, int, int | None, str]], *, allow_backward: bool,
+    def commit(self, group: str, entries: list[CommitEntry], *, allow_backward: bool,
                check_log_end: bool, done: DoneCallback,
                recheck: Callable[[], RemoteError | None] | None = None, named: set[str] | None = None,
                readings: dict[str, Reading | None] | None = None) -> None:
@@ -216,7 +218,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
             raise RemoteError(P.BUFFER_FULL, "too many offset commits waiting; retry later")
         self.ensure_topic()
         pc = PendingCommit(group, entries, allow_backward, done, self.reactor.clock.now_ms() + COMMIT_TIMEOUT_MS,
-                           recheck=recheck, topic_ids={t: self._topic_id(t) for t, _, _, _ in entries}, size=size,
+                           recheck=recheck, topic_ids={e[0]: self._topic_id(e[0]) for e in entries}, size=size,
                            named=named or set(), readings=dict(readings or {}))
         if pc.readings:
             self._readings_in_flight[group] += 1
@@ -224,7 +226,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         self._pending_count += 1
         self._pending_bytes += size
         if entries:
-            self._in_flight.setdefault(group, Counter()).update((t, p) for t, p, _, _ in entries)
+            self._in_flight.setdefault(group, Counter()).update((e[0], e[1]) for e in entries)
         if check_log_end:
             pc.ready = False
             self._check_log_end(pc)
@@ -239,7 +241,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         self._pending_bytes -= pc.size
         if pc.entries:
             pending = self._in_flight[pc.group]
-            pending.subtract((t, p) for t, p, _, _ in pc.entries)
+            pending.subtract((e[0], e[1]) for e in pc.entries)
             for tp in [tp for tp, n in pending.items() if n <= 0]:
                 del pending[tp]
             if not pending:
@@ -295,7 +297,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
             if err is not None:
                 self._finish(pc, err)
                 continue
-            for topic, p, offset, _ in pc.entries:
+            for topic, p, offset, *_ in pc.entries:
                 overlay[(pc.group, topic, p)] = offset
             take.append(pc)
             take_bytes += pc.size
@@ -309,10 +311,11 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         ts = self.reactor.clock.wall_ms()
         records = []
         for pc in take:
-            for topic, p, offset, metadata in pc.entries:
+            for topic, p, offset, metadata, epoch in pc.entries:
                 key = msgpack.packb([pc.group, topic, p], use_bin_type=True)
-                value = b"" if offset is None else msgpack.packb([offset, metadata, ts, pc.topic_ids.get(topic, "")],
-                                                                 use_bin_type=True)
+                # the leader epoch, 5th, only when known: a value without it is one older code reads too
+                fields = [offset, metadata, ts, pc.topic_ids.get(topic, "")] + ([epoch] if epoch >= 0 else [])
+                value = b"" if offset is None else msgpack.packb(fields, use_bin_type=True)
                 records.append((ts, key, value, None))
             records.extend((ts, key, value, None) for key, value in reading_records(pc.group, pc.readings))
         self._queues[q].sent = self._new_sent(q, records, take)
@@ -361,7 +364,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
                 self._pump(q)
         self._send(q, sent, on_outcome)
 
-    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int,
+    def apply(self, group: str, entries: list[CommitEntry], ts: int,
               topic_ids: dict[str, str] | None = None) -> None:
         """Apply acknowledged changes (offset None: deleted) to the table; ``topic_ids``: the id
         of each entry's topic when it was committed."""
@@ -373,13 +376,13 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
 
     @staticmethod
     def _apply_to(tables: dict[str, dict[TopicPartition, Committed]], group: str,
-                  entries: list[tuple[str, int, int | None, str]], ts: int, topic_ids: dict[str, str] | None) -> None:
+                  entries: list[CommitEntry], ts: int, topic_ids: dict[str, str] | None) -> None:
         table = tables.setdefault(group, {})
-        for topic, p, offset, metadata in entries:
+        for topic, p, offset, metadata, epoch in entries:
             if offset is None:
                 table.pop((topic, p), None)
             else:
-                table[(topic, p)] = Committed(offset, metadata, ts, topic_ids.get(topic, "") if topic_ids else "")
+                table[(topic, p)] = Committed(offset, metadata, ts, topic_ids.get(topic, "") if topic_ids else "", epoch)
         if not table:
             del tables[group]
 

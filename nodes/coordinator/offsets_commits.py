@@ -29,26 +29,32 @@ DELETION_PARTS_IN_BUFFER = 8       # a part of a group's deletion takes at most 
 
 TopicPartition = tuple[str, int]
 DoneCallback = Callable[[RemoteError | None], None]
+NO_LEADER_EPOCH = -1  # a committed offset whose record before it is of an epoch not known
+# one offset of a commit: topic, partition, offset (None: delete), metadata, and the leader epoch of
+# the record before the offset, as the committer read it (NO_LEADER_EPOCH: not known) -- Kafka's
+# committed leader epoch (KIP-320): a consumer that starts from the offset names it in its first
+# fetch, and a leader whose log parts from the one read there (an unclean election) says where
+CommitEntry = tuple[str, int, int | None, str, int]
 
 
-def commit_bytes(group: str, entries: list[tuple[str, int, int | None, str]], readings: Iterable[str] = ()) -> int:
+def commit_bytes(group: str, entries: list[CommitEntry], readings: Iterable[str] = ()) -> int:
     """A commit's bytes in the log, about (each entry's record repeats the group id), as
     P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them; ``readings``: the topics of the
     reading records it carries."""
     per_entry = ENTRY_BYTES + len(group.encode())
-    return sum(per_entry + len(t.encode()) + len(m.encode()) for t, _, _, m in entries) \
+    return sum(per_entry + len(e[0].encode()) + len(e[3].encode()) for e in entries) \
         + sum(per_entry + len(t.encode()) for t in readings)
 
 
-def deletion_parts(group: str, partitions: list[TopicPartition]) -> list[list[tuple[str, int, None, str]]]:
+def deletion_parts(group: str, partitions: list[TopicPartition]) -> list[list[CommitEntry]]:
     """The tombstones of ``partitions`` in parts of at most DELETION_PART_BYTES (as
     ``commit_bytes`` counts them; each part at least one), in order: a group's deletion goes as
     these commits, one after another (the groups' DELETE_GROUP)."""
     limit = min(APPEND_BYTES_MAX, P.PENDING_COMMIT_BYTES_MAX // DELETION_PARTS_IN_BUFFER)
-    parts: list[list[tuple[str, int, None, str]]] = []
+    parts: list[list[CommitEntry]] = []
     size = 0
     for t, p in partitions:
-        entry = (t, p, None, "")
+        entry: CommitEntry = (t, p, None, "", NO_LEADER_EPOCH)
         n = commit_bytes(group, [entry])
         if not parts or size + n > limit:
             parts.append([])
@@ -63,7 +69,7 @@ class PendingCommit:
     """One commit request (or group deletion) waiting for its append."""
 
     group: str
-    entries: list[tuple[str, int, int | None, str]]  # topic, partition, offset (None: delete), metadata
+    entries: list[CommitEntry]
     allow_backward: bool
     done: DoneCallback
     deadline_ms: int
@@ -96,3 +102,4 @@ class Committed:
     metadata: str = ""
     commit_ts_ms: int = 0
     topic_id: str = ""  # the id of the topic it was committed for ("" in records older than the field)
+    leader_epoch: int = NO_LEADER_EPOCH  # of the record before ``offset``, as committed (CommitEntry)

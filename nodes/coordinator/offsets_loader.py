@@ -35,6 +35,7 @@ from nodes.coordinator import snapshots as S
 from nodes.coordinator.context import GroupContext
 from nodes.coordinator.group_readings import ALL_TOPICS, Reading, decode_reading, parse_reading_key
 from nodes.coordinator.offsets_client import OffsetsTopicClient
+from nodes.coordinator.offsets_commits import NO_LEADER_EPOCH, CommitEntry
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ FENCE_KEY = msgpack.packb(["loom.offsets.fence"])
 class LoadTarget(Protocol):
     """Where the loaded records go (the ``OffsetStore``)."""
 
-    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int,
+    def apply(self, group: str, entries: list[CommitEntry], ts: int,
               topic_ids: dict[str, str] | None = None) -> None: ...
 
     def apply_readings(self, group: str, changes: dict[str, Reading | None]) -> None: ...
@@ -69,10 +70,11 @@ class LoadState:
     applied: bool = False            # records of this read are in the table (a restart forgets them)
 
 
-def decode_record(key: bytes | None, value: bytes) -> list[tuple[str, str, int, int | None, str, int, str]]:
+def decode_record(key: bytes | None, value: bytes) -> list[S.Entry]:
     """(group, topic, partition, offset or None for a deletion, metadata, timestamp ms, the
-    topic's id when committed or "") of each entry of an offsets-topic record. Pure. Raises
-    ValueError / TypeError / msgpack.UnpackException for a record that is not one."""
+    topic's id when committed or "", the committed leader epoch or NO_LEADER_EPOCH) of each entry
+    of an offsets-topic record. Pure. Raises ValueError / TypeError / msgpack.UnpackException for
+    a record that is not one."""
     if S.parse_key(key) is not None:
         return list(S.decode_entries(value))
     if key == FENCE_KEY:
@@ -83,14 +85,16 @@ def decode_record(key: bytes | None, value: bytes) -> list[tuple[str, str, int, 
     if not (isinstance(group, str) and isinstance(topic, str) and isinstance(p, int)):
         raise ValueError(f"bad commit key {[group, topic, p]!r}")
     if not value:
-        return [(group, topic, p, None, "", 0, "")]
+        return [(group, topic, p, None, "", 0, "", NO_LEADER_EPOCH)]
     fields = msgpack.unpackb(value, raw=False)
-    if not isinstance(fields, list) or len(fields) not in (3, 4):  # the topic id, 4th, is newer
+    # the topic id, 4th, and the leader epoch, 5th, are newer (and the epoch written only when known)
+    if not isinstance(fields, list) or not 3 <= len(fields) <= 5:
         raise ValueError(f"bad commit value {fields!r}")
     offset, metadata, ts = fields[:3]
-    if not (isinstance(offset, int) and isinstance(ts, int)):
+    epoch = fields[4] if len(fields) == 5 else NO_LEADER_EPOCH
+    if not (isinstance(offset, int) and isinstance(ts, int) and type(epoch) is int and epoch >= NO_LEADER_EPOCH):
         raise ValueError(f"bad commit value {fields!r}")
-    return [(group, topic, p, offset, str(metadata), ts, str(fields[3]) if len(fields) == 4 else "")]
+    return [(group, topic, p, offset, str(metadata), ts, str(fields[3]) if len(fields) >= 4 else "", epoch)]
 
 
 class OffsetsLoader:
@@ -192,8 +196,8 @@ class OffsetsLoader:
         if reading_of is not None:
             self.store.apply_readings(reading_of[0], {reading_of[1]: reading})
             return
-        for group, topic, p, offset, metadata, ts, topic_id in entries:
-            self.store.apply(group, [(topic, p, offset, metadata)], ts, {topic: topic_id})
+        for group, topic, p, offset, metadata, ts, topic_id, epoch in entries:
+            self.store.apply(group, [(topic, p, offset, metadata, epoch)], ts, {topic: topic_id})
 
     def _restart(self, q: int, st: LoadState, log_start_offset: int) -> None:
         """The log start passed the read position (retention), or the log end went back below it

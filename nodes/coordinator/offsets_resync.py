@@ -24,6 +24,7 @@ from fabric import protocol as P
 from fabric.errors import RemoteError
 from nodes.coordinator import snapshots as S
 from nodes.coordinator.group_readings import Reading, apply_readings
+from nodes.coordinator.offsets_commits import CommitEntry
 from nodes.coordinator.offsets_loader import OffsetsLoader
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class _Reread:
         self._apply_to = apply_to
         self._done = done
 
-    def apply(self, group: str, entries: list[tuple[str, int, int | None, str]], ts: int,
+    def apply(self, group: str, entries: list[CommitEntry], ts: int,
               topic_ids: dict[str, str] | None = None) -> None:
         self._apply_to(self.table, group, entries, ts, topic_ids)
 

@@ -67,7 +67,7 @@ class CommitValidationMixin:
         the offset)."""
         unknown: dict[str, list[list]] = {}
         epochs: dict[TopicPartition, int] = {}  # the leader epoch of each partition asked, when asked
-        for topic, p, offset, _ in pc.entries:
+        for topic, p, offset, *_ in pc.entries:
             if offset is not None and offset > self._hw_known((topic, p)):
                 epochs[(topic, p)] = self._leader_epoch((topic, p))
                 ep = self.client.leader_endpoint(topic, p)
@@ -126,7 +126,7 @@ class CommitValidationMixin:
         """Refuse offsets past the HW seen (``found``: what the commit's own lookup answered):
         retriably (offset_not_available) where the leader answered only its HW so far (it was
         just elected), for good (out of range) elsewhere."""
-        for topic, p, offset, _ in pc.entries:
+        for topic, p, offset, *_ in pc.entries:
             hw = max(self._hw_known((topic, p)), (found or {}).get((topic, p), -1))
             if offset is not None and offset > hw and (topic, p) in ends_unknown:
                 self._reject(pc, RemoteError(P.OFFSET_NOT_AVAILABLE, f"{topic}-{p}: its new leader does not know its "
@@ -146,7 +146,7 @@ class CommitValidationMixin:
         """A topic the commit sets an offset of was deleted (and perhaps made again) since it
         was taken. Tombstones (offset None) only delete, and are applied before any commit of a
         topic made again that was queued after them: a group's deletion goes on."""
-        setting = {topic for topic, _, offset, _ in pc.entries if offset is not None}
+        setting = {topic for topic, _, offset, *_ in pc.entries if offset is not None}
         return self.ids_refusal({t: i for t, i in pc.topic_ids.items() if t in setting}, pc.named)
 
     def ids_refusal(self, topic_ids: dict[str, str], named: Collection[str]) -> RemoteError | None:
@@ -169,7 +169,7 @@ class CommitValidationMixin:
         if pc.allow_backward:
             return None
         current = self.offsets_for(pc.group)
-        for topic, p, offset, _ in pc.entries:
+        for topic, p, offset, *_ in pc.entries:
             if offset is None:
                 continue
             key = (pc.group, topic, p)

@@ -20,7 +20,7 @@ as Kafka expires offsets after ``offsets.retention.minutes``.)
 
 Record format: key = msgpack ``["snapshot", snapshot_id, index, last]`` (4 elements, where a
 commit key has 3); value = msgpack ``[[group, topic, partition, offset, metadata,
-commit_ts_ms], ...]``. A snapshot larger than ``SNAPSHOT_RECORD_BYTES_MAX`` is split into
+commit_ts_ms, topic_id, leader_epoch?], ...]`` (the leader epoch only when known). A snapshot larger than ``SNAPSHOT_RECORD_BYTES_MAX`` is split into
 several records, one append each; ``last`` marks the final one. The groups' readings
 (nodes/coordinator/group_readings.py) follow it as reading records, several to an append
 (``in_appends``): part of the snapshot -- its pointer is remembered only once they are in too.
@@ -47,7 +47,9 @@ OFFSETS_RETENTION_MS = 7 * 24 * 3600 * 1000
 # the retention must never reach the latest snapshot of a running coordinator
 assert OFFSETS_RETENTION_MS >= 5 * SNAPSHOT_REFRESH_MS >= 5 * SNAPSHOT_INTERVAL_MS
 
-Entry = tuple[str, str, int, int, str, int, str]   # group, topic, partition, offset, metadata, commit_ts_ms, topic_id
+# group, topic, partition, offset (None: a deletion, in a commit record only), metadata, commit_ts_ms,
+# topic_id, leader_epoch (-1: not known; offsets_commits.CommitEntry)
+Entry = tuple[str, str, int, int | None, str, int, str, int]
 
 
 @dataclass
@@ -74,7 +76,8 @@ def snapshot_records(snapshot_id: str, entries: Iterable[Entry]) -> list[tuple[b
     chunks: list[list[bytes]] = [[]]
     size = 0
     for e in entries:
-        packed = msgpack.packb(list(e), use_bin_type=True)
+        # the leader epoch, 8th, only when known: an entry without it is one older code reads too
+        packed = msgpack.packb(list(e) if e[7] >= 0 else list(e[:7]), use_bin_type=True)
         if chunks[-1] and size + len(packed) + 5 > SNAPSHOT_RECORD_BYTES_MAX:
             chunks.append([])
             size = 0
@@ -127,9 +130,11 @@ def decode_entries(value: bytes) -> list[Entry]:
         raise ValueError("a snapshot value is a list of entries")
     out = []
     for e in raw:
-        # the topic id, 7th, is absent from snapshots older than it
-        if not (isinstance(e, list) and len(e) in (6, 7) and isinstance(e[0], str) and isinstance(e[1], str)
-                and isinstance(e[2], int) and isinstance(e[3], int) and isinstance(e[5], int)):
+        # the topic id, 7th, is absent from snapshots older than it; the leader epoch, 8th, too (and
+        # from entries whose epoch is not known)
+        if not (isinstance(e, list) and 6 <= len(e) <= 8 and isinstance(e[0], str) and isinstance(e[1], str)
+                and isinstance(e[2], int) and isinstance(e[3], int) and isinstance(e[5], int)
+                and (len(e) < 8 or (type(e[7]) is int and e[7] >= -1))):
             raise ValueError(f"bad snapshot entry {e!r}")
-        out.append((e[0], e[1], e[2], e[3], str(e[4]), e[5], str(e[6]) if len(e) == 7 else ""))
+        out.append((e[0], e[1], e[2], e[3], str(e[4]), e[5], str(e[6]) if len(e) >= 7 else "", e[7] if len(e) == 8 else -1))
     return out

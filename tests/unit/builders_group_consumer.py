@@ -111,6 +111,7 @@ class OffsetsCoordinator:
 
     def __init__(self) -> None:
         self.committed: dict[tuple[str, int], int] = {}
+        self.committed_epochs: dict[tuple[str, int], int] = {}  # the leader epoch a commit named (absent: -1)
         self.members: set[str] = set()
         self.uncommitted = 0  # what OFFSET_FETCH answers for nothing committed (the real coordinator: -1)
         self.topic_ids = {"t": "id-t"}  # as the real one, a commit naming another id is refused whole
@@ -123,7 +124,8 @@ class OffsetsCoordinator:
         if command == P.SYNC_GROUP:
             return {"generation": 1, "assignment": [list(T0)]}
         if command == P.OFFSET_FETCH:
-            return {"offsets": [[t, p, self.committed.get((t, p), self.uncommitted), ""] for t, p in header["partitions"]],
+            return {"offsets": [[t, p, self.committed.get((t, p), self.uncommitted), "",
+                                 self.committed_epochs.get((t, p), -1)] for t, p in header["partitions"]],
                     "topic_ids": {t: self.topic_ids[t] for t, p in header["partitions"] if (t, p) in self.committed}}
         if command == P.OFFSET_COMMIT:
             for t, named in (header.get("topic_ids") or {}).items():
@@ -131,10 +133,11 @@ class OffsetsCoordinator:
                     raise RemoteError(P.UNKNOWN_TOPIC_ID, f"topic {t!r} of id {named} was deleted: nothing was committed")
             if header["generation"] < 0 and self.members:
                 raise RemoteError(P.NON_EMPTY_GROUP, "group 'g' has active members: only they may commit")
-            if header["generation"] >= 0 and any(o < self.committed.get((t, p), 0) for t, p, o in header["offsets"]):
+            if header["generation"] >= 0 and any(o < self.committed.get((t, p), 0) for t, p, o, *_ in header["offsets"]):
                 raise RemoteError(P.INVALID_COMMIT_OFFSET, "below the committed offset")
-            for t, p, o in header["offsets"]:
+            for t, p, o, *rest in header["offsets"]:
                 self.committed[(t, p)] = o
+                self.committed_epochs[(t, p)] = rest[1] if len(rest) > 1 else -1
             return {}
         if command == P.LEAVE_GROUP:
             self.members.discard(header["member_id"])

@@ -341,20 +341,21 @@ def offsets_records(payload: bytes, base_offset: int = 0) -> list:
     return decode_batches(OFFSETS_TOPIC, 0, bytes(data))
 
 
-def offsets_log_table(batches: Iterable[bytes]) -> dict[str, dict[tuple[str, int], int]]:
-    """group -> (topic, partition) -> offset: what a coordinator's load rebuilds from these
-    appends to the offsets topic, read in order (commits, tombstones, snapshot records; the
-    groups' readings, nodes/coordinator/group_readings.py, left out)."""
-    rebuilt: dict[str, dict[tuple[str, int], int]] = {}
+def offsets_log_table(batches: Iterable[bytes], epochs: bool = False) -> dict[str, dict[tuple[str, int], Any]]:
+    """group -> (topic, partition) -> offset (``epochs``: (offset, committed leader epoch)): what
+    a coordinator's load rebuilds from these appends to the offsets topic, read in order
+    (commits, tombstones, snapshot records; the groups' readings,
+    nodes/coordinator/group_readings.py, left out)."""
+    rebuilt: dict[str, dict[tuple[str, int], Any]] = {}
     for r in (r for b in batches for r in offsets_records(b, 0)):
         if parse_reading_key(r.key) is not None:
             continue
-        for group, topic, p, offset, *_ in decode_record(r.key, r.value):
+        for group, topic, p, offset, _m, _ts, _id, epoch in decode_record(r.key, r.value):
             table = rebuilt.setdefault(group, {})
             if offset is None:
                 table.pop((topic, p), None)
             else:
-                table[(topic, p)] = offset
+                table[(topic, p)] = (offset, epoch) if epochs else offset
     return {g: t for g, t in rebuilt.items() if t}
 
 
@@ -430,14 +431,15 @@ def ack_last_produce(client: RecordingClient, base_offset: int) -> None:
 
 
 def admin_commit(gc: GroupCoordinator, client: RecordingClient, group: str, offset: int,
-                 *, ack: bool = True, base_offset: int = 0) -> wire.Request:
-    """An administrative commit of t-0 (the log-end lookup and the append answered at once)."""
-    req = request(P.OFFSET_COMMIT, group=group, generation=-1, offsets=[["t", 0, offset]])
+                 *, ack: bool = True, base_offset: int = 0, offsets: list | None = None) -> wire.Request:
+    """An administrative commit of t-0 at ``offset`` (or of ``offsets``, OFFSET_COMMIT's entries),
+    the log-end lookup (every log ending at 1000) and the append answered at once."""
+    req = request(P.OFFSET_COMMIT, group=group, generation=-1, offsets=offsets or [["t", 0, offset]])
     before = len(client.sent)
     assert gc._on_offset_commit(req) is DEFER
-    for cmd, _h, _p, cb in client.sent[before:]:
+    for cmd, h, _p, cb in client.sent[before:]:
         if cmd == P.LIST_OFFSETS:
-            cb({"parts": [["t", 0, 0, 1000]]}, [], None)
+            cb({"parts": [[t, p, 0, 1000] for t, p, _spec in h["parts"]]}, [], None)
     if ack:
         ack_last_produce(client, base_offset)
     return req

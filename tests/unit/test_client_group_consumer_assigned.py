@@ -70,7 +70,7 @@ def test_poll_auto_commits_the_positions_once_the_interval_passes(assigned) -> N
     assert a.commits() == []
     a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
     assert a.poll() == list(range(10, 20))
-    assert a.commits() == [{"group": "g", "member_id": "", "generation": -1, "offsets": [["t", 0, 10]],
+    assert a.commits() == [{"group": "g", "member_id": "", "generation": -1, "offsets": [["t", 0, 10, "", 1]],
                            "topic_ids": {"t": "id-t"}}]
     assert a.coordinator.committed[T0] == 10
 
@@ -81,7 +81,7 @@ def test_maintain_auto_commits_and_never_an_offset_that_did_not_move(assigned) -
     for _ in range(3):
         a.reactor.clock.advance(AUTO_COMMIT_INTERVAL_MS)
         a.consumer.maintain()
-    assert [h["offsets"] for h in a.commits()] == [[["t", 0, 10]]]
+    assert [h["offsets"] for h in a.commits()] == [[["t", 0, 10, "", 1]]]
 
 
 def test_close_commits_the_positions(assigned) -> None:  # noqa: ANN001
@@ -210,7 +210,7 @@ def test_assign_commits_the_positions_of_the_partitions_it_drops_and_only_those(
     a.consumer.assign([T0, T1])  # t-0 kept, with its position: nothing to commit for it
     assert a.commits() == []
     a.consumer.assign([T1])
-    assert [h["offsets"] for h in a.commits()] == [[["t", 0, 10]]]
+    assert [h["offsets"] for h in a.commits()] == [[["t", 0, 10, "", 1]]]
     assert a.coordinator.committed.get(T0) == 10, "the position of the dropped t-0 was lost uncommitted"
 
 

@@ -180,7 +180,7 @@ def test_offset_fetch_names_the_topic_each_committed_offset_is_of(tmp_path: Path
     read_in = context.state.topics["t"].topic_id
     _commit(gc, context, client, member, [["t", 0, 5]], topic_ids={"t": read_in})
     fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0], ["t", 1]]))
-    assert fetched["offsets"] == [["t", 0, 5, ""], ["t", 1, -1, ""]] and fetched["topic_ids"] == {"t": read_in}
+    assert fetched["offsets"] == [["t", 0, 5, "", -1], ["t", 1, -1, "", -1]] and fetched["topic_ids"] == {"t": read_in}
     _recreate(context, gc)
     fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=None))
     assert fetched == {"group": "g", "offsets": [], "topic_ids": {}, "newer_than_reading": {}}

@@ -46,9 +46,33 @@ def test_offset_fetch_of_a_partition_with_a_commit_in_flight_is_unstable_and_ret
         with pytest.raises(RemoteError) as e:
             gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=wanted))
         assert e.value.code == P.UNSTABLE_OFFSET_COMMIT and e.value.retriable
-    assert gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 1]]))["offsets"] == [["t", 1, -1, ""]]
+    assert gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 1]]))["offsets"] == [["t", 1, -1, "", -1]]
     ack_last_produce(client, 1)
-    assert gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0]]))["offsets"] == [["t", 0, 9, ""]]
+    assert gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0]]))["offsets"] == [["t", 0, 9, "", -1]]
+
+
+# -- the committed leader epoch (KIP-320) ------------------------------------------------------------
+def test_a_commits_leader_epoch_is_answered_and_stored_in_the_log_only_when_known(tmp_path: Path) -> None:
+    """The epoch of the record before the offset, as the member read it: OFFSET_FETCH answers it
+    (-1: not known); a record written without one is one older code reads too."""
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    admin_commit(gc, client, "g", 0, offsets=[["t", 0, 9, "m", 4], ["t", 1, 3]])
+    fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0], ["t", 1]]))
+    assert fetched["offsets"] == [["t", 0, 9, "m", 4], ["t", 1, 3, "", -1]]
+    values = {msgpack.unpackb(r.key)[2]: msgpack.unpackb(r.value) for r in offsets_records(client.of(P.PRODUCE)[-1][2][0], 0)}
+    assert len(values[0]) == 5 and values[0][4] == 4 and len(values[1]) == 4
+    admin_commit(gc, client, "g", 0, offsets=[["t", 0, 12, "", -1]])  # the next commit's (none) replaces it
+    assert gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0]]))["offsets"] == \
+        [["t", 0, 12, "", -1]]
+
+
+@pytest.mark.parametrize("epoch", [-2, "4", True, 1.0, None, [4]])
+def test_a_leader_epoch_that_is_not_one_refuses_the_commit_as_malformed(tmp_path: Path, epoch: object) -> None:
+    gc, context, client = loaded_group_coordinator(tmp_path)
+    with pytest.raises(RemoteError) as e:
+        gc._on_offset_commit(request(P.OFFSET_COMMIT, group="g", generation=-1, offsets=[["t", 0, 9, "", epoch]]))
+    assert e.value.code == P.MALFORMED_REQUEST and "leader_epoch" in e.value.message
+    assert not client.of(P.PRODUCE), "a refused commit was appended"
 
 
 def test_log_end_cache_forgets_a_deleted_topic(tmp_path: Path) -> None:
@@ -69,7 +93,7 @@ def _commit_with_a_recheck(tmp_path: Path):  # noqa: ANN202 - (group coordinator
     gc, context, client = loaded_group_coordinator(tmp_path)
     refusal: list[RemoteError | None] = [None]
     results: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False,
+    gc.offsets.commit("g", [("t", 0, 7, "", -1)], allow_backward=False, check_log_end=False,
                       done=results.append, recheck=lambda: refusal[0])
     return gc, context, client, refusal, results
 
@@ -95,7 +119,7 @@ def test_a_retried_append_is_not_rechecked_after_a_rebalance(tmp_path: Path) -> 
 def test_a_commit_not_yet_sent_is_still_rechecked(tmp_path: Path) -> None:
     gc, context, client = loaded_group_coordinator(tmp_path)
     results: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False, done=results.append,
+    gc.offsets.commit("g", [("t", 0, 7, "", -1)], allow_backward=False, check_log_end=False, done=results.append,
                       recheck=lambda: RemoteError(P.ILLEGAL_GENERATION, "generation 1 is over"))
     assert client.of(P.PRODUCE) == []
     assert [e.code for e in results if e is not None] == [P.ILLEGAL_GENERATION]
@@ -135,7 +159,7 @@ def test_an_append_stays_within_the_brokers_batch_limit(tmp_path: Path) -> None:
     other groups' too. Appends are bounded by their bytes now (a commit always fits alone)."""
     gc, context, client = loaded_group_coordinator(tmp_path)
     context.state.topics["t"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3]) for _ in range(250)])
-    entries = [("t", p, 1, "m" * 4096) for p in range(250)]
+    entries = [("t", p, 1, "m" * 4096, -1) for p in range(250)]
     results: list[RemoteError | None] = []
     for _ in range(21):
         gc.offsets.commit("g", entries, allow_backward=False, check_log_end=False, done=results.append)
@@ -157,11 +181,11 @@ def test_a_waiting_commit_is_counted_in_encoded_bytes_with_its_group_per_entry(
     monkeypatch.setattr(P, "PENDING_COMMIT_BYTES_MAX", 30_000)
     gc, context, client = loaded_group_coordinator(tmp_path)
     group = "g" * 249
-    gc.offsets.commit(group, [("t", 0, 1, "\u20ac" * 2000), ("t", 1, 1, "")], allow_backward=False,
+    gc.offsets.commit(group, [("t", 0, 1, "\u20ac" * 2000, -1), ("t", 1, 1, "", -1)], allow_backward=False,
                       check_log_end=False, done=lambda _e: None)
     with pytest.raises(RemoteError) as e:  # ~6 KB + 2 x 249 + the fixed cost, twice, is over 30,000 three times
         for _ in range(4):
-            gc.offsets.commit(group, [("t", 0, 1, "\u20ac" * 2000), ("t", 1, 1, "")], allow_backward=False,
+            gc.offsets.commit(group, [("t", 0, 1, "\u20ac" * 2000, -1), ("t", 1, 1, "", -1)], allow_backward=False,
                               check_log_end=False, done=lambda _e: None)
     assert e.value.code == P.BUFFER_FULL
 
@@ -172,8 +196,8 @@ def test_a_snapshot_queued_behind_a_commit_does_not_stop_the_coordinator(tmp_pat
     queued behind it, and the acknowledgement's pump raised AttributeError on the reactor."""
     gc, context, client = loaded_group_coordinator(tmp_path)
     results: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 0, 1, "")], allow_backward=False, check_log_end=False, done=results.append)
-    gc.offsets.commit("g", [("t", 0, 2, "")], allow_backward=False, check_log_end=False, done=results.append)
+    gc.offsets.commit("g", [("t", 0, 1, "", -1)], allow_backward=False, check_log_end=False, done=results.append)
+    gc.offsets.commit("g", [("t", 0, 2, "", -1)], allow_backward=False, check_log_end=False, done=results.append)
     gc.offsets.snapshot(gc.offsets.partition_for_group("g"))
     ack_last_produce(client, 0)
     ack_last_produce(client, 1)
@@ -225,7 +249,7 @@ def test_a_commit_that_landed_unacknowledged_is_read_back_from_the_log(tmp_path:
             handler(req)
         assert e.value.code == P.UNSTABLE_OFFSET_COMMIT and e.value.retriable
     later: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 1, 3, "")], allow_backward=False, check_log_end=False, done=later.append)
+    gc.offsets.commit("g", [("t", 1, 3, "", -1)], allow_backward=False, check_log_end=False, done=later.append)
     produces = len(commit_produces(client))
     _answer_the_reread(context, client, batch)
     assert gc.offsets.offsets_for("g")[("t", 0)].offset == 7, "the table follows the log"
@@ -242,7 +266,7 @@ def test_an_append_discarded_unread_does_not_wedge_the_offsets_partition(tmp_pat
     _answer_the_reread(context, client, batch)
     assert "g" not in gc.offsets.table and gc.offsets.pending_count == 0 and not gc.offsets.has_in_flight("g")
     again: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False, done=again.append)
+    gc.offsets.commit("g", [("t", 0, 7, "", -1)], allow_backward=False, check_log_end=False, done=again.append)
     ack_last_produce(client, 0)
     assert again == [None] and gc.offsets.offsets_for("g")[("t", 0)].offset == 7
 
@@ -285,7 +309,7 @@ def test_a_bug_in_a_commit_callback_leaves_the_store_instead_of_being_logged_and
 
     def buggy_done(err: RemoteError | None) -> None:
         raise TypeError("a bug in the commit's callback")
-    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False, done=buggy_done)
+    gc.offsets.commit("g", [("t", 0, 7, "", -1)], allow_backward=False, check_log_end=False, done=buggy_done)
     with pytest.raises(TypeError, match="commit's callback"):
         ack_last_produce(client, 0)
 
@@ -299,13 +323,13 @@ def test_a_retried_zombie_commit_lands_before_the_new_owners_commit(tmp_path: Pa
     gc, context, client = loaded_group_coordinator(tmp_path)
     zombie: list[RemoteError | None] = []
     owner: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 0, 7, "")], allow_backward=False, check_log_end=False,
+    gc.offsets.commit("g", [("t", 0, 7, "", -1)], allow_backward=False, check_log_end=False,
                       done=zombie.append, recheck=lambda: None)
     (first,) = client.of(P.PRODUCE)
     first[3](None, [], RequestTimeout("no reply"))  # may have landed
     # a rebalance hands t-0 on; the new owner may not start from the committed offsets yet
     assert gc.offsets.unstable("g", [("t", 0)]) == [("t", 0)]
-    gc.offsets.commit("g", [("t", 0, 9, "")], allow_backward=False, check_log_end=False,
+    gc.offsets.commit("g", [("t", 0, 9, "", -1)], allow_backward=False, check_log_end=False,
                       done=owner.append, recheck=lambda: None)
     context.reactor.advance(RETRY_MS)
     retry = client.of(P.PRODUCE)[1]

@@ -37,11 +37,17 @@ def _key(*parts: object) -> bytes:
 
 
 def test_commits_tombstones_and_snapshots_decode() -> None:
-    assert decode_record(_key("g", "t", 1), _key(42, "m", 7)) == [("g", "t", 1, 42, "m", 7, "")]  # older: no topic id
-    assert decode_record(_key("g", "t", 1), _key(42, "m", 7, "id-1")) == [("g", "t", 1, 42, "m", 7, "id-1")]
-    assert decode_record(_key("g", "t", 1), b"") == [("g", "t", 1, None, "", 0, "")]
-    (key, value), = S.snapshot_records("snap-1", [("g", "t", 0, 5, "", 9, "id-1")])
-    assert decode_record(key, value) == [("g", "t", 0, 5, "", 9, "id-1")]
+    # older: no topic id, no leader epoch (-1: not known)
+    assert decode_record(_key("g", "t", 1), _key(42, "m", 7)) == [("g", "t", 1, 42, "m", 7, "", -1)]
+    assert decode_record(_key("g", "t", 1), _key(42, "m", 7, "id-1")) == [("g", "t", 1, 42, "m", 7, "id-1", -1)]
+    assert decode_record(_key("g", "t", 1), _key(42, "m", 7, "id-1", 4)) == [("g", "t", 1, 42, "m", 7, "id-1", 4)]
+    assert decode_record(_key("g", "t", 1), b"") == [("g", "t", 1, None, "", 0, "", -1)]
+    (key, value), = S.snapshot_records("snap-1", [("g", "t", 0, 5, "", 9, "id-1", -1), ("g", "t", 1, 6, "", 9, "id-1", 3)])
+    assert decode_record(key, value) == [("g", "t", 0, 5, "", 9, "id-1", -1), ("g", "t", 1, 6, "", 9, "id-1", 3)]
+    # an entry whose epoch is not known is written as older code wrote it (and reads it)
+    assert [len(e) for e in msgpack.unpackb(value)] == [7, 8]
+    (key, value), = S.snapshot_records("snap-2", [])
+    assert decode_record(key, value) == []
 
 
 @pytest.mark.parametrize("key, value", [
@@ -56,6 +62,12 @@ def test_commits_tombstones_and_snapshots_decode() -> None:
     # OverflowError, which stopped the coordinator at every start while the record was in the log)
     (_key(S.SNAPSHOT_KEY_TAG, "s", 0, True), _key(["g", "t", 0, 5, "", float("inf")])),
     (_key(S.SNAPSHOT_KEY_TAG, "s", 0, True), _key(["g", "t", 0, 5, "", "9"])),
+    # a leader epoch that is not one
+    (_key("g", "t", 0), _key(3, "", 1, "id-1", "4")),
+    (_key("g", "t", 0), _key(3, "", 1, "id-1", True)),
+    (_key("g", "t", 0), _key(3, "", 1, "id-1", -2)),
+    (_key("g", "t", 0), _key(3, "", 1, "id-1", 4, "more")),
+    (_key(S.SNAPSHOT_KEY_TAG, "s", 0, True), _key(["g", "t", 0, 5, "", 9, "id-1", 1.5])),
 ])
 def test_a_record_that_cannot_be_read_is_counted_logged_and_skipped(
         key: bytes | None, value: bytes, caplog: pytest.LogCaptureFixture) -> None:
@@ -65,7 +77,7 @@ def test_a_record_that_cannot_be_read_is_counted_logged_and_skipped(
     loader.apply_record(_key("g", "t", 0), _key(3, "", 1))
     assert context.counters["offsets_bad_records"] == 1
     assert "cannot be read" in caplog.text
-    assert store.applied == [("g", [("t", 0, 3, "")], 1)]
+    assert store.applied == [("g", [("t", 0, 3, "", -1)], 1)]
 
 
 def test_a_bug_in_applying_a_record_is_not_counted_as_a_bad_record() -> None:

@@ -30,7 +30,7 @@ def _resyncing(tmp_path: Path, group: str = "g"):  # noqa: ANN202 - (gc, context
     gc, context, client = loaded_group_coordinator(tmp_path)
     q = gc.offsets.partition_for_group(group)
     done: list = []
-    gc.offsets.commit(group, [("t", 0, 7, "")], allow_backward=False, check_log_end=False, done=done.append)
+    gc.offsets.commit(group, [("t", 0, 7, "", -1)], allow_backward=False, check_log_end=False, done=done.append)
     (_, _, payloads, cb) = client.of(P.PRODUCE)[-1]
     client.unanswered.remove(len(client.sent) - 1)
     cb({"results": [[1, P.STORAGE_ERROR, "disk"]]}, [], None)
@@ -56,7 +56,7 @@ def test_a_commit_behind_a_snapshot_is_answered_at_its_deadline_while_the_partit
     gc, context, client, q, _ = _resyncing(tmp_path)  # the read again waits (say: no leader for long)
     gc.offsets.snapshot(q)  # due now (tick's schedule), or queued before the ambiguous commit ended
     later: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 1, 3, "")], allow_backward=False, check_log_end=False, done=later.append)
+    gc.offsets.commit("g", [("t", 1, 3, "", -1)], allow_backward=False, check_log_end=False, done=later.append)
     # well past the commit's deadline, and past the snapshot's own (which bounds the wait otherwise)
     _advance_with_ticks(gc, context, COMMIT_TIMEOUT_MS + S.SNAPSHOT_TIMEOUT_MS + 60_000)
     assert [e.code for e in later if e is not None] == [P.REQUEST_TIMED_OUT], \

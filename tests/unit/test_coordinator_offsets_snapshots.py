@@ -97,7 +97,7 @@ def test_loading_starts_at_the_remembered_snapshot_and_falls_back_to_the_log_sta
     assert fetches[0][1]["parts"][0][2] == 40 and fetches[1][1]["parts"][0][2] == 7
     assert fetches[2][1]["parts"][0][2] == 0  # no snapshot yet: from the log start
     (g0,) = _groups_of_partition(0, 1)
-    (key, value), = S.snapshot_records("aa", [(g0, "t", 0, 12, "", 1)])
+    (key, value), = S.snapshot_records("aa", [(g0, "t", 0, 12, "", 1, "", -1)])
     snap = bytearray(build_batch([(1, key, value, None)]))
     B.set_base_offset(snap, 40)
     fetches[0][3]({"parts": [[OFFSETS_TOPIC, 0, 0, 41, 41, 0, None]]}, [bytes(snap)], None)

@@ -157,7 +157,7 @@ class _Cluster:
         self.clock.advance(1000)
         self.log.settle()  # what went before it (the group's reading) first
         outcome: list = []
-        self.coord.groups.offsets.commit("g", [(tp[0], tp[1], offset, "")], allow_backward=True, check_log_end=False,
+        self.coord.groups.offsets.commit("g", [(tp[0], tp[1], offset, "", -1)], allow_backward=True, check_log_end=False,
                                          done=outcome.append)
         self.log.settle()
         assert outcome == [None]
@@ -191,7 +191,7 @@ def test_a_partition_added_while_the_group_had_no_member_is_newer_than_its_readi
     cluster.grow("t", 3)
     cluster.join("b")  # a new process: it saw t with 3 partitions from the start
     answer = cluster.fetch(T0, T1, T2)
-    assert answer["offsets"] == [["t", 0, 5, ""], ["t", 1, -1, ""], ["t", 2, -1, ""]]
+    assert answer["offsets"] == [["t", 0, 5, "", -1], ["t", 1, -1, "", -1], ["t", 2, -1, "", -1]]
     assert answer["newer_than_reading"] == {"t": [1, 2]}
 
 
@@ -300,8 +300,8 @@ def test_a_fetch_waits_until_the_groups_reading_is_stored(cluster: _Cluster) -> 
     everything = cluster.coord.groups._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=None))
     assert everything["offsets"] == [], "an administrator's look at every committed offset judges nothing: not held up"
     cluster.log.settle()  # the reading is appended: the answer goes out at once (no tick)
-    assert cluster.coord.groups.server.answer(held)["offsets"] == [["t", 0, -1, ""]]
-    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, ""]]
+    assert cluster.coord.groups.server.answer(held)["offsets"] == [["t", 0, -1, "", -1]]
+    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, "", -1]]
 
 
 def test_a_held_fetch_is_refused_at_its_deadline_while_the_reading_cannot_be_stored(cluster: _Cluster) -> None:
@@ -320,7 +320,7 @@ def test_a_held_fetch_is_refused_at_its_deadline_while_the_reading_cannot_be_sto
     assert cluster.coord.groups.server.answer(held)["error"] == P.UNSTABLE_OFFSET_COMMIT
     assert groups_offsets.OFFSET_FETCH_HOLD_MS < COORDINATOR_CALL_TIMEOUT_MS // 2
     cluster.log.settle()
-    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, ""]]
+    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, "", -1]]
 
 
 def test_fetches_held_are_bounded(cluster: _Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,7 +335,7 @@ def test_fetches_held_are_bounded(cluster: _Cluster, monkeypatch: pytest.MonkeyP
         cluster.coord.groups._on_offset_fetch(reqs[2])
     assert e.value.code == P.UNSTABLE_OFFSET_COMMIT
     cluster.log.settle()
-    assert [cluster.coord.groups.server.answer(r)["offsets"] for r in reqs[:2]] == [[["t", 0, -1, ""]]] * 2
+    assert [cluster.coord.groups.server.answer(r)["offsets"] for r in reqs[:2]] == [[["t", 0, -1, "", -1]]] * 2
 
 
 # -- scenario 3: the topic deleted and made again -------------------------------------------------
@@ -360,7 +360,7 @@ def test_every_partition_of_a_topic_made_again_is_newer_than_a_reading_of_the_on
         assert cluster.coord.groups.offsets.table["g"][T0].offset == 5, "the old topic's commit"
     cluster.join("b")
     answer = cluster.fetch(T0, T1)
-    assert answer["offsets"] == [["t", 0, -1, ""], ["t", 1, -1, ""]], "the old topic's offset is not the new one's"
+    assert answer["offsets"] == [["t", 0, -1, "", -1], ["t", 1, -1, "", -1]], "the old topic's offset is not the new one's"
     assert answer["newer_than_reading"] == {"t": [0, 1]}
 
 
@@ -377,7 +377,7 @@ def test_a_group_reading_many_topics_stores_its_readings_in_bounded_commits(
     assert len(readings) == 5
     assert max(len(decode_batches(OFFSETS_TOPIC, q, b)) for q, bs in cluster.log.logs.items() for b in bs) <= 2
     assert set(cluster.coord.groups.offsets.readings["g"]) == {"t", "u", "v", "w", "x"}
-    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, ""]]
+    assert cluster.fetch(T0)["offsets"] == [["t", 0, -1, "", -1]]
 
 
 def test_a_reading_stored_before_a_snapshot_comes_back_from_it(cluster: _Cluster) -> None:
@@ -516,7 +516,7 @@ def test_partitions_the_topic_lacks_are_never_newer_and_nothing_breaks(cluster: 
     cluster.grow("t", 2)
     answer = cluster.fetch(("t", -1), ("t", 2), ("nope", 0), T1)
     assert answer["newer_than_reading"] == {"t": [1]}
-    assert [o for _, _, o, _ in answer["offsets"]] == [-1, -1, -1, -1]
+    assert [o for _, _, o, *_ in answer["offsets"]] == [-1, -1, -1, -1]
 
 
 def test_a_state_written_before_the_markers_loads_and_judges_nothing_newer(cluster: _Cluster) -> None:

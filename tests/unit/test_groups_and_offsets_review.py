@@ -69,7 +69,7 @@ def test_a_recreated_topic_does_not_inherit_the_committed_offsets_of_the_deleted
     _delete_and_recreate(gc, context)
     b = context.server.answer(_join(gc, "b"))
     fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0]]))
-    assert fetched["offsets"] == [["t", 0, -1, ""]], f"the new topic starts from the deleted topic's commit: {fetched}"
+    assert fetched["offsets"] == [["t", 0, -1, "", -1]], f"the new topic starts from the deleted topic's commit: {fetched}"
     got = _member_commit(gc, context, client, b, 50, log_end=100)
     assert got == {"group": "g", "committed": 1}, f"the new topic's progress cannot be committed: {got}"
     assert gc.offsets.offsets_for("g")[("t", 0)].offset == 50
@@ -89,7 +89,7 @@ def test_offsets_of_a_deleted_topic_read_back_from_the_log_stay_apart_from_the_n
     key = msgpack.packb(["g", "t", 0], use_bin_type=True)
     value = msgpack.packb([500, "", 7, old_id], use_bin_type=True)
     gc.offsets.loader.apply_record(key, value)
-    assert decode_record(key, value)[0][-1] == old_id
+    assert decode_record(key, value)[0][6] == old_id
     assert gc.offsets.offsets_for("g") == {}, "a replayed commit of the deleted topic counts for the new one"
     legacy = msgpack.packb([500, "", 7], use_bin_type=True)  # written before the id was
     gc.offsets.loader.apply_record(key, legacy)
@@ -314,7 +314,7 @@ def test_a_group_in_use_on_a_quiet_topic_keeps_its_offsets_when_its_consumer_res
         context.clock.advance(1000)
         tick()
     fetched = gc._on_offset_fetch(request(P.OFFSET_FETCH, group="g", partitions=[["t", 0]]))
-    assert fetched["offsets"] == [["t", 0, 5, ""]], \
+    assert fetched["offsets"] == [["t", 0, 5, "", -1]], \
         f"a group empty for one minute lost its offsets (retention 10 minutes): {fetched}"
 
 

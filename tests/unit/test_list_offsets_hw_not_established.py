@@ -75,7 +75,7 @@ def _commit_checked_by(tmp_path: Path, offset: int) -> tuple[list[RemoteError | 
     gc, _context, client = loaded_group_coordinator(tmp_path / "coordinator")
     try:
         results: list[RemoteError | None] = []
-        gc.offsets.commit("g", [("t", 0, offset, "")], allow_backward=True, check_log_end=True, done=results.append)
+        gc.offsets.commit("g", [("t", 0, offset, "", -1)], allow_backward=True, check_log_end=True, done=results.append)
         (lookup,) = client.of(P.LIST_OFFSETS)
         code, end = core.list_offset(KEY, lookup[1]["parts"][0][2])
         lookup[3]({"parts": [["t", 0, code, end]]}, [], None)
@@ -105,7 +105,7 @@ def test_a_commit_its_hw_so_far_covers_goes_through(tmp_path: Path) -> None:
 def test_a_commit_past_a_known_log_end_is_still_out_of_range(tmp_path: Path) -> None:
     gc, _context, client = loaded_group_coordinator(tmp_path)
     results: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 0, 12, "")], allow_backward=True, check_log_end=True, done=results.append)
+    gc.offsets.commit("g", [("t", 0, 12, "", -1)], allow_backward=True, check_log_end=True, done=results.append)
     (lookup,) = client.of(P.LIST_OFFSETS)
     lookup[3]({"parts": [["t", 0, 0, 10]]}, [], None)
     assert len(results) == 1 and results[0] is not None and results[0].code == P.OFFSET_OUT_OF_RANGE
@@ -117,7 +117,7 @@ def test_a_leader_that_has_not_learned_the_topic_yet_is_a_retriable_refusal(tmp_
     while unknown_topic_or_partition from the coordinator itself is final for a commit."""
     gc, _context, client = loaded_group_coordinator(tmp_path)
     results: list[RemoteError | None] = []
-    gc.offsets.commit("g", [("t", 0, 8, "")], allow_backward=True, check_log_end=True, done=results.append)
+    gc.offsets.commit("g", [("t", 0, 8, "", -1)], allow_backward=True, check_log_end=True, done=results.append)
     (lookup,) = client.of(P.LIST_OFFSETS)
     lookup[3]({"parts": [["t", 0, P.UNKNOWN_TOPIC_OR_PARTITION, -1]]}, [], None)
     assert len(results) == 1 and results[0] is not None
@@ -139,7 +139,7 @@ def test_the_log_end_lookup_names_the_topics_ids(tmp_path: Path) -> None:
     would answer the deleted topic's end: with the ids it answers unknown_topic_or_partition
     (retried by the commit as leader_not_available)."""
     gc, context, client = loaded_group_coordinator(tmp_path)
-    gc.offsets.commit("g", [("t", 0, 8, "")], allow_backward=True, check_log_end=True, done=lambda _e: None)
+    gc.offsets.commit("g", [("t", 0, 8, "", -1)], allow_backward=True, check_log_end=True, done=lambda _e: None)
     (lookup,) = client.of(P.LIST_OFFSETS)
     assert lookup[1]["topic_ids"] == {"t": context.state.topics["t"].topic_id} != {"t": ""}
 

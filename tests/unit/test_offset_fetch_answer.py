@@ -11,17 +11,17 @@ from fabric.errors import CodedError
 
 
 def test_an_answer_is_read_into_offsets_topic_ids_and_the_partitions_newer_than_the_reading() -> None:
-    answer = {"group": "g", "offsets": [["t", 0, 5, ""], ["t", 1, -1, ""], ["u", 0, -1, ""]],
+    answer = {"group": "g", "offsets": [["t", 0, 5, "", 3], ["t", 1, -1, "", -1], ["u", 0, -1, "", -1]],
               "topic_ids": {"t": "id-t"}, "newer_than_reading": {"t": [1], "u": [0]}}
     assert read_offset_fetch(answer) == OffsetFetchAnswer(
-        [["t", 0, 5, ""], ["t", 1, -1, ""], ["u", 0, -1, ""]], {"t": "id-t"}, {("t", 1), ("u", 0)})
+        [["t", 0, 5, "", 3], ["t", 1, -1, "", -1], ["u", 0, -1, "", -1]], {"t": "id-t"}, {("t", 1), ("u", 0)})
 
 
 def test_an_older_coordinators_answer_names_no_ids_and_nothing_newer() -> None:
-    """Without ``topic_ids`` and ``newer_than_reading`` (older coordinators): none, and the
-    consumer behaves as before."""
-    read = read_offset_fetch({"group": "g", "offsets": [["t", 0, -1, ""]]})
-    assert read == OffsetFetchAnswer([["t", 0, -1, ""]], {}, set())
+    """Without ``topic_ids``, ``newer_than_reading`` and the committed leader epoch (older
+    coordinators): none, and the consumer behaves as before."""
+    read = read_offset_fetch({"group": "g", "offsets": [["t", 0, -1, ""], ["t", 1, 5, ""]]})
+    assert read == OffsetFetchAnswer([["t", 0, -1, "", -1], ["t", 1, 5, "", -1]], {}, set())
     assert read_offset_fetch({"offsets": [], "topic_ids": None, "newer_than_reading": None}) == \
         OffsetFetchAnswer([], {}, set())
 
@@ -50,8 +50,15 @@ def test_an_answer_without_readable_offsets_is_a_malformed_answer_not_a_crash(of
 
 
 def test_more_fields_of_an_offset_are_left_out() -> None:
-    """A newer coordinator's fields after the metadata are no reason to refuse the answer."""
-    assert read_offset_fetch({"offsets": [["t", 0, 5, "m", "x"]]}).offsets == [["t", 0, 5, "m"]]
+    """A newer coordinator's fields after the leader epoch are no reason to refuse the answer."""
+    assert read_offset_fetch({"offsets": [["t", 0, 5, "m", 2, "x"]]}).offsets == [["t", 0, 5, "m", 2]]
+
+
+@pytest.mark.parametrize("epoch", ["x", None, True, 1.0, -2, [1]])
+def test_a_leader_epoch_that_is_not_one_is_not_known(epoch: object) -> None:
+    """Read as "not known" (-1): the consumer starts there as before the field (the leader cannot
+    say where its log parts from the one read), rather than refuse the group's offsets."""
+    assert read_offset_fetch({"offsets": [["t", 0, 5, "m", epoch]]}).offsets == [["t", 0, 5, "m", -1]]
 
 
 @pytest.mark.parametrize("ids", [["t", "id"], "id", {"t": 1}, {2: "id"}])

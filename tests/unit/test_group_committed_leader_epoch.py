@@ -1,0 +1,179 @@
+"""The leader epoch a group's commit carries (KIP-320's committed leader epoch), on the client's
+side: a commit of a position names the epoch of the record before it -- the one the consumer's
+next fetch from there names --, and a member that starts from the committed offset names it in
+its first fetch, so that a leader whose log parts from the one read there (an unclean election
+truncated it under the offset, then it grew back past it) says where, and the member reads on
+from there instead of skipping what the new leader wrote below the offset. An offset whose
+record's epoch the consumer does not know goes without one, as before the field.
+
+A real GroupConsumer on a scripted coordinator that keeps the epochs committed, and broker 1
+leading t-0 with records written in leader epoch 1 (tests/unit/builders_group_consumer.py); the
+consumer service's assign (nodes/consumer_instance.py) on the same world. The coordinator's side
+(the epoch stored, answered, loaded again from the log and from snapshots) is
+tests/unit/test_coordinator_offsets_fuzz_failover.py's and test_coordinator_offsets_records.py's;
+on real processes, tests/integration/test_group_committed_epoch.py."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from fabric import protocol as P
+from fabric.client.group import GroupConsumer
+from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
+                                                RestInstance, consumer_config)
+from tests.unit.fakes import ScriptedCoordinatorLink
+
+
+class _Broker(OnePartitionBroker):
+    """``OnePartitionBroker`` that keeps the t-0 part of every FETCH and answers one at
+    ``diverge_at`` naming ``diverge_epoch`` with where its log parts (``diverging``), as a
+    leader elected uncleanly does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetched: list[list] = []
+        self.diverge_at: int | None = None
+        self.diverge_epoch = -1
+        self.diverging: list[int] = []
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        if command == P.FETCH:
+            self.fetched += header["parts"]
+            [[topic, partition, offset, _max, _epoch, last_epoch]] = header["parts"]
+            if offset == self.diverge_at and last_epoch == self.diverge_epoch:
+                entry = [topic, partition, 0, 1000, 1000, 0, list(self.diverging)]
+                self.replies.append(lambda: callback({"parts": [entry]}, [b""], None))
+                return len(self.replies)
+        return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+
+
+@pytest.fixture
+def world() -> Iterator[Callable[..., tuple[GroupConsumer, _Broker, OffsetsCoordinator]]]:
+    made: list[GroupConsumer] = []
+
+    def make(**kw: Any) -> tuple[GroupConsumer, _Broker, OffsetsCoordinator]:
+        broker, coordinator = _Broker(), OffsetsCoordinator()
+        coordinator.uncommitted = -1
+        reactor = BrokerRepliesReactor(broker)
+        c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
+            broker, reactor, ScriptedCoordinatorLink(coordinator), enable_auto_commit=False, **kw))
+        made.append(c)
+        return c, broker, coordinator
+    yield make
+    for c in made:
+        c.close()
+
+
+def _poll_until_records(c: GroupConsumer, max_records: int = 10) -> list[int]:
+    for _ in range(20):
+        got = [r.offset for r in c.poll(100, max_records=max_records)]
+        if got:
+            return got
+    return []
+
+
+def _commits(coordinator: OffsetsCoordinator) -> list:
+    return [(tp, o, coordinator.committed_epochs.get(tp, -1)) for tp, o in sorted(coordinator.committed.items())]
+
+
+def test_a_commit_of_the_position_carries_the_epoch_of_the_record_before_it(world: Any) -> None:
+    c, broker, coordinator = world()
+    coordinator.committed[T0] = 0
+    c.assign([T0])
+    assert _poll_until_records(c) == list(range(10))  # written in leader epoch 1
+    c.commit()
+    assert _commits(coordinator) == [(T0, 10, 1)]
+
+
+@pytest.mark.parametrize("how", ["another offset", "sought"])
+def test_an_offset_whose_records_epoch_is_not_known_is_committed_without_one(world: Any, how: str) -> None:
+    """An application's own offset (not the position), or a position sought to: which epoch the
+    record before it was of is not known here; naming the epoch of the last record read, a leader
+    whose epoch 1 ended below the offset would send the member that starts there back."""
+    c, broker, coordinator = world()
+    coordinator.committed[T0] = 0
+    c.assign([T0])
+    assert _poll_until_records(c) == list(range(10))
+    if how == "sought":
+        c.seek(T0, 500)
+        c.commit()
+        assert _commits(coordinator) == [(T0, 500, -1)]
+    else:
+        c.commit({T0: 5})
+        assert _commits(coordinator) == [(T0, 5, -1)]
+    sent = [h for cmd, h in c._link.calls if cmd == P.OFFSET_COMMIT]
+    assert sent and all(len(e) == 3 for h in sent for e in h["offsets"]), "an unknown epoch is sent as before the field"
+
+
+@pytest.mark.parametrize("how", ["subscribed", "assigned"])
+def test_a_member_starting_at_a_committed_offset_names_its_epoch_in_its_first_fetch(world: Any, how: str) -> None:
+    c, broker, coordinator = world()
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
+    c.subscribe(["t"]) if how == "subscribed" else c.assign([T0])
+    assert _poll_until_records(c) == list(range(900, 910))
+    assert broker.fetched[0][2] == 900 and broker.fetched[0][5] == 3, broker.fetched[0]
+
+
+@pytest.mark.parametrize("how", ["subscribed", "assigned"])
+def test_a_leader_whose_log_parts_below_the_committed_offset_sends_the_member_back_there(
+        world: Any, how: str) -> None:
+    """The group committed 900 after a record of epoch 3; the leader (elected uncleanly) holds
+    epoch 3 up to 850 only, and has written its own records from there: it answers [3, 850], and
+    the member reads from 850 -- with ``latest`` too, the policy that would skip the most."""
+    c, broker, coordinator = world(auto_offset_reset="latest")
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
+    broker.diverge_at, broker.diverge_epoch, broker.diverging = 900, 3, [3, 850]
+    c.subscribe(["t"]) if how == "subscribed" else c.assign([T0])
+    assert _poll_until_records(c) == list(range(850, 860)), "records the new leader wrote below the commit were skipped"
+    assert [p[2] for p in broker.fetched[:2]] == [900, 850] and broker.fetched[1][5] == 3
+
+
+def test_a_member_assigned_again_names_the_committed_epoch_not_the_one_it_read_before(world: Any) -> None:
+    c, broker, coordinator = world()
+    coordinator.committed[T0] = 0
+    c.assign([T0])
+    assert _poll_until_records(c) == list(range(10))  # epoch 1
+    c.assign([])
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 7
+    c.assign([T0])
+    broker.fetched.clear()
+    assert _poll_until_records(c) == list(range(900, 910))
+    assert broker.fetched[0][2] == 900 and broker.fetched[0][5] == 7
+
+
+def test_seek_with_a_leader_epoch_names_it_and_without_one_names_none(world: Any) -> None:
+    c, broker, coordinator = world()
+    coordinator.committed[T0] = 0
+    c.assign([T0])
+    assert _poll_until_records(c) == list(range(10))
+    c.seek(T0, 400, leader_epoch=5)
+    broker.fetched.clear()
+    assert _poll_until_records(c) == list(range(400, 410))
+    assert [p[5] for p in broker.fetched if p[2] == 400] == [5]
+    c.seek(T0, 600)
+    broker.fetched.clear()
+    assert _poll_until_records(c) == list(range(600, 610))
+    assert [p[5] for p in broker.fetched if p[2] == 600] == [-1]
+
+
+def test_the_consumer_services_assign_starts_at_the_committed_offset_naming_its_epoch() -> None:
+    """A REST instance assigned t-0 seeks to the group's committed offset itself
+    (``committed_starts``, then ``seek(..., committed=True)``): with the commit's epoch."""
+    coordinator = OffsetsCoordinator()
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
+    rig = RestInstance(coordinator)
+    fetched: list[list] = []
+    forward = rig.broker.request
+
+    def recording(command: bytes, header: dict, *args: Any, **kw: Any) -> int:
+        if command == P.FETCH:
+            fetched.extend(header["parts"])
+        return forward(command, header, *args, **kw)
+    rig.broker.request = recording  # type: ignore[method-assign]
+    rig.request("subscribe", topics=[])
+    rig.request("assign", partitions=[["t", 0]])
+    assert rig.fetch_records() == list(range(900, 910))
+    assert fetched[0][2] == 900 and fetched[0][5] == 3, fetched[0]
