@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from fabric import protocol as P
 from fabric.client.consumer import ResetSpec, TopicPartition
@@ -100,6 +100,11 @@ class GroupCommits(GroupCommittedLookups):
         # per partition, the highest offset an auto-commit may commit (records from there on
         # went to a host's client that has not confirmed them yet); a rebalance clears it
         self.auto_commit_bounds: dict[TopicPartition, int] = {}
+        # per partition of a subscribed member whose leader sent its position back below the group's
+        # committed offset (``_went_back``), that offset: a member's commit below it is refused,
+        # and whole -- the other partitions' positions with it --, so commits of the positions
+        # leave the partition out until its position is back there (``_without_below_commits``)
+        self._below_commits: dict[TopicPartition, int] = {}
         # a subscribed member's timer starts at each assignment; an assigned consumer's here
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
         self._async_commits_in_flight = 0
@@ -120,8 +125,8 @@ class GroupCommits(GroupCommittedLookups):
         link opened again for it."""
         self._check_open()
         if offsets is None:
-            offsets = self._without_deleted_topics({tp: pos for tp, pos in self.positions.items()
-                                                    if pos is not None and self._last_committed.get(tp) != pos})
+            offsets = self._without_below_commits(self._without_deleted_topics(
+                {tp: pos for tp, pos in self.positions.items() if pos is not None and self._last_committed.get(tp) != pos}))
         if not offsets:
             return
         with self._lock:  # once: the heartbeat thread may leave meanwhile (max_poll_interval_ms)
@@ -179,6 +184,40 @@ class GroupCommits(GroupCommittedLookups):
         super()._reset(tps, spec, keep_give_back=keep_give_back)  # type: ignore[misc]
         for tp in list(self._last_committed) if tps is None else tps:
             self._last_committed.pop(tp, None)
+        for tp in list(self._below_commits) if tps is None else tps:
+            self._below_commits.pop(tp, None)
+
+    def _diverged(self, tp: TopicPartition, fetched_at: int, diverging: list) -> None:
+        super()._diverged(tp, fetched_at, diverging)  # type: ignore[misc]
+        self._went_back(tp)
+
+    def _truncated_under(self, tp: TopicPartition, fetched_at: int, entry: Any) -> bool:
+        moved: bool = super()._truncated_under(tp, fetched_at, entry)  # type: ignore[misc]
+        if moved:
+            self._went_back(tp)
+        return moved
+
+    def _went_back(self, tp: TopicPartition) -> None:
+        """The leader moved ``tp``'s position back (its log parts from the one read: an unclean
+        election), perhaps to or below the group's committed offset -- a member that started
+        there, from the committed epoch. That commit is not one of the position now: the epoch
+        it names is of records gone, and each member starting there would be sent back again;
+        so the position is committed once it is back at the offset, also when equal to it. Below it, a member's
+        commit is refused (never backward) with the other partitions', so the partition is left
+        out of commits of the positions until then (``_below_commits``); an assigned consumer's
+        commit, outside any generation, may go back."""
+        committed, position = self._last_committed.get(tp), self.positions.get(tp)
+        if committed is None or position is None or position > committed:
+            return
+        del self._last_committed[tp]
+        if self.subscription and position < committed:
+            self._below_commits[tp] = committed
+
+    def _without_below_commits(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """``offsets`` without those below the group's committed offset a leader sent their
+        position back under (``_below_commits``)."""
+        below = self._below_commits
+        return {tp: o for tp, o in offsets.items() if o >= below.get(tp, o)} if below else offsets
 
     def _start_again(self, tps: list[TopicPartition]) -> None:
         """``Consumer._start_again``: an assigned consumer looks the group's committed offset of
@@ -315,6 +354,9 @@ class GroupCommits(GroupCommittedLookups):
         # would be taken for committed once the position reaches it again, and commit() of the
         # positions would never send it
         self._last_committed.update(offsets)
+        for tp, o in offsets.items():
+            if o >= self._below_commits.get(tp, o + 1):
+                del self._below_commits[tp]
         self._auto_commit_failures_logged.clear()  # a later refusal is news again
         if self._commit_lookup is not None:
             self._commit_lookup.committed_since.update(offsets)
@@ -386,7 +428,7 @@ class GroupCommits(GroupCommittedLookups):
                 pos = bound
             if last.get(tp) != pos:
                 offsets[tp] = pos
-        return self._without_deleted_topics(offsets)
+        return self._without_below_commits(self._without_deleted_topics(offsets))
 
     def _without_deleted_topics(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """``offsets`` (the positions a commit of them all takes) without those read in a topic

@@ -177,3 +177,27 @@ def test_the_consumer_services_assign_starts_at_the_committed_offset_naming_its_
     rig.request("assign", partitions=[["t", 0]])
     assert rig.fetch_records() == list(range(900, 910))
     assert fetched[0][2] == 900 and fetched[0][5] == 3, fetched[0]
+
+
+def test_a_member_sent_back_below_the_committed_offset_commits_nothing_there_and_the_new_epoch_at_it(
+        world: Any) -> None:
+    """The leader sends the member back from the committed 900 (epoch 3) to 850. A member's commit
+    below the group's committed offset is refused (never backward), whole: ``commit()`` of the
+    positions leaves the partition out until its position is back at the committed offset -- it
+    neither raises nor keeps the member's other partitions from being committed -- and there
+    commits the epoch it read now: left at epoch 3, each member starting there was sent back to
+    850 again (and equal to the offset the member started at, the commit was taken for done)."""
+    c, broker, coordinator = world(auto_offset_reset="latest")
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
+    broker.diverge_at, broker.diverge_epoch, broker.diverging = 900, 3, [3, 850]
+    c.subscribe(["t"])
+    assert _poll_until_records(c) == list(range(850, 860))
+    c.commit()  # refused by the coordinator if sent: 860 < 900
+    assert _commits(coordinator) == [(T0, 900, 3)]
+    for start in range(860, 900, 10):
+        assert _poll_until_records(c) == list(range(start, start + 10))
+    c.commit()
+    assert _commits(coordinator) == [(T0, 900, 1)], "the commit at the offset kept the epoch the logs part from"
+    assert _poll_until_records(c) == list(range(900, 910))
+    c.commit()
+    assert _commits(coordinator) == [(T0, 910, 1)]
