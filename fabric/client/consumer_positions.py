@@ -331,7 +331,9 @@ class ConsumerPositions:
         written again). What is buffered is dropped (fetched again, from the leader's log); a
         position past ``end`` goes back to it, whatever ``auto_offset_reset`` says, and is said,
         as Kafka's consumer does -- reset by the policy, ``latest`` skipped the records written
-        since the truncation. The next fetch names ``epoch``, which both logs share up to ``end``.
+        since the truncation. The next fetch from there names ``epoch``, which both logs share up to
+        ``end``; a position at or below ``end`` (the answer was to a fetch ahead of it) keeps the
+        epoch of the record before it.
 
         Where this consumer read a newer epoch than ``epoch`` (one the leader never had), its
         records from where it began reading that one are not the leader's either: the logs part
@@ -340,11 +342,11 @@ class ConsumerPositions:
         epoch, end = diverging
         position = self.positions.get(tp)
         self._drop_buffered(tp)
-        self._position_epochs[tp] = epoch
         if epoch < 0:
             # no epoch of the leader's is as old as the one read (retention took them; a log kept no
             # epochs): nothing says where the logs part -- fetched again naming none, a position
             # past the log is out of range and the policy applies
+            self._position_epochs[tp] = epoch
             return
         starts = self._epoch_starts.get(tp, [])
         to = min([end] + [offset for e, offset in starts if e > epoch])
@@ -355,6 +357,13 @@ class ConsumerPositions:
                         tp[0], tp[1], to, epoch, end, position)
             # as an out-of-range answer at the position a take set, a give-back may still move it back
             self.positions[tp] = to
+            self._position_epochs[tp] = epoch
+        else:
+            # a fetch ahead of the position (records buffered) parted there: the record before
+            # the position keeps its epoch -- the answer's, of the records fetched ahead, may be
+            # newer, and named at the position the leader took the logs for one there where they
+            # part below it (and a commit there named it to whoever starts from it)
+            self._position_epochs.setdefault(tp, epoch)
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
         """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no

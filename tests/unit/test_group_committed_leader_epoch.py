@@ -23,7 +23,7 @@ from fabric import protocol as P
 from fabric.client.group import GroupConsumer
 from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
                                                 RestInstance, consumer_config)
-from tests.unit.fakes import ScriptedCoordinatorLink
+from tests.unit.fakes import ScriptedCoordinatorLink, as_leader_wrote, make_batch
 
 
 class _Broker(OnePartitionBroker):
@@ -54,8 +54,8 @@ class _Broker(OnePartitionBroker):
 def world() -> Iterator[Callable[..., tuple[GroupConsumer, _Broker, OffsetsCoordinator]]]:
     made: list[GroupConsumer] = []
 
-    def make(**kw: Any) -> tuple[GroupConsumer, _Broker, OffsetsCoordinator]:
-        broker, coordinator = _Broker(), OffsetsCoordinator()
+    def make(broker: _Broker | None = None, **kw: Any) -> tuple[GroupConsumer, _Broker, OffsetsCoordinator]:
+        broker, coordinator = broker or _Broker(), OffsetsCoordinator()
         coordinator.uncommitted = -1
         reactor = BrokerRepliesReactor(broker)
         c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
@@ -201,3 +201,59 @@ def test_a_member_sent_back_below_the_committed_offset_commits_nothing_there_and
     assert _poll_until_records(c) == list(range(900, 910))
     c.commit()
     assert _commits(coordinator) == [(T0, 910, 1)]
+
+
+class _TwoLogs(_Broker):
+    """Leader of t-0 whose log is first the one the consumer reads -- epoch 1 at 0..49, epoch 3
+    at 50..99 (``epoch_starts``) -- and, from the answer to the fetch at 100 naming 3 on, another's
+    (an unclean election): epoch 1 at 0..44, epoch 2 at 45..59, epoch 4 from 60. A fetch naming
+    an epoch the log ends below its offset is answered where the logs part, as a real leader does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch_starts = [(0, 1), (50, 3)]
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        if command != P.FETCH:
+            return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+        self.fetched += header["parts"]
+        [[topic, partition, offset, _max, _epoch, last_epoch]] = header["parts"]
+        if offset == 100 and self.epoch_starts[-1] == (50, 3):
+            self.epoch_starts = [(0, 1), (45, 2), (60, 4)]
+        shared = [(start, e) for start, e in self.epoch_starts if e <= last_epoch]
+        if last_epoch >= 0 and shared:
+            epoch = shared[-1][1]
+            end = next((start for start, e in self.epoch_starts if e > epoch), 1000)
+            if not (epoch == last_epoch and end >= offset):  # as Partition.divergence
+                entry = [topic, partition, 0, 1000, 1000, 0, [epoch, end]]
+                self.replies.append(lambda: callback({"parts": [entry]}, [b""], None))
+                return len(self.replies)
+        if offset >= 100 and self.epoch_starts[-1] == (50, 3):
+            return 0  # no records past 99 in the first log: a long poll
+        start, epoch = [(s, e) for s, e in self.epoch_starts if s <= offset][-1]
+        end = next((s for s, _ in self.epoch_starts if s > offset), offset + 50)
+        data = as_leader_wrote(make_batch(end - offset), offset, epoch)
+        entry = [topic, partition, 0, 1000, 1000, 0, None]
+        self.replies.append(lambda: callback({"parts": [entry]}, [data], None))
+        return len(self.replies)
+
+
+def test_a_divergence_found_by_a_prefetch_above_the_position_leaves_the_positions_epoch(world: Any) -> None:
+    """The consumer returned 0..49 (epoch 1) and holds 50..99 (epoch 3) fetched ahead; the leader,
+    elected uncleanly, answers the fetch at 100 naming 3 with [2, 60] -- its epoch 2 ends at 60,
+    above the position 50. The position stays, and its epoch is still 1, the epoch of record 49
+    as read: named at 50, the leader answers that its epoch 1 ends at 45, and the member reads
+    the leader's 45..49. Given the answer's epoch 2 (of the records fetched ahead, not of the
+    one before the position), the leader took 50 for shared and its 45..49 were skipped -- and a
+    commit of 50 named epoch 2, sending no member starting there back either."""
+    c, broker, coordinator = world(_TwoLogs())
+    coordinator.committed[T0] = 0
+    c.assign([T0])
+    assert _poll_until_records(c, max_records=50) == list(range(50))
+    assert c.position(T0) == 50
+    got = _poll_until_records(c, max_records=10)
+    assert [p[2:6:3] for p in broker.fetched][:5] == [[0, -1], [50, 1], [100, 3], [50, 1], [45, 1]], broker.fetched
+    assert got == list(range(45, 55)), "the leader's records below the position were skipped"
+    c.commit()
+    assert _commits(coordinator) == [(T0, 55, 2)]
