@@ -357,13 +357,15 @@ class ConsumerPositions:
                         tp[0], tp[1], to, epoch, end, position)
             # as an out-of-range answer at the position a take set, a give-back may still move it back
             self.positions[tp] = to
-            self._position_epochs[tp] = epoch
-        else:
-            # a fetch ahead of the position (records buffered) parted there: the record before
+        elif position is not None and fetched_at > position and tp in self._position_epochs:
+            # a fetch ahead of the position (records buffered) parted above it: the record before
             # the position keeps its epoch -- the answer's, of the records fetched ahead, may be
             # newer, and named at the position the leader took the logs for one there where they
-            # part below it (and a commit there named it to whoever starts from it)
-            self._position_epochs.setdefault(tp, epoch)
+            # part below it (and a commit there named it to whoever starts from it). A fetch at
+            # the position takes the answer's: named again, an epoch the leader never had was
+            # answered the same, forever
+            return
+        self._position_epochs[tp] = epoch
 
     def _cannot_position(self, tp: TopicPartition, why: str, at: int | None = None) -> None:
         """auto_offset_reset "none": ``tp`` cannot be fetched from ``at`` (None: it has no

@@ -257,3 +257,17 @@ def test_a_divergence_found_by_a_prefetch_above_the_position_leaves_the_position
     assert got == list(range(45, 55)), "the leader's records below the position were skipped"
     c.commit()
     assert _commits(coordinator) == [(T0, 55, 2)]
+
+
+def test_a_committed_epoch_the_leader_never_had_reads_on_where_its_older_epoch_ends_above_the_offset(
+        world: Any) -> None:
+    """The group committed 900 after a record of epoch 3, which the leader never had: its epoch 2
+    ends at 950, above the offset, so it answers [2, 950] at 900. The member reads on from 900
+    naming 2 (which the leader takes): naming the committed 3 again, it was answered the same,
+    forever."""
+    c, broker, coordinator = world()
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
+    broker.diverge_at, broker.diverge_epoch, broker.diverging = 900, 3, [2, 950]
+    c.subscribe(["t"])
+    assert _poll_until_records(c) == list(range(900, 910))
+    assert [p[2:6:3] for p in broker.fetched[:2]] == [[900, 3], [900, 2]]
