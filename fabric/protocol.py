@@ -240,6 +240,7 @@ TOPIC_NAME_LEN_MAX = 249
 # "cannot append to internal topic"); reading one is allowed
 INTERNAL_TOPIC_PREFIX = "__"
 PARTITIONS_MAX = 10_000
+LEADER_EPOCH_MAX = 2 ** 31 - 1        # a record batch header's leader epoch is a signed 32-bit field
 ALTER_ISR_PARTITIONS_MAX = 2000       # ISR changes in one ALTER_ISR request
 REPLICA_HEARTBEAT_PARTITIONS_MAX = 5000  # partitions in one replica heartbeat message
 HEARTBEATS_DRAIN_MAX = 4096           # heartbeats the coordinator reads before a liveness verdict

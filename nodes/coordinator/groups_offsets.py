@@ -95,9 +95,10 @@ class GroupOffsetsMixin:
             # not a bool: stored, it would come back as one
             if not (isinstance(e, (list, tuple)) and 3 <= len(e) <= 5 and isinstance(e[0], str)
                     and type(e[1]) is int and type(e[2]) is int
-                    and (len(e) < 5 or (type(e[4]) is int and e[4] >= NO_LEADER_EPOCH))):
+                    and (len(e) < 5 or (type(e[4]) is int and NO_LEADER_EPOCH <= e[4] <= P.LEADER_EPOCH_MAX))):
                 raise RemoteError(P.MALFORMED_REQUEST, "each offset is [topic, partition, offset, metadata?, "
-                                                       "leader_epoch?] (leader_epoch -1: not known)")
+                                                       f"leader_epoch?] (leader_epoch -1: not known, at most "
+                                                       f"{P.LEADER_EPOCH_MAX})")
             if e[2] < 0:
                 raise RemoteError(P.INVALID_COMMIT_OFFSET, f"offset {e[2]} for {e[0]}-{e[1]} is negative")
             t = self.context.state.topics.get(e[0])

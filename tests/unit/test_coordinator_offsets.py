@@ -66,7 +66,7 @@ def test_a_commits_leader_epoch_is_answered_and_stored_in_the_log_only_when_know
         [["t", 0, 12, "", -1]]
 
 
-@pytest.mark.parametrize("epoch", [-2, "4", True, 1.0, None, [4]])
+@pytest.mark.parametrize("epoch", [-2, "4", True, 1.0, None, [4], 2 ** 31, 2 ** 63])
 def test_a_leader_epoch_that_is_not_one_refuses_the_commit_as_malformed(tmp_path: Path, epoch: object) -> None:
     gc, context, client = loaded_group_coordinator(tmp_path)
     with pytest.raises(RemoteError) as e:
