@@ -8,9 +8,11 @@ restart and the loss of any one broker. A group's records all go to one offsets 
 has at most one append in flight: commits of one group are applied in the order they came.
 
 Record format: key = msgpack ``[group, topic, partition]``; value = msgpack
-``[offset, metadata, commit_ts_ms, topic_id, leader_epoch?]`` (the leader epoch of the record
-before the offset, as the committer read it: written only when known), or empty bytes for a
-deletion (tombstone). A
+``[offset, metadata, commit_ts_ms, topic_id]``, or empty bytes for a deletion (tombstone); the
+leader epoch of the record before each offset, as the committer read it, where known, follows in
+the same append in a record older code skips (``snapshots.epoch_records``: the entry whole, with
+it -- an epoch field in the value, as code before wrote it, older code refused, and lost the
+commit). A
 group's reading of a topic (when its first generation that subscribed to it was made:
 nodes/coordinator/group_readings.py) goes the same way, in records of its own kind (key msgpack
 ``["loom.offsets.reading", group, topic]``, value ``[version, written_ms]``; a commit key's third
@@ -311,12 +313,15 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         ts = self.reactor.clock.wall_ms()
         records = []
         for pc in take:
-            for topic, p, offset, metadata, epoch in pc.entries:
+            for topic, p, offset, metadata, _epoch in pc.entries:
                 key = msgpack.packb([pc.group, topic, p], use_bin_type=True)
-                # the leader epoch, 5th, only when known: a value without it is one older code reads too
-                fields = [offset, metadata, ts, pc.topic_ids.get(topic, "")] + ([epoch] if epoch >= 0 else [])
-                value = b"" if offset is None else msgpack.packb(fields, use_bin_type=True)
+                value = b"" if offset is None else msgpack.packb([offset, metadata, ts, pc.topic_ids.get(topic, "")],
+                                                                 use_bin_type=True)
                 records.append((ts, key, value, None))
+            # the known leader epochs after them, in the same append: records older code skips
+            records.extend((ts, key, value, None) for key, value in S.epoch_records(pc.group, (
+                (pc.group, topic, p, offset, metadata, ts, pc.topic_ids.get(topic, ""), epoch)
+                for topic, p, offset, metadata, epoch in pc.entries if offset is not None)))
             records.extend((ts, key, value, None) for key, value in reading_records(pc.group, pc.readings))
         self._queues[q].sent = self._new_sent(q, records, take)
         self._send_commits(q)

@@ -42,7 +42,9 @@ def commit_bytes(group: str, entries: list[CommitEntry], readings: Iterable[str]
     P.PENDING_COMMIT_BYTES_MAX and APPEND_BYTES_MAX count them; ``readings``: the topics of the
     reading records it carries."""
     per_entry = ENTRY_BYTES + len(group.encode())
-    return sum(per_entry + len(e[0].encode()) + len(e[3].encode()) for e in entries) \
+    # an entry with a known leader epoch is written twice: its commit record and, whole, its
+    # epoch record (snapshots.epoch_records)
+    return sum((per_entry + len(e[0].encode()) + len(e[3].encode())) * (2 if e[4] >= 0 else 1) for e in entries) \
         + sum(per_entry + len(t.encode()) for t in readings)
 
 

@@ -75,7 +75,7 @@ def decode_record(key: bytes | None, value: bytes) -> list[S.Entry]:
     topic's id when committed or "", the committed leader epoch or NO_LEADER_EPOCH) of each entry
     of an offsets-topic record. Pure. Raises ValueError / TypeError / msgpack.UnpackException for
     a record that is not one."""
-    if S.parse_key(key) is not None:
+    if S.parse_key(key) is not None or S.is_epochs_key(key):
         return list(S.decode_entries(value))
     if key == FENCE_KEY:
         return []
@@ -87,7 +87,8 @@ def decode_record(key: bytes | None, value: bytes) -> list[S.Entry]:
     if not value:
         return [(group, topic, p, None, "", 0, "", NO_LEADER_EPOCH)]
     fields = msgpack.unpackb(value, raw=False)
-    # the topic id, 4th, and the leader epoch, 5th, are newer (and the epoch written only when known)
+    # the topic id, 4th, is newer; the leader epoch, 5th, was written by code that kept it there
+    # (now in the epoch records that follow: S.epoch_records)
     if not isinstance(fields, list) or not 3 <= len(fields) <= 5:
         raise ValueError(f"bad commit value {fields!r}")
     offset, metadata, ts = fields[:3]

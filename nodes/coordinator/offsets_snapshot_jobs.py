@@ -76,10 +76,10 @@ class SnapshotJobsMixin:
         queue = self._queues[q]
         if job.records is None:  # captured now: every commit queued before it is applied
             job.snapshot_id = S.new_snapshot_id()
-            job.records = [[kv] for kv in S.snapshot_records(job.snapshot_id, (
-                (g, t, p, c.offset, c.metadata, c.commit_ts_ms, c.topic_id, c.leader_epoch)
-                for g in sorted(self.table) if self.partition_for_group(g) == q
-                for (t, p), c in sorted(self.table[g].items())))]
+            entries = [(g, t, p, c.offset, c.metadata, c.commit_ts_ms, c.topic_id, c.leader_epoch)
+                       for g in sorted(self.table) if self.partition_for_group(g) == q
+                       for (t, p), c in sorted(self.table[g].items())]
+            job.records = S.snapshot_appends(job.snapshot_id, entries)
             job.records += S.in_appends([kv for g in sorted(self.readings) if self.partition_for_group(g) == q
                                          for kv in reading_records(g, dict(sorted(self.readings[g].items())))])
         if self.reactor.clock.now_ms() >= job.deadline_ms:

@@ -20,8 +20,10 @@ as Kafka expires offsets after ``offsets.retention.minutes``.)
 
 Record format: key = msgpack ``["snapshot", snapshot_id, index, last]`` (4 elements, where a
 commit key has 3); value = msgpack ``[[group, topic, partition, offset, metadata,
-commit_ts_ms, topic_id, leader_epoch?], ...]`` (the leader epoch only when known). A snapshot larger than ``SNAPSHOT_RECORD_BYTES_MAX`` is split into
-several records, one append each; ``last`` marks the final one. The groups' readings
+commit_ts_ms, topic_id], ...]``; the entries whose leader epoch is known follow whole, with
+it, in a record of their own in the same append, which older code skips (``snapshot_appends``).
+A snapshot larger than ``SNAPSHOT_RECORD_BYTES_MAX`` is split into several records, one append
+each; ``last`` marks the final one. The groups' readings
 (nodes/coordinator/group_readings.py) follow it as reading records, several to an append
 (``in_appends``): part of the snapshot -- its pointer is remembered only once they are in too.
 
@@ -37,6 +39,7 @@ from typing import Iterable
 import msgpack
 
 SNAPSHOT_KEY_TAG = "snapshot"
+EPOCHS_KEY_TAG = "loom.offsets.epochs"  # ``epoch_records``: key [tag, group or snapshot id, index]
 SNAPSHOT_COMMIT_RECORDS = 10_000          # commit records after the last snapshot that call for a new one
 SNAPSHOT_INTERVAL_MS = 10 * 60 * 1000     # ... or this long after it, if anything changed
 SNAPSHOT_REFRESH_MS = 24 * 3600 * 1000    # ... and this long after it in any case
@@ -69,29 +72,78 @@ def new_snapshot_id() -> str:
     return os.urandom(6).hex()
 
 
-def snapshot_records(snapshot_id: str, entries: Iterable[Entry]) -> list[tuple[bytes, bytes]]:
-    """(key, value) records holding ``entries``, each value at most ``SNAPSHOT_RECORD_BYTES_MAX``
-    bytes (an entry is a few KiB at most); at least one record, so an empty snapshot says
-    "nothing is committed here"."""
-    chunks: list[list[bytes]] = [[]]
+def snapshot_appends(snapshot_id: str, entries: Iterable[Entry]) -> list[list[tuple[bytes, bytes]]]:
+    """The appends of a snapshot of ``entries``, at least one (so an empty snapshot says "nothing
+    is committed here"): each a snapshot record of entries without their leader epochs -- the
+    entries older code reads --, then, where any of them has a known epoch, the epoch record of
+    those, whole (``epoch_records``), together at most about ``SNAPSHOT_RECORD_BYTES_MAX`` bytes
+    (an entry is a few KiB at most). In one append, a load never applies a snapshot record
+    without its epochs: an entry without one replaces the entry held, epoch and all."""
+    chunks: list[tuple[list[bytes], list[bytes]]] = [([], [])]
     size = 0
     for e in entries:
-        # the leader epoch, 8th, only when known: an entry without it is one older code reads too
-        packed = msgpack.packb(list(e) if e[7] >= 0 else list(e[:7]), use_bin_type=True)
-        if chunks[-1] and size + len(packed) + 5 > SNAPSHOT_RECORD_BYTES_MAX:
-            chunks.append([])
+        plain = msgpack.packb(list(e[:7]), use_bin_type=True)
+        whole = msgpack.packb(list(e), use_bin_type=True) if e[7] >= 0 else b""
+        if chunks[-1][0] and size + len(plain) + len(whole) + 10 > SNAPSHOT_RECORD_BYTES_MAX:
+            chunks.append(([], []))
             size = 0
-        chunks[-1].append(packed)
-        size += len(packed)
+        chunks[-1][0].append(plain)
+        if whole:
+            chunks[-1][1].append(whole)
+        size += len(plain) + len(whole)
     out = []
-    for i, chunk in enumerate(chunks):
+    for i, (plain_entries, whole_entries) in enumerate(chunks):
         key = msgpack.packb([SNAPSHOT_KEY_TAG, snapshot_id, i, i == len(chunks) - 1], use_bin_type=True)
-        # an array header (at most 5 bytes) followed by the packed entries is a msgpack array
-        n = len(chunk)
-        head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 65536
-                                                    else b"\xdd" + n.to_bytes(4, "big"))
-        out.append((key, head + b"".join(chunk)))
+        append = [(key, _packed_array(plain_entries))]
+        if whole_entries:
+            append.append((_epochs_key(snapshot_id, i), _packed_array(whole_entries)))
+        out.append(append)
     return out
+
+
+def snapshot_records(snapshot_id: str, entries: Iterable[Entry]) -> list[tuple[bytes, bytes]]:
+    """The records of ``snapshot_appends``, in order."""
+    return [kv for append in snapshot_appends(snapshot_id, entries) for kv in append]
+
+
+def epoch_records(of: str, entries: Iterable[Entry]) -> list[tuple[bytes, bytes]]:
+    """The record that carries the leader epochs of ``entries`` (those whose epoch is known, whole:
+    8 fields, upserts as a snapshot's entries); none when no epoch is known. It follows the
+    commit records of those entries in their append (as a snapshot record's, ``snapshot_appends``):
+    older code skips it by its key -- a commit key's third field is a partition, here a string --
+    and reads the offsets whole, without the epochs (an epoch field in a commit value or a
+    snapshot entry it refuses: skipped, the commit, or the snapshot record with every group's
+    offsets in it). ``of``: the group, or the snapshot id (read by no one)."""
+    known = [msgpack.packb(list(e), use_bin_type=True) for e in entries if e[7] >= 0]
+    return [(_epochs_key(of, 0), _packed_array(known))] if known else []
+
+
+def is_epochs_key(key: bytes | None) -> bool:
+    """``key`` is an epoch record's (``epoch_records``)."""
+    k = unpacked_key(key)
+    return isinstance(k, list) and len(k) == 3 and k[0] == EPOCHS_KEY_TAG
+
+
+def unpacked_key(key: bytes | None) -> object:
+    """An offsets-topic record's key, unpacked; None when there is none or it is not msgpack."""
+    if not key:
+        return None
+    try:
+        return msgpack.unpackb(key, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):  # not msgpack: none of ours
+        return None
+
+
+def _epochs_key(of: str, index: int) -> bytes:
+    return msgpack.packb([EPOCHS_KEY_TAG, of, str(index)], use_bin_type=True)
+
+
+def _packed_array(packed: list[bytes]) -> bytes:
+    """A msgpack array of the already packed ``packed``: its header (at most 5 bytes), then them."""
+    n = len(packed)
+    head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 65536
+                                                else b"\xdd" + n.to_bytes(4, "big"))
+    return head + b"".join(packed)
 
 
 def in_appends(records: list[tuple[bytes, bytes]]) -> list[list[tuple[bytes, bytes]]]:
@@ -111,12 +163,7 @@ def in_appends(records: list[tuple[bytes, bytes]]) -> list[list[tuple[bytes, byt
 
 def parse_key(key: bytes | None) -> tuple[str, int, bool] | None:
     """(snapshot_id, index, last) of a snapshot record's key; None for any other key."""
-    if not key:
-        return None
-    try:
-        k = msgpack.unpackb(key, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):  # not msgpack: not a snapshot key
-        return None
+    k = unpacked_key(key)
     if isinstance(k, list) and len(k) == 4 and k[0] == SNAPSHOT_KEY_TAG and isinstance(k[1], str) \
             and isinstance(k[2], int) and isinstance(k[3], bool):
         return k[1], k[2], k[3]

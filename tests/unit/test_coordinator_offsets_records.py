@@ -42,10 +42,15 @@ def test_commits_tombstones_and_snapshots_decode() -> None:
     assert decode_record(_key("g", "t", 1), _key(42, "m", 7, "id-1")) == [("g", "t", 1, 42, "m", 7, "id-1", -1)]
     assert decode_record(_key("g", "t", 1), _key(42, "m", 7, "id-1", 4)) == [("g", "t", 1, 42, "m", 7, "id-1", 4)]
     assert decode_record(_key("g", "t", 1), b"") == [("g", "t", 1, None, "", 0, "", -1)]
-    (key, value), = S.snapshot_records("snap-1", [("g", "t", 0, 5, "", 9, "id-1", -1), ("g", "t", 1, 6, "", 9, "id-1", 3)])
-    assert decode_record(key, value) == [("g", "t", 0, 5, "", 9, "id-1", -1), ("g", "t", 1, 6, "", 9, "id-1", 3)]
-    # an entry whose epoch is not known is written as older code wrote it (and reads it)
-    assert [len(e) for e in msgpack.unpackb(value)] == [7, 8]
+    # a snapshot's entries go as older code wrote them (and reads them), and those whose epoch is
+    # known again, whole, in an epoch record of the same append, which older code skips
+    (snapshot, epochs), = S.snapshot_appends("snap-1", [("g", "t", 0, 5, "", 9, "id-1", -1),
+                                                        ("g", "t", 1, 6, "", 9, "id-1", 3)])
+    assert decode_record(*snapshot) == [("g", "t", 0, 5, "", 9, "id-1", -1), ("g", "t", 1, 6, "", 9, "id-1", -1)]
+    assert [len(e) for e in msgpack.unpackb(snapshot[1])] == [7, 7]
+    assert decode_record(*epochs) == [("g", "t", 1, 6, "", 9, "id-1", 3)] and S.is_epochs_key(epochs[0])
+    # as code that wrote the epoch in the entry wrote it
+    assert decode_record(snapshot[0], _key(["g", "t", 1, 6, "", 9, "id-1", 3])) == [("g", "t", 1, 6, "", 9, "id-1", 3)]
     (key, value), = S.snapshot_records("snap-2", [])
     assert decode_record(key, value) == []
 
