@@ -188,8 +188,10 @@ class GroupCommits(GroupCommittedLookups):
             self._below_commits.pop(tp, None)
 
     def _diverged(self, tp: TopicPartition, fetched_at: int, diverging: list) -> None:
+        before = self.positions.get(tp)
         super()._diverged(tp, fetched_at, diverging)  # type: ignore[misc]
-        self._went_back(tp)
+        if self.positions.get(tp) != before:
+            self._went_back(tp)
 
     def _truncated_under(self, tp: TopicPartition, fetched_at: int, entry: Any) -> bool:
         moved: bool = super()._truncated_under(tp, fetched_at, entry)  # type: ignore[misc]
