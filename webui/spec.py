@@ -15,7 +15,11 @@ errors given stay as they were (``loads_body``, ``dumps``).
 
 JSON here is strict (RFC 8259) both ways: NaN, Infinity, -Infinity and numbers that overflow a
 double (1e999) are not JSON, so a body holding one is refused (40001), never stored as the text
-NaN that no JSON parser reads back, and nothing the gateway writes holds one.
+NaN that no JSON parser reads back, and nothing the gateway writes holds one. Nor is a string
+holding a lone surrogate (``"\\ud800"``, or its bytes ED A0 80): it is no Unicode text (JSON text
+is UTF-8, RFC 8259 8.1) and nothing can write it as UTF-8 -- taken in, it failed wherever it
+was encoded next (a header value for the producer service, a topic id packed for the consumer
+service, an API key hashed, the validator's own error message) as a programmer error.
 
 Thread-safe after ``install`` (the table is read-only then).
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qsl, unquote_to_bytes
@@ -176,13 +181,61 @@ def _finite_float(text: str) -> float:
 
 def loads_json(data: bytes | str) -> Any:
     """``json.loads`` of strict JSON: ValueError for NaN, Infinity, -Infinity and numbers that
-    overflow a double (the standard library reads them all), and for nesting too deep for the
-    interpreter's stack (a RecursionError would be taken for a programmer error and stop the
-    gateway's worker). Integers of any size are kept exact."""
+    overflow a double (the standard library reads them all), for a string holding a lone
+    surrogate (which it reads too), and for nesting too deep for the interpreter's stack (a
+    RecursionError would be taken for a programmer error and stop the gateway's worker).
+    Integers of any size are kept exact."""
     try:
-        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError(NESTED_TOO_DEEPLY) from None
+    if _may_hold_surrogate(data):  # only then is the value walked
+        _refuse_lone_surrogates(value)
+    return value
+
+
+# what a JSON text holding a surrogate has: a \uD800-\uDFFF escape, or the character itself
+# (its bytes ED A0..BF xx: the standard library decodes bytes with "surrogatepass"). A pair of
+# escapes is one character once read: only the value read tells a lone one.
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_ESCAPED_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_BYTES = re.compile(rb"\xed[\xa0-\xbf]")
+
+
+def _may_hold_surrogate(data: bytes | str) -> bool:
+    """Whether JSON text ``data`` may hold a surrogate. One-character tests first (the text
+    of most bodies has neither a backslash nor the byte ED): a regex over a produce body cost
+    half its parse."""
+    if type(data) is str:
+        if not data.isascii():
+            try:
+                data.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        return "\\" in data and _ESCAPED_SURROGATE_TEXT.search(data) is not None
+    return (b"\xed" in data and _SURROGATE_BYTES.search(data) is not None) \
+        or (b"\\" in data and _ESCAPED_SURROGATE.search(data) is not None)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    """Raise ValueError when a string of ``value`` (a key too) holds a lone surrogate. Walks
+    without recursion: ``value`` may be nested as deep as the parser went."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            found = _SURROGATE.search(v)
+            if found:
+                raise ValueError(f"a string holds a lone surrogate ({found.group().encode('unicode_escape').decode()}), "
+                                 "which is no Unicode text: JSON text is UTF-8")
+        elif isinstance(v, dict):
+            stack += v
+            stack += v.values()
+        elif isinstance(v, list):
+            stack += v
 
 
 def dumps(value: Any) -> bytes:
