@@ -52,7 +52,7 @@ def main() -> int:
     deadline = time.monotonic() + args.seconds
     shown = ran = failed = 0
     with tempfile.TemporaryDirectory() as tmp:
-        app, agent, bugs = fuzz_gateway(Path(tmp))
+        app, agent, bugs, _ = fuzz_gateway(Path(tmp))
         client = app.test_client()
         api = app.extensions["loom.api"]
         for seed in range(args.first, args.first + args.seeds):

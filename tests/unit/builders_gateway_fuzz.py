@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -38,12 +39,14 @@ from webui.app import create_app
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway
 from webui.events import EventHub
+from webui.schemas import produce_schema
 from webui.spec import _inline
 
 TOPICS = {"t": 3, "one": 1, "__consumer_offsets": 2}
 GROUP, INSTANCE, CLUSTER = "g", "c1", "test"
 ADMIN_KEY = KEYS["admin"]
 LOG_END_OFFSET = 10
+STREAM_POLL_MS_MAX = 50  # a stream's poll that finds no records waits this long at most
 # stored keys and values a fetch answers: what a consumer may read that another client wrote
 ODD_STORED = [b"1", b'"s"', b"\xff\xfe\x00", b"NaN", b"[" * 3000 + b"]" * 3000, b'{"a": 1e999}', b"9" * 5000,
               b"", "\u00e9\U0001F600".encode(), b'{"a": [1, 2, {"b": null}]}']
@@ -154,6 +157,7 @@ class ScriptedConsumers:
 
     def __init__(self) -> None:
         self.made: set[tuple[str, str]] = set()
+        self.streamed: set[tuple[str, str]] = set()  # instances whose stream had its records
         self.serial = 0
 
     def create(self, group: str, name: str | None = None, config: dict | None = None) -> ConsumerInstance:
@@ -184,6 +188,10 @@ class ScriptedConsumers:
         for t, p, *_ in (header.get("offsets") or []) + (header.get("partitions") or []):
             if t not in TOPICS or p >= TOPICS[t]:
                 raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no partition {t}-{p}")
+        if op == "assign" and not (isinstance(header.get("partitions"), list) and all(
+                isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str) and _is_int(tp[1])
+                for tp in header["partitions"])):  # as the service's own _assign
+            raise RemoteError(P.MALFORMED_REQUEST, "partitions must be a list of [topic, partition]")
         if op == "delete":
             self.made.discard((header["group"], header["instance"]))
         if op == "subscription":
@@ -198,6 +206,12 @@ class ScriptedConsumers:
     def call_frames(self, endpoint: str, command: bytes, header: dict, timeout_ms: int = 0) -> tuple[dict, list]:
         self.call(endpoint, command, header, timeout_ms)
         rows = fetched_rows()[:header["max_records"]]
+        stream = (header["group"], header["instance"])
+        if header.get("positions"):  # a /ws/consume stream's: records once, then a poll that finds none
+            if stream in self.streamed:
+                threading.Event().wait(min(header["timeout_ms"], STREAM_POLL_MS_MAX) / 1000)
+                rows = []
+            self.streamed.add(stream)
         return {"count": len(rows), "positions": [["t", 0, 9]], "generation": 1, "topic_ids": {"t": "id-t"}}, \
             [pack_rows(rows)]
 
@@ -242,8 +256,15 @@ class FuzzAgent(GatewayAgent):
             self.create_instance(GROUP, INSTANCE, {}, "json")
 
 
-def fuzz_gateway(tmp: Path) -> tuple[Any, FuzzAgent, list[int]]:
-    """(the app, its agent, the bugs it met): keys per role (KEYS) and a generous rate limit."""
+class FuzzGateway(NamedTuple):
+    app: Any
+    agent: FuzzAgent
+    bugs: list[int]  # one entry per programmer error met (the worker would have stopped)
+    gw: Gateway
+
+
+def fuzz_gateway(tmp: Path) -> FuzzGateway:
+    """The app over a FuzzAgent: keys per role (KEYS) and a generous rate limit."""
     bugs: list[int] = []
     agent = FuzzAgent(tmp)
     keys = KeyStore([(role, hash_key(k), [role]) for role, k in KEYS.items()])
@@ -251,7 +272,7 @@ def fuzz_gateway(tmp: Path) -> tuple[Any, FuzzAgent, list[int]]:
                  settings=GatewayConfig(), security=SecurityConfig(), cluster_id=CLUSTER,
                  on_bug=lambda: bugs.append(1))
     agent.ensure_instance()
-    return create_app(gw), agent, bugs
+    return FuzzGateway(create_app(gw), agent, bugs, gw)
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -450,3 +471,56 @@ def _query(op: Any, rng: random.Random) -> str:
         pairs.append((rng.choice(["", "extra", "\u00e9"]), rng.choice(["", "1"])))
     text = "&".join(f"{urllib.parse.quote(k, safe='%')}={urllib.parse.quote(v, safe='%')}" for k, v in pairs)
     return rng.choice([text, text, text, "&&", "=", "a=%ZZ", "%FF=1"]) if rng.random() < 0.1 else text
+
+
+# -- WebSocket messages ----------------------------------------------------------------------
+WS_PRODUCE_SCHEMAS = {fmt: produce_schema(fmt == "binary") for fmt in ("json", "binary")}
+WS_COMMITS: list[Any] = [{"commit": "all"}, {"commit": "all", "through": 1},
+                         {"commit": [{"topic": "t", "partition": 0, "offset": 3}]}]
+WS_QUERIES = ["", "topic=", "topic=%FF", "topic=..", "topic=" + "a" * 300, "topic=missing", "topic=t&topic=x",
+              "topic=t&format=xml", "topic=t&format=", "topic=t&acks=2", "topic=t&acks=", "topic=%2F",
+              "topic=t&group=.", "topic=t&group=%2F", "topic=t&group=%FF", "topic=t&group=" + "g" * 300,
+              "topic=t&group=%C3%A9", "topic=t&from=middle", "topic=t&auto_commit=maybe", "topic=t&group=g%00",
+              "topic=t%00", "topic=t&group=", "%FF=1&topic=t", "topic=t&&&", "topic=__consumer_offsets"]
+
+
+def ws_produce_frames(rng: random.Random, fmt: str, n: int) -> Iterator[str | bytes]:
+    """``n`` seeded /ws/produce messages in format ``fmt``: records or one record, broken or at
+    the edges of what is allowed, odd ids, text that is no JSON, binary frames."""
+    schema = WS_PRODUCE_SCHEMAS[fmt]
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.1:
+            raw = rng.choice(RAW_BODIES)
+            yield raw if rng.random() < 0.5 else raw.decode("utf-8", "replace")
+            continue
+        body = sample(schema, {}, rng, edge=roll < 0.4)
+        msg: Any = body if rng.random() < 0.5 else body["records"][0]
+        if roll >= 0.4:
+            msg = mutate(msg, rng)
+        if isinstance(msg, dict) and rng.random() < 0.5:
+            msg = {**msg, "id": rng.choice(["m", 7, *BAD_VALUES])}
+        text = to_json(msg).decode()
+        yield text.encode() if rng.random() < 0.15 else text
+
+
+def ws_commit_frames(rng: random.Random, n: int) -> Iterator[str | bytes]:
+    """``n`` seeded /ws/consume messages: commits, broken or not, and text that is no JSON."""
+    for _ in range(n):
+        if rng.random() < 0.15:
+            raw = rng.choice(RAW_BODIES)
+            yield raw if rng.random() < 0.5 else raw.decode("utf-8", "replace")
+            continue
+        msg = rng.choice(WS_COMMITS)
+        if rng.random() < 0.7:
+            msg = mutate(msg, rng)
+        yield to_json(msg).decode()
+
+
+def ws_first_frames(rng: random.Random, n: int) -> Iterator[str | bytes]:
+    """The first messages of a socket without a key header: ``{"api_key": ...}`` with each odd
+    key (and a good one), and ``n`` seeded others: other JSON, text that is no JSON."""
+    for key in [*BAD_VALUES, ADMIN_KEY + "\u00e9", ADMIN_KEY * 100, [ADMIN_KEY], "\ud800", "\udfff" * 3, ADMIN_KEY]:
+        yield to_json({"api_key": key}).decode()
+    for _ in range(n):
+        yield rng.choice(RAW_BODIES) if rng.random() < 0.5 else to_json(mutate({"api_key": ADMIN_KEY}, rng)).decode()

@@ -32,7 +32,7 @@ DEADLINE_S = 10.0
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> tuple[Any, Any, list[int]]:
-    app, agent, bugs = fuzz_gateway(tmp_path)
+    app, agent, bugs, _ = fuzz_gateway(tmp_path)
     return app, agent, bugs
 
 
