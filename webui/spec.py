@@ -30,7 +30,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from flask import Flask, Response, g, request
@@ -84,8 +84,11 @@ class Op:
     errors: tuple[int, ...] = ()         # error codes besides the common ones
     cluster: bool = True                 # talks to the cluster: may answer 408 / 503
     description: str = ""
-    # (path, query, body) jsonschema-rs validators by name / content type: set by Api.install
-    validators: tuple[dict, dict, dict] | None = field(default=None, repr=False, compare=False)
+    # False: the handler reads the body's integers itself (see integers_read)
+    body_integers: bool = True
+    # (path, query, body) jsonschema-rs validators by name / content type, and the body schemas
+    # inlined by content type: set by Api.install
+    validators: tuple[dict, dict, dict, dict] | None = field(default=None, repr=False, compare=False)
 
     @property
     def endpoint(self) -> str:
@@ -315,6 +318,41 @@ def _first_error(validator: Any, value: Any) -> str | None:
     return f"{where or '(body)'}: {message[:300]}"
 
 
+def _branches(schema: dict) -> Iterator[dict]:
+    """``schema`` (inlined) and every schema it holds under anyOf, oneOf or allOf."""
+    yield schema
+    for key in ("anyOf", "oneOf", "allOf"):
+        for sub in schema.get(key, ()):
+            yield from _branches(sub)
+
+
+def _says_integer(schema: dict) -> bool:
+    return any(b.get("type") == "integer" or (isinstance(b.get("type"), list) and "integer" in b["type"])
+               for b in _branches(schema))
+
+
+def integers_read(schema: dict, value: Any) -> Any:
+    """``value``, valid against ``schema`` (inlined), with each float where the schema has an
+    integer made that int, in place: JSON Schema's integers include 1.0 and 1e2 (a number whose
+    fraction is zero), so the routes let them through as the document promises, and then a
+    node refused the float (the consumer service's seek, commit or assignment; the
+    coordinator's partition count) or an answer carried it on (a dry-run reset's 5.0)."""
+    if type(value) is float:
+        return int(value) if value.is_integer() and _says_integer(schema) else value
+    if isinstance(value, dict):
+        for b in _branches(schema):
+            for name, sub in b.get("properties", {}).items():
+                if name in value:
+                    value[name] = integers_read(sub, value[name])
+    elif isinstance(value, list):
+        for b in _branches(schema):
+            items = b.get("items")
+            if isinstance(items, dict):
+                for i, v in enumerate(value):
+                    value[i] = integers_read(items, v)
+    return value
+
+
 def body_checker(schema: dict) -> Callable[[Any], str | None]:
     """``check(value)``: the first problem of ``value`` against ``schema`` (one without
     ``$ref``s) as a route's 422 message words it, or None when it is valid."""
@@ -358,7 +396,8 @@ class Api:
         op.validators = (
             {n: self._validator(s) for n, s in op.path_params.items()},
             {n: self._validator(s) for n, s in op.query.items()},
-            {ct: self._validator(s) for ct, s in (op.body or {}).items()})
+            {ct: self._validator(s) for ct, s in (op.body or {}).items()},
+            {ct: _inline(s, self.components) for ct, s in (op.body or {}).items()})
 
         def view(**path: Any) -> Response:
             g.op = op
@@ -383,7 +422,7 @@ class Api:
         against the op's schemas, call the handler, encode its answer. Returns (status, body,
         content type); raises ApiError (and the handler's errors)."""
         assert op.validators is not None, "Api.install sets each op's validators"
-        path_v, query_v, body_v = op.validators
+        path_v, query_v, body_v, body_schemas = op.validators
         for name, value in path.items():
             if _first_error(path_v[name], value):
                 if isinstance(value, str):  # a name no such thing can have: the request is wrong, nothing is missing
@@ -419,7 +458,7 @@ class Api:
             problem = _first_error(body_v[mimetype], body)
             if problem:
                 raise ApiError(42204, problem)
-            kw["body"] = body
+            kw["body"] = integers_read(body_schemas[mimetype], body) if op.body_integers else body
             kw["content_type"] = mimetype
         result = op.handler(**kw)
         status = op.status

@@ -59,19 +59,23 @@ def _is_int(v: Any) -> bool:
 class ScriptedAdmin:
     """The coordinator and brokers as ``fabric.client.admin.Admin`` reaches them: metadata of
     TOPICS, offsets 0..LOG_END_OFFSET, topic and group admin checked as the coordinator checks
-    them (msgpack-packed headers, its type checks and its name and config rules)."""
+    them (msgpack-packed headers, its type checks and its name and config rules). A topic made
+    is there from then on; TOPICS stay whatever is deleted, so later cases find them."""
+
+    def __init__(self) -> None:
+        self.topics = dict(TOPICS)
 
     def metadata(self, refresh: bool = True) -> Any:
-        return metadata_of(TOPICS)
+        return metadata_of(self.topics)
 
     def list_offsets(self, topic: str, spec: int = -1, *, partitions: Any = None, partial: bool = False,
                      leader_wait_ms: int | None = None) -> dict[int, int]:
         wire.pack({"topic": topic, "spec": spec, "partitions": partitions})
-        if topic not in TOPICS:
+        if topic not in self.topics:
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {topic!r}")
-        if not _is_int(spec):
+        if not _is_int(spec):  # as the broker's ListOffsetsInput.decode
             raise RemoteError(P.MALFORMED_REQUEST, "spec must be int")
-        wanted = range(TOPICS[topic]) if partitions is None else partitions
+        wanted = range(self.topics[topic]) if partitions is None else partitions
         return {p: 0 if spec == -2 else LOG_END_OFFSET for p in wanted}
 
     def create_topic(self, name: str, partitions: Any = None, replication_factor: Any = None,
@@ -79,27 +83,30 @@ class ScriptedAdmin:
         wire.pack({"topic": name, "partitions": partitions, "replication_factor": replication_factor,
                    "configs": configs})
         validate_topic_name(name)
-        if name in TOPICS:
+        if name in self.topics:
             raise RemoteError(P.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         if partitions is not None and not (_is_int(partitions) and 1 <= partitions <= P.PARTITIONS_MAX):
             raise RemoteError(P.INVALID_PARTITIONS, f"partitions must be an integer, not {partitions!r}")
         if replication_factor is not None and not (_is_int(replication_factor) and 1 <= replication_factor <= 1):
             raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"replication factor {replication_factor!r}: 1 broker")
         validate_configs(configs, 1)
+        self.topics[name] = partitions or 1
         return {"topic": name}
 
     def alter_topic(self, name: str, partitions: Any = None, configs: Any = None) -> dict:
         wire.pack({"topic": name, "partitions": partitions, "configs": configs})
-        if name not in TOPICS:
+        if name not in self.topics:
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
-        if partitions is not None and not (_is_int(partitions) and TOPICS[name] < partitions <= P.PARTITIONS_MAX):
+        if partitions is not None and not (_is_int(partitions) and self.topics[name] < partitions <= P.PARTITIONS_MAX):
             raise RemoteError(P.INVALID_PARTITIONS, f"partitions can only grow, not to {partitions!r}")
         return {"topic": name}
 
     def delete_topic(self, name: str) -> dict:
         wire.pack({"topic": name})
-        if name not in TOPICS:
+        if name not in self.topics:
             raise RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {name!r}")
+        if name not in TOPICS:
+            del self.topics[name]
         return {"topic": name}
 
     def call_coordinator(self, command: bytes, header: dict, retries: int = 3) -> dict:
