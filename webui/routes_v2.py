@@ -11,7 +11,8 @@ from typing import Any, Callable, Iterable
 from webui import schemas as S
 from webui.context import Gateway
 from webui.errors import CODES, ApiError, ClusterError
-from webui.spec import Api, loads_json
+from webui.json_text import loads_json
+from webui.spec import Api
 
 BINARY = "application/vnd.kafka.binary.v2+json"
 JSON_EMBEDDED = "application/vnd.kafka.json.v2+json"

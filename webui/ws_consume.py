@@ -21,7 +21,8 @@ from webui.context import Gateway
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import records_json
 from webui.schemas import NAME_RULE, NAME_RULES, OFFSET, PARTITION
-from webui.spec import NOT_UTF8_NAME, invalid_name, is_utf8, loads_json
+from webui.json_text import loads_json
+from webui.spec import NOT_UTF8_NAME, invalid_name, is_utf8
 from webui.ws_outbox import POLICY, Closed, Outbox
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import simple_websocket
 
 from tests.unit.builders_gateway_fuzz import fuzz_gateway
 from tests.unit.fakes import KEYS, served_wsgi
-from webui.spec import loads_json
+from webui.json_text import loads_json
 
 ADMIN = {"Authorization": f"Bearer {KEYS['admin']}"}
 JSON_V2 = "application/vnd.kafka.json.v2+json"
