@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterator
 import pytest
 import simple_websocket
 
-from tests.unit.builders_gateway_fuzz import (ADMIN_KEY, WS_QUERIES, Case, fuzz_gateway, rest_cases, ws_commit_frames,
-                                              ws_first_frames, ws_produce_frames)
+from tests.unit.builders_bad_input import (WS_QUERIES, Case, rest_cases, ws_commit_frames, ws_first_frames,
+                                           ws_produce_frames)
+from tests.unit.builders_gateway_fuzz import ADMIN_KEY, fuzz_gateway
 from tests.unit.fakes import served_wsgi
 from webui.ws import MESSAGE_BYTES_MAX
 
