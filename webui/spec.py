@@ -7,15 +7,7 @@ Validation uses the same JSON Schemas the document publishes (draft 2020-12, che
 jsonschema-rs: a 500-record produce body costs ~0.3 ms there against ~20 ms in pure Python):
 a body or parameter the document allows is accepted, one it forbids gets 422.
 
-Answers are written with orjson (C), and so are the bodies of the binary embedded format parsed
-(its numbers are only partitions: orjson reads integers beyond 64 bits as floats, which the
-JSON embedded format would store changed, so other bodies keep the standard library); a body
-orjson refuses is parsed again with the standard library, so that what is accepted and the
-errors given stay as they were (``loads_body``, ``dumps``).
-
-JSON here is strict (RFC 8259) both ways: NaN, Infinity, -Infinity and numbers that overflow a
-double (1e999) are not JSON, so a body holding one is refused (40001), never stored as the text
-NaN that no JSON parser reads back, and nothing the gateway writes holds one.
+Bodies are read and answers written as strict JSON (webui/json_text.py).
 
 Thread-safe after ``install`` (the table is read-only then).
 """
@@ -23,16 +15,15 @@ Thread-safe after ``install`` (the table is read-only then).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from flask import Flask, Response, g, request
 import jsonschema_rs
-import orjson
 
 from webui.errors import CODES, ApiError
+from webui.json_text import dumps, integers_read, loads_body
 from webui.schemas import NAME_RULE, NAME_RULES, NameRule
 
 ERROR_SCHEMA = {"type": "object", "required": ["error_code", "message"], "additionalProperties": False,
@@ -48,7 +39,6 @@ REQUEST_LINE_BYTES_MAX = 8190
 URI_TOO_LONG = {"description": f"URI too long: a request line over {REQUEST_LINE_BYTES_MAX} bytes "
                                "(answered by the HTTP server, as HTML)",
                 "content": {"text/html": {"schema": {"type": "string"}}}}
-FAST_JSON_TYPES = frozenset({"application/vnd.kafka.binary.v2+json"})  # bodies parsed with orjson
 
 
 class Answer(NamedTuple):
@@ -79,8 +69,11 @@ class Op:
     errors: tuple[int, ...] = ()         # error codes besides the common ones
     cluster: bool = True                 # talks to the cluster: may answer 408 / 503
     description: str = ""
-    # (path, query, body) jsonschema-rs validators by name / content type: set by Api.install
-    validators: tuple[dict, dict, dict] | None = field(default=None, repr=False, compare=False)
+    # False: the handler reads the body's integers itself (see integers_read)
+    body_integers: bool = True
+    # (path, query, body) jsonschema-rs validators by name / content type, and the body schemas
+    # inlined by content type: set by Api.install
+    validators: tuple[dict, dict, dict, dict] | None = field(default=None, repr=False, compare=False)
 
     @property
     def endpoint(self) -> str:
@@ -145,57 +138,6 @@ def _read_body() -> bytes:
             raise ApiError(41301)
         return data
     return request.get_data(cache=False)
-
-
-def loads_body(data: bytes, content_type: str) -> Any:
-    """A request body as strict JSON. Raises ValueError. orjson first for FAST_JSON_TYPES; the
-    standard library otherwise, and for what orjson refuses but it accepts (lone surrogates),
-    so that the errors are the same whatever the content type."""
-    if content_type in FAST_JSON_TYPES:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            if "recursion" in str(e):  # nested over orjson's 1,024 levels
-                raise ValueError(NESTED_TOO_DEEPLY) from None
-    return loads_json(data)
-
-
-NESTED_TOO_DEEPLY = "nested too deeply"
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (math.inf, -math.inf):
-        raise ValueError(f"{text[:40]} is not JSON (beyond a double: read as infinity)")
-    return value
-
-
-def loads_json(data: bytes | str) -> Any:
-    """``json.loads`` of strict JSON: ValueError for NaN, Infinity, -Infinity and numbers that
-    overflow a double (the standard library reads them all), and for nesting too deep for the
-    interpreter's stack (a RecursionError would be taken for a programmer error and stop the
-    gateway's worker). Integers of any size are kept exact."""
-    try:
-        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ValueError(NESTED_TOO_DEEPLY) from None
-
-
-def dumps(value: Any) -> bytes:
-    """Compact strict JSON (orjson; the standard library for what orjson cannot write, e.g.
-    integers beyond 64 bits). Raises ValueError for a NaN or infinite float that orjson did
-    not write (as null): the routes hand it none (``loads_json`` reads none)."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # orjson.JSONEncodeError (also nesting over its 254 levels)
-        try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-        except RecursionError:  # a stored value nested too deeply for the interpreter's stack
-            raise ApiError(42202, "a value is nested too deeply to write as JSON: read it in the binary format") from None
 
 
 def invalid_name(what: str, value: str, rule: NameRule = NAME_RULE) -> str:
@@ -305,7 +247,8 @@ class Api:
         op.validators = (
             {n: self._validator(s) for n, s in op.path_params.items()},
             {n: self._validator(s) for n, s in op.query.items()},
-            {ct: self._validator(s) for ct, s in (op.body or {}).items()})
+            {ct: self._validator(s) for ct, s in (op.body or {}).items()},
+            {ct: _inline(s, self.components) for ct, s in (op.body or {}).items()})
 
         def view(**path: Any) -> Response:
             g.op = op
@@ -330,7 +273,7 @@ class Api:
         against the op's schemas, call the handler, encode its answer. Returns (status, body,
         content type); raises ApiError (and the handler's errors)."""
         assert op.validators is not None, "Api.install sets each op's validators"
-        path_v, query_v, body_v = op.validators
+        path_v, query_v, body_v, body_schemas = op.validators
         for name, value in path.items():
             if _first_error(path_v[name], value):
                 if isinstance(value, str):  # a name no such thing can have: the request is wrong, nothing is missing
@@ -366,7 +309,7 @@ class Api:
             problem = _first_error(body_v[mimetype], body)
             if problem:
                 raise ApiError(42204, problem)
-            kw["body"] = body
+            kw["body"] = integers_read(body_schemas[mimetype], body) if op.body_integers else body
             kw["content_type"] = mimetype
         result = op.handler(**kw)
         status = op.status

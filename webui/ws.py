@@ -42,7 +42,8 @@ from webui.events import EVENTS_QUEUE_MAX
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import ACKS, encode_records, offsets_json
 from webui.schemas import produce_schema
-from webui.spec import Op, body_checker, loads_json
+from webui.json_text import loads_json
+from webui.spec import Op, body_checker
 from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, SocketsPer
 from webui.ws_consume import consume, name_param, query_args, query_param
 from webui.ws_outbox import GOING_AWAY, GOING_AWAY_FLUSH_S, POLICY, TRY_AGAIN_LATER, Closed, Outbox

@@ -21,7 +21,8 @@ from webui.context import Gateway
 from webui.errors import ApiError, ClusterError
 from webui.routes_v2 import records_json
 from webui.schemas import NAME_RULE, NAME_RULES, OFFSET, PARTITION
-from webui.spec import NOT_UTF8_NAME, invalid_name, is_utf8, loads_json
+from webui.json_text import loads_json
+from webui.spec import NOT_UTF8_NAME, invalid_name, is_utf8
 from webui.ws_outbox import POLICY, Closed, Outbox
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,12 @@ def consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict
                 pass
 
 
+def _integer(v: Any) -> Any:
+    """``v``, or the int it is when it is a float with no fraction (4.0, 4e0: JSON Schema's
+    integers, which REST's commit reads as integers: webui.spec.integers_read)."""
+    return int(v) if type(v) is float and v.is_integer() else v
+
+
 def commit_entries(commit: Any) -> dict[tuple[str, int], int] | None:
     """An explicit commit's entries [{topic, partition, offset}] as (topic, partition) -> the
     next offset to read, or None unless each is what REST's commit takes, integers only
@@ -316,7 +323,7 @@ def commit_entries(commit: Any) -> dict[tuple[str, int], int] | None:
     for c in commit:
         if not isinstance(c, dict):
             return None
-        t, p, o = c.get("topic"), c.get("partition"), c.get("offset")
+        t, p, o = c.get("topic"), _integer(c.get("partition")), _integer(c.get("offset"))
         if not (type(t) is str and type(p) is int and type(o) is int
                 and 0 <= p <= PARTITION["maximum"] and 0 <= o <= OFFSET["maximum"]):
             return None

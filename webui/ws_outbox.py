@@ -20,7 +20,7 @@ from typing import Any
 
 from simple_websocket import ConnectionClosed
 
-from webui.spec import dumps
+from webui.json_text import dumps
 
 CLOSE_GRACE_S = 5.0
 GOING_AWAY_FLUSH_S = 1.0  # a route that answers what it took (/ws/produce): its answers' time to go out at 1001

@@ -99,6 +99,22 @@ def _retriable(code: int, gone: Callable[[int], bool] | None = None, index: int 
     return code in P.RETRIABLE and not (code == P.UNKNOWN_TOPIC_OR_PARTITION and gone is not None and gone(index))
 
 
+def _integer_partitions(records: list[Record4]) -> list[Record4]:
+    """``records`` with each partition written as a float with no fraction (1.0, 1e2: JSON
+    Schema's integers, which the REST routes and /ws/produce let through) made that int. Raises
+    ClusterError(invalid) for any other that is not an int (True, "1", 1.5): the producer
+    service refused it, and its refusal came back as a 500."""
+    out = []
+    for r in records:
+        p = r[3]
+        if type(p) is float and p.is_integer():
+            r = (r[0], r[1], r[2], int(p))
+        elif type(p) not in _PARTITION_TYPES:
+            raise ClusterError("invalid", f"a record's partition is an integer, not {p!r:.40}")
+        out.append(r)
+    return out
+
+
 def _named_partition(record: Record4) -> int:
     """The partition a record names itself, -1 when none."""
     return -1 if record[3] is None else record[3]
@@ -294,7 +310,8 @@ class GatewayAgent(ConsumerInstances):
         if partition is None:
             own = list(map(PARTITION_OF, records))
             if not set(map(type, own)) <= _PARTITION_TYPES:  # JSON Schema counts 1.0 as an integer
-                raise ClusterError("invalid", "a record's partition is an integer")
+                records = _integer_partitions(records)
+                own = list(map(PARTITION_OF, records))
             named = max(filter(_NOT_NONE, own), default=None)
             if named is not None and named >= len(t.partitions):
                 t = self._checked_topic(topic, False)  # partitions added since the cached look

@@ -21,7 +21,7 @@ from webui.context import Gateway
 from webui.errors import ApiError
 from webui.events import EventHub
 from webui.routes_v2 import decode_value
-from webui.spec import dumps
+from webui.json_text import dumps
 
 KEY = "loom_admin_key_0123456789"
 EMBEDDED = "application/vnd.kafka.json.v2+json"

@@ -115,10 +115,11 @@ def test_a_named_partition_gone_since_the_cached_look_is_404_not_per_record_erro
     assert e.value.kind == "partition_not_found", e.value
 
 
-@pytest.mark.parametrize("partition", [1.0, True, "1"])
+@pytest.mark.parametrize("partition", [1.5, True, "1"])
 def test_a_record_whose_partition_is_no_integer_is_refused_as_invalid(agent: Any, partition: Any) -> None:
-    """JSON Schema counts 1.0 as an integer: such a record reached the producer service, whose
-    refusal came back as a 500."""
+    """Such a record reached the producer service, whose refusal came back as a 500. (1.0,
+    which JSON Schema counts as an integer, is partition 1:
+    tests/unit/test_gateway_integers_written_as_floats.py.)"""
     a, _, _ = agent
     with pytest.raises(ClusterError) as e:
         a.produce("t", [RECORD, (None, b"v", None, partition)], "all")

@@ -24,7 +24,7 @@ from webui.context import Gateway
 from webui.events import EventHub
 from fabric.apikeys import hash_key
 from webui.routes_v2 import decode_value, records_json
-from webui.spec import dumps, loads_json
+from webui.json_text import dumps, loads_json
 
 EMBEDDED = "application/vnd.kafka.json.v2+json"
 BINARY = "application/vnd.kafka.binary.v2+json"

@@ -47,3 +47,13 @@ def test_a_good_explicit_commit_still_goes_through() -> None:
     _run(agent, ws, {"topic": "t", "group": "billing", "auto_commit": "false"})
     assert agent.commits == [{("t", 0): 5}], agent.commits
     assert {"committed": True} in ws.received
+
+
+def test_integers_written_as_floats_are_those_integers_as_in_rests_commit() -> None:
+    """REST's commit reads an integer written 4.0 as 4 (JSON Schema's integers); so does the stream's."""
+    ws = ClientSocket()
+    agent = ReadingClient(ws, ['{"commit": [{"topic": "t", "partition": 0.0, "offset": 4e0}]}'], after=1,
+                          leave_at_fetch=4)
+    _run(agent, ws, {"topic": "t", "group": "billing", "auto_commit": "false"})
+    assert agent.commits == [{("t", 0): 5}], agent.commits
+    assert [type(x) for c in agent.commits for tp, o in c.items() for x in (tp[1], o)] == [int, int]
