@@ -221,6 +221,7 @@ class GroupConsumer(GroupJoin, GroupCommits, _AssignConsumer):
         self._began_reading()  # forgets how the topics read until now were when reading began
         self.auto_commit_bounds = {}
         self._last_committed = {}  # what the membership committed says nothing once it is given up
+        self._last_committed_epochs = {}
         self._below_commits = {}
         self._commit_lookup = None  # an assigned consumer's lookup on its way: its answer is given up
 

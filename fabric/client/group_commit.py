@@ -97,14 +97,17 @@ class GroupCommits(GroupCommittedLookups):
         """The state this half owns; called by ``GroupConsumer.__init__`` once
         ``auto_commit_interval_ms`` is set."""
         self._last_committed: dict[TopicPartition, int] = {}
+        # ... and the leader epoch each was committed with (absent: none known), where known here
+        self._last_committed_epochs: dict[TopicPartition, int] = {}
         # per partition, the highest offset an auto-commit may commit (records from there on
         # went to a host's client that has not confirmed them yet); a rebalance clears it
         self.auto_commit_bounds: dict[TopicPartition, int] = {}
         # per partition of a subscribed member whose leader sent its position back below the group's
-        # committed offset (``_went_back``), that offset: a member's commit below it is refused,
-        # and whole -- the other partitions' positions with it --, so commits of the positions
-        # leave the partition out until its position is back there (``_without_below_commits``)
-        self._below_commits: dict[TopicPartition, int] = {}
+        # committed offset (``_went_back``), that offset and its leader epoch: a member's commit
+        # below it is refused -- and whole, the other partitions' positions with it -- unless it
+        # names a newer epoch, so commits of the positions leave the partition out until its
+        # position is back there or carries a newer epoch (``_without_below_commits``)
+        self._below_commits: dict[TopicPartition, tuple[int, int]] = {}
         # a subscribed member's timer starts at each assignment; an assigned consumer's here
         self._next_auto_commit_ms = self.clock.now_ms() + self.auto_commit_interval_ms
         self._async_commits_in_flight = 0
@@ -164,7 +167,7 @@ class GroupCommits(GroupCommittedLookups):
             if e.code in REJOIN_ERRORS or e.code == P.UNKNOWN_TOPIC_ID:
                 raise CommitFailed(e.code, e.message) from e
             raise
-        self._committed(offsets, header["topic_ids"])
+        self._committed(offsets, header)
 
     def _commit_refused(self, e: CodedError, generation: int) -> None:
         """A commit as of ``generation`` failed with ``e``: a rejoin error joins again; a topic
@@ -184,6 +187,7 @@ class GroupCommits(GroupCommittedLookups):
         super()._reset(tps, spec, keep_give_back=keep_give_back)  # type: ignore[misc]
         for tp in list(self._last_committed) if tps is None else tps:
             self._last_committed.pop(tp, None)
+            self._last_committed_epochs.pop(tp, None)
         for tp in list(self._below_commits) if tps is None else tps:
             self._below_commits.pop(tp, None)
 
@@ -204,22 +208,34 @@ class GroupCommits(GroupCommittedLookups):
         election), perhaps to or below the group's committed offset -- a member that started
         there, from the committed epoch. That commit is not one of the position now: the epoch
         it names is of records gone, and each member starting there would be sent back again;
-        so the position is committed once it is back at the offset, also when equal to it. Below it, a member's
-        commit is refused (never backward) with the other partitions', so the partition is left
-        out of commits of the positions until then (``_below_commits``); an assigned consumer's
-        commit, outside any generation, may go back."""
+        so the position is committed once it is back at the offset, also when equal to it. Below
+        it, a member's commit is refused (never backward) with the other partitions' -- unless it
+        names a newer epoch than the committed one (the coordinator's ``_check_not_backward``: a
+        record the new leader wrote below the offset, read) --, so the partition is left out of
+        commits of the positions until then (``_below_commits``); an assigned consumer's commit,
+        outside any generation, may go back."""
         committed, position = self._last_committed.get(tp), self.positions.get(tp)
         if committed is None or position is None or position > committed:
             return
         del self._last_committed[tp]
+        epoch = self._last_committed_epochs.pop(tp, NO_LEADER_EPOCH)
         if self.subscription and position < committed:
-            self._below_commits[tp] = committed
+            self._below_commits[tp] = (committed, epoch)
 
     def _without_below_commits(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """``offsets`` without those below the group's committed offset a leader sent their
-        position back under (``_below_commits``)."""
+        position back under (``_below_commits``) -- but with one the coordinator takes there: the
+        position, carrying an epoch newer than the committed one's (``_commit_entry``)."""
         below = self._below_commits
-        return {tp: o for tp, o in offsets.items() if o >= below.get(tp, o)} if below else offsets
+        if not below:
+            return offsets
+        out = {}
+        for tp, o in offsets.items():
+            at, epoch = below.get(tp, (o, NO_LEADER_EPOCH))
+            if o >= at or (epoch >= 0 and o == self.positions.get(tp)
+                           and self._position_epochs.get(tp, NO_LEADER_EPOCH) > epoch):
+                out[tp] = o
+        return out
 
     def _start_again(self, tps: list[TopicPartition]) -> None:
         """``Consumer._start_again``: an assigned consumer looks the group's committed offset of
@@ -319,7 +335,7 @@ class GroupCommits(GroupCommittedLookups):
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._async_commits_in_flight -= 1
             if err is None:
-                self._committed(offsets, header["topic_ids"])
+                self._committed(offsets, header)
             else:
                 self._commit_refused(err, generation)
                 failed(err)
@@ -342,13 +358,14 @@ class GroupCommits(GroupCommittedLookups):
         while self._async_commits_in_flight and self.clock.now_ms() < deadline:
             self.reactor.run_once(min(100, max(1, deadline - self.clock.now_ms())))
 
-    def _committed(self, offsets: dict[TopicPartition, int], topic_ids: dict[str, str]) -> None:
-        """A commit of ``offsets``, naming their topics by ``topic_ids``, was taken. Those of a
+    def _committed(self, offsets: dict[TopicPartition, int], header: dict) -> None:
+        """A commit of ``offsets`` (``header``: its OFFSET_COMMIT, naming their topics by
+        ``topic_ids`` and their leader epochs) was taken. Those of a
         topic the metadata names by another id now -- deleted and made again before the answer
         came -- are the old topic's, which the coordinator forgets: they say nothing of the new
         one (taken for it, a lookup of the new topic's committed offset under way was answered by
         the old topic's, and the new topic read from there, its records below it skipped)."""
-        made_again = self._made_again_since(topic_ids)
+        made_again = self._made_again_since(header["topic_ids"])
         if made_again:
             offsets = {tp: o for tp, o in offsets.items() if tp[0] not in made_again}
         # what the coordinator holds now, also below the last commit (a commit outside any
@@ -356,8 +373,12 @@ class GroupCommits(GroupCommittedLookups):
         # would be taken for committed once the position reaches it again, and commit() of the
         # positions would never send it
         self._last_committed.update(offsets)
+        epochs = {(e[0], e[1]): e[4] for e in header["offsets"] if len(e) > 4}
         for tp, o in offsets.items():
-            if o >= self._below_commits.get(tp, o + 1):
+            epoch = epochs.get(tp, NO_LEADER_EPOCH)
+            self._last_committed_epochs[tp] = epoch
+            below = self._below_commits.get(tp)
+            if below is not None and (o >= below[0] or epoch > below[1] >= 0):
                 del self._below_commits[tp]
         self._auto_commit_failures_logged.clear()  # a later refusal is news again
         if self._commit_lookup is not None:

@@ -53,6 +53,7 @@ class GroupCommittedLookups:
     subscription: list[str]
     _link: CoordinatorLink
     _last_committed: dict[TopicPartition, int]
+    _last_committed_epochs: dict[TopicPartition, int]
     _commit_lookup: CommitLookup | None     # an assigned consumer's OFFSET_FETCH on its way
     _commit_lookup_retry_at_ms: int
 
@@ -100,7 +101,7 @@ class GroupCommittedLookups:
     def _took_committed(self, tps: list[TopicPartition], offsets: list) -> dict[TopicPartition, int | None]:
         """OFFSET_FETCH's ``offsets`` of ``tps``, per partition (None: nothing committed), also
         kept in ``_last_committed`` by an assigned consumer."""
-        found = {(t, p): o for t, p, o, *_ in offsets}
+        found, epochs = {(t, p): o for t, p, o, *_ in offsets}, committed_epochs(offsets)
         out: dict[TopicPartition, int | None] = {}
         for tp in tps:
             off = found.get(tp, -1)
@@ -108,8 +109,10 @@ class GroupCommittedLookups:
                 # what the group holds: an assigned consumer seeked there (the consumer
                 # service's assign) has nothing to auto-commit until its position moves
                 self._last_committed[tp] = off
+                self._last_committed_epochs[tp] = epochs.get(tp, -1)
             elif not self.subscription:
                 self._last_committed.pop(tp, None)
+                self._last_committed_epochs.pop(tp, None)
             out[tp] = off if off >= 0 else None
         return out
 

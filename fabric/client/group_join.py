@@ -82,7 +82,8 @@ class GroupJoin:
     _link: CoordinatorLink
     _heartbeat: Any
     _last_committed: dict[TopicPartition, int]
-    _below_commits: dict[TopicPartition, int]
+    _last_committed_epochs: dict[TopicPartition, int]
+    _below_commits: dict[TopicPartition, tuple[int, int]]
     _next_auto_commit_ms: int
 
     if TYPE_CHECKING:  # the other halves', never these
@@ -215,6 +216,7 @@ class GroupJoin:
         its topic, at its log start: ``Consumer._start_spec``)."""
         super().assign(assignment)  # the group's: not the application's assign()
         self._last_committed = {}  # what an earlier ownership committed says nothing now
+        self._last_committed_epochs = committed_epochs(offsets)
         self._below_commits = {}
         committed = {(t, p): o for t, p, o, *_ in offsets}
         for tp in assignment:

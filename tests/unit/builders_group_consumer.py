@@ -133,7 +133,12 @@ class OffsetsCoordinator:
                     raise RemoteError(P.UNKNOWN_TOPIC_ID, f"topic {t!r} of id {named} was deleted: nothing was committed")
             if header["generation"] < 0 and self.members:
                 raise RemoteError(P.NON_EMPTY_GROUP, "group 'g' has active members: only they may commit")
-            if header["generation"] >= 0 and any(o < self.committed.get((t, p), 0) for t, p, o, *_ in header["offsets"]):
+            # a member's commit below the committed offset is refused, unless it names a newer leader
+            # epoch than the committed one's (the real coordinator's _check_not_backward)
+            if header["generation"] >= 0 and any(
+                    o < self.committed.get((t, p), 0)
+                    and not (rest[1:2] or [-1])[0] > self.committed_epochs.get((t, p), -1) >= 0
+                    for t, p, o, *rest in header["offsets"]):
                 raise RemoteError(P.INVALID_COMMIT_OFFSET, "below the committed offset")
             for t, p, o, *rest in header["offsets"]:
                 self.committed[(t, p)] = o

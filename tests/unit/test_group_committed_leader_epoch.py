@@ -21,7 +21,8 @@ import pytest
 
 from fabric import protocol as P
 from fabric.client.group import GroupConsumer
-from tests.unit.builders_group_consumer import (T0, BrokerRepliesReactor, OffsetsCoordinator, OnePartitionBroker,
+from tests.unit.builders_group_consumer import (LOG_END_OFFSET, RECORDS_PER_FETCH_ANSWER, T0, BrokerRepliesReactor,
+                                                OffsetsCoordinator, OnePartitionBroker,
                                                 RestInstance, consumer_config)
 from tests.unit.fakes import ScriptedCoordinatorLink, as_leader_wrote, make_batch
 
@@ -201,6 +202,76 @@ def test_a_member_sent_back_below_the_committed_offset_commits_nothing_there_and
     assert _poll_until_records(c) == list(range(900, 910))
     c.commit()
     assert _commits(coordinator) == [(T0, 910, 1)]
+
+
+class _NewLeader(_Broker):
+    """``_Broker`` whose records are of leader epoch 3 until it answers the divergence, and of
+    epoch 5 after it (an unclean election's new leader: its own records, written from where the
+    logs part on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_epoch = 3
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        if command == P.FETCH:
+            [[topic, partition, offset, _max, _epoch, last_epoch]] = header["parts"]
+            if offset == self.diverge_at and last_epoch == self.diverge_epoch:
+                entry = [topic, partition, 0, 1000, 1000, 0, list(self.diverging)]
+
+                def diverging() -> None:
+                    self.record_epoch = NEW_EPOCH  # what it answers from now on is the new leader's log
+                    callback({"parts": [entry]}, [b""], None)
+                self.replies.append(diverging)
+                return len(self.replies)
+            else:
+                self.fetched += header["parts"]
+                data = as_leader_wrote(make_batch(RECORDS_PER_FETCH_ANSWER), offset, self.record_epoch)
+                entry = [topic, partition, 0, LOG_END_OFFSET, LOG_END_OFFSET, 0, None]
+                self.replies.append(lambda: callback({"parts": [entry]}, [data], None))
+                return len(self.replies)
+        return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+
+
+NEW_EPOCH = 5
+
+
+@pytest.mark.parametrize("committed_by", ["another member", "this member"])
+def test_a_member_sent_back_below_the_committed_offset_commits_the_new_leaders_records_it_reads_there(
+        committed_by: str) -> None:
+    """The group's committed offset 900 (epoch 3: another member's, or this member's own commit
+    after it read 850..899) is past where the new leader's log parts from the one read (850).
+    Sent back there, the member reads the new leader's records (epoch 5) and commits them: the
+    coordinator takes a commit below the committed offset that names a newer epoch. Left out of
+    the commits until the position was back at 900, the committed offset stayed past the new
+    leader's log: each next owner was sent back again, and a reset clamped it to the log end,
+    past the records below it (the group nemesis's unclean mode, seed 107)."""
+    broker, coordinator = _NewLeader(), OffsetsCoordinator()
+    coordinator.uncommitted = -1
+    reactor = BrokerRepliesReactor(broker)
+    c = GroupConsumer("127.0.0.1:1", group_id="g", **consumer_config(
+        broker, reactor, ScriptedCoordinatorLink(coordinator), enable_auto_commit=False, auto_offset_reset="latest"))
+    broker.diverge_at, broker.diverge_epoch, broker.diverging = 900, 3, [3, 850]
+    try:
+        if committed_by == "this member":
+            coordinator.committed[T0] = 900 - RECORDS_PER_FETCH_ANSWER
+            c.buffered_records_max = RECORDS_PER_FETCH_ANSWER  # no fetch at 900 before 850..899 are taken
+            c.subscribe(["t"])  # reads one fetch's answer, 850..899, and commits 900
+            assert _poll_until_records(c, RECORDS_PER_FETCH_ANSWER) == list(range(850, 900))
+            c.commit()
+        else:
+            coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
+            c.subscribe(["t"])
+        assert _commits(coordinator) == [(T0, 900, 3)]
+        assert _poll_until_records(c) == list(range(850, 860))
+        c.commit()
+        assert _commits(coordinator) == [(T0, 860, NEW_EPOCH)], "the new leader's records read were not committed"
+        assert _poll_until_records(c) == list(range(860, 870))
+        c.commit()
+        assert _commits(coordinator) == [(T0, 870, NEW_EPOCH)]
+    finally:
+        c.close()
 
 
 class _TwoLogs(_Broker):
