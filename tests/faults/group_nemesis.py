@@ -1,6 +1,6 @@
 """A randomized nemesis for consumer groups and committed offsets (exploratory, seedable).
 
-    python -m tests.faults.group_nemesis --seed 7 [--duration-s 60] [--dir DIR]
+    python -m tests.faults.group_nemesis --seed 7 [--duration-s 60] [--dir DIR] [--unclean]
 
 Per seed: a 3-broker cluster and its coordinator on 127.0.0.1 (free ports, fsync always), a
 topic of 3 to 6 partitions RF 3, the fault suite's idempotent acks=all producer writing unique
@@ -40,6 +40,32 @@ the group from its commits. The checker asserts:
 - the fresh member starts each partition exactly at the last committed offset;
 - the group settles with every partition assigned to exactly one member;
 - no node logged a Traceback or exited by itself, no member crashed.
+
+Unclean mode (``--unclean``; without it a seed runs exactly as it always did): the data topic
+has ``unclean.leader.election.enable`` and ``min.insync.replicas`` 1 -- the offsets topic keeps
+electing from its ISR only (a commit lost to an unclean election of the offsets partition is
+another matter) -- and the brokers' lane also runs an ``unclean-election`` fault
+(``tests/faults/unclean_election.py``): one broker is SIGKILLed until it leaves the ISRs, a
+second too, the third takes acknowledged records alone and is SIGKILLed, the first is started
+first and elected uncleanly with a shorter log, the producer writes at the offsets it lost, and
+the other two come back and truncate. The run prints the unclean elections of the data topic
+(from the coordinator's log) and the truncations of its replicas (from the brokers' logs); a run
+with none shows nothing. Acknowledged records may be lost, so the checks change:
+
+- every record of the final log at or above the group's start (offset 0: the topic is new and
+  nothing is deleted) was delivered, that value at that offset, to a member or the fresh one --
+  in place of "every acknowledged record delivered" and "no delivered record the final log does
+  not hold" (acknowledged records the final log lacks and deliveries of records it does not hold
+  there are counted, not violations: a leader alone in the ISR has its log end as its HW, so a
+  record it lost was readable; such a read is not told apart from a dirty read);
+- within an assignment an offset at or below the one before is a move back to where the logs
+  part (KIP-320), excused where an unclean election of the partition happened between the two
+  reads; a gap is never excused;
+- an assignment's first record below its position, the fresh member starting below the commit,
+  a committed offset going back, an assignment starting below an acknowledged commit: excused
+  where (and only where) an unclean election of the partition came before (for the last two,
+  between the two observations) -- a member moved back commits below what was committed on the
+  log before. The other checks are unchanged.
 
 Every process is stopped by its pid at the end; the seed is printed for reproduction. Exit
 status 0: no violation; 1: violations (printed); 2: the run itself could not complete.
@@ -341,7 +367,7 @@ def check_fresh_member(bootstrap: str, committed: dict[int, int], ends: dict[int
         if want < end and first.get(p) != want and not moved_back:
             violations.append(f"partition {p}: the fresh member started at {first.get(p)}, the commit is {want} "
                               f"(log end {end})")
-    return [{"ev": "recs", "inc": "fresh", "seq": 1, "gen": -1, "mid": "fresh",
+    return [{"ev": "recs", "inc": "fresh", "seq": 1, "gen": -1, "mid": "fresh", "t": time.time(),
              "recs": [[p, off, v] for off, v in recs]} for p, recs in got.items()]
 
 
