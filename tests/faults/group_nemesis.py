@@ -64,8 +64,9 @@ with none shows nothing. Acknowledged records may be lost, so the checks change:
 - an assignment's first record below its position, the fresh member starting below the commit,
   a committed offset going back, an assignment starting below an acknowledged commit: excused
   where (and only where) an unclean election of the partition came before (for the last two,
-  between the two observations) -- a member moved back commits below what was committed on the
-  log before. The other checks are unchanged.
+  between the two observations, or up to 30 s before the first: a commit of a position read
+  before the election) -- a member moved back commits below what was committed on the log
+  before. The other checks are unchanged.
 
 Every process is stopped by its pid at the end; the seed is printed for reproduction. Exit
 status 0: no violation; 1: violations (printed); 2: the run itself could not complete.

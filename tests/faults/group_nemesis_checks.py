@@ -25,6 +25,9 @@ from typing import Iterator
 UNCLEAN_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \S+ \S+: (\S+)-(\d+): UNCLEAN election of broker",
                           re.MULTILINE)
 MARGIN_S = 1.0  # the journal's, the observer's and the log's clocks are one, but each writes a little late
+# unclean mode: how long after an election a commit may still be of a position read before it (a
+# member that was stopped, stalled or not fetching): one going back is excused this far back
+STALE_POSITION_S = 30.0
 
 
 def unclean_elections(coordinator_log: str, topic: str) -> dict[int, list[float]]:
@@ -129,7 +132,7 @@ def check_commits(samples: list, final_ends: dict[int, int], violations: list[st
     above_end = back = 0
     for t, committed, ends in samples:
         for p, off in committed.items():
-            if p in best and off < best[p][0] and _unclean_between(unclean_at, p, best[p][1], t):
+            if p in best and off < best[p][0] and _unclean_between(unclean_at, p, best[p][1] - STALE_POSITION_S, t):
                 back += 1
                 best[p] = (off, t)
             elif p in best and off < best[p][0]:
@@ -162,7 +165,7 @@ def check_acked_commits(events: list[dict], violations: list[str], margin_s: flo
     """An assignment made well after a commit was acknowledged starts at or above it: an
     acknowledged commit is never lost (nor moved back), whoever takes the partition next.
     Unclean mode: below it is excused where an unclean election of the partition happened
-    between the commit and the assignment (as in ``check_commits``)."""
+    between the commit (less STALE_POSITION_S) and the assignment (as in ``check_commits``)."""
     acked: dict[int, list[tuple[float, int, str]]] = defaultdict(list)
     for e in events:
         if e["ev"] == "commit" and e["ok"]:
@@ -175,7 +178,7 @@ def check_acked_commits(events: list[dict], violations: list[str], margin_s: flo
             continue
         checked += 1
         t, off, who = max(before, key=lambda x: x[1])
-        if pos < off and not _unclean_between(unclean_at, p, t, e["t"]):
+        if pos < off and not _unclean_between(unclean_at, p, t - STALE_POSITION_S, e["t"]):
             violations.append(f"{e['inc']} assignment {e['seq']} (gen {e['gen']}) started partition {p} at {pos}, "
                               f"below the commit of {off} acknowledged to {who} "
                               f"{e['t'] - t:.1f}s before")
