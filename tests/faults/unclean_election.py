@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 from typing import Callable
 
 from fabric.client import Admin
@@ -28,14 +29,17 @@ def unclean_election(cluster: Cluster, topic: str, rng: random.Random, acked: Ca
     (acknowledged: min.insync.replicas 1); ``last`` is SIGKILLed (the partitions go offline)
     and ``stale`` started first: elected uncleanly, its log ends where it stopped, and the
     producer writes records at the offsets it lacks while consumers read; then the other two
-    start again and truncate to it. A topic that elects cleanly (the offsets topic) stays
+    start again and truncate to it. Half the time ``last`` is SIGSTOPped instead, and SIGCONTed
+    (a zombie leader, its log the longer) before the others start. A topic that elects cleanly (the offsets topic) stays
     offline until one of its ISR is back. ``acked``: the count of acknowledged records. Each
     wait is bounded; one that is not met is noted, and the brokers are started again all the
     same."""
     stale, second, last = rng.sample(cluster.broker_names(), 3)
     sid, lid = int(stale.rpartition("-")[2]), int(last.rpartition("-")[2])
     back = [last, second] if rng.random() < 0.5 else [second, last]
-    note(f"unclean election: SIGKILL {stale}, {second}, then {last}; {stale} back first, then {back}")
+    zombie = rng.random() < 0.5  # ``last`` SIGSTOPped, not killed: SIGCONTed a leader the others no longer follow
+    note(f"unclean election: SIGKILL {stale}, {second}, then {'SIGSTOP' if zombie else 'SIGKILL'} {last}; "
+         f"{stale} back first, then {back}")
 
     def until(ok: Callable[[PartitionInfo], bool], what: str) -> bool:
         return _wait_partitions(cluster.bootstrap, topic, ok, what, note)
@@ -53,13 +57,15 @@ def unclean_election(cluster: Cluster, topic: str, rng: random.Random, acked: Ca
         cluster.kill(second)
         until(lambda p: list(p.isr) == [lid] and p.leader == lid, f"{last} to lead every partition alone")
         more_acks(rng.randint(30, 300))  # acknowledged by {last} alone: lost below
-        cluster.kill(last)
+        cluster.kill(last, signal.SIGSTOP if zombie else signal.SIGKILL)
         until(lambda p: p.leader < 0, "every partition to go offline")
         cluster.start_node(stale, wait=False)
         cluster.wait_ready(stale, 30)
         if until(lambda p: p.leader == sid, f"{stale} to be elected uncleanly"):
             more_acks(rng.randint(30, 300))  # written again at offsets the election lost
     finally:
+        if zombie:  # until it hears of the new epoch, it answers clients that still take it for the leader
+            cluster.kill(last, signal.SIGCONT)
         for n in (stale, *back):
             if cluster.procs[n].poll() is not None:
                 cluster.start_node(n, wait=False)
