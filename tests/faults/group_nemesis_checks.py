@@ -233,6 +233,13 @@ def check_final_log_delivered(events: list[dict], final_log: dict[tuple[int, int
     (``delivered_not_in_final_log``: read from a leader whose log an election then cut; with an
     ISR of the leader alone, its HW is its log end, so this is not told apart from a dirty read)
     are counted, not violations."""
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for p, off in final_log:
+        by_partition[p].append(off)
+    for p, offsets in sorted(by_partition.items()):  # its reader skipped none (else those would go unchecked)
+        if len(offsets) != max(offsets) - min(offsets) + 1:
+            violations.append(f"the final log of partition {p} as read has holes: {len(offsets)} records "
+                              f"from {min(offsets)} to {max(offsets)}")
     delivered: set[tuple[int, int, str]] = set()
     for e in events:
         if e["ev"] == "recs":

@@ -150,6 +150,15 @@ def test_unclean_mode_reports_a_record_of_the_final_log_that_no_one_got() -> Non
         "(0, 11, 'w0-11')]"], violations
 
 
+def test_unclean_mode_reports_a_final_log_read_with_holes() -> None:
+    """The final log's own reader skipping records would hide the group's skips of them."""
+    violations: list[str] = []
+    log = {k: v for k, v in UNCLEAN_LOG.items() if k != (0, 7)}
+    check_final_log_delivered(_unclean_journal([[0, o, f"w0-{o}"] for o in range(10, 15)]), log, {0: 0},
+                              UNCLEAN_ACKED, violations)
+    assert violations == ["the final log of partition 0 as read has holes: 14 records from 0 to 14"], violations
+
+
 def test_unclean_mode_still_reports_going_back_or_a_commit_going_back_without_an_unclean_election() -> None:
     moved_back = [[0, o, f"w0-{o}"] for o in range(10, 15)]
     violations, _ = _unclean_all(_unclean_journal(moved_back), unclean_at={})
