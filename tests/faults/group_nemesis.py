@@ -50,7 +50,8 @@ second too, the third takes acknowledged records alone and is SIGKILLed, the fir
 first and elected uncleanly with a shorter log, the producer writes at the offsets it lost, and
 the other two come back and truncate. The run prints the unclean elections of the data topic
 (from the coordinator's log) and the truncations of its replicas (from the brokers' logs); a run
-with none shows nothing. Acknowledged records may be lost, so the checks change:
+with none shows nothing (exit status 2 when there is no violation). Acknowledged records may be
+lost, so the checks change:
 
 - every record of the final log at or above the group's start (offset 0: the topic is new and
   nothing is deleted) was delivered, that value at that offset, to a member or the fresh one --
@@ -550,6 +551,9 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False) ->
         code = run_failed(seed, e, violations)
     else:
         code = 1 if violations else 0
+        if code == 0 and unclean and not report.get("unclean_elections"):
+            print(f"  no unclean election of {TOPIC} happened: the run is no evidence", flush=True)
+            code = 2
     finally:
         if nemesis is not None:
             nemesis.stop()
