@@ -45,6 +45,7 @@ def _unclean_between(unclean_at: dict[int, list[float]] | None, p: int, after: f
     """An unclean election of ``p`` later than ``after`` and not later than ``until`` (MARGIN_S either side)."""
     return unclean_at is not None and any(after - MARGIN_S < u <= until + MARGIN_S for u in unclean_at.get(p, ()))
 
+
 def check_deliveries(events: list[dict], acked: dict[bytes, tuple[int, int]], violations: list[str]) -> dict:
     delivered: dict[tuple[int, int], str] = {}
     for e in events:
@@ -124,10 +125,10 @@ def check_sessions(events: list[dict], violations: list[str], unclean_at: dict[i
 def check_commits(samples: list, final_ends: dict[int, int], violations: list[str],
                   unclean_at: dict[int, list[float]] | None = None) -> dict:
     """Committed offsets never go back nor past the final log end. Unclean mode: going back is
-    excused where an unclean election of the partition happened between the two samples -- a
-    member moved back at the divergence commits below what it (or the group) committed on the
-    log before, and the commit before may be one made after the election of a position read
-    before it (counted: ``commits_back_at_an_unclean_election``)."""
+    excused where an unclean election of the partition happened between the two samples, or up
+    to STALE_POSITION_S before the higher one -- a member moved back at the divergence commits
+    below what it (or the group) committed on the log before, and that commit may be of a
+    position read before the election (counted: ``commits_back_at_an_unclean_election``)."""
     best: dict[int, tuple[int, float]] = {}
     above_end = back = 0
     for t, committed, ends in samples:
