@@ -272,7 +272,7 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         now = self.reactor.clock.now_ms()
         take: list[PendingCommit] = []
         take_bytes = 0
-        overlay: dict[tuple[str, str, int], int | None] = {}
+        overlay: dict[tuple[str, str, int], tuple[int | None, int]] = {}  # -> (offset, leader epoch)
         while queue.items and len(take) < COMMITS_PER_APPEND_MAX:
             pc = queue.items[0]
             if isinstance(pc, SnapshotJob):
@@ -297,8 +297,8 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
             if err is not None:
                 self._finish(pc, err)
                 continue
-            for topic, p, offset, *_ in pc.entries:
-                overlay[(pc.group, topic, p)] = offset
+            for topic, p, offset, _metadata, epoch in pc.entries:
+                overlay[(pc.group, topic, p)] = (offset, epoch)
             take.append(pc)
             take_bytes += pc.size
         if take and (q in self._resyncing or not queue.fenced):  # a commit that ended in this pass ended the epoch

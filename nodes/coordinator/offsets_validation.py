@@ -1,7 +1,8 @@
 """The checks a queued offset commit passes before it is appended to ``__consumer_offsets``:
 its offsets within each partition's log end (the high watermarks seen, cached, and asked of
 the leaders for an offset beyond them), its topics not deleted (or made again) while it
-waited, and no offset below the committed one unless the commit may move them backward.
+waited, and no offset below the committed one unless the commit may move them backward (or
+names a newer leader epoch than the committed one: ``_check_not_backward``).
 
 ``CommitValidationMixin`` is that part of ``OffsetStore`` (nodes/coordinator/offsets.py): its
 state is the store's own (set by ``OffsetStore.__init__``), and the queues a commit found
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 from fabric import protocol as P
 from fabric.errors import MalformedFrame, RemoteError
 from fabric.replies import ListOffsetsEntry, decode_parts
+
+from nodes.coordinator.offsets_commits import NO_LEADER_EPOCH
 
 if TYPE_CHECKING:
     from nodes.coordinator.context import GroupContext
@@ -166,15 +169,30 @@ class CommitValidationMixin:
         return None
 
     def _check_not_backward(self, pc: PendingCommit, overlay: dict) -> RemoteError | None:
+        """Refuse an offset below the committed one (``overlay``: (group, topic, partition) ->
+        (offset, leader epoch) of the commits taken before it into the same append) unless the
+        commit may move offsets backward -- or its leader epoch is newer than the committed
+        one's: within one log the epoch of the record before an offset never falls as the offset
+        grows, so the committed offset was read on a log an unclean election has since cut under
+        it, and the member, sent back to where the logs part (KIP-320), commits what it reads
+        there. Refused, the committed offset stayed past what the new leader holds: each next
+        owner was sent back again, and ``reset-offsets`` clamped it to the log end, past the
+        records the new leader wrote below it. Where either epoch is not known nothing says the
+        logs differ: refused."""
         if pc.allow_backward:
             return None
         current = self.offsets_for(pc.group)
-        for topic, p, offset, *_ in pc.entries:
+        for topic, p, offset, _metadata, epoch in pc.entries:
             if offset is None:
                 continue
             key = (pc.group, topic, p)
-            before = overlay[key] if key in overlay else (current[(topic, p)].offset if (topic, p) in current else None)
-            if before is not None and offset < before:
+            if key in overlay:
+                before, before_epoch = overlay[key]
+            elif (topic, p) in current:
+                before, before_epoch = current[(topic, p)].offset, current[(topic, p)].leader_epoch
+            else:
+                before, before_epoch = None, NO_LEADER_EPOCH
+            if before is not None and offset < before and not epoch > before_epoch >= 0:
                 return RemoteError(P.INVALID_COMMIT_OFFSET,
                                    f"offset {offset} for {topic}-{p} is below the committed {before}: committed "
                                    "offsets only move backward by an explicit reset (loom group reset-offsets)")
