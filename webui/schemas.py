@@ -53,7 +53,8 @@ BASE64 = {"type": "string", "maxLength": 16 * 1024 * 1024,
           "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
 RECORDS_PER_REQUEST_MAX = 10_000
 HEADERS_MAX = 100
-TOPIC_CONFIGS = ["retention.ms", "retention.bytes", "min.insync.replicas", "max.message.bytes", "cleanup.policy"]
+TOPIC_CONFIGS = ["retention.ms", "retention.bytes", "min.insync.replicas", "max.message.bytes", "cleanup.policy",
+                 "unclean.leader.election.enable"]
 NULLABLE_STR = {"type": ["string", "null"]}
 
 

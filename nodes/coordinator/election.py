@@ -15,6 +15,9 @@ The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.ele
 - A broker comes back: every offline partition it is a replica of is elected again by the same
   rule (so it gets a leader once a member of its ISR is alive, or any replica with unclean
   election on).
+- Unclean election is on for a topic when its config ``unclean.leader.election.enable`` says so,
+  or, where it does not set it, when the cluster's ``unclean_leader_election`` does (the
+  ``unclean_allowed`` given), as Kafka's topic config overrides its broker default.
 - Preferred leaders: a partition whose first replica is alive, in the ISR and not the leader
   (and that is not offline) moves its leadership back to it (Kafka's auto leader rebalance).
 - Every change of leader, including going offline, bumps the leader epoch; an ISR change alone
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from typing import AbstractSet, Iterator, Mapping
 
 from nodes.coordinator.store import PartitionState, TopicState
+from nodes.coordinator.topics import UNCLEAN_LEADER_ELECTION
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,10 @@ def _partitions(topics: Mapping[str, TopicState]) -> Iterator[tuple[str, int, Pa
             yield name, i, ps
 
 
+def _unclean_allowed(topic: TopicState, cluster_default: bool) -> bool:
+    return bool(topic.configs.get(UNCLEAN_LEADER_ELECTION, cluster_default))
+
+
 def elect(topic: str, partition: int, ps: PartitionState, alive: AbstractSet[int],
           unclean_allowed: bool) -> PartitionChange | None:
     """A new leader for ``ps`` from its live ISR (or, if allowed, any live replica); offline if
@@ -76,11 +84,12 @@ def elect(topic: str, partition: int, ps: PartitionState, alive: AbstractSet[int
 
 def on_broker_down(topics: Mapping[str, TopicState], broker_id: int, alive: AbstractSet[int],
                    unclean_allowed: bool) -> list[PartitionChange]:
-    """The changes once ``broker_id`` is dead (``alive`` no longer holds it)."""
+    """The changes once ``broker_id`` is dead (``alive`` no longer holds it); ``unclean_allowed``:
+    the cluster's default, for topics that do not set ``unclean.leader.election.enable``."""
     out = []
     for name, i, ps in _partitions(topics):
         if ps.leader == broker_id:
-            change = elect(name, i, ps, alive, unclean_allowed)
+            change = elect(name, i, ps, alive, _unclean_allowed(topics[name], unclean_allowed))
             if change is not None:
                 out.append(change)
         elif broker_id in ps.isr:
@@ -98,8 +107,9 @@ def on_broker_up(topics: Mapping[str, TopicState], broker_id: int, alive: Abstra
     for name, i, ps in _partitions(topics):
         if ps.leader >= 0 or broker_id not in ps.replicas:
             continue
-        if any(b in alive for b in ps.isr) or unclean_allowed:
-            change = elect(name, i, ps, alive, unclean_allowed)
+        unclean = _unclean_allowed(topics[name], unclean_allowed)
+        if any(b in alive for b in ps.isr) or unclean:
+            change = elect(name, i, ps, alive, unclean)
             if change is not None:
                 out.append(change)
     return out

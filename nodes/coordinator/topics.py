@@ -13,6 +13,18 @@ from fabric.errors import RemoteError
 
 TOPIC_NAME_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{P.TOPIC_NAME_LEN_MAX}}}$")
 
+UNCLEAN_LEADER_ELECTION = "unclean.leader.election.enable"
+
+
+def _boolean(value: Any) -> bool:
+    """True or False, or their words in any case (``--config k=true`` arrives as a string)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(value)
+
+
 # topic config key -> (parser, check, description)
 _CONFIGS: dict[str, tuple[Any, Any, str]] = {
     "retention.ms": (int, lambda v: v >= -1, "an integer >= -1 (milliseconds, -1 = forever)"),
@@ -20,6 +32,8 @@ _CONFIGS: dict[str, tuple[Any, Any, str]] = {
     "min.insync.replicas": (int, lambda v: v >= 1, "an integer >= 1"),
     "max.message.bytes": (int, lambda v: v >= 1024, "an integer >= 1024"),
     "cleanup.policy": (str, lambda v: v == "delete", "'delete'"),
+    # over the cluster's replication.unclean_leader_election for this topic (Kafka's topic config)
+    UNCLEAN_LEADER_ELECTION: (_boolean, lambda v: True, "true or false"),
 }
 
 

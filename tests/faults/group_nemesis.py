@@ -1,6 +1,6 @@
 """A randomized nemesis for consumer groups and committed offsets (exploratory, seedable).
 
-    python -m tests.faults.group_nemesis --seed 7 [--duration-s 60] [--dir DIR]
+    python -m tests.faults.group_nemesis --seed 7 [--duration-s 60] [--dir DIR] [--unclean]
 
 Per seed: a 3-broker cluster and its coordinator on 127.0.0.1 (free ports, fsync always), a
 topic of 3 to 6 partitions RF 3, the fault suite's idempotent acks=all producer writing unique
@@ -41,6 +41,34 @@ the group from its commits. The checker asserts:
 - the group settles with every partition assigned to exactly one member;
 - no node logged a Traceback or exited by itself, no member crashed.
 
+Unclean mode (``--unclean``; without it a seed runs exactly as it always did): the data topic
+has ``unclean.leader.election.enable`` and ``min.insync.replicas`` 1 -- the offsets topic keeps
+electing from its ISR only (a commit lost to an unclean election of the offsets partition is
+another matter) -- and the brokers' lane also runs an ``unclean-election`` fault
+(``tests/faults/unclean_election.py``): one broker is SIGKILLed until it leaves the ISRs, a
+second too, the third takes acknowledged records alone and is SIGKILLed, the first is started
+first and elected uncleanly with a shorter log, the producer writes at the offsets it lost, and
+the other two come back and truncate (the lane's first fault is one). The run prints the unclean elections of the data topic
+(from the coordinator's log) and the truncations of its replicas (from the brokers' logs); a run
+with none shows nothing (exit status 2 when there is no violation). Acknowledged records may be
+lost, so the checks change:
+
+- every record of the final log at or above the group's start (offset 0: the topic is new and
+  nothing is deleted) was delivered, that value at that offset, to a member or the fresh one --
+  in place of "every acknowledged record delivered" and "no delivered record the final log does
+  not hold" (acknowledged records the final log lacks and deliveries of records it does not hold
+  there are counted, not violations: a leader alone in the ISR has its log end as its HW, so a
+  record it lost was readable; such a read is not told apart from a dirty read);
+- within an assignment an offset at or below the one before is a move back to where the logs
+  part (KIP-320), excused where an unclean election of the partition happened between the two
+  reads; a gap is never excused;
+- an assignment's first record below its position, the fresh member starting below the commit,
+  a committed offset going back, an assignment starting below an acknowledged commit: excused
+  where (and only where) an unclean election of the partition came before (for the last two,
+  between the two observations, or up to 30 s before the first: a commit of a position read
+  before the election) -- a member moved back commits below what was committed on the log
+  before. The other checks are unchanged.
+
 Every process is stopped by its pid at the end; the seed is printed for reproduction. Exit
 status 0: no violation; 1: violations (printed); 2: the run itself could not complete.
 """
@@ -58,6 +86,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 if __package__ in (None, ""):  # run as a file (python tests/faults/group_nemesis.py): the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -68,13 +97,15 @@ from fabric.client.consumer import Consumer as LogReader  # noqa: E402
 from fabric.client.group import Consumer  # noqa: E402
 from fabric.client.group_admin import GroupAdmin  # noqa: E402
 from nodes.coordinator.offsets import OFFSETS_TOPIC, OffsetStore  # noqa: E402
+from nodes.coordinator.topics import UNCLEAN_LEADER_ELECTION  # noqa: E402
 from tests.faults import workload_checker as J  # noqa: E402
 from tests.faults.group_nemesis_checks import (  # noqa: E402
     check_acked_commits, check_assignment_starts, check_commits, check_delivered_in_log, check_deliveries,
-    check_sessions)
+    check_final_log_delivered, check_sessions)
 from tests.faults.nemesis_common import (  # noqa: E402
     LaneNemesis, cut, heal_nodes, kill_and_restart, pause, print_outcome, run_failed, tracebacks)
 from tests.faults.nemesis_common import main as nemesis_main  # noqa: E402
+from tests.faults.unclean_election import read_unclean_evidence, unclean_election  # noqa: E402
 from tests.harness import Cluster, make_config, wait_until  # noqa: E402
 
 PARTITIONS = 4  # set per seed by run(): 3 to 6
@@ -84,6 +115,7 @@ TOPIC = J.TOPIC
 MODES = ("sync", "async", "auto")
 SESSION_COORDINATOR_MS = 3000  # make_config's liveness.session_timeout_ms
 MEMBER_SESSION_MS = 3000  # group_nemesis_member.SESSION_MS
+UNCLEAN_SHARE = 4  # unclean mode: how many "unclean-election" entries join the brokers' lane of faults
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -189,11 +221,15 @@ class Nemesis(LaneNemesis):
     at most one broker is down."""
 
     def __init__(self, cluster: Cluster, members: Members, rng: random.Random, duration_s: float,
-                 concurrent: bool) -> None:
+                 concurrent: bool, acked: Callable[[], int] | None = None) -> None:
+        """``acked``: the count of acknowledged records, given in unclean mode only (its faults
+        wait for records written meanwhile); without it the faults are the normal mode's."""
         self.c, self.members, self.duration_s = cluster, members, duration_s
-        self.concurrent = concurrent
-        super().__init__([functools.partial(self.lane, kinds) for kinds in (self.LANES if concurrent else (self.ALL,))],
-                         rng)
+        self.concurrent, self.acked = concurrent, acked
+        lanes = self.LANES if concurrent else (self.ALL,)
+        if acked is not None:  # the brokers' lane (the first) also makes unclean elections
+            lanes = ((*lanes[0], *(("unclean-election",) * UNCLEAN_SHARE)), *lanes[1:])
+        super().__init__([functools.partial(self.lane, kinds) for kinds in lanes], rng)
 
     ALL = ("kill-broker", "kill-coordinator", "pause-broker", "pause-coordinator", "kill-member", "pause-member",
            "kill-coordinator+member", "kill-broker+member", "kill-broker", "pause-broker", "stall-member",
@@ -204,11 +240,18 @@ class Nemesis(LaneNemesis):
 
     def lane(self, kinds: tuple[str, ...], rng: random.Random) -> None:
         end = time.monotonic() + self.duration_s
+        # unclean mode: the lane that makes unclean elections makes one first (a run without is no evidence)
+        first = "unclean-election" if "unclean-election" in kinds else None
         while time.monotonic() < end and not self.halted(rng.uniform(0.5, 3)):
-            self.one_fault(rng.choice(kinds), rng)
+            self.one_fault(first or rng.choice(kinds), rng)
+            first = None
 
     def one_fault(self, kind: str, rng: random.Random) -> None:
         c = self.c
+        if kind == "unclean-election":
+            assert self.acked is not None
+            unclean_election(c, TOPIC, rng, self.acked, self.note)
+            return
         broker = rng.choice(c.broker_names())
         if kind.endswith("broker") and rng.random() < 0.6:
             broker = self.offsets_leader() or broker  # the leader of the group's offsets partition
@@ -296,8 +339,10 @@ class Nemesis(LaneNemesis):
             return None
 
 def check_fresh_member(bootstrap: str, committed: dict[int, int], ends: dict[int, int],
-                       violations: list[str]) -> list[dict]:
-    """A new member of the group (alone in it) must start each partition at its commit."""
+                       violations: list[str], unclean_at: dict[int, list[float]] | None = None) -> list[dict]:
+    """A new member of the group (alone in it) must start each partition at its commit -- or,
+    in unclean mode, below it where an unclean election of the partition happened (the commit's
+    epoch names a log that parts from the final one there)."""
     first: dict[int, int] = {}
     got: dict[int, list[tuple[int, str]]] = defaultdict(list)
     c = Consumer(bootstrap, group_id=GROUP, auto_offset_reset="latest", enable_auto_commit=False,
@@ -323,10 +368,11 @@ def check_fresh_member(bootstrap: str, committed: dict[int, int], ends: dict[int
         if want is None:
             violations.append(f"partition {p}: nothing committed at the end")
             continue
-        if want < end and first.get(p) != want:
+        moved_back = unclean_at is not None and p in unclean_at and (first.get(p) or 0) < want
+        if want < end and first.get(p) != want and not moved_back:
             violations.append(f"partition {p}: the fresh member started at {first.get(p)}, the commit is {want} "
                               f"(log end {end})")
-    return [{"ev": "recs", "inc": "fresh", "seq": 1, "gen": -1, "mid": "fresh",
+    return [{"ev": "recs", "inc": "fresh", "seq": 1, "gen": -1, "mid": "fresh", "t": time.time(),
              "recs": [[p, off, v] for off, v in recs]} for p, recs in got.items()]
 
 
@@ -388,11 +434,34 @@ def settled_assignment(groups: GroupAdmin, live: int) -> dict | None:
     return d if ok else None
 
 
-def run(seed: int, duration_s: float, directory: Path) -> int:
+def wait_members_read_the_log(bootstrap: str, admin: Admin, members: Members, unclean: bool,
+                              acked_values: set[str]) -> None:
+    """Let the members catch up before they are killed: until they delivered every acknowledged
+    record -- in unclean mode, every record of the log up to the HWs now, at its offset (acknowledged
+    ones may be lost)."""
+    if unclean:
+        ignored: list[str] = []
+        held = set(read_final_log(bootstrap, admin.list_offsets(TOPIC, LATEST), ignored).items())
+
+        def all_read() -> bool:
+            got = {((p, off), v) for e in members.events() if e["ev"] == "recs" for p, off, v in e["recs"]}
+            return held <= got
+    else:
+        def all_read() -> bool:
+            got = {v for e in members.events() if e["ev"] == "recs" for _, _, v in e["recs"]}
+            return acked_values <= got
+    try:
+        wait_until(all_read, 60, interval_s=0.5, what="the members to read every acknowledged record")
+    except AssertionError as e:
+        print(f"  {e}", flush=True)  # the skip check below says which
+
+
+def run(seed: int, duration_s: float, directory: Path, unclean: bool = False) -> int:
     global PARTITIONS, MEMBERS
     rng = random.Random(seed)
     PARTITIONS, MEMBERS = rng.choice((3, 4, 5, 6)), rng.choice((2, 3, 3))
-    print(f"group nemesis: seed {seed}, {duration_s:.0f}s of faults, in {directory}", flush=True)
+    print(f"group nemesis: seed {seed}, {duration_s:.0f}s of faults, in {directory}"
+          f"{', unclean mode' if unclean else ''}", flush=True)
     snapshot_records = (0, 300, 50)[(seed // 3) % 3]  # 0: the production schedule
     cluster = NemesisCluster(make_config(directory, 3, fsync="always", overrides={"faults": {"enabled": True}}),
                              snapshot_records)
@@ -405,17 +474,19 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
     workload = observer = nemesis = None
     try:
         cluster.start()
-        admin, workload, leaders = J.setup(cluster, partitions=PARTITIONS, rate_per_s=300, keys=40)
+        topic_configs = {"min.insync.replicas": 1, UNCLEAN_LEADER_ELECTION: True} if unclean else None
+        admin, workload, leaders = J.setup(cluster, topic_configs, partitions=PARTITIONS, rate_per_s=300, keys=40)
         groups = GroupAdmin(admin)
         observer = CommitObserver(cluster.bootstrap)
         observer.start()
         for name in members.modes:
             members.start(name)
         print(f"  member modes {members.modes}, assignor {members.assignor}", flush=True)
-        nemesis = Nemesis(cluster, members, rng, duration_s, concurrent=seed % 4 != 0)
+        nemesis = Nemesis(cluster, members, rng, duration_s, concurrent=seed % 4 != 0,
+                          acked=(lambda: len(workload.acked)) if unclean else None)
         print(f"  nemesis {'concurrent lanes' if nemesis.concurrent else 'one fault at a time'}", flush=True)
         nemesis.start()
-        nemesis.join(timeout=duration_s + 120)
+        nemesis.join(timeout=duration_s + (240 if unclean else 120))  # an unclean election's steps wait longer
         if nemesis.is_alive() or nemesis.error is not None:
             raise RuntimeError(f"the nemesis failed: {nemesis.error!r}")
         heal_nodes(cluster, violations)  # every node up and running, every member running
@@ -432,15 +503,8 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         except AssertionError as e:
             violations.append(f"group did not settle: {e}; last describe {groups.describe(GROUP)}")
         # let the members catch up, then kill them under load (an uncommitted tail remains)
-        acked_values = {v.decode() for v in list(workload.acked)}
-
-        def all_read() -> bool:
-            got = {v for e in members.events() if e["ev"] == "recs" for _, _, v in e["recs"]}
-            return acked_values <= got
-        try:
-            wait_until(all_read, 60, interval_s=0.5, what="the members to read every acknowledged record")
-        except AssertionError as e:
-            print(f"  {e}", flush=True)  # the skip check below says which
+        wait_members_read_the_log(cluster.bootstrap, admin, members, unclean,
+                                  {v.decode() for v in list(workload.acked)})
         time.sleep(rng.uniform(0, 1.0))
         members.stop_all()
         workload.wait_acks(300, 30)
@@ -458,15 +522,26 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         committed = explicit_reset(cluster, groups, rng, nemesis, violations) or committed
         events = members.events()
         (directory / "commit_samples.json").write_text(json.dumps(observer.samples))
-        events += check_fresh_member(cluster.bootstrap, committed, final_ends, violations)
+        unclean_at, truncations = read_unclean_evidence(cluster, TOPIC) if unclean else (None, 0)
+        events += check_fresh_member(cluster.bootstrap, committed, final_ends, violations, unclean_at)
         report = {"seed": seed, "faults": len(nemesis.history), "acknowledged": len(workload.acked),
                   "member_events": len(events)}
-        report.update(check_deliveries(events, workload.acked, violations))
-        report.update(check_delivered_in_log(events, final_log, violations))
-        report.update(check_sessions(events, violations))
-        report.update(check_acked_commits(events, violations))
-        report.update(check_assignment_starts(events, observer.samples, violations))
-        report.update(check_commits(observer.samples, final_ends, violations))
+        if unclean_at is not None:
+            elections = sum(len(ts) for ts in unclean_at.values())
+            print(f"  unclean elections of {TOPIC}: {elections} (by partition "
+                  f"{ {p: len(ts) for p, ts in sorted(unclean_at.items())} }), truncations of its replicas: "
+                  f"{truncations}", flush=True)
+            report.update({"unclean_elections": elections, "truncations": truncations})
+            # the group read every partition from its start: the topic is new, nothing deleted
+            report.update(check_final_log_delivered(events, final_log, dict.fromkeys(final_ends, 0), workload.acked,
+                                                    violations))
+        else:
+            report.update(check_deliveries(events, workload.acked, violations))
+            report.update(check_delivered_in_log(events, final_log, violations))
+        report.update(check_sessions(events, violations, unclean_at))
+        report.update(check_acked_commits(events, violations, unclean_at=unclean_at))
+        report.update(check_assignment_starts(events, observer.samples, violations, unclean_at=unclean_at))
+        report.update(check_commits(observer.samples, final_ends, violations, unclean_at))
         violations += [f"node log with a Traceback: {t}" for t in tracebacks(cluster)]
         for out in sorted(mdir.glob("*.out")):
             text = out.read_text(errors="replace")
@@ -479,6 +554,9 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         code = run_failed(seed, e, violations)
     else:
         code = 1 if violations else 0
+        if code == 0 and unclean and not report.get("unclean_elections"):
+            print(f"  no unclean election of {TOPIC} happened: the run is no evidence", flush=True)
+            code = 2
     finally:
         if nemesis is not None:
             nemesis.stop()
@@ -490,7 +568,8 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
 
 
 def main() -> int:
-    return nemesis_main(run, __doc__.splitlines()[0], "group-nemesis")
+    return nemesis_main(run, __doc__.splitlines()[0], "group-nemesis",
+                        flags={"unclean": "unclean leader election on the data topic, and faults that make it"})
 
 
 if __name__ == "__main__":

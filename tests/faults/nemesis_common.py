@@ -139,17 +139,21 @@ def print_outcome(seed: int, code: int, violations: list[str], nemesis: LaneNeme
     return code
 
 
-def main(run: Callable[[int, float, Path], int], description: str, prefix: str, bound_s: int = 420) -> int:
-    """The command line of a nemesis: ``--seed N [--duration-s S] [--dir DIR]``; the run is
-    ended (exit status 2) ``bound_s`` past its duration."""
+def main(run: Callable[..., int], description: str, prefix: str, bound_s: int = 420,
+         flags: dict[str, str] | None = None) -> int:
+    """The command line of a nemesis: ``--seed N [--duration-s S] [--dir DIR]`` and the nemesis's
+    own boolean ``flags`` (name -> help; each passed to ``run`` as a keyword argument); the run
+    is ended (exit status 2) ``bound_s`` past its duration."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     ap.add_argument("--duration-s", type=float, default=60)
     ap.add_argument("--dir", type=Path, default=None, help="where the cluster lives (default: a temporary directory)")
+    for name, text in (flags or {}).items():
+        ap.add_argument(f"--{name}", action="store_true", help=text)
     args = ap.parse_args()
     directory = args.dir or Path(tempfile.mkdtemp(prefix=f"{prefix}-{args.seed}-"))
     directory.mkdir(parents=True, exist_ok=True)
     # a hard bound on the run: the nemesis, healing, the checks
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("the run took too long")))
     signal.alarm(int(args.duration_s) + bound_s)
-    return run(args.seed, args.duration_s, directory)
+    return run(args.seed, args.duration_s, directory, **{name: getattr(args, name) for name in flags or {}})

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import copy
 
+from fabric import protocol as P
+from fabric.errors import RemoteError
 from nodes.coordinator import election as E
 from nodes.coordinator.store import PartitionState, TopicState
+from nodes.coordinator.topics import validate_configs
 
 
 def _topics(*partitions: PartitionState) -> dict[str, TopicState]:
@@ -74,3 +77,32 @@ def test_leadership_goes_back_to_the_preferred_replica_only_when_it_is_alive_and
     changes = E.preferred_leaders(topics, {1, 2})
     assert [(c.partition, _state(c)) for c in changes] == [(0, (E.PREFERRED, 1, 5, [1, 2]))]
     assert E.preferred_leaders(topics, {2}) == []
+
+
+def test_a_topics_unclean_leader_election_enable_overrides_the_cluster_default_both_ways() -> None:
+    """Kafka's ``unclean.leader.election.enable`` is a topic config: a topic that sets it is
+    elected by it whatever ``replication.unclean_leader_election`` says; one that does not
+    follows the cluster default."""
+    def topics(configs: dict) -> dict[str, TopicState]:
+        return {"t": TopicState([PartitionState(1, 4, [1, 2], [1])], configs=configs)}
+    (change,) = E.on_broker_down(topics({"unclean.leader.election.enable": True}), 1, {2}, unclean_allowed=False)
+    assert _state(change) == (E.UNCLEAN, 2, 5, [2])
+    (change,) = E.on_broker_down(topics({"unclean.leader.election.enable": False}), 1, {2}, unclean_allowed=True)
+    assert _state(change) == (E.OFFLINE, -1, 5, [1])
+    (change,) = E.on_broker_down(topics({}), 1, {2}, unclean_allowed=True)
+    assert change.kind == E.UNCLEAN
+    offline = {"t": TopicState([PartitionState(-1, 5, [1, 2], [1])], configs={"unclean.leader.election.enable": True})}
+    (change,) = E.on_broker_up(offline, 2, {2}, unclean_allowed=False)
+    assert _state(change) == (E.UNCLEAN, 2, 6, [2])
+
+
+def test_unclean_leader_election_enable_takes_a_boolean_or_its_words_and_refuses_anything_else() -> None:
+    for given, want in ((True, True), (False, False), ("true", True), ("False", False)):
+        assert validate_configs({"unclean.leader.election.enable": given}, 3) == {"unclean.leader.election.enable": want}
+    for bad in ("yes", 1, None):
+        try:
+            validate_configs({"unclean.leader.election.enable": bad}, 3)
+        except RemoteError as e:
+            assert e.code == P.INVALID_CONFIG and "unclean.leader.election.enable must be true or false" in str(e)
+        else:
+            raise AssertionError(f"{bad!r} was taken")

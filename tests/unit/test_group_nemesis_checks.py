@@ -2,14 +2,19 @@
 on a small journal of two member processes they pass, and each defect put into it -- a record
 skipped, a record twice in one assignment, an assignment started above the commits or below an
 acknowledged one, a committed offset going back or past the log end, a record delivered that the
-final log does not hold there (a dirty read) -- is reported."""
+final log does not hold there (a dirty read) -- is reported. In unclean mode (an unclean election
+truncated a log) a record of the final log that no one got is reported, and an acknowledged
+record the election lost, a member moving back at the divergence and its commit going back are
+not."""
 
 from __future__ import annotations
 
 import copy
+import time
 
 from tests.faults.group_nemesis_checks import (check_acked_commits, check_assignment_starts, check_commits,
-                                               check_delivered_in_log, check_deliveries, check_sessions)
+                                               check_delivered_in_log, check_deliveries, check_final_log_delivered,
+                                               check_sessions, unclean_elections)
 
 
 def _recs(inc: str, seq: int, t: float, p: int, first: int, last: int) -> dict:
@@ -97,3 +102,76 @@ def test_a_record_delivered_that_the_final_log_does_not_hold_is_reported() -> No
     check_delivered_in_log(events, log, violations)
     assert len(violations) == 1 and "0@11" in violations[0] and "0@20" in violations[0], violations
     assert "2 records delivered" in violations[0]
+
+
+UNCLEAN_AT = {0: [2.0]}  # partition -> times of its unclean elections
+# the election at 2.0 truncated partition 0 at 10: v0-10 and v0-11, acknowledged, are lost, and the
+# new leader wrote w0-10..w0-14 there
+UNCLEAN_LOG = {**{(0, o): f"v0-{o}" for o in range(10)}, **{(0, o): f"w0-{o}" for o in range(10, 15)}}
+UNCLEAN_ACKED = {f"v0-{o}".encode(): (0, o) for o in range(12)}
+
+
+def _unclean_journal(after: list[list]) -> list[dict]:
+    """a/1 reads 0..11 of the old log (commits 10, then 12), then, after the election, ``after``."""
+    events = _journal()[:5]
+    events += [{"ev": "commit", "inc": "a/1", "mid": "a", "gen": 1, "t": 1.5, "offsets": {"t:0": 12}, "ok": True},
+               {"ev": "recs", "inc": "a/1", "seq": 1, "gen": 1, "mid": "a", "t": 2.5, "recs": after},
+               {"ev": "commit", "inc": "a/1", "mid": "a", "gen": 1, "t": 2.6, "offsets": {"t:0": 15}, "ok": True}]
+    return events
+
+
+def _unclean_all(events: list[dict], unclean_at: dict = UNCLEAN_AT) -> tuple[list[str], dict]:
+    violations: list[str] = []
+    report = check_final_log_delivered(events, UNCLEAN_LOG, {0: 0}, UNCLEAN_ACKED, violations)
+    report.update(check_sessions(events, violations, unclean_at))
+    report.update(check_acked_commits(events, violations, unclean_at=unclean_at))
+    samples = [(1.6, {0: 12}, {0: 12}), (2.2, {0: 10}, {0: 11}), (2.7, {0: 15}, {0: 15})]
+    report.update(check_assignment_starts(events, samples, violations, unclean_at=unclean_at))
+    report.update(check_commits(samples, {0: 15}, violations, unclean_at))
+    return violations, report
+
+
+def test_unclean_mode_passes_a_member_that_moved_back_at_the_divergence_and_counts_the_lost_records() -> None:
+    moved_back = [[0, o, f"w0-{o}"] for o in range(10, 15)]  # 10 after 11: back to where the logs part
+    violations, report = _unclean_all(_unclean_journal(moved_back))
+    assert violations == []
+    assert report["acked_lost"] == 2 and report["delivered_not_in_final_log"] == 2
+    assert report["final_log_records_checked"] == 15 and report["moved_back"] == 1
+
+
+def test_unclean_mode_reports_a_record_of_the_final_log_that_no_one_got() -> None:
+    """a/1 goes on at 12 after the election (offsets contiguous with what it read, the values the
+    new leader wrote at 10 and 11 never read): a skip only the final log shows."""
+    went_on = [[0, o, f"w0-{o}"] for o in range(12, 15)]
+    violations, report = _unclean_all(_unclean_journal(went_on))
+    assert report["skipped"] == 2
+    assert [v for v in violations if "never delivered" in v] == [
+        "2 records of the final log at or above the group's start never delivered, e.g. [(0, 10, 'w0-10'), "
+        "(0, 11, 'w0-11')]"], violations
+
+
+def test_unclean_mode_reports_a_final_log_read_with_holes() -> None:
+    """The final log's own reader skipping records would hide the group's skips of them."""
+    violations: list[str] = []
+    log = {k: v for k, v in UNCLEAN_LOG.items() if k != (0, 7)}
+    check_final_log_delivered(_unclean_journal([[0, o, f"w0-{o}"] for o in range(10, 15)]), log, {0: 0},
+                              UNCLEAN_ACKED, violations)
+    assert violations == ["the final log of partition 0 as read has holes: 14 records from 0 to 14"], violations
+
+
+def test_unclean_mode_still_reports_going_back_or_a_commit_going_back_without_an_unclean_election() -> None:
+    moved_back = [[0, o, f"w0-{o}"] for o in range(10, 15)]
+    violations, _ = _unclean_all(_unclean_journal(moved_back), unclean_at={})
+    assert any("going back" in v for v in violations) and any("went back" in v for v in violations), violations
+    assert not any("never delivered" in v for v in violations)
+
+
+def test_unclean_elections_are_read_from_the_coordinators_log_with_their_times() -> None:
+    text = ("2026-12-05 23:10:05,250 WARNING nodes.coordinator.election: my-topic-2: UNCLEAN election of broker 3 "
+            "(data may be lost)\n"
+            "2026-12-05 23:10:06,000 WARNING nodes.coordinator.election: __offsets-0: UNCLEAN election of broker 1 "
+            "(data may be lost)\n"
+            "2026-12-05 23:10:07,000 INFO nodes.coordinator.election: my-topic-1: leader 2 at epoch 4, isr [2]\n")
+    got = unclean_elections(text, "my-topic")
+    assert list(got) == [2] and len(got[2]) == 1
+    assert abs(got[2][0] - (time.mktime(time.strptime("2026-12-05 23:10:05", "%Y-%m-%d %H:%M:%S")) + 0.25)) < 1e-6

@@ -7,7 +7,8 @@ import { loadCluster, partitionRecords } from "../cluster.js";
 import { card, clear, field, fmtNum, fmtRate, h, refreshing, table, toast } from "../ui.js";
 
 const REFRESH_MS = 5000;
-const CONFIG_NAMES = ["retention.ms", "retention.bytes", "min.insync.replicas", "max.message.bytes", "cleanup.policy"];
+const CONFIG_NAMES = ["retention.ms", "retention.bytes", "min.insync.replicas", "max.message.bytes", "cleanup.policy",
+  "unclean.leader.election.enable"];
 
 function createForm(onCreated) {
   const name = h("input", { name: "topic_name", required: true, autocomplete: "off", placeholder: "orders", maxlength: "249" });
