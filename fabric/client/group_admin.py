@@ -11,6 +11,7 @@ from typing import Any
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST, LATEST, Admin
+from fabric.client.group_link import read_offset_fetch
 from fabric.errors import CodedError, FabricError, NoCommittedOffsetError
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,20 @@ class ResetPlan(dict):
     """``plan_reset``'s plan: (topic, partition) -> (current committed or -1, new offset), and
     ``topic_ids``, the id of the topic it was computed against ({} when the metadata named none):
     ``execute_reset`` names it, so that a plan of a topic deleted and made again before it is
-    applied is refused (unknown_topic_id) instead of moving the new topic's offsets."""
+    applied is refused (unknown_topic_id) instead of moving the new topic's offsets.
+    ``leader_epochs``: per partition shifted back (``--shift-by`` below zero, or clamped below
+    the committed offset), the committed offset's leader epoch, which ``execute_reset`` commits
+    with the new offset (KIP-320): the record before an offset lower in the log the group read
+    is of that epoch or an older one, so a member starting there is sent back where a leader's
+    log parts from that log below it (an unclean election truncated it under the committed
+    offset), instead of reading on from the offset -- past the records the new leader wrote
+    below it."""
 
-    def __init__(self, entries: dict[tuple[str, int], tuple[int, int]], topic_ids: dict[str, str]) -> None:
+    def __init__(self, entries: dict[tuple[str, int], tuple[int, int]], topic_ids: dict[str, str],
+                 leader_epochs: dict[tuple[str, int], int] | None = None) -> None:
         super().__init__(entries)
         self.topic_ids = topic_ids
+        self.leader_epochs = leader_epochs or {}
 
 
 class GroupAdmin:
@@ -62,7 +72,13 @@ class GroupAdmin:
         return self._call(P.DESCRIBE_GROUPS, {"groups": [group]})["groups"][0]
 
     def committed(self, group: str) -> dict[tuple[str, int], int]:
-        return {(t, p): o for t, p, o, *_ in self._call(P.OFFSET_FETCH, {"group": group, "partitions": None})["offsets"]}
+        return {tp: o for tp, (o, _) in self._committed_with_epochs(group).items()}
+
+    def _committed_with_epochs(self, group: str) -> dict[tuple[str, int], tuple[int, int]]:
+        """(topic, partition) -> (committed offset, its leader epoch or -1) of every partition
+        the group has an offset of."""
+        answer = read_offset_fetch(self._call(P.OFFSET_FETCH, {"group": group, "partitions": None}))
+        return {(t, p): (o, e) for t, p, o, _, e in answer.offsets}
 
     def lag(self, group: str) -> list[LagRow]:
         """Per partition the group owns or has committed: committed offset, log end (high
@@ -109,14 +125,15 @@ class GroupAdmin:
         # before a later lookup makes the plan the old topic's: refused when executed)
         topic_ids = self.admin.metadata(refresh=False).topic_ids_of([topic])
         ends = self.admin.list_offsets(topic, LATEST, leader_wait_ms=leader_wait_ms)
-        committed = self.committed(group)
+        with_epochs = self._committed_with_epochs(group)
+        committed = {tp: o for tp, (o, _) in with_epochs.items()}
         when = self.admin.list_offsets(topic, to_datetime_ms, leader_wait_ms=leader_wait_ms) \
             if to_datetime_ms is not None else {}
         if shift_by is not None:
             uncommitted = [(topic, p) for p in sorted(ends) if committed.get((topic, p), -1) < 0]
             if uncommitted:
                 raise NoCommittedOffsetError(group, uncommitted)
-        plan = {}
+        plan, epochs = {}, {}
         for p in sorted(ends):
             cur = committed.get((topic, p), -1)
             if to_earliest:
@@ -131,13 +148,18 @@ class GroupAdmin:
                 assert shift_by is not None
                 new = cur + shift_by
             plan[(topic, p)] = (cur, min(max(new, starts[p]), ends[p]))
-        return ResetPlan(plan, topic_ids)
+            epoch = with_epochs.get((topic, p), (-1, -1))[1]
+            if shift_by is not None and plan[(topic, p)][1] <= cur and epoch >= 0:
+                epochs[(topic, p)] = epoch  # (ResetPlan: an upper bound of the new offset's)
+        return ResetPlan(plan, topic_ids, epochs)
 
     def execute_reset(self, group: str, plan: dict[tuple[str, int], tuple[int, int]]) -> None:
         """Apply a plan. Raises RemoteError(non_empty_group) while the group has members, and
         RemoteError(unknown_topic_id), changing nothing, when the topic a ``ResetPlan`` was
         computed against was deleted since (perhaps made again under its name)."""
-        offsets = [[t, p, new] for (t, p), (_, new) in sorted(plan.items())]
+        epochs = getattr(plan, "leader_epochs", {})
+        offsets = [[t, p, new, "", epochs[(t, p)]] if (t, p) in epochs else [t, p, new]
+                   for (t, p), (_, new) in sorted(plan.items())]
         if offsets:
             self._call(P.OFFSET_COMMIT, {"group": group, "generation": -1, "member_id": "", "offsets": offsets,
                                          "topic_ids": getattr(plan, "topic_ids", {})}, retries=0)
