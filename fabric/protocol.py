@@ -241,6 +241,7 @@ TOPIC_NAME_LEN_MAX = 249
 INTERNAL_TOPIC_PREFIX = "__"
 PARTITIONS_MAX = 10_000
 LEADER_EPOCH_MAX = 2 ** 31 - 1        # a record batch header's leader epoch is a signed 32-bit field
+NO_LEADER_EPOCH = -1                  # a committed offset whose record before it is of an epoch not known
 ALTER_ISR_PARTITIONS_MAX = 2000       # ISR changes in one ALTER_ISR request
 REPLICA_HEARTBEAT_PARTITIONS_MAX = 5000  # partitions in one replica heartbeat message
 HEARTBEATS_DRAIN_MAX = 4096           # heartbeats the coordinator reads before a liveness verdict

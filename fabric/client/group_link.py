@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 COORDINATOR_CALL_TIMEOUT_MS = 10_000
 RETRY_BACKOFF_MS = 200
 REJOIN_ERRORS = frozenset({P.UNKNOWN_MEMBER, P.ILLEGAL_GENERATION, P.UNKNOWN_GROUP, P.REBALANCE_IN_PROGRESS})
-NO_LEADER_EPOCH = -1  # a committed offset whose record before it is of an epoch not known (OFFSET_FETCH, OFFSET_COMMIT)
+NO_LEADER_EPOCH = P.NO_LEADER_EPOCH  # OFFSET_FETCH's and OFFSET_COMMIT's "not known"
 
 
 class OffsetFetchAnswer(NamedTuple):

@@ -29,7 +29,7 @@ DELETION_PARTS_IN_BUFFER = 8       # a part of a group's deletion takes at most 
 
 TopicPartition = tuple[str, int]
 DoneCallback = Callable[[RemoteError | None], None]
-NO_LEADER_EPOCH = -1  # a committed offset whose record before it is of an epoch not known
+NO_LEADER_EPOCH = P.NO_LEADER_EPOCH  # a committed offset whose record before it is of an epoch not known
 # one offset of a commit: topic, partition, offset (None: delete), metadata, and the leader epoch of
 # the record before the offset, as the committer read it (NO_LEADER_EPOCH: not known) -- Kafka's
 # committed leader epoch (KIP-320): a consumer that starts from the offset names it in its first

@@ -55,15 +55,8 @@ def test_a_consumer_reads_what_a_new_leader_wrote_after_an_unclean_election_trun
     cluster = cluster_factory(2, overrides={"replication": {"unclean_leader_election": True},
                                             "topics": {"min_insync_replicas": 1}})
     with Admin(cluster.bootstrap) as admin:
-        admin.create_topic(TOPIC, 1, replication_factor=2)
-        cluster.wait_topic_ready(admin, TOPIC)
         a = [b"a%d" % i for i in range(held)]
-        if a:
-            _produce(cluster.bootstrap, a)
-        part = admin.metadata().partition(TOPIC, 0)
-        leader, follower = part.leader, next(r for r in part.replicas if r != part.leader)
-        wait_until(lambda: [r["log_end_offset"] for r in cluster.stats(f"broker-{follower}")["partitions"]
-                            if r["topic"] == TOPIC] == [held], 20, what=f"the follower to hold {held} records")
+        leader, follower = _replicated(cluster, admin, a)
         cluster.stop(f"broker-{follower}")
         wait_until(lambda: tuple(admin.metadata().partition(TOPIC, 0).isr) == (leader,), 30,
                    what="the stopped follower to leave the ISR")
@@ -92,6 +85,20 @@ def _log_end(cluster: Cluster, broker: int) -> list[int]:
     return [r["log_end_offset"] for r in cluster.stats(f"broker-{broker}")["partitions"] if r["topic"] == TOPIC]
 
 
+def _replicated(cluster: Cluster, admin: Admin, values: list[bytes]) -> tuple[int, int]:
+    """TOPIC made (one partition, two replicas) and ``values`` written to it, on both replicas:
+    (its leader, its follower)."""
+    admin.create_topic(TOPIC, 1, replication_factor=2)
+    cluster.wait_topic_ready(admin, TOPIC)
+    if values:
+        _produce(cluster.bootstrap, values)
+    part = admin.metadata().partition(TOPIC, 0)
+    leader, follower = part.leader, next(r for r in part.replicas if r != part.leader)
+    wait_until(lambda: _log_end(cluster, follower) == [len(values)], 20,
+               what=f"the follower to hold {len(values)} records")
+    return leader, follower
+
+
 def test_a_consumer_that_read_an_epoch_the_new_leader_never_had_reads_from_where_it_began(
         cluster_factory: Callable[..., Cluster]) -> None:
     """Both replicas hold a0..a9 (epoch e1); the follower B is stopped and the leader A takes
@@ -105,13 +112,8 @@ def test_a_consumer_that_read_an_epoch_the_new_leader_never_had_reads_from_where
     cluster = cluster_factory(2, overrides={"replication": {"unclean_leader_election": True},
                                             "topics": {"min_insync_replicas": 1}})
     with Admin(cluster.bootstrap) as admin:
-        admin.create_topic(TOPIC, 1, replication_factor=2)
-        cluster.wait_topic_ready(admin, TOPIC)
         a_log = [b"a%d" % i for i in range(10)]
-        _produce(cluster.bootstrap, a_log)
-        part = admin.metadata().partition(TOPIC, 0)
-        a, b = part.leader, next(r for r in part.replicas if r != part.leader)
-        wait_until(lambda: _log_end(cluster, b) == [10], 20, what="the follower to hold a0..a9")
+        a, b = _replicated(cluster, admin, a_log)
         cluster.stop(f"broker-{b}")
         x_values = [b"x%d" % i for i in range(5)]
         _produce(cluster.bootstrap, x_values, acks=1)

@@ -25,7 +25,7 @@ from fabric.client import Admin, GroupConsumer
 from fabric.client.group_admin import GroupAdmin
 from tests.harness import Cluster, wait_until
 # its topic, and helpers that write to and read its partition 0
-from tests.integration.test_consumer_log_truncated import TOPIC, _log_end, _produce, _read
+from tests.integration.test_consumer_log_truncated import TOPIC, _log_end, _produce, _read, _replicated
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -47,13 +47,8 @@ def _committed_30_then_truncated_to_10(cluster: Cluster, admin: Admin, how: str)
     """a0..a9 on both replicas, b0..b19 on the leader alone, read by a member that commits 30
     (with b19's epoch); the leader killed and the follower elected uncleanly, its log ending at
     10. Returns the new leader's id."""
-    admin.create_topic(TOPIC, 1, replication_factor=2)
-    cluster.wait_topic_ready(admin, TOPIC)
     a = [b"a%d" % i for i in range(10)]
-    _produce(cluster.bootstrap, a)
-    part = admin.metadata().partition(TOPIC, 0)
-    leader, follower = part.leader, next(r for r in part.replicas if r != part.leader)
-    wait_until(lambda: _log_end(cluster, follower) == [10], 20, what="the follower to hold a0..a9")
+    leader, follower = _replicated(cluster, admin, a)
     first = _member(cluster.bootstrap, how, "earliest")
     try:
         got = _read(first, lambda got: len(got) >= 10, "the first member to read a0..a9")
