@@ -27,6 +27,10 @@ ALTER_TOPIC = b"ALTER_TOPIC"      # coordinator: add partitions, change configs
 ALTER_ISR = b"ALTER_ISR"
 BROKER_REGISTER = b"REGISTER"     # broker -> coordinator at start: my id and process incarnation
 PRODUCE = b"PRODUCE"              # broker; header {acks, timeout_ms, parts, topic_ids?, internal?}
+# a PRODUCE part is [topic, partition, leader_epoch, flags] (nodes/broker/messages.py); its flags:
+PART_POSSIBLY_WRITTEN = 1  # an earlier send of the batch may be in a log
+PART_FOLLOWS = 2           # the batch follows another of its partition the client has had no answer
+                           # for: a broker that does not know its producer refuses it out of order
 FETCH = b"FETCH"                  # broker: consumers and follower replicas
 LIST_OFFSETS = b"LIST_OFFSETS"    # broker
 INIT_PRODUCER_ID = b"INIT_PID"    # coordinator: allocate an idempotent producer id

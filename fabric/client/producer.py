@@ -5,8 +5,10 @@
 C-backed calls, with no Python per record for keyless fixed-size values -- and returns one
 ``RecordFutures`` for them all. A batch closes at ``batch_records_max`` / ``batch_bytes_max`` or after
 ``linger_ms``. One I/O thread (a reactor) packs closed batches, sends them to partition
-leaders -- at most one request in flight per partition, carrying every batch queued for it, so
-order holds and retries cannot reorder -- and resolves futures. Retriable errors
+leaders -- up to ``max_in_flight`` requests per partition (2 by default: a record sent while
+one is on its way leaves at once), each carrying the batches queued for it, with the answers
+read in sending order so that order holds and retries cannot reorder
+(``fabric.client.sender_flights``) -- and resolves futures. Retriable errors
 (not_leader, timeouts, not_enough_replicas…) refresh metadata and retry until
 ``delivery_timeout_ms``. With ``idempotent=True`` (default) every batch carries the producer
 id and a per-partition sequence, so a retried batch is never written twice. A record queued for
@@ -40,6 +42,7 @@ from fabric.client.completion import Completion
 from fabric.client.futures import BatchState, DeliveryCallback, RecordFuture, RecordFutures, RecordMetadata
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender import STOP_JOIN_S, Sender, SenderSettings
+from fabric.client.sender_flights import MAX_IN_FLIGHT_MAX
 from fabric.clock import Clock
 from fabric.errors import (BufferExhaustedError, ClientTimeoutError, FabricError, ProducerClosedError,
                            RecordSizeExceededError, TopicNotInMetadataError)
@@ -85,9 +88,11 @@ class Producer:
                  batch_bytes_max: int = 1024 * 1024, buffer_bytes_max: int = 64 * 1024 * 1024,
                  max_block_ms: int = 60_000, delivery_timeout_ms: int = 120_000,
                  request_timeout_ms: int = 30_000, idempotent: bool = True, compression: str = "none",
-                 record_bytes_max: int = 1024 * 1024) -> None:
+                 record_bytes_max: int = 1024 * 1024, max_in_flight: int = 2) -> None:
         if acks not in ACKS:
             raise FabricError(f"acks must be 0, 1 or all, not {acks!r}")
+        if max_in_flight.__class__ is not int or not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
+            raise FabricError(f"max_in_flight must be an int 1..{MAX_IN_FLIGHT_MAX}, not {max_in_flight!r}")
         if compression not in COMPRESSION_CODECS:
             raise FabricError(f"compression must be one of {', '.join(COMPRESSION_CODECS)}")
         self.acks = ACKS[acks]
@@ -106,7 +111,7 @@ class Producer:
         self.sender = Sender(
             SenderSettings(acks=self.acks, compression=COMPRESSION_CODECS[compression], idempotent=idempotent,
                            delivery_timeout_ms=delivery_timeout_ms, request_timeout_ms=request_timeout_ms,
-                           linger_ms=linger_ms),
+                           linger_ms=linger_ms, max_in_flight=max_in_flight),
             self.accumulator, self.metadata, parse_bootstrap(bootstrap, config_path), clock=clock)
         self.sender.start()
         # what send() reads per record, bound once

@@ -1,9 +1,10 @@
 """The producer's I/O thread: a reactor that packs closed batches, sends them to partition
 leaders, handles replies and retries, and keeps the metadata cache fresh.
 
-Per partition, at most one PRODUCE request is in flight; it carries every batch queued for the
-partition (in sequence order), and batches for all partitions led by one broker share one
-request. A retriable failure puts the batches back at the head of their queue, so order and
+Per partition, up to ``max_in_flight`` PRODUCE requests are in flight, to one leader; each
+carries the batches queued for the partition when it left (in sequence order), and batches for
+all partitions led by one broker share one request. How order and exactly-once writes hold with
+more than one in flight, and the order answers are read in: ``fabric.client.sender_flights``. A retriable failure puts the batches back at the head of their queue, so order and
 sequence numbers hold across retries. A partition that fresh metadata shows gone from its
 topic (deleted and re-created with fewer partitions) is no retriable condition: its batches fail
 at once with unknown_topic_or_partition. A topic missing from the metadata altogether is waited
@@ -43,6 +44,7 @@ from fabric import protocol as P
 from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.client.futures import BatchState
 from fabric.client.metadata_cache import MetadataCache
+from fabric.client.sender_flights import Flights
 from fabric.client.sender_asks import METADATA_RETRY_MS, METADATA_TIMEOUT_MS, REQUEST_STALL_MS, SenderAsks
 from fabric.client.sender_replies import RETRY_BACKOFF_MS, SenderReplies
 from fabric.clock import Clock
@@ -77,6 +79,8 @@ class SenderSettings:
     delivery_timeout_ms: int = 120_000
     request_timeout_ms: int = 30_000
     linger_ms: int = 5              # the I/O thread looks for lingering batches this often
+    max_in_flight: int = 1          # PRODUCE requests per partition in flight at once (sender_flights;
+                                    # the Producer asks for 2 by default)
 
 
 class BatchSource(Protocol):
@@ -136,7 +140,8 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         # partitions a send on this thread named beyond the count held -> the metadata cache's
         # answers then (``expect_partition``)
         self._expected: dict[tuple[str, int], int] = {}
-        self._in_flight: dict[tuple[str, int], tuple[str, int, int]] = {}  # tp -> (endpoint, sent_ms, leader epoch)
+        self._flights = Flights(settings.max_in_flight, PARTITION_BATCHES_MAX)  # the requests in flight
+        self._positions = itertools.count()  # batches' places in their partitions' order (first send)
         # acks=0: the batches of each one-way request not yet written to the kernel, and of
         # those dropped unwritten (a lost connection), to go again; by request, in sending order
         self._unsent_oneway: dict[int, list[BatchState]] = {}
@@ -159,9 +164,9 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         self._waker.wake()
 
     def partition_idle(self, tp: tuple[str, int]) -> bool:
-        """Nothing in flight or queued for ``tp`` (read without a lock from another thread: a
-        stale answer costs a wake-up, or a wait for the next tick)."""
-        return tp not in self._in_flight and not self._queues.get(tp)
+        """Nothing queued for ``tp`` and room for a request of it (read without a lock from
+        another thread: a stale answer costs a wake-up, or a wait for the next tick)."""
+        return self._flights.can_take(tp) and not self._queues.get(tp)
 
     def partition_count(self, topic: str, max_block_ms: int) -> int:
         """Partitions of ``topic``; waits for metadata (up to max_block_ms) if unknown.
@@ -257,9 +262,9 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             self._refresh_metadata()
         if self.idempotent and self.producer_id < 0:
             self._init_producer_id()
-        # a partition with a request in flight (or batches waiting) takes no lingering batch:
-        # its open batch fills meanwhile
-        busy = self._in_flight.keys() | {tp for tp, q in self._queues.items() if q}
+        # a partition that cannot take another request now (or has batches waiting) takes no
+        # lingering batch: its open batch fills meanwhile
+        busy = self._flights.busy() | {tp for tp, q in self._queues.items() if q}
         for b in self.batches.take_ready(now, busy):
             if not b.record_count:  # opened by an append a signal's exception cut before its record went in
                 self._finish(b, -1, None)
@@ -276,7 +281,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
 
     def _expire(self, now_ms: int) -> None:
         for tp, q in self._queues.items():
-            while q and tp not in self._in_flight and q[0].deadline_ms <= now_ms:
+            while q and tp not in self._flights and q[0].deadline_ms <= now_ms:
                 b = q.popleft()
                 self._finish(b, -1, _expired_error(b, tp, self.settings.delivery_timeout_ms))
         for waiting in self._unsent_oneway.values():
@@ -330,33 +335,41 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         by_broker: dict[str, list[tuple[tuple[str, int], list[BatchState]]]] = defaultdict(list)
         frames: dict[str, int] = defaultdict(int)
         gone: list[tuple[str, int]] = []
+        now = self.clock.now_ms()
         for tp, q in self._queues.items():
-            if not q or tp in self._in_flight:
+            if not q or (tp in self._flights and not self._flights.can_take(tp)):
                 continue
             endpoint = self.metadata.leader_endpoint(*tp)
             if self._expected and endpoint is not None:
                 self._expected.pop(tp, None)
             if endpoint is None:
+                if tp in self._flights:
+                    continue  # the answers first
                 if self._partition_gone(tp):
                     gone.append(tp)
                 else:
                     self.metadata_cache.want_refresh()  # no leader now, or a topic not (yet) known
                 continue
-            if frames[endpoint] >= REQUEST_BATCHES_MAX:
-                continue  # next request to that broker
+            epoch = self.metadata.leader_epoch(*tp)
+            room = self._flights.room(tp, endpoint, epoch)
+            if frames[endpoint] >= REQUEST_BATCHES_MAX or not room:
+                continue  # next request to that broker, or after the answers of those in flight
             take: list[BatchState] = []
             size = 0
-            while q and frames[endpoint] < REQUEST_BATCHES_MAX and len(take) < PARTITION_BATCHES_MAX:
+            while q and frames[endpoint] < REQUEST_BATCHES_MAX and len(take) < room:
                 data = self._pack(q[0], tp)
                 # one producer id per partition in a request: a batch kept under an id since
                 # reset (it may be in a log) goes alone, before any batch of the new id (which
                 # the partition would take at any sequence, out of order, if the old one failed)
                 if take and (size + len(data) > REQUEST_BYTES_TARGET or q[0].numbered_in != take[0].numbered_in):
                     break
-                take.append(q.popleft())
+                b = q.popleft()
+                if b.position is None:
+                    b.position = (next(self._positions),)
+                take.append(b)
                 size += len(data)
                 frames[endpoint] += 1
-            self._in_flight[tp] = (endpoint, self.clock.now_ms(), self.metadata.leader_epoch(*tp))
+            self._flights.sent(tp, endpoint, now, epoch, len(take))
             by_broker[endpoint].append((tp, take))
         for endpoint, groups in by_broker.items():
             self._send_request(endpoint, groups)
@@ -400,21 +413,27 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         self._sequences.pop(tp, None)
 
     def _send_request(self, endpoint: str, groups: list) -> None:
-        parts, payloads, batches = [], [], []
+        parts, payloads, batches, follows = [], [], [], []
         for tp, take in groups:
-            epoch = self._in_flight[tp][2]  # the epoch the request is remembered at (_send_ready)
+            epoch = self._flights.leader_epoch(tp)  # the epoch the request is remembered at (_send_ready)
+            after = self._flights.follows(tp)  # an earlier request of tp is in flight
             for b in take:
-                # a deposed leader refuses it (fenced); the last element tells a broker that may
-                # have forgotten our producer whether the batch can be in its log already
-                parts.append([tp[0], tp[1], epoch, int(b.possibly_written)])
+                # a deposed leader refuses it (fenced); the last element's flags tell a broker
+                # that may have forgotten our producer whether the batch can be in its log
+                # already, and one that does not know it whether it follows a batch not yet
+                # answered (then refused out of order, not taken at any sequence)
+                parts.append([tp[0], tp[1], epoch, int(b.possibly_written) | (P.PART_FOLLOWS if after else 0)])
                 payloads.append(b.data)
                 batches.append(b)
+                follows.append(after)
+                after = True
         acks = self.settings.acks
         header = {"acks": acks, "timeout_ms": self.settings.request_timeout_ms, "parts": parts,
                   "topic_ids": self.metadata.topic_ids_of({p[0] for p in parts})}
         if acks == 0:
             for tp, _ in groups:
-                self._in_flight.pop(tp, None)
+                self._flights.landed(tp)
+                self._flights.settle(tp)
             # done once written to the kernel: a flush or close that ended while the request
             # waited for the connection dropped it with the socket (records told sent, lost)
             number = next(self._oneway_numbers)
@@ -426,8 +445,12 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
                     self._queues[tp].extendleft(reversed(take))
             return
 
+        # answers are read in the order the requests went to the broker (sender_flights)
+        answer = self._flights.expect(endpoint, (groups, batches, follows))
+
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            self._on_reply(groups, batches, h, err)
+            for (g, bs, fl), (h2, err2) in self._flights.answered(endpoint, answer, (h, err)):
+                self._on_reply(g, bs, h2, err2, fl)
         mark("sender.request")
         self._client(endpoint).request(P.PRODUCE, header, payloads, callback=on_reply,
                                        timeout_ms=self.settings.request_timeout_ms + 2000)

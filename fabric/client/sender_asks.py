@@ -24,6 +24,7 @@ from fabric.metadata import ClusterMetadata, read_answer
 
 if TYPE_CHECKING:
     from fabric.client.sender import SenderClient
+    from fabric.client.sender_flights import Flights
 
 log = logging.getLogger("fabric.client.sender")
 
@@ -44,7 +45,7 @@ class SenderAsks:
     producer_id: int
     producer_epoch: int
     producer_id_errors: Counter
-    _in_flight: dict[tuple[str, int], tuple[str, int, int]]
+    _flights: Flights
     _md_in_flight: bool
     _md_retry_at_ms: int
     _md_endpoint_index: int
@@ -57,7 +58,7 @@ class SenderAsks:
 
     def _check_stalls(self) -> None:
         now = self.clock.now_ms()
-        if any(now - sent >= REQUEST_STALL_MS for _, sent, _ in self._in_flight.values()):
+        if any(now - f.sent_ms >= REQUEST_STALL_MS for _, f in self._flights.each()):
             self.metadata_cache.want_refresh()
 
     def _reroute_in_flight(self) -> None:
@@ -69,7 +70,7 @@ class SenderAsks:
         newer metadata does not have at all fails the same way; its batches then fail for good
         at the next pass (``_fail_partition_gone``), while the other batches of the request go
         again."""
-        stale = {ep for tp, (ep, _, epoch) in self._in_flight.items() if self.metadata.leader_moved(*tp, ep, epoch)}
+        stale = {f.endpoint for tp, f in self._flights.each() if self.metadata.leader_moved(*tp, f.endpoint, f.leader_epoch)}
         for ep in stale:
             self._client(ep).fail_all(ClientError("leadership moved (newer metadata names another leader)", P.NOT_LEADER))
 

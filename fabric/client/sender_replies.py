@@ -26,6 +26,7 @@ from fabric.replies import decode_produce_results
 
 if TYPE_CHECKING:
     from fabric.client.sender import BatchSource, SenderSettings
+    from fabric.client.sender_flights import Flights
 
 RETRY_BACKOFF_MS = 50        # a retried batch waits this long (a failover under way)
 
@@ -44,7 +45,7 @@ class SenderReplies:
     _id_generation: int
     _sequences: dict[tuple[str, int], int]
     _queues: dict[tuple[str, int], deque[BatchState]]
-    _in_flight: dict[tuple[str, int], tuple[str, int, int]]
+    _flights: Flights
     _unsent_oneway: dict[int, list[BatchState]]
     _stopping: bool
     errors: Counter[str]
@@ -54,10 +55,15 @@ class SenderReplies:
         def wake(self) -> None: ...
         def _requeue_lost_oneway(self) -> None: ...
 
-    def _on_reply(self, groups: list, batches: list, header: dict | None, err: CodedError | None) -> None:
+    def _on_reply(self, groups: list, batches: list, header: dict | None, err: CodedError | None,
+                  follows: list[bool]) -> None:
+        """A PRODUCE's answer, read after those of every request sent to its broker before it
+        (``fabric.client.sender_flights``). ``follows[i]``: batch i went behind another of its
+        partition not yet answered."""
         mark("sender.reply")
+        flights = self._flights
         for tp, _ in groups:
-            self._in_flight.pop(tp, None)
+            flights.landed(tp)
         try:
             results = decode_produce_results(header) if header is not None else []
         except MalformedFrame as e:  # a broker's bad answer: every batch of it failed, unknown how
@@ -73,7 +79,9 @@ class SenderReplies:
             written_after[i] = tp in written
             if results[i].base_offset >= 0 or not results[i].error:
                 written.add(tp)
-        dead: set[tuple[str, int]] = set()  # a numbered batch of the partition failed for good here
+        # a numbered batch of the partition failed for good here, or in an answer read before
+        # this one while this request was in flight
+        dead: set[tuple[str, int]] = {tp for tp, _ in groups if tp in flights.dead}
         for i, b in enumerate(batches):
             tp = (b.topic, b.partition)
             if header is not None and i < len(results):
@@ -89,16 +97,24 @@ class SenderReplies:
                     b.possibly_written = True
             if code:
                 self.errors[P.error_name(code)] += 1
-            if error is None:
-                self._finish(b, base, None)  # a recognised retry also answers 0, with its offset
+            if error is None:  # a recognised retry also answers 0, with its offset
+                if flights.defers(tp, b, bool(retry.get(tp))):
+                    flights.deferred[tp].append((b.position, b, base))  # after the earlier batches that go again
+                else:
+                    self._finish(b, base, None)
             elif (tp in dead and not b.possibly_written and not written_after[i]
                   and (code == P.OUT_OF_ORDER_SEQUENCE or (code == P.RECORD_TOO_LARGE and b.record_count > 1))):
                 # not written: a gap behind a batch of its partition that failed for good, under
                 # a producer id that is gone (_finish reset it); numbered again under the next one
                 if code == P.RECORD_TOO_LARGE:
                     self.metadata_cache.want_refresh()
+                if code == P.RECORD_TOO_LARGE:
+                    flights.awaiting[tp].discard(b)  # its pieces go in its place
                 retry[tp] += self._split(b) if code == P.RECORD_TOO_LARGE else [b]  # _pack numbers them
-            elif code in P.RETRIABLE or (code == P.OUT_OF_ORDER_SEQUENCE and retry.get(tp)) or header is None:
+            elif (code in P.RETRIABLE or header is None
+                  or (code == P.OUT_OF_ORDER_SEQUENCE and (retry.get(tp) or tp in flights.retrying or follows[i]))):
+                # (out of order behind a batch sent again, or behind one not yet answered when it
+                # left: it goes again in its place)
                 retry[tp].append(b)
                 if code != P.OUT_OF_ORDER_SEQUENCE:  # that one only follows an earlier batch's error
                     b.last_error = error
@@ -109,6 +125,7 @@ class SenderReplies:
                     self.metadata_cache.want_refresh()  # the batches made from now on fit it
                     if b.record_count > 1 and not b.possibly_written and not written_after[i]:
                         # and this one goes again in two pieces (Kafka's producer splits too)
+                        flights.awaiting[tp].discard(b)  # its pieces go in its place
                         retry[tp] += self._split(b)
                         continue
                 if b.sequence >= 0:
@@ -117,7 +134,21 @@ class SenderReplies:
                     error = RemoteError(code, error.message + MAY_HAVE_BEEN_WRITTEN)
                 self._finish(b, -1, error)
         for tp, bs in retry.items():
-            self._queues[tp].extendleft(reversed(bs))
+            # behind what answers read before this one put back (earlier sequences), ahead of
+            # the batches not yet sent; the partition sends nothing until its requests in
+            # flight are answered
+            q = self._queues[tp]
+            at = flights.requeue_at(tp, len(bs))
+            q.rotate(-at)
+            q.extendleft(reversed(bs))
+            q.rotate(at)
+            flights.retrying.add(tp)
+            flights.awaiting[tp].update(bs)  # (positions set at their first send)
+        for tp in dead:
+            flights.dead.add(tp)
+            flights.held.add(tp)  # later batches are numbered under the next producer id only after these
+        for tp, _ in groups:
+            flights.settle(tp)
         if retry:
             # give the cluster a moment (failover) before the retry goes out
             assert self.reactor is not None
@@ -132,8 +163,9 @@ class SenderReplies:
         records = [(r.timestamp_ms, r.key, r.value, r.headers) for r in decode_batches(b.topic, b.partition, b.data)]
         self.splits += 1
         pieces = b.split(records, h.producer_id, h.producer_epoch, self.settings.compression)
-        for c in pieces:
+        for i, c in enumerate(pieces):
             c.numbered_in = b.numbered_in  # numbered under its batch's id
+            c.position = (b.position or ()) + (i,)  # in its batch's place
         return pieces
 
     def _finish(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
@@ -144,6 +176,8 @@ class SenderReplies:
             self.batches.release(b)
         elif b.parent.complete_from_pieces():  # the last piece of a split batch
             self.batches.release(b.parent)
+        for later, offset in self._flights.finished((b.topic, b.partition), b):
+            self._finish(later, offset, None)
 
     def _reset_producer_id(self) -> None:
         """A numbered batch failed for good: the broker still expects its sequence, so every

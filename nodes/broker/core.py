@@ -274,7 +274,7 @@ class BrokerCore(CoreTimersMixin):
             log_end_before = part.log_end_offset
             mark("produce.append")
             out, written = part.append_as_leader([inp.data for _, _, inp in items], self.batch_bytes_max(key[0]),
-                                                 [inp.possibly_written for _, _, inp in items])
+                                                 [inp.flags for _, _, inp in items])
             mark("produce.appended")
             epoch = part.leader_epoch
             for (res, pi, _), (offset, code, message) in zip(items, out):

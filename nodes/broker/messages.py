@@ -42,18 +42,20 @@ class ProduceInput(NamedTuple):
     possibly_written: bool = False  # an earlier send of this batch may be in a log
     #                                 (nodes/broker/producers.py); absent from the part (a client
     #                                 from before the field): False, judged as such clients were
+    follows: bool = False  # it follows a batch of its partition the client has no answer for yet
+    #                        (fabric/client/sender_flights.py): not taken at any sequence
 
     @classmethod
     def decode(cls, tp: Any, data: bytes) -> "ProduceInput | None":
         """``[topic, partition]``, ``[topic, partition, leader_epoch]`` or ``[topic, partition,
-        leader_epoch, possibly_written]`` (0 or 1; absent: 0, so a client from before the field
-        is judged as it was, never refused for a producer the broker forgot) with its payload
-        frame; None when malformed."""
+        leader_epoch, flags]`` (0..3: ``P.PART_POSSIBLY_WRITTEN``, ``P.PART_FOLLOWS``; absent: 0,
+        so a client from before the field is judged as it was, never refused for a producer the
+        broker forgot) with its payload frame; None when malformed."""
         # the part every client of today sends, checked with type() (msgpack makes exact ints
         # and strs) and built without the Python-level __new__; anything else: the full check
         if tp.__class__ is list and len(tp) == 4 and tp[0].__class__ is str and tp[1].__class__ is int \
-                and tp[2].__class__ is int and tp[3].__class__ is int and (tp[3] == 0 or tp[3] == 1):
-            return tuple.__new__(cls, (tp[0], tp[1], tp[2], data, tp[3] == 1))
+                and tp[2].__class__ is int and tp[3].__class__ is int and 0 <= tp[3] <= 3:
+            return tuple.__new__(cls, (tp[0], tp[1], tp[2], data, tp[3] & 1 == 1, tp[3] >= 2))
         return cls._decode_checked(tp, data)
 
     @classmethod
@@ -61,9 +63,15 @@ class ProduceInput(NamedTuple):
         if not (isinstance(tp, (list, tuple)) and 2 <= len(tp) <= 4 and isinstance(tp[0], str)
                 and all(_is_int(x) for x in tp[1:])):
             return None
-        if len(tp) == 4 and tp[3] not in (0, 1):
+        if len(tp) == 4 and not 0 <= tp[3] <= 3:
             return None
-        return cls(tp[0], tp[1], tp[2] if len(tp) >= 3 else -1, data, len(tp) == 4 and tp[3] == 1)
+        flags = tp[3] if len(tp) == 4 else 0
+        return cls(tp[0], tp[1], tp[2] if len(tp) >= 3 else -1, data, flags & 1 == 1, flags >= 2)
+
+    @property
+    def flags(self) -> int:
+        """As the part said them (``P.PART_POSSIBLY_WRITTEN`` | ``P.PART_FOLLOWS``)."""
+        return self.possibly_written | (self.follows << 1)
 
 
 class AppendRequest(NamedTuple):
@@ -75,7 +83,8 @@ class AppendRequest(NamedTuple):
     internal: bool = False               # the coordinator's append (may write internal topics)
 
 
-MALFORMED_PRODUCE_MESSAGE = "each part is [topic, partition], [topic, partition, leader_epoch] or [topic, partition, leader_epoch, possibly_written]"
+MALFORMED_PRODUCE_MESSAGE = ("each part is [topic, partition], [topic, partition, leader_epoch] or "
+                             "[topic, partition, leader_epoch, flags] (flags 0..3)")
 
 
 # -- FETCH -----------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
         self._check_offsets()
 
     # -- leader: appends ---------------------------------------------------------------------
-    def append_as_leader(self, batches: list[Payload], batch_bytes_max: int, possibly_written: Sequence[bool] = ()
+    def append_as_leader(self, batches: list[Payload], batch_bytes_max: int, flags: Sequence[int] = ()
                          ) -> tuple[list[tuple[int, int, str]], list[bytearray]]:
         """Validate and append batches (one durability point). Returns per batch
         (base_offset, error_code, message) -- error batches are not written, retried duplicates
@@ -230,8 +230,10 @@ class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
         in this call fails with its write) -- and the batches written
         (for the replication stream). A written batch is stamped with our leader epoch: an
         ``OwnedFrame`` (the request's own buffer, fabric/buffers.py) in place, anything else
-        in a copy; the batches returned are those stamped buffers. ``possibly_written[i]``: an
-        earlier send of batch i may be in a log (absent: True; see nodes/broker/producers.py)."""
+        in a copy; the batches returned are those stamped buffers. ``flags[i]``, the part's
+        flags of batch i (a bool: possibly written or not): ``P.PART_POSSIBLY_WRITTEN``, an
+        earlier send of it may be in a log (absent: possibly written); ``P.PART_FOLLOWS``, it
+        follows a batch its client has no answer for yet (see nodes/broker/producers.py)."""
         results: list[tuple[int, int, str]] = []
         to_write: list[bytearray] = []
         headers: list[B.BatchHeader] = []
@@ -241,13 +243,14 @@ class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
         next_offset = end  # where the next batch to write will start
         self.producers.begin_write()
         for i, data in enumerate(batches):
-            written_maybe = i >= len(possibly_written) or possibly_written[i]
+            f = flags[i] if i < len(flags) else P.PART_POSSIBLY_WRITTEN
+            written_maybe, follows = bool(f & P.PART_POSSIBLY_WRITTEN), bool(f & P.PART_FOLLOWS)
             try:
                 h = self._validate(data, batch_bytes_max)
                 dup = self.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
-                                           possibly_written=written_maybe)
+                                           possibly_written=written_maybe, follows=follows)
             except RemoteError as e:
-                dup = self._retry_over_limit(data, written_maybe) if e.code == P.RECORD_TOO_LARGE else None
+                dup = self._retry_over_limit(data, written_maybe, follows) if e.code == P.RECORD_TOO_LARGE else None
                 if dup is None:
                     results.append((-1, e.code, e.message))
                     continue
@@ -299,7 +302,7 @@ class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
             raise AssertionError(f"{self.topic}-{self.partition}: batches stored at {list(offsets)} with log end "
                                  f"{self.log_end_offset}, not contiguously at {expected} up to {end}")
 
-    def _retry_over_limit(self, data: bytes, possibly_written: bool) -> int | None:
+    def _retry_over_limit(self, data: bytes, possibly_written: bool, follows: bool) -> int | None:
         """The original offset of the batch ``data`` retries, when the log holds it already and
         only the size limit (the topic's max.message.bytes, lowered since) refused the retry;
         None when ``data`` is no such retry (it stays refused). The limit guards what is
@@ -308,7 +311,7 @@ class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
         try:
             h = self._validate(data, len(data))
             return self.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
-                                        possibly_written=possibly_written)
+                                        possibly_written=possibly_written, follows=follows)
         except RemoteError:
             return None
 

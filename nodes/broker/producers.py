@@ -109,18 +109,24 @@ class ProducerStateTable:
         return len(self._producers)
 
     def check(self, producer_id: int, epoch: int, base_sequence: int, record_count: int,
-              possibly_written: bool = True) -> int | None:
+              possibly_written: bool = True, follows: bool = False) -> int | None:
         """Before appending: return the base offset of an identical earlier batch (a retry:
         do not append), or None to append. ``possibly_written``: an earlier send of this batch
-        may be in a log (False only when the client says none can be). Raises RemoteError:
+        may be in a log (False only when the client says none can be). ``follows``: the batch
+        follows one of its partition its client has had no answer for (P.PART_FOLLOWS). Raises RemoteError:
         invalid_producer_epoch for a fenced epoch, out_of_order_sequence for a gap,
         duplicate_sequence for a batch behind the last one that is no longer remembered (never
         appended, never a success), unknown_producer_id for a batch possibly written before by a
-        producer the table may have forgotten."""
+        producer the table may have forgotten; out_of_order_sequence also for a batch that
+        ``follows`` another of a producer the table does not know: that one was not written
+        (or this one would find it), and this one must not go ahead of it."""
         if producer_id < 0:
             return None
         entry = self._producers.get(producer_id)
         if entry is None:
+            if follows:
+                raise RemoteError(P.OUT_OF_ORDER_SEQUENCE, f"producer {producer_id}: sequence {base_sequence} follows a "
+                                  "batch not written here (the producer is not known): send it again after that one")
             if possibly_written and self.forgot_producers:
                 raise RemoteError(P.UNKNOWN_PRODUCER_ID, f"producer {producer_id}: this broker no longer holds its "
                                   "state, so a batch possibly written before cannot be told from one in the log")

@@ -40,7 +40,7 @@ def test_produce_answers_a_malformed_part_in_its_place(tmp_path: Path) -> None:
     assert wire.pack(results) == msgpack.packb([
         [0, 0, "", 4],
         [-1, P.MALFORMED_REQUEST, "each part is [topic, partition], [topic, partition, leader_epoch] or [topic, partition, "
-                                  "leader_epoch, possibly_written]"],
+                                  "leader_epoch, flags] (flags 0..3)"],
         [2, 0, "", 4],
         [-1, P.NOT_LEADER, "leader is broker 2"]])
 

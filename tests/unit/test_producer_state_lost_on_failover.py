@@ -143,7 +143,11 @@ def test_the_part_says_whether_the_batch_may_be_written_already() -> None:
     assert ProduceInput.decode(["t", 0, 3, 1], data).possibly_written is True
     assert ProduceInput.decode(["t", 0, 3], data).possibly_written is False  # a client from before the field
     assert ProduceInput.decode(["t", 0], data).leader_epoch == -1
-    for bad in (["t", 0, 3, "1"], ["t", 0, 3, 1, 9], ["t", 0, 3, True], ["t", 0, 3, 2], ["t", 0, 3, -1]):
+    # the flags' second bit: the batch follows one its client has no answer for yet
+    assert ProduceInput.decode(["t", 0, 3, 2], data) == ProduceInput("t", 0, 3, data, False, True)
+    assert ProduceInput.decode(["t", 0, 3, 3], data) == ProduceInput("t", 0, 3, data, True, True)
+    assert ProduceInput.decode(("t", 0, 3, 3), data).flags == 3  # (the checked path)
+    for bad in (["t", 0, 3, "1"], ["t", 0, 3, 1, 9], ["t", 0, 3, True], ["t", 0, 3, 4], ["t", 0, 3, -1]):
         assert ProduceInput.decode(bad, data) is None
 
 

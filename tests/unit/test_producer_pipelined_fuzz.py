@@ -1,0 +1,180 @@
+"""A seeded fuzz of the idempotent producer with more than one request in flight per partition
+(``max_in_flight`` 2 and 5), against real broker partitions (MemoryEngine): requests reach
+the broker in the order they were sent and are written, refused whole before the write (not
+leader, not enough replicas, a batch over the topic's byte limit, which moves: the producer
+splits it), or lost with their connection; answers come back in any order,
+or never (a timeout); the leader forgets its producers (an LRU eviction); batches run out of
+delivery time while others of their partition are still retried. After each run, per
+partition: no record twice in the log, none out of order, every future done, every
+acknowledged record in the log at the offset its future gives (and acknowledged in the order
+sent), and every record that failed but is in the log failed saying it may have been written."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fabric import protocol as P
+from fabric.errors import RequestTimeout
+from tests.unit.test_producer_failure_paths_fuzz import check_outcomes
+from tests.unit.test_producer_split_against_a_partition import BIG, L1, L2, SplitRig
+
+ENDPOINTS = ((L1, "t"), (L2, "u"))
+
+
+class Broker:
+    """One endpoint's side of the connection: requests arrive in sending order; each is written
+    (or refused whole) by the real partition when it arrives, and answered later, in any order."""
+
+    def __init__(self, rig: SplitRig, endpoint: str, topic: str) -> None:
+        self.rig, self.endpoint, self.topic = rig, endpoint, topic
+        self.arrived = 0        # requests (indexes into the client's ``sent``) taken, in order
+        self.held: dict[int, tuple] = {}  # arrived, not answered: index -> (header, error)
+        self.dropped: set[int] = set()    # lost on the way: never arrive
+
+    def _produces(self) -> list[int]:
+        c = self.rig.clients.get(self.endpoint)
+        return [] if c is None else [i for i, s in enumerate(c.sent) if s[0] == P.PRODUCE]
+
+    def pending(self) -> list[int]:
+        return [i for i in self._produces() if i >= self.arrived and i not in self.dropped]
+
+    def arrive(self, refuse: int | None = None) -> bool:
+        """The oldest request on its way reaches the broker: written part by part as the
+        partition judges it, or (``refuse``, an error code) refused whole before any write."""
+        todo = self.pending()
+        if not todo:
+            return False
+        i = todo[0]
+        self.arrived = i + 1
+        _, header, payloads, _ = self.rig.clients[self.endpoint].sent[i]
+        results = []
+        for (topic, _p, _e, flags), data in zip(header["parts"], payloads):
+            if refuse is not None:
+                results.append([-1, refuse, "refused"])
+                continue
+            r, _ = self.rig.parts[topic].append_as_leader([data], self.rig.limit[topic], [flags])
+            results.append(list(r[0]))
+        self.held[i] = ({"results": results}, None)
+        return True
+
+    def answer(self, rnd: random.Random) -> bool:
+        """One arrived request, picked at random, is answered."""
+        if not self.held:
+            return False
+        i = rnd.choice(sorted(self.held))
+        self._answer(i, *self.held.pop(i))
+        return True
+
+    def lose_reply(self, rnd: random.Random) -> bool:
+        """One unanswered request's answer never comes (the client's timeout ends it); if it had
+        not arrived, it may still arrive later (a slow broker)."""
+        c = self.rig.clients.get(self.endpoint)
+        open_ = [] if c is None else [i for i in c.unanswered if c.sent[i][0] == P.PRODUCE]
+        if not open_:
+            return False
+        i = rnd.choice(open_)
+        self.held.pop(i, None)
+        self._answer(i, None, RequestTimeout("no reply"))
+        return True
+
+    def drop_connection(self) -> None:
+        """The connection ends: what had not arrived never will, and every open request fails
+        (in sending order, as RpcClient.fail_all)."""
+        self.dropped.update(self.pending())
+        self.held.clear()
+        c = self.rig.clients.get(self.endpoint)
+        if c is not None:
+            for i in sorted(i for i in c.unanswered if c.sent[i][0] == P.PRODUCE):
+                self._answer(i, None, RequestTimeout("connection lost"))
+
+    def _answer(self, i: int, header: dict | None, err: object) -> None:
+        c = self.rig.clients[self.endpoint]
+        if i in c.unanswered:
+            c.unanswered.remove(i)
+            c.sent[i][3](header, [], err)
+
+
+def _forget_producers(rig: SplitRig, topic: str) -> None:
+    table = rig.parts[topic].producers
+    table._producers.clear()
+    table.forgot_producers = True
+
+
+def _run(seed: int, max_in_flight: int) -> None:
+    rnd = random.Random(seed)
+    rig = SplitRig(batch_records_max=rnd.choice([2, 3, 10]), delivery_timeout_ms=rnd.choice([300, 1000, 100_000]),
+                   max_in_flight=max_in_flight)
+    brokers = [Broker(rig, ep, topic) for ep, topic in ENDPOINTS]
+    sent: dict[str, list[bytes]] = {"t": [], "u": []}
+    futs: dict[str, list] = {"t": [], "u": []}
+    acked: dict[str, list[bytes]] = {"t": [], "u": []}  # in the order the futures said written
+
+    def on_done(topic: str, value: bytes):  # noqa: ANN202
+        def done(_md: object, err: object) -> None:
+            if err is None:
+                acked[topic].append(value)
+        return done
+
+    most_in_flight = 0
+    for step in range(60):
+        for i, topic in enumerate(rnd.choices("tu", k=rnd.randint(0, 5))):
+            v = b"%s%03d.%d" % (topic.encode(), step, i) + (b"." * rnd.choice([0, 0, 0, 100, 400]))
+            sent[topic].append(v)
+            futs[topic].append(rig.send(topic, v, on_delivery=on_done(topic, v)))
+        if rnd.random() < 0.6:
+            rig.flush_batches()
+        if rnd.random() < 0.15:
+            rig.limit["t"] = rnd.choice([BIG, BIG, 300, 600, 1200])
+        if rnd.random() < 0.3:
+            rig.clock.advance(rnd.choice([30, 60, 200, 400]))
+            rig.reactor.run_due()
+        rig.grant_pid()
+        for b in brokers:
+            c = rig.clients.get(b.endpoint)
+            if c is not None:
+                most_in_flight = max(most_in_flight, sum(c.sent[i][0] == P.PRODUCE for i in c.unanswered))
+            act = rnd.random()
+            if act < 0.35:
+                b.arrive()
+            elif act < 0.6:
+                b.answer(rnd)
+            elif act < 0.67:
+                b.arrive(refuse=rnd.choice([P.NOT_LEADER, P.NOT_ENOUGH_REPLICAS]))
+            elif act < 0.72:
+                b.lose_reply(rnd)
+            elif act < 0.76:
+                b.drop_connection()
+            elif act < 0.8:
+                _forget_producers(rig, b.topic)
+    rig.limit["t"] = BIG
+    rig.flush_batches()
+    for _ in range(400):
+        rig.clock.advance(60)
+        rig.reactor.run_due()
+        rig.grant_pid()
+        busy = False
+        for b in brokers:
+            while b.arrive():
+                busy = True
+            while b.answer(rnd):
+                busy = True
+        if not busy and all(f.done() for fs in futs.values() for f in fs):
+            break
+    check_outcomes(rig, sent, futs)
+    for topic in "tu":
+        order = {v: i for i, v in enumerate(sent[topic])}
+        acked_idx = [order[v] for v in acked[topic]]
+        assert acked_idx == sorted(acked_idx), ("acknowledged out of order", topic, acked_idx)
+    assert most_in_flight <= max_in_flight  # (one partition per broker)
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_pipelined_requests_lose_duplicate_reorder_or_misreport_nothing(seed: int) -> None:
+    _run(seed, max_in_flight=2 if seed % 3 else 5)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_one_request_in_flight_against_the_same_faults(seed: int) -> None:
+    _run(seed, max_in_flight=1)
