@@ -8,7 +8,7 @@ combinations to run.
                        [--producers N] [--consumers N] [--batch-size N] [--linger-ms MS]
                        [--compression none] [--rate N] [--api send|send_many]
                        [--engine segment,lmdb] [--fsync interval,always] [--runs 3]
-                       [--direct-write-min-bytes=-1,262144]
+                       [--direct-write-min-bytes=-1,262144] [--max-in-flight 1,2]
                        [-c CONFIG | --bootstrap HOST:PORT,... | --self-contained]
                        [--json FILE] [--chart FILE.html] [--peer jetstream]
 
@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 
 from engines import registry as engine_registry
 from fabric.client.accumulator import BATCH_RECORDS_MAX
+from fabric.client.sender_flights import MAX_IN_FLIGHT_MAX
 
 COMMANDS = ("produce", "consume", "e2e")            # the workload runner's (bench.runner)
 BENCHES = COMMANDS + ("cluster", "failover", "engines")  # every command of the common flag set
@@ -97,16 +98,20 @@ class Combination:
     fsync: str
     api: str = "send"
     direct_write_min_bytes: int | None = None  # storage.direct_write_min_bytes; None: the config's default
+    max_in_flight: int | None = None  # the producers' max_in_flight; None: the Producer's default
 
     @property
     def label(self) -> str:
         direct = "" if self.direct_write_min_bytes is None else f"/direct={self.direct_write_min_bytes}"
-        return f"{self.engine}/{self.fsync}/{self.api}{direct}"
+        flights = "" if self.max_in_flight is None else f"/inflight={self.max_in_flight}"
+        return f"{self.engine}/{self.fsync}/{self.api}{direct}{flights}"
 
     def as_dict(self) -> dict:
         out: dict[str, Any] = {"engine": self.engine, "fsync": self.fsync, "api": self.api}
         if self.direct_write_min_bytes is not None:
             out["direct_write_min_bytes"] = self.direct_write_min_bytes
+        if self.max_in_flight is not None:
+            out["max_in_flight"] = self.max_in_flight
         return out
 
 
@@ -133,6 +138,7 @@ class BenchOptions:
     # storage.direct_write_min_bytes of the self-contained cluster, one combination each; empty:
     # the config's default
     direct_write_min_bytes: list[int] = field(default_factory=list)
+    max_in_flight: list[int] = field(default_factory=list)  # one combination each; empty: the default
     fsync_interval_ms: int = 1000
     runs: int = 1
     brokers: int = 3
@@ -152,19 +158,22 @@ class BenchOptions:
         return self.config is None and self.bootstrap is None
 
     def combinations(self) -> list[Combination]:
-        """Each engine with each fsync mode, each API and each direct-write threshold, in the
-        order given (the first is the baseline of the ratios). The memory engine has no fsync
-        and no files: it runs once per API, with the first mode and threshold."""
+        """Each engine with each fsync mode, each API, each direct-write threshold and each
+        ``max_in_flight``, in the order given (the first is the baseline of the ratios). The
+        memory engine has no fsync and no files: it runs once per API and ``max_in_flight``,
+        with the first mode and threshold."""
         combos: list[Combination] = []
         directs: list[int | None] = list(self.direct_write_min_bytes) or [None]
+        flights: list[int | None] = list(self.max_in_flight) or [None]
         for engine in self.engines:
             memory = engine == "memory"
             for fsync in (self.fsyncs[:1] if memory else self.fsyncs):
                 for api in self.apis:
                     for direct in (directs[:1] if memory else directs):
-                        combo = Combination(engine, fsync, api, direct)
-                        if combo not in combos:
-                            combos.append(combo)
+                        for in_flight in flights:
+                            combo = Combination(engine, fsync, api, direct, in_flight)
+                            if combo not in combos:
+                                combos.append(combo)
         return combos
 
     def record_target(self) -> int | None:
@@ -257,6 +266,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     a("--direct-write-min-bytes", help="storage.direct_write_min_bytes of the self-contained cluster (writes at least "
                                        "this large skip the page cache; -1 never), or a comma list to compare "
                                        "(default: the config's, 262144)")
+    a("--max-in-flight", help="the producers' max_in_flight (PRODUCE requests per partition in flight at once, "
+                              "1..5; default: the Producer's, 2), or a comma list to compare")
     a("--brokers", type=int, help="brokers of the self-contained cluster (default 3)")
     a("--backlog-bytes", type=int, help="consume: bytes to produce before draining (overrides --records)")
     a("--group", action="store_true", default=None,
@@ -302,7 +313,8 @@ def options_from(command: str, ns: argparse.Namespace, defaults: dict) -> BenchO
     values.update(given)
     values.update(apis=comma_list(values["api"]), engines=comma_list(values["engine"]), fsyncs=comma_list(values["fsync"]),
                   acks=str(values["acks"]), group=bool(values["group"]),
-                  direct_write_min_bytes=int_list("--direct-write-min-bytes", values.get("direct_write_min_bytes")))
+                  direct_write_min_bytes=int_list("--direct-write-min-bytes", values.get("direct_write_min_bytes")),
+                  max_in_flight=int_list("--max-in-flight", values.get("max_in_flight")))
     o = BenchOptions(command=command, **{k: v for k, v in values.items() if k in _FIELDS and k != "command"})
     validate(o)
     return o
@@ -360,6 +372,7 @@ def validate(o: BenchOptions) -> None:
     _check(o.self_contained or (len(o.engines) == 1 and len(o.fsyncs) == 1),
            "--engine/--fsync lists need a self-contained cluster (the engine of a running cluster is its config's)")
     _check(all(d >= -1 for d in o.direct_write_min_bytes), "--direct-write-min-bytes must be -1 (never) or >= 0")
+    _check(all(1 <= m <= MAX_IN_FLIGHT_MAX for m in o.max_in_flight), f"--max-in-flight must be 1..{MAX_IN_FLIGHT_MAX}")
     _check(o.self_contained or not o.direct_write_min_bytes,
            "--direct-write-min-bytes sets up a self-contained cluster (a running cluster's is its config's)")
     _check(o.backlog_bytes is None or 1 <= o.backlog_bytes <= BACKLOG_BYTES_MAX,

@@ -98,7 +98,7 @@ def run_once(o: BenchOptions, combo: Combination, target: Target, run: int,
             else:
                 tell(consumers, "stop")
         producers = r.start([r.spec("producer", i, records=shares[i], duration=o.duration, rate=rates[i] or None,
-                                    api=combo.api) for i in range(producers_n)])
+                                    api=combo.api, max_in_flight=combo.max_in_flight) for i in range(producers_n)])
         out: dict = {"label": combo.label, "combination": combo.as_dict(), "run": run + 1, "topic": topic}
         if o.command == "produce":
             cost = r.phase(producers)

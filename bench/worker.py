@@ -162,8 +162,9 @@ class Commands:
 def run_producer(spec: dict, commands: Commands, emit: Callable[[dict], None]) -> dict:
     from fabric.client import Producer
     topic, value, e2e = spec["topic"], payload(spec["record_size"]), spec["e2e"]
+    in_flight = {} if spec.get("max_in_flight") is None else {"max_in_flight": spec["max_in_flight"]}
     p = Producer(spec["bootstrap"], acks=spec["acks"], linger_ms=spec["linger_ms"],
-                 batch_records_max=spec["batch_size"], compression=spec["compression"])
+                 batch_records_max=spec["batch_size"], compression=spec["compression"], **in_flight)
     try:
         p.metadata.partition_count(topic, 30_000)  # metadata before the clock starts
         emit({"ready": {"role": "producer", "index": spec["index"]}})
