@@ -140,7 +140,10 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         # partitions a send on this thread named beyond the count held -> the metadata cache's
         # answers then (``expect_partition``)
         self._expected: dict[tuple[str, int], int] = {}
-        self._flights = Flights(settings.max_in_flight, PARTITION_BATCHES_MAX)  # the requests in flight
+        # the requests in flight. Without idempotence, one per partition: no sequence lets a
+        # broker refuse a batch that overtakes an earlier one refused before its write (and
+        # sent again after it), so a second request in flight could reorder the partition
+        self._flights = Flights(settings.max_in_flight if settings.idempotent else 1, PARTITION_BATCHES_MAX)
         self._positions = itertools.count()  # batches' places in their partitions' order (first send)
         # acks=0: the batches of each one-way request not yet written to the kernel, and of
         # those dropped unwritten (a lost connection), to go again; by request, in sending order
@@ -350,13 +353,21 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
                 else:
                     self.metadata_cache.want_refresh()  # no leader now, or a topic not (yet) known
                 continue
+            # batches sent again go before any batch sent for the first time, and alone: a
+            # broker recognises a retry among its producer's last PARTITION_BATCHES_MAX
+            # batches, so nothing is written behind a batch that goes again but the batches
+            # in flight with it (a new one behind its retry, whose answer is lost too, would
+            # push it out of the broker's memory: refused as an old duplicate, though written)
+            again = self._flights.awaiting.get(tp)
+            if again and q[0] not in again:
+                continue  # the batches sent again are in flight: the others after them
             epoch = self.metadata.leader_epoch(*tp)
             room = self._flights.room(tp, endpoint, epoch)
             if frames[endpoint] >= REQUEST_BATCHES_MAX or not room:
                 continue  # next request to that broker, or after the answers of those in flight
             take: list[BatchState] = []
             size = 0
-            while q and frames[endpoint] < REQUEST_BATCHES_MAX and len(take) < room:
+            while q and frames[endpoint] < REQUEST_BATCHES_MAX and len(take) < room and (not again or q[0] in again):
                 data = self._pack(q[0], tp)
                 # one producer id per partition in a request: a batch kept under an id since
                 # reset (it may be in a log) goes alone, before any batch of the new id (which

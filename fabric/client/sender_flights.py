@@ -19,6 +19,14 @@ in order and each written once with more than one request in flight:
   answered, and the batches each answer puts back go behind those an earlier answer put back
   (``requeue_at``). A batch sent behind one that was not written is refused out of order by the
   broker (never written ahead of it: see ``follows`` below), and goes again in its place.
+- Batches put back to go again (``awaiting``) go before any batch sent for the first time,
+  and alone: no new batch of the partition goes while one of them is queued or in flight. A
+  broker recognises a retry among its producer's last ``batches_max`` batches; a new batch
+  written behind a retry whose answer is lost too would push the batch out of that memory
+  (its next retry refused as an old duplicate, failed though written).
+- A producer without idempotence keeps one request per partition in flight (the sender makes
+  its ``Flights`` so): with no sequences, a broker cannot refuse a batch that overtakes an
+  earlier one refused before its write.
 - A batch written while an earlier one of its partition goes again (its answer lost, or refused
   after its write) completes only once every earlier one has (``awaiting``, ``deferred``): a
   partition's acknowledgements reach the application in the order its records were sent.
