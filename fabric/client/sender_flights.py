@@ -27,9 +27,10 @@ in order and each written once with more than one request in flight:
 - A producer without idempotence keeps one request per partition in flight (the sender makes
   its ``Flights`` so): with no sequences, a broker cannot refuse a batch that overtakes an
   earlier one refused before its write.
-- A batch written while an earlier one of its partition goes again (its answer lost, or refused
-  after its write) completes only once every earlier one has (``awaiting``, ``deferred``): a
-  partition's acknowledgements reach the application in the order its records were sent.
+- A batch written, or failed for good, while an earlier one of its partition goes again (its
+  answer lost, or refused after its write) completes only once every earlier one has
+  (``awaiting``, ``deferred``): a partition's delivery callbacks, failures too, run in the
+  order its records were sent.
 - A batch sent behind another of its partition not yet answered (in an earlier request in
   flight, or earlier in the same request) is marked ``follows`` on the wire: a broker that does
   not know the producer then refuses it out of order instead of taking it at any sequence (it
@@ -81,8 +82,9 @@ class Flights:
         self.retrying: set[TopicPartition] = set()   # an answer sent batches again (later ones follow)
         self.dead: set[TopicPartition] = set()       # an answer failed a numbered batch for good
         self._requeued: dict[TopicPartition, int] = defaultdict(int)  # batches put back while held
-        # batches put back to go again, not yet finished; and the batches written after them,
-        # with their base offsets, to complete (in this order) once those have
+        # batches put back to go again, not yet finished; and the batches answered after them,
+        # as (position, batch, base offset, error or None), to complete in this order once
+        # those have
         self.awaiting: dict[TopicPartition, set] = defaultdict(set)
         self.deferred: dict[TopicPartition, list] = defaultdict(list)
 
@@ -168,9 +170,10 @@ class Flights:
             self._requeued.pop(tp, None)
 
     def defers(self, tp: TopicPartition, batch: Any, behind_retry: bool) -> bool:
-        """``batch`` of ``tp`` was written: True if its completion waits (``deferred``) for an
-        earlier batch that goes again -- one ``awaiting`` (by ``position``: the order of first
-        sends), or (``behind_retry``) one the answer being read puts back."""
+        """``batch`` of ``tp`` was written or failed for good: True if its completion waits
+        (``deferred``) for an earlier batch that goes again -- one ``awaiting`` (by
+        ``position``: the order of first sends), or (``behind_retry``) one the answer being
+        read puts back."""
         waiting = self.awaiting.get(tp)
         if waiting:
             waiting.discard(batch)
@@ -178,7 +181,7 @@ class Flights:
 
     def finished(self, tp: TopicPartition, batch: Any) -> list:
         """``batch`` of ``tp`` is finished: the deferred completions no batch ``awaiting`` is
-        earlier than any more, as (batch, base offset) in order, to finish now."""
+        earlier than any more, as (batch, base offset, error or None) in order, to complete now."""
         waiting = self.awaiting.get(tp)
         if waiting is not None:
             waiting.discard(batch)
@@ -193,7 +196,7 @@ class Flights:
         out, deferred[:] = deferred[:n], deferred[n:]
         if not deferred:
             del self.deferred[tp]
-        return [(b, offset) for _, b, offset in out]
+        return [(b, offset, error) for _, b, offset, error in out]
 
     def requeue_at(self, tp: TopicPartition, count: int) -> int:
         """Where in ``tp``'s queue ``count`` batches an answer sends again go: behind those that

@@ -110,9 +110,11 @@ def _run(seed: int, max_in_flight: int) -> None:
     sent: dict[str, list[bytes]] = {"t": [], "u": []}
     futs: dict[str, list] = {"t": [], "u": []}
     acked: dict[str, list[bytes]] = {"t": [], "u": []}  # in the order the futures said written
+    completed: dict[str, list[bytes]] = {"t": [], "u": []}  # in the order the callbacks ran, failures too
 
     def on_done(topic: str, value: bytes):  # noqa: ANN202
         def done(_md: object, err: object) -> None:
+            completed[topic].append(value)
             if err is None:
                 acked[topic].append(value)
         return done
@@ -167,6 +169,8 @@ def _run(seed: int, max_in_flight: int) -> None:
         order = {v: i for i, v in enumerate(sent[topic])}
         acked_idx = [order[v] for v in acked[topic]]
         assert acked_idx == sorted(acked_idx), ("acknowledged out of order", topic, acked_idx)
+        done_idx = [order[v] for v in completed[topic]]
+        assert done_idx == sorted(done_idx), ("completed out of order", topic, done_idx)
     assert most_in_flight <= max_in_flight  # (one partition per broker)
 
 

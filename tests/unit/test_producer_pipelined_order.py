@@ -84,3 +84,32 @@ class _Pick:
     def choice(self, options: list) -> int:
         assert self.i in options, (self.i, options)
         return self.i
+
+
+def test_a_batch_failed_for_good_behind_one_that_goes_again_completes_after_it() -> None:
+    """A batch refused for good (a single record over the lowered limit) behind one whose
+    answer was lost completes after that one: a partition's delivery callbacks, failures too,
+    run in the order its records were sent."""
+    rig = SplitRig(batch_records_max=1, max_in_flight=2)
+    broker = Broker(rig, L1, "t")
+    done: list[tuple[bytes, str]] = []
+
+    def on_delivery(value: bytes):  # noqa: ANN202
+        def cb(_md: object, err: object) -> None:
+            done.append((value, "ok" if err is None else P.error_name(err.code)))
+        return cb
+    a = [rig.send("t", b"a", on_delivery=on_delivery(b"a"))]
+    rig.flush_batches()
+    rig.grant_pid()
+    big = b"B" * 400
+    b = [rig.send("t", big, on_delivery=on_delivery(b"B"))]
+    rig.flush_batches()
+    rig.grant_pid()
+    assert broker.arrive()
+    rig.limit["t"] = 300
+    assert broker.arrive()
+    broker.lose_reply(_Pick(0))             # a written, its answer lost: it goes again
+    broker._answer(1, *broker.held.pop(1))  # b refused for good
+    _settle(rig, broker)
+    assert _outcomes(a) == [0] and _outcomes(b) == ["record_too_large"]
+    assert done == [(b"a", "ok"), (b"B", "record_too_large")]
