@@ -314,8 +314,13 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             for b in reversed(self._lost_oneway.pop(number)):
                 self._queues[(b.topic, b.partition)].appendleft(b)
 
+    def _numbering(self, b: BatchState) -> int:
+        """The producer-id generation ``b`` goes numbered in when it is next packed (``_pack``)."""
+        keeps = b.data is not None and (b.possibly_written or b.numbered_in == self._id_generation)
+        return b.numbered_in if keeps else self._id_generation
+
     def _pack(self, b: BatchState, tp: tuple[str, int]) -> bytes:
-        if b.data is not None and not b.possibly_written and b.numbered_in != self._id_generation:
+        if self._numbering(b) != b.numbered_in:
             # numbered under a producer id since reset, and in no log: numbered again, in queue
             # order, so that batches of the old id and the new never follow one another out
             # of order (only a batch that may be written keeps its number, for its retry to be
@@ -362,7 +367,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             if again and q[0] not in again:
                 continue  # the batches sent again are in flight: the others after them
             epoch = self.metadata.leader_epoch(*tp)
-            room = self._flights.room(tp, endpoint, epoch)
+            room = self._flights.room(tp, endpoint, epoch, self._numbering(q[0]))
             if frames[endpoint] >= REQUEST_BATCHES_MAX or not room:
                 continue  # next request to that broker, or after the answers of those in flight
             take: list[BatchState] = []
@@ -380,7 +385,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
                 take.append(b)
                 size += len(data)
                 frames[endpoint] += 1
-            self._flights.sent(tp, endpoint, now, epoch, len(take))
+            self._flights.sent(tp, endpoint, now, epoch, len(take), take[0].numbered_in)
             by_broker[endpoint].append((tp, take))
         for endpoint, groups in by_broker.items():
             self._send_request(endpoint, groups)

@@ -5,8 +5,11 @@ Up to ``max_in_flight`` PRODUCE requests of one partition may be in flight at on
 leaves at once instead of waiting out a round trip. The rules that keep a partition's records
 in order and each written once with more than one request in flight:
 
-- A partition's requests in flight all go to one broker at one leader epoch: a request goes to
-  a new leader only once every request to the old one is answered.
+- A partition's requests in flight all go to one broker at one leader epoch, their batches
+  numbered under one producer id: a request goes to a new leader, or with batches numbered
+  under the id that follows a reset, only once every request in flight is answered (a batch
+  of the old id refused before its write is numbered again under the new one: it must be
+  numbered before any batch behind it).
 - The batches of a partition in flight, over all its requests, are at most
   ``PARTITION_BATCHES_MAX`` -- as many as a broker remembers per producer to recognise a retry
   (nodes/broker/producers.py), so the retries of every request in flight are all recognised.
@@ -58,6 +61,7 @@ class Flight:
     sent_ms: int
     leader_epoch: int
     batches: int  # of this partition in the request
+    numbered_in: int  # the producer-id generation its batches are numbered in
 
 
 class Answer:
@@ -104,15 +108,19 @@ class Flights:
         """The partitions that cannot take another request now (their open batches keep filling)."""
         return {tp for tp in self._of if not self.can_take(tp)}
 
-    def room(self, tp: TopicPartition, endpoint: str, leader_epoch: int) -> int:
-        """How many batches of ``tp`` a request to ``endpoint`` (the leader at ``leader_epoch``)
-        may carry now: 0 while it cannot go (held, as many requests in flight as allowed, or
-        those in flight went to another leader or epoch)."""
+    def room(self, tp: TopicPartition, endpoint: str, leader_epoch: int, numbered_in: int) -> int:
+        """How many batches of ``tp`` a request to ``endpoint`` (the leader at ``leader_epoch``),
+        numbered in producer-id generation ``numbered_in``, may carry now: 0 while it cannot go
+        (held, as many requests in flight as allowed, or those in flight went to another leader
+        or epoch, or are numbered under another producer id: a batch of the old id refused
+        before its write is numbered again under the new one, after the batches sent meanwhile
+        -- behind them in sequence, ahead of them in the queue)."""
         flights = self._of.get(tp)
         if flights is None:
             return self.batches_max
         last = flights[-1]
-        if not self.can_take(tp) or last.endpoint != endpoint or last.leader_epoch != leader_epoch:
+        if not self.can_take(tp) or last.endpoint != endpoint or last.leader_epoch != leader_epoch \
+                or last.numbered_in != numbered_in:
             return 0
         return self.batches_max - self._batches[tp]
 
@@ -130,11 +138,12 @@ class Flights:
                 yield tp, f
 
     # -- sending and answers ---------------------------------------------------------------------
-    def sent(self, tp: TopicPartition, endpoint: str, now_ms: int, leader_epoch: int, batches: int) -> None:
+    def sent(self, tp: TopicPartition, endpoint: str, now_ms: int, leader_epoch: int, batches: int,
+             numbered_in: int) -> None:
         flights = self._of.get(tp)
         if flights is None:
             flights = self._of[tp] = deque()
-        flights.append(Flight(endpoint, now_ms, leader_epoch, batches))
+        flights.append(Flight(endpoint, now_ms, leader_epoch, batches, numbered_in))
         self._batches[tp] += batches
 
     def expect(self, endpoint: str, request: Any) -> Answer:

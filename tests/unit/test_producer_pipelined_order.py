@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fabric import protocol as P
 from tests.unit.test_producer_pipelined_fuzz import Broker
-from tests.unit.test_producer_split_against_a_partition import L1, SplitRig, _outcomes
+from tests.unit.test_producer_split_against_a_partition import L1, L2, SplitRig, _outcomes
 
 
 def _send(rig: SplitRig, tag: str, n: int) -> list:
@@ -29,7 +29,7 @@ def _settle(rig: SplitRig, broker: Broker, rounds: int = 100) -> None:
             i = min(broker.held)
             broker._answer(i, *broker.held.pop(i))
             busy = True
-        if not busy and not rig.unanswered(L1, P.PRODUCE):
+        if not busy and not rig.unanswered(broker.endpoint, P.PRODUCE):
             return
 
 
@@ -113,3 +113,30 @@ def test_a_batch_failed_for_good_behind_one_that_goes_again_completes_after_it()
     _settle(rig, broker)
     assert _outcomes(a) == [0] and _outcomes(b) == ["record_too_large"]
     assert done == [(b"a", "ok"), (b"B", "record_too_large")]
+
+
+def test_after_a_producer_id_reset_no_batch_is_numbered_ahead_of_one_in_flight() -> None:
+    """Another partition fails a batch for good (the producer id is reset) while a batch of
+    this partition is in flight under the old id: a batch behind it is not numbered under the
+    new id and sent while it is in flight -- that one, refused before its write, would be
+    numbered again after it, out of order (its sequence above the later batch's: the later one
+    then refused as an old duplicate, a record lost that nothing refused for good)."""
+    rig = SplitRig(batch_records_max=1, max_in_flight=2)
+    t, u = Broker(rig, L1, "t"), Broker(rig, L2, "u")
+    a = [rig.send("u", b"a")]
+    rig.flush_batches()
+    rig.grant_pid()                      # u: [a] under producer 7
+    x = [rig.send("t", b"x")]
+    rig.flush_batches()
+    rig.grant_pid()                      # t: [x] under producer 7
+    assert t.arrive(invalid=0)
+    t._answer(0, *t.held.pop(0))         # x fails for good: producer id reset
+    assert _outcomes(x) == ["invalid_record"]
+    rig.grant_pid()                      # producer 8
+    b = [rig.send("u", b"b")]
+    rig.flush_batches()
+    rig.grant_pid()
+    assert u.arrive(refuse=P.NOT_ENOUGH_REPLICAS)  # a refused before its write
+    _settle(rig, u)
+    assert _outcomes(a) == [0] and _outcomes(b) == [1], (_outcomes(a), _outcomes(b))
+    assert rig.log("u") == [b"a", b"b"]
