@@ -358,12 +358,14 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
                 else:
                     self.metadata_cache.want_refresh()  # no leader now, or a topic not (yet) known
                 continue
-            # batches sent again go before any batch sent for the first time, and alone: a
-            # broker recognises a retry among its producer's last PARTITION_BATCHES_MAX
-            # batches, so nothing is written behind a batch that goes again but the batches
-            # in flight with it (a new one behind its retry, whose answer is lost too, would
-            # push it out of the broker's memory: refused as an old duplicate, though written)
-            again = self._flights.awaiting.get(tp)
+            # with more than one request in flight, batches sent again go before any batch
+            # sent for the first time, and alone: a broker recognises a retry among its
+            # producer's last PARTITION_BATCHES_MAX batches, so nothing is written behind a
+            # batch that goes again but the batches in flight with it (a new one behind its
+            # retry, whose answer is lost too, would push it out of the broker's memory:
+            # refused as an old duplicate, though written). One at a time, a retry's request
+            # starts with the batches put back and carries no more than the broker remembers
+            again = self._flights.awaiting.get(tp) if self._flights.max_in_flight > 1 else None
             if again and q[0] not in again:
                 continue  # the batches sent again are in flight: the others after them
             epoch = self.metadata.leader_epoch(*tp)

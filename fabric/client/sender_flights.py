@@ -23,7 +23,8 @@ in order and each written once with more than one request in flight:
   (``requeue_at``). A batch sent behind one that was not written is refused out of order by the
   broker (never written ahead of it: see ``follows`` below), and goes again in its place.
 - Batches put back to go again (``awaiting``) go before any batch sent for the first time,
-  and alone: no new batch of the partition goes while one of them is queued or in flight. A
+  and alone: no new batch of the partition goes while one of them is queued or in flight
+  (with one request in flight, a retry's request starts with them, as before). A
   broker recognises a retry among its producer's last ``batches_max`` batches; a new batch
   written behind a retry whose answer is lost too would push the batch out of that memory
   (its next retry refused as an old duplicate, failed though written).
