@@ -8,7 +8,9 @@ C-backed calls, with no Python per record for keyless fixed-size values -- and r
 leaders -- up to ``max_in_flight`` requests per partition (2 by default: a record sent while
 one is on its way leaves at once), each carrying the batches queued for it, with the answers
 read in sending order so that order holds and retries cannot reorder
-(``fabric.client.sender_flights``) -- and resolves futures. Retriable errors
+(``fabric.client.sender_flights``; a producer with ``idempotent=False`` keeps one: without
+sequences, a broker could not refuse a batch that overtakes an earlier one refused before its
+write) -- and resolves futures. Retriable errors
 (not_leader, timeouts, not_enough_replicas…) refresh metadata and retry until
 ``delivery_timeout_ms``. With ``idempotent=True`` (default) every batch carries the producer
 id and a per-partition sequence, so a retried batch is never written twice. A record queued for

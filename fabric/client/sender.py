@@ -140,7 +140,10 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         # partitions a send on this thread named beyond the count held -> the metadata cache's
         # answers then (``expect_partition``)
         self._expected: dict[tuple[str, int], int] = {}
-        self._flights = Flights(settings.max_in_flight, PARTITION_BATCHES_MAX)  # the requests in flight
+        # the requests in flight. Without idempotence, one per partition: no sequence lets a
+        # broker refuse a batch that overtakes an earlier one refused before its write (and
+        # sent again after it), so a second request in flight could reorder the partition
+        self._flights = Flights(settings.max_in_flight if settings.idempotent else 1, PARTITION_BATCHES_MAX)
         self._positions = itertools.count()  # batches' places in their partitions' order (first send)
         # acks=0: the batches of each one-way request not yet written to the kernel, and of
         # those dropped unwritten (a lost connection), to go again; by request, in sending order
@@ -311,8 +314,13 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             for b in reversed(self._lost_oneway.pop(number)):
                 self._queues[(b.topic, b.partition)].appendleft(b)
 
+    def _numbering(self, b: BatchState) -> int:
+        """The producer-id generation ``b`` goes numbered in when it is next packed (``_pack``)."""
+        keeps = b.data is not None and (b.possibly_written or b.numbered_in == self._id_generation)
+        return b.numbered_in if keeps else self._id_generation
+
     def _pack(self, b: BatchState, tp: tuple[str, int]) -> bytes:
-        if b.data is not None and not b.possibly_written and b.numbered_in != self._id_generation:
+        if self._numbering(b) != b.numbered_in:
             # numbered under a producer id since reset, and in no log: numbered again, in queue
             # order, so that batches of the old id and the new never follow one another out
             # of order (only a batch that may be written keeps its number, for its retry to be
@@ -350,13 +358,23 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
                 else:
                     self.metadata_cache.want_refresh()  # no leader now, or a topic not (yet) known
                 continue
+            # with more than one request in flight, batches sent again go before any batch
+            # sent for the first time, and alone: a broker recognises a retry among its
+            # producer's last PARTITION_BATCHES_MAX batches, so nothing is written behind a
+            # batch that goes again but the batches in flight with it (a new one behind its
+            # retry, whose answer is lost too, would push it out of the broker's memory:
+            # refused as an old duplicate, though written). One at a time, a retry's request
+            # starts with the batches put back and carries no more than the broker remembers
+            again = self._flights.awaiting.get(tp) if self._flights.max_in_flight > 1 else None
+            if again and q[0] not in again:
+                continue  # the batches sent again are in flight: the others after them
             epoch = self.metadata.leader_epoch(*tp)
-            room = self._flights.room(tp, endpoint, epoch)
+            room = self._flights.room(tp, endpoint, epoch, self._numbering(q[0]))
             if frames[endpoint] >= REQUEST_BATCHES_MAX or not room:
                 continue  # next request to that broker, or after the answers of those in flight
             take: list[BatchState] = []
             size = 0
-            while q and frames[endpoint] < REQUEST_BATCHES_MAX and len(take) < room:
+            while q and frames[endpoint] < REQUEST_BATCHES_MAX and len(take) < room and (not again or q[0] in again):
                 data = self._pack(q[0], tp)
                 # one producer id per partition in a request: a batch kept under an id since
                 # reset (it may be in a log) goes alone, before any batch of the new id (which
@@ -369,7 +387,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
                 take.append(b)
                 size += len(data)
                 frames[endpoint] += 1
-            self._flights.sent(tp, endpoint, now, epoch, len(take))
+            self._flights.sent(tp, endpoint, now, epoch, len(take), take[0].numbered_in)
             by_broker[endpoint].append((tp, take))
         for endpoint, groups in by_broker.items():
             self._send_request(endpoint, groups)

@@ -5,8 +5,11 @@ Up to ``max_in_flight`` PRODUCE requests of one partition may be in flight at on
 leaves at once instead of waiting out a round trip. The rules that keep a partition's records
 in order and each written once with more than one request in flight:
 
-- A partition's requests in flight all go to one broker at one leader epoch: a request goes to
-  a new leader only once every request to the old one is answered.
+- A partition's requests in flight all go to one broker at one leader epoch, their batches
+  numbered under one producer id: a request goes to a new leader, or with batches numbered
+  under the id that follows a reset, only once every request in flight is answered (a batch
+  of the old id refused before its write is numbered again under the new one: it must be
+  numbered before any batch behind it).
 - The batches of a partition in flight, over all its requests, are at most
   ``PARTITION_BATCHES_MAX`` -- as many as a broker remembers per producer to recognise a retry
   (nodes/broker/producers.py), so the retries of every request in flight are all recognised.
@@ -19,9 +22,19 @@ in order and each written once with more than one request in flight:
   answered, and the batches each answer puts back go behind those an earlier answer put back
   (``requeue_at``). A batch sent behind one that was not written is refused out of order by the
   broker (never written ahead of it: see ``follows`` below), and goes again in its place.
-- A batch written while an earlier one of its partition goes again (its answer lost, or refused
-  after its write) completes only once every earlier one has (``awaiting``, ``deferred``): a
-  partition's acknowledgements reach the application in the order its records were sent.
+- Batches put back to go again (``awaiting``) go before any batch sent for the first time,
+  and alone: no new batch of the partition goes while one of them is queued or in flight
+  (with one request in flight, a retry's request starts with them, as before). A
+  broker recognises a retry among its producer's last ``batches_max`` batches; a new batch
+  written behind a retry whose answer is lost too would push the batch out of that memory
+  (its next retry refused as an old duplicate, failed though written).
+- A producer without idempotence keeps one request per partition in flight (the sender makes
+  its ``Flights`` so): with no sequences, a broker cannot refuse a batch that overtakes an
+  earlier one refused before its write.
+- A batch written, or failed for good, while an earlier one of its partition goes again (its
+  answer lost, or refused after its write) completes only once every earlier one has
+  (``awaiting``, ``deferred``): a partition's delivery callbacks, failures too, run in the
+  order its records were sent.
 - A batch sent behind another of its partition not yet answered (in an earlier request in
   flight, or earlier in the same request) is marked ``follows`` on the wire: a broker that does
   not know the producer then refuses it out of order instead of taking it at any sequence (it
@@ -49,6 +62,7 @@ class Flight:
     sent_ms: int
     leader_epoch: int
     batches: int  # of this partition in the request
+    numbered_in: int  # the producer-id generation its batches are numbered in
 
 
 class Answer:
@@ -73,8 +87,9 @@ class Flights:
         self.retrying: set[TopicPartition] = set()   # an answer sent batches again (later ones follow)
         self.dead: set[TopicPartition] = set()       # an answer failed a numbered batch for good
         self._requeued: dict[TopicPartition, int] = defaultdict(int)  # batches put back while held
-        # batches put back to go again, not yet finished; and the batches written after them,
-        # with their base offsets, to complete (in this order) once those have
+        # batches put back to go again, not yet finished; and the batches answered after them,
+        # as (position, batch, base offset, error or None), to complete in this order once
+        # those have
         self.awaiting: dict[TopicPartition, set] = defaultdict(set)
         self.deferred: dict[TopicPartition, list] = defaultdict(list)
 
@@ -94,15 +109,19 @@ class Flights:
         """The partitions that cannot take another request now (their open batches keep filling)."""
         return {tp for tp in self._of if not self.can_take(tp)}
 
-    def room(self, tp: TopicPartition, endpoint: str, leader_epoch: int) -> int:
-        """How many batches of ``tp`` a request to ``endpoint`` (the leader at ``leader_epoch``)
-        may carry now: 0 while it cannot go (held, as many requests in flight as allowed, or
-        those in flight went to another leader or epoch)."""
+    def room(self, tp: TopicPartition, endpoint: str, leader_epoch: int, numbered_in: int) -> int:
+        """How many batches of ``tp`` a request to ``endpoint`` (the leader at ``leader_epoch``),
+        numbered in producer-id generation ``numbered_in``, may carry now: 0 while it cannot go
+        (held, as many requests in flight as allowed, or those in flight went to another leader
+        or epoch, or are numbered under another producer id: a batch of the old id refused
+        before its write is numbered again under the new one, after the batches sent meanwhile
+        -- behind them in sequence, ahead of them in the queue)."""
         flights = self._of.get(tp)
         if flights is None:
             return self.batches_max
         last = flights[-1]
-        if not self.can_take(tp) or last.endpoint != endpoint or last.leader_epoch != leader_epoch:
+        if not self.can_take(tp) or last.endpoint != endpoint or last.leader_epoch != leader_epoch \
+                or last.numbered_in != numbered_in:
             return 0
         return self.batches_max - self._batches[tp]
 
@@ -120,11 +139,12 @@ class Flights:
                 yield tp, f
 
     # -- sending and answers ---------------------------------------------------------------------
-    def sent(self, tp: TopicPartition, endpoint: str, now_ms: int, leader_epoch: int, batches: int) -> None:
+    def sent(self, tp: TopicPartition, endpoint: str, now_ms: int, leader_epoch: int, batches: int,
+             numbered_in: int) -> None:
         flights = self._of.get(tp)
         if flights is None:
             flights = self._of[tp] = deque()
-        flights.append(Flight(endpoint, now_ms, leader_epoch, batches))
+        flights.append(Flight(endpoint, now_ms, leader_epoch, batches, numbered_in))
         self._batches[tp] += batches
 
     def expect(self, endpoint: str, request: Any) -> Answer:
@@ -160,9 +180,10 @@ class Flights:
             self._requeued.pop(tp, None)
 
     def defers(self, tp: TopicPartition, batch: Any, behind_retry: bool) -> bool:
-        """``batch`` of ``tp`` was written: True if its completion waits (``deferred``) for an
-        earlier batch that goes again -- one ``awaiting`` (by ``position``: the order of first
-        sends), or (``behind_retry``) one the answer being read puts back."""
+        """``batch`` of ``tp`` was written or failed for good: True if its completion waits
+        (``deferred``) for an earlier batch that goes again -- one ``awaiting`` (by
+        ``position``: the order of first sends), or (``behind_retry``) one the answer being
+        read puts back."""
         waiting = self.awaiting.get(tp)
         if waiting:
             waiting.discard(batch)
@@ -170,7 +191,7 @@ class Flights:
 
     def finished(self, tp: TopicPartition, batch: Any) -> list:
         """``batch`` of ``tp`` is finished: the deferred completions no batch ``awaiting`` is
-        earlier than any more, as (batch, base offset) in order, to finish now."""
+        earlier than any more, as (batch, base offset, error or None) in order, to complete now."""
         waiting = self.awaiting.get(tp)
         if waiting is not None:
             waiting.discard(batch)
@@ -185,7 +206,7 @@ class Flights:
         out, deferred[:] = deferred[:n], deferred[n:]
         if not deferred:
             del self.deferred[tp]
-        return [(b, offset) for _, b, offset in out]
+        return [(b, offset, error) for _, b, offset, error in out]
 
     def requeue_at(self, tp: TopicPartition, count: int) -> int:
         """Where in ``tp``'s queue ``count`` batches an answer sends again go: behind those that

@@ -99,7 +99,7 @@ class SenderReplies:
                 self.errors[P.error_name(code)] += 1
             if error is None:  # a recognised retry also answers 0, with its offset
                 if flights.defers(tp, b, bool(retry.get(tp))):
-                    flights.deferred[tp].append((b.position, b, base))  # after the earlier batches that go again
+                    flights.deferred[tp].append((b.position, b, base, None))  # after the earlier batches that go again
                 else:
                     self._finish(b, base, None)
             elif (tp in dead and not b.possibly_written and not written_after[i]
@@ -132,7 +132,14 @@ class SenderReplies:
                     dead.add(tp)
                 if b.possibly_written and isinstance(error, RemoteError):  # the broker's words do not say so
                     error = RemoteError(code, error.message + MAY_HAVE_BEEN_WRITTEN)
-                self._finish(b, -1, error)
+                if flights.defers(tp, b, bool(retry.get(tp))):
+                    # behind a batch that goes again: its producer id goes now (later batches
+                    # are numbered under the next), its future after that batch's
+                    if b.sequence >= 0 and not self._stopping:
+                        self._reset_producer_id()
+                    flights.deferred[tp].append((b.position, b, -1, error))
+                else:
+                    self._finish(b, -1, error)
         for tp, bs in retry.items():
             # behind what answers read before this one put back (earlier sequences), ahead of
             # the batches not yet sent; the partition sends nothing until its requests in
@@ -171,13 +178,18 @@ class SenderReplies:
     def _finish(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
         if error is not None and b.sequence >= 0 and not self._stopping:
             self._reset_producer_id()
+        self._complete(b, base_offset, error)
+
+    def _complete(self, b: BatchState, base_offset: int, error: Exception | None) -> None:
+        """``b``'s future, then those of the later batches of its partition that waited for it
+        (``Flights.deferred``: their producer id, if they failed, was reset then)."""
         b.complete(base_offset, error)
         if b.parent is None:
             self.batches.release(b)
         elif b.parent.complete_from_pieces():  # the last piece of a split batch
             self.batches.release(b.parent)
-        for later, offset in self._flights.finished((b.topic, b.partition), b):
-            self._finish(later, offset, None)
+        for later, offset, later_error in self._flights.finished((b.topic, b.partition), b):
+            self._complete(later, offset, later_error)
 
     def _reset_producer_id(self) -> None:
         """A numbered batch failed for good: the broker still expects its sequence, so every

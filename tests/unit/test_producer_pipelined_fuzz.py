@@ -6,8 +6,10 @@ splits it), or lost with their connection; answers come back in any order,
 or never (a timeout); the leader forgets its producers (an LRU eviction); batches run out of
 delivery time while others of their partition are still retried. After each run, per
 partition: no record twice in the log, none out of order, every future done, every
-acknowledged record in the log at the offset its future gives (and acknowledged in the order
-sent), and every record that failed but is in the log failed saying it may have been written."""
+acknowledged record in the log at the offset its future gives (and every future completed in
+the order sent), every record that failed but is in the log failed saying it may have been
+written -- and no batch ever refused as an old duplicate (numbered out of order, or a retry the
+broker no longer remembers)."""
 
 from __future__ import annotations
 
@@ -40,9 +42,11 @@ class Broker:
     def pending(self) -> list[int]:
         return [i for i in self._produces() if i >= self.arrived and i not in self.dropped]
 
-    def arrive(self, refuse: int | None = None) -> bool:
+    def arrive(self, refuse: int | None = None, invalid: int | None = None) -> bool:
         """The oldest request on its way reaches the broker: written part by part as the
-        partition judges it, or (``refuse``, an error code) refused whole before any write."""
+        partition judges it, or (``refuse``, an error code) refused whole before any write.
+        ``invalid``: the part of that index (if any) is refused for good (invalid_record)
+        before the others are judged."""
         todo = self.pending()
         if not todo:
             return False
@@ -50,14 +54,48 @@ class Broker:
         self.arrived = i + 1
         _, header, payloads, _ = self.rig.clients[self.endpoint].sent[i]
         results = []
-        for (topic, _p, _e, flags), data in zip(header["parts"], payloads):
+        for j, ((topic, _p, _e, flags), data) in enumerate(zip(header["parts"], payloads)):
             if refuse is not None:
                 results.append([-1, refuse, "refused"])
+                continue
+            if j == invalid:
+                results.append([-1, P.INVALID_RECORD, "invalid"])
                 continue
             r, _ = self.rig.parts[topic].append_as_leader([data], self.rig.limit[topic], [flags])
             results.append(list(r[0]))
         self.held[i] = ({"results": results}, None)
         return True
+
+    def arrive_together(self) -> bool:
+        """Every request on its way reaches the broker in one reactor pass: each partition's
+        batches of them all appended in one call (the broker's group commit)."""
+        todo = self.pending()
+        if not todo:
+            return False
+        self.arrived = todo[-1] + 1
+        c = self.rig.clients[self.endpoint]
+        inputs: dict[str, list[tuple[int, int, bytes, int]]] = {}
+        for i in todo:
+            _, header, payloads, _ = c.sent[i]
+            for j, ((topic, _p, _e, flags), data) in enumerate(zip(header["parts"], payloads)):
+                inputs.setdefault(topic, []).append((i, j, data, flags))
+        results: dict[int, dict[int, list]] = {i: {} for i in todo}
+        for topic, items in inputs.items():
+            out, _ = self.rig.parts[topic].append_as_leader([d for _, _, d, _ in items], self.rig.limit[topic],
+                                                           [f for _, _, _, f in items])
+            for (i, j, _, _), r in zip(items, out):
+                results[i][j] = list(r)
+        for i in todo:
+            self.held[i] = ({"results": [results[i][j] for j in sorted(results[i])]}, None)
+        return True
+
+    def restart(self) -> None:
+        """The broker's process restarts (the leader again, at the next leader epoch): what
+        had not arrived is lost with the old process, whose requests are never answered; the
+        client learns it from fresh metadata and fails them (``_reroute_in_flight``)."""
+        self.dropped.update(self.pending())
+        self.held.clear()
+        self.rig.bump_epoch(self.topic)
 
     def answer(self, rnd: random.Random) -> bool:
         """One arrived request, picked at random, is answered."""
@@ -90,6 +128,10 @@ class Broker:
                 self._answer(i, None, RequestTimeout("connection lost"))
 
     def _answer(self, i: int, header: dict | None, err: object) -> None:
+        # the client never sends a batch numbered behind what the partition took of its
+        # producer unless as a retry the partition still remembers: an old duplicate is a batch
+        # numbered out of queue order, or a retry pushed out of the broker's memory
+        assert header is None or all(r[1] != P.DUPLICATE_SEQUENCE for r in header["results"]), header
         c = self.rig.clients[self.endpoint]
         if i in c.unanswered:
             c.unanswered.remove(i)
@@ -102,7 +144,7 @@ def _forget_producers(rig: SplitRig, topic: str) -> None:
     table.forgot_producers = True
 
 
-def _run(seed: int, max_in_flight: int) -> None:
+def _run(seed: int, max_in_flight: int, more_faults: bool = False) -> None:
     rnd = random.Random(seed)
     rig = SplitRig(batch_records_max=rnd.choice([2, 3, 10]), delivery_timeout_ms=rnd.choice([300, 1000, 100_000]),
                    max_in_flight=max_in_flight)
@@ -110,9 +152,11 @@ def _run(seed: int, max_in_flight: int) -> None:
     sent: dict[str, list[bytes]] = {"t": [], "u": []}
     futs: dict[str, list] = {"t": [], "u": []}
     acked: dict[str, list[bytes]] = {"t": [], "u": []}  # in the order the futures said written
+    completed: dict[str, list[bytes]] = {"t": [], "u": []}  # in the order the callbacks ran, failures too
 
     def on_done(topic: str, value: bytes):  # noqa: ANN202
         def done(_md: object, err: object) -> None:
+            completed[topic].append(value)
             if err is None:
                 acked[topic].append(value)
         return done
@@ -148,6 +192,12 @@ def _run(seed: int, max_in_flight: int) -> None:
                 b.drop_connection()
             elif act < 0.8:
                 _forget_producers(rig, b.topic)
+            elif more_faults and act < 0.85:
+                b.arrive_together()
+            elif more_faults and act < 0.88:
+                b.arrive(invalid=rnd.randint(0, 3))
+            elif more_faults and act < 0.9:
+                b.restart()
     rig.limit["t"] = BIG
     rig.flush_batches()
     for _ in range(400):
@@ -167,6 +217,8 @@ def _run(seed: int, max_in_flight: int) -> None:
         order = {v: i for i, v in enumerate(sent[topic])}
         acked_idx = [order[v] for v in acked[topic]]
         assert acked_idx == sorted(acked_idx), ("acknowledged out of order", topic, acked_idx)
+        done_idx = [order[v] for v in completed[topic]]
+        assert done_idx == sorted(done_idx), ("completed out of order", topic, done_idx)
     assert most_in_flight <= max_in_flight  # (one partition per broker)
 
 
@@ -178,3 +230,10 @@ def test_pipelined_requests_lose_duplicate_reorder_or_misreport_nothing(seed: in
 @pytest.mark.parametrize("seed", range(40))
 def test_one_request_in_flight_against_the_same_faults(seed: int) -> None:
     _run(seed, max_in_flight=1)
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_pipelined_requests_through_group_commits_invalid_batches_and_leader_restarts(seed: int) -> None:
+    """As above, and: requests read in one pass of the broker (one append per partition), a
+    batch refused for good (its producer id reset), the leader restarted at a new epoch."""
+    _run(seed, max_in_flight=2 if seed % 3 else 5, more_faults=True)

@@ -29,12 +29,12 @@ L1, L2 = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
 BIG = 1 << 20
 
 
-def md() -> ClusterMetadata:
+def md(version: int = 1, epochs: tuple[int, int] = (3, 3)) -> ClusterMetadata:
     return ClusterMetadata.from_wire({
-        "version": 1, "cluster": "c", "coordinator": COORDINATOR,
+        "version": version, "cluster": "c", "coordinator": COORDINATOR,
         "brokers": [[1, "127.0.0.1", 1, 101, True], [2, "127.0.0.1", 2, 102, True]],
-        "topics": {"t": {"configs": {}, "partitions": [[1, 3, [1], [1]]]},
-                   "u": {"configs": {}, "partitions": [[2, 3, [2], [2]]]}}})
+        "topics": {"t": {"configs": {}, "partitions": [[1, epochs[0], [1], [1]]]},
+                   "u": {"configs": {}, "partitions": [[2, epochs[1], [2], [2]]]}}})
 
 
 class SplitRig:
@@ -43,8 +43,9 @@ class SplitRig:
         self.reactor = FakeReactor(self.clock)
         self.acc = RecordAccumulator(AccumulatorSettings(linger_ms=0, batch_records_max=batch_records_max),
                                      self.clock, wake=lambda: None)
-        mc = MetadataCache(wake=lambda: None)
+        mc = self.metadata = MetadataCache(wake=lambda: None)
         mc.update(md())
+        self.epochs = {"t": 3, "u": 3}
         self.clients: dict[str, RecordingClient] = {}
         s = dict(acks=-1, idempotent=True, delivery_timeout_ms=100_000, request_timeout_ms=1000)
         s.update(sender)
@@ -58,6 +59,14 @@ class SplitRig:
             self.parts[topic] = p
         self.limit = {"t": BIG, "u": BIG}
         self.next_pid = 7
+
+    def bump_epoch(self, topic: str) -> None:
+        """Fresh metadata: ``topic``'s leader at its next epoch (restarted); the sender fails
+        what it has in flight to it."""
+        self.epochs[topic] += 1
+        self.parts[topic].become_leader(self.epochs[topic], [1], [1], now_ms=0)
+        if self.metadata.update(md(self.metadata.current.version + 1, (self.epochs["t"], self.epochs["u"]))):
+            self.sender._reroute_in_flight()
 
     def send(self, topic: str, value: bytes, **kw: Any) -> Any:
         return self.acc.append(topic, 0, TS, None, value, None, len(value) + 20, **kw)
