@@ -37,7 +37,6 @@ import json
 import multiprocessing
 import os
 import pstats
-import signal
 import statistics
 import tempfile
 import time

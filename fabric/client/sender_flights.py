@@ -103,7 +103,7 @@ class Flights:
         thread: read without a lock)."""
         flights = self._of.get(tp)
         return flights is None or (len(flights) < self.max_in_flight and tp not in self.held
-                                   and self._batches[tp] < self.batches_max)
+                                   and self._batches.get(tp, 0) < self.batches_max)  # (no entry made)
 
     def busy(self) -> set[TopicPartition]:
         """The partitions that cannot take another request now (their open batches keep filling)."""
