@@ -267,8 +267,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             self._init_producer_id()
         # a partition that cannot take another request now (or has batches waiting) takes no
         # lingering batch: its open batch fills meanwhile
-        busy = self._flights.busy() | {tp for tp, q in self._queues.items() if q}
-        for b in self.batches.take_ready(now, busy):
+        for b in self.batches.take_ready(now, self._flights.busy(self._queues)):
             if not b.record_count:  # opened by an append a signal's exception cut before its record went in
                 self._finish(b, -1, None)
                 continue

@@ -75,6 +75,18 @@ class Answer:
         self.reply: Any = None  # None until answered
 
 
+class Busy:
+    """``Flights.busy``: a container of partitions, answered when asked."""
+
+    __slots__ = ("_flights", "_queues")
+
+    def __init__(self, flights: "Flights", queues: dict[TopicPartition, Any]) -> None:
+        self._flights, self._queues = flights, queues
+
+    def __contains__(self, tp: object) -> bool:
+        return bool(self._queues.get(tp)) or (tp in self._flights and not self._flights.can_take(tp))  # type: ignore[arg-type]
+
+
 class Flights:
     def __init__(self, max_in_flight: int, batches_max: int) -> None:
         assert max_in_flight >= 1 and batches_max >= 1
@@ -105,9 +117,11 @@ class Flights:
         return flights is None or (len(flights) < self.max_in_flight and tp not in self.held
                                    and self._batches.get(tp, 0) < self.batches_max)  # (no entry made)
 
-    def busy(self) -> set[TopicPartition]:
-        """The partitions that cannot take another request now (their open batches keep filling)."""
-        return {tp for tp in self._of if not self.can_take(tp)}
+    def busy(self, queues: dict[TopicPartition, Any]) -> "Busy":
+        """The partitions that cannot take another request now, or have batches ``queues``
+        waiting (their open batches keep filling): asked per open batch, never listed (a pass
+        of a producer with a thousand partitions in flight would build the set every time)."""
+        return Busy(self, queues)
 
     def room(self, tp: TopicPartition, endpoint: str, leader_epoch: int, numbered_in: int) -> int:
         """How many batches of ``tp`` a request to ``endpoint`` (the leader at ``leader_epoch``),
