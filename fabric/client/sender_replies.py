@@ -70,15 +70,7 @@ class SenderReplies:
             results, err = [], RemoteError(P.UNKNOWN, str(e))
         mark("sender.decoded")  # before the futures complete: the application's thread may run first
         retry: dict[tuple[str, int], list] = defaultdict(list)
-        # a batch behind which a later one of its partition (in this request) was written is not
-        # sent again in pieces: they would land after it, out of order
-        written_after = [False] * len(batches)
-        written: set[tuple[str, int]] = set()
-        for i in range(min(len(batches), len(results)) - 1, -1, -1):
-            tp = (batches[i].topic, batches[i].partition)
-            written_after[i] = tp in written
-            if results[i].base_offset >= 0 or not results[i].error:
-                written.add(tp)
+        written_after = _written_after(batches, results)
         # a numbered batch of the partition failed for good here, or in an answer read before
         # this one while this request was in flight
         dead: set[tuple[str, int]] = {tp for tp, _ in groups if tp in flights.dead}
@@ -98,17 +90,13 @@ class SenderReplies:
             if code:
                 self.errors[P.error_name(code)] += 1
             if error is None:  # a recognised retry also answers 0, with its offset
-                if flights.defers(tp, b, bool(retry.get(tp))):
-                    flights.deferred[tp].append((b.position, b, base, None))  # after the earlier batches that go again
-                else:
-                    self._finish(b, base, None)
+                self._done(tp, b, base, None, bool(retry.get(tp)))
             elif (tp in dead and not b.possibly_written and not written_after[i]
                   and (code == P.OUT_OF_ORDER_SEQUENCE or (code == P.RECORD_TOO_LARGE and b.record_count > 1))):
                 # not written: a gap behind a batch of its partition that failed for good, under
                 # a producer id that is gone (_finish reset it); numbered again under the next one
                 if code == P.RECORD_TOO_LARGE:
                     self.metadata_cache.want_refresh()
-                if code == P.RECORD_TOO_LARGE:
                     flights.awaiting[tp].discard(b)  # its pieces go in its place
                 retry[tp] += self._split(b) if code == P.RECORD_TOO_LARGE else [b]  # _pack numbers them
             elif (code in P.RETRIABLE or header is None
@@ -132,14 +120,25 @@ class SenderReplies:
                     dead.add(tp)
                 if b.possibly_written and isinstance(error, RemoteError):  # the broker's words do not say so
                     error = RemoteError(code, error.message + MAY_HAVE_BEEN_WRITTEN)
-                if flights.defers(tp, b, bool(retry.get(tp))):
-                    # behind a batch that goes again: its producer id goes now (later batches
-                    # are numbered under the next), its future after that batch's
-                    if b.sequence >= 0 and not self._stopping:
-                        self._reset_producer_id()
-                    flights.deferred[tp].append((b.position, b, -1, error))
-                else:
-                    self._finish(b, -1, error)
+                self._done(tp, b, -1, error, bool(retry.get(tp)))
+        self._put_back(groups, retry, dead)
+
+    def _done(self, tp: tuple[str, int], b: BatchState, base_offset: int, error: Exception | None,
+              behind_retry: bool) -> None:
+        """``b`` is finished -- written at ``base_offset``, or failed for good with ``error`` --:
+        its future completes now, or, behind a batch of its partition that goes again
+        (``behind_retry``: one the answer being read puts back), after that batch's."""
+        if not self._flights.defers(tp, b, behind_retry):
+            self._finish(b, base_offset, error)
+            return
+        if error is not None and b.sequence >= 0 and not self._stopping:
+            self._reset_producer_id()  # its producer id goes now: later batches are numbered under the next
+        self._flights.deferred[tp].append((b.position, b, base_offset, error))
+
+    def _put_back(self, groups: list, retry: dict[tuple[str, int], list], dead: set[tuple[str, int]]) -> None:
+        """The batches an answer sends again go back to their queues; what the answer says of
+        its partitions is noted (``Flights``)."""
+        flights = self._flights
         for tp, bs in retry.items():
             # behind what answers read before this one put back (earlier sequences), ahead of
             # the batches not yet sent; the partition sends nothing until its requests in
@@ -238,3 +237,16 @@ def _end_error(b: BatchState, error: Exception | None) -> Exception:
     maybe = FabricError(f"{error}{MAY_HAVE_BEEN_WRITTEN}")
     maybe.__cause__ = error.__cause__
     return maybe
+
+
+def _written_after(batches: list[BatchState], results: list) -> list[bool]:
+    """Per batch: a later one of its partition in the same request was written. Such a batch
+    is not sent again in pieces: they would land after it, out of order."""
+    after = [False] * len(batches)
+    written: set[tuple[str, int]] = set()
+    for i in range(min(len(batches), len(results)) - 1, -1, -1):
+        tp = (batches[i].topic, batches[i].partition)
+        after[i] = tp in written
+        if results[i].base_offset >= 0 or not results[i].error:
+            written.add(tp)
+    return after
