@@ -4,8 +4,9 @@ leaders, handles replies and retries, and keeps the metadata cache fresh.
 Per partition, up to ``max_in_flight`` PRODUCE requests are in flight, to one leader; each
 carries the batches queued for the partition when it left (in sequence order), and batches for
 all partitions led by one broker share one request. How order and exactly-once writes hold with
-more than one in flight, and the order answers are read in: ``fabric.client.sender_flights``. A retriable failure puts the batches back at the head of their queue, so order and
-sequence numbers hold across retries. A partition that fresh metadata shows gone from its
+more than one in flight, and the order answers are read in: ``fabric.client.sender_flights``.
+A retriable failure puts the batches back at the head of their queue, so order and sequence
+numbers hold across retries. A partition that fresh metadata shows gone from its
 topic (deleted and re-created with fewer partitions) is no retriable condition: its batches fail
 at once with unknown_topic_or_partition. A topic missing from the metadata altogether is waited
 for (it may be being made again), up to the delivery timeout. A partition that a send on this
