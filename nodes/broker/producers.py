@@ -24,7 +24,10 @@ an earlier send of the batch may have been written (it got no answer for it, or 
 base offset: a write refused after the fact). Such a retry may already be in the log, where
 the table can no longer see it: it is refused with unknown_producer_id (written neither twice
 nor silently), and the client fails the batch. A batch no broker can have written (a first
-send, or every earlier send refused before any write) is taken as before.
+send, or every earlier send refused before any write) is taken as before. And a batch the
+client says ``follows`` another of its partition it has had no answer for (P.PART_FOLLOWS)
+is refused out of order: that one was not written here (the table would know the producer),
+and this one must not be written ahead of it (fabric/client/sender_flights.py).
 """
 
 from __future__ import annotations
