@@ -30,14 +30,16 @@ an append last looked up (``_last``) holds room; every other locked section give
 (``_settle``), so that what they read counts records only. No room is granted while an append
 waits for space.
 
-A partition with a request in flight keeps its open batch filling (``take_ready``'s ``busy``).
-With ``linger_ms`` 0 a batch opened on an idle partition (nothing in flight or queued: the
-``idle`` callable, the sender's view) wakes the sender at once, so a record sent after a pause
-leaves now and not at the sender's next tick (up to a millisecond later: half the time of an
-RF 1 round trip here). A busy partition's batch does not wake it: the request in flight is
-answered first, so this sends no more requests than one per round trip per partition. (Waking
-it for every batch that opened sent more, smaller requests, whose cost on the brokers outweighed
-the half millisecond on a loaded machine.)
+A partition that cannot take another request now (as many in flight as the producer's
+``max_in_flight``, or held: fabric/client/sender_flights.py) keeps its open batch filling
+(``take_ready``'s ``busy``). With ``linger_ms`` 0 a batch opened on an idle partition (room
+for a request and nothing queued: the ``idle`` callable, the sender's view) wakes the sender at
+once, so a record sent after a pause, or while one request is on its way, leaves now and not at
+the sender's next tick (up to a millisecond later: half the time of an RF 1 round trip here). A
+busy partition's batch does not wake it: a request in flight is answered first, so this sends
+no more than ``max_in_flight`` requests per round trip per partition. (Waking it for every
+batch that opened sent more, smaller requests, whose cost on the brokers outweighed the half
+millisecond on a loaded machine.)
 
 Thread-safety: every method is thread-safe (one lock; ``append`` may block only for space).
 """
