@@ -10,6 +10,7 @@ may have been written."""
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 import pytest
 
@@ -76,18 +77,26 @@ def _run(seed: int) -> None:
             else:
                 rig.clients[ep].answer_last(P.PRODUCE, None, err=RequestTimeout("no reply"))
     rig.flush_batches()
-    for _ in range(300):
-        rig.clock.advance(100)
+
+    def deliver_all() -> bool:
+        pending = [ep for ep, _ in ENDPOINTS if rig.unanswered(ep, P.PRODUCE)]
+        for ep in pending:
+            rig.deliver(ep)
+        return bool(pending)
+    settle(rig, futs, deliver_all, step_ms=100, rounds=300)
+    check_outcomes(rig, sent, futs)
+
+
+def settle(rig: SplitRig, futs: dict[str, list], answer: Callable[[], bool], step_ms: int, rounds: int) -> None:
+    """Time passes in ``step_ms`` steps (retries, timeouts), the producer id is granted and
+    ``answer`` answers what is on its way (True: it did something), until every future is done
+    and nothing is left to answer, or ``rounds`` steps."""
+    for _ in range(rounds):
+        rig.clock.advance(step_ms)
         rig.reactor.run_due()
         rig.grant_pid()
-        busy = False
-        for ep, _ in ENDPOINTS:
-            if rig.unanswered(ep, P.PRODUCE):
-                rig.deliver(ep)
-                busy = True
-        if not busy and all(f.done() for fs in futs.values() for f in fs):
-            break
-    check_outcomes(rig, sent, futs)
+        if not answer() and all(f.done() for fs in futs.values() for f in fs):
+            return
 
 
 def check_outcomes(rig: SplitRig, sent: dict[str, list[bytes]], futs: dict[str, list]) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.errors import RequestTimeout
-from tests.unit.test_producer_failure_paths_fuzz import check_outcomes
+from tests.unit.test_producer_failure_paths_fuzz import check_outcomes, settle
 from tests.unit.test_producer_split_against_a_partition import BIG, L1, L2, SplitRig
 
 ENDPOINTS = ((L1, "t"), (L2, "u"))
@@ -200,18 +200,16 @@ def _run(seed: int, max_in_flight: int, more_faults: bool = False) -> None:
                 b.restart()
     rig.limit["t"] = BIG
     rig.flush_batches()
-    for _ in range(400):
-        rig.clock.advance(60)
-        rig.reactor.run_due()
-        rig.grant_pid()
+
+    def answer_all() -> bool:
         busy = False
         for b in brokers:
             while b.arrive():
                 busy = True
             while b.answer(rnd):
                 busy = True
-        if not busy and all(f.done() for fs in futs.values() for f in fs):
-            break
+        return busy
+    settle(rig, futs, answer_all, step_ms=60, rounds=400)
     check_outcomes(rig, sent, futs)
     for topic in "tu":
         order = {v: i for i, v in enumerate(sent[topic])}
