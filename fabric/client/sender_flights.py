@@ -93,12 +93,12 @@ class Flights:
         self.max_in_flight = max_in_flight
         self.batches_max = batches_max
         self._of: dict[TopicPartition, deque[Flight]] = {}      # oldest first; absent: none in flight
-        self._batches: dict[TopicPartition, int] = defaultdict(int)
         self._answers: dict[str, deque[Answer]] = defaultdict(deque)  # per broker, in sending order
-        self.held: set[TopicPartition] = set()       # no request until every one in flight is answered
-        self.retrying: set[TopicPartition] = set()   # an answer sent batches again (later ones follow)
-        self.dead: set[TopicPartition] = set()       # an answer failed a numbered batch for good
-        self._requeued: dict[TopicPartition, int] = defaultdict(int)  # batches put back while held
+        # since a partition's requests in flight began: batches its answers put back (``retrying``),
+        # and the partitions an answer failed a numbered batch of for good; either holds the
+        # partition (``held``) until every request in flight is answered (``settle``)
+        self._requeued: dict[TopicPartition, int] = defaultdict(int)
+        self.dead: set[TopicPartition] = set()
         # batches put back to go again, not yet finished; and the batches answered after them,
         # as (position, batch, base offset, error or None), to complete in this order once
         # those have
@@ -110,12 +110,20 @@ class Flights:
         """A request of ``tp`` is in flight."""
         return tp in self._of
 
+    def retrying(self, tp: TopicPartition) -> bool:
+        """An answer read while ``tp``'s requests are in flight sent batches of it again."""
+        return tp in self._requeued
+
+    def held(self, tp: TopicPartition) -> bool:
+        """No request of ``tp`` goes until every one in flight is answered."""
+        return tp in self._requeued or tp in self.dead
+
     def can_take(self, tp: TopicPartition) -> bool:
         """Another request of ``tp`` could go now, as far as its requests in flight say (any
         thread: read without a lock)."""
         flights = self._of.get(tp)
-        return flights is None or (len(flights) < self.max_in_flight and tp not in self.held
-                                   and self._batches.get(tp, 0) < self.batches_max)  # (no entry made)
+        return flights is None or (len(flights) < self.max_in_flight and not self.held(tp)
+                                   and _batches(flights) < self.batches_max)
 
     def busy(self, queues: dict[TopicPartition, Any]) -> "Busy":
         """The partitions that cannot take another request now, or have batches ``queues``
@@ -137,7 +145,7 @@ class Flights:
         if not self.can_take(tp) or last.endpoint != endpoint or last.leader_epoch != leader_epoch \
                 or last.numbered_in != numbered_in:
             return 0
-        return self.batches_max - self._batches[tp]
+        return self.batches_max - _batches(flights)
 
     def follows(self, tp: TopicPartition) -> bool:
         """The request just ``sent`` for ``tp`` follows another of it in flight."""
@@ -159,7 +167,6 @@ class Flights:
         if flights is None:
             flights = self._of[tp] = deque()
         flights.append(Flight(endpoint, now_ms, leader_epoch, batches, numbered_in))
-        self._batches[tp] += batches
 
     def expect(self, endpoint: str, request: Any) -> Answer:
         """A request to ``endpoint`` is going out: its answer is read after those sent before it."""
@@ -179,17 +186,14 @@ class Flights:
     def landed(self, tp: TopicPartition) -> None:
         """The oldest request of ``tp`` in flight is answered (its answer about to be read)."""
         flights = self._of[tp]
-        self._batches[tp] -= flights.popleft().batches
+        flights.popleft()
         if not flights:
             del self._of[tp]
-            del self._batches[tp]
 
     def settle(self, tp: TopicPartition) -> None:
         """An answer of ``tp`` was read: with no request of it left in flight, it may go again
         (what was put back is at the head of its queue, in order)."""
         if tp not in self._of:
-            self.held.discard(tp)
-            self.retrying.discard(tp)
             self.dead.discard(tp)
             self._requeued.pop(tp, None)
 
@@ -227,5 +231,9 @@ class Flights:
         answers read before it put back (earlier sequences), ahead of every batch not yet sent."""
         at = self._requeued[tp]
         self._requeued[tp] += count
-        self.held.add(tp)
         return at
+
+
+def _batches(flights: deque[Flight]) -> int:
+    """The batches of a partition in its requests in flight (at most ``max_in_flight`` of them)."""
+    return sum(f.batches for f in flights)

@@ -100,7 +100,7 @@ class SenderReplies:
                     flights.awaiting[tp].discard(b)  # its pieces go in its place
                 retry[tp] += self._split(b) if code == P.RECORD_TOO_LARGE else [b]  # _pack numbers them
             elif (code in P.RETRIABLE or header is None
-                  or (code == P.OUT_OF_ORDER_SEQUENCE and (retry.get(tp) or tp in flights.retrying or follows[i]))):
+                  or (code == P.OUT_OF_ORDER_SEQUENCE and (retry.get(tp) or flights.retrying(tp) or follows[i]))):
                 # (out of order behind a batch sent again, or behind one not yet answered when it
                 # left: it goes again in its place)
                 retry[tp].append(b)
@@ -148,11 +148,9 @@ class SenderReplies:
             q.rotate(-at)
             q.extendleft(reversed(bs))
             q.rotate(at)
-            flights.retrying.add(tp)
             flights.awaiting[tp].update(bs)  # (positions set at their first send)
-        for tp in dead:
-            flights.dead.add(tp)
-            flights.held.add(tp)  # later batches are numbered under the next producer id only after these
+        # (held: later batches are numbered under the next producer id only after these)
+        flights.dead.update(dead)
         for tp, _ in groups:
             flights.settle(tp)
         if retry:

@@ -220,8 +220,8 @@ def _run(seed: int, max_in_flight: int, more_faults: bool = False) -> None:
     assert most_in_flight <= max_in_flight  # (one partition per broker)
     # every request answered and read: nothing of the bookkeeping is left to grow
     f = rig.sender._flights
-    leftovers = {"in flight": dict(f._of), "batches": dict(f._batches), "answers": {k: v for k, v in f._answers.items() if v},
-                 "held": f.held, "retrying": f.retrying, "dead": f.dead, "requeued": dict(f._requeued),
+    leftovers = {"in flight": dict(f._of), "answers": {k: v for k, v in f._answers.items() if v},
+                 "dead": f.dead, "requeued": dict(f._requeued),
                  "awaiting": dict(f.awaiting), "deferred": dict(f.deferred)}
     assert not any(leftovers.values()), leftovers
 
