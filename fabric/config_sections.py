@@ -259,6 +259,8 @@ class GatewayConfig(_Model):
     websockets_per_key_max: int = Field(8, ge=1, le=512)        # of those, open with one key
     ws_send_queue_max: int = Field(256, ge=1, le=100_000)       # messages queued per client
     ws_slow_client_timeout_ms: int = Field(5000, ge=10)         # queue full this long: closed
+    # a request's headers must arrive within this, its body at 64 KiB/s beyond it: else cut (408)
+    request_read_timeout_ms: int = Field(5_000, ge=100, le=3_600_000)
     rate_limit_clients_max: int = Field(10_000, ge=1)           # address buckets kept (+1 per key)
 
     @field_validator("websockets_max")

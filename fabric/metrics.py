@@ -84,6 +84,7 @@ SPECS: tuple[MetricSpec, ...] = (
     _c("loom_gateway_long_polls_shortened_total", "", (), "Long polls over the budget, answered at once without waiting"),
     _g("loom_gateway_rate_limit_clients", "", (), "Clients (addresses and keys) with a bucket in the rate limiter's table"),
     _c("loom_gateway_rate_limit_table_full_total", "", (), "New clients answered 429 because the rate limiter's table was full of buckets in use"),
+    _c("loom_gateway_requests_cut_total", "", ("phase",), "Requests cut for not arriving within gateway.request_read_timeout_ms (headers; body: 408)"),
     # -- computed by the monitor over the whole cluster ----------------------------------------------
     _g("loom_node_up", "", ("role",), "1 when the node answers (healthy or degraded), else 0"),
     _g("loom_node_health", "", ("role", "state"), "1 for the node's current health state (healthy, degraded, unresponsive, down)"),

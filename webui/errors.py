@@ -24,6 +24,7 @@ CODES: dict[int, str] = {
     40405: "consumer group not found",
     40501: "method not allowed",
     40801: "the cluster did not answer in time",
+    40802: "the request did not arrive in time (nothing of it was carried out)",
     40901: "consumer instance already exists",
     40902: "topic already exists",
     40903: "the consumer group has active members",

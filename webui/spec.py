@@ -93,7 +93,7 @@ class Op:
         if self.role:
             codes |= {40101, 40301}
         if self.body is not None:
-            codes |= {40001, 41301, 41501, 42204}
+            codes |= {40001, 40802, 41301, 41501, 42204}
         if self.query or self.path_params:
             codes |= {42206}
         if self.path_params:

@@ -29,11 +29,14 @@ from gunicorn.app.base import BaseApplication
 
 from fabric.apikeys import read_admin_key
 from fabric.config import ConfigError, LoomConfig
+from nodes.gateway.worker import GatewayWorker
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway as GatewayContext
 from webui.context import HttpRequestCounter
 from webui.spec import REQUEST_LINE_BYTES_MAX
 from webui.events import EventHub
+from webui.read_deadline import EXTENSION as READ_WATCH
+from webui.read_deadline import ReadWatch
 from webui.request_hold import RequestHold
 from webui.ws_outbox import OpenSockets
 
@@ -104,7 +107,7 @@ class Gateway:
 
     def run(self) -> None:
         options = {
-            "bind": self.binds(), "workers": 1, "worker_class": "gthread",
+            "bind": self.binds(), "workers": 1, "worker_class": GatewayWorker,  # gthread, reads watched
             "threads": self.config.gateway.worker_threads, "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "timeout": WORKER_TIMEOUT_S, "keepalive": KEEPALIVE_S, "proc_name": f"loom-{self.name}",
             "accesslog": None, "errorlog": "-", "loglevel": "info", "preload_app": False,
@@ -137,9 +140,13 @@ class Gateway:
                              http_requests=http_requests, broker_storage=broker_storage(self.config),
                              on_bug=stop_worker, hold=hold)
         app = create_app(ctx)
+        watch = ReadWatch(self.config.gateway.request_read_timeout_ms / 1000)
+        app.wsgi_app = watch.wrap(app.wsgi_app)  # outermost: a request without a body is let go before any hold
+        app.extensions[READ_WATCH] = watch  # for the worker (nodes/gateway/worker.py)
         self.websockets = ctx.websockets
         self.control.metrics.add_collector(ctx.long_polls.samples)
         self.control.metrics.add_collector(limiter.samples)
+        self.control.metrics.add_collector(watch.samples)
         self.control.start()
         threading.Thread(target=reclaim_instances, args=(agent,), name="loom-reclaim-instances", daemon=True).start()
         return app

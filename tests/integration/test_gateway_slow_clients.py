@@ -1,0 +1,135 @@
+"""Clients that stop sending in the middle of a request, against a real gateway
+(webui/read_deadline.py, nodes/gateway/worker.py). Each such request used to hold one of the
+gateway's request threads until its client closed the connection: as many as there are
+threads (8 here) and the gateway stopped answering anything, ``/health/live`` included, so the
+monitor restarted it. Now each is cut at ``gateway.request_read_timeout_ms`` (1 s here): a body
+that stopped coming is answered 408 (40802) and nothing of it is written; headers that never
+ended close the connection; the threads answer everyone else meanwhile. A body that comes
+slowly but steadily, and a long poll that waits longer than the deadline, are not cut."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+
+import pytest
+
+from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
+from tests.harness import Cluster, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+THREADS = 8
+DEADLINE_MS = 1000
+CLUSTER_OPTIONS = {"brokers": 1, "extra_nodes": GATEWAY_NODES,
+                   "overrides": gateway_overrides(worker_threads=THREADS, websockets_max=2,
+                                                  request_read_timeout_ms=DEADLINE_MS)}
+TOPIC = "slow-clients"
+
+
+@pytest.fixture(scope="module")
+def http(module_cluster: Cluster) -> Http:
+    h = Http(module_cluster.raw["nodes"]["gateway"]["port"])
+    h.ok("POST", "/v3/clusters/test/topics", {"topic_name": TOPIC, "partitions_count": 1})
+    wait_until(lambda: h.ok("GET", f"/v3/clusters/test/topics/{TOPIC}/partitions")["data"][0]["leader"] is not None,
+               20, what="the topic led")
+    return h
+
+
+def port_of(http: Http) -> int:
+    return int(http.base.rsplit(":", 1)[1])
+
+
+def partial_produce(port: int, body: bytes, length: int) -> socket.socket:
+    """A produce whose headers promise ``length`` bytes of body and that sent only ``body``."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /topics/" + TOPIC.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/vnd.kafka.binary.v2+json\r\n"
+              b"Authorization: Bearer " + ROLE_KEYS["admin"].encode() + b"\r\nContent-Length: " + str(length).encode()
+              + b"\r\n\r\n" + body)
+    return s
+
+
+def read_to_end(s: socket.socket, timeout_s: float) -> bytes:
+    s.settimeout(timeout_s)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+def log_end(http: Http) -> int:
+    return http.ok("GET", f"/topics/{TOPIC}/partitions/0/offsets")["end_offset"]
+
+
+def cuts(cluster: Cluster, phase: str) -> float:
+    return sum(m[2] for m in cluster.stats("gateway")["metrics"]
+               if m[0] == "loom_gateway_requests_cut_total" and m[1] == [phase])
+
+
+def test_bodies_that_stop_coming_are_answered_408_and_hold_no_thread(cluster: Cluster, http: Http) -> None:
+    end_before, cut_before = log_end(http), cuts(cluster, "body")
+    record = json.dumps({"records": [{"value": base64.b64encode(b"never whole").decode()}]}).encode()
+    stalled = [partial_produce(port_of(http), record, len(record) + 10) for _ in range(2 * THREADS)]
+    try:
+        started = time.monotonic()
+        assert http("GET", "/health/live", timeout_s=15).status_code == 200, "served while they stall"
+        assert time.monotonic() - started < 10
+        for s in stalled:
+            answer = read_to_end(s, 15)  # the answer, then the end of the connection
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+            assert json.loads(body)["error_code"] == 40802, body
+    finally:
+        for s in stalled:
+            s.close()
+    assert log_end(http) == end_before, "nothing of a cut request was written"
+    assert cuts(cluster, "body") - cut_before == 2 * THREADS
+
+
+def test_headers_that_never_end_close_the_connection(cluster: Cluster, http: Http) -> None:
+    before = cuts(cluster, "headers")
+    s = socket.create_connection(("127.0.0.1", port_of(http)))
+    try:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n")  # no blank line: the headers go on, and stop
+        started = time.monotonic()
+        assert read_to_end(s, 15) == b"", "closed without an answer: there is no request to answer"
+        assert DEADLINE_MS / 1000 * 0.9 <= time.monotonic() - started
+    finally:
+        s.close()
+    assert cuts(cluster, "headers") - before == 1
+
+
+def test_a_slow_steady_body_and_a_long_poll_are_not_cut(cluster: Cluster, http: Http) -> None:
+    """Twice the deadline to send a body at ~128 KiB/s (each 64 KiB buys 1 s more), and a long
+    poll that waits 2.5 s for records: both served."""
+    values = [base64.b64encode(bytes([i]) * 12_000).decode() for i in range(16)]
+    body = json.dumps({"records": [{"value": v} for v in values]}).encode()  # ~256 KB
+    s = partial_produce(port_of(http), b"", len(body))
+    try:
+        piece = len(body) // 10 + 1
+        for i in range(0, len(body), piece):
+            s.sendall(body[i:i + piece])
+            time.sleep(DEADLINE_MS / 1000 / 5)  # the scenario: 2 deadlines for the whole body
+        head, _, answer = read_until_answer(s)
+    finally:
+        s.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert [o["error_code"] for o in json.loads(answer)["offsets"]] == [None] * 16
+    started = time.monotonic()
+    r = http("GET", f"/topics/{TOPIC}/partitions/0/records", offset=log_end(http), timeout=2500)
+    assert r.status_code == 200 and r.json() == [], r.text
+    assert time.monotonic() - started >= 2.0, "it waited past the deadline"
+
+
+def read_until_answer(s: socket.socket) -> tuple[bytes, bytes, bytes]:
+    """The head and body of one answer on a kept-alive connection (its Content-Length)."""
+    s.settimeout(15)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, sep, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(65536)
+    return head, sep, body

@@ -1,0 +1,180 @@
+"""webui/read_deadline.py on real sockets: a request whose headers or body stop arriving is
+cut at its deadline (the reading side shut, so that a thread blocked in ``recv`` gets
+end-of-file at once), a body cut short is answered 408 (40802), and a request without a body,
+a body read whole, or a request its thread is done with, is never cut. The gateway with real
+clients: tests/integration/test_gateway_slow_clients.py."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nodes.local_cluster import wait_until
+from webui.errors import ApiError
+from webui.read_deadline import BODY, BODY_MIN_BYTES_PER_S, HEADERS, ReadWatch
+
+DEADLINE_S = 0.3
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(the server's end, the client's end) of a connection."""
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def cut_count(watch: ReadWatch) -> dict[str, float]:
+    return {labels[0]: value for _, labels, value in watch.samples()}
+
+
+def recv_in_thread(sock: socket.socket) -> tuple[threading.Thread, list]:
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(sock.recv(100)), daemon=True)
+    t.start()
+    return t, got
+
+
+def test_a_request_whose_headers_never_come_is_cut_and_its_blocked_read_ends(pair) -> None:
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    started = time.monotonic()
+    key = watch.watch(server)
+    t, got = recv_in_thread(server)
+    t.join(5)
+    assert not t.is_alive() and got == [b""], "the blocked recv got end-of-file"
+    assert time.monotonic() - started >= DEADLINE_S * 0.9
+    assert cut_count(watch) == {HEADERS: 1.0, BODY: 0.0}
+    watch.unwatch(key)
+
+
+def watcher_passed(watch: ReadWatch) -> None:
+    """Return once the watcher has run past the deadline of every request watched so far: a
+    request watched now, with a later deadline, has been cut."""
+    before = cut_count(watch)[HEADERS]
+    server, client = socket.socketpair()
+    try:
+        key = watch.watch(server)
+        wait_until(lambda: cut_count(watch)[HEADERS] == before + 1, 5, what="a later request cut")
+        watch.unwatch(key)
+    finally:
+        server.close()
+        client.close()
+
+
+def test_a_request_its_thread_is_done_with_is_not_cut(pair) -> None:
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    watch.unwatch(watch.watch(server))
+    watcher_passed(watch)
+    assert cut_count(watch)[HEADERS] == 1, "only the later request"
+    client.sendall(b"still open")
+    assert server.recv(100) == b"still open", "the first request's socket was left alone"
+
+
+def app_reading(body_reads: list) -> object:
+    """A WSGI app that reads its body whole (as Flask's get_data and the fast path do)."""
+    def app(environ: dict, start_response: object) -> list[bytes]:
+        body_reads.append(environ["wsgi.input"].read())
+        return [b"ok"]
+    return app
+
+
+def environ_of(sock: socket.socket, body: io.BytesIO | None, length: int) -> dict:
+    env = {"gunicorn.socket": sock, "REQUEST_METHOD": "POST" if length else "GET",
+           "CONTENT_LENGTH": str(length) if length else ""}
+    if body is not None:
+        env["wsgi.input"] = body
+    return env
+
+
+def test_a_request_without_a_body_is_let_go_when_the_app_gets_it(pair) -> None:
+    """A GET, a WebSocket upgrade, a long poll: the route's own wait is not the client's."""
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    seen = []
+    watch.wrap(lambda env, sr: seen.append(env) or [b""])(environ_of(server, None, 0), None)
+    assert seen
+    watcher_passed(watch)  # the route waits past the deadline
+    client.sendall(b"x")
+    assert server.recv(1) == b"x" and cut_count(watch) == {HEADERS: 1.0, BODY: 0.0}, "only the later request"
+    watch.unwatch(key)
+
+
+def test_a_body_read_whole_ends_the_watch(pair) -> None:
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    reads: list = []
+    watch.wrap(app_reading(reads))(environ_of(server, io.BytesIO(b"0123456789"), 10), None)
+    assert reads == [b"0123456789"]
+    watcher_passed(watch)
+    assert cut_count(watch) == {HEADERS: 1.0, BODY: 0.0}, "only the later request"
+    watch.unwatch(key)
+
+
+class StalledBody:
+    """``wsgi.input`` of a client that sent ``sent`` and then stopped: a read blocks on the
+    socket until the deadline shuts it, then returns what came."""
+
+    def __init__(self, sock: socket.socket, sent: bytes) -> None:
+        self.sock, self.sent = sock, sent
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.sent
+        while chunk := self.sock.recv(100):
+            data += chunk
+        return data
+
+
+def test_a_body_that_stops_coming_is_answered_408_40802(pair) -> None:
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    with pytest.raises(ApiError) as e:
+        watch.wrap(app_reading([]))(environ_of(server, StalledBody(server, b"{\"rec"), 1000), None)
+    assert e.value.error_code == 40802 and e.value.status == 408
+    assert cut_count(watch) == {HEADERS: 0.0, BODY: 1.0}
+    watch.unwatch(key)
+
+
+def test_each_byte_of_the_body_buys_time(pair) -> None:
+    """The deadline moves on by the bytes a read got: a large body needs only a steady rate."""
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    class Trickle:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def read(self, size: int = -1) -> bytes:
+            self.n += 1
+            time.sleep(DEADLINE_S / 2)  # the scenario: a piece every half deadline, 1 s of body each
+            return b"x" * BODY_MIN_BYTES_PER_S
+
+    body = Trickle()
+    app = watch.wrap(lambda env, sr: [env["wsgi.input"].read(1) for _ in range(4)])
+    app(environ_of(server, body, 4 * BODY_MIN_BYTES_PER_S), None)  # type: ignore[arg-type]
+    assert body.n == 4 and cut_count(watch) == {HEADERS: 0.0, BODY: 0.0}, "2 deadlines long, never cut"
+    client.sendall(b"x")
+    assert server.recv(1) == b"x"
+    watch.unwatch(key)
+
+
+def test_a_socket_not_watched_is_passed_through(pair) -> None:
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    reads: list = []
+    watch.wrap(app_reading(reads))(environ_of(server, io.BytesIO(b"abc"), 3), None)
+    assert reads == [b"abc"]
+    closed = socket.socket()
+    closed.close()
+    assert watch.watch(closed) is None
+    watch.unwatch(None)
