@@ -131,7 +131,13 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
         inner = session(role, body)
 
         def route(ws: Any) -> None:
-            ws.sock = InboxGate(ws)
+            ws.sock = gate = InboxGate(ws)
+            try:
+                admit(ws)
+            finally:
+                gate.route_ended()  # the socket closed lingering before gunicorn gets it back
+
+        def admit(ws: Any) -> None:
             try:
                 authorize(Op("GET", path, lambda: None, None, "", "ws"))  # the rate limit, by key or address
             except ApiError as e:

@@ -9,13 +9,18 @@ it always accepts) a frame of a few KiB can inflate to a whole ``MESSAGE_BYTES_M
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import time
 from typing import Any, Callable
 
+from wsproto.connection import ConnectionState
+
 INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered (/ws/produce closes past it)
 INBOX_BYTES_MAX = 4 * 1024 * 1024  # received messages waiting for the route (one larger still comes in)
 INBOX_WAIT_S = 0.01      # how often a held-back reader looks whether the route took a message
+LINGER_S = 2.0           # a closing socket reads and drops its client's bytes this long at most, then closes
 
 
 class InboxGate:
@@ -29,8 +34,16 @@ class InboxGate:
     while the route's sender thread may be blocked in the middle of a large message (a slow
     client), and a blocking send gives the socket's lock up while it waits for buffer space,
     so a ping's bytes landed inside the message's payload and the client lost the stream.
-    Everything else goes to the socket. Thread-safe: the reader thread calls ``recv``, any
-    thread ``send``."""
+
+    And it closes by lingering. A socket closed with bytes of its client unread makes the
+    kernel answer with a reset, which throws away what the client had not read yet: a client
+    that sent on while the gateway refused it (1008, 1013) lost the close frame and its reason
+    and saw a broken pipe or 1006. So ``close`` (the reader thread's, when its loop ends) first
+    stops writing (a FIN after the close frame), then reads and drops the client's bytes until
+    the client closes its side or LINGER_S pass, and only then closes; and the route's thread
+    waits for that before it returns the socket to gunicorn (``route_ended``), which would
+    otherwise close it under the reader. Everything else goes to the socket. Thread-safe: the
+    reader thread calls ``recv`` and ``close``, any thread ``send``."""
 
     def __init__(self, ws: Any) -> None:
         self._ws = ws
@@ -51,6 +64,39 @@ class InboxGate:
         while self._ws.connected and self._full():
             time.sleep(INBOX_WAIT_S)  # the reader's own thread; the route pops without telling
         return self._sock.recv(size)
+
+    def close(self) -> None:
+        """Close lingering: no more writes, the client's bytes dropped until it closes its side
+        or LINGER_S pass, then the socket closed."""
+        sock = self._sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            deadline = time.monotonic() + LINGER_S
+            while (left := deadline - time.monotonic()) > 0 and poller.poll(left * 1000):
+                if not sock.recv(65536):
+                    break  # the client closed its side
+        except OSError:
+            pass  # reset, or closed already: nothing left to wait for
+        finally:
+            sock.close()
+
+    def route_ended(self) -> None:
+        """On the route's thread, once it has closed the WebSocket: wait until the reader thread
+        has closed the socket (at most LINGER_S; a client that neither answers the close frame
+        nor closes its side is then cut, which ends the reader's read and so its loop)."""
+        reader = getattr(self._ws, "thread", None)
+        state = getattr(getattr(self._ws, "ws", None), "state", None)  # wsproto's, which no race sets back
+        if reader is None or state not in (ConnectionState.LOCAL_CLOSING, ConnectionState.CLOSED):
+            return  # not closed by the route: as before, flask-sock closes it
+        reader.join(LINGER_S)
+        if reader.is_alive():
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            reader.join(LINGER_S)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

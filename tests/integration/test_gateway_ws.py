@@ -145,6 +145,22 @@ def test_browsers_authenticate_with_a_first_message(cluster: Cluster) -> None:
     assert close_code(ws)[0] == 1008
 
 
+def test_a_client_still_sending_when_refused_reads_the_close_frame_and_its_reason(cluster: Cluster) -> None:
+    """A socket closed with bytes of its client unread makes the kernel answer with a reset, and
+    the close frame, already in the client's receive buffer, was lost with it: a client that sent
+    on while the gateway refused it (here: 200 messages, no key) mostly saw a broken pipe or 1006,
+    never the reason. The gateway now drains the client's bytes for a while before it closes."""
+    for _ in range(10):
+        ws = connect(cluster, "/ws/produce?topic=ws", role=None)
+        try:
+            for _ in range(200):
+                ws.send(json.dumps({"records": [{"value": "x" * 2000}]}))
+            code, reason = close_code(ws)
+        finally:
+            ws.close()
+        assert code == 1008 and "api_key" in reason, (code, reason)
+
+
 @pytest.mark.parametrize("path,role", [("/ws/produce", "produce"), ("/ws/consume", "consume")])
 def test_a_browsers_key_is_confirmed_before_the_stream_refuses_its_query(cluster: Cluster, path: str, role: str) -> None:
     """The dashboard learns a key's roles from the first socket that accepts it; a stream
