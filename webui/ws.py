@@ -129,42 +129,48 @@ def install(app: Flask, gw: Gateway, authorize: Callable[[Op], None]) -> None:
 
     def guarded(path: str, role: str, body: Callable) -> None:
         inner = session(role, body)
+        op = Op("GET", path, lambda: None, None, "", "ws")
 
         def route(ws: Any) -> None:
             ws.sock = gate = InboxGate(ws)
             try:
-                admit(ws)
+                _admit(ws, lambda: authorize(op), pending, slots, gw.settings.websockets_max, inner)
             finally:
                 gate.route_ended()  # the socket closed lingering before gunicorn gets it back
-
-        def admit(ws: Any) -> None:
-            try:
-                authorize(Op("GET", path, lambda: None, None, "", "ws"))  # the rate limit, by key or address
-            except ApiError as e:
-                ws.close(TRY_AGAIN_LATER, e.message[:120])
-                return
-            from webui.app import client_address, presented_key
-            # a browser's socket waits for its first message (the key) holding a slot
-            done_waiting = pending.enter(client_address()) if presented_key() is None else (lambda: None)
-            if done_waiting is None:
-                ws.close(TRY_AGAIN_LATER, "too many WebSockets from this address wait for their key: try again later")
-                return
-            try:
-                if not slots.acquire(blocking=False):
-                    ws.close(TRY_AGAIN_LATER, f"{gw.settings.websockets_max} WebSockets are open: try again later")
-                    return
-                try:
-                    inner(ws, done_waiting)
-                finally:
-                    slots.release()
-            finally:
-                done_waiting()
         route.__name__ = "ws_" + path.rsplit("/", 1)[-1]
         sock.route(path)(route)
 
     guarded("/ws/consume", "consume", lambda ws, out, p, q: consume(ws, out, gw, q, _limit(gw, p)))
     guarded("/ws/produce", "produce", lambda ws, out, p, q: _produce(ws, out, gw, q, _limit(gw, p)))
     guarded("/ws/events", "read", lambda ws, out, p, q: _events(ws, out, gw))
+
+
+def _admit(ws: Any, authorize: Callable[[], None], pending: SocketsPer, slots: threading.BoundedSemaphore,
+           slots_max: int, route: Callable[[Any, Callable[[], None]], None]) -> None:
+    """The rate limit (by key or address), the share of sockets one address may hold while
+    they wait for their key, and a slot: ``route`` runs with all three, else the socket is
+    closed with 1013."""
+    try:
+        authorize()
+    except ApiError as e:
+        ws.close(TRY_AGAIN_LATER, e.message[:120])
+        return
+    from webui.app import client_address, presented_key
+    # a browser's socket waits for its first message (the key) holding a slot
+    done_waiting = pending.enter(client_address()) if presented_key() is None else (lambda: None)
+    if done_waiting is None:
+        ws.close(TRY_AGAIN_LATER, "too many WebSockets from this address wait for their key: try again later")
+        return
+    try:
+        if not slots.acquire(blocking=False):
+            ws.close(TRY_AGAIN_LATER, f"{slots_max} WebSockets are open: try again later")
+            return
+        try:
+            route(ws, done_waiting)
+        finally:
+            slots.release()
+    finally:
+        done_waiting()
 
 
 def _authenticate(ws: Any, out: Outbox, gw: Gateway, role: str,
