@@ -23,8 +23,11 @@ Cuts are counted in ``loom_gateway_requests_cut_total{phase}``.
 
 Thread-safe: request threads watch, advance and end their requests; one watcher thread (started
 by the first ``watch``, so in the worker process after gunicorn's fork) cuts them. The watcher
-cuts under the lock, and a request's thread ends its watch under the same lock before its
-socket is closed, so the watcher never touches a socket after it was closed.
+cuts under the lock, and a request's thread ends its watch under the same lock before gunicorn
+closes its socket. A socket closed while its request is still on its thread (a WebSocket's, by
+simple_websocket's reader thread when the client leaves) is a socket object whose descriptor is
+-1 from then on: shutting it fails and cannot reach the descriptor's next owner, and its watch
+ends only its own entry, never that of a new connection given the same descriptor meanwhile.
 """
 
 from __future__ import annotations
@@ -48,12 +51,14 @@ BODY = "body"
 
 
 class _Read:
-    """One request being read: the socket it comes on, its deadline, its phase."""
+    """One request being read: the socket it comes on (and its descriptor when watched), its
+    deadline, its phase."""
 
-    __slots__ = ("sock", "deadline", "phase", "cut")
+    __slots__ = ("sock", "fd", "deadline", "phase", "cut")
 
-    def __init__(self, sock: Any, deadline: float) -> None:
+    def __init__(self, sock: Any, fd: int, deadline: float) -> None:
         self.sock = sock
+        self.fd = fd
         self.deadline = deadline
         self.phase = HEADERS
         self.cut = False
@@ -72,7 +77,7 @@ class ReadWatch:
 
     # -- the worker's side (nodes/gateway/worker.py) --------------------------------------------
 
-    def watch(self, sock: Any) -> int | None:
+    def watch(self, sock: Any) -> _Read | None:
         """A thread takes a request from ``sock``: its headers are due within the timeout.
         Returns the key for ``unwatch`` (None: the socket is closed already, nothing watched)."""
         try:
@@ -82,20 +87,25 @@ class ReadWatch:
         if fd < 0:
             return None
         deadline = self._clock() + self.timeout_s
+        read = _Read(sock, fd, deadline)
         with self._cond:
-            self._reads[fd] = _Read(sock, deadline)
+            self._reads[fd] = read  # one left by a socket closed under its request is let go
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="loom-read-deadline", daemon=True)
                 self._thread.start()
             elif self._waiting_until is None or deadline < self._waiting_until:
                 self._cond.notify()
-        return fd
+        return read
 
-    def unwatch(self, key: int | None) -> None:
-        """The request's thread is done with it (before its socket may be closed)."""
+    def unwatch(self, key: _Read | None) -> None:
+        """The request's thread is done with it (before gunicorn closes its socket). Its socket
+        may have been closed already (a WebSocket's, by simple_websocket's reader thread when
+        the client left) and its descriptor taken by a new connection whose request is watched
+        now: only this request's own entry is removed."""
         if key is not None:
             with self._cond:
-                self._reads.pop(key, None)
+                if self._reads.get(key.fd) is key:
+                    del self._reads[key.fd]
 
     # -- the app's side (``wrap``) -----------------------------------------------------------------
 

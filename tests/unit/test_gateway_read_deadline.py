@@ -7,6 +7,7 @@ clients: tests/integration/test_gateway_slow_clients.py."""
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -178,3 +179,32 @@ def test_a_socket_not_watched_is_passed_through(pair) -> None:
     closed.close()
     assert watch.watch(closed) is None
     watch.unwatch(None)
+
+
+def test_a_request_done_after_its_socket_was_closed_leaves_the_next_owner_of_its_fd_watched() -> None:
+    """A WebSocket's socket is closed by simple_websocket's reader thread when its client
+    leaves, while its route (and so gthread's ``handle``) has not returned yet: the file
+    descriptor is free, and a connection accepted meanwhile can get it. That connection's
+    request is watched under the same descriptor; the WebSocket's ``unwatch``, coming after,
+    must not end the new request's watch: its headers that stop coming are still cut."""
+    old_server, old_client = socket.socketpair()
+    watch = ReadWatch(DEADLINE_S)
+    old_key = watch.watch(old_server)
+    fd = old_server.fileno()
+    old_server.close()  # the reader thread closes it; the route has not returned
+    a, new_client = socket.socketpair()
+    try:
+        if a.fileno() != fd:  # the lowest free descriptor is usually the one just freed; make it so
+            os.dup2(a.fileno(), fd)
+            a.close()
+            a = socket.socket(fileno=fd)
+        new_key = watch.watch(a)
+        watch.unwatch(old_key)  # the WebSocket's handle returns
+        t, got = recv_in_thread(a)  # the new request's headers stop coming
+        t.join(DEADLINE_S * 10)
+        assert not t.is_alive() and got == [b""], "the new request's blocked read was cut at its deadline"
+        watch.unwatch(new_key)
+    finally:
+        new_client.close()  # first: a read still blocked (the old code's) gets end-of-file
+        a.close()
+        old_client.close()
