@@ -8,7 +8,7 @@ the connection, and as many such connections as threads (48 by default) took eve
 ``/health`` and the dashboard stopped answering, and the monitor, which probes ``/health/live``,
 restarted the gateway.
 
-Now every request is watched from the moment a thread takes it (``ReadWatch.watch``, called by
+Now every request is watched from its first byte on a thread (``ReadWatch.watch``, called by
 the worker: nodes/gateway/worker.py) until the app has its whole body (``wrap``: at once for a
 request without a body -- a GET, a WebSocket upgrade, a long poll: a route's own waits are not the
 client's). The headers must arrive within ``gateway.request_read_timeout_ms``; each byte of the
@@ -17,8 +17,8 @@ body buys ``1 / BODY_MIN_BYTES_PER_S`` s more, so a large body needs only a stea
 socket's reading side is shut (``shutdown(SHUT_RD)``), which ends the thread's blocked ``recv`` at
 once with end-of-file.
 - Cut in its headers, there is no request to answer: the connection is closed.
-- Cut in its body, the request is answered 408 (error_code 40802) with ``Connection: close``;
-  nothing of it reached the cluster.
+- Cut in its body, the request is answered 408 (error_code 40802) with ``Connection: close``
+  (``_closing_when_cut``), and the connection is closed; nothing of it reached the cluster.
 Cuts are counted in ``loom_gateway_requests_cut_total{phase}``.
 
 Thread-safe: request threads watch, advance and end their requests; one watcher thread (started
@@ -122,6 +122,7 @@ class ReadWatch:
                     with self._cond:
                         read.phase = BODY
                     environ["wsgi.input"] = _WatchedBody(environ["wsgi.input"], self, read, length)
+                start_response = _closing_when_cut(start_response, read)
             return app(environ, start_response)
         return app_with_deadline
 
@@ -226,12 +227,27 @@ class _WatchedBody:
         if self._read.cut and (self._left is None or self._left > 0):
             raise ApiError(40802, f"the request's body did not arrive in time: its headers are due within "
                                   f"{self._watch.timeout_s:g} s and each {BODY_MIN_BYTES_PER_S} bytes of its "
-                                  "body buy 1 s more", {"Connection": "close"})
+                                  "body buy 1 s more")  # its connection closes: _closing_when_cut
         if (self._left is not None and self._left <= 0) or (not got and size != 0):
             self._watch._end(self._read)  # the whole body is here (or the client ended it)
         elif got:
             self._watch._advance(self._read, got)
         return data
+
+
+def _closing_when_cut(start_response: Any, read: _Read) -> Any:
+    """``start_response`` that, for a request cut by its deadline, has gunicorn close the
+    connection and say so (``Connection: close``). An app's own ``Connection`` header is
+    hop-by-hop, which gunicorn drops: the 408 said keep-alive on a connection whose reading
+    side is shut, which gunicorn then closed. The answer's ``Response`` is start_response's
+    owner, and ``force_close`` is how gunicorn's workers themselves end a connection after it."""
+    def start_response_closing(status: str, headers: list, exc_info: Any = None) -> Any:
+        if read.cut:
+            force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+            if force_close is not None:
+                force_close()
+        return start_response(status, headers, exc_info)
+    return start_response_closing
 
 
 def _content_length(environ: dict) -> int | None:

@@ -79,6 +79,7 @@ def test_bodies_that_stop_coming_are_answered_408_and_hold_no_thread(cluster: Cl
             answer = read_to_end(s, 15)  # the answer, then the end of the connection
             head, _, body = answer.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+            assert b"\r\nconnection: close\r\n" in head.lower() + b"\r\n", "it says so, and closes"
             assert json.loads(body)["error_code"] == 40802, body
     finally:
         for s in stalled:
@@ -127,9 +128,49 @@ def read_until_answer(s: socket.socket) -> tuple[bytes, bytes, bytes]:
     s.settimeout(15)
     data = b""
     while b"\r\n\r\n" not in data:
-        data += s.recv(65536)
+        data += recv_some(s)
     head, sep, body = data.partition(b"\r\n\r\n")
     length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
     while len(body) < length:
-        body += s.recv(65536)
+        body += recv_some(s)
     return head, sep, body
+
+
+def recv_some(s: socket.socket) -> bytes:
+    data = s.recv(65536)
+    assert data, "the gateway closed the connection without an answer"
+    return data
+
+
+HEALTH_LIVE = b"GET /health/live HTTP/1.1\r\nHost: gw\r\n\r\n"
+
+
+def test_a_connection_with_nothing_sent_yet_is_not_cut(cluster: Cluster, http: Http) -> None:
+    """A connection opened ahead of its first request (a browser's preconnect, a client's
+    pool) has no request whose bytes stopped: gunicorn parks it until its first byte. It is
+    neither closed at the deadline nor counted as cut, and its request, sent later, is served."""
+    before = cuts(cluster, "headers")
+    s = socket.create_connection(("127.0.0.1", port_of(http)))
+    try:
+        time.sleep(DEADLINE_MS / 1000 * 1.5)  # the scenario: the first request comes after the deadline
+        s.sendall(HEALTH_LIVE)
+        head, _, _ = read_until_answer(s)
+    finally:
+        s.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert cuts(cluster, "headers") == before
+
+
+def test_a_kept_alive_connection_idle_past_the_deadline_serves_its_next_request(cluster: Cluster, http: Http) -> None:
+    before = cuts(cluster, "headers") + cuts(cluster, "body")
+    s = socket.create_connection(("127.0.0.1", port_of(http)))
+    try:
+        s.sendall(HEALTH_LIVE)
+        assert read_until_answer(s)[0].startswith(b"HTTP/1.1 200")
+        time.sleep(DEADLINE_MS / 1000 * 1.5)  # the scenario: idle between requests, within keep-alive
+        s.sendall(HEALTH_LIVE)
+        head, _, _ = read_until_answer(s)
+    finally:
+        s.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert cuts(cluster, "headers") + cuts(cluster, "body") == before
