@@ -197,7 +197,7 @@ class _WatchedBody:
         pieces = []
         while want is None or want > 0:
             asked = READ_PIECE_BYTES if want is None else min(READ_PIECE_BYTES, want)
-            piece = self._took(self._stream.read(asked), asked)
+            piece = self._took(self._pull(self._stream.read, asked), asked)
             if not piece:
                 break
             pieces.append(piece)
@@ -206,7 +206,7 @@ class _WatchedBody:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def readline(self, size: int | None = -1) -> bytes:
-        return self._took(self._stream.readline(size), None)
+        return self._took(self._pull(self._stream.readline, size), None)
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
         lines = []
@@ -220,14 +220,28 @@ class _WatchedBody:
         while line := self.readline():
             yield line
 
+    def _pull(self, read: Callable[[int | None], bytes], size: int | None) -> bytes:
+        """``read(size)`` of the stream. A chunked body cut short ends in gunicorn's reader
+        raising (NoMoreData: end-of-file inside a chunk), not in a short read: when the
+        deadline cut it, that is the 408 too -- else a 500, taken for a bug, stopped the worker."""
+        try:
+            return read(size)
+        except Exception as e:
+            if self._read.cut:
+                raise self._too_late() from e
+            raise
+
+    def _too_late(self) -> ApiError:
+        return ApiError(40802, f"the request's body did not arrive in time: its headers are due within "
+                               f"{self._watch.timeout_s:g} s and each {BODY_MIN_BYTES_PER_S} bytes of its "
+                               "body buy 1 s more")  # its connection closes: _closing_when_cut
+
     def _took(self, data: bytes, size: int | None) -> bytes:
         got = len(data)
         if self._left is not None:
             self._left -= got
         if self._read.cut and (self._left is None or self._left > 0):
-            raise ApiError(40802, f"the request's body did not arrive in time: its headers are due within "
-                                  f"{self._watch.timeout_s:g} s and each {BODY_MIN_BYTES_PER_S} bytes of its "
-                                  "body buy 1 s more")  # its connection closes: _closing_when_cut
+            raise self._too_late()
         if (self._left is not None and self._left <= 0) or (not got and size != 0):
             self._watch._end(self._read)  # the whole body is here (or the client ended it)
         elif got:

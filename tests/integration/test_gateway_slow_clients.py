@@ -174,3 +174,53 @@ def test_a_kept_alive_connection_idle_past_the_deadline_serves_its_next_request(
         s.close()
     assert head.startswith(b"HTTP/1.1 200"), head
     assert cuts(cluster, "headers") + cuts(cluster, "body") == before
+
+
+STALLED_ROUTES = [  # every route that reads a body, each with a body that stops coming
+    ("POST", "/v3/clusters/test/topics", b'{"topic_name": "never-'),
+    ("PATCH", f"/v3/clusters/test/topics/{TOPIC}", b'{"partitions_'),
+    ("POST", "/v3/clusters/test/consumer-groups/g/reset-offsets", b'{"to'),
+    ("POST", "/consumers/g", b'{"name": "i'),
+    ("POST", "/consumers/g/instances/i/subscription", b'{"topics": ['),
+    ("POST", "/consumers/g/instances/i/assignments", b'{"partitions'),
+    ("POST", "/consumers/g/instances/i/offsets", b'{"offsets'),
+    ("POST", "/consumers/g/instances/i/positions", b'{"offsets'),
+    ("POST", "/consumers/g/instances/i/positions/beginning", b'{"partitions'),
+    ("POST", f"/topics/{TOPIC}/partitions/0", b'{"records'),  # the fast path
+]
+
+
+def stalled_request(port: int, method: str, path: str, head: bytes, body: bytes) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(method.encode() + b" " + path.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+              b"Authorization: Bearer " + ROLE_KEYS["admin"].encode() + b"\r\n" + head + b"\r\n" + body)
+    return s
+
+
+def assert_408_and_closed(s: socket.socket, what: str) -> None:
+    answer = read_to_end(s, 15)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), (what, answer[:300])
+    assert json.loads(body)["error_code"] == 40802, (what, body)
+
+
+def test_every_route_that_reads_a_body_answers_a_stalled_one_408(cluster: Cluster, http: Http) -> None:
+    """Flask's routes (the body read through werkzeug's stream, Content-Length or chunked) and
+    the produce fast path: 408 / 40802 each, never a 400 or a 500, nothing in the log."""
+    log = cluster.log_dir / "gateway.log"
+    log_before = len(log.read_bytes())
+    end_before = log_end(http)
+    stalled = [(f"{m} {p}", stalled_request(port_of(http), m, p, b"Content-Length: " + str(len(b) + 10).encode() + b"\r\n", b))
+               for m, p, b in STALLED_ROUTES]
+    stalled += [(f"chunked {m} {p}", stalled_request(port_of(http), m, p, b"Transfer-Encoding: chunked\r\n",
+                                                     b"%x\r\n%s\r\n" % (len(b), b)))
+                for m, p, b in STALLED_ROUTES[::3]]
+    try:
+        for what, s in stalled:
+            assert_408_and_closed(s, what)
+    finally:
+        for _, s in stalled:
+            s.close()
+    assert log_end(http) == end_before
+    written = log.read_bytes()[log_before:].decode(errors="replace")
+    assert "Traceback" not in written and "50001" not in written, written[-3000:]

@@ -208,3 +208,40 @@ def test_a_request_done_after_its_socket_was_closed_leaves_the_next_owner_of_its
         new_client.close()  # first: a read still blocked (the old code's) gets end-of-file
         a.close()
         old_client.close()
+
+
+class StalledChunkedBody(StalledBody):
+    """gunicorn's reader of a chunked body: end-of-file inside a chunk raises (NoMoreData)."""
+
+    def read(self, size: int = -1) -> bytes:
+        super().read(size)
+        raise EOFError("no more data inside a chunk")
+
+
+def chunked_environ(server: socket.socket, sent: bytes) -> dict:
+    env = environ_of(server, StalledChunkedBody(server, sent), 0)  # type: ignore[arg-type]
+    env["HTTP_TRANSFER_ENCODING"] = "chunked"
+    return env
+
+
+def test_a_chunked_body_that_stops_coming_is_answered_408_not_a_bug(pair) -> None:
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    env = chunked_environ(server, b"5\r\n{\"rec\r\n")
+    with pytest.raises(ApiError) as e:
+        watch.wrap(app_reading([]))(env, None)
+    assert e.value.error_code == 40802 and isinstance(e.value.__cause__, EOFError)
+    watch.unwatch(key)
+
+
+def test_a_chunked_body_whose_client_left_before_the_deadline_is_not_called_late(pair) -> None:
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    env = chunked_environ(server, b"")
+    client.close()  # the client leaves: its read ends before any deadline
+    with pytest.raises(EOFError):
+        watch.wrap(app_reading([]))(env, None)
+    assert cut_count(watch) == {HEADERS: 0.0, BODY: 0.0}
+    watch.unwatch(key)
