@@ -39,6 +39,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected
+
 from webui.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -221,15 +224,19 @@ class _WatchedBody:
             yield line
 
     def _pull(self, read: Callable[[int | None], bytes], size: int | None) -> bytes:
-        """``read(size)`` of the stream. A chunked body cut short ends in gunicorn's reader
-        raising (NoMoreData: end-of-file inside a chunk), not in a short read: when the
-        deadline cut it, that is the 408 too -- else a 500, taken for a bug, stopped the worker."""
+        """``read(size)`` of the stream. gunicorn's reader of a chunked body raises where one
+        of a known length reads short: NoMoreData (an OSError) at end-of-file inside a chunk,
+        a ParseException for framing that is no chunked encoding. Both are the client's --
+        cut by the deadline (408), gone, or sending nonsense (400) -- and got to Flask's
+        routes as a 500, taken for a bug: the worker stopped."""
         try:
             return read(size)
-        except Exception as e:
+        except OSError as e:
             if self._read.cut:
                 raise self._too_late() from e
-            raise
+            raise ApiError(40001, ClientDisconnected.description) from e
+        except ParseException as e:
+            raise ApiError(40001, f"the body's chunked encoding is invalid ({type(e).__name__})") from e
 
     def _too_late(self) -> ApiError:
         return ApiError(40802, f"the request's body did not arrive in time: its headers are due within "

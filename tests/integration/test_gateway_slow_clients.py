@@ -224,3 +224,22 @@ def test_every_route_that_reads_a_body_answers_a_stalled_one_408(cluster: Cluste
     assert log_end(http) == end_before
     written = log.read_bytes()[log_before:].decode(errors="replace")
     assert "Traceback" not in written and "50001" not in written, written[-3000:]
+
+
+def test_a_chunked_body_broken_or_left_is_answered_400_and_the_worker_goes_on(cluster: Cluster, http: Http) -> None:
+    """A chunk size that is no number, or a client that closes its sending side inside a chunk:
+    the client's error (400 / 40001), not a bug's 500 that stops the worker."""
+    log = cluster.log_dir / "gateway.log"
+    log_before = len(log.read_bytes())
+    for body in (b"zz\r\n{}\r\n0\r\n\r\n", b"50\r\n{\"records"):
+        s = stalled_request(port_of(http), "POST", "/consumers/g", b"Transfer-Encoding: chunked\r\n", body)
+        try:
+            s.shutdown(socket.SHUT_WR)
+            answer = read_to_end(s, 15)
+        finally:
+            s.close()
+        head, _, answer_body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert json.loads(answer_body)["error_code"] == 40001, answer_body
+    written = log.read_bytes()[log_before:].decode(errors="replace")
+    assert "Traceback" not in written and "stopping worker" not in written, written[-3000:]
