@@ -15,6 +15,7 @@ import socket
 import time
 
 import pytest
+import websocket
 
 from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
 from tests.harness import Cluster, wait_until
@@ -243,3 +244,17 @@ def test_a_chunked_body_broken_or_left_is_answered_400_and_the_worker_goes_on(cl
         assert json.loads(answer_body)["error_code"] == 40001, answer_body
     written = log.read_bytes()[log_before:].decode(errors="replace")
     assert "Traceback" not in written and "stopping worker" not in written, written[-3000:]
+
+
+def test_a_websocket_open_past_the_deadline_is_not_cut(cluster: Cluster, http: Http) -> None:
+    before = cuts(cluster, "headers") + cuts(cluster, "body")
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port_of(http)}/ws/produce?topic={TOPIC}",
+                                     header=[f"Authorization: Bearer {ROLE_KEYS['produce']}"], timeout=10)
+    try:
+        time.sleep(DEADLINE_MS / 1000 * 1.5)  # the scenario: the stream idles past the deadline
+        ws.send(json.dumps({"id": 1, "value": {"n": 1}}))
+        answer = json.loads(ws.recv())
+    finally:
+        ws.close()
+    assert answer["id"] == 1 and answer["offsets"][0]["error_code"] is None, answer
+    assert cuts(cluster, "headers") + cuts(cluster, "body") == before
