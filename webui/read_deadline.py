@@ -13,7 +13,10 @@ the worker: nodes/gateway/worker.py) until the app has its whole body (``wrap``:
 request without a body -- a GET, a WebSocket upgrade, a long poll: a route's own waits are not the
 client's). The headers must arrive within ``gateway.request_read_timeout_ms``; each byte of the
 body buys ``1 / BODY_MIN_BYTES_PER_S`` s more, so a large body needs only a steady minimum rate
-(Apache's mod_reqtimeout does the same). A request still unread at its deadline is cut: its
+(Apache's mod_reqtimeout does the same). The body's time runs only while the app reads it: what
+the app does before (a fault hold) or instead (a route that never reads a body it was sent, a
+GET's ``{}`` on a long poll) is not the client's, and cut for it, a whole body was answered 408
+or a long poll's connection was shut. A request still unread at its deadline is cut: its
 socket's reading side is shut (``shutdown(SHUT_RD)``), which ends the thread's blocked ``recv`` at
 once with end-of-file.
 - Cut in its headers, there is no request to answer: the connection is closed.
@@ -21,7 +24,7 @@ once with end-of-file.
   (``_closing_when_cut``), and the connection is closed; nothing of it reached the cluster.
 Cuts are counted in ``loom_gateway_requests_cut_total{phase}``.
 
-Thread-safe: request threads watch, advance and end their requests; one watcher thread (started
+Thread-safe: request threads watch, pause, resume and end their requests; one watcher thread (started
 by the first ``watch``, so in the worker process after gunicorn's fork) cuts them. The watcher
 cuts under the lock, and a request's thread ends its watch under the same lock before gunicorn
 closes its socket. A socket closed while its request is still on its thread (a WebSocket's, by
@@ -57,12 +60,13 @@ class _Read:
     """One request being read: the socket it comes on (and its descriptor when watched), its
     deadline, its phase."""
 
-    __slots__ = ("sock", "fd", "deadline", "phase", "cut")
+    __slots__ = ("sock", "fd", "deadline", "left_s", "phase", "cut")
 
     def __init__(self, sock: Any, fd: int, deadline: float) -> None:
         self.sock = sock
         self.fd = fd
-        self.deadline = deadline
+        self.deadline = deadline  # inf while the app is not waiting on the client's bytes
+        self.left_s = 0.0  # the client's time left, kept while the deadline is off
         self.phase = HEADERS
         self.cut = False
 
@@ -93,11 +97,7 @@ class ReadWatch:
         read = _Read(sock, fd, deadline)
         with self._cond:
             self._reads[fd] = read  # one left by a socket closed under its request is let go
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="loom-read-deadline", daemon=True)
-                self._thread.start()
-            elif self._waiting_until is None or deadline < self._waiting_until:
-                self._cond.notify()
+            self._wake_by(deadline)
         return read
 
     def unwatch(self, key: _Read | None) -> None:
@@ -124,6 +124,7 @@ class ReadWatch:
                 else:
                     with self._cond:
                         read.phase = BODY
+                        self._pause(read, 0)  # until the app reads: its own work is not the client's
                     environ["wsgi.input"] = _WatchedBody(environ["wsgi.input"], self, read, length)
                 start_response = _closing_when_cut(start_response, read)
             return app(environ, start_response)
@@ -144,10 +145,34 @@ class ReadWatch:
         with self._cond:
             read.deadline = float("inf")
 
-    def _advance(self, read: _Read, got: int) -> None:
-        """``got`` bytes of the body arrived: the deadline moves on by what they buy."""
+    def _pause(self, read: _Read, got: int) -> None:
+        """Under the lock: the app is not waiting on the client now (``got`` bytes of the body
+        came, each buying its time): the deadline is off, the time left kept for ``_resume``."""
+        if read.deadline != float("inf"):
+            read.left_s = read.deadline - self._clock() + got / BODY_MIN_BYTES_PER_S
+            read.deadline = float("inf")
+
+    def _resume(self, read: _Read) -> None:
+        """The app reads the body: the client's time runs again."""
         with self._cond:
-            read.deadline += got / BODY_MIN_BYTES_PER_S
+            if read.deadline == float("inf") and not read.cut:
+                read.deadline = self._clock() + read.left_s
+                self._wake_by(read.deadline)
+
+    def _paused(self, read: _Read, got: int, whole: bool) -> None:
+        with self._cond:
+            if whole:
+                read.deadline = float("inf")
+            else:
+                self._pause(read, got)
+
+    def _wake_by(self, deadline: float) -> None:
+        """Under the lock: the watcher (started by the first watch) wakes by ``deadline``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="loom-read-deadline", daemon=True)
+            self._thread.start()
+        elif self._waiting_until is None or deadline < self._waiting_until:
+            self._cond.notify()
 
     # -- the watcher ---------------------------------------------------------------------------
 
@@ -229,6 +254,7 @@ class _WatchedBody:
         a ParseException for framing that is no chunked encoding. Both are the client's --
         cut by the deadline (408), gone, or sending nonsense (400) -- and got to Flask's
         routes as a 500, taken for a bug: the worker stopped."""
+        self._watch._resume(self._read)
         try:
             return read(size)
         except OSError as e:
@@ -249,10 +275,9 @@ class _WatchedBody:
             self._left -= got
         if self._read.cut and (self._left is None or self._left > 0):
             raise self._too_late()
-        if (self._left is not None and self._left <= 0) or (not got and size != 0):
-            self._watch._end(self._read)  # the whole body is here (or the client ended it)
-        elif got:
-            self._watch._advance(self._read, got)
+        # the whole body is here (or the client ended it), else the app does something else
+        # until its next read
+        self._watch._paused(self._read, got, (self._left is not None and self._left <= 0) or (not got and size != 0))
         return data
 
 

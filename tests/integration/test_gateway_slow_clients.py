@@ -258,3 +258,21 @@ def test_a_websocket_open_past_the_deadline_is_not_cut(cluster: Cluster, http: H
         ws.close()
     assert answer["id"] == 1 and answer["offsets"][0]["error_code"] is None, answer
     assert cuts(cluster, "headers") + cuts(cluster, "body") == before
+
+
+def test_a_long_poll_sent_with_a_body_is_not_cut(cluster: Cluster, http: Http) -> None:
+    """Some clients send every request with a JSON body, a GET's ``{}`` included. The route
+    never reads it: its wait for records is its own, not a body that stopped coming."""
+    before = cuts(cluster, "headers") + cuts(cluster, "body")
+    s = socket.create_connection(("127.0.0.1", port_of(http)))
+    try:
+        s.sendall(f"GET /topics/{TOPIC}/partitions/0/records?offset={log_end(http)}&timeout=2500 HTTP/1.1\r\n"
+                  f"Host: gw\r\nAuthorization: Bearer {ROLE_KEYS['admin']}\r\nContent-Type: application/json\r\n"
+                  "Content-Length: 2\r\n\r\n{}".encode())
+        head, _, answer = read_until_answer(s)
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(answer) == [], head + answer
+        s.sendall(HEALTH_LIVE)  # the connection is kept alive
+        assert read_until_answer(s)[0].startswith(b"HTTP/1.1 200")
+    finally:
+        s.close()
+    assert cuts(cluster, "headers") + cuts(cluster, "body") == before

@@ -247,3 +247,25 @@ def test_a_chunked_body_whose_client_left_before_the_deadline_is_not_called_late
     assert e.value.error_code == 40001, "the client's doing (400), not a bug's 500"
     assert cut_count(watch) == {HEADERS: 0.0, BODY: 0.0}
     watch.unwatch(key)
+
+
+def test_time_the_app_takes_before_reading_the_body_is_not_the_clients(pair) -> None:
+    """The deadline runs while the app waits on the client's bytes, not while it does something
+    else first (a fault hold, a route that never reads the body it was sent): a body that has all
+    arrived is read whole however late the app reads it, and nothing is cut."""
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    body = bytes(3 * 16 * 1024)  # more than one piece
+    reads: list = []
+
+    def late_app(environ: dict, start_response: object) -> list[bytes]:
+        watcher_passed(watch)  # the app is busy past the deadline
+        return app_reading(reads)(environ, start_response)  # type: ignore[operator]
+
+    watch.wrap(late_app)(environ_of(server, io.BytesIO(body), len(body)), None)
+    assert reads == [body]
+    assert cut_count(watch) == {HEADERS: 1.0, BODY: 0.0}, "only the later request"
+    client.sendall(b"x")
+    assert server.recv(1) == b"x", "its socket was left alone"
+    watch.unwatch(key)
