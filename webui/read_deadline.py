@@ -24,9 +24,9 @@ once with end-of-file.
   (``_closing_when_cut``), and the connection is closed; nothing of it reached the cluster.
 Cuts are counted in ``loom_gateway_requests_cut_total{phase}``.
 
-Thread-safe: request threads watch, pause, resume and end their requests; one watcher thread (started
-by the first ``watch``, so in the worker process after gunicorn's fork) cuts them. The watcher
-cuts under the lock, and a request's thread ends its watch under the same lock before gunicorn
+Thread-safe: request threads watch, pause, resume and end their requests; one watcher thread
+(started by the first ``watch``, so in the worker process after gunicorn's fork) cuts them. The
+watcher cuts under the lock, and a request's thread ends its watch under the same lock before gunicorn
 closes its socket. A socket closed while its request is still on its thread (a WebSocket's, by
 simple_websocket's reader thread when the client leaves) is a socket object whose descriptor is
 -1 from then on: shutting it fails and cannot reach the descriptor's next owner, and its watch
