@@ -211,7 +211,7 @@ def test_every_route_that_reads_a_body_answers_a_stalled_one_408(cluster: Cluste
     log = cluster.log_dir / "gateway.log"
     log_before = len(log.read_bytes())
     end_before = log_end(http)
-    stalled = [(f"{m} {p}", stalled_request(port_of(http), m, p, b"Content-Length: " + str(len(b) + 10).encode() + b"\r\n", b))
+    stalled = [(f"{m} {p}", stalled_request(port_of(http), m, p, b"Content-Length: %d\r\n" % (len(b) + 10), b))
                for m, p, b in STALLED_ROUTES]
     stalled += [(f"chunked {m} {p}", stalled_request(port_of(http), m, p, b"Transfer-Encoding: chunked\r\n",
                                                      b"%x\r\n%s\r\n" % (len(b), b)))
