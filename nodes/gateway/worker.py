@@ -7,9 +7,10 @@ done with the request -- before gunicorn closes the socket or puts it back to wa
 request. Only ``handle`` (one request, on a pool thread) is touched: the same method in every
 gunicorn release since the gthread worker has had a thread pool.
 
-The watch starts at the request's first byte. Releases up to 23 hand a thread only a connection
-that has become readable. Later ones hand a new connection to a thread at once, which waits up
-to ``DEFAULT_WORKER_DATA_TIMEOUT`` for its first byte and, without one, gives it back to the
+The watch starts at the request's first byte. A release whose gthread has no ``wait_for_data``
+hands a thread only a connection its poller found readable. One that has it hands a new
+connection to a thread at once, which waits up to ``DEFAULT_WORKER_DATA_TIMEOUT`` for its first
+byte and, without one, gives it back to the
 poller (``_DEFER``): a connection opened ahead of its request (a browser's preconnect, a
 client's pool) is no request whose bytes stopped, and watched from the start it was closed at
 the deadline and counted as cut. That wait is done here, before the watch, as gunicorn does it.
