@@ -15,6 +15,7 @@ import socket
 import time
 
 import pytest
+import websocket
 
 from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
 from tests.harness import Cluster, wait_until
@@ -79,6 +80,7 @@ def test_bodies_that_stop_coming_are_answered_408_and_hold_no_thread(cluster: Cl
             answer = read_to_end(s, 15)  # the answer, then the end of the connection
             head, _, body = answer.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+            assert b"\r\nconnection: close\r\n" in head.lower() + b"\r\n", "it says so, and closes"
             assert json.loads(body)["error_code"] == 40802, body
     finally:
         for s in stalled:
@@ -127,9 +129,150 @@ def read_until_answer(s: socket.socket) -> tuple[bytes, bytes, bytes]:
     s.settimeout(15)
     data = b""
     while b"\r\n\r\n" not in data:
-        data += s.recv(65536)
+        data += recv_some(s)
     head, sep, body = data.partition(b"\r\n\r\n")
     length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
     while len(body) < length:
-        body += s.recv(65536)
+        body += recv_some(s)
     return head, sep, body
+
+
+def recv_some(s: socket.socket) -> bytes:
+    data = s.recv(65536)
+    assert data, "the gateway closed the connection without an answer"
+    return data
+
+
+HEALTH_LIVE = b"GET /health/live HTTP/1.1\r\nHost: gw\r\n\r\n"
+
+
+def test_a_connection_with_nothing_sent_yet_is_not_cut(cluster: Cluster, http: Http) -> None:
+    """A connection opened ahead of its first request (a browser's preconnect, a client's
+    pool) has no request whose bytes stopped: gunicorn parks it until its first byte. It is
+    neither closed at the deadline nor counted as cut, and its request, sent later, is served."""
+    before = cuts(cluster, "headers")
+    s = socket.create_connection(("127.0.0.1", port_of(http)))
+    try:
+        time.sleep(DEADLINE_MS / 1000 * 1.5)  # the scenario: the first request comes after the deadline
+        s.sendall(HEALTH_LIVE)
+        head, _, _ = read_until_answer(s)
+    finally:
+        s.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert cuts(cluster, "headers") == before
+
+
+def test_a_kept_alive_connection_idle_past_the_deadline_serves_its_next_request(cluster: Cluster, http: Http) -> None:
+    before = cuts(cluster, "headers") + cuts(cluster, "body")
+    s = socket.create_connection(("127.0.0.1", port_of(http)))
+    try:
+        s.sendall(HEALTH_LIVE)
+        assert read_until_answer(s)[0].startswith(b"HTTP/1.1 200")
+        time.sleep(DEADLINE_MS / 1000 * 1.5)  # the scenario: idle between requests, within keep-alive
+        s.sendall(HEALTH_LIVE)
+        head, _, _ = read_until_answer(s)
+    finally:
+        s.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert cuts(cluster, "headers") + cuts(cluster, "body") == before
+
+
+STALLED_ROUTES = [  # every route that reads a body, each with a body that stops coming
+    ("POST", "/v3/clusters/test/topics", b'{"topic_name": "never-'),
+    ("PATCH", f"/v3/clusters/test/topics/{TOPIC}", b'{"partitions_'),
+    ("POST", "/v3/clusters/test/consumer-groups/g/reset-offsets", b'{"to'),
+    ("POST", "/consumers/g", b'{"name": "i'),
+    ("POST", "/consumers/g/instances/i/subscription", b'{"topics": ['),
+    ("POST", "/consumers/g/instances/i/assignments", b'{"partitions'),
+    ("POST", "/consumers/g/instances/i/offsets", b'{"offsets'),
+    ("POST", "/consumers/g/instances/i/positions", b'{"offsets'),
+    ("POST", "/consumers/g/instances/i/positions/beginning", b'{"partitions'),
+    ("POST", f"/topics/{TOPIC}/partitions/0", b'{"records'),  # the fast path
+]
+
+
+def stalled_request(port: int, method: str, path: str, head: bytes, body: bytes) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(method.encode() + b" " + path.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+              b"Authorization: Bearer " + ROLE_KEYS["admin"].encode() + b"\r\n" + head + b"\r\n" + body)
+    return s
+
+
+def assert_408_and_closed(s: socket.socket, what: str) -> None:
+    answer = read_to_end(s, 15)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), (what, answer[:300])
+    assert json.loads(body)["error_code"] == 40802, (what, body)
+
+
+def test_every_route_that_reads_a_body_answers_a_stalled_one_408(cluster: Cluster, http: Http) -> None:
+    """Flask's routes (the body read through werkzeug's stream, Content-Length or chunked) and
+    the produce fast path: 408 / 40802 each, never a 400 or a 500, nothing in the log."""
+    log = cluster.log_dir / "gateway.log"
+    log_before = len(log.read_bytes())
+    end_before = log_end(http)
+    stalled = [(f"{m} {p}", stalled_request(port_of(http), m, p, b"Content-Length: %d\r\n" % (len(b) + 10), b))
+               for m, p, b in STALLED_ROUTES]
+    stalled += [(f"chunked {m} {p}", stalled_request(port_of(http), m, p, b"Transfer-Encoding: chunked\r\n",
+                                                     b"%x\r\n%s\r\n" % (len(b), b)))
+                for m, p, b in STALLED_ROUTES[::3]]
+    try:
+        for what, s in stalled:
+            assert_408_and_closed(s, what)
+    finally:
+        for _, s in stalled:
+            s.close()
+    assert log_end(http) == end_before
+    written = log.read_bytes()[log_before:].decode(errors="replace")
+    assert "Traceback" not in written and "50001" not in written, written[-3000:]
+
+
+def test_a_chunked_body_broken_or_left_is_answered_400_and_the_worker_goes_on(cluster: Cluster, http: Http) -> None:
+    """A chunk size that is no number, or a client that closes its sending side inside a chunk:
+    the client's error (400 / 40001), not a bug's 500 that stops the worker."""
+    log = cluster.log_dir / "gateway.log"
+    log_before = len(log.read_bytes())
+    for body in (b"zz\r\n{}\r\n0\r\n\r\n", b"50\r\n{\"records"):
+        s = stalled_request(port_of(http), "POST", "/consumers/g", b"Transfer-Encoding: chunked\r\n", body)
+        try:
+            s.shutdown(socket.SHUT_WR)
+            answer = read_to_end(s, 15)
+        finally:
+            s.close()
+        head, _, answer_body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert json.loads(answer_body)["error_code"] == 40001, answer_body
+    written = log.read_bytes()[log_before:].decode(errors="replace")
+    assert "Traceback" not in written and "stopping worker" not in written, written[-3000:]
+
+
+def test_a_websocket_open_past_the_deadline_is_not_cut(cluster: Cluster, http: Http) -> None:
+    before = cuts(cluster, "headers") + cuts(cluster, "body")
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port_of(http)}/ws/produce?topic={TOPIC}",
+                                     header=[f"Authorization: Bearer {ROLE_KEYS['produce']}"], timeout=10)
+    try:
+        time.sleep(DEADLINE_MS / 1000 * 1.5)  # the scenario: the stream idles past the deadline
+        ws.send(json.dumps({"id": 1, "value": {"n": 1}}))
+        answer = json.loads(ws.recv())
+    finally:
+        ws.close()
+    assert answer["id"] == 1 and answer["offsets"][0]["error_code"] is None, answer
+    assert cuts(cluster, "headers") + cuts(cluster, "body") == before
+
+
+def test_a_long_poll_sent_with_a_body_is_not_cut(cluster: Cluster, http: Http) -> None:
+    """Some clients send every request with a JSON body, a GET's ``{}`` included. The route
+    never reads it: its wait for records is its own, not a body that stopped coming."""
+    before = cuts(cluster, "headers") + cuts(cluster, "body")
+    s = socket.create_connection(("127.0.0.1", port_of(http)))
+    try:
+        s.sendall(f"GET /topics/{TOPIC}/partitions/0/records?offset={log_end(http)}&timeout=2500 HTTP/1.1\r\n"
+                  f"Host: gw\r\nAuthorization: Bearer {ROLE_KEYS['admin']}\r\nContent-Type: application/json\r\n"
+                  "Content-Length: 2\r\n\r\n{}".encode())
+        head, _, answer = read_until_answer(s)
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(answer) == [], head + answer
+        s.sendall(HEALTH_LIVE)  # the connection is kept alive
+        assert read_until_answer(s)[0].startswith(b"HTTP/1.1 200")
+    finally:
+        s.close()
+    assert cuts(cluster, "headers") + cuts(cluster, "body") == before

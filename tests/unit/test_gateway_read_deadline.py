@@ -7,12 +7,14 @@ clients: tests/integration/test_gateway_slow_clients.py."""
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from gunicorn.http.errors import NoMoreData
 
 from nodes.local_cluster import wait_until
 from webui.errors import ApiError
@@ -178,3 +180,92 @@ def test_a_socket_not_watched_is_passed_through(pair) -> None:
     closed.close()
     assert watch.watch(closed) is None
     watch.unwatch(None)
+
+
+def test_a_request_done_after_its_socket_was_closed_leaves_the_next_owner_of_its_fd_watched() -> None:
+    """A WebSocket's socket is closed by simple_websocket's reader thread when its client
+    leaves, while its route (and so gthread's ``handle``) has not returned yet: the file
+    descriptor is free, and a connection accepted meanwhile can get it. That connection's
+    request is watched under the same descriptor; the WebSocket's ``unwatch``, coming after,
+    must not end the new request's watch: its headers that stop coming are still cut."""
+    old_server, old_client = socket.socketpair()
+    watch = ReadWatch(DEADLINE_S)
+    old_key = watch.watch(old_server)
+    fd = old_server.fileno()
+    old_server.close()  # the reader thread closes it; the route has not returned
+    a, new_client = socket.socketpair()
+    try:
+        if a.fileno() != fd:  # the lowest free descriptor is usually the one just freed; make it so
+            os.dup2(a.fileno(), fd)
+            a.close()
+            a = socket.socket(fileno=fd)
+        new_key = watch.watch(a)
+        watch.unwatch(old_key)  # the WebSocket's handle returns
+        t, got = recv_in_thread(a)  # the new request's headers stop coming
+        t.join(DEADLINE_S * 10)
+        assert not t.is_alive() and got == [b""], "the new request's blocked read was cut at its deadline"
+        watch.unwatch(new_key)
+    finally:
+        new_client.close()  # first: a read still blocked (the old code's) gets end-of-file
+        a.close()
+        old_client.close()
+
+
+class StalledChunkedBody(StalledBody):
+    """gunicorn's reader of a chunked body: end-of-file inside a chunk raises (NoMoreData)."""
+
+    def read(self, size: int = -1) -> bytes:
+        super().read(size)
+        raise NoMoreData(b"")
+
+
+def chunked_environ(server: socket.socket, sent: bytes) -> dict:
+    env = environ_of(server, StalledChunkedBody(server, sent), 0)  # type: ignore[arg-type]
+    env["HTTP_TRANSFER_ENCODING"] = "chunked"
+    return env
+
+
+def test_a_chunked_body_that_stops_coming_is_answered_408_not_a_bug(pair) -> None:
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    env = chunked_environ(server, b"5\r\n{\"rec\r\n")
+    with pytest.raises(ApiError) as e:
+        watch.wrap(app_reading([]))(env, None)
+    assert e.value.error_code == 40802 and isinstance(e.value.__cause__, NoMoreData)
+    watch.unwatch(key)
+
+
+def test_a_chunked_body_whose_client_left_before_the_deadline_is_not_called_late(pair) -> None:
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    env = chunked_environ(server, b"")
+    client.close()  # the client leaves: its read ends before any deadline
+    with pytest.raises(ApiError) as e:
+        watch.wrap(app_reading([]))(env, None)
+    assert e.value.error_code == 40001, "the client's doing (400), not a bug's 500"
+    assert cut_count(watch) == {HEADERS: 0.0, BODY: 0.0}
+    watch.unwatch(key)
+
+
+def test_time_the_app_takes_before_reading_the_body_is_not_the_clients(pair) -> None:
+    """The deadline runs while the app waits on the client's bytes, not while it does something
+    else first (a fault hold, a route that never reads the body it was sent): a body that has all
+    arrived is read whole however late the app reads it, and nothing is cut."""
+    server, client = pair
+    watch = ReadWatch(DEADLINE_S)
+    key = watch.watch(server)
+    body = bytes(3 * 16 * 1024)  # more than one piece
+    reads: list = []
+
+    def late_app(environ: dict, start_response: object) -> list[bytes]:
+        watcher_passed(watch)  # the app is busy past the deadline
+        return app_reading(reads)(environ, start_response)  # type: ignore[operator]
+
+    watch.wrap(late_app)(environ_of(server, io.BytesIO(body), len(body)), None)
+    assert reads == [body]
+    assert cut_count(watch) == {HEADERS: 1.0, BODY: 0.0}, "only the later request"
+    client.sendall(b"x")
+    assert server.recv(1) == b"x", "its socket was left alone"
+    watch.unwatch(key)
