@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from fabric import wire
+from fabric.client import coordinator_silence
 from fabric.config import load_config
 from fabric.errors import RequestTimeout
 from fabric.metadata import ClusterMetadata
@@ -293,7 +294,11 @@ def silent_coordinator(tmp_path: Path, request: Any) -> Iterator[_Silent]:
         broker_thread.join(5)
 
 
-def test_a_request_thread_does_not_wait_for_a_coordinator_another_found_silent(silent_coordinator: _Silent) -> None:
+def test_a_request_thread_does_not_wait_for_a_coordinator_another_found_silent(
+        silent_coordinator: _Silent, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the brokers are asked first for the backoff after a silence (1 s): on a loaded machine the
+    # three requests took longer than that, and the third asked the coordinator again, rightly
+    monkeypatch.setattr(coordinator_silence, "COORDINATOR_SILENT_BACKOFF_MS_MIN", 60_000)
     for _ in range(3):  # each on a thread of its own: its own Admin
         [md] = _Requests(silent_coordinator.agent.metadata, 1).start().join()
         assert getattr(md, "version", md) == 3
