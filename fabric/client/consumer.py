@@ -7,7 +7,9 @@ returns records in offset order per partition. ``poll_batch()`` returns the same
 when read (the batch path: no Python object per record unless asked for). Reads stop at the high watermark, so a
 consumer never sees a record that could still be lost.
 
-Failover -- a stalled fetch makes the consumer ask for metadata (with a backoff), and a
+The fetching -- the FETCH per leader, the prefetch, what an answer is checked against, the
+LIST_OFFSETS of a partition without a position -- is ``ConsumerFetch``
+(``fabric.client.consumer_fetch``), mixed in. Failover -- a stalled fetch makes the consumer ask for metadata (with a backoff), and a
 request whose leader moved is cancelled and sent to the new one at the same position -- is
 ``ConsumerFailover`` (``fabric.client.consumer_failover``), mixed in. Seeking, resets, the topic
 id a position belongs to, give-back and the errors of a partition that cannot be positioned are
@@ -24,7 +26,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import zmq
@@ -35,27 +36,25 @@ from fabric.client.consumer_failover import (METADATA_BACKOFF_MS, METADATA_BACKO
                                              METADATA_TIMEOUT_MS, ConsumerFailover)
 # AUTO_RESET and ResetSpec live in consumer_positions; importable from here as before
 from fabric.client.consumer_positions import AUTO_RESET, ConsumerPositions, ResetSpec
+# the fetch limits and _InFlight live in consumer_fetch; importable from here as before
+from fabric.client.consumer_fetch import FETCH_RETRY_BACKOFF_MS, FETCH_STALL_MS, FETCH_WAIT_MS, ConsumerFetch, _InFlight
 from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.clock import Clock
-from fabric.errors import FabricError, MalformedFrame, RemoteError, TopicNotInMetadataError
+from fabric.errors import FabricError, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
-from fabric.records import Record, RecordBatchView, view_batches
-from fabric.replies import FetchEntry, ListOffsetsEntry, decode_parts
+from fabric.records import Record, RecordBatchView
 from fabric.rpc import RpcClient
 
-# the metadata limits live in consumer_failover; importable from here as before
-__all__ = ["FETCH_RETRY_BACKOFF_MS", "FETCH_STALL_MS", "FETCH_WAIT_MS", "METADATA_BACKOFF_MS", "METADATA_BACKOFF_MS_MAX",
-           "METADATA_RETRY_MS", "METADATA_TIMEOUT_MS", "STALL_CHECK_INTERVAL_MS", "Consumer", "ConsumerClient",
-           "TopicPartition"]
+# the metadata limits live in consumer_failover, the fetch ones in consumer_fetch; importable from here as before
+__all__ = ["AUTO_RESET", "FETCH_RETRY_BACKOFF_MS", "FETCH_STALL_MS", "FETCH_WAIT_MS", "METADATA_BACKOFF_MS",
+           "METADATA_BACKOFF_MS_MAX", "METADATA_RETRY_MS", "METADATA_TIMEOUT_MS", "ResetSpec", "STALL_CHECK_INTERVAL_MS",
+           "Consumer", "ConsumerClient", "TopicPartition", "_InFlight"]
 
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
-FETCH_WAIT_MS = 500
-FETCH_STALL_MS = 300           # a fetch unanswered this long past its wait_ms: look for a new leader
 STALL_CHECK_INTERVAL_MS = 100  # how often requests in flight are checked for a stall
-FETCH_RETRY_BACKOFF_MS = 100   # a partition whose fetch was refused or failed waits this long
 
 
 class ConsumerClient(Protocol):
@@ -69,21 +68,7 @@ class ConsumerClient(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class _InFlight:
-    """A FETCH (or LIST_OFFSETS) in flight to ``endpoint`` for ``partitions``, sent when the
-    metadata named these leader ``epochs`` (a leader re-elected on the same endpoint -- a
-    restarted process -- has a new epoch and never answers what its old process was sent)."""
-    endpoint: str
-    partitions: tuple[TopicPartition, ...]
-    sent_ms: int
-    stall_ms: int  # unanswered this long: stalled
-    epochs: tuple[int, ...] = ()
-    request_id: int = 0
-    topic_ids: dict[str, str] = field(default_factory=dict)  # the ids it named its topics by
-
-
-class Consumer(ConsumerPositions, ConsumerFailover):
+class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
                  auto_offset_reset: str = "latest", fetch_bytes_max: int = 8 * 1024 * 1024,
                  partition_fetch_bytes_max: int = 4 * 1024 * 1024, fetch_wait_ms: int = FETCH_WAIT_MS,
@@ -147,35 +132,7 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         self._fetching: dict[str, _InFlight] = {}  # endpoint -> its one fetch in flight
         self._resetting: dict[TopicPartition, _InFlight] = {}  # LIST_OFFSETS in flight
         self._held_until_ms: dict[TopicPartition, int] = {}  # not fetched before (a refused fetch)
-        # auto_offset_reset "none": a partition that cannot be positioned, with the position it
-        # had then and the error ``poll`` raises (at its start: never after it took records)
-        self._position_errors: dict[TopicPartition, tuple[int | None, RemoteError]] = {}
-        # per assigned partition, the id (UUID) of the topic its position was read in: a FETCH or
-        # LIST_OFFSETS naming that id was answered. A topic deleted and made again with the same
-        # name is another topic (``_take_metadata``); a position set from outside (``seek``, a
-        # group's committed offset) was read in none: metadata older than the topic named one
-        self._read_in: dict[TopicPartition, str] = {}
-        # per partition whose position the last poll's take moved and nothing has moved since,
-        # the position it had before: what ``give_back`` may move back. A seek, a reset or an
-        # assignment that leaves it out takes a partition out, so that no give-back undoes it
-        self._taken: dict[TopicPartition, int | None] = {}
-        # per assigned partition not in ``_read_in``, the topic id a commit of its position names
-        # (``_commit_topic_ids``): the id the metadata named when the position was set from
-        # outside (``_positioned_from_outside``), or the one its last position was read in (reset
-        # since). A position of a topic deleted and made again is then refused, not committed for
-        # the new topic
-        self._positioned_in: dict[TopicPartition, str] = {}
-        # per partition of ``_taken`` that an out-of-range answer reset, the position that take
-        # set: how far a give-back may move it (never forward)
-        self._taken_to: dict[TopicPartition, int] = {}
-        # per partition of ``_read_in`` set from a group's committed offset of a topic id the
-        # metadata did not name yet (made again, the metadata behind): that metadata's other id
-        # does not start it again (``_recreated_partitions``), and it is read once the metadata
-        # names its id (``_positioned_from_outside``)
-        self._ahead_of_metadata: dict[TopicPartition, str] = {}
-        # per partition of ``_ahead_of_metadata``, (``_md_asked`` when its position was set, whether that
-        # was a committed offset): the coordinator's answer to a later request judges it (``_judge_ahead``)
-        self._ahead_since: dict[TopicPartition, tuple[int, bool]] = {}
+        self._init_positions()  # the state of ConsumerPositions' rules
         self._first_seen: dict[str, tuple[str | None, int]] = {}  # ``_note_first_seen``
         self._unseen: dict[str, int] = {}  # ``_began_reading``
         self._closed = False
@@ -346,147 +303,6 @@ class Consumer(ConsumerPositions, ConsumerFailover):
         if c is None:
             c = self._clients[endpoint] = self._client_factory(endpoint)
         return c
-
-    def _send_fetches(self) -> None:
-        if self.metadata.version < 0:
-            self._refresh_metadata()
-            return
-        by_leader: dict[str, list] = {}
-        now = self.clock.now_ms()
-        for tp, pos in self.positions.items():
-            if pos is None:
-                if not self._awaits_position(tp):
-                    self._start_reset(tp)
-                continue
-            if self._held_until_ms.get(tp, 0) > now:
-                continue
-            endpoint = self.metadata.leader_endpoint(*tp)
-            if endpoint is None:
-                self._refresh_metadata()
-                continue
-            if endpoint in self._fetching or self._buffered_records >= self.buffered_records_max:
-                continue
-            fetch_pos = self._fetch_positions.setdefault(tp, pos)
-            last_epoch = self._fetch_epochs.get(tp, self._position_epochs.get(tp, -1))
-            by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max,
-                                                       self.metadata.leader_epoch(*tp), last_epoch])
-        for endpoint, parts in by_leader.items():
-            fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
-                              tuple(p[4] for p in parts), topic_ids=self.metadata.topic_ids_of({p[0] for p in parts}))
-            self._fetching[endpoint] = fetch
-
-            def done(h: dict | None, payloads: list, err: RemoteError | None, fetch: _InFlight = fetch) -> None:
-                if self._fetching.get(fetch.endpoint) is not fetch:
-                    return  # given up (leadership moved): what the old leader says is not read
-                del self._fetching[fetch.endpoint]
-                before = self._buffered_records
-                self._on_fetch(fetch, h, payloads, err)
-                if self._buffered_records > before and not self._closed:
-                    self._send_fetches()  # prefetch: the broker reads the next chunk while the app works
-            fetch.request_id = self._client(endpoint).request(
-                P.FETCH, {"replica_id": -1, "wait_ms": self.fetch_wait_ms, "max_bytes": self.fetch_bytes_max,
-                          "parts": parts, "topic_ids": fetch.topic_ids},
-                callback=done, timeout_ms=self.fetch_wait_ms + self.request_timeout_ms)
-
-    def _hold(self, tps: Any) -> None:
-        """Fetch ``tps`` again only after FETCH_RETRY_BACKOFF_MS (or newer metadata): a broker
-        that refuses at once is not asked again at once, and metadata is refreshed meanwhile."""
-        until = self.clock.now_ms() + FETCH_RETRY_BACKOFF_MS
-        for tp in tps:
-            self._held_until_ms[tp] = until
-        self._refresh_metadata()
-
-    def _on_fetch(self, fetch: _InFlight, header: dict | None, payloads: list, err: RemoteError | None) -> None:
-        if header is None:
-            self._hold(fetch.partitions)
-            return
-        try:
-            entries = decode_parts(header, FetchEntry)
-        except MalformedFrame as e:  # a broker's bad answer: dropped, asked again after a refresh
-            log.warning("malformed fetch answer dropped: %s", e)
-            self._hold(fetch.partitions)
-            return
-        made_again = self._made_again_since(fetch.topic_ids)  # once per answer: thousands of parts
-        for entry, data in zip(entries, payloads):
-            topic, partition, code, hw = entry.topic, entry.partition, entry.error, entry.high_watermark
-            tp = (topic, partition)
-            pos = self._fetch_positions.get(tp)
-            if pos is None or self.positions.get(tp) is None:
-                continue  # unassigned, seeked or being reset meanwhile
-            if made_again and topic in made_again:
-                continue  # fetched again under the id the metadata names now
-            sent_id = fetch.topic_ids.get(topic)
-            if sent_id is not None and self._read_in.get(tp, sent_id) != sent_id:
-                # the position is an offset of another topic of this name (a committed offset
-                # of one made again, the metadata behind it): read once the metadata names it
-                self._hold([tp])
-                continue
-            if code == P.OFFSET_OUT_OF_RANGE:
-                self._out_of_range(tp, pos, entry)
-                continue
-            if code:
-                self._hold([tp])
-                continue
-            if entry.diverging is not None:
-                self._diverged(tp, pos, entry.diverging)
-                continue
-            self.high_watermarks[tp] = hw
-            if hw > self._read_hw.get(tp, -1):
-                self._read_hw[tp] = hw
-            if sent_id is not None:
-                self._read_in[tp] = sent_id
-            if data:
-                view = view_batches(topic, partition, data, start_offset=pos, end_offset=hw)
-                if view is not None and view.first_offset == pos:  # else: a stale reply from before a seek
-                    self._buffer.append(view)
-                    self._buffered_records += len(view)
-                    self._fetch_positions[tp] = view.next_offset
-                    self._fetch_epochs[tp] = view.last_leader_epoch
-
-    def _start_reset(self, tp: TopicPartition) -> None:
-        spec = self._reset_specs.get(tp, AUTO_RESET)
-        if isinstance(spec, RemoteError):  # raised by every poll until the application seeks
-            self._position_errors[tp] = (None, spec)
-            return
-        if spec == AUTO_RESET:
-            spec = self._start_spec(tp)
-            if spec is None and not self._heard_since_waiting(tp):
-                return
-        if spec is None:
-            self._cannot_position(tp, "no position to start from (never seeked, nothing committed) and "
-                                      "auto_offset_reset is none: seek first")
-            return
-        if tp in self._resetting:
-            return
-        if self._held_until_ms.get(tp, 0) > self.clock.now_ms():
-            return
-        endpoint = self.metadata.leader_endpoint(*tp)
-        if endpoint is None:
-            self._refresh_metadata()
-            return
-        pending = self._resetting[tp] = _InFlight(endpoint, (tp,), self.clock.now_ms(), FETCH_STALL_MS,
-                                                  (self.metadata.leader_epoch(*tp),),
-                                                  topic_ids=self.metadata.topic_ids_of([tp[0]]))
-
-        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            if self._resetting.get(tp) is not pending:
-                return  # given up (leadership moved)
-            del self._resetting[tp]
-            try:
-                entries = decode_parts(h, ListOffsetsEntry) if h is not None else []
-            except MalformedFrame:
-                entries = []
-            if not entries or entries[0].error or self._made_again_since(pending.topic_ids):
-                self._hold([tp])
-                return
-            if tp in self.positions and self.positions[tp] is None:
-                self.positions[tp] = entries[0].offset
-                self._reset_specs.pop(tp, None)
-                if tp[0] in pending.topic_ids:
-                    self._read_in[tp] = pending.topic_ids[tp[0]]
-        pending.request_id = self._client(endpoint).request(
-            P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]], "topic_ids": pending.topic_ids},
-            callback=done, timeout_ms=self.request_timeout_ms)
 
     # -- metadata, closing --------------------------------------------------------------------
     def partitions_for(self, topic: str, timeout_ms: int = 5000) -> list[int]:

@@ -64,6 +64,38 @@ class ConsumerPositions:
     _epoch_starts: dict[TopicPartition, list[tuple[int, int]]]
     _unseen: dict[str, int]
 
+    def _init_positions(self) -> None:
+        """This part's own state, set by ``Consumer.__init__``."""
+        # auto_offset_reset "none": a partition that cannot be positioned, with the position it
+        # had then and the error ``poll`` raises (at its start: never after it took records)
+        self._position_errors = {}
+        # per assigned partition, the id (UUID) of the topic its position was read in: a FETCH or
+        # LIST_OFFSETS naming that id was answered. A topic deleted and made again with the same
+        # name is another topic (``_take_metadata``); a position set from outside (``seek``, a
+        # group's committed offset) was read in none: metadata older than the topic named one
+        self._read_in = {}
+        # per partition whose position the last poll's take moved and nothing has moved since,
+        # the position it had before: what ``give_back`` may move back. A seek, a reset or an
+        # assignment that leaves it out takes a partition out, so that no give-back undoes it
+        self._taken = {}
+        # per assigned partition not in ``_read_in``, the topic id a commit of its position names
+        # (``_commit_topic_ids``): the id the metadata named when the position was set from
+        # outside (``_positioned_from_outside``), or the one its last position was read in (reset
+        # since). A position of a topic deleted and made again is then refused, not committed for
+        # the new topic
+        self._positioned_in = {}
+        # per partition of ``_taken`` that an out-of-range answer reset, the position that take
+        # set: how far a give-back may move it (never forward)
+        self._taken_to = {}
+        # per partition of ``_read_in`` set from a group's committed offset of a topic id the
+        # metadata did not name yet (made again, the metadata behind): that metadata's other id
+        # does not start it again (``_recreated_partitions``), and it is read once the metadata
+        # names its id (``_positioned_from_outside``)
+        self._ahead_of_metadata = {}
+        # per partition of ``_ahead_of_metadata``, (``_md_asked`` when its position was set, whether that
+        # was a committed offset): the coordinator's answer to a later request judges it (``_judge_ahead``)
+        self._ahead_since = {}
+
     if TYPE_CHECKING:  # Consumer's (and ConsumerFailover's), never these
         def _drop_buffered(self, tp: TopicPartition) -> None: ...
         def _hold(self, tps: Iterable[TopicPartition]) -> None: ...

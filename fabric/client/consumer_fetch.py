@@ -1,0 +1,233 @@
+"""The consumer's fetching: one FETCH in flight per leader broker, covering every assigned
+partition that broker leads, from each partition's fetch position (ahead of the position
+``poll`` returns from: the next chunk is read while the application works on this one), and
+naming the leader epoch of the record before it (KIP-320); what comes back is checked against
+the reading (the topic id, a truncation, a divergence) and buffered as views of batch runs. A
+partition without a position is positioned by a LIST_OFFSETS (``_start_reset``). A partition
+whose fetch was refused or failed waits ``FETCH_RETRY_BACKOFF_MS`` or for newer metadata.
+``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
+state is the consumer's own (set by ``Consumer.__init__``); the stalls and the rerouting of
+these requests are ``ConsumerFailover``'s, the positions they read from ``ConsumerPositions``'.
+
+Not thread-safe: part of Consumer, owned by the thread that uses the consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fabric import protocol as P
+from fabric.client.consumer_positions import AUTO_RESET, ResetSpec
+from fabric.clock import Clock
+from fabric.errors import MalformedFrame, RemoteError
+from fabric.metadata import ClusterMetadata
+from fabric.records import RecordBatchView, view_batches
+from fabric.replies import FetchEntry, ListOffsetsEntry, decode_parts
+
+if TYPE_CHECKING:
+    from fabric.client.consumer import ConsumerClient, TopicPartition
+
+# the consumer's logger, as before this part had a module of its own: hosts configure one
+log = logging.getLogger("fabric.client.consumer")
+
+FETCH_WAIT_MS = 500
+FETCH_STALL_MS = 300           # a fetch unanswered this long past its wait_ms: look for a new leader
+FETCH_RETRY_BACKOFF_MS = 100   # a partition whose fetch was refused or failed waits this long
+
+
+@dataclass
+class _InFlight:
+    """A FETCH (or LIST_OFFSETS) in flight to ``endpoint`` for ``partitions``, sent when the
+    metadata named these leader ``epochs`` (a leader re-elected on the same endpoint -- a
+    restarted process -- has a new epoch and never answers what its old process was sent)."""
+    endpoint: str
+    partitions: tuple[TopicPartition, ...]
+    sent_ms: int
+    stall_ms: int  # unanswered this long: stalled
+    epochs: tuple[int, ...] = ()
+    request_id: int = 0
+    topic_ids: dict[str, str] = field(default_factory=dict)  # the ids it named its topics by
+
+
+class ConsumerFetch:
+    """``Consumer``'s fetches and LIST_OFFSETS (see the module doc). Not usable alone: the
+    attributes below are the consumer's, set by ``Consumer.__init__``."""
+
+    # the consumer's state this part uses (what each holds: ``Consumer.__init__``)
+    clock: Clock
+    metadata: ClusterMetadata
+    fetch_wait_ms: int
+    fetch_bytes_max: int
+    partition_fetch_bytes_max: int
+    request_timeout_ms: int
+    buffered_records_max: int
+    positions: dict[TopicPartition, int | None]
+    high_watermarks: dict[TopicPartition, int]
+    _fetch_positions: dict[TopicPartition, int]
+    _fetch_epochs: dict[TopicPartition, int]
+    _position_epochs: dict[TopicPartition, int]
+    _read_hw: dict[TopicPartition, int]
+    _read_in: dict[TopicPartition, str]
+    _reset_specs: dict[TopicPartition, ResetSpec]
+    _position_errors: dict[TopicPartition, tuple[int | None, RemoteError]]
+    _buffer: deque[RecordBatchView]
+    _buffered_records: int
+    _fetching: dict[str, _InFlight]
+    _resetting: dict[TopicPartition, _InFlight]
+    _held_until_ms: dict[TopicPartition, int]
+    _closed: bool
+
+    if TYPE_CHECKING:  # Consumer's, ConsumerPositions' and ConsumerFailover's, never these
+        def _client(self, endpoint: str) -> ConsumerClient: ...
+        def _awaits_position(self, tp: TopicPartition) -> bool: ...
+        def _refresh_metadata(self) -> None: ...
+        def _made_again_since(self, topic_ids: dict[str, str]) -> Any: ...
+        def _out_of_range(self, tp: TopicPartition, pos: int, entry: FetchEntry) -> None: ...
+        def _diverged(self, tp: TopicPartition, pos: int, diverging: Any) -> None: ...
+        def _start_spec(self, tp: TopicPartition) -> ResetSpec: ...
+        def _heard_since_waiting(self, tp: TopicPartition) -> bool: ...
+        def _cannot_position(self, tp: TopicPartition, why: str) -> None: ...
+
+    def _send_fetches(self) -> None:
+        if self.metadata.version < 0:
+            self._refresh_metadata()
+            return
+        by_leader: dict[str, list] = {}
+        now = self.clock.now_ms()
+        for tp, pos in self.positions.items():
+            if pos is None:
+                if not self._awaits_position(tp):
+                    self._start_reset(tp)
+                continue
+            if self._held_until_ms.get(tp, 0) > now:
+                continue
+            endpoint = self.metadata.leader_endpoint(*tp)
+            if endpoint is None:
+                self._refresh_metadata()
+                continue
+            if endpoint in self._fetching or self._buffered_records >= self.buffered_records_max:
+                continue
+            fetch_pos = self._fetch_positions.setdefault(tp, pos)
+            last_epoch = self._fetch_epochs.get(tp, self._position_epochs.get(tp, -1))
+            by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max,
+                                                       self.metadata.leader_epoch(*tp), last_epoch])
+        for endpoint, parts in by_leader.items():
+            fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
+                              tuple(p[4] for p in parts), topic_ids=self.metadata.topic_ids_of({p[0] for p in parts}))
+            self._fetching[endpoint] = fetch
+
+            def done(h: dict | None, payloads: list, err: RemoteError | None, fetch: _InFlight = fetch) -> None:
+                if self._fetching.get(fetch.endpoint) is not fetch:
+                    return  # given up (leadership moved): what the old leader says is not read
+                del self._fetching[fetch.endpoint]
+                before = self._buffered_records
+                self._on_fetch(fetch, h, payloads, err)
+                if self._buffered_records > before and not self._closed:
+                    self._send_fetches()  # prefetch: the broker reads the next chunk while the app works
+            fetch.request_id = self._client(endpoint).request(
+                P.FETCH, {"replica_id": -1, "wait_ms": self.fetch_wait_ms, "max_bytes": self.fetch_bytes_max,
+                          "parts": parts, "topic_ids": fetch.topic_ids},
+                callback=done, timeout_ms=self.fetch_wait_ms + self.request_timeout_ms)
+
+    def _hold(self, tps: Any) -> None:
+        """Fetch ``tps`` again only after FETCH_RETRY_BACKOFF_MS (or newer metadata): a broker
+        that refuses at once is not asked again at once, and metadata is refreshed meanwhile."""
+        until = self.clock.now_ms() + FETCH_RETRY_BACKOFF_MS
+        for tp in tps:
+            self._held_until_ms[tp] = until
+        self._refresh_metadata()
+
+    def _on_fetch(self, fetch: _InFlight, header: dict | None, payloads: list, err: RemoteError | None) -> None:
+        if header is None:
+            self._hold(fetch.partitions)
+            return
+        try:
+            entries = decode_parts(header, FetchEntry)
+        except MalformedFrame as e:  # a broker's bad answer: dropped, asked again after a refresh
+            log.warning("malformed fetch answer dropped: %s", e)
+            self._hold(fetch.partitions)
+            return
+        made_again = self._made_again_since(fetch.topic_ids)  # once per answer: thousands of parts
+        for entry, data in zip(entries, payloads):
+            topic, partition, code, hw = entry.topic, entry.partition, entry.error, entry.high_watermark
+            tp = (topic, partition)
+            pos = self._fetch_positions.get(tp)
+            if pos is None or self.positions.get(tp) is None:
+                continue  # unassigned, seeked or being reset meanwhile
+            if made_again and topic in made_again:
+                continue  # fetched again under the id the metadata names now
+            sent_id = fetch.topic_ids.get(topic)
+            if sent_id is not None and self._read_in.get(tp, sent_id) != sent_id:
+                # the position is an offset of another topic of this name (a committed offset
+                # of one made again, the metadata behind it): read once the metadata names it
+                self._hold([tp])
+                continue
+            if code == P.OFFSET_OUT_OF_RANGE:
+                self._out_of_range(tp, pos, entry)
+                continue
+            if code:
+                self._hold([tp])
+                continue
+            if entry.diverging is not None:
+                self._diverged(tp, pos, entry.diverging)
+                continue
+            self.high_watermarks[tp] = hw
+            if hw > self._read_hw.get(tp, -1):
+                self._read_hw[tp] = hw
+            if sent_id is not None:
+                self._read_in[tp] = sent_id
+            if data:
+                view = view_batches(topic, partition, data, start_offset=pos, end_offset=hw)
+                if view is not None and view.first_offset == pos:  # else: a stale reply from before a seek
+                    self._buffer.append(view)
+                    self._buffered_records += len(view)
+                    self._fetch_positions[tp] = view.next_offset
+                    self._fetch_epochs[tp] = view.last_leader_epoch
+
+    def _start_reset(self, tp: TopicPartition) -> None:
+        spec = self._reset_specs.get(tp, AUTO_RESET)
+        if isinstance(spec, RemoteError):  # raised by every poll until the application seeks
+            self._position_errors[tp] = (None, spec)
+            return
+        if spec == AUTO_RESET:
+            spec = self._start_spec(tp)
+            if spec is None and not self._heard_since_waiting(tp):
+                return
+        if spec is None:
+            self._cannot_position(tp, "no position to start from (never seeked, nothing committed) and "
+                                      "auto_offset_reset is none: seek first")
+            return
+        if tp in self._resetting:
+            return
+        if self._held_until_ms.get(tp, 0) > self.clock.now_ms():
+            return
+        endpoint = self.metadata.leader_endpoint(*tp)
+        if endpoint is None:
+            self._refresh_metadata()
+            return
+        pending = self._resetting[tp] = _InFlight(endpoint, (tp,), self.clock.now_ms(), FETCH_STALL_MS,
+                                                  (self.metadata.leader_epoch(*tp),),
+                                                  topic_ids=self.metadata.topic_ids_of([tp[0]]))
+
+        def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
+            if self._resetting.get(tp) is not pending:
+                return  # given up (leadership moved)
+            del self._resetting[tp]
+            try:
+                entries = decode_parts(h, ListOffsetsEntry) if h is not None else []
+            except MalformedFrame:
+                entries = []
+            if not entries or entries[0].error or self._made_again_since(pending.topic_ids):
+                self._hold([tp])
+                return
+            if tp in self.positions and self.positions[tp] is None:
+                self.positions[tp] = entries[0].offset
+                self._reset_specs.pop(tp, None)
+                if tp[0] in pending.topic_ids:
+                    self._read_in[tp] = pending.topic_ids[tp[0]]
+        pending.request_id = self._client(endpoint).request(
+            P.LIST_OFFSETS, {"parts": [[tp[0], tp[1], spec]], "topic_ids": pending.topic_ids},
+            callback=done, timeout_ms=self.request_timeout_ms)
