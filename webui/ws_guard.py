@@ -61,9 +61,17 @@ class InboxGate:
         return len(waiting) > INBOX_MESSAGES_MAX or sum(len(m) for m in waiting) >= INBOX_BYTES_MAX
 
     def recv(self, size: int) -> bytes:
-        while self._ws.connected and self._full():
+        while self._ws.connected and self._full() and not self._closed_here():
             time.sleep(INBOX_WAIT_S)  # the reader's own thread; the route pops without telling
+        if self._closed_here():
+            return b""  # ends the reader's loop: ``close`` drops what the client still sends
         return self._sock.recv(size)
+
+    def _closed_here(self) -> bool:
+        """Whether this side has sent its close frame: the route takes no more messages, and
+        simple_websocket's reader sets ``connected`` back to True at each message it reads
+        after it, so that neither its loop nor the wait above would end."""
+        return getattr(getattr(self._ws, "ws", None), "state", ConnectionState.OPEN) is not ConnectionState.OPEN
 
     def close(self) -> None:
         """Close lingering: no more writes, the client's bytes dropped until it closes its side

@@ -20,6 +20,7 @@ import websocket
 from nodes.gateway.control import HEALTH_INTERVAL_MS, PING_TIMEOUT_MS
 from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
 from tests.harness import Cluster, wait_until
+from webui.ws_guard import LINGER_S
 
 pytestmark = pytest.mark.timeout(120)
 QUEUE_MAX = 4
@@ -39,6 +40,17 @@ def _prepared(module_cluster: Cluster) -> None:
         http.ok("POST", "/v3/clusters/test/topics", {"topic_name": name, "partitions_count": parts})
         wait_until(lambda: all(p["leader"] for p in http.ok("GET", f"/v3/clusters/test/topics/{name}/partitions")["data"]),
                    20, what="leaders")
+
+
+def gateway_worker(cluster: Cluster) -> Path:
+    """/proc of the gateway's (one) worker process."""
+    master = cluster.procs["gateway"].pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return Path(f"/proc/{children[0]}")
+
+
+def gateway_threads(cluster: Cluster) -> list[Path]:
+    return list((gateway_worker(cluster) / "task").iterdir())
 
 
 def url(cluster: Cluster, path: str) -> str:
@@ -161,6 +173,38 @@ def test_a_client_still_sending_when_refused_reads_the_close_frame_and_its_reaso
         assert code == 1008 and "api_key" in reason, (code, reason)
 
 
+REFUSED_PATHS = ["/ws/produce?topic=ws", "/ws/consume?topic=ws&group=refused", "/ws/events"]
+
+
+def send_unkeyed_then_close(cluster: Cluster, path: str, messages: int = 200) -> tuple[int, str]:
+    """A browser's socket that sends ``messages`` messages without its key: the close it read."""
+    ws = connect(cluster, path, role=None)
+    try:
+        for _ in range(messages):
+            ws.send(json.dumps({"records": [{"value": "x" * 2000}]}))
+        return close_code(ws)
+    finally:
+        ws.close()
+
+
+@pytest.mark.parametrize("path", REFUSED_PATHS)
+def test_a_client_sending_on_after_its_refusal_leaves_no_thread_behind(cluster: Cluster, path: str) -> None:
+    """Once the route has sent its close frame, simple_websocket's reader sets ``connected``
+    back to True at every message it reads; the messages pile up unread, so the inbox gate held
+    the reader back until the route took one -- which it never would: the reader slept in that
+    loop for ever (a thread and its inbox per refused socket), and the route waited out both
+    lingers for it."""
+    assert send_unkeyed_then_close(cluster, path)[0] == 1008  # the pool's threads are there
+    before = len(gateway_threads(cluster))
+    for _ in range(6):
+        started = time.monotonic()
+        code, reason = send_unkeyed_then_close(cluster, path)
+        assert code == 1008 and "api_key" in reason, (code, reason)
+        assert time.monotonic() - started < LINGER_S, "the gateway closed its side (FIN) at once, no linger"
+    wait_until(lambda: len(gateway_threads(cluster)) <= before + 2, 10,
+               what=f"the gateway worker back to {before} threads (it has {len(gateway_threads(cluster))})")
+
+
 @pytest.mark.parametrize("path,role", [("/ws/produce", "produce"), ("/ws/consume", "consume")])
 def test_a_browsers_key_is_confirmed_before_the_stream_refuses_its_query(cluster: Cluster, path: str, role: str) -> None:
     """The dashboard learns a key's roles from the first socket that accepts it; a stream
@@ -249,9 +293,7 @@ def test_events_stream_node_health(cluster: Cluster) -> None:
 
 
 def gateway_worker_rss_kib(cluster: Cluster) -> int:
-    master = cluster.procs["gateway"].pid
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    status = Path(f"/proc/{children[0]}/status").read_text()
+    status = (gateway_worker(cluster) / "status").read_text()
     return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
 
 
