@@ -75,8 +75,7 @@ class InboxGate:
         """Close lingering: no more writes, the client's bytes dropped until it closes its side
         or LINGER_S pass, then the socket shut down. The descriptor is left to the server, which
         owns it and closes it once the route is done: gunicorn (27) counted a socket it found
-        closed already as gone twice, and a descriptor closed here could be reused by a new
-        connection while the server still held its number."""
+        closed already as gone twice."""
         sock = self._sock
         try:
             sock.shutdown(socket.SHUT_WR)
