@@ -20,7 +20,7 @@ from wsproto.connection import ConnectionState
 INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered (/ws/produce closes past it)
 INBOX_BYTES_MAX = 4 * 1024 * 1024  # received messages waiting for the route (one larger still comes in)
 INBOX_WAIT_S = 0.01      # how often a held-back reader looks whether the route took a message
-LINGER_S = 2.0           # a closing socket reads and drops its client's bytes this long at most, then closes
+LINGER_S = 2.0           # a closing socket reads and drops its client's bytes this long at most, then shuts down
 
 
 class InboxGate:
@@ -40,15 +40,16 @@ class InboxGate:
     that sent on while the gateway refused it (1008, 1013) lost the close frame and its reason
     and saw a broken pipe or 1006. So ``close`` (the reader thread's, when its loop ends) first
     stops writing (a FIN after the close frame), then reads and drops the client's bytes until
-    the client closes its side or LINGER_S pass, and only then closes; and the route's thread
-    waits for that before it returns the socket to gunicorn (``route_ended``), which would
-    otherwise close it under the reader. Everything else goes to the socket. Thread-safe: the
-    reader thread calls ``recv`` and ``close``, any thread ``send``."""
+    the client closes its side or LINGER_S pass, and only then shuts the socket down; and the
+    route's thread waits for that before it returns the socket to gunicorn (``route_ended``),
+    which closes it and would otherwise do so under the reader. Everything else goes to the
+    socket. Thread-safe: the reader thread calls ``recv`` and ``close``, any thread ``send``."""
 
     def __init__(self, ws: Any) -> None:
         self._ws = ws
         self._sock = ws.sock
         self._send_lock = threading.Lock()
+        self._route_done = threading.Event()  # set by route_ended: after the close frame went out
 
     def send(self, data: bytes) -> int:
         """Write ``data`` (one or more whole frames) before any other thread's."""
@@ -61,13 +62,20 @@ class InboxGate:
         return len(waiting) > INBOX_MESSAGES_MAX or sum(len(m) for m in waiting) >= INBOX_BYTES_MAX
 
     def recv(self, size: int) -> bytes:
-        while self._ws.connected and self._full():
+        # once the route is done (its close frame written) it takes no more messages, and
+        # simple_websocket's reader sets ``connected`` back to True at each message it reads
+        # after the close: neither this wait nor the reader's loop would end
+        while self._ws.connected and self._full() and not self._route_done.is_set():
             time.sleep(INBOX_WAIT_S)  # the reader's own thread; the route pops without telling
+        if self._route_done.is_set():
+            return b""  # ends the reader's loop: ``close`` drops what the client still sends
         return self._sock.recv(size)
 
     def close(self) -> None:
         """Close lingering: no more writes, the client's bytes dropped until it closes its side
-        or LINGER_S pass, then the socket closed."""
+        or LINGER_S pass, then the socket shut down. The descriptor is left to the server, which
+        owns it and closes it once the route is done: gunicorn (27) counted a socket it found
+        closed already as gone twice."""
         sock = self._sock
         try:
             sock.shutdown(socket.SHUT_WR)
@@ -80,16 +88,20 @@ class InboxGate:
         except OSError:
             pass  # reset, or closed already: nothing left to wait for
         finally:
-            sock.close()
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def route_ended(self) -> None:
         """On the route's thread, once it has closed the WebSocket: wait until the reader thread
-        has closed the socket (at most LINGER_S; a client that neither answers the close frame
-        nor closes its side is then cut, which ends the reader's read and so its loop)."""
+        has shut the socket down (at most LINGER_S; a client that neither answers the close
+        frame nor closes its side is then cut, which ends the reader's read and so its loop)."""
         reader = getattr(self._ws, "thread", None)
         state = getattr(getattr(self._ws, "ws", None), "state", None)  # wsproto's, which no race sets back
         if reader is None or state not in (ConnectionState.LOCAL_CLOSING, ConnectionState.CLOSED):
             return  # not closed by the route: as before, flask-sock closes it
+        self._route_done.set()
         reader.join(LINGER_S)
         if reader.is_alive():
             try:

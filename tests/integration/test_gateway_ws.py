@@ -12,14 +12,16 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import websocket
 
+from nodes.gateway import GRACEFUL_TIMEOUT_S
 from nodes.gateway.control import HEALTH_INTERVAL_MS, PING_TIMEOUT_MS
 from tests.gateway_client import GATEWAY_NODES, ROLE_KEYS, Http, gateway_overrides
 from tests.harness import Cluster, wait_until
+from webui.ws_guard import LINGER_S
 
 pytestmark = pytest.mark.timeout(120)
 QUEUE_MAX = 4
@@ -39,6 +41,34 @@ def _prepared(module_cluster: Cluster) -> None:
         http.ok("POST", "/v3/clusters/test/topics", {"topic_name": name, "partitions_count": parts})
         wait_until(lambda: all(p["leader"] for p in http.ok("GET", f"/v3/clusters/test/topics/{name}/partitions")["data"]),
                    20, what="leaders")
+
+
+def gateway_worker(cluster: Cluster) -> Path:
+    """/proc of the gateway's (one) worker process."""
+    master = cluster.procs["gateway"].pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return Path(f"/proc/{children[0]}")
+
+
+def gateway_threads(cluster: Cluster) -> list[Path]:
+    return list((gateway_worker(cluster) / "task").iterdir())
+
+
+def gateway_fds(cluster: Cluster) -> list[Path]:
+    return list((gateway_worker(cluster) / "fd").iterdir())
+
+
+def settled(count: Callable[[], int]) -> int:
+    """``count()`` once it is the same twice in a row, half a second apart."""
+    last = [-1]
+
+    def same() -> bool:
+        n = count()
+        held = n == last[0]
+        last[0] = n
+        return held
+    wait_until(same, 10, interval_s=0.5, what="a count that holds")
+    return last[0]
 
 
 def url(cluster: Cluster, path: str) -> str:
@@ -161,6 +191,40 @@ def test_a_client_still_sending_when_refused_reads_the_close_frame_and_its_reaso
         assert code == 1008 and "api_key" in reason, (code, reason)
 
 
+REFUSED_PATHS = ["/ws/produce?topic=ws", "/ws/consume?topic=ws&group=refused", "/ws/events"]
+
+
+def send_unkeyed_then_close(cluster: Cluster, path: str, messages: int = 200) -> tuple[int, str]:
+    """A browser's socket that sends ``messages`` messages without its key: the close it read."""
+    ws = connect(cluster, path, role=None)
+    try:
+        for _ in range(messages):
+            ws.send(json.dumps({"records": [{"value": "x" * 2000}]}))
+        return close_code(ws)
+    finally:
+        ws.close()
+
+
+@pytest.mark.parametrize("path", REFUSED_PATHS)
+def test_a_client_sending_on_after_its_refusal_leaves_no_thread_behind(cluster: Cluster, path: str) -> None:
+    """Once the route has sent its close frame, simple_websocket's reader sets ``connected``
+    back to True at every message it reads; the messages pile up unread, so the inbox gate held
+    the reader back until the route took one -- which it never would: the reader slept in that
+    loop for ever (a thread and its inbox per refused socket), and the route waited out both
+    lingers for it."""
+    assert send_unkeyed_then_close(cluster, path)[0] == 1008
+    before, fds = settled(lambda: len(gateway_threads(cluster))), len(gateway_fds(cluster))
+    for _ in range(6):  # one at a time, each route over before the next (the pool's threads are reused)
+        started = time.monotonic()
+        code, reason = send_unkeyed_then_close(cluster, path)
+        assert code == 1008 and "api_key" in reason, (code, reason)
+        assert time.monotonic() - started < LINGER_S, "the gateway closed its side (FIN) at once, no linger"
+        wait_until(lambda: len(gateway_threads(cluster)) <= before + 1, 10,
+                   what=f"the gateway worker back to {before} threads (it has {len(gateway_threads(cluster))})")
+        wait_until(lambda: len(gateway_fds(cluster)) <= fds, 10,
+                   what=f"the gateway worker back to {fds} descriptors (it has {len(gateway_fds(cluster))})")
+
+
 @pytest.mark.parametrize("path,role", [("/ws/produce", "produce"), ("/ws/consume", "consume")])
 def test_a_browsers_key_is_confirmed_before_the_stream_refuses_its_query(cluster: Cluster, path: str, role: str) -> None:
     """The dashboard learns a key's roles from the first socket that accepts it; a stream
@@ -249,9 +313,7 @@ def test_events_stream_node_health(cluster: Cluster) -> None:
 
 
 def gateway_worker_rss_kib(cluster: Cluster) -> int:
-    master = cluster.procs["gateway"].pid
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    status = Path(f"/proc/{children[0]}/status").read_text()
+    status = (gateway_worker(cluster) / "status").read_text()
     return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
 
 
@@ -305,10 +367,16 @@ def test_a_stopping_gateway_closes_its_websockets_with_going_away(cluster: Clust
     stream.settimeout(20)
     while "ready" not in recv_json(stream):  # the stream is in its fetch loop
         pass
+    silent = [connect(cluster, "/ws/events", role="read") for _ in range(6)]
     gateway = cluster.procs["gateway"]
+    stopped_at = time.monotonic()
     gateway.send_signal(signal.SIGTERM)
     for ws in (events, stream):
         code, reason = close_code(ws, timeout_s=5)
         assert code == 1001 and "stopping" in reason, (code, reason)
         ws.close()  # the client's answer: the gateway lingers (up to 2 s) for it before it closes the TCP side
-    gateway.wait(timeout=10)
+    gateway.wait(timeout=15)
+    assert (gateway.returncode, time.monotonic() - stopped_at < GRACEFUL_TIMEOUT_S) == (0, True), "exited in its grace"
+    for ws in silent:  # clients that neither answer nor close: cut after the linger, their close frame read
+        assert close_code(ws, timeout_s=1)[0] == 1001
+        ws.close()
