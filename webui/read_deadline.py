@@ -15,8 +15,8 @@ client's). The headers must arrive within ``gateway.request_read_timeout_ms``; e
 body buys ``1 / BODY_MIN_BYTES_PER_S`` s more, so a large body needs only a steady minimum rate
 (Apache's mod_reqtimeout does the same). The body's time runs only while the app reads it: what
 the app does before (a fault hold) or instead (a route that never reads a body it was sent, a
-GET's ``{}`` on a long poll) is not the client's, and cut for it, a whole body was answered 408
-or a long poll's connection was shut. A request still unread at its deadline is cut: its
+GET's ``{}`` on a long poll) is not the client's: cut for it, a body that had all arrived was
+answered 408, and a long poll's connection was shut. A request still unread at its deadline is cut: its
 socket's reading side is shut (``shutdown(SHUT_RD)``), which ends the thread's blocked ``recv`` at
 once with end-of-file.
 - Cut in its headers, there is no request to answer: the connection is closed.
