@@ -6,10 +6,14 @@ with 1013 while the gateway's RSS stays flat. This cluster also has
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import signal
 import socket
 import struct
+import termios
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +30,7 @@ from webui.ws_guard import LINGER_S
 pytestmark = pytest.mark.timeout(120)
 QUEUE_MAX = 4
 SLOW_TIMEOUT_MS = 1000
+RECORDS_UNREAD_BYTES = 4096  # unread bytes that are records: a control frame (a ping) is at most 127
 
 # one cluster for the module (tests/conftest.py)
 CLUSTER_OPTIONS = {"brokers": 3, "extra_nodes": GATEWAY_NODES,
@@ -37,7 +42,7 @@ CLUSTER_OPTIONS = {"brokers": 3, "extra_nodes": GATEWAY_NODES,
 def _prepared(module_cluster: Cluster) -> None:
     c = module_cluster
     http = Http(c.raw["nodes"]["gateway"]["port"])
-    for name, parts in (("ws", 3), ("big", 1), ("tail", 3)):
+    for name, parts in (("ws", 3), ("big", 1), ("tail", 3), ("late", 1)):
         http.ok("POST", "/v3/clusters/test/topics", {"topic_name": name, "partitions_count": parts})
         wait_until(lambda: all(p["leader"] for p in http.ok("GET", f"/v3/clusters/test/topics/{name}/partitions")["data"]),
                    20, what="leaders")
@@ -85,12 +90,34 @@ def recv_json(ws: websocket.WebSocket) -> dict:
 
 
 def close_code(ws: websocket.WebSocket, timeout_s: float = 20) -> tuple[int, str]:
-    """Read until the server's close frame; its (code, reason)."""
-    ws.settimeout(timeout_s)
+    """Read until the server's close frame; its (code, reason). Fails once ``timeout_s`` has
+    passed in all: the gateway's pings, read as frames too, renewed a timeout of each read, so a
+    close that never came held the test until pytest's own timeout."""
+    deadline = time.monotonic() + timeout_s
     while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no close frame within {timeout_s} s"
+        ws.settimeout(left)
         opcode, data = ws.recv_data(control_frame=True)
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             return struct.unpack("!H", data[:2])[0], data[2:].decode()
+
+
+def unread_bytes(ws: websocket.WebSocket) -> int:
+    """Bytes in the client's socket that it has not read (FIONREAD)."""
+    n = array.array("i", [0])
+    fcntl.ioctl(ws.sock.fileno(), termios.FIONREAD, n)
+    return n[0]
+
+
+def stop_reading(ws: websocket.WebSocket, timeout_s: float = 20) -> None:
+    """Be a client too slow for its stream: read nothing, from when its records begin to come
+    (within ``timeout_s`` of now) for twice the gateway's patience with a full queue. Counted from
+    the connect, the pause could end before the queue had been full that long -- the records
+    come once the stream's consumer is positioned, over a second after the connect while its
+    group's offsets partition changes leader -- and the client then read everything, unclosed."""
+    wait_until(lambda: unread_bytes(ws) >= RECORDS_UNREAD_BYTES, timeout_s, what="the stream's records coming")
+    time.sleep(SLOW_TIMEOUT_MS / 1000 * 2)  # not reading: the queue fills and stays full
 
 
 def consume(ws: websocket.WebSocket, n: int, timeout_s: float = 20) -> list[dict]:
@@ -317,16 +344,21 @@ def gateway_worker_rss_kib(cluster: Cluster) -> int:
     return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
 
 
-def test_a_slow_client_is_closed_and_the_gateway_memory_stays_flat(cluster: Cluster) -> None:
+def produce_big_records(cluster: Cluster, topic: str) -> None:
+    """10 x 500 records of ~4 KB (~20 MB to stream)."""
     http = Http(cluster.raw["nodes"]["gateway"]["port"])
     value = "x" * 4000
-    for _ in range(10):  # 10 x 500 records x ~4 KB = ~20 MB to stream
-        http.ok("POST", "/topics/big", {"records": [{"value": value}] * 500}, acks="1")
+    for _ in range(10):
+        http.ok("POST", f"/topics/{topic}", {"records": [{"value": value}] * 500}, acks="1")
+
+
+def test_a_slow_client_is_closed_and_the_gateway_memory_stays_flat(cluster: Cluster) -> None:
+    produce_big_records(cluster, "big")
     before = gateway_worker_rss_kib(cluster)
     for round_ in range(2):
         slow = connect(cluster, "/ws/consume?topic=big&from=beginning", role="consume",
                        sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 8192),))
-        time.sleep(SLOW_TIMEOUT_MS / 1000 * 2)  # a client that does not read: the queue fills and stays full
+        stop_reading(slow)
         code, reason = close_code(slow, timeout_s=30)
         assert code == 1013 and "too slow" in reason, (code, reason)
         slow.close()
@@ -335,6 +367,28 @@ def test_a_slow_client_is_closed_and_the_gateway_memory_stays_flat(cluster: Clus
     ok = connect(cluster, "/ws/consume?topic=big&from=beginning", role="consume")
     assert len(consume(ok, 600)) >= 600, "a client that keeps up gets everything"
     ok.close()
+
+
+def test_a_slow_client_whose_records_come_late_is_closed_too(cluster: Cluster) -> None:
+    """The gateway's patience with a full queue runs from when the queue filled, and a client
+    that stops reading is closed however late its stream's first records come: seconds after
+    the connect here (records produced late); so it is when a new group's join waits while its
+    offsets partition changes leader (its OFFSET_FETCH is held until the group's reading is
+    stored: nodes/coordinator/groups_offsets.py)."""
+    late = threading.Timer(SLOW_TIMEOUT_MS / 1000 * 1.5, produce_big_records, (cluster, "late"))
+    slow = connect(cluster, "/ws/consume?topic=late&from=beginning", role="consume",
+                   sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 8192),))
+    try:
+        assert recv_json(slow).get("ready"), "positioned on the empty topic"
+        late.start()  # the records come later than the gateway's patience, counted from here
+        stop_reading(slow)
+        code, reason = close_code(slow, timeout_s=30)
+        assert code == 1013 and "too slow" in reason, (code, reason)
+    finally:
+        late.cancel()
+        if late.is_alive():
+            late.join()
+        slow.close()
 
 
 def test_auto_create_topics_when_configured(cluster: Cluster) -> None:
