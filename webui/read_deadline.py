@@ -120,7 +120,7 @@ class ReadWatch:
             if read is not None:
                 length = _content_length(environ)
                 if length == 0:
-                    self._end(read)
+                    self._paused(read, 0, whole=True)
                 else:
                     with self._cond:
                         read.phase = BODY
@@ -141,10 +141,6 @@ class ReadWatch:
             read = self._reads.get(fd)
         return read if read is not None and read.sock is sock else None
 
-    def _end(self, read: _Read) -> None:
-        with self._cond:
-            read.deadline = float("inf")
-
     def _pause(self, read: _Read, got: int) -> None:
         """Under the lock: the app is not waiting on the client now (``got`` bytes of the body
         came, each buying its time): the deadline is off, the time left kept for ``_resume``."""
@@ -160,6 +156,8 @@ class ReadWatch:
                 self._wake_by(read.deadline)
 
     def _paused(self, read: _Read, got: int, whole: bool) -> None:
+        """The app has stopped reading for now (``_pause``), or has the whole body (``whole``:
+        no longer watched)."""
         with self._cond:
             if whole:
                 read.deadline = float("inf")

@@ -4,6 +4,7 @@ its own."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,6 +27,15 @@ from tests.unit.builders_sender import sender_rigs
 from tests.unit.fakes import BIG, SendSpy
 from tests.unit.tcp_endpoints import tcp_router
 from tests.unit.zmtp_support import DealerClient, MakeClient, RawServer
+
+
+@pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(the server's end, the client's end) of a connection: a socket pair, closed at the end."""
+    server, client = socket.socketpair()
+    yield server, client
+    server.close()
+    client.close()
 
 
 @pytest.fixture

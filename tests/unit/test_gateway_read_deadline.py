@@ -11,7 +11,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from gunicorn.http.errors import NoMoreData
@@ -21,15 +20,6 @@ from webui.errors import ApiError
 from webui.read_deadline import BODY, BODY_MIN_BYTES_PER_S, HEADERS, ReadWatch
 
 DEADLINE_S = 0.3
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(the server's end, the client's end) of a connection."""
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def cut_count(watch: ReadWatch) -> dict[str, float]:
@@ -43,8 +33,8 @@ def recv_in_thread(sock: socket.socket) -> tuple[threading.Thread, list]:
     return t, got
 
 
-def test_a_request_whose_headers_never_come_is_cut_and_its_blocked_read_ends(pair) -> None:
-    server, client = pair
+def test_a_request_whose_headers_never_come_is_cut_and_its_blocked_read_ends(socket_pair) -> None:
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     started = time.monotonic()
     key = watch.watch(server)
@@ -70,8 +60,8 @@ def watcher_passed(watch: ReadWatch) -> None:
         client.close()
 
 
-def test_a_request_its_thread_is_done_with_is_not_cut(pair) -> None:
-    server, client = pair
+def test_a_request_its_thread_is_done_with_is_not_cut(socket_pair) -> None:
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     watch.unwatch(watch.watch(server))
     watcher_passed(watch)
@@ -96,9 +86,9 @@ def environ_of(sock: socket.socket, body: io.BytesIO | None, length: int) -> dic
     return env
 
 
-def test_a_request_without_a_body_is_let_go_when_the_app_gets_it(pair) -> None:
+def test_a_request_without_a_body_is_let_go_when_the_app_gets_it(socket_pair) -> None:
     """A GET, a WebSocket upgrade, a long poll: the route's own wait is not the client's."""
-    server, client = pair
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     key = watch.watch(server)
     seen = []
@@ -110,8 +100,8 @@ def test_a_request_without_a_body_is_let_go_when_the_app_gets_it(pair) -> None:
     watch.unwatch(key)
 
 
-def test_a_body_read_whole_ends_the_watch(pair) -> None:
-    server, client = pair
+def test_a_body_read_whole_ends_the_watch(socket_pair) -> None:
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     key = watch.watch(server)
     reads: list = []
@@ -136,8 +126,8 @@ class StalledBody:
         return data
 
 
-def test_a_body_that_stops_coming_is_answered_408_40802(pair) -> None:
-    server, client = pair
+def test_a_body_that_stops_coming_is_answered_408_40802(socket_pair) -> None:
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     key = watch.watch(server)
     with pytest.raises(ApiError) as e:
@@ -147,9 +137,9 @@ def test_a_body_that_stops_coming_is_answered_408_40802(pair) -> None:
     watch.unwatch(key)
 
 
-def test_each_byte_of_the_body_buys_time(pair) -> None:
+def test_each_byte_of_the_body_buys_time(socket_pair) -> None:
     """The deadline moves on by the bytes a read got: a large body needs only a steady rate."""
-    server, client = pair
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     key = watch.watch(server)
     class Trickle:
@@ -170,8 +160,8 @@ def test_each_byte_of_the_body_buys_time(pair) -> None:
     watch.unwatch(key)
 
 
-def test_a_socket_not_watched_is_passed_through(pair) -> None:
-    server, client = pair
+def test_a_socket_not_watched_is_passed_through(socket_pair) -> None:
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     reads: list = []
     watch.wrap(app_reading(reads))(environ_of(server, io.BytesIO(b"abc"), 3), None)
@@ -225,8 +215,8 @@ def chunked_environ(server: socket.socket, sent: bytes) -> dict:
     return env
 
 
-def test_a_chunked_body_that_stops_coming_is_answered_408_not_a_bug(pair) -> None:
-    server, client = pair
+def test_a_chunked_body_that_stops_coming_is_answered_408_not_a_bug(socket_pair) -> None:
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     key = watch.watch(server)
     env = chunked_environ(server, b"5\r\n{\"rec\r\n")
@@ -236,8 +226,8 @@ def test_a_chunked_body_that_stops_coming_is_answered_408_not_a_bug(pair) -> Non
     watch.unwatch(key)
 
 
-def test_a_chunked_body_whose_client_left_before_the_deadline_is_not_called_late(pair) -> None:
-    server, client = pair
+def test_a_chunked_body_whose_client_left_before_the_deadline_is_not_called_late(socket_pair) -> None:
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     key = watch.watch(server)
     env = chunked_environ(server, b"")
@@ -249,11 +239,11 @@ def test_a_chunked_body_whose_client_left_before_the_deadline_is_not_called_late
     watch.unwatch(key)
 
 
-def test_time_the_app_takes_before_reading_the_body_is_not_the_clients(pair) -> None:
+def test_time_the_app_takes_before_reading_the_body_is_not_the_clients(socket_pair) -> None:
     """The deadline runs while the app waits on the client's bytes, not while it does something
     else first (a fault hold, a route that never reads the body it was sent): a body that has all
     arrived is read whole however late the app reads it, and nothing is cut."""
-    server, client = pair
+    server, client = socket_pair
     watch = ReadWatch(DEADLINE_S)
     key = watch.watch(server)
     body = bytes(3 * 16 * 1024)  # more than one piece

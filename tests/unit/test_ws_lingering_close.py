@@ -11,7 +11,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -30,14 +29,6 @@ LINGER_S = 0.3
 @pytest.fixture(autouse=True)
 def short_linger(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ws_guard, "LINGER_S", LINGER_S)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    server, client = socket.socketpair()
-    yield server, client
-    server.close()
-    client.close()
 
 
 def closing_ws(server: socket.socket) -> tuple[SimpleNamespace, InboxGate]:
@@ -60,8 +51,8 @@ def closing_ws(server: socket.socket) -> tuple[SimpleNamespace, InboxGate]:
     return ws, gate
 
 
-def test_the_clients_bytes_are_drained_until_it_closes_its_side(pair) -> None:
-    server, client = pair
+def test_the_clients_bytes_are_drained_until_it_closes_its_side(socket_pair) -> None:
+    server, client = socket_pair
     ws, gate = closing_ws(server)
     client.sendall(b"x" * 200_000)  # sent on after the close frame: would be reset by a plain close
     client.settimeout(5)
@@ -73,8 +64,8 @@ def test_the_clients_bytes_are_drained_until_it_closes_its_side(pair) -> None:
     assert server.fileno() != -1, "the descriptor is the server's to close"
 
 
-def test_a_client_that_neither_answers_nor_closes_is_cut(pair) -> None:
-    server, client = pair
+def test_a_client_that_neither_answers_nor_closes_is_cut(socket_pair) -> None:
+    server, client = socket_pair
     ws, gate = closing_ws(server)
     started = time.monotonic()
     gate.route_ended()
@@ -85,8 +76,8 @@ def test_a_client_that_neither_answers_nor_closes_is_cut(pair) -> None:
     assert client.recv(10) == b"", "the gateway's side is shut"
 
 
-def test_a_route_that_did_not_close_leaves_the_socket_to_flask_sock(pair) -> None:
-    server, client = pair
+def test_a_route_that_did_not_close_leaves_the_socket_to_flask_sock(socket_pair) -> None:
+    server, client = socket_pair
     ws, gate = closing_ws(server)
     ws.ws.state = ConnectionState.OPEN
     gate.route_ended()
@@ -96,7 +87,7 @@ def test_a_route_that_did_not_close_leaves_the_socket_to_flask_sock(pair) -> Non
     ws.thread.join(5)
 
 
-def test_gunicorn_gets_the_socket_back_open_and_counts_it_once(pair) -> None:
+def test_gunicorn_gets_the_socket_back_open_and_counts_it_once(socket_pair) -> None:
     """The socket is gunicorn's: once the route is done it closes it (27 lingering too) and
     counts the connection gone. A socket the gate had closed already made that close raise
     (a closed socket's ``setblocking``), and gunicorn counted the connection gone twice, so
@@ -107,7 +98,7 @@ def test_gunicorn_gets_the_socket_back_open_and_counts_it_once(pair) -> None:
     from gunicorn.config import Config
     if list(inspect.signature(gthread.ThreadWorker.finish_request).parameters) != ["self", "conn", "fs"]:
         pytest.skip("gunicorn before 23 closes its connections elsewhere")
-    server, client = pair
+    server, client = socket_pair
     conn = gthread.TConn(Config(), server, ("127.0.0.1", 1), ("127.0.0.1", 2))
     server.setblocking(True)  # as gunicorn's handle() does before the request
     ws, gate = closing_ws(server)
@@ -130,11 +121,11 @@ def client_frame(payload: bytes) -> bytes:
     return head + b"\0\0\0\0" + payload
 
 
-def test_a_client_sending_on_after_the_close_frame_leaves_no_reader_behind(pair) -> None:
+def test_a_client_sending_on_after_the_close_frame_leaves_no_reader_behind(socket_pair) -> None:
     """simple_websocket's reader (the real one) sets ``connected`` back to True at each message
     it reads after the route's close frame; the messages piled up that no route would take, and
     the gate held the reader back until one did: it slept in that wait for ever."""
-    server, client = pair
+    server, client = socket_pair
     environ = {"gunicorn.socket": server, "HTTP_HOST": "gw", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
                "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==", "HTTP_SEC_WEBSOCKET_VERSION": "13"}
     ws = simple_websocket.Server(environ, ping_interval=25)
