@@ -172,7 +172,7 @@ def test_unknown_partition_is_final_only_for_a_record_naming_a_partition_gone() 
     the record names (itself or by the route) a partition the fresh metadata lacks."""
     from types import SimpleNamespace
 
-    from nodes.gateway.agent import _gone_in, _retriable
+    from nodes.gateway.agent_produce import _gone_in, _retriable
     t = SimpleNamespace(partitions=[0, 1])  # made again with 2 partitions
     records = [(None, b"a", None, None), (None, b"b", None, 1), (None, b"c", None, 3)]
     gone = _gone_in("t", None, records, t)

@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 from fabric.apikeys import hash_key
 from fabric.client.services import pack_rows
 from fabric.config import GatewayConfig, SecurityConfig
-from nodes.gateway.agent import _chunks
+from nodes.gateway.agent_produce import _chunks
 from tests.unit.fakes import KEYS, StubAgent
 from webui.app import create_app
 from webui.auth import KeyStore, RateLimiter
