@@ -125,6 +125,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         # taken since the position was set from outside, as far as the position: a divergence into
         # an older epoch goes back to where the reading of a newer one began (``_diverged``)
         self._epoch_starts: dict[TopicPartition, list[tuple[int, int]]] = {}
+        self._epochs_merged: set[TopicPartition] = set()  # past EPOCH_STARTS_KEPT: the oldest entry mixes epochs
         # fetched records not yet returned: views of runs of one partition in offset order
         # (per-run, not per-record, bookkeeping keeps poll() cheap; nothing unpacked yet)
         self._buffer: deque[RecordBatchView] = deque()
@@ -157,6 +158,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         self._read_hw = {tp: h for tp, h in self._read_hw.items() if tp in keep}
         self._position_epochs = {tp: e for tp, e in self._position_epochs.items() if tp in keep}
         self._epoch_starts = {tp: e for tp, e in self._epoch_starts.items() if tp in keep}
+        self._epochs_merged = {tp for tp in self._epochs_merged if tp in keep}
         self._positioned_in = {tp: i for tp, i in self._positioned_in.items() if tp in keep}
         self._ahead_of_metadata = {tp: i for tp, i in self._ahead_of_metadata.items() if tp in keep}
         self._ahead_since = {tp: s for tp, s in self._ahead_since.items() if tp in keep}

@@ -62,6 +62,7 @@ class ConsumerPositions:
     _read_hw: dict[TopicPartition, int]
     _position_epochs: dict[TopicPartition, int]
     _epoch_starts: dict[TopicPartition, list[tuple[int, int]]]
+    _epochs_merged: set[TopicPartition]
     _unseen: dict[str, int]
 
     def _init_positions(self) -> None:
@@ -185,6 +186,7 @@ class ConsumerPositions:
     def _forget_epochs(self, tp: TopicPartition) -> None:
         self._position_epochs.pop(tp, None)
         self._epoch_starts.pop(tp, None)
+        self._epochs_merged.discard(tp)
 
     def _note_epoch_starts(self, tp: TopicPartition, run: RecordBatchView) -> None:
         """The epochs of ``run``, just taken, newer than those noted. Past EPOCH_STARTS_KEPT the
@@ -196,6 +198,27 @@ class ConsumerPositions:
                 starts.append((epoch, offset))
         while len(starts) > EPOCH_STARTS_KEPT:
             starts[0:2] = [(starts[1][0], starts[0][1])]
+            self._epochs_merged.add(tp)
+
+    def _read_epoch_before(self, tp: TopicPartition, offset: int) -> int:
+        """The leader epoch of record ``offset - 1`` as this consumer read it -- what a commit of
+        ``offset`` names (KIP-320's committed leader epoch) --, ``P.NO_LEADER_EPOCH`` when not known:
+        at the position, the epoch the next fetch names; below it, that of the epoch the record
+        was taken in (``_epoch_starts``), if it was taken since the position was last set from
+        outside. Not known: a record not taken here, or one in the oldest epochs past
+        EPOCH_STARTS_KEPT, which share one entry under the newest of them (naming a newer epoch
+        than the record's, a leader whose log parts from the one read there would not say so)."""
+        position = self.positions.get(tp)
+        if position == offset:
+            return self._position_epochs.get(tp, P.NO_LEADER_EPOCH)
+        starts = self._epoch_starts.get(tp)
+        if position is None or not starts or not starts[0][1] < offset < position:
+            return P.NO_LEADER_EPOCH
+        for i in range(len(starts) - 1, -1, -1):
+            epoch, start = starts[i]
+            if start < offset:
+                return P.NO_LEADER_EPOCH if i == 0 and tp in self._epochs_merged else epoch
+        return P.NO_LEADER_EPOCH
 
     def seek_to_beginning(self, tps: list[TopicPartition] | None = None) -> None:
         """Fetch ``tps`` (default: every assigned partition) from their log start next. Raises

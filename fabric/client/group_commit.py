@@ -68,7 +68,6 @@ class GroupCommits(GroupCommittedLookups):
     _read_in: dict[TopicPartition, str]         # the topic id each position was read in
     _positioned_in: dict[TopicPartition, str]   # ... or was set in from outside, or read in before a reset
     _ahead_of_metadata: dict[TopicPartition, str]  # ... a set one the metadata did not name yet
-    _position_epochs: dict[TopicPartition, int]    # the leader epoch the next fetch at each position names
     auto_offset_reset: str
     group_id: str
     subscription: list[str]
@@ -92,6 +91,7 @@ class GroupCommits(GroupCommittedLookups):
                                      epochs: dict[TopicPartition, int] | None = None) -> None: ...
         def _refresh_metadata(self) -> None: ...
         def _made_again_since(self, sent_ids: dict[str, str]) -> set[str]: ...
+        def _read_epoch_before(self, tp: TopicPartition, offset: int) -> int: ...
 
     def _init_commits(self) -> None:
         """The state this half owns; called by ``GroupConsumer.__init__`` once
@@ -225,15 +225,15 @@ class GroupCommits(GroupCommittedLookups):
     def _without_below_commits(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """``offsets`` without those below the group's committed offset a leader sent their
         position back under (``_below_commits``) -- but with one the coordinator takes there: the
-        position, carrying an epoch newer than the committed one's (``_commit_entry``)."""
+        position or an offset below it, carrying an epoch newer than the committed one's
+        (``_commit_entry``)."""
         below = self._below_commits
         if not below:
             return offsets
         out = {}
         for tp, o in offsets.items():
             at, epoch = below.get(tp, (o, NO_LEADER_EPOCH))
-            if o >= at or (epoch >= 0 and o == self.positions.get(tp)
-                           and self._position_epochs.get(tp, NO_LEADER_EPOCH) > epoch):
+            if o >= at or (epoch >= 0 and self._read_epoch_before(tp, o) > epoch):
                 out[tp] = o
         return out
 
@@ -265,16 +265,16 @@ class GroupCommits(GroupCommittedLookups):
                 "topic_ids": self._commit_topic_ids(offsets)}
 
     def _commit_entry(self, t: str, p: int, offset: int) -> list:
-        """One offset of OFFSET_COMMIT: ``[t, p, offset]``, and where ``offset`` is the partition's
-        position, ``metadata`` ("") and the leader epoch of the record before it as this consumer
-        knows it -- the one its next fetch names (``Consumer._send_fetches``): KIP-320's committed
-        leader epoch. Who starts from the offset names it in its first fetch, and a leader whose
-        log parts from the one read there (an unclean election: truncated under the offset, then
-        written again) says where, instead of the records written since being skipped. Another
-        offset (an application's own, an auto-commit's bound, a position given back) goes without
-        one: which epoch its record was of is not known here."""
-        tp = (t, p)
-        epoch = self._position_epochs.get(tp, NO_LEADER_EPOCH) if self.positions.get(tp) == offset else NO_LEADER_EPOCH
+        """One offset of OFFSET_COMMIT: ``[t, p, offset]``, and where this consumer knows the
+        leader epoch of the record before ``offset`` (``_read_epoch_before``: at the position, the
+        one its next fetch names; below it, the epoch that record was taken in -- an application's
+        own offset, an auto-commit's bound, a REST instance's commit of what it handed out),
+        ``metadata`` ("") and that epoch: KIP-320's committed leader epoch. Who starts from the
+        offset names it in its first fetch, and a leader whose log parts from the one read there
+        (an unclean election: truncated under the offset, then written again) says where, instead
+        of the records written since being skipped. An offset whose record was not taken here
+        goes without one."""
+        epoch = self._read_epoch_before((t, p), offset)
         return [t, p, offset, "", epoch] if epoch >= 0 else [t, p, offset]
 
     def position_topic_ids(self) -> dict[str, str]:

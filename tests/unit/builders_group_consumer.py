@@ -32,6 +32,7 @@ class OnePartitionBroker:
     def __init__(self) -> None:
         self.replies: list[Callable[[], None]] = []
         self.out_of_range_from: int | None = None  # a FETCH at or past it: offset_out_of_range
+        self.epoch_of: Callable[[int], int] = lambda offset: 1  # the leader epoch of an answer from ``offset``
         self.metadata = ClusterMetadata(1, "c", {1: BrokerInfo(1, "b1", 1, 2)},
                                         {"t": TopicInfo("t", (PartitionInfo("t", 0, 1, 1, (1,), (1,)),), {}, "id-t")},
                                         coordinator="tcp://coordinator")
@@ -68,7 +69,7 @@ class OnePartitionBroker:
             n = min(RECORDS_PER_FETCH_ANSWER, LOG_END_OFFSET - offset)
             if n <= 0:
                 return 0  # a long poll at the log end: answered only when records come (never here)
-            data = as_leader_wrote(make_batch(n), offset, 1)
+            data = as_leader_wrote(make_batch(n), offset, self.epoch_of(offset))
             entry = [topic, partition, 0, LOG_END_OFFSET, LOG_END_OFFSET, 0, None]
             self.replies.append(lambda: callback({"parts": [entry]}, [data], None))
         elif command == P.LIST_OFFSETS:  # the log start (EARLIEST, -2) or end (LATEST, -1)

@@ -91,7 +91,7 @@ def test_a_commit_of_the_position_carries_the_epoch_of_the_record_before_it(worl
 
 @pytest.mark.parametrize("how", ["another offset", "sought"])
 def test_an_offset_whose_records_epoch_is_not_known_is_committed_without_one(world: Any, how: str) -> None:
-    """An application's own offset (not the position), or a position sought to: which epoch the
+    """An application's own offset past what it took, or a position sought to: which epoch the
     record before it was of is not known here; naming the epoch of the last record read, a leader
     whose epoch 1 ended below the offset would send the member that starts there back."""
     c, broker, coordinator = world()
@@ -103,10 +103,52 @@ def test_an_offset_whose_records_epoch_is_not_known_is_committed_without_one(wor
         c.commit()
         assert _commits(coordinator) == [(T0, 500, -1)]
     else:
-        c.commit({T0: 5})
-        assert _commits(coordinator) == [(T0, 5, -1)]
+        c.commit({T0: 30})  # fetched (buffered), not taken
+        assert _commits(coordinator) == [(T0, 30, -1)]
     sent = [h for cmd, h in c._link.calls if cmd == P.OFFSET_COMMIT]
     assert sent and all(len(e) == 3 for h in sent for e in h["offsets"]), "an unknown epoch is sent as before the field"
+
+
+def _take_up_to(c: GroupConsumer, position: int) -> None:
+    for _ in range(200):
+        c.poll(100, max_records=10)
+        if (c.position(T0) or 0) >= position:
+            return
+    raise AssertionError(f"position {c.position(T0)} never reached {position}")
+
+
+def test_an_offset_below_the_position_carries_the_epoch_its_record_was_taken_in(world: Any) -> None:
+    """An application's own offset, below its position (records handed on and done, a REST
+    client's commit of what it was given): the epoch of the record before it, as taken -- it went
+    without one, so a member starting there after an unclean election skipped what the new
+    leader wrote below it. Records 0-49 of epoch 1, 50-99 of epoch 3."""
+    c, broker, coordinator = world()
+    broker.epoch_of = lambda offset: 1 if offset < 50 else 3
+    coordinator.committed[T0] = 0
+    c.assign([T0])
+    _take_up_to(c, 60)
+    for offset, epoch in ((30, 1), (50, 1), (51, 3), (c.position(T0), 3), (0, -1)):
+        coordinator.committed.clear()
+        coordinator.committed_epochs.clear()
+        c.commit({T0: offset})
+        assert _commits(coordinator) == [(T0, offset, epoch)], offset
+
+
+def test_an_offset_in_the_oldest_of_more_epochs_than_are_kept_goes_without_one(world: Any) -> None:
+    """Past EPOCH_STARTS_KEPT the oldest epochs read share one entry under the newest of them:
+    an offset there is committed without an epoch (naming a newer one than its record's, a leader
+    whose log parts there would not say so); one in a later epoch still carries it. A new epoch
+    every 50 records: 1 to 20."""
+    c, broker, coordinator = world()
+    broker.epoch_of = lambda offset: offset // 50 + 1
+    coordinator.committed[T0] = 0
+    c.assign([T0])
+    _take_up_to(c, 1000)
+    for offset, epoch in ((10, -1), (960, 20), (901, 19)):
+        coordinator.committed.clear()
+        coordinator.committed_epochs.clear()
+        c.commit({T0: offset})
+        assert _commits(coordinator) == [(T0, offset, epoch)], offset
 
 
 @pytest.mark.parametrize("how", ["subscribed", "assigned"])
