@@ -69,8 +69,15 @@ class Timer:
         if self.cancelled:
             return
         self.cancelled = True
+        # what the callback refers to (a client, a consumer and its buffers) is let go now, not
+        # when the husk leaves the heap (when due, or at the next compaction)
+        self.fn = _cancelled
         if self._reactor is not None:
             self._reactor._timer_cancelled()
+
+
+def _cancelled() -> None:
+    """A cancelled timer's callback: never called (the reactor skips cancelled timers)."""
 
 
 class Reactor:

@@ -328,6 +328,12 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         for c in self._clients.values():
             c.close()
         self._clients.clear()
+        # what was fetched ahead, let go now: reference cycles (the reactor's callbacks, the
+        # clients', a heartbeat thread's) keep a closed consumer until a full collection, which
+        # a node runs seldom (nodes/run.py), and a consumer service whose instances came and went
+        # grew by every one's buffered records meanwhile
+        self._buffer.clear()
+        self._buffered_records = 0
 
     def __enter__(self) -> "Consumer":
         return self

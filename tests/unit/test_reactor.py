@@ -65,3 +65,23 @@ def test_many_rpc_round_trips_do_not_exhaust_timers(monkeypatch: pytest.MonkeyPa
     finally:
         client.close()
         server.close()
+
+
+def test_a_cancelled_timer_lets_go_of_what_its_callback_refers_to_at_once() -> None:
+    """A request's timeout cancelled by its reply stays in the heap until it is due (or the
+    next compaction): its callback -- a client, a consumer and what it buffered -- was kept
+    as long, and a closed consumer on a long-lived reactor with it."""
+    import weakref
+
+    class Owner:
+        def expire(self) -> None:
+            pass
+
+    reactor = Reactor(ManualClock())
+    owner = Owner()
+    timer = reactor.call_later(60_000, owner.expire)
+    gone = weakref.ref(owner)
+    del owner
+    timer.cancel()
+    assert reactor._timers, "the husk is still in the heap: the test shows what it means to"
+    assert gone() is None, "a cancelled timer still holds its callback's object"

@@ -195,3 +195,21 @@ def test_an_address_is_used_as_it_is_without_a_resolver_thread(monkeypatch: pyte
     reactor.run_once(POLL_MS)
     assert threading.active_count() == started
     dealer.close()
+
+
+def test_a_closed_dealer_that_is_still_referred_to_holds_no_receive_buffer() -> None:
+    """A closed client that a reference cycle keeps (a consumer's reactor, its callbacks) until a
+    full collection kept its RECEIVE_BYTES receive buffer meanwhile: a consumer service whose REST
+    instances came and went grew by 1.25 MB per instance (five connections each)."""
+    import tracemalloc
+    reactor = Reactor()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        dealers = [zmtp_client.ZmtpDealer(reactor, "tcp://127.0.0.1:9", lambda frames: None) for _ in range(8)]
+        assert tracemalloc.get_traced_memory()[0] - before >= 8 * zmtp_client.RECEIVE_BYTES
+        for d in dealers:
+            d.close()
+        assert tracemalloc.get_traced_memory()[0] - before < zmtp_client.RECEIVE_BYTES, "closed dealers kept their buffers"
+    finally:
+        tracemalloc.stop()
