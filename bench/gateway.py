@@ -175,6 +175,64 @@ def latency(base: str, topic: str, rate: float, seconds: float) -> dict:
             "p99_ms": ms(nearest_rank(lat_ms, 0.99)), "max_ms": ms(lat_ms[-1] if lat_ms else None)}
 
 
+def rss_mb(pids: list[int]) -> list[int]:
+    """Each process's resident memory in MB (0: gone)."""
+    out = []
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            out.append(int(status.split("VmRSS:")[1].split()[0]) // 1024)
+        except (OSError, IndexError, ValueError):
+            out.append(0)
+    return out
+
+
+def instance_churn(base: str, port: int, topic: str, seconds: float, config_path: Path) -> dict:
+    """Consumer instances made, subscribed to ``topic``, read three times (up to 200 KB each)
+    and deleted, one after another, beside a ``/ws/consume`` stream of another group opened and
+    closed every 3 s, for ``seconds``: each node's resident memory (MB, per process: the
+    gateway's master and worker) before and after. A closed consumer that kept what it had
+    fetched made a consumer service grow by ~1.3 MB per instance until a full collection."""
+    nodes = {n: pids for n, pids in find_node_processes(str(config_path)).items()
+             if n.startswith("consumer-") or n == "gateway"}
+    before = {n: rss_mb(pids) for n, pids in nodes.items()}
+    deadline = time.monotonic() + seconds
+    made = 0
+
+    def call(method: str, path: str, body: Any = None) -> None:
+        r = requests.request(method, base + path, json=body, headers=AUTH, timeout=30)
+        if r.status_code >= 300:
+            raise RuntimeError(f"{method} {path} answered {r.status_code}: {r.text[:200]}")
+
+    def streams() -> None:
+        while time.monotonic() < deadline:
+            ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/consume?topic={topic}&group=churn-ws"
+                                             "&from=beginning&format=binary", header=[f"Authorization: Bearer "
+                                             f"{ROLE_KEYS['admin']}"], timeout=3, skip_utf8_validation=True)
+            until = time.monotonic() + 3
+            try:
+                while time.monotonic() < until:
+                    ws.recv()
+            except (websocket.WebSocketException, OSError):
+                pass  # the read timed out: the stream is closed and opened again
+            finally:
+                ws.close()
+    side = threading.Thread(target=streams, daemon=True)
+    side.start()
+    while time.monotonic() < deadline:
+        made += 1
+        name = f"churn-{made}"
+        call("POST", "/consumers/churn", {"name": name, "format": "binary", "auto.offset.reset": "earliest",
+                                          "auto.commit.enable": "false"})
+        call("POST", f"/consumers/churn/instances/{name}/subscription", {"topics": [topic]})
+        for _ in range(3):
+            call("GET", f"/consumers/churn/instances/{name}/records?timeout=500&max_bytes=200000")
+        call("DELETE", f"/consumers/churn/instances/{name}")
+    side.join(10)
+    return {"instances": made, "seconds": round(seconds, 1),
+            "rss_mb": {n: {"before": before[n], "after": rss_mb(pids)} for n, pids in sorted(nodes.items())}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = UsageParser(prog="loom bench gateway")
     ap.add_argument("--requests", type=int, default=400, help="REST produce requests")
@@ -184,13 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     ap.add_argument("--fsync-interval-ms", type=int, default=200,
                     help="the brokers' interval fsync (default 200: config/cluster.yaml's, what `make up` runs)")
+    ap.add_argument("--churn-seconds", type=float, default=0.0,
+                    help="then consumer instances made, read and deleted for this long: the nodes' memory (0: skip)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not (1 <= args.requests <= 100_000 and 1 <= args.batch <= 100_000 and 1 <= args.clients <= 256
             and 0 < args.rate <= 10_000 and 0 < args.seconds <= 600 and args.rate * args.seconds <= 1_000_000
-            and 1 <= args.fsync_interval_ms <= 60_000):
+            and 1 <= args.fsync_interval_ms <= 60_000 and 0 <= args.churn_seconds <= 3600):
         ap.error("--requests 1..100000, --batch 1..100000, --clients 1..256, --rate 0..10000 (exclusive of 0), "
-                 "--seconds 0..600 (exclusive of 0) with rate x seconds <= 1000000, --fsync-interval-ms 1..60000")
+                 "--seconds 0..600 (exclusive of 0) with rate x seconds <= 1000000, --fsync-interval-ms 1..60000, "
+                 "--churn-seconds 0..3600")
     tmp = Path(tempfile.mkdtemp(prefix="loom-bench-gw-"))
     overrides = {**gateway_overrides(), "storage": {"fsync": "interval", "fsync_interval_ms": args.fsync_interval_ms}}
     cluster = Cluster(make_config(tmp, 3, extra_nodes=GATEWAY_NODES, overrides=overrides))
@@ -215,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         results["latency"] = latency(base, "latency", args.rate, args.seconds)
         results["latency"]["cpu_ms_per_request"] = cpu.per(results["latency"]["requests"], 1e3)
         print("single-record REST produce at %g req/s: %s" % (args.rate, results["latency"]), flush=True)
+        if args.churn_seconds > 0:
+            results["instance_churn"] = instance_churn(base, port, "bench", args.churn_seconds, cluster.config_path)
+            print("consumer instances made and deleted: %s" % results["instance_churn"], flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({"args": vars(args), **results}, indent=2))
     finally:
