@@ -188,6 +188,16 @@ class ConsumerPositions:
         self._epoch_starts.pop(tp, None)
         self._epochs_merged.discard(tp)
 
+    def _keep_epoch_starts(self, tp: TopicPartition, kept: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``tp``'s epoch starts are now ``kept``, the oldest of those noted (the position went back
+        under the others). None kept: the entry the oldest epochs were merged into went too --
+        kept marked, the first epoch read from here on was taken for it, and offsets in it were
+        committed without their epoch."""
+        self._epoch_starts[tp] = kept
+        if not kept:
+            self._epochs_merged.discard(tp)
+        return kept
+
     def _note_epoch_starts(self, tp: TopicPartition, run: RecordBatchView) -> None:
         """The epochs of ``run``, just taken, newer than those noted. Past EPOCH_STARTS_KEPT the
         two oldest become one, with the newer epoch and the older start: a divergence into the
@@ -374,7 +384,11 @@ class ConsumerPositions:
                     "up to a high watermark of %d): reading on from %d", tp[0], tp[1], fetched_at, end, read_hw, to)
         # as an out-of-range reset at the position a take set, a give-back may still move it back
         self.positions[tp] = to
-        self._epoch_starts[tp] = [(e, offset) for e, offset in self._epoch_starts.get(tp, []) if offset < to]
+        kept = self._keep_epoch_starts(tp, [(e, offset) for e, offset in self._epoch_starts.get(tp, []) if offset < to])
+        if kept:  # the epoch record ``to - 1`` was read in, not that of the last record read (gone)
+            self._position_epochs[tp] = kept[-1][0]
+        else:  # not read here: not known
+            self._position_epochs.pop(tp, None)
         self._forget_reset(tp)
         self._drop_buffered(tp)
         return True
@@ -387,8 +401,9 @@ class ConsumerPositions:
         position past ``end`` goes back to it, whatever ``auto_offset_reset`` says, and is said,
         as Kafka's consumer does -- reset by the policy, ``latest`` skipped the records written
         since the truncation. The next fetch from there names ``epoch``, which both logs share up to
-        ``end``; a position at or below ``end`` (the answer was to a fetch ahead of it) keeps the
-        epoch of the record before it.
+        ``end`` -- or the epoch the consumer read the record before it in, where that is older (the
+        leader answers again where its log parts from that one); a position at or below ``end``
+        (the answer was to a fetch ahead of it) keeps the epoch of the record before it.
 
         Where this consumer read a newer epoch than ``epoch`` (one the leader never had), its
         records from where it began reading that one are not the leader's either: the logs part
@@ -405,13 +420,20 @@ class ConsumerPositions:
             return
         starts = self._epoch_starts.get(tp, [])
         to = min([end] + [offset for e, offset in starts if e > epoch])
-        self._epoch_starts[tp] = [(e, offset) for e, offset in starts if e <= epoch and offset < to]
+        kept = self._keep_epoch_starts(tp, [(e, offset) for e, offset in starts if e <= epoch and offset < to])
         if position is not None and position > to:
             log.warning("%s-%d: the leader's log parts from the one read at offset %d (its epoch %d ends at %d): "
                         "position %d goes back to it (the records read from there on are gone)",
                         tp[0], tp[1], to, epoch, end, position)
             # as an out-of-range answer at the position a take set, a give-back may still move it back
             self.positions[tp] = to
+            if kept:
+                # record ``to - 1`` was read in the newest epoch kept, perhaps older than ``epoch`` (the
+                # start of a newer one read set ``to``): named there, a leader whose log parts below
+                # ``to`` says so next (KIP-279's follower asks again so). Naming ``epoch``, which the
+                # consumer did not read there, the leader took ``to`` for shared, and its records below
+                # it were skipped -- and a commit of ``to`` named ``epoch`` to whoever starts there
+                epoch = kept[-1][0]
         elif position is not None and fetched_at > position and tp in self._position_epochs:
             # a fetch ahead of the position (records buffered) parted above it: the record before
             # the position keeps its epoch -- the answer's, of the records fetched ahead, may be
