@@ -482,3 +482,4 @@ def test_a_truncation_under_the_position_names_the_epoch_read_before_where_it_re
     assert _commits(coordinator) == [(T0, 39, 1)]
     c.commit({T0: 40})
     assert _commits(coordinator) == [(T0, 40, 1)], "the epoch of a record gone named at the position"
+
