@@ -337,7 +337,25 @@ class ConsumerPositions:
             # equal: a take cut before it moved the position past a run it took off the buffer --
             # moved, the buffer is dropped and fetched again from there
             if position is not None and position >= offset:
-                self._move_to(tp, offset)
+                self._given_back_to(tp, offset)
+
+    def _given_back_to(self, tp: TopicPartition, offset: int) -> None:
+        """``give_back``'s move of ``tp`` back to ``offset``, in the reading it took the records
+        in: the epochs of those before ``offset`` stay (``_epoch_starts``), and the next fetch and a
+        commit at ``offset`` name the one record ``offset - 1`` was read in -- none where it was not
+        read here, or in the oldest epochs' merged entry. Forgotten, a commit of what a consumer
+        service's client was given went without one, and the fetch named none: a leader whose log
+        parts below ``offset`` was not asked, and the consumer read on past what it wrote there."""
+        kept = [(e, o) for e, o in self._epoch_starts.get(tp, []) if o < offset]
+        merged = tp in self._epochs_merged
+        self._move_to(tp, offset)
+        if not kept:
+            return
+        self._epoch_starts[tp] = kept
+        if merged:
+            self._epochs_merged.add(tp)
+        if len(kept) > 1 or not merged:
+            self._position_epochs[tp] = kept[-1][0]
 
     # -- partitions that cannot be positioned -------------------------------------------------
     def _out_of_range(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> None:

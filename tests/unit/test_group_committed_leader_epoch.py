@@ -202,12 +202,8 @@ def test_seek_with_a_leader_epoch_names_it_and_without_one_names_none(world: Any
     assert [p[5] for p in broker.fetched if p[2] == 600] == [-1]
 
 
-def test_the_consumer_services_assign_starts_at_the_committed_offset_naming_its_epoch() -> None:
-    """A REST instance assigned t-0 seeks to the group's committed offset itself
-    (``committed_starts``, then ``seek(..., committed=True)``): with the commit's epoch."""
-    coordinator = OffsetsCoordinator()
-    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
-    rig = RestInstance(coordinator)
+def _recording_fetches(rig: RestInstance) -> list[list]:
+    """The t-0 parts of the FETCHes the instance's broker is sent from now on."""
     fetched: list[list] = []
     forward = rig.broker.request
 
@@ -216,6 +212,16 @@ def test_the_consumer_services_assign_starts_at_the_committed_offset_naming_its_
             fetched.extend(header["parts"])
         return forward(command, header, *args, **kw)
     rig.broker.request = recording  # type: ignore[method-assign]
+    return fetched
+
+
+def test_the_consumer_services_assign_starts_at_the_committed_offset_naming_its_epoch() -> None:
+    """A REST instance assigned t-0 seeks to the group's committed offset itself
+    (``committed_starts``, then ``seek(..., committed=True)``): with the commit's epoch."""
+    coordinator = OffsetsCoordinator()
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
+    rig = RestInstance(coordinator)
+    fetched = _recording_fetches(rig)
     rig.request("subscribe", topics=[])
     rig.request("assign", partitions=[["t", 0]])
     assert rig.fetch_records() == list(range(900, 910))
@@ -483,3 +489,26 @@ def test_a_truncation_under_the_position_names_the_epoch_read_before_where_it_re
     c.commit({T0: 40})
     assert _commits(coordinator) == [(T0, 40, 1)], "the epoch of a record gone named at the position"
 
+
+
+def test_records_given_back_keep_the_epochs_of_those_before_them() -> None:
+    """A consumer service's instance returns 0..9, then only 10 of 10..19 (its client's byte
+    limit: 11..19 are given back, the position moved back to 11). Records 0..10 were taken, in
+    epoch 1: the client's commit of 11 -- or of 5 -- carries it, and the fetch at 11 names it.
+    Forgotten with the give-back, the commit of what the client was given went without one (a
+    member starting there after an unclean election skipped what the new leader wrote below it),
+    and the fetch named none: a leader whose log parts below 11 was not asked, and the instance
+    read on past what it wrote there."""
+    coordinator = OffsetsCoordinator()
+    coordinator.committed[T0] = 0
+    rig = RestInstance(coordinator)
+    fetched = _recording_fetches(rig)
+    assert rig.fetch_records() == list(range(10))
+    assert rig.fetch(max_bytes=1) == [10]
+    fetched.clear()
+    for offset in (11, 5):
+        rig.request("commit", offsets=[["t", 0, offset]])
+        assert _commits(coordinator) == [(T0, offset, 1)], offset
+        coordinator.committed[T0] = 0
+    assert rig.fetch() == list(range(11, 21))
+    assert [p[5] for p in fetched if p[2] == 11] == [1], fetched
