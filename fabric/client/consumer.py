@@ -119,7 +119,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         # and of the record before its fetch position (buffered): a fetch names it (KIP-320), and
         # the leader answers where its log parts from the one read (``_diverged``). None after a
         # seek or a reset until a take sets it again: nothing is checked meanwhile (a give-back
-        # names the epoch of the record taken before where it moved: ``_given_back_to``)
+        # names the epoch of the record taken before where it moved: ``_move_to``)
         self._position_epochs: dict[TopicPartition, int] = {}
         self._fetch_epochs: dict[TopicPartition, int] = {}
         # per partition, (leader epoch, the first offset taken in it) for the epochs of the records

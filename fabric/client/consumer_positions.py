@@ -176,10 +176,14 @@ class ConsumerPositions:
         if gone:
             self._start_deleted(gone)
 
-    def _move_to(self, tp: TopicPartition, offset: int) -> None:
-        """``seek``, in the topic the position was read in (records taken and given back)."""
+    def _move_to(self, tp: TopicPartition, offset: int, *, given_back: bool = False) -> None:
+        """``seek``, in the topic the position was read in (records taken and ``given_back``: the
+        epochs of those before ``offset`` are kept, and the one of the record before it named)."""
         self.positions[tp] = offset
-        self._forget_epochs(tp)  # the epoch of the record before it is not known
+        if given_back:
+            self._name_epoch_read_before(tp, self._keep_epoch_starts_below(tp, offset))
+        else:
+            self._forget_epochs(tp)  # the epoch of the record before it is not known
         self._forget_reset(tp)
         self._drop_buffered(tp)
 
@@ -188,15 +192,25 @@ class ConsumerPositions:
         self._epoch_starts.pop(tp, None)
         self._epochs_merged.discard(tp)
 
-    def _keep_epoch_starts(self, tp: TopicPartition, kept: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """``tp``'s epoch starts are now ``kept``, the oldest of those noted (the position went back
-        under the others). None kept: the entry the oldest epochs were merged into went too --
-        kept marked, the first epoch read from here on was taken for it, and offsets in it were
-        committed without their epoch."""
+    def _keep_epoch_starts_below(self, tp: TopicPartition, to: int, epoch_max: int | None = None) -> int:
+        """``tp``'s position goes back to ``to``: keep the epoch starts below it (of epochs at most
+        ``epoch_max``); the epoch record ``to - 1`` was read in, else ``P.NO_LEADER_EPOCH`` (not
+        read here, or in the merged oldest entry). None kept: the merged entry's mark goes too --
+        kept, the first epoch read next was taken for it, and committed without its epoch."""
+        kept = [(e, offset) for e, offset in self._epoch_starts.get(tp, [])
+                if offset < to and (epoch_max is None or e <= epoch_max)]
         self._epoch_starts[tp] = kept
         if not kept:
             self._epochs_merged.discard(tp)
-        return kept
+            return P.NO_LEADER_EPOCH
+        return P.NO_LEADER_EPOCH if len(kept) == 1 and tp in self._epochs_merged else kept[-1][0]
+
+    def _name_epoch_read_before(self, tp: TopicPartition, epoch: int) -> None:
+        """The next fetch at the position, and a commit of it, name ``epoch`` (none: not known)."""
+        if epoch >= 0:
+            self._position_epochs[tp] = epoch
+        else:
+            self._position_epochs.pop(tp, None)
 
     def _note_epoch_starts(self, tp: TopicPartition, run: RecordBatchView) -> None:
         """The epochs of ``run``, just taken, newer than those noted. Past EPOCH_STARTS_KEPT the
@@ -337,25 +351,11 @@ class ConsumerPositions:
             # equal: a take cut before it moved the position past a run it took off the buffer --
             # moved, the buffer is dropped and fetched again from there
             if position is not None and position >= offset:
-                self._given_back_to(tp, offset)
-
-    def _given_back_to(self, tp: TopicPartition, offset: int) -> None:
-        """``give_back``'s move of ``tp`` back to ``offset``, in the reading it took the records
-        in: the epochs of those before ``offset`` stay (``_epoch_starts``), and the next fetch and a
-        commit at ``offset`` name the one record ``offset - 1`` was read in -- none where it was not
-        read here, or in the oldest epochs' merged entry. Forgotten, a commit of what a consumer
-        service's client was given went without one, and the fetch named none: a leader whose log
-        parts below ``offset`` was not asked, and the consumer read on past what it wrote there."""
-        kept = [(e, o) for e, o in self._epoch_starts.get(tp, []) if o < offset]
-        merged = tp in self._epochs_merged
-        self._move_to(tp, offset)
-        if not kept:
-            return
-        self._epoch_starts[tp] = kept
-        if merged:
-            self._epochs_merged.add(tp)
-        if len(kept) > 1 or not merged:
-            self._position_epochs[tp] = kept[-1][0]
+                # the epochs of the records before ``offset`` stay: forgotten, a commit of what a
+                # consumer service's client was given went without one, and the next fetch named
+                # none -- a leader whose log parts below ``offset`` was not asked, and the consumer
+                # read on past what it wrote there
+                self._move_to(tp, offset, given_back=True)
 
     # -- partitions that cannot be positioned -------------------------------------------------
     def _out_of_range(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> None:
@@ -402,11 +402,8 @@ class ConsumerPositions:
                     "up to a high watermark of %d): reading on from %d", tp[0], tp[1], fetched_at, end, read_hw, to)
         # as an out-of-range reset at the position a take set, a give-back may still move it back
         self.positions[tp] = to
-        kept = self._keep_epoch_starts(tp, [(e, offset) for e, offset in self._epoch_starts.get(tp, []) if offset < to])
-        if kept:  # the epoch record ``to - 1`` was read in, not that of the last record read (gone)
-            self._position_epochs[tp] = kept[-1][0]
-        else:  # not read here: not known
-            self._position_epochs.pop(tp, None)
+        # the epoch record ``to - 1`` was read in, not that of the last record read (gone)
+        self._name_epoch_read_before(tp, self._keep_epoch_starts_below(tp, to))
         self._forget_reset(tp)
         self._drop_buffered(tp)
         return True
@@ -438,20 +435,18 @@ class ConsumerPositions:
             return
         starts = self._epoch_starts.get(tp, [])
         to = min([end] + [offset for e, offset in starts if e > epoch])
-        kept = self._keep_epoch_starts(tp, [(e, offset) for e, offset in starts if e <= epoch and offset < to])
+        read = self._keep_epoch_starts_below(tp, to, epoch)
         if position is not None and position > to:
             log.warning("%s-%d: the leader's log parts from the one read at offset %d (its epoch %d ends at %d): "
                         "position %d goes back to it (the records read from there on are gone)",
                         tp[0], tp[1], to, epoch, end, position)
             # as an out-of-range answer at the position a take set, a give-back may still move it back
             self.positions[tp] = to
-            if kept:
-                # record ``to - 1`` was read in the newest epoch kept, perhaps older than ``epoch`` (the
-                # start of a newer one read set ``to``): named there, a leader whose log parts below
-                # ``to`` says so next (KIP-279's follower asks again so). Naming ``epoch``, which the
-                # consumer did not read there, the leader took ``to`` for shared, and its records below
-                # it were skipped -- and a commit of ``to`` named ``epoch`` to whoever starts there
-                epoch = kept[-1][0]
+            if read >= 0:
+                # record ``to - 1`` was read in it, perhaps older than ``epoch``: a leader whose log parts
+                # below ``to`` says so next (as a follower asks again, KIP-279). Naming ``epoch``, the leader
+                # took ``to`` for shared and its records below were skipped (a commit of ``to`` named it too)
+                epoch = read
         elif position is not None and fetched_at > position and tp in self._position_epochs:
             # a fetch ahead of the position (records buffered) parted above it: the record before
             # the position keeps its epoch -- the answer's, of the records fetched ahead, may be
