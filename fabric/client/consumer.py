@@ -268,11 +268,14 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         out: list[RecordBatchView] = []
         left = max(1, max_records)
         taken_from = self._taken = {}  # the positions before this take
+        epochs_then = self._taken_epochs = {}  # ... and the epochs named there
         try:
             while buf and left > 0:
                 head = buf[0]
                 tp = (head.topic, head.partition)
-                taken_from.setdefault(tp, positions.get(tp))
+                if tp not in taken_from:
+                    taken_from[tp] = positions.get(tp)
+                    epochs_then[tp] = self._position_epochs.get(tp, P.NO_LEADER_EPOCH)
                 run, rest = head.split(left)
                 if rest is not None:
                     buf[0] = rest

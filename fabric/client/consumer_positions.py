@@ -79,6 +79,7 @@ class ConsumerPositions:
         # the position it had before: what ``give_back`` may move back. A seek, a reset or an
         # assignment that leaves it out takes a partition out, so that no give-back undoes it
         self._taken = {}
+        self._taken_epochs: dict[TopicPartition, int] = {}  # ... and the epoch named there then
         # per assigned partition not in ``_read_in``, the topic id a commit of its position names
         # (``_commit_topic_ids``): the id the metadata named when the position was set from
         # outside (``_positioned_from_outside``), or the one its last position was read in (reset
@@ -351,11 +352,12 @@ class ConsumerPositions:
             # equal: a take cut before it moved the position past a run it took off the buffer --
             # moved, the buffer is dropped and fetched again from there
             if position is not None and position >= offset:
-                # the epochs of the records before ``offset`` stay: forgotten, a commit of what a
-                # consumer service's client was given went without one, and the next fetch named
-                # none -- a leader whose log parts below ``offset`` was not asked, and the consumer
-                # read on past what it wrote there
+                # the epochs read before ``offset`` stay (back where that take began: the one named
+                # there then, a committed offset's too): forgotten, a commit of what a consumer
+                # service's client was given went without one, and the next fetch named none
                 self._move_to(tp, offset, given_back=True)
+                if offset == start:
+                    self._name_epoch_read_before(tp, self._taken_epochs.get(tp, P.NO_LEADER_EPOCH))
 
     # -- partitions that cannot be positioned -------------------------------------------------
     def _out_of_range(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> None:

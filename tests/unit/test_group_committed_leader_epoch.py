@@ -512,3 +512,23 @@ def test_records_given_back_keep_the_epochs_of_those_before_them() -> None:
         coordinator.committed[T0] = 0
     assert rig.fetch() == list(range(11, 21))
     assert [p[5] for p in fetched if p[2] == 11] == [1], fetched
+
+
+def test_records_given_back_to_the_committed_offset_they_started_at_name_its_epoch(world: Any) -> None:
+    """A member starts at the group's committed 100 (epoch 3), takes 100..109, and gives them all
+    back (a consumer service's client lost the answer, a poll outlasted its caller): at 100 again,
+    nothing read before it, it names the committed epoch as it did -- in its next fetch, and in a
+    commit of 100 (its client's commit of where it is). Forgotten, the fetch was not checked, and
+    the commit overwrote the group's epoch with none: a member starting there after an unclean
+    election skipped what the new leader wrote below it."""
+    c, broker, coordinator = world()
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 100, 3
+    c.subscribe(["t"])
+    assert _poll_until_records(c) == list(range(100, 110))
+    c.give_back([(T0, 100)])
+    assert c.position(T0) == 100
+    c.commit({T0: 100})
+    assert _commits(coordinator) == [(T0, 100, 3)]
+    broker.fetched.clear()
+    assert _poll_until_records(c) == list(range(100, 110))
+    assert [p[5] for p in broker.fetched if p[2] == 100] == [3], broker.fetched
