@@ -195,16 +195,16 @@ class ConsumerPositions:
 
     def _keep_epoch_starts_below(self, tp: TopicPartition, to: int, epoch_max: int | None = None) -> int:
         """``tp``'s position goes back to ``to``: keep the epoch starts below it (of epochs at most
-        ``epoch_max``); the epoch record ``to - 1`` was read in, else ``P.NO_LEADER_EPOCH`` (not
-        read here, or in the merged oldest entry). None kept: the merged entry's mark goes too --
-        kept, the first epoch read next was taken for it, and committed without its epoch."""
+        ``epoch_max``); the epoch record ``to - 1`` was read in (in the merged entry its newest: a
+        leader that never had it sends the consumer back to its start), none where not read here.
+        None kept: the merged entry's mark goes too (else taken for the next epoch read's)."""
         kept = [(e, offset) for e, offset in self._epoch_starts.get(tp, [])
                 if offset < to and (epoch_max is None or e <= epoch_max)]
         self._epoch_starts[tp] = kept
         if not kept:
             self._epochs_merged.discard(tp)
             return P.NO_LEADER_EPOCH
-        return P.NO_LEADER_EPOCH if len(kept) == 1 and tp in self._epochs_merged else kept[-1][0]
+        return kept[-1][0]
 
     def _name_epoch_read_before(self, tp: TopicPartition, epoch: int) -> None:
         """The next fetch at the position, and a commit of it, name ``epoch`` (none: not known)."""
