@@ -118,7 +118,8 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         # per partition, the leader epoch of the batch of the record before its position (taken),
         # and of the record before its fetch position (buffered): a fetch names it (KIP-320), and
         # the leader answers where its log parts from the one read (``_diverged``). None after a
-        # seek, a reset or a give-back until a take sets it again: nothing is checked meanwhile
+        # seek or a reset until a take sets it again: nothing is checked meanwhile (a give-back
+        # names the epoch of the record taken before where it moved: ``_move_to``)
         self._position_epochs: dict[TopicPartition, int] = {}
         self._fetch_epochs: dict[TopicPartition, int] = {}
         # per partition, (leader epoch, the first offset taken in it) for the epochs of the records
@@ -267,11 +268,14 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         out: list[RecordBatchView] = []
         left = max(1, max_records)
         taken_from = self._taken = {}  # the positions before this take
+        epochs_then = self._taken_epochs = {}  # ... and the epochs named there
         try:
             while buf and left > 0:
                 head = buf[0]
                 tp = (head.topic, head.partition)
-                taken_from.setdefault(tp, positions.get(tp))
+                if tp not in taken_from:
+                    taken_from[tp] = positions.get(tp)
+                    epochs_then[tp] = self._position_epochs.get(tp, P.NO_LEADER_EPOCH)
                 run, rest = head.split(left)
                 if rest is not None:
                     buf[0] = rest

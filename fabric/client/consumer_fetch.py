@@ -90,6 +90,7 @@ class ConsumerFetch:
         def _start_spec(self, tp: TopicPartition) -> ResetSpec: ...
         def _heard_since_waiting(self, tp: TopicPartition) -> bool: ...
         def _cannot_position(self, tp: TopicPartition, why: str) -> None: ...
+        def _forget_epochs(self, tp: TopicPartition) -> None: ...
 
     def _send_fetches(self) -> None:
         if self.metadata.version < 0:
@@ -225,6 +226,11 @@ class ConsumerFetch:
                 return
             if tp in self.positions and self.positions[tp] is None:
                 self.positions[tp] = entries[0].offset
+                # nothing read before it (an out-of-range reset that may still be given back kept
+                # the reading's state, its epochs too: ``_reset``): named here, a leader whose epoch
+                # read last ended below the new position sent the consumer back (and a commit of it,
+                # a member starting there)
+                self._forget_epochs(tp)
                 self._reset_specs.pop(tp, None)
                 if tp[0] in pending.topic_ids:
                     self._read_in[tp] = pending.topic_ids[tp[0]]

@@ -79,6 +79,7 @@ class ConsumerPositions:
         # the position it had before: what ``give_back`` may move back. A seek, a reset or an
         # assignment that leaves it out takes a partition out, so that no give-back undoes it
         self._taken = {}
+        self._taken_epochs: dict[TopicPartition, int] = {}  # ... and the epoch named there then
         # per assigned partition not in ``_read_in``, the topic id a commit of its position names
         # (``_commit_topic_ids``): the id the metadata named when the position was set from
         # outside (``_positioned_from_outside``), or the one its last position was read in (reset
@@ -176,10 +177,14 @@ class ConsumerPositions:
         if gone:
             self._start_deleted(gone)
 
-    def _move_to(self, tp: TopicPartition, offset: int) -> None:
-        """``seek``, in the topic the position was read in (records taken and given back)."""
+    def _move_to(self, tp: TopicPartition, offset: int, *, given_back: bool = False) -> None:
+        """``seek``, in the topic the position was read in (records taken and ``given_back``: the
+        epochs of those before ``offset`` are kept, and the one of the record before it named)."""
         self.positions[tp] = offset
-        self._forget_epochs(tp)  # the epoch of the record before it is not known
+        if given_back:
+            self._name_epoch_read_before(tp, self._keep_epoch_starts_below(tp, offset))
+        else:
+            self._forget_epochs(tp)  # the epoch of the record before it is not known
         self._forget_reset(tp)
         self._drop_buffered(tp)
 
@@ -187,6 +192,26 @@ class ConsumerPositions:
         self._position_epochs.pop(tp, None)
         self._epoch_starts.pop(tp, None)
         self._epochs_merged.discard(tp)
+
+    def _keep_epoch_starts_below(self, tp: TopicPartition, to: int, epoch_max: int | None = None) -> int:
+        """``tp``'s position goes back to ``to``: keep the epoch starts below it (of epochs at most
+        ``epoch_max``); the epoch record ``to - 1`` was read in (in the merged entry its newest: a
+        leader that never had it sends the consumer back to its start), none where not read here.
+        None kept: the merged entry's mark goes too (else taken for the next epoch read's)."""
+        kept = [(e, offset) for e, offset in self._epoch_starts.get(tp, [])
+                if offset < to and (epoch_max is None or e <= epoch_max)]
+        self._epoch_starts[tp] = kept
+        if not kept:
+            self._epochs_merged.discard(tp)
+            return P.NO_LEADER_EPOCH
+        return kept[-1][0]
+
+    def _name_epoch_read_before(self, tp: TopicPartition, epoch: int) -> None:
+        """The next fetch at the position, and a commit of it, name ``epoch`` (none: not known)."""
+        if epoch >= 0:
+            self._position_epochs[tp] = epoch
+        else:
+            self._position_epochs.pop(tp, None)
 
     def _note_epoch_starts(self, tp: TopicPartition, run: RecordBatchView) -> None:
         """The epochs of ``run``, just taken, newer than those noted. Past EPOCH_STARTS_KEPT the
@@ -327,7 +352,12 @@ class ConsumerPositions:
             # equal: a take cut before it moved the position past a run it took off the buffer --
             # moved, the buffer is dropped and fetched again from there
             if position is not None and position >= offset:
-                self._move_to(tp, offset)
+                # the epochs read before ``offset`` stay (back where that take began: the one named
+                # there then, a committed offset's too): forgotten, a commit of what a consumer
+                # service's client was given went without one, and the next fetch named none
+                self._move_to(tp, offset, given_back=True)
+                if offset == start:
+                    self._name_epoch_read_before(tp, self._taken_epochs.get(tp, P.NO_LEADER_EPOCH))
 
     # -- partitions that cannot be positioned -------------------------------------------------
     def _out_of_range(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> None:
@@ -374,7 +404,8 @@ class ConsumerPositions:
                     "up to a high watermark of %d): reading on from %d", tp[0], tp[1], fetched_at, end, read_hw, to)
         # as an out-of-range reset at the position a take set, a give-back may still move it back
         self.positions[tp] = to
-        self._epoch_starts[tp] = [(e, offset) for e, offset in self._epoch_starts.get(tp, []) if offset < to]
+        # the epoch record ``to - 1`` was read in, not that of the last record read (gone)
+        self._name_epoch_read_before(tp, self._keep_epoch_starts_below(tp, to))
         self._forget_reset(tp)
         self._drop_buffered(tp)
         return True
@@ -387,8 +418,9 @@ class ConsumerPositions:
         position past ``end`` goes back to it, whatever ``auto_offset_reset`` says, and is said,
         as Kafka's consumer does -- reset by the policy, ``latest`` skipped the records written
         since the truncation. The next fetch from there names ``epoch``, which both logs share up to
-        ``end``; a position at or below ``end`` (the answer was to a fetch ahead of it) keeps the
-        epoch of the record before it.
+        ``end`` -- or the epoch the consumer read the record before it in, where that is older (the
+        leader answers again where its log parts from that one); a position at or below ``end``
+        (the answer was to a fetch ahead of it) keeps the epoch of the record before it.
 
         Where this consumer read a newer epoch than ``epoch`` (one the leader never had), its
         records from where it began reading that one are not the leader's either: the logs part
@@ -405,13 +437,18 @@ class ConsumerPositions:
             return
         starts = self._epoch_starts.get(tp, [])
         to = min([end] + [offset for e, offset in starts if e > epoch])
-        self._epoch_starts[tp] = [(e, offset) for e, offset in starts if e <= epoch and offset < to]
+        read = self._keep_epoch_starts_below(tp, to, epoch)
         if position is not None and position > to:
             log.warning("%s-%d: the leader's log parts from the one read at offset %d (its epoch %d ends at %d): "
                         "position %d goes back to it (the records read from there on are gone)",
                         tp[0], tp[1], to, epoch, end, position)
             # as an out-of-range answer at the position a take set, a give-back may still move it back
             self.positions[tp] = to
+            if read >= 0:
+                # record ``to - 1`` was read in it, perhaps older than ``epoch``: a leader whose log parts
+                # below ``to`` says so next (as a follower asks again, KIP-279). Naming ``epoch``, the leader
+                # took ``to`` for shared and its records below were skipped (a commit of ``to`` named it too)
+                epoch = read
         elif position is not None and fetched_at > position and tp in self._position_epochs:
             # a fetch ahead of the position (records buffered) parted above it: the record before
             # the position keeps its epoch -- the answer's, of the records fetched ahead, may be

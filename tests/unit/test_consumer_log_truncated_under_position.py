@@ -200,6 +200,29 @@ def test_a_divergence_into_an_older_epoch_goes_back_to_where_the_consumer_began_
     assert broker.fetch_offset() == 30 and _fetch_part(broker)[5] == 2
 
 
+def test_a_position_a_reset_looked_up_names_no_epoch_of_the_records_read_before(make: Any) -> None:
+    """The poll returned 0..49 (epoch 1); then, outside any poll (a consumer service's pass), the
+    prefetch at 50 is answered out of range -- retention moved the log start to 600 -- at the
+    position that poll set, so the reset may still be given back; ``latest`` then finds the log
+    end, 1000. Nothing was read before 1000: its first fetch names no epoch, and neither does a
+    commit of it. Naming 1, the epoch of record 49, a leader whose epoch 1 ended below its log
+    start sent the consumer back there (out of range again: reset past what was written
+    meanwhile), and a member starting at a commit of 1000 was sent back to read again what the
+    reset skipped."""
+    c, broker, reactor = make("latest")
+    _answer_epochs(broker, [(1, 50)], hw=1000)
+    assert _offsets(c.poll(0, max_records=50)) == list(range(50))
+    assert broker.fetch_offset() == 50
+    broker.answer_fetch(error=P.OFFSET_OUT_OF_RANGE, log_start=600)
+    assert c.position(T0) is None
+    c.poll(0)
+    assert broker.answer_list_offsets(1000) == [-1]
+    c.poll(0)
+    assert c.position(T0) == 1000 and broker.fetch_offset() == 1000
+    assert _fetch_part(broker)[5] == -1, "named the epoch of a record read before the reset"
+    assert c._read_epoch_before(T0, 1000) == -1
+
+
 def test_the_epochs_read_are_kept_bounded_and_a_divergence_never_goes_back_too_short(make: Any) -> None:
     """Eighteen epochs read, one record each (epoch 1 at 0 .. epoch 18 at 17): past the bound the
     oldest starts merge -- a divergence into epoch 1 ([1, 100]: the leader never had 2..18) goes

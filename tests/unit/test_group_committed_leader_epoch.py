@@ -109,9 +109,9 @@ def test_an_offset_whose_records_epoch_is_not_known_is_committed_without_one(wor
     assert sent and all(len(e) == 3 for h in sent for e in h["offsets"]), "an unknown epoch is sent as before the field"
 
 
-def _take_up_to(c: GroupConsumer, position: int) -> None:
+def _take_up_to(c: GroupConsumer, position: int, max_records: int = 10) -> None:
     for _ in range(200):
-        c.poll(100, max_records=10)
+        c.poll(100, max_records=max_records)
         if (c.position(T0) or 0) >= position:
             return
     raise AssertionError(f"position {c.position(T0)} never reached {position}")
@@ -202,12 +202,8 @@ def test_seek_with_a_leader_epoch_names_it_and_without_one_names_none(world: Any
     assert [p[5] for p in broker.fetched if p[2] == 600] == [-1]
 
 
-def test_the_consumer_services_assign_starts_at_the_committed_offset_naming_its_epoch() -> None:
-    """A REST instance assigned t-0 seeks to the group's committed offset itself
-    (``committed_starts``, then ``seek(..., committed=True)``): with the commit's epoch."""
-    coordinator = OffsetsCoordinator()
-    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
-    rig = RestInstance(coordinator)
+def _recording_fetches(rig: RestInstance) -> list[list]:
+    """The t-0 parts of the FETCHes the instance's broker is sent from now on."""
     fetched: list[list] = []
     forward = rig.broker.request
 
@@ -216,6 +212,16 @@ def test_the_consumer_services_assign_starts_at_the_committed_offset_naming_its_
             fetched.extend(header["parts"])
         return forward(command, header, *args, **kw)
     rig.broker.request = recording  # type: ignore[method-assign]
+    return fetched
+
+
+def test_the_consumer_services_assign_starts_at_the_committed_offset_naming_its_epoch() -> None:
+    """A REST instance assigned t-0 seeks to the group's committed offset itself
+    (``committed_starts``, then ``seek(..., committed=True)``): with the commit's epoch."""
+    coordinator = OffsetsCoordinator()
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 900, 3
+    rig = RestInstance(coordinator)
+    fetched = _recording_fetches(rig)
     rig.request("subscribe", topics=[])
     rig.request("assign", partitions=[["t", 0]])
     assert rig.fetch_records() == list(range(900, 910))
@@ -317,14 +323,18 @@ def test_a_member_sent_back_below_the_committed_offset_commits_the_new_leaders_r
 
 
 class _TwoLogs(_Broker):
-    """Leader of t-0 whose log is first the one the consumer reads -- epoch 1 at 0..49, epoch 3
-    at 50..99 (``epoch_starts``) -- and, from the answer to the fetch at 100 naming 3 on, another's
-    (an unclean election): epoch 1 at 0..44, epoch 2 at 45..59, epoch 4 from 60. A fetch naming
-    an epoch the log ends below its offset is answered where the logs part, as a real leader does."""
+    """Leader of t-0 whose log is first the one the consumer reads -- by default epoch 1 at 0..49,
+    epoch 3 at 50..99 (``epoch_starts``: (first offset, epoch), oldest first) -- and, from the
+    answer to the fetch at ``switch_at`` (100) on, another's (an unclean election): by default
+    epoch 1 at 0..44, epoch 2 at 45..59, epoch 4 from 60. A fetch naming an epoch the log ends
+    below its offset is answered where the logs part, as a real leader does."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: list[tuple[int, int]] | None = None, second: list[tuple[int, int]] | None = None,
+                 switch_at: int = 100) -> None:
         super().__init__()
-        self.epoch_starts = [(0, 1), (50, 3)]
+        self.epoch_starts = first or [(0, 1), (50, 3)]
+        self.second = second or [(0, 1), (45, 2), (60, 4)]
+        self.switch_at, self.switched = switch_at, False
 
     def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
                 timeout_ms: int = 0) -> int:
@@ -332,8 +342,8 @@ class _TwoLogs(_Broker):
             return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
         self.fetched += header["parts"]
         [[topic, partition, offset, _max, _epoch, last_epoch]] = header["parts"]
-        if offset == 100 and self.epoch_starts[-1] == (50, 3):
-            self.epoch_starts = [(0, 1), (45, 2), (60, 4)]
+        if offset == self.switch_at and not self.switched:
+            self.epoch_starts, self.switched = self.second, True
         shared = [(start, e) for start, e in self.epoch_starts if e <= last_epoch]
         if last_epoch >= 0 and shared:
             epoch = shared[-1][1]
@@ -342,11 +352,11 @@ class _TwoLogs(_Broker):
                 entry = [topic, partition, 0, 1000, 1000, 0, [epoch, end]]
                 self.replies.append(lambda: callback({"parts": [entry]}, [b""], None))
                 return len(self.replies)
-        if offset >= 100 and self.epoch_starts[-1] == (50, 3):
-            return 0  # no records past 99 in the first log: a long poll
+        if offset >= self.switch_at and not self.switched:
+            return 0  # no records past the first log's end: a long poll
         start, epoch = [(s, e) for s, e in self.epoch_starts if s <= offset][-1]
         end = next((s for s, _ in self.epoch_starts if s > offset), offset + 50)
-        data = as_leader_wrote(make_batch(end - offset), offset, epoch)
+        data = as_leader_wrote(make_batch(min(end - offset, RECORDS_PER_FETCH_ANSWER)), offset, epoch)
         entry = [topic, partition, 0, 1000, 1000, 0, None]
         self.replies.append(lambda: callback({"parts": [entry]}, [data], None))
         return len(self.replies)
@@ -384,3 +394,141 @@ def test_a_committed_epoch_the_leader_never_had_reads_on_where_its_older_epoch_e
     c.subscribe(["t"])
     assert _poll_until_records(c) == list(range(900, 910))
     assert [p[2:6:3] for p in broker.fetched[:2]] == [[900, 3], [900, 2]]
+
+
+def test_a_divergence_below_the_position_into_an_epoch_the_consumer_did_not_read_names_the_one_it_read_there(
+        world: Any) -> None:
+    """The consumer took 0..49 (epoch 1) and 50..99 (epoch 3) -- all of them, nothing fetched
+    ahead -- before the leader, elected uncleanly, answers the fetch at 100 naming 3 with [2, 60]:
+    its epoch 2 ends at 60, and the consumer began reading 3 at 50, so the position goes back to
+    50. Record 49 was read in epoch 1: the leader's epoch 1 ends at 45, so named there (as a
+    follower does, KIP-279) the leader sends the member back to 45. Naming the answer's 2, which
+    the consumer never read, at 50, the leader took 50 for shared: its 45..49 were skipped, and a
+    commit of 50 named 2, so no member starting there was sent back either."""
+    c, broker, coordinator = world(_TwoLogs())
+    coordinator.committed[T0] = 0
+    c.buffered_records_max = RECORDS_PER_FETCH_ANSWER  # no fetch at 100 before 50..99 are taken
+    c.assign([T0])
+    assert _poll_until_records(c, max_records=50) == list(range(50))
+    assert _poll_until_records(c, max_records=50) == list(range(50, 100))
+    got = _poll_until_records(c, max_records=10)
+    assert [p[2:6:3] for p in broker.fetched][2:5] == [[100, 3], [50, 1], [45, 1]], broker.fetched
+    assert got == list(range(45, 55)), "the leader's records below where the consumer was sent back were skipped"
+    c.commit()
+    assert _commits(coordinator) == [(T0, 55, 2)]
+
+
+def test_an_offset_read_after_a_divergence_went_back_past_the_merged_epochs_carries_its_epoch(world: Any) -> None:
+    """Twenty epochs read (1 to 20, 50 records each, from 0): the oldest share one entry, and an
+    offset in it goes without an epoch. Then a leader elected uncleanly, whose log has epoch 1 up
+    to 40 and its own epoch 21 from there, sends the consumer back to 0, below every epoch read:
+    those entries go, the shared one with them, and what the consumer takes from the new leader
+    -- epoch 1 at 0..39 -- is committed with its epoch. Taken for the shared entry still, it went
+    without one: a member starting there after the next unclean election skipped what that
+    leader wrote below it, and a member whose position was sent back below the group's committed
+    offset never committed those records (``_without_below_commits``)."""
+    first = [(50 * i, i + 1) for i in range(20)]
+    c, broker, coordinator = world(_TwoLogs(first, [(0, 1), (40, 21)], switch_at=1000))
+    coordinator.committed[T0] = 0
+    c.buffered_records_max = RECORDS_PER_FETCH_ANSWER  # no fetch at 1000 before 950..999 are taken
+    c.assign([T0])
+    _take_up_to(c, 1000, max_records=RECORDS_PER_FETCH_ANSWER)
+    c.commit({T0: 10})
+    assert _commits(coordinator) == [(T0, 10, -1)], "an offset in the merged epochs named one"
+    assert _poll_until_records(c) == list(range(10))  # sent back to 0 (the leader: [1, 40])
+    c.commit({T0: 5})
+    assert _commits(coordinator) == [(T0, 5, 1)]
+
+
+class _Truncated(_Broker):
+    """Leader of t-0 that does not say where logs part (an older broker): epoch 1 at 0..49, epoch
+    3 at 50..99 (high watermark 100), and from its answer to the fetch at 100 on, a log that ends
+    at 40 (out of range past it, nothing new at it)."""
+
+    truncated = False
+
+    def request(self, command: bytes, header: dict, payloads: Any = (), *, callback: Callable,
+                timeout_ms: int = 0) -> int:
+        if command != P.FETCH:
+            return super().request(command, header, payloads, callback=callback, timeout_ms=timeout_ms)
+        self.fetched += header["parts"]
+        [[topic, partition, offset, *_]] = header["parts"]
+        if offset >= 100 or (self.truncated and offset > 40):
+            self.truncated = True
+            entry = [topic, partition, P.OFFSET_OUT_OF_RANGE, 40, 40, 0, None]
+            self.replies.append(lambda: callback({"parts": [entry]}, [b""], None))
+            return len(self.replies)
+        if self.truncated:
+            return 0  # a long poll at the log end
+        epoch = 1 if offset < 50 else 3
+        data = as_leader_wrote(make_batch(10), offset, epoch)
+        entry = [topic, partition, 0, 100, 100, 0, None]
+        self.replies.append(lambda: callback({"parts": [entry]}, [data], None))
+        return len(self.replies)
+
+
+def test_a_truncation_under_the_position_names_the_epoch_read_before_where_it_reads_on(world: Any) -> None:
+    """The consumer took 0..49 (epoch 1) and 50..99 (epoch 3); the leader's log ends at 40 (out of
+    range at 100, no word of where the logs part), and with ``latest`` it reads on from 40.
+    Record 39 was read in epoch 1: the fetch at 40 and a commit of 40 name 1, as a commit of 39
+    does. Naming 3, the epoch of record 99 -- gone --, a leader whose log parts below 40 in an
+    epoch older than 3 would take 40 for shared, and its records below it were skipped."""
+    c, broker, coordinator = world(_Truncated(), auto_offset_reset="latest")
+    coordinator.committed[T0] = 0
+    c.buffered_records_max = 10  # nothing fetched ahead at 100 before 90..99 are taken
+    c.assign([T0])
+    _take_up_to(c, 100)
+    assert c.position(T0) == 100
+    for _ in range(5):
+        c.poll(100)
+        if c.position(T0) == 40:
+            break
+    assert c.position(T0) == 40
+    c.commit({T0: 39})
+    assert _commits(coordinator) == [(T0, 39, 1)]
+    c.commit({T0: 40})
+    assert _commits(coordinator) == [(T0, 40, 1)], "the epoch of a record gone named at the position"
+
+
+
+def test_records_given_back_keep_the_epochs_of_those_before_them() -> None:
+    """A consumer service's instance returns 0..9, then only 10 of 10..19 (its client's byte
+    limit: 11..19 are given back, the position moved back to 11). Records 0..10 were taken, in
+    epoch 1: the client's commit of 11 -- or of 5 -- carries it, and the fetch at 11 names it.
+    Forgotten with the give-back, the commit of what the client was given went without one (a
+    member starting there after an unclean election skipped what the new leader wrote below it),
+    and the fetch named none: a leader whose log parts below 11 was not asked, and the instance
+    read on past what it wrote there."""
+    coordinator = OffsetsCoordinator()
+    coordinator.committed[T0] = 0
+    rig = RestInstance(coordinator)
+    fetched = _recording_fetches(rig)
+    assert rig.fetch_records() == list(range(10))
+    assert rig.fetch(max_bytes=1) == [10]
+    fetched.clear()
+    for offset in (11, 5):
+        rig.request("commit", offsets=[["t", 0, offset]])
+        assert _commits(coordinator) == [(T0, offset, 1)], offset
+        coordinator.committed[T0] = 0
+    assert rig.fetch() == list(range(11, 21))
+    assert [p[5] for p in fetched if p[2] == 11] == [1], fetched
+
+
+def test_records_given_back_to_the_committed_offset_they_started_at_name_its_epoch(world: Any) -> None:
+    """A member starts at the group's committed 100 (epoch 3), takes 100..109, and gives them all
+    back (a consumer service's client lost the answer, a poll outlasted its caller): at 100 again,
+    nothing read before it, it names the committed epoch as it did -- in its next fetch, and in a
+    commit of 100 (its client's commit of where it is). Forgotten, the fetch was not checked, and
+    the commit overwrote the group's epoch with none: a member starting there after an unclean
+    election skipped what the new leader wrote below it."""
+    c, broker, coordinator = world()
+    coordinator.committed[T0], coordinator.committed_epochs[T0] = 100, 3
+    c.subscribe(["t"])
+    assert _poll_until_records(c) == list(range(100, 110))
+    c.give_back([(T0, 100)])
+    assert c.position(T0) == 100
+    c.commit({T0: 100})
+    assert _commits(coordinator) == [(T0, 100, 3)]
+    broker.fetched.clear()
+    assert _poll_until_records(c) == list(range(100, 110))
+    assert [p[5] for p in broker.fetched if p[2] == 100] == [3], broker.fetched
