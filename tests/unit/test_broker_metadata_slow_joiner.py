@@ -177,8 +177,9 @@ def test_a_refused_snapshot_request_is_made_again_backing_off(nodes) -> None:  #
             broker.clock.advance(1)
             broker.reactor.run_once(0)
         else:
+            run = retry.fn  # a cancelled timer lets go of its callback
             retry.cancel()
-            retry.fn()
+            run()
         assert _commands(loop) == [P.METADATA]
     assert [round(d, -2) for d in delays] == [200, 400, 800, 1600, 2000]
     loop.run_until_idle()
