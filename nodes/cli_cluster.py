@@ -68,6 +68,9 @@ def format_uptime(ms: int | None) -> str:
 @click.option("--node", "node_name", default=None, help="run only this node, in the foreground")
 def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None:
     """Start every node of the config, supervised (or one node with --node)."""
+    if bootstrap:  # the option every command has; endpoints name no nodes to start
+        raise click.BadOptionUsage("bootstrap", "loom up starts the nodes of a config (-c CONFIG): "
+                                                "--bootstrap endpoints name none to start")
     cfg = load_config(config)
     if node_name is not None:
         _run_one(cfg, node_name)

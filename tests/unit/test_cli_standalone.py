@@ -88,3 +88,13 @@ def test_bootstrap_alone_does_not_fall_back_to_the_default_config(tmp_path: Path
     done = subprocess.run([sys.executable, "-m", "nodes.cli", command, "--bootstrap", "127.0.0.1:1"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 1 and f"loom {command} needs the cluster's config" in done.stderr, done.stderr
+
+
+def test_up_refuses_bootstrap_endpoints_it_cannot_start(tmp_path: Path) -> None:
+    """`loom up --bootstrap X` took the option (every command has it) and started the nodes of
+    the default config, whatever X named. Endpoints name no nodes to start: a usage error."""
+    env = {k: v for k, v in os.environ.items() if k != "LOOM_CONFIG"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "nodes.cli", "up", "--bootstrap", "127.0.0.1:1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("loom: error: ") and "--bootstrap" in done.stderr and "-c" in done.stderr, done.stderr
