@@ -6,16 +6,16 @@
 // Shapes understood (from the gateway's event hub and the monitor it relays):
 //   {type: "node", node, role, state, reason}          node health (gateway's own watcher)
 //   {type: "node", kind: "health", node, role, state, previous, reason, ts_ms}   (monitor)
-// Both sources say how a node is; while the monitor reports (its status comes once per check)
-// its states stand: the watcher takes a node that missed one PING for down (a paused process the
-// monitor calls degraded, then unresponsive), and a card that took both flipped between them.
-// The watcher's states count for the monitor itself and once the monitor has been silent.
 //   {type: "status", ...} or {cluster: {...}, nodes: [...], rates: {...}}   monitor status
 //   {type: "metrics", rates|..._per_s, nodes?}           throughput
 //   {type: "alert", name: "rule/subject", rule, subject, state, message, started_ms, fired_ms, resolved_ms}
 //   {type: "recovery", kind: "recovery", node, action, reason, ts_ms}   supervisor/monitor recoveries
 //   {type: "history", interval_ms, t: [...], series: {...}}
 // A message wrapping another under `event` or `data`, or an array of messages, is unwrapped.
+// Both sources say how a node is; while the monitor reports (its status comes once per check)
+// its states stand: the watcher takes a node that missed one PING for down (a paused process the
+// monitor calls degraded, then unresponsive), and a card that took both flipped between them.
+// The watcher's states count for the monitor itself and once the monitor has been silent.
 
 import { clusterId, get, openSocket } from "./api.js";
 
