@@ -74,6 +74,7 @@ class Monitor(Node):
         self.mon = mon
         self.data_dir = self.take_data_dir(config.data_dir_for(name))  # raises DataDirInUse
         now = self.clock.now_ms()
+        self.started_wall_ms = self.clock.wall_ms()  # its own row's since: healthy since it started
         # roles this build lacks are never started by `loom up`: nothing to watch
         self.views = {n: H.NodeView(n, c, since_ms=self.clock.wall_ms()) for n, c in config.nodes.items()
                       if n != name and role_available(c.role)}
@@ -400,7 +401,7 @@ class Monitor(Node):
                   "supervised": self.recovery.supervises(v.name), "http_probe": self._http_probe_status(v, now)}
                  for v in self.views.values()]
         nodes.append({"node": self.name, "role": self.role, "host": self.node_config.host, "port": self.node_config.port,
-                      "state": H.HEALTHY, "reason": "", "pid": os.getpid(), "since_ms": 0,
+                      "state": H.HEALTHY, "reason": "", "pid": os.getpid(), "since_ms": self.started_wall_ms,
                       "restarts": self.recovery.restarts(self.name), "silent_ms": 0,
                       "supervised": self.recovery.supervises(self.name), "http_probe": None})
         if not up(coord) or counts.get("offline") or not any(up(b) for b in brokers):

@@ -38,3 +38,13 @@ def test_a_restarted_monitor_keeps_when_a_node_became_what_it_still_is(tmp_path:
     assert again["broker-1"]["state"] == "healthy"
     assert again["broker-1"]["since_ms"] == healthy_since, "the new monitor's start, not the node's change"
     assert again["coordinator"]["since_ms"] == first["coordinator"]["since_ms"]
+
+
+def test_the_monitor_says_since_when_it_has_been_healthy_itself(tmp_path: Path) -> None:
+    """Every node's card said "since …" but the monitor's own (its row's since_ms was 0): it is
+    healthy since it started."""
+    clock = ManualClock(start_ms=1_000)
+    started_wall_ms = clock.wall_ms()
+    clock.advance(5_000)
+    rows = _judged(Path(make_config(tmp_path, 1, extra_nodes=("monitor",))), clock)
+    assert rows["monitor"]["state"] == "healthy" and rows["monitor"]["since_ms"] == started_wall_ms + 5_000
