@@ -88,7 +88,7 @@ class Monitor(Node):
         self.event_seq = max((e.get("seq", 0) for e in self.events), default=0)
         # node -> (state, wall ms) of its last saved health change: a node this monitor first
         # judges as that state has been so since then, not since this monitor started
-        self.saved_health = {e["node"]: (e.get("state"), e.get("ts_ms")) for e in self.events
+        self.saved_health = {e["node"]: (e.get("state"), e.get("since_ms", e.get("ts_ms"))) for e in self.events
                              if e.get("kind") == "health" and isinstance(e.get("node"), str)}
         self.health_changed = False  # a health event not saved yet
         self.webhooks = [WebhookSender(w) for w in mon.webhooks]
@@ -301,9 +301,9 @@ class Monitor(Node):
             alive = pid_alive(view.pid) if view.pid and H.is_local(view.node) else None
             state, reason = H.classify(view, now, self.started_check_ms, self.config, alive)
             if state != view.state:
-                self._emit({"kind": "health", "node": view.name, "role": view.role, "state": state,
-                            "previous": view.state, "reason": reason})
                 view.since_ms = self._since_ms(view, state, wall)
+                self._emit({"kind": "health", "node": view.name, "role": view.role, "state": state,
+                            "previous": view.state, "reason": reason, "since_ms": view.since_ms})
             view.state, view.reason = state, reason
             if state in (H.DOWN, H.UNRESPONSIVE):
                 view.rates = {}  # what it last reported is not what it does now

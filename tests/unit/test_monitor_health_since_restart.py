@@ -38,6 +38,9 @@ def test_a_restarted_monitor_keeps_when_a_node_became_what_it_still_is(tmp_path:
     assert again["broker-1"]["state"] == "healthy"
     assert again["broker-1"]["since_ms"] == healthy_since, "the new monitor's start, not the node's change"
     assert again["coordinator"]["since_ms"] == first["coordinator"]["since_ms"]
+    clock.advance(600_000)                  # and again: the second monitor's first verdict was no change
+    third = _judged(config_path, clock)
+    assert third["broker-1"]["since_ms"] == healthy_since, "the second monitor's start, not the node's change"
 
 
 def test_the_monitor_says_since_when_it_has_been_healthy_itself(tmp_path: Path) -> None:
