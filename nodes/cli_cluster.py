@@ -22,7 +22,7 @@ from fabric.client.bootstrap import check_cluster, fetch_metadata, parse_bootstr
 from fabric.errors import FabricError
 from fabric.metadata import ClusterMetadata
 from nodes import launcher, running_cluster
-from nodes.cli_common import config_for, target_options
+from nodes.cli_common import bootstrap_alone, config_for, target_options
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ def format_uptime(ms: int | None) -> str:
 @click.option("--node", "node_name", default=None, help="run only this node, in the foreground")
 def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None:
     """Start every node of the config, supervised (or one node with --node)."""
+    if bootstrap:  # the option every command has; endpoints name no nodes to start
+        raise click.BadOptionUsage("bootstrap", "loom up starts the nodes of a config (-c CONFIG): "
+                                                "--bootstrap endpoints name none to start")
     cfg = load_config(config)
     if node_name is not None:
         _run_one(cfg, node_name)
@@ -176,14 +179,15 @@ def _leads(md: ClusterMetadata | None, broker_id: int | None) -> str:
 
 def _status_nodes(config: str | None, bootstrap: str | None) -> tuple[dict[str, NodeConfig], ClusterMetadata | None,
                                                                       str | None]:
-    """The nodes to show: the config's; with only --bootstrap, the brokers in the metadata.
-    Also the cluster name the config gives (None without a config)."""
-    try:
-        cfg = load_config(config)
-        return cfg.nodes, None, cfg.cluster.name
-    except ConfigError:
-        if not bootstrap:
-            raise
+    """The nodes to show: the config's; with only --bootstrap (or no config to read), the
+    brokers in the metadata. Also the cluster name the config gives (None without a config)."""
+    if not bootstrap_alone(config, bootstrap):
+        try:
+            cfg = load_config(config)
+            return cfg.nodes, None, cfg.cluster.name
+        except ConfigError:
+            if not bootstrap:
+                raise
     md = _metadata(parse_bootstrap(bootstrap))
     brokers = md.brokers.values() if md else ()
     return {f"broker-{b.broker_id}": NodeConfig(role="broker", host=b.host, port=b.port, broker_id=b.broker_id)
@@ -194,8 +198,10 @@ def _status_nodes(config: str | None, bootstrap: str | None) -> tuple[dict[str, 
 @target_options
 def status(config: str | None, bootstrap: str | None) -> None:
     """Health of every node, the partitions each broker leads, and the partition summary.
-    Exits 1 when a node that should run is down. When the monitor answers, its view is shown."""
-    if _monitor_view(config):
+    Exits 1 when a node that should run is down. When the monitor answers, its view is shown
+    (the monitor is found through the config: with --bootstrap alone, the endpoints' brokers)."""
+    alone = bootstrap_alone(config, bootstrap)
+    if not alone and _monitor_view(config):
         return
     nodes, md, cluster = _status_nodes(config, bootstrap)
     available = {n: c for n, c in nodes.items() if launcher.role_available(c.role)}
@@ -211,7 +217,7 @@ def status(config: str | None, bootstrap: str | None) -> None:
     for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "UPTIME", "LEADS", "ENGINE"):
         table.add_column(col)
     down_count = 0
-    running = _supervised_running(config)
+    running = {} if alone else _supervised_running(config)
     for name, node in nodes.items():
         if name not in available:
             table.add_row(name, node.role, f"{node.host}:{node.port}", launcher.NOT_AVAILABLE, "-", "-", "-", "")
@@ -235,7 +241,8 @@ def status(config: str | None, bootstrap: str | None) -> None:
         out.print(f"topics: {sum(1 for t in md.topics if not t.startswith(P.INTERNAL_TOPIC_PREFIX))}, partitions: {len(parts)}, "
                   f"under-replicated: {sum(p.under_replicated for p in parts)}, "
                   f"offline: {sum(p.offline for p in parts)}")
-    _print_supervisor(out, config)
+    if not alone:
+        _print_supervisor(out, config)
     sys.stdout.flush()
     if down_count:
         sys.exit(1)

@@ -34,12 +34,16 @@ def target_options(fn):  # noqa: ANN001, ANN201
 
 
 def config_for(config: str | None, bootstrap: str | None, command: str, why: str) -> LoomConfig:
-    """The config a command that needs one reads; with only --bootstrap and no config to
-    read, a clear error instead of the default file's."""
-    try:
-        return load_config(config)
-    except ConfigError as e:
-        if bootstrap and not config:
-            raise FabricError(f"{command} needs the cluster's config (-c CONFIG or $LOOM_CONFIG), "
-                              f"--bootstrap is not enough: {why}") from e
-        raise
+    """The config a command that needs one reads; with only --bootstrap, a clear error: the
+    default file (config/cluster.yaml, when the working directory has one) may be another
+    cluster's than the endpoints', so it is not read in their place."""
+    if bootstrap_alone(config, bootstrap):
+        raise FabricError(f"{command} needs the cluster's config (-c CONFIG or $LOOM_CONFIG), "
+                          f"--bootstrap is not enough: {why}")
+    return load_config(config)
+
+
+def bootstrap_alone(config: str | None, bootstrap: str | None) -> bool:
+    """--bootstrap given without -c or $LOOM_CONFIG: the endpoints are the cluster, and the
+    default config file, which may describe another one, is not read."""
+    return bool(bootstrap) and not config

@@ -17,13 +17,15 @@ Thread-safe: ``publish`` and ``subscribe`` from any thread.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 SUBSCRIBERS_MAX = 256
 EVENTS_QUEUE_MAX = 1000           # live events waiting for one subscriber
 SNAPSHOT_KEYS_MAX = 10_000
 STATE_TYPES = {"node": "node", "alert": "name", "status": "type"}  # type -> field that keys its snapshot
+MONITOR_STATUS_FRESH_S = 3.0      # the monitor's status comes once per check (1 s): older, it is silent
 
 
 class EventSink(Protocol):
@@ -64,10 +66,12 @@ class Subscription:
 
 
 class EventHub:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock                   # seconds, monotonic
         self._lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._state: dict[tuple[str, str], dict] = {}
+        self._status_at_s: float | None = None  # when the monitor's last status came
 
     def publish(self, event: dict[str, Any]) -> None:
         key_field = STATE_TYPES.get(event.get("type", ""))
@@ -75,6 +79,8 @@ class EventHub:
             if key_field is not None and (len(self._state) < SNAPSHOT_KEYS_MAX or
                                           (event["type"], str(event.get(key_field))) in self._state):
                 self._state[(event["type"], str(event.get(key_field)))] = event
+            if event.get("type") == "status":
+                self._status_at_s = self._clock()
             subs = list(self._subs)
         for s in subs:
             s.push(event)
@@ -101,5 +107,16 @@ class EventHub:
                 self._subs.remove(sub)
 
     def node_states(self) -> dict[str, str]:
+        """Each node's latest state. While the monitor's status comes, the states it gives stand
+        (but "unknown": no verdict yet): the gateway's watcher takes a node for down after one
+        PING unanswered, and the last event of either source won -- a paused node went down,
+        degraded (serving), up. Its own events count for the rest, and all once it is silent."""
         with self._lock:
-            return {k[1]: e.get("state", "unknown") for k, e in self._state.items() if k[0] == "node"}
+            states = {k[1]: e.get("state", "unknown") for k, e in self._state.items() if k[0] == "node"}
+            status = self._state.get(("status", "status"))
+            if status is None or self._status_at_s is None or self._clock() - self._status_at_s >= MONITOR_STATUS_FRESH_S:
+                return states
+            for n in status.get("nodes") or ():
+                if isinstance(n, dict) and isinstance(n.get("node"), str) and n.get("state") not in (None, "unknown"):
+                    states[n["node"]] = str(n["state"])
+            return states

@@ -201,7 +201,22 @@ def _first_error(validator: Any, value: Any) -> str | None:
     options = getattr(err.kind, "options", None) if getattr(err.kind, "name", "") == "enum" else None
     if isinstance(options, list) and len(options) <= 20:  # every choice, not "or 2 other candidates"
         message = f"{json.dumps(err.instance)} is not one of {', '.join(json.dumps(o) for o in options)}"
+    elif getattr(err.kind, "name", "") in ("anyOf", "oneOf") and getattr(err.kind, "context", None):
+        message = _no_alternative(err)
     return f"{where or '(body)'}: {message[:300]}"
+
+
+def _no_alternative(err: Any) -> str:
+    """What each alternative of an anyOf/oneOf wants, from its first error ('"x" matches no
+    alternative: it is not of type "integer"; it is not of type "null"'), instead of the
+    validator's 'is not valid under any of the schemas listed in the 'anyOf' keyword'."""
+    shown = json.dumps(err.instance)
+    wants = []
+    for errors in err.kind.context:
+        if errors:
+            first = errors[0].message
+            wants.append("it " + first[len(shown) + 1:] if first.startswith(shown + " ") else first)
+    return f"{shown} matches no alternative: {'; '.join(wants)}"
 
 
 def body_checker(schema: dict) -> Callable[[Any], str | None]:

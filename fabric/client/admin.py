@@ -88,21 +88,27 @@ class Admin:
         return self._metadata
 
     def coordinator_endpoint(self) -> str:
-        """The coordinator is the first bootstrap endpoint that answers as one."""
-        answered = False
+        """The coordinator is the first bootstrap endpoint that answers as one. Raises
+        RequestTimeout (retriable) when none did and some endpoint did not answer -- the
+        coordinator may be that one: down, paused or cut off --, and FabricError when every
+        endpoint answered and none as the coordinator (a bootstrap list without it)."""
+        silent: list[str] = []
+        answered: list[str] = []
         for ep in self.endpoints:
             try:
                 h, _ = self._client(ep).call(P.PING, timeout_ms=min(self.timeout_ms, 2000))
             except CodedError as e:
                 log.debug("bootstrap %s did not answer PING: %s", ep, e)
+                silent.append(ep)
                 continue
-            answered = True
             if h.get("role") == "coordinator":
                 check_cluster(h.get("cluster", ""), self.cluster, ep)
                 return ep
-        if not answered:  # the cluster is down or unreachable: retriable, not a bad bootstrap list
-            raise RequestTimeout(f"no coordinator among the bootstrap endpoints: no node answered at {', '.join(self.endpoints)}")
-        raise FabricError("no coordinator among the bootstrap endpoints")
+            answered.append(f"{ep} ({h.get('role', 'no role')})")
+        others = f"; {', '.join(answered)} answered, none as the coordinator" if answered else ""
+        if silent:
+            raise RequestTimeout(f"no coordinator answered: {', '.join(silent)} did not answer{others}")
+        raise FabricError(f"no coordinator among the bootstrap endpoints{others}")
 
     def call_coordinator(self, command: bytes, header: dict, retries: int = 3) -> dict:
         h, _ = self._client(self.coordinator_endpoint()).call(command, header, timeout_ms=self.timeout_ms, retries=retries)

@@ -74,6 +74,7 @@ class Monitor(Node):
         self.mon = mon
         self.data_dir = self.take_data_dir(config.data_dir_for(name))  # raises DataDirInUse
         now = self.clock.now_ms()
+        self.started_wall_ms = self.clock.wall_ms()  # its own row's since: healthy since it started
         # roles this build lacks are never started by `loom up`: nothing to watch
         self.views = {n: H.NodeView(n, c, since_ms=self.clock.wall_ms()) for n, c in config.nodes.items()
                       if n != name and role_available(c.role)}
@@ -85,6 +86,11 @@ class Monitor(Node):
         self.alerts = AlertBook(self.data_dir, lambda rule: rule_for_ms(mon.alerts, rule), self._on_alert_change)
         self.events.extend(self.alerts.saved_events)
         self.event_seq = max((e.get("seq", 0) for e in self.events), default=0)
+        # node -> (state, wall ms) of its last saved health change: a node this monitor first
+        # judges as that state has been so since then, not since this monitor started
+        self.saved_health = {e["node"]: (e.get("state"), e.get("since_ms", e.get("ts_ms"))) for e in self.events
+                             if e.get("kind") == "health" and isinstance(e.get("node"), str)}
+        self.health_changed = False  # a health event not saved yet
         self.webhooks = [WebhookSender(w) for w in mon.webhooks]
         self.exposition = Exposition.empty()
         self.sub = make_socket(self.ctx, zmq.SUB)
@@ -295,15 +301,16 @@ class Monitor(Node):
             alive = pid_alive(view.pid) if view.pid and H.is_local(view.node) else None
             state, reason = H.classify(view, now, self.started_check_ms, self.config, alive)
             if state != view.state:
+                view.since_ms = self._since_ms(view, state, wall)
                 self._emit({"kind": "health", "node": view.name, "role": view.role, "state": state,
-                            "previous": view.state, "reason": reason})
-                view.since_ms = wall
+                            "previous": view.state, "reason": reason, "since_ms": view.since_ms})
             view.state, view.reason = state, reason
             if state in (H.DOWN, H.UNRESPONSIVE):
                 view.rates = {}  # what it last reported is not what it does now
         conditions, judged = alert_conditions(self.mon, self.views.values(), self.facts, self.recovery.given_up,
                                               self.alerts.active)
-        if self.alerts.evaluate(conditions, judged, wall, now):
+        if self.alerts.evaluate(conditions, judged, wall, now) or self.health_changed:
+            self.health_changed = False
             self.alerts.save(list(self.events))
         self.recovery.act(self.views, now)
         self.checks += 1
@@ -363,7 +370,17 @@ class Monitor(Node):
         if event["kind"] == "recovery":
             log.warning("recovery: %s", event)
             self.alerts.save(list(self.events))
+        elif event["kind"] == "health":  # saved once the check that judged it ends
+            self.health_changed = True
         return event
+
+    def _since_ms(self, view: H.NodeView, state: str, wall_ms: int) -> int:
+        """When ``view`` became ``state``: now, except at this monitor's first verdict on it when
+        its last saved health change (a predecessor's) said the same."""
+        saved = self.saved_health.pop(view.name, None)
+        if view.state == H.UNKNOWN and saved is not None and saved[0] == state and isinstance(saved[1], int):
+            return saved[1]
+        return wall_ms
 
     def _on_alert_change(self, alert: Alert) -> None:
         event = self._emit({"kind": "alert", **alert.to_dict()})
@@ -384,7 +401,7 @@ class Monitor(Node):
                   "supervised": self.recovery.supervises(v.name), "http_probe": self._http_probe_status(v, now)}
                  for v in self.views.values()]
         nodes.append({"node": self.name, "role": self.role, "host": self.node_config.host, "port": self.node_config.port,
-                      "state": H.HEALTHY, "reason": "", "pid": os.getpid(), "since_ms": 0,
+                      "state": H.HEALTHY, "reason": "", "pid": os.getpid(), "since_ms": self.started_wall_ms,
                       "restarts": self.recovery.restarts(self.name), "silent_ms": 0,
                       "supervised": self.recovery.supervises(self.name), "http_probe": None})
         if not up(coord) or counts.get("offline") or not any(up(b) for b in brokers):
@@ -446,6 +463,7 @@ class Monitor(Node):
 
     def close(self) -> None:
         self.http.shutdown()  # type: ignore[attr-defined]
+        self.http.server_close()  # type: ignore[attr-defined]  # shutdown() leaves the port bound
         for w in self.webhooks:
             w.close()
         for p in self.http_probes.values():  # all told first, then one deadline for all

@@ -239,3 +239,22 @@ def test_a_config_naming_another_cluster_is_refused_not_served_by_the_one_on_its
         assert "serves cluster 'test', not 'other'" in p.stderr.decode(), (args, p.stderr)
     assert ok(run("topic", "list", "-c", str(cluster.config_path))).split() == []  # nothing was made
     assert ok(run("topic", "list", "--bootstrap", cluster.bootstrap)).split() == []  # endpoints alone: no name to check
+
+
+def test_status_with_bootstrap_alone_shows_the_endpoints_cluster_not_the_default_configs(cluster_factory, loom_env,
+                                                                                          tmp_path: Path) -> None:
+    """Run where a config/cluster.yaml names another cluster on the same ports (the repository's
+    default beside a cluster started from another file), `loom status --bootstrap` asked the
+    default file's monitor and refused the endpoints' cluster for not being the file's: the
+    endpoints name no cluster, as for every other command."""
+    import yaml
+    cluster = cluster_factory(1, extra_nodes=("monitor",))
+    other = yaml.safe_load(Path(cluster.config_path).read_text())
+    other["cluster"]["name"] = "other"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "cluster.yaml").write_text(yaml.safe_dump(other))
+    p = subprocess.run([sys.executable, "-m", "nodes.cli", "status", "--bootstrap", cluster.bootstrap],
+                       capture_output=True, env=loom_env, cwd=str(tmp_path), timeout=COMMAND_TIMEOUT_S)
+    out = ok(p)
+    assert re.search(r"^broker-1\s.*\bup\b", out, re.M), out
+    assert "partitions: 0" in out, out

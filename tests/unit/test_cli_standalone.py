@@ -74,3 +74,27 @@ def test_a_command_that_needs_the_config_says_so_when_given_only_bootstrap(tmp_p
     done = subprocess.run([sys.executable, "-m", "nodes.cli", command, "--bootstrap", "127.0.0.1:1"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 1 and f"loom {command} needs the cluster's config" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", ["down", "alerts"])
+def test_bootstrap_alone_does_not_fall_back_to_the_default_config(tmp_path: Path, command: str) -> None:
+    """In a directory with a config/cluster.yaml (the repository, where the README runs every
+    command), --bootstrap alone named one cluster while `loom down` stopped, and `loom alerts`
+    listed the alerts of, the cluster of that default file: the endpoints given were ignored."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "cluster.yaml").write_text(
+        (ROOT / "config" / "cluster.yaml").read_text().replace("data_dir: ../data", f"data_dir: {tmp_path / 'data'}"))
+    env = {k: v for k, v in os.environ.items() if k != "LOOM_CONFIG"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "nodes.cli", command, "--bootstrap", "127.0.0.1:1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and f"loom {command} needs the cluster's config" in done.stderr, done.stderr
+
+
+def test_up_refuses_bootstrap_endpoints_it_cannot_start(tmp_path: Path) -> None:
+    """`loom up --bootstrap X` took the option (every command has it) and started the nodes of
+    the default config, whatever X named. Endpoints name no nodes to start: a usage error."""
+    env = {k: v for k, v in os.environ.items() if k != "LOOM_CONFIG"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "nodes.cli", "up", "--bootstrap", "127.0.0.1:1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("loom: error: ") and "--bootstrap" in done.stderr and "-c" in done.stderr, done.stderr

@@ -29,3 +29,18 @@ def test_a_value_outside_an_enum_is_told_every_choice():
     validator = jsonschema_rs.validator_for({"type": "string", "enum": ["-1", "0", "1", "all"]})
     assert _first_error(validator, "7") == '(body): "7" is not one of "-1", "0", "1", "all"'
     assert _first_error(validator, "all") is None
+
+
+def test_a_value_matching_no_alternative_is_told_what_each_wants():
+    """A record's `"partition": "x"` (or a header value that is no base64) was answered
+    '"x" is not valid under any of the schemas listed in the \\'anyOf\\' keyword': the user's
+    field named, what it wants not."""
+    import jsonschema_rs
+
+    from webui.schemas import PARTITION
+    from webui.spec import _first_error
+    validator = jsonschema_rs.validator_for({"type": "object", "properties": {
+        "partition": {"anyOf": [PARTITION, {"type": "null"}]}}})
+    problem = _first_error(validator, {"partition": "x"})
+    assert problem == 'partition: "x" matches no alternative: it is not of type "integer"; it is not of type "null"', problem
+    assert _first_error(validator, {"partition": 1}) is None

@@ -70,3 +70,29 @@ def test_the_document_gives_the_503_the_ready_body_or_an_error() -> None:
     assert "reasons" in ready_schema["properties"]
     alternatives = responses["503"]["content"]["application/json"]["schema"]["anyOf"]
     assert alternatives[0] == ready_schema and alternatives[1]["allOf"][0] == {"$ref": "#/components/schemas/Error"}
+
+
+def test_while_the_monitor_reports_its_node_states_stand_over_the_watchers() -> None:
+    """A consumer service SIGSTOPped for 6 s with the monitor running: readiness went 503 (the
+    watcher missed one PING: "down"), 200 (the monitor: "degraded", which serves) and, after the
+    SIGCONT, the watcher's "up" -- the last event of either source won. While the monitor's
+    status comes (once per check) the node states are its; the watcher's count for what it
+    does not judge and once it has been silent for MONITOR_STATUS_FRESH_S."""
+    from webui import events
+    now = [100.0]
+    gw = gateway({"consumer-2": "up", "monitor": "up"}, StubAgent())
+    gw.hub = events.EventHub(clock=lambda: now[0])
+    status = {"type": "status", "cluster": {"name": "test"}, "ts_ms": 1,
+              "nodes": [{"node": "consumer-2", "state": "degraded"}, {"node": "broker-1", "state": "unknown"},
+                        {"node": "monitor", "state": "healthy"}]}
+    gw.hub.publish({"type": "node", "node": "broker-1", "state": "up", "ts_ms": 1})
+    gw.hub.publish(status)
+    gw.hub.publish({"type": "node", "node": "consumer-2", "state": "down", "ts_ms": 2})
+    r = get_ready(gw)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["nodes"] == {"consumer-2": "degraded", "broker-1": "up", "monitor": "healthy"}
+    now[0] += events.MONITOR_STATUS_FRESH_S      # the monitor silent: the watcher's word counts
+    gw.hub.publish({"type": "node", "node": "monitor", "state": "down", "ts_ms": 3})
+    r = get_ready(gw)
+    assert r.status_code == 503
+    assert r.get_json()["nodes"] == {"consumer-2": "down", "broker-1": "up", "monitor": "down"}

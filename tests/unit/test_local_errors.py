@@ -97,3 +97,41 @@ def test_a_cluster_that_does_not_answer_is_a_retriable_timeout_not_a_config_erro
             admin.coordinator_endpoint()
     finally:
         admin.close()
+
+
+def test_a_silent_coordinator_among_answering_brokers_is_a_timeout_naming_it() -> None:
+    """A coordinator paused (SIGSTOP) or hung while the brokers answer: `loom topic create` said
+    "no coordinator among the bootstrap endpoints" (and REST 503 "the coordinator: no coordinator
+    among the bootstrap endpoints"), as if the config named none, and the error was not
+    retriable. It is a timeout that names the endpoint that did not answer."""
+    import threading
+
+    from fabric import wire
+    ctx = zmq.Context.instance()
+    broker = ctx.socket(zmq.ROUTER)
+    broker_port = broker.bind_to_random_port("tcp://127.0.0.1")
+    paused = ctx.socket(zmq.ROUTER)      # bound, never read: a stopped process's socket
+    paused_port = paused.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if broker.poll(20):
+                req = wire.decode_request(broker.recv_multipart())
+                broker.send_multipart(wire.encode_reply(req.identity, {"id": req.id, "role": "broker", "cluster": "t"}))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    admin = Admin([f"127.0.0.1:{paused_port}", f"127.0.0.1:{broker_port}"], timeout_ms=200)
+    try:
+        with pytest.raises(RequestTimeout) as e:
+            admin.coordinator_endpoint()
+        assert e.value.retriable
+        assert f"tcp://127.0.0.1:{paused_port}" in e.value.message and "did not answer" in e.value.message
+        assert f"tcp://127.0.0.1:{broker_port} (broker)" in e.value.message
+    finally:
+        admin.close()
+        stop.set()
+        server.join()
+        broker.close(0)
+        paused.close(0)

@@ -12,6 +12,10 @@
 //   {type: "recovery", kind: "recovery", node, action, reason, ts_ms}   supervisor/monitor recoveries
 //   {type: "history", interval_ms, t: [...], series: {...}}
 // A message wrapping another under `event` or `data`, or an array of messages, is unwrapped.
+// Both sources say how a node is; while the monitor reports (its status comes once per check)
+// its states stand: the watcher takes a node that missed one PING for down (a paused process the
+// monitor calls degraded, then unresponsive), and a card that took both flipped between them.
+// The watcher's states count for the monitor itself and once the monitor has been silent.
 
 import { clusterId, get, openSocket } from "./api.js";
 
@@ -19,6 +23,7 @@ export const SERIES_POINTS_MAX = 900;     // 15 minutes at one point a second
 export const EVENTS_MAX = 500;            // timeline entries kept in the page
 export const ALERTS_MAX = 500;
 const FALLBACK_AFTER_MS = 10000;         // no rates from the monitor this long: measure them here
+const MONITOR_SILENT_MS = 3000;          // no status or health from the monitor this long: the watcher's states count
 const RATE_KEYS = ["records_in_per_s", "records_out_per_s", "bytes_in_per_s", "bytes_out_per_s"];
 const STATE_ALIASES = { up: "healthy", alive: "healthy", ok: "healthy", true: "healthy", false: "down",
   dead: "down", stopped: "down", lagging: "degraded" };
@@ -38,6 +43,7 @@ export const model = {
   events: [],                 // newest last: {ts_ms, kind, node, text}
   lastMessageMs: 0,
   lastRatesMs: 0,             // when rates last came from the monitor
+  lastMonitorMs: 0,           // when a status or health event last came from the monitor
 };
 
 const listeners = new Set();
@@ -132,7 +138,15 @@ function normAlertState(s) {
   return k === "active" ? "firing" : k === "ok" || k === "inactive" ? "resolved" : k;
 }
 
+/** A node state from the gateway's watcher (no `kind`), which the monitor's view overrides. */
+function watcherOverridden(msg, name) {
+  if (msg.kind === "health") return false;
+  const role = msg.role || model.nodes.get(name)?.role || roleOf(name);
+  return role !== "monitor" && Date.now() - model.lastMonitorMs < MONITOR_SILENT_MS;
+}
+
 function applyStatus(st, tsMs) {
+  if (Array.isArray(st.nodes) && st.nodes.length) model.lastMonitorMs = Date.now();
   if (st.cluster) model.cluster = { ...model.cluster, ...st.cluster };
   for (const n of st.nodes || []) {
     upsertNode(n.node || n.name, { role: n.role, state: n.state, reason: n.reason, pid: n.pid, host: n.host,
@@ -160,7 +174,9 @@ export function apply(msg) {
     case "health": {
       const name = msg.node || msg.name;
       const before = model.nodes.get(name)?.state;
-      upsertNode(name, { role: msg.role, state: msg.state, reason: msg.reason, pid: msg.pid, host: msg.host,
+      if (msg.kind === "health") model.lastMonitorMs = Date.now();
+      const state = watcherOverridden(msg, name) ? undefined : msg.state;
+      upsertNode(name, { role: msg.role, state, reason: state === undefined ? undefined : msg.reason, pid: msg.pid, host: msg.host,
         port: msg.port, restarts: msg.restarts, metrics: msg.metrics });
       const after = model.nodes.get(name)?.state;
       if (before && before !== "unknown" && before !== after) {

@@ -25,11 +25,20 @@ export function nodeList(brokers) {
   return [...nodes.values()].sort((a, b) => (ROLE_ORDER.indexOf(a.role) - ROLE_ORDER.indexOf(b.role)) || a.name.localeCompare(b.name, "en", { numeric: true }));
 }
 
+/** A partition count with the internal topics' share left out, as the partition count leaves
+ * them out (the monitor's counts include them), and said beside the label when there is one. */
+function apart(label, count, internal, cls) {
+  if (count == null) return stat(label, "—");
+  const own = count - (internal || 0);
+  return stat(internal ? `${label} (+${internal} internal)` : label, own, own || internal ? cls : "");
+}
+
 function nodeCard(n) {
   return h(`div.node.state-${n.state}`, { "data-node": n.name, "data-state": n.state, tabindex: "0",
     "aria-label": `${n.name}: ${n.state}` },
   h("div.node-name", {}, h("span", {}, n.name), badge(n.state)),
-  h("div.node-role", {}, [n.role, n.host && n.port ? `${n.host}:${n.port}` : null, n.restarts ? `${n.restarts} restarts` : null].filter(Boolean).join(" · ")),
+  h("div.node-role", {}, [n.role, n.host && n.port ? `${n.host}:${n.port}` : null,
+    n.restarts ? `${n.restarts} restart${n.restarts === 1 ? "" : "s"}` : null].filter(Boolean).join(" · ")),
   n.reason ? h("div.node-reason", {}, n.reason) : null,
   n.since_ms ? h("div.node-reason", {}, `since ${fmtAgo(n.since_ms)}`) : null);
 }
@@ -64,8 +73,8 @@ export async function render(root, ctx) {
       stat("brokers up", c.brokers !== undefined ? `${c.brokers_alive ?? c.brokers_up ?? "—"}/${c.brokers}` : "—"),
       stat("topics", c.topics ?? "—"),
       stat("partitions", c.partitions === undefined ? "—" : c.partitions - (c.internal_partitions || 0)),   // as topics: __consumer_offsets apart
-      stat("under-replicated", c.under_replicated ?? "—", c.under_replicated ? "warn" : ""),
-      stat("offline partitions", c.offline ?? "—", c.offline ? "bad" : ""),
+      apart("under-replicated", c.under_replicated, c.internal_under_replicated, "warn"),
+      apart("offline partitions", c.offline, c.internal_offline, "bad"),
       stat("firing alerts", firing.length, firing.length ? "bad" : ""),
       stat("records/s in", fmtRate(model.rates.records_in_per_s)),
       stat("bytes/s in", model.rates.bytes_in_per_s === undefined ? "—" : fmtBytes(model.rates.bytes_in_per_s)));
