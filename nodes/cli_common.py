@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import click
 
-from fabric.config import ConfigError, LoomConfig, load_config
+from fabric.config import LoomConfig, load_config
 from fabric.errors import FabricError
 
 
