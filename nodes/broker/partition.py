@@ -441,9 +441,10 @@ class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
     def apply_retention(self, now_wall_ms: int) -> None:
         """Delete whole segments/batches that retention allows, never past the high watermark
         (records not on every ISR member yet are not deletable), and the epochs before the new
-        log start. Raises EngineError."""
+        log start; the producer table learns the new log start. Raises EngineError."""
         self.engine.apply_retention(now_wall_ms, self.high_watermark)
         self.epochs.truncate_from_start(self.log_start_offset)
+        self.producers.log_start_moved(self.log_start_offset)
         if self.producer_snapshots is not None:
             self.producer_snapshots.delete_from_start(self.log_start_offset)
         self._check_offsets()
