@@ -301,12 +301,14 @@ def test_the_snapshot_format_is_the_older_one_unless_producers_were_forgotten() 
             producer_snapshots.decode(bad)
     assert producer_snapshots.decode(_snapshot_file(9, last, 6, producers, b"LOOMPSS2")) == decoded
     for bad in (_snapshot_file(9, last, 2, producers), _snapshot_file(9, last, -1, producers),
-                _snapshot_file(9, last, -6, producers, b"LOOMPSS2"), _snapshot_file(9, last, 6, producers, b"LOOMPSS3")):
+                _snapshot_file(9, last, -6, producers, b"LOOMPSS2"),
+                _snapshot_file(9, last, 6, producers, b"LOOMPSS3")):
         with pytest.raises(SnapshotError):
             producer_snapshots.decode(bad)
 
 
-def test_a_rebuild_at_open_forgets_below_where_it_began_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rebuild_at_open_forgets_below_where_it_began_reading(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tail_recovery, "PRODUCER_STATE_SCAN_RECORDS_MAX", 4)
     part = _segment_partition(tmp_path)
     part.become_leader(1, [1], [1], now_ms=0)
