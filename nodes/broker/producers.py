@@ -124,11 +124,17 @@ class ProducerStateTable:
         """The table may lack a producer whose batches are in the log."""
         return self.forgot_below > 0
 
+    def cleared_by(self, log_start_offset: int) -> bool:
+        """Whether a log start at ``log_start_offset`` leaves no batch of a forgotten producer
+        in the log (``log_start_moved`` would clear ``forgot_below``)."""
+        return 0 < self.forgot_below <= log_start_offset
+
     def log_start_moved(self, log_start_offset: int) -> None:
-        """The log now starts at ``log_start_offset`` (after retention, at open): at or past
-        ``forgot_below``, no batch of a forgotten producer is left in it. Called where the log
-        start moves, never per produce."""
-        if 0 < self.forgot_below <= log_start_offset:
+        """The log now starts at ``log_start_offset`` (after retention, at open), durably (a
+        deletion a power loss can undo would bring the forgotten batches back under a table
+        that no longer refuses their retries): at or past ``forgot_below``, no batch of a
+        forgotten producer is left in it. Called where the log start moves, never per produce."""
+        if self.cleared_by(log_start_offset):
             self.forgot_below = 0
 
     def __len__(self) -> int:

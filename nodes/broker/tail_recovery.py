@@ -11,7 +11,8 @@ A table restored from a snapshot keeps its ``forgot_below``: a complete table st
 though the log start has moved since (retention), as Kafka keeps producer state through
 retention. Without a snapshot, a read that began past the log start may have missed producers
 whose batches lie below where it began. Either way the table then learns the log start: one at
-or past ``forgot_below`` leaves no batch of a forgotten producer in the log.
+or past ``forgot_below`` leaves no batch of a forgotten producer in the log (once it is durable:
+``learn_log_start``, also after retention).
 
 Runs on the thread that opens the partition, before it is served."""
 
@@ -125,5 +126,26 @@ def recover_tail(part: Partition) -> int:
             break
         previous = h.leader_epoch
         part.record_appended([h])
-    part.producers.log_start_moved(part.log_start_offset)
+    learn_log_start(part)
     return -1 if snapshot is None else snapshot.offset
+
+
+def learn_log_start(part: Partition) -> None:
+    """``part``'s producer table learns its log start (after retention, at open), made durable
+    first when it clears ``forgot_below``: a segment's removal survives a power loss only once
+    its directory is fsynced (under fsync interval/never at the next flush; an open need
+    not fsync it), an lmdb delete once the env is synced. Until then a power loss can bring back a
+    forgotten producer's batches, under a table -- and a snapshot written meanwhile -- that no
+    longer refuses their retries: a retry written twice. A flush refused (EngineError: a full
+    disk, a closed engine) keeps ``forgot_below``: the refusals go on, the next retention tries
+    again. Raises StorageFailed (a failed fsync: the node stops, as for any)."""
+    start = part.log_start_offset
+    if not part.producers.cleared_by(start):
+        return
+    try:
+        part.engine.flush()
+    except EngineError as e:
+        log.error("%s-%d: the log start %d is not durable, forgotten producers stay below %d: %s", part.topic,
+                  part.partition, start, part.producers.forgot_below, e)
+        return
+    part.producers.log_start_moved(start)
