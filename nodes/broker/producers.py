@@ -31,8 +31,9 @@ below where it began reading the log; a snapshot restored, below the snapshot's 
 snapshot's offset). A follower's log reset forgets nothing: the log holds nothing before its new
 start, and the table learns everything after it. ``forgot_below`` only moves up (a cut of the
 log keeps it), and clears once the log start reaches it (``log_start_moved``: retention, the
-open): then no batch of a forgotten producer is left in the log, and an unknown producer's
-retry cannot be a duplicate of one the log holds. (A retry of a batch retention has deleted is
+open; that log start made durable first, nodes/broker/tail_recovery.py ``learn_log_start``):
+then no batch of a forgotten producer is left in the log, and an unknown producer's retry
+cannot be a duplicate of one the log holds. (A retry of a batch retention has deleted is
 then written again, as it is by a table that never knew its producer.) Without the offset, one
 eviction, reset or rebuild past offset 0 refused every such retry for the partition's life.
 
