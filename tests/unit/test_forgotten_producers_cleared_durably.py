@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from engines import batch as B
-from engines.api import EngineConfig
+from engines.api import EngineConfig, StorageFull
 from engines.segment import SegmentEngine
 from fabric import protocol as P
 from nodes.broker import producers as producers_module
@@ -121,3 +121,25 @@ def test_an_open_clears_it_only_once_the_log_start_is_durable(tmp_path: Path,
         _retry_after_power_loss(restarted, unlinks, tmp_path)
     finally:
         restarted.close()
+
+
+def test_a_flush_refused_keeps_it_until_a_later_retention_flushes(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk refuses the flush: the log start may not be durable, so the table keeps
+    refusing; retention's next pass flushes and clears it."""
+    monkeypatch.setattr(producers_module, "PRODUCERS_MAX", 2)
+    part = _open(tmp_path / "p")
+    try:
+        _evicted_and_written_past(part)
+        real_flush = part.engine.flush
+
+        def full(*args: object, **kwargs: object) -> None:
+            raise StorageFull("no space left on device")
+        monkeypatch.setattr(part.engine, "flush", full)
+        part.apply_retention(0)
+        assert part.log_start_offset > 6 and part.producers.forgot_below == 6
+        monkeypatch.setattr(part.engine, "flush", real_flush)
+        part.apply_retention(0)
+        assert part.producers.forgot_below == 0
+    finally:
+        part.close()
