@@ -398,7 +398,11 @@ class Broker(MetadataIntakeMixin, Node):
             parts.append({"topic": t, "partition": p, "role": part.role, "leader_epoch": part.leader_epoch,
                           "log_start_offset": part.log_start_offset, "log_end_offset": part.log_end_offset,
                           "high_watermark": part.high_watermark, "isr": sorted(part.isr),
-                          "size_bytes": part.engine.size_bytes})
+                          "size_bytes": part.engine.size_bytes,
+                          # >0: the idempotent-producer table may lack producers whose batches lie
+                          # below this offset (it refuses their possibly written retries until the
+                          # log start passes it; nodes/broker/producers.py)
+                          "producers_forgot_below": part.producers.forgot_below})
         return {"broker_id": self.broker_id, "engine": self.storage.engine, "partitions": parts,
                 "parked": self.handlers.parking.size, "metadata_version": self.metadata.version,
                 "fetchers": [f.stats() for f in self.fetchers.values()],

@@ -40,7 +40,7 @@ from nodes.broker.partition_follower import PartitionFollowerMixin
 from nodes.broker.partition_snapshots import PartitionSnapshotsMixin
 from nodes.broker.producer_snapshots import ProducerSnapshots
 from nodes.broker.producers import ProducerStateTable
-from nodes.broker.tail_recovery import recover_tail
+from nodes.broker.tail_recovery import learn_log_start, recover_tail
 
 log = logging.getLogger(__name__)
 
@@ -441,9 +441,10 @@ class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
     def apply_retention(self, now_wall_ms: int) -> None:
         """Delete whole segments/batches that retention allows, never past the high watermark
         (records not on every ISR member yet are not deletable), and the epochs before the new
-        log start. Raises EngineError."""
+        log start; the producer table learns the new log start. Raises EngineError."""
         self.engine.apply_retention(now_wall_ms, self.high_watermark)
         self.epochs.truncate_from_start(self.log_start_offset)
+        learn_log_start(self)
         if self.producer_snapshots is not None:
             self.producer_snapshots.delete_from_start(self.log_start_offset)
         self._check_offsets()

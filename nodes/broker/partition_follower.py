@@ -172,9 +172,10 @@ class PartitionFollowerMixin:
         # fetched batches assign their epochs from ``offset`` on.
         self.epochs.truncate_from_end(0)
         self.high_watermark = offset
-        # producers that wrote only before ``offset`` (batches the leader's retention deleted;
-        # the leader may still know them) are unknown to the table
-        self.producers.truncate(forgot_producers=offset > 0)
+        # a producer that wrote only before ``offset`` (batches the leader's retention deleted;
+        # the leader may still know it) has no batch in this log, and the table learns every
+        # batch the log holds from here: nothing it lacks is in the log
+        self.producers.truncate()
         self._check_offsets()
 
     def set_high_watermark_from_leader(self, leader_hw: int) -> None:

@@ -84,7 +84,7 @@ class PartitionSnapshotsMixin:
             if last is None:
                 return True  # an empty log: nothing to describe
             self.producer_snapshots.write(
-                Snapshot(end, last, self.producers.forgot_producers, self.producers.export()), sync=sync)
+                Snapshot(end, last, self.producers.forgot_below, self.producers.export()), sync=sync)
         except EngineError as e:
             log.error("%s-%d: cannot snapshot the producer state: %s", self.topic, self.partition, e)
             return False

@@ -5,13 +5,22 @@ and keeps the producers whose batches lie before a tail read, or were deleted by
 
 One file per snapshot, ``<offset, 20 digits>.producer-snapshot``, in the engine's folder of the
 partition beside the epoch and HW checkpoints (nodes/broker/partition_dirs.py): it describes
-that engine's log only. Its content: MAGIC, the CRC32C of the body (4 bytes, big-endian), and
-the body, little-endian signed 64-bit integers -- ``offset`` (the log end it was taken at: the
-table describes the log below it), ``last_batch`` (base offset, leader epoch, CRC of the batch
-ending at ``offset``), ``forgot_producers`` (1: the table may lack producers whose batches are
-in the log), the producer count, then per producer (``ProducerStateTable.export``, least
-recently used first) its id, epoch and batch count, and per batch its base sequence, last
-sequence and base offset.
+that engine's log only. Its content: the magic (its last byte the format's version), the CRC32C
+of the body (4 bytes, big-endian), and the body, little-endian signed 64-bit integers --
+``offset`` (the log end it was taken at: the table describes the log below it), ``last_batch``
+(base offset, leader epoch, CRC of the batch ending at ``offset``), what the table may have
+forgotten, the producer count, then per producer (``ProducerStateTable.export``, least recently
+used first) its id, epoch and batch count, and per batch its base sequence, last sequence and
+base offset.
+
+What the table may have forgotten: in format 2 (MAGIC_FORGOT), ``forgot_below`` itself (> 0:
+every batch of a producer the table may lack lies below it); in format 1 (MAGIC), a flag -- 0,
+nothing forgotten, 1, the table may lack producers whose batches are in the log, all below
+``offset`` (the log ended there). A table that forgot nothing is written in format 1, byte for
+byte as older code wrote it, so that older code (a rollback) still reads it; one that forgot
+producers in format 2, which older code skips as damaged (it then rebuilds the table from the
+log's tail, as without a snapshot) -- a format-1 flag in its place would tell newer code that
+producers were forgotten up to the log end, and the offset would never be passed.
 
 Which log a snapshot describes: the one whose batch ending at ``offset`` is ``last_batch``. Two
 logs that hold the same batch (base offset, leader epoch, CRC) at the same place hold the same
@@ -58,7 +67,8 @@ from engines.errors import LoomError
 log = logging.getLogger(__name__)
 
 SNAPSHOT_SUFFIX = ".producer-snapshot"
-MAGIC = b"LOOMPSS1"  # the format's version is its last byte
+MAGIC = b"LOOMPSS1"  # the format's version is its last byte: 1, forgotten producers as a flag
+MAGIC_FORGOT = b"LOOMPSS2"  # 2: as the offset they lie below (written only when they exist)
 PRODUCER_SNAPSHOTS_KEPT = 2
 PRODUCER_SNAPSHOT_INTERVAL_RECORDS = 100_000  # a snapshot at least this often (records appended)
 PRODUCER_SNAPSHOT_INTERVAL_MS = 60_000  # and this long after the last one, when the log end moved
@@ -71,7 +81,7 @@ PRODUCER_SNAPSHOT_FILE_PRODUCERS = 20
 SNAPSHOT_BYTES_MAX = 256 * 1024 * 1024  # larger than any table PRODUCERS_MAX allows: a damaged file
 BATCHES_REMEMBERED_MAX = 1024  # per producer in a file (the table keeps its own BATCHES_REMEMBERED)
 _CRC = struct.Struct(">I")
-# offset, last batch (base offset, leader epoch, CRC), forgot_producers, producer count
+# offset, last batch (base offset, leader epoch, CRC), forgotten (a flag, or forgot_below), producer count
 _HEAD = struct.Struct("<qqqqqq")
 
 
@@ -98,7 +108,7 @@ class LastBatch(NamedTuple):
 class Snapshot(NamedTuple):
     offset: int
     last_batch: LastBatch
-    forgot_producers: bool
+    forgot_below: int  # ProducerStateTable.forgot_below
     producers: Sequence[tuple[int, int, Sequence[tuple[int, int, int]]]]  # ProducerStateTable.export
 
 
@@ -116,14 +126,14 @@ def encode(snapshot: Snapshot) -> bytes:
         ints.byteswap()
     last = snapshot.last_batch
     body = _HEAD.pack(snapshot.offset, last.base_offset, last.leader_epoch, last.crc,
-                      int(snapshot.forgot_producers), len(snapshot.producers)) + ints.tobytes()
-    return MAGIC + _CRC.pack(crc32c.crc32c(body)) + body
+                      snapshot.forgot_below, len(snapshot.producers)) + ints.tobytes()
+    return (MAGIC_FORGOT if snapshot.forgot_below else MAGIC) + _CRC.pack(crc32c.crc32c(body)) + body
 
 
 def decode(data: bytes) -> Snapshot:
     """The snapshot in ``data``. Raises SnapshotError for anything else."""
     start = len(MAGIC) + _CRC.size
-    if len(data) < start + _HEAD.size or data[:len(MAGIC)] != MAGIC:
+    if len(data) < start + _HEAD.size or data[:len(MAGIC)] not in (MAGIC, MAGIC_FORGOT):
         raise SnapshotError("not a producer snapshot (magic or length)")
     body = memoryview(data)[start:]
     if _CRC.unpack_from(data, len(MAGIC))[0] != crc32c.crc32c(body):
@@ -146,9 +156,12 @@ def decode(data: bytes) -> Snapshot:
             raise SnapshotError(f"producer {producer_id}: {n} batches do not fit")
         producers.append((producer_id, producer_epoch, [tuple(ints[j:j + 3]) for j in range(i, i + 3 * n, 3)]))
         i += 3 * n
-    if i != len(ints) or forgot not in (0, 1) or offset < 0 or count < 0:
+    valid_forgot = forgot > 0 if data[:len(MAGIC)] == MAGIC_FORGOT else forgot in (0, 1)
+    if i != len(ints) or not valid_forgot or offset < 0 or count < 0:
         raise SnapshotError("body does not parse")
-    return Snapshot(offset, LastBatch(base, epoch, crc), bool(forgot), producers)
+    if data[:len(MAGIC)] == MAGIC and forgot:
+        forgot = offset  # format 1's flag: the table described the log below ``offset``
+    return Snapshot(offset, LastBatch(base, epoch, crc), forgot, producers)
 
 
 class ProducerSnapshots:

@@ -16,18 +16,30 @@ the least recently used one (a check or an update is a use). There is no expiry 
 snapshots), until the LRU bound evicts it or a truncation removes every batch remembered of it.
 
 A producer the table does not know is taken at any sequence (its first batch here, or state
-that expired) -- unless the table may have forgotten it (``forgot_producers``: an eviction; a
-rebuild at open without a valid snapshot that did not read the log from offset 0, whether it
-read only the tail or retention had deleted the start; a follower's log reset to start past
-0; a snapshot of a table that had forgotten producers) and the client says
-an earlier send of the batch may have been written (it got no answer for it, or one with a
-base offset: a write refused after the fact). Such a retry may already be in the log, where
-the table can no longer see it: it is refused with unknown_producer_id (written neither twice
-nor silently), and the client fails the batch. A batch no broker can have written (a first
-send, or every earlier send refused before any write) is taken as before. And a batch the
-client says ``follows`` another of its partition it has had no answer for (P.PART_FOLLOWS)
-is refused out of order: that one was not written here (the table would know the producer),
-and this one must not be written ahead of it (fabric/client/sender_flights.py).
+that expired) -- unless the table may have forgotten a producer whose batches are still in the
+log and the client says an earlier send of the batch may have been written (it got no answer
+for it, or one with a base offset: a write refused after the fact). Such a retry may already be
+in the log, where the table can no longer see it: it is refused with unknown_producer_id
+(written neither twice nor silently), and the client fails the batch. A batch no broker can
+have written (a first send, or every earlier send refused before any write) is taken as before.
+
+What the table may have forgotten is one offset, ``forgot_below``: every batch of a producer it
+may have forgotten lies below it (0: none forgotten). An eviction forgets below the batch being
+recorded (the evicted producer wrote before it); a rebuild at open without a valid snapshot,
+below where it began reading the log; a snapshot restored, below the snapshot's own
+``forgot_below`` (an older snapshot's flag, or producers dropped over PRODUCERS_MAX: below the
+snapshot's offset). A follower's log reset forgets nothing: the log holds nothing before its new
+start, and the table learns everything after it. ``forgot_below`` only moves up (a cut of the
+log keeps it), and clears once the log start reaches it (``log_start_moved``: retention, the
+open; that log start made durable first, nodes/broker/tail_recovery.py ``learn_log_start``):
+then no batch of a forgotten producer is left in the log, and an unknown producer's retry
+cannot be a duplicate of one the log holds. (A retry of a batch retention has deleted is
+then written again, as it is by a table that never knew its producer.) Without the offset, one
+eviction, reset or rebuild past offset 0 refused every such retry for the partition's life.
+
+A batch the client says ``follows`` another of its partition it has had no answer for
+(P.PART_FOLLOWS) is refused out of order: that one was not written here (the table would know
+the producer), and this one must not be written ahead of it (fabric/client/sender_flights.py).
 """
 
 from __future__ import annotations
@@ -65,21 +77,21 @@ class _Entry:
 class ProducerStateTable:
     def __init__(self) -> None:
         self._producers: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
-        # the table may lack a producer whose batches are in the log (evicted, or only in what
-        # the log held before it was last re-read or reset): an unknown producer's retry
-        # cannot be judged
-        self.forgot_producers = False
+        # every batch of a producer the table may lack (evicted, or only in the part of the
+        # log not read when the table was rebuilt) lies below this offset; 0: none. While the
+        # log holds anything below it, an unknown producer's retry cannot be judged
+        self.forgot_below = 0
         # a leader's write in progress (begin_write): each producer's entry as it was before
-        # the write first changed it (None: absent), the entries evicted, and forgot_producers
+        # the write first changed it (None: absent), the entries evicted, and forgot_below
         self._saved: dict[int, _Entry | None] | None = None
         self._evicted: list[tuple[int, _Entry]] = []
-        self._forgot_saved = False
+        self._forgot_saved = 0
 
     def begin_write(self) -> None:
         """A leader records its batches before writing them (several batches of one producer in
         one write must see each other): what changes from here is undone by ``undo_write`` if
         the write fails, kept by ``end_write``."""
-        self._saved, self._evicted, self._forgot_saved = {}, [], self.forgot_producers
+        self._saved, self._evicted, self._forgot_saved = {}, [], self.forgot_below
 
     @property
     def writing(self) -> bool:
@@ -105,8 +117,26 @@ class ProducerStateTable:
         for producer_id, entry in reversed(self._evicted):
             self._producers[producer_id] = entry
             self._producers.move_to_end(producer_id, last=False)  # least recently used again
-        self.forgot_producers = self._forgot_saved
+        self.forgot_below = self._forgot_saved
         self.end_write()
+
+    @property
+    def forgot_producers(self) -> bool:
+        """The table may lack a producer whose batches are in the log."""
+        return self.forgot_below > 0
+
+    def cleared_by(self, log_start_offset: int) -> bool:
+        """Whether a log start at ``log_start_offset`` leaves no batch of a forgotten producer
+        in the log (``log_start_moved`` would clear ``forgot_below``)."""
+        return 0 < self.forgot_below <= log_start_offset
+
+    def log_start_moved(self, log_start_offset: int) -> None:
+        """The log now starts at ``log_start_offset`` (after retention, at open), durably (a
+        deletion a power loss can undo would bring the forgotten batches back under a table
+        that no longer refuses their retries): at or past ``forgot_below``, no batch of a
+        forgotten producer is left in it. Called where the log start moves, never per produce."""
+        if self.cleared_by(log_start_offset):
+            self.forgot_below = 0
 
     def __len__(self) -> int:
         return len(self._producers)
@@ -130,7 +160,7 @@ class ProducerStateTable:
             if follows:
                 raise RemoteError(P.OUT_OF_ORDER_SEQUENCE, f"producer {producer_id}: sequence {base_sequence} follows a "
                                   "batch not written here (the producer is not known): send it again after that one")
-            if possibly_written and self.forgot_producers:
+            if possibly_written and self.forgot_below:
                 raise RemoteError(P.UNKNOWN_PRODUCER_ID, f"producer {producer_id}: this broker no longer holds its "
                                   "state, so a batch possibly written before cannot be told from one in the log")
             return None  # first batch we see from it (or state expired): accept any sequence
@@ -163,7 +193,9 @@ class ProducerStateTable:
                 evicted = self._producers.popitem(last=False)  # evict the least recently used
                 if self._saved is not None and evicted[0] not in self._saved:
                     self._evicted.append(evicted)  # (one this write touched: _saved has it as it was)
-                self.forgot_producers = True
+                # it wrote before this batch: updates come in log order (a leader's write
+                # records its batches at the offsets the append gives them, or is undone)
+                self.forgot_below = max(self.forgot_below, base_offset)
             entry = self._producers[producer_id] = _Entry(epoch)
         self._producers.move_to_end(producer_id)
         entry.batches.append((base_sequence, sequence_add(base_sequence, record_count - 1), base_offset))
@@ -177,26 +209,27 @@ class ProducerStateTable:
         return [(pid, e.epoch, e.batches) for pid, e in self._producers.items()]
 
     def restore(self, producers: Iterable[tuple[int, int, Sequence[tuple[int, int, int]]]],
-                forgot_producers: bool) -> None:
-        """The table as ``export`` gave it (from a snapshot) and its ``forgot_producers``;
-        what was in the table is dropped. Only the newest BATCHES_REMEMBERED batches of a
-        producer and the PRODUCERS_MAX most recently used producers are kept (a snapshot
-        written with larger limits); dropping a producer sets ``forgot_producers``."""
+                forgot_below: int, taken_at: int) -> None:
+        """The table as ``export`` gave it (from a snapshot taken at log end ``taken_at``) and
+        its ``forgot_below``; what was in the table is dropped. Only the newest
+        BATCHES_REMEMBERED batches of a producer and the PRODUCERS_MAX most recently used
+        producers are kept (a snapshot written with larger limits); a producer dropped wrote
+        below ``taken_at``, so ``forgot_below`` is then at least that."""
         self._producers.clear()
-        self.forgot_producers = forgot_producers
+        self.forgot_below = forgot_below
         for producer_id, epoch, batches in producers:
             self._producers[producer_id] = _Entry(epoch, deque(batches, maxlen=BATCHES_REMEMBERED))
             self._producers.move_to_end(producer_id)
             if len(self._producers) > PRODUCERS_MAX:
                 self._producers.popitem(last=False)
-                self.forgot_producers = True
+                self.forgot_below = max(self.forgot_below, taken_at)
 
-    def truncate(self, forgot_producers: bool = False) -> None:
+    def truncate(self, forgot_below: int = 0) -> None:
         """Forget every producer (the log was emptied, or is about to be re-read).
-        ``forgot_producers``: what the log held before may have named producers that what it
-        holds (or what is read next) does not."""
+        ``forgot_below``: what the log held before it (or holds and is not read next) may
+        have named producers that what is read next does not."""
         self._producers.clear()
-        self.forgot_producers = forgot_producers
+        self.forgot_below = forgot_below
 
     def truncate_from(self, offset: int) -> None:
         """The log was cut at ``offset``: forget the batches at or after it. Cost: the batches
@@ -206,7 +239,10 @@ class ProducerStateTable:
         A producer whose every remembered batch is forgotten is dropped: what it wrote before
         ``offset`` lies more than BATCHES_REMEMBERED batches back (or in an older producer
         epoch), beyond any retry the client can still have in flight, so it is treated like
-        a producer whose state expired."""
+        a producer whose state expired.
+
+        ``forgot_below`` stays: a forgotten producer's batches below the cut are still in the
+        log (only the log start passing it says they are gone)."""
         for producer_id in list(self._producers):
             batches = self._producers[producer_id].batches
             while batches and batches[-1][2] >= offset:

@@ -7,9 +7,12 @@ leader epoch checked against the epoch checkpoint on the way: a batch whose epoc
 (``epochs.epoch_contradiction``: the field is outside the batch CRC) cuts the log there, as
 recovery cuts a batch whose CRC fails (the snapshots above the cut are deleted first).
 
-A table restored from a snapshot keeps its ``forgot_producers``: a complete table stays complete
+A table restored from a snapshot keeps its ``forgot_below``: a complete table stays complete
 though the log start has moved since (retention), as Kafka keeps producer state through
-retention. Without a snapshot, a read that did not start at offset 0 may have missed producers.
+retention. Without a snapshot, a read that began past the log start may have missed producers
+whose batches lie below where it began. Either way the table then learns the log start: one at
+or past ``forgot_below`` leaves no batch of a forgotten producer in the log (once it is durable:
+``learn_log_start``, also after retention).
 
 Runs on the thread that opens the partition, before it is served."""
 
@@ -83,7 +86,7 @@ def restore_snapshot(part: Partition) -> Snapshot | None:
             # one whose start retention deleted past it: not this log's state
             _forget(part, offset, f"it ends with batch {snapshot.last_batch}, the log with {found}")
             continue
-        part.producers.restore(snapshot.producers, snapshot.forgot_producers)
+        part.producers.restore(snapshot.producers, snapshot.forgot_below, snapshot.offset)
         return snapshot
     return None
 
@@ -107,9 +110,9 @@ def recover_tail(part: Partition) -> int:
         start, previous = snapshot.offset, snapshot.last_batch.leader_epoch
     else:
         start, previous = tail_start(part), -1
-        # producers that wrote only before the tail read here (or before the log start, in
-        # batches retention deleted) are unknown to the table
-        part.producers.truncate(forgot_producers=start > 0)
+        # producers that wrote only before the tail read here are unknown to the table (none
+        # when the read begins at the log start: the log holds nothing before it)
+        part.producers.truncate(forgot_below=start)
     checkpoint = list(part.epochs.entries)
     for h in tail_headers(part, start):
         problem = epoch_contradiction(checkpoint, h.leader_epoch, h.base_offset, previous)
@@ -123,4 +126,26 @@ def recover_tail(part: Partition) -> int:
             break
         previous = h.leader_epoch
         part.record_appended([h])
+    learn_log_start(part)
     return -1 if snapshot is None else snapshot.offset
+
+
+def learn_log_start(part: Partition) -> None:
+    """``part``'s producer table learns its log start (after retention, at open), made durable
+    first when it clears ``forgot_below``: a segment's removal survives a power loss only once
+    its directory is fsynced (under fsync interval/never at the next flush; an open need
+    not fsync it), an lmdb delete once the env is synced. Until then a power loss can bring back a
+    forgotten producer's batches, under a table -- and a snapshot written meanwhile -- that no
+    longer refuses their retries: a retry written twice. A flush refused (EngineError: a full
+    disk, a closed engine) keeps ``forgot_below``: the refusals go on, the next retention tries
+    again. Raises StorageFailed (a failed fsync: the node stops, as for any)."""
+    start = part.log_start_offset
+    if not part.producers.cleared_by(start):
+        return
+    try:
+        part.engine.flush()
+    except EngineError as e:
+        log.error("%s-%d: the log start %d is not durable, forgotten producers stay below %d: %s", part.topic,
+                  part.partition, start, part.producers.forgot_below, e)
+        return
+    part.producers.log_start_moved(start)

@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 
 from fabric import protocol as P
-from fabric.client import Admin
 from fabric.records import build_batch
-from tests.harness import Cluster, running_cluster, wait_until
+from tests.harness import Cluster, wait_until
+from tests.integration.retention_support import BROKER, create_topic, partition_stats, small_segments_broker
 
 pytestmark = pytest.mark.timeout(90)
 
 TOPIC = "snap"
-BROKER = "broker-1"
 PID = 9_000_001
 RETRIABLE = (P.NOT_LEADER, P.UNKNOWN_TOPIC_OR_PARTITION, P.LEADER_NOT_AVAILABLE, P.REQUEST_TIMED_OUT)
 
@@ -43,32 +42,21 @@ def _produced(cluster: Cluster, batch: bytes, possibly_written: bool) -> list:
     return wait_until(answered, timeout_s=20, what="the partition to take a produce")
 
 
-def _part(cluster: Cluster) -> dict:
-    return next(p for p in cluster.stats(BROKER)["partitions"] if p["topic"] == TOPIC and p["partition"] == 0)
-
-
 @pytest.fixture
 def cluster(tmp_path: Path):
-    with running_cluster(tmp_path, brokers=1, overrides={
-            "storage": {"segment_bytes_max": 4096, "index_interval_bytes": 512},
-            "topics": {"retention_check_interval_ms": 200}}) as c:
+    with small_segments_broker(tmp_path) as c:
         yield c
 
 
 def test_a_restarted_broker_answers_a_retry_of_a_batch_retention_deleted(cluster: Cluster) -> None:
-    admin = Admin(cluster.bootstrap)
-    try:
-        admin.create_topic(TOPIC, partitions=1, replication_factor=1, configs={"retention.bytes": 8192})
-        cluster.wait_topic_ready(admin, TOPIC)
-    finally:
-        admin.close()
+    create_topic(cluster, TOPIC, retention_bytes=8192)
     ours = build_batch([(1_700_000_000_000 + i, b"k", b"ours-%d" % i, None) for i in range(3)],
                        producer_id=PID, producer_epoch=0, base_sequence=0)
     assert _produced(cluster, ours, possibly_written=False)[:2] == [0, 0]  # (its reply is lost)
     for r in range(40):  # other writers' batches of ~3 KiB: segments roll, retention deletes ours
         other = build_batch([(1_700_000_000_000, b"o", b"%04d-" % r + b"x" * 3000, None)])
         assert _produce(cluster, other, possibly_written=False)[1] == 0
-    wait_until(lambda: _part(cluster)["log_start_offset"] > 3, timeout_s=15,
+    wait_until(lambda: partition_stats(cluster, TOPIC)["log_start_offset"] > 3, timeout_s=15,
                what="retention to delete the producer's batch")
     cluster.stop(BROKER)
     cluster.start_node(BROKER)

@@ -21,7 +21,7 @@ def _forget_producers(c: _Cluster, q: int) -> None:
     """Partition ``q``'s leader is now a replica that rebuilt its producer state from its log's
     tail: it holds the same log, and knows none of its producers (nodes/broker/tail_recovery.py)."""
     c.leaders[q].producers = ProducerStateTable()
-    c.leaders[q].producers.forgot_producers = True
+    c.leaders[q].producers.truncate(forgot_below=max(1, c.leaders[q].end))
 
 
 def _store_epoch(tmp_path: Path, q: int, epoch: int) -> int:

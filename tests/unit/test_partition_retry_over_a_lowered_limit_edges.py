@@ -75,7 +75,7 @@ def test_an_over_limit_non_idempotent_resend_is_refused() -> None:
 def test_an_over_limit_batch_of_a_forgotten_producer_is_refused() -> None:
     p = _leader()
     big = make_batch(3, pid=9, epoch=0, seq=0, tag=BIG)
-    p.producers.forgot_producers = True
+    p.producers.truncate(forgot_below=1)
     out = p.append_as_leader([big], len(big) - 1, [True])[0]
     assert out[0][:2] == (-1, P.RECORD_TOO_LARGE)
     out = p.append_as_leader([big], len(big) - 1, [False])[0]

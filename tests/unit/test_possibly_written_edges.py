@@ -1,8 +1,9 @@
 """Where "possibly written" must be neither claimed nor missed (nodes/broker/producers.py).
 
 1. A part in the wire form of clients from before the field ([topic, partition, leader_epoch])
-   is judged as such clients were: on a broker restarted after retention ran (it may have
-   forgotten producers, for good), a new idempotent producer's first batch is taken. Taken as
+   is judged as such clients were: on a broker restarted without a snapshot, whose read of the
+   log's tail began past its start (it may have forgotten producers), a new idempotent
+   producer's first batch is taken. Taken as
    possibly written, it was refused, the client started over under a new id, and the new id's
    first batch was refused again: such a producer could never write there.
 2. A request the RPC client refused before sending it (RequestQueueFullError: "a request was not
@@ -23,7 +24,7 @@ import pytest
 from fabric import protocol as P
 from fabric.clock import ManualClock
 from fabric.errors import RemoteError, RequestQueueFullError
-from nodes.broker import producers as producers_module
+from nodes.broker import producers as producers_module, tail_recovery
 from nodes.broker.core import BrokerCore
 from nodes.broker.messages import AppendRequest, ProduceInput, encode_produce_results
 from nodes.coordinator.offsets_client import AppendOutcome
@@ -32,9 +33,11 @@ from tests.unit.fakes import (RecordingClient, broker_core, drop_producer_snapsh
 from tests.unit.builders_sender import LEADER
 
 
-def _restarted_broker_after_retention(tmp_path: Path) -> tuple[BrokerCore, Any]:
+def _restarted_broker_that_read_only_the_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> tuple[BrokerCore, Any]:
     """A leader whose retention deleted the log's start, restarted without a producer-state
-    snapshot: forgot_producers is set."""
+    snapshot and reading less than its log at open: forgot_producers is set."""
+    monkeypatch.setattr(tail_recovery, "PRODUCER_STATE_SCAN_RECORDS_MAX", 10)
     core = broker_core(tmp_path, 1, engine="segment")
     part = core.open_partition("t", 0, {"retention.bytes": 1})
     part.become_leader(1, [1], [1], now_ms=0)
@@ -48,13 +51,13 @@ def _restarted_broker_after_retention(tmp_path: Path) -> tuple[BrokerCore, Any]:
     core = broker_core(tmp_path, 1, engine="segment")
     part = core.open_partition("t", 0, {"retention.bytes": 1})
     part.become_leader(2, [1], [1], now_ms=0)
-    assert part.producers.forgot_producers
+    assert part.producers.forgot_producers and part.producers.forgot_below > part.log_start_offset
     return core, part
 
 
 def test_a_client_sending_three_element_parts_can_still_write_its_first_batch_to_a_restarted_broker(
-        tmp_path: Path) -> None:
-    core, part = _restarted_broker_after_retention(tmp_path)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    core, part = _restarted_broker_that_read_only_the_tail(tmp_path, monkeypatch)
     handlers, server = loom_handlers(core)
     answers = []
     try:

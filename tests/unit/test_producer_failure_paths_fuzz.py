@@ -34,8 +34,7 @@ def _write_prefix_then_lose_reply(rig: SplitRig, ep: str, written: int) -> None:
 def _forget_producers(rig: SplitRig, topic: str) -> None:
     """The leader's producer table loses every producer (as an LRU eviction does)."""
     table = rig.parts[topic].producers
-    table._producers.clear()
-    table.forgot_producers = True
+    table.truncate(forgot_below=max(1, rig.parts[topic].log_end_offset))
 
 
 def _offsets(rig: SplitRig, topic: str) -> dict[int, bytes]:

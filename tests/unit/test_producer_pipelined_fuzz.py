@@ -140,8 +140,7 @@ class Broker:
 
 def _forget_producers(rig: SplitRig, topic: str) -> None:
     table = rig.parts[topic].producers
-    table._producers.clear()
-    table.forgot_producers = True
+    table.truncate(forgot_below=max(1, rig.parts[topic].log_end_offset))
 
 
 def _run(seed: int, max_in_flight: int, more_faults: bool = False) -> None:

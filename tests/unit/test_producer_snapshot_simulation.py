@@ -7,8 +7,10 @@ LMDB engines, with the tail read at open large or small.
 At every reopen: every batch the table remembers (live before, restored after) at or after the
 log start is in the log at the offset it remembers, for that producer, epoch and sequence
 (else a retry would be answered with an offset holding other records); and the restored table
-knows every batch the live one knew, in the same producer epoch, or says it may have forgotten
-producers (else a retry would be written twice). It may know more: a rebuild that read the
+knows every batch the live one knew that is still in the log, in the same producer epoch, or
+says it may have forgotten producers below an offset past that batch (else a retry would be
+written twice). A batch retention deleted it need not know (a rebuild that began at the log
+start: no copy is left to duplicate). It may know more: a snapshot, or a rebuild that read the
 whole log. A failing seed is in the assertion message.
 """
 
@@ -59,9 +61,11 @@ def _check_in_log(part: Partition, what: str) -> None:
                 f"has {h and (h.producer_id, h.producer_epoch, h.base_sequence)}"
 
 
-def _knows(restored: tuple[int, list] | None, live: tuple[int, list]) -> bool:
-    """A restored producer entry holds the live one's epoch and at least its batches."""
-    return restored is not None and restored[0] == live[0] and set(live[1]) <= set(restored[1])
+def _knows(restored: tuple[int, list] | None, live: tuple[int, list], log_start_offset: int, forgot_below: int) -> bool:
+    """A restored producer entry holds the live one's epoch and at least its batches still in
+    the log at or past ``forgot_below`` (below it, the restored table says it may lack them)."""
+    batches = {b for b in live[1] if b[2] >= max(log_start_offset, forgot_below)}
+    return not batches or (restored is not None and restored[0] == live[0] and batches <= set(restored[1]))
 
 
 class _Run:
@@ -94,7 +98,7 @@ class _Run:
             self.epochs = {pid: e + 1 for pid, e in self.epochs.items()}
 
     def reopen(self, context: str) -> None:
-        live, live_forgot = _table(self.part), self.part.producers.forgot_producers
+        live, live_forgot = _table(self.part), self.part.producers.forgot_below
         _check_in_log(self.part, f"{context}: the live")
         if self.rnd.random() < 0.5:
             self.part.close()
@@ -102,10 +106,11 @@ class _Run:
             self.part.engine.close()  # a crash: no snapshot at close
         self.part = _open(self.directory, self.engine, self.leader_epoch)
         _check_in_log(self.part, f"{context}: the restored")
-        if not self.part.producers.forgot_producers:
-            restored = _table(self.part)
-            lost = {pid: (entry, restored.get(pid)) for pid, entry in live.items() if not _knows(restored.get(pid), entry)}
-            assert not lost, f"{context}: restored without {lost} (live forgot: {live_forgot})"
+        restored, start, below = _table(self.part), self.part.log_start_offset, self.part.producers.forgot_below
+        lost = {pid: (entry, restored.get(pid)) for pid, entry in live.items()
+                if not _knows(restored.get(pid), entry, start, below)}
+        assert not lost, f"{context}: restored without {lost} (log start {start}, forgot below {below}; " \
+                         f"live forgot below {live_forgot})"
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))

@@ -1,11 +1,15 @@
 """Producer state forgotten with the batches retention deleted, and batches no broker wrote.
 
 1. A replica that lost a producer's state because retention deleted that producer's batches,
-   and then rebuilt its table from what is left (a follower reset to the leader's log start;
-   a broker reopened without a producer-state snapshot, whose log no longer starts at 0), may
-   have forgotten producers: the producer's retry of a committed batch whose reply was lost is
-   refused once that replica leads (it was written a second time, where the old leader
-   answers it "duplicate").
+   and then rebuilt its table from everything left (a follower reset to the leader's log
+   start; a broker reopened without a producer-state snapshot, reading its log from its start)
+   knows every producer whose batches its log holds: it forgot none. Once it leads, an unknown
+   producer's possibly written batch -- a send whose reply was lost, to a leader that died
+   before replicating it -- is taken; such a replica used to refuse it with
+   unknown_producer_id for the partition's whole life. The retry of a batch that retention
+   deleted is taken too: no copy of it is left in any log (the old leader, which still knows
+   the producer, answers it "duplicate"), as a table that never knew the producer takes it
+   (nodes/broker/producers.py).
 2. A send the broker refused before any write (not_enough_replicas: the precheck; base offset
    -1) leaves the batch unwritten: its retry says so, and a leader that may have forgotten
    producers takes it (it failed for good with unknown_producer_id, though no broker wrote it).
@@ -28,6 +32,7 @@ from tests.unit.fakes import (FakeReactor, broker_core, drop_producer_snapshots,
 from tests.unit.builders_sender import LEADER
 
 PID = 7
+NEWCOMER = 55
 OTHERS = 30  # batches after ours: enough for several 4 KiB segments
 
 
@@ -53,19 +58,19 @@ def _leader_whose_retention_deleted_ours(core: BrokerCore, ours: bytes) -> Parti
     return part
 
 
-def _assert_retry_refused(core: BrokerCore, part: Partition, ours: bytes) -> None:
-    """The producer's retry of ``ours`` (committed at offset 0, answered "duplicate" by the
-    leader that wrote it) reaches ``part``, leading at epoch 2: refused, not written again."""
-    end_before = part.log_end_offset
-    offset, code, _ = _produce(core, ours, possibly_written=True, leader_epoch=2)
-    assert part.log_end_offset == end_before, (
-        f"the retried batch was written again at {offset} "
-        f"(forgot_producers={part.producers.forgot_producers}, code={P.error_name(code)})")
-    assert code == P.UNKNOWN_PRODUCER_ID
+def _assert_nothing_forgotten(core: BrokerCore, part: Partition, ours: bytes) -> None:
+    """``part``, leading at epoch 2, forgot no producer: a newcomer's possibly written batch is
+    written, and so is the retry of ``ours`` (committed at offset 0, deleted by retention)."""
+    assert not part.producers.forgot_producers
+    for data in (make_batch(2, pid=NEWCOMER, epoch=0, seq=0, tag="new"), ours):
+        end = part.log_end_offset
+        offset, code, message = _produce(core, data, possibly_written=True, leader_epoch=2)
+        assert (offset, code, message) == (end, 0, ""), P.error_name(code)
+        assert _produce(core, data, possibly_written=True, leader_epoch=2) == (end, 0, "duplicate")
 
 
 @pytest.mark.parametrize("engine", ["memory", "segment"])
-def test_a_follower_reset_past_retention_does_not_write_a_retry_twice(tmp_path: Path, engine: str) -> None:
+def test_a_follower_reset_past_retention_forgot_no_producer_its_log_holds(tmp_path: Path, engine: str) -> None:
     reactor = FakeReactor(ManualClock(1_000))
     leader_core = broker_core(tmp_path / "l", 1, engine=engine, clock=reactor.clock)
     follower_core = broker_core(tmp_path / "f", 2, engine=engine, clock=reactor.clock)
@@ -86,26 +91,26 @@ def test_a_follower_reset_past_retention_does_not_write_a_retry_twice(tmp_path: 
     fetcher.close()
     try:  # the old leader dies; the follower leads; the producer's retry of our batch arrives
         follower.become_leader(2, [1, 2], [2], now_ms=0)
-        _assert_retry_refused(follower_core, follower, ours)
+        _assert_nothing_forgotten(follower_core, follower, ours)
     finally:
         leader_core.close()
         follower_core.close()
 
 
-def test_a_broker_reopened_after_retention_does_not_write_a_retry_twice(tmp_path: Path) -> None:
+def test_a_broker_reopened_after_retention_forgot_no_producer_its_log_holds(tmp_path: Path) -> None:
     core = broker_core(tmp_path, 1, engine="segment")
     ours = make_batch(3, pid=PID, epoch=0, seq=0, tag="ours")
     _leader_whose_retention_deleted_ours(core, ours)
     core.close()  # the broker restarts before the producer's retry arrives
     # ... from a data directory without producer-state snapshots (written before them): the
-    # table is rebuilt from what retention left (with its snapshot, the retry is recognised:
+    # table is rebuilt from all that retention left (with its snapshot, the retry is recognised:
     # tests/unit/test_producer_state_snapshots.py)
     drop_producer_snapshots(tmp_path)
     core = broker_core(tmp_path, 1, engine="segment")
     part = core.open_partition("t", 0, {"retention.bytes": 1})
     try:
         part.become_leader(2, [1, 2], [1], now_ms=0)
-        _assert_retry_refused(core, part, ours)
+        _assert_nothing_forgotten(core, part, ours)
     finally:
         core.close()
 

@@ -6,10 +6,10 @@ producer. The follower is elected, and the producer's retry of the same batch ar
 at any sequence, as an unknown producer's batch was, it was appended a second time: a
 duplicate the idempotent producer promises never to create. Each PRODUCE part now says whether
 an earlier send of its batch may be in a log (the fourth element: 1 when an earlier send got no
-answer, or one with a base offset), and a table that may have forgotten producers (an
-eviction; a rebuild at open, or a follower's reset, that did not start the log at offset 0)
+answer, or one with a base offset), and a table that may have forgotten producers whose
+batches are in the log (an eviction; a rebuild at open that began reading past the log start)
 refuses an unknown producer's possibly written batch with unknown_producer_id (Kafka's
-answer). A batch no broker can have written is taken as before. The client fails the refused
+answer) -- until the log start passes them (tests/unit/test_forgotten_producers_below_an_offset.py). A batch no broker can have written is taken as before. The client fails the refused
 batch with that error rather than write it again."""
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Idempotent-producer state kept across a restart by producer-state snapshots.
 
 A replica rebuilt its producer table at open from at most the last
-PRODUCER_STATE_SCAN_RECORDS_MAX records of its log; when that read did not start at offset 0
-(a long log, or retention deleted the start) the table may have forgotten producers, and a
-possibly written retry from a producer whose last batch lay before the read was refused with
-unknown_producer_id. A snapshot of the table (at clean close and periodically) restores it, and
+PRODUCER_STATE_SCAN_RECORDS_MAX records of its log; when that read began past the log start
+(a long log) the table may have forgotten producers, and a possibly written retry from a
+producer whose last batch lay before the read was refused with unknown_producer_id. A snapshot of the table (at clean close and periodically) restores it, and
 only the log after the snapshot is read. A snapshot is used only for the log it was taken from:
 truncations delete the snapshots above the new end first, and each snapshot names the last
 batch it covers, checked at open. Real partitions on real engines in a temp directory.
@@ -238,7 +237,7 @@ def test_a_corrupt_snapshot_is_ignored(tmp_path: Path, monkeypatch: pytest.Monke
     finally:
         reopened.close()
     # the damaged file at that log end was replaced at close
-    assert producer_snapshots.ProducerSnapshots(str(tmp_path)).load(15).forgot_producers
+    assert producer_snapshots.ProducerSnapshots(str(tmp_path)).load(15).forgot_below == 15 - SCAN_MAX
 
 
 def test_an_older_data_directory_without_snapshots_opens_as_before(tmp_path: Path,

@@ -7,52 +7,17 @@ after it, and a follower cuts back to that offset) writes no new checkpoint, so 
 fsync came with one: the deleted later segments, whose records an earlier flush had made
 durable, came back after a power loss, contiguous with the log, and recovery (which scans
 every segment after the checkpoint's) served the cut records again. Power loss is modelled here by restoring every segment file whose unlink no
-directory fsync followed, with the content it had."""
+directory fsync followed, with the content it had (tests/unit/power_loss.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import stat
 from pathlib import Path
 
 import pytest
 
 from engines.conformance import read_all
 from tests.unit.builders_segment import INTERVAL_MS, T0, fill, open_engine, run_in_thread
-
-
-class UnlinkRecorder:
-    """Made when every .log file of ``directory`` is durable (just flushed): keeps their content
-    as it is now; an unlink of one is pending until a directory fsync makes it durable.
-    ``power_loss_copy`` copies the directory with the pending unlinks undone (the file back with
-    its durable content: a cut of it before the unlink was not fsynced either)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
-        durable = {p.name: p.read_bytes() for p in directory.glob("*.log")}
-        self.pending: dict[str, bytes] = {}
-        real_unlink, real_fsync = os.unlink, os.fsync
-        dir_ino = os.stat(directory).st_ino
-
-        def unlink(path, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
-            name = os.path.basename(path)
-            if name in durable:
-                self.pending[name] = durable[name]
-            real_unlink(path, *args, **kw)
-
-        def fsync(fd: int) -> None:
-            st = os.fstat(fd)
-            real_fsync(fd)
-            if stat.S_ISDIR(st.st_mode) and st.st_ino == dir_ino:
-                self.pending.clear()
-        monkeypatch.setattr(os, "unlink", unlink)
-        monkeypatch.setattr(os, "fsync", fsync)
-
-    def power_loss_copy(self, directory: Path, copy: Path) -> Path:
-        shutil.copytree(directory, copy)
-        for name, content in self.pending.items():
-            (copy / name).write_bytes(content)
-        return copy
+from tests.unit.power_loss import UnlinkRecorder
 
 
 def batches_filling_the_first_segment(directory: Path) -> int:
