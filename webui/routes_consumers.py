@@ -83,7 +83,7 @@ def _instance_ops(api: Api, gw: Gateway, sh: _Shapes) -> None:
             path_params=sh.group_path, body=_body_types(api.schema("CreateConsumer", CREATE_SCHEMA)),
             response={"type": "object", "required": ["instance_id", "base_uri"],
                       "properties": {"instance_id": {"type": "string"}, "base_uri": {"type": "string"}}},
-            errors=(40901, 42203))
+            errors=(40901,), body_error=42203)
     def create(group_name: str, body: dict, content_type: str) -> dict:
         config: dict[str, Any] = {"auto_offset_reset": body.get("auto.offset.reset", "latest")}
         if "auto.commit.enable" in body:

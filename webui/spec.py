@@ -71,6 +71,8 @@ class Op:
     description: str = ""
     # False: the handler reads the body's integers itself (see integers_read)
     body_integers: bool = True
+    # the error code of a body its schema refuses (a consumer instance's: 42203, its configuration)
+    body_error: int = 42204
     # (path, query, body) jsonschema-rs validators by name / content type, and the body schemas
     # inlined by content type: set by Api.install
     validators: tuple[dict, dict, dict, dict] | None = field(default=None, repr=False, compare=False)
@@ -93,7 +95,7 @@ class Op:
         if self.role:
             codes |= {40101, 40301}
         if self.body is not None:
-            codes |= {40001, 40802, 41301, 41501, 42204}
+            codes |= {40001, 40802, 41301, 41501, self.body_error}
         if self.query or self.path_params:
             codes |= {42206}
         if self.path_params:
@@ -323,7 +325,7 @@ class Api:
                 raise ApiError(40001, f"the body is not JSON: {e}") from None
             problem = _first_error(body_v[mimetype], body)
             if problem:
-                raise ApiError(42204, problem)
+                raise ApiError(op.body_error, problem)
             kw["body"] = integers_read(body_schemas[mimetype], body) if op.body_integers else body
             kw["content_type"] = mimetype
         result = op.handler(**kw)
