@@ -70,6 +70,7 @@ MONITOR_METRICS = b"MON_METRICS"  # reply payload: the Prometheus text expositio
 # supervisor control socket (nodes/launcher.py), ipc:// under the data dir: local only
 SUPERVISOR_STATUS = b"SUP_STATUS"
 SUPERVISOR_RESTART = b"SUP_RESTART"
+SUPERVISOR_START = b"SUP_START"
 
 # -- PUB/SUB kinds ---------------------------------------------------------------------------
 PUB_HEARTBEAT = b"HB"           # topic b"hb"; header {node, role, ts_ms, ...}
@@ -194,8 +195,9 @@ ERROR_NAMES[UNKNOWN_TOPIC_ID] = "unknown_topic_id"
 UNKNOWN_NODE = 81                # no such node among the supervisor's children
 NODE_GIVEN_UP = 82               # the supervisor gave up on the node (crash loop)
 NODE_NOT_RUNNING = 83            # not running (or not as the pid asked about): nothing to restart
+NODE_RUNNING = 86                # SUPERVISOR_START of a node that runs: nothing to start
 ERROR_NAMES.update({UNKNOWN_NODE: "unknown_node", NODE_GIVEN_UP: "node_given_up",
-                    NODE_NOT_RUNNING: "node_not_running"})
+                    NODE_NOT_RUNNING: "node_not_running", NODE_RUNNING: "node_running"})
 
 # Errors after which a client refreshes metadata and retries (the write was not applied).
 RETRIABLE = frozenset({

@@ -1,4 +1,5 @@
-"""``loom up``, ``loom down``, ``loom status``: start, stop and inspect a cluster.
+"""``loom up``, ``loom down``, ``loom restart``, ``loom status``: start, stop, restart a node of
+and inspect a cluster.
 
 ``up`` runs the supervisor (nodes/launcher.py) in the foreground: it prints a summary once
 every node answers PING and keeps the nodes running until Ctrl-C or ``loom down``.
@@ -155,6 +156,19 @@ def down(config: str | None, bootstrap: str | None, timeout_s: float) -> None:
     if not running_cluster.stop_cluster(cfg, timeout_s, emit=lambda line: click.echo(line, err=True)):
         raise FabricError(f"no running cluster found (no live supervisor in {running_cluster.pid_file_path(cfg)})")
     click.echo("stopped")
+
+
+# -- restart --------------------------------------------------------------------------------
+@click.command()
+@target_options
+@click.argument("node")
+def restart(config: str | None, bootstrap: str | None, node: str) -> None:
+    """Start NODE again: one the supervisor gave up on (it kept crashing) or left stopped (a
+    config error) starts now, its crash count set back; a running one is killed and started
+    again. Fix what made it crash first (its log: <data_dir>/logs/NODE.log)."""
+    cfg = config_for(config, bootstrap, "loom restart", "the supervisor's control socket is in the config's data dir")
+    done, pid = running_cluster.restart_node(cfg, node)
+    click.echo(f"{done} {node}: pid {pid}")
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -317,4 +331,4 @@ def _print_supervisor(out: Console, config: str | None) -> None:
         out.print("supervisor: not running")
 
 
-COMMANDS = [up, down, status]
+COMMANDS = [up, down, restart, status]

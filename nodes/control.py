@@ -3,7 +3,10 @@ under the data dir, so only processes on this host that may open it can ask), se
 
     SUPERVISOR_STATUS  {since_seq}              -> {instance, children: {name: {pid, state,
                                                     restarts, reason}}, events: [...], seq}
-    SUPERVISOR_RESTART {node, reason, pid?}     -> {node, pid}   (SIGKILL, then a new process)
+    SUPERVISOR_RESTART {node, reason, pid?, by?} -> {node, pid}  (SIGKILL, then a new process;
+                                                    ``by``: who asks, "the monitor" unless said)
+    SUPERVISOR_START   {node, reason?}          -> {node, pid}   (a node that does not run: given
+                                                    up on, stopped, or in its restart backoff)
 
 and the supervisor's event log (exits, restarts, give-ups, each with a reason), bounded by
 ``EVENTS_MAX``. ``instance`` changes with every supervisor, so a reader knows when the
@@ -24,6 +27,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
+from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer
@@ -34,6 +38,11 @@ EVENTS_REPLY_MAX = 500
 
 def control_path(data_dir: str | Path) -> Path:
     return Path(data_dir).resolve() / SOCKET_NAME
+
+
+def control_endpoint(config: LoomConfig) -> str:
+    """The supervisor's control socket: local to this host by construction."""
+    return f"ipc://{control_path(config.cluster.data_dir)}"
 
 
 class EventLog:
@@ -57,19 +66,22 @@ class EventLog:
 
 class ControlServer:
     def __init__(self, data_dir: str | Path, log: EventLog, children: Callable[[], dict[str, dict]],
-                 restart: Callable[[str, str, int | None], int]) -> None:
-        """``children()`` describes every child; ``restart(node, reason, pid)`` restarts one
-        and returns its new pid (raises RemoteError when it cannot)."""
+                 restart: Callable[[str, str, int | None], int], start: Callable[[str, str], int]) -> None:
+        """``children()`` describes every child; ``restart(node, reason, pid)`` restarts one and
+        ``start(node, reason)`` starts one that does not run, each returning its new pid (raises
+        RemoteError when it cannot)."""
         self.path = control_path(data_dir)
         self.log = log
         self.children = children
         self.restart = restart
+        self.start = start
         self.reactor = Reactor(contain_handler_errors=True)
         self.path.unlink(missing_ok=True)  # left by a supervisor that was killed
         self.server = RpcServer(zmq.Context.instance(), self.reactor, f"ipc://{self.path}")
         os.chmod(self.path, 0o600)
         self.server.route(P.SUPERVISOR_STATUS, self._on_status)
         self.server.route(P.SUPERVISOR_RESTART, self._on_restart)
+        self.server.route(P.SUPERVISOR_START, self._on_start)
 
     def serve(self, timeout_ms: int) -> None:
         """Answer requests for up to ``timeout_ms`` (the supervisor's loop interval)."""
@@ -84,12 +96,17 @@ class ControlServer:
         node = req.get("node", str)
         reason = req.get("reason", str, "")
         pid = req.get("pid", int, None)
-        return {"node": node, "pid": self.restart(node, f"requested by the monitor: {reason}" if reason else
+        by = req.get("by", str, "the monitor")
+        return {"node": node, "pid": self.restart(node, f"requested by {by}: {reason}" if reason else
                                                   "requested over the control socket", pid)}
+
+    def _on_start(self, req: wire.Request) -> dict:
+        node = req.get("node", str)
+        return {"node": node, "pid": self.start(node, req.get("reason", str, "") or "requested over the control socket")}
 
     def close(self) -> None:
         self.server.close()
         self.path.unlink(missing_ok=True)
 
 
-__all__ = ["ControlServer", "EventLog", "RemoteError", "control_path"]
+__all__ = ["ControlServer", "EventLog", "RemoteError", "control_endpoint", "control_path"]

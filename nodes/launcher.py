@@ -95,11 +95,6 @@ def role_available(role: str) -> bool:
         return False
 
 
-def control_endpoint(config: LoomConfig) -> str:
-    """The supervisor's control socket (nodes/control.py): local to this host by construction."""
-    return f"ipc://{control_path(config.cluster.data_dir)}"
-
-
 @dataclass
 class Child:
     """One supervised node: its process, crash count and restart schedule."""
@@ -226,7 +221,8 @@ class Supervisor:
 
     def _open_control(self) -> None:
         try:
-            self.control = ControlServer(self.data_dir, self.events, self.children_status, self.restart_now)
+            self.control = ControlServer(self.data_dir, self.events, self.children_status, self.restart_now,
+                                         self.start_again)
         except zmq.ZMQError as e:  # e.g. a data dir path too long for a unix socket
             self.emit(f"loom: no control socket at {control_path(self.data_dir)}: {e}; "
                       "the monitor can report hung nodes but not restart them")
@@ -271,6 +267,28 @@ class Supervisor:
         self.emit(f"loom: restarted {name} (pid {old}) as pid {child.proc.pid}: {reason}")  # type: ignore[union-attr]
         self._write_pid_file()
         return child.proc.pid  # type: ignore[union-attr]
+
+    def start_again(self, name: str, reason: str) -> int:
+        """Start ``name`` now if it does not run: given up on (a crash loop), stopped (a
+        configuration error, an exit with restart off) or waiting out its restart backoff -- an
+        operator's ``loom restart`` once the cause is fixed; its crash count starts over. Returns
+        the new pid; raises RemoteError (unknown_node, node_running)."""
+        child = self.children.get(name)
+        if child is None:
+            raise RemoteError(P.UNKNOWN_NODE, f"{name} is not supervised here")
+        if child.pid is not None:
+            raise RemoteError(P.NODE_RUNNING, f"{name} is running as pid {child.pid}: nothing to start")
+        if child.proc is not None:
+            end_group(child)  # what the exited process forked must not hold the node's ports
+        child.given_up, child.backoff_ms = None, 0
+        child.exits_ms.clear()
+        self._spawn(child)
+        child.restarts += 1
+        pid = child.proc.pid  # type: ignore[union-attr]
+        self.events.add("started", name, reason, pid=pid)
+        self.emit(f"loom: started {name} as pid {pid}: {reason}")
+        self._write_pid_file()
+        return pid
 
     def _wait_healthy(self, names: list[str], deadline_ms: int) -> None:
         pending = set(names)

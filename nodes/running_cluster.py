@@ -1,7 +1,8 @@
 """A cluster that ``loom up`` runs, as the commands after it find it: the supervisor's pid file
 (``<data_dir>/loom.pid``: JSON, its own pid and its children's), each node's log
 (``<data_dir>/logs/NAME.log``), PING of a node, and ``loom down`` (``stop_cluster``), which
-stops the supervisor named in the pid file -- or, when the supervisor is gone, the nodes it left.
+stops the supervisor named in the pid file -- or, when the supervisor is gone, the nodes it left --,
+and ``loom restart`` (``restart_node``), which asks the supervisor over its control socket.
 The supervisor that writes these files is nodes/launcher.py.
 
 Thread-safe: plain functions; ``ping`` opens a client of its own.
@@ -19,7 +20,8 @@ import zmq
 from fabric import protocol as P
 from fabric.blocking_client import BlockingClient
 from fabric.config import LoomConfig, NodeConfig
-from fabric.errors import CodedError
+from fabric.errors import CodedError, FabricError, RemoteError
+from nodes.control import control_endpoint
 from nodes.processes import (is_loom_process, kill_group, pid_alive, process_group, send_signal, supervised_group_members,
                              terminate_and_wait)
 
@@ -27,6 +29,8 @@ PID_FILE_NAME = "loom.pid"
 LOG_DIR_NAME = "logs"
 PING_TIMEOUT_MS = 500
 STOP_TIMEOUT_S = 15.0           # a node's SIGTERM grace before SIGKILL (the supervisor's, and loom down's)
+# the supervisor's answer to a restart: a kill and its wait (STOP_TIMEOUT_S at most), then a spawn
+CONTROL_TIMEOUT_MS = int(STOP_TIMEOUT_S * 1000) + 5000
 
 
 def pid_file_path(config: LoomConfig) -> Path:
@@ -52,6 +56,32 @@ def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
         return client.call(P.PING, timeout_ms=timeout_ms)[0]
     except CodedError:
         return None
+    finally:
+        client.close()
+
+
+def restart_node(config: LoomConfig, name: str) -> tuple[str, int]:
+    """``loom restart NAME``: ask the supervisor (its control socket) to start the node if it
+    does not run (given up on, stopped, in its restart backoff), else to restart it (SIGKILL,
+    then a new process). Returns (what was done, the new pid). Raises FabricError when no
+    supervisor runs; RemoteError as the supervisor refuses (unknown_node, node_given_up: it was
+    given up on while asked)."""
+    info = read_pid_file(config)
+    sup_pid = info.get("pid") if info else None
+    if not (isinstance(sup_pid, int) and pid_alive(sup_pid) and is_loom_process(sup_pid)):
+        raise FabricError(f"no running cluster found (no live supervisor in {pid_file_path(config)})")
+    client = BlockingClient(zmq.Context.instance(), control_endpoint(config), identity=None)
+    try:
+        try:
+            header = client.call(P.SUPERVISOR_START, {"node": name, "reason": "requested by an operator (loom restart)"},
+                                 timeout_ms=CONTROL_TIMEOUT_MS)[0]
+            return "started", header["pid"]
+        except RemoteError as e:
+            if e.code != P.NODE_RUNNING:
+                raise
+        header = client.call(P.SUPERVISOR_RESTART, {"node": name, "reason": "loom restart", "by": "an operator"},
+                             timeout_ms=CONTROL_TIMEOUT_MS)[0]
+        return "restarted", header["pid"]
     finally:
         client.close()
 

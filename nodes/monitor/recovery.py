@@ -21,7 +21,7 @@ from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient
-from nodes.launcher import control_endpoint
+from nodes.control import control_endpoint
 from nodes.monitor import health as H
 
 STATUS_TIMEOUT_MS = 1000
@@ -96,7 +96,7 @@ class Recovery:
             view.exited_pid, view.exit_reason = ev["pid"], str(ev.get("reason", ""))
             if view.pid is None:
                 view.pid = ev["pid"]
-        if ev.get("action") == "restarted" and view is not None and isinstance(ev.get("pid"), int) \
+        if ev.get("action") in ("restarted", "started") and view is not None and isinstance(ev.get("pid"), int) \
                 and view.pid in (None, ev.get("old_pid"), view.exited_pid):
             view.new_process(ev["pid"], self.clock.now_ms())  # started in place of the one we knew
         if ev["seq"] <= self._taken_upto.get(self._instance, 0):

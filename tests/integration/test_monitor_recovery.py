@@ -1,7 +1,8 @@
 """Automatic recovery with the supervisor (`loom up`) and the monitor, real processes:
 a SIGKILLed broker is reported down, restarted, and the alert resolves; a SIGSTOPped consumer
 service is found unresponsive and restarted through the supervisor's control socket; a broker
-that cannot start is given up on after the crash-loop limit while the rest keeps serving."""
+that cannot start is given up on after the crash-loop limit while the rest keeps serving, and
+`loom restart` starts it again once fixed."""
 
 from __future__ import annotations
 
@@ -176,3 +177,29 @@ def test_crash_looping_broker_is_given_up_and_the_rest_serves(sup: Supervised) -
     got: list = []
     wait_until(lambda: got.extend(consumer.poll(500)) or len(got) >= 20, 20, what="records from the two brokers left")
     consumer.close()
+
+
+def test_a_given_up_broker_is_started_again_by_loom_restart_once_fixed(sup: Supervised) -> None:
+    """Once the supervisor gave up on a node, only a whole-cluster `loom down` and `up` brought
+    it back; `loom restart NODE` starts it, its crash count set back, and the monitor's
+    crash-loop alert resolves. A running node is killed and started again."""
+    if not alert(sup.monitor, "crash_loop", "broker-3", "firing"):
+        test_crash_looping_broker_is_given_up_and_the_rest_serves(sup)  # run alone: give it up first
+    data_dir = sup.cfg.data_dir_for("broker-3")
+    data_dir.unlink()  # the cause fixed: its data directory back
+    shutil.move(str(data_dir) + ".moved", str(data_dir))
+    r = loom("restart", "broker-3", "-c", str(sup.cfg.source))
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.fullmatch(r"started broker-3: pid (\d+)\n", r.stdout)
+    assert m, r.stdout
+    sup.seen.add(int(m.group(1)))
+    wait_until(lambda: alert(sup.monitor, "crash_loop", "broker-3", "resolved"), 30, what="the crash-loop alert resolved")
+    wait_until(lambda: next(n for n in sup.monitor.status()["nodes"] if n["node"] == "broker-3")["state"] == "healthy",
+               30, what="broker-3 healthy again")
+    assert sup.events(action="started", node="broker-3")
+    r = loom("restart", "broker-3", "-c", str(sup.cfg.source))
+    again = re.fullmatch(r"restarted broker-3: pid (\d+)\n", r.stdout)
+    assert r.returncode == 0 and again and int(again.group(1)) != int(m.group(1)), r.stdout + r.stderr
+    sup.seen.add(int(again.group(1)))
+    r = loom("restart", "nobody", "-c", str(sup.cfg.source))
+    assert r.returncode != 0 and "not supervised" in r.stderr, r.stdout + r.stderr

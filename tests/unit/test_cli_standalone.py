@@ -98,3 +98,18 @@ def test_up_refuses_bootstrap_endpoints_it_cannot_start(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("loom: error: ") and "--bootstrap" in done.stderr and "-c" in done.stderr, done.stderr
+
+
+def test_restart_needs_the_config_and_a_running_supervisor(tmp_path: Path) -> None:
+    """`loom restart NODE` asks the supervisor over its control socket in the config's data dir:
+    --bootstrap alone says so, and a config whose cluster is not up says no cluster runs."""
+    env = {k: v for k, v in os.environ.items() if k != "LOOM_CONFIG"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "nodes.cli", "restart", "broker-1", "--bootstrap", "127.0.0.1:1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "loom restart needs the cluster's config" in done.stderr, done.stderr
+    config = tmp_path / "cluster.yaml"
+    config.write_text((ROOT / "config" / "cluster.yaml").read_text().replace("data_dir: ../data",
+                                                                                 f"data_dir: {tmp_path / 'data'}"))
+    done = subprocess.run([sys.executable, "-m", "nodes.cli", "restart", "broker-1", "-c", str(config)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "no running cluster found" in done.stderr, done.stderr

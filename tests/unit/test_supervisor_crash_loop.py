@@ -100,3 +100,30 @@ def test_a_node_that_hangs_after_every_restart_is_given_up_on_with_the_default_c
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_node_given_up_on_is_started_again_on_request_its_crash_count_set_back(tmp_path: Path) -> None:
+    """`loom restart` (SUPERVISOR_START): a node given up on starts now; one that runs is refused
+    node_running (the caller restarts it instead); an unknown one unknown_node."""
+    cfg = small_cluster_config(tmp_path, supervisor={"crash_loop_restarts_max": 1, "crash_loop_window_ms": 60_000})
+    sup, child, procs = _supervisor_of_a_hung_stand_in(cfg, tmp_path)
+    try:
+        with pytest.raises(RemoteError) as refused:
+            sup.start_again("broker-1", "x")
+        assert refused.value.code == P.NODE_RUNNING
+        sup.restart_now("broker-1", "hung")
+        with pytest.raises(RemoteError):
+            sup.restart_now("broker-1", "hung again")  # over the limit: given up
+        assert child.given_up and sup.children_status()["broker-1"]["state"] == "given_up"
+        pid = sup.start_again("broker-1", "fixed")
+        assert child.proc is not None and child.proc.pid == pid and child.proc.poll() is None
+        assert child.given_up is None and sup.children_status()["broker-1"]["state"] == "running"
+        assert sup.events.since(0)[-1]["action"] == "started"
+        assert sup.restart_now("broker-1", "hung once more") != pid, "the crash count started over"
+        with pytest.raises(RemoteError) as refused:
+            sup.start_again("nobody", "x")
+        assert refused.value.code == P.UNKNOWN_NODE
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
