@@ -35,7 +35,7 @@ export async function render(root, ctx) {
     clear(timelineEl, events.length
       ? h("ol.timeline", {}, events.map((e) => h(`li.kind-${e.kind}.state-${String(e.state || "").replace(/[^\w-]/g, "")}`, {},
         h("time", { datetime: new Date(e.ts_ms).toISOString() }, fmtTime(e.ts_ms)), h("span.pill", {}, e.kind), " ", e.text)))
-      : h("p.muted", {}, model.connection === "open" ? "No events since this page was opened." : `Live updates: ${model.connection}`));
+      : h("p.muted", {}, model.connection === "open" ? "No events yet." : `Live updates: ${model.connection}`));
   }
   filter.addEventListener("change", draw);
   ctx.cleanup.push(subscribe(draw));
