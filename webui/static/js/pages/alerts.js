@@ -1,6 +1,6 @@
 // Alerts and events: firing and resolved alerts with their times, and a timeline of health
-// changes and recovery actions (restarts), live from /ws/events (plus the monitor's history
-// when the gateway serves it).
+// changes and recovery actions (restarts), live from /ws/events, after the monitor's event log
+// (GET /monitor/events) that model.js replays on load, so a reload keeps it.
 
 import { model, subscribe } from "../model.js";
 import { badge, card, clear, fmtAgo, fmtTime, h, table } from "../ui.js";
