@@ -161,9 +161,8 @@ function alertOf(a, tsMs, prev = undefined) {
 }
 
 function applyAlert(a, tsMs) {
-  const first = alertOf(a, tsMs);
-  const prev = model.alerts.get(first.key);
-  const alert = prev ? alertOf(a, tsMs, prev) : first;
+  const prev = model.alerts.get(alertOf(a, tsMs).key);
+  const alert = alertOf(a, tsMs, prev);
   model.alerts.set(alert.key, alert);
   if (model.alerts.size > ALERTS_MAX) model.alerts.delete(model.alerts.keys().next().value);
   if (!prev || prev.state !== alert.state) pushEvent(alertEntry(alert), a);
