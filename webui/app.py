@@ -23,6 +23,7 @@ from flask import Flask, Response, g, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from wsproto.utilities import RemoteProtocolError
 
+from fabric import protocol as P
 from webui import routes_consumers, routes_v2, routes_v3, ws
 from webui.auth import Principal, rate_limit_client, retry_after_s
 from webui.context import Gateway
@@ -37,6 +38,17 @@ API_VERSION = "1.0.0"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 SERVING_STATES = frozenset({"up", "healthy", "degraded"})  # node states that count as ready
 HTTP_STATUS_TO_CODE = {400: 40001, 404: 40404, 405: 40501, 413: 41301, 415: 41501}
+EVENTS_LIMIT_DEFAULT = 500         # GET /monitor/events: the dashboard's timeline keeps as many
+EVENTS_LIMIT_MAX = P.EVENTS_MAX    # the monitor keeps no more
+EVENT_SCHEMA = {"type": "object", "required": ["type", "ts_ms"], "properties": {
+    "type": {"type": "string", "description": "node (a health change), alert or recovery"},
+    "kind": {"type": "string", "description": "health, alert or recovery"},
+    "seq": {"type": "integer", "description": "the monitor's sequence number of the event"},
+    "ts_ms": {"type": "integer", "description": "when the monitor recorded it (wall clock, ms)"},
+    # the rest as the monitor wrote them (their types are its, not checked here)
+    "node": {"description": "the node a health change or a recovery is about"},
+    "state": {"description": "a node's new health, or an alert's state"}, "previous": {"description": "a node's health before"},
+    "name": {"description": "an alert's rule/subject"}, "action": {"description": "a recovery's action"}}}
 
 
 def presented_key() -> str | None:
@@ -130,6 +142,23 @@ def build_api(gw: Gateway) -> Api:
     def history(query: dict) -> dict:
         h = gw.agent.monitor_history(query.get("since_ms", 0))
         return {"interval_ms": h["interval_ms"], "t": h["t"], "series": h["series"]}
+
+    @api.op("GET", "/monitor/events", role="read", tag="ops", errors=(50301,),
+            summary="The monitor's recent events: health changes, alerts, recovery actions (503 without a monitor)",
+            description="The newest `limit` events recorded after `since_ms` (wall clock), oldest first, each "
+                        "as `/ws/events` relays it (`type` node, alert or recovery; `seq`, `ts_ms`, ...). The "
+                        f"monitor keeps its last {P.EVENTS_MAX:,}.",
+            query={"since_ms": {"type": "integer", "minimum": 0},
+                   "limit": {"type": "integer", "minimum": 1, "maximum": EVENTS_LIMIT_MAX,
+                             "default": EVENTS_LIMIT_DEFAULT}},
+            response={"type": "object", "required": ["events"], "properties": {
+                "events": {"type": "array", "items": EVENT_SCHEMA}}})
+    def events(query: dict) -> dict:
+        since_ms, limit = query.get("since_ms", 0), query.get("limit", EVENTS_LIMIT_DEFAULT)
+        # the peer's input: an event out of the stream's shape is left out, not passed on
+        kept = [e for e in gw.agent.monitor_events() if isinstance(e, dict) and isinstance(e.get("type"), str)
+                and type(e.get("ts_ms")) is int and e["ts_ms"] > since_ms]
+        return {"events": kept[-limit:]}
     return api
 
 

@@ -149,6 +149,9 @@ class GatewayAgent(GatewayProduce, ConsumerInstances):
     def monitor_history(self, since_ms: int) -> dict:
         return self.monitor.history(since_ms)
 
+    def monitor_events(self) -> list:
+        return self.monitor.events()
+
     # -- cluster and topics ------------------------------------------------------------------
     def coordinator_reachable(self) -> bool:
         """Whether the coordinator answers: metadata from a fetch begun after the call, and the

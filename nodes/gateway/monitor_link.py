@@ -1,7 +1,8 @@
 """The gateway's link to the monitor node (nodes/monitor), when the config has one.
 
-``MonitorAccess`` -- request side, for the HTTP threads: the Prometheus text (``GET /metrics``)
-and the history (``GET /monitor/history``) over RPC (fabric/client/monitor.py). One client per
+``MonitorAccess`` -- request side, for the HTTP threads: the Prometheus text (``GET /metrics``),
+the history (``GET /monitor/history``) and the event log (``GET /monitor/events``) over RPC
+(fabric/client/monitor.py). One client per
 thread (``threading.local``); a client that timed out is dropped and made again. Raises
 ``webui.errors.ClusterError("unavailable")`` when no monitor is configured or it does not
 answer. Thread-safe.
@@ -66,6 +67,13 @@ class MonitorAccess:
 
     def history(self, since_ms: int = 0) -> dict[str, Any]:
         return self._call(lambda c: c.history(None, since_ms))  # type: ignore[no-any-return]
+
+    def events(self) -> list[Any]:
+        """The monitor's whole event log (it keeps the last ``P.EVENTS_MAX``), oldest first, as
+        it sent each event on its PUB socket; the caller filters (items are the peer's input)."""
+        reply = self._call(lambda c: c.events(0, P.EVENTS_MAX))
+        events = reply.get("events") if isinstance(reply, dict) else None
+        return events if isinstance(events, list) else []
 
 
 class MonitorRelay:

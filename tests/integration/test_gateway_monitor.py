@@ -108,11 +108,17 @@ def test_monitor_events_and_status_on_ws_events(cluster: Cluster) -> None:
                                and e.get("state") == "healthy"), 30, what="consumer-2 healthy again")
     finally:
         ws.close()
+    # the same events, unchanged, from GET /monitor/events (the dashboard replays them on load)
+    relayed = [e for e in seen if e.get("type") in ("node", "alert", "recovery") and "seq" in e]
+    http = Http(cluster.raw["nodes"]["gateway"]["port"], role="read")
+    logged = {e["seq"]: e for e in http.ok("GET", "/monitor/events", limit=1000)["events"]}
+    assert relayed and all(logged.get(e["seq"]) == e for e in relayed), (relayed, logged)
+    assert list(logged) == sorted(logged), "oldest first"
 
 
 def test_metrics_and_history_are_503_without_the_monitor(cluster: Cluster, http: Http) -> None:
     cluster.stop("monitor")
-    for path in ("/metrics", "/monitor/history"):
+    for path in ("/metrics", "/monitor/history", "/monitor/events"):
         r = http("GET", path)
         assert r.status_code == 503 and r.json()["error_code"] == 50301 and "monitor" in r.json()["message"], r.text
     assert http("GET", "/v3/clusters/test/topics").status_code == 200, "the rest keeps serving"

@@ -248,6 +248,11 @@ class FuzzAgent(GatewayAgent):
         wire.pack(since_ms)
         return {"interval_ms": 1000, "t": [1, 2], "series": {"a": [1.0, None]}}
 
+    def monitor_events(self) -> list:
+        return [{"type": "node", "kind": "health", "node": "broker-1", "state": "down", "previous": "healthy",
+                 "seq": 1, "ts_ms": 1000}, {"type": "recovery", "kind": "recovery", "node": "broker-1",
+                                             "action": "restarted", "seq": 2, "ts_ms": 2000}]
+
     def ensure_instance(self) -> None:
         """The instance the consumer routes name exists (a fuzzed DELETE may have taken it)."""
         if self.holder(GROUP, INSTANCE) is None:

@@ -16,6 +16,12 @@
 // its states stand: the watcher takes a node that missed one PING for down (a paused process the
 // monitor calls degraded, then unresponsive), and a card that took both flipped between them.
 // The watcher's states count for the monitor itself and once the monitor has been silent.
+//
+// The timeline (model.events) is kept in ts_ms order, each entry once: on load the monitor's
+// event log (GET /monitor/events, the same shapes) is replayed into it by replay(), which only
+// adds timeline entries -- an old event must not set a node's or an alert's state that the live
+// stream has since moved on -- and an event that came over the stream while the answer was on
+// its way is not shown twice (a monitor event's key is its seq and ts_ms, whichever way it came).
 
 import { clusterId, get, openSocket } from "./api.js";
 
@@ -40,7 +46,7 @@ export const model = {
   rates: {},                  // latest records/bytes in/out per second
   series: emptySeries(),      // chart data, seconds since epoch in t
   alerts: new Map(),          // rule|subject -> alert
-  events: [],                 // newest last: {ts_ms, kind, node, text}
+  events: [],                 // by ts_ms, newest last: {ts_ms, kind, node, state, text, key}
   lastMessageMs: 0,
   lastRatesMs: 0,             // when rates last came from the monitor
   lastMonitorMs: 0,           // when a status or health event last came from the monitor
@@ -90,9 +96,37 @@ function roleOf(name) {
   return ["broker", "consumer", "coordinator", "producer", "gateway", "monitor"].includes(base) ? base : "";
 }
 
-function pushEvent(ev) {
-  model.events.push(ev);
+/** Add a timeline entry from the message `source` (its key: below), in ts_ms order, unless one
+ * with its key is there; the oldest beyond EVENTS_MAX go. */
+function pushEvent(ev, source) {
+  const key = eventKey(source, ev);
+  if (model.events.some((e) => e.key === key)) return;   // at most EVENTS_MAX: a scan is cheap
+  let i = model.events.length;
+  while (i > 0 && model.events[i - 1].ts_ms > ev.ts_ms) i--;   // a replayed event is older than live ones
+  model.events.splice(i, 0, { ...ev, key });
   if (model.events.length > EVENTS_MAX) model.events.splice(0, model.events.length - EVENTS_MAX);
+}
+
+/** The same event's key whether it came over /ws/events or from GET /monitor/events: the
+ * monitor's seq and ts_ms (seq alone restarts when a monitor loses its saved log); else what
+ * the entry says (the gateway's watcher sends no seq, and is never replayed). */
+function eventKey(source, ev) {
+  if (Number.isInteger(source?.seq) && Number.isInteger(source?.ts_ms)) return `monitor:${source.seq}:${source.ts_ms}`;
+  return `${ev.ts_ms}|${ev.kind}|${ev.node}|${ev.text}`;
+}
+
+function healthEntry(name, before, after, reason, tsMs) {
+  return { ts_ms: tsMs, kind: "health", node: name, state: after, text: `${name} ${before} → ${after}${reason ? `: ${reason}` : ""}` };
+}
+
+function alertEntry(alert) {
+  return { ts_ms: alert.state === "resolved" ? alert.resolved_ms : (alert.fired_ms || alert.started_ms),
+    kind: "alert", node: alert.subject, state: alert.state, text: `${alert.rule} ${alert.state}: ${alert.message}` };
+}
+
+function recoveryEntry(msg, tsMs) {
+  return { ts_ms: tsMs, kind: "recovery", node: msg.node, state: msg.action || "",
+    text: `${msg.node || ""} ${msg.action || "recovery"}${msg.reason ? `: ${msg.reason}` : ""}` };
 }
 
 /** Records in per second measured by the page (high watermark growth) while no rates come
@@ -113,24 +147,25 @@ function pushRates(tsMs, rates) {
   if (s.t.length > SERIES_POINTS_MAX) for (const k of ["t", ...RATE_KEYS]) s[k].splice(0, s[k].length - SERIES_POINTS_MAX);
 }
 
-function applyAlert(a, tsMs) {
+/** The alert an alert message describes (`prev`: what the model knew of it). */
+function alertOf(a, tsMs, prev = undefined) {
   const [nameRule, nameSubject] = String(a.name || "").split("/");   // the monitor's name: "rule/subject"
   const rule = a.rule || nameRule || "alert";
   const subject = a.subject || nameSubject || a.node || "cluster";
-  const key = `${rule}|${subject}`;
-  const prev = model.alerts.get(key);
-  const alert = {
-    rule, subject, key, state: normAlertState(a.state), message: a.message || "",
+  return {
+    rule, subject, key: `${rule}|${subject}`, state: normAlertState(a.state), message: a.message || "",
     started_ms: a.started_ms || prev?.started_ms || tsMs,
     fired_ms: a.fired_ms ?? prev?.fired_ms ?? (normAlertState(a.state) === "firing" ? tsMs : null),
     resolved_ms: a.resolved_ms ?? (normAlertState(a.state) === "resolved" ? tsMs : null),
   };
-  model.alerts.set(key, alert);
+}
+
+function applyAlert(a, tsMs) {
+  const prev = model.alerts.get(alertOf(a, tsMs).key);
+  const alert = alertOf(a, tsMs, prev);
+  model.alerts.set(alert.key, alert);
   if (model.alerts.size > ALERTS_MAX) model.alerts.delete(model.alerts.keys().next().value);
-  if (!prev || prev.state !== alert.state) {
-    pushEvent({ ts_ms: alert.state === "resolved" ? alert.resolved_ms : (alert.fired_ms || alert.started_ms),
-      kind: "alert", node: subject, state: alert.state, text: `${rule} ${alert.state}: ${alert.message}` });
-  }
+  if (!prev || prev.state !== alert.state) pushEvent(alertEntry(alert), a);
 }
 
 function normAlertState(s) {
@@ -179,9 +214,7 @@ export function apply(msg) {
       upsertNode(name, { role: msg.role, state, reason: state === undefined ? undefined : msg.reason, pid: msg.pid, host: msg.host,
         port: msg.port, restarts: msg.restarts, metrics: msg.metrics });
       const after = model.nodes.get(name)?.state;
-      if (before && before !== "unknown" && before !== after) {
-        pushEvent({ ts_ms: ts, kind: "health", node: name, state: after, text: `${name} ${before} → ${after}${msg.reason ? `: ${msg.reason}` : ""}` });
-      }
+      if (before && before !== "unknown" && before !== after) pushEvent(healthEntry(name, before, after, msg.reason, ts), msg);
       break;
     }
     case "status":
@@ -198,8 +231,7 @@ export function apply(msg) {
       applyAlert(msg, ts);
       break;
     case "recovery":
-      pushEvent({ ts_ms: ts, kind: "recovery", node: msg.node, state: msg.action || "",
-        text: `${msg.node || ""} ${msg.action || "recovery"}${msg.reason ? `: ${msg.reason}` : ""}` });
+      pushEvent(recoveryEntry(msg, ts), msg);
       if (msg.action === "restarted" || msg.action === "restart") {
         const n = model.nodes.get(msg.node);
         if (n) n.restarts = (n.restarts || 0) + 1;
@@ -210,6 +242,30 @@ export function apply(msg) {
       break;
     default:
       return;  // unknown messages are ignored: a newer gateway may send more kinds
+  }
+  changed();
+}
+
+/**
+ * Replay past events (the monitor's log, oldest first, in the shapes apply() takes) into the
+ * timeline only: nodes, alerts and restart counts are the live stream's (its snapshot is newer).
+ * A health change is the event's own (`previous` → `state`); a first verdict (from "unknown")
+ * is none, as live.
+ */
+export function replay(events) {
+  if (!Array.isArray(events)) return;
+  for (const msg of events) {
+    if (!msg || typeof msg !== "object" || !Number.isFinite(msg.ts_ms)) continue;
+    const type = msg.type || msg.kind;
+    if ((type === "node" || type === "health") && msg.kind === "health") {
+      const before = normState(msg.previous);
+      const after = normState(msg.state);
+      if (msg.previous && before !== "unknown" && before !== after) pushEvent(healthEntry(msg.node, before, after, msg.reason, msg.ts_ms), msg);
+    } else if (type === "alert") {
+      pushEvent(alertEntry(alertOf(msg, msg.ts_ms)), msg);
+    } else if (type === "recovery") {
+      pushEvent(recoveryEntry(msg, msg.ts_ms), msg);
+    }
   }
   changed();
 }
@@ -255,7 +311,7 @@ export async function loadOnce() {
   if (routes.history) jobs.push(routePath(routes.history).then(get).then(applyHistory));
   if (routes.status) jobs.push(routePath(routes.status).then(get).then((s) => apply({ ...s, type: "status" })));
   if (routes.alerts) jobs.push(routePath(routes.alerts).then(get).then((r) => (r.alerts || r.data || r).forEach((a) => apply({ ...a, type: "alert" }))));
-  if (routes.events) jobs.push(routePath(routes.events).then(get).then((r) => (r.events || r.data || r).forEach((e) => apply({ ...e, type: e.type || e.kind }))));
+  if (routes.events) jobs.push(routePath(routes.events).then(get).then((r) => replay(r.events || r.data || r)));
   await Promise.allSettled(jobs);
 }
 

@@ -1,6 +1,6 @@
 // Alerts and events: firing and resolved alerts with their times, and a timeline of health
-// changes and recovery actions (restarts), live from /ws/events (plus the monitor's history
-// when the gateway serves it).
+// changes and recovery actions (restarts), live from /ws/events, after the monitor's event log
+// (GET /monitor/events) that model.js replays on load, so a reload keeps it.
 
 import { model, subscribe } from "../model.js";
 import { badge, card, clear, fmtAgo, fmtTime, h, table } from "../ui.js";
@@ -35,7 +35,7 @@ export async function render(root, ctx) {
     clear(timelineEl, events.length
       ? h("ol.timeline", {}, events.map((e) => h(`li.kind-${e.kind}.state-${String(e.state || "").replace(/[^\w-]/g, "")}`, {},
         h("time", { datetime: new Date(e.ts_ms).toISOString() }, fmtTime(e.ts_ms)), h("span.pill", {}, e.kind), " ", e.text)))
-      : h("p.muted", {}, model.connection === "open" ? "No events since this page was opened." : `Live updates: ${model.connection}`));
+      : h("p.muted", {}, model.connection === "open" ? "No events yet." : `Live updates: ${model.connection}`));
   }
   filter.addEventListener("change", draw);
   ctx.cleanup.push(subscribe(draw));
