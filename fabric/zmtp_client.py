@@ -70,6 +70,9 @@ from fabric.zmtp_codec import (FLAG_COMMAND, FLAG_LONG, FLAG_MORE, GREETING, HAN
 _NOT_SHORT_FRAME = FLAG_LONG | FLAG_COMMAND
 JOIN_BYTES_MAX = 64 * 1024  # frames up to this size are joined with their headers into one piece
 DIRECT_BYTES_MIN = 256 * 1024  # a frame this large is read straight into a buffer of its own
+# a connection's receive buffer at first: it grows (x4, up to RECEIVE_BYTES) when a read fills it,
+# so that an idle or quiet connection (a consumer service hosts hundreds) holds little
+RECEIVE_BYTES_FIRST = 16 * 1024
 
 
 def _input_limit(flags: int) -> int:
@@ -134,7 +137,7 @@ class ZmtpDealer(ConnectionMixin):
         self._body_flags = 0
         self._frames: list[bytes] = []  # the message being received
         self._greeted = False
-        self._buffer = bytearray(RECEIVE_BYTES)
+        self._buffer = bytearray(RECEIVE_BYTES_FIRST)
         self._reconnect_ms = P.RECONNECT_IVL_MS
         self._reconnect_max_ms = reconnect_ivl_max_ms
         self._messages_per_pass = messages_per_pass if messages_per_pass is not None else sys.maxsize
@@ -221,7 +224,7 @@ class ZmtpDealer(ConnectionMixin):
                     wanted = len(body) - self._body_at
                 else:
                     n = sock.recv_into(buffer)
-                    wanted = RECEIVE_BYTES
+                    wanted = len(buffer)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -245,6 +248,8 @@ class ZmtpDealer(ConnectionMixin):
                 return
             if n < wanted:
                 return  # the kernel had no more for now
+            if body is None and wanted < RECEIVE_BYTES and self._sock is not None:
+                self._buffer = buffer = bytearray(min(wanted * 4, RECEIVE_BYTES))  # a full read: more is coming
 
     def _parse(self) -> None:
         buf = self._in

@@ -197,6 +197,23 @@ def test_an_address_is_used_as_it_is_without_a_resolver_thread(monkeypatch: pyte
     dealer.close()
 
 
+def test_a_dealers_receive_buffer_starts_small_and_grows_for_a_burst(raw_server: RawServer,
+                                                                     dealer_client: MakeClient) -> None:
+    """Each connection kept a RECEIVE_BYTES buffer from its start: a consumer service's hosted
+    instances (five connections each, up to 256 instances) held 1.25 MB each of them, idle or
+    not. It starts at RECEIVE_BYTES_FIRST (the test below measures it) and grows when a read
+    fills it: a burst of small messages and frames just under DIRECT_BYTES_MIN still arrive
+    whole, in order, and the buffer has grown to RECEIVE_BYTES."""
+    client = dealer_client(raw_server.port, identity=None)
+    raw_server.connect(client)
+    small = [b"%06d" % i + b"s" * 994 for i in range(300)]
+    large = [bytes([i]) * (zmtp_client.DIRECT_BYTES_MIN - 100) for i in range(3)]
+    raw_server.conn.sendall(b"".join(_message(b"", m) for m in small + large))  # type: ignore[union-attr]
+    client.run_until(lambda: len(client.got) == len(small) + len(large))
+    assert client.got == [[b"", m] for m in small + large]
+    assert len(client.dealer._buffer) == zmtp_client.RECEIVE_BYTES
+
+
 def test_a_closed_dealer_that_is_still_referred_to_holds_no_receive_buffer() -> None:
     """A closed client that a reference cycle keeps (a consumer's reactor, its callbacks) until a
     full collection kept its RECEIVE_BYTES receive buffer meanwhile: a consumer service whose REST
@@ -207,9 +224,11 @@ def test_a_closed_dealer_that_is_still_referred_to_holds_no_receive_buffer() -> 
     try:
         before = tracemalloc.get_traced_memory()[0]
         dealers = [zmtp_client.ZmtpDealer(reactor, "tcp://127.0.0.1:9", lambda frames: None) for _ in range(8)]
-        assert tracemalloc.get_traced_memory()[0] - before >= 8 * zmtp_client.RECEIVE_BYTES
+        made = tracemalloc.get_traced_memory()[0] - before
+        first = zmtp_client.RECEIVE_BYTES_FIRST
+        assert 8 * first <= made < 8 * 2 * first, "a new dealer's receive buffer is not the small first one"
         for d in dealers:
             d.close()
-        assert tracemalloc.get_traced_memory()[0] - before < zmtp_client.RECEIVE_BYTES, "closed dealers kept their buffers"
+        assert tracemalloc.get_traced_memory()[0] - before < 4 * first, "closed dealers kept their buffers"
     finally:
         tracemalloc.stop()
