@@ -380,7 +380,7 @@ class ZmtpDealer(ConnectionMixin):
         self._resolving = None  # its thread ends on its own
         self._drop()
         self._waiting.clear()
-        # the receive buffer (RECEIVE_BYTES) and what was half received, let go now: a closed
+        # the receive buffer (up to RECEIVE_BYTES) and what was half received, let go now: a closed
         # client that a reference cycle keeps until a full collection held them meanwhile
         self._buffer, self._in, self._frames, self._body = bytearray(), bytearray(), [], None
 
