@@ -200,9 +200,7 @@ def instance_churn(base: str, port: int, topic: str, seconds: float, config_path
     made = 0
 
     def call(method: str, path: str, body: Any = None) -> None:
-        r = requests.request(method, base + path, json=body, headers=AUTH, timeout=30)
-        if r.status_code >= 300:
-            raise RuntimeError(f"{method} {path} answered {r.status_code}: {r.text[:200]}")
+        rest_call(base, method, path, body)
 
     def streams() -> None:
         while time.monotonic() < deadline:
@@ -233,6 +231,43 @@ def instance_churn(base: str, port: int, topic: str, seconds: float, config_path
             "rss_mb": {n: {"before": before[n], "after": rss_mb(pids)} for n, pids in sorted(nodes.items())}}
 
 
+def rest_call(base: str, method: str, path: str, body: Any = None) -> requests.Response:
+    r = requests.request(method, base + path, json=body, headers=AUTH, timeout=30)
+    if r.status_code >= 300:
+        raise RuntimeError(f"{method} {path} answered {r.status_code}: {r.text[:200]}")
+    return r
+
+
+def instances_held(base: str, topic: str, count: int, config_path: Path) -> dict:
+    """``count`` consumer instances, each of a group of its own, subscribed to ``topic`` from its
+    beginning and read once (one record), then left alone while they fetch ahead: the consumer
+    services' resident memory (MB) before, once it stops growing (at most 30 s), and after the
+    instances are deleted. What the instances fetch ahead is bounded by
+    ``services.consumer_buffer_bytes_max`` (``--consumer-buffer-bytes``)."""
+    nodes = {n: pids for n, pids in find_node_processes(str(config_path)).items() if n.startswith("consumer-")}
+    before = {n: rss_mb(pids) for n, pids in nodes.items()}
+    names = [f"held-{i}" for i in range(count)]
+    for name in names:
+        rest_call(base, "POST", f"/consumers/{name}", {"name": name, "format": "binary",
+                                                      "auto.offset.reset": "earliest", "auto.commit.enable": "false"})
+        rest_call(base, "POST", f"/consumers/{name}/instances/{name}/subscription", {"topics": [topic]})
+        for _ in range(20):  # the first answers may be empty while the instance joins its group
+            if rest_call(base, "GET", f"/consumers/{name}/instances/{name}/records?timeout=1000&max_bytes=1").json():
+                break
+    held, last, deadline = {}, -1.0, time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the services' memory is the same for a second
+        held = {n: rss_mb(pids) for n, pids in nodes.items()}
+        now = sum(sum(mb) for mb in held.values())
+        if now == last:
+            break
+        last = now
+        time.sleep(1)
+    for name in names:
+        rest_call(base, "DELETE", f"/consumers/{name}/instances/{name}")
+    return {"instances": count, "rss_mb": {n: {"before": before[n], "held": held[n], "after": rss_mb(pids)}
+                                          for n, pids in sorted(nodes.items())}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = UsageParser(prog="loom bench gateway")
     ap.add_argument("--requests", type=int, default=400, help="REST produce requests")
@@ -244,16 +279,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="the brokers' interval fsync (default 200: config/cluster.yaml's, what `make up` runs)")
     ap.add_argument("--churn-seconds", type=float, default=0.0,
                     help="then consumer instances made, read and deleted for this long: the nodes' memory (0: skip)")
+    ap.add_argument("--held-instances", type=int, default=0,
+                    help="then this many consumer instances, each of its own group, read the produced records "
+                         "once and are left to fetch ahead: the consumer services' memory (0: skip)")
+    ap.add_argument("--consumer-buffer-bytes", type=int, default=None,
+                    help="services.consumer_buffer_bytes_max: what the consumer services' instances fetch ahead, "
+                         "all together (default: the config's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not (1 <= args.requests <= 100_000 and 1 <= args.batch <= 100_000 and 1 <= args.clients <= 256
             and 0 < args.rate <= 10_000 and 0 < args.seconds <= 600 and args.rate * args.seconds <= 1_000_000
-            and 1 <= args.fsync_interval_ms <= 60_000 and 0 <= args.churn_seconds <= 3600):
+            and 1 <= args.fsync_interval_ms <= 60_000 and 0 <= args.churn_seconds <= 3600
+            and 0 <= args.held_instances <= 1000
+            and (args.consumer_buffer_bytes is None or 1 << 20 <= args.consumer_buffer_bytes <= 1 << 40)):
         ap.error("--requests 1..100000, --batch 1..100000, --clients 1..256, --rate 0..10000 (exclusive of 0), "
                  "--seconds 0..600 (exclusive of 0) with rate x seconds <= 1000000, --fsync-interval-ms 1..60000, "
-                 "--churn-seconds 0..3600")
+                 "--churn-seconds 0..3600, --held-instances 0..1000, --consumer-buffer-bytes 1 MiB..1 TiB")
     tmp = Path(tempfile.mkdtemp(prefix="loom-bench-gw-"))
     overrides = {**gateway_overrides(), "storage": {"fsync": "interval", "fsync_interval_ms": args.fsync_interval_ms}}
+    if args.consumer_buffer_bytes is not None:
+        overrides["services"] = {"consumer_buffer_bytes_max": args.consumer_buffer_bytes}
     cluster = Cluster(make_config(tmp, 3, extra_nodes=GATEWAY_NODES, overrides=overrides))
     try:
         cluster.start()
@@ -279,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.churn_seconds > 0:
             results["instance_churn"] = instance_churn(base, port, "bench", args.churn_seconds, cluster.config_path)
             print("consumer instances made and deleted: %s" % results["instance_churn"], flush=True)
+        if args.held_instances:
+            results["instances_held"] = instances_held(base, "bench", args.held_instances, cluster.config_path)
+            print("consumer instances holding what they fetched ahead: %s" % results["instances_held"], flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({"args": vars(args), **results}, indent=2))
     finally:

@@ -365,6 +365,10 @@ class ServicesConfig(_Model):
     producer_drain_timeout_ms: int = Field(5000, ge=0, le=6000)
     consumer_instances_max: int = Field(256, ge=1, le=10_000)
     consumer_instance_idle_timeout_ms: int = Field(300_000, ge=100)
+    # what a consumer service's hosted instances may fetch ahead, all together: each instance's
+    # share is this divided by consumer_instances_max (at least 256 KiB, at most the client
+    # library's 64 MiB), so that a full service on topics with a backlog stays within it
+    consumer_buffer_bytes_max: int = Field(256 * 1024 * 1024, ge=1024 * 1024, le=1 << 40)
 
 
 class FaultsConfig(_Model):

@@ -319,7 +319,8 @@ class RecordBatchView:
     RemoteError(corrupt_message) at the first read. Not thread-safe (a view caches what it
     decoded); it holds the fetched bytes until it is dropped."""
 
-    __slots__ = ("topic", "partition", "first_offset", "next_offset", "_slices", "_count", "_decoded_cache", "_shared")
+    __slots__ = ("topic", "partition", "first_offset", "next_offset", "_slices", "_count", "_decoded_cache", "_shared",
+                 "held")
     _decoded_cache: list[_Fixed | tuple] | None
 
     def __init__(self, topic: str, partition: int, slices: list[_Slice],
@@ -332,6 +333,7 @@ class RecordBatchView:
         self._count = sum(s.hi - s.lo for s in slices)
         self._decoded_cache = None
         self._shared = {} if shared is None else shared  # batches decoded for views split from one fetch
+        self.held = 0  # a consumer's count of the fetched bytes it stands for in its buffer (0: none)
 
     def __len__(self) -> int:
         return self._count

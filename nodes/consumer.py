@@ -78,6 +78,7 @@ from typing import Any
 
 from fabric import protocol as P
 from fabric import wire
+from fabric.client.consumer_fetch import BUFFERED_BYTES_MAX, FETCH_BYTES_MAX, PARTITION_FETCH_BYTES_MAX
 from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.waker import Waker
@@ -101,13 +102,30 @@ CONFIG_TYPES: dict[str, type] = {
 }
 
 
+# an instance's share of ``services.consumer_buffer_bytes_max``: at least this (a share below
+# a few batches reads in small steps), at most what the client library fetches ahead alone
+INSTANCE_BUFFER_BYTES_MIN = 256 * 1024
+
+
+def fetch_limits(services: Any) -> dict[str, int]:
+    """The fetch bounds of each hosted instance's GroupConsumer: its share of the service's
+    buffer budget (what it fetches ahead -- buffered and in flight -- across every broker), its
+    FETCH and partition caps no larger. Static: an instance made when the service is full reads
+    with the same share as the first one, and the service's total stays within the budget
+    (floor aside: ``INSTANCE_BUFFER_BYTES_MIN`` times ``consumer_instances_max``)."""
+    share = max(INSTANCE_BUFFER_BYTES_MIN,
+                min(BUFFERED_BYTES_MAX, services.consumer_buffer_bytes_max // services.consumer_instances_max))
+    return {"buffered_bytes_max": share, "fetch_bytes_max": min(FETCH_BYTES_MAX, share),
+            "partition_fetch_bytes_max": min(PARTITION_FETCH_BYTES_MAX, share)}
+
+
 class ConsumerService(Node):
     role = "consumer"
 
     def __init__(self, config: LoomConfig, name: str, **kw: Any) -> None:
         super().__init__(config, name, **kw)
         self.instance_host = InstanceHost(name, config.bootstrap(), config.services.consumer_instance_idle_timeout_ms,
-                                          self.fail_from_thread)
+                                          self.fail_from_thread, fetch_limits(config.services))
         self.instances: dict[tuple[str, str], Instance] = {}
         self._done: deque[tuple[wire.Request, dict | Framed | None, RemoteError | None]] = deque()
         self._forgets: deque[tuple[str, str]] = deque()  # instances that failed to start (any thread)

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, NamedTuple
 
 import zmq
@@ -65,6 +65,9 @@ class InstanceHost:
     bootstrap: list[str]          # where its GroupConsumer finds the cluster
     idle_timeout_ms: int          # the default of the instance's idle_timeout_ms
     fail: Callable[[BaseException], None]  # a programmer error on the instance's thread
+    # the GroupConsumer's fetch bounds: its share of the service's buffer budget
+    # (``nodes.consumer.fetch_limits``)
+    fetch_limits: dict[str, int] = field(default_factory=dict)
 
 
 class Instance(threading.Thread):
@@ -192,7 +195,8 @@ class Instance(threading.Thread):
 
     def _do(self, op: str, h: dict) -> dict | Framed:
         if op == "create":
-            self.consumer = GroupConsumer(self.host.bootstrap, group_id=self.group, **self.config)
+            self.consumer = GroupConsumer(self.host.bootstrap, group_id=self.group, **self.host.fetch_limits,
+                                          **self.config)
             # the pid tells the gateway whether a later "unknown instance" comes from a restarted
             # service (another process: make it again) or this one (expired or deleted)
             return {"group": self.group, "instance": self.instance_name, "node": self.host.node_name,

@@ -37,7 +37,8 @@ from fabric.client.consumer_failover import (METADATA_BACKOFF_MS, METADATA_BACKO
 # AUTO_RESET and ResetSpec live in consumer_positions; importable from here as before
 from fabric.client.consumer_positions import AUTO_RESET, ConsumerPositions, ResetSpec
 # the fetch limits and _InFlight live in consumer_fetch; importable from here as before
-from fabric.client.consumer_fetch import FETCH_RETRY_BACKOFF_MS, FETCH_STALL_MS, FETCH_WAIT_MS, ConsumerFetch, _InFlight
+from fabric.client.consumer_fetch import (BUFFERED_BYTES_MAX, FETCH_BYTES_MAX, FETCH_RETRY_BACKOFF_MS, FETCH_STALL_MS,
+                                          FETCH_WAIT_MS, PARTITION_FETCH_BYTES_MAX, ConsumerFetch, _InFlight)
 from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.clock import Clock
 from fabric.errors import FabricError, RemoteError, TopicNotInMetadataError
@@ -70,9 +71,10 @@ class ConsumerClient(Protocol):
 
 class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
-                 auto_offset_reset: str = "latest", fetch_bytes_max: int = 8 * 1024 * 1024,
-                 partition_fetch_bytes_max: int = 4 * 1024 * 1024, fetch_wait_ms: int = FETCH_WAIT_MS,
-                 request_timeout_ms: int = 10_000, clock: Clock | None = None, reactor: Any = None,
+                 auto_offset_reset: str = "latest", fetch_bytes_max: int = FETCH_BYTES_MAX,
+                 partition_fetch_bytes_max: int = PARTITION_FETCH_BYTES_MAX, fetch_wait_ms: int = FETCH_WAIT_MS,
+                 buffered_bytes_max: int = BUFFERED_BYTES_MAX, request_timeout_ms: int = 10_000,
+                 clock: Clock | None = None, reactor: Any = None,
                  client_factory: Callable[[str], ConsumerClient] | None = None,
                  silence: CoordinatorSilence | None = None) -> None:
         """``clock``: the consumer's monotonic clock (a test passes a ``ManualClock``);
@@ -82,10 +84,18 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         cluster on the same clock (a gateway's request threads); default: its own."""
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise FabricError("auto_offset_reset must be earliest, latest or none")
+        for name, value in (("fetch_bytes_max", fetch_bytes_max), ("partition_fetch_bytes_max", partition_fetch_bytes_max),
+                            ("buffered_bytes_max", buffered_bytes_max)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FabricError(f"{name} must be a positive number of bytes, got {value!r}")
         self.endpoints = parse_bootstrap(bootstrap, config_path)
         self.auto_offset_reset = auto_offset_reset
         self.fetch_bytes_max = fetch_bytes_max
         self.partition_fetch_bytes_max = partition_fetch_bytes_max
+        # what it fetches ahead is bounded by bytes (fetched and not yet returned, with what the
+        # fetches in flight may bring) as well as by records: records of 100 KiB, 200,000 of them
+        # were 20 GB (``ConsumerFetch._send_fetches``)
+        self.buffered_bytes_max = buffered_bytes_max
         self.fetch_wait_ms = fetch_wait_ms
         self.request_timeout_ms = request_timeout_ms
         self.ctx = zmq.Context.instance()
@@ -131,6 +141,9 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         # (per-run, not per-record, bookkeeping keeps poll() cheap; nothing unpacked yet)
         self._buffer: deque[RecordBatchView] = deque()
         self._buffered_records = 0
+        # the fetched bytes the buffer holds: each answer's, counted on the view that holds them
+        # last (``RecordBatchView.held``: a split leaves them on the rest) until it leaves the buffer
+        self._buffered_bytes = 0
         self._fetching: dict[str, _InFlight] = {}  # endpoint -> its one fetch in flight
         self._resetting: dict[TopicPartition, _InFlight] = {}  # LIST_OFFSETS in flight
         self._held_until_ms: dict[TopicPartition, int] = {}  # not fetched before (a refused fetch)
@@ -181,6 +194,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
     def _keep_buffered(self, keep: Any) -> None:
         self._buffer = deque(run for run in self._buffer if keep((run.topic, run.partition)))
         self._buffered_records = sum(map(len, self._buffer))
+        self._buffered_bytes = sum(run.held for run in self._buffer)
 
     # -- polling ------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
@@ -279,8 +293,10 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
                 run, rest = head.split(left)
                 if rest is not None:
                     buf[0] = rest
+                    rest.held = head.held  # the fetched bytes stay with what stays buffered
                 else:
                     buf.popleft()
+                    self._buffered_bytes -= head.held
                 out.append(run)
                 left -= len(run)
                 positions[tp] = run.next_offset
@@ -337,7 +353,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         # a node runs seldom (nodes/run.py), and a consumer service whose instances came and went
         # grew by every one's buffered records meanwhile
         self._buffer.clear()
-        self._buffered_records = 0
+        self._buffered_records = self._buffered_bytes = 0
 
     def __enter__(self) -> "Consumer":
         return self

@@ -36,6 +36,14 @@ log = logging.getLogger("fabric.client.consumer")
 FETCH_WAIT_MS = 500
 FETCH_STALL_MS = 300           # a fetch unanswered this long past its wait_ms: look for a new leader
 FETCH_RETRY_BACKOFF_MS = 100   # a partition whose fetch was refused or failed waits this long
+# a consumer's defaults: the bound on the bytes it fetches ahead (buffered and asked for in
+# flight), what one FETCH may bring, and what one partition's part of it may
+BUFFERED_BYTES_MAX = 64 * 1024 * 1024
+FETCH_BYTES_MAX = 8 * 1024 * 1024
+PARTITION_FETCH_BYTES_MAX = 4 * 1024 * 1024
+# below this much room (or the whole bound, if smaller) a fetch waits for the application to
+# take records: not a stream of small fetches while the buffer is nearly full
+FETCH_ROOM_BYTES_MIN = 256 * 1024
 
 
 @dataclass
@@ -50,6 +58,7 @@ class _InFlight:
     epochs: tuple[int, ...] = ()
     request_id: int = 0
     topic_ids: dict[str, str] = field(default_factory=dict)  # the ids it named its topics by
+    max_bytes: int = 0  # a FETCH's: what its answer may bring (counted against the buffered-bytes bound)
 
 
 class ConsumerFetch:
@@ -64,6 +73,7 @@ class ConsumerFetch:
     partition_fetch_bytes_max: int
     request_timeout_ms: int
     buffered_records_max: int
+    buffered_bytes_max: int
     positions: dict[TopicPartition, int | None]
     high_watermarks: dict[TopicPartition, int]
     _fetch_positions: dict[TopicPartition, int]
@@ -75,6 +85,7 @@ class ConsumerFetch:
     _position_errors: dict[TopicPartition, tuple[int | None, RemoteError]]
     _buffer: deque[RecordBatchView]
     _buffered_records: int
+    _buffered_bytes: int
     _fetching: dict[str, _InFlight]
     _resetting: dict[TopicPartition, _InFlight]
     _held_until_ms: dict[TopicPartition, int]
@@ -115,9 +126,24 @@ class ConsumerFetch:
             last_epoch = self._fetch_epochs.get(tp, self._position_epochs.get(tp, -1))
             by_leader.setdefault(endpoint, []).append([tp[0], tp[1], fetch_pos, self.partition_fetch_bytes_max,
                                                        self.metadata.leader_epoch(*tp), last_epoch])
+        if not by_leader:
+            return
+        # the bytes bound: what is buffered and what the fetches in flight may bring, the room
+        # left shared evenly by the leaders asked now (given whole to the first, it starved the
+        # others: a long poll that came back empty was sent again first, with all of it). A
+        # broker answers at least one whole batch, however big: a bound below a batch reads on
+        room = self.buffered_bytes_max - self._buffered_bytes - sum(f.max_bytes for f in self._fetching.values())
+        share = room // len(by_leader)
+        if share < min(FETCH_ROOM_BYTES_MIN, self.buffered_bytes_max // len(by_leader)):
+            return  # the next poll asks again, once records were taken (nothing buffered or in flight: asked)
+        max_bytes = min(self.fetch_bytes_max, share)
         for endpoint, parts in by_leader.items():
+            if max_bytes < self.partition_fetch_bytes_max:
+                for p in parts:
+                    p[3] = max_bytes
             fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
-                              tuple(p[4] for p in parts), topic_ids=self.metadata.topic_ids_of({p[0] for p in parts}))
+                              tuple(p[4] for p in parts), topic_ids=self.metadata.topic_ids_of({p[0] for p in parts}),
+                              max_bytes=max_bytes)
             self._fetching[endpoint] = fetch
 
             def done(h: dict | None, payloads: list, err: RemoteError | None, fetch: _InFlight = fetch) -> None:
@@ -129,7 +155,7 @@ class ConsumerFetch:
                 if self._buffered_records > before and not self._closed:
                     self._send_fetches()  # prefetch: the broker reads the next chunk while the app works
             fetch.request_id = self._client(endpoint).request(
-                P.FETCH, {"replica_id": -1, "wait_ms": self.fetch_wait_ms, "max_bytes": self.fetch_bytes_max,
+                P.FETCH, {"replica_id": -1, "wait_ms": self.fetch_wait_ms, "max_bytes": max_bytes,
                           "parts": parts, "topic_ids": fetch.topic_ids},
                 callback=done, timeout_ms=self.fetch_wait_ms + self.request_timeout_ms)
 
@@ -185,6 +211,8 @@ class ConsumerFetch:
                 if view is not None and view.first_offset == pos:  # else: a stale reply from before a seek
                     self._buffer.append(view)
                     self._buffered_records += len(view)
+                    view.held = len(data)
+                    self._buffered_bytes += view.held
                     self._fetch_positions[tp] = view.next_offset
                     self._fetch_epochs[tp] = view.last_leader_epoch
 

@@ -9,7 +9,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric import wire
-from fabric.client import Admin, Consumer
+from fabric.client import Admin, Consumer, Producer
 from fabric.client.group_admin import GroupAdmin
 from fabric.client.services import ServiceConsumer, ServiceProducer, ServiceRecord
 from fabric.errors import RemoteError
@@ -18,12 +18,18 @@ from fabric.rpc import make_socket
 from tests.harness import Cluster, wait_until
 
 BUFFER_BYTES = 256 * 1024
+# what a consumer service's instances fetch ahead, all together: 1 MiB over 16 instances gives
+# each the floor's share, 256 KiB (nodes.consumer.fetch_limits)
+CONSUMER_BUFFER_BYTES = 1024 * 1024
+INSTANCE_SHARE_BYTES = 256 * 1024
 
 
 # one cluster for the module (tests/conftest.py)
 CLUSTER_OPTIONS = {"brokers": 3, "extra_nodes": ("producer", "consumer-1", "consumer-2"),
                    "overrides": {"services": {"producer_buffer_bytes_max": BUFFER_BYTES,
-                                              "consumer_instance_idle_timeout_ms": 60_000}}}
+                                              "consumer_instance_idle_timeout_ms": 60_000,
+                                              "consumer_buffer_bytes_max": CONSUMER_BUFFER_BYTES,
+                                              "consumer_instances_max": 16}}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -103,6 +109,36 @@ def test_producer_service_backpressure_is_bounded(cluster: Cluster) -> None:
     assert all(r[2] == 0 for h in ok for r in h["results"])
     stats = cluster.stats("producer")
     assert stats["buffered_bytes"] == 0 and stats["buffer_bytes_max"] == BUFFER_BYTES
+
+
+def test_an_instance_reads_a_backlog_many_times_its_share_from_every_leader(cluster: Cluster) -> None:
+    """A hosted instance fetches ahead no more than its share of the service's budget (256 KiB
+    here), shared by the leaders of its partitions: 3 MiB over three partitions, led by more
+    than one broker, come through whole and in order (a bound given whole to the first leader
+    asked starved the others once that one's partition was read to its end)."""
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic("svc-backlog", 3)
+        cluster.wait_topic_ready(admin, "svc-backlog")
+        assert len({p.leader for p in admin.metadata().topics["svc-backlog"].partitions}) >= 2
+    sizes = {0: 2048, 1: 512, 2: 512}  # a partition with more than the others: read after they end
+    with Producer(cluster.bootstrap, acks="all") as producer:
+        for p, n in sizes.items():
+            producer.send_many("svc-backlog", [b"%d-%06d" % (p, i) + b"x" * 1016 for i in range(n)], partition=p)
+        producer.flush()
+    sc = ServiceConsumer(cluster.endpoint("consumer-1"))
+    try:
+        inst = sc.create("g-backlog", config={"auto_offset_reset": "earliest", "enable_auto_commit": False})
+        inst.subscribe(["svc-backlog"])
+        got: dict[int, list[int]] = {p: [] for p in sizes}
+        deadline = time.monotonic() + 60
+        while sum(map(len, got.values())) < sum(sizes.values()) and time.monotonic() < deadline:
+            for r in inst.fetch(timeout_ms=500, max_bytes=64 * 1024):
+                got[r.partition].append(r.offset)
+                assert r.value[:8] == b"%d-%06d" % (r.partition, r.offset)
+        assert {p: offsets for p, offsets in got.items()} == {p: list(range(n)) for p, n in sizes.items()}
+        inst.delete()
+    finally:
+        sc.close()
 
 
 def test_consumer_services_share_a_group_and_survive_one_service_dying(cluster: Cluster) -> None:

@@ -1,0 +1,152 @@
+"""A consumer fetches ahead up to a bound in bytes (``buffered_bytes_max``): what it holds fetched
+and not yet returned plus what its fetches in flight may bring. Before, only records were
+counted (200,000): records of 100 KiB were 20 GB fetched ahead, and a consumer service hosting
+many REST instances on a backlog held several GB. Built for real on a fake reactor with one
+recording RPC client per endpoint (as tests/unit/test_consumer_failover.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fabric.records import build_batch
+from fabric import protocol as P
+from fabric.client.consumer import Consumer
+from fabric.client.consumer_fetch import BUFFERED_BYTES_MAX, FETCH_ROOM_BYTES_MIN
+from fabric.clock import ManualClock
+from fabric.errors import FabricError
+from tests.unit.fakes import FakeReactor, as_leader_wrote
+from tests.unit.test_consumer_failover import BOOTSTRAP, T, Net, metadata
+
+KIB = 1024
+
+
+def batch(base: int, n: int, value_bytes: int) -> bytes:
+    """``n`` records of ``value_bytes`` each, as the leader wrote them from ``base`` (epoch 1)."""
+    recs = [(1_000 + i, None, bytes([i % 251]) * value_bytes, None) for i in range(n)]
+    return as_leader_wrote(build_batch(recs), base, 1)
+
+
+@pytest.fixture
+def make() -> Any:
+    made: list[Consumer] = []
+
+    def build(partitions: tuple[int, ...] = (0,), **kw: Any) -> tuple[Consumer, Net]:
+        net, reactor = Net(), FakeReactor(ManualClock(1_000))
+        c = Consumer(BOOTSTRAP, clock=reactor.clock, reactor=reactor, client_factory=net.client,
+                     auto_offset_reset="earliest", **kw)
+        made.append(c)
+        c.assign([(T, p) for p in partitions])
+        for p in partitions:
+            c.seek((T, p), 0)
+        assert c.poll(0) == []
+        leaders = {p: 1 + p % 2 for p in partitions}  # partition 0 on broker 1, 1 on broker 2
+        net.answer_metadata(metadata(1, leaders))
+        net.answer_metadata(metadata(1, leaders))  # the coordinator's, as the reading begins
+        assert c.poll(0) == []
+        return c, net
+    yield build
+    for c in made:
+        c.close()
+
+
+def test_a_fetch_asks_no_more_than_the_room_left_and_none_once_the_bound_is_reached(make: Any) -> None:
+    c, net = make(buffered_bytes_max=1024 * KIB, fetch_bytes_max=8 * 1024 * KIB)
+    i, h = net.fetch(1)
+    assert h["max_bytes"] == 1024 * KIB  # the bound, not fetch_bytes_max
+    assert h["parts"][0][3] == 1024 * KIB  # nor the partition's 4 MiB
+    data = batch(0, 60, 10 * KIB)  # ~600 KiB
+    net.answer_fetch(1, i, [(0, 0, 60)], [data])
+    # the answer's prefetch asks only for the room left
+    i, h = net.fetch(1)
+    assert h["max_bytes"] == 1024 * KIB - len(data)
+    net.answer_fetch(1, i, [(0, 0, 120)], [batch(60, 60, 10 * KIB)])
+    assert c._buffered_bytes > 1024 * KIB - FETCH_ROOM_BYTES_MIN
+    assert net.open(P.FETCH) == []  # full: nothing fetched ahead
+    got = c.poll(0, max_records=1_000)
+    assert [r.offset for r in got] == list(range(120))
+    assert c._buffered_bytes == 0
+    c.poll(0)
+    i, h = net.fetch(1)  # emptied: the next fetch asks for the whole bound again
+    assert h["max_bytes"] == 1024 * KIB and h["parts"][0][2] == 120
+
+
+def test_fetches_to_two_leaders_share_the_bound_evenly(make: Any) -> None:
+    c, net = make(partitions=(0, 1), buffered_bytes_max=1024 * KIB, fetch_bytes_max=8 * 1024 * KIB)
+    (_, h1), (_, h2) = net.fetch(1), net.fetch(2)
+    assert h1["max_bytes"] == h2["max_bytes"] == 512 * KIB  # the first asked did not take it all
+    assert h1["parts"][0][3] == h2["parts"][0][3] == 512 * KIB
+
+
+def test_a_leader_answering_empty_long_polls_does_not_starve_the_other(make: Any) -> None:
+    """Given the whole room, the first leader asked (partition 0's) took it again after each
+    empty long poll, and the leader with records was never fetched."""
+    c, net = make(partitions=(0, 1), buffered_bytes_max=1024 * KIB)
+    i1, _ = net.fetch(1)
+    i2, _ = net.fetch(2)
+    net.answer_fetch(2, i2, [(1, 0, 50)], [batch(0, 50, 10 * KIB)])  # ~500 KiB of partition 1
+    got = c.poll(0, max_records=1_000)
+    assert [(r.partition, r.offset) for r in got] == [(1, o) for o in range(50)]
+    c.poll(0)
+    assert len(net.fetches(2)) == 1  # partition 1 fetched on while partition 0's long poll waits
+    for _ in range(3):
+        net.answer_fetch(1, i1, [(0, 0, 0)], [b""])  # empty: partition 0 has nothing
+        c.poll(0)
+        i1, _ = net.fetch(1)
+        assert len(net.fetches(2)) == 1
+
+
+def test_a_fetch_waits_while_less_than_the_minimum_room_is_left(make: Any) -> None:
+    c, net = make(buffered_bytes_max=1024 * KIB)
+    i, _ = net.fetch(1)
+    data = batch(0, 80, 10 * KIB)  # more than bound - FETCH_ROOM_BYTES_MIN
+    assert 1024 * KIB - len(data) < FETCH_ROOM_BYTES_MIN
+    net.answer_fetch(1, i, [(0, 0, 80)], [data])
+    assert net.open(P.FETCH) == []  # no fetch of a few KiB while the buffer is nearly full
+
+
+def test_a_batch_bigger_than_the_bound_is_still_read_and_the_reading_goes_on(make: Any) -> None:
+    c, net = make(buffered_bytes_max=64 * KIB)
+    i, h = net.fetch(1)
+    assert h["max_bytes"] == 64 * KIB
+    big = batch(0, 10, 20 * KIB)  # 200 KiB: a broker answers at least one whole batch
+    net.answer_fetch(1, i, [(0, 0, 10)], [big])
+    assert net.open(P.FETCH) == []
+    assert [r.offset for r in c.poll(0)] == list(range(10))
+    c.poll(0)
+    i, h = net.fetch(1)
+    assert h["parts"][0][2] == 10 and h["max_bytes"] == 64 * KIB
+
+
+def test_bytes_stay_counted_until_the_last_record_of_an_answer_is_taken(make: Any) -> None:
+    c, net = make(buffered_bytes_max=1024 * KIB)
+    i, _ = net.fetch(1)
+    data = batch(0, 100, 8 * KIB)  # 800 KiB: no room for a prefetch after it
+    net.answer_fetch(1, i, [(0, 0, 100)], [data])
+    for start in range(0, 99, 33):
+        got = c.poll(0, max_records=33)
+        assert [r.offset for r in got] == list(range(start, start + 33))
+        assert c._buffered_bytes == len(data)  # the answer's bytes are held while any record is
+        assert net.open(P.FETCH) == []
+    assert [r.offset for r in c.poll(0)] == [99]
+    assert c._buffered_bytes == 0
+
+
+def test_bytes_dropped_with_the_partition_when_it_is_sought(make: Any) -> None:
+    c, net = make(buffered_bytes_max=1024 * KIB)
+    i, _ = net.fetch(1)
+    net.answer_fetch(1, i, [(0, 0, 100)], [batch(0, 100, 8 * KIB)])
+    c.seek((T, 0), 50)
+    assert c._buffered_bytes == 0
+    c.poll(0)
+    _, h = net.fetch(1)
+    assert h["parts"][0][2] == 50 and h["max_bytes"] == 1024 * KIB
+
+
+def test_the_default_bound_and_bad_values() -> None:
+    assert BUFFERED_BYTES_MAX == 64 * 1024 * KIB
+    for key in ("buffered_bytes_max", "fetch_bytes_max", "partition_fetch_bytes_max"):
+        for bad in (0, -1, True, 1.5, "1"):
+            with pytest.raises(FabricError, match=key):
+                Consumer(BOOTSTRAP, **{key: bad})
