@@ -136,7 +136,9 @@ class ConsumerFetch:
         share = room // len(by_leader)
         if share < min(FETCH_ROOM_BYTES_MIN, self.buffered_bytes_max // len(by_leader)):
             return  # the next poll asks again, once records were taken (nothing buffered or in flight: asked)
-        max_bytes = min(self.fetch_bytes_max, share)
+        # at least 1: a part asking for 0 bytes is answered with none (a bound below the number
+        # of leaders asked, shared out, asked for nothing, and the reading stalled)
+        max_bytes = max(1, min(self.fetch_bytes_max, share))
         for endpoint, parts in by_leader.items():
             if max_bytes < self.partition_fetch_bytes_max:
                 for p in parts:

@@ -1,6 +1,6 @@
 """A randomized nemesis for consumer groups and committed offsets (exploratory, seedable).
 
-    python -m tests.faults.group_nemesis --seed 7 [--duration-s 60] [--dir DIR] [--unclean]
+    python -m tests.faults.group_nemesis --seed 7 [--duration-s 60] [--dir DIR] [--unclean] [--small-buffers]
 
 Per seed: a 3-broker cluster and its coordinator on 127.0.0.1 (free ports, fsync always), a
 topic of 3 to 6 partitions RF 3, the fault suite's idempotent acks=all producer writing unique
@@ -40,6 +40,10 @@ the group from its commits. The checker asserts:
 - the fresh member starts each partition exactly at the last committed offset;
 - the group settles with every partition assigned to exactly one member;
 - no node logged a Traceback or exited by itself, no member crashed.
+
+With ``--small-buffers`` the members fetch ahead within 1 byte (``buffered_bytes_max``): one
+batch per leader at a time, every fetch made, answered and taken at the bound's edge under the
+faults (without it a seed runs exactly as it always did).
 
 Unclean mode (``--unclean``; without it a seed runs exactly as it always did): the data topic
 has ``unclean.leader.election.enable`` and ``min.insync.replicas`` 1 -- the offsets topic keeps
@@ -142,8 +146,9 @@ class NemesisCluster(Cluster):
 class Members:
     """The member processes, by name; each journals to ``dir/<name>.jsonl``."""
 
-    def __init__(self, bootstrap: str, directory: Path, seed: int) -> None:
+    def __init__(self, bootstrap: str, directory: Path, seed: int, buffered_bytes_max: int = 0) -> None:
         self.bootstrap, self.dir, self.seed = bootstrap, directory, seed
+        self.buffered_bytes_max = buffered_bytes_max  # the members' bound (0: the library's default)
         self.modes = {f"m{i}": MODES[(i + seed) % len(MODES)] for i in range(MEMBERS)}
         self.assignor = ("range", "round-robin", "sticky")[seed % 3]
         self.procs: dict[str, subprocess.Popen] = {}
@@ -154,7 +159,8 @@ class Members:
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         log = open(self.dir / f"{name}.out", "ab")
         p = subprocess.Popen([sys.executable, "-m", "tests.faults.group_nemesis_member", self.bootstrap, GROUP, TOPIC,
-                              name, self.modes[name], str(self.seed), str(self.dir / f"{name}.jsonl"), self.assignor],
+                              name, self.modes[name], str(self.seed), str(self.dir / f"{name}.jsonl"), self.assignor,
+                              str(self.buffered_bytes_max)],
                              stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
         self.procs[name] = p
         self.all_pids.append(p.pid)
@@ -456,12 +462,12 @@ def wait_members_read_the_log(bootstrap: str, admin: Admin, members: Members, un
         print(f"  {e}", flush=True)  # the skip check below says which
 
 
-def run(seed: int, duration_s: float, directory: Path, unclean: bool = False) -> int:
+def run(seed: int, duration_s: float, directory: Path, unclean: bool = False, small_buffers: bool = False) -> int:
     global PARTITIONS, MEMBERS
     rng = random.Random(seed)
     PARTITIONS, MEMBERS = rng.choice((3, 4, 5, 6)), rng.choice((2, 3, 3))
     print(f"group nemesis: seed {seed}, {duration_s:.0f}s of faults, in {directory}"
-          f"{', unclean mode' if unclean else ''}", flush=True)
+          f"{', unclean mode' if unclean else ''}{', small buffers' if small_buffers else ''}", flush=True)
     snapshot_records = (0, 300, 50)[(seed // 3) % 3]  # 0: the production schedule
     cluster = NemesisCluster(make_config(directory, 3, fsync="always", overrides={"faults": {"enabled": True}}),
                              snapshot_records)
@@ -469,7 +475,7 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False) ->
     print(f"  offsets snapshots every {snapshot_records or 'default'} commit records", flush=True)
     mdir = directory / "members"
     mdir.mkdir()
-    members = Members(cluster.bootstrap, mdir, seed)
+    members = Members(cluster.bootstrap, mdir, seed, 1 if small_buffers else 0)
     violations: list[str] = []
     workload = observer = nemesis = None
     try:
@@ -569,7 +575,8 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False) ->
 
 def main() -> int:
     return nemesis_main(run, __doc__.splitlines()[0], "group-nemesis",
-                        flags={"unclean": "unclean leader election on the data topic, and faults that make it"})
+                        flags={"unclean": "unclean leader election on the data topic, and faults that make it",
+                               "small_buffers": "members fetch ahead within 1 byte: one batch per leader at a time"})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ record in its journal, flushed before anything is committed) and commits in its 
 SIGUSR1 makes the next records' processing outlast ``max_poll_interval_ms`` (then committed).
 
 Journal: one JSON object a line (``ev``: start, assign, revoke, recs, commit, error, stop).
-Usage: python -m tests.faults.group_nemesis_member BOOTSTRAP GROUP TOPIC NAME MODE SEED JOURNAL ASSIGNOR
+Usage: python -m tests.faults.group_nemesis_member BOOTSTRAP GROUP TOPIC NAME MODE SEED JOURNAL ASSIGNOR BUFFERED_BYTES_MAX
+(BUFFERED_BYTES_MAX: the consumer's bound on what it fetches ahead; 0: the library's default)
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class Journal:
 
 
 def main(argv: list[str]) -> int:
-    bootstrap, group, topic, name, mode, seed, journal_path, assignor = argv
+    bootstrap, group, topic, name, mode, seed, journal_path, assignor, buffered_bytes_max = argv
+    bound = {"buffered_bytes_max": int(buffered_bytes_max)} if int(buffered_bytes_max) else {}
     rng = random.Random(f"{seed}-{name}-{os.getpid()}")
     j = Journal(journal_path)
     incarnation = f"{name}/{os.getpid()}"
@@ -71,7 +73,7 @@ def main(argv: list[str]) -> int:
     c = Consumer(bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=(mode == "auto"),
                  auto_commit_interval_ms=AUTO_COMMIT_MS, session_timeout_ms=SESSION_MS,
                  heartbeat_interval_ms=HEARTBEAT_MS, rebalance_timeout_ms=10_000, max_poll_interval_ms=MAX_POLL_INTERVAL_MS, client_id=name, assignor=assignor,
-                 on_assign=on_assign, on_revoke=on_revoke, on_commit=on_commit)
+                 on_assign=on_assign, on_revoke=on_revoke, on_commit=on_commit, **bound)
     # every commit this consumer sends -- the application's, the auto-commit's, the one before a
     # revocation -- is journaled before it goes (an unanswered one may still land)
     send_commit = c.commit

@@ -149,7 +149,7 @@ def main(run: Callable[..., int], description: str, prefix: str, bound_s: int = 
     ap.add_argument("--duration-s", type=float, default=60)
     ap.add_argument("--dir", type=Path, default=None, help="where the cluster lives (default: a temporary directory)")
     for name, text in (flags or {}).items():
-        ap.add_argument(f"--{name}", action="store_true", help=text)
+        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=text)
     args = ap.parse_args()
     directory = args.dir or Path(tempfile.mkdtemp(prefix=f"{prefix}-{args.seed}-"))
     directory.mkdir(parents=True, exist_ok=True)

@@ -119,6 +119,20 @@ def test_a_batch_bigger_than_the_bound_is_still_read_and_the_reading_goes_on(mak
     assert h["parts"][0][2] == 10 and h["max_bytes"] == 64 * KIB
 
 
+def test_a_bound_smaller_than_the_leaders_asked_still_asks_each_for_a_batch(make: Any) -> None:
+    """1 byte over two leaders: each is asked for at least 1 byte (a broker answers a part
+    asking for 0 with nothing), and so gets one whole batch at a time."""
+    c, net = make(partitions=(0, 1), buffered_bytes_max=1)
+    (i1, h1), (i2, h2) = net.fetch(1), net.fetch(2)
+    assert h1["max_bytes"] == h2["max_bytes"] == 1 and h1["parts"][0][3] == h2["parts"][0][3] == 1
+    net.answer_fetch(1, i1, [(0, 0, 10)], [batch(0, 5, 10)])
+    net.answer_fetch(2, i2, [(1, 0, 10)], [batch(0, 5, 10)])
+    assert net.open(P.FETCH) == []  # over the bound: nothing more until taken
+    assert len(c.poll(0)) == 10
+    c.poll(0)
+    assert [h["parts"][0][2] for _, h in net.fetches(1) + net.fetches(2)] == [5, 5]
+
+
 def test_bytes_stay_counted_until_the_last_record_of_an_answer_is_taken(make: Any) -> None:
     c, net = make(buffered_bytes_max=1024 * KIB)
     i, _ = net.fetch(1)
