@@ -131,10 +131,14 @@ class ConsumerFetch:
         # the bytes bound: what is buffered and what the fetches in flight may bring, the room
         # left shared evenly by the leaders asked now (given whole to the first, it starved the
         # others: a long poll that came back empty was sent again first, with all of it). A
-        # broker answers at least one whole batch, however big: a bound below a batch reads on
+        # broker answers at least one whole batch, however big: a bound below a batch reads on.
+        # The least worth a fetch is judged against every leader read, those in flight too: one
+        # asked alone while the others' long polls wait (or a dead leader's fetch, until failover)
+        # has its fair share of the bound left, never the whole minimum -- judged so, it waited
+        # for all of them to come back
         room = self.buffered_bytes_max - self._buffered_bytes - sum(f.max_bytes for f in self._fetching.values())
         share = room // len(by_leader)
-        if share < min(FETCH_ROOM_BYTES_MIN, self.buffered_bytes_max // len(by_leader)):
+        if share < min(FETCH_ROOM_BYTES_MIN, self.buffered_bytes_max // (len(by_leader) + len(self._fetching))):
             return  # the next poll asks again, once records were taken (nothing buffered or in flight: asked)
         # at least 1: a part asking for 0 bytes is answered with none (a bound below the number
         # of leaders asked, shared out, asked for nothing, and the reading stalled)

@@ -17,9 +17,17 @@ from fabric.client.consumer_fetch import BUFFERED_BYTES_MAX, FETCH_ROOM_BYTES_MI
 from fabric.clock import ManualClock
 from fabric.errors import FabricError
 from tests.unit.fakes import FakeReactor, as_leader_wrote
-from tests.unit.test_consumer_failover import BOOTSTRAP, T, Net, metadata
+from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
+from tests.unit.test_consumer_failover import BOOTSTRAP, COORDINATOR, T, Net
 
 KIB = 1024
+
+
+def metadata_of(leaders: dict[int, int]) -> dict:
+    """A METADATA reply: topic ``t`` with partition -> leader broker (epoch 1), brokers 1-5."""
+    brokers = {b: BrokerInfo(b, f"b{b}", 1, 2) for b in range(1, 6)}
+    parts = tuple(PartitionInfo(T, p, b, 1, (b,), (b,)) for p, b in sorted(leaders.items()))
+    return {"metadata": ClusterMetadata(1, "c", brokers, {T: TopicInfo(T, parts, {}, "id-t")}, COORDINATOR).to_wire()}
 
 
 def batch(base: int, n: int, value_bytes: int) -> bytes:
@@ -32,7 +40,8 @@ def batch(base: int, n: int, value_bytes: int) -> bytes:
 def make() -> Any:
     made: list[Consumer] = []
 
-    def build(partitions: tuple[int, ...] = (0,), **kw: Any) -> tuple[Consumer, Net]:
+    def build(partitions: tuple[int, ...] = (0,), leaders: dict[int, int] | None = None,
+              **kw: Any) -> tuple[Consumer, Net]:
         net, reactor = Net(), FakeReactor(ManualClock(1_000))
         c = Consumer(BOOTSTRAP, clock=reactor.clock, reactor=reactor, client_factory=net.client,
                      auto_offset_reset="earliest", **kw)
@@ -41,9 +50,10 @@ def make() -> Any:
         for p in partitions:
             c.seek((T, p), 0)
         assert c.poll(0) == []
-        leaders = {p: 1 + p % 2 for p in partitions}  # partition 0 on broker 1, 1 on broker 2
-        net.answer_metadata(metadata(1, leaders))
-        net.answer_metadata(metadata(1, leaders))  # the coordinator's, as the reading begins
+        # default: partition 0 on broker 1, 1 on broker 2
+        leaders = leaders or {p: 1 + p % 2 for p in partitions}
+        net.answer_metadata(metadata_of(leaders))
+        net.answer_metadata(metadata_of(leaders))  # the coordinator's, as the reading begins
         assert c.poll(0) == []
         return c, net
     yield build
@@ -164,3 +174,41 @@ def test_the_default_bound_and_bad_values() -> None:
         for bad in (0, -1, True, 1.5, "1"):
             with pytest.raises(FabricError, match=key):
                 Consumer(BOOTSTRAP, **{key: bad})
+
+
+def test_a_leader_with_records_is_fetched_again_while_the_others_long_polls_wait(make: Any) -> None:
+    """Three leaders at 256 KiB (the service's floor): the room left while two idle leaders'
+    long polls are in flight is a third of the bound, their fair share; judged against the
+    whole minimum (256 KiB) instead, the leader with records waited for both to come back
+    empty -- 85 KiB per long poll (500 ms)."""
+    c, net = make(partitions=(0, 1, 2), leaders={0: 1, 1: 2, 2: 3}, buffered_bytes_max=256 * KIB)
+    shares = {b: net.fetch(b)[1]["max_bytes"] for b in (1, 2, 3)}
+    assert shares == {1: 256 * KIB // 3, 2: 256 * KIB // 3, 3: 256 * KIB // 3}
+    offset = 0
+    for _ in range(3):
+        i, h = net.fetch(2)
+        assert h["parts"][0][2] == offset
+        net.answer_fetch(2, i, [(1, 0, offset + 8)], [batch(offset, 8, 10 * KIB)])
+        got = c.poll(0, max_records=1_000)
+        assert [(r.partition, r.offset) for r in got] == [(1, o) for o in range(offset, offset + 8)]
+        offset += 8
+        c.poll(0)  # brokers 1 and 3 still hold their long polls
+        assert len(net.fetches(1)) == len(net.fetches(3)) == 1
+
+
+def test_a_dead_leaders_fetch_does_not_stop_the_reading_of_the_others(make: Any) -> None:
+    """Five leaders at the consumer service's default share (1 MiB): broker 1 is dead (its
+    fetch unanswered until failover or the request's timeout, 10.5 s). The other four read on;
+    before, none was fetched again until broker 1's fetch ended."""
+    c, net = make(partitions=(0, 1, 2, 3, 4), leaders={p: p + 1 for p in range(5)}, buffered_bytes_max=1024 * KIB)
+    for round_ in range(3):
+        for b in (2, 3, 4, 5):
+            i, h = net.fetch(b)
+            offset = 4 * round_
+            assert h["parts"][0][2] == offset
+            net.answer_fetch(b, i, [(b - 1, 0, offset + 4)], [batch(offset, 4, 40 * KIB)])
+        got = c.poll(0, max_records=1_000)
+        assert sorted((r.partition, r.offset) for r in got) == [(p, o) for p in (1, 2, 3, 4)
+                                                                for o in range(4 * round_, 4 * round_ + 4)]
+        c.poll(0)
+        assert len(net.fetches(1)) == 1  # still unanswered
