@@ -221,6 +221,11 @@ class ConsumerFetch:
                     self._buffered_bytes += view.held
                     self._fetch_positions[tp] = view.next_offset
                     self._fetch_epochs[tp] = view.last_leader_epoch
+                    # asked last by the next fetch (Kafka's consumer does so): a broker gives the
+                    # parts of a fetch its max_bytes in the order asked, and the first part with
+                    # a backlog spends it all when a batch is as big (a share of the bound): in
+                    # the same order each time, the others on that leader were never read
+                    self.positions[tp] = self.positions.pop(tp)
 
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, AUTO_RESET)

@@ -212,3 +212,41 @@ def test_a_dead_leaders_fetch_does_not_stop_the_reading_of_the_others(make: Any)
                                                                 for o in range(4 * round_, 4 * round_ + 4)]
         c.poll(0)
         assert len(net.fetches(1)) == 1  # still unanswered
+
+
+def answer_as_a_broker(net: Net, broker: int, logs: dict[int, list[bytes]]) -> None:
+    """Answer broker ``broker``'s open fetch as ``nodes.broker`` does: its parts in the order
+    asked, each whole batches from its offset up to its cap or to what the fetch's max_bytes
+    leaves (at least one batch while anything is left; nothing once it is spent). ``logs``:
+    per partition, its batches (of 10 records each, from offset 0)."""
+    i, h = net.fetch(broker)
+    entries, payloads, total = [], [], 0
+    for _, p, offset, cap, *_ in h["parts"]:
+        cap = min(cap, h["max_bytes"] - total)
+        data = b""
+        for b in logs[p][offset // 10:]:
+            if cap <= 0 or (data and len(data) + len(b) > cap):
+                break
+            data += b
+        entries.append((p, 0, 10 * len(logs[p])))
+        payloads.append(data)
+        total += len(data)
+    net.answer_fetch(broker, i, entries, payloads)
+
+
+def test_partitions_of_one_leader_take_turns_at_a_fetch_their_backlogs_fill(make: Any) -> None:
+    """Two partitions on one leader, each with a backlog of batches of 1 MiB (a producer's
+    default batch): at the consumer service's default share (1 MiB) the fetch's max_bytes and
+    each part's are one, and the part asked first spends it all with its first batch. Asked in
+    the same order each time, partition 1 was never read while partition 0 had records (Kafka's
+    consumer moves a partition that returned records to the end of its next fetch)."""
+    c, net = make(partitions=(0, 1), leaders={0: 1, 1: 1}, buffered_bytes_max=1024 * KIB)
+    logs = {p: [batch(10 * k, 10, 105 * KIB) for k in range(10)] for p in (0, 1)}
+    read = {0: 0, 1: 0}
+    for _ in range(6):
+        answer_as_a_broker(net, 1, logs)
+        for r in c.poll(0, max_records=10_000):
+            assert r.offset == read[r.partition]
+            read[r.partition] += 1
+        c.poll(0)
+    assert read == {0: 30, 1: 30}
