@@ -108,13 +108,16 @@ class ConsumerFetch:
             self._refresh_metadata()
             return
         by_leader: dict[str, list] = {}
+        waiting: list[TopicPartition] = []  # not fetched now: no position yet, or held back
         now = self.clock.now_ms()
         for tp, pos in self.positions.items():
             if pos is None:
                 if not self._awaits_position(tp):
                     self._start_reset(tp)
+                waiting.append(tp)
                 continue
             if self._held_until_ms.get(tp, 0) > now:
+                waiting.append(tp)
                 continue
             endpoint = self.metadata.leader_endpoint(*tp)
             if endpoint is None:
@@ -135,10 +138,16 @@ class ConsumerFetch:
         # The least worth a fetch is judged against every leader read, those in flight too: one
         # asked alone while the others' long polls wait (or a dead leader's fetch, until failover)
         # has its fair share of the bound left, never the whole minimum -- judged so, it waited
-        # for all of them to come back
+        # for all of them to come back. Nor is one asked more than its fair share: asked alone
+        # while the others' partitions wait (a position looked up one by one, a refused fetch's
+        # backoff), it took the whole bound, and they waited for its long poll
+        leaders = len(by_leader) + len(self._fetching)
+        if waiting:
+            leaders += len({self.metadata.leader_endpoint(*tp) for tp in waiting}
+                           - by_leader.keys() - self._fetching.keys() - {None})
         room = self.buffered_bytes_max - self._buffered_bytes - sum(f.max_bytes for f in self._fetching.values())
-        share = room // len(by_leader)
-        if share < min(FETCH_ROOM_BYTES_MIN, self.buffered_bytes_max // (len(by_leader) + len(self._fetching))):
+        share = min(room // len(by_leader), self.buffered_bytes_max // leaders)
+        if share < min(FETCH_ROOM_BYTES_MIN, self.buffered_bytes_max // leaders):
             return  # the next poll asks again, once records were taken (nothing buffered or in flight: asked)
         # at least 1: a part asking for 0 bytes is answered with none (a bound below the number
         # of leaders asked, shared out, asked for nothing, and the reading stalled)

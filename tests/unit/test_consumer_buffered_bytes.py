@@ -18,7 +18,7 @@ from fabric.clock import ManualClock
 from fabric.errors import FabricError
 from tests.unit.fakes import FakeReactor, as_leader_wrote
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
-from tests.unit.test_consumer_failover import BOOTSTRAP, COORDINATOR, T, Net
+from tests.unit.test_consumer_failover import BOOTSTRAP, COORDINATOR, T, Net, endpoint
 
 KIB = 1024
 
@@ -250,3 +250,28 @@ def test_partitions_of_one_leader_take_turns_at_a_fetch_their_backlogs_fill(make
             read[r.partition] += 1
         c.poll(0)
     assert read == {0: 30, 1: 30}
+
+
+def test_a_leader_asked_before_the_others_have_positions_leaves_them_their_share(make: Any) -> None:
+    """As a consumer service's instance reads (its FETCH cap is its whole share): partitions
+    positioned one by one (a LIST_OFFSETS each) have their leaders asked one by one. The first
+    asked took the whole bound; the other waited for its long poll to come back (500 ms, or
+    until its records were taken)."""
+    bound = 1024 * KIB
+    net, reactor = Net(), FakeReactor(ManualClock(1_000))
+    c = Consumer(BOOTSTRAP, clock=reactor.clock, reactor=reactor, client_factory=net.client,
+                 auto_offset_reset="earliest", buffered_bytes_max=bound, fetch_bytes_max=bound,
+                 partition_fetch_bytes_max=bound)
+    try:
+        c.assign([(T, 0), (T, 1)])
+        c.poll(0)
+        net.answer_metadata(metadata_of({0: 1, 1: 2}))
+        net.answer_metadata(metadata_of({0: 1, 1: 2}))  # the coordinator's, as the reading begins
+        c.poll(0)
+        for b in (1, 2):
+            [(_, i)] = net.open(P.LIST_OFFSETS, endpoint(b))
+            net.answer(endpoint(b), i, {"parts": [[T, b - 1, 0, 0]]})
+            c.poll(0)
+            assert net.fetch(b)[1]["max_bytes"] == bound // 2
+    finally:
+        c.close()
