@@ -59,6 +59,10 @@ from webui.errors import ClusterError
 log = logging.getLogger(__name__)
 
 BROWSE_WAIT_MS_MAX = 2000              # how long a records-browser read polls for data it knows exists
+# the records browser's consumer (one per request thread: 48) reads a page at a time: what it
+# fetches ahead is bounded to this (a consumer's default, 64 MiB and 8 MiB per FETCH, made 48
+# threads hold up to 8 MiB each between their reads), and let go after each read
+BROWSE_BUFFER_BYTES = 1024 * 1024
 ADMIN_TIMEOUT_MS = 5000
 # how long a partition's offsets (a partition's, the browser's, an offsets reset's) wait for a
 # leader: an election (about 0.7 s after a leader's SIGKILL) is waited out, an offline
@@ -139,8 +143,9 @@ class GatewayAgent(GatewayProduce, ConsumerInstances):
         return self._takes_work(endpoint) if self._takes_work is not None else self.is_up(endpoint)
 
     def _browser(self) -> Consumer:
-        return self._get("browser", lambda: Consumer(self.bootstrap, auto_offset_reset="earliest",
-                                                     silence=self.md_silence))
+        return self._get("browser", lambda: Consumer(
+            self.bootstrap, auto_offset_reset="earliest", silence=self.md_silence, buffered_bytes_max=BROWSE_BUFFER_BYTES,
+            fetch_bytes_max=BROWSE_BUFFER_BYTES, partition_fetch_bytes_max=BROWSE_BUFFER_BYTES))
 
     # -- the monitor (503 / unavailable without one) -----------------------------------------
     def monitor_metrics(self) -> tuple[bytes, str]:
@@ -249,17 +254,20 @@ class GatewayAgent(GatewayProduce, ConsumerInstances):
         size = 0
         with translated("the brokers"):
             c.assign([(topic, partition)])
-            c.seek((topic, partition), offset)
-            deadline = time.monotonic() + wait_ms / 1000
-            while len(out) < want:
-                left_ms = int((deadline - time.monotonic()) * 1000)
-                if left_ms <= 0:
-                    break
-                for r in c.poll(left_ms, max_records=want - len(out)):
-                    size += len(r.value) + len(r.key or b"")
-                    if out and size > max_bytes:
-                        return out
-                    out.append(r)
+            try:
+                c.seek((topic, partition), offset)
+                deadline = time.monotonic() + wait_ms / 1000
+                while len(out) < want:
+                    left_ms = int((deadline - time.monotonic()) * 1000)
+                    if left_ms <= 0:
+                        break
+                    for r in c.poll(left_ms, max_records=want - len(out)):
+                        size += len(r.value) + len(r.key or b"")
+                        if out and size > max_bytes:
+                            return out
+                        out.append(r)
+            finally:
+                c.assign([])  # what it fetched past the page is let go, not kept until this thread's next read
         return out[:count]
 
     # -- consumer groups -----------------------------------------------------------------------
