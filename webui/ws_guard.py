@@ -85,7 +85,7 @@ class InboxGate:
             while (left := deadline - time.monotonic()) > 0 and poller.poll(left * 1000):
                 if not sock.recv(65536):
                     break  # the client closed its side
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the server closed the descriptor meanwhile (fd -1)
             pass  # reset, or closed already: nothing left to wait for
         finally:
             try:

@@ -152,3 +152,14 @@ def suppress_os_error(f: Callable[..., Any], *args: Any) -> None:
         f(*args)
     except OSError:
         pass
+
+
+def test_closing_a_socket_the_server_closes_meanwhile_raises_nothing() -> None:
+    """The server (gunicorn) may close the descriptor under the reader's close, between its
+    shutdown and its wait for the client's end: registering fd -1 with a poller raised
+    ValueError, which ``except OSError`` let through, and the reader thread died with it."""
+    shut: list[int] = []
+    closed_meanwhile = SimpleNamespace(shutdown=shut.append, fileno=lambda: -1)
+    gate = InboxGate(SimpleNamespace(sock=closed_meanwhile, connected=False, input_buffer=[]))
+    gate.close()
+    assert shut == [socket.SHUT_WR, socket.SHUT_RDWR]
