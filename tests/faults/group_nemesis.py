@@ -499,7 +499,7 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False, sm
         for name in members.modes:
             if members.procs[name].poll() is not None:
                 members.start(name)
-        J.wait_healed(cluster, admin, 60)
+        J.wait_healed(cluster, admin, 60, while_writing=True)
         workload.wait_acks(200, 30)
         try:
             settled = wait_until(lambda: settled_assignment(groups, MEMBERS), 60, interval_s=0.5,

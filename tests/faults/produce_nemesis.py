@@ -356,7 +356,7 @@ def run(seed: int, duration_s: float, directory: Path) -> int:
         for n in cluster.node_names:
             set_blocked(cluster, n, [])
         try:
-            J.wait_healed(cluster, admin, 90)
+            J.wait_healed(cluster, admin, 90, while_writing=True)
         except AssertionError:
             print(f"  not healed: {heal_state(cluster, admin)}", flush=True)
             raise

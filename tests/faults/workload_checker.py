@@ -258,25 +258,50 @@ def follower_name(admin: Admin, partition: int) -> str:
     return f"broker-{[r for r in p.replicas if r != p.leader][0]}"
 
 
-def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45, topic: str = TOPIC) -> dict[int, int]:
-    """Every partition led, full ISR, every replica at the leader's LEO; returns HW per partition."""
-    def healed() -> dict[int, int] | None:
+def wait_healed(cluster: Cluster, admin: Admin, timeout_s: float = 45, topic: str = TOPIC, *,
+                while_writing: bool = False) -> dict[int, int]:
+    """Every partition led, full ISR, every replica at the leader's LEO; returns HW per partition.
+
+    ``while_writing`` (a producer still writing): every replica at least at the HW its leader
+    had at the look before -- an instant with every replica of every partition at one LEO rarely
+    comes under a steady load of small batches over many partitions (each broker's stats are
+    read one after the other, and records land between), while replicas that keep catching up
+    with what their leaders committed are as healed as a cluster under load gets."""
+    def replicas() -> dict[int, list[dict]] | None:
         md = admin.metadata()
-        hws: dict[int, int] = {}
         by_partition: dict[int, list[dict]] = defaultdict(list)
         for b in cluster.broker_names():
             for r in cluster.stats(b)["partitions"]:
                 if r["topic"] == topic:
                     by_partition[r["partition"]].append(r)
         for p in md.topics[topic].partitions:
-            if p.leader < 0 or len(p.isr) < len(p.replicas):
-                return None
             rows = by_partition[p.partition]
-            leos = {r["log_end_offset"] for r in rows}
-            lead = [r for r in rows if r["role"] == "leader"]
-            if len(rows) != len(p.replicas) or len(leos) != 1 or len(lead) != 1 or lead[0]["high_watermark"] != leos.pop():
+            if (p.leader < 0 or len(p.isr) < len(p.replicas) or len(rows) != len(p.replicas)
+                    or sum(r["role"] == "leader" for r in rows) != 1):
                 return None
-            hws[p.partition] = lead[0]["high_watermark"]
+        return {p.partition: by_partition[p.partition] for p in md.topics[topic].partitions}
+
+    def leader_hw(rows: list[dict]) -> int:
+        return next(r["high_watermark"] for r in rows if r["role"] == "leader")
+
+    before: dict[int, int] = {}
+
+    def healed() -> dict[int, int] | None:
+        now = replicas()
+        if now is None:
+            before.clear()
+            return None
+        hws = {p: leader_hw(rows) for p, rows in now.items()}
+        if while_writing:
+            caught_up = bool(before) and all(p in before and min(r["log_end_offset"] for r in rows) >= before[p]
+                                            for p, rows in now.items())
+            before.clear()
+            before.update(hws)
+            return hws if caught_up else None
+        for p, rows in now.items():
+            leos = {r["log_end_offset"] for r in rows}
+            if len(leos) != 1 or hws[p] != leos.pop():
+                return None
         return hws
     return wait_until(healed, timeout_s, interval_s=0.25, what="the cluster to heal")
 
