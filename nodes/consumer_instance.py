@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 # fields of a fabric.records.Record
 _TOPIC_PARTITION, _OFFSET = operator.itemgetter(0, 1), operator.itemgetter(2)
-_KEY, _VALUE = operator.itemgetter(4), operator.itemgetter(5)
 COMMANDS_PER_INSTANCE_MAX = 64
 FETCH_TIMEOUT_MS_MAX = 30_000
 FETCH_RECORDS_MAX = 10_000
@@ -296,21 +295,12 @@ class Instance(threading.Thread):
         timeout_ms = min(max(int(h.get("timeout_ms", 1000)), 0), FETCH_TIMEOUT_MS_MAX)
         max_records = min(max(int(h.get("max_records", 500)), 1), FETCH_RECORDS_MAX)
         max_bytes = min(max(int(h.get("max_bytes", 1024 * 1024)), 1), FETCH_BYTES_MAX)
-        records = c.poll(timeout_ms, max_records=max_records)
+        records = c.poll(timeout_ms, max_records=max_records, max_bytes=max_bytes)
         budget_ms = h.get("budget_ms")
         if records and budget_ms is not None and _waited_ms(h) > timeout_ms + budget_ms / 2:
             # the poll itself outlasted the caller (a rejoin inside it): give the records back
             c.give_back(_first_offsets(records).items())
             raise RemoteError(P.REQUEST_TIMED_OUT, "the fetch outlasted its caller's patience (a rebalance)")
-        if sum(map(len, map(_VALUE, records))) + sum(len(k) for k in map(_KEY, records) if k) <= max_bytes:
-            return records  # the common case, counted without a Python-level loop
-        size = 0
-        for i, r in enumerate(records):
-            size += len(r.value) + len(r.key or b"")
-            if i and size > max_bytes:
-                # give back what does not fit: the positions move to the first record not returned
-                c.give_back(_first_offsets(records[i:]).items())
-                return records[:i]
         return records
 
     @staticmethod

@@ -24,6 +24,7 @@ thread may call (Kafka's ``KafkaConsumer.wakeup``).
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from collections import deque
 from typing import Any, Callable, Protocol
@@ -55,6 +56,7 @@ __all__ = ["AUTO_RESET", "FETCH_RETRY_BACKOFF_MS", "FETCH_STALL_MS", "FETCH_WAIT
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
+_KEY, _VALUE = operator.itemgetter(4), operator.itemgetter(5)  # of a Record
 STALL_CHECK_INTERVAL_MS = 100  # how often requests in flight are checked for a stall
 
 
@@ -67,6 +69,21 @@ class ConsumerClient(Protocol):
     def cancel(self, request_id: int) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def _records_within(rows: list[Record], room: int, *, at_least_one: bool) -> tuple[int, int]:
+    """How many of ``rows``, from the first, have keys and values of at most ``room`` bytes (one
+    at least if ``at_least_one``), and their bytes."""
+    size = sum(map(len, map(_VALUE, rows))) + sum(len(k) for k in map(_KEY, rows) if k)
+    if size <= room:
+        return len(rows), size  # the common case, counted without a Python-level loop
+    size = 0
+    for i, r in enumerate(rows):
+        n = len(r.value) + len(r.key or b"")
+        if size + n > room and (i or not at_least_one):
+            return i, size
+        size += n
+    return len(rows), size
 
 
 class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
@@ -197,27 +214,46 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         self._buffered_bytes = sum(run.held for run in self._buffer)
 
     # -- polling ------------------------------------------------------------------------------
-    def poll(self, timeout_ms: int = 1000, max_records: int = 10_000) -> list[Record]:
+    def poll(self, timeout_ms: int = 1000, max_records: int = 10_000, *, max_bytes: int | None = None) -> list[Record]:
         """Records after the current positions (advancing them); waits up to ``timeout_ms``
-        for at least one. A batch that is not what its header says ends the records returned
-        before it, and the next poll raises RemoteError(corrupt_message) with the position at
-        it, as long as it is there (Kafka's consumer does the same): the positions went past
-        every run of this poll when they were taken, and a corrupt batch or the runs after it
-        left behind them would be skipped -- and committed by the next auto-commit. Any other
-        exception once records were taken (a KeyboardInterrupt while they are unpacked) moves
-        the positions back to where this poll began, for the same reason."""
+        for at least one. ``max_bytes``: of keys and values, at most this many (one record at
+        least); the records past it stay buffered for the next poll (a consumer service's
+        instance answers a REST fetch's ``max_bytes`` so). A batch that is not what its header
+        says ends the records returned before it, and the next poll raises
+        RemoteError(corrupt_message) with the position at it, as long as it is there (Kafka's
+        consumer does the same): the positions went past every run of this poll when they were
+        taken, and a corrupt batch or the runs after it left behind them would be skipped -- and
+        committed by the next auto-commit. Any other exception once records were taken (a
+        KeyboardInterrupt while they are unpacked) moves the positions back to where this poll
+        began, for the same reason."""
         out: list[Record] = []
         views = self._poll_views(timeout_ms, max_records)
+        room = max_bytes
         try:
             self._woken.clear()
             for i, view in enumerate(views):
                 try:
-                    out += view.records()
+                    rows = view.records()
                 except RemoteError:
                     if not out:
                         raise
                     self.give_back([((v.topic, v.partition), v.first_offset) for v in views[i:]])
                     return out
+                if room is not None:
+                    fit, size = _records_within(rows, room, at_least_one=not out)
+                    if fit < len(rows):
+                        out += rows[:fit]
+                        # put back, not given back: a give-back drops what is buffered of the
+                        # partition and fetches it again (a REST client's small max_bytes read
+                        # each byte from the brokers many times over, and waited for a long poll)
+                        rest = view
+                        if fit:
+                            rest = view.split(fit)[1]
+                            rest.held = view.held  # the fetched bytes stay with what stays buffered
+                        self._put_back([rest, *views[i + 1:]])
+                        return out
+                    room -= size
+                out += rows
         except BaseException:  # also a KeyboardInterrupt while unpacking: none reach the application
             self.give_back([((v.topic, v.partition), v.first_offset) for v in views])
             raise
@@ -309,6 +345,28 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
             self.give_back([(tp, position) for tp, position in taken_from.items() if position is not None])
             raise
         return out
+
+    def _put_back(self, runs: list[RecordBatchView]) -> None:
+        """``runs``, the end of what this poll's take moved off the buffer (in the order taken,
+        none handed out), back at the buffer's head, their partitions' positions back at them:
+        as if the take had stopped before them. Only right after the take, before any reactor
+        pass: what is buffered of their partitions, and the fetches in flight, follow them."""
+        first: dict[TopicPartition, int] = {}
+        end: dict[TopicPartition, int] = {}
+        for run in runs:
+            tp = (run.topic, run.partition)
+            first.setdefault(tp, run.first_offset)
+            end[tp] = run.next_offset
+        assert all(self.positions[tp] == offset for tp, offset in end.items()), "positions moved since the take"
+        self._buffer.extendleft(reversed(runs))
+        self._buffered_records += sum(map(len, runs))
+        self._buffered_bytes += sum(run.held for run in runs)
+        for tp, offset in first.items():
+            self.positions[tp] = offset
+            # the epochs as ``give_back`` leaves them
+            self._name_epoch_read_before(tp, self._keep_epoch_starts_below(tp, offset))
+            if offset == self._taken.get(tp):
+                self._name_epoch_read_before(tp, self._taken_epochs.get(tp, P.NO_LEADER_EPOCH))
 
     def _awaits_position(self, tp: TopicPartition) -> bool:
         """``tp`` has no position, and another part finds it (a group consumer's lookup of

@@ -2,7 +2,8 @@
 (``buffered_bytes_max``): on a fake reactor and fake brokers that answer as ``nodes.broker``
 does (each part's whole batches in the order asked, at least one while the fetch's max_bytes
 is not spent), with random answers, empty long polls, failed fetches, leaders moving, polls of
-any size, seeks and give-backs. Checked after every step: the bytes and records counted are
+any size (in records and in bytes: the records past ``max_bytes`` stay buffered), seeks and
+give-backs. Checked after every step: the bytes and records counted are
 the buffer's; every partition's records come in offset order, none twice, none skipped (a seek
 or a give-back moves the expected offset). Once the faults stop, every partition is read to
 its end (no reading left stalled). A failing seed is in the assertion's message."""
@@ -76,9 +77,13 @@ class Reader:
     def __init__(self, c: Consumer, partitions: int, seed: int) -> None:
         self.c, self.seed = c, seed
         self.expected = {(T, p): 0 for p in range(partitions)}
+        self.rnd = random.Random(-seed)  # its own: the seeds' faults stay what they were
 
     def poll(self, max_records: int) -> list:
-        got = self.c.poll(0, max_records=max_records)
+        max_bytes = self.rnd.choice([None, None, 1, 3 * KIB, 40 * KIB, 200 * KIB])
+        got = self.c.poll(0, max_records=max_records, max_bytes=max_bytes)
+        size = sum(len(r.value) + len(r.key or b"") for r in got)
+        assert max_bytes is None or size <= max_bytes or len(got) == 1, f"seed {self.seed}: {size} > {max_bytes}"
         for r in got:
             tp = (r.topic, r.partition)
             assert r.offset == self.expected[tp], f"seed {self.seed}: {tp} gave {r.offset}, not {self.expected[tp]}"

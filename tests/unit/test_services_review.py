@@ -62,7 +62,7 @@ class _FakeGroupConsumer:
         if not _FakeGroupConsumer.in_poll:
             self._held()
 
-    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+    def poll(self, timeout_ms: int, max_records: int, max_bytes: int | None = None) -> list[Record]:
         if _FakeGroupConsumer.in_poll:
             self._held()
         out = [Record("t", 0, o, 0, None, b"v%d" % o, None) for o in range(self.next_offset, self.next_offset + 10)]
