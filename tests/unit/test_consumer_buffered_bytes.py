@@ -2,7 +2,9 @@
 and not yet returned plus what its fetches in flight may bring. Before, only records were
 counted (200,000): records of 100 KiB were 20 GB fetched ahead, and a consumer service hosting
 many REST instances on a backlog held several GB. Built for real on a fake reactor with one
-recording RPC client per endpoint (as tests/unit/test_consumer_failover.py)."""
+recording RPC client per endpoint (as tests/unit/test_consumer_failover.py). Also
+``poll(max_bytes=...)``: the records past the cut stay buffered, and a poll unpacks about as many
+records as it returns."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fabric.records import build_batch
+from fabric.records import RecordBatchView, build_batch
 from fabric import protocol as P
 from fabric.client.consumer import Consumer
 from fabric.client.consumer_fetch import BUFFERED_BYTES_MAX, FETCH_ROOM_BYTES_MIN
@@ -275,3 +277,42 @@ def test_a_leader_asked_before_the_others_have_positions_leaves_them_their_share
             assert net.fetch(b)[1]["max_bytes"] == bound // 2
     finally:
         c.close()
+
+
+# -- poll(max_bytes=...) ----------------------------------------------------------------------
+RECORDS = 20_000  # of 100 bytes, in batches of 500: one fetch answer, one view
+
+
+def _records_unpacked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many records each ``RecordBatchView.records`` call built, from now on."""
+    built: list[int] = []
+    records = RecordBatchView.records
+
+    def counting(view: RecordBatchView) -> list:
+        out = records(view)
+        built.append(len(out))
+        return out
+    monkeypatch.setattr(RecordBatchView, "records", counting)
+    return built
+
+
+def test_a_poll_cut_by_max_bytes_unpacks_about_what_it_returns(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    c, net = make(buffered_bytes_max=64 * 1024 * KIB, fetch_bytes_max=64 * 1024 * KIB,
+                  partition_fetch_bytes_max=64 * 1024 * KIB)
+    i, _ = net.fetch(1)
+    data = b"".join(batch(base, 500, 100) for base in range(0, RECORDS, 500))
+    net.answer_fetch(1, i, [(0, 0, RECORDS)], [data])
+    built = _records_unpacked(monkeypatch)
+    got: list[int] = []
+    for _ in range(RECORDS):
+        records = c.poll(0, max_records=5000, max_bytes=64 * 100)  # 64 records of the 5,000 taken
+        assert 0 < len(records) <= 64
+        got += [r.offset for r in records]
+        if len(got) == RECORDS:
+            break
+    assert got == list(range(RECORDS))
+    assert c._buffered_bytes == 0 and c._buffered_records == 0
+    assert net.fetch(1)[1]["parts"][0][2] == RECORDS  # nothing fetched again
+    # before: each poll unpacked all it took (up to 5,000) to return 64 -- 39x the records read
+    assert sum(built) <= 3 * RECORDS, f"{sum(built)} records unpacked to return {RECORDS}"
+    assert c.position((T, 0)) == RECORDS
