@@ -356,6 +356,11 @@ class RecordBatchView:
                 starts.append((epoch, s.base_offset + s.lo))
         return starts
 
+    def first_batch_records(self) -> int:
+        """How many of the view's records are of its first batch (from the header)."""
+        s = self._slices[0]
+        return s.hi - s.lo
+
     def _decoded(self) -> list[_Fixed | tuple]:
         """Per slice, a ``_Fixed`` or its records as (timestamp_ms, key, value, headers)
         tuples (cached)."""

@@ -89,6 +89,16 @@ def _records_within(rows: list[Record], room: int, *, at_least_one: bool) -> tup
     return len(rows), size
 
 
+def _split_at(views: list[RecordBatchView], i: int, count: int) -> None:
+    """``views[i]`` as two, its first ``count`` records (fewer than it holds) and the rest; the
+    fetched bytes stay with the rest (what stays buffered longest)."""
+    view = views[i]
+    head, rest = view.split(count)
+    assert rest is not None
+    rest.held = view.held
+    views[i:i + 1] = [head, rest]
+
+
 def _piece_records(returned: int, returned_bytes: int, room: int) -> int:
     """How many records of a view ``poll(max_bytes=...)`` unpacks next, ``returned`` records of
     ``returned_bytes`` in hand and ``room`` bytes left: what fits at their average size, and a
@@ -243,19 +253,24 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         room = max_bytes
         try:
             self._woken.clear()
-            for i, view in enumerate(views):
-                if room is not None and len(view) > (piece := _piece_records(len(out), max_bytes - room, room)):
+            i = 0
+            while i < len(views):
+                if room is not None and len(views[i]) > (piece := _piece_records(len(out), max_bytes - room, room)):
                     # a piece at a time (the rest next): unpacked whole, a view of up to max_records
                     # was unpacked to return what fits, and again by every poll while put back (a
                     # REST fetch of 64 records of the 5,000 taken unpacked ~40 times what it returned)
-                    view, later = view.split(piece)
-                    assert later is not None
-                    later.held = views[i].held  # the fetched bytes stay with the last piece
-                    views[i] = view
-                    views.insert(i + 1, later)  # the next of this loop
+                    _split_at(views, i, piece)
+                view = views[i]
                 try:
                     rows = view.records()
                 except RemoteError:
+                    first = view.first_batch_records()
+                    if first < len(view):
+                        # the corrupt batch may be a later one: the first batch alone, then the rest --
+                        # else the good batches fetched with a corrupt one were never returned, and
+                        # the position of the error was the run's start, not the corrupt batch's
+                        _split_at(views, i, first)
+                        continue
                     if not out:
                         raise
                     self.give_back([((v.topic, v.partition), v.first_offset) for v in views[i:]])
@@ -275,6 +290,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
                         return out
                     room -= size
                 out += rows
+                i += 1
         except BaseException:  # also a KeyboardInterrupt while unpacking: none reach the application
             self.give_back([((v.topic, v.partition), v.first_offset) for v in views])
             raise

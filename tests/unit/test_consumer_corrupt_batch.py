@@ -14,7 +14,7 @@ from fabric import protocol as P
 from fabric.client.consumer import Consumer
 from fabric.errors import RemoteError
 from fabric.records import build_batch, view_batches
-from tests.unit.fakes import RecordingClient
+from tests.unit.fakes import RecordingClient, as_leader_wrote
 
 TS = 1_700_000_000_000
 
@@ -68,5 +68,40 @@ def test_runs_after_a_corrupt_batch_are_not_skipped_either() -> None:
             consumer.poll(0)
         assert consumer.position(("t", 1)) == 0 and consumer.position(("t", 0)) == 0, \
             "records fetched after the corrupt batch were skipped"
+    finally:
+        consumer.close()
+
+
+def _run_from(consumer: Consumer, p: int, data: bytes) -> None:
+    """``data`` fetched again from ``p``'s position (a give-back dropped what was buffered)."""
+    tp = ("t", p)
+    if not any((v.topic, v.partition) == tp for v in consumer._buffer):
+        view = view_batches("t", p, data, start_offset=consumer.position(tp) or 0)
+        assert view is not None
+        consumer._buffer.append(view)
+        consumer._buffered_records += len(view)
+
+
+@pytest.mark.parametrize("max_bytes", [None, 1_000_000, 150])
+def test_good_batches_fetched_before_a_corrupt_one_in_one_run_are_returned(max_bytes: int | None) -> None:
+    """One fetch answer (one run) of five good batches, then a corrupt one. Its records were
+    unpacked at once, and the first poll raised with the position at the run's start: the good
+    records were never returned (fetched again, the run raised again), nor was the position at
+    the corrupt batch. With max_bytes, the position stopped where a piece the corrupt batch was
+    in began (a record of the good batches)."""
+    data = b"".join(as_leader_wrote(_good(20), base, 0) for base in range(0, 100, 20))
+    data += as_leader_wrote(_corrupt(), 100, 0)
+    consumer = _consumer_with((0, data))
+    try:
+        got: list[int] = []
+        for _ in range(100):
+            _run_from(consumer, 0, data)
+            try:
+                got += [r.offset for r in consumer.poll(0, max_bytes=max_bytes)]
+            except RemoteError as e:
+                assert e.code == P.CORRUPT_MESSAGE
+                break
+        assert got == list(range(100))
+        assert consumer.position(("t", 0)) == 100  # at the corrupt batch: sought past, the reading goes on
     finally:
         consumer.close()
