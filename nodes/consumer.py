@@ -36,6 +36,9 @@ Each instance is a ``fabric.client.group.GroupConsumer`` driven by its own threa
 blocks; ``nodes.consumer_instance``); the reactor hands it commands through a bounded queue
 and gets answers back through a deque and an inproc wake-up socket. An instance idle for its ``idle_timeout_ms`` (default
 ``services.consumer_instance_idle_timeout_ms``) is closed, which leaves its group at once.
+What each instance fetches ahead of its client is bounded by its share of
+``services.consumer_buffer_bytes_max`` (``fetch_limits``), and a fetch's ``max_bytes`` is
+answered by a poll that keeps the records past it buffered.
 If this whole service dies, its members stop heartbeating and the coordinator hands their
 partitions to the members living elsewhere after their session timeout.
 

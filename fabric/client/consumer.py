@@ -5,7 +5,9 @@ broker (covering every assigned partition that broker leads), buffers what comes
 returns records in offset order per partition. ``poll_batch()`` returns the same records as
 ``RecordBatchView``s, one per partition run, counted from the batch headers and unpacked only
 when read (the batch path: no Python object per record unless asked for). Reads stop at the high watermark, so a
-consumer never sees a record that could still be lost.
+consumer never sees a record that could still be lost. ``poll(max_bytes=...)`` returns at most
+that many bytes of keys and values and keeps the rest buffered (``_put_back``: positions and
+epochs as a give-back leaves them, nothing fetched again).
 
 The fetching -- the FETCH per leader, the prefetch, what an answer is checked against, the
 LIST_OFFSETS of a partition without a position -- is ``ConsumerFetch``

@@ -5,7 +5,10 @@ naming the leader epoch of the record before it (KIP-320); what comes back is ch
 the reading (the topic id, a truncation, a divergence) and buffered as views of batch runs. A
 partition without a position is positioned by a LIST_OFFSETS (``_start_reset``). A partition
 whose fetch was refused or failed waits ``FETCH_RETRY_BACKOFF_MS`` or for newer metadata.
-``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
+What it fetches ahead is bounded by records (``buffered_records_max``) and by bytes
+(``buffered_bytes_max``: what is buffered and what the fetches in flight may bring), the room
+shared evenly by the leaders read; a partition that returned records is asked last at the
+next fetch (``_send_fetches``, ``_on_fetch``). ``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
 state is the consumer's own (set by ``Consumer.__init__``); the stalls and the rerouting of
 these requests are ``ConsumerFailover``'s, the positions they read from ``ConsumerPositions``'.
 
