@@ -79,7 +79,7 @@ class ConsumerClient(Protocol):
 def _records_within(rows: list[Record], room: int, *, at_least_one: bool) -> tuple[int, int]:
     """How many of ``rows``, from the first, have keys and values of at most ``room`` bytes (one
     at least if ``at_least_one``), and their bytes."""
-    size = sum(map(len, map(_VALUE, rows))) + sum(len(k) for k in map(_KEY, rows) if k)
+    size = sum(map(len, map(_VALUE, rows))) + sum(map(len, filter(None, map(_KEY, rows))))
     if size <= room:
         return len(rows), size  # the common case, counted without a Python-level loop
     size = 0
