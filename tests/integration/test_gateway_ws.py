@@ -354,8 +354,15 @@ def produce_big_records(cluster: Cluster, topic: str) -> None:
 
 def test_a_slow_client_is_closed_and_the_gateway_memory_stays_flat(cluster: Cluster) -> None:
     produce_big_records(cluster, "big")
-    before = gateway_worker_rss_kib(cluster)
-    for round_ in range(2):
+    before = 0
+    for round_ in range(3):
+        if round_ == 1:
+            # measured from the end of the first slow client: its 2 MB messages set the worker's
+            # allocator up (glibc's mmap threshold rises after the first large free, and a request
+            # thread that first streams gets an arena of its own: a step of up to ~19 MB, seen with
+            # the code before and after 2026-12-06's consumer changes alike) -- not growth; a slow
+            # client whose queue were unbounded holds the whole topic, ~27 MB of JSON, each round
+            before = gateway_worker_rss_kib(cluster)
         slow = connect(cluster, "/ws/consume?topic=big&from=beginning", role="consume",
                        sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 8192),))
         stop_reading(slow)
@@ -363,7 +370,8 @@ def test_a_slow_client_is_closed_and_the_gateway_memory_stays_flat(cluster: Clus
         assert code == 1013 and "too slow" in reason, (code, reason)
         slow.close()
     after = gateway_worker_rss_kib(cluster)
-    assert after - before < 15 * 1024, f"the gateway grew from {before} KiB to {after} KiB"
+    # one arena's step, not two rounds' topics (~54 MB)
+    assert after - before < 24 * 1024, f"the gateway grew from {before} KiB to {after} KiB"
     ok = connect(cluster, "/ws/consume?topic=big&from=beginning", role="consume")
     assert len(consume(ok, 600)) >= 600, "a client that keeps up gets everything"
     ok.close()
