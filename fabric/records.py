@@ -431,7 +431,8 @@ class RecordBatchView:
 
     def split(self, count: int) -> tuple["RecordBatchView", "RecordBatchView | None"]:
         """The first ``count`` records (>= 1) and the rest (None if none), without unpacking; a
-        batch cut between them is decoded once for both (and for their own splits)."""
+        batch cut between them is decoded once for both (and for their own splits). The rest
+        keeps ``held``: a consumer counts the fetched bytes until the last piece leaves its buffer."""
         if count >= self._count:
             return self, None
         head: list[_Slice] = []
@@ -446,8 +447,9 @@ class RecordBatchView:
             if count == 0:
                 tail = self._slices[i + 1:]
                 break
-        return (RecordBatchView(self.topic, self.partition, head, self._shared),
-                RecordBatchView(self.topic, self.partition, tail, self._shared))
+        rest = RecordBatchView(self.topic, self.partition, tail, self._shared)
+        rest.held = self.held  # the fetched bytes stay with what stays buffered longest
+        return RecordBatchView(self.topic, self.partition, head, self._shared), rest
 
 
 def view_batches(topic: str, partition: int, data: bytes, start_offset: int = 0,

@@ -97,7 +97,6 @@ def _split_at(views: list[RecordBatchView], i: int, count: int) -> None:
     view = views[i]
     head, rest = view.split(count)
     assert rest is not None
-    rest.held = view.held
     views[i:i + 1] = [head, rest]
 
 
@@ -286,8 +285,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
                         # each byte from the brokers many times over, and waited for a long poll)
                         rest = view
                         if fit:
-                            rest = view.split(fit)[1]
-                            rest.held = view.held  # the fetched bytes stay with what stays buffered
+                            rest = view.split(fit)[1]  # the fetched bytes stay with it (``split``)
                         self._put_back([rest, *views[i + 1:]])
                         return out
                     room -= size
@@ -367,8 +365,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
                     epochs_then[tp] = self._position_epochs.get(tp, P.NO_LEADER_EPOCH)
                 run, rest = head.split(left)
                 if rest is not None:
-                    buf[0] = rest
-                    rest.held = head.held  # the fetched bytes stay with what stays buffered
+                    buf[0] = rest  # the fetched bytes stay with it (``split``)
                 else:
                     buf.popleft()
                     self._buffered_bytes -= head.held
