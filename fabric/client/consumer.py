@@ -399,10 +399,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         self._buffered_bytes += sum(run.held for run in runs)
         for tp, offset in first.items():
             self.positions[tp] = offset
-            # the epochs as ``give_back`` leaves them
-            self._name_epoch_read_before(tp, self._keep_epoch_starts_below(tp, offset))
-            if offset == self._taken.get(tp):
-                self._name_epoch_read_before(tp, self._taken_epochs.get(tp, P.NO_LEADER_EPOCH))
+            self._epochs_back_to(tp, offset)  # as ``give_back`` leaves them
 
     def _awaits_position(self, tp: TopicPartition) -> bool:
         """``tp`` has no position, and another part finds it (a group consumer's lookup of

@@ -182,11 +182,21 @@ class ConsumerPositions:
         epochs of those before ``offset`` are kept, and the one of the record before it named)."""
         self.positions[tp] = offset
         if given_back:
-            self._name_epoch_read_before(tp, self._keep_epoch_starts_below(tp, offset))
+            self._epochs_back_to(tp, offset)
         else:
             self._forget_epochs(tp)  # the epoch of the record before it is not known
         self._forget_reset(tp)
         self._drop_buffered(tp)
+
+    def _epochs_back_to(self, tp: TopicPartition, offset: int) -> None:
+        """``tp``'s records from ``offset`` on, taken by the last poll, go back (given back, put
+        back): the epochs read before ``offset`` stay, and the one of the record before it is
+        named -- back where that take began, the one named there then (a committed offset's too):
+        forgotten, a commit of what a consumer service's client was given went without one, and
+        the next fetch named none."""
+        self._name_epoch_read_before(tp, self._keep_epoch_starts_below(tp, offset))
+        if offset == self._taken.get(tp):
+            self._name_epoch_read_before(tp, self._taken_epochs.get(tp, P.NO_LEADER_EPOCH))
 
     def _forget_epochs(self, tp: TopicPartition) -> None:
         self._position_epochs.pop(tp, None)
@@ -352,12 +362,7 @@ class ConsumerPositions:
             # equal: a take cut before it moved the position past a run it took off the buffer --
             # moved, the buffer is dropped and fetched again from there
             if position is not None and position >= offset:
-                # the epochs read before ``offset`` stay (back where that take began: the one named
-                # there then, a committed offset's too): forgotten, a commit of what a consumer
-                # service's client was given went without one, and the next fetch named none
                 self._move_to(tp, offset, given_back=True)
-                if offset == start:
-                    self._name_epoch_read_before(tp, self._taken_epochs.get(tp, P.NO_LEADER_EPOCH))
 
     # -- partitions that cannot be positioned -------------------------------------------------
     def _out_of_range(self, tp: TopicPartition, fetched_at: int, entry: FetchEntry) -> None:
