@@ -50,13 +50,21 @@ GC_GEN2_COLLECTIONS = 20      # gen-1 collections between full collections
 # and blocks up to MALLOC_MMAP_THRESHOLD_BYTES (glibc's maximum on 64 bits) come from the heap.
 MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 MALLOC_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's malloc.h
 # The roles whose data path the tuning serves (measured: bench/RESULTS.md). Not the others: every
 # thread that allocates gets a malloc arena of its own, each may then keep up to the trim
 # threshold of freed memory (8 threads that each held 40 MiB kept 206 MiB resident after freeing
 # it all, 1 MiB at the defaults), and the gateway runs the client library on many threads (its
 # freed 2 MiB WebSocket messages made it grow 22 MB in the slow-client memory test).
 MALLOC_TUNED_ROLES = frozenset({"broker"})
+# glibc gives a thread that allocates while the others' arenas are busy an arena of its own, up
+# to eight per core, and each keeps its freed memory apart. The roles below run a thread per
+# client or request (a consumer service's instances, the gateway's 48 request threads), all
+# taking the GIL to allocate, so more arenas buy no speed: at glibc's default a consumer service
+# reading 24 backlogs held ~40 MB more, and the gateway's RSS stepped 9-19 MB up when a request
+# thread first streamed 2 MB messages (measured: bench/RESULTS.md "Malloc arenas").
+MALLOC_ARENAS_MAX = 2
+MALLOC_ARENA_LIMITED_ROLES = frozenset({"gateway", "consumer"})
 
 OPEN_FILES_WANTED = 100_000  # the soft RLIMIT_NOFILE a node asks for (Kafka's advice for brokers)
 
@@ -86,17 +94,34 @@ def tune_gc_after_start() -> None:
     gc.set_threshold(GC_GEN0_OBJECTS_MAX, GC_GEN1_COLLECTIONS, GC_GEN2_COLLECTIONS)
 
 
+def _mallopt():  # -> the C function, or None without glibc's
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt
+
+
 def tune_malloc() -> bool:
     """Set glibc malloc's trim and mmap thresholds to the values above (process-wide: call once
     at a node's start; not for library code). Returns False where there is no glibc
     ``mallopt`` (another C library: the defaults stay, which costs speed, not correctness)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES) == 1 \
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES) == 1 \
         and mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES) == 1
+
+
+def limit_malloc_arenas() -> bool:
+    """Let glibc's malloc make at most MALLOC_ARENAS_MAX arenas (process-wide: call once at a
+    node's start, before its threads, and inherited by a forked gunicorn worker; not for library
+    code). Returns False where there is no glibc ``mallopt`` (the default stays: memory, not
+    correctness). As the environment's ``MALLOC_ARENA_MAX``, which an operator's setting of
+    overrides: that one is read when the process starts, and this call leaves it alone."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return True
+    mallopt = _mallopt()
+    return mallopt is not None and mallopt(_M_ARENA_MAX, MALLOC_ARENAS_MAX) == 1
 
 
 def raise_open_files_limit() -> tuple[int, int] | None:
@@ -135,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         raise_open_files_limit()
         if role in MALLOC_TUNED_ROLES and not tune_malloc():
             log.info("no glibc mallopt: malloc keeps its default trim and mmap thresholds")
+        if role in MALLOC_ARENA_LIMITED_ROLES and not limit_malloc_arenas():
+            log.info("no glibc mallopt: malloc keeps its default number of arenas")
         cls = node_class(role)
         node = cls(config, args.node)
     except ConfigError as e:
