@@ -114,8 +114,8 @@ def build_api(gw: Gateway) -> Api:
         # runs (a degraded node serves; an unresponsive one does not)
         reasons = [f"{node} is {state}" for node, state in sorted(states.items()) if state not in SERVING_STATES]
         body: dict = {"ready": False, "nodes": states}
-        try:
-            md = gw.agent.metadata()
+        try:  # the coordinator's own answer: a broker's copy also answers a metadata fetch
+            md = gw.agent.coordinator_metadata()
         except ClusterError as e:  # no broker counts without the coordinator's metadata
             body.update(coordinator=False, reasons=[f"the coordinator: {e.message}", *reasons])
             return Answer(503, body)

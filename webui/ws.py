@@ -44,7 +44,7 @@ from webui.routes_v2 import ACKS, encode_records, offsets_json
 from webui.schemas import produce_schema
 from webui.json_text import loads_json
 from webui.spec import Op, body_checker
-from webui.ws_guard import INBOX_MESSAGES_MAX, InboxGate, SocketsPer
+from webui.ws_guard import InboxGate, SocketsPer
 from webui.ws_consume import consume, name_param, query_args, query_param
 from webui.ws_outbox import GOING_AWAY, GOING_AWAY_FLUSH_S, POLICY, TRY_AGAIN_LATER, Closed, Outbox
 
@@ -238,9 +238,6 @@ def _produce(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dic
         if out.going_away is not None:  # the message under way was answered: its answers go out, then 1001
             out.flush(GOING_AWAY_FLUSH_S)
             out.close(GOING_AWAY, out.going_away)
-            return
-        if len(getattr(ws, "input_buffer", ())) > INBOX_MESSAGES_MAX:
-            out.close(POLICY, f"more than {INBOX_MESSAGES_MAX} messages unanswered: wait for the answers")
             return
         text = ws.receive(timeout=1.0)
         if text is None:

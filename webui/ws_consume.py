@@ -260,13 +260,14 @@ def consume(ws: Any, out: Outbox, gw: Gateway, q: dict, limit: Callable[[], dict
     topic = name_param(q, "topic")
     fmt = query_param(q, "format", ("json", "binary"), "json")
     start = query_param(q, "from", ("beginning", "end"), "end")
+    asked_auto_commit = query_param(q, "auto_commit", ("true", "false"), "true") == "true"
     named = bool(q.get("group"))
     group = name_param(q, "group") if named else f"ws-{time.monotonic_ns():x}"
     gw.agent.topic(topic)
     # a generated group is never joined again: committing would only leave it on the
     # coordinator for good (one group per stream, up to GROUPS_MAX). A named group's commits are
     # the stream's own (Delivered): the instance does not auto-commit
-    auto_commit = named and q.get("auto_commit", "true") != "false"
+    auto_commit = named and asked_auto_commit
     config = {"auto_offset_reset": "earliest" if start == "beginning" else "latest", "enable_auto_commit": False}
     entry = gw.agent.create_instance(group, None, config, fmt)
     delivered = Delivered(out, gw, group, entry.name, named)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from wsproto.connection import ConnectionState
 
-INBOX_MESSAGES_MAX = 64  # produce messages received and not yet answered (/ws/produce closes past it)
+INBOX_MESSAGES_MAX = 64  # messages received and not yet taken by the route (past it, TCP holds the client back)
 INBOX_BYTES_MAX = 4 * 1024 * 1024  # received messages waiting for the route (one larger still comes in)
 INBOX_WAIT_S = 0.01      # how often a held-back reader looks whether the route took a message
 LINGER_S = 2.0           # a closing socket reads and drops its client's bytes this long at most, then shuts down

@@ -159,14 +159,23 @@ class GatewayAgent(GatewayProduce, ConsumerInstances):
 
     # -- cluster and topics ------------------------------------------------------------------
     def coordinator_reachable(self) -> bool:
-        """Whether the coordinator answers: metadata from a fetch begun after the call, and the
-        coordinator it names not gone silent (``md_silence``: its last ask, any thread's, timed
-        out; it is asked again at its backoff's end) -- a broker's copy answers a fetch too."""
+        """Whether the coordinator answers (``coordinator_metadata`` does not raise)."""
         try:
-            md = self.metadata()
+            self.coordinator_metadata()
         except ClusterError:
             return False
-        return not self.md_silence.silent(md.coordinator)
+        return True
+
+    def coordinator_metadata(self) -> Any:
+        """Metadata from a fetch begun after the call, when the coordinator it names has not gone
+        silent (``md_silence``: its last ask, any thread's, timed out or was refused; it is asked
+        again at its backoff's end) -- a broker's copy answers a fetch too, and is not the
+        coordinator answering. Raises ClusterError (``unavailable`` when only a copy answered)."""
+        md = self.metadata()
+        if self.md_silence.silent(md.coordinator):
+            raise ClusterError("unavailable", f"not reachable: {md.coordinator} did not answer its last ask "
+                                              "(a broker's copy of the metadata answered)")
+        return md
 
     def metadata(self) -> Any:
         """The cluster's metadata from a fetch begun after this call (a topic made or deleted

@@ -589,6 +589,9 @@ class StubAgent:
     def coordinator_reachable(self) -> bool:
         return True
 
+    def coordinator_metadata(self) -> Any:
+        return self.metadata()
+
     def metadata(self) -> Any:
         return metadata_of()
 

@@ -2,7 +2,7 @@
 fetch at a time and the shared view of a silent coordinator (test_gateway_metadata_sharing.py,
 whose rigs these tests use): a coordinator the health watcher wrongly sees down, ``/health``
 while only a broker's copy answers, the floor of metadata produce trusts after a delete, and a
-fetch whose thread is stopped."""
+fetch whose thread is stopped; ``/status/ready`` likewise."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from nodes.gateway.agent import GatewayAgent
 from nodes.gateway.metadata_flight import MetadataFlight
 from nodes.local_cluster import GATEWAY_NODES, make_config, wait_until
 from tests.unit.fakes import metadata_of
+from tests.unit.test_gateway_ready import gateway as ready_gateway, get_ready
 from tests.unit.test_gateway_metadata_sharing import (WAIT_S, _Admin, _Cluster, _Requests, _Service, _serve, _Silent,
                                                       silent_coordinator)
 
@@ -71,6 +72,22 @@ def test_health_says_the_coordinator_is_unreachable_while_only_a_brokers_copy_an
         assert agent.coordinator_reachable(), "the coordinator answered"
     for _ in range(2):  # found silent, then asked after the brokers within its backoff
         assert not agent.coordinator_reachable(), "a broker's copy taken for the coordinator's answer"
+
+
+def test_ready_says_not_ready_while_only_a_brokers_copy_answers(silent_coordinator: _Silent) -> None:
+    """``GET /status/ready`` through the real agent: 200 only when the coordinator answers. It
+    took any metadata for the coordinator's answer: with the coordinator SIGSTOPped under
+    `make up`, ready said 200 and ``"coordinator": true`` for 10 s (until the monitor called it
+    unresponsive) while ``/health`` said 503."""
+    gw = ready_gateway({"broker-1": "healthy", "coordinator": "healthy"}, silent_coordinator.agent)
+    if silent_coordinator.answers:
+        r = get_ready(gw)
+        assert r.status_code == 200 and r.get_json()["coordinator"] is True, r.get_json()
+    for _ in range(2):  # found silent, then asked after the brokers within its backoff
+        r = get_ready(gw)
+        body = r.get_json()
+        assert r.status_code == 503, f"a broker's copy taken for the coordinator's answer: {body}"
+        assert body["coordinator"] is False and "brokers" not in body, body
 
 
 def test_the_floor_a_topic_deleted_here_sets_never_goes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -63,6 +63,27 @@ def test_without_the_coordinator_not_ready_is_503_with_the_ready_body() -> None:
     assert body["reasons"] == ["the coordinator: the coordinator did not answer"]
 
 
+class BrokersCopyOnly(StubAgent):
+    """The coordinator gone silent (SIGSTOPped, or killed: its port refuses the connection):
+    the metadata fetch takes a broker's copy, which answers the look -- not the coordinator."""
+
+    def coordinator_metadata(self) -> Any:
+        raise ClusterError("unavailable", "not reachable: tcp://127.0.0.1:1 did not answer its last ask")
+
+
+def test_a_brokers_copy_of_the_metadata_is_not_the_coordinator_answering() -> None:
+    """The coordinator SIGSTOPped for 10 s under `make up`: `/health` answered 503 ("the
+    coordinator is not reachable") the whole time while `/status/ready` answered 200 with
+    `"coordinator": true` -- the broker's copy of the metadata, taken for the coordinator's
+    answer -- until the monitor's status called the coordinator unresponsive."""
+    r = get_ready(gateway({"broker-1": "healthy", "coordinator": "healthy"}, BrokersCopyOnly()))
+    assert r.status_code == 503, r.get_json()
+    body = r.get_json()
+    assert body["ready"] is False and body["coordinator"] is False, body
+    assert "brokers_alive" not in body and "brokers" not in body, "broker counts from a broker's copy"
+    assert body["reasons"] == ["the coordinator: not reachable: tcp://127.0.0.1:1 did not answer its last ask"]
+
+
 def test_the_document_gives_the_503_the_ready_body_or_an_error() -> None:
     doc = build_api(gateway({}, StubAgent())).openapi()
     responses = doc["paths"]["/status/ready"]["get"]["responses"]

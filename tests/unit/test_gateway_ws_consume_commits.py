@@ -14,13 +14,14 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
 from simple_websocket import ConnectionClosed
 
 from fabric.client.services import Fetched
 from fabric.records import Record
 from webui import ws as wsmod
 from webui import ws_consume as consumemod
-from webui.errors import ClusterError
+from webui.errors import ApiError, ClusterError
 
 DEADLINE_S = 10.0
 
@@ -290,3 +291,17 @@ def test_a_commit_while_the_member_joins_is_refused_and_what_it_covered_is_commi
     answers = [m for m in ws.received if "committed" in m]
     assert [(m["committed"], m.get("error")) for m in answers] == [(False, "rebalance"), (True, None)], answers
     assert agent.commits == [{("t", 0): 20}], agent.commits
+
+
+@pytest.mark.parametrize("value", ["0", "no", "False", "maybe", ""])
+def test_an_auto_commit_that_is_neither_true_nor_false_is_refused_before_anything_is_made(value: str) -> None:
+    """``auto_commit=`` is ``true`` or ``false``, as REST's ``auto.commit.enable`` (422 for
+    anything else) and the stream's ``format=`` and ``from=`` (1008). Anything but the exact text
+    ``false`` turned auto-commit on: a client that asked for ``auto_commit=0`` or ``=no``, to
+    commit only what it processed, had every record that went out committed."""
+    ws = ClientSocket()
+    agent = InstanceAgent(ws)
+    with pytest.raises(ApiError) as refused:
+        run(agent, ws, {"topic": "t", "group": "billing", "auto_commit": value})
+    assert refused.value.error_code == 42206 and "auto_commit" in refused.value.message
+    assert agent.groups == [] and agent.commits == [], "a stream was made for a refused query"

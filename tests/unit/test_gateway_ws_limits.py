@@ -29,6 +29,7 @@ from werkzeug.serving import make_server
 
 from fabric.apikeys import hash_key
 from fabric.config import GatewayConfig, SecurityConfig
+from nodes.local_cluster import wait_until
 from tests.unit.fakes import KEYS, StubAgent
 from webui import ws as wsmod
 from webui import ws_consume as consumemod
@@ -36,6 +37,7 @@ from webui.app import create_app
 from webui.auth import KeyStore, RateLimiter
 from webui.context import Gateway
 from webui.events import EventHub
+from webui.ws_guard import INBOX_MESSAGES_MAX
 
 DEADLINE_S = 10.0
 NO_REFILL_PER_S = 1e-6  # a bucket that does not refill while a test runs
@@ -212,6 +214,48 @@ def test_a_client_that_sends_faster_than_its_route_reads_is_held_back(gateway: A
     finally:
         s.close()
     assert sent <= HELD_BYTES_MAX, f"the gateway read {sent} bytes of messages that /ws/events never takes"
+
+
+def test_a_produce_client_that_sends_ahead_is_held_back_and_gets_every_answer(
+        gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends its produce messages without waiting for the answers is held back
+    by TCP once 65 wait, as any route's (docs/gateway.md). /ws/produce closed it instead, 1008
+    "more than 64 messages unanswered", at its next message once that many waited: the record
+    under way was written and its answer never came (the close went out first), and the
+    messages after it were dropped."""
+    gates: list[wsmod.InboxGate] = []
+
+    class WatchedGate(wsmod.InboxGate):
+        def __init__(self, ws: Any) -> None:
+            super().__init__(ws)
+            gates.append(self)
+    monkeypatch.setattr(wsmod, "InboxGate", WatchedGate)
+    url, agent = gateway()
+    release = threading.Event()
+    produce = agent.produce
+
+    def held_produce(*args: Any, **kwargs: Any) -> list:
+        release.wait(DEADLINE_S)  # the first message's records wait while the others pile up
+        return produce(*args, **kwargs)
+    agent.produce = held_produce  # type: ignore[method-assign]
+    count = 100
+    c = simple_websocket.Client.connect(url + "/ws/produce?topic=t", headers=bearer("produce"))
+    try:
+        for i in range(count):
+            c.send(json.dumps({"id": i, "value": "x"}))
+        wait_until(lambda: gates and len(gates[0]._ws.input_buffer) > INBOX_MESSAGES_MAX, DEADLINE_S,
+                   what="more than INBOX_MESSAGES_MAX messages waiting for the route")
+        release.set()
+        answers = []
+        try:
+            while len(answers) < count:
+                answers.append(json.loads(c.receive(timeout=DEADLINE_S)))
+        except ConnectionClosed as e:
+            pytest.fail(f"closed {e.reason} {e.message!r} after {len(answers)} answers, {agent.produced} written")
+    finally:
+        close_quietly(c)
+    assert [a["id"] for a in answers] == list(range(count)) and agent.produced == count
+    assert [a["offsets"][0]["offset"] for a in answers] == list(range(count))
 
 
 def test_ws_consume_commit_commands_take_tokens_too() -> None:
