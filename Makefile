@@ -47,7 +47,7 @@ UNIT_WORKERS ?= 2
 test: dev
 	status=0; \
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(UNIT_WORKERS) tests/unit || status=$$?; \
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests --ignore=tests/unit || status=$$?; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests --ignore=tests/unit || status=$$?; \
 	exit $$status
 
 test-fast: dev
