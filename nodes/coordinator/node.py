@@ -70,6 +70,9 @@ class Coordinator(TopicAdminMixin, Node):
         # after a restart every broker gets one session to show up before it is judged
         self.last_seen_ms: dict[int, int] = {bid: now for bid in self.brokers}
         self.alive: set[int] = set(self.brokers)
+        # brokers this process had a sign of life from (a heartbeat, a registration): the others
+        # in ``alive`` are there by the start's grace only, and are not elected (``_seen``)
+        self.heard: set[int] = set()
         self.heartbeats_from: set[int] = set()  # brokers whose heartbeats reached us since start
         self._metadata_cache: dict | None = None
         self._committed = self.metadata()  # what the last commit published: deltas start here
@@ -368,18 +371,29 @@ class Coordinator(TopicAdminMixin, Node):
         return incarnation in self.state.replaced_incarnations.get(bid, ())
 
     def _seen(self, bid: int) -> None:
-        """Any sign of life renews the broker's session (and brings a dead one back)."""
+        """Any sign of life renews the broker's session and brings a dead one back. The first
+        one this process gets from a broker it took for alive from its start (the grace) is a
+        coming up too: a partition stored offline (every in-sync replica died or was paused
+        before the restart) waits for one of them to be heard, and one that ran all along --
+        paused, not restarted -- gives no other sign (seed 110 of the produce nemesis: offline
+        for good, every broker running and heard)."""
         self.last_seen_ms[bid] = self.clock.now_ms()
         if self.disconnects is not None:
             self.disconnects.heard(bid)
-        if bid not in self.alive:
+        came_back = bid not in self.alive
+        if not came_back and bid in self.heard:
+            return
+        if came_back:
             log.info("broker %d is alive", bid)
             self.alive.add(bid)
-            try:
-                self._on_broker_up(bid)
-            except LoomError:  # not stored (StorageFull, EngineError): judged again next time
-                self.alive.discard(bid)  # not stored (commit went back): its next sign of life tries again
-                raise
+        self.heard.add(bid)
+        try:
+            self._on_broker_up(bid)
+        except LoomError:  # not stored (StorageFull, EngineError; commit went back): its next sign of life tries again
+            self.heard.discard(bid)
+            if came_back:
+                self.alive.discard(bid)
+            raise
 
     def _resume_after_stall(self, now_ms: int, stalled_ms: int) -> None:
         """We did not run for ``stalled_ms``: nobody's silence in that time counts. Every broker's
@@ -420,8 +434,10 @@ class Coordinator(TopicAdminMixin, Node):
                                                     self.config.replication.unclean_leader_election))
 
     def _on_broker_up(self, bid: int) -> None:
-        """``bid`` is alive again: offline partitions it is a replica of may get a leader."""
-        self._apply_changes(election.on_broker_up(self.state.topics, bid, self.alive,
+        """``bid`` is alive again, or heard for the first time since our start: offline
+        partitions it is a replica of may get a leader -- among the brokers heard, not one
+        alive by the start's grace only, of which nothing says yet that it runs."""
+        self._apply_changes(election.on_broker_up(self.state.topics, bid, self.alive & self.heard,
                                                   self.config.replication.unclean_leader_election))
 
     def _apply_changes(self, changes: list[election.PartitionChange]) -> None:

@@ -1,0 +1,98 @@
+"""A restarted coordinator elects the partitions it stored offline once their in-sync replicas
+are heard from, also when those brokers are the same processes as before (only paused: no new
+incarnation, so no restart of theirs to react to).
+
+A restarted coordinator takes every broker for alive for one session (its start's grace), so
+the heartbeats of brokers that were alive all along bring no "came back" of theirs: partitions
+that went offline while every broker was paused (SIGSTOP) stayed offline for good -- the produce
+nemesis' seed 110, offline for over 90 s with all three brokers running and heard.
+
+Real ``Coordinator`` objects on one data directory; the second is the first restarted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fabric import protocol as P
+from fabric import wire
+from fabric.clock import ManualClock
+from fabric.config import load_config
+from nodes.coordinator.node import Coordinator
+from nodes.coordinator.store import PartitionState, TopicState
+from tests.harness import make_config
+from tests.unit.fakes import request
+
+NOW_MS = 1_000_000
+PASS_MS = 100  # the liveness check's period here
+INCARNATIONS = {1: "p-1", 2: "p-2", 3: "p-3"}
+
+
+def _coordinator(tmp_path: Path) -> Coordinator:
+    # fresh ports each time (a closed ZeroMQ socket may hold its port a moment longer), one data dir
+    return Coordinator(load_config(make_config(tmp_path, 3, engine="memory")), "coordinator", clock=ManualClock(NOW_MS))
+
+
+def _heartbeat(coord: Coordinator, broker_id: int) -> None:
+    coord._on_heartbeat(wire.encode_heartbeat(wire.Heartbeat(
+        f"broker-{broker_id}", "broker", 4242, coord.clock.wall_ms(), broker_id=broker_id,
+        incarnation=INCARNATIONS[broker_id], cluster_id=coord.state.cluster_id)))
+
+
+@pytest.fixture
+def restarted(tmp_path: Path) -> Iterator[Coordinator]:
+    """A coordinator that heard every broker, then nothing for a session (every partition
+    offline: leader -1, its ISR kept, stored), restarted."""
+    coord = _coordinator(tmp_path)
+    try:
+        coord.state.topics["t"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3]),
+                                              PartitionState(2, 0, [2, 3, 1], [2, 3]),
+                                              PartitionState(3, 0, [3, 1, 2], [3])], {})
+        coord.commit()
+        for bid in INCARNATIONS:
+            _heartbeat(coord, bid)
+        for _ in range(coord.config.liveness.session_timeout_ms // PASS_MS + 1):  # running all along: no stall
+            coord.clock.advance(PASS_MS)  # type: ignore[attr-defined]
+            coord._check_liveness()
+        assert coord.alive == set()
+    finally:
+        coord.close()
+    again = _coordinator(tmp_path)
+    try:
+        assert [ps.leader for ps in again.state.topics["t"].partitions] == [-1, -1, -1]
+        yield again
+    finally:
+        again.close()
+
+
+def _leaders(coord: Coordinator) -> list[int]:
+    return [ps.leader for ps in coord.state.topics["t"].partitions]
+
+
+def test_offline_partitions_get_leaders_when_their_paused_brokers_are_heard_again(restarted: Coordinator) -> None:
+    for bid in INCARNATIONS:  # the same processes, resumed: each one's first heartbeat elects
+        _heartbeat(restarted, bid)  # what it is the first heard in-sync replica of
+    # the ISRs' heard part (the others grow back through the leaders once they fetch)
+    stored = restarted.store.load().topics["t"].partitions
+    assert [(ps.leader, ps.isr) for ps in stored] == [(1, [1]), (2, [2]), (3, [3])]
+    assert _leaders(restarted) == [1, 2, 3]
+    assert restarted.metadata().partition("t", 0).leader == 1  # type: ignore[union-attr]
+
+
+def test_a_broker_alive_only_by_the_restart_grace_is_not_elected(restarted: Coordinator) -> None:
+    """Until a broker is heard, the restarted coordinator has no sign that it runs: an offline
+    partition's leader comes from the in-sync replicas it heard."""
+    _heartbeat(restarted, 3)
+    assert [(ps.leader, ps.isr) for ps in restarted.state.topics["t"].partitions] == [(3, [3]), (3, [3]), (3, [3])]
+    _heartbeat(restarted, 1)  # nothing left offline: the leaders stay (the ISRs grow back through them)
+    assert _leaders(restarted) == [3, 3, 3]
+
+
+def test_a_registration_of_a_known_process_is_a_sign_of_life_too(restarted: Coordinator) -> None:
+    # broker 2's process registers (its first answer was lost): a process the state names
+    restarted._on_register(request(P.BROKER_REGISTER, broker_id=2, incarnation=INCARNATIONS[2],
+                                   cluster_id=restarted.state.cluster_id))
+    assert _leaders(restarted) == [2, 2, -1]
