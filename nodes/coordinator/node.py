@@ -429,16 +429,24 @@ class Coordinator(TopicAdminMixin, Node):
                 raise
 
     def _on_broker_down(self, bid: int) -> None:
-        """``bid`` is dead (no longer in ``alive``): re-elect what it led, shrink ISRs it was in."""
-        self._apply_changes(election.on_broker_down(self.state.topics, bid, self.alive,
+        """``bid`` is dead (no longer in ``alive``): re-elect what it led (``_electable``), shrink
+        ISRs it was in (to their electable part)."""
+        self._apply_changes(election.on_broker_down(self.state.topics, bid, self._electable(),
                                                     self.config.replication.unclean_leader_election))
 
     def _on_broker_up(self, bid: int) -> None:
         """``bid`` is alive again, or heard for the first time since our start: offline
-        partitions it is a replica of may get a leader -- among the brokers heard, not one
-        alive by the start's grace only, of which nothing says yet that it runs."""
-        self._apply_changes(election.on_broker_up(self.state.topics, bid, self.alive & self.heard,
+        partitions it is a replica of may get a leader (``_electable``)."""
+        self._apply_changes(election.on_broker_up(self.state.topics, bid, self._electable(),
                                                   self.config.replication.unclean_leader_election))
+
+    def _electable(self) -> set[int]:
+        """The brokers a leader may be chosen among: alive and heard by this process -- not one
+        alive by the start's grace only, of which nothing says yet that it runs (elected, it led
+        nothing until its session ran out, and a preferred one took leadership away from a
+        broker that runs). Each is heard within a heartbeat of our start if it runs; its first
+        sign of life elects what waited for it (``_seen``)."""
+        return self.alive & self.heard
 
     def _apply_changes(self, changes: list[election.PartitionChange]) -> None:
         """Apply and commit the changes; with none, only publish (liveness is in the metadata)."""
@@ -452,7 +460,7 @@ class Coordinator(TopicAdminMixin, Node):
     def _restore_preferred_leaders(self) -> None:
         """Move leadership back to each partition's first replica once it is alive and in
         sync (Kafka's auto leader rebalance), so load spreads again after a restart."""
-        changes = election.preferred_leaders(self.state.topics, self.alive)
+        changes = election.preferred_leaders(self.state.topics, self._electable())
         if changes:
             election.apply(self.state.topics, changes)
             self.commit()

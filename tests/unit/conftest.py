@@ -109,10 +109,13 @@ def leader(tmp_path: Path) -> Iterator[tuple[Broker, ManualClock]]:
 def nodes(tmp_path: Path) -> Iterator[tuple[Broker, Coordinator, Loopback]]:
     """Broker 1 and a coordinator (memory engine) joined by a ``Loopback``, on one ManualClock
     (``broker.clock``: their timers run only when a test moves it, never because the machine
-    was slow); both closed at the end."""
+    was slow); both closed at the end. The coordinator has heard brokers 1-3, as from their
+    heartbeats in a running cluster: each one may be elected (``Coordinator._electable``)."""
     config = load_config(make_config(tmp_path, 3, engine="memory"))
     clock = ManualClock(start_ms=1_000_000)
     coord = Coordinator(config, "coordinator", clock=clock)
+    for bid in (1, 2, 3):
+        coord._seen(bid)
     broker = Broker(config, "broker-1", clock=clock)
     loop = Loopback(broker, coord)
     try:

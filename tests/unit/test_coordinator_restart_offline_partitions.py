@@ -96,3 +96,42 @@ def test_a_registration_of_a_known_process_is_a_sign_of_life_too(restarted: Coor
     restarted._on_register(request(P.BROKER_REGISTER, broker_id=2, incarnation=INCARNATIONS[2],
                                    cluster_id=restarted.state.cluster_id))
     assert _leaders(restarted) == [2, 2, -1]
+
+
+@pytest.fixture
+def restarted_led(tmp_path: Path) -> Iterator[Coordinator]:
+    """A coordinator restarted over partitions that have leaders, which has heard brokers 2 and 3
+    since its start and not yet broker 1 (alive by the start's grace only: maybe dead)."""
+    coord = _coordinator(tmp_path)
+    try:
+        coord.state.topics["t"] = TopicState([PartitionState(2, 0, [2, 1, 3], [2, 1, 3]),
+                                              PartitionState(3, 0, [1, 3, 2], [1, 3, 2])], {})
+        coord.commit()
+    finally:
+        coord.close()
+    again = _coordinator(tmp_path)
+    try:
+        _heartbeat(again, 2)
+        _heartbeat(again, 3)
+        yield again
+    finally:
+        again.close()
+
+
+def test_a_leaders_death_in_the_start_grace_elects_a_heard_broker(restarted_led: Coordinator) -> None:
+    """Broker 2 dies before broker 1 was ever heard: its partition goes to broker 3, which runs,
+    not to broker 1, of which nothing says it does (it would lead nothing until its session ran
+    out, and then be replaced)."""
+    coord = restarted_led
+    coord.alive.discard(2)
+    coord._on_broker_down(2)
+    assert _leaders(coord) == [3, 3]
+
+
+def test_leadership_does_not_move_to_a_preferred_replica_not_yet_heard(restarted_led: Coordinator) -> None:
+    coord = restarted_led
+    coord._restore_preferred_leaders()
+    assert _leaders(coord) == [2, 3]  # partition 1's preferred replica, broker 1, not yet heard
+    _heartbeat(coord, 1)
+    coord._restore_preferred_leaders()
+    assert _leaders(coord) == [2, 1]
