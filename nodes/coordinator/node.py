@@ -337,6 +337,7 @@ class Coordinator(TopicAdminMixin, Node):
             self.counters["replaced_process_heartbeats"] += 1
             return
         if known != incarnation:
+            was_alive = bid in self.alive
             self.state.incarnations[bid] = incarnation
             if directory is not None:
                 self.state.directories[bid] = directory
@@ -357,11 +358,18 @@ class Coordinator(TopicAdminMixin, Node):
                 self._fenced.update((name, i) for name, topic in self.state.topics.items()
                                     for i, ps in enumerate(topic.partitions) if bid in ps.replicas)
                 self.alive.discard(bid)
-                self._on_broker_down(bid)
-            # also a first process: the metadata names it from now on (a leader takes a report
-            # naming a process the metadata showed replaced for stale), with the fencing still
-            # owed for the partitions its being down changed nothing in
-            self.commit()
+            try:
+                if known is not None:
+                    self._on_broker_down(bid)
+                # also a first process: the metadata names it from now on (a leader takes a
+                # report naming a process the metadata showed replaced for stale), with the
+                # fencing still owed for the partitions its being down changed nothing in
+                self.commit()
+            except LoomError:
+                if was_alive and bid not in self.alive and self.state.incarnations.get(bid) == known:
+                    # nothing stored: the old process leads as before, judged by its silence
+                    self.alive.add(bid)
+                raise
         elif directory is not None and self.state.directories.get(bid) != directory:
             self.state.directories[bid] = directory  # a state from before directory ids: stored with the next commit
         self._seen(bid)
