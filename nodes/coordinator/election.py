@@ -7,7 +7,7 @@ one push) if there were any.
 The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.election.enable``):
 
 - A broker dies: every partition it led gets a new leader, the first of its replicas (in
-  replica order) that is in the electable part of the ISR, and the ISR becomes that part. With
+  replica order) that is in the electable part of the ISR, and the ISR becomes its live part. With
   no electable ISR member the partition goes offline (leader -1) and keeps its ISR, so that the
   brokers that have the data stay known -- unless unclean election is on, which takes the first
   electable replica and makes it the whole ISR (acknowledged records may be lost). A partition
@@ -16,7 +16,8 @@ The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.ele
   all of them unless given) those a leader is chosen among. A restarted coordinator takes
   every broker for alive for one session before it has heard it (nodes/coordinator/node.py
   ``_electable``): such a broker is not elected, but it may run and hold every acknowledged
-  record, so it stays in the ISRs (also the leader, in its own) and the dead broker leaves them
+  record, so it stays in the ISRs (the leader in its own; an elected leader's too: else that
+  leader's own restart found itself the last in-sync replica) and the dead broker leaves them
   -- the partition it led goes offline with the ISR members that may run, to be elected when
   heard, rather than keep the dead broker, which elected alone when it comes back would lose
   what they hold (a restarted process may have lost its unflushed tail) -- and no unclean
@@ -80,10 +81,10 @@ def elect(topic: str, partition: int, ps: PartitionState, alive: AbstractSet[int
     its ISR too)."""
     electable = alive if electable is None else electable
     candidates = tuple(b for b in ps.isr if b in electable)
+    isr = tuple(b for b in ps.isr if b in alive)  # with those not heard yet: they may hold what the leader lacks later
     if candidates:
         leader = next((r for r in ps.replicas if r in candidates), candidates[0])
-        return PartitionChange(topic, partition, ELECTED, leader, ps.leader_epoch + 1, candidates)
-    isr = tuple(b for b in ps.isr if b in alive)  # not yet heard (a restarted coordinator's grace): wait for them
+        return PartitionChange(topic, partition, ELECTED, leader, ps.leader_epoch + 1, isr)
     if not isr:
         live = [r for r in ps.replicas if r in electable]
         if unclean_allowed and live:

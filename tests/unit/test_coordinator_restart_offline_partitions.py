@@ -75,9 +75,10 @@ def _leaders(coord: Coordinator) -> list[int]:
 def test_offline_partitions_get_leaders_when_their_paused_brokers_are_heard_again(restarted: Coordinator) -> None:
     for bid in INCARNATIONS:  # the same processes, resumed: each one's first heartbeat elects
         _heartbeat(restarted, bid)  # what it is the first heard in-sync replica of
-    # the ISRs' heard part (the others grow back through the leaders once they fetch)
+    # the ISRs keep the brokers not heard yet when each was elected: they may hold what the
+    # leader lacks after a restart of its own
     stored = restarted.store.load().topics["t"].partitions
-    assert [(ps.leader, ps.isr) for ps in stored] == [(1, [1]), (2, [2]), (3, [3])]
+    assert [(ps.leader, ps.isr) for ps in stored] == [(1, [1, 2, 3]), (2, [2, 3]), (3, [3])]
     assert _leaders(restarted) == [1, 2, 3]
     assert restarted.metadata().partition("t", 0).leader == 1  # type: ignore[union-attr]
 
@@ -86,7 +87,7 @@ def test_a_broker_alive_only_by_the_restart_grace_is_not_elected(restarted: Coor
     """Until a broker is heard, the restarted coordinator has no sign that it runs: an offline
     partition's leader comes from the in-sync replicas it heard."""
     _heartbeat(restarted, 3)
-    assert [(ps.leader, ps.isr) for ps in restarted.state.topics["t"].partitions] == [(3, [3]), (3, [3]), (3, [3])]
+    assert [(ps.leader, ps.isr) for ps in restarted.state.topics["t"].partitions] == [(3, [1, 2, 3]), (3, [2, 3]), (3, [3])]
     _heartbeat(restarted, 1)  # nothing left offline: the leaders stay (the ISRs grow back through them)
     assert _leaders(restarted) == [3, 3, 3]
 
@@ -167,7 +168,7 @@ def test_a_broker_restarted_while_the_coordinator_was_down_is_not_elected_past_t
                                    cluster_id=coord.state.cluster_id))
         assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(-1, [2, 3]), (2, [2, 3])]
         _heartbeat(coord, 3)
-        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(3, [3]), (2, [2, 3])]
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(3, [2, 3]), (2, [2, 3])]
     finally:
         coord.close()
 
@@ -245,5 +246,26 @@ def test_a_leaders_death_in_the_grace_is_no_unclean_election_past_an_in_sync_rep
         assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(-1, [1])]
         _heartbeat(coord, 1)
         assert _leaders(coord) == [1]
+    finally:
+        coord.close()
+
+
+def test_an_election_in_the_grace_keeps_the_in_sync_replicas_not_yet_heard(tmp_path: Path) -> None:
+    """Broker 1 (the leader) and then broker 2 restarted while the coordinator was down; broker 3,
+    in sync, is not heard yet (paused a moment). The election after broker 1's restart goes to
+    broker 2 (heard: its old process's heartbeat), and must keep broker 3 in the ISR: dropped
+    from it, broker 2's own restart then found itself the last in-sync replica and was elected
+    alone with an empty log (broker 3's acknowledged records lost when it follows)."""
+    coord = _restarted_over(tmp_path, PartitionState(1, 0, [1, 2, 3], [1, 2, 3]))
+    try:
+        _heartbeat(coord, 2)
+        coord._on_register(request(P.BROKER_REGISTER, broker_id=1, incarnation="p-1-new",
+                                   cluster_id=coord.state.cluster_id))
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(2, [2, 3])]
+        coord._on_register(request(P.BROKER_REGISTER, broker_id=2, incarnation="p-2-new",
+                                   cluster_id=coord.state.cluster_id))
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(-1, [3])]
+        _heartbeat(coord, 3)
+        assert _leaders(coord) == [3]
     finally:
         coord.close()
