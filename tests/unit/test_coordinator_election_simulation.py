@@ -1,7 +1,9 @@
 """Seeded simulation of the coordinator's liveness and elections against a model of what each
 broker holds: real ``Coordinator`` objects (restarted on one data directory), driven by a
 ManualClock, with brokers that heartbeat, pause, crash, restart as new processes that lost their
-unflushed tail, catch up and are proposed into ISRs by their leaders, and acknowledged writes.
+unflushed tail, catch up and are proposed into ISRs by their leaders, and acknowledged writes;
+the coordinator restarts, stalls (the clock jumps between two passes) and finds its disk full
+for a while (every durable write fails: the change goes back, the handler's error is logged).
 
 The model: a broker *holds* a partition when its log has every record acknowledged so far. An
 acknowledged write needs a running leader and every member of the committed ISR running and
@@ -23,6 +25,7 @@ import errno
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import zmq
@@ -30,6 +33,7 @@ import zmq
 from fabric import protocol as P
 from fabric import wire
 from fabric.clock import ManualClock
+from engines.errors import LoomError
 from fabric.config import load_config
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
@@ -71,6 +75,7 @@ class Sim:
         self.tmp_path, self.rng, self.seed = tmp_path, random.Random(seed), seed
         self.brokers = {b: Broker(b) for b in BROKERS}
         self.clock_ms = 1_000_000
+        self.disk_full = False  # every durable write of the coordinator fails (ENOSPC)
         self.coord = self._start()
         self.coord.state.topics["t"] = TopicState([PartitionState(p + 1, 0, [p + 1, *[b for b in BROKERS if b != p + 1]],
                                                                  list(BROKERS)) for p in range(PARTITIONS)], {})
@@ -83,8 +88,16 @@ class Sim:
         port a moment longer; another test may take a free port first: tried again)."""
         for attempt in range(PORT_ATTEMPTS):
             try:
-                return Coordinator(load_config(make_config(self.tmp_path, 3, engine="memory")), "coordinator",
-                                   clock=ManualClock(self.clock_ms))
+                coord = Coordinator(load_config(make_config(self.tmp_path, 3, engine="memory")), "coordinator",
+                                    clock=ManualClock(self.clock_ms))
+                save = coord.store.save
+
+                def save_unless_full(state: Any) -> None:
+                    if self.disk_full:
+                        raise OSError(errno.ENOSPC, "No space left on device")
+                    save(state)
+                coord.store.save = save_unless_full  # type: ignore[method-assign]
+                return coord
             except (zmq.ZMQError, OSError) as e:
                 if e.errno != errno.EADDRINUSE or attempt == PORT_ATTEMPTS - 1:
                     raise
@@ -98,16 +111,25 @@ class Sim:
 
     # -- the brokers' signs of life --------------------------------------------------------
     def heartbeat(self, b: Broker) -> None:
-        self.coord._on_heartbeat(wire.encode_heartbeat(wire.Heartbeat(
+        self.handled(self.coord._on_heartbeat, wire.encode_heartbeat(wire.Heartbeat(
             f"broker-{b.bid}", "broker", 4242, self.coord.clock.wall_ms(), broker_id=b.bid,
             incarnation=b.incarnation, cluster_id=self.coord.state.cluster_id)))
-        self.after_coordinator_step()
 
     def register(self, b: Broker) -> None:
-        self.coord._on_register(request(P.BROKER_REGISTER, broker_id=b.bid, incarnation=b.incarnation,
-                                        cluster_id=self.coord.state.cluster_id))
-        b.registered = True
-        self.after_coordinator_step()
+        """The broker's registration; one that fails (a full disk) is asked again later."""
+        b.registered = self.handled(self.coord._on_register, request(
+            P.BROKER_REGISTER, broker_id=b.bid, incarnation=b.incarnation, cluster_id=self.coord.state.cluster_id))
+
+    def handled(self, handler: Callable[[Any], Any], arg: Any) -> bool:
+        """``handler(arg)`` as the reactor runs it: a LoomError (the state could not be stored)
+        is logged and the coordinator runs on. True if it succeeded."""
+        try:
+            handler(arg)
+            return True
+        except LoomError:
+            return False
+        finally:
+            self.after_coordinator_step()
 
     def tick(self) -> None:
         self.clock_ms += PASS_MS
@@ -117,8 +139,7 @@ class Sim:
                 self.heartbeat(b)
             if b.heard and not b.registered and self.rng.random() < 0.3:
                 self.register(b)
-        self.coord._check_liveness()
-        self.after_coordinator_step()
+        self.handled(lambda _: self.coord._check_liveness(), None)
 
     # -- data ---------------------------------------------------------------------------------
     def produce(self, p: int) -> None:
@@ -150,11 +171,11 @@ class Sim:
                 isr.discard(f.bid)
         if isr == set(ps.isr):
             return
-        reply = self.coord._on_alter_isr(request(P.ALTER_ISR, broker_id=leader.bid, incarnation=leader.incarnation, parts=[
-            {"topic": "t", "partition": p, "leader_epoch": ps.leader_epoch, "partition_epoch": ps.partition_epoch,
-             "isr": sorted(isr)}]))
-        self.log.append(f"alter_isr t-{p} {sorted(isr)} -> {reply['parts'][0]['error']}")
-        self.after_coordinator_step()
+        ok = self.handled(self.coord._on_alter_isr, request(
+            P.ALTER_ISR, broker_id=leader.bid, incarnation=leader.incarnation, parts=[
+                {"topic": "t", "partition": p, "leader_epoch": ps.leader_epoch, "partition_epoch": ps.partition_epoch,
+                 "isr": sorted(isr)}]))
+        self.log.append(f"alter_isr t-{p} {sorted(isr)} -> {list(self.coord.state.topics['t'].partitions[p].isr) if ok else 'not stored'}")
 
     # -- the checks -------------------------------------------------------------------------------
     def after_coordinator_step(self) -> None:
@@ -202,6 +223,15 @@ class Sim:
         elif r < 0.17 and b.running:
             b.paused = not b.paused
             self.log.append(f"broker {b.bid} {'paused' if b.paused else 'resumed'}")
+        elif r < 0.19:
+            self.disk_full = not self.disk_full
+            self.log.append(f"coordinator disk {'full' if self.disk_full else 'freed'}")
+        elif r < 0.20:
+            stalled_ms = self.rng.randrange(PASS_MS, 2 * self.coord.config.liveness.session_timeout_ms)
+            self.log.append(f"coordinator stalls {stalled_ms} ms")
+            self.clock_ms += stalled_ms
+            self.coord.clock.advance(stalled_ms)  # type: ignore[attr-defined]
+            self.tick()
         elif r < 0.45:
             self.produce(self.rng.randrange(PARTITIONS))
         elif r < 0.60:
@@ -210,6 +240,7 @@ class Sim:
             self.tick()
 
     def heal(self) -> None:
+        self.disk_full = False
         for b in self.brokers.values():
             if not b.running:
                 b.running, b.process = True, b.process + 1
