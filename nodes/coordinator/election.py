@@ -7,14 +7,21 @@ one push) if there were any.
 The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.election.enable``):
 
 - A broker dies: every partition it led gets a new leader, the first of its replicas (in
-  replica order) that is in the live part of the ISR, and the ISR becomes that live part. With
-  no live ISR member the partition goes offline (leader -1) and keeps its ISR, so that the
+  replica order) that is in the electable part of the ISR, and the ISR becomes its live part. With
+  no electable ISR member the partition goes offline (leader -1) and keeps its ISR, so that the
   brokers that have the data stay known -- unless unclean election is on, which takes the first
-  live replica and makes it the whole ISR (acknowledged records may be lost). A partition it
-  followed in the ISR loses every dead broker from its ISR, unless none would be left.
-- A broker comes back: every offline partition it is a replica of is elected again by the same
-  rule (so it gets a leader once a member of its ISR is alive, or any replica with unclean
-  election on).
+  electable replica and makes it the whole ISR (acknowledged records may be lost). A partition
+  it followed in the ISR loses every dead broker from its ISR, unless none would be left.
+- Alive and electable: ``alive`` are the brokers that may run, ``electable`` (a part of them,
+  all of them unless given) those a leader is chosen among. A restarted coordinator takes
+  every broker for alive for one session before it has heard it (nodes/coordinator/node.py
+  ``_electable``): such a broker is not elected, but it may run and hold every acknowledged
+  record, so it stays in the ISRs (the leader in its own; an elected leader's too: else that
+  leader's own restart found itself the last in-sync replica) and the dead broker leaves them
+  -- the partition it led goes offline with the ISR members that may run, to be elected when
+  heard, rather than keep the dead broker, which elected alone when it comes back would lose
+  what they hold (a restarted process may have lost its unflushed tail) -- and no unclean
+  election is made while an ISR member may run. The last such member's death then makes it.
 - Unclean election is on for a topic when its config ``unclean.leader.election.enable`` says so,
   or, where it does not set it, when the cluster's ``unclean_leader_election`` does (the
   ``unclean_allowed`` given), as Kafka's topic config overrides its broker default.
@@ -67,29 +74,40 @@ def _unclean_allowed(topic: TopicState, cluster_default: bool) -> bool:
 
 
 def elect(topic: str, partition: int, ps: PartitionState, alive: AbstractSet[int],
-          unclean_allowed: bool) -> PartitionChange | None:
-    """A new leader for ``ps`` from its live ISR (or, if allowed, any live replica); offline if
-    there is none. None if nothing changes (it is offline already and stays so)."""
-    live_isr = tuple(b for b in ps.isr if b in alive)
-    if live_isr:
-        leader = next((r for r in ps.replicas if r in live_isr), live_isr[0])
-        return PartitionChange(topic, partition, ELECTED, leader, ps.leader_epoch + 1, live_isr)
-    live = [r for r in ps.replicas if r in alive]
-    if unclean_allowed and live:
-        return PartitionChange(topic, partition, UNCLEAN, live[0], ps.leader_epoch + 1, (live[0],))
-    if ps.leader < 0:
-        return None
-    return PartitionChange(topic, partition, OFFLINE, -1, ps.leader_epoch + 1, tuple(ps.isr))
+          unclean_allowed: bool, electable: AbstractSet[int] | None = None) -> PartitionChange | None:
+    """A new leader for ``ps`` from its electable ISR (or, if allowed and no ISR member is
+    alive, any electable replica); offline if there is none, with the ISR members that are
+    alive (all of it if none is). None if nothing changes (it is offline already and stays so,
+    its ISR too)."""
+    electable = alive if electable is None else electable
+    candidates = tuple(b for b in ps.isr if b in electable)
+    isr = tuple(b for b in ps.isr if b in alive)  # with those not heard yet: they may hold what the leader lacks later
+    if candidates:
+        leader = next((r for r in ps.replicas if r in candidates), candidates[0])
+        return PartitionChange(topic, partition, ELECTED, leader, ps.leader_epoch + 1, isr)
+    if not isr:
+        live = [r for r in ps.replicas if r in electable]
+        if unclean_allowed and live:
+            return PartitionChange(topic, partition, UNCLEAN, live[0], ps.leader_epoch + 1, (live[0],))
+        isr = tuple(ps.isr)
+    if ps.leader >= 0:
+        return PartitionChange(topic, partition, OFFLINE, -1, ps.leader_epoch + 1, isr)
+    if isr != tuple(ps.isr):
+        return PartitionChange(topic, partition, ISR_SHRUNK, -1, ps.leader_epoch, isr)
+    return None
 
 
 def on_broker_down(topics: Mapping[str, TopicState], broker_id: int, alive: AbstractSet[int],
-                   unclean_allowed: bool) -> list[PartitionChange]:
+                   unclean_allowed: bool, electable: AbstractSet[int] | None = None) -> list[PartitionChange]:
     """The changes once ``broker_id`` is dead (``alive`` no longer holds it); ``unclean_allowed``:
-    the cluster's default, for topics that do not set ``unclean.leader.election.enable``."""
+    the cluster's default, for topics that do not set ``unclean.leader.election.enable``;
+    ``electable``: the part of ``alive`` a leader is chosen among (all of it by default)."""
     out = []
     for name, i, ps in _partitions(topics):
-        if ps.leader == broker_id:
-            change = elect(name, i, ps, alive, _unclean_allowed(topics[name], unclean_allowed))
+        if ps.leader == broker_id or (ps.leader < 0 and broker_id in ps.isr):
+            # an offline partition's ISR: the dead broker leaves it if a member that may run
+            # stays; the last one's death is what an unclean election waited for
+            change = elect(name, i, ps, alive, _unclean_allowed(topics[name], unclean_allowed), electable)
             if change is not None:
                 out.append(change)
         elif broker_id in ps.isr:
@@ -100,16 +118,17 @@ def on_broker_down(topics: Mapping[str, TopicState], broker_id: int, alive: Abst
 
 
 def on_broker_up(topics: Mapping[str, TopicState], broker_id: int, alive: AbstractSet[int],
-                 unclean_allowed: bool) -> list[PartitionChange]:
-    """The changes once ``broker_id`` is alive again (``alive`` holds it): offline partitions
-    it is a replica of get a leader if one can be elected."""
+                 unclean_allowed: bool, electable: AbstractSet[int] | None = None) -> list[PartitionChange]:
+    """The changes once ``broker_id`` is alive again (``alive`` holds it), or electable for the
+    first time: offline partitions it is a replica of get a leader if one can be elected."""
+    electable = alive if electable is None else electable
     out = []
     for name, i, ps in _partitions(topics):
         if ps.leader >= 0 or broker_id not in ps.replicas:
             continue
         unclean = _unclean_allowed(topics[name], unclean_allowed)
-        if any(b in alive for b in ps.isr) or unclean:
-            change = elect(name, i, ps, alive, unclean)
+        if any(b in electable for b in ps.isr) or unclean:
+            change = elect(name, i, ps, alive, unclean, electable)
             if change is not None:
                 out.append(change)
     return out

@@ -337,6 +337,7 @@ class Coordinator(TopicAdminMixin, Node):
             self.counters["replaced_process_heartbeats"] += 1
             return
         if known != incarnation:
+            was_alive = bid in self.alive
             self.state.incarnations[bid] = incarnation
             if directory is not None:
                 self.state.directories[bid] = directory
@@ -357,11 +358,18 @@ class Coordinator(TopicAdminMixin, Node):
                 self._fenced.update((name, i) for name, topic in self.state.topics.items()
                                     for i, ps in enumerate(topic.partitions) if bid in ps.replicas)
                 self.alive.discard(bid)
-                self._on_broker_down(bid)
-            # also a first process: the metadata names it from now on (a leader takes a report
-            # naming a process the metadata showed replaced for stale), with the fencing still
-            # owed for the partitions its being down changed nothing in
-            self.commit()
+            try:
+                if known is not None:
+                    self._on_broker_down(bid)
+                # also a first process: the metadata names it from now on (a leader takes a
+                # report naming a process the metadata showed replaced for stale), with the
+                # fencing still owed for the partitions its being down changed nothing in
+                self.commit()
+            except LoomError:
+                if was_alive and bid not in self.alive and self.state.incarnations.get(bid) == known:
+                    # nothing stored: the old process leads as before, judged by its silence
+                    self.alive.add(bid)
+                raise
         elif directory is not None and self.state.directories.get(bid) != directory:
             self.state.directories[bid] = directory  # a state from before directory ids: stored with the next commit
         self._seen(bid)
@@ -430,22 +438,27 @@ class Coordinator(TopicAdminMixin, Node):
 
     def _on_broker_down(self, bid: int) -> None:
         """``bid`` is dead (no longer in ``alive``): re-elect what it led (``_electable``), shrink
-        ISRs it was in (to their electable part)."""
-        self._apply_changes(election.on_broker_down(self.state.topics, bid, self._electable(),
-                                                    self.config.replication.unclean_leader_election))
+        ISRs it was in (to their alive part: a broker alive by the start's grace only may hold
+        every acknowledged record, and a leader stays in its own ISR)."""
+        self._apply_changes(election.on_broker_down(self.state.topics, bid, self.alive,
+                                                    self.config.replication.unclean_leader_election,
+                                                    self._electable()))
 
     def _on_broker_up(self, bid: int) -> None:
         """``bid`` is alive again, or heard for the first time since our start: offline
         partitions it is a replica of may get a leader (``_electable``)."""
-        self._apply_changes(election.on_broker_up(self.state.topics, bid, self._electable(),
-                                                  self.config.replication.unclean_leader_election))
+        self._apply_changes(election.on_broker_up(self.state.topics, bid, self.alive,
+                                                  self.config.replication.unclean_leader_election,
+                                                  self._electable()))
 
     def _electable(self) -> set[int]:
         """The brokers a leader may be chosen among: alive and heard by this process -- not one
         alive by the start's grace only, of which nothing says yet that it runs (elected, it led
         nothing until its session ran out, and a preferred one took leadership away from a
         broker that runs). Each is heard within a heartbeat of our start if it runs; its first
-        sign of life elects what waited for it (``_seen``)."""
+        sign of life elects what waited for it (``_seen``). Until then it may run and hold what
+        was acknowledged: it stays in the ISRs, and neither a broker restarted meanwhile nor an
+        unclean election is put past it (nodes/coordinator/election.py)."""
         return self.alive & self.heard
 
     def _apply_changes(self, changes: list[election.PartitionChange]) -> None:

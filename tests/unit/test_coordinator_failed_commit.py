@@ -122,3 +122,37 @@ def test_a_return_that_failed_to_store_is_tried_again(tmp_path: Path) -> None:
         assert (ps.leader, ps.leader_epoch) == (1, 5), "the returning broker's partition stayed offline"
     finally:
         coord.close()
+
+
+def test_a_restart_that_failed_to_store_leaves_the_broker_judged_by_its_silence(tmp_path: Path) -> None:
+    """Broker 1's new process is heard (a restart: down, then up) while the disk is full: the
+    restart is not stored, the state still names the old process as the leader. Its new
+    process then dies too: the coordinator must find it silent and re-elect its partition (it
+    had taken the broker out of ``alive`` for the down and never put it back: no verdict ever
+    came, the partition was led by a dead broker for good)."""
+    config = load_config(make_config(tmp_path, 3, engine="memory"))
+    clock = ManualClock(start_ms=1_000_000)
+    coord = Coordinator(config, "coordinator", clock=clock)
+    try:
+        coord.state.topics["t"] = TopicState([PartitionState(1, 0, [1, 2, 3], [1, 2, 3])], {})
+        for bid in (1, 2, 3):
+            coord._observe_incarnation(bid, f"p-{bid}")
+        save = coord.store.save
+
+        def disk_full(state) -> None:  # noqa: ANN001
+            raise OSError(errno.ENOSPC, "No space left on device")
+        coord.store.save = disk_full  # type: ignore[method-assign]
+        try:
+            coord._observe_incarnation(1, "p-1-new")
+        except LoomError:
+            pass
+        assert coord.store.load().incarnations[1] == "p-1"
+        coord.store.save = save  # type: ignore[method-assign]
+        for _ in range(2 * config.liveness.session_timeout_ms // PASS_MS):  # broker 1 is silent
+            clock.advance(PASS_MS)
+            coord._seen(2), coord._seen(3)
+            coord.reactor.run_once(0)
+        ps = coord.state.topics["t"].partitions[0]
+        assert ps.leader == 2 and 1 not in ps.isr, (ps.leader, ps.isr)
+    finally:
+        coord.close()

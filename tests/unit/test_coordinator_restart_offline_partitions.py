@@ -75,9 +75,10 @@ def _leaders(coord: Coordinator) -> list[int]:
 def test_offline_partitions_get_leaders_when_their_paused_brokers_are_heard_again(restarted: Coordinator) -> None:
     for bid in INCARNATIONS:  # the same processes, resumed: each one's first heartbeat elects
         _heartbeat(restarted, bid)  # what it is the first heard in-sync replica of
-    # the ISRs' heard part (the others grow back through the leaders once they fetch)
+    # the ISRs keep the brokers not heard yet when each was elected: they may hold what the
+    # leader lacks after a restart of its own
     stored = restarted.store.load().topics["t"].partitions
-    assert [(ps.leader, ps.isr) for ps in stored] == [(1, [1]), (2, [2]), (3, [3])]
+    assert [(ps.leader, ps.isr) for ps in stored] == [(1, [1, 2, 3]), (2, [2, 3]), (3, [3])]
     assert _leaders(restarted) == [1, 2, 3]
     assert restarted.metadata().partition("t", 0).leader == 1  # type: ignore[union-attr]
 
@@ -86,7 +87,7 @@ def test_a_broker_alive_only_by_the_restart_grace_is_not_elected(restarted: Coor
     """Until a broker is heard, the restarted coordinator has no sign that it runs: an offline
     partition's leader comes from the in-sync replicas it heard."""
     _heartbeat(restarted, 3)
-    assert [(ps.leader, ps.isr) for ps in restarted.state.topics["t"].partitions] == [(3, [3]), (3, [3]), (3, [3])]
+    assert [(ps.leader, ps.isr) for ps in restarted.state.topics["t"].partitions] == [(3, [1, 2, 3]), (3, [2, 3]), (3, [3])]
     _heartbeat(restarted, 1)  # nothing left offline: the leaders stay (the ISRs grow back through them)
     assert _leaders(restarted) == [3, 3, 3]
 
@@ -135,3 +136,136 @@ def test_leadership_does_not_move_to_a_preferred_replica_not_yet_heard(restarted
     _heartbeat(coord, 1)
     coord._restore_preferred_leaders()
     assert _leaders(coord) == [2, 1]
+
+
+# -- what the grace must not cost: acknowledged records (a restarted broker, unclean election)
+# and the leader's place in its ISR. Brokers alive by the grace only are not elected, but they
+# may run and hold everything acknowledged: a broker restarted since (a new process, maybe
+# without its unflushed tail) is not elected past them, nor a replica outside the ISR.
+
+def _restarted_over(tmp_path: Path, *partitions: PartitionState, configs: dict | None = None) -> Coordinator:
+    """A coordinator that stored topic ``t`` of ``partitions`` (every broker's process as in
+    INCARNATIONS), restarted: it has heard no broker yet."""
+    coord = _coordinator(tmp_path)
+    try:
+        coord.state.topics["t"] = TopicState(list(partitions), dict(configs or {}))
+        coord.state.incarnations.update(INCARNATIONS)
+        coord.commit()
+    finally:
+        coord.close()
+    return _coordinator(tmp_path)
+
+
+def test_a_broker_restarted_while_the_coordinator_was_down_is_not_elected_past_the_isr_it_may_lack(tmp_path: Path) -> None:
+    """Broker 1 restarted (a new process: it may have lost an unflushed tail that brokers 2 and
+    3, in the ISR, acknowledged) and registers before their heartbeats reach the restarted
+    coordinator. It leaves the ISRs as on any restart; the partition it led waits for 2 or 3
+    instead of being given to it alone (then 2 and 3 truncate to its log: acknowledged records
+    lost)."""
+    coord = _restarted_over(tmp_path, PartitionState(1, 0, [1, 2, 3], [1, 2, 3]), PartitionState(2, 0, [2, 1, 3], [1, 2, 3]))
+    try:
+        coord._on_register(request(P.BROKER_REGISTER, broker_id=1, incarnation="p-1-new",
+                                   cluster_id=coord.state.cluster_id))
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(-1, [2, 3]), (2, [2, 3])]
+        _heartbeat(coord, 3)
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(3, [2, 3]), (2, [2, 3])]
+    finally:
+        coord.close()
+
+
+def test_a_restarted_follower_heard_first_leaves_the_isr_and_is_not_elected_when_the_leader_dies(tmp_path: Path) -> None:
+    coord = _restarted_over(tmp_path, PartitionState(2, 0, [2, 1, 3], [1, 2, 3]))
+    try:
+        coord._on_register(request(P.BROKER_REGISTER, broker_id=1, incarnation="p-1-new",
+                                   cluster_id=coord.state.cluster_id))
+        _heartbeat(coord, 2)
+        coord.alive.discard(2)  # the leader crashes before broker 3 (alive by the grace) is heard
+        coord._on_broker_down(2)
+        (ps,) = coord.state.topics["t"].partitions
+        assert ps.leader != 1 and 1 not in ps.isr, (ps.leader, ps.isr)
+    finally:
+        coord.close()
+
+
+def test_the_grace_does_not_drop_the_leader_from_its_own_isr(tmp_path: Path) -> None:
+    """The leader, broker 1, is not yet heard (alive by the grace); a follower dies: the ISR
+    keeps the leader (an ISR without its leader is one no ALTER_ISR may produce)."""
+    coord = _restarted_over(tmp_path, PartitionState(1, 0, [1, 2, 3], [1, 2, 3]))
+    try:
+        _heartbeat(coord, 2)
+        _heartbeat(coord, 3)
+        coord.alive.discard(3)
+        coord._on_broker_down(3)
+        (ps,) = coord.state.topics["t"].partitions
+        assert (ps.leader, ps.isr) == (1, [1, 2])
+    finally:
+        coord.close()
+
+
+UNCLEAN = {"unclean.leader.election.enable": True}
+
+
+def test_no_unclean_election_while_an_in_sync_replica_may_run(tmp_path: Path) -> None:
+    """An offline partition whose only in-sync replica, broker 1, is alive by the grace: the
+    first heard replica outside the ISR is not elected uncleanly (broker 1, heard next, holds
+    every acknowledged record) -- but it is once broker 1 has been silent for its session."""
+    coord = _restarted_over(tmp_path, PartitionState(-1, 3, [1, 2, 3], [1]), PartitionState(-1, 3, [1, 2, 3], [1]),
+                            configs=UNCLEAN)
+    try:
+        _heartbeat(coord, 2)
+        assert _leaders(coord) == [-1, -1]
+        _heartbeat(coord, 1)
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(1, [1]), (1, [1])]
+    finally:
+        coord.close()
+
+
+def test_an_unclean_election_waits_out_the_grace_of_the_in_sync_replica(tmp_path: Path) -> None:
+    coord = _restarted_over(tmp_path, PartitionState(-1, 3, [1, 2, 3], [1]), configs=UNCLEAN)
+    try:
+        _heartbeat(coord, 2)
+        assert _leaders(coord) == [-1]
+        for _ in range(coord.config.liveness.session_timeout_ms // PASS_MS + 1):  # broker 1 never heard
+            coord.clock.advance(PASS_MS)  # type: ignore[attr-defined]
+            _heartbeat(coord, 2)
+            _heartbeat(coord, 3)
+            coord._check_liveness()
+        assert coord.alive == {2, 3}
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(2, [2])]
+    finally:
+        coord.close()
+
+
+def test_a_leaders_death_in_the_grace_is_no_unclean_election_past_an_in_sync_replica(tmp_path: Path) -> None:
+    coord = _restarted_over(tmp_path, PartitionState(2, 3, [2, 3, 1], [1, 2]), configs=UNCLEAN)
+    try:
+        _heartbeat(coord, 2)
+        _heartbeat(coord, 3)
+        coord.alive.discard(2)
+        coord._on_broker_down(2)  # broker 1, in sync, is alive by the grace: the partition waits for it
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(-1, [1])]
+        _heartbeat(coord, 1)
+        assert _leaders(coord) == [1]
+    finally:
+        coord.close()
+
+
+def test_an_election_in_the_grace_keeps_the_in_sync_replicas_not_yet_heard(tmp_path: Path) -> None:
+    """Broker 1 (the leader) and then broker 2 restarted while the coordinator was down; broker 3,
+    in sync, is not heard yet (paused a moment). The election after broker 1's restart goes to
+    broker 2 (heard: its old process's heartbeat), and must keep broker 3 in the ISR: dropped
+    from it, broker 2's own restart then found itself the last in-sync replica and was elected
+    alone with an empty log (broker 3's acknowledged records lost when it follows)."""
+    coord = _restarted_over(tmp_path, PartitionState(1, 0, [1, 2, 3], [1, 2, 3]))
+    try:
+        _heartbeat(coord, 2)
+        coord._on_register(request(P.BROKER_REGISTER, broker_id=1, incarnation="p-1-new",
+                                   cluster_id=coord.state.cluster_id))
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(2, [2, 3])]
+        coord._on_register(request(P.BROKER_REGISTER, broker_id=2, incarnation="p-2-new",
+                                   cluster_id=coord.state.cluster_id))
+        assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(-1, [3])]
+        _heartbeat(coord, 3)
+        assert _leaders(coord) == [3]
+    finally:
+        coord.close()
