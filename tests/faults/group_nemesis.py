@@ -71,7 +71,13 @@ lost, so the checks change:
   where (and only where) an unclean election of the partition came before (for the last two,
   between the two observations, or up to 30 s before the first: a commit of a position read
   before the election) -- a member moved back commits below what was committed on the log
-  before. The other checks are unchanged.
+  before;
+- a committed offset past the final log end: excused where it was committed on records an unclean
+  election then lost -- an unclean election of the partition after the offset was first seen (or up
+  to 30 s before: a commit in flight across it lands after it), and after that election a replica
+  whose log held the offset cut under it (its truncation in the brokers' logs); the log may grow
+  back less than it lost before the run ends. A commit past every replica's log end, or with no
+  unclean election after it, is still reported. The other checks are unchanged.
 
 Every process is stopped by its pid at the end; the seed is printed for reproduction. Exit
 status 0: no violation; 1: violations (printed); 2: the run itself could not complete.
@@ -528,12 +534,13 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False, sm
         committed = explicit_reset(cluster, groups, rng, nemesis, violations) or committed
         events = members.events()
         (directory / "commit_samples.json").write_text(json.dumps(observer.samples))
-        unclean_at, truncations = read_unclean_evidence(cluster, TOPIC) if unclean else (None, 0)
+        unclean_at, cuts = read_unclean_evidence(cluster, TOPIC) if unclean else (None, None)
         events += check_fresh_member(cluster.bootstrap, committed, final_ends, violations, unclean_at)
         report = {"seed": seed, "faults": len(nemesis.history), "acknowledged": len(workload.acked),
                   "member_events": len(events)}
         if unclean_at is not None:
             elections = sum(len(ts) for ts in unclean_at.values())
+            truncations = sum(len(found) for found in (cuts or {}).values())
             print(f"  unclean elections of {TOPIC}: {elections} (by partition "
                   f"{ {p: len(ts) for p, ts in sorted(unclean_at.items())} }), truncations of its replicas: "
                   f"{truncations}", flush=True)
@@ -547,7 +554,7 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False, sm
         report.update(check_sessions(events, violations, unclean_at))
         report.update(check_acked_commits(events, violations, unclean_at=unclean_at))
         report.update(check_assignment_starts(events, observer.samples, violations, unclean_at=unclean_at))
-        report.update(check_commits(observer.samples, final_ends, violations, unclean_at))
+        report.update(check_commits(observer.samples, final_ends, violations, unclean_at, cuts))
         violations += [f"node log with a Traceback: {t}" for t in tracebacks(cluster)]
         for out in sorted(mdir.glob("*.out")):
             text = out.read_text(errors="replace")

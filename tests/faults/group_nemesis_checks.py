@@ -12,7 +12,10 @@ coordinator's log by ``unclean_elections``; None in the normal mode, whose check
 they were): an unclean election loses acknowledged records and writes other records at their
 offsets, so what must still hold is judged against the final log -- ``check_final_log_delivered``
 in place of ``check_deliveries`` and ``check_delivered_in_log`` -- and what the election moves
-back is excused only where one happened (see each check).
+back is excused only where one happened (see each check). ``check_commits`` also takes the
+truncations of the partitions' replicas (``cuts``: partition -> (wall time, log end, offset cut
+to), read from the brokers' logs by ``truncations``): a committed offset past the final log end
+is excused only where a replica that held it was cut under it after such an election.
 """
 
 from __future__ import annotations
@@ -24,10 +27,18 @@ from typing import Iterator
 
 UNCLEAN_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \S+ \S+: (\S+)-(\d+): UNCLEAN election of broker",
                           re.MULTILINE)
+# nodes/broker/partition_follower.py's warning as a replica cuts its log to the leader's
+TRUNCATION_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \S+ \S+: (\S+)-(\d+): truncating from (\d+) "
+                             r"to (\d+)$", re.MULTILINE)
 MARGIN_S = 1.0  # the journal's, the observer's and the log's clocks are one, but each writes a little late
 # unclean mode: how long after an election a commit may still be of a position read before it (a
 # member that was stopped, stalled or not fetching): one going back is excused this far back
 STALE_POSITION_S = 30.0
+
+
+def _wall_s(m: re.Match) -> float:
+    """The wall time (seconds since the epoch) of a log line ``m`` matched (groups 1 and 2)."""
+    return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
 
 
 def unclean_elections(coordinator_log: str, topic: str) -> dict[int, list[float]]:
@@ -36,8 +47,17 @@ def unclean_elections(coordinator_log: str, topic: str) -> dict[int, list[float]
     out: dict[int, list[float]] = defaultdict(list)
     for m in UNCLEAN_LINE.finditer(coordinator_log):
         if m.group(3) == topic:
-            t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
-            out[int(m.group(4))].append(t)
+            out[int(m.group(4))].append(_wall_s(m))
+    return dict(out)
+
+
+def truncations(broker_log: str, topic: str) -> dict[int, list[tuple[float, int, int]]]:
+    """partition -> (wall time, log end before, offset cut to) of every truncation of a replica of
+    ``topic``'s partitions that ``broker_log`` (nodes.broker.partition_follower's warnings) tells of."""
+    out: dict[int, list[tuple[float, int, int]]] = defaultdict(list)
+    for m in TRUNCATION_LINE.finditer(broker_log):
+        if m.group(3) == topic:
+            out[int(m.group(4))].append((_wall_s(m), int(m.group(5)), int(m.group(6))))
     return dict(out)
 
 
@@ -122,17 +142,41 @@ def check_sessions(events: list[dict], violations: list[str], unclean_at: dict[i
     return report
 
 
+def _cut_under(unclean_at: dict[int, list[float]] | None, cuts: dict[int, list[tuple[float, int, int]]] | None,
+               p: int, offset: int, seen: float) -> bool:
+    """An unclean election of ``p`` after ``seen`` (less STALE_POSITION_S: a commit seen then may be
+    of a position read before it, or its append may have been in flight across it), and after that
+    election a replica of ``p`` whose log held ``offset`` (its log end at or past it) cut under it."""
+    if unclean_at is None or cuts is None:
+        return False
+    return any(u > seen - STALE_POSITION_S - MARGIN_S and t > u - MARGIN_S and end >= offset > to
+               for u in unclean_at.get(p, ()) for t, end, to in cuts.get(p, ()))
+
+
 def check_commits(samples: list, final_ends: dict[int, int], violations: list[str],
-                  unclean_at: dict[int, list[float]] | None = None) -> dict:
+                  unclean_at: dict[int, list[float]] | None = None,
+                  cuts: dict[int, list[tuple[float, int, int]]] | None = None) -> dict:
     """Committed offsets never go back nor past the final log end. Unclean mode: going back is
     excused where an unclean election of the partition happened between the two samples, or up
     to STALE_POSITION_S before the higher one -- a member moved back at the divergence commits
     below what it (or the group) committed on the log before, and that commit may be of a
-    position read before the election (counted: ``commits_back_at_an_unclean_election``)."""
+    position read before the election (counted: ``commits_back_at_an_unclean_election``). Past
+    the final log end is excused where the offset was committed on records the election then
+    lost: an unclean election of the partition came after the offset was first seen (less
+    STALE_POSITION_S), and after it a replica whose log held the offset was cut under it
+    (``cuts``: partition -> (wall time, log end, offset cut to), from ``truncations``; counted
+    once per offset: ``commits_cut_by_an_unclean_election``) -- the log may grow back less than
+    it lost before the run ends. A commit past every replica's log end, or cut under with no
+    unclean election after it (a clean election loses no committed record), is still a
+    violation."""
     best: dict[int, tuple[int, float]] = {}
+    since: dict[int, tuple[int, float]] = {}  # partition -> (committed offset, when first seen so)
     above_end = back = 0
+    cut: set[tuple[int, int]] = set()
     for t, committed, ends in samples:
         for p, off in committed.items():
+            if p not in since or since[p][0] != off:
+                since[p] = (off, t)
             if p in best and off < best[p][0] and _unclean_between(unclean_at, p, best[p][1] - STALE_POSITION_S, t):
                 back += 1
                 best[p] = (off, t)
@@ -142,13 +186,16 @@ def check_commits(samples: list, final_ends: dict[int, int], violations: list[st
                                   f"(seen {time.strftime('%H:%M:%S', time.localtime(t))})")
             if p not in best or off > best[p][0]:
                 best[p] = (off, t)
-            if off > final_ends.get(p, 0):
+            if off > final_ends.get(p, 0) and _cut_under(unclean_at, cuts, p, off, since[p][1]):
+                cut.add((p, off))
+            elif off > final_ends.get(p, 0):
                 violations.append(f"committed offset {off} of partition {p} beyond its final log end {final_ends.get(p)}")
             elif p in ends and off > ends[p]:
                 above_end += 1  # a log end read from a leader whose HW lags: noted, not a violation
     report = {"commit_samples": len(samples), "committed_above_observed_end": above_end}
     if unclean_at is not None:
         report["commits_back_at_an_unclean_election"] = back
+        report["commits_cut_by_an_unclean_election"] = len(cut)
     return report
 
 

@@ -7,17 +7,15 @@ mode), and the evidence in the node logs that they happened. The topic must allo
 from __future__ import annotations
 
 import random
-import re
 import signal
+from collections import defaultdict
 from typing import Callable
 
 from fabric.client import Admin
 from fabric.metadata import PartitionInfo
-from tests.faults.group_nemesis_checks import unclean_elections
+from tests.faults.group_nemesis_checks import truncations, unclean_elections
 from tests.harness import Cluster, wait_until
 
-# nodes/broker/partition_follower.py's warning as a replica cuts its log to the leader's
-TRUNCATION_LINE = re.compile(r"(\S+)-\d+: truncating from (\d+) to (\d+)")
 WAIT_S = 45  # each step's bound: a concurrent fault (the coordinator stopped) may slow it
 
 
@@ -91,12 +89,14 @@ def _wait_partitions(bootstrap: str, topic: str, ok: Callable[[PartitionInfo], b
         return False
 
 
-def read_unclean_evidence(cluster: Cluster, topic: str) -> tuple[dict[int, list[float]], int]:
-    """(partition -> times of ``topic``'s unclean elections, from the coordinator's log; the
-    count of truncations of its replicas that cut records, from the brokers' logs)."""
+def read_unclean_evidence(cluster: Cluster, topic: str) -> tuple[dict[int, list[float]],
+                                                                dict[int, list[tuple[float, int, int]]]]:
+    """(partition -> times of ``topic``'s unclean elections, from the coordinator's log;
+    partition -> (time, log end, offset cut to) of the truncations of its replicas that cut
+    records, from the brokers' logs)."""
     unclean_at = unclean_elections((cluster.log_dir / "coordinator.log").read_text(errors="replace"), topic)
-    truncations = 0
+    cuts: dict[int, list[tuple[float, int, int]]] = defaultdict(list)
     for b in cluster.broker_names():
-        for t, end, to in TRUNCATION_LINE.findall((cluster.log_dir / f"{b}.log").read_text(errors="replace")):
-            truncations += t == topic and int(end) > int(to)
-    return unclean_at, truncations
+        for p, found in truncations((cluster.log_dir / f"{b}.log").read_text(errors="replace"), topic).items():
+            cuts[p] += [(t, end, to) for t, end, to in found if end > to]
+    return unclean_at, dict(cuts)

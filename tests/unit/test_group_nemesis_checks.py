@@ -5,7 +5,8 @@ acknowledged one, a committed offset going back or past the log end, a record de
 final log does not hold there (a dirty read) -- is reported. In unclean mode (an unclean election
 truncated a log) a record of the final log that no one got is reported, and an acknowledged
 record the election lost, a member moving back at the divergence and its commit going back are
-not."""
+not, nor is a committed offset past the final log end that an unclean election after the commit
+cut a replica holding it under -- but one no replica held, or no unclean election came after, is."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 
 from tests.faults.group_nemesis_checks import (check_acked_commits, check_assignment_starts, check_commits,
                                                check_delivered_in_log, check_deliveries, check_final_log_delivered,
-                                               check_sessions, unclean_elections)
+                                               check_sessions, truncations, unclean_elections)
 
 
 def _recs(inc: str, seq: int, t: float, p: int, first: int, last: int) -> dict:
@@ -175,3 +176,65 @@ def test_unclean_elections_are_read_from_the_coordinators_log_with_their_times()
     got = unclean_elections(text, "my-topic")
     assert list(got) == [2] and len(got[2]) == 1
     assert abs(got[2][0] - (time.mktime(time.strptime("2026-12-05 23:10:05", "%Y-%m-%d %H:%M:%S")) + 0.25)) < 1e-6
+
+
+# The scripted unclean election as the nemesis's seed 129 ran it: the old leader, alone in the ISR,
+# took records up to 195 that the stale replica (log end 40) lacks; the group read and committed up
+# to 180 on it (seen at 11.0), and a commit of 186 read there was in flight when the stale replica
+# was elected uncleanly (12.0): its append (the offsets partition offline meanwhile) landed after
+# it (seen at 17.0). The old leader came back and was cut from 195 to 40 (16.0); the member, sent
+# back there, committed 50 with the new epoch, and the log grew back only to 120 before the end.
+CUT_SAMPLES = [(10.0, {0: 100}, {0: 110}), (11.0, {0: 180}, {0: 190}), (17.0, {0: 186}, {0: 60}),
+               (18.0, {0: 50}, {0: 65}), (30.0, {0: 118}, {0: 120})]
+CUT_ENDS = {0: 120}
+CUT_UNCLEAN_AT = {0: [12.0]}
+CUT_TRUNCATIONS = {0: [(16.0, 195, 40), (16.1, 70, 40)]}  # partition -> (time, log end, cut to)
+
+
+def test_unclean_mode_passes_a_commit_past_the_final_log_end_that_an_unclean_election_cut_under() -> None:
+    violations: list[str] = []
+    report = check_commits(CUT_SAMPLES, CUT_ENDS, violations, CUT_UNCLEAN_AT, cuts=CUT_TRUNCATIONS)
+    assert violations == []
+    assert report["commits_cut_by_an_unclean_election"] == 2  # 180 and 186
+    assert report["commits_back_at_an_unclean_election"] == 1  # 186 -> 50
+
+
+def test_unclean_mode_still_reports_a_commit_past_the_final_log_end_that_no_unclean_election_cut_under() -> None:
+    """Past the final log end is excused only with both: an unclean election after the commit,
+    and a replica that held the committed offset cut under it after that election."""
+    def beyond(unclean_at: dict, cut: dict) -> list[str]:
+        violations: list[str] = []
+        check_commits(CUT_SAMPLES, CUT_ENDS, violations, unclean_at, cuts=cut)
+        return sorted({v for v in violations if "beyond its final log end" in v})
+    both = ["committed offset 180 of partition 0 beyond its final log end 120",
+            "committed offset 186 of partition 0 beyond its final log end 120"]
+    assert beyond({}, CUT_TRUNCATIONS) == both  # no unclean election at all
+    # seen up to STALE_POSITION_S (30 s) after the election, a commit may be of a position read before it:
+    # 180, seen 26 s after it, is excused; 186, seen 32 s after, is not; nor is any, 51 s after
+    assert beyond({0: [-15.0]}, CUT_TRUNCATIONS) == [both[1]]
+    assert beyond({0: [-40.0]}, CUT_TRUNCATIONS) == both
+    assert beyond({1: [12.0]}, CUT_TRUNCATIONS) == both  # another partition's
+    # no replica held 180 (the longest log ended at 170): accepted past every log end, not cut
+    assert beyond(CUT_UNCLEAN_AT, {0: [(16.0, 170, 40)]}) == both
+    assert beyond(CUT_UNCLEAN_AT, {0: [(16.0, 195, 150)]}) == []  # cut under 180, 186 (to 150): excused
+    assert beyond(CUT_UNCLEAN_AT, {0: [(16.0, 195, 182)]}) == [both[0]]  # cut above 180: not by it
+    assert beyond(CUT_UNCLEAN_AT, {0: [(8.0, 195, 40)]}) == both  # a cut before the election: not by it
+    assert beyond(CUT_UNCLEAN_AT, {}) == both  # no evidence of a cut
+    violations: list[str] = []
+    check_commits(CUT_SAMPLES, CUT_ENDS, violations, CUT_UNCLEAN_AT)  # no cuts given: none excused
+    assert sorted({v for v in violations if "beyond its final log end" in v}) == both
+
+
+def test_truncations_are_read_from_a_brokers_log_with_their_times() -> None:
+    text = ("2026-12-06 16:04:25,770 WARNING nodes.broker.partition_follower: my-topic-0: truncating from 5027 "
+            "to 3795\n"
+            "2026-12-06 16:04:25,785 WARNING nodes.broker.partition_follower: my-topic-3: truncating from 1826 "
+            "to 1826\n"
+            "2026-12-06 16:04:25,790 WARNING nodes.broker.partition_follower: __offsets-0: truncating from 9 to 4\n"
+            "2026-12-06 16:04:25,800 WARNING nodes.broker.partition_follower: my-topic-extra-1: truncating from "
+            "9 to 4\n")
+    got = truncations(text, "my-topic")
+    t0 = time.mktime(time.strptime("2026-12-06 16:04:25", "%Y-%m-%d %H:%M:%S"))
+    assert sorted(got) == [0, 3]
+    assert [(round(t - t0, 3), end, to) for t, end, to in got[0]] == [(0.77, 5027, 3795)]
+    assert [(end, to) for _, end, to in got[3]] == [(1826, 1826)]
