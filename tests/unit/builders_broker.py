@@ -68,7 +68,7 @@ def coordinator(tmp_path: Path, clock: ManualClock | None = None, heard: tuple[i
     """A coordinator of brokers 1-3 (memory engine) on ``tmp_path``'s data directory, on fresh
     ports each time (a closed ZeroMQ socket may hold its port a moment longer), on ``clock`` (a
     new ManualClock by default), that has heard ``heard`` -- as from their heartbeats in a
-    running cluster: each may be elected (``Coordinator._electable``); the others are alive by
+    running cluster: each may be elected (``Coordinator.electable``); the others are alive by
     its start's grace only. ``kw``: the Coordinator's. The caller closes it."""
     coord = Coordinator(load_config(make_config(tmp_path, 3, engine="memory")), "coordinator",
                         clock=clock or ManualClock(start_ms=1_000_000), **kw)

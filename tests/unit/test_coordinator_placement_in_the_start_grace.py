@@ -1,0 +1,92 @@
+"""Where a coordinator places new partitions in its start's grace (after a restart, or the first
+start of a cluster): every broker is alive for one session, but only those it has heard (a
+heartbeat, a registration) may lead (``Coordinator.electable``).
+
+A topic made then (CREATE_TOPIC, more partitions by ALTER_TOPIC, the offsets topic) gave the
+leadership of its partitions round-robin over every alive broker: a partition led by a broker
+not yet heard -- maybe dead -- took no write until that broker's session ran out. Leaders are
+now chosen among the heard brokers, the other replicas among the alive ones (a replication
+factor of 3 still fits on three brokers); with no broker heard yet, the partitions are made
+offline and elected as offline partitions are, when the first of their replicas is heard.
+
+Real ``Coordinator`` objects on a ManualClock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fabric import protocol as P
+from nodes.coordinator.node import Coordinator
+from nodes.coordinator.offsets_client import OFFSETS_TOPIC
+from nodes.coordinator.store import PartitionState
+from tests.unit.builders_broker import coordinator, heartbeat
+from tests.unit.fakes import request
+
+
+@pytest.fixture
+def starting(tmp_path: Path) -> Iterator[Coordinator]:
+    """A coordinator just started: brokers 1-3 alive by its grace, none heard yet."""
+    coord = coordinator(tmp_path, heard=())
+    try:
+        assert coord.alive == {1, 2, 3} and coord.heard == set()
+        yield coord
+    finally:
+        coord.close()
+
+
+def _create(coord: Coordinator, topic: str, partitions: int, rf: int) -> list[PartitionState]:
+    coord._on_create_topic(request(P.CREATE_TOPIC, topic=topic, partitions=partitions, replication_factor=rf))
+    return coord.state.topics[topic].partitions
+
+
+def _placed(partitions: list[PartitionState]) -> list[tuple[int, list[int], list[int]]]:
+    return [(ps.leader, ps.replicas, ps.isr) for ps in partitions]
+
+
+def test_a_topic_made_before_every_broker_is_heard_is_led_by_the_heard_brokers(starting: Coordinator) -> None:
+    heartbeat(starting, 2)
+    assert [ps.leader for ps in _create(starting, "one", 3, 1)] == [2, 2, 2]
+    # the other replicas go to brokers alive by the grace: RF 3 fits on three brokers, and the
+    # ISR keeps them (they may run; judged when heard or when their session runs out)
+    assert _placed(_create(starting, "three", 3, 3)) == [(2, [2, 3, 1], [2, 3, 1])] * 3
+    starting._on_alter_topic(request(P.ALTER_TOPIC, topic="one", partitions=5))
+    assert [ps.leader for ps in starting.state.topics["one"].partitions] == [2] * 5
+    stored = starting.store.load().topics["three"].partitions
+    assert [ps.leader for ps in stored] == [2, 2, 2]
+
+
+def test_with_every_broker_heard_the_leaders_are_spread_as_before(starting: Coordinator) -> None:
+    for bid in (1, 2, 3):
+        heartbeat(starting, bid)
+    assert _placed(_create(starting, "a", 3, 2)) == [(1, [1, 2], [1, 2]), (2, [2, 3], [2, 3]), (3, [3, 1], [3, 1])]
+    assert [ps.leader for ps in _create(starting, "b", 3, 1)] == [2, 3, 1]  # from the next broker on
+
+
+def test_a_topic_made_before_any_broker_is_heard_is_elected_when_its_replicas_are_heard(starting: Coordinator) -> None:
+    """No broker to lead yet: the partitions are made offline (leader -1, every replica in the
+    ISR) and each gets its leader, as an offline partition does, when the first of its
+    replicas is heard -- not one of them waits for a session to run out."""
+    partitions = _create(starting, "t", 3, 2)
+    assert _placed(partitions) == [(-1, [1, 2], [1, 2]), (-1, [2, 3], [2, 3]), (-1, [3, 1], [3, 1])]
+    heartbeat(starting, 3)
+    assert [(ps.leader, ps.leader_epoch) for ps in starting.state.topics["t"].partitions] == [(-1, 0), (3, 1), (3, 1)]
+    heartbeat(starting, 1)
+    assert [ps.leader for ps in starting.state.topics["t"].partitions] == [1, 3, 3]
+    assert [ps.leader for ps in starting.store.load().topics["t"].partitions] == [1, 3, 3]
+
+
+def test_the_offsets_topic_is_led_by_the_heard_brokers(starting: Coordinator) -> None:
+    heartbeat(starting, 3)
+    starting.groups.offsets.ensure_topic()
+    assert _placed(starting.state.topics[OFFSETS_TOPIC].partitions) == [(3, [3, 1, 2], [3, 1, 2])] * 3
+
+
+def test_the_offsets_topic_made_before_any_broker_is_heard_is_elected_when_they_are(starting: Coordinator) -> None:
+    starting.groups.offsets.ensure_topic()
+    assert [ps.leader for ps in starting.state.topics[OFFSETS_TOPIC].partitions] == [-1, -1, -1]
+    heartbeat(starting, 2)
+    assert [ps.leader for ps in starting.state.topics[OFFSETS_TOPIC].partitions] == [2, 2, 2]
