@@ -120,17 +120,16 @@ def on_broker_down(topics: Mapping[str, TopicState], broker_id: int, alive: Abst
 def on_broker_up(topics: Mapping[str, TopicState], broker_id: int, alive: AbstractSet[int],
                  unclean_allowed: bool, electable: AbstractSet[int] | None = None) -> list[PartitionChange]:
     """The changes once ``broker_id`` is alive again (``alive`` holds it), or electable for the
-    first time: offline partitions it is a replica of get a leader if one can be elected."""
-    electable = alive if electable is None else electable
+    first time: offline partitions it is a replica of get a leader if one can be elected. Only
+    elections: a partition that stays offline is left as it is (``elect`` would drop the ISR
+    members not alive, but a sign of life is no reason to rewrite it, and a death did that)."""
     out = []
     for name, i, ps in _partitions(topics):
         if ps.leader >= 0 or broker_id not in ps.replicas:
             continue
-        unclean = _unclean_allowed(topics[name], unclean_allowed)
-        if any(b in electable for b in ps.isr) or unclean:
-            change = elect(name, i, ps, alive, unclean, electable)
-            if change is not None:
-                out.append(change)
+        change = elect(name, i, ps, alive, _unclean_allowed(topics[name], unclean_allowed), electable)
+        if change is not None and change.kind in (ELECTED, UNCLEAN):
+            out.append(change)
     return out
 
 
