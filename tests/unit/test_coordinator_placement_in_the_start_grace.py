@@ -20,10 +20,12 @@ from typing import Iterator
 import pytest
 
 from fabric import protocol as P
+from fabric.clock import ManualClock
+from nodes.broker.node import Broker
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
 from nodes.coordinator.store import PartitionState
-from tests.unit.builders_broker import coordinator, heartbeat
+from tests.unit.builders_broker import Loopback, coordinator, heartbeat
 from tests.unit.fakes import request
 
 
@@ -77,6 +79,24 @@ def test_a_topic_made_before_any_broker_is_heard_is_elected_when_its_replicas_ar
     heartbeat(starting, 1)
     assert [ps.leader for ps in starting.state.topics["t"].partitions] == [1, 3, 3]
     assert [ps.leader for ps in starting.store.load().topics["t"].partitions] == [1, 3, 3]
+
+
+def test_a_broker_that_registers_leads_the_partitions_made_offline_before_it_was_heard(tmp_path: Path) -> None:
+    """The whole path with a real broker: its registration, the coordinator's first sign of it,
+    elects it, and the broker takes the leadership of a partition it learnt of offline."""
+    clock = ManualClock(start_ms=1_000_000)
+    coord = coordinator(tmp_path, clock, heard=())
+    broker = Broker(coord.config, "broker-1", clock=clock)
+    try:
+        loop = Loopback(broker, coord)
+        assert _placed(_create(coord, "t", 3, 1)) == [(-1, [1], [1]), (-1, [2], [2]), (-1, [3], [3])]
+        broker._register()
+        loop.run_until_idle()
+        assert [ps.leader for ps in coord.state.topics["t"].partitions] == [1, -1, -1]
+        assert broker.partitions[("t", 0)].is_leader
+    finally:
+        broker.close()
+        coord.close()
 
 
 def test_the_offsets_topic_is_led_by_the_heard_brokers(starting: Coordinator) -> None:
