@@ -74,34 +74,37 @@ def validate_configs(configs: Any, replication_factor: int) -> dict:
 
 
 def place_replicas(broker_ids: list[int], partitions: int, replication_factor: int, start: int,
-                   first_partition: int = 0, leaders: AbstractSet[int] | None = None) -> list[list[int]]:
-    """Leaders round-robin from ``start`` over ``leaders`` (a part of ``broker_ids``; all of
-    them when None or empty); each partition's followers are the brokers after its leader in
-    the ring of ``broker_ids``, so no broker holds two replicas of one partition. With every
-    broker a leader may be, partition ``p`` is on the brokers from ``start + p`` in the ring."""
+                   first_partition: int = 0) -> list[list[int]]:
+    """Leaders round-robin over the brokers from ``start``; each partition's followers are the
+    next brokers in the ring, so no broker holds two replicas of one partition."""
     ids = sorted(broker_ids)
-    lead = sorted(leaders) if leaders else ids
     n = len(ids)
-    assert 1 <= replication_factor <= n and set(lead) <= set(ids)
-    out = []
-    for p in range(first_partition, first_partition + partitions):
-        i = ids.index(lead[(start + p) % len(lead)])
-        out.append([ids[(i + j) % n] for j in range(replication_factor)])
-    return out
+    assert 1 <= replication_factor <= n
+    return [[ids[(start + p + j) % n] for j in range(replication_factor)]
+            for p in range(first_partition, first_partition + partitions)]
 
 
 def place_partitions(alive: AbstractSet[int], electable: AbstractSet[int], partitions: int, replication_factor: int,
                      start: int, version: int, wall_ms: int, first_partition: int = 0) -> list[PartitionState]:
-    """New partitions on the ``alive`` brokers (``place_replicas``), made by the change that
-    becomes metadata ``version`` at wall time ``wall_ms``, each led by its first replica: one
-    of the ``electable`` brokers (a restarted coordinator's grace takes every broker for alive,
-    but one not heard yet may be dead, and would lead nothing until its session ran out). With
-    none electable they are made offline (leader -1, every replica in the ISR), and elected as
-    an offline partition is when the first of their replicas is heard
-    (nodes/coordinator/election.py ``on_broker_up``)."""
-    placement = place_replicas(sorted(alive), partitions, replication_factor, start, first_partition, electable & alive)
-    made = new_partitions(placement, version, wall_ms)
-    for ps in made:
-        if ps.leader not in electable:
-            ps.leader = -1
+    """New partitions on the ``alive`` brokers (``place_replicas``: their preferred leaders, the
+    first replicas, spread over all of them), made by the change that becomes metadata
+    ``version`` at wall time ``wall_ms``, each led by its first replica that is ``electable``.
+    A restarted coordinator's grace (a fresh cluster's first start too) takes every broker for
+    alive, but one not heard yet may be dead, and would lead nothing until its session ran
+    out; one heard leads for now, and the periodic preferred-leader check hands leadership to
+    the first replica once it is heard (placed on the heard brokers alone, the first heard led
+    the topic for good). A partition none of whose replicas is electable goes to the brokers
+    after an electable one (leaders round-robin over them) rather than wait, offline, for a
+    broker that may be dead; with none electable they are made offline (leader -1, every
+    replica in the ISR), and elected as an offline partition is when the first of their
+    replicas is heard (nodes/coordinator/election.py ``on_broker_up``)."""
+    ids = sorted(alive)
+    lead = sorted(electable & alive)
+    made = new_partitions(place_replicas(ids, partitions, replication_factor, start, first_partition), version, wall_ms)
+    for p, ps in enumerate(made, first_partition):
+        ps.leader = next((b for b in ps.replicas if b in electable), -1)
+        if ps.leader < 0 and lead:
+            i = ids.index(lead[(start + p) % len(lead)])
+            ps.replicas = [ids[(i + j) % len(ids)] for j in range(replication_factor)]
+            ps.leader, ps.isr = ps.replicas[0], list(ps.replicas)
     return made

@@ -2,12 +2,15 @@
 start of a cluster): every broker is alive for one session, but only those it has heard (a
 heartbeat, a registration) may lead (``Coordinator.electable``).
 
-A topic made then (CREATE_TOPIC, more partitions by ALTER_TOPIC, the offsets topic) gave the
-leadership of its partitions round-robin over every alive broker: a partition led by a broker
-not yet heard -- maybe dead -- took no write until that broker's session ran out. Leaders are
-now chosen among the heard brokers, the other replicas among the alive ones (a replication
-factor of 3 still fits on three brokers); with no broker heard yet, the partitions are made
-offline and elected as offline partitions are, when the first of their replicas is heard.
+A topic made then (CREATE_TOPIC, more partitions by ALTER_TOPIC) gave the leadership of its
+partitions round-robin over every alive broker: a partition led by a broker not yet heard --
+maybe dead -- took no write until that broker's session ran out. Replicas are still placed
+over the alive brokers (the first replicas, the preferred leaders, spread as after the grace),
+but each partition is led by its first heard replica, and the preferred-leader check moves
+leadership back once the others are heard; a partition with no heard replica goes to brokers
+after a heard one; with no broker heard yet, the partitions are made offline and elected as
+offline partitions are, when the first of their replicas is heard. The offsets topic waits
+(retriable) until as many brokers as its replication factor are heard.
 
 Real ``Coordinator`` objects on a ManualClock.
 """
@@ -21,6 +24,7 @@ import pytest
 
 from fabric import protocol as P
 from fabric.clock import ManualClock
+from fabric.errors import RemoteError
 from nodes.broker.node import Broker
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
@@ -52,9 +56,11 @@ def _placed(partitions: list[PartitionState]) -> list[tuple[int, list[int], list
 def test_a_topic_made_before_every_broker_is_heard_is_led_by_the_heard_brokers(starting: Coordinator) -> None:
     heartbeat(starting, 2)
     assert [ps.leader for ps in _create(starting, "one", 3, 1)] == [2, 2, 2]
-    # the other replicas go to brokers alive by the grace: RF 3 fits on three brokers, and the
-    # ISR keeps them (they may run; judged when heard or when their session runs out)
-    assert _placed(_create(starting, "three", 3, 3)) == [(2, [2, 3, 1], [2, 3, 1])] * 3
+    # replicas placed as after the grace (the first replicas spread), led by the first heard
+    # one: RF 3 fits on three brokers, and the ISR keeps those not heard (they may run; judged
+    # when heard or when their session runs out)
+    assert _placed(_create(starting, "three", 3, 3)) == [(2, [2, 3, 1], [2, 3, 1]), (2, [3, 1, 2], [3, 1, 2]),
+                                                         (2, [1, 2, 3], [1, 2, 3])]
     starting._on_alter_topic(request(P.ALTER_TOPIC, topic="one", partitions=5))
     assert [ps.leader for ps in starting.state.topics["one"].partitions] == [2] * 5
     stored = starting.store.load().topics["three"].partitions
@@ -99,14 +105,37 @@ def test_a_broker_that_registers_leads_the_partitions_made_offline_before_it_was
         coord.close()
 
 
-def test_the_offsets_topic_is_led_by_the_heard_brokers(starting: Coordinator) -> None:
+def _leaders(coord: Coordinator, topic: str) -> list[int]:
+    return [ps.leader for ps in coord.state.topics[topic].partitions]
+
+
+@pytest.mark.parametrize("rf, heard", [(3, (2,)), (2, (1, 2))])
+def test_a_topic_made_while_some_brokers_are_unheard_spreads_its_leaders_once_they_are_heard(
+        starting: Coordinator, rf: int, heard: tuple[int, ...]) -> None:
+    """A fresh cluster's first topic, made in the few hundred milliseconds before every broker
+    is heard: its leaders are heard brokers for now, but its preferred leaders spread over all
+    of them as they would have after the grace -- once the others are heard, the periodic
+    check moves leadership back (else the first brokers heard led the topic for good)."""
+    for bid in heard:
+        heartbeat(starting, bid)
+    _create(starting, "t", 3, rf)
+    assert set(_leaders(starting, "t")) <= set(heard)
+    for bid in {1, 2, 3} - set(heard):
+        heartbeat(starting, bid)
+    starting._restore_preferred_leaders()
+    assert sorted(_leaders(starting, "t")) == [1, 2, 3]
+    assert sorted(ps.replicas[0] for ps in starting.store.load().topics["t"].partitions) == [1, 2, 3]
+
+
+def test_the_offsets_topic_waits_for_enough_heard_brokers_and_spreads_its_leaders(starting: Coordinator) -> None:
+    """The offsets topic (every group's commits) is made only on brokers heard, as many as its
+    replication factor (a commit gets the retriable not_enough_replicas meanwhile): not on one
+    alive by the grace only, maybe dead for good, and not led for good by the first one heard."""
     heartbeat(starting, 3)
+    with pytest.raises(RemoteError) as refused:
+        starting.groups.offsets.ensure_topic()
+    assert refused.value.code == P.NOT_ENOUGH_REPLICAS and OFFSETS_TOPIC not in starting.state.topics
+    for bid in (1, 2):
+        heartbeat(starting, bid)
     starting.groups.offsets.ensure_topic()
-    assert _placed(starting.state.topics[OFFSETS_TOPIC].partitions) == [(3, [3, 1, 2], [3, 1, 2])] * 3
-
-
-def test_the_offsets_topic_made_before_any_broker_is_heard_is_elected_when_they_are(starting: Coordinator) -> None:
-    starting.groups.offsets.ensure_topic()
-    assert [ps.leader for ps in starting.state.topics[OFFSETS_TOPIC].partitions] == [-1, -1, -1]
-    heartbeat(starting, 2)
-    assert [ps.leader for ps in starting.state.topics[OFFSETS_TOPIC].partitions] == [2, 2, 2]
+    assert sorted(_leaders(starting, OFFSETS_TOPIC)) == [1, 2, 3]
