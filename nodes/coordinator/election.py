@@ -25,6 +25,10 @@ The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.ele
 - Unclean election is on for a topic when its config ``unclean.leader.election.enable`` says so,
   or, where it does not set it, when the cluster's ``unclean_leader_election`` does (the
   ``unclean_allowed`` given), as Kafka's topic config overrides its broker default.
+- A partition that never had a leader (made offline in a restarted coordinator's grace, leader
+  -1 at leader epoch 0) holds no record: any of its replicas may lead it, in the ISR or not (a
+  restart of one takes it out of the ISR; else a whole-cluster restart with one broker lost
+  left such a partition offline for good, its ISR down to that broker).
 - Preferred leaders: a partition whose first replica is alive, in the ISR and not the leader
   (and that is not offline) moves its leadership back to it (Kafka's auto leader rebalance).
 - Every change of leader, including going offline, bumps the leader epoch; an ISR change alone
@@ -80,8 +84,11 @@ def elect(topic: str, partition: int, ps: PartitionState, alive: AbstractSet[int
     alive (all of it if none is). None if nothing changes (it is offline already and stays so,
     its ISR too)."""
     electable = alive if electable is None else electable
-    candidates = tuple(b for b in ps.isr if b in electable)
-    isr = tuple(b for b in ps.isr if b in alive)  # with those not heard yet: they may hold what the leader lacks later
+    # never led (made offline, topics.place_partitions): no record was ever written, so every
+    # replica holds all of it -- one whose restart took it out of the ISR too
+    in_sync = ps.replicas if ps.leader < 0 and ps.leader_epoch == 0 else ps.isr
+    candidates = tuple(b for b in in_sync if b in electable)
+    isr = tuple(b for b in in_sync if b in alive)  # with those not heard yet: they may hold what the leader lacks later
     if candidates:
         leader = next((r for r in ps.replicas if r in candidates), candidates[0])
         return PartitionChange(topic, partition, ELECTED, leader, ps.leader_epoch + 1, isr)

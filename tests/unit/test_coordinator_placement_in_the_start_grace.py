@@ -139,3 +139,33 @@ def test_the_offsets_topic_waits_for_enough_heard_brokers_and_spreads_its_leader
         heartbeat(starting, bid)
     starting.groups.offsets.ensure_topic()
     assert sorted(_leaders(starting, OFFSETS_TOPIC)) == [1, 2, 3]
+
+
+def test_a_partition_made_offline_is_led_after_a_whole_cluster_restart_with_a_broker_lost(tmp_path: Path) -> None:
+    """`loom down`, `loom up` with broker 3 lost for good, and a topic made before any broker is
+    heard: its partitions are made offline, every broker heard is a new process (a restart: it
+    leaves the ISRs, it may have lost an unflushed tail) -- but a partition that never had a
+    leader holds no record, so any replica heard may lead it. Its ISR went down to broker 3,
+    the last one not heard, and the partition stayed offline for good with brokers 1 and 2
+    running."""
+    first = coordinator(tmp_path, heard=())
+    try:
+        for bid in (1, 2, 3):
+            heartbeat(first, bid, f"old-{bid}")
+    finally:
+        first.close()
+    coord = coordinator(tmp_path, heard=())
+    try:
+        assert [ps.leader for ps in _create(coord, "t", 3, 3)] == [-1, -1, -1]
+        for bid in (1, 2):
+            heartbeat(coord, bid, f"new-{bid}")
+        for _ in range(coord.config.liveness.session_timeout_ms // 100 + 1):
+            coord.clock.advance(100)  # type: ignore[attr-defined]
+            for bid in (1, 2):
+                heartbeat(coord, bid, f"new-{bid}")
+            coord._check_liveness()
+        assert coord.alive == {1, 2}
+        stored = coord.store.load().topics["t"].partitions
+        assert all(ps.leader in (1, 2) and ps.leader in ps.isr for ps in stored), [(ps.leader, ps.isr) for ps in stored]
+    finally:
+        coord.close()
