@@ -81,6 +81,17 @@ def test_a_broker_coming_up_elects_but_never_rewrites_an_offline_partitions_isr(
         assert _state(change) == (E.ELECTED, 2, 6, [2])
 
 
+def test_a_partition_never_led_is_elected_from_any_replica_cleanly() -> None:
+    """Leader -1 at leader epoch 0: made offline (no broker heard yet) and never led since, so
+    it holds no record -- a replica a restart took out of its ISR may lead it, as a clean
+    election, its ISR every live replica; unclean election plays no part. A partition that was
+    led (epoch 1 and up) keeps the ISR rule (broker 3, its ISR, may run: not heard yet)."""
+    for unclean in (False, True):
+        topics = _topics(PartitionState(-1, 0, [1, 2, 3], [3]), PartitionState(-1, 1, [1, 2, 3], [3]))
+        changes = E.on_broker_up(topics, 1, {1, 2, 3}, unclean, electable={1})
+        assert [(c.partition, _state(c)) for c in changes] == [(0, (E.ELECTED, 1, 1, [1, 2, 3]))], f"unclean {unclean}"
+
+
 def test_leadership_goes_back_to_the_preferred_replica_only_when_it_is_alive_and_in_sync() -> None:
     topics = _topics(PartitionState(2, 4, [1, 2], [1, 2]),   # 1 in sync and alive: back to it
                      PartitionState(2, 4, [1, 2], [2]),      # 1 not in sync
