@@ -17,6 +17,7 @@ Real ``Coordinator`` objects on a ManualClock.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Iterator
 
@@ -141,6 +142,19 @@ def test_the_offsets_topic_waits_for_enough_heard_brokers_and_spreads_its_leader
     assert sorted(_leaders(starting, OFFSETS_TOPIC)) == [1, 2, 3]
 
 
+def _restarted_whole(tmp_path: Path) -> Coordinator:
+    """A coordinator restarted after it heard brokers 1-3's processes ``old-<id>``: every broker
+    it hears now (``p-<id>`` by default) is a new process, as after `loom down`, `loom up`. It
+    has heard none yet; the caller closes it."""
+    first = coordinator(tmp_path, heard=())
+    try:
+        for bid in (1, 2, 3):
+            heartbeat(first, bid, f"old-{bid}")
+    finally:
+        first.close()
+    return coordinator(tmp_path, heard=())
+
+
 def test_a_partition_made_offline_is_led_after_a_whole_cluster_restart_with_a_broker_lost(tmp_path: Path) -> None:
     """`loom down`, `loom up` with broker 3 lost for good, and a topic made before any broker is
     heard: its partitions are made offline, every broker heard is a new process (a restart: it
@@ -148,13 +162,7 @@ def test_a_partition_made_offline_is_led_after_a_whole_cluster_restart_with_a_br
     leader holds no record, so any replica heard may lead it. Its ISR went down to broker 3,
     the last one not heard, and the partition stayed offline for good with brokers 1 and 2
     running."""
-    first = coordinator(tmp_path, heard=())
-    try:
-        for bid in (1, 2, 3):
-            heartbeat(first, bid, f"old-{bid}")
-    finally:
-        first.close()
-    coord = coordinator(tmp_path, heard=())
+    coord = _restarted_whole(tmp_path)
     try:
         assert [ps.leader for ps in _create(coord, "t", 3, 3)] == [-1, -1, -1]
         for bid in (1, 2):
@@ -167,5 +175,46 @@ def test_a_partition_made_offline_is_led_after_a_whole_cluster_restart_with_a_br
         assert coord.alive == {1, 2}
         stored = coord.store.load().topics["t"].partitions
         assert all(ps.leader in (1, 2) and ps.leader in ps.isr for ps in stored), [(ps.leader, ps.isr) for ps in stored]
+    finally:
+        coord.close()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_partitions_made_in_the_grace_of_a_whole_cluster_restart_all_get_leaders(tmp_path: Path, seed: int) -> None:
+    """Seeded: a cluster restarted whole (each broker's first sign of life is a new process)
+    with one broker lost or none, topics made and partitions added at random moments of the
+    coordinator's grace, between the brokers' first heartbeats. Once the running brokers have
+    been heard for a session: every partition with a running replica is led by one, in its
+    own ISR (also after the preferred-leader check)."""
+    rng = random.Random(seed)
+    coord = _restarted_whole(tmp_path)
+    lost = rng.choice((None, 1, 2, 3))
+    running = [b for b in (1, 2, 3) if b != lost]
+    try:
+        made = 0
+        for _ in range(rng.randrange(2, 12)):
+            r = rng.random()
+            if r < 0.3:
+                _create(coord, f"t{made}", rng.randrange(1, 5), rng.choice((1, 2, 3)))
+                made += 1
+            elif r < 0.45 and made:
+                name = f"t{rng.randrange(made)}"
+                count = len(coord.state.topics[name].partitions)
+                coord._on_alter_topic(request(P.ALTER_TOPIC, topic=name, partitions=count + rng.randrange(1, 3)))
+            elif r < 0.8:
+                heartbeat(coord, rng.choice(running))  # a new process: p-<id>
+            else:
+                coord.clock.advance(100)  # type: ignore[attr-defined]
+                coord._check_liveness()
+        for _ in range(coord.config.liveness.session_timeout_ms // 100 + 2):
+            coord.clock.advance(100)  # type: ignore[attr-defined]
+            for bid in running:
+                heartbeat(coord, bid)
+            coord._check_liveness()
+        coord._restore_preferred_leaders()
+        for name, topic in coord.state.topics.items():
+            for i, ps in enumerate(topic.partitions):
+                if set(ps.replicas) & set(running):
+                    assert ps.leader in running and ps.leader in ps.isr, f"seed {seed}: {name}-{i} {ps}"
     finally:
         coord.close()
