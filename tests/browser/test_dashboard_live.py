@@ -10,7 +10,12 @@ from fabric.client.group import GroupConsumer
 from tests.browser.conftest import READ_ONLY_KEY, login, save_screenshot
 from tests.harness import wait_until
 
-DOWN_SHOWN_WITHIN_S = 2.0
+DOWN_SHOWN_WITHIN_S = 2.0  # docs/dashboard.md: the supervisor sees the pid gone at the next check (1 s), then the push
+# Back up, a broker is healthy once the monitor hears its heartbeats and its STATS answers at a
+# check: the check interval (1 s), an answer within slow_response_ms (1 s), the heartbeat
+# subscription's reconnect, then the push. The docs promise "green again when it is back"; the
+# bound is what those add up to (2.3 s seen on a loaded machine), not the down direction's.
+BACK_SHOWN_WITHIN_S = 4.0
 
 
 def member_that_read(dashboard, group: str, topic: str, n: int) -> GroupConsumer:
@@ -35,9 +40,7 @@ def test_killed_broker_goes_down_and_comes_back_on_the_overview_without_reload(d
         assert shown_s <= DOWN_SHOWN_WITHIN_S, f"down shown after {shown_s:.2f} s"
     finally:
         dashboard.cluster.start_node("broker-2")
-    ready = time.monotonic()
-    page.wait_for_selector('.node[data-node="broker-2"][data-state="healthy"]', timeout=5_000)
-    assert time.monotonic() - ready <= DOWN_SHOWN_WITHIN_S
+    page.wait_for_selector('.node[data-node="broker-2"][data-state="healthy"]', timeout=BACK_SHOWN_WITHIN_S * 1000)
     assert page.evaluate("window.__loomNoReload") is True      # the same page: no reload happened
     page.click("#nav a[href='#/alerts']")                       # the timeline kept both changes
     page.wait_for_selector("#events-timeline li:has-text('broker-2')")
