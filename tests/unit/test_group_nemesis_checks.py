@@ -5,7 +5,8 @@ acknowledged one, a committed offset going back or past the log end, a record de
 final log does not hold there (a dirty read) -- is reported. In unclean mode (an unclean election
 truncated a log) a record of the final log that no one got is reported, and an acknowledged
 record the election lost, a member moving back at the divergence and its commit going back are
-not."""
+not. The members must deliver what was acknowledged before they are killed (the fresh member
+would otherwise cover one that stopped reading)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import time
 
 from tests.faults.group_nemesis_checks import (check_acked_commits, check_assignment_starts, check_commits,
                                                check_delivered_in_log, check_deliveries, check_final_log_delivered,
-                                               check_sessions, unclean_elections)
+                                               check_sessions, members_behind, unclean_elections)
+from tests.faults.group_nemesis import wait_members_read_the_log
 
 
 def _recs(inc: str, seq: int, t: float, p: int, first: int, last: int) -> dict:
@@ -175,3 +177,23 @@ def test_unclean_elections_are_read_from_the_coordinators_log_with_their_times()
     got = unclean_elections(text, "my-topic")
     assert list(got) == [2] and len(got[2]) == 1
     assert abs(got[2][0] - (time.mktime(time.strptime("2026-12-05 23:10:05", "%Y-%m-%d %H:%M:%S")) + 0.25)) < 1e-6
+
+
+def test_members_behind_says_which_records_no_member_delivered_yet() -> None:
+    want = {(0, o, f"v0-{o}") for o in range(15)}
+    assert members_behind(_journal(), want, at_offset=False) == {}
+    assert members_behind(_journal(), want | {(0, 15, "v0-15"), (0, 16, "v0-16")}, at_offset=True) == {0: (2, 15)}
+    # by value, the normal mode; at its offset, unclean mode (the log's record there)
+    moved = {(0, 3, "v0-4")}
+    assert members_behind(_journal(), moved, at_offset=False) == {}
+    assert members_behind(_journal(), moved, at_offset=True) == {0: (1, 3)}
+
+
+def test_members_that_do_not_catch_up_are_a_violation_not_a_note() -> None:
+    want = {(0, o, f"v0-{o}") for o in range(20)}  # the journal stops at 14
+    violations: list[str] = []
+    wait_members_read_the_log(_journal, want, False, violations, timeout_s=0.2)
+    assert len(violations) == 1 and "{0: (5, 15)}" in violations[0], violations
+    violations.clear()
+    wait_members_read_the_log(_journal, {(0, o, f"v0-{o}") for o in range(15)}, False, violations, timeout_s=0.2)
+    assert violations == []
