@@ -66,6 +66,24 @@ def _unclean_between(unclean_at: dict[int, list[float]] | None, p: int, after: f
     return unclean_at is not None and any(after - MARGIN_S < u <= until + MARGIN_S for u in unclean_at.get(p, ()))
 
 
+def members_behind(events: list[dict], want: set[tuple[int, int, str]], at_offset: bool) -> dict[int, tuple[int, int]]:
+    """partition -> (how many of ``want``, records as (partition, offset, value), no member has
+    delivered yet, the lowest offset among them): by value (the normal mode: an acknowledged
+    record is unique by its value) or, ``at_offset``, that value at that offset (unclean mode:
+    the log's records up to its HWs). Empty once the members read everything wanted."""
+    if at_offset:
+        got: set = {(p, off, v) for e in events if e["ev"] == "recs" for p, off, v in e["recs"]}
+        missing = [(p, off) for p, off, v in want if (p, off, v) not in got]
+    else:
+        got = {v for e in events if e["ev"] == "recs" for _, _, v in e["recs"]}
+        missing = [(p, off) for p, off, v in want if v not in got]
+    behind: dict[int, tuple[int, int]] = {}
+    for p, off in missing:
+        count, lowest = behind.get(p, (0, off))
+        behind[p] = (count + 1, min(lowest, off))
+    return behind
+
+
 def check_deliveries(events: list[dict], acked: dict[bytes, tuple[int, int]], violations: list[str]) -> dict:
     delivered: dict[tuple[int, int], str] = {}
     for e in events:

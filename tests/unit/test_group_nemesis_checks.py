@@ -6,7 +6,9 @@ final log does not hold there (a dirty read) -- is reported. In unclean mode (an
 truncated a log) a record of the final log that no one got is reported, and an acknowledged
 record the election lost, a member moving back at the divergence and its commit going back are
 not, nor is a committed offset past the final log end that an unclean election after the commit
-cut a replica holding it under -- but one no replica held, or no unclean election came after, is."""
+cut a replica holding it under -- but one no replica held, or no unclean election came after, is.
+The members must deliver what was acknowledged before they are killed (the fresh member would
+otherwise cover one that stopped reading)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import time
 
 from tests.faults.group_nemesis_checks import (check_acked_commits, check_assignment_starts, check_commits,
                                                check_delivered_in_log, check_deliveries, check_final_log_delivered,
-                                               check_sessions, truncations, unclean_elections)
+                                               check_sessions, members_behind, truncations, unclean_elections)
+from tests.faults.group_nemesis import wait_members_read_the_log
 
 
 def _recs(inc: str, seq: int, t: float, p: int, first: int, last: int) -> dict:
@@ -238,3 +241,23 @@ def test_truncations_are_read_from_a_brokers_log_with_their_times() -> None:
     assert sorted(got) == [0, 3]
     assert [(round(t - t0, 3), end, to) for t, end, to in got[0]] == [(0.77, 5027, 3795)]
     assert [(end, to) for _, end, to in got[3]] == [(1826, 1826)]
+
+
+def test_members_behind_says_which_records_no_member_delivered_yet() -> None:
+    want = {(0, o, f"v0-{o}") for o in range(15)}
+    assert members_behind(_journal(), want, at_offset=False) == {}
+    assert members_behind(_journal(), want | {(0, 15, "v0-15"), (0, 16, "v0-16")}, at_offset=True) == {0: (2, 15)}
+    # by value, the normal mode; at its offset, unclean mode (the log's record there)
+    moved = {(0, 3, "v0-4")}
+    assert members_behind(_journal(), moved, at_offset=False) == {}
+    assert members_behind(_journal(), moved, at_offset=True) == {0: (1, 3)}
+
+
+def test_members_that_do_not_catch_up_are_a_violation_not_a_note() -> None:
+    want = {(0, o, f"v0-{o}") for o in range(20)}  # the journal stops at 14
+    violations: list[str] = []
+    wait_members_read_the_log(_journal, want, False, violations, timeout_s=0.2)
+    assert len(violations) == 1 and "{0: (5, 15)}" in violations[0], violations
+    violations.clear()
+    wait_members_read_the_log(_journal, {(0, o, f"v0-{o}") for o in range(15)}, False, violations, timeout_s=0.2)
+    assert violations == []
