@@ -23,7 +23,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     so every node, CLI and checker process compiled every module it imports from source again:
     0.15-0.2 s of CPU per process, ~0.5 s per cluster start on a 2-core machine. Processes only
     read it (a module changed since is compiled again in memory, as ever); nothing a test
-    checks depends on it. ``__pycache__`` is ignored by git."""
+    checks depends on it. ``__pycache__`` is ignored by git. Once, by the controller: not again
+    in each xdist worker."""
+    if hasattr(session.config, "workerinput"):
+        return
     for package in COMPILED_PACKAGES:
         compileall.compile_dir(ROOT / package, quiet=1)
 
