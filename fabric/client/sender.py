@@ -286,6 +286,10 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         for tp, q in self._queues.items():
             while q and tp not in self._flights and q[0].deadline_ms <= now_ms:
                 b = q.popleft()
+                info = self.metadata.partition(*tp)
+                if info is not None and info.leader < 0:  # what kept it: said, not request_timed_out
+                    b.last_error = RemoteError(P.LEADER_NOT_AVAILABLE, f"{tp[0]}-{tp[1]} has no leader (offline: no "
+                                                                       "in-sync replica alive, or none heard yet)")
                 self._finish(b, -1, _expired_error(b, tp, self.settings.delivery_timeout_ms))
         for waiting in self._unsent_oneway.values():
             if waiting and waiting[0].deadline_ms <= now_ms:

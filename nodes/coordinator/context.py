@@ -57,7 +57,9 @@ class GroupContext(Protocol):
     offsets store adds the internal offsets topic and its snapshot pointers to it and then calls
     ``commit()`` (a metadata change: version bump, durable write, push) or ``save_state()``
     (a durable write only). ``brokers`` is the configured broker table and ``alive`` the
-    brokers that are alive now; neither is changed through this interface.
+    brokers that are alive now; neither is changed through this interface. ``electable()``: the
+    part of ``alive`` a partition's leader may be chosen among (a restarted coordinator takes
+    brokers it has not heard yet for alive for one session, but not for electable).
     """
 
     reactor: Timers
@@ -70,3 +72,5 @@ class GroupContext(Protocol):
     def commit(self) -> None: ...
 
     def save_state(self) -> None: ...
+
+    def electable(self) -> set[int]: ...

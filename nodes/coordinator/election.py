@@ -15,7 +15,7 @@ The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.ele
 - Alive and electable: ``alive`` are the brokers that may run, ``electable`` (a part of them,
   all of them unless given) those a leader is chosen among. A restarted coordinator takes
   every broker for alive for one session before it has heard it (nodes/coordinator/node.py
-  ``_electable``): such a broker is not elected, but it may run and hold every acknowledged
+  ``electable``): such a broker is not elected, but it may run and hold every acknowledged
   record, so it stays in the ISRs (the leader in its own; an elected leader's too: else that
   leader's own restart found itself the last in-sync replica) and the dead broker leaves them
   -- the partition it led goes offline with the ISR members that may run, to be elected when
@@ -25,6 +25,10 @@ The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.ele
 - Unclean election is on for a topic when its config ``unclean.leader.election.enable`` says so,
   or, where it does not set it, when the cluster's ``unclean_leader_election`` does (the
   ``unclean_allowed`` given), as Kafka's topic config overrides its broker default.
+- A partition that never had a leader (made offline in a restarted coordinator's grace, leader
+  -1 at leader epoch 0) holds no record: any of its replicas may lead it, in the ISR or not (a
+  restart of one takes it out of the ISR; else a whole-cluster restart with one broker lost
+  left such a partition offline for good, its ISR down to that broker).
 - Preferred leaders: a partition whose first replica is alive, in the ISR and not the leader
   (and that is not offline) moves its leadership back to it (Kafka's auto leader rebalance).
 - Every change of leader, including going offline, bumps the leader epoch; an ISR change alone
@@ -80,8 +84,11 @@ def elect(topic: str, partition: int, ps: PartitionState, alive: AbstractSet[int
     alive (all of it if none is). None if nothing changes (it is offline already and stays so,
     its ISR too)."""
     electable = alive if electable is None else electable
-    candidates = tuple(b for b in ps.isr if b in electable)
-    isr = tuple(b for b in ps.isr if b in alive)  # with those not heard yet: they may hold what the leader lacks later
+    # never led (made offline, topics.place_partitions): no record was ever written, so every
+    # replica holds all of it -- one whose restart took it out of the ISR too
+    in_sync = ps.replicas if ps.leader < 0 and ps.leader_epoch == 0 else ps.isr
+    candidates = tuple(b for b in in_sync if b in electable)
+    isr = tuple(b for b in in_sync if b in alive)  # with those not heard yet: they may hold what the leader lacks later
     if candidates:
         leader = next((r for r in ps.replicas if r in candidates), candidates[0])
         return PartitionChange(topic, partition, ELECTED, leader, ps.leader_epoch + 1, isr)
@@ -120,17 +127,16 @@ def on_broker_down(topics: Mapping[str, TopicState], broker_id: int, alive: Abst
 def on_broker_up(topics: Mapping[str, TopicState], broker_id: int, alive: AbstractSet[int],
                  unclean_allowed: bool, electable: AbstractSet[int] | None = None) -> list[PartitionChange]:
     """The changes once ``broker_id`` is alive again (``alive`` holds it), or electable for the
-    first time: offline partitions it is a replica of get a leader if one can be elected."""
-    electable = alive if electable is None else electable
+    first time: offline partitions it is a replica of get a leader if one can be elected. Only
+    elections: a partition that stays offline is left as it is (``elect`` would drop the ISR
+    members not alive, but a sign of life is no reason to rewrite it, and a death did that)."""
     out = []
     for name, i, ps in _partitions(topics):
         if ps.leader >= 0 or broker_id not in ps.replicas:
             continue
-        unclean = _unclean_allowed(topics[name], unclean_allowed)
-        if any(b in electable for b in ps.isr) or unclean:
-            change = elect(name, i, ps, alive, unclean, electable)
-            if change is not None:
-                out.append(change)
+        change = elect(name, i, ps, alive, _unclean_allowed(topics[name], unclean_allowed), electable)
+        if change is not None and change.kind in (ELECTED, UNCLEAN):
+            out.append(change)
     return out
 
 

@@ -437,28 +437,29 @@ class Coordinator(TopicAdminMixin, Node):
                 raise
 
     def _on_broker_down(self, bid: int) -> None:
-        """``bid`` is dead (no longer in ``alive``): re-elect what it led (``_electable``), shrink
+        """``bid`` is dead (no longer in ``alive``): re-elect what it led (``electable``), shrink
         ISRs it was in (to their alive part: a broker alive by the start's grace only may hold
         every acknowledged record, and a leader stays in its own ISR)."""
         self._apply_changes(election.on_broker_down(self.state.topics, bid, self.alive,
                                                     self.config.replication.unclean_leader_election,
-                                                    self._electable()))
+                                                    self.electable()))
 
     def _on_broker_up(self, bid: int) -> None:
         """``bid`` is alive again, or heard for the first time since our start: offline
-        partitions it is a replica of may get a leader (``_electable``)."""
+        partitions it is a replica of may get a leader (``electable``)."""
         self._apply_changes(election.on_broker_up(self.state.topics, bid, self.alive,
                                                   self.config.replication.unclean_leader_election,
-                                                  self._electable()))
+                                                  self.electable()))
 
-    def _electable(self) -> set[int]:
+    def electable(self) -> set[int]:
         """The brokers a leader may be chosen among: alive and heard by this process -- not one
         alive by the start's grace only, of which nothing says yet that it runs (elected, it led
         nothing until its session ran out, and a preferred one took leadership away from a
         broker that runs). Each is heard within a heartbeat of our start if it runs; its first
         sign of life elects what waited for it (``_seen``). Until then it may run and hold what
         was acknowledged: it stays in the ISRs, and neither a broker restarted meanwhile nor an
-        unclean election is put past it (nodes/coordinator/election.py)."""
+        unclean election is put past it (nodes/coordinator/election.py). New partitions are
+        led by these too, and made offline while there are none (``topics.place_partitions``)."""
         return self.alive & self.heard
 
     def _apply_changes(self, changes: list[election.PartitionChange]) -> None:
@@ -473,7 +474,7 @@ class Coordinator(TopicAdminMixin, Node):
     def _restore_preferred_leaders(self) -> None:
         """Move leadership back to each partition's first replica once it is alive and in
         sync (Kafka's auto leader rebalance), so load spreads again after a restart."""
-        changes = election.preferred_leaders(self.state.topics, self._electable())
+        changes = election.preferred_leaders(self.state.topics, self.electable())
         if changes:
             election.apply(self.state.topics, changes)
             self.commit()

@@ -74,8 +74,8 @@ from nodes.coordinator.offsets_resync import ResyncMixin
 from nodes.coordinator.offsets_snapshot_jobs import SnapshotJobsMixin
 from nodes.coordinator.offsets_validation import CommitValidationMixin
 from nodes.coordinator.snapshots import SnapshotJob
-from nodes.coordinator.store import TopicState, new_partitions
-from nodes.coordinator.topics import place_replicas
+from nodes.coordinator.store import TopicState
+from nodes.coordinator.topics import place_partitions
 
 __all__ = ["OFFSETS_TOPIC", "OffsetStore"]
 
@@ -188,20 +188,25 @@ class OffsetStore(CommitValidationMixin, ResyncMixin, SnapshotJobsMixin, Produce
         """Create ``__consumer_offsets`` (RF = min(3, configured brokers), min ISR = min(2, RF),
         retention ``OFFSETS_RETENTION_MS``). Like Kafka it waits (retriable not_enough_replicas) until that many
         brokers are alive: a topic made with fewer replicas would stay under-replicated for
-        good, and the loss of one broker could then lose every committed offset."""
+        good, and the loss of one broker could then lose every committed offset. Alive and
+        heard (``electable``), as Kafka places replicas on unfenced brokers only: a restarted
+        coordinator's grace (a fresh cluster's first start too) takes every broker for alive
+        before it has heard it, and every group's commits are not put on a broker that may be
+        dead for good, nor led by the first one heard; a running broker is heard within a
+        heartbeat."""
         if OFFSETS_TOPIC in self.context.state.topics:
             return
-        alive = sorted(self.context.alive)
+        heard = self.context.electable()
         rf = min(OFFSETS_REPLICATION_FACTOR_MAX, len(self.context.brokers))
-        if rf < 1 or len(alive) < rf:
+        if rf < 1 or len(heard) < rf:
             raise RemoteError(P.NOT_ENOUGH_REPLICAS, f"the offsets topic needs {rf} live brokers, "
-                                                     f"{len(alive)} are alive: retry later")
-        placement = place_replicas(alive, OFFSETS_PARTITIONS, rf, 0)
+                                                     f"{len(heard)} are alive and heard: retry later")
+        made = place_partitions(heard, heard, OFFSETS_PARTITIONS, rf, 0, self.context.state.version + 1,
+                                self.reactor.clock.wall_ms())
         # a time retention far longer than the snapshot refresh: a group that has not moved
         # keeps its offsets in every snapshot; no size retention (it could reach the snapshot)
         configs = {"min.insync.replicas": min(2, rf), "retention.ms": S.OFFSETS_RETENTION_MS, "retention.bytes": -1}
-        self.context.state.topics[OFFSETS_TOPIC] = TopicState(
-            new_partitions(placement, self.context.state.version + 1, self.reactor.clock.wall_ms()), configs)
+        self.context.state.topics[OFFSETS_TOPIC] = TopicState(made, configs)
         self.context.commit()
         log.info("created %s: %d partitions, rf %d", OFFSETS_TOPIC, OFFSETS_PARTITIONS, rf)
 

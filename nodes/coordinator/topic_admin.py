@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
-from nodes.coordinator.store import TopicState, new_partitions
-from nodes.coordinator.topics import place_replicas, validate_configs, validate_topic_name
+from nodes.coordinator.store import PartitionState, TopicState
+from nodes.coordinator.topics import place_partitions, validate_configs, validate_topic_name
 
 if TYPE_CHECKING:
     from fabric.clock import Clock
@@ -41,6 +41,8 @@ class TopicAdminMixin:
     if TYPE_CHECKING:  # Coordinator's, never this
         def commit(self) -> None: ...
 
+        def electable(self) -> set[int]: ...
+
     # -- topics ----------------------------------------------------------------------------------
     def _on_create_topic(self, req: wire.Request) -> dict:
         # internal topics (``__…``) are made by the coordinator itself, never over the wire
@@ -60,16 +62,19 @@ class TopicAdminMixin:
                               f"replication factor {rf} is larger than the {len(alive)} live brokers")
         configs = validate_configs(req.header.get("configs"), rf)
         configs.setdefault("min.insync.replicas", min(defaults.min_insync_replicas, rf))
-        start = len(self.state.topics) % len(alive)
-        placement = place_replicas(alive, partitions, rf, start)
-        self.state.topics[name] = TopicState(self._new_partitions(placement), configs)
+        made = self._new_partitions(partitions, rf, len(self.state.topics))
+        self.state.topics[name] = TopicState(made, configs)
         self.commit()
-        log.info("created topic %s: %d partitions, rf %d", name, partitions, rf)
+        log.info("created topic %s: %d partitions, rf %d%s", name, partitions, rf,
+                 "" if made[0].leader >= 0 else " (no broker heard yet: elected when their replicas are)")
         return {"topic": name, "partitions": partitions, "replication_factor": rf, "configs": configs}
 
-    def _new_partitions(self, placement: list[list[int]]) -> list:
-        """Partitions on ``placement`` made by the next ``commit`` (it bumps the version)."""
-        return new_partitions(placement, self.state.version + 1, self.clock.wall_ms())
+    def _new_partitions(self, partitions: int, rf: int, start: int, first_partition: int = 0) -> list[PartitionState]:
+        """``partitions`` new partitions of ``rf`` replicas on the live brokers, led by those
+        that may be elected (``place_partitions``), made by the next ``commit`` (it bumps the
+        version)."""
+        return place_partitions(self.alive, self.electable(), partitions, rf, start, self.state.version + 1,
+                                self.clock.wall_ms(), first_partition)
 
     def _on_delete_topic(self, req: wire.Request) -> dict:
         name = req.header.get("topic")
@@ -103,7 +108,6 @@ class TopicAdminMixin:
             alive = sorted(self.alive)
             if rf > len(alive):
                 raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"only {len(alive)} live brokers for replication factor {rf}")
-            placement = place_replicas(alive, partitions - current, rf, current % len(alive), current)
-            topic.partitions += self._new_partitions(placement)
+            topic.partitions += self._new_partitions(partitions - current, rf, current, current)
         self.commit()
         return {"topic": name, "partitions": len(topic.partitions), "configs": topic.configs}

@@ -1,4 +1,4 @@
-"""Topic rules: name and config validation, and replica placement.
+"""Topic rules: name and config validation, and the placement of new partitions.
 
 Pure functions; thread-safe.
 """
@@ -6,10 +6,11 @@ Pure functions; thread-safe.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import AbstractSet, Any
 
 from fabric import protocol as P
 from fabric.errors import RemoteError
+from nodes.coordinator.store import PartitionState, new_partitions
 
 TOPIC_NAME_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{P.TOPIC_NAME_LEN_MAX}}}$")
 
@@ -81,3 +82,29 @@ def place_replicas(broker_ids: list[int], partitions: int, replication_factor: i
     assert 1 <= replication_factor <= n
     return [[ids[(start + p + j) % n] for j in range(replication_factor)]
             for p in range(first_partition, first_partition + partitions)]
+
+
+def place_partitions(alive: AbstractSet[int], electable: AbstractSet[int], partitions: int, replication_factor: int,
+                     start: int, version: int, wall_ms: int, first_partition: int = 0) -> list[PartitionState]:
+    """New partitions on the ``alive`` brokers (``place_replicas``: their preferred leaders, the
+    first replicas, spread over all of them), made by the change that becomes metadata
+    ``version`` at wall time ``wall_ms``, each led by its first replica that is ``electable``.
+    A restarted coordinator's grace (a fresh cluster's first start too) takes every broker for
+    alive, but one not heard yet may be dead, and would lead nothing until its session ran
+    out; one heard leads for now, and the periodic preferred-leader check hands leadership to
+    the first replica once it is heard (placed on the heard brokers alone, the first heard led
+    the topic for good). A partition none of whose replicas is electable goes to the brokers
+    after an electable one (leaders round-robin over them) rather than wait, offline, for a
+    broker that may be dead; with none electable they are made offline (leader -1, every
+    replica in the ISR), and elected as an offline partition is when the first of their
+    replicas is heard (nodes/coordinator/election.py ``on_broker_up``)."""
+    ids = sorted(alive)
+    lead = sorted(electable & alive)
+    made = new_partitions(place_replicas(ids, partitions, replication_factor, start, first_partition), version, wall_ms)
+    for p, ps in enumerate(made, first_partition):
+        ps.leader = next((b for b in ps.replicas if b in electable), -1)
+        if ps.leader < 0 and lead:
+            i = ids.index(lead[(start + p) % len(lead)])
+            ps.replicas = [ids[(i + j) % len(ids)] for j in range(replication_factor)]
+            ps.leader, ps.isr = ps.replicas[0], list(ps.replicas)
+    return made

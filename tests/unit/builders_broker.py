@@ -62,16 +62,36 @@ def write(b: Broker, topic: str, n: int = 3) -> None:
     assert all(r[1] == 0 for r in out), out
 
 
+# -- coordinators on a ManualClock ----------------------------------------------------------
+def coordinator(tmp_path: Path, clock: ManualClock | None = None, heard: tuple[int, ...] = (1, 2, 3),
+                **kw: Any) -> Coordinator:
+    """A coordinator of brokers 1-3 (memory engine) on ``tmp_path``'s data directory, on fresh
+    ports each time (a closed ZeroMQ socket may hold its port a moment longer), on ``clock`` (a
+    new ManualClock by default), that has heard ``heard`` -- as from their heartbeats in a
+    running cluster: each may be elected (``Coordinator.electable``); the others are alive by
+    its start's grace only. ``kw``: the Coordinator's. The caller closes it."""
+    coord = Coordinator(load_config(make_config(tmp_path, 3, engine="memory")), "coordinator",
+                        clock=clock or ManualClock(start_ms=1_000_000), **kw)
+    for bid in heard:
+        coord._seen(bid)
+    return coord
+
+
+def heartbeat(coord: Coordinator, broker_id: int, incarnation: str | None = None) -> None:
+    """A heartbeat of ``broker_id``'s process ``incarnation`` (``p-<id>`` by default) read by
+    ``coord``, as from its SUB socket."""
+    coord._on_heartbeat(wire.encode_heartbeat(wire.Heartbeat(
+        f"broker-{broker_id}", "broker", 4242, coord.clock.wall_ms(), broker_id=broker_id,
+        incarnation=incarnation or f"p-{broker_id}", cluster_id=coord.state.cluster_id)))
+
+
 # -- stall grace: a coordinator and a leader on a ManualClock -------------------------------
 def coordinator_with_a_member(tmp_path: Path) -> tuple[Coordinator, ManualClock, int]:
     """A coordinator on a ManualClock that has just heard brokers 1-3 and group g's member m-1;
     returns it, its clock and the session timeout (ms). The caller closes it."""
-    config = load_config(make_config(tmp_path, 3, engine="memory"))
-    session_ms = config.liveness.session_timeout_ms
     clock = ManualClock(start_ms=1_000_000)
-    coord = Coordinator(config, "coordinator", clock=clock)
-    for bid in (1, 2, 3):
-        coord._seen(bid)
+    coord = coordinator(tmp_path, clock)
+    session_ms = coord.config.liveness.session_timeout_ms
     member = Member("m-1", "c", "h", ["t"], session_timeout_ms=session_ms, rebalance_timeout_ms=session_ms,
                     last_seen_ms=clock.now_ms())
     coord.groups.groups["g"] = Group("g", state=STABLE, generation=1, leader="m-1", members={"m-1": member})

@@ -22,7 +22,7 @@ from fabric.rpc import RpcServer
 from nodes.broker.node import Broker
 from nodes.coordinator.node import Coordinator
 from tests.harness import free_ports, make_config
-from tests.unit.builders_broker import Loopback
+from tests.unit.builders_broker import Loopback, coordinator
 from tests.unit.builders_sender import sender_rigs
 from tests.unit.fakes import BIG, SendSpy
 from tests.unit.tcp_endpoints import tcp_router
@@ -110,13 +110,10 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Broker, Coordinator, Loopback]]:
     """Broker 1 and a coordinator (memory engine) joined by a ``Loopback``, on one ManualClock
     (``broker.clock``: their timers run only when a test moves it, never because the machine
     was slow); both closed at the end. The coordinator has heard brokers 1-3, as from their
-    heartbeats in a running cluster: each one may be elected (``Coordinator._electable``)."""
-    config = load_config(make_config(tmp_path, 3, engine="memory"))
+    heartbeats in a running cluster: each one may be elected (``builders_broker.coordinator``)."""
     clock = ManualClock(start_ms=1_000_000)
-    coord = Coordinator(config, "coordinator", clock=clock)
-    for bid in (1, 2, 3):
-        coord._seen(bid)
-    broker = Broker(config, "broker-1", clock=clock)
+    coord = coordinator(tmp_path, clock)
+    broker = Broker(coord.config, "broker-1", clock=clock)
     loop = Loopback(broker, coord)
     try:
         yield broker, coord, loop

@@ -320,6 +320,10 @@ class FakeGroupContext:
         if self.store is not None:
             self.store.save(self.state)
 
+    def electable(self) -> set[int]:
+        """Every alive broker: heard, as in a running cluster."""
+        return set(self.alive)
+
 
 # -- the group coordinator and its offsets store on a FakeGroupContext ------------------------------
 def two_partition_state() -> ClusterState:

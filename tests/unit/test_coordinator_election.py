@@ -69,6 +69,29 @@ def test_a_broker_coming_back_only_touches_offline_partitions_it_is_a_replica_of
     assert [(c.partition, _state(c)) for c in changes] == [(2, (E.ELECTED, 2, 4, [2]))]
 
 
+def test_a_broker_coming_up_elects_but_never_rewrites_an_offline_partitions_isr() -> None:
+    """Broker 3, a replica outside the ISR, comes up while no ISR member may be elected (broker 1
+    dead, broker 2 alive by a restarted coordinator's grace only): nothing changes -- its sign
+    of life is no reason to rewrite the partition (a death shrinks an ISR, on_broker_down),
+    and no replica outside the ISR is elected while broker 2 may run, unclean or not."""
+    for unclean in (False, True):
+        topics = _topics(PartitionState(-1, 5, [1, 2, 3], [1, 2]))
+        assert E.on_broker_up(topics, 3, {2, 3}, unclean, electable={3}) == [], f"unclean {unclean}"
+        (change,) = E.on_broker_up(topics, 2, {2, 3}, unclean, electable={2, 3})
+        assert _state(change) == (E.ELECTED, 2, 6, [2])
+
+
+def test_a_partition_never_led_is_elected_from_any_replica_cleanly() -> None:
+    """Leader -1 at leader epoch 0: made offline (no broker heard yet) and never led since, so
+    it holds no record -- a replica a restart took out of its ISR may lead it, as a clean
+    election, its ISR every live replica; unclean election plays no part. A partition that was
+    led (epoch 1 and up) keeps the ISR rule (broker 3, its ISR, may run: not heard yet)."""
+    for unclean in (False, True):
+        topics = _topics(PartitionState(-1, 0, [1, 2, 3], [3]), PartitionState(-1, 1, [1, 2, 3], [3]))
+        changes = E.on_broker_up(topics, 1, {1, 2, 3}, unclean, electable={1})
+        assert [(c.partition, _state(c)) for c in changes] == [(0, (E.ELECTED, 1, 1, [1, 2, 3]))], f"unclean {unclean}"
+
+
 def test_leadership_goes_back_to_the_preferred_replica_only_when_it_is_alive_and_in_sync() -> None:
     topics = _topics(PartitionState(2, 4, [1, 2], [1, 2]),   # 1 in sync and alive: back to it
                      PartitionState(2, 4, [1, 2], [2]),      # 1 not in sync

@@ -2,8 +2,9 @@
 broker holds: real ``Coordinator`` objects (restarted on one data directory), driven by a
 ManualClock, with brokers that heartbeat, pause, crash, restart as new processes that lost their
 unflushed tail, catch up and are proposed into ISRs by their leaders, and acknowledged writes;
-the coordinator restarts, stalls (the clock jumps between two passes) and finds its disk full
-for a while (every durable write fails: the change goes back, the handler's error is logged).
+the coordinator restarts, stalls (the clock jumps between two passes), finds its disk full
+for a while (every durable write fails: the change goes back, the handler's error is logged)
+and moves leadership back to preferred replicas (its periodic check, at random steps).
 
 The model: a broker *holds* a partition when its log has every record acknowledged so far. An
 acknowledged write needs a running leader and every member of the committed ISR running and
@@ -13,6 +14,11 @@ from a leader that holds. Checked after every step:
 - safety: a newly elected leader (its current process) holds the partition, unless no other
   member of the ISR it was chosen from held it and was taken for alive (the last in-sync
   replica restarted: nothing better to elect); a leader is in its own ISR.
+- epochs, on what the coordinator publishes (every metadata delta it sends, and its state as a
+  METADATA request or a registration is answered), over the whole run, its restarts included:
+  a partition's leader epoch never goes back, and no epoch is given to two leaders (-1, offline,
+  counting as one) -- so every leader change comes with a higher epoch, and no two brokers
+  both lead a partition in one epoch (a broker leads by the metadata it applied).
 - liveness: after the faults heal (every broker running and heard for two sessions), every
   partition has a leader.
 
@@ -35,6 +41,7 @@ from fabric import wire
 from fabric.clock import ManualClock
 from engines.errors import LoomError
 from fabric.config import load_config
+from fabric.metadata import PartitionInfo
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
@@ -76,11 +83,15 @@ class Sim:
         self.brokers = {b: Broker(b) for b in BROKERS}
         self.clock_ms = 1_000_000
         self.disk_full = False  # every durable write of the coordinator fails (ENOSPC)
+        # what the coordinator ever published, over its restarts: (partition, leader epoch) ->
+        # the leader at that epoch, and each partition's latest (leader, leader epoch)
+        self.epoch_leaders: dict[tuple[int, int], int] = {}
+        self.latest_published: dict[int, tuple[int, int]] = {}
+        self.log: list[str] = []
         self.coord = self._start()
         self.coord.state.topics["t"] = TopicState([PartitionState(p + 1, 0, [p + 1, *[b for b in BROKERS if b != p + 1]],
                                                                  list(BROKERS)) for p in range(PARTITIONS)], {})
         self.coord.commit()
-        self.log: list[str] = []
         self.leaders = [(ps.leader, ps.leader_epoch, list(ps.isr)) for ps in self.partitions()]
 
     def _start(self) -> Coordinator:
@@ -97,6 +108,15 @@ class Sim:
                         raise OSError(errno.ENOSPC, "No space left on device")
                     save(state)
                 coord.store.save = save_unless_full  # type: ignore[method-assign]
+                publish = coord.publish
+
+                def publish_checked(topic: bytes, kind: bytes, header: dict, payloads: Any = ()) -> None:
+                    if kind == P.PUB_METADATA_DELTA:
+                        for entry in header["topics"].get("t", {}).get("changed", ()):
+                            info = PartitionInfo.from_wire("t", entry[0], entry[1:])
+                            self.published(info.partition, info.leader, info.leader_epoch, "a delta")
+                    publish(topic, kind, header, payloads)
+                coord.publish = publish_checked  # type: ignore[method-assign]
                 return coord
             except (zmq.ZMQError, OSError) as e:
                 if e.errno != errno.EADDRINUSE or attempt == PORT_ATTEMPTS - 1:
@@ -178,8 +198,21 @@ class Sim:
         self.log.append(f"alter_isr t-{p} {sorted(isr)} -> {list(self.coord.state.topics['t'].partitions[p].isr) if ok else 'not stored'}")
 
     # -- the checks -------------------------------------------------------------------------------
+    def published(self, p: int, leader: int, epoch: int, how: str) -> None:
+        """Partition ``p`` was published (in ``how``) led by ``leader`` at leader epoch ``epoch``."""
+        last_leader, last_epoch = self.latest_published.get(p, (leader, epoch))
+        assert epoch >= last_epoch, f"seed {self.seed}: t-{p} published at epoch {epoch} (leader {leader}) in {how} " \
+                                    f"after epoch {last_epoch} (leader {last_leader})\n" + self.trace()
+        owner = self.epoch_leaders.setdefault((p, epoch), leader)
+        assert owner == leader, f"seed {self.seed}: t-{p} epoch {epoch} given to two leaders, {owner} and then " \
+                                f"{leader} (in {how})\n" + self.trace()
+        if (leader, epoch) != (last_leader, last_epoch):
+            self.log.append(f"t-{p} published led by {leader} at epoch {epoch} in {how}")
+        self.latest_published[p] = (leader, epoch)
+
     def after_coordinator_step(self) -> None:
         for p, ps in enumerate(self.partitions()):
+            self.published(p, ps.leader, ps.leader_epoch, "its state")
             if ps.leader >= 0:
                 assert ps.leader in ps.isr, f"seed {self.seed}: t-{p} led by {ps.leader} outside its ISR {ps.isr}\n" + self.trace()
             # a leader's process the coordinator does not know yet (a restart it has not heard
@@ -204,6 +237,7 @@ class Sim:
             self.coord.close()
             self.coord = self._start()
             self.leaders = [(ps.leader, ps.leader_epoch, list(ps.isr)) for ps in self.partitions()]
+            self.after_coordinator_step()  # what it answers from its stored state
         elif r < 0.08 and b.running:
             self.log.append(f"broker {b.bid} restarts (a new process, its unflushed tail lost)")
             b.process += 1
@@ -232,6 +266,9 @@ class Sim:
             self.clock_ms += stalled_ms
             self.coord.clock.advance(stalled_ms)  # type: ignore[attr-defined]
             self.tick()
+        elif r < 0.22:
+            self.log.append("preferred leaders restored where they can be")
+            self.handled(lambda _: self.coord._restore_preferred_leaders(), None)
         elif r < 0.45:
             self.produce(self.rng.randrange(PARTITIONS))
         elif r < 0.60:

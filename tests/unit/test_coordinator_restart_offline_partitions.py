@@ -18,12 +18,10 @@ from typing import Iterator
 import pytest
 
 from fabric import protocol as P
-from fabric import wire
 from fabric.clock import ManualClock
-from fabric.config import load_config
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
-from tests.harness import make_config
+from tests.unit.builders_broker import coordinator, heartbeat
 from tests.unit.fakes import request
 
 NOW_MS = 1_000_000
@@ -32,14 +30,12 @@ INCARNATIONS = {1: "p-1", 2: "p-2", 3: "p-3"}
 
 
 def _coordinator(tmp_path: Path) -> Coordinator:
-    # fresh ports each time (a closed ZeroMQ socket may hold its port a moment longer), one data dir
-    return Coordinator(load_config(make_config(tmp_path, 3, engine="memory")), "coordinator", clock=ManualClock(NOW_MS))
+    """The coordinator on ``tmp_path``'s data dir, started: it has heard no broker yet."""
+    return coordinator(tmp_path, ManualClock(NOW_MS), heard=())
 
 
 def _heartbeat(coord: Coordinator, broker_id: int) -> None:
-    coord._on_heartbeat(wire.encode_heartbeat(wire.Heartbeat(
-        f"broker-{broker_id}", "broker", 4242, coord.clock.wall_ms(), broker_id=broker_id,
-        incarnation=INCARNATIONS[broker_id], cluster_id=coord.state.cluster_id)))
+    heartbeat(coord, broker_id, INCARNATIONS[broker_id])
 
 
 @pytest.fixture

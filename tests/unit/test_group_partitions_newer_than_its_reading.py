@@ -26,7 +26,6 @@ from fabric import protocol as P
 from fabric import wire
 from fabric.client.group_link import COORDINATOR_CALL_TIMEOUT_MS
 from fabric.clock import ManualClock
-from fabric.config import load_config
 from fabric.errors import RemoteError
 from fabric.records import decode_batches
 from fabric.rpc import DEFER
@@ -37,7 +36,7 @@ from nodes.coordinator.node import Coordinator
 from nodes.coordinator.offsets import OFFSETS_TOPIC
 from nodes.coordinator.offsets_loader import decode_record
 from nodes.coordinator.store import StateStore
-from tests.harness import make_config
+from tests.unit.builders_broker import coordinator
 from tests.unit.fakes import RecordingServer, request
 
 T0, T1, T2 = ("t", 0), ("t", 1), ("t", 2)
@@ -102,10 +101,7 @@ class _Cluster:
     def _start(self) -> Coordinator:
         """A coordinator on the state file under ``tmp_path`` (ports picked free each time), its
         committed offsets loaded from the offsets log."""
-        coord = Coordinator(load_config(make_config(self.tmp_path, 3, engine="memory")), "coordinator",
-                            clock=self.clock, offsets_connect=lambda endpoint: self.log)
-        for bid in (1, 2, 3):
-            coord._seen(bid)
+        coord = coordinator(self.tmp_path, self.clock, offsets_connect=lambda endpoint: self.log)
         coord.groups.server = RecordingServer()  # the joins' answers, read by the test
         coord.groups.offsets.start_loading()
         self.log.settle()
@@ -268,10 +264,7 @@ def test_a_partition_made_after_a_restart_is_newer_than_the_reading_stored_befor
     cluster.committed(T0, 6)
     cluster.log.settle()
     cluster.coord.close()
-    cluster.coord = Coordinator(load_config(make_config(cluster.tmp_path, 3, engine="memory")), "coordinator",
-                                clock=cluster.clock, offsets_connect=lambda endpoint: cluster.log)
-    for bid in (1, 2, 3):
-        cluster.coord._seen(bid)
+    cluster.coord = coordinator(cluster.tmp_path, cluster.clock, offsets_connect=lambda endpoint: cluster.log)
     cluster.coord.groups.server = RecordingServer()
     cluster.join("b")  # a generation before the offsets are loaded
     cluster.coord.groups.offsets.start_loading()
