@@ -54,7 +54,7 @@ from nodes.control import ControlServer, EventLog, control_path
 from nodes.monitor_watch import MonitorWatch
 from nodes.processes import SUPERVISED_ENV, is_loom_process, kill_group, pid_alive, terminate_and_wait
 from nodes.run import EXIT_CONFIG_ERROR
-from nodes.running_cluster import LOG_DIR_NAME, STOP_TIMEOUT_S, log_path, pid_file_path, ping, read_pid_file
+from nodes.running_cluster import LOG_DIR_NAME, STOP_TIMEOUT_S, ask, log_path, pid_file_path, ping, read_pid_file
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_FILE_NAME = "loom.lock"
@@ -186,8 +186,10 @@ class Supervisor:
 
     def start_all(self) -> None:
         """Start the coordinator, wait for it, then every other node; wait until all answer
-        PING. Raises FabricError (after stopping what it started) when a node does not come
-        up within supervisor.startup_timeout_ms."""
+        PING and the coordinator has heard every broker (a topic made before that is led by
+        the brokers it heard, and moved to its preferred leaders later). Raises FabricError
+        (after stopping what it started) when a node does not come up within
+        supervisor.startup_timeout_ms; a broker not heard by then is only reported."""
         self.check_not_running()
         (self.data_dir / LOG_DIR_NAME).mkdir(parents=True, exist_ok=True)
         self.install_signal_handlers()
@@ -200,6 +202,7 @@ class Supervisor:
                 self._spawn(self.children[name])
             self._write_pid_file()
             self._wait_healthy(group, deadline_ms)
+        self._wait_brokers_heard(first, deadline_ms)
 
     def _spawn(self, child: Child) -> None:
         path = log_path(self.config, child.name)
@@ -308,6 +311,24 @@ class Supervisor:
                                  f"{self.config.supervisor.startup_timeout_ms} ms", sorted(pending)[0])
             if pending:
                 time.sleep(0.1)
+
+    def _wait_brokers_heard(self, coordinators: list[str], deadline_ms: int) -> None:
+        brokers = {c.node.broker_id for c in self.children.values() if c.node.role == "broker"}
+        if not coordinators or not brokers:
+            return
+        coordinator = self.children[coordinators[0]].node
+        heard: set[int] = set()
+        while True:
+            if self._stopping:
+                raise KeyboardInterrupt
+            stats = ask(coordinator, P.STATS) or {}
+            heard = set(stats.get("brokers_heard", ()))
+            if brokers <= heard or _now_ms() >= deadline_ms:
+                break
+            time.sleep(0.05)
+        if not brokers <= heard:
+            self.emit(f"loom: the coordinator has not heard broker(s) {', '.join(map(str, sorted(brokers - heard)))} "
+                      "yet; topics made until it does are led by the others")
 
     def _fail_start(self, message: str, name: str) -> None:
         tail = log_tail(log_path(self.config, name))

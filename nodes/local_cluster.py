@@ -121,7 +121,8 @@ def running_cluster(directory: Path, brokers: int = 3, **config: Any) -> Iterato
 
 
 class Cluster:
-    """Processes of one test cluster. ``start()`` waits until each node answers PING."""
+    """Processes of one test cluster. ``start()`` waits until each node answers PING (and, when
+    it starts the coordinator, until the coordinator has heard every broker that runs)."""
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
@@ -150,6 +151,8 @@ class Cluster:
         if wait:
             for name in names or self.node_names:
                 self.wait_ready(name)
+            if "coordinator" in (names or self.node_names):
+                self.wait_heard([n for n, p in self.procs.items() if self.raw["nodes"][n]["role"] == "broker" and p.poll() is None])
 
     def start_node(self, name: str, wait: bool = True) -> None:
         assert name not in self.procs or self.procs[name].poll() is not None, f"{name} already running"
@@ -188,6 +191,15 @@ class Cluster:
             except CodedError:
                 return False
         wait_until(ready, timeout_s, what=f"{name} to answer PING")
+
+    def wait_heard(self, brokers: list[str], timeout_s: float = 20.0) -> None:
+        """Wait until the coordinator has heard each of ``brokers`` (registered or heartbeated
+        since its start): until then a new partition is led by the brokers it heard, and the
+        preferred-leader check moves it later (nodes/coordinator/topics.py). A broker answers
+        PING before its registration lands."""
+        ids = {self.raw["nodes"][n]["broker_id"] for n in brokers}
+        wait_until(lambda: ids <= set(self.stats("coordinator")["brokers_heard"]), timeout_s,
+                   what=f"the coordinator to hear {', '.join(brokers)}")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]

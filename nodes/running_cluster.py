@@ -51,9 +51,14 @@ def read_pid_file(config: LoomConfig) -> dict | None:
 
 def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
     """PING a node over the fabric: its reply (node, role, pid, uptime_ms) or None."""
+    return ask(node, P.PING, timeout_ms)
+
+
+def ask(node: NodeConfig, command: bytes, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
+    """A node's reply header to ``command`` (no arguments: PING, STATS) or None."""
     client = BlockingClient(zmq.Context.instance(), node.endpoint, identity=None)
     try:
-        return client.call(P.PING, timeout_ms=timeout_ms)[0]
+        return client.call(command, timeout_ms=timeout_ms)[0]
     except CodedError:
         return None
     finally:

@@ -485,6 +485,7 @@ class Coordinator(TopicAdminMixin, Node):
         parts = list(md.partitions())
         return {"metadata_version": md.version, "cluster_id": self.state.cluster_id,
                 "foreign_brokers": {str(b): c for b, c in self._foreign_brokers.items()}, "brokers_alive": sorted(self.alive),
+                "brokers_heard": sorted(self.heard),
                 "heartbeats_from": sorted(self.heartbeats_from), "topics": len(md.topics),
                 "partitions": len(parts), "under_replicated": sum(p.under_replicated for p in parts),
                 "offline": sum(p.offline for p in parts), "stalls": self.stall_watch.stalls, **self.groups.stats()}
