@@ -313,12 +313,14 @@ class Supervisor:
                 time.sleep(0.1)
 
     def _wait_brokers_heard(self, coordinators: list[str], deadline_ms: int) -> None:
+        """Until the coordinator has heard every broker, or one of the nodes exited (it is
+        restarted by the supervision that follows, not waited for here)."""
         brokers = {c.node.broker_id for c in self.children.values() if c.node.role == "broker"}
         if not coordinators or not brokers:
             return
         coordinator = self.children[coordinators[0]].node
         heard: set[int] = set()
-        while True:
+        while not any(c.proc is None or c.proc.poll() is not None for c in self.children.values()):
             if self._stopping:
                 raise KeyboardInterrupt
             stats = ask(coordinator, P.STATS) or {}
@@ -326,6 +328,8 @@ class Supervisor:
             if brokers <= heard or _now_ms() >= deadline_ms:
                 break
             time.sleep(0.05)
+        else:
+            return
         if not brokers <= heard:
             self.emit(f"loom: the coordinator has not heard broker(s) {', '.join(map(str, sorted(brokers - heard)))} "
                       "yet; topics made until it does are led by the others")
