@@ -7,7 +7,8 @@ Besides the latency it reports the CPU each side spent per round trip (what waki
 With ``--loom`` the same closed loop goes through a self-contained Loom cluster instead: one
 record per ``send()`` (``linger_ms`` 0, ``acks=all``, one partition of replication factor
 ``--replication-factor``), waited for before the next, and the CPU every process spent per
-request (its idle CPU over the same time subtracted) -- where a produce's hops cost.
+request (its idle CPU over the same time subtracted: the lower of its idle rates measured
+before and after the requests) -- where a produce's hops cost.
 
 With ``--loom --hops`` every process also marks the points a produce passes
 (``fabric.hoptrace``): the client's application and I/O threads, the leader, the followers. One
@@ -140,6 +141,24 @@ def measure(count: int, pause_s: float) -> dict:
     return dict(lat.summary_ms(), cpu_us_per_round_trip=cpu)
 
 
+def _idle_cpu_per_s(pids: dict[str, int]) -> tuple[dict[str, float], dict[str, float], float]:
+    """Each process's CPU seconds per second over ``IDLE_S`` of nothing asked of it; also the
+    CPU times and the clock at the end (where a measured stretch starts)."""
+    before, t0 = _cpu_s(pids), time.perf_counter()
+    time.sleep(IDLE_S)  # measuring the idle CPU, not synchronisation
+    after, t1 = _cpu_s(pids), time.perf_counter()
+    return {n: (after[n] - before[n]) / (t1 - t0) for n in after}, after, t1
+
+
+def above_idle(busy_cpu_s: float, idle_cpu_per_s: float, elapsed_s: float) -> float:
+    """The CPU a process spent over ``elapsed_s`` beyond its idle rate, never below zero. The
+    rate is the lower of two measures, before the requests and after them: one taken right
+    after the warm-up can hold a node's start-up work (the coordinator's first checks), and
+    subtracting it printed a negative CPU per request for a process that does almost nothing
+    per request."""
+    return max(0.0, busy_cpu_s - idle_cpu_per_s * elapsed_s)
+
+
 def _per_request_us(cpu_s: float, count: int) -> float:
     return round(cpu_s / count * 1e6, 1)
 
@@ -191,11 +210,7 @@ def _measure_loom(work: Path, count: int, pause_s: float, replication_factor: in
             payload = b"x" * PAYLOAD_BYTES
             for _ in range(WARM_UP_REQUESTS):
                 producer.send(LOOM_TOPIC, payload).result(RECV_TIMEOUT_MS / 1000)
-            before, t0 = _cpu_s(pids), time.perf_counter()
-            time.sleep(IDLE_S)  # measuring the idle CPU, not synchronisation
-            after, t1 = _cpu_s(pids), time.perf_counter()
-            idle_s = t1 - t0
-            idle = {n: (after[n] - before[n]) / idle_s for n in after}
+            idle_before, after, t1 = _idle_cpu_per_s(pids)
             brokers = {n: pid for n, pid in pids.items() if n.startswith("broker-")}
             if counts is not None:
                 _signal_and_wait(brokers.values(), callcount.START_SIGNAL, counts, callcount.STARTED_SUFFIX)
@@ -211,7 +226,9 @@ def _measure_loom(work: Path, count: int, pause_s: float, replication_factor: in
             if counts is not None:
                 _signal_and_wait(brokers.values(), callcount.STOP_SIGNAL, counts, callcount.SUFFIX)
             end, elapsed = _cpu_s(pids), time.perf_counter() - t1
-    cpu = {("leader" if n == f"broker-{leader}" else n): _per_request_us(end[n] - after[n] - idle[n] * elapsed, count)
+            idle_after = _idle_cpu_per_s(pids)[0]
+    cpu = {("leader" if n == f"broker-{leader}" else n):
+           _per_request_us(above_idle(end[n] - after[n], min(idle_before[n], idle_after[n]), elapsed), count)
            for n in end}
     cpu["cluster"] = round(sum(v for n, v in cpu.items() if n != "client"), 1)
     roles = {pid: ("leader" if n == f"broker-{leader}" else "follower" if n.startswith("broker-") else n)

@@ -28,3 +28,9 @@ def test_a_replication_factor_the_cluster_cannot_hold_is_a_usage_error(capsys) -
         rtt.main(["--loom", "--replication-factor", "4"])
     assert e.value.code == 2
     assert "--replication-factor must be 1..3" in capsys.readouterr().err
+
+
+def test_cpu_beyond_the_idle_rate_is_never_negative() -> None:
+    assert rtt.above_idle(1.0, 0.1, 5.0) == 0.5
+    # an idle rate measured while a node still did its start-up work, above what it spent later
+    assert rtt.above_idle(0.05, 0.02, 5.0) == 0.0
