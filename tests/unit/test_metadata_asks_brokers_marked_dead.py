@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from fabric import protocol as P
-from fabric.errors import RequestTimeout
+from fabric.errors import ConnectionRefused, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from tests.unit.builders_sender import COORDINATOR, LEADER, Rig
 
@@ -28,9 +30,15 @@ def _metadata(version: int, leader: int, epoch: int, alive: set[int]) -> Cluster
         "topics": {"t": {"configs": {}, "id": "", "partitions": [[leader, epoch, [1, 2, 3], [leader]]]}}})
 
 
+@pytest.mark.parametrize("back_after_ms", [0, 1000, 2000, 3000, 4000, 5000, 6000])
 def test_a_producer_finds_the_new_leader_its_metadata_says_is_dead_while_nothing_else_answers(
-        make_sender_rig: Callable[..., Rig]) -> None:
-    rig = make_sender_rig(endpoints=[COORDINATOR, LEADER, BROKER_2, BROKER_3])
+        make_sender_rig: Callable[..., Rig], back_after_ms: int) -> None:
+    """Broker 2 started again and elected ``back_after_ms`` into the outage (its port refuses
+    until then). The stopped broker 1 holds each ask its whole timeout (3 s), longer than the
+    coordinator's backoff, so a probe of the coordinator comes after each of them: in the
+    third run of seed 134 (the dead brokers already in the turns) the probe took the turn
+    after broker 1's -- broker 2's -- every time."""
+    rig = make_sender_rig(endpoints=[COORDINATOR, LEADER, BROKER_2, BROKER_3], delivery_timeout_ms=60_000)
     rig.metadata.update(_metadata(5, leader=1, epoch=3, alive={1}))
     rig.sender.run_pass()
     rig.grant_producer_id(7)
@@ -38,23 +46,36 @@ def test_a_producer_finds_the_new_leader_its_metadata_says_is_dead_while_nothing
     rig.sender.run_pass()
     assert len(rig.produce_requests()) == 1, "the batch went to broker 1"  # never answered: SIGSTOPped
     elected = _metadata(9, leader=2, epoch=4, alive={2})  # broker 2's copy: elected, alone in the ISR
+    refused = ConnectionRefused("refused the connection: nothing listens there", reason="ECONNREFUSED")
+    back_ms = rig.sender.clock.now_ms() + back_after_ms
+
+    def answer(endpoint: str, sent_ms: int) -> tuple[int, dict | None, Exception | None]:
+        """How an ask of ``endpoint`` sent at ``sent_ms`` ends: (after ms, header, error)."""
+        if endpoint == LEADER:  # SIGSTOPped
+            return 3000, None, RequestTimeout(f"no reply from {LEADER}")
+        if endpoint == BROKER_2 and sent_ms >= back_ms:
+            return 0, {"metadata": elected.to_wire()}, None
+        return 0, None, refused  # SIGKILLed: the coordinator, broker 3, broker 2 until it is back
     asked: list[str] = []
-    for _ in range(300):  # 30 s; broker 2 answers at once, the stopped broker 1 and coordinator never
+    due: list[tuple[int, tuple, Callable]] = []  # (when, how it ends, callback) of the asks made
+    for _ in range(300):  # 30 s
         rig.reactor.advance(100)
         rig.sender.run_pass()
+        now = rig.sender.clock.now_ms()
         for endpoint, client in list(rig.clients.items()):
             for i in [i for i in client.unanswered if client.sent[i][0] == P.METADATA]:
-                asked.append(endpoint)
                 client.unanswered.remove(i)
-                if endpoint == BROKER_2:
-                    client.sent[i][3]({"metadata": elected.to_wire()}, [], None)
-                else:
-                    client.sent[i][3](None, [], RequestTimeout(f"no reply from {endpoint}"))
+                asked.append(endpoint)
+                after_ms, header, error = answer(endpoint, now)
+                due.append((now + after_ms, (header, [], error), client.sent[i][3]))
+        for ask in [d for d in due if d[0] <= now]:
+            due.remove(ask)
+            ask[2](*ask[1])
         if rig.client(BROKER_2).of(P.PRODUCE):
             break
-    assert BROKER_2 in asked, f"broker 2, the leader, never asked for metadata in 30 s; asked {asked[:12]}..."
+    assert rig.client(BROKER_2).of(P.PRODUCE), f"broker 2, the leader, not found in 30 s; asked {asked[:12]}..."
+    assert rig.sender.clock.now_ms() - back_ms <= 6000, f"found late; asked {asked}"
     [(_, header, _, _)] = rig.client(BROKER_2).of(P.PRODUCE)
     assert header["parts"][0][:3] == ["t", 0, 4], "not sent to the new leader at its epoch"
     rig.client(BROKER_2).answer_last(P.PRODUCE, {"results": [[0, 0, ""]]})
     assert [f.result(0).offset for f in futures] == [0, 1]
-
