@@ -76,9 +76,15 @@ def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: 
     rest in turn (the list usually names the coordinator too: with it down, its turns there
     were more timeouts before a broker was asked). A coordinator gone silent (``silence``, told
     of ``metadata`` here) gets no turn within its backoff, and the next try once the backoff is
-    over. Brokers ``metadata`` says are dead get no turn while another endpoint is left (the
-    leader killed just before the coordinator held a refresh the whole timeout after the
-    coordinator's). A list of the coordinator alone asks it every time. Without metadata naming
+    over. Brokers ``metadata`` says are dead take their turns after the live ones (the leader
+    killed just before the coordinator held a refresh the whole timeout after the
+    coordinator's; a turn moves on only after a failed ask, so a refresh a live broker answers
+    never waits on a dead one) -- but they do get turns: a broker restarted and elected since
+    is told apart from a dead one only by asking it, and with the live ones and the coordinator
+    silent, a producer that never asked it wrote nothing for as long as they stayed so. A
+    failed ask of the coordinator that leaves it silent takes no broker's turn (the caller's
+    next ``attempt``: ``metadata_attempt_after_failure``). A list of the coordinator alone
+    asks it every time. Without metadata naming
     a coordinator the endpoints take turns, but for one ``silence`` skips (another client's
     coordinator gone silent)."""
     if silence is not None:
@@ -91,11 +97,24 @@ def metadata_endpoint(metadata: ClusterMetadata, endpoints: list[str], attempt: 
     others = [e for e in endpoints if e != coordinator]
     if not others:
         return coordinator
+    # the dead after the live ones, not left out: "dead" is the copy's, perhaps long out of date
+    # (a broker restarted and elected since, while the coordinator that would say so is silent)
     dead = metadata.dead_endpoints()
-    others = [e for e in others if e not in dead] or others
+    others = [e for e in others if e not in dead] + [e for e in others if e in dead]
     if silence is not None and silence.silent(coordinator):
         return others[attempt % len(others)] if silence.skips(coordinator, now_ms) else coordinator
     return coordinator if attempt % 2 == 0 else others[attempt // 2 % len(others)]
+
+
+def metadata_attempt_after_failure(attempt: int, endpoint: str, silence: CoordinatorSilence, now_ms: int) -> int:
+    """``metadata_endpoint``'s ``attempt`` after an ask of ``endpoint`` failed (``silence`` told
+    of it first): the next -- but the same when ``endpoint`` is the coordinator, silent and
+    within its backoff now: its probe (or the ask that made it silent) takes no broker's turn,
+    and the next try is the broker whose turn it was. Else a probe at each backoff's end took
+    the turn after it, the same broker's whenever the asks between two probes were as many as
+    the brokers (one held by a stopped broker for its whole timeout, the others refused at
+    once): a broker restarted and elected there was never asked."""
+    return attempt if silence.skips(endpoint, now_ms) else attempt + 1
 
 
 def fetch_metadata(ctx: zmq.Context, endpoints: list[str], timeout_ms: int = 3000,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from fabric import protocol as P
 from fabric.client.admin import EARLIEST
-from fabric.client.bootstrap import metadata_endpoint
+from fabric.client.bootstrap import metadata_attempt_after_failure, metadata_endpoint
 from fabric.client.coordinator_silence import CoordinatorSilence, others_may_answer
 from fabric.clock import Clock
 from fabric.errors import RemoteError
@@ -149,7 +149,8 @@ class ConsumerFailover:
             self._md_silence.heard(endpoint, err, self.clock.now_ms(), sent_ms)
             md = read_answer(h, endpoint) if h is not None else None
             if md is None:
-                self._md_index += 1
+                self._md_index = metadata_attempt_after_failure(self._md_index, endpoint, self._md_silence,
+                                                                self.clock.now_ms())
                 self._md_next_ms = self.clock.now_ms() + METADATA_RETRY_MS
             else:
                 self._md_answered = max(self._md_answered, asked)

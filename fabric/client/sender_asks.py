@@ -15,7 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable
 
 from fabric import protocol as P
-from fabric.client.bootstrap import metadata_endpoint
+from fabric.client.bootstrap import metadata_attempt_after_failure, metadata_endpoint
 from fabric.client.coordinator_silence import CoordinatorSilence, others_may_answer
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
@@ -83,18 +83,24 @@ class SenderAsks:
             self.metadata_cache.want_refresh()
             return
         self._md_in_flight = True
-        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_endpoint_index,
-                                     self._md_silence, self.clock.now_ms())
+        sent_ms = self.clock.now_ms()
+        endpoint = metadata_endpoint(self.metadata, self.endpoints, self._md_endpoint_index, self._md_silence, sent_ms)
 
         def done(h: dict | None, _p: list, err: RemoteError | None) -> None:
             self._md_in_flight = False
             self._md_silence.heard(endpoint, err, self.clock.now_ms())
             md = read_answer(h, endpoint) if h is not None else None
             if md is not None:
+                held = self.metadata.version
                 if self.metadata_cache.update(md):
+                    if md.version != held:
+                        log.debug("metadata version %d from %s", md.version, endpoint)
                     self._reroute_in_flight()
             else:
-                self._md_endpoint_index += 1
+                log.debug("no metadata from %s after %d ms (another endpoint asked in %d ms): %s", endpoint,
+                          self.clock.now_ms() - sent_ms, METADATA_RETRY_MS, err if err is not None else "unreadable answer")
+                self._md_endpoint_index = metadata_attempt_after_failure(self._md_endpoint_index, endpoint,
+                                                                         self._md_silence, self.clock.now_ms())
                 self._md_retry_at_ms = self.clock.now_ms() + METADATA_RETRY_MS
                 self.metadata_cache.want_refresh()
                 assert self.reactor is not None

@@ -119,6 +119,7 @@ from tests.faults.group_nemesis_checks import (  # noqa: E402
 from tests.faults.nemesis_common import (  # noqa: E402
     LaneNemesis, cut, heal_nodes, kill_and_restart, pause, print_outcome, run_failed, tracebacks)
 from tests.faults.nemesis_common import main as nemesis_main  # noqa: E402
+from tests.faults.producer_log import ProducerLog  # noqa: E402
 from tests.faults.unclean_election import read_unclean_evidence, unclean_election  # noqa: E402
 from tests.harness import Cluster, make_config, wait_until  # noqa: E402
 
@@ -488,7 +489,7 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False, sm
     mdir.mkdir()
     members = Members(cluster.bootstrap, mdir, seed, 1 if small_buffers else 0)
     violations: list[str] = []
-    workload = observer = nemesis = None
+    workload = observer = nemesis = producer_log = None
     try:
         cluster.start()
         topic_configs = {"min.insync.replicas": 1, UNCLEAN_LEADER_ELECTION: True} if unclean else None
@@ -497,6 +498,8 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False, sm
         admin, workload, leaders = J.setup(cluster, topic_configs, partitions=PARTITIONS, rate_per_s=300, keys=40,
                                            producer_options=options)
         groups = GroupAdmin(admin)
+        producer_log = ProducerLog(workload, TOPIC, directory / "producer.log")  # what the producer saw
+        producer_log.start()
         observer = CommitObserver(cluster.bootstrap)
         observer.start()
         for name in members.modes:
@@ -534,6 +537,7 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False, sm
         members.stop_all()
         workload.wait_acks(300, 30)
         workload.stop()
+        producer_log.stop()
         leaders.stop()
         hws = J.wait_healed(cluster, admin, 60)
         print(f"  healed: HW {hws}, acknowledged {len(workload.acked)}, failed {len(workload.failed)}", flush=True)
@@ -587,6 +591,8 @@ def run(seed: int, duration_s: float, directory: Path, unclean: bool = False, sm
         if nemesis is not None:
             nemesis.stop()
         members.stop_all()
+        if producer_log is not None and producer_log.is_alive():
+            producer_log.stop()
         if observer is not None and observer.is_alive():
             observer.stop()
         cluster.stop_all()

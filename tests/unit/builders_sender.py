@@ -65,7 +65,8 @@ def sender_rigs() -> Iterator[Callable[..., Rig]]:
     """Rigs with ``SenderSettings`` overrides; their senders are stopped (sockets released)."""
     made: list[Rig] = []
 
-    def make(**settings: Any) -> Rig:
+    def make(endpoints: list[str] | None = None, **settings: Any) -> Rig:
+        """``endpoints``: the producer's bootstrap list (default: one endpoint no test answers)."""
         clock = ManualClock(1000)
         reactor = FakeReactor(clock)
         accumulator = RecordAccumulator(AccumulatorSettings(linger_ms=0), clock, wake=lambda: None)
@@ -76,7 +77,8 @@ def sender_rigs() -> Iterator[Callable[..., Rig]]:
         def client(endpoint: str) -> RecordingClient:
             return clients.setdefault(endpoint, RecordingClient())
         defaults: dict[str, Any] = dict(acks=-1, idempotent=True, delivery_timeout_ms=1000, request_timeout_ms=1000)
-        sender = Sender(SenderSettings(**{**defaults, **settings}), accumulator, metadata, ["tcp://127.0.0.1:5"],
+        sender = Sender(SenderSettings(**{**defaults, **settings}), accumulator, metadata,
+                        endpoints or ["tcp://127.0.0.1:5"],
                         clock=clock, client_factory=client)
         sender.attach(reactor)
         made.append(Rig(sender, accumulator, metadata, reactor, clients))
