@@ -210,6 +210,26 @@ def test_live_tail_from_the_end_shows_every_record_produced_once_it_says_live(da
     assert page.console_errors == []
 
 
+def test_a_tail_the_gateway_refuses_says_why(dashboard, page) -> None:
+    """A tail the gateway closes with 1008 (here: the topic was deleted after the page listed
+    it) shows the gateway's reason. The denial's reason was overwritten by "stopped" at once,
+    so the tail looked as if it had been stopped by hand, with nothing received and no cause."""
+    dashboard.ensure_topic("tail-gone", 1)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/tail")
+    page.wait_for_selector("#tail-topic option[value=tail-gone]", state="attached")
+    assert dashboard.rest("DELETE", dashboard.v3("/topics/tail-gone")).status_code == 204
+    page.select_option("#tail-topic", "tail-gone")
+    page.click("#tail-start")
+    page.wait_for_function("!document.querySelector('#tail-start').disabled")   # the stream has ended
+    status = page.inner_text("#tail-status")
+    assert "'tail-gone' not found" in status, status
+    assert page.is_disabled("#tail-stop") and page.is_disabled("#tail-pause")
+    page.click("#tail-start")                  # a start after a refusal still tries again
+    page.wait_for_function("!document.querySelector('#tail-start').disabled")
+    assert "'tail-gone' not found" in page.inner_text("#tail-status")
+
+
 def test_live_tail_buffers_are_bounded(dashboard, page) -> None:
     dashboard.ensure_topic("firehose", 1)
     login(page, dashboard)
