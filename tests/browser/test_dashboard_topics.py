@@ -265,6 +265,26 @@ def test_message_browser_starts_at_a_time(dashboard, page) -> None:
     assert page.console_errors == []
 
 
+def test_message_browser_at_a_time_needs_the_time(dashboard, page) -> None:
+    """"at time" with the time left empty showed the oldest records, as if "oldest" had been
+    chosen, without a word; the time is now a required field while "at time" is chosen (the
+    browser does not submit the form without it)."""
+    dashboard.ensure_topic("timeline", 1)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/messages?topic=timeline")
+    page.wait_for_selector("#msg-results table")
+    valid = "document.querySelector('#msg-form').checkValidity()"
+    page.select_option("#msg-start", "time")
+    assert page.evaluate(valid) is False
+    assert page.evaluate("document.querySelector('#msg-time').validity.valueMissing") is True
+    page.fill("#msg-time", "2026-01-01T00:00:00")
+    assert page.evaluate(valid) is True
+    page.fill("#msg-time", "")
+    page.select_option("#msg-start", "oldest")          # the time is asked for only "at time"
+    assert page.evaluate(valid) is True
+    assert page.console_errors == []
+
+
 def test_a_topic_that_does_not_exist_offers_nothing_to_do_with_it(dashboard, page) -> None:
     login(page, dashboard)
     page.goto(f"{dashboard.url}/#/topics/no-such-topic")
