@@ -1,5 +1,6 @@
 """How the page shows bytes (pretty JSON, UTF-8 text, hex, folding), reads the monitor's
-Prometheus text and shows an absent offset, checked on the page's own modules in the browser."""
+Prometheus text, shows an absent offset and counts records when a partition's offsets are
+unknown, checked on the page's own modules in the browser."""
 
 from __future__ import annotations
 
@@ -53,4 +54,40 @@ def test_the_reset_preview_shows_no_committed_offset_as_absent(dashboard, page) 
       return [...el.querySelectorAll('tbody tr')].map((tr) => [...tr.cells].map((td) => td.textContent));
     }""")
     assert cells == [["t-0", "—", "0"], ["t-1", "1,500", "1,400"]]
+    assert page.console_errors == []
+
+
+def test_a_partition_with_unknown_offsets_is_shown_unknown_not_minus_one_or_zero(dashboard, page) -> None:
+    """The gateway answers -1 for the offsets of a partition whose leader it did not hear from
+    (a broker restarting). The topic page showed "-1" as start, end offset and high watermark
+    and counted the partition's records as 0, so the topic's total dropped (2,004 records, then
+    2,003); the topics list and the overview counted its high watermark as 0 too, and when the
+    leader answered again its whole log counted as records produced in one refresh (a records/s
+    that never happened). Unknown is shown "—", the totals say unknown, and a rate counts only
+    the partitions known in both samples."""
+    page.goto(dashboard.url + "/")
+    got = page.evaluate("""async () => {
+      const c = await import('/static/js/cluster.js');
+      const t = await import('/static/js/pages/topic.js');
+      const known = (id, start, hw) => ({ partition_id: id, leader: { broker_id: 1 }, leader_epoch: 0, isr: [1],
+        replicas: [{ broker_id: 1, is_leader: true, is_in_sync: true }], under_replicated: false,
+        log_start_offset: start, end_offset: hw, high_watermark: hw });
+      const unknown = known(1, -1, -1);
+      const both = [known(0, 0, 3), known(1, 0, 2001)];
+      const oneUnknown = [known(0, 0, 3), unknown];
+      const cells = [...t.partitionTable(oneUnknown).querySelectorAll('tbody tr')]
+        .map((tr) => [...tr.cells].slice(6).map((td) => td.textContent));
+      const hw = (parts) => c.highWatermarks([{ topic_name: 'orders', partitions: parts }]);
+      return {
+        cells,
+        held: [c.recordsHeld(both), c.recordsHeld(oneUnknown)],
+        // 2 s apart: both known (3 records more), then a leader goes silent, then it answers again
+        rates: [c.recordsPerSecond(hw(both), hw([known(0, 0, 6), known(1, 0, 2001)]), 2),
+                c.recordsPerSecond(hw(both), hw(oneUnknown), 2),
+                c.recordsPerSecond(hw(oneUnknown), hw(both), 2)],
+      };
+    }""")
+    assert got["cells"] == [["0", "3", "3", "3"], ["—", "—", "—", "—"]], got["cells"]
+    assert got["held"] == [2004, None]
+    assert got["rates"] == [1.5, 0, 0]
     assert page.console_errors == []

@@ -120,3 +120,27 @@ def test_read_only_key_cannot_see_the_produce_form_or_admin_actions(dashboard, p
     page.wait_for_selector("#partitions table")
     assert page.locator("#delete-topic").count() == 0 and page.locator("#add-partitions").count() == 0
     assert page.console_errors == []
+
+
+def test_a_reset_to_a_time_needs_the_time(dashboard, page) -> None:
+    """"to time" with the time left empty previewed a reset to the time of the click (every
+    partition to its end), and Execute, which builds its request again, would have applied a
+    later "now" than the one previewed. The form now asks for the time and plans nothing."""
+    dashboard.ensure_topic("ticks", 1)
+    dashboard.produce("ticks", [{"value": {"n": i}} for i in range(5)])
+    consumer = member_that_read(dashboard, "clockless", "ticks", 5)
+    consumer.commit({("ticks", 0): 2})
+    consumer.close()
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/groups/clockless")
+    page.wait_for_selector("#group-members tbody tr td.empty")      # no active member
+    page.select_option("#reset-to", "timestamp")
+    page.click("#reset-form button[type=submit]")
+    page.wait_for_selector("#reset-form .error:not([hidden])")
+    assert "time" in page.inner_text("#reset-form .error").lower()
+    assert page.query_selector("#reset-preview table") is None
+    assert page.is_disabled("#reset-execute")
+    assert page.get_attribute("#reset-time", "aria-invalid") == "true"
+    lags = dashboard.rest("GET", dashboard.v3("/consumer-groups/clockless/lags")).json()["data"]
+    assert [(x["partition_id"], x["current_offset"]) for x in lags] == [(0, 2)]
+    assert page.console_errors == []

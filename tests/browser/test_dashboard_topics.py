@@ -210,6 +210,26 @@ def test_live_tail_from_the_end_shows_every_record_produced_once_it_says_live(da
     assert page.console_errors == []
 
 
+def test_a_tail_the_gateway_refuses_says_why(dashboard, page) -> None:
+    """A tail the gateway closes with 1008 (here: the topic was deleted after the page listed
+    it) shows the gateway's reason. The denial's reason was overwritten by "stopped" at once,
+    so the tail looked as if it had been stopped by hand, with nothing received and no cause."""
+    dashboard.ensure_topic("tail-gone", 1)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/tail")
+    page.wait_for_selector("#tail-topic option[value=tail-gone]", state="attached")
+    assert dashboard.rest("DELETE", dashboard.v3("/topics/tail-gone")).status_code == 204
+    page.select_option("#tail-topic", "tail-gone")
+    page.click("#tail-start")
+    page.wait_for_function("!document.querySelector('#tail-start').disabled")   # the stream has ended
+    status = page.inner_text("#tail-status")
+    assert "'tail-gone' not found" in status, status
+    assert page.is_disabled("#tail-stop") and page.is_disabled("#tail-pause")
+    page.click("#tail-start")                  # a start after a refusal still tries again
+    page.wait_for_function("!document.querySelector('#tail-start').disabled")
+    assert "'tail-gone' not found" in page.inner_text("#tail-status")
+
+
 def test_live_tail_buffers_are_bounded(dashboard, page) -> None:
     dashboard.ensure_topic("firehose", 1)
     login(page, dashboard)
@@ -242,6 +262,26 @@ def test_message_browser_starts_at_a_time(dashboard, page) -> None:
     page.wait_for_function("document.querySelector('#msg-results tbody tr td:nth-child(2)')?.textContent === '7'")
     assert page.locator("#msg-results tbody tr").count() == 5
     assert '"after"' in page.inner_text("#msg-results tbody") and '"before"' not in page.inner_text("#msg-results tbody")
+    assert page.console_errors == []
+
+
+def test_message_browser_at_a_time_needs_the_time(dashboard, page) -> None:
+    """"at time" with the time left empty showed the oldest records, as if "oldest" had been
+    chosen, without a word; the time is now a required field while "at time" is chosen (the
+    browser does not submit the form without it)."""
+    dashboard.ensure_topic("timeline", 1)
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/messages?topic=timeline")
+    page.wait_for_selector("#msg-results table")
+    valid = "document.querySelector('#msg-form').checkValidity()"
+    page.select_option("#msg-start", "time")
+    assert page.evaluate(valid) is False
+    assert page.evaluate("document.querySelector('#msg-time').validity.valueMissing") is True
+    page.fill("#msg-time", "2026-01-01T00:00:00")
+    assert page.evaluate(valid) is True
+    page.fill("#msg-time", "")
+    page.select_option("#msg-start", "oldest")          # the time is asked for only "at time"
+    assert page.evaluate(valid) is True
     assert page.console_errors == []
 
 

@@ -53,7 +53,41 @@ export function counts(c) {
     brokers: c.brokers.length, brokers_alive: c.brokers.filter((b) => b.alive).length };
 }
 
-/** Records a partition holds: high watermark minus log start (unknown offsets count 0). */
+// A partition's offsets are -1 when the gateway did not hear from its leader (a broker
+// restarting): unknown, not zero. Counted as zero, a topic's total dropped while its leader was
+// silent, and the whole log counted as produced in one refresh when it answered again.
+
+/** Records a partition holds: high watermark minus log start; null when its offsets are unknown. */
 export function partitionRecords(p) {
-  return p.high_watermark >= 0 && p.log_start_offset >= 0 ? p.high_watermark - p.log_start_offset : 0;
+  return p.high_watermark >= 0 && p.log_start_offset >= 0 ? p.high_watermark - p.log_start_offset : null;
+}
+
+/** Records the partitions hold, or null when any of them has unknown offsets (the others'
+ * sum would be too low). */
+export function recordsHeld(parts) {
+  let total = 0;
+  for (const p of parts) {
+    const n = partitionRecords(p);
+    if (n === null) return null;
+    total += n;
+  }
+  return total;
+}
+
+/** {"topic/partition": high watermark} of every partition with known offsets, for records/s. */
+export function highWatermarks(topics) {
+  const out = {};
+  for (const t of topics) {
+    for (const p of t.partitions || []) if (p.high_watermark >= 0) out[`${t.topic_name}/${p.partition_id}`] = p.high_watermark;
+  }
+  return out;
+}
+
+/** Records/s between two highWatermarks() samples dtS seconds apart, over the partitions known
+ * in both (a high watermark that went back -- a partition recreated -- counts 0). */
+export function recordsPerSecond(before, after, dtS) {
+  if (!(dtS > 0)) return 0;
+  let records = 0;
+  for (const [tp, hw] of Object.entries(after)) if (before[tp] !== undefined) records += Math.max(0, hw - before[tp]);
+  return records / dtS;
 }

@@ -35,12 +35,23 @@ function resetForm(group, base, topics, onDone) {
   function body(exec) {
     const b = { topic_name: topic.value, to: to.value, execute: exec };
     if (to.value === "offset") b.offset = Number(offset.value);
-    if (to.value === "timestamp") b.timestamp_ms = time.value ? new Date(time.value).getTime() : Date.now();
+    if (to.value === "timestamp") b.timestamp_ms = new Date(time.value).getTime();
     if (to.value === "shift") b.shift_by = Number(shift.value);
     return b;
   }
   async function run(exec) {
     err.hidden = true;
+    time.removeAttribute("aria-invalid");
+    if (to.value === "timestamp" && !time.value) {
+      // no default: "now" would be another instant at Execute than at Preview
+      err.textContent = "Choose the time to reset to.";
+      err.hidden = false;
+      time.setAttribute("aria-invalid", "true");
+      time.focus();
+      execute.disabled = true;
+      clear(preview);
+      return;
+    }
     try {
       const r = await post(`${base}/reset-offsets`, body(exec));
       clear(preview, h("p", {}, r.executed ? h("strong", {}, "Executed:") : "Dry run — nothing changed yet:"),

@@ -48,7 +48,11 @@ function controls(state, topics, go) {
   const scan = h("select#msg-scan", { name: "scan" }, [1000, 5000, SCAN_RECORDS_MAX].map((n) => h("option", { value: String(n) }, fmtNum(n))));
   const offsetField = field("Offset", offset);
   const timeField = field("Time (local)", time);
-  const sync = () => { offsetField.hidden = start.value !== "offset"; timeField.hidden = start.value !== "time"; };
+  const sync = () => {
+    offsetField.hidden = start.value !== "offset";
+    timeField.hidden = start.value !== "time";
+    time.required = start.value === "time";   // else an empty time silently meant "oldest"
+  };
   start.addEventListener("change", sync);
   sync();
   async function fillPartitions() {

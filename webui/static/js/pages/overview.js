@@ -2,7 +2,7 @@
 // monitor's history, then live points), cluster counts and firing alerts.
 
 import { rateChart } from "../chart.js";
-import { counts, loadCluster } from "../cluster.js";
+import { counts, highWatermarks, loadCluster, recordsPerSecond } from "../cluster.js";
 import { fallbackRecordsIn, model, subscribe } from "../model.js";
 import { badge, card, clear, every, fmtAgo, fmtBytes, fmtRate, h, stat } from "../ui.js";
 
@@ -89,14 +89,14 @@ export async function render(root, ctx) {
     liveEl.textContent = model.connection === "open" ? "live" : `live updates: ${model.connection}`;
   }
 
-  let previous = null;   // {ms, records}: high watermarks summed, for records/s without the monitor
+  let previous = null;   // {ms, hws}: the high watermarks, for records/s without the monitor
   async function refresh() {
     try { rest = await loadCluster(); restError = null; } catch (e) { restError = e; }
     if (rest && !restError) {
-      const records = rest.topics.reduce((s, t) => s + (t.partitions || []).reduce((a, p) => a + Math.max(0, p.high_watermark), 0), 0);
+      const hws = highWatermarks(rest.topics);
       const now = Date.now();
-      if (previous && now > previous.ms) fallbackRecordsIn(now, Math.max(0, (records - previous.records) * 1000 / (now - previous.ms)));
-      previous = { ms: now, records };
+      if (previous && now > previous.ms) fallbackRecordsIn(now, recordsPerSecond(previous.hws, hws, (now - previous.ms) / 1000));
+      previous = { ms: now, hws };
     }
     draw();
   }

@@ -72,7 +72,7 @@ export async function render(root, ctx) {
     updateStatus();
   }
 
-  function stop() {
+  function stop(label = "stopped") {
     if (sock) sock.close();
     sock = null;
     start.disabled = false;
@@ -80,7 +80,7 @@ export async function render(root, ctx) {
     stopBtn.disabled = true;
     paused = false;
     pause.textContent = "Pause";
-    setState("stopped");
+    setState(label);
   }
 
   const form = h("form#tail-form", { on: { submit: (e) => {
@@ -91,8 +91,9 @@ export async function render(root, ctx) {
     sock = openSocket(`/ws/consume${qs({ topic: topic.value, from: from.value, format: "binary", auto_commit: "false" })}`, {
       onMessage,
       onState: (s, reason) => {
-        setState(s === "open" ? JOINING : `${s}${reason ? `: ${reason}` : ""}`);
-        if (s === "denied") stop();
+        // a refusal (1008) is final: the stream stops, and says the gateway's reason
+        if (s === "denied") stop(`refused: ${reason}`);
+        else setState(s === "open" ? JOINING : `${s}${reason ? `: ${reason}` : ""}`);
       },
     });
     start.disabled = true;
@@ -108,8 +109,8 @@ export async function render(root, ctx) {
     if (!paused) { show(buffered); buffered = []; }
     updateStatus();
   });
-  stopBtn.addEventListener("click", stop);
-  ctx.cleanup.push(stop);
+  stopBtn.addEventListener("click", () => stop());
+  ctx.cleanup.push(() => stop());
   clear(root, h("h1", {}, "Live tail"), card(null, form), list,
     h("p.muted", {}, "Newest first. Each tail reads as its own throwaway consumer group that commits nothing."));
   if (ctx.query.topic) form.requestSubmit();

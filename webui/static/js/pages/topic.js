@@ -3,7 +3,7 @@
 // delete (the topic's name must be typed to confirm).
 
 import { del, get, patch, v3 } from "../api.js";
-import { partitionRecords } from "../cluster.js";
+import { partitionRecords, recordsHeld } from "../cluster.js";
 import { badge, card, clear, every, field, fmtNum, h, modal, table, toast } from "../ui.js";
 
 const REFRESH_MS = 3000;
@@ -11,6 +11,11 @@ const REFRESH_MS = 3000;
 function replicasCell(p) {
   return p.replicas.map((r) => h("span.pill", { title: r.is_in_sync ? "in sync" : "out of sync" },
     `${r.broker_id}${r.is_leader ? "★" : ""}${r.is_in_sync ? "" : " ✗"}`)).flatMap((x) => [x, " "]);
+}
+
+/** An offset, "—" when unknown (-1: the gateway did not hear from the partition's leader). */
+function offsetCell(n) {
+  return n < 0 ? h("span.muted", { title: "unknown: the partition's leader did not answer" }, "—") : fmtNum(n);
 }
 
 export function partitionTable(parts) {
@@ -21,10 +26,10 @@ export function partitionTable(parts) {
     { label: "Replicas", cell: replicasCell },
     { label: "ISR", cell: (p) => h("span.mono", {}, `[${p.isr.join(", ")}]`) },
     { label: "State", cell: (p) => (!p.leader ? badge("offline") : p.under_replicated ? badge("degraded", "under-replicated") : badge("healthy", "in sync")) },
-    { label: "Start offset", cls: "num", cell: (p) => fmtNum(p.log_start_offset) },
-    { label: "End offset", cls: "num", cell: (p) => fmtNum(p.end_offset) },
-    { label: "HW", cls: "num", cell: (p) => fmtNum(p.high_watermark) },
-    { label: "Records", cls: "num", cell: (p) => fmtNum(partitionRecords(p)) },
+    { label: "Start offset", cls: "num", cell: (p) => offsetCell(p.log_start_offset) },
+    { label: "End offset", cls: "num", cell: (p) => offsetCell(p.end_offset) },
+    { label: "HW", cls: "num", cell: (p) => offsetCell(p.high_watermark) },
+    { label: "Records", cls: "num", cell: (p) => (partitionRecords(p) === null ? offsetCell(-1) : fmtNum(partitionRecords(p))) },
   ], parts, { rowCls: (p) => (!p.leader ? "offline" : p.under_replicated ? "under-replicated" : ""), empty: "no partitions" });
 }
 
@@ -87,8 +92,10 @@ export async function render(root, ctx) {
       const [t, parts] = await Promise.all([get(base), get(`${base}/partitions`)]);
       count = t.partitions_count;
       const under = parts.data.filter((p) => p.under_replicated).length;
+      const held = recordsHeld(parts.data);
+      const unknown = parts.data.filter((p) => partitionRecords(p) === null).length;
       summary.textContent = `${t.partitions_count} partitions · replication factor ${t.replication_factor} · ${under} under-replicated · ` +
-        `${fmtNum(parts.data.reduce((s, p) => s + partitionRecords(p), 0))} records`;
+        (held === null ? `records unknown (the leader of ${unknown} partition${unknown === 1 ? "" : "s"} did not answer)` : `${fmtNum(held)} records`);
       clear(partsEl, partitionTable(parts.data));
     } catch (e) {
       clear(partsEl, h("div.error", { role: "alert" }, e.message));

@@ -3,7 +3,7 @@
 // the topic's page.
 
 import { ApiError, post, v3 } from "../api.js";
-import { loadCluster, partitionRecords } from "../cluster.js";
+import { highWatermarks, loadCluster, recordsHeld, recordsPerSecond } from "../cluster.js";
 import { card, clear, field, fmtNum, fmtRate, h, refreshing, table, toast } from "../ui.js";
 
 const REFRESH_MS = 5000;
@@ -63,7 +63,7 @@ export async function render(root, ctx) {
     ctx.can("admin") ? createForm(() => refresh()) : null,
     h("div.toolbar", {}, filter), listEl);
   let cluster = null;
-  let previous = null;   // {ms, totals: {topic: hw sum}} for records/s
+  let previous = null;   // {ms, hws: {topic: highWatermarks()}} for records/s
   const rates = {};
 
   function draw() {
@@ -75,7 +75,7 @@ export async function render(root, ctx) {
       { label: "Partitions", cls: "num", cell: (t) => t.partitions_count },
       { label: "Replication", cls: "num", cell: (t) => t.replication_factor },
       { label: "Under-replicated", cls: "num", cell: (t) => (t.partitions ? t.partitions.filter((p) => p.under_replicated).length : "—") },
-      { label: "Records", cls: "num", cell: (t) => (t.partitions ? fmtNum(t.partitions.reduce((s, p) => s + partitionRecords(p), 0)) : "—") },
+      { label: "Records", cls: "num", cell: (t) => (t.partitions ? fmtNum(recordsHeld(t.partitions)) : "—") },
       { label: "Records/s", cls: "num", cell: (t) => (rates[t.topic_name] === undefined ? "—" : fmtRate(rates[t.topic_name])) },
       { label: "", cell: (t) => h("a", { href: `#/messages?topic=${encodeURIComponent(t.topic_name)}` }, "messages") },
     ], rows, { empty: q ? "no topic matches" : "no topics yet", rowCls: (t) => (t.partitions && t.partitions.some((p) => p.under_replicated) ? "under-replicated" : "") }));
@@ -84,15 +84,15 @@ export async function render(root, ctx) {
   async function refresh() {
     cluster = await loadCluster();
     const now = performance.now();
-    const totals = {};
-    for (const t of cluster.topics) if (t.partitions) totals[t.topic_name] = t.partitions.reduce((s, p) => s + Math.max(0, p.high_watermark), 0);
+    const hws = {};
+    for (const t of cluster.topics) if (t.partitions) hws[t.topic_name] = highWatermarks([t]);
     if (previous) {
       const dt = (now - previous.ms) / 1000;
-      for (const [name, total] of Object.entries(totals)) {
-        if (previous.totals[name] !== undefined && dt > 0) rates[name] = Math.max(0, (total - previous.totals[name]) / dt);
+      for (const [name, hw] of Object.entries(hws)) {
+        if (previous.hws[name] !== undefined) rates[name] = recordsPerSecond(previous.hws[name], hw, dt);
       }
     }
-    previous = { ms: now, totals };
+    previous = { ms: now, hws };
     draw();
   }
   filter.addEventListener("input", draw);
