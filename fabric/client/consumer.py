@@ -47,7 +47,7 @@ from fabric.clock import Clock
 from fabric.errors import FabricError, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
-from fabric.records import Record, RecordBatchView
+from fabric.records import HeldBytes, Record, RecordBatchView
 from fabric.rpc import RpcClient
 
 # the metadata limits live in consumer_failover, the fetch ones in consumer_fetch; importable from here as before
@@ -184,6 +184,10 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         # the fetched bytes the buffer holds: each answer's, counted on the view that holds them
         # last (``RecordBatchView.held``: a split leaves them on the rest) until it leaves the buffer
         self._buffered_bytes = 0
+        # ... and what the batches decoded for the views of those answers take beside them: a
+        # poll that cuts a batch leaves it decoded whole for the rest of it, buffered
+        # (``fabric.records.DecodedBatches``); counted on the view that holds the bytes, as they are
+        self._decoded = HeldBytes()
         self._fetching: dict[str, _InFlight] = {}  # endpoint -> its one fetch in flight
         self._resetting: dict[TopicPartition, _InFlight] = {}  # LIST_OFFSETS in flight
         self._held_until_ms: dict[TopicPartition, int] = {}  # not fetched before (a refused fetch)
@@ -232,6 +236,9 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         self._fetch_epochs.pop(tp, None)
 
     def _keep_buffered(self, keep: Any) -> None:
+        for run in self._buffer:
+            if run.held and not keep((run.topic, run.partition)):
+                run.count_decoded(None)
         self._buffer = deque(run for run in self._buffer if keep((run.topic, run.partition)))
         self._buffered_records = sum(map(len, self._buffer))
         self._buffered_bytes = sum(run.held for run in self._buffer)
@@ -368,7 +375,9 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
                     buf[0] = rest  # the fetched bytes stay with it (``split``)
                 else:
                     buf.popleft()
-                    self._buffered_bytes -= head.held
+                    if head.held:  # its answer's last run: the bytes, and what was decoded of them, go
+                        self._buffered_bytes -= head.held
+                        head.count_decoded(None)
                 out.append(run)
                 left -= len(run)
                 positions[tp] = run.next_offset
@@ -396,7 +405,10 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         assert all(self.positions[tp] == offset for tp, offset in end.items()), "positions moved since the take"
         self._buffer.extendleft(reversed(runs))
         self._buffered_records += sum(map(len, runs))
-        self._buffered_bytes += sum(run.held for run in runs)
+        for run in runs:
+            if run.held:
+                self._buffered_bytes += run.held
+                run.count_decoded(self._decoded)
         for tp, offset in first.items():
             self.positions[tp] = offset
             self._epochs_back_to(tp, offset)  # as ``give_back`` leaves them
@@ -443,8 +455,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         # clients', a heartbeat thread's) keep a closed consumer until a full collection, which
         # a node runs seldom (nodes/run.py), and a consumer service whose instances came and went
         # grew by every one's buffered records meanwhile
-        self._buffer.clear()
-        self._buffered_records = self._buffered_bytes = 0
+        self._keep_buffered(lambda tp: False)
 
     def __enter__(self) -> "Consumer":
         return self

@@ -8,6 +8,8 @@ records as it returns."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -316,3 +318,47 @@ def test_a_poll_cut_by_max_bytes_unpacks_about_what_it_returns(make: Any, monkey
     # before: each poll unpacked all it took (up to 5,000) to return 64 -- 39x the records read
     assert sum(built) <= 3 * RECORDS, f"{sum(built)} records unpacked to return {RECORDS}"
     assert c.position((T, 0)) == RECORDS
+
+
+# -- what a cut batch leaves decoded ------------------------------------------------------------
+def keyed_batch(base: int, n: int) -> bytes:
+    """``n`` small keyed records (not of one layout: unpacked as tuples), as the leader wrote them."""
+    recs = [(1_000 + i, b"key-%04d" % (i % 10_000), b"v" * (i % 7 + 4), None) for i in range(n)]
+    return as_leader_wrote(build_batch(recs), base, 1)
+
+
+def test_a_batch_decoded_for_the_rest_of_a_cut_counts_against_the_bound(make: Any) -> None:
+    """A poll that returns part of a batch decodes the whole batch once, and keeps it decoded for
+    the rest, still buffered (``fabric.records.DecodedBatches``): ~8 times its fetched bytes for
+    small records. Not counted, the consumer fetched ahead as if it held only the fetched bytes --
+    what it held and asked for went past its bound by the decoded batch (at a consumer
+    service's 1 MiB share, a batch of 1 MiB held ~8 MiB). Measured, not computed: what the
+    consumer holds after the poll (tracemalloc) and what its fetches in flight may bring."""
+    bound = 4 * 1024 * KIB
+    c, net = make(buffered_bytes_max=bound, fetch_bytes_max=bound, partition_fetch_bytes_max=bound)
+    first, second = keyed_batch(0, 10_000), keyed_batch(10_000, 10)
+    i, _ = net.fetch(1)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        net.answer_fetch(1, i, [(0, 0, 10_010)], [first])
+        i, h = net.fetch(1)  # the prefetch: the room left beside the fetched bytes
+        assert h["max_bytes"] == bound - len(first)
+        got = c.poll(0, max_records=10)  # a tenth of a batch: the rest stays buffered
+        assert [r.offset for r in got] == list(range(10))
+        del got
+        net.answer_fetch(1, i, [(0, 0, 10_010)], [second])  # the prefetch's answer: the next asks the room
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before + len(first) + len(second)
+    finally:
+        tracemalloc.stop()
+    asked = sum(h["max_bytes"] for _, h in net.fetches(1))
+    assert held + asked <= bound, f"held {held} and asked for {asked}: over the bound of {bound}"
+    # and the reading goes on once the rest is taken
+    assert [r.offset for r in c.poll(0, max_records=100_000)] == list(range(10, 10_010))
+    assert c._buffered_bytes == 0 and c._decoded.bytes == 0
+    i, _ = net.fetch(1)
+    net.answer_fetch(1, i, [(0, 0, 10_010)], [b""])  # that fetch's long poll ends empty
+    c.poll(0)
+    assert net.fetch(1)[1]["max_bytes"] == bound  # nothing held: the whole bound again
