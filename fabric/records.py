@@ -435,6 +435,14 @@ class RecordBatchView:
         (``DecodedBatches``): a consumer counts them while any of those views is buffered."""
         self._shared.count_in(tally)
 
+    def shares_fetch_with(self, other: "RecordBatchView") -> bool:
+        """Both were split from one fetched view: they read the same fetched bytes."""
+        return self._shared is other._shared
+
+    def records_before(self, offset: int) -> int:
+        """How many of the view's records are before ``offset`` (from the headers)."""
+        return sum(min(max(offset - s.base_offset, s.lo), s.hi) - s.lo for s in self._slices)
+
     def first_batch_records(self) -> int:
         """How many of the view's records are of its first batch (from the header)."""
         s = self._slices[0]

@@ -362,3 +362,45 @@ def test_a_batch_decoded_for_the_rest_of_a_cut_counts_against_the_bound(make: An
     net.answer_fetch(1, i, [(0, 0, 10_010)], [b""])  # that fetch's long poll ends empty
     c.poll(0)
     assert net.fetch(1)[1]["max_bytes"] == bound  # nothing held: the whole bound again
+
+
+def fetched_offsets(net: Net, broker: int) -> list[int]:
+    """The offsets every FETCH sent to ``broker`` asked partition 0 for, in order."""
+    return [h["parts"][0][2] for command, h, *_ in net.clients[endpoint(broker)].sent if command == P.FETCH]
+
+
+def test_a_give_back_right_after_a_put_back_fetches_nothing_again(make: Any) -> None:
+    """A poll cut by max_bytes puts the rest back; a give-back of what it returned (a consumer
+    service's instance whose answer was lost, or whose poll outlasted its caller) moved the
+    partition back as a seek does: everything buffered of it -- the runs just put back and what
+    was fetched ahead -- was dropped and fetched again from the first record given back."""
+    c, net = make(buffered_bytes_max=1024 * KIB)
+    i, _ = net.fetch(1)
+    net.answer_fetch(1, i, [(0, 0, 100)], [b"".join(batch(base, 25, 100) for base in range(0, 100, 25))])
+    assert [r.offset for r in c.poll(0, max_records=5000, max_bytes=30 * 100)] == list(range(30))
+    c.give_back([((T, 0), 0)])
+    assert c.position((T, 0)) == 0
+    i, h = net.fetch(1)  # the prefetch, asked when the answer came: its long poll ends empty
+    assert h["parts"][0][2] == 100
+    net.answer_fetch(1, i, [(0, 0, 100)], [b""])
+    got: list[int] = []
+    for _ in range(10):
+        got += [r.offset for r in c.poll(0, max_records=5000, max_bytes=30 * 100)]
+    assert fetched_offsets(net, 1) == [0, 100, 100], "fetched again"
+    assert got == list(range(100))
+
+
+def test_a_give_back_below_the_put_back_runs_answer_fetches_again_from_there(make: Any) -> None:
+    """Records of an earlier answer than the run put back are not held any more: a give-back
+    to them fetches the partition again from there, as before."""
+    c, net = make(buffered_bytes_max=1024 * KIB)
+    i, _ = net.fetch(1)
+    net.answer_fetch(1, i, [(0, 0, 20)], [batch(0, 20, 100)])
+    i, _ = net.fetch(1)
+    net.answer_fetch(1, i, [(0, 0, 40)], [batch(20, 20, 100)])
+    assert [r.offset for r in c.poll(0, max_records=5000, max_bytes=30 * 100)] == list(range(30))
+    c.give_back([((T, 0), 10)])
+    i, h = net.fetch(1)  # the prefetch at 40, then the partition again from 10
+    net.answer_fetch(1, i, [(0, 0, 40)], [b""])
+    c.poll(0)
+    assert fetched_offsets(net, 1) == [0, 20, 40, 10]
