@@ -5,7 +5,7 @@ A payload is one msgpack array of records, each ``[timestamp_ms, key, value, hea
 are one C call per batch: the per-record cost stays in msgpack's C code. Compression (zstd,
 lz4) applies to the whole payload and is flagged in the batch attributes.
 
-Pure functions; thread-safe.
+Pure functions, thread-safe -- but a ``RecordBatchView``, which caches what it decoded.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import msgpack
 
 from engines import batch as B
 from fabric import protocol as P
+from fabric.decoded_batches import DECODED_RECORD_BYTES, DecodedBatches, HeldBytes
 from fabric.errors import RemoteError
 from fabric.fixed_records import FixedLayout, fixed_column, fixed_layout
 
@@ -263,70 +264,6 @@ def _fixed(topic: str, partition: int, s: _Slice) -> _Fixed | None:
         start, end = 0, len(buf)
     layout = fixed_layout(buf, start, end, s.record_count)
     return None if layout is None else _Fixed(buf, start, layout, s.record_count, s.lo, s.hi)
-
-
-# what a record unpacked as a (timestamp_ms, key, value, headers) tuple takes beside the bytes of
-# its payload, about (the tuple, the timestamp's int, a bytes object per key and value: 131-149
-# bytes measured on CPython 3.11): ``DecodedBatches`` estimates a batch it keeps by it
-DECODED_RECORD_BYTES = 192
-
-
-class HeldBytes:
-    """A count of bytes that several ``DecodedBatches`` add to while they are counted there (a
-    consumer's: the decoded batches its buffer holds). Not thread-safe."""
-
-    __slots__ = ("bytes",)
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-
-class DecodedBatches:
-    """Whole batches decoded for the views split from one fetched view (``_decode``), by where
-    each batch is in the fetched bytes, and what they take beside those bytes (``bytes``,
-    estimated per batch: nothing for a fixed batch that reads the fetched bytes in place, the
-    payload for one decompressed, the payload and DECODED_RECORD_BYTES a record for tuples).
-    ``tally``: a ``HeldBytes`` that counts them too, while a holder asks it to
-    (``RecordBatchView.count_decoded``). Not thread-safe."""
-
-    __slots__ = ("_batches", "bytes", "tally")
-
-    def __init__(self) -> None:
-        self._batches: dict[int, _Fixed | tuple] = {}
-        self.bytes = 0
-        self.tally: HeldBytes | None = None
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def get(self, start: int) -> _Fixed | tuple | None:
-        found = self._batches.get(start)
-        return None if found is None else found[0]
-
-    def pop(self, start: int) -> _Fixed | tuple | None:
-        found = self._batches.pop(start, None)
-        if found is None:
-            return None
-        self._add(-found[1])
-        return found[0]
-
-    def keep(self, start: int, whole: _Fixed | tuple, size: int) -> None:
-        self._batches[start] = (whole, size)
-        self._add(size)
-
-    def _add(self, n: int) -> None:
-        self.bytes += n
-        if self.tally is not None:
-            self.tally.bytes += n
-
-    def count_in(self, tally: HeldBytes | None) -> None:
-        """Count these batches in ``tally`` from now on (None: in none), and no longer in the
-        one before."""
-        if self.tally is not None:
-            self.tally.bytes -= self.bytes
-        self.tally = tally
-        if tally is not None:
-            tally.bytes += self.bytes
 
 
 def _decode(topic: str, partition: int, s: _Slice, shared: DecodedBatches) -> _Fixed | tuple:

@@ -49,7 +49,8 @@ from fabric.clock import Clock
 from fabric.errors import FabricError, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
-from fabric.records import HeldBytes, Record, RecordBatchView
+from fabric.decoded_batches import HeldBytes
+from fabric.records import Record, RecordBatchView
 from fabric.rpc import RpcClient
 
 # the metadata limits live in consumer_failover, the fetch ones in consumer_fetch; importable from here as before
@@ -194,7 +195,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         self._returned_of_cut: list[RecordBatchView] = []
         # ... and what the batches decoded for the views of those answers take beside them: a
         # poll that cuts a batch leaves it decoded whole for the rest of it, buffered
-        # (``fabric.records.DecodedBatches``); counted on the view that holds the bytes, as they are
+        # (``fabric.decoded_batches``); counted on the view that holds the bytes, as they are
         self._decoded = HeldBytes()
         self._fetching: dict[str, _InFlight] = {}  # endpoint -> its one fetch in flight
         self._resetting: dict[TopicPartition, _InFlight] = {}  # LIST_OFFSETS in flight

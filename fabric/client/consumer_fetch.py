@@ -7,7 +7,7 @@ partition without a position is positioned by a LIST_OFFSETS (``_start_reset``).
 whose fetch was refused or failed waits ``FETCH_RETRY_BACKOFF_MS`` or for newer metadata.
 What it fetches ahead is bounded by records (``buffered_records_max``) and by bytes
 (``buffered_bytes_max``: what is buffered -- the fetched bytes, and the batches a poll cut and
-decoded whole for the rest it left buffered, estimated: ``fabric.records.DecodedBatches``, some
+decoded whole for the rest it left buffered, estimated: ``fabric.decoded_batches``, some
 8 times the fetched bytes for small records -- and what the fetches in flight may bring), the room
 shared evenly by the leaders read; a partition that returned records is asked last at the
 next fetch (``_send_fetches``, ``_on_fetch``). ``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
@@ -29,7 +29,8 @@ from fabric.client.consumer_positions import AUTO_RESET, ResetSpec
 from fabric.clock import Clock
 from fabric.errors import MalformedFrame, RemoteError
 from fabric.metadata import ClusterMetadata
-from fabric.records import HeldBytes, RecordBatchView, view_batches
+from fabric.decoded_batches import HeldBytes
+from fabric.records import RecordBatchView, view_batches
 from fabric.replies import FetchEntry, ListOffsetsEntry, decode_parts
 
 if TYPE_CHECKING:

@@ -329,7 +329,7 @@ def keyed_batch(base: int, n: int) -> bytes:
 
 def test_a_batch_decoded_for_the_rest_of_a_cut_counts_against_the_bound(make: Any) -> None:
     """A poll that returns part of a batch decodes the whole batch once, and keeps it decoded for
-    the rest, still buffered (``fabric.records.DecodedBatches``): ~8 times its fetched bytes for
+    the rest, still buffered (``fabric.decoded_batches``): ~8 times its fetched bytes for
     small records. Not counted, the consumer fetched ahead as if it held only the fetched bytes --
     what it held and asked for went past its bound by the decoded batch (at a consumer
     service's 1 MiB share, a batch of 1 MiB held ~8 MiB). Measured, not computed: what the
