@@ -4,7 +4,8 @@ counted (200,000): records of 100 KiB were 20 GB fetched ahead, and a consumer s
 many REST instances on a backlog held several GB. Built for real on a fake reactor with one
 recording RPC client per endpoint (as tests/unit/test_consumer_failover.py). Also
 ``poll(max_bytes=...)``: the records past the cut stay buffered, and a poll unpacks about as many
-records as it returns."""
+records as it returns; the batch a cut leaves decoded for them counts against the bound; and a
+give-back right after a cut puts back what was returned of the cut partition, fetching nothing again."""
 
 from __future__ import annotations
 
