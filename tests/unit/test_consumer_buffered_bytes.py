@@ -10,6 +10,7 @@ give-back right after a cut puts back what was returned of the cut partition, fe
 from __future__ import annotations
 
 import gc
+import threading
 import tracemalloc
 from typing import Any
 
@@ -20,6 +21,7 @@ from fabric import protocol as P
 from fabric.client.consumer import Consumer
 from fabric.client.consumer_fetch import BUFFERED_BYTES_MAX, FETCH_ROOM_BYTES_MIN
 from fabric.clock import ManualClock
+from fabric.decoded_batches import HeldBytes
 from fabric.errors import FabricError
 from tests.unit.fakes import FakeReactor, as_leader_wrote
 from fabric.metadata import BrokerInfo, ClusterMetadata, PartitionInfo, TopicInfo
@@ -363,6 +365,52 @@ def test_a_batch_decoded_for_the_rest_of_a_cut_counts_against_the_bound(make: An
     net.answer_fetch(1, i, [(0, 0, 10_010)], [b""])  # that fetch's long poll ends empty
     c.poll(0)
     assert net.fetch(1)[1]["max_bytes"] == bound  # nothing held: the whole bound again
+
+
+class _TallyCutInByTheConsumer(HeldBytes):
+    """A consumer's count of decoded batches whose write from ``reader`` (another thread) waits,
+    up to a second, for ``taken`` -- the consumer's thread taking the rest meanwhile -- after
+    the value it adds to was read: the interleaving a thread switch there makes."""
+
+    __slots__ = ("_n", "reader", "adding", "taken")
+
+    def __init__(self) -> None:
+        self.reader: threading.Thread | None = None
+        self.adding, self.taken = threading.Event(), threading.Event()
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def bytes(self) -> int:
+        return self._n
+
+    @bytes.setter
+    def bytes(self, n: int) -> None:
+        if threading.current_thread() is self.reader:
+            self.adding.set()
+            self.taken.wait(timeout=1)
+        self._n = n
+
+
+def test_a_view_read_on_another_thread_never_skews_the_count_of_decoded_batches(make: Any) -> None:
+    """A ``poll_batch`` view handed to a worker thread is read there, while the consumer's thread
+    takes the rest of its fetch: reading part of a batch keeps it decoded for the rest and counts
+    it in the consumer's ``_decoded``, and the take of the rest counts the fetch's decoded
+    batches out. Unlocked, a thread switch between the read of the count and its write lost
+    the take's update: the count stayed up with nothing buffered, for good -- each time the
+    room a fetch asks for smaller, the consumer stalled for good once it passed the bound."""
+    c, net = make(buffered_bytes_max=1024 * KIB)
+    tally = c._decoded = _TallyCutInByTheConsumer()
+    i, _ = net.fetch(1)
+    net.answer_fetch(1, i, [(0, 0, 1_000)], [keyed_batch(0, 1_000)])
+    [head] = c.poll_batch(0, max_records=10)  # the rest of the batch stays buffered
+    tally.reader = threading.Thread(target=lambda: head.values)
+    tally.reader.start()
+    assert tally.adding.wait(timeout=5)  # the worker is adding the decoded batch
+    [rest] = c.poll_batch(0, max_records=100_000)
+    tally.taken.set()
+    tally.reader.join(timeout=5)
+    assert rest.first_offset == 10 and rest.next_offset == 1_000 and not c._buffer
+    assert c._decoded.bytes == 0, "a decoded batch still counted with nothing buffered"
 
 
 def fetched_offsets(net: Net, broker: int) -> list[int]:
