@@ -285,6 +285,9 @@ def _harsh_step(rnd: random.Random, cluster: Cluster, net: Net, reactor: FakeRea
     elif op < 0.65:
         got = reader.poll(rnd.choice([1, 7, 50, 10_000]))
         if got and rnd.random() < 0.3:
+            if rnd.random() < 0.4:  # answers land first (a consumer service's instance maintains its
+                for ep, i in net.open(P.FETCH):  # member before the request that undoes a lost fetch)
+                    _harsh_answer(rnd, cluster, net, ep, i) if rnd.random() < 0.5 else cluster.answer(net, ep, i)
             reader.give_back_part(got) if rnd.random() < 0.7 else reader.give_back(got)
             if rnd.random() < 0.3:  # and again, further back
                 reader.give_back_part(got)
