@@ -254,7 +254,8 @@ class HarshReader(Reader):
 
 
 def _harsh_answer(rnd: random.Random, cluster: Cluster, net: Net, ep: str, i: int) -> None:
-    """Fetch ``i`` answered with a divergence or an out-of-range for a part now and then."""
+    """Fetch ``i`` answered with a divergence or an out-of-range for a part now and then (a log
+    that ends below the offset asked: truncated under records read, ``_truncated_under``)."""
     h = net.clients[ep].sent[i][1]
     parts, payloads = [], []
     for _, p, offset, *_ in h["parts"]:
@@ -263,6 +264,8 @@ def _harsh_answer(rnd: random.Random, cluster: Cluster, net: Net, ep: str, i: in
             parts.append([T, p, 0, LOG_END, LOG_END, 0, [1, rnd.randrange(offset)]])
         elif x < 0.15:
             parts.append([T, p, P.OFFSET_OUT_OF_RANGE, LOG_END, LOG_END, 0, None])
+        elif x < 0.2 and offset > 0:
+            parts.append([T, p, P.OFFSET_OUT_OF_RANGE, LOG_END, rnd.randrange(offset), 0, None])
         else:
             data = b"".join(cluster.logs[p][offset // 10:offset // 10 + rnd.randint(0, 3)])
             parts.append([T, p, 0, LOG_END, LOG_END, 0, None])
@@ -354,6 +357,7 @@ def _check_accounts(c: Consumer, where: str) -> None:
 def test_harsh_faults_keep_the_accounts_and_the_order_and_never_stall(seed: int) -> None:
     rnd = random.Random(1_000 + seed)
     cluster, net, reactor, c, reader, bound = _started(rnd, seed, HarshReader, partitions_max=4)
+    c.auto_offset_reset = rnd.choice(["earliest", "latest"])  # latest: a truncation reads on from the log end
     try:
         for step in range(500):
             _harsh_step(rnd, cluster, net, reactor, reader)
