@@ -5,7 +5,7 @@ A payload is one msgpack array of records, each ``[timestamp_ms, key, value, hea
 are one C call per batch: the per-record cost stays in msgpack's C code. Compression (zstd,
 lz4) applies to the whole payload and is flagged in the batch attributes.
 
-Pure functions; thread-safe.
+Pure functions, thread-safe -- but a ``RecordBatchView``, which caches what it decoded.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import msgpack
 
 from engines import batch as B
 from fabric import protocol as P
+from fabric.decoded_batches import DECODED_RECORD_BYTES, DecodedBatches, HeldBytes
 from fabric.errors import RemoteError
 from fabric.fixed_records import FixedLayout, fixed_column, fixed_layout
 
@@ -265,41 +266,50 @@ def _fixed(topic: str, partition: int, s: _Slice) -> _Fixed | None:
     return None if layout is None else _Fixed(buf, start, layout, s.record_count, s.lo, s.hi)
 
 
-def _decode(topic: str, partition: int, s: _Slice, shared: dict[int, _Fixed | tuple]) -> _Fixed | tuple:
+def _decode(topic: str, partition: int, s: _Slice, shared: DecodedBatches) -> _Fixed | tuple:
     """``s`` as a ``_Fixed`` or its records as (timestamp_ms, key, value, headers) tuples. Its
     whole batch is decoded once for all the views split from one fetch: a slice of part of a
     batch finds it in ``shared`` (by where the batch is in the fetched bytes) or leaves it
     there for the others; a slice of a whole batch, which no other view shares, does not.
     Views are read in order (a consumer's polls): the slice that reaches the batch's end
     takes it out of ``shared``, so that a view kept alive pins no batch read to its end (one
-    read out of order decodes the batch again)."""
+    read out of order decodes the batch again). What ``shared`` keeps is counted there
+    (``DecodedBatches.bytes``): a consumer counts it against its bound while the rest of the
+    batch is buffered."""
     partial = s.lo > 0 or s.hi < s.record_count
-    whole = (shared.pop(s.start, None) if s.hi == s.record_count else shared.get(s.start)) if partial else None
+    whole = (shared.pop(s.start) if s.hi == s.record_count else shared.get(s.start)) if partial else None
     if whole is None:
         batch = s._replace(lo=0, hi=s.record_count) if partial else s
         whole = _fixed(topic, partition, batch)
+        payload_bytes = 0
         if whole is None:
             with _gc_paused():
-                whole = _unpack(topic, partition, batch)
+                whole, payload_bytes = _unpack(topic, partition, batch)
         if partial and s.hi < s.record_count:
-            shared[s.start] = whole
+            if type(whole) is _Fixed:
+                size = 0 if whole.buf is s.data else len(whole.buf)  # read in place, or decompressed
+            else:
+                size = payload_bytes + DECODED_RECORD_BYTES * len(whole)
+            shared.keep(s.start, whole, size)
     if not partial:
         return whole
     return whole._replace(lo=s.lo, hi=s.hi) if type(whole) is _Fixed else whole[s.lo:s.hi]
 
 
-def _unpack(topic: str, partition: int, s: _Slice) -> tuple:
+def _unpack(topic: str, partition: int, s: _Slice) -> tuple[tuple, int]:
     """The records of ``s`` as (timestamp_ms, key, value, headers) tuples, checked against the
-    batch header. Raises RemoteError(corrupt_message)."""
+    batch header, and the bytes of the (uncompressed) payload they were unpacked from. Raises
+    RemoteError(corrupt_message)."""
     try:
-        recs = msgpack.unpackb(_decompress(s.payload, s.compression), raw=False, use_list=False)
+        payload = _decompress(s.payload, s.compression)
+        recs = msgpack.unpackb(payload, raw=False, use_list=False)
         well_formed = isinstance(recs, tuple) and len(recs) == s.record_count and set(map(len, recs)) == {4}
     except Exception as e:  # msgpack raises several unrelated types; len() a TypeError
         raise _corrupt(topic, partition, s, e) from e
     if not well_formed:
         raise RemoteError(P.CORRUPT_MESSAGE, f"{topic}-{partition}: batch at {s.base_offset} does not hold "
                                              f"{s.record_count} records of [timestamp, key, value, headers]")
-    return recs if s.lo == 0 and s.hi == len(recs) else recs[s.lo:s.hi]
+    return (recs if s.lo == 0 and s.hi == len(recs) else recs[s.lo:s.hi]), len(payload)
 
 
 _key, _value, _headers = itemgetter(1), itemgetter(2), itemgetter(3)
@@ -324,7 +334,7 @@ class RecordBatchView:
     _decoded_cache: list[_Fixed | tuple] | None
 
     def __init__(self, topic: str, partition: int, slices: list[_Slice],
-                 shared: dict[int, _Fixed | tuple] | None = None) -> None:
+                 shared: DecodedBatches | None = None) -> None:
         self.topic = topic
         self.partition = partition
         self._slices = slices
@@ -332,7 +342,7 @@ class RecordBatchView:
         self.next_offset = slices[-1].base_offset + slices[-1].hi
         self._count = sum(s.hi - s.lo for s in slices)
         self._decoded_cache = None
-        self._shared = {} if shared is None else shared  # batches decoded for views split from one fetch
+        self._shared = DecodedBatches() if shared is None else shared  # for the views split from one fetch
         self.held = 0  # a consumer's count of the fetched bytes it stands for in its buffer (0: none)
 
     def __len__(self) -> int:
@@ -355,6 +365,20 @@ class RecordBatchView:
             if not starts or starts[-1][0] != epoch:
                 starts.append((epoch, s.base_offset + s.lo))
         return starts
+
+    def count_decoded(self, tally: HeldBytes | None) -> None:
+        """Count in ``tally`` (None: in none) what the batches decoded for this view and the
+        others split from its fetch take beside the fetched bytes, now and as they come and go
+        (``DecodedBatches``): a consumer counts them while any of those views is buffered."""
+        self._shared.count_in(tally)
+
+    def shares_fetch_with(self, other: "RecordBatchView") -> bool:
+        """Both were split from one fetched view: they read the same fetched bytes."""
+        return self._shared is other._shared
+
+    def records_before(self, offset: int) -> int:
+        """How many of the view's records are before ``offset`` (from the headers)."""
+        return sum(min(max(offset - s.base_offset, s.lo), s.hi) - s.lo for s in self._slices)
 
     def first_batch_records(self) -> int:
         """How many of the view's records are of its first batch (from the header)."""

@@ -38,7 +38,10 @@ and gets answers back through a deque and an inproc wake-up socket. An instance 
 ``services.consumer_instance_idle_timeout_ms``) is closed, which leaves its group at once.
 What each instance fetches ahead of its client is bounded by its share of
 ``services.consumer_buffer_bytes_max`` (``fetch_limits``), and a fetch's ``max_bytes`` is
-answered by a poll that keeps the records past it buffered.
+answered by a poll that keeps the records past it buffered -- the batch it cut kept decoded
+for them, which the share counts too (``fabric.client.consumer_fetch``) -- and a give-back of
+that answer's records (a lost answer, a poll that outlasted its caller) puts them back in front
+of those instead of fetching the partition again.
 If this whole service dies, its members stop heartbeating and the coordinator hands their
 partitions to the members living elsewhere after their session timeout.
 
@@ -112,7 +115,8 @@ INSTANCE_BUFFER_BYTES_MIN = 256 * 1024
 
 def fetch_limits(services: Any) -> dict[str, int]:
     """The fetch bounds of each hosted instance's GroupConsumer: its share of the service's
-    buffer budget (what it fetches ahead -- buffered and in flight -- across every broker), its
+    buffer budget (what it fetches ahead -- buffered, with what a cut batch left decoded, and
+    in flight -- across every broker), its
     FETCH and partition caps no larger. Static: an instance made when the service is full reads
     with the same share as the first one, and the service's total stays within the budget
     (floor aside: ``INSTANCE_BUFFER_BYTES_MIN`` times ``consumer_instances_max``)."""

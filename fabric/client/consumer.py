@@ -7,7 +7,9 @@ returns records in offset order per partition. ``poll_batch()`` returns the same
 when read (the batch path: no Python object per record unless asked for). Reads stop at the high watermark, so a
 consumer never sees a record that could still be lost. ``poll(max_bytes=...)`` returns at most
 that many bytes of keys and values and keeps the rest buffered (``_put_back``: positions and
-epochs as a give-back leaves them, nothing fetched again).
+epochs as a give-back leaves them, nothing fetched again); a give-back right after puts back what
+it returned of the partition it cut, from the answer it cut (``_put_back_returned``), instead of
+dropping the partition's buffer and fetching it all again.
 
 The fetching -- the FETCH per leader, the prefetch, what an answer is checked against, the
 LIST_OFFSETS of a partition without a position -- is ``ConsumerFetch``
@@ -47,6 +49,7 @@ from fabric.clock import Clock
 from fabric.errors import FabricError, RemoteError, TopicNotInMetadataError
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
+from fabric.decoded_batches import HeldBytes
 from fabric.records import Record, RecordBatchView
 from fabric.rpc import RpcClient
 
@@ -184,6 +187,16 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         # the fetched bytes the buffer holds: each answer's, counted on the view that holds them
         # last (``RecordBatchView.held``: a split leaves them on the rest) until it leaves the buffer
         self._buffered_bytes = 0
+        # the runs the last poll returned of the partition it cut at max_bytes, as far back as they
+        # are of the answer its rest put back is of (``_note_cut``): they hold no bytes the buffer
+        # does not, and a give-back to them puts them back instead of fetching again
+        # (``_put_back_returned``). Kept only while that rest is buffered: until the next take, or
+        # until anything drops the partition's buffer (a seek, a reset, an assignment)
+        self._returned_of_cut: list[RecordBatchView] = []
+        # ... and what the batches decoded for the views of those answers take beside them: a
+        # poll that cuts a batch leaves it decoded whole for the rest of it, buffered
+        # (``fabric.decoded_batches``); counted on the view that holds the bytes, as they are
+        self._decoded = HeldBytes()
         self._fetching: dict[str, _InFlight] = {}  # endpoint -> its one fetch in flight
         self._resetting: dict[TopicPartition, _InFlight] = {}  # LIST_OFFSETS in flight
         self._held_until_ms: dict[TopicPartition, int] = {}  # not fetched before (a refused fetch)
@@ -232,6 +245,12 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         self._fetch_epochs.pop(tp, None)
 
     def _keep_buffered(self, keep: Any) -> None:
+        cut = self._returned_of_cut
+        if cut and not keep((cut[0].topic, cut[0].partition)):
+            self._returned_of_cut = []  # what they were put back before is gone
+        for run in self._buffer:
+            if run.held and not keep((run.topic, run.partition)):
+                run.count_decoded(None)
         self._buffer = deque(run for run in self._buffer if keep((run.topic, run.partition)))
         self._buffered_records = sum(map(len, self._buffer))
         self._buffered_bytes = sum(run.held for run in self._buffer)
@@ -283,10 +302,12 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
                         # put back, not given back: a give-back drops what is buffered of the
                         # partition and fetches it again (a REST client's small max_bytes read
                         # each byte from the brokers many times over, and waited for a long poll)
-                        rest = view
+                        rest, returned = view, views[:i]
                         if fit:
-                            rest = view.split(fit)[1]  # the fetched bytes stay with it (``split``)
+                            head, rest = view.split(fit)  # the fetched bytes stay with the rest (``split``)
+                            returned.append(head)
                         self._put_back([rest, *views[i + 1:]])
+                        self._note_cut(returned, rest)
                         return out
                     room -= size
                 out += rows
@@ -322,7 +343,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         if self._closed:
             raise FabricError("consumer is closed")
         # a give-back moves back what this poll takes, never what an earlier one took
-        self._taken, self._taken_to = {}, {}
+        self._taken, self._taken_to, self._returned_of_cut = {}, {}, []
         deadline = self.clock.now_ms() + timeout_ms
         passes = 0
         while True:
@@ -368,7 +389,9 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
                     buf[0] = rest  # the fetched bytes stay with it (``split``)
                 else:
                     buf.popleft()
-                    self._buffered_bytes -= head.held
+                    if head.held:  # its answer's last run: the bytes, and what was decoded of them, go
+                        self._buffered_bytes -= head.held
+                        head.count_decoded(None)
                 out.append(run)
                 left -= len(run)
                 positions[tp] = run.next_offset
@@ -385,8 +408,9 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
     def _put_back(self, runs: list[RecordBatchView]) -> None:
         """``runs``, the end of what this poll's take moved off the buffer (in the order taken,
         none handed out), back at the buffer's head, their partitions' positions back at them:
-        as if the take had stopped before them. Only right after the take, before any reactor
-        pass: what is buffered of their partitions, and the fetches in flight, follow them."""
+        as if the take had stopped before them. Only right after the take (or, by a give-back,
+        runs returned that end where the position is: ``_put_back_returned``): what is buffered
+        of their partitions, and the fetches in flight, follow them."""
         first: dict[TopicPartition, int] = {}
         end: dict[TopicPartition, int] = {}
         for run in runs:
@@ -396,10 +420,50 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         assert all(self.positions[tp] == offset for tp, offset in end.items()), "positions moved since the take"
         self._buffer.extendleft(reversed(runs))
         self._buffered_records += sum(map(len, runs))
-        self._buffered_bytes += sum(run.held for run in runs)
+        for run in runs:
+            if run.held:
+                self._buffered_bytes += run.held
+                run.count_decoded(self._decoded)
         for tp, offset in first.items():
             self.positions[tp] = offset
             self._epochs_back_to(tp, offset)  # as ``give_back`` leaves them
+
+    def _note_cut(self, returned: list[RecordBatchView], rest: RecordBatchView) -> None:
+        """``poll`` returned ``returned`` and put back the runs from ``rest`` on: keep the runs
+        returned of ``rest``'s partition, from the last back to the first of another answer (or
+        partition) -- pieces of ``rest``'s answer, which hold its bytes, counted while it is
+        buffered -- for a give-back right after (``_put_back_returned``)."""
+        tp, kept = (rest.topic, rest.partition), []
+        for run in reversed(returned):
+            if (run.topic, run.partition) != tp or not run.shares_fetch_with(rest):
+                break
+            assert not run.held, "a run returned before a cut holds its answer's bytes"
+            kept.append(run)
+        kept.reverse()
+        self._returned_of_cut = kept
+
+    def _put_back_returned(self, tp: TopicPartition, offset: int) -> bool:
+        """``give_back``'s: ``tp`` back to ``offset`` by putting back what the last poll returned
+        of it from there, if it keeps those runs (``_returned_of_cut``: it cut ``tp``, and put its
+        rest back) -- the buffer, the fetch position and the fetch in flight stay as they are,
+        nothing is fetched again. False when it does not (the partition is moved back and
+        fetched again from ``offset``)."""
+        runs = self._returned_of_cut
+        if (not runs or (runs[0].topic, runs[0].partition) != tp or offset < runs[0].first_offset
+                or self.positions.get(tp) != runs[-1].next_offset):
+            return False
+        k = 0
+        while k < len(runs) and runs[k].next_offset <= offset:
+            k += 1
+        back, kept = runs[k:], runs[:k]
+        before = back[0].records_before(offset) if back else 0
+        if before:
+            head, back[0] = back[0].split(before)
+            kept.append(head)
+        self._returned_of_cut = kept
+        if back:
+            self._put_back(back)
+        return True
 
     def _awaits_position(self, tp: TopicPartition) -> bool:
         """``tp`` has no position, and another part finds it (a group consumer's lookup of
@@ -443,8 +507,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
         # clients', a heartbeat thread's) keep a closed consumer until a full collection, which
         # a node runs seldom (nodes/run.py), and a consumer service whose instances came and went
         # grew by every one's buffered records meanwhile
-        self._buffer.clear()
-        self._buffered_records = self._buffered_bytes = 0
+        self._keep_buffered(lambda tp: False)
 
     def __enter__(self) -> "Consumer":
         return self

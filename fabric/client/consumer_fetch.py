@@ -6,7 +6,9 @@ the reading (the topic id, a truncation, a divergence) and buffered as views of 
 partition without a position is positioned by a LIST_OFFSETS (``_start_reset``). A partition
 whose fetch was refused or failed waits ``FETCH_RETRY_BACKOFF_MS`` or for newer metadata.
 What it fetches ahead is bounded by records (``buffered_records_max``) and by bytes
-(``buffered_bytes_max``: what is buffered and what the fetches in flight may bring), the room
+(``buffered_bytes_max``: what is buffered -- the fetched bytes, and the batches a poll cut and
+decoded whole for the rest it left buffered, estimated: ``fabric.decoded_batches``, some
+8 times the fetched bytes for small records -- and what the fetches in flight may bring), the room
 shared evenly by the leaders read; a partition that returned records is asked last at the
 next fetch (``_send_fetches``, ``_on_fetch``). ``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
 state is the consumer's own (set by ``Consumer.__init__``); the stalls and the rerouting of
@@ -27,6 +29,7 @@ from fabric.client.consumer_positions import AUTO_RESET, ResetSpec
 from fabric.clock import Clock
 from fabric.errors import MalformedFrame, RemoteError
 from fabric.metadata import ClusterMetadata
+from fabric.decoded_batches import HeldBytes
 from fabric.records import RecordBatchView, view_batches
 from fabric.replies import FetchEntry, ListOffsetsEntry, decode_parts
 
@@ -89,6 +92,7 @@ class ConsumerFetch:
     _buffer: deque[RecordBatchView]
     _buffered_records: int
     _buffered_bytes: int
+    _decoded: HeldBytes
     _fetching: dict[str, _InFlight]
     _resetting: dict[TopicPartition, _InFlight]
     _held_until_ms: dict[TopicPartition, int]
@@ -148,7 +152,8 @@ class ConsumerFetch:
         if waiting:
             leaders += len({self.metadata.leader_endpoint(*tp) for tp in waiting}
                            - by_leader.keys() - self._fetching.keys() - {None})
-        room = self.buffered_bytes_max - self._buffered_bytes - sum(f.max_bytes for f in self._fetching.values())
+        room = (self.buffered_bytes_max - self._buffered_bytes - self._decoded.bytes
+                - sum(f.max_bytes for f in self._fetching.values()))
         share = min(room // len(by_leader), self.buffered_bytes_max // leaders)
         if share < min(FETCH_ROOM_BYTES_MIN, self.buffered_bytes_max // leaders):
             return  # the next poll asks again, once records were taken (nothing buffered or in flight: asked)
@@ -231,6 +236,7 @@ class ConsumerFetch:
                     self._buffered_records += len(view)
                     view.held = len(data)
                     self._buffered_bytes += view.held
+                    view.count_decoded(self._decoded)
                     self._fetch_positions[tp] = view.next_offset
                     self._fetch_epochs[tp] = view.last_leader_epoch
                     # asked last by the next fetch (Kafka's consumer does so): a broker gives the

@@ -100,6 +100,7 @@ class ConsumerPositions:
 
     if TYPE_CHECKING:  # Consumer's (and ConsumerFailover's), never these
         def _drop_buffered(self, tp: TopicPartition) -> None: ...
+        def _put_back_returned(self, tp: TopicPartition, offset: int) -> bool: ...
         def _hold(self, tps: Iterable[TopicPartition]) -> None: ...
         def _refresh_metadata(self) -> None: ...
         def _start_deleted(self, tps: list[TopicPartition]) -> None: ...
@@ -342,8 +343,13 @@ class ConsumerPositions:
         from the old topic's position), and one no longer assigned or waiting for a position is
         left alone. An out-of-range answer at the position that poll set is not such a move:
         the give-back takes that position back, and the range is checked again when the position
-        gets there (the records before it, maybe still in the log, are not skipped). Not
-        thread-safe (as ``poll``)."""
+        gets there (the records before it, maybe still in the log, are not skipped).
+
+        A partition moved back is fetched again from there, what was buffered of it dropped --
+        except right after a ``poll(max_bytes=...)`` that cut it: the runs that poll returned of
+        it from the answer it cut, which the consumer keeps while the rest is buffered, are put
+        back in front of the rest, and nothing is fetched again (``Consumer._put_back_returned``;
+        an offset before them is fetched again). Not thread-safe (as ``poll``)."""
         lowest: dict[TopicPartition, int] = {}
         for tp, offset in offsets:
             if offset < 0:  # as ``seek``: taken, the fetch there was out of range, the partition reset
@@ -360,8 +366,10 @@ class ConsumerPositions:
             if position is None:  # an out-of-range reset at the position that poll set (nothing
                 position = self._taken_to.get(tp)  # else leaves one in ``taken``): as if still there
             # equal: a take cut before it moved the position past a run it took off the buffer --
-            # moved, the buffer is dropped and fetched again from there
-            if position is not None and position >= offset:
+            # moved, the buffer is dropped and fetched again from there. Right after a poll cut at
+            # max_bytes, what it returned of the partition it cut is put back instead (the runs it
+            # put back and those fetched ahead stay: ``Consumer._put_back_returned``)
+            if position is not None and position >= offset and not self._put_back_returned(tp, offset):
                 self._move_to(tp, offset, given_back=True)
 
     # -- partitions that cannot be positioned -------------------------------------------------

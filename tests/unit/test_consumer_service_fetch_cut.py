@@ -36,3 +36,19 @@ def test_records_past_a_fetchs_byte_limit_are_not_fetched_again() -> None:
     assert asked == sorted(set(asked)), f"offsets fetched again: {asked[:12]}..."
     assert got == list(range(LOG_END_OFFSET))
     assert len(asked) <= LOG_END_OFFSET // RECORDS_PER_FETCH_ANSWER + 1
+
+
+def test_a_lost_answer_to_a_cut_fetch_goes_out_again_from_what_the_instance_holds() -> None:
+    """The answer to a fetch cut by ``max_bytes`` is lost (the gateway says so: ``answered``
+    below it, ``lost`` at it): the instance gives its records back. That dropped what it had
+    put back and fetched ahead of the partition, and fetched it all again."""
+    rest = RestInstance(enable_auto_commit=False)
+    asked = fetches_asked(rest)
+    fetch_id, first = 0, []
+    while not first and fetch_id < 20:
+        fetch_id += 1
+        first = rest.fetch(max_records=5000, max_bytes=50, fetch_id=fetch_id)
+    assert first and first[0] == 0 and len(first) < RECORDS_PER_FETCH_ANSWER
+    again = rest.fetch(max_records=5000, max_bytes=50, fetch_id=fetch_id + 1, answered=fetch_id - 1, lost=fetch_id)
+    assert again == first  # its records go out again
+    assert asked == sorted(set(asked)), f"offsets fetched again: {asked}"

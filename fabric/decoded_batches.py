@@ -1,0 +1,99 @@
+"""What a consumer's views keep decoded beside the fetched bytes, and what that takes.
+
+``fabric.records._decode`` decodes a batch cut between two views once, whole, and keeps it in
+the ``DecodedBatches`` the views split from one fetch share, for the rest of the batch (each
+small poll out of a big batch decoded it again, before). Decoded, small records take several
+times their fetched bytes; ``DecodedBatches`` estimates what each batch it keeps takes, and
+adds it to a ``HeldBytes`` while a holder asks it to -- a consumer counts it against its
+``buffered_bytes_max`` while the rest of the batch is buffered (``fabric.client.consumer``).
+
+Thread-safe where it counts: a view ``poll_batch`` returned may be read on another thread (a
+worker's) while the consumer's thread reads or takes the rest of its fetch, and both change
+what is counted -- under ``_COUNTING``, else a thread switch inside ``+=`` lost an update and
+the consumer's count stayed skewed for good (never back to 0: each fetch asked for less).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+# what a record unpacked as a (timestamp_ms, key, value, headers) tuple takes beside the bytes of
+# its payload, about (the tuple, the timestamp's int, a bytes object per key and value: 130-190
+# bytes measured on CPython 3.11, keyless to keyed; headers take more): ``DecodedBatches``
+# estimates a batch it keeps by it
+DECODED_RECORD_BYTES = 192
+
+# held while a count changes (``DecodedBatches.keep``, ``pop``, ``count_in``): taken once per batch
+# decoded for the rest of a cut and once per answer leaving or entering a buffer, never per record
+_COUNTING = threading.Lock()
+
+
+class HeldBytes:
+    """A count of bytes that several ``DecodedBatches`` add to while they are counted there (a
+    consumer's: the decoded batches its buffer holds). Changed under ``_COUNTING`` only; read
+    without it (a value a moment old is an estimate still)."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+class DecodedBatches:
+    """Whole batches decoded for the views split from one fetched view (``fabric.records._decode``), by where
+    each batch is in the fetched bytes, and what they take beside those bytes (``bytes``,
+    estimated per batch: nothing for a fixed batch that reads the fetched bytes in place, the
+    payload for one decompressed, the payload and DECODED_RECORD_BYTES a record for tuples).
+    ``tally``: a ``HeldBytes`` that counts them too, while a holder asks it to
+    (``RecordBatchView.count_decoded``). Its counts change under ``_COUNTING`` (the views of one
+    fetch may be read on two threads); the batches kept are a dict's, whose get, set and pop
+    are atomic."""
+
+    __slots__ = ("_batches", "bytes", "tally")
+
+    def __init__(self) -> None:
+        self._batches: dict[int, tuple[Any, int]] = {}  # start -> (the batch, its bytes)
+        self.bytes = 0
+        self.tally: HeldBytes | None = None
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def get(self, start: int) -> Any:
+        """The batch kept at ``start`` (where it is in the fetched bytes), None if none is."""
+        found = self._batches.get(start)
+        return None if found is None else found[0]
+
+    def pop(self, start: int) -> Any:
+        """``get``, and no longer kept (nor counted)."""
+        with _COUNTING:
+            found = self._batches.pop(start, None)
+            if found is None:
+                return None
+            self._add(-found[1])
+        return found[0]
+
+    def keep(self, start: int, whole: Any, size: int) -> None:
+        """Keep batch ``whole``, decoded, at ``start``; it takes ``size`` bytes beside the fetched
+        ones (instead of a batch kept there already: decoded on two threads at once)."""
+        with _COUNTING:
+            before = self._batches.get(start)
+            self._batches[start] = (whole, size)
+            self._add(size - (0 if before is None else before[1]))
+
+    def _add(self, n: int) -> None:
+        """(``_COUNTING`` held.)"""
+        self.bytes += n
+        if self.tally is not None:
+            self.tally.bytes += n
+
+    def count_in(self, tally: HeldBytes | None) -> None:
+        """Count these batches in ``tally`` from now on (None: in none), and no longer in the
+        one before."""
+        with _COUNTING:
+            if self.tally is not None:
+                self.tally.bytes -= self.bytes
+            self.tally = tally
+            if tally is not None:
+                tally.bytes += self.bytes
