@@ -10,7 +10,12 @@ all in flight at once; a node whose answer says ``stopping`` drains after SIGTER
 ``nodes.base``: up, but ``takes_work`` says no -- new produce and consumer instances go
 elsewhere while what it took is still waited for) and publishes ``{"type": "node", "node", "role", "state": up|down}``
 on the event hub when a node's state changes (and with every broker's liveness from the
-coordinator's metadata). When the config has a monitor, its events and status are relayed to
+coordinator's metadata). A PING answer names its process (``pid``, ``uptime_ms``): an answer
+from another process than the last one (another pid, or the uptime gone back) is a node that
+was restarted between two PINGs -- the supervisor restarts a killed node in about 1.5 s, within
+the PING timeout -- and is published as ``down`` (its ``reason`` says the restart) and ``up``
+again, the health changes the timeline shows for a node whose PING went unanswered (``node_up``
+stays up: the node is up by then). When the config has a monitor, its events and status are relayed to
 the hub too (nodes/gateway/monitor_link.py); the watcher stays as the fallback without one.
 HTTP request counts (``HttpRequestCounter``, filled by the HTTP threads) are read into this
 node's metrics registry by a collector, so STATS carries them to the monitor.
@@ -68,6 +73,8 @@ class GatewayControl(Node):
                                       reconnect_ivl_max_ms=HEALTH_INTERVAL_MS)
                          for n, c in self._peers.items()}
         self._asked: set[str] = set()
+        # per node, the (pid, uptime_ms) of its last PING answer: another process is a restart
+        self._process: dict[str, tuple[int, int]] = {}
         self.reactor.call_every(HEALTH_INTERVAL_MS, self._check)
         self.reactor.call_later(0, self._check)
         self._thread = threading.Thread(target=self.reactor.run, name="loom-gateway-control", daemon=True)
@@ -136,18 +143,44 @@ class GatewayControl(Node):
                     self.node_stopping = {**self.node_stopping, name: stopping}
                     if stopping:
                         log.info("%s (%s) is stopping: nothing new is sent to it", name, self._peers[name].role)
+                restarted = self._restarted(name, h) if up else None
+                if restarted is not None and self.node_up.get(name):
+                    # down and up again between two PINGs: told, but node_up stays (it is up
+                    # now, and the agent's readers on other threads would see a moment "down")
+                    log.warning("%s (%s) %s", name, self._peers[name].role, restarted)
+                    self._publish(name, False, restarted)
+                    self._publish(name, True)
                 self._set(name, up)
             client.request(P.PING, {}, callback=done, timeout_ms=PING_TIMEOUT_MS)
+
+    def _restarted(self, name: str, h: dict) -> str | None:
+        """Why the process answering for ``name`` is not the one that answered last (another
+        pid, or its uptime gone back: a pid can be reused), or None. It remembers this answer."""
+        pid, uptime_ms = h.get("pid"), h.get("uptime_ms")
+        if not isinstance(pid, int) or not isinstance(uptime_ms, int):
+            return None  # nothing to tell processes apart by: judged by answering alone
+        last = self._process.get(name)
+        self._process[name] = (pid, uptime_ms)
+        if last is None:
+            return None
+        if pid != last[0]:
+            return f"restarted: process {last[0]} replaced by {pid} between two PINGs"
+        if uptime_ms < last[1]:
+            return f"restarted: process {pid} is up {uptime_ms} ms, {last[1]} ms at the PING before"
+        return None
 
     def _set(self, name: str, up: bool) -> None:
         if self.node_up.get(name) == up:
             return
         self.node_up = {**self.node_up, name: up}
-        cfg = self._peers[name]
-        self.hub.publish({"type": "node", "node": name, "role": cfg.role, "state": "up" if up else "down",
-                          "ts_ms": self.clock.wall_ms()})
+        self._publish(name, up)
         if not up:
-            log.warning("%s (%s) does not answer PING", name, cfg.role)
+            log.warning("%s (%s) does not answer PING", name, self._peers[name].role)
+
+    def _publish(self, name: str, up: bool, reason: str = "") -> None:
+        event = {"type": "node", "node": name, "role": self._peers[name].role, "state": "up" if up else "down",
+                 "ts_ms": self.clock.wall_ms()}
+        self.hub.publish({**event, "reason": reason} if reason else event)
 
     def stop(self) -> None:
         self.reactor.stop()

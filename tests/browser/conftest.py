@@ -10,6 +10,7 @@ uncaught exceptions in ``page.console_errors``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -129,6 +130,19 @@ def login(page: Any, dashboard: Dashboard, key: str | None = None) -> None:
     page.fill("#api-key", key or dashboard.admin_key)
     page.press("#api-key", "Enter")
     page.wait_for_selector(".topbar:not([hidden])")
+
+
+def count_fetches(page: Any, url_part: str) -> None:
+    """Count the page's REST calls whose URL contains url_part in ``window.__fetches`` (every
+    call goes through fetch(), and is counted as it is made: no network event to wait for)."""
+    page.add_init_script("""((part) => {
+      const fetchOf = window.fetch;
+      window.__fetches = 0;
+      window.fetch = (url, init) => {
+        if (String(url).includes(part)) window.__fetches++;
+        return fetchOf(url, init);
+      };
+    })(%s)""" % json.dumps(url_part))
 
 
 def save_screenshot(page: Any, name: str, tmp_dir: Path) -> Path:

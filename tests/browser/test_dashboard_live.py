@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from fabric.client.group import GroupConsumer
-from tests.browser.conftest import READ_ONLY_KEY, login, save_screenshot
+from tests.browser.conftest import READ_ONLY_KEY, count_fetches, login, save_screenshot
 from tests.harness import wait_until
 
 DOWN_SHOWN_WITHIN_S = 2.0  # docs/dashboard.md: the supervisor sees the pid gone at the next check (1 s), then the push
@@ -143,4 +143,54 @@ def test_a_reset_to_a_time_needs_the_time(dashboard, page) -> None:
     assert page.get_attribute("#reset-time", "aria-invalid") == "true"
     lags = dashboard.rest("GET", dashboard.v3("/consumer-groups/clockless/lags")).json()["data"]
     assert [(x["partition_id"], x["current_offset"]) for x in lags] == [(0, 2)]
+    assert page.console_errors == []
+
+
+
+def test_a_group_that_does_not_exist_is_said_so_and_not_asked_for_again(dashboard, page) -> None:
+    """The page of a missing group (a typo, or deleted while viewed) asked the gateway every 2 s,
+    a 404 in the console each time, and left its Members card empty with nothing said. It now
+    says so, as the topic page does for a missing topic, and asks no more until the user
+    navigates; a group made meanwhile is there on the next visit. The page's timers run on
+    Playwright's clock, so a minute of them passes at once (30 refreshes of the old page)."""
+    count_fetches(page, "/consumer-groups/not-yet")
+    page.clock.install()
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/groups/not-yet")
+    page.wait_for_selector("#group-lags .error")
+    asked = page.evaluate("window.__fetches")
+    assert asked >= 1
+    page.clock.run_for(60_000)
+    assert page.evaluate("window.__fetches") == asked, "the missing group was asked for again"
+    assert "'not-yet' not found" in page.inner_text("#group-lags .error")
+    assert "does not exist" in page.inner_text("#group-members")
+    assert page.locator("#reset-form").count() == 0                   # nothing to reset
+    assert [e for e in page.console_errors if "404" not in e] == []
+
+    dashboard.ensure_topic("late", 1)
+    dashboard.produce("late", [{"value": {"n": i}} for i in range(3)])
+    consumer = member_that_read(dashboard, "not-yet", "late", 3)
+    consumer.commit({("late", 0): 3})
+    consumer.close()
+    page.click("#nav a[href='#/groups']")
+    page.wait_for_selector('#groups-list a[href="#/groups/not-yet"]').click()
+    page.wait_for_selector('#total-lag[data-lag="0"]')
+    assert page.locator("#group-lags .error").count() == 0
+
+
+def test_a_monitor_killed_and_started_again_at_once_is_down_then_up_on_the_timeline(dashboard, page) -> None:
+    """``loom up``'s supervisor restarts a killed monitor in about 1.5 s, within the gateway's
+    PING timeout: the new process answered the PINGs and the timeline had no event. Here the
+    test restarts it as fast as it can; whether the gateway's watcher sees a PING unanswered or
+    an answer from another pid (tests/unit/test_gateway_health_watch.py), the timeline says
+    the monitor went down and came back."""
+    login(page, dashboard)
+    page.wait_for_selector('.node[data-node="monitor"][data-state="healthy"]', timeout=15_000)
+    page.click("#nav a[href='#/alerts']")
+    page.wait_for_selector("#events-timeline")
+    dashboard.cluster.kill("monitor")
+    dashboard.cluster.start_node("monitor", wait=False)
+    page.wait_for_selector("#events-timeline li:has-text('monitor healthy → down')", timeout=15_000)
+    page.wait_for_selector("#events-timeline li:has-text('monitor down → healthy')", timeout=15_000)
+    dashboard.cluster.wait_ready("monitor")
     assert page.console_errors == []

@@ -8,7 +8,7 @@ import json
 import math
 import time
 
-from tests.browser.conftest import login, new_page, save_screenshot
+from tests.browser.conftest import count_fetches, login, new_page, save_screenshot
 from tests.harness import wait_until
 
 
@@ -286,6 +286,10 @@ def test_message_browser_at_a_time_needs_the_time(dashboard, page) -> None:
 
 
 def test_a_topic_that_does_not_exist_offers_nothing_to_do_with_it(dashboard, page) -> None:
+    """...and is not asked for again every 3 s (a 404 in the console each time) until the user
+    navigates. The page's timers run on Playwright's clock: a minute of them passes at once."""
+    count_fetches(page, "/topics/no-such-topic")
+    page.clock.install()
     login(page, dashboard)
     page.goto(f"{dashboard.url}/#/topics/no-such-topic")
     page.wait_for_selector("#partitions .error")
@@ -293,3 +297,8 @@ def test_a_topic_that_does_not_exist_offers_nothing_to_do_with_it(dashboard, pag
     page.wait_for_function("!document.querySelector('#delete-topic')")
     for selector in ("#add-partitions", "#delete-topic", '.toolbar a[href^="#/produce"]', '.toolbar a[href^="#/tail"]'):
         assert page.locator(selector).count() == 0, selector
+    page.wait_for_selector("#configs .error, #configs p.muted")      # the page's first round of asks is over
+    asked = page.evaluate("window.__fetches")
+    page.clock.run_for(60_000)
+    assert page.evaluate("window.__fetches") == asked, "the missing topic was asked for again"
+    assert "does not exist" in page.inner_text("#configs")

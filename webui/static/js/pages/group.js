@@ -1,6 +1,8 @@
 // One consumer group: state, members with their assignments, per partition the committed
 // offset, log end offset and lag, the total lag (refreshed live); for admins, reset offsets
 // (earliest, latest, to an offset, to a time, shift) with a dry-run preview before executing.
+// A group the gateway does not know (404) is said so, and not asked for again until the user
+// navigates.
 
 import { get, post, v3 } from "../api.js";
 import { badge, card, clear, every, field, fmtNum, h, stat, table, toast } from "../ui.js";
@@ -82,6 +84,8 @@ export async function render(root, ctx) {
   clear(root, h("div.page-head", {}, h("h1", {}, `Consumer group ${group}`), h("a", { href: "#/groups" }, "← all groups")),
     statsEl, card("Lag per partition", lagsEl), card("Members", membersEl));
   let resetShown = false;
+  let missing = false;   // the gateway said 404: asked no more until the user navigates
+  let timer = null;
 
   async function refresh() {
     try {
@@ -111,8 +115,18 @@ export async function render(root, ctx) {
       }
     } catch (e) {
       clear(lagsEl, h("div.error", { role: "alert" }, e.message));
+      if (e.status === 404) {
+        // no such group (a typo, or deleted meanwhile), said as the topic page says a missing
+        // topic, and not asked for again (it was, every 2 s: a 404 in the console each time);
+        // a group made later is there on the next visit
+        missing = true;
+        if (timer !== null) clearInterval(timer);
+        clear(statsEl);
+        clear(membersEl, h("p.muted", {}, `None: the group ${group} does not exist.`));
+        root.querySelector("#reset-form")?.closest("section.card")?.remove();   // nothing to reset
+      }
     }
   }
   await refresh();
-  every(REFRESH_MS, refresh, ctx.cleanup);
+  if (!missing) timer = every(REFRESH_MS, refresh, ctx.cleanup);
 }

@@ -1,6 +1,7 @@
 // One topic: its partition table (leader, replicas, ISR -- under-replicated rows marked --,
 // log start offset, end offset, high watermark) and configs; for admins, add partitions and
-// delete (the topic's name must be typed to confirm).
+// delete (the topic's name must be typed to confirm). A topic the gateway does not know (404)
+// is said so, and not asked for again until the user navigates.
 
 import { del, get, patch, v3 } from "../api.js";
 import { partitionRecords, recordsHeld } from "../cluster.js";
@@ -87,6 +88,9 @@ export async function render(root, ctx) {
       h("button.danger#delete-topic", { type: "button", on: { click: () => deleteTopic(topic, ctx.navigate) } }, "Delete topic"));
   }
 
+  let missing = false;   // the gateway said 404: asked no more until the user navigates
+  let timer = null;
+
   async function refresh() {
     try {
       const [t, parts] = await Promise.all([get(base), get(`${base}/partitions`)]);
@@ -102,14 +106,18 @@ export async function render(root, ctx) {
       if (e.status === 404) {  // no such topic (or deleted meanwhile): nothing here to produce to, tail, grow or delete
         summary.textContent = "";
         clear(actions, h("a", { href: "#/topics" }, "← all topics"));
+        clear(configsEl, h("p.muted", {}, "None: the topic does not exist."));
+        missing = true;        // nor to ask for every 3 s (a 404 in the console each time); made again, it is there on the next visit
+        if (timer !== null) clearInterval(timer);
       }
     }
   }
   await refresh();
+  if (missing) return;
   try {
     const configs = await get(`${base}/configs`);
     clear(configsEl, table([{ label: "Name", cell: (c) => h("span.mono", {}, c.name) }, { label: "Value", cell: (c) => h("span.mono", {}, c.value ?? "null") }],
       configs.data, { empty: "cluster defaults" }));
   } catch (e) { clear(configsEl, h("div.error", { role: "alert" }, e.message)); }
-  every(REFRESH_MS, refresh, ctx.cleanup);
+  timer = every(REFRESH_MS, refresh, ctx.cleanup);
 }
