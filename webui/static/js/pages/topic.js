@@ -30,7 +30,7 @@ export function partitionTable(parts) {
     { label: "Start offset", cls: "num", cell: (p) => offsetCell(p.log_start_offset) },
     { label: "End offset", cls: "num", cell: (p) => offsetCell(p.end_offset) },
     { label: "HW", cls: "num", cell: (p) => offsetCell(p.high_watermark) },
-    { label: "Records", cls: "num", cell: (p) => (partitionRecords(p) === null ? offsetCell(-1) : fmtNum(partitionRecords(p))) },
+    { label: "Records", cls: "num", cell: (p) => offsetCell(partitionRecords(p) ?? -1) },
   ], parts, { rowCls: (p) => (!p.leader ? "offline" : p.under_replicated ? "under-replicated" : ""), empty: "no partitions" });
 }
 
