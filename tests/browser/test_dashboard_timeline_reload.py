@@ -176,3 +176,27 @@ def test_after_a_reload_the_timeline_still_shows_a_monitor_restarted_between_two
     assert set(shown) <= set(again), f"before the reload {shown}, after it {again}"
     assert len(again) == len(set(again)), f"an event shown twice: {again}"
     assert page.console_errors == []
+
+
+SAME_MS = """async () => {
+  const m = await import('/static/js/model.js');
+  const a = await import('/static/js/pages/alerts.js');
+  m.apply({type: 'node', node: 'monitor', role: 'monitor', state: 'up', ts_ms: 1000});
+  m.replay([{type: 'node', node: 'monitor', role: 'monitor', state: 'down', previous: 'up', reason: 'restarted', ts_ms: 5000},
+            {type: 'node', node: 'monitor', role: 'monitor', state: 'up', previous: 'down', ts_ms: 5000}]);
+  const root = document.createElement('div');
+  document.body.append(root);
+  const ctx = {cleanup: []};
+  await a.render(root, ctx);
+  const shown = [...root.querySelectorAll('#events-timeline li')].map((li) => li.lastChild.textContent);
+  ctx.cleanup.forEach((f) => f());
+  return shown;
+}"""
+
+
+def test_events_of_the_same_millisecond_are_shown_newest_first_too(dashboard, page) -> None:
+    """The watcher publishes a restart's down and up in the same millisecond; the timeline, newest
+    first, showed "healthy → down" above "down → healthy" (a sort by time kept their order)."""
+    page.goto(dashboard.url + "/")          # not logged in: no live stream mixes in
+    assert page.evaluate(SAME_MS) == ["monitor down → healthy", "monitor healthy → down: restarted"]
+    assert page.console_errors == []
