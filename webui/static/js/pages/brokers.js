@@ -78,7 +78,7 @@ export async function render(root, ctx) {
       { label: "CPU", cls: "num", cell: (r) => cpuText(r.node.metrics) },
     ], rows, { rowCls: (r) => (r.state === "down" ? "down" : ""), empty: "no brokers" }),
     cluster.truncated ? h("p.muted", {}, "Only the first topics' partitions are counted.") : null,
-    h("p.muted", {}, "Engine and fsync mode come from the gateway's broker list; disk, RSS and CPU from the monitor, “—” until it reports them."));
+    h("p.muted", {}, "Engine and fsync mode come from the gateway's broker list; disk, RSS and CPU from the monitor, “—” until it reports them (CPU: “measuring…” until it has two readings)."));
   }
 
   async function refresh() {
