@@ -29,6 +29,7 @@ from webui.auth import Principal, rate_limit_client, retry_after_s
 from webui.context import Gateway
 from webui.dashboard import dashboard_blueprint, forbid_framing
 from webui.errors import ApiError, ClusterError
+from webui.events import RECENT_EVENTS_MAX
 from webui.fastpath import NOSNIFF, ProduceFastPath, presented_key_of, request_id_of
 from webui.spec import ENCODED_SLASH_NAME, JSON, Answer, Api, Op, has_encoded_slash
 
@@ -49,6 +50,15 @@ EVENT_SCHEMA = {"type": "object", "required": ["type", "ts_ms"], "properties": {
     "node": {"description": "the node a health change or a recovery is about"},
     "state": {"description": "a node's new health, or an alert's state"}, "previous": {"description": "a node's health before"},
     "name": {"description": "an alert's rule/subject"}, "action": {"description": "a recovery's action"}}}
+
+EVENTS_RESPONSE = {"type": "object", "required": ["events"], "properties": {
+    "events": {"type": "array", "items": EVENT_SCHEMA}}}
+
+
+def events_query(limit_max: int, limit_default: int) -> dict:
+    """The query of an event log's route: ``since_ms`` (wall clock) and ``limit`` (the newest)."""
+    return {"since_ms": {"type": "integer", "minimum": 0},
+            "limit": {"type": "integer", "minimum": 1, "maximum": limit_max, "default": limit_default}}
 
 
 def presented_key() -> str | None:
@@ -148,17 +158,25 @@ def build_api(gw: Gateway) -> Api:
             description="The newest `limit` events recorded after `since_ms` (wall clock), oldest first, each "
                         "as `/ws/events` relays it (`type` node, alert or recovery; `seq`, `ts_ms`, ...). The "
                         f"monitor keeps its last {P.EVENTS_MAX:,}.",
-            query={"since_ms": {"type": "integer", "minimum": 0},
-                   "limit": {"type": "integer", "minimum": 1, "maximum": EVENTS_LIMIT_MAX,
-                             "default": EVENTS_LIMIT_DEFAULT}},
-            response={"type": "object", "required": ["events"], "properties": {
-                "events": {"type": "array", "items": EVENT_SCHEMA}}})
+            query=events_query(EVENTS_LIMIT_MAX, EVENTS_LIMIT_DEFAULT), response=EVENTS_RESPONSE)
     def events(query: dict) -> dict:
         since_ms, limit = query.get("since_ms", 0), query.get("limit", EVENTS_LIMIT_DEFAULT)
         # the peer's input: an event out of the stream's shape is left out, not passed on
         kept = [e for e in gw.agent.monitor_events() if isinstance(e, dict) and isinstance(e.get("type"), str)
                 and type(e.get("ts_ms")) is int and e["ts_ms"] > since_ms]
         return {"events": kept[-limit:]}
+
+    @api.op("GET", "/gateway/events", role="read", tag="ops",
+            summary="The gateway's own watcher's recent node health changes (kept for a reload of the dashboard)",
+            description="Node events the gateway's health watcher published on `/ws/events` (`type` node, `node`, "
+                        "`role`, `state` up or down, `previous`, `reason`, `ts_ms`; no `kind` or `seq`: not the "
+                        "monitor's) that the dashboard shows: the monitor's own, and every node's while the monitor "
+                        f"does not report. The newest `limit` after `since_ms`, oldest first; the gateway keeps its "
+                        f"last {RECENT_EVENTS_MAX} (since it started).",
+            query=events_query(RECENT_EVENTS_MAX, RECENT_EVENTS_MAX), response=EVENTS_RESPONSE)
+    def gateway_events(query: dict) -> dict:
+        since_ms, limit = query.get("since_ms", 0), query.get("limit", RECENT_EVENTS_MAX)
+        return {"events": [e for e in gw.hub.recent() if e["ts_ms"] > since_ms][-limit:]}
     return api
 
 

@@ -7,6 +7,10 @@ health, alert and recovery events and its cluster status, ``type: "status"``). E
 ``alert``...) and ``ts_ms``. Events whose ``type`` is in ``STATE_TYPES`` also update a snapshot
 keyed by ``(type, key)`` that a new client receives first.
 
+A feeder may also ask the hub to ``keep`` an event: the last ``RECENT_EVENTS_MAX`` kept are read
+back by ``recent`` (``GET /gateway/events``), so that the dashboard's timeline shows them again
+after a reload -- the monitor keeps its own events, the gateway's watcher had only the stream.
+
 Every subscriber has a bounded queue; a subscriber that falls behind is marked ``overflowed``
 (its queue stops growing) and its WebSocket is closed by the route, so a slow client never
 grows the gateway's memory.
@@ -26,6 +30,7 @@ EVENTS_QUEUE_MAX = 1000           # live events waiting for one subscriber
 SNAPSHOT_KEYS_MAX = 10_000
 STATE_TYPES = {"node": "node", "alert": "name", "status": "type"}  # type -> field that keys its snapshot
 MONITOR_STATUS_FRESH_S = 3.0      # the monitor's status comes once per check (1 s): older, it is silent
+RECENT_EVENTS_MAX = 500           # events kept for GET /gateway/events (the dashboard's timeline keeps as many)
 
 
 class EventSink(Protocol):
@@ -72,10 +77,14 @@ class EventHub:
         self._subs: list[Subscription] = []
         self._state: dict[tuple[str, str], dict] = {}
         self._status_at_s: float | None = None  # when the monitor's last status came
+        self._recent: deque[dict] = deque(maxlen=RECENT_EVENTS_MAX)
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: dict[str, Any], keep: bool = False) -> None:
+        """Send ``event`` to every subscriber; ``keep``: also to the ones ``recent`` gives back."""
         key_field = STATE_TYPES.get(event.get("type", ""))
         with self._lock:
+            if keep:
+                self._recent.append(event)
             if key_field is not None and (len(self._state) < SNAPSHOT_KEYS_MAX or
                                           (event["type"], str(event.get(key_field))) in self._state):
                 self._state[(event["type"], str(event.get(key_field)))] = event
@@ -84,6 +93,17 @@ class EventHub:
             subs = list(self._subs)
         for s in subs:
             s.push(event)
+
+    def recent(self) -> list[dict]:
+        """The events published with ``keep``, oldest first (at most ``RECENT_EVENTS_MAX``)."""
+        with self._lock:
+            return list(self._recent)
+
+    def monitor_reports(self) -> bool:
+        """Whether the monitor's status came within ``MONITOR_STATUS_FRESH_S``: its node states
+        stand then (``node_states``), and the dashboard shows the watcher's only for the monitor."""
+        with self._lock:
+            return self._status_at_s is not None and self._clock() - self._status_at_s < MONITOR_STATUS_FRESH_S
 
     def snapshot(self) -> list[dict]:
         with self._lock:

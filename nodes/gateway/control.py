@@ -15,7 +15,9 @@ from another process than the last one (another pid, or the uptime gone back) is
 was restarted between two PINGs -- the supervisor restarts a killed node in about 1.5 s, within
 the PING timeout -- and is published as ``down`` (its ``reason`` says the restart) and ``up``
 again, the health changes the timeline shows for a node whose PING went unanswered (``node_up``
-stays up: the node is up by then). When the config has a monitor, its events and status are relayed to
+stays up: the node is up by then). Each event names the state before it (``previous``, but a
+node's first); those the dashboard shows live (the monitor's, and every node's while the monitor
+does not report) are kept by the hub for ``GET /gateway/events``, so a reload shows them again. When the config has a monitor, its events and status are relayed to
 the hub too (nodes/gateway/monitor_link.py); the watcher stays as the fallback without one.
 HTTP request counts (``HttpRequestCounter``, filled by the HTTP threads) are read into this
 node's metrics registry by a collector, so STATS carries them to the monitor.
@@ -75,6 +77,7 @@ class GatewayControl(Node):
         self._asked: set[str] = set()
         # per node, the (pid, uptime_ms) of its last PING answer: another process is a restart
         self._process: dict[str, tuple[int, int]] = {}
+        self._published: dict[str, bool] = {}  # per node, the state of the last event published: its ``previous``
         self.reactor.call_every(HEALTH_INTERVAL_MS, self._check)
         self.reactor.call_later(0, self._check)
         self._thread = threading.Thread(target=self.reactor.run, name="loom-gateway-control", daemon=True)
@@ -178,9 +181,17 @@ class GatewayControl(Node):
             log.warning("%s (%s) does not answer PING", name, self._peers[name].role)
 
     def _publish(self, name: str, up: bool, reason: str = "") -> None:
-        event = {"type": "node", "node": name, "role": self._peers[name].role, "state": "up" if up else "down",
-                 "ts_ms": self.clock.wall_ms()}
-        self.hub.publish({**event, "reason": reason} if reason else event)
+        role = self._peers[name].role
+        event: dict[str, Any] = {"type": "node", "node": name, "role": role, "state": "up" if up else "down",
+                                 "ts_ms": self.clock.wall_ms()}
+        if name in self._published:
+            event["previous"] = "up" if self._published[name] else "down"
+        self._published[name] = up
+        if reason:
+            event["reason"] = reason
+        # kept for a reload (GET /gateway/events) when the page shows it live: the monitor's
+        # node states stand for every other node while it reports
+        self.hub.publish(event, keep=role == "monitor" or not self.hub.monitor_reports())
 
     def stop(self) -> None:
         self.reactor.stop()

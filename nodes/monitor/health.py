@@ -7,7 +7,9 @@ full, its disk is above the alert threshold); ``unresponsive`` (silent for
 gateway whose HTTP port has not answered for that long while its heartbeats go on); ``down``
 (its process is gone, the supervisor saw it exit, or -- when the process cannot be looked at
 from here -- it has been silent that long);
-``unknown`` only while a freshly started monitor waits for a first sign of life.
+``unknown`` only while a freshly started monitor waits for a first sign of life (a new process of
+a node it has judged before is ``down`` until it is heard: each health change starts where the
+one before it ended).
 
 Pure functions over ``NodeView``; not thread-safe (owned by the monitor's reactor).
 """
@@ -125,6 +127,10 @@ def classify(view: NodeView, now_ms: int, started_ms: int, config: LoomConfig,
         # turns red on the next check, within health_interval_ms)
         return DOWN, f"process {view.pid} is not running"
     if heard is None and silent_ms < mon.unresponsive_after_ms:
+        if view.state != UNKNOWN and view.process_since_ms is not None:
+            # a node judged before whose new process has not spoken: not serving yet. "unknown"
+            # here put a step the dashboard leaves out (a first verdict) between down and the next
+            return DOWN, f"process {view.pid} started, not heard from yet"
         return UNKNOWN, "no sign of life yet"
     if silent_ms > silent_after_ms and silent_ms > mon.unresponsive_after_ms:
         if process_alive:

@@ -154,3 +154,22 @@ def save_screenshot(page: Any, name: str, tmp_dir: Path) -> Path:
         SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, SCREENSHOT_DIR / path.name)
     return path
+
+
+MONITOR_DOWN = "#events-timeline li:has-text('monitor healthy → down')"
+MONITOR_UP = "#events-timeline li:has-text('monitor down → healthy')"
+
+
+def restart_the_monitor_at_once(page: Any, dashboard: Dashboard) -> None:
+    """Log in, open the alerts page, kill the monitor and start it again as fast as the test can
+    (within the gateway's PING timeout, as ``loom up``'s supervisor does); return once the
+    timeline shows it down and up again and the new monitor is ready."""
+    login(page, dashboard)
+    page.wait_for_selector('.node[data-node="monitor"][data-state="healthy"]', timeout=15_000)
+    page.click("#nav a[href='#/alerts']")
+    page.wait_for_selector("#events-timeline")
+    dashboard.cluster.kill("monitor")
+    dashboard.cluster.start_node("monitor", wait=False)
+    page.wait_for_selector(MONITOR_DOWN, timeout=15_000)
+    page.wait_for_selector(MONITOR_UP, timeout=15_000)
+    dashboard.cluster.wait_ready("monitor")

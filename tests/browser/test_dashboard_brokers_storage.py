@@ -18,3 +18,20 @@ def test_brokers_page_shows_engine_and_fsync_mode(dashboard, page) -> None:
         text = rows.nth(i).inner_text()
         assert "interval (50 ms)" in text and "segment" in text, text
     assert page.console_errors == []
+
+
+def cpu_cells(page) -> list[str]:
+    return page.eval_on_selector_all("table tbody tr", "trs => trs.map((tr) => tr.cells[tr.cells.length - 1].innerText)")
+
+
+def test_broker_cpu_says_measuring_until_it_has_two_readings(dashboard, page) -> None:
+    """CPU is a rate between two readings of the monitor's CPU seconds, one a refresh (5 s): it
+    showed "—", as if the monitor gave none, for the first 5 s."""
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/brokers")
+    page.wait_for_selector("table td strong")
+    first = cpu_cells(page)
+    assert first and all(c == "measuring…" for c in first), first
+    page.wait_for_function("[...document.querySelectorAll('table tbody tr')].every((tr) => "
+                           "/^\\d+\\.\\d%$/.test(tr.cells[tr.cells.length - 1].innerText))", timeout=15_000)
+    assert page.console_errors == []

@@ -35,6 +35,18 @@ def test_values_are_json_text_or_hex_and_long_ones_fold(dashboard, page) -> None
     assert page.console_errors == []
 
 
+
+def test_a_missing_key_shows_as_missing_headers_do_and_an_empty_one_apart(dashboard, page) -> None:
+    """A record with no key showed "null" where missing headers show "—"."""
+    page.goto(dashboard.url + "/")
+    got = page.evaluate("""async () => {
+      const r = await import('/static/js/records.js');
+      return {none: r.keyCell(null).textContent, empty: r.keyCell('').textContent, key: r.keyCell(r.textToB64('k1')).textContent,
+              headers: r.headersCell([]).textContent};
+    }""")
+    assert got == {"none": "—", "empty": '""', "key": "k1", "headers": "—"}
+    assert page.console_errors == []
+
 def test_prometheus_text_gives_per_node_disk_engine_rss_and_cpu(dashboard, page) -> None:
     page.goto(dashboard.url + "/")
     nodes = page.evaluate("async (text) => { const m = await import('/static/js/metrics.js'); return m.perNode(m.parse(text)); }",

@@ -124,3 +124,34 @@ def test_the_overview_counts_partitions_and_their_replication_alike(dashboard, p
     assert got["stats"]["offline partitions (+1 internal)"] == "0"
     assert "broker · 1 restart" in got["roles"] and "broker · 2 restarts" in got["roles"]
     assert page.console_errors == []
+
+
+BROKERS_UP = """async () => {
+  const m = await import('/static/js/model.js');
+  const o = await import('/static/js/pages/overview.js');
+  // the monitor has judged broker-1 down; the coordinator (its cluster counts) has not dropped it yet
+  m.apply({type: 'status', cluster: {name: 't', topics: 1, partitions: 3, brokers: 3, brokers_alive: 3},
+           nodes: [{node: 'broker-1', role: 'broker', state: 'down', reason: 'process 7 exited'},
+                   {node: 'broker-2', role: 'broker', state: 'healthy'}, {node: 'broker-3', role: 'broker', state: 'degraded'}],
+           rates: {}, checked_ms: Date.now()});
+  const root = document.createElement('div');
+  document.body.append(root);
+  const ctx = {cleanup: []};
+  o.render(root, ctx);
+  const stats = Object.fromEntries([...root.querySelectorAll('#cluster-stats .stat')].map(
+    (s) => [s.querySelector('.stat-label').textContent, s.querySelector('.stat-value').textContent]));
+  const cards = [...root.querySelectorAll('.node')].filter((n) => n.dataset.node.startsWith('broker-')).map((n) => n.dataset.state);
+  ctx.cleanup.forEach((f) => f());
+  return {stats, cards};
+}"""
+
+
+def test_the_overview_counts_brokers_up_from_its_cards(dashboard, page) -> None:
+    """"3/3 brokers up" stood beside a broker card already down for about a second: the count
+    came from the coordinator's view, the cards from the monitor's health."""
+    page.goto(dashboard.url + "/")          # not logged in: no live stream mixes in
+    got = page.evaluate(BROKERS_UP)
+    assert sorted(got["cards"]) == ["degraded", "down", "healthy"]
+    assert got["stats"]["brokers up"] == "2/3", got["stats"]
+    assert got["stats"]["nodes down"] == "1"
+    assert page.console_errors == []

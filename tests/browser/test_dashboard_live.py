@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from fabric.client.group import GroupConsumer
-from tests.browser.conftest import READ_ONLY_KEY, count_fetches, login, save_screenshot
+from tests.browser.conftest import READ_ONLY_KEY, count_fetches, login, restart_the_monitor_at_once, save_screenshot
 from tests.harness import wait_until
 
 DOWN_SHOWN_WITHIN_S = 2.0  # docs/dashboard.md: the supervisor sees the pid gone at the next check (1 s), then the push
@@ -184,13 +184,5 @@ def test_a_monitor_killed_and_started_again_at_once_is_down_then_up_on_the_timel
     test restarts it as fast as it can; whether the gateway's watcher sees a PING unanswered or
     an answer from another pid (tests/unit/test_gateway_health_watch.py), the timeline says
     the monitor went down and came back."""
-    login(page, dashboard)
-    page.wait_for_selector('.node[data-node="monitor"][data-state="healthy"]', timeout=15_000)
-    page.click("#nav a[href='#/alerts']")
-    page.wait_for_selector("#events-timeline")
-    dashboard.cluster.kill("monitor")
-    dashboard.cluster.start_node("monitor", wait=False)
-    page.wait_for_selector("#events-timeline li:has-text('monitor healthy → down')", timeout=15_000)
-    page.wait_for_selector("#events-timeline li:has-text('monitor down → healthy')", timeout=15_000)
-    dashboard.cluster.wait_ready("monitor")
+    restart_the_monitor_at_once(page, dashboard)
     assert page.console_errors == []

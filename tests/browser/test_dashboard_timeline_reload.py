@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.browser.conftest import login
+from tests.browser.conftest import MONITOR_DOWN, MONITOR_UP, login, restart_the_monitor_at_once
 from tests.harness import wait_until
 
 REPLAY = """async () => {
@@ -108,4 +108,95 @@ def test_after_a_reload_the_timeline_still_shows_a_node_that_went_down_and_came_
     assert seen["want"]["consumer-2 healthy → down"] >= 1, seen
     times = [when for when, _ in timeline()]
     assert times == sorted(times, reverse=True), "newest first, in order"
+    assert page.console_errors == []
+
+
+WATCHER_REPLAY = """async () => {
+  const m = await import('/static/js/model.js');
+  // the gateway's watcher: the monitor restarted between two PINGs (no kind, no seq: not the monitor's)
+  const down = {type: 'node', node: 'monitor', role: 'monitor', state: 'down', previous: 'up',
+                reason: 'restarted: process 100 replaced by 200 between two PINGs', ts_ms: 20000};
+  const up = {type: 'node', node: 'monitor', role: 'monitor', state: 'up', previous: 'down', ts_ms: 20000};
+  const first = {type: 'node', node: 'broker-2', role: 'broker', state: 'up', ts_ms: 9000};   // no previous: a first verdict
+  // the monitor's log around it
+  const before = {type: 'node', kind: 'health', node: 'broker-1', role: 'broker', state: 'down', previous: 'healthy',
+                  reason: 'exited', seq: 5, ts_ms: 19000};
+  const after = {type: 'node', kind: 'health', node: 'broker-1', role: 'broker', state: 'healthy', previous: 'down',
+                 reason: '', seq: 6, ts_ms: 21000};
+  m.apply({type: 'node', node: 'monitor', role: 'monitor', state: 'up', ts_ms: 1000});   // the stream's snapshot
+  m.apply(down);                                   // the live stream brought the restart too ...
+  m.apply(up);
+  m.replay([before, after]);                       // GET /monitor/events
+  m.replay([first, down, up]);                     // GET /gateway/events: ... shown once, in time order
+  // an older monitor's log with "down → unknown" for a restarted process: the chain goes on from unknown
+  m.replay([{type: 'node', kind: 'health', node: 'consumer-1', role: 'consumer', state: 'down', previous: 'healthy',
+             reason: 'exited', seq: 7, ts_ms: 30000},
+            {type: 'node', kind: 'health', node: 'consumer-1', role: 'consumer', state: 'unknown', previous: 'down',
+             reason: 'no sign of life yet', seq: 8, ts_ms: 30500},
+            {type: 'node', kind: 'health', node: 'consumer-1', role: 'consumer', state: 'degraded', previous: 'unknown',
+             reason: 'STATS got no answer', seq: 9, ts_ms: 31000},
+            {type: 'node', kind: 'health', node: 'consumer-1', role: 'consumer', state: 'healthy', previous: 'degraded',
+             reason: '', seq: 10, ts_ms: 32000}]);
+  return m.model.events.map((e) => [e.ts_ms, e.node, e.text]);
+}"""
+
+
+def test_the_gateway_watchers_events_join_the_replayed_timeline_once_and_in_order(dashboard, page) -> None:
+    page.goto(dashboard.url + "/")          # not logged in: no live stream mixes in
+    assert page.evaluate(WATCHER_REPLAY) == [
+        [19000, "broker-1", "broker-1 healthy → down: exited"],
+        [20000, "monitor", "monitor healthy → down: restarted: process 100 replaced by 200 between two PINGs"],
+        [20000, "monitor", "monitor down → healthy"],
+        [21000, "broker-1", "broker-1 down → healthy"],
+        [30000, "consumer-1", "consumer-1 healthy → down: exited"],
+        [30500, "consumer-1", "consumer-1 down → unknown: no sign of life yet"],
+        [31000, "consumer-1", "consumer-1 unknown → degraded: STATS got no answer"],
+        [32000, "consumer-1", "consumer-1 degraded → healthy"],
+    ]
+    assert page.console_errors == []
+
+
+def test_after_a_reload_the_timeline_still_shows_a_monitor_restarted_between_two_pings(dashboard, page) -> None:
+    """The gateway's watcher is the only one to see the monitor restart; its down and up were on
+    the timeline until a reload, which read back only the monitor's log."""
+    restart_the_monitor_at_once(page, dashboard)
+
+    def monitor_entries() -> list[tuple[str, str]]:
+        return [tuple(x) for x in page.eval_on_selector_all(
+            "#events-timeline li", "els => els.map((li) => [li.querySelector('time').getAttribute('datetime'), "
+                                   "li.textContent]).filter(([, text]) => text.includes('monitor '))")]
+    shown = monitor_entries()
+
+    page.reload()                                              # the key stays in sessionStorage
+    page.wait_for_selector(".topbar:not([hidden])")
+    page.click("#nav a[href='#/alerts']")
+    page.wait_for_selector(MONITOR_DOWN, timeout=10_000)
+    page.wait_for_selector(MONITOR_UP, timeout=10_000)
+    again = monitor_entries()
+    assert set(shown) <= set(again), f"before the reload {shown}, after it {again}"
+    assert len(again) == len(set(again)), f"an event shown twice: {again}"
+    assert page.console_errors == []
+
+
+SAME_MS = """async () => {
+  const m = await import('/static/js/model.js');
+  const a = await import('/static/js/pages/alerts.js');
+  m.apply({type: 'node', node: 'monitor', role: 'monitor', state: 'up', ts_ms: 1000});
+  m.replay([{type: 'node', node: 'monitor', role: 'monitor', state: 'down', previous: 'up', reason: 'restarted', ts_ms: 5000},
+            {type: 'node', node: 'monitor', role: 'monitor', state: 'up', previous: 'down', ts_ms: 5000}]);
+  const root = document.createElement('div');
+  document.body.append(root);
+  const ctx = {cleanup: []};
+  await a.render(root, ctx);
+  const shown = [...root.querySelectorAll('#events-timeline li')].map((li) => li.lastChild.textContent);
+  ctx.cleanup.forEach((f) => f());
+  return shown;
+}"""
+
+
+def test_events_of_the_same_millisecond_are_shown_newest_first_too(dashboard, page) -> None:
+    """The watcher publishes a restart's down and up in the same millisecond; the timeline, newest
+    first, showed "healthy → down" above "down → healthy" (a sort by time kept their order)."""
+    page.goto(dashboard.url + "/")          # not logged in: no live stream mixes in
+    assert page.evaluate(SAME_MS) == ["monitor down → healthy", "monitor healthy → down: restarted"]
     assert page.console_errors == []

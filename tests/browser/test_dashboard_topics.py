@@ -4,6 +4,7 @@ message browser and in the live tail."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import time
@@ -302,3 +303,25 @@ def test_a_topic_that_does_not_exist_offers_nothing_to_do_with_it(dashboard, pag
     page.clock.run_for(60_000)
     assert page.evaluate("window.__fetches") == asked, "the missing topic was asked for again"
     assert "does not exist" in page.inner_text("#configs")
+
+
+def test_message_browser_says_a_partition_is_empty_and_a_record_without_a_key_has_none(dashboard, page) -> None:
+    """An empty partition read "p0 0–0 of [0, 0)", as if offset 0 were shown; a record without a
+    key showed "null" where missing headers show "—" (an empty key is still told apart)."""
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+    dashboard.ensure_topic("sparse", 2)
+    r = dashboard.rest("POST", "/topics/sparse/partitions/1",
+                       json={"records": [{"value": b64("no key")}, {"key": "", "value": b64("empty key")}]},
+                       headers={"Content-Type": "application/vnd.kafka.binary.v2+json"})  # a key of 0 bytes
+    assert r.status_code == 200, r.text
+    login(page, dashboard)
+    page.goto(f"{dashboard.url}/#/messages?topic=sparse")
+    page.wait_for_selector("#msg-results tbody tr td.num")
+    info = page.inner_text("#msg-info")
+    assert "p0 empty" in info and "0–0 of [0, 0)" not in info, info
+    rows = page.eval_on_selector_all("#msg-results tbody tr", "trs => trs.map((tr) => [...tr.cells].map((td) => td.innerText))")
+    keys = {row[5].split("\n")[0]: (row[3], row[4]) for row in rows}  # value -> (key, headers)
+    assert keys.get("no key") == ("—", "—"), rows
+    assert keys.get("empty key") == ('""', "—"), rows
+    assert page.console_errors == []

@@ -4,7 +4,7 @@
 // gateway's OpenAPI document lists them.
 //
 // Shapes understood (from the gateway's event hub and the monitor it relays):
-//   {type: "node", node, role, state, reason}          node health (gateway's own watcher)
+//   {type: "node", node, role, state, previous, reason, ts_ms}   node health (gateway's own watcher: up|down)
 //   {type: "node", kind: "health", node, role, state, previous, reason, ts_ms}   (monitor)
 //   {type: "status", ...} or {cluster: {...}, nodes: [...], rates: {...}}   monitor status
 //   {type: "metrics", rates|..._per_s, nodes?}           throughput
@@ -22,6 +22,11 @@
 // adds timeline entries -- an old event must not set a node's or an alert's state that the live
 // stream has since moved on -- and an event that came over the stream while the answer was on
 // its way is not shown twice (a monitor event's key is its seq and ts_ms, whichever way it came).
+// The gateway's watcher's events the page shows (the monitor's own, and every node's while the
+// monitor is silent: a restart between two PINGs is seen only there) are read back the same way
+// from GET /gateway/events, keyed by node, state and ts_ms. Each node's health changes form a
+// chain: a change from "unknown" is a first verdict and left out, unless the entry before it on
+// the timeline ended in "unknown" (an older monitor's "down → unknown" for a restarted process).
 
 import { clusterId, get, openSocket } from "./api.js";
 
@@ -112,7 +117,25 @@ function pushEvent(ev, source) {
  * the entry says (the gateway's watcher sends no seq, and is never replayed). */
 function eventKey(source, ev) {
   if (Number.isInteger(source?.seq) && Number.isInteger(source?.ts_ms)) return `monitor:${source.seq}:${source.ts_ms}`;
+  if (isWatcherEvent(source)) return `watcher:${source.node}:${source.state}:${source.ts_ms}`;
   return `${ev.ts_ms}|${ev.kind}|${ev.node}|${ev.text}`;
+}
+
+/** A node event of the gateway's own watcher (the monitor's carry kind "health"). */
+function isWatcherEvent(msg) {
+  return msg?.type === "node" && msg.kind === undefined && typeof msg.node === "string" && Number.isInteger(msg.ts_ms);
+}
+
+/** Whether a change of `name` from `before` at tsMs goes on the timeline: a change, and not a
+ * first verdict -- one from "unknown" only when the node's entry before it ended there. */
+function isShownChange(name, before, after, tsMs) {
+  if (!before || before === after) return false;
+  if (before !== "unknown") return true;
+  for (let i = model.events.length - 1; i >= 0; i--) {
+    const e = model.events[i];
+    if (e.kind === "health" && e.node === name && e.ts_ms <= tsMs) return e.state === "unknown";
+  }
+  return false;
 }
 
 function healthEntry(name, before, after, reason, tsMs) {
@@ -214,7 +237,7 @@ export function apply(msg) {
       upsertNode(name, { role: msg.role, state, reason: state === undefined ? undefined : msg.reason, pid: msg.pid, host: msg.host,
         port: msg.port, restarts: msg.restarts, metrics: msg.metrics });
       const after = model.nodes.get(name)?.state;
-      if (before && before !== "unknown" && before !== after) pushEvent(healthEntry(name, before, after, msg.reason, ts), msg);
+      if (isShownChange(name, before, after, ts)) pushEvent(healthEntry(name, before, after, msg.reason, ts), msg);
       break;
     }
     case "status":
@@ -247,20 +270,20 @@ export function apply(msg) {
 }
 
 /**
- * Replay past events (the monitor's log, oldest first, in the shapes apply() takes) into the
- * timeline only: nodes, alerts and restart counts are the live stream's (its snapshot is newer).
- * A health change is the event's own (`previous` → `state`); a first verdict (from "unknown")
- * is none, as live.
+ * Replay past events (the monitor's log or the gateway watcher's, oldest first, in the shapes
+ * apply() takes) into the timeline only: nodes, alerts and restart counts are the live stream's
+ * (its snapshot is newer). A health change is the event's own (`previous` → `state`); a first
+ * verdict (from "unknown", or a watcher's event without `previous`) is none, as live.
  */
 export function replay(events) {
   if (!Array.isArray(events)) return;
   for (const msg of events) {
     if (!msg || typeof msg !== "object" || !Number.isFinite(msg.ts_ms)) continue;
     const type = msg.type || msg.kind;
-    if ((type === "node" || type === "health") && msg.kind === "health") {
+    if (((type === "node" || type === "health") && msg.kind === "health") || isWatcherEvent(msg)) {
       const before = normState(msg.previous);
       const after = normState(msg.state);
-      if (msg.previous && before !== "unknown" && before !== after) pushEvent(healthEntry(msg.node, before, after, msg.reason, msg.ts_ms), msg);
+      if (msg.previous && isShownChange(msg.node, before, after, msg.ts_ms)) pushEvent(healthEntry(msg.node, before, after, msg.reason, msg.ts_ms), msg);
     } else if (type === "alert") {
       pushEvent(alertEntry(alertOf(msg, msg.ts_ms)), msg);
     } else if (type === "recovery") {
@@ -286,15 +309,16 @@ export function applyHistory(h) {
 // -- routes the gateway may offer for the monitor (found in /openapi.json) -------------------
 
 let routesPromise = null;
-/** {history, alerts, events, status, metrics}: paths (GET, no path parameters except the cluster) or null. */
+/** {history, alerts, events, watcher, status, metrics}: paths (GET, no path parameters except the cluster) or null. */
 export function monitorRoutes() {
   if (!routesPromise) {
     routesPromise = get("/openapi.json").then((doc) => {
       const paths = Object.keys(doc.paths || {}).filter((p) => doc.paths[p].get);
       const find = (re) => paths.find((p) => re.test(p) && !/\{(?!cluster_id\})[^}]+\}/.test(p)) || null;
-      return { history: find(/history/), alerts: find(/alerts$/), events: find(/events$/),
+      return { history: find(/history/), alerts: find(/alerts$/), events: find(/^(?!\/gateway\/).*events$/),
+        watcher: paths.includes("/gateway/events") ? "/gateway/events" : null,
         status: find(/(monitor|cluster)[^/]*\/(status|health)$|\/nodes$/), metrics: paths.includes("/metrics") ? "/metrics" : null };
-    }).catch(() => ({ history: null, alerts: null, events: null, status: null, metrics: null }));
+    }).catch(() => ({ history: null, alerts: null, events: null, watcher: null, status: null, metrics: null }));
   }
   return routesPromise;
 }
@@ -312,6 +336,7 @@ export async function loadOnce() {
   if (routes.status) jobs.push(routePath(routes.status).then(get).then((s) => apply({ ...s, type: "status" })));
   if (routes.alerts) jobs.push(routePath(routes.alerts).then(get).then((r) => (r.alerts || r.data || r).forEach((a) => apply({ ...a, type: "alert" }))));
   if (routes.events) jobs.push(routePath(routes.events).then(get).then((r) => replay(r.events || r.data || r)));
+  if (routes.watcher) jobs.push(get(routes.watcher).then((r) => replay(r.events)));   // merged by ts_ms, each once
   await Promise.allSettled(jobs);
 }
 

@@ -55,9 +55,11 @@ export function valueCell(b64) {
     h("details.fold", {}, h("summary", {}, `show all ${d.text.length} characters`), h("pre.record-value", {}, d.text)), kind);
 }
 
+/** A key cell: "—" for none (as missing headers), `""` for an empty key (bytes of length 0). */
 export function keyCell(b64) {
   const d = decode(b64);
-  if (d.kind === "null") return h("span.muted", {}, "null");
+  if (d.kind === "null") return h("span.muted", { title: "no key" }, "—");
+  if (d.text === "") return h("span.muted.mono", { title: "an empty key" }, '""');
   return h("span.mono", {}, d.text.length > 80 ? `${d.text.slice(0, 80)}…` : d.text);
 }
 

@@ -31,7 +31,9 @@ export async function render(root, ctx) {
     clear(firingEl, table(cols(false), active, { empty: "no alert is firing", rowCls: (a) => (a.state === "firing" ? "down" : "") }));
     clear(resolvedEl, table(cols(true), resolved, { empty: "no resolved alerts yet" }));
     const kind = filter.value;
-    const events = model.events.filter((e) => kind === "all" || e.kind === kind).slice().sort((a, b) => b.ts_ms - a.ts_ms);
+    // newest first: model.events is in time order, those of one millisecond as they happened (a
+    // restart's down and up): a sort by time kept them so, and "down" stood above "up"
+    const events = model.events.filter((e) => kind === "all" || e.kind === kind).reverse();
     clear(timelineEl, events.length
       ? h("ol.timeline", {}, events.map((e) => h(`li.kind-${e.kind}.state-${String(e.state || "").replace(/[^\w-]/g, "")}`, {},
         h("time", { datetime: new Date(e.ts_ms).toISOString() }, fmtTime(e.ts_ms)), h("span.pill", {}, e.kind), " ", e.text)))

@@ -32,6 +32,14 @@ export function brokerRows(cluster) {
   });
 }
 
+/** CPU: a ratio needs two readings of the CPU seconds (metrics.js, one a refresh): "measuring…"
+ * until the second, not "—" (which says the monitor gives none). */
+export function cpuText(metrics) {
+  const ratio = metrics?.cpu_ratio;
+  if (ratio === undefined || ratio === null) return metrics?.cpu_seconds !== undefined ? "measuring…" : "—";
+  return fmtPercent(ratio);
+}
+
 /** The broker's fsync mode (from the gateway's broker list), with its interval when it has one. */
 export function fsyncText(mode, intervalMs) {
   if (!mode) return "—";
@@ -67,10 +75,10 @@ export async function render(root, ctx) {
       { label: "Engine", cell: (r) => metric(r.node, "engine") ?? r.engine ?? "—" },
       { label: "Fsync", cell: (r) => fsyncText(metric(r.node, "fsync", "fsync_mode") ?? r.fsync, r.fsync_interval_ms) },
       { label: "RSS", cls: "num", cell: (r) => fmtBytes(metric(r.node, "rss_bytes", "loom_process_resident_memory_bytes")) },
-      { label: "CPU", cls: "num", cell: (r) => fmtPercent(metric(r.node, "cpu_ratio")) },
+      { label: "CPU", cls: "num", cell: (r) => cpuText(r.node.metrics) },
     ], rows, { rowCls: (r) => (r.state === "down" ? "down" : ""), empty: "no brokers" }),
     cluster.truncated ? h("p.muted", {}, "Only the first topics' partitions are counted.") : null,
-    h("p.muted", {}, "Engine and fsync mode come from the gateway's broker list; disk, RSS and CPU from the monitor, “—” until it reports them."));
+    h("p.muted", {}, "Engine and fsync mode come from the gateway's broker list; disk, RSS and CPU from the monitor, “—” until it reports them (CPU: “measuring…” until it has two readings)."));
   }
 
   async function refresh() {

@@ -35,6 +35,14 @@ async function offsetForTime(topic, p, b, tsMs) {
   return lo;
 }
 
+/** What a page holds of partition p: offsets first..next-1 of its [begin, end), "empty" when it
+ * holds no record at all ("p0 0–0 of [0, 0)" read as offset 0 shown), "none" past its end. */
+export function rangeText(p, first, next, b) {
+  if (b.end <= b.begin) return `p${p} empty`;
+  if (next <= first) return `p${p} none from ${first} of [${b.begin}, ${b.end})`;
+  return `p${p} ${first}–${next - 1} of [${b.begin}, ${b.end})`;
+}
+
 function controls(state, topics, go) {
   const topic = h("select#msg-topic", { name: "topic" }, topics.map((t) => h("option", { value: t, selected: t === state.topic }, t)));
   const partition = h("select#msg-partition", { name: "partition" });
@@ -122,7 +130,7 @@ export async function render(root, ctx) {
     const atStart = page.parts.every((p) => page.first[p] <= page.b[p].begin);
     prev.disabled = atStart;
     next.disabled = atEnd;
-    const ranges = page.parts.map((p) => `p${p} ${page.first[p]}–${Math.max(page.first[p], page.next[p] - 1)} of [${page.b[p].begin}, ${page.b[p].end})`);
+    const ranges = page.parts.map((p) => rangeText(p, page.first[p], page.next[p], page.b[p]));
     info.textContent = `${records.length} record${records.length === 1 ? "" : "s"} shown` + (filtering ? ` · scanned ${fmtNum(page.scanned)} records` : "") +
       ` · ${ranges.slice(0, 6).join(" · ")}${ranges.length > 6 ? " …" : ""}`;
     clear(resultEl, table([

@@ -25,6 +25,15 @@ export function nodeList(brokers) {
   return [...nodes.values()].sort((a, b) => (ROLE_ORDER.indexOf(a.role) - ROLE_ORDER.indexOf(b.role)) || a.name.localeCompare(b.name, "en", { numeric: true }));
 }
 
+/** "up/total" of the broker cards (healthy or degraded: serving), from the same list the cards
+ * are drawn from: the monitor's cluster count (the coordinator's view) said "3/3 brokers up" for
+ * a second beside a broker card already down. */
+export function brokersUp(nodes) {
+  const brokers = nodes.filter((n) => n.role === "broker");
+  if (!brokers.length) return "—";
+  return `${brokers.filter((n) => n.state === "healthy" || n.state === "degraded").length}/${brokers.length}`;
+}
+
 /** A partition count with the internal topics' share left out, as the partition count leaves
  * them out (the monitor's counts include them), and said beside the label when there is one. */
 function apart(label, count, internal, cls) {
@@ -63,14 +72,15 @@ export async function render(root, ctx) {
   ctx.cleanup.push(() => charts.forEach((c) => c.destroy()));
 
   function draw() {
-    clear(nodesEl, nodeList(rest?.brokers).map(nodeCard));
     const live = model.cluster && model.cluster.partitions !== undefined ? model.cluster : null;
     const c = { ...(rest ? counts(rest) : {}), ...(live || {}) };
     const firing = [...model.alerts.values()].filter((a) => a.state === "firing");
-    const down = nodeList(rest?.brokers).filter((n) => n.state === "down" || n.state === "unresponsive").length;
+    const nodes = nodeList(rest?.brokers);   // the cards, and every count of nodes beside them
+    const down = nodes.filter((n) => n.state === "down" || n.state === "unresponsive").length;
+    clear(nodesEl, nodes.map(nodeCard));
     clear(statsEl,
       stat("nodes down", down, down ? "bad" : "ok"),
-      stat("brokers up", c.brokers !== undefined ? `${c.brokers_alive ?? c.brokers_up ?? "—"}/${c.brokers}` : "—"),
+      stat("brokers up", brokersUp(nodes)),
       stat("topics", c.topics ?? "—"),
       stat("partitions", c.partitions === undefined ? "—" : c.partitions - (c.internal_partitions || 0)),   // as topics: __consumer_offsets apart
       apart("under-replicated", c.under_replicated, c.internal_under_replicated, "warn"),
