@@ -104,8 +104,9 @@ class Monitor(Node):
                 self.stats_clients[n] = RpcClient(self.ctx, self.reactor, c.endpoint, identity=name)
         self.reactor.add_socket(self.sub, self._on_sub)
         # a node whose ``port`` serves HTTP (the gateway): that port is probed as users reach it
-        self.http_probes = {n: HttpProbe(c.host, c.port, mon.slow_response_ms, wait_ms=mon.unresponsive_after_ms) for n, c in config.nodes.items()
-                            if n in self.views and ROLES[c.role].port_serves == HTTP}
+        self.http_probes = {n: HttpProbe(c.host, c.port, mon.slow_response_ms,
+                                         wait_ms=mon.unresponsive_after_ms, clock=self.clock)
+                            for n, c in config.nodes.items() if n in self.views and ROLES[c.role].port_serves == HTTP}
         self.coordinator = self.stats_clients[config.coordinator_name]
         self._in_flight: set[str] = set()
         self._metadata_in_flight = False

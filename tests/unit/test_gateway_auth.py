@@ -86,11 +86,12 @@ def test_rate_limit_burst_gets_429_with_retry_after() -> None:
 def test_traffic_under_the_limit_is_never_rejected() -> None:
     c = make_app(rate_per_s=50, burst=5)
     statuses = []
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline:  # ~25 requests/s against 50/s
+    # a number of requests, not a second of them: on a loaded machine a second held fewer than
+    # the test asked for, and it failed for a gateway that rejected none
+    for _ in range(25):  # the pace, not a wait: each at least 40 ms after the last (25/s against 50/s)
         statuses.append(c.get("/topics", headers=bearer("read")).status_code)
         time.sleep(0.04)
-    assert len(statuses) >= 10 and set(statuses) == {200}
+    assert statuses == [200] * 25
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

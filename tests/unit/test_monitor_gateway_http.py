@@ -2,7 +2,11 @@
 heartbeats) runs on: every request thread stuck, or the listener not accepting. Judged only by
 heartbeats and STATS, such a gateway stayed ``healthy`` for good -- no alert, no restart --
 while no user could reach Loom through it. Real sockets on 127.0.0.1: a port that listens and
-never answers stands in for the hung HTTP server; no gateway process is started."""
+never answers stands in for the hung HTTP server; no gateway process is started. The monitor's
+clock is a ManualClock, which its probes read too: a probe is as old as the test made it, not as
+old as a loaded machine made it (judged on real time, a prompt answer slowed past
+``slow_response_ms`` by the machine's load had the gateway degraded where the test expected it
+healthy)."""
 
 from __future__ import annotations
 
@@ -127,11 +131,13 @@ def monitor_of_gateway(tmp_path: Path, http_port: int) -> Iterator[Monitor]:
 
 
 def degraded_by_its_http_port(monitor: Monitor, port: int) -> H.NodeView:
-    """Checks until the gateway, its STATS answered, is degraded for its HTTP port; its view."""
+    """Checks, one health interval apart, over ``slow_response_ms`` and two intervals: the probe
+    the first one started has then been in flight for longer than ``slow_response_ms`` (on the
+    monitor's clock, which the probe reads), and the gateway, its STATS answered, is degraded
+    for its HTTP port; its view."""
     view = monitor.views["gateway"]
-    wait_until(lambda: check_with_stats_answered(monitor) == H.DEGRADED, 10,
-               what="the gateway judged degraded for its HTTP port")
-    assert f"HTTP port {port}" in view.reason, view.reason
+    state = checks_over(monitor, SLOW_RESPONSE_MS + 2 * monitor.mon.health_interval_ms)
+    assert state == H.DEGRADED and f"HTTP port {port}" in view.reason, (state, view.reason)
     return view
 
 
@@ -160,6 +166,17 @@ def checks_over(monitor: Monitor, ms: int, coordinator_heard: bool = True) -> st
     return state
 
 
+def checks_each_after_its_probe(monitor: Monitor, ms: int) -> str:
+    """A check every health interval for ``ms``, each once the probe the last one started has
+    ended -- a gateway that answers within the interval, however slow the machine running the
+    test: the monitor's clock does not move while a probe is in flight; its state after the last."""
+    probe, steps = monitor.http_probes["gateway"], -(-ms // monitor.mon.health_interval_ms)
+    for _ in range(steps):
+        wait_until(lambda: not probe.in_flight(), 10, interval_s=0.005, what="the probe in flight answered")
+        state = checks_over(monitor, monitor.mon.health_interval_ms)
+    return state
+
+
 def test_a_gateway_whose_http_port_hangs_is_degraded_then_unresponsive_and_restart_is_asked(tmp_path: Path) -> None:
     with http_port_that_never_answers() as port, monitor_of_gateway(tmp_path, port) as monitor:
         view = degraded_by_its_http_port(monitor, port)
@@ -177,11 +194,12 @@ def test_a_gateway_whose_stuck_request_threads_serve_again_is_healthy_again(tmp_
         view = degraded_by_its_http_port(monitor, port)
         assert "did not answer within" in view.reason, view.reason
         unstuck.set()
-        wait_until(lambda: check_with_stats_answered(monitor) == H.HEALTHY, 10,
-                   what="the gateway judged healthy once its threads serve again")
+        # the stuck probe's late answer (slow: degraded), then a prompt one
+        assert checks_each_after_its_probe(monitor, 2 * monitor.mon.health_interval_ms) == H.HEALTHY, view.reason
         probe = next(n for n in monitor.status()["nodes"] if n["node"] == "gateway")["http_probe"]
         assert probe["answered"] and probe["status"] == 200 and probe["failing_ms"] is None, probe
-        assert checks_over(monitor, UNRESPONSIVE_AFTER_MS + 1) == H.HEALTHY, view.reason  # earlier failures no longer count
+        # earlier failures no longer count
+        assert checks_each_after_its_probe(monitor, UNRESPONSIVE_AFTER_MS + 1) == H.HEALTHY, view.reason
 
 
 def test_a_gateway_that_answers_slowly_is_degraded_never_unresponsive(tmp_path: Path) -> None:

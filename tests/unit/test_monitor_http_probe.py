@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fabric.apikeys import hash_key
+from fabric.clock import Clock
 from fabric.config import GatewayConfig, SecurityConfig
 from nodes.local_cluster import wait_until
 from nodes.monitor import http_probe
@@ -79,7 +80,7 @@ def test_one_probe_in_flight_and_an_overdue_one_is_a_failure(monkeypatch: pytest
     is judged failed, and no second probe piles up behind it."""
     stuck, calls = threading.Event(), []
 
-    def probe_stuck(host: str, port: int, timeout_ms: int) -> http_probe.ProbeOutcome:
+    def probe_stuck(host: str, port: int, timeout_ms: int, clock: Clock | None = None) -> http_probe.ProbeOutcome:
         calls.append(port)
         stuck.wait()
         return http_probe.ProbeOutcome(True, "answered late", 200, 5000)
