@@ -43,27 +43,30 @@ def batch(base: int, n: int, value_bytes: int) -> bytes:
     return as_leader_wrote(build_batch(recs), base, 1)
 
 
+def reading_consumer(made: list[Consumer], partitions: tuple[int, ...] = (0,), leaders: dict[int, int] | None = None,
+                     **kw: Any) -> tuple[Consumer, Net]:
+    """A consumer on a fake reactor and recording clients (added to ``made``, for the caller to
+    close), reading ``partitions`` of ``t`` from 0, its metadata answered: (consumer, net)."""
+    net, reactor = Net(), FakeReactor(ManualClock(1_000))
+    c = Consumer(BOOTSTRAP, clock=reactor.clock, reactor=reactor, client_factory=net.client,
+                 auto_offset_reset="earliest", **kw)
+    made.append(c)
+    c.assign([(T, p) for p in partitions])
+    for p in partitions:
+        c.seek((T, p), 0)
+    assert c.poll(0) == []
+    # default: partition 0 on broker 1, 1 on broker 2
+    leaders = leaders or {p: 1 + p % 2 for p in partitions}
+    net.answer_metadata(metadata_of(leaders))
+    net.answer_metadata(metadata_of(leaders))  # the coordinator's, as the reading begins
+    assert c.poll(0) == []
+    return c, net
+
+
 @pytest.fixture
 def make() -> Any:
     made: list[Consumer] = []
-
-    def build(partitions: tuple[int, ...] = (0,), leaders: dict[int, int] | None = None,
-              **kw: Any) -> tuple[Consumer, Net]:
-        net, reactor = Net(), FakeReactor(ManualClock(1_000))
-        c = Consumer(BOOTSTRAP, clock=reactor.clock, reactor=reactor, client_factory=net.client,
-                     auto_offset_reset="earliest", **kw)
-        made.append(c)
-        c.assign([(T, p) for p in partitions])
-        for p in partitions:
-            c.seek((T, p), 0)
-        assert c.poll(0) == []
-        # default: partition 0 on broker 1, 1 on broker 2
-        leaders = leaders or {p: 1 + p % 2 for p in partitions}
-        net.answer_metadata(metadata_of(leaders))
-        net.answer_metadata(metadata_of(leaders))  # the coordinator's, as the reading begins
-        assert c.poll(0) == []
-        return c, net
-    yield build
+    yield lambda *a, **kw: reading_consumer(made, *a, **kw)
     for c in made:
         c.close()
 

@@ -1,0 +1,81 @@
+"""What a batch cut by a poll leaves decoded for the rest of it counts against the consumer's
+``buffered_bytes_max`` (``fabric.decoded_batches``; the first tests are in
+tests/unit/test_consumer_buffered_bytes.py). Here: records with headers (their names, values and
+the objects that hold them were not counted: a consumer of such records fetched ahead past its
+bound). Built for real on a fake reactor with recording RPC clients; what a consumer holds is
+measured with tracemalloc, not computed."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from typing import Any, Callable
+
+import pytest
+
+from fabric.client.consumer import Consumer
+from fabric.records import build_batch
+from tests.unit.fakes import as_leader_wrote
+from tests.unit.test_consumer_buffered_bytes import KIB, reading_consumer
+from tests.unit.test_consumer_failover import Net
+
+BOUND = 4 * 1024 * KIB
+
+
+@pytest.fixture
+def make() -> Any:
+    made: list[Consumer] = []
+    yield lambda **kw: reading_consumer(made, **kw)
+    for c in made:
+        c.close()
+
+
+def headered_batch(base: int, n: int, headers: int, name: str = "trace") -> bytes:
+    """``n`` small keyless records with ``headers`` headers each (a trace id and the like), as
+    the leader wrote them from ``base``."""
+    recs = [(1_000 + i, None, b"v" * (i % 7 + 4), [(f"{name}-{h}", b"%016d" % i) for h in range(headers)])
+            for i in range(n)]
+    return as_leader_wrote(build_batch(recs), base, 1)
+
+
+def held_while(step: Callable[[], None]) -> int:
+    """The bytes allocated by ``step`` and still held after it (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        step()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def open_asks(net: Net) -> int:
+    """What the fetches in flight to broker 1 may bring."""
+    return sum(h["max_bytes"] for _, h in net.fetches(1))
+
+
+@pytest.mark.parametrize("headers, name", [(1, "trace"), (2, "trace"), (8, "trace"), (2, "clé"), (8, "名前")])
+def test_a_cut_batch_of_records_with_headers_counts_what_its_headers_take(make: Any, headers: int, name: str) -> None:
+    """Decoded, a header is a pair, a str and a bytes object: 160-190 bytes beside its bytes in
+    the payload (ASCII names to others), and a record with headers ~50 more for their tuple
+    (measured on CPython 3.11). The
+    estimate counted a record as its payload bytes and 192 (keyed or not, without headers): a
+    batch of records with two headers held twice what was counted, and the consumer fetched
+    ahead the difference past its bound (held and asked for 5.3 MB at a 4 MiB bound)."""
+    c, net = make(buffered_bytes_max=BOUND, fetch_bytes_max=BOUND, partition_fetch_bytes_max=BOUND)
+    n = 2_500_000 // (190 + 175 * headers)  # a decoded batch of ~2.5 MB
+    i, _ = net.fetch(1)
+
+    def cut_and_prefetch() -> None:
+        net.answer_fetch(1, i, [(0, 0, n + 10)], [headered_batch(0, n, headers, name)])
+        [(j, _)] = net.fetches(1)  # the prefetch, asked before the cut: answered small
+        assert [r.offset for r in c.poll(0, max_records=10)] == list(range(10))  # the rest stays buffered
+        net.answer_fetch(1, j, [(0, 0, n + 10)], [headered_batch(n, 10, headers, name)])
+    held = held_while(cut_and_prefetch)
+    asked = open_asks(net)  # asked with the room left once the cut batch was counted
+    assert held + asked <= BOUND, f"held {held} and asked for {asked}: over the bound of {BOUND}"
+    assert [r.offset for r in c.poll(0, max_records=100_000)] == list(range(10, n + 10))
+    assert c._buffered_bytes == 0 and c._decoded.bytes == 0
+
