@@ -10,7 +10,10 @@ What it fetches ahead is bounded by records (``buffered_records_max``) and by by
 decoded whole for the rest it left buffered, estimated: ``fabric.decoded_batches``, some
 8 times the fetched bytes for small records -- and what the fetches in flight may bring), the room
 shared evenly by the leaders read; a partition that returned records is asked last at the
-next fetch (``_send_fetches``, ``_on_fetch``). ``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
+next fetch (``_send_fetches``, ``_on_fetch``). A fetch in flight was asked with the room there
+was: a batch decoded since (a poll cut it) takes some of it, and an answer is buffered only as
+far as the room left (whole batches; one at least, as a broker answers), the rest fetched
+again (``_fitting``). ``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
 state is the consumer's own (set by ``Consumer.__init__``); the stalls and the rerouting of
 these requests are ``ConsumerFailover``'s, the positions they read from ``ConsumerPositions``'.
 
@@ -24,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engines import batch as B
 from fabric import protocol as P
 from fabric.client.consumer_positions import AUTO_RESET, ResetSpec
 from fabric.clock import Clock
@@ -65,6 +69,25 @@ class _InFlight:
     request_id: int = 0
     topic_ids: dict[str, str] = field(default_factory=dict)  # the ids it named its topics by
     max_bytes: int = 0  # a FETCH's: what its answer may bring (counted against the buffered-bytes bound)
+
+
+def _fitting(data: bytes, room: int, start_offset: int, at_least_one: bool) -> int:
+    """How many bytes of a fetched answer ``data``, whole batches from its first, fit in ``room``;
+    ``at_least_one`` (the answer's first part with records): as far as the first batch with
+    records from ``start_offset`` on at least, whatever the room -- as a broker answers at least
+    one batch, however big: a bound below a batch reads on (and a part shed is asked first next,
+    its partition not having returned records). A batch decoded for the rest of a cut takes some
+    of the room a fetch in flight was asked with: its answer brought that much past the bound
+    (6.1 MB held at 4 MiB). Else the room at the answer is what it was asked with or more (but
+    after another answer's first batch bigger than its ask): what a broker answers fits. One
+    header read per batch."""
+    end = 0
+    for h, batch in B.iter_batches(data):
+        if end + len(batch) > room and not at_least_one:
+            break
+        end += len(batch)
+        at_least_one = at_least_one and h.next_offset <= start_offset
+    return end
 
 
 class ConsumerFetch:
@@ -201,6 +224,11 @@ class ConsumerFetch:
             self._hold(fetch.partitions)
             return
         made_again = self._made_again_since(fetch.topic_ids)  # once per answer: thousands of parts
+        # what the answer may fill: asked with the room there was, it may bring more than there is
+        # now, when a batch was decoded for the rest of a cut since (``_fitting``)
+        room = (self.buffered_bytes_max - self._buffered_bytes - self._decoded.bytes
+                - sum(f.max_bytes for f in self._fetching.values()))
+        first = True  # no batch of the answer buffered yet
         for entry, data in zip(entries, payloads):
             topic, partition, code, hw = entry.topic, entry.partition, entry.error, entry.high_watermark
             tp = (topic, partition)
@@ -229,9 +257,14 @@ class ConsumerFetch:
                 self._read_hw[tp] = hw
             if sent_id is not None:
                 self._read_in[tp] = sent_id
+            if data and len(data) > room:
+                # a copy of what fits: the rest, let go, is fetched again once the room is there
+                data = data[:_fitting(data, room, pos, at_least_one=first)]
             if data:
                 view = view_batches(topic, partition, data, start_offset=pos, end_offset=hw)
                 if view is not None and view.first_offset == pos:  # else: a stale reply from before a seek
+                    room -= len(data)
+                    first = False
                     self._buffer.append(view)
                     self._buffered_records += len(view)
                     view.held = len(data)

@@ -2,8 +2,10 @@
 ``buffered_bytes_max`` (``fabric.decoded_batches``; the first tests are in
 tests/unit/test_consumer_buffered_bytes.py). Here: records with headers (their names, values and
 the objects that hold them were not counted: a consumer of such records fetched ahead past its
-bound). Built for real on a fake reactor with recording RPC clients; what a consumer holds is
-measured with tracemalloc, not computed."""
+bound); and a prefetch already in flight when a batch is decoded (asked with the room before
+the decoded copy was counted, its answer took the consumer past its bound). Built for real on a
+fake reactor with recording RPC clients; what a consumer holds is measured with tracemalloc, not
+computed."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import pytest
 from fabric.client.consumer import Consumer
 from fabric.records import build_batch
 from tests.unit.fakes import as_leader_wrote
-from tests.unit.test_consumer_buffered_bytes import KIB, reading_consumer
+from tests.unit.test_consumer_buffered_bytes import KIB, batch, keyed_batch, reading_consumer
 from tests.unit.test_consumer_failover import Net
 
 BOUND = 4 * 1024 * KIB
@@ -79,3 +81,40 @@ def test_a_cut_batch_of_records_with_headers_counts_what_its_headers_take(make: 
     assert [r.offset for r in c.poll(0, max_records=100_000)] == list(range(10, n + 10))
     assert c._buffered_bytes == 0 and c._decoded.bytes == 0
 
+
+def fill(base: int, max_bytes: int) -> bytes:
+    """As a broker answers a fetch of ``max_bytes`` from ``base``: whole batches (of 100
+    records of 1,000 bytes) up to it."""
+    one = len(batch(0, 100, 1000))
+    return b"".join(batch(base + 100 * k, 100, 1000) for k in range(max_bytes // one))
+
+
+def test_a_prefetch_in_flight_when_a_batch_is_decoded_brings_no_more_than_the_room_left(make: Any) -> None:
+    """The prefetch of an answer is asked at once, with the room beside its fetched bytes; a poll
+    that cuts a batch of it then counts the batch decoded for the rest (~8 times its bytes for
+    small records). The prefetch's answer brought what it was asked for, and the consumer held
+    that decoded batch beyond its bound (6.1 MB held at a 4 MiB bound). Of an answer, what the
+    room left holds no more is not buffered: it is fetched again once the room is there."""
+    c, net = make(buffered_bytes_max=BOUND, fetch_bytes_max=BOUND, partition_fetch_bytes_max=BOUND)
+    i, _ = net.fetch(1)
+
+    def cut_while_prefetching() -> None:
+        net.answer_fetch(1, i, [(0, 0, 100_000)], [keyed_batch(0, 10_000)])
+        [(j, h)] = net.fetches(1)
+        assert h["max_bytes"] > BOUND * 9 // 10  # asked before the cut
+        assert [r.offset for r in c.poll(0, max_records=10)] == list(range(10))
+        net.answer_fetch(1, j, [(0, 0, 100_000)], [fill(10_000, h["max_bytes"])])  # all it asked for
+    held = held_while(cut_while_prefetching)
+    asked = open_asks(net)
+    assert held + asked <= BOUND, f"held {held} and asked for {asked}: over the bound of {BOUND}"
+    # what was not buffered is fetched again: the reading goes on, nothing skipped
+    expected = 10
+    for _ in range(100):
+        got = [r.offset for r in c.poll(0, max_records=100_000)]
+        assert got == list(range(expected, expected + len(got)))
+        expected += len(got)
+        if expected >= 20_000:
+            break
+        for j, h in net.fetches(1):
+            net.answer_fetch(1, j, [(0, 0, 100_000)], [fill(h["parts"][0][2], h["max_bytes"])])
+    assert expected >= 20_000
