@@ -9,8 +9,12 @@ adds it to a ``HeldBytes`` while a holder asks it to -- a consumer counts it aga
 
 Thread-safe where it counts: a view ``poll_batch`` returned may be read on another thread (a
 worker's) while the consumer's thread reads or takes the rest of its fetch, and both change
-what is counted -- under ``_COUNTING``, else a thread switch inside ``+=`` lost an update and
-the consumer's count stayed skewed for good (never back to 0: each fetch asked for less).
+what is counted -- under locks, else a thread switch inside ``+=`` lost an update and the
+consumer's count stayed skewed for good (never back to 0: each fetch asked for less). The locks
+are a fetch's (``DecodedBatches``: its batches and their bytes) and a consumer's (``HeldBytes``:
+its count), never one for a process: a consumer service's many consumers do not wait for each
+other. Taken in that order only, once per batch decoded for the rest of a cut and once per
+answer leaving or entering a buffer, never per record.
 """
 
 from __future__ import annotations
@@ -49,20 +53,22 @@ def tuples_bytes(records: tuple, payload_bytes: int) -> int:
     return size
 
 
-# held while a count changes (``DecodedBatches.keep``, ``pop``, ``count_in``): taken once per batch
-# decoded for the rest of a cut and once per answer leaving or entering a buffer, never per record
-_COUNTING = threading.Lock()
-
-
 class HeldBytes:
     """A count of bytes that several ``DecodedBatches`` add to while they are counted there (a
-    consumer's: the decoded batches its buffer holds). Changed under ``_COUNTING`` only; read
+    consumer's: the decoded batches its buffer holds). Changed by ``add`` only, under its own
+    lock (the ``DecodedBatches`` of several fetches, read on several threads, add to it); read
     without it (a value a moment old is an estimate still)."""
 
-    __slots__ = ("bytes",)
+    __slots__ = ("bytes", "_lock")
 
     def __init__(self) -> None:
         self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        """Count ``n`` more bytes (fewer if negative)."""
+        with self._lock:
+            self.bytes += n
 
 
 class DecodedBatches:
@@ -72,16 +78,17 @@ class DecodedBatches:
     payload for one decompressed, ``tuples_bytes`` for tuples: the payload, DECODED_RECORD_BYTES
     a record and what their headers take).
     ``tally``: a ``HeldBytes`` that counts them too, while a holder asks it to
-    (``RecordBatchView.count_decoded``). Its counts change under ``_COUNTING`` (the views of one
-    fetch may be read on two threads); the batches kept are a dict's, whose get, set and pop
-    are atomic."""
+    (``RecordBatchView.count_decoded``). Its counts change under its own lock (the views of one
+    fetch may be read on two threads), and the tally's under the tally's, taken inside it; the
+    batches kept are a dict's, whose get, set and pop are atomic."""
 
-    __slots__ = ("_batches", "bytes", "tally")
+    __slots__ = ("_batches", "bytes", "tally", "_lock")
 
     def __init__(self) -> None:
         self._batches: dict[int, tuple[Any, int]] = {}  # start -> (the batch, its bytes)
         self.bytes = 0
         self.tally: HeldBytes | None = None
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -93,7 +100,7 @@ class DecodedBatches:
 
     def pop(self, start: int) -> Any:
         """``get``, and no longer kept (nor counted)."""
-        with _COUNTING:
+        with self._lock:
             found = self._batches.pop(start, None)
             if found is None:
                 return None
@@ -103,23 +110,23 @@ class DecodedBatches:
     def keep(self, start: int, whole: Any, size: int) -> None:
         """Keep batch ``whole``, decoded, at ``start``; it takes ``size`` bytes beside the fetched
         ones (instead of a batch kept there already: decoded on two threads at once)."""
-        with _COUNTING:
+        with self._lock:
             before = self._batches.get(start)
             self._batches[start] = (whole, size)
             self._add(size - (0 if before is None else before[1]))
 
     def _add(self, n: int) -> None:
-        """(``_COUNTING`` held.)"""
+        """(``_lock`` held.)"""
         self.bytes += n
         if self.tally is not None:
-            self.tally.bytes += n
+            self.tally.add(n)
 
     def count_in(self, tally: HeldBytes | None) -> None:
         """Count these batches in ``tally`` from now on (None: in none), and no longer in the
         one before."""
-        with _COUNTING:
+        with self._lock:
             if self.tally is not None:
-                self.tally.bytes -= self.bytes
+                self.tally.add(-self.bytes)
             self.tally = tally
             if tally is not None:
-                tally.bytes += self.bytes
+                tally.add(self.bytes)

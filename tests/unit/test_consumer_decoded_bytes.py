@@ -2,14 +2,16 @@
 ``buffered_bytes_max`` (``fabric.decoded_batches``; the first tests are in
 tests/unit/test_consumer_buffered_bytes.py). Here: records with headers (their names, values and
 the objects that hold them were not counted: a consumer of such records fetched ahead past its
-bound); and a prefetch already in flight when a batch is decoded (asked with the room before
-the decoded copy was counted, its answer took the consumer past its bound). Built for real on a
-fake reactor with recording RPC clients; what a consumer holds is measured with tracemalloc, not
-computed."""
+bound); a prefetch already in flight when a batch is decoded (asked with the room before the
+decoded copy was counted, its answer took the consumer past its bound); and two consumers of one
+process counting under one lock (a consumer service's instances waited for each other). Built
+for real on a fake reactor with recording RPC clients; what a consumer holds is measured with
+tracemalloc, not computed."""
 
 from __future__ import annotations
 
 import gc
+import threading
 import tracemalloc
 from typing import Any, Callable
 
@@ -18,7 +20,8 @@ import pytest
 from fabric.client.consumer import Consumer
 from fabric.records import build_batch
 from tests.unit.fakes import as_leader_wrote
-from tests.unit.test_consumer_buffered_bytes import KIB, batch, keyed_batch, reading_consumer
+from tests.unit.test_consumer_buffered_bytes import (KIB, _TallyCutInByTheConsumer, batch, keyed_batch,
+                                                     reading_consumer)
 from tests.unit.test_consumer_failover import Net
 
 BOUND = 4 * 1024 * KIB
@@ -118,3 +121,30 @@ def test_a_prefetch_in_flight_when_a_batch_is_decoded_brings_no_more_than_the_ro
         for j, h in net.fetches(1):
             net.answer_fetch(1, j, [(0, 0, 100_000)], [fill(h["parts"][0][2], h["max_bytes"])])
     assert expected >= 20_000
+
+def test_two_consumers_count_their_decoded_batches_without_waiting_for_each_other(make: Any) -> None:
+    """The decoded batches were counted under one lock for every consumer of a process (a
+    consumer service hosts many): while one consumer's count was being changed -- here by a
+    worker reading a view it was handed, held up -- another consumer's cut and take waited for
+    it. Each consumer counts under its own lock; the counts stay right."""
+    a, net_a = make(buffered_bytes_max=1024 * KIB)
+    b, net_b = make(buffered_bytes_max=1024 * KIB)
+    tally = a._decoded = _TallyCutInByTheConsumer()
+    for c, net in ((a, net_a), (b, net_b)):
+        i, _ = net.fetch(1)
+        net.answer_fetch(1, i, [(0, 0, 1_000)], [keyed_batch(0, 1_000)])
+    [head] = a.poll_batch(0, max_records=10)
+    tally.reader = threading.Thread(target=lambda: head.values)
+    tally.reader.start()
+    try:
+        assert tally.adding.wait(timeout=5)  # a's worker is in the middle of changing a's count
+        assert [r.offset for r in b.poll(0, max_records=10)] == list(range(10))  # b cuts a batch: counted
+        assert b._decoded.bytes > 0
+        assert [r.offset for r in b.poll(0, max_records=10_000)] == list(range(10, 1_000))
+        assert b._decoded.bytes == 0
+        assert tally.reader.is_alive(), "b's counting waited for a's"
+    finally:
+        tally.taken.set()
+        tally.reader.join(timeout=5)
+    [rest] = a.poll_batch(0, max_records=10_000)
+    assert rest.first_offset == 10 and a._decoded.bytes == 0
