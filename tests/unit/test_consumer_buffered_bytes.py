@@ -372,13 +372,14 @@ def test_a_batch_decoded_for_the_rest_of_a_cut_counts_against_the_bound(make: An
 
 class _TallyCutInByTheConsumer(HeldBytes):
     """A consumer's count of decoded batches whose write from ``reader`` (another thread) waits,
-    up to a second, for ``taken`` -- the consumer's thread taking the rest meanwhile -- after
-    the value it adds to was read: the interleaving a thread switch there makes."""
+    up to ``wait_s`` (a second), for ``taken`` -- the consumer's thread taking the rest
+    meanwhile -- after the value it adds to was read: the interleaving a thread switch there makes."""
 
-    __slots__ = ("_n", "reader", "adding", "taken")
+    __slots__ = ("_n", "reader", "adding", "taken", "wait_s")
 
     def __init__(self) -> None:
         self.reader: threading.Thread | None = None
+        self.wait_s = 1.0
         self.adding, self.taken = threading.Event(), threading.Event()
         super().__init__()
 
@@ -390,7 +391,7 @@ class _TallyCutInByTheConsumer(HeldBytes):
     def bytes(self, n: int) -> None:
         if threading.current_thread() is self.reader:
             self.adding.set()
-            self.taken.wait(timeout=1)
+            self.taken.wait(timeout=self.wait_s)
         self._n = n
 
 

@@ -130,6 +130,7 @@ def test_two_consumers_count_their_decoded_batches_without_waiting_for_each_othe
     a, net_a = make(buffered_bytes_max=1024 * KIB)
     b, net_b = make(buffered_bytes_max=1024 * KIB)
     tally = a._decoded = _TallyCutInByTheConsumer()
+    tally.wait_s = 10  # b's cut and take take milliseconds: done long before, unless they wait for a
     for c, net in ((a, net_a), (b, net_b)):
         i, _ = net.fetch(1)
         net.answer_fetch(1, i, [(0, 0, 1_000)], [keyed_batch(0, 1_000)])
