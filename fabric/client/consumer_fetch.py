@@ -11,9 +11,9 @@ decoded whole for the rest it left buffered, estimated: ``fabric.decoded_batches
 8 times the fetched bytes for small records -- and what the fetches in flight may bring), the room
 shared evenly by the leaders read; a partition that returned records is asked last at the
 next fetch (``_send_fetches``, ``_on_fetch``). A fetch in flight was asked with the room there
-was: a batch decoded since (a poll cut it) takes some of it, and an answer is buffered only as
-far as the room left (whole batches; one at least, as a broker answers), the rest fetched
-again (``_fitting``). ``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
+was: a batch decoded since (a poll cut it) takes some of it, and that much of the answer is not
+buffered (whole batches from its end; one at least is, as a broker answers), but fetched again
+(``_shed_bytes``, ``_fitting``). ``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
 state is the consumer's own (set by ``Consumer.__init__``); the stalls and the rerouting of
 these requests are ``ConsumerFailover``'s, the positions they read from ``ConsumerPositions``'.
 
@@ -69,18 +69,15 @@ class _InFlight:
     request_id: int = 0
     topic_ids: dict[str, str] = field(default_factory=dict)  # the ids it named its topics by
     max_bytes: int = 0  # a FETCH's: what its answer may bring (counted against the buffered-bytes bound)
+    decoded_bytes: int = 0  # ... and the consumer's count of decoded batches when it was asked
 
 
 def _fitting(data: bytes, room: int, start_offset: int, at_least_one: bool) -> int:
-    """How many bytes of a fetched answer ``data``, whole batches from its first, fit in ``room``;
+    """How many bytes of a fetched part ``data``, whole batches from its first, fit in ``room``;
     ``at_least_one`` (the answer's first part with records): as far as the first batch with
     records from ``start_offset`` on at least, whatever the room -- as a broker answers at least
     one batch, however big: a bound below a batch reads on (and a part shed is asked first next,
-    its partition not having returned records). A batch decoded for the rest of a cut takes some
-    of the room a fetch in flight was asked with: its answer brought that much past the bound
-    (6.1 MB held at 4 MiB). Else the room at the answer is what it was asked with or more (but
-    after another answer's first batch bigger than its ask): what a broker answers fits. One
-    header read per batch."""
+    its partition not having returned records). One header read per batch."""
     end = 0
     for h, batch in B.iter_batches(data):
         if end + len(batch) > room and not at_least_one:
@@ -189,7 +186,7 @@ class ConsumerFetch:
                     p[3] = max_bytes
             fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
                               tuple(p[4] for p in parts), topic_ids=self.metadata.topic_ids_of({p[0] for p in parts}),
-                              max_bytes=max_bytes)
+                              max_bytes=max_bytes, decoded_bytes=self._decoded.bytes)
             self._fetching[endpoint] = fetch
 
             def done(h: dict | None, payloads: list, err: RemoteError | None, fetch: _InFlight = fetch) -> None:
@@ -224,10 +221,8 @@ class ConsumerFetch:
             self._hold(fetch.partitions)
             return
         made_again = self._made_again_since(fetch.topic_ids)  # once per answer: thousands of parts
-        # what the answer may fill: asked with the room there was, it may bring more than there is
-        # now, when a batch was decoded for the rest of a cut since (``_fitting``)
-        room = (self.buffered_bytes_max - self._buffered_bytes - self._decoded.bytes
-                - sum(f.max_bytes for f in self._fetching.values()))
+        shed = self._shed_bytes(fetch)
+        room = sum(map(len, payloads)) - shed if shed > 0 else None  # what of the answer is buffered (None: all)
         first = True  # no batch of the answer buffered yet
         for entry, data in zip(entries, payloads):
             topic, partition, code, hw = entry.topic, entry.partition, entry.error, entry.high_watermark
@@ -257,13 +252,14 @@ class ConsumerFetch:
                 self._read_hw[tp] = hw
             if sent_id is not None:
                 self._read_in[tp] = sent_id
-            if data and len(data) > room:
+            if room is not None and len(data) > room:
                 # a copy of what fits: the rest, let go, is fetched again once the room is there
                 data = data[:_fitting(data, room, pos, at_least_one=first)]
             if data:
                 view = view_batches(topic, partition, data, start_offset=pos, end_offset=hw)
                 if view is not None and view.first_offset == pos:  # else: a stale reply from before a seek
-                    room -= len(data)
+                    if room is not None:
+                        room -= len(data)
                     first = False
                     self._buffer.append(view)
                     self._buffered_records += len(view)
@@ -277,6 +273,17 @@ class ConsumerFetch:
                     # a backlog spends it all when a batch is as big (a share of the bound): in
                     # the same order each time, the others on that leader were never read
                     self.positions[tp] = self.positions.pop(tp)
+
+    def _shed_bytes(self, fetch: _InFlight) -> int:
+        """How many bytes of ``fetch``'s answer not to buffer (none if 0 or less): it was asked with
+        the room there was, and a batch decoded since for the rest of a cut (counted in
+        ``_decoded``) takes some of it -- the answer brought that much past the bound (6.1 MB
+        held at a 4 MiB bound) -- as far as the room now falls short of what it was asked with
+        (records taken meanwhile made room). Nothing else is shed: what a broker answers beyond
+        the ask (a whole batch) is buffered as before, not fetched again."""
+        room = (self.buffered_bytes_max - self._buffered_bytes - self._decoded.bytes
+                - sum(f.max_bytes for f in self._fetching.values()))
+        return min(self._decoded.bytes - fetch.decoded_bytes, fetch.max_bytes - room)
 
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, AUTO_RESET)

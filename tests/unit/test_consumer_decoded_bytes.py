@@ -122,6 +122,22 @@ def test_a_prefetch_in_flight_when_a_batch_is_decoded_brings_no_more_than_the_ro
             net.answer_fetch(1, j, [(0, 0, 100_000)], [fill(h["parts"][0][2], h["max_bytes"])])
     assert expected >= 20_000
 
+def test_an_answer_over_its_ask_by_a_broker_s_whole_batches_is_buffered_whole_without_a_decode(make: Any) -> None:
+    """A broker gives each part at least one whole batch while the fetch's max_bytes is not spent:
+    two parts of 600 KB answer a fetch of 1 MiB with 1.2 MB. Nothing was decoded since the ask:
+    all of it is buffered, as before, and nothing is fetched again (shed, it was read twice)."""
+    c, net = make(partitions=(0, 1), leaders={0: 1, 1: 1}, buffered_bytes_max=1024 * KIB)
+    i, h = net.fetch(1)
+    assert h["max_bytes"] == 1024 * KIB
+    parts = [batch(0, 60, 10_000), batch(0, 60, 10_000)]
+    net.answer_fetch(1, i, [(0, 0, 60), (1, 0, 60)], parts)
+    assert c._buffered_bytes == sum(map(len, parts)) > 1024 * KIB
+    got = c.poll(0, max_records=1_000)
+    assert sorted((r.partition, r.offset) for r in got) == [(p, o) for p in (0, 1) for o in range(60)]
+    c.poll(0)
+    assert [p[2] for p in net.fetch(1)[1]["parts"]] == [60, 60]
+
+
 def test_two_consumers_count_their_decoded_batches_without_waiting_for_each_other(make: Any) -> None:
     """The decoded batches were counted under one lock for every consumer of a process (a
     consumer service hosts many): while one consumer's count was being changed -- here by a
