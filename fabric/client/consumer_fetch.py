@@ -221,8 +221,9 @@ class ConsumerFetch:
             self._hold(fetch.partitions)
             return
         made_again = self._made_again_since(fetch.topic_ids)  # once per answer: thousands of parts
-        shed = self._shed_bytes(fetch)
-        room = sum(map(len, payloads)) - shed if shed > 0 else None  # what of the answer is buffered (None: all)
+        answered = sum(map(len, payloads))
+        shed = self._shed_bytes(fetch, answered)
+        room = answered - shed if shed > 0 else None  # what of the answer is buffered (None: all)
         first = True  # no batch of the answer buffered yet
         for entry, data in zip(entries, payloads):
             topic, partition, code, hw = entry.topic, entry.partition, entry.error, entry.high_watermark
@@ -274,16 +275,19 @@ class ConsumerFetch:
                     # the same order each time, the others on that leader were never read
                     self.positions[tp] = self.positions.pop(tp)
 
-    def _shed_bytes(self, fetch: _InFlight) -> int:
-        """How many bytes of ``fetch``'s answer not to buffer (none if 0 or less): it was asked with
-        the room there was, and a batch decoded since for the rest of a cut (counted in
-        ``_decoded``) takes some of it -- the answer brought that much past the bound (6.1 MB
-        held at a 4 MiB bound) -- as far as the room now falls short of what it was asked with
-        (records taken meanwhile made room). Nothing else is shed: what a broker answers beyond
-        the ask (a whole batch) is buffered as before, not fetched again."""
+    def _shed_bytes(self, fetch: _InFlight, answered: int) -> int:
+        """How many bytes of ``fetch``'s answer (``answered`` bytes) not to buffer (none if 0 or
+        less): it was asked with the room there was, and a batch decoded since for the rest of a
+        cut (counted in ``_decoded``) takes some of it -- the answer brought that much past the
+        bound (6.1 MB held at a 4 MiB bound) -- as far as the room now falls short of what it
+        brought, up to what it was asked for (records taken meanwhile made room; an answer
+        smaller than its ask, a long poll's, may fit whole in what is left: measured against
+        the ask, all of it but its first batch was let go and fetched again). Nothing else is
+        shed: what a broker answers beyond the ask (a whole batch) is buffered as before, not
+        fetched again."""
         room = (self.buffered_bytes_max - self._buffered_bytes - self._decoded.bytes
                 - sum(f.max_bytes for f in self._fetching.values()))
-        return min(self._decoded.bytes - fetch.decoded_bytes, fetch.max_bytes - room)
+        return min(self._decoded.bytes - fetch.decoded_bytes, min(fetch.max_bytes, answered) - room)
 
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, AUTO_RESET)

@@ -165,3 +165,27 @@ def test_two_consumers_count_their_decoded_batches_without_waiting_for_each_othe
         tally.reader.join(timeout=5)
     [rest] = a.poll_batch(0, max_records=10_000)
     assert rest.first_offset == 10 and a._decoded.bytes == 0
+
+
+def test_an_answer_smaller_than_its_ask_is_buffered_whole_when_the_room_left_holds_it(make: Any) -> None:
+    """A long poll asked for the room there was comes back with little (the partitions caught
+    up); a batch decoded meanwhile took some of that room, but what came back fits in what is
+    left. The shed was what the room fell short of the ask, not of the answer: the whole answer
+    but its first batch was let go (another partition's records, ready, fetched again a round
+    trip later) though nothing was over the bound."""
+    c, net = make(partitions=(0, 1), leaders={0: 1, 1: 1}, buffered_bytes_max=BOUND,
+                  fetch_bytes_max=BOUND, partition_fetch_bytes_max=BOUND)
+    i, _ = net.fetch(1)
+    net.answer_fetch(1, i, [(0, 0, 10_000), (1, 0, 0)], [keyed_batch(0, 10_000), b""])
+    [(j, h)] = net.fetches(1)
+    assert [r.offset for r in c.poll(0, max_records=10)] == list(range(10))  # a cut: decoded since the ask
+    room = BOUND - c._buffered_bytes - c._decoded.bytes
+    assert 0 < room < h["max_bytes"]
+    small = [batch(10_000, 5, 100), batch(0, 5, 100)]
+    assert sum(map(len, small)) < room // 100  # what comes back fits many times over
+    net.answer_fetch(1, j, [(0, 0, 10_005), (1, 0, 5)], small)
+    assert c._buffered_bytes + c._decoded.bytes <= BOUND
+    got = c.poll(0, max_records=100_000)
+    assert sorted((r.partition, r.offset) for r in got) == \
+        [(0, o) for o in range(10, 10_005)] + [(1, o) for o in range(5)]
+    assert c._buffered_bytes == 0 and c._decoded.bytes == 0
