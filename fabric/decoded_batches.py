@@ -41,14 +41,17 @@ def tuples_bytes(records: tuple, payload_bytes: int) -> int:
     """What ``records`` ((timestamp_ms, key, value, headers) tuples unpacked from
     ``payload_bytes`` bytes of payload) take, about (``DECODED_RECORD_BYTES``...). Headers are
     counted with C-level calls over the records (no Python per record; the records without
-    headers cost one ``filter`` pass), once per batch kept."""
+    headers cost one ``filter`` pass), once per batch kept. A headers field that is not an
+    array (a payload not as the format says: a string, bytes, a map) is one object, its bytes
+    in the payload: counted as one header -- its length is no count of headers (a string of
+    50 KB was counted as 50,000 headers, 9.6 MB)."""
     size = payload_bytes + DECODED_RECORD_BYTES * len(records)
     with_headers = list(filter(None, map(_headers, records)))
     if with_headers:
-        try:
+        if set(map(type, with_headers)) == {tuple}:  # arrays (unpacked with use_list=False)
             headers = sum(map(len, with_headers))
-        except TypeError:  # not an array (a payload not as the format says): one header each
-            headers = len(with_headers)
+        else:  # rare: a Python pass
+            headers = sum(len(h) if type(h) is tuple else 1 for h in with_headers)
         size += DECODED_HEADERS_BYTES * len(with_headers) + DECODED_HEADER_BYTES * headers
     return size
 

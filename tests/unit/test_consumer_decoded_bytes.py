@@ -189,3 +189,21 @@ def test_an_answer_smaller_than_its_ask_is_buffered_whole_when_the_room_left_hol
     assert sorted((r.partition, r.offset) for r in got) == \
         [(0, o) for o in range(10, 10_005)] + [(1, o) for o in range(5)]
     assert c._buffered_bytes == 0 and c._decoded.bytes == 0
+
+
+def test_a_headers_field_not_an_array_is_estimated_as_one_object_not_one_header_a_byte(make: Any) -> None:
+    """A record's headers field is an array of pairs; a payload not as the format says (a
+    producer that wrote a string or bytes there: ``build_batch`` packs what it is given) has
+    one object there, its bytes in the payload already. ``tuples_bytes`` took its length for a
+    count of headers, 192 bytes each: a batch of 1 MB with 50 KB of bytes for headers was
+    counted as 193 MB decoded, and the consumer stopped fetching ahead and let go of every
+    answer in flight but its first batch while the rest of it was buffered."""
+    c, net = make(buffered_bytes_max=BOUND, fetch_bytes_max=BOUND, partition_fetch_bytes_max=BOUND)
+    recs = [(1_000 + i, b"k", b"v" * 10, b"h" * 50_000) for i in range(20)]
+    odd = as_leader_wrote(build_batch(recs), 0, 1)
+    i, _ = net.fetch(1)
+    net.answer_fetch(1, i, [(0, 0, 20)], [odd])
+    assert [r.offset for r in c.poll(0, max_records=1)] == [0]  # a cut: the rest decoded, counted
+    assert 0 < c._decoded.bytes <= 2 * len(odd), f"{c._decoded.bytes} counted for a batch of {len(odd)} bytes"
+    assert [r.headers for r in c.poll(0, max_records=100)] == [b"h" * 50_000] * 19
+    assert c._decoded.bytes == 0
