@@ -22,7 +22,7 @@ from fabric.records import build_batch
 from tests.unit.fakes import as_leader_wrote
 from tests.unit.test_consumer_buffered_bytes import (KIB, _TallyCutInByTheConsumer, batch, keyed_batch,
                                                      reading_consumer)
-from tests.unit.test_consumer_failover import Net
+from tests.unit.test_consumer_failover import T, Net
 
 BOUND = 4 * 1024 * KIB
 
@@ -207,3 +207,30 @@ def test_a_headers_field_not_an_array_is_estimated_as_one_object_not_one_header_
     assert 0 < c._decoded.bytes <= 2 * len(odd), f"{c._decoded.bytes} counted for a batch of {len(odd)} bytes"
     assert [r.headers for r in c.poll(0, max_records=100)] == [b"h" * 50_000] * 19
     assert c._decoded.bytes == 0
+
+
+def test_a_shed_part_is_fetched_again_from_its_first_batch_let_go(make: Any) -> None:
+    """Of an answer of two partitions shed after a cut, the second partition's batches let go
+    are fetched again from the base offset of the first of them -- not one record skipped or
+    read twice -- and everything read, nothing stays counted."""
+    c, net = make(partitions=(0, 1), leaders={0: 1, 1: 1}, buffered_bytes_max=BOUND,
+                  fetch_bytes_max=BOUND, partition_fetch_bytes_max=BOUND)
+    i, _ = net.fetch(1)
+    net.answer_fetch(1, i, [(0, 0, 10_000), (1, 0, 0)], [keyed_batch(0, 10_000), b""])
+    [(j, h)] = net.fetches(1)
+    assert [r.offset for r in c.poll(0, max_records=10)] == list(range(10))
+    net.answer_fetch(1, j, [(0, 0, 10_000), (1, 0, 100_000)], [b"", fill(0, h["max_bytes"])])
+    kept = c._fetch_positions[(T, 1)]
+    assert 0 < kept < 100 * (h["max_bytes"] // len(batch(0, 100, 1000))) and kept % 100 == 0  # a batch's base
+    expected = {0: 10, 1: 0}
+    for _ in range(200):
+        for r in c.poll(0, max_records=100_000):
+            assert r.offset == expected[r.partition], (r.partition, r.offset, expected)
+            expected[r.partition] += 1
+        if expected[1] >= 30_000:
+            break
+        for k, h in net.fetches(1):
+            asked = [(p[1], p[2]) for p in h["parts"]]
+            net.answer_fetch(1, k, [(p, 0, 10_000 if p == 0 else 100_000) for p, _ in asked],
+                             [fill(at, h["max_bytes"]) if p == 1 else b"" for p, at in asked])
+    assert expected == {0: 10_000, 1: expected[1]} and expected[1] >= 30_000
