@@ -21,7 +21,7 @@ import msgpack
 
 from engines import batch as B
 from fabric import protocol as P
-from fabric.decoded_batches import DECODED_RECORD_BYTES, DecodedBatches, HeldBytes
+from fabric.decoded_batches import DecodedBatches, HeldBytes, tuples_bytes
 from fabric.errors import RemoteError
 from fabric.fixed_records import FixedLayout, fixed_column, fixed_layout
 
@@ -289,7 +289,7 @@ def _decode(topic: str, partition: int, s: _Slice, shared: DecodedBatches) -> _F
             if type(whole) is _Fixed:
                 size = 0 if whole.buf is s.data else len(whole.buf)  # read in place, or decompressed
             else:
-                size = payload_bytes + DECODED_RECORD_BYTES * len(whole)
+                size = tuples_bytes(whole, payload_bytes)
             shared.keep(s.start, whole, size)
     if not partial:
         return whole

@@ -10,7 +10,10 @@ What it fetches ahead is bounded by records (``buffered_records_max``) and by by
 decoded whole for the rest it left buffered, estimated: ``fabric.decoded_batches``, some
 8 times the fetched bytes for small records -- and what the fetches in flight may bring), the room
 shared evenly by the leaders read; a partition that returned records is asked last at the
-next fetch (``_send_fetches``, ``_on_fetch``). ``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
+next fetch (``_send_fetches``, ``_on_fetch``). A fetch in flight was asked with the room there
+was: a batch decoded since (a poll cut it) takes some of it, and that much of the answer is not
+buffered (whole batches from its end; one at least is, as a broker answers), but fetched again
+(``_shed_bytes``, ``_fitting``). ``ConsumerFetch`` is that part of ``fabric.client.consumer.Consumer``, which mixes it in: its
 state is the consumer's own (set by ``Consumer.__init__``); the stalls and the rerouting of
 these requests are ``ConsumerFailover``'s, the positions they read from ``ConsumerPositions``'.
 
@@ -24,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engines import batch as B
 from fabric import protocol as P
 from fabric.client.consumer_positions import AUTO_RESET, ResetSpec
 from fabric.clock import Clock
@@ -65,6 +69,22 @@ class _InFlight:
     request_id: int = 0
     topic_ids: dict[str, str] = field(default_factory=dict)  # the ids it named its topics by
     max_bytes: int = 0  # a FETCH's: what its answer may bring (counted against the buffered-bytes bound)
+    decoded_bytes: int = 0  # ... and the consumer's count of decoded batches when it was asked
+
+
+def _fitting(data: bytes, room: int, start_offset: int, at_least_one: bool) -> int:
+    """How many bytes of a fetched part ``data``, whole batches from its first, fit in ``room``;
+    ``at_least_one`` (the answer's first part with records): as far as the first batch with
+    records from ``start_offset`` on at least, whatever the room -- as a broker answers at least
+    one batch, however big: a bound below a batch reads on (and a part shed is asked first next,
+    its partition not having returned records). One header read per batch."""
+    end = 0
+    for h, batch in B.iter_batches(data):
+        if end + len(batch) > room and not at_least_one:
+            break
+        end += len(batch)
+        at_least_one = at_least_one and h.next_offset <= start_offset
+    return end
 
 
 class ConsumerFetch:
@@ -166,7 +186,7 @@ class ConsumerFetch:
                     p[3] = max_bytes
             fetch = _InFlight(endpoint, tuple((p[0], p[1]) for p in parts), now, self.fetch_wait_ms + FETCH_STALL_MS,
                               tuple(p[4] for p in parts), topic_ids=self.metadata.topic_ids_of({p[0] for p in parts}),
-                              max_bytes=max_bytes)
+                              max_bytes=max_bytes, decoded_bytes=self._decoded.bytes)
             self._fetching[endpoint] = fetch
 
             def done(h: dict | None, payloads: list, err: RemoteError | None, fetch: _InFlight = fetch) -> None:
@@ -201,6 +221,10 @@ class ConsumerFetch:
             self._hold(fetch.partitions)
             return
         made_again = self._made_again_since(fetch.topic_ids)  # once per answer: thousands of parts
+        answered = sum(map(len, payloads))
+        shed = self._shed_bytes(fetch, answered)
+        room = answered - shed if shed > 0 else None  # what of the answer is buffered (None: all)
+        first = True  # no batch of the answer buffered yet
         for entry, data in zip(entries, payloads):
             topic, partition, code, hw = entry.topic, entry.partition, entry.error, entry.high_watermark
             tp = (topic, partition)
@@ -229,9 +253,15 @@ class ConsumerFetch:
                 self._read_hw[tp] = hw
             if sent_id is not None:
                 self._read_in[tp] = sent_id
+            if room is not None and len(data) > room:
+                # a copy of what fits: the rest, let go, is fetched again once the room is there
+                data = data[:_fitting(data, room, pos, at_least_one=first)]
             if data:
                 view = view_batches(topic, partition, data, start_offset=pos, end_offset=hw)
                 if view is not None and view.first_offset == pos:  # else: a stale reply from before a seek
+                    if room is not None:
+                        room -= len(data)
+                    first = False
                     self._buffer.append(view)
                     self._buffered_records += len(view)
                     view.held = len(data)
@@ -244,6 +274,20 @@ class ConsumerFetch:
                     # a backlog spends it all when a batch is as big (a share of the bound): in
                     # the same order each time, the others on that leader were never read
                     self.positions[tp] = self.positions.pop(tp)
+
+    def _shed_bytes(self, fetch: _InFlight, answered: int) -> int:
+        """How many bytes of ``fetch``'s answer (``answered`` bytes) not to buffer (none if 0 or
+        less): it was asked with the room there was, and a batch decoded since for the rest of a
+        cut (counted in ``_decoded``) takes some of it -- the answer brought that much past the
+        bound (6.1 MB held at a 4 MiB bound) -- as far as the room now falls short of what it
+        brought, up to what it was asked for (records taken meanwhile made room; an answer
+        smaller than its ask, a long poll's, may fit whole in what is left: measured against
+        the ask, all of it but its first batch was let go and fetched again). Nothing else is
+        shed: what a broker answers beyond the ask (a whole batch) is buffered as before, not
+        fetched again."""
+        room = (self.buffered_bytes_max - self._buffered_bytes - self._decoded.bytes
+                - sum(f.max_bytes for f in self._fetching.values()))
+        return min(self._decoded.bytes - fetch.decoded_bytes, min(fetch.max_bytes, answered) - room)
 
     def _start_reset(self, tp: TopicPartition) -> None:
         spec = self._reset_specs.get(tp, AUTO_RESET)

@@ -43,27 +43,30 @@ def batch(base: int, n: int, value_bytes: int) -> bytes:
     return as_leader_wrote(build_batch(recs), base, 1)
 
 
+def reading_consumer(made: list[Consumer], partitions: tuple[int, ...] = (0,), leaders: dict[int, int] | None = None,
+                     **kw: Any) -> tuple[Consumer, Net]:
+    """A consumer on a fake reactor and recording clients (added to ``made``, for the caller to
+    close), reading ``partitions`` of ``t`` from 0, its metadata answered: (consumer, net)."""
+    net, reactor = Net(), FakeReactor(ManualClock(1_000))
+    c = Consumer(BOOTSTRAP, clock=reactor.clock, reactor=reactor, client_factory=net.client,
+                 auto_offset_reset="earliest", **kw)
+    made.append(c)
+    c.assign([(T, p) for p in partitions])
+    for p in partitions:
+        c.seek((T, p), 0)
+    assert c.poll(0) == []
+    # default: partition 0 on broker 1, 1 on broker 2
+    leaders = leaders or {p: 1 + p % 2 for p in partitions}
+    net.answer_metadata(metadata_of(leaders))
+    net.answer_metadata(metadata_of(leaders))  # the coordinator's, as the reading begins
+    assert c.poll(0) == []
+    return c, net
+
+
 @pytest.fixture
 def make() -> Any:
     made: list[Consumer] = []
-
-    def build(partitions: tuple[int, ...] = (0,), leaders: dict[int, int] | None = None,
-              **kw: Any) -> tuple[Consumer, Net]:
-        net, reactor = Net(), FakeReactor(ManualClock(1_000))
-        c = Consumer(BOOTSTRAP, clock=reactor.clock, reactor=reactor, client_factory=net.client,
-                     auto_offset_reset="earliest", **kw)
-        made.append(c)
-        c.assign([(T, p) for p in partitions])
-        for p in partitions:
-            c.seek((T, p), 0)
-        assert c.poll(0) == []
-        # default: partition 0 on broker 1, 1 on broker 2
-        leaders = leaders or {p: 1 + p % 2 for p in partitions}
-        net.answer_metadata(metadata_of(leaders))
-        net.answer_metadata(metadata_of(leaders))  # the coordinator's, as the reading begins
-        assert c.poll(0) == []
-        return c, net
-    yield build
+    yield lambda *a, **kw: reading_consumer(made, *a, **kw)
     for c in made:
         c.close()
 
@@ -369,13 +372,14 @@ def test_a_batch_decoded_for_the_rest_of_a_cut_counts_against_the_bound(make: An
 
 class _TallyCutInByTheConsumer(HeldBytes):
     """A consumer's count of decoded batches whose write from ``reader`` (another thread) waits,
-    up to a second, for ``taken`` -- the consumer's thread taking the rest meanwhile -- after
-    the value it adds to was read: the interleaving a thread switch there makes."""
+    up to ``wait_s`` (a second), for ``taken`` -- the consumer's thread taking the rest
+    meanwhile -- after the value it adds to was read: the interleaving a thread switch there makes."""
 
-    __slots__ = ("_n", "reader", "adding", "taken")
+    __slots__ = ("_n", "reader", "adding", "taken", "wait_s")
 
     def __init__(self) -> None:
         self.reader: threading.Thread | None = None
+        self.wait_s = 1.0
         self.adding, self.taken = threading.Event(), threading.Event()
         super().__init__()
 
@@ -387,7 +391,7 @@ class _TallyCutInByTheConsumer(HeldBytes):
     def bytes(self, n: int) -> None:
         if threading.current_thread() is self.reader:
             self.adding.set()
-            self.taken.wait(timeout=1)
+            self.taken.wait(timeout=self.wait_s)
         self._n = n
 
 
