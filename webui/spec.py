@@ -116,7 +116,7 @@ def _coerce(raw: str, schema: dict) -> Any:
         try:
             value = int(raw)
         except ValueError:
-            raise ApiError(42206, f"{raw!r} is not an integer") from None
+            raise ApiError(42206, f"{raw[:40]!r} is not an integer") from None
         if not INT64_MIN <= value <= INT64_MAX:  # what msgpack and the wire carry
             raise ApiError(42206, f"{raw[:40]} is out of range (a 64-bit integer)")
         return value
@@ -125,7 +125,7 @@ def _coerce(raw: str, schema: dict) -> Any:
             return True
         if raw.lower() in ("false", "0"):
             return False
-        raise ApiError(42206, f"{raw!r} is not a boolean")
+        raise ApiError(42206, f"{raw[:40]!r} is not a boolean")
     return raw
 
 
@@ -313,7 +313,10 @@ class Api:
                     if name in op.query_required:
                         raise ApiError(42206, f"query parameter {name} is required")
                     continue
-                value = _coerce(raw, schema)
+                try:
+                    value = _coerce(raw, schema)
+                except ApiError as e:  # which parameter, as every other 42206 says
+                    raise ApiError(e.error_code, f"query parameter {name}: {e.message}") from None
                 problem = _first_error(query_v[name], value)
                 if problem:
                     raise ApiError(42206, f"query parameter {name}: {problem.split(': ', 1)[1]}")
