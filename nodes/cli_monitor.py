@@ -27,7 +27,9 @@ def _monitor_client(cfg: LoomConfig, timeout_ms: int = MONITOR_STATUS_TIMEOUT_MS
     monitors = cfg.nodes_with_role("monitor")
     if not monitors:
         return None
-    return MonitorClient(next(iter(monitors.values())).endpoint, timeout_ms=timeout_ms)
+    # a port that refuses the connection is a monitor down: said at once, as the other
+    # commands say the nodes are down, not after the timeout
+    return MonitorClient(next(iter(monitors.values())).endpoint, timeout_ms=timeout_ms, fail_on_refused=True)
 
 
 def _when(wall_ms: int | None) -> str:

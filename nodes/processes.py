@@ -35,10 +35,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_loom_process(pid: int) -> bool:
-    """True when ``pid`` runs Loom: a node (``-m nodes.run``), the CLI (``-m nodes.cli``) or
-    the ``loom`` script. Guards against signalling a reused pid, so an argument that merely
-    contains "loom" (an editor on loom.yaml) does not count. Without /proc the answer is
-    whether the pid is alive."""
+    """True when ``pid`` runs Loom: a node (``-m nodes.run``), the CLI (``-m nodes.cli``,
+    ``-m nodes``) or the ``loom`` script. Guards against signalling a reused pid, so an
+    argument that merely contains "loom" (an editor on loom.yaml) does not count. Without
+    /proc the answer is whether the pid is alive."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
@@ -47,6 +47,8 @@ def is_loom_process(pid: int) -> bool:
         return pid_alive(pid)
     args = cmdline.split(b"\0")
     if b"nodes.run" in args or b"nodes.cli" in args:
+        return True
+    if any(a == b"-m" and module == b"nodes" for a, module in zip(args, args[1:])):  # nodes/__main__.py
         return True
     # the console script: `python …/bin/loom up` (or `loom up` run directly)
     return any(os.path.basename(a) == b"loom" for a in args[:2])

@@ -24,7 +24,7 @@ import jsonschema_rs
 
 from webui.errors import CODES, ApiError
 from webui.json_text import dumps, integers_read, loads_body
-from webui.schemas import NAME_RULE, NAME_RULES, NameRule
+from webui.schemas import BASE64, NAME_RULE, NAME_RULES, NameRule
 
 ERROR_SCHEMA = {"type": "object", "required": ["error_code", "message"], "additionalProperties": False,
                 "properties": {"error_code": {"type": "integer", "enum": sorted(CODES)}, "message": {"type": "string"}}}
@@ -116,7 +116,7 @@ def _coerce(raw: str, schema: dict) -> Any:
         try:
             value = int(raw)
         except ValueError:
-            raise ApiError(42206, f"{raw!r} is not an integer") from None
+            raise ApiError(42206, f"{raw[:40]!r} is not an integer") from None
         if not INT64_MIN <= value <= INT64_MAX:  # what msgpack and the wire carry
             raise ApiError(42206, f"{raw[:40]} is out of range (a 64-bit integer)")
         return value
@@ -125,7 +125,7 @@ def _coerce(raw: str, schema: dict) -> Any:
             return True
         if raw.lower() in ("false", "0"):
             return False
-        raise ApiError(42206, f"{raw!r} is not a boolean")
+        raise ApiError(42206, f"{raw[:40]!r} is not a boolean")
     return raw
 
 
@@ -199,13 +199,21 @@ def _first_error(validator: Any, value: Any) -> str | None:
         return None
     err = next(iter(validator.iter_errors(value)))
     where = "/".join(str(p) for p in err.instance_path)
-    message = err.message
+    message = _message(err)
     options = getattr(err.kind, "options", None) if getattr(err.kind, "name", "") == "enum" else None
     if isinstance(options, list) and len(options) <= 20:  # every choice, not "or 2 other candidates"
         message = f"{json.dumps(err.instance)} is not one of {', '.join(json.dumps(o) for o in options)}"
     elif getattr(err.kind, "name", "") in ("anyOf", "oneOf") and getattr(err.kind, "context", None):
         message = _no_alternative(err)
     return f"{where or '(body)'}: {message[:300]}"
+
+
+def _message(err: Any) -> str:
+    """The validator's message, but a binary field that is no base64 is said so: not '"x" does
+    not match "^(?:[A-Za-z0-9+/]{4})*…"', the schema's regular expression."""
+    if getattr(err.kind, "name", "") == "pattern" and getattr(err.kind, "pattern", None) == BASE64["pattern"]:
+        return f"{json.dumps(err.instance)} is not base64 (A-Z a-z 0-9 + /, in groups of 4, the last padded with =)"
+    return err.message
 
 
 def _no_alternative(err: Any) -> str:
@@ -216,7 +224,7 @@ def _no_alternative(err: Any) -> str:
     wants = []
     for errors in err.kind.context:
         if errors:
-            first = errors[0].message
+            first = _message(errors[0])
             wants.append("it " + first[len(shown) + 1:] if first.startswith(shown + " ") else first)
     return f"{shown} matches no alternative: {'; '.join(wants)}"
 
@@ -305,7 +313,10 @@ class Api:
                     if name in op.query_required:
                         raise ApiError(42206, f"query parameter {name} is required")
                     continue
-                value = _coerce(raw, schema)
+                try:
+                    value = _coerce(raw, schema)
+                except ApiError as e:  # which parameter, as every other 42206 says
+                    raise ApiError(e.error_code, f"query parameter {name}: {e.message}") from None
                 problem = _first_error(query_v[name], value)
                 if problem:
                     raise ApiError(42206, f"query parameter {name}: {problem.split(': ', 1)[1]}")

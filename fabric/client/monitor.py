@@ -7,8 +7,9 @@ and the gateway (``/metrics``, ``/ws/events``, the dashboard's charts).
     events(since_seq)   ({events: [...], seq}): alert, health and recovery events, oldest first
     metrics_text()      the Prometheus text exposition (bytes) and its content type
 
-Raises RemoteError, or RequestTimeout when the monitor does not answer. Not thread-safe: one
-client per thread.
+Raises RemoteError, or RequestTimeout when the monitor does not answer (with
+``fail_on_refused``, ConnectionRefused at once when its port refuses the connection: nothing
+listens there). Not thread-safe: one client per thread.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ TIMEOUT_MS = 2000
 
 
 class MonitorClient:
-    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, timeout_ms: int = TIMEOUT_MS) -> None:
-        self.client = BlockingClient(ctx or zmq.Context.instance(), endpoint)
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, timeout_ms: int = TIMEOUT_MS, *,
+                 fail_on_refused: bool = False) -> None:
+        self.client = BlockingClient(ctx or zmq.Context.instance(), endpoint, fail_on_refused=fail_on_refused)
         self.timeout_ms = timeout_ms
 
     def _call(self, command: bytes, header: dict | None = None) -> tuple[dict, list[bytes]]:

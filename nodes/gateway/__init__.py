@@ -18,13 +18,16 @@ went out and leaves its group first) and exits once their routes end.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any
 
+import zmq
 from gunicorn.app.base import BaseApplication
 
 from fabric.apikeys import read_admin_key
@@ -50,6 +53,8 @@ RECLAIM_PAUSE_S = 2.0
 EXIT_HUNG_AT_EXIT = 70      # a worker's exit code when threads still running held its exit past the grace
 WORKER_TIMEOUT_S = 60       # a worker silent this long is restarted by the master
 KEEPALIVE_S = 5
+PORT_BIND_TRIES = 5         # a taken port is tried this often at the start, PORT_BIND_PAUSE_S apart (gunicorn's)
+PORT_BIND_PAUSE_S = 1.0
 
 
 class _Server(BaseApplication):
@@ -73,6 +78,30 @@ def stop_worker() -> None:
     finish -- and its master starts a fresh worker that builds everything anew)."""
     log.critical("a programmer error in a request: stopping worker %d; the master starts a new one", os.getpid())
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def check_ports_free(host: str, ports: dict[str, int], tries: int = PORT_BIND_TRIES,
+                     pause_s: float = PORT_BIND_PAUSE_S) -> None:
+    """Bind each port once and let it go, so that a port another process holds stops the node at
+    its start with the one line nodes/run.py prints for a taken port (``zmq.ZMQError``, naming
+    the config key). gunicorn's own bind of a taken port said only "Can't connect to (host,
+    port)" after its tries; the worker's control ROUTER or PUB failed after the fork, with a
+    traceback. A taken port is tried ``tries`` times, ``pause_s`` apart, as gunicorn tries: the
+    worker of a gateway killed with SIGKILL holds the ports until it sees its master gone. Binds
+    as gunicorn does (SO_REUSEADDR: a port in TIME_WAIT is free). Raises zmq.ZMQError
+    (EADDRINUSE, EADDRNOTAVAIL...)."""
+    for key, port in ports.items():
+        for attempt in range(tries):
+            try:
+                family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((host, port))
+                break
+            except OSError as e:  # reported like a taken ROUTER port (nodes/run.py)
+                if e.errno != errno.EADDRINUSE or attempt == tries - 1:
+                    raise zmq.ZMQError(e.errno or 0, f"{key} {port}: {e.strerror}") from e
+                time.sleep(pause_s)
 
 
 def broker_storage(config: LoomConfig) -> dict[int, dict[str, Any]]:
@@ -99,6 +128,18 @@ class Gateway:
             self.admin_key = read_admin_key(config.cluster.data_dir)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+        check_ports_free(self.node_config.host, self.ports())
+
+    def ports(self) -> dict[str, int]:
+        """The ports this node binds, by config key: gunicorn's master binds the HTTP ones, the
+        worker the control node's ROUTER and PUB (after the fork)."""
+        n = self.node_config
+        ports = {"port": n.port}
+        if n.dashboard_port and n.dashboard_port != n.port:
+            ports["dashboard_port"] = n.dashboard_port
+        ports["control_port"] = n.rpc_port
+        ports["pub_port"] = n.publish_port
+        return ports
 
     def binds(self) -> list[str]:
         n = self.node_config

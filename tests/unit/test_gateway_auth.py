@@ -72,6 +72,17 @@ def test_bodies_are_validated_and_bounded() -> None:
     assert r.status_code == 422 and r.json["error_code"] == 42206
 
 
+@pytest.mark.parametrize("query, says", [
+    ("offset=abc", "query parameter offset: 'abc' is not an integer"),
+    ("offset=0&count=99999999999999999999999", "query parameter count: 99999999999999999999999 is out of range"),
+])
+def test_a_query_parameter_that_is_no_integer_is_named(query: str, says: str) -> None:
+    """`GET …/records?offset=abc` was answered "'abc' is not an integer" -- which parameter,
+    not said -- where every other 42206 names it ("query parameter offset: -1 is less than ...")."""
+    r = make_app().get(f"/topics/t/partitions/0/records?{query}", headers=bearer("read"))
+    assert r.status_code == 422 and r.json["error_code"] == 42206 and r.json["message"].startswith(says), r.json
+
+
 def test_rate_limit_burst_gets_429_with_retry_after() -> None:
     c = make_app(rate_per_s=5, burst=10)
     codes = [c.get("/topics", headers=bearer("read")) for _ in range(15)]

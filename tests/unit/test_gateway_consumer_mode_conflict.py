@@ -162,3 +162,17 @@ def test_an_assigned_instance_is_not_moved_back_to_a_subscription(served: tuple[
     assert _post(client, "/assignments", {"partitions": [{"topic": "t", "partition": 0}]}).status_code == 204
     entry = agent.instance("g", "c1")
     assert (entry.topics, entry.assigned) == ([], [T0]), "a move would subscribe the assigned instance"
+
+
+@pytest.mark.parametrize("first, then", [("/assignments", "/subscription"), ("/subscription", "/assignments")])
+def test_the_409_tells_a_rest_client_what_to_send(served: tuple[Any, GatewayAgent, Instance], first: str,
+                                                  then: str) -> None:
+    """It said the client library's advice, "subscribe() and assign() are mutually exclusive: call
+    unsubscribe() first", which a REST client has no call for: it is told the request to send."""
+    client, _, _ = served
+    bodies = {"/assignments": {"partitions": [{"topic": "t", "partition": 0}]}, "/subscription": {"topics": ["t"]}}
+    assert _post(client, first, bodies[first]).status_code == 204
+    r = _post(client, then, bodies[then])
+    message = r.get_json()["message"]
+    assert r.status_code == 409 and "()" not in message and "unsubscribe" in message, message
+    assert "DELETE " + BASE + "/subscription" in message, message

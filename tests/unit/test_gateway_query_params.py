@@ -44,3 +44,20 @@ def test_a_value_matching_no_alternative_is_told_what_each_wants():
     problem = _first_error(validator, {"partition": "x"})
     assert problem == 'partition: "x" matches no alternative: it is not of type "integer"; it is not of type "null"', problem
     assert _first_error(validator, {"partition": 1}) is None
+
+
+@pytest.mark.parametrize("body, where", [
+    ({"records": [{"value": "not base64!"}]}, "records/0/value: "),
+    ({"records": [{"key": "x", "value": "eA=="}]}, "records/0/key: "),
+    ({"records": [{"value": "eA==", "headers": [{"name": "h", "value": "%%"}]}]}, "records/0/headers/0/value: "),
+])
+def test_a_binary_field_that_is_no_base64_is_told_so(body, where):
+    """The binary format's 422 for a value that is no base64 showed the schema's regular
+    expression ('"not base64!" does not match "^(?:[A-Za-z0-9+/]{4})*(?:..."') instead of saying
+    what the field wants."""
+    import jsonschema_rs
+
+    from webui.schemas import produce_schema
+    from webui.spec import _first_error
+    problem = _first_error(jsonschema_rs.Draft202012Validator(produce_schema(True)), body)
+    assert problem.startswith(where) and "is not base64" in problem and "[A-Za-z0-9+/]" not in problem, problem

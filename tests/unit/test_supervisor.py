@@ -82,6 +82,23 @@ def test_an_unrelated_process_that_mentions_loom_is_not_ours(tmp_path: Path) -> 
         proc.wait(timeout=10)
 
 
+def test_the_cli_run_as_python_m_nodes_is_ours(tmp_path: Path) -> None:
+    """`python -m nodes up` (nodes/__main__.py: the loom command) was not taken for Loom: `loom
+    down` found its supervisor's pid not ours, SIGTERMed the nodes as left behind, and the
+    supervisor, still running, started every one of them again."""
+    fake = tmp_path / "nodes"  # a package named nodes whose __main__ waits: the command line is the real one's
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import time\ntime.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "nodes", "up", "-c", "config/cluster.yaml"], cwd=tmp_path)
+    try:
+        assert launcher.pid_alive(proc.pid)
+        assert launcher.is_loom_process(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def test_supervisor_restarts_a_node_stopped_by_a_programmer_error(tmp_path: Path) -> None:
     from nodes.run import EXIT_PROGRAMMER_ERROR
     sup, lines = _exited(tmp_path, "CRITICAL loom.run: broker-1 stopped by a programmer error\nTypeError: bad call\n",
