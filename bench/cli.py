@@ -16,10 +16,26 @@ import sys
 
 import click
 
+from nodes.cli_common import GROUP_TARGET
+
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 
+def _target_given(args: list[str]) -> bool:
+    return any(a in ("-c", "--cluster-config", "--bootstrap", "--self-contained")
+               or a.startswith(("--cluster-config=", "--bootstrap=")) or (a.startswith("-c") and a[2:3] != "-")
+               for a in args)
+
+
 def _run(module: str, args: list[str]) -> None:
+    # `loom -c FILE bench cluster`: the target given before the subcommand is handed to the
+    # benchmark's parser, unless the arguments name one of their own (those win)
+    given = click.get_current_context().meta.get(GROUP_TARGET, {})
+    if not _target_given(args):
+        if given.get("config"):
+            args = ["-c", given["config"], *args]
+        elif given.get("bootstrap"):
+            args = ["--bootstrap", given["bootstrap"], *args]
     # imported when asked for: the benchmark modules pull in more than `loom --help` needs
     sys.exit(importlib.import_module(module).main(list(args)) or 0)
 

@@ -8,8 +8,9 @@
     nodes/cli_keys.py     keys add|list (gateway API keys)
     bench (loom bench)    in bench/cli.py
 
-Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,…``,
-``$LOOM_CONFIG`` or config/cluster.yaml. Errors are one clear line and a non-zero exit.
+Every command finds the cluster through ``-c CONFIG``, ``--bootstrap host:port,…`` (after the
+subcommand, or before it: ``loom -c FILE status``; after wins), ``$LOOM_CONFIG`` or
+config/cluster.yaml. Errors are one clear line and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bench import cli as cli_bench
 from fabric.config import ConfigError
 from fabric.errors import FabricError
 from nodes import cli_cluster, cli_data, cli_group, cli_keys, cli_monitor, cli_topic
+from nodes.cli_common import GROUP_TARGET, group_target_options
 
 
 class LoomGroup(click.Group):
@@ -60,8 +62,11 @@ class LoomGroup(click.Group):
 
 @click.group(cls=LoomGroup)
 @click.version_option(package_name="loom")
-def main() -> None:
+@group_target_options
+@click.pass_context
+def main(ctx: click.Context, config: str | None, bootstrap: str | None) -> None:
     """Loom: a replicated, partitioned message log on ZeroMQ."""
+    ctx.meta[GROUP_TARGET] = {"config": config, "bootstrap": bootstrap}
 
 
 # Registered explicitly: a subcommand module that fails to import is an error, not a command

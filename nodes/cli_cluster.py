@@ -212,8 +212,9 @@ def _status_nodes(config: str | None, bootstrap: str | None) -> tuple[dict[str, 
 @target_options
 def status(config: str | None, bootstrap: str | None) -> None:
     """Health of every node, the partitions each broker leads, and the partition summary.
-    Exits 1 when a node that should run is down. When the monitor answers, its view is shown
-    (the monitor is found through the config: with --bootstrap alone, the endpoints' brokers)."""
+    Exits 1 when a node that should run is down. When the monitor answers, and has heard from
+    every node since its start, its view is shown (the monitor is found through the config:
+    with --bootstrap alone, the endpoints' brokers)."""
     alone = bootstrap_alone(config, bootstrap)
     if not alone and _monitor_view(config):
         return

@@ -5,8 +5,10 @@ that say so. Subcommand modules import this, never ``nodes.cli`` (which imports 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from fabric.config import LoomConfig, load_config
 from fabric.errors import FabricError
@@ -24,12 +26,38 @@ class Target:
         return Admin(self.bootstrap, config_path=self.config)
 
 
+# ctx.meta key (meta is shared by a context and its subcommands' contexts): the -c/--bootstrap
+# given before the subcommand, ``loom -c FILE status``.
+GROUP_TARGET = "loom.group_target"
+CONFIG_HELP = "cluster config YAML (default: $LOOM_CONFIG, then config/cluster.yaml)"
+BOOTSTRAP_HELP = "host:port[,host:port...] of the coordinator or brokers"
+
+
+def group_target_options(fn):  # noqa: ANN001, ANN201
+    """-c/--config and --bootstrap on ``loom`` itself, before the subcommand. No envvar here:
+    the subcommand's own option (given after it) wins, then this one, then $LOOM_CONFIG."""
+    fn = click.option("-c", "--config", "--cluster-config", "config", default=None, metavar="FILE",
+                      help=CONFIG_HELP + "; also after the subcommand, which wins")(fn)
+    fn = click.option("--bootstrap", "bootstrap", default=None, metavar="HOST:PORT,...",
+                      help=BOOTSTRAP_HELP + "; also after the subcommand, which wins")(fn)
+    return fn
+
+
+def from_group(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A subcommand's -c/--bootstrap callback: its own value when given on the command line,
+    else the one given before the subcommand, else its envvar's or default."""
+    if ctx.get_parameter_source(param.name or "") is ParameterSource.COMMANDLINE:
+        return value
+    given = ctx.meta.get(GROUP_TARGET, {}).get(param.name)
+    return value if given is None else given
+
+
 def target_options(fn):  # noqa: ANN001, ANN201
-    """-c/--config and --bootstrap on every command (Kafka tools take them per command)."""
-    fn = click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG",
-                      help="cluster config YAML (default: $LOOM_CONFIG, then config/cluster.yaml)")(fn)
-    fn = click.option("--bootstrap", "bootstrap", default=None,
-                      help="host:port[,host:port...] of the coordinator or brokers")(fn)
+    """-c/--config and --bootstrap on every command (Kafka tools take them per command; given
+    before the subcommand too, see group_target_options)."""
+    fn = click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG", callback=from_group,
+                      help=CONFIG_HELP)(fn)
+    fn = click.option("--bootstrap", "bootstrap", default=None, callback=from_group, help=BOOTSTRAP_HELP)(fn)
     return fn
 
 

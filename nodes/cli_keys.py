@@ -19,6 +19,7 @@ from engines.durable import replace_file
 from fabric.apikeys import ROLES, generate_key, hash_key
 from fabric.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
 from fabric.errors import FabricError, LoomError
+from nodes.cli_common import from_group
 
 
 def add_key_line(text: str, entry: str) -> str:
@@ -56,7 +57,8 @@ def keys() -> None:
 @keys.command("add")
 @click.argument("name")
 @click.option("--roles", required=True, help=f"comma-separated: {', '.join(ROLES)}")
-@click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG", help="the config file to add the key to")
+@click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG", callback=from_group,
+              help="the config file to add the key to")
 def add(name: str, roles: str, config: str | None) -> None:
     """Make a key NAME with ROLES: prints the key once and writes its hash into the config."""
     path = Path(config or DEFAULT_CONFIG_PATH)
@@ -89,7 +91,7 @@ def add(name: str, roles: str, config: str | None) -> None:
 
 
 @keys.command("list")
-@click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG")
+@click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG", callback=from_group)
 def list_keys(config: str | None) -> None:
     """Names and roles of the configured keys (the keys themselves are not stored)."""
     cfg = load_config(config)

@@ -20,6 +20,7 @@ from nodes.cli_common import config_for, target_options
 
 MONITOR_STATUS_TIMEOUT_MS = 1000
 NOT_UP = ("down", "unresponsive")
+NOT_KNOWN = "unknown"  # a node the monitor has had no sign of life from since its start
 
 
 def _monitor_client(cfg: LoomConfig, timeout_ms: int = MONITOR_STATUS_TIMEOUT_MS):  # noqa: ANN202
@@ -39,8 +40,9 @@ def _when(wall_ms: int | None) -> str:
 
 
 def print_monitor_status(cfg: LoomConfig, out: Console) -> int | None:
-    """Print the monitor's view; None when no monitor answers, else how many nodes are down
-    or unresponsive."""
+    """Print the monitor's view; None when no monitor answers or it has not heard from every
+    node yet (right after ``loom up`` its nodes are ``unknown`` and its cluster "down": each
+    node is then asked directly), else how many nodes are down or unresponsive."""
     client = _monitor_client(cfg)
     if client is None:
         return None
@@ -52,6 +54,8 @@ def print_monitor_status(cfg: LoomConfig, out: Console) -> int | None:
         client.close()
     from fabric.client.bootstrap import check_cluster
     check_cluster(st["cluster"].get("name", ""), cfg.cluster.name, "the monitor")
+    if any(n["state"] == NOT_KNOWN for n in st["nodes"]):
+        return None
     table = Table(box=None, pad_edge=False)
     for col in ("NODE", "ROLE", "ENDPOINT", "STATE", "PID", "RESTARTS", "REASON"):
         table.add_column(col)

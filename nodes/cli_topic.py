@@ -20,7 +20,7 @@ from fabric import protocol as P
 from fabric.client import Admin
 from fabric.errors import CodedError, RemoteError, TopicNotInMetadataError
 from fabric.metadata import PartitionInfo, TopicInfo
-from nodes.cli_common import Target
+from nodes.cli_common import BOOTSTRAP_HELP, CONFIG_HELP, Target, from_group
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,9 @@ def cluster_options(fn, topic_configs: bool = False):  # noqa: ANN001, ANN201
     if not topic_configs:
         fn = click.option("--config", "_topic_configs", multiple=True, hidden=True, expose_value=False,
                           callback=_no_topic_configs)(fn)
-    fn = click.option("-c", "--cluster-config", "config", default=None, envvar="LOOM_CONFIG",
-                      help="cluster config YAML (default: $LOOM_CONFIG, then config/cluster.yaml)")(fn)
-    fn = click.option("--bootstrap", "bootstrap", default=None,
-                      help="host:port[,host:port...] of the coordinator or brokers")(fn)
+    fn = click.option("-c", "--cluster-config", "config", default=None, envvar="LOOM_CONFIG", callback=from_group,
+                      help=CONFIG_HELP)(fn)
+    fn = click.option("--bootstrap", "bootstrap", default=None, callback=from_group, help=BOOTSTRAP_HELP)(fn)
     return fn
 
 

@@ -227,7 +227,8 @@ class ProducerService(Node):
         return Producer(self.config.bootstrap(), acks=acks, linger_ms=self.services.producer_linger_ms,
                         buffer_bytes_max=2 * self.services.producer_buffer_bytes_max, max_block_ms=SEND_BLOCK_MS,
                         delivery_timeout_ms=DELIVERY_TIMEOUT_MS, request_timeout_ms=DELIVERY_TIMEOUT_MS // 2,
-                        record_bytes_max=self.config.limits.message_bytes_max)
+                        record_bytes_max=self.config.limits.message_bytes_max,
+                        record_bytes_max_setting="limits.message_bytes_max of the cluster config")
 
     def _work(self) -> None:
         while True:

@@ -236,7 +236,8 @@ def _install_request_hooks(app: Flask, gw: Gateway, authorize: Callable[[Op], No
             authorize(static_op)  # no key needed, but the per-address rate limit applies
         length = request.content_length
         if length is not None and length > gw.settings.request_bytes_max:
-            raise ApiError(41301, f"the body has {length} bytes; the limit is {gw.settings.request_bytes_max}")
+            raise ApiError(41301, f"the body has {length} bytes; the limit is {gw.settings.request_bytes_max} "
+                                  "(gateway.request_bytes_max)")
         return None
 
     @app.after_request
@@ -273,7 +274,7 @@ def _install_error_handlers(app: Flask, gw: Gateway) -> None:
     def on_http(e: HTTPException) -> Response:
         code = HTTP_STATUS_TO_CODE.get(e.code or 500, 40001 if (e.code or 500) < 500 else 50001)
         err = ApiError(code, e.description if code != 41301 else
-                       f"the body is larger than {gw.settings.request_bytes_max} bytes")
+                       f"the body is larger than {gw.settings.request_bytes_max} bytes (gateway.request_bytes_max)")
         resp = error_response(err)
         for k, v in e.get_headers():
             if k.lower() == "allow":

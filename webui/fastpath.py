@@ -103,7 +103,8 @@ class ProduceFastPath:
         try:
             length = int(length_text)
             if length > self.body_max:
-                raise ApiError(41301, f"the body has {length} bytes; the limit is {self.body_max}")
+                raise ApiError(41301, f"the body has {length} bytes; the limit is {self.body_max} "
+                                      "(gateway.request_bytes_max)")
             self.check_access(op, presented_key_of(environ.get("HTTP_AUTHORIZATION", ""),
                                                    environ.get("HTTP_X_API_KEY", "")),
                               environ.get("REMOTE_ADDR") or "unknown")

@@ -90,7 +90,10 @@ class Producer:
                  batch_bytes_max: int = 1024 * 1024, buffer_bytes_max: int = 64 * 1024 * 1024,
                  max_block_ms: int = 60_000, delivery_timeout_ms: int = 120_000,
                  request_timeout_ms: int = 30_000, idempotent: bool = True, compression: str = "none",
-                 record_bytes_max: int = 1024 * 1024, max_in_flight: int = 2) -> None:
+                 record_bytes_max: int = 1024 * 1024, max_in_flight: int = 2,
+                 record_bytes_max_setting: str = "the producer's record_bytes_max") -> None:
+        """``record_bytes_max_setting``: what sets ``record_bytes_max``, named in the error of a
+        record over it (a producer node's is a key of the cluster config)."""
         if acks not in ACKS:
             raise FabricError(f"acks must be 0, 1 or all, not {acks!r}")
         if max_in_flight.__class__ is not int or not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
@@ -101,6 +104,7 @@ class Producer:
         self.compression = compression
         self.max_block_ms = max_block_ms
         self.record_bytes_max = record_bytes_max
+        self._record_bytes_max_says = f"is over {record_bytes_max} ({record_bytes_max_setting})"
         self._closed = False
         clock = Clock()
         # the sender is built last but woken first: a late-bound wake-up
@@ -157,7 +161,7 @@ class Producer:
             headers, extra = frozen
             size += extra
         if size > self.record_bytes_max:
-            raise RecordSizeExceededError(f"record of {size} bytes is over {self.record_bytes_max}")
+            raise RecordSizeExceededError(f"record of {size} bytes {self._record_bytes_max_says}")
         if self._closed:
             raise ProducerClosedError()
         if self.sender.failure is not None:
@@ -314,7 +318,7 @@ class Producer:
     def _check_sizes(self, sizes: list[int]) -> None:
         biggest = max(sizes)
         if biggest > self.record_bytes_max:
-            raise RecordSizeExceededError(f"record {sizes.index(biggest)} of {biggest} bytes is over {self.record_bytes_max}")
+            raise RecordSizeExceededError(f"record {sizes.index(biggest)} of {biggest} bytes {self._record_bytes_max_says}")
 
     def _take_metadata(self, md: ClusterMetadata) -> None:
         """Before ``md`` is current: topics whose ``max.message.bytes`` is under

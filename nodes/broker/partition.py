@@ -318,7 +318,8 @@ class Partition(PartitionFollowerMixin, PartitionSnapshotsMixin):
     def _validate(self, data: bytes, batch_bytes_max: int) -> B.BatchHeader:
         if len(data) > batch_bytes_max:
             raise RemoteError(P.RECORD_TOO_LARGE, f"batch of {len(data)} bytes is over {batch_bytes_max} "
-                                                  "(the topic's max.message.bytes or the broker's limit)")
+                                                  "(the topic's max.message.bytes, at most limits.batch_bytes_max "
+                                                  "of the cluster config)")
         try:
             h = B.verify(data)
         except B.BatchError as e:
