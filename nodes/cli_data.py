@@ -27,9 +27,10 @@ import click
 from rich.console import Console
 
 from fabric.client import Consumer, Producer
+from fabric.config import load_config
 from fabric.errors import ClientTimeoutError, FabricError, TopicNotInMetadataError
 from fabric.records import Record
-from nodes.cli_common import Target, target_options
+from nodes.cli_common import Target, bootstrap_alone, target_options
 
 PENDING_RECORDS_MAX = 10_000   # unacknowledged records produce keeps before it waits
 POLL_RECORDS_MAX = 10_000
@@ -92,6 +93,17 @@ def _check_partition(target: Target, topic: str, partition: int | None) -> None:
         raise TopicNotInMetadataError(f"{topic} has no partition {partition} (it has {len(t.partitions)})")
 
 
+def _record_limit(config: str | None, bootstrap: str | None) -> dict[str, Any]:
+    """The largest record ``loom produce`` sends: the cluster config's
+    ``limits.message_bytes_max``, as the producer service (REST, WebSocket) takes -- a config
+    that raised it had the gateway take records this command refused. With --bootstrap alone
+    no config is read: the client's default."""
+    if bootstrap_alone(config, bootstrap):
+        return {}
+    return {"record_bytes_max": load_config(config).limits.message_bytes_max,
+            "record_bytes_max_setting": "limits.message_bytes_max of the cluster config"}
+
+
 # -- produce ---------------------------------------------------------------------------------
 @click.command()
 @target_options
@@ -120,7 +132,8 @@ def produce(config: str | None, bootstrap: str | None, topic: str, key_separator
     sep = key_separator.encode() if key_separator else None
     producer = Producer(bootstrap, config_path=config, acks=acks, compression=compression,
                         max_block_ms=PRODUCE_MAX_BLOCK_MS, delivery_timeout_ms=delivery_timeout_ms,
-                        request_timeout_ms=min(PRODUCE_REQUEST_TIMEOUT_MS, delivery_timeout_ms))
+                        request_timeout_ms=min(PRODUCE_REQUEST_TIMEOUT_MS, delivery_timeout_ms),
+                        **_record_limit(config, bootstrap))
     flush_timeout_s = delivery_timeout_ms / 1000 + FLUSH_GRACE_S
     pending: deque = deque()
     report = _Acknowledgements(print_offsets, acks, flush_timeout_s)

@@ -258,3 +258,26 @@ def test_status_with_bootstrap_alone_shows_the_endpoints_cluster_not_the_default
     out = ok(p)
     assert re.search(r"^broker-1\s.*\bup\b", out, re.M), out
     assert "partitions: 0" in out, out
+
+
+def test_produce_takes_records_up_to_the_configs_message_limit(cluster_factory, loom_env) -> None:
+    """`loom produce -c CONFIG` sends records up to the config's ``limits.message_bytes_max``, as
+    the gateway's producer service takes them: with the limit raised, a record over the client's
+    1 MiB default was refused by the command and taken by REST. With --bootstrap alone no config
+    is read: the client's default stands, and its error names it."""
+    limit = 2 * 1024 * 1024
+    cluster = cluster_factory(1, overrides={"limits": {"message_bytes_max": limit}})
+    env = loom_env
+    run = lambda *a, stdin=None: subprocess.run([sys.executable, "-m", "nodes.cli", *a], input=stdin,  # noqa: E731
+                                                capture_output=True, env=env, cwd=str(ROOT), timeout=COMMAND_TIMEOUT_S)
+    cfg = str(cluster.config_path)
+    ok(run("topic", "create", "--topic", "big", "--partitions", "1", "-c", cfg))
+    big = b"v" * (1536 * 1024)
+    out = ok(run("produce", "big", "--print-offsets", "-c", cfg, stdin=big + b"\n"))
+    assert [json.loads(line)["offset"] for line in out.splitlines()] == [0]
+    over = run("produce", "big", "-c", cfg, stdin=b"w" * (limit + 1) + b"\n")
+    assert over.returncode != 0 and "limits.message_bytes_max of the cluster config" in over.stderr.decode(), over.stderr
+    alone = run("produce", "big", "--bootstrap", cluster.bootstrap, stdin=big + b"\n")
+    assert alone.returncode != 0 and "over 1048576 (the producer's record_bytes_max)" in alone.stderr.decode(), alone.stderr
+    got = ok(run("consume", "big", "--from-beginning", "--max-messages", "1", "--timeout-ms", IDLE_MS, "-c", cfg))
+    assert got == (big + b"\n").decode()
