@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,9 +90,14 @@ def test_the_cli_run_as_python_m_nodes_is_ours(tmp_path: Path) -> None:
     fake = tmp_path / "nodes"  # a package named nodes whose __main__ waits: the command line is the real one's
     fake.mkdir()
     (fake / "__init__.py").write_text("")
-    (fake / "__main__.py").write_text("import time\ntime.sleep(30)\n")
+    ready = tmp_path / "ready"
+    (fake / "__main__.py").write_text(f"import pathlib, time\npathlib.Path({str(ready)!r}).touch()\ntime.sleep(30)\n")
     proc = subprocess.Popen([sys.executable, "-m", "nodes", "up", "-c", "config/cluster.yaml"], cwd=tmp_path)
     try:
+        # until it runs, the child's command line may still be the forking test's
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert launcher.pid_alive(proc.pid)
         assert launcher.is_loom_process(proc.pid)
     finally:
