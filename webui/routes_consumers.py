@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -77,14 +79,20 @@ def _call(gw: Gateway, group: str, inst: str, fn: Any) -> Any:
     return gw.agent.call_instance(group, inst, fn)
 
 
-def _mode_conflict_for_rest(e: ClusterError, group: str, inst: str, has: str) -> ClusterError:
-    """The 409 (40904) of ``e`` (kind ``subscription_conflict``) said for a REST client: the
-    consumer's own message advises the library's ``unsubscribe()``, which a REST client has no
-    call for; it is told the request to send."""
-    path = f"/consumers/{quote(group, safe='')}/instances/{quote(inst, safe='')}/subscription"
-    return ClusterError(e.kind, f"consumer instance {inst!r} of group {group!r} {has}; a subscription and "
-                                f"assigned partitions are mutually exclusive: unsubscribe first with DELETE {path} "
-                                "(with auto-commit it commits their positions)", e.code)
+@contextmanager
+def _mode_conflict_for_rest(group: str, inst: str, has: str) -> Iterator[None]:
+    """The 409 (40904, kind ``subscription_conflict``) of the call inside said for a REST client:
+    the consumer's own message advises the library's ``unsubscribe()``, which a REST client has
+    no call for; it is told the request to send."""
+    try:
+        yield
+    except ClusterError as e:
+        if e.kind != "subscription_conflict":
+            raise
+        path = f"/consumers/{quote(group, safe='')}/instances/{quote(inst, safe='')}/subscription"
+        raise ClusterError(e.kind, f"consumer instance {inst!r} of group {group!r} {has}; a subscription and "
+                                   f"assigned partitions are mutually exclusive: unsubscribe first with DELETE {path} "
+                                   "(with auto-commit it commits their positions)", e.code) from e
 
 
 def _instance_ops(api: Api, gw: Gateway, sh: _Shapes) -> None:
@@ -117,12 +125,8 @@ def _instance_ops(api: Api, gw: Gateway, sh: _Shapes) -> None:
             body=_body_types({"type": "object", "required": ["topics"], "properties": {
                 "topics": {"type": "array", "minItems": 1, "maxItems": 1000, "items": S.NAME}}}))
     def subscribe(group_name: str, instance: str, body: dict, content_type: str) -> None:
-        try:
+        with _mode_conflict_for_rest(group_name, instance, "reads assigned partitions"):
             gw.agent.subscribe(group_name, instance, sorted(set(body["topics"])))
-        except ClusterError as e:
-            if e.kind != "subscription_conflict":
-                raise
-            raise _mode_conflict_for_rest(e, group_name, instance, "reads assigned partitions") from e
 
     @api.op("GET", BASE + "/subscription", role="consume", tag="consumers", summary="The subscribed topics",
             path_params=sh.inst_path, errors=INSTANCE_ERRORS,
@@ -145,12 +149,8 @@ def _instance_ops(api: Api, gw: Gateway, sh: _Shapes) -> None:
                         "Partitions already assigned keep their positions, new ones start at the group's "
                         "committed offsets; with auto-commit, those left out are committed first.")
     def assign(group_name: str, instance: str, body: dict, content_type: str) -> None:
-        try:
+        with _mode_conflict_for_rest(group_name, instance, "is subscribed"):
             gw.agent.assign(group_name, instance, sorted({(x["topic"], x["partition"]) for x in body["partitions"]}))
-        except ClusterError as e:
-            if e.kind != "subscription_conflict":
-                raise
-            raise _mode_conflict_for_rest(e, group_name, instance, "is subscribed") from e
 
     @api.op("GET", BASE + "/assignments", role="consume", tag="consumers",
             summary="The partitions the group assigned to this instance", path_params=sh.inst_path, errors=INSTANCE_ERRORS,
