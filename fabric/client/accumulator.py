@@ -35,11 +35,13 @@ A partition that cannot take another request now (as many in flight as the produ
 (``take_ready``'s ``busy``). With ``linger_ms`` 0 a batch opened on an idle partition (room
 for a request and nothing queued: the ``idle`` callable, the sender's view) wakes the sender at
 once, so a record sent after a pause, or while one request is on its way, leaves now and not at
-the sender's next tick (up to a millisecond later: half the time of an RF 1 round trip here). A
-busy partition's batch does not wake it: a request in flight is answered first, so this sends
-no more than ``max_in_flight`` requests per round trip per partition. (Waking it for every
-batch that opened sent more, smaller requests, whose cost on the brokers outweighed the half
-millisecond on a loaded machine.)
+the sender's next pass. A busy partition's batch does not wake it: a request in flight is
+answered first (its answer's pass takes the batch), so this sends no more than ``max_in_flight``
+requests per round trip per partition. (Waking it for every batch that opened sent more, smaller
+requests, whose cost on the brokers outweighed the half millisecond on a loaded machine.) With
+``linger_ms`` above 0 a batch opened wakes the sender only if it would otherwise sleep past the
+batch's due time (the ``lingering`` callable, the sender's view); ``take_ready`` leaves in
+``next_due_ms`` when the first batch it left open falls due, which the sender sleeps until.
 
 Thread-safety: every method is thread-safe (one lock; ``append`` may block only for space).
 """
@@ -83,10 +85,13 @@ class AccumulatorSettings:
 class RecordAccumulator:
     def __init__(self, settings: AccumulatorSettings, clock: Clock, wake: Callable[[], None],
                  idle: Callable[[tuple[str, int]], bool] | None = None,
-                 frees_space: Callable[[], bool] | None = None) -> None:
+                 frees_space: Callable[[], bool] | None = None,
+                 lingering: Callable[[int], bool] | None = None) -> None:
         """``wake``: tells the sender that a batch is ready (called outside the lock);
-        ``idle(topic_partition)``: nothing is in flight or queued for it (called outside the
-        lock, from the application's thread; a stale answer costs one wake-up or one tick);
+        ``idle(topic_partition)``: nothing is in flight or queued for it (linger 0; called
+        outside the lock, from the application's thread; a stale "busy" is harmless: the
+        answer's pass takes the batch); ``lingering(due_ms)``: a batch opened now, due then,
+        must wake the sender (linger above 0; called outside the lock);
         ``frees_space()``: True on the thread that frees space (the sender's, running a
         delivery callback), which must not wait for it (called under the lock), nor for the
         batches it completes (``BatchState.wait``)."""
@@ -95,6 +100,8 @@ class RecordAccumulator:
         self._wake = wake
         self._frees_space = frees_space
         self._idle = idle if settings.linger_ms == 0 else None  # only linger 0 sends an opened batch at once
+        self._lingering = lingering if settings.linger_ms > 0 else None
+        self.next_due_ms: int | None = None  # as ``take_ready`` left it: the first open batch of a free partition due
         # the settings the hot path reads, as plain attributes
         self._records_max = settings.batch_records_max
         self._bytes_max = settings.batch_bytes_max
@@ -215,7 +222,8 @@ class RecordAccumulator:
                 if b.callbacks is None:
                     b.callbacks = []
                 b.callbacks.append((index, 1, on_delivery))
-        if wake or (opened and self._idle is not None and self._idle((topic, partition))):
+        if wake or (opened and ((self._idle is not None and self._idle((topic, partition)))
+                                or (self._lingering is not None and self._lingering(b.created_ms + self.settings.linger_ms)))):
             mark("producer.queued")  # only where the record is handed on: nothing per record
             self._wake()  # outside the lock: the woken I/O thread takes it at once
         f = _new_future()
@@ -276,6 +284,7 @@ class RecordAccumulator:
         segments: list[Segment] = []
         wake = False
         opened: list[tuple[str, int]] = []  # batches opened (linger 0): the sender may be idle
+        due_ms = None  # (linger above 0) when the first batch opened falls due: the sender may sleep past it
         i, n = 0, len(values)
         bytes_max = self._topic_bytes_max.get(topic, self._bytes_max)
         smallest = max(1, sizes if isinstance(sizes, int) else min(sizes, default=1))
@@ -302,6 +311,8 @@ class RecordAccumulator:
                         b = self._open_batch(topic, p, timestamp_ms)
                         if self._idle is not None:
                             opened.append((topic, p))
+                        elif due_ms is None:
+                            due_ms = b.created_ms + self.settings.linger_ms
                     b.seal_records()
                     b.chunks += pack(i, i + k)
                     b.chunk_records += k
@@ -330,7 +341,8 @@ class RecordAccumulator:
             e.segments = segments  # type: ignore[attr-defined]
             raise
         finally:
-            if wake or (opened and any(map(self._idle, opened))):  # type: ignore[arg-type]
+            if wake or (opened and any(map(self._idle, opened))) \
+                    or (due_ms is not None and self._lingering is not None and self._lingering(due_ms)):  # type: ignore[arg-type]
                 self._wake()
         return segments
 
@@ -450,15 +462,20 @@ class RecordAccumulator:
         An open batch of a ``busy`` partition (one the sender cannot send to before a reply)
         stays open and keeps filling until it is full or the partition is free, as Kafka's
         muted partitions do: closing it would only queue a small batch behind the request."""
+        linger = self.settings.linger_ms
+        first = None  # created_ms of the first batch left open of a partition not busy
         with self._lock:
             self._settle()
             for tp, b in list(self._open.items()):
-                if (now_ms - b.created_ms >= self.settings.linger_ms and tp not in busy) or self._closed:
+                if (now_ms - b.created_ms >= linger and tp not in busy) or self._closed:
                     del self._open[tp]
                     self._closed_batches.append(b)
                     self.sticky.pop(tp[0], None)
                     if self._last is b:
                         self._last = _NO_BATCH
+                elif tp not in busy and (first is None or b.created_ms < first):
+                    first = b.created_ms
+            self.next_due_ms = None if first is None else first + linger
             out = list(self._closed_batches)
             self._closed_batches.clear()
         return out

@@ -113,11 +113,11 @@ class Producer:
             AccumulatorSettings(linger_ms=linger_ms, batch_records_max=batch_records_max, batch_bytes_max=batch_bytes_max,
                                 buffer_bytes_max=buffer_bytes_max, max_block_ms=max_block_ms),
             clock, wake=lambda: self.sender.wake(), idle=lambda tp: self.sender.partition_idle(tp),
-            frees_space=lambda: self.sender.on_io_thread())
+            frees_space=lambda: self.sender.on_io_thread(), lingering=lambda due_ms: self.sender.sleeps_past(due_ms))
         self.sender = Sender(
             SenderSettings(acks=self.acks, compression=COMPRESSION_CODECS[compression], idempotent=idempotent,
                            delivery_timeout_ms=delivery_timeout_ms, request_timeout_ms=request_timeout_ms,
-                           linger_ms=linger_ms, max_in_flight=max_in_flight),
+                           max_in_flight=max_in_flight),
             self.accumulator, self.metadata, parse_bootstrap(bootstrap, config_path), clock=clock)
         self.sender.start()
         # what send() reads per record, bound once
