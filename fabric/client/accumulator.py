@@ -290,6 +290,9 @@ class RecordAccumulator:
         smallest = max(1, sizes if isinstance(sizes, int) else min(sizes, default=1))
         try:
             while i < n:
+                if wake:  # a batch this call filled goes now (outside the lock), not when a long call returns
+                    self._wake()
+                    wake = False
                 with self._lock:
                     if self._closed:
                         raise ProducerClosedError()

@@ -27,11 +27,15 @@ the asks to the cluster (metadata, a producer id) and what fresh metadata does t
 in flight are ``SenderAsks`` (``fabric.client.sender_asks``), mixed in too.
 
 Between passes the I/O thread sleeps until the first thing it has to do at a time (a lingering
-batch falls due, a queued batch's delivery timeout ends, a metadata ask goes again), at most
-``IDLE_WAIT_MS``; messages, timers and ``wake`` end the sleep sooner. A batch opened while it
-sleeps wakes it if due before it would look (``sleeps_past``), as Kafka's sender polls for the
-accumulator's next ready time. (It used to pass every millisecond at ``linger_ms`` 0: 6 % of a
-core for an idle producer.)
+batch falls due, a queued batch's delivery timeout ends, a metadata or producer-id ask goes
+again), at most ``IDLE_WAIT_MS``; messages, timers and ``wake`` end the sleep sooner. A batch
+opened while it sleeps wakes it if due before it would look (``sleeps_past``), as Kafka's sender
+polls for the accumulator's next ready time. What calls for a pass and wakes nothing gets the
+next one at once (``poll_wait_ms`` 0): metadata wanted or a producer id reset (by the pass, or
+by a timer run after it: a stalled request, a request's timeout, the metadata's age), an answer
+read after the pass, a partition the pass freed whose open batch it had left behind the
+partition's queue, batches one request could not carry. (It used to pass every millisecond at
+``linger_ms`` 0: 6 % of a core for an idle producer.)
 
 Thread-safety: ``wake``, ``sleeps_past``, ``partition_idle``, ``partition_count``, ``metadata``, ``on_io_thread`` and
 ``stop`` may be called from any thread; everything else runs on the I/O thread.
@@ -171,7 +175,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         # the first time something is due as the last pass left things (None: nothing)
         self._sleeps_until_ms = _AWAKE
         self._due_ms: int | None = None
-        self._oneway_refused = False  # a one-way request of this pass found the send queue full
+        self._passing = False  # ``run_pass`` runs (an answer read outside one is due a pass: ``_send_request``)
         self.reactor: Any = None  # a fabric.reactor.Reactor (or a test's fake), set by attach()
         self.errors: Counter[str] = Counter()  # error name -> batches that got it (retried or not)
         self.splits = 0  # batches (or pieces) refused as too large and sent again in two pieces
@@ -286,6 +290,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         ready batches, expire the overdue, send what can go."""
         mark("sender.pass")
         self._sleeps_until_ms = _AWAKE  # before the accumulator is looked at (``sleeps_past``)
+        self._passing = True
         now = self.clock.now_ms()
         if self.metadata_cache.take_wanted():
             self._refresh_metadata()
@@ -293,7 +298,8 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             self._init_producer_id()
         # a partition that cannot take another request now (or has batches waiting) takes no
         # lingering batch: its open batch fills meanwhile
-        for b in self.batches.take_ready(now, self._flights.busy(self._queues)):
+        busy = self._flights.busy(self._queues)
+        for b in self.batches.take_ready(now, busy):
             if not b.record_count:  # opened by an append a signal's exception cut before its record went in
                 self._finish(b, -1, None)
                 continue
@@ -306,8 +312,12 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         self._expire(now)  # also while waiting for a producer id: delivery_timeout_ms bounds that wait too
         if not (self.idempotent and self.producer_id < 0):  # else batches wait for the producer id
             self._send_ready()
-        if self.metadata_cache.wanted and not self._md_in_flight:  # wanted by this pass: asked at the next
-            self._due_soon(max(now, self._md_retry_at_ms))
+        if busy.any_freed():
+            # a partition whose open batch was left open behind its queue, and this pass sent or
+            # failed that queue: it has room now (more than one request in flight), and the
+            # batch goes at the next pass -- not at an answer, or the idle wake-up
+            self._due_soon(now)
+        self._passing = False
 
     def _due_soon(self, at_ms: int) -> None:
         if self._due_ms is None or at_ms < self._due_ms:
@@ -318,6 +328,13 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         left due, at most ``IDLE_WAIT_MS``. From now until the next pass, ``sleeps_past``
         answers for that time."""
         now = self.clock.now_ms()
+        # asked for since the pass looked, or by it: metadata (by the pass, or by a timer run
+        # after it: a request stalled, or timed out, the metadata's age) and a producer id (a
+        # pass that failed a numbered batch reset it), at once but not before their retries
+        if self.metadata_cache.wanted and not self._md_in_flight:
+            self._due_soon(max(now, self._md_retry_at_ms))
+        if self.idempotent and self.producer_id < 0 and not self._pid_in_flight and self.metadata.coordinator:
+            self._due_soon(max(now, self._pid_retry_at_ms))  # (no coordinator known: metadata is wanted)
         until = now + IDLE_WAIT_MS if self._due_ms is None else min(self._due_ms, now + IDLE_WAIT_MS)
         self._sleeps_until_ms = until
         return max(0, until - now)
@@ -395,8 +412,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         by_broker: dict[str, list[tuple[tuple[str, int], list[BatchState]]]] = defaultdict(list)
         frames: dict[str, int] = defaultdict(int)
         gone: list[tuple[str, int]] = []
-        more: list[tuple[str, int]] = []  # partitions left with batches a request could take now
-        self._oneway_refused = False
+        more: list[tuple[tuple[str, int], str]] = []  # partitions left with batches a request could take now, and their leaders
         now = self.clock.now_ms()
         for tp, q in self._queues.items():
             if not q or (tp in self._flights and not self._flights.can_take(tp)):
@@ -426,7 +442,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             room = self._flights.room(tp, endpoint, epoch, self._numbering(q[0]))
             if frames[endpoint] >= REQUEST_BATCHES_MAX or not room:
                 if room:
-                    more.append(tp)
+                    more.append((tp, endpoint))
                 continue  # next request to that broker, or after the answers of those in flight
             take: list[BatchState] = []
             size = 0
@@ -446,13 +462,12 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             self._flights.sent(tp, endpoint, now, epoch, len(take), take[0].numbered_in)
             by_broker[endpoint].append((tp, take))
             if q:
-                more.append(tp)
-        for endpoint, groups in by_broker.items():
-            self._send_request(endpoint, groups)
+                more.append((tp, endpoint))
+        refused = {endpoint for endpoint, groups in by_broker.items() if not self._send_request(endpoint, groups)}
         # the next request (one broker's frames, or a partition's bytes, filled this one) goes at
-        # the next pass, at once -- unless a one-way request found the send queue full: its
-        # writes, once the socket drains, end in a pass
-        if more and not self._oneway_refused and any(self._queues[tp] and self._flights.can_take(tp) for tp in more):
+        # the next pass, at once -- but not to a broker whose send queue refused a one-way
+        # request: its writes, once the socket drains, end in a pass (another broker's go now)
+        if any(ep not in refused and self._queues[tp] and self._flights.can_take(tp) for tp, ep in more):
             self._due_soon(now)
         for tp in gone:  # after the packing above: failing a numbered batch resets the producer id
             self._fail_partition_gone(tp, self._queues[tp])
@@ -493,7 +508,9 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             self._finish(q.popleft(), -1, error)
         self._sequences.pop(tp, None)
 
-    def _send_request(self, endpoint: str, groups: list) -> None:
+    def _send_request(self, endpoint: str, groups: list) -> bool:
+        """False: a one-way request (acks=0) that the send queue refused (its batches are back in
+        their queues)."""
         parts, payloads, batches, follows = [], [], [], []
         for tp, take in groups:
             epoch = self._flights.leader_epoch(tp)  # the epoch the request is remembered at (_send_ready)
@@ -522,10 +539,10 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
             if not self._client(endpoint).send_oneway(P.PRODUCE, header, payloads,
                                                       on_written=lambda ok: self._oneway_written(number, ok)):
                 del self._unsent_oneway[number]
-                self._oneway_refused = True
                 for tp, take in groups:  # the send queue is full: sent again by a later pass
                     self._queues[tp].extendleft(reversed(take))
-            return
+                return False
+            return True
 
         # answers are read in the order the requests went to the broker (sender_flights)
         answer = self._flights.expect(endpoint, (groups, batches, follows))
@@ -533,9 +550,14 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
             for (g, bs, fl), (h2, err2) in self._flights.answered(endpoint, answer, (h, err)):
                 self._on_reply(g, bs, h2, err2, fl)
+            if not self._passing:
+                # read after the pass (a timeout is a timer; a message's pass follows it and
+                # plans afresh): what it freed or put back goes at the next pass, at once
+                self._due_soon(self.clock.now_ms())
         mark("sender.request")
         self._client(endpoint).request(P.PRODUCE, header, payloads, callback=on_reply,
                                        timeout_ms=self.settings.request_timeout_ms + 2000)
+        return True
 
 
     # -- metadata and producer id ---------------------------------------------------------------

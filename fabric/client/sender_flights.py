@@ -76,15 +76,27 @@ class Answer:
 
 
 class Busy:
-    """``Flights.busy``: a container of partitions, answered when asked."""
+    """``Flights.busy``: a container of partitions, answered when asked; it keeps those it
+    answered busy, for ``any_freed``."""
 
-    __slots__ = ("_flights", "_queues")
+    __slots__ = ("_flights", "_queues", "_said")
 
     def __init__(self, flights: "Flights", queues: dict[TopicPartition, Any]) -> None:
         self._flights, self._queues = flights, queues
+        self._said: list = []  # the partitions answered busy (an open batch each: asked per open batch)
 
     def __contains__(self, tp: object) -> bool:
-        return bool(self._queues.get(tp)) or (tp in self._flights and not self._flights.can_take(tp))  # type: ignore[arg-type]
+        if self._busy(tp):
+            self._said.append(tp)
+            return True
+        return False
+
+    def _busy(self, tp: Any) -> bool:
+        return bool(self._queues.get(tp)) or (tp in self._flights and not self._flights.can_take(tp))
+
+    def any_freed(self) -> bool:
+        """A partition answered busy is not any more (its queue sent, or failed, since)."""
+        return any(not self._busy(tp) for tp in self._said)
 
 
 class Flights:
