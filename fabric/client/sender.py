@@ -197,9 +197,11 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         return due_ms < self._sleeps_until_ms
 
     def partition_idle(self, tp: tuple[str, int]) -> bool:
-        """Nothing queued for ``tp`` and room for a request of it (read without a lock from
-        another thread: a stale answer costs a wake-up, or a wait for the next tick)."""
-        return self._flights.can_take(tp) and not self._queues.get(tp)
+        """Room for a request of ``tp``, and nothing queued for it -- or the I/O thread is in a
+        pass, which may be sending what is queued, and has taken its batches from the
+        accumulator already: the batch opened now goes at the next pass, not at an answer
+        (read without a lock from another thread: a stale answer costs a wake-up)."""
+        return self._flights.can_take(tp) and (not self._queues.get(tp) or self._sleeps_until_ms == _AWAKE)
 
     def partition_count(self, topic: str, max_block_ms: int) -> int:
         """Partitions of ``topic``; waits for metadata (up to max_block_ms) if unknown.

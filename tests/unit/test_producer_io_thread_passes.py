@@ -15,13 +15,14 @@ import pytest
 import fabric.client.sender as sender_module
 from fabric import protocol as P
 from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator
-from fabric.client.sender import IDLE_WAIT_MS, REQUEST_STALL_MS
+from fabric.client.metadata_cache import MetadataCache
+from fabric.client.sender import IDLE_WAIT_MS, REQUEST_STALL_MS, Sender, SenderSettings
 from fabric.clock import ManualClock
 from fabric.errors import RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata
 from fabric.records import pack_values
 from tests.unit.builders_sender import COORDINATOR, LEADER, sender_metadata
-from tests.unit.fakes import RecordingClient
+from tests.unit.fakes import FakeReactor, RecordingClient
 
 OTHER_LEADER = "tcp://127.0.0.1:2"
 
@@ -153,3 +154,44 @@ def test_send_many_hands_on_each_batch_it_fills_at_once(linger_ms: int) -> None:
     acc.append_many("t", 0, 0, [b"v"] * 6, 30, pack)
     assert len(woken_before_pack) == 3  # three batches of two
     assert woken_before_pack[1:] == [1, 2], woken_before_pack  # each closed batch woke it before the next filled
+
+
+def test_a_batch_opened_while_a_pass_packs_its_partitions_queue_wakes_the_thread(monkeypatch) -> None:
+    """linger 0, two requests in flight: an application thread that opens a batch while the I/O
+    thread packs the partition's queue (its GIL let go in a compression codec, or at a switch)
+    reads the partition busy -- its batches still queued -- and did not wake the thread; the
+    pass then sent them and left room for another request, but the new batch, which the pass had
+    not seen, waited for the answer (or 100 ms). Queued batches during a pass are not busy."""
+    clock = ManualClock(1000)
+    wakes: list[int] = []
+    sender: Sender
+    acc = RecordAccumulator(AccumulatorSettings(linger_ms=0), clock, wake=lambda: wakes.append(clock.now_ms()),
+                            idle=lambda tp: sender.partition_idle(tp))
+    metadata = MetadataCache(wake=lambda: None)
+    metadata.update(sender_metadata())
+    metadata.take_wanted()
+    clients: dict[str, RecordingClient] = {}
+    sender = Sender(SenderSettings(acks=-1, idempotent=True, max_in_flight=2), acc, metadata, [COORDINATOR],
+                    clock=clock, client_factory=lambda ep: clients.setdefault(ep, RecordingClient()))
+    sender.attach(FakeReactor(clock))
+    try:
+        sender.run_pass()
+        clients[COORDINATOR].answer_last(P.INIT_PRODUCER_ID, {"producer_id": 7, "producer_epoch": 0})
+        acc.append("t", 0, 0, None, b"a", None, 30)
+        assert len(wakes) == 1  # an idle partition
+        pack = sender._pack
+        opened: list[bool] = []
+
+        def pack_while_the_application_sends(b, tp):  # noqa: ANN001, ANN202
+            if not opened:
+                opened.append(True)
+                acc.append("t", 0, 0, None, b"b", None, 30)  # the application's thread, mid-pass
+            return pack(b, tp)
+        monkeypatch.setattr(sender, "_pack", pack_while_the_application_sends)
+        sender.run_pass()
+        assert len(clients[LEADER].of(P.PRODUCE)) == 1
+        assert len(wakes) == 2, "the batch opened mid-pass did not wake the thread"
+        sender.run_pass()  # the wake-up's pass
+        assert len(clients[LEADER].of(P.PRODUCE)) == 2
+    finally:
+        sender.stop()
