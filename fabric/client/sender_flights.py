@@ -247,5 +247,8 @@ class Flights:
 
 
 def _batches(flights: deque[Flight]) -> int:
-    """The batches of a partition in its requests in flight (at most ``max_in_flight`` of them)."""
-    return sum(f.batches for f in flights)
+    """The batches of a partition in its requests in flight (at most ``max_in_flight`` of them).
+    Copied first, in one C call: ``can_take`` runs on application threads, and the I/O thread
+    sending or landing a request between two steps of the loop made it raise "deque mutated
+    during iteration" out of ``send``."""
+    return sum(f.batches for f in tuple(flights))

@@ -17,6 +17,7 @@ from fabric import protocol as P
 from fabric.client.accumulator import AccumulatorSettings, RecordAccumulator
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender import IDLE_WAIT_MS, REQUEST_STALL_MS, Sender, SenderSettings
+from fabric.client.sender_flights import Flight, Flights
 from fabric.clock import ManualClock
 from fabric.errors import RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata
@@ -195,3 +196,24 @@ def test_a_batch_opened_while_a_pass_packs_its_partitions_queue_wakes_the_thread
         assert len(clients[LEADER].of(P.PRODUCE)) == 2
     finally:
         sender.stop()
+
+
+def test_the_application_threads_idle_check_survives_the_io_thread_changing_the_flights() -> None:
+    """``partition_idle`` runs on an application thread (``send``, linger 0) and reads the
+    partition's requests in flight while the I/O thread sends and lands them: a thread switch
+    between two of them (here: the I/O thread's ``sent`` as the count reads a request) raised
+    "deque mutated during iteration" out of ``send`` -- after the record was queued."""
+    flights = Flights(max_in_flight=3, batches_max=32)
+    tp = ("t", 0)
+    flights.sent(tp, LEADER, 0, 3, 1, 0)
+
+    class Switching(Flight):  # the I/O thread runs while the application thread reads this one
+        __slots__ = ()
+
+        def __getattribute__(self, name: str):  # noqa: ANN204
+            if name == "batches" and len(flights._of[tp]) < 3:
+                flights.sent(tp, LEADER, 0, 3, 1, 0)
+            return object.__getattribute__(self, name)
+    flights._of[tp].append(Switching(LEADER, 0, 3, 1, 0))
+    flights._of[tp].rotate(1)  # read first
+    assert flights.can_take(tp) in (True, False)
