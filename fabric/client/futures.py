@@ -265,7 +265,11 @@ class BatchState:
                     except Exception:  # the application's callback: logged, the other callbacks still run
                         log.exception("delivery callback failed")
         if self.completions:
-            for c in self.completions:
+            completions, self.completions = self.completions, None
+            # let go of them: a hook's Completion holds its call's RecordFutures, which hold
+            # this batch -- a cycle that kept the batch, the hook and whatever the hook refers
+            # to (the producer service's whole request) until a cyclic collection
+            for c in completions:
                 c.release()
 
 
