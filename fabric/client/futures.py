@@ -257,7 +257,10 @@ class BatchState:
         self.data = None
         self.event.set()
         if self.callbacks:
-            for first, count, cb in self.callbacks:
+            # let go of them too: a callback that refers to its future (or to what refers to
+            # it) closes a cycle through this batch
+            callbacks, self.callbacks = self.callbacks, None
+            for first, count, cb in callbacks:
                 for index in range(first, first + count):
                     offset, err = self.outcome(index)
                     try:

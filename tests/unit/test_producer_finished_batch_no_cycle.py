@@ -1,6 +1,6 @@
-"""A finished batch lets go of the ``send_many`` hooks it held (``BatchState.completions``).
+"""A finished batch lets go of the ``send_many`` hooks and the delivery callbacks it held.
 
-A hook's ``Completion`` holds the call's ``RecordFutures``, whose segments hold the batch: batch
+(``BatchState.completions`` and ``callbacks``.) A hook's ``Completion`` holds the call's ``RecordFutures``, whose segments hold the batch: batch
 -> completions -> Completion -> futures -> segments -> batch is a reference cycle, and it stayed
 after the batch finished. Reference counting could then free neither the batch nor the hook nor
 what the hook refers to -- in the producer service, the whole request (its frames, its decoded
@@ -55,5 +55,28 @@ def test_what_a_finished_send_many_hook_held_is_freed_without_a_collection(monke
         assert seen == [3] and futures.result()[2].offset == (-1 if acks == 0 else 2)
         del futures
         assert gone() is None, "what the hook held is kept alive by the finished batch's cycle"
+    finally:
+        p.sender.stop()
+
+
+def test_a_delivery_callback_that_refers_to_its_future_is_freed_without_a_collection(monkeypatch, no_collector):  # noqa: ANN001
+    """The same for a delivery callback: batch -> callbacks -> the callback -> its future (a
+    callback that keeps or reads the future it was given with) -> batch."""
+    p = driven_producer(monkeypatch, acks=1)
+    try:
+        held = Held()
+        gone = weakref.ref(held)
+        box: list = []
+
+        def on_delivery(md, err, h=held, box=box):  # noqa: ANN001
+            box.append(md)
+        box.append(p.send("t", b"a", partition=1, on_delivery=on_delivery))
+        del held, on_delivery
+        send_pass(p)
+        answer(p, [[0, 0, ""]])
+        p.sender.recording[LEADER].sent.clear()
+        assert box[0].result().offset == 0 and len(box) == 2
+        del box
+        assert gone() is None, "the finished batch kept its delivery callbacks"
     finally:
         p.sender.stop()
