@@ -1,14 +1,15 @@
 """A finished batch lets go of the ``send_many`` hooks and the delivery callbacks it held.
 
-(``BatchState.completions`` and ``callbacks``.) A hook's ``Completion`` holds the call's ``RecordFutures``, whose segments hold the batch: batch
--> completions -> Completion -> futures -> segments -> batch is a reference cycle, and it stayed
-after the batch finished. Reference counting could then free neither the batch nor the hook nor
-what the hook refers to -- in the producer service, the whole request (its frames, its decoded
-records, its results: ``nodes/producer_jobs.py`` passes ``send_many`` a hook closing over the
-job) -- until a cyclic collection, which a node's tuned collector (``nodes/run.py``) runs
-rarely. Seen in a whole-cluster soak: the producer service's traced memory swung between 1 and
-9 MB of finished requests and its RSS crept up ~0.09 MB/min. Real producer and sender, driven
-by the test (tests/unit/driven_producer.py), the collector off while it runs.
+(``BatchState.completions`` and ``callbacks``.) A hook's ``Completion`` holds the call's
+``RecordFutures``, whose segments hold the batch: batch -> completions -> Completion -> futures ->
+segments -> batch is a reference cycle, and it stayed after the batch finished. Reference counting
+could then free neither the batch nor the hook nor what the hook refers to -- in the producer
+service, the whole request (its frames, its decoded records, its results:
+``nodes/producer_jobs.py`` passes ``send_many`` a hook closing over the job) -- until a cyclic
+collection, which a node's tuned collector (``nodes/run.py``) runs rarely. Seen in a whole-cluster
+soak: the producer service's traced memory swung between 1 and 9 MB of finished requests and its
+RSS crept up ~0.09 MB/min. Real producer and sender, driven by the test
+(tests/unit/driven_producer.py), the collector off while it runs.
 """
 
 from __future__ import annotations
