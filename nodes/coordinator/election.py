@@ -30,7 +30,9 @@ The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.ele
   restart of one takes it out of the ISR; else a whole-cluster restart with one broker lost
   left such a partition offline for good, its ISR down to that broker).
 - Preferred leaders: a partition whose first replica is alive, in the ISR and not the leader
-  (and that is not offline) moves its leadership back to it (Kafka's auto leader rebalance).
+  (and that is not offline) moves its leadership back to it (Kafka's auto leader rebalance):
+  at the coordinator's periodic check for every partition, and when a broker is heard for the
+  first time or comes back alive for the partitions it is the first replica of.
 - Every change of leader, including going offline, bumps the leader epoch; an ISR change alone
   does not (the coordinator's commit bumps the partition epoch of every changed partition).
 
@@ -140,11 +142,15 @@ def on_broker_up(topics: Mapping[str, TopicState], broker_id: int, alive: Abstra
     return out
 
 
-def preferred_leaders(topics: Mapping[str, TopicState], alive: AbstractSet[int]) -> list[PartitionChange]:
-    """Leadership back to each partition's first replica where it is alive and in sync."""
+def preferred_leaders(topics: Mapping[str, TopicState], alive: AbstractSet[int],
+                      broker_id: int | None = None) -> list[PartitionChange]:
+    """Leadership back to each partition's first replica where it is alive and in sync; only
+    the partitions whose first replica is ``broker_id``, if given."""
     out = []
     for name, i, ps in _partitions(topics):
         pref = ps.replicas[0]
+        if broker_id is not None and pref != broker_id:
+            continue
         if ps.leader != pref and pref in alive and pref in ps.isr and ps.leader >= 0:
             out.append(PartitionChange(name, i, PREFERRED, pref, ps.leader_epoch + 1, tuple(ps.isr)))
     return out

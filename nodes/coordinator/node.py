@@ -446,10 +446,16 @@ class Coordinator(TopicAdminMixin, Node):
 
     def _on_broker_up(self, bid: int) -> None:
         """``bid`` is alive again, or heard for the first time since our start: offline
-        partitions it is a replica of may get a leader (``electable``)."""
+        partitions it is a replica of may get a leader (``electable``), and led ones it is the
+        first replica of and in sync for move to it now, by the periodic check's rules (a topic
+        made while the cluster started stayed on the first broker heard until that check).
+        Safe as that check is: ``bid`` is heard, a new process of it left the ISRs before this
+        (``_observe_incarnation``), and only ``bid``'s partitions move -- after our restart
+        every broker comes up once. Both lists are computed on the state before either."""
+        electable = self.electable()
         self._apply_changes(election.on_broker_up(self.state.topics, bid, self.alive,
-                                                  self.config.replication.unclean_leader_election,
-                                                  self.electable()))
+                                                  self.config.replication.unclean_leader_election, electable)
+                            + election.preferred_leaders(self.state.topics, electable, bid))
 
     def electable(self) -> set[int]:
         """The brokers a leader may be chosen among: alive and heard by this process -- not one
@@ -473,7 +479,8 @@ class Coordinator(TopicAdminMixin, Node):
 
     def _restore_preferred_leaders(self) -> None:
         """Move leadership back to each partition's first replica once it is alive and in
-        sync (Kafka's auto leader rebalance), so load spreads again after a restart."""
+        sync (Kafka's auto leader rebalance), so load spreads again after a restart (a broker
+        coming up gets its own back at once, ``_on_broker_up``)."""
         changes = election.preferred_leaders(self.state.topics, self.electable())
         if changes:
             election.apply(self.state.topics, changes)

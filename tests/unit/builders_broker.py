@@ -30,7 +30,7 @@ from nodes.coordinator.groups import STABLE, Group, Member
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
 from tests.harness import make_config
-from tests.unit.fakes import make_batch
+from tests.unit.fakes import make_batch, request
 
 
 # -- topic ids and cluster identity ---------------------------------------------------------
@@ -83,6 +83,13 @@ def heartbeat(coord: Coordinator, broker_id: int, incarnation: str | None = None
     coord._on_heartbeat(wire.encode_heartbeat(wire.Heartbeat(
         f"broker-{broker_id}", "broker", 4242, coord.clock.wall_ms(), broker_id=broker_id,
         incarnation=incarnation or f"p-{broker_id}", cluster_id=coord.state.cluster_id)))
+
+
+def create_topic(coord: Coordinator, topic: str, partitions: int, replication_factor: int) -> list[PartitionState]:
+    """CREATE_TOPIC as ``coord`` handles it; returns the new topic's partition states."""
+    coord._on_create_topic(request(P.CREATE_TOPIC, topic=topic, partitions=partitions,
+                                   replication_factor=replication_factor))
+    return coord.state.topics[topic].partitions
 
 
 # -- stall grace: a coordinator and a leader on a ManualClock -------------------------------

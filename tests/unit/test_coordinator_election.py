@@ -102,6 +102,16 @@ def test_leadership_goes_back_to_the_preferred_replica_only_when_it_is_alive_and
     assert E.preferred_leaders(topics, {2}) == []
 
 
+def test_the_preferred_leaders_of_one_broker_are_those_it_is_the_first_replica_of() -> None:
+    """What a broker coming up takes back at once: its own partitions, by the same rules."""
+    topics = _topics(PartitionState(3, 4, [1, 2, 3], [1, 2, 3]),  # 1's: back to it
+                     PartitionState(3, 4, [2, 1, 3], [1, 2, 3]),  # 2's: left for the periodic check
+                     PartitionState(3, 4, [1, 2, 3], [2, 3]))     # 1's, but 1 not in sync
+    assert [(c.partition, _state(c)) for c in E.preferred_leaders(topics, {1, 2, 3}, 1)] == \
+        [(0, (E.PREFERRED, 1, 5, [1, 2, 3]))]
+    assert E.preferred_leaders(topics, {2, 3}, 1) == []
+
+
 def test_a_topics_unclean_leader_election_enable_overrides_the_cluster_default_both_ways() -> None:
     """Kafka's ``unclean.leader.election.enable`` is a topic config: a topic that sets it is
     elected by it whatever ``replication.unclean_leader_election`` says; one that does not

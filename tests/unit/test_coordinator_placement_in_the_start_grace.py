@@ -30,7 +30,7 @@ from nodes.broker.node import Broker
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.offsets_client import OFFSETS_TOPIC
 from nodes.coordinator.store import PartitionState
-from tests.unit.builders_broker import Loopback, coordinator, heartbeat
+from tests.unit.builders_broker import Loopback, coordinator, create_topic, heartbeat
 from tests.unit.fakes import request
 
 
@@ -45,22 +45,17 @@ def starting(tmp_path: Path) -> Iterator[Coordinator]:
         coord.close()
 
 
-def _create(coord: Coordinator, topic: str, partitions: int, rf: int) -> list[PartitionState]:
-    coord._on_create_topic(request(P.CREATE_TOPIC, topic=topic, partitions=partitions, replication_factor=rf))
-    return coord.state.topics[topic].partitions
-
-
 def _placed(partitions: list[PartitionState]) -> list[tuple[int, list[int], list[int]]]:
     return [(ps.leader, ps.replicas, ps.isr) for ps in partitions]
 
 
 def test_a_topic_made_before_every_broker_is_heard_is_led_by_the_heard_brokers(starting: Coordinator) -> None:
     heartbeat(starting, 2)
-    assert [ps.leader for ps in _create(starting, "one", 3, 1)] == [2, 2, 2]
+    assert [ps.leader for ps in create_topic(starting, "one", 3, 1)] == [2, 2, 2]
     # replicas placed as after the grace (the first replicas spread), led by the first heard
     # one: RF 3 fits on three brokers, and the ISR keeps those not heard (they may run; judged
     # when heard or when their session runs out)
-    assert _placed(_create(starting, "three", 3, 3)) == [(2, [2, 3, 1], [2, 3, 1]), (2, [3, 1, 2], [3, 1, 2]),
+    assert _placed(create_topic(starting, "three", 3, 3)) == [(2, [2, 3, 1], [2, 3, 1]), (2, [3, 1, 2], [3, 1, 2]),
                                                          (2, [1, 2, 3], [1, 2, 3])]
     starting._on_alter_topic(request(P.ALTER_TOPIC, topic="one", partitions=5))
     assert [ps.leader for ps in starting.state.topics["one"].partitions] == [2] * 5
@@ -71,15 +66,15 @@ def test_a_topic_made_before_every_broker_is_heard_is_led_by_the_heard_brokers(s
 def test_with_every_broker_heard_the_leaders_are_spread_as_before(starting: Coordinator) -> None:
     for bid in (1, 2, 3):
         heartbeat(starting, bid)
-    assert _placed(_create(starting, "a", 3, 2)) == [(1, [1, 2], [1, 2]), (2, [2, 3], [2, 3]), (3, [3, 1], [3, 1])]
-    assert [ps.leader for ps in _create(starting, "b", 3, 1)] == [2, 3, 1]  # from the next broker on
+    assert _placed(create_topic(starting, "a", 3, 2)) == [(1, [1, 2], [1, 2]), (2, [2, 3], [2, 3]), (3, [3, 1], [3, 1])]
+    assert [ps.leader for ps in create_topic(starting, "b", 3, 1)] == [2, 3, 1]  # from the next broker on
 
 
 def test_a_topic_made_before_any_broker_is_heard_is_elected_when_its_replicas_are_heard(starting: Coordinator) -> None:
     """No broker to lead yet: the partitions are made offline (leader -1, every replica in the
     ISR) and each gets its leader, as an offline partition does, when the first of its
     replicas is heard -- not one of them waits for a session to run out."""
-    partitions = _create(starting, "t", 3, 2)
+    partitions = create_topic(starting, "t", 3, 2)
     assert _placed(partitions) == [(-1, [1, 2], [1, 2]), (-1, [2, 3], [2, 3]), (-1, [3, 1], [3, 1])]
     heartbeat(starting, 3)
     assert [(ps.leader, ps.leader_epoch) for ps in starting.state.topics["t"].partitions] == [(-1, 0), (3, 1), (3, 1)]
@@ -96,7 +91,7 @@ def test_a_broker_that_registers_leads_the_partitions_made_offline_before_it_was
     broker = Broker(coord.config, "broker-1", clock=clock)
     try:
         loop = Loopback(broker, coord)
-        assert _placed(_create(coord, "t", 3, 1)) == [(-1, [1], [1]), (-1, [2], [2]), (-1, [3], [3])]
+        assert _placed(create_topic(coord, "t", 3, 1)) == [(-1, [1], [1]), (-1, [2], [2]), (-1, [3], [3])]
         broker._register()
         loop.run_until_idle()
         assert [ps.leader for ps in coord.state.topics["t"].partitions] == [1, -1, -1]
@@ -119,7 +114,7 @@ def test_a_topic_made_while_some_brokers_are_unheard_spreads_its_leaders_once_th
     check moves leadership back (else the first brokers heard led the topic for good)."""
     for bid in heard:
         heartbeat(starting, bid)
-    _create(starting, "t", 3, rf)
+    create_topic(starting, "t", 3, rf)
     assert set(_leaders(starting, "t")) <= set(heard)
     for bid in {1, 2, 3} - set(heard):
         heartbeat(starting, bid)
@@ -164,7 +159,7 @@ def test_a_partition_made_offline_is_led_after_a_whole_cluster_restart_with_a_br
     running."""
     coord = _restarted_whole(tmp_path)
     try:
-        assert [ps.leader for ps in _create(coord, "t", 3, 3)] == [-1, -1, -1]
+        assert [ps.leader for ps in create_topic(coord, "t", 3, 3)] == [-1, -1, -1]
         for bid in (1, 2):
             heartbeat(coord, bid, f"new-{bid}")
         for _ in range(coord.config.liveness.session_timeout_ms // 100 + 1):
@@ -195,7 +190,7 @@ def test_partitions_made_in_the_grace_of_a_whole_cluster_restart_all_get_leaders
         for _ in range(rng.randrange(2, 12)):
             r = rng.random()
             if r < 0.3:
-                _create(coord, f"t{made}", rng.randrange(1, 5), rng.choice((1, 2, 3)))
+                create_topic(coord, f"t{made}", rng.randrange(1, 5), rng.choice((1, 2, 3)))
                 made += 1
             elif r < 0.45 and made:
                 name = f"t{rng.randrange(made)}"
