@@ -88,7 +88,11 @@ class MetadataFlight:
                 if flight.error is not None:
                     if isinstance(flight.error, RequestTimeout) and _later(deadline_s, flight.deadline_s):
                         continue  # cut short by the deadline of the request that fetched: this one has more time
-                    raise flight.error
+                    error, flight = flight.error, None
+                    try:
+                        raise error
+                    finally:  # the error's traceback holds this frame: no local of it may hold the error
+                        del error
                 if flight.started_s >= join_since_s:
                     return flight.answer
             again = flight is not None and flight.thread is threading.current_thread()
@@ -99,7 +103,10 @@ class MetadataFlight:
         try:
             answer = fetch()
         except Exception as e:
-            self._end(mine, None, e)
+            self._end(mine, None, e)  # kept on the flight for its waiters
+            # the error's traceback holds this frame: flight -> error -> frame -> flight was a
+            # reference cycle, which kept the error and its frames until a cyclic collection
+            mine = None  # type: ignore[assignment]
             raise
         except BaseException:  # the thread is being stopped: its waiters fetch again, not stopped too
             self._end(mine, None, RequestTimeout("the metadata fetch in flight was interrupted"), interrupted=True)

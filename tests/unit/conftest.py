@@ -4,6 +4,7 @@ its own."""
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 from pathlib import Path
@@ -178,3 +179,15 @@ def silent_endpoint() -> Iterator[str]:
     sock, endpoint = tcp_router()
     yield endpoint
     sock.close(0)
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """The cyclic collector off while the test runs (after a collection): what a test then
+    finds still alive is kept by a reference cycle, not freed by reference counting."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -14,9 +14,7 @@ RSS crept up ~0.09 MB/min. Real producer and sender, driven by the test
 
 from __future__ import annotations
 
-import gc
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,16 +23,6 @@ from tests.unit.driven_producer import LEADER, answer, driven_producer, send_pas
 
 class Held:
     """Something only the hook refers to (as the producer service's hook refers to its job)."""
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.parametrize("acks", [0, 1, -1])
