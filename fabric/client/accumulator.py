@@ -470,13 +470,14 @@ class RecordAccumulator:
         with self._lock:
             self._settle()
             for tp, b in list(self._open.items()):
-                if (now_ms - b.created_ms >= linger and tp not in busy) or self._closed:
+                free = tp not in busy  # asked once per open batch (``Busy`` notes each it answers busy)
+                if (free and now_ms - b.created_ms >= linger) or self._closed:
                     del self._open[tp]
                     self._closed_batches.append(b)
                     self.sticky.pop(tp[0], None)
                     if self._last is b:
                         self._last = _NO_BATCH
-                elif tp not in busy and (first is None or b.created_ms < first):
+                elif free and (first is None or b.created_ms < first):
                     first = b.created_ms
             self.next_due_ms = None if first is None else first + linger
             out = list(self._closed_batches)
