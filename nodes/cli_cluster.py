@@ -23,7 +23,7 @@ from fabric.client.bootstrap import check_cluster, fetch_metadata, parse_bootstr
 from fabric.errors import FabricError
 from fabric.metadata import ClusterMetadata
 from nodes import launcher, running_cluster
-from nodes.cli_common import bootstrap_alone, config_for, target_options
+from nodes.cli_common import BOOTSTRAP_NOT_ENOUGH_HELP, bootstrap_alone, config_for, target_options
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def format_uptime(ms: int | None) -> str:
 
 # -- up -------------------------------------------------------------------------------------
 @click.command()
-@target_options
+@target_options(bootstrap_help="refused: loom up starts the nodes of a config (-c CONFIG)")
 @click.option("--node", "node_name", default=None, help="run only this node, in the foreground")
 def up(config: str | None, bootstrap: str | None, node_name: str | None) -> None:
     """Start every node of the config, supervised (or one node with --node)."""
@@ -148,7 +148,7 @@ def print_summary(cfg: LoomConfig, sup: launcher.Supervisor, admin_key: tuple[st
 
 # -- down -----------------------------------------------------------------------------------
 @click.command()
-@target_options
+@target_options(bootstrap_help=BOOTSTRAP_NOT_ENOUGH_HELP)
 @click.option("--timeout-s", default=30.0, show_default=True, help="grace before killing")
 def down(config: str | None, bootstrap: str | None, timeout_s: float) -> None:
     """Stop the cluster that `loom up` started from this config."""
@@ -160,7 +160,7 @@ def down(config: str | None, bootstrap: str | None, timeout_s: float) -> None:
 
 # -- restart --------------------------------------------------------------------------------
 @click.command()
-@target_options
+@target_options(bootstrap_help=BOOTSTRAP_NOT_ENOUGH_HELP)
 @click.argument("node")
 def restart(config: str | None, bootstrap: str | None, node: str) -> None:
     """Start NODE again: one the supervisor gave up on (it kept crashing) or left stopped (a

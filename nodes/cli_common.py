@@ -31,6 +31,7 @@ class Target:
 GROUP_TARGET = "loom.group_target"
 CONFIG_HELP = "cluster config YAML (default: $LOOM_CONFIG, then config/cluster.yaml)"
 BOOTSTRAP_HELP = "host:port[,host:port...] of the coordinator or brokers"
+BOOTSTRAP_NOT_ENOUGH_HELP = "not enough here: needs the cluster's config (-c CONFIG or $LOOM_CONFIG)"
 
 
 def group_target_options(fn):  # noqa: ANN001, ANN201
@@ -52,12 +53,16 @@ def from_group(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value if given is None else given
 
 
-def target_options(fn):  # noqa: ANN001, ANN201
+def target_options(fn=None, *, bootstrap_help: str = BOOTSTRAP_HELP):  # noqa: ANN001, ANN201
     """-c/--config and --bootstrap on every command (Kafka tools take them per command; given
-    before the subcommand too, see group_target_options)."""
+    before the subcommand too, see group_target_options). ``@target_options(bootstrap_help=...)``
+    for a command that refuses --bootstrap or needs the config besides (BOOTSTRAP_NOT_ENOUGH_HELP):
+    its --help says so."""
+    if fn is None:
+        return lambda f: target_options(f, bootstrap_help=bootstrap_help)
     fn = click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG", callback=from_group,
                       help=CONFIG_HELP)(fn)
-    fn = click.option("--bootstrap", "bootstrap", default=None, callback=from_group, help=BOOTSTRAP_HELP)(fn)
+    fn = click.option("--bootstrap", "bootstrap", default=None, callback=from_group, help=bootstrap_help)(fn)
     return fn
 
 

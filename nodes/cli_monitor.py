@@ -16,7 +16,7 @@ from rich.table import Table
 
 from fabric.config import LoomConfig
 from fabric.errors import CodedError, FabricError
-from nodes.cli_common import config_for, target_options
+from nodes.cli_common import BOOTSTRAP_NOT_ENOUGH_HELP, config_for, target_options
 
 MONITOR_STATUS_TIMEOUT_MS = 1000
 NOT_UP = ("down", "unresponsive")
@@ -83,7 +83,7 @@ def print_monitor_status(cfg: LoomConfig, out: Console) -> int | None:
 
 
 @click.command()
-@target_options
+@target_options(bootstrap_help=BOOTSTRAP_NOT_ENOUGH_HELP)
 @click.option("--all", "show_all", is_flag=True, help="resolved alerts too")
 @click.option("--events", "show_events", is_flag=True, help="the event log (alerts, health changes, recovery actions)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")

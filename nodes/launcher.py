@@ -156,13 +156,17 @@ class Supervisor:
                 and pid_alive(info["pid"]) and is_loom_process(info["pid"]):
             self.release_lock()  # a supervisor of an older build, which held no lock
             raise FabricError(f"a cluster is already running from {self.data_dir} (supervisor pid {info['pid']}); "
-                              "run `loom down` first")
+                              + self._down_hint())
         orphans = [p for p in ((info or {}).get("children") or {}).values()
                    if isinstance(p, int) and pid_alive(p) and is_loom_process(p)]
         if orphans:
             self.release_lock()
             raise FabricError(f"nodes of an earlier run are still alive (pids {', '.join(map(str, orphans))}); "
-                              "run `loom down` first")
+                              + self._down_hint())
+
+    def _down_hint(self) -> str:
+        # a bare `loom down` reads $LOOM_CONFIG or config/cluster.yaml: another cluster's, perhaps
+        return f"run `loom down -c {self.config_path}` first"
 
     def _take_lock(self) -> None:
         if self._lock_fd is not None:
@@ -175,7 +179,7 @@ class Supervisor:
             os.close(fd)
             info = read_pid_file(self.config) or {}
             raise FabricError(f"a cluster is already running from {self.data_dir} (supervisor pid "
-                              f"{info.get('pid', '?')}); run `loom down` first") from None
+                              f"{info.get('pid', '?')}); {self._down_hint()}") from None
         self._lock_fd = fd
 
     def release_lock(self) -> None:

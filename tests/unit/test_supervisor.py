@@ -73,6 +73,22 @@ def test_a_second_supervisor_of_the_same_data_dir_is_refused(tmp_path: Path) -> 
     second.release_lock()
 
 
+def test_the_refusal_names_the_config_to_stop(tmp_path: Path) -> None:
+    """`loom up -c FILE` on a running cluster said "run `loom down` first": that `loom down`
+    reads the default config (or $LOOM_CONFIG), not FILE, so it stopped another cluster or none."""
+    cfg = _two_node_config(tmp_path)
+    first = launcher.Supervisor(cfg, str(tmp_path / "c.yaml"), emit=lambda line: None)
+    second = launcher.Supervisor(cfg, str(tmp_path / "c.yaml"), emit=lambda line: None)
+    try:
+        first.check_not_running()
+        with pytest.raises(FabricError) as refused:
+            second.check_not_running()
+    finally:
+        first.release_lock()
+        second.release_lock()
+    assert f"run `loom down -c {tmp_path / 'c.yaml'}` first" in str(refused.value)
+
+
 def test_an_unrelated_process_that_mentions_loom_is_not_ours(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(tmp_path / "loom-notes.txt")])
     try:
