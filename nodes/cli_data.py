@@ -109,11 +109,13 @@ def _record_limit(config: str | None, bootstrap: str | None) -> dict[str, Any]:
 @target_options
 @click.argument("topic")
 @click.option("--key-separator", default=None, help="split each line into key SEP value (no SEP: null key)")
-@click.option("--acks", type=click.Choice(["0", "1", "all"]), default="all", show_default=True)
+@click.option("--acks", type=click.Choice(["0", "1", "all"]), default="all", show_default=True,
+              help="0: sent; 1: the leader has it; all: every in-sync replica has it")
 @click.option("--partition", type=click.IntRange(0), default=None, help="write every record to this partition")
 @click.option("--header", "headers", multiple=True, metavar="K=V", help="header for every record, repeatable")
 @click.option("--print-offsets", is_flag=True, help="print one JSON line per acknowledged record")
-@click.option("--compression", type=click.Choice(["none", "zstd", "lz4"]), default="none", show_default=True)
+@click.option("--compression", type=click.Choice(["none", "zstd", "lz4"]), default="none", show_default=True,
+              help="of each batch sent")
 @click.option("--delivery-timeout-ms", type=click.IntRange(1), default=PRODUCE_DELIVERY_TIMEOUT_MS, show_default=True,
               help="how long a record is retried (not_enough_replicas, not_leader...) before its error is reported")
 def produce(config: str | None, bootstrap: str | None, topic: str, key_separator: str | None, acks: str,
@@ -312,7 +314,8 @@ def _signals_held() -> Iterator[None]:
 @click.option("--offset", default=None, help="earliest, latest or an offset (needs --partition)")
 @click.option("--max-messages", type=click.IntRange(1), default=None, help="exit after this many records")
 @click.option("--timeout-ms", type=click.IntRange(1), default=None, help="exit when no record arrived for this long")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: one value per line; json: one object per record (key, value, offset...)")
 @click.option("--print-key", is_flag=True, help="text format: print the key before the value")
 @click.option("--key-separator", default="\t", show_default=r"\t", help="text format: between key and value")
 def consume(config: str | None, bootstrap: str | None, topic: str, group: str | None, from_beginning: bool,

@@ -19,7 +19,7 @@ from engines.durable import replace_file
 from fabric.apikeys import ROLES, generate_key, hash_key
 from fabric.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
 from fabric.errors import FabricError, LoomError
-from nodes.cli_common import from_group
+from nodes.cli_common import CONFIG_HELP, from_group
 
 
 def add_key_line(text: str, entry: str) -> str:
@@ -91,7 +91,8 @@ def add(name: str, roles: str, config: str | None) -> None:
 
 
 @keys.command("list")
-@click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG", callback=from_group)
+@click.option("-c", "--config", "config", default=None, envvar="LOOM_CONFIG", callback=from_group,
+              help=CONFIG_HELP)
 def list_keys(config: str | None) -> None:
     """Names and roles of the configured keys (the keys themselves are not stored)."""
     cfg = load_config(config)

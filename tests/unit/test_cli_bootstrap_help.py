@@ -4,6 +4,7 @@ so, rather than offering the endpoints as a way to name the cluster (README, "Co
 
 from __future__ import annotations
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -32,3 +33,20 @@ def test_the_commands_that_need_the_config_say_bootstrap_is_not_enough(command: 
 def test_the_others_keep_the_plain_help(command: str) -> None:
     text = _bootstrap_help(command)
     assert "of the coordinator or brokers" in text and "refused" not in text and "not enough" not in text
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    out = []
+    for name, cmd in sorted(group.commands.items()):
+        out.append((path + (name,), cmd))
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, path + (name,))
+    return out
+
+
+def test_every_option_of_every_command_says_what_it_is() -> None:
+    """`loom keys list --help` showed `-c, --config TEXT` and nothing else: every option of every
+    command (and group) carries a help text."""
+    bare = [f"loom {' '.join(path)} {p.opts[0]}" for path, cmd in _commands(main) for p in cmd.params
+            if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()]
+    assert not bare, bare
