@@ -97,8 +97,8 @@ class Producer:
                  retry_backoff_ms: int = RETRY_BACKOFF_MS, retry_backoff_max_ms: int = RETRY_BACKOFF_MAX_MS,
                  record_bytes_max_setting: str = "the producer's record_bytes_max") -> None:
         """``retry_backoff_ms``, ``retry_backoff_max_ms``: a batch sent again after a retriable
-        error waits ``retry_backoff_ms`` before its first retry, doubled per retry up to
-        ``retry_backoff_max_ms`` (+/- 20 % jitter; 0: no wait); its partition's later records
+        error waits ``retry_backoff_ms`` before its first retry, doubled per retry the same
+        leader refuses, up to ``retry_backoff_max_ms`` (+/- 20 % jitter; 0: no wait); its partition's later records
         wait behind it (fabric.client.sender_replies). Raises ``FabricError`` for values that
         are not ints with 0 <= retry_backoff_ms <= retry_backoff_max_ms <= RETRY_BACKOFF_MS_LIMIT.
         ``record_bytes_max_setting``: what sets ``record_bytes_max``, named in the error of a

@@ -9,7 +9,8 @@ half, is in ``fabric.client.sender``.
 The retry backoff (Kafka's ``retry.backoff.ms`` / ``retry.backoff.max.ms``, KIP-580): a batch
 an answer sends again -- a retriable error (not_leader, not_enough_replicas, buffer_full...),
 no answer (a request's timeout, a lost connection), or out of order behind such a batch -- is
-not sent before ``retry_at_ms``: ``retry_backoff_ms`` doubled per attempt of that batch, capped
+not sent before ``retry_at_ms``: ``retry_backoff_ms`` doubled per attempt of that batch (sent to
+the same leader: a refusal by another leader, or the same at another epoch, starts over), capped
 at ``retry_backoff_max_ms``, times a jitter of +/- ``retry_jitter`` (capped again), counted
 from the answer. Its partition sends nothing before then (``Sender._send_ready`` looks at the
 head of its queue: the batches behind it wait, and go with it; other partitions do not wait)
@@ -169,7 +170,8 @@ class SenderReplies:
         """``b`` goes again, after its retry backoff (see the module doc), unless the leader that
         refused it (``refused_by``: endpoint, leader epoch) is no longer the partition's."""
         s = self.settings
-        b.attempts += 1
+        # the backoff grows while one leader keeps refusing; another's (a failover) starts it over
+        b.attempts = b.attempts + 1 if b.refused_by in (None, refused_by) else 1
         b.retry_at_ms = now_ms + retry_backoff_ms(b.attempts, s.retry_backoff_ms, s.retry_backoff_max_ms, s.retry_jitter)
         b.refused_by = refused_by
 

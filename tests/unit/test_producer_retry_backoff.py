@@ -227,3 +227,21 @@ def test_the_producer_passes_its_backoff_settings_on_and_refuses_bad_ones(monkey
                 dict(retry_backoff_max_ms=10**9)):
         with pytest.raises(FabricError):
             Producer(NOWHERE, **bad)  # type: ignore[arg-type]
+
+
+def test_a_refusal_by_a_new_leader_starts_the_backoff_over(make_sender_rig) -> None:  # noqa: ANN001
+    """Attempts counted against a leader that went away do not make the new one's first
+    refusal (not yet taken over when the metadata named it) wait the grown backoff."""
+    rig = make_sender_rig(idempotent=False, retry_backoff_ms=50, delivery_timeout_ms=60_000)
+    _refused_once(rig, {"results": [[-1, P.NOT_LEADER, "not the leader"]]})
+    for wait_ms in (50, 100):  # refused three times by leader 1 (waits 50, 100, 200): a fourth would wait 400 ms
+        rig.sender.run_pass()
+        rig.reactor.advance(wait_ms)
+        rig.sender.run_pass()
+        rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[-1, P.NOT_LEADER, "not the leader"]]})
+    rig.refresh_metadata(sender_metadata(version=2, leader=2, epoch=4))
+    rig.sender.run_pass()
+    new_leader = rig.client("tcp://127.0.0.1:2")
+    new_leader.answer_last(P.PRODUCE, {"results": [[-1, P.NOT_LEADER, "not yet"]]})
+    rig.sender.run_pass()
+    assert rig.sender.poll_wait_ms() == 50  # (not 400, nor the idle wait it would be capped at)
