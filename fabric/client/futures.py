@@ -57,7 +57,8 @@ class BatchState:
                  "error", "sequence", "data", "possibly_written", "deadline_ms", "callbacks", "last_error",
                  "chunks", "chunk_records", "record_count", "first_timestamp_ms", "max_timestamp_ms", "completions",
                  "pieces", "parent", "parent_lo", "offsets", "errors", "numbered_in", "on_io_thread",
-                 "run_values", "run_timestamp_ms", "run_record_bytes", "run_records_end", "position")
+                 "run_values", "run_timestamp_ms", "run_record_bytes", "run_records_end", "position", "attempts",
+                 "retry_at_ms", "refused_by")
 
     def __init__(self, topic: str, partition: int, created_ms: int, first_timestamp_ms: int = -1) -> None:
         self.topic = topic
@@ -92,6 +93,12 @@ class BatchState:
         self.numbered_in = -1  # the sender's producer-id generation its sequence numbers belong to
         self.position: tuple | None = None  # its place in its partition's order, from its first send
         #                                     (a piece of a split batch: its batch's, then its index)
+        # sent again after a retriable answer: how many times, and not before ``retry_at_ms``
+        # (the sender's clock) while its partition's leader is still ``refused_by`` (endpoint,
+        # leader epoch): the retry backoff (fabric.client.sender_replies)
+        self.attempts = 0
+        self.retry_at_ms = 0
+        self.refused_by: tuple[str, int] | None = None
         self.callbacks: list | None = None  # (first index, record count, callback)
         self.last_error: RemoteError | None = None  # the last retriable error: reported if it never lands
         self.completions: list[Completion] | None = None  # of the send_many calls with records here

@@ -12,7 +12,9 @@ read in sending order so that order holds and retries cannot reorder
 sequences, a broker could not refuse a batch that overtakes an earlier one refused before its
 write) -- and resolves futures. Retriable errors
 (not_leader, timeouts, not_enough_replicas…) refresh metadata and retry until
-``delivery_timeout_ms``. With ``idempotent=True`` (default) every batch carries the producer
+``delivery_timeout_ms``, each retry after a backoff: ``retry_backoff_ms`` (100) doubled per
+retry of the batch up to ``retry_backoff_max_ms`` (1000), +/- 20 % jitter, during which the
+partition's later records wait behind it (skipped once the metadata names a new leader). With ``idempotent=True`` (default) every batch carries the producer
 id and a per-partition sequence, so a retried batch is never written twice. A record queued for
 a partition that fresh metadata shows gone (the topic deleted and re-created with fewer
 partitions) fails at once with ``UnknownTopicOrPartitionError``; keyed and keyless records sent
@@ -45,6 +47,7 @@ from fabric.client.futures import BatchState, DeliveryCallback, RecordFuture, Re
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender import STOP_JOIN_S, Sender, SenderSettings
 from fabric.client.sender_flights import MAX_IN_FLIGHT_MAX
+from fabric.client.sender_replies import RETRY_BACKOFF_MAX_MS, RETRY_BACKOFF_MS, RETRY_BACKOFF_MS_LIMIT
 from fabric.clock import Clock
 from fabric.errors import (BufferExhaustedError, ClientTimeoutError, FabricError, ProducerClosedError,
                            RecordSizeExceededError, TopicNotInMetadataError)
@@ -91,11 +94,23 @@ class Producer:
                  max_block_ms: int = 60_000, delivery_timeout_ms: int = 120_000,
                  request_timeout_ms: int = 30_000, idempotent: bool = True, compression: str = "none",
                  record_bytes_max: int = 1024 * 1024, max_in_flight: int = 2,
+                 retry_backoff_ms: int = RETRY_BACKOFF_MS, retry_backoff_max_ms: int = RETRY_BACKOFF_MAX_MS,
                  record_bytes_max_setting: str = "the producer's record_bytes_max") -> None:
-        """``record_bytes_max_setting``: what sets ``record_bytes_max``, named in the error of a
+        """``retry_backoff_ms``, ``retry_backoff_max_ms``: a batch sent again after a retriable
+        error waits ``retry_backoff_ms`` before its first retry, doubled per retry the same
+        leader refuses, up to ``retry_backoff_max_ms`` (+/- 20 % jitter; 0: no wait); its partition's later records
+        wait behind it (fabric.client.sender_replies). Raises ``FabricError`` for values that
+        are not ints with 0 <= retry_backoff_ms <= retry_backoff_max_ms <= RETRY_BACKOFF_MS_LIMIT.
+        ``record_bytes_max_setting``: what sets ``record_bytes_max``, named in the error of a
         record over it (a producer node's is a key of the cluster config)."""
         if acks not in ACKS:
             raise FabricError(f"acks must be 0, 1 or all, not {acks!r}")
+        for name, ms in (("retry_backoff_ms", retry_backoff_ms), ("retry_backoff_max_ms", retry_backoff_max_ms)):
+            if ms.__class__ is not int or not 0 <= ms <= RETRY_BACKOFF_MS_LIMIT:
+                raise FabricError(f"{name} must be an int 0..{RETRY_BACKOFF_MS_LIMIT}, not {ms!r}")
+        if retry_backoff_max_ms < retry_backoff_ms:
+            raise FabricError(f"retry_backoff_max_ms ({retry_backoff_max_ms}) must be at least retry_backoff_ms "
+                              f"({retry_backoff_ms})")
         if max_in_flight.__class__ is not int or not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
             raise FabricError(f"max_in_flight must be an int 1..{MAX_IN_FLIGHT_MAX}, not {max_in_flight!r}")
         if compression not in COMPRESSION_CODECS:
@@ -117,7 +132,8 @@ class Producer:
         self.sender = Sender(
             SenderSettings(acks=self.acks, compression=COMPRESSION_CODECS[compression], idempotent=idempotent,
                            delivery_timeout_ms=delivery_timeout_ms, request_timeout_ms=request_timeout_ms,
-                           max_in_flight=max_in_flight),
+                           max_in_flight=max_in_flight, retry_backoff_ms=retry_backoff_ms,
+                           retry_backoff_max_ms=retry_backoff_max_ms),
             self.accumulator, self.metadata, parse_bootstrap(bootstrap, config_path), clock=clock)
         self.sender.start()
         # what send() reads per record, bound once

@@ -26,9 +26,14 @@ failing everything at close are ``SenderReplies`` (``fabric.client.sender_replie
 the asks to the cluster (metadata, a producer id) and what fresh metadata does to the requests
 in flight are ``SenderAsks`` (``fabric.client.sender_asks``), mixed in too.
 
+A batch sent again after a retriable answer waits out its retry backoff first (exponential,
+``retry_backoff_ms`` up to ``retry_backoff_max_ms``, with jitter; skipped once the metadata
+names a new leader): the partition's queue sends nothing before it ends (``_send_ready``), other
+partitions go on. See ``fabric.client.sender_replies``.
+
 Between passes the I/O thread sleeps until the first thing it has to do at a time (a lingering
-batch falls due, a queued batch's delivery timeout ends, a metadata or producer-id ask goes
-again), at most ``IDLE_WAIT_MS``; messages, timers and ``wake`` end the sleep sooner. A batch
+batch falls due, a queued batch's delivery timeout or retry backoff ends, a metadata or
+producer-id ask goes again), at most ``IDLE_WAIT_MS``; messages, timers and ``wake`` end the sleep sooner. A batch
 opened while it sleeps wakes it if due before it would look (``sleeps_past``), as Kafka's sender
 polls for the accumulator's next ready time. What calls for a pass and wakes nothing gets the
 next one at once (``poll_wait_ms`` 0): metadata wanted or a producer id reset (by the pass, or
@@ -58,7 +63,7 @@ from fabric.client.futures import BatchState
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender_flights import Flights
 from fabric.client.sender_asks import METADATA_RETRY_MS, METADATA_TIMEOUT_MS, REQUEST_STALL_MS, SenderAsks
-from fabric.client.sender_replies import RETRY_BACKOFF_MS, SenderReplies
+from fabric.client.sender_replies import RETRY_BACKOFF_MAX_MS, RETRY_BACKOFF_MS, RETRY_JITTER, SenderReplies
 from fabric.clock import Clock
 from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, DeliveryTimeoutError, FabricError, RemoteError,
                            RequestTimeout, TopicNotInMetadataError)
@@ -73,10 +78,10 @@ IDLE_WAIT_MS = 100
 # "Not asleep": what ``sleeps_past`` reads while a pass runs (a batch opened then wakes the thread)
 _AWAKE = 1 << 62
 
-# RETRY_BACKOFF_MS lives in sender_replies, the asks' timings in sender_asks; importable from here as before
+# the retry backoff's defaults live in sender_replies, the asks' timings in sender_asks; importable from here as before
 __all__ = ["METADATA_MAX_AGE_MS", "METADATA_RETRY_MS", "METADATA_TIMEOUT_MS", "PARTITION_BATCHES_MAX",
-           "REQUEST_BATCHES_MAX", "REQUEST_BYTES_TARGET", "IDLE_WAIT_MS", "REQUEST_STALL_MS", "RETRY_BACKOFF_MS", "BatchSource",
-           "Sender", "SenderClient", "SenderSettings"]
+           "REQUEST_BATCHES_MAX", "REQUEST_BYTES_TARGET", "IDLE_WAIT_MS", "REQUEST_STALL_MS", "RETRY_BACKOFF_MAX_MS",
+           "RETRY_BACKOFF_MS", "RETRY_JITTER", "BatchSource", "Sender", "SenderClient", "SenderSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,11 @@ class SenderSettings:
     request_timeout_ms: int = 30_000
     max_in_flight: int = 1          # PRODUCE requests per partition in flight at once (sender_flights;
                                     # the Producer asks for 2 by default)
+    # a batch sent again after a retriable answer waits retry_backoff_ms, doubled per attempt up
+    # to retry_backoff_max_ms, +/- retry_jitter of it (sender_replies); 0 <= base <= max
+    retry_backoff_ms: int = RETRY_BACKOFF_MS
+    retry_backoff_max_ms: int = RETRY_BACKOFF_MAX_MS
+    retry_jitter: float = RETRY_JITTER
 
 
 class BatchSource(Protocol):
@@ -134,6 +144,7 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         """``client_factory(endpoint)``: the RPC client to one node (default: an ``RpcClient``
         on this thread's reactor)."""
         super().__init__(name="loom-producer-io", daemon=True)
+        assert 0 <= settings.retry_backoff_ms <= settings.retry_backoff_max_ms and 0 <= settings.retry_jitter < 1, settings
         self.settings = settings
         self.batches = batches
         self.metadata_cache = metadata
@@ -429,6 +440,13 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
                     gone.append(tp)
                 else:
                     self.metadata_cache.want_refresh()  # no leader now, or a topic not (yet) known
+                continue
+            head = q[0]
+            if head.retry_at_ms > now and head.refused_by is not None \
+                    and not self.metadata.leader_moved(*tp, *head.refused_by):
+                # backing off (sender_replies), behind it the partition's later batches; the
+                # thread wakes when it ends. Another leader, or the same at a newer epoch: at once
+                self._due_soon(head.retry_at_ms)
                 continue
             # with more than one request in flight, batches sent again go before any batch
             # sent for the first time, and alone: a broker recognises a retry among its

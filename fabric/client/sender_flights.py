@@ -195,12 +195,13 @@ class Flights:
             a = q.popleft()
             yield a.request, a.reply
 
-    def landed(self, tp: TopicPartition) -> None:
-        """The oldest request of ``tp`` in flight is answered (its answer about to be read)."""
+    def landed(self, tp: TopicPartition) -> Flight:
+        """The oldest request of ``tp`` in flight is answered (its answer about to be read): it."""
         flights = self._of[tp]
-        flights.popleft()
+        flight = flights.popleft()
         if not flights:
             del self._of[tp]
+        return flight
 
     def settle(self, tp: TopicPartition) -> None:
         """An answer of ``tp`` was read: with no request of it left in flight, it may go again

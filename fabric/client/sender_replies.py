@@ -1,23 +1,40 @@
 """What comes back to the producer's I/O thread: a PRODUCE reply, batch by batch -- done,
-retried (back at the head of its partition's queue, after RETRY_BACKOFF_MS), sent again in two
+retried (back at the head of its partition's queue, after its retry backoff), sent again in two
 pieces (refused as too large), or failed -- the producer-id reset that a numbered batch's
 failure brings, and failing every batch at once (close, or a programmer error on the I/O
 thread). ``SenderReplies`` is that half of ``fabric.client.sender.Sender``, which mixes it in:
 its state is the sender's own (set by ``Sender.__init__``); packing and sending, the other
 half, is in ``fabric.client.sender``.
 
+The retry backoff (Kafka's ``retry.backoff.ms`` / ``retry.backoff.max.ms``, KIP-580): a batch
+an answer sends again -- a retriable error (not_leader, not_enough_replicas, buffer_full...),
+no answer (a request's timeout, a lost connection), or out of order behind such a batch -- is
+not sent before ``retry_at_ms``: ``retry_backoff_ms`` doubled per attempt of that batch (sent to
+the same leader: a refusal by another leader, or the same at another epoch, starts over), capped
+at ``retry_backoff_max_ms``, times a jitter of +/- ``retry_jitter`` (capped again), counted
+from the answer. Its partition sends nothing before then (``Sender._send_ready`` looks at the
+head of its queue: the batches behind it wait, and go with it; other partitions do not wait)
+and the I/O thread's wait ends then (``_due_soon``). The wait is skipped once the metadata names
+another leader, or the same at a newer epoch, than the one that refused the batch (Kafka's
+KIP-951): a failover's retry goes to the new leader at once. A batch's pieces (split, refused
+as too large) and batches numbered again behind one that failed for good go at once: nothing
+in the cluster is to be waited for. A batch's delivery timeout still ends during its backoff
+(``Sender._expire``).
+
 Not thread-safe: part of Sender, run on its I/O thread only.
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict, deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from engines import batch as B
 from fabric import protocol as P
 from fabric.client.futures import BatchState
 from fabric.client.metadata_cache import MetadataCache
+from fabric.clock import Clock
 from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, CodedError, FabricError, MalformedFrame, ProducerClosedError,
                            RemoteError)
 from fabric.hoptrace import mark
@@ -28,7 +45,26 @@ if TYPE_CHECKING:
     from fabric.client.sender import BatchSource, SenderSettings
     from fabric.client.sender_flights import Flights
 
-RETRY_BACKOFF_MS = 50        # a retried batch waits this long (a failover under way)
+# a batch sent again after a retriable answer waits RETRY_BACKOFF_MS, doubled per attempt up to
+# RETRY_BACKOFF_MAX_MS, +/- RETRY_JITTER of it (Kafka's defaults): the Producer's defaults
+RETRY_BACKOFF_MS = 100
+RETRY_BACKOFF_MAX_MS = 1000
+RETRY_JITTER = 0.2
+# the longest backoff a Producer may be given (a batch's delivery timeout bounds its wait anyway)
+RETRY_BACKOFF_MS_LIMIT = 3_600_000
+
+
+def retry_backoff_ms(attempts: int, base_ms: int, max_ms: int, jitter: float,
+                     uniform: Callable[[float, float], float] = random.uniform) -> int:
+    """How long a batch sent again for the ``attempts``-th time (1: its first retry) waits:
+    ``base_ms`` doubled per attempt after the first, capped at ``max_ms``, times a random factor
+    in [1 - jitter, 1 + jitter] (so that producers refused together do not retry together),
+    capped at ``max_ms`` again."""
+    assert attempts >= 1 and 0 <= base_ms <= max_ms and 0 <= jitter < 1
+    term = min(max_ms, base_ms << min(attempts - 1, 32))  # (32: past any cap, and no huge int)
+    if jitter:
+        term = int(term * uniform(1 - jitter, 1 + jitter))
+    return min(max_ms, term)
 
 
 class SenderReplies:
@@ -37,6 +73,7 @@ class SenderReplies:
 
     # the sender's state this half uses
     settings: SenderSettings
+    clock: Clock
     batches: BatchSource
     metadata_cache: MetadataCache
     reactor: Any
@@ -62,8 +99,13 @@ class SenderReplies:
         partition not yet answered."""
         mark("sender.reply")
         flights = self._flights
+        # the leader each partition's request went to, and at which epoch: a batch it refused
+        # backs off while that leader is the one the metadata names
+        sent_to = {}
         for tp, _ in groups:
-            flights.landed(tp)
+            flight = flights.landed(tp)
+            sent_to[tp] = (flight.endpoint, flight.leader_epoch)
+        now = self.clock.now_ms()
         try:
             results = decode_produce_results(header) if header is not None else []
         except MalformedFrame as e:  # a broker's bad answer: every batch of it failed, unknown how
@@ -104,6 +146,7 @@ class SenderReplies:
                 # (out of order behind a batch sent again, or behind one not yet answered when it
                 # left: it goes again in its place)
                 retry[tp].append(b)
+                self._back_off(b, sent_to[tp], now)
                 if code != P.OUT_OF_ORDER_SEQUENCE:  # that one only follows an earlier batch's error
                     b.last_error = error
                 if header is None or code not in (P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
@@ -122,6 +165,15 @@ class SenderReplies:
                     error = RemoteError(code, error.message + MAY_HAVE_BEEN_WRITTEN)
                 self._done(tp, b, -1, error, bool(retry.get(tp)))
         self._put_back(groups, retry, dead)
+
+    def _back_off(self, b: BatchState, refused_by: tuple[str, int], now_ms: int) -> None:
+        """``b`` goes again, after its retry backoff (see the module doc), unless the leader that
+        refused it (``refused_by``: endpoint, leader epoch) is no longer the partition's."""
+        s = self.settings
+        # the backoff grows while one leader keeps refusing; another's (a failover) starts it over
+        b.attempts = b.attempts + 1 if b.refused_by in (None, refused_by) else 1
+        b.retry_at_ms = now_ms + retry_backoff_ms(b.attempts, s.retry_backoff_ms, s.retry_backoff_max_ms, s.retry_jitter)
+        b.refused_by = refused_by
 
     def _done(self, tp: tuple[str, int], b: BatchState, base_offset: int, error: Exception | None,
               behind_retry: bool) -> None:
@@ -153,10 +205,8 @@ class SenderReplies:
         flights.dead.update(dead)
         for tp, _ in groups:
             flights.settle(tp)
-        if retry:
-            # give the cluster a moment (failover) before the retry goes out
-            assert self.reactor is not None
-            self.reactor.call_later(RETRY_BACKOFF_MS, self.wake)
+        # (the next pass sends them, or plans its wait for the end of their backoff: the
+        # answer was read outside a pass, which is due one at once)
 
     def _split(self, b: BatchState) -> list[BatchState]:
         """``b``, refused as too large, as two pieces with its own producer id, epoch and
@@ -169,6 +219,7 @@ class SenderReplies:
         pieces = b.split(records, h.producer_id, h.producer_epoch, self.settings.compression)
         for i, c in enumerate(pieces):
             c.numbered_in = b.numbered_in  # numbered under its batch's id
+            c.attempts = b.attempts  # its backoff, if refused again, grows on from its batch's (it goes at once)
             c.position = (b.position or ()) + (i,)  # in its batch's place
         return pieces
 

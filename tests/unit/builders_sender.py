@@ -76,7 +76,9 @@ def sender_rigs() -> Iterator[Callable[..., Rig]]:
 
         def client(endpoint: str) -> RecordingClient:
             return clients.setdefault(endpoint, RecordingClient())
-        defaults: dict[str, Any] = dict(acks=-1, idempotent=True, delivery_timeout_ms=1000, request_timeout_ms=1000)
+        # (no jitter: a test waits out a retry backoff of exactly retry_backoff_ms, doubled per attempt)
+        defaults: dict[str, Any] = dict(acks=-1, idempotent=True, delivery_timeout_ms=1000, request_timeout_ms=1000,
+                                        retry_jitter=0.0)
         sender = Sender(SenderSettings(**{**defaults, **settings}), accumulator, metadata,
                         endpoints or ["tcp://127.0.0.1:5"],
                         clock=clock, client_factory=client)

@@ -55,11 +55,12 @@ def test_a_stalled_request_has_metadata_asked_for_at_once(make_sender_rig) -> No
 
 
 @pytest.mark.parametrize("metadata_asked", [False, True])
-def test_a_request_timed_out_by_its_timer_is_retried_at_once(make_sender_rig, metadata_asked: bool) -> None:
+def test_a_request_timed_out_by_its_timer_is_retried_when_its_backoff_ends(make_sender_rig, metadata_asked: bool) -> None:
     """A request's timeout is a timer too: its batches go back to their queue, and metadata is
     wanted, after the pass -- also while a metadata ask is in flight (its answer may be a
-    request timeout away)."""
-    r = make_sender_rig(idempotent=False)
+    request timeout away). The pass comes at once; the retry when its backoff ends, not at an
+    idle wake-up."""
+    r = make_sender_rig(idempotent=False, retry_backoff_ms=40)
     _ready(r)
     r.send("a")
     r.sender.run_pass()
@@ -69,6 +70,9 @@ def test_a_request_timed_out_by_its_timer_is_retried_at_once(make_sender_rig, me
     r.sender.run_pass()
     r.client(LEADER).fail_all(RequestTimeout("no reply"))  # what the request's timer does
     assert r.sender.poll_wait_ms() == 0
+    r.sender.run_pass()
+    assert len(r.produce_requests()) == 1 and r.sender.poll_wait_ms() == 40
+    r.reactor.clock.advance(40)
     r.sender.run_pass()
     assert len(r.produce_requests()) == 2
     assert r.sender.poll_wait_ms() == IDLE_WAIT_MS  # the retry and a metadata ask in flight: nothing due

@@ -60,7 +60,18 @@ def test_the_hook_runs_once_when_every_batch_is_known_with_each_records_outcome(
     assert len(hook.calls) == 1
 
 
-def test_the_hook_waits_for_a_retried_batch_and_reports_a_failed_one(producer: Producer) -> None:
+def test_the_hook_waits_for_a_retried_batch_and_reports_a_failed_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no retry backoff: the driven sender's clock is the real one (test_producer_retry_backoff
+    # tests the backoff on a ManualClock)
+    producer = driven_producer(monkeypatch, batch_records_max=4, max_block_ms=100, record_bytes_max=200,
+                               buffer_bytes_max=10_000, retry_backoff_ms=0)
+    try:
+        _the_hook_waits_for_a_retried_batch_and_reports_a_failed_one(producer)
+    finally:
+        producer.sender.stop()
+
+
+def _the_hook_waits_for_a_retried_batch_and_reports_a_failed_one(producer: Producer) -> None:
     hook = Hook()
     futures = producer.send_many("t", [b"v%d" % i for i in range(10)], on_complete=hook)
     send_pass(producer)

@@ -47,7 +47,10 @@ class SplitRig:
         mc.update(md())
         self.epochs = {"t": 3, "u": 3}
         self.clients: dict[str, RecordingClient] = {}
-        s = dict(acks=-1, idempotent=True, delivery_timeout_ms=100_000, request_timeout_ms=1000)
+        # no retry backoff unless asked for: these rigs test order and numbering, and a batch
+        # sent again goes at the next pass (the backoff's own tests: test_producer_retry_backoff)
+        s = dict(acks=-1, idempotent=True, delivery_timeout_ms=100_000, request_timeout_ms=1000, retry_backoff_ms=0,
+                 retry_backoff_max_ms=0)
         s.update(sender)
         self.sender = Sender(SenderSettings(**s), self.acc, mc, [COORDINATOR], clock=self.clock,
                              client_factory=lambda ep: self.clients.setdefault(ep, RecordingClient()))
