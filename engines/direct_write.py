@@ -139,6 +139,14 @@ def _write_all(fd: int, view: memoryview, at: int) -> None:
     is an error -- the rest cannot follow at an unaligned position."""
     written = os.pwritev(fd, [view], at)
     if written != len(view):
-        err = OSError(errno.ENOSPC, "No space left on device (short direct write)")
-        err.written = written  # type: ignore[attr-defined]
-        raise err
+        raise _short_write(written)
+
+
+def _short_write(written: int) -> OSError:
+    """The error of a direct write cut short after ``written`` bytes. Made here, not in a local
+    of the frame that raises it: the error's traceback holds that frame (and, through it, the
+    append's frames and batches), a reference cycle that kept them until a cyclic collection --
+    at every refused append of a broker on a full disk."""
+    err = OSError(errno.ENOSPC, "No space left on device (short direct write)")
+    err.written = written  # type: ignore[attr-defined]
+    return err

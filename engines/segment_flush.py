@@ -170,7 +170,8 @@ class FlushJob:
     def run(self) -> None:
         """On the flusher thread: sync, then (if due and still current) write the checkpoint.
         Never raises: an error is kept in ``error`` for ``flush_done`` on the owner's thread
-        (a programmer error too, so that it crashes the owner rather than vanish here).
+        (an EngineError without its tracebacks, ``untraced``; a programmer error too, with its
+        traceback, so that it crashes the owner rather than vanish here).
         Closes the job's descriptors."""
         try:
             self.syncing = True
@@ -182,8 +183,10 @@ class FlushJob:
             if self.checkpoint is not None:
                 self.checkpoint_written = write_checkpoint(self.directory, self.dir_fd, self.checkpoint,
                                                            temp_suffix=FLUSHER_TEMP_SUFFIX, guard=self._while_current)
-        except BaseException as e:  # handed to the owner's thread, which raises it
-            self.error = e
+        except EngineError as e:  # handed to the owner's thread, which raises it
+            self.error = untraced(e)
+        except BaseException as e:  # a programmer error: raised on the owner's thread, which stops
+            self.error = e  # with the traceback that says where (the node stops: a cycle is moot)
         finally:
             self.ran = True
             closing = self.discard()
@@ -232,6 +235,17 @@ class FlushJob:
                 self.on_sync_failed(e)
             raise
 
+    def hand_over_error(self) -> BaseException:
+        """The job's error, for ``flush_done`` to raise, once: the job lets go of it and counts as
+        never run from then on (a later ``flush_done`` of it applies nothing: its data stays
+        dirty). Kept, the error raised would hold in its traceback the frames up to the caller
+        that catches it, which hold this job (the broker's ``collect_flushes`` does, in its
+        loop): a reference cycle keeping the job, the error and the engine (the job's bound
+        methods) until a cyclic collection."""
+        error, self.error, self.ran = self.error, None, False
+        assert error is not None, "a job without an error has none to hand over"
+        return error
+
     def discard(self) -> EngineError | None:
         """Close the job's descriptors (idempotent): after ``run``, or for a job never run.
         Closes every one even if closing one fails (close can report EIO / ENOSPC on a network
@@ -252,6 +266,25 @@ class FlushJob:
             except OSError as e:
                 first = first or translate_os_error(e, f"close {path}")
         return first
+
+
+def untraced(error: EngineError) -> EngineError:
+    """``error`` -- and the errors it was raised from -- without their tracebacks, to be kept on
+    its job until the owner's thread raises it. A traceback holds the frame that caught the
+    error (``run``'s, whose ``self`` is the job that keeps it) and, through each frame's caller,
+    every frame of the flusher thread's call: a reference cycle that kept the job, the error and
+    the engine until a cyclic collection, at every failed job of a broker that serves on. The
+    thread's frames say nothing to the owner's thread that raises the error: type, text and
+    cause are what it reports, and are kept."""
+    seen: set[int] = set()
+    links: list[BaseException | None] = [error]
+    while links:
+        link = links.pop()
+        if link is not None and id(link) not in seen:
+            seen.add(id(link))
+            link.__traceback__ = None
+            links += (link.__cause__, link.__context__)
+    return error
 
 
 def dup_fd(fd: int, path: str) -> int:
@@ -370,7 +403,8 @@ class AsyncFlushMixin:
         reset, retention, synchronous flush or close came after it was made), or one never run:
         its data stays dirty and a later flush syncs it. Raises the job's error (StorageFull /
         EngineError, as ``flush`` would; anything else is a programmer error) even when stale:
-        a failed fsync is never forgotten."""
+        a failed fsync is never forgotten (a failed data fsync raises StorageFailed, the fence's,
+        each time; any other error is handed over, ``FlushJob.hand_over_error``, raised once)."""
         if job is self._flush_in_flight:
             self._flush_in_flight = None
         stale = self._closed or not job.ran or job.generation != self._generation
@@ -382,7 +416,11 @@ class AsyncFlushMixin:
                 self._checkpoint = None  # its replacement may have failed after the rename
             if job.sync_failed:
                 raise self._fence(job.error) from job.error
-            raise job.error
+            error = job.hand_over_error()
+            try:
+                raise error
+            finally:  # this frame is in its traceback too
+                del error
         if stale:
             return False
         for s in job.syncs:

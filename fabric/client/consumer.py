@@ -17,7 +17,7 @@ LIST_OFFSETS of a partition without a position -- is ``ConsumerFetch``
 request whose leader moved is cancelled and sent to the new one at the same position -- is
 ``ConsumerFailover`` (``fabric.client.consumer_failover``), mixed in. Seeking, resets, the topic
 id a position belongs to, give-back and the errors of a partition that cannot be positioned are
-``ConsumerPositions`` (``fabric.client.consumer_positions``), mixed in too.
+``ConsumerPositions`` (``fabric.client.consumer_positions``, the epochs: its base ``ConsumerEpochs``), mixed in too.
 
 Consumer groups (``subscribe``/``commit``) build on this class; see ``fabric.client.group``.
 

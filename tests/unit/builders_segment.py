@@ -1,6 +1,6 @@
 """Builders for the segment engine's flush and checkpoint tests, once each: an interval-fsync
 engine, batches to fill it, fsyncs recorded, a flush job run on its own thread, whether a page
-is in the page cache.
+is in the page cache, an engine error caught and dropped as a broker does.
 
 Kept apart from ``fakes.py`` (which stays under the ~500-line module limit); engine-level only.
 """
@@ -11,7 +11,9 @@ import ctypes
 import mmap
 import os
 import threading
+import weakref
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -122,3 +124,27 @@ def engine_with_a_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batches: 
     job = e.flush_job(T0)
     assert job is not None and job.checkpoint is not None
     return e, sync, job
+
+
+def error_dropped(call: Callable[..., object], args: tuple, error_type: type[BaseException],
+                  refs: list[weakref.ref]) -> tuple:
+    """``call(*args)``'s error, caught as a broker catches an engine's: answered -- its type and
+    text, its cause's errno, text and ``written`` (``described``) -- and dropped, only weakly in
+    ``refs``. This frame keeps ``args`` when it returns, as a broker's loop keeps what it
+    handled."""
+    try:
+        call(*args)
+    except error_type as e:
+        refs.append(weakref.ref(e))
+        return described(e)
+    raise AssertionError(f"{call.__qualname__} raised nothing")
+
+
+def described(error: BaseException) -> tuple:
+    """(type, text, cause's errno, cause's text, cause's ``written``; None where there is none).
+    Read in a frame of its own: the cause's traceback holds the frames that raised it and,
+    through them, their callers' -- which must not hold the cause."""
+    cause = error.__cause__
+    if not isinstance(cause, OSError):
+        return type(error), str(error), None, None, None
+    return type(error), str(error), cause.errno, cause.strerror, getattr(cause, "written", None)
