@@ -211,3 +211,31 @@ def test_a_move_that_cannot_be_stored_is_made_at_the_next_heartbeat(tmp_path: Pa
         assert [(ps.leader, ps.leader_epoch) for ps in coord.store.load().topics["t"].partitions] == [(2, 6)]
     finally:
         coord.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a restarted coordinator holds the ISR it stored: a leader's shrink proposed while it was down "
+    "(pending, retried -- nodes/broker/isr.py) has not landed when the lagging preferred replica's "
+    "first heartbeat arrives, and _on_broker_up moves leadership to it on that stale membership; "
+    "the leader's shrink is then refused as fenced. Before 9398899 the periodic check came "
+    "preferred_leader_check_ms after the start, after the leader's retry."))
+def test_a_lagging_preferred_replica_heard_after_a_coordinator_restart_does_not_take_over_before_its_leader_reports(
+        tmp_path: Path) -> None:
+    """Broker 2 leads t-0 and has found broker 1 (its preferred replica) behind by more than the
+    lag time while the coordinator was down; its ALTER_ISR dropping broker 1 is sent again once
+    the coordinator is back. Broker 1 -- running all along, still in the stored ISR -- is heard
+    before that retry: it should not lead, and the shrink should land."""
+    coord = _restarted(tmp_path, [PartitionState(2, 5, [1, 2, 3], [1, 2, 3])])
+    try:
+        heartbeat(coord, 2)
+        heartbeat(coord, 3)
+        ps = coord.state.topics["t"].partitions[0]
+        proposal = {"topic": "t", "partition": 0, "leader_epoch": ps.leader_epoch,
+                    "partition_epoch": ps.partition_epoch, "isr": [2, 3]}  # made before broker 1 was heard
+        heartbeat(coord, 1)
+        reply = coord._on_alter_isr(request(P.ALTER_ISR, broker_id=2, incarnation="p-2", parts=[proposal]))
+        assert reply["parts"][0]["error"] == 0, reply
+        ps = coord.state.topics["t"].partitions[0]
+        assert (ps.leader, ps.leader_epoch, ps.isr) == (2, 5, [2, 3])
+    finally:
+        coord.close()
