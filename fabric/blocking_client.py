@@ -127,7 +127,10 @@ class BlockingClient:
             # queued ahead of the disconnect's event)
             if self.sock not in ready and not (lost is not None and self.sock.poll(0)):
                 if lost is not None:
-                    raise lost
+                    try:
+                        raise lost
+                    finally:  # the error's traceback holds this frame: no local may hold the error
+                        lost = None
                 if not ready and give_up is not None and give_up():
                     raise GaveUp(f"gave up waiting for {self.endpoint}: it is down")
                 continue

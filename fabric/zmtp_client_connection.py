@@ -75,7 +75,9 @@ class Resolution:
         try:
             self.address = resolve(self.host, self.port)
         except (OSError, UnicodeError) as e:
-            self.error = e
+            # kept for its text and errno, without its traceback: that holds this frame, whose
+            # ``self`` keeps the error -- a reference cycle
+            self.error = e.with_traceback(None)
         self.done.set()
 
 

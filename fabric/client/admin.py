@@ -170,48 +170,51 @@ class Admin:
         out: dict[int, int] = {}
         rounds = 0
         last: CodedError | None = None
-        while True:
-            by_leader: dict[int, list] = {}
-            again: list[int] = []
-            for p in wanted:
-                info = md.topics[topic].partitions[p]
-                if info.leader >= 0 and info.leader in md.brokers:
-                    by_leader.setdefault(info.leader, []).append([topic, p, spec])
-                elif leader_wait_ms is not None and not partial and no_leader_coming(md, info):
-                    isr = list(info.isr or info.replicas)
-                    raise RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} is offline: no leader, and none "
-                                                              f"of its in-sync replicas {isr} is alive")
-                else:
-                    again.append(p)
-                    last = RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} has no leader")
-            # a try begun before the deadline gets at least LIST_OFFSETS_TRY_MS_MIN: the round ends then
-            round_end = min(max(deadline, time.monotonic() + LIST_OFFSETS_TRY_MS_MIN / 1000), call_end)
-            for leader, parts in by_leader.items():
-                try:
-                    h = self._ask_leader(md, topic, leader, parts, round_end)
-                except CodedError as e:  # a dead, paused, deposed or busy leader: where the metadata points next
-                    if not e.retriable:
-                        raise
-                    again.extend(p for _, p, _ in parts)
-                    last = e
-                    continue
-                for entry in decode_parts(h, ListOffsetsEntry):  # raises MalformedFrame
-                    if not entry.error:
-                        out[entry.partition] = entry.offset  # type: ignore[index]
-                    elif entry.error in LIST_OFFSETS_ASK_AGAIN:
-                        again.append(entry.partition)  # type: ignore[arg-type]
-                        last = RemoteError(entry.error, f"{topic}-{entry.partition}")
+        try:
+            while True:
+                by_leader: dict[int, list] = {}
+                again: list[int] = []
+                for p in wanted:
+                    info = md.topics[topic].partitions[p]
+                    if info.leader >= 0 and info.leader in md.brokers:
+                        by_leader.setdefault(info.leader, []).append([topic, p, spec])
+                    elif leader_wait_ms is not None and not partial and no_leader_coming(md, info):
+                        isr = list(info.isr or info.replicas)
+                        raise RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} is offline: no leader, and none "
+                                                                  f"of its in-sync replicas {isr} is alive")
                     else:
-                        raise RemoteError(entry.error, f"{topic}-{entry.partition}")
-            if not again or partial:
-                return out
-            left_s = deadline - time.monotonic()
-            if left_s <= 0:
-                raise last  # type: ignore[misc]  # set with every partition left to ask again
-            time.sleep(min(LIST_OFFSETS_BACKOFF_S * 2 ** rounds, LIST_OFFSETS_BACKOFF_MAX_S, left_s))
-            rounds += 1
-            md = self.metadata(deadline_s=call_end)  # a whole metadata answer per round: the backoff grows
-            wanted = self._partitions_of(md, topic, again)
+                        again.append(p)
+                        last = RemoteError(P.LEADER_NOT_AVAILABLE, f"{topic}-{p} has no leader")
+                # a try begun before the deadline gets at least LIST_OFFSETS_TRY_MS_MIN: the round ends then
+                round_end = min(max(deadline, time.monotonic() + LIST_OFFSETS_TRY_MS_MIN / 1000), call_end)
+                for leader, parts in by_leader.items():
+                    try:
+                        h = self._ask_leader(md, topic, leader, parts, round_end)
+                    except CodedError as e:  # a dead, paused, deposed or busy leader: where the metadata points next
+                        if not e.retriable:
+                            raise
+                        again.extend(p for _, p, _ in parts)
+                        last = e
+                        continue
+                    for entry in decode_parts(h, ListOffsetsEntry):  # raises MalformedFrame
+                        if not entry.error:
+                            out[entry.partition] = entry.offset  # type: ignore[index]
+                        elif entry.error in LIST_OFFSETS_ASK_AGAIN:
+                            again.append(entry.partition)  # type: ignore[arg-type]
+                            last = RemoteError(entry.error, f"{topic}-{entry.partition}")
+                        else:
+                            raise RemoteError(entry.error, f"{topic}-{entry.partition}")
+                if not again or partial:
+                    return out
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    raise last  # type: ignore[misc]  # set with every partition left to ask again
+                time.sleep(min(LIST_OFFSETS_BACKOFF_S * 2 ** rounds, LIST_OFFSETS_BACKOFF_MAX_S, left_s))
+                rounds += 1
+                md = self.metadata(deadline_s=call_end)  # a whole metadata answer per round: the backoff grows
+                wanted = self._partitions_of(md, topic, again)
+        finally:  # an error caught or raised here holds this frame in its traceback: no local may hold it
+            last = None
 
     def _ask_leader(self, md: ClusterMetadata, topic: str, leader: int, parts: list, until: float) -> dict:
         """LIST_OFFSETS of ``parts`` ([topic, partition, spec]) at ``leader``, the one ``md``

@@ -211,7 +211,7 @@ class _Asks:
         try:
             header, _ = client.call(P.METADATA, {}, timeout_ms=try_ms)
         except CodedError as e:
-            self.last = e
+            self.last = _untraced(e)
             if isinstance(e, ConnectFailed):
                 self.refusals[ep] = e
             self._heard(ep, e, sent_ms)
@@ -243,7 +243,7 @@ class _Asks:
                     continue  # not yet: it may still come
                 except CodedError as e:  # an answer, but no metadata
                     self._drop(client, sent_ms)
-                    self.last = e
+                    self.last = _untraced(e)
                     self._heard(client.endpoint, e, sent_ms)
                     continue
                 got = self._answered(header, client.endpoint, sent_ms)
@@ -283,3 +283,10 @@ class _Asks:
         for client, _ in self._cut:
             client.close()
         self._cut.clear()
+
+
+def _untraced(error: CodedError) -> CodedError:
+    """``error`` without its traceback, which holds the frame that caught it: an ask's, whose
+    ``self`` -- the asks -- keeps the error (``last``, ``refusals``), a reference cycle. Kept
+    for its type and text only (the error the fetch raises is a new one), never raised again."""
+    return error.with_traceback(None)

@@ -487,7 +487,10 @@ class ConsumerPositions:
             position = self.positions.get(tp, -1)
             if position == at:
                 del self._position_errors[tp]
-                raise error
+                try:
+                    raise error
+                finally:  # the error's traceback holds this frame: no local may hold the error
+                    del error
             if tp not in self.positions or position is None or at is None or position > at:
                 del self._position_errors[tp]
 

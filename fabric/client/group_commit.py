@@ -149,7 +149,10 @@ class GroupCommits(GroupCommittedLookups):
                                                             "poll() completes it")
         if refused is not None:
             if not asynchronous:
-                raise refused
+                try:
+                    raise refused
+                finally:  # the error's traceback holds this frame: no local may hold the error
+                    del refused
             log.warning("group %s: async commit failed: %s", self.group_id, refused)
             if self.on_commit is not None:
                 self.on_commit(dict(offsets), refused)

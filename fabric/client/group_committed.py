@@ -139,7 +139,11 @@ class GroupCommittedLookups:
             if lookup.error is not None:
                 self._commit_lookup_retry_at_ms = self.clock.now_ms() + RETRY_BACKOFF_MS
                 if not lookup.error.retriable:
-                    raise lookup.error
+                    error, lookup = lookup.error, None
+                    try:
+                        raise error
+                    finally:  # the error's traceback holds this frame: no local may hold the error
+                        del error
                 return True
             # a commit answered after the lookup went out wins over its answer, also in
             # _last_committed (else the older answer taken for committed left a later commit of
@@ -177,7 +181,8 @@ class GroupCommittedLookups:
             self._link.request(P.OFFSET_FETCH, {"group": self.group_id, "partitions": [list(tp) for tp in fresh]},
                                callback=done)
         except CodedError as e:  # not sent (the coordinator could not be found yet): as an answer
-            lookup.error = e
+            # without its traceback, which holds this frame, and so ``lookup``: a reference cycle
+            lookup.error = e.with_traceback(None)
         return True
 
     def _awaits_position(self, tp: TopicPartition) -> bool:

@@ -147,7 +147,10 @@ class GroupJoin:
                 with self._lock:
                     self._join = None
                     self._rejoin_needed = True
-                raise e
+                try:
+                    raise e
+                finally:  # the error's traceback holds this frame: no local may hold the error
+                    del e
             else:
                 join.retry_at_ms = self.clock.now_ms() + RETRY_BACKOFF_MS
         elif join.retry_at_ms is not None and self.clock.now_ms() >= join.retry_at_ms:

@@ -171,7 +171,11 @@ class CoordinatorLink:
             if err is None:
                 return h
             if not err.retriable or err.code in final or self.clock.now_ms() >= deadline or self._stopped():
-                raise err
+                box.clear()
+                try:
+                    raise err
+                finally:  # the error's traceback holds this frame: no local may hold the error
+                    del err
             self.reactor.run_once(RETRY_BACKOFF_MS)
 
     def close(self) -> None:

@@ -206,43 +206,46 @@ class ServiceProducer:
             frame = pack_rows(rows)
             header = {"topic": topic, "acks": acks, "count": n}
         last: RemoteError | None = None
-        for endpoint in list(self.endpoints):  # a copy: a service found stopping moves to the back
-            if is_down is not None and is_down(endpoint):
-                last = ServiceDown(f"producer service {endpoint} is down: the request was not sent")  # the next one
-                continue
-            if self.takes_work is not None and not self.takes_work(endpoint):
-                last = ServiceDown(f"producer service {endpoint} is stopping: the request was not sent")
-                continue
-            try:
-                give_up = (lambda: is_down(endpoint)) if is_down is not None else None
-                h, payloads = self._client(endpoint).call(P.SERVICE_PRODUCE, header, [frame], timeout_ms=self.timeout_ms,
-                                                          give_up=give_up)
-            except RequestTimeout:
-                self._clients.drop(endpoint)
-                # the next calls try the others first (without ``is_down`` nothing else tells us
-                # this one stopped answering); this call is not sent again elsewhere: it was
-                # sent and may have been written
-                self._ask_last(endpoint)
-                raise
-            except RemoteError as e:
-                if not is_stopping_refusal(e):
+        try:
+            for endpoint in list(self.endpoints):  # a copy: a service found stopping moves to the back
+                if is_down is not None and is_down(endpoint):
+                    last = ServiceDown(f"producer service {endpoint} is down: the request was not sent")  # the next one
+                    continue
+                if self.takes_work is not None and not self.takes_work(endpoint):
+                    last = ServiceDown(f"producer service {endpoint} is stopping: the request was not sent")
+                    continue
+                try:
+                    give_up = (lambda: is_down(endpoint)) if is_down is not None else None
+                    h, payloads = self._client(endpoint).call(P.SERVICE_PRODUCE, header, [frame], timeout_ms=self.timeout_ms,
+                                                              give_up=give_up)
+                except RequestTimeout:
+                    self._clients.drop(endpoint)
+                    # the next calls try the others first (without ``is_down`` nothing else tells us
+                    # this one stopped answering); this call is not sent again elsewhere: it was
+                    # sent and may have been written
+                    self._ask_last(endpoint)
                     raise
-                # it began draining before ``takes_work`` knew (a health interval): nothing of
-                # the request was written, so the next service that takes work gets it
-                self._ask_last(endpoint)
-                last = e
-                continue
-            if len(payloads) != 1:
-                raise MalformedFrame(P.MALFORMED_REQUEST, "a SERVICE_PRODUCE reply has one results frame")
-            if h.get("form") == COLUMNS_FORM:
-                partitions, offsets = unpack_columns(payloads[0], len(records))
-                return tuple(zip(partitions, offsets, repeat(0), repeat("")))
-            rows = unpack_rows(payloads[0], len(records), 4)
-            if len(rows) != len(records):
-                raise MalformedFrame(P.MALFORMED_REQUEST, f"{len(rows)} results for {len(records)} records")
-            return rows
-        assert last is not None
-        raise last
+                except RemoteError as e:
+                    if not is_stopping_refusal(e):
+                        raise
+                    # it began draining before ``takes_work`` knew (a health interval): nothing of
+                    # the request was written, so the next service that takes work gets it
+                    self._ask_last(endpoint)
+                    last = e
+                    continue
+                if len(payloads) != 1:
+                    raise MalformedFrame(P.MALFORMED_REQUEST, "a SERVICE_PRODUCE reply has one results frame")
+                if h.get("form") == COLUMNS_FORM:
+                    partitions, offsets = unpack_columns(payloads[0], len(records))
+                    return tuple(zip(partitions, offsets, repeat(0), repeat("")))
+                rows = unpack_rows(payloads[0], len(records), 4)
+                if len(rows) != len(records):
+                    raise MalformedFrame(P.MALFORMED_REQUEST, f"{len(rows)} results for {len(records)} records")
+                return rows
+            assert last is not None
+            raise last
+        finally:  # an error caught or raised here holds this frame in its traceback: no local may hold it
+            last = None
 
     def _ask_last(self, endpoint: str) -> None:
         """The next calls try ``endpoint`` after the others."""
@@ -445,26 +448,29 @@ class ServiceConsumer:
             self._round_robin += 1
             start = self._round_robin % n
         last: RemoteError | None = None
-        for i in range(n):
-            endpoint = self.endpoints[(start + i) % n]
-            header: dict[str, Any] = {"group": group, "config": dict(config or {})}
-            if name:
-                header["instance"] = name
-            try:
-                h = self.call(endpoint, P.CONSUMER_CREATE, header, timeout_ms=CREATE_TIMEOUT_MS)
-            except RequestTimeout as e:
-                last = e
-                continue
-            except RemoteError as e:  # buffer_full: stopping, or full of instances -- made nothing there
-                if e.code != P.BUFFER_FULL:
-                    raise
-                last = e
-                continue
-            pid = h.get("pid")
-            return ConsumerInstance(self, h["group"], h["instance"], endpoint, h.get("node", ""),
-                                    pid if type(pid) is int else None)
-        assert last is not None
-        raise last
+        try:
+            for i in range(n):
+                endpoint = self.endpoints[(start + i) % n]
+                header: dict[str, Any] = {"group": group, "config": dict(config or {})}
+                if name:
+                    header["instance"] = name
+                try:
+                    h = self.call(endpoint, P.CONSUMER_CREATE, header, timeout_ms=CREATE_TIMEOUT_MS)
+                except RequestTimeout as e:
+                    last = e
+                    continue
+                except RemoteError as e:  # buffer_full: stopping, or full of instances -- made nothing there
+                    if e.code != P.BUFFER_FULL:
+                        raise
+                    last = e
+                    continue
+                pid = h.get("pid")
+                return ConsumerInstance(self, h["group"], h["instance"], endpoint, h.get("node", ""),
+                                        pid if type(pid) is int else None)
+            assert last is not None
+            raise last
+        finally:  # an error caught or raised here holds this frame in its traceback: no local may hold it
+            last = None
 
     def instance(self, group: str, name: str, endpoint: str) -> ConsumerInstance:
         """A handle on an existing instance (e.g. remembered by the gateway)."""

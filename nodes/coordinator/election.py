@@ -14,7 +14,7 @@ The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.ele
   it followed in the ISR loses every dead broker from its ISR, unless none would be left.
 - Alive and electable: ``alive`` are the brokers that may run, ``electable`` (a part of them,
   all of them unless given) those a leader is chosen among. A restarted coordinator takes
-  every broker for alive for one session before it has heard it (nodes/coordinator/node.py
+  every broker for alive for one session before it has heard it (nodes/coordinator/broker_liveness.py
   ``electable``): such a broker is not elected, but it may run and hold every acknowledged
   record, so it stays in the ISRs (the leader in its own; an elected leader's too: else that
   leader's own restart found itself the last in-sync replica) and the dead broker leaves them

@@ -87,9 +87,7 @@ class GroupOffsetsMixin:
             raise RemoteError(P.MALFORMED_REQUEST, "offsets must be a non-empty list of [topic, partition, offset, "
                                                    "metadata?, leader_epoch?]")
         named = self._named_topic_ids(req)
-        err = self.offsets.ids_refusal(named, named)  # the topics read in are gone: refused for good
-        if err is not None:
-            raise err
+        _raise_if(self.offsets.ids_refusal(named, named))  # the topics read in are gone: refused for good
         entries: list[CommitEntry] = []
         for e in raw:
             # not a bool: stored, it would come back as one
@@ -113,9 +111,7 @@ class GroupOffsetsMixin:
         else:
             self._check_room_for_group(gid)
         mid = req.header.get("member_id")
-        err = self._commit_refusal(gid, mid, generation, entries)
-        if err is not None:
-            raise err
+        _raise_if(self._commit_refusal(gid, mid, generation, entries))
 
         def done(err: RemoteError | None) -> None:
             if err is None:
@@ -260,7 +256,9 @@ class GroupOffsetsMixin:
             if not self._deleting[gid]:
                 del self._deleting[gid]
             if err is not None:
-                self.server.reply_error(req, err.code, err.message)
+                # one caught above holds this frame in its traceback: no local may hold it on
+                code, message, err = err.code, err.message, None
+                self.server.reply_error(req, code, message)
                 return
             group = self.groups.get(gid)
             if group is not None and not group.members:
@@ -403,3 +401,14 @@ class GroupOffsetsMixin:
                 return
             if len(parts) == 1:  # its last part: the group's offsets are gone
                 self.context.counters["group_offsets_expired"] += 1
+
+
+def _raise_if(refusal: RemoteError | None) -> None:
+    """Raise ``refusal``, if any. Handed over, not kept: an error raised from a local of a
+    handler's frame holds that frame in its traceback, a reference cycle that kept the request
+    until a cyclic collection."""
+    if refusal is not None:
+        try:
+            raise refusal
+        finally:  # this frame is in its traceback too
+            del refusal

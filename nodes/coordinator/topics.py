@@ -92,7 +92,7 @@ def place_partitions(alive: AbstractSet[int], electable: AbstractSet[int], parti
     A restarted coordinator's grace (a fresh cluster's first start too) takes every broker for
     alive, but one not heard yet may be dead, and would lead nothing until its session ran
     out; one heard leads for now, and leadership moves to the first replica as soon as it is
-    heard (nodes/coordinator/node.py ``_on_broker_up``; placed on the heard brokers alone, the
+    heard (nodes/coordinator/broker_liveness.py ``_on_broker_up``; placed on the heard brokers alone, the
     first heard led the topic for good). A partition none of whose replicas is electable goes to the brokers
     after an electable one (leaders round-robin over them) rather than wait, offline, for a
     broker that may be dead; with none electable they are made offline (leader -1, every

@@ -11,7 +11,7 @@ and the preferred-leader check moves leadership seconds later.
 A topic made while the cluster is still starting all the same (a second terminal, a script that
 does not wait for `loom up`, the gateway's auto-create) is led by the brokers heard then, and
 each partition moves to its preferred replica as soon as the coordinator hears that broker
-(nodes/coordinator/node.py ``_on_broker_up``) -- not at the periodic check, up to
+(nodes/coordinator/broker_liveness.py ``_on_broker_up``) -- not at the periodic check, up to
 ``replication.preferred_leader_check_ms`` later (5 s by default; a minute here, so that it
 cannot be what moves them)."""
 
