@@ -274,16 +274,14 @@ class BrokerLivenessMixin:
 
     def _on_broker_up(self, bid: int) -> None:
         """``bid`` is alive again, or heard for the first time since our start: offline
-        partitions it is a replica of may get a leader (``electable``), and led ones it is the
-        first replica of and in sync for move to it now, by the periodic check's rules (a topic
-        made while the cluster started stayed on the first broker heard until that check).
-        Safe as that check is: ``bid`` is heard, a new process of it left the ISRs before this
-        (``_observe_incarnation``), and only ``bid``'s partitions move -- after our restart
-        every broker comes up once. Both lists are computed on the state before either."""
-        electable = self.electable()
+        partitions it is a replica of may get a leader (``electable``). No led partition moves
+        to it here: its sign of life says nothing of what it holds (after our restart, the
+        stored ISR may still name it though its leader found it lagging while we were down, the
+        shrink still to be sent again); the periodic check moves leadership to in-sync
+        preferred replicas (``_restore_preferred_leaders``)."""
         self._apply_changes(election.on_broker_up(self.state.topics, bid, self.alive,
-                                                  self.config.replication.unclean_leader_election, electable)
-                            + election.preferred_leaders(self.state.topics, electable, bid))
+                                                  self.config.replication.unclean_leader_election,
+                                                  self.electable()))
 
     def electable(self) -> set[int]:
         """The brokers a leader may be chosen among: alive and heard by this process -- not one
@@ -293,7 +291,8 @@ class BrokerLivenessMixin:
         sign of life elects what waited for it (``_seen``). Until then it may run and hold what
         was acknowledged: it stays in the ISRs, and neither a broker restarted meanwhile nor an
         unclean election is put past it (nodes/coordinator/election.py). New partitions are
-        led by these too, and made offline while there are none (``topics.place_partitions``)."""
+        led by these too, their ISRs are these alone (a broker not heard has fetched nothing),
+        and they are made offline while there are none (``topics.place_partitions``)."""
         return self.alive & self.heard
 
     def _apply_changes(self, changes: list[election.PartitionChange]) -> None:
@@ -307,8 +306,7 @@ class BrokerLivenessMixin:
 
     def _restore_preferred_leaders(self) -> None:
         """Move leadership back to each partition's first replica once it is alive and in
-        sync (Kafka's auto leader rebalance), so load spreads again after a restart (a broker
-        coming up gets its own back at once, ``_on_broker_up``)."""
+        sync (Kafka's auto leader rebalance), so load spreads again after a restart."""
         changes = election.preferred_leaders(self.state.topics, self.electable())
         if changes:
             election.apply(self.state.topics, changes)

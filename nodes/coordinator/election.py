@@ -28,11 +28,15 @@ The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.ele
 - A partition that never had a leader (made offline in a restarted coordinator's grace, leader
   -1 at leader epoch 0) holds no record: any of its replicas may lead it, in the ISR or not (a
   restart of one takes it out of the ISR; else a whole-cluster restart with one broker lost
-  left such a partition offline for good, its ISR down to that broker).
+  left such a partition offline for good, its ISR down to that broker). Its first ISR is its
+  electable replicas: one not heard yet joins through the leader's ISR expansion, as the
+  replicas of a new partition do (``topics.place_partitions``).
 - Preferred leaders: a partition whose first replica is alive, in the ISR and not the leader
-  (and that is not offline) moves its leadership back to it (Kafka's auto leader rebalance):
-  at the coordinator's periodic check for every partition, and when a broker is heard for the
-  first time or comes back alive for the partitions it is the first replica of.
+  (and that is not offline) moves its leadership back to it (Kafka's auto leader rebalance),
+  at the coordinator's periodic check. Only the ISR says that a replica holds the log (its
+  leader took it in once it had caught up): a broker's first heartbeat says nothing of that
+  (after a coordinator restart, the stored ISR may still name a follower its leader found
+  lagging while the coordinator was down, the leader's shrink still to be sent again).
 - Every change of leader, including going offline, bumps the leader epoch; an ISR change alone
   does not (the coordinator's commit bumps the partition epoch of every changed partition).
 
@@ -88,12 +92,17 @@ def elect(topic: str, partition: int, ps: PartitionState, alive: AbstractSet[int
     electable = alive if electable is None else electable
     # never led (made offline, topics.place_partitions): no record was ever written, so every
     # replica holds all of it -- one whose restart took it out of the ISR too
-    in_sync = ps.replicas if ps.leader < 0 and ps.leader_epoch == 0 else ps.isr
+    never_led = ps.leader < 0 and ps.leader_epoch == 0
+    in_sync = ps.replicas if never_led else ps.isr
     candidates = tuple(b for b in in_sync if b in electable)
     isr = tuple(b for b in in_sync if b in alive)  # with those not heard yet: they may hold what the leader lacks later
     if candidates:
         leader = next((r for r in ps.replicas if r in candidates), candidates[0])
-        return PartitionChange(topic, partition, ELECTED, leader, ps.leader_epoch + 1, isr)
+        # a first leader's ISR is the replicas heard: one not heard has fetched nothing, and
+        # joins through the leader's ISR expansion once it has caught up (in the ISR by
+        # election alone, it could be made leader with an empty log)
+        return PartitionChange(topic, partition, ELECTED, leader, ps.leader_epoch + 1,
+                               tuple(b for b in ps.replicas if b in candidates) if never_led else isr)
     if not isr:
         live = [r for r in ps.replicas if r in electable]
         if unclean_allowed and live:
@@ -142,15 +151,11 @@ def on_broker_up(topics: Mapping[str, TopicState], broker_id: int, alive: Abstra
     return out
 
 
-def preferred_leaders(topics: Mapping[str, TopicState], alive: AbstractSet[int],
-                      broker_id: int | None = None) -> list[PartitionChange]:
-    """Leadership back to each partition's first replica where it is alive and in sync; only
-    the partitions whose first replica is ``broker_id``, if given."""
+def preferred_leaders(topics: Mapping[str, TopicState], alive: AbstractSet[int]) -> list[PartitionChange]:
+    """Leadership back to each partition's first replica where it is alive and in sync."""
     out = []
     for name, i, ps in _partitions(topics):
         pref = ps.replicas[0]
-        if broker_id is not None and pref != broker_id:
-            continue
         if ps.leader != pref and pref in alive and pref in ps.isr and ps.leader >= 0:
             out.append(PartitionChange(name, i, PREFERRED, pref, ps.leader_epoch + 1, tuple(ps.isr)))
     return out

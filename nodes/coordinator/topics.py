@@ -91,13 +91,17 @@ def place_partitions(alive: AbstractSet[int], electable: AbstractSet[int], parti
     ``version`` at wall time ``wall_ms``, each led by its first replica that is ``electable``.
     A restarted coordinator's grace (a fresh cluster's first start too) takes every broker for
     alive, but one not heard yet may be dead, and would lead nothing until its session ran
-    out; one heard leads for now, and leadership moves to the first replica as soon as it is
-    heard (nodes/coordinator/broker_liveness.py ``_on_broker_up``; placed on the heard brokers alone, the
-    first heard led the topic for good). A partition none of whose replicas is electable goes to the brokers
-    after an electable one (leaders round-robin over them) rather than wait, offline, for a
-    broker that may be dead; with none electable they are made offline (leader -1, every
-    replica in the ISR), and elected as an offline partition is when the first of their
-    replicas is heard (nodes/coordinator/election.py ``on_broker_up``)."""
+    out; one heard leads for now, and the periodic preferred-leader check hands leadership to
+    the first replica once that one is in the ISR (placed on the heard brokers alone, the first
+    heard led the topic for good). The ISR is the ``electable`` replicas alone (the leader
+    among them): a broker not heard yet has fetched nothing, and in the ISR it could be made
+    leader with an empty log, the leader truncating what it acknowledged; it joins through the
+    leader's ISR expansion once it has caught up. A partition none of whose replicas is
+    electable goes to the brokers after an electable one (leaders round-robin over them) rather
+    than wait, offline, for a broker that may be dead; with none electable they are made
+    offline (leader -1, every replica in the ISR: none holds a record), and elected as an
+    offline partition is when the first of their replicas is heard, the ISR then becoming its
+    electable replicas (nodes/coordinator/election.py ``on_broker_up``)."""
     ids = sorted(alive)
     lead = sorted(electable & alive)
     made = new_partitions(place_replicas(ids, partitions, replication_factor, start, first_partition), version, wall_ms)
@@ -106,5 +110,7 @@ def place_partitions(alive: AbstractSet[int], electable: AbstractSet[int], parti
         if ps.leader < 0 and lead:
             i = ids.index(lead[(start + p) % len(lead)])
             ps.replicas = [ids[(i + j) % len(ids)] for j in range(replication_factor)]
-            ps.leader, ps.isr = ps.replicas[0], list(ps.replicas)
+            ps.leader = ps.replicas[0]
+        if ps.leader >= 0:
+            ps.isr = [b for b in ps.replicas if b in electable]
     return made

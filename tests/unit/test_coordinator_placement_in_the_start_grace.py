@@ -6,11 +6,14 @@ A topic made then (CREATE_TOPIC, more partitions by ALTER_TOPIC) gave the leader
 partitions round-robin over every alive broker: a partition led by a broker not yet heard --
 maybe dead -- took no write until that broker's session ran out. Replicas are still placed
 over the alive brokers (the first replicas, the preferred leaders, spread as after the grace),
-but each partition is led by its first heard replica, and the preferred-leader check moves
-leadership back once the others are heard; a partition with no heard replica goes to brokers
-after a heard one; with no broker heard yet, the partitions are made offline and elected as
-offline partitions are, when the first of their replicas is heard. The offsets topic waits
-(retriable) until as many brokers as its replication factor are heard.
+but each partition is led by its first heard replica, and its ISR is its heard replicas alone:
+a broker not heard yet has fetched nothing (in the ISR by placement, the preferred-leader check
+made it leader with an empty log, and the leader truncated the records it had acknowledged). It
+joins through the leader's ISR expansion once it has caught up, and the preferred-leader check
+moves leadership to it then. A partition with no heard replica goes to brokers after a heard
+one; with no broker heard yet, the partitions are made offline and elected as offline
+partitions are, when the first of their replicas is heard, with the heard replicas as the ISR.
+The offsets topic waits (retriable) until as many brokers as its replication factor are heard.
 
 Real ``Coordinator`` objects on a ManualClock.
 """
@@ -53,14 +56,17 @@ def test_a_topic_made_before_every_broker_is_heard_is_led_by_the_heard_brokers(s
     heartbeat(starting, 2)
     assert [ps.leader for ps in create_topic(starting, "one", 3, 1)] == [2, 2, 2]
     # replicas placed as after the grace (the first replicas spread), led by the first heard
-    # one: RF 3 fits on three brokers, and the ISR keeps those not heard (they may run; judged
-    # when heard or when their session runs out)
-    assert _placed(create_topic(starting, "three", 3, 3)) == [(2, [2, 3, 1], [2, 3, 1]), (2, [3, 1, 2], [3, 1, 2]),
-                                                         (2, [1, 2, 3], [1, 2, 3])]
+    # one: RF 3 fits on three brokers; the ISR is the heard replica alone (those not heard
+    # have fetched nothing: they join when the leader takes them in)
+    assert _placed(create_topic(starting, "three", 3, 3)) == [(2, [2, 3, 1], [2]), (2, [3, 1, 2], [2]),
+                                                         (2, [1, 2, 3], [2])]
     starting._on_alter_topic(request(P.ALTER_TOPIC, topic="one", partitions=5))
     assert [ps.leader for ps in starting.state.topics["one"].partitions] == [2] * 5
+    heartbeat(starting, 3)
+    starting._on_alter_topic(request(P.ALTER_TOPIC, topic="three", partitions=5))
+    assert _placed(starting.state.topics["three"].partitions)[3:] == [(2, [1, 2, 3], [2, 3]), (2, [2, 3, 1], [2, 3])]
     stored = starting.store.load().topics["three"].partitions
-    assert [ps.leader for ps in stored] == [2, 2, 2]
+    assert [(ps.leader, ps.isr) for ps in stored] == [(2, [2])] * 3 + [(2, [2, 3])] * 2
 
 
 def test_with_every_broker_heard_the_leaders_are_spread_as_before(starting: Coordinator) -> None:
@@ -79,7 +85,8 @@ def test_a_topic_made_before_any_broker_is_heard_is_elected_when_its_replicas_ar
     heartbeat(starting, 3)
     assert [(ps.leader, ps.leader_epoch) for ps in starting.state.topics["t"].partitions] == [(-1, 0), (3, 1), (3, 1)]
     heartbeat(starting, 1)
-    assert [ps.leader for ps in starting.state.topics["t"].partitions] == [1, 3, 3]
+    # each ISR is what was heard when the partition got its leader: the others join by expansion
+    assert _placed(starting.state.topics["t"].partitions) == [(1, [1, 2], [1]), (3, [2, 3], [3]), (3, [3, 1], [3])]
     assert [ps.leader for ps in starting.store.load().topics["t"].partitions] == [1, 3, 3]
 
 
@@ -105,22 +112,63 @@ def _leaders(coord: Coordinator, topic: str) -> list[int]:
     return [ps.leader for ps in coord.state.topics[topic].partitions]
 
 
+def _take_in(coord: Coordinator, topic: str) -> None:
+    """Each partition's leader proposes every replica for its ISR (ALTER_ISR), as it does once
+    they have fetched up to its high watermark; each proposal is applied."""
+    for i, ps in enumerate(coord.state.topics[topic].partitions):
+        reply = coord._on_alter_isr(request(P.ALTER_ISR, broker_id=ps.leader, incarnation=f"p-{ps.leader}", parts=[
+            {"topic": topic, "partition": i, "leader_epoch": ps.leader_epoch, "partition_epoch": ps.partition_epoch,
+             "isr": list(ps.replicas)}]))
+        assert reply["parts"][0]["error"] == 0, reply
+        assert sorted(coord.state.topics[topic].partitions[i].isr) == sorted(ps.replicas)
+
+
 @pytest.mark.parametrize("rf, heard", [(3, (2,)), (2, (1, 2))])
 def test_a_topic_made_while_some_brokers_are_unheard_spreads_its_leaders_once_they_are_heard(
         starting: Coordinator, rf: int, heard: tuple[int, ...]) -> None:
     """A fresh cluster's first topic, made in the few hundred milliseconds before every broker
     is heard: its leaders are heard brokers for now, but its preferred leaders spread over all
-    of them as they would have after the grace -- once the others are heard, the periodic
-    check moves leadership back (else the first brokers heard led the topic for good)."""
+    of them as they would have after the grace -- once the others are heard and their leaders
+    have taken them into the ISRs (caught up), the periodic check moves leadership back (else
+    the first brokers heard led the topic for good). Replicas never in the ISR join it by
+    the leader's expansion like any other."""
     for bid in heard:
         heartbeat(starting, bid)
     create_topic(starting, "t", 3, rf)
     assert set(_leaders(starting, "t")) <= set(heard)
     for bid in {1, 2, 3} - set(heard):
         heartbeat(starting, bid)
+    _take_in(starting, "t")
     starting._restore_preferred_leaders()
     assert sorted(_leaders(starting, "t")) == [1, 2, 3]
     assert sorted(ps.replicas[0] for ps in starting.store.load().topics["t"].partitions) == [1, 2, 3]
+
+
+def test_a_replica_not_heard_when_its_partition_is_made_is_out_of_its_isr_and_not_made_leader(
+        starting: Coordinator) -> None:
+    """Made with broker 1 alone heard, t's partitions are led by 1 with 1 alone in their ISRs:
+    brokers 2 and 3 have fetched nothing. Heard afterwards, they are not in the ISR until their
+    leader takes them in, so the periodic preferred-leader check cannot hand them a partition
+    with an empty log (the leader, deposed, truncated to it: every acks=1 record it had
+    acknowledged lost, no broker lost). The same for partitions added while they are unheard,
+    and for a partition made offline (no broker heard) when it gets its first leader."""
+    create_topic(starting, "never_led", 1, 3)
+    heartbeat(starting, 1)
+    parts = create_topic(starting, "t", 3, 3)
+    assert sorted(ps.replicas[0] for ps in parts) == [1, 2, 3]
+    assert [(ps.leader, ps.isr) for ps in parts] == [(1, [1])] * 3
+    starting._on_alter_topic(request(P.ALTER_TOPIC, topic="t", partitions=4))
+    assert [(ps.leader, ps.isr) for ps in starting.state.topics["t"].partitions] == [(1, [1])] * 4
+    assert [(ps.leader, ps.isr) for ps in starting.state.topics["never_led"].partitions] == [(1, [1])]
+    heartbeat(starting, 2)
+    heartbeat(starting, 3)
+    starting._restore_preferred_leaders()
+    assert [(ps.leader, ps.leader_epoch, ps.isr) for ps in starting.state.topics["t"].partitions] == [(1, 0, [1])] * 4
+    assert [ps.leader for ps in starting.store.load().topics["t"].partitions] == [1] * 4
+    _take_in(starting, "t")  # caught up: now they may lead
+    starting._restore_preferred_leaders()
+    assert _leaders(starting, "t") == [ps.replicas[0] for ps in starting.state.topics["t"].partitions]
+    assert set(_leaders(starting, "t")) == {1, 2, 3}
 
 
 def test_the_offsets_topic_waits_for_enough_heard_brokers_and_spreads_its_leaders(starting: Coordinator) -> None:
