@@ -7,13 +7,8 @@ all partitions led by one broker share one request. How order and exactly-once w
 more than one in flight, and the order answers are read in: ``fabric.client.sender_flights``.
 A retriable failure puts the batches back at the head of their queue, so order and sequence
 numbers hold across retries. A partition that fresh metadata shows gone from its
-topic (deleted and re-created with fewer partitions) is no retriable condition: its batches fail
-at once with unknown_topic_or_partition. A topic missing from the metadata altogether is waited
-for (it may be being made again), up to the delivery timeout. A partition that a send on this
-thread (a delivery callback) named beyond the count held (``expect_partition``: it may have
-been added since the last refresh, and the thread could not wait for a refresh while it ran the
-callback) is judged by fresh metadata instead: its batches wait for two answers to refreshes
-asked for after the send, and fail with ``TopicNotInMetadataError`` if neither shows it.
+topic fails its batches at once; a topic missing from the metadata altogether is waited for, up
+to the delivery timeout (``fabric.client.sender_queues``).
 
 The sender depends on three narrow things, not on the producer that owns it: its
 ``SenderSettings``, a ``BatchSource`` (the record accumulator: ``take_ready``, ``release``, and
@@ -24,7 +19,12 @@ and a ``MetadataCache`` (which it keeps fresh). RPC clients come from ``client_f
 What a reply does to its batches (done, retried, split, failed), the producer-id reset and
 failing everything at close are ``SenderReplies`` (``fabric.client.sender_replies``), mixed in;
 the asks to the cluster (metadata, a producer id) and what fresh metadata does to the requests
-in flight are ``SenderAsks`` (``fabric.client.sender_asks``), mixed in too.
+in flight are ``SenderAsks`` (``fabric.client.sender_asks``), mixed in too; so are
+``SenderRequests`` (``fabric.client.sender_requests``: a batch's numbering and bytes, the PRODUCE
+request built from what ``_send_ready`` chose, and acks=0's one-way requests until written) and
+``SenderQueues`` (``fabric.client.sender_queues``: the delivery timeout of batches not yet sent,
+and a partition gone from the metadata). This module keeps the thread, the pass and the choice
+of what goes (``_send_ready``).
 
 A batch sent again after a retriable answer waits out its retry backoff first (exponential,
 ``retry_backoff_ms`` up to ``retry_backoff_max_ms``, with jitter; skipped once the metadata
@@ -63,10 +63,11 @@ from fabric.client.futures import BatchState
 from fabric.client.metadata_cache import MetadataCache
 from fabric.client.sender_flights import Flights
 from fabric.client.sender_asks import METADATA_RETRY_MS, METADATA_TIMEOUT_MS, REQUEST_STALL_MS, SenderAsks
+from fabric.client.sender_queues import SenderQueues
 from fabric.client.sender_replies import RETRY_BACKOFF_MAX_MS, RETRY_BACKOFF_MS, RETRY_JITTER, SenderReplies
+from fabric.client.sender_requests import SenderRequests
 from fabric.clock import Clock
-from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, DeliveryTimeoutError, FabricError, RemoteError,
-                           RequestTimeout, TopicNotInMetadataError)
+from fabric.errors import FabricError, RemoteError, RequestTimeout
 from fabric.hoptrace import mark
 from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
@@ -137,7 +138,7 @@ class SenderClient(Protocol):
     def close(self) -> None: ...
 
 
-class Sender(SenderAsks, SenderReplies, threading.Thread):
+class Sender(SenderAsks, SenderReplies, SenderRequests, SenderQueues, threading.Thread):
     def __init__(self, settings: SenderSettings, batches: BatchSource, metadata: MetadataCache,
                  endpoints: list[str], *, clock: Clock | None = None,
                  client_factory: Callable[[str], SenderClient] | None = None) -> None:
@@ -352,75 +353,6 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         self._sleeps_until_ms = until
         return max(0, until - now)
 
-    def _expire(self, now_ms: int) -> None:
-        """Fail the batches whose delivery timeout has ended (in their queues, not in flight:
-        a request's own timeout bounds those); the next such end is due (``_due_soon``)."""
-        for tp, q in self._queues.items():
-            if not q or tp in self._flights:
-                continue
-            while q and q[0].deadline_ms <= now_ms:
-                b = q.popleft()
-                info = self.metadata.partition(*tp)
-                if info is not None and info.leader < 0:  # what kept it: said, not request_timed_out
-                    b.last_error = RemoteError(P.LEADER_NOT_AVAILABLE, f"{tp[0]}-{tp[1]} has no leader (offline: no "
-                                                                       "in-sync replica alive, or none heard yet)")
-                self._finish(b, -1, _expired_error(b, tp, self.settings.delivery_timeout_ms))
-            if q:
-                self._due_soon(q[0].deadline_ms)
-        for waiting in self._unsent_oneway.values():
-            if waiting and waiting[0].deadline_ms <= now_ms:
-                for b in [b for b in waiting if b.deadline_ms <= now_ms]:
-                    waiting.remove(b)
-                    b.possibly_written = True  # queued in the client: it may still go out
-                    self._finish(b, -1, _expired_error(b, (b.topic, b.partition), self.settings.delivery_timeout_ms))
-            if waiting:
-                self._due_soon(waiting[0].deadline_ms)
-
-    def _oneway_written(self, number: int, written: bool) -> None:
-        """acks=0: one-way request ``number`` is in the kernel (its batches are done, offset
-        -1: the broker says nothing), or was dropped unwritten with its connection (its
-        batches go again, ahead of their partitions' later ones, at the next pass)."""
-        batches = self._unsent_oneway.pop(number, None)
-        if batches is None:
-            return  # failed meanwhile (expired, closed)
-        if written:
-            for b in batches:
-                self._finish(b, -1, None)
-        else:
-            self._lost_oneway[number] = batches
-            self.metadata_cache.want_refresh()  # the leader may have gone
-            self.wake()
-
-    def _requeue_lost_oneway(self) -> None:
-        for number in sorted(self._lost_oneway, reverse=True):  # the newest first: each goes to the head
-            for b in reversed(self._lost_oneway.pop(number)):
-                self._queues[(b.topic, b.partition)].appendleft(b)
-
-    def _numbering(self, b: BatchState) -> int:
-        """The producer-id generation ``b`` goes numbered in when it is next packed (``_pack``)."""
-        keeps = b.data is not None and (b.possibly_written or b.numbered_in == self._id_generation)
-        return b.numbered_in if keeps else self._id_generation
-
-    def _pack(self, b: BatchState, tp: tuple[str, int]) -> bytes:
-        if self._numbering(b) != b.numbered_in:
-            # numbered under a producer id since reset, and in no log: numbered again, in queue
-            # order, so that batches of the old id and the new never follow one another out
-            # of order (only a batch that may be written keeps its number, for its retry to be
-            # recognised)
-            b.data = None
-        if b.data is None:
-            seq = -1
-            if self.idempotent:
-                seq = self._sequences[tp]
-                self._sequences[tp] = (seq + b.record_count) & 0x7FFFFFFF
-            b.sequence = seq
-            b.numbered_in = self._id_generation
-            b.data = b.build(compression=self.settings.compression,
-                             producer_id=self.producer_id if self.idempotent else -1,
-                             producer_epoch=self.producer_epoch if self.idempotent else -1,
-                             base_sequence=seq)
-        return b.data
-
     def _send_ready(self) -> None:
         by_broker: dict[str, list[tuple[tuple[str, int], list[BatchState]]]] = defaultdict(list)
         frames: dict[str, int] = defaultdict(int)
@@ -492,108 +424,6 @@ class Sender(SenderAsks, SenderReplies, threading.Thread):
         for tp in gone:  # after the packing above: failing a numbered batch resets the producer id
             self._fail_partition_gone(tp, self._queues[tp])
 
-    def expect_partition(self, tp: tuple[str, int]) -> None:
-        """I/O thread: a send on it (from a callback) queued records for ``tp``, beyond the
-        partition count held. Its batches are judged gone only by metadata answered after
-        this call (``_partition_gone``); a refresh is asked for now."""
-        self._expected[tp] = self.metadata_cache.answers
-        self.metadata_cache.want_refresh()
-
-    def _partition_gone(self, tp: tuple[str, int]) -> bool:
-        """The metadata has the topic but not this partition: it was deleted and re-created
-        with fewer partitions (no leader will ever take the partition's batches) -- or, for a
-        partition ``expect_partition`` named, two answers to refreshes asked for after that
-        (the first may answer a request sent before) do not have it either."""
-        t = self.metadata.topics.get(tp[0])
-        if t is None or tp[1] < len(t.partitions):
-            return False
-        since = self._expected.get(tp)
-        return since is None or self.metadata_cache.answers >= since + 2
-
-    def _fail_partition_gone(self, tp: tuple[str, int], q: deque[BatchState]) -> None:
-        """Fail every batch queued for ``tp``, a partition gone (``_partition_gone``), with
-        unknown_topic_or_partition at once: the cluster's metadata says so, and retrying to the
-        delivery timeout cannot change it. A numbered batch resets the producer id (``_finish``)
-        as any batch failed for good; a partition of that number made later (partitions added,
-        or the topic made again) is a new log, numbered from 0."""
-        count = len(self.metadata.topics[tp[0]].partitions)
-        expected = self._expected.pop(tp, None) is not None
-        while q:
-            if expected:  # a partition a callback named beyond the count: the error its send would have raised
-                error: Exception = TopicNotInMetadataError(f"{tp[0]} has no partition {tp[1]}")
-            else:  # an earlier send may be in the deleted topic's log: said, as for every other error
-                maybe = MAY_HAVE_BEEN_WRITTEN if q[0].possibly_written else ""
-                error = RemoteError(P.UNKNOWN_TOPIC_OR_PARTITION, f"{tp[0]}-{tp[1]}: the topic has {count} partition(s) "
-                                                                  f"now (deleted and made again with fewer){maybe}")
-            self._finish(q.popleft(), -1, error)
-        self._sequences.pop(tp, None)
-
-    def _send_request(self, endpoint: str, groups: list) -> bool:
-        """False: a one-way request (acks=0) that the send queue refused (its batches are back in
-        their queues)."""
-        parts, payloads, batches, follows = [], [], [], []
-        for tp, take in groups:
-            epoch = self._flights.leader_epoch(tp)  # the epoch the request is remembered at (_send_ready)
-            after = self._flights.follows(tp)  # an earlier request of tp is in flight
-            for b in take:
-                # a deposed leader refuses it (fenced); the last element's flags tell a broker
-                # that may have forgotten our producer whether the batch can be in its log
-                # already, and one that does not know it whether it follows a batch not yet
-                # answered (then refused out of order, not taken at any sequence)
-                parts.append([tp[0], tp[1], epoch, int(b.possibly_written) | (P.PART_FOLLOWS if after else 0)])
-                payloads.append(b.data)
-                batches.append(b)
-                follows.append(after)
-                after = True
-        acks = self.settings.acks
-        header = {"acks": acks, "timeout_ms": self.settings.request_timeout_ms, "parts": parts,
-                  "topic_ids": self.metadata.topic_ids_of({p[0] for p in parts})}
-        if acks == 0:
-            for tp, _ in groups:
-                self._flights.landed(tp)
-                self._flights.settle(tp)
-            # done once written to the kernel: a flush or close that ended while the request
-            # waited for the connection dropped it with the socket (records told sent, lost)
-            number = next(self._oneway_numbers)
-            self._unsent_oneway[number] = batches
-            if not self._client(endpoint).send_oneway(P.PRODUCE, header, payloads,
-                                                      on_written=lambda ok: self._oneway_written(number, ok)):
-                del self._unsent_oneway[number]
-                for tp, take in groups:  # the send queue is full: sent again by a later pass
-                    self._queues[tp].extendleft(reversed(take))
-                return False
-            return True
-
-        # answers are read in the order the requests went to the broker (sender_flights)
-        answer = self._flights.expect(endpoint, (groups, batches, follows))
-
-        def on_reply(h: dict | None, _p: list, err: RemoteError | None) -> None:
-            for (g, bs, fl), (h2, err2) in self._flights.answered(endpoint, answer, (h, err)):
-                self._on_reply(g, bs, h2, err2, fl)
-            if not self._passing:
-                # read after the pass (a timeout is a timer; a message's pass follows it and
-                # plans afresh): what it freed or put back goes at the next pass, at once
-                self._due_soon(self.clock.now_ms())
-        mark("sender.request")
-        self._client(endpoint).request(P.PRODUCE, header, payloads, callback=on_reply,
-                                       timeout_ms=self.settings.request_timeout_ms + 2000)
-        return True
-
-
-    # -- metadata and producer id ---------------------------------------------------------------
-
 
 def _nothing() -> None:
     """The I/O thread's wake-up handler: waking is all it takes (every pass runs ``run_pass``)."""
-
-
-def _expired_error(b: BatchState, tp: tuple[str, int], delivery_timeout_ms: int) -> DeliveryTimeoutError:
-    """The error of a batch whose delivery timeout ended (a local condition), with the code of
-    the last retriable error it got (not_enough_replicas, not_leader...), so the user sees why,
-    else request_timed_out."""
-    last = b.last_error
-    code = last.code if last is not None else P.REQUEST_TIMED_OUT
-    why = f" (last error: {last.message})" if last is not None and last.message else ""
-    maybe = MAY_HAVE_BEEN_WRITTEN if b.possibly_written else ""
-    return DeliveryTimeoutError(f"{tp[0]}-{tp[1]}: not delivered within delivery_timeout_ms={delivery_timeout_ms}{why}{maybe}",
-                                code, last_error=last, possibly_written=b.possibly_written)
