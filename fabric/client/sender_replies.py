@@ -226,7 +226,8 @@ class SenderReplies:
         pieces = b.split(records, h.producer_id, h.producer_epoch, self.settings.compression)
         for i, c in enumerate(pieces):
             c.numbered_in = b.numbered_in  # numbered under its batch's id
-            c.attempts = b.attempts  # its backoff, if refused again, grows on from its batch's (it goes at once)
+            # its backoff, if the same leader refuses it again, grows on from its batch's (it goes at once)
+            c.attempts, c.refused_by = b.attempts, b.refused_by
             c.position = (b.position or ()) + (i,)  # in its batch's place
         return pieces
 

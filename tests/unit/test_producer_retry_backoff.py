@@ -318,3 +318,17 @@ def test_a_batch_numbered_again_behind_one_failed_for_good_does_not_wait_out_an_
     leader.answer_last(P.PRODUCE, {"results": [[0, 0, ""]]})
     assert second[0].result(0).offset == 0
 
+
+def test_the_pieces_of_a_split_batch_refused_by_a_new_leader_start_the_backoff_over(make_sender_rig) -> None:  # noqa: ANN001
+    """A batch refused three times by a leader that went away, then as too large by the new
+    one: a piece the new leader refuses waits the base backoff, as the batch would have. The
+    pieces took their batch's attempts but not the leader that counted them, and went on
+    doubling from there (400 ms)."""
+    rig = make_sender_rig(idempotent=False, retry_backoff_ms=50, delivery_timeout_ms=60_000)
+    new_leader = _refused_three_times_then_sent_to_a_new_leader(rig)
+    new_leader.answer_last(P.PRODUCE, {"results": [[-1, P.RECORD_TOO_LARGE, "too large"]]})
+    rig.sender.run_pass()  # its pieces, at once
+    [(_, header, _, _)] = new_leader.of(P.PRODUCE)[1:]
+    new_leader.answer_last(P.PRODUCE, {"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr of 1"]] * len(header["parts"])})
+    rig.sender.run_pass()
+    assert rig.sender.poll_wait_ms() == 50
