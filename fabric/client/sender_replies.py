@@ -17,8 +17,9 @@ head of its queue: the batches behind it wait, and go with it; other partitions 
 and the I/O thread's wait ends then (``_due_soon``). The wait is skipped once the metadata names
 another leader, or the same at a newer epoch, than the one that refused the batch (Kafka's
 KIP-951): a failover's retry goes to the new leader at once. A batch's pieces (split, refused
-as too large) and batches numbered again behind one that failed for good go at once: nothing
-in the cluster is to be waited for. A batch's delivery timeout still ends during its backoff
+as too large) and batches refused out of order behind one that failed for good (numbered
+again, or keeping their numbers as they may be in a log) go at once: nothing in the cluster is
+to be waited for. A batch's delivery timeout still ends during its backoff
 (``Sender._expire``).
 
 Not thread-safe: part of Sender, run on its I/O thread only.
@@ -140,13 +141,19 @@ class SenderReplies:
                 if code == P.RECORD_TOO_LARGE:
                     self.metadata_cache.want_refresh()
                     flights.awaiting[tp].discard(b)  # its pieces go in its place
+                b.retry_at_ms = 0  # at once, not at the end of a backoff it was sent before
                 retry[tp] += self._split(b) if code == P.RECORD_TOO_LARGE else [b]  # _pack numbers them
             elif (code in P.RETRIABLE or header is None
                   or (code == P.OUT_OF_ORDER_SEQUENCE and (retry.get(tp) or flights.retrying(tp) or follows[i]))):
                 # (out of order behind a batch sent again, or behind one not yet answered when it
                 # left: it goes again in its place)
                 retry[tp].append(b)
-                self._back_off(b, sent_to[tp], now)
+                if code == P.OUT_OF_ORDER_SEQUENCE and tp in dead:
+                    # behind a batch that failed for good (keeping its number: it may be in a
+                    # log): nothing in the cluster to wait for, it goes at once
+                    b.retry_at_ms = 0
+                else:
+                    self._back_off(b, sent_to[tp], now)
                 if code != P.OUT_OF_ORDER_SEQUENCE:  # that one only follows an earlier batch's error
                     b.last_error = error
                 if header is None or code not in (P.NOT_ENOUGH_REPLICAS, P.BUFFER_FULL):
@@ -219,7 +226,8 @@ class SenderReplies:
         pieces = b.split(records, h.producer_id, h.producer_epoch, self.settings.compression)
         for i, c in enumerate(pieces):
             c.numbered_in = b.numbered_in  # numbered under its batch's id
-            c.attempts = b.attempts  # its backoff, if refused again, grows on from its batch's (it goes at once)
+            # its backoff, if the same leader refuses it again, grows on from its batch's (it goes at once)
+            c.attempts, c.refused_by = b.attempts, b.refused_by
             c.position = (b.position or ()) + (i,)  # in its batch's place
         return pieces
 

@@ -9,7 +9,8 @@ partition: no record twice in the log, none out of order, every future done, eve
 acknowledged record in the log at the offset its future gives (and every future completed in
 the order sent), every record that failed but is in the log failed saying it may have been
 written -- and no batch ever refused as an old duplicate (numbered out of order, or a retry the
-broker no longer remembers)."""
+broker no longer remembers). The same faults run without a retry backoff (a batch sent again
+goes at the next pass) and with the Producer's default one."""
 
 from __future__ import annotations
 
@@ -143,10 +144,13 @@ def _forget_producers(rig: SplitRig, topic: str) -> None:
     table.truncate(forgot_below=max(1, rig.parts[topic].log_end_offset))
 
 
-def _run(seed: int, max_in_flight: int, more_faults: bool = False) -> None:
+def _run(seed: int, max_in_flight: int, more_faults: bool = False, backoff: bool = False) -> None:
+    """``backoff``: the Producer's default retry backoff (100 ms doubling to 1000 ms; no jitter,
+    so that a seed replays), else none."""
     rnd = random.Random(seed)
+    backoff_settings = dict(retry_backoff_ms=100, retry_backoff_max_ms=1000, retry_jitter=0.0) if backoff else {}
     rig = SplitRig(batch_records_max=rnd.choice([2, 3, 10]), delivery_timeout_ms=rnd.choice([300, 1000, 100_000]),
-                   max_in_flight=max_in_flight)
+                   max_in_flight=max_in_flight, **backoff_settings)
     brokers = [Broker(rig, ep, topic) for ep, topic in ENDPOINTS]
     sent: dict[str, list[bytes]] = {"t": [], "u": []}
     futs: dict[str, list] = {"t": [], "u": []}
@@ -240,3 +244,13 @@ def test_pipelined_requests_through_group_commits_invalid_batches_and_leader_res
     """As above, and: requests read in one pass of the broker (one append per partition), a
     batch refused for good (its producer id reset), the leader restarted at a new epoch."""
     _run(seed, max_in_flight=2 if seed % 3 else 5, more_faults=True)
+
+
+@pytest.mark.parametrize("faults", ["pipelined", "more-faults", "one-in-flight"])
+@pytest.mark.parametrize("seed", range(120))
+def test_the_same_faults_with_the_retry_backoff(seed: int, faults: str) -> None:
+    """Batches sent again wait out their backoff, their partitions' later batches behind them:
+    nothing lost, written twice, reordered -- nor stuck past the settling (a batch refused out
+    of order behind one failed for good used to back off too, one round per second)."""
+    in_flight = 1 if faults == "one-in-flight" else 2 if seed % 3 else 5
+    _run(seed, max_in_flight=in_flight, more_faults=faults == "more-faults", backoff=True)

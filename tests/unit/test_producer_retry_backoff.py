@@ -14,10 +14,13 @@ from engines import batch as B
 from fabric import protocol as P
 from fabric.client.producer import Producer
 from fabric.client.sender_replies import retry_backoff_ms
-from fabric.errors import DeliveryTimeoutError, FabricError
+from fabric.errors import MAY_HAVE_BEEN_WRITTEN, DeliveryTimeoutError, FabricError, RemoteError
 from fabric.records import decode_batches
 from tests.unit.builders_sender import LEADER, Rig, sender_metadata
 from tests.unit.driven_producer import NOWHERE, driven_producer
+from tests.unit.fakes import RecordingClient
+from tests.unit.test_producer_failure_paths_fuzz import _forget_producers, _write_prefix_then_lose_reply
+from tests.unit.test_producer_split_against_a_partition import BIG, L1, SplitRig
 
 REFUSED = {"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr of 1"]]}
 
@@ -56,6 +59,34 @@ def _refused_once(rig: Rig, answer: dict = REFUSED) -> list:
     rig.sender.run_pass()
     rig.client(LEADER).answer_last(P.PRODUCE, answer)
     return futures
+
+
+def _refused_three_times_then_sent_to_a_new_leader(rig: Rig) -> RecordingClient:
+    """A batch of partition 0 refused three times by leader 1 (waits 50, 100, 200 ms at a
+    retry_backoff_ms of 50: a fourth refusal would wait 400 ms), then sent to leader 2, which
+    fresh metadata names; leader 2's client (the request unanswered)."""
+    _refused_once(rig, {"results": [[-1, P.NOT_LEADER, "not the leader"]]})
+    for wait_ms in (50, 100):
+        rig.sender.run_pass()
+        rig.reactor.advance(wait_ms)
+        rig.sender.run_pass()
+        rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[-1, P.NOT_LEADER, "not the leader"]]})
+    rig.refresh_metadata(sender_metadata(version=2, leader=2, epoch=4))
+    rig.sender.run_pass()
+    return rig.client("tcp://127.0.0.1:2")
+
+
+def _two_in_flight(rig: Rig) -> tuple[list, list]:
+    """Producer id 7, then two batches of partition 0 sent in two requests, both in flight;
+    their futures."""
+    rig.sender.run_pass()
+    rig.grant_producer_id(7)
+    first = rig.send("a")
+    rig.sender.run_pass()
+    second = rig.send("b")
+    rig.sender.run_pass()
+    assert len(rig.produce_requests()) == 2
+    return first, second
 
 
 def _values(request: tuple) -> list[list[bytes]]:
@@ -175,13 +206,7 @@ def test_a_retry_goes_at_once_when_the_metadata_names_a_new_leader(make_sender_r
 
 def test_pipelined_batches_sent_again_keep_their_order_and_sequences_after_the_backoff(make_sender_rig) -> None:  # noqa: ANN001
     rig = make_sender_rig(max_in_flight=2, retry_backoff_ms=80, delivery_timeout_ms=60_000)
-    rig.sender.run_pass()
-    rig.grant_producer_id(7)
-    first = rig.send("a")
-    rig.sender.run_pass()
-    second = rig.send("b")
-    rig.sender.run_pass()
-    assert len(rig.produce_requests()) == 2  # two requests in flight
+    first, second = _two_in_flight(rig)
     leader = rig.client(LEADER)
     leader.sent[leader.unanswered[0]][3]({"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr of 1"]]}, [], None)
     leader.answer_last(P.PRODUCE, {"results": [[-1, P.OUT_OF_ORDER_SEQUENCE, "gap"]]})
@@ -233,15 +258,77 @@ def test_a_refusal_by_a_new_leader_starts_the_backoff_over(make_sender_rig) -> N
     """Attempts counted against a leader that went away do not make the new one's first
     refusal (not yet taken over when the metadata named it) wait the grown backoff."""
     rig = make_sender_rig(idempotent=False, retry_backoff_ms=50, delivery_timeout_ms=60_000)
-    _refused_once(rig, {"results": [[-1, P.NOT_LEADER, "not the leader"]]})
-    for wait_ms in (50, 100):  # refused three times by leader 1 (waits 50, 100, 200): a fourth would wait 400 ms
-        rig.sender.run_pass()
-        rig.reactor.advance(wait_ms)
-        rig.sender.run_pass()
-        rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[-1, P.NOT_LEADER, "not the leader"]]})
-    rig.refresh_metadata(sender_metadata(version=2, leader=2, epoch=4))
-    rig.sender.run_pass()
-    new_leader = rig.client("tcp://127.0.0.1:2")
+    new_leader = _refused_three_times_then_sent_to_a_new_leader(rig)
     new_leader.answer_last(P.PRODUCE, {"results": [[-1, P.NOT_LEADER, "not yet"]]})
     rig.sender.run_pass()
     assert rig.sender.poll_wait_ms() == 50  # (not 400, nor the idle wait it would be capped at)
+
+
+def test_batches_refused_out_of_order_behind_one_failed_for_good_go_at_once() -> None:
+    """Batches that may be in the log (their reply lost) of a producer the leader forgot: the
+    first is refused for good (unknown_producer_id: it cannot be told from one in the log), each
+    behind it out of order -- a refusal that says nothing of the cluster, only that a batch
+    ahead of it failed. They go again at once, as the batches numbered again behind such a
+    batch do; they used to back off as if refused, the backoff growing per round to its cap:
+    one batch of the partition failed per retry_backoff_max_ms (4 batches: 1.5 s), everything
+    behind them held as long."""
+    rig = SplitRig(batch_records_max=1, retry_backoff_ms=100, retry_backoff_max_ms=1000, retry_jitter=0.0)
+    futures = [rig.send("t", b"v%d" % i) for i in range(4)]
+    rig.grant_pid()
+    _write_prefix_then_lose_reply(rig, L1, 4)  # all four written, the reply lost: sent again after 100 ms
+    _forget_producers(rig, "t")
+    clock, start_ms = rig.clock, rig.clock.now_ms()
+    while not all(f.done() for f in futures) and clock.now_ms() - start_ms < 5000:
+        rig.grant_pid()
+        if rig.unanswered(L1, P.PRODUCE):  # answered as the leader does, its flags read in full
+            _, header, payloads, _ = rig.clients[L1].of(P.PRODUCE)[-1]
+            results, _ = rig.parts["t"].append_as_leader(payloads, BIG, [part[3] for part in header["parts"]])
+            rig.clients[L1].answer_last(P.PRODUCE, {"results": [list(r) for r in results]})
+            continue
+        clock.advance(max(1, rig.sender.poll_wait_ms()))
+        rig.reactor.run_due()
+    assert all(isinstance(f.exception(0), RemoteError) for f in futures)
+    assert all(MAY_HAVE_BEEN_WRITTEN in str(f.exception(0)) for f in futures)
+    assert clock.now_ms() - start_ms == 100, "the retry's backoff, then no more waiting"
+    assert rig.log() == [b"v0", b"v1", b"v2", b"v3"]
+
+
+def test_a_batch_numbered_again_behind_one_failed_for_good_does_not_wait_out_an_old_backoff(make_sender_rig) -> None:  # noqa: ANN001
+    """A batch sent again with the batch ahead of it, before its own backoff ended (it is sent
+    with the batches put back ahead of it), and then refused out of order behind that batch,
+    failed for good: numbered again under the next producer id, it goes at once -- it used to
+    wait for the rest of its old backoff, at the head of its partition's queue."""
+    rig = make_sender_rig(max_in_flight=2, retry_backoff_ms=100, delivery_timeout_ms=60_000)
+    first, second = _two_in_flight(rig)
+    leader = rig.client(LEADER)
+    leader.sent[leader.unanswered[0]][3]({"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr of 1"]]}, [], None)
+    rig.reactor.advance(50)  # the second answer later: its batch backs off 50 ms longer
+    leader.answer_last(P.PRODUCE, {"results": [[-1, P.OUT_OF_ORDER_SEQUENCE, "gap"]]})
+    rig.reactor.advance(50)
+    rig.sender.run_pass()
+    assert len(rig.produce_requests()) == 3  # both again, in one request, when the first's backoff ended
+    leader.answer_last(P.PRODUCE, {"results": [[-1, P.INVALID_RECORD, "bad"], [-1, P.OUT_OF_ORDER_SEQUENCE, "gap"]]})
+    assert isinstance(first[0].exception(0), RemoteError)
+    rig.sender.run_pass()  # a new producer id
+    rig.grant_producer_id(8)
+    rig.sender.run_pass()
+    assert len(rig.produce_requests()) == 4, f"held {rig.sender.poll_wait_ms()} ms more"
+    [(_, header, payloads, _)] = rig.produce_requests()[3:]
+    assert B.parse_header(payloads[0]).producer_id == 8 and B.parse_header(payloads[0]).base_sequence == 0
+    leader.answer_last(P.PRODUCE, {"results": [[0, 0, ""]]})
+    assert second[0].result(0).offset == 0
+
+
+def test_the_pieces_of_a_split_batch_refused_by_a_new_leader_start_the_backoff_over(make_sender_rig) -> None:  # noqa: ANN001
+    """A batch refused three times by a leader that went away, then as too large by the new
+    one: a piece the new leader refuses waits the base backoff, as the batch would have. The
+    pieces took their batch's attempts but not the leader that counted them, and went on
+    doubling from there (400 ms)."""
+    rig = make_sender_rig(idempotent=False, retry_backoff_ms=50, delivery_timeout_ms=60_000)
+    new_leader = _refused_three_times_then_sent_to_a_new_leader(rig)
+    new_leader.answer_last(P.PRODUCE, {"results": [[-1, P.RECORD_TOO_LARGE, "too large"]]})
+    rig.sender.run_pass()  # its pieces, at once
+    [(_, header, _, _)] = new_leader.of(P.PRODUCE)[1:]
+    new_leader.answer_last(P.PRODUCE, {"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr of 1"]] * len(header["parts"])})
+    rig.sender.run_pass()
+    assert rig.sender.poll_wait_ms() == 50
