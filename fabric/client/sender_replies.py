@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict, deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from engines import batch as B
 from fabric import protocol as P
@@ -77,7 +77,6 @@ class SenderReplies:
     clock: Clock
     batches: BatchSource
     metadata_cache: MetadataCache
-    reactor: Any
     producer_id: int
     producer_epoch: int
     _id_generation: int
