@@ -2,9 +2,9 @@
 retried (back at the head of its partition's queue, after its retry backoff), sent again in two
 pieces (refused as too large), or failed -- the producer-id reset that a numbered batch's
 failure brings, and failing every batch at once (close, or a programmer error on the I/O
-thread). ``SenderReplies`` is that half of ``fabric.client.sender.Sender``, which mixes it in:
-its state is the sender's own (set by ``Sender.__init__``); packing and sending, the other
-half, is in ``fabric.client.sender``.
+thread). ``SenderReplies`` is that part of ``fabric.client.sender.Sender``, which mixes it in:
+its state is the sender's own (set by ``Sender.__init__``); the choice of what goes is in
+``fabric.client.sender``, numbering, packing and sending in ``fabric.client.sender_requests``.
 
 The retry backoff (Kafka's ``retry.backoff.ms`` / ``retry.backoff.max.ms``, KIP-580): a batch
 an answer sends again -- a retriable error (not_leader, not_enough_replicas, buffer_full...),
@@ -20,7 +20,7 @@ KIP-951): a failover's retry goes to the new leader at once. A batch's pieces (s
 as too large) and batches refused out of order behind one that failed for good (numbered
 again, or keeping their numbers as they may be in a log) go at once: nothing in the cluster is
 to be waited for. A batch's delivery timeout still ends during its backoff
-(``Sender._expire``).
+(``SenderQueues._expire``, ``fabric.client.sender_queues``).
 
 Not thread-safe: part of Sender, run on its I/O thread only.
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict, deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from engines import batch as B
 from fabric import protocol as P
@@ -72,12 +72,11 @@ class SenderReplies:
     """``Sender``'s handling of replies and the end of batches (see the module doc). Not
     usable alone: the attributes below are the sender's, set by ``Sender.__init__``."""
 
-    # the sender's state this half uses
+    # the sender's state this part uses
     settings: SenderSettings
     clock: Clock
     batches: BatchSource
     metadata_cache: MetadataCache
-    reactor: Any
     producer_id: int
     producer_epoch: int
     _id_generation: int
@@ -89,7 +88,7 @@ class SenderReplies:
     errors: Counter[str]
     splits: int
 
-    if TYPE_CHECKING:  # Sender's, never these
+    if TYPE_CHECKING:  # Sender's and SenderRequests', never these
         def wake(self) -> None: ...
         def _requeue_lost_oneway(self) -> None: ...
 

@@ -10,9 +10,10 @@ epoch bumped. A new process of a broker (its incarnation) is a restart, taken as
 up; one from another data directory while the current process lives is a duplicate, and one of
 another cluster is ignored. The rules of each election are ``nodes.coordinator.election``.
 
-``BrokerLivenessMixin`` is that half of ``Coordinator`` (nodes/coordinator/node.py): its state
+``BrokerLivenessMixin`` is that part of ``Coordinator`` (nodes/coordinator/node.py): its state
 is the coordinator's own (set by ``Coordinator.__init__``); the cluster metadata, its commit and
-push, producer ids and ALTER_ISR are the other half, in node.py.
+push, producer ids and ALTER_ISR stay in node.py, topic admin is ``TopicAdminMixin``
+(nodes/coordinator/topic_admin.py).
 
 Not thread-safe: runs on the coordinator's reactor.
 """
@@ -51,7 +52,7 @@ class BrokerLivenessMixin:
     """``Coordinator``'s broker liveness and elections (see the module doc). Not usable alone:
     the attributes below are the coordinator's, set by ``Coordinator.__init__`` and ``Node``."""
 
-    # the coordinator's state this half uses
+    # the coordinator's state this part uses
     config: LoomConfig
     clock: Clock
     reactor: Reactor

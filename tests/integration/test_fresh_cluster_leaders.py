@@ -78,9 +78,10 @@ def test_a_topic_made_while_the_cluster_starts_moves_to_its_preferred_replicas_o
 def test_records_acknowledged_while_the_cluster_starts_survive_the_move_to_the_preferred_replicas(tmp_path: Path) -> None:
     """acks=1 records broker 1 took while it led every partition of a topic made as the cluster
     started are still in each partition's log once brokers 2 and 3 are heard and have settled:
-    docs/replication.md promises acks=1 records to survive all but the leader's loss, and no
-    broker was lost here. A preferred-leader move to a broker that has not fetched them truncated
-    them away (partitions 1 and 2 empty)."""
+    docs/replication.md promises that leadership moves only to a replica that has caught up to
+    the high watermark, and with broker 1 alone in the ISR every record it acknowledged is below
+    it; no broker was lost here. A preferred-leader move to a broker that has not fetched them
+    truncated them away (partitions 1 and 2 empty)."""
     c = Cluster(make_config(tmp_path, overrides={"replication": {"preferred_leader_check_ms": 60_000}}))
     try:
         c.start(["coordinator", "broker-1"])
