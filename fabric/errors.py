@@ -197,6 +197,16 @@ class DeliveryTimeoutError(ClientError):
         self.possibly_written = possibly_written
 
 
+class LeadershipMoved(ClientError):
+    """A request in flight ended by the producer itself: newer metadata names another leader
+    for one of its partitions (or the same at a newer epoch), so its answer would not be useful
+    (code ``not_leader``, retriable). Nothing refused it: its batches go again at once, not
+    after a retry backoff. It may have been carried out (its retries are recognised by their
+    sequence numbers)."""
+
+    code_for_class = P.NOT_LEADER
+
+
 class RequestTimeout(ClientError):
     """No reply arrived before the deadline, or the caller gave up waiting because the peer is
     down (code ``request_timed_out``, retriable). Found by the client, not answered by a node:

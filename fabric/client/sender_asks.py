@@ -19,7 +19,7 @@ from fabric.client.bootstrap import metadata_attempt_after_failure, metadata_end
 from fabric.client.coordinator_silence import CoordinatorSilence, others_may_answer
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
-from fabric.errors import ClientError, RemoteError
+from fabric.errors import LeadershipMoved, RemoteError
 from fabric.metadata import ClusterMetadata, read_answer
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class SenderAsks:
         again."""
         stale = {f.endpoint for tp, f in self._flights.each() if self.metadata.leader_moved(*tp, f.endpoint, f.leader_epoch)}
         for ep in stale:
-            self._client(ep).fail_all(ClientError("leadership moved (newer metadata names another leader)", P.NOT_LEADER))
+            self._client(ep).fail_all(LeadershipMoved("leadership moved (newer metadata names another leader)"))
 
     def _refresh_metadata(self) -> None:
         if self._md_in_flight:

@@ -18,8 +18,10 @@ and the I/O thread's wait ends then (``_due_soon``). The wait is skipped once th
 another leader, or the same at a newer epoch, than the one that refused the batch (Kafka's
 KIP-951): a failover's retry goes to the new leader at once. A batch's pieces (split, refused
 as too large) and batches refused out of order behind one that failed for good (numbered
-again, or keeping their numbers as they may be in a log) go at once: nothing in the cluster is
-to be waited for. A batch's delivery timeout still ends during its backoff
+again, or keeping their numbers as they may be in a log) go at once, and so do the batches of
+a request the producer ended itself because newer metadata names another leader for one of its
+partitions (``LeadershipMoved``, ``SenderAsks._reroute_in_flight``; no attempt counted): nothing
+in the cluster is to be waited for. A batch's delivery timeout still ends during its backoff
 (``SenderQueues._expire``, ``fabric.client.sender_queues``).
 
 Not thread-safe: part of Sender, run on its I/O thread only.
@@ -36,8 +38,8 @@ from fabric import protocol as P
 from fabric.client.futures import BatchState
 from fabric.client.metadata_cache import MetadataCache
 from fabric.clock import Clock
-from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, CodedError, FabricError, MalformedFrame, ProducerClosedError,
-                           RemoteError)
+from fabric.errors import (MAY_HAVE_BEEN_WRITTEN, CodedError, FabricError, LeadershipMoved, MalformedFrame,
+                           ProducerClosedError, RemoteError)
 from fabric.hoptrace import mark
 from fabric.records import decode_batches
 from fabric.replies import decode_produce_results
@@ -147,9 +149,11 @@ class SenderReplies:
                 # (out of order behind a batch sent again, or behind one not yet answered when it
                 # left: it goes again in its place)
                 retry[tp].append(b)
-                if code == P.OUT_OF_ORDER_SEQUENCE and tp in dead:
+                if (code == P.OUT_OF_ORDER_SEQUENCE and tp in dead) or isinstance(error, LeadershipMoved):
                     # behind a batch that failed for good (keeping its number: it may be in a
-                    # log): nothing in the cluster to wait for, it goes at once
+                    # log), or in a request the producer ended itself because another leader
+                    # took one of its partitions: nothing in the cluster to wait for, it goes at
+                    # once (no attempt counted)
                     b.retry_at_ms = 0
                 else:
                     self._back_off(b, sent_to[tp], now)

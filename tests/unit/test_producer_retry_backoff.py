@@ -15,6 +15,7 @@ from fabric import protocol as P
 from fabric.client.producer import Producer
 from fabric.client.sender_replies import retry_backoff_ms
 from fabric.errors import MAY_HAVE_BEEN_WRITTEN, DeliveryTimeoutError, FabricError, RemoteError
+from fabric.metadata import ClusterMetadata
 from fabric.records import decode_batches
 from tests.unit.builders_sender import LEADER, Rig, sender_metadata
 from tests.unit.driven_producer import NOWHERE, driven_producer
@@ -332,3 +333,30 @@ def test_the_pieces_of_a_split_batch_refused_by_a_new_leader_start_the_backoff_o
     new_leader.answer_last(P.PRODUCE, {"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr of 1"]] * len(header["parts"])})
     rig.sender.run_pass()
     assert rig.sender.poll_wait_ms() == 50
+
+
+def test_a_batch_failed_because_another_partitions_leader_moved_goes_again_at_once(make_sender_rig) -> None:  # noqa: ANN001
+    """One request to leader 1 carries partitions 0 and 1; fresh metadata moves partition 0 to
+    leader 2 alone. The sender fails the requests in flight to leader 1 locally (nothing was
+    refused: ``_reroute_in_flight``), so partition 1's batch -- whose leader did not move --
+    goes again at once, as partition 0's does, and counts no attempt (it waited a whole backoff,
+    and its next real refusal a doubled one)."""
+    rig = make_sender_rig(idempotent=False, retry_backoff_ms=500, delivery_timeout_ms=60_000)
+    rig.metadata.update(sender_metadata(version=2, partitions=2))
+    moved, stayed = rig.send("a", partition=0), rig.send("b", partition=1)
+    rig.sender.run_pass()
+    [request] = rig.produce_requests()
+    assert sorted(p[1] for p in request[1]["parts"]) == [0, 1]
+    md = sender_metadata(version=3, partitions=2).to_wire()
+    md["topics"]["t"]["partitions"][0] = [2, 4, [1, 2], [1, 2]]  # partition 0 to leader 2
+    rig.refresh_metadata(ClusterMetadata.from_wire(md))
+    rig.sender.run_pass()
+    assert rig.sender.poll_wait_ms() > 0
+    to_leader_1 = [r for r in rig.client(LEADER).of(P.PRODUCE)[1:]]
+    assert [[p[1] for p in r[1]["parts"]] for r in to_leader_1] == [[1]], "partition 1 waited out a backoff"
+    assert [[p[1] for p in r[1]["parts"]] for r in rig.client("tcp://127.0.0.1:2").of(P.PRODUCE)] == [[0]]
+    rig.client(LEADER).answer_last(P.PRODUCE, {"results": [[-1, P.NOT_ENOUGH_REPLICAS, "isr of 1"]]})
+    [head] = rig.sender._queues[("t", 1)]
+    assert head.attempts == 1, "its first real refusal waits the first backoff, not a doubled one"
+    assert head.retry_at_ms == rig.reactor.clock.now_ms() + 500
+    assert not moved[0].done() and not stayed[0].done()
