@@ -14,7 +14,8 @@ them in order (the coordinator last, so brokers do not see it vanish first).
 
 One supervisor per data dir: ``<data_dir>/loom.lock`` is held (``flock``) for the supervisor's
 life, so two ``loom up`` started together cannot both pass the pid-file check; the kernel
-drops the lock when the supervisor dies, even by SIGKILL. A child that exits with
+drops the lock when the supervisor dies, even by SIGKILL. The lock and the pid file are
+``SupervisorLock`` (``nodes.launcher_lock``), mixed in. A child that exits with
 ``EXIT_CONFIG_ERROR`` (its config no longer loads, or its host is not this machine) is not
 restarted: the supervisor says why and keeps the others running.
 
@@ -29,9 +30,7 @@ only set a flag.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -44,20 +43,26 @@ from typing import Callable
 
 import zmq
 
-from engines.durable import replace_file
 from fabric import protocol as P
 from fabric.clock import Clock
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import FabricError, RemoteError
 from fabric.roles import ROLES
 from nodes.control import ControlServer, EventLog, control_path
+# LOCK_FILE_NAME lives in launcher_lock; importable from here as before
+from nodes.launcher_lock import LOCK_FILE_NAME, SupervisorLock
 from nodes.monitor_watch import MonitorWatch
+# pid_alive and is_loom_process: importable from here as before (the CLI and tests use them)
 from nodes.processes import SUPERVISED_ENV, is_loom_process, kill_group, pid_alive, terminate_and_wait
 from nodes.run import EXIT_CONFIG_ERROR
-from nodes.running_cluster import LOG_DIR_NAME, STOP_TIMEOUT_S, ask, log_path, pid_file_path, ping, read_pid_file
+from nodes.running_cluster import LOG_DIR_NAME, STOP_TIMEOUT_S, ask, log_path, ping
+
+# this module's public names, and those the CLI and tests read of it that live elsewhere now
+__all__ = ["EXIT_CONFIG_ERROR", "LOCK_FILE_NAME", "LOG_TAIL_LINES_MAX", "LOOP_INTERVAL_MS", "NOT_AVAILABLE", "ROOT",
+           "STABLE_RUN_MS", "STOP_SIGNALS", "Child", "Supervisor", "end_group", "is_loom_process", "log_tail",
+           "pid_alive", "role_available", "silence_stream"]
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCK_FILE_NAME = "loom.lock"
 LOOP_INTERVAL_MS = 200           # how often the supervisor looks at its children
 STABLE_RUN_MS = 10_000          # a child that ran this long resets its backoff
 LOG_TAIL_LINES_MAX = 5
@@ -124,7 +129,7 @@ def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
-class Supervisor:
+class Supervisor(SupervisorLock):
     """Starts every available node of ``config``, restarts crashed ones with exponential
     backoff, stops them all on SIGTERM/SIGINT. ``emit`` receives progress lines."""
 
@@ -147,47 +152,6 @@ class Supervisor:
         self.watches: dict[str, MonitorWatch] = {}
 
     # -- start ------------------------------------------------------------------------------
-    def check_not_running(self) -> None:
-        """Take the data dir's lock; raises FabricError when another supervisor of this data
-        dir is alive or nodes of an earlier run still are."""
-        self._take_lock()
-        info = read_pid_file(self.config)
-        if info and isinstance(info.get("pid"), int) and info["pid"] != os.getpid() \
-                and pid_alive(info["pid"]) and is_loom_process(info["pid"]):
-            self.release_lock()  # a supervisor of an older build, which held no lock
-            raise FabricError(f"a cluster is already running from {self.data_dir} (supervisor pid {info['pid']}); "
-                              + self._down_hint())
-        orphans = [p for p in ((info or {}).get("children") or {}).values()
-                   if isinstance(p, int) and pid_alive(p) and is_loom_process(p)]
-        if orphans:
-            self.release_lock()
-            raise FabricError(f"nodes of an earlier run are still alive (pids {', '.join(map(str, orphans))}); "
-                              + self._down_hint())
-
-    def _down_hint(self) -> str:
-        # a bare `loom down` reads $LOOM_CONFIG or config/cluster.yaml: another cluster's, perhaps
-        return f"run `loom down -c {self.config_path}` first"
-
-    def _take_lock(self) -> None:
-        if self._lock_fd is not None:
-            return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.data_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            info = read_pid_file(self.config) or {}
-            raise FabricError(f"a cluster is already running from {self.data_dir} (supervisor pid "
-                              f"{info.get('pid', '?')}); {self._down_hint()}") from None
-        self._lock_fd = fd
-
-    def release_lock(self) -> None:
-        """Let another supervisor use the data dir (at the end of ``stop_all``)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the only descriptor drops the flock
-            self._lock_fd = None
-
     def start_all(self) -> None:
         """Start the coordinator, wait for it, then every other node; wait until all answer
         PING and the coordinator has heard every broker (a topic made before that is led by
@@ -472,21 +436,11 @@ class Supervisor:
             terminate_and_wait([p.pid for p in procs], STOP_TIMEOUT_S, procs)
             for c in group:
                 end_group(c)
-        pid_file = pid_file_path(self.config)
-        info = read_pid_file(self.config)
-        if info and info.get("pid") == os.getpid():
-            pid_file.unlink(missing_ok=True)
+        self._remove_pid_file()
         if self.control is not None:
             self.control.close()
             self.control = None
         self.release_lock()
-
-    def _write_pid_file(self) -> None:
-        info = {"pid": os.getpid(), "config": self.config_path,
-                "children": {n: c.pid for n, c in self.children.items() if c.pid is not None}}
-        # atomic (`loom down` never reads half a file); not fsynced: a pid file is worthless
-        # after a power failure. Raises StorageFull / EngineError.
-        replace_file(pid_file_path(self.config), json.dumps(info).encode(), sync=False)
 
 
 def end_group(child: Child) -> None:

@@ -3,7 +3,7 @@
 (``<data_dir>/logs/NAME.log``), PING of a node, and ``loom down`` (``stop_cluster``), which
 stops the supervisor named in the pid file -- or, when the supervisor is gone, the nodes it left --,
 and ``loom restart`` (``restart_node``), which asks the supervisor over its control socket.
-The supervisor that writes these files is nodes/launcher.py.
+The supervisor that writes these files is nodes/launcher.py (the pid file: nodes/launcher_lock.py).
 
 Thread-safe: plain functions; ``ping`` opens a client of its own.
 """

@@ -9,7 +9,9 @@ consumer never sees a record that could still be lost. ``poll(max_bytes=...)`` r
 that many bytes of keys and values and keeps the rest buffered (``_put_back``: positions and
 epochs as a give-back leaves them, nothing fetched again); a give-back right after puts back what
 it returned of the partition it cut, from the answer it cut (``_put_back_returned``), instead of
-dropping the partition's buffer and fetching it all again.
+dropping the partition's buffer and fetching it all again. The buffer -- taking runs off it,
+putting them back, dropping a partition's part of it -- is ``ConsumerBuffer``
+(``fabric.client.consumer_buffer``), mixed in.
 
 The fetching -- the FETCH per leader, the prefetch, what an answer is checked against, the
 LIST_OFFSETS of a partition without a position -- is ``ConsumerFetch``
@@ -37,6 +39,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.client.bootstrap import parse_bootstrap
+from fabric.client.consumer_buffer import ConsumerBuffer
 from fabric.client.consumer_failover import (METADATA_BACKOFF_MS, METADATA_BACKOFF_MS_MAX, METADATA_RETRY_MS,
                                              METADATA_TIMEOUT_MS, ConsumerFailover)
 # AUTO_RESET and ResetSpec live in consumer_positions; importable from here as before
@@ -112,7 +115,7 @@ def _piece_records(returned: int, returned_bytes: int, room: int) -> int:
     return max(CUT_PIECE_RECORDS_MIN, room * returned // max(1, returned_bytes) * 5 // 4)
 
 
-class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
+class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover, ConsumerBuffer):
     def __init__(self, bootstrap: str | list[str] | None = None, *, config_path: str | None = None,
                  auto_offset_reset: str = "latest", fetch_bytes_max: int = FETCH_BYTES_MAX,
                  partition_fetch_bytes_max: int = PARTITION_FETCH_BYTES_MAX, fetch_wait_ms: int = FETCH_WAIT_MS,
@@ -239,22 +242,6 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
     def assignment(self) -> list[TopicPartition]:
         return sorted(self.positions)
 
-    def _drop_buffered(self, tp: TopicPartition) -> None:
-        self._keep_buffered(lambda other: other != tp)
-        self._fetch_positions.pop(tp, None)
-        self._fetch_epochs.pop(tp, None)
-
-    def _keep_buffered(self, keep: Any) -> None:
-        cut = self._returned_of_cut
-        if cut and not keep((cut[0].topic, cut[0].partition)):
-            self._returned_of_cut = []  # what they were put back before is gone
-        for run in self._buffer:
-            if run.held and not keep((run.topic, run.partition)):
-                run.count_decoded(None)
-        self._buffer = deque(run for run in self._buffer if keep((run.topic, run.partition)))
-        self._buffered_records = sum(map(len, self._buffer))
-        self._buffered_bytes = sum(run.held for run in self._buffer)
-
     # -- polling ------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 1000, max_records: int = 10_000, *, max_bytes: int | None = None) -> list[Record]:
         """Records after the current positions (advancing them); waits up to ``timeout_ms``
@@ -366,104 +353,6 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover):
             # poll(0) does, instead of never reading the answers to their own fetches
             self.reactor.run_once(max(0, min(left, 100)))
             passes += 1
-
-    def _take(self, max_records: int) -> list[RecordBatchView]:
-        """Up to ``max_records`` buffered records, the positions moved past them; no callback
-        runs in it (``_poll_views`` runs the reactor pass before). Cut short by an exception (a
-        KeyboardInterrupt) before it returns, it gives back what it took (``give_back``):
-        nothing taken is lost from the buffer and skipped."""
-        buf, positions = self._buffer, self.positions
-        out: list[RecordBatchView] = []
-        left = max(1, max_records)
-        taken_from = self._taken = {}  # the positions before this take
-        epochs_then = self._taken_epochs = {}  # ... and the epochs named there
-        try:
-            while buf and left > 0:
-                head = buf[0]
-                tp = (head.topic, head.partition)
-                if tp not in taken_from:
-                    taken_from[tp] = positions.get(tp)
-                    epochs_then[tp] = self._position_epochs.get(tp, P.NO_LEADER_EPOCH)
-                run, rest = head.split(left)
-                if rest is not None:
-                    buf[0] = rest  # the fetched bytes stay with it (``split``)
-                else:
-                    buf.popleft()
-                    if head.held:  # its answer's last run: the bytes, and what was decoded of them, go
-                        self._buffered_bytes -= head.held
-                        head.count_decoded(None)
-                out.append(run)
-                left -= len(run)
-                positions[tp] = run.next_offset
-                epoch = self._position_epochs[tp] = run.last_leader_epoch
-                starts = self._epoch_starts.get(tp)
-                if epoch >= 0 and (not starts or starts[-1][0] != epoch):  # (once per election)
-                    self._note_epoch_starts(tp, run)
-            self._buffered_records -= max(1, max_records) - left
-        except BaseException:
-            self.give_back([(tp, position) for tp, position in taken_from.items() if position is not None])
-            raise
-        return out
-
-    def _put_back(self, runs: list[RecordBatchView]) -> None:
-        """``runs``, the end of what this poll's take moved off the buffer (in the order taken,
-        none handed out), back at the buffer's head, their partitions' positions back at them:
-        as if the take had stopped before them. Only right after the take (or, by a give-back,
-        runs returned that end where the position is: ``_put_back_returned``): what is buffered
-        of their partitions, and the fetches in flight, follow them."""
-        first: dict[TopicPartition, int] = {}
-        end: dict[TopicPartition, int] = {}
-        for run in runs:
-            tp = (run.topic, run.partition)
-            first.setdefault(tp, run.first_offset)
-            end[tp] = run.next_offset
-        assert all(self.positions[tp] == offset for tp, offset in end.items()), "positions moved since the take"
-        self._buffer.extendleft(reversed(runs))
-        self._buffered_records += sum(map(len, runs))
-        for run in runs:
-            if run.held:
-                self._buffered_bytes += run.held
-                run.count_decoded(self._decoded)
-        for tp, offset in first.items():
-            self.positions[tp] = offset
-            self._epochs_back_to(tp, offset)  # as ``give_back`` leaves them
-
-    def _note_cut(self, returned: list[RecordBatchView], rest: RecordBatchView) -> None:
-        """``poll`` returned ``returned`` and put back the runs from ``rest`` on: keep the runs
-        returned of ``rest``'s partition, from the last back to the first of another answer (or
-        partition) -- pieces of ``rest``'s answer, which hold its bytes, counted while it is
-        buffered -- for a give-back right after (``_put_back_returned``)."""
-        tp, kept = (rest.topic, rest.partition), []
-        for run in reversed(returned):
-            if (run.topic, run.partition) != tp or not run.shares_fetch_with(rest):
-                break
-            assert not run.held, "a run returned before a cut holds its answer's bytes"
-            kept.append(run)
-        kept.reverse()
-        self._returned_of_cut = kept
-
-    def _put_back_returned(self, tp: TopicPartition, offset: int) -> bool:
-        """``give_back``'s: ``tp`` back to ``offset`` by putting back what the last poll returned
-        of it from there, if it keeps those runs (``_returned_of_cut``: it cut ``tp``, and put its
-        rest back) -- the buffer, the fetch position and the fetch in flight stay as they are,
-        nothing is fetched again. False when it does not (the partition is moved back and
-        fetched again from ``offset``)."""
-        runs = self._returned_of_cut
-        if (not runs or (runs[0].topic, runs[0].partition) != tp or offset < runs[0].first_offset
-                or self.positions.get(tp) != runs[-1].next_offset):
-            return False
-        k = 0
-        while k < len(runs) and runs[k].next_offset <= offset:
-            k += 1
-        back, kept = runs[k:], runs[:k]
-        before = back[0].records_before(offset) if back else 0
-        if before:
-            head, back[0] = back[0].split(before)
-            kept.append(head)
-        self._returned_of_cut = kept
-        if back:
-            self._put_back(back)
-        return True
 
     def _awaits_position(self, tp: TopicPartition) -> bool:
         """``tp`` has no position, and another part finds it (a group consumer's lookup of

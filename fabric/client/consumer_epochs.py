@@ -44,7 +44,7 @@ class ConsumerEpochs:
     _epoch_starts: dict[TopicPartition, list[tuple[int, int]]]
     _epochs_merged: set[TopicPartition]
 
-    if TYPE_CHECKING:  # Consumer's and ConsumerPositions', never these
+    if TYPE_CHECKING:  # ConsumerBuffer's and ConsumerPositions', never these
         def _drop_buffered(self, tp: TopicPartition) -> None: ...
         def _forget_reset(self, tp: TopicPartition) -> None: ...
 

@@ -100,7 +100,7 @@ class ConsumerPositions(ConsumerEpochs):
         # was a committed offset): the coordinator's answer to a later request judges it (``_judge_ahead``)
         self._ahead_since = {}
 
-    if TYPE_CHECKING:  # Consumer's (and ConsumerFailover's), never these
+    if TYPE_CHECKING:  # ConsumerBuffer's, ConsumerFetch's and ConsumerFailover's, never these
         def _drop_buffered(self, tp: TopicPartition) -> None: ...
         def _put_back_returned(self, tp: TopicPartition, offset: int) -> bool: ...
         def _hold(self, tps: Iterable[TopicPartition]) -> None: ...
@@ -283,7 +283,7 @@ class ConsumerPositions(ConsumerEpochs):
         A partition moved back is fetched again from there, what was buffered of it dropped --
         except right after a ``poll(max_bytes=...)`` that cut it: the runs that poll returned of
         it from the answer it cut, which the consumer keeps while the rest is buffered, are put
-        back in front of the rest, and nothing is fetched again (``Consumer._put_back_returned``;
+        back in front of the rest, and nothing is fetched again (``ConsumerBuffer._put_back_returned``;
         an offset before them is fetched again). Not thread-safe (as ``poll``)."""
         lowest: dict[TopicPartition, int] = {}
         for tp, offset in offsets:
@@ -303,7 +303,7 @@ class ConsumerPositions(ConsumerEpochs):
             # equal: a take cut before it moved the position past a run it took off the buffer --
             # moved, the buffer is dropped and fetched again from there. Right after a poll cut at
             # max_bytes, what it returned of the partition it cut is put back instead (the runs it
-            # put back and those fetched ahead stay: ``Consumer._put_back_returned``)
+            # put back and those fetched ahead stay: ``ConsumerBuffer._put_back_returned``)
             if position is not None and position >= offset and not self._put_back_returned(tp, offset):
                 self._move_to(tp, offset, given_back=True)
 
