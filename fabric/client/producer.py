@@ -10,11 +10,11 @@ one is on its way leaves at once), each carrying the batches queued for it, with
 read in sending order so that order holds and retries cannot reorder
 (``fabric.client.sender_flights``; a producer with ``idempotent=False`` keeps one: without
 sequences, a broker could not refuse a batch that overtakes an earlier one refused before its
-write) -- and resolves futures. Retriable errors
-(not_leader, timeouts, not_enough_replicas…) refresh metadata and retry until
-``delivery_timeout_ms``, each retry after a backoff: ``retry_backoff_ms`` (100) doubled per
-retry of the batch up to ``retry_backoff_max_ms`` (1000), +/- 20 % jitter, during which the
-partition's later records wait behind it (skipped once the metadata names a new leader). With ``idempotent=True`` (default) every batch carries the producer
+write) -- and resolves futures. Retriable errors (not_leader, timeouts, not_enough_replicas…)
+refresh metadata and retry until ``delivery_timeout_ms``, each retry after a backoff:
+``retry_backoff_ms`` (100) doubled per retry of the batch up to ``retry_backoff_max_ms`` (1000),
++/- 20 % jitter, during which the partition's later records wait behind it (skipped once the
+metadata names a new leader). With ``idempotent=True`` (default) every batch carries the producer
 id and a per-partition sequence, so a retried batch is never written twice. A record queued for
 a partition that fresh metadata shows gone (the topic deleted and re-created with fewer
 partitions) fails at once with ``UnknownTopicOrPartitionError``; keyed and keyless records sent

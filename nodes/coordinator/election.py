@@ -102,7 +102,7 @@ def elect(topic: str, partition: int, ps: PartitionState, alive: AbstractSet[int
         # joins through the leader's ISR expansion once it has caught up (in the ISR by
         # election alone, it could be made leader with an empty log)
         return PartitionChange(topic, partition, ELECTED, leader, ps.leader_epoch + 1,
-                               tuple(b for b in ps.replicas if b in candidates) if never_led else isr)
+                               candidates if never_led else isr)
     if not isr:
         live = [r for r in ps.replicas if r in electable]
         if unclean_allowed and live:
