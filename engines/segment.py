@@ -402,3 +402,10 @@ class SegmentEngine(DurabilityMixin, RetentionMixin, AsyncFlushMixin):
             for seg in self._segments:
                 seg.close_fd()
             os.close(self._dir_fd)
+
+    def __del__(self) -> None:
+        # abandoned without close (as a crash leaves it): the directory's descriptor goes with it
+        # (each segment closes its own); nothing is flushed or cut
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            os.close(self._dir_fd)

@@ -132,6 +132,12 @@ class LogSegment:
             self._fd = -1
         self.close_direct()
 
+    def __del__(self) -> None:
+        # dropped with its descriptors open (its engine abandoned without close, as a crash
+        # leaves it, or a test that stands for one): they go with it, as a file object's do
+        if getattr(self, "_fd", -1) >= 0 or getattr(self, "_direct_fd", -1) >= 0:
+            self.close_fd()
+
     def file_size_bytes(self) -> int:
         return os.fstat(self.fd).st_size
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 
 _EVENTFD_ONE = (1).to_bytes(8, sys.byteorder)
 
@@ -33,6 +34,9 @@ class Waker:
             os.set_blocking(self.fd, False)
             os.set_blocking(self._write_fd, False)
             self._signal = b"\x01"
+        # the descriptors are closed by ``close``, or when a waker never closed is collected (an
+        # owner dropped without its close: a descriptor for each would otherwise stay open)
+        self._release = weakref.finalize(self, _close_descriptors, self.fd, self._write_fd)
         self._lock = threading.Lock()
         self._closed = False
         self._pending = False  # written and not yet drained: the descriptor holds one signal
@@ -60,6 +64,10 @@ class Waker:
             if self._closed:
                 return
             self._closed = True
-            if self._write_fd != self.fd:
-                os.close(self._write_fd)
-            os.close(self.fd)
+            self._release()
+
+
+def _close_descriptors(fd: int, write_fd: int) -> None:
+    if write_fd != fd:
+        os.close(write_fd)
+    os.close(fd)

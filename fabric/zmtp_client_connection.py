@@ -113,8 +113,12 @@ def connect_errno(endpoint: str, wait_ms: int) -> int | None:
         code = sock.connect_ex(address)
         if code != errno.EINPROGRESS:
             return code
-        _, writable, _ = select.select([], [sock], [], max(0.0, end_s - time.monotonic()))
-        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if writable else None
+        # poll, not select: select refuses a descriptor past FD_SETSIZE (1024), which a busy
+        # process (a gateway with many clients) has
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        ready = poller.poll(max(0.0, end_s - time.monotonic()) * 1000)
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if ready else None
 
 
 class ConnectionMixin:

@@ -10,6 +10,8 @@ Real sockets on 127.0.0.1, ports picked free at run time."""
 from __future__ import annotations
 
 import errno
+import os
+import resource
 import time
 from typing import Any
 
@@ -126,3 +128,27 @@ def test_the_probe_of_a_blocking_client_finds_the_errno_or_a_listener(
     assert connect_errno(refused_endpoint, 1000) == errno.ECONNREFUSED
     assert connect_errno(silent_endpoint, 1000) == 0
     assert connect_errno("tcp://127.0.0.1:notaport", 1000) == errno.EINVAL
+
+
+def test_the_probe_works_in_a_process_holding_more_than_a_thousand_descriptors(
+        refused_endpoint: str, silent_endpoint: str) -> None:
+    """A busy process (a gateway with many clients) holds descriptors past select's FD_SETSIZE
+    (1024): the probe's own socket is one of them and is still waited on (it raised ValueError,
+    'filedescriptor out of range in select()')."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit ({hard}) leaves no room past 1024")
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    held: list[int] = []
+    try:
+        base = os.open(os.devnull, os.O_RDONLY)
+        held.append(base)
+        while held[-1] < 1100:
+            held.append(os.dup(base))
+        assert connect_errno(silent_endpoint, 1000) == 0
+        assert connect_errno(refused_endpoint, 1000) == errno.ECONNREFUSED
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -78,3 +78,38 @@ def test_removed_and_closed_it_is_neither_polled_nor_written(waker: Waker) -> No
     reactor.run_once(10)
     assert ran == []
     waker.close()  # twice is fine
+
+
+@pytest.mark.parametrize("kind", ["eventfd", "pipe"])
+def test_a_waker_dropped_without_close_gives_its_descriptors_back(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An owner dropped without its close (a Sender a test or an application never closed) held
+    a descriptor for ever: a process making many ran past select's 1024 and, in time, its limit."""
+    if kind == "pipe":
+        monkeypatch.delattr(os, "eventfd", raising=False)
+    elif not hasattr(os, "eventfd"):
+        pytest.skip("no eventfd here")
+    w = Waker()
+    fds = {w.fd, w._write_fd}
+    assert all(_open(fd) for fd in fds)
+    del w  # no cycle: freed at once
+    assert not any(_open(fd) for fd in fds)
+
+
+def test_close_then_collection_closes_once() -> None:
+    """The descriptor number is free for reuse after close: the collection must not close it again."""
+    w = Waker()
+    w.close()
+    reused = os.open(os.devnull, os.O_RDONLY)
+    try:
+        del w
+        assert _open(reused)
+    finally:
+        os.close(reused)
+
+
+def _open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,51 @@
+"""A segment engine abandoned without close -- as a crash leaves it, and as the crash tests
+stand for one -- gives its descriptors back when it is collected: its directory's, each
+segment's log and direct-write descriptor. Nothing is flushed or cut on the way (the files are
+as the crash left them; recovery on the next open sees them so). They stayed open for the
+process's life: a test process that stood for many crashes held hundreds."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import pytest
+
+from engines.api import EngineConfig
+from engines.conformance import make_batch
+from engines.segment import SegmentEngine
+
+
+def _open_under(directory: Path) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own descriptor, gone
+        if target.startswith(str(directory)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.parametrize("direct", [False, True])
+def test_an_abandoned_engine_gives_its_descriptors_back_and_leaves_its_files_as_written(tmp_path: Path, direct: bool) -> None:
+    directory = tmp_path / "log"
+    engine = SegmentEngine(str(directory), EngineConfig(fsync="interval", segment_bytes_max=16 * 1024,
+                                                        direct_write_min_bytes=0 if direct else -1))
+    for i in range(60):  # several segments
+        engine.append(make_batch(i, record_count=1, payload_bytes=500))
+    assert len(list(directory.glob("*.log"))) > 1
+    assert _open_under(directory)
+    sizes = {p.name: p.stat().st_size for p in directory.iterdir()}
+    del engine
+    gc.collect()
+    assert _open_under(directory) == []
+    assert {p.name: p.stat().st_size for p in directory.iterdir()} == sizes  # no flush, no trim
+    reopened = SegmentEngine(str(directory), EngineConfig(fsync="interval"))
+    try:
+        assert reopened.log_end_offset == 60
+    finally:
+        reopened.close()
