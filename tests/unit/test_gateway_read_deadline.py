@@ -147,14 +147,18 @@ def test_each_byte_of_the_body_buys_time(socket_pair) -> None:
             self.n = 0
 
         def read(self, size: int = -1) -> bytes:
+            # the scenario: the first piece at once, each later one 1.5 deadlines after the one
+            # before -- later than the deadline it would have without the 1 s each piece bought
+            # (wide margins both ways: a loaded machine's stall of a few 100 ms changes nothing)
+            if self.n:
+                time.sleep(DEADLINE_S * 1.5)
             self.n += 1
-            time.sleep(DEADLINE_S / 2)  # the scenario: a piece every half deadline, 1 s of body each
             return b"x" * BODY_MIN_BYTES_PER_S
 
     body = Trickle()
     app = watch.wrap(lambda env, sr: [env["wsgi.input"].read(1) for _ in range(4)])
     app(environ_of(server, body, 4 * BODY_MIN_BYTES_PER_S), None)  # type: ignore[arg-type]
-    assert body.n == 4 and cut_count(watch) == {HEADERS: 0.0, BODY: 0.0}, "2 deadlines long, never cut"
+    assert body.n == 4 and cut_count(watch) == {HEADERS: 0.0, BODY: 0.0}, "4.5 deadlines long, never cut"
     client.sendall(b"x")
     assert server.recv(1) == b"x"
     watch.unwatch(key)

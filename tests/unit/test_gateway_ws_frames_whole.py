@@ -31,9 +31,11 @@ from webui.events import EventHub
 
 DEADLINE_S = 20.0
 RECORDS = 10_000             # the answer: ~70 bytes per record, ~700 KB in one text message
-PING_INTERVAL_S = 1.0  # over twice PAUSE_S: the pong of a ping sent after an answer comes after the next pause
+# over twice PAUSE_S: the pong of a ping sent after an answer comes after the next pause and
+# the next answer's read (~0.35 s here; the gateway closes a stream whose pong is a whole interval late)
+PING_INTERVAL_S = 1.5
 PAUSE_S = 0.25  # the client reads nothing: the answer waits in the gateway's send, a ping may come due
-ROUNDS = 12    # pings come due every few rounds, mostly while an answer waits
+ROUNDS = 16    # pings come due every few rounds, mostly while an answer waits
 CLIENT_RCVBUF_BYTES = 4096
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
