@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
+from nodes.coordinator import election
 from nodes.coordinator.store import PartitionState, TopicState
 from nodes.coordinator.topics import place_partitions, validate_configs, validate_topic_name
 
@@ -100,6 +101,10 @@ class TopicAdminMixin:
             merged = dict(topic.configs)
             merged.update(validate_configs(new_configs, rf))
             topic.configs = merged
+            # unclean.leader.election.enable turned on: offline partitions whose in-sync replicas
+            # are gone for good are led now, not at a replica's next death or sign of life
+            election.apply(self.state.topics, election.on_topic_config(
+                self.state.topics, name, self.alive, self.config.replication.unclean_leader_election, self.electable()))
         partitions = req.header.get("partitions")
         if partitions is not None:
             current = len(topic.partitions)
