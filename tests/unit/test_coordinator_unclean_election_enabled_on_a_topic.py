@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fabric import protocol as P
+from fabric.errors import RemoteError
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState
 from tests.unit.builders_broker import coordinator, create_topic, heartbeat
@@ -76,5 +77,29 @@ def test_no_unclean_election_while_an_in_sync_replica_may_run(tmp_path: Path) ->
         assert [(ps.leader, ps.isr) for ps in _alter(coord, "t", "true")] == [(-1, [1])]
         _lose_broker_1(coord)
         assert [(ps.leader, ps.isr) for ps in coord.state.topics["t"].partitions] == [(2, [2])]
+    finally:
+        coord.close()
+
+
+def test_an_alter_topic_refused_for_its_partitions_changes_no_config_and_elects_nothing(tmp_path: Path) -> None:
+    """ALTER_TOPIC with a valid config and a partition count it refuses (not growing) answers
+    the error and changes nothing. Before, the config was set in memory before the count was
+    judged: the refused request's config was published and stored with the next change, and an
+    election it made would have been served (a METADATA answer) without being stored -- forgotten
+    by a restart, its leader epoch given again to another leader."""
+    coord = coordinator(tmp_path, heard=(1,))
+    try:
+        create_topic(coord, "t", 1, 3)
+        _lose_broker_1(coord)
+        before = [(ps.leader, ps.leader_epoch, ps.isr) for ps in coord.state.topics["t"].partitions]
+        try:
+            coord._on_alter_topic(request(P.ALTER_TOPIC, topic="t", configs={UNCLEAN: "true"}, partitions=1))
+        except RemoteError as e:
+            assert e.code == P.INVALID_PARTITIONS
+        else:
+            raise AssertionError("a partition count that does not grow was taken")
+        assert UNCLEAN not in coord.state.topics["t"].configs
+        assert [(ps.leader, ps.leader_epoch, ps.isr) for ps in coord.state.topics["t"].partitions] == before
+        assert coord.metadata().topics["t"].partitions[0].leader == -1
     finally:
         coord.close()
