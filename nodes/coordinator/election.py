@@ -24,7 +24,8 @@ The rules (Kafka's, with ``unclean_leader_election`` as its ``unclean.leader.ele
   election is made while an ISR member may run. The last such member's death then makes it.
 - Unclean election is on for a topic when its config ``unclean.leader.election.enable`` says so,
   or, where it does not set it, when the cluster's ``unclean_leader_election`` does (the
-  ``unclean_allowed`` given), as Kafka's topic config overrides its broker default.
+  ``unclean_allowed`` given), as Kafka's topic config overrides its broker default. A change of
+  a topic's config elects its offline partitions that can be elected then (``on_topic_config``).
 - A partition that never had a leader (made offline in a restarted coordinator's grace, leader
   -1 at leader epoch 0) holds no record: any of its replicas may lead it, in the ISR or not (a
   restart of one takes it out of the ISR; else a whole-cluster restart with one broker lost
@@ -47,7 +48,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import AbstractSet, Iterator, Mapping
+from typing import AbstractSet, Callable, Iterator, Mapping
 
 from nodes.coordinator.store import PartitionState, TopicState
 from nodes.coordinator.topics import UNCLEAN_LEADER_ELECTION
@@ -138,12 +139,29 @@ def on_broker_down(topics: Mapping[str, TopicState], broker_id: int, alive: Abst
 def on_broker_up(topics: Mapping[str, TopicState], broker_id: int, alive: AbstractSet[int],
                  unclean_allowed: bool, electable: AbstractSet[int] | None = None) -> list[PartitionChange]:
     """The changes once ``broker_id`` is alive again (``alive`` holds it), or electable for the
-    first time: offline partitions it is a replica of get a leader if one can be elected. Only
-    elections: a partition that stays offline is left as it is (``elect`` would drop the ISR
-    members not alive, but a sign of life is no reason to rewrite it, and a death did that)."""
+    first time: offline partitions it is a replica of get a leader if one can be elected."""
+    return _offline_elections(topics, lambda name, ps: broker_id in ps.replicas, alive, unclean_allowed, electable)
+
+
+def on_topic_config(topics: Mapping[str, TopicState], topic: str, alive: AbstractSet[int],
+                    unclean_allowed: bool, electable: AbstractSet[int] | None = None) -> list[PartitionChange]:
+    """The changes once ``topic``'s config changed: its offline partitions get a leader if one
+    can be elected now -- ``unclean.leader.election.enable`` turned on elects an out-of-sync
+    replica where no in-sync one may run (Kafka's controller does the same). Waiting for a
+    replica's death or sign of life instead, a partition whose in-sync replicas were lost for
+    good stayed offline with its other replicas running."""
+    return _offline_elections(topics, lambda name, ps: name == topic, alive, unclean_allowed, electable)
+
+
+def _offline_elections(topics: Mapping[str, TopicState], wanted: Callable[[str, PartitionState], bool],
+                       alive: AbstractSet[int], unclean_allowed: bool,
+                       electable: AbstractSet[int] | None) -> list[PartitionChange]:
+    """The elections of the offline partitions ``wanted`` picks. Only elections: a partition
+    that stays offline is left as it is (``elect`` would drop the ISR members not alive, but a
+    sign of life or a config is no reason to rewrite it, and a death did that)."""
     out = []
     for name, i, ps in _partitions(topics):
-        if ps.leader >= 0 or broker_id not in ps.replicas:
+        if ps.leader >= 0 or not wanted(name, ps):
             continue
         change = elect(name, i, ps, alive, _unclean_allowed(topics[name], unclean_allowed), electable)
         if change is not None and change.kind in (ELECTED, UNCLEAN):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from fabric import protocol as P
 from fabric import wire
 from fabric.errors import RemoteError
+from nodes.coordinator import election
 from nodes.coordinator.store import PartitionState, TopicState
 from nodes.coordinator.topics import place_partitions, validate_configs, validate_topic_name
 
@@ -95,19 +96,28 @@ class TopicAdminMixin:
         if name.startswith(P.INTERNAL_TOPIC_PREFIX):  # type: ignore[union-attr]
             raise RemoteError(P.INVALID_TOPIC, "internal topics are configured by the coordinator")
         rf = len(topic.partitions[0].replicas)
+        # every check before any change: a refused request changes nothing (a config set before
+        # the partition count was refused was published and stored with the next change)
         new_configs = req.header.get("configs")
+        merged = None
         if new_configs is not None:
             merged = dict(topic.configs)
             merged.update(validate_configs(new_configs, rf))
-            topic.configs = merged
         partitions = req.header.get("partitions")
+        current = len(topic.partitions)
         if partitions is not None:
-            current = len(topic.partitions)
             if not isinstance(partitions, int) or partitions <= current or partitions > P.PARTITIONS_MAX:
                 raise RemoteError(P.INVALID_PARTITIONS, f"partitions can only grow: {name} has {current}, asked for {partitions!r}")
             alive = sorted(self.alive)
             if rf > len(alive):
                 raise RemoteError(P.INVALID_REPLICATION_FACTOR, f"only {len(alive)} live brokers for replication factor {rf}")
+        if merged is not None:
+            topic.configs = merged
+            # unclean.leader.election.enable turned on: offline partitions whose in-sync replicas
+            # are gone for good are led now, not at a replica's next death or sign of life
+            election.apply(self.state.topics, election.on_topic_config(
+                self.state.topics, name, self.alive, self.config.replication.unclean_leader_election, self.electable()))
+        if partitions is not None:
             topic.partitions += self._new_partitions(partitions - current, rf, current, current)
         self.commit()
         return {"topic": name, "partitions": len(topic.partitions), "configs": topic.configs}

@@ -4,12 +4,17 @@ ManualClock, with brokers that heartbeat, pause, crash, restart as new processes
 unflushed tail, catch up and are proposed into ISRs by their leaders, and acknowledged writes;
 the coordinator restarts, stalls (the clock jumps between two passes), finds its disk full
 for a while (every durable write fails: the change goes back, the handler's error is logged)
-and moves leadership back to preferred replicas (its periodic check, at random steps).
+and moves leadership back to preferred replicas (its periodic check, at random steps). Topics
+are made (CREATE_TOPIC) and given more partitions (ALTER_TOPIC) at random steps, more often
+while the coordinator has not heard every broker (its restart's grace): a new partition's ISR
+is its heard replicas (nodes/coordinator/topics.py ``place_partitions``), one made with none
+heard is elected when the first of its replicas is, and the others join through their leader.
 
 The model: a broker *holds* a partition when its log has every record acknowledged so far. An
 acknowledged write needs a running leader and every member of the committed ISR running and
 holding; replicas outside the ISR stop holding. A new process holds nothing until it catches up
-from a leader that holds. Checked after every step:
+from a leader that holds (or the partition has no acknowledged record: a new one is held by
+every broker). Checked after every step:
 
 - safety: a newly elected leader (its current process) holds the partition, unless no other
   member of the ISR it was chosen from held it and was taken for alive (the last in-sync
@@ -53,6 +58,9 @@ STEPS = 300
 PASS_MS = 100
 SEEDS = range(40)
 PORT_ATTEMPTS = 5
+TOPICS_MADE_MAX = 3  # topics made by CREATE_TOPIC during a run, besides t
+
+Key = tuple[str, int]  # (topic, partition)
 
 
 @dataclass
@@ -62,7 +70,7 @@ class Broker:
     paused: bool = False
     process: int = 0
     registered: bool = True  # a process acts (leads, fetches) once its registration is answered
-    holds: set[int] = field(default_factory=lambda: set(range(PARTITIONS)))
+    holds: set[Key] = field(default_factory=lambda: {("t", p) for p in range(PARTITIONS)})
 
     @property
     def incarnation(self) -> str:
@@ -85,14 +93,16 @@ class Sim:
         self.disk_full = False  # every durable write of the coordinator fails (ENOSPC)
         # what the coordinator ever published, over its restarts: (partition, leader epoch) ->
         # the leader at that epoch, and each partition's latest (leader, leader epoch)
-        self.epoch_leaders: dict[tuple[int, int], int] = {}
-        self.latest_published: dict[int, tuple[int, int]] = {}
+        self.epoch_leaders: dict[tuple[Key, int], int] = {}
+        self.latest_published: dict[Key, tuple[int, int]] = {}
         self.log: list[str] = []
+        self.acked: set[Key] = set()  # partitions with an acknowledged record
+        self.made = 0  # topics made by CREATE_TOPIC so far
         self.coord = self._start()
         self.coord.state.topics["t"] = TopicState([PartitionState(p + 1, 0, [p + 1, *[b for b in BROKERS if b != p + 1]],
                                                                  list(BROKERS)) for p in range(PARTITIONS)], {})
         self.coord.commit()
-        self.leaders = [(ps.leader, ps.leader_epoch, list(ps.isr)) for ps in self.partitions()]
+        self.leaders = {k: (ps.leader, ps.leader_epoch, list(ps.isr)) for k, ps in self.partitions()}
 
     def _start(self) -> Coordinator:
         """The coordinator on its data dir, on fresh ports (a closed ZeroMQ socket may hold its
@@ -112,9 +122,10 @@ class Sim:
 
                 def publish_checked(topic: bytes, kind: bytes, header: dict, payloads: Any = ()) -> None:
                     if kind == P.PUB_METADATA_DELTA:
-                        for entry in header["topics"].get("t", {}).get("changed", ()):
-                            info = PartitionInfo.from_wire("t", entry[0], entry[1:])
-                            self.published(info.partition, info.leader, info.leader_epoch, "a delta")
+                        for name, delta in header["topics"].items():
+                            for entry in delta.get("changed", ()) if isinstance(delta, dict) else ():
+                                info = PartitionInfo.from_wire(name, entry[0], entry[1:])
+                                self.published((name, info.partition), info.leader, info.leader_epoch, "a delta")
                     publish(topic, kind, header, payloads)
                 coord.publish = publish_checked  # type: ignore[method-assign]
                 return coord
@@ -123,8 +134,39 @@ class Sim:
                     raise
         raise AssertionError("unreachable")
 
-    def partitions(self) -> list[PartitionState]:
-        return self.coord.state.topics["t"].partitions
+    def partitions(self) -> list[tuple[Key, PartitionState]]:
+        return [((name, i), ps) for name, topic in self.coord.state.topics.items() if not name.startswith("__")
+                for i, ps in enumerate(topic.partitions)]
+
+    def partition(self, key: Key) -> PartitionState:
+        return self.coord.state.topics[key[0]].partitions[key[1]]
+
+    def unwritten(self) -> set[Key]:
+        """What a new process holds: the partitions no record was acknowledged to yet."""
+        return {k for k, _ in self.partitions() if k not in self.acked}
+
+    def make_topic(self) -> None:
+        """CREATE_TOPIC (or more partitions for a topic made before): its partitions hold no
+        record, so every broker holds them."""
+        before = {k for k, _ in self.partitions()}
+        if self.made and self.rng.random() < 0.3:
+            name = f"n{self.rng.randrange(self.made)}"
+            if name in self.coord.state.topics:
+                count = len(self.coord.state.topics[name].partitions)
+                self.handled(self.coord._on_alter_topic, request(P.ALTER_TOPIC, topic=name, partitions=count + 1))
+        elif self.made < TOPICS_MADE_MAX:
+            name = f"n{self.made}"
+            rf = self.rng.choice((1, 2, 3))
+            if self.handled(self.coord._on_create_topic, request(P.CREATE_TOPIC, topic=name, partitions=self.rng.randrange(1, 4),
+                                                                 replication_factor=rf)):
+                self.made += 1
+        new = {k for k, _ in self.partitions()} - before
+        for b in self.brokers.values():
+            b.holds |= new
+        for k in sorted(new):
+            ps = self.partition(k)
+            self.log.append(f"made {k[0]}-{k[1]} replicas {ps.replicas} leader {ps.leader} isr {ps.isr} "
+                            f"(heard {sorted(self.coord.heard)})")
 
     def close(self) -> None:
         self.coord.close()
@@ -162,19 +204,20 @@ class Sim:
         self.handled(lambda _: self.coord._check_liveness(), None)
 
     # -- data ---------------------------------------------------------------------------------
-    def produce(self, p: int) -> None:
-        ps = self.partitions()[p]
+    def produce(self, p: Key) -> None:
+        ps = self.partition(p)
         members = set(ps.isr) | {ps.leader}
         if ps.leader < 0 or not all(self.brokers[m].acts and p in self.brokers[m].holds for m in members):
             return  # not acknowledged
         for b in self.brokers.values():
             if b.bid not in members:
                 b.holds.discard(p)
-        self.log.append(f"ack t-{p} isr {ps.isr} leader {ps.leader}")
+        self.acked.add(p)
+        self.log.append(f"ack {p[0]}-{p[1]} isr {ps.isr} leader {ps.leader}")
 
-    def catch_up_and_propose(self, p: int) -> None:
+    def catch_up_and_propose(self, p: Key) -> None:
         """The leader takes a caught-up follower into its ISR, or drops a stopped one."""
-        ps = self.partitions()[p]
+        ps = self.partition(p)
         if ps.leader < 0:
             return
         leader = self.brokers[ps.leader]
@@ -193,35 +236,35 @@ class Sim:
             return
         ok = self.handled(self.coord._on_alter_isr, request(
             P.ALTER_ISR, broker_id=leader.bid, incarnation=leader.incarnation, parts=[
-                {"topic": "t", "partition": p, "leader_epoch": ps.leader_epoch, "partition_epoch": ps.partition_epoch,
+                {"topic": p[0], "partition": p[1], "leader_epoch": ps.leader_epoch, "partition_epoch": ps.partition_epoch,
                  "isr": sorted(isr)}]))
-        self.log.append(f"alter_isr t-{p} {sorted(isr)} -> {list(self.coord.state.topics['t'].partitions[p].isr) if ok else 'not stored'}")
+        self.log.append(f"alter_isr {p[0]}-{p[1]} {sorted(isr)} -> {list(self.partition(p).isr) if ok else 'not stored'}")
 
     # -- the checks -------------------------------------------------------------------------------
-    def published(self, p: int, leader: int, epoch: int, how: str) -> None:
+    def published(self, p: Key, leader: int, epoch: int, how: str) -> None:
         """Partition ``p`` was published (in ``how``) led by ``leader`` at leader epoch ``epoch``."""
         last_leader, last_epoch = self.latest_published.get(p, (leader, epoch))
-        assert epoch >= last_epoch, f"seed {self.seed}: t-{p} published at epoch {epoch} (leader {leader}) in {how} " \
+        assert epoch >= last_epoch, f"seed {self.seed}: {p[0]}-{p[1]} published at epoch {epoch} (leader {leader}) in {how} " \
                                     f"after epoch {last_epoch} (leader {last_leader})\n" + self.trace()
         owner = self.epoch_leaders.setdefault((p, epoch), leader)
-        assert owner == leader, f"seed {self.seed}: t-{p} epoch {epoch} given to two leaders, {owner} and then " \
+        assert owner == leader, f"seed {self.seed}: {p[0]}-{p[1]} epoch {epoch} given to two leaders, {owner} and then " \
                                 f"{leader} (in {how})\n" + self.trace()
         if (leader, epoch) != (last_leader, last_epoch):
-            self.log.append(f"t-{p} published led by {leader} at epoch {epoch} in {how}")
+            self.log.append(f"{p[0]}-{p[1]} published led by {leader} at epoch {epoch} in {how}")
         self.latest_published[p] = (leader, epoch)
 
     def after_coordinator_step(self) -> None:
-        for p, ps in enumerate(self.partitions()):
+        for p, ps in self.partitions():
             self.published(p, ps.leader, ps.leader_epoch, "its state")
             if ps.leader >= 0:
-                assert ps.leader in ps.isr, f"seed {self.seed}: t-{p} led by {ps.leader} outside its ISR {ps.isr}\n" + self.trace()
+                assert ps.leader in ps.isr, f"seed {self.seed}: {p[0]}-{p[1]} led by {ps.leader} outside its ISR {ps.isr}\n" + self.trace()
             # a leader's process the coordinator does not know yet (a restart it has not heard
             # of) never acts on it: it registers first, and that re-elects (down, then up)
             current = ps.leader >= 0 and self.coord.state.incarnations.get(ps.leader) == self.brokers[ps.leader].incarnation
-            if (ps.leader, ps.leader_epoch) != self.leaders[p][:2] and current:
+            if p in self.leaders and (ps.leader, ps.leader_epoch) != self.leaders[p][:2] and current:
                 holders = {b for b in self.leaders[p][2] if p in self.brokers[b].holds and b in self.coord.alive}
                 assert p in self.brokers[ps.leader].holds or not holders, \
-                    f"seed {self.seed}: t-{p} elected {ps.leader} (isr {ps.isr}), which lacks acknowledged records " \
+                    f"seed {self.seed}: {p[0]}-{p[1]} elected {ps.leader} (isr {ps.isr}), which lacks acknowledged records " \
                     f"that {sorted(holders)} hold\n" + self.trace()
             self.leaders[p] = (ps.leader, ps.leader_epoch, list(ps.isr))
 
@@ -236,13 +279,13 @@ class Sim:
             self.log.append(f"restart coordinator (alive {sorted(self.coord.alive)})")
             self.coord.close()
             self.coord = self._start()
-            self.leaders = [(ps.leader, ps.leader_epoch, list(ps.isr)) for ps in self.partitions()]
+            self.leaders = {k: (ps.leader, ps.leader_epoch, list(ps.isr)) for k, ps in self.partitions()}
             self.after_coordinator_step()  # what it answers from its stored state
         elif r < 0.08 and b.running:
             self.log.append(f"broker {b.bid} restarts (a new process, its unflushed tail lost)")
             b.process += 1
             b.paused, b.registered = False, False
-            b.holds.clear()
+            b.holds = self.unwritten()
             if self.rng.random() < 0.5:
                 self.register(b)
         elif r < 0.10 and b.running:
@@ -252,7 +295,7 @@ class Sim:
             self.log.append(f"broker {b.bid} starts (a new process)")
             b.running, b.paused = True, False
             b.process += 1
-            b.holds.clear()
+            b.holds = self.unwritten()
             self.register(b)
         elif r < 0.17 and b.running:
             b.paused = not b.paused
@@ -269,10 +312,12 @@ class Sim:
         elif r < 0.22:
             self.log.append("preferred leaders restored where they can be")
             self.handled(lambda _: self.coord._restore_preferred_leaders(), None)
+        elif r < 0.23 or (r < 0.25 and self.coord.heard != set(BROKERS)):
+            self.make_topic()  # often in a restarted coordinator's grace
         elif r < 0.45:
-            self.produce(self.rng.randrange(PARTITIONS))
+            self.produce(self.rng.choice(self.partitions())[0])
         elif r < 0.60:
-            self.catch_up_and_propose(self.rng.randrange(PARTITIONS))
+            self.catch_up_and_propose(self.rng.choice(self.partitions())[0])
         else:
             self.tick()
 
@@ -281,17 +326,17 @@ class Sim:
         for b in self.brokers.values():
             if not b.running:
                 b.running, b.process = True, b.process + 1
-                b.holds.clear()
+                b.holds = self.unwritten()
                 self.register(b)
             b.paused = False
         self.log.append("healed")
         for _ in range(2 * self.coord.config.liveness.session_timeout_ms // PASS_MS):
             self.tick()
-            for p in range(PARTITIONS):
+            for p, _ in self.partitions():
                 self.catch_up_and_propose(p)
-        offline = [p for p, ps in enumerate(self.partitions()) if ps.leader < 0]
+        offline = [p for p, ps in self.partitions() if ps.leader < 0]
         assert not offline, f"seed {self.seed}: {offline} without a leader, every broker running and heard " \
-                            f"{[(ps.leader, ps.isr) for ps in self.partitions()]}\n" + self.trace()
+                            f"{[(p, ps.leader, ps.isr) for p, ps in self.partitions()]}\n" + self.trace()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
