@@ -37,6 +37,7 @@ class Waker:
         # the descriptors are closed by ``close``, or when a waker never closed is collected (an
         # owner dropped without its close: a descriptor for each would otherwise stay open)
         self._release = weakref.finalize(self, _close_descriptors, self.fd, self._write_fd)
+        self._release.atexit = False  # the exit closes them; a daemon thread may still poll it then
         self._lock = threading.Lock()
         self._closed = False
         self._pending = False  # written and not yet drained: the descriptor holds one signal
