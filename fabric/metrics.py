@@ -209,6 +209,11 @@ class MetricsRegistry:
         h.counts[bisect.bisect_left(h.bounds, value)] += 1  # type: ignore[union-attr]
         h.total += value  # type: ignore[union-attr]
 
+    def forget(self, name: str, labels: tuple) -> None:
+        """Drop one stored series (its subject is gone: a deleted topic's counters), so that
+        it is no longer reported and frees its place under ``SERIES_PER_METRIC_MAX``."""
+        self._series[name].pop(labels, None)
+
     def add_collector(self, fn: Collector) -> None:
         """``fn()`` yields ``(name, labels, value)`` gauges each time a snapshot is taken."""
         self._collectors.append((fn, False))

@@ -55,6 +55,7 @@ class SenderAsks:
     metadata: ClusterMetadata
     wake: Callable[[], None]
     _client: Callable[[str], SenderClient]
+    _forget_deleted_topics: Callable[[], None]  # fabric.client.sender_queues
 
     def _check_stalls(self) -> None:
         now = self.clock.now_ms()
@@ -96,6 +97,7 @@ class SenderAsks:
                     if md.version != held:
                         log.debug("metadata version %d from %s", md.version, endpoint)
                     self._reroute_in_flight()
+                    self._forget_deleted_topics()
             else:
                 log.debug("no metadata from %s after %d ms (another endpoint asked in %d ms): %s", endpoint,
                           self.clock.now_ms() - sent_ms, METADATA_RETRY_MS, err if err is not None else "unreadable answer")

@@ -81,6 +81,16 @@ class SenderQueues:
             if waiting:
                 self._due_soon(waiting[0].deadline_ms)
 
+    def _forget_deleted_topics(self) -> None:
+        """Fresh metadata: drop the empty queues of partitions whose topic it no longer has
+        (deleted). Kept, every partition ever produced to held its queue for the producer's
+        life, and every pass (``_expire``, ``_send_ready``) walked them all; a send to a topic
+        of that name makes its queue again. Their sequence numbers stay (what an idempotent
+        producer must not lose while the broker may still know them)."""
+        topics = self.metadata.topics
+        for tp in [tp for tp, q in self._queues.items() if not q and tp[0] not in topics and tp not in self._flights]:
+            del self._queues[tp]
+
     def expect_partition(self, tp: tuple[str, int]) -> None:
         """I/O thread: a send on it (from a callback) queued records for ``tp``, beyond the
         partition count held. Its batches are judged gone only by metadata answered after

@@ -21,6 +21,11 @@ from fabric.metrics import MetricsRegistry, batch_records, encode_gauge
 from nodes.broker.partition import Partition
 
 
+# the counters labelled by topic alone: forgotten with the topic's last partition here
+TOPIC_COUNTERS = ("loom_broker_records_in_total", "loom_broker_bytes_in_total", "loom_broker_records_out_total",
+                  "loom_broker_bytes_out_total")
+
+
 class BrokerMeter:
     def __init__(self, registry: MetricsRegistry, partitions: Mapping[tuple[str, int], Partition],
                  engine: str, data_dir: Path, parked: Callable[[], int],
@@ -47,6 +52,14 @@ class BrokerMeter:
         """A consumer fetch reply carries ``data`` (whole batches) of ``topic``."""
         self.registry.inc("loom_broker_records_out_total", (topic,), batch_records(data))
         self.registry.inc("loom_broker_bytes_out_total", (topic,), len(data))
+
+    def forget_topic(self, topic: str) -> None:
+        """The broker holds no partition of ``topic`` any more (deleted, or another topic of its
+        name): its counters go, as Kafka removes a deleted topic's broker metrics. Kept, every
+        topic ever written here stayed in each STATS reply, and past SERIES_PER_METRIC_MAX
+        names a new topic's counters were dropped. One re-created under the name counts from 0."""
+        for name in TOPIC_COUNTERS:
+            self.registry.forget(name, (topic,))
 
     def _gauges(self) -> list[list]:
         out: list[list] = []

@@ -224,11 +224,16 @@ class Broker(MetadataIntakeMixin, Node):
         self.core.note_replaced_processes(md)
         # first what we hold of no topic of ``md`` (its name is gone, or it names another topic
         # id now): set aside, or deleted if its topic id was deleted -- never because it is absent
+        retired: set[str] = set()
         for key, part in list(self.partitions.items()):
             if self.core.is_other_topic(key, md):
                 self.core.retire_partition(key, md.deleted_topic_ids)
+                retired.add(key[0])
             else:
                 self.core.apply_topic_configs(part, md.topics[key[0]].configs)
+        if retired:
+            for topic in retired - {t for t, _ in self.partitions}:
+                self.meter.forget_topic(topic)
         self.dirs.delete_strays(md.deleted_topic_ids)
         # another process is this broker: what it leads is not ours to lead (refused as a
         # duplicate, that lasted as long as the other process: writes taken on a log that is

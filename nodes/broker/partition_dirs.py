@@ -67,7 +67,9 @@ class PartitionDirs:
         # and one fsync covers every one numbered before it began (a directory found at start
         # counts as 0: this process never synced its name)
         self._dirs_made = 0
-        self._made_at: dict[Key, int] = {}  # kept after a delete: a directory it left keeps its number
+        # kept while the directory is there (a delete that left it keeps its number), dropped
+        # with it: kept for good, every partition ever created here stayed in it
+        self._made_at: dict[Key, int] = {}
         self._data_dir_synced = -1  # the number of the last directory the data directory's last fsync covered
         self.strays: dict[str, str] = {}  # directory name -> topic id ("" if it had none)
         self.other_engines: Counter[str] = Counter()  # engine -> partitions holding its data
@@ -202,6 +204,7 @@ class PartitionDirs:
         # forgotten before the fsync, which may fail with the directory already moved
         self._topic_ids.pop(key, None)
         self._durable.discard(key)
+        self._made_at.pop(key, None)
         self.strays[name] = topic_id
         fsync_directory(self.data_dir)
         return name
@@ -211,6 +214,8 @@ class PartitionDirs:
         shutil.rmtree(self.path(key), ignore_errors=True)
         self._topic_ids.pop(key, None)
         self._durable.discard(key)
+        if not self.path(key).exists():
+            self._made_at.pop(key, None)
 
     def delete_strays(self, deleted_topic_ids: tuple[str, ...] | list[str]) -> list[str]:
         """Delete the strays of explicitly deleted topic ids; returns their names."""

@@ -83,8 +83,16 @@ class ConsumerInstances:
             config = {**config, "owner": self.owner}
         live = [ep for ep in self.consumer_endpoints if self.takes_work(ep)] or self.consumer_endpoints
         with translated("the consumer services"):
-            inst = ServiceConsumer(live, is_down=self._is_down).create(group, name, config) \
-                if len(live) != len(self.consumer_endpoints) else self._consumers().create(group, name, config)
+            if len(live) == len(self.consumer_endpoints):
+                inst = self._consumers().create(group, name, config)
+            else:  # a client of the live services for this one call, closed with it: its sockets
+                # are in a reference cycle (its clients' factory holds it), which only a full
+                # collection would free -- four descriptors an instance made while one was down
+                services = ServiceConsumer(live, is_down=self._is_down)
+                try:
+                    inst = services.create(group, name, config)
+                finally:
+                    services.close()
         entry = InstanceEntry(group, inst.name, inst.endpoint, dict(config), fmt, service_pid=inst.pid)
         with self._lock:
             self._instances[(group, inst.name)] = entry

@@ -43,7 +43,17 @@ class ClusterFacts:
                     self.isr_shrinks[p.topic] += 1
                 if set(p.isr) - set(q.isr):
                     self.isr_expands[p.topic] += 1
+            if old.topics.keys() - md.topics.keys():
+                self._forget_topics_gone(md)
         self.metadata = md  # its version recorded only once it is applied
+
+    def _forget_topics_gone(self, md: ClusterMetadata) -> None:
+        """A deleted topic's counters go with it (as its broker metrics do): kept, every topic
+        that ever had an election or an ISR change stayed exposed for good, in tables with no
+        bound. One re-created under the name counts from 0."""
+        for counter in (self.isr_shrinks, self.isr_expands, self.elections):
+            for topic in [t for t in counter if t not in md.topics]:
+                del counter[topic]
 
     def partition_counts(self) -> dict[str, int]:
         md = self.metadata

@@ -50,6 +50,18 @@ def test_series_past_the_bound_are_dropped_and_counted(monkeypatch: pytest.Monke
     assert dropped[0].value == 7
 
 
+def test_a_forgotten_series_is_no_longer_reported_and_frees_its_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(M, "SERIES_PER_METRIC_MAX", 2)
+    reg = M.MetricsRegistry()
+    reg.inc("loom_broker_records_in_total", ("gone",))
+    reg.inc("loom_broker_records_in_total", ("kept",))
+    reg.forget("loom_broker_records_in_total", ("gone",))
+    reg.forget("loom_broker_records_in_total", ("never-counted",))  # nothing to forget: no error
+    reg.inc("loom_broker_records_in_total", ("new",))
+    names = {s.labels[0] for s in reg.snapshot() if s.name == "loom_broker_records_in_total"}
+    assert names == {"kept", "new"}
+
+
 def test_exposition_parses_with_prometheus_client_parser() -> None:
     reg = M.MetricsRegistry()
     reg.inc("loom_broker_records_in_total", ("t",), 10)
