@@ -52,6 +52,7 @@ from bench.worker import payload
 from bench.workload import Target, delete_run_topic
 from fabric.client.accumulator import AccumulatorSettings
 from fabric.client.producer import RECORD_OVERHEAD_BYTES
+from fabric.zmq_context import context as zmq_context
 from nodes.local_cluster import free_ports
 
 BASELINE_WINDOW = 16          # frames in flight in the baseline (the producer pipelines too)
@@ -100,7 +101,7 @@ class CpuMeter:
 # -- the raw pyzmq baseline ---------------------------------------------------------------------
 def baseline_server(port: int) -> int:
     """ROUTER: b"P" frames get a small ack, b"F" gets one pre-packed frame, b"Q" stops."""
-    ctx = zmq.Context.instance()
+    ctx = zmq_context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(f"tcp://127.0.0.1:{port}")
@@ -132,7 +133,7 @@ def baseline(records: int | None, value: bytes, frame_records: int, seconds_max:
     port = free_ports(1)[0]
     proc = subprocess.Popen([sys.executable, "-m", "bench.cluster", "--baseline-server", str(port)],
                             cwd=str(Path(__file__).resolve().parent.parent))
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock = zmq_context().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://127.0.0.1:{port}")
     phase_s = seconds_max if seconds_max is not None else PHASE_SECONDS_MAX

@@ -37,6 +37,7 @@ from fabric.faults import FaultRules
 from fabric.metrics import MetricsRegistry, process_samples
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer, make_socket
+from fabric.zmq_context import context as zmq_context
 from fabric.zmq_io import send_frames
 from fabric.zmtp_pub import ZmtpPublisher
 from nodes.data_dir_lock import lock_data_dir, unlock_data_dir
@@ -61,7 +62,7 @@ class Node:
         self.name = name
         self.node_config = config.node(name)
         self.clock = clock or Clock()
-        self.ctx = zmq.Context.instance()
+        self.ctx = zmq_context()
         self.reactor = Reactor(self.clock, contain_handler_errors=True)
         self.started_ms = self.clock.now_ms()
         self.counters: Counter[str] = Counter()

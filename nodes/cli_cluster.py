@@ -12,7 +12,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import click
-import zmq
 from rich.console import Console
 from rich.table import Table
 
@@ -22,6 +21,7 @@ from fabric.config import ConfigError, LoomConfig, NodeConfig, load_config
 from fabric.client.bootstrap import check_cluster, fetch_metadata, parse_bootstrap
 from fabric.errors import FabricError
 from fabric.metadata import ClusterMetadata
+from fabric.zmq_context import context as zmq_context
 from nodes import launcher, running_cluster
 from nodes.cli_common import BOOTSTRAP_NOT_ENOUGH_HELP, bootstrap_alone, config_for, target_options
 
@@ -176,7 +176,7 @@ def _metadata(endpoints: list[str]) -> ClusterMetadata | None:
     if not endpoints:
         return None
     try:
-        md, _ = fetch_metadata(zmq.Context.instance(), endpoints, METADATA_TIMEOUT_MS)
+        md, _ = fetch_metadata(zmq_context(), endpoints, METADATA_TIMEOUT_MS)
         return md
     except FabricError as e:  # `loom status` shows the nodes without cluster metadata
         log.debug("no cluster metadata: %s", e)

@@ -23,14 +23,13 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-import zmq
-
 from fabric import protocol as P
 from fabric import wire
 from fabric.config import LoomConfig
 from fabric.errors import RemoteError
 from fabric.reactor import Reactor
 from fabric.rpc import RpcServer
+from fabric.zmq_context import context as zmq_context
 
 SOCKET_NAME = "supervisor.sock"
 EVENTS_REPLY_MAX = 500
@@ -77,7 +76,7 @@ class ControlServer:
         self.start = start
         self.reactor = Reactor(contain_handler_errors=True)
         self.path.unlink(missing_ok=True)  # left by a supervisor that was killed
-        self.server = RpcServer(zmq.Context.instance(), self.reactor, f"ipc://{self.path}")
+        self.server = RpcServer(zmq_context(), self.reactor, f"ipc://{self.path}")
         os.chmod(self.path, 0o600)
         self.server.route(P.SUPERVISOR_STATUS, self._on_status)
         self.server.route(P.SUPERVISOR_RESTART, self._on_restart)

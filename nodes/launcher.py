@@ -48,6 +48,7 @@ from fabric.clock import Clock
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import FabricError, RemoteError
 from fabric.roles import ROLES
+from fabric.zmq_context import context as zmq_context
 from nodes.control import ControlServer, EventLog, control_path
 # LOCK_FILE_NAME lives in launcher_lock; importable from here as before
 from nodes.launcher_lock import LOCK_FILE_NAME, SupervisorLock
@@ -318,7 +319,7 @@ class Supervisor(SupervisorLock):
     def run(self) -> None:
         """Supervise until SIGTERM/SIGINT, then stop every child."""
         if self.config.supervisor.restart:
-            self.watches = {n: MonitorWatch(zmq.Context.instance(), Clock(), self.config, n, c.node)
+            self.watches = {n: MonitorWatch(zmq_context(), Clock(), self.config, n, c.node)
                             for n, c in self.children.items() if c.node.role == "monitor"}
         try:
             while not self._stopping:

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import yaml
-import zmq
 
 from fabric import protocol as P
 from fabric.apikeys import ROLES, hash_key
@@ -27,6 +26,7 @@ from fabric.blocking_client import BlockingClient
 from fabric.errors import CodedError
 from fabric.roles import HTTP
 from fabric.roles import ROLES as NODE_ROLES
+from fabric.zmq_context import context as zmq_context
 from nodes.processes import terminate_and_wait
 
 # the directory that holds the `nodes` package: node processes import the same code as we do
@@ -130,7 +130,7 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.log_dir = config_path.parent / "logs"
         self.log_dir.mkdir(exist_ok=True)
-        self.ctx = zmq.Context.instance()
+        self.ctx = zmq_context()
 
     @property
     def node_names(self) -> list[str]:

@@ -15,12 +15,11 @@ import signal
 from pathlib import Path
 from typing import Callable
 
-import zmq
-
 from fabric import protocol as P
 from fabric.blocking_client import BlockingClient
 from fabric.config import LoomConfig, NodeConfig
 from fabric.errors import CodedError, FabricError, RemoteError
+from fabric.zmq_context import context as zmq_context
 from nodes.control import control_endpoint
 from nodes.processes import (is_loom_process, kill_group, pid_alive, process_group, send_signal, supervised_group_members,
                              terminate_and_wait)
@@ -56,7 +55,7 @@ def ping(node: NodeConfig, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
 
 def ask(node: NodeConfig, command: bytes, timeout_ms: int = PING_TIMEOUT_MS) -> dict | None:
     """A node's reply header to ``command`` (no arguments: PING, STATS) or None."""
-    client = BlockingClient(zmq.Context.instance(), node.endpoint, identity=None)
+    client = BlockingClient(zmq_context(), node.endpoint, identity=None)
     try:
         return client.call(command, timeout_ms=timeout_ms)[0]
     except CodedError:
@@ -75,7 +74,7 @@ def restart_node(config: LoomConfig, name: str) -> tuple[str, int]:
     sup_pid = info.get("pid") if info else None
     if not (isinstance(sup_pid, int) and pid_alive(sup_pid) and is_loom_process(sup_pid)):
         raise FabricError(f"no running cluster found (no live supervisor in {pid_file_path(config)})")
-    client = BlockingClient(zmq.Context.instance(), control_endpoint(config), identity=None)
+    client = BlockingClient(zmq_context(), control_endpoint(config), identity=None)
     try:
         try:
             header = client.call(P.SUPERVISOR_START, {"node": name, "reason": "requested by an operator (loom restart)"},

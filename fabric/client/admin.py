@@ -8,8 +8,6 @@ import logging
 import time
 from typing import Any, Callable, Iterable
 
-import zmq
-
 from fabric import protocol as P
 from fabric.blocking_client import BlockingClient, ClientsByEndpoint
 from fabric.client.bootstrap import bootstrap_target, check_cluster, fetch_metadata
@@ -17,6 +15,7 @@ from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.errors import CodedError, FabricError, RemoteError, RequestTimeout
 from fabric.metadata import ClusterMetadata, PartitionInfo, read_answer
 from fabric.replies import ListOffsetsEntry, decode_parts
+from fabric.zmq_context import context as zmq_context
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class Admin:
         metadata begun after the call, by ``fetch()`` or by another client's fetch it shares
         (a gateway's one fetch at a time), waited for until ``deadline_s`` (monotonic s, None:
         none); default: ``fetch()``."""
-        self.ctx = zmq.Context.instance()
+        self.ctx = zmq_context()
         self.endpoints, self.cluster = bootstrap_target(bootstrap, config_path)
         self.timeout_ms = timeout_ms
         # a node killed with a request fails it at once (ConnectionLost), not at the deadline

@@ -35,8 +35,6 @@ import threading
 from collections import deque
 from typing import Any, Callable, Protocol
 
-import zmq
-
 from fabric import protocol as P
 from fabric.client.bootstrap import parse_bootstrap
 from fabric.client.consumer_buffer import ConsumerBuffer
@@ -55,6 +53,7 @@ from fabric.reactor import Reactor
 from fabric.decoded_batches import HeldBytes
 from fabric.records import Record, RecordBatchView
 from fabric.rpc import RpcClient
+from fabric.zmq_context import context as zmq_context
 
 # the metadata limits live in consumer_failover, the fetch ones in consumer_fetch; importable from here as before
 __all__ = ["AUTO_RESET", "FETCH_RETRY_BACKOFF_MS", "FETCH_STALL_MS", "FETCH_WAIT_MS", "METADATA_BACKOFF_MS",
@@ -144,7 +143,7 @@ class Consumer(ConsumerFetch, ConsumerPositions, ConsumerFailover, ConsumerBuffe
         self.buffered_bytes_max = buffered_bytes_max
         self.fetch_wait_ms = fetch_wait_ms
         self.request_timeout_ms = request_timeout_ms
-        self.ctx = zmq.Context.instance()
+        self.ctx = zmq_context()
         self.clock = clock or Clock()
         self.reactor = reactor if reactor is not None else Reactor(self.clock)
         self._client_factory = client_factory or self._rpc_client

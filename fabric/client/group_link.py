@@ -20,13 +20,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Protocol
 
-import zmq
-
 from fabric import protocol as P
 from fabric.blocking_client import BlockingClient
 from fabric.clock import Clock
 from fabric.errors import ClientError, CodedError, RemoteError
 from fabric.rpc import ReplyCallback
+from fabric.zmq_context import context as zmq_context
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ class HeartbeatThread(threading.Thread):
 
     def run(self) -> None:
         s = self.settings
-        client = BlockingClient(zmq.Context.instance(), self.endpoint, identity=f"{s.client_id}-hb")
+        client = BlockingClient(zmq_context(), self.endpoint, identity=f"{s.client_id}-hb")
         try:
             while not self._stop_event.wait(s.heartbeat_interval_ms / 1000):
                 self.beat(client)

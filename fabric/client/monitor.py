@@ -20,6 +20,7 @@ import zmq
 
 from fabric import protocol as P
 from fabric.blocking_client import BlockingClient
+from fabric.zmq_context import context as zmq_context
 
 TIMEOUT_MS = 2000
 
@@ -27,7 +28,7 @@ TIMEOUT_MS = 2000
 class MonitorClient:
     def __init__(self, endpoint: str, ctx: zmq.Context | None = None, timeout_ms: int = TIMEOUT_MS, *,
                  fail_on_refused: bool = False) -> None:
-        self.client = BlockingClient(ctx or zmq.Context.instance(), endpoint, fail_on_refused=fail_on_refused)
+        self.client = BlockingClient(ctx or zmq_context(), endpoint, fail_on_refused=fail_on_refused)
         self.timeout_ms = timeout_ms
 
     def _call(self, command: bytes, header: dict | None = None) -> tuple[dict, list[bytes]]:

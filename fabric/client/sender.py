@@ -55,8 +55,6 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Container, Protocol
 
-import zmq
-
 from fabric import protocol as P
 from fabric.client.coordinator_silence import CoordinatorSilence
 from fabric.client.futures import BatchState
@@ -73,6 +71,7 @@ from fabric.metadata import ClusterMetadata
 from fabric.reactor import Reactor
 from fabric.rpc import RpcClient
 from fabric.waker import Waker
+from fabric.zmq_context import context as zmq_context
 
 # The longest the I/O thread sleeps with nothing due (messages, timers and wake-ups end it sooner)
 IDLE_WAIT_MS = 100
@@ -152,7 +151,7 @@ class Sender(SenderAsks, SenderReplies, SenderRequests, SenderQueues, threading.
         self.endpoints = endpoints
         self.idempotent = settings.idempotent and settings.acks != 0
         self.clock = clock or Clock()
-        self.ctx = zmq.Context.instance()
+        self.ctx = zmq_context()
         self._waker = Waker()
         self._client_factory = client_factory or self._rpc_client
         self._md_in_flight = False

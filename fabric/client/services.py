@@ -44,6 +44,7 @@ from fabric.client.fetch_ledger import FetchLedger
 from fabric.config import LoomConfig
 from fabric.errors import CodedError, FabricError, MalformedFrame, RemoteError, RequestTimeout
 from fabric.records import Record
+from fabric.zmq_context import context as zmq_context
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class ServiceProducer:
             raise FabricError("no producer service endpoint")
         self.timeout_ms = timeout_ms
         self.takes_work = takes_work
-        self.ctx = zmq.Context.instance()
+        self.ctx = zmq_context()
         self._clients = ClientsByEndpoint(lambda endpoint: _service_client(self.ctx, endpoint, "service-producer"))
 
     def _client(self, endpoint: str) -> BlockingClient:
@@ -417,7 +418,7 @@ class ServiceConsumer:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise FabricError("no consumer service endpoint")
-        self.ctx = zmq.Context.instance()
+        self.ctx = zmq_context()
         self._clients = ClientsByEndpoint(lambda endpoint: _service_client(self.ctx, endpoint, "service-consumer"))
         self._round_robin = 0
 
