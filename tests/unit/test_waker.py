@@ -12,6 +12,7 @@ import pytest
 
 from fabric.reactor import Reactor
 from fabric.waker import Waker
+from tests.unit.fakes import descriptor_open
 
 BLOCK_MS = 5000
 
@@ -90,9 +91,9 @@ def test_a_waker_dropped_without_close_gives_its_descriptors_back(kind: str, mon
         pytest.skip("no eventfd here")
     w = Waker()
     fds = {w.fd, w._write_fd}
-    assert all(_open(fd) for fd in fds)
+    assert all(descriptor_open(fd) for fd in fds)
     del w  # no cycle: freed at once
-    assert not any(_open(fd) for fd in fds)
+    assert not any(descriptor_open(fd) for fd in fds)
 
 
 def test_close_then_collection_closes_once() -> None:
@@ -102,14 +103,6 @@ def test_close_then_collection_closes_once() -> None:
     reused = os.open(os.devnull, os.O_RDONLY)
     try:
         del w
-        assert _open(reused)
+        assert descriptor_open(reused)
     finally:
         os.close(reused)
-
-
-def _open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-        return True
-    except OSError:
-        return False
