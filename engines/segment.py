@@ -11,7 +11,8 @@ close. Its other halves are mixins in their own modules, each over the engine's 
 Files: ``{base_offset:020d}.log`` / ``.index`` per segment and ``recovery.checkpoint``
 (see ``engines.segment_recovery``). Memory: O(#segments + index entries); file descriptors:
 the active segment (two, once it has taken a direct write: engines/direct_write.py) plus at
-most OPEN_SEGMENTS_MAX older ones (LRU).
+most OPEN_SEGMENTS_MAX older ones (LRU), and the directory's; an engine abandoned without
+``close`` (as a crash leaves it) gives them back when it is collected, flushing nothing.
 
 Not thread-safe: one owner (the broker reactor) calls it; only a FlushJob's ``run`` runs on
 another thread (and touches only its own descriptors and the checkpoint, under the lock).

@@ -127,9 +127,12 @@ class LogSegment:
         return self._fd >= 0
 
     def close_fd(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        # each descriptor is forgotten before its close: a close that reports an error (EIO from
+        # a network file system) has released it all the same, and its number may be taken by
+        # the next open -- closed again (a second close_fd, ``__del__``), it was that file's
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         self.close_direct()
 
     def __del__(self) -> None:
@@ -278,10 +281,10 @@ class LogSegment:
     def close_direct(self) -> None:
         """Close the direct-write descriptor and forget the last block (a rolled segment takes
         no more appends)."""
-        if self._direct_fd >= 0:
-            os.close(self._direct_fd)
-            self._direct_fd = -1
+        fd, self._direct_fd = self._direct_fd, -1  # forgotten first, as in ``close_fd``
         self._tail, self._tail_at = b"", -1
+        if fd >= 0:
+            os.close(fd)
 
     def trim(self) -> None:
         """Cut whatever the file holds past the log's end -- a direct write's zero padding, or

@@ -11,7 +11,8 @@ per wake-and-sleep; ``wake()`` 21 against 4.6 µs): libzmq's pipes signal in bot
 
 Thread-safety: ``wake`` is thread-safe (and safe against a concurrent ``close``: it never
 writes to a closed, possibly reused, descriptor); ``fd`` and ``drain`` belong to the
-reactor's thread.
+reactor's thread. A waker never closed closes its descriptors when it is collected (a reactor
+it was added to holds it until ``remove_waker``), not at the interpreter's exit.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Leader election: what the coordinator changes in partition leadership and ISRs when a broker
-dies, comes back, or is the preferred leader again. Pure functions over the cluster state, like
-``nodes.coordinator.topics``: the partitions' states and the live brokers in, the changes out.
+dies, comes back, or is the preferred leader again, and when a topic's config changes. Pure
+functions over the cluster state, like ``nodes.coordinator.topics``: the partitions' states and
+the live brokers in, the changes out.
 ``apply`` writes changes into the state; the coordinator then commits once (one durable write,
 one push) if there were any.
 

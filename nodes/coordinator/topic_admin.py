@@ -1,6 +1,9 @@
 """The coordinator's topic administration: CREATE_TOPIC, DELETE_TOPIC and ALTER_TOPIC (configs,
 more partitions). Each change is one ``commit`` of the cluster state (version bump, durable
-write, push); the rules for names, configs and replica placement are ``nodes.coordinator.topics``.
+write, push), made only once every check of the request has passed (a refused request changes
+nothing); the rules for names, configs and replica placement are ``nodes.coordinator.topics``.
+A config change also elects the topic's offline partitions that can be elected then
+(``unclean.leader.election.enable`` turned on: ``election.on_topic_config``).
 
 ``TopicAdminMixin`` is that part of ``Coordinator`` (nodes/coordinator/node.py): its state is
 the coordinator's own (set by ``Coordinator.__init__``).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -88,6 +89,15 @@ def as_leader_wrote(data: bytes, base_offset: int, epoch: int) -> bytes:
     B.set_base_offset(buf, base_offset)
     B.set_leader_epoch(buf, epoch)
     return bytes(buf)
+
+
+def descriptor_open(fd: int) -> bool:
+    """Whether descriptor number ``fd`` is open in this process (a closed one fails fstat)."""
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(order=True)

@@ -9,6 +9,9 @@ are made (CREATE_TOPIC) and given more partitions (ALTER_TOPIC) at random steps,
 while the coordinator has not heard every broker (its restart's grace): a new partition's ISR
 is its heard replicas (nodes/coordinator/topics.py ``place_partitions``), one made with none
 heard is elected when the first of its replicas is, and the others join through their leader.
+A topic's ``unclean.leader.election.enable`` is turned on and off (ALTER_TOPIC) at random
+steps, more often in that grace too: turned on, it elects the topic's offline partitions whose
+in-sync replicas may not run any longer -- never one past a replica taken for alive.
 
 The model: a broker *holds* a partition when its log has every record acknowledged so far. An
 acknowledged write needs a running leader and every member of the committed ISR running and
@@ -18,7 +21,8 @@ every broker). Checked after every step:
 
 - safety: a newly elected leader (its current process) holds the partition, unless no other
   member of the ISR it was chosen from held it and was taken for alive (the last in-sync
-  replica restarted: nothing better to elect); a leader is in its own ISR.
+  replica restarted, or an unclean election: nothing better to elect -- its log is the
+  partition's from then on, and what only the others held is lost); a leader is in its own ISR.
 - epochs, on what the coordinator publishes (every metadata delta it sends, and its state as a
   METADATA request or a registration is answered), over the whole run, its restarts included:
   a partition's leader epoch never goes back, and no epoch is given to two leaders (-1, offline,
@@ -49,6 +53,7 @@ from fabric.config import load_config
 from fabric.metadata import PartitionInfo
 from nodes.coordinator.node import Coordinator
 from nodes.coordinator.store import PartitionState, TopicState
+from nodes.coordinator.topics import UNCLEAN_LEADER_ELECTION
 from tests.harness import make_config
 from tests.unit.fakes import request
 
@@ -168,6 +173,15 @@ class Sim:
             self.log.append(f"made {k[0]}-{k[1]} replicas {ps.replicas} leader {ps.leader} isr {ps.isr} "
                             f"(heard {sorted(self.coord.heard)})")
 
+    def set_unclean(self) -> None:
+        """ALTER_TOPIC turns ``unclean.leader.election.enable`` on or off for a topic: turned on,
+        it elects its offline partitions whose in-sync replicas may no longer run (none taken
+        for alive: not in a restarted coordinator's grace)."""
+        name = self.rng.choice(sorted({k[0] for k, _ in self.partitions()}))
+        value = self.rng.choice(("true", "false"))
+        self.log.append(f"topic {name}: {UNCLEAN_LEADER_ELECTION}={value}")
+        self.handled(self.coord._on_alter_topic, request(P.ALTER_TOPIC, topic=name, configs={UNCLEAN_LEADER_ELECTION: value}))
+
     def close(self) -> None:
         self.coord.close()
 
@@ -266,6 +280,14 @@ class Sim:
                 assert p in self.brokers[ps.leader].holds or not holders, \
                     f"seed {self.seed}: {p[0]}-{p[1]} elected {ps.leader} (isr {ps.isr}), which lacks acknowledged records " \
                     f"that {sorted(holders)} hold\n" + self.trace()
+                if p not in self.brokers[ps.leader].holds:
+                    # nothing better could be elected (an unclean election, the last in-sync
+                    # replica restarted): its log is the partition's from now on, and what only
+                    # the others held is lost -- they truncate to it as they follow
+                    self.log.append(f"{p[0]}-{p[1]}: {ps.leader} elected without every acknowledged record")
+                    for other in self.brokers.values():
+                        other.holds.discard(p)
+                    self.brokers[ps.leader].holds.add(p)
             self.leaders[p] = (ps.leader, ps.leader_epoch, list(ps.isr))
 
     def trace(self) -> str:
@@ -314,6 +336,8 @@ class Sim:
             self.handled(lambda _: self.coord._restore_preferred_leaders(), None)
         elif r < 0.23 or (r < 0.25 and self.coord.heard != set(BROKERS)):
             self.make_topic()  # often in a restarted coordinator's grace
+        elif r < 0.26 or (r < 0.28 and self.coord.heard != set(BROKERS)):
+            self.set_unclean()  # often in a restarted coordinator's grace too
         elif r < 0.45:
             self.produce(self.rng.choice(self.partitions())[0])
         elif r < 0.60:

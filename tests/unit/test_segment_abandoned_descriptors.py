@@ -2,10 +2,12 @@
 stand for one -- gives its descriptors back when it is collected: its directory's, each
 segment's log and direct-write descriptor. Nothing is flushed or cut on the way (the files are
 as the crash left them; recovery on the next open sees them so). They stayed open for the
-process's life: a test process that stood for many crashes held hundreds."""
+process's life: a test process that stood for many crashes held hundreds. A descriptor whose
+close reported an error is released all the same, and is never closed again at collection."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 from pathlib import Path
@@ -15,6 +17,8 @@ import pytest
 from engines.api import EngineConfig
 from engines.conformance import make_batch
 from engines.segment import SegmentEngine
+from engines.segment_file import LogSegment
+from tests.unit.fakes import descriptor_open
 
 
 def _open_under(directory: Path) -> list[str]:
@@ -49,3 +53,33 @@ def test_an_abandoned_engine_gives_its_descriptors_back_and_leaves_its_files_as_
         assert reopened.log_end_offset == 60
     finally:
         reopened.close()
+
+
+def test_a_descriptor_whose_close_failed_is_not_closed_again_when_its_segment_is_collected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close(2) that reports an error (EIO: a network file system's late writeback error) has
+    released the descriptor all the same on Linux, and the next open may take its number. The
+    segment's collection must not close that number again: it closed the next owner's file."""
+    seg = LogSegment(str(tmp_path), 0, 4096)
+    fd = seg.fd
+    real_close = os.close
+
+    def close_reporting_eio(n: int) -> None:
+        real_close(n)
+        if n == fd:  # another thread's closes meanwhile go as ever
+            raise OSError(errno.EIO, "Input/output error")
+
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    monkeypatch.setattr(os, "close", close_reporting_eio)
+    with pytest.raises(OSError):
+        seg.close_fd()
+    monkeypatch.undo()
+    reused = os.dup2(devnull, fd)  # the number's next owner (the next open could take it as well)
+    os.close(devnull)
+    try:
+        del seg
+        gc.collect()
+        assert descriptor_open(reused), "the segment's collection closed the file that took its descriptor's number"
+    finally:
+        if descriptor_open(reused):
+            os.close(reused)

@@ -1,10 +1,15 @@
 """fabric.waker through a real Reactor: a wake from another thread ends a blocked poll and
 runs the handler on the reactor's thread; wakes coalesce; a wake during the handler is not
-lost; wake after close is a no-op; the pipe fallback (no eventfd) behaves the same."""
+lost; wake after close is a no-op; the pipe fallback (no eventfd) behaves the same. A waker
+never closed closes its descriptors when collected (once: not again after a close), and not in
+the interpreter's exit handlers (a daemon thread may still poll it)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -12,6 +17,8 @@ import pytest
 
 from fabric.reactor import Reactor
 from fabric.waker import Waker
+from tests.harness import ROOT
+from tests.unit.fakes import descriptor_open
 
 BLOCK_MS = 5000
 
@@ -90,26 +97,43 @@ def test_a_waker_dropped_without_close_gives_its_descriptors_back(kind: str, mon
         pytest.skip("no eventfd here")
     w = Waker()
     fds = {w.fd, w._write_fd}
-    assert all(_open(fd) for fd in fds)
+    assert all(descriptor_open(fd) for fd in fds)
     del w  # no cycle: freed at once
-    assert not any(_open(fd) for fd in fds)
+    assert not any(descriptor_open(fd) for fd in fds)
 
 
 def test_close_then_collection_closes_once() -> None:
     """The descriptor number is free for reuse after close: the collection must not close it again."""
     w = Waker()
+    fd = w.fd
+    devnull = os.open(os.devnull, os.O_RDONLY)
     w.close()
-    reused = os.open(os.devnull, os.O_RDONLY)
+    reused = os.dup2(devnull, fd)  # its next owner, whatever the next open would take
+    os.close(devnull)
     try:
         del w
-        assert _open(reused)
+        assert descriptor_open(reused), "the collection closed the descriptor's next owner"
     finally:
-        os.close(reused)
+        if descriptor_open(reused):
+            os.close(reused)
 
 
-def _open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-        return True
-    except OSError:
-        return False
+def test_a_waker_alive_at_the_exit_keeps_its_descriptors_through_the_exit_handlers() -> None:
+    """A daemon thread (a producer's I/O thread) may still poll a waker while the interpreter's
+    exit handlers run: they must not close its descriptors under it (the exit closes them)."""
+    script = textwrap.dedent("""
+        import atexit, os, sys, weakref
+        assert not weakref.finalize._registered_with_atexit  # else check would run before it
+        def check():  # runs after the exit handlers registered later: weakref.finalize's
+            try:
+                os.fstat(WAKER.fd)
+                sys.stdout.write("open")
+            except OSError:
+                sys.stdout.write("closed")
+        atexit.register(check)
+        from fabric.waker import Waker
+        WAKER = Waker()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "open"), done.stderr
