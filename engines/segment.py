@@ -400,9 +400,20 @@ class SegmentEngine(DurabilityMixin, RetentionMixin, AsyncFlushMixin):
                 self.flush(clean=True)
         finally:
             self._closed = True
+            # every descriptor, whichever close fails (each is released all the same), and the
+            # first failure raised as the engine's error
+            failed: OSError | None = None
             for seg in self._segments:
-                seg.close_fd()
-            os.close(self._dir_fd)
+                try:
+                    seg.close_fd()
+                except OSError as e:
+                    failed = failed or e
+            try:
+                os.close(self._dir_fd)
+            except OSError as e:
+                failed = failed or e
+            if failed is not None:
+                raise translate_os_error(failed, f"close {self.directory}") from failed
 
     def __del__(self) -> None:
         # abandoned without close (as a crash leaves it): the directory's descriptor goes with it

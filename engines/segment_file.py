@@ -131,9 +131,11 @@ class LogSegment:
         # a network file system) has released it all the same, and its number may be taken by
         # the next open -- closed again (a second close_fd, ``__del__``), it was that file's
         fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-        self.close_direct()
+        try:
+            if fd >= 0:
+                os.close(fd)
+        finally:
+            self.close_direct()
 
     def __del__(self) -> None:
         # dropped with its descriptors open (its engine abandoned without close, as a crash

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.api import EngineConfig
+from engines.api import EngineConfig, EngineError
 from engines.conformance import make_batch
 from engines.segment import SegmentEngine
 from engines.segment_file import LogSegment
@@ -83,3 +83,31 @@ def test_a_descriptor_whose_close_failed_is_not_closed_again_when_its_segment_is
     finally:
         if descriptor_open(reused):
             os.close(reused)
+
+
+def test_a_close_that_fails_for_one_segment_still_closes_the_others_and_is_the_engines_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SegmentEngine.close``: a segment whose close(2) reports an error left the segments
+    after it and the directory's descriptor open (for the process's life: the engine counted
+    as closed), and the raw OSError came out of the engine; now every descriptor is closed and
+    the error is the engine's (EngineError), naming the directory."""
+    directory = tmp_path / "log"
+    engine = SegmentEngine(str(directory), EngineConfig(fsync="interval", segment_bytes_max=16 * 1024))
+    for i in range(60):
+        engine.append(make_batch(i, record_count=1, payload_bytes=500))
+    first = engine._segments[0].fd
+    assert len(engine._segments) > 2
+    real_close = os.close
+
+    def close_reporting_eio(n: int) -> None:
+        real_close(n)
+        if n == first:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "close", close_reporting_eio)
+    with pytest.raises(EngineError) as e:
+        engine.close()
+    monkeypatch.undo()
+    assert str(directory) in str(e.value) and "Input/output error" in str(e.value)
+    assert _open_under(directory) == []
+    engine.close()  # idempotent: nothing closed twice
