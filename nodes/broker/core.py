@@ -171,7 +171,10 @@ class BrokerCore(CoreTimersMixin):
         part = self.partitions.pop(key, None)
         self._log_ends.pop(key, None)
         if part is not None:
-            part.close()
+            try:
+                part.close()
+            except EngineError as e:  # its descriptors are closed all the same: deleted or set aside still
+                log.error("close %s-%d: %s", key[0], key[1], e)
         topic_id = self.dirs.topic_id(key)
         if topic_id and topic_id in deleted_topic_ids:
             self.dirs.delete(key)

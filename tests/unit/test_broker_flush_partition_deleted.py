@@ -5,6 +5,7 @@ the same name is flushed by the flusher as any other."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -48,3 +49,29 @@ def test_a_partition_deleted_while_its_job_runs_leaves_no_directory_and_a_new_on
     assert not engine._active.dirty
     cp = read_checkpoint(engine.directory)
     assert cp is not None and cp.next_offset == engine.log_end_offset
+
+
+def test_a_deleted_partition_whose_close_fails_is_still_deleted(leader, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """A close(2) that reports an error while a deleted topic's partition is retired (its
+    descriptors are released all the same): logged, and the directory is still removed -- the
+    raw OSError came out of the metadata's handling and the directory stayed."""
+    broker, _clock = leader
+    key = ("t", 0)
+    produce(broker, 0, 5)
+    broker.core.dirs.set_topic_id(key, "deleted-id")
+    part_dir = broker.core.dirs.path(key)
+    real_close = os.close
+    failing = {broker.partitions[key].engine._segments[0].fd}
+
+    def close_reporting_eio(n: int) -> None:
+        real_close(n)
+        if n in failing:  # once: the number is free again, the next open may take it
+            failing.discard(n)
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "close", close_reporting_eio)
+    broker.core.retire_partition(key, ("deleted-id",))
+    monkeypatch.undo()
+    assert key not in broker.partitions and not part_dir.exists()
+    assert "Input/output error" in caplog.text
