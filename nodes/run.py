@@ -18,6 +18,7 @@ import zmq
 from engines.api import StorageFailed
 from fabric.config import ConfigError, load_config
 from fabric.roles import ROLES
+from fabric.zmq_context import SOCKETS_MAX, allow_sockets
 from nodes.base import setup_logging
 from nodes.data_dir_lock import DataDirInUse
 
@@ -65,6 +66,10 @@ MALLOC_TUNED_ROLES = frozenset({"broker"})
 # thread first streamed 2 MB messages (measured: bench/RESULTS.md "Malloc arenas").
 MALLOC_ARENAS_MAX = 2
 MALLOC_ARENA_LIMITED_ROLES = frozenset({"gateway", "consumer"})
+
+# the nodes holding a client per request thread or per instance: their ZeroMQ context takes
+# more than libzmq's 1,023 sockets (fabric/zmq_context.py; the others keep its default)
+MANY_SOCKETS_ROLES = frozenset({"gateway", "consumer", "producer"})
 
 OPEN_FILES_WANTED = 100_000  # the soft RLIMIT_NOFILE a node asks for (Kafka's advice for brokers)
 
@@ -158,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         role = config.node(args.node).role
         raise_open_files_limit()
+        if role in MANY_SOCKETS_ROLES:
+            allow_sockets(SOCKETS_MAX)
         if role in MALLOC_TUNED_ROLES and not tune_malloc():
             log.info("no glibc mallopt: malloc keeps its default trim and mmap thresholds")
         if role in MALLOC_ARENA_LIMITED_ROLES and not limit_malloc_arenas():
