@@ -33,10 +33,15 @@ def _cluster(cluster_factory, fsync: str = "always", direct_write_min_bytes: int
 
 
 def _check_direct_writes_happened(c, direct_write_min_bytes: int | None) -> None:  # noqa: ANN001
-    """With every write direct, the active segments end on a block: the padding is there."""
+    """With every write direct, the active segments end on a block once partition 0 is written
+    again: the padding is there. (Waited for: recovery after a kill cuts the padding, and the
+    acknowledgements waited for before may all be of the other partitions -- partition 0's
+    writes wait while its leader is elected again -- which left its files cut on every broker.)"""
     if direct_write_min_bytes == 0:
-        sizes = [sorted(c.replica_log_dir(b, J.TOPIC, 0).glob("*.log"))[-1].stat().st_size for b in c.broker_names()]
-        assert any(size and size % BLOCK_BYTES == 0 for size in sizes), sizes
+        def sizes() -> list[int]:
+            return [sorted(c.replica_log_dir(b, J.TOPIC, 0).glob("*.log"))[-1].stat().st_size for b in c.broker_names()]
+        wait_until(lambda: any(size and size % BLOCK_BYTES == 0 for size in sizes()), 30,
+                   what="a direct write's padding at the end of a replica of partition 0")
 
 
 @DIRECT_WRITES
