@@ -13,6 +13,7 @@ from one another.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import os
@@ -98,6 +99,27 @@ def descriptor_open(fd: int) -> bool:
         return True
     except OSError:
         return False
+
+
+@contextmanager
+def close_reports_eio(fd: int) -> Iterator[None]:
+    """Within: ``os.close(fd)`` closes it and then reports EIO, once (as a network file
+    system's late writeback error does: the number is released all the same, and the next
+    open may take it); every other close goes as ever."""
+    real_close = os.close
+    failing = {fd}
+
+    def close(n: int) -> None:
+        real_close(n)
+        if n in failing:
+            failing.discard(n)
+            raise OSError(errno.EIO, "Input/output error")
+
+    os.close = close
+    try:
+        yield
+    finally:
+        os.close = real_close
 
 
 @dataclass(order=True)

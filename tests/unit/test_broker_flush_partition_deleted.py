@@ -5,7 +5,6 @@ the same name is flushed by the flusher as any other."""
 
 from __future__ import annotations
 
-import errno
 import os
 
 import pytest
@@ -14,6 +13,7 @@ from engines.segment_recovery import read_checkpoint
 from fabric.metadata import ClusterMetadata, PartitionInfo, TopicInfo
 from tests.harness import wait_until
 from tests.unit.builders_broker import HOLD_S, SlowSync, produce
+from tests.unit.fakes import close_reports_eio
 
 
 def test_a_partition_deleted_while_its_job_runs_leaves_no_directory_and_a_new_one_is_flushed(
@@ -51,8 +51,7 @@ def test_a_partition_deleted_while_its_job_runs_leaves_no_directory_and_a_new_on
     assert cp is not None and cp.next_offset == engine.log_end_offset
 
 
-def test_a_deleted_partition_whose_close_fails_is_still_deleted(leader, monkeypatch: pytest.MonkeyPatch,
-                                                                caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+def test_a_deleted_partition_whose_close_fails_is_still_deleted(leader, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     """A close(2) that reports an error while a deleted topic's partition is retired (its
     descriptors are released all the same): logged, and the directory is still removed -- the
     raw OSError came out of the metadata's handling and the directory stayed."""
@@ -61,17 +60,7 @@ def test_a_deleted_partition_whose_close_fails_is_still_deleted(leader, monkeypa
     produce(broker, 0, 5)
     broker.core.dirs.set_topic_id(key, "deleted-id")
     part_dir = broker.core.dirs.path(key)
-    real_close = os.close
-    failing = {broker.partitions[key].engine._segments[0].fd}
-
-    def close_reporting_eio(n: int) -> None:
-        real_close(n)
-        if n in failing:  # once: the number is free again, the next open may take it
-            failing.discard(n)
-            raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "close", close_reporting_eio)
-    broker.core.retire_partition(key, ("deleted-id",))
-    monkeypatch.undo()
+    with close_reports_eio(broker.partitions[key].engine._segments[0].fd):
+        broker.core.retire_partition(key, ("deleted-id",))
     assert key not in broker.partitions and not part_dir.exists()
     assert "Input/output error" in caplog.text

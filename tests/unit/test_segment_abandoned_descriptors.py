@@ -7,7 +7,6 @@ close reported an error is released all the same, and is never closed again at c
 
 from __future__ import annotations
 
-import errno
 import gc
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ from engines.api import EngineConfig, EngineError
 from engines.conformance import make_batch
 from engines.segment import SegmentEngine
 from engines.segment_file import LogSegment
-from tests.unit.fakes import descriptor_open
+from tests.unit.fakes import close_reports_eio, descriptor_open
 
 
 def _open_under(directory: Path) -> list[str]:
@@ -56,24 +55,15 @@ def test_an_abandoned_engine_gives_its_descriptors_back_and_leaves_its_files_as_
 
 
 def test_a_descriptor_whose_close_failed_is_not_closed_again_when_its_segment_is_collected(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """close(2) that reports an error (EIO: a network file system's late writeback error) has
     released the descriptor all the same on Linux, and the next open may take its number. The
     segment's collection must not close that number again: it closed the next owner's file."""
     seg = LogSegment(str(tmp_path), 0, 4096)
     fd = seg.fd
-    real_close = os.close
-
-    def close_reporting_eio(n: int) -> None:
-        real_close(n)
-        if n == fd:  # another thread's closes meanwhile go as ever
-            raise OSError(errno.EIO, "Input/output error")
-
     devnull = os.open(os.devnull, os.O_RDONLY)
-    monkeypatch.setattr(os, "close", close_reporting_eio)
-    with pytest.raises(OSError):
+    with close_reports_eio(fd), pytest.raises(OSError):
         seg.close_fd()
-    monkeypatch.undo()
     reused = os.dup2(devnull, fd)  # the number's next owner (the next open could take it as well)
     os.close(devnull)
     try:
@@ -85,8 +75,7 @@ def test_a_descriptor_whose_close_failed_is_not_closed_again_when_its_segment_is
             os.close(reused)
 
 
-def test_a_close_that_fails_for_one_segment_still_closes_the_others_and_is_the_engines_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_close_that_fails_for_one_segment_still_closes_the_others_and_is_the_engines_error(tmp_path: Path) -> None:
     """``SegmentEngine.close``: a segment whose close(2) reports an error left the segments
     after it and the directory's descriptor open (for the process's life: the engine counted
     as closed), and the raw OSError came out of the engine; now every descriptor is closed and
@@ -95,22 +84,9 @@ def test_a_close_that_fails_for_one_segment_still_closes_the_others_and_is_the_e
     engine = SegmentEngine(str(directory), EngineConfig(fsync="interval", segment_bytes_max=16 * 1024))
     for i in range(60):
         engine.append(make_batch(i, record_count=1, payload_bytes=500))
-    first = engine._segments[0].fd
     assert len(engine._segments) > 2
-    real_close = os.close
-
-    failing = {first}
-
-    def close_reporting_eio(n: int) -> None:
-        real_close(n)
-        if n in failing:  # once: the number is free again, the next open may take it
-            failing.discard(n)
-            raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "close", close_reporting_eio)
-    with pytest.raises(EngineError) as e:
+    with close_reports_eio(engine._segments[0].fd), pytest.raises(EngineError) as e:
         engine.close()
-    monkeypatch.undo()
     assert str(directory) in str(e.value) and "Input/output error" in str(e.value)
     assert _open_under(directory) == []
     engine.close()  # idempotent: nothing closed twice
