@@ -80,6 +80,9 @@ SEND_BLOCK_MS = 5000               # how long the worker waits for a topic's met
 DRAIN_STOP_MS = 2000               # after the drain's deadline: producers closed, worker stopped, answers out
 DRAIN_ANSWERS_MS = 500             # of DRAIN_STOP_MS: for the last answers to go out
 CLOSE_FLUSH_S = 5.0                # ``close`` without a drain: how long the producers may flush
+# A topic's records counter goes once the producers' metadata no longer has the topic and no
+# record of it came for a whole sweep (``sweep_topic_counters``).
+TOPIC_COUNTERS_SWEEP_MS = 60_000
 STOPPING_MESSAGE = ("the producer service is stopping: nothing of the request was written; send it again "
                     "(another producer service takes it, or this one once it is back)")
 
@@ -183,6 +186,9 @@ class ProducerService(Node):
         self._stopping = False
         self._producers_lock = threading.Lock()
         self._taken: set[Job] = set()  # requests taken and not yet answered (reactor thread)
+        # topics with a records counter, and those counted since the last sweep (reactor thread)
+        self._counted_topics: set[str] = set()
+        self._counted_since_sweep: set[str] = set()
         self._waker = Waker()
         self.reactor.add_waker(self._waker, self._on_wake)
         self._job_sender = JobSender(self._producer, self._answer)
@@ -191,6 +197,7 @@ class ProducerService(Node):
         self._worker.start()
         self.metrics.add_collector(lambda: (("loom_producer_service_buffer_bytes", (), self.intake.buffered_bytes),
                                             ("loom_producer_service_buffer_max_bytes", (), self.services.producer_buffer_bytes_max)))
+        self.reactor.call_every(TOPIC_COUNTERS_SWEEP_MS, self.sweep_topic_counters)
 
     # -- reactor thread ------------------------------------------------------------------------
     def _on_produce(self, req: wire.Request) -> Any:
@@ -198,7 +205,26 @@ class ProducerService(Node):
         job = self.intake.admit(req)
         self._taken.add(job)
         self.metrics.inc("loom_producer_service_records_total", (job.topic,), len(job.records))
+        self._counted_since_sweep.add(job.topic)
         return DEFER
+
+    def sweep_topic_counters(self) -> None:
+        """Every TOPIC_COUNTERS_SWEEP_MS: forget the records counter of each topic that no
+        producer's metadata has (deleted, or never made) and that no record came for since the
+        last sweep, as brokers forget a deleted topic's counters. Kept, every topic ever named
+        in a request stayed in each scrape, and past SERIES_PER_METRIC_MAX names a new topic's
+        records went uncounted. A topic written between two sweeps keeps its counter (a
+        producer's metadata may not have a new topic yet); one written again counts from 0.
+        Nothing is forgotten while no producer has heard the cluster."""
+        with self._producers_lock:
+            caches = [p.metadata for p in self._producers.values() if p.metadata.answers]
+        self._counted_topics |= self._counted_since_sweep
+        if caches:
+            known = set().union(*(c.current.topics for c in caches))
+            for topic in self._counted_topics - known - self._counted_since_sweep:
+                self.metrics.forget("loom_producer_service_records_total", (topic,))
+                self._counted_topics.discard(topic)
+        self._counted_since_sweep = set()
 
     def _on_wake(self) -> None:
         while self._done:
