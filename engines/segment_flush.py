@@ -16,7 +16,8 @@ Design (what a job is, and why nothing the reactor does meanwhile can be undone 
   deleting a segment, a truncation or close on the owner's thread closes the engine's own
   descriptors, never the job's: the thread never fsyncs a closed descriptor, nor a number the
   process has reused for another file. The thread closes the job's descriptors when it is done
-  (``discard`` does for a job that never ran).
+  (``discard`` does for a job that never ran, and the job's collection for one nobody ran or
+  discarded).
 * A job vouches for what was snapshotted when it was made: per segment its ``size_bytes``;
   and, when a recovery-checkpoint move is due, the checkpoint of that moment (active segment,
   its size, the log end). Bytes written after the snapshot stay dirty for a later flush.
@@ -245,6 +246,12 @@ class FlushJob:
         error, self.error, self.ran = self.error, None, False
         assert error is not None, "a job without an error has none to hand over"
         return error
+
+    def __del__(self) -> None:
+        """A job collected before the thread ran it or anyone discarded it (its engine
+        abandoned, as a crash leaves it): its descriptors go back; nothing else is done."""
+        if not self._closed:
+            self.discard()
 
     def discard(self) -> EngineError | None:
         """Close the job's descriptors (idempotent): after ``run``, or for a job never run.

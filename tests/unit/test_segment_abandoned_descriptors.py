@@ -90,3 +90,21 @@ def test_a_close_that_fails_for_one_segment_still_closes_the_others_and_is_the_e
     assert str(directory) in str(e.value) and "Input/output error" in str(e.value)
     assert _open_under(directory) == []
     engine.close()  # idempotent: nothing closed twice
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_flush_job_never_run_gives_its_descriptors_back_when_collected(tmp_path: Path) -> None:
+    """A flush job takes dups of the dirty segments' descriptors, its index files' and the
+    directory's; the flusher thread closes them when it runs the job, ``discard`` for one never
+    run. One that neither happens to -- its engine abandoned as a crash leaves it, before the
+    thread took the job -- kept them for the process's life."""
+    directory = tmp_path / "log"
+    engine = SegmentEngine(str(directory), EngineConfig(fsync="interval", fsync_interval_ms=1,
+                                                        segment_bytes_max=16 * 1024))
+    for i in range(60):
+        engine.append(make_batch(i, record_count=1, payload_bytes=500))
+    job = engine.flush_job(2**62)
+    assert job is not None and len(job.syncs) > 1
+    del engine, job
+    gc.collect()
+    assert _open_under(directory) == []
