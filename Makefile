@@ -41,13 +41,18 @@ status: install
 
 # The unit tests on two processes (pytest-xdist): they bind only ports picked free at run time
 # and write only under their tmp_path, and most of their time is waiting, not CPU. Then the
-# integration, fault and browser tests one at a time, as their clusters need. Both always run.
+# integration tests on two processes as well, a module's tests on one (their clusters are real
+# processes on free ports under the test's own directory; most of a test is waiting for a
+# node's detection or restart, not CPU). Then the fault and browser tests one at a time: their
+# timings (sessions, pauses, a page's live updates) are what they check. All three always run.
 UNIT_WORKERS ?= 2
+INTEGRATION_WORKERS ?= 2
 
 test: dev
 	status=0; \
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(UNIT_WORKERS) tests/unit || status=$$?; \
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests --ignore=tests/unit || status=$$?; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(INTEGRATION_WORKERS) --dist loadfile --durations=15 tests/integration || status=$$?; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests --ignore=tests/unit --ignore=tests/integration || status=$$?; \
 	exit $$status
 
 test-fast: dev
