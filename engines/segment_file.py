@@ -143,6 +143,10 @@ class LogSegment:
         if getattr(self, "_fd", -1) >= 0 or getattr(self, "_direct_fd", -1) >= 0:
             self.close_fd()
 
+    def __reduce_ex__(self, protocol: object) -> object:
+        """A segment owns its descriptors: a copy would close the same numbers a second time."""
+        raise TypeError("a LogSegment owns its descriptors and cannot be copied")
+
     def file_size_bytes(self) -> int:
         return os.fstat(self.fd).st_size
 

@@ -250,8 +250,12 @@ class FlushJob:
     def __del__(self) -> None:
         """A job collected before the thread ran it or anyone discarded it (its engine
         abandoned, as a crash leaves it): its descriptors go back; nothing else is done."""
-        if not self._closed:
+        if not getattr(self, "_closed", True):  # a half-built object owns nothing
             self.discard()
+
+    def __reduce_ex__(self, protocol: object) -> object:
+        """A job owns its descriptors: a copy would close the same numbers a second time."""
+        raise TypeError("a FlushJob owns its descriptors and cannot be copied")
 
     def discard(self) -> EngineError | None:
         """Close the job's descriptors (idempotent): after ``run``, or for a job never run.

@@ -108,3 +108,24 @@ def test_a_flush_job_never_run_gives_its_descriptors_back_when_collected(tmp_pat
     del engine, job
     gc.collect()
     assert _open_under(directory) == []
+
+
+def test_objects_that_own_descriptors_refuse_to_be_copied(tmp_path: Path) -> None:
+    """A flush job and a log segment close their descriptors when collected: a copy would hold
+    the same numbers and close them a second time -- perhaps another file's by then. Nothing in
+    Loom copies them; a copy fails loudly rather than share them."""
+    import copy
+    directory = tmp_path / "log"
+    engine = SegmentEngine(str(directory), EngineConfig(fsync="interval", fsync_interval_ms=1))
+    try:
+        engine.append(make_batch(0, record_count=1, payload_bytes=100))
+        job = engine.flush_job(2**62)
+        assert job is not None
+        for owner in (job, engine._segments[0]):
+            with pytest.raises(TypeError, match="descriptors"):
+                copy.copy(owner)
+            with pytest.raises(TypeError, match="descriptors"):
+                copy.deepcopy(owner)
+        job.discard()
+    finally:
+        engine.close()
