@@ -209,6 +209,10 @@ class MetricsRegistry:
         h.counts[bisect.bisect_left(h.bounds, value)] += 1  # type: ignore[union-attr]
         h.total += value  # type: ignore[union-attr]
 
+    def labels(self, name: str) -> list[tuple]:
+        """The labels of every stored series of ``name``."""
+        return list(self._series[name])
+
     def forget(self, name: str, labels: tuple) -> None:
         """Drop one stored series (its subject is gone: a deleted topic's counters), so that
         it is no longer reported and frees its place under ``SERIES_PER_METRIC_MAX``."""

@@ -186,8 +186,7 @@ class ProducerService(Node):
         self._stopping = False
         self._producers_lock = threading.Lock()
         self._taken: set[Job] = set()  # requests taken and not yet answered (reactor thread)
-        # topics with a records counter, and those counted since the last sweep (reactor thread)
-        self._counted_topics: set[str] = set()
+        # topics counted since the last sweep (reactor thread)
         self._counted_since_sweep: set[str] = set()
         self._waker = Waker()
         self.reactor.add_waker(self._waker, self._on_wake)
@@ -218,12 +217,11 @@ class ProducerService(Node):
         Nothing is forgotten while no producer has heard the cluster."""
         with self._producers_lock:
             caches = [p.metadata for p in self._producers.values() if p.metadata.answers]
-        self._counted_topics |= self._counted_since_sweep
         if caches:
-            known = set().union(*(c.current.topics for c in caches))
-            for topic in self._counted_topics - known - self._counted_since_sweep:
-                self.metrics.forget("loom_producer_service_records_total", (topic,))
-                self._counted_topics.discard(topic)
+            known = set().union(*(c.current.topics for c in caches), self._counted_since_sweep)
+            for labels in self.metrics.labels("loom_producer_service_records_total"):
+                if labels[0] not in known:
+                    self.metrics.forget("loom_producer_service_records_total", labels)
         self._counted_since_sweep = set()
 
     def _on_wake(self) -> None:

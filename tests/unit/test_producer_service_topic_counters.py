@@ -23,15 +23,19 @@ from tests.unit.driven_producer import driven_producer
 COUNTER = "loom_producer_service_records_total"
 
 
+def _counts(service: producer_service.ProducerService) -> dict[str, float]:
+    return {s.labels[0]: s.value for s in service.metrics.snapshot() if s.name == COUNTER}
+
+
 def _topics(service: producer_service.ProducerService) -> set[str]:
-    return {s.labels[0] for s in service.metrics.snapshot() if s.name == COUNTER}
+    return set(_counts(service))
 
 
 def _produce(service: producer_service.ProducerService, topic: str) -> None:
     """One SERVICE_PRODUCE of one record to ``topic``, counted by the service (its answer is
     not waited for: ``gone`` is a topic the producer never finds)."""
     endpoint = service.config.node("producer").endpoint
-    before = {s.labels: s.value for s in service.metrics.snapshot() if s.name == COUNTER}.get((topic,), 0)
+    before = _counts(service).get(topic, 0)
 
     def run() -> None:
         sp = ServiceProducer(endpoint, timeout_ms=5000)
@@ -44,7 +48,7 @@ def _produce(service: producer_service.ProducerService, topic: str) -> None:
     threading.Thread(target=run, daemon=True).start()
 
     def counted(_now: int) -> bool:
-        return {s.labels: s.value for s in service.metrics.snapshot() if s.name == COUNTER}.get((topic,), 0) > before
+        return _counts(service).get(topic, 0) > before
     service.drive_until(counted, service.clock.now_ms() + 5000)
     assert counted(0), f"the record to {topic} was not counted"
 
@@ -68,7 +72,7 @@ def test_a_topic_gone_from_the_metadata_and_not_written_for_a_sweep_leaves_the_c
         service.sweep_topic_counters()  # t idle, but the metadata has it: kept
         assert _topics(service) == {"t"}
         _produce(service, "gone")  # written again: counted from 1
-        assert {s.labels[0]: s.value for s in service.metrics.snapshot() if s.name == COUNTER}["gone"] == 1
+        assert _counts(service)["gone"] == 1
     finally:
         service.close()
         producer.sender.stop()
